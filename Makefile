@@ -1,0 +1,53 @@
+# The only entry point: every target builds .venv by itself on a machine that
+# has nothing but python3 and make. The stamp file is rebuilt whenever
+# pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SOURCES := stoat_ferret tests bench
+
+.PHONY: help env run test lint typecheck format bench check clean
+
+help:
+	@echo "make run        start the service (uvicorn) on an embedded SQLite file"
+	@echo "make test       run the whole test suite with branch coverage"
+	@echo "make lint       ruff check, ruff format --check, mypy --strict"
+	@echo "make bench      run the benchmarks in bench/ (JSON lines on stdout)"
+	@echo "make check      lint + test"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+env: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m stoat_ferret
+
+test: $(STAMP)
+	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
+
+# The floor only ever rises.
+COVERAGE_FLOOR ?= 85
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(SOURCES)
+	$(BIN)/ruff format $(SOURCES)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,103 @@
+"""Values that describe jobs: their status, their results and their context.
+
+Everything here that crosses a task boundary is ``@attrs.frozen``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import attrs
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life. The last four are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the statuses that never change again."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED}
+)
+
+
+@attrs.frozen(kw_only=True)
+class JobResult:
+    """A snapshot of one job, taken by the supervisor at one moment.
+
+    ``result`` is the handler's return value (completed jobs only); ``error`` is
+    ``"ExcType: message"`` for failed jobs and the reason for timed-out and
+    cancelled ones. Times are timezone-aware UTC.
+    """
+
+    job_id: str
+    job_type: str
+    status: JobStatus
+    result: Any = None
+    error: str | None = None
+    progress: float | None = None
+    message: str | None = None
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@attrs.frozen
+class JobPage:
+    """One page of :meth:`list_jobs`: the jobs, newest first, and how many matched."""
+
+    jobs: tuple[JobResult, ...]
+    total: int
+
+
+ProgressSink: TypeAlias = Callable[[str, float, "str | None"], None]
+
+
+def check_fraction(fraction: float) -> float:
+    """Return ``fraction`` as a float, or raise ValueError unless 0 <= fraction <= 1."""
+    value = float(fraction)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
+    return value
+
+
+@attrs.frozen
+class JobContext:
+    """What a handler gets: which job it runs, its payload, and a progress hook.
+
+    ``report_progress`` never blocks and never waits for an observer: it hands
+    the figure to the queue and returns, so calling it once per file is fine.
+    """
+
+    job_id: str
+    job_type: str
+    payload: Any
+    _sink: ProgressSink = attrs.field(alias="sink", repr=False)
+
+    def report_progress(self, fraction: float, message: str | None = None) -> None:
+        """Record that the job is ``fraction`` (0..1) done, with an optional message.
+
+        Raises:
+            ValueError: ``fraction`` is NaN or outside 0..1.
+        """
+        self._sink(self.job_id, check_fraction(fraction), message)
+
+
+Handler: TypeAlias = Callable[[JobContext], Awaitable[Any]]
