@@ -1,7 +1,47 @@
-"""The in-process job supervisor (work in progress: see issue 3)."""
+"""The in-process job supervisor and its test double.
+
+Never imports FastAPI: the web app depends on this package, not the reverse.
+"""
 
 from __future__ import annotations
 
-from stoat_ferret.jobs._models import Handler, JobContext, JobPage, JobResult, JobStatus
+from stoat_ferret.jobs._exceptions import (
+    InvalidTransition,
+    JobError,
+    JobNotFound,
+    QueueFull,
+    SupervisorClosed,
+    UnknownJobType,
+)
+from stoat_ferret.jobs._inmemory import InMemoryJobQueue
+from stoat_ferret.jobs._models import (
+    Handler,
+    JobContext,
+    JobPage,
+    JobResult,
+    JobStatus,
+    QueueStatistics,
+)
+from stoat_ferret.jobs._protocol import AsyncJobQueue
+from stoat_ferret.jobs._state import TERMINAL, JobEvent
+from stoat_ferret.jobs._supervisor import JobSupervisor
 
-__all__ = ["Handler", "JobContext", "JobPage", "JobResult", "JobStatus"]
+__all__ = [
+    "TERMINAL",
+    "AsyncJobQueue",
+    "Handler",
+    "InMemoryJobQueue",
+    "InvalidTransition",
+    "JobContext",
+    "JobError",
+    "JobEvent",
+    "JobNotFound",
+    "JobPage",
+    "JobResult",
+    "JobStatus",
+    "JobSupervisor",
+    "QueueFull",
+    "QueueStatistics",
+    "SupervisorClosed",
+    "UnknownJobType",
+]

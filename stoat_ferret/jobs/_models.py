@@ -8,13 +8,15 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
+if TYPE_CHECKING:
+    from datetime import datetime
 
-class JobStatus(str, enum.Enum):
+
+class JobStatus(enum.StrEnum):
     """Where a job is in its life. The last four are terminal."""
 
     PENDING = "pending"
@@ -101,3 +103,22 @@ class JobContext:
 
 
 Handler: TypeAlias = Callable[[JobContext], Awaitable[Any]]
+
+
+@attrs.frozen(kw_only=True)
+class QueueStatistics:
+    """Counters of one queue at one moment; serves ``/health``, logs and tests.
+
+    ``pending``, ``running`` and ``finished`` (retained finished jobs) are
+    current sizes; the rest are totals since the queue was created.
+    """
+
+    pending: int
+    running: int
+    finished: int
+    submitted: int
+    completed: int
+    failed: int
+    timeout: int
+    cancelled: int
+    accepting: bool

@@ -1,0 +1,33 @@
+"""Helpers shared by the benchmarks: medians, JSON lines, RSS."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def emit(**fields: Any) -> None:
+    """Write one JSON line to stdout (benchmarks report, they do not log)."""
+    sys.stdout.write(json.dumps(fields, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def median_rate(run: Callable[[], float], count: int, reps: int) -> float:
+    """Median of ``reps`` runs of ``count / seconds``; ``run`` returns its seconds."""
+    return statistics.median(count / run() for _ in range(reps))
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux: KiB units)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

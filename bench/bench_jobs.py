@@ -1,0 +1,157 @@
+"""Supervisor throughput and memory against baselines measured in the same run.
+
+Noop jobs, submit all then wait for all. Baselines:
+
+* ``bare``: one long-lived worker reading an anyio memory object stream and
+  running each job under ``move_on_after``, with no status tracking: the
+  limit for any design that runs jobs one at a time with a timeout;
+* ``upstream``: (asyncio only) ``asyncio.Queue`` + a status dict + one worker
+  with ``asyncio.wait_for`` per job, the usual hand-rolled queue.
+
+The memory figure pushes 1,000,000 noop jobs through one supervisor with
+default settings (in batches of ``max_pending``) and reports peak RSS growth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import uuid
+from typing import Any
+
+import anyio
+from loguru import logger
+
+from bench._common import emit, median_rate, peak_rss_mb, timed
+from stoat_ferret.jobs import JobContext, JobSupervisor
+
+
+async def _noop(ctx: JobContext) -> None:
+    return None
+
+
+async def _noop_bare() -> None:
+    return None
+
+
+async def _supervisor_run(count: int) -> None:
+    supervisor = JobSupervisor(max_pending=count, max_finished=count)
+    supervisor.register("noop", _noop)
+    async with anyio.create_task_group() as tg:
+        await tg.start(supervisor.run)
+        ids = [await supervisor.submit("noop") for _ in range(count)]
+        for job_id in ids:
+            await supervisor.wait(job_id)
+        await supervisor.aclose()
+
+
+async def _bare_run(count: int) -> None:
+    send, receive = anyio.create_memory_object_stream[Any](math.inf)
+
+    async def worker() -> None:
+        async for job in receive:
+            with anyio.move_on_after(300):
+                await job()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        for _ in range(count):
+            await send.send(_noop_bare)
+        send.close()
+
+
+async def _upstream_run(count: int) -> None:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    status: dict[str, str] = {}
+
+    async def worker() -> None:
+        while True:
+            job_id = await queue.get()
+            status[job_id] = "running"
+            try:
+                await asyncio.wait_for(_noop_bare(), 300)
+            except TimeoutError:
+                status[job_id] = "timeout"
+            else:
+                status[job_id] = "completed"
+            queue.task_done()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        for _ in range(count):
+            job_id = uuid.uuid4().hex
+            status[job_id] = "pending"
+            await queue.put(job_id)
+        await queue.join()
+        tg.cancel_scope.cancel()
+
+
+def _rate(fn: Any, count: int, backend: str, reps: int) -> float:
+    return median_rate(lambda: timed(lambda: anyio.run(fn, count, backend=backend)), count, reps)
+
+
+async def _memory_run(total: int) -> tuple[int, float]:
+    supervisor = JobSupervisor()
+    supervisor.register("noop", _noop)
+    batch = 1000  # the default max_pending
+    most_retained = 0
+    async with anyio.create_task_group() as tg:
+        await tg.start(supervisor.run)
+        before = peak_rss_mb()
+        for _ in range(total // batch):
+            ids = [await supervisor.submit("noop") for _ in range(batch)]
+            await supervisor.wait(ids[-1])
+            most_retained = max(most_retained, supervisor.statistics().finished)
+        growth = peak_rss_mb() - before
+        await supervisor.aclose()
+    return most_retained, growth
+
+
+def main(*, quick: bool = False) -> None:
+    logger.remove()  # lifecycle logging is not what is measured (baselines do not log)
+    count = 2_000 if quick else 100_000
+    reps = 1 if quick else 5
+    for backend in ("asyncio", "trio"):
+        gc.collect()
+        bare = _rate(_bare_run, count, backend, reps)
+        sup = _rate(_supervisor_run, count, backend, reps)
+        emit(
+            bench="supervisor_throughput",
+            backend=backend,
+            jobs=count,
+            jobs_per_s=round(sup),
+            baseline="bare_stream_worker",
+            baseline_jobs_per_s=round(bare),
+            ratio=round(sup / bare, 3),
+            target=0.6,
+            ok=sup / bare >= 0.6,
+        )
+        if backend == "asyncio":
+            upstream = _rate(_upstream_run, count, backend, reps)
+            emit(
+                bench="supervisor_vs_upstream",
+                backend=backend,
+                jobs=count,
+                jobs_per_s=round(sup),
+                baseline="asyncio_queue_wait_for",
+                baseline_jobs_per_s=round(upstream),
+                ratio=round(sup / upstream, 3),
+                target=1.0,
+                ok=sup / upstream >= 1.0,
+            )
+    total = 20_000 if quick else 1_000_000
+    retained, growth = anyio.run(_memory_run, total)
+    emit(
+        bench="supervisor_memory",
+        jobs=total,
+        peak_rss_growth_mb=round(growth, 1),
+        target_mb=50,
+        max_retained=retained,
+        max_finished=10_000,
+        ok=growth <= 50 and retained <= 10_000,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""The actor's state and its message handlers: the only code that changes a job.
+
+:class:`JobTable` is driven by ``JobSupervisor``'s actor task, one message at
+a time; no handler awaits, so each message is handled atomically. Status
+changes go through ``JobRecord.apply`` and so through the transition table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from loguru import logger
+
+from stoat_ferret.jobs._exceptions import JobNotFound, QueueFull
+from stoat_ferret.jobs._messages import (
+    Assignment,
+    Cancel,
+    Follow,
+    JobFinished,
+    JobProgressed,
+    JobStarted,
+    Message,
+    Reply,
+    Shutdown,
+    Submit,
+    Sync,
+    Tick,
+    Unfollow,
+    Wait,
+)
+from stoat_ferret.jobs._models import JobContext, JobStatus, ProgressSink
+from stoat_ferret.jobs._record import JobRecord, describe
+from stoat_ferret.jobs._state import JobEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from stoat_ferret.jobs._execute import Outcome
+    from stoat_ferret.jobs._registry import JobRegistry
+
+_SHUTDOWN_BEFORE_START = "cancelled: supervisor shut down before the job started"
+_SHUTDOWN_WHILE_RUNNING = "cancelled: supervisor shut down before the job finished"
+
+_LOG_LEVELS = {
+    JobStatus.COMPLETED: "INFO",
+    JobStatus.FAILED: "ERROR",
+    JobStatus.TIMEOUT: "WARNING",
+    JobStatus.CANCELLED: "INFO",
+}
+
+
+class JobTable:
+    """Every job the supervisor knows, and what happens to them.
+
+    Args:
+        registry: the job types (for handlers).
+        work: the assignments stream the workers read, both ends (the actor
+            compacts it when cancelled assignments pile up).
+        progress: the sink that job contexts report progress to.
+        start_timer: schedules a :class:`Tick` at an absolute clock time.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: JobRegistry,
+        max_pending: int,
+        max_finished: int,
+        retention: float,
+        shutdown_grace: float,
+        work: tuple[MemoryObjectSendStream[Assignment], MemoryObjectReceiveStream[Assignment]],
+        progress: ProgressSink,
+        start_timer: Callable[[float], None],
+    ) -> None:
+        self._registry = registry
+        self._max_pending = max_pending
+        self._max_finished = max_finished
+        self._retention = retention
+        self._shutdown_grace = shutdown_grace
+        self._work_send, self._work_receive = work
+        self._progress = progress
+        self._start_timer = start_timer
+
+        # Admission, shared with submit() so that an unkeyed submit needs no
+        # round trip. Invariant: reserved == pending jobs + unkeyed Submit
+        # messages not handled yet; it never exceeds max_pending.
+        self.reserved = 0
+        self.submitted = 0
+
+        self.jobs: dict[str, JobRecord] = {}  # every retained job, in submit order
+        self.pending: dict[str, JobRecord] = {}  # submitted, not started, not cancelled
+        self.running: dict[str, JobRecord] = {}
+        self.finished: deque[JobRecord] = deque()  # finish order, which is expiry order
+        self.totals = dict.fromkeys(JobStatus, 0)
+        self.shutting_down = False
+        # The clock as the actor last read it, once per batch of messages.
+        self.now = -math.inf
+        self._active_keys: dict[str, str] = {}  # dedupe key -> pending or running job id
+        self._grace_deadline = math.inf
+        # Assignments of cancelled jobs still in the work stream.
+        self._dead_assignments = 0
+
+    # ------------------------------------------------------------ queries
+
+    def admit(self) -> None:
+        """Take an admission slot for a new pending job.
+
+        Raises:
+            QueueFull: ``max_pending`` jobs are already pending.
+        """
+        if self.reserved >= self._max_pending:
+            raise QueueFull(f"{self._max_pending} jobs are already pending; try again later")
+        self.reserved += 1
+        self.submitted += 1
+
+    def lookup(self, job_id: str) -> JobRecord | None:
+        """The record, or None for an unknown or evicted id."""
+        return self.jobs.get(job_id) if isinstance(job_id, str) else None
+
+    def next_expiry(self) -> float:
+        """When the oldest finished job expires (inf: none has finished)."""
+        return self.finished[0].expires_at if self.finished else math.inf
+
+    @property
+    def idle(self) -> bool:
+        """Shut down, and no job running: the actor may stop."""
+        return self.shutting_down and not self.running
+
+    # ----------------------------------------------------------- messages
+
+    def handle(self, message: Message) -> None:
+        """Apply one message. Never awaits; never raises for a caller's mistake."""
+        match message:
+            case JobStarted(job_id, started_at):
+                record = self.pending.pop(job_id)
+                self.reserved -= 1
+                record.apply(JobEvent.START, at=started_at)
+                self.running[job_id] = record
+                logger.debug(
+                    "job {job_id} ({job_type}) started",
+                    job_id=job_id,
+                    job_type=record.job_type,
+                    status=record.status.value,
+                )
+                record.publish()
+            case JobProgressed(job_id, fraction, text):
+                if running := self.running.get(job_id):
+                    running.progress = fraction
+                    running.message = text
+                    running.publish()
+            case JobFinished(job_id, outcome):
+                if ended := self.running.get(job_id):  # None: already ended by stop()
+                    self._on_finished(ended, outcome)
+            case Submit():
+                self._on_submit(message)
+            case Cancel(job_id, reply):
+                self._on_cancel(job_id, reply)
+            case Wait(job_id, reply):
+                waited = self.jobs.get(job_id)
+                if waited is None:
+                    reply.send(JobNotFound(job_id))
+                elif waited.status.is_terminal:
+                    reply.send(waited.snapshot())
+                else:
+                    waited.waiters = [*(waited.waiters or ()), reply]
+            case Follow(job_id, updates):
+                if followed := self.jobs.get(job_id):
+                    followed.follow(updates)
+                else:
+                    updates.end()
+            case Unfollow(job_id, updates):
+                if unfollowed := self.jobs.get(job_id):
+                    unfollowed.unfollow(updates)
+            case Sync(reply):
+                reply.send(None)
+            case Tick():
+                if self.now >= self._grace_deadline:
+                    for record in self.running.values():
+                        self._interrupt(
+                            record, "cancelled: supervisor shut down before the job finished"
+                        )
+            case Shutdown():
+                self._on_shutdown()
+
+    def _on_finished(self, record: JobRecord, outcome: Outcome) -> None:
+        if outcome.event is JobEvent.COMPLETE:
+            self._finish(record, JobEvent.COMPLETE, result=outcome.value)
+        elif outcome.event is JobEvent.FAIL:
+            assert outcome.exception is not None
+            self._finish(record, JobEvent.FAIL, exception=outcome.exception)
+        elif record.cancel_reason is not None:
+            self._finish(record, JobEvent.CANCEL, error=record.cancel_reason)
+        else:
+            self._finish(record, JobEvent.TIME_OUT, error=f"timed out after {record.timeout:g} s")
+
+    def _on_submit(self, message: Submit) -> None:
+        reply = message.reply
+        if message.key is not None:
+            assert reply is not None
+            existing = self._active_keys.get(message.key)
+            if existing is not None:
+                reply.send(existing)
+                return
+            try:
+                self.admit()
+            except QueueFull as exc:
+                reply.send(exc)
+                return
+            self._active_keys[message.key] = message.job_id
+        record = JobRecord(
+            job_id=message.job_id,
+            job_type=message.job_type,
+            payload=message.payload,
+            timeout=message.timeout,
+            key=message.key,
+            submitted_at=message.submitted_at,
+            scope=anyio.CancelScope(),
+        )
+        self.jobs[record.job_id] = record
+        self.pending[record.job_id] = record
+        logger.debug(
+            "job {job_id} ({job_type}) submitted",
+            job_id=record.job_id,
+            job_type=record.job_type,
+            status=record.status.value,
+        )
+        if reply is not None:
+            reply.send(record.job_id)
+        if self.shutting_down:  # stop() turning leftovers into records: never to run
+            return
+        context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
+        handler = self._registry.get(record.job_type).handler
+        assert record.scope is not None
+        self._work_send.send_nowait(Assignment(handler, context, record.scope, record.timeout))
+
+    def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
+        record = self.jobs.get(job_id)
+        if record is None:
+            reply.send(JobNotFound(job_id))
+        elif record.status.is_terminal:
+            reply.send(False)
+        elif record.status is JobStatus.PENDING:
+            # cancel() cancelled the scope before sending this, so no worker
+            # will start the job: a pending job never starts.
+            self._finish(record, JobEvent.CANCEL, error="cancelled by request before it started")
+            reply.send(True)
+        else:
+            self._interrupt(record, "cancelled by request")
+            record.cancellers = [*(record.cancellers or ()), reply]
+
+    def _on_shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        # The supervisor stopped the workers from starting anything before it
+        # sent Shutdown, so every job still pending here would never start.
+        for record in list(self.pending.values()):
+            self._finish(
+                record,
+                JobEvent.CANCEL,
+                error="cancelled: supervisor shut down before the job started",
+            )
+        self._work_send.close()  # workers leave once their current job is done
+        self._grace_deadline = self.now + self._shutdown_grace
+        logger.info(
+            "job supervisor shutting down: {running} running job(s) get {grace:g} s",
+            running=len(self.running),
+            grace=self._shutdown_grace,
+        )
+        if self.running:
+            self._start_timer(self._grace_deadline)
+
+    def _interrupt(self, record: JobRecord, reason: str) -> None:
+        if record.cancel_reason is None:
+            record.cancel_reason = reason
+        assert record.scope is not None
+        record.scope.cancel()
+
+    # ---------------------------------------------------- ending jobs
+
+    def _finish(
+        self,
+        record: JobRecord,
+        event: JobEvent,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        exception: Exception | None = None,
+    ) -> None:
+        """End a job: the one place where a job becomes terminal."""
+        if record.status is JobStatus.PENDING:
+            del self.pending[record.job_id]
+            self.reserved -= 1
+            self._forget_assignment()
+        else:
+            del self.running[record.job_id]
+        record.result = result
+        record.error = describe(exception) if exception is not None else error
+        status = record.apply(event)
+        self.totals[status] += 1
+        record.scope = None
+        if record.key is not None and self._active_keys.get(record.key) == record.job_id:
+            del self._active_keys[record.key]
+        record.expires_at = self.now + self._retention
+        self.finished.append(record)
+        if len(self.finished) > self._max_finished:
+            self._evict()
+        assert record.finished_at is not None
+        record.finished_at - (record.started_at or record.submitted_at)
+        (logger.opt(exception=exception) if exception is not None else logger).log(
+            _LOG_LEVELS[status],
+            "job {job_id} ({job_type}) {status} after {duration:.3f} s",
+            job_id=record.job_id,
+            job_type=record.job_type,
+            status=status.value,
+            duration=(
+                record.finished_at - (record.started_at or record.submitted_at)
+            ).total_seconds(),
+            error=record.error,
+        )
+        record.publish()
+        snapshot = record.snapshot() if record.waiters else None
+        for waiter in record.waiters or ():
+            assert snapshot is not None
+            waiter.send(snapshot)
+        for canceller in record.cancellers or ():
+            canceller.send(status is JobStatus.CANCELLED)
+        record.waiters = record.cancellers = None
+
+    def _forget_assignment(self) -> None:
+        """Count a cancelled job's assignment; compact the stream if too many."""
+        self._dead_assignments += 1
+        if self._dead_assignments <= self._max_pending or self.shutting_down:
+            return
+        live = []
+        while True:
+            try:
+                assignment = self._work_receive.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            if not assignment.scope.cancel_called:
+                live.append(assignment)
+        for assignment in live:
+            self._work_send.send_nowait(assignment)
+        self._dead_assignments = 0
+
+    def _evict(self) -> None:
+        record = self.finished.popleft()
+        del self.jobs[record.job_id]
+
+    def expire(self) -> None:
+        """Drop finished jobs whose retention has passed by ``now``."""
+        while self.finished and self.finished[0].expires_at <= self.now:
+            self._evict()
+
+    def stop(self, leftovers: list[Message]) -> None:
+        """End every job that is not terminal (the supervisor has stopped).
+
+        ``leftovers`` are the messages still in the inbox: accepted submits
+        among them become records first, so that their ids stay answerable.
+        """
+        self.shutting_down = True
+        for message in leftovers:
+            if not isinstance(message, Shutdown | Tick):
+                self.handle(message)
+        for record in [*self.pending.values(), *self.running.values()]:
+            reason = record.cancel_reason or (
+                "cancelled: supervisor stopped while the job was running"
+                if record.status is JobStatus.RUNNING
+                else "cancelled: supervisor stopped before the job started"
+            )
+            self._finish(record, JobEvent.CANCEL, error=reason)

@@ -1,0 +1,191 @@
+"""InMemoryJobQueue: the test double for :class:`AsyncJobQueue`.
+
+``submit`` runs the handler to its end in the caller's task (timeouts and
+failures honoured) before it returns the id, so a test gets a finished job
+without any background task. Everything else answers like the supervisor.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from stoat_ferret.jobs._exceptions import JobNotFound
+from stoat_ferret.jobs._execute import execute
+from stoat_ferret.jobs._follow import JobUpdates
+from stoat_ferret.jobs._models import (
+    Handler,
+    JobContext,
+    JobPage,
+    JobResult,
+    JobStatus,
+    QueueStatistics,
+)
+from stoat_ferret.jobs._record import JobRecord, describe, select_page, utcnow
+from stoat_ferret.jobs._registry import JobRegistry
+from stoat_ferret.jobs._state import JobEvent
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+class InMemoryJobQueue:
+    """A job queue with no workers: ``submit`` runs the job inline.
+
+    Args:
+        default_timeout: seconds a job may run when neither ``register`` nor
+            ``submit`` says otherwise.
+    """
+
+    def __init__(self, *, default_timeout: float = 300.0) -> None:
+        self._registry = JobRegistry(default_timeout)
+        self._jobs: dict[str, JobRecord] = {}
+        self._active_keys: dict[str, str] = {}
+        self._done: dict[str, anyio.Event] = {}
+        self._totals = dict.fromkeys(JobStatus, 0)
+
+    def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
+        """Register ``handler`` for ``job_type`` (same rules as the supervisor)."""
+        self._registry.register(job_type, handler, timeout=timeout)
+
+    async def submit(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Run the job to its end, then return its id."""
+        await checkpoint()
+        spec = self._registry.get(job_type)
+        seconds = self._registry.timeout_for(spec, timeout)
+        if key is not None and key in self._active_keys:
+            return self._active_keys[key]
+        record = JobRecord(
+            job_id=uuid.uuid4().hex,
+            job_type=job_type,
+            payload=payload,
+            timeout=seconds,
+            key=key,
+            submitted_at=utcnow(),
+        )
+        self._jobs[record.job_id] = record
+        self._done[record.job_id] = anyio.Event()
+        self._totals[JobStatus.PENDING] += 1
+        if key is not None:
+            self._active_keys[key] = record.job_id
+        record.apply(JobEvent.START)
+        record.scope = anyio.move_on_after(seconds)
+        record.publish()
+        context = JobContext(record.job_id, job_type, payload, sink=self._progress)
+        try:
+            outcome = await execute(spec.handler, context, record.scope)
+        except BaseException:  # the caller of submit was cancelled: end the job, re-raise
+            self._end(record, JobEvent.CANCEL, error="submit() was cancelled")
+            raise
+        if outcome.event is JobEvent.COMPLETE:
+            self._end(record, JobEvent.COMPLETE, result=outcome.value)
+        elif outcome.event is JobEvent.FAIL:
+            assert outcome.exception is not None
+            self._end(record, JobEvent.FAIL, error=describe(outcome.exception))
+        elif record.cancel_reason is not None:
+            self._end(record, JobEvent.CANCEL, error=record.cancel_reason)
+        else:
+            self._end(record, JobEvent.TIME_OUT, error=f"timed out after {seconds:g} s")
+        return record.job_id
+
+    def _progress(self, job_id: str, fraction: float, message: str | None) -> None:
+        record = self._jobs.get(job_id)
+        if record is not None and record.status is JobStatus.RUNNING:
+            record.progress = fraction
+            record.message = message
+            record.publish()
+
+    def _end(
+        self, record: JobRecord, event: JobEvent, *, result: Any = None, error: Any = None
+    ) -> None:
+        if record.status.is_terminal:
+            return
+        record.result = result
+        record.error = error
+        self._totals[record.apply(event)] += 1
+        if record.key is not None:
+            self._active_keys.pop(record.key, None)
+        record.publish()
+        self._done[record.job_id].set()
+
+    def _record(self, job_id: str) -> JobRecord:
+        try:
+            return self._jobs[job_id]
+        except (KeyError, TypeError):
+            raise JobNotFound(str(job_id)) from None
+
+    async def get_status(self, job_id: str) -> JobStatus:
+        await checkpoint()
+        return self._record(job_id).status
+
+    async def get_result(self, job_id: str) -> JobResult:
+        await checkpoint()
+        return self._record(job_id).snapshot()
+
+    async def wait(self, job_id: str) -> JobResult:
+        record = self._record(job_id)
+        await self._done[job_id].wait()
+        return record.snapshot()
+
+    async def cancel(self, job_id: str) -> bool:
+        record = self._record(job_id)
+        if record.status.is_terminal:
+            await checkpoint()
+            return False
+        record.cancel_reason = "cancelled by request"
+        assert record.scope is not None  # inline jobs are running from the start
+        record.scope.cancel()
+        await self._done[job_id].wait()
+        return record.status is JobStatus.CANCELLED
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> JobPage:
+        await checkpoint()
+        return select_page(
+            reversed(self._jobs.values()),
+            status=status,
+            job_type=job_type,
+            limit=limit,
+            offset=offset,
+        )
+
+    @asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobResult]]:
+        record = self._record(job_id)
+        updates = JobUpdates()
+        record.follow(updates)
+        try:
+            yield updates
+        finally:
+            record.unfollow(updates)
+
+    def statistics(self) -> QueueStatistics:
+        running = sum(1 for r in self._jobs.values() if r.status is JobStatus.RUNNING)
+        return QueueStatistics(
+            pending=0,
+            running=running,
+            finished=len(self._jobs) - running,
+            submitted=self._totals[JobStatus.PENDING],
+            completed=self._totals[JobStatus.COMPLETED],
+            failed=self._totals[JobStatus.FAILED],
+            timeout=self._totals[JobStatus.TIMEOUT],
+            cancelled=self._totals[JobStatus.CANCELLED],
+            accepting=True,
+        )

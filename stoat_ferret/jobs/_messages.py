@@ -1,0 +1,173 @@
+"""The supervisor actor's inbox: commands in, facts out.
+
+Commands (verbs) come from callers of the public API; facts (past tense)
+come from workers, job contexts and timers. Every message is frozen; one
+that needs an answer carries its reply channel. The actor is the only reader
+of the inbox, and the only code that changes a job record.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+
+import anyio
+import attrs
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from anyio import CancelScope
+
+    from stoat_ferret.jobs._execute import Outcome
+    from stoat_ferret.jobs._follow import JobUpdates
+    from stoat_ferret.jobs._models import Handler, JobContext, JobResult
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """A one-shot reply channel: the actor sends once, never blocking; the
+    requester receives. A requester that gave up leaves nobody listening,
+    which is fine: the value is dropped with the channel."""
+
+    __slots__ = ("_event", "_value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: T | Exception | None = None
+
+    def send(self, value: T | Exception) -> None:
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    async def receive(self) -> T:
+        """Wait for the answer; an exception answer is raised here."""
+        await self._event.wait()
+        value = self._value
+        if isinstance(value, Exception):
+            raise value
+        return value  # type: ignore[return-value]  # set, and not an Exception
+
+
+@attrs.frozen(kw_only=True)
+class Submit:
+    """From ``submit``: record a pending job and queue it for the workers.
+
+    Unkeyed submits carry no reply: the caller already holds an admission
+    slot and the id. Keyed ones are admitted by the actor, which answers with
+    the id to use (a running duplicate's, or this one's) or an exception."""
+
+    job_id: str
+    job_type: str
+    payload: Any
+    timeout: float
+    key: str | None
+    submitted_at: datetime
+    reply: Reply[str] | None
+
+
+@attrs.frozen
+class Cancel:
+    """From ``cancel`` (after it cancelled the job's scope): end the job;
+    the reply (True: it ended cancelled) comes once it is terminal."""
+
+    job_id: str
+    reply: Reply[bool]
+
+
+@attrs.frozen
+class Wait:
+    """From ``wait``: answer with the job's snapshot once it is terminal."""
+
+    job_id: str
+    reply: Reply[JobResult]
+
+
+@attrs.frozen
+class Follow:
+    """From ``watch``: push the job's state to ``updates`` from now on."""
+
+    job_id: str
+    updates: JobUpdates
+
+
+@attrs.frozen
+class Unfollow:
+    """From ``watch`` on exit: stop pushing to ``updates``."""
+
+    job_id: str
+    updates: JobUpdates
+
+
+@attrs.frozen
+class Sync:
+    """From a lookup that missed: reply once every earlier message is handled."""
+
+    reply: Reply[None]
+
+
+@attrs.frozen
+class Shutdown:
+    """From ``aclose``: cancel pending jobs, give running ones their grace."""
+
+
+@attrs.frozen
+class Tick:
+    """From the timers: time passed; evict expired jobs, enforce the grace."""
+
+
+@attrs.frozen
+class JobStarted:
+    """From a worker: it took the job and is about to call its handler."""
+
+    job_id: str
+    started_at: datetime
+
+
+@attrs.frozen
+class JobProgressed:
+    """From a job's context: the handler reported progress."""
+
+    job_id: str
+    fraction: float
+    message: str | None
+
+
+@attrs.frozen
+class JobFinished:
+    """From a worker: the handler returned, raised, or its scope caught a cancel."""
+
+    job_id: str
+    outcome: Outcome
+
+
+Message: TypeAlias = (
+    Submit
+    | Cancel
+    | Wait
+    | Follow
+    | Unfollow
+    | Sync
+    | Shutdown
+    | Tick
+    | JobStarted
+    | JobProgressed
+    | JobFinished
+)
+
+
+@attrs.frozen
+class Assignment:
+    """From the actor to the workers, one per pending job, in submit order.
+
+    ``scope`` is the job's cancel scope, created with the job so that
+    ``cancel`` can reach a job that has not started: a worker skips an
+    assignment whose scope is already cancelled. The worker gives it its
+    deadline (``timeout`` seconds from the start) when it starts the job.
+    """
+
+    handler: Handler
+    context: JobContext
+    scope: CancelScope
+    timeout: float

@@ -1,0 +1,63 @@
+"""The seam between the web app and whatever runs its jobs.
+
+:class:`JobSupervisor` and :class:`InMemoryJobQueue` both satisfy it; an
+external engine (a Redis- or database-backed queue) would plug in here.
+Starting and stopping are not part of it: whoever creates a queue owns its
+lifetime.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
+
+    from stoat_ferret.jobs._models import Handler, JobPage, JobResult, JobStatus, QueueStatistics
+
+
+@runtime_checkable
+class AsyncJobQueue(Protocol):
+    """What the app needs from a job queue. Every async method is a checkpoint."""
+
+    def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
+        """Make ``job_type`` runnable by ``handler``."""
+
+    async def submit(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Accept a job and return its id."""
+
+    async def get_status(self, job_id: str) -> JobStatus:
+        """The job's current status."""
+
+    async def get_result(self, job_id: str) -> JobResult:
+        """A snapshot of the job in whatever status it is."""
+
+    async def wait(self, job_id: str) -> JobResult:
+        """Return once the job is terminal."""
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel the job; True once it has ended cancelled, False if already terminal."""
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> JobPage:
+        """Jobs newest first, with the number of matches regardless of ``limit``."""
+
+    def watch(self, job_id: str) -> AbstractAsyncContextManager[AsyncIterator[JobResult]]:
+        """Follow one job: current state, then changes, ending after the terminal one."""
+
+    def statistics(self) -> QueueStatistics:
+        """Counters, without waiting."""

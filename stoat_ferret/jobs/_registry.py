@@ -1,0 +1,98 @@
+"""Job types: which handler runs a type, and how long it may take.
+
+Shared by :class:`JobSupervisor` and :class:`InMemoryJobQueue` so that both
+validate ``register`` and ``submit`` arguments the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import TYPE_CHECKING
+
+import attrs
+
+from stoat_ferret.jobs._exceptions import UnknownJobType
+
+if TYPE_CHECKING:
+    from stoat_ferret.jobs._models import Handler
+
+
+def check_timeout(timeout: float | None, what: str) -> float | None:
+    """Return ``timeout`` as a float (``None`` stays ``None``).
+
+    ``math.inf`` is allowed and means "no deadline".
+
+    Raises:
+        TypeError: ``timeout`` is not a real number.
+        ValueError: ``timeout`` is NaN, zero or negative.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"{what} must be a number of seconds, got {timeout!r}")
+    value = float(timeout)
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds, got {timeout!r}")
+    return value
+
+
+def _is_async_callable(handler: object) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    )
+
+
+@attrs.frozen
+class JobType:
+    """A registered job type."""
+
+    name: str
+    handler: Handler
+    timeout: float | None
+
+
+@attrs.define
+class JobRegistry:
+    """The job types a queue knows, and the timeout rule.
+
+    Timeout precedence: ``submit(timeout=)`` > ``register(timeout=)`` > the
+    queue's ``default_timeout``.
+    """
+
+    default_timeout: float
+    _types: dict[str, JobType] = attrs.field(factory=dict, init=False)
+
+    def register(self, job_type: str, handler: Handler, *, timeout: float | None) -> None:
+        """Add ``job_type``; see ``JobSupervisor.register`` for the rules."""
+        if not isinstance(job_type, str) or not job_type:
+            raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
+        if not _is_async_callable(handler):
+            raise TypeError(
+                f"handler for job type {job_type!r} must be an async function "
+                f"(async def handler(ctx) -> result), got {handler!r}"
+            )
+        if job_type in self._types:
+            raise ValueError(f"job type {job_type!r} is already registered")
+        checked = check_timeout(timeout, f"timeout for job type {job_type!r}")
+        self._types[job_type] = JobType(job_type, handler, checked)
+
+    def get(self, job_type: str) -> JobType:
+        """Return the registered type.
+
+        Raises:
+            UnknownJobType: nobody registered ``job_type``.
+        """
+        try:
+            return self._types[job_type]
+        except (KeyError, TypeError):
+            raise UnknownJobType(str(job_type), sorted(self._types)) from None
+
+    def timeout_for(self, job_type: JobType, timeout: float | None) -> float:
+        """Apply the precedence rule to a ``submit(timeout=)`` argument."""
+        checked = check_timeout(timeout, "timeout")
+        if checked is not None:
+            return checked
+        if job_type.timeout is not None:
+            return job_type.timeout
+        return self.default_timeout
