@@ -7,8 +7,10 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def emit(**fields: Any) -> None:

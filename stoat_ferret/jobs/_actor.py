@@ -59,8 +59,6 @@ class JobTable:
 
     Args:
         registry: the job types (for handlers).
-        work: the assignments stream the workers read, both ends (the actor
-            compacts it when cancelled assignments pile up).
         progress: the sink that job contexts report progress to.
         start_timer: schedules a :class:`Tick` at an absolute clock time.
     """
@@ -73,7 +71,6 @@ class JobTable:
         max_finished: int,
         retention: float,
         shutdown_grace: float,
-        work: tuple[MemoryObjectSendStream[Assignment], MemoryObjectReceiveStream[Assignment]],
         progress: ProgressSink,
         start_timer: Callable[[float], None],
     ) -> None:
@@ -82,7 +79,8 @@ class JobTable:
         self._max_finished = max_finished
         self._retention = retention
         self._shutdown_grace = shutdown_grace
-        self._work_send, self._work_receive = work
+        self._work_send: MemoryObjectSendStream[Assignment] | None = None
+        self._work_receive: MemoryObjectReceiveStream[Assignment] | None = None
         self._progress = progress
         self._start_timer = start_timer
 
@@ -104,6 +102,22 @@ class JobTable:
         self._grace_deadline = math.inf
         # Assignments of cancelled jobs still in the work stream.
         self._dead_assignments = 0
+
+    def open_work_stream(self) -> MemoryObjectReceiveStream[Assignment]:
+        """Create the stream of assignments and return the end workers read.
+
+        It holds one assignment per pending job (plus cancelled ones, until a
+        worker skips them or the table compacts the stream).
+        """
+        self._work_send, self._work_receive = anyio.create_memory_object_stream[Assignment](
+            math.inf
+        )
+        return self._work_receive
+
+    def close_work_stream(self) -> None:
+        for stream in (self._work_send, self._work_receive):
+            if stream is not None:
+                stream.close()
 
     # ------------------------------------------------------------ queries
 
@@ -233,6 +247,7 @@ class JobTable:
             reply.send(record.job_id)
         if self.shutting_down:  # stop() turning leftovers into records: never to run
             return
+        assert self._work_send is not None
         context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
         handler = self._registry.get(record.job_type).handler
         assert record.scope is not None
@@ -265,7 +280,7 @@ class JobTable:
                 JobEvent.CANCEL,
                 error="cancelled: supervisor shut down before the job started",
             )
-        self._work_send.close()  # workers leave once their current job is done
+        self.close_work_stream()  # workers leave once their current job is done
         self._grace_deadline = self.now + self._shutdown_grace
         logger.info(
             "job supervisor shutting down: {running} running job(s) get {grace:g} s",
@@ -337,6 +352,8 @@ class JobTable:
         self._dead_assignments += 1
         if self._dead_assignments <= self._max_pending or self.shutting_down:
             return
+        assert self._work_send is not None
+        assert self._work_receive is not None
         live = []
         while True:
             try:

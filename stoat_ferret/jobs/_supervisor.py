@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from anyio.abc import TaskGroup, TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 T = TypeVar("T")
 
@@ -114,22 +115,19 @@ class JobSupervisor:
         self._registry = JobRegistry(checked)
         self._max_workers = _check_count(max_workers, "max_workers")
         self._retention = _check_seconds(retention, "retention")
-        # Bounded in practice: submits by max_pending, reports by running jobs.
-        self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
-        # Holds one assignment per pending job (plus cancelled ones, compacted).
-        work = anyio.create_memory_object_stream[Assignment](math.inf)
-        self._work_receive = work[1]
         self._table = JobTable(
             registry=self._registry,
             max_pending=_check_count(max_pending, "max_pending"),
             max_finished=_check_count(max_finished, "max_finished"),
             retention=self._retention,
             shutdown_grace=_check_seconds(shutdown_grace, "shutdown_grace"),
-            work=work,
             progress=self._progress,
             start_timer=self._start_timer,
         )
         self._phase = _Phase.NEW
+        # Created by run(), so that a supervisor that never ran leaves no open stream.
+        self._inbox_send: MemoryObjectSendStream[Message]
+        self._inbox_receive: MemoryObjectReceiveStream[Message]
         self._stopped = anyio.Event()
         self._task_group: TaskGroup | None = None
         self._submits_since_yield = 0
@@ -165,11 +163,16 @@ class JobSupervisor:
                 f"JobSupervisor.run() called on a supervisor that is {self._phase.value}"
             )
         self._phase = _Phase.RUNNING
+        # Bounded in practice: submits by max_pending, reports by running jobs.
+        self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+        work = self._table.open_work_stream()
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 for number in range(self._max_workers):
-                    task_group.start_soon(self._worker, name=f"stoat_ferret job worker {number}")
+                    task_group.start_soon(
+                        self._worker, work.clone(), name=f"stoat_ferret job worker {number}"
+                    )
                 task_group.start_soon(self._retention_timer, name="stoat_ferret job retention")
                 logger.debug("job supervisor started with {} worker(s)", self._max_workers)
                 task_status.started()
@@ -376,7 +379,7 @@ class JobSupervisor:
 
     async def _sync(self) -> None:
         """Return once the actor has handled every message sent before."""
-        if self._phase is _Phase.CLOSED:
+        if self._phase is _Phase.NEW or self._phase is _Phase.CLOSED:  # no actor to ask
             await checkpoint()
             return
         reply: Reply[None] = Reply()
@@ -436,12 +439,12 @@ class JobSupervisor:
                 break
         self._table.stop(leftovers)
         self._inbox_receive.close()
-        self._work_receive.close()
+        self._inbox_send.close()
+        self._table.close_work_stream()
         self._stopped.set()
         logger.debug("job supervisor stopped")
 
-    async def _worker(self) -> None:
-        receive = self._work_receive.clone()
+    async def _worker(self, receive: MemoryObjectReceiveStream[Assignment]) -> None:
         send = self._inbox_send
         since_yield = 0
         with receive:

@@ -1,0 +1,432 @@
+"""JobSupervisor: capacity, order, cancellation, keys, retention, logging."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from stoat_ferret.jobs import (
+    JobContext,
+    JobNotFound,
+    JobStatus,
+    JobSupervisor,
+    QueueFull,
+    SupervisorClosed,
+)
+from tests.jobs.conftest import running_supervisor
+
+pytestmark = pytest.mark.anyio
+
+
+class Gate:
+    """A handler that records its runs and blocks until released."""
+
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+        self.finished: list[Any] = []
+        self.release = anyio.Event()
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(self, ctx: JobContext) -> Any:
+        self.started.append(ctx.payload)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        self.finished.append(ctx.payload)
+        return ctx.payload
+
+
+async def test_submit_works_as_soon_as_start_returns() -> None:
+    """A job submitted right after tg.start is known and ends completed."""
+
+    gate = Gate()
+    gate.release.set()
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("gate", gate)
+            job_id = await supervisor.submit("gate", "x")
+            assert await supervisor.get_status(job_id) in {JobStatus.PENDING, JobStatus.RUNNING}
+            assert (await supervisor.wait(job_id)).result == "x"
+
+
+async def test_submit_refused_before_run_and_after_aclose() -> None:
+    """submit raises SupervisorClosed (a QueueFull) when not running."""
+
+    supervisor = JobSupervisor()
+    supervisor.register("gate", Gate())
+    with pytest.raises(SupervisorClosed):
+        await supervisor.submit("gate")
+    with anyio.fail_after(10):
+        async with running_supervisor() as running:
+            running.register("gate", Gate())
+            await running.aclose()
+            with pytest.raises(QueueFull, match="closed"):
+                await running.submit("gate")
+
+
+async def test_queue_full_raises_and_accepted_jobs_still_complete() -> None:
+    """Beyond max_pending submit raises QueueFull; running jobs do not count."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor(max_pending=2) as supervisor:
+            supervisor.register("gate", gate)
+            first = await supervisor.submit("gate", 0)
+            await anyio.wait_all_tasks_blocked()
+            assert gate.started == [0]  # running: it frees its pending slot
+            accepted = [
+                first,
+                await supervisor.submit("gate", 1),
+                await supervisor.submit("gate", 2),
+            ]
+
+            with pytest.raises(QueueFull, match="2 jobs are already pending"):
+                await supervisor.submit("gate", 3)
+            assert supervisor.statistics().pending == 2
+
+            gate.release.set()
+            results = [await supervisor.wait(job_id) for job_id in accepted]
+
+    assert [result.status for result in results] == [JobStatus.COMPLETED] * 3
+    assert gate.finished == [0, 1, 2]
+
+
+async def test_at_most_max_workers_run_at_once_in_submit_order() -> None:
+    """With max_workers=2, two jobs run at a time and jobs start in submit order."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor(max_workers=2) as supervisor:
+            supervisor.register("gate", gate)
+            ids = [await supervisor.submit("gate", number) for number in range(6)]
+            await anyio.wait_all_tasks_blocked()
+            assert gate.started == [0, 1]
+            assert supervisor.statistics().running == 2
+            assert supervisor.statistics().pending == 4
+
+            gate.release.set()
+            for job_id in ids:
+                await supervisor.wait(job_id)
+
+    assert gate.started == [0, 1, 2, 3, 4, 5]
+    assert gate.most_running == 2
+
+
+async def test_cancelled_pending_job_never_starts() -> None:
+    """Cancelling a pending job returns True, ends it cancelled, and its handler never runs."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("gate", gate)
+            blocker = await supervisor.submit("gate", "blocker")
+            victim = await supervisor.submit("gate", "victim")
+            await anyio.wait_all_tasks_blocked()
+
+            assert await supervisor.cancel(victim) is True
+            gate.release.set()
+            await supervisor.wait(blocker)
+            result = await supervisor.get_result(victim)
+
+    assert gate.started == ["blocker"]
+    assert result.status is JobStatus.CANCELLED
+    assert result.started_at is None
+    assert result.error == "cancelled by request before it started"
+
+
+async def test_cancel_right_after_submit_ends_the_job_cancelled() -> None:
+    """A job cancelled at once ends cancelled, whether or not a worker had taken it."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("gate", gate)
+            job_id = await supervisor.submit("gate", "x")
+            assert await supervisor.cancel(job_id) is True
+            result = await supervisor.get_result(job_id)
+
+    assert result.status is JobStatus.CANCELLED
+    assert gate.finished == []
+
+
+async def test_cancelled_running_job_does_not_continue() -> None:
+    """Cancelling a running job cancels its handler at its next checkpoint."""
+
+    record: list[str] = []
+    started = anyio.Event()
+
+    async def handler(ctx: JobContext) -> None:
+        record.append("started")
+        started.set()
+        await anyio.sleep_forever()
+        record.append("continued")
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("h", handler)
+            job_id = await supervisor.submit("h")
+            await started.wait()
+
+            assert await supervisor.cancel(job_id) is True
+            result = await supervisor.get_result(job_id)
+            assert await supervisor.cancel(job_id) is False
+
+    assert record == ["started"]
+    assert result.status is JobStatus.CANCELLED
+    assert result.error == "cancelled by request"
+
+
+async def test_dedupe_key_returns_the_active_job() -> None:
+    """Same key while pending or running gives the same id; afterwards a new one."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor(max_pending=1) as supervisor:
+            supervisor.register("gate", gate)
+            running = await supervisor.submit("gate", "a", key="k1")
+            await anyio.wait_all_tasks_blocked()
+            pending = await supervisor.submit("gate", "b", key="k2")
+            assert await supervisor.submit("gate", "a again", key="k1") == running
+            # Full, but the duplicate of a pending job still gets its id.
+            assert await supervisor.submit("gate", "b again", key="k2") == pending
+            with pytest.raises(QueueFull):
+                await supervisor.submit("gate", "c", key="k3")
+
+            gate.release.set()
+            await supervisor.wait(pending)
+            again = await supervisor.submit("gate", "a third", key="k1")
+            await supervisor.wait(again)
+
+    assert again not in {running, pending}
+    assert gate.started == ["a", "b", "a third"]
+
+
+async def test_finished_jobs_beyond_max_finished_are_evicted_oldest_first() -> None:
+    """At most max_finished finished jobs are kept; evicted ids raise JobNotFound."""
+
+    async def noop(ctx: JobContext) -> int:
+        return int(ctx.payload)
+
+    with anyio.fail_after(10):
+        async with running_supervisor(max_finished=3) as supervisor:
+            supervisor.register("noop", noop)
+            ids = []
+            for number in range(5):
+                ids.append(await supervisor.submit("noop", number))
+                await supervisor.wait(ids[-1])
+
+            for evicted in ids[:2]:
+                with pytest.raises(JobNotFound):
+                    await supervisor.get_result(evicted)
+            kept = [(await supervisor.get_result(job_id)).result for job_id in ids[2:]]
+            assert supervisor.statistics().finished == 3
+            assert (await supervisor.list_jobs()).total == 3
+
+    assert kept == [2, 3, 4]
+
+
+async def test_slow_follower_gets_every_status_and_the_terminal_state() -> None:
+    """A follower that reads late sees pending/running, coalesced progress and the end."""
+
+    progressed = anyio.Event()
+
+    async def handler(ctx: JobContext) -> str:
+        for step in range(1, 101):
+            ctx.report_progress(step / 100, f"step {step}")
+        progressed.set()
+        return "done"
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("gate", gate)
+            supervisor.register("h", handler)
+            blocker = await supervisor.submit("gate")
+            job_id = await supervisor.submit("h")
+            async with supervisor.watch(job_id) as updates:
+                first = await anext(updates)
+                gate.release.set()
+                # The job runs to its end while this follower reads nothing.
+                await supervisor.wait(job_id)
+                rest = [update async for update in updates]
+            await supervisor.wait(blocker)
+
+    assert progressed.is_set()
+    assert first.status is JobStatus.PENDING
+    assert [update.status for update in rest] == [JobStatus.RUNNING, JobStatus.COMPLETED]
+    assert (rest[-1].progress, rest[-1].message, rest[-1].result) == (1.0, "step 100", "done")
+
+
+async def test_follower_sees_progress_while_running_and_terminal_after_cancel() -> None:
+    """Progress is visible to followers and get_result while running; cancel ends the stream."""
+
+    reported = anyio.Event()
+
+    async def handler(ctx: JobContext) -> None:
+        ctx.report_progress(0.3, "a third")
+        reported.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("h", handler)
+            job_id = await supervisor.submit("h")
+            await reported.wait()
+            async with supervisor.watch(job_id) as updates:
+                current = await anext(updates)
+                snapshot = await supervisor.get_result(job_id)
+                await supervisor.cancel(job_id)
+                rest = [update async for update in updates]
+
+    assert (current.status, current.progress, current.message) == (
+        JobStatus.RUNNING,
+        0.3,
+        "a third",
+    )
+    assert (snapshot.progress, snapshot.message) == (0.3, "a third")
+    assert [update.status for update in rest] == [JobStatus.CANCELLED]
+
+
+async def test_aclose_cancels_pending_and_lets_running_finish_within_grace() -> None:
+    """aclose: pending jobs end cancelled unrun, running ones finish, waiters wake."""
+
+    gate = Gate()
+    waited: list[JobStatus] = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            supervisor = JobSupervisor(shutdown_grace=30)
+            supervisor.register("gate", gate)
+            await tg.start(supervisor.run)
+            running = await supervisor.submit("gate", "running")
+            pending = await supervisor.submit("gate", "pending")
+            await anyio.wait_all_tasks_blocked()
+
+            async def wait_for(job_id: str) -> None:
+                waited.append((await supervisor.wait(job_id)).status)
+
+            tg.start_soon(wait_for, pending)
+            tg.start_soon(wait_for, running)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(supervisor.aclose)
+            await anyio.wait_all_tasks_blocked()
+            assert await supervisor.get_status(pending) is JobStatus.CANCELLED
+            assert await supervisor.get_status(running) is JobStatus.RUNNING
+            gate.release.set()
+            await supervisor.aclose()  # idempotent: waits for the same end
+
+        assert gate.started == ["running"]
+        assert sorted(waited) == [JobStatus.CANCELLED, JobStatus.COMPLETED]
+        # run() has returned; the final state still answers.
+        assert await supervisor.get_status(running) is JobStatus.COMPLETED
+        result = await supervisor.wait(pending)
+        assert result.error == "cancelled: supervisor shut down before the job started"
+        assert (await supervisor.list_jobs()).total == 2
+        assert supervisor.statistics().accepting is False
+
+
+async def test_aclose_cancels_running_jobs_after_the_grace() -> None:
+    """A job still running when shutdown_grace ends is cancelled with a shutdown reason."""
+
+    async def stubborn(ctx: JobContext) -> None:
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(100):
+        async with running_supervisor(shutdown_grace=0.05) as supervisor:
+            supervisor.register("stubborn", stubborn)
+            job_id = await supervisor.submit("stubborn")
+            await anyio.wait_all_tasks_blocked()
+            await supervisor.aclose()
+            result = await supervisor.get_result(job_id)
+
+    assert result.status is JobStatus.CANCELLED
+    assert result.error == "cancelled: supervisor shut down before the job finished"
+
+
+async def test_aclose_before_run_and_run_twice() -> None:
+    """aclose before run needs no run; run refuses to start twice or after aclose."""
+
+    closed = JobSupervisor()
+    await closed.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await closed.run()
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            with pytest.raises(RuntimeError, match="running"):
+                await supervisor.run()
+
+
+async def test_cancelling_run_ends_every_job_cancelled() -> None:
+    """If run()'s task is cancelled, pending and running jobs end cancelled and waiters wake."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        supervisor = JobSupervisor()
+        supervisor.register("gate", gate)
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervisor.run)
+            running = await supervisor.submit("gate", 1)
+            pending = await supervisor.submit("gate", 2)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+
+        statuses = [await supervisor.get_status(job_id) for job_id in (running, pending)]
+        errors = [(await supervisor.wait(job_id)).error for job_id in (running, pending)]
+
+    assert statuses == [JobStatus.CANCELLED, JobStatus.CANCELLED]
+    assert errors == [
+        "cancelled: supervisor stopped while the job was running",
+        "cancelled: supervisor stopped before the job started",
+    ]
+    assert gate.finished == []
+
+
+async def test_failure_is_logged_with_traceback_and_workers_go_on(
+    log_records: list[Any],
+) -> None:
+    """A failing handler logs an error with its traceback and fields; the next job runs."""
+
+    async def boom(ctx: JobContext) -> None:
+        raise RuntimeError("kaput")
+
+    async def fine(ctx: JobContext) -> str:
+        return "ok"
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("boom", boom)
+            supervisor.register("fine", fine)
+            failed = await supervisor.submit("boom")
+            await supervisor.wait(failed)
+            assert (await supervisor.wait(await supervisor.submit("fine"))).result == "ok"
+
+    errors = [record for record in log_records if record["level"].name == "ERROR"]
+    assert len(errors) == 1
+    assert errors[0]["exception"] is not None
+    assert errors[0]["extra"]["job_id"] == failed
+    assert errors[0]["extra"]["status"] == "failed"
+    assert errors[0]["extra"]["error"] == "RuntimeError: kaput"
+
+
+async def test_one_log_line_per_lifecycle_event(log_records: list[Any]) -> None:
+    """submitted, started and completed are logged with job_id, job_type and duration."""
+
+    async def fine(ctx: JobContext) -> None:
+        return None
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("fine", fine)
+            job_id = await supervisor.submit("fine")
+            await supervisor.wait(job_id)
+
+    mine = [record["extra"] for record in log_records if record["extra"].get("job_id") == job_id]
+    assert [extra["status"] for extra in mine] == ["pending", "running", "completed"]
+    assert all(extra["job_type"] == "fine" for extra in mine)
+    assert mine[-1]["duration"] >= 0
