@@ -162,14 +162,14 @@ class JobTable:
                     status=record.status.value,
                 )
                 record.publish()
+            case JobFinished(job_id, outcome):
+                if ended := self.running.get(job_id):  # None: already ended by stop()
+                    self._on_finished(ended, outcome)
             case JobProgressed(job_id, fraction, text):
                 if running := self.running.get(job_id):
                     running.progress = fraction
                     running.message = text
                     running.publish()
-            case JobFinished(job_id, outcome):
-                if ended := self.running.get(job_id):  # None: already ended by stop()
-                    self._on_finished(ended, outcome)
             case Submit():
                 self._on_submit(message)
             case Cancel(job_id, reply):

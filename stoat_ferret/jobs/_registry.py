@@ -90,9 +90,8 @@ class JobRegistry:
 
     def timeout_for(self, job_type: JobType, timeout: float | None) -> float:
         """Apply the precedence rule to a ``submit(timeout=)`` argument."""
+        if timeout is None:
+            return self.default_timeout if job_type.timeout is None else job_type.timeout
         checked = check_timeout(timeout, "timeout")
-        if checked is not None:
-            return checked
-        if job_type.timeout is not None:
-            return job_type.timeout
-        return self.default_timeout
+        assert checked is not None
+        return checked
