@@ -1,0 +1,271 @@
+"""Scan benchmarks: one JSON object per line on stdout, one line per figure.
+
+Figures (each the median of ``reps`` runs, its baseline measured in the same run,
+the two interleaved so that drift hits both alike):
+
+* ``scan_first``: a first scan of 1,000 clips, end to end (walk, probe, store in
+  a fresh SQLite file), against a bare loop that only opens each file with PyAV
+  and reads its video stream, with the same number of threads. Target 0.7x.
+* ``scan_first_vs_ffprobe``: the same scan against spawning ``ffprobe`` once per
+  file with the same number of threads (on a subset of the files, since each
+  spawn costs tens of milliseconds). Target 20x. Skipped without ffprobe.
+* ``rescan_unchanged``: a rescan of an unchanged tree of 10,000 videos (hard
+  links of one clip, probed once by a first scan that is not timed) against a
+  bare ``os.scandir`` + ``stat`` walk of the same tree. Target 0.5x.
+
+Clips come from ``tests/videos.py`` (run from the repository root, as
+``python -m bench`` is). ``quick=True`` is a smoke run: a few files, two reps,
+and ``"ok": null`` with ``"quick": true`` on every line, since tens of files
+measure fixed costs rather than throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import av
+from loguru import logger
+
+from stoat_ferret.jobs import JobContext
+from stoat_ferret.library import VideoLibrary, make_scan_handler
+from tests.videos import make_video
+
+THREADS: Final = 4
+FFPROBE_FILES: Final = 200
+
+# (file name, make_video arguments): the mix of containers a first scan meets.
+_VARIANTS: Final[list[tuple[str, dict[str, Any]]]] = [
+    ("h264_aac.mp4", {"audio": "aac"}),
+    ("h264.mkv", {"audio": None}),
+    ("vp9_opus.webm", {"audio": "opus"}),
+    ("mjpeg_pcm.mov", {"codec": "mjpeg", "audio": "pcm_s16le"}),
+    ("mpeg4_pcm.avi", {"audio": "pcm_s16le"}),
+    ("h264_mp2.ts", {"audio": "mp2"}),
+    ("h264_aac.m4v", {"audio": "aac"}),
+    ("mpeg2_mp2.mpg", {"audio": "mp2"}),
+]
+
+
+def main(quick: bool = False) -> None:
+    """Run every scan benchmark and print one JSON line per figure.
+
+    Args:
+        quick: A smoke run: tens of files instead of thousands, two reps.
+    """
+    reps = 2 if quick else 5
+    first_files = 40 if quick else 1_000
+    rescan_files = 400 if quick else 10_000
+    logger.disable("stoat_ferret")
+    try:
+        with tempfile.TemporaryDirectory(prefix="stoat-bench-") as scratch:
+            base = Path(scratch)
+            first_tree = _make_clip_tree(base / "first", first_files)
+            first = _bench_first_scan(base, first_tree, reps)
+            _emit(first, quick=quick)
+            _emit(_bench_ffprobe(first_tree, first["files_per_s"], reps, quick=quick), quick=quick)
+            rescan_tree = _make_link_tree(base / "rescan", first_tree, rescan_files)
+            _emit(_bench_rescan(base, rescan_tree, rescan_files, reps), quick=quick)
+    finally:
+        logger.enable("stoat_ferret")
+
+
+def _emit(figure: dict[str, Any], *, quick: bool) -> None:
+    if quick and "ok" in figure:
+        # Tens of files measure fixed costs, not throughput: no verdict.
+        figure = {**figure, "ok": None, "quick": True}
+    sys.stdout.write(json.dumps(figure) + "\n")
+    sys.stdout.flush()
+
+
+def _make_clip_tree(root: Path, count: int) -> list[str]:
+    """Write ``count`` clips, copies of the variants, 100 to a directory."""
+    originals = root / "originals"
+    originals.mkdir(parents=True)
+    clips = [make_video(originals / name, frames=25, **spec).path for name, spec in _VARIANTS]
+    paths = []
+    for index in range(count):
+        source = clips[index % len(clips)]
+        target = root / "tree" / f"d{index // 100:03d}" / f"clip{index:05d}{source.suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        paths.append(str(target))
+    return paths
+
+
+def _make_link_tree(root: Path, clips: list[str], count: int) -> Path:
+    """``count`` hard links of one clip, 100 to a directory."""
+    source = next(path for path in clips if path.endswith(".mp4"))
+    for index in range(count):
+        directory = root / f"d{index // 100:03d}"
+        if not index % 100:
+            directory.mkdir(parents=True)
+        os.link(source, directory / f"clip{index:05d}.mp4")
+    return root
+
+
+def _context(root: Path) -> JobContext:
+    return JobContext(
+        job_id="bench",
+        job_type="scan",
+        payload={"path": str(root), "recursive": True},
+        sink=lambda job_id, fraction, message: None,
+    )
+
+
+async def _timed_scan(database: Path, root: Path) -> tuple[float, dict[str, Any]]:
+    async with await VideoLibrary.open(database) as library:
+        handler = make_scan_handler(library, probe_threads=THREADS)
+        started = time.perf_counter()
+        result = await handler(_context(root))
+        return time.perf_counter() - started, result
+
+
+def _bare_pyav(paths: list[str]) -> float:
+    def probe(path: str) -> tuple[int, int]:
+        with av.open(path) as container:
+            context = container.streams.video[0].codec_context
+            return context.width, context.height
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(probe, paths))
+    return time.perf_counter() - started
+
+
+def _bench_first_scan(base: Path, paths: list[str], reps: int) -> dict[str, Any]:
+    root = Path(paths[0]).parents[1]
+    scans: list[float] = []
+    bare: list[float] = []
+    for rep in range(reps):
+        bare.append(_bare_pyav(paths))
+        seconds, result = anyio.run(_timed_scan, base / f"first-{rep}.sqlite", root)
+        _check(result["added"] == len(paths), f"first scan added {result['added']} files")
+        scans.append(seconds)
+    return _figure(
+        "scan_first",
+        files=len(paths),
+        seconds=scans,
+        baseline="pyav_bare_threads",
+        baseline_files=len(paths),
+        baseline_seconds=bare,
+        target=0.7,
+    )
+
+
+def _bench_ffprobe(
+    paths: list[str], scan_files_per_s: float, reps: int, *, quick: bool
+) -> dict[str, Any]:
+    if shutil.which("ffprobe") is None:
+        return {"bench": "scan_first_vs_ffprobe", "skipped": "ffprobe not installed"}
+    subset = paths[: 20 if quick else FFPROBE_FILES]
+    command = ["ffprobe", "-v", "error", "-of", "json", "-show_streams", "-show_format"]
+
+    def spawn(path: str) -> None:
+        subprocess.run([*command, path], capture_output=True, check=True)
+
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(spawn, subset))
+        times.append(time.perf_counter() - started)
+    baseline_rate = len(subset) / statistics.median(times)
+    return {
+        "bench": "scan_first_vs_ffprobe",
+        "files": len(paths),
+        "files_per_s": round(scan_files_per_s, 1),
+        "baseline": "ffprobe_per_file_threads",
+        "baseline_files": len(subset),
+        "baseline_files_per_s": round(baseline_rate, 1),
+        "ratio": round(scan_files_per_s / baseline_rate, 2),
+        "target": 20,
+        "ok": scan_files_per_s / baseline_rate >= 20,
+        "reps": reps,
+        "threads": THREADS,
+    }
+
+
+def _bare_walk(root: Path) -> float:
+    started = time.perf_counter()
+    pending = [str(root)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                else:
+                    entry.stat(follow_symlinks=False)
+    return time.perf_counter() - started
+
+
+def _bench_rescan(base: Path, root: Path, count: int, reps: int) -> dict[str, Any]:
+    async def run() -> tuple[list[float], list[float]]:
+        rescans: list[float] = []
+        bare: list[float] = []
+        async with await VideoLibrary.open(base / "rescan.sqlite") as library:
+            handler = make_scan_handler(library, probe_threads=THREADS)
+            first = await handler(_context(root))  # probes every file once; not timed
+            _check(first["added"] == count, f"setup scan added {first['added']} of {count}")
+            for _ in range(reps):
+                bare.append(_bare_walk(root))
+                started = time.perf_counter()
+                result = await handler(_context(root))
+                rescans.append(time.perf_counter() - started)
+                _check(result["unchanged"] == count, f"rescan: {result['unchanged']} unchanged")
+        return rescans, bare
+
+    rescans, bare = anyio.run(run)
+    return _figure(
+        "rescan_unchanged",
+        files=count,
+        seconds=rescans,
+        baseline="bare_scandir_stat",
+        baseline_files=count,
+        baseline_seconds=bare,
+        target=0.5,
+    )
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise RuntimeError(message)
+
+
+def _figure(
+    name: str,
+    *,
+    files: int,
+    seconds: list[float],
+    baseline: str,
+    baseline_files: int,
+    baseline_seconds: list[float],
+    target: float,
+) -> dict[str, Any]:
+    rate = files / statistics.median(seconds)
+    baseline_rate = baseline_files / statistics.median(baseline_seconds)
+    return {
+        "bench": name,
+        "files": files,
+        "files_per_s": round(rate, 1),
+        "median_ms": round(statistics.median(seconds) * 1000, 2),
+        "baseline": baseline,
+        "baseline_files_per_s": round(baseline_rate, 1),
+        "baseline_median_ms": round(statistics.median(baseline_seconds) * 1000, 2),
+        "ratio": round(rate / baseline_rate, 3),
+        "target": target,
+        "ok": rate / baseline_rate >= target,
+        "reps": len(seconds),
+        "threads": THREADS,
+        "backend": "asyncio",
+    }

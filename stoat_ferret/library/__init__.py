@@ -1,0 +1,46 @@
+"""The video library: scan a directory, probe its videos with PyAV, keep them in SQLite.
+
+:func:`make_scan_handler` builds the ``scan`` job handler; :class:`VideoLibrary`
+is the async store the API reads from. Nothing here blocks the event loop:
+walks, probes and SQLite calls run in worker threads, on asyncio and trio alike.
+"""
+
+from __future__ import annotations
+
+from stoat_ferret.library._exceptions import LibraryError, ProbeError, ScanError, StoreError
+from stoat_ferret.library._library import VideoLibrary
+from stoat_ferret.library._models import (
+    DEFAULT_ERROR_CAP,
+    ErrorLog,
+    Fingerprint,
+    Video,
+    VideoProbe,
+    VideoRecord,
+)
+from stoat_ferret.library._probe import READ_LIMIT, probe_video
+from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
+from stoat_ferret.library._store import SCHEMA_VERSION, VideoStore
+from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
+
+__all__ = [
+    "DEFAULT_ERROR_CAP",
+    "READ_LIMIT",
+    "SCHEMA_VERSION",
+    "VIDEO_EXTENSIONS",
+    "ErrorLog",
+    "Fingerprint",
+    "LibraryError",
+    "ProbeError",
+    "ScanError",
+    "ScanHandler",
+    "StoreError",
+    "Video",
+    "VideoLibrary",
+    "VideoProbe",
+    "VideoRecord",
+    "VideoStore",
+    "make_scan_handler",
+    "parse_payload",
+    "probe_video",
+    "walk_videos",
+]

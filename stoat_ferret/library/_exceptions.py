@@ -1,0 +1,52 @@
+"""The errors of the video library.
+
+::
+
+    LibraryError
+     ├── ProbeError    one file cannot be opened or probed, or holds no video
+     ├── ScanError     the directory to scan is missing or cannot be listed
+     └── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
+
+A ``ProbeError`` never ends a scan: the scan records it in its ``errors`` list
+and goes on. ``ScanError`` and ``StoreError`` end it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+class LibraryError(Exception):
+    """The root of every error that ``stoat_ferret.library`` raises on purpose."""
+
+
+@attrs.define(eq=False, str=False)
+class ProbeError(LibraryError):
+    """Raised by :func:`probe_video` when a file is not a video it can describe.
+
+    ``reason`` is one readable sentence fragment, e.g. ``"no video stream"``.
+    """
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@attrs.define(eq=False, str=False)
+class ScanError(LibraryError):
+    """Raised by a scan when the directory it was given vanished or cannot be listed."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"cannot scan {self.path}: {self.reason}"
+
+
+class StoreError(LibraryError):
+    """Raised when the video store cannot be created, opened or used.
+
+    The message is one line that names the file and the cause.
+    """

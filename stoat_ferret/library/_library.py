@@ -1,0 +1,115 @@
+"""VideoLibrary: the async face of :class:`VideoStore`.
+
+Every call runs the store's blocking method in a worker thread through
+``anyio.to_thread.run_sync``, so the event loop never waits on SQLite. The
+threads are not abandoned on cancellation: a write batch that has started
+commits whole before the cancellation is delivered.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.to_thread
+
+from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._store import VideoStore
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+    from types import TracebackType
+
+    from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
+
+
+class VideoLibrary:
+    """The stored videos, for async code. Create it with :meth:`open`."""
+
+    def __init__(self, store: VideoStore) -> None:
+        self._store = store
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> VideoLibrary:
+        """Open (or create) the SQLite store in ``path``, creating its parent directory.
+
+        Raises:
+            StoreError: The directory or the file cannot be created or opened,
+                or the file is not a usable video store.
+        """
+        store = await anyio.to_thread.run_sync(_open_store, os.fspath(path))
+        return cls(store)
+
+    @property
+    def path(self) -> str:
+        """The SQLite file behind this library."""
+        return self._store.path
+
+    async def aclose(self) -> None:
+        """Close the store. Idempotent; runs to the end even when cancelled."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._store.close)
+
+    async def __aenter__(self) -> VideoLibrary:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def schema_version(self) -> int:
+        """Return the schema version recorded in the file (``PRAGMA user_version``)."""
+        return await anyio.to_thread.run_sync(self._store.schema_version)
+
+    async def list_videos(self, limit: int = 100, offset: int = 0) -> tuple[list[Video], int]:
+        """Return one page of videos ordered by path, and the total number of videos.
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative.
+        """
+        return await anyio.to_thread.run_sync(self._store.list_videos, limit, offset)
+
+    async def get_video(self, video_id: int) -> Video | None:
+        """Return the video with this id, or None."""
+        return await anyio.to_thread.run_sync(self._store.get_video, video_id)
+
+    async def get_video_by_path(self, path: str) -> Video | None:
+        """Return the video stored under this resolved path, or None."""
+        return await anyio.to_thread.run_sync(self._store.get_video_by_path, path)
+
+    async def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
+        """Map each stored path in the scope to ``(size_bytes, mtime_ns)``, in one query.
+
+        See :meth:`VideoStore.fingerprints`.
+        """
+        call = functools.partial(self._store.fingerprints, directory, recursive=recursive)
+        return await anyio.to_thread.run_sync(call)
+
+    async def upsert(self, records: Sequence[VideoRecord]) -> None:
+        """Insert or update these videos in one transaction."""
+        await anyio.to_thread.run_sync(self._store.upsert, records)
+
+    async def delete(self, paths: Collection[str]) -> None:
+        """Delete the rows of these paths in one transaction."""
+        await anyio.to_thread.run_sync(self._store.delete, paths)
+
+    async def apply(self, records: Sequence[VideoRecord], deletions: Collection[str]) -> None:
+        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction."""
+        await anyio.to_thread.run_sync(self._store.apply, records, deletions)
+
+
+def _open_store(path: str) -> VideoStore:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open video store {path}: cannot create its directory ({exc.strerror})"
+        ) from exc
+    return VideoStore.open(path)

@@ -1,0 +1,128 @@
+"""The values of the video library: probes, stored videos and scan errors.
+
+Everything that crosses a thread or task boundary is ``@attrs.frozen``.
+The walk and the store exchange plain ``(size_bytes, mtime_ns)`` tuples
+(:data:`Fingerprint`) rather than objects: a rescan of an unchanged tree
+compares tens of thousands of them, and a tuple costs nothing to build.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import attrs
+
+if TYPE_CHECKING:
+    from fractions import Fraction
+
+Fingerprint: TypeAlias = tuple[int, int]
+"""``(size_bytes, mtime_ns)`` of a file: equal fingerprints mean "not changed"."""
+
+DEFAULT_ERROR_CAP = 1_000
+"""How many error entries a scan reports before it only counts the rest."""
+
+
+@attrs.frozen(kw_only=True)
+class VideoProbe:
+    """What :func:`probe_video` learned about one file, in ffprobe's terms.
+
+    ``frame_rate`` is a reduced fraction equal to ffprobe's ``avg_frame_rate``
+    (or ``r_frame_rate`` when the average is unknown). ``audio_codec`` is None
+    when the file has no audio stream.
+    """
+
+    width: int | None
+    height: int | None
+    frame_rate: Fraction | None
+    duration_seconds: float | None
+    duration_frames: int | None
+    video_codec: str
+    audio_codec: str | None
+
+
+@attrs.frozen(kw_only=True)
+class VideoRecord:
+    """One probed file, ready to be written: where it is, its fingerprint, its probe."""
+
+    path: str
+    directory: str
+    filename: str
+    size_bytes: int
+    mtime_ns: int
+    probe: VideoProbe
+
+
+@attrs.frozen(kw_only=True)
+class Video:
+    """One stored video, as the store returns it.
+
+    ``path`` is absolute and resolved. ``mtime_ns`` is internal: the scan uses
+    it to skip unchanged files, and :meth:`to_json` leaves it out. The two
+    timestamps are timezone-aware UTC.
+    """
+
+    id: int
+    path: str
+    filename: str
+    size_bytes: int
+    mtime_ns: int
+    duration_seconds: float | None
+    duration_frames: int | None
+    width: int | None
+    height: int | None
+    frame_rate_numerator: int | None
+    frame_rate_denominator: int | None
+    video_codec: str | None
+    audio_codec: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the video as a JSON-ready dict (timestamps as ISO 8601 UTC strings)."""
+        return {
+            "id": self.id,
+            "path": self.path,
+            "filename": self.filename,
+            "size_bytes": self.size_bytes,
+            "duration_seconds": self.duration_seconds,
+            "duration_frames": self.duration_frames,
+            "width": self.width,
+            "height": self.height,
+            "frame_rate_numerator": self.frame_rate_numerator,
+            "frame_rate_denominator": self.frame_rate_denominator,
+            "video_codec": self.video_codec,
+            "audio_codec": self.audio_codec,
+            "created_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
+        }
+
+
+def iso_utc(moment: datetime) -> str:
+    """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    text = moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return text.removesuffix("+00:00") + "Z"
+
+
+@attrs.define(eq=False)
+class ErrorLog:
+    """The ``errors`` of one scan: the first ``cap`` entries, and a count of the rest.
+
+    Used by one task at a time (the walk's thread, then the scan's tasks), so it
+    needs no lock.
+    """
+
+    cap: int = DEFAULT_ERROR_CAP
+    entries: list[dict[str, str]] = attrs.field(factory=list)
+    # Invariant: truncated > 0 only once len(entries) == cap.
+    truncated: int = 0
+
+    def add(self, path: str, error: str) -> None:
+        """Record that ``path`` could not be handled, and why."""
+        if len(self.entries) < self.cap:
+            self.entries.append({"path": path, "error": error})
+        else:
+            self.truncated += 1
+
+    def __len__(self) -> int:
+        return len(self.entries) + self.truncated

@@ -1,0 +1,237 @@
+"""Probe one file in-process with PyAV and describe it the way ffprobe would.
+
+:func:`probe_video` is synchronous and blocking: the scan runs it in worker
+threads. PyAV releases the GIL inside FFmpeg, so several probes overlap.
+
+A file larger than ``read_limit`` is read through :class:`_BoundedReader`,
+which reports end-of-file once ``read_limit`` bytes have been read. Some
+demuxers (MPEG-PS among them, and ffprobe with it) scan a file of zeros to its
+very end looking for a start code; with the limit a sparse 100 GB file costs a
+fraction of a second instead of a full read. Seeks are free, so an MP4 whose
+index sits at the end of a huge file is still described after reading a few
+kilobytes. A file within the limit cannot be over-read, so FFmpeg opens it
+with its own file I/O, which runs without the GIL: Python-level reads would
+make several probe threads queue on the GIL.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from typing import TYPE_CHECKING, Final, cast
+
+import av
+from av.stream import Disposition
+
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._models import VideoProbe
+
+if TYPE_CHECKING:
+    from fractions import Fraction
+
+    from av.codec.context import CodecContext
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
+
+READ_LIMIT: Final = 64 * 1024 * 1024
+"""Bytes a probe may read from one file (seeks excluded) before it gives up."""
+
+# The audio codec reported when FFmpeg has no decoder for the first audio
+# stream: PyAV then gives no way to read the stream's codec name.
+_UNKNOWN_CODEC: Final = "unknown"
+_MICROSECONDS: Final = 1_000_000
+_SECONDS_PER_MINUTE: Final = 60
+
+# MPEG program streams: FFmpeg estimates each stream's duration from the
+# timestamps it finds near the end and under-reports it (ffprobe shows 0.04 s for
+# the video of a 0.4 s clip), so frame counts there use the container duration.
+_ESTIMATED_STREAM_DURATION: Final = frozenset({"mpeg", "mpegvideo"})
+
+
+class _BoundedReader:
+    """A read-only, seekable file object for PyAV that stops after ``limit`` bytes.
+
+    PyAV only needs ``read``, ``seek`` and ``tell``; there is deliberately no
+    ``write``, so PyAV treats the object as an input.
+    """
+
+    def __init__(self, path: str, limit: int) -> None:
+        # O_NONBLOCK: a FIFO put in place of the file after the walk must not
+        # block this thread in open(); it is refused just below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ProbeError(path, "not a regular file")
+            self._file = io.FileIO(fd, "rb", closefd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._left = limit
+        self.exhausted = False
+
+    def read(self, size: int) -> bytes:
+        if self._left <= 0:
+            self.exhausted = True
+            return b""
+        data = self._file.read(min(size, self._left)) or b""
+        self._left -= len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def probe_video(path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT) -> VideoProbe:
+    """Describe the video in ``path``: size, rate, duration and codecs, as ffprobe does.
+
+    Only the container header, a few packets and (for some formats) the end of
+    the file are read; no frame is decoded.
+
+    Args:
+        path: The file to probe.
+        read_limit: Bytes to read at most (seeks excluded) before giving up.
+
+    Returns:
+        The file's :class:`VideoProbe`. Codec names are FFmpeg's descriptor
+        names (``h264``, ``av1``, ``pcm_s16le``), never decoder names such as
+        ``libdav1d``.
+
+    Raises:
+        ProbeError: The file cannot be opened, is not a media file FFmpeg can
+            read, or has no video stream.
+    """
+    name = os.fspath(path)
+    try:
+        info = os.stat(name)
+    except OSError as exc:
+        raise ProbeError(name, exc.strerror or str(exc)) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ProbeError(name, "not a regular file")
+    if info.st_size <= read_limit:
+        # The whole file is within the limit: FFmpeg may use its own file I/O,
+        # which never takes the GIL ("file:" keeps a ':' in the name literal).
+        return _open_and_describe(name, "file:" + name, None, read_limit)
+    try:
+        reader = _BoundedReader(name, read_limit)
+    except OSError as exc:
+        raise ProbeError(name, exc.strerror or str(exc)) from exc
+    try:
+        return _open_and_describe(name, reader, reader, read_limit)
+    finally:
+        reader.close()
+
+
+def _open_and_describe(
+    name: str, source: str | _BoundedReader, reader: _BoundedReader | None, read_limit: int
+) -> VideoProbe:
+    try:
+        container = av.open(source, mode="r", metadata_errors="replace")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise ProbeError(name, _open_failure(exc, reader, read_limit)) from exc
+    try:
+        return _describe(name, container)
+    finally:
+        container.close()
+
+
+def _open_failure(exc: Exception, reader: _BoundedReader | None, read_limit: int) -> str:
+    if reader is not None and reader.exhausted:
+        mebibytes, rest = divmod(read_limit, 1024 * 1024)
+        amount = f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
+        return f"no media stream found in the first {amount}"
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return f"not a readable media file ({reason})"
+
+
+def _describe(name: str, container: InputContainer) -> VideoProbe:
+    video = next(
+        (s for s in container.streams.video if not s.disposition & Disposition.attached_pic),
+        None,
+    )
+    if video is None:
+        raise ProbeError(name, "no video stream")
+    # PyAV leaves codec_context at None when FFmpeg has no decoder for the stream.
+    context = cast("CodecContext | None", video.codec_context)
+    if context is None:
+        raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
+    rate = _frame_rate(video)
+    container_seconds = (
+        container.duration / _MICROSECONDS
+        if container.duration is not None and container.duration > 0
+        else None
+    )
+    stream_seconds = (
+        None if container.format.name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
+    )
+    return VideoProbe(
+        width=video.codec_context.width or None,
+        height=video.codec_context.height or None,
+        frame_rate=rate,
+        duration_seconds=container_seconds if container_seconds is not None else stream_seconds,
+        duration_frames=_frame_count(video, rate, stream_seconds, container_seconds),
+        video_codec=context.codec.canonical_name,
+        audio_codec=_audio_codec(container),
+    )
+
+
+def _frame_rate(video: VideoStream) -> Fraction | None:
+    # ffprobe's avg_frame_rate, else its r_frame_rate; PyAV's Fraction is reduced.
+    for rate in (video.average_rate, video.base_rate):
+        if rate is not None and rate.numerator > 0:
+            return rate
+    return None
+
+
+def _stream_seconds(video: VideoStream) -> float | None:
+    """The video stream's own duration, if the container records one."""
+    time_base = video.time_base
+    if video.duration is not None and video.duration > 0 and time_base:
+        return video.duration * time_base.numerator / time_base.denominator
+    # Matroska and WebM keep the per-stream duration in a DURATION tag.
+    tag = video.metadata.get("DURATION")
+    return _parse_clock(tag) if tag else None
+
+
+def _parse_clock(text: str) -> float | None:
+    """Parse Matroska's ``HH:MM:SS.nnnnnnnnn``; None if it is not that shape."""
+    try:
+        hours, minutes, seconds = text.strip().split(":")
+        whole_minutes = int(hours) * _SECONDS_PER_MINUTE + int(minutes)
+        total = whole_minutes * _SECONDS_PER_MINUTE + float(seconds)
+    except ValueError:
+        return None
+    return total if total > 0 else None
+
+
+def _frame_count(
+    video: VideoStream,
+    rate: Fraction | None,
+    stream_seconds: float | None,
+    container_seconds: float | None,
+) -> int | None:
+    if video.frames > 0:
+        return video.frames
+    seconds = stream_seconds if stream_seconds is not None else container_seconds
+    if rate is None or seconds is None:
+        return None
+    return round(seconds * rate.numerator / rate.denominator)
+
+
+def _audio_codec(container: InputContainer) -> str | None:
+    for audio in container.streams.audio:
+        context = cast("CodecContext | None", audio.codec_context)
+        return context.codec.canonical_name if context is not None else _UNKNOWN_CODEC
+    return None

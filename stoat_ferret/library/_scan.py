@@ -1,0 +1,308 @@
+"""The ``scan`` job handler: walk a directory, probe what changed, store the result.
+
+One scan, step by step:
+
+1. Walk the directory in a worker thread (:func:`walk_videos`); the walk checks
+   for cancellation every few hundred entries.
+2. Read the fingerprints of every stored row in the same scope, in one query.
+3. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
+   and is neither probed nor written. The rest are probed; rows whose file is
+   gone are deleted (``removed``) in one transaction.
+4. Probe in worker threads: ``probe_threads`` tasks share one
+   ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
+   each handing a thread :data:`PROBE_CHUNK` files at a time.
+   Results go through a memory stream to one writer task, which writes them
+   in batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or
+   per :data:`FLUSH_SECONDS`, whichever comes first.
+
+A file that cannot be probed is an ``errors`` entry and the scan goes on. When
+a file that was stored before has changed and can no longer be probed, its row
+is deleted with the next batch: its old metadata no longer describes it. It
+counts as an error, not as ``removed``.
+
+Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
+reaches the walk thread at its next checkpoint, each probe thread before its
+next file, and every task at its next await. A probe already running finishes
+(FFmpeg cannot be interrupted), but its result is dropped, no new probe
+starts, and no batch is written after the cancellation; batches committed
+before it stay.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import attrs
+from loguru import logger
+
+from stoat_ferret.jobs import JobContext
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._models import (
+    DEFAULT_ERROR_CAP,
+    ErrorLog,
+    Fingerprint,
+    VideoProbe,
+    VideoRecord,
+)
+from stoat_ferret.library._probe import probe_video
+from stoat_ferret.library._walk import walk_videos
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from stoat_ferret.library._library import VideoLibrary
+
+WRITE_BATCH: Final = 256
+"""Most rows written in one transaction."""
+
+FLUSH_SECONDS: Final = 0.25
+"""Longest a probed file waits for its batch to be written."""
+
+PROBE_CHUNK: Final = 8
+"""Files probed per worker-thread call."""
+
+ScanHandler = Callable[[JobContext], Awaitable[dict[str, Any]]]
+
+
+def make_scan_handler(
+    library: VideoLibrary,
+    *,
+    probe_threads: int = 4,
+    error_cap: int = DEFAULT_ERROR_CAP,
+) -> ScanHandler:
+    """Build the handler of ``scan`` jobs, which fills ``library``.
+
+    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool}``
+    (``recursive`` defaults to True).
+
+    Args:
+        library: Where the videos are stored.
+        probe_threads: How many files are probed at once, at most, by all the
+            scans of this handler together.
+        error_cap: How many ``errors`` entries a result lists; the rest are
+            counted in ``errors_truncated``.
+
+    Returns:
+        An async handler returning ``{"found", "added", "updated", "unchanged",
+        "removed", "errors", "errors_truncated"}``.
+
+    Raises:
+        ValueError: ``probe_threads`` or ``error_cap`` is out of range.
+    """
+    if probe_threads < 1:
+        raise ValueError(f"probe_threads must be >= 1, got {probe_threads}")
+    if error_cap < 0:
+        raise ValueError(f"error_cap must be >= 0, got {error_cap}")
+    limiter = anyio.CapacityLimiter(probe_threads)
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        root, recursive = parse_payload(ctx.payload)
+        run = _Scan(
+            library=library,
+            ctx=ctx,
+            root=root,
+            recursive=recursive,
+            limiter=limiter,
+            workers=probe_threads,
+            errors=ErrorLog(cap=error_cap),
+        )
+        return await run.run()
+
+    return scan
+
+
+def parse_payload(payload: Any) -> tuple[str, bool]:
+    """Return ``(directory, recursive)`` from a scan payload.
+
+    Raises:
+        ValueError: The payload is not ``{"path": <absolute str>, "recursive": <bool>}``.
+    """
+    if not isinstance(payload, Mapping):
+        raise ValueError("scan payload must be an object with 'path' and 'recursive'")
+    path = payload.get("path")
+    recursive = payload.get("recursive", True)
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ValueError(f"scan payload 'path' must be an absolute path, got {path!r}")
+    if not isinstance(recursive, bool):
+        raise ValueError(f"scan payload 'recursive' must be a boolean, got {recursive!r}")
+    return os.path.normpath(path), recursive
+
+
+@attrs.define(eq=False, kw_only=True)
+class _Scan:
+    """The state of one scan job. Private to the handler's tasks."""
+
+    library: VideoLibrary
+    ctx: JobContext
+    root: str
+    recursive: bool
+    limiter: anyio.CapacityLimiter
+    workers: int
+    errors: ErrorLog
+    found: dict[str, Fingerprint] = attrs.field(factory=dict)
+    known: dict[str, Fingerprint] = attrs.field(factory=dict)
+    done: int = 0
+    added: int = 0
+    updated: int = 0
+    # The first unexpected error of a child task; re-raised once the group is closed.
+    failure: Exception | None = None
+
+    async def run(self) -> dict[str, Any]:
+        log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
+        log.info("scan started")
+        walk = functools.partial(
+            walk_videos,
+            self.root,
+            recursive=self.recursive,
+            errors=self.errors,
+            checkpoint=anyio.from_thread.check_cancelled,
+        )
+        self.found = await anyio.to_thread.run_sync(walk)
+        self.known = await self.library.fingerprints(self.root, recursive=self.recursive)
+
+        to_probe, gone = _compare(self.found, self.known)
+        unchanged = len(self.found) - len(to_probe)
+        if gone:
+            await self.library.delete(gone)
+        self.done = unchanged
+        if to_probe:
+            self.report()
+            await self.probe_all(to_probe)
+        self.ctx.report_progress(1.0, f"probed {self.done}/{len(self.found)} files")
+
+        result = {
+            "found": len(self.found),
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": unchanged,
+            "removed": len(gone),
+            "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
+            "errors_truncated": self.errors.truncated,
+        }
+        log.info(
+            "scan finished",
+            **{key: value for key, value in result.items() if key != "errors"},
+            error_count=len(self.errors),
+        )
+        return result
+
+    def report(self) -> None:
+        self.ctx.report_progress(
+            self.done / len(self.found), f"probed {self.done}/{len(self.found)} files"
+        )
+
+    async def probe_all(self, paths: list[str]) -> None:
+        send, receive = anyio.create_memory_object_stream[VideoRecord | str](WRITE_BATCH)
+        chunks = [paths[start : start + PROBE_CHUNK] for start in range(0, len(paths), PROBE_CHUNK)]
+        queue = iter(chunks)  # shared: each chunk is taken by exactly one worker
+        async with anyio.create_task_group() as group:
+            group.start_soon(self.guarded, group, self.write_batches, receive)
+            async with send, anyio.create_task_group() as probers:
+                for _ in range(min(self.workers, len(chunks))):
+                    probers.start_soon(self.guarded, group, self.probe_worker, queue, send)
+        if self.failure is not None:
+            raise self.failure
+
+    async def guarded(
+        self,
+        group: TaskGroup,
+        task: Callable[..., Awaitable[None]],
+        *args: Any,
+    ) -> None:
+        # Keeps a child's error out of an ExceptionGroup: the job then fails with
+        # the error itself. Cancellation is a BaseException and passes through.
+        try:
+            await task(*args)
+        except Exception as exc:
+            if self.failure is None:
+                self.failure = exc
+            group.cancel_scope.cancel()
+
+    async def probe_worker(
+        self, chunks: Iterator[list[str]], send: MemoryObjectSendStream[VideoRecord | str]
+    ) -> None:
+        for chunk in chunks:
+            outcomes = await anyio.to_thread.run_sync(self.probe_chunk, chunk, limiter=self.limiter)
+            for path, outcome in outcomes:
+                if isinstance(outcome, str):
+                    self.errors.add(path, outcome)
+                    if path in self.known:
+                        await send.send(path)  # its stored metadata no longer describes it
+                else:
+                    directory, filename = os.path.split(path)
+                    size_bytes, mtime_ns = self.found[path]
+                    record = VideoRecord(
+                        path=path,
+                        directory=directory,
+                        filename=filename,
+                        size_bytes=size_bytes,
+                        mtime_ns=mtime_ns,
+                        probe=outcome,
+                    )
+                    await send.send(record)
+                    if path in self.known:
+                        self.updated += 1
+                    else:
+                        self.added += 1
+                self.done += 1
+                self.report()
+
+    def probe_chunk(self, paths: list[str]) -> list[tuple[str, VideoProbe | str]]:
+        """Probe a few files in this worker thread: a probe or an error message each.
+
+        One thread hop per chunk rather than per file: a hop costs the event
+        loop about as much as probing a small file. Cancellation is checked
+        before every file, so none starts once the scan is cancelled.
+        """
+        outcomes: list[tuple[str, VideoProbe | str]] = []
+        for path in paths:
+            anyio.from_thread.check_cancelled()
+            try:
+                outcomes.append((path, probe_video(path)))
+            except ProbeError as exc:
+                logger.debug("probe failed", job_id=self.ctx.job_id, path=path, reason=exc.reason)
+                outcomes.append((path, exc.reason))
+            except Exception as exc:
+                # A PyAV surprise on one odd file must not sink a scan of thousands.
+                logger.opt(exception=exc).warning(
+                    "probe raised unexpectedly", job_id=self.ctx.job_id, path=path
+                )
+                outcomes.append((path, f"{type(exc).__name__}: {exc}"))
+        return outcomes
+
+    async def write_batches(self, receive: MemoryObjectReceiveStream[VideoRecord | str]) -> None:
+        # A transaction costs far more than a row: gather up to WRITE_BATCH items,
+        # but never hold the first one back for longer than FLUSH_SECONDS.
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                with anyio.move_on_after(FLUSH_SECONDS):
+                    while len(batch) < WRITE_BATCH:
+                        try:
+                            batch.append(await receive.receive())
+                        except anyio.EndOfStream:
+                            break
+                records = [item for item in batch if isinstance(item, VideoRecord)]
+                stale = [item for item in batch if isinstance(item, str)]
+                await self.library.apply(records, stale)
+
+
+def _compare(
+    found: dict[str, Fingerprint], known: dict[str, Fingerprint]
+) -> tuple[list[str], set[str]]:
+    """Return the found paths to probe (new or changed, sorted) and the known paths gone."""
+    if found == known:  # one C-level comparison: the common rescan of an unchanged tree
+        return [], set()
+    stored = known.get
+    to_probe = sorted(path for path, fingerprint in found.items() if stored(path) != fingerprint)
+    new = sum(1 for path in to_probe if path not in known)
+    # Every known path was found exactly when the found-and-known count equals len(known).
+    gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
+    return to_probe, gone

@@ -1,0 +1,329 @@
+"""VideoStore: the videos table in SQLite (stdlib ``sqlite3``), used from worker threads.
+
+Concurrency: one connection, opened with ``check_same_thread=False`` and
+guarded by a ``threading.Lock``. Every method takes the lock for its whole
+duration, so a read never sees half of a write batch and two threads never
+share the connection at once. A write batch is a few milliseconds, which is
+shorter than handing reads to a pool of connections would save.
+
+Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
+committed batches, never consistency), ``busy_timeout`` for other processes.
+Each write method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction, so a batch
+is written whole or not at all.
+
+Schema: ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; :data:`_MIGRATIONS`
+brings an older file up to date inside one transaction at open time.
+
+Scope queries. A recursive scope is every path under a directory, found with a
+range on the ``path`` index: ``'<dir>/' <= path < '<dir>0'`` (``'0'`` is the
+character after ``'/'``), which leaves out the sibling ``<dir>-evil`` and never
+scans the table the way ``LIKE`` would. A non-recursive scope is the rows of
+one ``directory`` (indexed).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterator, Sequence
+
+SCHEMA_VERSION: Final = 1
+"""The schema this code reads and writes, kept in ``PRAGMA user_version``."""
+
+BUSY_TIMEOUT_MS: Final = 5_000
+
+# Statements that take the schema from version N - 1 to version N.
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """
+        CREATE TABLE videos (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,
+            directory TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            duration_seconds REAL,
+            duration_frames INTEGER,
+            width INTEGER,
+            height INTEGER,
+            frame_rate_numerator INTEGER,
+            frame_rate_denominator INTEGER,
+            video_codec TEXT,
+            audio_codec TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) STRICT
+        """,
+        "CREATE INDEX videos_directory ON videos (directory)",
+        # Covers the recursive scope query, so a rescan reads the index only.
+        "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns)",
+    ),
+}
+
+_COLUMNS: Final = (
+    "id, path, filename, size_bytes, mtime_ns, duration_seconds, duration_frames,"
+    " width, height, frame_rate_numerator, frame_rate_denominator, video_codec,"
+    " audio_codec, created_at, updated_at"
+)
+
+_UPSERT: Final = """
+INSERT INTO videos (
+    path, directory, filename, size_bytes, mtime_ns, duration_seconds, duration_frames,
+    width, height, frame_rate_numerator, frame_rate_denominator, video_codec, audio_codec,
+    created_at, updated_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (path) DO UPDATE SET
+    directory = excluded.directory,
+    filename = excluded.filename,
+    size_bytes = excluded.size_bytes,
+    mtime_ns = excluded.mtime_ns,
+    duration_seconds = excluded.duration_seconds,
+    duration_frames = excluded.duration_frames,
+    width = excluded.width,
+    height = excluded.height,
+    frame_rate_numerator = excluded.frame_rate_numerator,
+    frame_rate_denominator = excluded.frame_rate_denominator,
+    video_codec = excluded.video_codec,
+    audio_codec = excluded.audio_codec,
+    updated_at = excluded.updated_at
+"""
+
+
+class VideoStore:
+    """The videos table of one SQLite file. Blocking: call it from worker threads.
+
+    Use :meth:`open`; the constructor takes an already prepared connection.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = connection
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> VideoStore:
+        """Open (or create) the store in ``path`` and bring its schema up to date.
+
+        Raises:
+            StoreError: The file cannot be created or opened, is not an SQLite
+                database, or has a schema newer than :data:`SCHEMA_VERSION`.
+        """
+        name = os.fspath(path)
+        try:
+            connection = sqlite3.connect(
+                name, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open video store {name}: {exc}") from exc
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            _migrate(connection, name)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StoreError(f"cannot open video store {name}: {exc}") from exc
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection, name)
+
+    def close(self) -> None:
+        """Close the connection. Idempotent; later calls to other methods raise StoreError."""
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def schema_version(self) -> int:
+        """Return ``PRAGMA user_version`` of the open file."""
+        with self._reading() as connection:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    def list_videos(self, limit: int, offset: int) -> tuple[list[Video], int]:
+        """Return one page of videos ordered by path, and how many videos there are.
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
+        with self._reading() as connection:
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM videos ORDER BY path LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+            (total,) = connection.execute("SELECT count(*) FROM videos").fetchone()
+        return [_video(row) for row in rows], int(total)
+
+    def get_video(self, video_id: int) -> Video | None:
+        """Return the video with this id, or None."""
+        with self._reading() as connection:
+            row = connection.execute(
+                f"SELECT {_COLUMNS} FROM videos WHERE id = ?", (video_id,)
+            ).fetchone()
+        return None if row is None else _video(row)
+
+    def get_video_by_path(self, path: str) -> Video | None:
+        """Return the video stored under this resolved path, or None."""
+        with self._reading() as connection:
+            row = connection.execute(
+                f"SELECT {_COLUMNS} FROM videos WHERE path = ?", (path,)
+            ).fetchone()
+        return None if row is None else _video(row)
+
+    def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
+        """Map every stored path in a scope to its ``(size_bytes, mtime_ns)``, in one query.
+
+        Args:
+            directory: An absolute, normalised directory path.
+            recursive: True for every path under ``directory``; False for the
+                files directly in it.
+        """
+        with self._reading() as connection:
+            if recursive:
+                low, high = subtree_bounds(directory)
+                cursor = connection.execute(
+                    "SELECT path, size_bytes, mtime_ns FROM videos WHERE path >= ? AND path < ?",
+                    (low, high),
+                )
+            else:
+                cursor = connection.execute(
+                    "SELECT path, size_bytes, mtime_ns FROM videos WHERE directory = ?",
+                    (directory,),
+                )
+            return {path: (size, mtime) for path, size, mtime in cursor}
+
+    def upsert(self, records: Sequence[VideoRecord]) -> None:
+        """Insert or update these videos, keyed by path, in one transaction.
+
+        ``created_at`` of an existing row is kept; ``updated_at`` becomes now.
+        """
+        self.apply(records, ())
+
+    def delete(self, paths: Collection[str]) -> None:
+        """Delete the rows of these paths (absent ones are ignored) in one transaction."""
+        self.apply((), paths)
+
+    def apply(self, records: Sequence[VideoRecord], deletions: Collection[str]) -> None:
+        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction."""
+        if not records and not deletions:
+            return
+        now = datetime.now(UTC).isoformat()
+        rows = [_row(record, now) for record in records]
+        with self._writing() as connection:
+            if rows:
+                connection.executemany(_UPSERT, rows)
+            if deletions:
+                connection.executemany(
+                    "DELETE FROM videos WHERE path = ?", ((path,) for path in deletions)
+                )
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            connection = self._open_connection()
+            try:
+                yield connection
+            except sqlite3.Error as exc:
+                raise StoreError(f"video store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            connection = self._open_connection()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"video store {self.path}: {exc}") from exc
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"video store {self.path} is closed")
+        return self._connection
+
+
+def subtree_bounds(directory: str) -> tuple[str, str]:
+    """Return ``(low, high)`` with ``low <= path < high`` exactly for paths under ``directory``."""
+    prefix = directory if directory.endswith("/") else directory + "/"
+    return prefix, prefix[:-1] + "0"
+
+
+def _migrate(connection: sqlite3.Connection, name: str) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"cannot open video store {name}: schema version {version} is newer than"
+                f" the supported version {SCHEMA_VERSION}"
+            )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                connection.execute(statement)
+        # PRAGMA takes no parameters; SCHEMA_VERSION is an int constant.
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:
+    probe = record.probe
+    rate = probe.frame_rate
+    return (
+        record.path,
+        record.directory,
+        record.filename,
+        record.size_bytes,
+        record.mtime_ns,
+        probe.duration_seconds,
+        probe.duration_frames,
+        probe.width,
+        probe.height,
+        None if rate is None else rate.numerator,
+        None if rate is None else rate.denominator,
+        probe.video_codec,
+        probe.audio_codec,
+        now,
+        now,
+    )
+
+
+def _video(row: tuple[Any, ...]) -> Video:
+    return Video(
+        id=row[0],
+        path=row[1],
+        filename=row[2],
+        size_bytes=row[3],
+        mtime_ns=row[4],
+        duration_seconds=row[5],
+        duration_frames=row[6],
+        width=row[7],
+        height=row[8],
+        frame_rate_numerator=row[9],
+        frame_rate_denominator=row[10],
+        video_codec=row[11],
+        audio_codec=row[12],
+        created_at=datetime.fromisoformat(row[13]),
+        updated_at=datetime.fromisoformat(row[14]),
+    )

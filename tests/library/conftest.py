@@ -1,0 +1,51 @@
+"""Fixture videos for the library tests, encoded once per session and copied per test."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from tests.videos import EncodedVideo, make_video
+
+# name -> make_video keyword arguments. Each pairs a container with codecs it
+# really carries; every clip is 64x48 and at most 15 frames.
+CLIP_SPECS: dict[str, dict[str, Any]] = {
+    "h264_aac.mp4": {"audio": "aac"},
+    "h264.mkv": {"audio": None},
+    "mpeg4_pcm.avi": {"audio": "pcm_s16le"},
+    "vp9_opus.webm": {"audio": "opus"},
+    "mjpeg_pcm.mov": {"codec": "mjpeg", "audio": "pcm_s16le"},
+    "hevc_mp3.mkv": {"codec": "hevc", "audio": "mp3"},
+    "av1.mp4": {"codec": "av1", "audio": None},
+    "h264_mp2.ts": {"audio": "mp2"},
+    "mpeg2_mp2.mpg": {"audio": "mp2"},
+    "vp8_ntsc.mkv": {"codec": "vp8", "audio": "opus", "rate": Fraction(30000, 1001), "frames": 15},
+    "h264_film.m4v": {"rate": Fraction(24000, 1001), "frames": 12},
+}
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Both backends, as in tests/conftest.py, but trio keeps its real clock here.
+
+    Every library test waits on worker threads. Trio's MockClock with
+    ``autojump_threshold=0`` counts such a wait as idle time and jumps straight
+    to the next deadline, so ``anyio.fail_after`` would fire while a thread is
+    still walking or probing. With the real clock, fail_after means seconds.
+    """
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EncodedVideo]:
+    """Every clip of :data:`CLIP_SPECS`, encoded once; copy them before changing them."""
+    directory = tmp_path_factory.mktemp("clips")
+    return {name: make_video(directory / name, **spec) for name, spec in CLIP_SPECS.items()}
+
+
+@pytest.fixture(scope="session")
+def clip(clips: dict[str, EncodedVideo]) -> EncodedVideo:
+    """One small H.264 + AAC MP4."""
+    return clips["h264_aac.mp4"]

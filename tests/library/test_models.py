@@ -1,0 +1,70 @@
+"""The library's values: Video.to_json, ErrorLog and the exception messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from stoat_ferret.library import ErrorLog, ScanError, Video
+from stoat_ferret.library._models import iso_utc
+
+
+def test_iso_utc_converts_to_utc_with_a_z() -> None:
+    """An aware time in another zone is shown in UTC, always with microseconds."""
+    paris = timezone(timedelta(hours=1))
+
+    assert iso_utc(datetime(2024, 3, 1, 13, 0, tzinfo=paris)) == "2024-03-01T12:00:00.000000Z"
+    assert iso_utc(datetime(2024, 3, 1, 12, 0, 0, 5, tzinfo=UTC)) == "2024-03-01T12:00:00.000005Z"
+
+
+def test_video_to_json_values() -> None:
+    """Every public field is copied as is; the times become strings."""
+    moment = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    video = Video(
+        id=7,
+        path="/m/a.mp4",
+        filename="a.mp4",
+        size_bytes=10,
+        mtime_ns=99,
+        duration_seconds=None,
+        duration_frames=None,
+        width=None,
+        height=None,
+        frame_rate_numerator=None,
+        frame_rate_denominator=None,
+        video_codec="h264",
+        audio_codec=None,
+        created_at=moment,
+        updated_at=moment + timedelta(seconds=1),
+    )
+
+    assert video.to_json() == {
+        "id": 7,
+        "path": "/m/a.mp4",
+        "filename": "a.mp4",
+        "size_bytes": 10,
+        "duration_seconds": None,
+        "duration_frames": None,
+        "width": None,
+        "height": None,
+        "frame_rate_numerator": None,
+        "frame_rate_denominator": None,
+        "video_codec": "h264",
+        "audio_codec": None,
+        "created_at": "2024-01-02T03:04:05.000000Z",
+        "updated_at": "2024-01-02T03:04:06.000000Z",
+    }
+
+
+def test_error_log_keeps_the_first_entries_and_counts_the_rest() -> None:
+    """Past the cap, entries are only counted."""
+    log = ErrorLog(cap=2)
+    for index in range(5):
+        log.add(f"/m/{index}", "bad")
+
+    assert log.entries == [{"path": "/m/0", "error": "bad"}, {"path": "/m/1", "error": "bad"}]
+    assert (log.truncated, len(log)) == (3, 5)
+
+
+def test_scan_error_message() -> None:
+    """ScanError names the directory and the cause."""
+    assert str(ScanError("/m", "Permission denied")) == "cannot scan /m: Permission denied"

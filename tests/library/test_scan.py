@@ -1,0 +1,462 @@
+"""The scan job handler: counts, rescans, progress, errors and cancellation."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import pytest
+
+from stoat_ferret.library import (
+    ProbeError,
+    ScanError,
+    StoreError,
+    VideoLibrary,
+    VideoProbe,
+    _scan,
+    _walk,
+    make_scan_handler,
+    parse_payload,
+    probe_video,
+    walk_videos,
+)
+from tests.library.support import make_context
+from tests.videos import copy_video, make_video
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 20
+
+
+@pytest.fixture
+async def library(tmp_path: Path) -> AsyncIterator[VideoLibrary]:
+    opened = await VideoLibrary.open(tmp_path / "state" / "videos.sqlite")
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    root = tmp_path / "media"
+    root.mkdir()
+    return root
+
+
+class ProbeSpy:
+    """Replaces the scan's probe_video; records every call, then probes for real."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        self.before: Callable[[str, int], None] | None = None
+        monkeypatch.setattr(_scan, "probe_video", self)
+
+    def __call__(self, path: str) -> VideoProbe:
+        self.calls.append(path)
+        if self.before is not None:
+            self.before(path, len(self.calls))
+        return probe_video(path)
+
+
+def _fill(media: Path, clip: EncodedVideo, names: list[str]) -> list[str]:
+    paths = []
+    for name in names:
+        target = media / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        paths.append(str(copy_video(clip, target).path))
+    return paths
+
+
+async def test_first_scan_adds_every_video_and_reports_bad_files(
+    library: VideoLibrary, media: Path, clips: dict[str, EncodedVideo]
+) -> None:
+    """Good videos are added with their probe; bad ones are errors and the job completes."""
+    copy_video(clips["h264_aac.mp4"], media / "a.mp4")
+    (media / "sub").mkdir()
+    copy_video(clips["vp9_opus.webm"], media / "sub" / "b.webm")
+    (media / "notes.txt").write_text("not a video, not an error")
+    (media / "fake.mp4").write_text("a text file named like a video")
+    (media / "empty.mkv").write_bytes(b"")
+    handler = make_scan_handler(library, probe_threads=2)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        videos, total = await library.list_videos()
+
+    assert {k: v for k, v in result.items() if k != "errors"} == {
+        "found": 4,
+        "added": 2,
+        "updated": 0,
+        "unchanged": 0,
+        "removed": 0,
+        "errors_truncated": 0,
+    }
+    assert [e["path"] for e in result["errors"]] == [
+        str(media / "empty.mkv"),
+        str(media / "fake.mp4"),
+    ]
+    assert all("not a readable media file" in e["error"] for e in result["errors"])
+    assert total == 2
+    assert [(v.path, v.video_codec, v.audio_codec) for v in videos] == [
+        (str(media / "a.mp4"), "h264", "aac"),
+        (str(media / "sub" / "b.webm"), "vp9", "opus"),
+    ]
+    assert videos[0].size_bytes == (media / "a.mp4").stat().st_size
+    assert videos[0].mtime_ns == (media / "a.mp4").stat().st_mtime_ns
+
+
+async def test_rescan_of_an_unchanged_tree_probes_nothing(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second scan finds every file unchanged and makes no probe call at all."""
+    _fill(media, clip, ["a.mp4", "b.mp4", "x/c.mp4"])
+    handler = make_scan_handler(library)
+    spy = ProbeSpy(monkeypatch)
+
+    with anyio.fail_after(TIMEOUT):
+        first = await handler(make_context(media))
+        probed_first = len(spy.calls)
+        second = await handler(make_context(media))
+
+    assert (first["added"], probed_first) == (3, 3)
+    assert (second["found"], second["unchanged"]) == (3, 3)
+    assert (second["added"], second["updated"]) == (0, 0)
+    assert len(spy.calls) == probed_first
+
+
+async def test_changed_files_are_probed_again(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new mtime alone, or new content, makes a file 'updated' and re-probed."""
+    touched, rewritten, same = _fill(media, clip, ["touched.mp4", "rewritten.mp4", "same.mp4"])
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+        before = await library.get_video_by_path(rewritten)
+    stat = os.stat(touched)
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    longer = make_video(rewritten, frames=20)
+    spy = ProbeSpy(monkeypatch)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        after = await library.get_video_by_path(rewritten)
+
+    assert (result["updated"], result["unchanged"], result["added"]) == (2, 1, 0)
+    assert sorted(spy.calls) == sorted([touched, rewritten])
+    assert same not in spy.calls
+    assert before is not None
+    assert after is not None
+    assert after.id == before.id
+    assert after.duration_frames == longer.frames == 20
+    assert after.size_bytes == longer.size_bytes
+
+
+async def test_deleted_files_are_removed(
+    library: VideoLibrary, media: Path, clip: EncodedVideo
+) -> None:
+    """Rows whose file is gone are deleted and counted."""
+    kept, gone = _fill(media, clip, ["kept.mp4", "sub/gone.mp4"])
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+        os.remove(gone)
+        result = await handler(make_context(media))
+        videos, _ = await library.list_videos()
+
+    assert (result["removed"], result["unchanged"], result["found"]) == (1, 1, 1)
+    assert [v.path for v in videos] == [kept]
+
+
+async def test_non_recursive_scan_touches_only_the_directory_own_files(
+    library: VideoLibrary, media: Path, clip: EncodedVideo
+) -> None:
+    """recursive=False neither adds nor removes anything below the directory."""
+    top, nested = _fill(media, clip, ["top.mp4", "sub/nested.mp4"])
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media, recursive=True))
+        os.remove(top)
+        os.remove(nested)
+        flat = await handler(make_context(media, recursive=False))
+        left = [v.path for v in (await library.list_videos())[0]]
+        deep = await handler(make_context(media, recursive=True))
+
+    assert (flat["found"], flat["removed"]) == (0, 1)
+    assert left == [nested]
+    assert deep["removed"] == 1
+
+
+async def test_sibling_directory_is_out_of_scope(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """Scanning <dir> never removes the rows of <dir>-evil."""
+    (tmp_path / "lib").mkdir()
+    (evil,) = _fill(tmp_path / "lib-evil", clip, ["x.mp4"])
+    handler = make_scan_handler(library)
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(tmp_path / "lib-evil"))
+        result = await handler(make_context(tmp_path / "lib"))
+        videos, _ = await library.list_videos()
+
+    assert result["removed"] == 0
+    assert [v.path for v in videos] == [evil]
+
+
+async def test_progress_is_reported_per_file_up_to_one(
+    library: VideoLibrary, media: Path, clip: EncodedVideo
+) -> None:
+    """Fractions rise to 1.0 with 'probed k/n files' messages."""
+    _fill(media, clip, [f"{i}.mp4" for i in range(4)])
+    progress: list[tuple[float, str | None]] = []
+
+    with anyio.fail_after(TIMEOUT):
+        await make_scan_handler(library)(make_context(media, progress=progress))
+
+    fractions = [fraction for fraction, _ in progress]
+    assert fractions == sorted(fractions)
+    assert progress[0] == (0.0, "probed 0/4 files")
+    assert progress[-1] == (1.0, "probed 4/4 files")
+    assert {message for _, message in progress} == {f"probed {i}/4 files" for i in range(5)}
+
+
+async def test_empty_directory_reports_done(library: VideoLibrary, media: Path) -> None:
+    """Nothing found: a single report of 1.0 and all counts zero."""
+    progress: list[tuple[float, str | None]] = []
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library)(make_context(media, progress=progress))
+
+    assert progress == [(1.0, "probed 0/0 files")]
+    assert result == {
+        "found": 0,
+        "added": 0,
+        "updated": 0,
+        "unchanged": 0,
+        "removed": 0,
+        "errors": [],
+        "errors_truncated": 0,
+    }
+
+
+async def test_errors_are_capped_and_the_rest_counted(library: VideoLibrary, media: Path) -> None:
+    """With a cap of 3, seven bad files give three entries and errors_truncated == 4."""
+    for index in range(7):
+        (media / f"bad{index}.mp4").write_text("nope")
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library, error_cap=3)(make_context(media))
+
+    assert result["found"] == 7
+    assert len(result["errors"]) == 3
+    assert result["errors_truncated"] == 4
+
+
+async def test_walk_errors_appear_in_the_result(
+    library: VideoLibrary, media: Path, tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A symlink that points outside the scanned directory is listed in errors."""
+    (outside,) = _fill(tmp_path / "elsewhere", clip, ["x.mp4"])
+    (media / "link.mp4").symlink_to(outside)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library)(make_context(media))
+
+    assert result["errors"] == [
+        {"path": str(media / "link.mp4"), "error": "symlink points outside the scanned directory"}
+    ]
+    assert result["found"] == 0
+
+
+async def test_a_stored_file_that_turns_unreadable_is_dropped(
+    library: VideoLibrary, media: Path, clip: EncodedVideo
+) -> None:
+    """Its stale row is deleted, it is an error, and it does not count as removed."""
+    (path,) = _fill(media, clip, ["a.mp4"])
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+        await anyio.Path(path).write_bytes(b"overwritten with junk")
+        result = await handler(make_context(media))
+        row = await library.get_video_by_path(path)
+
+    assert row is None
+    assert (result["removed"], result["updated"]) == (0, 0)
+    assert [e["path"] for e in result["errors"]] == [path]
+
+
+async def test_an_unexpected_probe_exception_is_an_error_entry(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe that raises something odd costs that file only."""
+    good, odd = _fill(media, clip, ["good.mp4", "odd.mp4"])
+
+    def probe(path: str) -> VideoProbe:
+        if path == odd:
+            raise RuntimeError("PyAV surprise")
+        return probe_video(path)
+
+    monkeypatch.setattr(_scan, "probe_video", probe)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library)(make_context(media))
+
+    assert result["added"] == 1
+    assert result["errors"] == [{"path": odd, "error": "RuntimeError: PyAV surprise"}]
+    assert await library.get_video_by_path(good) is not None
+
+
+async def test_a_store_failure_fails_the_job_with_that_error(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's StoreError comes out as itself, not wrapped in an ExceptionGroup."""
+    _fill(media, clip, ["a.mp4", "b.mp4"])
+
+    async def broken_apply(*args: Any) -> None:
+        raise StoreError("video store /x: disk I/O error")
+
+    monkeypatch.setattr(library, "apply", broken_apply)
+
+    with anyio.fail_after(TIMEOUT), pytest.raises(StoreError, match="disk I/O error"):
+        await make_scan_handler(library)(make_context(media))
+
+
+async def test_vanished_directory_fails_clearly(library: VideoLibrary, tmp_path: Path) -> None:
+    """A directory that no longer exists ends the job with a ScanError."""
+    with anyio.fail_after(TIMEOUT), pytest.raises(ScanError, match="No such file or directory"):
+        await make_scan_handler(library)(make_context(tmp_path / "gone"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [None, {"path": "relative/dir"}, {"path": 3}, {"path": "/abs", "recursive": "yes"}],
+)
+def test_bad_payloads_are_value_errors(payload: Any) -> None:
+    """The handler refuses payloads that are not {'path': absolute, 'recursive': bool}."""
+    with pytest.raises(ValueError, match="scan payload"):
+        parse_payload(payload)
+
+
+def test_payload_is_normalised_and_recursive_by_default() -> None:
+    """Trailing slashes go; recursive defaults to True."""
+    assert parse_payload({"path": "/media/films/"}) == ("/media/films", True)
+    assert parse_payload({"path": "/media", "recursive": False}) == ("/media", False)
+
+
+def test_handler_arguments_are_checked(tmp_path: Path) -> None:
+    """probe_threads below one and a negative cap are refused at build time."""
+    library = VideoLibrary.__new__(VideoLibrary)
+    with pytest.raises(ValueError, match="probe_threads"):
+        make_scan_handler(library, probe_threads=0)
+    with pytest.raises(ValueError, match="error_cap"):
+        make_scan_handler(library, error_cap=-1)
+
+
+async def test_cancellation_stops_probing_and_writing(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled during the third probe: no fourth probe, nothing written after, old rows stay."""
+    (old,) = _fill(media, clip, ["0-old.mp4"])
+    handler = make_scan_handler(library, probe_threads=1)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    fresh = _fill(media, clip, [f"{i}-new.mp4" for i in range(1, 9)])
+    spy = ProbeSpy(monkeypatch)
+
+    with anyio.fail_after(TIMEOUT):
+        with anyio.CancelScope() as scope:
+
+            def cancel_on_third(path: str, count: int) -> None:
+                if count == 3:
+                    anyio.from_thread.run_sync(scope.cancel)
+
+            spy.before = cancel_on_third
+            await handler(make_context(media))
+        stored = {v.path for v in (await library.list_videos())[0]}
+
+    assert scope.cancelled_caught
+    assert spy.calls == fresh[:3]
+    assert old in stored
+    assert stored <= {old, *fresh[:2]}
+
+
+async def test_cancellation_stops_the_walk(
+    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler's walk honours cancellation at its first checkpoint; nothing is probed."""
+    for index in range(_walk.CHECK_EVERY * 3):
+        (media / f"{index}.txt").write_bytes(b"")
+    checkpoints: list[int] = []
+    spy = ProbeSpy(monkeypatch)
+
+    with anyio.fail_after(TIMEOUT), anyio.CancelScope() as scope:
+
+        def walk(*args: Any, checkpoint: Callable[[], None], **kwargs: Any) -> Any:
+            def cancelling_checkpoint() -> None:
+                checkpoints.append(1)
+                anyio.from_thread.run_sync(scope.cancel)
+                checkpoint()
+
+            return walk_videos(*args, checkpoint=cancelling_checkpoint, **kwargs)
+
+        monkeypatch.setattr(_scan, "walk_videos", walk)
+        await make_scan_handler(library)(make_context(media))
+
+    assert scope.cancelled_caught
+    assert checkpoints == [1]
+    assert spy.calls == []
+
+
+async def test_concurrent_probes_respect_probe_threads(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two scans of one handler share its limiter: with probe_threads=1, one probe at a time."""
+    _fill(media / "one", clip, [f"{i:02d}.mp4" for i in range(24)])
+    _fill(media / "two", clip, [f"{i:02d}.mp4" for i in range(24)])
+    running: list[int] = [0]
+    peak: list[int] = [0]
+    guard = threading.Lock()
+
+    def probe(path: str) -> VideoProbe:
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return probe_video(path)
+        finally:
+            with guard:
+                running[0] -= 1
+
+    monkeypatch.setattr(_scan, "probe_video", probe)
+    handler = make_scan_handler(library, probe_threads=1)
+
+    async def scan(directory: Path) -> None:
+        await handler(make_context(directory))
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(scan, media / "one")
+            group.start_soon(scan, media / "two")
+
+    assert peak == [1]
+    assert (await library.list_videos())[1] == 48
+
+
+def test_probe_error_keeps_path_and_reason() -> None:
+    """ProbeError carries the path and the reason separately."""
+    error = ProbeError("/m/a.mp4", "no video stream")
+
+    assert (error.path, error.reason, str(error)) == (
+        "/m/a.mp4",
+        "no video stream",
+        "/m/a.mp4: no video stream",
+    )

@@ -1,0 +1,310 @@
+"""walk_videos: which files a scan sees, and which it reports as errors."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import pytest
+
+from stoat_ferret.library import ErrorLog, ScanError, _walk, walk_videos
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _touch(path: Path, content: bytes = b"x") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return str(path)
+
+
+def _walk_paths(root: Path, *, recursive: bool = True) -> tuple[set[str], list[dict[str, str]]]:
+    errors = ErrorLog()
+    found = walk_videos(str(root), recursive=recursive, errors=errors)
+    return set(found), errors.entries
+
+
+def test_video_extensions_in_any_case(tmp_path: Path) -> None:
+    """Known extensions count whatever their case; every other file is ignored silently."""
+    names = ["a.mp4", "b.MKV", "c.WebM", "d.mov", "e.M4V", "f.avi", "g.mpg", "h.MPEG", "i.ts"]
+    videos = {_touch(tmp_path / name) for name in [*names, "j.wmv", "k.flv"]}
+    for name in ("notes.txt", "clip.mp4.part", "mp4", "clip_mp4", "photo.jpg", "x.mp"):
+        _touch(tmp_path / name)
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert found == videos
+    assert errors == []
+
+
+def test_reports_size_and_mtime(tmp_path: Path) -> None:
+    """Each file's fingerprint is its stat size and st_mtime_ns."""
+    path = _touch(tmp_path / "a.mp4", b"12345")
+    os.utime(path, ns=(1_000_000_123, 2_000_000_456))
+
+    found = walk_videos(str(tmp_path), recursive=False, errors=ErrorLog())
+
+    assert found == {path: (5, 2_000_000_456)}
+
+
+def test_recursive_descends_and_non_recursive_stays(tmp_path: Path) -> None:
+    """recursive=True finds nested files; recursive=False only the directory's own."""
+    top = _touch(tmp_path / "top.mp4")
+    nested = _touch(tmp_path / "a" / "b" / "deep.mkv")
+
+    assert _walk_paths(tmp_path)[0] == {top, nested}
+    assert _walk_paths(tmp_path, recursive=False)[0] == {top}
+
+
+def test_directory_symlinks_are_not_followed(tmp_path: Path) -> None:
+    """A link to a subdirectory and a link back to the root (a loop) are both skipped."""
+    real = _touch(tmp_path / "sub" / "clip.mp4")
+    (tmp_path / "alias").symlink_to(tmp_path / "sub", target_is_directory=True)
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "folder.mp4").symlink_to(tmp_path / "sub", target_is_directory=True)
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert found == {real}
+    assert errors == []
+
+
+def test_file_symlink_inside_is_stored_once_under_its_target(tmp_path: Path) -> None:
+    """Two links and the file itself give one entry, under the resolved path."""
+    real = _touch(tmp_path / "sub" / "clip.mp4")
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "sub" / "clip.mp4")
+    (tmp_path / "other.MKV").symlink_to(tmp_path / "link.mp4")
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert found == {real}
+    assert errors == []
+
+
+def test_file_symlink_outside_is_an_error(tmp_path: Path) -> None:
+    """A link whose target is outside the scanned directory is reported, not followed."""
+    outside = _touch(tmp_path / "outside" / "secret.mp4")
+    root = tmp_path / "library"
+    root.mkdir()
+    (root / "leak.mp4").symlink_to(outside)
+    (tmp_path / "library-evil").mkdir()
+    (root / "sibling.mp4").symlink_to(_touch(tmp_path / "library-evil" / "x.mp4"))
+
+    found, errors = _walk_paths(root)
+
+    assert found == set()
+    assert sorted(errors, key=lambda e: e["path"]) == [
+        {"path": str(root / "leak.mp4"), "error": "symlink points outside the scanned directory"},
+        {
+            "path": str(root / "sibling.mp4"),
+            "error": "symlink points outside the scanned directory",
+        },
+    ]
+
+
+def test_non_recursive_walk_refuses_links_into_subdirectories(tmp_path: Path) -> None:
+    """Without recursion the scope is the directory's own files, for links as well."""
+    _touch(tmp_path / "sub" / "clip.mp4")
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "sub" / "clip.mp4")
+
+    found, errors = _walk_paths(tmp_path, recursive=False)
+
+    assert found == set()
+    assert [e["path"] for e in errors] == [str(tmp_path / "link.mp4")]
+
+
+def test_broken_and_looping_symlinks_are_errors(tmp_path: Path) -> None:
+    """A dangling link and a two-link loop each give one error entry."""
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "missing.mp4")
+    (tmp_path / "ping.mp4").symlink_to(tmp_path / "pong.mp4")
+    (tmp_path / "pong.mp4").symlink_to(tmp_path / "ping.mp4")
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert found == set()
+    by_path = {e["path"]: e["error"] for e in errors}
+    assert set(by_path) == {str(tmp_path / n) for n in ("dangling.mp4", "ping.mp4", "pong.mp4")}
+    assert all(error.startswith("broken symlink (") for error in by_path.values())
+
+
+def test_special_files_are_ignored(tmp_path: Path) -> None:
+    """A FIFO named like a video is neither a video nor an error."""
+    os.mkfifo(tmp_path / "pipe.mp4")
+
+    assert _walk_paths(tmp_path) == (set(), [])
+
+
+def test_non_utf8_names_are_skipped_with_an_error(tmp_path: Path) -> None:
+    """Undecodable file and directory names are reported with escapes, and nothing crashes."""
+    good = _touch(tmp_path / "good.mp4")
+    raw = os.fsencode(tmp_path)
+    with open(raw + b"/bad\xff.mp4", "wb"):
+        pass
+    os.mkdir(raw + b"/dir\xfe")
+    with open(raw + b"/dir\xfe/inner.mp4", "wb"):
+        pass
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert found == {good}
+    assert sorted(e["path"] for e in errors) == [
+        f"{tmp_path}/bad\\xff.mp4",
+        f"{tmp_path}/dir\\xfe",
+    ]
+    assert all(e["error"] == "name is not valid UTF-8; skipped" for e in errors)
+    json.dumps(errors, ensure_ascii=False).encode("utf-8")
+
+
+def test_missing_root_raises_scan_error(tmp_path: Path) -> None:
+    """A root that vanished ends the walk with a clear ScanError."""
+    with pytest.raises(ScanError, match=r"cannot scan .*gone: No such file or directory"):
+        walk_videos(str(tmp_path / "gone"), recursive=True, errors=ErrorLog())
+
+
+def test_file_root_raises_scan_error(tmp_path: Path) -> None:
+    """A root that is a file is not a directory."""
+    path = _touch(tmp_path / "a.mp4")
+
+    with pytest.raises(ScanError, match="Not a directory"):
+        walk_videos(path, recursive=True, errors=ErrorLog())
+
+
+def test_unlistable_subdirectory_is_an_error_and_the_walk_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subdirectory whose listing fails is one error entry; its siblings are still walked."""
+    good = _touch(tmp_path / "good" / "a.mp4")
+    _touch(tmp_path / "locked" / "b.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> Any:
+        if path == str(tmp_path / "locked"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert found == {good}
+    assert errors == [{"path": str(tmp_path / "locked"), "error": "Permission denied"}]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory, so chmod 000 denies none")
+def test_unreadable_subdirectory_for_real(tmp_path: Path) -> None:
+    """With real permissions: a chmod 000 subdirectory is an error entry."""
+    _touch(tmp_path / "locked" / "b.mp4")
+    good = _touch(tmp_path / "a.mp4")
+    (tmp_path / "locked").chmod(0)
+    try:
+        found, errors = _walk_paths(tmp_path)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+    assert found == {good}
+    assert errors == [{"path": str(tmp_path / "locked"), "error": "Permission denied"}]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_DAC_OVERRIDE = 1
+_CAP_DAC_READ_SEARCH = 2
+
+
+def _drop_dac_capabilities() -> None:
+    """Clear CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this thread's effective set.
+
+    Linux keeps capabilities per thread: the rest of the test process stays root.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    data[0].effective &= ~((1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH))
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or sys.platform != "linux", reason="drops root's capabilities on Linux"
+)
+def test_unreadable_subdirectory_as_root_without_dac_capabilities(tmp_path: Path) -> None:
+    """As root: a thread without CAP_DAC_* really is denied a chmod 000 directory."""
+    good = _touch(tmp_path / "a.mp4")
+    _touch(tmp_path / "locked" / "b.mp4")
+    (tmp_path / "locked").chmod(0)
+    outcome: list[tuple[set[str], list[dict[str, str]]] | OSError] = []
+
+    def walk_without_capabilities() -> None:
+        try:
+            _drop_dac_capabilities()
+        except OSError as exc:
+            outcome.append(exc)
+            return
+        outcome.append(_walk_paths(tmp_path))
+
+    thread = threading.Thread(target=walk_without_capabilities)
+    thread.start()
+    thread.join()
+    (tmp_path / "locked").chmod(0o755)
+
+    if isinstance(outcome[0], OSError):
+        pytest.skip(f"this sandbox refuses to change capabilities: {outcome[0]}")
+    assert outcome == [({good}, [{"path": str(tmp_path / "locked"), "error": "Permission denied"}])]
+
+
+def test_checkpoint_is_called_every_check_every_entries(tmp_path: Path) -> None:
+    """Entries of every kind count towards the cancellation checkpoint."""
+    for index in range(_walk.CHECK_EVERY * 2 + 10):
+        _touch(tmp_path / f"{index % 3}" / f"f{index}.txt")
+    calls: list[int] = []
+
+    walk_videos(
+        str(tmp_path), recursive=True, errors=ErrorLog(), checkpoint=lambda: calls.append(1)
+    )
+
+    # 3 directory entries at the top plus 522 files below them.
+    assert len(calls) == (_walk.CHECK_EVERY * 2 + 10 + 3) // _walk.CHECK_EVERY
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_host_task_stops_the_walk(tmp_path: Path) -> None:
+    """check_cancelled in the worker thread ends the walk at the next checkpoint."""
+    for index in range(_walk.CHECK_EVERY * 4):
+        _touch(tmp_path / f"f{index}.txt")
+    calls: list[int] = []
+    with anyio.fail_after(10), anyio.CancelScope() as scope:
+
+        def checkpoint() -> None:
+            calls.append(1)
+            anyio.from_thread.run_sync(scope.cancel)
+            anyio.from_thread.check_cancelled()
+
+        walk = functools.partial(
+            walk_videos, str(tmp_path), recursive=True, errors=ErrorLog(), checkpoint=checkpoint
+        )
+        await anyio.to_thread.run_sync(walk)
+
+    assert scope.cancelled_caught
+    assert calls == [1]

@@ -1,0 +1,189 @@
+"""Tiny fixture videos, encoded with PyAV, for the library and API tests.
+
+:func:`make_video` writes a real file with the encoders bundled in PyAV's wheel
+and returns an :class:`EncodedVideo` describing what it wrote, so tests compare
+the probe with what was encoded rather than with hard-coded guesses.
+
+The container follows the file extension. Codec and audio names are FFmpeg's
+codec names (``h264``, ``vp9``, ``opus``); PyAV picks the encoder (``libx264``,
+``libvpx-vp9``, ``libopus``). A 64x48 clip of 10 frames encodes in a few
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import av
+
+if TYPE_CHECKING:
+    from av.container import OutputContainer
+
+DEFAULT_VIDEO_CODEC: Final[dict[str, str]] = {
+    ".avi": "mpeg4",
+    ".flv": "flv",
+    ".m4v": "h264",
+    ".mkv": "h264",
+    ".mov": "h264",
+    ".mp4": "h264",
+    ".mpeg": "mpeg2video",
+    ".mpg": "mpeg2video",
+    ".ts": "h264",
+    ".webm": "vp9",
+    ".wmv": "wmv2",
+}
+"""The video codec :func:`make_video` uses for each extension when none is given."""
+
+AUDIO_RATE: Final = 48_000
+_AUDIO_FRAME: Final = 1024
+
+# MJPEG wants full-range ("JPEG") YUV; every other encoder here takes yuv420p.
+_PIXEL_FORMAT: Final = {"mjpeg": "yuvj420p"}
+
+# libx265 prints a banner on stderr unless told not to.
+_QUIET_OPTIONS: Final[dict[str, dict[str, str]]] = {"hevc": {"x265-params": "log-level=error"}}
+
+
+@attrs.frozen(kw_only=True)
+class EncodedVideo:
+    """What :func:`make_video` wrote: the facts a correct probe must report."""
+
+    path: Path
+    video_codec: str
+    audio_codec: str | None
+    width: int
+    height: int
+    rate: Fraction
+    # The number of video packets muxed: one per frame for these encoders.
+    frames: int
+
+    @property
+    def duration_seconds(self) -> float:
+        """The video stream's length: frames / rate."""
+        return float(self.frames / self.rate)
+
+    @property
+    def size_bytes(self) -> int:
+        """The file's size on disk now."""
+        return self.path.stat().st_size
+
+
+def make_video(
+    path: str | Path,
+    *,
+    codec: str | None = None,
+    width: int = 64,
+    height: int = 48,
+    rate: Fraction = Fraction(25),
+    frames: int = 10,
+    audio: str | None = "aac",
+) -> EncodedVideo:
+    """Encode a small clip of moving grey frames (and silence) into ``path``.
+
+    Args:
+        path: Where to write; its extension picks the container.
+        codec: FFmpeg's name of the video codec; None picks
+            :data:`DEFAULT_VIDEO_CODEC` for the extension.
+        width: Frame width in pixels (even).
+        height: Frame height in pixels (even).
+        rate: Frame rate.
+        frames: How many frames to encode.
+        audio: FFmpeg's name of the audio codec, or None for no audio stream.
+
+    Returns:
+        What was written, with codec names as ffprobe prints them.
+    """
+    target = Path(path)
+    codec = codec or DEFAULT_VIDEO_CODEC[target.suffix.lower()]
+    if codec == "av1":
+        # SVT-AV1 reads its log level from the environment only (1: errors).
+        os.environ.setdefault("SVT_LOG", "1")
+    with av.open(str(target), mode="w") as container:
+        video = container.add_stream(codec, rate=rate, options=_QUIET_OPTIONS.get(codec, {}))
+        assert isinstance(video, av.VideoStream), f"{codec} is not a video codec"
+        video.width = width
+        video.height = height
+        video.pix_fmt = _PIXEL_FORMAT.get(codec, "yuv420p")
+        sound: av.AudioStream | None = None
+        if audio is not None:
+            added = container.add_stream(audio, rate=AUDIO_RATE)
+            assert isinstance(added, av.AudioStream), f"{audio} is not an audio codec"
+            sound = added
+        packets = _encode(container, video, sound, frames=frames, rate=rate)
+        video_name = video.codec_context.codec.canonical_name
+        audio_name = sound.codec_context.codec.canonical_name if sound else None
+    return EncodedVideo(
+        path=target,
+        video_codec=video_name,
+        audio_codec=audio_name,
+        width=width,
+        height=height,
+        rate=rate,
+        frames=packets,
+    )
+
+
+def _encode(
+    container: OutputContainer,
+    video: av.VideoStream,
+    sound: av.AudioStream | None,
+    *,
+    frames: int,
+    rate: Fraction,
+) -> int:
+    """Encode interleaved video and audio; return the number of video packets muxed."""
+    packets = 0
+    samples_done = 0
+    samples_total = int(AUDIO_RATE * frames / rate)
+    for index in range(frames):
+        frame = av.VideoFrame(video.width, video.height, "yuv420p")
+        for plane_index, plane in enumerate(frame.planes):
+            plane.update(bytes([(index * 23 + plane_index * 64) % 256]) * plane.buffer_size)
+        frame.pts = index
+        for packet in video.encode(frame):
+            container.mux(packet)
+            packets += 1
+        if sound is not None:
+            until = min(samples_total, int(AUDIO_RATE * (index + 1) / rate))
+            while samples_done < until:
+                count = min(_AUDIO_FRAME, until - samples_done)
+                chunk = av.AudioFrame(format="s16", layout="stereo", samples=count)
+                chunk.planes[0].update(bytes(chunk.planes[0].buffer_size))
+                chunk.sample_rate = AUDIO_RATE
+                chunk.pts = samples_done
+                container.mux(sound.encode(chunk))
+                samples_done += count
+    for packet in video.encode(None):
+        container.mux(packet)
+        packets += 1
+    if sound is not None:
+        container.mux(sound.encode(None))
+    return packets
+
+
+def write_corrupt_video(path: str | Path) -> Path:
+    """Write a file that starts like an MP4 (an ``ftyp`` box) and then is garbage."""
+    target = Path(path)
+    header = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+    target.write_bytes(header + bytes(range(256)) * 8)
+    return target
+
+
+def write_truncated_copy(source: str | Path, path: str | Path, keep: int) -> Path:
+    """Copy the first ``keep`` bytes of ``source`` to ``path``."""
+    target = Path(path)
+    with Path(source).open("rb") as reader, target.open("wb") as writer:
+        writer.write(reader.read(keep))
+    return target
+
+
+def copy_video(video: EncodedVideo, path: str | Path) -> EncodedVideo:
+    """Copy a fixture to ``path`` and return the same facts for the copy."""
+    target = Path(path)
+    shutil.copyfile(video.path, target)
+    return attrs.evolve(video, path=target)
