@@ -41,8 +41,11 @@ async def _supervisor_run(count: int) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(supervisor.run)
         ids = [await supervisor.submit("noop") for _ in range(count)]
-        for job_id in ids:
-            await supervisor.wait(job_id)
+        # One worker takes jobs in submit order, so the last job's end means
+        # every job has ended: wait for it, then check that all completed.
+        await supervisor.wait(ids[-1])
+        if supervisor.statistics().completed != count:
+            raise AssertionError(f"not all {count} jobs completed: {supervisor.statistics()}")
         await supervisor.aclose()
 
 
