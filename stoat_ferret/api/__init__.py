@@ -1,0 +1,14 @@
+"""The HTTP API: a FastAPI app over the job queue and the video library.
+
+:func:`create_app` builds the app and :func:`lifespan` runs it (the library
+and the job supervisor live exactly as long as it); :func:`begin_shutdown`
+is how the server tells it to stop taking work. The routes live in private
+modules: ``_videos`` (scan, videos), ``_jobs`` (jobs, wait, cancel, events),
+``_health``.
+"""
+
+from __future__ import annotations
+
+from stoat_ferret.api.app import begin_shutdown, create_app, lifespan
+
+__all__ = ["begin_shutdown", "create_app", "lifespan"]

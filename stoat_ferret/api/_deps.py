@@ -1,0 +1,69 @@
+"""What the routes take from ``app.state``, as typed FastAPI dependencies.
+
+``app.state`` is untyped; these functions are the one place that reads it.
+The lifespan fills it (``job_queue``, ``library``, ``stopping``) and
+:func:`~stoat_ferret.api.app.create_app` sets ``settings`` (and ``job_queue``
+when one is injected). Before the lifespan has run, or after it has ended,
+the routes that need the missing part answer 503.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+
+from stoat_ferret.api._errors import unavailable
+from stoat_ferret.jobs import AsyncJobQueue
+from stoat_ferret.library import VideoLibrary
+from stoat_ferret.settings import Settings
+
+
+def get_job_queue(request: Request) -> AsyncJobQueue:
+    """The app's job queue (``app.state.job_queue``).
+
+    Raises:
+        HTTPException: 503, the service has not started.
+    """
+    queue = getattr(request.app.state, "job_queue", None)
+    if not isinstance(queue, AsyncJobQueue):
+        raise unavailable("the service is not running (no job queue)")
+    return queue
+
+
+def get_library(request: Request) -> VideoLibrary:
+    """The open video library (``app.state.library``).
+
+    Raises:
+        HTTPException: 503, the service has not started or has stopped.
+    """
+    library = getattr(request.app.state, "library", None)
+    if not isinstance(library, VideoLibrary):
+        raise unavailable("the service is not running (no video library)")
+    return library
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings = request.app.state.settings
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def get_stopping(request: Request) -> anyio.Event:
+    """Set once the service begins to stop: no new jobs, long requests end.
+
+    Raises:
+        HTTPException: 503, the service has not started.
+    """
+    stopping = getattr(request.app.state, "stopping", None)
+    if not isinstance(stopping, anyio.Event):
+        raise unavailable("the service is not running")
+    return stopping
+
+
+JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]
+LibraryDep = Annotated[VideoLibrary, Depends(get_library)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoppingDep = Annotated[anyio.Event, Depends(get_stopping)]

@@ -1,0 +1,114 @@
+"""Exception handlers: every error leaves the API as JSON with a readable ``detail``.
+
+==========================  =========  ======================================
+exception                   status     why
+==========================  =========  ======================================
+``HTTPException``           its own    raised by routes; 404, 405 by routing
+``RequestValidationError``  422        bad query, path or body
+``ScanPathRejected``        its own    400, 403 or 404 for a scan path
+``JobNotFound``             404        unknown or evicted job id
+``QueueFull`` (or closed)   503        with ``Retry-After``
+``StoreError``              503        the video store is unusable or closed
+anything else               500        a bug (the server logs the traceback)
+==========================  =========  ======================================
+
+Validation errors are reduced to ``loc``, ``msg`` and ``type``: pydantic's
+``input`` would echo the client's body back (binary, huge), and its ``ctx``
+may hold exception objects that JSON cannot carry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from fastapi.exceptions import RequestValidationError
+from loguru import logger
+from starlette.exceptions import HTTPException
+
+from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._paths import ScanPathRejected
+from stoat_ferret.jobs import JobNotFound, QueueFull
+from stoat_ferret.library import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from fastapi import FastAPI
+    from starlette.requests import Request
+
+RETRY_AFTER_SECONDS: Final = 5
+"""What ``Retry-After`` says when the queue is full or the service is stopping."""
+
+MAX_ID_CHARS: Final = 80
+"""Longest id quoted back in a 404."""
+
+
+def unavailable(detail: str) -> HTTPException:
+    """A 503 with ``Retry-After``: the service cannot take this now, try again."""
+    return HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers of the table above on ``app``."""
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ScanPathRejected, _scan_path_rejected)
+    app.add_exception_handler(JobNotFound, _job_not_found)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def _reply(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> ApiJSONResponse:
+    return ApiJSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> ApiJSONResponse:
+    assert isinstance(exc, HTTPException)
+    return _reply(exc.status_code, exc.detail, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> ApiJSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "invalid value")),
+            "type": str(error.get("type", "value_error")),
+        }
+        for error in exc.errors()
+    ]
+    return _reply(422, detail)
+
+
+async def _scan_path_rejected(request: Request, exc: Exception) -> ApiJSONResponse:
+    assert isinstance(exc, ScanPathRejected)
+    return _reply(exc.status_code, exc.detail)
+
+
+async def _job_not_found(request: Request, exc: Exception) -> ApiJSONResponse:
+    assert isinstance(exc, JobNotFound)
+    job_id = str(exc.job_id)
+    shown = job_id if len(job_id) <= MAX_ID_CHARS else job_id[:MAX_ID_CHARS] + "..."
+    return _reply(404, f"no job with id {shown!r} (never submitted, or forgotten since)")
+
+
+async def _queue_full(request: Request, exc: Exception) -> ApiJSONResponse:
+    assert isinstance(exc, QueueFull)
+    logger.warning("job refused", reason=str(exc), path=request.url.path)
+    return _reply(
+        503,
+        f"the job queue takes no more work now ({exc}); try again later",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _store_error(request: Request, exc: Exception) -> ApiJSONResponse:
+    logger.error("video store error", reason=str(exc), path=request.url.path)
+    return _reply(503, "the video store is unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _unexpected(request: Request, exc: Exception) -> ApiJSONResponse:
+    # Starlette re-raises the exception after this answer, and the server
+    # logs it with its traceback: logging it here too would say it twice.
+    return _reply(500, "internal server error")

@@ -1,0 +1,36 @@
+"""``GET /health``: is the service up, and what its job queue is doing."""
+
+from __future__ import annotations
+
+import attrs
+from fastapi import APIRouter
+
+from stoat_ferret import __version__
+
+# FastAPI reads the route signatures at run time: these names must exist then.
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
+from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._schemas import HealthOut, error_responses
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={
+        **error_responses(503),
+        503: {"model": HealthOut, "description": "Starting or stopping."},
+    },
+)
+async def health(queue: JobQueueDep, stopping: StoppingDep) -> ApiJSONResponse:
+    """200 with ``"status": "ok"`` and the queue's counters; 503 once stopping."""
+    stopping_now = stopping.is_set()
+    return ApiJSONResponse(
+        {
+            "status": "stopping" if stopping_now else "ok",
+            "version": __version__,
+            "jobs": attrs.asdict(queue.statistics()),
+        },
+        status_code=503 if stopping_now else 200,
+    )

@@ -1,0 +1,164 @@
+"""Job routes: ``/api/v1/jobs``. Look at, wait for, cancel and follow jobs.
+
+Every route reads the queue through :data:`JobQueueDep`, so any
+:class:`~stoat_ferret.jobs.AsyncJobQueue` serves them. An unknown id raises
+``JobNotFound`` from the queue, which the error handlers turn into a 404.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Final
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from loguru import logger
+
+# FastAPI reads the route signatures at run time: these names must exist then.
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
+from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._json import ApiJSONResponse, job_json
+from stoat_ferret.api._schemas import (
+    MAX_LIMIT,
+    MAX_OFFSET,
+    JobListOut,
+    JobOut,
+    error_responses,
+)
+from stoat_ferret.api._sse import JobEventStream, wait_for_disconnect
+from stoat_ferret.jobs import JobStatus  # noqa: TC001 - a route signature, as above
+
+if TYPE_CHECKING:
+    from stoat_ferret.jobs import AsyncJobQueue, JobResult
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+DEFAULT_WAIT_SECONDS: Final = 30.0
+MAX_WAIT_SECONDS: Final = 3600.0
+
+
+@router.get("", response_model=JobListOut, responses=error_responses(422))
+async def list_jobs(
+    queue: JobQueueDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    job_type: Annotated[str | None, Query(description="Only jobs of this type.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ApiJSONResponse:
+    """List jobs, newest first. ``total`` counts every match, whatever the limit."""
+    page = await queue.list_jobs(status=status, job_type=job_type, limit=limit, offset=offset)
+    return ApiJSONResponse(
+        {
+            "jobs": [job_json(job) for job in page.jobs],
+            "total": page.total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
+async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
+    """One job as it is now."""
+    return ApiJSONResponse(job_json(await queue.get_result(job_id)))
+
+
+@router.get(
+    "/{job_id}/wait",
+    response_model=JobOut,
+    responses={
+        **error_responses(404, 422, 503),
+        408: {"model": JobOut, "description": "Not finished in time: the job as it is now."},
+    },
+)
+async def wait_for_job(
+    job_id: str,
+    request: Request,
+    queue: JobQueueDep,
+    stopping: StoppingDep,
+    timeout: Annotated[
+        float, Query(gt=0, le=MAX_WAIT_SECONDS, description="Seconds to wait at most.")
+    ] = DEFAULT_WAIT_SECONDS,
+) -> ApiJSONResponse:
+    """Wait until the job is finished (200), or answer 408 with its state after ``timeout``.
+
+    Answers 503 if the service begins to stop while waiting.
+    """
+    job = await queue.get_result(job_id)
+    if job.status.is_terminal:
+        return ApiJSONResponse(job_json(job))
+    finished = await _wait_terminal(queue, job_id, timeout, stopping, request)
+    if finished is not None:
+        return ApiJSONResponse(job_json(finished))
+    if stopping.is_set():
+        raise unavailable("the service is stopping")
+    return ApiJSONResponse(job_json(await queue.get_result(job_id)), status_code=408)
+
+
+async def _wait_terminal(
+    queue: AsyncJobQueue,
+    job_id: str,
+    timeout: float,
+    stopping: anyio.Event,
+    request: Request,
+) -> JobResult | None:
+    """The job once terminal; None after ``timeout``, at stop, or if the client left."""
+    finished: list[JobResult] = []
+
+    async def wait_job(scope: anyio.CancelScope) -> None:
+        finished.append(await queue.wait(job_id))
+        scope.cancel()
+
+    async def until(event: anyio.Event, scope: anyio.CancelScope) -> None:
+        await event.wait()
+        scope.cancel()
+
+    async def until_gone(scope: anyio.CancelScope) -> None:
+        await wait_for_disconnect(request.receive)
+        scope.cancel()
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait_job, group.cancel_scope)
+            group.start_soon(until, stopping, group.cancel_scope)
+            group.start_soon(until_gone, group.cancel_scope)
+    return finished[0] if finished else None
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={
+        **error_responses(404),
+        409: {"model": JobOut, "description": "Already finished; ``status`` says how."},
+    },
+)
+async def cancel_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
+    """Cancel a pending or running job (200, ``cancelled``); 409 if it had already ended."""
+    cancelled = await queue.cancel(job_id)
+    job = await queue.get_result(job_id)
+    if cancelled:
+        logger.info("job cancelled by request", job_id=job_id, job_type=job.job_type)
+        return ApiJSONResponse(job_json(job))
+    return ApiJSONResponse(
+        {"detail": f"the job has already ended: {job.status.value}", **job_json(job)},
+        status_code=409,
+    )
+
+
+@router.get(
+    "/{job_id}/events",
+    status_code=200,  # JobEventStream's constructor has no status_code for FastAPI to read
+    response_class=JobEventStream,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "One `data:` event per status or progress change (the job JSON), "
+            "a `: heartbeat` comment every 15 s; ends after the final status.",
+        },
+        **error_responses(404),
+    },
+)
+async def job_events(job_id: str, queue: JobQueueDep, stopping: StoppingDep) -> JobEventStream:
+    """Follow a job as Server-Sent Events; the stream ends by itself once the job has."""
+    await queue.get_result(job_id)  # 404 now, before the stream starts
+    return JobEventStream(queue, job_id, stopping=stopping)

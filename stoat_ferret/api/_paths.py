@@ -1,0 +1,86 @@
+"""Where a scan may go: resolve a requested directory and check it against the roots.
+
+Blocking (it reads the filesystem): the scan route calls it through
+``anyio.to_thread.run_sync``.
+
+The order of the checks is deliberate. The path is first resolved without
+requiring it to exist (symlinks followed as far as they lead), and compared
+with the roots; only a path inside a root is then looked at. So a client can
+learn nothing about the filesystem outside the roots: a missing and an
+existing directory out there both get 403.
+
+Comparison is by path components (:meth:`PurePath.is_relative_to`), on
+resolved paths: ``<root>/../x``, a symlink inside a root that points out, the
+sibling ``<root>-evil`` and ``/`` are outside; a root itself is inside.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+@attrs.define(eq=False, str=False)
+class ScanPathRejected(Exception):
+    """Raised by :func:`resolve_scan_path`; the API answers ``status_code`` with ``detail``."""
+
+    status_code: int
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def is_within(path: Path, roots: Sequence[Path]) -> bool:
+    """True if resolved ``path`` is one of ``roots`` or under one; always True without roots."""
+    return not roots or any(path.is_relative_to(root) for root in roots)
+
+
+def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
+    """Return the resolved absolute directory a scan of ``requested`` would walk.
+
+    Args:
+        requested: the absolute path the client sent.
+        roots: resolved directories a scan may touch; empty allows any.
+
+    Returns:
+        The path with every symlink resolved, ``.`` and ``..`` applied and no
+        trailing separator: one spelling per directory.
+
+    Raises:
+        ScanPathRejected: 403 outside every root (or not readable), 404 missing,
+            400 not a directory, too long, or a symlink loop.
+    """
+    try:
+        resolved = Path(os.path.realpath(requested))
+    except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
+        raise ScanPathRejected(400, "the path is not a valid file name") from None
+    if not is_within(resolved, roots):
+        raise ScanPathRejected(403, "the path is outside the directories this service may scan")
+    try:
+        mode = os.stat(resolved).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ScanPathRejected(404, f"no such directory: {requested}") from None
+    except OSError as exc:
+        raise _rejection(exc, requested) from None
+    if not stat.S_ISDIR(mode):
+        raise ScanPathRejected(400, f"not a directory: {requested}")
+    return str(resolved)
+
+
+def _rejection(exc: OSError, requested: str) -> ScanPathRejected:
+    if exc.errno == errno.ENAMETOOLONG:
+        return ScanPathRejected(400, "the path is too long for this system")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ScanPathRejected(403, f"permission denied: {requested}")
+    if exc.errno == errno.ELOOP:
+        return ScanPathRejected(400, f"too many levels of symbolic links: {requested}")
+    return ScanPathRejected(400, f"cannot use {requested}: {exc.strerror or exc}")

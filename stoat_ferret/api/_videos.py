@@ -1,0 +1,123 @@
+"""Video routes: ``/api/v1/videos``. Start a scan, list and show stored videos.
+
+A scan request is answered at once with the job that runs it (202). While a
+scan of a directory is pending or running, every request for that directory,
+however it is spelt (``dir/``, ``dir/.``, ``dir/sub/..``, a symlink to it),
+gets the same job: the job key is the resolved path plus the ``recursive``
+flag. The flag is part of the key because a flat scan does not do the work
+of a recursive one, and folding a recursive request into a running flat scan
+would silently leave the subdirectories out.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import anyio.to_thread
+from fastapi import APIRouter, HTTPException, Query, Request
+from loguru import logger
+
+# FastAPI reads the route signatures at run time: these names must exist then.
+from stoat_ferret.api._deps import (  # noqa: TC001
+    JobQueueDep,
+    LibraryDep,
+    SettingsDep,
+    StoppingDep,
+)
+from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._paths import resolve_scan_path
+from stoat_ferret.api._schemas import (
+    MAX_LIMIT,
+    MAX_OFFSET,
+    ScanAccepted,
+    ScanRequest,
+    VideoListOut,
+    VideoOut,
+    body_schema,
+    error_responses,
+    read_body,
+)
+
+router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
+
+SCAN_JOB_TYPE: Final = "scan"
+
+
+def scan_key(path: str, *, recursive: bool) -> str:
+    """The job key of a scan: one per resolved directory and depth."""
+    return f"scan:{'recursive' if recursive else 'flat'}:{path}"
+
+
+@router.post(
+    "/scan",
+    status_code=202,
+    response_model=ScanAccepted,
+    responses=error_responses(400, 403, 404, 413, 422, 503),
+    openapi_extra=body_schema(ScanRequest),
+)
+async def scan_videos(
+    request: Request,
+    queue: JobQueueDep,
+    settings: SettingsDep,
+    stopping: StoppingDep,
+) -> ApiJSONResponse:
+    """Scan a directory for videos in the background; poll or follow the returned job.
+
+    The path must be absolute and inside one of the configured scan roots
+    (after symlinks are resolved): 403 otherwise, 404 if missing, 400 if not
+    a directory. 503 with ``Retry-After`` when the queue is full or the
+    service is stopping.
+    """
+    body = await read_body(request, ScanRequest)
+    if stopping.is_set():
+        raise unavailable("the service is stopping")
+    path = await anyio.to_thread.run_sync(resolve_scan_path, body.path, settings.scan_roots)
+    job_id = await queue.submit(
+        SCAN_JOB_TYPE,
+        {"path": path, "recursive": body.recursive},
+        key=scan_key(path, recursive=body.recursive),
+    )
+    status = await queue.get_status(job_id)
+    logger.info(
+        "scan accepted",
+        job_id=job_id,
+        job_type=SCAN_JOB_TYPE,
+        path=path,
+        recursive=body.recursive,
+        status=status.value,
+    )
+    return ApiJSONResponse(
+        {"job_id": job_id, "status": status.value},
+        status_code=202,
+        headers={"Location": f"/api/v1/jobs/{job_id}"},
+    )
+
+
+@router.get("", response_model=VideoListOut, responses=error_responses(422, 503))
+async def list_videos(
+    library: LibraryDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ApiJSONResponse:
+    """List stored videos ordered by path; ``total`` counts them all."""
+    videos, total = await library.list_videos(limit, offset)
+    return ApiJSONResponse(
+        {
+            "videos": [video.to_json() for video in videos],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
+
+
+@router.get("/{video_id}", response_model=VideoOut, responses=error_responses(404, 422, 503))
+async def get_video(video_id: int, library: LibraryDep) -> ApiJSONResponse:
+    """One stored video."""
+    # Ids are SQLite rowids: anything outside 1..2**63-1 cannot exist (and
+    # would overflow the query), so it is simply not found.
+    video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
+    if video is None:
+        raise HTTPException(404, f"no video with id {video_id}")
+    return ApiJSONResponse(video.to_json())

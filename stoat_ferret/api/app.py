@@ -1,0 +1,148 @@
+"""The FastAPI app: :func:`create_app` builds it, :func:`lifespan` runs it.
+
+What lives on ``app.state`` (read only through ``_deps.py``):
+
+===================  ========================================================
+``settings``         the :class:`~stoat_ferret.settings.Settings`, from create_app
+``job_queue``        the :class:`~stoat_ferret.jobs.AsyncJobQueue`: an injected
+                     one from create_app, else the lifespan's JobSupervisor
+``library``          the open :class:`~stoat_ferret.library.VideoLibrary`
+``stopping``         an ``anyio.Event`` set when the service begins to stop
+===================  ========================================================
+
+Start-up: open the library, make the ``scan`` handler, start the supervisor
+in a task group with ``await group.start(supervisor.run)``. Shut-down, in
+order: set ``stopping`` (scan requests get 503, waits and event streams end),
+``aclose()`` the supervisor (pending jobs are cancelled, running ones get
+``shutdown_grace`` seconds), then close the library, so no job ever writes to
+a closed store. An injected queue belongs to whoever made it: the lifespan
+neither starts nor stops it.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+from fastapi import FastAPI
+from loguru import logger
+
+from stoat_ferret import __version__
+from stoat_ferret.api import _health, _jobs, _videos
+from stoat_ferret.api._errors import install_error_handlers
+from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._videos import SCAN_JOB_TYPE
+from stoat_ferret.jobs import JobSupervisor
+from stoat_ferret.library import VideoLibrary, make_scan_handler
+from stoat_ferret.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stoat_ferret.jobs import AsyncJobQueue, Handler
+
+
+def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None = None) -> FastAPI:
+    """Build the app; nothing starts until its lifespan runs.
+
+    Args:
+        settings: what to serve; read from the environment when None.
+        job_queue: a queue to use as it is (tests inject one). The app
+            registers its ``scan`` handler on it at start-up, unless the
+            queue already has one, and never starts or stops it. When None,
+            the lifespan runs a :class:`~stoat_ferret.jobs.JobSupervisor`.
+
+    Raises:
+        SettingsError: ``settings`` is None and the environment holds a bad value.
+    """
+    app = FastAPI(
+        title="stoat_ferret",
+        version=__version__,
+        summary="Scan directories for videos, and follow the jobs that do it.",
+        lifespan=lifespan,
+        default_response_class=ApiJSONResponse,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings if settings is not None else Settings.from_environ()
+    app.state.injected_job_queue = job_queue
+    if job_queue is not None:
+        app.state.job_queue = job_queue
+    install_error_handlers(app)
+    app.include_router(_health.router)
+    app.include_router(_videos.router)
+    app.include_router(_jobs.router)
+    return app
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """Start stopping: refuse new scans, end waits and event streams.
+
+    The server calls this as soon as a stop signal arrives, before it waits
+    for open connections to finish; the lifespan's shut-down does it too.
+    Never blocks; does nothing if the app is not running.
+    """
+    stopping = getattr(app.state, "stopping", None)
+    if isinstance(stopping, anyio.Event) and not stopping.is_set():
+        logger.info("service stopping: no new jobs")
+        stopping.set()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the library and run the job queue for as long as the app serves.
+
+    Raises:
+        StoreError: the database cannot be opened (bad path, corrupt file).
+    """
+    settings: Settings = app.state.settings
+    library = await VideoLibrary.open(settings.database_path)
+    app.state.library = library
+    app.state.stopping = anyio.Event()
+    try:
+        handler = make_scan_handler(library)
+        injected: AsyncJobQueue | None = app.state.injected_job_queue
+        if injected is not None:
+            _register_scan(injected, handler)
+            logger.info("service started with an injected job queue", database=library.path)
+            try:
+                yield
+            finally:
+                begin_shutdown(app)
+        else:
+            async with anyio.create_task_group() as group:
+                supervisor = JobSupervisor(
+                    default_timeout=settings.job_timeout,
+                    max_workers=settings.max_workers,
+                    max_pending=settings.max_pending,
+                    shutdown_grace=settings.shutdown_grace,
+                )
+                supervisor.register(SCAN_JOB_TYPE, handler)
+                await group.start(supervisor.run)
+                app.state.job_queue = supervisor
+                logger.info(
+                    "service started",
+                    database=library.path,
+                    scan_roots=[str(root) for root in settings.scan_roots] or "any",
+                    max_workers=settings.max_workers,
+                )
+                try:
+                    yield
+                finally:
+                    begin_shutdown(app)
+                    await supervisor.aclose()
+                    del app.state.job_queue
+    finally:
+        del app.state.library
+        await library.aclose()
+        logger.info("service stopped", database=library.path)
+
+
+def _register_scan(queue: AsyncJobQueue, handler: Handler) -> None:
+    try:
+        queue.register(SCAN_JOB_TYPE, handler)
+    except ValueError:
+        # Its owner registered one already (a test controlling its scans,
+        # or a previous run of this app): theirs stays.
+        logger.info("the injected job queue already runs scan jobs; keeping its handler")

@@ -1,0 +1,215 @@
+"""The service's settings: one frozen attrs class, read from the environment once.
+
+:meth:`Settings.from_environ` is called once, by ``python -m stoat_ferret`` (or by
+:func:`stoat_ferret.api.app.create_app` when it is given no settings); nothing
+reads the environment anywhere else. A bad value raises :class:`SettingsError`
+whose message is one line naming the variable, the rule and the value.
+
+==========================  ===================  ===================================
+variable                    default              meaning
+==========================  ===================  ===================================
+``STOAT_HOST``              ``127.0.0.1``        address to listen on
+``STOAT_PORT``              ``8000``             TCP port, 1-65535
+``STOAT_DATABASE_PATH``     ``./data/stoat.db``  SQLite file; its directory is created
+``STOAT_SCAN_ROOTS``        (empty)              directories a scan may touch,
+                                                 ``os.pathsep``-separated; empty: any
+``STOAT_JOB_TIMEOUT``       ``300``              seconds a scan may run
+``STOAT_MAX_WORKERS``       ``2``                jobs running at once
+``STOAT_MAX_PENDING``       ``1000``             jobs waiting to run before 503
+``STOAT_SHUTDOWN_GRACE``    ``10``               seconds running jobs get at shutdown
+``STOAT_LOG_LEVEL``         ``INFO``             loguru level name
+==========================  ===================  ===================================
+
+A variable that is set but empty counts as unset (its default applies).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+"""The level names loguru knows, the only values ``STOAT_LOG_LEVEL`` takes."""
+
+
+class SettingsError(ValueError):
+    """Raised for a setting that cannot be used; the message is one line."""
+
+
+def _env(attribute: attrs.Attribute[Any]) -> str:
+    return str(attribute.metadata["env"])
+
+
+def _check_host(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+        raise SettingsError(f"{_env(attribute)} must be a host name or address, got {value!r}")
+
+
+def _check_port(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise SettingsError(
+            f"{_env(attribute)} must be a port number from 1 to 65535, got {value!r}"
+        )
+
+
+def _check_count(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError(f"{_env(attribute)} must be a whole number >= 1, got {value!r}")
+
+
+def _check_positive_seconds(_: Settings, attribute: attrs.Attribute[float], value: float) -> None:
+    if not _is_finite_number(value) or value <= 0:
+        raise SettingsError(f"{_env(attribute)} must be a number of seconds > 0, got {value!r}")
+
+
+def _check_seconds(_: Settings, attribute: attrs.Attribute[float], value: float) -> None:
+    if not _is_finite_number(value) or value < 0:
+        raise SettingsError(f"{_env(attribute)} must be a number of seconds >= 0, got {value!r}")
+
+
+def _is_finite_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_database_path(_: Settings, attribute: attrs.Attribute[Path], value: Path) -> None:
+    if not isinstance(value, Path) or value.name in ("", ".", ".."):
+        raise SettingsError(f"{_env(attribute)} must be the path of a file, got {str(value)!r}")
+    if value.is_dir():
+        raise SettingsError(f"{_env(attribute)} is a directory, not a file: {value}")
+
+
+def _absolute(value: str | os.PathLike[str]) -> Path:
+    return Path(value).absolute()
+
+
+def _resolve_roots(value: Any) -> tuple[Path, ...]:
+    """Resolve every root (symlinks followed) so that requests compare real paths."""
+    return tuple(Path(os.path.realpath(root)) for root in value)
+
+
+def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:
+    for root in value:
+        if not root.is_dir():
+            raise SettingsError(f"{_env(attribute)}: {root} is not an existing directory")
+
+
+def _check_log_level(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in LOG_LEVELS:
+        choices = ", ".join(LOG_LEVELS)
+        raise SettingsError(f"{_env(attribute)} must be one of {choices}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything the service reads from its environment, checked on construction.
+
+    Build it with :meth:`from_environ` in the service, or directly in tests.
+    Construction touches the filesystem (scan roots are resolved and checked),
+    so it belongs at start-up, before the event loop runs.
+
+    Raises:
+        SettingsError: a value is out of range, or a scan root is not a directory.
+    """
+
+    host: str = attrs.field(
+        default="127.0.0.1", validator=_check_host, metadata={"env": "STOAT_HOST"}
+    )
+    port: int = attrs.field(default=8000, validator=_check_port, metadata={"env": "STOAT_PORT"})
+    database_path: Path = attrs.field(
+        default=Path("data/stoat.db"),
+        converter=_absolute,
+        validator=_check_database_path,
+        metadata={"env": "STOAT_DATABASE_PATH"},
+    )
+    # Invariant: every root is absolute, resolved and an existing directory.
+    # Empty means a scan may touch any directory.
+    scan_roots: tuple[Path, ...] = attrs.field(
+        default=(),
+        converter=_resolve_roots,
+        validator=_check_roots,
+        metadata={"env": "STOAT_SCAN_ROOTS"},
+    )
+    job_timeout: float = attrs.field(
+        default=300.0, validator=_check_positive_seconds, metadata={"env": "STOAT_JOB_TIMEOUT"}
+    )
+    max_workers: int = attrs.field(
+        default=2, validator=_check_count, metadata={"env": "STOAT_MAX_WORKERS"}
+    )
+    max_pending: int = attrs.field(
+        default=1000, validator=_check_count, metadata={"env": "STOAT_MAX_PENDING"}
+    )
+    shutdown_grace: float = attrs.field(
+        default=10.0, validator=_check_seconds, metadata={"env": "STOAT_SHUTDOWN_GRACE"}
+    )
+    log_level: str = attrs.field(
+        default="INFO", validator=_check_log_level, metadata={"env": "STOAT_LOG_LEVEL"}
+    )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the ``STOAT_*`` variables; unset or empty ones take their default.
+
+        Args:
+            environ: the variables to read; ``os.environ`` when None.
+
+        Raises:
+            SettingsError: a variable does not parse, or its value is out of range.
+        """
+        source = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            name = _env(field)
+            raw = source.get(name, "").strip()
+            if raw:
+                values[field.name] = _PARSERS[field.name](name, raw)
+        return cls(**values)
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _parse_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
+    return value
+
+
+def _parse_roots(_: str, raw: str) -> tuple[str, ...]:
+    return tuple(part for part in raw.split(os.pathsep) if part.strip())
+
+
+def _parse_text(_: str, raw: str) -> str:
+    return raw
+
+
+def _parse_level(_: str, raw: str) -> str:
+    return raw.upper()
+
+
+# Field name -> parser of the variable's text; each parser gets the variable's name.
+_PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
+    "host": _parse_text,
+    "port": _parse_int,
+    "database_path": _parse_text,
+    "scan_roots": _parse_roots,
+    "job_timeout": _parse_float,
+    "max_workers": _parse_int,
+    "max_pending": _parse_int,
+    "shutdown_grace": _parse_float,
+    "log_level": _parse_level,
+}

@@ -1,0 +1,235 @@
+"""create_app and lifespan: what starts, what is injected, what stops, and in which order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+import pytest
+
+from stoat_ferret.api import begin_shutdown
+from stoat_ferret.api.app import create_app, lifespan
+from stoat_ferret.jobs import InMemoryJobQueue, JobStatus, JobSupervisor
+from stoat_ferret.library import VideoLibrary
+from tests.api.support import (
+    BASE_URL,
+    GatedScan,
+    LifespanFailed,
+    lifespan_running,
+    serving,
+    supervisor_running,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from stoat_ferret.settings import Settings
+
+
+def test_injected_queue_is_the_apps_queue(settings: Settings) -> None:
+    """create_app(job_queue=q) hands q to the routes as it is, before anything runs."""
+    queue = InMemoryJobQueue()
+
+    app = create_app(settings, job_queue=queue)
+
+    assert app.state.job_queue is queue
+
+
+def test_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without settings, create_app reads the STOAT_* variables."""
+    monkeypatch.setenv("STOAT_DATABASE_PATH", str(tmp_path / "env.db"))
+    monkeypatch.setenv("STOAT_MAX_WORKERS", "5")
+
+    app = create_app()
+
+    assert app.state.settings.database_path == tmp_path / "env.db"
+    assert app.state.settings.max_workers == 5
+
+
+@pytest.mark.anyio
+async def test_lifespan_runs_a_supervisor_and_stops_it(settings: Settings) -> None:
+    """Without an injected queue, the lifespan starts a JobSupervisor and closes it."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with lifespan_running(app):
+            supervisor = app.state.job_queue
+            assert isinstance(supervisor, JobSupervisor)
+            assert supervisor.statistics().accepting
+            assert isinstance(app.state.library, VideoLibrary)
+
+    assert not supervisor.statistics().accepting
+    assert not hasattr(app.state, "job_queue")
+    assert not hasattr(app.state, "library")
+    assert app.state.stopping.is_set()
+    assert settings.database_path.is_file()
+
+
+@pytest.mark.anyio
+async def test_lifespan_can_be_entered_directly(settings: Settings) -> None:
+    """``lifespan`` is a plain async context manager over the app."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with lifespan(app):
+            assert isinstance(app.state.job_queue, JobSupervisor)
+
+    assert not hasattr(app.state, "job_queue")
+
+
+@pytest.mark.anyio
+async def test_injected_queue_gets_the_real_scan_handler(settings: Settings) -> None:
+    """The app registers its scan handler on an injected queue, which then scans."""
+    queue = InMemoryJobQueue()
+    app = create_app(settings, job_queue=queue)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            response = await client.post(
+                "/api/v1/videos/scan", json={"path": str(settings.scan_roots[0])}
+            )
+            job = await queue.get_result(response.json()["job_id"])
+
+    assert response.status_code == 202
+    assert job.status is JobStatus.COMPLETED
+    assert job.result["found"] == 0
+
+
+@pytest.mark.anyio
+async def test_injected_queue_keeps_its_own_scan_handler(settings: Settings) -> None:
+    """A queue that already runs "scan" jobs keeps its handler, and is never closed."""
+    scan = GatedScan()
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                response = await client.post(
+                    "/api/v1/videos/scan", json={"path": str(settings.scan_roots[0])}
+                )
+                await scan.running()
+            assert supervisor.statistics().accepting
+            scan.release.set()
+            job = await supervisor.wait(response.json()["job_id"])
+
+    assert scan.payloads == [{"path": str(settings.scan_roots[0]), "recursive": True}]
+    assert job.status is JobStatus.COMPLETED
+
+
+@pytest.mark.anyio
+async def test_health_reports_the_queue(settings: Settings) -> None:
+    """GET /health: 200, status ok, the supervisor's counters."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            response = await client.get("/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["jobs"]["accepting"] is True
+    assert body["jobs"]["submitted"] == 0
+    assert set(body["jobs"]) >= {"pending", "running", "completed", "failed", "cancelled"}
+
+
+@pytest.mark.anyio
+async def test_begin_shutdown_refuses_scans_and_fails_health(settings: Settings) -> None:
+    """Once stopping: scans get 503 with Retry-After, and /health says "stopping"."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            begin_shutdown(app)
+            scan = await client.post(
+                "/api/v1/videos/scan", json={"path": str(settings.scan_roots[0])}
+            )
+            health = await client.get("/health")
+
+    assert scan.status_code == 503
+    assert scan.headers["Retry-After"].isdigit()
+    assert "stopping" in scan.json()["detail"]
+    assert health.status_code == 503
+    assert health.json()["status"] == "stopping"
+
+
+def test_begin_shutdown_before_start_does_nothing(settings: Settings) -> None:
+    """The server may signal a stop before the lifespan ran; nothing breaks."""
+    app = create_app(settings)
+
+    begin_shutdown(app)
+
+    assert not hasattr(app.state, "stopping")
+
+
+@pytest.mark.anyio
+async def test_routes_answer_503_without_a_lifespan(settings: Settings) -> None:
+    """Requests before start-up get 503, not a crash."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+
+    with anyio.fail_after(10):
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            health = await client.get("/health")
+            videos = await client.get("/api/v1/videos")
+            jobs = await client.get("/api/v1/jobs")
+
+    assert [health.status_code, videos.status_code, jobs.status_code] == [503, 503, 503]
+    assert "not running" in videos.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_injected_queue_without_a_lifespan_is_503(settings: Settings) -> None:
+    """An injected queue alone does not make the service run: /health says 503."""
+    app = create_app(settings, job_queue=InMemoryJobQueue())
+    transport = httpx.ASGITransport(app=app)
+
+    with anyio.fail_after(10):
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            health = await client.get("/health")
+
+    assert health.status_code == 503
+    assert health.json()["detail"] == "the service is not running"
+
+
+@pytest.mark.anyio
+async def test_corrupt_database_fails_start_up(settings: Settings) -> None:
+    """A file that is not SQLite stops the lifespan with the store's one-line error."""
+    settings.database_path.parent.mkdir(parents=True)
+    settings.database_path.write_bytes(b"this is not a database" * 100)
+    app = create_app(settings)
+
+    with anyio.fail_after(10), pytest.raises(LifespanFailed, match="not a database"):
+        async with lifespan_running(app):
+            pass
+
+
+@pytest.mark.anyio
+async def test_docs_and_openapi(settings: Settings) -> None:
+    """/docs serves Swagger UI; /openapi.json lists every route."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            docs = await client.get("/docs")
+            schema = (await client.get("/openapi.json")).json()
+
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    assert set(schema["paths"]) == {
+        "/health",
+        "/api/v1/videos/scan",
+        "/api/v1/videos",
+        "/api/v1/videos/{video_id}",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/jobs/{job_id}/wait",
+        "/api/v1/jobs/{job_id}/cancel",
+        "/api/v1/jobs/{job_id}/events",
+    }
+    scan = schema["paths"]["/api/v1/videos/scan"]["post"]
+    assert "path" in scan["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"202", "403", "503"} <= set(scan["responses"])

@@ -1,0 +1,162 @@
+"""No client input causes a 5xx: odd requests get a 4xx with a JSON ``detail``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import pytest
+
+from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import InMemoryJobQueue
+from tests.api.support import BASE_URL, lifespan_running, serving
+
+if TYPE_CHECKING:
+    from stoat_ferret.settings import Settings
+
+JSON = {"Content-Type": "application/json"}
+
+NASTY: list[Any] = [
+    pytest.param("GET", "/api/v1/videos/99999999999999999999999", {}, 404, id="huge-video-id"),
+    pytest.param("GET", "/api/v1/videos/9223372036854775808", {}, 404, id="video-id-2**63"),
+    pytest.param("GET", "/api/v1/videos/abc", {}, 422, id="video-id-text"),
+    pytest.param("GET", "/api/v1/videos/1.5", {}, 422, id="video-id-float"),
+    pytest.param("GET", "/api/v1/videos/%00", {}, 422, id="video-id-nul"),
+    pytest.param("GET", "/api/v1/videos?limit=99999999999999999999999", {}, 422, id="huge-limit"),
+    pytest.param("GET", "/api/v1/videos?offset=99999999999999999999999", {}, 422, id="huge-offset"),
+    pytest.param("GET", "/api/v1/videos?limit=%F0%9F%92%A9", {}, 422, id="emoji-limit"),
+    pytest.param("GET", "/api/v1/videos?limit=1&limit=x", {}, 422, id="repeated-limit"),
+    pytest.param("GET", "/api/v1/jobs?status=", {}, 422, id="empty-status"),
+    pytest.param("GET", "/api/v1/jobs?offset=-99999999999999999999", {}, 422, id="negative-offset"),
+    pytest.param("GET", "/api/v1/jobs/%00", {}, 404, id="job-id-nul"),
+    pytest.param("GET", "/api/v1/jobs/..%2F..%2Fetc%2Fpasswd", {}, 404, id="job-id-traversal"),
+    pytest.param("GET", "/api/v1/jobs/%FF%FE", {}, 404, id="job-id-not-utf8"),
+    pytest.param("GET", "/api/v1/jobs/x/wait?timeout=1e309", {}, 422, id="timeout-overflow"),
+    pytest.param("DELETE", "/api/v1/jobs/x", {}, 405, id="delete-job"),
+    pytest.param("PUT", "/api/v1/videos/scan", {}, 405, id="put-scan"),
+    pytest.param("POST", "/api/v1/videos", {}, 405, id="post-videos"),
+    pytest.param("POST", "/health", {}, 405, id="post-health"),
+    pytest.param("PATCH", "/api/v1/jobs/x/cancel", {}, 405, id="patch-cancel"),
+    pytest.param("GET", "/no/such/route", {}, 404, id="unknown-route"),
+    pytest.param(
+        "POST", "/api/v1/jobs/x/cancel", {"content": b"\x00\xff" * 100}, 404, id="binary-cancel"
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"files": {"path": ("a.txt", b"/tmp")}},
+        422,
+        id="multipart-scan",
+    ),
+    pytest.param("POST", "/api/v1/videos/scan", {"content": b"\x00" * 1000}, 422, id="binary-scan"),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"content": b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "headers": JSON},
+        422,
+        id="deep-objects",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"content": b'{"path": "/tmp", "recursive": true}', "headers": {"Content-Type": "x/y"}},
+        422,
+        id="odd-content-type",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"json": {"path": "/tmp", "recursive": None}},
+        422,
+        id="recursive-null",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"json": {"path": ["/tmp"]}},
+        422,
+        id="path-list",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"json": {"path": "/" + "a" * 20_000}},
+        422,
+        id="path-longer-than-any-os",
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("method", "url", "kwargs", "status"), NASTY)
+async def test_nasty_request_gets_a_4xx_with_detail(
+    shared_client: httpx.AsyncClient, method: str, url: str, kwargs: dict[str, Any], status: int
+) -> None:
+    """Each request gets its 4xx and a JSON body with a ``detail``."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.request(method, url, **kwargs)
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_405_names_the_allowed_methods(settings: Settings) -> None:
+    """A wrong method is 405 with an Allow header."""
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.delete("/api/v1/videos/scan")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.anyio
+async def test_largest_offset_is_fine(settings: Settings) -> None:
+    """The largest offset SQLite takes is answered, with an empty page."""
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.get("/api/v1/videos?offset=9223372036854775807")
+
+    assert response.status_code == 200
+    assert response.json()["videos"] == []
+
+
+@pytest.mark.anyio
+async def test_closed_store_is_503(settings: Settings) -> None:
+    """If the video store is unusable, the answer is 503 with Retry-After, not a crash."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            await app.state.library.aclose()
+            response = await client.get("/api/v1/videos")
+
+    assert response.status_code == 503
+    assert response.json()["detail"] == "the video store is unavailable"
+    assert "Retry-After" in response.headers
+
+
+class _BrokenQueue(InMemoryJobQueue):
+    async def get_result(self, job_id: str) -> Any:
+        raise RuntimeError("a bug in the queue")
+
+
+@pytest.mark.anyio
+async def test_a_bug_still_answers_json(settings: Settings) -> None:
+    """An unexpected exception becomes a JSON 500 (the server logs the traceback)."""
+    app = create_app(settings, job_queue=_BrokenQueue())
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    with anyio.fail_after(10):
+        async with (
+            lifespan_running(app),
+            httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client,
+        ):
+            response = await client.get("/api/v1/jobs/x")
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error"}

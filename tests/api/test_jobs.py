@@ -1,0 +1,402 @@
+"""Job routes: show, list, wait, cancel and follow jobs through the HTTP API."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.api import begin_shutdown
+from stoat_ferret.api.app import create_app
+from tests.api.support import (
+    GatedScan,
+    WatchedSupervisor,
+    parse_events,
+    serving,
+    started,
+    supervisor_running,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.settings import Settings
+
+SCAN = "/api/v1/videos/scan"
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+JOB_FIELDS = {
+    "job_id",
+    "job_type",
+    "status",
+    "progress",
+    "message",
+    "result",
+    "error",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+}
+
+
+async def _echo(ctx: JobContext) -> Any:
+    return ctx.payload
+
+
+async def _start_scan(client: httpx.AsyncClient, scan: GatedScan, root: Path) -> str:
+    response = await client.post(SCAN, json={"path": str(root)})
+    assert response.status_code == 202, response.text
+    await scan.running()
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+@pytest.mark.anyio
+async def test_get_job_while_running_and_after(settings: Settings, scan_root: Path) -> None:
+    """GET /jobs/{id}: every field; ISO 8601 UTC times; progress while running, result after."""
+    scan = GatedScan()
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+                running = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+                scan.release.set()
+                await supervisor.wait(job_id)
+                done = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+
+    assert set(running) == JOB_FIELDS
+    assert running["status"] == "running"
+    assert (running["progress"], running["message"]) == (0.5, "halfway")
+    assert running["finished_at"] is None
+    assert done["status"] == "completed"
+    assert done["result"] == {"found": 0, "added": 0, "updated": 0, "unchanged": 0, "removed": 0}
+    for field in ("submitted_at", "started_at", "finished_at"):
+        assert ISO_UTC.match(done[field]), done[field]
+    assert done["submitted_at"] <= done["started_at"] <= done["finished_at"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", "/api/v1/jobs/no-such-job"),
+        ("GET", "/api/v1/jobs/no-such-job/wait"),
+        ("POST", "/api/v1/jobs/no-such-job/cancel"),
+        ("GET", "/api/v1/jobs/no-such-job/events"),
+        ("GET", f"/api/v1/jobs/{'x' * 5000}"),
+    ],
+)
+async def test_unknown_job_is_404(shared_client: httpx.AsyncClient, method: str, url: str) -> None:
+    """Every job route answers 404 with a short detail for an id it never issued."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.request(method, url)
+
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert "no job with id" in response.json()["detail"]
+    assert len(response.json()["detail"]) < 200
+
+
+@pytest.mark.anyio
+async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
+    """limit cuts the page, never the total; filters by status and type; newest first."""
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("echo", _echo)
+            supervisor.register("other", _echo)
+            ids = [await supervisor.submit("echo", n) for n in range(3)]
+            other = await supervisor.submit("other", "x")
+            for job_id in [*ids, other]:
+                await supervisor.wait(job_id)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                page = (await client.get("/api/v1/jobs?limit=2")).json()
+                rest = (await client.get("/api/v1/jobs?limit=2&offset=2")).json()
+                echoes = (await client.get("/api/v1/jobs?job_type=echo")).json()
+                completed = (await client.get("/api/v1/jobs?status=completed")).json()
+                failed = (await client.get("/api/v1/jobs?status=failed")).json()
+                unknown = (await client.get("/api/v1/jobs?job_type=nope")).json()
+
+    assert [job["job_id"] for job in page["jobs"]] == [other, ids[2]]
+    assert (page["total"], page["limit"], page["offset"]) == (4, 2, 0)
+    assert [job["job_id"] for job in rest["jobs"]] == [ids[1], ids[0]]
+    assert [job["result"] for job in echoes["jobs"]] == [2, 1, 0]
+    assert echoes["total"] == 3
+    assert completed["total"] == 4
+    assert (failed["jobs"], failed["total"]) == ([], 0)
+    assert (unknown["jobs"], unknown["total"]) == ([], 0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "query",
+    ["status=bogus", "status=COMPLETED", "limit=0", "limit=1001", "offset=-1", "limit=1.5"],
+)
+async def test_list_jobs_bad_query_is_422(shared_client: httpx.AsyncClient, query: str) -> None:
+    """An unknown status or a limit/offset out of bounds is 422."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.get(f"/api/v1/jobs?{query}")
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "query"
+
+
+@pytest.mark.anyio
+async def test_wait_returns_once_the_job_ends(settings: Settings, scan_root: Path) -> None:
+    """A wait on a running job answers 200 with the completed job once it ends."""
+    scan = GatedScan()
+    answers: list[httpx.Response] = []
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+
+                async def wait() -> None:
+                    answers.append(await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=30"))
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(wait)
+                    await anyio.wait_all_tasks_blocked()
+                    assert answers == []
+                    scan.release.set()
+                again = await client.get(f"/api/v1/jobs/{job_id}/wait")
+
+    assert answers[0].status_code == 200
+    assert answers[0].json()["status"] == "completed"
+    assert again.status_code == 200  # already terminal: at once
+    assert again.json() == answers[0].json()
+
+
+@pytest.mark.anyio
+async def test_wait_times_out_with_408(settings: Settings, scan_root: Path) -> None:
+    """Not terminal within ``timeout``: 408 with the job as it is."""
+    scan = GatedScan()
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+                response = await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=0.05")
+                scan.release.set()
+
+    assert response.status_code == 408
+    assert response.json()["status"] == "running"
+    assert response.json()["job_id"] == job_id
+
+
+@pytest.mark.anyio
+async def test_wait_ends_with_503_when_the_service_stops(
+    settings: Settings, scan_root: Path
+) -> None:
+    """A stop while waiting answers the wait at once (503), not after its timeout."""
+    scan = GatedScan()
+    answers: list[httpx.Response] = []
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+
+                async def wait() -> None:
+                    answers.append(await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=3600"))
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(wait)
+                    await anyio.wait_all_tasks_blocked()
+                    begin_shutdown(app)
+                scan.release.set()
+
+    assert answers[0].status_code == 503
+    assert "Retry-After" in answers[0].headers
+
+
+@pytest.mark.anyio
+async def test_wait_ends_when_the_client_leaves(settings: Settings, scan_root: Path) -> None:
+    """A client that disconnects during an hour-long wait frees it at once."""
+    scan = GatedScan()
+    sent: list[dict[str, Any]] = []
+    leave = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not sent and not leave.is_set():
+            leave.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+                scope = {
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": "GET",
+                    "scheme": "http",
+                    "path": f"/api/v1/jobs/{job_id}/wait",
+                    "raw_path": f"/api/v1/jobs/{job_id}/wait".encode(),
+                    "query_string": b"timeout=3600",
+                    "headers": [],
+                    "server": ("testserver", 80),
+                    "client": ("127.0.0.1", 1234),
+                    "root_path": "",
+                }
+                await app(scope, receive, send)
+                status_after = await supervisor.get_status(job_id)
+                scan.release.set()
+
+    assert sent[0]["status"] == 408  # its answer goes nowhere; what matters is it returned
+    assert status_after == "running"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("timeout", ["0", "-1", "3601", "soon", "nan", "inf", ""])
+async def test_wait_bad_timeout_is_422(shared_client: httpx.AsyncClient, timeout: str) -> None:
+    """0 < timeout <= 3600 seconds, a number; anything else is 422 (before any lookup)."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.get(f"/api/v1/jobs/whatever/wait?timeout={timeout}")
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "timeout"]
+
+
+@pytest.mark.anyio
+async def test_cancel_running_and_pending_jobs(settings: Settings, scan_root: Path) -> None:
+    """POST /cancel: 200 with the job cancelled, running or pending alike."""
+    (scan_root / "a").mkdir()
+    (scan_root / "b").mkdir()
+    scan = GatedScan()
+
+    with anyio.fail_after(10):
+        async with supervisor_running(max_workers=1) as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                running = await _start_scan(client, scan, scan_root / "a")
+                pending = (await client.post(SCAN, json={"path": str(scan_root / "b")})).json()
+                cancel_pending = await client.post(f"/api/v1/jobs/{pending['job_id']}/cancel")
+                cancel_running = await client.post(f"/api/v1/jobs/{running}/cancel")
+
+    assert pending["status"] == "pending"
+    assert cancel_pending.status_code == 200
+    assert cancel_pending.json()["status"] == "cancelled"
+    assert cancel_running.status_code == 200
+    assert cancel_running.json()["status"] == "cancelled"
+    assert cancel_running.json()["job_id"] == running
+    assert len(scan.payloads) == 1  # the pending one never ran
+
+
+@pytest.mark.anyio
+async def test_cancel_finished_job_is_409(settings: Settings) -> None:
+    """A job that already ended cannot be cancelled: 409, and the body says how it ended."""
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("echo", _echo)
+            job_id = await supervisor.submit("echo", 1)
+            await supervisor.wait(job_id)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                response = await client.post(f"/api/v1/jobs/{job_id}/cancel")
+
+    assert response.status_code == 409
+    assert response.json()["status"] == "completed"
+    assert "completed" in response.json()["detail"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(object, "<class 'object'>", id="a-class"),
+        pytest.param({1, 2}, "{1, 2}", id="a-set"),
+        pytest.param(float("nan"), "nan", id="nan"),
+        pytest.param({"bytes": b"\xff"}, "{'bytes': b'\\xff'}", id="bytes-inside"),
+        pytest.param({"ok": [1, "two", None]}, {"ok": [1, "two", None]}, id="json-stays"),
+    ],
+)
+async def test_result_that_is_not_json_is_sent_as_repr(
+    settings: Settings, value: Any, expected: Any
+) -> None:
+    """A handler's odd result never breaks GET /jobs/{id}: it arrives as its repr."""
+
+    async def odd(ctx: JobContext) -> Any:
+        return value
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("odd", odd)
+            job_id = await supervisor.submit("odd")
+            await supervisor.wait(job_id)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                response = await client.get(f"/api/v1/jobs/{job_id}")
+                listing = await client.get("/api/v1/jobs")
+
+    assert response.status_code == 200
+    assert response.json()["result"] == expected
+    assert listing.json()["jobs"][0]["result"] == expected
+
+
+@pytest.mark.anyio
+async def test_events_follow_a_job_to_its_end(settings: Settings, scan_root: Path) -> None:
+    """The stream starts with the current state, follows progress, ends after "completed"."""
+    scan = GatedScan()
+    bodies: list[httpx.Response] = []
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+
+                async def follow() -> None:
+                    bodies.append(await client.get(f"/api/v1/jobs/{job_id}/events"))
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(follow)
+                    await supervisor.watch_entered.wait()
+                    scan.release.set()
+
+    response = bodies[0]
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    events, _ = parse_events(response.text)
+    assert events[0]["status"] == "running"
+    assert events[0]["progress"] == 0.5
+    assert events[-1]["status"] == "completed"
+    assert events[-1]["result"]["found"] == 0
+    assert all(set(event) == JOB_FIELDS for event in events)
+    assert supervisor.open_watches == 0
+
+
+@pytest.mark.anyio
+async def test_events_of_a_finished_job_end_at_once(settings: Settings) -> None:
+    """A job that already ended gets one event, its final state, and the stream ends."""
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("echo", _echo)
+            job_id = await supervisor.submit("echo", {"a": 1})
+            await supervisor.wait(job_id)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                response = await client.get(f"/api/v1/jobs/{job_id}/events")
+
+    events, comments = parse_events(response.text)
+    assert [event["status"] for event in events] == ["completed"]
+    assert events[0]["result"] == {"a": 1}
+    assert comments == []

@@ -1,0 +1,158 @@
+"""resolve_scan_path: one spelling per directory, and nothing outside the roots."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stoat_ferret.api._paths import ScanPathRejected, is_within, resolve_scan_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+
+@pytest.fixture
+def root(scan_root: Path) -> Path:
+    """The scan root with ``sub/inner``, a file, and a sibling ``<root>-evil``."""
+    (scan_root / "sub" / "inner").mkdir(parents=True)
+    (scan_root / "clip.mp4").write_bytes(b"x")
+    (scan_root.parent / f"{scan_root.name}-evil").mkdir()
+    (scan_root.parent / "outside").mkdir()
+    return scan_root
+
+
+def _rejected(path: str | Path, roots: tuple[Path, ...]) -> ScanPathRejected:
+    with pytest.raises(ScanPathRejected) as caught:
+        resolve_scan_path(str(path), roots)
+    return caught.value
+
+
+def test_root_itself_is_inside(root: Path) -> None:
+    """A root is a directory a scan may walk."""
+
+    assert resolve_scan_path(str(root), (root,)) == str(root)
+
+
+@pytest.mark.parametrize("suffix", ["/sub", "/sub/", "/sub/.", "/sub/inner/..", "//sub", "/./sub"])
+def test_every_spelling_resolves_to_one_path(root: Path, suffix: str) -> None:
+    """Trailing separators, ``.``, ``..`` and doubled slashes all give the same path."""
+
+    assert resolve_scan_path(f"{root}{suffix}", (root,)) == str(root / "sub")
+
+
+def test_symlink_inside_a_root_resolves_to_its_target(root: Path) -> None:
+    """A link to a directory inside the root is followed: the target is what is scanned."""
+    (root / "link").symlink_to(root / "sub")
+
+    assert resolve_scan_path(str(root / "link"), (root,)) == str(root / "sub")
+
+
+@pytest.mark.parametrize(
+    "outside",
+    [
+        pytest.param(lambda root: f"{root}/../outside", id="root-dotdot"),
+        pytest.param(lambda root: f"{root}/../{root.name}-evil", id="evil-sibling"),
+        pytest.param(lambda root: "/", id="filesystem-root"),
+        pytest.param(lambda root: f"{root}/link-out", id="symlink-out"),
+        pytest.param(lambda root: f"{root}/link-out/missing", id="through-symlink-out"),
+        pytest.param(lambda root: f"{root}/../no-such-dir", id="missing-outside"),
+        pytest.param(lambda root: f"{root}/dangling-out", id="dangling-symlink-out"),
+    ],
+)
+def test_outside_every_root_is_403(root: Path, outside: Callable[[Path], str]) -> None:
+    """Anything that resolves outside the roots is refused, existing or not."""
+    (root / "link-out").symlink_to(root.parent / "outside")
+    (root / "dangling-out").symlink_to(root.parent / "nowhere")
+
+    rejected = _rejected(outside(root), (root,))
+
+    assert rejected.status_code == 403
+    assert str(rejected) == rejected.detail
+
+
+def test_any_of_several_roots_admits(root: Path, tmp_path: Path) -> None:
+    """With several roots, a path inside any one of them is inside."""
+    other = tmp_path / "other"
+    other.mkdir()
+
+    assert resolve_scan_path(str(other), (root, other)) == str(other)
+    assert is_within(root / "sub", (other, root))
+    assert not is_within(root.parent, (other, root))
+
+
+def test_no_roots_admits_any_directory(root: Path) -> None:
+    """An empty root list means a scan may go anywhere."""
+
+    assert resolve_scan_path("/", ()) == "/"
+    assert resolve_scan_path(str(root.parent / "outside"), ()) == str(root.parent / "outside")
+
+
+def test_missing_directory_inside_a_root_is_404(root: Path) -> None:
+    """A path inside a root that does not exist is not found."""
+
+    assert _rejected(root / "missing", (root,)).status_code == 404
+    assert _rejected(root / "missing" / "deeper", (root,)).status_code == 404
+
+
+def test_file_is_400(root: Path) -> None:
+    """A file is not a directory to scan; neither is a path through a file."""
+
+    assert _rejected(root / "clip.mp4", (root,)).status_code == 400
+    assert _rejected(root / "clip.mp4" / "x", (root,)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [pytest.param("n" * 300, id="long-component"), pytest.param("/d" * 3000, id="long-path")],
+)
+def test_name_too_long_is_400(root: Path, tail: str) -> None:
+    """ENAMETOOLONG is the client's doing: a 400 that says so."""
+
+    rejected = _rejected(f"{root}/{tail}", (root,))
+
+    assert rejected.status_code == 400
+    assert "too long" in rejected.detail
+
+
+def test_symlink_loop_is_400(root: Path) -> None:
+    """A link that points to itself cannot be resolved."""
+    (root / "loop").symlink_to(root / "loop")
+
+    rejected = _rejected(root / "loop", (root,))
+
+    assert rejected.status_code == 400
+    assert "symbolic links" in rejected.detail
+
+
+def test_nul_byte_is_400(root: Path) -> None:
+    """A NUL byte cannot be in a file name (the API refuses it earlier, with 422)."""
+
+    assert _rejected(f"{root}/a\x00b", (root,)).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        pytest.param(PermissionError(errno.EACCES, "Permission denied"), 403, id="EACCES"),
+        pytest.param(OSError(errno.EIO, "Input/output error"), 400, id="EIO"),
+    ],
+)
+def test_other_stat_errors_are_4xx(
+    root: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, status: int
+) -> None:
+    """A directory that cannot be looked at is refused with a 4xx, never a crash."""
+    target = str(root / "sub")
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if os.fspath(path) == target:
+            raise error
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+
+    assert _rejected(target, (root,)).status_code == status

@@ -1,0 +1,315 @@
+"""Video routes: the scan request (status codes, roots, dedupe, back-pressure) and listings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import JobStatus
+from tests.api.support import GatedScan, serving, supervisor_running
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    import httpx
+
+    from stoat_ferret.settings import Settings
+    from tests.videos import EncodedVideo
+
+SCAN = "/api/v1/videos/scan"
+
+VIDEO_FIELDS = {
+    "id",
+    "path",
+    "filename",
+    "size_bytes",
+    "duration_seconds",
+    "duration_frames",
+    "width",
+    "height",
+    "frame_rate_numerator",
+    "frame_rate_denominator",
+    "video_codec",
+    "audio_codec",
+    "created_at",
+    "updated_at",
+}
+
+
+async def _scan_and_wait(client: httpx.AsyncClient, path: Path) -> dict[str, Any]:
+    accepted = await client.post(SCAN, json={"path": str(path)})
+    assert accepted.status_code == 202, accepted.text
+    waited = await client.get(f"/api/v1/jobs/{accepted.json()['job_id']}/wait?timeout=20")
+    assert waited.status_code == 200, waited.text
+    job: dict[str, Any] = waited.json()
+    return job
+
+
+@pytest.mark.anyio
+async def test_scan_is_accepted_and_fills_the_library(
+    settings: Settings, video_dir: Path, clips: list[EncodedVideo]
+) -> None:
+    """202 with the job at once; once it completed, the videos are listed by path."""
+    app = create_app(settings)
+
+    with anyio.fail_after(30):
+        async with serving(app) as client:
+            accepted = await client.post(SCAN, json={"path": str(video_dir)})
+            job_id = accepted.json()["job_id"]
+            waited = await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=20")
+            listing = await client.get("/api/v1/videos")
+
+    assert accepted.status_code == 202
+    assert accepted.json()["status"] in {"pending", "running", "completed"}
+    assert accepted.headers["Location"] == f"/api/v1/jobs/{job_id}"
+    assert waited.json()["status"] == "completed"
+    assert waited.json()["result"]["added"] == 2
+    body = listing.json()
+    assert body["total"] == 2
+    assert [video["filename"] for video in body["videos"]] == ["a.mp4", "b.mkv"]
+    first = body["videos"][0]
+    assert set(first) == VIDEO_FIELDS
+    assert first["path"] == str(video_dir / "a.mp4")
+    assert (first["width"], first["height"]) == (clips[0].width, clips[0].height)
+    assert first["video_codec"] == "h264"
+    assert first["created_at"].endswith("Z")
+
+
+@pytest.mark.anyio
+async def test_videos_page_and_get_one(settings: Settings, video_dir: Path) -> None:
+    """limit and offset page the list (total stays); a listed id is found, others 404."""
+    app = create_app(settings)
+
+    with anyio.fail_after(30):
+        async with serving(app) as client:
+            await _scan_and_wait(client, video_dir)
+            second = (await client.get("/api/v1/videos?limit=1&offset=1")).json()
+            beyond = (await client.get("/api/v1/videos?offset=10")).json()
+            video_id = second["videos"][0]["id"]
+            found = await client.get(f"/api/v1/videos/{video_id}")
+            missing = await client.get("/api/v1/videos/424242")
+            huge = await client.get("/api/v1/videos/99999999999999999999999")
+            negative = await client.get("/api/v1/videos/-1")
+
+    assert [v["filename"] for v in second["videos"]] == ["b.mkv"]
+    assert (second["total"], second["limit"], second["offset"]) == (2, 1, 1)
+    assert beyond["videos"] == []
+    assert beyond["total"] == 2
+    assert found.status_code == 200
+    assert found.json() == second["videos"][0]
+    assert [missing.status_code, huge.status_code, negative.status_code] == [404, 404, 404]
+    assert "no video" in missing.json()["detail"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=1001", "offset=-1", "limit=ten", "offset=1e3", "limit="]
+)
+async def test_videos_page_bounds_are_422(shared_client: httpx.AsyncClient, query: str) -> None:
+    """1 <= limit <= 1000 and offset >= 0, integers; anything else is 422."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.get(f"/api/v1/videos?{query}")
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "query"
+
+
+@pytest.mark.anyio
+async def test_root_itself_is_scanned(settings: Settings, scan_root: Path) -> None:
+    """A scan root is inside itself: 202."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            response = await client.post(SCAN, json={"path": str(scan_root), "recursive": False})
+
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "outside",
+    [
+        pytest.param(lambda root: f"{root}/../outside", id="root-dotdot"),
+        pytest.param(lambda root: f"{root}/link-out", id="symlink-pointing-out"),
+        pytest.param(lambda root: f"{root}-evil", id="evil-sibling"),
+        pytest.param(lambda root: "/", id="filesystem-root"),
+        pytest.param(lambda root: f"{root}/../missing", id="missing-outside"),
+    ],
+)
+async def test_outside_the_roots_is_403(
+    settings: Settings, scan_root: Path, outside: Callable[[Path], str]
+) -> None:
+    """Every way out of the roots is refused with 403, and no job is made."""
+    (scan_root.parent / "outside").mkdir()
+    (scan_root.parent / f"{scan_root.name}-evil").mkdir()
+    (scan_root / "link-out").symlink_to(scan_root.parent / "outside")
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            response = await client.post(SCAN, json={"path": outside(scan_root)})
+            jobs = (await client.get("/api/v1/jobs")).json()
+
+    assert response.status_code == 403
+    assert "outside" in response.json()["detail"]
+    assert jobs["total"] == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("make_path", "status"),
+    [
+        pytest.param(lambda root: f"{root}/missing", 404, id="missing"),
+        pytest.param(lambda root: f"{root}/file.mp4", 400, id="a-file"),
+        pytest.param(lambda root: f"{root}/{'n' * 300}", 400, id="name-too-long"),
+        pytest.param(lambda root: f"{root}{'/d' * 3000}", 400, id="path-too-long"),
+    ],
+)
+async def test_unusable_paths(
+    settings: Settings, scan_root: Path, make_path: Callable[[Path], str], status: int
+) -> None:
+    """Missing is 404; a file, or a name too long for the OS, is 400."""
+    (scan_root / "file.mp4").write_bytes(b"x")
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            response = await client.post(SCAN, json={"path": make_path(scan_root)})
+
+    assert response.status_code == status
+    assert isinstance(response.json()["detail"], str)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        pytest.param({"json": {}}, id="missing-path"),
+        pytest.param({"json": {"path": 42}}, id="path-not-a-string"),
+        pytest.param({"json": {"path": "/x", "recursive": "yes"}}, id="recursive-not-a-bool"),
+        pytest.param({"json": {"path": "/x", "recursive": 1}}, id="recursive-an-int"),
+        pytest.param({"json": ["/x"]}, id="not-an-object"),
+        pytest.param({"json": "/x"}, id="a-string"),
+        pytest.param({"json": None}, id="null"),
+        pytest.param({"json": {"path": "/tmp/a\x00b"}}, id="nul-byte"),
+        pytest.param({"json": {"path": "relative/dir"}}, id="relative-path"),
+        pytest.param({"json": {"path": ""}}, id="empty-path"),
+        pytest.param({"json": {"path": "/x", "recursve": True}}, id="unknown-field"),
+        pytest.param({"content": b'{"path": "/\\ud800"}'}, id="lone-surrogate"),
+        pytest.param({"content": b'{"path": '}, id="bad-json"),
+        pytest.param({"content": b""}, id="empty-body"),
+        pytest.param({"content": b"\xff\xfe\xfa"}, id="binary"),
+        pytest.param({"content": b"[" * 50_000}, id="deeply-nested"),
+        pytest.param({"content": b"9" * 5_000}, id="huge-number"),
+        pytest.param({"data": {"path": "/x"}}, id="form-body"),
+        pytest.param(
+            {"content": b'{"path": "/x"}', "headers": {"Content-Type": "text/plain"}},
+            id="json-as-text-plain",
+        ),
+    ],
+)
+async def test_bad_bodies_are_422(
+    shared_client: httpx.AsyncClient, request_kwargs: dict[str, Any]
+) -> None:
+    """Whatever is wrong with the body, the answer is 422 with a detail list."""
+    if "content" in request_kwargs:
+        request_kwargs.setdefault("headers", {"Content-Type": "application/json"})
+
+    with anyio.fail_after(10):
+        response = await shared_client.post(SCAN, **request_kwargs)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail
+    assert all(set(error) == {"loc", "msg", "type"} for error in detail)
+    assert detail[0]["loc"][0] == "body"
+
+
+@pytest.mark.anyio
+async def test_huge_body_is_413(shared_client: httpx.AsyncClient) -> None:
+    """A body far larger than any scan request is refused before it is parsed."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.post(
+            SCAN, content=b" " * 100_000, headers={"Content-Type": "application/json"}
+        )
+
+    assert response.status_code == 413
+
+
+@pytest.mark.anyio
+async def test_same_directory_gets_the_same_job(settings: Settings, scan_root: Path) -> None:
+    """While a scan runs, every spelling of its directory gets its job id; then a new one."""
+    sub = scan_root / "sub"
+    (sub / "inner").mkdir(parents=True)
+    (scan_root / "link").symlink_to(sub)
+    spellings = [f"{sub}/", f"{sub}/.", f"{sub}/inner/..", f"{scan_root}//sub", f"{scan_root}/link"]
+    scan = GatedScan()
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                first = await client.post(SCAN, json={"path": str(sub)})
+                job_id = first.json()["job_id"]
+                await scan.running()
+                again = [
+                    (await client.post(SCAN, json={"path": path})).json()["job_id"]
+                    for path in spellings
+                ]
+                flat = await client.post(SCAN, json={"path": str(sub), "recursive": False})
+                scan.release.set()
+                await client.get(f"/api/v1/jobs/{job_id}/wait")
+                after = await client.post(SCAN, json={"path": str(sub)})
+
+    assert again == [job_id] * len(spellings)
+    assert flat.json()["job_id"] != job_id  # a flat scan is another job
+    assert after.status_code == 202
+    assert after.json()["job_id"] not in (job_id, flat.json()["job_id"])
+    assert scan.payloads[0] == {"path": str(sub), "recursive": True}
+
+
+@pytest.mark.anyio
+async def test_full_queue_is_503_with_retry_after(settings: Settings, scan_root: Path) -> None:
+    """One scan running, one pending, max_pending=1: the third gets 503 and Retry-After."""
+    # The first answer may say pending or running: it races the worker.
+    for name in ("a", "b", "c"):
+        (scan_root / name).mkdir()
+    scan = GatedScan()
+
+    with anyio.fail_after(10):
+        async with supervisor_running(max_workers=1, max_pending=1) as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                running = await client.post(SCAN, json={"path": str(scan_root / "a")})
+                await scan.running()
+                pending = await client.post(SCAN, json={"path": str(scan_root / "b")})
+                refused = await client.post(SCAN, json={"path": str(scan_root / "c")})
+                scan.release.set()
+
+    assert running.status_code == 202
+    assert pending.json()["status"] == JobStatus.PENDING
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "try again" in refused.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_closed_queue_is_503(settings: Settings, scan_root: Path) -> None:
+    """An injected queue that is shutting down refuses scans with 503."""
+    with anyio.fail_after(10):
+        async with (
+            supervisor_running() as supervisor,
+            serving(create_app(settings, job_queue=supervisor)) as client,
+        ):
+            await supervisor.aclose()
+            response = await client.post(SCAN, json={"path": str(scan_root)})
+
+    assert response.status_code == 503
+    assert "Retry-After" in response.headers

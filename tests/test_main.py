@@ -1,0 +1,305 @@
+"""``python -m stoat_ferret`` as a real process: serve, scan, stop with exit status 0.
+
+These tests cross a process boundary, so they poll ``/health`` for readiness
+(with a deadline) instead of waiting on an event. Everything listens on a
+free loopback port; the database and the scan root live in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from loguru import logger
+
+from stoat_ferret.__main__ import GracefulServer, check_startup, configure_logging, main
+from stoat_ferret.api import begin_shutdown, create_app
+from stoat_ferret.settings import Settings, SettingsError
+from tests.videos import make_video, write_corrupt_video
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+SHUTDOWN_GRACE = 2.0
+READY_WITHIN = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
+    env.update(
+        STOAT_HOST="127.0.0.1",
+        STOAT_PORT=str(_free_port()),
+        STOAT_DATABASE_PATH=str(tmp_path / "data" / "stoat.db"),
+        STOAT_SCAN_ROOTS=str(root),
+        STOAT_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE),
+        STOAT_LOG_LEVEL="INFO",
+    )
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def _server(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """The service in its own process group; killed if the test leaves it running."""
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stoat_ferret"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_WITHIN
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)  # a process boundary: polling with a deadline is the only way
+    pytest.fail(f"server not ready after {READY_WITHIN} s:\n{log.read_text()}")
+
+
+def _stop(process: subprocess.Popen[bytes], send: Callable[[int], None]) -> tuple[int, float]:
+    began = time.monotonic()
+    send(process.pid)
+    returncode = process.wait(timeout=SHUTDOWN_GRACE + 5)
+    return returncode, time.monotonic() - began
+
+
+def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
+    """Scan three clips through the real server, list them, SIGTERM the group: exit 0."""
+    env = _environment(tmp_path)
+    root = tmp_path / "root"
+    for name in ("one.mp4", "two.mkv", "three.webm"):
+        make_video(root / name, audio=None)
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+    log = tmp_path / "server.log"
+
+    with _server(tmp_path, env) as process:
+        _wait_ready(process, base_url, log)
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            accepted = client.post("/api/v1/videos/scan", json={"path": f"{root}/"})
+            job_id = accepted.json()["job_id"]
+            finished = client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": 20})
+            videos = client.get("/api/v1/videos").json()
+            events = client.get(f"/api/v1/jobs/{job_id}/events")
+        returncode, took = _stop(process, lambda pid: os.killpg(pid, signal.SIGTERM))
+
+    assert accepted.status_code == 202
+    assert finished.status_code == 200
+    assert finished.json()["status"] == "completed"
+    assert finished.json()["result"]["added"] == 3
+    assert videos["total"] == 3
+    assert [video["filename"] for video in videos["videos"]] == ["one.mp4", "three.webm", "two.mkv"]
+    assert events.text.count("data: ") == 1
+    assert returncode == 0
+    assert took < SHUTDOWN_GRACE + 5
+    output = log.read_text()
+    assert "Traceback" not in output
+    assert f"job_id={job_id}" in output  # structured fields are in the log lines
+    with sqlite3.connect(env["STOAT_DATABASE_PATH"]) as database:
+        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert database.execute("SELECT count(*) FROM videos").fetchone() == (3,)
+
+
+def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
+    """Ctrl+C (SIGINT) stops the service gracefully too, with exit status 0."""
+    env = _environment(tmp_path)
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+
+    with _server(tmp_path, env) as process:
+        _wait_ready(process, base_url, tmp_path / "server.log")
+        returncode, took = _stop(process, lambda pid: os.kill(pid, signal.SIGINT))
+
+    assert returncode == 0
+    assert took < SHUTDOWN_GRACE + 5
+    assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
+
+
+BAD_SETTINGS = {
+    "port-not-a-number": {"STOAT_PORT": "eighty"},
+    "port-out-of-range": {"STOAT_PORT": "70000"},
+    "root-missing": {"STOAT_SCAN_ROOTS": "/no/such/directory"},
+    "negative-workers": {"STOAT_MAX_WORKERS": "-2"},
+    "negative-grace": {"STOAT_SHUTDOWN_GRACE": "-1"},
+    "bad-log-level": {"STOAT_LOG_LEVEL": "loud"},
+    "database-under-a-file": {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
+    "corrupt-database": {"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"},
+}
+
+
+def _bad_environment(tmp_path: Path, case: str) -> dict[str, str]:
+    (tmp_path / "file").write_text("a regular file, not a directory")
+    write_corrupt_video(tmp_path / "corrupt.db")
+    env = _environment(tmp_path)
+    env.update({key: value.format(tmp=tmp_path) for key, value in BAD_SETTINGS[case].items()})
+    return env
+
+
+def _check_one_line(case: str, stderr: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("stoat_ferret: ")
+    if case == "corrupt-database":
+        assert "not a database" in lines[0]
+    else:
+        assert next(iter(BAD_SETTINGS[case])) in lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_main_returns_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """main() refuses a bad setting or database before binding: 2, one line on stderr."""
+    for key, value in _bad_environment(tmp_path, case).items():
+        monkeypatch.setenv(key, value)
+
+    status = main()
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    _check_one_line(case, captured.err)
+
+
+@pytest.mark.parametrize("case", ["port-not-a-number", "corrupt-database"])
+def test_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    """The real process: exit status 2, one line on stderr, nothing else, no traceback."""
+    run = subprocess.run(
+        [sys.executable, "-m", "stoat_ferret"],
+        env=_bad_environment(tmp_path, case),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 2, run.stderr
+    assert run.stdout == ""
+    _check_one_line(case, run.stderr)
+
+
+def test_graceful_server_does_not_raise_the_signal_again() -> None:
+    """A SIGTERM while serving asks for a graceful stop; afterwards the process lives on."""
+    server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
+    before = signal.getsignal(signal.SIGTERM)
+
+    with server.capture_signals():
+        signal.raise_signal(signal.SIGTERM)  # runs the Python handler before returning
+    # uvicorn's own capture_signals would raise SIGTERM here, killing pytest.
+
+    assert server.should_exit
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio only
+@pytest.mark.anyio
+async def test_server_stops_the_app_before_its_lifespan_ends(tmp_path: Path) -> None:
+    """On shut-down the server calls on_stop first, then ends the app's lifespan."""
+    settings = Settings(port=_free_port(), database_path=tmp_path / "stoat.db")
+    app = create_app(settings)
+    record: list[str] = []
+    running = anyio.Event()
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def spy_receive() -> Any:
+            message = await receive()
+            record.append(message["type"])
+            return message
+
+        async def spy_send(message: Any) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                running.set()
+
+        await app(scope, spy_receive, spy_send)
+
+    def on_stop() -> None:
+        record.append("on_stop")
+        begin_shutdown(app)
+
+    config = uvicorn.Config(watched, port=settings.port, lifespan="on", log_config=None)
+    server = GracefulServer(config, on_stop=on_stop)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve)
+            await running.wait()
+            server.should_exit = True
+
+    assert record == ["lifespan.startup", "on_stop", "lifespan.shutdown"]
+    assert app.state.stopping.is_set()
+
+
+def test_log_lines_show_the_structured_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """The log format ends each line with its fields: ``| job_id=... status=...``."""
+    root_handlers, root_level = logging.root.handlers[:], logging.root.level
+    try:
+        configure_logging("INFO")
+        logger.info("job finished", job_id="abc123", status="completed", path="/a b")
+        logger.debug("hidden at INFO")
+        logging.getLogger("uvicorn.error").warning("from the standard library")
+    finally:
+        logger.remove()
+        logger.configure(patcher=None)
+        logger.add(sys.stderr)
+        logging.root.handlers[:] = root_handlers
+        logging.root.setLevel(root_level)
+
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("job finished | job_id=abc123 status=completed path='/a b'")
+    assert "| INFO     |" in lines[0]
+    # A stdlib record is shown under the module that logged it, like loguru's own.
+    assert lines[1].endswith("| WARNING  | tests.test_main | from the standard library")
+
+
+def test_unresolvable_host_is_a_bad_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host name that does not resolve is refused before binding, naming STOAT_HOST."""
+
+    def no_such_host(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+
+    with pytest.raises(SettingsError, match="STOAT_HOST"):
+        check_startup(Settings(host="nowhere.invalid", database_path=tmp_path / "x.db"))
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("never called")

@@ -1,0 +1,136 @@
+"""Settings: read from the environment once, every bad value a one-line error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from stoat_ferret.settings import Settings, SettingsError
+
+
+def test_defaults_without_environment() -> None:
+    """An empty environment gives the documented defaults."""
+
+    settings = Settings.from_environ({})
+
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8000
+    assert settings.database_path == Path.cwd() / "data" / "stoat.db"
+    assert settings.scan_roots == ()
+    assert settings.job_timeout == 300.0
+    assert settings.max_workers == 2
+    assert settings.max_pending == 1000
+    assert settings.shutdown_grace == 10.0
+    assert settings.log_level == "INFO"
+
+
+def test_every_variable_is_read(tmp_path: Path) -> None:
+    """Each STOAT_* variable sets its field, parsed to its type."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+
+    settings = Settings.from_environ(
+        {
+            "STOAT_HOST": "0.0.0.0",
+            "STOAT_PORT": "9001",
+            "STOAT_DATABASE_PATH": str(tmp_path / "x.db"),
+            "STOAT_SCAN_ROOTS": f"{first}{os.pathsep}{second}{os.pathsep}",
+            "STOAT_JOB_TIMEOUT": "12.5",
+            "STOAT_MAX_WORKERS": "3",
+            "STOAT_MAX_PENDING": "7",
+            "STOAT_SHUTDOWN_GRACE": "0",
+            "STOAT_LOG_LEVEL": "debug",
+        }
+    )
+
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 9001
+    assert settings.database_path == tmp_path / "x.db"
+    assert settings.scan_roots == (Path(os.path.realpath(first)), Path(os.path.realpath(second)))
+    assert settings.job_timeout == 12.5
+    assert settings.max_workers == 3
+    assert settings.max_pending == 7
+    assert settings.shutdown_grace == 0.0
+    assert settings.log_level == "DEBUG"
+
+
+def test_empty_variables_take_the_default() -> None:
+    """A variable set to an empty string (or blanks) counts as unset."""
+
+    settings = Settings.from_environ({"STOAT_PORT": "", "STOAT_SCAN_ROOTS": "  "})
+
+    assert settings.port == 8000
+    assert settings.scan_roots == ()
+
+
+def test_scan_roots_are_resolved(tmp_path: Path) -> None:
+    """A root given through a symlink is stored as its real path."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+
+    settings = Settings(scan_roots=(tmp_path / "link",))
+
+    assert settings.scan_roots == (Path(os.path.realpath(real)),)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("STOAT_PORT", "http", "whole number"),
+        ("STOAT_PORT", "0", "1 to 65535"),
+        ("STOAT_PORT", "65536", "1 to 65535"),
+        ("STOAT_PORT", "-80", "1 to 65535"),
+        ("STOAT_SCAN_ROOTS", "/no/such/directory", "not an existing directory"),
+        ("STOAT_JOB_TIMEOUT", "0", "> 0"),
+        ("STOAT_JOB_TIMEOUT", "soon", "number of seconds"),
+        ("STOAT_JOB_TIMEOUT", "inf", "finite"),
+        ("STOAT_MAX_WORKERS", "0", ">= 1"),
+        ("STOAT_MAX_WORKERS", "1.5", "whole number"),
+        ("STOAT_MAX_PENDING", "-1", ">= 1"),
+        ("STOAT_SHUTDOWN_GRACE", "-1", ">= 0"),
+        ("STOAT_SHUTDOWN_GRACE", "nan", "finite"),
+        ("STOAT_LOG_LEVEL", "chatty", "one of"),
+        ("STOAT_HOST", "local host", "host"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, words: str) -> None:
+    """A bad value raises SettingsError: one line with the variable and the rule."""
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ({variable: value})
+
+    message = str(caught.value)
+    assert variable in message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_database_path_that_is_a_directory(tmp_path: Path) -> None:
+    """The database path must name a file, not an existing directory."""
+
+    with pytest.raises(SettingsError, match="STOAT_DATABASE_PATH is a directory"):
+        Settings.from_environ({"STOAT_DATABASE_PATH": str(tmp_path)})
+    with pytest.raises(SettingsError, match="STOAT_DATABASE_PATH must be the path of a file"):
+        Settings.from_environ({"STOAT_DATABASE_PATH": "/"})
+
+
+def test_scan_root_that_is_a_file(tmp_path: Path) -> None:
+    """A scan root must be a directory."""
+    file = tmp_path / "file"
+    file.write_text("x")
+
+    with pytest.raises(SettingsError, match="STOAT_SCAN_ROOTS"):
+        Settings(scan_roots=(file,))
+
+
+def test_direct_construction_is_checked_too() -> None:
+    """Building Settings in code runs the same checks as the environment does."""
+
+    with pytest.raises(SettingsError, match="STOAT_MAX_WORKERS"):
+        Settings(max_workers=0)
+    with pytest.raises(SettingsError, match="STOAT_PORT"):
+        Settings(port=True)
