@@ -54,6 +54,39 @@ _LOG_LEVELS = {
 }
 
 
+class Admission:
+    """Slots for pending jobs, shared by ``submit``, the workers and the actor.
+
+    This is what lets an unkeyed ``submit`` refuse or accept without a round
+    trip through the actor. A slot is taken when a job is accepted (by
+    ``submit``, or by the actor for keyed submits) and given back exactly
+    once: by the worker that starts the job, or by the actor when it ends a
+    job that never started. Invariant: ``taken`` == jobs accepted and neither
+    started nor ended, which never exceeds ``limit``.
+    """
+
+    __slots__ = ("accepted", "limit", "taken")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+        self.accepted = 0  # total ever accepted
+
+    def take(self) -> None:
+        """Take a slot for a new job.
+
+        Raises:
+            QueueFull: ``limit`` jobs are already pending.
+        """
+        if self.taken >= self.limit:
+            raise QueueFull(f"{self.limit} jobs are already pending; try again later")
+        self.taken += 1
+        self.accepted += 1
+
+    def give_back(self) -> None:
+        self.taken -= 1
+
+
 class JobTable:
     """Every job the supervisor knows, and what happens to them.
 
@@ -84,11 +117,7 @@ class JobTable:
         self._progress = progress
         self._start_timer = start_timer
 
-        # Admission, shared with submit() so that an unkeyed submit needs no
-        # round trip. Invariant: reserved == pending jobs + unkeyed Submit
-        # messages not handled yet; it never exceeds max_pending.
-        self.reserved = 0
-        self.submitted = 0
+        self.admission = Admission(max_pending)
 
         self.jobs: dict[str, JobRecord] = {}  # every retained job, in submit order
         self.pending: dict[str, JobRecord] = {}  # submitted, not started, not cancelled
@@ -121,17 +150,6 @@ class JobTable:
 
     # ------------------------------------------------------------ queries
 
-    def admit(self) -> None:
-        """Take an admission slot for a new pending job.
-
-        Raises:
-            QueueFull: ``max_pending`` jobs are already pending.
-        """
-        if self.reserved >= self._max_pending:
-            raise QueueFull(f"{self._max_pending} jobs are already pending; try again later")
-        self.reserved += 1
-        self.submitted += 1
-
     def lookup(self, job_id: str) -> JobRecord | None:
         """The record, or None for an unknown or evicted id."""
         return self.jobs.get(job_id) if isinstance(job_id, str) else None
@@ -151,8 +169,7 @@ class JobTable:
         """Apply one message. Never awaits; never raises for a caller's mistake."""
         match message:
             case JobStarted(job_id, started_at):
-                record = self.pending.pop(job_id)
-                self.reserved -= 1
+                record = self.pending.pop(job_id)  # the worker gave its slot back
                 record.apply(JobEvent.START, at=started_at)
                 self.running[job_id] = record
                 logger.debug(
@@ -221,7 +238,7 @@ class JobTable:
                 reply.send(existing)
                 return
             try:
-                self.admit()
+                self.admission.take()
             except QueueFull as exc:
                 reply.send(exc)
                 return
@@ -310,7 +327,7 @@ class JobTable:
         """End a job: the one place where a job becomes terminal."""
         if record.status is JobStatus.PENDING:
             del self.pending[record.job_id]
-            self.reserved -= 1
+            self.admission.give_back()  # no worker will start it
             self._forget_assignment()
         else:
             del self.running[record.job_id]
@@ -326,7 +343,6 @@ class JobTable:
         if len(self.finished) > self._max_finished:
             self._evict()
         assert record.finished_at is not None
-        record.finished_at - (record.started_at or record.submitted_at)
         (logger.opt(exception=exception) if exception is not None else logger).log(
             _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",

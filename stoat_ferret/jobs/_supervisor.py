@@ -242,7 +242,7 @@ class JobSupervisor:
         job_id = _new_job_id()
         reply: Reply[str] | None = None
         if key is None:
-            self._table.admit()
+            self._table.admission.take()
         else:
             reply = Reply()
         self._inbox_send.send_nowait(
@@ -364,10 +364,10 @@ class JobSupervisor:
         """Counters; pending is exact, the rest as of the actor's last message."""
         table = self._table
         return QueueStatistics(
-            pending=table.reserved,
+            pending=table.admission.taken,
             running=len(table.running),
             finished=len(table.finished),
-            submitted=table.submitted,
+            submitted=table.admission.accepted,
             completed=table.totals[JobStatus.COMPLETED],
             failed=table.totals[JobStatus.FAILED],
             timeout=table.totals[JobStatus.TIMEOUT],
@@ -446,6 +446,7 @@ class JobSupervisor:
 
     async def _worker(self, receive: MemoryObjectReceiveStream[Assignment]) -> None:
         send = self._inbox_send
+        admission = self._table.admission
         since_yield = 0
         with receive:
             while True:
@@ -462,6 +463,7 @@ class JobSupervisor:
                 scope = assignment.scope
                 if scope.cancel_called or self._phase is not _Phase.RUNNING:
                     continue  # cancelled, or shutting down, before it started
+                admission.give_back()  # started: no longer pending
                 job_id = assignment.context.job_id
                 send.send_nowait(JobStarted(job_id, utcnow()))
                 scope.deadline = anyio.current_time() + assignment.timeout
