@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -111,6 +113,21 @@ async def _memory_run(total: int) -> tuple[int, float]:
     return most_retained, growth
 
 
+def memory_main(total: int) -> None:
+    """The memory figure, meant to run in a fresh process (peak RSS is per process)."""
+    logger.remove()
+    retained, growth = anyio.run(_memory_run, total)
+    emit(
+        bench="supervisor_memory",
+        jobs=total,
+        peak_rss_growth_mb=round(growth, 1),
+        target_mb=50,
+        max_retained=retained,
+        max_finished=10_000,
+        ok=growth <= 50 and retained <= 10_000,
+    )
+
+
 def main(*, quick: bool = False) -> None:
     logger.remove()  # lifecycle logging is not what is measured (baselines do not log)
     count = 2_000 if quick else 100_000
@@ -144,15 +161,10 @@ def main(*, quick: bool = False) -> None:
                 ok=sup / upstream >= 1.0,
             )
     total = 20_000 if quick else 1_000_000
-    retained, growth = anyio.run(_memory_run, total)
-    emit(
-        bench="supervisor_memory",
-        jobs=total,
-        peak_rss_growth_mb=round(growth, 1),
-        target_mb=50,
-        max_retained=retained,
-        max_finished=10_000,
-        ok=growth <= 50 and retained <= 10_000,
+    # A fresh process: the throughput runs above already raised this one's peak RSS.
+    subprocess.run(
+        [sys.executable, "-c", f"from bench.bench_jobs import memory_main; memory_main({total})"],
+        check=True,
     )
 
 
