@@ -46,12 +46,12 @@ async def test_submit_works_as_soon_as_start_returns() -> None:
     """A job submitted right after tg.start is known and ends completed."""
 
     gate = Gate()
-    gate.release.set()
     with anyio.fail_after(10):
         async with running_supervisor() as supervisor:
             supervisor.register("gate", gate)
             job_id = await supervisor.submit("gate", "x")
             assert await supervisor.get_status(job_id) in {JobStatus.PENDING, JobStatus.RUNNING}
+            gate.release.set()
             assert (await supervisor.wait(job_id)).result == "x"
 
 
@@ -98,7 +98,7 @@ async def test_queue_full_raises_and_accepted_jobs_still_complete() -> None:
 
 
 async def test_at_most_max_workers_run_at_once_in_submit_order() -> None:
-    """With max_workers=2, two jobs run at a time and jobs start in submit order."""
+    """With max_workers=2, two jobs run at a time and jobs are taken in submit order."""
 
     gate = Gate()
     with anyio.fail_after(10):
@@ -106,7 +106,9 @@ async def test_at_most_max_workers_run_at_once_in_submit_order() -> None:
             supervisor.register("gate", gate)
             ids = [await supervisor.submit("gate", number) for number in range(6)]
             await anyio.wait_all_tasks_blocked()
-            assert gate.started == [0, 1]
+            # Workers take jobs in submit order; two taken together may begin
+            # their handlers in either order (trio shuffles its run queue).
+            assert sorted(gate.started) == [0, 1]
             assert supervisor.statistics().running == 2
             assert supervisor.statistics().pending == 4
 
@@ -114,7 +116,9 @@ async def test_at_most_max_workers_run_at_once_in_submit_order() -> None:
             for job_id in ids:
                 await supervisor.wait(job_id)
 
-    assert gate.started == [0, 1, 2, 3, 4, 5]
+    assert sorted(gate.started) == [0, 1, 2, 3, 4, 5]
+    # Each job is overtaken at most by the one job taken together with it.
+    assert all(job <= position + 1 for position, job in enumerate(gate.started))
     assert gate.most_running == 2
 
 
