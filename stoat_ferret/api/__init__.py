@@ -4,7 +4,7 @@
 and the job supervisor live exactly as long as it); :func:`begin_shutdown`
 is how the server tells it to stop taking work. The routes live in private
 modules: ``_videos`` (scan, videos), ``_jobs`` (jobs, wait, cancel, events),
-``_health``.
+``_health``, and ``_dashboard`` (the web page at ``/``, its files in ``static/``).
 """
 
 from __future__ import annotations

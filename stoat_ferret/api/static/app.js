@@ -1,0 +1,632 @@
+// The stoat_ferret dashboard: plain JavaScript, no build step, no third-party code.
+// It talks only to the API of the server that served it:
+//   - jobs that have not ended are followed live with EventSource (/api/v1/jobs/{id}/events);
+//   - /health is read every few seconds for the header, and a change in its
+//     "submitted" counter (a scan started elsewhere) reloads the job list;
+//   - the library table is reloaded whenever a scan ends.
+// Every text that comes from the server (paths, error messages) goes into the
+// page as textContent, never as HTML.
+
+const API = "/api/v1";
+const JOB_PAGE = 20;
+const VIDEO_PAGE = 20;
+// Chromium opens at most 6 connections per host over HTTP/1.1, and each open
+// EventSource holds one: leave two for the other requests.
+const MAX_STREAMS = 4;
+const HEALTH_EVERY_MS = 5000;
+const TERMINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
+const PATHS_KEY = "stoat_ferret.scan-paths";
+const MAX_REMEMBERED = 200;
+
+const byId = (id) => document.getElementById(id);
+
+/** A new element: `props` are attributes, except `class` and `text`. */
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  node.append(...children);
+  return node;
+}
+
+// ---------------------------------------------------------------- formatting
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+function formatBytes(bytes) {
+  if (bytes === null || bytes === undefined) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+/** A video's length as a clock: 0:00.40, 3:07.00, 1:02:03. */
+function formatClock(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "—";
+  const hours = Math.floor(seconds / 3600);
+  const minutes = Math.floor((seconds % 3600) / 60);
+  const rest = seconds % 60;
+  if (hours > 0) {
+    return `${hours}:${String(minutes).padStart(2, "0")}:${String(Math.floor(rest)).padStart(2, "0")}`;
+  }
+  return `${minutes}:${rest.toFixed(2).padStart(5, "0")}`;
+}
+
+/** How long something took: 0.42 s, 12.3 s, 4 min 05 s, 2 h 03 min. */
+function formatElapsed(ms) {
+  if (!Number.isFinite(ms) || ms < 0) return "—";
+  const seconds = ms / 1000;
+  if (seconds < 10) return `${seconds.toFixed(2)} s`;
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const whole = Math.round(seconds);
+  if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
+  return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+function formatRate(numerator, denominator) {
+  if (!numerator || !denominator) return "—";
+  return `${Number((numerator / denominator).toFixed(3))} fps`;
+}
+
+function formatResolution(width, height) {
+  return width && height ? `${width}×${height}` : "—";
+}
+
+function timeElement(iso) {
+  if (!iso) return el("span", { text: "—" });
+  const moment = new Date(iso);
+  return el("time", { datetime: iso, title: iso }, moment.toLocaleString());
+}
+
+// ------------------------------------------------------------------ requests
+
+/** One JSON request; throws only when the service cannot be reached. */
+async function request(method, url, body) {
+  const init = { method, headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(url, init);
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  return { status: response.status, ok: response.ok, data, headers: response.headers };
+}
+
+/** The API's `detail` as one sentence (a 422 carries a list of problems). */
+function detailText(data) {
+  const detail = data && data.detail;
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((problem) => String(problem.msg || "invalid value").replace(/^Value error, /, ""))
+      .join("; ");
+  }
+  return "";
+}
+
+/** Seconds to wait from a Retry-After header (seconds or an HTTP date). */
+function retryAfterSeconds(headers) {
+  const value = headers.get("Retry-After");
+  if (!value) return null;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim());
+  const when = Date.parse(value);
+  return Number.isNaN(when) ? null : Math.max(1, Math.ceil((when - Date.now()) / 1000));
+}
+
+/** What to tell the user when a scan request is refused. */
+function explainRefusal(response, path) {
+  const detail = detailText(response.data);
+  const quoted = `“${path}”`;
+  switch (response.status) {
+    case 400:
+      if (detail.startsWith("not a directory")) {
+        return `${quoted} is a file, not a folder. Enter the folder that holds the videos.`;
+      }
+      return `${quoted} cannot be scanned: ${detail || "it is not a usable folder"}.`;
+    case 403:
+      if (detail.startsWith("permission denied")) {
+        return `The service is not allowed to read ${quoted} (permission denied).`;
+      }
+      return `${quoted} is outside the folders this service may scan. Choose a folder inside them, or ask whoever runs the service to add it to STOAT_SCAN_ROOTS.`;
+    case 404:
+      return `There is no folder at ${quoted}. Check the spelling.`;
+    case 413:
+      return "That request is too large to send.";
+    case 422:
+      return `That path cannot be used: ${detail || "the request was not understood"}.`;
+    case 503: {
+      const wait = retryAfterSeconds(response.headers);
+      const reason = detail ? ` (${detail})` : "";
+      const again = wait === null ? "Try again shortly." : `Try again in ${wait} s.`;
+      return `The service cannot start a scan right now${reason}. ${again}`;
+    }
+    default:
+      return `The service answered ${response.status}${detail ? `: ${detail}` : ""}.`;
+  }
+}
+
+// ------------------------------------------- scan paths this browser started
+
+// The job JSON does not carry the scanned path: remember the ones started here.
+function rememberedScans() {
+  try {
+    return JSON.parse(localStorage.getItem(PATHS_KEY) || "{}") || {};
+  } catch {
+    return {};
+  }
+}
+
+function rememberScan(jobId, path, recursive) {
+  const scans = rememberedScans();
+  scans[jobId] = { path, recursive, at: Date.now() };
+  const newest = Object.entries(scans)
+    .sort((a, b) => b[1].at - a[1].at)
+    .slice(0, MAX_REMEMBERED);
+  try {
+    localStorage.setItem(PATHS_KEY, JSON.stringify(Object.fromEntries(newest)));
+  } catch {
+    // Storage full or disabled: the job is then shown by its id.
+  }
+}
+
+function jobTitle(job) {
+  const scan = job.job_type === "scan" ? rememberedScans()[job.job_id] : undefined;
+  if (scan && typeof scan.path === "string") {
+    return `Scan of ${scan.path}${scan.recursive === false ? " (this folder only)" : ""}`;
+  }
+  return `${job.job_type === "scan" ? "Scan" : job.job_type} job ${job.job_id.slice(0, 8)}`;
+}
+
+// ---------------------------------------------------------------------- jobs
+
+const views = new Map(); // job id -> JobView, for the jobs on the page
+const streams = new Map(); // job id -> EventSource, for the jobs followed live
+let jobLimit = JOB_PAGE;
+let jobsLoaded = false;
+
+/** One job on the page; update() redraws only what changed, so focus stays put. */
+class JobView {
+  constructor(job) {
+    this.id = job.job_id;
+    this.job = null;
+    const titleId = `job-${this.id}-title`;
+    this.title = el("h3", { class: "job-title", id: titleId, tabindex: "-1" });
+    this.badge = el("span", { class: "badge" });
+    this.cancelButton = el("button", { type: "button", class: "danger" }, "Cancel");
+    this.cancelButton.addEventListener("click", () => cancelJob(this));
+    this.progress = el("progress", { max: "1" });
+    this.message = el("span", { class: "job-message" });
+    this.times = el("dl", { class: "facts times" });
+    this.error = el("p", { class: "job-error", hidden: true });
+    this.summary = el("div", { class: "summary-wrap" });
+    this.note = el("p", { class: "job-note", role: "status" });
+    this.root = el(
+      "li",
+      { class: "job", "data-job-id": this.id },
+      el(
+        "article",
+        { "aria-labelledby": titleId },
+        el("div", { class: "job-head" }, this.title, this.badge, this.cancelButton),
+        el("div", { class: "job-progress" }, this.progress, this.message),
+        this.times,
+        this.error,
+        this.summary,
+        this.note,
+      ),
+    );
+    this.update(job);
+  }
+
+  get status() {
+    return this.job ? this.job.status : null;
+  }
+
+  update(job) {
+    const before = this.job;
+    this.job = job;
+    // The title only changes when the status does (it reads localStorage).
+    const title = before && before.status === job.status ? this.title.textContent : jobTitle(job);
+    if (this.title.textContent !== title) {
+      this.title.textContent = title;
+      this.progress.setAttribute("aria-label", `Progress of ${title}`);
+      this.cancelButton.setAttribute("aria-label", `Cancel ${title}`);
+    }
+    this.renderProgress(job);
+    if (before && before.status === job.status) return;
+
+    // The status changed (or this is the first view of the job).
+    const ended = TERMINAL.has(job.status);
+    this.root.dataset.status = job.status;
+    this.badge.dataset.state = job.status;
+    this.badge.textContent = job.status;
+    if (ended && this.cancelButton === document.activeElement) this.title.focus();
+    this.cancelButton.hidden = ended;
+    this.renderTimes(job);
+    this.renderOutcome(job);
+    if (before) {
+      announce(`${title}: ${job.status}.`);
+      onStatusChange(job);
+    } else if (jobsLoaded && ended) {
+      onStatusChange(job); // it started and ended between two looks at the list
+    }
+  }
+
+  renderProgress(job) {
+    let text = job.message || "";
+    if (job.status === "completed") {
+      this.progress.value = 1;
+    } else if (typeof job.progress === "number") {
+      this.progress.value = job.progress;
+    } else if (TERMINAL.has(job.status)) {
+      this.progress.value = 0;
+    } else {
+      this.progress.removeAttribute("value"); // indeterminate: no figure yet
+      text = text || (job.status === "pending" ? "waiting for a free worker" : "starting");
+    }
+    if (this.progress.hasAttribute("value")) {
+      text = `${Math.floor(this.progress.value * 100)} %${text ? ` · ${text}` : ""}`;
+    }
+    if (this.message.textContent !== text) this.message.textContent = text;
+  }
+
+  renderTimes(job) {
+    const facts = [
+      ["Submitted", timeElement(job.submitted_at)],
+      ["Started", timeElement(job.started_at)],
+      ["Finished", timeElement(job.finished_at)],
+    ];
+    if (job.started_at && job.finished_at) {
+      const took = Date.parse(job.finished_at) - Date.parse(job.started_at);
+      facts.push(["Duration", el("span", { text: formatElapsed(took) })]);
+    }
+    this.times.replaceChildren(
+      ...facts.map(([term, value]) => el("div", {}, el("dt", { text: term }), el("dd", {}, value))),
+    );
+  }
+
+  renderOutcome(job) {
+    this.error.hidden = !job.error;
+    this.error.textContent = job.error ? `${job.status === "failed" ? "Error" : "Reason"}: ${job.error}` : "";
+    const result = job.result;
+    if (job.status !== "completed" || !result || typeof result !== "object") {
+      this.summary.replaceChildren();
+      return;
+    }
+    const counts = ["found", "added", "updated", "unchanged", "removed"]
+      .filter((key) => typeof result[key] === "number")
+      .map((key) => el("div", {}, el("dt", { text: key }), el("dd", { text: String(result[key]) })));
+    const parts = [el("dl", { class: "facts summary", "aria-label": "Scan summary" }, ...counts)];
+    const errors = Array.isArray(result.errors) ? result.errors : [];
+    const more = Number(result.errors_truncated) || 0;
+    if (errors.length || more) {
+      const items = errors.map((entry) =>
+        el("li", {}, el("code", { text: String(entry.path) }), ` — ${String(entry.error)}`),
+      );
+      if (more) items.push(el("li", { text: `…and ${plural(more, "more file")}` }));
+      parts.push(
+        el(
+          "details",
+          { class: "scan-errors", open: errors.length <= 5 },
+          el("summary", { text: `${plural(errors.length + more, "file")} could not be read` }),
+          el("ul", {}, ...items),
+        ),
+      );
+    }
+    this.summary.replaceChildren(...parts);
+  }
+
+  setNote(text) {
+    this.note.textContent = text;
+  }
+}
+
+function announce(text) {
+  byId("announcer").textContent = text;
+}
+
+function onStatusChange(job) {
+  refreshHealth();
+  if (job.job_type === "scan" && TERMINAL.has(job.status)) {
+    // Even a cancelled or failed scan may have stored some videos.
+    refreshLibrary();
+  }
+}
+
+async function loadJobs() {
+  let response;
+  try {
+    response = await request("GET", `${API}/jobs?limit=${jobLimit}`);
+  } catch {
+    byId("jobs-count").textContent = "Could not load the jobs: the service is unreachable.";
+    return;
+  }
+  if (!response.ok || !response.data) {
+    byId("jobs-count").textContent = `Could not load the jobs (${response.status}).`;
+    return;
+  }
+  const { jobs, total } = response.data;
+  const list = byId("jobs");
+  const shown = new Set(jobs.map((job) => job.job_id));
+  for (const [id, view] of views) {
+    if (!shown.has(id)) {
+      stopFollowing(id);
+      view.root.remove();
+      views.delete(id);
+    }
+  }
+  jobs.forEach((job, index) => {
+    let view = views.get(job.job_id);
+    if (!view) {
+      view = new JobView(job);
+      views.set(job.job_id, view);
+    } else if (!streams.has(job.job_id) && !TERMINAL.has(view.status)) {
+      view.update(job); // a followed job is newer on its stream than in this list
+    }
+    // Move only what is out of place: moving a node would take the focus from it.
+    if (list.children[index] !== view.root) list.insertBefore(view.root, list.children[index] || null);
+  });
+  jobsLoaded = true;
+  byId("jobs-empty").hidden = total > 0;
+  byId("jobs-count").textContent =
+    total > jobs.length ? `${plural(total, "job")}, newest ${jobs.length} shown` : plural(total, "job");
+  byId("jobs-more").hidden = total <= jobs.length;
+  followJobs();
+}
+
+/** Follow the running jobs first, then the pending ones, up to MAX_STREAMS. */
+function followJobs() {
+  for (const wanted of ["running", "pending"]) {
+    for (const [id, view] of views) {
+      if (streams.size >= MAX_STREAMS) return;
+      if (view.status === wanted && !streams.has(id)) follow(view);
+    }
+  }
+}
+
+function follow(view) {
+  const source = new EventSource(`${API}/jobs/${encodeURIComponent(view.id)}/events`);
+  streams.set(view.id, source);
+  source.onmessage = (event) => {
+    let job;
+    try {
+      job = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    view.update(job);
+    if (TERMINAL.has(job.status)) {
+      // The server ends the stream now; closing it stops EventSource from reconnecting.
+      stopFollowing(view.id);
+      followJobs();
+    }
+  };
+  source.onerror = () => {
+    // While CONNECTING the browser retries by itself (the service restarts or
+    // is stopping). CLOSED means it gave up: the next list reload starts over.
+    if (source.readyState === EventSource.CLOSED) stopFollowing(view.id);
+  };
+}
+
+function stopFollowing(id) {
+  const source = streams.get(id);
+  if (source) {
+    source.close();
+    streams.delete(id);
+  }
+}
+
+async function cancelJob(view) {
+  // aria-disabled, not disabled: a disabled button would drop the keyboard focus.
+  if (view.cancelButton.getAttribute("aria-disabled") === "true") return;
+  view.cancelButton.setAttribute("aria-disabled", "true");
+  view.setNote("");
+  try {
+    const response = await request("POST", `${API}/jobs/${encodeURIComponent(view.id)}/cancel`);
+    if (response.status === 200) {
+      view.update(response.data);
+    } else if (response.status === 409 && response.data) {
+      const { detail, ...job } = response.data;
+      view.update(job);
+      view.setNote(`It could not be cancelled: it had already ended (${job.status}).`);
+    } else if (response.status === 404) {
+      view.setNote("The service no longer knows this job.");
+    } else {
+      view.setNote(`It could not be cancelled: ${detailText(response.data) || response.status}.`);
+    }
+  } catch {
+    view.setNote("The service is unreachable: the job was not cancelled.");
+  } finally {
+    view.cancelButton.removeAttribute("aria-disabled");
+  }
+}
+
+// --------------------------------------------------------------------- scans
+
+async function startScan(event) {
+  event.preventDefault();
+  const input = byId("scan-path");
+  const feedback = byId("scan-feedback");
+  const button = byId("scan-submit");
+  const path = input.value.trim();
+  const recursive = byId("scan-recursive").checked;
+  const say = (kind, text) => {
+    feedback.dataset.kind = kind;
+    feedback.textContent = text;
+  };
+  if (!path) {
+    say("error", "Enter the absolute path of a folder, such as /srv/videos.");
+    input.focus();
+    return;
+  }
+  button.disabled = true;
+  say("info", `Asking to scan “${path}”…`);
+  let response;
+  try {
+    response = await request("POST", `${API}/videos/scan`, { path, recursive });
+  } catch {
+    say("error", "The service is unreachable. Check that it is running, then try again.");
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  if (response.status !== 202 || !response.data) {
+    input.setAttribute("aria-invalid", String(response.status < 500));
+    say("error", explainRefusal(response, path));
+    return;
+  }
+  input.removeAttribute("aria-invalid");
+  const { job_id: jobId, status } = response.data;
+  rememberScan(jobId, path, recursive);
+  say("ok", `Scan of “${path}” accepted (${status}). Follow it under Jobs.`);
+  await loadJobs();
+}
+
+// ------------------------------------------------------------------- library
+
+let videoOffset = 0;
+let libraryBusy = null; // the reload in flight, if any
+let libraryAgain = false; // asked for while one was in flight
+
+function refreshLibrary() {
+  if (libraryBusy) {
+    libraryAgain = true;
+    return libraryBusy;
+  }
+  libraryBusy = loadVideos().finally(() => {
+    libraryBusy = null;
+    if (libraryAgain) {
+      libraryAgain = false;
+      refreshLibrary();
+    }
+  });
+  return libraryBusy;
+}
+
+async function loadVideos() {
+  const count = byId("library-count");
+  let response;
+  try {
+    response = await request("GET", `${API}/videos?limit=${VIDEO_PAGE}&offset=${videoOffset}`);
+  } catch {
+    count.textContent = "Could not load the library: the service is unreachable.";
+    return;
+  }
+  if (!response.ok || !response.data) {
+    count.textContent = `Could not load the library (${response.status}).`;
+    return;
+  }
+  const { videos, total } = response.data;
+  if (videos.length === 0 && total > 0 && videoOffset > 0) {
+    // The page emptied (videos were removed): show the last one instead.
+    videoOffset = Math.floor((total - 1) / VIDEO_PAGE) * VIDEO_PAGE;
+    await loadVideos();
+    return;
+  }
+  byId("video-rows").replaceChildren(...videos.map(videoRow));
+  count.textContent = plural(total, "video");
+  byId("library-empty").hidden = total > 0;
+  byId("page-info").textContent =
+    total > 0 ? `${videoOffset + 1}–${videoOffset + videos.length} of ${total}` : "";
+  setPager(videoOffset === 0, videoOffset + videos.length >= total);
+}
+
+function setPager(atFirst, atLast) {
+  const prev = byId("page-prev");
+  const next = byId("page-next");
+  const focused = document.activeElement;
+  prev.disabled = atFirst;
+  next.disabled = atLast;
+  // Keep keyboard focus on the pager when the focused button turns off.
+  if (focused === prev && atFirst && !atLast) next.focus();
+  if (focused === next && atLast && !atFirst) prev.focus();
+}
+
+function videoRow(video) {
+  const directory = video.path.slice(0, Math.max(0, video.path.length - video.filename.length));
+  const codecs = `${video.video_codec || "—"} / ${video.audio_codec || "no audio"}`;
+  return el(
+    "tr",
+    {},
+    el(
+      "td",
+      { class: "file", title: video.path },
+      video.filename,
+      el("small", {}, el("bdi", { dir: "ltr", text: directory })),
+    ),
+    el("td", { text: formatResolution(video.width, video.height) }),
+    el("td", { text: formatRate(video.frame_rate_numerator, video.frame_rate_denominator) }),
+    el("td", { text: formatClock(video.duration_seconds) }),
+    el("td", { class: "codecs", text: codecs }),
+    el("td", { class: "num", text: formatBytes(video.size_bytes) }),
+  );
+}
+
+// -------------------------------------------------------------------- health
+
+let lastSubmitted = null;
+
+async function refreshHealth() {
+  const badge = byId("health-status");
+  const show = (state, text) => {
+    badge.dataset.state = state;
+    badge.textContent = text;
+  };
+  let response;
+  try {
+    response = await request("GET", "/health");
+  } catch {
+    show("down", "unreachable");
+    return;
+  }
+  const data = response.data;
+  if (!data || !data.jobs) {
+    show("down", `error ${response.status}`);
+    return;
+  }
+  show(data.status === "ok" ? "ok" : "stopping", `service ${data.status}`);
+  byId("stat-pending").textContent = String(data.jobs.pending);
+  byId("stat-running").textContent = String(data.jobs.running);
+  byId("health-version").textContent = data.version ? `v${data.version}` : "";
+  if (lastSubmitted !== null && data.jobs.submitted !== lastSubmitted) loadJobs();
+  lastSubmitted = data.jobs.submitted;
+}
+
+// --------------------------------------------------------------------- start
+
+function start() {
+  byId("scan-form").addEventListener("submit", startScan);
+  byId("jobs-more").addEventListener("click", () => {
+    jobLimit += JOB_PAGE;
+    loadJobs();
+  });
+  byId("page-prev").addEventListener("click", () => {
+    videoOffset = Math.max(0, videoOffset - VIDEO_PAGE);
+    refreshLibrary();
+  });
+  byId("page-next").addEventListener("click", () => {
+    videoOffset += VIDEO_PAGE;
+    refreshLibrary();
+  });
+  refreshHealth();
+  loadJobs();
+  refreshLibrary();
+  setInterval(refreshHealth, HEALTH_EVERY_MS);
+}
+
+start();

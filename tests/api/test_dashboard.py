@@ -1,0 +1,88 @@
+"""``GET /`` serves the dashboard page, and every file it loads is served too."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from stoat_ferret.api._dashboard import STATIC_DIR
+from stoat_ferret.api.app import create_app
+from tests.api.support import serving
+
+if TYPE_CHECKING:
+    import httpx
+
+    from stoat_ferret.settings import Settings
+
+ASSETS = {
+    "/static/app.js": "text/javascript",
+    "/static/style.css": "text/css",
+    "/static/favicon.svg": "image/svg+xml",
+}
+
+
+@pytest.mark.anyio
+async def test_root_serves_the_dashboard_and_its_files(settings: Settings) -> None:
+    """/ is the HTML page; each file it links to answers 200 with its own type."""
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            page = await client.get("/")
+            assets = {url: await client.get(url) for url in ASSETS}
+
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "<title>stoat_ferret</title>" in page.text
+    linked = set(re.findall(r'(?:href|src)="(/static/[^"]+)"', page.text))
+    assert linked == set(ASSETS)
+    for url, media_type in ASSETS.items():
+        assert assets[url].status_code == 200, url
+        assert assets[url].headers["content-type"].startswith(media_type), url
+        assert assets[url].content == (STATIC_DIR / url.removeprefix("/static/")).read_bytes()
+
+
+@pytest.mark.anyio
+async def test_dashboard_links_only_to_this_server(shared_client: httpx.AsyncClient) -> None:
+    """Nothing on the page or in its files is fetched from another host (no CDN)."""
+    with anyio.fail_after(10):
+        texts = [(await shared_client.get(url)).text for url in ("/", *ASSETS)]
+
+    for text in texts:
+        # The SVG namespace is a name, never fetched.
+        text = text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        assert not re.search(r"(?:https?:)?//[\w.-]+\.\w", text), text[:200]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "url", "status"),
+    [
+        pytest.param("GET", "/static/missing.js", 404, id="missing-file"),
+        pytest.param("GET", "/static/..%2F_dashboard.py", 404, id="traversal"),
+        pytest.param("GET", "/static/../app.py", 404, id="dot-dot"),
+        pytest.param("POST", "/", 405, id="post-root"),
+        pytest.param("POST", "/static/app.js", 405, id="post-file"),
+    ],
+)
+async def test_dashboard_refusals_are_json(
+    shared_client: httpx.AsyncClient, method: str, url: str, status: int
+) -> None:
+    """A missing file, a way out of the folder or a wrong method: a JSON 4xx."""
+    with anyio.fail_after(10):
+        response = await shared_client.request(method, url)
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_dashboard_is_not_in_the_api_schema(shared_client: httpx.AsyncClient) -> None:
+    """The page serves people: / and /static stay out of /openapi.json."""
+    with anyio.fail_after(10):
+        schema = (await shared_client.get("/openapi.json")).json()
+
+    assert not [path for path in schema["paths"] if path == "/" or path.startswith("/static")]

@@ -1,0 +1,324 @@
+"""The dashboard in a real browser: headless Chromium, driven by Playwright, on the real server.
+
+These are plain synchronous tests (Playwright's sync API runs its own event
+loop, so they must not be anyio tests). They use the system's Chromium
+(Debian package ``chromium``), never a browser Playwright downloads, and
+are skipped, saying why, when it or the ``playwright`` package is missing.
+Every wait is one of Playwright's auto-waiting ``expect`` assertions.
+
+Each test also checks that the page logged no error to the console and
+raised none. Chromium logs one "Failed to load resource" line per refused
+request: those the test provoked itself (a 403 scan, say) are counted and
+checked, not ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import attrs
+import pytest
+
+from tests.videos import make_video, write_corrupt_video
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:
+    pytest.skip(
+        "browser tests skipped: the playwright package is not installed",
+        allow_module_level=True,
+    )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator, Page
+
+    from tests.browser.conftest import Server
+
+CHROMIUM = Path(os.environ.get("STOAT_CHROMIUM", "/usr/bin/chromium"))
+# Without the background-networking switches Chromium tries to reach Google's
+# services at start-up, and on a closed network its connections are refused.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The screenshot committed under docs/ and shown in the README. A test run
+# writes it there only when STOAT_UPDATE_SCREENSHOT=1 (otherwise each run
+# would leave the work tree modified); by default it goes to the test's tmp_path.
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+
+
+def screenshot_path(tmp_path: Path) -> Path:
+    if os.environ.get("STOAT_UPDATE_SCREENSHOT") == "1":
+        return DOCS_SCREENSHOT
+    return tmp_path / "dashboard.png"
+
+
+SCAN_URL = "/api/v1/videos/scan"
+REFUSED = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})\b")
+# Enough identical files that a scan runs for seconds (about 500 files/s on
+# two cores): the time for the page to show it running and cancel it.
+LONG_SCAN_FILES = 5000
+
+if not CHROMIUM.is_file():
+    pytest.skip(
+        f"browser tests skipped: no Chromium at {CHROMIUM} (apt-get install chromium)",
+        allow_module_level=True,
+    )
+
+expect.set_options(timeout=15_000)
+
+
+@attrs.define
+class Console:
+    """What a page said on its console and the errors it raised."""
+
+    errors: list[str] = attrs.field(factory=list)
+    refused: list[tuple[str, int]] = attrs.field(factory=list)
+    requests: list[str] = attrs.field(factory=list)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type != "error":
+            return
+        # A non-2xx answer is logged by Chromium's network layer, not by the
+        # page's script: keep those apart so the tests can count the expected ones.
+        refusal = REFUSED.match(message.text)
+        if refusal:
+            self.refused.append((message.location["url"], int(refusal[1])))
+        else:
+            self.errors.append(message.text)
+
+    def on_page_error(self, error: Exception) -> None:
+        self.errors.append(f"uncaught: {error}")
+
+
+@attrs.frozen
+class Dashboard:
+    """An open dashboard page and its console."""
+
+    page: Page
+    console: Console
+
+    def scan(self, path: Path | str) -> None:
+        """Type a path and press Enter, as a keyboard user would."""
+        field = self.page.get_by_label("Folder path")
+        field.fill(str(path))
+        field.press("Enter")
+
+    def job(self, path: Path) -> Locator:
+        return self.page.locator("li.job").filter(
+            has=self.page.get_by_role("heading", name=f"Scan of {path}", exact=True)
+        )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """One browser profile for the module: the page remembers the scans it started."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 800}, locale="en-GB", timezone_id="UTC"
+    )
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def dashboard(context: BrowserContext, server: Server) -> Iterator[Dashboard]:
+    """A fresh tab on the dashboard, its console recorded from the first request."""
+    page = context.new_page()
+    console = Console()
+    # Lambdas, not bound methods: Playwright tags a method's object, and attrs has slots.
+    page.on("console", lambda message: console.on_console(message))
+    page.on("pageerror", lambda error: console.on_page_error(error))
+    page.on("request", lambda request: console.requests.append(request.url))
+    try:
+        page.goto(f"{server.base_url}/")
+        expect(page.locator("#health-status")).to_have_text("service ok")
+        yield Dashboard(page, console)
+    finally:
+        page.close()
+
+
+def _library(root: Path) -> Path:
+    """Four different clips, one broken file and twenty takes: 24 videos, two pages."""
+    library = root / "library"
+    (library / "Holiday").mkdir(parents=True)
+    (library / "takes").mkdir()
+    make_video(library / "Holiday" / "beach.mp4", width=320, height=180, frames=30)
+    make_video(library / "Holiday" / "sunset.mkv", rate=Fraction(30000, 1001), audio=None)
+    make_video(library / "clip.mov", width=128, height=96)
+    make_video(library / "interview.webm", audio="opus")
+    write_corrupt_video(library / "broken.mp4")
+    take = make_video(library / "takes" / "take-01.mp4", audio=None)
+    for number in range(2, 21):
+        shutil.copyfile(take.path, library / "takes" / f"take-{number:02d}.mp4")
+    return library
+
+
+def _many_files(directory: Path, count: int) -> Path:
+    """``count`` hard links to one small clip (a copy where links are refused)."""
+    directory.mkdir()
+    seed = make_video(directory / "clip-00000.mp4", audio=None, frames=5).path
+    for number in range(1, count):
+        target = directory / f"clip-{number:05d}.mp4"
+        try:
+            os.link(seed, target)
+        except OSError:
+            shutil.copyfile(seed, target)
+    return directory
+
+
+def test_a_scan_runs_to_completion_and_fills_the_library(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """The page follows a scan to 100 %, shows its summary and errors, and lists the videos."""
+    library = _library(server.root)
+    page = dashboard.page
+
+    dashboard.scan(library)
+
+    job = dashboard.job(library)
+    expect(job.locator(".badge")).to_have_text("completed")
+    expect(job.get_by_role("progressbar")).to_have_attribute("value", "1")
+    expect(job.locator(".job-message")).to_have_text("100 % · probed 25/25 files")
+    expect(job.locator(".summary dt")).to_have_text(
+        ["found", "added", "updated", "unchanged", "removed"]
+    )
+    expect(job.locator(".summary dd")).to_have_text(["25", "24", "0", "0", "0"])
+    expect(job.locator(".scan-errors li")).to_have_count(1)
+    expect(job.locator(".scan-errors li code")).to_have_text(str(library / "broken.mp4"))
+    expect(job.locator(".times dt")).to_have_text(["Submitted", "Started", "Finished", "Duration"])
+    expect(job.get_by_role("button", name=re.compile("^Cancel"))).to_be_hidden()
+    expect(page.locator("#scan-feedback")).to_contain_text("accepted")
+
+    rows = page.locator("#video-rows tr")
+    expect(page.locator("#library-count")).to_have_text("24 videos")
+    expect(page.locator("#page-info")).to_have_text("1\N{EN DASH}20 of 24")
+    expect(rows).to_have_count(20)
+    expect(rows.first.locator("td")).to_have_text(
+        [
+            re.compile(r"^beach\.mp4"),
+            "320\N{MULTIPLICATION SIGN}180",
+            "25 fps",
+            "0:01.20",
+            "h264 / aac",
+            re.compile("B$"),
+        ]
+    )
+    expect(rows.nth(1).locator("td").nth(2)).to_have_text("29.97 fps")
+    expect(rows.nth(1).locator("td").nth(4)).to_have_text("h264 / no audio")
+
+    next_page = page.get_by_role("button", name="Next page")
+    next_page.focus()
+    next_page.press("Enter")
+    expect(page.locator("#page-info")).to_have_text("21\N{EN DASH}24 of 24")
+    expect(rows).to_have_count(4)
+    expect(next_page).to_be_disabled()
+    expect(page.get_by_role("button", name="Previous page")).to_be_focused()
+    expect(page.locator("#stat-running")).to_have_text("0")
+
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def test_a_long_scan_can_be_cancelled_from_the_page(
+    dashboard: Dashboard, server: Server, tmp_path: Path
+) -> None:
+    """A running and a pending scan each get a Cancel button that ends them as ``cancelled``."""
+    long = _many_files(server.root / "long", LONG_SCAN_FILES)
+    waiting = server.root / "waiting"
+    waiting.mkdir()
+    make_video(waiting / "one.mp4")
+    refused = server.root / "refused"
+    refused.mkdir()
+    page = dashboard.page
+    running, pending = dashboard.job(long), dashboard.job(waiting)
+
+    dashboard.scan(long)
+    expect(running.locator(".badge")).to_have_text("running")
+    expect(running.locator(".job-message")).to_have_text(
+        re.compile(rf"probed [1-9]\d*/{LONG_SCAN_FILES} files")
+    )
+    dashboard.scan(waiting)  # the service runs one job at a time: this one waits
+    expect(pending.locator(".badge")).to_have_text("pending")
+    expect(page.locator("#stat-pending")).to_have_text("1")
+    expect(page.locator("#stat-running")).to_have_text("1")
+    shot = screenshot_path(tmp_path)
+    shot.parent.mkdir(exist_ok=True)
+    page.screenshot(path=shot)
+    assert shot.stat().st_size > 10_000  # a real picture, not an empty page
+    dashboard.scan(refused)  # and only one may wait
+    expect(page.locator("#scan-feedback")).to_have_text(
+        re.compile(r"^The service cannot start a scan right now \(.+\)\. Try again in 5 s\.$")
+    )
+
+    pending.get_by_role("button", name=f"Cancel Scan of {waiting}").click()
+    expect(pending.locator(".badge")).to_have_text("cancelled")
+    expect(running.locator(".badge")).to_have_text("running")
+    running.get_by_role("button", name=f"Cancel Scan of {long}").click()
+
+    expect(running.locator(".badge")).to_have_text("cancelled")
+    expect(running.locator(".job-error")).not_to_be_empty()
+    expect(running.get_by_role("button", name=re.compile("^Cancel"))).to_be_hidden()
+    expect(running.get_by_role("heading")).to_be_focused()  # focus did not fall off the page
+    expect(page.locator("#stat-running")).to_have_text("0")
+    expect(page.locator("#stat-pending")).to_have_text("0")
+    # Live through event streams, never by asking for a job again and again.
+    paths = [urlsplit(url).path for url in dashboard.console.requests]
+    assert sum(path.endswith("/events") for path in paths) >= 2
+    assert not [path for path in paths if re.fullmatch(r"/api/v1/jobs/[^/]+", path)]
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == [(f"{server.base_url}{SCAN_URL}", 503)]
+
+
+REFUSALS = [
+    ("/", 403, r"^“/” is outside the folders this service may scan\."),
+    ("{root}/missing", 404, r"^There is no folder at “{root}/missing”\."),
+    ("{root}/notes.txt", 400, r"^“{root}/notes\.txt” is a file, not a folder\."),
+    ("relative/path", 422, r"^That path cannot be used: .*absolute"),
+]
+
+
+def test_refused_scans_are_explained_on_a_narrow_screen(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """403, 404, 400 and 422 each get a sentence a user understands; nothing overflows."""
+    page = dashboard.page
+    page.set_viewport_size({"width": 360, "height": 740})
+    (server.root / "notes.txt").write_text("not a folder")
+    feedback = page.locator("#scan-feedback")
+
+    for path, _, message in REFUSALS:
+        dashboard.scan(path.format(root=server.root))
+        expect(feedback).to_have_text(re.compile(message.format(root=re.escape(str(server.root)))))
+        expect(page.get_by_label("Folder path")).to_have_attribute("aria-invalid", "true")
+
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == [
+        (f"{server.base_url}{SCAN_URL}", status) for _, status, _ in REFUSALS
+    ]
