@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import attrs
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from stoat_ferret.jobs._state import JobEvent
 
@@ -46,5 +48,15 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
             value = await handler(context)
         except Exception as exc:
             return Outcome(JobEvent.FAIL, exception=exc)
+        except anyio.get_cancelled_exc_class() as cancelled:
+            if scope.cancel_called:
+                raise  # the job's own scope: it catches this below
+            # A real cancellation from outside is re-raised here; what is left
+            # is a handler that raised CancelledError without being cancelled
+            # (asyncio: it awaited a future someone else cancelled).
+            await checkpoint_if_cancelled()
+            stray = RuntimeError("the handler raised CancelledError without being cancelled")
+            stray.__cause__ = cancelled
+            return Outcome(JobEvent.FAIL, exception=stray)
         return Outcome(JobEvent.COMPLETE, value=value)
     return INTERRUPTED

@@ -30,8 +30,15 @@ def utcnow() -> datetime:
 
 
 def describe(exc: BaseException) -> str:
-    """``"ExcType: message"``, the form ``JobResult.error`` uses for failures."""
-    text = str(exc)
+    """``"ExcType: message"``, the form ``JobResult.error`` uses for failures.
+
+    Never raises: this runs in the actor, and an exception whose ``__str__``
+    fails must fail its job, not the supervisor.
+    """
+    try:
+        text = str(exc)
+    except Exception as failure:
+        text = f"<str() failed: {type(failure).__name__}>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

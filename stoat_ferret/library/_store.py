@@ -109,6 +109,9 @@ class VideoStore:
         self.path = path
         self._connection: sqlite3.Connection | None = connection
         self._lock = threading.Lock()
+        # Which file this connection writes to: SQLite goes on writing to a
+        # file that was deleted or replaced, and those rows would be lost.
+        self._identity = _file_identity(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> VideoStore:
@@ -242,6 +245,11 @@ class VideoStore:
     def _writing(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._open_connection()
+            if _file_identity(self.path) != self._identity:
+                raise StoreError(
+                    f"video store {self.path} was deleted or replaced while open; "
+                    "restart the service to recreate it"
+                )
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
@@ -327,3 +335,12 @@ def _video(row: tuple[Any, ...]) -> Video:
         created_at=datetime.fromisoformat(row[13]),
         updated_at=datetime.fromisoformat(row[14]),
     )
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``, or None when it does not exist."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino)
