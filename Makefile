@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := stoat_ferret tests bench
 
-.PHONY: help env run test lint typecheck format bench check clean
+.PHONY: help env run test soak lint typecheck format bench check clean
 
 help:
 	@echo "make run        start the service (uvicorn) on an embedded SQLite file"
 	@echo "make test       run the whole test suite with branch coverage"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
+	@echo "make soak       the long property-based run (5,000 examples)"
 	@echo "make bench      run the benchmarks in bench/ (JSON lines on stdout)"
 	@echo "make check      lint + test"
 
@@ -28,6 +29,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
+
+# The supervisor's state-machine properties with the long hypothesis profile.
+soak: $(STAMP)
+	STOAT_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest tests/reliability/test_supervisor_properties.py
 
 # The floor only ever rises.
 COVERAGE_FLOOR ?= 94

@@ -1,0 +1,166 @@
+"""Odd files under a scan: each is an ``errors`` entry or a stored row, never a lost scan.
+
+One directory holds a good clip and one of each fault next to it; the real
+scan handler runs on a real :class:`VideoLibrary`, and afterwards
+``PRAGMA integrity_check`` is ok. The walk and the probe rules themselves are
+tested one by one in tests/library (test_walk.py: symlink loops, non-UTF-8
+names, unreadable directories; test_probe.py: sparse files, truncated and
+corrupt files); here they meet in one scan.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.library import (
+    VideoLibrary,
+    VideoProbe,
+    _probe,
+    _scan,
+    make_scan_handler,
+    probe_video,
+)
+from tests.library.support import make_context
+from tests.library.test_walk import _drop_dac_capabilities
+from tests.reliability.conftest import integrity
+from tests.videos import copy_video, write_truncated_copy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+pytestmark = pytest.mark.anyio
+
+GiB = 1024**3
+TIMEOUT = 30
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Real clocks: the scan waits on worker threads (see tests/library/conftest.py)."""
+    return request.param
+
+
+def _error_paths(result: dict[str, Any]) -> dict[str, str]:
+    return {entry["path"]: entry["error"] for entry in result["errors"]}
+
+
+def _fill_with_faults(media: Path, clip: EncodedVideo) -> tuple[Path, Path, Path]:
+    """One good clip and one file of each fault; returns (good, sparse, vanishing)."""
+    media.mkdir()
+    good = copy_video(clip, media / "good.mp4").path
+    sparse = copy_video(clip, media / "sparse.mp4").path
+    os.truncate(sparse, 10 * GiB)  # a hole: no disk used, but 10 GB if read
+    (media / "empty.mp4").write_bytes(b"")
+    write_truncated_copy(clip.path, media / "truncated.mp4", keep=clip.size_bytes // 3)
+    (media / "text.mp4").write_text("not a video at all\n")
+    (media / "loop.mp4").symlink_to(media / "loop.mp4")
+    bad_name = os.path.join(os.fsencode(media), b"bad-\xff.mp4")
+    with open(bad_name, "wb") as handle:
+        handle.write(clip.path.read_bytes())
+    vanishing = copy_video(clip, media / "vanishing.mp4").path
+    return good, sparse, vanishing
+
+
+async def test_every_odd_file_is_an_error_entry_or_a_row(
+    tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zero bytes, truncated, text named .mp4, loop, bad name, vanished, 10 GB sparse: all told."""
+    media = tmp_path / "media"
+    good, sparse, vanishing = _fill_with_faults(media, clip)
+    read: list[int] = []
+    original_read = _probe._BoundedReader.read
+
+    def counting_read(reader: Any, size: int) -> bytes:
+        data = original_read(reader, size)
+        read.append(len(data))
+        return data
+
+    def probe_after_deleting(path: str) -> VideoProbe:
+        if path == str(vanishing):
+            os.unlink(path)  # gone between the walk and the probe
+        return probe_video(path)
+
+    monkeypatch.setattr(_probe._BoundedReader, "read", counting_read)
+    monkeypatch.setattr(_scan, "probe_video", probe_after_deleting)
+    database = tmp_path / "db" / "stoat.db"
+
+    started = time.monotonic()
+    with anyio.fail_after(TIMEOUT):
+        async with await VideoLibrary.open(database) as library:
+            result = await make_scan_handler(library)(make_context(media))
+            videos, total = await library.list_videos()
+    elapsed = time.monotonic() - started
+
+    errors = _error_paths(result)
+    assert set(errors) == {
+        str(media / name)
+        for name in ("empty.mp4", "truncated.mp4", "text.mp4", "loop.mp4", "vanishing.mp4")
+    } | {str(media / "bad-\\xff.mp4")}
+    assert errors[str(media / "loop.mp4")].startswith("broken symlink")
+    assert errors[str(media / "bad-\\xff.mp4")] == "name is not valid UTF-8; skipped"
+    assert all(errors.values())
+    assert result["found"] == 6  # good, sparse, empty, truncated, text, vanishing
+    assert result["added"] == 2
+    assert total == 2
+    assert [video.path for video in videos] == [str(good), str(sparse)]
+    assert errors[str(media / "vanishing.mp4")] == "No such file or directory"
+    assert sum(read) <= 1024 * 1024  # the 10 GB file: its head only, not 10 GB
+    assert elapsed < 10
+    assert integrity(database) == ["ok"]
+
+
+def test_a_file_denied_to_the_scan_is_an_error_entry(tmp_path: Path, clip: EncodedVideo) -> None:
+    """A chmod 000 file (really denied: root's DAC capabilities dropped) is an error entry.
+
+    Linux keeps capabilities per thread and new threads inherit them, so the
+    whole scan runs on asyncio in a fresh thread without CAP_DAC_*: its worker
+    threads are its own and end with its event loop, and the rest of the
+    test process stays root.
+    """
+    if os.geteuid() == 0 and sys.platform != "linux":
+        pytest.skip("dropping root's capabilities needs Linux")
+    media = tmp_path / "media"
+    media.mkdir()
+    good = copy_video(clip, media / "good.mp4").path
+    locked = copy_video(clip, media / "locked.mp4").path
+    locked.chmod(0)
+    database = tmp_path / "db" / "stoat.db"
+    outcome: list[Any] = []
+
+    async def scan() -> tuple[dict[str, Any], int]:
+        async with await VideoLibrary.open(database) as library:
+            with anyio.fail_after(TIMEOUT):
+                result = await make_scan_handler(library)(make_context(media))
+            _, total = await library.list_videos()
+        return result, total
+
+    def without_capabilities() -> None:
+        try:
+            if os.geteuid() == 0:
+                _drop_dac_capabilities()
+            outcome.append(anyio.run(scan, backend="asyncio"))
+        except BaseException as exc:  # handed to the test thread, re-raised there
+            outcome.append(exc)
+
+    thread = threading.Thread(target=without_capabilities)
+    thread.start()
+    thread.join(TIMEOUT + 5)
+    locked.chmod(0o644)
+
+    assert len(outcome) == 1
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    result, total = outcome[0]
+    assert _error_paths(result) == {str(locked): "not a readable media file (Permission denied)"}
+    assert (result["found"], result["added"], total) == (2, 1, 1)
+    assert str(good) not in _error_paths(result)
+    assert integrity(database) == ["ok"]

@@ -1,0 +1,558 @@
+"""The supervisor as a state machine, checked by properties on generated programs.
+
+Hypothesis generates a *program*: a list of operations (register a job type,
+submit with or without timeout and key, cancel, let time pass, follow a job
+slowly, close in the middle). Each example interprets its program inside one
+``anyio.run`` on trio with ``MockClock(autojump_threshold=0)``, so hours of
+job time cost microseconds and no real thread is involved. After every
+operation the test waits until every task is blocked and checks:
+
+* every status a poller or a follower sees moves along the transition table
+  (:func:`stoat_ferret.jobs._state.transitions`), and a terminal one never
+  changes;
+* ``pending <= max_pending`` and ``running <= max_workers``; while the
+  supervisor accepts work no job waits while a worker is free (never stuck);
+* :meth:`JobSupervisor.statistics` equals the counts of the statuses observed;
+* each terminal status is one the program allows (a job of 2 s with a 1.5 s
+  timeout can only time out or be cancelled, a cancel that returned True
+  means ``cancelled``, ...).
+
+The program ends with ``aclose()`` or by cancelling the task that runs
+``run()``; then every accepted job is terminal, ``run()`` has returned, and
+every follower has seen the job's terminal status as its last update.
+
+Profiles: ``STOAT_RELIABILITY_PROFILE=quick`` (the default, 200 examples, for
+``make test``) or ``soak`` (5,000 examples).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import anyio
+import attrs
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from loguru import logger
+from trio.testing import MockClock
+
+from stoat_ferret.jobs import (
+    JobContext,
+    JobNotFound,
+    JobResult,
+    JobStatus,
+    JobSupervisor,
+    QueueFull,
+    SupervisorClosed,
+    UnknownJobType,
+)
+from stoat_ferret.jobs._state import transitions
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup, TaskStatus
+
+settings.register_profile(
+    "reliability-quick",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "reliability-soak",
+    max_examples=5_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+PROFILE: Final = settings.get_profile(
+    "reliability-" + os.environ.get("STOAT_RELIABILITY_PROFILE", "quick")
+)
+
+KINDS: Final = ("complete", "fail", "hang", "progress")
+DEFAULT_TIMEOUT: Final = 10.0
+# Durations are whole seconds and timeouts end in .5 (or are infinite), so a
+# job never finishes at the very instant its deadline passes.
+DURATIONS: Final = (0.0, 1.0, 2.0, 3.0, 5.0)
+TIMEOUTS: Final = (None, 0.5, 1.5, 2.5, 4.5, math.inf)
+EDGES: Final = {(src, dst) for src, _, dst in transitions()}
+# A program of mock time is short; a deadlock would jump straight to this.
+PROGRAM_DEADLINE: Final = 100_000
+
+
+def _reachable() -> set[tuple[JobStatus, JobStatus]]:
+    """Pairs (a, b) with b reachable from a in zero or more edges."""
+    pairs = {(status, status) for status in JobStatus}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in list(pairs):
+            for src, dst in EDGES:
+                if src == b and (a, dst) not in pairs:
+                    pairs.add((a, dst))
+                    changed = True
+    return pairs
+
+
+REACHABLE: Final = _reachable()
+
+
+# ------------------------------------------------------------------ operations
+
+
+@attrs.frozen
+class Register:
+    kind: str
+    timeout: float | None
+
+
+@attrs.frozen
+class Submit:
+    kind: str
+    duration: float
+    timeout: float | None
+    key: str | None
+
+
+@attrs.frozen
+class Cancel:
+    index: int  # into the accepted jobs, modulo their number
+
+
+@attrs.frozen
+class CancelUnknown:
+    pass
+
+
+@attrs.frozen
+class Sleep:
+    seconds: float
+
+
+@attrs.frozen
+class Follow:
+    index: int
+    slowness: float  # seconds the follower sleeps after each update
+
+
+@attrs.frozen
+class Close:
+    pass
+
+
+Operation: TypeAlias = Register | Submit | Cancel | CancelUnknown | Sleep | Follow | Close
+
+_kinds = st.sampled_from(KINDS)
+_timeouts = st.sampled_from(TIMEOUTS)
+_submits = st.builds(
+    Submit,
+    _kinds,
+    st.sampled_from(DURATIONS),
+    _timeouts,
+    st.one_of(st.none(), st.sampled_from(("a", "b"))),
+)
+_cancels = st.builds(Cancel, st.integers(0, 50))
+_sleeps = st.builds(Sleep, st.sampled_from((0.0, 0.5, 1.0, 2.5, 7.0, 100.0)))
+# Listing a strategy more than once weighs it: most steps submit, cancel or wait.
+OPERATIONS: Final = st.one_of(
+    _submits,
+    _submits,
+    _submits,
+    _cancels,
+    _cancels,
+    _sleeps,
+    _sleeps,
+    _sleeps,
+    st.builds(Register, _kinds, _timeouts),
+    st.builds(Follow, st.integers(0, 50), st.sampled_from((0.0, 0.25, 1.0, 3.0))),
+    st.just(CancelUnknown()),
+)
+
+
+@st.composite
+def programs(draw: st.DrawFn) -> list[Operation]:
+    """Most kinds registered first, then the body; sometimes a close and a few steps after."""
+    program: list[Operation] = [
+        Register(kind, draw(_timeouts)) for kind in KINDS if draw(st.integers(0, 4))
+    ]
+    program += draw(st.lists(OPERATIONS, min_size=15, max_size=50))
+    if draw(st.booleans()):
+        program.append(Close())
+        program += draw(st.lists(OPERATIONS, max_size=5))
+    return program
+
+
+@attrs.frozen
+class Config:
+    max_workers: int
+    max_pending: int
+    shutdown_grace: float
+    hard_stop: bool  # end by cancelling run() instead of aclose()
+
+
+CONFIGS: Final = st.builds(
+    Config,
+    st.integers(1, 3),
+    st.integers(1, 8),
+    st.sampled_from((0.0, 1.0, 2.5)),
+    st.booleans(),
+)
+
+
+# ------------------------------------------------------------------ the model
+
+
+@attrs.define(eq=False)
+class ModelJob:
+    """What the test knows about one accepted job."""
+
+    job_id: str
+    kind: str
+    duration: float
+    timeout: float
+    key: str | None
+    status: JobStatus = JobStatus.PENDING
+    cancelled_by_request: bool = False
+    # Set when the supervisor stopped (aclose or cancelled run) while this job was live.
+    shutdown_ends: set[JobStatus] | None = None
+
+    @property
+    def natural_end(self) -> JobStatus:
+        """How the job ends if nobody cancels it."""
+        if self.kind == "hang" or self.duration > self.timeout:
+            return JobStatus.TIMEOUT
+        return JobStatus.FAILED if self.kind == "fail" else JobStatus.COMPLETED
+
+    def allowed_ends(self) -> set[JobStatus]:
+        if self.cancelled_by_request:
+            return {JobStatus.CANCELLED}
+        if self.shutdown_ends is not None:
+            return self.shutdown_ends
+        return {self.natural_end}
+
+    def on_shutdown(self, *, started: float | None, now: float, grace: float) -> None:
+        """Decide how a live job may end once the supervisor stops at ``now``.
+
+        ``grace`` is None for a hard stop. A pending job never starts; a running
+        one ends its own way if that comes before the grace ends, else cancelled.
+        """
+        if started is None:
+            self.shutdown_ends = {JobStatus.CANCELLED}
+            return
+        finish = math.inf if self.kind == "hang" else started + self.duration
+        own_end = min(finish, started + self.timeout)
+        if own_end < now + grace:
+            self.shutdown_ends = {self.natural_end}
+        elif own_end > now + grace:
+            self.shutdown_ends = {JobStatus.CANCELLED}
+        else:  # the same instant: either may win
+            self.shutdown_ends = {self.natural_end, JobStatus.CANCELLED}
+
+
+@attrs.define(eq=False)
+class Follower:
+    job_id: str
+    seen: list[JobResult] = attrs.field(factory=list)
+    done: bool = False
+
+
+async def handler(ctx: JobContext) -> Any:
+    """Every kind in one handler: the job type name says what to do."""
+    duration: float = ctx.payload["duration"]
+    ctx.payload["starts"][ctx.job_id] = anyio.current_time()
+    if ctx.job_type == "hang":
+        await anyio.sleep_forever()
+    if ctx.job_type == "progress":
+        steps = 4
+        for step in range(1, steps + 1):
+            await anyio.sleep(duration / steps)
+            ctx.report_progress(step / steps, f"{step}/{steps}")
+        return {"steps": steps}
+    await anyio.sleep(duration)
+    if ctx.job_type == "fail":
+        raise ValueError(f"failed after {duration:g} s")
+    return {"slept": duration}
+
+
+@attrs.define(eq=False)
+class Program:
+    """Interprets one generated program against a real JobSupervisor and a model."""
+
+    config: Config
+    supervisor: JobSupervisor
+    registered: dict[str, float | None] = attrs.field(factory=dict)
+    jobs: dict[str, ModelJob] = attrs.field(factory=dict)
+    order: list[str] = attrs.field(factory=list)
+    followers: list[Follower] = attrs.field(factory=list)
+    # job id -> clock time its handler started
+    starts: dict[str, float] = attrs.field(factory=dict)
+    closed: bool = False
+
+    def payload(self, duration: float) -> dict[str, Any]:
+        return {"duration": duration, "starts": self.starts}
+
+    def effective_timeout(self, kind: str, timeout: float | None) -> float:
+        if timeout is not None:
+            return timeout
+        registered = self.registered[kind]
+        return DEFAULT_TIMEOUT if registered is None else registered
+
+    def live_pending(self) -> int:
+        return sum(1 for job in self.jobs.values() if job.status is JobStatus.PENDING)
+
+    async def apply(self, operation: Operation, followers: TaskGroup) -> None:
+        sup = self.supervisor
+        match operation:
+            case Register(kind, timeout):
+                if kind in self.registered:
+                    with pytest.raises(ValueError, match="already registered"):
+                        sup.register(kind, handler, timeout=timeout)
+                else:
+                    sup.register(kind, handler, timeout=timeout)
+                    self.registered[kind] = timeout
+            case Submit():
+                await self.submit(operation)
+            case Cancel(index):
+                if not self.order:
+                    return
+                job = self.jobs[self.order[index % len(self.order)]]
+                before = job.status
+                cancelled = await sup.cancel(job.job_id)
+                assert cancelled is (not before.is_terminal), (before, cancelled)
+                if cancelled:
+                    job.cancelled_by_request = True
+            case CancelUnknown():
+                with pytest.raises(JobNotFound):
+                    await sup.cancel("0" * 32)
+            case Sleep(seconds):
+                await anyio.sleep(seconds)
+            case Follow(index, slowness):
+                if self.order:
+                    follower = Follower(self.order[index % len(self.order)])
+                    self.followers.append(follower)
+                    followers.start_soon(self.follow, follower, slowness)
+            case Close():
+                await self.close()
+
+    async def submit(self, op: Submit) -> None:
+        sup = self.supervisor
+        if self.closed:
+            with pytest.raises(SupervisorClosed):
+                await sup.submit(op.kind, self.payload(op.duration), timeout=op.timeout, key=op.key)
+            return
+        if op.kind not in self.registered:
+            with pytest.raises(UnknownJobType):
+                await sup.submit(op.kind, self.payload(op.duration), timeout=op.timeout, key=op.key)
+            return
+        active = [
+            job
+            for job in self.jobs.values()
+            if op.key is not None and job.key == op.key and not job.status.is_terminal
+        ]
+        if not active and self.live_pending() >= self.config.max_pending:
+            with pytest.raises(QueueFull) as refused:
+                await sup.submit(op.kind, self.payload(op.duration), timeout=op.timeout, key=op.key)
+            assert not isinstance(refused.value, SupervisorClosed)
+            return
+        job_id = await sup.submit(
+            op.kind, self.payload(op.duration), timeout=op.timeout, key=op.key
+        )
+        if active:
+            assert job_id == active[0].job_id  # deduplicated on the key
+            return
+        assert job_id not in self.jobs
+        self.jobs[job_id] = ModelJob(
+            job_id, op.kind, op.duration, self.effective_timeout(op.kind, op.timeout), op.key
+        )
+        self.order.append(job_id)
+
+    async def follow(self, follower: Follower, slowness: float) -> None:
+        async with self.supervisor.watch(follower.job_id) as updates:
+            async for update in updates:
+                follower.seen.append(update)
+                await anyio.sleep(slowness)
+        follower.done = True
+
+    async def close(self) -> None:
+        self.mark_shut_down(hard=False)
+        await self.supervisor.aclose()
+        self.closed = True
+
+    def mark_shut_down(self, *, hard: bool) -> None:
+        now = anyio.current_time()
+        grace = 0.0 if hard else self.config.shutdown_grace
+        for job in self.jobs.values():
+            if not job.status.is_terminal and job.shutdown_ends is None:
+                started = self.starts.get(job.job_id)
+                if hard:  # a hard stop ends every live job cancelled at once
+                    job.shutdown_ends = {JobStatus.CANCELLED}
+                else:
+                    job.on_shutdown(started=started, now=now, grace=grace)
+
+    # ------------------------------------------------------------ checks
+
+    async def check(self) -> None:
+        """The invariants, once every task is blocked (nothing can change meanwhile)."""
+        await anyio.wait_all_tasks_blocked()
+        sup = self.supervisor
+        stats = sup.statistics()
+        counts: dict[JobStatus, int] = defaultdict(int)
+        for job_id in self.order:
+            job = self.jobs[job_id]
+            result = await sup.get_result(job_id)
+            assert (job.status, result.status) in REACHABLE, (job.status, result.status)
+            if job.status.is_terminal:
+                assert result.status is job.status, "a terminal status changed"
+            job.status = result.status
+            counts[result.status] += 1
+            check_snapshot(result)
+            if result.status.is_terminal:
+                assert result.status in job.allowed_ends(), (job, result)
+
+        assert stats.pending <= self.config.max_pending
+        assert stats.running <= self.config.max_workers
+        assert stats.pending == counts[JobStatus.PENDING]
+        assert stats.running == counts[JobStatus.RUNNING]
+        assert stats.submitted == len(self.order)
+        assert stats.finished == sum(n for status, n in counts.items() if status.is_terminal)
+        assert stats.completed == counts[JobStatus.COMPLETED]
+        assert stats.failed == counts[JobStatus.FAILED]
+        assert stats.timeout == counts[JobStatus.TIMEOUT]
+        assert stats.cancelled == counts[JobStatus.CANCELLED]
+        assert stats.accepting is not self.closed
+        if stats.accepting and stats.pending:
+            # Never stuck: a job waits only while every worker is busy.
+            assert stats.running == self.config.max_workers, stats
+
+        for follower in self.followers:
+            check_follower(follower)
+
+
+def check_snapshot(result: JobResult) -> None:
+    if result.status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT):
+        assert result.started_at is not None
+    if result.status.is_terminal:
+        assert result.finished_at is not None
+    else:
+        assert result.finished_at is None
+    if result.status is JobStatus.COMPLETED:
+        assert result.result is not None
+        assert result.error is None
+    elif result.status in (JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED):
+        assert result.error
+
+
+def check_follower(follower: Follower) -> None:
+    """A follower's statuses walk the table edge by edge; progress never goes back."""
+    statuses = [update.status for update in follower.seen]
+    for before, after in itertools.pairwise(statuses):
+        assert before == after or (before, after) in EDGES, statuses
+        assert not before.is_terminal, f"an update after the terminal one: {statuses}"
+    progress = [update.progress for update in follower.seen if update.progress is not None]
+    assert progress == sorted(progress), progress
+
+
+async def interpret(config: Config, program: list[Operation]) -> Program:
+    supervisor = JobSupervisor(
+        default_timeout=DEFAULT_TIMEOUT,
+        max_workers=config.max_workers,
+        max_pending=config.max_pending,
+        shutdown_grace=config.shutdown_grace,
+        retention=10 * PROGRAM_DEADLINE,  # nothing is evicted during a program
+    )
+    model = Program(config, supervisor)
+    run_returned = anyio.Event()
+
+    async def run_supervisor(*, task_status: TaskStatus[None]) -> None:
+        await supervisor.run(task_status=task_status)
+        run_returned.set()
+
+    with anyio.fail_after(PROGRAM_DEADLINE):
+        async with anyio.create_task_group() as followers:
+            async with anyio.create_task_group() as hosting:
+                await hosting.start(run_supervisor)
+                await model.check()
+                for operation in program:
+                    await model.apply(operation, followers)
+                    await model.check()
+                model.mark_shut_down(hard=config.hard_stop)
+                if config.hard_stop:
+                    hosting.cancel_scope.cancel()
+                else:
+                    await supervisor.aclose()
+            model.closed = True
+            await anyio.wait_all_tasks_blocked()
+            assert run_returned.is_set() or config.hard_stop
+            await model.check()
+        # Every follower has ended, after the terminal state.
+        for follower in model.followers:
+            assert follower.done
+            assert follower.seen, "a follower got nothing"
+            final = model.jobs[follower.job_id].status
+            assert follower.seen[-1].status is final, (follower.seen, final)
+
+    for job in model.jobs.values():
+        assert job.status.is_terminal, job
+    stats = supervisor.statistics()
+    assert stats.pending == stats.running == 0
+    assert stats.finished == stats.submitted == len(model.jobs)
+    return model
+
+
+@PROFILE
+@given(config=CONFIGS, program=programs())
+def test_any_program_keeps_every_job_accounted_for(
+    config: Config, program: list[Operation]
+) -> None:
+    """Any program: legal moves only, exact statistics, every job ends, every follower sees it."""
+
+    model = run_program(config, program)
+
+    for job in model.jobs.values():
+        event(f"job ended {job.status}")
+    event(f"{len(model.jobs) // 5 * 5}+ jobs accepted")
+
+
+def run_program(config: Config, program: list[Operation]) -> Program:
+    """Interpret ``program`` on trio's mock clock, with the supervisor's logging off."""
+    # Failed jobs log a traceback each; thousands of them would only cost time.
+    logger.disable("stoat_ferret")
+    try:
+        return anyio.run(
+            interpret,
+            config,
+            program,
+            backend="trio",
+            backend_options={"clock": MockClock(autojump_threshold=0)},
+        )
+    finally:
+        logger.enable("stoat_ferret")
+
+
+def test_a_fixed_program_ends_each_job_the_one_way_it_can() -> None:
+    """The interpreter is not vacuous: one job of each kind ends as predicted."""
+
+    config = Config(max_workers=4, max_pending=8, shutdown_grace=0.0, hard_stop=False)
+    program: list[Operation] = [Register(kind, None) for kind in KINDS]
+    program += [Submit(kind, 1.0, 2.5, None) for kind in KINDS]
+    program += [Follow(index, 0.25) for index in range(len(KINDS))]
+    program += [Sleep(5.0), Submit("complete", 3.0, None, "a"), Submit("fail", 0.0, None, "a")]
+    program += [Sleep(1.0), Cancel(4), Submit("progress", 0.0, None, None), Close()]
+
+    model = run_program(config, program)
+
+    statuses = [model.jobs[job_id].status for job_id in model.order]
+    assert statuses == [
+        JobStatus.COMPLETED,
+        JobStatus.FAILED,
+        JobStatus.TIMEOUT,
+        JobStatus.COMPLETED,
+        JobStatus.CANCELLED,
+        JobStatus.COMPLETED,
+    ]
+    progress = [update.progress for update in model.followers[3].seen]
+    assert progress[-1] == 1.0
+    assert [update.status for update in model.followers[2].seen][-1] is JobStatus.TIMEOUT
