@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("jobs", "scan")
+SUITES = ("jobs", "scan", "api")
 
 
 def main() -> None:

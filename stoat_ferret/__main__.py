@@ -132,7 +132,10 @@ def configure_logging(level: str) -> None:
     logger.remove()
     logger.configure(patcher=_add_fields)
     logger.add(sys.stderr, level=level, format=_FORMAT, backtrace=False, diagnose=False)
-    logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
+    # The stdlib level must match loguru's: at level 0 uvicorn would trace
+    # every request (MessageLoggerMiddleware) only for loguru to drop it.
+    # loguru's level numbers are the stdlib's.
+    logging.basicConfig(handlers=[_InterceptHandler()], level=logger.level(level).no, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         stdlib_logger = logging.getLogger(name)
         stdlib_logger.handlers.clear()
