@@ -27,6 +27,7 @@ from loguru import logger
 from stoat_ferret.__main__ import GracefulServer, check_startup, configure_logging, main
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings, SettingsError
+from tests.server import free_port, wait_ready
 from tests.videos import make_video, write_corrupt_video
 
 if TYPE_CHECKING:
@@ -34,14 +35,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 SHUTDOWN_GRACE = 2.0
-READY_WITHIN = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -50,7 +43,7 @@ def _environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env.update(
         STOAT_HOST="127.0.0.1",
-        STOAT_PORT=str(_free_port()),
+        STOAT_PORT=str(free_port()),
         STOAT_DATABASE_PATH=str(tmp_path / "data" / "stoat.db"),
         STOAT_SCAN_ROOTS=str(root),
         STOAT_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE),
@@ -79,20 +72,6 @@ def _server(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[by
                 process.wait()
 
 
-def _wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_WITHIN
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # a process boundary: polling with a deadline is the only way
-    pytest.fail(f"server not ready after {READY_WITHIN} s:\n{log.read_text()}")
-
-
 def _stop(process: subprocess.Popen[bytes], send: Callable[[int], None]) -> tuple[int, float]:
     began = time.monotonic()
     send(process.pid)
@@ -110,7 +89,7 @@ def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
 
     with _server(tmp_path, env) as process:
-        _wait_ready(process, base_url, log)
+        wait_ready(process, base_url, log)
         with httpx.Client(base_url=base_url, timeout=30.0) as client:
             accepted = client.post("/api/v1/videos/scan", json={"path": f"{root}/"})
             job_id = accepted.json()["job_id"]
@@ -142,7 +121,7 @@ def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
     base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
 
     with _server(tmp_path, env) as process:
-        _wait_ready(process, base_url, tmp_path / "server.log")
+        wait_ready(process, base_url, tmp_path / "server.log")
         returncode, took = _stop(process, lambda pid: os.kill(pid, signal.SIGINT))
 
     assert returncode == 0
@@ -230,7 +209,7 @@ def test_graceful_server_does_not_raise_the_signal_again() -> None:
 @pytest.mark.anyio
 async def test_server_stops_the_app_before_its_lifespan_ends(tmp_path: Path) -> None:
     """On shut-down the server calls on_stop first, then ends the app's lifespan."""
-    settings = Settings(port=_free_port(), database_path=tmp_path / "stoat.db")
+    settings = Settings(port=free_port(), database_path=tmp_path / "stoat.db")
     app = create_app(settings)
     record: list[str] = []
     running = anyio.Event()

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import attrs
-import httpx
 import pytest
+
+from tests.server import free_port, wait_ready
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-READY_WITHIN = 30.0
 STOP_WITHIN = 10.0
 
 
@@ -38,34 +36,13 @@ class Server:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_WITHIN
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # a process boundary: polling with a deadline is the only way
-    pytest.fail(f"server not ready after {READY_WITHIN} s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service, stopped with SIGTERM after the module: it must exit 0, cleanly."""
     home = tmp_path_factory.mktemp("browser")
     root = home / "root"
     root.mkdir()
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env.update(
         STOAT_HOST="127.0.0.1",
@@ -88,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             start_new_session=True,
         )
         try:
-            _wait_ready(process, base_url, log)
+            wait_ready(process, base_url, log)
             yield Server(base_url=base_url, root=root, log=log)
             process.send_signal(signal.SIGTERM)
             returncode = process.wait(timeout=STOP_WITHIN)
