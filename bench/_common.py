@@ -33,3 +33,10 @@ def timed(fn: Callable[[], Any]) -> float:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MB (Linux: KiB units)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MB (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / (1024 * 1024)
