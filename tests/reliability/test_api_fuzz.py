@@ -1,0 +1,261 @@
+"""Every API operation fuzzed from the app's own OpenAPI schema with schemathesis.
+
+Schemathesis reads the schema ``create_app`` serves at ``/openapi.json`` and
+generates, for each operation, requests that fit it (positive) and requests
+that break it (negative: wrong types, out-of-range numbers, undeclared
+methods, missing or malformed bodies), then its coverage phase's edge
+cases. Each request goes to the app in-process, and the test checks:
+
+* no response is a 5xx (the README: "no client input gives a 5xx");
+* every response conforms to the schema: schemathesis' own checks on status
+  code, content type, headers and body (``case.call_and_validate()``);
+* every 4xx body is JSON carrying ``detail`` (the README: "every error is
+  JSON with a readable ``detail``").
+
+The app runs with its lifespan and its real :class:`JobSupervisor`, on a
+temporary database with a temporary scan root. Schemathesis' ASGI client
+starts the lifespan before the first request (speaking the protocol as
+uvicorn does, on one asyncio event loop in a thread of its own), and the
+module fixture shuts it down, so the supervisor and SQLite close before the
+temporary directory goes. Generated scan paths are relative (422) or
+outside the root (403), so the fuzzing never waits on a scan;
+:func:`test_a_real_scan_answers_by_the_schema` then runs one real scan of
+one clip and validates every answer about it (202, 200 job, stream, 409
+cancel, list, video).
+
+Findings, each pinned by a strict xfail that starts to pass when the schema
+is fixed, and left out of the fuzzing for that one operation only
+(:data:`EXCLUDED_CHECKS`): the events 404 is JSON but documented as
+text/event-stream; the events 200 documents each event as a string; the
+scan body documents any path of 1 to 16,384 characters but refuses relative
+ones. One check is a false positive: GET /api/v1/videos/scan is the declared
+GET /api/v1/videos/{video_id} (422), not an undeclared method (405).
+
+Profiles: ``STOAT_RELIABILITY_PROFILE=quick`` (the default, for ``make
+test``: 25 generated requests an operation, derandomized so every run sends
+the same ones) or ``soak`` (500, random).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.config import SchemathesisConfig
+from schemathesis.errors import FailureGroup
+from schemathesis.python import asgi
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    positive_data_acceptance,
+    response_schema_conformance,
+    unsupported_method,
+)
+
+from stoat_ferret.api.app import create_app
+from stoat_ferret.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fastapi import FastAPI
+    from schemathesis import Case, CheckFunction
+
+    from tests.videos import EncodedVideo
+
+settings.register_profile(
+    "api-fuzz-quick",
+    max_examples=25,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "api-fuzz-soak",
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+PROFILE: Final = settings.get_profile(
+    "api-fuzz-" + os.environ.get("STOAT_RELIABILITY_PROFILE", "quick")
+)
+
+
+# The schema is the one the app serves at /openapi.json; building it starts
+# nothing. Requests go to the running app of :func:`app` instead (``app=`` in
+# ``call_and_validate``): schemathesis' ``from_fixture`` cannot run on pytest 9
+# (it sets ``request.node._nodeid``, which pytest 9 no longer has).
+CONFIG: Final = SchemathesisConfig.from_dict(
+    {
+        "generation": {"mode": "all"},  # positive and negative
+        # Schemathesis' default list of statuses that reject a schema-violating
+        # request, plus 413: the scan route refuses a body over 64 KiB before
+        # reading it, and documents that 413.
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    *("400", "401", "403", "404", "405", "406", "409", "413", "415"),
+                    *("422", "428", "429", "5xx"),
+                ]
+            }
+        },
+    }
+)
+schema: Final = schemathesis.openapi.from_dict(create_app(Settings()).openapi(), config=CONFIG)
+
+
+@pytest.fixture(scope="module")
+def scan_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The app's only scan root, empty while the fuzzing runs (resolved)."""
+    return Path(os.path.realpath(tmp_path_factory.mktemp("api-fuzz-root")))
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, scan_root: Path) -> Iterator[FastAPI]:
+    """The app on a fresh database and :func:`scan_root`; its lifespan is shut down after."""
+    app = create_app(
+        Settings(
+            database_path=tmp_path_factory.mktemp("api-fuzz-db") / "stoat.db",
+            scan_roots=(scan_root,),
+            shutdown_grace=0.0,
+        )
+    )
+    try:
+        yield app
+    finally:
+        # Schemathesis' ASGI client started the lifespan before the first request.
+        asgi.shutdown_lifespans()
+
+
+# Checks left out for one operation each; every entry is a finding, reported
+# and pinned by a test below.
+EXCLUDED_CHECKS: Final[dict[str, list[CheckFunction]]] = {
+    # GET /api/v1/videos/scan is not an undeclared method: it is the declared
+    # GET /api/v1/videos/{video_id} with video_id "scan", so 422 (not an
+    # integer) is the schema's answer, not 405. Schemathesis' check does not
+    # see the overlap (test_get_on_scan_is_a_video_id_that_is_not_a_number).
+    #
+    # The body schema documents "path" as any string of 1 to 16,384 characters,
+    # but the app answers 422 to a relative one or one holding NUL
+    # (test_scan_accepts_every_body_its_schema_allows).
+    "POST /api/v1/videos/scan": [unsupported_method, positive_data_acceptance],
+    # A 404 from the event stream is JSON, but the schema documents it as
+    # text/event-stream (test_events_404_is_documented_as_json).
+    "GET /api/v1/jobs/{job_id}/events": [content_type_conformance],
+}
+
+
+@schema.parametrize()
+@PROFILE
+def test_api_answers_every_request_by_its_schema(app: FastAPI, case: Case[Any]) -> None:
+    """No 5xx, every response as the schema says, and every 4xx JSON with ``detail``."""
+    excluded = EXCLUDED_CHECKS.get(case.operation.label, [])
+
+    response = case.call_and_validate(app=app, excluded_checks=excluded)
+
+    assert response.status_code < 500, case.as_curl_command()
+    if 400 <= response.status_code < 500:
+        body: Any = response.json()
+        assert isinstance(body, dict), (case.as_curl_command(), response.text)
+        assert "detail" in body, (case.as_curl_command(), response.text)
+
+
+def test_a_real_scan_answers_by_the_schema(
+    app: FastAPI, scan_root: Path, clip: EncodedVideo
+) -> None:
+    """A scan of one clip, then its job and video, every answer validated by the schema."""
+    shutil.copyfile(clip.path, scan_root / "clip.mp4")
+
+    def call(path: str, method: str, **parts: Any) -> Any:
+        case = schema[path][method].Case(**parts)
+        return case.call_and_validate(app=app).json()
+
+    accepted = call(
+        "/api/v1/videos/scan", "POST", body={"path": str(scan_root)}, media_type="application/json"
+    )
+    job = {"job_id": accepted["job_id"]}
+    done = call("/api/v1/jobs/{job_id}/wait", "GET", path_parameters=job, query={"timeout": 30})
+    events = schema["/api/v1/jobs/{job_id}/events"]["GET"].Case(path_parameters=job)
+    # Every event is checked by test_events_are_documented_per_event (a finding).
+    stream = events.call_and_validate(app=app, excluded_checks=[response_schema_conformance])
+    refused = call("/api/v1/jobs/{job_id}/cancel", "POST", path_parameters=job)
+    listed = call("/api/v1/jobs", "GET", query={"status": "completed"})
+    videos = call("/api/v1/videos", "GET")
+    video_id = {"video_id": videos["videos"][0]["id"]}
+    video = call("/api/v1/videos/{video_id}", "GET", path_parameters=video_id)
+
+    assert done["status"] == "completed", done
+    assert done["result"]["added"] == 1, done
+    assert stream.status_code == 200
+    assert stream.headers["content-type"][0].startswith("text/event-stream")
+    assert refused["status"] == "completed"
+    assert [j["job_id"] for j in listed["jobs"]] == [accepted["job_id"]]
+    assert [v["filename"] for v in videos["videos"]] == ["clip.mp4"]
+    assert video["path"] == str(scan_root / "clip.mp4")
+
+
+def test_get_on_scan_is_a_video_id_that_is_not_a_number(app: FastAPI) -> None:
+    """GET /api/v1/videos/scan is GET /api/v1/videos/{video_id}: 422 as documented."""
+    case = schema["/api/v1/videos/{video_id}"]["GET"].Case(path_parameters={"video_id": "scan"})
+
+    response = case.call_and_validate(app=app)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "video_id"]
+
+
+@pytest.mark.xfail(
+    raises=FailureGroup,
+    strict=True,
+    reason="the 404 of GET /api/v1/jobs/{job_id}/events is application/json, "
+    "but /openapi.json documents it as text/event-stream (the route's response_class)",
+)
+def test_events_404_is_documented_as_json(app: FastAPI) -> None:
+    """An unknown job's event stream answers a 404 whose content type the schema documents."""
+    case = schema["/api/v1/jobs/{job_id}/events"]["GET"].Case(path_parameters={"job_id": "0"})
+
+    response = case.call_and_validate(app=app)
+
+    assert response.status_code == 404
+
+
+@pytest.mark.xfail(
+    raises=FailureGroup,
+    strict=True,
+    reason="/openapi.json documents the scan body's path as any string of 1 to 16,384 "
+    "characters, but the app answers 422 to a relative path or one holding NUL",
+)
+@given(case=schema["/api/v1/videos/scan"]["POST"].as_strategy(GenerationMode.POSITIVE))
+@PROFILE
+def test_scan_accepts_every_body_its_schema_allows(app: FastAPI, case: Case[Any]) -> None:
+    """A scan body the schema allows is never refused as malformed (422)."""
+    case.call_and_validate(app=app, checks=[positive_data_acceptance])
+
+
+@pytest.mark.xfail(
+    raises=FailureGroup,
+    strict=True,
+    reason="/openapi.json documents each event of GET /api/v1/jobs/{job_id}/events as a "
+    "string (FastAPI's default for a response class without a model); for Open API before "
+    "3.2, schemathesis reads that schema per event, and an event is {data, event, ...}",
+)
+def test_events_are_documented_per_event(app: FastAPI, scan_root: Path) -> None:
+    """The event stream of a finished scan conforms to the schema, event by event."""
+    scan = schema["/api/v1/videos/scan"]["POST"].Case(
+        body={"path": str(scan_root)}, media_type="application/json"
+    )
+    job = {"job_id": scan.call(app=app).json()["job_id"]}
+    wait = schema["/api/v1/jobs/{job_id}/wait"]["GET"].Case(
+        path_parameters=job, query={"timeout": 30}
+    )
+    assert wait.call(app=app).json()["status"] == "completed"
+    events = schema["/api/v1/jobs/{job_id}/events"]["GET"].Case(path_parameters=job)
+
+    response = events.call_and_validate(app=app)
+
+    assert response.status_code == 200
