@@ -69,9 +69,11 @@ def screenshot_path(tmp_path: Path) -> Path:
 
 SCAN_URL = "/api/v1/videos/scan"
 REFUSED = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})\b")
-# Enough identical files that a scan runs for seconds (about 500 files/s on
-# two cores): the time for the page to show it running and cancel it.
-LONG_SCAN_FILES = 5000
+# Enough identical files (hard links) that the scan is still running long
+# after the page has shown it, taken the screenshot and had a third scan
+# refused (the header's counts refresh every 5 s): at up to ~1,500 files/s
+# on two cores this scan would take about 25 s; the test cancels it long before.
+LONG_SCAN_FILES = 40_000
 
 if not CHROMIUM.is_file():
     pytest.skip(
