@@ -145,17 +145,35 @@ async def cancel_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
     )
 
 
+# One Server-Sent Event as OpenAPI 3.1 tools read a text/event-stream schema.
+_SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string", "description": "The job, as JSON."},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+
+
 @router.get(
     "/{job_id}/events",
     status_code=200,  # JobEventStream's constructor has no status_code for FastAPI to read
     response_class=JobEventStream,
     responses={
         200: {
-            "content": {"text/event-stream": {}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT_SCHEMA}},
             "description": "One `data:` event per status or progress change (the job JSON), "
             "a `: heartbeat` comment every 15 s; ends after the final status.",
         },
-        **error_responses(404),
+        # Answered before the stream starts, so as JSON (not as the route's
+        # response class, which FastAPI would otherwise document).
+        404: {
+            "description": "Not Found",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+        },
     },
 )
 async def job_events(job_id: str, queue: JobQueueDep, stopping: StoppingDep) -> JobEventStream:

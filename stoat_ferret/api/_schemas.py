@@ -50,6 +50,8 @@ class ScanRequest(BaseModel):
         max_length=MAX_PATH_CHARS,
         description="Absolute path of the directory; symlinks are followed.",
         examples=["/srv/videos"],
+        # Documents what _check_path enforces (absolute, no NUL) for schema-driven clients.
+        json_schema_extra={"pattern": "^/[^\\u0000]*$"},
     )
     recursive: bool = Field(default=True, description="Also scan every subdirectory.")
 

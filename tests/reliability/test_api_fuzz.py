@@ -23,12 +23,11 @@ outside the root (403), so the fuzzing never waits on a scan;
 one clip and validates every answer about it (202, 200 job, stream, 409
 cancel, list, video).
 
-Findings, each pinned by a strict xfail that starts to pass when the schema
-is fixed, and left out of the fuzzing for that one operation only
-(:data:`EXCLUDED_CHECKS`): the events 404 is JSON but documented as
-text/event-stream; the events 200 documents each event as a string; the
-scan body documents any path of 1 to 16,384 characters but refuses relative
-ones. One check is a false positive: GET /api/v1/videos/scan is the declared
+Three findings of this test were fixed in the schema, and each keeps a test
+of its own: the events 404 is documented as JSON, each event of the stream
+has a schema, and the scan body's path documents that it must be absolute.
+One check is a false positive, left out for that operation only
+(:data:`EXCLUDED_CHECKS`): GET /api/v1/videos/scan is the declared
 GET /api/v1/videos/{video_id} (422), not an undeclared method (405).
 
 Profiles: ``STOAT_RELIABILITY_PROFILE=quick`` (the default, for ``make
@@ -48,10 +47,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
-from schemathesis.errors import FailureGroup
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
     positive_data_acceptance,
     response_schema_conformance,
     unsupported_method,
@@ -139,14 +136,7 @@ EXCLUDED_CHECKS: Final[dict[str, list[CheckFunction]]] = {
     # GET /api/v1/videos/{video_id} with video_id "scan", so 422 (not an
     # integer) is the schema's answer, not 405. Schemathesis' check does not
     # see the overlap (test_get_on_scan_is_a_video_id_that_is_not_a_number).
-    #
-    # The body schema documents "path" as any string of 1 to 16,384 characters,
-    # but the app answers 422 to a relative one or one holding NUL
-    # (test_scan_accepts_every_body_its_schema_allows).
-    "POST /api/v1/videos/scan": [unsupported_method, positive_data_acceptance],
-    # A 404 from the event stream is JSON, but the schema documents it as
-    # text/event-stream (test_events_404_is_documented_as_json).
-    "GET /api/v1/jobs/{job_id}/events": [content_type_conformance],
+    "POST /api/v1/videos/scan": [unsupported_method],
 }
 
 
@@ -209,12 +199,6 @@ def test_get_on_scan_is_a_video_id_that_is_not_a_number(app: FastAPI) -> None:
     assert response.json()["detail"][0]["loc"] == ["path", "video_id"]
 
 
-@pytest.mark.xfail(
-    raises=FailureGroup,
-    strict=True,
-    reason="the 404 of GET /api/v1/jobs/{job_id}/events is application/json, "
-    "but /openapi.json documents it as text/event-stream (the route's response_class)",
-)
 def test_events_404_is_documented_as_json(app: FastAPI) -> None:
     """An unknown job's event stream answers a 404 whose content type the schema documents."""
     case = schema["/api/v1/jobs/{job_id}/events"]["GET"].Case(path_parameters={"job_id": "0"})
@@ -224,12 +208,6 @@ def test_events_404_is_documented_as_json(app: FastAPI) -> None:
     assert response.status_code == 404
 
 
-@pytest.mark.xfail(
-    raises=FailureGroup,
-    strict=True,
-    reason="/openapi.json documents the scan body's path as any string of 1 to 16,384 "
-    "characters, but the app answers 422 to a relative path or one holding NUL",
-)
 @given(case=schema["/api/v1/videos/scan"]["POST"].as_strategy(GenerationMode.POSITIVE))
 @PROFILE
 def test_scan_accepts_every_body_its_schema_allows(app: FastAPI, case: Case[Any]) -> None:
@@ -237,13 +215,6 @@ def test_scan_accepts_every_body_its_schema_allows(app: FastAPI, case: Case[Any]
     case.call_and_validate(app=app, checks=[positive_data_acceptance])
 
 
-@pytest.mark.xfail(
-    raises=FailureGroup,
-    strict=True,
-    reason="/openapi.json documents each event of GET /api/v1/jobs/{job_id}/events as a "
-    "string (FastAPI's default for a response class without a model); for Open API before "
-    "3.2, schemathesis reads that schema per event, and an event is {data, event, ...}",
-)
 def test_events_are_documented_per_event(app: FastAPI, scan_root: Path) -> None:
     """The event stream of a finished scan conforms to the schema, event by event."""
     scan = schema["/api/v1/videos/scan"]["POST"].Case(
