@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from loguru import logger
 
+from stoat_ferret.jobs._admission import Admission
 from stoat_ferret.jobs._exceptions import JobNotFound, QueueFull
 from stoat_ferret.jobs._messages import (
     Assignment,
@@ -54,39 +55,6 @@ _LOG_LEVELS = {
 }
 
 
-class Admission:
-    """Slots for pending jobs, shared by ``submit``, the workers and the actor.
-
-    This is what lets an unkeyed ``submit`` refuse or accept without a round
-    trip through the actor. A slot is taken when a job is accepted (by
-    ``submit``, or by the actor for keyed submits) and given back exactly
-    once: by the worker that starts the job, or by the actor when it ends a
-    job that never started. Invariant: ``taken`` == jobs accepted and neither
-    started nor ended, which never exceeds ``limit``.
-    """
-
-    __slots__ = ("accepted", "limit", "taken")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.taken = 0
-        self.accepted = 0  # total ever accepted
-
-    def take(self) -> None:
-        """Take a slot for a new job.
-
-        Raises:
-            QueueFull: ``limit`` jobs are already pending.
-        """
-        if self.taken >= self.limit:
-            raise QueueFull(f"{self.limit} jobs are already pending; try again later")
-        self.taken += 1
-        self.accepted += 1
-
-    def give_back(self) -> None:
-        self.taken -= 1
-
-
 class JobTable:
     """Every job the supervisor knows, and what happens to them.
 
@@ -108,7 +76,6 @@ class JobTable:
         start_timer: Callable[[float], None],
     ) -> None:
         self._registry = registry
-        self._max_pending = max_pending
         self._max_finished = max_finished
         self._retention = retention
         self._shutdown_grace = shutdown_grace
@@ -366,7 +333,7 @@ class JobTable:
     def _forget_assignment(self) -> None:
         """Count a cancelled job's assignment; compact the stream if too many."""
         self._dead_assignments += 1
-        if self._dead_assignments <= self._max_pending or self.shutting_down:
+        if self._dead_assignments <= self.admission.limit or self.shutting_down:
             return
         assert self._work_send is not None
         assert self._work_receive is not None

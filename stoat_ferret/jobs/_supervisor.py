@@ -14,7 +14,7 @@ import enum
 import math
 import os
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-T = TypeVar("T")
 
 # submit() never waits, so it is a cancellation point on every call but a
 # schedule point (a yield to other tasks) only on every Nth call: a loop of
