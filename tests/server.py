@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 if TYPE_CHECKING:
-    import subprocess
+    from collections.abc import Iterator
     from pathlib import Path
 
 READY_WITHIN = 30.0
+SHUTDOWN_GRACE = 2.0
+"""The servers' STOAT_SHUTDOWN_GRACE unless a test says otherwise."""
 
 
 def free_port() -> int:
@@ -37,3 +44,48 @@ def wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> No
             pass
         time.sleep(0.05)  # a process boundary: polling with a deadline is the only way
     pytest.fail(f"server not ready after {READY_WITHIN} s:\n{log.read_text()}")
+
+
+def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a server in ``tmp_path``: free port, ``root/`` the scan root.
+
+    Every ``STOAT_`` variable of this process is dropped first; ``overrides``
+    come last.
+    """
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
+    env.update(
+        STOAT_HOST="127.0.0.1",
+        STOAT_PORT=str(free_port()),
+        STOAT_DATABASE_PATH=str(tmp_path / "data" / "stoat.db"),
+        STOAT_SCAN_ROOTS=str(root),
+        STOAT_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE),
+        STOAT_LOG_LEVEL="INFO",
+    )
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def running_server(
+    tmp_path: Path, env: dict[str, str], *, log_name: str = "server.log"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m stoat_ferret`` in its own process group, output to ``tmp_path/log_name``.
+
+    Killed (the whole group) if the test leaves it running.
+    """
+    with (tmp_path / log_name).open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stoat_ferret"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

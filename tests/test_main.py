@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -27,49 +26,18 @@ from loguru import logger
 from stoat_ferret.__main__ import GracefulServer, check_startup, configure_logging, main
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings, SettingsError
-from tests.server import free_port, wait_ready
+from tests.server import (
+    SHUTDOWN_GRACE,
+    free_port,
+    running_server,
+    server_environment,
+    wait_ready,
+)
 from tests.videos import make_video, write_corrupt_video
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
-
-SHUTDOWN_GRACE = 2.0
-
-
-def _environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    root = tmp_path / "root"
-    root.mkdir(exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
-    env.update(
-        STOAT_HOST="127.0.0.1",
-        STOAT_PORT=str(free_port()),
-        STOAT_DATABASE_PATH=str(tmp_path / "data" / "stoat.db"),
-        STOAT_SCAN_ROOTS=str(root),
-        STOAT_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE),
-        STOAT_LOG_LEVEL="INFO",
-    )
-    env.update(overrides)
-    return env
-
-
-@contextmanager
-def _server(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """The service in its own process group; killed if the test leaves it running."""
-    with (tmp_path / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "stoat_ferret"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def _stop(process: subprocess.Popen[bytes], send: Callable[[int], None]) -> tuple[int, float]:
@@ -81,14 +49,14 @@ def _stop(process: subprocess.Popen[bytes], send: Callable[[int], None]) -> tupl
 
 def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
     """Scan three clips through the real server, list them, SIGTERM the group: exit 0."""
-    env = _environment(tmp_path)
+    env = server_environment(tmp_path)
     root = tmp_path / "root"
     for name in ("one.mp4", "two.mkv", "three.webm"):
         make_video(root / name, audio=None)
     base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
     log = tmp_path / "server.log"
 
-    with _server(tmp_path, env) as process:
+    with running_server(tmp_path, env) as process:
         wait_ready(process, base_url, log)
         with httpx.Client(base_url=base_url, timeout=30.0) as client:
             accepted = client.post("/api/v1/videos/scan", json={"path": f"{root}/"})
@@ -117,10 +85,10 @@ def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
 
 def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
     """Ctrl+C (SIGINT) stops the service gracefully too, with exit status 0."""
-    env = _environment(tmp_path)
+    env = server_environment(tmp_path)
     base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
 
-    with _server(tmp_path, env) as process:
+    with running_server(tmp_path, env) as process:
         wait_ready(process, base_url, tmp_path / "server.log")
         returncode, took = _stop(process, lambda pid: os.kill(pid, signal.SIGINT))
 
@@ -141,10 +109,10 @@ BAD_SETTINGS = {
 }
 
 
-def _bad_environment(tmp_path: Path, case: str) -> dict[str, str]:
+def _badserver_environment(tmp_path: Path, case: str) -> dict[str, str]:
     (tmp_path / "file").write_text("a regular file, not a directory")
     write_corrupt_video(tmp_path / "corrupt.db")
-    env = _environment(tmp_path)
+    env = server_environment(tmp_path)
     env.update({key: value.format(tmp=tmp_path) for key, value in BAD_SETTINGS[case].items()})
     return env
 
@@ -164,7 +132,7 @@ def test_main_returns_2_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
     """main() refuses a bad setting or database before binding: 2, one line on stderr."""
-    for key, value in _bad_environment(tmp_path, case).items():
+    for key, value in _badserver_environment(tmp_path, case).items():
         monkeypatch.setenv(key, value)
 
     status = main()
@@ -180,7 +148,7 @@ def test_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
     """The real process: exit status 2, one line on stderr, nothing else, no traceback."""
     run = subprocess.run(
         [sys.executable, "-m", "stoat_ferret"],
-        env=_bad_environment(tmp_path, case),
+        env=_badserver_environment(tmp_path, case),
         capture_output=True,
         text=True,
         timeout=60,
