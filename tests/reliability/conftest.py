@@ -20,7 +20,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> EncodedVideo:
     return make_video(tmp_path_factory.mktemp("reliability-clips") / "clip.mp4")
 
 
-def integrity(database: Path) -> list[str]:
+def integrity(database: str | Path) -> list[str]:
     """``PRAGMA integrity_check`` of ``database`` from a fresh connection: ``["ok"]`` if sound."""
     with closing(sqlite3.connect(database)) as connection:
         return [row[0] for row in connection.execute("PRAGMA integrity_check")]

@@ -1,0 +1,256 @@
+"""SIGTERM while scans run, scans wait and clients keep sending requests.
+
+One real server (``python -m stoat_ferret`` in its own process group, as
+``make run`` starts it) with one worker: a large scan is probing, smaller
+ones are pending, and a client thread keeps submitting scans and reading
+jobs. Then the whole group gets SIGTERM, as a terminal's Ctrl+C or a
+service manager would send it. The test checks what the issue promises:
+
+* the process exits 0 within ``shutdown_grace`` + 5 s;
+* every job ever accepted (202) ended terminal before the process exited,
+  and says so in the log: pending ones ``cancelled`` without starting, the
+  running one ``cancelled`` at the end of the grace (or ``completed``);
+* no request got a 5xx other than a 503 with Retry-After (shutting down);
+* ``PRAGMA integrity_check`` is ok and every stored row is whole: it holds
+  exactly what the clip it points at holds;
+* after a restart on the same database, a rescan of every directory
+  completes with consistent counts: what was stored before is ``unchanged``,
+  the rest ``added``, nothing ``updated`` or ``removed``, and the library
+  then holds every file once.
+
+The process boundary is crossed by polling with deadlines (``wait_ready``,
+``_poll``): there is no event to wait on across it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+import pytest
+
+from tests.reliability.conftest import integrity
+from tests.server import running_server, server_environment, wait_ready
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+GRACE: Final = 1.0
+"""The server's STOAT_SHUTDOWN_GRACE: shorter than the large scan takes."""
+
+LARGE: Final = 3_000
+"""Files in the directory scanned first: still probing when SIGTERM comes."""
+
+SMALL: Final = 100
+"""Files in each of the directories whose scans wait behind it."""
+
+WAITING: Final = 3
+"""Scans pending at SIGTERM (the server runs one job at a time)."""
+
+EXTRA: Final = 8
+"""Small directories the client thread keeps asking to scan during shutdown."""
+
+DEADLINE: Final = 30.0
+"""Longest any poll across the process boundary may take."""
+
+SCAN: Final = "/api/v1/videos/scan"
+TERMINAL: Final = {"completed", "failed", "timeout", "cancelled"}
+_FINISHED_LINE: Final = re.compile(r"job_id=(\w+) job_type=scan status=(\w+)")
+
+
+def _link_tree(directory: Path, clip: EncodedVideo, count: int) -> Path:
+    directory.mkdir(parents=True)
+    for index in range(count):
+        os.link(clip.path, directory / f"clip{index:05d}.mp4")
+    return directory
+
+
+def _poll(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {DEADLINE} s: {what}")
+        time.sleep(0.02)  # another process: polling with a deadline is the only way
+
+
+class _Traffic(threading.Thread):
+    """Keeps submitting scans and reading jobs until the server stops answering."""
+
+    def __init__(self, base_url: str, directories: list[Path]) -> None:
+        super().__init__(name="shutdown traffic")
+        self.base_url = base_url
+        self.directories = directories
+        self.accepted: set[str] = set()
+        self.statuses: dict[int, int] = {}
+        self.refused_without_retry_after = 0
+        self.going = threading.Event()  # set once a few requests have been answered
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
+                answered = 0
+                while True:
+                    directory = self.directories[answered % len(self.directories)]
+                    try:
+                        response = client.post(SCAN, json={"path": str(directory)})
+                        self._count(response)
+                        if response.status_code == 202:
+                            job_id = response.json()["job_id"]
+                            self.accepted.add(job_id)
+                            self._count(client.get(f"/api/v1/jobs/{job_id}"))
+                        self._count(client.get("/api/v1/jobs", params={"limit": 5}))
+                    except httpx.TransportError:
+                        return  # the server has closed its door: done
+                    answered += 1
+                    if answered == 5:
+                        self.going.set()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.failure = exc
+        finally:
+            self.going.set()
+
+    def _count(self, response: httpx.Response) -> None:
+        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        if response.status_code == 503 and "retry-after" not in response.headers:
+            self.refused_without_retry_after += 1
+
+
+def _terminal_lines(log: str) -> dict[str, str]:
+    """job_id -> the terminal status the log gives it, from lines before the exit line."""
+    before_exit, exit_line, _ = log.partition("stoat_ferret exits")
+    assert exit_line, f"no exit line in the log:\n{log[-3000:]}"
+    return {
+        job_id: status
+        for job_id, status in _FINISHED_LINE.findall(before_exit)
+        if status in TERMINAL
+    }
+
+
+def _rows(database: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(database)) as connection:
+        return connection.execute(
+            "SELECT directory, filename, size_bytes, width, height, video_codec, audio_codec,"
+            " frame_rate_numerator, frame_rate_denominator, duration_frames FROM videos"
+        ).fetchall()
+
+
+def _stop(process: Any) -> tuple[int, float]:
+    began = time.monotonic()
+    os.killpg(process.pid, signal.SIGTERM)  # the whole group, as make run's terminal does
+    returncode: int = process.wait(timeout=GRACE + 5)
+    return returncode, time.monotonic() - began
+
+
+def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """SIGTERM with a scan running, scans pending and clients busy: exit 0, nothing lost."""
+    env = server_environment(tmp_path, STOAT_MAX_WORKERS="1", STOAT_SHUTDOWN_GRACE=str(GRACE))
+    root = tmp_path / "root"
+    large = _link_tree(root / "large", clip, LARGE)
+    waiting = [_link_tree(root / f"waiting{n}", clip, SMALL) for n in range(WAITING)]
+    extra = [_link_tree(root / f"extra{n}", clip, 2) for n in range(EXTRA)]
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+
+    with (
+        running_server(tmp_path, env) as process,
+        httpx.Client(base_url=base_url, timeout=10.0) as client,
+    ):
+        wait_ready(process, base_url, tmp_path / "server.log")
+        submitted = [client.post(SCAN, json={"path": str(d)}) for d in [large, *waiting]]
+        assert [r.status_code for r in submitted] == [202] * (1 + WAITING)
+        first = submitted[0].json()["job_id"]
+        _poll(
+            lambda: (client.get(f"/api/v1/jobs/{first}").json()["progress"] or 0) > 0,
+            "the large scan probes",
+        )
+        traffic = _Traffic(base_url, extra)
+        traffic.start()
+        try:
+            assert traffic.going.wait(DEADLINE)
+            running = client.get("/api/v1/jobs", params={"status": "running"}).json()
+            pending = client.get("/api/v1/jobs", params={"status": "pending"}).json()
+            returncode, took = _stop(process)
+        finally:
+            traffic.join(DEADLINE)
+    assert traffic.failure is None, traffic.failure
+    log = (tmp_path / "server.log").read_text()
+
+    # The state SIGTERM met: the large scan running, the others waiting.
+    assert [job["job_id"] for job in running["jobs"]] == [first]
+    assert pending["total"] >= WAITING
+    # A clean, prompt exit, with every accepted job terminal and logged before it.
+    assert returncode == 0, log[-3000:]
+    assert took < GRACE + 5
+    assert "Traceback" not in log
+    accepted = {r.json()["job_id"] for r in submitted} | traffic.accepted
+    ended = _terminal_lines(log)
+    assert accepted <= ended.keys(), f"not logged terminal: {accepted - ended.keys()}"
+    assert ended[first] in {"cancelled", "completed"}
+    assert {ended[r.json()["job_id"]] for r in submitted[1:]} == {"cancelled"}
+    # Clients saw refusals, never a server error.
+    assert traffic.refused_without_retry_after == 0
+    assert all(code < 500 or code == 503 for code in traffic.statuses), traffic.statuses
+    # The database is sound, and every row is a whole row.
+    database = env["STOAT_DATABASE_PATH"]
+    assert integrity(database) == ["ok"]
+    whole = (
+        clip.size_bytes,
+        clip.width,
+        clip.height,
+        clip.video_codec,
+        clip.audio_codec,
+        clip.rate.numerator,
+        clip.rate.denominator,
+        clip.frames,
+    )
+    rows = _rows(database)
+    assert rows, "the large scan stored nothing before SIGTERM"
+    assert {row[2:] for row in rows} == {whole}
+    stored = {str(d.resolve()): 0 for d in [large, *waiting, *extra]}
+    for row in rows:
+        stored[row[0]] += 1
+
+    _rescan_after_restart(tmp_path, stored, len(rows))
+
+
+def _rescan_after_restart(tmp_path: Path, stored: dict[str, int], rows_before: int) -> None:
+    """Restart on the same database; rescan everything; the counts must add up."""
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(GRACE))
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+    results: dict[str, dict[str, Any]] = {}
+    with (
+        running_server(tmp_path, env, log_name="restart.log") as process,
+        httpx.Client(base_url=base_url, timeout=DEADLINE + 5) as client,
+    ):
+        wait_ready(process, base_url, tmp_path / "restart.log")
+        for directory in stored:
+            job_id = client.post(SCAN, json={"path": directory}).json()["job_id"]
+            done = client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": DEADLINE})
+            assert done.status_code == 200, done.text
+            assert done.json()["status"] == "completed", done.json()
+            results[directory] = done.json()["result"]
+        total = client.get("/api/v1/videos", params={"limit": 1}).json()["total"]
+        returncode, _ = _stop(process)
+
+    assert returncode == 0
+    for directory, result in results.items():
+        files = len(os.listdir(directory))
+        assert result["found"] == files
+        assert result["unchanged"] == stored[directory]
+        assert result["added"] == files - stored[directory]
+        assert (result["updated"], result["removed"], result["errors"]) == (0, 0, [])
+    assert total == sum(len(os.listdir(d)) for d in stored)
+    assert total >= rows_before
+    assert integrity(env["STOAT_DATABASE_PATH"]) == ["ok"]
