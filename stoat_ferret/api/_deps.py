@@ -17,6 +17,7 @@ import anyio
 from fastapi import Depends, Request
 
 from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._recent import RecentScans
 from stoat_ferret.jobs import AsyncJobQueue
 from stoat_ferret.library import VideoLibrary
 from stoat_ferret.settings import Settings
@@ -55,6 +56,13 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
+async def get_recent_scans(request: Request) -> RecentScans:
+    """The scan requests seen lately and their jobs, from create_app."""
+    recent = request.app.state.recent_scans
+    assert isinstance(recent, RecentScans)
+    return recent
+
+
 async def get_stopping(request: Request) -> anyio.Event:
     """Set once the service begins to stop: no new jobs, long requests end.
 
@@ -69,5 +77,6 @@ async def get_stopping(request: Request) -> anyio.Event:
 
 JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]
 LibraryDep = Annotated[VideoLibrary, Depends(get_library)]
+RecentScansDep = Annotated[RecentScans, Depends(get_recent_scans)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoppingDep = Annotated[anyio.Event, Depends(get_stopping)]

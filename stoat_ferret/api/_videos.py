@@ -6,7 +6,9 @@ however it is spelt (``dir/``, ``dir/.``, ``dir/sub/..``, a symlink to it),
 gets the same job: the job key is the resolved path plus the ``recursive``
 flag. The flag is part of the key because a flat scan does not do the work
 of a recursive one, and folding a recursive request into a running flat scan
-would silently leave the subdirectories out.
+would silently leave the subdirectories out. A request spelt exactly like an
+earlier one whose job is still pending or running gets that job without
+resolving the path again (``_recent.py`` says why that is safe).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import (  # noqa: TC001
-    JobQueueDep,
+from stoat_ferret.api._deps import (
     LibraryDep,
-    SettingsDep,
-    StoppingDep,
+    get_job_queue,
+    get_recent_scans,
+    get_settings,
+    get_stopping,
 )
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse
@@ -38,6 +41,7 @@ from stoat_ferret.api._schemas import (
     error_responses,
     read_body,
 )
+from stoat_ferret.jobs import AsyncJobQueue, JobNotFound, JobStatus
 
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 
@@ -56,12 +60,7 @@ def scan_key(path: str, *, recursive: bool) -> str:
     responses=error_responses(400, 403, 404, 413, 422, 503),
     openapi_extra=body_schema(ScanRequest),
 )
-async def scan_videos(
-    request: Request,
-    queue: JobQueueDep,
-    settings: SettingsDep,
-    stopping: StoppingDep,
-) -> ApiJSONResponse:
+async def scan_videos(request: Request) -> ApiJSONResponse:
     """Scan a directory for videos in the background; poll or follow the returned job.
 
     The path must be absolute and inside one of the configured scan roots
@@ -69,21 +68,32 @@ async def scan_videos(
     a directory. 503 with ``Retry-After`` when the queue is full or the
     service is stopping.
     """
+    # The hot route: it reads app.state through the dependency functions
+    # itself, as FastAPI's dependency solving costs more than the rest of a
+    # repeated request (about 30 us a dependency).
+    stopping = await get_stopping(request)
+    queue = await get_job_queue(request)
+    recent = await get_recent_scans(request)
     body = await read_body(request, ScanRequest)
     if stopping.is_set():
         raise unavailable("the service is stopping")
-    path = await anyio.to_thread.run_sync(resolve_scan_path, body.path, settings.scan_roots)
-    job_id = await queue.submit(
-        SCAN_JOB_TYPE,
-        {"path": path, "recursive": body.recursive},
-        key=scan_key(path, recursive=body.recursive),
-    )
-    status = await queue.get_status(job_id)
+    job_id = recent.get(body.path, recursive=body.recursive)
+    status = None if job_id is None else await _status_if_active(queue, job_id)
+    if job_id is None or status is None:
+        roots = (await get_settings(request)).scan_roots
+        path = await anyio.to_thread.run_sync(resolve_scan_path, body.path, roots)
+        job_id = await queue.submit(
+            SCAN_JOB_TYPE,
+            {"path": path, "recursive": body.recursive},
+            key=scan_key(path, recursive=body.recursive),
+        )
+        status = await queue.get_status(job_id)
+        recent.remember(body.path, job_id, recursive=body.recursive)
     logger.info(
         "scan accepted",
         job_id=job_id,
         job_type=SCAN_JOB_TYPE,
-        path=path,
+        path=body.path,
         recursive=body.recursive,
         status=status.value,
     )
@@ -92,6 +102,15 @@ async def scan_videos(
         status_code=202,
         headers={"Location": f"/api/v1/jobs/{job_id}"},
     )
+
+
+async def _status_if_active(queue: AsyncJobQueue, job_id: str) -> JobStatus | None:
+    """The job's status while it is pending or running; None once it has ended."""
+    try:
+        status = await queue.get_status(job_id)
+    except JobNotFound:  # ended long enough ago to be evicted
+        return None
+    return None if status.is_terminal else status
 
 
 @router.get("", response_model=VideoListOut, responses=error_responses(422, 503))

@@ -8,6 +8,8 @@ What lives on ``app.state`` (read only through ``_deps.py``):
                      one from create_app, else the lifespan's JobSupervisor
 ``library``          the open :class:`~stoat_ferret.library.VideoLibrary`
 ``stopping``         an ``anyio.Event`` set when the service begins to stop
+``recent_scans``     the :class:`~stoat_ferret.api._recent.RecentScans` of the
+                     scan route, from create_app
 ===================  ========================================================
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
@@ -33,6 +35,7 @@ from stoat_ferret import __version__
 from stoat_ferret.api import _dashboard, _health, _jobs, _videos
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._recent import RecentScans
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
 from stoat_ferret.library import VideoLibrary, make_scan_handler
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     )
     app.state.settings = settings if settings is not None else Settings.from_environ()
     app.state.injected_job_queue = job_queue
+    app.state.recent_scans = RecentScans()
     if job_queue is not None:
         app.state.job_queue = job_queue
     install_error_handlers(app)

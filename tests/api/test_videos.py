@@ -276,6 +276,41 @@ async def test_same_directory_gets_the_same_job(settings: Settings, scan_root: P
 
 
 @pytest.mark.anyio
+async def test_a_repeated_spelling_joins_its_job_until_the_job_ends(
+    settings: Settings, scan_root: Path
+) -> None:
+    """A repeat spelt like an active job's request gets it without a new resolution.
+
+    The directory is renamed away while its scan runs: the repeat still joins
+    the running job (the answer it would have had a moment earlier), another
+    spelling of the old name is resolved afresh and is 404, and once the job
+    has ended the repeat is resolved afresh too: 404.
+    """
+    sub = scan_root / "sub"
+    sub.mkdir()
+    scan = GatedScan()
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                first = await client.post(SCAN, json={"path": str(sub)})
+                await scan.running()
+                sub.rename(scan_root / "moved")
+                repeat = await client.post(SCAN, json={"path": str(sub)})
+                respelt = await client.post(SCAN, json={"path": f"{sub}/"})
+                scan.release.set()
+                await client.get(f"/api/v1/jobs/{first.json()['job_id']}/wait")
+                after = await client.post(SCAN, json={"path": str(sub)})
+
+    assert repeat.status_code == 202
+    assert repeat.json() == {"job_id": first.json()["job_id"], "status": "running"}
+    assert respelt.status_code == 404
+    assert after.status_code == 404
+    assert len(scan.payloads) == 1
+
+
+@pytest.mark.anyio
 async def test_full_queue_is_503_with_retry_after(settings: Settings, scan_root: Path) -> None:
     """One scan running, one pending, max_pending=1: the third gets 503 and Retry-After."""
     # The first answer may say pending or running: it races the worker.

@@ -1,0 +1,51 @@
+"""The scan requests seen lately, as the client spelt them, and the job each one got.
+
+A scan request names a directory in some spelling; the route resolves it in
+a worker thread (symlinks, ``..``) and submits a job keyed by the resolved
+directory. Clients repeat themselves: a button pressed twice, a watcher that
+asks again, a dashboard on several screens. When the same spelling comes
+back while the job it got is still pending or running, the route answers
+with that job at once, without resolving the path again or asking the job
+queue for the key: that is what a fresh resolution would almost always
+give, and it saves a thread hop and a round trip through the supervisor.
+
+"Almost": if the directory was renamed or removed, or a symlink on its way
+re-pointed, after the first request was accepted, the repeat joins the job
+already queued for it instead of getting a 404 or a job of its own. That is
+the answer it would have had a moment earlier, and the job itself reports
+what it finds when it runs. A repeat after the job has ended is resolved
+afresh.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SPELLINGS_KEPT: Final = 4096
+"""Most spellings remembered; the oldest is forgotten first."""
+
+
+class RecentScans:
+    """A bounded map from (spelling, recursive) to the job id that request got.
+
+    Only the event loop's thread touches it, and no method awaits.
+    """
+
+    def __init__(self, limit: int = SPELLINGS_KEPT) -> None:
+        self._limit = limit
+        self._jobs: dict[tuple[str, bool], str] = {}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, path: str, *, recursive: bool) -> str | None:
+        """The job a request spelt like this got last, if remembered."""
+        return self._jobs.get((path, recursive))
+
+    def remember(self, path: str, job_id: str, *, recursive: bool) -> None:
+        """Note the job this request got; forget the oldest spelling beyond the limit."""
+        key = (path, recursive)
+        self._jobs.pop(key, None)  # re-inserted last: the newest
+        self._jobs[key] = job_id
+        if len(self._jobs) > self._limit:
+            del self._jobs[next(iter(self._jobs))]
