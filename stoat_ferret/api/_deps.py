@@ -77,6 +77,4 @@ async def get_stopping(request: Request) -> anyio.Event:
 
 JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]
 LibraryDep = Annotated[VideoLibrary, Depends(get_library)]
-RecentScansDep = Annotated[RecentScans, Depends(get_recent_scans)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoppingDep = Annotated[anyio.Event, Depends(get_stopping)]
