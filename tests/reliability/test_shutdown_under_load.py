@@ -58,7 +58,13 @@ WAITING: Final = 3
 """Scans pending at SIGTERM (the server runs one job at a time)."""
 
 EXTRA: Final = 8
-"""Small directories the client thread keeps asking to scan during shutdown."""
+"""Small directories the client threads keep asking to scan during shutdown."""
+
+CLIENTS: Final = 4
+"""Client threads, each on its own keep-alive connection."""
+
+WARM: Final = 10
+"""Rounds (scan, job, list) each client completes before SIGTERM is sent."""
 
 DEADLINE: Final = 30.0
 """Longest any poll across the process boundary may take."""
@@ -113,7 +119,7 @@ class _Traffic(threading.Thread):
                     except httpx.TransportError:
                         return  # the server has closed its door: done
                     answered += 1
-                    if answered == 5:
+                    if answered == WARM:
                         self.going.set()
         except BaseException as exc:  # reported by the test, not lost in the thread
             self.failure = exc
@@ -153,9 +159,13 @@ def _stop(process: Any) -> tuple[int, float]:
 
 
 def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
-    tmp_path: Path, clip: EncodedVideo
+    tmp_path: Path, clip: EncodedVideo, record_property: Callable[[str, object], None]
 ) -> None:
-    """SIGTERM with a scan running, scans pending and clients busy: exit 0, nothing lost."""
+    """SIGTERM with a scan running, scans pending and clients busy: exit 0, nothing lost.
+
+    Its figures (shutdown seconds, jobs, requests) go to the JUnit XML report
+    (``pytest --junitxml=FILE``) as properties.
+    """
     env = server_environment(tmp_path, STOAT_MAX_WORKERS="1", STOAT_SHUTDOWN_GRACE=str(GRACE))
     root = tmp_path / "root"
     large = _link_tree(root / "large", clip, LARGE)
@@ -175,16 +185,22 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
             lambda: (client.get(f"/api/v1/jobs/{first}").json()["progress"] or 0) > 0,
             "the large scan probes",
         )
-        traffic = _Traffic(base_url, extra)
-        traffic.start()
+        traffic = [_Traffic(base_url, extra) for _ in range(CLIENTS)]
+        for client_thread in traffic:
+            client_thread.start()
         try:
-            assert traffic.going.wait(DEADLINE)
+            assert all(client_thread.going.wait(DEADLINE) for client_thread in traffic)
             running = client.get("/api/v1/jobs", params={"status": "running"}).json()
             pending = client.get("/api/v1/jobs", params={"status": "pending"}).json()
             returncode, took = _stop(process)
         finally:
-            traffic.join(DEADLINE)
-    assert traffic.failure is None, traffic.failure
+            for client_thread in traffic:
+                client_thread.join(DEADLINE)
+    assert [t.failure for t in traffic] == [None] * CLIENTS
+    statuses: dict[int, int] = {}
+    for client_thread in traffic:
+        for code, count in client_thread.statuses.items():
+            statuses[code] = statuses.get(code, 0) + count
     log = (tmp_path / "server.log").read_text()
 
     # The state SIGTERM met: the large scan running, the others waiting.
@@ -194,14 +210,19 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
     assert returncode == 0, log[-3000:]
     assert took < GRACE + 5
     assert "Traceback" not in log
-    accepted = {r.json()["job_id"] for r in submitted} | traffic.accepted
+    accepted = {r.json()["job_id"] for r in submitted}.union(*(t.accepted for t in traffic))
     ended = _terminal_lines(log)
+    record_property("shutdown_seconds", round(took, 3))
+    record_property("jobs_accepted", len(accepted))
+    record_property("jobs_logged_terminal", len(accepted & ended.keys()))
+    record_property("client_requests", sum(statuses.values()))
+    record_property("server_errors", sum(n for code, n in statuses.items() if code >= 500))
     assert accepted <= ended.keys(), f"not logged terminal: {accepted - ended.keys()}"
     assert ended[first] in {"cancelled", "completed"}
     assert {ended[r.json()["job_id"]] for r in submitted[1:]} == {"cancelled"}
     # Clients saw refusals, never a server error.
-    assert traffic.refused_without_retry_after == 0
-    assert all(code < 500 or code == 503 for code in traffic.statuses), traffic.statuses
+    assert sum(t.refused_without_retry_after for t in traffic) == 0
+    assert all(code < 500 or code == 503 for code in statuses), statuses
     # The database is sound, and every row is a whole row.
     database = env["STOAT_DATABASE_PATH"]
     assert integrity(database) == ["ok"]
