@@ -201,7 +201,7 @@ class EndsAfterTheWaitTimesOut(JobSupervisor):
     The route's wait is cancelled at its timeout; the next ``get_result``
     then releases ``scan`` and returns once the job has completed. Under
     load the same order happens by chance (tests/reliability/test_load.py
-    found it: about one 408 in thirty said ``completed``).
+    found it: about one 408 in thirty said ``completed`` before the fix).
     """
 
     def __init__(self, scan: GatedScan) -> None:
@@ -222,7 +222,6 @@ class EndsAfterTheWaitTimesOut(JobSupervisor):
         return await super().get_result(job_id)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the wait answers 408 with a job that has completed")
 @pytest.mark.anyio
 async def test_wait_that_times_out_as_the_job_ends_answers_200(
     settings: Settings, scan_root: Path
