@@ -38,6 +38,7 @@ client still runs as its own process.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -245,30 +246,39 @@ class FaultyServer:
         return 200, {}, json.dumps(job).encode()
 
 
+CLIENT_LEFT: Final = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError)
+
+
 async def _answer(stream: SocketStream, route: Route) -> None:
-    """Serve HTTP/1.1 requests on one connection with ``route`` until the client leaves."""
-    buffered = BufferedByteReceiveStream(stream)
+    """Serve HTTP/1.1 requests on one connection with ``route`` until the client leaves.
+
+    A client that aborts closes its connections at once, maybe with a reset:
+    that ends this connection quietly too.
+    """
     async with stream:
-        while True:
-            try:
-                head = await buffered.receive_until(b"\r\n\r\n", 65536)
-            except (anyio.EndOfStream, anyio.IncompleteRead):
-                return
-            request_line, *lines = head.decode("latin-1").split("\r\n")
-            method, target, _ = request_line.split(" ")
-            for line in lines:
-                name, _, value = line.partition(":")
-                if name.lower() == "content-length":
-                    await buffered.receive_exactly(int(value))
-            status, headers, body = route(method, target)
-            if headers.get("transfer-encoding") == "chunked":
-                chunk = body + b"\n\n"
-                payload = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n"
-            else:
-                headers = {**headers, "content-length": str(len(body))}
-                payload = body
-            lines = [f"HTTP/1.1 {status} X", *(f"{key}: {value}" for key, value in headers.items())]
-            await stream.send("\r\n".join(lines).encode() + b"\r\n\r\n" + payload)
+        with contextlib.suppress(*CLIENT_LEFT):
+            await _answer_requests(stream, route)
+
+
+async def _answer_requests(stream: SocketStream, route: Route) -> None:
+    buffered = BufferedByteReceiveStream(stream)
+    while True:
+        head = await buffered.receive_until(b"\r\n\r\n", 65536)
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = request_line.split(" ")
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name.lower() == "content-length":
+                await buffered.receive_exactly(int(value))
+        status, headers, body = route(method, target)
+        if headers.get("transfer-encoding") == "chunked":
+            chunk = body + b"\n\n"
+            payload = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n"
+        else:
+            headers = {**headers, "content-length": str(len(body))}
+            payload = body
+        lines = [f"HTTP/1.1 {status} X", *(f"{key}: {value}" for key, value in headers.items())]
+        await stream.send("\r\n".join(lines).encode() + b"\r\n\r\n" + payload)
 
 
 async def _client_against(
