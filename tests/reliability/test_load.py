@@ -24,7 +24,7 @@ everything the reliability issue asks of the run:
 
 Profiles, as in the other reliability tests: ``STOAT_RELIABILITY_PROFILE=quick``
 (the default, for ``make test``: 1,000 submissions over 100 directories,
-about 6 s of load on a 2-core machine) or ``soak`` (``make soak``: 10,000
+about 5 s of load on a 2-core machine) or ``soak`` (``make soak``: 10,000
 over 100, about a minute).
 
 The other tests show that the client's checks can fail: against a fake
