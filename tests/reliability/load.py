@@ -473,14 +473,33 @@ class LoadRun:
             return None
         return job
 
+    @staticmethod
+    def listing(reply: Reply, what: str) -> dict[str, Any]:
+        """The job list page in ``reply``'s body.
+
+        Raises:
+            LoadAborted: it is not one (the checks need the list).
+        """
+        try:
+            page = json.loads(reply.body)
+            valid = isinstance(page["total"], int) and all(
+                isinstance(job["job_id"], str) and job["status"] in STATUSES for job in page["jobs"]
+            )
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            raise LoadAborted(f"{what}: not a job list: {reply.body[:200]!r}")
+        result: dict[str, Any] = page
+        return result
+
     # -------------------------------------------------------------- phases
 
     async def run(self) -> None:
         """Load, settle, verify; record why if a bound ended the run."""
-        self.memory.before, _ = self.memory.read()
-        self.memory.max_sampled = self.memory.before
         with anyio.move_on_after(self.config.seconds) as bound:
             try:
+                self.memory.before, _ = self.memory.read()
+                self.memory.max_sampled = self.memory.before
                 async with anyio.create_task_group() as group:
                     group.start_soon(self.memory.sample_forever)
                     started = time.perf_counter()
@@ -493,7 +512,7 @@ class LoadRun:
                     await self.settle()
                     await self.verify()
                     group.cancel_scope.cancel()
-            except* LoadAborted as group_error:
+            except* LoadAborted as group_error:  # raised here or in a task
                 self.aborted = "; ".join(sorted({str(error) for error in _leaves(group_error)}))
         if bound.cancelled_caught:
             self.aborted = f"the time bound of {self.config.seconds} s was hit"
@@ -627,9 +646,13 @@ class LoadRun:
         statuses: list[str] = []
         for line in body.split(b"\n"):
             if line.startswith(b"data: "):
-                event = json.loads(line[len(b"data: ") :])
-                if event.get("job_id") != job_id:
-                    self.anomaly(f"events {job_id}: an event of {event.get('job_id')}")
+                try:
+                    event = json.loads(line[len(b"data: ") :])
+                except ValueError:
+                    event = {}
+                if not isinstance(event, dict) or event.get("job_id") != job_id:
+                    self.anomaly(f"events {job_id}: not an event of this job: {line[:200]!r}")
+                    continue
                 statuses.append(str(event.get("status")))
         self.streams["streams"] += 1
         self.streams["events"] += len(statuses)
@@ -660,7 +683,7 @@ class LoadRun:
                 if reply.status != 200:
                     self.anomaly(f"list {target}: {reply.status}")
                     continue
-                listing = json.loads(reply.body)
+                listing = self.listing(reply, f"list {target}")
                 if len(listing["jobs"]) > 100 or listing["total"] < len(listing["jobs"]):
                     self.anomaly(f"list {target}: {len(listing['jobs'])} of {listing['total']}")
 
@@ -673,7 +696,7 @@ class LoadRun:
             reply = await self.call(connection, kind, "GET", target)
             if reply.status != 200:
                 raise LoadAborted(f"{kind}: {target} answered {reply.status}")
-            listing = json.loads(reply.body)
+            listing = self.listing(reply, f"{kind} {target}")
             if total is not None and listing["total"] != total:
                 self.anomaly(f"{kind}: the list's total went from {total} to {listing['total']}")
             total = listing["total"]
