@@ -13,7 +13,7 @@ help:
 	@echo "make run        start the service (uvicorn) on an embedded SQLite file"
 	@echo "make test       run the whole test suite with branch coverage"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
-	@echo "make soak       the long property-based and fuzzing runs"
+	@echo "make soak       the long property-based, fuzzing and load runs"
 	@echo "make bench      run the benchmarks in bench/ (JSON lines on stdout)"
 	@echo "make check      lint + test"
 
@@ -30,10 +30,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
-# The supervisor's state-machine properties and the API fuzzing, long profiles.
+# The supervisor's state-machine properties, the API fuzzing and the load test, long profiles.
 soak: $(STAMP)
 	STOAT_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest \
-		tests/reliability/test_supervisor_properties.py tests/reliability/test_api_fuzz.py
+		tests/reliability/test_supervisor_properties.py tests/reliability/test_api_fuzz.py \
+		tests/reliability/test_load.py
 
 # The floor only ever rises.
 COVERAGE_FLOOR ?= 94

@@ -91,7 +91,9 @@ async def wait_for_job(
         return ApiJSONResponse(job_json(finished))
     if stopping.is_set():
         raise unavailable("the service is stopping")
-    return ApiJSONResponse(job_json(await queue.get_result(job_id)), status_code=408)
+    job = await queue.get_result(job_id)
+    # The job may have ended between the timeout and this read: then it has ended (200).
+    return ApiJSONResponse(job_json(job), status_code=200 if job.status.is_terminal else 408)
 
 
 async def _wait_terminal(

@@ -10,6 +10,7 @@ import pytest
 
 from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import JobSupervisor
 from tests.api.support import (
     GatedScan,
     WatchedSupervisor,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.jobs import JobContext, JobResult
     from stoat_ferret.settings import Settings
 
 SCAN = "/api/v1/videos/scan"
@@ -192,6 +193,53 @@ async def test_wait_times_out_with_408(settings: Settings, scan_root: Path) -> N
     assert response.status_code == 408
     assert response.json()["status"] == "running"
     assert response.json()["job_id"] == job_id
+
+
+class EndsAfterTheWaitTimesOut(JobSupervisor):
+    """The scan ends after a wait has timed out and before the route reads the job again.
+
+    The route's wait is cancelled at its timeout; the next ``get_result``
+    then releases ``scan`` and returns once the job has completed. Under
+    load the same order happens by chance (tests/reliability/test_load.py
+    found it: about one 408 in thirty said ``completed`` before the fix).
+    """
+
+    def __init__(self, scan: GatedScan) -> None:
+        super().__init__(shutdown_grace=0)
+        self.scan = scan
+        self.wait_ended = False
+
+    async def wait(self, job_id: str) -> JobResult:
+        try:
+            return await super().wait(job_id)
+        finally:
+            self.wait_ended = True
+
+    async def get_result(self, job_id: str) -> JobResult:
+        if self.wait_ended and not self.scan.release.is_set():
+            self.scan.release.set()
+            await super().wait(job_id)
+        return await super().get_result(job_id)
+
+
+@pytest.mark.anyio
+async def test_wait_that_times_out_as_the_job_ends_answers_200(
+    settings: Settings, scan_root: Path
+) -> None:
+    """A job that ended between the timeout and the answer has ended: 200, never 408."""
+    scan = GatedScan()
+    supervisor = EndsAfterTheWaitTimesOut(scan)
+
+    with anyio.fail_after(10):
+        async with started(supervisor):
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+                response = await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=0.05")
+
+    assert supervisor.wait_ended
+    assert response.json()["status"] == "completed"
+    assert response.status_code == 200
 
 
 @pytest.mark.anyio
