@@ -10,7 +10,7 @@ then depends on the handler:
 * it returns straight after the thread: no checkpoint delivers the
   cancellation, so the job ends ``completed`` with its result, even past its
   deadline, and ``cancel()`` answers False ("finished before the cancellation
-  reached it"). supervisor.md does not say this yet.
+  reached it"), as supervisor.md says.
 
 Either way nothing is lost: one terminal status, one result or reason.
 
