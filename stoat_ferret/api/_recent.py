@@ -21,19 +21,21 @@ from __future__ import annotations
 
 from typing import Final
 
+import attrs
+
 SPELLINGS_KEPT: Final = 4096
 """Most spellings remembered; the oldest is forgotten first."""
 
 
+@attrs.define(eq=False)
 class RecentScans:
     """A bounded map from (spelling, recursive) to the job id that request got.
 
     Only the event loop's thread touches it, and no method awaits.
     """
 
-    def __init__(self, limit: int = SPELLINGS_KEPT) -> None:
-        self._limit = limit
-        self._jobs: dict[tuple[str, bool], str] = {}
+    limit: int = SPELLINGS_KEPT
+    _jobs: dict[tuple[str, bool], str] = attrs.field(factory=dict, init=False)
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -47,5 +49,5 @@ class RecentScans:
         key = (path, recursive)
         self._jobs.pop(key, None)  # re-inserted last: the newest
         self._jobs[key] = job_id
-        if len(self._jobs) > self._limit:
+        if len(self._jobs) > self.limit:
             del self._jobs[next(iter(self._jobs))]
