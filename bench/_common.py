@@ -31,8 +31,17 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux: KiB units)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process's memory so far, in MB (Linux ``VmHWM``).
+
+    Not ``getrusage().ru_maxrss``: Linux carries that across ``exec`` from the
+    process that forked this one, so a fresh ``python -c`` started by a large
+    benchmark process would report the parent's peak as its own.
+    """
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def current_rss_mb() -> float:
