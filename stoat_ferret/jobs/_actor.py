@@ -138,9 +138,9 @@ class JobTable:
     def handle(self, message: Message) -> None:
         """Apply one message. Never awaits; never raises for a caller's mistake."""
         match message:
-            case JobStarted(job_id, started_at):
+            case JobStarted(job_id, started_ns):
                 record = self.pending.pop(job_id)  # the worker gave its slot back
-                record.apply(JobEvent.START, at=started_at)
+                record.apply(JobEvent.START, at_ns=started_ns)
                 self.running[job_id] = record
                 logger.debug(
                     "job {job_id} ({job_type}) started",
@@ -219,7 +219,7 @@ class JobTable:
             payload=message.payload,
             timeout=message.timeout,
             key=message.key,
-            submitted_at=message.submitted_at,
+            submitted_ns=message.submitted_ns,
             # A scope with no deadline yet. Not anyio.CancelScope(): that runs
             # the backend scope's __init__ twice (its __new__ returns an
             # instance of a subclass); this is 3,500 instructions cheaper.
@@ -315,16 +315,13 @@ class JobTable:
         self.finished.append(record)
         if len(self.finished) > self._max_finished:
             self._evict()
-        assert record.finished_at is not None
         (logger.opt(exception=exception) if exception is not None else logger).log(
             _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",
             job_id=record.job_id,
             job_type=record.job_type,
             status=_STATUS_TEXT[status],
-            duration=(
-                record.finished_at - (record.started_at or record.submitted_at)
-            ).total_seconds(),
+            duration=record.duration,
             error=record.error,
         )
         record.publish()

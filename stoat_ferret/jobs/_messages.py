@@ -14,8 +14,6 @@ import anyio
 import attrs
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from anyio import CancelScope
 
     from stoat_ferret.jobs._execute import Outcome
@@ -63,7 +61,7 @@ class Submit:
     payload: Any
     timeout: float
     key: str | None
-    submitted_at: datetime
+    submitted_ns: int  # a wall_clock_ns() reading
     reply: Reply[str] | None
 
 
@@ -122,7 +120,7 @@ class JobStarted:
     """From a worker: it took the job and is about to call its handler."""
 
     job_id: str
-    started_at: datetime
+    started_ns: int  # a wall_clock_ns() reading
 
 
 @attrs.frozen

@@ -41,7 +41,7 @@ from stoat_ferret.jobs._messages import (
     Wait,
 )
 from stoat_ferret.jobs._models import Handler, JobPage, JobResult, JobStatus, QueueStatistics
-from stoat_ferret.jobs._record import JobRecord, check_page, select_page, utcnow
+from stoat_ferret.jobs._record import JobRecord, check_page, select_page, wall_clock_ns
 from stoat_ferret.jobs._registry import JobRegistry, check_timeout
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class JobSupervisor:
                 payload=payload,
                 timeout=seconds,
                 key=key,
-                submitted_at=utcnow(),
+                submitted_ns=wall_clock_ns(),
                 reply=reply,
             )
         )
@@ -464,7 +464,7 @@ class JobSupervisor:
                     continue  # cancelled, or shutting down, before it started
                 admission.give_back()  # started: no longer pending
                 job_id = assignment.context.job_id
-                send.send_nowait(JobStarted(job_id, utcnow()))
+                send.send_nowait(JobStarted(job_id, wall_clock_ns()))
                 scope.deadline = anyio.current_time() + assignment.timeout
                 outcome = await execute(assignment.handler, assignment.context, scope)
                 send.send_nowait(JobFinished(job_id, outcome))
