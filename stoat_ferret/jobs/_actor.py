@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from stoat_ferret.jobs._execute import Outcome
     from stoat_ferret.jobs._registry import JobRegistry
 
 _SHUTDOWN_BEFORE_START = "cancelled: supervisor shut down before the job started"
@@ -149,9 +148,9 @@ class JobTable:
                     status=_STATUS_TEXT[record.status],
                 )
                 record.publish()
-            case JobFinished(job_id, outcome):
+            case JobFinished(job_id):
                 if ended := self.running.get(job_id):  # None: already ended by stop()
-                    self._on_finished(ended, outcome)
+                    self._on_finished(ended, message)
             case JobProgressed(job_id, fraction, text):
                 if running := self.running.get(job_id):
                     running.progress = fraction
@@ -188,7 +187,7 @@ class JobTable:
             case Shutdown():
                 self._on_shutdown()
 
-    def _on_finished(self, record: JobRecord, outcome: Outcome) -> None:
+    def _on_finished(self, record: JobRecord, outcome: JobFinished) -> None:
         if outcome.event is JobEvent.COMPLETE:
             self._finish(record, JobEvent.COMPLETE, result=outcome.value)
         elif outcome.event is JobEvent.FAIL:

@@ -16,9 +16,9 @@ import attrs
 if TYPE_CHECKING:
     from anyio import CancelScope
 
-    from stoat_ferret.jobs._execute import Outcome
     from stoat_ferret.jobs._follow import JobUpdates
     from stoat_ferret.jobs._models import Handler, JobContext, JobResult
+    from stoat_ferret.jobs._state import JobEvent
 
 T = TypeVar("T")
 
@@ -134,10 +134,18 @@ class JobProgressed:
 
 @attrs.frozen
 class JobFinished:
-    """From a worker: the handler returned, raised, or its scope caught a cancel."""
+    """From a worker: how the handler ended (``execute`` builds it).
+
+    ``event`` is ``COMPLETE`` (with the returned ``value``) or ``FAIL`` (with
+    the ``exception``), or ``None`` when the job's own scope caught a
+    cancellation (its deadline, or a cancel request): which of ``TIME_OUT``
+    and ``CANCEL`` that means is for the job's owner to decide.
+    """
 
     job_id: str
-    outcome: Outcome
+    event: JobEvent | None
+    value: Any = None
+    exception: Exception | None = None
 
 
 Message: TypeAlias = (

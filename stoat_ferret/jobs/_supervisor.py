@@ -28,7 +28,6 @@ from stoat_ferret.jobs._messages import (
     Assignment,
     Cancel,
     Follow,
-    JobFinished,
     JobProgressed,
     JobStarted,
     Message,
@@ -466,8 +465,7 @@ class JobSupervisor:
                 job_id = assignment.context.job_id
                 send.send_nowait(JobStarted(job_id, wall_clock_ns()))
                 scope.deadline = anyio.current_time() + assignment.timeout
-                outcome = await execute(assignment.handler, assignment.context, scope)
-                send.send_nowait(JobFinished(job_id, outcome))
+                send.send_nowait(await execute(assignment.handler, assignment.context, scope))
                 since_yield += 1
                 if since_yield >= _JOBS_PER_YIELD:
                     since_yield = 0
