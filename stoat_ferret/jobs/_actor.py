@@ -147,7 +147,8 @@ class JobTable:
                     job_type=record.job_type,
                     status=_STATUS_TEXT[record.status],
                 )
-                record.publish()
+                if record.followers:
+                    record.publish()
             case JobFinished(job_id):
                 if ended := self.running.get(job_id):  # None: already ended by stop()
                     self._on_finished(ended, message)
@@ -323,14 +324,18 @@ class JobTable:
             duration=record.duration,
             error=record.error,
         )
-        record.publish()
-        snapshot = record.snapshot() if record.waiters else None
-        for waiter in record.waiters or ():
-            assert snapshot is not None
-            waiter.send(snapshot)
-        for canceller in record.cancellers or ():
-            canceller.send(status is JobStatus.CANCELLED)
-        record.waiters = record.cancellers = None
+        # Most jobs have no follower, waiter or canceller: test before calling.
+        if record.followers:
+            record.publish()
+        if record.waiters:
+            snapshot = record.snapshot()
+            for waiter in record.waiters:
+                waiter.send(snapshot)
+            record.waiters = None
+        if record.cancellers:
+            for canceller in record.cancellers:
+                canceller.send(status is JobStatus.CANCELLED)
+            record.cancellers = None
 
     def _forget_assignment(self) -> None:
         """Count a cancelled job's assignment; compact the stream if too many."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stoat_ferret.jobs._models import JobPage, JobResult, JobStatus
-from stoat_ferret.jobs._state import JobEvent, next_status
+from stoat_ferret.jobs._state import TERMINAL, JobEvent, next_status
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -93,7 +93,7 @@ class JobRecord:
         self.status = next_status(self.status, event)
         if event is JobEvent.START:
             self.started_ns = at_ns or wall_clock_ns()
-        elif self.status.is_terminal:
+        elif self.status in TERMINAL:  # not .is_terminal: a property costs a call
             self.finished_ns = at_ns or wall_clock_ns()
         return self.status
 
