@@ -241,7 +241,7 @@ class JobTable:
         context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
         handler = self._registry.get(record.job_type).handler
         assert record.scope is not None
-        self._work_send.send_nowait(Assignment(handler, context, record.scope, record.timeout))
+        self._work_send.send_nowait((handler, context, record.scope, record.timeout))
 
     def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
         record = self.jobs.get(job_id)
@@ -350,7 +350,8 @@ class JobTable:
                 assignment = self._work_receive.receive_nowait()
             except anyio.WouldBlock:
                 break
-            if not assignment.scope.cancel_called:
+            _, _, scope, _ = assignment
+            if not scope.cancel_called:
                 live.append(assignment)
         for assignment in live:
             self._work_send.send_nowait(assignment)

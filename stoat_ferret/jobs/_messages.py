@@ -163,17 +163,16 @@ Message: TypeAlias = (
 )
 
 
-@attrs.frozen
-class Assignment:
-    """From the actor to the workers, one per pending job, in submit order.
+Assignment: TypeAlias = "tuple[Handler, JobContext, CancelScope, float]"
+"""From the actor to the workers, one per pending job, in submit order:
+``(handler, context, scope, timeout)``.
 
-    ``scope`` is the job's cancel scope, created with the job so that
-    ``cancel`` can reach a job that has not started: a worker skips an
-    assignment whose scope is already cancelled. The worker gives it its
-    deadline (``timeout`` seconds from the start) when it starts the job.
-    """
+``scope`` is the job's cancel scope, created with the job so that ``cancel``
+can reach a job that has not started: a worker skips an assignment whose scope
+is already cancelled. The worker gives it its deadline (``timeout`` seconds
+from the start) when it starts the job.
 
-    handler: Handler
-    context: JobContext
-    scope: CancelScope
-    timeout: float
+A plain tuple rather than a frozen attrs class: building a frozen slotted
+class of four fields costs about 7,000 instructions, a tuple about 400, and
+the workers unpack it at once.
+"""

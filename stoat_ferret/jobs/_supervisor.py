@@ -458,14 +458,14 @@ class JobSupervisor:
                     since_yield = 0
                 except anyio.EndOfStream:
                     return
-                scope = assignment.scope
+                handler, context, scope, timeout = assignment
                 if scope.cancel_called or self._phase is not _Phase.RUNNING:
                     continue  # cancelled, or shutting down, before it started
                 admission.give_back()  # started: no longer pending
-                job_id = assignment.context.job_id
+                job_id = context.job_id
                 send.send_nowait(JobStarted(job_id, wall_clock_ns()))
-                scope.deadline = anyio.current_time() + assignment.timeout
-                send.send_nowait(await execute(assignment.handler, assignment.context, scope))
+                scope.deadline = anyio.current_time() + timeout
+                send.send_nowait(await execute(handler, context, scope))
                 since_yield += 1
                 if since_yield >= _JOBS_PER_YIELD:
                     since_yield = 0
