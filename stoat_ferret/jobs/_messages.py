@@ -48,13 +48,16 @@ class Reply(Generic[T]):
         return value  # type: ignore[return-value]  # set, and not an Exception
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class Submit:
     """From ``submit``: record a pending job and queue it for the workers.
 
     Unkeyed submits carry no reply: the caller already holds an admission
     slot and the id. Keyed ones are admitted by the actor, which answers with
-    the id to use (a running duplicate's, or this one's) or an exception."""
+    the id to use (a running duplicate's, or this one's) or an exception.
+
+    Not ``kw_only``: built once per job, and passing seven keyword arguments
+    costs about 3,000 instructions more than passing them by position."""
 
     job_id: str
     job_type: str

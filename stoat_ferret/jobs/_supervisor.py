@@ -243,16 +243,9 @@ class JobSupervisor:
             self._table.admission.take()
         else:
             reply = Reply()
+        submitted_ns = wall_clock_ns()
         self._inbox_send.send_nowait(
-            Submit(
-                job_id=job_id,
-                job_type=job_type,
-                payload=payload,
-                timeout=seconds,
-                key=key,
-                submitted_ns=wall_clock_ns(),
-                reply=reply,
-            )
+            Submit(job_id, job_type, payload, seconds, key, submitted_ns, reply)
         )
         if reply is None:
             return job_id
