@@ -238,7 +238,7 @@ class JobTable:
         if self.shutting_down:  # stop() turning leftovers into records: never to run
             return
         assert self._work_send is not None
-        context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
+        context = JobContext(record.job_id, record.job_type, record.payload, self._progress)
         handler = self._registry.get(record.job_type).handler
         assert record.scope is not None
         self._work_send.send_nowait((handler, context, record.scope, record.timeout))

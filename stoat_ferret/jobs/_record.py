@@ -53,7 +53,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-@attrs.define(eq=False, kw_only=True, slots=True)
+# Not kw_only, though callers pass keywords: Python fills each missing
+# keyword-only default by a dict lookup, and a record has thirteen of them.
+@attrs.define(eq=False, slots=True)
 class JobRecord:
     """Everything known about one job. Mutated only through :meth:`apply`."""
 
