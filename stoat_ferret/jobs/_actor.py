@@ -41,12 +41,14 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from stoat_ferret.jobs._execute import Outcome
     from stoat_ferret.jobs._registry import JobRegistry
 
 _SHUTDOWN_BEFORE_START = "cancelled: supervisor shut down before the job started"
 _SHUTDOWN_WHILE_RUNNING = "cancelled: supervisor shut down before the job finished"
 
+# Plain strings for the log lines' status field: ``JobStatus.value`` is an enum
+# property, a Python-level call (about 2,000 instructions, three per job).
+_STATUS_TEXT = {status: status.value for status in JobStatus}
 _LOG_LEVELS = {
     JobStatus.COMPLETED: "INFO",
     JobStatus.FAILED: "ERROR",
@@ -135,20 +137,21 @@ class JobTable:
     def handle(self, message: Message) -> None:
         """Apply one message. Never awaits; never raises for a caller's mistake."""
         match message:
-            case JobStarted(job_id, started_at):
+            case JobStarted(job_id, started_ns):
                 record = self.pending.pop(job_id)  # the worker gave its slot back
-                record.apply(JobEvent.START, at=started_at)
+                record.apply(JobEvent.START, at_ns=started_ns)
                 self.running[job_id] = record
                 logger.debug(
                     "job {job_id} ({job_type}) started",
                     job_id=job_id,
                     job_type=record.job_type,
-                    status=record.status.value,
+                    status=_STATUS_TEXT[record.status],
                 )
-                record.publish()
-            case JobFinished(job_id, outcome):
+                if record.followers:
+                    record.publish()
+            case JobFinished(job_id):
                 if ended := self.running.get(job_id):  # None: already ended by stop()
-                    self._on_finished(ended, outcome)
+                    self._on_finished(ended, message)
             case JobProgressed(job_id, fraction, text):
                 if running := self.running.get(job_id):
                     running.progress = fraction
@@ -185,7 +188,7 @@ class JobTable:
             case Shutdown():
                 self._on_shutdown()
 
-    def _on_finished(self, record: JobRecord, outcome: Outcome) -> None:
+    def _on_finished(self, record: JobRecord, outcome: JobFinished) -> None:
         if outcome.event is JobEvent.COMPLETE:
             self._finish(record, JobEvent.COMPLETE, result=outcome.value)
         elif outcome.event is JobEvent.FAIL:
@@ -216,8 +219,11 @@ class JobTable:
             payload=message.payload,
             timeout=message.timeout,
             key=message.key,
-            submitted_at=message.submitted_at,
-            scope=anyio.CancelScope(),
+            submitted_ns=message.submitted_ns,
+            # A scope with no deadline yet. Not anyio.CancelScope(): that runs
+            # the backend scope's __init__ twice (its __new__ returns an
+            # instance of a subclass); this is 3,500 instructions cheaper.
+            scope=anyio.move_on_after(None),
         )
         self.jobs[record.job_id] = record
         self.pending[record.job_id] = record
@@ -225,17 +231,17 @@ class JobTable:
             "job {job_id} ({job_type}) submitted",
             job_id=record.job_id,
             job_type=record.job_type,
-            status=record.status.value,
+            status=_STATUS_TEXT[record.status],
         )
         if reply is not None:
             reply.send(record.job_id)
         if self.shutting_down:  # stop() turning leftovers into records: never to run
             return
         assert self._work_send is not None
-        context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
+        context = JobContext(record.job_id, record.job_type, record.payload, self._progress)
         handler = self._registry.get(record.job_type).handler
         assert record.scope is not None
-        self._work_send.send_nowait(Assignment(handler, context, record.scope, record.timeout))
+        self._work_send.send_nowait((handler, context, record.scope, record.timeout))
 
     def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
         record = self.jobs.get(job_id)
@@ -309,26 +315,27 @@ class JobTable:
         self.finished.append(record)
         if len(self.finished) > self._max_finished:
             self._evict()
-        assert record.finished_at is not None
         (logger.opt(exception=exception) if exception is not None else logger).log(
             _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",
             job_id=record.job_id,
             job_type=record.job_type,
-            status=status.value,
-            duration=(
-                record.finished_at - (record.started_at or record.submitted_at)
-            ).total_seconds(),
+            status=_STATUS_TEXT[status],
+            duration=record.duration,
             error=record.error,
         )
-        record.publish()
-        snapshot = record.snapshot() if record.waiters else None
-        for waiter in record.waiters or ():
-            assert snapshot is not None
-            waiter.send(snapshot)
-        for canceller in record.cancellers or ():
-            canceller.send(status is JobStatus.CANCELLED)
-        record.waiters = record.cancellers = None
+        # Most jobs have no follower, waiter or canceller: test before calling.
+        if record.followers:
+            record.publish()
+        if record.waiters:
+            snapshot = record.snapshot()
+            for waiter in record.waiters:
+                waiter.send(snapshot)
+            record.waiters = None
+        if record.cancellers:
+            for canceller in record.cancellers:
+                canceller.send(status is JobStatus.CANCELLED)
+            record.cancellers = None
 
     def _forget_assignment(self) -> None:
         """Count a cancelled job's assignment; compact the stream if too many."""
@@ -343,7 +350,8 @@ class JobTable:
                 assignment = self._work_receive.receive_nowait()
             except anyio.WouldBlock:
                 break
-            if not assignment.scope.cancel_called:
+            _, _, scope, _ = assignment
+            if not scope.cancel_called:
                 live.append(assignment)
         for assignment in live:
             self._work_send.send_nowait(assignment)

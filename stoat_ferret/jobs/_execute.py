@@ -2,16 +2,18 @@
 
 Shared by the supervisor's workers and the in-memory queue, so that both
 turn a return, an exception and a caught cancellation into the same events.
+How it ended is a :class:`JobFinished`: a worker sends it to the actor as it
+is (one object per job rather than an outcome wrapped in a message).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
-import attrs
 from anyio.lowlevel import checkpoint_if_cancelled
 
+from stoat_ferret.jobs._messages import JobFinished
 from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
@@ -20,24 +22,7 @@ if TYPE_CHECKING:
     from stoat_ferret.jobs._models import Handler, JobContext
 
 
-@attrs.frozen
-class Outcome:
-    """How a handler ended.
-
-    ``event`` is ``COMPLETE`` or ``FAIL``, or ``None`` when the job's own scope
-    caught a cancellation (its deadline, or a cancel request): which of
-    ``TIME_OUT`` and ``CANCEL`` that means is for the job's owner to decide.
-    """
-
-    event: JobEvent | None
-    value: Any = None
-    exception: Exception | None = None
-
-
-INTERRUPTED = Outcome(None)
-
-
-async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> Outcome:
+async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> JobFinished:
     """Await ``handler(context)`` inside ``scope``.
 
     Only ``Exception`` is caught: cancellation from outside the scope (and
@@ -47,7 +32,7 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
         try:
             value = await handler(context)
         except Exception as exc:
-            return Outcome(JobEvent.FAIL, exception=exc)
+            return JobFinished(context.job_id, JobEvent.FAIL, None, exc)
         except anyio.get_cancelled_exc_class() as cancelled:
             if scope.cancel_called:
                 raise  # the job's own scope: it catches this below
@@ -57,6 +42,6 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
             await checkpoint_if_cancelled()
             stray = RuntimeError("the handler raised CancelledError without being cancelled")
             stray.__cause__ = cancelled
-            return Outcome(JobEvent.FAIL, exception=stray)
-        return Outcome(JobEvent.COMPLETE, value=value)
-    return INTERRUPTED
+            return JobFinished(context.job_id, JobEvent.FAIL, None, stray)
+        return JobFinished(context.job_id, JobEvent.COMPLETE, value)
+    return JobFinished(context.job_id, None)

@@ -25,7 +25,7 @@ from stoat_ferret.jobs._models import (
     JobStatus,
     QueueStatistics,
 )
-from stoat_ferret.jobs._record import JobRecord, describe, select_page, utcnow
+from stoat_ferret.jobs._record import JobRecord, describe, select_page, wall_clock_ns
 from stoat_ferret.jobs._registry import JobRegistry
 from stoat_ferret.jobs._state import JobEvent
 
@@ -72,7 +72,7 @@ class InMemoryJobQueue:
             payload=payload,
             timeout=seconds,
             key=key,
-            submitted_at=utcnow(),
+            submitted_ns=wall_clock_ns(),
         )
         self._jobs[record.job_id] = record
         self._done[record.job_id] = anyio.Event()
