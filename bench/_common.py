@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -13,15 +12,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def emit(**fields: Any) -> None:
-    """Write one JSON line to stdout (benchmarks report, they do not log)."""
+def emit(*, quick: bool = False, **fields: Any) -> None:
+    """Write one JSON line to stdout (benchmarks report, they do not log).
+
+    A ``quick`` (smoke) run measures fixed costs, not throughput: its
+    verdict, if it has one, becomes ``"ok": null`` and the line says
+    ``"quick": true``.
+    """
+    if quick and "ok" in fields:
+        fields = {**fields, "ok": None, "quick": True}
     sys.stdout.write(json.dumps(fields, sort_keys=False) + "\n")
     sys.stdout.flush()
-
-
-def median_rate(run: Callable[[], float], count: int, reps: int) -> float:
-    """Median of ``reps`` runs of ``count / seconds``; ``run`` returns its seconds."""
-    return statistics.median(count / run() for _ in range(reps))
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -88,8 +88,8 @@ def main(*, quick: bool = False) -> None:
     reps = 2 if quick else 5
     with tempfile.TemporaryDirectory(prefix="stoat-bench-api-") as scratch:
         base = Path(scratch)
-        _emit(
-            _bench_health(
+        emit(
+            **_bench_health(
                 base / "health",
                 reps=reps,
                 requests=100 if quick else 500,
@@ -97,16 +97,10 @@ def main(*, quick: bool = False) -> None:
             ),
             quick=quick,
         )
-        _emit(
-            _bench_submit(base / "submit", reps=reps, requests=300 if quick else 5_000),
+        emit(
+            **_bench_submit(base / "submit", reps=reps, requests=300 if quick else 5_000),
             quick=quick,
         )
-
-
-def _emit(figure: dict[str, Any], *, quick: bool) -> None:
-    if quick:
-        figure = {**figure, "ok": None, "quick": True}
-    emit(**figure)
 
 
 # ------------------------------------------------------------------ servers

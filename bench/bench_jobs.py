@@ -1,6 +1,8 @@
 """Supervisor throughput and memory against baselines measured in the same run.
 
-Noop jobs, submit all then wait for all. Baselines:
+Noop jobs, submit all then wait for all; each figure is the median of its
+reps, and the reps of the supervisor and its baselines are interleaved.
+Baselines:
 
 * ``bare``: one long-lived worker reading an anyio memory object stream and
   running each job under ``move_on_after``, with no status tracking: the
@@ -15,8 +17,10 @@ default settings (in batches of ``max_pending``) and reports peak RSS growth.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import math
+import statistics
 import subprocess
 import sys
 import uuid
@@ -25,7 +29,7 @@ from typing import Any
 import anyio
 from loguru import logger
 
-from bench._common import current_rss_mb, emit, median_rate, peak_rss_mb, timed
+from bench._common import current_rss_mb, emit, peak_rss_mb, timed
 from stoat_ferret.jobs import JobContext, JobSupervisor
 
 
@@ -92,8 +96,20 @@ async def _upstream_run(count: int) -> None:
         tg.cancel_scope.cancel()
 
 
-def _rate(fn: Any, count: int, backend: str, reps: int) -> float:
-    return median_rate(lambda: timed(lambda: anyio.run(fn, count, backend=backend)), count, reps)
+def _rates(runs: dict[str, Any], count: int, backend: str, reps: int) -> dict[str, float]:
+    """Median jobs/s of each run, the reps interleaved (the order rotates every rep).
+
+    Interleaving puts each baseline's reps beside the supervisor's in time, so
+    a machine that slows down or speeds up halfway moves both alike.
+    """
+    names = list(runs)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            gc.collect()
+            run = functools.partial(anyio.run, runs[name], count, backend=backend)
+            seconds[name].append(timed(run))
+    return {name: count / statistics.median(times) for name, times in seconds.items()}
 
 
 async def _memory_run(total: int) -> tuple[int, float]:
@@ -116,7 +132,7 @@ async def _memory_run(total: int) -> tuple[int, float]:
     return most_retained, growth
 
 
-def memory_main(total: int) -> None:
+def memory_main(total: int, *, quick: bool = False) -> None:
     """The memory figure, meant to run in a fresh process (peak RSS is per process)."""
     logger.remove()
     retained, growth = anyio.run(_memory_run, total)
@@ -128,6 +144,7 @@ def memory_main(total: int) -> None:
         max_retained=retained,
         max_finished=10_000,
         ok=growth <= 50 and retained <= 10_000,
+        quick=quick,
     )
 
 
@@ -136,9 +153,11 @@ def main(*, quick: bool = False) -> None:
     count = 2_000 if quick else 100_000
     reps = 1 if quick else 5
     for backend in ("asyncio", "trio"):
-        gc.collect()
-        bare = _rate(_bare_run, count, backend, reps)
-        sup = _rate(_supervisor_run, count, backend, reps)
+        runs: dict[str, Any] = {"bare": _bare_run, "supervisor": _supervisor_run}
+        if backend == "asyncio":
+            runs["upstream"] = _upstream_run
+        rates = _rates(runs, count, backend, reps)
+        bare, sup = rates["bare"], rates["supervisor"]
         emit(
             bench="supervisor_throughput",
             backend=backend,
@@ -149,9 +168,10 @@ def main(*, quick: bool = False) -> None:
             ratio=round(sup / bare, 3),
             target=0.6,
             ok=sup / bare >= 0.6,
+            quick=quick,
         )
         if backend == "asyncio":
-            upstream = _rate(_upstream_run, count, backend, reps)
+            upstream = rates["upstream"]
             emit(
                 bench="supervisor_vs_upstream",
                 backend=backend,
@@ -162,11 +182,16 @@ def main(*, quick: bool = False) -> None:
                 ratio=round(sup / upstream, 3),
                 target=1.0,
                 ok=sup / upstream >= 1.0,
+                quick=quick,
             )
     total = 20_000 if quick else 1_000_000
     # A fresh process: the throughput runs above already raised this one's peak RSS.
     subprocess.run(
-        [sys.executable, "-c", f"from bench.bench_jobs import memory_main; memory_main({total})"],
+        [
+            sys.executable,
+            "-c",
+            f"from bench.bench_jobs import memory_main; memory_main({total}, quick={quick})",
+        ],
         check=True,
     )
 

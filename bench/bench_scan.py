@@ -21,12 +21,10 @@ measure fixed costs rather than throughput.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +35,7 @@ import anyio
 import av
 from loguru import logger
 
+from bench._common import emit
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library import VideoLibrary, make_scan_handler
 from tests.videos import make_video
@@ -72,20 +71,12 @@ def main(quick: bool = False) -> None:
             base = Path(scratch)
             first_tree = _make_clip_tree(base / "first", first_files)
             first = _bench_first_scan(base, first_tree, reps)
-            _emit(first, quick=quick)
-            _emit(_bench_ffprobe(first_tree, first["files_per_s"], reps, quick=quick), quick=quick)
+            emit(**first, quick=quick)
+            emit(**_bench_ffprobe(first_tree, first["files_per_s"], reps, quick=quick), quick=quick)
             rescan_tree = _make_link_tree(base / "rescan", first_tree, rescan_files)
-            _emit(_bench_rescan(base, rescan_tree, rescan_files, reps), quick=quick)
+            emit(**_bench_rescan(base, rescan_tree, rescan_files, reps), quick=quick)
     finally:
         logger.enable("stoat_ferret")
-
-
-def _emit(figure: dict[str, Any], *, quick: bool) -> None:
-    if quick and "ok" in figure:
-        # Tens of files measure fixed costs, not throughput: no verdict.
-        figure = {**figure, "ok": None, "quick": True}
-    sys.stdout.write(json.dumps(figure) + "\n")
-    sys.stdout.flush()
 
 
 def _make_clip_tree(root: Path, count: int) -> list[str]:
