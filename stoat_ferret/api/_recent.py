@@ -19,7 +19,8 @@ afresh.
 
 from __future__ import annotations
 
-from typing import Final
+import hashlib
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -27,27 +28,43 @@ SPELLINGS_KEPT: Final = 4096
 """Most spellings remembered; the oldest is forgotten first."""
 
 
+class ScanJob(NamedTuple):
+    """The job a scan request got, and the directory it resolved to."""
+
+    job_id: str
+    directory: str
+
+
+def _digest(path: str) -> bytes:
+    # A spelling may be 16,000 characters (lone surrogates too, from JSON):
+    # kept whole, 4,096 of them could hold half a gigabyte. A 128-bit digest
+    # keeps each entry small; two spellings sharing one is a 2**-128 chance.
+    return hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 @attrs.define(eq=False)
 class RecentScans:
-    """A bounded map from (spelling, recursive) to the job id that request got.
+    """A bounded map from (spelling, recursive) to the :class:`ScanJob` that request got.
 
-    Only the event loop's thread touches it, and no method awaits.
+    Keyed by a digest of the spelling, so its memory is bounded whatever the
+    spellings; the resolved directories it keeps are real paths under a scan
+    root. Only the event loop's thread touches it, and no method awaits.
     """
 
     limit: int = SPELLINGS_KEPT
-    _jobs: dict[tuple[str, bool], str] = attrs.field(factory=dict, init=False)
+    _jobs: dict[tuple[bytes, bool], ScanJob] = attrs.field(factory=dict, init=False)
 
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def get(self, path: str, *, recursive: bool) -> str | None:
+    def get(self, path: str, *, recursive: bool) -> ScanJob | None:
         """The job a request spelt like this got last, if remembered."""
-        return self._jobs.get((path, recursive))
+        return self._jobs.get((_digest(path), recursive))
 
-    def remember(self, path: str, job_id: str, *, recursive: bool) -> None:
+    def remember(self, path: str, job: ScanJob, *, recursive: bool) -> None:
         """Note the job this request got; forget the oldest spelling beyond the limit."""
-        key = (path, recursive)
+        key = (_digest(path), recursive)
         self._jobs.pop(key, None)  # re-inserted last: the newest
-        self._jobs[key] = job_id
+        self._jobs[key] = job
         if len(self._jobs) > self.limit:
             del self._jobs[next(iter(self._jobs))]

@@ -30,6 +30,7 @@ from stoat_ferret.api._deps import (
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import resolve_scan_path
+from stoat_ferret.api._recent import ScanJob
 from stoat_ferret.api._schemas import (
     MAX_LIMIT,
     MAX_OFFSET,
@@ -77,9 +78,9 @@ async def scan_videos(request: Request) -> ApiJSONResponse:
     body = await read_body(request, ScanRequest)
     if stopping.is_set():
         raise unavailable("the service is stopping")
-    job_id = recent.get(body.path, recursive=body.recursive)
-    status = None if job_id is None else await _status_if_active(queue, job_id)
-    if job_id is None or status is None:
+    joined = recent.get(body.path, recursive=body.recursive)
+    status = None if joined is None else await _status_if_active(queue, joined.job_id)
+    if joined is None or status is None:
         roots = (await get_settings(request)).scan_roots
         path = await anyio.to_thread.run_sync(resolve_scan_path, body.path, roots)
         job_id = await queue.submit(
@@ -88,12 +89,14 @@ async def scan_videos(request: Request) -> ApiJSONResponse:
             key=scan_key(path, recursive=body.recursive),
         )
         status = await queue.get_status(job_id)
-        recent.remember(body.path, job_id, recursive=body.recursive)
+        recent.remember(body.path, ScanJob(job_id, path), recursive=body.recursive)
+    else:
+        job_id, path = joined
     logger.info(
         "scan accepted",
         job_id=job_id,
         job_type=SCAN_JOB_TYPE,
-        path=body.path,
+        path=path,
         recursive=body.recursive,
         status=status.value,
     )
