@@ -137,7 +137,9 @@ class JobTable:
     def handle(self, message: Message) -> None:
         """Apply one message. Never awaits; never raises for a caller's mistake."""
         match message:
-            case JobStarted(job_id, started_ns):
+            case JobStarted(job_id, started_ns, previous):
+                if previous is not None:
+                    self._on_job_finished(previous)
                 record = self.pending.pop(job_id)  # the worker gave its slot back
                 record.apply(JobEvent.START, at_ns=started_ns)
                 self.running[job_id] = record
@@ -149,9 +151,8 @@ class JobTable:
                 )
                 if record.followers:
                     record.publish()
-            case JobFinished(job_id):
-                if ended := self.running.get(job_id):  # None: already ended by stop()
-                    self._on_finished(ended, message)
+            case JobFinished():
+                self._on_job_finished(message)
             case JobProgressed(job_id, fraction, text):
                 if running := self.running.get(job_id):
                     running.progress = fraction
@@ -187,6 +188,10 @@ class JobTable:
                         )
             case Shutdown():
                 self._on_shutdown()
+
+    def _on_job_finished(self, outcome: JobFinished) -> None:
+        if ended := self.running.get(outcome.job_id):  # None: already ended by stop()
+            self._on_finished(ended, outcome)
 
     def _on_finished(self, record: JobRecord, outcome: JobFinished) -> None:
         if outcome.event is JobEvent.COMPLETE:

@@ -28,6 +28,7 @@ from stoat_ferret.jobs._messages import (
     Assignment,
     Cancel,
     Follow,
+    JobFinished,
     JobProgressed,
     JobStarted,
     Message,
@@ -448,29 +449,39 @@ class JobSupervisor:
         send = self._inbox_send
         admission = self._table.admission
         since_yield = 0
+        # How the last job ended, not sent yet: it goes with the next start
+        # (JobStarted.previous), or alone before this task next awaits
+        # anything, so the actor never waits for it.
+        ended: JobFinished | None = None
         with receive:
             while True:
                 try:
                     assignment = receive.receive_nowait()
                 except anyio.WouldBlock:
+                    if ended is not None:
+                        send.send_nowait(ended)
+                        ended = None
                     try:
                         assignment = await receive.receive()
                     except anyio.EndOfStream:
                         return
                     since_yield = 0
                 except anyio.EndOfStream:
+                    if ended is not None:
+                        send.send_nowait(ended)
                     return
                 handler, context, scope, timeout = assignment
                 if scope.cancel_called or self._phase is not _Phase.RUNNING:
                     continue  # cancelled, or shutting down, before it started
                 admission.give_back()  # started: no longer pending
-                job_id = context.job_id
-                send.send_nowait(JobStarted(job_id, wall_clock_ns()))
+                send.send_nowait(JobStarted(context.job_id, wall_clock_ns(), ended))
                 scope.deadline = anyio.current_time() + timeout
-                send.send_nowait(await execute(handler, context, scope))
+                ended = await execute(handler, context, scope)
                 since_yield += 1
                 if since_yield >= _JOBS_PER_YIELD:
                     since_yield = 0
+                    send.send_nowait(ended)
+                    ended = None
                     await checkpoint()
 
     def _progress(self, job_id: str, fraction: float, message: str | None) -> None:
