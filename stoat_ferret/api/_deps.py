@@ -3,10 +3,12 @@
 ``app.state`` is untyped; these functions are the one place that reads it.
 They are ``async def`` because they never block: FastAPI runs plain ``def``
 dependencies in a worker thread, a thread hop per dependency per request.
+The scan route, the hot one, awaits them itself instead of declaring them.
 The lifespan fills it (``job_queue``, ``library``, ``stopping``) and
-:func:`~stoat_ferret.api.app.create_app` sets ``settings`` (and ``job_queue``
-when one is injected). Before the lifespan has run, or after it has ended,
-the routes that need the missing part answer 503.
+:func:`~stoat_ferret.api.app.create_app` sets ``settings`` and
+``recent_scans`` (and ``job_queue`` when one is injected). Before the
+lifespan has run, or after it has ended, the routes that need the missing
+part answer 503.
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ async def scan_videos(request: Request) -> ApiJSONResponse:
     service is stopping.
     """
     # The hot route: it reads app.state through the dependency functions
-    # itself, as FastAPI's dependency solving costs more than the rest of a
-    # repeated request (about 30 us a dependency).
+    # itself. Declared as dependencies, FastAPI's solving of these four cost
+    # about 0.19 ms of server CPU a request (1.05 -> 0.86 ms when removed).
     stopping = await get_stopping(request)
     queue = await get_job_queue(request)
     recent = await get_recent_scans(request)
