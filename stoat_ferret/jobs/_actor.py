@@ -32,7 +32,7 @@ from stoat_ferret.jobs._messages import (
     Unfollow,
     Wait,
 )
-from stoat_ferret.jobs._models import JobContext, JobStatus, ProgressSink
+from stoat_ferret.jobs._models import JobStatus
 from stoat_ferret.jobs._record import JobRecord, describe
 from stoat_ferret.jobs._state import JobEvent
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from stoat_ferret.jobs._registry import JobRegistry
 
 _SHUTDOWN_BEFORE_START = "cancelled: supervisor shut down before the job started"
 _SHUTDOWN_WHILE_RUNNING = "cancelled: supervisor shut down before the job finished"
@@ -61,29 +60,23 @@ class JobTable:
     """Every job the supervisor knows, and what happens to them.
 
     Args:
-        registry: the job types (for handlers).
-        progress: the sink that job contexts report progress to.
         start_timer: schedules a :class:`Tick` at an absolute clock time.
     """
 
     def __init__(
         self,
         *,
-        registry: JobRegistry,
         max_pending: int,
         max_finished: int,
         retention: float,
         shutdown_grace: float,
-        progress: ProgressSink,
         start_timer: Callable[[float], None],
     ) -> None:
-        self._registry = registry
         self._max_finished = max_finished
         self._retention = retention
         self._shutdown_grace = shutdown_grace
         self._work_send: MemoryObjectSendStream[Assignment] | None = None
         self._work_receive: MemoryObjectReceiveStream[Assignment] | None = None
-        self._progress = progress
         self._start_timer = start_timer
 
         self.admission = Admission(max_pending)
@@ -100,6 +93,11 @@ class JobTable:
         self._grace_deadline = math.inf
         # Assignments of cancelled jobs still in the work stream.
         self._dead_assignments = 0
+        # Ids of pending jobs that cancel() withdrew, until a worker (or the
+        # compaction) passes their assignments: cancel() adds, so no worker
+        # starts a job between the call and the actor's handling of Cancel.
+        # Like admission, shared by the callers, the workers and the actor.
+        self.withdrawn: set[str] = set()
 
     def open_work_stream(self) -> MemoryObjectReceiveStream[Assignment]:
         """Create the stream of assignments and return the end workers read.
@@ -137,12 +135,19 @@ class JobTable:
     def handle(self, message: Message) -> None:
         """Apply one message. Never awaits; never raises for a caller's mistake."""
         match message:
-            case JobStarted(job_id, started_ns, previous):
+            case JobStarted(job_id, started_ns, scope, previous):
                 if previous is not None:
                     self._on_job_finished(previous)
                 record = self.pending.pop(job_id)  # the worker gave its slot back
                 record.apply(JobEvent.START, at_ns=started_ns)
                 self.running[job_id] = record
+                record.scope = scope
+                # The timeout counts from here: the job started earlier by
+                # however long the loop took to get to the actor. A scope the
+                # job has already left only stores the value; a scope it is
+                # still in gets its timer now, so a job that ends before the
+                # actor hears of its start never costs one.
+                scope.deadline = self.now + record.timeout
                 logger.debug(
                     "job {job_id} ({job_type}) started",
                     job_id=job_id,
@@ -218,17 +223,15 @@ class JobTable:
                 reply.send(exc)
                 return
             self._active_keys[message.key] = message.job_id
+        # By position, in JobRecord's field order: once per job, and cheaper
+        # than keywords.
         record = JobRecord(
-            job_id=message.job_id,
-            job_type=message.job_type,
-            payload=message.payload,
-            timeout=message.timeout,
-            key=message.key,
-            submitted_ns=message.submitted_ns,
-            # A scope with no deadline yet. Not anyio.CancelScope(): that runs
-            # the backend scope's __init__ twice (its __new__ returns an
-            # instance of a subclass); this is 3,500 instructions cheaper.
-            scope=anyio.move_on_after(None),
+            message.job_id,
+            message.job_type,
+            message.payload,
+            message.timeout,
+            message.key,
+            message.submitted_ns,
         )
         self.jobs[record.job_id] = record
         self.pending[record.job_id] = record
@@ -243,20 +246,23 @@ class JobTable:
         if self.shutting_down:  # stop() turning leftovers into records: never to run
             return
         assert self._work_send is not None
-        context = JobContext(record.job_id, record.job_type, record.payload, self._progress)
-        handler = self._registry.get(record.job_type).handler
-        assert record.scope is not None
-        self._work_send.send_nowait((handler, context, record.scope, record.timeout))
+        self._work_send.send_nowait(
+            (message.handler, record.job_id, record.job_type, record.payload)
+        )
 
     def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
         record = self.jobs.get(job_id)
+        if record is None or record.status is not JobStatus.PENDING:
+            # A worker took the job before cancel() withdrew it (it sent
+            # JobStarted first): no worker will look for the id any more.
+            self.withdrawn.discard(job_id)
         if record is None:
             reply.send(JobNotFound(job_id))
         elif record.status.is_terminal:
             reply.send(False)
         elif record.status is JobStatus.PENDING:
-            # cancel() cancelled the scope before sending this, so no worker
-            # will start the job: a pending job never starts.
+            # cancel() withdrew the job before sending this, so no worker
+            # will start it: a pending job never starts.
             self._finish(record, JobEvent.CANCEL, error="cancelled by request before it started")
             reply.send(True)
         else:
@@ -355,8 +361,9 @@ class JobTable:
                 assignment = self._work_receive.receive_nowait()
             except anyio.WouldBlock:
                 break
-            _, _, scope, _ = assignment
-            if not scope.cancel_called:
+            if assignment[1] in self.withdrawn:
+                self.withdrawn.discard(assignment[1])
+            else:
                 live.append(assignment)
         for assignment in live:
             self._work_send.send_nowait(assignment)

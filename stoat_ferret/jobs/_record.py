@@ -75,7 +75,8 @@ class JobRecord:
     finished_ns: int | None = None
     # Invariant: finite only once the job is terminal (clock of the event loop).
     expires_at: float = math.inf
-    # The job's cancel scope (its move_on_after once started); None once terminal.
+    # The job's cancel scope, from the actor's JobStarted on; None before
+    # and once terminal.
     scope: CancelScope | None = None
     # Why the job was asked to stop; None means "not asked", so a caught
     # cancellation of the scope can only be its deadline.

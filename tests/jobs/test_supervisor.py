@@ -144,6 +144,35 @@ async def test_cancelled_pending_job_never_starts() -> None:
     assert result.error == "cancelled by request before it started"
 
 
+async def test_cancelled_pending_jobs_leave_nothing_behind() -> None:
+    """Many pending jobs cancelled behind a running one: none ever starts,
+    the job after them does, and nothing is kept for them once the worker
+    (or the work stream's compaction, past max_pending of them) passed them."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor(max_pending=2) as supervisor:
+            supervisor.register("gate", gate)
+            blocker = await supervisor.submit("gate", "blocker")
+            await anyio.wait_all_tasks_blocked()
+            for number in range(7):
+                victim = await supervisor.submit("gate", f"victim {number}")
+                assert await supervisor.cancel(victim) is True
+            after = await supervisor.submit("gate", "after")
+            gate.release.set()
+            await supervisor.wait(blocker)
+            assert (await supervisor.wait(after)).status is JobStatus.COMPLETED
+
+            # Private state, read to show that memory stays bounded: the ids
+            # cancel() withdrew are forgotten, and no assignment is left over.
+            table = supervisor._table
+            assert table.withdrawn == set()
+            assert table._work_receive is not None
+            assert table._work_receive.statistics().current_buffer_used == 0
+
+    assert gate.started == ["blocker", "after"]
+
+
 async def test_cancel_right_after_submit_ends_the_job_cancelled() -> None:
     """A job cancelled at once ends cancelled, whether or not a worker had taken it."""
 
