@@ -48,6 +48,19 @@ def test_report_progress_passes_fraction_and_message_to_the_sink() -> None:
     assert seen == [("j1", 0.25, "a quarter"), ("j1", 1.0, None)]
 
 
+def test_job_context_fields_are_read_only() -> None:
+    """A handler reads its job's id, type and payload, and cannot change them."""
+
+    ctx = JobContext("j1", "t", {"a": 1}, sink=lambda *args: None)
+
+    assert (ctx.job_id, ctx.job_type, ctx.payload) == ("j1", "t", {"a": 1})
+    assert repr(ctx) == "JobContext(job_id='j1', job_type='t', payload={'a': 1})"
+    for name in ("job_id", "job_type", "payload"):
+        with pytest.raises(AttributeError):
+            setattr(ctx, name, "other")
+    assert ctx.job_id == "j1"
+
+
 @pytest.mark.parametrize("fraction", [-0.01, 1.0001, math.nan, math.inf, -math.inf])
 def test_report_progress_rejects_fractions_outside_zero_to_one(fraction: float) -> None:
     """NaN and values outside 0..1 raise ValueError and reach no sink."""
