@@ -139,6 +139,11 @@ class JobTable:
                 if previous is not None:
                     self._on_job_finished(previous)
                 record = self.pending.pop(job_id)  # the worker gave its slot back
+                if self.withdrawn:
+                    # cancel() may have withdrawn the job after the worker
+                    # took it (it still looked pending): its Cancel comes next,
+                    # and no worker will look for the id any more.
+                    self.withdrawn.discard(job_id)
                 record.apply(JobEvent.START, at_ns=started_ns)
                 self.running[job_id] = record
                 record.scope = scope
@@ -252,10 +257,6 @@ class JobTable:
 
     def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
         record = self.jobs.get(job_id)
-        if record is None or record.status is not JobStatus.PENDING:
-            # A worker took the job before cancel() withdrew it (it sent
-            # JobStarted first): no worker will look for the id any more.
-            self.withdrawn.discard(job_id)
         if record is None:
             reply.send(JobNotFound(job_id))
         elif record.status.is_terminal:

@@ -74,8 +74,9 @@ class Submit(NamedTuple):
 
 @attrs.frozen
 class Cancel:
-    """From ``cancel`` (after it cancelled the job's scope): end the job;
-    the reply (True: it ended cancelled) comes once it is terminal."""
+    """From ``cancel``, after it withdrew the pending job or cancelled the
+    running job's scope: end the job; the reply (True: it ended cancelled)
+    comes once it is terminal."""
 
     job_id: str
     reply: Reply[bool]

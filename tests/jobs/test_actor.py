@@ -52,8 +52,8 @@ async def test_cancel_of_a_job_a_worker_took_before_cancel_withdrew_it() -> None
         _submit(table, "job")
         scope = anyio.CancelScope()
         table.admission.give_back()  # the worker, as it starts the job
+        table.withdrawn.add("job")  # cancel(), after the worker's check
         table.handle(JobStarted("job", wall_clock_ns(), scope))
-        table.withdrawn.add("job")  # cancel(), which had read the record before
         reply: Reply[bool] = Reply()
 
         table.handle(Cancel("job", reply))

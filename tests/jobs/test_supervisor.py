@@ -173,6 +173,37 @@ async def test_cancelled_pending_jobs_leave_nothing_behind() -> None:
     assert gate.started == ["blocker", "after"]
 
 
+async def test_two_cancels_of_one_pending_job_at_once() -> None:
+    """Both calls see the job pending; it ends cancelled once (one True, one
+    False), never starts, and its admission slot is given back once."""
+
+    gate = Gate()
+    answers: list[bool] = []
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("gate", gate)
+            blocker = await supervisor.submit("gate", "blocker")
+            await anyio.wait_all_tasks_blocked()
+            victim = await supervisor.submit("gate", "victim")
+
+            async def cancel_victim() -> None:
+                answers.append(await supervisor.cancel(victim))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_victim)
+                tg.start_soon(cancel_victim)
+            after = await supervisor.submit("gate", "after")
+            gate.release.set()
+            await supervisor.wait(blocker)
+            await supervisor.wait(after)
+            statistics = supervisor.statistics()
+
+    assert sorted(answers) == [False, True]
+    assert gate.started == ["blocker", "after"]
+    assert statistics.pending == 0
+    assert (statistics.completed, statistics.cancelled) == (2, 1)
+
+
 async def test_cancel_right_after_submit_ends_the_job_cancelled() -> None:
     """A job cancelled at once ends cancelled, whether or not a worker had taken it."""
 
