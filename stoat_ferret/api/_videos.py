@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: these names must exist then.
@@ -54,13 +54,29 @@ def scan_key(path: str, *, recursive: bool) -> str:
     return f"scan:{'recursive' if recursive else 'flat'}:{path}"
 
 
-@router.post(
-    "/scan",
-    status_code=202,
-    response_model=ScanAccepted,
-    responses=error_responses(400, 403, 404, 413, 422, 503),
-    openapi_extra=body_schema(ScanRequest),
-)
+def add_scan_route(app: FastAPI) -> None:
+    """Register ``POST /api/v1/videos/scan`` on the app itself.
+
+    Not through :data:`router`: FastAPI matches a request for a route of an
+    included router twice (once to pick the router, once inside it), and the
+    app's own routes once. And first in line, ahead of the documentation
+    routes FastAPI adds when the app is made, since a request tries routes in
+    order. Together that is 13% of the instructions of a scan request (533k
+    -> 462k counted with callgrind; 483k when it is not first).
+    """
+    app.add_api_route(
+        f"{router.prefix}/scan",
+        scan_videos,
+        methods=["POST"],
+        status_code=202,
+        response_model=ScanAccepted,
+        responses=error_responses(400, 403, 404, 413, 422, 503),
+        openapi_extra=body_schema(ScanRequest),
+        tags=["videos"],
+    )
+    app.router.routes.insert(0, app.router.routes.pop())  # the route just added
+
+
 async def scan_videos(request: Request) -> ApiJSONResponse:
     """Scan a directory for videos in the background; poll or follow the returned job.
 
