@@ -1,8 +1,9 @@
 """The supervisor as a state machine, checked by properties on generated programs.
 
 Hypothesis generates a *program*: a list of operations (register a job type,
-submit with or without timeout and key, cancel, let time pass, follow a job
-slowly, close in the middle). Each example interprets its program inside one
+submit with or without timeout and key, cancel, cancel one job from two
+tasks at once, let time pass, follow a job slowly, close in the middle).
+Each example interprets its program inside one
 ``anyio.run`` on trio with ``MockClock(autojump_threshold=0)``, so hours of
 job time cost microseconds and no real thread is involved. After every
 operation the test waits until every task is blocked and checks:
@@ -123,6 +124,13 @@ class Cancel:
 
 
 @attrs.frozen
+class CancelTwice:
+    """Two cancel() calls for one job, at once."""
+
+    index: int
+
+
+@attrs.frozen
 class CancelUnknown:
     pass
 
@@ -143,7 +151,9 @@ class Close:
     pass
 
 
-Operation: TypeAlias = Register | Submit | Cancel | CancelUnknown | Sleep | Follow | Close
+Operation: TypeAlias = (
+    Register | Submit | Cancel | CancelTwice | CancelUnknown | Sleep | Follow | Close
+)
 
 _kinds = st.sampled_from(KINDS)
 _timeouts = st.sampled_from(TIMEOUTS)
@@ -166,6 +176,7 @@ OPERATIONS: Final = st.one_of(
     _sleeps,
     _sleeps,
     _sleeps,
+    st.builds(CancelTwice, st.integers(0, 50)),
     st.builds(Register, _kinds, _timeouts),
     st.builds(Follow, st.integers(0, 50), st.sampled_from((0.0, 0.25, 1.0, 3.0))),
     st.just(CancelUnknown()),
@@ -323,6 +334,24 @@ class Program:
                 cancelled = await sup.cancel(job.job_id)
                 assert cancelled is (not before.is_terminal), (before, cancelled)
                 if cancelled:
+                    job.cancelled_by_request = True
+            case CancelTwice(index):
+                if not self.order:
+                    return
+                job = self.jobs[self.order[index % len(self.order)]]
+                before = job.status
+                answers: list[bool] = []
+
+                async def cancel() -> None:
+                    answers.append(await sup.cancel(job.job_id))
+
+                async with anyio.create_task_group() as both:
+                    both.start_soon(cancel)
+                    both.start_soon(cancel)
+                # A pending job is cancelled by one of them (the other finds it
+                # terminal); a running one by both, which wait for its end.
+                assert any(answers) is (not before.is_terminal), (before, answers)
+                if any(answers):
                     job.cancelled_by_request = True
             case CancelUnknown():
                 with pytest.raises(JobNotFound):
