@@ -106,6 +106,18 @@ def _check_log_level(_: Settings, attribute: attrs.Attribute[str], value: str) -
         raise SettingsError(f"{_env(attribute)} must be one of {choices}, got {value!r}")
 
 
+def default_probe_threads(cpu_count: int | None) -> int:
+    """Threads that probe files at once unless ``STOAT_PROBE_THREADS`` says.
+
+    One core is left to the event loop and its clients: with as many probe
+    threads as cores, requests wait for a core while a scan runs. On 2 cores,
+    ``GET /health`` p99 during a scan was 10 ms with 2 threads and 6.5 ms with
+    1 (3.5 to 7 ms idle), for a third fewer files probed a second. At most 4:
+    a probe holds the GIL part of the time, so more threads add little.
+    """
+    return max(1, min(4, (cpu_count or 1) - 1))
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything the service reads from its environment, checked on construction.
@@ -147,6 +159,11 @@ class Settings:
     )
     shutdown_grace: float = attrs.field(
         default=10.0, validator=_check_seconds, metadata={"env": "STOAT_SHUTDOWN_GRACE"}
+    )
+    probe_threads: int = attrs.field(
+        factory=lambda: default_probe_threads(os.cpu_count()),
+        validator=_check_count,
+        metadata={"env": "STOAT_PROBE_THREADS"},
     )
     log_level: str = attrs.field(
         default="INFO", validator=_check_log_level, metadata={"env": "STOAT_LOG_LEVEL"}
@@ -211,5 +228,6 @@ _PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "max_workers": _parse_int,
     "max_pending": _parse_int,
     "shutdown_grace": _parse_float,
+    "probe_threads": _parse_int,
     "log_level": _parse_level,
 }

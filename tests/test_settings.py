@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stoat_ferret.settings import Settings, SettingsError
+from stoat_ferret.settings import Settings, SettingsError, default_probe_threads
 
 
 def test_defaults_without_environment() -> None:
@@ -24,6 +24,18 @@ def test_defaults_without_environment() -> None:
     assert settings.max_pending == 1000
     assert settings.shutdown_grace == 10.0
     assert settings.log_level == "INFO"
+    assert settings.probe_threads == default_probe_threads(os.cpu_count())
+
+
+@pytest.mark.parametrize(
+    ("cpu_count", "threads"), [(None, 1), (1, 1), (2, 1), (3, 2), (4, 3), (5, 4), (64, 4)]
+)
+def test_default_probe_threads_leave_a_core_to_the_event_loop(
+    cpu_count: int | None, threads: int
+) -> None:
+    """One thread fewer than cores, at least 1 and at most 4."""
+
+    assert default_probe_threads(cpu_count) == threads
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -43,6 +55,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "STOAT_MAX_PENDING": "7",
             "STOAT_SHUTDOWN_GRACE": "0",
             "STOAT_LOG_LEVEL": "debug",
+            "STOAT_PROBE_THREADS": "6",
         }
     )
 
@@ -55,6 +68,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.max_pending == 7
     assert settings.shutdown_grace == 0.0
     assert settings.log_level == "DEBUG"
+    assert settings.probe_threads == 6
 
 
 def test_empty_variables_take_the_default() -> None:
@@ -91,6 +105,8 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
         ("STOAT_MAX_WORKERS", "0", ">= 1"),
         ("STOAT_MAX_WORKERS", "1.5", "whole number"),
         ("STOAT_MAX_PENDING", "-1", ">= 1"),
+        ("STOAT_PROBE_THREADS", "0", ">= 1"),
+        ("STOAT_PROBE_THREADS", "two", "whole number"),
         ("STOAT_SHUTDOWN_GRACE", "-1", ">= 0"),
         ("STOAT_SHUTDOWN_GRACE", "nan", "finite"),
         ("STOAT_LOG_LEVEL", "chatty", "one of"),

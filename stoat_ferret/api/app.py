@@ -23,7 +23,6 @@ neither starts nor stops it.
 
 from __future__ import annotations
 
-import os
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -111,9 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.library = library
     app.state.stopping = anyio.Event()
     try:
-        # More probe threads than cores only hold the GIL longer: on 2 cores,
-        # 2 threads probe faster than 4 and keep the event loop responsive.
-        handler = make_scan_handler(library, probe_threads=min(4, os.cpu_count() or 1))
+        handler = make_scan_handler(library, probe_threads=settings.probe_threads)
         injected: AsyncJobQueue | None = app.state.injected_job_queue
         if injected is not None:
             _register_scan(injected, handler)

@@ -51,9 +51,10 @@ GRACE: Final = 1.0
 LARGE: Final = 1_500 * min(4, os.cpu_count() or 1)
 """Files in the directory scanned first: still probing when SIGTERM comes.
 
-The server probes in ``min(4, cpus)`` threads, so the scan takes about as
-long on a larger machine (several seconds on the 2-core one this was
-written on; SIGTERM comes when it has probed its first files)."""
+The server probes in at most ``min(4, cpus)`` threads (by default one
+fewer, see ``default_probe_threads``), so the scan takes at least as long on
+a larger machine (several seconds on the 2-core one this was written on;
+SIGTERM comes when it has probed its first files)."""
 
 SMALL: Final = 100
 """Files in each of the directories whose scans wait behind it."""
