@@ -8,7 +8,6 @@ commits whole before the cancellation is delivered.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +19,7 @@ from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Callable, Collection, Sequence
     from types import TracebackType
 
     from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
@@ -84,13 +83,27 @@ class VideoLibrary:
         """Return the video stored under this resolved path, or None."""
         return await anyio.to_thread.run_sync(self._store.get_video_by_path, path)
 
-    async def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
-        """Map each stored path in the scope to ``(size_bytes, mtime_ns)``, in one query.
+    async def survey(
+        self,
+        walk: Callable[[], dict[str, Fingerprint]],
+        directory: str,
+        *,
+        recursive: bool,
+    ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
+        """What is on disk and what is stored, for one scope, in one worker thread.
 
-        See :meth:`VideoStore.fingerprints`.
+        Runs ``walk`` (blocking: a scan's directory walk, returning the files
+        it found), then maps each stored path in the scope to ``(size_bytes,
+        mtime_ns)`` in one query (:meth:`VideoStore.fingerprints`), and
+        returns both. One thread hop rather than two: on the 2-core machine a
+        hop costs 0.2-0.35 ms of CPU, a third of a scan of an empty directory.
         """
-        call = functools.partial(self._store.fingerprints, directory, recursive=recursive)
-        return await anyio.to_thread.run_sync(call)
+
+        def both() -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
+            found = walk()
+            return found, self._store.fingerprints(directory, recursive=recursive)
+
+        return await anyio.to_thread.run_sync(both)
 
     async def upsert(self, records: Sequence[VideoRecord]) -> None:
         """Insert or update these videos in one transaction."""

@@ -164,8 +164,9 @@ class _Scan:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
         )
-        self.found = await anyio.to_thread.run_sync(walk)
-        self.known = await self.library.fingerprints(self.root, recursive=self.recursive)
+        self.found, self.known = await self.library.survey(
+            walk, self.root, recursive=self.recursive
+        )
 
         to_probe, gone = _compare(self.found, self.known)
         unchanged = len(self.found) - len(to_probe)
