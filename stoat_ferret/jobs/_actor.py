@@ -91,8 +91,6 @@ class JobTable:
         self.now = -math.inf
         self._active_keys: dict[str, str] = {}  # dedupe key -> pending or running job id
         self._grace_deadline = math.inf
-        # Assignments of cancelled jobs still in the work stream.
-        self._dead_assignments = 0
         # Ids of pending jobs that cancel() withdrew, until a worker (or the
         # compaction) passes their assignments: cancel() adds, so no worker
         # starts a job between the call and the actor's handling of Cancel.
@@ -313,7 +311,7 @@ class JobTable:
         if record.status is JobStatus.PENDING:
             del self.pending[record.job_id]
             self.admission.give_back()  # no worker will start it
-            self._forget_assignment()
+            self._compact_work_stream()
         else:
             del self.running[record.job_id]
         record.result = result
@@ -349,10 +347,13 @@ class JobTable:
                 canceller.send(status is JobStatus.CANCELLED)
             record.cancellers = None
 
-    def _forget_assignment(self) -> None:
-        """Count a cancelled job's assignment; compact the stream if too many."""
-        self._dead_assignments += 1
-        if self._dead_assignments <= self.admission.limit or self.shutting_down:
+    def _compact_work_stream(self) -> None:
+        """Drop withdrawn jobs' assignments once more than ``max_pending`` pile up.
+
+        Each stays in the stream, its id in :attr:`withdrawn`, until a worker
+        passes it; behind a long job they would otherwise accumulate.
+        """
+        if len(self.withdrawn) <= self.admission.limit or self.shutting_down:
             return
         assert self._work_send is not None
         assert self._work_receive is not None
@@ -368,7 +369,6 @@ class JobTable:
                 live.append(assignment)
         for assignment in live:
             self._work_send.send_nowait(assignment)
-        self._dead_assignments = 0
 
     def _evict(self) -> None:
         record = self.finished.popleft()
