@@ -13,10 +13,12 @@ resolving the path again (``_recent.py`` says why that is safe).
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+import inspect
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.routing import APIRoute
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: these names must exist then.
@@ -44,6 +46,11 @@ from stoat_ferret.api._schemas import (
 )
 from stoat_ferret.jobs import AsyncJobQueue, JobNotFound, JobStatus
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from starlette.responses import Response
+
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 
 SCAN_JOB_TYPE: Final = "scan"
@@ -54,6 +61,33 @@ def scan_key(path: str, *, recursive: bool) -> str:
     return f"scan:{'recursive' if recursive else 'flat'}:{path}"
 
 
+class RequestResponseRoute(APIRoute):
+    """An :class:`APIRoute` whose endpoint takes the ``Request`` and returns a ``Response``.
+
+    FastAPI wraps every endpoint in a per-request handler that reads the
+    body, solves the dependencies, calls the endpoint and serialises what it
+    returns, with its telemetry hooks around each step. An endpoint that
+    reads the request itself and builds its own response needs none of it,
+    yet on a scan request that handler cost 105k of the 459k instructions
+    (callgrind, in-process ASGI). This route calls the endpoint directly.
+    Everything else stays FastAPI's: the OpenAPI entry (from the route's
+    arguments), matching, 405s, and the exception handlers, which see what
+    the endpoint raises exactly as before.
+
+    Raises:
+        TypeError: the endpoint takes anything but ``request``.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if list(inspect.signature(endpoint).parameters) != ["request"]:
+            raise TypeError(f"{endpoint.__qualname__} must take exactly one argument, request")
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return handler
+
+
 def add_scan_route(app: FastAPI) -> None:
     """Register ``POST /api/v1/videos/scan`` on the app itself.
 
@@ -62,9 +96,10 @@ def add_scan_route(app: FastAPI) -> None:
     app's own routes once. And first in line, ahead of the documentation
     routes FastAPI adds when the app is made, since a request tries routes in
     order. Together that is 13% of the instructions of a scan request (533k
-    -> 462k counted with callgrind; 483k when it is not first).
+    -> 462k counted with callgrind; 483k when it is not first). As a
+    :class:`RequestResponseRoute`, another 23% (459k -> 354k).
     """
-    app.add_api_route(
+    app.router.add_api_route(
         f"{router.prefix}/scan",
         scan_videos,
         methods=["POST"],
@@ -73,6 +108,7 @@ def add_scan_route(app: FastAPI) -> None:
         responses=error_responses(400, 403, 404, 413, 422, 503),
         openapi_extra=body_schema(ScanRequest),
         tags=["videos"],
+        route_class_override=RequestResponseRoute,
     )
     app.router.routes.insert(0, app.router.routes.pop())  # the route just added
 

@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from fastapi import Request, Response
 
+from stoat_ferret.api._videos import RequestResponseRoute
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus
 from tests.api.support import GatedScan, serving, supervisor_running
@@ -348,3 +350,18 @@ async def test_closed_queue_is_503(settings: Settings, scan_root: Path) -> None:
 
     assert response.status_code == 503
     assert "Retry-After" in response.headers
+
+
+def test_request_response_route_takes_only_endpoints_of_the_request() -> None:
+    """The lean route refuses an endpoint with other arguments: it would never get them."""
+
+    async def wants_a_query(request: Request, limit: int) -> Response:
+        raise AssertionError("never called")
+
+    async def takes_the_request(request: Request) -> Response:
+        return Response(status_code=204)
+
+    with pytest.raises(TypeError, match="wants_a_query must take exactly one argument"):
+        RequestResponseRoute("/x", wants_a_query, methods=["GET"])
+    route = RequestResponseRoute("/x", takes_the_request, methods=["GET"])
+    assert route.get_route_handler() is takes_the_request
