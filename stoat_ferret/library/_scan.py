@@ -11,9 +11,11 @@ One scan, step by step:
 4. Probe in worker threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
    each handing a thread :data:`PROBE_CHUNK` files at a time.
-   Results go through a memory stream to one writer task, which writes them
-   in batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or
-   per :data:`FLUSH_SECONDS`, whichever comes first.
+   Each chunk's results go through a memory stream, as one item, to one
+   writer task, which writes them in batches as they arrive: one transaction
+   per :data:`WRITE_BATCH` rows or per :data:`FLUSH_SECONDS`, whichever comes
+   first. One item a chunk rather than a file: each send and receive is a
+   trip through the event loop, which a scan shares with every request.
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. When
 a file that was stored before has changed and can no longer be probed, its row
@@ -60,7 +62,8 @@ if TYPE_CHECKING:
     from stoat_ferret.library._library import VideoLibrary
 
 WRITE_BATCH: Final = 256
-"""Most rows written in one transaction."""
+"""Rows that close a transaction: one holds at least this many (plus the rest of
+the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
@@ -200,7 +203,9 @@ class _Scan:
         )
 
     async def probe_all(self, paths: list[str]) -> None:
-        send, receive = anyio.create_memory_object_stream[VideoRecord | str](WRITE_BATCH)
+        send, receive = anyio.create_memory_object_stream[list[VideoRecord | str]](
+            WRITE_BATCH // PROBE_CHUNK
+        )
         chunks = [paths[start : start + PROBE_CHUNK] for start in range(0, len(paths), PROBE_CHUNK)]
         queue = iter(chunks)  # shared: each chunk is taken by exactly one worker
         async with anyio.create_task_group() as group:
@@ -227,15 +232,16 @@ class _Scan:
             group.cancel_scope.cancel()
 
     async def probe_worker(
-        self, chunks: Iterator[list[str]], send: MemoryObjectSendStream[VideoRecord | str]
+        self, chunks: Iterator[list[str]], send: MemoryObjectSendStream[list[VideoRecord | str]]
     ) -> None:
         for chunk in chunks:
             outcomes = await anyio.to_thread.run_sync(self.probe_chunk, chunk, limiter=self.limiter)
+            items: list[VideoRecord | str] = []
             for path, outcome in outcomes:
                 if isinstance(outcome, str):
                     self.errors.add(path, outcome)
                     if path in self.known:
-                        await send.send(path)  # its stored metadata no longer describes it
+                        items.append(path)  # its stored metadata no longer describes it
                 else:
                     directory, filename = os.path.split(path)
                     size_bytes, mtime_ns = self.found[path]
@@ -247,13 +253,15 @@ class _Scan:
                         mtime_ns=mtime_ns,
                         probe=outcome,
                     )
-                    await send.send(record)
+                    items.append(record)
                     if path in self.known:
                         self.updated += 1
                     else:
                         self.added += 1
                 self.done += 1
                 self.report()
+            if items:
+                await send.send(items)
 
     def probe_chunk(self, paths: list[str]) -> list[tuple[str, VideoProbe | str]]:
         """Probe a few files in this worker thread: a probe or an error message each.
@@ -278,16 +286,18 @@ class _Scan:
                 outcomes.append((path, f"{type(exc).__name__}: {exc}"))
         return outcomes
 
-    async def write_batches(self, receive: MemoryObjectReceiveStream[VideoRecord | str]) -> None:
-        # A transaction costs far more than a row: gather up to WRITE_BATCH items,
-        # but never hold the first one back for longer than FLUSH_SECONDS.
+    async def write_batches(
+        self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]
+    ) -> None:
+        # A transaction costs far more than a row: gather WRITE_BATCH items,
+        # but never hold the first ones back for longer than FLUSH_SECONDS.
         async with receive:
             async for first in receive:
-                batch = [first]
+                batch = list(first)
                 with anyio.move_on_after(FLUSH_SECONDS):
                     while len(batch) < WRITE_BATCH:
                         try:
-                            batch.append(await receive.receive())
+                            batch.extend(await receive.receive())
                         except anyio.EndOfStream:
                             break
                 records = [item for item in batch if isinstance(item, VideoRecord)]
