@@ -17,6 +17,10 @@ variable                    default              meaning
 ``STOAT_MAX_WORKERS``       ``2``                jobs running at once
 ``STOAT_MAX_PENDING``       ``1000``             jobs waiting to run before 503
 ``STOAT_SHUTDOWN_GRACE``    ``10``               seconds running jobs get at shutdown
+``STOAT_PROBE_THREADS``     cores - 1, 1 to 4    files probed at once, by all scans
+``STOAT_PROBE_PRIORITY``    ``idle``             ``idle``: probe threads run only on
+                                                 cores nothing else wants (Linux);
+                                                 ``normal``: at normal priority
 ``STOAT_LOG_LEVEL``         ``INFO``             loguru level name
 ==========================  ===================  ===================================
 
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+
+from stoat_ferret.library import ThreadPriority
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -165,6 +171,11 @@ class Settings:
         validator=_check_count,
         metadata={"env": "STOAT_PROBE_THREADS"},
     )
+    probe_priority: ThreadPriority = attrs.field(
+        default=ThreadPriority.IDLE,
+        validator=attrs.validators.instance_of(ThreadPriority),
+        metadata={"env": "STOAT_PROBE_PRIORITY"},
+    )
     log_level: str = attrs.field(
         default="INFO", validator=_check_log_level, metadata={"env": "STOAT_LOG_LEVEL"}
     )
@@ -218,6 +229,14 @@ def _parse_level(_: str, raw: str) -> str:
     return raw.upper()
 
 
+def _parse_priority(name: str, raw: str) -> ThreadPriority:
+    try:
+        return ThreadPriority(raw.lower())
+    except ValueError:
+        choices = " or ".join(priority.value for priority in ThreadPriority)
+        raise SettingsError(f"{name} must be {choices}, got {raw!r}") from None
+
+
 # Field name -> parser of the variable's text; each parser gets the variable's name.
 _PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "host": _parse_text,
@@ -229,5 +248,6 @@ _PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "max_pending": _parse_int,
     "shutdown_grace": _parse_float,
     "probe_threads": _parse_int,
+    "probe_priority": _parse_priority,
     "log_level": _parse_level,
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings import Settings, SettingsError, default_probe_threads
 
 
@@ -25,6 +26,7 @@ def test_defaults_without_environment() -> None:
     assert settings.shutdown_grace == 10.0
     assert settings.log_level == "INFO"
     assert settings.probe_threads == default_probe_threads(os.cpu_count())
+    assert settings.probe_priority is ThreadPriority.IDLE
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "STOAT_SHUTDOWN_GRACE": "0",
             "STOAT_LOG_LEVEL": "debug",
             "STOAT_PROBE_THREADS": "6",
+            "STOAT_PROBE_PRIORITY": "Normal",
         }
     )
 
@@ -69,6 +72,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.shutdown_grace == 0.0
     assert settings.log_level == "DEBUG"
     assert settings.probe_threads == 6
+    assert settings.probe_priority is ThreadPriority.NORMAL
 
 
 def test_empty_variables_take_the_default() -> None:
@@ -107,6 +111,7 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
         ("STOAT_MAX_PENDING", "-1", ">= 1"),
         ("STOAT_PROBE_THREADS", "0", ">= 1"),
         ("STOAT_PROBE_THREADS", "two", "whole number"),
+        ("STOAT_PROBE_PRIORITY", "low", "idle or normal"),
         ("STOAT_SHUTDOWN_GRACE", "-1", ">= 0"),
         ("STOAT_SHUTDOWN_GRACE", "nan", "finite"),
         ("STOAT_LOG_LEVEL", "chatty", "one of"),

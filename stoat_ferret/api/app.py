@@ -110,7 +110,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.library = library
     app.state.stopping = anyio.Event()
     try:
-        handler = make_scan_handler(library, probe_threads=settings.probe_threads)
+        handler = make_scan_handler(
+            library,
+            probe_threads=settings.probe_threads,
+            probe_priority=settings.probe_priority,
+        )
         injected: AsyncJobQueue | None = app.state.injected_job_queue
         if injected is not None:
             _register_scan(injected, handler)
@@ -135,6 +139,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     database=library.path,
                     scan_roots=[str(root) for root in settings.scan_roots] or "any",
                     max_workers=settings.max_workers,
+                    probe_threads=settings.probe_threads,
+                    probe_priority=settings.probe_priority.value,
                 )
                 try:
                     yield

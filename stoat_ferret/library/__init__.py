@@ -7,6 +7,7 @@ walks, probes and SQLite calls run in worker threads, on asyncio and trio alike.
 
 from __future__ import annotations
 
+from stoat_ferret.library._background import BackgroundThreads, ThreadPriority, lower_priority
 from stoat_ferret.library._exceptions import LibraryError, ProbeError, ScanError, StoreError
 from stoat_ferret.library._library import VideoLibrary
 from stoat_ferret.library._models import (
@@ -27,6 +28,7 @@ __all__ = [
     "READ_LIMIT",
     "SCHEMA_VERSION",
     "VIDEO_EXTENSIONS",
+    "BackgroundThreads",
     "ErrorLog",
     "Fingerprint",
     "LibraryError",
@@ -34,11 +36,13 @@ __all__ = [
     "ScanError",
     "ScanHandler",
     "StoreError",
+    "ThreadPriority",
     "Video",
     "VideoLibrary",
     "VideoProbe",
     "VideoRecord",
     "VideoStore",
+    "lower_priority",
     "make_scan_handler",
     "parse_payload",
     "probe_video",

@@ -8,9 +8,11 @@ One scan, step by step:
 3. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
    and is neither probed nor written. The rest are probed; rows whose file is
    gone are deleted (``removed``) in one transaction.
-4. Probe in worker threads: ``probe_threads`` tasks share one
+4. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
-   each handing a thread :data:`PROBE_CHUNK` files at a time.
+   each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
+   probe threads, which run at ``SCHED_IDLE`` priority on Linux unless the
+   handler is told otherwise (``_background.py`` says why and what it costs).
    Each chunk's results go through a memory stream, as one item, to one
    writer task, which writes them in batches as they arrive: one transaction
    per :data:`WRITE_BATCH` rows or per :data:`FLUSH_SECONDS`, whichever comes
@@ -39,11 +41,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.from_thread
-import anyio.to_thread
 import attrs
 from loguru import logger
 
 from stoat_ferret.jobs import JobContext
+from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import (
     DEFAULT_ERROR_CAP,
@@ -56,6 +58,8 @@ from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
+    import threading
+
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -78,6 +82,7 @@ def make_scan_handler(
     library: VideoLibrary,
     *,
     probe_threads: int = 4,
+    probe_priority: ThreadPriority = ThreadPriority.IDLE,
     error_cap: int = DEFAULT_ERROR_CAP,
 ) -> ScanHandler:
     """Build the handler of ``scan`` jobs, which fills ``library``.
@@ -89,6 +94,7 @@ def make_scan_handler(
         library: Where the videos are stored.
         probe_threads: How many files are probed at once, at most, by all the
             scans of this handler together.
+        probe_priority: The CPU priority of the probing threads.
         error_cap: How many ``errors`` entries a result lists; the rest are
             counted in ``errors_truncated``.
 
@@ -104,6 +110,7 @@ def make_scan_handler(
     if error_cap < 0:
         raise ValueError(f"error_cap must be >= 0, got {error_cap}")
     limiter = anyio.CapacityLimiter(probe_threads)
+    threads = BackgroundThreads(probe_threads, probe_priority, name="stoat-probe")
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
         root, recursive = parse_payload(ctx.payload)
@@ -114,6 +121,7 @@ def make_scan_handler(
             recursive=recursive,
             limiter=limiter,
             workers=probe_threads,
+            threads=threads,
             errors=ErrorLog(cap=error_cap),
         )
         return await run.run()
@@ -148,6 +156,7 @@ class _Scan:
     recursive: bool
     limiter: anyio.CapacityLimiter
     workers: int
+    threads: BackgroundThreads
     errors: ErrorLog
     found: dict[str, Fingerprint] = attrs.field(factory=dict)
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
@@ -235,7 +244,8 @@ class _Scan:
         self, chunks: Iterator[list[str]], send: MemoryObjectSendStream[list[VideoRecord | str]]
     ) -> None:
         for chunk in chunks:
-            outcomes = await anyio.to_thread.run_sync(self.probe_chunk, chunk, limiter=self.limiter)
+            async with self.limiter:
+                outcomes = await self.threads.run_sync(functools.partial(self.probe_chunk, chunk))
             items: list[VideoRecord | str] = []
             for path, outcome in outcomes:
                 if isinstance(outcome, str):
@@ -263,16 +273,19 @@ class _Scan:
             if items:
                 await send.send(items)
 
-    def probe_chunk(self, paths: list[str]) -> list[tuple[str, VideoProbe | str]]:
-        """Probe a few files in this worker thread: a probe or an error message each.
+    def probe_chunk(
+        self, paths: list[str], stop: threading.Event
+    ) -> list[tuple[str, VideoProbe | str]]:
+        """Probe a few files in this thread: a probe or an error message each.
 
-        One thread hop per chunk rather than per file: a hop costs the event
-        loop about as much as probing a small file. Cancellation is checked
-        before every file, so none starts once the scan is cancelled.
+        One trip to a thread per chunk rather than per file: a trip costs the
+        event loop about as much as probing a small file. ``stop`` (set once the
+        scan is cancelled) is checked before every file, so none starts after.
         """
         outcomes: list[tuple[str, VideoProbe | str]] = []
         for path in paths:
-            anyio.from_thread.check_cancelled()
+            if stop.is_set():
+                break
             try:
                 outcomes.append((path, probe_video(path)))
             except ProbeError as exc:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import anyio
+import attrs
 import httpx
 import pytest
 
 from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api.app import create_app, lifespan
 from stoat_ferret.jobs import InMemoryJobQueue, JobStatus, JobSupervisor
-from stoat_ferret.library import VideoLibrary
+from stoat_ferret.library import ProbeError, ThreadPriority, VideoLibrary, VideoProbe, _scan
 from tests.api.support import (
     BASE_URL,
     GatedScan,
@@ -96,6 +98,38 @@ async def test_injected_queue_gets_the_real_scan_handler(settings: Settings) -> 
     assert response.status_code == 202
     assert job.status is JobStatus.COMPLETED
     assert job.result["found"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("priority", list(ThreadPriority))
+@pytest.mark.anyio
+async def test_scans_probe_at_the_configured_priority(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, priority: ThreadPriority
+) -> None:
+    """STOAT_PROBE_PRIORITY reaches the probe threads: SCHED_IDLE only for idle."""
+    (settings.scan_roots[0] / "clip.mp4").write_bytes(b"not a video")
+    policies: list[int] = []
+
+    def probe(path: str) -> VideoProbe:
+        policies.append(os.sched_getscheduler(0))
+        raise ProbeError(path, "recorded")
+
+    monkeypatch.setattr(_scan, "probe_video", probe)
+    queue = InMemoryJobQueue()
+    app = create_app(attrs.evolve(settings, probe_priority=priority), job_queue=queue)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            response = await client.post(
+                "/api/v1/videos/scan", json={"path": str(settings.scan_roots[0])}
+            )
+            job = await queue.get_result(response.json()["job_id"])
+
+    assert job.result["errors"] == [
+        {"path": str(settings.scan_roots[0] / "clip.mp4"), "error": "recorded"}
+    ]
+    expected = os.SCHED_IDLE if priority is ThreadPriority.IDLE else os.sched_getscheduler(0)
+    assert policies == [expected]
 
 
 @pytest.mark.anyio

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import pytest
 
 from stoat_ferret.library import (
     ProbeError,
     ScanError,
     StoreError,
+    ThreadPriority,
     VideoLibrary,
     VideoProbe,
     _scan,
@@ -372,12 +374,13 @@ async def test_cancellation_stops_probing_and_writing(
     fresh = _fill(media, clip, [f"{i}-new.mp4" for i in range(1, 9)])
     spy = ProbeSpy(monkeypatch)
 
+    token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
     with anyio.fail_after(TIMEOUT):
         with anyio.CancelScope() as scope:
 
             def cancel_on_third(path: str, count: int) -> None:
                 if count == 3:
-                    anyio.from_thread.run_sync(scope.cancel)
+                    anyio.from_thread.run_sync(scope.cancel, token=token)
 
             spy.before = cancel_on_third
             await handler(make_context(media))
@@ -460,3 +463,31 @@ def test_probe_error_keeps_path_and_reason() -> None:
         "no video stream",
         "/m/a.mp4: no video stream",
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("priority", list(ThreadPriority))
+async def test_probes_run_at_the_handlers_priority(
+    library: VideoLibrary,
+    media: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+    priority: ThreadPriority,
+) -> None:
+    """Every probe runs under SCHED_IDLE by default, and at the caller's policy for NORMAL."""
+    _fill(media, clip, [f"{i:02d}.mp4" for i in range(3 * _scan.PROBE_CHUNK)])
+    policies: list[int] = []
+
+    def probe(path: str) -> VideoProbe:
+        policies.append(os.sched_getscheduler(0))
+        return probe_video(path)
+
+    monkeypatch.setattr(_scan, "probe_video", probe)
+    handler = make_scan_handler(library, probe_threads=2, probe_priority=priority)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+
+    expected = os.SCHED_IDLE if priority is ThreadPriority.IDLE else os.sched_getscheduler(0)
+    assert result["added"] == len(policies) == 3 * _scan.PROBE_CHUNK
+    assert set(policies) == {expected}

@@ -1,0 +1,131 @@
+"""Threads for CPU-heavy background work, at the lowest CPU priority the OS offers.
+
+A scan probes files with FFmpeg, which runs outside the GIL and keeps a core
+busy. The event loop that answers requests runs in another thread of the same
+process, and on a machine with few cores the two compete for a core. Linux
+does not let a waking thread preempt a running one of equal priority at once:
+the running thread finishes its slice first. Measured on 2 cores with
+``perf sched``, the loop thread waited up to 4 ms for a core while a probe
+thread ran, and ``GET /health`` p99 during a scan was about 2x its idle p99.
+A ``nice 19`` probe thread did not change that (the slice rule still holds);
+a ``SCHED_IDLE`` one did: a thread of normal priority that wakes up takes the
+core at once. Desktop file indexers run the same way, for the same reason.
+
+Why threads of their own rather than ``anyio.to_thread``'s: a thread cannot
+leave ``SCHED_IDLE`` again without privileges (Linux counts it as nice 20,
+and ``RLIMIT_NICE`` is 0 by default), and anyio's worker threads go back to a
+pool that also runs SQLite and path checks, which must not inherit it. So
+:class:`BackgroundThreads` keeps a :class:`~concurrent.futures.ThreadPoolExecutor`
+whose threads lower their own priority once, when they start. Starting a
+thread per call instead cost a quarter of a first scan's speed: the event
+loop waits in ``Thread.start()`` until the new thread is scheduled, and with
+every core busy probing that takes up to a slice.
+
+The trade-off: a thread at ``SCHED_IDLE`` runs only on a core that no normal
+thread wants. On a machine whose every core is busy with other work, a scan
+crawls (and may reach its timeout), and the event loop, waiting for a GIL
+that a starved probe thread holds, can stall too. ``STOAT_PROBE_PRIORITY=
+normal`` keeps probe threads at normal priority for such machines. On systems
+without ``SCHED_IDLE`` (everything but Linux) the priority is left as it is.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+from loguru import logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+
+
+class ThreadPriority(enum.Enum):
+    """CPU priority of the threads of :class:`BackgroundThreads`."""
+
+    IDLE = "idle"  # Linux SCHED_IDLE: runs only when no normal thread wants the core
+    NORMAL = "normal"  # the priority they inherit from the thread that starts them
+
+
+def lower_priority() -> bool:
+    """Put the calling thread under ``SCHED_IDLE``; return whether that happened.
+
+    False where the OS has no such policy or refuses it (a sandbox may): the
+    thread then runs at the priority it had.
+    """
+    if not hasattr(os, "SCHED_IDLE"):  # pragma: no cover - Linux-only policy
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:  # pragma: no cover - only in sandboxes that forbid it
+        logger.debug("cannot lower a thread's priority", reason=str(exc))
+        return False
+    return True
+
+
+class BackgroundThreads:
+    """At most ``threads`` threads at ``priority``, for blocking work called from async code.
+
+    Threads start on first use and are reused; they end when this object is
+    garbage-collected or the interpreter exits (``ThreadPoolExecutor``'s
+    rules). Bound the callers (a ``CapacityLimiter`` of ``threads`` tokens)
+    to keep work from queueing behind busy threads.
+
+    Args:
+        threads: The most threads at once.
+        priority: Their CPU priority.
+        name: Prefix of their names (shown by debuggers and ``py-spy``).
+    """
+
+    def __init__(self, threads: int, priority: ThreadPriority, *, name: str) -> None:
+        self.priority = priority
+        initializer = lower_priority if priority is ThreadPriority.IDLE else None
+        self._executor = ThreadPoolExecutor(threads, name, initializer=initializer)
+
+    async def run_sync(self, func: Callable[[threading.Event], T]) -> T:
+        """Run ``func(stop)`` in one of the threads; return what it returns.
+
+        ``stop`` is set when the caller is cancelled: ``func`` should check it
+        between items of work and return early. The caller then waits
+        (shielded) until ``func`` has returned, so no work outlives the call,
+        and the cancellation goes on once it has; what ``func`` returned is
+        dropped.
+
+        Raises:
+            BaseException: whatever ``func`` raised, re-raised here.
+        """
+        token = anyio.lowlevel.current_token()
+        stop = threading.Event()
+        done = anyio.Event()
+        outcome: list[Any] = []  # [True, value] or [False, exception], set by the thread
+
+        def call() -> None:
+            try:
+                outcome[:] = [True, func(stop)]
+            except BaseException as exc:  # handed to the caller, re-raised there
+                outcome[:] = [False, exc]
+            # Blocks until the loop has run done.set. The caller is still
+            # waiting for it (shielded once cancelled), so the loop is running.
+            anyio.from_thread.run_sync(done.set, token=token)
+
+        self._executor.submit(call)
+        try:
+            await done.wait()
+        except BaseException:
+            stop.set()
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        succeeded, value = outcome
+        if not succeeded:
+            raise value
+        result: T = value
+        return result

@@ -1,0 +1,133 @@
+"""BackgroundThreads: blocking work off the event loop, at background CPU priority."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from stoat_ferret.library import BackgroundThreads, ThreadPriority, lower_priority
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 20
+
+needs_sched_idle = pytest.mark.skipif(
+    not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is a Linux scheduling policy"
+)
+
+
+def _policy(_: threading.Event) -> int:
+    return os.sched_getscheduler(0)
+
+
+async def test_run_sync_returns_what_the_function_returns() -> None:
+    """The function gets an unset stop event; its result comes back to the caller."""
+    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+
+    def work(stop: threading.Event) -> tuple[bool, str]:
+        return stop.is_set(), threading.current_thread().name
+
+    with anyio.fail_after(TIMEOUT):
+        stopped, name = await threads.run_sync(work)
+
+    assert stopped is False
+    assert name.startswith("test")
+    assert name != threading.current_thread().name
+
+
+async def test_run_sync_reraises_what_the_function_raises() -> None:
+    """An exception in the thread is raised again in the caller, unchanged."""
+    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+    error = LookupError("no such clip")
+
+    def work(_: threading.Event) -> None:
+        raise error
+
+    with anyio.fail_after(TIMEOUT), pytest.raises(LookupError) as caught:
+        await threads.run_sync(work)
+
+    assert caught.value is error
+
+
+async def test_threads_are_reused() -> None:
+    """Calls one after another run in the same thread: no thread is started per call."""
+    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+
+    def ident(_: threading.Event) -> int:
+        return threading.get_ident()
+
+    with anyio.fail_after(TIMEOUT):
+        first = await threads.run_sync(ident)
+        second = await threads.run_sync(ident)
+
+    assert first == second
+
+
+async def test_cancellation_sets_stop_and_waits_for_the_function() -> None:
+    """A cancelled caller sets stop, and returns only once the function has returned."""
+    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+    started = threading.Event()
+    returned = threading.Event()
+    results: list[str] = []
+
+    def work(stop: threading.Event) -> str:
+        started.set()
+        if stop.wait(TIMEOUT):  # False only if the caller never sets it
+            returned.set()
+        return "dropped"
+
+    async def call() -> None:
+        results.append(await threads.run_sync(work))
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(call)
+            await anyio.to_thread.run_sync(started.wait)
+            group.cancel_scope.cancel()
+
+    assert returned.is_set()
+    assert results == []
+
+
+@needs_sched_idle
+async def test_idle_threads_run_under_sched_idle() -> None:
+    """IDLE threads run under SCHED_IDLE; the caller's thread keeps its own policy."""
+    threads = BackgroundThreads(1, ThreadPriority.IDLE, name="test")
+    before = os.sched_getscheduler(0)
+
+    with anyio.fail_after(TIMEOUT):
+        policy = await threads.run_sync(_policy)
+
+    assert policy == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == before != os.SCHED_IDLE
+
+
+@needs_sched_idle
+async def test_normal_threads_keep_the_callers_policy() -> None:
+    """NORMAL threads run under the policy of the thread that started them."""
+    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+
+    with anyio.fail_after(TIMEOUT):
+        policy = await threads.run_sync(_policy)
+
+    assert policy == os.sched_getscheduler(0) != os.SCHED_IDLE
+
+
+@needs_sched_idle
+def test_lower_priority_moves_only_the_calling_thread() -> None:
+    """lower_priority() puts its own thread under SCHED_IDLE and no other."""
+    seen: list[tuple[bool, int]] = []
+
+    def lower() -> None:
+        seen.append((lower_priority(), os.sched_getscheduler(0)))
+
+    thread = threading.Thread(target=lower)
+    thread.start()
+    thread.join()
+
+    assert seen == [(True, os.SCHED_IDLE)]
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
