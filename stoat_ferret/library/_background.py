@@ -31,6 +31,7 @@ without ``SCHED_IDLE`` (everything but Linux) the priority is left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import threading
@@ -38,7 +39,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
 from loguru import logger
 
@@ -59,14 +59,19 @@ def lower_priority() -> bool:
     """Put the calling thread under ``SCHED_IDLE``; return whether that happened.
 
     False where the OS has no such policy or refuses it (a sandbox may): the
-    thread then runs at the priority it had.
+    thread then runs at the priority it had, and a warning says so. Never
+    raises: it is a thread pool's initializer, and an initializer that raises
+    breaks the pool for good.
     """
     if not hasattr(os, "SCHED_IDLE"):  # pragma: no cover - Linux-only policy
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError as exc:  # pragma: no cover - only in sandboxes that forbid it
-        logger.debug("cannot lower a thread's priority", reason=str(exc))
+    except Exception as exc:  # pragma: no cover - only in sandboxes that forbid it
+        logger.warning(
+            "cannot lower a probe thread's CPU priority; it runs at normal priority",
+            reason=f"{type(exc).__name__}: {exc}",
+        )
         return False
     return True
 
@@ -76,8 +81,13 @@ class BackgroundThreads:
 
     Threads start on first use and are reused; they end when this object is
     garbage-collected or the interpreter exits (``ThreadPoolExecutor``'s
-    rules). Bound the callers (a ``CapacityLimiter`` of ``threads`` tokens)
-    to keep work from queueing behind busy threads.
+    rules: exit waits for work that is running, which a cancelled caller has
+    already asked to stop). Bound the callers (a ``CapacityLimiter`` of
+    ``threads`` tokens) to keep work from queueing behind busy threads.
+
+    The threads hold no anyio token: code in them cannot call back into the
+    event loop with ``anyio.from_thread`` and does not see
+    ``from_thread.check_cancelled``; the ``stop`` event takes its place.
 
     Args:
         threads: The most threads at once.
@@ -96,12 +106,13 @@ class BackgroundThreads:
         ``stop`` is set when the caller is cancelled: ``func`` should check it
         between items of work and return early. The caller then waits
         (shielded) until ``func`` has returned, so no work outlives the call,
-        and the cancellation goes on once it has; what ``func`` returned is
-        dropped.
+        and the cancellation goes on once it has. What ``func`` returned or
+        raised after the cancellation is dropped: the cancellation wins.
 
         Raises:
             BaseException: whatever ``func`` raised, re-raised here.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         token = anyio.lowlevel.current_token()
         stop = threading.Event()
         done = anyio.Event()
@@ -112,9 +123,12 @@ class BackgroundThreads:
                 outcome[:] = [True, func(stop)]
             except BaseException as exc:  # handed to the caller, re-raised there
                 outcome[:] = [False, exc]
-            # Blocks until the loop has run done.set. The caller is still
-            # waiting for it (shielded once cancelled), so the loop is running.
-            anyio.from_thread.run_sync(done.set, token=token)
+            # Wake the caller without waiting for the loop, as anyio's own
+            # worker threads do: a thread that blocked here would hang the
+            # interpreter's exit if the loop were stopped without cancelling
+            # the caller. A loop that is already gone has nobody to wake.
+            with contextlib.suppress(anyio.RunFinishedError):
+                token.backend_class.run_sync_soon(done.set, (), token.native_token)
 
         self._executor.submit(call)
         try:

@@ -54,17 +54,56 @@ async def test_run_sync_reraises_what_the_function_raises() -> None:
 
 
 async def test_threads_are_reused() -> None:
-    """Calls one after another run in the same thread: no thread is started per call."""
-    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+    """Many calls share at most ``threads`` threads: no thread is started per call."""
+    threads = BackgroundThreads(2, ThreadPriority.NORMAL, name="test")
+    seen: list[threading.Thread] = []  # holding them keeps their idents from being reused
 
-    def ident(_: threading.Event) -> int:
-        return threading.get_ident()
+    def current(_: threading.Event) -> threading.Thread:
+        return threading.current_thread()
+
+    async def call() -> None:
+        seen.append(await threads.run_sync(current))
 
     with anyio.fail_after(TIMEOUT):
-        first = await threads.run_sync(ident)
-        second = await threads.run_sync(ident)
+        async with anyio.create_task_group() as group:
+            for _ in range(12):
+                group.start_soon(call)
 
-    assert first == second
+    assert len(seen) == 12
+    assert 1 <= len(set(seen)) <= 2
+    assert threading.current_thread() not in seen
+
+
+async def test_a_cancelled_caller_starts_nothing() -> None:
+    """A caller already cancelled when it calls run_sync never reaches a thread."""
+    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+    calls: list[threading.Event] = []
+
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await threads.run_sync(calls.append)
+
+    assert scope.cancelled_caught
+    assert calls == []
+
+
+async def test_an_error_raised_after_cancellation_is_dropped() -> None:
+    """The cancellation wins over what the stopped function raises."""
+    threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
+    started = threading.Event()
+
+    def work(stop: threading.Event) -> None:
+        started.set()
+        stop.wait(TIMEOUT)
+        raise LookupError("raised while stopping")
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(threads.run_sync, work)
+            await anyio.to_thread.run_sync(started.wait)
+            group.cancel_scope.cancel()
+
+    assert group.cancel_scope.cancelled_caught
 
 
 async def test_cancellation_sets_stop_and_waits_for_the_function() -> None:

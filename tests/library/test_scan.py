@@ -373,6 +373,17 @@ async def test_cancellation_stops_probing_and_writing(
         await handler(make_context(media))
     fresh = _fill(media, clip, [f"{i}-new.mp4" for i in range(1, 9)])
     spy = ProbeSpy(monkeypatch)
+    stops: list[threading.Event] = []  # the stop event of each probe_chunk call
+    stopped: list[bool] = []  # whether the chunk was told to stop in time
+    probe_chunk = _scan._Scan.probe_chunk
+
+    def recording_probe_chunk(
+        self: _scan._Scan, paths: list[str], stop: threading.Event
+    ) -> list[tuple[str, VideoProbe | str]]:
+        stops.append(stop)
+        return probe_chunk(self, paths, stop)
+
+    monkeypatch.setattr(_scan._Scan, "probe_chunk", recording_probe_chunk)
 
     token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
     with anyio.fail_after(TIMEOUT):
@@ -381,12 +392,17 @@ async def test_cancellation_stops_probing_and_writing(
             def cancel_on_third(path: str, count: int) -> None:
                 if count == 3:
                     anyio.from_thread.run_sync(scope.cancel, token=token)
+                    # The third file is still probed; the fourth, in the same
+                    # chunk, must not be. Return once the loop has handled the
+                    # cancellation and told this chunk to stop.
+                    stopped.append(stops[-1].wait(TIMEOUT))
 
             spy.before = cancel_on_third
             await handler(make_context(media))
         stored = {v.path for v in (await library.list_videos())[0]}
 
     assert scope.cancelled_caught
+    assert stopped == [True]
     assert spy.calls == fresh[:3]
     assert old in stored
     assert stored <= {old, *fresh[:2]}
