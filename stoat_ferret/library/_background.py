@@ -12,8 +12,8 @@ a ``SCHED_IDLE`` one did: a thread of normal priority that wakes up takes the
 core at once. Desktop file indexers run the same way, for the same reason.
 
 Why threads of their own rather than ``anyio.to_thread``'s: a thread cannot
-leave ``SCHED_IDLE`` again without privileges (Linux counts it as nice 20,
-and ``RLIMIT_NICE`` is 0 by default), and anyio's worker threads go back to a
+leave ``SCHED_IDLE`` again without privileges (Linux allows it only within
+``RLIMIT_NICE``, which is 0 by default), and anyio's worker threads go back to a
 pool that also runs SQLite and path checks, which must not inherit it. So
 :class:`BackgroundThreads` keeps a :class:`~concurrent.futures.ThreadPoolExecutor`
 whose threads lower their own priority once, when they start. Starting a
@@ -96,7 +96,6 @@ class BackgroundThreads:
     """
 
     def __init__(self, threads: int, priority: ThreadPriority, *, name: str) -> None:
-        self.priority = priority
         initializer = lower_priority if priority is ThreadPriority.IDLE else None
         self._executor = ThreadPoolExecutor(threads, name, initializer=initializer)
 
