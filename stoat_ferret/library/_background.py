@@ -69,7 +69,7 @@ def lower_priority() -> bool:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except Exception as exc:  # pragma: no cover - only in sandboxes that forbid it
         logger.warning(
-            "cannot lower a probe thread's CPU priority; it runs at normal priority",
+            "cannot lower a background thread's CPU priority; it runs at normal priority",
             reason=f"{type(exc).__name__}: {exc}",
         )
         return False
