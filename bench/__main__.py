@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("jobs", "scan", "api")
+SUITES = ("jobs", "scan", "api", "hops")
 
 
 def main() -> None:
