@@ -18,10 +18,10 @@ voluntary and involuntary switches (``/proc/self/task/*/status``) during the
 ``hop`` phase. A worker thread that wakes up needs the GIL, which the loop
 holds; it is woken each time the loop releases it for a system call and
 goes back to sleep when the loop takes it back first. Measured on the 2-core
-machine this was written on (three runs): 106-130 switches and 1.6-2.2 ms of
-the loop's time per hop (``hop_ratio`` 0.46-0.60 at 250 hops a second), while
-the same calls made on the loop cost nothing measurable (``inline_ratio``
-0.95-1.04).
+machine this was written on (four runs, both backends): 105-130 switches and
+1.6-2.5 ms of the loop's time per hop (``hop_ratio`` 0.40-0.60 at 250 hops a
+second), while the same calls made on the loop cost nothing measurable
+(``inline_ratio`` 0.94-1.04).
 """
 
 from __future__ import annotations
@@ -82,8 +82,12 @@ def _bench(backend: str, root: Path, target: str, *, reps: int, seconds: float) 
         "inline_ratio": round(statistics.median(ratios["inline"]), 3),
         "hop_ratio": round(statistics.median(ratios["hop"]), 3),
         "rep_hop_ratios": [round(value, 3) for value in ratios["hop"]],
+        "hops_per_s_done": round(statistics.median(run["hops_per_s"] for run in hop_runs)),
         "loop_ms_lost_per_hop": round(
-            statistics.median((1 - ratio) * 1000 / HOPS_PER_SECOND for ratio in ratios["hop"]),
+            statistics.median(
+                (1 - ratio) * 1000 / run["hops_per_s"]
+                for ratio, run in zip(ratios["hop"], hop_runs, strict=True)
+            ),
             2,
         ),
         "context_switches_per_hop": round(
@@ -140,7 +144,12 @@ async def _phase(phase: str, root: Path, target: str, seconds: float) -> dict[st
     finally:
         os.close(read_end)
         os.close(write_end)
-    return {"rounds_per_s": rounds / elapsed, "hops": max(hops, 1), "switches": switches}
+    return {
+        "rounds_per_s": rounds / elapsed,
+        "hops": max(hops, 1),
+        "hops_per_s": max(hops, 1) / elapsed,
+        "switches": switches,
+    }
 
 
 def _context_switches() -> int:
