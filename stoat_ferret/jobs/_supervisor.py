@@ -1,11 +1,12 @@
-"""JobSupervisor: the public face of the actor, and its workers and timers.
+"""JobSupervisor: the public face of the actor; it runs the actor, workers and timers.
 
 One task, the actor, reads the inbox (an anyio memory object stream) and
 hands each message to :class:`JobTable`, the only code that changes a job.
 Callers, workers, job contexts and timers talk to it with the messages in
-``_messages.py``. Workers are long-lived tasks that take assignments, in
-submit order, from a second stream and run each handler under the job's own
-cancel scope with its timeout as deadline. supervisor.md tells the design.
+``_messages.py``. Workers (``_worker.py``) are long-lived tasks that take
+assignments, in submit order, from a second stream and run each handler
+under the job's own cancel scope with its timeout as deadline.
+supervisor.md tells the design.
 """
 
 from __future__ import annotations
@@ -22,15 +23,11 @@ from loguru import logger
 
 from stoat_ferret.jobs._actor import JobTable
 from stoat_ferret.jobs._exceptions import JobNotFound, SupervisorClosed
-from stoat_ferret.jobs._execute import execute
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._messages import (
-    Assignment,
     Cancel,
     Follow,
-    JobFinished,
     JobProgressed,
-    JobStarted,
     Message,
     Reply,
     Shutdown,
@@ -42,7 +39,6 @@ from stoat_ferret.jobs._messages import (
 )
 from stoat_ferret.jobs._models import (
     Handler,
-    JobContext,
     JobPage,
     JobResult,
     JobStatus,
@@ -50,6 +46,7 @@ from stoat_ferret.jobs._models import (
 )
 from stoat_ferret.jobs._record import JobRecord, check_page, select_page, wall_clock_ns
 from stoat_ferret.jobs._registry import JobRegistry, check_timeout
+from stoat_ferret.jobs._worker import run_worker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -62,8 +59,6 @@ if TYPE_CHECKING:
 # schedule point (a yield to other tasks) only on every Nth call: a loop of
 # submits cannot starve the event loop, and the actor gets work in batches.
 _SUBMITS_PER_YIELD = 64
-# A worker running jobs that never yield (no-ops) still yields this often.
-_JOBS_PER_YIELD = 16
 
 
 class _Phase(enum.Enum):
@@ -184,7 +179,14 @@ class JobSupervisor:
                 self._task_group = task_group
                 for number in range(self._max_workers):
                     task_group.start_soon(
-                        self._worker, work.clone(), name=f"stoat_ferret job worker {number}"
+                        run_worker,
+                        work.clone(),
+                        self._inbox_send,
+                        self._table.admission,
+                        self._table.withdrawn,
+                        self._may_start,
+                        self._progress,
+                        name=f"stoat_ferret job worker {number}",
                     )
                 task_group.start_soon(self._retention_timer, name="stoat_ferret job retention")
                 logger.debug("job supervisor started with {} worker(s)", self._max_workers)
@@ -454,55 +456,8 @@ class JobSupervisor:
         self._stopped.set()
         logger.debug("job supervisor stopped")
 
-    async def _worker(self, receive: MemoryObjectReceiveStream[Assignment]) -> None:
-        send = self._inbox_send
-        admission = self._table.admission
-        withdrawn = self._table.withdrawn
-        # The running backend's own CancelScope class: calling it is what
-        # anyio.CancelScope() ends up doing, without asking sniffio which
-        # backend runs (13,000 instructions a job against 6,500; and
-        # anyio.CancelScope() runs the backend class's __init__ twice).
-        new_scope = type(anyio.CancelScope())
-        since_yield = 0
-        # How the last job ended, not sent yet: it goes with the next start
-        # (JobStarted.previous), or alone before this task next awaits
-        # anything, so the actor never waits for it.
-        ended: JobFinished | None = None
-        with receive:
-            while True:
-                try:
-                    assignment = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    if ended is not None:
-                        send.send_nowait(ended)
-                        ended = None
-                    try:
-                        assignment = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                    since_yield = 0
-                except anyio.EndOfStream:
-                    if ended is not None:
-                        send.send_nowait(ended)
-                    return
-                handler, job_id, job_type, payload = assignment
-                if job_id in withdrawn:  # cancelled before it started
-                    withdrawn.discard(job_id)
-                    continue
-                if self._phase is not _Phase.RUNNING:
-                    continue  # shutting down: the actor cancels it
-                admission.give_back()  # started: no longer pending
-                scope = new_scope()
-                # The actor gives the scope its deadline when it handles this.
-                send.send_nowait(JobStarted(job_id, wall_clock_ns(), scope, ended))
-                context = JobContext(job_id, job_type, payload, self._progress)
-                ended = await execute(handler, context, scope)
-                since_yield += 1
-                if since_yield >= _JOBS_PER_YIELD:
-                    since_yield = 0
-                    send.send_nowait(ended)
-                    ended = None
-                    await checkpoint()
+    def _may_start(self) -> bool:
+        return self._phase is _Phase.RUNNING
 
     def _progress(self, job_id: str, fraction: float, message: str | None) -> None:
         # Once the supervisor has stopped, the job is terminal and its progress moot.
