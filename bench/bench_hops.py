@@ -18,7 +18,7 @@ voluntary and involuntary switches (``/proc/self/task/*/status``) during the
 ``hop`` phase. A worker thread that wakes up needs the GIL, which the loop
 holds; it is woken each time the loop releases it for a system call and
 goes back to sleep when the loop takes it back first. Measured on the 2-core
-machine this was written on (four runs, both backends): 105-130 switches and
+machine this was written on (five runs, both backends): 105-131 switches and
 1.6-2.5 ms of the loop's time per hop (``hop_ratio`` 0.40-0.60 at 250 hops a
 second), while the same calls made on the loop cost nothing measurable
 (``inline_ratio`` 0.94-1.04).
