@@ -30,6 +30,7 @@ from stoat_ferret.jobs._messages import (
     Sync,
     Tick,
     Unfollow,
+    Unwait,
     Wait,
 )
 from stoat_ferret.jobs._models import JobStatus
@@ -176,8 +177,13 @@ class JobTable:
                     reply.send(JobNotFound(job_id))
                 elif waited.status.is_terminal:
                     reply.send(waited.snapshot())
+                elif waited.waiters is None:
+                    waited.waiters = {reply}
                 else:
-                    waited.waiters = [*(waited.waiters or ()), reply]
+                    waited.waiters.add(reply)
+            case Unwait(job_id, reply):
+                if (unwaited := self.jobs.get(job_id)) and unwaited.waiters:
+                    unwaited.waiters.discard(reply)
             case Follow(job_id, updates):
                 if followed := self.jobs.get(job_id):
                     followed.follow(updates)
@@ -266,7 +272,10 @@ class JobTable:
             reply.send(True)
         else:
             self._interrupt(record, "cancelled by request")
-            record.cancellers = [*(record.cancellers or ()), reply]
+            if record.cancellers is None:
+                record.cancellers = [reply]
+            else:
+                record.cancellers.append(reply)
 
     def _on_shutdown(self) -> None:
         if self.shutting_down:

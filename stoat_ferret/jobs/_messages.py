@@ -41,6 +41,11 @@ class Reply(Generic[T]):
         self._event = anyio.Event()
         self._value: T | Exception | None = None
 
+    @property
+    def answered(self) -> bool:
+        """True once the actor has sent the answer."""
+        return self._event.is_set()
+
     def send(self, value: T | Exception) -> None:
         if not self._event.is_set():
             self._value = value
@@ -85,6 +90,16 @@ class Cancel:
 @attrs.frozen
 class Wait:
     """From ``wait``: answer with the job's snapshot once it is terminal."""
+
+    job_id: str
+    reply: Reply[JobResult]
+
+
+@attrs.frozen
+class Unwait:
+    """From ``wait``, when it gave up before its answer came (cancelled, or
+    timed out by its caller): forget ``reply``, so that callers who stop
+    waiting leave nothing behind on a long-running job."""
 
     job_id: str
     reply: Reply[JobResult]
@@ -170,6 +185,7 @@ Message: TypeAlias = (
     Submit
     | Cancel
     | Wait
+    | Unwait
     | Follow
     | Unfollow
     | Sync

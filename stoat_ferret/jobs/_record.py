@@ -83,7 +83,7 @@ class JobRecord:
     cancel_reason: str | None = None
     followers: list[JobUpdates] | None = None
     # Reply channels of wait() and cancel() calls, answered when the job ends.
-    waiters: list[Reply[JobResult]] | None = None
+    waiters: set[Reply[JobResult]] | None = None
     cancellers: list[Reply[bool]] | None = None
 
     def apply(self, event: JobEvent, *, at_ns: int | None = None) -> JobStatus:

@@ -35,6 +35,7 @@ from stoat_ferret.jobs._messages import (
     Sync,
     Tick,
     Unfollow,
+    Unwait,
     Wait,
 )
 from stoat_ferret.jobs._models import (
@@ -299,7 +300,13 @@ class JobSupervisor:
             return record.snapshot()
         reply: Reply[JobResult] = Reply()
         self._inbox_send.send_nowait(Wait(job_id, reply))
-        return await reply.receive()
+        try:
+            return await reply.receive()
+        finally:
+            if not reply.answered:  # gave up: leave nothing on the record
+                # The actor may have stopped while the caller waited.
+                with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._inbox_send.send_nowait(Unwait(job_id, reply))
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel the job and return once it is terminal.

@@ -174,6 +174,40 @@ async def test_cancelled_pending_jobs_leave_nothing_behind() -> None:
     assert gate.started == ["blocker", "early", "after"]
 
 
+async def test_waits_given_up_leave_nothing_on_the_job() -> None:
+    """Callers that stop waiting (an HTTP /wait that answered 408, a client
+    gone) are forgotten at once, not kept until the job ends; those still
+    waiting get the terminal state."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("gate", gate)
+            job_id = await supervisor.submit("gate", "long")
+            results: list[JobStatus] = []
+
+            async def wait_for_it() -> None:
+                results.append((await supervisor.wait(job_id)).status)
+
+            async with anyio.create_task_group() as patient:
+                patient.start_soon(wait_for_it)
+                for _ in range(3):
+                    async with anyio.create_task_group() as impatient:
+                        for _ in range(100):
+                            impatient.start_soon(wait_for_it)
+                        await anyio.wait_all_tasks_blocked()
+                        impatient.cancel_scope.cancel()
+                    await supervisor.list_jobs()  # the actor has handled every message
+
+                    # Private state, read to show that memory stays bounded.
+                    waiters = supervisor._table.jobs[job_id].waiters
+                    assert waiters is not None
+                    assert len(waiters) == 1  # the patient one
+                gate.release.set()
+
+    assert results == [JobStatus.COMPLETED]
+
+
 async def test_two_cancels_of_one_pending_job_at_once() -> None:
     """Both calls see the job pending; it ends cancelled once (one True, one
     False), never starts, and its admission slot is given back once."""
