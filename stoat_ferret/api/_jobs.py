@@ -7,6 +7,7 @@ Every route reads the queue through :data:`JobQueueDep`, so any
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING, Annotated, Final
 
 import anyio
@@ -25,7 +26,7 @@ from stoat_ferret.api._schemas import (
     error_responses,
 )
 from stoat_ferret.api._sse import JobEventStream, wait_for_disconnect
-from stoat_ferret.jobs import JobStatus  # noqa: TC001 - a route signature, as above
+from stoat_ferret.jobs import JobNotFound, JobStatus
 
 if TYPE_CHECKING:
     from stoat_ferret.jobs import AsyncJobQueue, JobResult
@@ -107,7 +108,10 @@ async def _wait_terminal(
     finished: list[JobResult] = []
 
     async def wait_job(scope: anyio.CancelScope) -> None:
-        finished.append(await queue.wait(job_id))
+        # Evicted since the route read it: the read after this says 404
+        # (raised here, it would leave the task group as a 500).
+        with suppress(JobNotFound):
+            finished.append(await queue.wait(job_id))
         scope.cancel()
 
     async def until(event: anyio.Event, scope: anyio.CancelScope) -> None:

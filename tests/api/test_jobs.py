@@ -10,7 +10,7 @@ import pytest
 
 from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api.app import create_app
-from stoat_ferret.jobs import JobSupervisor
+from stoat_ferret.jobs import JobNotFound, JobSupervisor
 from tests.api.support import (
     GatedScan,
     WatchedSupervisor,
@@ -240,6 +240,43 @@ async def test_wait_that_times_out_as_the_job_ends_answers_200(
     assert supervisor.wait_ended
     assert response.json()["status"] == "completed"
     assert response.status_code == 200
+
+
+class ForgetsTheJobWhileWaited(JobSupervisor):
+    """The job is evicted between the route's first read and its wait
+    (possible with a short retention or a small ``max_finished``)."""
+
+    def __init__(self) -> None:
+        super().__init__(shutdown_grace=0)
+        self.forgotten = False
+
+    async def wait(self, job_id: str) -> JobResult:
+        self.forgotten = True
+        raise JobNotFound(job_id)
+
+    async def get_result(self, job_id: str) -> JobResult:
+        if self.forgotten:
+            raise JobNotFound(job_id)
+        return await super().get_result(job_id)
+
+
+@pytest.mark.anyio
+async def test_wait_for_a_job_forgotten_meanwhile_is_404(
+    settings: Settings, scan_root: Path
+) -> None:
+    """Not a 500 from the wait's task group: the job is unknown now."""
+    scan = GatedScan()
+    supervisor = ForgetsTheJobWhileWaited()
+
+    with anyio.fail_after(10):
+        async with started(supervisor):
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await _start_scan(client, scan, scan_root)
+                response = await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=5")
+
+    assert response.status_code == 404
+    assert "no job with id" in response.json()["detail"]
 
 
 @pytest.mark.anyio
