@@ -10,6 +10,8 @@ What lives on ``app.state`` (read only through ``_deps.py``):
 ``stopping``         an ``anyio.Event`` set when the service begins to stop
 ``recent_scans``     the :class:`~stoat_ferret.api._recent.RecentScans` of the
                      scan route, from create_app
+``scan_dispatch``    with an injected queue: the :class:`ScanDispatch` the app
+                     registers on it, from create_app
 ===================  ========================================================
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
@@ -18,13 +20,18 @@ order: set ``stopping`` (scan requests get 503, waits and event streams end),
 ``aclose()`` the supervisor (pending jobs are cancelled, running ones get
 ``shutdown_grace`` seconds), then close the library, so no job ever writes to
 a closed store. An injected queue belongs to whoever made it: the lifespan
-neither starts nor stops it.
+neither starts nor stops it, so its owner drains or closes it before the app
+stops; a scan it still runs then fails cleanly ("store ... is closed"),
+having written only whole batches. An injected queue outlives a lifespan, so
+what the app registers on it is a :class:`ScanDispatch`, which runs the scans
+of the app's current run: a second run of the app on the same queue scans
+into the library it opened, not the first run's closed one.
 """
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI
@@ -43,7 +50,7 @@ from stoat_ferret.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from stoat_ferret.jobs import AsyncJobQueue, Handler
+    from stoat_ferret.jobs import AsyncJobQueue, Handler, JobContext
 
 
 def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None = None) -> FastAPI:
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     app.state.recent_scans = RecentScans()
     if job_queue is not None:
         app.state.job_queue = job_queue
+        app.state.scan_dispatch = ScanDispatch()
     install_error_handlers(app)
     # The busiest route first, on the app itself (see add_scan_route); FastAPI
     # tries the rest in order.
@@ -117,12 +125,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         injected: AsyncJobQueue | None = app.state.injected_job_queue
         if injected is not None:
-            _register_scan(injected, handler)
+            dispatch: ScanDispatch = app.state.scan_dispatch
+            dispatch.register_on(injected)
+            dispatch.current = handler
             logger.info("service started with an injected job queue", database=library.path)
             try:
                 yield
             finally:
                 begin_shutdown(app)
+                dispatch.current = None
         else:
             async with anyio.create_task_group() as group:
                 supervisor = JobSupervisor(
@@ -154,10 +165,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("service stopped", database=library.path)
 
 
-def _register_scan(queue: AsyncJobQueue, handler: Handler) -> None:
-    try:
-        queue.register(SCAN_JOB_TYPE, handler)
-    except ValueError:
-        # Its owner registered one already (a test controlling its scans,
-        # or a previous run of this app): theirs stays.
-        logger.info("the injected job queue already runs scan jobs; keeping its handler")
+class ScanDispatch:
+    """The ``scan`` handler an app registers on an injected queue.
+
+    The queue outlives each run of the app's lifespan, and a handler cannot
+    be taken back from it; this one runs the handler of the run in progress
+    (``current``), which scans into the library that run opened.
+    """
+
+    def __init__(self) -> None:
+        self.current: Handler | None = None
+        self._registered = False
+
+    def register_on(self, queue: AsyncJobQueue) -> None:
+        """Register on ``queue`` once; keep a handler its owner registered first."""
+        if self._registered:
+            return
+        try:
+            queue.register(SCAN_JOB_TYPE, self)
+        except ValueError:
+            # Its owner registered one already (a test controlling its
+            # scans): theirs stays, and this app's scans run there.
+            logger.info("the injected job queue already runs scan jobs; keeping its handler")
+            return
+        self._registered = True
+
+    async def __call__(self, ctx: JobContext) -> Any:
+        handler = self.current
+        if handler is None:
+            raise RuntimeError("the service is not running: its video library is closed")
+        return await handler(ctx)

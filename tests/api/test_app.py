@@ -100,6 +100,35 @@ async def test_injected_queue_gets_the_real_scan_handler(settings: Settings) -> 
     assert job.result["found"] == 0
 
 
+@pytest.mark.anyio
+async def test_a_second_run_on_the_same_injected_queue_scans_into_its_own_library(
+    settings: Settings,
+) -> None:
+    """The queue outlives the first run, whose library is closed: the second
+    run's scans still complete, into the library the second run opened; a
+    scan between the runs fails with a clear error."""
+    (settings.scan_roots[0] / "notes.txt").write_text("not a video")
+    statuses: list[tuple[JobStatus, str | None]] = []
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            app = create_app(settings, job_queue=supervisor)
+            for _ in range(2):
+                async with serving(app) as client:
+                    response = await client.post(
+                        "/api/v1/videos/scan", json={"path": str(settings.scan_roots[0])}
+                    )
+                    job = await supervisor.wait(response.json()["job_id"])
+                    statuses.append((job.status, job.error))
+            between = await supervisor.wait(
+                await supervisor.submit("scan", {"path": str(settings.scan_roots[0])})
+            )
+
+    assert statuses == [(JobStatus.COMPLETED, None), (JobStatus.COMPLETED, None)]
+    assert between.status is JobStatus.FAILED
+    assert between.error is not None
+    assert "the service is not running" in between.error
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 @pytest.mark.parametrize("priority", list(ThreadPriority))
 @pytest.mark.anyio
