@@ -176,11 +176,9 @@ class _Scan:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
         )
-        self.found, self.known = await self.library.survey(
-            walk, self.root, recursive=self.recursive
+        self.found, self.known, to_probe, gone = await self.library.survey(
+            walk, self.root, recursive=self.recursive, compare=_compare
         )
-
-        to_probe, gone = _compare(self.found, self.known)
         unchanged = len(self.found) - len(to_probe)
         if gone:
             await self.library.delete(gone)
@@ -215,12 +213,14 @@ class _Scan:
         send, receive = anyio.create_memory_object_stream[list[VideoRecord | str]](
             WRITE_BATCH // PROBE_CHUNK
         )
-        chunks = [paths[start : start + PROBE_CHUNK] for start in range(0, len(paths), PROBE_CHUNK)]
-        queue = iter(chunks)  # shared: each chunk is taken by exactly one worker
+        # Shared: each chunk is taken by exactly one worker, and cut only
+        # then, so a first scan of a million files does not cut them all at once.
+        queue = (paths[start : start + PROBE_CHUNK] for start in range(0, len(paths), PROBE_CHUNK))
+        chunks = -(-len(paths) // PROBE_CHUNK)
         async with anyio.create_task_group() as group:
             group.start_soon(self.guarded, group, self.write_batches, receive)
             async with send, anyio.create_task_group() as probers:
-                for _ in range(min(self.workers, len(chunks))):
+                for _ in range(min(self.workers, chunks)):
                     probers.start_soon(self.guarded, group, self.probe_worker, queue, send)
         if self.failure is not None:
             raise self.failure
@@ -320,13 +320,14 @@ class _Scan:
 
 def _compare(
     found: dict[str, Fingerprint], known: dict[str, Fingerprint]
-) -> tuple[list[str], set[str]]:
-    """Return the found paths to probe (new or changed, sorted) and the known paths gone."""
+) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
+    """``found`` and ``known``, the found paths to probe (new or changed,
+    sorted) and the known paths gone. Blocking: run in the survey's thread."""
     if found == known:  # one C-level comparison: the common rescan of an unchanged tree
-        return [], set()
+        return found, known, [], set()
     stored = known.get
     to_probe = sorted(path for path, fingerprint in found.items() if stored(path) != fingerprint)
     new = sum(1 for path in to_probe if path not in known)
     # Every known path was found exactly when the found-and-known count equals len(known).
     gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
-    return to_probe, gone
+    return found, known, to_probe, gone

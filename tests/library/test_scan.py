@@ -178,6 +178,32 @@ async def test_deleted_files_are_removed(
     assert [v.path for v in videos] == [kept]
 
 
+async def test_the_comparison_with_the_store_runs_in_a_worker_thread(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Comparing a large tree with its rows takes long: never on the event loop."""
+    _, gone = _fill(media, clip, ["kept.mp4", "gone.mp4"])
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    os.remove(gone)
+    _fill(media, clip, ["new.mp4"])
+    threads: list[threading.Thread] = []
+    compare = _scan._compare
+
+    def recording_compare(*args: Any) -> Any:
+        threads.append(threading.current_thread())
+        return compare(*args)
+
+    monkeypatch.setattr(_scan, "_compare", recording_compare)
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+
+    assert (result["added"], result["removed"], result["unchanged"]) == (1, 1, 1)
+    assert len(threads) == 1
+    assert threads[0] is not threading.main_thread()  # the loop's thread in these tests
+
+
 async def test_non_recursive_scan_touches_only_the_directory_own_files(
     library: VideoLibrary, media: Path, clip: EncodedVideo
 ) -> None:
@@ -366,12 +392,14 @@ def test_handler_arguments_are_checked(tmp_path: Path) -> None:
 async def test_cancellation_stops_probing_and_writing(
     library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled during the third probe: no fourth probe, nothing written after, old rows stay."""
+    """Cancelled during a probe in the second chunk: no later probe, nothing
+    of that chunk written (the first chunk's rows may be), old rows stay."""
     (old,) = _fill(media, clip, ["0-old.mp4"])
     handler = make_scan_handler(library, probe_threads=1)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
-    fresh = _fill(media, clip, [f"{i}-new.mp4" for i in range(1, 9)])
+    fresh = _fill(media, clip, [f"{i:02}-new.mp4" for i in range(1, 2 * _scan.PROBE_CHUNK + 1)])
+    cancel_at = _scan.PROBE_CHUNK + 3
     spy = ProbeSpy(monkeypatch)
     stops: list[threading.Event] = []  # the stop event of each probe_chunk call
     stopped: list[bool] = []  # whether the chunk was told to stop in time
@@ -389,23 +417,24 @@ async def test_cancellation_stops_probing_and_writing(
     with anyio.fail_after(TIMEOUT):
         with anyio.CancelScope() as scope:
 
-            def cancel_on_third(path: str, count: int) -> None:
-                if count == 3:
+            def cancel_during(path: str, count: int) -> None:
+                if count == cancel_at:
                     anyio.from_thread.run_sync(scope.cancel, token=token)
-                    # The third file is still probed; the fourth, in the same
+                    # This file is still probed; the next, in the same
                     # chunk, must not be. Return once the loop has handled the
                     # cancellation and told this chunk to stop.
                     stopped.append(stops[-1].wait(TIMEOUT))
 
-            spy.before = cancel_on_third
+            spy.before = cancel_during
             await handler(make_context(media))
         stored = {v.path for v in (await library.list_videos())[0]}
 
     assert scope.cancelled_caught
     assert stopped == [True]
-    assert spy.calls == fresh[:3]
+    assert len(stops) == 2
+    assert spy.calls == fresh[:cancel_at]
     assert old in stored
-    assert stored <= {old, *fresh[:2]}
+    assert stored <= {old, *fresh[: _scan.PROBE_CHUNK]}
 
 
 async def test_cancellation_stops_the_walk(

@@ -291,7 +291,12 @@ async def test_library_open_creates_the_directory_and_answers_queries(tmp_path: 
             videos, total = await library.list_videos(limit=10, offset=0)
             assert await library.get_video(videos[0].id) == videos[0]
             assert await library.get_video_by_path("/m/a.mp4") == videos[0]
-            found, known = await library.survey(lambda: {"/m/c.mp4": (5, 6)}, "/m", recursive=True)
+            found, known = await library.survey(
+                lambda: {"/m/c.mp4": (5, 6)},
+                "/m",
+                recursive=True,
+                compare=lambda found, known: (found, known),
+            )
             assert found == {"/m/c.mp4": (5, 6)}
             assert known == {"/m/a.mp4": (100, 1)}
             assert await library.schema_version() == SCHEMA_VERSION
