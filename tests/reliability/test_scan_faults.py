@@ -118,13 +118,18 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
     assert integrity(database) == ["ok"]
 
 
-def test_a_file_denied_to_the_scan_is_an_error_entry(tmp_path: Path, clip: EncodedVideo) -> None:
-    """A chmod 000 file (really denied: root's DAC capabilities dropped) is an error entry.
+def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A chmod 000 file and a chmod 000 subdirectory (really denied: root's DAC
+    capabilities dropped) are error entries; the scan stores the rest.
 
     Linux keeps capabilities per thread and new threads inherit them, so the
-    whole scan runs on asyncio in a fresh thread without CAP_DAC_*: its worker
-    threads are its own and end with its event loop, and the rest of the
-    test process stays root.
+    whole scan runs in a fresh thread without CAP_DAC_*, on asyncio: its
+    worker threads are its own and end with its event loop, and the rest of
+    the test process stays root. Not on trio: trio's worker threads come from
+    one cache for the whole process, so the walk may run in a thread that
+    still has root's capabilities (tried: it then reads the closed directory).
     """
     if os.geteuid() == 0 and sys.platform != "linux":
         pytest.skip("dropping root's capabilities needs Linux")
@@ -133,6 +138,10 @@ def test_a_file_denied_to_the_scan_is_an_error_entry(tmp_path: Path, clip: Encod
     good = copy_video(clip, media / "good.mp4").path
     locked = copy_video(clip, media / "locked.mp4").path
     locked.chmod(0)
+    closed = media / "closed"
+    closed.mkdir()
+    copy_video(clip, closed / "inside.mp4")
+    closed.chmod(0)
     database = tmp_path / "db" / "stoat.db"
     outcome: list[Any] = []
 
@@ -155,12 +164,16 @@ def test_a_file_denied_to_the_scan_is_an_error_entry(tmp_path: Path, clip: Encod
     thread.start()
     thread.join(TIMEOUT + 5)
     locked.chmod(0o644)
+    closed.chmod(0o755)
 
     assert len(outcome) == 1
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     result, total = outcome[0]
-    assert _error_paths(result) == {str(locked): "not a readable media file (Permission denied)"}
+    assert _error_paths(result) == {
+        str(locked): "not a readable media file (Permission denied)",
+        str(closed): "Permission denied",
+    }
     assert (result["found"], result["added"], total) == (2, 1, 1)
     assert str(good) not in _error_paths(result)
     assert integrity(database) == ["ok"]

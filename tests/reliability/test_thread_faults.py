@@ -128,7 +128,7 @@ async def test_cancel_returns_once_the_thread_has_returned(checkpoint_after: boo
 
             await work.in_thread()
             group.start_soon(cancel)
-            await anyio.sleep(NOT_YET)
+            await anyio.wait_all_tasks_blocked()  # all that can happen before the thread returns
             pending_answers = list(answers)
             during = await supervisor.get_result(job_id)
             work.release.set()
@@ -166,7 +166,7 @@ async def test_aclose_waits_for_the_thread_even_after_the_grace(checkpoint_after
 
             await work.in_thread()
             group.start_soon(close)
-            await anyio.sleep(NOT_YET)
+            await anyio.wait_all_tasks_blocked()  # all that can happen before the thread returns
             during = (closed.is_set(), supervisor.statistics())
             work.release.set()
             await closed.wait()
