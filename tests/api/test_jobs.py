@@ -56,6 +56,18 @@ async def _start_scan(client: httpx.AsyncClient, scan: GatedScan, root: Path) ->
     return job_id
 
 
+async def _wait_once(
+    supervisor: JobSupervisor, scan: GatedScan, settings: Settings, root: Path, *, timeout: float
+) -> httpx.Response:
+    """Serve an app on ``supervisor``, start a scan of ``root``, and GET its /wait once."""
+    with anyio.fail_after(10):
+        async with started(supervisor):
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await _start_scan(client, scan, root)
+                return await client.get(f"/api/v1/jobs/{job_id}/wait?timeout={timeout:g}")
+
+
 @pytest.mark.anyio
 async def test_get_job_while_running_and_after(settings: Settings, scan_root: Path) -> None:
     """GET /jobs/{id}: every field; ISO 8601 UTC times; progress while running, result after."""
@@ -230,12 +242,7 @@ async def test_wait_that_times_out_as_the_job_ends_answers_200(
     scan = GatedScan()
     supervisor = EndsAfterTheWaitTimesOut(scan)
 
-    with anyio.fail_after(10):
-        async with started(supervisor):
-            supervisor.register("scan", scan)
-            async with serving(create_app(settings, job_queue=supervisor)) as client:
-                job_id = await _start_scan(client, scan, scan_root)
-                response = await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=0.05")
+    response = await _wait_once(supervisor, scan, settings, scan_root, timeout=0.05)
 
     assert supervisor.wait_ended
     assert response.json()["status"] == "completed"
@@ -265,15 +272,9 @@ async def test_wait_for_a_job_forgotten_meanwhile_is_404(
     settings: Settings, scan_root: Path
 ) -> None:
     """Not a 500 from the wait's task group: the job is unknown now."""
-    scan = GatedScan()
-    supervisor = ForgetsTheJobWhileWaited()
-
-    with anyio.fail_after(10):
-        async with started(supervisor):
-            supervisor.register("scan", scan)
-            async with serving(create_app(settings, job_queue=supervisor)) as client:
-                job_id = await _start_scan(client, scan, scan_root)
-                response = await client.get(f"/api/v1/jobs/{job_id}/wait?timeout=5")
+    response = await _wait_once(
+        ForgetsTheJobWhileWaited(), GatedScan(), settings, scan_root, timeout=5
+    )
 
     assert response.status_code == 404
     assert "no job with id" in response.json()["detail"]
