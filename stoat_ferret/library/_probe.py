@@ -12,6 +12,15 @@ index sits at the end of a huge file is still described after reading a few
 kilobytes. A file within the limit cannot be over-read, so FFmpeg opens it
 with its own file I/O, which runs without the GIL: Python-level reads would
 make several probe threads queue on the GIL.
+
+FFmpeg picks a demuxer from a file's content, not from its name, and some
+demuxers open further files: a two-line ``.mp4`` text file starting
+``ffconcat version 1.0`` would make FFmpeg's concat demuxer open whatever path
+it names, such as a FIFO that blocks the probe thread for ever, or a file
+outside the scanned directory. So FFmpeg may only use the demuxers in
+:data:`DEMUXERS`, the containers and raw video streams that the video file
+extensions stand for. It refuses any other format as soon as it has recognised
+it, before opening anything else.
 """
 
 from __future__ import annotations
@@ -36,6 +45,25 @@ if TYPE_CHECKING:
 
 READ_LIMIT: Final = 64 * 1024 * 1024
 """Bytes a probe may read from one file (seeks excluded) before it gives up."""
+
+DEMUXERS: Final = ",".join(
+    (
+        "mov",  # .mp4 .m4v .mov (FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2")
+        "matroska",  # .mkv .webm ("matroska,webm")
+        "avi",
+        "mpeg",  # .mpg .mpeg program streams
+        "mpegvideo",  # .mpg .mpeg raw MPEG-1/2 video
+        "mpegts",  # .ts
+        "asf",  # .wmv
+        "flv",
+        "live_flv",
+        "m4v",  # a raw MPEG-4 part 2 stream, which .m4v also names
+        "h264",  # raw H.264 and HEVC streams saved under a video extension
+        "hevc",
+    )
+)
+"""The demuxers a probe may use (FFmpeg's ``format_whitelist``). None of them
+opens a file other than the one probed."""
 
 # The audio codec reported when FFmpeg has no decoder for the first audio
 # stream: PyAV then gives no way to read the stream's codec name.
@@ -138,7 +166,12 @@ def _open_and_describe(
     name: str, source: str | _BoundedReader, reader: _BoundedReader | None, read_limit: int
 ) -> VideoProbe:
     try:
-        container = av.open(source, mode="r", metadata_errors="replace")
+        container = av.open(
+            source,
+            mode="r",
+            container_options={"format_whitelist": DEMUXERS},
+            metadata_errors="replace",
+        )
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise ProbeError(name, _open_failure(exc, reader, read_limit)) from exc
     try:

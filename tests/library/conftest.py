@@ -23,6 +23,8 @@ CLIP_SPECS: dict[str, dict[str, Any]] = {
     "mpeg2_mp2.mpg": {"audio": "mp2"},
     "vp8_ntsc.mkv": {"codec": "vp8", "audio": "opus", "rate": Fraction(30000, 1001), "frames": 15},
     "h264_film.m4v": {"rate": Fraction(24000, 1001), "frames": 12},
+    "wmv2.wmv": {"audio": None},
+    "flv1.flv": {"audio": None},
 }
 
 

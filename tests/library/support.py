@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from typing import TYPE_CHECKING
+
+import attrs
 
 from stoat_ferret.jobs import JobContext
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -28,3 +34,39 @@ def make_context(
         payload={"path": str(path), "recursive": recursive},
         sink=sink,
     )
+
+
+@attrs.define
+class FifoWatch:
+    """What :func:`watched_fifo` saw: whether the code under test opened the FIFO."""
+
+    opened: bool = False
+
+
+@contextlib.contextmanager
+def watched_fifo(path: Path) -> Iterator[FifoWatch]:
+    """Make a FIFO at ``path`` that records a reader and can never block anyone.
+
+    A writer thread waits in ``open()`` until a reader opens the FIFO, notes
+    whether the block was still running, and closes at once, so that reader
+    reads end-of-file instead of waiting for ever. On exit the block opens the
+    FIFO itself (non-blocking), which releases the writer if nobody else did.
+    """
+    os.mkfifo(path)
+    watch = FifoWatch()
+    finished = threading.Event()
+
+    def writer() -> None:
+        fd = os.open(path, os.O_WRONLY)  # returns once some reader has opened the FIFO
+        watch.opened = not finished.is_set()
+        os.close(fd)
+
+    thread = threading.Thread(target=writer, name="fifo-watch", daemon=True)
+    thread.start()
+    try:
+        yield watch
+    finally:
+        finished.set()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        thread.join()
+        os.close(fd)

@@ -14,6 +14,7 @@ import pytest
 
 from stoat_ferret.library import ProbeError, _probe, probe_video
 from tests.library.conftest import CLIP_SPECS
+from tests.library.support import watched_fifo
 from tests.videos import copy_video, make_video, write_corrupt_video, write_truncated_copy
 
 if TYPE_CHECKING:
@@ -168,6 +169,37 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 
     with pytest.raises(ProbeError, match="not a regular file"):
         probe_video(tmp_path / "pipe.mp4")
+
+
+def test_a_playlist_naming_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
+    """An ffconcat text named .mp4 is not followed to the FIFO it names.
+
+    FFmpeg recognises its concat demuxer from the content, and that demuxer
+    would open the FIFO and wait for a writer for ever, in a thread no
+    cancellation reaches. The probe only lets FFmpeg use video containers.
+    """
+    playlist = tmp_path / "list.mp4"
+    playlist.write_text("ffconcat version 1.0\nfile pipe\n")
+
+    with watched_fifo(tmp_path / "pipe") as fifo, pytest.raises(ProbeError) as caught:
+        probe_video(playlist)
+
+    assert "not a readable media file" in caught.value.reason
+    assert not fifo.opened
+
+
+def test_a_playlist_naming_a_video_elsewhere_is_refused(clip: EncodedVideo, tmp_path: Path) -> None:
+    """An ffconcat text cannot make the probe describe a file outside its directory."""
+    (tmp_path / "elsewhere").mkdir()
+    copy_video(clip, tmp_path / "elsewhere" / "real.mp4")
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "out").symlink_to(tmp_path / "elsewhere")
+    playlist = media / "list.mp4"
+    playlist.write_text("ffconcat version 1.0\nfile out/real.mp4\n")
+
+    with pytest.raises(ProbeError, match="not a readable media file"):
+        probe_video(playlist)
 
 
 class _ReadCounter:

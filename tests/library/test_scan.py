@@ -25,7 +25,7 @@ from stoat_ferret.library import (
     probe_video,
     walk_videos,
 )
-from tests.library.support import make_context
+from tests.library.support import make_context, watched_fifo
 from tests.videos import copy_video, make_video
 
 if TYPE_CHECKING:
@@ -303,6 +303,33 @@ async def test_walk_errors_appear_in_the_result(
         {"path": str(media / "link.mp4"), "error": "symlink points outside the scanned directory"}
     ]
     assert result["found"] == 0
+
+
+async def test_playlists_named_like_videos_are_errors_and_open_nothing(
+    library: VideoLibrary, media: Path, tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """ffconcat texts naming a FIFO and a video outside: the scan completes, storing neither.
+
+    Followed, the first would hang a probe thread that no cancel, timeout or
+    signal can stop, and the second would store a file outside the directory.
+    """
+    (good,) = _fill(media, clip, ["good.mp4"])
+    _fill(tmp_path / "elsewhere", clip, ["real.mp4"])
+    (media / "out").symlink_to(tmp_path / "elsewhere")
+    (media / "to-fifo.mp4").write_text("ffconcat version 1.0\nfile pipe\n")
+    (media / "to-outside.mkv").write_text("ffconcat version 1.0\nfile out/real.mp4\n")
+
+    with watched_fifo(media / "pipe") as fifo, anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library)(make_context(media))
+        videos, _ = await library.list_videos()
+
+    assert not fifo.opened
+    assert (result["found"], result["added"]) == (3, 1)
+    assert [e["path"] for e in result["errors"]] == [
+        str(media / "to-fifo.mp4"),
+        str(media / "to-outside.mkv"),
+    ]
+    assert [v.path for v in videos] == [good]
 
 
 async def test_a_stored_file_that_turns_unreadable_is_dropped(
