@@ -116,6 +116,10 @@ class ErrorLog:
     entries: list[dict[str, str]] = attrs.field(factory=list)
     # Invariant: truncated > 0 only once len(entries) == cap.
     truncated: int = 0
+    unread: list[str] = attrs.field(factory=list)
+    """Every path the walk found but could not read (a directory it could not
+    list, a file it could not stat), however many: the scan must not take the
+    stored videos there for gone."""
 
     def add(self, path: str, error: str) -> None:
         """Record that ``path`` could not be handled, and why."""
@@ -123,6 +127,11 @@ class ErrorLog:
             self.entries.append({"path": path, "error": error})
         else:
             self.truncated += 1
+
+    def add_unread(self, path: str, error: str) -> None:
+        """Record that ``path`` exists but could not be read, and why."""
+        self.unread.append(path)
+        self.add(path, error)
 
     def __len__(self) -> int:
         return len(self.entries) + self.truncated

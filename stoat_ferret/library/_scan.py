@@ -7,7 +7,9 @@ One scan, step by step:
 2. Read the fingerprints of every stored row in the same scope, in one query.
 3. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
    and is neither probed nor written. The rest are probed; rows whose file is
-   gone are deleted (``removed``) in one transaction.
+   gone are deleted (``removed``) in one transaction. A row under a directory
+   the walk could not list (or of a file it could not stat) is not gone: it is
+   kept unchanged and not counted, and the directory is an ``errors`` entry.
 4. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
    each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
@@ -176,8 +178,9 @@ class _Scan:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
         )
+        compare = functools.partial(_compare, unread=self.errors.unread)  # filled by the walk
         self.found, self.known, to_probe, gone = await self.library.survey(
-            walk, self.root, recursive=self.recursive, compare=_compare
+            walk, self.root, recursive=self.recursive, compare=compare
         )
         unchanged = len(self.found) - len(to_probe)
         if gone:
@@ -319,10 +322,14 @@ class _Scan:
 
 
 def _compare(
-    found: dict[str, Fingerprint], known: dict[str, Fingerprint]
+    found: dict[str, Fingerprint], known: dict[str, Fingerprint], *, unread: list[str]
 ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
     """``found`` and ``known``, the found paths to probe (new or changed,
-    sorted) and the known paths gone. Blocking: run in the survey's thread."""
+    sorted) and the known paths gone. Blocking: run in the survey's thread.
+
+    A known path the walk could not see because it is, or lies under, one of
+    the ``unread`` paths is not gone: it is kept as it is.
+    """
     if found == known:  # one C-level comparison: the common rescan of an unchanged tree
         return found, known, [], set()
     stored = known.get
@@ -330,4 +337,8 @@ def _compare(
     new = sum(1 for path in to_probe if path not in known)
     # Every known path was found exactly when the found-and-known count equals len(known).
     gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
+    if gone and unread:
+        unseen = frozenset(unread)
+        below = tuple(path + os.sep for path in unseen)
+        gone = {path for path in gone if path not in unseen and not path.startswith(below)}
     return found, known, to_probe, gone

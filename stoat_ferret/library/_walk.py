@@ -15,8 +15,10 @@ The rules, in the order they are applied to each directory entry:
   file is then recorded under the resolved path, once however many links point
   to it. A link that points outside, is broken, or loops is an error entry.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
-* A subdirectory that cannot be listed is an error entry and the walk goes on.
-  A file or directory that vanishes while the walk runs is silently skipped.
+* A subdirectory that cannot be listed, or a file that cannot be stat'ed, is
+  an error entry and the walk goes on; it is also noted in the log's
+  ``unread`` list, so that the scan keeps what it stored from there. A file
+  or directory that vanishes while the walk runs is silently skipped.
 
 Recorded paths are absolute and resolved: the root is resolved by the caller and
 no directory symlink is ever crossed.
@@ -142,7 +144,7 @@ class _Walk:
                             except FileNotFoundError:
                                 continue
                             except OSError as exc:
-                                self.errors.add(entry.path, _reason(exc))
+                                self.errors.add_unread(entry.path, _reason(exc))
                                 continue
                             found[entry.path] = (info.st_size, info.st_mtime_ns)
                         elif entry.is_symlink():
@@ -153,7 +155,7 @@ class _Walk:
             except OSError as exc:
                 if directory == top:
                     raise
-                self.errors.add(_printable(directory), _reason(exc))
+                self.errors.add_unread(_printable(directory), _reason(exc))
 
     def add_directory(self, entry: os.DirEntry[str], pending: list[str]) -> None:
         if _is_utf8(entry.name):

@@ -65,6 +65,18 @@ def test_error_log_keeps_the_first_entries_and_counts_the_rest() -> None:
     assert (log.truncated, len(log)) == (3, 5)
 
 
+def test_unread_paths_are_all_kept_beyond_the_cap() -> None:
+    """Paths the walk could not read are errors, capped, and all listed in ``unread``."""
+    log = ErrorLog(cap=1)
+    log.add("/m/bad.mp4", "bad")
+    for index in range(3):
+        log.add_unread(f"/m/d{index}", "Permission denied")
+
+    assert log.entries == [{"path": "/m/bad.mp4", "error": "bad"}]
+    assert (log.truncated, len(log)) == (3, 4)
+    assert log.unread == ["/m/d0", "/m/d1", "/m/d2"]
+
+
 def test_scan_error_message() -> None:
     """ScanError names the directory and the cause."""
     assert str(ScanError("/m", "Permission denied")) == "cannot scan /m: Permission denied"

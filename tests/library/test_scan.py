@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from tests.library.support import make_context, watched_fifo
 from tests.videos import copy_video, make_video
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
     from tests.videos import EncodedVideo
@@ -191,9 +192,9 @@ async def test_the_comparison_with_the_store_runs_in_a_worker_thread(
     threads: list[threading.Thread] = []
     compare = _scan._compare
 
-    def recording_compare(*args: Any) -> Any:
+    def recording_compare(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.current_thread())
-        return compare(*args)
+        return compare(*args, **kwargs)
 
     monkeypatch.setattr(_scan, "_compare", recording_compare)
     with anyio.fail_after(TIMEOUT):
@@ -330,6 +331,71 @@ async def test_playlists_named_like_videos_are_errors_and_open_nothing(
         str(media / "to-outside.mkv"),
     ]
     assert [v.path for v in videos] == [good]
+
+
+class _Denying:
+    """Replaces the walk's os.scandir: listing ``directory`` and stat'ing ``file`` fail with EIO."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, directory: str, file: str) -> None:
+        self.directory = directory
+        self.file = file
+        self.real = os.scandir
+        monkeypatch.setattr(os, "scandir", self)  # only the walk lists directories here
+
+    def __call__(self, path: str) -> Any:
+        if path == self.directory:
+            raise OSError(errno.EIO, "Input/output error", path)
+        return _DenyingEntries(self.real(path), self.file)
+
+
+class _DenyingEntries:
+    def __init__(self, entries: Any, file: str) -> None:
+        self.entries = entries
+        self.file = file
+
+    def __enter__(self) -> Iterator[Any]:
+        for entry in self.entries.__enter__():
+            yield _DenyingEntry(entry) if entry.path == self.file else entry
+
+    def __exit__(self, *exc: object) -> None:
+        self.entries.__exit__(*exc)
+
+
+class _DenyingEntry:
+    def __init__(self, entry: os.DirEntry[str]) -> None:
+        self.entry = entry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.entry, name)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise OSError(errno.EIO, "Input/output error", self.entry.path)
+
+
+async def test_stored_videos_the_walk_cannot_read_are_kept(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory that cannot be listed and a file that cannot be stat'ed on a
+    rescan are errors; what was stored from them stays and is not ``removed``.
+    A deleted video in a sibling whose name starts alike is removed."""
+    kept = _fill(media, clip, ["sick/a.mp4", "sick/deeper/b.mp4", "stat.mp4"])
+    (deleted,) = _fill(media, clip, ["sick-too/c.mp4"])
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    os.remove(deleted)
+    _Denying(monkeypatch, directory=str(media / "sick"), file=str(media / "stat.mp4"))
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        videos, _ = await library.list_videos()
+
+    assert result["errors"] == [
+        {"path": str(media / "sick"), "error": "Input/output error"},
+        {"path": str(media / "stat.mp4"), "error": "Input/output error"},
+    ]
+    assert (result["found"], result["removed"]) == (0, 1)
+    assert [video.path for video in videos] == kept
 
 
 async def test_a_stored_file_that_turns_unreadable_is_dropped(

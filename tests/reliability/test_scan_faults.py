@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import pytest
@@ -33,11 +33,14 @@ from tests.reliability.conftest import integrity
 from tests.videos import copy_video, write_truncated_copy
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
 
 GiB = 1024**3
 TIMEOUT = 30
@@ -118,39 +121,20 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
     assert integrity(database) == ["ok"]
 
 
-def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
-    tmp_path: Path, clip: EncodedVideo
-) -> None:
-    """A chmod 000 file and a chmod 000 subdirectory (really denied: root's DAC
-    capabilities dropped) are error entries; the scan stores the rest.
+def _run_without_dac_capabilities(scan: Callable[[], Awaitable[T]]) -> T:
+    """Run ``scan`` on asyncio in a fresh thread without root's CAP_DAC_* (if root).
 
     Linux keeps capabilities per thread and new threads inherit them, so the
-    whole scan runs in a fresh thread without CAP_DAC_*, on asyncio: its
-    worker threads are its own and end with its event loop, and the rest of
-    the test process stays root. Not on trio: trio's worker threads come from
-    one cache for the whole process, so the walk may run in a thread that
-    still has root's capabilities (tried: it then reads the closed directory).
+    whole scan, worker threads included, is really denied what a chmod denies:
+    on asyncio the worker threads are its own and end with its event loop, and
+    the rest of the test process stays root. Not on trio: trio's worker
+    threads come from one cache for the whole process, so the walk may run in
+    a thread that still has root's capabilities (tried: it then reads a closed
+    directory).
     """
     if os.geteuid() == 0 and sys.platform != "linux":
         pytest.skip("dropping root's capabilities needs Linux")
-    media = tmp_path / "media"
-    media.mkdir()
-    good = copy_video(clip, media / "good.mp4").path
-    locked = copy_video(clip, media / "locked.mp4").path
-    locked.chmod(0)
-    closed = media / "closed"
-    closed.mkdir()
-    copy_video(clip, closed / "inside.mp4")
-    closed.chmod(0)
-    database = tmp_path / "db" / "stoat.db"
     outcome: list[Any] = []
-
-    async def scan() -> tuple[dict[str, Any], int]:
-        async with await VideoLibrary.open(database) as library:
-            with anyio.fail_after(TIMEOUT):
-                result = await make_scan_handler(library)(make_context(media))
-            _, total = await library.list_videos()
-        return result, total
 
     def without_capabilities() -> None:
         try:
@@ -163,17 +147,90 @@ def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
     thread = threading.Thread(target=without_capabilities)
     thread.start()
     thread.join(TIMEOUT + 5)
-    locked.chmod(0o644)
-    closed.chmod(0o755)
-
     assert len(outcome) == 1
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
-    result, total = outcome[0]
+    return cast("T", outcome[0])
+
+
+def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A chmod 000 file and a chmod 000 subdirectory (really denied: root's DAC
+    capabilities dropped) are error entries; the scan stores the rest."""
+    media = tmp_path / "media"
+    media.mkdir()
+    good = copy_video(clip, media / "good.mp4").path
+    locked = copy_video(clip, media / "locked.mp4").path
+    locked.chmod(0)
+    closed = media / "closed"
+    closed.mkdir()
+    copy_video(clip, closed / "inside.mp4")
+    closed.chmod(0)
+    database = tmp_path / "db" / "stoat.db"
+
+    async def scan() -> tuple[dict[str, Any], int]:
+        async with await VideoLibrary.open(database) as library:
+            with anyio.fail_after(TIMEOUT):
+                result = await make_scan_handler(library)(make_context(media))
+            _, total = await library.list_videos()
+        return result, total
+
+    try:
+        result, total = _run_without_dac_capabilities(scan)
+    finally:
+        locked.chmod(0o644)
+        closed.chmod(0o755)
+
     assert _error_paths(result) == {
         str(locked): "not a readable media file (Permission denied)",
         str(closed): "Permission denied",
     }
     assert (result["found"], result["added"], total) == (2, 1, 1)
     assert str(good) not in _error_paths(result)
+    assert integrity(database) == ["ok"]
+
+
+def test_videos_under_a_directory_denied_on_a_rescan_are_kept(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A directory that turns unreadable between two scans (really denied, as
+    above) is an error entry; its stored videos stay, and are not ``removed``.
+    A video really deleted next to it, in a sibling whose name starts alike,
+    is removed."""
+    media = tmp_path / "media"
+    media.mkdir()
+    copy_video(clip, media / "good.mp4")
+    closed = media / "closed"
+    (closed / "deeper").mkdir(parents=True)
+    kept = sorted(
+        str(copy_video(clip, path).path) for path in (closed / "a.mp4", closed / "deeper" / "b.mp4")
+    )
+    (media / "closed-too").mkdir()
+    deleted = copy_video(clip, media / "closed-too" / "c.mp4").path
+    database = tmp_path / "db" / "stoat.db"
+
+    async def scan_twice() -> tuple[dict[str, Any], list[str]]:
+        async with await VideoLibrary.open(database) as library:
+            handler = make_scan_handler(library)
+            with anyio.fail_after(TIMEOUT):
+                await handler(make_context(media))
+                closed.chmod(0)
+                deleted.unlink()
+                result = await handler(make_context(media))
+            videos, _ = await library.list_videos()
+        return result, [video.path for video in videos]
+
+    try:
+        result, stored = _run_without_dac_capabilities(scan_twice)
+    finally:
+        closed.chmod(0o755)
+
+    assert _error_paths(result) == {str(closed): "Permission denied"}
+    assert {key: result[key] for key in ("found", "unchanged", "removed")} == {
+        "found": 1,
+        "unchanged": 1,
+        "removed": 1,
+    }
+    assert stored == [*kept, str(media / "good.mp4")]
     assert integrity(database) == ["ok"]
