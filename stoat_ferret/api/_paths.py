@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
+# Check with the ids (and on Linux the capabilities) that the scan will use,
+# not the real ones, where the system can.
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
 @attrs.define(eq=False, str=False)
 class ScanPathRejected(Exception):
     """Raised by :func:`resolve_scan_path`; the API answers ``status_code`` with ``detail``."""
@@ -56,8 +61,9 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
         trailing separator: one spelling per directory.
 
     Raises:
-        ScanPathRejected: 403 outside every root (or not readable), 404 missing,
-            400 not a directory, too long, or a symlink loop.
+        ScanPathRejected: 403 outside every root, or a directory this
+            process may not list; 404 missing; 400 not a directory, too
+            long, or a symlink loop.
     """
     try:
         resolved = Path(os.path.realpath(requested))
@@ -73,6 +79,9 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
         raise _rejection(exc, requested) from None
     if not stat.S_ISDIR(mode):
         raise ScanPathRejected(400, f"not a directory: {requested}")
+    # A scan lists the directory (read) and looks at its entries (search).
+    if not os.access(resolved, os.R_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS):
+        raise ScanPathRejected(403, f"permission denied: {requested}")
     return str(resolved)
 
 

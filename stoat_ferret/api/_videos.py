@@ -117,9 +117,9 @@ async def scan_videos(request: Request) -> ApiJSONResponse:
     """Scan a directory for videos in the background; poll or follow the returned job.
 
     The path must be absolute and inside one of the configured scan roots
-    (after symlinks are resolved): 403 otherwise, 404 if missing, 400 if not
-    a directory. 503 with ``Retry-After`` when the queue is full or the
-    service is stopping.
+    (after symlinks are resolved): 403 otherwise, or if the service may not
+    list it; 404 if missing, 400 if not a directory. 503 with
+    ``Retry-After`` when the queue is full or the service is stopping.
     """
     # The hot route: it reads app.state through the dependency functions
     # itself. Declared as dependencies, FastAPI's solving of these four cost

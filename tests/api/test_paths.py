@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from stoat_ferret.api._paths import ScanPathRejected, is_within, resolve_scan_path
+from tests.permissions import call_denied
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -116,6 +118,31 @@ def test_name_too_long_is_400(root: Path, tail: str) -> None:
 
     assert rejected.status_code == 400
     assert "too long" in rejected.detail
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o300, 0o600], ids=["none", "no-read", "no-search"])
+def test_a_directory_it_may_not_list_is_403(root: Path, mode: int) -> None:
+    """A directory this process may not read or search (really denied: see
+    tests/permissions.py) is refused at once, not left to fail as a job."""
+    (root / "sub").chmod(mode)
+    try:
+        rejected = call_denied(functools.partial(_rejected, root / "sub", (root,)))
+    finally:
+        (root / "sub").chmod(0o755)
+
+    assert rejected.status_code == 403
+    assert rejected.detail == f"permission denied: {root / 'sub'}"
+
+
+def test_a_directory_it_may_list_is_accepted_where_a_chmod_binds(root: Path) -> None:
+    """The same check passes a directory with read and search permission."""
+    (root / "sub").chmod(0o500)
+    try:
+        resolved = call_denied(functools.partial(resolve_scan_path, str(root / "sub"), (root,)))
+    finally:
+        (root / "sub").chmod(0o755)
+
+    assert resolved == str(root / "sub")
 
 
 def test_symlink_loop_is_400(root: Path) -> None:

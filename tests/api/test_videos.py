@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -12,6 +13,7 @@ from stoat_ferret.api._videos import RequestResponseRoute
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus
 from tests.api.support import GatedScan, serving, supervisor_running
+from tests.permissions import call_denied
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -161,6 +163,33 @@ async def test_outside_the_roots_is_403(
     assert response.status_code == 403
     assert "outside" in response.json()["detail"]
     assert jobs["total"] == 0
+
+
+def test_a_directory_the_service_may_not_list_is_403(settings: Settings, scan_root: Path) -> None:
+    """A chmod 000 directory (really denied: see tests/permissions.py) is
+    refused with 403 at once, and no job is made that could only fail.
+
+    On asyncio only: the route resolves paths in a worker thread, and only
+    asyncio's worker threads inherit the dropped capabilities.
+    """
+    closed = scan_root / "closed"
+    closed.mkdir()
+    closed.chmod(0)
+
+    async def post_scan() -> tuple[int, dict[str, Any], int]:
+        app = create_app(settings)
+        with anyio.fail_after(10):
+            async with serving(app) as client:
+                response = await client.post(SCAN, json={"path": str(closed)})
+                jobs = (await client.get("/api/v1/jobs")).json()
+        return response.status_code, response.json(), jobs["total"]
+
+    try:
+        status, body, jobs = call_denied(functools.partial(anyio.run, post_scan, backend="asyncio"))
+    finally:
+        closed.chmod(0o755)
+
+    assert (status, body, jobs) == (403, {"detail": f"permission denied: {closed}"}, 0)
 
 
 @pytest.mark.anyio

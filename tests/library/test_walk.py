@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
-import sys
-import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,6 +13,7 @@ import anyio.to_thread
 import pytest
 
 from stoat_ferret.library import ErrorLog, ScanError, _walk, walk_videos
+from tests.permissions import call_denied
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -199,79 +197,19 @@ def test_unlistable_subdirectory_is_an_error_and_the_walk_goes_on(
     assert errors == [{"path": str(tmp_path / "locked"), "error": "Permission denied"}]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory, so chmod 000 denies none")
 def test_unreadable_subdirectory_for_real(tmp_path: Path) -> None:
-    """With real permissions: a chmod 000 subdirectory is an error entry."""
+    """With real permissions (root's DAC capabilities dropped): a chmod 000
+    subdirectory is an error entry, and the walk goes on."""
     _touch(tmp_path / "locked" / "b.mp4")
     good = _touch(tmp_path / "a.mp4")
     (tmp_path / "locked").chmod(0)
     try:
-        found, errors = _walk_paths(tmp_path)
+        found, errors = call_denied(functools.partial(_walk_paths, tmp_path))
     finally:
         (tmp_path / "locked").chmod(0o755)
 
     assert found == {good}
     assert errors == [{"path": str(tmp_path / "locked"), "error": "Permission denied"}]
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-_CAPABILITY_VERSION_3 = 0x20080522
-_CAP_DAC_OVERRIDE = 1
-_CAP_DAC_READ_SEARCH = 2
-
-
-def _drop_dac_capabilities() -> None:
-    """Clear CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this thread's effective set.
-
-    Linux keeps capabilities per thread: the rest of the test process stays root.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    if libc.capget(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capget failed")
-    data[0].effective &= ~((1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH))
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed")
-
-
-@pytest.mark.skipif(
-    os.geteuid() != 0 or sys.platform != "linux", reason="drops root's capabilities on Linux"
-)
-def test_unreadable_subdirectory_as_root_without_dac_capabilities(tmp_path: Path) -> None:
-    """As root: a thread without CAP_DAC_* really is denied a chmod 000 directory."""
-    good = _touch(tmp_path / "a.mp4")
-    _touch(tmp_path / "locked" / "b.mp4")
-    (tmp_path / "locked").chmod(0)
-    outcome: list[tuple[set[str], list[dict[str, str]]] | OSError] = []
-
-    def walk_without_capabilities() -> None:
-        try:
-            _drop_dac_capabilities()
-        except OSError as exc:
-            outcome.append(exc)
-            return
-        outcome.append(_walk_paths(tmp_path))
-
-    thread = threading.Thread(target=walk_without_capabilities)
-    thread.start()
-    thread.join()
-    (tmp_path / "locked").chmod(0o755)
-
-    if isinstance(outcome[0], OSError):
-        pytest.skip(f"this sandbox refuses to change capabilities: {outcome[0]}")
-    assert outcome == [({good}, [{"path": str(tmp_path / "locked"), "error": "Permission denied"}])]
 
 
 def test_checkpoint_is_called_every_check_every_entries(tmp_path: Path) -> None:

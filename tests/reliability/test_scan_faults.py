@@ -10,11 +10,10 @@ corrupt files); here they meet in one scan.
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import pytest
@@ -28,7 +27,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from tests.library.support import make_context
-from tests.library.test_walk import _drop_dac_capabilities
+from tests.permissions import call_denied
 from tests.reliability.conftest import integrity
 from tests.videos import copy_video, write_truncated_copy
 
@@ -121,36 +120,15 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
     assert integrity(database) == ["ok"]
 
 
-def _run_without_dac_capabilities(scan: Callable[[], Awaitable[T]]) -> T:
-    """Run ``scan`` on asyncio in a fresh thread without root's CAP_DAC_* (if root).
+def _run_denied(scan: Callable[[], Awaitable[T]]) -> T:
+    """Run ``scan`` where a chmod really denies access (:func:`call_denied`).
 
-    Linux keeps capabilities per thread and new threads inherit them, so the
-    whole scan, worker threads included, is really denied what a chmod denies:
-    on asyncio the worker threads are its own and end with its event loop, and
-    the rest of the test process stays root. Not on trio: trio's worker
-    threads come from one cache for the whole process, so the walk may run in
-    a thread that still has root's capabilities (tried: it then reads a closed
-    directory).
+    On asyncio only: its worker threads are its own and inherit the dropped
+    capabilities. Trio's come from one cache for the whole process, so the
+    walk may run in a thread that still has root's capabilities (tried: it
+    then reads a closed directory).
     """
-    if os.geteuid() == 0 and sys.platform != "linux":
-        pytest.skip("dropping root's capabilities needs Linux")
-    outcome: list[Any] = []
-
-    def without_capabilities() -> None:
-        try:
-            if os.geteuid() == 0:
-                _drop_dac_capabilities()
-            outcome.append(anyio.run(scan, backend="asyncio"))
-        except BaseException as exc:  # handed to the test thread, re-raised there
-            outcome.append(exc)
-
-    thread = threading.Thread(target=without_capabilities)
-    thread.start()
-    thread.join(TIMEOUT + 5)
-    assert len(outcome) == 1
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return cast("T", outcome[0])
+    return call_denied(functools.partial(anyio.run, scan, backend="asyncio"))
 
 
 def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
@@ -177,7 +155,7 @@ def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
         return result, total
 
     try:
-        result, total = _run_without_dac_capabilities(scan)
+        result, total = _run_denied(scan)
     finally:
         locked.chmod(0o644)
         closed.chmod(0o755)
@@ -222,7 +200,7 @@ def test_videos_under_a_directory_denied_on_a_rescan_are_kept(
         return result, [video.path for video in videos]
 
     try:
-        result, stored = _run_without_dac_capabilities(scan_twice)
+        result, stored = _run_denied(scan_twice)
     finally:
         closed.chmod(0o755)
 
