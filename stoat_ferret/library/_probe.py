@@ -25,6 +25,7 @@ it, before opening anything else.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -185,6 +186,9 @@ def _open_failure(exc: Exception, reader: _BoundedReader | None, read_limit: int
         mebibytes, rest = divmod(read_limit, 1024 * 1024)
         amount = f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
         return f"no media stream found in the first {amount}"
+    if isinstance(exc, av.FFmpegError) and exc.errno == errno.EINVAL:
+        # What FFmpeg answers when it recognised a format outside DEMUXERS.
+        return "not a readable media file (its format is not a video container)"
     reason = getattr(exc, "strerror", None) or str(exc)
     return f"not a readable media file ({reason})"
 
