@@ -8,10 +8,14 @@ jumps to the next deadline, so a 300-second timeout takes microseconds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from loguru import logger
 from trio.testing import MockClock
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -19,3 +23,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     if request.param == "trio":
         return ("trio", {"clock": MockClock(autojump_threshold=0)})
     return "asyncio"
+
+
+@pytest.fixture
+def log_records() -> Iterator[list[Any]]:
+    """Every loguru record emitted during the test, as loguru's record dicts."""
+    records: list[Any] = []
+    handler_id = logger.add(lambda message: records.append(message.record), level="DEBUG")
+    try:
+        yield records
+    finally:
+        logger.remove(handler_id)

@@ -9,6 +9,9 @@ exception                   status     why
 ``JobNotFound``             404        unknown or evicted job id
 ``QueueFull`` (or closed)   503        with ``Retry-After``
 ``StoreError``              503        the video store is unusable or closed
+``ClientDisconnect``        400        the client left before its body ended
+                                       (nobody reads the answer; logged at
+                                       INFO, not as a server error)
 anything else               500        a bug (the server logs the traceback)
 ==========================  =========  ======================================
 
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import ScanPathRejected
@@ -56,6 +60,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, _job_not_found)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -106,6 +111,11 @@ async def _queue_full(request: Request, exc: Exception) -> ApiJSONResponse:
 async def _store_error(request: Request, exc: Exception) -> ApiJSONResponse:
     logger.error("video store error", reason=str(exc), path=request.url.path)
     return _reply(503, "the video store is unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _client_disconnect(request: Request, exc: Exception) -> ApiJSONResponse:
+    logger.info("client left before its request body ended", path=request.url.path)
+    return _reply(400, "the client closed the connection before sending its whole body")
 
 
 async def _unexpected(request: Request, exc: Exception) -> ApiJSONResponse:

@@ -10,9 +10,11 @@ import pytest
 
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue
-from tests.api.support import BASE_URL, lifespan_running, serving
+from tests.api.support import BASE_URL, Message, lifespan_running, serving
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
     from stoat_ferret.settings import Settings
 
 JSON = {"Content-Type": "application/json"}
@@ -160,3 +162,48 @@ async def test_a_bug_still_answers_json(settings: Settings) -> None:
 
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}
+
+
+@pytest.mark.anyio
+async def test_a_client_that_leaves_mid_body_is_no_server_error(
+    settings: Settings, log_records: list[Any]
+) -> None:
+    """A scan request whose client disconnects half-way through the body makes
+    no job, raises nothing out of the app, and logs no error."""
+    app = create_app(settings)
+    arrivals: list[Message] = [
+        {"type": "http.request", "body": b'{"path": "/tm', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/videos/scan",
+        "raw_path": b"/api/v1/videos/scan",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+    async def receive() -> Message:
+        return arrivals.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            await app(scope, receive, send)
+            jobs = (await client.get("/api/v1/jobs")).json()
+
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 400
+    assert jobs["total"] == 0
+    assert [r["message"] for r in log_records if r["level"].no >= 40] == []  # ERROR and above
+    assert "client left before its request body ended" in [r["message"] for r in log_records]

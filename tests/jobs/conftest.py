@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
-import pytest
-from loguru import logger
 
 from stoat_ferret.jobs import JobSupervisor
 
@@ -25,14 +23,3 @@ async def running_supervisor(**options: Any) -> AsyncIterator[JobSupervisor]:
             yield supervisor
         finally:
             await supervisor.aclose()
-
-
-@pytest.fixture
-def log_records() -> Iterator[list[Any]]:
-    """Every loguru record emitted during the test, as loguru's record dicts."""
-    records: list[Any] = []
-    handler_id = logger.add(lambda message: records.append(message.record), level="DEBUG")
-    try:
-        yield records
-    finally:
-        logger.remove(handler_id)
