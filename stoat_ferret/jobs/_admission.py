@@ -30,7 +30,7 @@ class Admission:
             QueueFull: ``limit`` jobs are already pending.
         """
         if self.taken >= self.limit:
-            raise QueueFull(f"{self.limit} jobs are already pending; try again later")
+            raise QueueFull(f"its limit of {self.limit} pending jobs is reached")
         self.taken += 1
         self.accepted += 1
 

@@ -363,7 +363,10 @@ async def test_full_queue_is_503_with_retry_after(settings: Settings, scan_root:
     assert pending.json()["status"] == JobStatus.PENDING
     assert refused.status_code == 503
     assert int(refused.headers["Retry-After"]) > 0
-    assert "try again" in refused.json()["detail"]
+    assert refused.json()["detail"] == (
+        "the job queue takes no more work now (its limit of 1 pending jobs is reached); "
+        "try again later"
+    )
 
 
 @pytest.mark.anyio
