@@ -110,7 +110,18 @@ def add_scan_route(app: FastAPI) -> None:
         tags=["videos"],
         route_class_override=RequestResponseRoute,
     )
-    app.router.routes.insert(0, app.router.routes.pop())  # the route just added
+    # A GET of the same path would otherwise reach /videos/{video_id}, and
+    # be a 422 for the id "scan", where a client expects 405.
+    app.router.add_api_route(
+        f"{router.prefix}/scan",
+        scan_is_posted,
+        methods=["GET"],
+        include_in_schema=False,
+        route_class_override=RequestResponseRoute,
+    )
+    # Both go first in line (the POST, the hot one, first of all).
+    get_route, post_route = app.router.routes.pop(), app.router.routes.pop()
+    app.router.routes[:0] = [post_route, get_route]
 
 
 async def scan_videos(request: Request) -> ApiJSONResponse:
@@ -157,6 +168,11 @@ async def scan_videos(request: Request) -> ApiJSONResponse:
         status_code=202,
         headers={"Location": f"/api/v1/jobs/{job_id}"},
     )
+
+
+async def scan_is_posted(request: Request) -> ApiJSONResponse:
+    """``GET /api/v1/videos/scan``: 405, the scan path takes POST only."""
+    raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
 
 
 async def _status_if_active(queue: AsyncJobQueue, job_id: str) -> JobStatus | None:

@@ -37,6 +37,7 @@ NASTY: list[Any] = [
     pytest.param("GET", "/api/v1/jobs/x/wait?timeout=1e309", {}, 422, id="timeout-overflow"),
     pytest.param("DELETE", "/api/v1/jobs/x", {}, 405, id="delete-job"),
     pytest.param("PUT", "/api/v1/videos/scan", {}, 405, id="put-scan"),
+    pytest.param("GET", "/api/v1/videos/scan", {}, 405, id="get-scan"),
     pytest.param("POST", "/api/v1/videos", {}, 405, id="post-videos"),
     pytest.param("POST", "/health", {}, 405, id="post-health"),
     pytest.param("PATCH", "/api/v1/jobs/x/cancel", {}, 405, id="patch-cancel"),
@@ -110,10 +111,12 @@ async def test_405_names_the_allowed_methods(settings: Settings) -> None:
     """A wrong method is 405 with an Allow header."""
     with anyio.fail_after(10):
         async with serving(create_app(settings)) as client:
-            response = await client.delete("/api/v1/videos/scan")
+            responses = [
+                await client.request(method, "/api/v1/videos/scan")
+                for method in ("DELETE", "GET", "HEAD")
+            ]
 
-    assert response.status_code == 405
-    assert response.headers["allow"] == "POST"
+    assert [(r.status_code, r.headers["allow"]) for r in responses] == [(405, "POST")] * 3
 
 
 @pytest.mark.anyio
