@@ -36,6 +36,7 @@ from stoat_ferret.api._recent import ScanJob
 from stoat_ferret.api._schemas import (
     MAX_LIMIT,
     MAX_OFFSET,
+    ErrorOut,
     ScanAccepted,
     ScanRequest,
     VideoListOut,
@@ -202,7 +203,17 @@ async def list_videos(
     )
 
 
-@router.get("/{video_id}", response_model=VideoOut, responses=error_responses(404, 422, 503))
+@router.get(
+    "/{video_id}",
+    response_model=VideoOut,
+    responses={
+        **error_responses(404, 422, 503),
+        405: {
+            "model": ErrorOut,
+            "description": 'For the id "scan": that path is the scan request\'s, POST only.',
+        },
+    },
+)
 async def get_video(video_id: int, library: LibraryDep) -> ApiJSONResponse:
     """One stored video."""
     # Ids are SQLite rowids: anything outside 1..2**63-1 cannot exist (and
