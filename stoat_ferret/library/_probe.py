@@ -9,9 +9,16 @@ demuxers (MPEG-PS among them, and ffprobe with it) scan a file of zeros to its
 very end looking for a start code; with the limit a sparse 100 GB file costs a
 fraction of a second instead of a full read. Seeks are free, so an MP4 whose
 index sits at the end of a huge file is still described after reading a few
-kilobytes. A file within the limit cannot be over-read, so FFmpeg opens it
-with its own file I/O, which runs without the GIL: Python-level reads would
-make several probe threads queue on the GIL.
+kilobytes. A file within the limit cannot be over-read, so FFmpeg reads it
+with its own file I/O (its ``fd:`` protocol), which runs without the GIL:
+Python-level reads would make several probe threads queue on the GIL.
+
+Either way FFmpeg reads a descriptor the probe opened itself, never the name.
+The probe looks at the file first, so a FIFO or a device is never opened,
+then opens it without following a symlink and without blocking, and checks
+that it is still the same regular file. A file swapped for a FIFO or a
+symlink between the walk and the probe is refused, rather than blocking the
+thread for ever or leading it out of the scanned directory.
 
 FFmpeg picks a demuxer from a file's content, not from its name, and some
 demuxers open further files: a two-line ``.mp4`` text file starting
@@ -20,7 +27,10 @@ it names, such as a FIFO that blocks the probe thread for ever, or a file
 outside the scanned directory. So FFmpeg may only use the demuxers in
 :data:`DEMUXERS`, the containers and raw video streams that the video file
 extensions stand for. It refuses any other format as soon as it has recognised
-it, before opening anything else.
+it, before opening anything else. Two more options hold whatever the FFmpeg
+defaults: only the ``fd`` protocol may be opened (no file, pipe or network
+URL a demuxer might name), and the MOV demuxer follows no external data
+reference.
 """
 
 from __future__ import annotations
@@ -66,6 +76,12 @@ DEMUXERS: Final = ",".join(
 """The demuxers a probe may use (FFmpeg's ``format_whitelist``). None of them
 opens a file other than the one probed."""
 
+_CONTAINER_OPTIONS: Final = {
+    "format_whitelist": DEMUXERS,
+    "protocol_whitelist": "fd",
+    "enable_drefs": "0",
+}
+
 # The audio codec reported when FFmpeg has no decoder for the first audio
 # stream: PyAV then gives no way to read the stream's codec name.
 _UNKNOWN_CODEC: Final = "unknown"
@@ -82,20 +98,12 @@ class _BoundedReader:
     """A read-only, seekable file object for PyAV that stops after ``limit`` bytes.
 
     PyAV only needs ``read``, ``seek`` and ``tell``; there is deliberately no
-    ``write``, so PyAV treats the object as an input.
+    ``write``, so PyAV treats the object as an input. It reads the caller's
+    descriptor and leaves closing it to the caller.
     """
 
-    def __init__(self, path: str, limit: int) -> None:
-        # O_NONBLOCK: a FIFO put in place of the file after the walk must not
-        # block this thread in open(); it is refused just below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ProbeError(path, "not a regular file")
-            self._file = io.FileIO(fd, "rb", closefd=True)
-        except BaseException:
-            os.close(fd)
-            raise
+    def __init__(self, fd: int, limit: int) -> None:
+        self._file = io.FileIO(fd, "rb", closefd=False)
         self._left = limit
         self.exhausted = False
 
@@ -139,38 +147,68 @@ def probe_video(path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT) -
         ``libdav1d``.
 
     Raises:
-        ProbeError: The file cannot be opened, is not a media file FFmpeg can
-            read, or has no video stream.
+        ProbeError: The file cannot be opened, is not a regular file, is not a
+            media file FFmpeg can read, or has no video stream.
     """
     name = os.fspath(path)
+    fd = _open_regular_file(name)
     try:
-        info = os.stat(name)
-    except OSError as exc:
-        raise ProbeError(name, exc.strerror or str(exc)) from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise ProbeError(name, "not a regular file")
-    if info.st_size <= read_limit:
-        # The whole file is within the limit: FFmpeg may use its own file I/O,
-        # which never takes the GIL ("file:" keeps a ':' in the name literal).
-        return _open_and_describe(name, "file:" + name, None, read_limit)
-    try:
-        reader = _BoundedReader(name, read_limit)
-    except OSError as exc:
-        raise ProbeError(name, exc.strerror or str(exc)) from exc
-    try:
-        return _open_and_describe(name, reader, reader, read_limit)
+        if os.fstat(fd).st_size <= read_limit:
+            # The whole file is within the limit: FFmpeg may use its own file
+            # I/O, which never takes the GIL, on (a duplicate of) this descriptor.
+            return _open_and_describe(name, "fd:", {"fd": str(fd)}, None, read_limit)
+        reader = _BoundedReader(fd, read_limit)
+        try:
+            return _open_and_describe(name, reader, {}, reader, read_limit)
+        finally:
+            reader.close()
     finally:
-        reader.close()
+        os.close(fd)
+
+
+def _open_regular_file(name: str) -> int:
+    """Open ``name`` for reading, refusing anything but the regular file it was.
+
+    The file is looked at before it is opened, so a FIFO or a device is never
+    opened, and opened without following a symlink and without blocking, then
+    checked again: a FIFO or a link put in its place meanwhile is refused
+    instead of blocking the thread or leading it out of the scanned directory.
+    FFmpeg then reads this very descriptor, never the name.
+    """
+    try:
+        before = os.lstat(name)
+        if not stat.S_ISREG(before.st_mode):
+            raise ProbeError(name, "not a regular file")
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink put in the file's place
+            raise ProbeError(name, "not a regular file") from exc
+        raise ProbeError(name, exc.strerror or str(exc)) from exc
+    try:
+        after = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise ProbeError(name, exc.strerror or str(exc)) from exc
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(
+        after.st_mode
+    ):
+        os.close(fd)
+        raise ProbeError(name, "the file was replaced while it was being probed")
+    return fd
 
 
 def _open_and_describe(
-    name: str, source: str | _BoundedReader, reader: _BoundedReader | None, read_limit: int
+    name: str,
+    source: str | _BoundedReader,
+    options: dict[str, str],
+    reader: _BoundedReader | None,
+    read_limit: int,
 ) -> VideoProbe:
     try:
         container = av.open(
             source,
             mode="r",
-            container_options={"format_whitelist": DEMUXERS},
+            container_options={**_CONTAINER_OPTIONS, **options},
             metadata_errors="replace",
         )
     except (av.FFmpegError, OSError, ValueError) as exc:

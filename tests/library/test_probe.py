@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from tests.library.support import watched_fifo
 from tests.videos import copy_video, make_video, write_corrupt_video, write_truncated_copy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from tests.videos import EncodedVideo
@@ -200,6 +202,58 @@ def test_a_playlist_naming_a_video_elsewhere_is_refused(clip: EncodedVideo, tmp_
 
     with pytest.raises(ProbeError, match="not a readable media file"):
         probe_video(playlist)
+
+
+def _swap_after_the_look(
+    monkeypatch: pytest.MonkeyPatch, path: Path, swap: Callable[[], object]
+) -> None:
+    """Make ``swap()`` replace ``path`` right after the probe has looked at it."""
+    real_lstat = os.lstat
+
+    def lstat(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        seen = real_lstat(name, *args, **kwargs)
+        if os.fspath(name) == str(path):
+            swap()
+        return seen
+
+    monkeypatch.setattr(os, "lstat", lstat)
+
+
+def test_a_file_swapped_for_a_fifo_is_refused_without_blocking(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video replaced by a FIFO between the look and the open: refused, nothing waits."""
+    video = copy_video(clip, tmp_path / "clip.mp4").path
+    with contextlib.ExitStack() as fifos:
+
+        def swap() -> None:
+            video.unlink()
+            fifos.enter_context(watched_fifo(video))  # never lets a blocked reader wait
+
+        _swap_after_the_look(monkeypatch, video, swap)
+
+        with pytest.raises(ProbeError) as caught:
+            probe_video(video)
+
+    assert caught.value.reason == "the file was replaced while it was being probed"
+
+
+def test_a_file_swapped_for_a_symlink_is_not_followed(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video replaced by a link to a video elsewhere: refused, the other is not read."""
+    video = copy_video(clip, tmp_path / "clip.mp4").path
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = copy_video(clip, tmp_path / "elsewhere" / "other.mp4").path
+
+    def swap() -> None:
+        video.unlink()
+        video.symlink_to(elsewhere)
+
+    _swap_after_the_look(monkeypatch, video, swap)
+
+    with pytest.raises(ProbeError, match="not a regular file"):
+        probe_video(video)
 
 
 class _ReadCounter:

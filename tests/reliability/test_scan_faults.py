@@ -161,7 +161,7 @@ def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
         closed.chmod(0o755)
 
     assert _error_paths(result) == {
-        str(locked): "not a readable media file (Permission denied)",
+        str(locked): "Permission denied",
         str(closed): "Permission denied",
     }
     assert (result["found"], result["added"], total) == (2, 1, 1)
