@@ -116,10 +116,11 @@ class ErrorLog:
     entries: list[dict[str, str]] = attrs.field(factory=list)
     # Invariant: truncated > 0 only once len(entries) == cap.
     truncated: int = 0
-    unread: list[str] = attrs.field(factory=list)
-    """Every path the walk found but could not read (a directory it could not
-    list, a file it could not stat), however many: the scan must not take the
-    stored videos there for gone."""
+    unread: int = 0
+    """How many paths the walk found but could not read (a directory it could
+    not list, a file it could not stat, a symlink it could not follow),
+    however many: while there are any, the scan cannot tell a stored video it
+    did not see from one that is gone."""
 
     def add(self, path: str, error: str) -> None:
         """Record that ``path`` could not be handled, and why."""
@@ -130,7 +131,7 @@ class ErrorLog:
 
     def add_unread(self, path: str, error: str) -> None:
         """Record that ``path`` exists but could not be read, and why."""
-        self.unread.append(path)
+        self.unread += 1
         self.add(path, error)
 
     def __len__(self) -> int:

@@ -7,9 +7,10 @@ One scan, step by step:
 2. Read the fingerprints of every stored row in the same scope, in one query.
 3. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
    and is neither probed nor written. The rest are probed; rows whose file is
-   gone are deleted (``removed``) in one transaction. A row under a directory
-   the walk could not list (or of a file it could not stat) is not gone: it is
-   kept unchanged and not counted, and the directory is an ``errors`` entry.
+   gone are deleted (``removed``) in one transaction. If the walk could not
+   read everything (a directory it could not list, a symlink it could not
+   follow: ``errors`` entries), a row it did not see is gone only if its file
+   no longer exists; otherwise it is kept unchanged and not counted.
 4. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
    each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
@@ -178,7 +179,7 @@ class _Scan:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
         )
-        compare = functools.partial(_compare, unread=self.errors.unread)  # filled by the walk
+        compare = functools.partial(_compare, errors=self.errors)  # read after the walk
         self.found, self.known, to_probe, gone = await self.library.survey(
             walk, self.root, recursive=self.recursive, compare=compare
         )
@@ -322,13 +323,15 @@ class _Scan:
 
 
 def _compare(
-    found: dict[str, Fingerprint], known: dict[str, Fingerprint], *, unread: list[str]
+    found: dict[str, Fingerprint], known: dict[str, Fingerprint], *, errors: ErrorLog
 ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
     """``found`` and ``known``, the found paths to probe (new or changed,
     sorted) and the known paths gone. Blocking: run in the survey's thread.
 
-    A known path the walk could not see because it is, or lies under, one of
-    the ``unread`` paths is not gone: it is kept as it is.
+    When the walk could not read everything (``errors.unread``), a known path
+    it did not see may lie in a directory it could not list, or be the target
+    of a symlink it could not follow: such a path is gone only if the
+    filesystem says it no longer exists.
     """
     if found == known:  # one C-level comparison: the common rescan of an unchanged tree
         return found, known, [], set()
@@ -337,8 +340,17 @@ def _compare(
     new = sum(1 for path in to_probe if path not in known)
     # Every known path was found exactly when the found-and-known count equals len(known).
     gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
-    if gone and unread:
-        unseen = frozenset(unread)
-        below = tuple(path + os.sep for path in unseen)
-        gone = {path for path in gone if path not in unseen and not path.startswith(below)}
+    if gone and errors.unread:
+        gone = {path for path in gone if _vanished(path)}
     return found, known, to_probe, gone
+
+
+def _vanished(path: str) -> bool:
+    """True if ``path`` certainly no longer exists; False if it does, or may."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:  # denied, or an I/O error: it may well be there
+        return False
+    return False

@@ -15,10 +15,12 @@ The rules, in the order they are applied to each directory entry:
   file is then recorded under the resolved path, once however many links point
   to it. A link that points outside, is broken, or loops is an error entry.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
-* A subdirectory that cannot be listed, or a file that cannot be stat'ed, is
-  an error entry and the walk goes on; it is also noted in the log's
-  ``unread`` list, so that the scan keeps what it stored from there. A file
-  or directory that vanishes while the walk runs is silently skipped.
+* A subdirectory that cannot be listed, a file that cannot be stat'ed, or a
+  symlink that cannot be followed for another reason than a missing or
+  looping target, is an error entry and the walk goes on; it also counts in
+  the log's ``unread``, so that the scan keeps what it stored and could not
+  see. A file or directory that vanishes while the walk runs is silently
+  skipped.
 
 Recorded paths are absolute and resolved: the root is resolved by the caller and
 no directory symlink is ever crossed.
@@ -30,6 +32,7 @@ walking within a few milliseconds even in a tree of millions of files.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import TYPE_CHECKING, Final
@@ -167,8 +170,14 @@ class _Walk:
         try:
             target = os.path.realpath(link, strict=True)
             info = os.stat(target)
-        except OSError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             self.errors.add(link, f"broken symlink ({_reason(exc)})")
+            return
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.errors.add(link, f"broken symlink ({_reason(exc)})")
+            else:  # denied, or an I/O error: the target may well be there
+                self.errors.add_unread(link, f"cannot follow symlink ({_reason(exc)})")
             return
         if not self.in_scope(target):
             self.errors.add(link, "symlink points outside the scanned directory")

@@ -66,7 +66,7 @@ def test_error_log_keeps_the_first_entries_and_counts_the_rest() -> None:
 
 
 def test_unread_paths_are_all_kept_beyond_the_cap() -> None:
-    """Paths the walk could not read are errors, capped, and all listed in ``unread``."""
+    """Paths the walk could not read are errors, capped, and all counted in ``unread``."""
     log = ErrorLog(cap=1)
     log.add("/m/bad.mp4", "bad")
     for index in range(3):
@@ -74,7 +74,7 @@ def test_unread_paths_are_all_kept_beyond_the_cap() -> None:
 
     assert log.entries == [{"path": "/m/bad.mp4", "error": "bad"}]
     assert (log.truncated, len(log)) == (3, 4)
-    assert log.unread == ["/m/d0", "/m/d1", "/m/d2"]
+    assert log.unread == 3
 
 
 def test_scan_error_message() -> None:

@@ -212,3 +212,44 @@ def test_videos_under_a_directory_denied_on_a_rescan_are_kept(
     }
     assert stored == [*kept, str(media / "good.mp4")]
     assert integrity(database) == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("link", "locked", "mode"),
+    [
+        pytest.param("closed/clip.mp4", "closed", 0o000, id="link-in-a-closed-directory"),
+        pytest.param("clip.mp4", "open", 0o644, id="target-in-a-directory-without-search"),
+    ],
+)
+def test_videos_stored_through_a_symlink_the_rescan_cannot_follow_are_kept(
+    tmp_path: Path, clip: EncodedVideo, link: str, locked: str, mode: int
+) -> None:
+    """A video stored under its link's target (named .bin, so found only
+    through the link) stays when a chmod (really denied, as above) hides the
+    link or its target on the rescan."""
+    media = tmp_path / "media"
+    (media / "open").mkdir(parents=True)
+    (media / "closed").mkdir()
+    target = copy_video(clip, media / "open" / "video.bin").path
+    (media / link).symlink_to(target)
+    database = tmp_path / "db" / "stoat.db"
+
+    async def scan_twice() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        async with await VideoLibrary.open(database) as library:
+            handler = make_scan_handler(library)
+            with anyio.fail_after(TIMEOUT):
+                first = await handler(make_context(media))
+                (media / locked).chmod(mode)
+                second = await handler(make_context(media))
+            videos, _ = await library.list_videos()
+        return first, second, [video.path for video in videos]
+
+    try:
+        first, second, stored = _run_denied(scan_twice)
+    finally:
+        (media / locked).chmod(0o755)
+
+    assert first["added"] == 1
+    assert (second["removed"], len(second["errors"])) == (0, 1)
+    assert stored == [str(target)]
+    assert integrity(database) == ["ok"]
