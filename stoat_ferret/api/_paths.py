@@ -28,11 +28,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-# Check with the ids (and on Linux the capabilities) that the scan will use,
-# not the real ones, where the system can.
-_EFFECTIVE_IDS = os.access in os.supports_effective_ids
-
-
 @attrs.define(eq=False, str=False)
 class ScanPathRejected(Exception):
     """Raised by :func:`resolve_scan_path`; the API answers ``status_code`` with ``detail``."""
@@ -80,8 +75,15 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     if not stat.S_ISDIR(mode):
         raise ScanPathRejected(400, f"not a directory: {requested}")
     # A scan lists the directory (read) and looks at its entries (search).
-    if not os.access(resolved, os.R_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS):
-        raise ScanPathRejected(403, f"permission denied: {requested}")
+    # Opening "<dir>/." needs both, checked as the scan will be: with this
+    # process's effective ids and capabilities (os.access would need
+    # faccessat2, which some container sandboxes refuse).
+    try:
+        os.close(os.open(os.path.join(resolved, "."), os.O_RDONLY | os.O_DIRECTORY))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ScanPathRejected(404, f"no such directory: {requested}") from None
+    except OSError as exc:
+        raise _rejection(exc, requested) from None
     return str(resolved)
 
 

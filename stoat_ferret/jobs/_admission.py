@@ -30,7 +30,7 @@ class Admission:
             QueueFull: ``limit`` jobs are already pending.
         """
         if self.taken >= self.limit:
-            raise QueueFull(f"its limit of {self.limit} pending jobs is reached")
+            raise QueueFull(f"pending jobs at their limit of {self.limit}")
         self.taken += 1
         self.accepted += 1
 

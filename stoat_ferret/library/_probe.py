@@ -225,8 +225,9 @@ def _open_failure(exc: Exception, reader: _BoundedReader | None, read_limit: int
         amount = f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
         return f"no media stream found in the first {amount}"
     if isinstance(exc, av.FFmpegError) and exc.errno == errno.EINVAL:
-        # What FFmpeg answers when it recognised a format outside DEMUXERS.
-        return "not a readable media file (its format is not a video container)"
+        # What FFmpeg answers when it recognised a format outside DEMUXERS
+        # (and, rarely, for some other invalid input).
+        return "not a readable media file (Invalid argument: most often not a video container)"
     reason = getattr(exc, "strerror", None) or str(exc)
     return f"not a readable media file ({reason})"
 

@@ -364,8 +364,7 @@ async def test_full_queue_is_503_with_retry_after(settings: Settings, scan_root:
     assert refused.status_code == 503
     assert int(refused.headers["Retry-After"]) > 0
     assert refused.json()["detail"] == (
-        "the job queue takes no more work now (its limit of 1 pending jobs is reached); "
-        "try again later"
+        "the job queue takes no more work now (pending jobs at their limit of 1); try again later"
     )
 
 

@@ -86,7 +86,7 @@ async def test_queue_full_raises_and_accepted_jobs_still_complete() -> None:
                 await supervisor.submit("gate", 2),
             ]
 
-            with pytest.raises(QueueFull, match="its limit of 2 pending jobs is reached"):
+            with pytest.raises(QueueFull, match="pending jobs at their limit of 2"):
                 await supervisor.submit("gate", 3)
             assert supervisor.statistics().pending == 2
 

@@ -186,7 +186,9 @@ def test_a_playlist_naming_a_fifo_is_refused_without_opening_it(tmp_path: Path) 
     with watched_fifo(tmp_path / "pipe") as fifo, pytest.raises(ProbeError) as caught:
         probe_video(playlist)
 
-    assert caught.value.reason == "not a readable media file (its format is not a video container)"
+    assert caught.value.reason == (
+        "not a readable media file (Invalid argument: most often not a video container)"
+    )
     assert not fifo.opened
 
 
