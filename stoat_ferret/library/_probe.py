@@ -14,11 +14,10 @@ with its own file I/O (its ``fd:`` protocol), which runs without the GIL:
 Python-level reads would make several probe threads queue on the GIL.
 
 Either way FFmpeg reads a descriptor the probe opened itself, never the name.
-The probe looks at the file first, so a FIFO or a device is never opened,
-then opens it without following a symlink and without blocking, and checks
-that it is still the same regular file. A file swapped for a FIFO or a
-symlink between the walk and the probe is refused, rather than blocking the
-thread for ever or leading it out of the scanned directory.
+The probe opens the file without following a symlink and without blocking,
+and checks that it is a regular file. A file swapped for a FIFO or a symlink
+between the walk and the probe is refused, rather than blocking the thread
+for ever or leading it out of the scanned directory.
 
 FFmpeg picks a demuxer from a file's content, not from its name, and some
 demuxers open further files: a two-line ``.mp4`` text file starting
@@ -151,9 +150,9 @@ def probe_video(path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT) -
             media file FFmpeg can read, or has no video stream.
     """
     name = os.fspath(path)
-    fd = _open_regular_file(name)
+    fd, size = _open_regular_file(name)
     try:
-        if os.fstat(fd).st_size <= read_limit:
+        if size <= read_limit:
             # The whole file is within the limit: FFmpeg may use its own file
             # I/O, which never takes the GIL, on (a duplicate of) this descriptor.
             return _open_and_describe(name, "fd:", {"fd": str(fd)}, None, read_limit)
@@ -166,35 +165,29 @@ def probe_video(path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT) -
         os.close(fd)
 
 
-def _open_regular_file(name: str) -> int:
-    """Open ``name`` for reading, refusing anything but the regular file it was.
+def _open_regular_file(name: str) -> tuple[int, int]:
+    """Open ``name`` for reading; return the descriptor and the file's size.
 
-    The file is looked at before it is opened, so a FIFO or a device is never
-    opened, and opened without following a symlink and without blocking, then
-    checked again: a FIFO or a link put in its place meanwhile is refused
-    instead of blocking the thread or leading it out of the scanned directory.
-    FFmpeg then reads this very descriptor, never the name.
+    Opened without following a symlink and without blocking, then checked to
+    be a regular file: a FIFO or a link put in the place of the file the walk
+    saw is refused instead of blocking the thread or leading it out of the
+    scanned directory. FFmpeg then reads this very descriptor, never the name.
     """
     try:
-        before = os.lstat(name)
-        if not stat.S_ISREG(before.st_mode):
-            raise ProbeError(name, "not a regular file")
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink put in the file's place
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise ProbeError(name, "not a regular file") from exc
         raise ProbeError(name, exc.strerror or str(exc)) from exc
     try:
-        after = os.fstat(fd)
+        info = os.fstat(fd)
     except OSError as exc:
         os.close(fd)
         raise ProbeError(name, exc.strerror or str(exc)) from exc
-    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(
-        after.st_mode
-    ):
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ProbeError(name, "the file was replaced while it was being probed")
-    return fd
+        raise ProbeError(name, "not a regular file")
+    return fd, info.st_size
 
 
 def _open_and_describe(

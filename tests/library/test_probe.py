@@ -15,11 +15,10 @@ import pytest
 
 from stoat_ferret.library import ProbeError, _probe, probe_video
 from tests.library.conftest import CLIP_SPECS
-from tests.library.support import watched_fifo
+from tests.library.support import FifoWatch, watched_fifo
 from tests.videos import copy_video, make_video, write_corrupt_video, write_truncated_copy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
     from tests.videos import EncodedVideo
@@ -206,56 +205,42 @@ def test_a_playlist_naming_a_video_elsewhere_is_refused(clip: EncodedVideo, tmp_
         probe_video(playlist)
 
 
-def _swap_after_the_look(
-    monkeypatch: pytest.MonkeyPatch, path: Path, swap: Callable[[], object]
+def test_a_symlink_in_the_place_of_the_file_is_not_followed(
+    clip: EncodedVideo, tmp_path: Path
 ) -> None:
-    """Make ``swap()`` replace ``path`` right after the probe has looked at it."""
-    real_lstat = os.lstat
-
-    def lstat(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        seen = real_lstat(name, *args, **kwargs)
-        if os.fspath(name) == str(path):
-            swap()
-        return seen
-
-    monkeypatch.setattr(os, "lstat", lstat)
-
-
-def test_a_file_swapped_for_a_fifo_is_refused_without_blocking(
-    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A video replaced by a FIFO between the look and the open: refused, nothing waits."""
-    video = copy_video(clip, tmp_path / "clip.mp4").path
-    with contextlib.ExitStack() as fifos:
-
-        def swap() -> None:
-            video.unlink()
-            fifos.enter_context(watched_fifo(video))  # never lets a blocked reader wait
-
-        _swap_after_the_look(monkeypatch, video, swap)
-
-        with pytest.raises(ProbeError) as caught:
-            probe_video(video)
-
-    assert caught.value.reason == "the file was replaced while it was being probed"
-
-
-def test_a_file_swapped_for_a_symlink_is_not_followed(
-    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A video replaced by a link to a video elsewhere: refused, the other is not read."""
-    video = copy_video(clip, tmp_path / "clip.mp4").path
+    """The walk records real files only; a link put in a file's place after the
+    walk, to a video elsewhere, is refused and the other video is not read."""
     (tmp_path / "elsewhere").mkdir()
     elsewhere = copy_video(clip, tmp_path / "elsewhere" / "other.mp4").path
-
-    def swap() -> None:
-        video.unlink()
-        video.symlink_to(elsewhere)
-
-    _swap_after_the_look(monkeypatch, video, swap)
+    (tmp_path / "clip.mp4").symlink_to(elsewhere)
 
     with pytest.raises(ProbeError, match="not a regular file"):
-        probe_video(video)
+        probe_video(tmp_path / "clip.mp4")
+
+
+def test_ffmpeg_reads_the_file_the_probe_checked_not_the_name(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swapped for a FIFO right after the probe has checked it, the file is
+    still what FFmpeg reads: the probe hands it the checked descriptor."""
+    video = copy_video(clip, tmp_path / "clip.mp4").path
+    real_fstat = os.fstat
+    watches: list[FifoWatch] = []
+    with contextlib.ExitStack() as fifos:
+
+        def fstat_then_swap(fd: int) -> os.stat_result:
+            checked = real_fstat(fd)
+            if not watches:  # the first check only
+                video.unlink()
+                watches.append(fifos.enter_context(watched_fifo(video)))  # never blocks a reader
+            return checked
+
+        monkeypatch.setattr(os, "fstat", fstat_then_swap)
+
+        probe = probe_video(video)
+
+    assert probe.video_codec == clip.video_codec
+    assert [watch.opened for watch in watches] == [False]
 
 
 class _ReadCounter:
