@@ -21,7 +21,7 @@ import httpx
 from stoat_ferret.jobs import JobContext, JobResult, JobSupervisor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, MutableMapping
+    from collections.abc import AsyncIterator, MutableMapping, Sequence
 
     from fastapi import FastAPI
 
@@ -33,6 +33,26 @@ BASE_URL = "http://testserver"
 
 class LifespanFailed(Exception):
     """The app answered ``lifespan.startup.failed`` or ``lifespan.shutdown.failed``."""
+
+
+def http_scope(
+    method: str, path: str, *, query: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = ()
+) -> dict[str, Any]:
+    """The ASGI scope of an HTTP/1.1 request, for tests that drive the app by hand."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
 
 
 @asynccontextmanager

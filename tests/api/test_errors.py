@@ -10,7 +10,7 @@ import pytest
 
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue
-from tests.api.support import BASE_URL, Message, lifespan_running, serving
+from tests.api.support import BASE_URL, Message, http_scope, lifespan_running, serving
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
@@ -179,20 +179,9 @@ async def test_a_client_that_leaves_mid_body_is_no_server_error(
         {"type": "http.disconnect"},
     ]
     sent: list[Message] = []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/v1/videos/scan",
-        "raw_path": b"/api/v1/videos/scan",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(
+        "POST", "/api/v1/videos/scan", headers=[(b"content-type", b"application/json")]
+    )
 
     async def receive() -> Message:
         return arrivals.pop(0)

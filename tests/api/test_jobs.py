@@ -14,6 +14,7 @@ from stoat_ferret.jobs import JobNotFound, JobSupervisor
 from tests.api.support import (
     GatedScan,
     WatchedSupervisor,
+    http_scope,
     parse_events,
     serving,
     started,
@@ -330,20 +331,7 @@ async def test_wait_ends_when_the_client_leaves(settings: Settings, scan_root: P
             app = create_app(settings, job_queue=supervisor)
             async with serving(app) as client:
                 job_id = await _start_scan(client, scan, scan_root)
-                scope = {
-                    "type": "http",
-                    "asgi": {"version": "3.0"},
-                    "http_version": "1.1",
-                    "method": "GET",
-                    "scheme": "http",
-                    "path": f"/api/v1/jobs/{job_id}/wait",
-                    "raw_path": f"/api/v1/jobs/{job_id}/wait".encode(),
-                    "query_string": b"timeout=3600",
-                    "headers": [],
-                    "server": ("testserver", 80),
-                    "client": ("127.0.0.1", 1234),
-                    "root_path": "",
-                }
+                scope = http_scope("GET", f"/api/v1/jobs/{job_id}/wait", query=b"timeout=3600")
                 await app(scope, receive, send)
                 status_after = await supervisor.get_status(job_id)
                 scan.release.set()
