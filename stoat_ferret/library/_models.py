@@ -116,11 +116,12 @@ class ErrorLog:
     entries: list[dict[str, str]] = attrs.field(factory=list)
     # Invariant: truncated > 0 only once len(entries) == cap.
     truncated: int = 0
-    unread: int = 0
-    """How many paths the walk found but could not read (a directory it could
-    not list, a file it could not stat, a symlink it could not follow),
-    however many: while there are any, the scan cannot tell a stored video it
-    did not see from one that is gone."""
+    unread: list[str] = attrs.field(factory=list)
+    """Every directory the walk could not list and every file it could not
+    stat, however many: the videos stored there may still be there."""
+    unfollowed: int = 0
+    """How many symlinks the walk could not follow (denied, an I/O error):
+    any stored video may be the target of one of them."""
 
     def add(self, path: str, error: str) -> None:
         """Record that ``path`` could not be handled, and why."""
@@ -130,9 +131,14 @@ class ErrorLog:
             self.truncated += 1
 
     def add_unread(self, path: str, error: str) -> None:
-        """Record that ``path`` exists but could not be read, and why."""
-        self.unread += 1
+        """Record that ``path`` exists but could not be listed or stat'ed, and why."""
+        self.unread.append(path)
         self.add(path, error)
+
+    def add_unfollowed(self, link: str, error: str) -> None:
+        """Record that the symlink ``link`` could not be followed, and why."""
+        self.unfollowed += 1
+        self.add(link, error)
 
     def __len__(self) -> int:
         return len(self.entries) + self.truncated

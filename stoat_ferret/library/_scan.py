@@ -9,8 +9,9 @@ One scan, step by step:
    and is neither probed nor written. The rest are probed; rows whose file is
    gone are deleted (``removed``) in one transaction. If the walk could not
    read everything (a directory it could not list, a symlink it could not
-   follow: ``errors`` entries), a row it did not see is gone only if its file
-   no longer exists; otherwise it is kept unchanged and not counted.
+   follow: ``errors`` entries), a row it did not see whose file is still a
+   regular file there, and may have been hidden behind what could not be
+   read, is kept unchanged and not counted.
 4. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
    each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -58,7 +60,7 @@ from stoat_ferret.library._models import (
     VideoRecord,
 )
 from stoat_ferret.library._probe import probe_video
-from stoat_ferret.library._walk import walk_videos
+from stoat_ferret.library._walk import is_video_name, walk_videos
 
 if TYPE_CHECKING:
     import threading
@@ -328,10 +330,8 @@ def _compare(
     """``found`` and ``known``, the found paths to probe (new or changed,
     sorted) and the known paths gone. Blocking: run in the survey's thread.
 
-    When the walk could not read everything (``errors.unread``), a known path
-    it did not see may lie in a directory it could not list, or be the target
-    of a symlink it could not follow: such a path is gone only if the
-    filesystem says it no longer exists.
+    A known path the walk did not see is not gone if it may just have been
+    hidden from the walk (:func:`_maybe_hidden`).
     """
     if found == known:  # one C-level comparison: the common rescan of an unchanged tree
         return found, known, [], set()
@@ -340,17 +340,38 @@ def _compare(
     new = sum(1 for path in to_probe if path not in known)
     # Every known path was found exactly when the found-and-known count equals len(known).
     gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
-    if gone and errors.unread:
-        gone = {path for path in gone if _vanished(path)}
+    if gone and (errors.unread or errors.unfollowed):
+        unread = frozenset(errors.unread)
+        # A symlink hidden in a directory the walk could not list, or one it
+        # could not follow, may be what led to any stored link target.
+        links = errors.unfollowed > 0 or bool(unread)
+        gone = {path for path in gone if not _maybe_hidden(path, unread, links=links)}
     return found, known, to_probe, gone
 
 
-def _vanished(path: str) -> bool:
-    """True if ``path`` certainly no longer exists; False if it does, or may."""
+def _maybe_hidden(path: str, unread: frozenset[str], *, links: bool) -> bool:
+    """True if the walk may have missed ``path``, a stored video not seen.
+
+    That is when the filesystem cannot tell whether it exists, or it is still
+    a regular file and either it, or a directory above it, is one the walk
+    could not read, or it is a symlink's target (its name is no video name,
+    so only a link led to it) and some link may have been hidden (``links``).
+    Otherwise it is gone: deleted, replaced by something else than a file, or
+    no longer the target of any link the walk could see.
+    """
     try:
-        os.lstat(path)
+        info = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:  # denied, or an I/O error: it may well be there
         return False
+    except OSError:  # denied, or an I/O error: it may well be there
+        return True
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    if not is_video_name(os.path.basename(path)):
+        return links
+    parent, above = path, ""
+    while parent != above:  # up to "/": a set lookup a level, however many unread paths
+        if parent in unread:
+            return True
+        parent, above = os.path.dirname(parent), parent
     return False

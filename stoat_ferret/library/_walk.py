@@ -16,11 +16,11 @@ The rules, in the order they are applied to each directory entry:
   to it. A link that points outside, is broken, or loops is an error entry.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
 * A subdirectory that cannot be listed, a file that cannot be stat'ed, or a
-  symlink that cannot be followed for another reason than a missing or
-  looping target, is an error entry and the walk goes on; it also counts in
-  the log's ``unread``, so that the scan keeps what it stored and could not
-  see. A file or directory that vanishes while the walk runs is silently
-  skipped.
+  symlink that cannot be followed for another reason than a missing, looping
+  or overlong target, is an error entry and the walk goes on; it is also
+  noted in the log's ``unread`` (paths) or ``unfollowed`` (a count), so that
+  the scan keeps what it stored and could not see. A file or directory that
+  vanishes while the walk runs is silently skipped.
 
 Recorded paths are absolute and resolved: the root is resolved by the caller and
 no directory symlink is ever crossed.
@@ -53,6 +53,8 @@ CHECK_EVERY: Final = 256
 """Directory entries between two calls to the walk's ``checkpoint``."""
 
 _NOT_UTF8: Final = "name is not valid UTF-8; skipped"
+# A link failing with these can never lead to a file: missing, looping, too long.
+_BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _SUFFIXES: Final = tuple(sorted(VIDEO_EXTENSIONS))
 
 
@@ -136,7 +138,8 @@ class _Walk:
                                 self.add_directory(entry, pending)
                             continue
                         name = entry.name
-                        # Most names are lower case: one C call decides, lower() only if not.
+                        # is_video_name, inlined. Most names are lower case: one C call
+                        # decides, lower() only if not.
                         if not (name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)):
                             continue
                         if not (name.isascii() or _is_utf8(name)):
@@ -170,14 +173,11 @@ class _Walk:
         try:
             target = os.path.realpath(link, strict=True)
             info = os.stat(target)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            self.errors.add(link, f"broken symlink ({_reason(exc)})")
-            return
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno in _BROKEN_LINK:
                 self.errors.add(link, f"broken symlink ({_reason(exc)})")
             else:  # denied, or an I/O error: the target may well be there
-                self.errors.add_unread(link, f"cannot follow symlink ({_reason(exc)})")
+                self.errors.add_unfollowed(link, f"cannot follow symlink ({_reason(exc)})")
             return
         if not self.in_scope(target):
             self.errors.add(link, "symlink points outside the scanned directory")
@@ -190,6 +190,11 @@ class _Walk:
         if self.recursive:
             return path.startswith(self.prefix)
         return os.path.dirname(path) == self.root
+
+
+def is_video_name(name: str) -> bool:
+    """True if the file name ``name`` ends in one of :data:`VIDEO_EXTENSIONS`, in any case."""
+    return name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)
 
 
 def _is_utf8(name: str) -> bool:

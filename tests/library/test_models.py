@@ -66,15 +66,17 @@ def test_error_log_keeps_the_first_entries_and_counts_the_rest() -> None:
 
 
 def test_unread_paths_are_all_kept_beyond_the_cap() -> None:
-    """Paths the walk could not read are errors, capped, and all counted in ``unread``."""
+    """Paths the walk could not read or follow are errors, capped; all are
+    listed in ``unread`` or counted in ``unfollowed``."""
     log = ErrorLog(cap=1)
     log.add("/m/bad.mp4", "bad")
     for index in range(3):
         log.add_unread(f"/m/d{index}", "Permission denied")
+    log.add_unfollowed("/m/link.mp4", "cannot follow symlink (Permission denied)")
 
     assert log.entries == [{"path": "/m/bad.mp4", "error": "bad"}]
-    assert (log.truncated, len(log)) == (3, 4)
-    assert log.unread == 3
+    assert (log.truncated, len(log)) == (4, 5)
+    assert (log.unread, log.unfollowed) == (["/m/d0", "/m/d1", "/m/d2"], 1)
 
 
 def test_scan_error_message() -> None:

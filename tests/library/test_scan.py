@@ -398,6 +398,42 @@ async def test_stored_videos_the_walk_cannot_read_are_kept(
     assert [video.path for video in videos] == kept
 
 
+async def test_what_an_unreadable_directory_cannot_hide_is_still_removed(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a directory the walk cannot list (but can look into), a deleted
+    video and one replaced by a FIFO are removed; a link target whose link
+    was deleted is kept (a link in that directory may still lead to it)
+    until a clean rescan."""
+    deleted, replaced, _ = _fill(
+        media, clip, ["sick/deleted.mp4", "sick/replaced.mp4", "sick/kept.mp4"]
+    )
+    (target,) = _fill(media, clip, ["open/video.bin"])
+    (media / "link.mp4").symlink_to(target)
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        first = await handler(make_context(media))
+    os.remove(deleted)
+    os.remove(replaced)
+    os.mkfifo(replaced)
+    os.remove(media / "link.mp4")
+
+    with monkeypatch.context() as denied, anyio.fail_after(TIMEOUT):
+        _Denying(denied, directory=str(media / "sick"), file="")
+        second = await handler(make_context(media))
+        stored_meanwhile = [video.path for video in (await library.list_videos())[0]]
+    with anyio.fail_after(TIMEOUT):
+        third = await handler(make_context(media))
+        stored_after = [video.path for video in (await library.list_videos())[0]]
+
+    assert first["added"] == 4
+    assert [e["path"] for e in second["errors"]] == [str(media / "sick")]
+    assert second["removed"] == 2
+    assert stored_meanwhile == [target, str(media / "sick" / "kept.mp4")]
+    assert (third["removed"], third["errors"]) == (1, [])
+    assert stored_after == [str(media / "sick" / "kept.mp4")]
+
+
 async def test_a_stored_file_that_turns_unreadable_is_dropped(
     library: VideoLibrary, media: Path, clip: EncodedVideo
 ) -> None:
