@@ -5,7 +5,9 @@ exception                   status     why
 ==========================  =========  ======================================
 ``HTTPException``           its own    raised by routes; 404, 405 by routing
 ``RequestValidationError``  422        bad query, path or body
-``ScanPathRejected``        its own    400, 403 or 404 for a scan path
+``ScanPathRejected``        its own    400, 403 or 404 for a scan path (503,
+                                       with ``Retry-After``, when the server
+                                       is out of descriptors)
 ``JobNotFound``             404        unknown or evicted job id
 ``QueueFull`` (or closed)   503        with ``Retry-After``
 ``StoreError``              503        the video store is unusable or closed
@@ -88,7 +90,8 @@ async def _validation_error(request: Request, exc: Exception) -> ApiJSONResponse
 
 async def _scan_path_rejected(request: Request, exc: Exception) -> ApiJSONResponse:
     assert isinstance(exc, ScanPathRejected)
-    return _reply(exc.status_code, exc.detail)
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status_code == 503 else None
+    return _reply(exc.status_code, exc.detail, retry)
 
 
 async def _job_not_found(request: Request, exc: Exception) -> ApiJSONResponse:

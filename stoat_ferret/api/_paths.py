@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
+_OUTSIDE = "the path is outside the directories this service may scan"
+
+
 @attrs.define(eq=False, str=False)
 class ScanPathRejected(Exception):
     """Raised by :func:`resolve_scan_path`; the API answers ``status_code`` with ``detail``."""
@@ -58,14 +61,18 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     Raises:
         ScanPathRejected: 403 outside every root, or a directory this
             process may not list; 404 missing; 400 not a directory, too
-            long, or a symlink loop.
+            long, or a symlink loop; 503 out of file descriptors or memory.
     """
     try:
         resolved = Path(os.path.realpath(requested))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
+    except OSError as exc:  # a link on the way could not be read, as /proc/<pid>/cwd
+        if not is_within(Path(os.path.abspath(requested)), roots):
+            raise ScanPathRejected(403, _OUTSIDE) from None
+        raise _rejection(exc, requested) from None
     if not is_within(resolved, roots):
-        raise ScanPathRejected(403, "the path is outside the directories this service may scan")
+        raise ScanPathRejected(403, _OUTSIDE)
     try:
         mode = os.stat(resolved).st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -88,6 +95,8 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
 
 
 def _rejection(exc: OSError, requested: str) -> ScanPathRejected:
+    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # the server's trouble
+        return ScanPathRejected(503, f"the service is short of resources ({exc.strerror})")
     if exc.errno == errno.ENAMETOOLONG:
         return ScanPathRejected(400, "the path is too long for this system")
     if exc.errno in (errno.EACCES, errno.EPERM):

@@ -183,3 +183,53 @@ def test_other_stat_errors_are_4xx(
     monkeypatch.setattr(os, "stat", stat)
 
     assert _rejected(target, (root,)).status_code == status
+
+
+@pytest.mark.parametrize(
+    ("requested", "status", "detail"),
+    [
+        pytest.param("{root}/link", 403, "permission denied: {root}/link", id="inside-the-roots"),
+        pytest.param(
+            "/proc/1/cwd",
+            403,
+            "the path is outside the directories this service may scan",
+            id="outside-the-roots",
+        ),
+    ],
+)
+def test_a_link_realpath_cannot_read_is_403(
+    root: Path, monkeypatch: pytest.MonkeyPatch, requested: str, status: int, detail: str
+) -> None:
+    """realpath raises when a link on the way cannot be read (``/proc/<pid>/cwd``
+    of another user's process): a 403, and outside the roots the same 403 as
+    any other path out there."""
+    path = requested.format(root=root)
+
+    def realpath(name: Any, *args: Any, **kwargs: Any) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(name))
+
+    monkeypatch.setattr(os.path, "realpath", realpath)
+
+    rejected = _rejected(path, (root,))
+
+    assert (rejected.status_code, rejected.detail) == (status, detail.format(root=root))
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOMEM])
+def test_running_out_of_descriptors_is_503(
+    root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """The server's own shortage is a 503, not the client's 4xx."""
+    real_open = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path).startswith(str(root)):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+    rejected = _rejected(root / "sub", (root,))
+
+    assert rejected.status_code == 503
+    assert rejected.detail == f"the service is short of resources ({os.strerror(code)})"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -190,6 +192,33 @@ def test_a_directory_the_service_may_not_list_is_403(settings: Settings, scan_ro
         closed.chmod(0o755)
 
     assert (status, body, jobs) == (403, {"detail": f"permission denied: {closed}"}, 0)
+
+
+@pytest.mark.anyio
+async def test_a_server_out_of_descriptors_is_503_with_retry_after(
+    settings: Settings, scan_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE while checking the directory is the server's trouble: 503 with
+    Retry-After, and no job."""
+    real_open = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path).startswith(str(scan_root)):
+            raise OSError(errno.EMFILE, "Too many open files", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    app = create_app(settings)
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            monkeypatch.setattr(os, "open", open_)
+            response = await client.post(SCAN, json={"path": str(scan_root)})
+            monkeypatch.undo()
+            jobs = (await client.get("/api/v1/jobs")).json()
+
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.json() == {"detail": "the service is short of resources (Too many open files)"}
+    assert jobs["total"] == 0
 
 
 @pytest.mark.anyio
