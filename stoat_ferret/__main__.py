@@ -1,9 +1,14 @@
-"""``python -m stoat_ferret``: check the settings, configure logging, serve the app.
+"""``stoat-ferret`` (or ``python -m stoat_ferret``): read the settings, then serve or check.
 
-Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT; 2 for a bad
+The command line is :mod:`stoat_ferret._cli`, the log's formats
+:mod:`stoat_ferret._logging`; this module runs the server.
+
+Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT, after ``--help``
+or ``--version``, and after a ``check`` that passed; 2 for a bad flag, a bad
 setting or an unusable database, found before anything binds (one line on
-stderr, no traceback); uvicorn's own statuses otherwise (1 when the address
-cannot be bound, 3 when the app fails to start).
+stderr, no traceback; after the usage line for a bad flag); uvicorn's own
+statuses otherwise (1 when the address cannot be bound, 3 when the app fails
+to start).
 
 Stopping. uvicorn 0.54 catches SIGTERM and SIGINT, shuts down, and then
 raises the caught signal again, so the process would die of it (status
@@ -24,38 +29,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
-import logging
 import signal
-import socket
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import uvicorn
 from loguru import logger
 from uvicorn.server import HANDLED_SIGNALS
 
+from stoat_ferret._cli import (
+    EXIT_BAD_SETTING,
+    check,
+    check_startup,
+    dashboard_url,
+    one_line,
+    parse_command,
+)
+from stoat_ferret._logging import configure_logging
 from stoat_ferret.api import begin_shutdown, create_app
-from stoat_ferret.library import StoreError, VideoStore
-from stoat_ferret.settings import Settings, SettingsError
+from stoat_ferret.library import StoreError
+from stoat_ferret.settings import SettingsError
 
 if TYPE_CHECKING:
-    import types
-    from collections.abc import Callable, Generator
-    from pathlib import Path
-
-    from loguru import Record
-
-EXIT_BAD_SETTING: Final = 2
+    import socket
+    from collections.abc import Callable, Generator, Sequence
 
 HTTP_GRACE_SECONDS: Final = 3
 """How long uvicorn waits for open requests at shut-down before cancelling them."""
-
-_FORMAT: Final = (
-    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
-    "<cyan>{name}</cyan> | <level>{message}</level>{extra[_fields]}"
-)
 
 
 class GracefulServer(uvicorn.Server):
@@ -64,11 +65,21 @@ class GracefulServer(uvicorn.Server):
     Args:
         config: the uvicorn configuration.
         on_stop: called (in the event loop, must not block) when shut-down begins.
+        url: the dashboard's address, logged once the server listens.
     """
 
-    def __init__(self, config: uvicorn.Config, *, on_stop: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, on_stop: Callable[[], None], url: str | None = None
+    ) -> None:
         super().__init__(config)
         self._on_stop = on_stop
+        self._url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does, then say where the dashboard is."""
+        await super().startup(sockets=sockets)
+        if self.started and self._url is not None:
+            logger.info("dashboard: {}", self._url)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -96,89 +107,23 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-class _InterceptHandler(logging.Handler):
-    """Hands stdlib log records (uvicorn's) to loguru, keeping their origin."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level: str | int
-        try:
-            level = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        # Skip the logging module's own frames, so the record names uvicorn's code.
-        frame: types.FrameType | None = inspect.currentframe()
-        depth = 0
-        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
-            frame = frame.f_back
-            depth += 1
-        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
-
-
-def _show(value: Any) -> str:
-    text = str(value)
-    return text if text and not any(ch.isspace() or ch == "=" for ch in text) else repr(text)
-
-
-def _add_fields(record: Record) -> None:
-    """Render the structured fields (``job_id=... status=...``) after the message."""
-    fields = " ".join(
-        f"{key}={_show(value)}" for key, value in record["extra"].items() if key != "_fields"
-    )
-    record["extra"]["_fields"] = " | " + fields if fields else ""
-
-
-def configure_logging(level: str) -> None:
-    """Send loguru (and stdlib logging, so uvicorn) to stderr at ``level``."""
-    logger.remove()
-    logger.configure(patcher=_add_fields)
-    logger.add(sys.stderr, level=level, format=_FORMAT, backtrace=False, diagnose=False)
-    # The stdlib level must match loguru's: at level 0 uvicorn would trace
-    # every request (MessageLoggerMiddleware) only for loguru to drop it.
-    # loguru's level numbers are the stdlib's.
-    logging.basicConfig(handlers=[_InterceptHandler()], level=logger.level(level).no, force=True)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        stdlib_logger = logging.getLogger(name)
-        stdlib_logger.handlers.clear()
-        stdlib_logger.propagate = True
-
-
-def check_startup(settings: Settings) -> None:
-    """What must hold before binding: the host resolves, the database opens.
-
-    Blocking; called before the event loop starts.
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``stoat-ferret`` with ``argv`` (``sys.argv[1:]`` when None); return the exit status.
 
     Raises:
-        SettingsError: ``STOAT_HOST`` does not resolve.
-        StoreError: the database's directory cannot be created, or the file
-            cannot be opened as a video store (not SQLite, newer schema...).
+        SystemExit: after ``--help`` or ``--version`` (0) or a bad flag (2), as argparse does.
     """
     try:
-        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise SettingsError(f"STOAT_HOST: cannot use {settings.host!r} ({exc})") from None
-    _check_database(settings.database_path)
-
-
-def _check_database(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"STOAT_DATABASE_PATH: cannot create the directory of {path} ({exc.strerror})"
-        ) from None
-    VideoStore.open(path).close()
-
-
-def main() -> int:
-    """Run the service until it is told to stop; return the exit status."""
-    try:
-        settings = Settings.from_environ()
+        command, settings = parse_command(argv)
+        if command == "check":
+            configure_logging(settings.log_level, settings.log_format)
+            sys.stdout.write(check(settings) + "\n")
+            return 0
         check_startup(settings)
     except (SettingsError, StoreError) as exc:
-        message = " ".join(str(exc).split())
-        sys.stderr.write(f"stoat_ferret: {message}\n")
+        sys.stderr.write(one_line(exc) + "\n")
         return EXIT_BAD_SETTING
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -188,7 +133,9 @@ def main() -> int:
         log_config=None,
         timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
     )
-    server = GracefulServer(config, on_stop=functools.partial(begin_shutdown, app))
+    server = GracefulServer(
+        config, on_stop=functools.partial(begin_shutdown, app), url=dashboard_url(settings)
+    )
     server.run()
     logger.info("stoat_ferret exits")
     return 0

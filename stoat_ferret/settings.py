@@ -5,26 +5,20 @@
 reads the environment anywhere else. A bad value raises :class:`SettingsError`
 whose message is one line naming the variable, the rule and the value.
 
-==========================  ===================  ===================================
-variable                    default              meaning
-==========================  ===================  ===================================
-``STOAT_HOST``              ``127.0.0.1``        address to listen on
-``STOAT_PORT``              ``8000``             TCP port, 1-65535
-``STOAT_DATABASE_PATH``     ``./data/stoat.db``  SQLite file; its directory is created
-``STOAT_SCAN_ROOTS``        (empty)              directories a scan may touch,
-                                                 ``os.pathsep``-separated; empty: any
-``STOAT_JOB_TIMEOUT``       ``300``              seconds a scan may run
-``STOAT_MAX_WORKERS``       ``2``                jobs running at once
-``STOAT_MAX_PENDING``       ``1000``             jobs waiting to run before 503
-``STOAT_SHUTDOWN_GRACE``    ``10``               seconds running jobs get at shutdown
-``STOAT_PROBE_THREADS``     cores - 1, 1 to 4    files probed at once, by all scans
-``STOAT_PROBE_PRIORITY``    ``idle``             ``idle``: probe threads run only on
-                                                 cores nothing else wants (Linux);
-                                                 ``normal``: at normal priority
-``STOAT_LOG_LEVEL``         ``INFO``             loguru level name
-==========================  ===================  ===================================
+Each field's ``metadata`` describes the setting, and everything a user sees
+of it is built from there (``stoat-ferret --help``, its flags, the README's
+table, checked by a test), so a field added in the same style appears
+everywhere by itself:
 
-A variable that is set but empty counts as unset (its default applies).
+``env``       the variable (required)
+``help``      one line of meaning (required)
+``flag``      the command-line flag; ``--`` and the field name, dashed, if absent
+``metavar``   what the flag takes (``N``, ``SECONDS``); the name upper-cased if absent
+``default``   the default as shown, where the value itself would mislead
+``repeat``    the flag may be given again, each time adding to the value
+
+A variable that is set but empty counts as unset (its default applies). A
+flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
 """
 
 from __future__ import annotations
@@ -39,10 +33,14 @@ import attrs
 from stoat_ferret.library import ThreadPriority
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
 LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """The level names loguru knows, the only values ``STOAT_LOG_LEVEL`` takes."""
+
+
+LOG_FORMATS: Final = ("text", "json")
+"""``STOAT_LOG_FORMAT``: loguru's coloured text lines, or one JSON object a line."""
 
 
 class SettingsError(ValueError):
@@ -112,6 +110,12 @@ def _check_log_level(_: Settings, attribute: attrs.Attribute[str], value: str) -
         raise SettingsError(f"{_env(attribute)} must be one of {choices}, got {value!r}")
 
 
+def _check_log_format(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in LOG_FORMATS:
+        choices = " or ".join(LOG_FORMATS)
+        raise SettingsError(f"{_env(attribute)} must be {choices}, got {value!r}")
+
+
 def default_probe_threads(cpu_count: int | None) -> int:
     """Threads that probe files at once unless ``STOAT_PROBE_THREADS`` says.
 
@@ -137,14 +141,26 @@ class Settings:
     """
 
     host: str = attrs.field(
-        default="127.0.0.1", validator=_check_host, metadata={"env": "STOAT_HOST"}
+        default="127.0.0.1",
+        validator=_check_host,
+        metadata={"env": "STOAT_HOST", "help": "address to listen on (must resolve)"},
     )
-    port: int = attrs.field(default=8000, validator=_check_port, metadata={"env": "STOAT_PORT"})
+    port: int = attrs.field(
+        default=8000,
+        validator=_check_port,
+        metadata={"env": "STOAT_PORT", "help": "TCP port, 1-65535"},
+    )
     database_path: Path = attrs.field(
         default=Path("data/stoat.db"),
         converter=_absolute,
         validator=_check_database_path,
-        metadata={"env": "STOAT_DATABASE_PATH"},
+        metadata={
+            "env": "STOAT_DATABASE_PATH",
+            "flag": "--database",
+            "metavar": "FILE",
+            "default": "./data/stoat.db",
+            "help": "SQLite file of the video library; its directory is created",
+        },
     )
     # Invariant: every root is absolute, resolved and an existing directory.
     # Empty means a scan may touch any directory.
@@ -152,52 +168,169 @@ class Settings:
         default=(),
         converter=_resolve_roots,
         validator=_check_roots,
-        metadata={"env": "STOAT_SCAN_ROOTS"},
+        metadata={
+            "env": "STOAT_SCAN_ROOTS",
+            "flag": "--scan-root",
+            "metavar": "DIR",
+            "repeat": True,
+            "default": "(empty: any directory)",
+            "help": f"directories a scan may touch ({os.pathsep!r}-separated in the variable)",
+        },
     )
     job_timeout: float = attrs.field(
-        default=300.0, validator=_check_positive_seconds, metadata={"env": "STOAT_JOB_TIMEOUT"}
+        default=300.0,
+        validator=_check_positive_seconds,
+        metadata={
+            "env": "STOAT_JOB_TIMEOUT",
+            "metavar": "SECONDS",
+            "help": "seconds a scan may run",
+        },
     )
     max_workers: int = attrs.field(
-        default=2, validator=_check_count, metadata={"env": "STOAT_MAX_WORKERS"}
+        default=2,
+        validator=_check_count,
+        metadata={"env": "STOAT_MAX_WORKERS", "metavar": "N", "help": "jobs running at once"},
     )
     max_pending: int = attrs.field(
-        default=1000, validator=_check_count, metadata={"env": "STOAT_MAX_PENDING"}
+        default=1000,
+        validator=_check_count,
+        metadata={
+            "env": "STOAT_MAX_PENDING",
+            "metavar": "N",
+            "help": "jobs waiting to run before scans get 503",
+        },
     )
     shutdown_grace: float = attrs.field(
-        default=10.0, validator=_check_seconds, metadata={"env": "STOAT_SHUTDOWN_GRACE"}
+        default=10.0,
+        validator=_check_seconds,
+        metadata={
+            "env": "STOAT_SHUTDOWN_GRACE",
+            "metavar": "SECONDS",
+            "help": "seconds running jobs get at shutdown before they are cancelled",
+        },
     )
     probe_threads: int = attrs.field(
         factory=lambda: default_probe_threads(os.cpu_count()),
         validator=_check_count,
-        metadata={"env": "STOAT_PROBE_THREADS"},
+        metadata={
+            "env": "STOAT_PROBE_THREADS",
+            "metavar": "N",
+            "default": "cores - 1, 1 to 4",
+            "help": "files probed at once, shared by all scans",
+        },
     )
     probe_priority: ThreadPriority = attrs.field(
         default=ThreadPriority.IDLE,
         validator=attrs.validators.instance_of(ThreadPriority),
-        metadata={"env": "STOAT_PROBE_PRIORITY"},
+        metadata={
+            "env": "STOAT_PROBE_PRIORITY",
+            "metavar": "idle|normal",
+            "help": "idle: probe threads use only cores nothing else wants (Linux)",
+        },
     )
     log_level: str = attrs.field(
-        default="INFO", validator=_check_log_level, metadata={"env": "STOAT_LOG_LEVEL"}
+        default="INFO",
+        validator=_check_log_level,
+        metadata={
+            "env": "STOAT_LOG_LEVEL",
+            "metavar": "LEVEL",
+            "help": "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR or CRITICAL",
+        },
+    )
+    log_format: str = attrs.field(
+        default="text",
+        validator=_check_log_format,
+        metadata={
+            "env": "STOAT_LOG_FORMAT",
+            "metavar": "text|json",
+            "help": "json: one JSON object a line, with every structured field",
+        },
     )
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
         """Read the ``STOAT_*`` variables; unset or empty ones take their default.
 
         Args:
             environ: the variables to read; ``os.environ`` when None.
+            overrides: field name -> value (a flag's, from :func:`parse_flag`); such
+                a field's variable is not read.
 
         Raises:
             SettingsError: a variable does not parse, or its value is out of range.
         """
         source = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(overrides or {})
         for field in attrs.fields(cls):
             name = _env(field)
             raw = source.get(name, "").strip()
-            if raw:
+            if raw and field.name not in values:
                 values[field.name] = _PARSERS[field.name](name, raw)
         return cls(**values)
+
+
+@attrs.frozen(kw_only=True)
+class Option:
+    """One setting as a user meets it: flag, variable, default and meaning."""
+
+    field: str
+    flag: str
+    env: str
+    metavar: str
+    default: str
+    help: str
+    repeat: bool
+
+
+def options() -> tuple[Option, ...]:
+    """Every setting, in the order of :class:`Settings`' fields, from their metadata."""
+    return tuple(_option(field) for field in attrs.fields(Settings))
+
+
+def _option(field: attrs.Attribute[Any]) -> Option:
+    meta = field.metadata
+    if "default" in meta:
+        default = str(meta["default"])
+    else:
+        value = field.default
+        default = str(getattr(value, "value", value))
+        if isinstance(value, float) and value.is_integer():
+            default = str(int(value))
+    return Option(
+        field=field.name,
+        flag=meta.get("flag", "--" + field.name.replace("_", "-")),
+        env=_env(field),
+        metavar=meta.get("metavar", field.name.upper()),
+        default=default,
+        help=meta["help"],
+        repeat=bool(meta.get("repeat", False)),
+    )
+
+
+def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
+    """The value of a setting given by its flag, checked as the variable would be.
+
+    Args:
+        field_name: the :class:`Settings` field.
+        texts: the flag's arguments in order: the last one counts, or, for a
+            ``repeat`` flag, each adds to the value.
+
+    Raises:
+        SettingsError: one line naming the flag, the rule and the value.
+    """
+    field = getattr(attrs.fields(Settings), field_name)
+    option = _option(field)
+    parsed: list[Any] = [_PARSERS[field_name](option.flag, text.strip()) for text in texts]
+    value = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
+    # Check it now, with the flag standing in for the variable in the messages,
+    # so that a bad value names what the user typed.
+    renamed = field.evolve(metadata={**field.metadata, "env": option.flag})
+    checked = field.converter(value) if callable(field.converter) else value
+    if field.validator is not None:
+        field.validator(None, renamed, checked)
+    return value
 
 
 def _parse_int(name: str, raw: str) -> int:
@@ -229,6 +362,10 @@ def _parse_level(_: str, raw: str) -> str:
     return raw.upper()
 
 
+def _parse_lower(_: str, raw: str) -> str:
+    return raw.lower()
+
+
 def _parse_priority(name: str, raw: str) -> ThreadPriority:
     try:
         return ThreadPriority(raw.lower())
@@ -250,4 +387,5 @@ _PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "probe_threads": _parse_int,
     "probe_priority": _parse_priority,
     "log_level": _parse_level,
+    "log_format": _parse_lower,
 }

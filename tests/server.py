@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
 READY_WITHIN = 30.0
@@ -69,15 +69,15 @@ def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 @contextmanager
 def running_server(
-    tmp_path: Path, env: dict[str, str], *, log_name: str = "server.log"
+    tmp_path: Path, env: dict[str, str], *, log_name: str = "server.log", args: Sequence[str] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m stoat_ferret`` in its own process group, output to ``tmp_path/log_name``.
+    """``python -m stoat_ferret *args`` in its own process group, output to ``tmp_path/log_name``.
 
     Killed (the whole group) if the test leaves it running.
     """
     with (tmp_path / log_name).open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "stoat_ferret"],
+            [sys.executable, "-m", "stoat_ferret", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,10 +7,9 @@ free loopback port; the database and the scan root live in ``tmp_path``.
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,11 +20,10 @@ import anyio
 import httpx
 import pytest
 import uvicorn
-from loguru import logger
 
-from stoat_ferret.__main__ import GracefulServer, check_startup, configure_logging, main
+from stoat_ferret.__main__ import GracefulServer, main
 from stoat_ferret.api import begin_shutdown, create_app
-from stoat_ferret.settings import Settings, SettingsError
+from stoat_ferret.settings import Settings
 from tests.server import (
     SHUTDOWN_GRACE,
     free_port,
@@ -78,6 +76,7 @@ def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
     output = log.read_text()
     assert "Traceback" not in output
     assert f"job_id={job_id}" in output  # structured fields are in the log lines
+    assert f"dashboard: {base_url}/\n" in output
     with sqlite3.connect(env["STOAT_DATABASE_PATH"]) as database:
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert database.execute("SELECT count(*) FROM videos").fetchone() == (3,)
@@ -95,6 +94,38 @@ def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
     assert returncode == 0
     assert took < SHUTDOWN_GRACE + 5
     assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
+
+
+def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
+    """Flags beat variables; with --log-format json every line of the log is a JSON object."""
+    port = free_port()
+    env = server_environment(tmp_path, STOAT_PORT="not a port", STOAT_LOG_FORMAT="text")
+    root = tmp_path / "root"
+    make_video(root / "one.mp4", audio=None)
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+
+    args = ["--port", str(port), "--log-format", "json", "--log-level", "debug"]
+    with running_server(tmp_path, env, args=args) as process:
+        wait_ready(process, base_url, log)
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            job_id = client.post("/api/v1/videos/scan", json={"path": str(root)}).json()["job_id"]
+            client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": 20})
+        returncode, _ = _stop(process, lambda pid: os.killpg(pid, signal.SIGTERM))
+
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert returncode == 0
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    messages = [line["message"] for line in lines]
+    assert f"dashboard: {base_url}/" in messages
+    statuses = [
+        line["status"] for line in lines if line.get("job_id") == job_id and "status" in line
+    ]
+    assert statuses[0] == "pending"
+    assert statuses[-1] == "completed"
+    access = {(line.get("method"), line.get("path"), line.get("status")) for line in lines}
+    assert ("POST", "/api/v1/videos/scan", 202) in access
+    assert ("GET", "/health", 200) in access
 
 
 BAD_SETTINGS = {
@@ -120,7 +151,7 @@ def _badserver_environment(tmp_path: Path, case: str) -> dict[str, str]:
 def _check_one_line(case: str, stderr: str) -> None:
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr
-    assert lines[0].startswith("stoat_ferret: ")
+    assert lines[0].startswith("stoat-ferret: ")
     if case == "corrupt-database":
         assert "not a database" in lines[0]
     else:
@@ -135,7 +166,7 @@ def test_main_returns_2_with_one_line(
     for key, value in _badserver_environment(tmp_path, case).items():
         monkeypatch.setenv(key, value)
 
-    status = main()
+    status = main([])
 
     captured = capsys.readouterr()
     assert status == 2
@@ -209,43 +240,6 @@ async def test_server_stops_the_app_before_its_lifespan_ends(tmp_path: Path) -> 
 
     assert record == ["lifespan.startup", "on_stop", "lifespan.shutdown"]
     assert app.state.stopping.is_set()
-
-
-def test_log_lines_show_the_structured_fields(capsys: pytest.CaptureFixture[str]) -> None:
-    """The log format ends each line with its fields: ``| job_id=... status=...``."""
-    root_handlers, root_level = logging.root.handlers[:], logging.root.level
-    try:
-        configure_logging("INFO")
-        logger.info("job finished", job_id="abc123", status="completed", path="/a b")
-        logger.debug("hidden at INFO")
-        logging.getLogger("uvicorn.error").warning("from the standard library")
-    finally:
-        logger.remove()
-        logger.configure(patcher=None)
-        logger.add(sys.stderr)
-        logging.root.handlers[:] = root_handlers
-        logging.root.setLevel(root_level)
-
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2
-    assert lines[0].endswith("job finished | job_id=abc123 status=completed path='/a b'")
-    assert "| INFO     |" in lines[0]
-    # A stdlib record is shown under the module that logged it, like loguru's own.
-    assert lines[1].endswith("| WARNING  | tests.test_main | from the standard library")
-
-
-def test_unresolvable_host_is_a_bad_setting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A host name that does not resolve is refused before binding, naming STOAT_HOST."""
-
-    def no_such_host(*args: Any, **kwargs: Any) -> Any:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
-
-    with pytest.raises(SettingsError, match="STOAT_HOST"):
-        check_startup(Settings(host="nowhere.invalid", database_path=tmp_path / "x.db"))
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:

@@ -1,0 +1,181 @@
+"""The command line: ``stoat-ferret [serve|check] [options]``.
+
+One flag per setting, built from :func:`stoat_ferret.settings.options`, so
+``--help`` lists exactly the fields of :class:`~stoat_ferret.settings.Settings`
+with their variable and default. A flag wins over its variable, which wins
+over the default. A bad flag or flag value exits 2 with the usage line and
+one sentence (argparse's ``error``); a bad variable exits 2 with one line.
+
+``check`` does what serving does before it binds (settings, host, database,
+opened and migrated), lists every scan root, and prints one line saying what
+it would serve: for deployment scripts and health checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import socket
+from typing import TYPE_CHECKING, Final
+
+from stoat_ferret import __version__
+from stoat_ferret.library import StoreError, VideoStore
+from stoat_ferret.settings import Settings, SettingsError, options, parse_flag
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+
+PROG: Final = "stoat-ferret"
+EXIT_BAD_SETTING: Final = 2
+
+_COMMANDS: Final = ("serve", "check")
+
+_DESCRIPTION: Final = """\
+The backend of a video-editing tool: a video library and its scan jobs.
+
+commands:
+  serve   run the service until SIGTERM or Ctrl+C (the default)
+  check   check the settings, the database and the scan roots, print what
+          would be served and exit 0, or exit 2 naming the problem; binds
+          nothing, for deployment scripts and health checks"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``stoat-ferret``'s arguments, one flag per setting."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage="%(prog)s [serve|check] [options]",
+        description=_DESCRIPTION,
+        epilog="A flag wins over its variable, which wins over the default;\n"
+        "an empty variable counts as unset.",
+        formatter_class=functools.partial(
+            argparse.RawDescriptionHelpFormatter, max_help_position=30
+        ),
+        allow_abbrev=False,
+    )
+    # Checked after parsing, so that an unknown flag is reported as such rather
+    # than as a bad command (its value would be taken for one).
+    parser.add_argument("command", nargs="?", default="serve", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    settings = parser.add_argument_group("settings (flag, else variable, else default)")
+    for option in options():
+        repeat = ", repeatable" if option.repeat else ""
+        settings.add_argument(
+            option.flag,
+            dest=option.field,
+            metavar=option.metavar,
+            action="append",
+            help=f"{option.help} [{option.env}; default: {option.default}{repeat}]".replace(
+                "%", "%%"
+            ),
+        )
+    return parser
+
+
+def read_settings(
+    parser: argparse.ArgumentParser,
+    arguments: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """The settings from the flags in ``arguments``, else the variables, else the defaults.
+
+    A bad flag value ends the program through ``parser.error`` (exit 2, usage).
+
+    Raises:
+        SettingsError: a variable is bad, or the settings do not go together.
+    """
+    overrides = {}
+    for option in options():
+        texts: list[str] | None = getattr(arguments, option.field)
+        if texts is not None:
+            try:
+                overrides[option.field] = parse_flag(option.field, texts)
+            except SettingsError as exc:
+                parser.error(str(exc))
+    return Settings.from_environ(environ, overrides=overrides)
+
+
+def check_startup(settings: Settings) -> None:
+    """What must hold before binding: the host resolves, the database opens.
+
+    Blocking; called before the event loop starts.
+
+    Raises:
+        SettingsError: ``STOAT_HOST`` does not resolve.
+        StoreError: the database's directory cannot be created, or the file
+            cannot be opened as a video store (not SQLite, newer schema...).
+    """
+    try:
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise SettingsError(f"STOAT_HOST: cannot use {settings.host!r} ({exc})") from None
+    _check_database(settings.database_path)
+
+
+def _check_database(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"STOAT_DATABASE_PATH: cannot create the directory of {path} ({exc.strerror})"
+        ) from None
+    VideoStore.open(path).close()
+
+
+def dashboard_url(settings: Settings) -> str:
+    """Where a browser on this machine finds the dashboard."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}/"
+
+
+def check(settings: Settings) -> str:
+    """``stoat-ferret check``: everything serving needs, short of binding.
+
+    Returns:
+        The one line to print: the dashboard's address, the database and the roots.
+
+    Raises:
+        SettingsError: the host does not resolve, or a scan root cannot be listed.
+        StoreError: the database cannot be created, opened or migrated.
+    """
+    check_startup(settings)
+    for root in settings.scan_roots:
+        try:
+            with os.scandir(root) as entries:
+                next(entries, None)
+        except OSError as exc:
+            raise SettingsError(f"STOAT_SCAN_ROOTS: cannot list {root} ({exc.strerror})") from None
+    store = VideoStore.open(settings.database_path)
+    try:
+        _, videos = store.list_videos(limit=1, offset=0)
+        schema = store.schema_version()
+    finally:
+        store.close()
+    roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
+    return (
+        f"ok: would serve {dashboard_url(settings)} from {settings.database_path} "
+        f"(schema {schema}, {videos} videos); scan roots: {roots}"
+    )
+
+
+def one_line(exc: Exception) -> str:
+    """The message of a start-up error as the one line printed on stderr."""
+    return f"{PROG}: " + " ".join(str(exc).split())
+
+
+def parse_command(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, Settings]:
+    """The command and its settings, from the arguments and the environment.
+
+    Raises:
+        SystemExit: ``--help`` or ``--version`` (0), a bad flag or value (2).
+        SettingsError: a variable is bad.
+    """
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command not in _COMMANDS:
+        parser.error(f"unknown command {arguments.command!r}: serve or check")
+    return str(arguments.command), read_settings(parser, arguments, environ)

@@ -1,0 +1,146 @@
+"""Where the service's log goes: loguru to stderr, as text lines or JSON lines.
+
+Everything logs through loguru with structured fields (``job_id``,
+``status``...); stdlib records, which is to say uvicorn's, are handed to
+loguru by :class:`InterceptHandler`, so one sink and one format see them all.
+
+``text`` (the default): loguru's coloured line, then the fields::
+
+    2026-12-04 20:01:02.345 | INFO     | stoat_ferret.jobs._actor | job finished | job_id=5f0c…
+
+``json``: one JSON object a line, for log shippers. Its keys are ``time``
+(ISO 8601 with the offset), ``level``, ``logger``, ``message``, then every
+structured field, then ``exception`` (the formatted traceback) if there is
+one. A field named like one of the fixed keys is dropped, not the key. An
+access-log line carries ``client``, ``method``, ``path``, ``http_version``
+and ``status`` as fields, besides uvicorn's message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    import types
+
+    from loguru import Record
+
+_TEXT: Final = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
+    "<cyan>{name}</cyan> | <level>{message}</level>{extra[_fields]}\n{exception}"
+)
+
+_ACCESS_FIELDS: Final = ("client", "method", "path", "http_version", "status")
+"""The arguments of uvicorn's access-log record, in order."""
+
+
+class InterceptHandler(logging.Handler):
+    """Hands stdlib log records (uvicorn's) to loguru, keeping their origin.
+
+    Args:
+        access_fields: give an access-log record its parts as structured fields.
+    """
+
+    def __init__(self, *, access_fields: bool = False) -> None:
+        super().__init__()
+        self._access_fields = access_fields
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level: str | int
+        try:
+            level = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        # Skip the logging module's own frames, so the record names uvicorn's code.
+        frame: types.FrameType | None = inspect.currentframe()
+        depth = 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame = frame.f_back
+            depth += 1
+        fields: dict[str, Any] = {}
+        args = record.args
+        if (
+            self._access_fields
+            and record.name == "uvicorn.access"
+            and isinstance(args, tuple)
+            and len(args) == len(_ACCESS_FIELDS)
+        ):
+            fields = dict(zip(_ACCESS_FIELDS, args, strict=True))
+        logger.bind(**fields).opt(depth=depth, exception=record.exc_info).log(
+            level, record.getMessage()
+        )
+
+
+def _fields(record: Record) -> dict[str, Any]:
+    # Keys starting with "_" are the formatters' own scratch space.
+    return {key: value for key, value in record["extra"].items() if not key.startswith("_")}
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return text if text and not any(ch.isspace() or ch == "=" for ch in text) else repr(text)
+
+
+def _format_text(record: Record) -> str:
+    """Loguru's line, then the structured fields: ``| job_id=... status=...``."""
+    fields = " ".join(f"{key}={_show(value)}" for key, value in _fields(record).items())
+    record["extra"]["_fields"] = " | " + fields if fields else ""
+    return _TEXT
+
+
+def _format_json(record: Record) -> str:
+    """One JSON object a line (loguru's own recipe: the text goes through ``extra``)."""
+    line: dict[str, Any] = {
+        "time": record["time"].isoformat(),
+        "level": record["level"].name,
+        "logger": record["name"],
+        "message": record["message"],
+    }
+    for key, value in _fields(record).items():
+        line.setdefault(key, value)
+    exception = record["exception"]
+    if exception is not None:
+        line["exception"] = "".join(
+            traceback.format_exception(exception.type, exception.value, exception.traceback)
+        )
+    record["extra"]["_json"] = json.dumps(line, default=str, ensure_ascii=False)
+    return "{extra[_json]}\n"
+
+
+def configure_logging(level: str, log_format: str = "text", *, sink: TextIO | None = None) -> None:
+    """Send loguru, and stdlib logging (so uvicorn), to ``sink`` at ``level``.
+
+    Args:
+        level: a loguru level name.
+        log_format: ``text`` or ``json``.
+        sink: where the lines go; ``sys.stderr`` (as it is at the call) when None.
+    """
+    json_lines = log_format == "json"
+    logger.remove()
+    logger.add(
+        sys.stderr if sink is None else sink,
+        level=level,
+        format=_format_json if json_lines else _format_text,
+        colorize=False if json_lines else None,
+        backtrace=False,
+        diagnose=False,
+    )
+    # The stdlib level must match loguru's: at level 0 uvicorn would trace
+    # every request (MessageLoggerMiddleware) only for loguru to drop it.
+    # loguru's level numbers are the stdlib's.
+    logging.basicConfig(
+        handlers=[InterceptHandler(access_fields=json_lines)],
+        level=logger.level(level).no,
+        force=True,
+    )
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        stdlib_logger = logging.getLogger(name)
+        stdlib_logger.handlers.clear()
+        stdlib_logger.propagate = True
