@@ -10,7 +10,8 @@ SOURCES := stoat_ferret tests bench
 .PHONY: help env run test soak lint typecheck format bench check clean
 
 help:
-	@echo "make run        start the service (uvicorn) on an embedded SQLite file"
+	@echo "make run        start the service (uvicorn) on an embedded SQLite file;"
+	@echo "                flags through ARGS: make run ARGS='--port 9000'"
 	@echo "make test       run the whole test suite with branch coverage"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
 	@echo "make soak       the long property-based, fuzzing and load runs"
@@ -24,8 +25,9 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
+# Flags for stoat-ferret: make run ARGS='--port 9000 --log-format json'
 run: $(STAMP)
-	$(BIN)/python -m stoat_ferret
+	$(BIN)/python -m stoat_ferret $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)

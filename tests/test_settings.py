@@ -5,10 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attrs
 import pytest
 
 from stoat_ferret.library import ThreadPriority
-from stoat_ferret.settings import Settings, SettingsError, default_probe_threads
+from stoat_ferret.settings import (
+    Settings,
+    SettingsError,
+    default_probe_threads,
+    options,
+    parse_flag,
+)
+
+README = Path(__file__).parent.parent / "README.md"
 
 
 def test_defaults_without_environment() -> None:
@@ -25,6 +34,7 @@ def test_defaults_without_environment() -> None:
     assert settings.max_pending == 1000
     assert settings.shutdown_grace == 10.0
     assert settings.log_level == "INFO"
+    assert settings.log_format == "text"
     assert settings.probe_threads == default_probe_threads(os.cpu_count())
     assert settings.probe_priority is ThreadPriority.IDLE
 
@@ -59,6 +69,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "STOAT_LOG_LEVEL": "debug",
             "STOAT_PROBE_THREADS": "6",
             "STOAT_PROBE_PRIORITY": "Normal",
+            "STOAT_LOG_FORMAT": "Json",
         }
     )
 
@@ -73,6 +84,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.log_level == "DEBUG"
     assert settings.probe_threads == 6
     assert settings.probe_priority is ThreadPriority.NORMAL
+    assert settings.log_format == "json"
 
 
 def test_empty_variables_take_the_default() -> None:
@@ -115,6 +127,7 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
         ("STOAT_SHUTDOWN_GRACE", "-1", ">= 0"),
         ("STOAT_SHUTDOWN_GRACE", "nan", "finite"),
         ("STOAT_LOG_LEVEL", "chatty", "one of"),
+        ("STOAT_LOG_FORMAT", "xml", "text or json"),
         ("STOAT_HOST", "local host", "host"),
     ],
 )
@@ -155,3 +168,83 @@ def test_direct_construction_is_checked_too() -> None:
         Settings(max_workers=0)
     with pytest.raises(SettingsError, match="STOAT_PORT"):
         Settings(port=True)
+
+
+def test_overrides_win_over_variables() -> None:
+    """A field in ``overrides`` (a flag's value) is taken as is; its variable is not read."""
+
+    settings = Settings.from_environ(
+        {"STOAT_PORT": "not a port", "STOAT_MAX_WORKERS": "5"}, overrides={"port": 9000}
+    )
+
+    assert settings.port == 9000
+    assert settings.max_workers == 5
+
+
+def test_every_field_describes_its_setting() -> None:
+    """Each field has a variable and one line of help; flags and variables are unique."""
+
+    described = options()
+
+    assert [option.field for option in described] == [f.name for f in attrs.fields(Settings)]
+    for option in described:
+        assert option.env.startswith("STOAT_")
+        assert option.flag.startswith("--")
+        assert option.help
+        assert "\n" not in option.help
+    assert len({option.flag for option in described}) == len(described)
+    assert len({option.env for option in described}) == len(described)
+
+
+def test_shown_defaults_are_the_defaults() -> None:
+    """The default --help and the README show is the value an empty environment gives."""
+    defaults = Settings.from_environ({})
+
+    shown = {option.field: option.default for option in options()}
+
+    assert shown["port"] == str(defaults.port)
+    assert shown["job_timeout"] == "300"
+    assert shown["probe_priority"] == defaults.probe_priority.value
+    assert Path(shown["database_path"]).absolute() == defaults.database_path
+    assert shown["probe_threads"] == "cores - 1, 1 to 4"
+
+
+def test_a_bad_flag_value_names_the_flag(tmp_path: Path) -> None:
+    """parse_flag checks as the variable would, but names the flag in the message."""
+
+    with pytest.raises(SettingsError, match=r"^--port must be a port number"):
+        parse_flag("port", ["0"])
+    with pytest.raises(SettingsError, match=r"^--database is a directory"):
+        parse_flag("database_path", [str(tmp_path)])
+    with pytest.raises(SettingsError, match=r"^--scan-root: /no/such is not an existing"):
+        parse_flag("scan_roots", [str(tmp_path), "/no/such"])
+    first, second, third = (str(tmp_path / name) for name in "abc")
+    for name in (first, second, third):
+        os.mkdir(name)
+    assert parse_flag("scan_roots", [first, f"{second}{os.pathsep}{third}"]) == (
+        first,
+        second,
+        third,
+    )
+    assert parse_flag("max_workers", ["2", " 3 "]) == 3
+
+
+def _readme_table() -> list[str]:
+    lines = README.read_text().splitlines()
+    start = lines.index("| Flag | Variable | Default | Meaning |")
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start + 2 : end]
+
+
+def test_readme_settings_table_is_the_settings_class() -> None:
+    """README's settings table lists every field's flag, variable, default and help, in order."""
+
+    expected = [
+        f"| `{option.flag} {option.metavar}` | `{option.env}` | `{option.default}` "
+        f"| {option.help}{' (repeatable)' if option.repeat else ''} |"
+        for option in options()
+    ]
+
+    assert _readme_table() == expected

@@ -1,0 +1,305 @@
+"""The command line: a flag per setting, --help, --version, and ``check``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from loguru import logger
+
+from stoat_ferret import __version__
+from stoat_ferret.__main__ import main
+from stoat_ferret._cli import build_parser, check_startup, parse_command
+from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority
+from stoat_ferret.settings import Settings, SettingsError, options
+from tests.permissions import call_denied
+from tests.server import server_environment
+from tests.videos import write_corrupt_video
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+README = Path(__file__).parent.parent / "README.md"
+
+# Field -> (the flag's text, the variable's text, the value the flag gives).
+# "{tmp}" is the test's tmp_path, where the directories a and b exist.
+SAMPLES: dict[str, tuple[str, str, Any]] = {
+    "host": ("0.0.0.0", "127.0.0.2", "0.0.0.0"),
+    "port": ("9001", "9002", 9001),
+    "database_path": ("{tmp}/flag.db", "{tmp}/variable.db", Path("{tmp}/flag.db")),
+    "scan_roots": ("{tmp}/a", "{tmp}/b", (Path("{tmp}/a"),)),
+    "job_timeout": ("12.5", "30", 12.5),
+    "max_workers": ("3", "4", 3),
+    "max_pending": ("7", "8", 7),
+    "shutdown_grace": ("0", "5", 0.0),
+    "probe_threads": ("6", "2", 6),
+    "probe_priority": ("Normal", "idle", ThreadPriority.NORMAL),
+    "log_level": ("debug", "error", "DEBUG"),
+    "log_format": ("JSON", "text", "json"),
+}
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    """``tmp_path`` resolved, holding the directories ``a`` and ``b``."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    return Path(os.path.realpath(tmp_path))
+
+
+def _fill(value: Any, tmp: Path) -> Any:
+    if isinstance(value, str):
+        return value.format(tmp=tmp)
+    if isinstance(value, Path):
+        return Path(str(value).format(tmp=tmp))
+    if isinstance(value, tuple):
+        return tuple(_fill(item, tmp) for item in value)
+    return value
+
+
+def test_every_setting_has_a_sample() -> None:
+    """The table below covers every setting, so a new one cannot go untested."""
+
+    assert sorted(SAMPLES) == sorted(option.field for option in options())
+
+
+@pytest.mark.parametrize("field", sorted(SAMPLES))
+def test_each_flag_sets_its_field_and_wins_over_its_variable(tmp: Path, field: str) -> None:
+    """``--flag X`` with ``STOAT_VAR=Y`` set: the field is X; without the flag, Y."""
+    option = next(option for option in options() if option.field == field)
+    flag_text, variable_text, expected = (_fill(value, tmp) for value in SAMPLES[field])
+    environ = {option.env: variable_text}
+
+    _, from_flag = parse_command([option.flag, flag_text], environ)
+    _, from_variable = parse_command([], environ)
+    _, from_default = parse_command([], {})
+
+    assert getattr(from_flag, field) == expected
+    assert getattr(from_variable, field) == getattr(Settings.from_environ(environ), field)
+    assert getattr(from_variable, field) != expected
+    assert getattr(from_default, field) == getattr(Settings(), field)
+
+
+def test_scan_root_repeats_and_other_flags_take_the_last(tmp: Path) -> None:
+    """``--scan-root`` adds a root each time; ``--port`` given twice keeps the last."""
+
+    _, settings = parse_command(
+        ["--scan-root", f"{tmp}/a", "--scan-root", f"{tmp}/b", "--port", "1", "--port", "2"], {}
+    )
+
+    assert settings.scan_roots == (tmp / "a", tmp / "b")
+    assert settings.port == 2
+
+
+def test_a_flag_hides_a_bad_variable() -> None:
+    """The variable of a setting given by its flag is not read, so it cannot fail."""
+
+    _, settings = parse_command(["--port", "9000"], {"STOAT_PORT": "eighty"})
+
+    assert settings.port == 9000
+
+
+def test_command_defaults_to_serve_and_takes_check() -> None:
+    """No command means serve; ``check`` may come before or after the flags."""
+
+    assert parse_command([], {})[0] == "serve"
+    assert parse_command(["check", "--port", "9000"], {})[0] == "check"
+    assert parse_command(["--port", "9000", "check"], {})[0] == "check"
+
+
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (["--port", "eighty"], "--port must be a whole number, got 'eighty'"),
+        (["--port", "70000"], "--port must be a port number from 1 to 65535, got 70000"),
+        (["--max-workers", "0"], "--max-workers must be a whole number >= 1, got 0"),
+        (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
+        (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
+        (["--log-format", "xml"], "--log-format must be text or json, got 'xml'"),
+        (["--probe-priority", "low"], "--probe-priority must be idle or normal, got 'low'"),
+        (["--prot", "9000"], "unrecognized arguments: --prot"),
+        (["--port"], "argument --port: expected one argument"),
+        (["serv"], "unknown command 'serv': serve or check"),
+    ],
+)
+def test_a_bad_flag_exits_2_with_the_usage_and_one_sentence(
+    capsys: pytest.CaptureFixture[str], argv: list[str], sentence: str
+) -> None:
+    """argparse's error: the usage line, then ``stoat-ferret: error: <what is wrong>``."""
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    captured = capsys.readouterr()
+    assert exited.value.code == 2
+    assert captured.out == ""
+    usage, error = captured.err.splitlines()
+    assert usage == "usage: stoat-ferret [serve|check] [options]"
+    assert error.startswith(f"stoat-ferret: error: {sentence}")
+
+
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help exits 0 and shows each setting's flag, variable, default and meaning."""
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for option in options():
+        assert f"{option.flag} {option.metavar} {option.help} [{option.env}; default:" in text
+        assert f"default: {option.default}" in text
+
+
+def test_readme_shows_the_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's collapsed ``stoat-ferret --help`` block is its output at 80 columns."""
+    monkeypatch.setenv("COLUMNS", "80")
+    block = re.search(
+        r"<summary><code>stoat-ferret --help</code></summary>\n\n```text\n(.*?)```",
+        README.read_text(),
+        re.DOTALL,
+    )
+
+    assert block is not None
+    assert block.group(1) == build_parser().format_help()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the name and version and exits 0."""
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"stoat-ferret {__version__}\n"
+
+
+def test_console_script_is_main() -> None:
+    """``pip install`` gives a ``stoat-ferret`` command running the same main()."""
+
+    [script] = importlib.metadata.entry_points(group="console_scripts", name="stoat-ferret")
+
+    assert script.load() is main
+
+
+@pytest.fixture
+def _restored_logging() -> Iterator[None]:
+    """main() configures logging; put loguru and stdlib logging back afterwards."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        yield
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check creates and migrates the database, binds nothing, prints one line, returns 0."""
+    database = tmp / "new" / "stoat.db"
+    with socket.socket() as taken:  # check must not try to bind the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["check", "--port", str(port), "--database", str(database)]
+        status = main([*argv, "--scan-root", str(tmp / "a"), "--scan-root", str(tmp / "b")])
+
+    captured = capsys.readouterr()
+    assert status == 0
+    assert captured.err == ""
+    assert captured.out == (
+        f"ok: would serve http://127.0.0.1:{port}/ from {database} "
+        f"(schema {SCHEMA_VERSION}, 0 videos); scan roots: {tmp / 'a'}, {tmp / 'b'}\n"
+    )
+
+
+BROKEN = {
+    "bad-variable": ({"STOAT_MAX_PENDING": "none"}, "STOAT_MAX_PENDING must be a whole number"),
+    "corrupt-database": ({"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"}, "file is not a database"),
+    "database-under-a-file": (
+        {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
+        "STOAT_DATABASE_PATH: cannot create the directory",
+    ),
+    "unlistable-root": ({"STOAT_SCAN_ROOTS": "{tmp}/a"}, "STOAT_SCAN_ROOTS: cannot list {tmp}/a"),
+}
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_check_on_a_broken_setup(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """check returns 2 and prints one line naming the problem, nothing on stdout."""
+    write_corrupt_video(tmp / "corrupt.db")
+    (tmp / "file").write_text("a regular file")
+    variables, words = BROKEN[case]
+    for key, value in server_environment(tmp).items():
+        monkeypatch.setenv(key, value)
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value.format(tmp=tmp))
+    (tmp / "a").chmod(0)
+    try:
+        status = call_denied(lambda: main(["check"]))
+    finally:
+        (tmp / "a").chmod(0o755)
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("stoat-ferret: ")
+    assert words.format(tmp=tmp) in line
+
+
+def test_check_as_a_process(tmp_path: Path) -> None:
+    """``python -m stoat_ferret check``: exit 0 and one line; with a bad root, 2 and one line."""
+    env = server_environment(tmp_path)
+
+    good = subprocess.run(
+        [sys.executable, "-m", "stoat_ferret", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "stoat_ferret", "check", "--scan-root", str(tmp_path / "none")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (good.returncode, good.stderr) == (0, "")
+    assert good.stdout.startswith(f"ok: would serve http://127.0.0.1:{env['STOAT_PORT']}/ from ")
+    assert good.stdout.count("\n") == 1
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert bad.stderr.splitlines()[-1].endswith(f"{tmp_path / 'none'} is not an existing directory")
+    assert len(bad.stderr.splitlines()) == 2  # usage, then the sentence
+
+
+def test_unresolvable_host_is_a_bad_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host name that does not resolve is refused before binding, naming STOAT_HOST."""
+
+    def no_such_host(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+
+    with pytest.raises(SettingsError, match="STOAT_HOST"):
+        check_startup(Settings(host="nowhere.invalid", database_path=tmp_path / "x.db"))

@@ -1,0 +1,135 @@
+"""The log's two formats: text lines with their fields, and one JSON object a line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from loguru import logger
+
+from stoat_ferret._logging import configure_logging
+from tests.jobs.conftest import running_supervisor
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from stoat_ferret.jobs import JobContext
+
+
+@pytest.fixture
+def sink() -> Iterator[io.StringIO]:
+    """Where configure_logging writes in the test; loguru and logging restored afterwards."""
+    root_handlers, root_level = logging.root.handlers[:], logging.root.level
+    output = io.StringIO()
+    try:
+        yield output
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)
+        logging.root.handlers[:] = root_handlers
+        logging.root.setLevel(root_level)
+
+
+def _json_lines(sink: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in sink.getvalue().splitlines()]
+
+
+def test_text_lines_show_the_structured_fields(sink: io.StringIO) -> None:
+    """The text format ends each line with its fields: ``| job_id=... status=...``."""
+    configure_logging("INFO", sink=sink)
+
+    logger.info("job finished", job_id="abc123", status="completed", path="/a b")
+    logger.debug("hidden at INFO")
+    logging.getLogger("uvicorn.error").warning("from the standard library")
+
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("job finished | job_id=abc123 status=completed path='/a b'")
+    assert "| INFO     |" in lines[0]
+    # A stdlib record is shown under the module that logged it, like loguru's own.
+    assert lines[1].endswith("| WARNING  | tests.test_logging | from the standard library")
+
+
+def test_json_line_has_time_level_message_and_every_field(sink: io.StringIO) -> None:
+    """One object a line: the fixed keys, then each field (Paths as text); DEBUG dropped."""
+    configure_logging("INFO", "json", sink=sink)
+
+    logger.info("scan finished", job_id="abc123", root=Path("/srv/a b"), found=3, level="x")
+    logger.debug("hidden at INFO")
+
+    [line] = _json_lines(sink)
+    assert list(line) == ["time", "level", "logger", "message", "job_id", "root", "found"]
+    assert line["level"] == "INFO"  # a field cannot overwrite a fixed key
+    assert line["logger"] == "tests.test_logging"
+    assert line["message"] == "scan finished"
+    assert datetime.fromisoformat(line["time"]).tzinfo is not None
+    assert (line["job_id"], line["root"], line["found"]) == ("abc123", "/srv/a b", 3)
+
+
+def test_json_exception_stays_on_its_line(sink: io.StringIO) -> None:
+    """A logged exception is the ``exception`` key of the same line, traceback included."""
+    configure_logging("INFO", "json", sink=sink)
+
+    try:
+        raise ValueError("bad {brace}")
+    except ValueError:
+        logger.exception("handler failed", job_id="j1")
+
+    [line] = _json_lines(sink)
+    assert line["message"] == "handler failed"
+    assert line["job_id"] == "j1"
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert line["exception"].endswith("ValueError: bad {brace}\n")
+
+
+def test_json_access_log_carries_the_request_as_fields(sink: io.StringIO) -> None:
+    """uvicorn's access record becomes a JSON line with client, method, path, status."""
+    configure_logging("INFO", "json", sink=sink)
+
+    logging.getLogger("uvicorn.access").info(
+        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/health?x={y}", "1.1", 200
+    )
+
+    [line] = _json_lines(sink)
+    assert line["message"] == '127.0.0.1:5000 - "GET /health?x={y} HTTP/1.1" 200'
+    assert line["client"] == "127.0.0.1:5000"
+    assert (line["method"], line["path"], line["http_version"]) == ("GET", "/health?x={y}", "1.1")
+    assert line["status"] == 200
+
+
+def test_text_access_log_is_uvicorns_line(sink: io.StringIO) -> None:
+    """In text, the access line stays uvicorn's own, with no fields repeating it."""
+    configure_logging("INFO", sink=sink)
+
+    logging.getLogger("uvicorn.access").info(
+        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/health", "1.1", 200
+    )
+
+    assert sink.getvalue().endswith('| 127.0.0.1:5000 - "GET /health HTTP/1.1" 200\n')
+
+
+@pytest.mark.anyio
+async def test_json_lines_of_a_jobs_lifecycle_carry_its_job_id(sink: io.StringIO) -> None:
+    """Submitted, started and finished: each a JSON line with the job's id and status."""
+    configure_logging("DEBUG", "json", sink=sink)
+
+    async def noop(ctx: JobContext) -> str:
+        return "done"
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("noop", noop)
+            job_id = await supervisor.submit("noop")
+            await supervisor.wait(job_id)
+
+    lines = [line for line in _json_lines(sink) if line.get("job_id") == job_id]
+    assert [line["status"] for line in lines] == ["pending", "running", "completed"]
+    assert all(line["job_type"] == "noop" for line in lines)
+    assert isinstance(lines[-1]["duration"], float)
