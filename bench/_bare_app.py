@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 HTTP_GRACE_SECONDS: Final = 3
-"""stoat_ferret.__main__.HTTP_GRACE_SECONDS, repeated so this module imports nothing of it."""
+"""stoat_ferret._server.HTTP_GRACE_SECONDS, repeated so this module imports nothing of it."""
 
 app = FastAPI()
 queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

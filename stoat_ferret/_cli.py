@@ -74,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, Settings]:
+    """The command and its settings, from the arguments and the environment.
+
+    Raises:
+        SystemExit: ``--help`` or ``--version`` (0), a bad flag or value (2).
+        SettingsError: a variable is bad.
+    """
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command not in _COMMANDS:
+        parser.error(f"unknown command {arguments.command!r}: serve or check")
+    return str(arguments.command), read_settings(parser, arguments, environ)
+
+
 def read_settings(
     parser: argparse.ArgumentParser,
     arguments: argparse.Namespace,
@@ -107,27 +123,8 @@ def check_startup(settings: Settings) -> None:
         StoreError: the database's directory cannot be created, or the file
             cannot be opened as a video store (not SQLite, newer schema...).
     """
-    try:
-        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise SettingsError(f"STOAT_HOST: cannot use {settings.host!r} ({exc})") from None
-    _check_database(settings.database_path)
-
-
-def _check_database(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"STOAT_DATABASE_PATH: cannot create the directory of {path} ({exc.strerror})"
-        ) from None
-    VideoStore.open(path).close()
-
-
-def dashboard_url(settings: Settings) -> str:
-    """Where a browser on this machine finds the dashboard."""
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    return f"http://{host}:{settings.port}/"
+    _resolve_host(settings)
+    _open_database(settings.database_path).close()
 
 
 def check(settings: Settings) -> str:
@@ -140,14 +137,14 @@ def check(settings: Settings) -> str:
         SettingsError: the host does not resolve, or a scan root cannot be listed.
         StoreError: the database cannot be created, opened or migrated.
     """
-    check_startup(settings)
+    _resolve_host(settings)
     for root in settings.scan_roots:
         try:
             with os.scandir(root) as entries:
                 next(entries, None)
         except OSError as exc:
             raise SettingsError(f"STOAT_SCAN_ROOTS: cannot list {root} ({exc.strerror})") from None
-    store = VideoStore.open(settings.database_path)
+    store = _open_database(settings.database_path)
     try:
         _, videos = store.list_videos(limit=1, offset=0)
         schema = store.schema_version()
@@ -160,22 +157,30 @@ def check(settings: Settings) -> str:
     )
 
 
+def dashboard_url(settings: Settings) -> str:
+    """Where a browser on this machine finds the dashboard."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}/"
+
+
+def _resolve_host(settings: Settings) -> None:
+    try:
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise SettingsError(f"STOAT_HOST: cannot use {settings.host!r} ({exc})") from None
+
+
+def _open_database(path: Path) -> VideoStore:
+    """Open (create, migrate) the video store, creating its directory first."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"STOAT_DATABASE_PATH: cannot create the directory of {path} ({exc.strerror})"
+        ) from None
+    return VideoStore.open(path)
+
+
 def one_line(exc: Exception) -> str:
     """The message of a start-up error as the one line printed on stderr."""
     return f"{PROG}: " + " ".join(str(exc).split())
-
-
-def parse_command(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> tuple[str, Settings]:
-    """The command and its settings, from the arguments and the environment.
-
-    Raises:
-        SystemExit: ``--help`` or ``--version`` (0), a bad flag or value (2).
-        SettingsError: a variable is bad.
-    """
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
-    if arguments.command not in _COMMANDS:
-        parser.error(f"unknown command {arguments.command!r}: serve or check")
-    return str(arguments.command), read_settings(parser, arguments, environ)

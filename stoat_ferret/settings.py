@@ -173,8 +173,8 @@ class Settings:
             "flag": "--scan-root",
             "metavar": "DIR",
             "repeat": True,
-            "default": "(empty: any directory)",
-            "help": f"directories a scan may touch ({os.pathsep!r}-separated in the variable)",
+            "default": "none (any directory)",
+            "help": f"directories a scan may touch, {os.pathsep!r}-separated in the variable",
         },
     )
     job_timeout: float = attrs.field(
@@ -224,7 +224,7 @@ class Settings:
         validator=attrs.validators.instance_of(ThreadPriority),
         metadata={
             "env": "STOAT_PROBE_PRIORITY",
-            "metavar": "idle|normal",
+            "metavar": "{idle,normal}",
             "help": "idle: probe threads use only cores nothing else wants (Linux)",
         },
     )
@@ -242,7 +242,7 @@ class Settings:
         validator=_check_log_format,
         metadata={
             "env": "STOAT_LOG_FORMAT",
-            "metavar": "text|json",
+            "metavar": "{text,json}",
             "help": "json: one JSON object a line, with every structured field",
         },
     )

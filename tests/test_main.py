@@ -21,7 +21,8 @@ import httpx
 import pytest
 import uvicorn
 
-from stoat_ferret.__main__ import GracefulServer, main
+from stoat_ferret.__main__ import main
+from stoat_ferret._server import GracefulServer
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings
 from tests.server import (

@@ -192,6 +192,8 @@ def test_every_field_describes_its_setting() -> None:
         assert option.flag.startswith("--")
         assert option.help
         assert "\n" not in option.help
+        # A pipe would split the README's table cell.
+        assert "|" not in option.help + option.metavar + option.default
     assert len({option.flag for option in described}) == len(described)
     assert len({option.env for option in described}) == len(described)
 
