@@ -32,6 +32,8 @@ EXIT_BAD_SETTING: Final = 2
 
 _COMMANDS: Final = ("serve", "check")
 
+_LOOPBACK_FOR_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
 _DESCRIPTION: Final = """\
 The backend of a video-editing tool: a video library and its scan jobs.
 
@@ -158,8 +160,14 @@ def check(settings: Settings) -> str:
 
 
 def dashboard_url(settings: Settings) -> str:
-    """Where a browser on this machine finds the dashboard."""
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    """Where a browser on this machine finds the dashboard.
+
+    A wildcard address (listen on every interface) is not one a browser can
+    open, so it is shown as the loopback address of its family.
+    """
+    host = _LOOPBACK_FOR_WILDCARD.get(settings.host, settings.host)
+    if ":" in host:
+        host = f"[{host}]"
     return f"http://{host}:{settings.port}/"
 
 

@@ -17,7 +17,7 @@ from loguru import logger
 
 from stoat_ferret import __version__
 from stoat_ferret.__main__ import main
-from stoat_ferret._cli import build_parser, check_startup, parse_command
+from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
 from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority
 from stoat_ferret.settings import Settings, SettingsError, options
 from tests.permissions import call_denied
@@ -289,6 +289,22 @@ def test_check_as_a_process(tmp_path: Path) -> None:
     assert bad.stdout == ""
     assert bad.stderr.splitlines()[-1].endswith(f"{tmp_path / 'none'} is not an existing directory")
     assert len(bad.stderr.splitlines()) == 2  # usage, then the sentence
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8080/"),
+        ("localhost", "http://localhost:8080/"),
+        ("0.0.0.0", "http://127.0.0.1:8080/"),
+        ("::1", "http://[::1]:8080/"),
+        ("::", "http://[::1]:8080/"),
+    ],
+)
+def test_dashboard_url_is_one_a_browser_here_can_open(host: str, url: str) -> None:
+    """The start-up line's address: IPv6 in brackets, a wildcard as loopback."""
+
+    assert dashboard_url(Settings(host=host, port=8080)) == url
 
 
 def test_unresolvable_host_is_a_bad_setting(
