@@ -110,7 +110,9 @@ def _format_json(record: Record) -> str:
         line["exception"] = "".join(
             traceback.format_exception(exception.type, exception.value, exception.traceback)
         )
-    record["extra"]["_json"] = json.dumps(line, default=str, ensure_ascii=False)
+    # ASCII only: a file name that is not UTF-8 (surrogate escapes) stays a
+    # valid \u escape instead of failing to encode on the way out.
+    record["extra"]["_json"] = json.dumps(line, default=str)
     return "{extra[_json]}\n"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -71,6 +72,19 @@ def test_json_line_has_time_level_message_and_every_field(sink: io.StringIO) -> 
     assert line["message"] == "scan finished"
     assert datetime.fromisoformat(line["time"]).tzinfo is not None
     assert (line["job_id"], line["root"], line["found"]) == ("abc123", "/srv/a b", 3)
+
+
+def test_json_line_survives_a_file_name_that_is_not_utf8(sink: io.StringIO) -> None:
+    """A name with an undecodable byte (a surrogate escape) is escaped, not a write error."""
+    configure_logging("INFO", "json", sink=sink)
+    name = os.fsdecode(b"clip-\xff.mp4")
+
+    logger.info("probe failed: {}", name, path=name)
+
+    [line] = _json_lines(sink)
+    assert sink.getvalue().isascii()
+    assert line["path"] == name
+    assert line["message"] == f"probe failed: {name}"
 
 
 def test_json_exception_stays_on_its_line(sink: io.StringIO) -> None:
