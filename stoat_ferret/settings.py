@@ -291,6 +291,8 @@ def options() -> tuple[Option, ...]:
 
 def _option(field: attrs.Attribute[Any]) -> Option:
     meta = field.metadata
+    if "env" not in meta or "help" not in meta:
+        raise AssertionError(f"Settings.{field.name}: its metadata needs 'env' and 'help'")
     if "default" in meta:
         default = str(meta["default"])
     else:

@@ -66,7 +66,7 @@ def _fill(value: Any, tmp: Path) -> Any:
 
 
 def test_every_setting_has_a_sample() -> None:
-    """The table below covers every setting, so a new one cannot go untested."""
+    """SAMPLES covers every setting, so a new one cannot go untested."""
 
     assert sorted(SAMPLES) == sorted(option.field for option in options())
 
