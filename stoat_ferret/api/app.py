@@ -120,6 +120,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         handler = make_scan_handler(
             library,
+            roots=settings.scan_roots,
             probe_threads=settings.probe_threads,
             probe_priority=settings.probe_priority,
         )

@@ -139,7 +139,7 @@ async def test_scans_probe_at_the_configured_priority(
     (settings.scan_roots[0] / "clip.mp4").write_bytes(b"not a video")
     policies: list[int] = []
 
-    def probe(path: str) -> VideoProbe:
+    def probe(path: str, *, dir_fd: int | None = None) -> VideoProbe:
         policies.append(os.sched_getscheduler(0))
         raise ProbeError(path, "recorded")
 
