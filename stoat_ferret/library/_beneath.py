@@ -9,8 +9,8 @@ descriptor: the walk (``os.scandir(fd)``), the probe (``os.open(name,
 dir_fd=...)``), the check that a stored file is gone (:func:`lstat_beneath`).
 A component that is no longer a directory stops the descent with ``ELOOP``
 (a symlink) or ``ENOTDIR`` (anything else); nothing beyond it is read.
-A directory that is itself a scan root's ancestor is never re-checked: the
-roots are the operator's, resolved at start-up.
+The root itself is opened by its path: the roots are the operator's,
+resolved at start-up, and only what lies below a root is checked.
 
 A symlink to a file is followed only by :func:`resolve_link`, which resolves
 it one component at a time, ``readlink`` and ``lstat`` relative to
