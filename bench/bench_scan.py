@@ -15,6 +15,11 @@ drift hits both alike; ``rep_ratios`` lists them):
   is the fastest of that loop with 1, 2 and 4 threads, each timed in the rep
   (``baseline_threads`` says which won how often): the best a plain PyAV loop
   does on this machine. Target 0.8x.
+* ``scan_first_normal_priority``: the same, with the probe threads at normal
+  priority (``STOAT_PROBE_PRIORITY=normal``), timed in the same reps against
+  the same baselines. Not a target: it shows how much of a shortfall of
+  ``scan_first`` is other work on the machine taking the cores that
+  ``SCHED_IDLE`` threads yield.
 * ``scan_first_vs_ffprobe``: the same scan (its median rate) against spawning
   ``ffprobe`` once per file, as many at once as the process has cores (the
   median of its own reps, on a subset of the files, since each spawn costs
@@ -64,7 +69,7 @@ from loguru import logger
 
 from bench._common import emit
 from stoat_ferret.jobs import JobContext
-from stoat_ferret.library import VideoLibrary, make_scan_handler
+from stoat_ferret.library import ThreadPriority, VideoLibrary, make_scan_handler
 from stoat_ferret.settings import default_probe_threads, usable_cores
 from tests.videos import make_video
 
@@ -108,8 +113,9 @@ def main(quick: bool = False) -> None:
         with tempfile.TemporaryDirectory(prefix="stoat-bench-") as scratch:
             base = Path(scratch)
             first_tree = _make_clip_tree(base / "first", first_files)
-            first = _bench_first_scan(base, first_tree, reps)
+            first, normal = _bench_first_scan(base, first_tree, reps)
             emit(**first, quick=quick)
+            emit(**normal, quick=quick)
             emit(**_bench_ffprobe(first_tree, first["files_per_s"], reps, quick=quick), quick=quick)
             rescan_tree = _make_link_tree(base / "rescan", first_tree, rescan_files)
             rescan_reps = reps if quick else RESCAN_REPS
@@ -155,9 +161,11 @@ def _context(root: Path) -> JobContext:
     )
 
 
-async def _timed_scan(database: Path, root: Path) -> tuple[float, dict[str, Any]]:
+async def _timed_scan(
+    database: Path, root: Path, priority: ThreadPriority = ThreadPriority.IDLE
+) -> tuple[float, dict[str, Any]]:
     async with await VideoLibrary.open(database) as library:
-        handler = make_scan_handler(library, probe_threads=THREADS)
+        handler = make_scan_handler(library, probe_threads=THREADS, probe_priority=priority)
         started = time.perf_counter()
         result = await handler(_context(root))
         return time.perf_counter() - started, result
@@ -175,9 +183,14 @@ def _bare_pyav(paths: list[str], threads: int) -> float:
     return time.perf_counter() - started
 
 
-def _bench_first_scan(base: Path, paths: list[str], reps: int) -> dict[str, Any]:
+def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str, Any]]:
+    """``scan_first`` (default settings), and the same scan with normal-priority
+    probe threads (``scan_first_normal_priority``, against the same baselines):
+    on a machine busy with other work, ``SCHED_IDLE`` threads get only the
+    cores nothing else wants, which the pair shows."""
+    load_before = os.getloadavg()[0]
     root = Path(paths[0]).parents[1]
-    scans: list[float] = []
+    scans: dict[ThreadPriority, list[float]] = {priority: [] for priority in ThreadPriority}
     bare: list[float] = []
     winners: dict[int, int] = dict.fromkeys(BARE_THREADS, 0)
     for rep in range(reps):
@@ -185,19 +198,34 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> dict[str, Any]
         fastest = min(timings, key=timings.__getitem__)
         winners[fastest] += 1
         bare.append(timings[fastest])
-        seconds, result = anyio.run(_timed_scan, base / f"first-{rep}.sqlite", root)
-        _check(result["added"] == len(paths), f"first scan added {result['added']} files")
-        scans.append(seconds)
-    figure = _figure(
-        "scan_first",
-        files=len(paths),
-        seconds=scans,
-        baseline="pyav_bare_best_of_1_2_4_threads",
-        baseline_files=len(paths),
-        baseline_seconds=bare,
-        target=0.8,
-    )
-    return {**figure, "baseline_threads": {str(k): v for k, v in winners.items()}}
+        for priority, seconds_list in scans.items():
+            database = base / f"first-{rep}-{priority.value}.sqlite"
+            seconds, result = anyio.run(_timed_scan, database, root, priority)
+            _check(result["added"] == len(paths), f"first scan added {result['added']} files")
+            seconds_list.append(seconds)
+    extra = {
+        "baseline_threads": {str(k): v for k, v in winners.items()},
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    return [
+        {
+            **_figure(
+                name,
+                files=len(paths),
+                seconds=scans[priority],
+                baseline="pyav_bare_best_of_1_2_4_threads",
+                baseline_files=len(paths),
+                baseline_seconds=bare,
+                target=0.8,
+            ),
+            "probe_priority": priority.value,
+            **extra,
+        }
+        for name, priority in (
+            ("scan_first", ThreadPriority.IDLE),
+            ("scan_first_normal_priority", ThreadPriority.NORMAL),
+        )
+    ]
 
 
 def _bench_ffprobe(
