@@ -136,8 +136,9 @@ def default_probe_threads(cores: int | None) -> int:
     by default (``STOAT_PROBE_PRIORITY``), so the event loop takes a core
     from them the moment it wakes, and no core need be left idle for it.
     Measured through the HTTP API on 2 cores, a first scan ran at 0.49x a
-    bare PyAV loop with one thread and at 0.84x with two. A probe holds the GIL part of the time, so past a few threads more add
-    little; the cap keeps a large machine from starting dozens.
+    bare PyAV loop with one thread and at 0.84x with two. A probe holds the
+    GIL part of the time, so past a few threads more add little; the cap
+    keeps a large machine from starting dozens.
     """
     return max(1, min(MAX_DEFAULT_PROBE_THREADS, cores or 1))
 
