@@ -21,6 +21,7 @@ from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
+    from datetime import datetime
     from types import TracebackType
 
     from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
@@ -121,14 +122,23 @@ class VideoLibrary:
         await anyio.to_thread.run_sync(self._store.delete, paths)
 
     async def remove_gone(
-        self, paths: Collection[str], is_gone: Callable[[str], bool]
+        self,
+        paths: Collection[str],
+        is_gone: Callable[[str], bool],
+        *,
+        written_before: datetime | None = None,
     ) -> list[str]:
-        """Delete the rows of those ``paths`` whose file ``is_gone``; return them.
+        """Delete the rows of those ``paths`` whose file ``is_gone`` and that
+        were not written since ``written_before``; return them.
 
         ``is_gone`` (blocking) runs in the worker thread, inside the
         transaction (:meth:`VideoStore.remove_gone`).
         """
-        return await anyio.to_thread.run_sync(self._store.remove_gone, paths, is_gone)
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                self._store.remove_gone, paths, is_gone, written_before=written_before
+            )
+        )
 
     async def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]

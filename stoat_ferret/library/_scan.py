@@ -18,7 +18,9 @@ One scan, step by step:
    transaction that deletes it, so a scan running at the same time that has
    just stored the file (``/x`` and ``/x/sub`` at once) never loses its row,
    and a file the walk could not see (in a directory it could not list) is
-   kept. Such a kept row is not counted.
+   kept. A row written since this scan began is kept too, whatever
+   ``lstat`` says: another scan saw its file later. Such a kept row is not
+   counted.
 5. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
    each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
@@ -58,6 +60,7 @@ import functools
 import os
 import stat
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -212,6 +215,7 @@ class _Scan:
     async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
         log.info("scan started")
+        started = datetime.now(UTC)  # rows written from now on are another scan's news
         self.found, self.known, to_probe, gone = await self.library.survey(
             self.walk, self.root, recursive=self.recursive, compare=_compare
         )
@@ -219,7 +223,11 @@ class _Scan:
             self.ctx.job_id, self.root, recursive=self.recursive, errors=self.errors.take_unstored()
         )
         unchanged = len(self.found) - len(to_probe)
-        removed = await self.library.remove_gone(gone, self.is_gone) if gone else []
+        removed = (
+            await self.library.remove_gone(gone, self.is_gone, written_before=started)
+            if gone
+            else []
+        )
         self.done = unchanged
         if to_probe:
             self.report()

@@ -251,18 +251,36 @@ class VideoStore:
                     "DELETE FROM videos WHERE path = ?", ((path,) for path in deletions)
                 )
 
-    def remove_gone(self, paths: Collection[str], is_gone: Callable[[str], bool]) -> list[str]:
+    def remove_gone(
+        self,
+        paths: Collection[str],
+        is_gone: Callable[[str], bool],
+        *,
+        written_before: datetime | None = None,
+    ) -> list[str]:
         """Delete the rows of those ``paths`` whose file ``is_gone``, in one transaction.
 
         ``is_gone`` runs inside the transaction, under the store's lock: a
         scan that found the file and stores it meanwhile writes after this
-        check, never before it, so its row is not deleted. Returns the paths
-        whose rows were deleted.
+        check, never before it, so its row is not deleted. A row written at
+        or after ``written_before`` (when the caller's walk began) is kept
+        whatever ``is_gone`` says: another scan saw its file after this one
+        looked. Returns the paths whose rows were deleted.
         """
         if not paths:
             return []
         with self._writing() as connection:
-            gone = [path for path in paths if is_gone(path)]
+            gone = []
+            for path in paths:
+                row = connection.execute(
+                    "SELECT updated_at FROM videos WHERE path = ?", (path,)
+                ).fetchone()
+                if row is None:
+                    continue
+                if written_before is not None and datetime.fromisoformat(row[0]) >= written_before:
+                    continue
+                if is_gone(path):
+                    gone.append(path)
             connection.executemany("DELETE FROM videos WHERE path = ?", ((path,) for path in gone))
         return gone
 

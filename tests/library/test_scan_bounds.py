@@ -323,6 +323,41 @@ async def test_overlapping_scans_never_delete_each_others_rows(
     }
 
 
+async def test_a_link_target_another_scan_stores_meanwhile_is_kept(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While ``lib`` is held after its walk, ``lib/sub`` stores the target of a
+    new link (a file no walk finds by its name): the held scan keeps that row,
+    written after it began, though only a link leads there."""
+    root, _ = roots
+    lib = root / "lib"
+    handler = make_scan_handler(library, roots=[root])
+    walk = walk_videos
+
+    async def other_scan() -> None:
+        copy_video(clip, lib / "sub" / "data.bin")
+        (lib / "sub" / "link.mp4").symlink_to("data.bin")
+        assert (await handler(make_context(lib / "sub")))["added"] == 1
+
+    def walk_then_let_the_other_run(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        if args[0] == str(lib):
+            anyio.from_thread.run(other_scan)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_let_the_other_run)
+
+    with anyio.fail_after(TIMEOUT):
+        held = await handler(make_context(lib))
+        stored = {video.path for video in (await library.list_videos())[0]}
+
+    assert held["removed"] == 0
+    assert stored == {str(lib / "inside.mp4"), str(lib / "sub" / "data.bin")}
+
+
 async def test_the_result_is_bounded_in_bytes_and_the_store_keeps_every_error(
     library: VideoLibrary, tmp_path: Path
 ) -> None:
