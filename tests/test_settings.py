@@ -35,19 +35,24 @@ def test_defaults_without_environment() -> None:
     assert settings.shutdown_grace == 10.0
     assert settings.log_level == "INFO"
     assert settings.log_format == "text"
-    assert settings.probe_threads == default_probe_threads(os.cpu_count())
+    assert settings.probe_threads == default_probe_threads(len(os.sched_getaffinity(0)))
     assert settings.probe_priority is ThreadPriority.IDLE
 
 
 @pytest.mark.parametrize(
-    ("cpu_count", "threads"), [(None, 1), (1, 1), (2, 1), (3, 2), (4, 3), (5, 4), (64, 4)]
+    ("cores", "threads"), [(None, 1), (1, 1), (2, 2), (3, 3), (8, 8), (9, 8), (64, 8)]
 )
-def test_default_probe_threads_leave_a_core_to_the_event_loop(
-    cpu_count: int | None, threads: int
-) -> None:
-    """One thread fewer than cores, at least 1 and at most 4."""
+def test_default_probe_threads_use_every_core(cores: int | None, threads: int) -> None:
+    """One thread per usable core, at least 1 and at most 8."""
 
-    assert default_probe_threads(cpu_count) == threads
+    assert default_probe_threads(cores) == threads
+
+
+def test_usable_cores_follow_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default counts the cores the process may use, not the machine's."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7})
+
+    assert Settings().probe_threads == 3
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -208,7 +213,7 @@ def test_shown_defaults_are_the_defaults() -> None:
     assert shown["job_timeout"] == "300"
     assert shown["probe_priority"] == defaults.probe_priority.value
     assert Path(shown["database_path"]).absolute() == defaults.database_path
-    assert shown["probe_threads"] == "cores - 1, 1 to 4"
+    assert shown["probe_threads"] == "usable cores, 1 to 8"
 
 
 def test_a_bad_flag_value_names_the_flag(tmp_path: Path) -> None:

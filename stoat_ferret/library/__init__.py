@@ -8,10 +8,20 @@ walks, probes and SQLite calls run in worker threads, on asyncio and trio alike.
 from __future__ import annotations
 
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority, lower_priority
-from stoat_ferret.library._exceptions import LibraryError, ProbeError, ScanError, StoreError
+from stoat_ferret.library._beneath import PATH_MAX
+from stoat_ferret.library._exceptions import (
+    DirectoryReplaced,
+    LibraryError,
+    ProbeError,
+    ScanError,
+    StoreError,
+)
 from stoat_ferret.library._library import VideoLibrary
 from stoat_ferret.library._models import (
     DEFAULT_ERROR_CAP,
+    ERROR_PATH_CHARS,
+    ERROR_TEXT_CHARS,
+    RESULT_ERRORS_MAX_BYTES,
     ErrorLog,
     Fingerprint,
     Video,
@@ -25,10 +35,15 @@ from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = [
     "DEFAULT_ERROR_CAP",
+    "ERROR_PATH_CHARS",
+    "ERROR_TEXT_CHARS",
+    "PATH_MAX",
     "READ_LIMIT",
+    "RESULT_ERRORS_MAX_BYTES",
     "SCHEMA_VERSION",
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",
+    "DirectoryReplaced",
     "ErrorLog",
     "Fingerprint",
     "LibraryError",

@@ -4,11 +4,13 @@
 
     LibraryError
      ├── ProbeError    one file cannot be opened or probed, or holds no video
-     ├── ScanError     the directory to scan is missing or cannot be listed
+     ├── ScanError     the directory to scan is missing, outside the roots, or cannot be listed
+     │    └── DirectoryReplaced   it, or one above it, was replaced by a symlink
      └── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
 
 A ``ProbeError`` never ends a scan: the scan records it in its ``errors`` list
-and goes on. ``ScanError`` and ``StoreError`` end it.
+and goes on. ``ScanError`` and ``StoreError`` end it, except
+``DirectoryReplaced``, which the scan reports as an ``errors`` entry.
 """
 
 from __future__ import annotations
@@ -49,4 +51,13 @@ class StoreError(LibraryError):
     """Raised when the video store cannot be created, opened or used.
 
     The message is one line that names the file and the cause.
+    """
+
+
+class DirectoryReplaced(ScanError):
+    """Raised when the directory to scan, or one above it, is now a symlink.
+
+    A component of its path was replaced by a symlink after the scan was
+    requested. Nothing is read through it; the scan reports it as
+    an ``errors`` entry and completes.
     """

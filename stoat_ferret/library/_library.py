@@ -8,6 +8,7 @@ commits whole before the cancellation is delivered.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -20,6 +21,7 @@ from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
+    from datetime import datetime
     from types import TracebackType
 
     from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
@@ -118,6 +120,64 @@ class VideoLibrary:
     async def delete(self, paths: Collection[str]) -> None:
         """Delete the rows of these paths in one transaction."""
         await anyio.to_thread.run_sync(self._store.delete, paths)
+
+    async def remove_gone(
+        self,
+        paths: Collection[str],
+        is_gone: Callable[[str], bool],
+        *,
+        written_before: datetime | None = None,
+    ) -> list[str]:
+        """Delete the rows of those ``paths`` whose file ``is_gone`` and that
+        were not written since ``written_before``; return them.
+
+        ``is_gone`` (blocking) runs in the worker thread, inside the
+        transaction (:meth:`VideoStore.remove_gone`).
+        """
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                self._store.remove_gone, paths, is_gone, written_before=written_before
+            )
+        )
+
+    async def replace_scan_errors(
+        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
+    ) -> None:
+        """Replace the stored errors of this scope with the first of the scan ``job_id``."""
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                self._store.replace_scan_errors,
+                job_id,
+                directory,
+                recursive=recursive,
+                errors=errors,
+            )
+        )
+
+    async def add_scan_errors(
+        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
+    ) -> None:
+        """Store more errors of the scan ``job_id``."""
+        if errors:
+            await anyio.to_thread.run_sync(
+                functools.partial(
+                    self._store.add_scan_errors,
+                    job_id,
+                    directory,
+                    recursive=recursive,
+                    errors=errors,
+                )
+            )
+
+    async def scan_errors(
+        self, job_id: str, limit: int = 100, offset: int = 0
+    ) -> tuple[list[tuple[str, str]], int]:
+        """Return one page of the stored ``(path, error)`` entries of a scan, and their total.
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative.
+        """
+        return await anyio.to_thread.run_sync(self._store.scan_errors, job_id, limit, offset)
 
     async def apply(self, records: Sequence[VideoRecord], deletions: Collection[str]) -> None:
         """Upsert ``records`` and delete the rows of ``deletions``, in one transaction."""

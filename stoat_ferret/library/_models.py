@@ -19,8 +19,23 @@ if TYPE_CHECKING:
 Fingerprint: TypeAlias = tuple[int, int]
 """``(size_bytes, mtime_ns)`` of a file: equal fingerprints mean "not changed"."""
 
-DEFAULT_ERROR_CAP = 1_000
-"""How many error entries a scan reports before it only counts the rest."""
+DEFAULT_ERROR_CAP = 20
+"""How many error entries a scan's job result lists; it counts the rest.
+Every entry is kept in the store's ``scan_errors`` table, served paged at
+``GET /api/v1/jobs/{id}/errors``."""
+
+ERROR_PATH_CHARS = 512
+"""Characters of a path in a job result's error entry at most: a longer one
+keeps its end (the file name) behind a leading ``…``."""
+
+ERROR_TEXT_CHARS = 200
+"""Characters of an error message at most, in a result and in the store: a
+longer one keeps its start and ends in ``…``."""
+
+RESULT_ERRORS_MAX_BYTES = DEFAULT_ERROR_CAP * (6 * (ERROR_PATH_CHARS + ERROR_TEXT_CHARS) + 32)
+"""Bytes of UTF-8 JSON the error entries of a job result take at most, with the
+default cap: a character takes at most 6 bytes (4 in UTF-8, 6 for a control
+character JSON escapes as ``\\u00XX``), plus the keys and punctuation."""
 
 
 @attrs.frozen(kw_only=True)
@@ -104,9 +119,27 @@ def iso_utc(moment: datetime) -> str:
     return text.removesuffix("+00:00") + "Z"
 
 
+def cut_path(path: str) -> str:
+    """``path`` cut to :data:`ERROR_PATH_CHARS`, keeping its end."""
+    if len(path) <= ERROR_PATH_CHARS:
+        return path
+    return "…" + path[-(ERROR_PATH_CHARS - 1) :]
+
+
+def cut_text(text: str) -> str:
+    """``text`` cut to :data:`ERROR_TEXT_CHARS`, keeping its start."""
+    if len(text) <= ERROR_TEXT_CHARS:
+        return text
+    return text[: ERROR_TEXT_CHARS - 1] + "…"
+
+
 @attrs.define(eq=False)
 class ErrorLog:
-    """The ``errors`` of one scan: the first ``cap`` entries, and a count of the rest.
+    """The ``errors`` of one scan: the first ``cap`` entries (cut), and a count of all.
+
+    Every entry also waits in ``unstored`` until the scan writes it to the
+    store (:meth:`take_unstored`), so the job result stays small however
+    many files failed, and the full list is still there to page through.
 
     Used by one task at a time (the walk's thread, then the scan's tasks), so it
     needs no lock.
@@ -114,8 +147,11 @@ class ErrorLog:
 
     cap: int = DEFAULT_ERROR_CAP
     entries: list[dict[str, str]] = attrs.field(factory=list)
-    # Invariant: truncated > 0 only once len(entries) == cap.
-    truncated: int = 0
+    # Invariant: total >= len(entries), and total > len(entries) only once
+    # len(entries) == cap.
+    total: int = 0
+    unstored: list[tuple[str, str]] = attrs.field(factory=list)
+    """``(path, error)`` of every entry not yet written to the store."""
     unread: list[str] = attrs.field(factory=list)
     """Every directory the walk could not list and every file it could not
     stat, however many: the videos stored there may still be there."""
@@ -123,12 +159,18 @@ class ErrorLog:
     """How many symlinks the walk could not follow (denied, an I/O error):
     any stored video may be the target of one of them."""
 
+    @property
+    def truncated(self) -> int:
+        """How many entries are counted but not listed in ``entries``."""
+        return self.total - len(self.entries)
+
     def add(self, path: str, error: str) -> None:
         """Record that ``path`` could not be handled, and why."""
+        self.total += 1
+        error = cut_text(error)
+        self.unstored.append((path, error))
         if len(self.entries) < self.cap:
-            self.entries.append({"path": path, "error": error})
-        else:
-            self.truncated += 1
+            self.entries.append({"path": cut_path(path), "error": error})
 
     def add_unread(self, path: str, error: str) -> None:
         """Record that ``path`` exists but could not be listed or stat'ed, and why."""
@@ -140,5 +182,10 @@ class ErrorLog:
         self.unfollowed += 1
         self.add(link, error)
 
+    def take_unstored(self) -> list[tuple[str, str]]:
+        """Return the entries not yet stored, and forget them."""
+        taken, self.unstored = self.unstored, []
+        return taken
+
     def __len__(self) -> int:
-        return len(self.entries) + self.truncated
+        return self.total

@@ -15,9 +15,11 @@ Python-level reads would make several probe threads queue on the GIL.
 
 Either way FFmpeg reads a descriptor the probe opened itself, never the name.
 The probe opens the file without following a symlink and without blocking,
-and checks that it is a regular file. A file swapped for a FIFO or a symlink
-between the walk and the probe is refused, rather than blocking the thread
-for ever or leading it out of the scanned directory.
+relative to its directory's descriptor when the caller gives one (the scan
+does: ``_beneath.py`` says why), and checks that it is a regular file. A
+file swapped for a FIFO or a symlink between the walk and the probe is
+refused, rather than blocking the thread for ever or leading it out of the
+scanned directory.
 
 FFmpeg picks a demuxer from a file's content, not from its name, and some
 demuxers open further files: a two-line ``.mp4`` text file starting
@@ -130,15 +132,19 @@ class _BoundedReader:
         self._file.close()
 
 
-def probe_video(path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT) -> VideoProbe:
+def probe_video(
+    path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT, dir_fd: int | None = None
+) -> VideoProbe:
     """Describe the video in ``path``: size, rate, duration and codecs, as ffprobe does.
 
     Only the container header, a few packets and (for some formats) the end of
     the file are read; no frame is decoded.
 
     Args:
-        path: The file to probe.
+        path: The file to probe; relative to ``dir_fd`` if that is given,
+            as in ``os.open``.
         read_limit: Bytes to read at most (seeks excluded) before giving up.
+        dir_fd: A descriptor of the directory ``path`` is relative to.
 
     Returns:
         The file's :class:`VideoProbe`. Codec names are FFmpeg's descriptor
@@ -150,7 +156,7 @@ def probe_video(path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT) -
             media file FFmpeg can read, or has no video stream.
     """
     name = os.fspath(path)
-    fd, size = _open_regular_file(name)
+    fd, size = _open_regular_file(name, dir_fd)
     try:
         if size <= read_limit:
             # The whole file is within the limit: FFmpeg may use its own file
@@ -165,7 +171,7 @@ def probe_video(path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT) -
         os.close(fd)
 
 
-def _open_regular_file(name: str) -> tuple[int, int]:
+def _open_regular_file(name: str, dir_fd: int | None) -> tuple[int, int]:
     """Open ``name`` for reading; return the descriptor and the file's size.
 
     Opened without following a symlink and without blocking, then checked to
@@ -174,7 +180,9 @@ def _open_regular_file(name: str) -> tuple[int, int]:
     scanned directory. FFmpeg then reads this very descriptor, never the name.
     """
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+        )
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise ProbeError(name, "not a regular file") from exc

@@ -2,26 +2,43 @@
 
 One scan, step by step:
 
-1. Walk the directory in a worker thread (:func:`walk_videos`); the walk checks
-   for cancellation every few hundred entries.
-2. Read the fingerprints of every stored row in the same scope, in one query.
-3. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
-   and is neither probed nor written. The rest are probed; rows whose file is
-   gone are deleted (``removed``) in one transaction. If the walk could not
-   read everything (a directory it could not list, a symlink it could not
-   follow: ``errors`` entries), a row it did not see whose file is still a
-   regular file there, and may have been hidden behind what could not be
-   read, is kept unchanged and not counted.
-4. Probe in threads: ``probe_threads`` tasks share one
+1. Open the directory from the scan root that holds it down, crossing no
+   symlink (``open_scan_directory``): the roots are checked again here, when
+   the job starts, on what is really opened. A directory that is outside
+   every root fails the job; one replaced by a symlink since the request is
+   an ``errors`` entry, and nothing is read or removed. Everything after
+   this is relative to that descriptor (``_beneath.py``).
+2. Walk it in a worker thread (:func:`walk_videos`); the walk checks for
+   cancellation every few hundred entries.
+3. Read the fingerprints of every stored row in the same scope, in one query.
+4. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
+   and is neither probed nor written. The rest are probed. A row the walk
+   did not see is removed only if its file is gone (``_Scan.is_gone``):
+   checked with ``lstat`` beneath the directory's descriptor, inside the
+   transaction that deletes it, so a scan running at the same time that has
+   just stored the file (``/x`` and ``/x/sub`` at once) never loses its row,
+   and a file the walk could not see (in a directory it could not list) is
+   kept. A row written since this scan began is kept too, whatever
+   ``lstat`` says: another scan saw its file later. Such a kept row is not
+   counted.
+5. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
    each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
    probe threads, which run at ``SCHED_IDLE`` priority on Linux unless the
    handler is told otherwise (``_background.py`` says why and what it costs).
-   Each chunk's results go through a memory stream, as one item, to one
-   writer task, which writes them in batches as they arrive: one transaction
-   per :data:`WRITE_BATCH` rows or per :data:`FLUSH_SECONDS`, whichever comes
-   first. One item a chunk rather than a file: each send and receive is a
-   trip through the event loop, which a scan shares with every request.
+   A probe thread opens each file's directory beneath the scan's descriptor
+   and the file relative to that. Each chunk's results go through a memory
+   stream, as one item, to one writer task, which writes them in batches as
+   they arrive: one transaction per :data:`WRITE_BATCH` rows or per
+   :data:`FLUSH_SECONDS`, whichever comes first. One item a chunk rather than
+   a file: each send and receive is a trip through the event loop, which a
+   scan shares with every request.
+
+The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
+``errors`` entries, each cut to a bounded length, and counts them all
+(``errors_total``); the store keeps every entry (``scan_errors``, replacing
+the previous scan of the same scope's), written after the walk and after
+the probes.
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. When
 a file that was stored before has changed and can no longer be probed, its row
@@ -38,10 +55,12 @@ before it stay.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -51,7 +70,13 @@ from loguru import logger
 
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
-from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._beneath import (
+    lstat_beneath,
+    open_directory,
+    open_scan_directory,
+    split,
+)
+from stoat_ferret.library._exceptions import DirectoryReplaced, ProbeError
 from stoat_ferret.library._models import (
     DEFAULT_ERROR_CAP,
     ErrorLog,
@@ -86,6 +111,7 @@ ScanHandler = Callable[[JobContext], Awaitable[dict[str, Any]]]
 def make_scan_handler(
     library: VideoLibrary,
     *,
+    roots: Sequence[str | os.PathLike[str]] = (),
     probe_threads: int = 4,
     probe_priority: ThreadPriority = ThreadPriority.IDLE,
     error_cap: int = DEFAULT_ERROR_CAP,
@@ -97,15 +123,18 @@ def make_scan_handler(
 
     Args:
         library: Where the videos are stored.
+        roots: The resolved directories a scan may read (the settings'
+            ``scan_roots``); empty allows any. Checked again when each job
+            starts, on the directory it opens.
         probe_threads: How many files are probed at once, at most, by all the
             scans of this handler together.
         probe_priority: The CPU priority of the probing threads.
-        error_cap: How many ``errors`` entries a result lists; the rest are
-            counted in ``errors_truncated``.
+        error_cap: How many ``errors`` entries a result lists; ``errors_total``
+            counts them all, ``errors_truncated`` those not listed.
 
     Returns:
         An async handler returning ``{"found", "added", "updated", "unchanged",
-        "removed", "errors", "errors_truncated"}``.
+        "removed", "errors", "errors_total", "errors_truncated"}``.
 
     Raises:
         ValueError: ``probe_threads`` or ``error_cap`` is out of range.
@@ -116,6 +145,7 @@ def make_scan_handler(
         raise ValueError(f"error_cap must be >= 0, got {error_cap}")
     limiter = anyio.CapacityLimiter(probe_threads)
     threads = BackgroundThreads(probe_threads, probe_priority, name="stoat-probe")
+    allowed = tuple(os.fspath(root) for root in roots)
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
         root, recursive = parse_payload(ctx.payload)
@@ -124,6 +154,7 @@ def make_scan_handler(
             ctx=ctx,
             root=root,
             recursive=recursive,
+            roots=allowed,
             limiter=limiter,
             workers=probe_threads,
             threads=threads,
@@ -159,12 +190,15 @@ class _Scan:
     ctx: JobContext
     root: str
     recursive: bool
+    roots: tuple[str, ...]
     limiter: anyio.CapacityLimiter
     workers: int
     threads: BackgroundThreads
     errors: ErrorLog
     found: dict[str, Fingerprint] = attrs.field(factory=dict)
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
+    # The scanned directory, opened by the survey's thread; closed by run().
+    root_fd: int | None = None
     done: int = 0
     added: int = 0
     updated: int = 0
@@ -172,26 +206,38 @@ class _Scan:
     failure: Exception | None = None
 
     async def run(self) -> dict[str, Any]:
+        try:
+            return await self.scan()
+        finally:
+            if self.root_fd is not None:  # every thread that used it has returned
+                os.close(self.root_fd)
+
+    async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
         log.info("scan started")
-        walk = functools.partial(
-            walk_videos,
-            self.root,
-            recursive=self.recursive,
-            errors=self.errors,
-            checkpoint=anyio.from_thread.check_cancelled,
-        )
-        compare = functools.partial(_compare, errors=self.errors)  # read after the walk
+        started = datetime.now(UTC)  # rows written from now on are another scan's news
         self.found, self.known, to_probe, gone = await self.library.survey(
-            walk, self.root, recursive=self.recursive, compare=compare
+            self.walk, self.root, recursive=self.recursive, compare=_compare
+        )
+        await self.library.replace_scan_errors(
+            self.ctx.job_id, self.root, recursive=self.recursive, errors=self.errors.take_unstored()
         )
         unchanged = len(self.found) - len(to_probe)
-        if gone:
-            await self.library.delete(gone)
+        removed = (
+            await self.library.remove_gone(gone, self.is_gone, written_before=started)
+            if gone
+            else []
+        )
         self.done = unchanged
         if to_probe:
             self.report()
             await self.probe_all(to_probe)
+            await self.library.add_scan_errors(
+                self.ctx.job_id,
+                self.root,
+                recursive=self.recursive,
+                errors=self.errors.take_unstored(),
+            )
         self.ctx.report_progress(1.0, f"probed {self.done}/{len(self.found)} files")
 
         result = {
@@ -199,16 +245,56 @@ class _Scan:
             "added": self.added,
             "updated": self.updated,
             "unchanged": unchanged,
-            "removed": len(gone),
+            "removed": len(removed),
             "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
+            "errors_total": self.errors.total,
             "errors_truncated": self.errors.truncated,
         }
         log.info(
             "scan finished",
             **{key: value for key, value in result.items() if key != "errors"},
-            error_count=len(self.errors),
         )
         return result
+
+    def walk(self) -> dict[str, Fingerprint]:
+        """Open the directory beneath its root and walk it. Blocking: the survey's thread."""
+        try:
+            self.root_fd = open_scan_directory(self.root, self.roots)
+        except DirectoryReplaced as exc:
+            self.errors.add_unread(self.root, exc.reason)  # so no stored row is removed
+            return {}
+        return walk_videos(
+            self.root,
+            recursive=self.recursive,
+            errors=self.errors,
+            checkpoint=anyio.from_thread.check_cancelled,
+            root_fd=self.root_fd,
+        )
+
+    def is_gone(self, path: str) -> bool:
+        """True if the file of the stored ``path`` is gone. Blocking: the store's thread.
+
+        Looked at with ``lstat`` beneath the scanned directory's descriptor:
+        missing, a directory on the way replaced by a symlink or a file, or
+        no longer a regular file. A regular file that is there is not gone,
+        even though the walk did not see it (another scan may just have
+        found it), unless only a symlink led to it (its name is no video
+        name) and the walk could see every link.
+        """
+        if self.root_fd is None:
+            return False
+        try:
+            info = lstat_beneath(split(path)[len(split(self.root)) :], self.root_fd)
+        except OSError as exc:
+            # Missing, or a directory on the way is a symlink or a file now;
+            # any other error (denied, I/O) cannot tell.
+            return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+        if not stat.S_ISREG(info.st_mode):
+            return True
+        # A link target: gone unless a link the walk could not see (in a
+        # directory it could not list, or one it could not follow) leads there.
+        links_hidden = bool(self.errors.unread) or self.errors.unfollowed > 0
+        return not is_video_name(os.path.basename(path)) and not links_hidden
 
     def report(self) -> None:
         self.ctx.report_progress(
@@ -287,23 +373,49 @@ class _Scan:
         One trip to a thread per chunk rather than per file: a trip costs the
         event loop about as much as probing a small file. ``stop`` (set once the
         scan is cancelled) is checked before every file, so none starts after.
+        Each file is opened relative to its directory, itself opened beneath
+        the scanned directory's descriptor (one directory per run of files in
+        it: the paths are sorted).
         """
+        assert self.root_fd is not None  # set by the walk, before any path is found
+        depth = len(split(self.root))
         outcomes: list[tuple[str, VideoProbe | str]] = []
-        for path in paths:
-            if stop.is_set():
-                break
-            try:
-                outcomes.append((path, probe_video(path)))
-            except ProbeError as exc:
-                logger.debug("probe failed", job_id=self.ctx.job_id, path=path, reason=exc.reason)
-                outcomes.append((path, exc.reason))
-            except Exception as exc:
-                # A PyAV surprise on one odd file must not sink a scan of thousands.
-                logger.opt(exception=exc).warning(
-                    "probe raised unexpectedly", job_id=self.ctx.job_id, path=path
-                )
-                outcomes.append((path, f"{type(exc).__name__}: {exc}"))
+        directory: str | None = None
+        directory_fd: int | OSError | None = None
+        try:
+            for path in paths:
+                if stop.is_set():
+                    break
+                parent, name = os.path.split(path)
+                if parent != directory:
+                    if isinstance(directory_fd, int):
+                        os.close(directory_fd)
+                    directory = parent
+                    try:
+                        directory_fd = open_directory(split(parent)[depth:], self.root_fd)
+                    except OSError as exc:
+                        directory_fd = exc
+                if isinstance(directory_fd, int):
+                    outcomes.append((path, self.probe_one(path, name, directory_fd)))
+                elif isinstance(directory_fd, OSError):
+                    outcomes.append((path, _directory_failure(directory_fd)))
+        finally:
+            if isinstance(directory_fd, int):
+                os.close(directory_fd)
         return outcomes
+
+    def probe_one(self, path: str, name: str, directory_fd: int) -> VideoProbe | str:
+        try:
+            return probe_video(name, dir_fd=directory_fd)
+        except ProbeError as exc:
+            logger.debug("probe failed", job_id=self.ctx.job_id, path=path, reason=exc.reason)
+            return exc.reason
+        except Exception as exc:
+            # A PyAV surprise on one odd file must not sink a scan of thousands.
+            logger.opt(exception=exc).warning(
+                "probe raised unexpectedly", job_id=self.ctx.job_id, path=path
+            )
+            return f"{type(exc).__name__}: {exc}"
 
     async def write_batches(
         self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]
@@ -324,14 +436,19 @@ class _Scan:
                 await self.library.apply(records, stale)
 
 
+def _directory_failure(exc: OSError) -> str:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return "its directory was replaced (by a symlink or a file) during the scan; not read"
+    return f"cannot open its directory ({exc.strerror or exc})"
+
+
 def _compare(
-    found: dict[str, Fingerprint], known: dict[str, Fingerprint], *, errors: ErrorLog
+    found: dict[str, Fingerprint], known: dict[str, Fingerprint]
 ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
     """``found`` and ``known``, the found paths to probe (new or changed,
-    sorted) and the known paths gone. Blocking: run in the survey's thread.
-
-    A known path the walk did not see is not gone if it may just have been
-    hidden from the walk (:func:`_maybe_hidden`).
+    sorted) and the known paths the walk did not see. Blocking: run in the
+    survey's thread. Those last are only candidates: each is checked on
+    disk when it is deleted (``_Scan.is_gone``).
     """
     if found == known:  # one C-level comparison: the common rescan of an unchanged tree
         return found, known, [], set()
@@ -340,38 +457,4 @@ def _compare(
     new = sum(1 for path in to_probe if path not in known)
     # Every known path was found exactly when the found-and-known count equals len(known).
     gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
-    if gone and (errors.unread or errors.unfollowed):
-        unread = frozenset(errors.unread)
-        # A symlink hidden in a directory the walk could not list, or one it
-        # could not follow, may be what led to any stored link target.
-        links = errors.unfollowed > 0 or bool(unread)
-        gone = {path for path in gone if not _maybe_hidden(path, unread, links=links)}
     return found, known, to_probe, gone
-
-
-def _maybe_hidden(path: str, unread: frozenset[str], *, links: bool) -> bool:
-    """True if the walk may have missed ``path``, a stored video not seen.
-
-    That is when the filesystem cannot tell whether it exists, or it is still
-    a regular file and either it, or a directory above it, is one the walk
-    could not read, or it is a symlink's target (its name is no video name,
-    so only a link led to it) and some link may have been hidden (``links``).
-    Otherwise it is gone: deleted, replaced by something else than a file, or
-    no longer the target of any link the walk could see.
-    """
-    try:
-        info = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:  # denied, or an I/O error: it may well be there
-        return True
-    if not stat.S_ISREG(info.st_mode):
-        return False
-    if not is_video_name(os.path.basename(path)):
-        return links
-    parent, above = path, ""
-    while parent != above:  # up to "/": a set lookup a level, however many unread paths
-        if parent in unread:
-            return True
-        parent, above = os.path.dirname(parent), parent
-    return False

@@ -1,4 +1,4 @@
-"""VideoStore: the videos table in SQLite (stdlib ``sqlite3``), used from worker threads.
+"""VideoStore: the videos and scan_errors tables in SQLite (``sqlite3``), from worker threads.
 
 Concurrency: one connection, opened with ``check_same_thread=False`` and
 guarded by a ``threading.Lock``. Every method takes the lock for its whole
@@ -13,6 +13,11 @@ is written whole or not at all.
 
 Schema: ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; :data:`_MIGRATIONS`
 brings an older file up to date inside one transaction at open time.
+
+Scan errors. ``scan_errors`` holds every ``errors`` entry of a scan, in the
+order met, keyed by job id; a job's result lists only the first few. Each
+scan of a directory (with the same ``recursive``) replaces the rows of the
+scan before it, so the table holds one list per directory scanned.
 
 Scope queries. A recursive scope is every path under a directory, found with a
 range on the ``path`` index: ``'<dir>/' <= path < '<dir>0'`` (``'0'`` is the
@@ -34,9 +39,9 @@ from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Sequence
+    from collections.abc import Callable, Collection, Iterator, Sequence
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 BUSY_TIMEOUT_MS: Final = 5_000
@@ -67,6 +72,20 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX videos_directory ON videos (directory)",
         # Covers the recursive scope query, so a rescan reads the index only.
         "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns)",
+    ),
+    2: (
+        """
+        CREATE TABLE scan_errors (
+            job_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            directory TEXT NOT NULL,
+            recursive INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            error TEXT NOT NULL,
+            PRIMARY KEY (job_id, seq)
+        ) STRICT
+        """,
+        "CREATE INDEX scan_errors_scope ON scan_errors (directory, recursive)",
     ),
 }
 
@@ -232,6 +251,79 @@ class VideoStore:
                     "DELETE FROM videos WHERE path = ?", ((path,) for path in deletions)
                 )
 
+    def remove_gone(
+        self,
+        paths: Collection[str],
+        is_gone: Callable[[str], bool],
+        *,
+        written_before: datetime | None = None,
+    ) -> list[str]:
+        """Delete the rows of those ``paths`` whose file ``is_gone``, in one transaction.
+
+        ``is_gone`` runs inside the transaction, under the store's lock: a
+        scan that found the file and stores it meanwhile writes after this
+        check, never before it, so its row is not deleted. A row written at
+        or after ``written_before`` (when the caller's walk began) is kept
+        whatever ``is_gone`` says: another scan saw its file after this one
+        looked. Returns the paths whose rows were deleted.
+        """
+        if not paths:
+            return []
+        with self._writing() as connection:
+            gone = []
+            for path in paths:
+                row = connection.execute(
+                    "SELECT updated_at FROM videos WHERE path = ?", (path,)
+                ).fetchone()
+                if row is None:
+                    continue
+                if written_before is not None and datetime.fromisoformat(row[0]) >= written_before:
+                    continue
+                if is_gone(path):
+                    gone.append(path)
+            connection.executemany("DELETE FROM videos WHERE path = ?", ((path,) for path in gone))
+        return gone
+
+    def replace_scan_errors(
+        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
+    ) -> None:
+        """Forget the errors of earlier scans of this scope and store the first of ``job_id``."""
+        with self._writing() as connection:
+            connection.execute(
+                "DELETE FROM scan_errors WHERE directory = ? AND recursive = ?",
+                (directory, int(recursive)),
+            )
+            _insert_errors(connection, job_id, directory, recursive, errors)
+
+    def add_scan_errors(
+        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
+    ) -> None:
+        """Store more ``(path, error)`` entries of the scan ``job_id``, after its others."""
+        if errors:
+            with self._writing() as connection:
+                _insert_errors(connection, job_id, directory, recursive, errors)
+
+    def scan_errors(
+        self, job_id: str, limit: int, offset: int
+    ) -> tuple[list[tuple[str, str]], int]:
+        """Return one page of a scan's ``(path, error)`` entries in the order met, and the total.
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
+        with self._reading() as connection:
+            rows = connection.execute(
+                "SELECT path, error FROM scan_errors WHERE job_id = ?"
+                " ORDER BY seq LIMIT ? OFFSET ?",
+                (job_id, limit, offset),
+            ).fetchall()
+            (total,) = connection.execute(
+                "SELECT count(*) FROM scan_errors WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return [(path, error) for path, error in rows], int(total)
+
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -293,6 +385,27 @@ def _migrate(connection: sqlite3.Connection, name: str) -> None:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def _insert_errors(
+    connection: sqlite3.Connection,
+    job_id: str,
+    directory: str,
+    recursive: bool,
+    errors: Sequence[tuple[str, str]],
+) -> None:
+    (last,) = connection.execute(
+        "SELECT max(seq) FROM scan_errors WHERE job_id = ?", (job_id,)
+    ).fetchone()
+    first = 0 if last is None else last + 1
+    connection.executemany(
+        "INSERT INTO scan_errors (job_id, seq, directory, recursive, path, error)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            (job_id, first + index, directory, int(recursive), path, error)
+            for index, (path, error) in enumerate(errors)
+        ),
+    )
 
 
 def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:

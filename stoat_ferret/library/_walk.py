@@ -1,4 +1,11 @@
-"""Find the video files under a directory, with ``os.scandir``, in a worker thread.
+"""Find the video files under a directory, by directory descriptors, in a worker thread.
+
+The walk never names a file by its full path: it lists each directory with
+``os.scandir(fd)``, stats entries relative to it, and opens each
+subdirectory with ``os.open(name, O_DIRECTORY | O_NOFOLLOW, dir_fd=fd)``,
+as ``os.fwalk`` and ``shutil.rmtree`` do (``_beneath.py`` says why). A
+directory swapped for a symlink between its listing and its opening is an
+``errors`` entry, and nothing behind the symlink is read.
 
 The rules, in the order they are applied to each directory entry:
 
@@ -9,11 +16,15 @@ The rules, in the order they are applied to each directory entry:
   ignored, not an error.
 * A name that is not valid UTF-8 is skipped with an error entry: the store,
   the logs and the JSON API all need text, and a surrogate-escaped name would
-  break each of them in a different place.
-* A file symlink is followed only if its resolved target lies in the scope
-  (under the scanned directory; directly in it for a non-recursive walk). The
-  file is then recorded under the resolved path, once however many links point
-  to it. A link that points outside, is broken, or loops is an error entry.
+  break each of them in a different place. So is a path of
+  :data:`~stoat_ferret.library._beneath.PATH_MAX` bytes or more, which no
+  other program could open by its name.
+* A file symlink is followed only if its target, resolved component by
+  component without leaving the scanned directory (``resolve_link``), lies
+  in the scope (under the scanned directory; directly in it for a
+  non-recursive walk). The file is then recorded under the resolved path,
+  once however many links point to it. A link that points outside, is
+  broken, loops, or is a chain of more than 40 links is an error entry.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
 * A subdirectory that cannot be listed, a file that cannot be stat'ed, or a
   symlink that cannot be followed for another reason than a missing, looping
@@ -23,7 +34,8 @@ The rules, in the order they are applied to each directory entry:
   vanishes while the walk runs is silently skipped.
 
 Recorded paths are absolute and resolved: the root is resolved by the caller and
-no directory symlink is ever crossed.
+no directory symlink is ever crossed. The walk holds one descriptor per
+level of the directory it is in, as ``os.fwalk`` does.
 
 :func:`walk_videos` calls ``checkpoint`` every :data:`CHECK_EVERY` entries. The
 scan passes ``anyio.from_thread.check_cancelled``, so a cancelled scan stops
@@ -37,10 +49,17 @@ import os
 import stat
 from typing import TYPE_CHECKING, Final
 
+from stoat_ferret.library._beneath import (
+    PATH_MAX,
+    open_scan_directory,
+    open_subdirectory,
+    resolve_link,
+    split,
+)
 from stoat_ferret.library._exceptions import ScanError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Sequence
 
     from stoat_ferret.library._models import ErrorLog, Fingerprint
 
@@ -53,6 +72,10 @@ CHECK_EVERY: Final = 256
 """Directory entries between two calls to the walk's ``checkpoint``."""
 
 _NOT_UTF8: Final = "name is not valid UTF-8; skipped"
+_TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"
+_REPLACED: Final = (
+    "no longer a directory (replaced by a symlink or a file during the scan); not read"
+)
 # A link failing with these can never lead to a file: missing, looping, too long.
 _BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _SUFFIXES: Final = tuple(sorted(VIDEO_EXTENSIONS))
@@ -68,6 +91,8 @@ def walk_videos(
     recursive: bool,
     errors: ErrorLog,
     checkpoint: Callable[[], None] = _never_cancelled,
+    root_fd: int | None = None,
+    before_open: Callable[[str], None] | None = None,
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -79,6 +104,11 @@ def walk_videos(
         errors: Receives one entry per file or directory that had to be skipped.
         checkpoint: Called every :data:`CHECK_EVERY` entries; it raises to stop
             the walk (the scan passes ``anyio.from_thread.check_cancelled``).
+        root_fd: A descriptor of ``root`` (the scan's, opened by
+            ``open_scan_directory``; the caller closes it). When None, the
+            walk opens ``root`` itself, crossing no symlink from ``/`` down.
+        before_open: Called with a subdirectory's path just before it is
+            opened: the moment a swap would have to hit. Tests use it.
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -86,8 +116,22 @@ def walk_videos(
     Raises:
         ScanError: ``root`` does not exist, is not a directory, or cannot be listed.
     """
+    if root_fd is None:
+        fd = open_scan_directory(root, ())
+        try:
+            return walk_videos(
+                root,
+                recursive=recursive,
+                errors=errors,
+                checkpoint=checkpoint,
+                root_fd=fd,
+                before_open=before_open,
+            )
+        finally:
+            os.close(fd)
     walk = _Walk(root, recursive=recursive, errors=errors, checkpoint=checkpoint)
-    walk.run()
+    walk.before_open = before_open
+    walk.run(root_fd)
     return walk.found
 
 
@@ -106,95 +150,148 @@ class _Walk:
         self.recursive = recursive
         self.errors = errors
         self.checkpoint = checkpoint
+        self.before_open: Callable[[str], None] | None = None
         self.found: dict[str, Fingerprint] = {}
-        # Everything strictly under root starts with this prefix.
-        self.prefix = root if root.endswith(os.sep) else root + os.sep
+        self.scope = split(root)
+        self.root_fd = -1
+        self.seen = 0
 
-    def run(self) -> None:
+    def run(self, root_fd: int) -> None:
+        self.root_fd = root_fd
         try:
-            self.list_directory(self.root)
+            subdirectories = self.list_directory(root_fd, self.root)
         except OSError as exc:
             raise ScanError(self.root, _reason(exc)) from exc
+        # Depth-first with an explicit stack of (descriptor, path, subdirectories
+        # left): no recursion limit, one descriptor open per level.
+        stack: list[tuple[int, str, Iterator[str]]] = [(root_fd, self.root, subdirectories)]
+        try:
+            while stack:
+                fd, path, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    stack.pop()
+                    if fd != root_fd:
+                        os.close(fd)
+                    continue
+                child = self.open_subdirectory(fd, path, name)
+                if child is not None:
+                    stack.append(child)
+        finally:
+            for fd, _, _ in stack:
+                if fd != root_fd:
+                    os.close(fd)
 
-    def list_directory(self, top: str) -> None:
-        # Depth-first with an explicit stack: no recursion limit on deep trees.
-        # The loop is the hot path of a rescan (tens of thousands of entries), so
-        # it keeps what it needs in locals and sends the rare cases to methods.
+    def open_subdirectory(
+        self, parent: int, parent_path: str, name: str
+    ) -> tuple[int, str, Iterator[str]] | None:
+        path = _join(parent_path, name)
+        if not _is_utf8(name):
+            self.errors.add(_printable(path), _NOT_UTF8)
+            return None
+        if len(os.fsencode(path)) >= PATH_MAX:
+            self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
+            return None
+        if self.before_open is not None:
+            self.before_open(path)
+        try:
+            fd = open_subdirectory(name, parent)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self.errors.add(path, _REPLACED)
+            else:
+                self.errors.add_unread(path, _reason(exc))
+            return None
+        try:
+            subdirectories = self.list_directory(fd, path)
+        except OSError as exc:
+            os.close(fd)
+            if not isinstance(exc, FileNotFoundError):
+                self.errors.add_unread(path, _reason(exc))
+            return None
+        return fd, path, subdirectories
+
+    def list_directory(self, fd: int, directory: str) -> Iterator[str]:
+        """Record the videos directly in ``directory``; return its subdirectories' names."""
+        # The hot path of a rescan (tens of thousands of entries): locals, and
+        # the rare cases sent to methods.
         found = self.found
         checkpoint = self.checkpoint
         recursive = self.recursive
-        seen = 0
-        pending = [top]
-        while pending:
-            directory = pending.pop()
-            try:
-                with os.scandir(directory) as entries:
-                    for entry in entries:
-                        seen += 1
-                        if not seen % CHECK_EVERY:
-                            checkpoint()
-                        if entry.is_dir(follow_symlinks=False):
-                            if recursive:
-                                self.add_directory(entry, pending)
-                            continue
-                        name = entry.name
-                        # is_video_name, inlined. Most names are lower case: one C call
-                        # decides, lower() only if not.
-                        if not (name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)):
-                            continue
-                        if not (name.isascii() or _is_utf8(name)):
-                            self.errors.add(_printable(entry.path), _NOT_UTF8)
-                        elif entry.is_file(follow_symlinks=False):
-                            try:
-                                info = entry.stat(follow_symlinks=False)
-                            except FileNotFoundError:
-                                continue
-                            except OSError as exc:
-                                self.errors.add_unread(entry.path, _reason(exc))
-                                continue
-                            found[entry.path] = (info.st_size, info.st_mtime_ns)
-                        elif entry.is_symlink():
-                            self.follow_link(entry.path)
-            except FileNotFoundError:
-                if directory == top:
-                    raise
-            except OSError as exc:
-                if directory == top:
-                    raise
-                self.errors.add_unread(_printable(directory), _reason(exc))
+        prefix = directory if directory.endswith("/") else directory + "/"
+        subdirectories: list[str] = []
+        seen = self.seen
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                seen += 1
+                if not seen % CHECK_EVERY:
+                    checkpoint()
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        subdirectories.append(entry.name)
+                    continue
+                name = entry.name
+                # is_video_name, inlined. Most names are lower case: one C call
+                # decides, lower() only if not.
+                if not (name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)):
+                    continue
+                path = prefix + name
+                if not (name.isascii() or _is_utf8(name)):
+                    self.errors.add(_printable(path), _NOT_UTF8)
+                elif len(path) >= PATH_MAX // 4 and len(os.fsencode(path)) >= PATH_MAX:
+                    self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
+                elif entry.is_file(follow_symlinks=False):
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        self.errors.add_unread(path, _reason(exc))
+                        continue
+                    found[path] = (info.st_size, info.st_mtime_ns)
+                elif entry.is_symlink():
+                    self.follow_link(directory, name)
+        self.seen = seen
+        subdirectories.reverse()  # listed first, walked first
+        return iter(subdirectories)
 
-    def add_directory(self, entry: os.DirEntry[str], pending: list[str]) -> None:
-        if _is_utf8(entry.name):
-            pending.append(entry.path)
-        else:
-            self.errors.add(_printable(entry.path), _NOT_UTF8)
-
-    def follow_link(self, link: str) -> None:
+    def follow_link(self, directory: str, name: str) -> None:
+        link = _join(directory, name)
+        where = split(directory)
         try:
-            target = os.path.realpath(link, strict=True)
-            info = os.stat(target)
+            outcome = resolve_link(self.scope, where, name, self.root_fd)
         except OSError as exc:
             if exc.errno in _BROKEN_LINK:
                 self.errors.add(link, f"broken symlink ({_reason(exc)})")
             else:  # denied, or an I/O error: the target may well be there
                 self.errors.add_unfollowed(link, f"cannot follow symlink ({_reason(exc)})")
             return
-        if not self.in_scope(target):
+        if outcome is None or not self.in_scope(outcome[0]):
             self.errors.add(link, "symlink points outside the scanned directory")
-        elif not _is_utf8(target):
+            return
+        parts, info = outcome
+        target = "/" + "/".join(parts)
+        if not _is_utf8(target):
             self.errors.add(link, "symlink target " + _NOT_UTF8)
         elif stat.S_ISREG(info.st_mode):
             self.found[target] = (info.st_size, info.st_mtime_ns)
 
-    def in_scope(self, path: str) -> bool:
+    def in_scope(self, parts: Sequence[str]) -> bool:
+        depth = len(self.scope)
         if self.recursive:
-            return path.startswith(self.prefix)
-        return os.path.dirname(path) == self.root
+            return len(parts) > depth
+        return len(parts) == depth + 1
 
 
 def is_video_name(name: str) -> bool:
     """True if the file name ``name`` ends in one of :data:`VIDEO_EXTENSIONS`, in any case."""
     return name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)
+
+
+def _join(directory: str, name: str) -> str:
+    return directory + name if directory.endswith("/") else directory + "/" + name
 
 
 def _is_utf8(name: str) -> bool:

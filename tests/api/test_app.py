@@ -139,7 +139,7 @@ async def test_scans_probe_at_the_configured_priority(
     (settings.scan_roots[0] / "clip.mp4").write_bytes(b"not a video")
     policies: list[int] = []
 
-    def probe(path: str) -> VideoProbe:
+    def probe(path: str, *, dir_fd: int | None = None) -> VideoProbe:
         policies.append(os.sched_getscheduler(0))
         raise ProbeError(path, "recorded")
 
@@ -292,6 +292,7 @@ async def test_docs_and_openapi(settings: Settings) -> None:
         "/api/v1/jobs/{job_id}/wait",
         "/api/v1/jobs/{job_id}/cancel",
         "/api/v1/jobs/{job_id}/events",
+        "/api/v1/jobs/{job_id}/errors",
     }
     scan = schema["paths"]["/api/v1/videos/scan"]["post"]
     assert "path" in scan["requestBody"]["content"]["application/json"]["schema"]["properties"]

@@ -36,6 +36,20 @@ def make_context(
     )
 
 
+def listed_path(directory: int | str) -> str:
+    """The path of what the walk passes to ``os.scandir``: a descriptor (or a path)."""
+    if isinstance(directory, int):
+        return os.readlink(f"/proc/self/fd/{directory}")
+    return directory
+
+
+def path_of(name: str, dir_fd: int | None) -> str:
+    """The full path of ``name`` opened relative to ``dir_fd``, as the scan's probe opens it."""
+    if dir_fd is None:
+        return name
+    return os.path.join(listed_path(dir_fd), name)
+
+
 @attrs.define
 class FifoWatch:
     """What :func:`watched_fifo` saw: whether the code under test opened the FIFO."""

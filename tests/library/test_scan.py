@@ -26,7 +26,7 @@ from stoat_ferret.library import (
     probe_video,
     walk_videos,
 )
-from tests.library.support import make_context, watched_fifo
+from tests.library.support import listed_path, make_context, path_of, watched_fifo
 from tests.videos import copy_video, make_video
 
 if TYPE_CHECKING:
@@ -62,11 +62,12 @@ class ProbeSpy:
         self.before: Callable[[str, int], None] | None = None
         monkeypatch.setattr(_scan, "probe_video", self)
 
-    def __call__(self, path: str) -> VideoProbe:
+    def __call__(self, name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        path = path_of(name, dir_fd)
         self.calls.append(path)
         if self.before is not None:
             self.before(path, len(self.calls))
-        return probe_video(path)
+        return probe_video(name, dir_fd=dir_fd)
 
 
 def _fill(media: Path, clip: EncodedVideo, names: list[str]) -> list[str]:
@@ -100,6 +101,7 @@ async def test_first_scan_adds_every_video_and_reports_bad_files(
         "updated": 0,
         "unchanged": 0,
         "removed": 0,
+        "errors_total": 2,
         "errors_truncated": 0,
     }
     assert [e["path"] for e in result["errors"]] == [
@@ -273,6 +275,7 @@ async def test_empty_directory_reports_done(library: VideoLibrary, media: Path) 
         "unchanged": 0,
         "removed": 0,
         "errors": [],
+        "errors_total": 0,
         "errors_truncated": 0,
     }
 
@@ -342,20 +345,22 @@ class _Denying:
         self.real = os.scandir
         monkeypatch.setattr(os, "scandir", self)  # only the walk lists directories here
 
-    def __call__(self, path: str) -> Any:
+    def __call__(self, directory: int) -> Any:
+        path = listed_path(directory)
         if path == self.directory:
             raise OSError(errno.EIO, "Input/output error", path)
-        return _DenyingEntries(self.real(path), self.file)
+        return _DenyingEntries(self.real(directory), os.path.join(path, ""), self.file)
 
 
 class _DenyingEntries:
-    def __init__(self, entries: Any, file: str) -> None:
+    def __init__(self, entries: Any, prefix: str, file: str) -> None:
         self.entries = entries
+        self.prefix = prefix
         self.file = file
 
     def __enter__(self) -> Iterator[Any]:
         for entry in self.entries.__enter__():
-            yield _DenyingEntry(entry) if entry.path == self.file else entry
+            yield _DenyingEntry(entry) if self.prefix + entry.name == self.file else entry
 
     def __exit__(self, *exc: object) -> None:
         self.entries.__exit__(*exc)
@@ -457,10 +462,10 @@ async def test_an_unexpected_probe_exception_is_an_error_entry(
     """A probe that raises something odd costs that file only."""
     good, odd = _fill(media, clip, ["good.mp4", "odd.mp4"])
 
-    def probe(path: str) -> VideoProbe:
-        if path == odd:
+    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        if path_of(name, dir_fd) == odd:
             raise RuntimeError("PyAV surprise")
-        return probe_video(path)
+        return probe_video(name, dir_fd=dir_fd)
 
     monkeypatch.setattr(_scan, "probe_video", probe)
 
@@ -603,12 +608,12 @@ async def test_concurrent_probes_respect_probe_threads(
     peak: list[int] = [0]
     guard = threading.Lock()
 
-    def probe(path: str) -> VideoProbe:
+    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
         with guard:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         try:
-            return probe_video(path)
+            return probe_video(name, dir_fd=dir_fd)
         finally:
             with guard:
                 running[0] -= 1
@@ -652,9 +657,9 @@ async def test_probes_run_at_the_handlers_priority(
     _fill(media, clip, [f"{i:02d}.mp4" for i in range(3 * _scan.PROBE_CHUNK)])
     policies: list[int] = []
 
-    def probe(path: str) -> VideoProbe:
+    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
         policies.append(os.sched_getscheduler(0))
-        return probe_video(path)
+        return probe_video(name, dir_fd=dir_fd)
 
     monkeypatch.setattr(_scan, "probe_video", probe)
     handler = make_scan_handler(library, probe_threads=2, probe_priority=priority)

@@ -81,7 +81,10 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
 
-    with pytest.raises(StoreError, match="schema version 2 is newer than the supported version 1"):
+    newer = (
+        f"schema version {SCHEMA_VERSION + 1} is newer than the supported version {SCHEMA_VERSION}"
+    )
+    with pytest.raises(StoreError, match=newer):
         VideoStore.open(path)
 
 

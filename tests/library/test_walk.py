@@ -13,6 +13,7 @@ import anyio.to_thread
 import pytest
 
 from stoat_ferret.library import ErrorLog, ScanError, _walk, walk_videos
+from tests.library.support import listed_path
 from tests.permissions import call_denied
 
 if TYPE_CHECKING:
@@ -184,10 +185,10 @@ def test_unlistable_subdirectory_is_an_error_and_the_walk_goes_on(
     _touch(tmp_path / "locked" / "b.mp4")
     real_scandir = os.scandir
 
-    def scandir(path: str) -> Any:
-        if path == str(tmp_path / "locked"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_scandir(path)
+    def scandir(directory: int) -> Any:
+        if listed_path(directory) == str(tmp_path / "locked"):
+            raise PermissionError(13, "Permission denied", directory)
+        return real_scandir(directory)
 
     monkeypatch.setattr(os, "scandir", scandir)
 

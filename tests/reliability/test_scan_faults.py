@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -86,21 +85,19 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
         read.append(len(data))
         return data
 
-    def probe_after_deleting(path: str) -> VideoProbe:
-        if path == str(vanishing):
-            os.unlink(path)  # gone between the walk and the probe
-        return probe_video(path)
+    def probe_after_deleting(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        if name == vanishing.name:
+            os.unlink(vanishing)  # gone between the walk and the probe
+        return probe_video(name, dir_fd=dir_fd)
 
     monkeypatch.setattr(_probe._BoundedReader, "read", counting_read)
     monkeypatch.setattr(_scan, "probe_video", probe_after_deleting)
     database = tmp_path / "db" / "stoat.db"
 
-    started = time.monotonic()
     with anyio.fail_after(TIMEOUT):
         async with await VideoLibrary.open(database) as library:
             result = await make_scan_handler(library)(make_context(media))
             videos, total = await library.list_videos()
-    elapsed = time.monotonic() - started
 
     errors = _error_paths(result)
     assert set(errors) == {
@@ -116,7 +113,6 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
     assert [video.path for video in videos] == [str(good), str(sparse)]
     assert errors[str(media / "vanishing.mp4")] == "No such file or directory"
     assert sum(read) <= 1024 * 1024  # the 10 GB file: its head only, not 10 GB
-    assert elapsed < 10
     assert integrity(database) == ["ok"]
 
 

@@ -1,0 +1,80 @@
+"""``GET /api/v1/jobs/{job_id}/errors``: every ``errors`` entry of a scan, in pages.
+
+A scan job's ``result`` lists its first 20 errors (each cut to a bounded
+length) and counts them all in ``errors_total``, so that thousands of
+retained jobs stay small in memory. The full list lives in the library's
+``scan_errors`` table, and this route serves it while the job is known to
+the queue (404 once it is forgotten). Entries come in the order they were
+written: the walk's first, then the probes', in the order they finished.
+
+Each scan of a directory replaces the stored errors of the one before it
+(same directory, same ``recursive``). A finished job whose errors were
+replaced that way answers 410: its list is gone, and an empty page would
+say it had none.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+
+# FastAPI reads the route signatures at run time: these names must exist then.
+from stoat_ferret.api._deps import JobQueueDep, LibraryDep  # noqa: TC001
+from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._schemas import MAX_LIMIT, MAX_OFFSET, error_responses
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+
+class ScanErrorOut(BaseModel):
+    """One file or directory a scan could not handle, and why."""
+
+    path: str
+    error: str
+
+
+class ScanErrorListOut(BaseModel):
+    """A page of a scan's errors; ``total`` counts them all."""
+
+    errors: list[ScanErrorOut]
+    total: int
+    limit: int
+    offset: int
+
+
+@router.get(
+    "/{job_id}/errors",
+    response_model=ScanErrorListOut,
+    responses=error_responses(404, 410, 422, 503),
+)
+async def list_scan_errors(
+    job_id: str,
+    queue: JobQueueDep,
+    library: LibraryDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ApiJSONResponse:
+    """Every error of a scan job, in pages; 410 if a later scan of its directory replaced them."""
+    job = await queue.get_result(job_id)  # 404 for an unknown job
+    entries, total = await library.scan_errors(job_id, limit, offset)
+    if total == 0 and job.status.is_terminal and _counted_errors(job.result) > 0:
+        raise HTTPException(410, "these errors were replaced by a later scan of the same directory")
+    return ApiJSONResponse(
+        {
+            "errors": [{"path": path, "error": error} for path, error in entries],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
+
+
+def _counted_errors(result: Any) -> int:
+    """``errors_total`` of a scan's result; 0 for anything else."""
+    if isinstance(result, dict):
+        count = result.get("errors_total")
+        if isinstance(count, int):
+            return count
+    return 0

@@ -1,0 +1,117 @@
+"""``GET /api/v1/jobs/{id}/errors``: a scan's full error list, paged."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.api.app import create_app
+from tests.api.support import serving
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from stoat_ferret.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+SCAN = "/api/v1/videos/scan"
+TIMEOUT = 30
+
+
+def _bad_files(directory: Path, count: int) -> list[str]:
+    directory.mkdir()
+    paths = []
+    for index in range(count):
+        path = directory / f"bad{index:03d}.mp4"
+        path.write_bytes(b"not a video")
+        paths.append(str(path))
+    return paths
+
+
+async def _scan(client: httpx.AsyncClient, directory: Path) -> dict[str, Any]:
+    response = await client.post(SCAN, json={"path": str(directory)})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    finished = await client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": TIMEOUT})
+    assert finished.status_code == 200, finished.text
+    job: dict[str, Any] = finished.json()
+    assert job["status"] == "completed", job
+    return job
+
+
+async def test_every_error_is_served_in_pages(settings: Settings, scan_root: Path) -> None:
+    """45 bad files: the result lists 20 and counts 45; three pages give all 45 once."""
+    paths = _bad_files(scan_root / "bad", 45)
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(create_app(settings)) as client:
+            job = await _scan(client, scan_root / "bad")
+            url = f"/api/v1/jobs/{job['job_id']}/errors"
+            pages = [
+                (await client.get(url, params={"limit": 20, "offset": o})) for o in (0, 20, 40)
+            ]
+
+    assert (len(job["result"]["errors"]), job["result"]["errors_total"]) == (20, 45)
+    assert [page.status_code for page in pages] == [200, 200, 200]
+    bodies = [page.json() for page in pages]
+    assert [(len(b["errors"]), b["total"], b["limit"], b["offset"]) for b in bodies] == [
+        (20, 45, 20, 0),
+        (20, 45, 20, 20),
+        (5, 45, 20, 40),
+    ]
+    served = [entry["path"] for body in bodies for entry in body["errors"]]
+    assert sorted(served) == paths
+    assert all(entry["error"] for body in bodies for entry in body["errors"])
+
+
+async def test_a_later_scan_of_the_directory_replaces_the_errors(
+    settings: Settings, scan_root: Path
+) -> None:
+    """The second scan's errors are served; the first job's answer 410."""
+    _bad_files(scan_root / "bad", 3)
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(create_app(settings)) as client:
+            first = await _scan(client, scan_root / "bad")
+            second = await _scan(client, scan_root / "bad")
+            replaced = await client.get(f"/api/v1/jobs/{first['job_id']}/errors")
+            latest = await client.get(f"/api/v1/jobs/{second['job_id']}/errors")
+
+    assert first["job_id"] != second["job_id"]
+    assert replaced.status_code == 410
+    assert "replaced by a later scan" in replaced.json()["detail"]
+    assert (latest.status_code, latest.json()["total"]) == (200, 3)
+
+
+async def test_a_scan_without_errors_has_an_empty_list(settings: Settings, scan_root: Path) -> None:
+    """No error: 200 with an empty page, not 410."""
+    (scan_root / "empty").mkdir()
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(create_app(settings)) as client:
+            job = await _scan(client, scan_root / "empty")
+            response = await client.get(f"/api/v1/jobs/{job['job_id']}/errors")
+
+    assert response.status_code == 200
+    assert response.json() == {"errors": [], "total": 0, "limit": 100, "offset": 0}
+
+
+async def test_an_unknown_job_is_404(shared_client: httpx.AsyncClient) -> None:
+    """An id the queue does not know: 404 with a JSON detail."""
+    response = await shared_client.get("/api/v1/jobs/no-such-job/errors")
+
+    assert response.status_code == 404
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "offset=-1", "limit=x"])
+async def test_a_bad_page_is_422(shared_client: httpx.AsyncClient, query: str) -> None:
+    """limit and offset out of range: 422 before the job is even looked up."""
+    response = await shared_client.get(f"/api/v1/jobs/no-such-job/errors?{query}")
+
+    assert response.status_code == 422

@@ -1,0 +1,156 @@
+"""_beneath: descending by descriptors, and resolving a link without leaving the scope."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+from stoat_ferret.library import DirectoryReplaced, ScanError
+from stoat_ferret.library._beneath import (
+    MAX_LINK_HOPS,
+    lstat_beneath,
+    open_directory,
+    open_scan_directory,
+    resolve_link,
+    split,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def scope(tmp_path: Path) -> Path:
+    """``<tmp>/lib`` with ``clip.mp4`` and ``sub/deep.mp4``; ``<tmp>/lib-evil/x.mp4`` beside it."""
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    (lib / "clip.mp4").write_bytes(b"clip")
+    (lib / "sub" / "deep.mp4").write_bytes(b"deep")
+    (tmp_path / "lib-evil").mkdir()
+    (tmp_path / "lib-evil" / "x.mp4").write_bytes(b"x")
+    return lib
+
+
+@pytest.fixture
+def scope_fd(scope: Path) -> Iterator[int]:
+    fd = os.open(scope, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def _resolve(scope: Path, scope_fd: int, link: str, target: str) -> list[str] | None:
+    (scope / link).symlink_to(target)
+    outcome = resolve_link(split(str(scope)), split(str(scope)), link, scope_fd)
+    return None if outcome is None else outcome[0]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["clip.mp4", "./sub/../clip.mp4", "../lib/clip.mp4", "sub/../../lib/./clip.mp4"],
+)
+def test_links_that_stay_inside_resolve(scope: Path, scope_fd: int, target: str) -> None:
+    """Relative links through ``.``, ``..`` and the scope's own name resolve to the file."""
+    assert _resolve(scope, scope_fd, "link.mp4", target) == split(str(scope / "clip.mp4"))
+
+
+def test_an_absolute_link_inside_resolves(scope: Path, scope_fd: int) -> None:
+    """An absolute target under the scope is followed."""
+    target = str(scope / "sub" / "deep.mp4")
+
+    assert _resolve(scope, scope_fd, "link.mp4", target) == split(target)
+
+
+@pytest.mark.parametrize("target", ["../lib-evil/x.mp4", "/etc/passwd", "..", "../..", "/"])
+def test_links_that_leave_the_scope_are_refused(scope: Path, scope_fd: int, target: str) -> None:
+    """A sibling that starts alike, an absolute path outside, or a directory above: None."""
+    assert _resolve(scope, scope_fd, "link.mp4", target) is None
+
+
+def test_a_link_through_a_file_is_not_a_directory(scope: Path, scope_fd: int) -> None:
+    """``clip.mp4/x`` cannot exist: ENOTDIR, a broken link."""
+    with pytest.raises(NotADirectoryError):
+        _resolve(scope, scope_fd, "link.mp4", "clip.mp4/x")
+
+
+def test_a_link_to_a_directory_inside_gives_its_stat(scope: Path, scope_fd: int) -> None:
+    """The caller sees a directory (and skips it); a trailing ``..`` lands on the scope."""
+    (scope / "to-sub").symlink_to("sub")
+    outcome = resolve_link(split(str(scope)), split(str(scope)), "to-sub", scope_fd)
+    (scope / "up").symlink_to("sub/..")
+    back = resolve_link(split(str(scope)), split(str(scope)), "up", scope_fd)
+
+    assert outcome is not None
+    assert outcome[0] == split(str(scope / "sub"))
+    assert back is not None
+    assert back[0] == split(str(scope))
+
+
+def test_more_than_the_hop_limit_is_a_loop(scope: Path, scope_fd: int) -> None:
+    """A chain one link longer than MAX_LINK_HOPS fails with ELOOP, however it ends."""
+    (scope / "l0").symlink_to("clip.mp4")
+    for index in range(1, MAX_LINK_HOPS + 1):
+        (scope / f"l{index}").symlink_to(f"l{index - 1}")
+    last = MAX_LINK_HOPS - 1
+
+    reached = resolve_link(split(str(scope)), split(str(scope)), f"l{last}", scope_fd)
+    with pytest.raises(OSError, match="Too many levels") as caught:
+        resolve_link(split(str(scope)), split(str(scope)), f"l{MAX_LINK_HOPS}", scope_fd)
+
+    assert reached is not None
+    assert reached[0] == split(str(scope / "clip.mp4"))
+    assert caught.value.errno == errno.ELOOP
+
+
+def test_open_directory_refuses_a_symlink_on_the_way(scope: Path, scope_fd: int) -> None:
+    """A symlinked component is ELOOP (Linux says ENOTDIR); a file is ENOTDIR."""
+    (scope / "alias").symlink_to("sub")
+
+    with pytest.raises(OSError, match="a symlink, not followed") as link:
+        open_directory(["alias"], scope_fd)
+    with pytest.raises(NotADirectoryError):
+        open_directory(["clip.mp4"], scope_fd)
+    fd = open_directory([], scope_fd)
+    os.close(fd)
+
+    assert link.value.errno == errno.ELOOP
+
+
+def test_lstat_beneath_looks_at_the_link_itself(scope: Path, scope_fd: int) -> None:
+    """No symlink is followed, the last one included; no component means the directory."""
+    (scope / "link.mp4").symlink_to("clip.mp4")
+
+    assert os.path.islink(scope / "link.mp4")
+    assert lstat_beneath(["link.mp4"], scope_fd).st_size == len("clip.mp4")
+    assert lstat_beneath(["sub", "deep.mp4"], scope_fd).st_size == 4
+    assert lstat_beneath([], scope_fd).st_ino == os.stat(scope).st_ino
+
+
+def test_open_scan_directory_checks_the_roots(scope: Path, tmp_path: Path) -> None:
+    """Inside a root: opened. Outside (the sibling that starts alike too), or a
+    root that is gone: ScanError."""
+    fd = open_scan_directory(str(scope / "sub"), [str(scope)])
+    os.close(fd)
+
+    with pytest.raises(ScanError, match="outside the directories"):
+        open_scan_directory(str(tmp_path / "lib-evil"), [str(scope)])
+    with pytest.raises(ScanError, match="No such file"):
+        open_scan_directory(str(tmp_path / "gone" / "x"), [str(tmp_path / "gone")])
+
+
+def test_open_scan_directory_refuses_a_swapped_component(scope: Path, tmp_path: Path) -> None:
+    """``sub`` replaced by a symlink: DirectoryReplaced; replaced by a file: Not a directory."""
+    (scope / "sub" / "deep.mp4").unlink()
+    (scope / "sub").rmdir()
+    (scope / "sub").symlink_to(tmp_path / "lib-evil")
+    (scope / "file").write_bytes(b"")
+
+    with pytest.raises(DirectoryReplaced, match="replaced by a symlink"):
+        open_scan_directory(str(scope / "sub"), [str(tmp_path)])
+    with pytest.raises(ScanError, match="Not a directory") as not_directory:
+        open_scan_directory(str(scope / "file"), [str(tmp_path)])
+
+    assert not isinstance(not_directory.value, DirectoryReplaced)

@@ -1,0 +1,384 @@
+"""A scan stays inside its roots: swapped directories, long link chains, odd paths, overlaps."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import pytest
+
+from stoat_ferret.jobs import JobContext, JobStatus, JobSupervisor
+from stoat_ferret.library import (
+    DEFAULT_ERROR_CAP,
+    PATH_MAX,
+    RESULT_ERRORS_MAX_BYTES,
+    ErrorLog,
+    ScanError,
+    VideoLibrary,
+    VideoProbe,
+    _scan,
+    make_scan_handler,
+    probe_video,
+    walk_videos,
+)
+from tests.library.support import make_context, path_of
+from tests.videos import copy_video
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+async def library(tmp_path: Path) -> AsyncIterator[VideoLibrary]:
+    opened = await VideoLibrary.open(tmp_path / "state" / "videos.sqlite")
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+def roots(tmp_path: Path, clip: EncodedVideo) -> tuple[Path, Path]:
+    """``(root, outside)``: a scan root holding ``lib/sub``, and a directory of clips beside it."""
+    root = tmp_path / "root"
+    (root / "lib" / "sub").mkdir(parents=True)
+    copy_video(clip, root / "lib" / "inside.mp4")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    copy_video(clip, outside / "secret.mp4")
+    return root, outside
+
+
+class OpenedSpy:
+    """Replaces the scan's probe_video: records the full path of every file it opens."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.opened: list[str] = []
+        monkeypatch.setattr(_scan, "probe_video", self)
+
+    def __call__(self, name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        self.opened.append(os.path.realpath(path_of(name, dir_fd)))
+        return probe_video(name, dir_fd=dir_fd)
+
+
+def _swap_for_link(directory: Path, target: Path) -> None:
+    """Replace ``directory`` (and what it holds) by a symlink to ``target``."""
+    for entry in directory.iterdir():
+        entry.unlink()
+    directory.rmdir()
+    directory.symlink_to(target, target_is_directory=True)
+
+
+async def test_a_directory_swapped_while_the_job_waits_is_an_error_entry(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held pending behind a gated job, the requested directory becomes a
+    symlink to outside the root: the scan completes with an errors entry,
+    opens nothing outside and stores nothing."""
+    root, outside = roots
+    target = root / "lib" / "sub"
+    spy = OpenedSpy(monkeypatch)
+    gate = anyio.Event()
+    gated = anyio.Event()
+
+    async def hold(ctx: JobContext) -> None:
+        gated.set()
+        await gate.wait()
+
+    supervisor = JobSupervisor(max_workers=1)
+    supervisor.register("gate", hold)
+    supervisor.register("scan", make_scan_handler(library, roots=[root]))
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            await supervisor.submit("gate")
+            await gated.wait()
+            job_id = await supervisor.submit("scan", {"path": str(target), "recursive": True})
+            assert await supervisor.get_status(job_id) is JobStatus.PENDING
+            _swap_for_link(target, outside)
+            gate.set()
+            job = await supervisor.wait(job_id)
+            await supervisor.aclose()
+        videos, total = await library.list_videos()
+
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert job.result["found"] == 0
+    assert [entry["path"] for entry in job.result["errors"]] == [str(target)]
+    assert "replaced by a symlink" in job.result["errors"][0]["error"]
+    assert spy.opened == []
+    assert (videos, total) == ([], 0)
+
+
+async def test_a_directory_outside_the_roots_fails_the_job(
+    library: VideoLibrary, roots: tuple[Path, Path]
+) -> None:
+    """The roots are checked again at job start: a payload outside every root fails."""
+    root, outside = roots
+
+    with anyio.fail_after(TIMEOUT), pytest.raises(ScanError, match="outside the directories"):
+        await make_scan_handler(library, roots=[root / "lib"])(make_context(outside))
+    assert (await library.list_videos())[1] == 0
+
+
+async def test_a_directory_above_the_scan_swapped_keeps_the_stored_rows(
+    library: VideoLibrary, roots: tuple[Path, Path], clip: EncodedVideo
+) -> None:
+    """A rescan after ``lib`` became a symlink reads nothing and removes nothing."""
+    root, outside = roots
+    handler = make_scan_handler(library, roots=[root])
+    copy_video(clip, root / "lib" / "sub" / "kept.mp4")
+    with anyio.fail_after(TIMEOUT):
+        first = await handler(make_context(root / "lib" / "sub"))
+    moved = root / "moved"
+    (root / "lib").rename(moved)
+    (root / "lib").symlink_to(outside, target_is_directory=True)
+
+    with anyio.fail_after(TIMEOUT):
+        second = await handler(make_context(root / "lib" / "sub"))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert first["added"] == 1
+    assert (second["found"], second["removed"]) == (0, 0)
+    assert [entry["path"] for entry in second["errors"]] == [str(root / "lib" / "sub")]
+    assert stored == [str(root / "lib" / "sub" / "kept.mp4")]
+
+
+async def test_a_directory_swapped_during_the_walk_is_not_entered(
+    roots: tuple[Path, Path],
+) -> None:
+    """The walk's hook swaps ``sub`` for a link to outside just before it is
+    opened: an errors entry, and nothing from outside is found."""
+    root, outside = roots
+    sub = root / "lib" / "sub"
+    errors = ErrorLog()
+
+    def swap(path: str) -> None:
+        if path == str(sub):
+            _swap_for_link(sub, outside)
+
+    found = walk_videos(str(root / "lib"), recursive=True, errors=errors, before_open=swap)
+
+    assert set(found) == {str(root / "lib" / "inside.mp4")}
+    assert [entry["path"] for entry in errors.entries] == [str(sub)]
+    assert "replaced by a symlink" in errors.entries[0]["error"]
+
+
+async def test_a_file_directory_swapped_before_the_probe_is_not_opened(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the walk and the probe ``sub`` becomes a link to a directory
+    holding a file of the same name: the probe refuses it."""
+    root, outside = roots
+    sub = root / "lib" / "sub"
+    copy_video(clip, sub / "secret.mp4")
+    spy = OpenedSpy(monkeypatch)
+    walk = walk_videos
+
+    def walk_then_swap(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        _swap_for_link(sub, outside)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_swap)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library, roots=[root])(make_context(root / "lib"))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert str(outside / "secret.mp4") not in spy.opened
+    assert stored == [str(root / "lib" / "inside.mp4")]
+    assert [entry["path"] for entry in result["errors"]] == [str(sub / "secret.mp4")]
+    assert "replaced" in result["errors"][0]["error"]
+
+
+async def test_a_chain_of_1200_links_is_an_error_entry(
+    library: VideoLibrary, roots: tuple[Path, Path]
+) -> None:
+    """A chain of 1,200 symlinks to a clip inside the library: one errors
+    entry for its head (no RecursionError), the rest of the scan completes."""
+    root, _ = roots
+    chain = root / "lib" / "chain"
+    chain.mkdir()
+    (chain / "link0000.mp4").symlink_to(root / "lib" / "inside.mp4")
+    for index in range(1, 1200):
+        (chain / f"link{index:04d}.mp4").symlink_to(f"link{index - 1:04d}.mp4")
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library, roots=[root])(make_context(root / "lib"))
+
+    assert result["errors_total"] == 1200 - 40  # each link more than 40 hops from the file
+    assert result["found"] == 1
+    assert result["added"] == 1
+    assert all("Too many levels of symbolic links" in e["error"] for e in result["errors"])
+
+
+def test_loops_dangling_links_and_bad_names_are_error_entries(tmp_path: Path) -> None:
+    """A loop, a dangling link, a name that is not UTF-8: each one errors entry."""
+    (tmp_path / "a.mp4").symlink_to("b.mp4")
+    (tmp_path / "b.mp4").symlink_to("a.mp4")
+    (tmp_path / "dangling.mp4").symlink_to("nowhere.mp4")
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"dir-\xfe"))
+    errors = ErrorLog()
+
+    found = walk_videos(str(tmp_path), recursive=True, errors=errors)
+
+    assert found == {}
+    assert sorted((e["path"], e["error"]) for e in errors.entries) == [
+        (str(tmp_path / "a.mp4"), "broken symlink (Too many levels of symbolic links)"),
+        (str(tmp_path / "b.mp4"), "broken symlink (Too many levels of symbolic links)"),
+        (str(tmp_path / "dangling.mp4"), "broken symlink (No such file or directory)"),
+        (str(tmp_path / "dir-\\xfe"), "name is not valid UTF-8; skipped"),
+    ]
+
+
+def test_a_path_over_path_max_is_an_error_entry(tmp_path: Path) -> None:
+    """Directories nested past PATH_MAX (made by descriptor): one entry, the walk completes."""
+    name = "d" * 250
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    depth = 0
+    try:
+        while len(str(tmp_path)) + depth * (len(name) + 1) < PATH_MAX + 300:
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            depth += 1
+        os.close(os.open("deep.mp4", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+    (tmp_path / "top.mp4").write_bytes(b"x")
+    errors = ErrorLog()
+
+    found = walk_videos(str(tmp_path), recursive=True, errors=errors)
+
+    assert set(found) == {str(tmp_path / "top.mp4")}
+    assert len(errors.entries) == 1
+    assert errors.entries[0]["error"].endswith("(PATH_MAX); skipped")
+    assert len(os.fsencode(errors.entries[0]["path"])) <= PATH_MAX
+
+
+async def test_overlapping_scans_never_delete_each_others_rows(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``lib`` recursive is held between its walk and its comparison while
+    ``lib`` flat and ``lib/sub`` store two new files: it keeps both rows and
+    still removes the file that was really deleted."""
+    root, _ = roots
+    lib = root / "lib"
+    (lib / "deeper").mkdir()
+    doomed = copy_video(clip, lib / "deeper" / "doomed.mp4").path  # only the held scan's
+    handler = make_scan_handler(library, roots=[root])
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+    os.unlink(doomed)
+    others: list[dict[str, Any]] = []
+    walk = walk_videos
+
+    async def other_scans() -> None:
+        copy_video(clip, lib / "flat-new.mp4")
+        copy_video(clip, lib / "sub" / "sub-new.mp4")
+        async with anyio.create_task_group() as group:
+
+            async def run(path: Path, recursive: bool) -> None:
+                others.append(await handler(make_context(path, recursive=recursive)))
+
+            group.start_soon(run, lib, False)
+            group.start_soon(run, lib / "sub", True)
+
+    def walk_then_let_others_run(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        if args[0] == str(lib) and kwargs["recursive"]:
+            anyio.from_thread.run(other_scans)  # both finish before this walk returns
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_let_others_run)
+
+    with anyio.fail_after(TIMEOUT):
+        held = await handler(make_context(lib))
+        stored = {video.path for video in (await library.list_videos())[0]}
+
+    assert sorted(result["added"] for result in others) == [1, 1]
+    assert held["removed"] == 1
+    assert stored == {
+        str(lib / "inside.mp4"),
+        str(lib / "flat-new.mp4"),
+        str(lib / "sub" / "sub-new.mp4"),
+    }
+
+
+async def test_a_link_target_another_scan_stores_meanwhile_is_kept(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While ``lib`` is held after its walk, ``lib/sub`` stores the target of a
+    new link (a file no walk finds by its name): the held scan keeps that row,
+    written after it began, though only a link leads there."""
+    root, _ = roots
+    lib = root / "lib"
+    handler = make_scan_handler(library, roots=[root])
+    walk = walk_videos
+
+    async def other_scan() -> None:
+        copy_video(clip, lib / "sub" / "data.bin")
+        (lib / "sub" / "link.mp4").symlink_to("data.bin")
+        assert (await handler(make_context(lib / "sub")))["added"] == 1
+
+    def walk_then_let_the_other_run(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        if args[0] == str(lib):
+            anyio.from_thread.run(other_scan)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_let_the_other_run)
+
+    with anyio.fail_after(TIMEOUT):
+        held = await handler(make_context(lib))
+        stored = {video.path for video in (await library.list_videos())[0]}
+
+    assert held["removed"] == 0
+    assert stored == {str(lib / "inside.mp4"), str(lib / "sub" / "data.bin")}
+
+
+async def test_the_result_is_bounded_in_bytes_and_the_store_keeps_every_error(
+    library: VideoLibrary, tmp_path: Path
+) -> None:
+    """1,000 unreadable files with 200-character names: the result lists 20
+    cut entries within RESULT_ERRORS_MAX_BYTES, counts all 1,000, and the
+    store keeps all 1,000, served in pages."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for index in range(1000):
+        (media / f"{index:04d}{'x' * 192}.mp4").write_bytes(b"not a video")
+    context = functools.partial(make_context, media)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library)(context())
+        pages = [await library.scan_errors("j", limit=300, offset=300 * i) for i in range(4)]
+
+    entries = json.dumps(result["errors"], ensure_ascii=False).encode()
+    assert len(result["errors"]) == DEFAULT_ERROR_CAP
+    assert (result["errors_total"], result["errors_truncated"]) == (1000, 980)
+    assert len(entries) <= RESULT_ERRORS_MAX_BYTES
+    assert len(json.dumps(result).encode()) <= RESULT_ERRORS_MAX_BYTES + 200
+    assert [(len(page), total) for page, total in pages] == [(300, 1000)] * 3 + [(100, 1000)]
+    stored = [path for page, _ in pages for path, _ in page]
+    assert sorted(stored) == sorted(str(path) for path in media.iterdir())
