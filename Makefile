@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # The supervisor's state-machine properties, the API fuzzing and the load test, long profiles.
 soak: $(STAMP)
-	STOAT_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest \
+	STOATTEST_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest \
 		tests/reliability/test_supervisor_properties.py tests/reliability/test_api_fuzz.py \
 		tests/reliability/test_load.py
 

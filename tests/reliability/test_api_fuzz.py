@@ -32,7 +32,7 @@ check and that operation's documented responses expect.
 :data:`EXCLUDED_CHECKS` leaves a check out for one operation when a finding
 is a false positive; none is at present.
 
-Profiles: ``STOAT_RELIABILITY_PROFILE=quick`` (the default, for ``make
+Profiles: ``STOATTEST_RELIABILITY_PROFILE=quick`` (the default, for ``make
 test``: 25 generated requests an operation, derandomized so every run sends
 the same ones) or ``soak`` (500, random).
 """
@@ -80,7 +80,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 PROFILE: Final = settings.get_profile(
-    "api-fuzz-" + os.environ.get("STOAT_RELIABILITY_PROFILE", "quick")
+    "api-fuzz-" + os.environ.get("STOATTEST_RELIABILITY_PROFILE", "quick")
 )
 
 
