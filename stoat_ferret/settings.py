@@ -30,7 +30,7 @@ variable                    default              meaning
                                                  state (``https://a.example:8443``),
                                                  comma-separated; its own is allowed
 ``STOAT_API_TOKEN``         (unset)              when set, every ``/api/`` request
-                                                 needs it (16+ visible characters)
+                                                 needs it (16+ of ``A-Za-z0-9-._~+/=``)
 ``STOAT_MAX_STREAMS``       ``64``               event streams and ``/wait`` calls
                                                  open at once before 503
 ==========================  ===================  ===================================
@@ -163,7 +163,8 @@ def _normalise_origins(value: Any) -> tuple[str, ...]:
 MIN_TOKEN_CHARS: Final = 16
 """Shortest ``STOAT_API_TOKEN`` accepted: a guessable token protects nothing."""
 
-_TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + string.punctuation)
+# RFC 6750's b64token: safe in a header, a cookie and a URL fragment alike.
+_TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-._~+/=")
 
 
 def _check_token(_: Settings, attribute: attrs.Attribute[str | None], value: str | None) -> None:
@@ -174,7 +175,8 @@ def _check_token(_: Settings, attribute: attrs.Attribute[str | None], value: str
         raise SettingsError(f"{_env(attribute)} must be at least {MIN_TOKEN_CHARS} characters")
     if not set(value) <= _TOKEN_CHARS:
         raise SettingsError(
-            f"{_env(attribute)} must be visible ASCII characters only (it travels in a header)"
+            f"{_env(attribute)} may hold only letters, digits and - . _ ~ + / = "
+            "(try: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
 
 

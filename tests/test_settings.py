@@ -140,7 +140,8 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
         ("STOAT_ALLOWED_ORIGINS", "http://videos.example/app", "no path"),
         ("STOAT_ALLOWED_ORIGINS", "ftp://videos.example", "origins like"),
         ("STOAT_API_TOKEN", "short", "at least 16"),
-        ("STOAT_API_TOKEN", "sixteen chars \u00e9\u00e9\u00e9", "visible ASCII"),
+        ("STOAT_API_TOKEN", "sixteen chars \u00e9\u00e9\u00e9", "only letters, digits"),
+        ("STOAT_API_TOKEN", "sixteen;chars,and", "only letters, digits"),
         ("STOAT_MAX_STREAMS", "0", ">= 1"),
     ],
 )

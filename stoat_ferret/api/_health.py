@@ -1,4 +1,8 @@
-"""``GET /health``: is the service up, and what its job queue is doing."""
+"""``GET /health`` (and ``HEAD``): is the service up, and what its job queue is doing.
+
+Open to everyone, even with ``STOAT_API_TOKEN`` set: a load balancer or a
+supervisor process checks it without credentials.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ router = APIRouter(tags=["health"])
         503: {"model": HealthOut, "description": "Starting or stopping."},
     },
 )
+@router.head("/health", include_in_schema=False)
 async def health(queue: JobQueueDep, stopping: StoppingDep) -> ApiJSONResponse:
     """200 with ``"status": "ok"`` and the queue's counters; 503 once stopping."""
     stopping_now = stopping.is_set()

@@ -292,7 +292,10 @@ async def test_docs_and_openapi(settings: Settings) -> None:
         "/api/v1/jobs/{job_id}/wait",
         "/api/v1/jobs/{job_id}/cancel",
         "/api/v1/jobs/{job_id}/events",
+        "/api/v1/session",
     }
     scan = schema["paths"]["/api/v1/videos/scan"]["post"]
-    assert "path" in scan["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    assert {"202", "403", "503"} <= set(scan["responses"])
+    body = scan["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ScanRequest"}
+    assert "path" in schema["components"]["schemas"]["ScanRequest"]["properties"]
+    assert {"202", "403", "415", "503"} <= set(scan["responses"])
