@@ -327,7 +327,7 @@ async def test_bodies_not_declared_json_are_415(
     settings: Settings, scan_root: Path, request_kwargs: dict[str, Any]
 ) -> None:
     """A body a page elsewhere could send without a preflight is 415, and makes no job."""
-    if "content" in request_kwargs and request_kwargs["content"]:
+    if request_kwargs.get("content"):
         request_kwargs["content"] = request_kwargs["content"].replace(
             b"/x", str(scan_root).encode()
         )
