@@ -53,8 +53,8 @@ SESSION_SECONDS: Final = 7 * 24 * 3600
 """How long the dashboard's cookie lasts; a new ``/#token=`` renews it."""
 
 
-@router.get("/", include_in_schema=False)
 @router.head("/", include_in_schema=False)
+@router.get("/", include_in_schema=False)
 async def dashboard() -> FileResponse:
     """The dashboard page."""
     return FileResponse(

@@ -19,6 +19,7 @@ from stoat_ferret.api._schemas import HealthOut, error_responses
 router = APIRouter(tags=["health"])
 
 
+@router.head("/health", include_in_schema=False)
 @router.get(
     "/health",
     response_model=HealthOut,
@@ -27,7 +28,6 @@ router = APIRouter(tags=["health"])
         503: {"model": HealthOut, "description": "Starting or stopping."},
     },
 )
-@router.head("/health", include_in_schema=False)
 async def health(queue: JobQueueDep, stopping: StoppingDep) -> ApiJSONResponse:
     """200 with ``"status": "ok"`` and the queue's counters; 503 once stopping."""
     stopping_now = stopping.is_set()

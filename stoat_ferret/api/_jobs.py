@@ -37,8 +37,8 @@ DEFAULT_WAIT_SECONDS: Final = 30.0
 MAX_WAIT_SECONDS: Final = 3600.0
 
 
-@router.get("", response_model=JobListOut, responses=error_responses(422))
 @router.head("", include_in_schema=False)
+@router.get("", response_model=JobListOut, responses=error_responses(422))
 async def list_jobs(
     queue: JobQueueDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
@@ -58,13 +58,14 @@ async def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 @router.head("/{job_id}", include_in_schema=False)
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
     """One job as it is now."""
     return ApiJSONResponse(job_json(await queue.get_result(job_id)))
 
 
+@router.head("/{job_id}/wait", include_in_schema=False, dependencies=[Depends(stream_slot)])
 @router.get(
     "/{job_id}/wait",
     response_model=JobOut,
@@ -74,7 +75,6 @@ async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
     },
     dependencies=[Depends(stream_slot)],
 )
-@router.head("/{job_id}/wait", include_in_schema=False, dependencies=[Depends(stream_slot)])
 async def wait_for_job(
     job_id: str,
     request: Request,

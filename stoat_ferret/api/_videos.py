@@ -8,8 +8,10 @@ flag. The flag is part of the key because a flat scan does not do the work
 of a recursive one, and folding a recursive request into a running flat scan
 would silently leave the subdirectories out.
 
-Every ``GET`` here answers ``HEAD`` too (a second decorator, kept out of the
-OpenAPI schema, where it would repeat the ``GET``).
+Every ``GET`` here answers ``HEAD`` too: a second decorator, kept out of the
+OpenAPI schema (where it would repeat the ``GET``'s operation id), and
+written above the ``GET`` so that the ``GET`` is registered first and an
+``OPTIONS`` answer's ``Allow`` names it. The other route modules do the same.
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ async def scan_videos(
     )
 
 
-@router.get("", response_model=VideoListOut, responses=error_responses(422, 503))
 @router.head("", include_in_schema=False)
+@router.get("", response_model=VideoListOut, responses=error_responses(422, 503))
 async def list_videos(
     library: LibraryDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
@@ -114,8 +116,8 @@ async def list_videos(
 
 # An id is digits: anything else (``scan`` included) matches no route here,
 # so ``GET /api/v1/videos/scan`` is routing's own 405.
-@router.get("/{video_id:int}", response_model=VideoOut, responses=error_responses(404, 503))
 @router.head("/{video_id:int}", include_in_schema=False)
+@router.get("/{video_id:int}", response_model=VideoOut, responses=error_responses(404, 503))
 async def get_video(video_id: int, library: LibraryDep) -> ApiJSONResponse:
     """One stored video."""
     # Ids are SQLite rowids: anything outside 1..2**63-1 cannot exist (and
