@@ -52,6 +52,10 @@ EXIT_BAD_SETTING: Final = 2
 HTTP_GRACE_SECONDS: Final = 3
 """How long uvicorn waits for open requests at shut-down before cancelling them."""
 
+CONNECTION_HEADROOM: Final = 100
+"""uvicorn's ``limit_concurrency`` is ``STOAT_MAX_STREAMS`` plus this: room for
+ordinary requests beside every allowed stream; beyond it uvicorn answers 503."""
+
 _FORMAT: Final = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
     "<cyan>{name}</cyan> | <level>{message}</level>{extra[_fields]}"
@@ -187,6 +191,7 @@ def main() -> int:
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
+        limit_concurrency=settings.max_streams + CONNECTION_HEADROOM,
     )
     server = GracefulServer(config, on_stop=functools.partial(begin_shutdown, app))
     server.run()
