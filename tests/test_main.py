@@ -106,6 +106,8 @@ BAD_SETTINGS = {
     "bad-log-level": {"STOAT_LOG_LEVEL": "loud"},
     "database-under-a-file": {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
     "corrupt-database": {"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"},
+    "misspelt-variable": {"STOAT_SCAN_ROOT": "{tmp}"},
+    "beyond-loopback-without-token": {"STOAT_HOST": "0.0.0.0"},
 }
 
 
@@ -143,7 +145,7 @@ def test_main_returns_2_with_one_line(
     _check_one_line(case, captured.err)
 
 
-@pytest.mark.parametrize("case", ["port-not-a-number", "corrupt-database"])
+@pytest.mark.parametrize("case", ["port-not-a-number", "corrupt-database", "misspelt-variable"])
 def test_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
     """The real process: exit status 2, one line on stderr, nothing else, no traceback."""
     run = subprocess.run(
