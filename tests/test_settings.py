@@ -136,6 +136,7 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
         ("STOAT_SHUTDOWN_GRACE", "nan", "finite"),
         ("STOAT_LOG_LEVEL", "chatty", "one of"),
         ("STOAT_HOST", "local host", "host"),
+        ("STOAT_ALLOWED_HOSTS", "videos example", "host names"),
         ("STOAT_ALLOWED_ORIGINS", "videos.example", "origins like"),
         ("STOAT_ALLOWED_ORIGINS", "http://videos.example/app", "no path"),
         ("STOAT_ALLOWED_ORIGINS", "ftp://videos.example", "origins like"),
