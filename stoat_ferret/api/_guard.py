@@ -129,7 +129,9 @@ class RequestGuard:
             and not self.same_origin(origin, connection)
         ):
             return _refuse(403, "a request from another web origin may not change anything")
-        needs_token = self.token is not None and connection.scope["path"].startswith("/api/")
+        # The path as routing sees it: below a proxy's prefix (root_path), if any.
+        path = connection.scope["path"].removeprefix(connection.scope.get("root_path", ""))
+        needs_token = self.token is not None and path.startswith("/api/")
         if needs_token and not self.authorised(connection):
             return _refuse(
                 401,

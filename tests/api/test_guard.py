@@ -217,6 +217,26 @@ async def test_without_the_token_the_api_is_401(
 
 
 @pytest.mark.anyio
+async def test_below_a_proxy_prefix_the_api_still_needs_the_token(with_token: Settings) -> None:
+    """Served under a root_path (/stoat/api/...), the API is still the API."""
+    app = create_app(with_token)
+    sent: list[Message] = []
+    scope = {**http_scope("GET", "/stoat/api/v1/jobs"), "root_path": "/stoat"}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with serving(app):
+            await app(scope, receive, send)
+
+    assert sent[0]["status"] == 401
+
+
+@pytest.mark.anyio
 async def test_the_token_opens_the_api_and_is_never_logged(
     with_token: Settings, scan_root: Path, log_records: list[Any]
 ) -> None:
