@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from loguru import logger
 
+import stoat_ferret.__main__ as stoat_main
 from stoat_ferret.__main__ import GracefulServer, check_startup, configure_logging, main
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings, SettingsError
@@ -252,3 +253,21 @@ def test_unresolvable_host_is_a_bad_setting(
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("never called")
+
+
+def test_uvicorn_takes_max_streams_plus_headroom_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's limit_concurrency is STOAT_MAX_STREAMS + CONNECTION_HEADROOM."""
+    for key, value in server_environment(tmp_path, STOAT_MAX_STREAMS="7").items():
+        monkeypatch.setenv(key, value)
+    limits: list[int | None] = []
+    monkeypatch.setattr(stoat_main, "configure_logging", lambda level: None)
+    monkeypatch.setattr(
+        GracefulServer,
+        "run",
+        lambda self, sockets=None: limits.append(self.config.limit_concurrency),
+    )
+
+    assert main() == 0
+    assert limits == [7 + stoat_main.CONNECTION_HEADROOM]
