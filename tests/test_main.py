@@ -271,3 +271,27 @@ def test_uvicorn_takes_max_streams_plus_headroom_at_once(
 
     assert main() == 0
     assert limits == [7 + stoat_main.CONNECTION_HEADROOM]
+
+
+def test_the_real_server_guards_and_answers_head(tmp_path: Path) -> None:
+    """Through uvicorn: HEAD /health is 200 with no body, a foreign Host is 400, and with
+    STOAT_API_TOKEN the API needs it while /health does not."""
+    token = "real-server-token-0123456789"
+    env = server_environment(tmp_path, STOAT_API_TOKEN=token)
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+
+    with running_server(tmp_path, env) as process:
+        wait_ready(process, base_url, tmp_path / "server.log")
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            head = client.head("/health")
+            foreign = client.get("/health", headers={"Host": "evil.example"})
+            anonymous = client.get("/api/v1/jobs")
+            bearer = client.get("/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+        returncode, _ = _stop(process, lambda pid: os.killpg(pid, signal.SIGTERM))
+
+    assert (head.status_code, head.content) == (200, b"")
+    assert foreign.status_code == 400
+    assert anonymous.status_code == 401
+    assert bearer.status_code == 200
+    assert returncode == 0
+    assert token not in (tmp_path / "server.log").read_text()
