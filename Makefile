@@ -1,10 +1,13 @@
 # The only entry point: every target builds .venv by itself on a machine that
-# has nothing but python3 and make. The stamp file is rebuilt whenever
-# pyproject.toml changes.
+# has nothing but python3 and make. `make run` installs only what the service
+# needs (RUN_STAMP), every other target the dev extras too (STAMP); each stamp
+# is rebuilt whenever pyproject.toml changes, and the dev one implies the
+# service one, so `make run` after `make test` installs nothing more.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 SOURCES := stoat_ferret tests bench
 
 .PHONY: help env run test soak lint typecheck format bench check clean
@@ -18,15 +21,19 @@ help:
 	@echo "make bench      run the benchmarks in bench/ (JSON lines on stdout)"
 	@echo "make check      lint + test"
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 env: $(STAMP)
 
 # Flags for stoat-ferret: make run ARGS='--port 9000 --log-format json'
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m stoat_ferret $(ARGS)
 
 test: $(STAMP)
@@ -34,7 +41,7 @@ test: $(STAMP)
 
 # The supervisor's state-machine properties, the API fuzzing and the load test, long profiles.
 soak: $(STAMP)
-	STOAT_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest \
+	STOATTEST_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest \
 		tests/reliability/test_supervisor_properties.py tests/reliability/test_api_fuzz.py \
 		tests/reliability/test_load.py
 

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 HTTP_GRACE_SECONDS: Final = 3
 """How long uvicorn waits for open requests at shut-down before cancelling them."""
 
+CONNECTION_HEADROOM: Final = 100
+"""uvicorn's ``limit_concurrency`` is ``STOAT_MAX_STREAMS`` plus this: room for
+ordinary requests beside every allowed stream; beyond it uvicorn answers 503."""
+
 
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, minus the re-raised signal, plus an early stop hook.
@@ -98,6 +102,7 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
+        limit_concurrency=settings.max_streams + CONNECTION_HEADROOM,
     )
     server = GracefulServer(
         config, on_stop=functools.partial(begin_shutdown, app), url=dashboard_url(settings)

@@ -19,12 +19,24 @@ everywhere by itself:
 
 A variable that is set but empty counts as unset (its default applies). A
 flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
+:meth:`Settings.from_environ` also refuses, so the service does not start:
+
+* a ``STOAT_*`` variable it does not know (a misspelt ``STOAT_SCAN_ROOT``
+  would otherwise silently mean "any directory"), naming the closest known one;
+* a ``STOAT_HOST`` other than loopback without ``STOAT_API_TOKEN`` or without
+  ``STOAT_SCAN_ROOTS`` (:meth:`Settings.check_exposure`): other machines could
+  then start scans of any directory, or read the library, without a token.
+
+Switches that only the tests read start with ``STOATTEST_``, not ``STOAT_``.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import math
 import os
+import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -108,6 +120,61 @@ def _check_log_level(_: Settings, attribute: attrs.Attribute[str], value: str) -
     if value not in LOG_LEVELS:
         choices = ", ".join(LOG_LEVELS)
         raise SettingsError(f"{_env(attribute)} must be one of {choices}, got {value!r}")
+
+
+def _check_names(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
+    for name in value:
+        if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+            raise SettingsError(f"{_env(attribute)} must be host names or addresses, got {name!r}")
+
+
+def _check_origins(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
+    for origin in value:
+        scheme, separator, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not separator or not rest or "/" in rest:
+            raise SettingsError(
+                f"{_env(attribute)} must be origins like https://host:port "
+                f"(no path), got {origin!r}"
+            )
+
+
+def _normalise_names(value: Any) -> tuple[str, ...]:
+    # Host names compare case-blind; an IPv6 address is matched without brackets.
+    return tuple(str(name).strip().lower().removeprefix("[").removesuffix("]") for name in value)
+
+
+def _normalise_origins(value: Any) -> tuple[str, ...]:
+    return tuple(str(origin).strip().lower().removesuffix("/") for origin in value)
+
+
+MIN_TOKEN_CHARS: Final = 16
+"""Shortest ``STOAT_API_TOKEN`` accepted: a guessable token protects nothing."""
+
+# RFC 6750's b64token: safe in a header, a cookie and a URL fragment alike.
+_TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-._~+/=")
+
+
+def _check_token(_: Settings, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is None:
+        return
+    # Never quote the value: it is a secret.
+    if not isinstance(value, str) or len(value) < MIN_TOKEN_CHARS:
+        raise SettingsError(f"{_env(attribute)} must be at least {MIN_TOKEN_CHARS} characters")
+    if not set(value) <= _TOKEN_CHARS:
+        raise SettingsError(
+            f"{_env(attribute)} may hold only letters, digits and - . _ ~ + / = "
+            "(try: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` is ``localhost`` or a loopback address (not ``0.0.0.0``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:  # any other name: it may resolve to anything
+        return False
 
 
 def _check_log_format(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
@@ -265,6 +332,75 @@ class Settings:
             "help": "json: one JSON object a line, with every structured field",
         },
     )
+    allowed_hosts: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_normalise_names,
+        validator=_check_names,
+        metadata={
+            "env": "STOAT_ALLOWED_HOSTS",
+            "flag": "--allowed-host",
+            "metavar": "HOST",
+            "repeat": True,
+            "default": "none",
+            "help": "more names the service is reached by (the Host header), ','-separated "
+            "in the variable; its own host, localhost, 127.0.0.1 and ::1 always are",
+        },
+    )
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_normalise_origins,
+        validator=_check_origins,
+        metadata={
+            "env": "STOAT_ALLOWED_ORIGINS",
+            "flag": "--allowed-origin",
+            "metavar": "ORIGIN",
+            "repeat": True,
+            "default": "none",
+            "help": "more web origins (https://host:port) that may change state, "
+            "','-separated in the variable; the service's own origin always may",
+        },
+    )
+    # A secret: kept out of repr (and so out of every log line).
+    api_token: str | None = attrs.field(
+        default=None,
+        validator=_check_token,
+        repr=False,
+        metadata={
+            "env": "STOAT_API_TOKEN",
+            "secret": True,
+            "default": "unset",
+            "help": "when set, every /api/ request needs it as a Bearer token (16+ characters)",
+        },
+    )
+    max_streams: int = attrs.field(
+        default=64,
+        validator=_check_count,
+        metadata={
+            "env": "STOAT_MAX_STREAMS",
+            "metavar": "N",
+            "help": "event streams and /wait calls open at once before 503",
+        },
+    )
+
+    def check_exposure(self) -> None:
+        """Refuse to serve other machines without a token and scan roots.
+
+        Raises:
+            SettingsError: ``host`` is not loopback, and ``api_token`` or
+                ``scan_roots`` is missing; the message says which and why.
+        """
+        if is_loopback(self.host):
+            return
+        missing = []
+        if self.api_token is None:
+            missing.append("STOAT_API_TOKEN (or any client could use the API)")
+        if not self.scan_roots:
+            missing.append("STOAT_SCAN_ROOTS (or a scan could read any directory)")
+        if missing:
+            raise SettingsError(
+                f"STOAT_HOST={self.host} is not a loopback address, so other machines can "
+                f"reach the service: set {' and '.join(missing)}"
+            )
 
     @classmethod
     def from_environ(
@@ -278,16 +414,40 @@ class Settings:
                 a field's variable is not read.
 
         Raises:
-            SettingsError: a variable does not parse, or its value is out of range.
+            SettingsError: a variable does not parse, its value is out of
+                range, a ``STOAT_*`` variable is unknown, or the settings
+                fail :meth:`check_exposure`.
         """
         source = os.environ if environ is None else environ
+        check_known(source)
         values: dict[str, Any] = dict(overrides or {})
         for field in attrs.fields(cls):
             name = _env(field)
             raw = source.get(name, "").strip()
             if raw and field.name not in values:
                 values[field.name] = _PARSERS[field.name](name, raw)
-        return cls(**values)
+        settings = cls(**values)
+        settings.check_exposure()
+        return settings
+
+
+def known_variables() -> tuple[str, ...]:
+    """The ``STOAT_*`` variables the service reads, in the order of the fields."""
+    return tuple(_env(field) for field in attrs.fields(Settings))
+
+
+def check_known(environ: Mapping[str, str]) -> None:
+    """Refuse a ``STOAT_*`` variable the service does not read.
+
+    Raises:
+        SettingsError: naming the first unknown variable and the closest known one.
+    """
+    known = known_variables()
+    for name in sorted(environ):
+        if name.startswith("STOAT_") and name not in known:
+            closest = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+            hint = f"; did you mean {closest[0]}?" if closest else ""
+            raise SettingsError(f"{name} is not a setting of this service{hint}")
 
 
 @attrs.frozen(kw_only=True)
@@ -375,6 +535,10 @@ def _parse_roots(_: str, raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.split(os.pathsep) if part.strip())
 
 
+def _parse_list(_: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def _parse_text(_: str, raw: str) -> str:
     return raw
 
@@ -409,4 +573,8 @@ _PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "probe_priority": _parse_priority,
     "log_level": _parse_level,
     "log_format": _parse_lower,
+    "allowed_hosts": _parse_list,
+    "allowed_origins": _parse_list,
+    "api_token": _parse_text,
+    "max_streams": _parse_int,
 }

@@ -32,7 +32,7 @@ README = Path(__file__).parent.parent / "README.md"
 # Field -> (the flag's text, the variable's text, the value the flag gives).
 # "{tmp}" is the test's tmp_path, where the directories a and b exist.
 SAMPLES: dict[str, tuple[str, str, Any]] = {
-    "host": ("0.0.0.0", "127.0.0.2", "0.0.0.0"),
+    "host": ("localhost", "127.0.0.2", "localhost"),
     "port": ("9001", "9002", 9001),
     "database_path": ("{tmp}/flag.db", "{tmp}/variable.db", Path("{tmp}/flag.db")),
     "scan_roots": ("{tmp}/a", "{tmp}/b", (Path("{tmp}/a"),)),
@@ -44,6 +44,10 @@ SAMPLES: dict[str, tuple[str, str, Any]] = {
     "probe_priority": ("Normal", "idle", ThreadPriority.NORMAL),
     "log_level": ("debug", "error", "DEBUG"),
     "log_format": ("JSON", "text", "json"),
+    "allowed_hosts": ("Videos.example", "other.example", ("videos.example",)),
+    "allowed_origins": ("https://a.example:8443", "https://b.example", ("https://a.example:8443",)),
+    "api_token": ("flag-token-0123456789", "variable-token-0123456789", "flag-token-0123456789"),
+    "max_streams": ("5", "6", 5),
 }
 
 

@@ -21,6 +21,8 @@ import httpx
 import pytest
 import uvicorn
 
+import stoat_ferret.__main__ as stoat_main
+import stoat_ferret._server as stoat_server
 from stoat_ferret.__main__ import main
 from stoat_ferret._server import GracefulServer
 from stoat_ferret.api import begin_shutdown, create_app
@@ -138,6 +140,8 @@ BAD_SETTINGS = {
     "bad-log-level": {"STOAT_LOG_LEVEL": "loud"},
     "database-under-a-file": {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
     "corrupt-database": {"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"},
+    "misspelt-variable": {"STOAT_SCAN_ROOT": "{tmp}"},
+    "beyond-loopback-without-token": {"STOAT_HOST": "0.0.0.0"},
 }
 
 
@@ -175,7 +179,7 @@ def test_main_returns_2_with_one_line(
     _check_one_line(case, captured.err)
 
 
-@pytest.mark.parametrize("case", ["port-not-a-number", "corrupt-database"])
+@pytest.mark.parametrize("case", ["port-not-a-number", "corrupt-database", "misspelt-variable"])
 def test_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
     """The real process: exit status 2, one line on stderr, nothing else, no traceback."""
     run = subprocess.run(
@@ -245,3 +249,45 @@ async def test_server_stops_the_app_before_its_lifespan_ends(tmp_path: Path) -> 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("never called")
+
+
+def test_uvicorn_takes_max_streams_plus_headroom_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's limit_concurrency is STOAT_MAX_STREAMS + CONNECTION_HEADROOM."""
+    for key, value in server_environment(tmp_path, STOAT_MAX_STREAMS="7").items():
+        monkeypatch.setenv(key, value)
+    limits: list[int | None] = []
+    monkeypatch.setattr(stoat_main, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(
+        GracefulServer,
+        "run",
+        lambda self, sockets=None: limits.append(self.config.limit_concurrency),
+    )
+
+    assert main([]) == 0
+    assert limits == [7 + stoat_server.CONNECTION_HEADROOM]
+
+
+def test_the_real_server_guards_and_answers_head(tmp_path: Path) -> None:
+    """Through uvicorn: HEAD /health is 200 with no body, a foreign Host is 400, and with
+    STOAT_API_TOKEN the API needs it while /health does not."""
+    token = "real-server-token-0123456789"
+    env = server_environment(tmp_path, STOAT_API_TOKEN=token)
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+
+    with running_server(tmp_path, env) as process:
+        wait_ready(process, base_url, tmp_path / "server.log")
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            head = client.head("/health")
+            foreign = client.get("/health", headers={"Host": "evil.example"})
+            anonymous = client.get("/api/v1/jobs")
+            bearer = client.get("/api/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+        returncode, _ = _stop(process, lambda pid: os.killpg(pid, signal.SIGTERM))
+
+    assert (head.status_code, head.content) == (200, b"")
+    assert foreign.status_code == 400
+    assert anonymous.status_code == 401
+    assert bearer.status_code == 200
+    assert returncode == 0
+    assert token not in (tmp_path / "server.log").read_text()

@@ -13,11 +13,14 @@ from stoat_ferret.settings import (
     Settings,
     SettingsError,
     default_probe_threads,
+    is_loopback,
+    known_variables,
     options,
     parse_flag,
 )
 
 README = Path(__file__).parent.parent / "README.md"
+TOKEN = "a-token-of-24-characters"
 
 
 def test_defaults_without_environment() -> None:
@@ -37,6 +40,10 @@ def test_defaults_without_environment() -> None:
     assert settings.log_format == "text"
     assert settings.probe_threads == default_probe_threads(len(os.sched_getaffinity(0)))
     assert settings.probe_priority is ThreadPriority.IDLE
+    assert settings.allowed_hosts == ()
+    assert settings.allowed_origins == ()
+    assert settings.api_token is None
+    assert settings.max_streams == 64
 
 
 @pytest.mark.parametrize(
@@ -75,6 +82,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "STOAT_PROBE_THREADS": "6",
             "STOAT_PROBE_PRIORITY": "Normal",
             "STOAT_LOG_FORMAT": "Json",
+            "STOAT_ALLOWED_HOSTS": "Videos.example, [::2] ,",
+            "STOAT_ALLOWED_ORIGINS": "https://Videos.example:8443/,http://localhost:3000",
+            "STOAT_API_TOKEN": TOKEN,
+            "STOAT_MAX_STREAMS": "5",
         }
     )
 
@@ -90,6 +101,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.probe_threads == 6
     assert settings.probe_priority is ThreadPriority.NORMAL
     assert settings.log_format == "json"
+    assert settings.allowed_hosts == ("videos.example", "::2")
+    assert settings.allowed_origins == ("https://videos.example:8443", "http://localhost:3000")
+    assert settings.api_token == TOKEN
+    assert settings.max_streams == 5
 
 
 def test_empty_variables_take_the_default() -> None:
@@ -134,6 +149,14 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
         ("STOAT_LOG_LEVEL", "chatty", "one of"),
         ("STOAT_LOG_FORMAT", "xml", "text or json"),
         ("STOAT_HOST", "local host", "host"),
+        ("STOAT_ALLOWED_HOSTS", "videos example", "host names"),
+        ("STOAT_ALLOWED_ORIGINS", "videos.example", "origins like"),
+        ("STOAT_ALLOWED_ORIGINS", "http://videos.example/app", "no path"),
+        ("STOAT_ALLOWED_ORIGINS", "ftp://videos.example", "origins like"),
+        ("STOAT_API_TOKEN", "short", "at least 16"),
+        ("STOAT_API_TOKEN", "sixteen chars \u00e9\u00e9\u00e9", "only letters, digits"),
+        ("STOAT_API_TOKEN", "sixteen;chars,and", "only letters, digits"),
+        ("STOAT_MAX_STREAMS", "0", ">= 1"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, words: str) -> None:
@@ -255,3 +278,106 @@ def test_readme_settings_table_is_the_settings_class() -> None:
     ]
 
     assert _readme_table() == expected
+
+
+def test_the_token_is_never_shown() -> None:
+    """The token is out of the settings' repr, and out of its own error message."""
+    settings = Settings(api_token=TOKEN)
+
+    assert TOKEN not in repr(settings)
+    with pytest.raises(SettingsError) as caught:
+        Settings(api_token="short-secret")
+    assert "short-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("misspelt", "closest"),
+    [
+        ("STOAT_SCAN_ROOT", "STOAT_SCAN_ROOTS"),
+        ("STOAT_APITOKEN", "STOAT_API_TOKEN"),
+        ("STOAT_ALLOWED_HOST", "STOAT_ALLOWED_HOSTS"),
+        ("STOAT_RELIABILITY_PROFILE", None),
+    ],
+)
+def test_an_unknown_variable_names_the_closest_known_one(
+    misspelt: str, closest: str | None
+) -> None:
+    """A STOAT_* variable the service does not read is refused, never ignored."""
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ({misspelt: "/srv/videos"})
+
+    message = str(caught.value)
+    assert message.startswith(f"{misspelt} is not a setting of this service; did you mean STOAT_")
+    if closest is not None:
+        assert message.endswith(f"did you mean {closest}?")
+    assert "\n" not in message
+
+
+def test_other_variables_are_not_settings() -> None:
+    """Variables without the STOAT_ prefix (the tests' STOATTEST_ ones too) are ignored."""
+
+    settings = Settings.from_environ({"STOATTEST_RELIABILITY_PROFILE": "soak", "HOME": "/"})
+
+    assert settings == Settings()
+
+
+def test_every_field_has_its_variable() -> None:
+    """The known variables are exactly the fields' variables, each once."""
+
+    assert known_variables() == tuple(option.env for option in options())
+    assert len(set(known_variables())) == len(known_variables())
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("LocalHost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("videos.example", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    """Only localhost and loopback addresses count as loopback; a name may resolve anywhere."""
+
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("environ", "missing"),
+    [
+        ({}, ["STOAT_API_TOKEN", "STOAT_SCAN_ROOTS"]),
+        ({"STOAT_API_TOKEN": TOKEN}, ["STOAT_SCAN_ROOTS"]),
+        ({"STOAT_SCAN_ROOTS": "ROOT"}, ["STOAT_API_TOKEN"]),
+    ],
+)
+def test_beyond_loopback_needs_a_token_and_roots(
+    tmp_path: Path, environ: dict[str, str], missing: list[str]
+) -> None:
+    """Binding beyond loopback without a token or roots is refused, saying which and why."""
+    environ = {key: value.replace("ROOT", str(tmp_path)) for key, value in environ.items()}
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ({"STOAT_HOST": "0.0.0.0", **environ})
+
+    message = str(caught.value)
+    assert message.startswith("STOAT_HOST=0.0.0.0 is not a loopback address")
+    for name in ("STOAT_API_TOKEN", "STOAT_SCAN_ROOTS"):
+        assert (f"set {name}" in message or f"and {name}" in message) is (name in missing)
+    assert "\n" not in message
+
+
+def test_beyond_loopback_with_a_token_and_roots(tmp_path: Path) -> None:
+    """With both, any address may be bound."""
+
+    settings = Settings.from_environ(
+        {"STOAT_HOST": "0.0.0.0", "STOAT_API_TOKEN": TOKEN, "STOAT_SCAN_ROOTS": str(tmp_path)}
+    )
+
+    assert settings.host == "0.0.0.0"

@@ -9,6 +9,14 @@ says so, which also keeps a hostile file name from ever running as script.
 Neither route is in the OpenAPI schema: they serve a user, not the API.
 ``/static`` is a mount rather than a catch-all at ``/``, so unknown paths
 and wrong methods still get the API's JSON 404 and 405.
+
+With ``STOAT_API_TOKEN`` set, the page and its files stay open (they hold no
+data) and the API needs the token. A browser cannot put a header on an
+``EventSource``, so the dashboard trades the token for a cookie: opened as
+``/#token=<token>`` (a fragment never reaches the server, so no log holds
+it), the page drops the fragment from the address bar and sends the token
+once to ``POST /api/v1/session``, which answers with an ``HttpOnly``,
+``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +24,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
+
+# FastAPI reads the route signatures at run time: these names must exist then.
+from stoat_ferret.api._deps import SettingsDep  # noqa: TC001
+from stoat_ferret.api._guard import TOKEN_COOKIE
+from stoat_ferret.api._schemas import error_responses
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 """The dashboard's files: ``index.html``, ``app.js``, ``style.css``, ``favicon.svg``."""
@@ -34,6 +47,13 @@ CONTENT_SECURITY_POLICY: Final = (
 router = APIRouter()
 
 
+SESSION_PATH: Final = "/api/v1/session"
+
+SESSION_SECONDS: Final = 7 * 24 * 3600
+"""How long the dashboard's cookie lasts; a new ``/#token=`` renews it."""
+
+
+@router.head("/", include_in_schema=False)
 @router.get("/", include_in_schema=False)
 async def dashboard() -> FileResponse:
     """The dashboard page."""
@@ -51,3 +71,31 @@ async def dashboard() -> FileResponse:
 def static_files() -> StaticFiles:
     """The app mounts this at :data:`STATIC_PREFIX`: the files the page loads."""
     return StaticFiles(directory=STATIC_DIR)
+
+
+@router.post(
+    SESSION_PATH,
+    status_code=204,
+    tags=["session"],
+    responses=error_responses(401, 403),
+)
+async def start_session(request: Request, settings: SettingsDep) -> Response:
+    """Trade the ``Authorization: Bearer`` token for the dashboard's cookie (204).
+
+    The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no
+    other site's page sends it) and limited to ``/api/``. Without
+    ``STOAT_API_TOKEN`` there is nothing to trade: 204, no cookie.
+    """
+    response = Response(status_code=204)
+    if settings.api_token is not None:
+        # Reached only with the right token: the guard answered 401 otherwise.
+        response.set_cookie(
+            TOKEN_COOKIE,
+            settings.api_token,
+            max_age=SESSION_SECONDS,
+            path="/api/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+    return response

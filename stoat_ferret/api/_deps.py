@@ -1,28 +1,42 @@
 """What the routes take from ``app.state``, as typed FastAPI dependencies.
 
-``app.state`` is untyped; these functions are the one place that reads it.
-They are ``async def`` because they never block: FastAPI runs plain ``def``
-dependencies in a worker thread, a thread hop per dependency per request.
-The scan route, the hot one, awaits them itself instead of declaring them.
-The lifespan fills it (``job_queue``, ``library``, ``stopping``) and
+The app's state lives on ``app.state`` (one way, drawn in ``app.py``'s
+docstring); ``app.state`` is untyped, and these functions are the one place
+that reads it. They are ``async def`` because they never block: FastAPI runs
+plain ``def`` dependencies in a worker thread, a thread hop per dependency
+per request. The lifespan fills ``job_queue``, ``library`` and ``stopping``;
 :func:`~stoat_ferret.api.app.create_app` sets ``settings`` and
-``recent_scans`` (and ``job_queue`` when one is injected). Before the
+``stream_slots`` (and ``job_queue`` when one is injected). Before the
 lifespan has run, or after it has ended, the routes that need the missing
 part answer 503.
+
+Two dependencies guard routes rather than hand out state:
+
+* :func:`require_json` (415): a route that takes a JSON body declares it,
+  so a body a browser may send cross-site without a preflight (no
+  ``Content-Type``, ``text/plain``, a form) is refused before any work;
+* :func:`stream_slot` (503 with ``Retry-After``): a long request (an event
+  stream, a ``/wait``) declares ``dependencies=[Depends(stream_slot)]`` and
+  holds one of ``STOAT_MAX_STREAMS`` slots for as long as its response lasts.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, cast
 
 import anyio
-from fastapi import Depends, Request
+import attrs
+from fastapi import Depends, HTTPException, Request
+from loguru import logger
 
 from stoat_ferret.api._errors import unavailable
-from stoat_ferret.api._recent import RecentScans
 from stoat_ferret.jobs import AsyncJobQueue
 from stoat_ferret.library import VideoLibrary
 from stoat_ferret.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 
 async def get_job_queue(request: Request) -> AsyncJobQueue:
@@ -58,13 +72,6 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_recent_scans(request: Request) -> RecentScans:
-    """The scan requests seen lately and their jobs, from create_app."""
-    recent = request.app.state.recent_scans
-    assert isinstance(recent, RecentScans)
-    return recent
-
-
 async def get_stopping(request: Request) -> anyio.Event:
     """Set once the service begins to stop: no new jobs, long requests end.
 
@@ -77,6 +84,74 @@ async def get_stopping(request: Request) -> anyio.Event:
     return stopping
 
 
+def is_json(content_type: str | None) -> bool:
+    """True for ``application/json`` and ``application/<anything>+json``, parameters aside."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def require_json(request: Request) -> None:
+    """Refuse a body not declared JSON.
+
+    Raises:
+        HTTPException: 415, the ``Content-Type`` is missing or not JSON.
+    """
+    if not is_json(request.headers.get("content-type")):
+        raise HTTPException(
+            415,
+            "the body must be JSON, sent with Content-Type: application/json",
+            headers={"Accept-Post": "application/json"},
+        )
+
+
+@attrs.define(eq=False)
+class StreamSlots:
+    """How many long requests (event streams, waits) may be open at once.
+
+    Only the event loop's thread touches it, and :meth:`hold` never awaits,
+    so a plain counter is enough.
+    """
+
+    limit: int
+    # Invariant: 0 <= in_use <= limit.
+    in_use: int = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Take a slot for the block.
+
+        Raises:
+            HTTPException: 503 with ``Retry-After``, every slot is taken.
+        """
+        if self.in_use >= self.limit:
+            logger.warning("long request refused: every slot is taken", limit=self.limit)
+            raise unavailable(
+                f"too many event streams and waits are open ({self.limit}, STOAT_MAX_STREAMS)"
+            )
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+
+
+async def stream_slot(request: Request) -> AsyncIterator[None]:
+    """Hold one of the app's :class:`StreamSlots` until the response has been sent.
+
+    A dependency with ``yield``: FastAPI runs what follows the ``yield`` once
+    the response is over, the last event of a stream included.
+
+    Raises:
+        HTTPException: 503 with ``Retry-After``, every slot is taken.
+    """
+    slots = request.app.state.stream_slots
+    assert isinstance(slots, StreamSlots)
+    with slots.hold():
+        yield
+
+
 JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]
 LibraryDep = Annotated[VideoLibrary, Depends(get_library)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoppingDep = Annotated[anyio.Event, Depends(get_stopping)]

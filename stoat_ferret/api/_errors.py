@@ -11,11 +11,14 @@ exception                   status     why
 ``JobNotFound``             404        unknown or evicted job id
 ``QueueFull`` (or closed)   503        with ``Retry-After``
 ``StoreError``              503        the video store is unusable or closed
-``ClientDisconnect``        400        the client left before its body ended
-                                       (nobody reads the answer; logged at
-                                       INFO, not as a server error)
 anything else               500        a bug (the server logs the traceback)
 ==========================  =========  ======================================
+
+Refused before any route runs, by ``_guard.py``: a foreign ``Host`` (400), a
+state change from another origin (403), a missing token (401), a body over
+64 KiB (413). A body not declared JSON is 415 (``_deps.require_json``); one
+FastAPI cannot parse (not UTF-8, nested too deep, a client that left before
+its body ended) is FastAPI's own 400.
 
 Validation errors are reduced to ``loc``, ``msg`` and ``type``: pydantic's
 ``input`` would echo the client's body back (binary, huge), and its ``ctx``
@@ -29,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Final
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import ScanPathRejected
@@ -62,7 +64,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, _job_not_found)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(StoreError, _store_error)
-    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -114,11 +115,6 @@ async def _queue_full(request: Request, exc: Exception) -> ApiJSONResponse:
 async def _store_error(request: Request, exc: Exception) -> ApiJSONResponse:
     logger.error("video store error", reason=str(exc), path=request.url.path)
     return _reply(503, "the video store is unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)})
-
-
-async def _client_disconnect(request: Request, exc: Exception) -> ApiJSONResponse:
-    logger.info("client left before its request body ended", path=request.url.path)
-    return _reply(400, "the client closed the connection before sending its whole body")
 
 
 async def _unexpected(request: Request, exc: Exception) -> ApiJSONResponse:

@@ -1,4 +1,8 @@
-"""``GET /health``: is the service up, and what its job queue is doing."""
+"""``GET /health`` (and ``HEAD``): is the service up, and what its job queue is doing.
+
+Open to everyone, even with ``STOAT_API_TOKEN`` set: a load balancer or a
+supervisor process checks it without credentials.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from stoat_ferret.api._schemas import HealthOut, error_responses
 router = APIRouter(tags=["health"])
 
 
+@router.head("/health", include_in_schema=False)
 @router.get(
     "/health",
     response_model=HealthOut,

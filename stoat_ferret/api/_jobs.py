@@ -11,11 +11,11 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Annotated, Final
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep, stream_slot
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse, job_json
 from stoat_ferret.api._schemas import (
@@ -37,6 +37,7 @@ DEFAULT_WAIT_SECONDS: Final = 30.0
 MAX_WAIT_SECONDS: Final = 3600.0
 
 
+@router.head("", include_in_schema=False)
 @router.get("", response_model=JobListOut, responses=error_responses(422))
 async def list_jobs(
     queue: JobQueueDep,
@@ -57,12 +58,14 @@ async def list_jobs(
     )
 
 
+@router.head("/{job_id}", include_in_schema=False)
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
     """One job as it is now."""
     return ApiJSONResponse(job_json(await queue.get_result(job_id)))
 
 
+@router.head("/{job_id}/wait", include_in_schema=False, dependencies=[Depends(stream_slot)])
 @router.get(
     "/{job_id}/wait",
     response_model=JobOut,
@@ -70,6 +73,7 @@ async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
         **error_responses(404, 422, 503),
         408: {"model": JobOut, "description": "Not finished in time: the job as it is now."},
     },
+    dependencies=[Depends(stream_slot)],
 )
 async def wait_for_job(
     job_id: str,
@@ -82,7 +86,8 @@ async def wait_for_job(
 ) -> ApiJSONResponse:
     """Wait until the job is finished (200), or answer 408 with its state after ``timeout``.
 
-    Answers 503 if the service begins to stop while waiting.
+    Answers 503 if the service begins to stop while waiting, or at once (with
+    ``Retry-After``) when ``STOAT_MAX_STREAMS`` waits and streams are open.
     """
     job = await queue.get_result(job_id)
     if job.status.is_terminal:
@@ -181,6 +186,7 @@ _SSE_EVENT_SCHEMA = {
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
         },
     },
+    dependencies=[Depends(stream_slot)],
 )
 async def job_events(job_id: str, queue: JobQueueDep, stopping: StoppingDep) -> JobEventStream:
     """Follow a job as Server-Sent Events; the stream ends by itself once the job has."""

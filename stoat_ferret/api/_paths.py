@@ -12,6 +12,11 @@ existing directory out there both get 403.
 Comparison is by path components (:meth:`PurePath.is_relative_to`), on
 resolved paths: ``<root>/../x``, a symlink inside a root that points out, the
 sibling ``<root>-evil`` and ``/`` are outside; a root itself is inside.
+
+Resolution is :func:`real_path`, not :func:`os.path.realpath`: on Python
+3.11 realpath recurses once per link, so a chain of a thousand symlinks
+raised ``RecursionError`` (a 500). :func:`real_path` walks the links in a
+loop and, like the kernel, gives up after :data:`MAX_SYMLINKS` of them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
 
 
 _OUTSIDE = "the path is outside the directories this service may scan"
+
+MAX_SYMLINKS: Final = 40
+"""Links followed while resolving one path: Linux's own limit (``ELOOP`` beyond)."""
 
 
 @attrs.define(eq=False, str=False)
@@ -47,6 +55,45 @@ def is_within(path: Path, roots: Sequence[Path]) -> bool:
     return not roots or any(path.is_relative_to(root) for root in roots)
 
 
+def real_path(path: str) -> str:
+    """``os.path.realpath(path)`` for an absolute ``path``, in a loop instead of recursion.
+
+    Like realpath (not strict): a missing part ends the links to follow, and
+    the rest is appended as spelt, with ``..`` applied to the text.
+
+    Raises:
+        OSError: ``ELOOP`` after :data:`MAX_SYMLINKS` links; whatever
+            :func:`os.readlink` raises but "not a link" and "missing"
+            (``EACCES`` for a link this process may not read, ...).
+        ValueError: a NUL byte, or text the filesystem encoding cannot hold.
+    """
+    pending = path.split("/")[::-1]  # a stack: the next part is last
+    resolved = "/"
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, part)
+        try:
+            target = os.readlink(candidate)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
+                raise
+            resolved = candidate  # not a link, or missing: kept as spelt
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        if target.startswith("/"):
+            resolved = "/"
+        pending.extend(target.split("/")[::-1])
+    return resolved
+
+
 def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     """Return the resolved absolute directory a scan of ``requested`` would walk.
 
@@ -61,13 +108,14 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     Raises:
         ScanPathRejected: 403 outside every root, or a directory this
             process may not list; 404 missing; 400 not a directory, too
-            long, or a symlink loop; 503 out of file descriptors or memory.
+            long, or a symlink loop or a chain of more than
+            :data:`MAX_SYMLINKS` links; 503 out of file descriptors or memory.
     """
     try:
-        resolved = Path(os.path.realpath(requested))
+        resolved = Path(real_path(requested))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
-    except OSError as exc:  # a link on the way could not be read, as /proc/<pid>/cwd
+    except OSError as exc:  # a link could not be read (/proc/<pid>/cwd), too many links
         if not is_within(Path(os.path.abspath(requested)), roots):
             raise ScanPathRejected(403, _OUTSIDE) from None
         raise _rejection(exc, requested) from None

@@ -1,31 +1,23 @@
 """Request and response shapes: pydantic models for validation and the OpenAPI docs.
 
-The request body of a scan is parsed here by :func:`read_body`, not by FastAPI:
-every way a body can be wrong (not JSON, not UTF-8, too deep, too big, a form,
-the wrong shape) then ends the same way, as a 422 (413 when too big) with a
-readable ``detail``. The response models describe what the routes send; the
-routes build those bodies themselves (``_json.py``), so an odd value can
-never fail a response after the work is done.
+FastAPI validates a request body against its model (422 with a readable
+``detail`` when it is the wrong shape); a body not declared JSON is refused
+first (415, ``_deps.require_json``), one larger than :data:`MAX_BODY_BYTES`
+before it is read whole (413, ``_guard.py``). The response models describe
+what the routes send; the routes build those bodies themselves
+(``_json.py``), so an odd value can never fail a response after the work is
+done.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final
 
-from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # pydantic reads the field annotations at run time: the name must exist then.
 from stoat_ferret.jobs import JobStatus  # noqa: TC001
-
-if TYPE_CHECKING:
-    from starlette.requests import Request
-
-M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES: Final = 64 * 1024
 """Largest request body read; a scan request is a path and a flag."""
@@ -144,61 +136,3 @@ class ErrorOut(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` argument documenting these error codes with :class:`ErrorOut`."""
     return {code: {"model": ErrorOut} for code in codes}
-
-
-def body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting a JSON body that :func:`read_body` parses."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
-
-
-async def read_body(request: Request, model: type[M]) -> M:
-    """Read the request's JSON body and validate it as ``model``.
-
-    Raises:
-        RequestValidationError: the body is not a JSON document of that shape
-            (422), whatever its content type or encoding.
-        HTTPException: 413, the body is larger than :data:`MAX_BODY_BYTES`.
-    """
-    content_type = request.headers.get("content-type", "")
-    media_type = content_type.partition(";")[0].strip().lower()
-    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-        raise _invalid(
-            "body", "content_type", "the body must be JSON (Content-Type: application/json)"
-        )
-    too_big = HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_big  # without reading a byte of it
-    chunks: list[bytes] = []
-    size = 0
-    async with aclosing(request.stream()) as stream:  # closed at once if we stop early
-        async for chunk in stream:
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise too_big
-            chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        document = json.loads(raw)
-    # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting is a RecursionError.
-    except (ValueError, RecursionError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise _invalid("body", "json_invalid", f"the body is not valid JSON ({reason})") from None
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [
-                {"loc": ("body", *error["loc"]), "msg": error["msg"], "type": error["type"]}
-                for error in exc.errors(include_url=False)
-            ]
-        ) from None
-
-
-def _invalid(where: str, kind: str, message: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": (where,), "msg": message, "type": kind}])

@@ -1,6 +1,9 @@
 """The FastAPI app: :func:`create_app` builds it, :func:`lifespan` runs it.
 
-What lives on ``app.state`` (read only through ``_deps.py``):
+The app's state is handed out one way: on ``app.state``, read only through
+the dependencies of ``_deps.py`` (not the lifespan state: an injected queue
+and the settings exist before any lifespan runs, and ``begin_shutdown`` is
+called from outside a request):
 
 ===================  ========================================================
 ``settings``         the :class:`~stoat_ferret.settings.Settings`, from create_app
@@ -8,11 +11,14 @@ What lives on ``app.state`` (read only through ``_deps.py``):
                      one from create_app, else the lifespan's JobSupervisor
 ``library``          the open :class:`~stoat_ferret.library.VideoLibrary`
 ``stopping``         an ``anyio.Event`` set when the service begins to stop
-``recent_scans``     the :class:`~stoat_ferret.api._recent.RecentScans` of the
-                     scan route, from create_app
+``stream_slots``     the :class:`~stoat_ferret.api._deps.StreamSlots` that
+                     bound open event streams and waits, from create_app
 ``scan_dispatch``    with an injected queue: the :class:`ScanDispatch` the app
                      registers on it, from create_app
 ===================  ========================================================
+
+Every request passes :class:`~stoat_ferret.api._guard.RequestGuard` first
+(Host, Origin, token, body size), then ordinary FastAPI routing.
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
 in a task group with ``await group.start(supervisor.run)``. Shut-down, in
@@ -39,9 +45,10 @@ from loguru import logger
 
 from stoat_ferret import __version__
 from stoat_ferret.api import _dashboard, _health, _jobs, _scan_errors, _videos
+from stoat_ferret.api._deps import StreamSlots
 from stoat_ferret.api._errors import install_error_handlers
+from stoat_ferret.api._guard import RequestGuard
 from stoat_ferret.api._json import ApiJSONResponse
-from stoat_ferret.api._recent import RecentScans
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
 from stoat_ferret.library import VideoLibrary, make_scan_handler
@@ -75,16 +82,15 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.settings = settings if settings is not None else Settings.from_environ()
+    settings = settings if settings is not None else Settings.from_environ()
+    app.state.settings = settings
     app.state.injected_job_queue = job_queue
-    app.state.recent_scans = RecentScans()
+    app.state.stream_slots = StreamSlots(settings.max_streams)
     if job_queue is not None:
         app.state.job_queue = job_queue
         app.state.scan_dispatch = ScanDispatch()
     install_error_handlers(app)
-    # The busiest route first, on the app itself (see add_scan_route); FastAPI
-    # tries the rest in order.
-    _videos.add_scan_route(app)
+    app.add_middleware(RequestGuard, settings=settings)
     app.include_router(_videos.router)
     app.include_router(_jobs.router)
     app.include_router(_scan_errors.router)

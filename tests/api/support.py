@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 Message = dict[str, Any]
 S = TypeVar("S", bound=JobSupervisor)
 
-BASE_URL = "http://testserver"
+BASE_URL = "http://localhost"
 
 
 class LifespanFailed(Exception):
@@ -49,7 +49,7 @@ def http_scope(
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": query,
-        "headers": [(b"host", b"testserver"), *headers],
+        "headers": [(b"host", b"localhost"), *headers],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }

@@ -293,7 +293,38 @@ async def test_docs_and_openapi(settings: Settings) -> None:
         "/api/v1/jobs/{job_id}/cancel",
         "/api/v1/jobs/{job_id}/events",
         "/api/v1/jobs/{job_id}/errors",
+        "/api/v1/session",
     }
     scan = schema["paths"]["/api/v1/videos/scan"]["post"]
-    assert "path" in scan["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    assert {"202", "403", "503"} <= set(scan["responses"])
+    body = scan["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ScanRequest"}
+    assert "path" in schema["components"]["schemas"]["ScanRequest"]["properties"]
+    assert {"202", "403", "415", "503"} <= set(scan["responses"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/health", 200),
+        ("/", 200),
+        ("/static/app.js", 200),
+        ("/api/v1/jobs", 200),
+        ("/api/v1/jobs/no-such-job", 404),
+        ("/api/v1/jobs/no-such-job/wait", 404),
+        ("/api/v1/videos", 200),
+        ("/api/v1/videos/1", 404),
+        ("/openapi.json", 200),
+    ],
+)
+async def test_head_works_wherever_get_does(
+    shared_client: httpx.AsyncClient, path: str, status: int
+) -> None:
+    """HEAD answers as GET would, with the same status and content type."""
+
+    with anyio.fail_after(10):
+        head = await shared_client.head(path)
+        get = await shared_client.get(path)
+
+    assert head.status_code == get.status_code == status
+    assert head.headers["content-type"] == get.headers["content-type"]

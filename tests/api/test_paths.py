@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stoat_ferret.api._paths import ScanPathRejected, is_within, resolve_scan_path
+from stoat_ferret.api._paths import (
+    MAX_SYMLINKS,
+    ScanPathRejected,
+    is_within,
+    real_path,
+    resolve_scan_path,
+)
 from tests.permissions import call_denied
 
 if TYPE_CHECKING:
@@ -200,15 +206,19 @@ def test_other_stat_errors_are_4xx(
 def test_a_link_realpath_cannot_read_is_403(
     root: Path, monkeypatch: pytest.MonkeyPatch, requested: str, status: int, detail: str
 ) -> None:
-    """realpath raises when a link on the way cannot be read (``/proc/<pid>/cwd``
+    """Resolution raises when a link on the way cannot be read (``/proc/<pid>/cwd``
     of another user's process): a 403, and outside the roots the same 403 as
     any other path out there."""
     path = requested.format(root=root)
 
-    def realpath(name: Any, *args: Any, **kwargs: Any) -> str:
-        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(name))
+    real_readlink = os.readlink
 
-    monkeypatch.setattr(os.path, "realpath", realpath)
+    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
+        if os.fspath(name) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(name))
+        return str(real_readlink(name, *args, **kwargs))
+
+    monkeypatch.setattr(os, "readlink", readlink)
 
     rejected = _rejected(path, (root,))
 
@@ -233,3 +243,88 @@ def test_running_out_of_descriptors_is_503(
 
     assert rejected.status_code == 503
     assert rejected.detail == f"the service is short of resources ({os.strerror(code)})"
+
+
+def _chain(start: Path, target: Path, length: int) -> Path:
+    """``length`` links, each to the one before, the first to ``target``; the last one."""
+    previous = target
+    for index in range(length):
+        link = start / f"link{index}"
+        link.symlink_to(previous)
+        previous = link
+    return previous
+
+
+@pytest.mark.parametrize("length", [MAX_SYMLINKS + 1, 1_200, 5_000])
+def test_a_long_symlink_chain_is_400_not_a_recursion_error(root: Path, length: int) -> None:
+    """A chain longer than the kernel follows is refused like a loop, whatever its length."""
+    (root / "chain").mkdir()
+    last = _chain(root / "chain", root / "sub", length)
+
+    rejected = _rejected(last, (root,))
+
+    assert rejected.status_code == 400
+    assert rejected.detail == f"too many levels of symbolic links: {last}"
+
+
+def test_a_chain_the_kernel_follows_is_resolved(root: Path) -> None:
+    """Up to MAX_SYMLINKS links resolve to their target."""
+    (root / "chain").mkdir()
+    last = _chain(root / "chain", root / "sub", MAX_SYMLINKS)
+
+    assert resolve_scan_path(str(last), (root,)) == str(root / "sub")
+
+
+def test_a_long_chain_outside_the_roots_is_403(root: Path) -> None:
+    """Outside the roots a chain is refused as any path out there: nothing leaks."""
+    last = _chain(root.parent / "outside", root / "sub", 1_200)
+
+    assert _rejected(last, (root,)).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("link", "status"),
+    [
+        pytest.param("missing/dir", 404, id="dangling"),
+        pytest.param("loop-b", 400, id="loop-of-two"),
+        pytest.param("../outside", 403, id="out-of-the-root"),
+        pytest.param("clip.mp4", 400, id="to-a-file"),
+    ],
+)
+def test_odd_links_are_4xx(root: Path, link: str, status: int) -> None:
+    """Dangling links, loops, links out and links to files each get their 4xx."""
+    (root / "loop-b").symlink_to("loop-a")
+    (root / "loop-a").symlink_to("loop-b")
+    (root / "odd").symlink_to(link)
+
+    assert _rejected(root / "odd", (root,)).status_code == status
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "/",
+        "//",
+        "{root}",
+        "{root}/rel",
+        "{root}/rel/..",
+        "{root}/abs/inner/up",
+        "{root}/abs/inner/up/sub/./inner//",
+        "{root}/dangling",
+        "{root}/dangling/../y",
+        "{root}/nope/../sub",
+        "{root}/slash{root}/sub",
+        "{root}/sub/inner/up/rel/up/abs",
+        "{root}/clip.mp4/x",
+    ],
+)
+def test_real_path_agrees_with_realpath(root: Path, spelling: str) -> None:
+    """Where os.path.realpath gives an answer, real_path gives the same one."""
+    (root / "rel").symlink_to("sub/inner")
+    (root / "abs").symlink_to(root / "sub")
+    (root / "sub" / "inner" / "up").symlink_to("../..")
+    (root / "dangling").symlink_to("missing/x")
+    (root / "slash").symlink_to("/")
+    path = spelling.format(root=root)
+
+    assert real_path(path) == os.path.realpath(path)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from tests.browser.conftest import Server
 
-CHROMIUM = Path(os.environ.get("STOAT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(os.environ.get("STOATTEST_CHROMIUM", "/usr/bin/chromium"))
 # Without the background-networking switches Chromium tries to reach Google's
 # services at start-up, and on a closed network its connections are refused.
 CHROMIUM_ARGS = [
@@ -56,13 +56,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 # The screenshot committed under docs/ and shown in the README. A test run
-# writes it there only when STOAT_UPDATE_SCREENSHOT=1 (otherwise each run
+# writes it there only when STOATTEST_UPDATE_SCREENSHOT=1 (otherwise each run
 # would leave the work tree modified); by default it goes to the test's tmp_path.
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 
 def screenshot_path(tmp_path: Path) -> Path:
-    if os.environ.get("STOAT_UPDATE_SCREENSHOT") == "1":
+    if os.environ.get("STOATTEST_UPDATE_SCREENSHOT") == "1":
         return DOCS_SCREENSHOT
     return tmp_path / "dashboard.png"
 

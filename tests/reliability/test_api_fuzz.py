@@ -23,16 +23,18 @@ outside the root (403), so the fuzzing never waits on a scan;
 one clip and validates every answer about it (202, 200 job, stream, 409
 cancel, list, video).
 
-Four findings of this test were fixed in the schema, and each keeps a test
+Three findings of this test were fixed in the schema, and each keeps a test
 of its own: the events 404 is documented as JSON, each event of the stream
-has a schema, the scan body's path documents that it must be absolute, and
-GET /api/v1/videos/scan, which is also GET /api/v1/videos/{video_id} with
-the id "scan", answers the 405 that both schemathesis' undeclared-method
-check and that operation's documented responses expect.
+has a schema, and the scan body's path documents that it must be absolute.
+(A fourth, GET /api/v1/videos/scan read as a video id, is gone with the
+``{video_id:int}`` route.) Generated paths never meet a symlink, so
+:func:`test_scan_of_odd_links_answers_by_the_schema` adds those: chains
+longer than the kernel follows (a ``RecursionError`` and a 500 once), loops
+and dangling links, each a documented 4xx.
 :data:`EXCLUDED_CHECKS` leaves a check out for one operation when a finding
 is a false positive; none is at present.
 
-Profiles: ``STOAT_RELIABILITY_PROFILE=quick`` (the default, for ``make
+Profiles: ``STOATTEST_RELIABILITY_PROFILE=quick`` (the default, for ``make
 test``: 25 generated requests an operation, derandomized so every run sends
 the same ones) or ``soak`` (500, random).
 """
@@ -80,7 +82,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 PROFILE: Final = settings.get_profile(
-    "api-fuzz-" + os.environ.get("STOAT_RELIABILITY_PROFILE", "quick")
+    "api-fuzz-" + os.environ.get("STOATTEST_RELIABILITY_PROFILE", "quick")
 )
 
 
@@ -121,6 +123,8 @@ def app(tmp_path_factory: pytest.TempPathFactory, scan_root: Path) -> Iterator[F
             database_path=tmp_path_factory.mktemp("api-fuzz-db") / "stoat.db",
             scan_roots=(scan_root,),
             shutdown_grace=0.0,
+            # The Host of schemathesis' ASGI client (Starlette's TestClient).
+            allowed_hosts=("testserver",),
         )
     )
     try:
@@ -184,17 +188,6 @@ def test_a_real_scan_answers_by_the_schema(
     assert video["path"] == str(scan_root / "clip.mp4")
 
 
-def test_get_on_scan_is_a_documented_405(app: FastAPI) -> None:
-    """GET /api/v1/videos/scan is also GET /api/v1/videos/{video_id} with the
-    id "scan": its 405 (the scan path takes POST only) is in the schema."""
-    case = schema["/api/v1/videos/{video_id}"]["GET"].Case(path_parameters={"video_id": "scan"})
-
-    response = case.call_and_validate(app=app)
-
-    assert response.status_code == 405
-    assert response.headers["allow"] == ["POST"]  # schemathesis lists every header's values
-
-
 def test_events_404_is_documented_as_json(app: FastAPI) -> None:
     """An unknown job's event stream answers a 404 whose content type the schema documents."""
     case = schema["/api/v1/jobs/{job_id}/events"]["GET"].Case(path_parameters={"job_id": "0"})
@@ -226,3 +219,49 @@ def test_events_are_documented_per_event(app: FastAPI, scan_root: Path) -> None:
     response = events.call_and_validate(app=app)
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("make_link", "status"),
+    [
+        pytest.param(lambda base: _chain(base, 1_200), 400, id="chain-of-1200"),
+        pytest.param(lambda base: _chain(base, 41), 400, id="chain-of-41"),
+        pytest.param(lambda base: _loop(base), 400, id="loop"),
+        pytest.param(lambda base: _dangling(base), 404, id="dangling"),
+    ],
+)
+def test_scan_of_odd_links_answers_by_the_schema(
+    app: FastAPI, scan_root: Path, make_link: Any, status: int
+) -> None:
+    """Symlink chains of any length, loops and dangling links: a documented 4xx, never a 5xx."""
+    base = scan_root / f"links-{status}-{len(os.listdir(scan_root))}"
+    base.mkdir()
+    link: Path = make_link(base)
+    case = schema["/api/v1/videos/scan"]["POST"].Case(
+        body={"path": str(link)}, media_type="application/json"
+    )
+
+    response = case.call_and_validate(app=app)
+
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def _chain(base: Path, length: int) -> Path:
+    previous = base
+    for index in range(length):
+        link = base / f"link{index}"
+        link.symlink_to(previous)
+        previous = link
+    return previous
+
+
+def _loop(base: Path) -> Path:
+    (base / "a").symlink_to("b")
+    (base / "b").symlink_to("a")
+    return base / "a"
+
+
+def _dangling(base: Path) -> Path:
+    (base / "gone").symlink_to(base / "missing")
+    return base / "gone"

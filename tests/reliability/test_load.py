@@ -22,7 +22,7 @@ everything the reliability issue asks of the run:
 * afterwards SIGTERM stops the server with exit status 0, its log holds no
   traceback, and SQLite's ``integrity_check`` is ok.
 
-Profiles, as in the other reliability tests: ``STOAT_RELIABILITY_PROFILE=quick``
+Profiles, as in the other reliability tests: ``STOATTEST_RELIABILITY_PROFILE=quick``
 (the default, for ``make test``: 1,000 submissions over 100 directories,
 about 5 s of load on a 2-core machine) or ``soak`` (``make soak``: 10,000
 over 100, about a minute).
@@ -83,7 +83,7 @@ PROFILES: Final = {
     "quick": LoadProfile(submissions=1_000, directories=100, seconds=60.0),
     "soak": LoadProfile(submissions=10_000, directories=100, seconds=600.0),
 }
-PROFILE: Final = PROFILES[os.environ.get("STOAT_RELIABILITY_PROFILE", "quick")]
+PROFILE: Final = PROFILES[os.environ.get("STOATTEST_RELIABILITY_PROFILE", "quick")]
 
 MAX_PENDING: Final = 8
 """The server's ``STOAT_MAX_PENDING``: small, so the eight submitters fill the queue."""

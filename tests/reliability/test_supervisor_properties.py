@@ -22,7 +22,7 @@ The program ends with ``aclose()`` or by cancelling the task that runs
 ``run()``; then every accepted job is terminal, ``run()`` has returned, and
 every follower has seen the job's terminal status as its last update.
 
-Profiles: ``STOAT_RELIABILITY_PROFILE=quick`` (the default, 200 examples, for
+Profiles: ``STOATTEST_RELIABILITY_PROFILE=quick`` (the default, 200 examples, for
 ``make test``) or ``soak`` (5,000 examples).
 """
 
@@ -70,7 +70,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 PROFILE: Final = settings.get_profile(
-    "reliability-" + os.environ.get("STOAT_RELIABILITY_PROFILE", "quick")
+    "reliability-" + os.environ.get("STOATTEST_RELIABILITY_PROFILE", "quick")
 )
 
 KINDS: Final = ("complete", "fail", "hang", "progress")

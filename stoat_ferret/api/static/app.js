@@ -6,8 +6,14 @@
 //   - the library table is reloaded whenever a scan ends.
 // Every text that comes from the server (paths, error messages) goes into the
 // page as textContent, never as HTML.
+//
+// With STOAT_API_TOKEN set, the page is opened once as /#token=<token>: it
+// drops the fragment from the address bar and trades the token for an
+// HttpOnly cookie (POST /api/v1/session), which the API and EventSource use.
 
 const API = "/api/v1";
+const NEEDS_TOKEN =
+  "This service needs its access token: open the dashboard as /#token= followed by the token (STOAT_API_TOKEN).";
 const JOB_PAGE = 20;
 const VIDEO_PAGE = 20;
 // Chromium opens at most 6 connections per host over HTTP/1.1, and each open
@@ -134,6 +140,8 @@ function explainRefusal(response, path) {
   const detail = detailText(response.data);
   const quoted = `“${path}”`;
   switch (response.status) {
+    case 401:
+      return NEEDS_TOKEN;
     case 400:
       if (detail.startsWith("not a directory")) {
         return `${quoted} is a file, not a folder. Enter the folder that holds the videos.`;
@@ -357,7 +365,8 @@ async function loadJobs() {
     return;
   }
   if (!response.ok || !response.data) {
-    byId("jobs-count").textContent = `Could not load the jobs (${response.status}).`;
+    byId("jobs-count").textContent =
+      response.status === 401 ? NEEDS_TOKEN : `Could not load the jobs (${response.status}).`;
     return;
   }
   const { jobs, total } = response.data;
@@ -528,7 +537,8 @@ async function loadVideos() {
     return;
   }
   if (!response.ok || !response.data) {
-    count.textContent = `Could not load the library (${response.status}).`;
+    count.textContent =
+      response.status === 401 ? NEEDS_TOKEN : `Could not load the library (${response.status}).`;
     return;
   }
   const { videos, total } = response.data;
@@ -609,7 +619,23 @@ async function refreshHealth() {
 
 // --------------------------------------------------------------------- start
 
-function start() {
+/** Opened as /#token=...: forget the fragment, and trade the token for the session cookie. */
+async function adoptToken() {
+  const match = /^#token=(.+)$/.exec(window.location.hash);
+  if (!match) return;
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+  try {
+    await fetch(`${API}/session`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${decodeURIComponent(match[1])}` },
+    });
+  } catch {
+    // Unreachable: the first refresh below says so.
+  }
+}
+
+async function start() {
+  await adoptToken();
   byId("scan-form").addEventListener("submit", startScan);
   byId("jobs-more").addEventListener("click", () => {
     jobLimit += JOB_PAGE;

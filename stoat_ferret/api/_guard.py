@@ -1,0 +1,188 @@
+"""Who may talk to the service: one ASGI middleware in front of every route.
+
+The service listens on loopback by default, where any web page the user
+visits can send it requests, and after DNS rebinding even read the answers.
+So, for every HTTP request, in this order:
+
+=====================================  ======  =====================================
+refused when                           status  why
+=====================================  ======  =====================================
+``Host`` is not a name the service is  400     a rebound name (``evil.example``
+reached by (:func:`trusted_hosts`)             pointing at 127.0.0.1) is not one
+a state-changing method (not ``GET``,  403     a page elsewhere may send a request,
+``HEAD``, ``OPTIONS``) with an                 but its browser says where from
+``Origin`` that is neither the
+service's own nor allowed
+``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
+is under ``/api/``, and neither                ``/health``, the dashboard page and
+``Authorization: Bearer <token>`` nor          its files stay open
+the :data:`TOKEN_COOKIE` carries it
+the body is larger than                413     counted as it arrives, whatever
+:data:`~stoat_ferret.api._schemas.             ``Content-Length`` says
+MAX_BODY_BYTES`
+=====================================  ======  =====================================
+
+Starlette's ``TrustedHostMiddleware`` makes the first check, but answers in
+plain text; every refusal here is the API's JSON ``{"detail": ...}``. The
+token is compared in constant time and never logged, nor is the cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Final
+
+from loguru import logger
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
+
+from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._schemas import MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from stoat_ferret.settings import Settings
+
+TOKEN_COOKIE: Final = "stoat_token"
+"""The cookie the dashboard's session sets (``POST /api/v1/session``); the API accepts it."""
+
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that change nothing, so need no ``Origin`` check."""
+
+LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
+
+
+def trusted_hosts(settings: Settings) -> frozenset[str]:
+    """The host names a request may be addressed to, lower case, IPv6 without brackets.
+
+    ``STOAT_HOST`` (unless it is a wildcard address, which names no host),
+    the loopback names, and ``STOAT_ALLOWED_HOSTS``.
+    """
+    bound = settings.host.lower().removeprefix("[").removesuffix("]")
+    wildcard = bound in ("0.0.0.0", "::")
+    return frozenset((*LOOPBACK_NAMES, *(() if wildcard else (bound,)), *settings.allowed_hosts))
+
+
+def host_name(header: str) -> str | None:
+    """The name part of a ``Host`` header (``[::1]:8000`` -> ``::1``); None if malformed."""
+    if header.startswith("["):
+        name, bracket, port = header[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return None
+        port = port[1:]
+    else:
+        name, _, port = header.partition(":")
+    if not name or (port and not port.isdigit()):
+        return None
+    return name.lower()
+
+
+class RequestGuard:
+    """The checks of the table above, as a pure ASGI middleware.
+
+    Args:
+        app: the application it guards.
+        settings: where the allowed hosts, origins and the token come from.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.hosts = trusted_hosts(settings)
+        self.origins = frozenset(settings.allowed_origins)
+        self.token = None if settings.api_token is None else settings.api_token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        refusal = self.refusal(connection)
+        if refusal is not None:
+            logger.info(
+                "request refused",
+                status=refusal.status_code,
+                method=scope["method"],
+                path=scope["path"],
+            )
+            await refusal(scope, receive, send)
+            return
+        declared = connection.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            too_big = _too_big()  # answered without reading a byte of the body
+            await _refuse(too_big.status_code, too_big.detail)(scope, receive, send)
+            return
+        await self.app(scope, _limited(receive), send)
+
+    def refusal(self, connection: HTTPConnection) -> ApiJSONResponse | None:
+        """The answer refusing this request, or None if it may go on."""
+        headers = connection.headers
+        host = host_name(headers.get("host", ""))
+        if host is None or host not in self.hosts:
+            return _refuse(400, "this service is not reached by that Host name")
+        origin = headers.get("origin")
+        if (
+            origin is not None
+            and connection.scope["method"] not in SAFE_METHODS
+            and not self.same_origin(origin, connection)
+        ):
+            return _refuse(403, "a request from another web origin may not change anything")
+        # The path as routing sees it: below a proxy's prefix (root_path), if any.
+        path = connection.scope["path"].removeprefix(connection.scope.get("root_path", ""))
+        needs_token = self.token is not None and path.startswith("/api/")
+        if needs_token and not self.authorised(connection):
+            return _refuse(
+                401,
+                "this service needs its API token: send Authorization: Bearer <token>",
+                {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'},
+            )
+        return None
+
+    def same_origin(self, origin: str, connection: HTTPConnection) -> bool:
+        """True if ``origin`` is the one the request was addressed to, or an allowed one."""
+        origin = origin.strip().lower()
+        # Not connection.url: it parses the Host header, which may be anything.
+        own = f"{connection.scope['scheme']}://{connection.headers.get('host', '')}".lower()
+        return origin == own or origin in self.origins
+
+    def authorised(self, connection: HTTPConnection) -> bool:
+        """True if the request carries the token, in its header or its cookie."""
+        assert self.token is not None
+        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+        offered: Iterable[str] = (
+            credentials.strip() if scheme.lower() == "bearer" else "",
+            connection.cookies.get(TOKEN_COOKIE, ""),
+        )
+        # Both compared, always, each in constant time.
+        matches = [hmac.compare_digest(value.encode(), self.token) for value in offered]
+        return any(matches)
+
+
+def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiJSONResponse:
+    return ApiJSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _too_big() -> HTTPException:
+    return HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+
+def _limited(receive: Receive) -> Receive:
+    """``receive``, raising 413 once the body passes :data:`MAX_BODY_BYTES`.
+
+    Raised in the route's own read of its body: FastAPI hands it on as it
+    is, and the app's handlers answer it (``_errors.py``).
+    """
+    size = 0
+
+    async def limited() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > MAX_BODY_BYTES:
+                raise _too_big()
+        return message
+
+    return limited

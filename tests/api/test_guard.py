@@ -1,0 +1,350 @@
+"""RequestGuard: what a hostile page or client cannot do (Host, Origin, token, body size)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+import pytest
+
+from stoat_ferret.api._guard import TOKEN_COOKIE, host_name, trusted_hosts
+from stoat_ferret.api._schemas import MAX_BODY_BYTES
+from stoat_ferret.api.app import create_app
+from stoat_ferret.settings import Settings
+from tests.api.support import Message, http_scope, serving
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+    from pathlib import Path
+
+    import httpx
+
+SCAN = "/api/v1/videos/scan"
+TOKEN = "a-token-of-24-characters"
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+async def _jobs(client: httpx.AsyncClient, **headers: str) -> int:
+    listed = await client.get("/api/v1/jobs", headers=headers)
+    assert listed.status_code == 200, listed.text
+    total: int = listed.json()["total"]
+    return total
+
+
+# ---------------------------------------------------------------------- Host
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("localhost", "localhost"),
+        ("LocalHost:8000", "localhost"),
+        ("127.0.0.1:80", "127.0.0.1"),
+        ("[::1]:8000", "::1"),
+        ("[::1]", "::1"),
+        ("", None),
+        ("[::1", None),
+        ("[::1]x", None),
+        ("localhost:http", None),
+        (":8000", None),
+    ],
+)
+def test_host_names_are_read_from_the_header(header: str, name: str | None) -> None:
+    """The name part of a Host header, IPv6 without brackets; None when malformed."""
+
+    assert host_name(header) == name
+
+
+@pytest.mark.parametrize(
+    ("bound", "more", "expected"),
+    [
+        ("127.0.0.1", (), {"localhost", "127.0.0.1", "::1"}),
+        ("0.0.0.0", ("videos.example",), {"localhost", "127.0.0.1", "::1", "videos.example"}),
+        ("::", (), {"localhost", "127.0.0.1", "::1"}),
+        ("192.168.1.20", (), {"localhost", "127.0.0.1", "::1", "192.168.1.20"}),
+    ],
+)
+def test_trusted_hosts(bound: str, more: tuple[str, ...], expected: set[str]) -> None:
+    """The bind address (unless a wildcard), the loopback names and STOAT_ALLOWED_HOSTS."""
+    settings = Settings(host=bound, allowed_hosts=more)
+
+    assert trusted_hosts(settings) == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "", "[::1", "a b"]
+)
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/v1/jobs"), ("POST", SCAN)])
+async def test_a_foreign_host_is_400_before_any_route(
+    settings: Settings, scan_root: Path, host: str, method: str, path: str
+) -> None:
+    """After DNS rebinding a page elsewhere reaches the service by its own name: 400, no job."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.request(
+                method, path, json={"path": str(scan_root)}, headers={"Host": host}
+            )
+            jobs = await _jobs(client)
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": "this service is not reached by that Host name"}
+    assert jobs == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "host", ["localhost:8000", "127.0.0.1", "[::1]:8000", "VIDEOS.example", "stoat.lan:80"]
+)
+async def test_the_names_the_service_is_reached_by_are_served(
+    settings: Settings, host: str
+) -> None:
+    """Loopback names, the bind address and STOAT_ALLOWED_HOSTS, any case, any port."""
+    settings = attrs.evolve(settings, host="stoat.lan", allowed_hosts=("videos.example",))
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.get("/health", headers={"Host": host})
+
+    assert response.status_code == 200
+
+
+# -------------------------------------------------------------------- Origin
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", "null", "http://localhost:8001", "https://localhost", "http://local"],
+)
+async def test_a_state_change_from_another_origin_is_403(
+    settings: Settings, scan_root: Path, origin: str
+) -> None:
+    """A page elsewhere may send a POST, but its browser names the page's origin: 403, no job."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, json={"path": str(scan_root)}, headers={"Origin": origin}
+            )
+            cancel = await client.post("/api/v1/jobs/x/cancel", headers={"Origin": origin})
+            jobs = await _jobs(client)
+
+    assert response.status_code == 403
+    assert response.json() == {
+        "detail": "a request from another web origin may not change anything"
+    }
+    assert cancel.status_code == 403
+    assert jobs == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "origin", ["http://localhost", "HTTP://LOCALHOST", "https://videos.example:8443"]
+)
+async def test_the_own_and_allowed_origins_may_change_state(
+    settings: Settings, scan_root: Path, origin: str
+) -> None:
+    """The dashboard's own origin, and STOAT_ALLOWED_ORIGINS, start scans."""
+    settings = attrs.evolve(settings, allowed_origins=("https://videos.example:8443",))
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, json={"path": str(scan_root)}, headers={"Origin": origin}
+            )
+
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.anyio
+async def test_reads_do_not_check_the_origin(shared_client: httpx.AsyncClient) -> None:
+    """A GET changes nothing; what a page elsewhere may read is the browser's CORS rule."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.get(
+            "/api/v1/jobs", headers={"Origin": "http://evil.example"}
+        )
+
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
+
+
+# --------------------------------------------------------------------- token
+
+
+@pytest.fixture
+def with_token(settings: Settings) -> Settings:
+    """:func:`settings` with STOAT_API_TOKEN set."""
+    return attrs.evolve(settings, api_token=TOKEN)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="none"),
+        pytest.param({"Authorization": f"Bearer {TOKEN}x"}, id="longer"),
+        pytest.param({"Authorization": f"Bearer {TOKEN[:-1]}"}, id="shorter"),
+        pytest.param({"Authorization": f"Basic {TOKEN}"}, id="basic"),
+        pytest.param({"Authorization": TOKEN}, id="no-scheme"),
+        pytest.param({"Authorization": "Bearer caf\u00e9"}, id="not-ascii"),
+        pytest.param({"Cookie": f"{TOKEN_COOKIE}=wrong"}, id="wrong-cookie"),
+        pytest.param({"Cookie": f"other={TOKEN}"}, id="other-cookie"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/v1/jobs"), ("POST", SCAN), ("GET", "/api/v1/nowhere"), ("GET", "/api/")],
+)
+async def test_without_the_token_the_api_is_401(
+    with_token: Settings, headers: dict[str, str], method: str, path: str
+) -> None:
+    """Every /api/ request needs the token, unknown routes too; 401 says how to send it."""
+    raw = {key.encode(): value.encode() for key, value in headers.items()}  # UTF-8 as sent
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            response = await client.request(method, path, headers=raw)
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="stoat_ferret"'
+    assert "Authorization: Bearer" in response.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_below_a_proxy_prefix_the_api_still_needs_the_token(with_token: Settings) -> None:
+    """Served under a root_path (/stoat/api/...), the API is still the API."""
+    app = create_app(with_token)
+    sent: list[Message] = []
+    scope = {**http_scope("GET", "/stoat/api/v1/jobs"), "root_path": "/stoat"}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with serving(app):
+            await app(scope, receive, send)
+
+    assert sent[0]["status"] == 401
+
+
+@pytest.mark.anyio
+async def test_the_token_opens_the_api_and_is_never_logged(
+    with_token: Settings, scan_root: Path, log_records: list[Any]
+) -> None:
+    """The right token in the header starts a scan; the token appears in no log record."""
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            refused = await client.post(SCAN, json={"path": str(scan_root)})
+            accepted = await client.post(SCAN, json={"path": str(scan_root)}, headers=bearer)
+            listed = await client.get("/api/v1/jobs", headers={"Authorization": f"bearer {TOKEN}"})
+
+    assert refused.status_code == 401
+    assert accepted.status_code == 202, accepted.text
+    assert listed.status_code == 200
+    assert all(TOKEN not in str(record) for record in log_records)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/health", "/", "/static/app.js", "/docs", "/openapi.json"])
+async def test_health_and_the_dashboard_stay_open(with_token: Settings, path: str) -> None:
+    """Outside /api/ nothing needs the token: health checks, the page and its files hold no data."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            response = await client.get(path)
+
+    assert response.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_session_trades_the_token_for_a_strict_cookie(with_token: Settings) -> None:
+    """POST /api/v1/session with the token sets an HttpOnly, SameSite=Strict cookie the API
+    accepts in its place."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            refused = await client.post("/api/v1/session")
+            started = await client.post(
+                "/api/v1/session", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            # The client keeps the cookie: no header from here on.
+            listed = await client.get("/api/v1/jobs")
+
+    assert refused.status_code == 401
+    assert started.status_code == 204
+    cookie = started.headers["set-cookie"]
+    assert cookie.startswith(f"{TOKEN_COOKIE}={TOKEN};")
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/api/"} <= attributes
+    assert "secure" not in attributes  # plain http on loopback: a Secure cookie would not stick
+    assert listed.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_session_without_a_token_sets_no_cookie(shared_client: httpx.AsyncClient) -> None:
+    """Without STOAT_API_TOKEN there is nothing to trade."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.post("/api/v1/session")
+
+    assert response.status_code == 204
+    assert "set-cookie" not in response.headers
+
+
+# ---------------------------------------------------------------------- body
+
+
+@pytest.mark.anyio
+async def test_a_streamed_body_over_the_limit_is_413(settings: Settings, scan_root: Path) -> None:
+    """Without a Content-Length, the body is counted as it arrives: 413 past 64 KiB, no job."""
+    chunk = b" " * 16_384
+    arrivals: list[Message] = [
+        {"type": "http.request", "body": b'{"path": "%s"}' % bytes(scan_root), "more_body": True},
+        *[{"type": "http.request", "body": chunk, "more_body": True}] * 5,
+        {"type": "http.request", "body": b"", "more_body": False},
+    ]
+    sent: list[Message] = []
+    app = create_app(settings)
+
+    async def receive() -> Message:
+        return arrivals.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            await app(http_scope("POST", SCAN, headers=[JSON_TYPE]), receive, send)
+            jobs = await _jobs(client)
+
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {
+        "detail": f"the body is larger than {MAX_BODY_BYTES} bytes"
+    }
+    assert len(arrivals) == 2  # nothing read past the limit
+    assert jobs == 0
+
+
+@pytest.mark.anyio
+async def test_a_body_of_exactly_the_limit_is_read(settings: Settings, scan_root: Path) -> None:
+    """64 KiB of JSON (padded with blanks) is within the limit."""
+    document = b'{"path": "' + str(scan_root).encode() + b'"}'
+    content = document + b" " * (MAX_BODY_BYTES - len(document))
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, content=content, headers={"Content-Type": "application/json"}
+            )
+
+    assert response.status_code == 202, response.text

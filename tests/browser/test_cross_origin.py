@@ -1,0 +1,187 @@
+"""A hostile page in the user's browser, and the dashboard behind a token, in real Chromium.
+
+The service runs as ``python -m stoat_ferret`` (the module's ``server``
+fixture, and :func:`token_server` with ``STOAT_API_TOKEN`` set); the hostile
+page is served by a second, plain HTTP server on another loopback port, so
+it is another origin, as any web site the user visits would be.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.server import running_server, server_environment, wait_ready
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - test_dashboard's import skips first
+    pytest.skip("the playwright package is not installed", allow_module_level=True)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from playwright.sync_api import Browser
+
+    from tests.browser.conftest import Server
+
+TOKEN = "browser-test-token-0123456789"
+
+# What a page elsewhere can send without a CORS preflight: a Blob body (no
+# Content-Type at all) and text/plain. mode "no-cors" is what such a page
+# uses; it cannot read the answer, but the request is sent all the same.
+HOSTILE_FETCHES = """
+async ([target, path]) => {
+  const body = JSON.stringify({ path });
+  const attempts = [
+    { method: "POST", mode: "no-cors", body: new Blob([body]) },
+    { method: "POST", mode: "no-cors", body, headers: { "Content-Type": "text/plain" } },
+  ];
+  const outcomes = [];
+  for (const init of attempts) {
+    try {
+      outcomes.push((await fetch(target, init)).type);
+    } catch (error) {
+      outcomes.push(String(error));
+    }
+  }
+  return outcomes;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def hostile_origin(tmp_path: Path) -> Iterator[str]:
+    """``http://127.0.0.1:<another port>``, serving an empty page from ``tmp_path``."""
+    (tmp_path / "index.html").write_text("<!doctype html><title>elsewhere</title>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        finally:
+            httpd.shutdown()
+            thread.join()
+
+
+def _jobs(server: Server) -> int:
+    total: int = httpx.get(f"{server.base_url}/api/v1/jobs", timeout=10).json()["total"]
+    return total
+
+
+def _refusals(log: Path) -> list[str]:
+    return re.findall(r"request refused.*status=(\d{3})", log.read_text())
+
+
+def test_a_page_on_another_origin_cannot_start_a_scan(
+    browser: Browser, server: Server, hostile_origin: str
+) -> None:
+    """Its Blob and text/plain POSTs reach the service and are refused; no job appears."""
+    context = browser.new_context()
+    page = context.new_page()
+    refused_before = len(_refusals(server.log))
+    jobs_before = _jobs(server)
+    try:
+        page.goto(f"{hostile_origin}/index.html")
+        outcomes = page.evaluate(
+            HOSTILE_FETCHES, [f"{server.base_url}/api/v1/videos/scan", str(server.root)]
+        )
+    finally:
+        context.close()
+
+    assert outcomes == ["opaque", "opaque"]  # sent, answer unreadable to the page
+    assert _refusals(server.log)[refused_before:] == ["403", "403"]
+    assert _jobs(server) == jobs_before
+
+
+def test_the_same_request_from_the_dashboard_origin_starts_a_scan(
+    browser: Browser, server: Server
+) -> None:
+    """The control: JSON from the service's own origin is accepted (so the test above can fail)."""
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{server.base_url}/")
+        jobs_before = _jobs(server)
+        status = page.evaluate(
+            """async ([path]) => (await fetch("/api/v1/videos/scan", {
+                method: "POST",
+                headers: { "Content-Type": "application/json" },
+                body: JSON.stringify({ path }),
+            })).status""",
+            [str(server.root)],
+        )
+    finally:
+        context.close()
+
+    assert status == 202
+    assert _jobs(server) == jobs_before + 1
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service with STOAT_API_TOKEN set."""
+    from tests.browser.conftest import Server
+
+    home = tmp_path_factory.mktemp("browser-token")
+    env = server_environment(home, STOAT_API_TOKEN=TOKEN)
+    log = home / "server.log"
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+    with running_server(home, env) as process:
+        wait_ready(process, base_url, log)
+        yield Server(base_url=base_url, root=home / "root", log=log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    assert TOKEN not in log.read_text()
+
+
+def test_the_dashboard_trades_its_token_for_a_cookie(
+    browser: Browser, token_server: Server
+) -> None:
+    """Opened as /#token=..., the page drops the token from the address bar, sets an
+    HttpOnly cookie, and then lists and starts scans; without it, it says what is missing."""
+    folder = token_server.root / "videos"
+    folder.mkdir()
+    context = browser.new_context()
+    try:
+        bare = context.new_page()
+        bare.goto(f"{token_server.base_url}/")
+        expect(bare.locator("#jobs-count")).to_contain_text("needs its access token")
+        bare.close()
+
+        page = context.new_page()
+        page.goto(f"{token_server.base_url}/#token={TOKEN}")
+        expect(page.locator("#jobs-count")).to_have_text("0 jobs")
+        assert TOKEN not in page.url
+        field = page.get_by_label("Folder path")
+        field.fill(str(folder))
+        field.press("Enter")
+        expect(page.get_by_role("heading", name=f"Scan of {folder}", exact=True)).to_be_visible()
+        expect(page.locator("li.job").first).to_contain_text("completed")
+        cookies = context.cookies(token_server.base_url + "/api/")
+    finally:
+        context.close()
+
+    assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
+        ("stoat_token", True, "Strict")
+    ]
