@@ -34,18 +34,19 @@ from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import resolve_scan_path
 from stoat_ferret.api._recent import ScanJob
 from stoat_ferret.api._schemas import (
-    MAX_LIMIT,
     MAX_OFFSET,
     ErrorOut,
     ScanAccepted,
     ScanRequest,
     VideoListOut,
+    VideoListQuery,
     VideoOut,
     body_schema,
     error_responses,
     read_body,
 )
 from stoat_ferret.jobs import AsyncJobQueue, JobNotFound, JobStatus
+from stoat_ferret.library import VideoFilter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -187,18 +188,17 @@ async def _status_if_active(queue: AsyncJobQueue, job_id: str) -> JobStatus | No
 
 @router.get("", response_model=VideoListOut, responses=error_responses(422, 503))
 async def list_videos(
-    library: LibraryDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    library: LibraryDep, query: Annotated[VideoListQuery, Query()]
 ) -> ApiJSONResponse:
-    """List stored videos ordered by path; ``total`` counts them all."""
-    videos, total = await library.list_videos(limit, offset)
+    """List stored videos: searched, filtered and sorted; ``total`` counts every match."""
+    where = VideoFilter(**query.model_dump(exclude={"limit", "offset"}))
+    videos, total = await library.list_videos(query.limit, query.offset, where)
     return ApiJSONResponse(
         {
             "videos": [video.to_json() for video in videos],
             "total": total,
-            "limit": limit,
-            "offset": offset,
+            "limit": query.limit,
+            "offset": query.offset,
         }
     )
 

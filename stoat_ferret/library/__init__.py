@@ -12,9 +12,12 @@ from stoat_ferret.library._exceptions import LibraryError, ProbeError, ScanError
 from stoat_ferret.library._library import VideoLibrary
 from stoat_ferret.library._models import (
     DEFAULT_ERROR_CAP,
+    METADATA_FIELDS,
+    SORT_KEYS,
     ErrorLog,
     Fingerprint,
     Video,
+    VideoFilter,
     VideoProbe,
     VideoRecord,
 )
@@ -25,8 +28,10 @@ from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = [
     "DEFAULT_ERROR_CAP",
+    "METADATA_FIELDS",
     "READ_LIMIT",
     "SCHEMA_VERSION",
+    "SORT_KEYS",
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",
     "ErrorLog",
@@ -38,6 +43,7 @@ __all__ = [
     "StoreError",
     "ThreadPriority",
     "Video",
+    "VideoFilter",
     "VideoLibrary",
     "VideoProbe",
     "VideoRecord",

@@ -14,6 +14,21 @@ is written whole or not at all.
 Schema: ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; :data:`_MIGRATIONS`
 brings an older file up to date inside one transaction at open time.
 
+Migrations are numbered: ``_MIGRATIONS[n]`` takes a file from version
+``n - 1`` to ``n``, and a file of any earlier version is brought up to date
+step by step. Version 2 adds the editing metadata columns and the indexes of
+sorted lists. A row written before it has ``probe_version`` NULL; the
+scope query reports such a row's size as -1, which no file has, so the next
+scan probes the file again and counts it as updated, once.
+
+Lists (:meth:`VideoStore.list_videos`) are built from :class:`VideoFilter`
+with bound parameters only; the ``ORDER BY`` comes from a fixed table. Every
+sort key has an index (``path`` its unique one), so a sorted page walks an
+index and stops after ``offset + limit`` matching rows. The search ``q`` is
+``instr`` over ``search_path``, the path case-folded by Python when the row is
+written (SQLite's own ``lower`` folds ASCII only): no pattern characters at
+all, so ``%`` and ``_`` need no escaping.
+
 Scope queries. A recursive scope is every path under a directory, found with a
 range on the ``path`` index: ``'<dir>/' <= path < '<dir>0'`` (``'0'`` is the
 character after ``'/'``), which leaves out the sibling ``<dir>-evil`` and never
@@ -31,15 +46,51 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from stoat_ferret.library._exceptions import StoreError
-from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
+from stoat_ferret.library._models import (
+    METADATA_FIELDS,
+    Fingerprint,
+    Video,
+    VideoFilter,
+    VideoRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator, Sequence
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 BUSY_TIMEOUT_MS: Final = 5_000
+
+PROBE_VERSION: Final = 2
+"""What a row's probe recorded: 2 is the editing metadata. A row with an older
+(or no) version is probed again by the next scan of its file."""
+
+# Column -> SQLite type of the editing metadata (version 2), in METADATA_FIELDS order.
+_METADATA_COLUMNS: Final = {
+    "container_format": "TEXT",
+    "bit_rate": "INTEGER",
+    "video_bit_rate": "INTEGER",
+    "pixel_format": "TEXT",
+    "bit_depth": "INTEGER",
+    "color_space": "TEXT",
+    "color_transfer": "TEXT",
+    "color_primaries": "TEXT",
+    "color_range": "TEXT",
+    "rotation": "INTEGER",
+    "display_width": "INTEGER",
+    "display_height": "INTEGER",
+    "sample_aspect_ratio": "TEXT",
+    "interlaced": "INTEGER",
+    "video_stream_count": "INTEGER",
+    "audio_stream_count": "INTEGER",
+    "subtitle_stream_count": "INTEGER",
+    "audio_channels": "INTEGER",
+    "audio_channel_layout": "TEXT",
+    "audio_sample_rate": "INTEGER",
+    "timecode": "TEXT",
+    "creation_time": "TEXT",
+}
 
 # Statements that take the schema from version N - 1 to version N.
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -68,34 +119,82 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         # Covers the recursive scope query, so a rescan reads the index only.
         "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns)",
     ),
+    2: (
+        *(
+            f"ALTER TABLE videos ADD COLUMN {name} {kind}"
+            for name, kind in _METADATA_COLUMNS.items()
+        ),
+        "ALTER TABLE videos ADD COLUMN probe_version INTEGER",
+        "ALTER TABLE videos ADD COLUMN search_path TEXT",
+        # ASCII-folded until the row's next scan rewrites it with Python's casefold().
+        "UPDATE videos SET search_path = lower(path)",
+        # The scope query reads probe_version too: keep it covered by one index.
+        "DROP INDEX videos_fingerprint",
+        "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
+        # One per sort key (path has its own), for sorted pages.
+        "CREATE INDEX videos_filename ON videos (filename)",
+        "CREATE INDEX videos_duration ON videos (duration_seconds)",
+        "CREATE INDEX videos_size ON videos (size_bytes)",
+        "CREATE INDEX videos_width ON videos (width)",
+        "CREATE INDEX videos_height ON videos (height)",
+        "CREATE INDEX videos_updated ON videos (updated_at)",
+        # The equality filters, which are selective where an editor uses them.
+        "CREATE INDEX videos_video_codec ON videos (video_codec)",
+        "CREATE INDEX videos_audio_codec ON videos (audio_codec)",
+    ),
 }
+
+# sort key -> ORDER BY clause; ties are broken by id in the same direction.
+_ORDER: Final = {
+    "path": "path",
+    "-path": "path DESC",
+    **{
+        key: clause
+        for column in (
+            "filename",
+            "duration_seconds",
+            "size_bytes",
+            "width",
+            "height",
+            "updated_at",
+        )
+        for key, clause in ((column, f"{column}, id"), (f"-{column}", f"{column} DESC, id DESC"))
+    },
+}
+
+_METADATA: Final = ", ".join(METADATA_FIELDS)
 
 _COLUMNS: Final = (
     "id, path, filename, size_bytes, mtime_ns, duration_seconds, duration_frames,"
     " width, height, frame_rate_numerator, frame_rate_denominator, video_codec,"
-    " audio_codec, created_at, updated_at"
+    f" audio_codec, created_at, updated_at, {_METADATA}"
 )
 
-_UPSERT: Final = """
-INSERT INTO videos (
-    path, directory, filename, size_bytes, mtime_ns, duration_seconds, duration_frames,
-    width, height, frame_rate_numerator, frame_rate_denominator, video_codec, audio_codec,
-    created_at, updated_at
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+# Written by every upsert, after path; created_at is kept on update.
+_WRITTEN: Final = (
+    "directory",
+    "filename",
+    "size_bytes",
+    "mtime_ns",
+    "duration_seconds",
+    "duration_frames",
+    "width",
+    "height",
+    "frame_rate_numerator",
+    "frame_rate_denominator",
+    "video_codec",
+    "audio_codec",
+    *METADATA_FIELDS,
+    "probe_version",
+    "search_path",
+    "updated_at",
+)
+
+_UPSERT: Final = f"""
+INSERT INTO videos (path, {", ".join(_WRITTEN)}, created_at)
+VALUES ({", ".join("?" * (len(_WRITTEN) + 2))})
 ON CONFLICT (path) DO UPDATE SET
-    directory = excluded.directory,
-    filename = excluded.filename,
-    size_bytes = excluded.size_bytes,
-    mtime_ns = excluded.mtime_ns,
-    duration_seconds = excluded.duration_seconds,
-    duration_frames = excluded.duration_frames,
-    width = excluded.width,
-    height = excluded.height,
-    frame_rate_numerator = excluded.frame_rate_numerator,
-    frame_rate_denominator = excluded.frame_rate_denominator,
-    video_codec = excluded.video_codec,
-    audio_codec = excluded.audio_codec,
-    updated_at = excluded.updated_at
+    {", ".join(f"{name} = excluded.{name}" for name in _WRITTEN)}
 """
 
 
@@ -154,19 +253,29 @@ class VideoStore:
             (version,) = connection.execute("PRAGMA user_version").fetchone()
         return int(version)
 
-    def list_videos(self, limit: int, offset: int) -> tuple[list[Video], int]:
-        """Return one page of videos ordered by path, and how many videos there are.
+    def list_videos(
+        self, limit: int, offset: int, where: VideoFilter | None = None
+    ) -> tuple[list[Video], int]:
+        """Return one page of the videos ``where`` selects, in its order, and how many it selects.
+
+        Without ``where``: every video, ordered by path.
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
         """
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
+        where = where if where is not None else VideoFilter()
+        condition, args = filter_clause(where)
+        order = _ORDER[where.sort]
         with self._reading() as connection:
             rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM videos ORDER BY path LIMIT ? OFFSET ?", (limit, offset)
+                f"SELECT {_COLUMNS} FROM videos{condition} ORDER BY {order} LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
-            (total,) = connection.execute("SELECT count(*) FROM videos").fetchone()
+            (total,) = connection.execute(
+                f"SELECT count(*) FROM videos{condition}", args
+            ).fetchone()
         return [_video(row) for row in rows], int(total)
 
     def get_video(self, video_id: int) -> Video | None:
@@ -188,6 +297,9 @@ class VideoStore:
     def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
         """Map every stored path in a scope to its ``(size_bytes, mtime_ns)``, in one query.
 
+        A row whose probe is older than :data:`PROBE_VERSION` reports size
+        -1, which matches no file: the scan probes it again.
+
         Args:
             directory: An absolute, normalised directory path.
             recursive: True for every path under ``directory``; False for the
@@ -197,13 +309,13 @@ class VideoStore:
             if recursive:
                 low, high = subtree_bounds(directory)
                 cursor = connection.execute(
-                    "SELECT path, size_bytes, mtime_ns FROM videos WHERE path >= ? AND path < ?",
-                    (low, high),
+                    f"SELECT {_FINGERPRINT} FROM videos WHERE path >= ? AND path < ?",
+                    (PROBE_VERSION, low, high),
                 )
             else:
                 cursor = connection.execute(
-                    "SELECT path, size_bytes, mtime_ns FROM videos WHERE directory = ?",
-                    (directory,),
+                    f"SELECT {_FINGERPRINT} FROM videos WHERE directory = ?",
+                    (PROBE_VERSION, directory),
                 )
             return {path: (size, mtime) for path, size, mtime in cursor}
 
@@ -268,6 +380,42 @@ class VideoStore:
         return self._connection
 
 
+_CREATION_TIME: Final = METADATA_FIELDS.index("creation_time")
+
+_FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
+
+
+def filter_clause(where: VideoFilter) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` clause (with a leading space, or empty) and its arguments."""
+    terms: list[str] = []
+    args: list[Any] = []
+
+    def add(term: str, *values: Any) -> None:
+        terms.append(term)
+        args.extend(values)
+
+    if where.q:
+        add("instr(search_path, ?) > 0", where.q.casefold())
+    if where.video_codec is not None:
+        add("video_codec = ?", where.video_codec)
+    if where.audio_codec is not None:
+        add("audio_codec = ?", where.audio_codec)
+    if where.container is not None:
+        add("instr(',' || container_format || ',', ?) > 0", f",{where.container.lower()},")
+    for column, low, high in (
+        ("width", where.min_width, where.max_width),
+        ("height", where.min_height, where.max_height),
+        ("duration_seconds", where.min_duration, where.max_duration),
+    ):
+        if low is not None:
+            add(f"{column} >= ?", low)
+        if high is not None:
+            add(f"{column} <= ?", high)
+    if where.under is not None:
+        add("path >= ? AND path < ?", *subtree_bounds(os.path.normpath(where.under)))
+    return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
+
+
 def subtree_bounds(directory: str) -> tuple[str, str]:
     """Return ``(low, high)`` with ``low <= path < high`` exactly for paths under ``directory``."""
     prefix = directory if directory.endswith("/") else directory + "/"
@@ -298,6 +446,9 @@ def _migrate(connection: sqlite3.Connection, name: str) -> None:
 def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:
     probe = record.probe
     rate = probe.frame_rate
+    metadata = [getattr(probe, name) for name in METADATA_FIELDS]
+    created = probe.creation_time
+    metadata[_CREATION_TIME] = None if created is None else created.isoformat()
     return (
         record.path,
         record.directory,
@@ -312,6 +463,9 @@ def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:
         None if rate is None else rate.denominator,
         probe.video_codec,
         probe.audio_codec,
+        *metadata,
+        PROBE_VERSION,
+        record.path.casefold(),
         now,
         now,
     )
@@ -334,7 +488,16 @@ def _video(row: tuple[Any, ...]) -> Video:
         audio_codec=row[12],
         created_at=datetime.fromisoformat(row[13]),
         updated_at=datetime.fromisoformat(row[14]),
+        **_metadata(row[15:]),
     )
+
+
+def _metadata(values: Sequence[Any]) -> dict[str, Any]:
+    fields = dict(zip(METADATA_FIELDS, values, strict=True))
+    interlaced, created = fields["interlaced"], fields["creation_time"]
+    fields["interlaced"] = None if interlaced is None else bool(interlaced)
+    fields["creation_time"] = None if created is None else datetime.fromisoformat(created)
+    return fields
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:

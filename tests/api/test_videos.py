@@ -14,6 +14,7 @@ from fastapi import Request, Response
 from stoat_ferret.api._videos import RequestResponseRoute
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus
+from stoat_ferret.library import METADATA_FIELDS
 from tests.api.support import GatedScan, serving, supervisor_running
 from tests.permissions import call_denied
 
@@ -43,6 +44,7 @@ VIDEO_FIELDS = {
     "audio_codec",
     "created_at",
     "updated_at",
+    *METADATA_FIELDS,
 }
 
 

@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from stoat_ferret.library import (
+    METADATA_FIELDS,
     SCHEMA_VERSION,
     StoreError,
     VideoLibrary,
@@ -81,7 +82,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
 
-    with pytest.raises(StoreError, match="schema version 2 is newer than the supported version 1"):
+    newer = f"schema version {SCHEMA_VERSION + 1} is newer than the supported version {SCHEMA_VERSION}"
+    with pytest.raises(StoreError, match=newer):
         VideoStore.open(path)
 
 
@@ -261,6 +263,7 @@ def test_to_json_has_exactly_the_public_fields(store: VideoStore) -> None:
     data = video.to_json()
 
     assert set(data) == {
+        *METADATA_FIELDS,
         "id",
         "path",
         "filename",
