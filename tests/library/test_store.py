@@ -82,8 +82,10 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
 
-    newer = f"schema version {SCHEMA_VERSION + 1} is newer than the supported version {SCHEMA_VERSION}"
-    with pytest.raises(StoreError, match=newer):
+    newer = SCHEMA_VERSION + 1
+    with pytest.raises(
+        StoreError, match=f"schema version {newer} is newer than the supported version {newer - 1}"
+    ):
         VideoStore.open(path)
 
 
