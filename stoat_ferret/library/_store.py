@@ -132,7 +132,8 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DROP INDEX videos_fingerprint",
         "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
         # One per sort key (path has its own), for sorted pages.
-        "CREATE INDEX videos_filename ON videos (filename)",
+        # Filenames sort with ASCII case folded (SQLite's NOCASE), as a file manager would.
+        "CREATE INDEX videos_filename ON videos (filename COLLATE NOCASE)",
         "CREATE INDEX videos_duration ON videos (duration_seconds)",
         "CREATE INDEX videos_size ON videos (size_bytes)",
         "CREATE INDEX videos_width ON videos (width)",
@@ -148,10 +149,11 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 _ORDER: Final = {
     "path": "path",
     "-path": "path DESC",
+    "filename": "filename COLLATE NOCASE, id",
+    "-filename": "filename COLLATE NOCASE DESC, id DESC",
     **{
         key: clause
         for column in (
-            "filename",
             "duration_seconds",
             "size_bytes",
             "width",

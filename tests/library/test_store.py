@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -14,13 +15,16 @@ import pytest
 from stoat_ferret.library import (
     METADATA_FIELDS,
     SCHEMA_VERSION,
+    SORT_KEYS,
     StoreError,
+    VideoFilter,
     VideoLibrary,
     VideoProbe,
     VideoRecord,
     VideoStore,
+    _store,
 )
-from stoat_ferret.library._store import subtree_bounds
+from stoat_ferret.library._store import _MIGRATIONS, filter_clause, subtree_bounds
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -330,3 +334,275 @@ async def test_library_aclose_is_idempotent(tmp_path: Path) -> None:
 
         with pytest.raises(StoreError, match="is closed"):
             await library.get_video(1)
+
+
+def _database_at(path: Path, version: int) -> None:
+    """A file at schema ``version``, built with the migrations of its day, holding one
+    row of the columns that version had (none at version 0, an empty file)."""
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        for step in range(1, version + 1):
+            for statement in _MIGRATIONS[step]:
+                raw.execute(statement)
+        if version >= 1:
+            raw.execute(
+                "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns,"
+                " duration_seconds, duration_frames, width, height, frame_rate_numerator,"
+                " frame_rate_denominator, video_codec, audio_codec, created_at, updated_at)"
+                " VALUES ('/m/old.mp4', '/m', 'old.mp4', 100, 7, 0.4, 10, 64, 48, 25, 1,"
+                " 'h264', 'aac', '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00')"
+            )
+        raw.execute(f"PRAGMA user_version = {version}")
+        raw.commit()
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+def test_every_earlier_schema_is_migrated(tmp_path: Path, version: int) -> None:
+    """A file of any earlier version opens at the current one with every row kept."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, version)
+
+    store = VideoStore.open(path)
+    try:
+        videos, total = store.list_videos(10, 0)
+        assert store.schema_version() == SCHEMA_VERSION
+        store.upsert([record("/m/new.mp4", container_format="matroska,webm", rotation=90)])
+        new = store.get_video_by_path("/m/new.mp4")
+    finally:
+        store.close()
+
+    assert total == (1 if version >= 1 else 0)
+    for video in videos:
+        assert (video.path, video.size_bytes, video.mtime_ns, video.width) == (
+            "/m/old.mp4",
+            100,
+            7,
+            64,
+        )
+        assert (video.video_codec, video.duration_frames) == ("h264", 10)
+        assert video.created_at == datetime(2024, 1, 1, tzinfo=UTC)
+        assert all(getattr(video, name) is None for name in METADATA_FIELDS)
+    assert new is not None
+    assert (new.container_format, new.rotation) == ("matroska,webm", 90)
+
+
+def test_a_migrated_row_is_probed_again_once(tmp_path: Path) -> None:
+    """A row stored before the metadata existed matches no file until it is written again."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 1)
+    store = VideoStore.open(path)
+    try:
+        stale = store.fingerprints("/m", recursive=True)
+        flat = store.fingerprints("/m", recursive=False)
+        store.upsert([record("/m/old.mp4", size=100, mtime=7)])
+        fresh = store.fingerprints("/m", recursive=True)
+    finally:
+        store.close()
+
+    assert stale == flat == {"/m/old.mp4": (-1, 7)}
+    assert fresh == {"/m/old.mp4": (100, 7)}
+
+
+def test_a_failed_migration_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that fails rolls the whole upgrade back: the file stays at its version."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 1)
+    broken = {**_store._MIGRATIONS, 2: (*_MIGRATIONS[2][:3], "THIS IS NOT SQL")}
+    monkeypatch.setattr(_store, "_MIGRATIONS", broken)
+
+    with pytest.raises(StoreError, match="syntax error"):
+        VideoStore.open(path)
+
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        columns = {row[1] for row in raw.execute("PRAGMA table_info(videos)")}
+        assert raw.execute("SELECT count(*) FROM videos").fetchone() == (1,)
+    assert "container_format" not in columns
+
+
+def test_metadata_columns_match_the_fields() -> None:
+    """The migration adds one column per metadata field, in the same order."""
+    assert tuple(_store._METADATA_COLUMNS) == METADATA_FIELDS
+
+
+def test_metadata_round_trips(store: VideoStore) -> None:
+    """Every metadata field comes back as written; interlaced stays a bool, the time aware."""
+    written = record(
+        "/m/a.mov",
+        container_format="mov,mp4,m4a,3gp,3g2,mj2",
+        bit_rate=1_000_000,
+        video_bit_rate=900_000,
+        pixel_format="yuv420p10le",
+        bit_depth=10,
+        color_space="bt2020nc",
+        color_transfer="smpte2084",
+        color_primaries="bt2020",
+        color_range="tv",
+        rotation=-90,
+        display_width=1080,
+        display_height=1920,
+        sample_aspect_ratio="1:1",
+        interlaced=False,
+        video_stream_count=1,
+        audio_stream_count=2,
+        subtitle_stream_count=3,
+        audio_channels=6,
+        audio_channel_layout="5.1(side)",
+        audio_sample_rate=48_000,
+        timecode="01:00:00:00",
+        creation_time=datetime(2024, 5, 6, 7, 8, 9, 10, tzinfo=UTC),
+    )
+    store.upsert([written])
+
+    video = store.get_video_by_path("/m/a.mov")
+
+    assert video is not None
+    assert {name: getattr(video, name) for name in METADATA_FIELDS} == {
+        name: getattr(written.probe, name) for name in METADATA_FIELDS
+    }
+    assert video.interlaced is False
+
+
+def _library(store: VideoStore) -> None:
+    """Six videos that differ in every filtered and sorted column."""
+    rows = [
+        ("/m/a/Été 100%.mp4", 10, 1920, 1080, 12.0, "h264", "aac", "mov,mp4,m4a,3gp,3g2,mj2"),
+        ("/m/a/b/clip_1.mkv", 20, 1280, 720, 3.5, "hevc", "opus", "matroska,webm"),
+        ("/m/a/b/clip-1.webm", 30, 640, 480, None, "vp9", None, "matroska,webm"),
+        ("/m/ab/x.mov", 40, 3840, 2160, 60.0, "prores", "pcm_s16le", "mov,mp4,m4a,3gp,3g2,mj2"),
+        ("/m/zeta.avi", 50, None, None, 1.0, "mpeg4", "mp3", "avi"),
+        ("/n/ÉTÉ.mp4", 60, 720, 576, 30.0, "mpeg2video", "mp2", "mpeg"),
+    ]
+    store.upsert(
+        [
+            record(
+                path,
+                size=size,
+                width=width,
+                height=height,
+                duration_seconds=seconds,
+                video_codec=video,
+                audio_codec=audio,
+                container_format=container,
+            )
+            for path, size, width, height, seconds, video, audio, container in rows
+        ]
+    )
+
+
+def _names(store: VideoStore, **where: Any) -> list[str]:
+    videos, total = store.list_videos(100, 0, VideoFilter(**where))
+    assert total == len(videos)
+    return [v.filename for v in videos]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({}, {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv", "x.mov", "zeta.avi", "ÉTÉ.mp4"}),
+        ({"q": "CLIP"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"q": "_"}, {"clip_1.mkv"}),
+        ({"q": "%"}, {"Été 100%.mp4"}),
+        ({"q": "p_1"}, {"clip_1.mkv"}),
+        ({"q": "0%."}, {"Été 100%.mp4"}),
+        ({"q": "été"}, {"Été 100%.mp4", "ÉTÉ.mp4"}),
+        ({"q": "/m/a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"q": "'; DROP TABLE videos; --"}, set()),
+        ({"video_codec": "hevc"}, {"clip_1.mkv"}),
+        ({"audio_codec": "aac"}, {"Été 100%.mp4"}),
+        ({"container": "mp4"}, {"Été 100%.mp4", "x.mov"}),
+        ({"container": "WEBM"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"container": "matroska,webm"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"container": "mp"}, set()),
+        ({"min_width": 1280}, {"Été 100%.mp4", "clip_1.mkv", "x.mov"}),
+        ({"max_width": 1280, "min_height": 576}, {"clip_1.mkv", "ÉTÉ.mp4"}),
+        ({"max_height": 480}, {"clip-1.webm"}),
+        ({"min_duration": 3.5, "max_duration": 30}, {"Été 100%.mp4", "clip_1.mkv", "ÉTÉ.mp4"}),
+        ({"under": "/m/a"}, {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv"}),
+        ({"under": "/m/a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "/m/a/./b/../b"}, {"clip-1.webm", "clip_1.mkv"}),
+        (
+            {"under": "/", "min_width": 0},
+            {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv", "x.mov", "ÉTÉ.mp4"},
+        ),
+        ({"under": "/m/a", "q": "clip", "container": "matroska"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"min_width": 2000, "max_width": 1000}, set()),
+    ],
+)
+def test_filters(store: VideoStore, where: dict[str, Any], expected: set[str]) -> None:
+    """Each filter alone and together; q is literal (% and _ included) and ignores case."""
+    _library(store)
+
+    names = _names(store, **where)
+
+    assert set(names) == expected
+    assert len(names) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ("filename", ["clip-1.webm", "clip_1.mkv", "x.mov", "zeta.avi", "ÉTÉ.mp4", "Été 100%.mp4"]),
+        ("path", ["clip-1.webm", "clip_1.mkv", "Été 100%.mp4", "x.mov", "zeta.avi", "ÉTÉ.mp4"]),
+        (
+            "-size_bytes",
+            ["ÉTÉ.mp4", "zeta.avi", "x.mov", "clip-1.webm", "clip_1.mkv", "Été 100%.mp4"],
+        ),
+        ("width", ["zeta.avi", "clip-1.webm", "ÉTÉ.mp4", "clip_1.mkv", "Été 100%.mp4", "x.mov"]),
+        ("-height", ["x.mov", "Été 100%.mp4", "clip_1.mkv", "ÉTÉ.mp4", "clip-1.webm", "zeta.avi"]),
+        (
+            "duration_seconds",
+            ["clip-1.webm", "zeta.avi", "clip_1.mkv", "Été 100%.mp4", "ÉTÉ.mp4", "x.mov"],
+        ),
+        ("-path", ["ÉTÉ.mp4", "zeta.avi", "x.mov", "Été 100%.mp4", "clip_1.mkv", "clip-1.webm"]),
+    ],
+)
+def test_sorts(store: VideoStore, sort: str, expected: list[str]) -> None:
+    """Ascending and descending; unknown values (NULL) come first ascending, last descending.
+
+    Paths sort by code point; filenames too, but with ASCII letters in any case
+    together (SQLite's NOCASE), so ``Zeta`` does not come before ``alpha``."""
+    _library(store)
+
+    assert _names(store, sort=sort) == expected
+
+
+@pytest.mark.parametrize("sort", ["updated_at", "-updated_at", "size_bytes", "-filename"])
+def test_ties_are_broken_by_id_so_pages_never_overlap(store: VideoStore, sort: str) -> None:
+    """Rows equal in the sort key come in id order (reversed with -): pages tile the list."""
+    store.upsert([record(f"/m/{index:02d}.mp4", size=7) for index in range(9)])
+    store.upsert([record(f"/m/{index:02d}.mp4", size=7) for index in range(9, 12)])
+    where = VideoFilter(sort=sort)
+
+    pages = [store.list_videos(5, offset, where)[0] for offset in (0, 5, 10)]
+
+    ids = [video.id for page in pages for video in page]
+    assert len(ids) == len(set(ids)) == 12
+    if sort in ("size_bytes",):
+        assert ids == sorted(ids)
+    if sort == "-filename":
+        assert ids == sorted(ids, reverse=True)
+
+
+def test_total_counts_every_match_beyond_the_page(store: VideoStore) -> None:
+    """The total is the number of matches, not the size of the page."""
+    _library(store)
+
+    page, total = store.list_videos(1, 1, VideoFilter(under="/m", sort="-size_bytes"))
+
+    assert ([v.filename for v in page], total) == (["x.mov"], 5)
+
+
+@pytest.mark.parametrize("sort", [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
+def test_sorted_pages_walk_an_index(store: VideoStore, tmp_path: Path, sort: str) -> None:
+    """Every sort order reads an index in order: no temporary B-tree sorts the table."""
+    condition, args = filter_clause(VideoFilter(sort=sort))
+    query = f"SELECT id FROM videos{condition} ORDER BY {_store._ORDER[sort]} LIMIT 10"
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        plan = raw.execute(f"EXPLAIN QUERY PLAN {query}", args).fetchall()
+
+    details = " | ".join(row[3] for row in plan)
+    assert "TEMP B-TREE" not in details, details
+    assert "INDEX" in details, details
