@@ -24,7 +24,12 @@ from stoat_ferret.library import (
     VideoStore,
     _store,
 )
-from stoat_ferret.library._store import _MIGRATIONS, filter_clause, subtree_bounds
+from stoat_ferret.library._store import (
+    _MIGRATIONS,
+    page_query,
+    subtree_bounds,
+    walk_sort_index,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -594,15 +599,88 @@ def test_total_counts_every_match_beyond_the_page(store: VideoStore) -> None:
     assert ([v.filename for v in page], total) == (["x.mov"], 5)
 
 
-@pytest.mark.parametrize("sort", [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
-def test_sorted_pages_walk_an_index(store: VideoStore, tmp_path: Path, sort: str) -> None:
-    """Every sort order reads an index in order: no temporary B-tree sorts the table."""
-    condition, args = filter_clause(VideoFilter(sort=sort))
-    query = f"SELECT id FROM videos{condition} ORDER BY {_store._ORDER[sort]} LIMIT 10"
-
+def _plan(tmp_path: Path, query: str, args: tuple[Any, ...]) -> str:
     with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
-        plan = raw.execute(f"EXPLAIN QUERY PLAN {query}", args).fetchall()
+        plan = raw.execute(f"EXPLAIN QUERY PLAN {query}", (*args, 10, 0)).fetchall()
+    return " | ".join(row[3] for row in plan)
 
-    details = " | ".join(row[3] for row in plan)
+
+@pytest.mark.parametrize("sort", [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
+@pytest.mark.parametrize(
+    "where",
+    [
+        {},
+        {"video_codec": "h264", "min_width": 640},
+        {"container": "mp4", "max_duration": 60},
+        {"under": "/m", "audio_codec": "aac"},
+        {"q": "clip", "min_height": 480},
+    ],
+    ids=["none", "codec", "container", "under", "q"],
+)
+def test_a_walked_page_reads_the_sort_index(
+    store: VideoStore, tmp_path: Path, sort: str, where: dict[str, Any]
+) -> None:
+    """Walking, every sort order reads its index in order: no temporary B-tree sorts rows."""
+    query, args = page_query(VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=True)
+
+    details = _plan(tmp_path, query, args)
+
     assert "TEMP B-TREE" not in details, details
     assert "INDEX" in details, details
+
+
+@pytest.mark.parametrize("sort", ["-duration_seconds", "filename", "updated_at"])
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ({"video_codec": "h264", "min_width": 640}, "videos_video_codec"),
+        ({"container": "mp4", "max_duration": 60}, "videos_container"),
+        ({"audio_codec": "aac"}, "videos_audio_codec"),
+        ({"under": "/m"}, "path>? AND path<?"),
+    ],
+)
+def test_a_picked_page_reads_the_filter_index(
+    store: VideoStore, tmp_path: Path, sort: str, where: dict[str, Any], index: str
+) -> None:
+    """Not walking, the filters' index picks the rows, which are then sorted."""
+    query, args = page_query(VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=False)
+
+    details = _plan(tmp_path, query, args)
+
+    assert index in details, details
+    assert "TEMP B-TREE FOR ORDER BY" in details, details
+
+
+def test_the_plan_follows_the_share_of_matches() -> None:
+    """Walk when the page's rows are found within the rows a filter would pick."""
+    assert walk_sort_index(matches=50_000, stored=100_000, rows=100)
+    assert walk_sort_index(matches=3_163, stored=100_000, rows=100)
+    assert not walk_sort_index(matches=3_162, stored=100_000, rows=100)
+    assert not walk_sort_index(matches=100, stored=100_000, rows=100)
+    assert walk_sort_index(matches=10, stored=10, rows=100) is False
+
+
+@pytest.mark.parametrize("walk", [True, False])
+def test_both_plans_give_the_same_pages(
+    store: VideoStore, walk: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever plan is taken, the page and the total are the same."""
+    _library(store)
+    monkeypatch.setattr(_store, "walk_sort_index", lambda matches, stored, rows: walk)
+    wheres = [
+        VideoFilter(container="mp4", sort="-size_bytes"),
+        VideoFilter(under="/m", min_width=700, sort="filename"),
+        VideoFilter(q="clip", sort="-duration_seconds"),
+        VideoFilter(video_codec="hevc", audio_codec="opus", sort="width"),
+        VideoFilter(under="/m/a", sort="-path"),
+    ]
+
+    pages = [store.list_videos(2, 1, where) for where in wheres]
+
+    assert [([v.filename for v in page], total) for page, total in pages] == [
+        (["Été 100%.mp4"], 2),
+        (["x.mov", "Été 100%.mp4"], 3),
+        (["clip-1.webm"], 2),
+        ([], 1),
+        (["clip_1.mkv", "clip-1.webm"], 3),
+    ]
