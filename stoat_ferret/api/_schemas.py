@@ -131,11 +131,14 @@ VideoSort: TypeAlias = Literal[
 """The sort keys of a video list; ``-`` for descending (the library's ``SORT_KEYS``)."""
 
 
+_TEXT_FILTERS: Final = frozenset({"q", "video_codec", "audio_codec", "container", "under"})
+
+
 class VideoListQuery(BaseModel):
     """``GET /api/v1/videos``: which videos, in which order, which page.
 
-    Every filter is optional and they combine (AND). An empty value is no
-    filter. Any other query parameter is refused (422), so a misspelt filter
+    Every filter is optional and they combine (AND). An empty text filter
+    is no filter. Any other query parameter is refused (422), so a misspelt filter
     never silently shows every video.
     """
 
@@ -170,6 +173,8 @@ class VideoListQuery(BaseModel):
         max_length=MAX_PATH_CHARS,
         description="An absolute directory: only the videos anywhere below it.",
         examples=["/srv/videos/holidays"],
+        # Documents what _check_under enforces (empty: no filter), for schema-driven clients.
+        json_schema_extra={"pattern": "^(/[^\\u0000]*)?$"},
     )
     sort: VideoSort = Field(
         default="path", description="The order: a column, with a leading - for descending."
@@ -178,10 +183,10 @@ class VideoListQuery(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_is_absent(cls, data: Any) -> Any:
-        # A form's empty search box or filter means "no filter", not "equals ''".
+        # A form's empty search box or text filter means "no filter", not
+        # "equals ''". An empty number is still a 422, as its schema says.
         if isinstance(data, dict):
-            paging = {"limit", "offset"}
-            return {k: v for k, v in data.items() if k in paging or v not in ("", None)}
+            return {k: v for k, v in data.items() if k not in _TEXT_FILTERS or v != ""}
         return data
 
     @field_validator("under")

@@ -155,9 +155,9 @@ async def test_sort_both_ways_with_paging(stocked: Settings) -> None:
 
 @pytest.mark.anyio
 async def test_empty_values_are_no_filter(stocked: Settings) -> None:
-    """A form's empty fields (q=, video_codec=, min_width=) select every video."""
+    """A form's empty text fields (q=, video_codec=, under=...) select every video."""
     with anyio.fail_after(20):
-        (response,) = await _get(stocked, "q=&video_codec=&min_width=&under=&container=")
+        (response,) = await _get(stocked, "q=&video_codec=&audio_codec=&under=&container=")
 
     assert len(_names(response)) == 5
 
@@ -171,6 +171,7 @@ async def test_empty_values_are_no_filter(stocked: Settings) -> None:
         ("sort=path%20DESC", "sort"),
         ("sort=id;DROP%20TABLE%20videos", "sort"),
         ("min_width=-1", "min_width"),
+        ("min_width=", "min_width"),
         ("max_height=wide", "max_height"),
         ("min_duration=nan", "min_duration"),
         ("max_duration=inf", "max_duration"),
