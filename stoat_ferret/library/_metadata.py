@@ -106,6 +106,8 @@ COLOR_SPACES: Final = {
 _FIELD_ORDER_PROGRESSIVE: Final = 1
 _FIELD_ORDERS_KNOWN: Final = frozenset(range(1, 6))
 
+_FULL_TURN: Final = 360
+
 # The demuxers that read a display matrix into the stream's side data.
 _DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
 
@@ -167,11 +169,9 @@ def parse_creation_time(text: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO 8601, or outside years 1-9999 in UTC
         return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def display_size(
@@ -224,7 +224,8 @@ def _rotation(container: InputContainer, video: VideoStream) -> int | None:
         return None
     for frame in frames:
         if SideDataType.DISPLAYMATRIX in frame.side_data:
-            return frame.rotation
+            # A degenerate matrix has no angle (FFmpeg's NaN comes back as any int).
+            return frame.rotation if abs(frame.rotation) <= _FULL_TURN else None
     return None
 
 

@@ -262,11 +262,14 @@ def test_a_frame_that_cannot_be_decoded_leaves_the_rotation_unknown(
         ("2024-05-06 07:08:09", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
         ("2024-05-06T09:08:09+02:00", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
         ("yesterday", None),
+        ("9999-12-31T23:59:59-05:00", None),
+        ("0001-01-01T00:00:00+05:00", None),
         ("2024-05-06T07:08:09Z" + " " * 100, None),
     ],
 )
 def test_creation_time_tags(text: str, expected: datetime | None) -> None:
-    """ISO 8601 in any zone becomes UTC, a naive time is UTC, and anything else unknown."""
+    """ISO 8601 in any zone becomes UTC, a naive time is UTC; anything else, or a
+    time outside the years 1-9999 once in UTC, is unknown."""
     assert _metadata.parse_creation_time(text) == expected
 
 
@@ -543,3 +546,23 @@ def test_parse_clock_reads_matroska_durations() -> None:
     assert _probe._parse_clock("00:00:00.000000000") is None
     assert _probe._parse_clock("soon") is None
     assert _probe._parse_clock("1:2") is None
+
+
+def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:
+    """A matrix that maps every pixel to one point has no angle: the rotation is
+    unknown (PyAV reports FFmpeg's NaN as -2**31, ffprobe as -2**63)."""
+    path = tmp_path / "flat.mp4"
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=25)
+        assert isinstance(video, av.VideoStream)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.set_display_matrix([0] * 8 + [1 << 30])
+        frame = av.VideoFrame(64, 48, "yuv420p")
+        frame.pts = 0
+        for packet in [*video.encode(frame), *video.encode(None)]:
+            container.mux(packet)
+
+    probe = probe_video(path)
+
+    assert probe.rotation is None
+    assert (probe.display_width, probe.display_height) == (64, 48)
