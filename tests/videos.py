@@ -8,21 +8,30 @@ The container follows the file extension. Codec and audio names are FFmpeg's
 codec names (``h264``, ``vp9``, ``opus``); PyAV picks the encoder (``libx264``,
 ``libvpx-vp9``, ``libopus``). A 64x48 clip of 10 frames encodes in a few
 milliseconds.
+
+The editing metadata an editor cares about can be written too: a pixel format
+(10-bit), a rotation (a display matrix), a sample aspect ratio, a field order,
+colour properties, more audio streams, subtitle streams (remuxed from an SRT
+file PyAV reads, since FFmpeg's text subtitle encoders want an ASS header PyAV
+cannot set), and the ``timecode`` and ``creation_time`` tags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import av
 
 if TYPE_CHECKING:
-    from av.container import OutputContainer
+    from av.container import InputContainer, OutputContainer
+    from av.packet import Packet
+    from av.stream import Stream
 
 DEFAULT_VIDEO_CODEC: Final[dict[str, str]] = {
     ".avi": "mpeg4",
@@ -47,6 +56,19 @@ _PIXEL_FORMAT: Final = {"mjpeg": "yuvj420p"}
 
 # libx265 prints a banner on stderr unless told not to.
 _QUIET_OPTIONS: Final[dict[str, dict[str, str]]] = {"hevc": {"x265-params": "log-level=error"}}
+
+
+_SRT: Final = "1\n00:00:00,000 --> 00:00:00,200\nhello\n\n"
+
+
+@attrs.frozen(kw_only=True)
+class Color:
+    """FFmpeg's enum values of the colour properties to write (pixfmt.h)."""
+
+    space: int
+    transfer: int
+    primaries: int
+    range: int
 
 
 @attrs.frozen(kw_only=True)
@@ -82,6 +104,14 @@ def make_video(
     rate: Fraction = Fraction(25),
     frames: int = 10,
     audio: str | None = "aac",
+    more_audio: tuple[tuple[str, str], ...] = (),
+    pixel_format: str | None = None,
+    rotation: int | None = None,
+    sample_aspect_ratio: Fraction | None = None,
+    field_order: int | None = None,
+    color: Color | None = None,
+    subtitles: int = 0,
+    tags: dict[str, str] | None = None,
 ) -> EncodedVideo:
     """Encode a small clip of moving grey frames (and silence) into ``path``.
 
@@ -94,6 +124,14 @@ def make_video(
         rate: Frame rate.
         frames: How many frames to encode.
         audio: FFmpeg's name of the audio codec, or None for no audio stream.
+        more_audio: Further audio streams, as ``(codec, channel layout)``.
+        pixel_format: The encoded pixel format (``yuv420p10le``); None: the codec's usual.
+        rotation: Degrees counter-clockwise to write in the display matrix.
+        sample_aspect_ratio: The pixels' shape, if not square.
+        field_order: FFmpeg's AVFieldOrder to declare (2: top field first).
+        color: Colour properties to declare.
+        subtitles: How many subtitle streams (Matroska only).
+        tags: The container's metadata (``timecode``, ``creation_time``).
 
     Returns:
         What was written, with codec names as ffprobe prints them.
@@ -104,17 +142,26 @@ def make_video(
         # SVT-AV1 reads its log level from the environment only (1: errors).
         os.environ.setdefault("SVT_LOG", "1")
     with av.open(str(target), mode="w") as container:
+        container.metadata.update(tags or {})
         video = container.add_stream(codec, rate=rate, options=_QUIET_OPTIONS.get(codec, {}))
         assert isinstance(video, av.VideoStream), f"{codec} is not a video codec"
         video.width = width
         video.height = height
-        video.pix_fmt = _PIXEL_FORMAT.get(codec, "yuv420p")
+        video.pix_fmt = pixel_format or _PIXEL_FORMAT.get(codec, "yuv420p")
+        _describe(video, rotation, sample_aspect_ratio, field_order, color)
         sound: av.AudioStream | None = None
         if audio is not None:
             added = container.add_stream(audio, rate=AUDIO_RATE)
             assert isinstance(added, av.AudioStream), f"{audio} is not an audio codec"
             sound = added
-        packets = _encode(container, video, sound, frames=frames, rate=rate)
+        extra = [_audio_stream(container, name, layout) for name, layout in more_audio]
+        with contextlib.ExitStack() as sources:
+            texts = [_subtitle_stream(container, target, sources) for _ in range(subtitles)]
+            packets = _encode(container, video, sound, frames=frames, rate=rate)
+            for more in extra:
+                _silence(container, more)
+            for source, text in texts:
+                _remux(container, source, text)
         video_name = video.codec_context.codec.canonical_name
         audio_name = sound.codec_context.codec.canonical_name if sound else None
     return EncodedVideo(
@@ -126,6 +173,66 @@ def make_video(
         rate=rate,
         frames=packets,
     )
+
+
+def _describe(
+    video: av.VideoStream,
+    rotation: int | None,
+    sample_aspect_ratio: Fraction | None,
+    field_order: int | None,
+    color: Color | None,
+) -> None:
+    context = video.codec_context
+    if rotation is not None:
+        video.set_display_rotation(rotation)
+    if sample_aspect_ratio is not None:
+        context.sample_aspect_ratio = sample_aspect_ratio
+    if field_order is not None:
+        context.field_order = field_order
+    if color is not None:
+        context.colorspace = color.space
+        context.color_trc = color.transfer
+        context.color_primaries = color.primaries
+        context.color_range = color.range
+
+
+def _audio_stream(container: OutputContainer, codec: str, layout: str) -> av.AudioStream:
+    stream = container.add_stream(codec, rate=AUDIO_RATE, layout=layout)
+    assert isinstance(stream, av.AudioStream), f"{codec} is not an audio codec"
+    return stream
+
+
+def _silence(container: OutputContainer, stream: av.AudioStream) -> None:
+    """One frame of silence in the stream's own layout."""
+    frame = av.AudioFrame(format="s16", layout=stream.layout.name, samples=_AUDIO_FRAME)
+    frame.planes[0].update(bytes(frame.planes[0].buffer_size))
+    frame.sample_rate = AUDIO_RATE
+    frame.pts = 0
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def _subtitle_stream(
+    container: OutputContainer, target: Path, sources: contextlib.ExitStack
+) -> tuple[InputContainer, Stream]:
+    """A subtitle stream copied from a one-line SRT file written beside ``target``."""
+    srt = target.with_name(f"{target.name}.{len(container.streams)}.srt")
+    srt.write_text(_SRT)
+    source = sources.enter_context(av.open(str(srt)))
+    stream = container.add_stream_from_template(source.streams.subtitles[0])
+    return source, stream
+
+
+def _remux(container: OutputContainer, source: InputContainer, stream: Stream) -> None:
+    for packet in source.demux(source.streams.subtitles[0]):
+        if packet.size:
+            container.mux(_restream(packet, stream))
+    Path(source.name).unlink()
+
+
+def _restream(packet: Packet[Any], stream: Stream) -> Packet[Any]:
+    packet.stream = stream
+    return packet
 
 
 def _encode(
@@ -144,6 +251,8 @@ def _encode(
         frame = av.VideoFrame(video.width, video.height, "yuv420p")
         for plane_index, plane in enumerate(frame.planes):
             plane.update(bytes([(index * 23 + plane_index * 64) % 256]) * plane.buffer_size)
+        if video.pix_fmt not in (None, "yuv420p", "yuvj420p"):
+            frame = frame.reformat(format=video.pix_fmt)
         frame.pts = index
         for packet in video.encode(frame):
             container.mux(packet)

@@ -12,9 +12,15 @@ done.
 from __future__ import annotations
 
 import os
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # pydantic reads the field annotations at run time: the name must exist then.
 from stoat_ferret.jobs import JobStatus  # noqa: TC001
@@ -91,8 +97,99 @@ class JobListOut(BaseModel):
     offset: int
 
 
+MAX_NAME_CHARS: Final = 256
+"""Longest codec or container name a filter takes (FFmpeg's are a few characters)."""
+
+MAX_SECONDS: Final = 1e12
+"""Largest duration bound a filter takes (any larger is simply no bound)."""
+
+VideoSort: TypeAlias = Literal[
+    "path",
+    "-path",
+    "filename",
+    "-filename",
+    "duration_seconds",
+    "-duration_seconds",
+    "size_bytes",
+    "-size_bytes",
+    "width",
+    "-width",
+    "height",
+    "-height",
+    "updated_at",
+    "-updated_at",
+]
+"""The sort keys of a video list; ``-`` for descending (the library's ``SORT_KEYS``)."""
+
+
+_TEXT_FILTERS: Final = frozenset({"q", "video_codec", "audio_codec", "container", "under"})
+
+
+class VideoListQuery(BaseModel):
+    """``GET /api/v1/videos``: which videos, in which order, which page.
+
+    Every filter is optional and they combine (AND). An empty text filter
+    is no filter. Any other query parameter is refused (422), so a misspelt filter
+    never silently shows every video.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=100, ge=1, le=MAX_LIMIT, description="Videos per page.")
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Videos skipped.")
+    q: str | None = Field(
+        default=None,
+        max_length=MAX_PATH_CHARS,
+        description="A substring of the path or filename, any case; % and _ are literal.",
+    )
+    video_codec: str | None = Field(
+        default=None, max_length=MAX_NAME_CHARS, description="FFmpeg's name, such as h264."
+    )
+    audio_codec: str | None = Field(
+        default=None, max_length=MAX_NAME_CHARS, description="FFmpeg's name, such as aac."
+    )
+    container: str | None = Field(
+        default=None,
+        max_length=MAX_NAME_CHARS,
+        description="FFmpeg's format name or one of its aliases: mp4 matches mov,mp4,m4a,...",
+    )
+    min_width: int | None = Field(default=None, ge=0, le=MAX_OFFSET)
+    max_width: int | None = Field(default=None, ge=0, le=MAX_OFFSET)
+    min_height: int | None = Field(default=None, ge=0, le=MAX_OFFSET)
+    max_height: int | None = Field(default=None, ge=0, le=MAX_OFFSET)
+    min_duration: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    max_duration: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    under: str | None = Field(
+        default=None,
+        max_length=MAX_PATH_CHARS,
+        description="An absolute directory: only the videos anywhere below it.",
+        examples=["/srv/videos/holidays"],
+        # Documents what _check_under enforces (empty: no filter), for schema-driven clients.
+        json_schema_extra={"pattern": "^(/[^\\u0000]*)?$"},
+    )
+    sort: VideoSort = Field(
+        default="path", description="The order: a column, with a leading - for descending."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_absent(cls, data: Any) -> Any:
+        # A form's empty search box or text filter means "no filter", not
+        # "equals ''". An empty number is still a 422, as its schema says.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in _TEXT_FILTERS or v != ""}
+        return data
+
+    @field_validator("under")
+    @classmethod
+    def _check_under(cls, value: str | None) -> str | None:
+        if value is not None and ("\x00" in value or not os.path.isabs(value)):
+            raise ValueError("under must be an absolute directory path")
+        return value
+
+
 class VideoOut(BaseModel):
-    """One stored video."""
+    """One stored video. The editing metadata is null where the file does not say."""
 
     id: int
     path: str
@@ -108,10 +205,34 @@ class VideoOut(BaseModel):
     audio_codec: str | None
     created_at: str
     updated_at: str
+    container_format: str | None = Field(description="FFmpeg's name: mov,mp4,m4a,3gp,3g2,mj2.")
+    bit_rate: int | None = Field(description="Overall, in bits per second.")
+    video_bit_rate: int | None = Field(description="The video stream's, in bits per second.")
+    pixel_format: str | None = Field(examples=["yuv420p10le"])
+    bit_depth: int | None = Field(description="Bits per sample of the pixel format.")
+    color_space: str | None = Field(examples=["bt709"])
+    color_transfer: str | None = Field(examples=["smpte2084"])
+    color_primaries: str | None = Field(examples=["bt2020"])
+    color_range: str | None = Field(description="tv (limited) or pc (full).")
+    rotation: int | None = Field(
+        description="Degrees counter-clockwise from the display matrix, as ffprobe prints it."
+    )
+    display_width: int | None = Field(description="As shown: SAR and rotation applied.")
+    display_height: int | None = Field(description="As shown: SAR and rotation applied.")
+    sample_aspect_ratio: str | None = Field(examples=["1:1", "4:3"])
+    interlaced: bool | None = Field(description="From the field order, where FFmpeg knows it.")
+    video_stream_count: int | None = Field(description="Video streams, cover art excluded.")
+    audio_stream_count: int | None
+    subtitle_stream_count: int | None
+    audio_channels: int | None = Field(description="Of the first audio stream.")
+    audio_channel_layout: str | None = Field(examples=["stereo", "5.1(side)"])
+    audio_sample_rate: int | None = Field(description="Of the first audio stream, in Hz.")
+    timecode: str | None = Field(examples=["01:00:00:00"])
+    creation_time: str | None = Field(description="From the tags, ISO 8601 UTC.")
 
 
 class VideoListOut(BaseModel):
-    """A page of videos ordered by path; ``total`` counts every video."""
+    """A page of the videos a query selects, in its order; ``total`` counts them all."""
 
     videos: list[VideoOut]
     total: int

@@ -34,14 +34,15 @@ from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import resolve_scan_path
 from stoat_ferret.api._schemas import (
-    MAX_LIMIT,
     MAX_OFFSET,
     ScanAccepted,
     ScanRequest,
     VideoListOut,
+    VideoListQuery,
     VideoOut,
     error_responses,
 )
+from stoat_ferret.library import VideoFilter
 
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 
@@ -98,18 +99,17 @@ async def scan_videos(
 @router.head("", include_in_schema=False)
 @router.get("", response_model=VideoListOut, responses=error_responses(422, 503))
 async def list_videos(
-    library: LibraryDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    library: LibraryDep, query: Annotated[VideoListQuery, Query()]
 ) -> ApiJSONResponse:
-    """List stored videos ordered by path; ``total`` counts them all."""
-    videos, total = await library.list_videos(limit, offset)
+    """List stored videos: searched, filtered and sorted; ``total`` counts every match."""
+    where = VideoFilter(**query.model_dump(exclude={"limit", "offset"}))
+    videos, total = await library.list_videos(query.limit, query.offset, where)
     return ApiJSONResponse(
         {
             "videos": [video.to_json() for video in videos],
             "total": total,
-            "limit": limit,
-            "offset": offset,
+            "limit": query.limit,
+            "offset": query.offset,
         }
     )
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-    from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
+    from stoat_ferret.library._models import Fingerprint, Video, VideoFilter, VideoRecord
 
 
 T = TypeVar("T")
@@ -72,13 +72,16 @@ class VideoLibrary:
         """Return the schema version recorded in the file (``PRAGMA user_version``)."""
         return await anyio.to_thread.run_sync(self._store.schema_version)
 
-    async def list_videos(self, limit: int = 100, offset: int = 0) -> tuple[list[Video], int]:
-        """Return one page of videos ordered by path, and the total number of videos.
+    async def list_videos(
+        self, limit: int = 100, offset: int = 0, where: VideoFilter | None = None
+    ) -> tuple[list[Video], int]:
+        """Return one page of the videos ``where`` selects (all, by path, without it),
+        and how many it selects.
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
         """
-        return await anyio.to_thread.run_sync(self._store.list_videos, limit, offset)
+        return await anyio.to_thread.run_sync(self._store.list_videos, limit, offset, where)
 
     async def get_video(self, video_id: int) -> Video | None:
         """Return the video with this id, or None."""

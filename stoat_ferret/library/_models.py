@@ -54,6 +54,81 @@ class VideoProbe:
     duration_frames: int | None
     video_codec: str
     audio_codec: str | None
+    # The editing metadata (``_metadata.py``); None where the file does not say.
+    container_format: str | None = None
+    bit_rate: int | None = None
+    video_bit_rate: int | None = None
+    pixel_format: str | None = None
+    bit_depth: int | None = None
+    color_space: str | None = None
+    color_transfer: str | None = None
+    color_primaries: str | None = None
+    color_range: str | None = None
+    rotation: int | None = None
+    display_width: int | None = None
+    display_height: int | None = None
+    sample_aspect_ratio: str | None = None
+    interlaced: bool | None = None
+    video_stream_count: int | None = None
+    audio_stream_count: int | None = None
+    subtitle_stream_count: int | None = None
+    audio_channels: int | None = None
+    audio_channel_layout: str | None = None
+    audio_sample_rate: int | None = None
+    timecode: str | None = None
+    creation_time: datetime | None = None
+
+
+METADATA_FIELDS: tuple[str, ...] = tuple(
+    field.name for field in attrs.fields(VideoProbe) if field.default is None
+)
+"""The editing metadata fields, in order: the same name in the probe, the
+stored video, the database column and the JSON."""
+
+
+SORT_KEYS: tuple[str, ...] = (
+    "path",
+    "filename",
+    "duration_seconds",
+    "size_bytes",
+    "width",
+    "height",
+    "updated_at",
+)
+"""The columns a video list can be sorted by (``-`` before one: descending)."""
+
+
+@attrs.frozen(kw_only=True)
+class VideoFilter:
+    """Which stored videos a list shows, and in which order. Every filter is optional.
+
+    ``q`` is a case-insensitive substring of the path (the filename is part of
+    it), taken literally: ``%`` and ``_`` are plain characters. ``container``
+    is FFmpeg's format name or one of its comma-separated aliases (``mp4``
+    matches ``mov,mp4,m4a,3gp,3g2,mj2``). ``under`` is an absolute directory:
+    the videos anywhere below it. Bounds are inclusive. ``sort`` is one of
+    :data:`SORT_KEYS`, with a leading ``-`` for descending order; ties are
+    broken by id in the same direction, so pages never overlap.
+    """
+
+    q: str | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    container: str | None = None
+    min_width: int | None = None
+    max_width: int | None = None
+    min_height: int | None = None
+    max_height: int | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+    under: str | None = None
+    sort: str = "path"
+
+    def __attrs_post_init__(self) -> None:
+        if self.sort.removeprefix("-") not in SORT_KEYS:
+            raise ValueError(f"cannot sort by {self.sort!r}: use one of {', '.join(SORT_KEYS)}")
+        if self.under is not None and not self.under.startswith("/"):
+            raise ValueError(f"under must be an absolute directory, got {self.under!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -92,6 +167,29 @@ class Video:
     audio_codec: str | None
     created_at: datetime
     updated_at: datetime
+    # The editing metadata: None in a row stored before it existed, until its next scan.
+    container_format: str | None = None
+    bit_rate: int | None = None
+    video_bit_rate: int | None = None
+    pixel_format: str | None = None
+    bit_depth: int | None = None
+    color_space: str | None = None
+    color_transfer: str | None = None
+    color_primaries: str | None = None
+    color_range: str | None = None
+    rotation: int | None = None
+    display_width: int | None = None
+    display_height: int | None = None
+    sample_aspect_ratio: str | None = None
+    interlaced: bool | None = None
+    video_stream_count: int | None = None
+    audio_stream_count: int | None = None
+    subtitle_stream_count: int | None = None
+    audio_channels: int | None = None
+    audio_channel_layout: str | None = None
+    audio_sample_rate: int | None = None
+    timecode: str | None = None
+    creation_time: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the video as a JSON-ready dict (timestamps as ISO 8601 UTC strings)."""
@@ -110,6 +208,8 @@ class Video:
             "audio_codec": self.audio_codec,
             "created_at": iso_utc(self.created_at),
             "updated_at": iso_utc(self.updated_at),
+            **{name: getattr(self, name) for name in METADATA_FIELDS},
+            "creation_time": None if self.creation_time is None else iso_utc(self.creation_time),
         }
 
 

@@ -46,6 +46,7 @@ import av
 from av.stream import Disposition
 
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._metadata import read_metadata
 from stoat_ferret.library._models import VideoProbe
 
 if TYPE_CHECKING:
@@ -135,10 +136,11 @@ class _BoundedReader:
 def probe_video(
     path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT, dir_fd: int | None = None
 ) -> VideoProbe:
-    """Describe the video in ``path``: size, rate, duration and codecs, as ffprobe does.
+    """Describe the video in ``path``: size, rate, duration, codecs and editing metadata.
 
     Only the container header, a few packets and (for some formats) the end of
-    the file are read; no frame is decoded.
+    the file are read. No frame is decoded, except the first keyframe of a
+    MOV/MP4 or Matroska file, for its rotation (``_metadata.py`` says why).
 
     Args:
         path: The file to probe; relative to ``dir_fd`` if that is given,
@@ -261,6 +263,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         duration_frames=_frame_count(video, rate, stream_seconds, container_seconds),
         video_codec=context.codec.canonical_name,
         audio_codec=_audio_codec(container),
+        **read_metadata(container, video),
     )
 
 

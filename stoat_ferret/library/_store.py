@@ -19,6 +19,16 @@ order met, keyed by job id; a job's result lists only the first few. Each
 scan of a directory (with the same ``recursive``) replaces the rows of the
 scan before it, so the table holds one list per directory scanned.
 
+Migrations are numbered: ``_MIGRATIONS[n]`` takes a file from version
+``n - 1`` to ``n``, and a file of any earlier version is brought up to date
+step by step. Version 2 adds the ``scan_errors`` table; version 3 adds the
+editing metadata columns and the indexes of sorted lists. A row written before version 3 has ``probe_version`` NULL; the
+scope query reports such a row's size as -1, which no file has, so the next
+scan probes the file again and counts it as updated, once.
+
+Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
+``_query.py``'s.
+
 Scope queries. A recursive scope is every path under a directory, found with a
 range on the ``path`` index: ``'<dir>/' <= path < '<dir>0'`` (``'0'`` is the
 character after ``'/'``), which leaves out the sibling ``<dir>-evil`` and never
@@ -36,15 +46,58 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from stoat_ferret.library._exceptions import StoreError
-from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
+from stoat_ferret.library._models import (
+    METADATA_FIELDS,
+    Fingerprint,
+    Video,
+    VideoFilter,
+    VideoRecord,
+)
+from stoat_ferret.library._query import (
+    FORMATS,
+    filter_clause,
+    page_query,
+    subtree_bounds,
+    walk_sort_index,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Sequence
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 BUSY_TIMEOUT_MS: Final = 5_000
+
+PROBE_VERSION: Final = 2
+"""What a row's probe recorded: 2 is the editing metadata. A row with an older
+(or no) version is probed again by the next scan of its file."""
+
+# Column -> SQLite type of the editing metadata (version 2), in METADATA_FIELDS order.
+_METADATA_COLUMNS: Final = {
+    "container_format": "TEXT",
+    "bit_rate": "INTEGER",
+    "video_bit_rate": "INTEGER",
+    "pixel_format": "TEXT",
+    "bit_depth": "INTEGER",
+    "color_space": "TEXT",
+    "color_transfer": "TEXT",
+    "color_primaries": "TEXT",
+    "color_range": "TEXT",
+    "rotation": "INTEGER",
+    "display_width": "INTEGER",
+    "display_height": "INTEGER",
+    "sample_aspect_ratio": "TEXT",
+    "interlaced": "INTEGER",
+    "video_stream_count": "INTEGER",
+    "audio_stream_count": "INTEGER",
+    "subtitle_stream_count": "INTEGER",
+    "audio_channels": "INTEGER",
+    "audio_channel_layout": "TEXT",
+    "audio_sample_rate": "INTEGER",
+    "timecode": "TEXT",
+    "creation_time": "TEXT",
+}
 
 # Statements that take the schema from version N - 1 to version N.
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -87,34 +140,71 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         """,
         "CREATE INDEX scan_errors_scope ON scan_errors (directory, recursive)",
     ),
+    3: (
+        *(
+            f"ALTER TABLE videos ADD COLUMN {name} {kind}"
+            for name, kind in _METADATA_COLUMNS.items()
+        ),
+        "ALTER TABLE videos ADD COLUMN probe_version INTEGER",
+        "ALTER TABLE videos ADD COLUMN search_path TEXT",
+        # ASCII-folded until the row's next scan rewrites it with Python's casefold().
+        "UPDATE videos SET search_path = lower(path)",
+        # The scope query reads probe_version too: keep it covered by one index.
+        "DROP INDEX videos_fingerprint",
+        "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
+        # One per sort key (path has its own), for sorted pages.
+        # Filenames sort with ASCII case folded (SQLite's NOCASE), as a file manager would.
+        "CREATE INDEX videos_filename ON videos (filename COLLATE NOCASE)",
+        "CREATE INDEX videos_duration ON videos (duration_seconds)",
+        "CREATE INDEX videos_size ON videos (size_bytes)",
+        "CREATE INDEX videos_width ON videos (width)",
+        "CREATE INDEX videos_height ON videos (height)",
+        "CREATE INDEX videos_updated ON videos (updated_at)",
+        # The equality filters. The size and duration bounds ride along, so a
+        # count of "mp4 at least 1280 wide" reads one index and no row (0.8 ms
+        # instead of 48 ms for 50,000 matches of 100,000 videos).
+        "CREATE INDEX videos_video_codec ON videos (video_codec, width, height, duration_seconds)",
+        "CREATE INDEX videos_container ON videos"
+        " (container_format, width, height, duration_seconds)",
+        "CREATE INDEX videos_audio_codec ON videos (audio_codec)",
+        # A search reads every path: this index holds them in a tenth of the table's pages.
+        "CREATE INDEX videos_search ON videos (search_path)",
+    ),
 }
+
+_METADATA: Final = ", ".join(METADATA_FIELDS)
 
 _COLUMNS: Final = (
     "id, path, filename, size_bytes, mtime_ns, duration_seconds, duration_frames,"
     " width, height, frame_rate_numerator, frame_rate_denominator, video_codec,"
-    " audio_codec, created_at, updated_at"
+    f" audio_codec, created_at, updated_at, {_METADATA}"
 )
 
-_UPSERT: Final = """
-INSERT INTO videos (
-    path, directory, filename, size_bytes, mtime_ns, duration_seconds, duration_frames,
-    width, height, frame_rate_numerator, frame_rate_denominator, video_codec, audio_codec,
-    created_at, updated_at
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+# Written by every upsert, after path; created_at is kept on update.
+_WRITTEN: Final = (
+    "directory",
+    "filename",
+    "size_bytes",
+    "mtime_ns",
+    "duration_seconds",
+    "duration_frames",
+    "width",
+    "height",
+    "frame_rate_numerator",
+    "frame_rate_denominator",
+    "video_codec",
+    "audio_codec",
+    *METADATA_FIELDS,
+    "probe_version",
+    "search_path",
+    "updated_at",
+)
+
+_UPSERT: Final = f"""
+INSERT INTO videos (path, {", ".join(_WRITTEN)}, created_at)
+VALUES ({", ".join("?" * (len(_WRITTEN) + 2))})
 ON CONFLICT (path) DO UPDATE SET
-    directory = excluded.directory,
-    filename = excluded.filename,
-    size_bytes = excluded.size_bytes,
-    mtime_ns = excluded.mtime_ns,
-    duration_seconds = excluded.duration_seconds,
-    duration_frames = excluded.duration_frames,
-    width = excluded.width,
-    height = excluded.height,
-    frame_rate_numerator = excluded.frame_rate_numerator,
-    frame_rate_denominator = excluded.frame_rate_denominator,
-    video_codec = excluded.video_codec,
-    audio_codec = excluded.audio_codec,
-    updated_at = excluded.updated_at
+    {", ".join(f"{name} = excluded.{name}" for name in _WRITTEN)}
 """
 
 
@@ -173,19 +263,33 @@ class VideoStore:
             (version,) = connection.execute("PRAGMA user_version").fetchone()
         return int(version)
 
-    def list_videos(self, limit: int, offset: int) -> tuple[list[Video], int]:
-        """Return one page of videos ordered by path, and how many videos there are.
+    def list_videos(
+        self, limit: int, offset: int, where: VideoFilter | None = None
+    ) -> tuple[list[Video], int]:
+        """Return one page of the videos ``where`` selects, in its order, and how many it selects.
+
+        Without ``where``: every video, ordered by path.
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
         """
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
+        where = where if where is not None else VideoFilter()
         with self._reading() as connection:
-            rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM videos ORDER BY path LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
-            (total,) = connection.execute("SELECT count(*) FROM videos").fetchone()
+            formats = None
+            if where.container is not None:
+                formats = [name for (name,) in connection.execute(FORMATS)]
+            condition, args = filter_clause(where, formats)
+            (total,) = connection.execute(
+                f"SELECT count(*) FROM videos{condition}", args
+            ).fetchone()
+            walk = not condition
+            if condition and total:
+                (stored,) = connection.execute("SELECT count(*) FROM videos").fetchone()
+                walk = walk_sort_index(total, stored, limit + offset)
+            query, args = page_query(_COLUMNS, where, formats, walk=walk)
+            rows = connection.execute(query, (*args, limit, offset)).fetchall()
         return [_video(row) for row in rows], int(total)
 
     def get_video(self, video_id: int) -> Video | None:
@@ -207,6 +311,9 @@ class VideoStore:
     def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
         """Map every stored path in a scope to its ``(size_bytes, mtime_ns)``, in one query.
 
+        A row whose probe is older than :data:`PROBE_VERSION` reports size
+        -1, which matches no file: the scan probes it again.
+
         Args:
             directory: An absolute, normalised directory path.
             recursive: True for every path under ``directory``; False for the
@@ -216,13 +323,13 @@ class VideoStore:
             if recursive:
                 low, high = subtree_bounds(directory)
                 cursor = connection.execute(
-                    "SELECT path, size_bytes, mtime_ns FROM videos WHERE path >= ? AND path < ?",
-                    (low, high),
+                    f"SELECT {_FINGERPRINT} FROM videos WHERE path >= ? AND path < ?",
+                    (PROBE_VERSION, low, high),
                 )
             else:
                 cursor = connection.execute(
-                    "SELECT path, size_bytes, mtime_ns FROM videos WHERE directory = ?",
-                    (directory,),
+                    f"SELECT {_FINGERPRINT} FROM videos WHERE directory = ?",
+                    (PROBE_VERSION, directory),
                 )
             return {path: (size, mtime) for path, size, mtime in cursor}
 
@@ -360,10 +467,9 @@ class VideoStore:
         return self._connection
 
 
-def subtree_bounds(directory: str) -> tuple[str, str]:
-    """Return ``(low, high)`` with ``low <= path < high`` exactly for paths under ``directory``."""
-    prefix = directory if directory.endswith("/") else directory + "/"
-    return prefix, prefix[:-1] + "0"
+_CREATION_TIME: Final = METADATA_FIELDS.index("creation_time")
+
+_FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
 
 
 def _migrate(connection: sqlite3.Connection, name: str) -> None:
@@ -411,6 +517,9 @@ def _insert_errors(
 def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:
     probe = record.probe
     rate = probe.frame_rate
+    metadata = [getattr(probe, name) for name in METADATA_FIELDS]
+    created = probe.creation_time
+    metadata[_CREATION_TIME] = None if created is None else created.isoformat()
     return (
         record.path,
         record.directory,
@@ -425,6 +534,9 @@ def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:
         None if rate is None else rate.denominator,
         probe.video_codec,
         probe.audio_codec,
+        *metadata,
+        PROBE_VERSION,
+        record.path.casefold(),
         now,
         now,
     )
@@ -447,7 +559,16 @@ def _video(row: tuple[Any, ...]) -> Video:
         audio_codec=row[12],
         created_at=datetime.fromisoformat(row[13]),
         updated_at=datetime.fromisoformat(row[14]),
+        **_metadata(row[15:]),
     )
+
+
+def _metadata(values: Sequence[Any]) -> dict[str, Any]:
+    fields = dict(zip(METADATA_FIELDS, values, strict=True))
+    interlaced, created = fields["interlaced"], fields["creation_time"]
+    fields["interlaced"] = None if interlaced is None else bool(interlaced)
+    fields["creation_time"] = None if created is None else datetime.fromisoformat(created)
+    return fields
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ import pytest
 
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus
+from stoat_ferret.library import METADATA_FIELDS
 from tests.api.support import GatedScan, serving, supervisor_running
 from tests.permissions import call_denied
 
@@ -41,6 +42,7 @@ VIDEO_FIELDS = {
     "audio_codec",
     "created_at",
     "updated_at",
+    *METADATA_FIELDS,
 }
 
 

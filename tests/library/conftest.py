@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.videos import EncodedVideo, make_video
+from tests.videos import Color, EncodedVideo, make_video
 
 # name -> make_video keyword arguments. Each pairs a container with codecs it
 # really carries; every clip is 64x48 and at most 15 frames.
@@ -25,6 +25,29 @@ CLIP_SPECS: dict[str, dict[str, Any]] = {
     "h264_film.m4v": {"rate": Fraction(24000, 1001), "frames": 12},
     "wmv2.wmv": {"audio": None},
     "flv1.flv": {"audio": None},
+    # The editing metadata: 10-bit, a rotation, colour, timecode and creation time tags.
+    "h264_10bit_rotated.mp4": {
+        "pixel_format": "yuv420p10le",
+        "rotation": 90,
+        "color": Color(space=1, transfer=1, primaries=1, range=1),
+        "tags": {"timecode": "01:02:03:04", "creation_time": "2024-05-06T07:08:09.000000Z"},
+    },
+    # Three audio streams, two subtitle streams, non-square interlaced pixels, turned.
+    "streams.mkv": {
+        "more_audio": (("aac", "5.1"), ("opus", "mono")),
+        "subtitles": 2,
+        "sample_aspect_ratio": Fraction(4, 3),
+        "field_order": 2,
+        "rotation": -90,
+        "tags": {"timecode": "10:00:00;02", "creation_time": "2023-01-02T03:04:05Z"},
+    },
+    # HDR10-style colour (BT.2020, PQ, full range) in 10-bit HEVC.
+    "hevc_hdr.mkv": {
+        "codec": "hevc",
+        "pixel_format": "yuv420p10le",
+        "color": Color(space=9, transfer=16, primaries=9, range=2),
+        "audio": None,
+    },
 }
 
 

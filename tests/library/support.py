@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import TYPE_CHECKING
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from stoat_ferret.jobs import JobContext
+from stoat_ferret.library import VideoProbe, VideoRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -84,3 +86,28 @@ def watched_fifo(path: Path) -> Iterator[FifoWatch]:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         thread.join()
         os.close(fd)
+
+
+# A probe of a small H.264 + AAC clip, for rows that need not be real files.
+PROBE = VideoProbe(
+    width=64,
+    height=48,
+    frame_rate=Fraction(30000, 1001),
+    duration_seconds=0.4,
+    duration_frames=12,
+    video_codec="h264",
+    audio_codec="aac",
+)
+
+
+def record(path: str, *, size: int = 100, mtime: int = 1, **probe: Any) -> VideoRecord:
+    """A row for ``path``: :data:`PROBE` with ``probe``'s fields changed."""
+    directory, _, filename = path.rpartition("/")
+    return VideoRecord(
+        path=path,
+        directory=directory or "/",
+        filename=filename,
+        size_bytes=size,
+        mtime_ns=mtime,
+        probe=attrs.evolve(PROBE, **probe),
+    )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from stoat_ferret.library import ErrorLog, ScanError, Video
+import pytest
+
+from stoat_ferret.library import METADATA_FIELDS, SORT_KEYS, ErrorLog, ScanError, Video, VideoFilter
 from stoat_ferret.library._models import iso_utc
 
 
@@ -35,6 +37,11 @@ def test_video_to_json_values() -> None:
         audio_codec=None,
         created_at=moment,
         updated_at=moment + timedelta(seconds=1),
+        container_format="mov,mp4,m4a,3gp,3g2,mj2",
+        rotation=-90,
+        interlaced=False,
+        audio_stream_count=0,
+        creation_time=datetime(2020, 5, 6, 9, 8, 7, tzinfo=timezone(timedelta(hours=2))),
     )
 
     assert video.to_json() == {
@@ -52,7 +59,60 @@ def test_video_to_json_values() -> None:
         "audio_codec": None,
         "created_at": "2024-01-02T03:04:05.000000Z",
         "updated_at": "2024-01-02T03:04:06.000000Z",
+        **dict.fromkeys(METADATA_FIELDS),
+        "container_format": "mov,mp4,m4a,3gp,3g2,mj2",
+        "rotation": -90,
+        "interlaced": False,
+        "audio_stream_count": 0,
+        "creation_time": "2020-05-06T07:08:07.000000Z",
     }
+
+
+def test_metadata_fields_are_the_issue_names() -> None:
+    """The editing metadata keeps the names the API promises, in this order."""
+    assert METADATA_FIELDS == (
+        "container_format",
+        "bit_rate",
+        "video_bit_rate",
+        "pixel_format",
+        "bit_depth",
+        "color_space",
+        "color_transfer",
+        "color_primaries",
+        "color_range",
+        "rotation",
+        "display_width",
+        "display_height",
+        "sample_aspect_ratio",
+        "interlaced",
+        "video_stream_count",
+        "audio_stream_count",
+        "subtitle_stream_count",
+        "audio_channels",
+        "audio_channel_layout",
+        "audio_sample_rate",
+        "timecode",
+        "creation_time",
+    )
+
+
+@pytest.mark.parametrize("sort", [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
+def test_video_filter_takes_every_sort_key_both_ways(sort: str) -> None:
+    """Each sort key is accepted, ascending and with '-' descending."""
+    assert VideoFilter(sort=sort).sort == sort
+
+
+@pytest.mark.parametrize("sort", ["mtime_ns", "--path", "path;", "", "-", "Path"])
+def test_video_filter_refuses_an_unknown_sort_key(sort: str) -> None:
+    """Anything but a known column (with one optional '-') is a ValueError."""
+    with pytest.raises(ValueError, match="cannot sort by"):
+        VideoFilter(sort=sort)
+
+
+def test_video_filter_refuses_a_relative_under() -> None:
+    """``under`` names an absolute directory."""
+    with pytest.raises(ValueError, match="absolute directory"):
+        VideoFilter(under="media/clips")
 
 
 def test_error_log_keeps_the_first_entries_and_counts_the_rest() -> None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import av
 import pytest
 
-from stoat_ferret.library import ProbeError, _probe, probe_video
+from stoat_ferret.library import METADATA_FIELDS, ProbeError, _metadata, _probe, probe_video
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import FifoWatch, watched_fifo
 from tests.videos import copy_video, make_video, write_corrupt_video, write_truncated_copy
@@ -83,6 +86,219 @@ def _ffprobe(path: Path) -> dict[str, Any]:
     output = subprocess.run([*command, str(path)], capture_output=True, check=True, text=True)
     report: dict[str, Any] = json.loads(output.stdout)
     return report
+
+
+@functools.cache
+def _ffprobe_bit_depths() -> dict[str, int]:
+    """Pixel format -> the deepest of its components' bit depths, as ffprobe lists them."""
+    command = ["ffprobe", "-v", "error", "-of", "json", "-show_pixel_formats"]
+    output = subprocess.run(command, capture_output=True, check=True, text=True)
+    return {
+        entry["name"]: max(c["bit_depth"] for c in entry["components"])
+        for entry in json.loads(output.stdout)["pixel_formats"]
+        if entry.get("components")
+    }
+
+
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "", "N/A") and int(value) > 0 else None
+
+
+def _expected_from_ffprobe(report: dict[str, Any]) -> dict[str, Any]:
+    """The editing metadata, worked out from ffprobe's JSON independently of the probe."""
+    streams = report["streams"]
+    videos = [
+        s for s in streams if s["codec_type"] == "video" and not s["disposition"]["attached_pic"]
+    ]
+    video = videos[0]
+    audio = [s for s in streams if s["codec_type"] == "audio"]
+    fmt = report["format"]
+    matrices = [
+        d for d in video.get("side_data_list", []) if d["side_data_type"] == "Display Matrix"
+    ]
+    rotation = int(matrices[0]["rotation"]) if matrices else None
+    sar_text = video.get("sample_aspect_ratio")
+    sar = Fraction(sar_text.replace(":", "/")) if sar_text and sar_text != "0:1" else None
+    shown = (round(video["width"] * sar) if sar else video["width"], video["height"])
+    if rotation is not None and rotation % 180 == 90:  # a quarter turn
+        shown = (shown[1], shown[0])
+    order = video.get("field_order")
+    timecodes = {
+        value
+        for tags in [fmt.get("tags", {}), *(s.get("tags", {}) for s in streams)]
+        for key, value in tags.items()
+        if key.lower() == "timecode"  # Matroska's tags are upper-case
+    }
+    created = fmt.get("tags", {}).get("creation_time") or video.get("tags", {}).get("creation_time")
+    first = audio[0] if audio else {}
+    layout = first.get("channel_layout")
+    return {
+        "container_format": fmt["format_name"],
+        "bit_rate": _optional_int(fmt.get("bit_rate")),
+        "video_bit_rate": _optional_int(video.get("bit_rate")),
+        "pixel_format": video["pix_fmt"],
+        "bit_depth": _ffprobe_bit_depths()[video["pix_fmt"]],
+        "color_space": video.get("color_space"),
+        "color_transfer": video.get("color_transfer"),
+        "color_primaries": video.get("color_primaries"),
+        "color_range": video.get("color_range"),
+        "rotation": rotation,
+        "display_width": shown[0],
+        "display_height": shown[1],
+        "sample_aspect_ratio": None if sar is None else f"{sar.numerator}:{sar.denominator}",
+        "interlaced": None if order in (None, "unknown") else order != "progressive",
+        "video_stream_count": len(videos),
+        "audio_stream_count": len(audio),
+        "subtitle_stream_count": sum(1 for s in streams if s["codec_type"] == "subtitle"),
+        "audio_channels": first.get("channels"),
+        "audio_channel_layout": None if layout in (None, "unknown") else layout,
+        "audio_sample_rate": _optional_int(first.get("sample_rate")),
+        "timecode": timecodes.pop() if len(timecodes) == 1 else timecodes or None,
+        "creation_time": None if created is None else datetime.fromisoformat(created),
+    }
+
+
+# The ffprobe installed here is FFmpeg 5.1; PyAV's is FFmpeg 8. Where the newer
+# FFmpeg learns more while opening a file, ffprobe says nothing (None) and the
+# probe says exactly this: (clip, field) -> the probe's value.
+_NEWER_FFMPEG_KNOWS: dict[tuple[str, str], Any] = {
+    # FFmpeg 8 reads square pixels from the AV1 sequence header.
+    ("av1.mp4", "sample_aspect_ratio"): "1:1",
+    # FFmpeg 8's VP8 decoder reports the colour space VP8 implies (BT.601, limited).
+    ("vp8_ntsc.mkv", "color_space"): "bt470bg",
+    ("vp8_ntsc.mkv", "color_range"): "tv",
+}
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe is not installed")
+@pytest.mark.parametrize("name", sorted(CLIP_SPECS))
+def test_metadata_matches_ffprobe(clips: dict[str, EncodedVideo], name: str) -> None:
+    """Every editing metadata field equals what ffprobe reports for the same file."""
+    path = clips[name].path
+    expected = _expected_from_ffprobe(_ffprobe(path))
+    for (clip, field), value in _NEWER_FFMPEG_KNOWS.items():
+        if clip == name:
+            assert expected[field] is None, f"ffprobe now reports {field} of {clip}"
+            expected[field] = value
+    # Overall bit rate = size / duration, and the two FFmpegs round the
+    # duration of a 24000/1001 clip differently in the last millisecond.
+    if expected["bit_rate"] is not None:
+        expected["bit_rate"] = pytest.approx(expected["bit_rate"], rel=0.01)
+
+    probe = probe_video(path)
+
+    assert {field: getattr(probe, field) for field in METADATA_FIELDS} == expected
+
+
+def test_metadata_of_the_edited_fixtures(clips: dict[str, EncodedVideo]) -> None:
+    """What was written comes back: 10-bit, rotations, streams, SAR, fields, colour, tags."""
+    rotated = probe_video(clips["h264_10bit_rotated.mp4"].path)
+    streams = probe_video(clips["streams.mkv"].path)
+    hdr = probe_video(clips["hevc_hdr.mkv"].path)
+
+    assert (rotated.pixel_format, rotated.bit_depth, rotated.rotation) == ("yuv420p10le", 10, 90)
+    assert (rotated.display_width, rotated.display_height) == (48, 64)
+    assert rotated.timecode == "01:02:03:04"
+    assert rotated.creation_time == datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    assert (rotated.color_space, rotated.color_range) == ("bt709", "tv")
+    assert (streams.audio_stream_count, streams.subtitle_stream_count) == (3, 2)
+    assert (streams.audio_channels, streams.audio_channel_layout) == (2, "stereo")
+    assert streams.audio_sample_rate == 48_000
+    assert (streams.sample_aspect_ratio, streams.interlaced, streams.rotation) == ("4:3", True, -90)
+    assert (streams.display_width, streams.display_height) == (48, 85)
+    assert streams.timecode == "10:00:00;02"
+    assert (hdr.color_space, hdr.color_transfer, hdr.color_primaries, hdr.color_range) == (
+        "bt2020nc",
+        "smpte2084",
+        "bt2020",
+        "pc",
+    )
+    assert (hdr.bit_depth, hdr.rotation, hdr.interlaced) == (10, None, None)
+
+
+def test_rotation_is_not_decoded_outside_mov_and_matroska(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AVI, an MPEG-TS or a WebM without a matrix... only MOV and Matroska decode a frame."""
+    decoded: list[str] = []
+    original = av.VideoStream.decode
+
+    def counting(
+        stream: av.VideoStream, packet: av.Packet[Any] | None = None
+    ) -> list[av.VideoFrame]:
+        decoded.append(stream.container.format.name)
+        return original(stream, packet)
+
+    monkeypatch.setattr(av.VideoStream, "decode", counting)
+
+    for name in ("mpeg4_pcm.avi", "h264_mp2.ts", "mpeg2_mp2.mpg", "flv1.flv", "wmv2.wmv"):
+        assert probe_video(clips[name].path).rotation is None
+    assert decoded == []
+    assert probe_video(clips["h264_aac.mp4"].path).rotation is None
+    assert decoded[:1] == ["mov,mp4,m4a,3gp,3g2,mj2"]
+
+
+def test_a_frame_that_cannot_be_decoded_leaves_the_rotation_unknown(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decoder error while reading the rotation is not a failed probe."""
+
+    def broken(stream: av.VideoStream, packet: av.Packet[Any] | None = None) -> list[av.VideoFrame]:
+        raise av.InvalidDataError(errno.EINVAL, "Invalid data found when processing input")
+
+    monkeypatch.setattr(av.VideoStream, "decode", broken)
+
+    probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
+
+    assert probe.rotation is None
+    assert (probe.display_width, probe.display_height) == (64, 48)
+    assert probe.pixel_format == "yuv420p10le"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-06T07:08:09.000000Z", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ("2024-05-06 07:08:09", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ("2024-05-06T09:08:09+02:00", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ("yesterday", None),
+        ("9999-12-31T23:59:59-05:00", None),
+        ("0001-01-01T00:00:00+05:00", None),
+        ("2024-05-06T07:08:09Z" + " " * 100, None),
+    ],
+)
+def test_creation_time_tags(text: str, expected: datetime | None) -> None:
+    """ISO 8601 in any zone becomes UTC, a naive time is UTC; anything else, or a
+    time outside the years 1-9999 once in UTC, is unknown."""
+    assert _metadata.parse_creation_time(text) == expected
+
+
+def test_a_timecode_tag_that_is_not_one_is_unknown(tmp_path: Path) -> None:
+    """A timecode tag of free text (a hostile file's) is null, not stored."""
+    clip = make_video(tmp_path / "odd.mkv", audio=None, tags={"timecode": "<script>"})
+
+    assert probe_video(clip.path).timecode is None
+
+
+@pytest.mark.parametrize(
+    ("size", "sar", "rotation", "shown"),
+    [
+        ((64, 48), None, None, (64, 48)),
+        ((64, 48), Fraction(4, 3), None, (85, 48)),
+        ((64, 48), None, -90, (48, 64)),
+        ((64, 48), None, 180, (64, 48)),
+        ((64, 48), Fraction(1, 2), 270, (48, 32)),
+        ((0, 48), None, None, (None, None)),
+    ],
+)
+def test_display_size(
+    size: tuple[int, int],
+    sar: Fraction | None,
+    rotation: int | None,
+    shown: tuple[int | None, int | None],
+) -> None:
+    """The width is stretched by the SAR, then a quarter turn swaps the two."""
+    assert _metadata.display_size(*size, sar, rotation) == shown
 
 
 def test_other_rates_and_sizes(tmp_path: Path) -> None:
@@ -330,3 +546,23 @@ def test_parse_clock_reads_matroska_durations() -> None:
     assert _probe._parse_clock("00:00:00.000000000") is None
     assert _probe._parse_clock("soon") is None
     assert _probe._parse_clock("1:2") is None
+
+
+def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:
+    """A matrix that maps every pixel to one point has no angle: the rotation is
+    unknown (PyAV reports FFmpeg's NaN as -2**31, ffprobe as -2**63)."""
+    path = tmp_path / "flat.mp4"
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=25)
+        assert isinstance(video, av.VideoStream)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.set_display_matrix([0] * 8 + [1 << 30])
+        frame = av.VideoFrame(64, 48, "yuv420p")
+        frame.pts = 0
+        for packet in [*video.encode(frame), *video.encode(None)]:
+            container.mux(packet)
+
+    probe = probe_video(path)
+
+    assert probe.rotation is None
+    assert (probe.display_width, probe.display_height) == (64, 48)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import sqlite3
 import threading
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,6 +29,7 @@ from stoat_ferret.library import (
     probe_video,
     walk_videos,
 )
+from stoat_ferret.library._store import _MIGRATIONS
 from tests.library.support import listed_path, make_context, path_of, watched_fifo
 from tests.videos import copy_video, make_video
 
@@ -670,3 +674,39 @@ async def test_probes_run_at_the_handlers_priority(
     expected = os.SCHED_IDLE if priority is ThreadPriority.IDLE else os.sched_getscheduler(0)
     assert result["added"] == len(policies) == 3 * _scan.PROBE_CHUNK
     assert set(policies) == {expected}
+
+
+async def test_a_row_stored_before_the_metadata_counts_as_updated_once(
+    tmp_path: Path, media: Path, clips: dict[str, EncodedVideo]
+) -> None:
+    """After the schema 2 migration, the next scan fills the metadata of an unchanged
+    file (one "updated"), and the scan after it finds the file unchanged."""
+    video = copy_video(clips["h264_10bit_rotated.mp4"], media / "a.mp4")
+    info = video.path.stat()
+    database = tmp_path / "v1.sqlite"
+    with contextlib.closing(sqlite3.connect(database)) as raw:
+        for statement in _MIGRATIONS[1]:
+            raw.execute(statement)
+        raw.execute(
+            "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns, video_codec,"
+            " created_at, updated_at) VALUES (?, ?, 'a.mp4', ?, ?, 'h264', ?, ?)",
+            (str(video.path), str(media), info.st_size, info.st_mtime_ns, *["2024-01-01"] * 2),
+        )
+        raw.execute("PRAGMA user_version = 1")
+        raw.commit()
+
+    with anyio.fail_after(TIMEOUT):
+        async with await VideoLibrary.open(database) as library:
+            handler = make_scan_handler(library)
+            first = await handler(make_context(media))
+            (stored,), _ = await library.list_videos()
+            second = await handler(make_context(media))
+
+    assert (first["updated"], first["unchanged"], first["added"]) == (1, 0, 0)
+    assert (second["updated"], second["unchanged"]) == (0, 1)
+    assert (stored.pixel_format, stored.rotation, stored.timecode) == (
+        "yuv420p10le",
+        90,
+        "01:02:03:04",
+    )
+    assert stored.created_at == datetime(2024, 1, 1)

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import UTC, datetime
-from fractions import Fraction
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
-import attrs
 import pytest
 
 from stoat_ferret.library import (
+    METADATA_FIELDS,
     SCHEMA_VERSION,
     StoreError,
     VideoLibrary,
-    VideoProbe,
-    VideoRecord,
     VideoStore,
+    _store,
 )
-from stoat_ferret.library._store import subtree_bounds
+from stoat_ferret.library._query import subtree_bounds
+from stoat_ferret.library._store import _MIGRATIONS
+from tests.library.support import record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-
-PROBE = VideoProbe(
-    width=64,
-    height=48,
-    frame_rate=Fraction(30000, 1001),
-    duration_seconds=0.4,
-    duration_frames=12,
-    video_codec="h264",
-    audio_codec="aac",
-)
-
-
-def record(path: str, *, size: int = 100, mtime: int = 1, **probe: Any) -> VideoRecord:
-    directory, _, filename = path.rpartition("/")
-    return VideoRecord(
-        path=path,
-        directory=directory or "/",
-        filename=filename,
-        size_bytes=size,
-        mtime_ns=mtime,
-        probe=attrs.evolve(PROBE, **probe),
-    )
 
 
 @pytest.fixture
@@ -264,6 +243,7 @@ def test_to_json_has_exactly_the_public_fields(store: VideoStore) -> None:
     data = video.to_json()
 
     assert set(data) == {
+        *METADATA_FIELDS,
         "id",
         "path",
         "filename",
@@ -328,3 +308,131 @@ async def test_library_aclose_is_idempotent(tmp_path: Path) -> None:
 
         with pytest.raises(StoreError, match="is closed"):
             await library.get_video(1)
+
+
+def _database_at(path: Path, version: int) -> None:
+    """A file at schema ``version``, built with the migrations of its day, holding one
+    row of the columns that version had (none at version 0, an empty file)."""
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        for step in range(1, version + 1):
+            for statement in _MIGRATIONS[step]:
+                raw.execute(statement)
+        if version >= 1:
+            raw.execute(
+                "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns,"
+                " duration_seconds, duration_frames, width, height, frame_rate_numerator,"
+                " frame_rate_denominator, video_codec, audio_codec, created_at, updated_at)"
+                " VALUES ('/m/old.mp4', '/m', 'old.mp4', 100, 7, 0.4, 10, 64, 48, 25, 1,"
+                " 'h264', 'aac', '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00')"
+            )
+        raw.execute(f"PRAGMA user_version = {version}")
+        raw.commit()
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+def test_every_earlier_schema_is_migrated(tmp_path: Path, version: int) -> None:
+    """A file of any earlier version opens at the current one with every row kept."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, version)
+
+    store = VideoStore.open(path)
+    try:
+        videos, total = store.list_videos(10, 0)
+        assert store.schema_version() == SCHEMA_VERSION
+        store.upsert([record("/m/new.mp4", container_format="matroska,webm", rotation=90)])
+        new = store.get_video_by_path("/m/new.mp4")
+    finally:
+        store.close()
+
+    assert total == (1 if version >= 1 else 0)
+    for video in videos:
+        assert (video.path, video.size_bytes, video.mtime_ns, video.width) == (
+            "/m/old.mp4",
+            100,
+            7,
+            64,
+        )
+        assert (video.video_codec, video.duration_frames) == ("h264", 10)
+        assert video.created_at == datetime(2024, 1, 1, tzinfo=UTC)
+        assert all(getattr(video, name) is None for name in METADATA_FIELDS)
+    assert new is not None
+    assert (new.container_format, new.rotation) == ("matroska,webm", 90)
+
+
+def test_a_migrated_row_is_probed_again_once(tmp_path: Path) -> None:
+    """A row stored before the metadata existed matches no file until it is written again."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 1)
+    store = VideoStore.open(path)
+    try:
+        stale = store.fingerprints("/m", recursive=True)
+        flat = store.fingerprints("/m", recursive=False)
+        store.upsert([record("/m/old.mp4", size=100, mtime=7)])
+        fresh = store.fingerprints("/m", recursive=True)
+    finally:
+        store.close()
+
+    assert stale == flat == {"/m/old.mp4": (-1, 7)}
+    assert fresh == {"/m/old.mp4": (100, 7)}
+
+
+def test_a_failed_migration_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that fails rolls the whole upgrade back: the file stays at its version."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 1)
+    broken = {**_store._MIGRATIONS, 3: (*_MIGRATIONS[3][:3], "THIS IS NOT SQL")}
+    monkeypatch.setattr(_store, "_MIGRATIONS", broken)
+
+    with pytest.raises(StoreError, match="syntax error"):
+        VideoStore.open(path)
+
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        columns = {row[1] for row in raw.execute("PRAGMA table_info(videos)")}
+        assert raw.execute("SELECT count(*) FROM videos").fetchone() == (1,)
+    assert "container_format" not in columns
+
+
+def test_metadata_columns_match_the_fields() -> None:
+    """The migration adds one column per metadata field, in the same order."""
+    assert tuple(_store._METADATA_COLUMNS) == METADATA_FIELDS
+
+
+def test_metadata_round_trips(store: VideoStore) -> None:
+    """Every metadata field comes back as written; interlaced stays a bool, the time aware."""
+    written = record(
+        "/m/a.mov",
+        container_format="mov,mp4,m4a,3gp,3g2,mj2",
+        bit_rate=1_000_000,
+        video_bit_rate=900_000,
+        pixel_format="yuv420p10le",
+        bit_depth=10,
+        color_space="bt2020nc",
+        color_transfer="smpte2084",
+        color_primaries="bt2020",
+        color_range="tv",
+        rotation=-90,
+        display_width=1080,
+        display_height=1920,
+        sample_aspect_ratio="1:1",
+        interlaced=False,
+        video_stream_count=1,
+        audio_stream_count=2,
+        subtitle_stream_count=3,
+        audio_channels=6,
+        audio_channel_layout="5.1(side)",
+        audio_sample_rate=48_000,
+        timecode="01:00:00:00",
+        creation_time=datetime(2024, 5, 6, 7, 8, 9, 10, tzinfo=UTC),
+    )
+    store.upsert([written])
+
+    video = store.get_video_by_path("/m/a.mov")
+
+    assert video is not None
+    assert {name: getattr(video, name) for name in METADATA_FIELDS} == {
+        name: getattr(written.probe, name) for name in METADATA_FIELDS
+    }
+    assert video.interlaced is False

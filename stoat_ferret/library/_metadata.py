@@ -1,0 +1,267 @@
+"""What an editor needs to know about a video beyond its size and codecs.
+
+:func:`read_metadata` is called by the probe on the container it has already
+opened: the container format, the bit rates, the pixel format and its bit
+depth, the colour description, the geometry (sample aspect ratio, rotation and
+the displayed size), the interlacing, the number of streams of each kind, the
+first audio stream's channels and rate, and the ``timecode`` and
+``creation_time`` tags. Every value is None where the file does not say.
+
+Everything comes from the headers FFmpeg read while opening the file, except
+the rotation. FFmpeg keeps the display matrix of a MOV/MP4 or Matroska track
+as side data of the stream, which PyAV does not expose; it does copy it to
+every decoded frame (``VideoFrame.rotation``). So for those two container
+families only (the only ones whose demuxers read a display matrix) the first
+video packet is decoded, a keyframe, on one thread; in every other container
+the rotation is None without decoding anything. A frame that cannot be
+decoded leaves the rotation unknown rather than failing the probe.
+
+Names are FFmpeg's, as ffprobe prints them: PyAV gives the colour properties
+as FFmpeg's enum values only, so :data:`COLOR_SPACES` and its siblings map
+them to ``av_color_*_name``'s names (the values are part of FFmpeg's ABI).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import av
+from av.sidedata.sidedata import Type as SideDataType
+from av.stream import Disposition
+
+if TYPE_CHECKING:
+    from fractions import Fraction
+
+    from av.codec.context import CodecContext
+    from av.container import InputContainer
+    from av.video.codeccontext import VideoCodecContext
+    from av.video.stream import VideoStream
+
+COLOR_RANGES: Final = {1: "tv", 2: "pc"}
+"""AVColorRange -> name (0 is "unspecified": None)."""
+
+COLOR_PRIMARIES: Final = {
+    0: "reserved",
+    1: "bt709",
+    3: "reserved",
+    4: "bt470m",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "film",
+    9: "bt2020",
+    10: "smpte428",
+    11: "smpte431",
+    12: "smpte432",
+    22: "ebu3213",
+}
+"""AVColorPrimaries -> name (2 is "unspecified": None)."""
+
+COLOR_TRANSFERS: Final = {
+    0: "reserved",
+    1: "bt709",
+    3: "reserved",
+    4: "gamma22",
+    5: "gamma28",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "linear",
+    9: "log100",
+    10: "log316",
+    11: "iec61966-2-4",
+    12: "bt1361e",
+    13: "iec61966-2-1",
+    14: "bt2020-10",
+    15: "bt2020-12",
+    16: "smpte2084",
+    17: "smpte428",
+    18: "arib-std-b67",
+}
+"""AVColorTransferCharacteristic -> name (2 is "unspecified": None)."""
+
+COLOR_SPACES: Final = {
+    0: "gbr",
+    1: "bt709",
+    3: "reserved",
+    4: "fcc",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "ycgco",
+    9: "bt2020nc",
+    10: "bt2020c",
+    11: "smpte2085",
+    12: "chroma-derived-nc",
+    13: "chroma-derived-c",
+    14: "ictcp",
+    15: "ipt-c2",
+    16: "ycgco-re",
+    17: "ycgco-ro",
+}
+"""AVColorSpace -> name (2 is "unspecified": None)."""
+
+# AVFieldOrder: 0 unknown (None), 1 progressive, 2-5 the four interlaced orders.
+_FIELD_ORDER_PROGRESSIVE: Final = 1
+_FIELD_ORDERS_KNOWN: Final = frozenset(range(1, 6))
+
+_FULL_TURN: Final = 360
+
+# The demuxers that read a display matrix into the stream's side data.
+_DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
+
+# A tag is text the file chose: anything longer than this is not a timestamp.
+_MAX_TAG_CHARS: Final = 64
+# HH:MM:SS:FF, with ';' (drop frame) or '.' before the frames as FFmpeg writes them.
+_TIMECODE: Final = re.compile(r"\d{2,3}:\d{2}:\d{2}[:;.,]\d{2,4}")
+
+
+def read_metadata(container: InputContainer, video: VideoStream) -> dict[str, Any]:
+    """The editing metadata of ``video`` in ``container``, as :class:`VideoProbe` fields.
+
+    Args:
+        container: The open input container.
+        video: Its first video stream that is not an attached picture, with a decoder.
+
+    Returns:
+        The keyword arguments of :class:`VideoProbe` beyond the basic ones.
+    """
+    context = video.codec_context
+    pixel = context.format
+    rotation = _rotation(container, video)
+    sar = _sample_aspect_ratio(video)
+    display_width, display_height = _display_size(context, sar, rotation)
+    audio = next(iter(container.streams.audio), None)
+    audio_context = None if audio is None else cast("CodecContext | None", audio.codec_context)
+    return {
+        "container_format": container.format.name or None,
+        "bit_rate": container.bit_rate or None,
+        "video_bit_rate": context.bit_rate or None,
+        "pixel_format": context.pix_fmt,
+        "bit_depth": max((c.bits for c in pixel.components), default=None) if pixel else None,
+        "color_space": COLOR_SPACES.get(context.colorspace),
+        "color_transfer": COLOR_TRANSFERS.get(context.color_trc),
+        "color_primaries": COLOR_PRIMARIES.get(context.color_primaries),
+        "color_range": COLOR_RANGES.get(context.color_range),
+        "rotation": rotation,
+        "display_width": display_width,
+        "display_height": display_height,
+        "sample_aspect_ratio": None if sar is None else f"{sar.numerator}:{sar.denominator}",
+        "interlaced": _interlaced(context),
+        "video_stream_count": sum(
+            1 for s in container.streams.video if not s.disposition & Disposition.attached_pic
+        ),
+        "audio_stream_count": len(container.streams.audio),
+        "subtitle_stream_count": len(container.streams.subtitles),
+        # Only an audio stream FFmpeg has a decoder for has a codec context in PyAV.
+        "audio_channels": _positive(getattr(audio_context, "channels", None)),
+        "audio_channel_layout": _layout_name(audio_context),
+        "audio_sample_rate": _positive(getattr(audio_context, "sample_rate", None)),
+        "timecode": _timecode(container, video),
+        "creation_time": _creation_time(container, video),
+    }
+
+
+def parse_creation_time(text: str) -> datetime | None:
+    """An ISO 8601 tag as an aware UTC datetime (naive means UTC); None if it is not one."""
+    if len(text) > _MAX_TAG_CHARS:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO 8601, or outside years 1-9999 in UTC
+        return None
+
+
+def display_size(
+    width: int | None, height: int | None, sar: Fraction | None, rotation: int | None
+) -> tuple[int | None, int | None]:
+    """The size a player shows: the width stretched by the SAR, then a quarter turn swapped."""
+    if not width or not height:
+        return None, None
+    shown_width = round(width * sar) if sar else width
+    if rotation is not None and round(rotation / 90) % 2:
+        return height, shown_width
+    return shown_width, height
+
+
+def _display_size(
+    context: VideoCodecContext, sar: Fraction | None, rotation: int | None
+) -> tuple[int | None, int | None]:
+    return display_size(context.width, context.height, sar, rotation)
+
+
+def _sample_aspect_ratio(video: VideoStream) -> Fraction | None:
+    # FFmpeg's guess, as ffprobe prints it: the container's SAR, else the codec's.
+    sar = video.sample_aspect_ratio
+    return sar if sar is not None and sar.numerator > 0 else None
+
+
+def _interlaced(context: VideoCodecContext) -> bool | None:
+    order = context.field_order
+    if order not in _FIELD_ORDERS_KNOWN:
+        return None
+    return order != _FIELD_ORDER_PROGRESSIVE
+
+
+def _rotation(container: InputContainer, video: VideoStream) -> int | None:
+    """The display matrix's rotation (degrees counter-clockwise, as ffprobe prints it), or None."""
+    if _DISPLAY_MATRIX_FORMATS.isdisjoint(container.format.name.split(",")):
+        return None
+    context = video.codec_context
+    context.thread_count = 1  # one small frame: no decoder threads to start and stop
+    context.skip_frame = "NONKEY"
+    try:
+        for packet in container.demux(video):
+            if packet.size == 0:
+                continue
+            frames = video.decode(packet) or video.decode(None)
+            break
+        else:
+            return None
+    except av.FFmpegError:
+        return None
+    for frame in frames:
+        if SideDataType.DISPLAYMATRIX in frame.side_data:
+            # A degenerate matrix has no angle (FFmpeg's NaN comes back as any int).
+            return frame.rotation if abs(frame.rotation) <= _FULL_TURN else None
+    return None
+
+
+def _positive(value: int | None) -> int | None:
+    return value if value is not None and value > 0 else None
+
+
+def _layout_name(context: CodecContext | None) -> str | None:
+    layout = getattr(context, "layout", None)
+    name = getattr(layout, "name", None)
+    # FFmpeg names a layout it does not know after its channel count ("3 channels").
+    return name if isinstance(name, str) and name and not name.endswith(" channels") else None
+
+
+def _tag(tags: dict[str, str], key: str) -> str | None:
+    """A tag by name, whatever its case (Matroska keeps tags upper-case)."""
+    for name, value in tags.items():
+        if name.lower() == key:
+            return value
+    return None
+
+
+def _timecode(container: InputContainer, video: VideoStream) -> str | None:
+    # The video track's own tag first; then the file's; then a timecode track (tmcd).
+    sources = [video.metadata, container.metadata, *(s.metadata for s in container.streams)]
+    for tags in sources:
+        value = _tag(tags, "timecode")
+        if value is not None:
+            text = value.strip()
+            return text if _TIMECODE.fullmatch(text) else None
+    return None
+
+
+def _creation_time(container: InputContainer, video: VideoStream) -> datetime | None:
+    for tags in (container.metadata, video.metadata):
+        value = _tag(tags, "creation_time")
+        if value is not None:
+            return parse_creation_time(value)
+    return None

@@ -1,0 +1,259 @@
+"""GET /api/v1/videos: search, filters, sort, their validation, and the metadata in the JSON."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.api.app import create_app
+from stoat_ferret.library import METADATA_FIELDS, SORT_KEYS, VideoProbe, VideoRecord, VideoStore
+from tests.api.support import serving
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from stoat_ferret.settings import Settings
+
+VIDEOS = "/api/v1/videos"
+
+# path, size, width, height, seconds, video codec, audio codec, container
+_ROWS: list[tuple[str, int, int | None, int | None, float | None, str, str | None, str]] = [
+    ("/m/a/50% off.mp4", 10, 1920, 1080, 12.0, "h264", "aac", "mov,mp4,m4a,3gp,3g2,mj2"),
+    ("/m/a/b/clip_1.mkv", 20, 1280, 720, 3.5, "hevc", "opus", "matroska,webm"),
+    ("/m/a/b/clipX1.webm", 30, 640, 480, None, "vp9", None, "matroska,webm"),
+    ("/m/ab/Holiday.MOV", 40, 3840, 2160, 60.0, "prores", "pcm_s16le", "mov,mp4,m4a,3gp,3g2,mj2"),
+    ("/m/zeta.avi", 50, None, None, 1.0, "mpeg4", "mp3", "avi"),
+]
+
+
+@pytest.fixture
+def stocked(settings: Settings) -> Settings:
+    """Settings whose database already holds the videos of :data:`_ROWS`."""
+    settings.database_path.parent.mkdir(parents=True)
+    store = VideoStore.open(settings.database_path)
+    try:
+        store.upsert(
+            [
+                VideoRecord(
+                    path=path,
+                    directory=path.rpartition("/")[0],
+                    filename=path.rpartition("/")[2],
+                    size_bytes=size,
+                    mtime_ns=1,
+                    probe=VideoProbe(
+                        width=width,
+                        height=height,
+                        frame_rate=Fraction(25),
+                        duration_seconds=seconds,
+                        duration_frames=None,
+                        video_codec=video,
+                        audio_codec=audio,
+                        container_format=container,
+                    ),
+                )
+                for path, size, width, height, seconds, video, audio, container in _ROWS
+            ]
+        )
+    finally:
+        store.close()
+    return settings
+
+
+async def _get(settings: Settings, *queries: str | dict[str, Any]) -> list[httpx.Response]:
+    async with serving(create_app(settings)) as client:
+        return [
+            await (
+                client.get(VIDEOS, params=query)
+                if isinstance(query, dict)
+                else client.get(f"{VIDEOS}?{query}")
+            )
+            for query in queries
+        ]
+
+
+def _names(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return [video["filename"] for video in body["videos"]]
+
+
+@pytest.mark.anyio
+async def test_search_takes_percent_and_underscore_literally(stocked: Settings) -> None:
+    """q is a case-insensitive substring; % and _ match only themselves, never any text."""
+    with anyio.fail_after(20):
+        percent, underscore, case, nothing = await _get(
+            stocked, {"q": "0%"}, {"q": "p_1"}, {"q": "HOLIDAY.mov"}, {"q": "%"}
+        )
+
+    assert _names(percent) == ["50% off.mp4"]
+    assert _names(underscore) == ["clip_1.mkv"]
+    assert _names(case) == ["Holiday.MOV"]
+    assert _names(nothing) == ["50% off.mp4"]
+    assert percent.json()["total"] == 1
+
+
+@pytest.mark.anyio
+async def test_filters_combine(stocked: Settings) -> None:
+    """Codec, container, size, duration and directory filters, alone and together."""
+    with anyio.fail_after(20):
+        responses = await _get(
+            stocked,
+            "video_codec=hevc",
+            "audio_codec=aac",
+            "container=mp4",
+            "container=webm&min_width=1000",
+            "min_width=1280&max_width=1920&min_height=721",
+            "max_height=720",
+            "min_duration=3.5&max_duration=12",
+            "under=/m/a",
+            "under=/m/a/b/&q=clip&sort=-size_bytes",
+        )
+
+    assert [_names(r) for r in responses] == [
+        ["clip_1.mkv"],
+        ["50% off.mp4"],
+        ["50% off.mp4", "Holiday.MOV"],
+        ["clip_1.mkv"],
+        ["50% off.mp4"],
+        ["clipX1.webm", "clip_1.mkv"],  # by path: X (0x58) before _ (0x5f)
+        ["50% off.mp4", "clip_1.mkv"],
+        ["50% off.mp4", "clipX1.webm", "clip_1.mkv"],
+        ["clipX1.webm", "clip_1.mkv"],
+    ]
+
+
+@pytest.mark.anyio
+async def test_sort_both_ways_with_paging(stocked: Settings) -> None:
+    """sort=<field> ascends, sort=-<field> descends; limit/offset page the sorted list."""
+    with anyio.fail_after(20):
+        by_size, by_width, page = await _get(
+            stocked, "sort=-size_bytes", "sort=width", "sort=-duration_seconds&limit=2&offset=1"
+        )
+
+    assert _names(by_size) == [
+        "zeta.avi",
+        "Holiday.MOV",
+        "clipX1.webm",
+        "clip_1.mkv",
+        "50% off.mp4",
+    ]
+    assert _names(by_width) == [
+        "zeta.avi",
+        "clipX1.webm",
+        "clip_1.mkv",
+        "50% off.mp4",
+        "Holiday.MOV",
+    ]
+    assert _names(page) == ["50% off.mp4", "clip_1.mkv"]
+    assert (page.json()["total"], page.json()["limit"], page.json()["offset"]) == (5, 2, 1)
+
+
+@pytest.mark.anyio
+async def test_empty_values_are_no_filter(stocked: Settings) -> None:
+    """A form's empty text fields (q=, video_codec=, under=...) select every video."""
+    with anyio.fail_after(20):
+        (response,) = await _get(stocked, "q=&video_codec=&audio_codec=&under=&container=")
+
+    assert len(_names(response)) == 5
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("sort=mtime_ns", "sort"),
+        ("sort=--path", "sort"),
+        ("sort=path%20DESC", "sort"),
+        ("sort=id;DROP%20TABLE%20videos", "sort"),
+        ("min_width=-1", "min_width"),
+        ("min_width=", "min_width"),
+        ("max_height=wide", "max_height"),
+        ("min_duration=nan", "min_duration"),
+        ("max_duration=inf", "max_duration"),
+        ("under=relative/dir", "under"),
+        ("under=/m%00x", "under"),
+        ("q=" + "x" * 16_385, "q"),
+        ("video_codec=" + "x" * 257, "video_codec"),
+        ("colour=red", "colour"),
+        ("limit=0", "limit"),
+    ],
+)
+async def test_bad_parameters_are_422(
+    shared_client: httpx.AsyncClient, query: str, field: str
+) -> None:
+    """An unknown sort field, a bad bound, a relative directory or an unknown parameter: 422."""
+    with anyio.fail_after(10):
+        response = await shared_client.get(f"{VIDEOS}?{query}")
+
+    assert response.status_code == 422, response.text
+    locations = [error["loc"] for error in response.json()["detail"]]
+    assert ["query", field] in locations, locations
+
+
+@pytest.mark.anyio
+async def test_every_sort_key_is_accepted(shared_client: httpx.AsyncClient) -> None:
+    """Each documented key, ascending and descending, is a 200."""
+    keys = [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]
+
+    with anyio.fail_after(10):
+        statuses = [(await shared_client.get(f"{VIDEOS}?sort={key}")).status_code for key in keys]
+
+    assert statuses == [200] * len(keys)
+
+
+@pytest.mark.anyio
+async def test_the_openapi_schema_lists_the_parameters(shared_client: httpx.AsyncClient) -> None:
+    """Clients can read every query parameter, and the sort keys, from /openapi.json."""
+    with anyio.fail_after(10):
+        schema = (await shared_client.get("/openapi.json")).json()
+
+    parameters = {p["name"]: p for p in schema["paths"][VIDEOS]["get"]["parameters"]}
+    assert set(parameters) == {
+        "limit",
+        "offset",
+        "q",
+        "video_codec",
+        "audio_codec",
+        "container",
+        "min_width",
+        "max_width",
+        "min_height",
+        "max_height",
+        "min_duration",
+        "max_duration",
+        "under",
+        "sort",
+    }
+    sort_schema = parameters["sort"]["schema"]
+    assert set(sort_schema["enum"]) == {*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)}
+    video_schema = schema["components"]["schemas"]["VideoOut"]["properties"]
+    assert set(METADATA_FIELDS) <= set(video_schema)
+
+
+@pytest.mark.anyio
+async def test_a_scanned_video_shows_its_metadata(settings: Settings, video_dir: Path) -> None:
+    """After a scan the list and the single video carry the editing metadata."""
+    app = create_app(settings)
+
+    with anyio.fail_after(30):
+        async with serving(app) as client:
+            accepted = await client.post(f"{VIDEOS}/scan", json={"path": str(video_dir)})
+            await client.get(f"/api/v1/jobs/{accepted.json()['job_id']}/wait?timeout=20")
+            listing = (await client.get(VIDEOS, params={"container": "mp4"})).json()
+            one = (await client.get(f"{VIDEOS}/{listing['videos'][0]['id']}")).json()
+
+    (video,) = listing["videos"]
+    assert video == one
+    assert video["container_format"] == "mov,mp4,m4a,3gp,3g2,mj2"
+    assert (video["pixel_format"], video["bit_depth"]) == ("yuv420p", 8)
+    assert (video["display_width"], video["display_height"]) == (64, 48)
+    assert (video["video_stream_count"], video["audio_stream_count"]) == (1, 1)
+    assert (video["audio_channels"], video["audio_sample_rate"]) == (2, 48_000)
+    assert video["subtitle_stream_count"] == 0
+    assert video["rotation"] is None
+    assert video["bit_rate"] > 0

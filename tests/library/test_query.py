@@ -1,0 +1,242 @@
+"""Video lists: filters, search, sorts, and the plan each page takes (``_query.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _store
+from stoat_ferret.library._query import page_query, walk_sort_index
+from stoat_ferret.library._store import _COLUMNS
+from tests.library.support import record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[VideoStore]:
+    opened = VideoStore.open(tmp_path / "videos.sqlite")
+    yield opened
+    opened.close()
+
+
+def _library(store: VideoStore) -> None:
+    """Six videos that differ in every filtered and sorted column."""
+    rows = [
+        ("/m/a/Été 100%.mp4", 10, 1920, 1080, 12.0, "h264", "aac", "mov,mp4,m4a,3gp,3g2,mj2"),
+        ("/m/a/b/clip_1.mkv", 20, 1280, 720, 3.5, "hevc", "opus", "matroska,webm"),
+        ("/m/a/b/clip-1.webm", 30, 640, 480, None, "vp9", None, "matroska,webm"),
+        ("/m/ab/x.mov", 40, 3840, 2160, 60.0, "prores", "pcm_s16le", "mov,mp4,m4a,3gp,3g2,mj2"),
+        ("/m/zeta.avi", 50, None, None, 1.0, "mpeg4", "mp3", "avi"),
+        ("/n/ÉTÉ.mp4", 60, 720, 576, 30.0, "mpeg2video", "mp2", "mpeg"),
+    ]
+    store.upsert(
+        [
+            record(
+                path,
+                size=size,
+                width=width,
+                height=height,
+                duration_seconds=seconds,
+                video_codec=video,
+                audio_codec=audio,
+                container_format=container,
+            )
+            for path, size, width, height, seconds, video, audio, container in rows
+        ]
+    )
+
+
+def _names(store: VideoStore, **where: Any) -> list[str]:
+    videos, total = store.list_videos(100, 0, VideoFilter(**where))
+    assert total == len(videos)
+    return [v.filename for v in videos]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({}, {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv", "x.mov", "zeta.avi", "ÉTÉ.mp4"}),
+        ({"q": "CLIP"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"q": "_"}, {"clip_1.mkv"}),
+        ({"q": "%"}, {"Été 100%.mp4"}),
+        ({"q": "p_1"}, {"clip_1.mkv"}),
+        ({"q": "0%."}, {"Été 100%.mp4"}),
+        ({"q": "été"}, {"Été 100%.mp4", "ÉTÉ.mp4"}),
+        ({"q": "/m/a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"q": "'; DROP TABLE videos; --"}, set()),
+        ({"video_codec": "hevc"}, {"clip_1.mkv"}),
+        ({"audio_codec": "aac"}, {"Été 100%.mp4"}),
+        ({"container": "mp4"}, {"Été 100%.mp4", "x.mov"}),
+        ({"container": "WEBM"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"container": "matroska,webm"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"container": "mp"}, set()),
+        ({"min_width": 1280}, {"Été 100%.mp4", "clip_1.mkv", "x.mov"}),
+        ({"max_width": 1280, "min_height": 576}, {"clip_1.mkv", "ÉTÉ.mp4"}),
+        ({"max_height": 480}, {"clip-1.webm"}),
+        ({"min_duration": 3.5, "max_duration": 30}, {"Été 100%.mp4", "clip_1.mkv", "ÉTÉ.mp4"}),
+        ({"under": "/m/a"}, {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv"}),
+        ({"under": "/m/a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "/m/a/./b/../b"}, {"clip-1.webm", "clip_1.mkv"}),
+        (
+            {"under": "/", "min_width": 0},
+            {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv", "x.mov", "ÉTÉ.mp4"},
+        ),
+        ({"under": "/m/a", "q": "clip", "container": "matroska"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"min_width": 2000, "max_width": 1000}, set()),
+    ],
+)
+def test_filters(store: VideoStore, where: dict[str, Any], expected: set[str]) -> None:
+    """Each filter alone and together; q is literal (% and _ included) and ignores case."""
+    _library(store)
+
+    names = _names(store, **where)
+
+    assert set(names) == expected
+    assert len(names) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ("filename", ["clip-1.webm", "clip_1.mkv", "x.mov", "zeta.avi", "ÉTÉ.mp4", "Été 100%.mp4"]),
+        ("path", ["clip-1.webm", "clip_1.mkv", "Été 100%.mp4", "x.mov", "zeta.avi", "ÉTÉ.mp4"]),
+        (
+            "-size_bytes",
+            ["ÉTÉ.mp4", "zeta.avi", "x.mov", "clip-1.webm", "clip_1.mkv", "Été 100%.mp4"],
+        ),
+        ("width", ["zeta.avi", "clip-1.webm", "ÉTÉ.mp4", "clip_1.mkv", "Été 100%.mp4", "x.mov"]),
+        ("-height", ["x.mov", "Été 100%.mp4", "clip_1.mkv", "ÉTÉ.mp4", "clip-1.webm", "zeta.avi"]),
+        (
+            "duration_seconds",
+            ["clip-1.webm", "zeta.avi", "clip_1.mkv", "Été 100%.mp4", "ÉTÉ.mp4", "x.mov"],
+        ),
+        ("-path", ["ÉTÉ.mp4", "zeta.avi", "x.mov", "Été 100%.mp4", "clip_1.mkv", "clip-1.webm"]),
+    ],
+)
+def test_sorts(store: VideoStore, sort: str, expected: list[str]) -> None:
+    """Ascending and descending; unknown values (NULL) come first ascending, last descending.
+
+    Paths sort by code point; filenames too, but with ASCII letters in any case
+    together (SQLite's NOCASE), so ``Zeta`` does not come before ``alpha``."""
+    _library(store)
+
+    assert _names(store, sort=sort) == expected
+
+
+@pytest.mark.parametrize("sort", ["updated_at", "-updated_at", "size_bytes", "-filename"])
+def test_ties_are_broken_by_id_so_pages_never_overlap(store: VideoStore, sort: str) -> None:
+    """Rows equal in the sort key come in id order (reversed with -): pages tile the list."""
+    store.upsert([record(f"/m/{index:02d}.mp4", size=7) for index in range(9)])
+    store.upsert([record(f"/m/{index:02d}.mp4", size=7) for index in range(9, 12)])
+    where = VideoFilter(sort=sort)
+
+    pages = [store.list_videos(5, offset, where)[0] for offset in (0, 5, 10)]
+
+    ids = [video.id for page in pages for video in page]
+    assert len(ids) == len(set(ids)) == 12
+    if sort in ("size_bytes",):
+        assert ids == sorted(ids)
+    if sort == "-filename":
+        assert ids == sorted(ids, reverse=True)
+
+
+def test_total_counts_every_match_beyond_the_page(store: VideoStore) -> None:
+    """The total is the number of matches, not the size of the page."""
+    _library(store)
+
+    page, total = store.list_videos(1, 1, VideoFilter(under="/m", sort="-size_bytes"))
+
+    assert ([v.filename for v in page], total) == (["x.mov"], 5)
+
+
+def _plan(tmp_path: Path, query: str, args: tuple[Any, ...]) -> str:
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        plan = raw.execute(f"EXPLAIN QUERY PLAN {query}", (*args, 10, 0)).fetchall()
+    return " | ".join(row[3] for row in plan)
+
+
+@pytest.mark.parametrize("sort", [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
+@pytest.mark.parametrize(
+    "where",
+    [
+        {},
+        {"video_codec": "h264", "min_width": 640},
+        {"container": "mp4", "max_duration": 60},
+        {"under": "/m", "audio_codec": "aac"},
+        {"q": "clip", "min_height": 480},
+    ],
+    ids=["none", "codec", "container", "under", "q"],
+)
+def test_a_walked_page_reads_the_sort_index(
+    store: VideoStore, tmp_path: Path, sort: str, where: dict[str, Any]
+) -> None:
+    """Walking, every sort order reads its index in order: no temporary B-tree sorts rows."""
+    query, args = page_query(_COLUMNS, VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=True)
+
+    details = _plan(tmp_path, query, args)
+
+    assert "TEMP B-TREE" not in details, details
+    assert "INDEX" in details, details
+
+
+@pytest.mark.parametrize("sort", ["-duration_seconds", "filename", "updated_at"])
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ({"video_codec": "h264", "min_width": 640}, "videos_video_codec"),
+        ({"container": "mp4", "max_duration": 60}, "videos_container"),
+        ({"audio_codec": "aac"}, "videos_audio_codec"),
+        ({"under": "/m"}, "path>? AND path<?"),
+    ],
+)
+def test_a_picked_page_reads_the_filter_index(
+    store: VideoStore, tmp_path: Path, sort: str, where: dict[str, Any], index: str
+) -> None:
+    """Not walking, the filters' index picks the rows, which are then sorted."""
+    query, args = page_query(_COLUMNS, VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=False)
+
+    details = _plan(tmp_path, query, args)
+
+    assert index in details, details
+    assert "TEMP B-TREE FOR ORDER BY" in details, details
+
+
+def test_the_plan_follows_the_share_of_matches() -> None:
+    """Walk when the page's rows are found within the rows a filter would pick."""
+    assert walk_sort_index(matches=50_000, stored=100_000, rows=100)
+    assert walk_sort_index(matches=3_163, stored=100_000, rows=100)
+    assert not walk_sort_index(matches=3_162, stored=100_000, rows=100)
+    assert not walk_sort_index(matches=100, stored=100_000, rows=100)
+    assert walk_sort_index(matches=10, stored=10, rows=100) is False
+
+
+@pytest.mark.parametrize("walk", [True, False])
+def test_both_plans_give_the_same_pages(
+    store: VideoStore, walk: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever plan is taken, the page and the total are the same."""
+    _library(store)
+    monkeypatch.setattr(_store, "walk_sort_index", lambda matches, stored, rows: walk)
+    wheres = [
+        VideoFilter(container="mp4", sort="-size_bytes"),
+        VideoFilter(under="/m", min_width=700, sort="filename"),
+        VideoFilter(q="clip", sort="-duration_seconds"),
+        VideoFilter(video_codec="hevc", audio_codec="opus", sort="width"),
+        VideoFilter(under="/m/a", sort="-path"),
+    ]
+
+    pages = [store.list_videos(2, 1, where) for where in wheres]
+
+    assert [([v.filename for v in page], total) for page, total in pages] == [
+        (["Été 100%.mp4"], 2),
+        (["x.mov", "Été 100%.mp4"], 3),
+        (["clip-1.webm"], 2),
+        ([], 1),
+        (["clip_1.mkv", "clip-1.webm"], 3),
+    ]
