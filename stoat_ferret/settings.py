@@ -9,7 +9,8 @@ whose message is one line naming the variable, the rule and the value.
 variable                    default              meaning
 ==========================  ===================  ===================================
 ``STOAT_HOST``              ``127.0.0.1``        address to listen on
-``STOAT_PORT``              ``8000``             TCP port, 1-65535
+``STOAT_PORT``              ``8000``             TCP port, 1-65535; ``0``: one the
+                                                 system picks (logged at start-up)
 ``STOAT_DATABASE_PATH``     ``./data/stoat.db``  SQLite file; its directory is created
 ``STOAT_SCAN_ROOTS``        (empty)              directories a scan may touch,
                                                  ``os.pathsep``-separated; empty: any
@@ -59,9 +60,9 @@ def _check_host(_: Settings, attribute: attrs.Attribute[str], value: str) -> Non
 
 
 def _check_port(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise SettingsError(
-            f"{_env(attribute)} must be a port number from 1 to 65535, got {value!r}"
+            f"{_env(attribute)} must be a port number from 0 to 65535, got {value!r}"
         )
 
 

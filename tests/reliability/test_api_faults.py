@@ -32,7 +32,7 @@ import anyio
 import pytest
 
 from stoat_ferret.api.app import create_app
-from stoat_ferret.library import _store
+from stoat_ferret.library import ThreadPriority, _store
 from stoat_ferret.settings import Settings
 from tests.api.support import serving, supervisor_running
 from tests.reliability.conftest import integrity
@@ -71,7 +71,10 @@ def media(tmp_path: Path, clip: EncodedVideo) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, media: Path) -> Settings:
     return Settings(
-        database_path=tmp_path / "db" / "stoat.db", scan_roots=(media,), shutdown_grace=1.0
+        database_path=tmp_path / "db" / "stoat.db",
+        scan_roots=(media,),
+        shutdown_grace=1.0,
+        probe_priority=ThreadPriority.NORMAL,  # idle probes starve on a busy machine
     )
 
 

@@ -56,6 +56,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from stoat_ferret.api.app import create_app
+from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, scan_root: Path) -> Iterator[F
             database_path=tmp_path_factory.mktemp("api-fuzz-db") / "stoat.db",
             scan_roots=(scan_root,),
             shutdown_grace=0.0,
+            probe_priority=ThreadPriority.NORMAL,  # idle probes starve on a busy machine
         )
     )
     try:

@@ -1,7 +1,7 @@
 """The real server under load from another process, and the load client's own checks.
 
 :func:`test_load_from_another_process` starts ``python -m stoat_ferret`` on
-a free loopback port with a small queue (``STOAT_MAX_PENDING=8``, so scans
+a loopback port it picks itself with a small queue (``STOAT_MAX_PENDING=8``, so scans
 really get 503s), makes 100 directories of hard-linked clips (every fifth
 empty, see :func:`~tests.reliability.load.make_tree`), and runs
 ``python -m tests.reliability.load`` against it as a separate process: scan
@@ -30,8 +30,9 @@ over 100, about a minute).
 The other tests show that the client's checks can fail: against a fake
 server that loses a job, invents one, answers 500 and 503 without
 ``Retry-After`` and reports a wrong scan result, and against one whose
-every scan fails, the client says so and exits 1; against a server that never answers, it stops at its time bound;
-it stops at its request budget; and it refuses any address but loopback.
+every scan fails, the client says so and exits 1; against a server that
+never answers, it stops at its time bound; it stops at its request
+budget; and it refuses any address but loopback.
 Those fake servers run in the test process on anyio listeners, and the
 client still runs as its own process.
 """
@@ -156,11 +157,10 @@ def test_load_from_another_process(tmp_path: Path, clip: EncodedVideo) -> None:
         tmp_path, STOAT_MAX_PENDING=str(MAX_PENDING), STOAT_JOB_TIMEOUT=SERVER_JOB_TIMEOUT
     )
     files = make_tree(root, clip.path, PROFILE.directories)
-    url = f"http://127.0.0.1:{env['STOAT_PORT']}"
     log = tmp_path / "server.log"
 
     with running_server(tmp_path, env) as server:
-        wait_ready(server, url, log)
+        url = wait_ready(server, log)
         run = _run_client(url, root, server.pid, PROFILE, f"--max-rss-growth-mb={RSS_BOUND}")
         os.killpg(server.pid, signal.SIGTERM)
         returncode = server.wait(timeout=SHUTDOWN_GRACE + 5)

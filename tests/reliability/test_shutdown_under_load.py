@@ -182,33 +182,30 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
     large = _link_tree(root / "large", clip, LARGE)
     waiting = [_link_tree(root / f"waiting{n}", clip, SMALL) for n in range(WAITING)]
     extra = [_link_tree(root / f"extra{n}", clip, 2) for n in range(EXTRA)]
-    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
 
-    with (
-        running_server(tmp_path, env) as process,
-        httpx.Client(base_url=base_url, timeout=10.0) as client,
-    ):
-        wait_ready(process, base_url, tmp_path / "server.log")
-        submitted = [client.post(SCAN, json={"path": str(d)}) for d in [large, *waiting]]
-        assert [r.status_code for r in submitted] == [202] * (1 + WAITING)
-        first = submitted[0].json()["job_id"]
-        _poll(
-            lambda: (client.get(f"/api/v1/jobs/{first}").json()["progress"] or 0) > 0,
-            "the large scan probes",
-        )
-        stopping = threading.Event()
-        traffic = [_Traffic(base_url, extra, stopping) for _ in range(CLIENTS)]
-        for client_thread in traffic:
-            client_thread.start()
-        try:
-            assert all(client_thread.going.wait(DEADLINE) for client_thread in traffic)
-            running = client.get("/api/v1/jobs", params={"status": "running"}).json()
-            pending = client.get("/api/v1/jobs", params={"status": "pending"}).json()
-            stopping.set()
-            returncode, took = _stop(process)
-        finally:
+    with running_server(tmp_path, env) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        with httpx.Client(base_url=base_url, timeout=10.0) as client:
+            submitted = [client.post(SCAN, json={"path": str(d)}) for d in [large, *waiting]]
+            assert [r.status_code for r in submitted] == [202] * (1 + WAITING)
+            first = submitted[0].json()["job_id"]
+            _poll(
+                lambda: (client.get(f"/api/v1/jobs/{first}").json()["progress"] or 0) > 0,
+                "the large scan probes",
+            )
+            stopping = threading.Event()
+            traffic = [_Traffic(base_url, extra, stopping) for _ in range(CLIENTS)]
             for client_thread in traffic:
-                client_thread.join(DEADLINE)
+                client_thread.start()
+            try:
+                assert all(client_thread.going.wait(DEADLINE) for client_thread in traffic)
+                running = client.get("/api/v1/jobs", params={"status": "running"}).json()
+                pending = client.get("/api/v1/jobs", params={"status": "pending"}).json()
+                stopping.set()
+                returncode, took = _stop(process)
+            finally:
+                for client_thread in traffic:
+                    client_thread.join(DEADLINE)
     assert [t.failure for t in traffic] == [None] * CLIENTS
     statuses: dict[int, int] = {}
     for client_thread in traffic:
@@ -268,20 +265,17 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
 def _rescan_after_restart(tmp_path: Path, stored: dict[str, int], rows_before: int) -> None:
     """Restart on the same database; rescan everything; the counts must add up."""
     env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(GRACE))
-    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
     results: dict[str, dict[str, Any]] = {}
-    with (
-        running_server(tmp_path, env, log_name="restart.log") as process,
-        httpx.Client(base_url=base_url, timeout=DEADLINE + 5) as client,
-    ):
-        wait_ready(process, base_url, tmp_path / "restart.log")
-        for directory in stored:
-            job_id = client.post(SCAN, json={"path": directory}).json()["job_id"]
-            done = client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": DEADLINE})
-            assert done.status_code == 200, done.text
-            assert done.json()["status"] == "completed", done.json()
-            results[directory] = done.json()["result"]
-        total = client.get("/api/v1/videos", params={"limit": 1}).json()["total"]
+    with running_server(tmp_path, env, log_name="restart.log") as process:
+        base_url = wait_ready(process, tmp_path / "restart.log")
+        with httpx.Client(base_url=base_url, timeout=DEADLINE + 5) as client:
+            for directory in stored:
+                job_id = client.post(SCAN, json={"path": directory}).json()["job_id"]
+                done = client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": DEADLINE})
+                assert done.status_code == 200, done.text
+                assert done.json()["status"] == "completed", done.json()
+                results[directory] = done.json()["result"]
+            total = client.get("/api/v1/videos", params={"limit": 1}).json()["total"]
         returncode, _ = _stop(process)
 
     assert returncode == 0
