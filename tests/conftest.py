@@ -11,21 +11,42 @@ the test was parametrised with, and the clock the one it was given (the
 ``MockClock`` above, where a test relies on virtual time). A plugin or
 option that ran the test elsewhere, such as pytest-trio's ``trio_mode``
 (never switched on; tests/test_conftest.py checks), fails every test.
+
+Hypothesis: ``STOAT_RELIABILITY_PROFILE`` picks the base profile every
+test module's own profiles inherit (they register theirs at import, after
+this file loads it). ``quick`` (``make test``) is derandomized: each run
+tries the same examples, so a failure in one run fails every run.
+``soak`` (``make soak``) explores at random from the seed that ``make
+soak`` prints and passes as ``--hypothesis-seed``, so a run can be repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 from anyio.pytest_plugin import extract_backend_and_options
+from hypothesis import settings
 from loguru import logger
 from trio.testing import MockClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+
+settings.register_profile("quick", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("soak", derandomize=False, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("STOAT_RELIABILITY_PROFILE", "quick"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which base profile runs, and with what seed (``make soak`` sets it)."""
+    seed = config.getoption("--hypothesis-seed")
+    name = settings.get_current_profile_name()
+    derandomize = settings.get_profile(name).derandomize
+    return f"hypothesis base profile {name!r}: derandomize={derandomize}, seed={seed}"
 
 
 @pytest.fixture(params=["asyncio", "trio"])

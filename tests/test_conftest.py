@@ -1,13 +1,15 @@
-"""The suite's own guards: the backend a test runs on, and pytest-trio's mode."""
+"""The suite's own guards: the backend a test runs on, pytest-trio's mode, hypothesis."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import anyio
 import pytest
 import trio
+from hypothesis import settings
 from trio.testing import MockClock
 
 from tests.conftest import check_backend, running_library
@@ -56,3 +58,16 @@ def test_running_library_outside_a_loop_raises() -> None:
     """Outside any event loop there is no running library to report."""
     with pytest.raises(RuntimeError):
         running_library()
+
+
+@pytest.mark.skipif(
+    os.environ.get("STOAT_RELIABILITY_PROFILE", "quick") != "quick", reason="make test's profile"
+)
+def test_make_tests_hypothesis_profiles_are_derandomized() -> None:
+    """Every property test of make test tries the same examples each run: a failure repeats."""
+    from tests.reliability import test_api_fuzz, test_supervisor_properties
+
+    assert settings.get_current_profile_name() == "quick"
+    assert settings.get_profile("quick").derandomize is True
+    assert test_supervisor_properties.PROFILE.derandomize is True
+    assert test_api_fuzz.PROFILE.derandomize is True
