@@ -2,8 +2,13 @@
 
 Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT; 2 for a bad
 setting or an unusable database, found before anything binds (one line on
-stderr, no traceback); uvicorn's own statuses otherwise (1 when the address
-cannot be bound, 3 when the app fails to start).
+stderr, no traceback); 1 when the address cannot be bound (the port is in
+use, say: one line on stderr, before the app starts); uvicorn's own
+statuses otherwise (3 when the app fails to start).
+
+The listening socket is bound here, before uvicorn starts, and handed to
+it; with ``STOAT_PORT=0`` the system picks a free port, and the
+``listening on http://HOST:PORT`` log line says which.
 
 Stopping. uvicorn 0.54 catches SIGTERM and SIGINT, shuts down, and then
 raises the caught signal again, so the process would die of it (status
@@ -26,17 +31,19 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import uvicorn
 from loguru import logger
 from uvicorn.server import HANDLED_SIGNALS
 
-from stoat_ferret.api import begin_shutdown, create_app
+from stoat_ferret.api import begin_shutdown, create_app, end_grace
 from stoat_ferret.library import StoreError, VideoStore
 from stoat_ferret.settings import Settings, SettingsError
 
@@ -48,6 +55,10 @@ if TYPE_CHECKING:
     from loguru import Record
 
 EXIT_BAD_SETTING: Final = 2
+EXIT_CANNOT_LISTEN: Final = 1
+
+FORCE_POLL_SECONDS: Final = 0.1
+"""How often the shut-down looks for a second stop signal (uvicorn's own main loop: 0.1 s)."""
 
 HTTP_GRACE_SECONDS: Final = 3
 """How long uvicorn waits for open requests at shut-down before cancelling them."""
@@ -64,11 +75,19 @@ class GracefulServer(uvicorn.Server):
     Args:
         config: the uvicorn configuration.
         on_stop: called (in the event loop, must not block) when shut-down begins.
+        on_force: called (likewise) on a second stop signal during the shut-down.
     """
 
-    def __init__(self, config: uvicorn.Config, *, on_stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        on_stop: Callable[[], None],
+        on_force: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(config)
         self._on_stop = on_stop
+        self._on_force = on_force
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -87,13 +106,37 @@ class GracefulServer(uvicorn.Server):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        """The first SIGTERM or SIGINT stops gracefully; a second one forces the exit.
+
+        uvicorn forces it only on a second SIGINT; a service manager sends SIGTERM.
+        """
+        if self.should_exit:
+            self.force_exit = True
+        super().handle_exit(sig, frame)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Tell the app to stop taking work, then shut down as uvicorn does."""
+        """Tell the app to stop taking work, then shut down as uvicorn does.
+
+        A second stop signal cuts the shut-down short: ``on_force`` ends the
+        jobs' grace (they end ``cancelled``), and uvicorn stops waiting for
+        open connections.
+        """
         # Logged here, not in the signal handler: loguru's handler lock must
         # not be taken by code that may interrupt a thread holding it.
         logger.info("stop requested: shutting down")
         self._on_stop()
-        await super().shutdown(sockets=sockets)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._until_forced)
+            await super().shutdown(sockets=sockets)
+            group.cancel_scope.cancel()
+
+    async def _until_forced(self) -> None:
+        # A flag set by a signal handler: polled, as uvicorn's own main loop does.
+        while not self.force_exit:  # noqa: ASYNC110
+            await anyio.sleep(FORCE_POLL_SECONDS)
+        logger.warning("second stop signal: not waiting any longer")
+        self._on_force()
 
 
 class _InterceptHandler(logging.Handler):
@@ -169,6 +212,16 @@ def _check_database(path: Path) -> None:
     VideoStore.open(path).close()
 
 
+def listen(settings: Settings) -> socket.socket:
+    """The listening TCP socket on ``STOAT_HOST``:``STOAT_PORT``, bound as uvicorn would.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not this machine's...).
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    return socket.create_server((settings.host, settings.port), family=family)
+
+
 def main() -> int:
     """Run the service until it is told to stop; return the exit status."""
     try:
@@ -178,6 +231,15 @@ def main() -> int:
         message = " ".join(str(exc).split())
         sys.stderr.write(f"stoat_ferret: {message}\n")
         return EXIT_BAD_SETTING
+    try:
+        listener = listen(settings)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        sys.stderr.write(
+            f"stoat_ferret: cannot listen on {settings.host}:{settings.port}"
+            f" (STOAT_HOST, STOAT_PORT): {reason}\n"
+        )
+        return EXIT_CANNOT_LISTEN
     configure_logging(settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -188,8 +250,15 @@ def main() -> int:
         log_config=None,
         timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
     )
-    server = GracefulServer(config, on_stop=functools.partial(begin_shutdown, app))
-    server.run()
+    server = GracefulServer(
+        config,
+        on_stop=functools.partial(begin_shutdown, app),
+        on_force=functools.partial(end_grace, app),
+    )
+    with listener:
+        host, port = listener.getsockname()[:2]
+        logger.info("listening on http://{}:{}", f"[{host}]" if ":" in host else host, port)
+        server.run(sockets=[listener])
     logger.info("stoat_ferret exits")
     return 0
 

@@ -1,8 +1,8 @@
 """Helpers for tests that run the real server as a subprocess.
 
 Servers listen on ``STOAT_PORT=0``: the system picks a free port as the
-server binds, and :func:`wait_ready` reads the one it got from uvicorn's
-start-up line. (Picking a free port first and handing it over would race
+server binds, and :func:`wait_ready` reads the one it got from the service's
+``listening on`` line. (Picking a free port first and handing it over would race
 with any other process binding it in between.)
 """
 
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -22,15 +23,17 @@ import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+"""Where ``python -m tests.gated_service`` is found."""
 
 READY_WITHIN = 30.0
 SHUTDOWN_GRACE = 2.0
 """The servers' STOAT_SHUTDOWN_GRACE unless a test says otherwise."""
 
 
-LISTENING = re.compile(rb"Uvicorn running on (http://127\.0\.0\.1:\d+) ")
-"""uvicorn's start-up line, which names the port a ``STOAT_PORT=0`` server got."""
+LISTENING = re.compile(rb"listening on (http://127\.0\.0\.1:\d+)")
+"""The service's start-up line, which names the port a ``STOAT_PORT=0`` server got."""
 
 
 def wait_ready(process: subprocess.Popen[bytes], log: Path) -> str:
@@ -76,15 +79,21 @@ def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 @contextmanager
 def running_server(
-    tmp_path: Path, env: dict[str, str], *, log_name: str = "server.log"
+    tmp_path: Path,
+    env: dict[str, str],
+    *,
+    log_name: str = "server.log",
+    module: str = "stoat_ferret",
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m stoat_ferret`` in its own process group, output to ``tmp_path/log_name``.
 
-    Killed (the whole group) if the test leaves it running.
+    ``module="tests.gated_service"`` runs it with scans the test can hold
+    (see there). Killed (the whole group) if the test leaves it running.
     """
     with (tmp_path / log_name).open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "stoat_ferret"],
+            [sys.executable, "-m", module],
+            cwd=REPOSITORY,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
