@@ -1,5 +1,9 @@
 """The real service for the browser tests: ``python -m stoat_ferret`` on a loopback port.
 
+It runs as ``python -m tests.gated_service``, the service itself with one
+gate: a scan of a directory holding a ``HOLD`` file stays running after its
+first rows, so a test can catch a long scan whatever the machine's speed.
+
 One server per module (starting one takes about a second): each test works
 in its own directories under the one scan root. It runs one job at a time
 and lets one wait, so a test can hold a scan running, see another pending,
@@ -41,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         home, STOAT_MAX_WORKERS="1", STOAT_MAX_PENDING="1", STOAT_SHUTDOWN_GRACE="1"
     )
     log = home / "server.log"
-    with running_server(home, env) as process:
+    with running_server(home, env, module="tests.gated_service") as process:
         base_url = wait_ready(process, log)
         yield Server(base_url=base_url, root=home / "root", log=log)
         process.send_signal(signal.SIGTERM)

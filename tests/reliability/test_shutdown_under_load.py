@@ -1,8 +1,9 @@
 """SIGTERM while scans run, scans wait and clients keep sending requests.
 
 One real server (``python -m stoat_ferret`` in its own process group, as
-``make run`` starts it) with one worker: a large scan is probing, smaller
-ones are pending, and a client thread keeps submitting scans and reading
+``make run`` starts it, with the test's gate: ``tests/gated_service.py``)
+with one worker: a large scan is running, held after its first rows by
+the gate, smaller ones are pending, and a client thread keeps submitting scans and reading
 jobs. Then the whole group gets SIGTERM, as a terminal's Ctrl+C or a
 service manager would send it. The test checks what the issue promises:
 
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import pytest
 
+from tests.gated_service import HOLD
 from tests.reliability.conftest import integrity
 from tests.server import running_server, server_environment, wait_ready
 
@@ -48,13 +50,13 @@ if TYPE_CHECKING:
 GRACE: Final = 1.0
 """The server's STOAT_SHUTDOWN_GRACE: shorter than the large scan takes."""
 
-LARGE: Final = 1_500 * min(4, os.cpu_count() or 1)
-"""Files in the directory scanned first: still probing when SIGTERM comes.
+LARGE: Final = 1_000
+"""Files in the directory scanned first: still running when SIGTERM comes.
 
-The server probes in at most ``min(4, cpus)`` threads (by default one
-fewer, see ``default_probe_threads``), so the scan takes at least as long on
-a larger machine (several seconds on the 2-core one this was written on;
-SIGTERM comes when it has probed its first files)."""
+Not by its size: the server runs as ``python -m tests.gated_service`` and
+the directory holds the ``HOLD`` gate, so the scan stays running after its
+first batch of rows whatever the machine's speed (and a fast machine cannot
+finish it, nor a slow one fail to start it, before SIGTERM)."""
 
 SMALL: Final = 100
 """Files in each of the directories whose scans wait behind it."""
@@ -180,10 +182,11 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
     env = server_environment(tmp_path, STOAT_MAX_WORKERS="1", STOAT_SHUTDOWN_GRACE=str(GRACE))
     root = tmp_path / "root"
     large = _link_tree(root / "large", clip, LARGE)
+    (large / HOLD).touch()  # held running after its first rows, until SIGTERM
     waiting = [_link_tree(root / f"waiting{n}", clip, SMALL) for n in range(WAITING)]
     extra = [_link_tree(root / f"extra{n}", clip, 2) for n in range(EXTRA)]
 
-    with running_server(tmp_path, env) as process:
+    with running_server(tmp_path, env, module="tests.gated_service") as process:
         base_url = wait_ready(process, tmp_path / "server.log")
         with httpx.Client(base_url=base_url, timeout=10.0) as client:
             submitted = [client.post(SCAN, json={"path": str(d)}) for d in [large, *waiting]]
@@ -259,6 +262,7 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
     for row in rows:
         stored[row[0]] += 1
 
+    (large / HOLD).unlink()  # the gate is gone: the directory holds only clips
     _rescan_after_restart(tmp_path, stored, len(rows))
 
 
