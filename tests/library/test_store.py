@@ -213,7 +213,7 @@ def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     connect = sqlite3.connect
 
     def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        connection = connect(*args, **kwargs)
+        connection: sqlite3.Connection = connect(*args, **kwargs)
         connection.set_trace_callback(statements.append)  # the SQL as run, values bound
         return connection
 
