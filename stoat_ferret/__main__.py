@@ -23,6 +23,10 @@ moment the shut-down begins, before uvicorn waits for open connections:
    :data:`HTTP_GRACE_SECONDS`);
 4. the app's lifespan ends: the supervisor's ``aclose()`` (running jobs get
    ``STOAT_SHUTDOWN_GRACE`` seconds), then the database is closed.
+
+A second SIGTERM or SIGINT during these steps forces the exit: uvicorn
+stops waiting for connections, and :func:`~stoat_ferret.api.end_grace`
+cancels the running jobs at once; the database is still closed, exit 0.
 """
 
 from __future__ import annotations
