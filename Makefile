@@ -10,14 +10,15 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 SOURCES := stoat_ferret tests bench
 
-.PHONY: help env run test soak lint typecheck format bench check clean
+.PHONY: help env run test soak flake lint typecheck format bench check clean
 
 help:
 	@echo "make run        start the service (uvicorn) on an embedded SQLite file;"
 	@echo "                flags through ARGS: make run ARGS='--port 9000'"
 	@echo "make test       run the whole test suite with branch coverage"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
-	@echo "make soak       the long property-based, fuzzing and load runs"
+	@echo "make soak       the long property-based, fuzzing and load runs (SEED=n repeats one)"
+	@echo "make flake      make test N times (N=20), LOAD=1 with both cores kept busy"
 	@echo "make bench      run the benchmarks in bench/ (JSON lines on stdout)"
 	@echo "make check      lint + test"
 
@@ -39,11 +40,22 @@ run: $(RUN_STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
-# The supervisor's state-machine properties, the API fuzzing and the load test, long profiles.
+# The supervisor's state-machine properties, the API fuzzing and the load test, long
+# profiles, exploring at random from SEED (printed first; `make soak SEED=n` repeats a run).
+ifndef SEED
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
 soak: $(STAMP)
-	STOATTEST_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest \
+	@echo "make soak: hypothesis seed $(SEED) (repeat with: make soak SEED=$(SEED))"
+	STOATTEST_RELIABILITY_PROFILE=soak $(BIN)/python -m pytest --hypothesis-seed=$(SEED) \
 		tests/reliability/test_supervisor_properties.py tests/reliability/test_api_fuzz.py \
 		tests/reliability/test_load.py
+
+# make test N times; LOAD=1 keeps every core busy meanwhile. Prints "N passed, M failed".
+N ?= 20
+LOAD ?=
+flake: $(STAMP)
+	$(BIN)/python tests/flake.py --runs $(N) $(if $(LOAD),--load) -- $(MAKE) --no-print-directory test
 
 # The floor only ever rises.
 COVERAGE_FLOOR ?= 94

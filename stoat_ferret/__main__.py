@@ -6,19 +6,27 @@ The command line is :mod:`stoat_ferret._cli`, the log's formats
 Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT, after ``--help``
 or ``--version``, and after a ``check`` that passed; 2 for a bad flag, a bad
 setting or an unusable database, found before anything binds (one line on
-stderr, no traceback; after the usage line for a bad flag); uvicorn's own
-statuses otherwise (1 when the address cannot be bound, 3 when the app fails
-to start).
+stderr, no traceback; after the usage line for a bad flag); 1 when the
+address cannot be bound (the port is in use, say: one line on stderr, before
+the app starts); uvicorn's 3 when the app fails to start.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from stoat_ferret._cli import EXIT_BAD_SETTING, check, check_startup, one_line, parse_command
+from stoat_ferret._cli import (
+    EXIT_BAD_SETTING,
+    EXIT_CANNOT_LISTEN,
+    check,
+    check_startup,
+    one_line,
+    parse_command,
+)
 from stoat_ferret._logging import configure_logging
 from stoat_ferret.library import StoreError
 from stoat_ferret.settings import SettingsError
@@ -43,13 +51,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, StoreError) as exc:
         sys.stderr.write(one_line(exc) + "\n")
         return EXIT_BAD_SETTING
-    configure_logging(settings.log_level, settings.log_format)
     # Imported here, not at the top: the web stack (FastAPI, uvicorn) is most of
     # the start-up time, which --help, --version, a bad flag and check do
     # without (--version: 0.7 s instead of 2.1 s on a busy 2-core machine).
-    from stoat_ferret._server import serve
+    from stoat_ferret._server import listen, serve
 
-    serve(settings)
+    try:
+        listener = listen(settings)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        sys.stderr.write(
+            f"stoat-ferret: cannot listen on {settings.host}:{settings.port}"
+            f" (STOAT_HOST, STOAT_PORT): {reason}\n"
+        )
+        return EXIT_CANNOT_LISTEN
+    configure_logging(settings.log_level, settings.log_format)
+    serve(settings, listener)
     logger.info("stoat_ferret exits")
     return 0
 

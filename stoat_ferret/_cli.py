@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 PROG: Final = "stoat-ferret"
 EXIT_BAD_SETTING: Final = 2
+EXIT_CANNOT_LISTEN: Final = 1
+"""The address cannot be bound (the port is in use, say)."""
 
 _COMMANDS: Final = ("serve", "check")
 
@@ -159,16 +161,17 @@ def check(settings: Settings) -> str:
     )
 
 
-def dashboard_url(settings: Settings) -> str:
+def dashboard_url(settings: Settings, *, port: int | None = None) -> str:
     """Where a browser on this machine finds the dashboard.
 
     A wildcard address (listen on every interface) is not one a browser can
-    open, so it is shown as the loopback address of its family.
+    open, so it is shown as the loopback address of its family. ``port``, when
+    given, is the port really bound (``STOAT_PORT=0`` lets the system pick).
     """
     host = _LOOPBACK_FOR_WILDCARD.get(settings.host, settings.host)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.port}/"
+    return f"http://{host}:{settings.port if port is None else port}/"
 
 
 def _resolve_host(settings: Settings) -> None:

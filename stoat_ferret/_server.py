@@ -13,6 +13,14 @@ moment the shut-down begins, before uvicorn waits for open connections:
    :data:`HTTP_GRACE_SECONDS`);
 4. the app's lifespan ends: the supervisor's ``aclose()`` (running jobs get
    ``STOAT_SHUTDOWN_GRACE`` seconds), then the database is closed.
+
+A second SIGTERM or SIGINT during these steps forces the exit: uvicorn
+stops waiting for connections, and :func:`~stoat_ferret.api.end_grace`
+cancels the running jobs at once; the database is still closed, exit 0.
+
+The listening socket is bound by :func:`listen` before uvicorn starts, and
+handed to it; with ``STOAT_PORT=0`` the system picks a free port, and the
+``dashboard: http://HOST:PORT/`` log line says which.
 """
 
 from __future__ import annotations
@@ -20,21 +28,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
+import socket
 import threading
 from typing import TYPE_CHECKING, Final
 
+import anyio
 import uvicorn
 from loguru import logger
 from uvicorn.server import HANDLED_SIGNALS
 
 from stoat_ferret._cli import dashboard_url
-from stoat_ferret.api import begin_shutdown, create_app
+from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
 if TYPE_CHECKING:
-    import socket
+    import types
     from collections.abc import Callable, Generator
 
     from stoat_ferret.settings import Settings
+
+FORCE_POLL_SECONDS: Final = 0.1
+"""How often the shut-down looks for a second stop signal (uvicorn's own main loop: 0.1 s)."""
 
 HTTP_GRACE_SECONDS: Final = 3
 """How long uvicorn waits for open requests at shut-down before cancelling them."""
@@ -50,14 +63,21 @@ class GracefulServer(uvicorn.Server):
     Args:
         config: the uvicorn configuration.
         on_stop: called (in the event loop, must not block) when shut-down begins.
+        on_force: called (likewise) on a second stop signal during the shut-down.
         url: the dashboard's address, logged once the server listens.
     """
 
     def __init__(
-        self, config: uvicorn.Config, *, on_stop: Callable[[], None], url: str | None = None
+        self,
+        config: uvicorn.Config,
+        *,
+        on_stop: Callable[[], None],
+        on_force: Callable[[], None] = lambda: None,
+        url: str | None = None,
     ) -> None:
         super().__init__(config)
         self._on_stop = on_stop
+        self._on_force = on_force
         self._url = url
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -83,17 +103,54 @@ class GracefulServer(uvicorn.Server):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        """The first SIGTERM or SIGINT stops gracefully; a second one forces the exit.
+
+        uvicorn forces it only on a second SIGINT; a service manager sends SIGTERM.
+        """
+        if self.should_exit:
+            self.force_exit = True
+        super().handle_exit(sig, frame)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Tell the app to stop taking work, then shut down as uvicorn does."""
+        """Tell the app to stop taking work, then shut down as uvicorn does.
+
+        A second stop signal cuts the shut-down short: ``on_force`` ends the
+        jobs' grace (they end ``cancelled``), and uvicorn stops waiting for
+        open connections.
+        """
         # Logged here, not in the signal handler: loguru's handler lock must
         # not be taken by code that may interrupt a thread holding it.
         logger.info("stop requested: shutting down")
         self._on_stop()
-        await super().shutdown(sockets=sockets)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._until_forced)
+            await super().shutdown(sockets=sockets)
+            group.cancel_scope.cancel()
+
+    async def _until_forced(self) -> None:
+        # A flag set by a signal handler: polled, as uvicorn's own main loop does.
+        while not self.force_exit:  # noqa: ASYNC110
+            await anyio.sleep(FORCE_POLL_SECONDS)
+        logger.warning("second stop signal: not waiting any longer")
+        self._on_force()
 
 
-def serve(settings: Settings) -> None:
-    """Serve the app with ``settings`` until SIGTERM or SIGINT; return once stopped."""
+def listen(settings: Settings) -> socket.socket:
+    """The listening TCP socket on the settings' host and port, bound as uvicorn would.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not this machine's...).
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    return socket.create_server((settings.host, settings.port), family=family)
+
+
+def serve(settings: Settings, listener: socket.socket) -> None:
+    """Serve the app with ``settings`` on ``listener`` until SIGTERM or SIGINT.
+
+    Returns once stopped; closes ``listener``.
+    """
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -104,7 +161,12 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
         limit_concurrency=settings.max_streams + CONNECTION_HEADROOM,
     )
+    port = listener.getsockname()[1]
     server = GracefulServer(
-        config, on_stop=functools.partial(begin_shutdown, app), url=dashboard_url(settings)
+        config,
+        on_stop=functools.partial(begin_shutdown, app),
+        on_force=functools.partial(end_grace, app),
+        url=dashboard_url(settings, port=port),
     )
-    server.run()
+    with listener:
+        server.run(sockets=[listener])

@@ -69,9 +69,9 @@ def _check_host(_: Settings, attribute: attrs.Attribute[str], value: str) -> Non
 
 
 def _check_port(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise SettingsError(
-            f"{_env(attribute)} must be a port number from 1 to 65535, got {value!r}"
+            f"{_env(attribute)} must be a port number from 0 to 65535, got {value!r}"
         )
 
 
@@ -234,7 +234,7 @@ class Settings:
     port: int = attrs.field(
         default=8000,
         validator=_check_port,
-        metadata={"env": "STOAT_PORT", "help": "TCP port, 1-65535"},
+        metadata={"env": "STOAT_PORT", "help": "TCP port, 1-65535; 0: one the system picks"},
     )
     database_path: Path = attrs.field(
         default=Path("data/stoat.db"),

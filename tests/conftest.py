@@ -4,18 +4,49 @@ The anyio pytest plugin's own default would silently drop trio, so the
 backends are listed explicitly. Trio gets a fresh ``MockClock`` with
 ``autojump_threshold=0`` per test: whenever every task is blocked the clock
 jumps to the next deadline, so a 300-second timeout takes microseconds.
+
+Every test that runs on a backend is guarded (:func:`_backend_guard`): from
+inside the event loop the test runs in, the running library must be the one
+the test was parametrised with, and the clock the one it was given (the
+``MockClock`` above, where a test relies on virtual time). A plugin or
+option that ran the test elsewhere, such as pytest-trio's ``trio_mode``
+(never switched on; tests/test_conftest.py checks), fails every test.
+
+Hypothesis: ``STOATTEST_RELIABILITY_PROFILE`` picks the base profile every
+test module's own profiles inherit (they register theirs at import, after
+this file loads it). ``quick`` (``make test``) is derandomized: each run
+tries the same examples, so a failure in one run fails every run.
+``soak`` (``make soak``) explores at random from the seed that ``make
+soak`` prints and passes as ``--hypothesis-seed``, so a run can be repeated.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import trio
+from anyio.pytest_plugin import extract_backend_and_options
+from hypothesis import settings
 from loguru import logger
 from trio.testing import MockClock
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
+
+settings.register_profile("quick", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("soak", derandomize=False, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("STOATTEST_RELIABILITY_PROFILE", "quick"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which base profile runs, and with what seed (``make soak`` sets it)."""
+    seed = config.getoption("--hypothesis-seed")
+    name = settings.get_current_profile_name()
+    derandomize = settings.get_profile(name).derandomize
+    return f"hypothesis base profile {name!r}: derandomize={derandomize}, seed={seed}"
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -23,6 +54,40 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     if request.param == "trio":
         return ("trio", {"clock": MockClock(autojump_threshold=0)})
     return "asyncio"
+
+
+def running_library() -> str:
+    """``"trio"`` or ``"asyncio"``: the event loop this coroutine runs in."""
+    if trio.lowlevel.in_trio_run():
+        return "trio"
+    asyncio.get_running_loop()  # RuntimeError outside any event loop
+    return "asyncio"
+
+
+def check_backend(anyio_backend: Any) -> None:
+    """Fail unless this coroutine runs on ``anyio_backend``, with its clock if it names one."""
+    name, options = extract_backend_and_options(anyio_backend)
+    running = running_library()
+    if running != name:
+        pytest.fail(f"parametrised with {name}, running on {running}")
+    clock = options.get("clock")
+    if clock is not None and trio.lowlevel.current_clock() is not clock:
+        pytest.fail(f"given {clock!r}, running with {trio.lowlevel.current_clock()!r}")
+
+
+@pytest.fixture
+async def _running_backend(anyio_backend: Any) -> AsyncIterator[None]:
+    # An async generator holds anyio's test runner open until the test is
+    # done, so the test runs in the very event loop this checked.
+    check_backend(anyio_backend)
+    yield  # noqa: PT022 (the yield keeps the runner open; there is nothing to tear down)
+
+
+@pytest.fixture(autouse=True)
+def _backend_guard(request: pytest.FixtureRequest) -> None:
+    """For every test on a backend, :func:`check_backend` from inside its event loop."""
+    if "anyio_backend" in request.fixturenames:
+        request.getfixturevalue("_running_backend")
 
 
 @pytest.fixture

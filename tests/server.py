@@ -1,14 +1,21 @@
-"""Helpers for tests that run the real server as a subprocess."""
+"""Helpers for tests that run the real server as a subprocess.
+
+Servers listen on ``STOAT_PORT=0``: the system picks a free port as the
+server binds, and :func:`wait_ready` reads the one it got from the service's
+``dashboard:`` line. (Picking a free port first and handing it over would race
+with any other process binding it in between.)
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -16,30 +23,31 @@ import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-    from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+"""Where ``python -m tests.gated_service`` is found."""
 
 READY_WITHIN = 30.0
 SHUTDOWN_GRACE = 2.0
 """The servers' STOAT_SHUTDOWN_GRACE unless a test says otherwise."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+LISTENING = re.compile(rb"dashboard: (http://127\.0\.0\.1:\d+)/")
+"""The service's start-up line, which names the port a ``STOAT_PORT=0`` server got."""
 
 
-def wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    """Return once ``/health`` answers 200; fail with the server's log otherwise."""
+def wait_ready(process: subprocess.Popen[bytes], log: Path) -> str:
+    """The server's base URL once ``/health`` answers 200; fail with its log otherwise."""
     deadline = time.monotonic() + READY_WITHIN
+    base_url: str | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
+        if base_url is None and (found := LISTENING.search(log.read_bytes())):
+            base_url = found.group(1).decode()
         try:
-            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                return
+            if base_url and httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
+                return base_url
         except httpx.TransportError:
             pass
         time.sleep(0.05)  # a process boundary: polling with a deadline is the only way
@@ -47,7 +55,7 @@ def wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> No
 
 
 def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """The environment of a server in ``tmp_path``: free port, ``root/`` the scan root.
+    """The environment of a server in ``tmp_path``: port 0, ``root/`` the scan root.
 
     Every ``STOAT_`` variable of this process is dropped first; ``overrides``
     come last.
@@ -57,11 +65,13 @@ def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env.update(
         STOAT_HOST="127.0.0.1",
-        STOAT_PORT=str(free_port()),
+        STOAT_PORT="0",
         STOAT_DATABASE_PATH=str(tmp_path / "data" / "stoat.db"),
         STOAT_SCAN_ROOTS=str(root),
         STOAT_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE),
         STOAT_LOG_LEVEL="INFO",
+        # SCHED_IDLE probe threads can starve for seconds on a loaded machine.
+        STOAT_PROBE_PRIORITY="normal",
     )
     env.update(overrides)
     return env
@@ -69,15 +79,22 @@ def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 @contextmanager
 def running_server(
-    tmp_path: Path, env: dict[str, str], *, log_name: str = "server.log", args: Sequence[str] = ()
+    tmp_path: Path,
+    env: dict[str, str],
+    *,
+    log_name: str = "server.log",
+    module: str = "stoat_ferret",
+    args: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m stoat_ferret *args`` in its own process group, output to ``tmp_path/log_name``.
 
-    Killed (the whole group) if the test leaves it running.
+    ``module="tests.gated_service"`` runs it with scans the test can hold
+    (see there). Killed (the whole group) if the test leaves it running.
     """
     with (tmp_path / log_name).open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "stoat_ferret", *args],
+            [sys.executable, "-m", module, *args],
+            cwd=REPOSITORY,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

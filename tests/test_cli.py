@@ -123,7 +123,7 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
     ("argv", "sentence"),
     [
         (["--port", "eighty"], "--port must be a whole number, got 'eighty'"),
-        (["--port", "70000"], "--port must be a port number from 1 to 65535, got 70000"),
+        (["--port", "70000"], "--port must be a port number from 0 to 65535, got 70000"),
         (["--max-workers", "0"], "--max-workers must be a whole number >= 1, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),

@@ -2,7 +2,8 @@
 
 These tests cross a process boundary, so they poll ``/health`` for readiness
 (with a deadline) instead of waiting on an event. Everything listens on a
-free loopback port; the database and the scan root live in ``tmp_path``.
+loopback port the server picks (``STOAT_PORT=0``, tests/server.py); the
+database and the scan root live in ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings
 from tests.server import (
     SHUTDOWN_GRACE,
-    free_port,
     running_server,
     server_environment,
     wait_ready,
@@ -54,11 +54,10 @@ def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
     root = tmp_path / "root"
     for name in ("one.mp4", "two.mkv", "three.webm"):
         make_video(root / name, audio=None)
-    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
     log = tmp_path / "server.log"
 
     with running_server(tmp_path, env) as process:
-        wait_ready(process, base_url, log)
+        base_url = wait_ready(process, log)
         with httpx.Client(base_url=base_url, timeout=30.0) as client:
             accepted = client.post("/api/v1/videos/scan", json={"path": f"{root}/"})
             job_id = accepted.json()["job_id"]
@@ -88,10 +87,9 @@ def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
 def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
     """Ctrl+C (SIGINT) stops the service gracefully too, with exit status 0."""
     env = server_environment(tmp_path)
-    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
 
     with running_server(tmp_path, env) as process:
-        wait_ready(process, base_url, tmp_path / "server.log")
+        wait_ready(process, tmp_path / "server.log")
         returncode, took = _stop(process, lambda pid: os.kill(pid, signal.SIGINT))
 
     assert returncode == 0
@@ -101,16 +99,15 @@ def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
 
 def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
     """Flags beat variables; with --log-format json every line of the log is a JSON object."""
-    port = free_port()
     env = server_environment(tmp_path, STOAT_PORT="not a port", STOAT_LOG_FORMAT="text")
     root = tmp_path / "root"
     make_video(root / "one.mp4", audio=None)
-    base_url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
 
-    args = ["--port", str(port), "--log-format", "json", "--log-level", "debug"]
+    # --port 0: the system picks one, which the dashboard line names.
+    args = ["--port", "0", "--log-format", "json", "--log-level", "debug"]
     with running_server(tmp_path, env, args=args) as process:
-        wait_ready(process, base_url, log)
+        base_url = wait_ready(process, log)
         with httpx.Client(base_url=base_url, timeout=30.0) as client:
             job_id = client.post("/api/v1/videos/scan", json={"path": str(root)}).json()["job_id"]
             client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": 20})
@@ -213,7 +210,7 @@ def test_graceful_server_does_not_raise_the_signal_again() -> None:
 @pytest.mark.anyio
 async def test_server_stops_the_app_before_its_lifespan_ends(tmp_path: Path) -> None:
     """On shut-down the server calls on_stop first, then ends the app's lifespan."""
-    settings = Settings(port=free_port(), database_path=tmp_path / "stoat.db")
+    settings = Settings(port=0, database_path=tmp_path / "stoat.db")
     app = create_app(settings)
     record: list[str] = []
     running = anyio.Event()
@@ -274,10 +271,9 @@ def test_the_real_server_guards_and_answers_head(tmp_path: Path) -> None:
     STOAT_API_TOKEN the API needs it while /health does not."""
     token = "real-server-token-0123456789"
     env = server_environment(tmp_path, STOAT_API_TOKEN=token)
-    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
 
     with running_server(tmp_path, env) as process:
-        wait_ready(process, base_url, tmp_path / "server.log")
+        base_url = wait_ready(process, tmp_path / "server.log")
         with httpx.Client(base_url=base_url, timeout=30.0) as client:
             head = client.head("/health")
             foreign = client.get("/health", headers={"Host": "evil.example"})

@@ -9,6 +9,6 @@ modules: ``_videos`` (scan, videos), ``_jobs`` (jobs, wait, cancel, events),
 
 from __future__ import annotations
 
-from stoat_ferret.api.app import begin_shutdown, create_app, lifespan
+from stoat_ferret.api.app import begin_shutdown, create_app, end_grace, lifespan
 
-__all__ = ["begin_shutdown", "create_app", "lifespan"]
+__all__ = ["begin_shutdown", "create_app", "end_grace", "lifespan"]

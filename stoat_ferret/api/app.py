@@ -113,6 +113,23 @@ def begin_shutdown(app: FastAPI) -> None:
         stopping.set()
 
 
+def end_grace(app: FastAPI) -> None:
+    """Cut the shut-down short: running jobs are cancelled at once, not after the grace.
+
+    The server calls this on a second stop signal. Never blocks; does
+    nothing if the app is not running.
+    """
+    grace_over = getattr(app.state, "grace_over", None)
+    if isinstance(grace_over, anyio.Event) and not grace_over.is_set():
+        logger.warning("shut-down hurried: running jobs are cancelled now")
+        grace_over.set()
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the library and run the job queue for as long as the app serves.
@@ -124,6 +141,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     library = await VideoLibrary.open(settings.database_path)
     app.state.library = library
     app.state.stopping = anyio.Event()
+    app.state.grace_over = anyio.Event()
     try:
         handler = make_scan_handler(
             library,
@@ -165,7 +183,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     yield
                 finally:
                     begin_shutdown(app)
-                    await supervisor.aclose()
+                    async with anyio.create_task_group() as closing:
+                        # end_grace cancels the supervisor's run: its jobs end cancelled.
+                        closing.start_soon(
+                            _cancel_when_set, app.state.grace_over, group.cancel_scope
+                        )
+                        await supervisor.aclose()
+                        closing.cancel_scope.cancel()
                     del app.state.job_queue
     finally:
         del app.state.library

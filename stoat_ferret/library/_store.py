@@ -22,9 +22,10 @@ scan before it, so the table holds one list per directory scanned.
 Migrations are numbered: ``_MIGRATIONS[n]`` takes a file from version
 ``n - 1`` to ``n``, and a file of any earlier version is brought up to date
 step by step. Version 2 adds the ``scan_errors`` table; version 3 adds the
-editing metadata columns and the indexes of sorted lists. A row written before version 3 has ``probe_version`` NULL; the
-scope query reports such a row's size as -1, which no file has, so the next
-scan probes the file again and counts it as updated, once.
+editing metadata columns and the indexes of sorted lists. A row written
+before version 3 has ``probe_version`` NULL; the scope query reports such a
+row's size as -1, which no file has, so the next scan probes the file again
+and counts it as updated, once.
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.

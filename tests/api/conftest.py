@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stoat_ferret.api.app import create_app
+from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings import Settings
 from tests.api.support import serving
 from tests.videos import EncodedVideo, make_video
@@ -43,7 +44,11 @@ async def shared_client(
     milliseconds): long lists of refused requests share this one.
     """
     directory = tmp_path_factory.mktemp("shared")
-    settings = Settings(database_path=directory / "stoat.db", scan_roots=(directory,))
+    settings = Settings(
+        database_path=directory / "stoat.db",
+        scan_roots=(directory,),
+        probe_priority=ThreadPriority.NORMAL,
+    )
     async with serving(create_app(settings)) as client:
         yield client
 
@@ -58,11 +63,14 @@ def scan_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, scan_root: Path) -> Settings:
-    """Settings with a fresh database and :func:`scan_root` as the only root."""
+    """Settings with a fresh database, :func:`scan_root` the only root, normal-priority probes."""
     return Settings(
         database_path=tmp_path / "db" / "stoat.db",
         scan_roots=(scan_root,),
         shutdown_grace=1.0,
+        # SCHED_IDLE probe threads can starve for seconds while other
+        # processes keep the cores busy; only the priority tests ask for idle.
+        probe_priority=ThreadPriority.NORMAL,
     )
 
 

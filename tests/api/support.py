@@ -128,7 +128,7 @@ def supervisor_running(**options: Any) -> AbstractAsyncContextManager[JobSupervi
 
 
 class WatchedSupervisor(JobSupervisor):
-    """A JobSupervisor that tells when a ``watch()`` context opens and closes.
+    """A JobSupervisor that tells when a ``watch()`` context or a ``wait()`` opens and closes.
 
     Create it inside the test (its events belong to the running backend).
     """
@@ -139,6 +139,18 @@ class WatchedSupervisor(JobSupervisor):
         self.open_watches = 0
         self.watch_entered = anyio.Event()
         self.watch_exited = anyio.Event()
+        self.open_waits = 0
+        self.wait_entered = anyio.Event()
+        self.wait_exited = anyio.Event()
+
+    async def wait(self, job_id: str) -> JobResult:
+        self.open_waits += 1
+        self.wait_entered.set()
+        try:
+            return await super().wait(job_id)
+        finally:
+            self.open_waits -= 1
+            self.wait_exited.set()
 
     @asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobResult]]:

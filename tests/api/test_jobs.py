@@ -311,31 +311,43 @@ async def test_wait_ends_with_503_when_the_service_stops(
 
 @pytest.mark.anyio
 async def test_wait_ends_when_the_client_leaves(settings: Settings, scan_root: Path) -> None:
-    """A client that disconnects during an hour-long wait frees it at once."""
+    """A client that disconnects in the middle of an hour-long wait frees the waiter at once."""
     scan = GatedScan()
     sent: list[dict[str, Any]] = []
     leave = anyio.Event()
+    received: list[str] = []
 
     async def receive() -> dict[str, Any]:
-        if not sent and not leave.is_set():
-            leave.set()
+        if not received:
+            received.append("http.request")
             return {"type": "http.request", "body": b"", "more_body": False}
+        await leave.wait()  # the client is there until the test makes it leave
+        received.append("http.disconnect")
         return {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
         sent.append(dict(message))
 
     with anyio.fail_after(10):
-        async with supervisor_running() as supervisor:
+        async with started(WatchedSupervisor()) as supervisor:
             supervisor.register("scan", scan)
             app = create_app(settings, job_queue=supervisor)
             async with serving(app) as client:
                 job_id = await _start_scan(client, scan, scan_root)
                 scope = http_scope("GET", f"/api/v1/jobs/{job_id}/wait", query=b"timeout=3600")
-                await app(scope, receive, send)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(app, scope, receive, send)
+                    await supervisor.wait_entered.wait()
+                    await anyio.wait_all_tasks_blocked()
+                    waiting, sent_while_waiting = supervisor.open_waits, list(sent)
+                    leave.set()
+                    await supervisor.wait_exited.wait()
                 status_after = await supervisor.get_status(job_id)
                 scan.release.set()
 
+    assert (waiting, sent_while_waiting) == (1, [])  # the wait had begun; nothing answered
+    assert received == ["http.request", "http.disconnect"]
+    assert supervisor.open_waits == 0
     assert sent[0]["status"] == 408  # its answer goes nowhere; what matters is it returned
     assert status_after == "running"
 

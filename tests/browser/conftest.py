@@ -1,4 +1,8 @@
-"""The real service for the browser tests: ``python -m stoat_ferret`` on a free loopback port.
+"""The real service for the browser tests: ``python -m stoat_ferret`` on a loopback port.
+
+It runs as ``python -m tests.gated_service``, the service itself with one
+gate: a scan of a directory holding a ``HOLD`` file stays running after its
+first rows, so a test can catch a long scan whatever the machine's speed.
 
 One server per module (starting one takes about a second): each test works
 in its own directories under the one scan root. It runs one job at a time
@@ -41,9 +45,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         home, STOAT_MAX_WORKERS="1", STOAT_MAX_PENDING="1", STOAT_SHUTDOWN_GRACE="1"
     )
     log = home / "server.log"
-    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
-    with running_server(home, env) as process:
-        wait_ready(process, base_url, log)
+    with running_server(home, env, module="tests.gated_service") as process:
+        base_url = wait_ready(process, log)
         yield Server(base_url=base_url, root=home / "root", log=log)
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=STOP_WITHIN)

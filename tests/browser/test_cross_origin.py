@@ -146,9 +146,8 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("browser-token")
     env = server_environment(home, STOAT_API_TOKEN=TOKEN)
     log = home / "server.log"
-    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
     with running_server(home, env) as process:
-        wait_ready(process, base_url, log)
+        base_url = wait_ready(process, log)
         yield Server(base_url=base_url, root=home / "root", log=log)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import pytest
@@ -189,20 +189,33 @@ def test_root_directory_scope(store: VideoStore) -> None:
     assert subtree_bounds("/") == ("/", "0")
 
 
-def test_scope_queries_use_indexes(store: VideoStore, tmp_path: Path) -> None:
-    """Both scope queries search an index; neither scans the table."""
-    with sqlite3.connect(tmp_path / "videos.sqlite") as raw:
-        plans = [
-            raw.execute(f"EXPLAIN QUERY PLAN {query}", args).fetchall()
-            for query, args in [
-                (
-                    "SELECT path, size_bytes, mtime_ns FROM videos WHERE path >= ? AND path < ?",
-                    subtree_bounds("/m"),
-                ),
-                ("SELECT path, size_bytes, mtime_ns FROM videos WHERE directory = ?", ("/m",)),
-            ]
-        ]
+def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both scope queries the store runs search an index; neither scans the table."""
+    statements: list[str] = []
+    connect = sqlite3.connect
 
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection: sqlite3.Connection = connect(*args, **kwargs)
+        connection.set_trace_callback(statements.append)  # the SQL as run, values bound
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    traced_store = VideoStore.open(tmp_path / "traced.sqlite")
+    monkeypatch.undo()
+    try:
+        traced_store.upsert([record(p) for p in ("/m/a.mp4", "/m/sub/b.mp4", "/n/c.mp4")])
+        statements.clear()
+        recursive = traced_store.fingerprints("/m", recursive=True)
+        flat = traced_store.fingerprints("/m", recursive=False)
+    finally:
+        traced_store.close()
+    queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    with sqlite3.connect(tmp_path / "traced.sqlite") as raw:
+        plans = [raw.execute(f"EXPLAIN QUERY PLAN {query}").fetchall() for query in queries]
+
+    assert set(recursive) == {"/m/a.mp4", "/m/sub/b.mp4"}
+    assert set(flat) == {"/m/a.mp4"}
+    assert len(queries) == 2, statements
     details = [row[3] for plan in plans for row in plan]
     assert all("USING" in detail and "INDEX" in detail for detail in details), details
 

@@ -22,6 +22,10 @@ What the line proves, when its counters are zero and ``aborted`` is null:
   409 cancel says how the job ended, one job id never serves two different
   scans, and every completed scan found exactly the files of its directory
   with no error (``result_mismatches``);
+* every accepted job ended ``completed``, or ``cancelled`` because this
+  client cancelled it (``unexpected_ends``): a scan that ends ``failed`` or
+  ``timeout`` (a locked database, say), or is cancelled by someone else, is
+  a failure of the run, not an outcome to count;
 * the server's memory stayed bounded: ``server_rss_mb`` has its resident
   size before the load, the largest sampled during it, after it, and the
   kernel's high-water mark (``VmHWM``, which includes start-up);
@@ -374,6 +378,7 @@ CHECKS: Final = (
     "anomalies",
     "cancel_mismatches",
     "result_mismatches",
+    "unexpected_ends",
 )
 
 
@@ -739,6 +744,11 @@ class LoadRun:
                 self.failures["non_terminal"].add(f"{job_id} {job['status']}")
             if job_id in self.cancelled and job["status"] != "cancelled":
                 self.failures["cancel_mismatches"].add(f"{job_id} {job['status']}")
+            # A job this client cancelled is cancel_mismatches' business.
+            if job_id not in self.cancelled and job["status"] in TERMINAL - {"completed"}:
+                self.failures["unexpected_ends"].add(
+                    f"{job_id} {job['status']}: {job.get('error')}"
+                )
             if job["status"] == "completed":
                 result = job["result"] or {}
                 if result.get("found") != self.expected[scan] or result.get("errors") != []:

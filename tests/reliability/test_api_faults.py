@@ -8,7 +8,8 @@ Through the real app (``create_app`` and its lifespan, tests/api/support.py):
 * the database file is made immutable while the server runs: writes still go
   to the WAL and nothing is lost;
 * the database file is deleted while the server runs: the next scan fails
-  with a clear error instead of reporting rows that would be lost;
+  with a clear error instead of reporting rows that would be lost, and a
+  restarted server scans into a fresh file;
 * a job result JSON cannot hold, in ways tests/api/test_jobs.py does not
   cover: GET /api/v1/jobs/{id} still answers 200.
 
@@ -31,7 +32,7 @@ import anyio
 import pytest
 
 from stoat_ferret.api.app import create_app
-from stoat_ferret.library import _store
+from stoat_ferret.library import ThreadPriority, _store
 from stoat_ferret.settings import Settings
 from tests.api.support import serving, supervisor_running
 from tests.reliability.conftest import integrity
@@ -70,7 +71,10 @@ def media(tmp_path: Path, clip: EncodedVideo) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, media: Path) -> Settings:
     return Settings(
-        database_path=tmp_path / "db" / "stoat.db", scan_roots=(media,), shutdown_grace=1.0
+        database_path=tmp_path / "db" / "stoat.db",
+        scan_roots=(media,),
+        shutdown_grace=1.0,
+        probe_priority=ThreadPriority.NORMAL,  # idle probes starve on a busy machine
     )
 
 
@@ -158,7 +162,11 @@ async def test_an_immutable_database_file_loses_no_row(
 async def test_a_database_deleted_while_serving_fails_scans_instead_of_losing_rows(
     settings: Settings, media: Path
 ) -> None:
-    """Rows acknowledged by a completed scan must survive a restart; else the scan fails."""
+    """The file gone under the open connection: the scan fails saying so; nothing is claimed.
+
+    SQLite would go on writing to the unlinked inode, and the rows a
+    completed scan reported would vanish at the restart.
+    """
     with anyio.fail_after(TIMEOUT):
         async with serving(create_app(settings)) as client:
             for name in os.listdir(settings.database_path.parent):
@@ -167,8 +175,15 @@ async def test_a_database_deleted_while_serving_fails_scans_instead_of_losing_ro
             await _still_serving(client)
         async with serving(create_app(settings)) as client:
             listing = (await client.get("/api/v1/videos")).json()
+            after = await _scan(client, media)
 
-    assert job["status"] == "failed" or listing["total"] == job["result"]["added"]
+    assert job["status"] == "failed"
+    assert job["result"] is None
+    assert "was deleted or replaced while open" in job["error"]
+    assert listing["total"] == 0
+    assert after["status"] == "completed"
+    assert after["result"]["added"] == 1
+    assert integrity(settings.database_path) == ["ok"]
 
 
 class _ReprRaises:

@@ -58,6 +58,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from stoat_ferret.api.app import create_app
+from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, scan_root: Path) -> Iterator[F
             shutdown_grace=0.0,
             # The Host of schemathesis' ASGI client (Starlette's TestClient).
             allowed_hosts=("testserver",),
+            probe_priority=ThreadPriority.NORMAL,  # idle probes starve on a busy machine
         )
     )
     try:

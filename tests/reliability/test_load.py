@@ -1,7 +1,7 @@
 """The real server under load from another process, and the load client's own checks.
 
 :func:`test_load_from_another_process` starts ``python -m stoat_ferret`` on
-a free loopback port with a small queue (``STOAT_MAX_PENDING=8``, so scans
+a loopback port it picks itself with a small queue (``STOAT_MAX_PENDING=8``, so scans
 really get 503s), makes 100 directories of hard-linked clips (every fifth
 empty, see :func:`~tests.reliability.load.make_tree`), and runs
 ``python -m tests.reliability.load`` against it as a separate process: scan
@@ -29,9 +29,10 @@ over 100, about a minute).
 
 The other tests show that the client's checks can fail: against a fake
 server that loses a job, invents one, answers 500 and 503 without
-``Retry-After`` and reports a wrong scan result, the client says so and
-exits 1; against a server that never answers, it stops at its time bound;
-it stops at its request budget; and it refuses any address but loopback.
+``Retry-After`` and reports a wrong scan result, and against one whose
+every scan fails, the client says so and exits 1; against a server that
+never answers, it stops at its time bound; it stops at its request
+budget; and it refuses any address but loopback.
 Those fake servers run in the test process on anyio listeners, and the
 client still runs as its own process.
 """
@@ -156,11 +157,10 @@ def test_load_from_another_process(tmp_path: Path, clip: EncodedVideo) -> None:
         tmp_path, STOAT_MAX_PENDING=str(MAX_PENDING), STOAT_JOB_TIMEOUT=SERVER_JOB_TIMEOUT
     )
     files = make_tree(root, clip.path, PROFILE.directories)
-    url = f"http://127.0.0.1:{env['STOAT_PORT']}"
     log = tmp_path / "server.log"
 
     with running_server(tmp_path, env) as server:
-        wait_ready(server, url, log)
+        url = wait_ready(server, log)
         run = _run_client(url, root, server.pid, PROFILE, f"--max-rss-growth-mb={RSS_BOUND}")
         os.killpg(server.pid, signal.SIGTERM)
         returncode = server.wait(timeout=SHUTDOWN_GRACE + 5)
@@ -190,6 +190,7 @@ def test_load_from_another_process(tmp_path: Path, clip: EncodedVideo) -> None:
     assert report["anomalies"]["count"] == 0, report["anomalies"]
     assert report["cancel_mismatches"]["count"] == 0, report["cancel_mismatches"]
     assert report["result_mismatches"]["count"] == 0, report["result_mismatches"]
+    assert report["unexpected_ends"]["count"] == 0, report["unexpected_ends"]
     assert report["server_rss_mb"]["samples"] > 0
     assert report["server_rss_mb"]["growth"] <= MAX_RSS_GROWTH_MB, report["server_rss_mb"]
     assert report["ok"] is True
@@ -244,6 +245,36 @@ class FaultyServer:
         if target.endswith("/cancel"):
             return 409, {}, json.dumps(job).encode()
         return 200, {}, json.dumps(job).encode()
+
+
+@attrs.define
+class FailingServer:
+    """Answers like the service whose every scan fails: nothing lost, nothing completed.
+
+    Each scan gets a job id of its own; the jobs end ``failed`` ("database is
+    locked"), except every fourth, which ends ``cancelled`` although the
+    client's cancel got a 409 (someone else cancelled it). The list holds
+    every job, each terminal; cancels answer 409.
+    """
+
+    jobs: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+    def __call__(self, method: str, target: str) -> tuple[int, dict[str, str], bytes]:
+        if method == "POST" and target == "/api/v1/videos/scan":
+            job_id = f"job{len(self.jobs)}"
+            status = "cancelled" if len(self.jobs) % 4 == 3 else "failed"
+            error = "database is locked" if status == "failed" else "cancelled"
+            self.jobs[job_id] = {**_job(job_id, status), "error": error}
+            return 202, {}, json.dumps({"job_id": job_id, "status": "pending"}).encode()
+        if target.startswith("/api/v1/jobs?"):
+            offset = int(target.rpartition("offset=")[2])
+            jobs = list(self.jobs.values())
+            page = {"jobs": jobs[offset : offset + 100], "total": len(jobs)}
+            return 200, {}, json.dumps(page).encode()
+        job = self.jobs[target.split("/")[4].split("?")[0]]
+        if target.endswith("/events"):
+            return 200, {"transfer-encoding": "chunked"}, b"data: " + json.dumps(job).encode()
+        return (409 if target.endswith("/cancel") else 200), {}, json.dumps(job).encode()
 
 
 CLIENT_LEFT: Final = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError)
@@ -320,6 +351,31 @@ async def test_the_client_reports_a_faulty_server(tmp_path: Path) -> None:
     assert "kept" in report["result_mismatches"]["sample"][0]
     assert report["anomalies"]["count"] > 0  # one id for several scans, the 500s
     assert report["non_terminal"]["count"] == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # waits on a real process: real clocks
+@pytest.mark.anyio
+async def test_the_client_fails_a_run_whose_jobs_fail(tmp_path: Path) -> None:
+    """Every scan accepted, listed and terminal, none completed: the run fails, saying why."""
+    server = FailingServer()
+
+    run = await _client_against(lambda stream: _answer(stream, server), tmp_path / "root")
+
+    report = _report(run)
+    assert report["aborted"] is None, run.stderr
+    assert report["ok"] is False
+    assert run.returncode == 1
+    assert report["statuses_by_kind"]["submit"] == {"202": 40}
+    for check in ("lost", "non_terminal", "phantom", "server_errors", "cancel_mismatches"):
+        assert report[check]["count"] == 0, (check, report[check])
+    assert report["final_statuses"] == {"cancelled": 10, "failed": 30}
+    assert report["unexpected_ends"]["count"] == 40
+    samples = report["unexpected_ends"]["sample"]
+    assert any(sample.endswith(" failed: database is locked") for sample in samples), samples
+    assert all(
+        sample.endswith((" failed: database is locked", " cancelled: cancelled"))
+        for sample in samples
+    )
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

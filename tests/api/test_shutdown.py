@@ -1,0 +1,72 @@
+"""end_grace: a second stop signal cancels running jobs instead of waiting out the grace."""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+import pytest
+
+from stoat_ferret.api import end_grace
+from stoat_ferret.api.app import create_app
+from stoat_ferret.library import VideoLibrary
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from stoat_ferret.settings import Settings
+    from tests.videos import EncodedVideo
+
+from tests.api.support import serving
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_end_grace_cancels_running_jobs_at_once(
+    settings: Settings,
+    scan_root: Path,
+    clips: list[EncodedVideo],
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[Any],
+) -> None:
+    """A scan held running with an hour of grace: end_grace ends the shut-down at once."""
+    stored = anyio.Event()
+    write = VideoLibrary.apply
+
+    async def held(self: VideoLibrary, *args: Any) -> None:
+        await write(self, *args)
+        stored.set()
+        await anyio.sleep_forever()  # held until cancelled
+
+    monkeypatch.setattr(VideoLibrary, "apply", held)
+    shutil.copyfile(clips[0].path, scan_root / "a.mp4")
+    app = create_app(attrs.evolve(settings, shutdown_grace=3600.0))
+
+    with anyio.fail_after(20):  # a guard against hangs; the grace alone is an hour
+        async with serving(app) as client:
+            accepted = await client.post("/api/v1/videos/scan", json={"path": str(scan_root)})
+            await stored.wait()
+            end_grace(app)
+            end_grace(app)  # a third signal changes nothing
+        async with serving(create_app(settings)) as client:
+            job_count = (await client.get("/api/v1/jobs")).json()["total"]
+            videos = (await client.get("/api/v1/videos")).json()["total"]
+
+    assert accepted.status_code == 202
+    job_id = accepted.json()["job_id"]
+    ends = [r["extra"].get("status") for r in log_records if r["extra"].get("job_id") == job_id]
+    assert ends[-1:] == ["cancelled"]
+    assert app.state.grace_over.is_set()
+    assert job_count == 0  # jobs do not outlive the process; the library does
+    assert videos == 1
+
+
+def test_end_grace_before_the_app_runs_does_nothing(settings: Settings) -> None:
+    """Not running yet: nothing to hurry, and nothing breaks."""
+    app = create_app(settings)
+
+    end_grace(app)
+
+    assert not hasattr(app.state, "grace_over")

@@ -1,0 +1,50 @@
+"""``python -m tests.gated_service``: the real service, with scans a test can hold running.
+
+It is ``python -m stoat_ferret`` (same settings, logging, signals and exit
+statuses) with one change, for tests that must catch a scan in the middle
+whatever the machine's speed: after the scan writes a batch of videos from
+a directory that holds a file named :data:`HOLD`, it waits while that file
+exists. So the first batch is stored, the rest is not, and the job stays
+``running`` (its progress says how many files it probed) until the test
+deletes the file, cancels the job, stops or kills the service.
+
+The test is another process, so the file is checked every
+:data:`POLL_SECONDS`; the wait is cancellable like the rest of the scan.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from stoat_ferret.__main__ import main
+from stoat_ferret.library import VideoLibrary
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+
+    from stoat_ferret.library import VideoRecord
+
+HOLD: Final = "HOLD"
+"""The gate: a file of this name in a scanned directory (not a video: the scan ignores it)."""
+
+POLL_SECONDS: Final = 0.02
+
+_write = VideoLibrary.apply
+
+
+async def _held_apply(
+    self: VideoLibrary, records: Sequence[VideoRecord], deletions: Collection[str]
+) -> None:
+    await _write(self, records, deletions)
+    for gate in {anyio.Path(record.directory, HOLD) for record in records}:
+        # Another process opens the gate: there is no event to wait on.
+        while await gate.exists():  # noqa: ASYNC110
+            await anyio.sleep(POLL_SECONDS)
+
+
+if __name__ == "__main__":
+    VideoLibrary.apply = _held_apply  # type: ignore[method-assign]
+    sys.exit(main())

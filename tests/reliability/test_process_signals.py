@@ -1,0 +1,316 @@
+"""The real process under signals and a taken port: how it ends, and what it leaves.
+
+The scans here are held in the middle by a gate the test controls
+(``python -m tests.gated_service``, see there): the first batch of rows is
+stored, the rest is not, and the job stays ``running`` whatever the
+machine's speed. The process boundary is crossed by polling with deadlines
+(:data:`DEADLINE`): there is no event to wait on across it. The bounds on
+how long a stop takes guard against hangs; they are generous and say so.
+
+* SIGTERM while event streams and hour-long waits are open: each ends with
+  a whole answer, the process exits 0 within the grace and a few seconds;
+* a second SIGTERM during the grace: the process exits 0 at once, the
+  running job logged ``cancelled``, the database intact;
+* SIGKILL in the middle of a scan, then a restart: ``integrity_check`` ok,
+  every stored row whole, and the next scan stores the rest;
+* the port already in use: exit status 1 and one line on stderr.
+
+The second stop signal is also checked on :class:`GracefulServer` itself,
+and the port in use on ``main()`` in this process (coverage sees those).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+import pytest
+import uvicorn
+
+from stoat_ferret.__main__ import main
+from stoat_ferret._server import GracefulServer
+from tests.gated_service import HOLD
+from tests.reliability.conftest import integrity
+from tests.server import running_server, server_environment, wait_ready
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+GATED: Final = "tests.gated_service"
+FILES: Final = 400
+"""Clips in the held directory: more than one write batch (at most about 260 rows)."""
+
+DEADLINE: Final = 30.0
+"""Longest any poll across the process boundary may take: a guard against hangs."""
+
+STOP_MARGIN: Final = 10.0
+"""Added to the grace in the bound on how long a stop may take (a hang guard, generous)."""
+
+SCAN: Final = "/api/v1/videos/scan"
+
+
+def _poll(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {DEADLINE} s: {what}")
+        time.sleep(0.02)  # another process: polling with a deadline is the only way
+
+
+def _held_tree(directory: Path, clip: EncodedVideo) -> Path:
+    """:data:`FILES` hard links of ``clip`` (copies across devices), and the gate."""
+    directory.mkdir(parents=True)
+    for index in range(FILES):
+        try:
+            os.link(clip.path, directory / f"clip{index:04d}.mp4")
+        except OSError:
+            directory.joinpath(f"clip{index:04d}.mp4").write_bytes(clip.path.read_bytes())
+    (directory / HOLD).touch()
+    return directory
+
+
+def _count(database: str) -> int:
+    with closing(sqlite3.connect(database)) as connection:
+        (count,) = connection.execute("SELECT count(*) FROM videos").fetchone()
+        return int(count)
+
+
+def _start_held_scan(client: httpx.Client, held: Path, database: str) -> str:
+    """Submit a scan of ``held``; return its id once rows are stored and the gate holds it."""
+    accepted = client.post(SCAN, json={"path": str(held)})
+    assert accepted.status_code == 202, accepted.text
+    job_id: str = accepted.json()["job_id"]
+    _poll(lambda: _count(database) > 0, "the held scan stores its first batch")
+    job = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert job["status"] == "running", job
+    return job_id
+
+
+def _whole_rows(database: str, clip: EncodedVideo) -> int:
+    """How many rows there are, after checking each holds exactly what ``clip`` holds."""
+    with closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute(
+            "SELECT size_bytes, width, height, video_codec, audio_codec,"
+            " frame_rate_numerator, frame_rate_denominator, duration_frames FROM videos"
+        ).fetchall()
+    whole = (
+        clip.size_bytes,
+        clip.width,
+        clip.height,
+        clip.video_codec,
+        clip.audio_codec,
+        clip.rate.numerator,
+        clip.rate.denominator,
+        clip.frames,
+    )
+    assert {tuple(row) for row in rows} <= {whole}, "a row that is not the clip's"
+    return len(rows)
+
+
+def _ended(log: str, job_id: str) -> list[str]:
+    """The terminal statuses the log gives ``job_id`` (a ``job finished`` line each)."""
+    return re.findall(rf"job_id={job_id} job_type=scan status=(\w+)", log)
+
+
+def _open(port: int, target: str) -> socket.socket:
+    """A connection that has sent ``GET target``; its answer is read by :func:`_drain`."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    connection.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    return connection
+
+
+def _read_until(connection: socket.socket, marker: bytes) -> bytes:
+    received = b""
+    while marker not in received:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before {marker!r}: {received!r}"
+        received += chunk
+    return received
+
+
+def _drain(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or DEADLINE passes)."""
+    received = b""
+    with connection:
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: EncodedVideo) -> None:
+    """SIGTERM with two event streams and two hour-long waits open: all end, exit 0."""
+    grace = 1.0
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(grace))
+    held = _held_tree(tmp_path / "root" / "held", clip)
+    database = env["STOAT_DATABASE_PATH"]
+
+    with running_server(tmp_path, env, module=GATED) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        port = int(base_url.rpartition(":")[2])
+        with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
+            job_id = _start_held_scan(client, held, database)
+        waits = [_open(port, f"/api/v1/jobs/{job_id}/wait?timeout=3600") for _ in range(2)]
+        streams = [_open(port, f"/api/v1/jobs/{job_id}/events") for _ in range(2)]
+        firsts = [_read_until(stream, b"data: ") for stream in streams]
+        began = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        answers = [_drain(connection) for connection in [*waits, *streams]]
+        returncode = process.wait(timeout=grace + STOP_MARGIN)
+        took = time.monotonic() - began
+    log = (tmp_path / "server.log").read_text()
+
+    assert returncode == 0, log[-3000:]
+    assert took < grace + STOP_MARGIN
+    assert all(first.startswith(b"HTTP/1.1 200 ") for first in firsts)
+    for answer in answers[:2]:  # the waits: 503, come back later
+        head = answer.partition(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 503 "), answer
+        assert b"\r\nretry-after: " in head
+    for answer in answers[2:]:  # the streams: ended whole (the last chunk), not cut off
+        assert answer.endswith(b"0\r\n\r\n"), answer[-200:]
+    assert _ended(log, job_id) == ["cancelled"]
+    assert "Traceback" not in log
+    assert integrity(database) == ["ok"]
+
+
+def test_a_second_sigterm_during_the_grace_exits_at_once(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A second SIGTERM cuts the hour of grace short: exit 0 at once, job cancelled, db whole."""
+    grace = 3600.0
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(grace))
+    held = _held_tree(tmp_path / "root" / "held", clip)
+    database = env["STOAT_DATABASE_PATH"]
+    log_path = tmp_path / "server.log"
+
+    with running_server(tmp_path, env, module=GATED) as process:
+        base_url = wait_ready(process, log_path)
+        with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
+            job_id = _start_held_scan(client, held, database)
+        os.killpg(process.pid, signal.SIGTERM)
+        _poll(lambda: "running job(s) get" in log_path.read_text(), "the grace begins")
+        began = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        returncode = process.wait(timeout=STOP_MARGIN)
+        took = time.monotonic() - began
+    log = log_path.read_text()
+
+    assert returncode == 0, log[-3000:]
+    assert took < STOP_MARGIN  # not the hour of grace
+    assert _ended(log, job_id) == ["cancelled"]
+    assert "Traceback" not in log
+    assert integrity(database) == ["ok"]
+    assert 0 < _whole_rows(database, clip) < FILES
+
+
+def test_sigkill_mid_scan_then_a_restart_repairs_the_rest(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """SIGKILL with a scan half stored: the file is sound, rows whole; a rescan adds the rest."""
+    env = server_environment(tmp_path)
+    held = _held_tree(tmp_path / "root" / "held", clip)
+    database = env["STOAT_DATABASE_PATH"]
+
+    with running_server(tmp_path, env, module=GATED) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
+            _start_held_scan(client, held, database)
+        os.killpg(process.pid, signal.SIGKILL)
+        killed = process.wait(timeout=DEADLINE)
+    check_after_kill = integrity(database)
+    stored = _whole_rows(database, clip)
+
+    with running_server(tmp_path, env, log_name="restart.log") as process:
+        base_url = wait_ready(process, tmp_path / "restart.log")
+        with httpx.Client(base_url=base_url, timeout=DEADLINE + 5) as client:
+            job_id = client.post(SCAN, json={"path": str(held)}).json()["job_id"]
+            done = client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": DEADLINE})
+            total = client.get("/api/v1/videos", params={"limit": 1}).json()["total"]
+        os.killpg(process.pid, signal.SIGTERM)
+        stopped = process.wait(timeout=DEADLINE)
+
+    assert killed == -signal.SIGKILL
+    assert check_after_kill == ["ok"]
+    assert 0 < stored < FILES
+    assert done.status_code == 200, done.text
+    result: dict[str, Any] = done.json()["result"]
+    assert done.json()["status"] == "completed", done.json()
+    assert (result["found"], result["unchanged"], result["added"]) == (
+        FILES,
+        stored,
+        FILES - stored,
+    )
+    assert (result["updated"], result["removed"], result["errors"]) == (0, 0, [])
+    assert total == FILES
+    assert stopped == 0
+    assert _whole_rows(database, clip) == FILES
+    assert integrity(database) == ["ok"]
+
+
+def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
+    """Another socket listens on the port: exit status 1, one line naming it, nothing else."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = server_environment(tmp_path, STOAT_PORT=str(port))
+        run = subprocess.run(
+            [sys.executable, "-m", "stoat_ferret"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
+
+    assert run.returncode == 1, run.stderr
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"stoat-ferret: cannot listen on 127.0.0.1:{port} (STOAT_HOST, STOAT_PORT):"
+        " Address already in use"
+    ]
+
+
+def test_main_with_the_port_in_use_returns_1_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() itself, in this process: 1 and the one line, before any logging is set up."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for key, value in server_environment(tmp_path, STOAT_PORT=str(port)).items():
+            monkeypatch.setenv(key, value)
+        status = main([])
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == ""
+    assert captured.err == (
+        f"stoat-ferret: cannot listen on 127.0.0.1:{port} (STOAT_HOST, STOAT_PORT):"
+        " Address already in use\n"
+    )
+
+
+def test_a_second_stop_signal_forces_the_exit() -> None:
+    """SIGTERM then SIGTERM (or SIGINT): the second asks to stop waiting; uvicorn's needs SIGINT."""
+    server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
+
+    server.handle_exit(signal.SIGTERM, None)
+    first = (server.should_exit, server.force_exit)
+    server.handle_exit(signal.SIGTERM, None)
+
+    assert first == (True, False)
+    assert (server.should_exit, server.force_exit) == (True, True)
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("never called")

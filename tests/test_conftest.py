@@ -1,0 +1,78 @@
+"""The suite's own guards: the backend a test runs on, pytest-trio's mode, hypothesis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import anyio
+import pytest
+import trio
+from hypothesis import settings
+from trio.testing import MockClock
+
+from tests.conftest import check_backend, running_library
+
+
+def test_trio_mode_is_off(pytestconfig: pytest.Config) -> None:
+    """pytest-trio's trio_mode would run the asyncio cases on trio, without their clock."""
+    assert pytestconfig.getini("trio_mode") is False
+    assert pytestconfig.pluginmanager.has_plugin("trio")  # so the option above is its own
+
+
+@pytest.mark.anyio
+async def test_every_async_test_runs_on_its_parameter(anyio_backend: Any) -> None:
+    """The backend parameter names the loop the test body really runs in."""
+    name = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
+
+    assert running_library() == name
+    if name == "trio":
+        assert isinstance(trio.lowlevel.current_clock(), MockClock)
+        before = anyio.current_time()
+        await anyio.sleep(3600)  # virtual time: the clock jumps, the test does not wait
+        assert anyio.current_time() - before >= 3600
+
+
+def test_the_guard_fails_a_test_on_the_wrong_backend() -> None:
+    """check_backend fails when the loop is not the parametrised one."""
+
+    async def on_asyncio() -> None:
+        check_backend(("trio", {}))
+
+    with pytest.raises(pytest.fail.Exception, match="parametrised with trio, running on asyncio"):
+        asyncio.run(on_asyncio())
+
+
+def test_the_guard_fails_a_test_without_its_clock() -> None:
+    """check_backend fails when trio runs with another clock than the test was given."""
+
+    async def real_clock() -> None:
+        check_backend(("trio", {"clock": MockClock(autojump_threshold=0)}))
+
+    with pytest.raises(pytest.fail.Exception, match=r"given <MockClock.*running with SystemClock"):
+        trio.run(real_clock)
+
+
+def test_running_library_outside_a_loop_raises() -> None:
+    """Outside any event loop there is no running library to report."""
+    with pytest.raises(RuntimeError):
+        running_library()
+
+
+@pytest.mark.skipif(
+    os.environ.get("STOATTEST_RELIABILITY_PROFILE", "quick") != "quick",
+    reason="make test's profile",
+)
+def test_make_tests_hypothesis_profiles_are_derandomized() -> None:
+    """Every property test of make test tries the same examples each run: a failure repeats."""
+    from tests.reliability import test_api_fuzz, test_supervisor_properties
+
+    profiles = [
+        getattr(module, "PROFILE", settings.default)
+        for module in (test_api_fuzz, test_supervisor_properties)
+    ]
+
+    assert settings.get_current_profile_name() == "quick"
+    assert settings.get_profile("quick").derandomize is True
+    assert [profile.derandomize for profile in profiles if profile] == [True, True]
