@@ -21,6 +21,7 @@ from stoat_ferret.api._json import ApiJSONResponse, job_json
 from stoat_ferret.api._schemas import (
     MAX_LIMIT,
     MAX_OFFSET,
+    MAX_PATH_CHARS,
     JobListOut,
     JobOut,
     error_responses,
@@ -42,11 +43,25 @@ async def list_jobs(
     queue: JobQueueDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     job_type: Annotated[str | None, Query(description="Only jobs of this type.")] = None,
+    path: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_PATH_CHARS,
+            description="Only jobs whose payload's path is exactly this: the resolved "
+            "path a scan's payload shows (not resolved again here).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ApiJSONResponse:
     """List jobs, newest first. ``total`` counts every match, whatever the limit."""
-    page = await queue.list_jobs(status=status, job_type=job_type, limit=limit, offset=offset)
+    page = await queue.list_jobs(
+        status=status,
+        job_type=job_type,
+        limit=limit,
+        offset=offset,
+        payload_items=None if path is None else {"path": path},
+    )
     return ApiJSONResponse(
         {
             "jobs": [job_json(job) for job in page.jobs],

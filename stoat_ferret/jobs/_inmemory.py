@@ -30,7 +30,7 @@ from stoat_ferret.jobs._registry import JobRegistry
 from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
 
 
 class InMemoryJobQueue:
@@ -156,6 +156,7 @@ class InMemoryJobQueue:
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        payload_items: Mapping[str, Any] | None = None,
     ) -> JobPage:
         await checkpoint()
         return select_page(
@@ -164,6 +165,7 @@ class InMemoryJobQueue:
             job_type=job_type,
             limit=limit,
             offset=offset,
+            payload_items=payload_items,
         )
 
     @asynccontextmanager

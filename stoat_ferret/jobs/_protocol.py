@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
     from contextlib import AbstractAsyncContextManager
 
     from stoat_ferret.jobs._models import Handler, JobPage, JobResult, JobStatus, QueueStatistics
@@ -53,8 +53,13 @@ class AsyncJobQueue(Protocol):
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        payload_items: Mapping[str, Any] | None = None,
     ) -> JobPage:
-        """Jobs newest first, with the number of matches regardless of ``limit``."""
+        """Jobs newest first, with the number of matches regardless of ``limit``.
+
+        ``payload_items`` keeps only jobs whose payload is a dict holding each
+        of these items (``{"path": "/srv/videos"}``: the scans of that path).
+        """
 
     def watch(self, job_id: str) -> AbstractAsyncContextManager[AsyncIterator[JobResult]]:
         """Follow one job: current state, then changes, ending after the terminal one."""

@@ -50,7 +50,7 @@ from stoat_ferret.jobs._registry import JobRegistry, check_timeout
 from stoat_ferret.jobs._worker import run_worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Iterator, Mapping
 
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -342,8 +342,13 @@ class JobSupervisor:
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        payload_items: Mapping[str, Any] | None = None,
     ) -> JobPage:
-        """Jobs newest first, filtered, with the number of matches regardless of limit."""
+        """Jobs newest first, filtered, with the number of matches regardless of limit.
+
+        ``payload_items`` keeps only jobs whose payload is a dict holding each
+        of these items.
+        """
         check_page(limit, offset)
         await self._sync()
         return select_page(
@@ -352,6 +357,7 @@ class JobSupervisor:
             job_type=job_type,
             limit=limit,
             offset=offset,
+            payload_items=payload_items,
         )
 
     @asynccontextmanager

@@ -34,6 +34,7 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 JOB_FIELDS = {
     "job_id",
     "job_type",
+    "payload",
     "status",
     "progress",
     "message",

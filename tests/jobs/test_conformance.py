@@ -222,3 +222,52 @@ async def test_statistics_count_terminal_statuses(make_queue: QueueFactory) -> N
     assert (stats.submitted, stats.completed, stats.failed) == (3, 2, 1)
     assert (stats.pending, stats.running, stats.finished) == (0, 0, 3)
     assert (stats.timeout, stats.cancelled) == (0, 0)
+
+
+async def test_payload_is_in_every_snapshot(make_queue: QueueFactory) -> None:
+    """The payload given to submit comes back in results, lists, waits and watches."""
+    payload = {"path": "/srv/videos", "recursive": False}
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("echo", _echo)
+            job_id = await queue.submit("echo", payload)
+            waited = await queue.wait(job_id)
+            got = await queue.get_result(job_id)
+            listed = await queue.list_jobs()
+            async with queue.watch(job_id) as updates:
+                watched = [update async for update in updates]
+
+    assert waited.payload == payload
+    assert got.payload == payload
+    assert [job.payload for job in listed.jobs] == [payload]
+    assert [update.payload for update in watched] == [payload]
+
+
+async def test_list_jobs_filters_by_payload_items(make_queue: QueueFactory) -> None:
+    """payload_items keeps the jobs whose dict payload holds each item, counting only them."""
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("echo", _echo)
+            first = await queue.submit("echo", {"path": "/a", "recursive": True})
+            await queue.wait(first)
+            second = await queue.submit("echo", {"path": "/b", "recursive": True})
+            await queue.wait(second)
+            third = await queue.submit("echo", {"path": "/a", "recursive": False})
+            await queue.wait(third)
+            await queue.wait(await queue.submit("echo", "/a"))  # not a dict: never matches
+            by_path = await queue.list_jobs(payload_items={"path": "/a"})
+            by_both = await queue.list_jobs(payload_items={"path": "/a", "recursive": True})
+            paged = await queue.list_jobs(payload_items={"path": "/a"}, limit=1, offset=1)
+            none = await queue.list_jobs(payload_items={"path": "/c"})
+
+    assert [job.job_id for job in by_path.jobs] == [third, first]
+    assert by_path.total == 2
+    assert [job.job_id for job in by_both.jobs] == [first]
+    assert ([job.job_id for job in paged.jobs], paged.total) == ([first], 2)
+    assert (none.jobs, none.total) == ((), 0)
+
+
+async def _echo(ctx: JobContext) -> Any:
+    return ctx.payload
