@@ -1,4 +1,4 @@
-"""Job routes: ``/api/v1/jobs``. Look at, wait for, cancel and follow jobs.
+"""Job routes: ``/api/v1/jobs``. Look at, wait for and cancel jobs (``_events.py`` follows them).
 
 Every route reads the queue through :data:`JobQueueDep`, so any
 :class:`~stoat_ferret.jobs.AsyncJobQueue` serves them. An unknown id raises
@@ -26,7 +26,7 @@ from stoat_ferret.api._schemas import (
     JobOut,
     error_responses,
 )
-from stoat_ferret.api._sse import JobEventStream, wait_for_disconnect
+from stoat_ferret.api._sse import wait_for_disconnect
 from stoat_ferret.jobs import JobNotFound, JobStatus
 
 if TYPE_CHECKING:
@@ -164,40 +164,3 @@ async def cancel_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
         {"detail": f"the job has already ended: {job.status.value}", **job_json(job)},
         status_code=409,
     )
-
-
-# One Server-Sent Event as OpenAPI 3.1 tools read a text/event-stream schema.
-_SSE_EVENT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "data": {"type": "string", "description": "The job, as JSON."},
-        "event": {"type": "string"},
-        "id": {"type": "string"},
-        "retry": {"type": "integer"},
-    },
-    "required": ["data"],
-}
-
-
-@router.get(
-    "/{job_id}/events",
-    status_code=200,  # JobEventStream's constructor has no status_code for FastAPI to read
-    response_class=JobEventStream,
-    responses={
-        200: {
-            "content": {"text/event-stream": {"schema": _SSE_EVENT_SCHEMA}},
-            "description": "One `data:` event per status or progress change (the job JSON), "
-            "a `: heartbeat` comment every 15 s; ends after the final status.",
-        },
-        # Answered before the stream starts, so as JSON (not as the route's
-        # response class, which FastAPI would otherwise document).
-        404: {
-            "description": "Not Found",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
-        },
-    },
-)
-async def job_events(job_id: str, queue: JobQueueDep, stopping: StoppingDep) -> JobEventStream:
-    """Follow a job as Server-Sent Events; the stream ends by itself once the job has."""
-    await queue.get_result(job_id)  # 404 now, before the stream starts
-    return JobEventStream(queue, job_id, stopping=stopping)

@@ -38,7 +38,7 @@ from fastapi import FastAPI
 from loguru import logger
 
 from stoat_ferret import __version__
-from stoat_ferret.api import _dashboard, _health, _jobs, _videos
+from stoat_ferret.api import _dashboard, _events, _health, _jobs, _videos
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._recent import RecentScans
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     _videos.add_scan_route(app)
     app.include_router(_videos.router)
     app.include_router(_jobs.router)
+    app.include_router(_events.router)
     app.include_router(_health.router)
     app.include_router(_dashboard.router)
     app.mount(_dashboard.STATIC_PREFIX, _dashboard.static_files(), name="static")

@@ -292,6 +292,7 @@ async def test_docs_and_openapi(settings: Settings) -> None:
         "/api/v1/jobs/{job_id}/wait",
         "/api/v1/jobs/{job_id}/cancel",
         "/api/v1/jobs/{job_id}/events",
+        "/api/v1/events",
     }
     scan = schema["paths"]["/api/v1/videos/scan"]["post"]
     assert "path" in scan["requestBody"]["content"]["application/json"]["schema"]["properties"]
