@@ -30,6 +30,7 @@ from pydantic import StringConstraints
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
 from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
 from stoat_ferret.api._sse import RETRY_MS, STOPPING, change_event, following, resume_after
 from stoat_ferret.jobs import JobFeed  # noqa: TC001
 
@@ -72,9 +73,13 @@ def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"description": HTTPStatus(code).phrase, "content": content} for code in codes}
 
 
+MetricsDep = Annotated[ServiceMetrics | None, Depends(get_metrics)]
+
+
 async def _all_jobs_feed(
     queue: JobQueueDep,
     stopping: StoppingDep,
+    metrics: MetricsDep,
     last_event_id: LastEventIdHeader = None,
     job_type: Annotated[
         list[FilterValue] | None,
@@ -89,7 +94,14 @@ async def _all_jobs_feed(
     if stopping.is_set():
         raise unavailable("the service is stopping")
     after = resume_after(last_event_id if last_event_id is not None else last_event_id_query)
-    async with following(queue, stopping, after=after, job_ids=job_id, job_types=job_type) as feed:
+    async with following(
+        queue,
+        stopping,
+        after=after,
+        job_ids=job_id,
+        job_types=job_type,
+        open_streams=None if metrics is None else metrics.sse_streams,
+    ) as feed:
         yield feed
 
 
@@ -97,13 +109,19 @@ async def _one_job_feed(
     job_id: str,
     queue: JobQueueDep,
     stopping: StoppingDep,
+    metrics: MetricsDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> AsyncIterator[JobFeed]:
     await queue.get_result(job_id)  # 404 now, before the stream starts
     after = resume_after(last_event_id if last_event_id is not None else last_event_id_query)
     async with following(
-        queue, stopping, after=after, job_ids=[job_id], until_terminal=True
+        queue,
+        stopping,
+        after=after,
+        job_ids=[job_id],
+        until_terminal=True,
+        open_streams=None if metrics is None else metrics.sse_streams,
     ) as feed:
         yield feed
 

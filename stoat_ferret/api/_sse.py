@@ -33,6 +33,7 @@ from stoat_ferret.jobs import ChangesLost
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection
 
+    from prometheus_client import Gauge
     from starlette.types import Receive
 
     from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobFeed
@@ -94,8 +95,12 @@ async def following(
     job_ids: Collection[str] | None = None,
     job_types: Collection[str] | None = None,
     until_terminal: bool = False,
+    open_streams: Gauge | None = None,
 ) -> AsyncIterator[JobFeed]:
-    """The queue's feed of job changes, closed as soon as ``stopping`` is set."""
+    """The queue's feed of job changes, closed as soon as ``stopping`` is set.
+
+    ``open_streams`` counts the feeds open (``stoat_sse_streams_open``).
+    """
 
     async def close_when_stopping(feed: JobFeed) -> None:
         await stopping.wait()
@@ -108,10 +113,14 @@ async def following(
         anyio.create_task_group() as group,
     ):
         group.start_soon(close_when_stopping, feed)
+        if open_streams is not None:
+            open_streams.inc()
         try:
             yield feed
         finally:
             group.cancel_scope.cancel()
+            if open_streams is not None:
+                open_streams.dec()
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

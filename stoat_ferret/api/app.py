@@ -12,6 +12,8 @@ What lives on ``app.state`` (read only through ``_deps.py``):
                      scan route, from create_app
 ``scan_dispatch``    with an injected queue: the :class:`ScanDispatch` the app
                      registers on it, from create_app
+``metrics``          the :class:`~stoat_ferret.api._metrics.ServiceMetrics`,
+                     from create_app; the lifespan counts the queue's jobs
 ===================  ========================================================
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
@@ -41,6 +43,7 @@ from stoat_ferret import __version__
 from stoat_ferret.api import _dashboard, _events, _health, _jobs, _videos
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._metrics import install_metrics
 from stoat_ferret.api._recent import RecentScans
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     app.include_router(_videos.router)
     app.include_router(_jobs.router)
     app.include_router(_events.router)
+    install_metrics(app)
     app.include_router(_health.router)
     app.include_router(_dashboard.router)
     app.mount(_dashboard.STATIC_PREFIX, _dashboard.static_files(), name="static")
@@ -131,7 +135,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             dispatch.current = handler
             logger.info("service started with an injected job queue", database=library.path)
             try:
-                yield
+                async with app.state.metrics.following(injected):
+                    yield
             finally:
                 begin_shutdown(app)
                 dispatch.current = None
@@ -155,7 +160,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     probe_priority=settings.probe_priority.value,
                 )
                 try:
-                    yield
+                    async with app.state.metrics.following(supervisor):
+                        yield
                 finally:
                     begin_shutdown(app)
                     await supervisor.aclose()

@@ -293,6 +293,7 @@ async def test_docs_and_openapi(settings: Settings) -> None:
         "/api/v1/jobs/{job_id}/cancel",
         "/api/v1/jobs/{job_id}/events",
         "/api/v1/events",
+        "/metrics",
     }
     scan = schema["paths"]["/api/v1/videos/scan"]["post"]
     assert "path" in scan["requestBody"]["content"]["application/json"]["schema"]["properties"]

@@ -443,6 +443,7 @@ async def test_events_follow_a_job_to_its_end(settings: Settings, scan_root: Pat
                     bodies.append(await client.get(f"/api/v1/jobs/{job_id}/events"))
 
                 async with anyio.create_task_group() as group:
+                    supervisor.watch_entered = anyio.Event()  # the metrics' feed set it
                     group.start_soon(follow)
                     await supervisor.watch_entered.wait()
                     scan.release.set()
