@@ -500,3 +500,26 @@ def test_replay_must_be_a_positive_count() -> None:
         JobSupervisor(replay=0)
     with pytest.raises(ValueError, match="replay"):
         InMemoryJobQueue(replay=True)
+
+
+async def test_watch_all_forgets_evicted_jobs() -> None:
+    """A job the supervisor evicted is not in a new feed's start, and a feed naming it ends."""
+
+    with anyio.fail_after(10):
+        async with running_supervisor(max_finished=1) as supervisor:
+            supervisor.register("double", _double)
+            supervisor.register("forever", _forever)
+            evicted = await supervisor.submit("double", 1)
+            await supervisor.wait(evicted)
+            await supervisor.wait(await supervisor.submit("double", 2))  # evicts the first
+            live = await supervisor.submit("forever")
+            await supervisor.get_status(live)
+            async with supervisor.watch_all(job_ids=[evicted], until_terminal=True) as feed:
+                named = [item async for item in feed]
+            async with supervisor.watch_all() as feed:
+                feed.close()
+                started = _changes([item async for item in feed])
+            await supervisor.cancel(live)
+
+    assert named == []
+    assert [change.job.job_id for change in started] == [live]
