@@ -13,8 +13,11 @@ Every figure is the process's CPU time (``time.process_time``) from the
 release of the jobs until every job's final state has reached its follower.
 ``cpu_us_per_event`` is the scenario's CPU minus the baseline's, divided by
 the ``data`` events delivered. Events are coalesced while a stream is behind,
-so the counts differ between scenarios; ``events`` says how many there were.
-The median of ``REPS`` runs per scenario and backend.
+so the counts differ between scenarios (``events`` says how many there
+were): ``cpu_us_per_job_change`` divides by the changes the jobs made
+instead (created, started, each progress report, ended). Each figure is the
+median of three runs per scenario and backend; the runs of a rep go back to
+back, so the baseline and the streams share the machine's state.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ def main(*, quick: bool = False) -> None:
             line[f"{name}_cpu_s"] = round(cpu, 4)
             line[f"{name}_events"] = int(events)
             line[f"{name}_cpu_us_per_event"] = round((cpu - baseline) / events * 1e6, 1)
+            # Every job is created, started, progresses ``changes`` times and ends.
+            line[f"{name}_cpu_us_per_job_change"] = round(
+                (cpu - baseline) / (jobs * (changes + 3)) * 1e6, 1
+            )
         line["per_job_over_one_cpu"] = round(
             (line["per_job_cpu_s"] - baseline) / (line["one_cpu_s"] - baseline), 2
         )
