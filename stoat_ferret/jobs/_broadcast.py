@@ -177,7 +177,11 @@ class JobChanges:
         return feed
 
     def close_feed(self, feed: JobFeed) -> None:
-        """Stop handing changes to ``feed``."""
+        """Stop handing changes to ``feed`` (its follower is done with it).
+
+        What it still holds would be snapshotted later under the ids it had,
+        while the jobs go on changing: a closed feed is not read again.
+        """
         self._open_feeds.discard(feed)
         for job_id in feed.job_ids or ():
             if (feeds := self._feeds_by_job.get(job_id)) is not None:
