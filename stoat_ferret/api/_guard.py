@@ -14,9 +14,10 @@ a state-changing method (not ``GET``,  403     a page elsewhere may send a reque
 ``Origin`` that is neither the
 service's own nor allowed
 ``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
-is under ``/api/``, and neither                ``/health``, the dashboard page and
-``Authorization: Bearer <token>`` nor          its files stay open
-the :data:`TOKEN_COOKIE` carries it
+is under ``/api/`` or is ``/metrics``,         ``/health``, the dashboard page and
+and neither ``Authorization: Bearer            its files stay open
+<token>`` nor the :data:`TOKEN_COOKIE`
+carries it
 the body is larger than                413     counted as it arrives, whatever
 :data:`~stoat_ferret.api._schemas.             ``Content-Length`` says
 MAX_BODY_BYTES`
@@ -131,7 +132,7 @@ class RequestGuard:
             return _refuse(403, "a request from another web origin may not change anything")
         # The path as routing sees it: below a proxy's prefix (root_path), if any.
         path = connection.scope["path"].removeprefix(connection.scope.get("root_path", ""))
-        needs_token = self.token is not None and path.startswith("/api/")
+        needs_token = self.token is not None and (path.startswith("/api/") or path == "/metrics")
         if needs_token and not self.authorised(connection):
             return _refuse(
                 401,

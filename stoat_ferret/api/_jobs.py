@@ -1,4 +1,4 @@
-"""Job routes: ``/api/v1/jobs``. Look at, wait for, cancel and follow jobs.
+"""Job routes: ``/api/v1/jobs``. Look at, wait for and cancel jobs (``_events.py`` follows them).
 
 Every route reads the queue through :data:`JobQueueDep`, so any
 :class:`~stoat_ferret.jobs.AsyncJobQueue` serves them. An unknown id raises
@@ -21,11 +21,12 @@ from stoat_ferret.api._json import ApiJSONResponse, job_json
 from stoat_ferret.api._schemas import (
     MAX_LIMIT,
     MAX_OFFSET,
+    MAX_PATH_CHARS,
     JobListOut,
     JobOut,
     error_responses,
 )
-from stoat_ferret.api._sse import JobEventStream, wait_for_disconnect
+from stoat_ferret.api._sse import wait_for_disconnect
 from stoat_ferret.jobs import JobNotFound, JobStatus
 
 if TYPE_CHECKING:
@@ -43,11 +44,25 @@ async def list_jobs(
     queue: JobQueueDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     job_type: Annotated[str | None, Query(description="Only jobs of this type.")] = None,
+    path: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_PATH_CHARS,
+            description="Only jobs whose payload's path is exactly this: the resolved "
+            "path a scan's payload shows (not resolved again here).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ApiJSONResponse:
     """List jobs, newest first. ``total`` counts every match, whatever the limit."""
-    page = await queue.list_jobs(status=status, job_type=job_type, limit=limit, offset=offset)
+    page = await queue.list_jobs(
+        status=status,
+        job_type=job_type,
+        limit=limit,
+        offset=offset,
+        payload_items=None if path is None else {"path": path},
+    )
     return ApiJSONResponse(
         {
             "jobs": [job_json(job) for job in page.jobs],
@@ -154,41 +169,3 @@ async def cancel_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
         {"detail": f"the job has already ended: {job.status.value}", **job_json(job)},
         status_code=409,
     )
-
-
-# One Server-Sent Event as OpenAPI 3.1 tools read a text/event-stream schema.
-_SSE_EVENT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "data": {"type": "string", "description": "The job, as JSON."},
-        "event": {"type": "string"},
-        "id": {"type": "string"},
-        "retry": {"type": "integer"},
-    },
-    "required": ["data"],
-}
-
-
-@router.get(
-    "/{job_id}/events",
-    status_code=200,  # JobEventStream's constructor has no status_code for FastAPI to read
-    response_class=JobEventStream,
-    responses={
-        200: {
-            "content": {"text/event-stream": {"schema": _SSE_EVENT_SCHEMA}},
-            "description": "One `data:` event per status or progress change (the job JSON), "
-            "a `: heartbeat` comment every 15 s; ends after the final status.",
-        },
-        # Answered before the stream starts, so as JSON (not as the route's
-        # response class, which FastAPI would otherwise document).
-        404: {
-            "description": "Not Found",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
-        },
-    },
-    dependencies=[Depends(stream_slot)],
-)
-async def job_events(job_id: str, queue: JobQueueDep, stopping: StoppingDep) -> JobEventStream:
-    """Follow a job as Server-Sent Events; the stream ends by itself once the job has."""
-    await queue.get_result(job_id)  # 404 now, before the stream starts
-    return JobEventStream(queue, job_id, stopping=stopping)

@@ -75,6 +75,7 @@ def job_json(job: JobResult) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
         "job_type": job.job_type,
+        "payload": json_safe(job.payload),
         "status": job.status.value,
         "progress": job.progress,
         "message": job.message,

@@ -78,6 +78,11 @@ class JobOut(BaseModel):
 
     job_id: str
     job_type: str
+    payload: Any = Field(
+        description="What the job works on, as submitted (a scan: its resolved path and "
+        "``recursive``); its repr if not JSON.",
+        examples=[{"path": "/srv/videos", "recursive": True}],
+    )
     status: JobStatus
     progress: float | None = Field(description="0..1, as last reported by the job.")
     message: str | None

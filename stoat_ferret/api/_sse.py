@@ -1,146 +1,129 @@
-"""Server-Sent Events for one job: ``GET /api/v1/jobs/{id}/events``.
+"""Server-Sent Events of job changes, on FastAPI's own ``fastapi.sse``.
 
-:class:`JobEventStream` is a Starlette response that owns its connection for
-its whole life, inside one task group:
+The event routes (``_events.py``) are async generators declared with
+``response_class=EventSourceResponse``: FastAPI runs the generator in a task
+of its own, encodes each :class:`~fastapi.sse.ServerSentEvent`, sends a
+``: ping`` comment whenever 15 s pass without one, and cancels the generator
+when the client goes away. What is left to this module:
 
-* the host task follows the job with the queue's ``watch()`` and sends one
-  ``data:`` event (the job JSON) per update, then ends the response after
-  the terminal state;
-* a heartbeat task sends a ``: heartbeat`` comment every
-  :data:`HEARTBEAT_SECONDS`, so proxies and clients know the stream lives;
-* a listener waits for ``http.disconnect`` and cancels everything: the watch
-  context exits, and nothing is left behind for a client that went away;
-* when the service begins to stop, another listener ends the stream cleanly
-  so the server is not kept waiting for a job that may run for minutes.
-
-Sends are serialised by a lock, so a heartbeat never splits an event.
+* :func:`following`, the feed a stream reads: ``AsyncJobQueue.watch_all``
+  (bounded and coalescing, so a slow client costs at most one pending change
+  per job), closed when the service begins to stop so the stream ends and
+  the server is not kept waiting. Routes enter it as a dependency with
+  ``yield``: it lives on the request's exit stack, in the request's task,
+  and outlives the generator, which only iterates it;
+* :func:`change_event`: a job change as an event whose ``id:`` is the
+  change's event id, so a client that reconnects sends it back as
+  ``Last-Event-ID`` and gets what it missed (:func:`resume_after` reads it);
+* :func:`wait_for_disconnect`, which ``/wait`` uses to stop for a client
+  that left.
 """
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
 import anyio
-import attrs
-from starlette.responses import Response
+from fastapi.sse import ServerSentEvent
 
 from stoat_ferret.api._json import job_json, render
-from stoat_ferret.jobs import JobNotFound
+from stoat_ferret.jobs import ChangesLost
 
 if TYPE_CHECKING:
-    from starlette.types import Receive, Scope, Send
+    from collections.abc import AsyncIterator, Collection
 
-    from stoat_ferret.jobs import AsyncJobQueue, JobResult
+    from prometheus_client import Gauge
+    from starlette.types import Receive
 
-HEARTBEAT_SECONDS: Final = 15.0
-"""Seconds between two heartbeat comments."""
+    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobFeed
 
-HEARTBEAT: Final = b": heartbeat\n\n"
-STOPPING: Final = b": the service is stopping; reconnect later\n\n"
+JOB_EVENT: Final = "job"
+"""The ``event:`` name of a job's state on ``/api/v1/events``."""
+
+RESET_EVENT: Final = "reset"
+"""The ``event:`` name telling a client that it missed changes: fetch the job list again."""
+
+RETRY_MS: Final = 2000
+"""How long a browser waits before it reconnects (``retry:`` as a stream begins)."""
+
+STOPPING: Final = ServerSentEvent(comment="the service is stopping; reconnect later")
+RESET_DETAIL: Final = "changes were missed: fetch the job list again"
 
 
-def encode_event(job: JobResult) -> bytes:
-    """One SSE event whose ``data`` is the job JSON (a single line)."""
-    return b"data: " + render(job_json(job)) + b"\n\n"
+def change_event(item: FeedItem, *, named: bool = True) -> ServerSentEvent:
+    """The event of one feed item; its ``id:`` is the change's event id.
+
+    Args:
+        item: a job's change (``data:`` is the job JSON), or lost changes.
+        named: give job changes the ``event:`` name ``job``; the per-job
+            stream's stay unnamed (``message``), as they always were.
+    """
+    if isinstance(item, ChangesLost):
+        return ServerSentEvent(
+            event=RESET_EVENT,
+            id=str(item.event_id),
+            raw_data=render({"detail": RESET_DETAIL, "event_id": item.event_id}).decode(),
+        )
+    return ServerSentEvent(
+        event=JOB_EVENT if named else None,
+        id=str(item.event_id),
+        raw_data=render(job_json(item.job)).decode(),
+    )
+
+
+def resume_after(last_event_id: str | None) -> int | None:
+    """The event id to resume after, from a ``Last-Event-ID``; None when absent.
+
+    Anything but a decimal integer is an id this service never sent: -1,
+    which no replay log holds, so the client starts afresh (a ``reset``).
+    """
+    if last_event_id is None or not last_event_id.strip():
+        return None
+    text = last_event_id.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        return -1
+    return int(text)
+
+
+@asynccontextmanager
+async def following(
+    queue: AsyncJobQueue,
+    stopping: anyio.Event,
+    *,
+    after: int | None,
+    job_ids: Collection[str] | None = None,
+    job_types: Collection[str] | None = None,
+    until_terminal: bool = False,
+    open_streams: Gauge | None = None,
+) -> AsyncIterator[JobFeed]:
+    """The queue's feed of job changes, closed as soon as ``stopping`` is set.
+
+    ``open_streams`` counts the feeds open (``stoat_sse_streams_open``).
+    """
+
+    async def close_when_stopping(feed: JobFeed) -> None:
+        await stopping.wait()
+        feed.close()
+
+    async with (
+        queue.watch_all(
+            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+        ) as feed,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(close_when_stopping, feed)
+        if open_streams is not None:
+            open_streams.inc()
+        try:
+            yield feed
+        finally:
+            group.cancel_scope.cancel()
+            if open_streams is not None:
+                open_streams.dec()
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
     """Return once the client has gone away (the request body is already read)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-@attrs.define(eq=False)
-class _Connection:
-    """One client's stream: how to send to it, and whether it is still there."""
-
-    send: Send
-    lock: anyio.Lock = attrs.field(factory=anyio.Lock)
-    gone: bool = False
-
-    async def emit(self, chunk: bytes, *, more: bool = True) -> None:
-        async with self.lock:
-            if self.gone:
-                return
-            try:
-                await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
-            except OSError:  # the server noticed the client left before we did
-                self.gone = True
-
-
-class JobEventStream(Response):
-    """The event stream of one job (see the module docstring).
-
-    Args:
-        queue: the queue that runs the job.
-        job_id: the job to follow; checked to exist before the response is made.
-        stopping: set when the service begins to stop; the stream then ends.
-        heartbeat: seconds between heartbeat comments.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self,
-        queue: AsyncJobQueue,
-        job_id: str,
-        *,
-        stopping: anyio.Event | None = None,
-        heartbeat: float = HEARTBEAT_SECONDS,
-    ) -> None:
-        # Not Response.__init__: that would render a body and a Content-Length.
-        self.status_code = 200
-        self.background = None
-        self._queue = queue
-        self._job_id = job_id
-        self._stopping = stopping
-        self._heartbeat = heartbeat
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        except OSError:  # the client left before the stream began
-            return
-        connection = _Connection(send)
-        ended = False
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._beat, connection)
-            group.start_soon(self._watch_client, receive, connection, group.cancel_scope)
-            if self._stopping is not None:
-                group.start_soon(self._watch_stopping, self._stopping, group.cancel_scope)
-            ended = await self._relay(connection)
-            group.cancel_scope.cancel()
-        if not ended:  # the service is stopping (or the client left: emit is a no-op)
-            await connection.emit(STOPPING)
-        await connection.emit(b"", more=False)
-
-    async def _relay(self, connection: _Connection) -> bool:
-        """Send every update; True once the updates have ended (the job is terminal)."""
-        try:
-            async with self._queue.watch(self._job_id) as updates:
-                async for job in updates:
-                    await connection.emit(encode_event(job))
-                    if connection.gone:
-                        return False
-        except JobNotFound:
-            pass  # forgotten between the route's check and now: nothing to follow
-        return True
-
-    async def _beat(self, connection: _Connection) -> None:
-        while True:
-            await anyio.sleep(self._heartbeat)
-            await connection.emit(HEARTBEAT)
-
-    @staticmethod
-    async def _watch_client(
-        receive: Receive, connection: _Connection, scope: anyio.CancelScope
-    ) -> None:
-        await wait_for_disconnect(receive)
-        connection.gone = True
-        scope.cancel()
-
-    @staticmethod
-    async def _watch_stopping(stopping: anyio.Event, scope: anyio.CancelScope) -> None:
-        await stopping.wait()
-        scope.cancel()

@@ -15,6 +15,8 @@ called from outside a request):
                      bound open event streams and waits, from create_app
 ``scan_dispatch``    with an injected queue: the :class:`ScanDispatch` the app
                      registers on it, from create_app
+``metrics``          the :class:`~stoat_ferret.api._metrics.ServiceMetrics`,
+                     from create_app; the lifespan counts the queue's jobs
 ===================  ========================================================
 
 Every request passes :class:`~stoat_ferret.api._guard.RequestGuard` first
@@ -44,11 +46,12 @@ from fastapi import FastAPI
 from loguru import logger
 
 from stoat_ferret import __version__
-from stoat_ferret.api import _dashboard, _health, _jobs, _scan_errors, _videos
+from stoat_ferret.api import _dashboard, _events, _health, _jobs, _scan_errors, _videos
 from stoat_ferret.api._deps import StreamSlots
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._guard import RequestGuard
 from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._metrics import install_metrics
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
 from stoat_ferret.library import VideoLibrary, make_scan_handler
@@ -94,6 +97,8 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     app.include_router(_videos.router)
     app.include_router(_jobs.router)
     app.include_router(_scan_errors.router)
+    app.include_router(_events.router)
+    install_metrics(app)
     app.include_router(_health.router)
     app.include_router(_dashboard.router)
     app.mount(_dashboard.STATIC_PREFIX, _dashboard.static_files(), name="static")
@@ -156,7 +161,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             dispatch.current = handler
             logger.info("service started with an injected job queue", database=library.path)
             try:
-                yield
+                async with app.state.metrics.following(injected):
+                    yield
             finally:
                 begin_shutdown(app)
                 dispatch.current = None
@@ -180,7 +186,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     probe_priority=settings.probe_priority.value,
                 )
                 try:
-                    yield
+                    async with app.state.metrics.following(supervisor):
+                        yield
                 finally:
                     begin_shutdown(app)
                     async with anyio.create_task_group() as closing:

@@ -5,6 +5,7 @@ Never imports FastAPI: the web app depends on this package, not the reverse.
 
 from __future__ import annotations
 
+from stoat_ferret.jobs._broadcast import ChangesLost, FeedItem, JobChange, JobFeed
 from stoat_ferret.jobs._exceptions import (
     InvalidTransition,
     JobError,
@@ -29,12 +30,16 @@ from stoat_ferret.jobs._supervisor import JobSupervisor
 __all__ = [
     "TERMINAL",
     "AsyncJobQueue",
+    "ChangesLost",
+    "FeedItem",
     "Handler",
     "InMemoryJobQueue",
     "InvalidTransition",
+    "JobChange",
     "JobContext",
     "JobError",
     "JobEvent",
+    "JobFeed",
     "JobNotFound",
     "JobPage",
     "JobResult",

@@ -15,6 +15,7 @@ import anyio
 from loguru import logger
 
 from stoat_ferret.jobs._admission import Admission
+from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges
 from stoat_ferret.jobs._exceptions import JobNotFound, QueueFull
 from stoat_ferret.jobs._messages import (
     Assignment,
@@ -72,6 +73,7 @@ class JobTable:
         retention: float,
         shutdown_grace: float,
         start_timer: Callable[[float], None],
+        replay: int = REPLAY_EVENTS,
     ) -> None:
         self._max_finished = max_finished
         self._retention = retention
@@ -81,6 +83,9 @@ class JobTable:
         self._start_timer = start_timer
 
         self.admission = Admission(max_pending)
+        # Every change of a job's snapshot is published here, right after it
+        # is made, for watch_all(); callers open feeds on it directly.
+        self.changes = JobChanges(replay=replay)
 
         self.jobs: dict[str, JobRecord] = {}  # every retained job, in submit order
         self.pending: dict[str, JobRecord] = {}  # submitted, not started, not cancelled
@@ -152,6 +157,7 @@ class JobTable:
                 # still in gets its timer now, so a job that ends before the
                 # actor hears of its start never costs one.
                 scope.deadline = self.now + record.timeout
+                self.changes.publish(record)
                 logger.debug(
                     "job {job_id} ({job_type}) started",
                     job_id=job_id,
@@ -166,6 +172,7 @@ class JobTable:
                 if running := self.running.get(job_id):
                     running.progress = fraction
                     running.message = text
+                    self.changes.publish(running)
                     running.publish()
             case Submit():
                 self._on_submit(message)
@@ -244,6 +251,7 @@ class JobTable:
         )
         self.jobs[record.job_id] = record
         self.pending[record.job_id] = record
+        self.changes.publish(record)
         logger.debug(
             "job {job_id} ({job_type}) submitted",
             job_id=record.job_id,
@@ -327,6 +335,7 @@ class JobTable:
         record.error = describe(exception) if exception is not None else error
         status = record.apply(event)
         self.totals[status] += 1
+        self.changes.publish(record)
         record.scope = None
         if record.key is not None and self._active_keys.get(record.key) == record.job_id:
             del self._active_keys[record.key]
@@ -382,6 +391,7 @@ class JobTable:
     def _evict(self) -> None:
         record = self.finished.popleft()
         del self.jobs[record.job_id]
+        self.changes.forget(record.job_id)
 
     def expire(self) -> None:
         """Drop finished jobs whose retention has passed by ``now``."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
+from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges, JobFeed
 from stoat_ferret.jobs._exceptions import JobNotFound
 from stoat_ferret.jobs._execute import execute
 from stoat_ferret.jobs._follow import JobUpdates
@@ -30,7 +31,7 @@ from stoat_ferret.jobs._registry import JobRegistry
 from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Collection, Mapping
 
 
 class InMemoryJobQueue:
@@ -39,14 +40,16 @@ class InMemoryJobQueue:
     Args:
         default_timeout: seconds a job may run when neither ``register`` nor
             ``submit`` says otherwise.
+        replay: how many of the latest job changes ``watch_all`` keeps.
     """
 
-    def __init__(self, *, default_timeout: float = 300.0) -> None:
+    def __init__(self, *, default_timeout: float = 300.0, replay: int = REPLAY_EVENTS) -> None:
         self._registry = JobRegistry(default_timeout)
         self._jobs: dict[str, JobRecord] = {}
         self._active_keys: dict[str, str] = {}
         self._done: dict[str, anyio.Event] = {}
         self._totals = dict.fromkeys(JobStatus, 0)
+        self._changes = JobChanges(replay=replay)
 
     def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
         """Register ``handler`` for ``job_type`` (same rules as the supervisor)."""
@@ -79,8 +82,10 @@ class InMemoryJobQueue:
         self._totals[JobStatus.PENDING] += 1
         if key is not None:
             self._active_keys[key] = record.job_id
+        self._changes.publish(record)  # created
         record.apply(JobEvent.START)
         record.scope = anyio.move_on_after(seconds)
+        self._changes.publish(record)
         record.publish()
         context = JobContext(record.job_id, job_type, payload, sink=self._progress)
         try:
@@ -104,6 +109,7 @@ class InMemoryJobQueue:
         if record is not None and record.status is JobStatus.RUNNING:
             record.progress = fraction
             record.message = message
+            self._changes.publish(record)
             record.publish()
 
     def _end(
@@ -116,6 +122,7 @@ class InMemoryJobQueue:
         self._totals[record.apply(event)] += 1
         if record.key is not None:
             self._active_keys.pop(record.key, None)
+        self._changes.publish(record)
         record.publish()
         self._done[record.job_id].set()
 
@@ -156,6 +163,7 @@ class InMemoryJobQueue:
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        payload_items: Mapping[str, Any] | None = None,
     ) -> JobPage:
         await checkpoint()
         return select_page(
@@ -164,6 +172,7 @@ class InMemoryJobQueue:
             job_type=job_type,
             limit=limit,
             offset=offset,
+            payload_items=payload_items,
         )
 
     @asynccontextmanager
@@ -175,6 +184,24 @@ class InMemoryJobQueue:
             yield updates
         finally:
             record.unfollow(updates)
+
+    @asynccontextmanager
+    async def watch_all(
+        self,
+        *,
+        after: int | None = None,
+        job_ids: Collection[str] | None = None,
+        job_types: Collection[str] | None = None,
+        until_terminal: bool = False,
+    ) -> AsyncIterator[JobFeed]:
+        await checkpoint()
+        feed = self._changes.open_feed(
+            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+        )
+        try:
+            yield feed
+        finally:
+            self._changes.close_feed(feed)
 
     def statistics(self) -> QueueStatistics:
         running = sum(1 for r in self._jobs.values() if r.status is JobStatus.RUNNING)

@@ -47,11 +47,14 @@ class JobResult:
 
     ``result`` is the handler's return value (completed jobs only); ``error`` is
     ``"ExcType: message"`` for failed jobs and the reason for timed-out and
-    cancelled ones. Times are timezone-aware UTC.
+    cancelled ones. ``payload`` is what ``submit`` was given, so a job says
+    what it works on (for a scan: its path and depth). Times are
+    timezone-aware UTC.
     """
 
     job_id: str
     job_type: str
+    payload: Any = None
     status: JobStatus
     result: Any = None
     error: str | None = None

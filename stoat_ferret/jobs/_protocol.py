@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Collection, Mapping
     from contextlib import AbstractAsyncContextManager
 
+    from stoat_ferret.jobs._broadcast import JobFeed
     from stoat_ferret.jobs._models import Handler, JobPage, JobResult, JobStatus, QueueStatistics
 
 
@@ -53,11 +54,31 @@ class AsyncJobQueue(Protocol):
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        payload_items: Mapping[str, Any] | None = None,
     ) -> JobPage:
-        """Jobs newest first, with the number of matches regardless of ``limit``."""
+        """Jobs newest first, with the number of matches regardless of ``limit``.
+
+        ``payload_items`` keeps only jobs whose payload is a dict holding each
+        of these items (``{"path": "/srv/videos"}``: the scans of that path).
+        """
 
     def watch(self, job_id: str) -> AbstractAsyncContextManager[AsyncIterator[JobResult]]:
         """Follow one job: current state, then changes, ending after the terminal one."""
+
+    def watch_all(
+        self,
+        *,
+        after: int | None = None,
+        job_ids: Collection[str] | None = None,
+        job_types: Collection[str] | None = None,
+        until_terminal: bool = False,
+    ) -> AbstractAsyncContextManager[JobFeed]:
+        """Follow every job's changes, numbered; resume ``after`` the last id seen.
+
+        The feed yields ``JobChange`` (ids increasing, coalesced per job) and
+        ``ChangesLost`` (fetch the job list again). ``until_terminal`` with
+        ``job_ids``: end once each named job has ended.
+        """
 
     def statistics(self) -> QueueStatistics:
         """Counters, without waiting."""

@@ -18,7 +18,7 @@ from stoat_ferret.jobs._models import JobPage, JobResult, JobStatus
 from stoat_ferret.jobs._state import TERMINAL, JobEvent, next_status
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from anyio import CancelScope
 
@@ -110,6 +110,7 @@ class JobRecord:
         return JobResult(
             job_id=self.job_id,
             job_type=self.job_type,
+            payload=self.payload,
             status=self.status,
             result=self.result,
             error=self.error,
@@ -153,6 +154,7 @@ def select_page(
     job_type: str | None,
     limit: int,
     offset: int,
+    payload_items: Mapping[str, Any] | None = None,
 ) -> JobPage:
     """Filter records, count every match, and snapshot one page of them."""
     check_page(limit, offset)
@@ -163,7 +165,17 @@ def select_page(
             continue
         if job_type is not None and record.job_type != job_type:
             continue
+        if payload_items and not payload_holds(record.payload, payload_items):
+            continue
         if offset <= total < offset + limit:
             page.append(record.snapshot())
         total += 1
     return JobPage(tuple(page), total)
+
+
+def payload_holds(payload: Any, items: Mapping[str, Any]) -> bool:
+    """True if ``payload`` is a dict holding every one of ``items`` (compared with ==)."""
+    if not isinstance(payload, dict):
+        return False
+    missing = object()
+    return all(payload.get(key, missing) == value for key, value in items.items())

@@ -22,6 +22,7 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from loguru import logger
 
 from stoat_ferret.jobs._actor import JobTable
+from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobFeed
 from stoat_ferret.jobs._exceptions import JobNotFound, SupervisorClosed
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._messages import (
@@ -50,7 +51,7 @@ from stoat_ferret.jobs._registry import JobRegistry, check_timeout
 from stoat_ferret.jobs._worker import run_worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -108,6 +109,8 @@ class JobSupervisor:
             cancels them.
         retention: seconds a finished job stays queryable.
         max_finished: most finished jobs kept; the oldest go first.
+        replay: how many of the latest job changes ``watch_all(after=...)``
+            can replay to a follower that comes back.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class JobSupervisor:
         shutdown_grace: float = 10.0,
         retention: float = 3600.0,
         max_finished: int = 10_000,
+        replay: int = REPLAY_EVENTS,
     ) -> None:
         checked = check_timeout(default_timeout, "default_timeout")
         assert checked is not None
@@ -131,6 +135,7 @@ class JobSupervisor:
             retention=self._retention,
             shutdown_grace=_check_seconds(shutdown_grace, "shutdown_grace"),
             start_timer=self._start_timer,
+            replay=replay,
         )
         self._phase = _Phase.NEW
         # Created by run(), so that a supervisor that never ran leaves no open stream.
@@ -342,8 +347,13 @@ class JobSupervisor:
         job_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        payload_items: Mapping[str, Any] | None = None,
     ) -> JobPage:
-        """Jobs newest first, filtered, with the number of matches regardless of limit."""
+        """Jobs newest first, filtered, with the number of matches regardless of limit.
+
+        ``payload_items`` keeps only jobs whose payload is a dict holding each
+        of these items.
+        """
         check_page(limit, offset)
         await self._sync()
         return select_page(
@@ -352,6 +362,7 @@ class JobSupervisor:
             job_type=job_type,
             limit=limit,
             offset=offset,
+            payload_items=payload_items,
         )
 
     @asynccontextmanager
@@ -378,6 +389,42 @@ class JobSupervisor:
             # The actor may have stopped while the caller followed.
             with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._inbox_send.send_nowait(Unfollow(job_id, updates))
+
+    @asynccontextmanager
+    async def watch_all(
+        self,
+        *,
+        after: int | None = None,
+        job_ids: Collection[str] | None = None,
+        job_types: Collection[str] | None = None,
+        until_terminal: bool = False,
+    ) -> AsyncIterator[JobFeed]:
+        """Follow every job (or the named ones): ``async for change in feed``.
+
+        Each item is a :class:`JobChange` (a job's state and the id of the
+        change), ids increasing, or a :class:`ChangesLost`. Pending changes
+        are coalesced per job, so a slow follower gets each job's latest state.
+
+        Args:
+            after: the id of the last change the follower saw: start with the
+                changes since, if still kept; else (and when None) with the
+                current state of the jobs followed (named ones, or those
+                not ended), after a ``ChangesLost`` if ``after`` was given
+                and no job is named.
+            job_ids: only these jobs.
+            job_types: only jobs of these types.
+            until_terminal: with ``job_ids``, end once each of them has ended.
+        """
+        # Round trip through the actor: a job whose submit has returned is known.
+        await self._sync()
+        changes = self._table.changes
+        feed = changes.open_feed(
+            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+        )
+        try:
+            yield feed
+        finally:
+            changes.close_feed(feed)
 
     def statistics(self) -> QueueStatistics:
         """Counters; pending is exact, the rest as of the actor's last message."""
@@ -457,6 +504,7 @@ class JobSupervisor:
             except anyio.WouldBlock:
                 break
         self._table.stop(leftovers)
+        self._table.changes.close()  # no job changes any more: feeds end
         self._inbox_receive.close()
         self._inbox_send.close()
         self._table.close_work_stream()

@@ -18,7 +18,7 @@ import anyio
 import attrs
 import httpx
 
-from stoat_ferret.jobs import JobContext, JobResult, JobSupervisor
+from stoat_ferret.jobs import JobContext, JobFeed, JobResult, JobSupervisor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, MutableMapping, Sequence
@@ -128,7 +128,7 @@ def supervisor_running(**options: Any) -> AbstractAsyncContextManager[JobSupervi
 
 
 class WatchedSupervisor(JobSupervisor):
-    """A JobSupervisor that tells when a ``watch()`` context or a ``wait()`` opens and closes.
+    """A JobSupervisor that tells when a ``watch()``, ``watch_all()`` or ``wait()`` opens, closes.
 
     Create it inside the test (its events belong to the running backend).
     """
@@ -163,6 +163,17 @@ class WatchedSupervisor(JobSupervisor):
                 self.open_watches -= 1
                 self.watch_exited.set()
 
+    @asynccontextmanager
+    async def watch_all(self, **options: Any) -> AsyncIterator[JobFeed]:
+        async with super().watch_all(**options) as feed:
+            self.open_watches += 1
+            self.watch_entered.set()
+            try:
+                yield feed
+            finally:
+                self.open_watches -= 1
+                self.watch_exited.set()
+
 
 @attrs.define(eq=False)
 class GatedScan:
@@ -193,7 +204,10 @@ class GatedScan:
 
 
 def parse_events(body: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Split an event-stream body into its ``data`` JSON objects and its comments."""
+    """Split an event-stream body into its ``data`` JSON objects and its comments.
+
+    ``id:``, ``event:`` and ``retry:`` lines are skipped.
+    """
     events: list[dict[str, Any]] = []
     comments: list[str] = []
     assert body.endswith("\n\n") or not body, f"unterminated event stream: {body[-80:]!r}"
@@ -201,8 +215,43 @@ def parse_events(body: str) -> tuple[list[dict[str, Any]], list[str]]:
         for line in block.split("\n"):
             if line.startswith("data: "):
                 events.append(json.loads(line.removeprefix("data: ")))
+            elif line.startswith(("id: ", "event: ", "retry: ")):
+                continue  # read by tests/api/test_events.py's parser
             elif line.startswith(":"):
                 comments.append(line[1:].strip())
             else:
                 raise AssertionError(f"unexpected event-stream line {line!r}")
     return events, comments
+
+
+@attrs.frozen
+class StreamEvent:
+    """One block of an event stream: its fields as sent (``data`` parsed as JSON)."""
+
+    event: str | None = None
+    id: str | None = None
+    data: Any = None
+    retry: int | None = None
+    comment: str | None = None
+
+
+def read_stream(body: str) -> list[StreamEvent]:
+    """Every block of an event-stream body, in order, each line checked."""
+    assert body.endswith("\n\n") or not body, f"unterminated event stream: {body[-80:]!r}"
+    blocks: list[StreamEvent] = []
+    for block in filter(None, body.split("\n\n")):
+        fields: dict[str, Any] = {}
+        for line in block.split("\n"):
+            name, _, value = line.partition(": ")
+            if not name:
+                fields["comment"] = value
+            elif name == "data":
+                fields["data"] = json.loads(value)
+            elif name == "retry":
+                fields["retry"] = int(value)
+            elif name in ("event", "id"):
+                fields[name] = value
+            else:
+                raise AssertionError(f"unexpected event-stream line {line!r}")
+        blocks.append(StreamEvent(**fields))
+    return blocks

@@ -294,6 +294,8 @@ async def test_docs_and_openapi(settings: Settings) -> None:
         "/api/v1/jobs/{job_id}/events",
         "/api/v1/jobs/{job_id}/errors",
         "/api/v1/session",
+        "/api/v1/events",
+        "/metrics",
     }
     scan = schema["paths"]["/api/v1/videos/scan"]["post"]
     body = scan["requestBody"]["content"]["application/json"]["schema"]

@@ -34,6 +34,7 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 JOB_FIELDS = {
     "job_id",
     "job_type",
+    "payload",
     "status",
     "progress",
     "message",
@@ -454,6 +455,7 @@ async def test_events_follow_a_job_to_its_end(settings: Settings, scan_root: Pat
                     bodies.append(await client.get(f"/api/v1/jobs/{job_id}/events"))
 
                 async with anyio.create_task_group() as group:
+                    supervisor.watch_entered = anyio.Event()  # the metrics' feed set it
                     group.start_soon(follow)
                     await supervisor.watch_entered.wait()
                     scan.release.set()

@@ -77,6 +77,7 @@ def test_job_json_has_every_field() -> None:
     job = JobResult(
         job_id="j1",
         job_type="scan",
+        payload={"path": "/srv", "recursive": True},
         status=JobStatus.FAILED,
         result={1, 2},
         error="ValueError: boom",
@@ -86,6 +87,7 @@ def test_job_json_has_every_field() -> None:
     assert job_json(job) == {
         "job_id": "j1",
         "job_type": "scan",
+        "payload": {"path": "/srv", "recursive": True},
         "status": "failed",
         "progress": None,
         "message": None,

@@ -1,8 +1,9 @@
-"""JobEventStream at the ASGI level: heartbeats, a client that leaves, a service that stops.
+"""The event streams at the ASGI level: keep-alive, a client that leaves or is slow, a stop.
 
-These drive the response directly with a fake ASGI client and a supervisor
-whose jobs are gated by the test: no threads are involved, so trio may use
-its MockClock, and the 15-second heartbeat takes no real time at all.
+These drive the event routes of a bare FastAPI app (the events router, its
+dependencies overridden with FastAPI's ``dependency_overrides``) with a fake
+ASGI client and a supervisor whose jobs the test gates: no lifespan and no
+threads, so trio may use its MockClock and the 15-second ping takes no time.
 """
 
 from __future__ import annotations
@@ -12,15 +13,22 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 import pytest
+from fastapi import FastAPI
 from trio.testing import MockClock
 
-from stoat_ferret.api._sse import HEARTBEAT, HEARTBEAT_SECONDS, STOPPING, JobEventStream
-from tests.api.support import GatedScan, WatchedSupervisor, parse_events, started
+from stoat_ferret.api import _events
+from stoat_ferret.api._deps import StreamSlots, get_job_queue, get_stopping
+from stoat_ferret.api._errors import install_error_handlers
+from stoat_ferret.api._sse import STOPPING
+from tests.api.support import GatedScan, WatchedSupervisor, http_scope, read_stream, started
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
-SCOPE = {"type": "http", "method": "GET", "path": "/api/v1/jobs/x/events", "headers": []}
+    from stoat_ferret.jobs import JobContext
+
+PING = b": ping\n\n"
+STOPPING_TEXT = ": the service is stopping; reconnect later\n\n"
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -31,30 +39,53 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return "asyncio"
 
 
+def events_app(supervisor: WatchedSupervisor, stopping: anyio.Event) -> FastAPI:
+    """A bare app serving only the event routes, on ``supervisor``."""
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(_events.router)
+    app.state.stream_slots = StreamSlots(limit=64)  # what create_app sets
+
+    async def queue() -> WatchedSupervisor:
+        return supervisor
+
+    async def stopping_event() -> anyio.Event:
+        return stopping
+
+    app.dependency_overrides[get_job_queue] = queue
+    app.dependency_overrides[get_stopping] = stopping_event
+    return app
+
+
 @attrs.define(eq=False)
 class FakeClient:
-    """The ASGI side of one connection: records what is sent, leaves on request."""
+    """The ASGI side of one connection: records what is sent, leaves on request.
+
+    ``hold`` (when given) blocks the first ``data`` send until it is set: a
+    client that reads nothing for a while.
+    """
 
     leave: anyio.Event = attrs.field(factory=anyio.Event)
-    heartbeat: anyio.Event = attrs.field(factory=anyio.Event)
     got_event: anyio.Event = attrs.field(factory=anyio.Event)
+    pinged: anyio.Event = attrs.field(factory=anyio.Event)
+    hold: anyio.Event | None = None
     messages: list[dict[str, Any]] = attrs.field(factory=list)
-    heartbeat_times: list[float] = attrs.field(factory=list)
-    fail_on: tuple[str, ...] = ()  # message types whose send raises OSError
+    ping_times: list[float] = attrs.field(factory=list)
 
     async def receive(self) -> dict[str, Any]:
         await self.leave.wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
-        if message["type"] in self.fail_on:
-            raise OSError("connection reset by peer")
-        self.messages.append(dict(message))
-        if message.get("body", b"").startswith(b"data: "):
+        body = message.get("body", b"")
+        if b"\ndata: " in body or body.startswith(b"data: "):
+            if self.hold is not None:
+                await self.hold.wait()
             self.got_event.set()
-        if message.get("body") == HEARTBEAT:
-            self.heartbeat_times.append(anyio.current_time())
-            self.heartbeat.set()
+        self.messages.append(dict(message))
+        if body == PING:
+            self.ping_times.append(anyio.current_time())
+            self.pinged.set()
 
     @property
     def body(self) -> str:
@@ -77,47 +108,46 @@ async def _running_job(supervisor: WatchedSupervisor, scan: GatedScan) -> str:
     "anyio_backend",
     [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mock-clock")],
 )
-async def test_heartbeat_comment_every_15_seconds() -> None:
-    """While nothing happens, a ``: heartbeat`` comment goes out every 15 s."""
+async def test_quiet_stream_gets_a_ping_every_15_seconds() -> None:
+    """While nothing happens, a ``: ping`` comment goes out every 15 s (FastAPI's keep-alive)."""
     scan = GatedScan()
     client = FakeClient()
+    stopping = anyio.Event()
 
     with anyio.fail_after(100):
         async with started(WatchedSupervisor()) as supervisor:
             job_id = await _running_job(supervisor, scan)
+            app = events_app(supervisor, stopping)
             began = anyio.current_time()
             async with anyio.create_task_group() as group:
-                group.start_soon(
-                    JobEventStream(supervisor, job_id), SCOPE, client.receive, client.send
-                )
-                while len(client.heartbeat_times) < 2:
-                    await client.heartbeat.wait()
-                    client.heartbeat = anyio.Event()
+                scope = http_scope("GET", f"/api/v1/jobs/{job_id}/events")
+                group.start_soon(app, scope, client.receive, client.send)
+                while len(client.ping_times) < 2:
+                    await client.pinged.wait()
+                    client.pinged = anyio.Event()
                 scan.release.set()
 
-    assert [round(t - began, 3) for t in client.heartbeat_times[:2]] == [
-        HEARTBEAT_SECONDS,
-        2 * HEARTBEAT_SECONDS,
-    ]
-    events, comments = parse_events(client.body)
-    assert [event["status"] for event in events] == ["running", "completed"]
-    assert comments[:2] == ["heartbeat", "heartbeat"]
+    assert [round(t - began) for t in client.ping_times[:2]] == [15, 30]
+    events = read_stream(client.body)
+    assert [e.comment for e in events if e.comment][:2] == ["ping", "ping"]
+    assert [e.data["status"] for e in events if e.data] == ["running", "completed"]
     assert client.finished
 
 
 @pytest.mark.anyio
-async def test_client_that_leaves_frees_the_watch() -> None:
-    """A disconnect ends the response at once and closes the watch; the job goes on."""
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/jobs/{job_id}/events"])
+async def test_client_that_leaves_frees_its_feed(path: str) -> None:
+    """A disconnect ends the response at once and closes the feed; the job goes on."""
     scan = GatedScan()
     client = FakeClient()
 
     with anyio.fail_after(10):
         async with started(WatchedSupervisor()) as supervisor:
             job_id = await _running_job(supervisor, scan)
+            app = events_app(supervisor, anyio.Event())
             async with anyio.create_task_group() as group:
-                group.start_soon(
-                    JobEventStream(supervisor, job_id), SCOPE, client.receive, client.send
-                )
+                scope = http_scope("GET", path.format(job_id=job_id))
+                group.start_soon(app, scope, client.receive, client.send)
                 await client.got_event.wait()
                 client.leave.set()
                 await supervisor.watch_exited.wait()
@@ -126,38 +156,12 @@ async def test_client_that_leaves_frees_the_watch() -> None:
 
     assert supervisor.open_watches == 0
     assert status_after == "running"
-    assert not client.finished  # nothing more is sent to a client that left
-    events, _ = parse_events(client.body)
-    assert [event["status"] for event in events] == ["running"]
+    assert [e.data["status"] for e in read_stream(client.body) if e.data] == ["running"]
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("fail_on", "sent"),
-    [
-        pytest.param(("http.response.body",), ["http.response.start"], id="on-the-first-event"),
-        pytest.param(("http.response.start", "http.response.body"), [], id="before-the-start"),
-    ],
-)
-async def test_failed_send_ends_the_stream_quietly(
-    fail_on: tuple[str, ...], sent: list[str]
-) -> None:
-    """If the server finds the client gone (OSError on send), the stream just ends."""
-    scan = GatedScan()
-    client = FakeClient(fail_on=fail_on)
-
-    with anyio.fail_after(10):
-        async with started(WatchedSupervisor()) as supervisor:
-            job_id = await _running_job(supervisor, scan)
-            await JobEventStream(supervisor, job_id)(SCOPE, client.receive, client.send)
-            scan.release.set()
-
-    assert supervisor.open_watches == 0
-    assert [m["type"] for m in client.messages] == sent
-
-
-@pytest.mark.anyio
-async def test_stopping_service_ends_the_stream_cleanly() -> None:
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/jobs/{job_id}/events"])
+async def test_stopping_service_ends_the_stream_cleanly(path: str) -> None:
     """When the service begins to stop, the stream says so and ends, job or no job."""
     scan = GatedScan()
     client = FakeClient()
@@ -166,18 +170,61 @@ async def test_stopping_service_ends_the_stream_cleanly() -> None:
     with anyio.fail_after(10):
         async with started(WatchedSupervisor()) as supervisor:
             job_id = await _running_job(supervisor, scan)
-            stream = JobEventStream(supervisor, job_id, stopping=stopping)
+            app = events_app(supervisor, stopping)
             async with anyio.create_task_group() as group:
-                group.start_soon(stream, SCOPE, client.receive, client.send)
+                scope = http_scope("GET", path.format(job_id=job_id))
+                group.start_soon(app, scope, client.receive, client.send)
                 await client.got_event.wait()
                 stopping.set()
             scan.release.set()
 
     assert supervisor.open_watches == 0
     assert client.finished
-    assert client.body.endswith(STOPPING.decode())
-    events, _ = parse_events(client.body)
-    assert [event["status"] for event in events] == ["running"]
+    assert client.body.endswith(STOPPING_TEXT)
+    assert STOPPING.comment is not None
+    assert STOPPING.comment in STOPPING_TEXT
+    assert [e.data["status"] for e in read_stream(client.body) if e.data] == ["running"]
+
+
+@pytest.mark.anyio
+async def test_slow_client_gets_the_latest_state_not_a_backlog() -> None:
+    """A client that reads nothing while a job reports 200 times gets a handful of events."""
+    client = FakeClient(hold=anyio.Event())
+    progressed = anyio.Event()
+    release = anyio.Event()
+
+    async def chatty(ctx: JobContext) -> str:
+        await release.wait()
+        for step in range(200):
+            ctx.report_progress(step / 200, f"step {step}")
+            await anyio.lowlevel.checkpoint()
+        progressed.set()
+        return "done"
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("chatty", chatty)
+            job_id = await supervisor.submit("chatty")
+            await supervisor.get_status(job_id)
+            app = events_app(supervisor, anyio.Event())
+            async with anyio.create_task_group() as group:
+                scope = http_scope("GET", f"/api/v1/jobs/{job_id}/events")
+                group.start_soon(app, scope, client.receive, client.send)
+                await supervisor.watch_entered.wait()
+                release.set()
+                await progressed.wait()
+                await supervisor.wait(job_id)
+                assert client.hold is not None
+                client.hold.set()
+
+    jobs = [e.data for e in read_stream(client.body) if e.data]
+    assert jobs[-1]["status"] == "completed"
+    assert jobs[-1]["result"] == "done"
+    # FastAPI's stream holds a few events on their way (two one-item buffers
+    # and the item each of its two tasks has in hand); the feed holds one per
+    # job, never the 200 reports.
+    assert len(jobs) <= 7, [job["status"] for job in jobs]
+    assert client.finished
 
 
 @pytest.mark.anyio
@@ -185,12 +232,18 @@ async def test_headers_say_event_stream_without_length() -> None:
     """text/event-stream, no caching, no buffering, and no Content-Length."""
     client = FakeClient()
 
+    async def quick(ctx: JobContext) -> str:
+        return "done"
+
     with anyio.fail_after(10):
         async with started(WatchedSupervisor()) as supervisor:
-            supervisor.register("quick", _quick)
+            supervisor.register("quick", quick)
             job_id = await supervisor.submit("quick")
             await supervisor.wait(job_id)
-            await JobEventStream(supervisor, job_id)(SCOPE, client.receive, client.send)
+            app = events_app(supervisor, anyio.Event())
+            await app(
+                http_scope("GET", f"/api/v1/jobs/{job_id}/events"), client.receive, client.send
+            )
 
     headers = dict(client.messages[0]["headers"])
     assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
@@ -198,20 +251,3 @@ async def test_headers_say_event_stream_without_length() -> None:
     assert headers[b"x-accel-buffering"] == b"no"
     assert b"content-length" not in headers
     assert client.finished
-
-
-@pytest.mark.anyio
-async def test_job_forgotten_before_the_stream_starts_ends_it() -> None:
-    """If the job is gone by the time the stream starts, it ends at once and empty."""
-    client = FakeClient()
-
-    with anyio.fail_after(10):
-        async with started(WatchedSupervisor()) as supervisor:
-            await JobEventStream(supervisor, "forgotten")(SCOPE, client.receive, client.send)
-
-    assert client.body == ""
-    assert client.finished
-
-
-async def _quick(ctx: Any) -> str:
-    return "done"

@@ -12,13 +12,18 @@ import pytest
 
 from stoat_ferret.jobs import (
     AsyncJobQueue,
+    ChangesLost,
+    FeedItem,
     InMemoryJobQueue,
+    JobChange,
     JobContext,
+    JobFeed,
     JobNotFound,
     JobStatus,
     JobSupervisor,
     UnknownJobType,
 )
+from stoat_ferret.jobs._broadcast import FEED_LIMIT, REPLAY_EVENTS
 from tests.jobs.conftest import running_supervisor
 
 pytestmark = pytest.mark.anyio
@@ -28,7 +33,10 @@ QueueFactory = Callable[..., Any]
 
 @asynccontextmanager
 async def _in_memory(**options: Any) -> AsyncIterator[InMemoryJobQueue]:
-    yield InMemoryJobQueue(default_timeout=options.get("default_timeout", 300.0))
+    yield InMemoryJobQueue(
+        default_timeout=options.get("default_timeout", 300.0),
+        replay=options.get("replay", REPLAY_EVENTS),
+    )
 
 
 @pytest.fixture(params=["supervisor", "in_memory"])
@@ -222,3 +230,296 @@ async def test_statistics_count_terminal_statuses(make_queue: QueueFactory) -> N
     assert (stats.submitted, stats.completed, stats.failed) == (3, 2, 1)
     assert (stats.pending, stats.running, stats.finished) == (0, 0, 3)
     assert (stats.timeout, stats.cancelled) == (0, 0)
+
+
+async def test_payload_is_in_every_snapshot(make_queue: QueueFactory) -> None:
+    """The payload given to submit comes back in results, lists, waits and watches."""
+    payload = {"path": "/srv/videos", "recursive": False}
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("echo", _echo)
+            job_id = await queue.submit("echo", payload)
+            waited = await queue.wait(job_id)
+            got = await queue.get_result(job_id)
+            listed = await queue.list_jobs()
+            async with queue.watch(job_id) as updates:
+                watched = [update async for update in updates]
+
+    assert waited.payload == payload
+    assert got.payload == payload
+    assert [job.payload for job in listed.jobs] == [payload]
+    assert [update.payload for update in watched] == [payload]
+
+
+async def test_list_jobs_filters_by_payload_items(make_queue: QueueFactory) -> None:
+    """payload_items keeps the jobs whose dict payload holds each item, counting only them."""
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("echo", _echo)
+            first = await queue.submit("echo", {"path": "/a", "recursive": True})
+            await queue.wait(first)
+            second = await queue.submit("echo", {"path": "/b", "recursive": True})
+            await queue.wait(second)
+            third = await queue.submit("echo", {"path": "/a", "recursive": False})
+            await queue.wait(third)
+            await queue.wait(await queue.submit("echo", "/a"))  # not a dict: never matches
+            by_path = await queue.list_jobs(payload_items={"path": "/a"})
+            by_both = await queue.list_jobs(payload_items={"path": "/a", "recursive": True})
+            paged = await queue.list_jobs(payload_items={"path": "/a"}, limit=1, offset=1)
+            none = await queue.list_jobs(payload_items={"path": "/c"})
+
+    assert [job.job_id for job in by_path.jobs] == [third, first]
+    assert by_path.total == 2
+    assert [job.job_id for job in by_both.jobs] == [first]
+    assert ([job.job_id for job in paged.jobs], paged.total) == ([first], 2)
+    assert (none.jobs, none.total) == ((), 0)
+
+
+async def _echo(ctx: JobContext) -> Any:
+    return ctx.payload
+
+
+async def _take(feed: JobFeed, count: int) -> list[FeedItem]:
+    items: list[FeedItem] = []
+    async for item in feed:
+        items.append(item)
+        if len(items) == count:
+            break
+    return items
+
+
+def _changes(items: list[FeedItem]) -> list[JobChange]:
+    assert all(isinstance(item, JobChange) for item in items), items
+    return [item for item in items if isinstance(item, JobChange)]
+
+
+async def test_watch_all_numbers_every_change_in_order(make_queue: QueueFactory) -> None:
+    """A follower reading along sees every change: ids strictly increasing, terminal last."""
+    seen: list[JobChange] = []
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue, queue.watch_all() as feed:
+            queue.register("double", _double)
+            queue.register("boom", _boom)
+
+            async def follow(done: anyio.Event) -> None:
+                ended = 0
+                async for item in feed:
+                    assert isinstance(item, JobChange)
+                    seen.append(item)
+                    ended += item.job.status.is_terminal
+                    if ended == 2:
+                        done.set()
+                        return
+
+            done = anyio.Event()
+            async with anyio.create_task_group() as group:
+                group.start_soon(follow, done)
+                ids = [await queue.submit("double", 5), await queue.submit("boom")]
+                for job_id in ids:
+                    await queue.wait(job_id)
+                    await anyio.wait_all_tasks_blocked()
+                await done.wait()
+
+    event_ids = [change.event_id for change in seen]
+    assert event_ids == sorted(set(event_ids))
+    for job_id, final in zip(ids, [JobStatus.COMPLETED, JobStatus.FAILED], strict=True):
+        mine = [change.job for change in seen if change.job.job_id == job_id]
+        assert mine[-1].status is final
+        assert all(not job.status.is_terminal for job in mine[:-1])
+    assert [change.job.payload for change in seen if change.job.job_id == ids[0]][-1] == 5
+
+
+async def test_watch_all_coalesces_for_a_slow_follower(make_queue: QueueFactory) -> None:
+    """A follower that reads nothing while a job reports 100 times gets only its latest state."""
+
+    async def chatty(ctx: JobContext) -> str:
+        for step in range(100):
+            ctx.report_progress(step / 100, f"step {step}")
+            await anyio.lowlevel.checkpoint()
+        return "done"
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue, queue.watch_all() as feed:
+            queue.register("chatty", chatty)
+            job_id = await queue.submit("chatty")
+            await queue.wait(job_id)
+            feed.close()  # the iteration ends with what is pending
+            [item] = [item async for item in feed]
+
+    assert isinstance(item, JobChange)
+    assert (item.job.job_id, item.job.status, item.job.result) == (
+        job_id,
+        JobStatus.COMPLETED,
+        "done",
+    )
+
+
+async def test_watch_all_resumes_after_the_last_id_seen(make_queue: QueueFactory) -> None:
+    """after=<last id seen> gives what changed since, and nothing seen before."""
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("double", _double)
+            async with queue.watch_all() as feed:
+                first = await queue.submit("double", 1)
+                await queue.wait(first)
+                [seen] = _changes(await _take(feed, 1))
+            second = await queue.submit("double", 2)
+            await queue.wait(second)
+            async with queue.watch_all(after=seen.event_id) as feed:
+                [missed] = _changes(await _take(feed, 1))
+
+    assert (seen.job.job_id, seen.job.status) == (first, JobStatus.COMPLETED)
+    assert (missed.job.job_id, missed.job.status) == (second, JobStatus.COMPLETED)
+    assert missed.event_id > seen.event_id
+
+
+@pytest.mark.parametrize("after", ["too-old", "from-the-future"])
+async def test_watch_all_after_an_id_not_kept_reports_changes_lost(
+    make_queue: QueueFactory, after: str
+) -> None:
+    """An id older than the replay log (or never issued) gives ChangesLost, then goes on."""
+
+    with anyio.fail_after(10):
+        async with make_queue(replay=4) as queue:
+            queue.register("double", _double)
+            async with queue.watch_all() as feed:
+                await queue.wait(await queue.submit("double", 0))
+                [old] = _changes(await _take(feed, 1))
+            for number in range(3):  # at least 9 changes: more than the log keeps
+                await queue.wait(await queue.submit("double", number))
+            start = old.event_id if after == "too-old" else old.event_id + 10**9
+            async with queue.watch_all(after=start) as feed:
+                [lost] = await _take(feed, 1)
+                later = await queue.submit("double", 9)
+                await queue.wait(later)
+                [change] = _changes(await _take(feed, 1))
+
+    assert isinstance(lost, ChangesLost)
+    assert lost.event_id > old.event_id
+    assert (change.job.job_id, change.job.status) == (later, JobStatus.COMPLETED)
+    assert change.event_id > lost.event_id
+
+
+async def test_watch_all_filters_by_job_id_and_type(make_queue: QueueFactory) -> None:
+    """job_ids and job_types keep the other jobs' changes out of a feed."""
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("double", _double)
+            queue.register("boom", _boom)
+            first = await queue.submit("double", 1)
+            await queue.wait(first)
+            async with (
+                queue.watch_all(job_types=["boom"]) as booms,
+                queue.watch_all(job_ids=[first]) as named,
+            ):
+                await queue.wait(await queue.submit("double", 2))
+                failed = await queue.submit("boom")
+                await queue.wait(failed)
+                booms.close()
+                named.close()
+                [boom] = _changes([item async for item in booms])
+                [only] = _changes([item async for item in named])
+
+    assert (boom.job.job_id, boom.job.status) == (failed, JobStatus.FAILED)
+    assert (only.job.job_id, only.job.status) == (first, JobStatus.COMPLETED)
+
+
+async def test_watch_all_until_terminal_ends_with_the_job(make_queue: QueueFactory) -> None:
+    """until_terminal: a named job's final state, then the end; at once if already seen."""
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("double", _double)
+            job_id = await queue.submit("double", 4)
+            await queue.wait(job_id)
+            async with queue.watch_all(job_ids=[job_id], until_terminal=True) as feed:
+                items = [item async for item in feed]
+            [final] = _changes(items)
+            async with queue.watch_all(
+                job_ids=[job_id], until_terminal=True, after=final.event_id
+            ) as feed:
+                again = [item async for item in feed]
+            async with queue.watch_all(job_ids=["no-such-id"], until_terminal=True) as feed:
+                unknown = [item async for item in feed]
+
+    assert (final.job.status, final.job.result) == (JobStatus.COMPLETED, 8)
+    assert again == []
+    assert unknown == []
+
+
+async def test_watch_all_feed_of_a_follower_that_never_reads_stays_bounded(
+    make_queue: QueueFactory,
+) -> None:
+    """Past FEED_LIMIT jobs pending, a feed drops them for one ChangesLost and goes on."""
+
+    with anyio.fail_after(30):
+        async with make_queue(max_pending=FEED_LIMIT + 10) as queue:
+            queue.register("double", _double)
+            async with queue.watch_all() as feed:
+                ids = [await queue.submit("double", n) for n in range(FEED_LIMIT + 5)]
+                for job_id in ids:
+                    await queue.wait(job_id)
+                [lost] = await _take(feed, 1)
+                later = await queue.submit("double", -1)
+                await queue.wait(later)
+                feed.close()
+                rest = _changes([item async for item in feed])
+
+    assert isinstance(lost, ChangesLost)
+    assert len(rest) <= FEED_LIMIT
+    assert all(change.event_id > lost.event_id for change in rest)
+    assert (rest[-1].job.job_id, rest[-1].job.status) == (later, JobStatus.COMPLETED)
+
+
+async def test_watch_all_ends_when_the_supervisor_stops() -> None:
+    """Once aclose() has stopped the supervisor, its feeds end after what they hold."""
+
+    with anyio.fail_after(10):
+        async with running_supervisor(shutdown_grace=0) as supervisor:
+            supervisor.register("forever", _forever)
+            job_id = await supervisor.submit("forever")
+            async with anyio.create_task_group() as group, supervisor.watch_all() as feed:
+                group.start_soon(supervisor.aclose)
+                items = _changes([item async for item in feed])
+
+    assert [(change.job.job_id, change.job.status) for change in items][-1] == (
+        job_id,
+        JobStatus.CANCELLED,
+    )
+
+
+def test_replay_must_be_a_positive_count() -> None:
+    """A replay log of no changes (or not a count) is refused when the queue is made."""
+
+    with pytest.raises(ValueError, match="replay"):
+        JobSupervisor(replay=0)
+    with pytest.raises(ValueError, match="replay"):
+        InMemoryJobQueue(replay=True)
+
+
+async def test_watch_all_forgets_evicted_jobs() -> None:
+    """A job the supervisor evicted is not in a new feed's start, and a feed naming it ends."""
+
+    with anyio.fail_after(10):
+        async with running_supervisor(max_finished=1) as supervisor:
+            supervisor.register("double", _double)
+            supervisor.register("forever", _forever)
+            evicted = await supervisor.submit("double", 1)
+            await supervisor.wait(evicted)
+            await supervisor.wait(await supervisor.submit("double", 2))  # evicts the first
+            live = await supervisor.submit("forever")
+            await supervisor.get_status(live)
+            async with supervisor.watch_all(job_ids=[evicted], until_terminal=True) as feed:
+                named = [item async for item in feed]
+            async with supervisor.watch_all() as feed:
+                feed.close()
+                started = _changes([item async for item in feed])
+            await supervisor.cancel(live)
+
+    assert named == []
+    assert [change.job.job_id for change in started] == [live]

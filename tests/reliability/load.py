@@ -26,6 +26,10 @@ What the line proves, when its counters are zero and ``aborted`` is null:
   client cancelled it (``unexpected_ends``): a scan that ends ``failed`` or
   ``timeout`` (a locked database, say), or is cancelled by someone else, is
   a failure of the run, not an outcome to count;
+* every job a 202 returned reached the one stream of every job
+  (``GET /api/v1/events``, followed for the whole run) as a terminal event,
+  and that stream's ids only grew (``stream_missed``; a ``reset`` on it
+  would show in ``event_streams``);
 * the server's memory stayed bounded: ``server_rss_mb`` has its resident
   size before the load, the largest sampled during it, after it, and the
   kernel's high-water mark (``VmHWM``, which includes start-up);
@@ -84,11 +88,12 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from types import TracebackType
 
-    from anyio.abc import SocketStream
+    from anyio.abc import SocketStream, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 SCAN: Final = "/api/v1/videos/scan"
 JOBS: Final = "/api/v1/jobs"
+EVENTS: Final = "/api/v1/events"
 
 TERMINAL: Final = frozenset({"completed", "failed", "timeout", "cancelled"})
 STATUSES: Final = TERMINAL | {"pending", "running"}
@@ -379,6 +384,7 @@ CHECKS: Final = (
     "cancel_mismatches",
     "result_mismatches",
     "unexpected_ends",
+    "stream_missed",
 )
 
 
@@ -407,6 +413,11 @@ class LoadRun:
         self.cancelled: set[str] = set()  # ids a cancel answered 200 for
         self.final: dict[str, dict[str, Any]] = {}
         self.streams = Counter[str]()
+        # The stream of every job: each job's last status on it, the last id.
+        self.on_stream: dict[str, str] = {}
+        self.last_stream_id = -1
+        self.stream_progress = anyio.Event()
+        self.stream_ended = False
         self.failures = {name: Failures() for name in CHECKS}
         self.aborted: str | None = None
         self.load_seconds = 0.0
@@ -507,6 +518,7 @@ class LoadRun:
                 self.memory.max_sampled = self.memory.before
                 async with anyio.create_task_group() as group:
                     group.start_soon(self.memory.sample_forever)
+                    await group.start(self.follow_all)
                     started = time.perf_counter()
                     await self.load()
                     self.load_seconds = time.perf_counter() - started
@@ -516,6 +528,7 @@ class LoadRun:
                     )
                     await self.settle()
                     await self.verify()
+                    await self.check_stream()
                     group.cancel_scope.cancel()
             except* LoadAborted as group_error:  # raised here or in a task
                 self.aborted = "; ".join(sorted({str(error) for error in _leaves(group_error)}))
@@ -714,6 +727,79 @@ class LoadRun:
                 jobs[job["job_id"]] = job
             offset += len(listing["jobs"])
         return jobs
+
+    async def follow_all(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Follow the stream of every job for the whole run (started once it answers 200)."""
+        try:
+            stream = await anyio.connect_tcp(self.config.host, self.config.port)
+            async with stream:
+                buffered = BufferedByteReceiveStream(stream)
+                host = f"{self.config.host}:{self.config.port}"
+                await stream.send(f"GET {EVENTS} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                status, headers = _parse_head(await buffered.receive_until(b"\r\n\r\n", MAX_HEAD))
+                self.streams["every_job_streams"] += 1
+                if status != 200 or headers.get("transfer-encoding", "").lower() != "chunked":
+                    raise LoadAborted(f"events: GET {EVENTS} answered {status}")
+                task_status.started()
+                rest = b""
+                while True:
+                    line = await buffered.receive_until(b"\r\n", MAX_CHUNK_LINE)
+                    size = int(line.split(b";", 1)[0], 16)
+                    if size == 0:
+                        break
+                    *blocks, rest = (rest + await buffered.receive_exactly(size)).split(b"\n\n")
+                    await buffered.receive_exactly(2)
+                    for block in blocks:
+                        self.on_stream_event(block)
+        except (
+            OSError,
+            anyio.EndOfStream,
+            anyio.IncompleteRead,
+            anyio.BrokenResourceError,
+            anyio.DelimiterNotFound,
+            ProtocolError,
+            ValueError,
+        ) as exc:
+            raise LoadAborted(f"events: GET {EVENTS} failed: {exc!r}") from None
+        self.stream_ended = True
+        self.stream_progress.set()
+
+    def on_stream_event(self, block: bytes) -> None:
+        fields = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
+        if fields.get("event") == "reset":
+            self.streams["every_job_resets"] += 1
+        if fields.get("event") != "job":
+            return
+        self.streams["every_job_events"] += 1
+        event_id = int(fields.get("id", "-1"))
+        if event_id <= self.last_stream_id:
+            self.anomaly(f"events: id {event_id} after {self.last_stream_id}")
+        self.last_stream_id = event_id
+        job = json.loads(fields.get("data", "null"))
+        if not isinstance(job, dict) or job.get("status") not in STATUSES:
+            self.anomaly(f"events: not a job: {block[:200]!r}")
+            return
+        self.on_stream[str(job.get("job_id"))] = job["status"]
+        self.stream_progress.set()
+
+    async def check_stream(self) -> None:
+        """Every accepted job must reach the stream of every job as a terminal event."""
+
+        def missing() -> list[str]:
+            return [
+                job_id for job_id in self.accepted if self.on_stream.get(job_id) not in TERMINAL
+            ]
+
+        with anyio.move_on_after(STREAM_SECONDS):
+            while missing() and not self.stream_ended:
+                self.stream_progress = anyio.Event()
+                await self.stream_progress.wait()
+        if self.stream_ended:
+            self.anomaly(f"events: GET {EVENTS} ended before the run did")
+        for job_id in missing():
+            self.failures["stream_missed"].add(f"{job_id} {self.on_stream.get(job_id)}")
 
     async def settle(self) -> None:
         """Wait until every accepted job that is listed has ended."""

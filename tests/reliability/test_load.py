@@ -14,6 +14,8 @@ everything the reliability issue asks of the run:
   jobs for 3,600 s, and the run accepts fewer distinct jobs than that and
   takes less time, so "in the list" is a real check, not one retention
   could excuse;
+* every accepted job reached the client's stream of every job
+  (``/api/v1/events``) as a terminal event;
 * every 503 carried ``Retry-After``, and no answer was another 5xx;
 * every answer was one its route may give (see the client's ``anomalies``),
   200 cancels stuck, completed scans found their directory's files;
@@ -191,6 +193,8 @@ def test_load_from_another_process(tmp_path: Path, clip: EncodedVideo) -> None:
     assert report["cancel_mismatches"]["count"] == 0, report["cancel_mismatches"]
     assert report["result_mismatches"]["count"] == 0, report["result_mismatches"]
     assert report["unexpected_ends"]["count"] == 0, report["unexpected_ends"]
+    assert report["stream_missed"]["count"] == 0, report["stream_missed"]
+    assert report["event_streams"]["every_job_events"] >= report["distinct_jobs"]
     assert report["server_rss_mb"]["samples"] > 0
     assert report["server_rss_mb"]["growth"] <= MAX_RSS_GROWTH_MB, report["server_rss_mb"]
     assert report["ok"] is True
@@ -238,6 +242,9 @@ class FaultyServer:
         if target.startswith("/api/v1/jobs?"):
             listing = {"jobs": [kept, _job("ghost", "running")], "total": 2}
             return 200, {}, json.dumps(listing).encode()
+        if target == "/api/v1/events":  # one terminal event, then the stream ends
+            event = b"event: job\nid: 1\ndata: " + json.dumps(kept).encode()
+            return 200, {"transfer-encoding": "chunked"}, event
         job_id = target.split("/")[4].split("?")[0]
         job = {**kept, "job_id": job_id}
         if target.endswith("/events"):
@@ -271,6 +278,12 @@ class FailingServer:
             jobs = list(self.jobs.values())
             page = {"jobs": jobs[offset : offset + 100], "total": len(jobs)}
             return 200, {}, json.dumps(page).encode()
+        if target == "/api/v1/events":  # each job's terminal event, then the stream ends
+            events = [
+                f"event: job\nid: {number}\ndata: {json.dumps(job)}"
+                for number, job in enumerate(self.jobs.values(), 1)
+            ]
+            return 200, {"transfer-encoding": "chunked"}, "\n\n".join(events).encode()
         job = self.jobs[target.split("/")[4].split("?")[0]]
         if target.endswith("/events"):
             return 200, {"transfer-encoding": "chunked"}, b"data: " + json.dumps(job).encode()
@@ -351,6 +364,7 @@ async def test_the_client_reports_a_faulty_server(tmp_path: Path) -> None:
     assert "kept" in report["result_mismatches"]["sample"][0]
     assert report["anomalies"]["count"] > 0  # one id for several scans, the 500s
     assert report["non_terminal"]["count"] == 0
+    assert report["stream_missed"] == {"count": 1, "sample": ["lost None"]}
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # waits on a real process: real clocks

@@ -1,6 +1,7 @@
 // The stoat_ferret dashboard: plain JavaScript, no build step, no third-party code.
 // It talks only to the API of the server that served it:
-//   - jobs that have not ended are followed live with EventSource (/api/v1/jobs/{id}/events);
+//   - every job is followed live on one EventSource (/api/v1/events), which
+//     resumes by itself after a dropped connection or a restart;
 //   - /health is read every few seconds for the header, and a change in its
 //     "submitted" counter (a scan started elsewhere) reloads the job list;
 //   - the library table is reloaded whenever a scan ends.
@@ -16,13 +17,11 @@ const NEEDS_TOKEN =
   "This service needs its access token: open the dashboard as /#token= followed by the token (STOAT_API_TOKEN).";
 const JOB_PAGE = 20;
 const VIDEO_PAGE = 20;
-// Chromium opens at most 6 connections per host over HTTP/1.1, and each open
-// EventSource holds one: leave two for the other requests.
-const MAX_STREAMS = 4;
+// A browser opens about 6 connections per host across all its tabs: one
+// event stream per page, whatever the number of jobs, leaves the rest free.
+const RECONNECT_MS = 2000;
 const HEALTH_EVERY_MS = 5000;
 const TERMINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
-const PATHS_KEY = "stoat_ferret.scan-paths";
-const MAX_REMEMBERED = 200;
 
 const byId = (id) => document.getElementById(id);
 
@@ -169,34 +168,13 @@ function explainRefusal(response, path) {
   }
 }
 
-// ------------------------------------------- scan paths this browser started
+// ------------------------------------------------------------------ job titles
 
-// The job JSON does not carry the scanned path: remember the ones started here.
-function rememberedScans() {
-  try {
-    return JSON.parse(localStorage.getItem(PATHS_KEY) || "{}") || {};
-  } catch {
-    return {};
-  }
-}
-
-function rememberScan(jobId, path, recursive) {
-  const scans = rememberedScans();
-  scans[jobId] = { path, recursive, at: Date.now() };
-  const newest = Object.entries(scans)
-    .sort((a, b) => b[1].at - a[1].at)
-    .slice(0, MAX_REMEMBERED);
-  try {
-    localStorage.setItem(PATHS_KEY, JSON.stringify(Object.fromEntries(newest)));
-  } catch {
-    // Storage full or disabled: the job is then shown by its id.
-  }
-}
-
+/** A job's title from what the server says it works on (its payload), whoever started it. */
 function jobTitle(job) {
-  const scan = job.job_type === "scan" ? rememberedScans()[job.job_id] : undefined;
-  if (scan && typeof scan.path === "string") {
-    return `Scan of ${scan.path}${scan.recursive === false ? " (this folder only)" : ""}`;
+  const payload = job.payload;
+  if (job.job_type === "scan" && payload && typeof payload.path === "string") {
+    return `Scan of ${payload.path}${payload.recursive === false ? " (this folder only)" : ""}`;
   }
   return `${job.job_type === "scan" ? "Scan" : job.job_type} job ${job.job_id.slice(0, 8)}`;
 }
@@ -204,7 +182,6 @@ function jobTitle(job) {
 // ---------------------------------------------------------------------- jobs
 
 const views = new Map(); // job id -> JobView, for the jobs on the page
-const streams = new Map(); // job id -> EventSource, for the jobs followed live
 let jobLimit = JOB_PAGE;
 let jobsLoaded = false;
 
@@ -213,6 +190,7 @@ class JobView {
   constructor(job) {
     this.id = job.job_id;
     this.job = null;
+    this.eventAt = 0; // eventCount when the event stream last updated it
     const titleId = `job-${this.id}-title`;
     this.title = el("h3", { class: "job-title", id: titleId, tabindex: "-1" });
     this.badge = el("span", { class: "badge" });
@@ -248,8 +226,7 @@ class JobView {
   update(job) {
     const before = this.job;
     this.job = job;
-    // The title only changes when the status does (it reads localStorage).
-    const title = before && before.status === job.status ? this.title.textContent : jobTitle(job);
+    const title = jobTitle(job);
     if (this.title.textContent !== title) {
       this.title.textContent = title;
       this.progress.setAttribute("aria-label", `Progress of ${title}`);
@@ -357,6 +334,7 @@ function onStatusChange(job) {
 }
 
 async function loadJobs() {
+  const asked = eventCount;
   let response;
   try {
     response = await request("GET", `${API}/jobs?limit=${jobLimit}`);
@@ -374,7 +352,6 @@ async function loadJobs() {
   const shown = new Set(jobs.map((job) => job.job_id));
   for (const [id, view] of views) {
     if (!shown.has(id)) {
-      stopFollowing(id);
       view.root.remove();
       views.delete(id);
     }
@@ -384,8 +361,8 @@ async function loadJobs() {
     if (!view) {
       view = new JobView(job);
       views.set(job.job_id, view);
-    } else if (!streams.has(job.job_id) && !TERMINAL.has(view.status)) {
-      view.update(job); // a followed job is newer on its stream than in this list
+    } else if (view.eventAt <= asked && !TERMINAL.has(view.status)) {
+      view.update(job); // unless the stream brought newer news while the list was asked for
     }
     // Move only what is out of place: moving a node would take the focus from it.
     if (list.children[index] !== view.root) list.insertBefore(view.root, list.children[index] || null);
@@ -395,49 +372,106 @@ async function loadJobs() {
   byId("jobs-count").textContent =
     total > jobs.length ? `${plural(total, "job")}, newest ${jobs.length} shown` : plural(total, "job");
   byId("jobs-more").hidden = total <= jobs.length;
-  followJobs();
 }
 
-/** Follow the running jobs first, then the pending ones, up to MAX_STREAMS. */
-function followJobs() {
-  for (const wanted of ["running", "pending"]) {
-    for (const [id, view] of views) {
-      if (streams.size >= MAX_STREAMS) return;
-      if (view.status === wanted && !streams.has(id)) follow(view);
-    }
+let jobsReload = null; // the list reload in flight, if any
+let jobsAgain = false; // asked for while one was in flight
+
+/** Reload the job list, once at a time (the stream can ask often). */
+function reloadJobs() {
+  if (jobsReload) {
+    jobsAgain = true;
+    return jobsReload;
   }
+  jobsReload = loadJobs().finally(() => {
+    jobsReload = null;
+    if (jobsAgain) {
+      jobsAgain = false;
+      reloadJobs();
+    }
+  });
+  return jobsReload;
 }
 
-function follow(view) {
-  const source = new EventSource(`${API}/jobs/${encodeURIComponent(view.id)}/events`);
-  streams.set(view.id, source);
-  source.onmessage = (event) => {
+// ---------------------------------------------------------- the event stream
+
+let events = null; // the page's one EventSource
+let lastEventId = ""; // the id of the last event applied, to resume after
+let eventCount = 0; // events applied so far (orders them against list reloads)
+let reconnectTimer = null;
+
+function showLive(state, text) {
+  let badge = byId("jobs-live");
+  if (!badge) {
+    badge = el("span", { id: "jobs-live", class: "badge", role: "status" });
+    byId("jobs-count").after(badge);
+  }
+  badge.dataset.state = state;
+  badge.textContent = text;
+}
+
+/** Follow every job on one stream; resume from the last id seen when it comes back. */
+function connectEvents() {
+  clearTimeout(reconnectTimer);
+  if (events) events.close();
+  // A new EventSource sends no Last-Event-ID of its own: the query carries it.
+  const query = lastEventId ? `?last_event_id=${encodeURIComponent(lastEventId)}` : "";
+  const source = new EventSource(`${API}/events${query}`);
+  events = source;
+  source.onopen = () => {
+    showLive("ok", "live");
+    // A fresh stream brings the jobs not ended and then changes: the list shows
+    // the rest. It is open before the list is asked for, so no change falls in
+    // between. A resumed one brings what was missed, or a reset.
+    if (!lastEventId) reloadJobs();
+  };
+  source.addEventListener("job", (event) => {
+    lastEventId = event.lastEventId;
     let job;
     try {
       job = JSON.parse(event.data);
     } catch {
       return;
     }
-    view.update(job);
-    if (TERMINAL.has(job.status)) {
-      // The server ends the stream now; closing it stops EventSource from reconnecting.
-      stopFollowing(view.id);
-      followJobs();
-    }
-  };
+    onJobEvent(job);
+  });
+  source.addEventListener("reset", (event) => {
+    // Changes were missed (the service restarted, or this page fell far behind).
+    lastEventId = event.lastEventId;
+    reloadJobs();
+  });
   source.onerror = () => {
-    // While CONNECTING the browser retries by itself (the service restarts or
-    // is stopping). CLOSED means it gave up: the next list reload starts over.
-    if (source.readyState === EventSource.CLOSED) stopFollowing(view.id);
+    showLive("down", "reconnecting…");
+    // CONNECTING: the browser retries by itself, with Last-Event-ID. CLOSED:
+    // it gave up (the service answered 503 while stopping): start again later.
+    if (source.readyState === EventSource.CLOSED) {
+      // An EventSource does not say why it closed: the list says it (a 401 asks
+      // for the access token, an unreachable service says so).
+      reloadJobs();
+      reconnectTimer = setTimeout(connectEvents, RECONNECT_MS);
+    }
   };
 }
 
-function stopFollowing(id) {
-  const source = streams.get(id);
-  if (source) {
-    source.close();
-    streams.delete(id);
+function onJobEvent(job) {
+  eventCount += 1;
+  const view = views.get(job.job_id);
+  if (view) {
+    view.eventAt = eventCount;
+    view.update(job);
+  } else if (isNewerThanShown(job)) {
+    reloadJobs(); // a job started elsewhere (another tab, curl): it goes on top
   }
+}
+
+/** Would this job be on the page: newer than the oldest job shown, or room left? */
+function isNewerThanShown(job) {
+  if (views.size < jobLimit) return true;
+  let oldest = null;
+  for (const view of views.values()) {
+    if (oldest === null || view.job.submitted_at < oldest) oldest = view.job.submitted_at;
+  }
+  return job.submitted_at > oldest;
 }
 
 async function cancelJob(view) {
@@ -500,10 +534,9 @@ async function startScan(event) {
     return;
   }
   input.removeAttribute("aria-invalid");
-  const { job_id: jobId, status } = response.data;
-  rememberScan(jobId, path, recursive);
+  const { status } = response.data;
   say("ok", `Scan of “${path}” accepted (${status}). Follow it under Jobs.`);
-  await loadJobs();
+  await reloadJobs();
 }
 
 // ------------------------------------------------------------------- library
@@ -613,7 +646,7 @@ async function refreshHealth() {
   byId("stat-pending").textContent = String(data.jobs.pending);
   byId("stat-running").textContent = String(data.jobs.running);
   byId("health-version").textContent = data.version ? `v${data.version}` : "";
-  if (lastSubmitted !== null && data.jobs.submitted !== lastSubmitted) loadJobs();
+  if (lastSubmitted !== null && data.jobs.submitted !== lastSubmitted) reloadJobs();
   lastSubmitted = data.jobs.submitted;
 }
 
@@ -650,7 +683,8 @@ async function start() {
     refreshLibrary();
   });
   refreshHealth();
-  loadJobs();
+  showLive("down", "connecting…");
+  connectEvents(); // its opening loads the job list
   refreshLibrary();
   setInterval(refreshHealth, HEALTH_EVERY_MS);
 }

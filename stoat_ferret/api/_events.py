@@ -1,0 +1,159 @@
+"""Job changes as Server-Sent Events: every job on one stream, or one job.
+
+``GET /api/v1/events`` follows every job (or those the ``job_type`` and
+``job_id`` filters keep) for as long as the client stays: one ``job`` event
+per change, the job JSON as ``data:``, ids increasing. A client that comes
+back with ``Last-Event-ID`` (as a browser's ``EventSource`` does by itself,
+or ``?last_event_id=``) gets the latest state of each job that changed since,
+or, if that id is older than the replay log, one ``reset`` event: fetch the
+job list again. Without an id, the stream starts with the jobs not ended yet.
+
+``GET /api/v1/jobs/{job_id}/events`` follows one job, with the same ids:
+its current state, its changes, and the end after its final state (unnamed
+events, as before the ids came). Resuming after the id of its final state
+ends at once.
+
+Changes are coalesced per job while a client is slow (see ``_sse.py``). Both
+streams end, after a comment saying so, when the service begins to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator  # noqa: TC003 - FastAPI reads the return types
+from http import HTTPStatus
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import StringConstraints
+
+# FastAPI reads the route signatures at run time: these names must exist then.
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep, stream_slot
+from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
+from stoat_ferret.api._sse import RETRY_MS, STOPPING, change_event, following, resume_after
+from stoat_ferret.jobs import JobFeed  # noqa: TC001
+
+router = APIRouter(tags=["events"])
+
+MAX_FILTERS: Final = 100
+"""Most ``job_id`` (or ``job_type``) values one stream may filter by."""
+
+_ID_CHARS: Final = 64
+
+LastEventIdHeader = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        max_length=_ID_CHARS,
+        description="The id of the last event seen; what changed since follows.",
+    ),
+]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(
+        alias="last_event_id",
+        max_length=_ID_CHARS,
+        description="Same as the Last-Event-ID header (which wins), for a new EventSource.",
+    ),
+]
+FilterValue = Annotated[str, StringConstraints(max_length=_ID_CHARS)]
+
+_STREAM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "description": "One event per job change (`data:` is the job JSON, `id:` the "
+        "change's event id); a `: ping` comment after 15 s without one."
+    },
+}
+
+
+def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Errors answered before the stream starts: JSON, not the route's event stream."""
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    return {code: {"description": HTTPStatus(code).phrase, "content": content} for code in codes}
+
+
+MetricsDep = Annotated[ServiceMetrics | None, Depends(get_metrics)]
+
+
+async def _all_jobs_feed(
+    queue: JobQueueDep,
+    stopping: StoppingDep,
+    metrics: MetricsDep,
+    last_event_id: LastEventIdHeader = None,
+    job_type: Annotated[
+        list[FilterValue] | None,
+        Query(max_length=MAX_FILTERS, description="Only jobs of these types (repeatable)."),
+    ] = None,
+    job_id: Annotated[
+        list[FilterValue] | None,
+        Query(max_length=MAX_FILTERS, description="Only these jobs (repeatable)."),
+    ] = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> AsyncIterator[JobFeed]:
+    if stopping.is_set():
+        raise unavailable("the service is stopping")
+    after = resume_after(last_event_id if last_event_id is not None else last_event_id_query)
+    async with following(
+        queue,
+        stopping,
+        after=after,
+        job_ids=job_id,
+        job_types=job_type,
+        open_streams=None if metrics is None else metrics.sse_streams,
+    ) as feed:
+        yield feed
+
+
+async def _one_job_feed(
+    job_id: str,
+    queue: JobQueueDep,
+    stopping: StoppingDep,
+    metrics: MetricsDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> AsyncIterator[JobFeed]:
+    await queue.get_result(job_id)  # 404 now, before the stream starts
+    after = resume_after(last_event_id if last_event_id is not None else last_event_id_query)
+    async with following(
+        queue,
+        stopping,
+        after=after,
+        job_ids=[job_id],
+        until_terminal=True,
+        open_streams=None if metrics is None else metrics.sse_streams,
+    ) as feed:
+        yield feed
+
+
+@router.get(
+    "/api/v1/events",
+    response_class=EventSourceResponse,
+    responses={**_STREAM_RESPONSES, **_json_errors(422, 503)},
+    dependencies=[Depends(stream_slot)],
+)
+async def all_job_events(
+    feed: Annotated[JobFeed, Depends(_all_jobs_feed)],
+) -> AsyncIterator[ServerSentEvent]:
+    """Follow every job's changes as Server-Sent Events (``job`` and ``reset`` events)."""
+    yield ServerSentEvent(comment="following job changes", retry=RETRY_MS)
+    async for item in feed:
+        yield change_event(item)
+    yield STOPPING  # the feed ends only when the service stops
+
+
+@router.get(
+    "/api/v1/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={**_STREAM_RESPONSES, **_json_errors(404, 422, 503)},
+    tags=["jobs"],
+    dependencies=[Depends(stream_slot)],
+)
+async def job_events(
+    feed: Annotated[JobFeed, Depends(_one_job_feed)], stopping: StoppingDep
+) -> AsyncIterator[ServerSentEvent]:
+    """Follow one job as Server-Sent Events; the stream ends by itself once the job has."""
+    async for item in feed:
+        yield change_event(item, named=False)
+    if stopping.is_set():
+        yield STOPPING

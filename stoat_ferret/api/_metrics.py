@@ -1,0 +1,255 @@
+"""``GET /metrics``: what the service does, in Prometheus' text format (``prometheus_client``).
+
+Each app has its own :class:`ServiceMetrics` (``app.state.metrics``, set by
+:func:`install_metrics`), on its own registry, so two apps in one process
+(the tests) never share a counter. Where the figures come from:
+
+==========================================  =====================================
+``stoat_jobs_submitted_total{job_type}``    the queue's ``watch_all`` feed, read by
+``stoat_jobs_started_total{job_type}``      a task of the lifespan
+``stoat_jobs_ended_total{job_type,status}`` (:meth:`ServiceMetrics.following`):
+``stoat_job_duration_seconds{job_type}``    a job first seen in a later state
+                                            counts for the states it went
+                                            through (its times say whether it
+                                            started)
+``stoat_jobs_pending``, ``_running``        ``statistics()`` of the queue, read
+                                            at each scrape
+``stoat_scan_files_probed_total`` and       the results of completed scans
+``_probe_errors_total``, ``_unchanged``,    (a failed or cancelled scan has none)
+``_removed``
+``stoat_sse_streams_open``                  the event routes' feeds
+``stoat_http_request_duration_seconds``     :class:`RequestTimer`, by method,
+``{method,route,status}``                   route template and status
+==========================================  =====================================
+
+Plus ``prometheus_client``'s process, platform and garbage-collector figures.
+A feed that falls more than a thousand jobs behind loses changes; that is
+counted in ``stoat_metrics_changes_lost_total`` and logged.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from fastapi import APIRouter, FastAPI, Request, Response
+from loguru import logger
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from stoat_ferret.api._videos import SCAN_JOB_TYPE
+from stoat_ferret.jobs import ChangesLost, JobStatus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from stoat_ferret.jobs import AsyncJobQueue, JobResult
+
+router = APIRouter(tags=["metrics"])
+
+UNMATCHED: Final = "<unmatched>"
+"""The ``route`` label of requests no route matched (404s of unknown paths)."""
+
+_JOB_SECONDS: Final = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class ServiceMetrics:
+    """Every metric of one app, on a registry of its own (see the module docstring)."""
+
+    def __init__(self) -> None:
+        registry = self.registry = CollectorRegistry(auto_describe=True)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        self._queue: AsyncJobQueue | None = None
+        options: dict[str, Any] = {"registry": registry, "namespace": "stoat"}
+        self.jobs_submitted = Counter(
+            "jobs_submitted", "Jobs accepted, by type.", ["job_type"], **options
+        )
+        self.jobs_started = Counter(
+            "jobs_started", "Jobs started, by type.", ["job_type"], **options
+        )
+        self.jobs_ended = Counter(
+            "jobs_ended", "Jobs ended, by type and final status.", ["job_type", "status"], **options
+        )
+        self.job_duration = Histogram(
+            "job_duration_seconds",
+            "Seconds from a job's start (its submit, if it never started) to its end.",
+            ["job_type"],
+            buckets=_JOB_SECONDS,
+            **options,
+        )
+        pending = Gauge("jobs_pending", "Jobs waiting to run now.", **options)
+        pending.set_function(lambda: self._statistic("pending"))
+        running = Gauge("jobs_running", "Jobs running now.", **options)
+        running.set_function(lambda: self._statistic("running"))
+        self.files_probed = Counter(
+            "scan_files_probed", "Files completed scans probed (new or changed).", **options
+        )
+        self.probe_errors = Counter(
+            "scan_probe_errors", "Files completed scans could not probe.", **options
+        )
+        self.files_unchanged = Counter(
+            "scan_files_unchanged", "Files completed scans found unchanged.", **options
+        )
+        self.files_removed = Counter(
+            "scan_files_removed", "Stored videos completed scans removed (gone).", **options
+        )
+        self.sse_streams = Gauge(
+            "sse_streams_open", "Server-Sent Event streams open now.", **options
+        )
+        self.request_duration = Histogram(
+            "http_request_duration_seconds",
+            "Seconds from a request to the end of its response, by route template.",
+            ["method", "route", "status"],
+            **options,
+        )
+        self.changes_lost = Counter(
+            "metrics_changes_lost",
+            "Times the job metrics fell behind the job changes and missed some.",
+            **options,
+        )
+
+    def _statistic(self, name: str) -> float:
+        queue = self._queue
+        return 0.0 if queue is None else float(getattr(queue.statistics(), name))
+
+    def render(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+    @asynccontextmanager
+    async def following(self, queue: AsyncJobQueue) -> AsyncIterator[None]:
+        """Count ``queue``'s jobs while the block runs (the lifespan's)."""
+        self._queue = queue
+        try:
+            async with queue.watch_all() as feed, anyio.create_task_group() as group:
+
+                async def count_changes() -> None:
+                    live: dict[str, JobStatus] = {}  # job id -> its last status counted
+                    async for item in feed:
+                        if isinstance(item, ChangesLost):
+                            self.changes_lost.inc()
+                            live.clear()
+                            logger.warning("job metrics fell behind and missed job changes")
+                        else:
+                            self.count(item.job, live)
+
+                group.start_soon(count_changes, name="stoat_ferret job metrics")
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            self._queue = None
+
+    def count(self, job: JobResult, live: dict[str, JobStatus]) -> None:
+        """Count what ``job`` went through since its last state counted in ``live``."""
+        before = live.pop(job.job_id, None)
+        if before is None:
+            self.jobs_submitted.labels(job.job_type).inc()
+        if job.started_at is not None and before in (None, JobStatus.PENDING):
+            self.jobs_started.labels(job.job_type).inc()
+        if not job.status.is_terminal:
+            live[job.job_id] = job.status
+            return
+        self.jobs_ended.labels(job.job_type, job.status.value).inc()
+        if job.finished_at is not None:
+            began = job.started_at or job.submitted_at
+            self.job_duration.labels(job.job_type).observe(
+                (job.finished_at - began).total_seconds()
+            )
+        if job.job_type == SCAN_JOB_TYPE and job.status is JobStatus.COMPLETED:
+            self._count_scan(job.result)
+
+    def _count_scan(self, result: Any) -> None:
+        if not isinstance(result, dict):
+            return
+        try:
+            found, unchanged = int(result["found"]), int(result["unchanged"])
+            added, updated = int(result["added"]), int(result["updated"])
+            removed = int(result["removed"])
+        except (KeyError, TypeError, ValueError):
+            return  # not a scan result this service makes
+        probed = max(found - unchanged, 0)
+        self.files_probed.inc(probed)
+        self.probe_errors.inc(max(probed - added - updated, 0))
+        self.files_unchanged.inc(unchanged)
+        self.files_removed.inc(removed)
+
+
+class RequestTimer:
+    """ASGI middleware: each HTTP request's duration, by its route template.
+
+    The router stores the route it matched in ``scope["route"]``; its
+    ``path`` is the template (``/api/v1/jobs/{job_id}``), so job ids never
+    become label values.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # unless the app starts a response
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            self.metrics.request_duration.labels(scope["method"], route, str(status)).observe(
+                time.perf_counter() - began
+            )
+
+
+async def get_metrics(request: Request) -> ServiceMetrics | None:
+    """The app's metrics, or None for an app made without them.
+
+    ``async``, like the dependencies in ``_deps.py``: FastAPI runs a plain
+    ``def`` dependency in a worker thread.
+    """
+    metrics = getattr(request.app.state, "metrics", None)
+    return metrics if isinstance(metrics, ServiceMetrics) else None
+
+
+def install_metrics(app: FastAPI) -> ServiceMetrics:
+    """Give ``app`` its metrics, the request timer and ``GET /metrics``."""
+    metrics = ServiceMetrics()
+    app.state.metrics = metrics
+    app.add_middleware(RequestTimer, metrics=metrics)
+    app.include_router(router)
+    return metrics
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "The metrics."}},
+)
+async def metrics(request: Request) -> Response:
+    """The service's metrics in Prometheus' text format."""
+    service_metrics = await get_metrics(request)
+    assert service_metrics is not None  # the route comes with them
+    return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

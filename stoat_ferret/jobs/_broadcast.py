@@ -1,0 +1,296 @@
+"""Following every job at once: numbered job changes, a replay log, coalescing feeds.
+
+The owner of the jobs (the supervisor's actor, or the in-memory queue) calls
+:meth:`JobChanges.publish` with a job's record right after each change it
+makes to it (created, started, progressed, ended), and :meth:`JobChanges.forget`
+when it drops the record. Each change gets the next event id, an integer
+that only grows. ``watch_all`` hands out :class:`JobFeed` iterators over the
+changes.
+
+Bounded whatever the followers do:
+
+* the replay log keeps the last ``replay`` changes, as (event id, record)
+  pairs; a follower that comes back with the id of the last change it saw
+  gets what changed since from it, or :class:`ChangesLost` if that id is
+  older than the log (or from another run: ids start at the creation time in
+  microseconds, so an earlier run's ids are older than any of this run's);
+* a feed holds at most one pending change per job, the latest: a slow
+  follower gets each job's latest state, never a backlog. Beyond ``limit``
+  jobs pending it drops them all for one :class:`ChangesLost`.
+
+Publishing never waits and never snapshots: a feed takes the snapshot of a
+job when it hands the change out. That is the state the change's id names,
+since the owner publishes after every change it makes to a job's snapshot
+(the invariant that makes this cheap), so a later change would have moved
+the job to the end of the feed with a later id. Only the event loop's thread
+touches these objects, and no method but ``JobFeed.__anext__`` awaits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+import anyio
+import attrs
+from anyio.lowlevel import checkpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from stoat_ferret.jobs._models import JobResult
+    from stoat_ferret.jobs._record import JobRecord
+
+REPLAY_EVENTS: Final = 1024
+"""Changes kept for followers that reconnect."""
+
+FEED_LIMIT: Final = 1024
+"""Most jobs with a pending change in one feed before it reports :class:`ChangesLost`."""
+
+_Entry: TypeAlias = "tuple[int, JobRecord]"  # (event id of the change, the changed job)
+
+
+@attrs.frozen
+class JobChange:
+    """A job as it is after the change numbered ``event_id``."""
+
+    event_id: int
+    job: JobResult
+
+
+@attrs.frozen
+class ChangesLost:
+    """Changes up to ``event_id`` are lost to this follower: fetch the job list again.
+
+    The feed goes on with the changes after ``event_id``.
+    """
+
+    event_id: int
+
+
+FeedItem: TypeAlias = JobChange | ChangesLost
+
+
+class JobChanges:
+    """Every job change of one queue, numbered, and the feeds that follow them.
+
+    Args:
+        replay: how many of the latest changes are kept for :meth:`open_feed`'s ``after``.
+    """
+
+    def __init__(self, *, replay: int = REPLAY_EVENTS) -> None:
+        if isinstance(replay, bool) or not isinstance(replay, int) or replay < 1:
+            raise ValueError(f"replay must be a positive integer, got {replay!r}")
+        self._next_id = time.time_ns() // 1000
+        self._log: deque[_Entry] = deque(maxlen=replay)
+        # Invariant: the entry of each known job's latest change (the
+        # record's current state); forgotten when its owner drops the record.
+        self._latest: dict[str, _Entry] = {}
+        self._open_feeds: set[JobFeed] = set()  # feeds without a job id filter
+        self._feeds_by_job: dict[str, set[JobFeed]] = {}
+        self._closed = False
+
+    @property
+    def last_event_id(self) -> int:
+        """The id of the latest change (one less than the first id, before any)."""
+        return self._next_id - 1
+
+    def publish(self, record: JobRecord) -> None:
+        """Number the change just made to ``record`` and hand it to the feeds."""
+        # Three of these per job even with nobody following: kept to a few
+        # hundred nanoseconds (no loop over an empty set of feeds).
+        entry = (self._next_id, record)
+        self._next_id += 1
+        self._log.append(entry)
+        job_id = record.job_id
+        self._latest[job_id] = entry
+        if self._open_feeds:
+            for feed in self._open_feeds:
+                feed.push(job_id, entry)
+        if self._feeds_by_job and (named := self._feeds_by_job.get(job_id)):
+            for feed in named:
+                feed.push(job_id, entry)
+
+    def forget(self, job_id: str) -> None:
+        """The owner dropped the job: no new feed starts with its state."""
+        self._latest.pop(job_id, None)
+
+    def close(self) -> None:
+        """No more changes: every feed ends after what it holds, new ones at once."""
+        self._closed = True
+        for feed in [*self._open_feeds, *(f for s in self._feeds_by_job.values() for f in s)]:
+            feed.close()
+
+    def open_feed(
+        self,
+        *,
+        after: int | None = None,
+        job_ids: Collection[str] | None = None,
+        job_types: Collection[str] | None = None,
+        until_terminal: bool = False,
+        limit: int = FEED_LIMIT,
+    ) -> JobFeed:
+        """A feed of the changes from now on (see ``AsyncJobQueue.watch_all``).
+
+        It starts with the changes after ``after`` when the log still holds
+        them. Otherwise (``after`` is None, too old, or from another run) it
+        starts with the current state of the jobs it follows: every job it
+        names, or, naming none, every job not ended yet, after a
+        :class:`ChangesLost` if ``after`` was given.
+        """
+        named = None if job_ids is None else frozenset(job_ids)
+        feed = JobFeed(
+            self,
+            job_ids=named,
+            job_types=None if job_types is None else frozenset(job_types),
+            until_terminal=until_terminal and named is not None,
+            limit=max(limit, len(named or ())),
+        )
+        if after is not None and self._holds_changes_after(after):
+            start = [entry for entry in self._log if entry[0] > after]
+        else:
+            if after is not None and named is None:
+                feed.lose(self.last_event_id)
+            start = sorted(
+                (entry for job_id, entry in self._latest.items() if job_id in named)
+                if named is not None
+                else (entry for entry in self._latest.values() if not entry[1].status.is_terminal)
+            )
+            after = -1
+        for entry in start:
+            if named is None or entry[1].job_id in named:
+                feed.push(entry[1].job_id, entry)
+        if named is not None:
+            # Named jobs already ended before ``after`` and unknown ones have
+            # nothing more to say.
+            for job_id in named:
+                latest = self._latest.get(job_id)
+                if latest is None or (latest[1].status.is_terminal and latest[0] <= after):
+                    feed.settle(job_id)
+            for job_id in named:
+                self._feeds_by_job.setdefault(job_id, set()).add(feed)
+        else:
+            self._open_feeds.add(feed)
+        if self._closed:
+            feed.close()
+        return feed
+
+    def close_feed(self, feed: JobFeed) -> None:
+        """Stop handing changes to ``feed`` (its follower is done with it).
+
+        What it still holds would be snapshotted later under the ids it had,
+        while the jobs go on changing: a closed feed is not read again.
+        """
+        self._open_feeds.discard(feed)
+        for job_id in feed.job_ids or ():
+            if (feeds := self._feeds_by_job.get(job_id)) is not None:
+                feeds.discard(feed)
+                if not feeds:
+                    del self._feeds_by_job[job_id]
+
+    def _holds_changes_after(self, after: int) -> bool:
+        first = self._log[0][0] if self._log else self._next_id
+        return first - 1 <= after <= self.last_event_id
+
+
+class JobFeed:
+    """An async iterator of :data:`FeedItem`: one pending change per job, oldest first.
+
+    Made by :meth:`JobChanges.open_feed`. Iteration ends after :meth:`close`
+    once what is pending is handed out, or, for a feed ``until_terminal``,
+    once each job it names has ended and that was handed out.
+    """
+
+    __slots__ = (
+        "_changes",
+        "_closed",
+        "_job_types",
+        "_limit",
+        "_lost",
+        "_pending",
+        "_unsettled",
+        "_wakeup",
+        "job_ids",
+    )
+
+    def __init__(
+        self,
+        changes: JobChanges,
+        *,
+        job_ids: frozenset[str] | None,
+        job_types: frozenset[str] | None,
+        until_terminal: bool,
+        limit: int,
+    ) -> None:
+        self._changes = changes
+        self.job_ids = job_ids
+        self._job_types = job_types
+        self._limit = limit
+        # Invariant: insertion order is event id order (a job's entry moves
+        # to the end when it changes again), so ids come out increasing.
+        self._pending: dict[str, _Entry] = {}
+        self._lost: int | None = None  # the id of a ChangesLost to hand out first
+        # The named jobs whose end has not been handed out (until_terminal only).
+        self._unsettled: set[str] | None = set(job_ids) if until_terminal and job_ids else None
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
+
+    def push(self, job_id: str, entry: _Entry) -> None:
+        """Queue the change in ``entry``, replacing the job's pending one."""
+        if self._job_types is not None and entry[1].job_type not in self._job_types:
+            return
+        pending = self._pending
+        if job_id in pending:
+            del pending[job_id]  # re-inserted last: its id is now the newest
+        elif len(pending) >= self._limit:
+            pending.clear()
+            self.lose(entry[0])
+            return
+        pending[job_id] = entry
+        self._wake()
+
+    def lose(self, event_id: int) -> None:
+        """Report :class:`ChangesLost` up to ``event_id`` before anything pending."""
+        self._lost = event_id
+        self._wake()
+
+    def settle(self, job_id: str) -> None:
+        """Nothing more to wait for from ``job_id`` (it ended, or is unknown)."""
+        if self._unsettled is not None:
+            self._unsettled.discard(job_id)
+            self._wake()
+
+    def close(self) -> None:
+        """End the iteration once what is pending is handed out."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _done(self) -> bool:
+        return self._closed or (self._unsettled is not None and not self._unsettled)
+
+    def __aiter__(self) -> JobFeed:
+        return self
+
+    async def __anext__(self) -> FeedItem:
+        if self._pending or self._lost is not None:
+            await checkpoint()
+        while not self._pending and self._lost is None:
+            if self._done():
+                raise StopAsyncIteration
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        self._wakeup = None
+        if self._lost is not None:
+            lost, self._lost = ChangesLost(self._lost), None
+            return lost
+        job_id = next(iter(self._pending))
+        event_id, record = self._pending.pop(job_id)
+        job = record.snapshot()
+        if job.status.is_terminal:
+            self.settle(job_id)
+        return JobChange(event_id, job)

@@ -1,0 +1,291 @@
+"""``GET /api/v1/events`` and the per-job stream's ids, through the HTTP API.
+
+httpx's in-process transport hands a response over once it has ended, so
+each test reads a stream of every job in a task and ends it the way the
+service does, with ``begin_shutdown``; the per-job stream ends by itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.api import begin_shutdown
+from stoat_ferret.api._events import MAX_FILTERS
+from stoat_ferret.api._sse import RESET_DETAIL, RETRY_MS
+from stoat_ferret.api.app import create_app
+from tests.api.support import (
+    GatedScan,
+    StreamEvent,
+    WatchedSupervisor,
+    read_stream,
+    serving,
+    started,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    import httpx
+    from fastapi import FastAPI
+
+    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.settings import Settings
+
+EVENTS = "/api/v1/events"
+STOPPING_COMMENT = "the service is stopping; reconnect later"
+
+
+async def _echo(ctx: JobContext) -> Any:
+    ctx.report_progress(0.5, "halfway")
+    return ctx.payload
+
+
+async def _other(ctx: JobContext) -> str:
+    return "other"
+
+
+def _jobs(events: list[StreamEvent]) -> list[StreamEvent]:
+    return [event for event in events if event.event == "job"]
+
+
+async def _follow_all(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    supervisor: WatchedSupervisor,
+    act: Callable[[], Awaitable[None]],
+    *,
+    params: Any = None,
+    headers: Any = None,
+) -> httpx.Response:
+    """GET the stream of every job while ``act`` runs, then stop the service to end it."""
+    responses: list[httpx.Response] = []
+
+    async def follow() -> None:
+        responses.append(await client.get(EVENTS, params=params, headers=headers))
+
+    async with anyio.create_task_group() as group:
+        supervisor.watch_entered = anyio.Event()
+        group.start_soon(follow)
+        await supervisor.watch_entered.wait()
+        await act()
+        begin_shutdown(app)
+    return responses[0]
+
+
+@pytest.mark.anyio
+async def test_stream_numbers_every_change_of_every_job(
+    settings: Settings, scan_root: Path
+) -> None:
+    """Every change as a ``job`` event, ids strictly increasing, each job's last one terminal,
+    the scan's path in its payload, and the per-job stream's final id the same."""
+    scan = GatedScan()
+    scan.release.set()
+    ids: list[str] = []
+    one_job: list[httpx.Response] = []
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("echo", _echo)
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+
+                async def act() -> None:
+                    ids.append(await supervisor.submit("echo", {"n": 1}))
+                    accepted = await client.post(
+                        "/api/v1/videos/scan", json={"path": f"{scan_root}"}
+                    )
+                    ids.append(accepted.json()["job_id"])
+                    for job_id in ids:
+                        await supervisor.wait(job_id)
+                    one_job.append(await client.get(f"/api/v1/jobs/{ids[1]}/events"))
+
+                response = await _follow_all(app, client, supervisor, act)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = read_stream(response.text)
+    assert (events[0].retry, events[-1].comment) == (RETRY_MS, STOPPING_COMMENT)
+    jobs = _jobs(events)
+    event_ids = [int(event.id or "") for event in jobs]
+    assert event_ids == sorted(set(event_ids))
+    assert {event.data["job_id"] for event in jobs} == set(ids)
+    finals = {}
+    for job_id, status in zip(ids, ["completed", "completed"], strict=True):
+        mine = [event for event in jobs if event.data["job_id"] == job_id]
+        assert mine[-1].data["status"] == status
+        finals[job_id] = mine[-1]
+    assert finals[ids[1]].data["payload"] == {"path": str(scan_root), "recursive": True}
+    [only] = read_stream(one_job[0].text)
+    assert (only.event, only.id, only.data) == (None, finals[ids[1]].id, finals[ids[1]].data)
+
+
+@pytest.mark.anyio
+async def test_resume_after_a_gap_gets_only_what_was_missed(settings: Settings) -> None:
+    """Last-Event-ID (or ?last_event_id=) gives the changes since that id, and no older ones."""
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("echo", _echo)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                seen = await supervisor.submit("echo", "seen")
+                await supervisor.wait(seen)
+                [last] = read_stream((await client.get(f"/api/v1/jobs/{seen}/events")).text)
+                missed = await supervisor.submit("echo", "missed")
+                await supervisor.wait(missed)
+                by_query = await client.get(
+                    f"/api/v1/jobs/{missed}/events", params={"last_event_id": last.id}
+                )
+
+                async def nothing() -> None:
+                    await anyio.lowlevel.checkpoint()
+
+                response = await _follow_all(
+                    app, client, supervisor, nothing, headers={"Last-Event-ID": last.id}
+                )
+
+    jobs = _jobs(read_stream(response.text))
+    assert [(event.data["job_id"], event.data["status"]) for event in jobs] == [
+        (missed, "completed")
+    ]
+    assert int(jobs[0].id or "") > int(last.id or "")
+    assert [event.data["payload"] for event in read_stream(by_query.text)] == ["missed"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("last_event_id", ["too-old", "not-a-number", "from-the-future"])
+async def test_id_not_in_the_replay_log_gets_one_reset(
+    settings: Settings, last_event_id: str
+) -> None:
+    """An id older than the replay log, or one never sent, gets a ``reset``, then changes."""
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor(replay=4)) as supervisor:
+            supervisor.register("echo", _echo)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                first = await supervisor.submit("echo", 0)
+                await supervisor.wait(first)
+                [old] = read_stream((await client.get(f"/api/v1/jobs/{first}/events")).text)
+                for number in range(3):  # 12 changes: more than the log keeps
+                    await supervisor.wait(await supervisor.submit("echo", number))
+                sent = {
+                    "too-old": old.id,
+                    "not-a-number": "abc",
+                    "from-the-future": str(int(old.id or "") + 10**9),
+                }[last_event_id]
+                later: list[str] = []
+
+                async def one_more() -> None:
+                    later.append(await supervisor.submit("echo", "later"))
+                    await supervisor.wait(later[0])
+
+                response = await _follow_all(
+                    app, client, supervisor, one_more, headers={"Last-Event-ID": sent}
+                )
+
+    events = [event for event in read_stream(response.text) if event.event]
+    assert events[0].event == "reset"
+    assert events[0].data == {"detail": RESET_DETAIL, "event_id": int(events[0].id or "")}
+    assert [(event.event, event.data["job_id"]) for event in events[1:]][-1] == ("job", later[0])
+    assert all(int(e.id or "") > int(events[0].id or "") for e in events[1:])
+
+
+@pytest.mark.anyio
+async def test_filters_keep_only_the_named_jobs_and_types(settings: Settings) -> None:
+    """job_type and job_id (repeatable) keep other jobs' changes out of the stream."""
+    ids: list[str] = []
+    gate = anyio.Event()
+
+    async def gated(ctx: JobContext) -> str:
+        await gate.wait()
+        return "gated"
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("echo", gated)
+            supervisor.register("other", _other)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                for job_type in ("echo", "echo", "other"):
+                    ids.append(await supervisor.submit(job_type))
+                by_type: list[httpx.Response] = []
+
+                async def follow_by_type() -> None:
+                    by_type.append(await client.get(EVENTS, params={"job_type": "other"}))
+
+                async def act() -> None:
+                    async with anyio.create_task_group() as group:
+                        supervisor.watch_entered = anyio.Event()
+                        group.start_soon(follow_by_type)
+                        await supervisor.watch_entered.wait()
+                        gate.set()
+                        for job_id in ids:
+                            await supervisor.wait(job_id)
+                        begin_shutdown(app)
+
+                by_id = await _follow_all(
+                    app, client, supervisor, act, params={"job_id": [ids[0], ids[2]]}
+                )
+
+    assert {event.data["job_id"] for event in _jobs(read_stream(by_id.text))} == {ids[0], ids[2]}
+    assert {event.data["job_id"] for event in _jobs(read_stream(by_type[0].text))} == {ids[2]}
+
+
+@pytest.mark.anyio
+async def test_per_job_stream_resumed_after_its_end_ends_at_once(settings: Settings) -> None:
+    """A job's stream resumed after its final event's id sends nothing and ends;
+    resumed after an earlier id, it sends the final state."""
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("echo", _echo)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                job_id = await supervisor.submit("echo", 1)
+                await supervisor.wait(job_id)
+                url = f"/api/v1/jobs/{job_id}/events"
+                [final] = read_stream((await client.get(url)).text)
+                assert final.id is not None
+                after_end = await client.get(url, headers={"Last-Event-ID": final.id})
+                before_end = await client.get(
+                    url, headers={"Last-Event-ID": str(int(final.id) - 1)}
+                )
+
+    assert (after_end.status_code, after_end.text) == (200, "")
+    assert [(e.id, e.data["status"]) for e in read_stream(before_end.text)] == [
+        (final.id, "completed")
+    ]
+
+
+@pytest.mark.anyio
+async def test_stream_of_every_job_refused_while_stopping(settings: Settings) -> None:
+    """Once the service is stopping, a new stream is a 503 with Retry-After, as JSON."""
+    with anyio.fail_after(10):
+        app = create_app(settings)
+        async with serving(app) as client:
+            begin_shutdown(app)
+            response = await client.get(EVENTS)
+
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
+    assert response.json()["detail"] == "the service is stopping"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({"job_id": [str(n) for n in range(MAX_FILTERS + 1)]}, id="too-many-ids"),
+        pytest.param({"job_type": "x" * 65}, id="type-too-long"),
+        pytest.param({"last_event_id": "1" * 65}, id="id-too-long"),
+    ],
+)
+async def test_bad_filters_are_a_422(shared_client: httpx.AsyncClient, params: Any) -> None:
+    """Over-long or too many filter values are refused before the stream starts."""
+    response = await shared_client.get(EVENTS, params=params)
+
+    assert response.status_code == 422
+    assert "detail" in response.json()

@@ -1,0 +1,201 @@
+"""``GET /metrics``: names and values after a known sequence of jobs, scans and requests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stoat_ferret.api._metrics import UNMATCHED, ServiceMetrics
+from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import JobResult, JobStatus
+from tests.api.support import serving, supervisor_running
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.settings import Settings
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _samples(text: str) -> Samples:
+    """Every sample of a scrape, keyed by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def _scrape(client: httpx.AsyncClient) -> Samples:
+    await anyio.wait_all_tasks_blocked()  # the metrics task has read every change
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return _samples(response.text)
+
+
+async def _echo(ctx: JobContext) -> Any:
+    return ctx.payload
+
+
+async def _boom(ctx: JobContext) -> None:
+    raise LookupError("boom")
+
+
+@pytest.mark.anyio
+async def test_job_counters_gauges_and_durations(settings: Settings) -> None:
+    """Submitted, started and ended by type and status; pending and running now; durations."""
+    gate = anyio.Event()
+    started = anyio.Event()
+
+    async def gated(ctx: JobContext) -> None:
+        started.set()
+        await gate.wait()
+
+    with anyio.fail_after(10):
+        async with supervisor_running(max_workers=1) as supervisor:
+            for name, handler in (("echo", _echo), ("boom", _boom), ("gated", gated)):
+                supervisor.register(name, handler)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                for job in [("echo", 1), ("echo", 2), ("boom", None)]:
+                    await supervisor.wait(await supervisor.submit(*job))
+                running = await supervisor.submit("gated")
+                await started.wait()
+                waiting = await supervisor.submit("gated")
+                during = await _scrape(client)
+                await supervisor.cancel(waiting)
+                gate.set()
+                await supervisor.wait(running)
+                after = await _scrape(client)
+
+    assert _value(during, "stoat_jobs_running") == 1
+    assert _value(during, "stoat_jobs_pending") == 1
+    assert (_value(after, "stoat_jobs_running"), _value(after, "stoat_jobs_pending")) == (0, 0)
+    submitted = {
+        t: _value(after, "stoat_jobs_submitted_total", job_type=t)
+        for t in ("echo", "boom", "gated")
+    }
+    started_by_type = {
+        t: _value(after, "stoat_jobs_started_total", job_type=t) for t in ("echo", "boom", "gated")
+    }
+    assert submitted == {"echo": 2, "boom": 1, "gated": 2}
+    assert started_by_type == {"echo": 2, "boom": 1, "gated": 1}  # one cancelled while pending
+    ended = {
+        (t, s): _value(after, "stoat_jobs_ended_total", job_type=t, status=s)
+        for t, s in [
+            ("echo", "completed"),
+            ("boom", "failed"),
+            ("gated", "completed"),
+            ("gated", "cancelled"),
+        ]
+    }
+    assert ended == {
+        ("echo", "completed"): 2,
+        ("boom", "failed"): 1,
+        ("gated", "completed"): 1,
+        ("gated", "cancelled"): 1,
+    }
+    assert _value(after, "stoat_job_duration_seconds_count", job_type="echo") == 2
+    assert _value(after, "stoat_job_duration_seconds_count", job_type="gated") == 2
+    assert _value(after, "stoat_metrics_changes_lost_total") == 0
+
+
+@pytest.mark.anyio
+async def test_scan_counters_after_a_scan_and_two_rescans(
+    settings: Settings, video_dir: Path
+) -> None:
+    """Files probed, probe errors, and a rescan's unchanged and removed files."""
+    (video_dir / "broken.mp4").write_bytes(b"not a video")
+
+    with anyio.fail_after(30):
+        async with serving(create_app(settings)) as client:
+
+            async def scan() -> dict[str, Any]:
+                accepted = await client.post("/api/v1/videos/scan", json={"path": str(video_dir)})
+                job_id = accepted.json()["job_id"]
+                done: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job_id}/wait")).json()
+                assert done["status"] == "completed", done
+                return done
+
+            await scan()  # 3 probed: 2 videos, 1 error
+            await scan()  # 2 unchanged, the broken file probed again (1 error)
+            (video_dir / "a.mp4").unlink()
+            await scan()  # 1 unchanged, 1 removed, the broken file again
+            samples = await _scrape(client)
+
+    assert _value(samples, "stoat_scan_files_probed_total") == 5
+    assert _value(samples, "stoat_scan_probe_errors_total") == 3
+    assert _value(samples, "stoat_scan_files_unchanged_total") == 3
+    assert _value(samples, "stoat_scan_files_removed_total") == 1
+    assert _value(samples, "stoat_jobs_ended_total", job_type="scan", status="completed") == 3
+
+
+@pytest.mark.anyio
+async def test_request_latency_by_route_template_and_open_streams(settings: Settings) -> None:
+    """Requests are timed by route template (no ids in labels); open SSE streams are counted."""
+    gate = anyio.Event()
+
+    async def gated(ctx: JobContext) -> None:
+        await gate.wait()
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("gated", gated)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await supervisor.submit("gated")
+                await client.get(f"/api/v1/jobs/{job_id}")
+                await client.get("/api/v1/jobs/no-such-job")
+                await client.get("/no/such/path")
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(client.get, f"/api/v1/jobs/{job_id}/events")
+                    await anyio.wait_all_tasks_blocked()
+                    streaming = await _scrape(client)
+                    gate.set()
+                samples = await _scrape(client)
+
+    count = "stoat_http_request_duration_seconds_count"
+    route = "/api/v1/jobs/{job_id}"
+    assert _value(samples, count, method="GET", route=route, status="200") == 1
+    assert _value(samples, count, method="GET", route=route, status="404") == 1
+    assert _value(samples, count, method="GET", route=UNMATCHED, status="404") == 1
+    assert _value(samples, count, method="GET", route="/metrics", status="200") == 1
+    assert not any(job_id in str(labels) for _, labels in samples)
+    assert _value(streaming, "stoat_sse_streams_open") == 1
+    assert _value(samples, "stoat_sse_streams_open") == 0
+
+
+def test_job_first_seen_ended_counts_every_step() -> None:
+    """A job whose changes were coalesced into its final state still counts as
+    submitted, started and ended."""
+    metrics = ServiceMetrics()
+    live: dict[str, JobStatus] = {}
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    job = JobResult(
+        job_id="j",
+        job_type="t",
+        status=JobStatus.COMPLETED,
+        submitted_at=moment,
+        started_at=moment,
+        finished_at=moment,
+    )
+
+    metrics.count(job, live)
+
+    samples = _samples(metrics.render().decode())
+    assert _value(samples, "stoat_jobs_submitted_total", job_type="t") == 1
+    assert _value(samples, "stoat_jobs_started_total", job_type="t") == 1
+    assert _value(samples, "stoat_jobs_ended_total", job_type="t", status="completed") == 1
+    assert live == {}

@@ -1,0 +1,175 @@
+"""The dashboard stays live: two tabs, six running scans, a restart of the service.
+
+A browser opens about six connections per host across all its tabs. The
+page follows every job on one event stream, so two tabs with six running
+jobs each still have connections left for their other requests. These run
+their own server (six workers), started and restarted by the test itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS, Console
+from tests.server import running_server, server_environment, wait_ready
+from tests.videos import make_video
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - test_dashboard skips the package first
+    pytest.skip("browser tests skipped: no playwright", allow_module_level=True)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from playwright.sync_api import Browser, Locator, Page
+
+RUNNING_SCANS = 6
+# Hard links to one clip per running scan: with one probe thread at idle
+# priority the six take well over the seconds the test needs them running.
+FILES_PER_SCAN = 4000
+STOP_WITHIN = 15.0
+# The page's fetch of /health, raced against this many milliseconds: a
+# request stalled behind held connections loses.
+STALL_MS = 5000
+
+FETCH_HEALTH = f"""async () => {{
+  const stalled = new Promise((resolve) => setTimeout(() => resolve("stalled"), {STALL_MS}));
+  const answered = fetch("/health", {{ cache: "no-store" }}).then((response) => response.status);
+  return await Promise.race([answered, stalled]);
+}}"""
+
+expect.set_options(timeout=20_000)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _scan_dirs(root: Path) -> list[Path]:
+    seed_dir = root / "seed"
+    seed_dir.mkdir()
+    seed = make_video(seed_dir / "seed.mp4", audio=None, frames=5).path
+    directories = []
+    for number in range(RUNNING_SCANS):
+        directory = root / f"big-{number}"
+        directory.mkdir()
+        for index in range(FILES_PER_SCAN):
+            target = directory / f"clip-{index:05d}.mp4"
+            try:
+                os.link(seed, target)
+            except OSError:
+                shutil.copyfile(seed, target)
+        directories.append(directory)
+    return directories
+
+
+def _open_tab(browser_page: Page, base_url: str) -> Console:
+    console = Console()
+    browser_page.on("pageerror", lambda error: console.on_page_error(error))
+    browser_page.on("request", lambda request: console.requests.append(request.url))
+    browser_page.goto(f"{base_url}/")
+    expect(browser_page.locator("#jobs-live")).to_have_text("live")
+    return console
+
+
+def _job(page: Page, path: Path) -> Locator:
+    return page.locator("li.job").filter(
+        has=page.get_by_role("heading", name=f"Scan of {path}", exact=True)
+    )
+
+
+def _scan(base_url: str, path: Path) -> str:
+    response = httpx.post(f"{base_url}/api/v1/videos/scan", json={"path": str(path)}, timeout=10)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+def test_two_tabs_follow_six_running_scans_without_stalling(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Scans started with an HTTP client show in both tabs with their paths, live, on one
+    stream per tab, and each tab's own requests still get answered at once."""
+    env = server_environment(
+        tmp_path,
+        STOAT_MAX_WORKERS=str(RUNNING_SCANS),
+        STOAT_MAX_PENDING="4",
+        STOAT_PROBE_THREADS="1",
+        STOAT_SHUTDOWN_GRACE="1",
+    )
+    directories = _scan_dirs(tmp_path / "root")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    with running_server(tmp_path, env) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        tabs = [context.new_page(), context.new_page()]
+        consoles = [_open_tab(tab, base_url) for tab in tabs]
+
+        ids = [_scan(base_url, directory) for directory in directories]
+        for tab in tabs:
+            for directory in directories:
+                job = _job(tab, directory)
+                expect(job.locator(".badge")).to_have_text("running")
+        answers = [tab.evaluate(FETCH_HEALTH) for tab in tabs]
+        for job_id in ids:
+            httpx.post(f"{base_url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+        for tab in tabs:
+            for directory in directories:
+                job = _job(tab, directory)
+                expect(job.locator(".badge")).to_have_text("cancelled")
+        context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+
+    assert answers == [200, 200]
+    for console in consoles:
+        streams = [urlsplit(url).path for url in console.requests if "/events" in url]
+        assert streams == ["/api/v1/events"]
+        assert console.errors == []
+
+
+def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: Path) -> None:
+    """While the service restarts the page says "reconnecting…"; then it is live again,
+    and a scan started afterwards with an HTTP client appears with its path."""
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="1")
+    clip_dir = tmp_path / "root" / "after-restart"
+    clip_dir.mkdir()
+    make_video(clip_dir / "one.mp4")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    live = page.locator("#jobs-live")
+
+    with running_server(tmp_path, env, log_name="first.log") as process:
+        base_url = wait_ready(process, tmp_path / "first.log")
+        console = _open_tab(page, base_url)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+        expect(live).to_have_text("reconnecting…")
+    # The page reconnects to the address it was loaded from: the same port again
+    # (the listener sets SO_REUSEADDR, so the port is free once the first exits).
+    env["STOAT_PORT"] = base_url.rsplit(":", 1)[1]
+    with running_server(tmp_path, env, log_name="second.log") as process:
+        assert wait_ready(process, tmp_path / "second.log") == base_url
+        expect(live).to_have_text("live")
+        _scan(base_url, clip_dir)
+        job = _job(page, clip_dir)
+        expect(job.locator(".badge")).to_have_text("completed")
+        context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+
+    assert console.errors == []

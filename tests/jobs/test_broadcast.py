@@ -1,0 +1,180 @@
+"""JobChanges and JobFeed on their own: numbering, replay, filters, closing, bounds."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from stoat_ferret.jobs import ChangesLost, FeedItem, JobChange, JobFeed, JobStatus
+from stoat_ferret.jobs._broadcast import JobChanges
+from stoat_ferret.jobs._record import JobRecord, wall_clock_ns
+from stoat_ferret.jobs._state import JobEvent
+
+pytestmark = pytest.mark.anyio
+
+
+def _record(job_id: str, job_type: str = "t") -> JobRecord:
+    return JobRecord(job_id, job_type, None, 300.0, None, wall_clock_ns())
+
+
+async def _drain(feed: JobFeed) -> list[FeedItem]:
+    """Everything pending, then the end (the feed is closed first)."""
+    feed.close()
+    return [item async for item in feed]
+
+
+def _summary(items: list[FeedItem]) -> list[tuple[str, str]]:
+    return [
+        (item.job.job_id, item.job.status.value) if isinstance(item, JobChange) else ("lost", "")
+        for item in items
+    ]
+
+
+async def test_replay_gives_each_job_once_at_its_latest_id() -> None:
+    """Resuming after an id gives each job changed since once, ids increasing, latest state."""
+    changes = JobChanges()
+    a, b = _record("a"), _record("b")
+    changes.publish(a)
+    seen = changes.last_event_id
+    changes.publish(b)
+    a.apply(JobEvent.START)
+    changes.publish(a)
+    b.apply(JobEvent.START)
+    b.apply(JobEvent.COMPLETE)
+    changes.publish(b)
+
+    items = await _drain(changes.open_feed(after=seen))
+
+    assert _summary(items) == [("a", "running"), ("b", "completed")]
+    ids = [item.event_id for item in items]
+    assert ids == sorted(ids)
+    assert ids[-1] == changes.last_event_id
+
+
+async def test_resume_at_the_newest_id_gives_nothing_and_at_the_oldest_everything() -> None:
+    """The log's edges: after its last id nothing is missed; before its first, all of it."""
+    changes = JobChanges(replay=3)
+    records = [_record(name) for name in "abcd"]
+    for record in records:
+        changes.publish(record)
+    first_kept = changes.last_event_id - 2
+
+    newest = await _drain(changes.open_feed(after=changes.last_event_id))
+    oldest = await _drain(changes.open_feed(after=first_kept - 1))
+    too_old = await _drain(changes.open_feed(after=first_kept - 2))
+
+    assert newest == []
+    assert _summary(oldest) == [("b", "pending"), ("c", "pending"), ("d", "pending")]
+    assert isinstance(too_old[0], ChangesLost)
+    assert too_old[0].event_id == changes.last_event_id
+
+
+async def test_named_feed_resumes_only_its_own_jobs() -> None:
+    """A feed naming jobs replays their changes only, and never reports ChangesLost."""
+    changes = JobChanges(replay=2)
+    a, b = _record("a"), _record("b")
+    changes.publish(a)
+    seen = changes.last_event_id
+    changes.publish(b)
+    a.apply(JobEvent.START)
+    changes.publish(a)
+
+    resumed = await _drain(changes.open_feed(after=seen, job_ids=["a"]))
+    for _ in range(3):
+        changes.publish(b)  # pushes a's changes out of the log
+    too_old = await _drain(changes.open_feed(after=seen, job_ids=["a"]))
+
+    assert _summary(resumed) == [("a", "running")]
+    assert _summary(too_old) == [("a", "running")]  # its state, not a reset
+
+
+async def test_type_filter_applies_to_replay_and_to_new_changes() -> None:
+    """job_types keeps other types out of the start and of what follows."""
+    changes = JobChanges()
+    changes.publish(_record("scan-1", "scan"))
+    changes.publish(_record("other-1", "other"))
+
+    feed = changes.open_feed(job_types=["scan"])
+    changes.publish(_record("other-2", "other"))
+    changes.publish(_record("scan-2", "scan"))
+
+    assert _summary(await _drain(feed)) == [("scan-1", "pending"), ("scan-2", "pending")]
+
+
+async def test_two_feeds_on_one_job_are_independent() -> None:
+    """Closing one of two feeds naming a job leaves the other one fed."""
+    changes = JobChanges()
+    a = _record("a")
+    changes.publish(a)
+    created = changes.last_event_id
+    first = changes.open_feed(job_ids=["a"])
+    second = changes.open_feed(job_ids=["a"])
+    changes.close_feed(first)
+    a.apply(JobEvent.START)
+    changes.publish(a)
+
+    from_second = await _drain(second)
+    changes.close_feed(second)
+    changes.publish(a)  # nobody follows "a" any more
+    from_first = await _drain(first)
+
+    assert _summary(from_second) == [("a", "running")]
+    assert [item.event_id for item in from_second] == [created + 1]
+    assert [item.event_id for item in from_first] == [created]  # nothing after its close
+
+
+async def test_feed_opened_after_close_ends_after_its_start() -> None:
+    """Once the queue has stopped, a new feed hands out the current states, then ends."""
+    changes = JobChanges()
+    a = _record("a")
+    changes.publish(a)
+    changes.close()
+
+    feed = changes.open_feed()
+    items = [item async for item in feed]
+
+    assert _summary(items) == [("a", "pending")]
+
+
+async def test_waiting_follower_is_woken_by_a_change() -> None:
+    """A follower blocked on an empty feed gets the next change."""
+    changes = JobChanges()
+    feed = changes.open_feed()
+    got: list[FeedItem] = []
+
+    async def follow() -> None:
+        got.append(await feed.__anext__())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            await anyio.wait_all_tasks_blocked()
+            changes.publish(_record("a"))
+
+    assert _summary(got) == [("a", "pending")]
+    assert got[0].event_id == changes.last_event_id
+
+
+async def test_until_terminal_waits_for_a_named_job_then_ends() -> None:
+    """until_terminal: the named job's changes up to its end, then the end of the feed."""
+    changes = JobChanges()
+    a = _record("a")
+    changes.publish(a)
+    feed = changes.open_feed(job_ids=["a"], until_terminal=True)
+    got: list[FeedItem] = []
+
+    async def follow() -> None:
+        got.extend([item async for item in feed])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            await anyio.wait_all_tasks_blocked()
+            a.apply(JobEvent.START)
+            changes.publish(a)
+            await anyio.wait_all_tasks_blocked()
+            a.apply(JobEvent.CANCEL)
+            changes.publish(a)
+
+    assert _summary(got) == [("a", "pending"), ("a", "running"), ("a", "cancelled")]
+    assert a.status is JobStatus.CANCELLED
