@@ -15,7 +15,9 @@ everywhere by itself:
 ``flag``      the command-line flag; ``--`` and the field name, dashed, if absent
 ``metavar``   what the flag takes (``N``, ``SECONDS``); the name upper-cased if absent
 ``default``   the default as shown, where the value itself would mislead
-``repeat``    the flag may be given again, each time adding to the value
+``repeat``    what one occurrence of the flag gives (``"a directory"``): the flag
+              may be given again, each time adding to the value, and an
+              occurrence that gives none is refused
 
 A variable that is set but empty counts as unset (its default applies). A
 flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
@@ -172,7 +174,7 @@ class Settings:
             "env": "STOAT_SCAN_ROOTS",
             "flag": "--scan-root",
             "metavar": "DIR",
-            "repeat": True,
+            "repeat": "a directory",
             "default": "none (any directory)",
             "help": f"directories a scan may touch, {os.pathsep!r}-separated in the variable",
         },
@@ -325,6 +327,12 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
     field = getattr(attrs.fields(Settings), field_name)
     option = _option(field)
     parsed: list[Any] = [_PARSERS[field_name](option.flag, text.strip()) for text in texts]
+    if option.repeat:
+        # An occurrence that gives nothing would not add to the value but, as
+        # the flag hides its variable, could empty it: no scan roots, any directory.
+        for text, part in zip(texts, parsed, strict=True):
+            if not part:
+                raise SettingsError(f"{option.flag} needs {field.metadata['repeat']}, got {text!r}")
     value = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
     # Check it now, with the flag standing in for the variable in the messages,
     # so that a bad value names what the user typed.

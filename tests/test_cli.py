@@ -123,6 +123,8 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--max-workers", "0"], "--max-workers must be a whole number >= 1, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
+        (["--scan-root", ""], "--scan-root needs a directory, got ''"),
+        (["--scan-root", "/tmp", "--scan-root", ":"], "--scan-root needs a directory, got ':'"),
         (["--log-format", "xml"], "--log-format must be text or json, got 'xml'"),
         (["--probe-priority", "low"], "--probe-priority must be idle or normal, got 'low'"),
         (["--prot", "9000"], "unrecognized arguments: --prot"),
