@@ -29,21 +29,24 @@ if TYPE_CHECKING:
 
 README = Path(__file__).parent.parent / "README.md"
 
-# Field -> (the flag's text, the variable's text, the value the flag gives).
-# "{tmp}" is the test's tmp_path, where the directories a and b exist.
-SAMPLES: dict[str, tuple[str, str, Any]] = {
-    "host": ("0.0.0.0", "127.0.0.2", "0.0.0.0"),
-    "port": ("9001", "9002", 9001),
-    "database_path": ("{tmp}/flag.db", "{tmp}/variable.db", Path("{tmp}/flag.db")),
-    "scan_roots": ("{tmp}/a", "{tmp}/b", (Path("{tmp}/a"),)),
-    "job_timeout": ("12.5", "30", 12.5),
-    "max_workers": ("3", "4", 3),
-    "max_pending": ("7", "8", 7),
-    "shutdown_grace": ("0", "5", 0.0),
-    "probe_threads": ("6", "2", 6),
-    "probe_priority": ("Normal", "idle", ThreadPriority.NORMAL),
-    "log_level": ("debug", "error", "DEBUG"),
-    "log_format": ("JSON", "text", "json"),
+# Field -> (the flag's text, the value it gives, the variable's text, the value
+# it gives). The variable's value differs from the flag's and from the default,
+# so each step of "flag, else variable, else default" is seen; a setting with
+# two values has the flag give the default. "{tmp}" is the test's tmp_path,
+# where the directories a and b exist.
+SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
+    "host": ("0.0.0.0", "0.0.0.0", "127.0.0.2", "127.0.0.2"),
+    "port": ("9001", 9001, "9002", 9002),
+    "database_path": ("{tmp}/flag.db", Path("{tmp}/flag.db"), "{tmp}/var.db", Path("{tmp}/var.db")),
+    "scan_roots": ("{tmp}/a", (Path("{tmp}/a"),), "{tmp}/b", (Path("{tmp}/b"),)),
+    "job_timeout": ("12.5", 12.5, "30", 30.0),
+    "max_workers": ("3", 3, "4", 4),
+    "max_pending": ("7", 7, "8", 8),
+    "shutdown_grace": ("0", 0.0, "5", 5.0),
+    "probe_threads": ("6", 6, "5", 5),  # the default is at most 4
+    "probe_priority": ("Idle", ThreadPriority.IDLE, "NORMAL", ThreadPriority.NORMAL),
+    "log_level": ("debug", "DEBUG", "Warning", "WARNING"),
+    "log_format": ("Text", "text", "JSON", "json"),
 }
 
 
@@ -75,17 +78,19 @@ def test_every_setting_has_a_sample() -> None:
 def test_each_flag_sets_its_field_and_wins_over_its_variable(tmp: Path, field: str) -> None:
     """``--flag X`` with ``STOAT_VAR=Y`` set: the field is X; without the flag, Y."""
     option = next(option for option in options() if option.field == field)
-    flag_text, variable_text, expected = (_fill(value, tmp) for value in SAMPLES[field])
+    flag_text, flag_value, variable_text, variable_value = (
+        _fill(value, tmp) for value in SAMPLES[field]
+    )
     environ = {option.env: variable_text}
 
     _, from_flag = parse_command([option.flag, flag_text], environ)
     _, from_variable = parse_command([], environ)
     _, from_default = parse_command([], {})
 
-    assert getattr(from_flag, field) == expected
-    assert getattr(from_variable, field) == getattr(Settings.from_environ(environ), field)
-    assert getattr(from_variable, field) != expected
+    assert getattr(from_flag, field) == flag_value
+    assert getattr(from_variable, field) == variable_value
     assert getattr(from_default, field) == getattr(Settings(), field)
+    assert variable_value not in (flag_value, getattr(from_default, field))
 
 
 def test_scan_root_repeats_and_other_flags_take_the_last(tmp: Path) -> None:
