@@ -34,12 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: after ``--help`` or ``--version`` (0) or a bad flag (2), as argparse does.
     """
     try:
-        command, settings = parse_command(argv)
+        command, settings, names = parse_command(argv)
         if command == "check":
             configure_logging(settings.log_level, settings.log_format)
-            sys.stdout.write(check(settings) + "\n")
+            sys.stdout.write(check(settings, names) + "\n")
             return 0
-        check_startup(settings)
+        check_startup(settings, names)
     except (SettingsError, StoreError) as exc:
         sys.stderr.write(one_line(exc) + "\n")
         return EXIT_BAD_SETTING

@@ -83,9 +83,9 @@ def test_each_flag_sets_its_field_and_wins_over_its_variable(tmp: Path, field: s
     )
     environ = {option.env: variable_text}
 
-    _, from_flag = parse_command([option.flag, flag_text], environ)
-    _, from_variable = parse_command([], environ)
-    _, from_default = parse_command([], {})
+    _, from_flag, _ = parse_command([option.flag, flag_text], environ)
+    _, from_variable, _ = parse_command([], environ)
+    _, from_default, _ = parse_command([], {})
 
     assert getattr(from_flag, field) == flag_value
     assert getattr(from_variable, field) == variable_value
@@ -96,7 +96,7 @@ def test_each_flag_sets_its_field_and_wins_over_its_variable(tmp: Path, field: s
 def test_scan_root_repeats_and_other_flags_take_the_last(tmp: Path) -> None:
     """``--scan-root`` adds a root each time; ``--port`` given twice keeps the last."""
 
-    _, settings = parse_command(
+    _, settings, _ = parse_command(
         ["--scan-root", f"{tmp}/a", "--scan-root", f"{tmp}/b", "--port", "1", "--port", "2"], {}
     )
 
@@ -107,7 +107,7 @@ def test_scan_root_repeats_and_other_flags_take_the_last(tmp: Path) -> None:
 def test_a_flag_hides_a_bad_variable() -> None:
     """The variable of a setting given by its flag is not read, so it cannot fail."""
 
-    _, settings = parse_command(["--port", "9000"], {"STOAT_PORT": "eighty"})
+    _, settings, _ = parse_command(["--port", "9000"], {"STOAT_PORT": "eighty"})
 
     assert settings.port == 9000
 
@@ -230,14 +230,31 @@ def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) ->
     )
 
 
-BROKEN = {
-    "bad-variable": ({"STOAT_MAX_PENDING": "none"}, "STOAT_MAX_PENDING must be a whole number"),
-    "corrupt-database": ({"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"}, "file is not a database"),
+# Case -> (variables, flags, words of the one line); "{tmp}" as in SAMPLES. A
+# problem found after the settings are read names what the user typed.
+BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
+    "bad-variable": ({"STOAT_MAX_PENDING": "none"}, [], "STOAT_MAX_PENDING must be a whole number"),
+    "corrupt-database": ({"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"}, [], "file is not a database"),
     "database-under-a-file": (
         {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
+        [],
         "STOAT_DATABASE_PATH: cannot create the directory",
     ),
-    "unlistable-root": ({"STOAT_SCAN_ROOTS": "{tmp}/a"}, "STOAT_SCAN_ROOTS: cannot list {tmp}/a"),
+    "database-under-a-file-by-flag": (
+        {"STOAT_DATABASE_PATH": "{tmp}/ok.db"},
+        ["--database", "{tmp}/file/stoat.db"],
+        "--database: cannot create the directory",
+    ),
+    "unlistable-root": (
+        {"STOAT_SCAN_ROOTS": "{tmp}/a"},
+        [],
+        "stoat-ferret: STOAT_SCAN_ROOTS: cannot list {tmp}/a",
+    ),
+    "unlistable-root-by-flag": (
+        {"STOAT_SCAN_ROOTS": "{tmp}/b"},
+        ["--scan-root", "{tmp}/a"],
+        "stoat-ferret: --scan-root: cannot list {tmp}/a",
+    ),
 }
 
 
@@ -249,14 +266,15 @@ def test_check_on_a_broken_setup(
     """check returns 2 and prints one line naming the problem, nothing on stdout."""
     write_corrupt_video(tmp / "corrupt.db")
     (tmp / "file").write_text("a regular file")
-    variables, words = BROKEN[case]
+    variables, flags, words = BROKEN[case]
     for key, value in server_environment(tmp).items():
         monkeypatch.setenv(key, value)
     for key, value in variables.items():
         monkeypatch.setenv(key, value.format(tmp=tmp))
+    argv = ["check", *(flag.format(tmp=tmp) for flag in flags)]
     (tmp / "a").chmod(0)
     try:
-        status = call_denied(lambda: main(["check"]))
+        status = call_denied(lambda: main(argv))
     finally:
         (tmp / "a").chmod(0o755)
 
@@ -317,12 +335,17 @@ def test_dashboard_url_is_one_a_browser_here_can_open(host: str, url: str) -> No
 def test_unresolvable_host_is_a_bad_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A host name that does not resolve is refused before binding, naming STOAT_HOST."""
+    """A host name that does not resolve is refused before binding, naming how it was given."""
 
     def no_such_host(*args: Any, **kwargs: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
 
-    with pytest.raises(SettingsError, match="STOAT_HOST"):
+    with pytest.raises(SettingsError, match=r"^STOAT_HOST: cannot use 'nowhere\.invalid'"):
         check_startup(Settings(host="nowhere.invalid", database_path=tmp_path / "x.db"))
+    _, settings, names = parse_command(
+        ["--host", "nowhere.invalid", "--database", str(tmp_path / "x.db")], {}
+    )
+    with pytest.raises(SettingsError, match=r"^--host: cannot use 'nowhere\.invalid'"):
+        check_startup(settings, names)
