@@ -17,6 +17,7 @@ import argparse
 import functools
 import os
 import socket
+import textwrap
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret import __version__
@@ -31,6 +32,10 @@ PROG: Final = "stoat-ferret"
 EXIT_BAD_SETTING: Final = 2
 
 _COMMANDS: Final = ("serve", "check")
+
+_HELP_COLUMN: Final = 30
+"""Where a setting's meaning starts in ``--help``."""
+_HELP_WIDTH: Final = 78
 
 _LOOPBACK_FOR_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -53,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A flag wins over its variable, which wins over the default;\n"
         "an empty variable counts as unset.",
         formatter_class=functools.partial(
-            argparse.RawDescriptionHelpFormatter, max_help_position=30
+            argparse.RawDescriptionHelpFormatter, max_help_position=_HELP_COLUMN
         ),
         allow_abbrev=False,
     )
@@ -62,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("command", nargs="?", default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     settings = parser.add_argument_group("settings (flag, else variable, else default)")
+    secrets = [option for option in options() if option.flag is None]
     for option in options():
+        if option.flag is None:
+            continue
         repeat = ", repeatable" if option.repeat else ""
         settings.add_argument(
             option.flag,
@@ -71,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             help=f"{option.help} [{option.env}; default: {option.default}{repeat}]".replace(
                 "%", "%%"
+            ),
+        )
+    if secrets:
+        # A flag's value is visible to every local user (ps) and stays in the
+        # shell's history, so a secret has only its variable.
+        # argparse indents a group's text by 2, as it does the flags.
+        parser.add_argument_group(
+            "secrets (variable only, never a flag)",
+            "\n".join(
+                textwrap.fill(
+                    f"{option.help} [default: {option.default}]",
+                    width=_HELP_WIDTH - 2,
+                    initial_indent=f"{option.env:<{_HELP_COLUMN - 3}} ",
+                    subsequent_indent=" " * (_HELP_COLUMN - 2),
+                )
+                for option in secrets
             ),
         )
     return parser
@@ -94,7 +118,9 @@ def parse_command(
     if arguments.command not in _COMMANDS:
         parser.error(f"unknown command {arguments.command!r}: serve or check")
     names = {
-        option.field: option.flag if getattr(arguments, option.field) is not None else option.env
+        option.field: option.flag
+        if option.flag is not None and getattr(arguments, option.field) is not None
+        else option.env
         for option in options()
     }
     return str(arguments.command), read_settings(parser, arguments, environ), names
@@ -114,7 +140,7 @@ def read_settings(
     """
     overrides = {}
     for option in options():
-        texts: list[str] | None = getattr(arguments, option.field)
+        texts: list[str] | None = getattr(arguments, option.field, None)  # None: a secret
         if texts is not None:
             try:
                 overrides[option.field] = parse_flag(option.field, texts)

@@ -19,6 +19,11 @@ everywhere by itself:
               may be given again, each time adding to the value, and an
               occurrence that gives none is refused
 
+``secret``    set by the variable only (a token): no flag, which ``ps`` and the
+              shell's history would show; the default shows as ``unset``; the
+              value is redacted in the errors of :meth:`Settings.from_environ`.
+              Give such a field ``repr=False`` too.
+
 A variable that is set but empty counts as unset (its default applies). A
 flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
 """
@@ -265,25 +270,42 @@ class Settings:
         """
         source = os.environ if environ is None else environ
         values: dict[str, Any] = dict(overrides or {})
-        for field in attrs.fields(cls):
-            name = _env(field)
-            raw = source.get(name, "").strip()
-            if raw and field.name not in values:
-                values[field.name] = _PARSERS[field.name](name, raw)
-        return cls(**values)
+        secrets: list[str] = []
+        try:
+            for field in attrs.fields(cls):
+                name = _env(field)
+                raw = source.get(name, "").strip()
+                if raw and field.name not in values:
+                    if field.metadata.get("secret"):
+                        secrets.append(raw)
+                    values[field.name] = _PARSERS[field.name](name, raw)
+                    if field.metadata.get("secret"):
+                        secrets.append(str(values[field.name]))
+            return cls(**values)
+        except SettingsError as exc:
+            raise SettingsError(_redacted(str(exc), secrets)) from None
+
+
+def _redacted(message: str, secrets: Sequence[str]) -> str:
+    """``message`` without the text of any secret, plain or as ``repr`` escapes it."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        for form in (secret, repr(secret)[1:-1]):
+            message = message.replace(form, "<redacted>")
+    return message
 
 
 @attrs.frozen(kw_only=True)
 class Option:
-    """One setting as a user meets it: flag, variable, default and meaning."""
+    """One setting as a user meets it: flag (None for a secret), variable, default, meaning."""
 
     field: str
-    flag: str
+    flag: str | None
     env: str
     metavar: str
     default: str
     help: str
     repeat: bool
+    secret: bool
 
 
 def options() -> tuple[Option, ...]:
@@ -295,7 +317,12 @@ def _option(field: attrs.Attribute[Any]) -> Option:
     meta = field.metadata
     if "env" not in meta or "help" not in meta:
         raise AssertionError(f"Settings.{field.name}: its metadata needs 'env' and 'help'")
-    if "default" in meta:
+    secret = bool(meta.get("secret", False))
+    if secret and ("flag" in meta or "repeat" in meta):
+        raise AssertionError(f"Settings.{field.name}: a secret has no flag")
+    if secret:
+        default = "unset"
+    elif "default" in meta:
         default = str(meta["default"])
     else:
         value = field.default
@@ -304,12 +331,13 @@ def _option(field: attrs.Attribute[Any]) -> Option:
             default = str(int(value))
     return Option(
         field=field.name,
-        flag=meta.get("flag", "--" + field.name.replace("_", "-")),
+        flag=None if secret else meta.get("flag", "--" + field.name.replace("_", "-")),
         env=_env(field),
         metavar=meta.get("metavar", field.name.upper()),
         default=default,
         help=meta["help"],
         repeat=bool(meta.get("repeat", False)),
+        secret=secret,
     )
 
 
@@ -326,6 +354,8 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
     """
     field = getattr(attrs.fields(Settings), field_name)
     option = _option(field)
+    if option.flag is None:
+        raise AssertionError(f"Settings.{field_name} is a secret, set by its variable only")
     parsed: list[Any] = [_PARSERS[field_name](option.flag, text.strip()) for text in texts]
     if option.repeat:
         # An occurrence that gives nothing would not add to the value but, as

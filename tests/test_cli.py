@@ -12,16 +12,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from loguru import logger
 
 from stoat_ferret import __version__
+from stoat_ferret import _cli as cli_module
+from stoat_ferret import settings as settings_module
 from stoat_ferret.__main__ import main
 from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
 from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority
 from stoat_ferret.settings import Settings, SettingsError, options
 from tests.permissions import call_denied
 from tests.server import server_environment
+from tests.test_settings import readme_row
 from tests.videos import write_corrupt_video
 
 if TYPE_CHECKING:
@@ -83,11 +87,12 @@ def test_each_flag_sets_its_field_and_wins_over_its_variable(tmp: Path, field: s
     )
     environ = {option.env: variable_text}
 
-    _, from_flag, _ = parse_command([option.flag, flag_text], environ)
+    if option.flag is not None:  # a secret has none: test_a_secret_has_no_flag
+        _, from_flag, _ = parse_command([option.flag, flag_text], environ)
+        assert getattr(from_flag, field) == flag_value
     _, from_variable, _ = parse_command([], environ)
     _, from_default, _ = parse_command([], {})
 
-    assert getattr(from_flag, field) == flag_value
     assert getattr(from_variable, field) == variable_value
     assert getattr(from_default, field) == getattr(Settings(), field)
     assert variable_value not in (flag_value, getattr(from_default, field))
@@ -160,10 +165,17 @@ def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
 
     assert exited.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    _assert_lists_every_setting(capsys.readouterr().out)
+
+
+def _assert_lists_every_setting(help_text: str) -> None:
+    text = " ".join(help_text.split())  # argparse wraps the lines
     for option in options():
-        assert f"{option.flag} {option.metavar} {option.help} [{option.env}; default:" in text
-        assert f"default: {option.default}" in text
+        if option.flag is None:
+            assert f"{option.env} {option.help} [default: unset]" in text
+        else:
+            assert f"{option.flag} {option.metavar} {option.help} [{option.env}; default:" in text
+            assert f"default: {option.default}" in text
 
 
 def test_readme_shows_the_help(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,6 +189,86 @@ def test_readme_shows_the_help(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert block is not None
     assert block.group(1) == build_parser().format_help()
+
+
+def _check_token(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if value and len(value) < 16:
+        raise SettingsError(f"{attribute.metadata['env']} is too short: {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class _WithSecret(Settings):
+    """The settings plus a secret, as a token setting would be declared."""
+
+    api_token: str = attrs.field(
+        default="",
+        repr=False,
+        validator=_check_token,
+        metadata={"env": "STOAT_API_TOKEN", "help": "token clients must send", "secret": True},
+    )
+
+
+@pytest.fixture
+def with_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings have the secret field ``api_token`` (``STOAT_API_TOKEN``)."""
+    monkeypatch.setattr(settings_module, "Settings", _WithSecret)
+    monkeypatch.setattr(cli_module, "Settings", _WithSecret)
+    monkeypatch.setitem(settings_module._PARSERS, "api_token", settings_module._parse_text)
+
+
+@pytest.mark.usefixtures("with_secret")
+def test_a_secret_has_no_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """A secret is read from its variable only: its flag is an unknown argument."""
+    token = "a-token-of-32-characters-or-so-x"
+
+    _, settings, names = parse_command([], {"STOAT_API_TOKEN": token})
+    with pytest.raises(SystemExit) as exited:
+        main(["--api-token", token])
+
+    assert settings.api_token == token  # type: ignore[attr-defined]
+    assert names["api_token"] == "STOAT_API_TOKEN"
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --api-token" in capsys.readouterr().err
+    assert token not in repr(settings)
+
+
+@pytest.mark.usefixtures("with_secret")
+@pytest.mark.usefixtures("with_secret")
+@pytest.mark.parametrize("token", ["s3cr3t", "it's", "tab\there"])
+def test_a_secret_is_redacted_in_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], token: str
+) -> None:
+    """A bad secret's error says what is wrong without the value, plain or escaped."""
+    monkeypatch.setenv("STOAT_API_TOKEN", token)
+
+    with pytest.raises(SettingsError) as raised:
+        _WithSecret.from_environ({"STOAT_API_TOKEN": token})
+    status = main(["check"])
+
+    message = str(raised.value)
+    assert message.startswith("STOAT_API_TOKEN is too short: ")
+    assert "<redacted>" in message
+    assert token not in message
+    assert repr(token)[1:-1] not in message
+    assert status == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"stoat-ferret: {message}"
+
+
+@pytest.mark.usefixtures("with_secret")
+def test_a_secret_in_help_and_readme_is_variable_only() -> None:
+    """--help lists a secret under its own heading with its default unset; the README row too."""
+    [secret] = [option for option in options() if option.secret]
+
+    help_text = build_parser().format_help()
+
+    _assert_lists_every_setting(help_text)
+    assert "secrets (variable only, never a flag):\n  STOAT_API_TOKEN " in help_text
+    assert "--api-token" not in help_text
+    assert (secret.flag, secret.default) == (None, "unset")
+    assert readme_row(secret) == (
+        "| (variable only) | `STOAT_API_TOKEN` | `unset` | token clients must send |"
+    )
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
