@@ -6,9 +6,9 @@ The command line is :mod:`stoat_ferret._cli`, the log's formats
 Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT, after ``--help``
 or ``--version``, and after a ``check`` that passed; 2 for a bad flag, a bad
 setting or an unusable database, found before anything binds (one line on
-stderr, no traceback; after the usage line for a bad flag); uvicorn's own
-statuses otherwise (1 when the address cannot be bound, 3 when the app fails
-to start).
+stderr, no traceback; after the usage line for a bad flag); 1 when the address
+cannot be bound (in use, or not this machine's: uvicorn logs why in one error
+line); uvicorn's 3 when the app fails to start.
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 HTTP_GRACE_SECONDS: Final = 3
 """How long uvicorn waits for open requests at shut-down before cancelling them."""
 
+EXIT_CANNOT_BIND: Final = 1
+"""The exit status when the address is in use or not ours (uvicorn's would be 3)."""
+
 
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, minus the re-raised signal, plus an early stop hook.
@@ -57,8 +60,22 @@ class GracefulServer(uvicorn.Server):
         self._url = url
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """Start as uvicorn does, then say where the dashboard is."""
-        await super().startup(sockets=sockets)
+        """Start as uvicorn does, then say where the dashboard is.
+
+        Raises:
+            SystemExit: 1 when the address cannot be bound (uvicorn has logged
+                why, in one line); uvicorn's 3 when the app fails to start.
+        """
+        # Assumes uvicorn 0.54's startup: it returns only once the sockets are
+        # bound (started is True), and otherwise calls sys.exit(STARTUP_FAILURE),
+        # either after the app's lifespan failed to start (lifespan.should_exit)
+        # or after logging the OSError of a bind and shutting the lifespan down.
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit:
+            if self.lifespan.should_exit:
+                raise
+            raise SystemExit(EXIT_CANNOT_BIND) from None
         if self.started and self._url is not None:
             logger.info("dashboard: {}", self._url)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -190,6 +191,31 @@ def test_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
     assert run.returncode == 2, run.stderr
     assert run.stdout == ""
     _check_one_line(case, run.stderr)
+
+
+def test_port_in_use_exits_1_with_one_clear_line(tmp_path: Path) -> None:
+    """An address another socket holds: exit status 1, one error line saying so, no traceback."""
+    env = server_environment(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "stoat_ferret", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert run.returncode == 1, run.stderr
+    assert run.stdout == ""
+    [error] = [line for line in run.stderr.splitlines() if "| ERROR " in line]
+    assert f"error while attempting to bind on address ('127.0.0.1', {port})" in error
+    assert "address already in use" in error
+    assert "Traceback" not in run.stderr
+    assert "dashboard:" not in run.stderr
 
 
 def test_graceful_server_does_not_raise_the_signal_again() -> None:
