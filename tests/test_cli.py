@@ -300,6 +300,7 @@ def _restored_logging() -> Iterator[None]:
         logger.add(sys.stderr)
         logging.root.handlers[:] = handlers
         logging.root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 @pytest.mark.usefixtures("_restored_logging")
