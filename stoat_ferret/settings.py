@@ -363,13 +363,15 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
         for text, part in zip(texts, parsed, strict=True):
             if not part:
                 raise SettingsError(f"{option.flag} needs {field.metadata['repeat']}, got {text!r}")
-    value = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
-    # Check it now, with the flag standing in for the variable in the messages,
-    # so that a bad value names what the user typed.
-    renamed = field.evolve(metadata={**field.metadata, "env": option.flag})
-    checked = field.converter(value) if callable(field.converter) else value
-    if field.validator is not None:
-        field.validator(None, renamed, checked)
+    value: Any = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
+    # Check it now, by building settings with it (so that a validator reading
+    # another field has real settings to read), and name the flag the user
+    # typed instead of the variable in the message. The settings built from
+    # the flags and the variables are checked again as a whole.
+    try:
+        Settings(**{field_name: value})
+    except SettingsError as exc:
+        raise SettingsError(str(exc).replace(option.env, option.flag)) from None
     return value
 
 

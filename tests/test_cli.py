@@ -271,6 +271,41 @@ def test_a_secret_in_help_and_readme_is_variable_only() -> None:
     )
 
 
+def _check_burst(settings: Settings, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < settings.max_workers:
+        raise SettingsError(f"{attribute.metadata['env']} must be >= the jobs running at once")
+
+
+@attrs.frozen(kw_only=True)
+class _WithCrossCheck(Settings):
+    """The settings plus one whose validator reads another field, as some will."""
+
+    burst: int = attrs.field(
+        default=4,
+        validator=_check_burst,
+        metadata={"env": "STOAT_BURST", "metavar": "N", "help": "jobs at once in a burst"},
+    )
+
+
+def test_a_flag_checked_against_another_setting_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A validator that reads another field gets real settings: a bad flag is exit 2, named."""
+    monkeypatch.setattr(settings_module, "Settings", _WithCrossCheck)
+    monkeypatch.setattr(cli_module, "Settings", _WithCrossCheck)
+    monkeypatch.setitem(settings_module._PARSERS, "burst", settings_module._parse_int)
+
+    _, settings, _ = parse_command(["--burst", "6"], {})
+    with pytest.raises(SystemExit) as exited:
+        main(["--burst", "1"])
+
+    assert settings.burst == 6  # type: ignore[attr-defined]
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "stoat-ferret: error: --burst must be >= the jobs running at once"
+    )
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """--version prints the name and version and exits 0."""
 
