@@ -18,7 +18,6 @@ everywhere by itself:
 ``repeat``    what one occurrence of the flag gives (``"a directory"``): the flag
               may be given again, each time adding to the value, and an
               occurrence that gives none is refused
-
 ``secret``    set by the variable only (a token): no flag, which ``ps`` and the
               shell's history would show; the default shows as ``unset``; the
               value is redacted in the errors of :meth:`Settings.from_environ`.
