@@ -8,14 +8,16 @@ or ``--version``, and after a ``check`` that passed; 2 for a bad flag, a bad
 setting or an unusable database, found before anything binds (one line on
 stderr, no traceback; after the usage line for a bad flag); 1 when the
 address cannot be bound (the port is in use, say: one line on stderr, before
-the app starts); uvicorn's 3 when the app fails to start.
+the app starts); 1 for an error that escapes the server, logged (one JSON
+record in the JSON format) with its traceback; uvicorn's 3 when the app fails
+to start.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
@@ -34,6 +36,9 @@ from stoat_ferret.settings import SettingsError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+EXIT_CRASHED: Final = 1
+"""An error that escaped the server, logged with its traceback."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stoat-ferret`` with ``argv`` (``sys.argv[1:]`` when None); return the exit status.
@@ -42,12 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: after ``--help`` or ``--version`` (0) or a bad flag (2), as argparse does.
     """
     try:
-        command, settings = parse_command(argv)
+        command, settings, names = parse_command(argv)
         if command == "check":
             configure_logging(settings.log_level, settings.log_format)
-            sys.stdout.write(check(settings) + "\n")
+            sys.stdout.write(check(settings, names) + "\n")
             return 0
-        check_startup(settings)
+        check_startup(settings, names)
     except (SettingsError, StoreError) as exc:
         sys.stderr.write(one_line(exc) + "\n")
         return EXIT_BAD_SETTING
@@ -66,7 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_CANNOT_LISTEN
     configure_logging(settings.log_level, settings.log_format)
-    serve(settings, listener)
+    try:
+        with listener:
+            serve(settings, listener)
+    except Exception:
+        # Logged, so that in JSON the crash is one record with its traceback
+        # rather than Python's text on stderr.
+        logger.opt(exception=True).critical("stoat_ferret crashed")
+        return EXIT_CRASHED
     logger.info("stoat_ferret exits")
     return 0
 

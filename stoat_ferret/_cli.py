@@ -17,6 +17,7 @@ import argparse
 import functools
 import os
 import socket
+import textwrap
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret import __version__
@@ -33,6 +34,10 @@ EXIT_CANNOT_LISTEN: Final = 1
 """The address cannot be bound (the port is in use, say)."""
 
 _COMMANDS: Final = ("serve", "check")
+
+_HELP_COLUMN: Final = 30
+"""Where a setting's meaning starts in ``--help``."""
+_HELP_WIDTH: Final = 78
 
 _LOOPBACK_FOR_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -55,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A flag wins over its variable, which wins over the default;\n"
         "an empty variable counts as unset.",
         formatter_class=functools.partial(
-            argparse.RawDescriptionHelpFormatter, max_help_position=30
+            argparse.RawDescriptionHelpFormatter, max_help_position=_HELP_COLUMN
         ),
         allow_abbrev=False,
     )
@@ -64,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("command", nargs="?", default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     settings = parser.add_argument_group("settings (flag, else variable, else default)")
+    secrets = [option for option in options() if option.flag is None]
     for option in options():
+        if option.flag is None:
+            continue
         repeat = ", repeatable" if option.repeat else ""
         settings.add_argument(
             option.flag,
@@ -75,13 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
                 "%", "%%"
             ),
         )
+    if secrets:
+        # A flag's value is visible to every local user (ps) and stays in the
+        # shell's history, so a secret has only its variable.
+        # argparse indents a group's text by 2, as it does the flags.
+        parser.add_argument_group(
+            "secrets (variable only, never a flag)",
+            "\n".join(
+                textwrap.fill(
+                    f"{option.help} [default: {option.default}]",
+                    width=_HELP_WIDTH - 2,
+                    initial_indent=f"{option.env:<{_HELP_COLUMN - 3}} ",
+                    subsequent_indent=" " * (_HELP_COLUMN - 2),
+                )
+                for option in secrets
+            ),
+        )
     return parser
 
 
 def parse_command(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> tuple[str, Settings]:
-    """The command and its settings, from the arguments and the environment.
+) -> tuple[str, Settings, dict[str, str]]:
+    """The command, its settings and where each came from, from the arguments and environment.
+
+    Returns:
+        The command, the settings, and field name -> the name the user gave
+        it by (its flag if given, else its variable), for later messages.
 
     Raises:
         SystemExit: ``--help`` or ``--version`` (0), a bad flag or value (2).
@@ -91,7 +119,13 @@ def parse_command(
     arguments = parser.parse_args(argv)
     if arguments.command not in _COMMANDS:
         parser.error(f"unknown command {arguments.command!r}: serve or check")
-    return str(arguments.command), read_settings(parser, arguments, environ)
+    names = {
+        option.field: option.flag
+        if option.flag is not None and getattr(arguments, option.field) is not None
+        else option.env
+        for option in options()
+    }
+    return str(arguments.command), read_settings(parser, arguments, environ), names
 
 
 def read_settings(
@@ -108,7 +142,7 @@ def read_settings(
     """
     overrides = {}
     for option in options():
-        texts: list[str] | None = getattr(arguments, option.field)
+        texts: list[str] | None = getattr(arguments, option.field, None)  # None: a secret
         if texts is not None:
             try:
                 overrides[option.field] = parse_flag(option.field, texts)
@@ -117,22 +151,27 @@ def read_settings(
     return Settings.from_environ(environ, overrides=overrides)
 
 
-def check_startup(settings: Settings) -> None:
+def check_startup(settings: Settings, names: Mapping[str, str] | None = None) -> None:
     """What must hold before binding: the host resolves, the database opens.
 
-    Blocking; called before the event loop starts.
+    Blocking; called before the event loop starts. ``names`` (from
+    :func:`parse_command`) says how the user gave each setting, flag or
+    variable, so that a message names that; the variables when None.
 
     Raises:
-        SettingsError: ``STOAT_HOST`` does not resolve.
+        SettingsError: the host does not resolve.
         StoreError: the database's directory cannot be created, or the file
             cannot be opened as a video store (not SQLite, newer schema...).
     """
-    _resolve_host(settings)
-    _open_database(settings.database_path).close()
+    names = _names(names)
+    _resolve_host(settings, names["host"])
+    _open_database(settings.database_path, names["database_path"]).close()
 
 
-def check(settings: Settings) -> str:
+def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
     """``stoat-ferret check``: everything serving needs, short of binding.
+
+    ``names`` as for :func:`check_startup`.
 
     Returns:
         The one line to print: the dashboard's address, the database and the roots.
@@ -141,14 +180,17 @@ def check(settings: Settings) -> str:
         SettingsError: the host does not resolve, or a scan root cannot be listed.
         StoreError: the database cannot be created, opened or migrated.
     """
-    _resolve_host(settings)
+    names = _names(names)
+    _resolve_host(settings, names["host"])
     for root in settings.scan_roots:
         try:
             with os.scandir(root) as entries:
                 next(entries, None)
         except OSError as exc:
-            raise SettingsError(f"STOAT_SCAN_ROOTS: cannot list {root} ({exc.strerror})") from None
-    store = _open_database(settings.database_path)
+            raise SettingsError(
+                f"{names['scan_roots']}: cannot list {root} ({exc.strerror})"
+            ) from None
+    store = _open_database(settings.database_path, names["database_path"])
     try:
         _, videos = store.list_videos(limit=1, offset=0)
         schema = store.schema_version()
@@ -174,20 +216,24 @@ def dashboard_url(settings: Settings, *, port: int | None = None) -> str:
     return f"http://{host}:{settings.port if port is None else port}/"
 
 
-def _resolve_host(settings: Settings) -> None:
+def _names(names: Mapping[str, str] | None) -> Mapping[str, str]:
+    return {option.field: option.env for option in options()} if names is None else names
+
+
+def _resolve_host(settings: Settings, name: str) -> None:
     try:
         socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise SettingsError(f"STOAT_HOST: cannot use {settings.host!r} ({exc})") from None
+        raise SettingsError(f"{name}: cannot use {settings.host!r} ({exc})") from None
 
 
-def _open_database(path: Path) -> VideoStore:
+def _open_database(path: Path, name: str) -> VideoStore:
     """Open (create, migrate) the video store, creating its directory first."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(
-            f"STOAT_DATABASE_PATH: cannot create the directory of {path} ({exc.strerror})"
+            f"{name}: cannot create the directory of {path} ({exc.strerror})"
         ) from None
     return VideoStore.open(path)
 

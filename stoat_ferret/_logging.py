@@ -13,7 +13,9 @@ loguru by :class:`InterceptHandler`, so one sink and one format see them all.
 structured field, then ``exception`` (the formatted traceback) if there is
 one. A field named like one of the fixed keys is dropped, not the key. An
 access-log line carries ``client``, ``method``, ``path``, ``http_version``
-and ``status`` as fields, besides uvicorn's message.
+and ``status`` as fields, besides uvicorn's message. A value JSON cannot
+hold (NaN, infinity) is written as text, so every line is strict JSON.
+Python's warnings go through the same sink.
 """
 
 from __future__ import annotations
@@ -112,8 +114,24 @@ def _format_json(record: Record) -> str:
         )
     # ASCII only: a file name that is not UTF-8 (surrogate escapes) stays a
     # valid \u escape instead of failing to encode on the way out.
-    record["extra"]["_json"] = json.dumps(line, default=str)
+    record["extra"]["_json"] = _dumps(line)
     return "{extra[_json]}\n"
+
+
+def _dumps(line: dict[str, Any]) -> str:
+    """``line`` as strict JSON: a value JSON cannot hold (NaN, infinity) becomes text."""
+    try:
+        return json.dumps(line, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps({key: _strict(value) for key, value in line.items()}, default=str)
+
+
+def _strict(value: Any) -> Any:
+    try:
+        json.dumps(value, default=str, allow_nan=False)
+    except ValueError:
+        return str(value)
+    return value
 
 
 def configure_logging(level: str, log_format: str = "text", *, sink: TextIO | None = None) -> None:
@@ -146,3 +164,5 @@ def configure_logging(level: str, log_format: str = "text", *, sink: TextIO | No
         stdlib_logger = logging.getLogger(name)
         stdlib_logger.handlers.clear()
         stdlib_logger.propagate = True
+    # Python's warnings too, rather than as text on stderr beside the JSON.
+    logging.captureWarnings(True)

@@ -81,7 +81,14 @@ class GracefulServer(uvicorn.Server):
         self._url = url
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """Start as uvicorn does, then say where the dashboard is."""
+        """Start as uvicorn does, then say where the dashboard is.
+
+        Raises:
+            SystemExit: uvicorn's 3 when the app fails to start.
+        """
+        # Assumes uvicorn 0.54's startup: it returns only once it serves the
+        # sockets it was handed (started is True), and otherwise calls
+        # sys.exit(STARTUP_FAILURE) after the app's lifespan failed to start.
         await super().startup(sockets=sockets)
         if self.started and self._url is not None:
             logger.info("dashboard: {}", self._url)

@@ -15,7 +15,13 @@ everywhere by itself:
 ``flag``      the command-line flag; ``--`` and the field name, dashed, if absent
 ``metavar``   what the flag takes (``N``, ``SECONDS``); the name upper-cased if absent
 ``default``   the default as shown, where the value itself would mislead
-``repeat``    the flag may be given again, each time adding to the value
+``repeat``    what one occurrence of the flag gives (``"a directory"``): the flag
+              may be given again, each time adding to the value, and an
+              occurrence that gives none is refused
+``secret``    set by the variable only (a token): no flag, which ``ps`` and the
+              shell's history would show; the default shows as ``unset``; the
+              value is redacted in the errors of :meth:`Settings.from_environ`.
+              Give such a field ``repr=False`` too.
 
 A variable that is set but empty counts as unset (its default applies). A
 flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
@@ -258,7 +264,7 @@ class Settings:
             "env": "STOAT_SCAN_ROOTS",
             "flag": "--scan-root",
             "metavar": "DIR",
-            "repeat": True,
+            "repeat": "a directory",
             "default": "none (any directory)",
             "help": f"directories a scan may touch, {os.pathsep!r}-separated in the variable",
         },
@@ -421,14 +427,30 @@ class Settings:
         source = os.environ if environ is None else environ
         check_known(source)
         values: dict[str, Any] = dict(overrides or {})
-        for field in attrs.fields(cls):
-            name = _env(field)
-            raw = source.get(name, "").strip()
-            if raw and field.name not in values:
-                values[field.name] = _PARSERS[field.name](name, raw)
-        settings = cls(**values)
-        settings.check_exposure()
+        secrets: list[str] = []
+        try:
+            for field in attrs.fields(cls):
+                name = _env(field)
+                raw = source.get(name, "").strip()
+                if raw and field.name not in values:
+                    if field.metadata.get("secret"):
+                        secrets.append(raw)
+                    values[field.name] = _PARSERS[field.name](name, raw)
+                    if field.metadata.get("secret"):
+                        secrets.append(str(values[field.name]))
+            settings = cls(**values)
+            settings.check_exposure()
+        except SettingsError as exc:
+            raise SettingsError(_redacted(str(exc), secrets)) from None
         return settings
+
+
+def _redacted(message: str, secrets: Sequence[str]) -> str:
+    """``message`` without the text of any secret, plain or as ``repr`` escapes it."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        for form in (secret, repr(secret)[1:-1]):
+            message = message.replace(form, "<redacted>")
+    return message
 
 
 def known_variables() -> tuple[str, ...]:
@@ -452,15 +474,16 @@ def check_known(environ: Mapping[str, str]) -> None:
 
 @attrs.frozen(kw_only=True)
 class Option:
-    """One setting as a user meets it: flag, variable, default and meaning."""
+    """One setting as a user meets it: flag (None for a secret), variable, default, meaning."""
 
     field: str
-    flag: str
+    flag: str | None
     env: str
     metavar: str
     default: str
     help: str
     repeat: bool
+    secret: bool
 
 
 def options() -> tuple[Option, ...]:
@@ -472,7 +495,12 @@ def _option(field: attrs.Attribute[Any]) -> Option:
     meta = field.metadata
     if "env" not in meta or "help" not in meta:
         raise AssertionError(f"Settings.{field.name}: its metadata needs 'env' and 'help'")
-    if "default" in meta:
+    secret = bool(meta.get("secret", False))
+    if secret and ("flag" in meta or "repeat" in meta):
+        raise AssertionError(f"Settings.{field.name}: a secret has no flag")
+    if secret:
+        default = "unset"
+    elif "default" in meta:
         default = str(meta["default"])
     else:
         value = field.default
@@ -481,12 +509,13 @@ def _option(field: attrs.Attribute[Any]) -> Option:
             default = str(int(value))
     return Option(
         field=field.name,
-        flag=meta.get("flag", "--" + field.name.replace("_", "-")),
+        flag=None if secret else meta.get("flag", "--" + field.name.replace("_", "-")),
         env=_env(field),
         metavar=meta.get("metavar", field.name.upper()),
         default=default,
         help=meta["help"],
         repeat=bool(meta.get("repeat", False)),
+        secret=secret,
     )
 
 
@@ -503,14 +532,24 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
     """
     field = getattr(attrs.fields(Settings), field_name)
     option = _option(field)
+    if option.flag is None:
+        raise AssertionError(f"Settings.{field_name} is a secret, set by its variable only")
     parsed: list[Any] = [_PARSERS[field_name](option.flag, text.strip()) for text in texts]
-    value = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
-    # Check it now, with the flag standing in for the variable in the messages,
-    # so that a bad value names what the user typed.
-    renamed = field.evolve(metadata={**field.metadata, "env": option.flag})
-    checked = field.converter(value) if callable(field.converter) else value
-    if field.validator is not None:
-        field.validator(None, renamed, checked)
+    if option.repeat:
+        # An occurrence that gives nothing would not add to the value but, as
+        # the flag hides its variable, could empty it: no scan roots, any directory.
+        for text, part in zip(texts, parsed, strict=True):
+            if not part:
+                raise SettingsError(f"{option.flag} needs {field.metadata['repeat']}, got {text!r}")
+    value: Any = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
+    # Check it now, by building settings with it (so that a validator reading
+    # another field has real settings to read), and name the flag the user
+    # typed instead of the variable in the message. The settings built from
+    # the flags and the variables are checked again as a whole.
+    try:
+        Settings(**{field_name: value})
+    except SettingsError as exc:
+        raise SettingsError(str(exc).replace(option.env, option.flag)) from None
     return value
 
 

@@ -12,16 +12,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from loguru import logger
 
 from stoat_ferret import __version__
+from stoat_ferret import _cli as cli_module
+from stoat_ferret import settings as settings_module
 from stoat_ferret.__main__ import main
 from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
 from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority
 from stoat_ferret.settings import Settings, SettingsError, options
 from tests.permissions import call_denied
 from tests.server import server_environment
+from tests.test_settings import readme_row
 from tests.videos import write_corrupt_video
 
 if TYPE_CHECKING:
@@ -29,25 +33,32 @@ if TYPE_CHECKING:
 
 README = Path(__file__).parent.parent / "README.md"
 
-# Field -> (the flag's text, the variable's text, the value the flag gives).
-# "{tmp}" is the test's tmp_path, where the directories a and b exist.
-SAMPLES: dict[str, tuple[str, str, Any]] = {
-    "host": ("localhost", "127.0.0.2", "localhost"),
-    "port": ("9001", "9002", 9001),
-    "database_path": ("{tmp}/flag.db", "{tmp}/variable.db", Path("{tmp}/flag.db")),
-    "scan_roots": ("{tmp}/a", "{tmp}/b", (Path("{tmp}/a"),)),
-    "job_timeout": ("12.5", "30", 12.5),
-    "max_workers": ("3", "4", 3),
-    "max_pending": ("7", "8", 7),
-    "shutdown_grace": ("0", "5", 0.0),
-    "probe_threads": ("6", "2", 6),
-    "probe_priority": ("Normal", "idle", ThreadPriority.NORMAL),
-    "log_level": ("debug", "error", "DEBUG"),
-    "log_format": ("JSON", "text", "json"),
-    "allowed_hosts": ("Videos.example", "other.example", ("videos.example",)),
-    "allowed_origins": ("https://a.example:8443", "https://b.example", ("https://a.example:8443",)),
-    "api_token": ("flag-token-0123456789", "variable-token-0123456789", "flag-token-0123456789"),
-    "max_streams": ("5", "6", 5),
+# Field -> (the flag's text, the value it gives, the variable's text, the value
+# it gives). The variable's value differs from the flag's and from the default,
+# so each step of "flag, else variable, else default" is seen; a setting with
+# two values has the flag give the default. "{tmp}" is the test's tmp_path,
+# where the directories a and b exist.
+SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
+    "host": ("localhost", "localhost", "127.0.0.2", "127.0.0.2"),
+    "port": ("9001", 9001, "9002", 9002),
+    "database_path": ("{tmp}/flag.db", Path("{tmp}/flag.db"), "{tmp}/var.db", Path("{tmp}/var.db")),
+    "scan_roots": ("{tmp}/a", (Path("{tmp}/a"),), "{tmp}/b", (Path("{tmp}/b"),)),
+    "job_timeout": ("12.5", 12.5, "30", 30.0),
+    "max_workers": ("3", 3, "4", 4),
+    "max_pending": ("7", 7, "8", 8),
+    "shutdown_grace": ("0", 0.0, "5", 5.0),
+    "probe_threads": ("6", 6, "5", 5),  # the default is at most 4
+    "probe_priority": ("Idle", ThreadPriority.IDLE, "NORMAL", ThreadPriority.NORMAL),
+    "log_level": ("debug", "DEBUG", "Warning", "WARNING"),
+    "log_format": ("Text", "text", "JSON", "json"),
+    "allowed_hosts": ("Videos.example", ("videos.example",), "b.example", ("b.example",)),
+    "allowed_origins": (
+        "https://a.example:8443",
+        ("https://a.example:8443",),
+        "https://b.example",
+        ("https://b.example",),
+    ),
+    "max_streams": ("5", 5, "6", 6),
 }
 
 
@@ -72,30 +83,33 @@ def _fill(value: Any, tmp: Path) -> Any:
 def test_every_setting_has_a_sample() -> None:
     """SAMPLES covers every setting, so a new one cannot go untested."""
 
-    assert sorted(SAMPLES) == sorted(option.field for option in options())
+    assert sorted(SAMPLES) == sorted(option.field for option in options() if not option.secret)
 
 
 @pytest.mark.parametrize("field", sorted(SAMPLES))
 def test_each_flag_sets_its_field_and_wins_over_its_variable(tmp: Path, field: str) -> None:
     """``--flag X`` with ``STOAT_VAR=Y`` set: the field is X; without the flag, Y."""
     option = next(option for option in options() if option.field == field)
-    flag_text, variable_text, expected = (_fill(value, tmp) for value in SAMPLES[field])
+    flag_text, flag_value, variable_text, variable_value = (
+        _fill(value, tmp) for value in SAMPLES[field]
+    )
     environ = {option.env: variable_text}
 
-    _, from_flag = parse_command([option.flag, flag_text], environ)
-    _, from_variable = parse_command([], environ)
-    _, from_default = parse_command([], {})
+    if option.flag is not None:  # a secret has none: test_a_secret_has_no_flag
+        _, from_flag, _ = parse_command([option.flag, flag_text], environ)
+        assert getattr(from_flag, field) == flag_value
+    _, from_variable, _ = parse_command([], environ)
+    _, from_default, _ = parse_command([], {})
 
-    assert getattr(from_flag, field) == expected
-    assert getattr(from_variable, field) == getattr(Settings.from_environ(environ), field)
-    assert getattr(from_variable, field) != expected
+    assert getattr(from_variable, field) == variable_value
     assert getattr(from_default, field) == getattr(Settings(), field)
+    assert variable_value not in (flag_value, getattr(from_default, field))
 
 
 def test_scan_root_repeats_and_other_flags_take_the_last(tmp: Path) -> None:
     """``--scan-root`` adds a root each time; ``--port`` given twice keeps the last."""
 
-    _, settings = parse_command(
+    _, settings, _ = parse_command(
         ["--scan-root", f"{tmp}/a", "--scan-root", f"{tmp}/b", "--port", "1", "--port", "2"], {}
     )
 
@@ -106,7 +120,7 @@ def test_scan_root_repeats_and_other_flags_take_the_last(tmp: Path) -> None:
 def test_a_flag_hides_a_bad_variable() -> None:
     """The variable of a setting given by its flag is not read, so it cannot fail."""
 
-    _, settings = parse_command(["--port", "9000"], {"STOAT_PORT": "eighty"})
+    _, settings, _ = parse_command(["--port", "9000"], {"STOAT_PORT": "eighty"})
 
     assert settings.port == 9000
 
@@ -127,6 +141,8 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--max-workers", "0"], "--max-workers must be a whole number >= 1, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
+        (["--scan-root", ""], "--scan-root needs a directory, got ''"),
+        (["--scan-root", "/tmp", "--scan-root", ":"], "--scan-root needs a directory, got ':'"),
         (["--log-format", "xml"], "--log-format must be text or json, got 'xml'"),
         (["--probe-priority", "low"], "--probe-priority must be idle or normal, got 'low'"),
         (["--prot", "9000"], "unrecognized arguments: --prot"),
@@ -157,10 +173,17 @@ def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
 
     assert exited.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    _assert_lists_every_setting(capsys.readouterr().out)
+
+
+def _assert_lists_every_setting(help_text: str) -> None:
+    text = " ".join(help_text.split())  # argparse wraps the lines
     for option in options():
-        assert f"{option.flag} {option.metavar} {option.help} [{option.env}; default:" in text
-        assert f"default: {option.default}" in text
+        if option.flag is None:
+            assert f"{option.env} {option.help} [default: unset]" in text
+        else:
+            assert f"{option.flag} {option.metavar} {option.help} [{option.env}; default:" in text
+            assert f"default: {option.default}" in text
 
 
 def test_readme_shows_the_help(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,6 +197,121 @@ def test_readme_shows_the_help(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert block is not None
     assert block.group(1) == build_parser().format_help()
+
+
+def _check_token(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if value and len(value) < 16:
+        raise SettingsError(f"{attribute.metadata['env']} is too short: {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class _WithSecret(Settings):
+    """The settings plus a secret, as a token setting would be declared."""
+
+    api_token: str = attrs.field(
+        default="",
+        repr=False,
+        validator=_check_token,
+        metadata={"env": "STOAT_API_TOKEN", "help": "token clients must send", "secret": True},
+    )
+
+
+@pytest.fixture
+def with_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings have the secret field ``api_token`` (``STOAT_API_TOKEN``)."""
+    monkeypatch.setattr(settings_module, "Settings", _WithSecret)
+    monkeypatch.setattr(cli_module, "Settings", _WithSecret)
+    monkeypatch.setitem(settings_module._PARSERS, "api_token", settings_module._parse_text)
+
+
+@pytest.mark.usefixtures("with_secret")
+def test_a_secret_has_no_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """A secret is read from its variable only: its flag is an unknown argument."""
+    token = "a-token-of-32-characters-or-so-x"
+
+    _, settings, names = parse_command([], {"STOAT_API_TOKEN": token})
+    with pytest.raises(SystemExit) as exited:
+        main(["--api-token", token])
+
+    assert settings.api_token == token
+    assert names["api_token"] == "STOAT_API_TOKEN"
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --api-token" in capsys.readouterr().err
+    assert token not in repr(settings)
+
+
+@pytest.mark.usefixtures("with_secret")
+@pytest.mark.usefixtures("with_secret")
+@pytest.mark.parametrize("token", ["s3cr3t", "it's", "tab\there"])
+def test_a_secret_is_redacted_in_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], token: str
+) -> None:
+    """A bad secret's error says what is wrong without the value, plain or escaped."""
+    monkeypatch.setenv("STOAT_API_TOKEN", token)
+
+    with pytest.raises(SettingsError) as raised:
+        _WithSecret.from_environ({"STOAT_API_TOKEN": token})
+    status = main(["check"])
+
+    message = str(raised.value)
+    assert message.startswith("STOAT_API_TOKEN is too short: ")
+    assert "<redacted>" in message
+    assert token not in message
+    assert repr(token)[1:-1] not in message
+    assert status == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"stoat-ferret: {message}"
+
+
+@pytest.mark.usefixtures("with_secret")
+def test_a_secret_in_help_and_readme_is_variable_only() -> None:
+    """--help lists a secret under its own heading with its default unset; the README row too."""
+    [secret] = [option for option in options() if option.secret]
+
+    help_text = build_parser().format_help()
+
+    _assert_lists_every_setting(help_text)
+    assert "secrets (variable only, never a flag):\n  STOAT_API_TOKEN " in help_text
+    assert "--api-token" not in help_text
+    assert (secret.flag, secret.default) == (None, "unset")
+    assert readme_row(secret) == (
+        "| (variable only) | `STOAT_API_TOKEN` | `unset` | token clients must send |"
+    )
+
+
+def _check_burst(settings: Settings, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < settings.max_workers:
+        raise SettingsError(f"{attribute.metadata['env']} must be >= the jobs running at once")
+
+
+@attrs.frozen(kw_only=True)
+class _WithCrossCheck(Settings):
+    """The settings plus one whose validator reads another field, as some will."""
+
+    burst: int = attrs.field(
+        default=4,
+        validator=_check_burst,
+        metadata={"env": "STOAT_BURST", "metavar": "N", "help": "jobs at once in a burst"},
+    )
+
+
+def test_a_flag_checked_against_another_setting_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A validator that reads another field gets real settings: a bad flag is exit 2, named."""
+    monkeypatch.setattr(settings_module, "Settings", _WithCrossCheck)
+    monkeypatch.setattr(cli_module, "Settings", _WithCrossCheck)
+    monkeypatch.setitem(settings_module._PARSERS, "burst", settings_module._parse_int)
+
+    _, settings, _ = parse_command(["--burst", "6"], {})
+    with pytest.raises(SystemExit) as exited:
+        main(["--burst", "1"])
+
+    assert settings.burst == 6  # type: ignore[attr-defined]
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "stoat-ferret: error: --burst must be >= the jobs running at once"
+    )
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,6 +343,7 @@ def _restored_logging() -> Iterator[None]:
         logger.add(sys.stderr)
         logging.root.handlers[:] = handlers
         logging.root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 @pytest.mark.usefixtures("_restored_logging")
@@ -227,14 +366,31 @@ def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) ->
     )
 
 
-BROKEN = {
-    "bad-variable": ({"STOAT_MAX_PENDING": "none"}, "STOAT_MAX_PENDING must be a whole number"),
-    "corrupt-database": ({"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"}, "file is not a database"),
+# Case -> (variables, flags, words of the one line); "{tmp}" as in SAMPLES. A
+# problem found after the settings are read names what the user typed.
+BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
+    "bad-variable": ({"STOAT_MAX_PENDING": "none"}, [], "STOAT_MAX_PENDING must be a whole number"),
+    "corrupt-database": ({"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"}, [], "file is not a database"),
     "database-under-a-file": (
         {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
+        [],
         "STOAT_DATABASE_PATH: cannot create the directory",
     ),
-    "unlistable-root": ({"STOAT_SCAN_ROOTS": "{tmp}/a"}, "STOAT_SCAN_ROOTS: cannot list {tmp}/a"),
+    "database-under-a-file-by-flag": (
+        {"STOAT_DATABASE_PATH": "{tmp}/ok.db"},
+        ["--database", "{tmp}/file/stoat.db"],
+        "--database: cannot create the directory",
+    ),
+    "unlistable-root": (
+        {"STOAT_SCAN_ROOTS": "{tmp}/a"},
+        [],
+        "stoat-ferret: STOAT_SCAN_ROOTS: cannot list {tmp}/a",
+    ),
+    "unlistable-root-by-flag": (
+        {"STOAT_SCAN_ROOTS": "{tmp}/b"},
+        ["--scan-root", "{tmp}/a"],
+        "stoat-ferret: --scan-root: cannot list {tmp}/a",
+    ),
 }
 
 
@@ -246,14 +402,15 @@ def test_check_on_a_broken_setup(
     """check returns 2 and prints one line naming the problem, nothing on stdout."""
     write_corrupt_video(tmp / "corrupt.db")
     (tmp / "file").write_text("a regular file")
-    variables, words = BROKEN[case]
+    variables, flags, words = BROKEN[case]
     for key, value in server_environment(tmp).items():
         monkeypatch.setenv(key, value)
     for key, value in variables.items():
         monkeypatch.setenv(key, value.format(tmp=tmp))
+    argv = ["check", *(flag.format(tmp=tmp) for flag in flags)]
     (tmp / "a").chmod(0)
     try:
-        status = call_denied(lambda: main(["check"]))
+        status = call_denied(lambda: main(argv))
     finally:
         (tmp / "a").chmod(0o755)
 
@@ -314,12 +471,19 @@ def test_dashboard_url_is_one_a_browser_here_can_open(host: str, url: str) -> No
 def test_unresolvable_host_is_a_bad_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A host name that does not resolve is refused before binding, naming STOAT_HOST."""
+    """A host name that does not resolve is refused before binding, naming how it was given."""
 
     def no_such_host(*args: Any, **kwargs: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
 
-    with pytest.raises(SettingsError, match="STOAT_HOST"):
+    with pytest.raises(SettingsError, match=r"^STOAT_HOST: cannot use 'nowhere\.invalid'"):
         check_startup(Settings(host="nowhere.invalid", database_path=tmp_path / "x.db"))
+    # Beyond loopback a token and scan roots are needed before the host is even tried.
+    exposed = {"STOAT_API_TOKEN": "a-token-of-24-characters", "STOAT_SCAN_ROOTS": str(tmp_path)}
+    _, settings, names = parse_command(
+        ["--host", "nowhere.invalid", "--database", str(tmp_path / "x.db")], exposed
+    )
+    with pytest.raises(SettingsError, match=r"^--host: cannot use 'nowhere\.invalid'"):
+        check_startup(settings, names)

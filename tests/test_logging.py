@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,8 @@ import anyio
 import pytest
 from loguru import logger
 
+from stoat_ferret import _server as server_module
+from stoat_ferret.__main__ import main
 from stoat_ferret._logging import configure_logging
 from tests.jobs.conftest import running_supervisor
 
@@ -36,10 +40,73 @@ def sink() -> Iterator[io.StringIO]:
         logger.add(sys.stderr)
         logging.root.handlers[:] = root_handlers
         logging.root.setLevel(root_level)
+        logging.captureWarnings(False)
 
 
 def _json_lines(sink: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in sink.getvalue().splitlines()]
+    return [_strict_json(line) for line in sink.getvalue().splitlines()]
+
+
+def _strict_json(line: str) -> dict[str, Any]:
+    """The object on ``line``, refusing NaN and Infinity, which are not JSON."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+
+    value: dict[str, Any] = json.loads(line, parse_constant=refuse)
+    return value
+
+
+def test_json_line_has_no_nan_or_infinity(sink: io.StringIO) -> None:
+    """A field that is not a finite number is written as text, so every line is strict JSON."""
+    configure_logging("INFO", "json", sink=sink)
+
+    logger.info("odd numbers", duration=math.nan, rate=math.inf, spread=[-math.inf], ok=1.5)
+
+    [line] = _json_lines(sink)
+    assert (line["duration"], line["rate"], line["spread"], line["ok"]) == (
+        "nan",
+        "inf",
+        "[-inf]",
+        1.5,
+    )
+
+
+def test_json_warnings_go_through_the_sink(sink: io.StringIO) -> None:
+    """A Python warning is a JSON line too, not text on stderr."""
+    configure_logging("INFO", "json", sink=sink)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("an old way of doing it", DeprecationWarning, stacklevel=1)
+
+    [line] = _json_lines(sink)
+    assert line["level"] == "WARNING"
+    assert "DeprecationWarning: an old way of doing it" in line["message"]
+
+
+def test_json_crash_while_serving_is_one_json_record(
+    sink: io.StringIO,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An error that escapes the server is logged as one JSON line with its traceback; exit 1."""
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(server_module, "serve", crash)
+    argv = ["--log-format", "json", "--database", str(tmp_path / "stoat.db")]
+
+    status = main([*argv, "--scan-root", str(tmp_path)])
+
+    lines = [_strict_json(line) for line in capsys.readouterr().err.splitlines()]
+    assert status == 1
+    [crashed] = lines
+    assert crashed["level"] == "CRITICAL"
+    assert crashed["message"] == "stoat_ferret crashed"
+    assert "RuntimeError: something broke" in crashed["exception"]
 
 
 def test_text_lines_show_the_structured_fields(sink: io.StringIO) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings import (
+    Option,
     Settings,
     SettingsError,
     default_probe_threads,
@@ -216,12 +217,13 @@ def test_every_field_describes_its_setting() -> None:
     assert [option.field for option in described] == [f.name for f in attrs.fields(Settings)]
     for option in described:
         assert option.env.startswith("STOAT_")
-        assert option.flag.startswith("--")
+        assert option.flag is None if option.secret else str(option.flag).startswith("--")
         assert option.help
         assert "\n" not in option.help
         # A pipe would split the README's table cell.
         assert "|" not in option.help + option.metavar + option.default
-    assert len({option.flag for option in described}) == len(described)
+    flags = [option.flag for option in described if option.flag is not None]
+    assert len(set(flags)) == len(flags)
     assert len({option.env for option in described}) == len(described)
 
 
@@ -267,16 +269,17 @@ def _readme_table() -> list[str]:
     return lines[start + 2 : end]
 
 
+def readme_row(option: Option) -> str:
+    """The README settings table's row for ``option``."""
+    flag = "(variable only)" if option.flag is None else f"`{option.flag} {option.metavar}`"
+    repeat = " (repeatable)" if option.repeat else ""
+    return f"| {flag} | `{option.env}` | `{option.default}` | {option.help}{repeat} |"
+
+
 def test_readme_settings_table_is_the_settings_class() -> None:
     """README's settings table lists every field's flag, variable, default and help, in order."""
 
-    expected = [
-        f"| `{option.flag} {option.metavar}` | `{option.env}` | `{option.default}` "
-        f"| {option.help}{' (repeatable)' if option.repeat else ''} |"
-        for option in options()
-    ]
-
-    assert _readme_table() == expected
+    assert _readme_table() == [readme_row(option) for option in options()]
 
 
 def test_the_token_is_never_shown() -> None:
