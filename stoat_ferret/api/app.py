@@ -38,7 +38,7 @@ from fastapi import FastAPI
 from loguru import logger
 
 from stoat_ferret import __version__
-from stoat_ferret.api import _dashboard, _health, _jobs, _videos
+from stoat_ferret.api import _dashboard, _health, _jobs, _thumbnails, _videos
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._recent import RecentScans
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     # tries the rest in order.
     _videos.add_scan_route(app)
     app.include_router(_videos.router)
+    app.include_router(_thumbnails.router)
     app.include_router(_jobs.router)
     app.include_router(_health.router)
     app.include_router(_dashboard.router)
@@ -118,6 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.library = library
     app.state.stopping = anyio.Event()
     try:
+        thumbnailer = await _thumbnails.open_thumbnails(app, library)
         handler = make_scan_handler(
             library,
             probe_threads=settings.probe_threads,
@@ -142,7 +144,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     max_pending=settings.max_pending,
                     shutdown_grace=settings.shutdown_grace,
                 )
-                supervisor.register(SCAN_JOB_TYPE, handler)
+                _thumbnails.register_thumbnail_jobs(supervisor, SCAN_JOB_TYPE, handler, thumbnailer)
                 await group.start(supervisor.run)
                 app.state.job_queue = supervisor
                 logger.info(

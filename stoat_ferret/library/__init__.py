@@ -21,12 +21,24 @@ from stoat_ferret.library._models import (
 from stoat_ferret.library._probe import READ_LIMIT, probe_video
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._store import SCHEMA_VERSION, VideoStore
+from stoat_ferret.library._thumbjob import (
+    THUMBNAILS_JOB_TYPE,
+    THUMBNAILS_TIMEOUT,
+    Thumbnailer,
+    then_thumbnails,
+)
+from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
+from stoat_ferret.library._thumbstore import ThumbnailStore
 from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = [
     "DEFAULT_ERROR_CAP",
     "READ_LIMIT",
     "SCHEMA_VERSION",
+    "THUMBNAILS_JOB_TYPE",
+    "THUMBNAILS_TIMEOUT",
+    "THUMBNAIL_MEDIA_TYPE",
+    "THUMBNAIL_WIDTH",
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",
     "ErrorLog",
@@ -37,6 +49,8 @@ __all__ = [
     "ScanHandler",
     "StoreError",
     "ThreadPriority",
+    "ThumbnailStore",
+    "Thumbnailer",
     "Video",
     "VideoLibrary",
     "VideoProbe",
@@ -44,7 +58,9 @@ __all__ = [
     "VideoStore",
     "lower_priority",
     "make_scan_handler",
+    "make_thumbnail",
     "parse_payload",
     "probe_video",
+    "then_thumbnails",
     "walk_videos",
 ]

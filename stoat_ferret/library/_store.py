@@ -34,7 +34,7 @@ from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._models import Fingerprint, Video, VideoRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Sequence
+    from collections.abc import Callable, Collection, Iterator, Sequence
 
 SCHEMA_VERSION: Final = 1
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
@@ -112,6 +112,9 @@ class VideoStore:
         # Which file this connection writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
         self._identity = _file_identity(path)
+        # Called with the ids of deleted rows, in the deleting thread, after the
+        # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
+        self.on_delete: Callable[[list[int]], None] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> VideoStore:
@@ -185,6 +188,13 @@ class VideoStore:
             ).fetchone()
         return None if row is None else _video(row)
 
+    def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
+        """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
+        with self._reading() as connection:
+            return connection.execute(
+                "SELECT id, path, size_bytes, mtime_ns FROM videos ORDER BY id"
+            ).fetchall()
+
     def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
         """Map every stored path in a scope to its ``(size_bytes, mtime_ns)``, in one query.
 
@@ -224,13 +234,22 @@ class VideoStore:
             return
         now = datetime.now(UTC).isoformat()
         rows = [_row(record, now) for record in records]
+        removed: list[int] = []
         with self._writing() as connection:
             if rows:
                 connection.executemany(_UPSERT, rows)
-            if deletions:
+            if deletions and self.on_delete is None:
                 connection.executemany(
                     "DELETE FROM videos WHERE path = ?", ((path,) for path in deletions)
                 )
+            elif deletions:
+                for path in deletions:
+                    cursor = connection.execute(
+                        "DELETE FROM videos WHERE path = ? RETURNING id", (path,)
+                    )
+                    removed.extend(row_id for (row_id,) in cursor)
+        if removed and self.on_delete is not None:
+            self.on_delete(removed)
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,130 @@
+"""Thumbnail route: ``GET /api/v1/videos/{video_id}/thumbnail``, and the wiring of thumbnails.
+
+The image is filed under the video's id and fingerprint (``_thumbstore.py``),
+so its ``ETag`` is that fingerprint: it changes exactly when the image does.
+``Cache-Control: no-cache`` lets a browser keep the image but ask again each
+time (a thumbnail changes when its file does, under the same URL); the
+answer to an ``If-None-Match`` that names the current tag is a bodiless 304.
+While a video has no thumbnail (not made yet, or its frame could not be
+decoded) the answer is a JSON 404, as for a video that does not exist.
+
+:func:`open_thumbnails` and :func:`register_thumbnail_jobs` are the
+lifespan's two calls: the first opens the store under the data directory and
+hooks it to the library's deletions, the second registers the ``thumbnails``
+job type and makes every completed scan that changed something submit one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Final
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+
+# FastAPI reads the route signatures at run time: the name must exist then.
+from stoat_ferret.api._deps import LibraryDep  # noqa: TC001
+from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._schemas import MAX_OFFSET, error_responses
+from stoat_ferret.library import (
+    THUMBNAIL_MEDIA_TYPE,
+    THUMBNAILS_JOB_TYPE,
+    THUMBNAILS_TIMEOUT,
+    Thumbnailer,
+    ThumbnailStore,
+    then_thumbnails,
+)
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from stoat_ferret.jobs import JobSupervisor
+    from stoat_ferret.library import ScanHandler, VideoLibrary
+    from stoat_ferret.settings import Settings
+
+router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
+
+THUMBNAILS_FOLDER: Final = "thumbnails"
+"""The thumbnails' directory, beside the database file (the data directory)."""
+
+CACHE_CONTROL: Final = "no-cache"
+
+
+async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
+    """Open the thumbnail store beside the database, remove thumbnails with their
+    rows, put the store on ``app.state.thumbnails``; return the job handler."""
+    settings: Settings = app.state.settings
+    directory = settings.database_path.parent / THUMBNAILS_FOLDER
+    store = await anyio.to_thread.run_sync(ThumbnailStore, directory)
+    library.on_delete(store.remove)
+    app.state.thumbnails = store
+    return Thumbnailer(library, store, priority=settings.probe_priority)
+
+
+def register_thumbnail_jobs(
+    supervisor: JobSupervisor, scan_type: str, scan: ScanHandler, thumbnailer: Thumbnailer
+) -> None:
+    """Register ``scan`` (submitting ``thumbnails`` when it changed videos) and ``thumbnails``."""
+    supervisor.register(scan_type, then_thumbnails(scan, supervisor))
+    supervisor.register(THUMBNAILS_JOB_TYPE, thumbnailer, timeout=THUMBNAILS_TIMEOUT)
+
+
+async def get_thumbnails(request: Request) -> ThumbnailStore:
+    """The thumbnail store (``app.state.thumbnails``).
+
+    Raises:
+        HTTPException: 503, the service has not started.
+    """
+    store = getattr(request.app.state, "thumbnails", None)
+    if not isinstance(store, ThumbnailStore):
+        raise unavailable("the service is not running (no thumbnail store)")
+    return store
+
+
+ThumbnailsDep = Annotated[ThumbnailStore, Depends(get_thumbnails)]
+
+
+@router.get(
+    "/{video_id}/thumbnail",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {THUMBNAIL_MEDIA_TYPE: {}},
+            "description": f"The thumbnail ({THUMBNAIL_MEDIA_TYPE}), with ETag.",
+        },
+        304: {"description": "If-None-Match named the current ETag."},
+        **error_responses(404, 422, 503),
+    },
+)
+async def get_thumbnail(
+    video_id: int, request: Request, library: LibraryDep, thumbnails: ThumbnailsDep
+) -> Response:
+    """The video's thumbnail: a frame near 10% of it, 320 pixels wide; 404 while none."""
+    video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
+    if video is None:
+        raise HTTPException(404, f"no video with id {video_id}")
+    fingerprint = (video.size_bytes, video.mtime_ns)
+    etag = f'"{video.id}-{video.size_bytes}-{video.mtime_ns}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    # Only if the image is there: a tag kept from a removed one must not turn
+    # the 404 into a 304.
+    if (
+        _matches(request.headers.get("if-none-match"), etag)
+        and await anyio.to_thread.run_sync(thumbnails.state, video.id, fingerprint) == "made"
+    ):
+        return Response(status_code=304, headers=headers)
+    image = await anyio.to_thread.run_sync(thumbnails.read, video.id, fingerprint)
+    if image is None:
+        raise HTTPException(404, f"video {video_id} has no thumbnail (yet)")
+    headers["X-Content-Type-Options"] = "nosniff"
+    return Response(image, media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weakly compared, RFC 9110)."""
+    if header is None:
+        return False
+    for candidate in header.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False

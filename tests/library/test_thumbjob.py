@@ -1,0 +1,198 @@
+"""The ``thumbnails`` job: what it makes, its errors, progress, cancellation and merging."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.jobs import InMemoryJobQueue, JobContext, JobStatus
+from stoat_ferret.library import (
+    THUMBNAILS_JOB_TYPE,
+    ThreadPriority,
+    Thumbnailer,
+    ThumbnailStore,
+    VideoLibrary,
+    make_scan_handler,
+    then_thumbnails,
+)
+from tests.library.support import make_context
+from tests.library.test_thumbnail import make_split_video
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+pytestmark = pytest.mark.anyio
+
+
+def job_context(
+    job_id: str = "t", progress: list[tuple[float, str | None]] | None = None
+) -> JobContext:
+    reports = progress if progress is not None else []
+    return JobContext(
+        job_id=job_id,
+        job_type=THUMBNAILS_JOB_TYPE,
+        payload=None,
+        sink=lambda _, fraction, message: reports.append((fraction, message)),
+    )
+
+
+def garbage_frames(path: Path) -> Path:
+    """An MP4 whose header probes fine but whose samples are noise."""
+    make_split_video(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"mdat") + 4
+    size = int.from_bytes(data[start - 8 : start - 4], "big") - 8
+    data[start : start + size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    path.write_bytes(bytes(data))
+    return path
+
+
+class Setup:
+    def __init__(self, folder: Path, library: VideoLibrary, store: ThumbnailStore) -> None:
+        self.folder = folder
+        self.library = library
+        self.store = store
+        self.thumbnailer = Thumbnailer(library, store, priority=ThreadPriority.NORMAL)
+
+    async def scan(self) -> dict[str, Any]:
+        return await make_scan_handler(self.library)(make_context(self.folder))
+
+    async def made(self) -> dict[str, bytes | None]:
+        found: dict[str, bytes | None] = {}
+        for video_id, path, size, mtime in await self.library.thumbnail_sources():
+            found[os.path.basename(path)] = self.store.read(video_id, (size, mtime))
+        return found
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, clips: dict[str, EncodedVideo]) -> AsyncIterator[Setup]:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("h264_aac.mp4", "vp9_opus.webm", "h264_mp2.ts"):
+        shutil.copyfile(clips[name].path, folder / name)  # copies: a test changes one
+    garbage_frames(folder / "noise.mp4")
+    store = ThumbnailStore(tmp_path / "thumbs")
+    async with await VideoLibrary.open(tmp_path / "stoat.db") as library:
+        library.on_delete(store.remove)
+        yield Setup(folder, library, store)
+
+
+async def test_the_job_makes_a_thumbnail_per_video_and_reports_undecodable_ones(
+    setup: Setup,
+) -> None:
+    """Three thumbnails, one errors entry for the noise, and a completed result."""
+    progress: list[tuple[float, str | None]] = []
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await setup.thumbnailer(job_context(progress=progress))
+
+    made = await setup.made()
+    assert {name for name, image in made.items() if image} == {
+        "h264_aac.mp4",
+        "vp9_opus.webm",
+        "h264_mp2.ts",
+    }
+    assert made["noise.mp4"] is None
+    assert result["videos"] == 4
+    assert result["made"] == 3
+    assert result["failed"] == 1
+    assert [entry["path"] for entry in result["errors"]] == [str(setup.folder / "noise.mp4")]
+    assert "decode" in result["errors"][0]["error"]
+    fractions = [fraction for fraction, _ in progress]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+
+
+async def test_a_second_job_makes_only_what_is_missing(setup: Setup) -> None:
+    """Made and failed videos are not tried again; a changed file is."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        await setup.thumbnailer(job_context())
+        changed = setup.folder / "h264_aac.mp4"
+        os.utime(changed, ns=(1_000_000_000, 1_000_000_000))
+        await setup.scan()
+        result = await setup.thumbnailer(job_context())
+
+    assert (result["made"], result["failed"], result["unchanged"]) == (1, 0, 3)
+    video = await setup.library.get_video_by_path(str(changed))
+    assert video is not None
+    assert os.listdir(os.path.dirname(setup.store.path_for(video.id, (0, 0)))) == [
+        os.path.basename(setup.store.path_for(video.id, (video.size_bytes, video.mtime_ns)))
+    ]
+
+
+async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
+    setup: Setup,
+) -> None:
+    """Cancelled once the first thumbnail is made: exactly that one stays."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        with anyio.CancelScope() as scope:
+
+            def sink(_: str, fraction: float, message: str | None) -> None:
+                if fraction > 0:
+                    scope.cancel()
+
+            ctx = JobContext(job_id="c", job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=sink)
+            await setup.thumbnailer(ctx)
+
+    assert scope.cancelled_caught
+    assert sum(1 for image in (await setup.made()).values() if image) == 1
+
+
+async def test_a_job_started_while_another_runs_merges_into_it(setup: Setup) -> None:
+    """The second job ends at once; the first makes another pass that sees new videos."""
+    record: list[str] = []
+    blocked, release = anyio.Event(), anyio.Event()
+    sources = setup.library.thumbnail_sources
+
+    async def gated_sources() -> list[tuple[int, str, int, int]]:
+        record.append("pass")
+        if len(record) == 1:
+            blocked.set()
+            await release.wait()
+        return await sources()
+
+    setup.library.thumbnail_sources = gated_sources  # type: ignore[method-assign]
+    results: dict[str, dict[str, Any]] = {}
+
+    async def run(job_id: str) -> None:
+        results[job_id] = await setup.thumbnailer(job_context(job_id))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run, "first")
+            await blocked.wait()
+            await run("second")
+            release.set()
+
+    assert results["second"]["merged_into"] == "first"
+    assert results["second"]["made"] == 0
+    assert record == ["pass", "pass"]
+    assert results["first"]["made"] == 3
+
+
+async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup) -> None:
+    """Through a queue: the scan completes, then a thumbnails job makes the images."""
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(make_scan_handler(setup.library), queue))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+
+    with anyio.fail_after(30):
+        first = await queue.submit("scan", {"path": str(setup.folder)})
+        second = await queue.submit("scan", {"path": str(setup.folder)})
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert (await queue.get_status(first)) is JobStatus.COMPLETED
+    assert (await queue.get_result(second)).result["unchanged"] == 4
+    assert len(page.jobs) == 1  # the unchanged rescan submitted none
+    assert page.jobs[0].status is JobStatus.COMPLETED
+    assert page.jobs[0].result["made"] == 3

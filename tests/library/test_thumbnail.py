@@ -1,0 +1,188 @@
+"""make_thumbnail: size, displayed aspect and rotation, decoded back with PyAV; refusals."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import av
+import pytest
+
+from stoat_ferret.library import THUMBNAIL_WIDTH, ProbeError, make_thumbnail
+from stoat_ferret.library._thumbnail import thumbnail_size
+from tests.videos import write_corrupt_video
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+WHITE, BLACK = 235, 16
+
+
+def make_split_video(
+    path: Path,
+    *,
+    width: int = 64,
+    height: int = 48,
+    rotation: int = 0,
+    sample_aspect: Fraction | None = None,
+    frames: int = 50,
+) -> Path:
+    """An H.264 MP4 whose frames are white above the middle and black below.
+
+    ``rotation`` goes into the display matrix (counterclockwise degrees),
+    ``sample_aspect`` into the stream; 50 frames at 25 fps, a keyframe every 5.
+    """
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("h264", rate=25, options={"g": "5"})
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if sample_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect
+        for index in range(frames):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            luma = frame.planes[0]
+            top = bytes([WHITE]) * luma.line_size * (height // 2)
+            luma.update(top + bytes([BLACK]) * (luma.buffer_size - len(top)))
+            for chroma in frame.planes[1:]:
+                chroma.update(bytes([128]) * chroma.buffer_size)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def fingerprint(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
+
+
+def decode(image: bytes, tmp_path: Path) -> tuple[int, int, bytes, int]:
+    """The thumbnail's width, height, grey plane and the plane's line size."""
+    target = tmp_path / "decoded.webp"
+    target.write_bytes(image)
+    with av.open(str(target)) as container:
+        frame = next(container.decode(video=0))
+    grey = frame.reformat(format="gray")
+    return frame.width, frame.height, bytes(grey.planes[0]), grey.planes[0].line_size
+
+
+def test_a_thumbnail_is_320_wide_and_keeps_the_aspect(tmp_path: Path) -> None:
+    """A 64x48 (4:3) clip gives a 320x240 WebP, white on top as the source."""
+    video = make_split_video(tmp_path / "plain.mp4")
+
+    image = make_thumbnail(str(video), fingerprint(video))
+
+    assert image[:4] == b"RIFF"
+    assert image[8:12] == b"WEBP"
+    width, height, grey, line = decode(image, tmp_path)
+    assert (width, height) == (THUMBNAIL_WIDTH, 240)
+    assert grey[10 * line + width // 2] > 200  # top: white
+    assert grey[(height - 10) * line + width // 2] < 50  # bottom: black
+
+
+@pytest.mark.parametrize(
+    ("rotation", "white_side"),
+    [(90, "left"), (-90, "right"), (180, "bottom")],
+)
+def test_the_display_rotation_is_applied(tmp_path: Path, rotation: int, white_side: str) -> None:
+    """A 64x48 clip turned a quarter is shown 48x64: 320x426; the white half turns with it."""
+    video = make_split_video(tmp_path / "turned.mp4", rotation=rotation)
+
+    width, height, grey, line = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    expected_height = 240 if rotation == 180 else 426
+    assert (width, height) == (THUMBNAIL_WIDTH, expected_height)
+    middle_row, middle_column = height // 2, width // 2
+    left = grey[middle_row * line + 10]
+    right = grey[middle_row * line + width - 10]
+    top = grey[10 * line + middle_column]
+    bottom = grey[(height - 10) * line + middle_column]
+    brightest = {"left": left, "right": right, "top": top, "bottom": bottom}
+    assert max(brightest, key=lambda side: brightest[side]) == white_side
+
+
+def test_the_sample_aspect_ratio_is_applied(tmp_path: Path) -> None:
+    """Pixels twice as wide as tall: a 64x48 frame shows as 128x48, so 320x120."""
+    video = make_split_video(tmp_path / "wide.mp4", sample_aspect=Fraction(2))
+
+    width, height, _, _ = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    assert (width, height) == (THUMBNAIL_WIDTH, 120)
+
+
+def test_every_fixture_codec_gives_a_thumbnail(
+    clips: dict[str, EncodedVideo], tmp_path: Path
+) -> None:
+    """Each container and codec the library tests use is thumbnailed, 320x240."""
+    for name, clip in clips.items():
+        image = make_thumbnail(str(clip.path), fingerprint(clip.path))
+
+        assert decode(image, tmp_path)[:2] == (THUMBNAIL_WIDTH, 240), name
+
+
+def test_a_broken_file_is_a_probe_error(tmp_path: Path) -> None:
+    """A file that starts like an MP4 and then is garbage has no frame to show."""
+    broken = write_corrupt_video(tmp_path / "broken.mp4")
+
+    with pytest.raises(ProbeError, match="not a readable media file"):
+        make_thumbnail(str(broken), fingerprint(broken))
+
+
+def test_a_file_whose_frames_are_garbage_is_a_probe_error(tmp_path: Path) -> None:
+    """An MP4 whose header is fine but whose samples are noise has no frame to show."""
+    video = make_split_video(tmp_path / "noise.mp4")
+    data = bytearray(video.read_bytes())
+    start = data.index(b"mdat") + 4
+    size = int.from_bytes(data[start - 8 : start - 4], "big") - 8
+    data[start : start + size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    video.write_bytes(bytes(data))
+
+    with pytest.raises(ProbeError, match="decode"):
+        make_thumbnail(str(video), fingerprint(video))
+
+
+def test_a_changed_file_is_refused(tmp_path: Path) -> None:
+    """A thumbnail is filed under the stored fingerprint: another version is refused."""
+    video = make_split_video(tmp_path / "plain.mp4")
+    size, mtime_ns = fingerprint(video)
+
+    with pytest.raises(ProbeError, match="changed since it was scanned"):
+        make_thumbnail(str(video), (size + 1, mtime_ns))
+
+
+def test_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The stored path is opened without following a link put in its place."""
+    video = make_split_video(tmp_path / "plain.mp4")
+    link = tmp_path / "link.mp4"
+    link.symlink_to(video)
+
+    with pytest.raises(ProbeError, match="not a regular file"):
+        make_thumbnail(str(link), fingerprint(video))
+
+
+def test_a_missing_file_is_a_probe_error(tmp_path: Path) -> None:
+    """A file deleted since the scan cannot be thumbnailed."""
+    with pytest.raises(ProbeError, match="No such file"):
+        make_thumbnail(str(tmp_path / "gone.mp4"), (1, 1))
+
+
+@pytest.mark.parametrize(
+    ("frame", "rotation", "aspect", "expected"),
+    [
+        ((1920, 1080), 0, 1.0, (320, 180)),
+        ((1920, 1080), 90, 1.0, (320, 568)),
+        ((720, 576), 0, 64 / 45, (320, 180)),
+        ((2, 4000), 0, 1.0, (320, 1280)),
+        ((4000, 2), 0, 1.0, (320, 2)),
+    ],
+)
+def test_thumbnail_size(
+    frame: tuple[int, int], rotation: int, aspect: float, expected: tuple[int, int]
+) -> None:
+    """320 wide, the displayed aspect kept, the height even, 2 to 1280."""
+    assert thumbnail_size(*frame, rotation, aspect) == expected
