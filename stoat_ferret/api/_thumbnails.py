@@ -114,7 +114,10 @@ async def get_thumbnail(
         return Response(status_code=304, headers=headers)
     image = await anyio.to_thread.run_sync(thumbnails.read, video.id, fingerprint)
     if image is None:
-        raise HTTPException(404, f"video {video_id} has no thumbnail (yet)")
+        # no-store: the image may exist a moment later, under the same URL.
+        raise HTTPException(
+            404, f"video {video_id} has no thumbnail (yet)", headers={"Cache-Control": "no-store"}
+        )
     headers["X-Content-Type-Options"] = "nosniff"
     return Response(image, media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)
 
