@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("jobs", "scan", "api", "hops")
+SUITES = ("jobs", "scan", "api", "hops", "thumbnails")
 
 
 def main() -> None:
