@@ -64,7 +64,7 @@ def register_thumbnail_jobs(
     supervisor: JobSupervisor, scan_type: str, scan: ScanHandler, thumbnailer: Thumbnailer
 ) -> None:
     """Register ``scan`` (submitting ``thumbnails`` when it changed videos) and ``thumbnails``."""
-    supervisor.register(scan_type, then_thumbnails(scan, supervisor))
+    supervisor.register(scan_type, then_thumbnails(scan, supervisor, thumbnailer))
     supervisor.register(THUMBNAILS_JOB_TYPE, thumbnailer, timeout=THUMBNAILS_TIMEOUT)
 
 

@@ -7,9 +7,14 @@ videos no longer stored (:meth:`ThumbnailStore.sweep`), and makes a thumbnail
 for each video whose current version has none and has not failed before.
 
 It stays out of the scans' way. Thumbnails are made one at a time (one
-``CapacityLimiter`` token, one :class:`BackgroundThreads` thread at
-``SCHED_IDLE`` priority, like the probe threads), so a scan's probes, at
-normal or idle priority, are never waiting for a core behind them. One
+``CapacityLimiter`` token, one :class:`BackgroundThreads` thread at the probe
+threads' priority, ``SCHED_IDLE`` by default), and the job gives way to
+scans: when a scan wrapped by :func:`then_thumbnails` is running, it stops
+before its next thumbnail and completes (``yielded_to_scan``), freeing its
+worker for scans, and the scan, as it completes, submits a new job for the
+rest. Priority alone was not enough: the probe threads run at the same idle
+priority, and on the shared 2-core machine a first scan ran at about half its
+speed beside the job (``make bench``, ``scan_beside_thumbnails``). One
 ``thumbnails`` job does the work at a time: a job that starts while another is
 running asks that one to make another pass once it is done (it will see the
 videos added since), and ends at once with ``merged_into`` naming it. Both run
@@ -81,6 +86,10 @@ class Thumbnailer:
         # The id of the job making thumbnails now; only that job does.
         self._running: str | None = None
         self._again = False
+        # Scans running now, counted by then_thumbnails.
+        self.scans = 0
+        # True when a job gave way to a scan before it had made every thumbnail.
+        self.owed = False
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any]:
         """Run one ``thumbnails`` job; return its counts and errors."""
@@ -90,6 +99,7 @@ class Thumbnailer:
             merged = _Run(ctx=ctx, errors=ErrorLog(cap=0)).result()
             return {**merged, "merged_into": self._running}
         self._running = ctx.job_id
+        self.owed = False  # this job takes the work over
         run = _Run(ctx=ctx, errors=ErrorLog(cap=self._error_cap))
         log = logger.bind(job_id=ctx.job_id, job_type=THUMBNAILS_JOB_TYPE)
         log.info("thumbnails started")
@@ -97,7 +107,7 @@ class Thumbnailer:
             while True:
                 self._again = False
                 await self._one_pass(run)
-                if not self._again:
+                if run.yielded_to_scan or not self._again:
                     break
         finally:
             self._running = None
@@ -117,6 +127,10 @@ class Thumbnailer:
         run.videos = len(sources)
         run.unchanged = len(sources) - len(todo)
         for index, source in enumerate(todo):
+            if self.scans:
+                run.yielded_to_scan = self.owed = True
+                run.ctx.report_progress(1.0, "thumbnails: gave way to a scan, which resubmits")
+                return
             run.ctx.report_progress(index / len(todo), f"thumbnails: {index}/{len(todo)} made")
             async with self._limiter:
                 outcome = await self._threads.run_sync(functools.partial(self._make, source))
@@ -163,17 +177,24 @@ class Thumbnailer:
             await anyio.to_thread.run_sync(self._store.remove, [source[0]])
 
 
-def then_thumbnails(scan: ScanHandler, queue: AsyncJobQueue) -> ScanHandler:
-    """Wrap a ``scan`` handler: once a scan that added or updated videos completes,
-    submit a ``thumbnails`` job to ``queue``.
+def then_thumbnails(
+    scan: ScanHandler, queue: AsyncJobQueue, thumbnailer: Thumbnailer
+) -> ScanHandler:
+    """Wrap a ``scan`` handler: ``thumbnailer`` gives way while it runs, and once
+    a scan that added or updated videos (or that a ``thumbnails`` job gave way
+    to) completes, it submits a ``thumbnails`` job to ``queue``.
 
     A queue that refuses the job (full, closing) is logged; the scan's result
     stands, and the next scan's job makes the missing thumbnails.
     """
 
     async def scan_then_thumbnails(ctx: JobContext) -> dict[str, Any]:
-        result = await scan(ctx)
-        if result.get("added") or result.get("updated"):
+        thumbnailer.scans += 1
+        try:
+            result = await scan(ctx)
+        finally:
+            thumbnailer.scans -= 1
+        if result.get("added") or result.get("updated") or thumbnailer.owed:
             try:
                 job_id = await queue.submit(THUMBNAILS_JOB_TYPE)
             except JobError as exc:
@@ -206,6 +227,7 @@ class _Run:
     failed: int = 0
     unchanged: int = 0
     removed: int = 0
+    yielded_to_scan: bool = False
 
     def result(self) -> dict[str, Any]:
         return {
@@ -216,4 +238,5 @@ class _Run:
             "removed": self.removed,
             "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
             "errors_truncated": self.errors.truncated,
+            "yielded_to_scan": self.yielded_to_scan,
         }

@@ -183,7 +183,8 @@ async def test_a_job_started_while_another_runs_merges_into_it(setup: Setup) -> 
 async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup) -> None:
     """Through a queue: the scan completes, then a thumbnails job makes the images."""
     queue = InMemoryJobQueue()
-    queue.register("scan", then_thumbnails(make_scan_handler(setup.library), queue))
+    scan = make_scan_handler(setup.library)
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
 
     with anyio.fail_after(30):
@@ -196,3 +197,38 @@ async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup)
     assert len(page.jobs) == 1  # the unchanged rescan submitted none
     assert page.jobs[0].status is JobStatus.COMPLETED
     assert page.jobs[0].result["made"] == 3
+
+
+async def test_a_job_gives_way_to_a_scan_which_submits_the_rest(setup: Setup) -> None:
+    """A job that meets a running scan stops at once; the scan, once done, submits another."""
+    release = anyio.Event()
+    queue = InMemoryJobQueue()
+
+    async def slow_scan(ctx: JobContext) -> dict[str, Any]:
+        await release.wait()
+        return {"added": 0, "updated": 0}  # changed nothing: it submits only what is owed
+
+    wrapped = then_thumbnails(slow_scan, queue, setup.thumbnailer)
+    queue.register("scan", wrapped)
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    scans: list[str] = []
+
+    async def scanning() -> None:
+        scans.append(await queue.submit("scan", {"path": str(setup.folder)}))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(scanning)
+            await anyio.wait_all_tasks_blocked()
+            first = await setup.thumbnailer(job_context())
+            made_while_scanning = [image for image in (await setup.made()).values() if image]
+            release.set()
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert (first["made"], first["yielded_to_scan"]) == (0, True)
+    assert made_while_scanning == []
+    assert len(page.jobs) == 1
+    assert page.jobs[0].status is JobStatus.COMPLETED
+    assert (page.jobs[0].result["made"], page.jobs[0].result["yielded_to_scan"]) == (3, False)
+    assert not setup.thumbnailer.owed
