@@ -652,8 +652,12 @@ function videoRow(video) {
     el(
       "td",
       { class: "file" },
-      thumbnail(video, "small"),
-      el("span", { class: "names" }, open, el("small", {}, el("bdi", { dir: "ltr", text: video.path }))),
+      el(
+        "div",
+        { class: "file-cell" },
+        thumbnail(video, "small"),
+        el("span", { class: "names" }, open, el("small", {}, el("bdi", { dir: "ltr", text: video.path }))),
+      ),
     ),
     el("td", { text: formatResolution(video.width, video.height) }),
     el("td", { text: formatRate(video.frame_rate_numerator, video.frame_rate_denominator) }),
