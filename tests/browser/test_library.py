@@ -165,7 +165,7 @@ def test_the_detail_view_opens_from_the_keyboard_and_gives_focus_back(
 def test_no_wcag_21_aa_violations_with_jobs_library_detail_and_an_error(
     context: BrowserContext, server: Server, library: Path
 ) -> None:
-    """axe-core finds nothing against WCAG 2.1 A and AA, on the page and in the dialog."""
+    """axe-core finds nothing against WCAG 2.1 A and AA: the page, the dialog, dark colours."""
     dashboard = open_page(context, server)
     page = dashboard.page
     page.wait_for_function(ALL_LOADED % 4, timeout=30_000)
@@ -179,9 +179,12 @@ def test_no_wcag_21_aa_violations_with_jobs_library_detail_and_an_error(
     expect(page.get_by_role("dialog", name="clip.mov")).to_be_visible()
     expect(page.locator("#detail-fields dt").first).to_be_visible()
     dialog_results = axe.run(page, options=WCAG_21_AA)
+    page.emulate_media(color_scheme="dark")  # the other palette: contrast again
+    dark_results = axe.run(page, options=WCAG_21_AA)
 
     assert page_results.violations_count == 0, page_results.generate_report()
     assert dialog_results.violations_count == 0, dialog_results.generate_report()
+    assert dark_results.violations_count == 0, dark_results.generate_report()
     assert dashboard.console.errors == []
     assert dashboard.console.refused == [(f"{server.base_url}/api/v1/videos/scan", 403)]
 
