@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 import pytest
 
-from stoat_ferret.library import ThumbnailStore, VideoLibrary, make_scan_handler
+from stoat_ferret.library import (
+    ThumbnailStore,
+    VideoLibrary,
+    VideoProbe,
+    VideoRecord,
+    VideoStore,
+    make_scan_handler,
+)
 from tests.library.support import make_context
 
 if TYPE_CHECKING:
@@ -84,3 +92,36 @@ async def test_a_thumbnail_goes_with_its_row(
 
     assert result["removed"] == 1
     assert os.listdir(tmp_path / "thumbs") == [str(kept.id)]
+
+
+def test_the_store_reports_the_ids_of_every_deleted_row(tmp_path: Path) -> None:
+    """1,201 deletions (three statements) and a path never stored: every deleted id, once."""
+    # Every probe field None but the codec: the test does not depend on the probe's fields.
+    unknown: dict[str, Any] = {field.name: None for field in attrs.fields(VideoProbe)}
+    probe = VideoProbe(**{**unknown, "video_codec": "h264"})
+    paths = [f"/videos/clip{index:05d}.mp4" for index in range(1_300)]
+    store = VideoStore.open(tmp_path / "stoat.db")
+    try:
+        store.upsert(
+            [
+                VideoRecord(
+                    path=path,
+                    directory="/videos",
+                    filename=os.path.basename(path),
+                    size_bytes=1,
+                    mtime_ns=1,
+                    probe=probe,
+                )
+                for path in paths
+            ]
+        )
+        ids = {path: id_ for id_, path, _, _ in store.thumbnail_sources()}
+        deleted: list[int] = []
+        store.on_delete = deleted.extend
+
+        store.delete([*paths[:1_201], "/videos/never-stored.mp4"])
+
+        assert sorted(deleted) == sorted(ids[path] for path in paths[:1_201])
+        assert len(store.thumbnail_sources()) == 99
+    finally:
+        store.close()
