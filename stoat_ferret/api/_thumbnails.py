@@ -29,6 +29,7 @@ from stoat_ferret.library import (
     THUMBNAIL_MEDIA_TYPE,
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,
+    StoreError,
     Thumbnailer,
     ThumbnailStore,
     then_thumbnails,
@@ -51,10 +52,17 @@ CACHE_CONTROL: Final = "no-cache"
 
 async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
     """Open the thumbnail store beside the database, remove thumbnails with their
-    rows, put the store on ``app.state.thumbnails``; return the job handler."""
+    rows, put the store on ``app.state.thumbnails``; return the job handler.
+
+    Raises:
+        StoreError: the thumbnails' directory cannot be created.
+    """
     settings: Settings = app.state.settings
     directory = settings.database_path.parent / THUMBNAILS_FOLDER
-    store = await anyio.to_thread.run_sync(ThumbnailStore, directory)
+    try:
+        store = await anyio.to_thread.run_sync(ThumbnailStore, directory)
+    except OSError as exc:
+        raise StoreError(f"cannot create the thumbnails directory {directory} ({exc})") from exc
     library.on_delete(store.remove)
     app.state.thumbnails = store
     return Thumbnailer(library, store, priority=settings.probe_priority)

@@ -11,7 +11,7 @@ import pytest
 
 from stoat_ferret.api._thumbnails import _matches
 from stoat_ferret.api.app import create_app
-from tests.api.support import serving
+from tests.api.support import LifespanFailed, serving
 from tests.library.test_thumbjob import garbage_frames
 
 if TYPE_CHECKING:
@@ -110,6 +110,16 @@ async def test_no_thumbnail_is_a_json_404(
         settings.database_path.parent / "thumbnails" / str(ids["noise.mp4"])
     ]
     assert bad_id.status_code == 422
+
+
+async def test_a_thumbnails_path_that_is_a_file_fails_the_start_clearly(settings: Settings) -> None:
+    """The start-up says which directory it could not create, rather than a bare OSError."""
+    settings.database_path.parent.mkdir(parents=True)
+    (settings.database_path.parent / "thumbnails").write_text("not a directory")
+
+    with anyio.fail_after(10), pytest.raises(LifespanFailed, match="thumbnails directory"):
+        async with serving(create_app(settings)):
+            pass
 
 
 @pytest.mark.parametrize(
