@@ -27,6 +27,7 @@ from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._schemas import MAX_OFFSET, error_responses
 from stoat_ferret.library import (
     THUMBNAIL_MEDIA_TYPE,
+    THUMBNAIL_VERSION,
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,
     StoreError,
@@ -36,6 +37,8 @@ from stoat_ferret.library import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fastapi import FastAPI
 
     from stoat_ferret.jobs import JobSupervisor
@@ -44,8 +47,10 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 
-THUMBNAILS_FOLDER: Final = "thumbnails"
-"""The thumbnails' directory, beside the database file (the data directory)."""
+THUMBNAILS_SUFFIX: Final = ".thumbnails"
+"""The thumbnails' directory is the database file's name with this added,
+beside it (``stoat.db.thumbnails/``): a name only this service uses, so a
+user's own ``thumbnails`` folder is never taken for it."""
 
 CACHE_CONTROL: Final = "no-cache"
 
@@ -54,11 +59,15 @@ async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
     """Open the thumbnail store beside the database, remove thumbnails with their
     rows, put the store on ``app.state.thumbnails``; return the job handler.
 
+    A directory of that name that is not the service's (``ThumbnailStore.refused``)
+    is left alone: the service starts, without thumbnails, and each
+    ``thumbnails`` job fails saying why.
+
     Raises:
         StoreError: the thumbnails' directory cannot be created.
     """
     settings: Settings = app.state.settings
-    directory = settings.database_path.parent / THUMBNAILS_FOLDER
+    directory = thumbnails_directory(settings)
     try:
         store = await anyio.to_thread.run_sync(ThumbnailStore, directory)
     except OSError as exc:
@@ -66,6 +75,12 @@ async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
     library.on_delete(store.remove)
     app.state.thumbnails = store
     return Thumbnailer(library, store, priority=settings.probe_priority)
+
+
+def thumbnails_directory(settings: Settings) -> Path:
+    """Where the thumbnails of ``settings``' database are."""
+    database = settings.database_path
+    return database.with_name(database.name + THUMBNAILS_SUFFIX)
 
 
 def register_thumbnail_jobs(
@@ -111,7 +126,7 @@ async def get_thumbnail(
     if video is None:
         raise HTTPException(404, f"no video with id {video_id}")
     fingerprint = (video.size_bytes, video.mtime_ns)
-    etag = f'"{video.id}-{video.size_bytes}-{video.mtime_ns}"'
+    etag = f'"{video.id}-{THUMBNAIL_VERSION}-{video.size_bytes}-{video.mtime_ns}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     # Only if the image is there: a tag kept from a removed one must not turn
     # the 404 into a 304.

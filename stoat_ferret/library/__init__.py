@@ -28,6 +28,7 @@ from stoat_ferret.library._thumbjob import (
     then_thumbnails,
 )
 from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
+from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
 from stoat_ferret.library._thumbstore import ThumbnailStore
 from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
 
@@ -38,6 +39,7 @@ __all__ = [
     "THUMBNAILS_JOB_TYPE",
     "THUMBNAILS_TIMEOUT",
     "THUMBNAIL_MEDIA_TYPE",
+    "THUMBNAIL_VERSION",
     "THUMBNAIL_WIDTH",
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",

@@ -98,6 +98,7 @@ class Thumbnailer:
             ctx.report_progress(1.0, f"merged into the running thumbnails job {self._running}")
             merged = _Run(ctx=ctx, errors=ErrorLog(cap=0)).result()
             return {**merged, "merged_into": self._running}
+        self._store.check()  # a directory that is not ours: the job fails, saying so
         self._running = ctx.job_id
         self.owed = False  # this job takes the work over
         run = _Run(ctx=ctx, errors=ErrorLog(cap=self._error_cap))

@@ -9,8 +9,9 @@ import anyio
 import av
 import pytest
 
-from stoat_ferret.api._thumbnails import _matches
+from stoat_ferret.api._thumbnails import _matches, thumbnails_directory
 from stoat_ferret.api.app import create_app
+from stoat_ferret.library._thumbstore import MARKER
 from tests.api.support import LifespanFailed, serving
 from tests.library.test_thumbjob import garbage_frames
 
@@ -106,20 +107,50 @@ async def test_no_thumbnail_is_a_json_404(
     assert unknown.status_code == 404
     assert "no video" in unknown.json()["detail"]
     assert removed.status_code == 404
-    assert list(settings.database_path.parent.joinpath("thumbnails").iterdir()) == [
-        settings.database_path.parent / "thumbnails" / str(ids["noise.mp4"])
-    ]
+    directory = thumbnails_directory(settings)
+    assert sorted(directory.iterdir()) == [directory / MARKER, directory / str(ids["noise.mp4"])]
     assert bad_id.status_code == 422
 
 
 async def test_a_thumbnails_path_that_is_a_file_fails_the_start_clearly(settings: Settings) -> None:
     """The start-up says which directory it could not create, rather than a bare OSError."""
     settings.database_path.parent.mkdir(parents=True)
-    (settings.database_path.parent / "thumbnails").write_text("not a directory")
+    thumbnails_directory(settings).write_text("not a directory")
 
     with anyio.fail_after(10), pytest.raises(LifespanFailed, match="thumbnails directory"):
         async with serving(create_app(settings)):
             pass
+
+
+async def test_the_users_own_thumbnails_folders_are_never_touched(
+    settings: Settings, video_dir: Path
+) -> None:
+    """A ``thumbnails/`` beside the database is not used; a foreign folder under the
+    service's own name is refused: the thumbnails job fails saying so, nothing is deleted."""
+    data = settings.database_path.parent
+    (data / "thumbnails" / "7").mkdir(parents=True)
+    (data / "thumbnails" / "7" / "holiday.jpg").write_bytes(b"mine")
+    (data / "thumbnails" / "notes.txt").write_bytes(b"mine")
+    theirs = thumbnails_directory(settings)
+    theirs.mkdir()
+    (theirs / "1").mkdir()
+    (theirs / "1" / "photo.jpg").write_bytes(b"mine too")
+
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            job = await scan_and_thumbnails(client, video_dir)
+            video_id = (await video_ids(client))["a.mp4"]
+            missing = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+
+    assert job["status"] == "failed"
+    assert "not empty" in job["error"]
+    assert missing.status_code == 404
+    assert sorted(path.name for path in (data / "thumbnails").rglob("*")) == [
+        "7",
+        "holiday.jpg",
+        "notes.txt",
+    ]
+    assert sorted(path.name for path in theirs.rglob("*")) == ["1", "photo.jpg"]
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,7 @@ async def test_a_database_deleted_while_serving_fails_scans_instead_of_losing_ro
     with anyio.fail_after(TIMEOUT):
         async with serving(create_app(settings)) as client:
             for name in os.listdir(settings.database_path.parent):
-                if name == "thumbnails":  # the data directory's one folder
+                if name.endswith(".thumbnails"):  # the data directory's one folder
                     shutil.rmtree(settings.database_path.parent / name)
                 else:
                     os.unlink(settings.database_path.parent / name)
