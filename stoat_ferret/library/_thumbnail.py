@@ -3,7 +3,10 @@
 :func:`make_thumbnail` is synchronous and blocking (the ``thumbnails`` job runs
 it in a background thread). It never decodes the whole file: it seeks to the
 keyframe at or before 10% of the duration, asks the decoder for keyframes only
-(``skip_frame=NONKEY``), and keeps the first frame that comes out. That frame
+(``skip_frame=NONKEY``), and keeps the first frame that comes out, flushing
+the decoder after the first keyframe's packet (an H.264 decoder with B-frames
+holds a keyframe back until later frames come, and with NONKEY none would:
+a long GOP would give no frame at all). That frame
 goes through one FFmpeg filter graph: ``scale`` to the displayed size (the
 sample aspect ratio applied, so an anamorphic 720x576 16:9 clip comes out
 16:9), ``transpose`` or ``hflip,vflip`` for the rotation of the display
@@ -177,11 +180,19 @@ def _seek_near(container: InputContainer, stream: VideoStream) -> None:
 
 
 def _next_frame(container: InputContainer, stream: VideoStream) -> VideoFrame | None:
+    # A decoder that reorders frames (H.264 with B-frames) holds the keyframe
+    # back until later frames come, and with NONKEY none comes: so once a
+    # keyframe's packet went in (or MAX_PACKETS did), the decoder is flushed.
     for count, packet in enumerate(container.demux(stream), start=1):
         for frame in packet.decode():
             return frame
-        if count >= MAX_PACKETS:
+        if packet.is_keyframe or count >= MAX_PACKETS:
             break
+    try:
+        for frame in stream.codec_context.decode(None):
+            return frame
+    except av.EOFError:  # the demuxer's last (empty) packet flushed it already
+        pass
     return None
 
 

@@ -56,6 +56,28 @@ def make_split_video(
     return path
 
 
+def make_ramp_video(path: Path, *, frames: int, gop: int) -> Path:
+    """An H.264 MP4 (with B-frames) whose frame ``i`` is a flat grey of luma
+    ``16 + 219 * i / frames``: the thumbnail's brightness tells which frame it is."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(
+            "h264", rate=25, options={"g": str(gop), "bf": "3", "x264-params": "scenecut=0"}
+        )
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            frame.planes[0].update(
+                bytes([BLACK + 219 * index // frames]) * frame.planes[0].buffer_size
+            )
+            for chroma in frame.planes[1:]:
+                chroma.update(bytes([128]) * chroma.buffer_size)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
 def fingerprint(path: Path) -> tuple[int, int]:
     info = os.stat(path)
     return info.st_size, info.st_mtime_ns
@@ -123,6 +145,30 @@ def test_every_fixture_codec_gives_a_thumbnail(
         image = make_thumbnail(str(clip.path), fingerprint(clip.path))
 
         assert decode(image, tmp_path)[:2] == (THUMBNAIL_WIDTH, 240), name
+
+
+def test_the_frame_is_the_keyframe_near_a_tenth_of_the_duration(tmp_path: Path) -> None:
+    """Short GOPs: the frame shown is the keyframe at or before 10%, not the first."""
+    path = make_ramp_video(tmp_path / "ramp.mp4", frames=250, gop=10)
+
+    width, _, grey, _ = decode(make_thumbnail(str(path), fingerprint(path)), tmp_path)
+
+    # Decoded to full-range grey, frame i of 250 is about i: the keyframe at or
+    # before frame 25 (10%) is frame 20; the first frame would be 0, the middle one 127.
+    brightness = sum(grey) / len(grey)
+    assert width == THUMBNAIL_WIDTH
+    assert 18 <= brightness <= 22
+
+
+def test_a_long_gop_gives_its_only_keyframe(tmp_path: Path) -> None:
+    """2,500 frames and one keyframe, B-frames on: the decoder holds the keyframe
+    back for reordering until flushed; it must still come out."""
+    path = make_ramp_video(tmp_path / "long.mp4", frames=2_500, gop=10_000)
+
+    width, _, grey, _ = decode(make_thumbnail(str(path), fingerprint(path)), tmp_path)
+
+    assert width == THUMBNAIL_WIDTH
+    assert sum(grey) / len(grey) < 2  # the first (and only key) frame: black
 
 
 def test_a_broken_file_is_a_probe_error(tmp_path: Path) -> None:
