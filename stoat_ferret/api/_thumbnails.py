@@ -8,10 +8,12 @@ answer to an ``If-None-Match`` that names the current tag is a bodiless 304.
 While a video has no thumbnail (not made yet, or its frame could not be
 decoded) the answer is a JSON 404, as for a video that does not exist.
 
-:func:`open_thumbnails` and :func:`register_thumbnail_jobs` are the
-lifespan's two calls: the first opens the store under the data directory and
-hooks it to the library's deletions, the second registers the ``thumbnails``
-job type and makes every completed scan that changed something submit one.
+:func:`open_thumbnails`, :func:`register_thumbnail_jobs` and
+:func:`start_thumbnails` are the lifespan's three calls: the first opens the
+store under the data directory and hooks it to the library's deletions, the
+second registers the ``thumbnails`` job type and makes every completed scan
+that changed something submit one, the third (once the supervisor runs)
+submits one if a stored video has no thumbnail.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from stoat_ferret.library import (
     StoreError,
     Thumbnailer,
     ThumbnailStore,
+    submit_thumbnails,
     then_thumbnails,
 )
 
@@ -87,8 +90,16 @@ def register_thumbnail_jobs(
     supervisor: JobSupervisor, scan_type: str, scan: ScanHandler, thumbnailer: Thumbnailer
 ) -> None:
     """Register ``scan`` (submitting ``thumbnails`` when it changed videos) and ``thumbnails``."""
-    supervisor.register(scan_type, then_thumbnails(scan, supervisor, thumbnailer))
+    wrapped = then_thumbnails(scan, supervisor, thumbnailer, scan_type=scan_type)
+    supervisor.register(scan_type, wrapped)
     supervisor.register(THUMBNAILS_JOB_TYPE, thumbnailer, timeout=THUMBNAILS_TIMEOUT)
+
+
+async def start_thumbnails(supervisor: JobSupervisor, thumbnailer: Thumbnailer) -> None:
+    """At start-up: submit a ``thumbnails`` job if a stored video has no thumbnail
+    (a database from before thumbnails, a job cut short by the last shut-down)."""
+    if await thumbnailer.any_missing():
+        await submit_thumbnails(supervisor, thumbnailer, after="start-up")
 
 
 async def get_thumbnails(request: Request) -> ThumbnailStore:

@@ -147,6 +147,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 _thumbnails.register_thumbnail_jobs(supervisor, SCAN_JOB_TYPE, handler, thumbnailer)
                 await group.start(supervisor.run)
                 app.state.job_queue = supervisor
+                await _thumbnails.start_thumbnails(supervisor, thumbnailer)
                 logger.info(
                     "service started",
                     database=library.path,

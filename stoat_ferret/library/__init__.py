@@ -25,6 +25,7 @@ from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,
     Thumbnailer,
+    submit_thumbnails,
     then_thumbnails,
 )
 from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
@@ -63,6 +64,7 @@ __all__ = [
     "make_thumbnail",
     "parse_payload",
     "probe_video",
+    "submit_thumbnails",
     "then_thumbnails",
     "walk_videos",
 ]

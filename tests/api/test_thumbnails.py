@@ -122,6 +122,30 @@ async def test_a_thumbnails_path_that_is_a_file_fails_the_start_clearly(settings
             pass
 
 
+async def test_the_start_up_submits_a_job_for_missing_thumbnails(
+    settings: Settings, video_dir: Path
+) -> None:
+    """Videos stored without thumbnails (here: their folder deleted while stopped)
+    get them at the next start, without a scan; a start with none missing submits none."""
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            await scan_and_thumbnails(client, video_dir)
+        shutil.rmtree(thumbnails_directory(settings))
+        async with serving(create_app(settings)) as client:
+            jobs = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+            assert len(jobs) == 1
+            waited = await client.get(f"/api/v1/jobs/{jobs[0]['job_id']}/wait?timeout=20")
+            video_id = (await video_ids(client))["a.mp4"]
+            image = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+        async with serving(create_app(settings)) as client:
+            after = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+
+    assert waited.json()["status"] == "completed"
+    assert waited.json()["result"]["made"] == 2
+    assert image.status_code == 200
+    assert after == []
+
+
 async def test_the_users_own_thumbnails_folders_are_never_touched(
     settings: Settings, video_dir: Path
 ) -> None:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
-from stoat_ferret.jobs import InMemoryJobQueue, JobContext, JobStatus
+from stoat_ferret.jobs import (
+    InMemoryJobQueue,
+    JobContext,
+    JobPage,
+    JobResult,
+    JobStatus,
+    QueueFull,
+)
 from stoat_ferret.library import (
     THUMBNAILS_JOB_TYPE,
     ThreadPriority,
@@ -145,6 +153,24 @@ async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
 
     assert scope.cancelled_caught
     assert sum(1 for image in (await setup.made()).values() if image) == 1
+    assert setup.thumbnailer.owed  # the next scan submits a job for the rest
+
+
+async def test_a_job_that_makes_them_all_leaves_nothing_owed(setup: Setup) -> None:
+    """owed is set while a job works and cleared only once it has made them all."""
+    seen: list[bool] = []
+
+    def sink(_: str, fraction: float, message: str | None) -> None:
+        seen.append(setup.thumbnailer.owed)
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        ctx = JobContext(job_id="o", job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=sink)
+        await setup.thumbnailer(ctx)
+
+    assert seen
+    assert all(seen)
+    assert not setup.thumbnailer.owed
 
 
 async def test_a_job_started_while_another_runs_merges_into_it(setup: Setup) -> None:
@@ -200,9 +226,13 @@ async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup)
 
 
 async def test_a_job_gives_way_to_a_scan_which_submits_the_rest(setup: Setup) -> None:
-    """A job that meets a running scan stops at once; the scan, once done, submits another."""
+    """A job that meets a running scan stops once it made its share (here 1); the
+    scan, once done, submits another for the rest."""
     release = anyio.Event()
     queue = InMemoryJobQueue()
+    setup.thumbnailer = Thumbnailer(
+        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=1
+    )
 
     async def slow_scan(ctx: JobContext) -> dict[str, Any]:
         await release.wait()
@@ -226,9 +256,110 @@ async def test_a_job_gives_way_to_a_scan_which_submits_the_rest(setup: Setup) ->
             release.set()
         page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
-    assert (first["made"], first["yielded_to_scan"]) == (0, True)
-    assert made_while_scanning == []
+    assert (first["made"] + first["failed"], first["yielded_to_scan"]) == (1, True)
+    assert len(made_while_scanning) == first["made"]
     assert len(page.jobs) == 1
     assert page.jobs[0].status is JobStatus.COMPLETED
-    assert (page.jobs[0].result["made"], page.jobs[0].result["yielded_to_scan"]) == (3, False)
+    rest = page.jobs[0].result
+    assert (first["made"] + rest["made"], rest["yielded_to_scan"]) == (3, False)
+    assert not setup.thumbnailer.owed
+
+
+class PendingScans(InMemoryJobQueue):
+    """A queue that says a scan is waiting for a worker while ``waiting`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = False
+        self.asked: list[tuple[JobStatus | None, str | None]] = []
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> JobPage:
+        self.asked.append((status, job_type))
+        if self.waiting and status is JobStatus.PENDING and job_type == "scan":
+            now = datetime.now(UTC)
+            pending = JobResult(
+                job_id="s", job_type="scan", status=JobStatus.PENDING, submitted_at=now
+            )
+            return JobPage(jobs=(pending,), total=1)
+        return await super().list_jobs(status=status, job_type=job_type, limit=limit, offset=offset)
+
+
+async def test_a_job_gives_way_to_a_waiting_scan_after_its_share(setup: Setup) -> None:
+    """A scan waiting for a worker: the job stops after MIN thumbnails tried (2 here)."""
+    queue = PendingScans()
+    setup.thumbnailer = Thumbnailer(
+        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=2
+    )
+    then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
+    queue.waiting = True
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await setup.thumbnailer(job_context())
+
+    assert (result["made"] + result["failed"], result["yielded_to_scan"]) == (2, True)
+    assert (JobStatus.PENDING, "scan") in queue.asked
+    assert setup.thumbnailer.owed
+
+
+async def test_a_job_gives_way_before_its_listing_once_it_did_its_share(setup: Setup) -> None:
+    """With no share to make (0), a waiting scan stops the job before it lists anything."""
+    queue = PendingScans()
+    setup.thumbnailer = Thumbnailer(
+        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=0
+    )
+    then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
+    queue.waiting = True
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await setup.thumbnailer(job_context())
+
+    assert (result["videos"], result["made"], result["yielded_to_scan"]) == (0, 0, True)
+
+
+class Refusing(InMemoryJobQueue):
+    """A queue that refuses every ``thumbnails`` job as full."""
+
+    async def submit(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> str:
+        if job_type == THUMBNAILS_JOB_TYPE:
+            raise QueueFull("full")
+        return await super().submit(job_type, payload, timeout=timeout, key=key)
+
+
+async def test_a_refused_submission_leaves_the_work_owed(setup: Setup) -> None:
+    """The queue refuses the job after a scan that added videos: the next scan,
+    which changed nothing, submits it."""
+    refusing = Refusing()
+    wrapped = then_thumbnails(make_scan_handler(setup.library), refusing, setup.thumbnailer)
+    queue = InMemoryJobQueue()
+    queue.register(
+        "scan", then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
+    )
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+
+    with anyio.fail_after(30):
+        added = await wrapped(make_context(setup.folder))
+        owed_after_refusal = setup.thumbnailer.owed
+        await queue.submit("scan", {"path": str(setup.folder)})
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert added["added"] == 4
+    assert owed_after_refusal
+    assert len(page.jobs) == 1
+    assert page.jobs[0].result["made"] == 3
     assert not setup.thumbnailer.owed
