@@ -25,12 +25,17 @@ last check and its end.
 
 A video whose frame cannot be decoded gets no thumbnail, an ``errors`` entry
 and a marker file (so the next job does not try it again until it changes);
-the job itself completes. Cancellation (or the job's timeout, registered as
-:data:`THUMBNAILS_TIMEOUT`) stops it before its next file; what was written
-stays, and the rest is owed (:attr:`Thumbnailer.owed`): the next scan that
-completes submits a job for it, even if it changed nothing, as it does when a
-queue refused a submission. :meth:`Thumbnailer.any_missing` lets the service
-submit one at start-up.
+the job itself completes. Only the file's own fault
+(:class:`~stoat_ferret.library._thumbnail.UndecodableError`) is marked: a file
+away, unreadable or changed for now, out of descriptors, an I/O error, is an
+``errors`` entry only, and the next job tries it again.
+
+Cancellation (or the job's timeout, registered as :data:`THUMBNAILS_TIMEOUT`)
+stops it before its next file; what was written stays, and the rest is owed
+(:attr:`Thumbnailer.owed`): the next scan that completes submits a job for
+it, even if it changed nothing, as it does when a queue refused a
+submission. :meth:`Thumbnailer.any_missing` lets the service submit one at
+start-up.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
-from stoat_ferret.library._thumbnail import make_thumbnail
+from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 
 if TYPE_CHECKING:
     import threading
@@ -210,14 +215,15 @@ class Thumbnailer:
         try:
             image: bytes | None = make_thumbnail(path, fingerprint)
             reason = None
+        except UndecodableError as exc:
+            image, reason = None, exc.reason  # the file's fault: marked, not tried again
         except ProbeError as exc:
-            image, reason = None, exc.reason
+            # Gone, changed, unreadable for now: no marker, the next job tries again.
+            return exc.reason
         except Exception as exc:
-            # A PyAV surprise on one odd file must not end the job.
+            # A PyAV surprise on one odd file must not end the job (nor mark it).
             logger.opt(exception=exc).warning("thumbnail raised unexpectedly", path=path)
-            image, reason = None, f"{type(exc).__name__}: {exc}"
-        if reason == "changed since it was scanned":
-            return reason  # the next scan updates its row; no marker for this version
+            return f"{type(exc).__name__}: {exc}"
         try:
             self._store.write(video_id, fingerprint, image)
         except OSError as exc:

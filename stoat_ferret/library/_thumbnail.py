@@ -56,12 +56,39 @@ SEEK_FRACTION: Final = 0.1
 MAX_PACKETS: Final = 2_000
 """Packets read after the seek, at most, looking for a keyframe to decode."""
 
+_TRANSIENT_ERRNOS: Final = frozenset(
+    {
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.EIO,
+        errno.ENOMEM,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ENXIO,
+        errno.ENODEV,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+    }
+)
+"""Errors of the moment (a file away, out of descriptors, a disk or network
+hiccup), not of the file: they do not make a video undecodable."""
+
 _WEBP_QUALITY: Final = "75"
 _CONTAINER_OPTIONS: Final = {
     "format_whitelist": DEMUXERS,
     "protocol_whitelist": "fd",
     "enable_drefs": "0",
 }
+
+
+class UndecodableError(ProbeError):
+    """The file itself gives no frame: not a media file FFmpeg reads, no video
+    stream, no keyframe, or a frame that cannot be decoded. Trying again will
+    not help until the file changes; any other :class:`ProbeError` might."""
 
 
 def make_thumbnail(path: str, fingerprint: Fingerprint) -> bytes:
@@ -75,8 +102,9 @@ def make_thumbnail(path: str, fingerprint: Fingerprint) -> bytes:
         The encoded image, :data:`THUMBNAIL_WIDTH` pixels wide.
 
     Raises:
-        ProbeError: The file is gone, changed since it was scanned, not a
-            regular file, or no frame of it can be decoded.
+        UndecodableError: No frame of the file can be decoded.
+        ProbeError: The file is gone, unreadable for now, changed since it
+            was scanned, or not a regular file.
     """
     fd = _open_unchanged(path, fingerprint)
     try:
@@ -86,7 +114,7 @@ def make_thumbnail(path: str, fingerprint: Fingerprint) -> bytes:
             image = _from_descriptor(path, fd, seek=seek)
             if image is not None:
                 return image
-        raise ProbeError(path, "cannot decode a frame (no keyframe found)")
+        raise UndecodableError(path, "cannot decode a frame (no keyframe found)")
     finally:
         os.close(fd)
 
@@ -101,11 +129,13 @@ def _from_descriptor(path: str, fd: int, *, seek: bool) -> bytes | None:
             metadata_errors="replace",
         )
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ProbeError(path, f"not a readable media file ({_reason(exc)})") from exc
+        error = ProbeError if _transient(exc) else UndecodableError
+        raise error(path, f"not a readable media file ({_reason(exc)})") from exc
     try:
         return _thumbnail(path, container, seek=seek)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ProbeError(path, f"cannot decode a frame ({_reason(exc)})") from exc
+        error = ProbeError if _transient(exc) else UndecodableError
+        raise error(path, f"cannot decode a frame ({_reason(exc)})") from exc
     finally:
         container.close()
 
@@ -145,7 +175,7 @@ def _open_unchanged(path: str, fingerprint: Fingerprint) -> int:
 
 def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | None:
     if not container.streams.video:
-        raise ProbeError(path, "no video stream")
+        raise UndecodableError(path, "no video stream")
     stream = container.streams.video[0]
     stream.codec_context.skip_frame = "NONKEY"
     if seek:
@@ -234,6 +264,10 @@ def _encode_webp(frame: VideoFrame) -> bytes:
     if not data:
         raise ValueError("the WebP encoder returned nothing")
     return data
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
 def _reason(exc: Exception) -> str:

@@ -136,6 +136,29 @@ async def test_a_second_job_makes_only_what_is_missing(setup: Setup) -> None:
     ]
 
 
+async def test_a_file_away_for_now_is_not_marked_failed(setup: Setup, tmp_path: Path) -> None:
+    """A file missing (ENOENT) while the job runs is an errors entry, not a marker:
+    back with the same size and time, the next job makes its thumbnail."""
+    away = setup.folder / "h264_aac.mp4"
+    with anyio.fail_after(30):
+        await setup.scan()
+        os.rename(away, tmp_path / "away.mp4")
+        first = await setup.thumbnailer(job_context())
+        video = await setup.library.get_video_by_path(str(away))
+        assert video is not None
+        state = setup.store.state(video.id, (video.size_bytes, video.mtime_ns))
+        os.rename(tmp_path / "away.mp4", away)
+        second = await setup.thumbnailer(job_context())
+
+    assert first["failed"] == 2  # the noise (marked) and the file away (not)
+    assert {entry["path"] for entry in first["errors"]} == {
+        str(away),
+        str(setup.folder / "noise.mp4"),
+    }
+    assert state is None
+    assert (second["made"], second["failed"], second["unchanged"]) == (1, 0, 3)
+
+
 async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
     setup: Setup,
 ) -> None:
