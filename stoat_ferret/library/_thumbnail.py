@@ -143,7 +143,8 @@ def _from_descriptor(path: str, fd: int, *, seek: bool) -> bytes | None:
 def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float) -> tuple[int, int]:
     """The ``(width, height)`` of the thumbnail of a ``width`` x ``height`` frame.
 
-    ``rotation`` is the display matrix's, in degrees; ``sample_aspect`` the
+    ``rotation`` is the display matrix's, in degrees, a multiple of 90
+    (rounded by the caller); ``sample_aspect`` the
     pixels' width over their height. The height is even (4:2:0 chroma), and 2
     at least.
     """
@@ -186,7 +187,9 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
     frame = _next_frame(container, stream)
     if frame is None:
         return None
-    rotation = round(frame.rotation) % 360
+    # The nearest right angle: the size and the turn must agree, and only
+    # quarter turns keep a frame a rectangle.
+    rotation = round(frame.rotation / 90) * 90 % 360
     aspect = stream.sample_aspect_ratio
     width, height = thumbnail_size(
         frame.width, frame.height, rotation, float(aspect) if aspect else 1.0
