@@ -50,6 +50,12 @@ THUMBNAIL_MEDIA_TYPE: Final = "image/webp"
 MAX_HEIGHT: Final = 4 * THUMBNAIL_WIDTH
 """The tallest thumbnail: a hostile file may claim a frame 2 pixels wide and 16,000 tall."""
 
+MAX_PIXELS: Final = 8_192 * 4_320
+"""The largest frame decoded (DCI 8K, about 53 MB in 8-bit 4:2:0): a hostile
+file claiming a 60,000 x 60,000 frame must not make the decoder allocate
+gigabytes. Checked on the stream's header and given to the decoder
+(``max_pixels``) for frames whose size changes later."""
+
 SEEK_FRACTION: Final = 0.1
 """Where the frame is taken, as a fraction of the duration."""
 
@@ -178,7 +184,13 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
     if not container.streams.video:
         raise UndecodableError(path, "no video stream")
     stream = container.streams.video[0]
-    stream.codec_context.skip_frame = "NONKEY"
+    codec = stream.codec_context
+    if codec.width * codec.height > MAX_PIXELS:
+        raise UndecodableError(
+            path, f"a {codec.width}x{codec.height} frame is larger than {MAX_PIXELS} pixels"
+        )
+    codec.options = {**codec.options, "max_pixels": str(MAX_PIXELS)}
+    codec.skip_frame = "NONKEY"
     if seek:
         try:
             _seek_near(container, stream)

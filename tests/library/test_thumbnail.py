@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import av
 import pytest
 
-from stoat_ferret.library import THUMBNAIL_WIDTH, ProbeError, make_thumbnail
-from stoat_ferret.library._thumbnail import thumbnail_size
+from stoat_ferret.library import THUMBNAIL_WIDTH, ProbeError, _thumbnail, make_thumbnail
+from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
 from tests.videos import write_corrupt_video
 
 if TYPE_CHECKING:
@@ -170,6 +170,34 @@ def test_a_long_gop_gives_its_only_keyframe(tmp_path: Path) -> None:
 
     assert width == THUMBNAIL_WIDTH
     assert sum(grey) / len(grey) < 2  # the first (and only key) frame: black
+
+
+def test_a_frame_too_large_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream claiming more than MAX_PIXELS is undecodable (here the limit is lowered)."""
+    video = make_split_video(tmp_path / "big.mp4")
+    monkeypatch.setattr(_thumbnail, "MAX_PIXELS", 64 * 48 - 1)
+
+    with pytest.raises(UndecodableError, match="larger than 3071 pixels"):
+        make_thumbnail(str(video), fingerprint(video))
+
+
+def test_the_decoder_gets_the_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder is opened with max_pixels, for a frame size that changes mid-stream."""
+    video = make_split_video(tmp_path / "clip.mp4")
+    real = _thumbnail._next_frame
+    seen: list[dict[str, str]] = []
+
+    def recording(container: Any, stream: Any) -> Any:
+        seen.append(dict(stream.codec_context.options))
+        return real(container, stream)
+
+    monkeypatch.setattr(_thumbnail, "_next_frame", recording)
+    make_thumbnail(str(video), fingerprint(video))
+
+    assert seen
+    assert seen[0]["max_pixels"] == str(_thumbnail.MAX_PIXELS)
 
 
 def test_a_broken_file_is_a_probe_error(tmp_path: Path) -> None:
