@@ -18,7 +18,7 @@ submits one if a stored video has no thumbnail.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -117,22 +117,33 @@ async def get_thumbnails(request: Request) -> ThumbnailStore:
 ThumbnailsDep = Annotated[ThumbnailStore, Depends(get_thumbnails)]
 
 
+_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "content": {THUMBNAIL_MEDIA_TYPE: {}},
+        "description": f"The thumbnail ({THUMBNAIL_MEDIA_TYPE}), with ETag.",
+    },
+    304: {"description": "If-None-Match named the current ETag."},
+    **error_responses(404, 422, 503),
+}
+
+
+# A route a method (not api_route with both: it gives them one operationId).
 @router.get(
     "/{video_id}/thumbnail",
     response_class=Response,
-    responses={
-        200: {
-            "content": {THUMBNAIL_MEDIA_TYPE: {}},
-            "description": f"The thumbnail ({THUMBNAIL_MEDIA_TYPE}), with ETag.",
-        },
-        304: {"description": "If-None-Match named the current ETag."},
-        **error_responses(404, 422, 503),
-    },
+    responses=_RESPONSES,
+)
+@router.head(
+    "/{video_id}/thumbnail",
+    response_class=Response,
+    responses=_RESPONSES,
 )
 async def get_thumbnail(
     video_id: int, request: Request, library: LibraryDep, thumbnails: ThumbnailsDep
 ) -> Response:
-    """The video's thumbnail: a frame near 10% of it, 320 pixels wide; 404 while none."""
+    """The video's thumbnail: a frame near 10% of it, 320 pixels wide; 404 while none.
+
+    HEAD answers as GET would, without the body."""
     video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
     if video is None:
         raise HTTPException(404, f"no video with id {video_id}")
@@ -150,9 +161,16 @@ async def get_thumbnail(
     if image is None:
         # no-store: the image may exist a moment later, under the same URL.
         raise HTTPException(
-            404, f"video {video_id} has no thumbnail (yet)", headers={"Cache-Control": "no-store"}
+            404,
+            f"video {video_id} has no thumbnail (yet)",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
         )
     headers["X-Content-Type-Options"] = "nosniff"
+    # Another site's page may not embed it (nor read its size through timing).
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(image))
+        return Response(media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)
     return Response(image, media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)
 
 

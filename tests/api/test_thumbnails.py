@@ -62,12 +62,18 @@ async def test_a_scan_makes_thumbnails_served_with_etag_and_304(
             again = await client.get(url, headers={"If-None-Match": etag})
             weak = await client.get(url, headers={"If-None-Match": f'"x", W/{etag}'})
             other = await client.get(url, headers={"If-None-Match": '"something-else"'})
+            head = await client.head(url)
 
     assert job["status"] == "completed"
     assert (job["result"]["made"], job["result"]["errors"]) == (2, [])
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/webp"
     assert image.headers["cache-control"] == "no-cache"
+    assert image.headers["x-content-type-options"] == "nosniff"
+    assert image.headers["cross-origin-resource-policy"] == "same-origin"
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == str(len(image.content))
+    assert (head.headers["etag"], head.headers["content-type"]) == (etag, "image/webp")
     (tmp_path / "thumb.webp").write_bytes(image.content)
     with av.open(str(tmp_path / "thumb.webp")) as container:
         frame = next(container.decode(video=0))
@@ -104,6 +110,8 @@ async def test_no_thumbnail_is_a_json_404(
     assert job["result"]["failed"] == 1
     assert noise.status_code == 404
     assert "no thumbnail" in noise.json()["detail"]
+    assert noise.headers["cache-control"] == "no-store"
+    assert noise.headers["x-content-type-options"] == "nosniff"
     assert unknown.status_code == 404
     assert "no video" in unknown.json()["detail"]
     assert removed.status_code == 404
