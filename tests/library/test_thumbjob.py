@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,11 @@ from stoat_ferret.library import (
     Thumbnailer,
     ThumbnailStore,
     VideoLibrary,
+    _thumbjob,
     make_scan_handler,
     then_thumbnails,
 )
+from stoat_ferret.library._thumbnail import make_thumbnail
 from tests.library.support import make_context
 from tests.library.test_thumbnail import make_split_video
 
@@ -157,6 +160,45 @@ async def test_a_file_away_for_now_is_not_marked_failed(setup: Setup, tmp_path: 
     }
     assert state is None
     assert (second["made"], second["failed"], second["unchanged"]) == (1, 0, 3)
+
+
+async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first video's file goes, and a rescan deletes its row, while its
+    thumbnail is being made: once the job ends, no file of it is left."""
+    started, proceed = threading.Event(), threading.Event()
+    making: list[str] = []
+
+    def gated(path: str, fingerprint: tuple[int, int]) -> bytes:
+        image = make_thumbnail(path, fingerprint)
+        if not making:
+            making.append(path)
+            started.set()
+            proceed.wait()
+        return image
+
+    monkeypatch.setattr(_thumbjob, "make_thumbnail", gated)
+    results: list[dict[str, Any]] = []
+
+    async def job() -> None:
+        results.append(await setup.thumbnailer(job_context()))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(job)
+            await anyio.to_thread.run_sync(started.wait)
+            video = await setup.library.get_video_by_path(making[0])
+            os.unlink(making[0])
+            rescan = await setup.scan()
+            proceed.set()
+
+    assert video is not None
+    assert rescan["removed"] == 1
+    assert results[0]["made"] == 3  # made, then removed with its row
+    assert await setup.library.get_video(video.id) is None
+    assert str(video.id) not in os.listdir(setup.store.directory)
 
 
 async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
