@@ -259,9 +259,16 @@ def then_thumbnails(
     async def scan_then_thumbnails(ctx: JobContext) -> dict[str, Any]:
         thumbnailer.scans += 1
         try:
-            result = await scan(ctx)
-        finally:
-            thumbnailer.scans -= 1
+            try:
+                result = await scan(ctx)
+            finally:
+                thumbnailer.scans -= 1
+        except Exception:
+            # A failed scan may have been what a job gave way to: the owed
+            # work must not wait for another scan.
+            if thumbnailer.owed:
+                await submit_thumbnails(queue, thumbnailer, after=ctx.job_id)
+            raise
         if result.get("added") or result.get("updated") or thumbnailer.owed:
             await submit_thumbnails(queue, thumbnailer, after=ctx.job_id)
         return result

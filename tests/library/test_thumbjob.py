@@ -330,6 +330,28 @@ async def test_a_job_gives_way_to_a_scan_which_submits_the_rest(setup: Setup) ->
     assert not setup.thumbnailer.owed
 
 
+async def test_a_failed_scan_submits_the_owed_work(setup: Setup) -> None:
+    """A scan that fails after a job gave way to it still submits a job for the rest."""
+    queue = InMemoryJobQueue()
+
+    async def failing_scan(ctx: JobContext) -> dict[str, Any]:
+        raise RuntimeError("disk gone")
+
+    queue.register("scan", then_thumbnails(failing_scan, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    setup.thumbnailer.owed = True
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        scan_id = await queue.submit("scan", {"path": str(setup.folder)})
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert (await queue.get_status(scan_id)) is JobStatus.FAILED
+    assert len(page.jobs) == 1
+    assert page.jobs[0].result["made"] == 3
+    assert setup.thumbnailer.scans == 0
+
+
 class PendingScans(InMemoryJobQueue):
     """A queue that says a scan is waiting for a worker while ``waiting`` is set."""
 
