@@ -162,6 +162,30 @@ def test_the_detail_view_opens_from_the_keyboard_and_gives_focus_back(
     assert dashboard.console.refused == []
 
 
+def test_focus_on_a_video_that_goes_moves_to_the_table(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """The focused video's row disappears on a reload: focus goes to the table's
+    region, not to the page's body."""
+    folder = server.root / "going"
+    folder.mkdir()
+    make_video(folder / "going.mp4", frames=5)
+    other = open_page(context, server)  # scans from another tab, keeping this one's focus
+    other.scan(folder)
+    expect(other.job(folder).locator(".badge")).to_have_text("completed")
+    dashboard = open_page(context, server)
+    page = dashboard.page
+    button = page.get_by_role("button", name="going.mp4")
+    button.focus()
+
+    (folder / "going.mp4").unlink()
+    other.scan(folder)
+
+    expect(button).to_have_count(0)
+    expect(page.locator("#library-section .table-wrap")).to_be_focused()
+    assert dashboard.console.errors == []
+
+
 def test_no_wcag_21_aa_violations_with_jobs_library_detail_and_an_error(
     context: BrowserContext, server: Server, library: Path
 ) -> None:

@@ -596,10 +596,14 @@ async function loadVideos() {
     await loadVideos();
     return;
   }
-  // Keep keyboard focus on the same video's button when the rows are rebuilt.
+  // Keep keyboard focus on the same video's button when the rows are rebuilt;
+  // if that video went, on the table's region rather than lost to the body.
   const focusedId = document.activeElement?.closest("#video-rows tr")?.dataset.videoId;
   byId("video-rows").replaceChildren(...videos.map(videoRow));
-  if (focusedId) byId("video-rows").querySelector(`tr[data-video-id="${focusedId}"] button`)?.focus();
+  if (focusedId) {
+    const same = byId("video-rows").querySelector(`tr[data-video-id="${focusedId}"] button`);
+    (same || byId("library-section").querySelector(".table-wrap")).focus();
+  }
   count.textContent = videoQuery
     ? `${plural(total, "video")} matching “${videoQuery}”`
     : plural(total, "video");
