@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("jobs", "scan", "api", "hops", "library", "events")
+SUITES = ("jobs", "scan", "api", "hops", "library", "events", "thumbnails")
 
 
 def main() -> None:

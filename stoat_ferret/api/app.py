@@ -46,7 +46,15 @@ from fastapi import FastAPI
 from loguru import logger
 
 from stoat_ferret import __version__
-from stoat_ferret.api import _dashboard, _events, _health, _jobs, _scan_errors, _videos
+from stoat_ferret.api import (
+    _dashboard,
+    _events,
+    _health,
+    _jobs,
+    _scan_errors,
+    _thumbnails,
+    _videos,
+)
 from stoat_ferret.api._deps import StreamSlots
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._guard import RequestGuard
@@ -95,6 +103,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     install_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
     app.include_router(_videos.router)
+    app.include_router(_thumbnails.router)
     app.include_router(_jobs.router)
     app.include_router(_scan_errors.router)
     app.include_router(_events.router)
@@ -148,6 +157,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.stopping = anyio.Event()
     app.state.grace_over = anyio.Event()
     try:
+        thumbnailer = await _thumbnails.open_thumbnails(app, library)
         handler = make_scan_handler(
             library,
             roots=settings.scan_roots,
@@ -174,9 +184,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     max_pending=settings.max_pending,
                     shutdown_grace=settings.shutdown_grace,
                 )
-                supervisor.register(SCAN_JOB_TYPE, handler)
+                _thumbnails.register_thumbnail_jobs(supervisor, SCAN_JOB_TYPE, handler, thumbnailer)
                 await group.start(supervisor.run)
                 app.state.job_queue = supervisor
+                await _thumbnails.start_thumbnails(supervisor, thumbnailer)
                 logger.info(
                     "service started",
                     database=library.path,

@@ -34,6 +34,16 @@ from stoat_ferret.library._models import (
 from stoat_ferret.library._probe import READ_LIMIT, probe_video
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._store import SCHEMA_VERSION, VideoStore
+from stoat_ferret.library._thumbjob import (
+    THUMBNAILS_JOB_TYPE,
+    THUMBNAILS_TIMEOUT,
+    Thumbnailer,
+    submit_thumbnails,
+    then_thumbnails,
+)
+from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
+from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
+from stoat_ferret.library._thumbstore import ThumbnailStore
 from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = [
@@ -46,6 +56,11 @@ __all__ = [
     "RESULT_ERRORS_MAX_BYTES",
     "SCHEMA_VERSION",
     "SORT_KEYS",
+    "THUMBNAILS_JOB_TYPE",
+    "THUMBNAILS_TIMEOUT",
+    "THUMBNAIL_MEDIA_TYPE",
+    "THUMBNAIL_VERSION",
+    "THUMBNAIL_WIDTH",
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",
     "DirectoryReplaced",
@@ -57,6 +72,8 @@ __all__ = [
     "ScanHandler",
     "StoreError",
     "ThreadPriority",
+    "ThumbnailStore",
+    "Thumbnailer",
     "Video",
     "VideoFilter",
     "VideoLibrary",
@@ -65,7 +82,10 @@ __all__ = [
     "VideoStore",
     "lower_priority",
     "make_scan_handler",
+    "make_thumbnail",
     "parse_payload",
     "probe_video",
+    "submit_thumbnails",
+    "then_thumbnails",
     "walk_videos",
 ]

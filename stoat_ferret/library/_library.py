@@ -91,6 +91,17 @@ class VideoLibrary:
         """Return the video stored under this resolved path, or None."""
         return await anyio.to_thread.run_sync(self._store.get_video_by_path, path)
 
+    def on_delete(self, callback: Callable[[list[int]], None]) -> None:
+        """Call ``callback(ids)`` after rows are deleted, in the deleting worker thread.
+
+        It runs once the deletion has committed; it must not raise.
+        """
+        self._store.on_delete = callback
+
+    async def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
+        """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
+        return await anyio.to_thread.run_sync(self._store.thumbnail_sources)
+
     async def survey(
         self,
         walk: Callable[[], dict[str, Fingerprint]],

@@ -222,6 +222,9 @@ class VideoStore:
         # Which file this connection writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
         self._identity = _file_identity(path)
+        # Called with the ids of deleted rows, in the deleting thread, after the
+        # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
+        self.on_delete: Callable[[list[int]], None] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> VideoStore:
@@ -309,6 +312,13 @@ class VideoStore:
             ).fetchone()
         return None if row is None else _video(row)
 
+    def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
+        """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
+        with self._reading() as connection:
+            return connection.execute(
+                "SELECT id, path, size_bytes, mtime_ns FROM videos ORDER BY id"
+            ).fetchall()
+
     def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
         """Map every stored path in a scope to its ``(size_bytes, mtime_ns)``, in one query.
 
@@ -354,10 +364,28 @@ class VideoStore:
         with self._writing() as connection:
             if rows:
                 connection.executemany(_UPSERT, rows)
-            if deletions:
-                connection.executemany(
-                    "DELETE FROM videos WHERE path = ?", ((path,) for path in deletions)
-                )
+            removed = self._delete_rows(connection, deletions)
+        if removed and self.on_delete is not None:
+            self.on_delete(removed)
+
+    def _delete_rows(self, connection: sqlite3.Connection, paths: Collection[str]) -> list[int]:
+        """Delete the rows of ``paths`` in the open transaction; their ids if on_delete is set."""
+        if not paths:
+            return []
+        if self.on_delete is None:
+            connection.executemany("DELETE FROM videos WHERE path = ?", ((path,) for path in paths))
+            return []
+        removed: list[int] = []
+        # 500 paths a statement: as fast as executemany, which cannot return ids.
+        listed = list(paths)
+        for start in range(0, len(listed), 500):
+            chunk = listed[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cursor = connection.execute(
+                f"DELETE FROM videos WHERE path IN ({marks}) RETURNING id", chunk
+            )
+            removed.extend(row_id for (row_id,) in cursor)
+        return removed
 
     def remove_gone(
         self,
@@ -389,7 +417,9 @@ class VideoStore:
                     continue
                 if is_gone(path):
                     gone.append(path)
-            connection.executemany("DELETE FROM videos WHERE path = ?", ((path,) for path in gone))
+            removed = self._delete_rows(connection, gone)
+        if removed and self.on_delete is not None:
+            self.on_delete(removed)
         return gone
 
     def replace_scan_errors(

@@ -287,6 +287,7 @@ async def test_docs_and_openapi(settings: Settings) -> None:
         "/api/v1/videos/scan",
         "/api/v1/videos",
         "/api/v1/videos/{video_id}",
+        "/api/v1/videos/{video_id}/thumbnail",
         "/api/v1/jobs",
         "/api/v1/jobs/{job_id}",
         "/api/v1/jobs/{job_id}/wait",

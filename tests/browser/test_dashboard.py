@@ -69,6 +69,7 @@ def screenshot_path(tmp_path: Path) -> Path:
 
 
 SCAN_URL = "/api/v1/videos/scan"
+THUMBNAIL_URL = re.compile(r"/api/v1/videos/\d+/thumbnail$")
 REFUSED = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})\b")
 # Identical files (hard links) in a directory the server holds the scan of
 # (the HOLD gate, tests/gated_service.py): it stays running after its first
@@ -90,6 +91,8 @@ class Console:
 
     errors: list[str] = attrs.field(factory=list)
     refused: list[tuple[str, int]] = attrs.field(factory=list)
+    # A thumbnail not made yet is a 404 the page expects: it shows a placeholder.
+    missing_thumbnails: list[str] = attrs.field(factory=list)
     requests: list[str] = attrs.field(factory=list)
 
     def on_console(self, message: ConsoleMessage) -> None:
@@ -98,8 +101,11 @@ class Console:
         # A non-2xx answer is logged by Chromium's network layer, not by the
         # page's script: keep those apart so the tests can count the expected ones.
         refusal = REFUSED.match(message.text)
-        if refusal:
-            self.refused.append((message.location["url"], int(refusal[1])))
+        url = message.location["url"]
+        if refusal and int(refusal[1]) == 404 and THUMBNAIL_URL.search(url):
+            self.missing_thumbnails.append(url)
+        elif refusal:
+            self.refused.append((url, int(refusal[1])))
         else:
             self.errors.append(message.text)
 

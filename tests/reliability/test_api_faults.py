@@ -170,7 +170,10 @@ async def test_a_database_deleted_while_serving_fails_scans_instead_of_losing_ro
     with anyio.fail_after(TIMEOUT):
         async with serving(create_app(settings)) as client:
             for name in os.listdir(settings.database_path.parent):
-                os.unlink(settings.database_path.parent / name)
+                if name.endswith(".thumbnails"):  # the data directory's one folder
+                    shutil.rmtree(settings.database_path.parent / name)
+                else:
+                    os.unlink(settings.database_path.parent / name)
             job = await _scan(client, media)
             await _still_serving(client)
         async with serving(create_app(settings)) as client:

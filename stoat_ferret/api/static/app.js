@@ -4,7 +4,9 @@
 //     resumes by itself after a dropped connection or a restart;
 //   - /health is read every few seconds for the header, and a change in its
 //     "submitted" counter (a scan started elsewhere) reloads the job list;
-//   - the library table is reloaded whenever a scan ends.
+//   - the library table is reloaded whenever a scan or a thumbnails job ends;
+//     its search, sort, page and open video are kept in the address;
+//   - /health is not read while the tab is hidden.
 // Every text that comes from the server (paths, error messages) goes into the
 // page as textContent, never as HTML.
 //
@@ -327,7 +329,7 @@ function announce(text) {
 
 function onStatusChange(job) {
   refreshHealth();
-  if (job.job_type === "scan" && TERMINAL.has(job.status)) {
+  if ((job.job_type === "scan" || job.job_type === "thumbnails") && TERMINAL.has(job.status)) {
     // Even a cancelled or failed scan may have stored some videos.
     refreshLibrary();
   }
@@ -506,6 +508,8 @@ async function startScan(event) {
   const input = byId("scan-path");
   const feedback = byId("scan-feedback");
   const button = byId("scan-submit");
+  // aria-disabled, not disabled: a disabled button would drop the keyboard focus.
+  if (button.getAttribute("aria-disabled") === "true") return;
   const path = input.value.trim();
   const recursive = byId("scan-recursive").checked;
   const say = (kind, text) => {
@@ -517,7 +521,7 @@ async function startScan(event) {
     input.focus();
     return;
   }
-  button.disabled = true;
+  button.setAttribute("aria-disabled", "true");
   say("info", `Asking to scan “${path}”…`);
   let response;
   try {
@@ -526,7 +530,7 @@ async function startScan(event) {
     say("error", "The service is unreachable. Check that it is running, then try again.");
     return;
   } finally {
-    button.disabled = false;
+    button.removeAttribute("aria-disabled");
   }
   if (response.status !== 202 || !response.data) {
     input.setAttribute("aria-invalid", String(response.status < 500));
@@ -541,9 +545,55 @@ async function startScan(event) {
 
 // ------------------------------------------------------------------- library
 
+// What the library shows, kept in the address (?q=…&sort=-size_bytes&page=2&video=7)
+// so that a reload or a shared link opens the same view.
+const SORTS = {
+  path: "path",
+  filename: "file name",
+  width: "width",
+  height: "height",
+  duration_seconds: "duration",
+  size_bytes: "size",
+  updated_at: "last update",
+};
+const SEARCH_DELAY_MS = 250;
+
 let videoOffset = 0;
+let videoQuery = "";
+let videoSort = "path"; // a key of SORTS, "-" in front for descending
 let libraryBusy = null; // the reload in flight, if any
 let libraryAgain = false; // asked for while one was in flight
+
+/** Read the view from the address (a bad value falls back to the default). */
+function readAddress() {
+  const params = new URLSearchParams(window.location.search);
+  videoQuery = (params.get("q") || "").slice(0, 500);
+  const sort = params.get("sort") || "path";
+  videoSort = Object.hasOwn(SORTS, sort.replace(/^-/, "")) ? sort : "path";
+  const page = Number.parseInt(params.get("page") || "1", 10);
+  videoOffset = Number.isSafeInteger(page) && page > 1 ? (page - 1) * VIDEO_PAGE : 0;
+  byId("video-search").value = videoQuery;
+  return params.get("video");
+}
+
+/** Write the view into the address without adding a history entry. */
+function writeAddress() {
+  const params = new URLSearchParams(window.location.search);
+  const set = (key, value, fallback) => {
+    if (value === fallback) params.delete(key);
+    else params.set(key, value);
+  };
+  set("q", videoQuery, "");
+  set("sort", videoSort, "path");
+  set("page", String(videoOffset / VIDEO_PAGE + 1), "1");
+  if (detailVideoId === null) params.delete("video");
+  else params.set("video", String(detailVideoId));
+  const query = params.toString();
+  const url = `${window.location.pathname}${query ? `?${query}` : ""}${window.location.hash}`;
+  if (url !== `${window.location.pathname}${window.location.search}${window.location.hash}`) {
+    history.replaceState(null, "", url);
+  }
+}
 
 function refreshLibrary() {
   if (libraryBusy) {
@@ -560,11 +610,19 @@ function refreshLibrary() {
   return libraryBusy;
 }
 
+function videosUrl() {
+  const params = new URLSearchParams({ limit: String(VIDEO_PAGE), offset: String(videoOffset) });
+  if (videoQuery) params.set("q", videoQuery);
+  if (videoSort !== "path") params.set("sort", videoSort);
+  return `${API}/videos?${params}`;
+}
+
 async function loadVideos() {
   const count = byId("library-count");
+  writeAddress();
   let response;
   try {
-    response = await request("GET", `${API}/videos?limit=${VIDEO_PAGE}&offset=${videoOffset}`);
+    response = await request("GET", videosUrl());
   } catch {
     count.textContent = "Could not load the library: the service is unreachable.";
     return;
@@ -581,8 +639,20 @@ async function loadVideos() {
     await loadVideos();
     return;
   }
+  // Keep keyboard focus on the same video's button when the rows are rebuilt;
+  // if that video went, on the table's region rather than lost to the body.
+  const focusedId = document.activeElement?.closest("#video-rows tr")?.dataset.videoId;
   byId("video-rows").replaceChildren(...videos.map(videoRow));
-  count.textContent = plural(total, "video");
+  if (focusedId) {
+    const same = byId("video-rows").querySelector(`tr[data-video-id="${focusedId}"] button`);
+    (same || byId("library-section").querySelector(".table-wrap")).focus();
+  }
+  count.textContent = videoQuery
+    ? `${plural(total, "video")} matching “${videoQuery}”`
+    : plural(total, "video");
+  byId("library-empty").textContent = videoQuery
+    ? `No video matches “${videoQuery}”.`
+    : "No videos yet. Scan a folder to fill the library.";
   byId("library-empty").hidden = total > 0;
   byId("page-info").textContent =
     total > 0 ? `${videoOffset + 1}–${videoOffset + videos.length} of ${total}` : "";
@@ -600,17 +670,41 @@ function setPager(atFirst, atLast) {
   if (focused === next && atLast && !atFirst) prev.focus();
 }
 
+/** A thumbnail, lazy-loaded, with a placeholder box while there is none. */
+function thumbnail(video, cls) {
+  const box = el("span", { class: `thumb ${cls}` });
+  const image = el("img", {
+    src: `${API}/videos/${encodeURIComponent(video.id)}/thumbnail`,
+    alt: `Frame of ${video.filename}`,
+    loading: "lazy",
+    decoding: "async",
+  });
+  image.addEventListener("error", () => {
+    image.remove();
+    box.classList.add("missing");
+    box.setAttribute("role", "img");
+    box.setAttribute("aria-label", `No preview of ${video.filename} yet`);
+  });
+  box.append(image);
+  return box;
+}
+
 function videoRow(video) {
-  const directory = video.path.slice(0, Math.max(0, video.path.length - video.filename.length));
   const codecs = `${video.video_codec || "—"} / ${video.audio_codec || "no audio"}`;
+  const open = el("button", { type: "button", class: "link", "aria-haspopup": "dialog" }, video.filename);
+  open.addEventListener("click", () => openDetail(video.id, open));
   return el(
     "tr",
-    {},
+    { "data-video-id": video.id },
     el(
       "td",
-      { class: "file", title: video.path },
-      video.filename,
-      el("small", {}, el("bdi", { dir: "ltr", text: directory })),
+      { class: "file" },
+      el(
+        "div",
+        { class: "file-cell" },
+        thumbnail(video, "small"),
+        el("span", { class: "names" }, open, el("small", {}, el("bdi", { dir: "ltr", text: video.path }))),
+      ),
     ),
     el("td", { text: formatResolution(video.width, video.height) }),
     el("td", { text: formatRate(video.frame_rate_numerator, video.frame_rate_denominator) }),
@@ -618,6 +712,190 @@ function videoRow(video) {
     el("td", { class: "codecs", text: codecs }),
     el("td", { class: "num", text: formatBytes(video.size_bytes) }),
   );
+}
+
+/** Mark the sorted column (aria-sort) and say the order in the table's caption. */
+function showSort() {
+  const key = videoSort.replace(/^-/, "");
+  const direction = videoSort.startsWith("-") ? "descending" : "ascending";
+  for (const header of document.querySelectorAll("#videos th[data-sort]")) {
+    if (header.dataset.sort === key) header.setAttribute("aria-sort", direction);
+    else header.removeAttribute("aria-sort");
+  }
+  byId("videos-caption").textContent = `Videos in the library, ordered by ${SORTS[key]}, ${direction}`;
+}
+
+function sortBy(key) {
+  videoSort = videoSort === key ? `-${key}` : key;
+  videoOffset = 0;
+  showSort();
+  announce(`Videos ordered by ${SORTS[key]}, ${videoSort.startsWith("-") ? "descending" : "ascending"}.`);
+  refreshLibrary();
+}
+
+let searchTimer = null;
+
+function searchFor(text) {
+  clearTimeout(searchTimer);
+  const query = text.trim().slice(0, 500);
+  if (query === videoQuery) return;
+  videoQuery = query;
+  videoOffset = 0;
+  refreshLibrary();
+}
+
+function startLibrary() {
+  const input = byId("video-search");
+  byId("library-search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    searchFor(input.value);
+  });
+  input.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => searchFor(input.value), SEARCH_DELAY_MS);
+  });
+  for (const header of document.querySelectorAll("#videos th[data-sort]")) {
+    header.querySelector("button").addEventListener("click", () => sortBy(header.dataset.sort));
+  }
+  byId("detail-close").addEventListener("click", () => byId("video-detail").close());
+  byId("video-detail").addEventListener("close", closedDetail);
+  const videoId = readAddress();
+  showSort();
+  if (videoId && /^[1-9]\d{0,18}$/.test(videoId)) openDetail(Number(videoId), null);
+}
+
+// --------------------------------------------------------------- detail view
+
+let detailVideoId = null;
+let detailOpener = null; // the button that opened it, to give focus back
+
+function yesNo(value) {
+  if (value === null || value === undefined) return null;
+  return value ? "yes" : "no";
+}
+
+function bitRate(value) {
+  if (!value) return null;
+  return value >= 1e6 ? `${(value / 1e6).toFixed(2)} Mbit/s` : `${Math.round(value / 1e3)} kbit/s`;
+}
+
+function joined(...parts) {
+  const known = parts.filter((part) => part !== null && part !== undefined && part !== "");
+  return known.length ? known.join(" · ") : null;
+}
+
+/** The detail view's rows: [label, text or node or null (not stated)]. */
+function detailFields(video) {
+  const rotation = video.rotation ? `${video.rotation}°` : video.rotation === 0 ? "none" : null;
+  return [
+    ["Container", video.container_format],
+    ["Size", formatBytes(video.size_bytes)],
+    ["Duration", video.duration_seconds == null ? null : formatClock(video.duration_seconds)],
+    ["Frames", video.duration_frames],
+    ["Coded size", video.width && video.height ? formatResolution(video.width, video.height) : null],
+    [
+      "Displayed size",
+      video.display_width && video.display_height
+        ? formatResolution(video.display_width, video.display_height)
+        : null,
+    ],
+    ["Rotation", rotation],
+    ["Sample aspect ratio", video.sample_aspect_ratio],
+    ["Frame rate", video.frame_rate_numerator ? formatRate(video.frame_rate_numerator, video.frame_rate_denominator) : null],
+    ["Interlaced", yesNo(video.interlaced)],
+    ["Video codec", video.video_codec],
+    ["Pixel format", joined(video.pixel_format, video.bit_depth ? `${video.bit_depth}-bit` : null)],
+    ["Video bit rate", bitRate(video.video_bit_rate)],
+    ["Overall bit rate", bitRate(video.bit_rate)],
+    ["Colour", joined(video.color_space, video.color_transfer, video.color_primaries, video.color_range)],
+    [
+      "Streams",
+      video.video_stream_count == null
+        ? null
+        : `${video.video_stream_count} video, ${video.audio_stream_count} audio, ${video.subtitle_stream_count} subtitle`,
+    ],
+    ["Audio codec", video.audio_codec],
+    [
+      "Audio",
+      joined(
+        video.audio_channels ? plural(video.audio_channels, "channel") : null,
+        video.audio_channel_layout,
+        video.audio_sample_rate ? `${video.audio_sample_rate} Hz` : null,
+      ),
+    ],
+    ["Timecode", video.timecode],
+    ["Created", video.creation_time ? timeElement(video.creation_time) : null],
+    ["In the library since", timeElement(video.created_at)],
+    ["Last updated", timeElement(video.updated_at)],
+  ];
+}
+
+async function openDetail(videoId, opener) {
+  const dialog = byId("video-detail");
+  const status = byId("detail-status");
+  detailVideoId = videoId;
+  detailOpener = opener;
+  byId("detail-title").textContent = "Video";
+  byId("detail-path").textContent = "";
+  byId("detail-preview").replaceChildren();
+  byId("detail-fields").replaceChildren();
+  status.textContent = "Loading…";
+  if (!dialog.open) dialog.showModal();
+  writeAddress();
+  let response;
+  try {
+    response = await request("GET", `${API}/videos/${encodeURIComponent(videoId)}`);
+  } catch {
+    status.textContent = "Could not load this video: the service is unreachable.";
+    return;
+  }
+  if (detailVideoId !== videoId) return; // closed, or another one opened meanwhile
+  if (!response.ok || !response.data) {
+    status.textContent =
+      response.status === 404
+        ? "This video is no longer in the library."
+        : `Could not load this video (${response.status}).`;
+    return;
+  }
+  const video = response.data;
+  status.textContent = "";
+  byId("detail-title").textContent = video.filename;
+  byId("detail-path").textContent = video.path;
+  byId("detail-preview").replaceChildren(thumbnail(video, "large"));
+  byId("detail-fields").replaceChildren(
+    ...detailFields(video).flatMap(([label, value]) => [
+      el("dt", { text: label }),
+      value === null || value === undefined
+        ? el("dd", { class: "unknown", text: "not stated" })
+        : el("dd", {}, value instanceof Node ? value : String(value)),
+    ]),
+  );
+}
+
+function closedDetail() {
+  const videoId = detailVideoId;
+  detailVideoId = null;
+  writeAddress();
+  // The row may have been rebuilt since: find its button again.
+  const target =
+    (detailOpener && detailOpener.isConnected ? detailOpener : null) ||
+    byId("video-rows").querySelector(`tr[data-video-id="${videoId}"] button`) ||
+    byId("video-search");
+  detailOpener = null;
+  target.focus();
+}
+
+// ------------------------------------------------------ health, while visible
+
+/** The periodic /health read, skipped while the tab is hidden. */
+function healthTick() {
+  if (!document.hidden) refreshHealth();
+}
+
+function watchVisibility() {
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) refreshHealth(); // catch up at once when shown again
+  });
 }
 
 // -------------------------------------------------------------------- health
@@ -682,11 +960,13 @@ async function start() {
     videoOffset += VIDEO_PAGE;
     refreshLibrary();
   });
+  startLibrary();
+  watchVisibility();
   refreshHealth();
   showLive("down", "connecting…");
   connectEvents(); // its opening loads the job list
   refreshLibrary();
-  setInterval(refreshHealth, HEALTH_EVERY_MS);
+  setInterval(healthTick, HEALTH_EVERY_MS);
 }
 
 start();

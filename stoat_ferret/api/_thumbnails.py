@@ -1,0 +1,187 @@
+"""Thumbnail route: ``GET /api/v1/videos/{video_id}/thumbnail``, and the wiring of thumbnails.
+
+The image is filed under the video's id and fingerprint (``_thumbstore.py``),
+so its ``ETag`` is that fingerprint: it changes exactly when the image does.
+``Cache-Control: no-cache`` lets a browser keep the image but ask again each
+time (a thumbnail changes when its file does, under the same URL); the
+answer to an ``If-None-Match`` that names the current tag is a bodiless 304.
+While a video has no thumbnail (not made yet, or its frame could not be
+decoded) the answer is a JSON 404, as for a video that does not exist.
+
+:func:`open_thumbnails`, :func:`register_thumbnail_jobs` and
+:func:`start_thumbnails` are the lifespan's three calls: the first opens the
+store under the data directory and hooks it to the library's deletions, the
+second registers the ``thumbnails`` job type and makes every completed scan
+that changed something submit one, the third (once the supervisor runs)
+submits one if a stored video has no thumbnail.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+
+# FastAPI reads the route signatures at run time: the name must exist then.
+from stoat_ferret.api._deps import LibraryDep  # noqa: TC001
+from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._schemas import MAX_OFFSET, error_responses
+from stoat_ferret.library import (
+    THUMBNAIL_MEDIA_TYPE,
+    THUMBNAIL_VERSION,
+    THUMBNAILS_JOB_TYPE,
+    THUMBNAILS_TIMEOUT,
+    StoreError,
+    Thumbnailer,
+    ThumbnailStore,
+    submit_thumbnails,
+    then_thumbnails,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fastapi import FastAPI
+
+    from stoat_ferret.jobs import JobSupervisor
+    from stoat_ferret.library import ScanHandler, VideoLibrary
+    from stoat_ferret.settings import Settings
+
+router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
+
+THUMBNAILS_SUFFIX: Final = ".thumbnails"
+"""The thumbnails' directory is the database file's name with this added,
+beside it (``stoat.db.thumbnails/``): a name only this service uses, so a
+user's own ``thumbnails`` folder is never taken for it."""
+
+CACHE_CONTROL: Final = "no-cache"
+
+
+async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
+    """Open the thumbnail store beside the database, remove thumbnails with their
+    rows, put the store on ``app.state.thumbnails``; return the job handler.
+
+    A directory of that name that is not the service's (``ThumbnailStore.refused``)
+    is left alone: the service starts, without thumbnails, and each
+    ``thumbnails`` job fails saying why.
+
+    Raises:
+        StoreError: the thumbnails' directory cannot be created.
+    """
+    settings: Settings = app.state.settings
+    directory = thumbnails_directory(settings)
+    try:
+        store = await anyio.to_thread.run_sync(ThumbnailStore, directory)
+    except OSError as exc:
+        raise StoreError(f"cannot create the thumbnails directory {directory} ({exc})") from exc
+    library.on_delete(store.remove)
+    app.state.thumbnails = store
+    return Thumbnailer(library, store, priority=settings.probe_priority)
+
+
+def thumbnails_directory(settings: Settings) -> Path:
+    """Where the thumbnails of ``settings``' database are."""
+    database = settings.database_path
+    return database.with_name(database.name + THUMBNAILS_SUFFIX)
+
+
+def register_thumbnail_jobs(
+    supervisor: JobSupervisor, scan_type: str, scan: ScanHandler, thumbnailer: Thumbnailer
+) -> None:
+    """Register ``scan`` (submitting ``thumbnails`` when it changed videos) and ``thumbnails``."""
+    wrapped = then_thumbnails(scan, supervisor, thumbnailer, scan_type=scan_type)
+    supervisor.register(scan_type, wrapped)
+    supervisor.register(THUMBNAILS_JOB_TYPE, thumbnailer, timeout=THUMBNAILS_TIMEOUT)
+
+
+async def start_thumbnails(supervisor: JobSupervisor, thumbnailer: Thumbnailer) -> None:
+    """At start-up: submit a ``thumbnails`` job if a stored video has no thumbnail
+    (a database from before thumbnails, a job cut short by the last shut-down)."""
+    if await thumbnailer.any_missing():
+        await submit_thumbnails(supervisor, thumbnailer, after="start-up")
+
+
+async def get_thumbnails(request: Request) -> ThumbnailStore:
+    """The thumbnail store (``app.state.thumbnails``).
+
+    Raises:
+        HTTPException: 503, the service has not started.
+    """
+    store = getattr(request.app.state, "thumbnails", None)
+    if not isinstance(store, ThumbnailStore):
+        raise unavailable("the service is not running (no thumbnail store)")
+    return store
+
+
+ThumbnailsDep = Annotated[ThumbnailStore, Depends(get_thumbnails)]
+
+
+_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "content": {THUMBNAIL_MEDIA_TYPE: {}},
+        "description": f"The thumbnail ({THUMBNAIL_MEDIA_TYPE}), with ETag.",
+    },
+    304: {"description": "If-None-Match named the current ETag."},
+    **error_responses(404, 422, 503),
+}
+
+
+@router.get(
+    "/{video_id}/thumbnail",
+    response_class=Response,
+    responses=_RESPONSES,
+)
+async def get_thumbnail(
+    video_id: int, request: Request, library: LibraryDep, thumbnails: ThumbnailsDep
+) -> Response:
+    """The video's thumbnail: a frame near 10% of it, 320 pixels wide; 404 while none.
+
+    HEAD answers as GET would, without the body."""
+    video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
+    if video is None:
+        raise HTTPException(404, f"no video with id {video_id}")
+    fingerprint = (video.size_bytes, video.mtime_ns)
+    etag = f'"{video.id}-{THUMBNAIL_VERSION}-{video.size_bytes}-{video.mtime_ns}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    # Only if the image is there: a tag kept from a removed one must not turn
+    # the 404 into a 304.
+    if (
+        _matches(request.headers.get("if-none-match"), etag)
+        and await anyio.to_thread.run_sync(thumbnails.state, video.id, fingerprint) == "made"
+    ):
+        return Response(status_code=304, headers=headers)
+    image = await anyio.to_thread.run_sync(thumbnails.read, video.id, fingerprint)
+    if image is None:
+        # no-store: the image may exist a moment later, under the same URL.
+        raise HTTPException(
+            404,
+            f"video {video_id} has no thumbnail (yet)",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        )
+    headers["X-Content-Type-Options"] = "nosniff"
+    # Another site's page may not embed it (nor read its size through timing).
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(image))
+        return Response(media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)
+    return Response(image, media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)
+
+
+# HEAD: a route of its own, after GET's (a 405's Allow names the first route's
+# methods) and out of the schema (api_route with GET and HEAD would give both
+# one operationId, which FastAPI warns of).
+router.head("/{video_id}/thumbnail", response_class=Response, include_in_schema=False)(
+    get_thumbnail
+)
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weakly compared, RFC 9110)."""
+    if header is None:
+        return False
+    for candidate in header.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False

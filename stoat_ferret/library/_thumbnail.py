@@ -1,0 +1,289 @@
+"""Make one thumbnail: a frame near 10% of a video, 320 pixels wide, as WebP, with PyAV.
+
+:func:`make_thumbnail` is synchronous and blocking (the ``thumbnails`` job runs
+it in a background thread). It never decodes the whole file: it seeks to the
+keyframe at or before 10% of the duration, asks the decoder for keyframes only
+(``skip_frame=NONKEY``), and keeps the first frame that comes out, flushing
+the decoder after the first keyframe's packet (an H.264 decoder with B-frames
+holds a keyframe back until later frames come, and with NONKEY none would:
+a long GOP would give no frame at all). That frame
+goes through one FFmpeg filter graph: ``scale`` to the displayed size (the
+sample aspect ratio applied, so an anamorphic 720x576 16:9 clip comes out
+16:9), ``transpose`` or ``hflip,vflip`` for the rotation of the display
+matrix (as ``ffmpeg`` does by default), and is encoded by libwebp. WebP rather
+than JPEG: a third of the size at the same quality, and every current browser
+shows it. Pillow is not needed: PyAV's wheel carries both the filters and the
+encoder.
+
+The file is opened the way the probe opens it (``_probe.py`` says why): without
+following a symlink, without blocking, checked to be a regular file, and read
+only through its descriptor, with the same demuxers allowed. It must still have
+the size and modification time the library stored, or it is refused: a
+thumbnail is filed under that fingerprint, and must show that file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import TYPE_CHECKING, Final
+
+import av
+import av.filter
+
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._probe import DEMUXERS
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.frame import VideoFrame
+    from av.video.stream import VideoStream
+
+    from stoat_ferret.library._models import Fingerprint
+
+THUMBNAIL_WIDTH: Final = 320
+"""Width of every thumbnail, in pixels; the height keeps the displayed aspect ratio."""
+
+THUMBNAIL_MEDIA_TYPE: Final = "image/webp"
+
+MAX_HEIGHT: Final = 4 * THUMBNAIL_WIDTH
+"""The tallest thumbnail: a hostile file may claim a frame 2 pixels wide and 16,000 tall."""
+
+MAX_PIXELS: Final = 8_192 * 4_320
+"""The largest frame decoded (DCI 8K, about 53 MB in 8-bit 4:2:0): a hostile
+file claiming a 60,000 x 60,000 frame must not make the decoder allocate
+gigabytes. Checked on the stream's header and given to the decoder
+(``max_pixels``) for frames whose size changes later."""
+
+SEEK_FRACTION: Final = 0.1
+"""Where the frame is taken, as a fraction of the duration."""
+
+MAX_PACKETS: Final = 2_000
+"""Packets read after the seek, at most, looking for a keyframe to decode."""
+
+_TRANSIENT_ERRNOS: Final = frozenset(
+    {
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.EIO,
+        errno.ENOMEM,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ENXIO,
+        errno.ENODEV,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+    }
+)
+"""Errors of the moment (a file away, out of descriptors, a disk or network
+hiccup), not of the file: they do not make a video undecodable."""
+
+_WEBP_QUALITY: Final = "75"
+_CONTAINER_OPTIONS: Final = {
+    "format_whitelist": DEMUXERS,
+    "protocol_whitelist": "fd",
+    "enable_drefs": "0",
+}
+
+
+class UndecodableError(ProbeError):
+    """The file itself gives no frame: not a media file FFmpeg reads, no video
+    stream, no keyframe, or a frame that cannot be decoded. Trying again will
+    not help until the file changes; any other :class:`ProbeError` might."""
+
+
+def make_thumbnail(path: str, fingerprint: Fingerprint) -> bytes:
+    """Return a WebP thumbnail of the video in ``path``.
+
+    Args:
+        path: The stored (absolute, resolved) path of the video.
+        fingerprint: ``(size_bytes, mtime_ns)`` the file must still have.
+
+    Returns:
+        The encoded image, :data:`THUMBNAIL_WIDTH` pixels wide.
+
+    Raises:
+        UndecodableError: No frame of the file can be decoded.
+        ProbeError: The file is gone, unreadable for now, changed since it
+            was scanned, or not a regular file.
+    """
+    fd = _open_unchanged(path, fingerprint)
+    try:
+        # Some demuxers (MPEG-TS among them) land past the keyframe a seek
+        # asks for, and find none before the end: then read from the start.
+        for seek in (True, False):
+            image = _from_descriptor(path, fd, seek=seek)
+            if image is not None:
+                return image
+        raise UndecodableError(path, "cannot decode a frame (no keyframe found)")
+    finally:
+        os.close(fd)
+
+
+def _from_descriptor(path: str, fd: int, *, seek: bool) -> bytes | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        container = av.open(
+            "fd:",
+            mode="r",
+            container_options={**_CONTAINER_OPTIONS, "fd": str(fd)},
+            metadata_errors="replace",
+        )
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        error = ProbeError if _transient(exc) else UndecodableError
+        raise error(path, f"not a readable media file ({_reason(exc)})") from exc
+    try:
+        return _thumbnail(path, container, seek=seek)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        error = ProbeError if _transient(exc) else UndecodableError
+        raise error(path, f"cannot decode a frame ({_reason(exc)})") from exc
+    finally:
+        container.close()
+
+
+def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float) -> tuple[int, int]:
+    """The ``(width, height)`` of the thumbnail of a ``width`` x ``height`` frame.
+
+    ``rotation`` is the display matrix's, in degrees, a multiple of 90
+    (rounded by the caller); ``sample_aspect`` the
+    pixels' width over their height. The height is even (4:2:0 chroma), and 2
+    at least.
+    """
+    shown_width, shown_height = width * sample_aspect, float(height)
+    if rotation % 180:
+        shown_width, shown_height = shown_height, shown_width
+    rows = round(THUMBNAIL_WIDTH * shown_height / shown_width / 2) * 2
+    return THUMBNAIL_WIDTH, min(MAX_HEIGHT, max(2, rows))
+
+
+def _open_unchanged(path: str, fingerprint: Fingerprint) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise ProbeError(path, "not a regular file") from exc
+        raise ProbeError(path, exc.strerror or str(exc)) from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ProbeError(path, "not a regular file")
+        if (info.st_size, info.st_mtime_ns) != fingerprint:
+            raise ProbeError(path, "changed since it was scanned")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | None:
+    if not container.streams.video:
+        raise UndecodableError(path, "no video stream")
+    stream = container.streams.video[0]
+    codec = stream.codec_context
+    if codec.width * codec.height > MAX_PIXELS:
+        raise UndecodableError(
+            path, f"a {codec.width}x{codec.height} frame is larger than {MAX_PIXELS} pixels"
+        )
+    codec.options = {**codec.options, "max_pixels": str(MAX_PIXELS)}
+    codec.skip_frame = "NONKEY"
+    if seek:
+        try:
+            _seek_near(container, stream)
+        except av.FFmpegError:
+            return None  # cannot seek: read it from the start
+    frame = _next_frame(container, stream)
+    if frame is None:
+        return None
+    # The nearest right angle: the size and the turn must agree, and only
+    # quarter turns keep a frame a rectangle.
+    rotation = round(frame.rotation / 90) * 90 % 360
+    aspect = stream.sample_aspect_ratio
+    width, height = thumbnail_size(
+        frame.width, frame.height, rotation, float(aspect) if aspect else 1.0
+    )
+    scaled = _filtered(stream, frame, width, height, rotation)
+    return _encode_webp(scaled)
+
+
+def _seek_near(container: InputContainer, stream: VideoStream) -> None:
+    """Seek to the keyframe at or before :data:`SEEK_FRACTION` of the duration."""
+    if container.duration is not None and container.duration > 0:
+        seconds = container.duration / av.time_base * SEEK_FRACTION
+    elif stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base) * SEEK_FRACTION
+    else:
+        return
+    if stream.time_base is None or seconds <= 0:
+        return
+    target = int(seconds / stream.time_base) + (stream.start_time or 0)
+    container.seek(target, stream=stream, backward=True, any_frame=False)
+
+
+def _next_frame(container: InputContainer, stream: VideoStream) -> VideoFrame | None:
+    # A decoder that reorders frames (H.264 with B-frames) holds the keyframe
+    # back until later frames come, and with NONKEY none comes: so once a
+    # keyframe's packet went in (or MAX_PACKETS did), the decoder is flushed.
+    for count, packet in enumerate(container.demux(stream), start=1):
+        for frame in packet.decode():
+            return frame
+        if packet.is_keyframe or count >= MAX_PACKETS:
+            break
+    try:
+        for frame in stream.codec_context.decode(None):
+            return frame
+    except av.EOFError:  # the demuxer's last (empty) packet flushed it already
+        pass
+    return None
+
+
+def _filtered(
+    stream: VideoStream, frame: VideoFrame, width: int, height: int, rotation: int
+) -> VideoFrame:
+    # Scaled before the rotation: a frame turned a quarter is scaled to the
+    # turned size. The display matrix turns counterclockwise by `rotation`.
+    scaled_width, scaled_height = (height, width) if rotation % 180 else (width, height)
+    graph = av.filter.Graph()
+    nodes = [
+        graph.add_buffer(template=stream),
+        graph.add("scale", f"{scaled_width}:{scaled_height}:flags=area"),
+        graph.add("setsar", "1"),
+    ]
+    if rotation == 90:
+        nodes.append(graph.add("transpose", "cclock"))
+    elif rotation == 270:
+        nodes.append(graph.add("transpose", "clock"))
+    elif rotation == 180:
+        nodes += [graph.add("hflip"), graph.add("vflip")]
+    nodes += [graph.add("format", "yuv420p"), graph.add("buffersink")]
+    graph.link_nodes(*nodes).configure()
+    graph.push(frame)
+    result = graph.vpull()
+    return result
+
+
+def _encode_webp(frame: VideoFrame) -> bytes:
+    encoder = av.CodecContext.create("libwebp", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width = frame.width
+    encoder.height = frame.height
+    encoder.pix_fmt = "yuv420p"
+    encoder.options = {"quality": _WEBP_QUALITY}
+    frame.pts = None
+    data = b"".join(bytes(packet) for packet in encoder.encode(frame))
+    data += b"".join(bytes(packet) for packet in encoder.encode(None))
+    if not data:
+        raise ValueError("the WebP encoder returned nothing")
+    return data
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)

@@ -1,0 +1,202 @@
+"""``GET /api/v1/videos/{id}/thumbnail``: made by the job after a scan, cached, 304, 404."""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import av
+import pytest
+
+from stoat_ferret.api._thumbnails import _matches, thumbnails_directory
+from stoat_ferret.api.app import create_app
+from stoat_ferret.library._thumbstore import MARKER
+from tests.api.support import LifespanFailed, serving
+from tests.library.test_thumbjob import garbage_frames
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from stoat_ferret.settings import Settings
+    from tests.videos import EncodedVideo
+
+pytestmark = pytest.mark.anyio
+
+SCAN = "/api/v1/videos/scan"
+
+
+async def scan_and_thumbnails(client: httpx.AsyncClient, path: Path) -> dict[str, Any]:
+    """Scan ``path``, wait for it and for the thumbnails job it submitted; return that job."""
+    accepted = await client.post(SCAN, json={"path": str(path)})
+    assert accepted.status_code == 202, accepted.text
+    scan = await client.get(f"/api/v1/jobs/{accepted.json()['job_id']}/wait?timeout=20")
+    assert scan.json()["status"] == "completed", scan.text
+    jobs = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+    assert jobs, "no thumbnails job was submitted"
+    waited = await client.get(f"/api/v1/jobs/{jobs[0]['job_id']}/wait?timeout=20")
+    job: dict[str, Any] = waited.json()
+    return job
+
+
+async def video_ids(client: httpx.AsyncClient) -> dict[str, int]:
+    listing = (await client.get("/api/v1/videos")).json()
+    return {video["filename"]: video["id"] for video in listing["videos"]}
+
+
+async def test_a_scan_makes_thumbnails_served_with_etag_and_304(
+    settings: Settings, video_dir: Path, tmp_path: Path
+) -> None:
+    """200 WebP 320 wide with ETag and Cache-Control; the same ETag back is a bodiless 304."""
+    app = create_app(settings)
+
+    with anyio.fail_after(60):
+        async with serving(app) as client:
+            job = await scan_and_thumbnails(client, video_dir)
+            video_id = (await video_ids(client))["a.mp4"]
+            url = f"/api/v1/videos/{video_id}/thumbnail"
+            image = await client.get(url)
+            etag = image.headers["etag"]
+            again = await client.get(url, headers={"If-None-Match": etag})
+            weak = await client.get(url, headers={"If-None-Match": f'"x", W/{etag}'})
+            other = await client.get(url, headers={"If-None-Match": '"something-else"'})
+            head = await client.head(url)
+
+    assert job["status"] == "completed"
+    assert (job["result"]["made"], job["result"]["errors"]) == (2, [])
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/webp"
+    assert image.headers["cache-control"] == "no-cache"
+    assert image.headers["x-content-type-options"] == "nosniff"
+    assert image.headers["cross-origin-resource-policy"] == "same-origin"
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == str(len(image.content))
+    assert (head.headers["etag"], head.headers["content-type"]) == (etag, "image/webp")
+    (tmp_path / "thumb.webp").write_bytes(image.content)
+    with av.open(str(tmp_path / "thumb.webp")) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.width, frame.height) == (320, 240)
+    assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    assert weak.status_code == 304
+    assert other.status_code == 200
+
+
+async def test_no_thumbnail_is_a_json_404(
+    settings: Settings, scan_root: Path, clips: list[EncodedVideo]
+) -> None:
+    """An undecodable video, an unknown id and a removed video: JSON 404s, never 304."""
+    folder = scan_root / "videos"
+    folder.mkdir()
+    shutil.copyfile(clips[0].path, folder / "good.mp4")
+    garbage_frames(folder / "noise.mp4")
+    app = create_app(settings)
+
+    with anyio.fail_after(60):
+        async with serving(app) as client:
+            job = await scan_and_thumbnails(client, folder)
+            ids = await video_ids(client)
+            noise = await client.get(f"/api/v1/videos/{ids['noise.mp4']}/thumbnail")
+            good_url = f"/api/v1/videos/{ids['good.mp4']}/thumbnail"
+            etag = (await client.get(good_url)).headers["etag"]
+            unknown = await client.get("/api/v1/videos/424242/thumbnail")
+            (folder / "good.mp4").unlink()
+            rescan = await client.post(SCAN, json={"path": str(folder)})
+            await client.get(f"/api/v1/jobs/{rescan.json()['job_id']}/wait?timeout=20")
+            removed = await client.get(good_url, headers={"If-None-Match": etag})
+            bad_id = await client.get("/api/v1/videos/abc/thumbnail")
+
+    assert job["result"]["failed"] == 1
+    assert noise.status_code == 404
+    assert "no thumbnail" in noise.json()["detail"]
+    assert noise.headers["cache-control"] == "no-store"
+    assert noise.headers["x-content-type-options"] == "nosniff"
+    assert unknown.status_code == 404
+    assert "no video" in unknown.json()["detail"]
+    assert removed.status_code == 404
+    directory = thumbnails_directory(settings)
+    assert sorted(directory.iterdir()) == [directory / MARKER, directory / str(ids["noise.mp4"])]
+    assert bad_id.status_code == 422
+
+
+async def test_a_thumbnails_path_that_is_a_file_fails_the_start_clearly(settings: Settings) -> None:
+    """The start-up says which directory it could not create, rather than a bare OSError."""
+    settings.database_path.parent.mkdir(parents=True)
+    thumbnails_directory(settings).write_text("not a directory")
+
+    with anyio.fail_after(10), pytest.raises(LifespanFailed, match="thumbnails directory"):
+        async with serving(create_app(settings)):
+            pass
+
+
+async def test_the_start_up_submits_a_job_for_missing_thumbnails(
+    settings: Settings, video_dir: Path
+) -> None:
+    """Videos stored without thumbnails (here: their folder deleted while stopped)
+    get them at the next start, without a scan; a start with none missing submits none."""
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            await scan_and_thumbnails(client, video_dir)
+        shutil.rmtree(thumbnails_directory(settings))
+        async with serving(create_app(settings)) as client:
+            jobs = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+            assert len(jobs) == 1
+            waited = await client.get(f"/api/v1/jobs/{jobs[0]['job_id']}/wait?timeout=20")
+            video_id = (await video_ids(client))["a.mp4"]
+            image = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+        async with serving(create_app(settings)) as client:
+            after = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+
+    assert waited.json()["status"] == "completed"
+    assert waited.json()["result"]["made"] == 2
+    assert image.status_code == 200
+    assert after == []
+
+
+async def test_the_users_own_thumbnails_folders_are_never_touched(
+    settings: Settings, video_dir: Path
+) -> None:
+    """A ``thumbnails/`` beside the database is not used; a foreign folder under the
+    service's own name is refused: the thumbnails job fails saying so, nothing is deleted."""
+    data = settings.database_path.parent
+    (data / "thumbnails" / "7").mkdir(parents=True)
+    (data / "thumbnails" / "7" / "holiday.jpg").write_bytes(b"mine")
+    (data / "thumbnails" / "notes.txt").write_bytes(b"mine")
+    theirs = thumbnails_directory(settings)
+    theirs.mkdir()
+    (theirs / "1").mkdir()
+    (theirs / "1" / "photo.jpg").write_bytes(b"mine too")
+
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            job = await scan_and_thumbnails(client, video_dir)
+            video_id = (await video_ids(client))["a.mp4"]
+            missing = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+
+    assert job["status"] == "failed"
+    assert "not empty" in job["error"]
+    assert missing.status_code == 404
+    assert sorted(path.name for path in (data / "thumbnails").rglob("*")) == [
+        "7",
+        "holiday.jpg",
+        "notes.txt",
+    ]
+    assert sorted(path.name for path in theirs.rglob("*")) == ["1", "photo.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, False),
+        ('"1-2-3"', True),
+        ('W/"1-2-3"', True),
+        ('"a", "1-2-3"', True),
+        ("*", True),
+        ('"1-2-4"', False),
+        ("1-2-3", False),
+    ],
+)
+def test_if_none_match(header: str | None, expected: bool) -> None:
+    """Weak comparison over a list of tags, and ``*``."""
+    assert _matches(header, '"1-2-3"') is expected

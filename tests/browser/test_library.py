@@ -1,0 +1,324 @@
+"""The library in a real browser: thumbnails, the detail view, search and sort, focus, and axe.
+
+Same rules as test_dashboard.py (system Chromium, Playwright's sync API,
+auto-waiting ``expect``, the console checked), on a server of its own. The
+accessibility audit runs axe-core (through ``axe-playwright-python``) with
+the WCAG 2.1 A and AA rules on the page with jobs, the library, the detail
+view and an error shown. The hidden-tab test drives the page's timers with
+Playwright's clock, so five seconds of polling take no time at all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS, Console, Dashboard
+from tests.library.test_thumbjob import garbage_frames
+from tests.library.test_thumbnail import make_split_video
+from tests.videos import make_video
+
+try:
+    from axe_playwright_python.sync_playwright import (  # type: ignore[import-untyped]
+        Axe,
+    )
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:
+    pytest.skip(
+        "browser tests skipped: playwright or axe-playwright-python is not installed",
+        allow_module_level=True,
+    )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from playwright.sync_api import Browser, BrowserContext, Locator
+
+    from tests.browser.conftest import Server
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM}", allow_module_level=True)
+
+QUOTED = "\N{LEFT DOUBLE QUOTATION MARK}.MP4\N{RIGHT DOUBLE QUOTATION MARK}"
+WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
+ALL_LOADED = """() => {
+  const images = [...document.querySelectorAll("#video-rows img")];
+  return images.length === %d && images.every((image) => image.complete && image.naturalWidth > 0);
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="UTC"
+    )
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def open_page(context: BrowserContext, server: Server, query: str = "") -> Dashboard:
+    page = context.new_page()
+    console = Console()
+    page.on("console", lambda message: console.on_console(message))
+    page.on("pageerror", lambda error: console.on_page_error(error))
+    page.on("request", lambda request: console.requests.append(request.url))
+    page.goto(f"{server.base_url}/{query}")
+    expect(page.locator("#health-status")).to_have_text("service ok")
+    return Dashboard(page, console)
+
+
+@pytest.fixture(scope="module")
+def library(server: Server, browser: Browser) -> Path:
+    """Five videos, scanned once for the module, their thumbnails made.
+
+    One is turned a quarter (its thumbnail is portrait), one has frames no
+    decoder can read (it keeps a placeholder).
+    """
+    folder = server.root / "library"
+    (folder / "Holiday").mkdir(parents=True)
+    make_video(folder / "Holiday" / "beach.mp4", width=320, height=180, frames=30)
+    make_video(folder / "clip.mov", width=128, height=96, frames=20)
+    make_video(folder / "interview.webm", audio="opus", frames=5)
+    make_split_video(folder / "portrait.mp4", rotation=90)
+    garbage_frames(folder / "noise.mp4")
+    context = browser.new_context()
+    try:
+        dashboard = open_page(context, server)
+        dashboard.scan(folder)
+        expect(dashboard.job(folder).locator(".badge")).to_have_text("completed")
+        dashboard.page.wait_for_function(ALL_LOADED % 4, timeout=30_000)
+    finally:
+        context.close()
+    return folder
+
+
+def test_thumbnails_load_and_an_undecodable_video_keeps_a_placeholder(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """Each decodable video shows its 320-pixel frame, lazily, with alt text; the rest a box."""
+    dashboard = open_page(context, server)
+    page = dashboard.page
+
+    page.wait_for_function(ALL_LOADED % 4, timeout=30_000)
+
+    beach = page.locator("#video-rows tr").filter(has_text="beach.mp4")
+    image = beach.get_by_role("img", name="Frame of beach.mp4")
+    expect(image).to_have_attribute("loading", "lazy")
+    assert image.evaluate("(image) => [image.naturalWidth, image.naturalHeight]") == [320, 180]
+    portrait = page.get_by_role("img", name="Frame of portrait.mp4")
+    assert portrait.evaluate("(image) => [image.naturalWidth, image.naturalHeight]") == [320, 426]
+    expect(page.get_by_role("img", name="No preview of noise.mp4 yet")).to_be_visible()
+    # The full path is visible text, not only a tooltip.
+    expect(beach.locator("small")).to_have_text(str(library / "Holiday" / "beach.mp4"))
+    expect(beach.locator("small")).to_be_visible()
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def test_the_detail_view_opens_from_the_keyboard_and_gives_focus_back(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """Enter on a file name opens its details (kept in the address); Escape returns focus."""
+    dashboard = open_page(context, server)
+    page = dashboard.page
+    opener = page.get_by_role("button", name="beach.mp4")
+
+    opener.focus()
+    opener.press("Enter")
+
+    dialog = page.get_by_role("dialog", name="beach.mp4")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("#detail-path")).to_have_text(str(library / "Holiday" / "beach.mp4"))
+    expect(dialog.locator("dt")).to_contain_text(["Container", "Size", "Duration", "Coded size"])
+    coded = dialog.locator("dt", has_text="Coded size").locator("xpath=following-sibling::dd[1]")
+    expect(coded).to_have_text("320\N{MULTIPLICATION SIGN}180")
+    expect(dialog.get_by_role("img", name="Frame of beach.mp4")).to_be_visible()
+    assert re.search(r"[?&]video=\d+", page.url)
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(opener).to_be_focused()
+    assert "video=" not in page.url
+
+    opener.press("Enter")
+    expect(dialog).to_be_visible()
+    page.reload()
+    expect(page.get_by_role("dialog", name="beach.mp4")).to_be_visible()
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def test_focus_on_a_video_that_goes_moves_to_the_table(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """The focused video's row disappears on a reload: focus goes to the table's
+    region, not to the page's body."""
+    folder = server.root / "going"
+    folder.mkdir()
+    make_video(folder / "going.mp4", frames=5)
+    other = open_page(context, server)  # scans from another tab, keeping this one's focus
+    other.scan(folder)
+    expect(other.job(folder).locator(".badge")).to_have_text("completed")
+    dashboard = open_page(context, server)
+    page = dashboard.page
+    button = page.get_by_role("button", name="going.mp4")
+    button.focus()
+
+    (folder / "going.mp4").unlink()
+    other.scan(folder)
+
+    expect(button).to_have_count(0)
+    expect(page.locator("#library-section .table-wrap")).to_be_focused()
+    assert dashboard.console.errors == []
+
+
+def test_no_wcag_21_aa_violations_with_jobs_library_detail_and_an_error(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """axe-core finds nothing against WCAG 2.1 A and AA: the page, the dialog, dark colours."""
+    dashboard = open_page(context, server)
+    page = dashboard.page
+    page.wait_for_function(ALL_LOADED % 4, timeout=30_000)
+    expect(page.locator("li.job .badge").first).to_have_text("completed")
+    dashboard.scan("/")  # refused: an error is shown
+    expect(page.locator("#scan-feedback")).to_have_attribute("data-kind", "error")
+    axe = Axe()
+
+    page_results = axe.run(page, options=WCAG_21_AA)
+    page.get_by_role("button", name="clip.mov").click()
+    expect(page.get_by_role("dialog", name="clip.mov")).to_be_visible()
+    expect(page.locator("#detail-fields dt").first).to_be_visible()
+    dialog_results = axe.run(page, options=WCAG_21_AA)
+    page.emulate_media(color_scheme="dark")  # the other palette: contrast again
+    dark_results = axe.run(page, options=WCAG_21_AA)
+
+    assert page_results.violations_count == 0, page_results.generate_report()
+    assert dialog_results.violations_count == 0, dialog_results.generate_report()
+    assert dark_results.violations_count == 0, dark_results.generate_report()
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == [(f"{server.base_url}/api/v1/videos/scan", 403)]
+
+
+def test_start_keeps_focus_while_a_scan_is_submitted(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """The Start button is aria-disabled while the request is out, never disabled: focus stays."""
+    dashboard = open_page(context, server)
+    page = dashboard.page
+    page.evaluate(
+        """() => {
+          const button = document.getElementById("scan-submit");
+          window.seen = [];
+          new MutationObserver(() => {
+            window.seen.push([button.disabled, button.getAttribute("aria-disabled")]);
+          }).observe(button, { attributes: true });
+        }"""
+    )
+    page.get_by_label("Folder path").fill(str(library))
+    button = page.get_by_role("button", name="Start scan")
+
+    button.focus()
+    button.press("Enter")
+
+    expect(page.locator("#scan-feedback")).to_contain_text("accepted")
+    expect(button).to_be_focused()
+    seen: list[Any] = page.evaluate("window.seen")
+    assert [False, "true"] in seen
+    assert all(disabled is False for disabled, _ in seen)
+    expect(button).not_to_have_attribute("aria-disabled", "true")
+    assert dashboard.console.errors == []
+
+
+def test_a_hidden_tab_stops_polling_health(context: BrowserContext, server: Server) -> None:
+    """No /health request while the tab is hidden; one at once when it is shown again."""
+    page = context.new_page()
+    page.clock.install()
+    health: list[str] = []
+    page.on("request", lambda request: _note_health(health, request.url))
+    page.goto(f"{server.base_url}/")
+    expect(page.locator("#health-status")).to_have_text("service ok")
+    with page.expect_request(lambda request: "/health" in request.url):
+        page.clock.run_for(5_000)  # one tick while visible
+    visible_polls = len(health)
+
+    page.evaluate(VISIBILITY % "true")
+    page.clock.run_for(60_000)  # twelve ticks while hidden
+    hidden_polls = len(health)
+    with page.expect_request(lambda request: "/health" in request.url):
+        page.evaluate(VISIBILITY % "false")
+
+    assert visible_polls >= 2  # the first look and the tick
+    assert hidden_polls == visible_polls
+    assert len(health) == hidden_polls + 1
+
+
+VISIBILITY = """() => {
+  Object.defineProperty(document, "hidden", { value: %s, configurable: true });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def _note_health(health: list[str], url: str) -> None:
+    if url.endswith("/health"):
+        health.append(url)
+
+
+def test_search_and_sort_are_kept_in_the_address(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """Needs the API's q and sort (issue 21a): the view filters, orders, and survives a reload."""
+    dashboard = open_page(context, server)
+    page = dashboard.page
+    if page.request.get(f"{server.base_url}/api/v1/videos?sort=no_such_field").status != 422:
+        pytest.skip("the API does not search or sort yet (GET /api/v1/videos?q=&sort=, issue 21a)")
+    names = page.locator("#video-rows tr button.link")
+    mp4s = ["Holiday/beach.mp4", "noise.mp4", "portrait.mp4"]
+    by_size = sorted(mp4s, key=lambda name: (library / name).stat().st_size, reverse=True)
+
+    page.get_by_label("Search videos").fill(".MP4")  # case-insensitive, file names and paths
+    expect(names).to_have_text(["beach.mp4", "noise.mp4", "portrait.mp4"])
+    expect(page.locator("#library-count")).to_have_text(f"3 videos matching {QUOTED}")
+    size = page.get_by_role("columnheader", name="Size")
+    size.get_by_role("button").click()
+    expect(size).to_have_attribute("aria-sort", "ascending")
+    size.get_by_role("button").click()
+    expect(size).to_have_attribute("aria-sort", "descending")
+    _expect_largest_first(names, by_size, library)
+    assert "q=.MP4" in page.url
+    assert "sort=-size_bytes" in page.url
+
+    page.reload()
+
+    expect(page.get_by_label("Search videos")).to_have_value(".MP4")
+    expect(page.get_by_role("columnheader", name="Size")).to_have_attribute(
+        "aria-sort", "descending"
+    )
+    _expect_largest_first(names, by_size, library)
+    expect(page.get_by_role("columnheader", name="File")).not_to_have_attribute(
+        "aria-sort", "ascending"
+    )
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def _expect_largest_first(names: Locator, by_size: list[str], library: Path) -> None:
+    """The rows are the videos by size, largest first; equal sizes in either order."""
+    expect(names.first).to_have_text(by_size[0].rsplit("/", 1)[-1])
+    expect(names).to_have_count(len(by_size))
+    size_of = {name.rsplit("/", 1)[-1]: (library / name).stat().st_size for name in by_size}
+    shown = [size_of[name] for name in names.all_inner_texts()]
+    assert shown == sorted(shown, reverse=True)

@@ -1,0 +1,453 @@
+"""The ``thumbnails`` job: what it makes, its errors, progress, cancellation and merging."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.jobs import (
+    InMemoryJobQueue,
+    JobContext,
+    JobPage,
+    JobResult,
+    JobStatus,
+    QueueFull,
+)
+from stoat_ferret.library import (
+    THUMBNAILS_JOB_TYPE,
+    ThreadPriority,
+    Thumbnailer,
+    ThumbnailStore,
+    VideoLibrary,
+    _thumbjob,
+    make_scan_handler,
+    then_thumbnails,
+)
+from stoat_ferret.library._thumbnail import make_thumbnail
+from tests.library.support import make_context
+from tests.library.test_thumbnail import make_split_video
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+pytestmark = pytest.mark.anyio
+
+
+def job_context(
+    job_id: str = "t", progress: list[tuple[float, str | None]] | None = None
+) -> JobContext:
+    reports = progress if progress is not None else []
+    return JobContext(
+        job_id=job_id,
+        job_type=THUMBNAILS_JOB_TYPE,
+        payload=None,
+        sink=lambda _, fraction, message: reports.append((fraction, message)),
+    )
+
+
+def garbage_frames(path: Path) -> Path:
+    """An MP4 whose header probes fine but whose samples are noise."""
+    make_split_video(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"mdat") + 4
+    size = int.from_bytes(data[start - 8 : start - 4], "big") - 8
+    data[start : start + size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    path.write_bytes(bytes(data))
+    return path
+
+
+class Setup:
+    def __init__(self, folder: Path, library: VideoLibrary, store: ThumbnailStore) -> None:
+        self.folder = folder
+        self.library = library
+        self.store = store
+        self.thumbnailer = Thumbnailer(library, store, priority=ThreadPriority.NORMAL)
+
+    async def scan(self) -> dict[str, Any]:
+        return await make_scan_handler(self.library)(make_context(self.folder))
+
+    async def made(self) -> dict[str, bytes | None]:
+        found: dict[str, bytes | None] = {}
+        for video_id, path, size, mtime in await self.library.thumbnail_sources():
+            found[os.path.basename(path)] = self.store.read(video_id, (size, mtime))
+        return found
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, clips: dict[str, EncodedVideo]) -> AsyncIterator[Setup]:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("h264_aac.mp4", "vp9_opus.webm", "h264_mp2.ts"):
+        shutil.copyfile(clips[name].path, folder / name)  # copies: a test changes one
+    garbage_frames(folder / "noise.mp4")
+    store = ThumbnailStore(tmp_path / "thumbs")
+    async with await VideoLibrary.open(tmp_path / "stoat.db") as library:
+        library.on_delete(store.remove)
+        yield Setup(folder, library, store)
+
+
+async def test_the_job_makes_a_thumbnail_per_video_and_reports_undecodable_ones(
+    setup: Setup,
+) -> None:
+    """Three thumbnails, one errors entry for the noise, and a completed result."""
+    progress: list[tuple[float, str | None]] = []
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await setup.thumbnailer(job_context(progress=progress))
+
+    made = await setup.made()
+    assert {name for name, image in made.items() if image} == {
+        "h264_aac.mp4",
+        "vp9_opus.webm",
+        "h264_mp2.ts",
+    }
+    assert made["noise.mp4"] is None
+    assert result["videos"] == 4
+    assert result["made"] == 3
+    assert result["failed"] == 1
+    assert [entry["path"] for entry in result["errors"]] == [str(setup.folder / "noise.mp4")]
+    assert "decode" in result["errors"][0]["error"]
+    fractions = [fraction for fraction, _ in progress]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+
+
+async def test_a_second_job_makes_only_what_is_missing(setup: Setup) -> None:
+    """Made and failed videos are not tried again; a changed file is."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        await setup.thumbnailer(job_context())
+        changed = setup.folder / "h264_aac.mp4"
+        os.utime(changed, ns=(1_000_000_000, 1_000_000_000))
+        await setup.scan()
+        result = await setup.thumbnailer(job_context())
+
+    assert (result["made"], result["failed"], result["unchanged"]) == (1, 0, 3)
+    video = await setup.library.get_video_by_path(str(changed))
+    assert video is not None
+    assert os.listdir(os.path.dirname(setup.store.path_for(video.id, (0, 0)))) == [
+        os.path.basename(setup.store.path_for(video.id, (video.size_bytes, video.mtime_ns)))
+    ]
+
+
+async def test_a_file_away_for_now_is_not_marked_failed(setup: Setup, tmp_path: Path) -> None:
+    """A file missing (ENOENT) while the job runs is an errors entry, not a marker:
+    back with the same size and time, the next job makes its thumbnail."""
+    away = setup.folder / "h264_aac.mp4"
+    with anyio.fail_after(30):
+        await setup.scan()
+        os.rename(away, tmp_path / "away.mp4")
+        first = await setup.thumbnailer(job_context())
+        video = await setup.library.get_video_by_path(str(away))
+        assert video is not None
+        state = setup.store.state(video.id, (video.size_bytes, video.mtime_ns))
+        os.rename(tmp_path / "away.mp4", away)
+        second = await setup.thumbnailer(job_context())
+
+    assert first["failed"] == 2  # the noise (marked) and the file away (not)
+    assert {entry["path"] for entry in first["errors"]} == {
+        str(away),
+        str(setup.folder / "noise.mp4"),
+    }
+    assert state is None
+    assert (second["made"], second["failed"], second["unchanged"]) == (1, 0, 3)
+
+
+async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first video's file goes, and a rescan deletes its row, while its
+    thumbnail is being made: once the job ends, no file of it is left."""
+    started, proceed = threading.Event(), threading.Event()
+    making: list[str] = []
+
+    def gated(path: str, fingerprint: tuple[int, int]) -> bytes:
+        image = make_thumbnail(path, fingerprint)
+        if not making:
+            making.append(path)
+            started.set()
+            proceed.wait()
+        return image
+
+    monkeypatch.setattr(_thumbjob, "make_thumbnail", gated)
+    results: list[dict[str, Any]] = []
+
+    async def job() -> None:
+        results.append(await setup.thumbnailer(job_context()))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(job)
+            await anyio.to_thread.run_sync(started.wait)
+            video = await setup.library.get_video_by_path(making[0])
+            os.unlink(making[0])
+            rescan = await setup.scan()
+            proceed.set()
+
+    assert video is not None
+    assert rescan["removed"] == 1
+    assert results[0]["made"] == 3  # made, then removed with its row
+    assert await setup.library.get_video(video.id) is None
+    assert str(video.id) not in os.listdir(setup.store.directory)
+
+
+async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
+    setup: Setup,
+) -> None:
+    """Cancelled once the first thumbnail is made: exactly that one stays."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        with anyio.CancelScope() as scope:
+
+            def sink(_: str, fraction: float, message: str | None) -> None:
+                if fraction > 0:
+                    scope.cancel()
+
+            ctx = JobContext(job_id="c", job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=sink)
+            await setup.thumbnailer(ctx)
+
+    assert scope.cancelled_caught
+    assert sum(1 for image in (await setup.made()).values() if image) == 1
+    assert setup.thumbnailer.owed  # the next scan submits a job for the rest
+
+
+async def test_a_job_that_makes_them_all_leaves_nothing_owed(setup: Setup) -> None:
+    """owed is set while a job works and cleared only once it has made them all."""
+    seen: list[bool] = []
+
+    def sink(_: str, fraction: float, message: str | None) -> None:
+        seen.append(setup.thumbnailer.owed)
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        ctx = JobContext(job_id="o", job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=sink)
+        await setup.thumbnailer(ctx)
+
+    assert seen
+    assert all(seen)
+    assert not setup.thumbnailer.owed
+
+
+async def test_a_job_started_while_another_runs_merges_into_it(setup: Setup) -> None:
+    """The second job ends at once; the first makes another pass that sees new videos."""
+    record: list[str] = []
+    blocked, release = anyio.Event(), anyio.Event()
+    sources = setup.library.thumbnail_sources
+
+    async def gated_sources() -> list[tuple[int, str, int, int]]:
+        record.append("pass")
+        if len(record) == 1:
+            blocked.set()
+            await release.wait()
+        return await sources()
+
+    setup.library.thumbnail_sources = gated_sources  # type: ignore[method-assign]
+    results: dict[str, dict[str, Any]] = {}
+
+    async def run(job_id: str) -> None:
+        results[job_id] = await setup.thumbnailer(job_context(job_id))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(run, "first")
+            await blocked.wait()
+            await run("second")
+            release.set()
+
+    assert results["second"]["merged_into"] == "first"
+    assert results["second"]["made"] == 0
+    assert record == ["pass", "pass"]
+    assert results["first"]["made"] == 3
+
+
+async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup) -> None:
+    """Through a queue: the scan completes, then a thumbnails job makes the images."""
+    queue = InMemoryJobQueue()
+    scan = make_scan_handler(setup.library)
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+
+    with anyio.fail_after(30):
+        first = await queue.submit("scan", {"path": str(setup.folder)})
+        second = await queue.submit("scan", {"path": str(setup.folder)})
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert (await queue.get_status(first)) is JobStatus.COMPLETED
+    assert (await queue.get_result(second)).result["unchanged"] == 4
+    assert len(page.jobs) == 1  # the unchanged rescan submitted none
+    assert page.jobs[0].status is JobStatus.COMPLETED
+    assert page.jobs[0].result["made"] == 3
+
+
+async def test_a_job_gives_way_to_a_scan_which_submits_the_rest(setup: Setup) -> None:
+    """A job that meets a running scan stops once it made its share (here 1); the
+    scan, once done, submits another for the rest."""
+    release = anyio.Event()
+    queue = InMemoryJobQueue()
+    setup.thumbnailer = Thumbnailer(
+        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=1
+    )
+
+    async def slow_scan(ctx: JobContext) -> dict[str, Any]:
+        await release.wait()
+        return {"added": 0, "updated": 0}  # changed nothing: it submits only what is owed
+
+    wrapped = then_thumbnails(slow_scan, queue, setup.thumbnailer)
+    queue.register("scan", wrapped)
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    scans: list[str] = []
+
+    async def scanning() -> None:
+        scans.append(await queue.submit("scan", {"path": str(setup.folder)}))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(scanning)
+            await anyio.wait_all_tasks_blocked()
+            first = await setup.thumbnailer(job_context())
+            made_while_scanning = [image for image in (await setup.made()).values() if image]
+            release.set()
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert (first["made"] + first["failed"], first["yielded_to_scan"]) == (1, True)
+    assert len(made_while_scanning) == first["made"]
+    assert len(page.jobs) == 1
+    assert page.jobs[0].status is JobStatus.COMPLETED
+    rest = page.jobs[0].result
+    assert (first["made"] + rest["made"], rest["yielded_to_scan"]) == (3, False)
+    assert not setup.thumbnailer.owed
+
+
+async def test_a_failed_scan_submits_the_owed_work(setup: Setup) -> None:
+    """A scan that fails after a job gave way to it still submits a job for the rest."""
+    queue = InMemoryJobQueue()
+
+    async def failing_scan(ctx: JobContext) -> dict[str, Any]:
+        raise RuntimeError("disk gone")
+
+    queue.register("scan", then_thumbnails(failing_scan, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    setup.thumbnailer.owed = True
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        scan_id = await queue.submit("scan", {"path": str(setup.folder)})
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert (await queue.get_status(scan_id)) is JobStatus.FAILED
+    assert len(page.jobs) == 1
+    assert page.jobs[0].result["made"] == 3
+    assert setup.thumbnailer.scans == 0
+
+
+class PendingScans(InMemoryJobQueue):
+    """A queue that says a scan is waiting for a worker while ``waiting`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = False
+        self.asked: list[tuple[JobStatus | None, str | None]] = []
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        payload_items: Mapping[str, Any] | None = None,
+    ) -> JobPage:
+        self.asked.append((status, job_type))
+        if self.waiting and status is JobStatus.PENDING and job_type == "scan":
+            now = datetime.now(UTC)
+            pending = JobResult(
+                job_id="s", job_type="scan", status=JobStatus.PENDING, submitted_at=now
+            )
+            return JobPage(jobs=(pending,), total=1)
+        return await super().list_jobs(status=status, job_type=job_type, limit=limit, offset=offset)
+
+
+async def test_a_job_gives_way_to_a_waiting_scan_after_its_share(setup: Setup) -> None:
+    """A scan waiting for a worker: the job stops after MIN thumbnails tried (2 here)."""
+    queue = PendingScans()
+    setup.thumbnailer = Thumbnailer(
+        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=2
+    )
+    then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
+    queue.waiting = True
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await setup.thumbnailer(job_context())
+
+    assert (result["made"] + result["failed"], result["yielded_to_scan"]) == (2, True)
+    assert (JobStatus.PENDING, "scan") in queue.asked
+    assert setup.thumbnailer.owed
+
+
+async def test_a_job_gives_way_before_its_listing_once_it_did_its_share(setup: Setup) -> None:
+    """With no share to make (0), a waiting scan stops the job before it lists anything."""
+    queue = PendingScans()
+    setup.thumbnailer = Thumbnailer(
+        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=0
+    )
+    then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
+    queue.waiting = True
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await setup.thumbnailer(job_context())
+
+    assert (result["videos"], result["made"], result["yielded_to_scan"]) == (0, 0, True)
+
+
+class Refusing(InMemoryJobQueue):
+    """A queue that refuses every ``thumbnails`` job as full."""
+
+    async def submit(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> str:
+        if job_type == THUMBNAILS_JOB_TYPE:
+            raise QueueFull("full")
+        return await super().submit(job_type, payload, timeout=timeout, key=key)
+
+
+async def test_a_refused_submission_leaves_the_work_owed(setup: Setup) -> None:
+    """The queue refuses the job after a scan that added videos: the next scan,
+    which changed nothing, submits it."""
+    refusing = Refusing()
+    wrapped = then_thumbnails(make_scan_handler(setup.library), refusing, setup.thumbnailer)
+    queue = InMemoryJobQueue()
+    queue.register(
+        "scan", then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
+    )
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+
+    with anyio.fail_after(30):
+        added = await wrapped(make_context(setup.folder))
+        owed_after_refusal = setup.thumbnailer.owed
+        await queue.submit("scan", {"path": str(setup.folder)})
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert added["added"] == 4
+    assert owed_after_refusal
+    assert len(page.jobs) == 1
+    assert page.jobs[0].result["made"] == 3
+    assert not setup.thumbnailer.owed

@@ -1,0 +1,281 @@
+"""make_thumbnail: size, displayed aspect and rotation, decoded back with PyAV; refusals."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import av
+import pytest
+
+from stoat_ferret.library import (
+    THUMBNAIL_WIDTH,
+    ProbeError,
+    _thumbnail,
+    make_thumbnail,
+    probe_video,
+)
+from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
+from tests.videos import write_corrupt_video
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+WHITE, BLACK = 235, 16
+
+
+def make_split_video(
+    path: Path,
+    *,
+    width: int = 64,
+    height: int = 48,
+    rotation: int = 0,
+    sample_aspect: Fraction | None = None,
+    frames: int = 50,
+) -> Path:
+    """An H.264 MP4 whose frames are white above the middle and black below.
+
+    ``rotation`` goes into the display matrix (counterclockwise degrees),
+    ``sample_aspect`` into the stream; 50 frames at 25 fps, a keyframe every 5.
+    """
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("h264", rate=25, options={"g": "5"})
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if sample_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect
+        for index in range(frames):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            luma = frame.planes[0]
+            top = bytes([WHITE]) * luma.line_size * (height // 2)
+            luma.update(top + bytes([BLACK]) * (luma.buffer_size - len(top)))
+            for chroma in frame.planes[1:]:
+                chroma.update(bytes([128]) * chroma.buffer_size)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def make_ramp_video(path: Path, *, frames: int, gop: int) -> Path:
+    """An H.264 MP4 (with B-frames) whose frame ``i`` is a flat grey of luma
+    ``16 + 219 * i / frames``: the thumbnail's brightness tells which frame it is."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(
+            "h264", rate=25, options={"g": str(gop), "bf": "3", "x264-params": "scenecut=0"}
+        )
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            frame.planes[0].update(
+                bytes([BLACK + 219 * index // frames]) * frame.planes[0].buffer_size
+            )
+            for chroma in frame.planes[1:]:
+                chroma.update(bytes([128]) * chroma.buffer_size)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def fingerprint(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
+
+
+def decode(image: bytes, tmp_path: Path) -> tuple[int, int, bytes, int]:
+    """The thumbnail's width, height, grey plane and the plane's line size."""
+    target = tmp_path / "decoded.webp"
+    target.write_bytes(image)
+    with av.open(str(target)) as container:
+        frame = next(container.decode(video=0))
+    grey = frame.reformat(format="gray")
+    return frame.width, frame.height, bytes(grey.planes[0]), grey.planes[0].line_size
+
+
+def test_a_thumbnail_is_320_wide_and_keeps_the_aspect(tmp_path: Path) -> None:
+    """A 64x48 (4:3) clip gives a 320x240 WebP, white on top as the source."""
+    video = make_split_video(tmp_path / "plain.mp4")
+
+    image = make_thumbnail(str(video), fingerprint(video))
+
+    assert image[:4] == b"RIFF"
+    assert image[8:12] == b"WEBP"
+    width, height, grey, line = decode(image, tmp_path)
+    assert (width, height) == (THUMBNAIL_WIDTH, 240)
+    assert grey[10 * line + width // 2] > 200  # top: white
+    assert grey[(height - 10) * line + width // 2] < 50  # bottom: black
+
+
+@pytest.mark.parametrize(
+    ("rotation", "white_side"),
+    [(90, "left"), (-90, "right"), (180, "bottom"), (93, "left"), (-86, "right"), (178, "bottom")],
+)
+def test_the_display_rotation_is_applied(tmp_path: Path, rotation: int, white_side: str) -> None:
+    """A 64x48 clip turned a quarter is shown 48x64: 320x426; the white half turns with it.
+    A rotation off a right angle is taken as the nearest one, for the size and the turn."""
+    video = make_split_video(tmp_path / "turned.mp4", rotation=rotation)
+
+    width, height, grey, line = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    expected_height = 240 if abs(rotation) > 135 else 426
+    assert (width, height) == (THUMBNAIL_WIDTH, expected_height)
+    middle_row, middle_column = height // 2, width // 2
+    left = grey[middle_row * line + 10]
+    right = grey[middle_row * line + width - 10]
+    top = grey[10 * line + middle_column]
+    bottom = grey[(height - 10) * line + middle_column]
+    brightest = {"left": left, "right": right, "top": top, "bottom": bottom}
+    assert max(brightest, key=lambda side: brightest[side]) == white_side
+
+
+def test_the_sample_aspect_ratio_is_applied(tmp_path: Path) -> None:
+    """Pixels twice as wide as tall: a 64x48 frame shows as 128x48, so 320x120."""
+    video = make_split_video(tmp_path / "wide.mp4", sample_aspect=Fraction(2))
+
+    width, height, _, _ = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    assert (width, height) == (THUMBNAIL_WIDTH, 120)
+
+
+def test_every_fixture_codec_gives_a_thumbnail(
+    clips: dict[str, EncodedVideo], tmp_path: Path
+) -> None:
+    """Each clip the library tests use is thumbnailed 320 wide, at its displayed aspect.
+
+    Most are 4:3 (320x240); the metadata fixtures are turned or have
+    non-square pixels, which the probe's displayed size accounts for.
+    """
+    for name, clip in clips.items():
+        image = make_thumbnail(str(clip.path), fingerprint(clip.path))
+        shown = probe_video(clip.path)
+        assert shown.display_width is not None, name
+        assert shown.display_height is not None, name
+
+        width, height = decode(image, tmp_path)[:2]
+
+        assert width == THUMBNAIL_WIDTH, name
+        # The probe's displayed size is rounded to whole pixels: within 1%.
+        shown_aspect = shown.display_height / shown.display_width
+        assert abs(height / width - shown_aspect) <= 0.01 * shown_aspect, name
+
+
+def test_the_frame_is_the_keyframe_near_a_tenth_of_the_duration(tmp_path: Path) -> None:
+    """Short GOPs: the frame shown is the keyframe at or before 10%, not the first."""
+    path = make_ramp_video(tmp_path / "ramp.mp4", frames=250, gop=10)
+
+    width, _, grey, _ = decode(make_thumbnail(str(path), fingerprint(path)), tmp_path)
+
+    # Decoded to full-range grey, frame i of 250 is about i: the keyframe at or
+    # before frame 25 (10%) is frame 20; the first frame would be 0, the middle one 127.
+    brightness = sum(grey) / len(grey)
+    assert width == THUMBNAIL_WIDTH
+    assert 18 <= brightness <= 22
+
+
+def test_a_long_gop_gives_its_only_keyframe(tmp_path: Path) -> None:
+    """2,500 frames and one keyframe, B-frames on: the decoder holds the keyframe
+    back for reordering until flushed; it must still come out."""
+    path = make_ramp_video(tmp_path / "long.mp4", frames=2_500, gop=10_000)
+
+    width, _, grey, _ = decode(make_thumbnail(str(path), fingerprint(path)), tmp_path)
+
+    assert width == THUMBNAIL_WIDTH
+    assert sum(grey) / len(grey) < 2  # the first (and only key) frame: black
+
+
+def test_a_frame_too_large_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream claiming more than MAX_PIXELS is undecodable (here the limit is lowered)."""
+    video = make_split_video(tmp_path / "big.mp4")
+    monkeypatch.setattr(_thumbnail, "MAX_PIXELS", 64 * 48 - 1)
+
+    with pytest.raises(UndecodableError, match="larger than 3071 pixels"):
+        make_thumbnail(str(video), fingerprint(video))
+
+
+def test_the_decoder_gets_the_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder is opened with max_pixels, for a frame size that changes mid-stream."""
+    video = make_split_video(tmp_path / "clip.mp4")
+    real = _thumbnail._next_frame
+    seen: list[dict[str, str]] = []
+
+    def recording(container: Any, stream: Any) -> Any:
+        seen.append(dict(stream.codec_context.options))
+        return real(container, stream)
+
+    monkeypatch.setattr(_thumbnail, "_next_frame", recording)
+    make_thumbnail(str(video), fingerprint(video))
+
+    assert seen
+    assert seen[0]["max_pixels"] == str(_thumbnail.MAX_PIXELS)
+
+
+def test_a_broken_file_is_a_probe_error(tmp_path: Path) -> None:
+    """A file that starts like an MP4 and then is garbage has no frame to show."""
+    broken = write_corrupt_video(tmp_path / "broken.mp4")
+
+    with pytest.raises(ProbeError, match="not a readable media file"):
+        make_thumbnail(str(broken), fingerprint(broken))
+
+
+def test_a_file_whose_frames_are_garbage_is_a_probe_error(tmp_path: Path) -> None:
+    """An MP4 whose header is fine but whose samples are noise has no frame to show."""
+    video = make_split_video(tmp_path / "noise.mp4")
+    data = bytearray(video.read_bytes())
+    start = data.index(b"mdat") + 4
+    size = int.from_bytes(data[start - 8 : start - 4], "big") - 8
+    data[start : start + size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    video.write_bytes(bytes(data))
+
+    with pytest.raises(ProbeError, match="decode"):
+        make_thumbnail(str(video), fingerprint(video))
+
+
+def test_a_changed_file_is_refused(tmp_path: Path) -> None:
+    """A thumbnail is filed under the stored fingerprint: another version is refused."""
+    video = make_split_video(tmp_path / "plain.mp4")
+    size, mtime_ns = fingerprint(video)
+
+    with pytest.raises(ProbeError, match="changed since it was scanned"):
+        make_thumbnail(str(video), (size + 1, mtime_ns))
+
+
+def test_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The stored path is opened without following a link put in its place."""
+    video = make_split_video(tmp_path / "plain.mp4")
+    link = tmp_path / "link.mp4"
+    link.symlink_to(video)
+
+    with pytest.raises(ProbeError, match="not a regular file"):
+        make_thumbnail(str(link), fingerprint(video))
+
+
+def test_a_missing_file_is_a_probe_error(tmp_path: Path) -> None:
+    """A file deleted since the scan cannot be thumbnailed."""
+    with pytest.raises(ProbeError, match="No such file"):
+        make_thumbnail(str(tmp_path / "gone.mp4"), (1, 1))
+
+
+@pytest.mark.parametrize(
+    ("frame", "rotation", "aspect", "expected"),
+    [
+        ((1920, 1080), 0, 1.0, (320, 180)),
+        ((1920, 1080), 90, 1.0, (320, 568)),
+        ((720, 576), 0, 64 / 45, (320, 180)),
+        ((2, 4000), 0, 1.0, (320, 1280)),
+        ((4000, 2), 0, 1.0, (320, 2)),
+    ],
+)
+def test_thumbnail_size(
+    frame: tuple[int, int], rotation: int, aspect: float, expected: tuple[int, int]
+) -> None:
+    """320 wide, the displayed aspect kept, the height even, 2 to 1280."""
+    assert thumbnail_size(*frame, rotation, aspect) == expected

@@ -1,0 +1,222 @@
+"""ThumbnailStore: files keyed by id and fingerprint, replaced, removed with their rows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+import pytest
+
+from stoat_ferret.library import (
+    StoreError,
+    ThumbnailStore,
+    VideoLibrary,
+    VideoProbe,
+    VideoRecord,
+    VideoStore,
+    make_scan_handler,
+)
+from stoat_ferret.library._thumbstore import MARKER
+from tests.library.support import make_context
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+
+def test_write_read_and_state(tmp_path: Path) -> None:
+    """A written image reads back under its fingerprint only; a marker counts as failed."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+
+    store.write(7, (100, 5), b"image")
+    store.write(8, (100, 5), None)
+
+    assert store.read(7, (100, 5)) == b"image"
+    assert store.read(7, (101, 5)) is None
+    assert store.state(7, (100, 5)) == "made"
+    assert store.state(8, (100, 5)) == "failed"
+    assert store.read(8, (100, 5)) is None
+    assert store.state(9, (100, 5)) is None
+
+
+def test_a_new_version_replaces_the_old(tmp_path: Path) -> None:
+    """Writing the thumbnail of a changed file leaves only that one in the folder."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (100, 5), b"old")
+
+    store.write(7, (200, 6), b"new")
+
+    assert os.listdir(tmp_path / "thumbs" / "7") == ["v1-200-6.webp"]
+    assert store.read(7, (200, 6)) == b"new"
+
+
+def test_remove_and_sweep(tmp_path: Path) -> None:
+    """remove() drops the named videos' files; sweep() every video not stored, only those."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    for video_id in (1, 2, 3, 4):
+        store.write(video_id, (10, 10), b"x")
+    others = ["stray-file", "\u00b2", "\u0661", ".hidden", "12a"]  # '²'.isdigit() is True
+    for name in others:
+        (tmp_path / "thumbs" / name).write_bytes(b"?")
+
+    store.remove([1, 99])
+    swept = store.sweep({2, 3})
+
+    assert swept == 1  # video 4; nothing not named like a video id
+    assert sorted(os.listdir(tmp_path / "thumbs")) == sorted(["2", "3", MARKER, *others])
+
+
+def test_a_new_directory_is_marked_and_an_empty_one_taken_over(tmp_path: Path) -> None:
+    """The store marks the directory it creates, and an empty one it is given."""
+    (tmp_path / "empty").mkdir()
+
+    ThumbnailStore(tmp_path / "new" / "thumbs")
+    ThumbnailStore(tmp_path / "empty")
+
+    assert os.listdir(tmp_path / "new" / "thumbs") == [MARKER]
+    assert os.listdir(tmp_path / "empty") == [MARKER]
+
+
+def test_a_directory_with_files_and_no_marker_is_left_alone(tmp_path: Path) -> None:
+    """A user's own folder under that name: nothing written, nothing swept, no thumbnails."""
+    theirs = tmp_path / "thumbs"
+    (theirs / "1").mkdir(parents=True)
+    (theirs / "1" / "holiday.jpg").write_bytes(b"mine")
+    (theirs / "notes.txt").write_bytes(b"mine too")
+
+    store = ThumbnailStore(theirs)
+    store.remove([1])
+
+    assert store.refused is not None
+    assert "not empty" in store.refused
+    with pytest.raises(StoreError, match="not empty"):
+        store.sweep(set())
+    with pytest.raises(StoreError, match="not empty"):
+        store.write(2, (10, 10), b"x")
+    assert store.read(1, (10, 10)) is None
+    assert sorted(os.listdir(theirs)) == ["1", "notes.txt"]
+    assert os.listdir(theirs / "1") == ["holiday.jpg"]
+
+
+def test_sweep_makes_a_removed_directory_again(tmp_path: Path) -> None:
+    """The directory removed while the service runs: sweep finds nothing, the next write works."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(1, (10, 10), b"x")
+    shutil.rmtree(tmp_path / "thumbs")
+
+    assert store.sweep(set()) == 0
+    store.write(2, (10, 10), b"y")
+
+    assert sorted(os.listdir(tmp_path / "thumbs")) == sorted(["2", MARKER])
+    assert store.refused is None
+
+
+def test_an_empty_image_counts_as_missing(tmp_path: Path) -> None:
+    """A write cut short by a crash (an empty file) is no thumbnail: it is made again."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), b"x")
+    with open(store.path_for(7, (10, 10)), "wb"):
+        pass
+
+    assert store.state(7, (10, 10)) is None
+    assert store.read(7, (10, 10)) is None
+
+
+def test_a_symlinked_image_is_not_read(tmp_path: Path) -> None:
+    """The image is opened without following a symlink put in its place."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), b"x")
+    (tmp_path / "secret").write_bytes(b"secret")
+    os.unlink(store.path_for(7, (10, 10)))
+    os.symlink(tmp_path / "secret", store.path_for(7, (10, 10)))
+
+    assert store.read(7, (10, 10)) is None
+
+
+def test_an_image_is_on_the_disk_before_it_gets_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written, flushed and fsync'ed under a temporary name, then renamed."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(f"fsync {os.fstat(fd).st_size}")
+        real_fsync(fd)
+
+    def replace(source: str, target: str) -> None:
+        events.append("replace")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.write(7, (10, 10), b"image")
+
+    assert events == ["fsync 5", "replace"]
+
+
+@pytest.mark.anyio
+async def test_a_thumbnail_goes_with_its_row(
+    tmp_path: Path, clips: dict[str, EncodedVideo]
+) -> None:
+    """A rescan that finds a video gone deletes its row, and the hook its thumbnails."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("h264_aac.mp4", "h264.mkv"):
+        os.link(clips[name].path, folder / name)
+    store = ThumbnailStore(tmp_path / "thumbs")
+    with anyio.fail_after(30):
+        async with await VideoLibrary.open(tmp_path / "stoat.db") as library:
+            library.on_delete(store.remove)
+            scan = make_scan_handler(library)
+            await scan(make_context(folder))
+            kept = await library.get_video_by_path(str(folder / "h264.mkv"))
+            gone = await library.get_video_by_path(str(folder / "h264_aac.mp4"))
+            assert kept is not None
+            assert gone is not None
+            store.write(kept.id, (kept.size_bytes, kept.mtime_ns), b"kept")
+            store.write(gone.id, (gone.size_bytes, gone.mtime_ns), b"gone")
+
+            (folder / "h264_aac.mp4").unlink()
+            result = await scan(make_context(folder))
+
+    assert result["removed"] == 1
+    assert sorted(os.listdir(tmp_path / "thumbs")) == sorted([str(kept.id), MARKER])
+
+
+def test_the_store_reports_the_ids_of_every_deleted_row(tmp_path: Path) -> None:
+    """1,201 deletions (three statements) and a path never stored: every deleted id, once."""
+    # Every probe field None but the codec: the test does not depend on the probe's fields.
+    unknown: dict[str, Any] = {field.name: None for field in attrs.fields(VideoProbe)}
+    probe = VideoProbe(**{**unknown, "video_codec": "h264"})
+    paths = [f"/videos/clip{index:05d}.mp4" for index in range(1_300)]
+    store = VideoStore.open(tmp_path / "stoat.db")
+    try:
+        store.upsert(
+            [
+                VideoRecord(
+                    path=path,
+                    directory="/videos",
+                    filename=os.path.basename(path),
+                    size_bytes=1,
+                    mtime_ns=1,
+                    probe=probe,
+                )
+                for path in paths
+            ]
+        )
+        ids = {path: id_ for id_, path, _, _ in store.thumbnail_sources()}
+        deleted: list[int] = []
+        store.on_delete = deleted.extend
+
+        store.delete([*paths[:1_201], "/videos/never-stored.mp4"])
+
+        assert sorted(deleted) == sorted(ids[path] for path in paths[:1_201])
+        assert len(store.thumbnail_sources()) == 99
+    finally:
+        store.close()
