@@ -18,8 +18,9 @@ is under ``/api/``, and neither                ``/health``, the dashboard page a
 ``Authorization: Bearer <token>`` nor          its files stay open
 the :data:`TOKEN_COOKIE` carries it
 the body is larger than                413     counted as it arrives, whatever
-:data:`~stoat_ferret.api._schemas.             ``Content-Length`` says
-MAX_BODY_BYTES`
+:data:`~stoat_ferret.api._schemas.             ``Content-Length`` says (see
+MAX_BODY_BYTES`, or a ``GET``/``HEAD``         :class:`_BodyLimit`)
+has a body at all
 =====================================  ======  =====================================
 
 Starlette's ``TrustedHostMiddleware`` makes the first check, but answers in
@@ -30,10 +31,11 @@ token is compared in constant time and never logged, nor is the cookie.
 from __future__ import annotations
 
 import hmac
+from contextlib import suppress
 from typing import TYPE_CHECKING, Final
 
+import attrs
 from loguru import logger
-from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from stoat_ferret.api._json import ApiJSONResponse
@@ -51,6 +53,11 @@ TOKEN_COOKIE: Final = "stoat_token"
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing, so need no ``Origin`` check."""
+
+BODILESS_METHODS: Final = frozenset({"GET", "HEAD"})
+"""Methods whose requests take no body."""
+
+TOO_BIG: Final = f"the body is larger than {MAX_BODY_BYTES} bytes"
 
 LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 
@@ -101,20 +108,32 @@ class RequestGuard:
         connection = HTTPConnection(scope)
         refusal = self.refusal(connection)
         if refusal is not None:
-            logger.info(
-                "request refused",
-                status=refusal.status_code,
-                method=scope["method"],
-                path=scope["path"],
-            )
-            await refusal(scope, receive, send)
+            await _refused(refusal, scope, receive, send)
             return
-        declared = connection.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            too_big = _too_big()  # answered without reading a byte of the body
-            await _refuse(too_big.status_code, too_big.detail)(scope, receive, send)
+        too_big = self.body_refusal(connection)
+        if too_big is not None:  # answered without reading a byte of the body
+            await _refused(too_big, scope, receive, send)
             return
-        await self.app(scope, _limited(receive), send)
+        limit = _BodyLimit(scope, receive, send)
+        await self.app(scope, limit.receive, limit.send)
+
+    @staticmethod
+    def body_refusal(connection: HTTPConnection) -> ApiJSONResponse | None:
+        """413 for a body its headers already show to be too large; None otherwise.
+
+        ``GET`` and ``HEAD`` take no body at all: a long ``/wait`` or event
+        stream reads its body only to notice the client leaving.
+        """
+        headers = connection.headers
+        declared = headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else 0
+        if connection.scope["method"] in BODILESS_METHODS and (
+            size > 0 or "transfer-encoding" in headers
+        ):
+            return _refuse(413, "a GET or HEAD request takes no body")
+        if size > MAX_BODY_BYTES:
+            return _refuse(413, TOO_BIG)
+        return None
 
     def refusal(self, connection: HTTPConnection) -> ApiJSONResponse | None:
         """The answer refusing this request, or None if it may go on."""
@@ -164,25 +183,57 @@ def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> 
     return ApiJSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def _too_big() -> HTTPException:
-    return HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+async def _refused(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    logger.info(
+        "request refused", status=response.status_code, method=scope["method"], path=scope["path"]
+    )
+    await response(scope, receive, send)
 
 
-def _limited(receive: Receive) -> Receive:
-    """``receive``, raising 413 once the body passes :data:`MAX_BODY_BYTES`.
+@attrs.define(eq=False)
+class _BodyLimit:
+    """One request's ``receive`` and ``send``, cut off once the body passes the limit.
 
-    Raised in the route's own read of its body: FastAPI hands it on as it
-    is, and the app's handlers answer it (``_errors.py``).
+    Whoever reads the body past :data:`MAX_BODY_BYTES` (the route parsing
+    it, or a long response listening for the client to leave) is told the
+    client has gone (``http.disconnect``), so nothing raises in the app. The
+    guard answers 413 itself if the response has not begun, or else ends it
+    where it is; whatever the app sends after that goes nowhere.
     """
-    size = 0
 
-    async def limited() -> Message:
-        nonlocal size
-        message = await receive()
+    scope: Scope
+    _receive: Receive
+    _send: Send
+    size: int = 0
+    started: bool = False
+    ended: bool = False
+    cut_off: bool = False
+
+    async def receive(self) -> Message:
+        if self.cut_off:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
         if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > MAX_BODY_BYTES:
-                raise _too_big()
+            self.size += len(message.get("body", b""))
+            if self.size > MAX_BODY_BYTES:
+                await self.cut()
+                return {"type": "http.disconnect"}
         return message
 
-    return limited
+    async def send(self, message: Message) -> None:
+        if self.cut_off:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.ended = True
+        await self._send(message)
+
+    async def cut(self) -> None:
+        """Answer 413, or end the response already under way; the app's sends stop here."""
+        self.cut_off = True
+        with suppress(OSError):  # the client may have left meanwhile: nothing to tell it
+            if not self.started:
+                await _refused(_refuse(413, TOO_BIG), self.scope, self._receive, self._send)
+            elif not self.ended:
+                await self._send({"type": "http.response.body", "body": b"", "more_body": False})

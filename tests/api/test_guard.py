@@ -9,11 +9,11 @@ import anyio
 import attrs
 import pytest
 
-from stoat_ferret.api._guard import TOKEN_COOKIE, host_name, trusted_hosts
+from stoat_ferret.api._guard import TOKEN_COOKIE, TOO_BIG, host_name, trusted_hosts
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
 from stoat_ferret.api.app import create_app
 from stoat_ferret.settings import Settings
-from tests.api.support import Message, http_scope, serving
+from tests.api.support import GatedScan, Message, http_scope, serving, supervisor_running
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
@@ -331,6 +331,7 @@ async def test_a_streamed_body_over_the_limit_is_413(settings: Settings, scan_ro
     assert json.loads(sent[1]["body"]) == {
         "detail": f"the body is larger than {MAX_BODY_BYTES} bytes"
     }
+    assert len(sent) == 2  # the route's own answer (it saw the client leave) goes nowhere
     assert len(arrivals) == 2  # nothing read past the limit
     assert jobs == 0
 
@@ -348,3 +349,83 @@ async def test_a_body_of_exactly_the_limit_is_read(settings: Settings, scan_root
             )
 
     assert response.status_code == 202, response.text
+
+
+async def _get_with_a_big_body(app: Any, path: str, *, chunked: bool) -> list[Message]:
+    """GET ``path`` by hand with 80 KiB of body; what the app sent back.
+
+    ``chunked`` declares the body (HTTP/1.1's ``Transfer-Encoding``); without
+    it the body just arrives, as HTTP/2 allows.
+    """
+    arrivals: list[Message] = [{"type": "http.request", "body": b" " * 16_384, "more_body": True}]
+    arrivals *= 5
+    headers = [(b"transfer-encoding", b"chunked")] if chunked else []
+    path, _, query = path.partition("?")
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if arrivals:
+            return arrivals.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    await app(http_scope("GET", path, query=query.encode(), headers=headers), receive, send)
+    return sent
+
+
+async def _while_a_scan_runs(
+    settings: Settings, scan_root: Path, route: str, *, chunked: bool
+) -> list[Message]:
+    """Start a scan that waits, GET its ``route`` with a big body, then let it end."""
+    scan = GatedScan()
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                accepted = await client.post(SCAN, json={"path": str(scan_root)})
+                await scan.running()
+                job_id = accepted.json()["job_id"]
+                sent = await _get_with_a_big_body(
+                    app, f"/api/v1/jobs/{job_id}/{route}", chunked=chunked
+                )
+                scan.release.set()
+    return sent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("route", "chunked"),
+    [("wait?timeout=3600", True), ("wait?timeout=3600", False), ("events", True)],
+)
+async def test_a_get_with_a_big_body_is_413_never_a_5xx(
+    settings: Settings, scan_root: Path, log_records: list[Any], route: str, chunked: bool
+) -> None:
+    """The body of a long GET is read only to notice a client leaving: past 64 KiB the guard
+    answers 413 itself, and the route sees a client that left (no 500, no ERROR log)."""
+
+    sent = await _while_a_scan_runs(settings, scan_root, route, chunked=chunked)
+
+    assert [message["status"] for message in sent if "status" in message] == [413]
+    detail = "a GET or HEAD request takes no body" if chunked else TOO_BIG
+    assert json.loads(sent[1]["body"]) == {"detail": detail}
+    assert len(sent) == 2  # the route's own answer, after the 413, goes nowhere
+    assert not [record for record in log_records if record["level"].no >= 40]
+
+
+@pytest.mark.anyio
+async def test_a_big_body_arriving_while_a_stream_runs_ends_the_stream(
+    settings: Settings, scan_root: Path, log_records: list[Any]
+) -> None:
+    """Undeclared (HTTP/2), the body passes 64 KiB once the stream has begun: too late for a
+    413, so the guard ends the stream cleanly and drops what the route sends after."""
+
+    sent = await _while_a_scan_runs(settings, scan_root, "events", chunked=False)
+
+    assert sent[0]["status"] == 200
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert all(message.get("more_body", True) for message in sent[:-1])
+    assert not [record for record in log_records if record["level"].no >= 40]
