@@ -10,13 +10,20 @@ refused when                           status  why
 ``Host`` is not a name the service is  400     a rebound name (``evil.example``
 reached by (:func:`trusted_hosts`)             pointing at 127.0.0.1) is not one
 a state-changing method (not ``GET``,  403     a page elsewhere may send a request,
-``HEAD``, ``OPTIONS``) with an                 but its browser says where from
-``Origin`` that is neither the
+``HEAD``, ``OPTIONS``) whose                   but its browser says where from
+``Sec-Fetch-Site`` is not
+``same-origin`` (or ``none``), or whose
+``Origin`` (without one, the
+``Referer``'s origin) is neither the
 service's own nor allowed
 ``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
 is under ``/api/``, and neither                ``/health``, the dashboard page and
 ``Authorization: Bearer <token>`` nor          its files stay open
 the :data:`TOKEN_COOKIE` carries it
+a state change that only the cookie    403     a browser sends the cookie by
+authorises, without ``Origin``,                itself; clients that are not
+``Referer`` or ``Sec-Fetch-Site:               browsers send the token
+same-origin``
 the body is larger than                413     counted as it arrives, whatever
 :data:`~stoat_ferret.api._schemas.             ``Content-Length`` says (see
 MAX_BODY_BYTES`, or a ``GET``/``HEAD``         :class:`_BodyLimit`)
@@ -32,7 +39,8 @@ from __future__ import annotations
 
 import hmac
 from contextlib import suppress
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 from loguru import logger
@@ -44,6 +52,7 @@ from stoat_ferret.api._schemas import MAX_BODY_BYTES
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from starlette.datastructures import Headers
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from stoat_ferret.settings import Settings
@@ -141,23 +150,41 @@ class RequestGuard:
         host = host_name(headers.get("host", ""))
         if host is None or host not in self.hosts:
             return _refuse(400, "this service is not reached by that Host name")
-        origin = headers.get("origin")
-        if (
-            origin is not None
-            and connection.scope["method"] not in SAFE_METHODS
-            and not self.same_origin(origin, connection)
-        ):
+        unsafe = connection.scope["method"] not in SAFE_METHODS
+        if unsafe and not self.from_here(headers, connection):
             return _refuse(403, "a request from another web origin may not change anything")
         # The path as routing sees it: below a proxy's prefix (root_path), if any.
         path = connection.scope["path"].removeprefix(connection.scope.get("root_path", ""))
-        needs_token = self.token is not None and path.startswith("/api/")
-        if needs_token and not self.authorised(connection):
+        if self.token is None or not path.startswith("/api/"):
+            return None
+        credential = self.credential(connection)
+        if credential is None:
             return _refuse(
                 401,
                 "this service needs its API token: send Authorization: Bearer <token>",
                 {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'},
             )
+        if credential == "cookie" and unsafe and not _vouched_for(headers):
+            # A browser sends the cookie by itself; the change must say where it is from.
+            return _refuse(
+                403,
+                "a change made with the dashboard's cookie must come from the dashboard "
+                "(Origin or Sec-Fetch-Site: same-origin); other clients send the token",
+            )
         return None
+
+    def from_here(self, headers: Headers, connection: HTTPConnection) -> bool:
+        """False if the browser says the request comes from another origin.
+
+        ``Sec-Fetch-Site`` (other than ``same-origin``, or ``none`` for what
+        the user typed) refuses; then the ``Origin``, or failing that the
+        ``Referer``'s origin, must be the service's own or an allowed one.
+        A request with none of these (curl, a script) is from no web page.
+        """
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return False
+        origin = claimed_origin(headers)
+        return origin is None or self.same_origin(origin, connection)
 
     def same_origin(self, origin: str, connection: HTTPConnection) -> bool:
         """True if ``origin`` is the one the request was addressed to, or an allowed one."""
@@ -166,8 +193,8 @@ class RequestGuard:
         own = f"{connection.scope['scheme']}://{connection.headers.get('host', '')}".lower()
         return origin == own or origin in self.origins
 
-    def authorised(self, connection: HTTPConnection) -> bool:
-        """True if the request carries the token, in its header or its cookie."""
+    def credential(self, connection: HTTPConnection) -> Literal["bearer", "cookie"] | None:
+        """What carries the token: the ``Authorization`` header, else the cookie, else None."""
         assert self.token is not None
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
         offered: Iterable[str] = (
@@ -175,8 +202,31 @@ class RequestGuard:
             connection.cookies.get(TOKEN_COOKIE, ""),
         )
         # Both compared, always, each in constant time.
-        matches = [hmac.compare_digest(value.encode(), self.token) for value in offered]
-        return any(matches)
+        bearer, cookie = [hmac.compare_digest(value.encode(), self.token) for value in offered]
+        return "bearer" if bearer else "cookie" if cookie else None
+
+
+def claimed_origin(headers: Headers) -> str | None:
+    """The origin a browser names: ``Origin``, else the ``Referer``'s; None if neither is sent.
+
+    A ``Referer`` that names no origin gives ``"null"``, which no service has.
+    """
+    origin = headers.get("origin")
+    referer = headers.get("referer")
+    if origin is not None or referer is None:
+        return origin
+    try:
+        parts = urlsplit(referer.strip())
+        host = parts.netloc.rpartition("@")[2]
+        _ = parts.port  # raises ValueError for a port that is not one
+    except ValueError:
+        return "null"
+    return f"{parts.scheme}://{host}" if parts.scheme and host else "null"
+
+
+def _vouched_for(headers: Headers) -> bool:
+    """True if the browser names the request's origin (checked own by then) or says same-origin."""
+    return claimed_origin(headers) is not None or headers.get("sec-fetch-site") == "same-origin"
 
 
 def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiJSONResponse:

@@ -173,6 +173,57 @@ async def test_reads_do_not_check_the_origin(shared_client: httpx.AsyncClient) -
     assert "access-control-allow-origin" not in response.headers
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Sec-Fetch-Site": "cross-site"}, id="cross-site"),
+        pytest.param({"Sec-Fetch-Site": "same-site"}, id="same-site"),
+        pytest.param({"Referer": "http://evil.example/page.html"}, id="foreign-referer"),
+        pytest.param({"Referer": "http://localhost:8001/"}, id="other-port-referer"),
+        pytest.param({"Referer": "about:blank"}, id="referer-without-origin"),
+        pytest.param({"Referer": "http://[::1/"}, id="malformed-referer"),
+        pytest.param(
+            {"Origin": "http://localhost", "Sec-Fetch-Site": "cross-site"}, id="fetch-site-wins"
+        ),
+    ],
+)
+async def test_a_state_change_the_browser_says_is_from_elsewhere_is_403(
+    settings: Settings, scan_root: Path, headers: dict[str, str]
+) -> None:
+    """Without an Origin, Sec-Fetch-Site and the Referer's origin tell where a request is from."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
+            jobs = await _jobs(client)
+
+    assert response.status_code == 403, response.text
+    assert jobs == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="nothing (curl)"),
+        pytest.param({"Sec-Fetch-Site": "same-origin"}, id="same-origin"),
+        pytest.param({"Sec-Fetch-Site": "none"}, id="none"),
+        pytest.param({"Referer": "http://localhost/"}, id="own-referer"),
+    ],
+)
+async def test_a_state_change_from_here_or_no_browser_is_served(
+    settings: Settings, scan_root: Path, headers: dict[str, str]
+) -> None:
+    """The dashboard's own requests, and clients that are no browser, start scans."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
+
+    assert response.status_code == 202, response.text
+
+
 # --------------------------------------------------------------------- token
 
 
@@ -429,3 +480,38 @@ async def test_a_big_body_arriving_while_a_stream_runs_ends_the_stream(
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert all(message.get("more_body", True) for message in sent[:-1])
     assert not [record for record in log_records if record["level"].no >= 40]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 403, id="cookie-alone"),
+        pytest.param({"Origin": "http://localhost"}, 202, id="cookie-and-origin"),
+        pytest.param({"Referer": "http://localhost/"}, 202, id="cookie-and-referer"),
+        pytest.param({"Sec-Fetch-Site": "same-origin"}, 202, id="cookie-and-same-origin"),
+        pytest.param({"Authorization": f"Bearer {TOKEN}"}, 202, id="bearer-too"),
+    ],
+)
+async def test_a_state_change_on_the_cookie_alone_must_say_it_is_from_here(
+    with_token: Settings, scan_root: Path, headers: dict[str, str], status: int
+) -> None:
+    """The cookie is the browser's: a state change it alone authorises needs the browser to
+    vouch for the dashboard's origin (Origin, Referer or Sec-Fetch-Site). Bearer clients
+    (curl) send none of these."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            session = await client.post(
+                "/api/v1/session", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            # The client keeps the cookie from here on.
+            response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
+            cancel = await client.post("/api/v1/jobs/x/cancel", headers=headers)
+            listed = await client.get("/api/v1/jobs")
+
+    assert session.status_code == 204
+    assert response.status_code == status, response.text
+    assert cancel.status_code == (403 if status == 403 else 404)
+    assert listed.status_code == 200  # reading needs no Origin
+    assert listed.json()["total"] == (0 if status == 403 else 1)
