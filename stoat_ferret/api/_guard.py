@@ -19,7 +19,8 @@ service's own nor allowed
 ``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
 is under ``/api/``, and neither                ``/health``, the dashboard page and
 ``Authorization: Bearer <token>`` nor          its files stay open
-the :data:`TOKEN_COOKIE` carries it
+the :data:`TOKEN_COOKIE` holds its
+:func:`session_value`
 a state change that only the cookie    403     a browser sends the cookie by
 authorises, without ``Origin``,                itself; clients that are not
 ``Referer`` or ``Sec-Fetch-Site:               browsers send the token
@@ -37,6 +38,7 @@ token is compared in constant time and never logged, nor is the cookie.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final, Literal
@@ -59,6 +61,21 @@ if TYPE_CHECKING:
 
 TOKEN_COOKIE: Final = "stoat_token"
 """The cookie the dashboard's session sets (``POST /api/v1/session``); the API accepts it."""
+
+SESSION_KEY: Final = b"stoat-session"
+
+
+def session_value(token: str) -> str:
+    """What :data:`TOKEN_COOKIE` holds: ``HMAC-SHA256(token, "stoat-session")``, in hex.
+
+    Not the token itself: browsers do not keep cookies apart by port, so any
+    other service on the same host name may be sent this cookie. What it
+    learns opens the API only as this cookie (a browser's, so the state
+    changes it allows need the browser to vouch for their origin), never as
+    the ``Authorization: Bearer`` token.
+    """
+    return hmac.new(token.encode(), SESSION_KEY, hashlib.sha256).hexdigest()
+
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing, so need no ``Origin`` check."""
@@ -108,7 +125,9 @@ class RequestGuard:
         self.app = app
         self.hosts = trusted_hosts(settings)
         self.origins = frozenset(settings.allowed_origins)
-        self.token = None if settings.api_token is None else settings.api_token.encode()
+        token = settings.api_token
+        self.token = None if token is None else token.encode()
+        self.session = None if token is None else session_value(token).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -196,13 +215,14 @@ class RequestGuard:
     def credential(self, connection: HTTPConnection) -> Literal["bearer", "cookie"] | None:
         """What carries the token: the ``Authorization`` header, else the cookie, else None."""
         assert self.token is not None
+        assert self.session is not None
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-        offered: Iterable[str] = (
-            credentials.strip() if scheme.lower() == "bearer" else "",
-            connection.cookies.get(TOKEN_COOKIE, ""),
+        offered: Iterable[tuple[str, bytes]] = (
+            (credentials.strip() if scheme.lower() == "bearer" else "", self.token),
+            (connection.cookies.get(TOKEN_COOKIE, ""), self.session),
         )
         # Both compared, always, each in constant time.
-        bearer, cookie = [hmac.compare_digest(value.encode(), self.token) for value in offered]
+        bearer, cookie = [hmac.compare_digest(value.encode(), want) for value, want in offered]
         return "bearer" if bearer else "cookie" if cookie else None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 
 SCAN = "/api/v1/videos/scan"
 TOKEN = "a-token-of-24-characters"
+SESSION = hmac.new(TOKEN.encode(), b"stoat-session", hashlib.sha256).hexdigest()
+"""What the dashboard's cookie holds for :data:`TOKEN`."""
 JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -245,6 +249,8 @@ def with_token(settings: Settings) -> Settings:
         pytest.param({"Authorization": "Bearer caf\u00e9"}, id="not-ascii"),
         pytest.param({"Cookie": f"{TOKEN_COOKIE}=wrong"}, id="wrong-cookie"),
         pytest.param({"Cookie": f"other={TOKEN}"}, id="other-cookie"),
+        pytest.param({"Cookie": f"{TOKEN_COOKIE}={TOKEN}"}, id="token-as-cookie"),
+        pytest.param({"Authorization": f"Bearer {SESSION}"}, id="session-as-bearer"),
     ],
 )
 @pytest.mark.parametrize(
@@ -334,7 +340,7 @@ async def test_a_session_trades_the_token_for_a_strict_cookie(with_token: Settin
     assert refused.status_code == 401
     assert started.status_code == 204
     cookie = started.headers["set-cookie"]
-    assert cookie.startswith(f"{TOKEN_COOKIE}={TOKEN};")
+    assert cookie.startswith(f"{TOKEN_COOKIE}={SESSION};")  # not the token itself
     attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
     assert {"httponly", "samesite=strict", "path=/api/"} <= attributes
     assert "secure" not in attributes  # plain http on loopback: a Secure cookie would not stick
