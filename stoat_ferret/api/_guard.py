@@ -108,7 +108,7 @@ def host_name(header: str) -> str | None:
         port = port[1:]
     else:
         name, _, port = header.partition(":")
-    if not name or (port and not port.isdigit()):
+    if not name or (port and not (port.isascii() and port.isdigit())):
         return None
     return name.lower()
 
@@ -154,7 +154,8 @@ class RequestGuard:
         """
         headers = connection.headers
         declared = headers.get("content-length", "")
-        size = int(declared) if declared.isdigit() else 0
+        # ASCII digits only: str.isdigit says yes to "²", which int() refuses.
+        size = int(declared) if declared.isascii() and declared.isdigit() else 0
         if connection.scope["method"] in BODILESS_METHODS and (
             size > 0 or "transfer-encoding" in headers
         ):

@@ -52,6 +52,7 @@ async def _jobs(client: httpx.AsyncClient, **headers: str) -> int:
         ("[::1", None),
         ("[::1]x", None),
         ("localhost:http", None),
+        ("localhost:\u00b2", None),
         (":8000", None),
     ],
 )
@@ -521,3 +522,27 @@ async def test_a_state_change_on_the_cookie_alone_must_say_it_is_from_here(
     assert cancel.status_code == (403 if status == 403 else 404)
     assert listed.status_code == 200  # reading needs no Origin
     assert listed.json()["total"] == (0 if status == 403 else 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("declared", [b"\xb2", b"1\xb9", b"\xb3\xb3"])  # ², ¹, ³ in Latin-1
+async def test_a_content_length_of_other_digits_is_no_5xx(
+    settings: Settings, scan_root: Path, declared: bytes
+) -> None:
+    """Superscript digits are digits to str.isdigit, not to int: the header is not a length."""
+    body = b'{"path": "%s"}' % bytes(scan_root)
+    sent: list[Message] = []
+    app = create_app(settings)
+    headers = [JSON_TYPE, (b"content-length", declared)]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with serving(app):
+            await app(http_scope("POST", SCAN, headers=headers), receive, send)
+
+    assert sent[0]["status"] == 202
