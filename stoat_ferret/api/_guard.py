@@ -99,8 +99,11 @@ def trusted_hosts(settings: Settings) -> frozenset[str]:
     return frozenset((*LOOPBACK_NAMES, *(() if wildcard else (bound,)), *settings.allowed_hosts))
 
 
-def host_name(header: str) -> str | None:
-    """The name part of a ``Host`` header (``[::1]:8000`` -> ``::1``); None if malformed."""
+def split_host(header: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header's lower-case name and port (``[::1]:8000`` -> ``("::1", 8000)``).
+
+    None if malformed; the port is None when the header names none.
+    """
     if header.startswith("["):
         name, bracket, port = header[1:].partition("]")
         if not bracket or (port and not port.startswith(":")):
@@ -108,9 +111,36 @@ def host_name(header: str) -> str | None:
         port = port[1:]
     else:
         name, _, port = header.partition(":")
+    # ASCII digits only: str.isdigit says yes to "²", which int() refuses.
     if not name or (port and not (port.isascii() and port.isdigit())):
         return None
-    return name.lower()
+    return name.lower(), int(port) if port else None
+
+
+def host_name(header: str) -> str | None:
+    """The name part of a ``Host`` header (``[::1]:8000`` -> ``::1``); None if malformed."""
+    split = split_host(header)
+    return None if split is None else split[0]
+
+
+OriginKey = tuple[str, str, int]
+"""An origin as compared: scheme, lower-case host (IPv6 without brackets), port."""
+
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def origin_key(origin: str) -> OriginKey | None:
+    """``origin`` as compared, the scheme's default port filled in; None if it is no
+    http(s) origin (``null``, another scheme, a bad port)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname, DEFAULT_PORTS[scheme] if port is None else port
 
 
 class RequestGuard:
@@ -124,7 +154,7 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
         self.hosts = trusted_hosts(settings)
-        self.origins = frozenset(settings.allowed_origins)
+        self.origins = frozenset(filter(None, map(origin_key, settings.allowed_origins)))
         token = settings.api_token
         self.token = None if token is None else token.encode()
         self.session = None if token is None else session_value(token).encode()
@@ -207,11 +237,18 @@ class RequestGuard:
         return origin is None or self.same_origin(origin, connection)
 
     def same_origin(self, origin: str, connection: HTTPConnection) -> bool:
-        """True if ``origin`` is the one the request was addressed to, or an allowed one."""
-        origin = origin.strip().lower()
+        """True if ``origin`` is the one the request was addressed to, or an allowed one.
+
+        Compared as (scheme, host, port), the port defaulting to the scheme's.
+        """
+        key = origin_key(origin)
+        if key is None:
+            return False
         # Not connection.url: it parses the Host header, which may be anything.
-        own = f"{connection.scope['scheme']}://{connection.headers.get('host', '')}".lower()
-        return origin == own or origin in self.origins
+        scheme = connection.scope["scheme"]
+        host = split_host(connection.headers.get("host", ""))
+        own = None if host is None else (scheme, host[0], host[1] or DEFAULT_PORTS.get(scheme))
+        return key == own or key in self.origins
 
     def credential(self, connection: HTTPConnection) -> Literal["bearer", "cookie"] | None:
         """What carries the token: the ``Authorization`` header, else the cookie, else None."""

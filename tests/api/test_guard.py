@@ -166,6 +166,62 @@ async def test_the_own_and_allowed_origins_may_change_state(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("host", "origin", "allowed"),
+    [
+        ("localhost", "http://localhost:80", ()),
+        ("localhost:80", "http://localhost", ()),
+        ("LOCALHOST:80", "http://localhost:0080", ()),
+        ("[::1]:80", "http://[::1]", ()),
+        ("localhost", "https://videos.example:443", ("https://videos.example",)),
+        ("localhost", "https://videos.example", ("https://VIDEOS.example:443",)),
+        ("localhost", "http://videos.example:8080", ("http://videos.example:8080/",)),
+    ],
+)
+async def test_origins_compare_with_their_default_ports(
+    settings: Settings, scan_root: Path, host: str, origin: str, allowed: tuple[str, ...]
+) -> None:
+    """Scheme, host and port, the port being the scheme's default when none is written."""
+    settings = attrs.evolve(settings, allowed_origins=allowed)
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, json={"path": str(scan_root)}, headers={"Host": host, "Origin": origin}
+            )
+
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("host", "origin", "allowed"),
+    [
+        ("localhost", "http://localhost:443", ()),
+        ("localhost:8000", "http://localhost", ()),
+        ("localhost", "https://localhost:80", ()),
+        ("localhost", "https://videos.example:8443", ("https://videos.example",)),
+        ("localhost", "http://videos.example", ("https://videos.example",)),
+        ("localhost", "http://localhost:x", ()),
+        ("localhost", "chrome-extension://localhost", ()),
+    ],
+)
+async def test_origins_on_another_port_or_scheme_are_403(
+    settings: Settings, scan_root: Path, host: str, origin: str, allowed: tuple[str, ...]
+) -> None:
+    """The default port fills in only what is missing: another port or scheme is elsewhere."""
+    settings = attrs.evolve(settings, allowed_origins=allowed)
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, json={"path": str(scan_root)}, headers={"Host": host, "Origin": origin}
+            )
+
+    assert response.status_code == 403, response.text
+
+
+@pytest.mark.anyio
 async def test_reads_do_not_check_the_origin(shared_client: httpx.AsyncClient) -> None:
     """A GET changes nothing; what a page elsewhere may read is the browser's CORS rule."""
 
