@@ -2,7 +2,8 @@
 
 The service listens on loopback by default, where any web page the user
 visits can send it requests, and after DNS rebinding even read the answers.
-So, for every HTTP request, in this order:
+So, for every HTTP request and WebSocket handshake, in this order (a refused
+handshake is closed with code 1008, which the server answers 403):
 
 =====================================  ======  =====================================
 refused when                           status  why
@@ -47,6 +48,7 @@ from urllib.parse import urlsplit
 import attrs
 from loguru import logger
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocketClose
 
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
@@ -128,6 +130,9 @@ OriginKey = tuple[str, str, int]
 
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
+HTTP_SCHEMES: Final = {"ws": "http", "wss": "https"}
+"""A WebSocket's scheme, as its page's ``Origin`` spells it."""
+
 
 def origin_key(origin: str) -> OriginKey | None:
     """``origin`` as compared, the scheme's default port filled in; None if it is no
@@ -160,11 +165,17 @@ class RequestGuard:
         self.session = None if token is None else session_value(token).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
         refusal = self.refusal(connection)
+        if refusal is not None and scope["type"] == "websocket":
+            await _closed(refusal, scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # no body to limit
+            await self.app(scope, receive, send)
+            return
         if refusal is not None:
             await _refused(refusal, scope, receive, send)
             return
@@ -200,7 +211,8 @@ class RequestGuard:
         host = host_name(headers.get("host", ""))
         if host is None or host not in self.hosts:
             return _refuse(400, "this service is not reached by that Host name")
-        unsafe = connection.scope["method"] not in SAFE_METHODS
+        # A WebSocket is no CORS request: a page anywhere may open one, as it may POST.
+        unsafe = connection.scope.get("method", "WEBSOCKET") not in SAFE_METHODS
         if unsafe and not self.from_here(headers, connection):
             return _refuse(403, "a request from another web origin may not change anything")
         # The path as routing sees it: below a proxy's prefix (root_path), if any.
@@ -245,7 +257,8 @@ class RequestGuard:
         if key is None:
             return False
         # Not connection.url: it parses the Host header, which may be anything.
-        scheme = connection.scope["scheme"]
+        sent_as: str = connection.scope["scheme"]
+        scheme = HTTP_SCHEMES.get(sent_as, sent_as)
         host = split_host(connection.headers.get("host", ""))
         own = None if host is None else (scheme, host[0], host[1] or DEFAULT_PORTS.get(scheme))
         return key == own or key in self.origins
@@ -296,6 +309,15 @@ async def _refused(response: ApiJSONResponse, scope: Scope, receive: Receive, se
         "request refused", status=response.status_code, method=scope["method"], path=scope["path"]
     )
     await response(scope, receive, send)
+
+
+async def _closed(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket handshake: close code 1008 (policy), which the server sends as 403.
+
+    A close before the handshake is accepted carries no reason to the client.
+    """
+    logger.info("websocket refused", status=response.status_code, path=scope["path"])
+    await WebSocketClose(code=1008)(scope, receive, send)
 
 
 @attrs.define(eq=False)

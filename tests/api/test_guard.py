@@ -602,3 +602,94 @@ async def test_a_content_length_of_other_digits_is_no_5xx(
             await app(http_scope("POST", SCAN, headers=headers), receive, send)
 
     assert sent[0]["status"] == 202
+
+
+# ----------------------------------------------------------------- websocket
+
+
+async def _websocket(app: Any, headers: dict[str, str], path: str = "/api/v1/ws") -> Message:
+    """Open a WebSocket to ``path`` by hand; the app's first answer to the handshake."""
+    scope = {
+        **http_scope("GET", path),
+        "type": "websocket",
+        "scheme": "ws",
+        "subprotocols": [],
+        "headers": [(key.lower().encode(), value.encode()) for key, value in headers.items()],
+    }
+    del scope["method"]
+    sent: list[Message] = []
+    messages: list[Message] = [{"type": "websocket.connect"}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        await app(scope, receive, send)
+    return sent[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("token", "headers"),
+    [
+        pytest.param(None, {"Host": "evil.example"}, id="foreign-host"),
+        pytest.param(
+            None, {"Host": "localhost", "Origin": "http://evil.example"}, id="foreign-origin"
+        ),
+        pytest.param(
+            None,
+            {"Host": "localhost", "Origin": "http://localhost", "Sec-Fetch-Site": "cross-site"},
+            id="cross-site",
+        ),
+        pytest.param(TOKEN, {"Host": "localhost"}, id="no-token"),
+        pytest.param(
+            TOKEN, {"Host": "localhost", "Cookie": f"{TOKEN_COOKIE}={SESSION}"}, id="cookie-alone"
+        ),
+    ],
+)
+async def test_a_websocket_handshake_is_guarded_too(
+    settings: Settings, token: str | None, headers: dict[str, str]
+) -> None:
+    """WebSockets escape CORS: the guard closes a refused handshake with 1008 (policy), which
+    the server answers 403."""
+    app = create_app(attrs.evolve(settings, api_token=token))
+
+    answer = await _websocket(app, headers)
+
+    assert answer["type"] == "websocket.close"
+    assert answer["code"] == 1008
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("token", "headers"),
+    [
+        pytest.param(None, {"Host": "localhost", "Origin": "http://localhost"}, id="own-origin"),
+        pytest.param(None, {"Host": "localhost"}, id="no-browser"),
+        pytest.param(TOKEN, {"Host": "localhost", "Authorization": f"Bearer {TOKEN}"}, id="bearer"),
+        pytest.param(
+            TOKEN,
+            {
+                "Host": "localhost",
+                "Origin": "http://localhost",
+                "Cookie": f"{TOKEN_COOKIE}={SESSION}",
+            },
+            id="cookie-from-here",
+        ),
+    ],
+)
+async def test_a_websocket_the_guard_lets_through_reaches_routing(
+    settings: Settings, token: str | None, headers: dict[str, str]
+) -> None:
+    """Let through, the handshake reaches routing, which has no WebSocket route: 1000."""
+    app = create_app(attrs.evolve(settings, api_token=token))
+
+    answer = await _websocket(app, headers)
+
+    assert answer == {"type": "websocket.close", "code": 1000, "reason": ""}
