@@ -29,7 +29,7 @@ same-origin``
 the body is larger than                413     counted as it arrives, whatever
 :data:`~stoat_ferret.api._schemas.             ``Content-Length`` says (see
 MAX_BODY_BYTES`, or a ``GET``/``HEAD``         :class:`_BodyLimit`)
-has a body at all
+has a chunked body
 =====================================  ======  =====================================
 
 Starlette's ``TrustedHostMiddleware`` makes the first check, but answers in
@@ -86,6 +86,7 @@ BODILESS_METHODS: Final = frozenset({"GET", "HEAD"})
 """Methods whose requests take no body."""
 
 TOO_BIG: Final = f"the body is larger than {MAX_BODY_BYTES} bytes"
+CHUNKED_GET: Final = "a GET or HEAD request takes no chunked body"
 
 LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 
@@ -170,11 +171,11 @@ class RequestGuard:
             return
         connection = HTTPConnection(scope)
         refusal = self.refusal(connection)
-        if refusal is not None and scope["type"] == "websocket":
-            await _closed(refusal, scope, receive, send)
-            return
         if scope["type"] == "websocket":  # no body to limit
-            await self.app(scope, receive, send)
+            if refusal is None:
+                await self.app(scope, receive, send)
+            else:
+                await _closed(refusal, scope, receive, send)
             return
         if refusal is not None:
             await _refused(refusal, scope, receive, send)
@@ -190,17 +191,18 @@ class RequestGuard:
     def body_refusal(connection: HTTPConnection) -> ApiJSONResponse | None:
         """413 for a body its headers already show to be too large; None otherwise.
 
-        ``GET`` and ``HEAD`` take no body at all: a long ``/wait`` or event
-        stream reads its body only to notice the client leaving.
+        A ``GET`` or ``HEAD`` with a chunked body (no length given) is 413 at
+        once: an event stream reads its body only to notice the client
+        leaving, after its answer has begun, too late for a 413. One with a
+        small ``Content-Length`` goes on (a ``GET`` of a ``POST`` route is
+        routing's 405).
         """
         headers = connection.headers
         declared = headers.get("content-length", "")
         # ASCII digits only: str.isdigit says yes to "²", which int() refuses.
         size = int(declared) if declared.isascii() and declared.isdigit() else 0
-        if connection.scope["method"] in BODILESS_METHODS and (
-            size > 0 or "transfer-encoding" in headers
-        ):
-            return _refuse(413, "a GET or HEAD request takes no body")
+        if connection.scope["method"] in BODILESS_METHODS and "transfer-encoding" in headers:
+            return _refuse(413, CHUNKED_GET)
         if size > MAX_BODY_BYTES:
             return _refuse(413, TOO_BIG)
         return None
