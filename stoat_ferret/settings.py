@@ -362,8 +362,8 @@ class Settings:
             "metavar": "ORIGIN",
             "repeat": True,
             "default": "none",
-            "help": "more web origins (https://host:port) that may change state, "
-            "','-separated in the variable; the service's own origin always may",
+            "help": "more origins (https://host:port) the dashboard may be served from, such "
+            "as a proxy's public one, ','-separated in the variable; no CORS headers are sent",
         },
     )
     # A secret: kept out of repr (and so out of every log line).

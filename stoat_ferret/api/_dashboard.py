@@ -16,7 +16,10 @@ data) and the API needs the token. A browser cannot put a header on an
 ``/#token=<token>`` (a fragment never reaches the server, so no log holds
 it), the page drops the fragment from the address bar and sends the token
 once to ``POST /api/v1/session``, which answers with an ``HttpOnly``,
-``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``).
+``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``). The
+cookie holds a value derived from the token (``session_value``), which the
+API accepts only as that cookie: a browser sends a host's cookies to every
+port of it, so another service there may see it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import SettingsDep  # noqa: TC001
-from stoat_ferret.api._guard import TOKEN_COOKIE
+from stoat_ferret.api._guard import TOKEN_COOKIE, session_value
 from stoat_ferret.api._schemas import error_responses
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -82,8 +85,9 @@ def static_files() -> StaticFiles:
 async def start_session(request: Request, settings: SettingsDep) -> Response:
     """Trade the ``Authorization: Bearer`` token for the dashboard's cookie (204).
 
-    The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no
-    other site's page sends it) and limited to ``/api/``. Without
+    The cookie holds a value derived from the token, not the token. It is
+    ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's
+    page sends it) and limited to ``/api/``. Without
     ``STOAT_API_TOKEN`` there is nothing to trade: 204, no cookie.
     """
     response = Response(status_code=204)
@@ -91,7 +95,7 @@ async def start_session(request: Request, settings: SettingsDep) -> Response:
         # Reached only with the right token: the guard answered 401 otherwise.
         response.set_cookie(
             TOKEN_COOKIE,
-            settings.api_token,
+            session_value(settings.api_token),  # not the token: see session_value
             max_age=SESSION_SECONDS,
             path="/api/",
             secure=request.url.scheme == "https",

@@ -2,7 +2,8 @@
 
 The service listens on loopback by default, where any web page the user
 visits can send it requests, and after DNS rebinding even read the answers.
-So, for every HTTP request, in this order:
+So, for every HTTP request and WebSocket handshake, in this order (a refused
+handshake is closed with code 1008, which the server answers 403):
 
 =====================================  ======  =====================================
 refused when                           status  why
@@ -10,17 +11,25 @@ refused when                           status  why
 ``Host`` is not a name the service is  400     a rebound name (``evil.example``
 reached by (:func:`trusted_hosts`)             pointing at 127.0.0.1) is not one
 a state-changing method (not ``GET``,  403     a page elsewhere may send a request,
-``HEAD``, ``OPTIONS``) with an                 but its browser says where from
-``Origin`` that is neither the
+``HEAD``, ``OPTIONS``) whose                   but its browser says where from
+``Sec-Fetch-Site`` is not
+``same-origin`` (or ``none``), or whose
+``Origin`` (without one, the
+``Referer``'s origin) is neither the
 service's own nor allowed
 ``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
 is under ``/api/`` or is ``/metrics``,         ``/health``, the dashboard page and
 and neither ``Authorization: Bearer            its files stay open
 <token>`` nor the :data:`TOKEN_COOKIE`
-carries it
+holding its :func:`session_value` is there
+a state change that only the cookie    403     a browser sends the cookie by
+authorises, without ``Origin``,                itself; clients that are not
+``Referer`` or ``Sec-Fetch-Site:               browsers send the token
+same-origin``
 the body is larger than                413     counted as it arrives, whatever
-:data:`~stoat_ferret.api._schemas.             ``Content-Length`` says
-MAX_BODY_BYTES`
+:data:`~stoat_ferret.api._schemas.             ``Content-Length`` says (see
+MAX_BODY_BYTES`, or a ``GET``/``HEAD``         :class:`_BodyLimit`)
+has a chunked body
 =====================================  ======  =====================================
 
 Starlette's ``TrustedHostMiddleware`` makes the first check, but answers in
@@ -30,12 +39,16 @@ token is compared in constant time and never logged, nor is the cookie.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from typing import TYPE_CHECKING, Final
+from contextlib import suppress
+from typing import TYPE_CHECKING, Final, Literal
+from urllib.parse import urlsplit
 
+import attrs
 from loguru import logger
-from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocketClose
 
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
@@ -43,6 +56,7 @@ from stoat_ferret.api._schemas import MAX_BODY_BYTES
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from starlette.datastructures import Headers
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from stoat_ferret.settings import Settings
@@ -50,8 +64,29 @@ if TYPE_CHECKING:
 TOKEN_COOKIE: Final = "stoat_token"
 """The cookie the dashboard's session sets (``POST /api/v1/session``); the API accepts it."""
 
+SESSION_KEY: Final = b"stoat-session"
+
+
+def session_value(token: str) -> str:
+    """What :data:`TOKEN_COOKIE` holds: ``HMAC-SHA256(token, "stoat-session")``, in hex.
+
+    Not the token itself: browsers do not keep cookies apart by port, so any
+    other service on the same host name may be sent this cookie. What it
+    learns opens the API only as this cookie (a browser's, so the state
+    changes it allows need the browser to vouch for their origin), never as
+    the ``Authorization: Bearer`` token.
+    """
+    return hmac.new(token.encode(), SESSION_KEY, hashlib.sha256).hexdigest()
+
+
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing, so need no ``Origin`` check."""
+
+BODILESS_METHODS: Final = frozenset({"GET", "HEAD"})
+"""Methods whose requests take no body."""
+
+TOO_BIG: Final = f"the body is larger than {MAX_BODY_BYTES} bytes"
+CHUNKED_GET: Final = "a GET or HEAD request takes no chunked body"
 
 LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 
@@ -67,8 +102,11 @@ def trusted_hosts(settings: Settings) -> frozenset[str]:
     return frozenset((*LOOPBACK_NAMES, *(() if wildcard else (bound,)), *settings.allowed_hosts))
 
 
-def host_name(header: str) -> str | None:
-    """The name part of a ``Host`` header (``[::1]:8000`` -> ``::1``); None if malformed."""
+def split_host(header: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header's lower-case name and port (``[::1]:8000`` -> ``("::1", 8000)``).
+
+    None if malformed; the port is None when the header names none.
+    """
     if header.startswith("["):
         name, bracket, port = header[1:].partition("]")
         if not bracket or (port and not port.startswith(":")):
@@ -76,9 +114,39 @@ def host_name(header: str) -> str | None:
         port = port[1:]
     else:
         name, _, port = header.partition(":")
-    if not name or (port and not port.isdigit()):
+    # ASCII digits only: str.isdigit says yes to "²", which int() refuses.
+    if not name or (port and not (port.isascii() and port.isdigit())):
         return None
-    return name.lower()
+    return name.lower(), int(port) if port else None
+
+
+def host_name(header: str) -> str | None:
+    """The name part of a ``Host`` header (``[::1]:8000`` -> ``::1``); None if malformed."""
+    split = split_host(header)
+    return None if split is None else split[0]
+
+
+OriginKey = tuple[str, str, int]
+"""An origin as compared: scheme, lower-case host (IPv6 without brackets), port."""
+
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+HTTP_SCHEMES: Final = {"ws": "http", "wss": "https"}
+"""A WebSocket's scheme, as its page's ``Origin`` spells it."""
+
+
+def origin_key(origin: str) -> OriginKey | None:
+    """``origin`` as compared, the scheme's default port filled in; None if it is no
+    http(s) origin (``null``, another scheme, a bad port)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname, DEFAULT_PORTS[scheme] if port is None else port
 
 
 class RequestGuard:
@@ -92,30 +160,52 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
         self.hosts = trusted_hosts(settings)
-        self.origins = frozenset(settings.allowed_origins)
-        self.token = None if settings.api_token is None else settings.api_token.encode()
+        self.origins = frozenset(filter(None, map(origin_key, settings.allowed_origins)))
+        token = settings.api_token
+        self.token = None if token is None else token.encode()
+        self.session = None if token is None else session_value(token).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
         refusal = self.refusal(connection)
+        if scope["type"] == "websocket":  # no body to limit
+            if refusal is None:
+                await self.app(scope, receive, send)
+            else:
+                await _closed(refusal, scope, receive, send)
+            return
         if refusal is not None:
-            logger.info(
-                "request refused",
-                status=refusal.status_code,
-                method=scope["method"],
-                path=scope["path"],
-            )
-            await refusal(scope, receive, send)
+            await _refused(refusal, scope, receive, send)
             return
-        declared = connection.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            too_big = _too_big()  # answered without reading a byte of the body
-            await _refuse(too_big.status_code, too_big.detail)(scope, receive, send)
+        too_big = self.body_refusal(connection)
+        if too_big is not None:  # answered without reading a byte of the body
+            await _refused(too_big, scope, receive, send)
             return
-        await self.app(scope, _limited(receive), send)
+        limit = _BodyLimit(scope, receive, send)
+        await self.app(scope, limit.receive, limit.send)
+
+    @staticmethod
+    def body_refusal(connection: HTTPConnection) -> ApiJSONResponse | None:
+        """413 for a body its headers already show to be too large; None otherwise.
+
+        A ``GET`` or ``HEAD`` with a chunked body (no length given) is 413 at
+        once: an event stream reads its body only to notice the client
+        leaving, after its answer has begun, too late for a 413. One with a
+        small ``Content-Length`` goes on (a ``GET`` of a ``POST`` route is
+        routing's 405).
+        """
+        headers = connection.headers
+        declared = headers.get("content-length", "")
+        # ASCII digits only: str.isdigit says yes to "²", which int() refuses.
+        size = int(declared) if declared.isascii() and declared.isdigit() else 0
+        if connection.scope["method"] in BODILESS_METHODS and "transfer-encoding" in headers:
+            return _refuse(413, CHUNKED_GET)
+        if size > MAX_BODY_BYTES:
+            return _refuse(413, TOO_BIG)
+        return None
 
     def refusal(self, connection: HTTPConnection) -> ApiJSONResponse | None:
         """The answer refusing this request, or None if it may go on."""
@@ -123,67 +213,159 @@ class RequestGuard:
         host = host_name(headers.get("host", ""))
         if host is None or host not in self.hosts:
             return _refuse(400, "this service is not reached by that Host name")
-        origin = headers.get("origin")
-        if (
-            origin is not None
-            and connection.scope["method"] not in SAFE_METHODS
-            and not self.same_origin(origin, connection)
-        ):
+        # A WebSocket is no CORS request: a page anywhere may open one, as it may POST.
+        unsafe = connection.scope.get("method", "WEBSOCKET") not in SAFE_METHODS
+        if unsafe and not self.from_here(headers, connection):
             return _refuse(403, "a request from another web origin may not change anything")
         # The path as routing sees it: below a proxy's prefix (root_path), if any.
         path = connection.scope["path"].removeprefix(connection.scope.get("root_path", ""))
-        needs_token = self.token is not None and (path.startswith("/api/") or path == "/metrics")
-        if needs_token and not self.authorised(connection):
+        if self.token is None or not (path.startswith("/api/") or path == "/metrics"):
+            return None
+        credential = self.credential(connection)
+        if credential is None:
             return _refuse(
                 401,
                 "this service needs its API token: send Authorization: Bearer <token>",
                 {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'},
             )
+        if credential == "cookie" and unsafe and not _vouched_for(headers):
+            # A browser sends the cookie by itself; the change must say where it is from.
+            return _refuse(
+                403,
+                "a change made with the dashboard's cookie must come from the dashboard "
+                "(Origin or Sec-Fetch-Site: same-origin); other clients send the token",
+            )
         return None
 
-    def same_origin(self, origin: str, connection: HTTPConnection) -> bool:
-        """True if ``origin`` is the one the request was addressed to, or an allowed one."""
-        origin = origin.strip().lower()
-        # Not connection.url: it parses the Host header, which may be anything.
-        own = f"{connection.scope['scheme']}://{connection.headers.get('host', '')}".lower()
-        return origin == own or origin in self.origins
+    def from_here(self, headers: Headers, connection: HTTPConnection) -> bool:
+        """False if the browser says the request comes from another origin.
 
-    def authorised(self, connection: HTTPConnection) -> bool:
-        """True if the request carries the token, in its header or its cookie."""
+        ``Sec-Fetch-Site`` (other than ``same-origin``, or ``none`` for what
+        the user typed) refuses; then the ``Origin``, or failing that the
+        ``Referer``'s origin, must be the service's own or an allowed one.
+        A request with none of these (curl, a script) is from no web page.
+        """
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return False
+        origin = claimed_origin(headers)
+        return origin is None or self.same_origin(origin, connection)
+
+    def same_origin(self, origin: str, connection: HTTPConnection) -> bool:
+        """True if ``origin`` is the one the request was addressed to, or an allowed one.
+
+        Compared as (scheme, host, port), the port defaulting to the scheme's.
+        """
+        key = origin_key(origin)
+        if key is None:
+            return False
+        # Not connection.url: it parses the Host header, which may be anything.
+        sent_as: str = connection.scope["scheme"]
+        scheme = HTTP_SCHEMES.get(sent_as, sent_as)
+        host = split_host(connection.headers.get("host", ""))
+        own = None if host is None else (scheme, host[0], host[1] or DEFAULT_PORTS.get(scheme))
+        return key == own or key in self.origins
+
+    def credential(self, connection: HTTPConnection) -> Literal["bearer", "cookie"] | None:
+        """What carries the token: the ``Authorization`` header, else the cookie, else None."""
         assert self.token is not None
+        assert self.session is not None
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-        offered: Iterable[str] = (
-            credentials.strip() if scheme.lower() == "bearer" else "",
-            connection.cookies.get(TOKEN_COOKIE, ""),
+        offered: Iterable[tuple[str, bytes]] = (
+            (credentials.strip() if scheme.lower() == "bearer" else "", self.token),
+            (connection.cookies.get(TOKEN_COOKIE, ""), self.session),
         )
         # Both compared, always, each in constant time.
-        matches = [hmac.compare_digest(value.encode(), self.token) for value in offered]
-        return any(matches)
+        bearer, cookie = [hmac.compare_digest(value.encode(), want) for value, want in offered]
+        return "bearer" if bearer else "cookie" if cookie else None
+
+
+def claimed_origin(headers: Headers) -> str | None:
+    """The origin a browser names: ``Origin``, else the ``Referer``'s; None if neither is sent.
+
+    A ``Referer`` that names no origin gives ``"null"``, which no service has.
+    """
+    origin = headers.get("origin")
+    referer = headers.get("referer")
+    if origin is not None or referer is None:
+        return origin
+    try:
+        parts = urlsplit(referer.strip())
+        host = parts.netloc.rpartition("@")[2]
+        _ = parts.port  # raises ValueError for a port that is not one
+    except ValueError:
+        return "null"
+    return f"{parts.scheme}://{host}" if parts.scheme and host else "null"
+
+
+def _vouched_for(headers: Headers) -> bool:
+    """True if the browser names the request's origin (checked own by then) or says same-origin."""
+    return claimed_origin(headers) is not None or headers.get("sec-fetch-site") == "same-origin"
 
 
 def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiJSONResponse:
     return ApiJSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def _too_big() -> HTTPException:
-    return HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+async def _refused(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    logger.info(
+        "request refused", status=response.status_code, method=scope["method"], path=scope["path"]
+    )
+    await response(scope, receive, send)
 
 
-def _limited(receive: Receive) -> Receive:
-    """``receive``, raising 413 once the body passes :data:`MAX_BODY_BYTES`.
+async def _closed(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket handshake: close code 1008 (policy), which the server sends as 403.
 
-    Raised in the route's own read of its body: FastAPI hands it on as it
-    is, and the app's handlers answer it (``_errors.py``).
+    A close before the handshake is accepted carries no reason to the client.
     """
-    size = 0
+    logger.info("websocket refused", status=response.status_code, path=scope["path"])
+    await WebSocketClose(code=1008)(scope, receive, send)
 
-    async def limited() -> Message:
-        nonlocal size
-        message = await receive()
+
+@attrs.define(eq=False)
+class _BodyLimit:
+    """One request's ``receive`` and ``send``, cut off once the body passes the limit.
+
+    Whoever reads the body past :data:`MAX_BODY_BYTES` (the route parsing
+    it, or a long response listening for the client to leave) is told the
+    client has gone (``http.disconnect``), so nothing raises in the app. The
+    guard answers 413 itself if the response has not begun, or else ends it
+    where it is; whatever the app sends after that goes nowhere.
+    """
+
+    scope: Scope
+    _receive: Receive
+    _send: Send
+    size: int = 0
+    started: bool = False
+    ended: bool = False
+    cut_off: bool = False
+
+    async def receive(self) -> Message:
+        if self.cut_off:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
         if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > MAX_BODY_BYTES:
-                raise _too_big()
+            self.size += len(message.get("body", b""))
+            if self.size > MAX_BODY_BYTES:
+                await self.cut()
+                return {"type": "http.disconnect"}
         return message
 
-    return limited
+    async def send(self, message: Message) -> None:
+        if self.cut_off:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.ended = True
+        await self._send(message)
+
+    async def cut(self) -> None:
+        """Answer 413, or end the response already under way; the app's sends stop here."""
+        self.cut_off = True
+        with suppress(OSError):  # the client may have left meanwhile: nothing to tell it
+            if not self.started:
+                await _refused(_refuse(413, TOO_BIG), self.scope, self._receive, self._send)
+            elif not self.ended:
+                await self._send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -331,3 +331,14 @@ async def test_head_works_wherever_get_does(
 
     assert head.status_code == get.status_code == status
     assert head.headers["content-type"] == get.headers["content-type"]
+
+
+@pytest.mark.anyio
+async def test_head_on_the_event_stream_is_405(shared_client: httpx.AsyncClient) -> None:
+    """The one GET route without HEAD (README says so): a HEAD would hold a stream slot."""
+
+    with anyio.fail_after(10):
+        head = await shared_client.head("/api/v1/jobs/no-such-job/events")
+
+    assert head.status_code == 405
+    assert "GET" in head.headers["allow"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -9,11 +11,11 @@ import anyio
 import attrs
 import pytest
 
-from stoat_ferret.api._guard import TOKEN_COOKIE, host_name, trusted_hosts
+from stoat_ferret.api._guard import CHUNKED_GET, TOKEN_COOKIE, TOO_BIG, host_name, trusted_hosts
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
 from stoat_ferret.api.app import create_app
 from stoat_ferret.settings import Settings
-from tests.api.support import Message, http_scope, serving
+from tests.api.support import GatedScan, Message, http_scope, serving, supervisor_running
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 
 SCAN = "/api/v1/videos/scan"
 TOKEN = "a-token-of-24-characters"
+SESSION = hmac.new(TOKEN.encode(), b"stoat-session", hashlib.sha256).hexdigest()
+"""What the dashboard's cookie holds for :data:`TOKEN`."""
 JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -48,6 +52,7 @@ async def _jobs(client: httpx.AsyncClient, **headers: str) -> int:
         ("[::1", None),
         ("[::1]x", None),
         ("localhost:http", None),
+        ("localhost:\u00b2", None),
         (":8000", None),
     ],
 )
@@ -161,6 +166,62 @@ async def test_the_own_and_allowed_origins_may_change_state(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("host", "origin", "allowed"),
+    [
+        ("localhost", "http://localhost:80", ()),
+        ("localhost:80", "http://localhost", ()),
+        ("LOCALHOST:80", "http://localhost:0080", ()),
+        ("[::1]:80", "http://[::1]", ()),
+        ("localhost", "https://videos.example:443", ("https://videos.example",)),
+        ("localhost", "https://videos.example", ("https://VIDEOS.example:443",)),
+        ("localhost", "http://videos.example:8080", ("http://videos.example:8080/",)),
+    ],
+)
+async def test_origins_compare_with_their_default_ports(
+    settings: Settings, scan_root: Path, host: str, origin: str, allowed: tuple[str, ...]
+) -> None:
+    """Scheme, host and port, the port being the scheme's default when none is written."""
+    settings = attrs.evolve(settings, allowed_origins=allowed)
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, json={"path": str(scan_root)}, headers={"Host": host, "Origin": origin}
+            )
+
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("host", "origin", "allowed"),
+    [
+        ("localhost", "http://localhost:443", ()),
+        ("localhost:8000", "http://localhost", ()),
+        ("localhost", "https://localhost:80", ()),
+        ("localhost", "https://videos.example:8443", ("https://videos.example",)),
+        ("localhost", "http://videos.example", ("https://videos.example",)),
+        ("localhost", "http://localhost:x", ()),
+        ("localhost", "chrome-extension://localhost", ()),
+    ],
+)
+async def test_origins_on_another_port_or_scheme_are_403(
+    settings: Settings, scan_root: Path, host: str, origin: str, allowed: tuple[str, ...]
+) -> None:
+    """The default port fills in only what is missing: another port or scheme is elsewhere."""
+    settings = attrs.evolve(settings, allowed_origins=allowed)
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, json={"path": str(scan_root)}, headers={"Host": host, "Origin": origin}
+            )
+
+    assert response.status_code == 403, response.text
+
+
+@pytest.mark.anyio
 async def test_reads_do_not_check_the_origin(shared_client: httpx.AsyncClient) -> None:
     """A GET changes nothing; what a page elsewhere may read is the browser's CORS rule."""
 
@@ -171,6 +232,57 @@ async def test_reads_do_not_check_the_origin(shared_client: httpx.AsyncClient) -
 
     assert response.status_code == 200
     assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Sec-Fetch-Site": "cross-site"}, id="cross-site"),
+        pytest.param({"Sec-Fetch-Site": "same-site"}, id="same-site"),
+        pytest.param({"Referer": "http://evil.example/page.html"}, id="foreign-referer"),
+        pytest.param({"Referer": "http://localhost:8001/"}, id="other-port-referer"),
+        pytest.param({"Referer": "about:blank"}, id="referer-without-origin"),
+        pytest.param({"Referer": "http://[::1/"}, id="malformed-referer"),
+        pytest.param(
+            {"Origin": "http://localhost", "Sec-Fetch-Site": "cross-site"}, id="fetch-site-wins"
+        ),
+    ],
+)
+async def test_a_state_change_the_browser_says_is_from_elsewhere_is_403(
+    settings: Settings, scan_root: Path, headers: dict[str, str]
+) -> None:
+    """Without an Origin, Sec-Fetch-Site and the Referer's origin tell where a request is from."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
+            jobs = await _jobs(client)
+
+    assert response.status_code == 403, response.text
+    assert jobs == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="nothing (curl)"),
+        pytest.param({"Sec-Fetch-Site": "same-origin"}, id="same-origin"),
+        pytest.param({"Sec-Fetch-Site": "none"}, id="none"),
+        pytest.param({"Referer": "http://localhost/"}, id="own-referer"),
+    ],
+)
+async def test_a_state_change_from_here_or_no_browser_is_served(
+    settings: Settings, scan_root: Path, headers: dict[str, str]
+) -> None:
+    """The dashboard's own requests, and clients that are no browser, start scans."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
+
+    assert response.status_code == 202, response.text
 
 
 # --------------------------------------------------------------------- token
@@ -194,6 +306,8 @@ def with_token(settings: Settings) -> Settings:
         pytest.param({"Authorization": "Bearer caf\u00e9"}, id="not-ascii"),
         pytest.param({"Cookie": f"{TOKEN_COOKIE}=wrong"}, id="wrong-cookie"),
         pytest.param({"Cookie": f"other={TOKEN}"}, id="other-cookie"),
+        pytest.param({"Cookie": f"{TOKEN_COOKIE}={TOKEN}"}, id="token-as-cookie"),
+        pytest.param({"Authorization": f"Bearer {SESSION}"}, id="session-as-bearer"),
     ],
 )
 @pytest.mark.parametrize(
@@ -283,7 +397,7 @@ async def test_a_session_trades_the_token_for_a_strict_cookie(with_token: Settin
     assert refused.status_code == 401
     assert started.status_code == 204
     cookie = started.headers["set-cookie"]
-    assert cookie.startswith(f"{TOKEN_COOKIE}={TOKEN};")
+    assert cookie.startswith(f"{TOKEN_COOKIE}={SESSION};")  # not the token itself
     attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
     assert {"httponly", "samesite=strict", "path=/api/"} <= attributes
     assert "secure" not in attributes  # plain http on loopback: a Secure cookie would not stick
@@ -331,6 +445,7 @@ async def test_a_streamed_body_over_the_limit_is_413(settings: Settings, scan_ro
     assert json.loads(sent[1]["body"]) == {
         "detail": f"the body is larger than {MAX_BODY_BYTES} bytes"
     }
+    assert len(sent) == 2  # the route's own answer (it saw the client leave) goes nowhere
     assert len(arrivals) == 2  # nothing read past the limit
     assert jobs == 0
 
@@ -348,3 +463,255 @@ async def test_a_body_of_exactly_the_limit_is_read(settings: Settings, scan_root
             )
 
     assert response.status_code == 202, response.text
+
+
+async def _get_with_a_big_body(
+    app: Any, path: str, *, chunked: bool, after_start: bool = False
+) -> list[Message]:
+    """GET ``path`` by hand with 80 KiB of body; what the app sent back.
+
+    ``chunked`` declares the body (HTTP/1.1's ``Transfer-Encoding``); without
+    it the body just arrives, as HTTP/2 allows. ``after_start``: the body
+    arrives only once the response has started.
+    """
+    arrivals: list[Message] = [{"type": "http.request", "body": b" " * 16_384, "more_body": True}]
+    arrivals *= 5
+    headers = [(b"transfer-encoding", b"chunked")] if chunked else []
+    path, _, query = path.partition("?")
+    sent: list[Message] = []
+    started = anyio.Event()
+
+    async def receive() -> Message:
+        if after_start:
+            await started.wait()
+        if arrivals:
+            return arrivals.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+        if message["type"] == "http.response.start":
+            started.set()
+
+    await app(http_scope("GET", path, query=query.encode(), headers=headers), receive, send)
+    return sent
+
+
+async def _while_a_scan_runs(
+    settings: Settings, scan_root: Path, route: str, *, chunked: bool, after_start: bool = False
+) -> list[Message]:
+    """Start a scan that waits, GET its ``route`` with a big body, then let it end."""
+    scan = GatedScan()
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                accepted = await client.post(SCAN, json={"path": str(scan_root)})
+                await scan.running()
+                job_id = accepted.json()["job_id"]
+                sent = await _get_with_a_big_body(
+                    app, f"/api/v1/jobs/{job_id}/{route}", chunked=chunked, after_start=after_start
+                )
+                scan.release.set()
+    return sent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("route", "chunked"),
+    [("wait?timeout=3600", True), ("wait?timeout=3600", False), ("events", True)],
+)
+async def test_a_get_with_a_big_body_is_413_never_a_5xx(
+    settings: Settings, scan_root: Path, log_records: list[Any], route: str, chunked: bool
+) -> None:
+    """The body of a long GET is read only to notice a client leaving: past 64 KiB the guard
+    answers 413 itself, and the route sees a client that left (no 500, no ERROR log)."""
+
+    sent = await _while_a_scan_runs(settings, scan_root, route, chunked=chunked)
+
+    assert [message["status"] for message in sent if "status" in message] == [413]
+    detail = CHUNKED_GET if chunked else TOO_BIG
+    assert json.loads(sent[1]["body"]) == {"detail": detail}
+    assert len(sent) == 2  # the route's own answer, after the 413, goes nowhere
+    assert not [record for record in log_records if record["level"].no >= 40]
+
+
+@pytest.mark.anyio
+async def test_a_big_body_arriving_while_a_stream_runs_ends_the_stream(
+    settings: Settings, scan_root: Path, log_records: list[Any]
+) -> None:
+    """Undeclared (HTTP/2), the body passes 64 KiB once the stream has begun: too late for a
+    413, so the guard ends the stream cleanly and drops what the route sends after."""
+
+    sent = await _while_a_scan_runs(settings, scan_root, "events", chunked=False, after_start=True)
+
+    assert sent[0]["status"] == 200
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert all(message.get("more_body", True) for message in sent[:-1])
+    assert not [record for record in log_records if record["level"].no >= 40]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 403, id="cookie-alone"),
+        pytest.param({"Origin": "http://localhost"}, 202, id="cookie-and-origin"),
+        pytest.param({"Referer": "http://localhost/"}, 202, id="cookie-and-referer"),
+        pytest.param({"Sec-Fetch-Site": "same-origin"}, 202, id="cookie-and-same-origin"),
+        pytest.param({"Authorization": f"Bearer {TOKEN}"}, 202, id="bearer-too"),
+    ],
+)
+async def test_a_state_change_on_the_cookie_alone_must_say_it_is_from_here(
+    with_token: Settings, scan_root: Path, headers: dict[str, str], status: int
+) -> None:
+    """The cookie is the browser's: a state change it alone authorises needs the browser to
+    vouch for the dashboard's origin (Origin, Referer or Sec-Fetch-Site). Bearer clients
+    (curl) send none of these."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            session = await client.post(
+                "/api/v1/session", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            # The client keeps the cookie from here on.
+            response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
+            cancel = await client.post("/api/v1/jobs/x/cancel", headers=headers)
+            listed = await client.get("/api/v1/jobs")
+
+    assert session.status_code == 204
+    assert response.status_code == status, response.text
+    assert cancel.status_code == (403 if status == 403 else 404)
+    assert listed.status_code == 200  # reading needs no Origin
+    assert listed.json()["total"] == (0 if status == 403 else 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("declared", [b"\xb2", b"1\xb9", b"\xb3\xb3"])  # ², ¹, ³ in Latin-1
+async def test_a_content_length_of_other_digits_is_no_5xx(
+    settings: Settings, scan_root: Path, declared: bytes
+) -> None:
+    """Superscript digits are digits to str.isdigit, not to int: the header is not a length."""
+    body = b'{"path": "%s"}' % bytes(scan_root)
+    sent: list[Message] = []
+    app = create_app(settings)
+    headers = [JSON_TYPE, (b"content-length", declared)]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with serving(app):
+            await app(http_scope("POST", SCAN, headers=headers), receive, send)
+
+    assert sent[0]["status"] == 202
+
+
+# ----------------------------------------------------------------- websocket
+
+
+async def _websocket(app: Any, headers: dict[str, str], path: str = "/api/v1/ws") -> Message:
+    """Open a WebSocket to ``path`` by hand; the app's first answer to the handshake."""
+    scope = {
+        **http_scope("GET", path),
+        "type": "websocket",
+        "scheme": "ws",
+        "subprotocols": [],
+        "headers": [(key.lower().encode(), value.encode()) for key, value in headers.items()],
+    }
+    del scope["method"]
+    sent: list[Message] = []
+    messages: list[Message] = [{"type": "websocket.connect"}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        await app(scope, receive, send)
+    return sent[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("token", "headers"),
+    [
+        pytest.param(None, {"Host": "evil.example"}, id="foreign-host"),
+        pytest.param(
+            None, {"Host": "localhost", "Origin": "http://evil.example"}, id="foreign-origin"
+        ),
+        pytest.param(
+            None,
+            {"Host": "localhost", "Origin": "http://localhost", "Sec-Fetch-Site": "cross-site"},
+            id="cross-site",
+        ),
+        pytest.param(TOKEN, {"Host": "localhost"}, id="no-token"),
+        pytest.param(
+            TOKEN, {"Host": "localhost", "Cookie": f"{TOKEN_COOKIE}={SESSION}"}, id="cookie-alone"
+        ),
+    ],
+)
+async def test_a_websocket_handshake_is_guarded_too(
+    settings: Settings, token: str | None, headers: dict[str, str]
+) -> None:
+    """WebSockets escape CORS: the guard closes a refused handshake with 1008 (policy), which
+    the server answers 403."""
+    app = create_app(attrs.evolve(settings, api_token=token))
+
+    answer = await _websocket(app, headers)
+
+    assert answer["type"] == "websocket.close"
+    assert answer["code"] == 1008
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("token", "headers"),
+    [
+        pytest.param(None, {"Host": "localhost", "Origin": "http://localhost"}, id="own-origin"),
+        pytest.param(None, {"Host": "localhost"}, id="no-browser"),
+        pytest.param(TOKEN, {"Host": "localhost", "Authorization": f"Bearer {TOKEN}"}, id="bearer"),
+        pytest.param(
+            TOKEN,
+            {
+                "Host": "localhost",
+                "Origin": "http://localhost",
+                "Cookie": f"{TOKEN_COOKIE}={SESSION}",
+            },
+            id="cookie-from-here",
+        ),
+    ],
+)
+async def test_a_websocket_the_guard_lets_through_reaches_routing(
+    settings: Settings, token: str | None, headers: dict[str, str]
+) -> None:
+    """Let through, the handshake reaches routing, which has no WebSocket route: 1000."""
+    app = create_app(attrs.evolve(settings, api_token=token))
+
+    answer = await _websocket(app, headers)
+
+    assert answer == {"type": "websocket.close", "code": 1000, "reason": ""}
+
+
+@pytest.mark.anyio
+async def test_a_get_with_a_small_body_of_known_length_is_routed(
+    shared_client: httpx.AsyncClient,
+) -> None:
+    """Only a chunked GET is refused up front: GET /videos/scan with a JSON body is routing's
+    405, as the fuzzing test expects of a method the schema does not list."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.request("GET", SCAN, json={"path": "/srv/videos"})
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"

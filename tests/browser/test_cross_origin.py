@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
     from tests.browser.conftest import Server
 
@@ -55,6 +55,30 @@ async ([target, path]) => {
     }
   }
   return outcomes;
+}
+"""
+
+
+# Two more ways a page elsewhere sends a POST: a beacon (text/plain, no
+# preflight), and an HTML form whose text/plain body is JSON: the one field's
+# name is '{"path": "...", "x": "' and its value '"}', sent as name=value.
+BEACON = """
+([target, path]) => navigator.sendBeacon(
+  target, new Blob([JSON.stringify({ path })], { type: "text/plain" })
+)
+"""
+FORM = """
+([target, path]) => {
+  const form = document.createElement("form");
+  form.method = "post";
+  form.enctype = "text/plain";
+  form.action = target;
+  const field = document.createElement("input");
+  field.name = JSON.stringify({ path, x: "" }).slice(0, -2);
+  field.value = '"}';
+  form.append(field);
+  document.body.append(form);
+  form.submit();
 }
 """
 
@@ -111,6 +135,37 @@ def test_a_page_on_another_origin_cannot_start_a_scan(
 
     assert outcomes == ["opaque", "opaque"]  # sent, answer unreadable to the page
     assert _refusals(server.log)[refused_before:] == ["403", "403"]
+    assert _jobs(server) == jobs_before
+
+
+def _beacon_and_form(page: Page, hostile_origin: str, server: Server) -> list[int]:
+    """From a page on ``hostile_origin``: a beacon, then a form post, to the scan URL;
+    the statuses the service answered them with."""
+    target = f"{server.base_url}/api/v1/videos/scan"
+    page.goto(f"{hostile_origin}/index.html")
+    with page.expect_response(target) as beacon:
+        assert page.evaluate(BEACON, [target, str(server.root)]) is True  # queued
+    with page.expect_navigation() as navigation:
+        page.evaluate(FORM, [target, str(server.root)])
+    posted = navigation.value
+    assert posted is not None
+    assert posted.request.post_data is not None
+    assert posted.request.post_data.startswith('{"path":')  # the JSON the form smuggles
+    return [beacon.value.status, posted.status]
+
+
+def test_a_beacon_or_a_form_from_another_origin_cannot_start_a_scan(
+    browser: Browser, server: Server, hostile_origin: str
+) -> None:
+    """sendBeacon and a text/plain form post are refused (403); no job appears."""
+    context = browser.new_context()
+    jobs_before = _jobs(server)
+    try:
+        statuses = _beacon_and_form(context.new_page(), hostile_origin, server)
+    finally:
+        context.close()
+
+    assert statuses == [403, 403]
     assert _jobs(server) == jobs_before
 
 
@@ -184,3 +239,25 @@ def test_the_dashboard_trades_its_token_for_a_cookie(
     assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
         ("stoat_token", True, "Strict")
     ]
+
+
+def test_with_the_dashboards_cookie_a_page_elsewhere_still_cannot_start_a_scan(
+    browser: Browser, token_server: Server, hostile_origin: str
+) -> None:
+    """Another port of the same host is the same site, so the SameSite=Strict cookie goes
+    with its beacon and form post: the guard refuses them all the same (403), no job."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    context = browser.new_context()
+    try:
+        dashboard = context.new_page()
+        dashboard.goto(f"{token_server.base_url}/#token={TOKEN}")
+        expect(dashboard.locator("#jobs-count")).to_have_text(re.compile(r"^\d+ jobs?$"))
+        assert context.cookies(token_server.base_url + "/api/")  # the session is open
+        jobs_before = httpx.get(f"{token_server.base_url}/api/v1/jobs", headers=headers).json()
+        statuses = _beacon_and_form(context.new_page(), hostile_origin, token_server)
+    finally:
+        context.close()
+    jobs_after = httpx.get(f"{token_server.base_url}/api/v1/jobs", headers=headers).json()
+
+    assert statuses == [403, 403]
+    assert jobs_after["total"] == jobs_before["total"]
