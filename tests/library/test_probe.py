@@ -566,3 +566,60 @@ def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:
 
     assert probe.rotation is None
     assert (probe.display_width, probe.display_height) == (64, 48)
+
+
+def test_a_frame_over_the_pixel_cap_is_not_decoded_for_its_rotation(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header bigger than the cap is refused before any decoding: the rotation
+    is unknown and every other field is still read."""
+    decoded: list[object] = []
+    original = av.VideoStream.decode
+
+    def counting(
+        stream: av.VideoStream, packet: av.Packet[Any] | None = None
+    ) -> list[av.VideoFrame]:
+        decoded.append(packet)
+        return original(stream, packet)
+
+    monkeypatch.setattr(av.VideoStream, "decode", counting)
+    monkeypatch.setattr(_metadata, "MAX_ROTATION_PIXELS", 64 * 48 - 1)
+
+    probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
+
+    assert decoded == []
+    assert probe.rotation is None
+    assert (probe.width, probe.height, probe.pixel_format) == (64, 48, "yuv420p10le")
+
+
+def test_the_rotation_decoder_is_capped_and_skips_the_pixel_work(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one decoded keyframe runs with FFmpeg's max_pixels and without loop
+    filter or inverse transform; the display matrix survives the skips."""
+    options: list[dict[str, str]] = []
+    original = av.VideoStream.decode
+
+    def spying(stream: av.VideoStream, packet: av.Packet[Any] | None = None) -> list[av.VideoFrame]:
+        if not stream.codec_context.is_open:  # FFmpeg consumes the options as it opens
+            options.append(dict(stream.codec_context.options))
+        return original(stream, packet)
+
+    monkeypatch.setattr(av.VideoStream, "decode", spying)
+
+    assert probe_video(clips["hevc_mp3.mkv"].path).rotation is None
+    assert probe_video(clips["h264_10bit_rotated.mp4"].path).rotation == 90
+    expected = {"max_pixels": str(8192 * 8192), "skip_loop_filter": "all", "skip_idct": "all"}
+    assert options == [expected, expected]
+
+
+def test_max_pixels_makes_the_decoder_refuse_a_larger_frame(
+    clips: dict[str, EncodedVideo],
+) -> None:
+    """FFmpeg itself enforces the cap (beside the header check): the decoder
+    does not open, an FFmpegError the rotation turns into null."""
+    with av.open(str(clips["h264_10bit_rotated.mp4"].path)) as container:
+        context = container.streams.video[0].codec_context
+        context.options = {"max_pixels": str(64 * 48 - 1)}
+        with pytest.raises(av.FFmpegError):
+            context.open()
