@@ -115,6 +115,10 @@ _DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
 # The largest frame the rotation's keyframe decode accepts (width x height): a
 # hostile header must not make the decoder allocate gigabytes.
 MAX_ROTATION_PIXELS: Final = 8192 * 8192
+# How far the rotation looks for a first keyframe in a file that starts
+# mid-GOP (cut without re-encoding): packets before it are skipped undecoded.
+_KEYFRAME_SEARCH_PACKETS: Final = 300
+_KEYFRAME_SEARCH_BYTES: Final = 8 * 1024 * 1024
 
 # A tag is text the file chose: anything longer than this is not a timestamp.
 _MAX_TAG_CHARS: Final = 64
@@ -218,7 +222,8 @@ def _rotation(container: InputContainer, video: VideoStream) -> int | None:
     decoded, capped: a frame larger than :data:`MAX_ROTATION_PIXELS` is not
     decoded at all (its header is checked first, and FFmpeg's ``max_pixels``
     makes the decoder refuse one that grows), and the loop filter and inverse
-    transforms are skipped, since only the side data is read.
+    transforms are skipped, since only the side data is read. Packets before
+    the first keyframe are skipped without decoding, within a small budget.
     """
     if _DISPLAY_MATRIX_FORMATS.isdisjoint(container.format.name.split(",")):
         return None
@@ -232,9 +237,16 @@ def _rotation(container: InputContainer, video: VideoStream) -> int | None:
     }
     context.thread_count = 1  # one small frame: no decoder threads to start and stop
     context.skip_frame = "NONKEY"
+    packets = skipped_bytes = 0
     try:
         for packet in container.demux(video):
             if packet.size == 0:
+                continue
+            if not packet.is_keyframe:
+                packets += 1
+                skipped_bytes += packet.size
+                if packets >= _KEYFRAME_SEARCH_PACKETS or skipped_bytes >= _KEYFRAME_SEARCH_BYTES:
+                    return None
                 continue
             frames = video.decode(packet) or video.decode(None)
             break

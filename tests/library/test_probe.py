@@ -623,3 +623,58 @@ def test_max_pixels_makes_the_decoder_refuse_a_larger_frame(
         context.options = {"max_pixels": str(64 * 48 - 1)}
         with pytest.raises(av.FFmpegError):
             context.open()
+
+
+def _write_mid_gop(path: Path, rotation: int, dropped: int) -> None:
+    """A rotated H.264 clip of two 10-frame GOPs whose first ``dropped`` packets
+    are cut off, as a cut without re-encoding leaves it: it starts mid-GOP."""
+    with av.open(str(path), mode="w") as container:
+        options = {"bf": "0", "x264-params": "keyint=10:min-keyint=10:scenecut=0"}
+        video = container.add_stream("libx264", rate=25, options=options)
+        assert isinstance(video, av.VideoStream)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.set_display_rotation(rotation)
+        packets = []
+        for index in range(20):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            frame.pts = index
+            packets += video.encode(frame)
+        packets += video.encode(None)
+        for packet in packets[dropped:]:
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("name", ["cut.mp4", "cut.mkv"])
+def test_a_file_that_starts_mid_gop_has_its_rotation(tmp_path: Path, name: str) -> None:
+    """Packets before the first keyframe are skipped: the keyframe is decoded."""
+    path = tmp_path / name
+    _write_mid_gop(path, 90, dropped=3)
+    with av.open(str(path)) as container:
+        first = next(p for p in container.demux(container.streams.video[0]) if p.size)
+        assert not first.is_keyframe
+
+    assert probe_video(path).rotation == 90
+
+
+def test_the_keyframe_search_stops_at_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyframe beyond the packet budget is not looked for: no decoding, rotation null."""
+    path = tmp_path / "cut.mp4"
+    _write_mid_gop(path, 90, dropped=3)  # the keyframe is the 8th packet
+    decoded: list[object] = []
+    original = av.VideoStream.decode
+
+    def counting(
+        stream: av.VideoStream, packet: av.Packet[Any] | None = None
+    ) -> list[av.VideoFrame]:
+        decoded.append(packet)
+        return original(stream, packet)
+
+    monkeypatch.setattr(av.VideoStream, "decode", counting)
+    monkeypatch.setattr(_metadata, "_KEYFRAME_SEARCH_PACKETS", 7)
+
+    probe = probe_video(path)
+
+    assert (probe.rotation, probe.display_width, probe.display_height) == (None, 64, 48)
+    assert decoded == []
