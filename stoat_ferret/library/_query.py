@@ -74,15 +74,20 @@ def page_query(
 
     The plan is chosen with unary ``+``, SQLite's documented way to keep a
     term from using an index: to walk the sort index, the filters are written
-    ``+column``; to pick the rows by the filters, the sort key is (``ORDER BY
-    +column``). A ``path`` sort always walks the path index, which ``under``
-    also uses.
+    ``+column``, except bounds on the sort key itself, which make the walk a
+    range of its index (``width >= ?`` sorted by width seeks its first row);
+    to pick the rows by the filters, the sort key is (``ORDER BY +column``). A
+    ``path`` sort always walks the path index, which ``under`` also uses.
     """
     column = where.sort.removeprefix("-")
     direction = " DESC" if where.sort.startswith("-") else ""
     by_path = column == "path"
     condition, args = filter_clause(
-        where, formats, indexed=not walk, path_indexed=by_path or not walk
+        where,
+        formats,
+        indexed=not walk,
+        path_indexed=by_path or not walk,
+        sort_column=column if walk else None,
     )
     plus = "" if walk else "+"
     ties = "" if by_path else f", id{direction}"  # paths are unique
@@ -96,6 +101,7 @@ def filter_clause(
     *,
     indexed: bool = True,
     path_indexed: bool = True,
+    sort_column: str | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """The ``WHERE`` clause (with a leading space, or empty) and its arguments.
 
@@ -103,7 +109,8 @@ def filter_clause(
     into the exact formats that have it (``mp4`` into ``mov,mp4,m4a,...``), so
     the container filter is an indexed ``IN``. Without it, the alias is looked
     for in each row's format. ``indexed=False`` writes every column ``+column``
-    so that no filter uses an index; ``path_indexed`` is the same for ``under``.
+    so that no filter uses an index; ``path_indexed`` is the same for ``under``,
+    and the bounds on ``sort_column`` stay without ``+`` whatever ``indexed`` says.
     """
     terms: list[str] = []
     args: list[Any] = []
@@ -134,10 +141,11 @@ def filter_clause(
         ("height", where.min_height, where.max_height),
         ("duration_seconds", where.min_duration, where.max_duration),
     ):
+        bound = "" if column == sort_column else plus
         if low is not None:
-            add(f"{plus}{column} >= ?", low)
+            add(f"{bound}{column} >= ?", low)
         if high is not None:
-            add(f"{plus}{column} <= ?", high)
+            add(f"{bound}{column} <= ?", high)
     if where.under is not None:
         path = "path" if path_indexed else "+path"
         add(f"{path} >= ? AND {path} < ?", *subtree_bounds(os.path.normpath(where.under)))
