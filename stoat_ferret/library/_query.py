@@ -8,8 +8,8 @@ an index and stops after ``offset + limit`` rows. The count of a filtered
 list comes first, from the filters' indexes (the codec and container
 indexes carry the size and duration bounds, so such a count reads no row);
 from it, :func:`walk_sort_index` picks the plan of the page. The search ``q`` is
-``instr`` over ``search_path``, the path case-folded by Python when the row is
-written (SQLite's own ``lower`` folds ASCII only), read from its own
+``instr`` over ``search_path``, :func:`search_key` of the path, computed by
+Python (SQLite's own ``lower`` folds ASCII only, and does not normalise), read from its own
 covering index: no pattern characters at all, so ``%`` and ``_`` need no
 escaping.
 
@@ -20,6 +20,7 @@ range of the path index, ``'<dir>/' <= path < '<dir>0'``.
 from __future__ import annotations
 
 import os
+import unicodedata
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -49,6 +50,16 @@ WITH RECURSIVE formats (name) AS (
 )
 SELECT name FROM formats WHERE name IS NOT NULL
 """
+
+
+def search_key(text: str) -> str:
+    """``text`` as the search compares it: NFC-normalised, then case-folded.
+
+    Both the stored ``search_path`` and ``q`` go through it, so a path whose
+    accents are decomposed (NFD, as macOS writes file names) is found by an
+    ``été`` typed precomposed, and ``É`` by ``é``.
+    """
+    return unicodedata.normalize("NFC", text).casefold()
 
 
 def walk_sort_index(matches: int, stored: int, rows: int) -> bool:
@@ -124,7 +135,7 @@ def filter_clause(
         # The ids of the matching paths, found by reading the search index
         # alone: a tenth of the pages a scan of the table would read.
         matching = "SELECT id FROM videos WHERE instr(search_path, ?) > 0"
-        add(f"{plus}id IN ({matching})", where.q.casefold())
+        add(f"{plus}id IN ({matching})", search_key(where.q))
     if where.video_codec is not None:
         add(f"{plus}video_codec = ?", where.video_codec)
     if where.audio_codec is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -281,3 +282,16 @@ def test_a_walk_filtered_on_its_sort_key_seeks_the_range(
 
     assert f"SEARCH videos USING INDEX {search}" in details, details
     assert "TEMP B-TREE" not in details, details
+
+
+def test_search_matches_composed_and_decomposed_accents(store: VideoStore) -> None:
+    """q and the paths are NFC-normalised before case folding: a decomposed (NFD)
+    name, as macOS writes it, is found by a precomposed ``été``, and back."""
+    decomposed = unicodedata.normalize("NFD", "/m/ÉTÉ plage.mp4")
+    composed = "/m/Été ville.mp4"
+    store.upsert([record(decomposed), record(composed)])
+    plage = unicodedata.normalize("NFD", "ÉTÉ plage.mp4")  # stored as written
+
+    assert set(_names(store, q="été")) == {plage, "Été ville.mp4"}
+    assert _names(store, q=unicodedata.normalize("NFD", "été v")) == ["Été ville.mp4"]
+    assert _names(store, q="été p") == [plage]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
@@ -14,11 +15,12 @@ from stoat_ferret.library import (
     METADATA_FIELDS,
     SCHEMA_VERSION,
     StoreError,
+    VideoFilter,
     VideoLibrary,
     VideoStore,
     _store,
 )
-from stoat_ferret.library._query import subtree_bounds
+from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._store import _MIGRATIONS
 from tests.library.support import record
 
@@ -314,6 +316,7 @@ def _database_at(path: Path, version: int) -> None:
     """A file at schema ``version``, built with the migrations of its day, holding one
     row of the columns that version had (none at version 0, an empty file)."""
     with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.create_function("search_key", 1, search_key, deterministic=True)
         for step in range(1, version + 1):
             for statement in _MIGRATIONS[step]:
                 raw.execute(statement)
@@ -374,6 +377,25 @@ def test_a_migrated_row_is_probed_again_once(tmp_path: Path) -> None:
 
     assert stale == flat == {"/m/old.mp4": (-1, 7)}
     assert fresh == {"/m/old.mp4": (100, 7)}
+
+
+def test_a_migrated_row_is_found_by_a_unicode_search(tmp_path: Path) -> None:
+    """A row stored before the search existed gets Python's normalised, case-folded
+    search key from the migration: its decomposed ``ÉTÉ`` is found by ``été``
+    before any rescan."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 1)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("UPDATE videos SET path = ?", (unicodedata.normalize("NFD", "/m/ÉTÉ.mp4"),))
+        raw.commit()
+
+    store = VideoStore.open(path)
+    try:
+        videos, total = store.list_videos(10, 0, VideoFilter(q="été"))
+    finally:
+        store.close()
+
+    assert (total, [v.filename for v in videos]) == (1, ["old.mp4"])
 
 
 def test_a_failed_migration_changes_nothing(
