@@ -159,7 +159,9 @@ def filter_clause(
             add(f"{bound}{column} <= ?", high)
     if where.under is not None:
         path = "path" if path_indexed else "+path"
-        add(f"{path} >= ? AND {path} < ?", *subtree_bounds(os.path.normpath(where.under)))
+        # normpath keeps POSIX's "//" prefix, which no stored (resolved) path has.
+        directory = "/" + os.path.normpath(where.under).lstrip("/")
+        add(f"{path} >= ? AND {path} < ?", *subtree_bounds(directory))
     return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
 
 

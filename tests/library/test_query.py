@@ -84,6 +84,9 @@ def _names(store: VideoStore, **where: Any) -> list[str]:
         ({"under": "/m/a"}, {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv"}),
         ({"under": "/m/a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
         ({"under": "/m/a/./b/../b"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "//m/a/b"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "///m//a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "//", "max_width": 700}, {"clip-1.webm"}),
         (
             {"under": "/", "min_width": 0},
             {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv", "x.mov", "ÉTÉ.mp4"},
