@@ -281,13 +281,15 @@ def _tag(tags: dict[str, str], key: str) -> str | None:
 
 
 def _timecode(container: InputContainer, video: VideoStream) -> str | None:
-    # The video track's own tag first; then the file's; then a timecode track (tmcd).
+    # The video track's own tag first; then the file's; then a timecode track
+    # (tmcd). A tag that is not timecode-shaped is passed over, not the answer.
     sources = [video.metadata, container.metadata, *(s.metadata for s in container.streams)]
     for tags in sources:
         value = _tag(tags, "timecode")
-        if value is not None:
+        if value is not None and len(value) <= _MAX_TAG_CHARS:
             text = value.strip()
-            return text if _TIMECODE.fullmatch(text) else None
+            if _TIMECODE.fullmatch(text):
+                return text
     return None
 
 

@@ -678,3 +678,22 @@ def test_the_keyframe_search_stops_at_its_budget(
 
     assert (probe.rotation, probe.display_width, probe.display_height) == (None, 64, 48)
     assert decoded == []
+
+
+def test_a_malformed_timecode_tag_does_not_hide_a_valid_one(tmp_path: Path) -> None:
+    """The video track's free-text timecode is skipped; the file's own is kept."""
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), mode="w") as container:
+        container.metadata["timecode"] = "01:00:00:00"
+        video = container.add_stream("libx264", rate=25)
+        assert isinstance(video, av.VideoStream)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.metadata["timecode"] = "<script>"
+        frame = av.VideoFrame(64, 48, "yuv420p")
+        frame.pts = 0
+        for packet in [*video.encode(frame), *video.encode(None)]:
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].metadata.get("TIMECODE") == "<script>"
+
+    assert probe_video(path).timecode == "01:00:00:00"
