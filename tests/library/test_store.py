@@ -401,20 +401,26 @@ def test_a_migrated_row_is_found_by_a_unicode_search(tmp_path: Path) -> None:
 def test_a_failed_migration_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A step that fails rolls the whole upgrade back: the file stays at its version."""
+    """A step that fails rolls the whole upgrade back: the file stays at its version.
+
+    The last step is broken after its first statements ran, whatever its number."""
     path = tmp_path / "old.sqlite"
-    _database_at(path, 1)
-    broken = {**_store._MIGRATIONS, 2: (*_MIGRATIONS[2][:3], "THIS IS NOT SQL")}
+    earlier = SCHEMA_VERSION - 1
+    _database_at(path, earlier)
+    schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        before = raw.execute(schema).fetchall()
+    last = _MIGRATIONS[SCHEMA_VERSION]
+    broken = {**_store._MIGRATIONS, SCHEMA_VERSION: (*last[:3], "THIS IS NOT SQL")}
     monkeypatch.setattr(_store, "_MIGRATIONS", broken)
 
     with pytest.raises(StoreError, match="syntax error"):
         VideoStore.open(path)
 
     with contextlib.closing(sqlite3.connect(path)) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
-        columns = {row[1] for row in raw.execute("PRAGMA table_info(videos)")}
+        assert raw.execute("PRAGMA user_version").fetchone() == (earlier,)
+        assert raw.execute(schema).fetchall() == before
         assert raw.execute("SELECT count(*) FROM videos").fetchone() == (1,)
-    assert "container_format" not in columns
 
 
 def test_metadata_columns_match_the_fields() -> None:
