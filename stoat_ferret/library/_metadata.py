@@ -10,9 +10,10 @@ first audio stream's channels and rate, and the ``timecode`` and
 Everything comes from the headers FFmpeg read while opening the file, except
 the rotation. FFmpeg keeps the display matrix of a MOV/MP4 or Matroska track
 as side data of the stream, which PyAV does not expose; it does copy it to
-every decoded frame (``VideoFrame.rotation``). So for those two container
-families only (the only ones whose demuxers read a display matrix) the first
-video packet is decoded, a keyframe, on one thread; in every other container
+every decoded frame (``VideoFrame.rotation``): PyAV 18.1 removed
+``Stream.side_data`` (PR #1570). So for those two container families only
+(the only ones whose demuxers read a display matrix) the first video keyframe
+is decoded, capped at :data:`MAX_ROTATION_PIXELS`, on one thread; in every other container
 the rotation is None without decoding anything. A frame that cannot be
 decoded leaves the rotation unknown rather than failing the probe.
 
@@ -111,6 +112,14 @@ _FULL_TURN: Final = 360
 # The demuxers that read a display matrix into the stream's side data.
 _DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
 
+# The largest frame the rotation's keyframe decode accepts (width x height): a
+# hostile header must not make the decoder allocate gigabytes.
+MAX_ROTATION_PIXELS: Final = 8192 * 8192
+# How far the rotation looks for a first keyframe in a file that starts
+# mid-GOP (cut without re-encoding): packets before it are skipped undecoded.
+_KEYFRAME_SEARCH_PACKETS: Final = 300
+_KEYFRAME_SEARCH_BYTES: Final = 8 * 1024 * 1024
+
 # A tag is text the file chose: anything longer than this is not a timestamp.
 _MAX_TAG_CHARS: Final = 64
 # HH:MM:SS:FF, with ';' (drop frame) or '.' before the frames as FFmpeg writes them.
@@ -206,15 +215,38 @@ def _interlaced(context: VideoCodecContext) -> bool | None:
 
 
 def _rotation(container: InputContainer, video: VideoStream) -> int | None:
-    """The display matrix's rotation (degrees counter-clockwise, as ffprobe prints it), or None."""
+    """The display matrix's rotation (degrees counter-clockwise, as ffprobe prints it), or None.
+
+    PyAV 18.1 gives the display matrix only on decoded frames (the stream's
+    side data was removed from its API, PyAV PR #1570), so one keyframe is
+    decoded, capped: a frame larger than :data:`MAX_ROTATION_PIXELS` is not
+    decoded at all (its header is checked first, and FFmpeg's ``max_pixels``
+    makes the decoder refuse one that grows), and the loop filter and inverse
+    transforms are skipped, since only the side data is read. Packets before
+    the first keyframe are skipped without decoding, within a small budget.
+    """
     if _DISPLAY_MATRIX_FORMATS.isdisjoint(container.format.name.split(",")):
         return None
     context = video.codec_context
+    if context.width * context.height > MAX_ROTATION_PIXELS:
+        return None
+    context.options = {
+        "max_pixels": str(MAX_ROTATION_PIXELS),
+        "skip_loop_filter": "all",
+        "skip_idct": "all",
+    }
     context.thread_count = 1  # one small frame: no decoder threads to start and stop
     context.skip_frame = "NONKEY"
+    packets = skipped_bytes = 0
     try:
         for packet in container.demux(video):
             if packet.size == 0:
+                continue
+            if not packet.is_keyframe:
+                packets += 1
+                skipped_bytes += packet.size
+                if packets >= _KEYFRAME_SEARCH_PACKETS or skipped_bytes >= _KEYFRAME_SEARCH_BYTES:
+                    return None
                 continue
             frames = video.decode(packet) or video.decode(None)
             break
@@ -249,13 +281,15 @@ def _tag(tags: dict[str, str], key: str) -> str | None:
 
 
 def _timecode(container: InputContainer, video: VideoStream) -> str | None:
-    # The video track's own tag first; then the file's; then a timecode track (tmcd).
+    # The video track's own tag first; then the file's; then a timecode track
+    # (tmcd). A tag that is not timecode-shaped is passed over, not the answer.
     sources = [video.metadata, container.metadata, *(s.metadata for s in container.streams)]
     for tags in sources:
         value = _tag(tags, "timecode")
-        if value is not None:
+        if value is not None and len(value) <= _MAX_TAG_CHARS:
             text = value.strip()
-            return text if _TIMECODE.fullmatch(text) else None
+            if _TIMECODE.fullmatch(text):
+                return text
     return None
 
 

@@ -103,7 +103,7 @@ class VideoFilter:
     """Which stored videos a list shows, and in which order. Every filter is optional.
 
     ``q`` is a case-insensitive substring of the path (the filename is part of
-    it), taken literally: ``%`` and ``_`` are plain characters. ``container``
+    it; both NFC-normalised), taken literally: ``%`` and ``_`` are plain characters. ``container``
     is FFmpeg's format name or one of its comma-separated aliases (``mp4``
     matches ``mov,mp4,m4a,3gp,3g2,mj2``). ``under`` is an absolute directory:
     the videos anywhere below it. Bounds are inclusive. ``sort`` is one of

@@ -8,8 +8,8 @@ an index and stops after ``offset + limit`` rows. The count of a filtered
 list comes first, from the filters' indexes (the codec and container
 indexes carry the size and duration bounds, so such a count reads no row);
 from it, :func:`walk_sort_index` picks the plan of the page. The search ``q`` is
-``instr`` over ``search_path``, the path case-folded by Python when the row is
-written (SQLite's own ``lower`` folds ASCII only), read from its own
+``instr`` over ``search_path``, :func:`search_key` of the path, computed by
+Python (SQLite's own ``lower`` folds ASCII only, and does not normalise), read from its own
 covering index: no pattern characters at all, so ``%`` and ``_`` need no
 escaping.
 
@@ -20,6 +20,7 @@ range of the path index, ``'<dir>/' <= path < '<dir>0'``.
 from __future__ import annotations
 
 import os
+import unicodedata
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -51,6 +52,16 @@ SELECT name FROM formats WHERE name IS NOT NULL
 """
 
 
+def search_key(text: str) -> str:
+    """``text`` as the search compares it: NFC-normalised, then case-folded.
+
+    Both the stored ``search_path`` and ``q`` go through it, so a path whose
+    accents are decomposed (NFD, as macOS writes file names) is found by an
+    ``été`` typed precomposed, and ``É`` by ``é``.
+    """
+    return unicodedata.normalize("NFC", text).casefold()
+
+
 def walk_sort_index(matches: int, stored: int, rows: int) -> bool:
     """Whether a page is best found by walking the sort key's index.
 
@@ -74,15 +85,20 @@ def page_query(
 
     The plan is chosen with unary ``+``, SQLite's documented way to keep a
     term from using an index: to walk the sort index, the filters are written
-    ``+column``; to pick the rows by the filters, the sort key is (``ORDER BY
-    +column``). A ``path`` sort always walks the path index, which ``under``
-    also uses.
+    ``+column``, except bounds on the sort key itself, which make the walk a
+    range of its index (``width >= ?`` sorted by width seeks its first row);
+    to pick the rows by the filters, the sort key is (``ORDER BY +column``). A
+    ``path`` sort always walks the path index, which ``under`` also uses.
     """
     column = where.sort.removeprefix("-")
     direction = " DESC" if where.sort.startswith("-") else ""
     by_path = column == "path"
     condition, args = filter_clause(
-        where, formats, indexed=not walk, path_indexed=by_path or not walk
+        where,
+        formats,
+        indexed=not walk,
+        path_indexed=by_path or not walk,
+        sort_column=column if walk else None,
     )
     plus = "" if walk else "+"
     ties = "" if by_path else f", id{direction}"  # paths are unique
@@ -96,6 +112,7 @@ def filter_clause(
     *,
     indexed: bool = True,
     path_indexed: bool = True,
+    sort_column: str | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """The ``WHERE`` clause (with a leading space, or empty) and its arguments.
 
@@ -103,7 +120,8 @@ def filter_clause(
     into the exact formats that have it (``mp4`` into ``mov,mp4,m4a,...``), so
     the container filter is an indexed ``IN``. Without it, the alias is looked
     for in each row's format. ``indexed=False`` writes every column ``+column``
-    so that no filter uses an index; ``path_indexed`` is the same for ``under``.
+    so that no filter uses an index; ``path_indexed`` is the same for ``under``,
+    and the bounds on ``sort_column`` stay without ``+`` whatever ``indexed`` says.
     """
     terms: list[str] = []
     args: list[Any] = []
@@ -117,7 +135,7 @@ def filter_clause(
         # The ids of the matching paths, found by reading the search index
         # alone: a tenth of the pages a scan of the table would read.
         matching = "SELECT id FROM videos WHERE instr(search_path, ?) > 0"
-        add(f"{plus}id IN ({matching})", where.q.casefold())
+        add(f"{plus}id IN ({matching})", search_key(where.q))
     if where.video_codec is not None:
         add(f"{plus}video_codec = ?", where.video_codec)
     if where.audio_codec is not None:
@@ -134,13 +152,16 @@ def filter_clause(
         ("height", where.min_height, where.max_height),
         ("duration_seconds", where.min_duration, where.max_duration),
     ):
+        bound = "" if column == sort_column else plus
         if low is not None:
-            add(f"{plus}{column} >= ?", low)
+            add(f"{bound}{column} >= ?", low)
         if high is not None:
-            add(f"{plus}{column} <= ?", high)
+            add(f"{bound}{column} <= ?", high)
     if where.under is not None:
         path = "path" if path_indexed else "+path"
-        add(f"{path} >= ? AND {path} < ?", *subtree_bounds(os.path.normpath(where.under)))
+        # normpath keeps POSIX's "//" prefix, which no stored (resolved) path has.
+        directory = "/" + os.path.normpath(where.under).lstrip("/")
+        add(f"{path} >= ? AND {path} < ?", *subtree_bounds(directory))
     return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
 
 

@@ -58,6 +58,7 @@ from stoat_ferret.library._query import (
     FORMATS,
     filter_clause,
     page_query,
+    search_key,
     subtree_bounds,
     walk_sort_index,
 )
@@ -148,8 +149,9 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         ),
         "ALTER TABLE videos ADD COLUMN probe_version INTEGER",
         "ALTER TABLE videos ADD COLUMN search_path TEXT",
-        # ASCII-folded until the row's next scan rewrites it with Python's casefold().
-        "UPDATE videos SET search_path = lower(path)",
+        # search_key is registered on the connection by VideoStore.open: Python's
+        # normalisation and case folding, as the rows written later get.
+        "UPDATE videos SET search_path = search_key(path)",
         # The scope query reads probe_version too: keep it covered by one index.
         "DROP INDEX videos_fingerprint",
         "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
@@ -245,6 +247,7 @@ class VideoStore:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
+            connection.create_function("search_key", 1, search_key, deterministic=True)
             _migrate(connection, name)
         except sqlite3.Error as exc:
             connection.close()
@@ -567,7 +570,7 @@ def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:
         probe.audio_codec,
         *metadata,
         PROBE_VERSION,
-        record.path.casefold(),
+        search_key(record.path),
         now,
         now,
     )

@@ -566,3 +566,134 @@ def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:
 
     assert probe.rotation is None
     assert (probe.display_width, probe.display_height) == (64, 48)
+
+
+def test_a_frame_over_the_pixel_cap_is_not_decoded_for_its_rotation(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header bigger than the cap is refused before any decoding: the rotation
+    is unknown and every other field is still read."""
+    decoded: list[object] = []
+    original = av.VideoStream.decode
+
+    def counting(
+        stream: av.VideoStream, packet: av.Packet[Any] | None = None
+    ) -> list[av.VideoFrame]:
+        decoded.append(packet)
+        return original(stream, packet)
+
+    monkeypatch.setattr(av.VideoStream, "decode", counting)
+    monkeypatch.setattr(_metadata, "MAX_ROTATION_PIXELS", 64 * 48 - 1)
+
+    probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
+
+    assert decoded == []
+    assert probe.rotation is None
+    assert (probe.width, probe.height, probe.pixel_format) == (64, 48, "yuv420p10le")
+
+
+def test_the_rotation_decoder_is_capped_and_skips_the_pixel_work(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one decoded keyframe runs with FFmpeg's max_pixels and without loop
+    filter or inverse transform; the display matrix survives the skips."""
+    options: list[dict[str, str]] = []
+    original = av.VideoStream.decode
+
+    def spying(stream: av.VideoStream, packet: av.Packet[Any] | None = None) -> list[av.VideoFrame]:
+        if not stream.codec_context.is_open:  # FFmpeg consumes the options as it opens
+            options.append(dict(stream.codec_context.options))
+        return original(stream, packet)
+
+    monkeypatch.setattr(av.VideoStream, "decode", spying)
+
+    assert probe_video(clips["hevc_mp3.mkv"].path).rotation is None
+    assert probe_video(clips["h264_10bit_rotated.mp4"].path).rotation == 90
+    expected = {"max_pixels": str(8192 * 8192), "skip_loop_filter": "all", "skip_idct": "all"}
+    assert options == [expected, expected]
+
+
+def test_max_pixels_makes_the_decoder_refuse_a_larger_frame(
+    clips: dict[str, EncodedVideo],
+) -> None:
+    """FFmpeg itself enforces the cap (beside the header check): the decoder
+    does not open, an FFmpegError the rotation turns into null."""
+    with av.open(str(clips["h264_10bit_rotated.mp4"].path)) as container:
+        context = container.streams.video[0].codec_context
+        context.options = {"max_pixels": str(64 * 48 - 1)}
+        with pytest.raises(av.FFmpegError):
+            context.open()
+
+
+def _write_mid_gop(path: Path, rotation: int, dropped: int) -> None:
+    """A rotated H.264 clip of two 10-frame GOPs whose first ``dropped`` packets
+    are cut off, as a cut without re-encoding leaves it: it starts mid-GOP."""
+    with av.open(str(path), mode="w") as container:
+        options = {"bf": "0", "x264-params": "keyint=10:min-keyint=10:scenecut=0"}
+        video = container.add_stream("libx264", rate=25, options=options)
+        assert isinstance(video, av.VideoStream)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.set_display_rotation(rotation)
+        packets = []
+        for index in range(20):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            frame.pts = index
+            packets += video.encode(frame)
+        packets += video.encode(None)
+        for packet in packets[dropped:]:
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("name", ["cut.mp4", "cut.mkv"])
+def test_a_file_that_starts_mid_gop_has_its_rotation(tmp_path: Path, name: str) -> None:
+    """Packets before the first keyframe are skipped: the keyframe is decoded."""
+    path = tmp_path / name
+    _write_mid_gop(path, 90, dropped=3)
+    with av.open(str(path)) as container:
+        first = next(p for p in container.demux(container.streams.video[0]) if p.size)
+        assert not first.is_keyframe
+
+    assert probe_video(path).rotation == 90
+
+
+def test_the_keyframe_search_stops_at_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyframe beyond the packet budget is not looked for: no decoding, rotation null."""
+    path = tmp_path / "cut.mp4"
+    _write_mid_gop(path, 90, dropped=3)  # the keyframe is the 8th packet
+    decoded: list[object] = []
+    original = av.VideoStream.decode
+
+    def counting(
+        stream: av.VideoStream, packet: av.Packet[Any] | None = None
+    ) -> list[av.VideoFrame]:
+        decoded.append(packet)
+        return original(stream, packet)
+
+    monkeypatch.setattr(av.VideoStream, "decode", counting)
+    monkeypatch.setattr(_metadata, "_KEYFRAME_SEARCH_PACKETS", 7)
+
+    probe = probe_video(path)
+
+    assert (probe.rotation, probe.display_width, probe.display_height) == (None, 64, 48)
+    assert decoded == []
+
+
+def test_a_malformed_timecode_tag_does_not_hide_a_valid_one(tmp_path: Path) -> None:
+    """The video track's free-text timecode is skipped; the file's own is kept."""
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), mode="w") as container:
+        container.metadata["timecode"] = "01:00:00:00"
+        video = container.add_stream("libx264", rate=25)
+        assert isinstance(video, av.VideoStream)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.metadata["timecode"] = "<script>"
+        frame = av.VideoFrame(64, 48, "yuv420p")
+        frame.pts = 0
+        for packet in [*video.encode(frame), *video.encode(None)]:
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].metadata.get("TIMECODE") == "<script>"
+
+    assert probe_video(path).timecode == "01:00:00:00"

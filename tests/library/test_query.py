@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -83,6 +84,9 @@ def _names(store: VideoStore, **where: Any) -> list[str]:
         ({"under": "/m/a"}, {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv"}),
         ({"under": "/m/a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
         ({"under": "/m/a/./b/../b"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "//m/a/b"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "///m//a/b/"}, {"clip-1.webm", "clip_1.mkv"}),
+        ({"under": "//", "max_width": 700}, {"clip-1.webm"}),
         (
             {"under": "/", "min_width": 0},
             {"Été 100%.mp4", "clip-1.webm", "clip_1.mkv", "x.mov", "ÉTÉ.mp4"},
@@ -240,3 +244,57 @@ def test_both_plans_give_the_same_pages(
         ([], 1),
         (["clip_1.mkv", "clip-1.webm"], 3),
     ]
+
+
+@pytest.mark.parametrize(
+    ("sort", "where", "search"),
+    [
+        ("width", {"min_width": 700, "video_codec": "h264"}, "videos_width (width>?)"),
+        ("-width", {"min_width": 700, "max_width": 4000}, "videos_width (width>? AND width<?)"),
+        ("height", {"max_height": 1080, "container": "mp4"}, "videos_height (height<?)"),
+        (
+            "-duration_seconds",
+            {"min_duration": 2, "max_duration": 100, "under": "/m"},
+            "videos_duration (duration_seconds>? AND duration_seconds<?)",
+        ),
+    ],
+)
+def test_a_walk_filtered_on_its_sort_key_seeks_the_range(
+    store: VideoStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sort: str,
+    where: dict[str, Any],
+    search: str,
+) -> None:
+    """Walking the sort index with bounds on that same key, the store's page
+    query searches the range of the index instead of scanning it whole."""
+    _library(store)
+    built: list[tuple[str, tuple[Any, ...]]] = []
+
+    def recording(*args: Any, **kwargs: Any) -> tuple[str, tuple[Any, ...]]:
+        built.append(page_query(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(_store, "walk_sort_index", lambda matches, stored, rows: True)
+    monkeypatch.setattr(_store, "page_query", recording)
+    store.list_videos(10, 0, VideoFilter(sort=sort, **where))
+    [(query, args)] = built
+
+    details = _plan(tmp_path, query, args)
+
+    assert f"SEARCH videos USING INDEX {search}" in details, details
+    assert "TEMP B-TREE" not in details, details
+
+
+def test_search_matches_composed_and_decomposed_accents(store: VideoStore) -> None:
+    """q and the paths are NFC-normalised before case folding: a decomposed (NFD)
+    name, as macOS writes it, is found by a precomposed ``été``, and back."""
+    decomposed = unicodedata.normalize("NFD", "/m/ÉTÉ plage.mp4")
+    composed = "/m/Été ville.mp4"
+    store.upsert([record(decomposed), record(composed)])
+    plage = unicodedata.normalize("NFD", "ÉTÉ plage.mp4")  # stored as written
+
+    assert set(_names(store, q="été")) == {plage, "Été ville.mp4"}
+    assert _names(store, q=unicodedata.normalize("NFD", "été v")) == ["Été ville.mp4"]
+    assert _names(store, q="été p") == [plage]

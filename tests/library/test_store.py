@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,11 +15,12 @@ from stoat_ferret.library import (
     METADATA_FIELDS,
     SCHEMA_VERSION,
     StoreError,
+    VideoFilter,
     VideoLibrary,
     VideoStore,
     _store,
 )
-from stoat_ferret.library._query import subtree_bounds
+from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._store import _MIGRATIONS
 from tests.library.support import record
 
@@ -327,6 +329,7 @@ def _database_at(path: Path, version: int) -> None:
     """A file at schema ``version``, built with the migrations of its day, holding one
     row of the columns that version had (none at version 0, an empty file)."""
     with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.create_function("search_key", 1, search_key, deterministic=True)
         for step in range(1, version + 1):
             for statement in _MIGRATIONS[step]:
                 raw.execute(statement)
@@ -389,23 +392,48 @@ def test_a_migrated_row_is_probed_again_once(tmp_path: Path) -> None:
     assert fresh == {"/m/old.mp4": (100, 7)}
 
 
+def test_a_migrated_row_is_found_by_a_unicode_search(tmp_path: Path) -> None:
+    """A row stored before the search existed gets Python's normalised, case-folded
+    search key from the migration: its decomposed ``ÉTÉ`` is found by ``été``
+    before any rescan."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 1)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("UPDATE videos SET path = ?", (unicodedata.normalize("NFD", "/m/ÉTÉ.mp4"),))
+        raw.commit()
+
+    store = VideoStore.open(path)
+    try:
+        videos, total = store.list_videos(10, 0, VideoFilter(q="été"))
+    finally:
+        store.close()
+
+    assert (total, [v.filename for v in videos]) == (1, ["old.mp4"])
+
+
 def test_a_failed_migration_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A step that fails rolls the whole upgrade back: the file stays at its version."""
+    """A step that fails rolls the whole upgrade back: the file stays at its version.
+
+    The last step is broken after its first statements ran, whatever its number."""
     path = tmp_path / "old.sqlite"
-    _database_at(path, 1)
-    broken = {**_store._MIGRATIONS, 3: (*_MIGRATIONS[3][:3], "THIS IS NOT SQL")}
+    earlier = SCHEMA_VERSION - 1
+    _database_at(path, earlier)
+    schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        before = raw.execute(schema).fetchall()
+    last = _MIGRATIONS[SCHEMA_VERSION]
+    broken = {**_store._MIGRATIONS, SCHEMA_VERSION: (*last[:3], "THIS IS NOT SQL")}
     monkeypatch.setattr(_store, "_MIGRATIONS", broken)
 
     with pytest.raises(StoreError, match="syntax error"):
         VideoStore.open(path)
 
     with contextlib.closing(sqlite3.connect(path)) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
-        columns = {row[1] for row in raw.execute("PRAGMA table_info(videos)")}
+        assert raw.execute("PRAGMA user_version").fetchone() == (earlier,)
+        assert raw.execute(schema).fetchall() == before
         assert raw.execute("SELECT count(*) FROM videos").fetchone() == (1,)
-    assert "container_format" not in columns
 
 
 def test_metadata_columns_match_the_fields() -> None:
