@@ -14,9 +14,12 @@ import pytest
 from stoat_ferret.jobs import JobContext, JobStatus, JobSupervisor
 from stoat_ferret.library import (
     DEFAULT_ERROR_CAP,
+    ERROR_PATH_CHARS,
+    ERROR_TEXT_CHARS,
     PATH_MAX,
     RESULT_ERRORS_MAX_BYTES,
     ErrorLog,
+    ProbeError,
     ScanError,
     VideoLibrary,
     VideoProbe,
@@ -382,3 +385,41 @@ async def test_the_result_is_bounded_in_bytes_and_the_store_keeps_every_error(
     assert [(len(page), total) for page, total in pages] == [(300, 1000)] * 3 + [(100, 1000)]
     stored = [path for page, _ in pages for path, _ in page]
     assert sorted(stored) == sorted(str(path) for path in media.iterdir())
+
+
+def _worst_json_bytes(value: Any) -> int:
+    """Bytes of ``value`` as JSON, the larger of ASCII-only (what the API writes) and UTF-8."""
+    return max(len(json.dumps(value)), len(json.dumps(value, ensure_ascii=False).encode()))
+
+
+async def test_long_odd_paths_and_messages_are_cut_within_the_byte_bound(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths of about 3,800 characters and 1,000-character messages, full of
+    control characters and characters outside the BMP (the costliest in
+    JSON): each listed path keeps its end behind ``…``, each message its
+    start, and the entries stay within RESULT_ERRORS_MAX_BYTES."""
+    name = "\x01" * 100 + "a" * 140 + "\U0001f600"
+    deep = tmp_path.joinpath("media", *[name] * 15)
+    deep.mkdir(parents=True)
+    for index in range(DEFAULT_ERROR_CAP + 5):
+        (deep / (f"{index:02d}" + "\x02" * 40 + "\U0001f600.mp4")).write_bytes(b"x")
+    reason = "\x07\U0001f600" * 500
+
+    def failing_probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        raise ProbeError(name, reason)
+
+    monkeypatch.setattr(_scan, "probe_video", failing_probe)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library)(make_context(tmp_path / "media"))
+
+    entries = result["errors"]
+    assert result["errors_total"] == DEFAULT_ERROR_CAP + 5
+    assert len(entries) == DEFAULT_ERROR_CAP
+    assert _worst_json_bytes(entries) <= RESULT_ERRORS_MAX_BYTES
+    for entry in entries:
+        full = str(deep / entry["path"].rsplit("/", 1)[1])
+        assert len(full) > 3700
+        assert entry["path"] == "…" + full[-(ERROR_PATH_CHARS - 1) :]
+        assert entry["error"] == reason[: ERROR_TEXT_CHARS - 1] + "…"
