@@ -131,8 +131,8 @@ class VideoLibrary:
         """Delete the rows of those ``paths`` whose file ``is_gone`` and that
         were not written since ``written_before``; return them.
 
-        ``is_gone`` (blocking) runs in the worker thread, inside the
-        transaction (:meth:`VideoStore.remove_gone`).
+        ``is_gone`` (blocking) runs in the worker thread, before the store
+        is locked (:meth:`VideoStore.remove_gone`).
         """
         return await anyio.to_thread.run_sync(
             functools.partial(
@@ -179,9 +179,19 @@ class VideoLibrary:
         """
         return await anyio.to_thread.run_sync(self._store.scan_errors, job_id, limit, offset)
 
-    async def apply(self, records: Sequence[VideoRecord], deletions: Collection[str]) -> None:
-        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction."""
-        await anyio.to_thread.run_sync(self._store.apply, records, deletions)
+    async def apply(
+        self,
+        records: Sequence[VideoRecord],
+        deletions: Collection[str],
+        *,
+        written_before: datetime | None = None,
+    ) -> None:
+        """Upsert ``records`` and delete the rows of ``deletions``, in one
+        transaction; with ``written_before``, keep the rows of ``deletions``
+        written since then (:meth:`VideoStore.remove_gone`)."""
+        await anyio.to_thread.run_sync(
+            functools.partial(self._store.apply, records, deletions, written_before=written_before)
+        )
 
 
 def _open_store(path: str) -> VideoStore:

@@ -237,19 +237,27 @@ class VideoStore:
         """Delete the rows of these paths (absent ones are ignored) in one transaction."""
         self.apply((), paths)
 
-    def apply(self, records: Sequence[VideoRecord], deletions: Collection[str]) -> None:
-        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction."""
+    def apply(
+        self,
+        records: Sequence[VideoRecord],
+        deletions: Collection[str],
+        *,
+        written_before: datetime | None = None,
+    ) -> None:
+        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
+
+        With ``written_before``, a row of ``deletions`` written at or after
+        that moment is kept (see :meth:`remove_gone`).
+        """
         if not records and not deletions:
             return
-        now = datetime.now(UTC).isoformat()
+        now = _timestamp(datetime.now(UTC))
         rows = [_row(record, now) for record in records]
         with self._writing() as connection:
             if rows:
                 connection.executemany(_UPSERT, rows)
             if deletions:
-                connection.executemany(
-                    "DELETE FROM videos WHERE path = ?", ((path,) for path in deletions)
-                )
+                _delete_rows(connection, deletions, written_before)
 
     def remove_gone(
         self,
@@ -260,29 +268,18 @@ class VideoStore:
     ) -> list[str]:
         """Delete the rows of those ``paths`` whose file ``is_gone``, in one transaction.
 
-        ``is_gone`` runs inside the transaction, under the store's lock: a
-        scan that found the file and stores it meanwhile writes after this
-        check, never before it, so its row is not deleted. A row written at
-        or after ``written_before`` (when the caller's walk began) is kept
-        whatever ``is_gone`` says: another scan saw its file after this one
-        looked. Returns the paths whose rows were deleted.
+        ``is_gone`` (file-system work) runs first, without the store's lock,
+        so no other reader or writer waits for it. The delete then keeps a
+        row written at or after ``written_before`` (when the caller's walk
+        began): another scan saw its file after this one looked, even if it
+        did so between the check and the delete. Returns the paths whose
+        rows were deleted.
         """
-        if not paths:
+        gone = [path for path in paths if is_gone(path)]
+        if not gone:
             return []
         with self._writing() as connection:
-            gone = []
-            for path in paths:
-                row = connection.execute(
-                    "SELECT updated_at FROM videos WHERE path = ?", (path,)
-                ).fetchone()
-                if row is None:
-                    continue
-                if written_before is not None and datetime.fromisoformat(row[0]) >= written_before:
-                    continue
-                if is_gone(path):
-                    gone.append(path)
-            connection.executemany("DELETE FROM videos WHERE path = ?", ((path,) for path in gone))
-        return gone
+            return _delete_rows(connection, gone, written_before)
 
     def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
@@ -385,6 +382,31 @@ def _migrate(connection: sqlite3.Connection, name: str) -> None:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def _timestamp(moment: datetime) -> str:
+    """``moment`` as stored in ``created_at`` and ``updated_at``: ISO 8601 in UTC
+    with microseconds, so that text order is time order."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _delete_rows(
+    connection: sqlite3.Connection, paths: Collection[str], written_before: datetime | None
+) -> list[str]:
+    """Delete the rows of ``paths``, except those written at or after ``written_before``;
+    return the paths whose rows were deleted."""
+    deleted = []
+    for path in paths:
+        if written_before is None:
+            cursor = connection.execute("DELETE FROM videos WHERE path = ?", (path,))
+        else:
+            cursor = connection.execute(
+                "DELETE FROM videos WHERE path = ? AND updated_at < ?",
+                (path, _timestamp(written_before)),
+            )
+        if cursor.rowcount:
+            deleted.append(path)
+    return deleted
 
 
 def _insert_errors(
