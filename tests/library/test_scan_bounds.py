@@ -423,3 +423,26 @@ async def test_long_odd_paths_and_messages_are_cut_within_the_byte_bound(
         assert len(full) > 3700
         assert entry["path"] == "…" + full[-(ERROR_PATH_CHARS - 1) :]
         assert entry["error"] == reason[: ERROR_TEXT_CHARS - 1] + "…"
+
+
+async def test_a_scan_of_a_subdirectory_keeps_a_link_target_another_scan_stored(
+    library: VideoLibrary, roots: tuple[Path, Path], clip: EncodedVideo
+) -> None:
+    """Scan ``lib``: ``lib/a/link.mp4`` leads to ``lib/sub/data.bin``, stored.
+    Then scan ``lib/sub``, which meets no link to it: the file is still
+    there, so its row stays."""
+    root, _ = roots
+    lib = root / "lib"
+    copy_video(clip, lib / "sub" / "data.bin")
+    (lib / "a").mkdir()
+    (lib / "a" / "link.mp4").symlink_to("../sub/data.bin")
+    handler = make_scan_handler(library, roots=[root])
+
+    with anyio.fail_after(TIMEOUT):
+        first = await handler(make_context(lib))
+        second = await handler(make_context(lib / "sub"))
+        stored = {video.path for video in (await library.list_videos())[0]}
+
+    assert first["added"] == 2
+    assert second["removed"] == 0
+    assert stored == {str(lib / "inside.mp4"), str(lib / "sub" / "data.bin")}
