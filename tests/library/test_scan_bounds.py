@@ -23,6 +23,8 @@ from stoat_ferret.library import (
     ScanError,
     VideoLibrary,
     VideoProbe,
+    VideoRecord,
+    VideoStore,
     _scan,
     make_scan_handler,
     probe_video,
@@ -446,3 +448,47 @@ async def test_a_scan_of_a_subdirectory_keeps_a_link_target_another_scan_stored(
     assert first["added"] == 2
     assert second["removed"] == 0
     assert stored == {str(lib / "inside.mp4"), str(lib / "sub" / "data.bin")}
+
+
+async def test_a_row_another_scan_rewrites_while_its_probe_fails_is_kept(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored file changed and no longer probes, but while this scan probes
+    it another scan (here: another connection to the same store) writes its
+    row afresh: the stale-row delete keeps that newer row."""
+    media = tmp_path / "media"
+    media.mkdir()
+    path = copy_video(clip, media / "a.mp4").path
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    (fresh,) = (await library.list_videos())[0]
+    await anyio.Path(path).write_bytes(await anyio.Path(path).read_bytes() + b"changed")
+
+    def rewritten_then_failing(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        other = VideoStore.open(tmp_path / "state" / "videos.sqlite")
+        try:
+            other.upsert(
+                [
+                    VideoRecord(
+                        path=str(path),
+                        directory=str(media),
+                        filename=name,
+                        size_bytes=1,
+                        mtime_ns=1,
+                        probe=probe_video(str(path)),
+                    )
+                ]
+            )
+        finally:
+            other.close()
+        raise ProbeError(name, "not a video any more")
+
+    monkeypatch.setattr(_scan, "probe_video", rewritten_then_failing)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = (await library.list_videos())[0]
+
+    assert result["errors_total"] == 1
+    assert [(video.path, video.size_bytes) for video in stored] == [(fresh.path, 1)]
