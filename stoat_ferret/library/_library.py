@@ -143,7 +143,8 @@ class VideoLibrary:
     async def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Replace the stored errors of this scope with the first of the scan ``job_id``."""
+        """Replace the stored errors of this scope with those of the scan
+        ``job_id``, which owns the scope's list from now on."""
         await anyio.to_thread.run_sync(
             functools.partial(
                 self._store.replace_scan_errors,
@@ -157,7 +158,8 @@ class VideoLibrary:
     async def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Store more errors of the scan ``job_id``."""
+        """Store more errors of the scan ``job_id``; nothing if a later scan
+        of the same scope has replaced its list."""
         if errors:
             await anyio.to_thread.run_sync(
                 functools.partial(

@@ -36,9 +36,10 @@ One scan, step by step:
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
-(``errors_total``); the store keeps every entry (``scan_errors``, replacing
-the previous scan of the same scope's), written after the walk and after
-the probes.
+(``errors_total``); the store keeps every entry (``scan_errors``): the scan
+replaces the previous scan of the same scope's list when it starts, and
+adds its entries after the walk and after the probes, unless a later scan
+of the same scope has started meanwhile (its list is then that scan's).
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. When
 a file that was stored before has changed and can no longer be probed, its row
@@ -219,10 +220,13 @@ class _Scan:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
         log.info("scan started")
         self.started = datetime.now(UTC)
+        await self.library.replace_scan_errors(
+            self.ctx.job_id, self.root, recursive=self.recursive, errors=()
+        )
         self.found, self.known, to_probe, gone = await self.library.survey(
             self.walk, self.root, recursive=self.recursive, compare=_compare
         )
-        await self.library.replace_scan_errors(
+        await self.library.add_scan_errors(
             self.ctx.job_id, self.root, recursive=self.recursive, errors=self.errors.take_unstored()
         )
         unchanged = len(self.found) - len(to_probe)

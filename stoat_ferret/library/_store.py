@@ -17,7 +17,10 @@ brings an older file up to date inside one transaction at open time.
 Scan errors. ``scan_errors`` holds every ``errors`` entry of a scan, in the
 order met, keyed by job id; a job's result lists only the first few. Each
 scan of a directory (with the same ``recursive``) replaces the rows of the
-scan before it, so the table holds one list per directory scanned.
+scan before it when it starts, and owns that directory's list from then on;
+a scan that no longer owns it (a later scan of the same directory started
+meanwhile) stores nothing more, so a list is never a mix of two scans. The
+owners are kept in memory.
 
 Scope queries. A recursive scope is every path under a directory, found with a
 range on the ``path`` index: ``'<dir>/' <= path < '<dir>0'`` (``'0'`` is the
@@ -131,6 +134,8 @@ class VideoStore:
         # Which file this connection writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
         self._identity = _file_identity(path)
+        # The job whose errors each scanned (directory, recursive) holds.
+        self._error_owners: dict[tuple[str, bool], str] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> VideoStore:
@@ -284,21 +289,25 @@ class VideoStore:
     def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Forget the errors of earlier scans of this scope and store the first of ``job_id``."""
+        """Forget the errors of earlier scans of this scope, make ``job_id``
+        its owner, and store ``errors`` (the first of ``job_id``, if any)."""
         with self._writing() as connection:
             connection.execute(
                 "DELETE FROM scan_errors WHERE directory = ? AND recursive = ?",
                 (directory, int(recursive)),
             )
+            self._error_owners[(directory, recursive)] = job_id
             _insert_errors(connection, job_id, directory, recursive, errors)
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Store more ``(path, error)`` entries of the scan ``job_id``, after its others."""
+        """Store more ``(path, error)`` entries of the scan ``job_id``, after its
+        others; nothing if a later scan of this scope has replaced them."""
         if errors:
             with self._writing() as connection:
-                _insert_errors(connection, job_id, directory, recursive, errors)
+                if self._error_owners.get((directory, recursive)) == job_id:
+                    _insert_errors(connection, job_id, directory, recursive, errors)
 
     def scan_errors(
         self, job_id: str, limit: int, offset: int

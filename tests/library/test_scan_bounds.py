@@ -492,3 +492,48 @@ async def test_a_row_another_scan_rewrites_while_its_probe_fails_is_kept(
 
     assert result["errors_total"] == 1
     assert [(video.path, video.size_bytes) for video in stored] == [(fresh.path, 1)]
+
+
+async def test_a_scan_overtaken_by_a_later_scan_of_its_directory_stores_no_errors(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scan A of ``media`` is held after its walk while scan B of ``media``
+    runs whole: B's list is complete and stays; A, overtaken, stores nothing
+    more (so its list is short of its ``errors_total``)."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for index in range(3):
+        (media / f"bad{index}.mp4").write_bytes(b"not a video")
+    handler = make_scan_handler(library)
+    later: list[dict[str, Any]] = []
+    walk = walk_videos
+
+    async def scan_b() -> None:
+        context = JobContext(
+            job_id="b",
+            job_type="scan",
+            payload={"path": str(media), "recursive": True},
+            sink=lambda *_: None,
+        )
+        later.append(await handler(context))
+
+    held: list[bool] = []
+
+    def walk_then_let_b_run(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        if not held:  # A's walk, not B's
+            held.append(True)
+            anyio.from_thread.run(scan_b)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_let_b_run)
+
+    with anyio.fail_after(TIMEOUT):
+        overtaken = await handler(make_context(media))
+        a_errors = await library.scan_errors("j", limit=100, offset=0)
+        b_errors = await library.scan_errors("b", limit=100, offset=0)
+
+    assert (overtaken["errors_total"], later[0]["errors_total"]) == (3, 3)
+    assert b_errors[1] == 3
+    assert sorted(path for path, _ in b_errors[0]) == sorted(str(p) for p in media.iterdir())
+    assert a_errors == ([], 0)

@@ -370,3 +370,16 @@ def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> Non
     store.apply([], ["/m/stale.mp4", "/m/fresh.mp4"], written_before=began)
 
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/fresh.mp4", 200)]
+
+
+def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoStore) -> None:
+    """Scan ``b`` of the same scope starts after ``a``: ``a``'s list is gone and
+    ``a`` adds nothing more; ``b`` adds to its own."""
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    store.replace_scan_errors("b", "/m", recursive=True, errors=())
+
+    store.add_scan_errors("a", "/m", recursive=True, errors=[("/m/2.mp4", "bad")])
+    store.add_scan_errors("b", "/m", recursive=True, errors=[("/m/3.mp4", "bad")])
+
+    assert store.scan_errors("a", 10, 0) == ([], 0)
+    assert store.scan_errors("b", 10, 0) == ([("/m/3.mp4", "bad")], 1)
