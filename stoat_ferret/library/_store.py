@@ -20,7 +20,8 @@ scan of a directory (with the same ``recursive``) replaces the rows of the
 scan before it when it starts, and owns that directory's list from then on;
 a scan that no longer owns it (a later scan of the same directory started
 meanwhile) stores nothing more, so a list is never a mix of two scans. The
-owners are kept in memory.
+owners are kept in memory, and the table is emptied when the store opens:
+job ids do not outlive the process.
 
 Scope queries. A recursive scope is every path under a directory, found with a
 range on the ``path`` index: ``'<dir>/' <= path < '<dir>0'`` (``'0'`` is the
@@ -157,6 +158,7 @@ class VideoStore:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             _migrate(connection, name)
+            connection.execute("DELETE FROM scan_errors")  # its jobs are gone
         except sqlite3.Error as exc:
             connection.close()
             raise StoreError(f"cannot open video store {name}: {exc}") from exc

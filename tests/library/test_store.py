@@ -383,3 +383,16 @@ def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoS
 
     assert store.scan_errors("a", 10, 0) == ([], 0)
     assert store.scan_errors("b", 10, 0) == ([("/m/3.mp4", "bad")], 1)
+
+
+def test_scan_errors_are_forgotten_when_the_store_opens(tmp_path: Path) -> None:
+    """Job ids do not outlive the process: a reopened store holds no scan errors."""
+    first = VideoStore.open(tmp_path / "videos.sqlite")
+    first.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    first.close()
+
+    reopened = VideoStore.open(tmp_path / "videos.sqlite")
+    try:
+        assert reopened.scan_errors("a", 10, 0) == ([], 0)
+    finally:
+        reopened.close()
