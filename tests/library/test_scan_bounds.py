@@ -213,8 +213,9 @@ async def test_a_file_directory_swapped_before_the_probe_is_not_opened(
 async def test_a_chain_of_1200_links_is_an_error_entry(
     library: VideoLibrary, roots: tuple[Path, Path]
 ) -> None:
-    """A chain of 1,200 symlinks to a clip inside the library: one errors
-    entry for its head (no RecursionError), the rest of the scan completes."""
+    """A chain of 1,200 symlinks to a clip inside the library: the 40 links
+    nearest the clip lead to it, each of the other 1,160 (more than 40 hops
+    away) is one errors entry; no RecursionError, and the scan completes."""
     root, _ = roots
     chain = root / "lib" / "chain"
     chain.mkdir()
