@@ -308,3 +308,36 @@ def test_a_directory_deeper_than_max_depth_is_an_unread_error(tmp_path: Path) ->
         }
     ]
     assert errors.unread == [str(last / "d")]
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_host_task_stops_a_link_resolution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan is cancelled while the walk follows a chain of 30 links (at
+    its first readlink): the walk stops at the next hop, with no readlink more."""
+    _touch(tmp_path / "clip.mp4")
+    (tmp_path / "l0.mp4").symlink_to("clip.mp4")
+    for index in range(1, 30):
+        (tmp_path / f"l{index}.mp4").symlink_to(f"l{index - 1}.mp4")
+    read: list[str] = []
+    real_readlink = os.readlink
+    with anyio.fail_after(10), anyio.CancelScope() as scope:
+
+        def readlink(*args: Any, **kwargs: Any) -> str:
+            read.append(args[0])
+            anyio.from_thread.run_sync(scope.cancel)
+            return real_readlink(*args, **kwargs)
+
+        monkeypatch.setattr(os, "readlink", readlink)
+        walk = functools.partial(
+            walk_videos,
+            str(tmp_path),
+            recursive=True,
+            errors=ErrorLog(),
+            checkpoint=anyio.from_thread.check_cancelled,
+        )
+        await anyio.to_thread.run_sync(walk)
+
+    assert scope.cancelled_caught
+    assert len(read) == 1
