@@ -245,7 +245,6 @@ class _Resolver:
         self.scope = list(scope)
         self.depth = len(scope)
         self.resolved = resolved
-        self.scope_fd = scope_fd
         self.fds = [scope_fd]
         self.owned = [False]
         self.checkpoint = checkpoint
