@@ -327,7 +327,7 @@ async def test_cancelling_the_host_task_stops_a_link_resolution(
         def readlink(*args: Any, **kwargs: Any) -> str:
             read.append(args[0])
             anyio.from_thread.run_sync(scope.cancel)
-            return real_readlink(*args, **kwargs)
+            return str(real_readlink(*args, **kwargs))
 
         monkeypatch.setattr(os, "readlink", readlink)
         walk = functools.partial(
