@@ -94,7 +94,7 @@ def main(*, quick: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="stoat-bench-api-") as scratch:
         base = Path(scratch)
         emit(
-            **_bench_health(
+            **bench_health(
                 base / "health",
                 reps=reps,
                 requests=100 if quick else 2_000,
@@ -193,7 +193,9 @@ def _cpu_seconds(pid: int) -> float:
 # --------------------------------------------------- figure 1: health under a scan
 
 
-def _bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[str, Any]:
+def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[str, Any]:
+    """``GET /health`` p99 on a real server while it scans ``files`` files,
+    against its p99 idle (``api_health_under_scan``); ``bench_scan`` reuses it."""
     load_before = os.getloadavg()[0]
     roots = base / "roots"
     clips = _make_clip_tree(base / "clips", len(_VARIANTS))

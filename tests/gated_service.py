@@ -24,6 +24,7 @@ from stoat_ferret.library import VideoLibrary
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
+    from datetime import datetime
 
     from stoat_ferret.library import VideoRecord
 
@@ -36,9 +37,13 @@ _write = VideoLibrary.apply
 
 
 async def _held_apply(
-    self: VideoLibrary, records: Sequence[VideoRecord], deletions: Collection[str]
+    self: VideoLibrary,
+    records: Sequence[VideoRecord],
+    deletions: Collection[str],
+    *,
+    written_before: datetime | None = None,
 ) -> None:
-    await _write(self, records, deletions)
+    await _write(self, records, deletions, written_before=written_before)
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
         # Another process opens the gate: there is no event to wait on.
         while await gate.exists():  # noqa: ASYNC110

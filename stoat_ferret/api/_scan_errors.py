@@ -8,9 +8,10 @@ the queue (404 once it is forgotten). Entries come in the order they were
 written: the walk's first, then the probes', in the order they finished.
 
 Each scan of a directory replaces the stored errors of the one before it
-(same directory, same ``recursive``). A finished job whose errors were
-replaced that way answers 410: its list is gone, and an empty page would
-say it had none.
+(same directory, same ``recursive``) when it starts, and a scan stores no
+more once a later one has started. A finished job with fewer stored entries
+than its ``errors_total`` (replaced, in whole or in part) answers 410: its
+list is gone, and a short or empty page would say it had fewer.
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ async def list_scan_errors(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ApiJSONResponse:
-    """Every error of a scan job, in pages; 410 if a later scan of its directory replaced them."""
+    """Every error of a scan job, in pages; 410 if a later scan of its directory
+    replaced them, in whole or in part."""
     job = await queue.get_result(job_id)  # 404 for an unknown job
     entries, total = await library.scan_errors(job_id, limit, offset)
-    if total == 0 and job.status.is_terminal and _counted_errors(job.result) > 0:
+    if job.status.is_terminal and total < _counted_errors(job.result):
         raise HTTPException(410, "these errors were replaced by a later scan of the same directory")
     return ApiJSONResponse(
         {

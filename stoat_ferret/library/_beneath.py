@@ -13,13 +13,14 @@ The root itself is opened by its path: the roots are the operator's,
 resolved at start-up, and only what lies below a root is checked.
 
 A symlink to a file is followed only by :func:`resolve_link`, which resolves
-it one component at a time, ``readlink`` and ``lstat`` relative to
-descriptors opened the same way, and gives up as soon as the path it builds
+it one component at a time, ``readlink`` and ``lstat`` relative to a stack
+of descriptors opened the same way (``..`` pops one), and gives up as soon as the path it builds
 leaves the scanned directory: nothing outside is looked at, not even with
 ``lstat``. It loops, not recurses: a chain of any length ends after
 :data:`MAX_LINK_HOPS` links with ``ELOOP``, as the kernel's own lookup does
 (Python 3.11's ``os.path.realpath`` recurses, and a chain of about a
-thousand links raised ``RecursionError``).
+thousand links raised ``RecursionError``), and after :data:`MAX_LINK_COMPONENTS`
+components in all, so one link costs a bounded number of system calls.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 from stoat_ferret.library._exceptions import DirectoryReplaced, ScanError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 PATH_MAX: Final = 4096
 """Bytes in the longest path Linux accepts, its terminating NUL included: a
@@ -40,6 +41,11 @@ path of this many bytes or more cannot be named, so the walk reports it."""
 
 MAX_LINK_HOPS: Final = 40
 """Symlinks followed while resolving one link, the kernel's own limit."""
+
+MAX_LINK_COMPONENTS: Final = 4096
+"""Path components looked at while resolving one link, all its hops together;
+more is ``ELOOP``. With one ``lstat`` (and at most one ``openat``) each, this
+bounds the work a hostile link can cause."""
 
 DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 """How every directory of a scan is opened: a symlink in its place is refused."""
@@ -158,16 +164,44 @@ def lstat_beneath(parts: Sequence[str], dir_fd: int) -> os.stat_result:
         os.close(fd)
 
 
+Outcome = tuple[list[str], os.stat_result] | None
+"""What a link leads to: the target's components and ``lstat``, or None (outside the scope)."""
+
+Cached = tuple[Outcome | OSError, int, int]
+"""A link's outcome (or error) in a walk's cache, and the hops and components it took."""
+
+
 def resolve_link(
-    scope: Sequence[str], directory: Sequence[str], name: str, scope_fd: int
-) -> tuple[list[str], os.stat_result] | None:
+    scope: Sequence[str],
+    directory: Sequence[str],
+    name: str,
+    scope_fd: int,
+    *,
+    directory_fds: Sequence[int] = (),
+    checkpoint: Callable[[], None] | None = None,
+    cache: dict[tuple[str, ...], Cached] | None = None,
+) -> Outcome:
     """Resolve the symlink ``name`` in ``directory``, never looking outside ``scope``.
+
+    The resolution keeps a stack of open descriptors, one per directory of
+    the path built so far from the scope down: a component costs one
+    ``lstat`` relative to the top of the stack, plus one ``openat`` if it is
+    a directory to go through, and ``..`` pops. So the work of one link is
+    bounded, however deep the tree or long the target: at most
+    :data:`MAX_LINK_COMPONENTS` components and :data:`MAX_LINK_HOPS` links.
 
     Args:
         scope: The components of the scanned directory.
         directory: The components of the directory holding the link, in ``scope``.
         name: The link's name there.
         scope_fd: A descriptor of the scanned directory.
+        directory_fds: Descriptors of the scope and of each directory below
+            it down to ``directory`` (the walk's own: borrowed, not closed).
+            When empty, they are opened here, one ``openat`` per level.
+        checkpoint: Called once per link followed; it raises to stop (the
+            walk passes its cancellation check).
+        cache: Outcomes of the links resolved so far in one walk, by the
+            link's path: a chain met again costs one lookup.
 
     Returns:
         The components of the file the link leads to and its ``lstat``
@@ -175,56 +209,153 @@ def resolve_link(
 
     Raises:
         OSError: ``ELOOP`` after :data:`MAX_LINK_HOPS` links (a loop or a
-            long chain), ``ENOENT`` or ``ENOTDIR`` for a dangling link,
-            ``ENAMETOOLONG``, or whatever ``readlink`` and ``lstat`` raised.
+            long chain) or :data:`MAX_LINK_COMPONENTS` components, ``ENOENT``
+            or ``ENOTDIR`` for a dangling link, ``ENAMETOOLONG``, or whatever
+            ``readlink``, ``lstat`` and ``open`` raised.
     """
-    depth = len(scope)
-    resolved = list(directory)
-    pending = [name]  # components still to resolve, the next one last
-    hops = 0
-    info: os.stat_result | None = None
-    while pending:
-        part = pending.pop()
-        info = None
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()  # resolved holds no symlink: ".." is its parent
-            continue
-        resolved.append(part)
-        if len(resolved) <= depth:
-            if resolved != scope[: len(resolved)]:
-                return None  # a sibling of the scope, or of a directory above it
-            continue  # a directory above the scope, or the scope: known directories
-        if resolved[:depth] != scope:
-            return None
-        inner = resolved[depth:]
-        info = lstat_beneath(inner, scope_fd)
-        if stat.S_ISLNK(info.st_mode):
-            hops += 1
-            if hops > MAX_LINK_HOPS:
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-            target = _readlink_beneath(inner, scope_fd)
-            resolved.pop()
-            if target.startswith("/"):
-                resolved = []
-            pending.extend(reversed(target.split("/")))
-            info = None
-        elif not stat.S_ISDIR(info.st_mode) and pending:
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-    if resolved[:depth] != scope:  # a directory above the scope
-        return None
-    if info is None:  # the last component was "." or "..": look at where it led
-        info = lstat_beneath(resolved[depth:], scope_fd)
-    if len(os.fsencode("/" + "/".join(resolved))) >= PATH_MAX:
-        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
-    return resolved, info
-
-
-def _readlink_beneath(parts: Sequence[str], dir_fd: int) -> str:
-    fd = open_directory(parts[:-1], dir_fd)
+    resolver = _Resolver(scope, list(directory), scope_fd, checkpoint, cache)
     try:
-        return os.readlink(parts[-1], dir_fd=fd)
+        if directory_fds:
+            resolver.fds = list(directory_fds)
+            resolver.owned = [False] * len(directory_fds)
+        else:
+            for part in directory[len(scope) :]:
+                resolver.push(open_subdirectory(part, resolver.fds[-1]))
+        return resolver.run(name)
     finally:
-        os.close(fd)
+        resolver.close()
+
+
+class _Resolver:
+    """One link's resolution: the path built so far and its directories' descriptors.
+
+    Invariant: ``resolved`` starts with ``scope`` while it is at least as long;
+    ``fds[i]`` is then the directory ``resolved[: depth + i]`` (``fds[0]`` the
+    scope's), for every directory of ``resolved`` already gone through.
+    """
+
+    def __init__(
+        self,
+        scope: Sequence[str],
+        resolved: list[str],
+        scope_fd: int,
+        checkpoint: Callable[[], None] | None,
+        cache: dict[tuple[str, ...], Cached] | None,
+    ) -> None:
+        self.scope = list(scope)
+        self.depth = len(scope)
+        self.resolved = resolved
+        self.fds = [scope_fd]
+        self.owned = [False]
+        self.checkpoint = checkpoint
+        self.cache = cache
+        self.hops = 0
+        self.components = 0
+        # Links met as the last component: (path, hops and components before it).
+        self.links: list[tuple[tuple[str, ...], int, int]] = []
+
+    def run(self, name: str) -> Outcome:
+        try:
+            outcome = self.follow(name)
+        except OSError as exc:
+            self.remember(exc)
+            raise
+        self.remember(outcome)
+        return outcome
+
+    def follow(self, name: str) -> Outcome:
+        depth = self.depth
+        resolved = self.resolved
+        pending = [name]  # components still to resolve, the next one last
+        info: os.stat_result | None = None
+        while pending:
+            part = pending.pop()
+            self.components += 1
+            if self.components > MAX_LINK_COMPONENTS:
+                raise _TooMany(errno.ELOOP, os.strerror(errno.ELOOP))
+            info = None
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if len(resolved) > depth:
+                    self.pop()
+                if resolved:
+                    resolved.pop()  # resolved holds no symlink: ".." is its parent
+                continue
+            resolved.append(part)
+            if len(resolved) <= depth:
+                if resolved != self.scope[: len(resolved)]:
+                    return None  # a sibling of the scope, or of a directory above it
+                continue  # a directory above the scope, or the scope: known directories
+            if not pending and self.cache is not None:
+                cached = self.cache.get(tuple(resolved))
+                if cached is not None:
+                    return self.reuse(cached)
+            parent = self.fds[-1]
+            info = os.stat(part, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                if not pending:
+                    self.links.append((tuple(resolved), self.hops, self.components - 1))
+                self.hops += 1
+                if self.hops > MAX_LINK_HOPS:
+                    raise _TooMany(errno.ELOOP, os.strerror(errno.ELOOP))
+                if self.checkpoint is not None:
+                    self.checkpoint()
+                target = os.readlink(part, dir_fd=parent)
+                resolved.pop()
+                if target.startswith("/"):
+                    resolved.clear()
+                    while len(self.fds) > 1:
+                        self.pop()
+                pending.extend(reversed(target.split("/")))
+                info = None
+            elif stat.S_ISDIR(info.st_mode):
+                if pending:  # gone through: one openat, refusing a swap for a link
+                    self.push(open_subdirectory(part, parent))
+            elif pending:
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if len(resolved) < depth:  # a directory above the scope
+            return None
+        if info is None:  # the last component was "." or "..": look at where it led
+            info = os.fstat(self.fds[-1])
+        if len(os.fsencode("/" + "/".join(resolved))) >= PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+        return list(resolved), info
+
+    def reuse(self, cached: Cached) -> Outcome:
+        outcome, hops, components = cached
+        if (
+            self.hops + hops > MAX_LINK_HOPS
+            or self.components - 1 + components > MAX_LINK_COMPONENTS
+        ):
+            raise _TooMany(errno.ELOOP, os.strerror(errno.ELOOP))
+        self.hops += hops
+        self.components += components - 1
+        if isinstance(outcome, OSError):
+            raise OSError(outcome.errno, outcome.strerror)
+        return outcome
+
+    def remember(self, outcome: Outcome | OSError) -> None:
+        """Cache the outcome for every link met last on the way, unless a limit decided it
+        (from another start, the same link might have stayed within the limits)."""
+        if self.cache is None or isinstance(outcome, _TooMany):
+            return
+        for path, hops, components in self.links:
+            self.cache[path] = (outcome, self.hops - hops, self.components - components)
+
+    def push(self, fd: int) -> None:
+        self.fds.append(fd)
+        self.owned.append(True)
+
+    def pop(self) -> None:
+        fd = self.fds.pop()
+        if self.owned.pop():
+            os.close(fd)
+
+    def close(self) -> None:
+        while self.fds:
+            self.pop()
+
+
+class _TooMany(OSError):
+    """ELOOP from a limit of the resolution, not from the links themselves: never cached."""

@@ -145,8 +145,8 @@ class VideoLibrary:
         """Delete the rows of those ``paths`` whose file ``is_gone`` and that
         were not written since ``written_before``; return them.
 
-        ``is_gone`` (blocking) runs in the worker thread, inside the
-        transaction (:meth:`VideoStore.remove_gone`).
+        ``is_gone`` (blocking) runs in the worker thread, before the store
+        is locked (:meth:`VideoStore.remove_gone`).
         """
         return await anyio.to_thread.run_sync(
             functools.partial(
@@ -157,7 +157,8 @@ class VideoLibrary:
     async def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Replace the stored errors of this scope with the first of the scan ``job_id``."""
+        """Replace the stored errors of this scope with those of the scan
+        ``job_id``, which owns the scope's list from now on."""
         await anyio.to_thread.run_sync(
             functools.partial(
                 self._store.replace_scan_errors,
@@ -171,7 +172,8 @@ class VideoLibrary:
     async def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Store more errors of the scan ``job_id``."""
+        """Store more errors of the scan ``job_id``; nothing if a later scan
+        of the same scope has replaced its list."""
         if errors:
             await anyio.to_thread.run_sync(
                 functools.partial(
@@ -193,9 +195,19 @@ class VideoLibrary:
         """
         return await anyio.to_thread.run_sync(self._store.scan_errors, job_id, limit, offset)
 
-    async def apply(self, records: Sequence[VideoRecord], deletions: Collection[str]) -> None:
-        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction."""
-        await anyio.to_thread.run_sync(self._store.apply, records, deletions)
+    async def apply(
+        self,
+        records: Sequence[VideoRecord],
+        deletions: Collection[str],
+        *,
+        written_before: datetime | None = None,
+    ) -> None:
+        """Upsert ``records`` and delete the rows of ``deletions``, in one
+        transaction; with ``written_before``, keep the rows of ``deletions``
+        written since then (:meth:`VideoStore.remove_gone`)."""
+        await anyio.to_thread.run_sync(
+            functools.partial(self._store.apply, records, deletions, written_before=written_before)
+        )
 
 
 def _open_store(path: str) -> VideoStore:

@@ -32,10 +32,12 @@ ERROR_TEXT_CHARS = 200
 """Characters of an error message at most, in a result and in the store: a
 longer one keeps its start and ends in ``…``."""
 
-RESULT_ERRORS_MAX_BYTES = DEFAULT_ERROR_CAP * (6 * (ERROR_PATH_CHARS + ERROR_TEXT_CHARS) + 32)
-"""Bytes of UTF-8 JSON the error entries of a job result take at most, with the
-default cap: a character takes at most 6 bytes (4 in UTF-8, 6 for a control
-character JSON escapes as ``\\u00XX``), plus the keys and punctuation."""
+RESULT_ERRORS_MAX_BYTES = DEFAULT_ERROR_CAP * (12 * (ERROR_PATH_CHARS + ERROR_TEXT_CHARS) + 32)
+"""Bytes of JSON the error entries of a job result take at most, with the
+default cap, however they are encoded: a character takes at most 12 bytes
+(a character outside the BMP is two ``\\uXXXX`` escapes in ASCII-only JSON,
+which the API writes; a control character is one, 6 bytes; UTF-8 takes at
+most 4), plus the keys and punctuation."""
 
 
 @attrs.frozen(kw_only=True)

@@ -14,13 +14,13 @@ One scan, step by step:
 4. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
    and is neither probed nor written. The rest are probed. A row the walk
    did not see is removed only if its file is gone (``_Scan.is_gone``):
-   checked with ``lstat`` beneath the directory's descriptor, inside the
-   transaction that deletes it, so a scan running at the same time that has
-   just stored the file (``/x`` and ``/x/sub`` at once) never loses its row,
-   and a file the walk could not see (in a directory it could not list) is
-   kept. A row written since this scan began is kept too, whatever
-   ``lstat`` says: another scan saw its file later. Such a kept row is not
-   counted.
+   missing or no longer a regular file, checked with ``lstat`` beneath the
+   directory's descriptor before the store is locked. A file that is still
+   there is kept, though the walk did not see it: it may be in a directory
+   the walk could not list, or the target of a link another scan met. The
+   delete itself keeps a row written since this scan began, whatever
+   ``lstat`` said: another scan (``/x`` and ``/x/sub`` at once) saw its file
+   later. Such a kept row is not counted.
 5. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
    each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
@@ -36,14 +36,16 @@ One scan, step by step:
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
-(``errors_total``); the store keeps every entry (``scan_errors``, replacing
-the previous scan of the same scope's), written after the walk and after
-the probes.
+(``errors_total``); the store keeps every entry (``scan_errors``): the scan
+replaces the previous scan of the same scope's list when it starts, and
+adds its entries after the walk and after the probes, unless a later scan
+of the same scope has started meanwhile (its list is then that scan's).
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. When
 a file that was stored before has changed and can no longer be probed, its row
-is deleted with the next batch: its old metadata no longer describes it. It
-counts as an error, not as ``removed``.
+is deleted with the next batch, unless another scan wrote it since this one
+began: its old metadata no longer describes it. It counts as an error, not as
+``removed``.
 
 Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its
@@ -85,7 +87,7 @@ from stoat_ferret.library._models import (
     VideoRecord,
 )
 from stoat_ferret.library._probe import probe_video
-from stoat_ferret.library._walk import is_video_name, walk_videos
+from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
     import threading
@@ -204,6 +206,8 @@ class _Scan:
     updated: int = 0
     # The first unexpected error of a child task; re-raised once the group is closed.
     failure: Exception | None = None
+    # When the scan began: rows written since then are another scan's news.
+    started: datetime = attrs.field(factory=lambda: datetime.now(UTC))
 
     async def run(self) -> dict[str, Any]:
         try:
@@ -215,16 +219,19 @@ class _Scan:
     async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
         log.info("scan started")
-        started = datetime.now(UTC)  # rows written from now on are another scan's news
+        self.started = datetime.now(UTC)
+        await self.library.replace_scan_errors(
+            self.ctx.job_id, self.root, recursive=self.recursive, errors=()
+        )
         self.found, self.known, to_probe, gone = await self.library.survey(
             self.walk, self.root, recursive=self.recursive, compare=_compare
         )
-        await self.library.replace_scan_errors(
+        await self.library.add_scan_errors(
             self.ctx.job_id, self.root, recursive=self.recursive, errors=self.errors.take_unstored()
         )
         unchanged = len(self.found) - len(to_probe)
         removed = (
-            await self.library.remove_gone(gone, self.is_gone, written_before=started)
+            await self.library.remove_gone(gone, self.is_gone, written_before=self.started)
             if gone
             else []
         )
@@ -272,14 +279,15 @@ class _Scan:
         )
 
     def is_gone(self, path: str) -> bool:
-        """True if the file of the stored ``path`` is gone. Blocking: the store's thread.
+        """True if the file of the stored ``path`` is gone. Blocking: a worker thread.
 
         Looked at with ``lstat`` beneath the scanned directory's descriptor:
         missing, a directory on the way replaced by a symlink or a file, or
         no longer a regular file. A regular file that is there is not gone,
-        even though the walk did not see it (another scan may just have
-        found it), unless only a symlink led to it (its name is no video
-        name) and the walk could see every link.
+        even though the walk did not see it: another scan may have found it
+        (in a directory this one could not list, or as the target of a link
+        this one did not meet, such as a link in ``/x/a`` to a file in
+        ``/x/b`` when this scan is of ``/x/b``).
         """
         if self.root_fd is None:
             return False
@@ -289,12 +297,7 @@ class _Scan:
             # Missing, or a directory on the way is a symlink or a file now;
             # any other error (denied, I/O) cannot tell.
             return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-        if not stat.S_ISREG(info.st_mode):
-            return True
-        # A link target: gone unless a link the walk could not see (in a
-        # directory it could not list, or one it could not follow) leads there.
-        links_hidden = bool(self.errors.unread) or self.errors.unfollowed > 0
-        return not is_video_name(os.path.basename(path)) and not links_hidden
+        return not stat.S_ISREG(info.st_mode)
 
     def report(self) -> None:
         self.ctx.report_progress(
@@ -433,7 +436,7 @@ class _Scan:
                             break
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
-                await self.library.apply(records, stale)
+                await self.library.apply(records, stale, written_before=self.started)
 
 
 def _directory_failure(exc: OSError) -> str:

@@ -17,7 +17,11 @@ brings an older file up to date inside one transaction at open time.
 Scan errors. ``scan_errors`` holds every ``errors`` entry of a scan, in the
 order met, keyed by job id; a job's result lists only the first few. Each
 scan of a directory (with the same ``recursive``) replaces the rows of the
-scan before it, so the table holds one list per directory scanned.
+scan before it when it starts, and owns that directory's list from then on;
+a scan that no longer owns it (a later scan of the same directory started
+meanwhile) stores nothing more, so a list is never a mix of two scans. The
+owners are kept in memory, and the table is emptied when the store opens:
+job ids do not outlive the process.
 
 Migrations are numbered: ``_MIGRATIONS[n]`` takes a file from version
 ``n - 1`` to ``n``, and a file of any earlier version is brought up to date
@@ -227,6 +231,8 @@ class VideoStore:
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
+        # The job whose errors each scanned (directory, recursive) holds.
+        self._error_owners: dict[tuple[str, bool], str] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> VideoStore:
@@ -249,6 +255,7 @@ class VideoStore:
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.create_function("search_key", 1, search_key, deterministic=True)
             _migrate(connection, name)
+            connection.execute("DELETE FROM scan_errors")  # its jobs are gone
         except sqlite3.Error as exc:
             connection.close()
             raise StoreError(f"cannot open video store {name}: {exc}") from exc
@@ -358,37 +365,28 @@ class VideoStore:
         """Delete the rows of these paths (absent ones are ignored) in one transaction."""
         self.apply((), paths)
 
-    def apply(self, records: Sequence[VideoRecord], deletions: Collection[str]) -> None:
-        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction."""
+    def apply(
+        self,
+        records: Sequence[VideoRecord],
+        deletions: Collection[str],
+        *,
+        written_before: datetime | None = None,
+    ) -> None:
+        """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
+
+        With ``written_before``, a row of ``deletions`` written at or after
+        that moment is kept (see :meth:`remove_gone`).
+        """
         if not records and not deletions:
             return
-        now = datetime.now(UTC).isoformat()
+        now = _timestamp(datetime.now(UTC))
         rows = [_row(record, now) for record in records]
         with self._writing() as connection:
             if rows:
                 connection.executemany(_UPSERT, rows)
-            removed = self._delete_rows(connection, deletions)
-        if removed and self.on_delete is not None:
-            self.on_delete(removed)
-
-    def _delete_rows(self, connection: sqlite3.Connection, paths: Collection[str]) -> list[int]:
-        """Delete the rows of ``paths`` in the open transaction; their ids if on_delete is set."""
-        if not paths:
-            return []
-        if self.on_delete is None:
-            connection.executemany("DELETE FROM videos WHERE path = ?", ((path,) for path in paths))
-            return []
-        removed: list[int] = []
-        # 500 paths a statement: as fast as executemany, which cannot return ids.
-        listed = list(paths)
-        for start in range(0, len(listed), 500):
-            chunk = listed[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            cursor = connection.execute(
-                f"DELETE FROM videos WHERE path IN ({marks}) RETURNING id", chunk
-            )
-            removed.extend(row_id for (row_id,) in cursor)
-        return removed
+            deleted_ids = _delete_rows(connection, deletions, written_before)[1]
+        if deleted_ids and self.on_delete is not None:
+            self.on_delete(deleted_ids)
 
     def remove_gone(
         self,
@@ -399,50 +397,44 @@ class VideoStore:
     ) -> list[str]:
         """Delete the rows of those ``paths`` whose file ``is_gone``, in one transaction.
 
-        ``is_gone`` runs inside the transaction, under the store's lock: a
-        scan that found the file and stores it meanwhile writes after this
-        check, never before it, so its row is not deleted. A row written at
-        or after ``written_before`` (when the caller's walk began) is kept
-        whatever ``is_gone`` says: another scan saw its file after this one
-        looked. Returns the paths whose rows were deleted.
+        ``is_gone`` (file-system work) runs first, without the store's lock,
+        so no other reader or writer waits for it. The delete then keeps a
+        row written at or after ``written_before`` (when the caller's walk
+        began): another scan saw its file after this one looked, even if it
+        did so between the check and the delete. Returns the paths whose
+        rows were deleted.
         """
-        if not paths:
+        gone = [path for path in paths if is_gone(path)]
+        if not gone:
             return []
         with self._writing() as connection:
-            gone = []
-            for path in paths:
-                row = connection.execute(
-                    "SELECT updated_at FROM videos WHERE path = ?", (path,)
-                ).fetchone()
-                if row is None:
-                    continue
-                if written_before is not None and datetime.fromisoformat(row[0]) >= written_before:
-                    continue
-                if is_gone(path):
-                    gone.append(path)
-            removed = self._delete_rows(connection, gone)
-        if removed and self.on_delete is not None:
-            self.on_delete(removed)
-        return gone
+            deleted, deleted_ids = _delete_rows(connection, gone, written_before)
+        if deleted_ids and self.on_delete is not None:
+            self.on_delete(deleted_ids)
+        return deleted
 
     def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Forget the errors of earlier scans of this scope and store the first of ``job_id``."""
+        """Forget the errors of earlier scans of this scope, make ``job_id``
+        its owner, and store ``errors`` (the first of ``job_id``, if any)."""
         with self._writing() as connection:
             connection.execute(
                 "DELETE FROM scan_errors WHERE directory = ? AND recursive = ?",
                 (directory, int(recursive)),
             )
+            self._error_owners[(directory, recursive)] = job_id
             _insert_errors(connection, job_id, directory, recursive, errors)
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
-        """Store more ``(path, error)`` entries of the scan ``job_id``, after its others."""
+        """Store more ``(path, error)`` entries of the scan ``job_id``, after its
+        others; nothing if a later scan of this scope has replaced them."""
         if errors:
             with self._writing() as connection:
-                _insert_errors(connection, job_id, directory, recursive, errors)
+                if self._error_owners.get((directory, recursive)) == job_id:
+                    _insert_errors(connection, job_id, directory, recursive, errors)
 
     def scan_errors(
         self, job_id: str, limit: int, offset: int
@@ -525,6 +517,34 @@ def _migrate(connection: sqlite3.Connection, name: str) -> None:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def _timestamp(moment: datetime) -> str:
+    """``moment`` as stored in ``created_at`` and ``updated_at``: ISO 8601 in UTC
+    with microseconds, so that text order is time order."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _delete_rows(
+    connection: sqlite3.Connection, paths: Collection[str], written_before: datetime | None
+) -> tuple[list[str], list[int]]:
+    """Delete the rows of ``paths``, except those written at or after ``written_before``;
+    return the paths whose rows were deleted, and their ids (for ``on_delete``)."""
+    deleted: list[str] = []
+    ids: list[int] = []
+    for path in paths:
+        if written_before is None:
+            cursor = connection.execute("DELETE FROM videos WHERE path = ? RETURNING id", (path,))
+        else:
+            cursor = connection.execute(
+                "DELETE FROM videos WHERE path = ? AND updated_at < ? RETURNING id",
+                (path, _timestamp(written_before)),
+            )
+        row = cursor.fetchone()
+        if row is not None:
+            deleted.append(path)
+            ids.append(row[0])
+    return deleted, ids
 
 
 def _insert_errors(

@@ -24,7 +24,10 @@ The rules, in the order they are applied to each directory entry:
   in the scope (under the scanned directory; directly in it for a
   non-recursive walk). The file is then recorded under the resolved path,
   once however many links point to it. A link that points outside, is
-  broken, loops, or is a chain of more than 40 links is an error entry.
+  broken, loops, or is a chain of more than 40 links (or of more than
+  4,096 path components in all) is an error entry. Each link is resolved
+  with the walk's own directory descriptors, one ``openat`` at most per
+  component, and a link resolved once is not resolved again in the walk.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
 * A subdirectory that cannot be listed, a file that cannot be stat'ed, or a
   symlink that cannot be followed for another reason than a missing, looping
@@ -35,9 +38,11 @@ The rules, in the order they are applied to each directory entry:
 
 Recorded paths are absolute and resolved: the root is resolved by the caller and
 no directory symlink is ever crossed. The walk holds one descriptor per
-level of the directory it is in, as ``os.fwalk`` does.
+level of the directory it is in, as ``os.fwalk`` does, and descends at most
+:data:`MAX_DEPTH` levels: a deeper directory is an error entry (unread).
 
-:func:`walk_videos` calls ``checkpoint`` every :data:`CHECK_EVERY` entries. The
+:func:`walk_videos` calls ``checkpoint`` every :data:`CHECK_EVERY` entries and at
+each symlink hop it follows. The
 scan passes ``anyio.from_thread.check_cancelled``, so a cancelled scan stops
 walking within a few milliseconds even in a tree of millions of files.
 """
@@ -51,6 +56,7 @@ from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._beneath import (
     PATH_MAX,
+    Cached,
     open_scan_directory,
     open_subdirectory,
     resolve_link,
@@ -69,7 +75,13 @@ VIDEO_EXTENSIONS: Final = frozenset(
 """File name endings (lower case) that mark a file as a video to probe."""
 
 CHECK_EVERY: Final = 256
-"""Directory entries between two calls to the walk's ``checkpoint``."""
+"""Directory entries between two calls to the walk's ``checkpoint`` (which is
+also called once per symlink hop followed)."""
+
+MAX_DEPTH: Final = 128
+"""Levels of subdirectories the walk descends below its root at most. The walk
+holds one descriptor per level; a directory deeper than this is an ``errors``
+entry (counted as unread, so the rows beneath it are kept) and is not entered."""
 
 _NOT_UTF8: Final = "name is not valid UTF-8; skipped"
 _TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"
@@ -78,6 +90,7 @@ _REPLACED: Final = (
 )
 # A link failing with these can never lead to a file: missing, looping, too long.
 _BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
+_TOO_DEEP: Final = f"more than {MAX_DEPTH} levels below the scanned directory; not read"
 _SUFFIXES: Final = tuple(sorted(VIDEO_EXTENSIONS))
 
 
@@ -155,9 +168,14 @@ class _Walk:
         self.scope = split(root)
         self.root_fd = -1
         self.seen = 0
+        # Descriptors of the directories from the root down to the one being listed.
+        self.fds: list[int] = []
+        # Links resolved in this walk, by path: a chain is followed once.
+        self.links: dict[tuple[str, ...], Cached] = {}
 
     def run(self, root_fd: int) -> None:
         self.root_fd = root_fd
+        self.fds = [root_fd]
         try:
             subdirectories = self.list_directory(root_fd, self.root)
         except OSError as exc:
@@ -174,6 +192,7 @@ class _Walk:
                     if fd != root_fd:
                         os.close(fd)
                     continue
+                self.fds = [entry[0] for entry in stack]
                 child = self.open_subdirectory(fd, path, name)
                 if child is not None:
                     stack.append(child)
@@ -192,6 +211,9 @@ class _Walk:
         if len(os.fsencode(path)) >= PATH_MAX:
             self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
             return None
+        if len(self.fds) > MAX_DEPTH:  # the parent is MAX_DEPTH levels below the root
+            self.errors.add_unread(path, _TOO_DEEP)
+            return None
         if self.before_open is not None:
             self.before_open(path)
         try:
@@ -204,10 +226,13 @@ class _Walk:
             else:
                 self.errors.add_unread(path, _reason(exc))
             return None
+        self.fds.append(fd)
         try:
             subdirectories = self.list_directory(fd, path)
-        except OSError as exc:
+        except BaseException as exc:  # cancellation too: the descriptor is not on the stack yet
             os.close(fd)
+            if not isinstance(exc, OSError):
+                raise
             if not isinstance(exc, FileNotFoundError):
                 self.errors.add_unread(path, _reason(exc))
             return None
@@ -261,7 +286,15 @@ class _Walk:
         link = _join(directory, name)
         where = split(directory)
         try:
-            outcome = resolve_link(self.scope, where, name, self.root_fd)
+            outcome = resolve_link(
+                self.scope,
+                where,
+                name,
+                self.root_fd,
+                directory_fds=self.fds,
+                checkpoint=self.checkpoint,
+                cache=self.links,
+            )
         except OSError as exc:
             if exc.errno in _BROKEN_LINK:
                 self.errors.add(link, f"broken symlink ({_reason(exc)})")

@@ -115,3 +115,25 @@ async def test_a_bad_page_is_422(shared_client: httpx.AsyncClient, query: str) -
     response = await shared_client.get(f"/api/v1/jobs/no-such-job/errors?{query}")
 
     assert response.status_code == 422
+
+
+async def test_a_list_cut_short_by_a_later_scan_is_410(settings: Settings, scan_root: Path) -> None:
+    """A finished job with fewer stored entries than its ``errors_total`` (a
+    later scan of the same directory started before it finished) answers 410,
+    not a short page."""
+    _bad_files(scan_root / "bad", 3)
+    app = create_app(settings)
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(app) as client:
+            job = await _scan(client, scan_root / "bad")
+            await app.state.library.replace_scan_errors(
+                job["job_id"],
+                str(await anyio.Path(scan_root / "bad").resolve()),
+                recursive=True,
+                errors=[("/only/one.mp4", "kept")],
+            )
+            response = await client.get(f"/api/v1/jobs/{job['job_id']}/errors")
+
+    assert job["result"]["errors_total"] == 3
+    assert response.status_code == 410

@@ -35,8 +35,8 @@ async def test_end_grace_cancels_running_jobs_at_once(
     stored = anyio.Event()
     write = VideoLibrary.apply
 
-    async def held(self: VideoLibrary, *args: Any) -> None:
-        await write(self, *args)
+    async def held(self: VideoLibrary, *args: Any, **kwargs: Any) -> None:
+        await write(self, *args, **kwargs)
         stored.set()
         await anyio.sleep_forever()  # held until cancelled
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from stoat_ferret.library import DirectoryReplaced, ScanError
 from stoat_ferret.library._beneath import (
+    MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
+    Cached,
     lstat_beneath,
     open_directory,
     open_scan_directory,
@@ -154,3 +156,106 @@ def test_open_scan_directory_refuses_a_swapped_component(scope: Path, tmp_path: 
         open_scan_directory(str(scope / "file"), [str(tmp_path)])
 
     assert not isinstance(not_directory.value, DirectoryReplaced)
+
+
+class _Opens:
+    """Counts ``os.open`` calls: the work a link resolution does, one per directory opened."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = os.open
+
+        def counting(*args: Any, **kwargs: Any) -> int:
+            self.count += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(os, "open", counting)
+
+
+def _hostile_chain(scope: Path, depth: int) -> tuple[list[str], str]:
+    """A chain of MAX_LINK_HOPS links in a directory ``depth`` levels down, each
+    going all the way up to the scope and down again to the next: ``(directory, head)``."""
+    deep = scope.joinpath(*["d"] * depth)
+    deep.mkdir(parents=True)
+    (deep / "clip.mp4").write_bytes(b"clip")
+    detour = "../" * depth + "d/" * depth
+    (deep / "l0").symlink_to(detour + "clip.mp4")
+    for index in range(1, MAX_LINK_HOPS):
+        (deep / f"l{index}").symlink_to(f"{detour}l{index - 1}")
+    return split(str(deep)), f"l{MAX_LINK_HOPS - 1}"
+
+
+def test_a_deep_chain_resolves_with_one_open_per_component(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 hops, each up and down 40 levels (3,280 components): resolved with at
+    most one open per component, not one per level for each."""
+    directory, head = _hostile_chain(scope, 40)
+    opens = _Opens(monkeypatch)
+
+    outcome = resolve_link(split(str(scope)), directory, head, scope_fd)
+
+    assert outcome is not None
+    assert outcome[0] == [*directory, "clip.mp4"]
+    assert opens.count <= MAX_LINK_HOPS * 41 + 40  # each hop's way down, and the way to the link
+
+
+def test_a_chain_past_the_component_limit_is_a_loop(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up and down 100 levels per hop: ELOOP once MAX_LINK_COMPONENTS are looked at,
+    after at most that many opens."""
+    directory, head = _hostile_chain(scope, 100)
+    opens = _Opens(monkeypatch)
+
+    with pytest.raises(OSError, match="Too many levels") as caught:
+        resolve_link(split(str(scope)), directory, head, scope_fd)
+
+    assert caught.value.errno == errno.ELOOP
+    assert opens.count <= MAX_LINK_COMPONENTS + 100
+
+
+def test_a_resolved_chain_is_cached_for_the_walk(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same link, or a link to a link already resolved, costs no open the second time."""
+    directory, head = _hostile_chain(scope, 10)
+    (scope.joinpath(*["d"] * 10) / "again").symlink_to(head)
+    cache: dict[tuple[str, ...], Cached] = {}
+    first = resolve_link(split(str(scope)), directory, head, scope_fd, cache=cache)
+    opens = _Opens(monkeypatch)
+
+    second = resolve_link(split(str(scope)), directory, head, scope_fd, cache=cache)
+    with pytest.raises(OSError, match="Too many levels"):  # 41 hops, cached or not
+        resolve_link(split(str(scope)), directory, "again", scope_fd, cache=cache)
+
+    assert first is not None
+    assert second == first
+    assert opens.count == 2 * 10  # only the way down to the links' directory, for each call
+    assert len(cache) == MAX_LINK_HOPS
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_per_hop_stops_a_resolution_and_closes_its_descriptors(
+    scope: Path, scope_fd: int
+) -> None:
+    """The checkpoint runs once per link followed; when it raises, the resolution
+    stops there and every descriptor it opened is closed."""
+    directory, head = _hostile_chain(scope, 10)
+    calls = 0
+
+    def checkpoint() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise _Stop
+
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(_Stop):
+        resolve_link(split(str(scope)), directory, head, scope_fd, checkpoint=checkpoint)
+
+    assert calls == 3
+    assert sorted(os.listdir("/proc/self/fd")) == before

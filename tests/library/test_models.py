@@ -6,7 +6,16 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from stoat_ferret.library import METADATA_FIELDS, SORT_KEYS, ErrorLog, ScanError, Video, VideoFilter
+from stoat_ferret.library import (
+    ERROR_PATH_CHARS,
+    ERROR_TEXT_CHARS,
+    METADATA_FIELDS,
+    SORT_KEYS,
+    ErrorLog,
+    ScanError,
+    Video,
+    VideoFilter,
+)
 from stoat_ferret.library._models import iso_utc
 
 
@@ -142,3 +151,27 @@ def test_unread_paths_are_all_kept_beyond_the_cap() -> None:
 def test_scan_error_message() -> None:
     """ScanError names the directory and the cause."""
     assert str(ScanError("/m", "Permission denied")) == "cannot scan /m: Permission denied"
+
+
+def test_error_entries_cut_paths_to_error_path_chars_and_messages_to_error_text_chars() -> None:
+    """A listed path keeps its last ERROR_PATH_CHARS - 1 characters behind ``…``,
+    a message its first ERROR_TEXT_CHARS - 1 before ``…``; the store gets the
+    whole path and the cut message; what fits exactly is left alone."""
+    long_path = "/" + "p" * 5000 + "/end.mp4"
+    long_text = "start " + "m" * 5000
+    fits_path = "/" + "f" * (ERROR_PATH_CHARS - 1)
+    fits_text = "t" * ERROR_TEXT_CHARS
+    log = ErrorLog()
+
+    log.add(long_path, long_text)
+    log.add(fits_path, fits_text)
+    log.add(fits_path + "x", fits_text + "x")
+
+    cut, fits, over = log.entries
+    assert cut["path"] == "…" + long_path[-(ERROR_PATH_CHARS - 1) :]
+    assert cut["error"] == long_text[: ERROR_TEXT_CHARS - 1] + "…"
+    assert (len(cut["path"]), len(cut["error"])) == (ERROR_PATH_CHARS, ERROR_TEXT_CHARS)
+    assert fits == {"path": fits_path, "error": fits_text}
+    assert (len(over["path"]), len(over["error"])) == (ERROR_PATH_CHARS, ERROR_TEXT_CHARS)
+    assert over["path"] == "…" + fits_path[2:] + "x"
+    assert log.take_unstored()[0] == (long_path, cut["error"])

@@ -14,12 +14,17 @@ import pytest
 from stoat_ferret.jobs import JobContext, JobStatus, JobSupervisor
 from stoat_ferret.library import (
     DEFAULT_ERROR_CAP,
+    ERROR_PATH_CHARS,
+    ERROR_TEXT_CHARS,
     PATH_MAX,
     RESULT_ERRORS_MAX_BYTES,
     ErrorLog,
+    ProbeError,
     ScanError,
     VideoLibrary,
     VideoProbe,
+    VideoRecord,
+    VideoStore,
     _scan,
     make_scan_handler,
     probe_video,
@@ -208,8 +213,9 @@ async def test_a_file_directory_swapped_before_the_probe_is_not_opened(
 async def test_a_chain_of_1200_links_is_an_error_entry(
     library: VideoLibrary, roots: tuple[Path, Path]
 ) -> None:
-    """A chain of 1,200 symlinks to a clip inside the library: one errors
-    entry for its head (no RecursionError), the rest of the scan completes."""
+    """A chain of 1,200 symlinks to a clip inside the library: the 40 links
+    nearest the clip lead to it, each of the other 1,160 (more than 40 hops
+    away) is one errors entry; no RecursionError, and the scan completes."""
     root, _ = roots
     chain = root / "lib" / "chain"
     chain.mkdir()
@@ -382,3 +388,153 @@ async def test_the_result_is_bounded_in_bytes_and_the_store_keeps_every_error(
     assert [(len(page), total) for page, total in pages] == [(300, 1000)] * 3 + [(100, 1000)]
     stored = [path for page, _ in pages for path, _ in page]
     assert sorted(stored) == sorted(str(path) for path in media.iterdir())
+
+
+def _worst_json_bytes(value: Any) -> int:
+    """Bytes of ``value`` as JSON, the larger of ASCII-only (what the API writes) and UTF-8."""
+    return max(len(json.dumps(value)), len(json.dumps(value, ensure_ascii=False).encode()))
+
+
+async def test_long_odd_paths_and_messages_are_cut_within_the_byte_bound(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths of about 3,800 characters and 1,000-character messages, full of
+    control characters and characters outside the BMP (the costliest in
+    JSON): each listed path keeps its end behind ``…``, each message its
+    start, and the entries stay within RESULT_ERRORS_MAX_BYTES."""
+    name = "\x01" * 100 + "a" * 140 + "\U0001f600"
+    deep = tmp_path.joinpath("media", *[name] * 15)
+    deep.mkdir(parents=True)
+    for index in range(DEFAULT_ERROR_CAP + 5):
+        (deep / (f"{index:02d}" + "\x02" * 40 + "\U0001f600.mp4")).write_bytes(b"x")
+    reason = "\x07\U0001f600" * 500
+
+    def failing_probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        raise ProbeError(name, reason)
+
+    monkeypatch.setattr(_scan, "probe_video", failing_probe)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library)(make_context(tmp_path / "media"))
+
+    entries = result["errors"]
+    assert result["errors_total"] == DEFAULT_ERROR_CAP + 5
+    assert len(entries) == DEFAULT_ERROR_CAP
+    assert _worst_json_bytes(entries) <= RESULT_ERRORS_MAX_BYTES
+    for entry in entries:
+        full = str(deep / entry["path"].rsplit("/", 1)[1])
+        assert len(full) > 3700
+        assert entry["path"] == "…" + full[-(ERROR_PATH_CHARS - 1) :]
+        assert entry["error"] == reason[: ERROR_TEXT_CHARS - 1] + "…"
+
+
+async def test_a_scan_of_a_subdirectory_keeps_a_link_target_another_scan_stored(
+    library: VideoLibrary, roots: tuple[Path, Path], clip: EncodedVideo
+) -> None:
+    """Scan ``lib``: ``lib/a/link.mp4`` leads to ``lib/sub/data.bin``, stored.
+    Then scan ``lib/sub``, which meets no link to it: the file is still
+    there, so its row stays."""
+    root, _ = roots
+    lib = root / "lib"
+    copy_video(clip, lib / "sub" / "data.bin")
+    (lib / "a").mkdir()
+    (lib / "a" / "link.mp4").symlink_to("../sub/data.bin")
+    handler = make_scan_handler(library, roots=[root])
+
+    with anyio.fail_after(TIMEOUT):
+        first = await handler(make_context(lib))
+        second = await handler(make_context(lib / "sub"))
+        stored = {video.path for video in (await library.list_videos())[0]}
+
+    assert first["added"] == 2
+    assert second["removed"] == 0
+    assert stored == {str(lib / "inside.mp4"), str(lib / "sub" / "data.bin")}
+
+
+async def test_a_row_another_scan_rewrites_while_its_probe_fails_is_kept(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored file changed and no longer probes, but while this scan probes
+    it another scan (here: another connection to the same store) writes its
+    row afresh: the stale-row delete keeps that newer row."""
+    media = tmp_path / "media"
+    media.mkdir()
+    path = copy_video(clip, media / "a.mp4").path
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    (fresh,) = (await library.list_videos())[0]
+    await anyio.Path(path).write_bytes(await anyio.Path(path).read_bytes() + b"changed")
+
+    def rewritten_then_failing(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        other = VideoStore.open(tmp_path / "state" / "videos.sqlite")
+        try:
+            other.upsert(
+                [
+                    VideoRecord(
+                        path=str(path),
+                        directory=str(media),
+                        filename=name,
+                        size_bytes=1,
+                        mtime_ns=1,
+                        probe=probe_video(str(path)),
+                    )
+                ]
+            )
+        finally:
+            other.close()
+        raise ProbeError(name, "not a video any more")
+
+    monkeypatch.setattr(_scan, "probe_video", rewritten_then_failing)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = (await library.list_videos())[0]
+
+    assert result["errors_total"] == 1
+    assert [(video.path, video.size_bytes) for video in stored] == [(fresh.path, 1)]
+
+
+async def test_a_scan_overtaken_by_a_later_scan_of_its_directory_stores_no_errors(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scan A of ``media`` is held after its walk while scan B of ``media``
+    runs whole: B's list is complete and stays; A, overtaken, stores nothing
+    more (so its list is short of its ``errors_total``)."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for index in range(3):
+        (media / f"bad{index}.mp4").write_bytes(b"not a video")
+    handler = make_scan_handler(library)
+    later: list[dict[str, Any]] = []
+    walk = walk_videos
+
+    async def scan_b() -> None:
+        context = JobContext(
+            job_id="b",
+            job_type="scan",
+            payload={"path": str(media), "recursive": True},
+            sink=lambda *_: None,
+        )
+        later.append(await handler(context))
+
+    held: list[bool] = []
+
+    def walk_then_let_b_run(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        if not held:  # A's walk, not B's
+            held.append(True)
+            anyio.from_thread.run(scan_b)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_let_b_run)
+
+    with anyio.fail_after(TIMEOUT):
+        overtaken = await handler(make_context(media))
+        a_errors = await library.scan_errors("j", limit=100, offset=0)
+        b_errors = await library.scan_errors("b", limit=100, offset=0)
+
+    assert (overtaken["errors_total"], later[0]["errors_total"]) == (3, 3)
+    assert b_errors[1] == 3
+    assert sorted(path for path, _ in b_errors[0]) == sorted(str(p) for p in media.iterdir())
+    assert a_errors == ([], 0)

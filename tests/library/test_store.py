@@ -477,3 +477,71 @@ def test_metadata_round_trips(store: VideoStore) -> None:
         name: getattr(written.probe, name) for name in METADATA_FIELDS
     }
     assert video.interlaced is False
+
+
+def test_remove_gone_checks_files_unlocked_and_keeps_rows_written_meanwhile(
+    store: VideoStore,
+) -> None:
+    """``is_gone`` runs while the store is free (another thread could read or
+    write); a row rewritten between that check and the delete is kept, the
+    other gone row is deleted."""
+    store.upsert([record("/m/deleted.mp4"), record("/m/rewritten.mp4")])
+    began = datetime.now(UTC)
+    unlocked: list[bool] = []
+
+    def is_gone(path: str) -> bool:
+        free = store._lock.acquire(blocking=False)
+        if free:
+            store._lock.release()
+            if path == "/m/rewritten.mp4":  # another scan stores it meanwhile
+                store.upsert([record(path, size=200)])
+        unlocked.append(free)
+        return True
+
+    removed = store.remove_gone(
+        ["/m/deleted.mp4", "/m/rewritten.mp4"], is_gone, written_before=began
+    )
+
+    assert unlocked == [True, True]
+    assert removed == ["/m/deleted.mp4"]
+    assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [
+        ("/m/rewritten.mp4", 200)
+    ]
+
+
+def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> None:
+    """A stale row (a changed file that no longer probes) is deleted unless
+    another scan rewrote it after ``written_before``."""
+    store.upsert([record("/m/stale.mp4"), record("/m/fresh.mp4")])
+    began = datetime.now(UTC)
+    store.upsert([record("/m/fresh.mp4", size=200)])
+
+    store.apply([], ["/m/stale.mp4", "/m/fresh.mp4"], written_before=began)
+
+    assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/fresh.mp4", 200)]
+
+
+def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoStore) -> None:
+    """Scan ``b`` of the same scope starts after ``a``: ``a``'s list is gone and
+    ``a`` adds nothing more; ``b`` adds to its own."""
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    store.replace_scan_errors("b", "/m", recursive=True, errors=())
+
+    store.add_scan_errors("a", "/m", recursive=True, errors=[("/m/2.mp4", "bad")])
+    store.add_scan_errors("b", "/m", recursive=True, errors=[("/m/3.mp4", "bad")])
+
+    assert store.scan_errors("a", 10, 0) == ([], 0)
+    assert store.scan_errors("b", 10, 0) == ([("/m/3.mp4", "bad")], 1)
+
+
+def test_scan_errors_are_forgotten_when_the_store_opens(tmp_path: Path) -> None:
+    """Job ids do not outlive the process: a reopened store holds no scan errors."""
+    first = VideoStore.open(tmp_path / "videos.sqlite")
+    first.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    first.close()
+
+    reopened = VideoStore.open(tmp_path / "videos.sqlite")
+    try:
+        assert reopened.scan_errors("a", 10, 0) == ([], 0)
+    finally:
+        reopened.close()

@@ -247,3 +247,97 @@ async def test_cancelling_the_host_task_stops_the_walk(tmp_path: Path) -> None:
 
     assert scope.cancelled_caught
     assert calls == [1]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_walk_checks_for_cancellation_at_each_link_hop(tmp_path: Path) -> None:
+    """A directory of a few entries, one of them a chain of 10 links: the
+    walk's checkpoint runs while the chain resolves, so it can stop there."""
+    _touch(tmp_path / "clip.mp4")
+    (tmp_path / "l0.mp4").symlink_to("clip.mp4")
+    for index in range(1, 10):
+        (tmp_path / f"l{index}.mp4").symlink_to(f"l{index - 1}.mp4")
+    calls = 0
+
+    def checkpoint() -> None:
+        nonlocal calls
+        calls += 1
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        walk_videos(str(tmp_path), recursive=True, errors=ErrorLog(), checkpoint=checkpoint)
+
+    assert calls == 1
+
+
+def test_a_walk_stopped_while_listing_a_subdirectory_closes_its_descriptor(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint raises in the middle of a subdirectory's listing, before
+    its descriptor is on the walk's stack: no descriptor is left open."""
+    for index in range(_walk.CHECK_EVERY + 10):
+        _touch(tmp_path / "sub" / f"{index}.txt")
+
+    def checkpoint() -> None:
+        raise _Stop
+
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(_Stop):
+        walk_videos(str(tmp_path), recursive=True, errors=ErrorLog(), checkpoint=checkpoint)
+
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_directory_deeper_than_max_depth_is_an_unread_error(tmp_path: Path) -> None:
+    """The last level allowed is walked; the one below is one unread errors entry."""
+    last = tmp_path.joinpath(*["d"] * _walk.MAX_DEPTH)
+    kept = _touch(last / "kept.mp4")
+    _touch(last / "d" / "too-deep.mp4")
+    errors = ErrorLog()
+
+    found = walk_videos(str(tmp_path), recursive=True, errors=errors)
+
+    assert set(found) == {kept}
+    assert errors.entries == [
+        {
+            "path": str(last / "d"),
+            "error": f"more than {_walk.MAX_DEPTH} levels below the scanned directory; not read",
+        }
+    ]
+    assert errors.unread == [str(last / "d")]
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_host_task_stops_a_link_resolution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan is cancelled while the walk follows a chain of 30 links (at
+    its first readlink): the walk stops at the next hop, with no readlink more."""
+    _touch(tmp_path / "clip.mp4")
+    (tmp_path / "l0.mp4").symlink_to("clip.mp4")
+    for index in range(1, 30):
+        (tmp_path / f"l{index}.mp4").symlink_to(f"l{index - 1}.mp4")
+    read: list[str] = []
+    real_readlink = os.readlink
+    with anyio.fail_after(10), anyio.CancelScope() as scope:
+
+        def readlink(*args: Any, **kwargs: Any) -> str:
+            read.append(args[0])
+            anyio.from_thread.run_sync(scope.cancel)
+            return str(real_readlink(*args, **kwargs))
+
+        monkeypatch.setattr(os, "readlink", readlink)
+        walk = functools.partial(
+            walk_videos,
+            str(tmp_path),
+            recursive=True,
+            errors=ErrorLog(),
+            checkpoint=anyio.from_thread.check_cancelled,
+        )
+        await anyio.to_thread.run_sync(walk)
+
+    assert scope.cancelled_caught
+    assert len(read) == 1

@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from stoat_ferret.library import (
+    ThreadPriority,
     VideoLibrary,
     VideoProbe,
     _probe,
@@ -29,6 +30,10 @@ from tests.library.support import make_context
 from tests.permissions import call_denied
 from tests.reliability.conftest import integrity
 from tests.videos import copy_video, write_truncated_copy
+
+# Real scans probe at normal priority: SCHED_IDLE probe threads can starve for
+# seconds on a loaded machine (the priority test sets its own).
+NORMAL = ThreadPriority.NORMAL
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -96,7 +101,7 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
 
     with anyio.fail_after(TIMEOUT):
         async with await VideoLibrary.open(database) as library:
-            result = await make_scan_handler(library)(make_context(media))
+            result = await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
             videos, total = await library.list_videos()
 
     errors = _error_paths(result)
@@ -146,7 +151,9 @@ def test_a_file_and_a_directory_denied_to_the_scan_are_error_entries(
     async def scan() -> tuple[dict[str, Any], int]:
         async with await VideoLibrary.open(database) as library:
             with anyio.fail_after(TIMEOUT):
-                result = await make_scan_handler(library)(make_context(media))
+                result = await make_scan_handler(library, probe_priority=NORMAL)(
+                    make_context(media)
+                )
             _, total = await library.list_videos()
         return result, total
 
@@ -186,7 +193,7 @@ def test_videos_under_a_directory_denied_on_a_rescan_are_kept(
 
     async def scan_twice() -> tuple[dict[str, Any], list[str]]:
         async with await VideoLibrary.open(database) as library:
-            handler = make_scan_handler(library)
+            handler = make_scan_handler(library, probe_priority=NORMAL)
             with anyio.fail_after(TIMEOUT):
                 await handler(make_context(media))
                 closed.chmod(0)
@@ -232,7 +239,7 @@ def test_videos_stored_through_a_symlink_the_rescan_cannot_follow_are_kept(
 
     async def scan_twice() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         async with await VideoLibrary.open(database) as library:
-            handler = make_scan_handler(library)
+            handler = make_scan_handler(library, probe_priority=NORMAL)
             with anyio.fail_after(TIMEOUT):
                 first = await handler(make_context(media))
                 (media / locked).chmod(mode)
