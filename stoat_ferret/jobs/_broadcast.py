@@ -133,11 +133,17 @@ class JobChanges:
     ) -> JobFeed:
         """A feed of the changes from now on (see ``AsyncJobQueue.watch_all``).
 
-        It starts with the changes after ``after`` when the log still holds
-        them. Otherwise (``after`` is None, too old, or from another run) it
+        Every id it hands out is greater than ``after`` (an id this run
+        issued) and than the ids it handed out before. It starts with the
+        changes after ``after`` when the log still holds them. A feed naming
+        no job whose ``after`` is not in the log starts with one
+        :class:`ChangesLost` and nothing else (its follower fetches the job
+        list again; the changes after it have greater ids). Otherwise it
         starts with the current state of the jobs it follows: every job it
-        names, or, naming none, every job not ended yet, after a
-        :class:`ChangesLost` if ``after`` was given.
+        names whose latest change is newer than ``after``, or, with no
+        ``after`` and naming none, every job not ended yet. Naming jobs, an
+        ``after`` this run never issued (greater than :attr:`last_event_id`:
+        garbage, or a run whose clock was ahead) counts as none.
         """
         named = None if job_ids is None else frozenset(job_ids)
         feed = JobFeed(
@@ -147,17 +153,26 @@ class JobChanges:
             until_terminal=until_terminal and named is not None,
             limit=max(limit, len(named or ())),
         )
+        start: list[_Entry]
         if after is not None and self._holds_changes_after(after):
             start = [entry for entry in self._log if entry[0] > after]
+        elif after is not None and named is None:
+            # The follower refetches the list: any state sent now would carry
+            # an id older than the ChangesLost (the job's latest change).
+            feed.lose(self.last_event_id)
+            start = []
         else:
-            if after is not None and named is None:
-                feed.lose(self.last_event_id)
+            if after is None or after > self.last_event_id:
+                after = -1  # none, or never issued by this run: the named jobs' state
             start = sorted(
-                (entry for job_id, entry in self._latest.items() if job_id in named)
+                (
+                    entry
+                    for job_id, entry in self._latest.items()
+                    if job_id in named and entry[0] > after
+                )
                 if named is not None
                 else (entry for entry in self._latest.values() if not entry[1].status.is_terminal)
             )
-            after = -1
         for entry in start:
             if named is None or entry[1].job_id in named:
                 feed.push(entry[1].job_id, entry)

@@ -161,15 +161,26 @@ async def test_resume_after_a_gap_gets_only_what_was_missed(settings: Settings) 
 async def test_id_not_in_the_replay_log_gets_one_reset(
     settings: Settings, last_event_id: str
 ) -> None:
-    """An id older than the replay log, or one never sent, gets a ``reset``, then changes."""
+    """An id older than the replay log, or one never sent, gets a ``reset``, then only
+    changes with greater ids (not the running job's state under its older id)."""
+    running, release = anyio.Event(), anyio.Event()
+
+    async def held(ctx: JobContext) -> str:
+        running.set()
+        await release.wait()
+        return "held"
+
     with anyio.fail_after(10):
-        async with started(WatchedSupervisor(replay=4)) as supervisor:
+        async with started(WatchedSupervisor(replay=4, max_workers=2)) as supervisor:
             supervisor.register("echo", _echo)
+            supervisor.register("held", held)
             app = create_app(settings, job_queue=supervisor)
             async with serving(app) as client:
                 first = await supervisor.submit("echo", 0)
                 await supervisor.wait(first)
                 [old] = read_stream((await client.get(f"/api/v1/jobs/{first}/events")).text)
+                holding = await supervisor.submit("held")
+                await running.wait()
                 for number in range(3):  # 12 changes: more than the log keeps
                     await supervisor.wait(await supervisor.submit("echo", number))
                 sent = {
@@ -182,6 +193,8 @@ async def test_id_not_in_the_replay_log_gets_one_reset(
                 async def one_more() -> None:
                     later.append(await supervisor.submit("echo", "later"))
                     await supervisor.wait(later[0])
+                    release.set()
+                    await supervisor.wait(holding)
 
                 response = await _follow_all(
                     app, client, supervisor, one_more, headers={"Last-Event-ID": sent}
@@ -190,8 +203,13 @@ async def test_id_not_in_the_replay_log_gets_one_reset(
     events = [event for event in read_stream(response.text) if event.event]
     assert events[0].event == "reset"
     assert events[0].data == {"detail": RESET_DETAIL, "event_id": int(events[0].id or "")}
-    assert [(event.event, event.data["job_id"]) for event in events[1:]][-1] == ("job", later[0])
-    assert all(int(e.id or "") > int(events[0].id or "") for e in events[1:])
+    after_reset = [(event.data["job_id"], event.data["status"]) for event in events[1:]]
+    assert (holding, "running") not in after_reset  # its state under an id before the reset
+    assert (later[0], "completed") in after_reset
+    assert after_reset[-1] == (holding, "completed")
+    ids = [int(event.id or "") for event in events]
+    assert all(later_id > ids[0] for later_id in ids[1:])
+    assert ids == sorted(set(ids))
 
 
 @pytest.mark.anyio
