@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,16 +18,17 @@ from stoat_ferret.api._metrics import (
     ServiceMetrics,
 )
 from stoat_ferret.api.app import create_app
-from stoat_ferret.jobs import JobResult, JobStatus
+from stoat_ferret.jobs import ChangesLost, JobChange, JobNotFound, JobResult, JobStatus
 from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import httpx
     from starlette.types import Message, Receive, Scope, Send
 
-    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobContext
     from stoat_ferret.settings import Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -279,6 +281,44 @@ async def test_request_cancelled_before_a_response_is_labelled_none() -> None:
         )
         == 3.0
     )
+
+
+class _Holding:
+    """A queue holding only the given jobs (all ``count_feed`` asks of one)."""
+
+    def __init__(self, *jobs: JobResult) -> None:
+        self.jobs = {job.job_id: job for job in jobs}
+
+    async def get_result(self, job_id: str) -> JobResult:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+
+@pytest.mark.anyio
+async def test_job_seen_again_after_changes_lost_is_not_counted_twice() -> None:
+    """After a ChangesLost, a job counted before it counts only its later steps."""
+    metrics = ServiceMetrics()
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    pending = JobResult(job_id="a", job_type="t", status=JobStatus.PENDING, submitted_at=moment)
+    running = attrs.evolve(pending, status=JobStatus.RUNNING, started_at=moment)
+    done = attrs.evolve(running, status=JobStatus.COMPLETED, finished_at=moment)
+    other = attrs.evolve(pending, job_id="b")
+
+    async def feed() -> AsyncIterator[FeedItem]:
+        yield JobChange(1, pending)
+        yield JobChange(2, other)
+        yield ChangesLost(4)  # "a" started in the gap; "b" was dropped
+        yield JobChange(5, done)
+
+    await metrics.count_feed(feed(), cast("AsyncJobQueue", _Holding(running)))
+
+    samples = _samples(metrics.render().decode())
+    assert _value(samples, "stoat_jobs_submitted_total", job_type="t") == 2
+    assert _value(samples, "stoat_jobs_started_total", job_type="t") == 1
+    assert _value(samples, "stoat_jobs_ended_total", job_type="t", status="completed") == 1
+    assert _value(samples, "stoat_metrics_changes_lost_total") == 1
 
 
 def test_job_first_seen_ended_counts_every_step() -> None:
