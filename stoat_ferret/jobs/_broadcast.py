@@ -12,8 +12,7 @@ Bounded whatever the followers do:
 * the replay log keeps the last ``replay`` changes, as (event id, record)
   pairs; a follower that comes back with the id of the last change it saw
   gets what changed since from it, or :class:`ChangesLost` if that id is
-  older than the log (or from another run: ids start at the creation time in
-  microseconds, so an earlier run's ids are older than any of this run's);
+  older than the log (or from another run, see below);
 * a feed holds at most one pending change per job, the latest: a slow
   follower gets each job's latest state, never a backlog. Beyond ``limit``
   jobs pending it drops them all for one :class:`ChangesLost`.
@@ -24,6 +23,15 @@ since the owner publishes after every change it makes to a job's snapshot
 (the invariant that makes this cheap), so a later change would have moved
 the job to the end of the feed with a later id. Only the event loop's thread
 touches these objects, and no method but ``JobFeed.__anext__`` awaits.
+
+Ids carry no run token: the first id of a run is the wall clock at the
+queue's creation in microseconds, so an id from an earlier run is older than
+every id of this one (and gets :class:`ChangesLost`) *assuming the clock
+does not go back between runs* and no run issues more than a million ids a
+second for longer than the gap between runs. If it does go back, an old
+run's id can fall inside this run's range and be resumed from as if it were
+this run's (the follower gets the changes after that number, not a reset);
+an id above the latest issued is treated as unknown.
 """
 
 from __future__ import annotations
