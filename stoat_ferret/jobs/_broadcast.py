@@ -187,6 +187,7 @@ class JobChanges:
         if named is not None:
             # Named jobs already ended before ``after`` and unknown ones have
             # nothing more to say.
+            feed.unknown = frozenset(job_id for job_id in named if job_id not in self._latest)
             for job_id in named:
                 latest = self._latest.get(job_id)
                 if latest is None or (latest[1].status.is_terminal and latest[0] <= after):
@@ -235,6 +236,7 @@ class JobFeed:
         "_unsettled",
         "_wakeup",
         "job_ids",
+        "unknown",
     )
 
     def __init__(
@@ -248,6 +250,9 @@ class JobFeed:
     ) -> None:
         self._changes = changes
         self.job_ids = job_ids
+        # The named jobs the queue did not know when the feed opened (never
+        # submitted, or dropped already): the feed has nothing of them.
+        self.unknown: frozenset[str] = frozenset()
         self._job_types = job_types
         self._limit = limit
         # Invariant: insertion order is event id order (a job's entry moves

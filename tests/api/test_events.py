@@ -7,6 +7,7 @@ service does, with ``begin_shutdown``; the per-job stream ends by itself.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,6 +17,7 @@ from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api._events import MAX_FILTERS
 from stoat_ferret.api._sse import RESET_DETAIL, RETRY_MS
 from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import InMemoryJobQueue
 from tests.api.support import (
     GatedScan,
     StreamEvent,
@@ -26,13 +28,13 @@ from tests.api.support import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
     from pathlib import Path
 
     import httpx
     from fastapi import FastAPI
 
-    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.jobs import JobContext, JobFeed
     from stoat_ferret.settings import Settings
 
 EVENTS = "/api/v1/events"
@@ -275,6 +277,45 @@ async def test_per_job_stream_resumed_after_its_end_ends_at_once(settings: Setti
     assert (after_end.status_code, after_end.text) == (200, "")
     assert [(e.id, e.data["status"]) for e in read_stream(before_end.text)] == [
         (final.id, "completed")
+    ]
+
+
+class _DroppingInMemoryQueue(InMemoryJobQueue):
+    """Drops the named jobs' changes just before a feed opens: a job evicted
+    between the per-job route's 404 check and its feed."""
+
+    @asynccontextmanager
+    async def watch_all(
+        self,
+        *,
+        after: int | None = None,
+        job_ids: Collection[str] | None = None,
+        job_types: Collection[str] | None = None,
+        until_terminal: bool = False,
+    ) -> AsyncIterator[JobFeed]:
+        for job_id in job_ids or ():
+            self._changes.forget(job_id)
+        async with super().watch_all(
+            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+        ) as feed:
+            yield feed
+
+
+@pytest.mark.anyio
+async def test_per_job_stream_of_a_job_dropped_meanwhile_sends_its_state(
+    settings: Settings,
+) -> None:
+    """A job dropped between the 404 check and the feed still gets one event: its state."""
+    queue = _DroppingInMemoryQueue()
+    queue.register("echo", _echo)
+    with anyio.fail_after(10):
+        async with serving(create_app(settings, job_queue=queue)) as client:
+            job_id = await queue.submit("echo", 1)
+            response = await client.get(f"/api/v1/jobs/{job_id}/events")
+
+    events = read_stream(response.text)
+    assert [(e.id, e.data["job_id"], e.data["status"]) for e in events] == [
+        (None, job_id, "completed")
     ]
 
 
