@@ -49,6 +49,12 @@ FETCH_HEALTH = f"""async () => {{
 
 expect.set_options(timeout=20_000)
 
+STEADY_HEALTH = {
+    "status": "ok",
+    "version": "",
+    "jobs": {"pending": 0, "running": 0, "submitted": 1},
+}
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
@@ -145,25 +151,38 @@ def test_two_tabs_follow_six_running_scans_without_stalling(
 
 def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: Path) -> None:
     """While the service restarts the page says "reconnecting…"; then it is live again,
-    and a scan started afterwards with an HTTP client appears with its path."""
+    resumes with the last id it saw, gets a ``reset`` and reloads the job list (the jobs
+    of the previous run are gone), and a scan started afterwards with an HTTP client
+    appears with its path."""
     env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="1")
     base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
-    clip_dir = tmp_path / "root" / "after-restart"
-    clip_dir.mkdir()
-    make_video(clip_dir / "one.mp4")
+    clip_dirs = []
+    for name in ("before-restart", "after-restart"):
+        clip_dir = tmp_path / "root" / name
+        clip_dir.mkdir(parents=True)
+        make_video(clip_dir / "one.mp4")
+        clip_dirs.append(clip_dir)
+    before_dir, clip_dir = clip_dirs
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
+    # /health's "submitted" would reload the list too (it drops at the restart):
+    # held constant, so only the stream's ``reset`` can.
+    page.route("**/health", lambda route: route.fulfill(json=STEADY_HEALTH))
     live = page.locator("#jobs-live")
 
     with running_server(tmp_path, env, log_name="first.log") as process:
         wait_ready(process, base_url, tmp_path / "first.log")
         console = _open_tab(page, base_url)
+        _scan(base_url, before_dir)  # its events give the page an id to resume after
+        expect(_job(page, before_dir).locator(".badge")).to_have_text("completed")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_WITHIN) == 0
         expect(live).to_have_text("reconnecting…")
     with running_server(tmp_path, env, log_name="second.log") as process:
         wait_ready(process, base_url, tmp_path / "second.log")
         expect(live).to_have_text("live")
+        expect(_job(page, before_dir)).to_have_count(0)  # the list was reloaded
+        expect(page.locator("#jobs-empty")).to_be_visible()
         _scan(base_url, clip_dir)
         job = _job(page, clip_dir)
         expect(job.locator(".badge")).to_have_text("completed")
