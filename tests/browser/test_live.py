@@ -191,3 +191,56 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
         assert process.wait(timeout=STOP_WITHIN) == 0
 
     assert console.errors == []
+
+
+# The page's reconnect timers are recorded instead of run, so the test sees
+# each wait and opens the stream again itself; Math.random is fixed at 0,
+# the shortest wait of each jittered range (half the backed-off ceiling).
+RECORD_RECONNECTS = """
+window.reconnectWaits = [];
+const realSetTimeout = window.setTimeout;
+window.setTimeout = (callback, ms, ...rest) => {
+  if (callback && callback.name === "connectEvents") {
+    window.reconnectWaits.push(ms);
+    window.reconnectNow = callback;
+    return 0;
+  }
+  return realSetTimeout(callback, ms, ...rest);
+};
+Math.random = () => 0;
+"""
+
+
+def test_refused_stream_is_opened_again_later_and_later(browser: Browser, tmp_path: Path) -> None:
+    """A stream the service refuses (503) is opened again after a wait that doubles with
+    each refusal in a row up to a ceiling, and each refusal reloads the job list."""
+    env = server_environment(tmp_path)
+    base_url = f"http://127.0.0.1:{env['STOAT_PORT']}"
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.add_init_script(RECORD_RECONNECTS)
+    lists: list[str] = []
+    page.on(
+        "request",
+        lambda request: lists.append(request.url) if "/api/v1/jobs?" in request.url else None,
+    )
+    page.route(
+        "**/api/v1/events*",
+        lambda route: route.fulfill(status=503, json={"detail": "the service is stopping"}),
+    )
+    expected = [1000, 2000, 4000, 8000, 16000, 30000, 30000]
+    with running_server(tmp_path, env) as process:
+        wait_ready(process, base_url, tmp_path / "server.log")
+        page.goto(f"{base_url}/")
+        expect(page.locator("#jobs-live")).to_have_text("reconnecting…")
+        for refused in range(1, len(expected) + 1):
+            page.wait_for_function("(n) => window.reconnectWaits.length === n", arg=refused)
+            if refused < len(expected):
+                page.evaluate("() => window.reconnectNow()")
+        waits = page.evaluate("() => window.reconnectWaits")
+        context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+
+    assert waits == expected
+    assert lists  # the refusals reloaded the list (the page never opened a stream)
