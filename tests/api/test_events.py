@@ -215,6 +215,54 @@ async def test_id_not_in_the_replay_log_gets_one_reset(
 
 
 @pytest.mark.anyio
+async def test_named_jobs_resumed_after_an_old_id_get_only_newer_ids(
+    settings: Settings,
+) -> None:
+    """With ``job_id`` filters and an id older than the replay log, a job whose latest
+    state the client saw is not sent again; the others' states and changes follow, every
+    id greater than the client's."""
+    running, release = anyio.Event(), anyio.Event()
+
+    async def held(ctx: JobContext) -> str:
+        running.set()
+        await release.wait()
+        return "held"
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor(replay=4, max_workers=2)) as supervisor:
+            supervisor.register("echo", _echo)
+            supervisor.register("held", held)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                seen = await supervisor.submit("echo", "seen")
+                await supervisor.wait(seen)
+                [final] = read_stream((await client.get(f"/api/v1/jobs/{seen}/events")).text)
+                holding = await supervisor.submit("held")
+                await running.wait()
+                for number in range(3):  # 12 changes: more than the log keeps
+                    await supervisor.wait(await supervisor.submit("echo", number))
+
+                async def finish() -> None:
+                    release.set()
+                    await supervisor.wait(holding)
+
+                response = await _follow_all(
+                    app,
+                    client,
+                    supervisor,
+                    finish,
+                    params={"job_id": [seen, holding]},
+                    headers={"Last-Event-ID": final.id or ""},
+                )
+
+    events = _jobs(read_stream(response.text))
+    # (its running state may be coalesced into its end)
+    assert {e.data["job_id"] for e in events} == {holding}
+    assert (events[-1].data["job_id"], events[-1].data["status"]) == (holding, "completed")
+    assert all(int(e.id or "") > int(final.id or "") for e in events)
+
+
+@pytest.mark.anyio
 async def test_filters_keep_only_the_named_jobs_and_types(settings: Settings) -> None:
     """job_type and job_id (repeatable) keep other jobs' changes out of the stream."""
     ids: list[str] = []
