@@ -11,7 +11,8 @@ job list again. Without an id, the stream starts with the jobs not ended yet.
 ``GET /api/v1/jobs/{job_id}/events`` follows one job, with the same ids:
 its current state, its changes, and the end after its final state (unnamed
 events, as before the ids came). Resuming after the id of its final state
-ends at once.
+ends at once. A job dropped between the route's 404 check and the start of
+its feed gets the state the check saw, without an id.
 
 Changes are coalesced per job while a client is slow (see ``_sse.py``). Both
 streams end, after a comment saying so, when the service begins to stop.
@@ -30,9 +31,10 @@ from pydantic import StringConstraints
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep, stream_slot
 from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._json import job_json, render
 from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
 from stoat_ferret.api._sse import RETRY_MS, STOPPING, change_event, following, resume_after
-from stoat_ferret.jobs import JobFeed  # noqa: TC001
+from stoat_ferret.jobs import JobFeed, JobResult  # noqa: TC001
 
 router = APIRouter(tags=["events"])
 
@@ -112,8 +114,8 @@ async def _one_job_feed(
     metrics: MetricsDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
-) -> AsyncIterator[JobFeed]:
-    await queue.get_result(job_id)  # 404 now, before the stream starts
+) -> AsyncIterator[tuple[JobFeed, JobResult]]:
+    job = await queue.get_result(job_id)  # 404 now, before the stream starts
     after = resume_after(last_event_id if last_event_id is not None else last_event_id_query)
     async with following(
         queue,
@@ -123,7 +125,7 @@ async def _one_job_feed(
         until_terminal=True,
         open_streams=None if metrics is None else metrics.sse_streams,
     ) as feed:
-        yield feed
+        yield feed, job
 
 
 @router.get(
@@ -150,9 +152,14 @@ async def all_job_events(
     dependencies=[Depends(stream_slot)],
 )
 async def job_events(
-    feed: Annotated[JobFeed, Depends(_one_job_feed)], stopping: StoppingDep
+    followed: Annotated[tuple[JobFeed, JobResult], Depends(_one_job_feed)],
+    stopping: StoppingDep,
 ) -> AsyncIterator[ServerSentEvent]:
     """Follow one job as Server-Sent Events; the stream ends by itself once the job has."""
+    feed, job = followed
+    if job.job_id in feed.unknown:
+        # Dropped between the 404 check and the feed: its state then, without an id.
+        yield ServerSentEvent(raw_data=render(job_json(job)).decode())
     async for item in feed:
         yield change_event(item, named=False)
     if stopping.is_set():

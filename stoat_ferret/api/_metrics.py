@@ -18,13 +18,23 @@ Each app has its own :class:`ServiceMetrics` (``app.state.metrics``, set by
 ``_probe_errors_total``, ``_unchanged``,    (a failed or cancelled scan has none)
 ``_removed``
 ``stoat_sse_streams_open``                  the event routes' feeds
-``stoat_http_request_duration_seconds``     :class:`RequestTimer`, by method,
-``{method,route,status}``                   route template and status
+``stoat_http_request_duration_seconds``     :class:`RequestTimer`: time to the
+``{method,route,status}``                   response's start, by method (or
+                                            ``OTHER``), route template and
+                                            status (``none`` if no response
+                                            started)
 ==========================================  =====================================
 
 Plus ``prometheus_client``'s process, platform and garbage-collector figures.
-A feed that falls more than a thousand jobs behind loses changes; that is
-counted in ``stoat_metrics_changes_lost_total`` and logged.
+
+The cost of the job counters: every job change wakes the follower task,
+which snapshots the job on the event loop (a few microseconds per change,
+the one-stream figure of ``python -m bench --only events``); a follower that
+is behind gets each job's latest state once, so a burst costs one snapshot
+per job, not per change. A feed that falls more than a thousand jobs behind
+loses changes; that is counted in ``stoat_metrics_changes_lost_total`` and
+logged, and the counters then miss what those jobs did in the gap (they
+undercount, never count a job twice: see :meth:`ServiceMetrics.count_feed`).
 """
 
 from __future__ import annotations
@@ -49,19 +59,27 @@ from prometheus_client import (
 )
 
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
-from stoat_ferret.jobs import ChangesLost, JobStatus
+from stoat_ferret.jobs import JobChange, JobNotFound, JobStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from stoat_ferret.jobs import AsyncJobQueue, JobResult
+    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobResult
 
 router = APIRouter(tags=["metrics"])
 
 UNMATCHED: Final = "<unmatched>"
 """The ``route`` label of requests no route matched (404s of unknown paths)."""
+
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""The ``method`` label's values; any other method token is counted as :data:`OTHER_METHOD`."""
+
+OTHER_METHOD: Final = "OTHER"
+
+NO_RESPONSE: Final = "none"
+"""The ``status`` label of requests that ended before a response started (client gone)."""
 
 _JOB_SECONDS: Final = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -112,7 +130,7 @@ class ServiceMetrics:
         )
         self.request_duration = Histogram(
             "http_request_duration_seconds",
-            "Seconds from a request to the end of its response, by route template.",
+            "Seconds from a request to the start of its response, by route template.",
             ["method", "route", "status"],
             **options,
         )
@@ -136,24 +154,37 @@ class ServiceMetrics:
         self._queue = queue
         try:
             async with queue.watch_all() as feed, anyio.create_task_group() as group:
-
-                async def count_changes() -> None:
-                    live: dict[str, JobStatus] = {}  # job id -> its last status counted
-                    async for item in feed:
-                        if isinstance(item, ChangesLost):
-                            self.changes_lost.inc()
-                            live.clear()
-                            logger.warning("job metrics fell behind and missed job changes")
-                        else:
-                            self.count(item.job, live)
-
-                group.start_soon(count_changes, name="stoat_ferret job metrics")
+                group.start_soon(self.count_feed, feed, queue, name="stoat_ferret job metrics")
                 try:
                     yield
                 finally:
                     group.cancel_scope.cancel()
         finally:
             self._queue = None
+
+    async def count_feed(self, feed: AsyncIterator[FeedItem], queue: AsyncJobQueue) -> None:
+        """Count every change ``feed`` hands out.
+
+        A job is counted as submitted when first seen; ``live`` remembers the
+        last status counted of each job not ended. After a ``ChangesLost``
+        the feed goes on with later changes only, so ``live`` is kept (a
+        job it holds is never counted as submitted again, and one that ended
+        before the gap never shows up again); only the jobs the queue has
+        dropped since are removed from it. What the jobs did in the gap is
+        not counted.
+        """
+        live: dict[str, JobStatus] = {}  # job id -> its last status counted
+        async for item in feed:
+            if isinstance(item, JobChange):
+                self.count(item.job, live)
+                continue
+            self.changes_lost.inc()
+            logger.warning("job metrics fell behind and missed job changes")
+            for job_id in list(live):
+                try:
+                    await queue.get_result(job_id)
+                except JobNotFound:
+                    live.pop(job_id, None)
 
     def count(self, job: JobResult, live: dict[str, JobStatus]) -> None:
         """Count what ``job`` went through since its last state counted in ``live``."""
@@ -191,36 +222,56 @@ class ServiceMetrics:
 
 
 class RequestTimer:
-    """ASGI middleware: each HTTP request's duration, by its route template.
+    """ASGI middleware: each HTTP request's time to the start of its response.
 
-    The router stores the route it matched in ``scope["route"]``; its
-    ``path`` is the template (``/api/v1/jobs/{job_id}``), so job ids never
-    become label values.
+    Time to the response's start (its first byte), not to its end: an event
+    stream or a ``/wait`` stays open as long as its client likes. The router
+    stores the route it matched in ``scope["route"]``; its ``path`` is the
+    template (``/api/v1/jobs/{job_id}``), so job ids never become label
+    values, and methods outside :data:`METHODS` are one label value, so no
+    client can make the label set grow. A request cancelled before any
+    response started (its client left) is recorded, to its end, with status
+    :data:`NO_RESPONSE`; one whose handler raised, as ``500`` (the server's
+    error response, sent outside this middleware).
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        began = time.perf_counter()
-        status = 500  # unless the app starts a response
+        clock = self.clock
+        began = clock()
+        status = NO_RESPONSE
+        seconds: float | None = None  # to the response's start
 
         async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            nonlocal status, seconds
+            if message["type"] == "http.response.start" and seconds is None:
+                seconds = clock() - began
+                status = str(message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
+        except Exception:
+            if seconds is None:
+                status = "500"
+            raise
         finally:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            self.metrics.request_duration.labels(scope["method"], route, str(status)).observe(
-                time.perf_counter() - began
+            method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
+            self.metrics.request_duration.labels(method, route, status).observe(
+                clock() - began if seconds is None else seconds
             )
 
 

@@ -12,8 +12,7 @@ Bounded whatever the followers do:
 * the replay log keeps the last ``replay`` changes, as (event id, record)
   pairs; a follower that comes back with the id of the last change it saw
   gets what changed since from it, or :class:`ChangesLost` if that id is
-  older than the log (or from another run: ids start at the creation time in
-  microseconds, so an earlier run's ids are older than any of this run's);
+  older than the log (or from another run, see below);
 * a feed holds at most one pending change per job, the latest: a slow
   follower gets each job's latest state, never a backlog. Beyond ``limit``
   jobs pending it drops them all for one :class:`ChangesLost`.
@@ -24,6 +23,15 @@ since the owner publishes after every change it makes to a job's snapshot
 (the invariant that makes this cheap), so a later change would have moved
 the job to the end of the feed with a later id. Only the event loop's thread
 touches these objects, and no method but ``JobFeed.__anext__`` awaits.
+
+Ids carry no run token: the first id of a run is the wall clock at the
+queue's creation in microseconds, so an id from an earlier run is older than
+every id of this one (and gets :class:`ChangesLost`) *assuming the clock
+does not go back between runs* and no run issues more than a million ids a
+second for longer than the gap between runs. If it does go back, an old
+run's id can fall inside this run's range and be resumed from as if it were
+this run's (the follower gets the changes after that number, not a reset);
+an id above the latest issued is treated as unknown.
 """
 
 from __future__ import annotations
@@ -133,11 +141,17 @@ class JobChanges:
     ) -> JobFeed:
         """A feed of the changes from now on (see ``AsyncJobQueue.watch_all``).
 
-        It starts with the changes after ``after`` when the log still holds
-        them. Otherwise (``after`` is None, too old, or from another run) it
+        Every id it hands out is greater than ``after`` (an id this run
+        issued) and than the ids it handed out before. It starts with the
+        changes after ``after`` when the log still holds them. A feed naming
+        no job whose ``after`` is not in the log starts with one
+        :class:`ChangesLost` and nothing else (its follower fetches the job
+        list again; the changes after it have greater ids). Otherwise it
         starts with the current state of the jobs it follows: every job it
-        names, or, naming none, every job not ended yet, after a
-        :class:`ChangesLost` if ``after`` was given.
+        names whose latest change is newer than ``after``, or, with no
+        ``after`` and naming none, every job not ended yet. Naming jobs, an
+        ``after`` this run never issued (greater than :attr:`last_event_id`:
+        garbage, or a run whose clock was ahead) counts as none.
         """
         named = None if job_ids is None else frozenset(job_ids)
         feed = JobFeed(
@@ -147,23 +161,33 @@ class JobChanges:
             until_terminal=until_terminal and named is not None,
             limit=max(limit, len(named or ())),
         )
+        start: list[_Entry]
         if after is not None and self._holds_changes_after(after):
             start = [entry for entry in self._log if entry[0] > after]
+        elif after is not None and named is None:
+            # The follower refetches the list: any state sent now would carry
+            # an id older than the ChangesLost (the job's latest change).
+            feed.lose(self.last_event_id)
+            start = []
         else:
-            if after is not None and named is None:
-                feed.lose(self.last_event_id)
+            if after is None or after > self.last_event_id:
+                after = -1  # none, or never issued by this run: the named jobs' state
             start = sorted(
-                (entry for job_id, entry in self._latest.items() if job_id in named)
+                (
+                    entry
+                    for job_id, entry in self._latest.items()
+                    if job_id in named and entry[0] > after
+                )
                 if named is not None
                 else (entry for entry in self._latest.values() if not entry[1].status.is_terminal)
             )
-            after = -1
         for entry in start:
             if named is None or entry[1].job_id in named:
                 feed.push(entry[1].job_id, entry)
         if named is not None:
             # Named jobs already ended before ``after`` and unknown ones have
             # nothing more to say.
+            feed.unknown = frozenset(job_id for job_id in named if job_id not in self._latest)
             for job_id in named:
                 latest = self._latest.get(job_id)
                 if latest is None or (latest[1].status.is_terminal and latest[0] <= after):
@@ -212,6 +236,7 @@ class JobFeed:
         "_unsettled",
         "_wakeup",
         "job_ids",
+        "unknown",
     )
 
     def __init__(
@@ -225,6 +250,9 @@ class JobFeed:
     ) -> None:
         self._changes = changes
         self.job_ids = job_ids
+        # The named jobs the queue did not know when the feed opened (never
+        # submitted, or dropped already): the feed has nothing of them.
+        self.unknown: frozenset[str] = frozenset()
         self._job_types = job_types
         self._limit = limit
         # Invariant: insertion order is event id order (a job's entry moves

@@ -7,10 +7,11 @@ snapshots, never records.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -53,6 +54,31 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+MAX_PAYLOAD_REPR: Final = 10_000
+"""Longest ``repr`` a snapshot shows for a payload JSON cannot hold."""
+
+_PLAIN = (str, int, bool, type(None))  # immutable, JSON as they are
+
+
+def shown_payload(payload: Any) -> Any:
+    """What snapshots show of ``payload``: a JSON-normalised copy, taken once.
+
+    So neither the submitter nor the handler (which gets ``payload`` itself)
+    can change a job's JSON afterwards by mutating the object. A payload
+    JSON cannot hold (or a float that is not finite) shows as its ``repr``.
+    """
+    if isinstance(payload, _PLAIN):
+        return payload
+    try:
+        return json.loads(json.dumps(payload, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        try:
+            text = repr(payload)
+        except Exception as failure:
+            text = f"<{type(payload).__name__} object; repr() failed: {failure!r}>"
+        return text[:MAX_PAYLOAD_REPR]
+
+
 # Not kw_only, though callers pass keywords: Python fills each missing
 # keyword-only default by a dict lookup, and a record has thirteen of them.
 @attrs.define(eq=False, slots=True)
@@ -61,7 +87,7 @@ class JobRecord:
 
     job_id: str
     job_type: str
-    payload: Any
+    payload: Any  # the handler's; snapshots show ``shown``
     timeout: float
     key: str | None
     # wall_clock_ns() readings; snapshots show them as datetimes.
@@ -85,6 +111,11 @@ class JobRecord:
     # Reply channels of wait() and cancel() calls, answered when the job ends.
     waiters: set[Reply[JobResult]] | None = None
     cancellers: list[Reply[bool]] | None = None
+    # shown_payload(payload), taken when the record is made.
+    shown: Any = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self.shown = shown_payload(self.payload)
 
     def apply(self, event: JobEvent, *, at_ns: int | None = None) -> JobStatus:
         """Move along the transition table and stamp the time it implies.
@@ -110,7 +141,7 @@ class JobRecord:
         return JobResult(
             job_id=self.job_id,
             job_type=self.job_type,
-            payload=self.payload,
+            payload=self.shown,
             status=self.status,
             result=self.result,
             error=self.error,
@@ -165,7 +196,7 @@ def select_page(
             continue
         if job_type is not None and record.job_type != job_type:
             continue
-        if payload_items and not payload_holds(record.payload, payload_items):
+        if payload_items and not payload_holds(record.shown, payload_items):
             continue
         if offset <= total < offset + limit:
             page.append(record.snapshot())

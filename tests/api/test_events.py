@@ -7,6 +7,7 @@ service does, with ``begin_shutdown``; the per-job stream ends by itself.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,6 +17,7 @@ from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api._events import MAX_FILTERS
 from stoat_ferret.api._sse import RESET_DETAIL, RETRY_MS
 from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import InMemoryJobQueue
 from tests.api.support import (
     GatedScan,
     StreamEvent,
@@ -26,13 +28,13 @@ from tests.api.support import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
     from pathlib import Path
 
     import httpx
     from fastapi import FastAPI
 
-    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.jobs import JobContext, JobFeed
     from stoat_ferret.settings import Settings
 
 EVENTS = "/api/v1/events"
@@ -161,15 +163,26 @@ async def test_resume_after_a_gap_gets_only_what_was_missed(settings: Settings) 
 async def test_id_not_in_the_replay_log_gets_one_reset(
     settings: Settings, last_event_id: str
 ) -> None:
-    """An id older than the replay log, or one never sent, gets a ``reset``, then changes."""
+    """An id older than the replay log, or one never sent, gets a ``reset``, then only
+    changes with greater ids (not the running job's state under its older id)."""
+    running, release = anyio.Event(), anyio.Event()
+
+    async def held(ctx: JobContext) -> str:
+        running.set()
+        await release.wait()
+        return "held"
+
     with anyio.fail_after(10):
-        async with started(WatchedSupervisor(replay=4)) as supervisor:
+        async with started(WatchedSupervisor(replay=4, max_workers=2)) as supervisor:
             supervisor.register("echo", _echo)
+            supervisor.register("held", held)
             app = create_app(settings, job_queue=supervisor)
             async with serving(app) as client:
                 first = await supervisor.submit("echo", 0)
                 await supervisor.wait(first)
                 [old] = read_stream((await client.get(f"/api/v1/jobs/{first}/events")).text)
+                holding = await supervisor.submit("held")
+                await running.wait()
                 for number in range(3):  # 12 changes: more than the log keeps
                     await supervisor.wait(await supervisor.submit("echo", number))
                 sent = {
@@ -182,6 +195,8 @@ async def test_id_not_in_the_replay_log_gets_one_reset(
                 async def one_more() -> None:
                     later.append(await supervisor.submit("echo", "later"))
                     await supervisor.wait(later[0])
+                    release.set()
+                    await supervisor.wait(holding)
 
                 response = await _follow_all(
                     app, client, supervisor, one_more, headers={"Last-Event-ID": sent}
@@ -190,8 +205,61 @@ async def test_id_not_in_the_replay_log_gets_one_reset(
     events = [event for event in read_stream(response.text) if event.event]
     assert events[0].event == "reset"
     assert events[0].data == {"detail": RESET_DETAIL, "event_id": int(events[0].id or "")}
-    assert [(event.event, event.data["job_id"]) for event in events[1:]][-1] == ("job", later[0])
-    assert all(int(e.id or "") > int(events[0].id or "") for e in events[1:])
+    after_reset = [(event.data["job_id"], event.data["status"]) for event in events[1:]]
+    assert (holding, "running") not in after_reset  # its state under an id before the reset
+    assert (later[0], "completed") in after_reset
+    assert after_reset[-1] == (holding, "completed")
+    ids = [int(event.id or "") for event in events]
+    assert all(later_id > ids[0] for later_id in ids[1:])
+    assert ids == sorted(set(ids))
+
+
+@pytest.mark.anyio
+async def test_named_jobs_resumed_after_an_old_id_get_only_newer_ids(
+    settings: Settings,
+) -> None:
+    """With ``job_id`` filters and an id older than the replay log, a job whose latest
+    state the client saw is not sent again; the others' states and changes follow, every
+    id greater than the client's."""
+    running, release = anyio.Event(), anyio.Event()
+
+    async def held(ctx: JobContext) -> str:
+        running.set()
+        await release.wait()
+        return "held"
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor(replay=4, max_workers=2)) as supervisor:
+            supervisor.register("echo", _echo)
+            supervisor.register("held", held)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                seen = await supervisor.submit("echo", "seen")
+                await supervisor.wait(seen)
+                [final] = read_stream((await client.get(f"/api/v1/jobs/{seen}/events")).text)
+                holding = await supervisor.submit("held")
+                await running.wait()
+                for number in range(3):  # 12 changes: more than the log keeps
+                    await supervisor.wait(await supervisor.submit("echo", number))
+
+                async def finish() -> None:
+                    release.set()
+                    await supervisor.wait(holding)
+
+                response = await _follow_all(
+                    app,
+                    client,
+                    supervisor,
+                    finish,
+                    params={"job_id": [seen, holding]},
+                    headers={"Last-Event-ID": final.id or ""},
+                )
+
+    events = _jobs(read_stream(response.text))
+    # (its running state may be coalesced into its end)
+    assert {e.data["job_id"] for e in events} == {holding}
+    assert (events[-1].data["job_id"], events[-1].data["status"]) == (holding, "completed")
+    assert all(int(e.id or "") > int(final.id or "") for e in events)
 
 
 @pytest.mark.anyio
@@ -257,6 +325,45 @@ async def test_per_job_stream_resumed_after_its_end_ends_at_once(settings: Setti
     assert (after_end.status_code, after_end.text) == (200, "")
     assert [(e.id, e.data["status"]) for e in read_stream(before_end.text)] == [
         (final.id, "completed")
+    ]
+
+
+class _DroppingInMemoryQueue(InMemoryJobQueue):
+    """Drops the named jobs' changes just before a feed opens: a job evicted
+    between the per-job route's 404 check and its feed."""
+
+    @asynccontextmanager
+    async def watch_all(
+        self,
+        *,
+        after: int | None = None,
+        job_ids: Collection[str] | None = None,
+        job_types: Collection[str] | None = None,
+        until_terminal: bool = False,
+    ) -> AsyncIterator[JobFeed]:
+        for job_id in job_ids or ():
+            self._changes.forget(job_id)
+        async with super().watch_all(
+            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+        ) as feed:
+            yield feed
+
+
+@pytest.mark.anyio
+async def test_per_job_stream_of_a_job_dropped_meanwhile_sends_its_state(
+    settings: Settings,
+) -> None:
+    """A job dropped between the 404 check and the feed still gets one event: its state."""
+    queue = _DroppingInMemoryQueue()
+    queue.register("echo", _echo)
+    with anyio.fail_after(10):
+        async with serving(create_app(settings, job_queue=queue)) as client:
+            job_id = await queue.submit("echo", 1)
+            response = await client.get(f"/api/v1/jobs/{job_id}/events")
+
+    events = read_stream(response.text)
+    assert [(e.id, e.data["job_id"], e.data["status"]) for e in events] == [
+        (None, job_id, "completed")
     ]
 
 

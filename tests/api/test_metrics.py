@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stoat_ferret.api._metrics import UNMATCHED, ServiceMetrics
+from stoat_ferret.api._metrics import (
+    NO_RESPONSE,
+    OTHER_METHOD,
+    UNMATCHED,
+    RequestTimer,
+    ServiceMetrics,
+)
 from stoat_ferret.api.app import create_app
-from stoat_ferret.jobs import JobResult, JobStatus
+from stoat_ferret.jobs import ChangesLost, JobChange, JobNotFound, JobResult, JobStatus
 from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import httpx
+    from starlette.types import Message, Receive, Scope, Send
 
-    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobContext
     from stoat_ferret.settings import Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -175,6 +184,141 @@ async def test_request_latency_by_route_template_and_open_streams(settings: Sett
     assert not any(job_id in str(labels) for _, labels in samples)
     assert _value(streaming, "stoat_sse_streams_open") == 1
     assert _value(samples, "stoat_sse_streams_open") == 0
+
+
+@pytest.mark.anyio
+async def test_unknown_methods_share_one_label(settings: Settings) -> None:
+    """Any method token outside the usual seven is counted as OTHER, so labels stay few."""
+    async with (
+        supervisor_running() as supervisor,
+        serving(create_app(settings, job_queue=supervisor)) as client,
+    ):
+        for method in ("BREW", "PROPFIND", "X-ANYTHING"):
+            await client.request(method, "/api/v1/jobs")
+        await client.request("DELETE", "/api/v1/jobs")
+        samples = await _scrape(client)
+
+    count = "stoat_http_request_duration_seconds_count"
+    methods = {dict(labels).get("method") for name, labels in samples if name == count}
+    assert methods == {"DELETE", OTHER_METHOD}  # (the scrape is counted after its answer)
+    assert _value(samples, count, method=OTHER_METHOD, route="/api/v1/jobs", status="405") == 3
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scope(path: str = "/") -> Scope:
+    return {"type": "http", "method": "GET", "path": path, "headers": []}
+
+
+async def _receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def _discard(message: Message) -> None:
+    pass
+
+
+@pytest.mark.anyio
+async def test_latency_is_time_to_the_response_start() -> None:
+    """A response that streams for long after its start counts only the time to its start."""
+    metrics, clock = ServiceMetrics(), _Clock()
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        clock.now += 0.25  # the handler's work
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        clock.now += 100.0  # the stream stays open
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    await RequestTimer(streaming, metrics, clock)(_scope(), _receive, _discard)
+
+    samples = _samples(metrics.render().decode())
+    labels = {"method": "GET", "route": UNMATCHED, "status": "200"}
+    assert _value(samples, "stoat_http_request_duration_seconds_count", **labels) == 1
+    assert _value(samples, "stoat_http_request_duration_seconds_sum", **labels) == 0.25
+
+
+@pytest.mark.anyio
+async def test_request_cancelled_before_a_response_is_labelled_none() -> None:
+    """A request whose client left before any response is not reported as a 500."""
+    metrics, clock = ServiceMetrics(), _Clock()
+    entered = anyio.Event()
+
+    async def waiting(scope: Scope, receive: Receive, send: Send) -> None:
+        entered.set()
+        clock.now += 3.0
+        await anyio.sleep_forever()
+
+    async def boom(scope: Scope, receive: Receive, send: Send) -> None:
+        raise LookupError("boom")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(RequestTimer(waiting, metrics, clock), _scope(), _receive, _discard)
+            await entered.wait()
+            group.cancel_scope.cancel()
+    with pytest.raises(LookupError):
+        await RequestTimer(boom, metrics, clock)(_scope(), _receive, _discard)
+
+    samples = _samples(metrics.render().decode())
+    count = "stoat_http_request_duration_seconds_count"
+    assert _value(samples, count, method="GET", route=UNMATCHED, status=NO_RESPONSE) == 1
+    assert _value(samples, count, method="GET", route=UNMATCHED, status="500") == 1
+    assert (
+        _value(
+            samples,
+            "stoat_http_request_duration_seconds_sum",
+            method="GET",
+            route=UNMATCHED,
+            status=NO_RESPONSE,
+        )
+        == 3.0
+    )
+
+
+class _Holding:
+    """A queue holding only the given jobs (all ``count_feed`` asks of one)."""
+
+    def __init__(self, *jobs: JobResult) -> None:
+        self.jobs = {job.job_id: job for job in jobs}
+
+    async def get_result(self, job_id: str) -> JobResult:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+
+@pytest.mark.anyio
+async def test_job_seen_again_after_changes_lost_is_not_counted_twice() -> None:
+    """After a ChangesLost, a job counted before it counts only its later steps."""
+    metrics = ServiceMetrics()
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    pending = JobResult(job_id="a", job_type="t", status=JobStatus.PENDING, submitted_at=moment)
+    running = attrs.evolve(pending, status=JobStatus.RUNNING, started_at=moment)
+    done = attrs.evolve(running, status=JobStatus.COMPLETED, finished_at=moment)
+    other = attrs.evolve(pending, job_id="b")
+
+    async def feed() -> AsyncIterator[FeedItem]:
+        yield JobChange(1, pending)
+        yield JobChange(2, other)
+        yield ChangesLost(4)  # "a" started in the gap; "b" was dropped
+        yield JobChange(5, done)
+
+    await metrics.count_feed(feed(), cast("AsyncJobQueue", _Holding(running)))
+
+    samples = _samples(metrics.render().decode())
+    assert _value(samples, "stoat_jobs_submitted_total", job_type="t") == 2
+    assert _value(samples, "stoat_jobs_started_total", job_type="t") == 1
+    assert _value(samples, "stoat_jobs_ended_total", job_type="t", status="completed") == 1
+    assert _value(samples, "stoat_metrics_changes_lost_total") == 1
 
 
 def test_job_first_seen_ended_counts_every_step() -> None:

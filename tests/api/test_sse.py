@@ -228,6 +228,51 @@ async def test_slow_client_gets_the_latest_state_not_a_backlog() -> None:
 
 
 @pytest.mark.anyio
+async def test_slow_client_of_every_job_gets_each_jobs_latest_state() -> None:
+    """On /api/v1/events, a client that reads nothing while three jobs report 200 times
+    each gets a handful of events, ids increasing, each job's last one its end."""
+    client = FakeClient(hold=anyio.Event())
+    release = anyio.Event()
+    stopping = anyio.Event()
+
+    async def chatty(ctx: JobContext) -> str:
+        await release.wait()
+        for step in range(200):
+            ctx.report_progress(step / 200, f"step {step}")
+            await anyio.lowlevel.checkpoint()
+        return "done"
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor(max_workers=3)) as supervisor:
+            supervisor.register("chatty", chatty)
+            app = events_app(supervisor, stopping)
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    app, http_scope("GET", "/api/v1/events"), client.receive, client.send
+                )
+                await supervisor.watch_entered.wait()
+                ids = [await supervisor.submit("chatty") for _ in range(3)]
+                release.set()
+                for job_id in ids:
+                    await supervisor.wait(job_id)
+                stopping.set()  # the stream of every job ends only when the service stops
+                assert client.hold is not None
+                client.hold.set()
+
+    events = [e for e in read_stream(client.body) if e.data]
+    last = {e.data["job_id"]: e.data for e in events}
+    assert {
+        job_id: (job["status"], job["result"]) for job_id, job in last.items()
+    } == dict.fromkeys(ids, ("completed", "done"))
+    event_ids = [int(e.id or "") for e in events]
+    assert event_ids == sorted(set(event_ids))
+    # A few events on their way through FastAPI's stream (see above) and one
+    # pending per job in the feed, never the 600 reports.
+    assert len(events) <= 7 + len(ids), [(e.data["job_id"], e.data["status"]) for e in events]
+    assert client.finished
+
+
+@pytest.mark.anyio
 async def test_headers_say_event_stream_without_length() -> None:
     """text/event-stream, no caching, no buffering, and no Content-Length."""
     client = FakeClient()

@@ -49,6 +49,12 @@ FETCH_HEALTH = f"""async () => {{
 
 expect.set_options(timeout=20_000)
 
+STEADY_HEALTH = {
+    "status": "ok",
+    "version": "",
+    "jobs": {"pending": 0, "running": 0, "submitted": 1},
+}
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
@@ -144,18 +150,29 @@ def test_two_tabs_follow_six_running_scans_without_stalling(
 
 def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: Path) -> None:
     """While the service restarts the page says "reconnecting…"; then it is live again,
-    and a scan started afterwards with an HTTP client appears with its path."""
+    resumes with the last id it saw, gets a ``reset`` and reloads the job list (the jobs
+    of the previous run are gone), and a scan started afterwards with an HTTP client
+    appears with its path."""
     env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="1")
-    clip_dir = tmp_path / "root" / "after-restart"
-    clip_dir.mkdir()
-    make_video(clip_dir / "one.mp4")
+    clip_dirs = []
+    for name in ("before-restart", "after-restart"):
+        clip_dir = tmp_path / "root" / name
+        clip_dir.mkdir(parents=True)
+        make_video(clip_dir / "one.mp4")
+        clip_dirs.append(clip_dir)
+    before_dir, clip_dir = clip_dirs
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
+    # /health's "submitted" would reload the list too (it drops at the restart):
+    # held constant, so only the stream's ``reset`` can.
+    page.route("**/health", lambda route: route.fulfill(json=STEADY_HEALTH))
     live = page.locator("#jobs-live")
 
     with running_server(tmp_path, env, log_name="first.log") as process:
         base_url = wait_ready(process, tmp_path / "first.log")
         console = _open_tab(page, base_url)
+        _scan(base_url, before_dir)  # its events give the page an id to resume after
+        expect(_job(page, before_dir).locator(".badge")).to_have_text("completed")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_WITHIN) == 0
         expect(live).to_have_text("reconnecting…")
@@ -165,6 +182,8 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
     with running_server(tmp_path, env, log_name="second.log") as process:
         assert wait_ready(process, tmp_path / "second.log") == base_url
         expect(live).to_have_text("live")
+        expect(_job(page, before_dir)).to_have_count(0)  # the list was reloaded
+        expect(page.locator("#jobs-empty")).to_be_visible()
         _scan(base_url, clip_dir)
         job = _job(page, clip_dir)
         expect(job.locator(".badge")).to_have_text("completed")
@@ -173,3 +192,55 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
         assert process.wait(timeout=STOP_WITHIN) == 0
 
     assert console.errors == []
+
+
+# The page's reconnect timers are recorded instead of run, so the test sees
+# each wait and opens the stream again itself; Math.random is fixed at 0,
+# the shortest wait of each jittered range (half the backed-off ceiling).
+RECORD_RECONNECTS = """
+window.reconnectWaits = [];
+const realSetTimeout = window.setTimeout;
+window.setTimeout = (callback, ms, ...rest) => {
+  if (callback && callback.name === "connectEvents") {
+    window.reconnectWaits.push(ms);
+    window.reconnectNow = callback;
+    return 0;
+  }
+  return realSetTimeout(callback, ms, ...rest);
+};
+Math.random = () => 0;
+"""
+
+
+def test_refused_stream_is_opened_again_later_and_later(browser: Browser, tmp_path: Path) -> None:
+    """A stream the service refuses (503) is opened again after a wait that doubles with
+    each refusal in a row up to a ceiling, and each refusal reloads the job list."""
+    env = server_environment(tmp_path)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.add_init_script(RECORD_RECONNECTS)
+    lists: list[str] = []
+    page.on(
+        "request",
+        lambda request: lists.append(request.url) if "/api/v1/jobs?" in request.url else None,
+    )
+    page.route(
+        "**/api/v1/events*",
+        lambda route: route.fulfill(status=503, json={"detail": "the service is stopping"}),
+    )
+    expected = [1000, 2000, 4000, 8000, 16000, 30000, 30000]
+    with running_server(tmp_path, env) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        page.goto(f"{base_url}/")
+        expect(page.locator("#jobs-live")).to_have_text("reconnecting…")
+        for refused in range(1, len(expected) + 1):
+            page.wait_for_function("(n) => window.reconnectWaits.length === n", arg=refused)
+            if refused < len(expected):
+                page.evaluate("() => window.reconnectNow()")
+        waits = page.evaluate("() => window.reconnectWaits")
+        context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+
+    assert waits == expected
+    assert lists  # the refusals reloaded the list (the page never opened a stream)

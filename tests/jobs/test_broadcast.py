@@ -65,8 +65,8 @@ async def test_resume_at_the_newest_id_gives_nothing_and_at_the_oldest_everythin
 
     assert newest == []
     assert _summary(oldest) == [("b", "pending"), ("c", "pending"), ("d", "pending")]
-    assert isinstance(too_old[0], ChangesLost)
-    assert too_old[0].event_id == changes.last_event_id
+    # Only the reset: the jobs' states would carry ids older than it.
+    assert too_old == [ChangesLost(changes.last_event_id)]
 
 
 async def test_named_feed_resumes_only_its_own_jobs() -> None:
@@ -86,6 +86,32 @@ async def test_named_feed_resumes_only_its_own_jobs() -> None:
 
     assert _summary(resumed) == [("a", "running")]
     assert _summary(too_old) == [("a", "running")]  # its state, not a reset
+
+
+async def test_named_feed_never_resends_a_state_at_or_before_its_after() -> None:
+    """A named feed whose ``after`` left the log sends only states newer than ``after``."""
+    changes = JobChanges(replay=2)
+    a, b, c = _record("a"), _record("b"), _record("c")
+    changes.publish(a)
+    changes.publish(b)
+    a.apply(JobEvent.START)
+    changes.publish(a)
+    seen = changes.last_event_id  # the follower saw a running
+    c.apply(JobEvent.START)
+    changes.publish(c)
+    for _ in range(2):
+        changes.publish(b)  # pushes everything up to ``seen`` out of the log
+
+    feed = changes.open_feed(after=seen, job_ids=["a", "b", "c"])
+    c.apply(JobEvent.COMPLETE)
+    changes.publish(c)
+    items = await _drain(feed)
+
+    # a's latest state is the one the follower saw: not sent again.
+    assert _summary(items) == [("b", "pending"), ("c", "completed")]
+    ids = [item.event_id for item in items if isinstance(item, JobChange)]
+    assert all(event_id > seen for event_id in ids)
+    assert ids == sorted(ids)
 
 
 async def test_type_filter_applies_to_replay_and_to_new_changes() -> None:

@@ -252,6 +252,30 @@ async def test_payload_is_in_every_snapshot(make_queue: QueueFactory) -> None:
     assert [update.payload for update in watched] == [payload]
 
 
+async def test_payload_shown_is_a_copy_taken_at_submit(make_queue: QueueFactory) -> None:
+    """Mutating the submitted payload once the job is known, here or in the handler,
+    changes no snapshot."""
+    payload: dict[str, Any] = {"path": "/srv/videos", "options": {"recursive": False}}
+
+    async def mutating(ctx: JobContext) -> None:
+        ctx.payload["path"] = "/changed/by/handler"
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("mutating", mutating)
+            job_id = await queue.submit("mutating", payload)
+            before = await queue.get_result(job_id)  # the queue has made the job's record
+            payload["options"]["recursive"] = True
+            payload["extra"] = 1
+            after = await queue.wait(job_id)
+            listed = await queue.list_jobs(payload_items={"path": "/srv/videos"})
+
+    shown = {"path": "/srv/videos", "options": {"recursive": False}}
+    assert before.payload == after.payload == shown
+    assert [job.job_id for job in listed.jobs] == [job_id]
+    assert payload["path"] == "/changed/by/handler"  # the handler got the object itself
+
+
 async def test_list_jobs_filters_by_payload_items(make_queue: QueueFactory) -> None:
     """payload_items keeps the jobs whose dict payload holds each item, counting only them."""
 

@@ -21,7 +21,12 @@ const JOB_PAGE = 20;
 const VIDEO_PAGE = 20;
 // A browser opens about 6 connections per host across all its tabs: one
 // event stream per page, whatever the number of jobs, leaves the rest free.
+// A stream the browser gave up on (a 503 while stopping, a 401) is opened
+// again after RECONNECT_MS, doubling after each failure in a row up to
+// RECONNECT_MAX_MS (an EventSource cannot read Retry-After), with jitter so
+// that many pages do not come back at the same moment.
 const RECONNECT_MS = 2000;
+const RECONNECT_MAX_MS = 60000;
 const HEALTH_EVERY_MS = 5000;
 const TERMINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
 
@@ -401,6 +406,13 @@ let events = null; // the page's one EventSource
 let lastEventId = ""; // the id of the last event applied, to resume after
 let eventCount = 0; // events applied so far (orders them against list reloads)
 let reconnectTimer = null;
+let reconnectFailures = 0; // streams closed in a row without opening
+
+/** The wait before opening a closed stream again: backed off, with jitter. */
+function reconnectDelay() {
+  const ceiling = Math.min(RECONNECT_MS * 2 ** reconnectFailures, RECONNECT_MAX_MS);
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
 
 function showLive(state, text) {
   let badge = byId("jobs-live");
@@ -421,6 +433,7 @@ function connectEvents() {
   const source = new EventSource(`${API}/events${query}`);
   events = source;
   source.onopen = () => {
+    reconnectFailures = 0;
     showLive("ok", "live");
     // A fresh stream brings the jobs not ended and then changes: the list shows
     // the rest. It is open before the list is asked for, so no change falls in
@@ -445,12 +458,14 @@ function connectEvents() {
   source.onerror = () => {
     showLive("down", "reconnecting…");
     // CONNECTING: the browser retries by itself, with Last-Event-ID. CLOSED:
-    // it gave up (the service answered 503 while stopping): start again later.
+    // it gave up (the service answered 503 while stopping, or 401): reload the
+    // list, which says why (a token message for a 401), and start again later.
     if (source.readyState === EventSource.CLOSED) {
       // An EventSource does not say why it closed: the list says it (a 401 asks
       // for the access token, an unreachable service says so).
       reloadJobs();
-      reconnectTimer = setTimeout(connectEvents, RECONNECT_MS);
+      reconnectTimer = setTimeout(connectEvents, reconnectDelay());
+      reconnectFailures += 1;
     }
   };
 }
