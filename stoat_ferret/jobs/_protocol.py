@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from contextlib import AbstractAsyncContextManager
 
-    from stoat_ferret.jobs._models import Handler, JobPage, JobResult, JobStatus, QueueStatistics
+    from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
+    from stoat_ferret.jobs._paging import JobPage
 
 
 @runtime_checkable
