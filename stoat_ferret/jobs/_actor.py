@@ -128,10 +128,8 @@ class Actor:
     async def _loop(self, inbox: MemoryObjectReceiveStream[Message]) -> None:
         table = self.table
         while not table.idle:
-            try:
-                message = inbox.receive_nowait()
-            except anyio.WouldBlock:
-                message = await inbox.receive()
+            # The inbox is empty here (the batch below drained it): wait.
+            message = await inbox.receive()
             table.now = anyio.current_time()
             table.handle(message)
             while True:

@@ -191,7 +191,7 @@ class JobTable:
             "job {job_id} ({job_type}) started",
             job_id=job_id,
             job_type=record.job_type,
-            status=record.status.value,
+            status=record.status,
         )
         self.publish_change(record)
 
@@ -233,7 +233,7 @@ class JobTable:
             "job {job_id} ({job_type}) submitted",
             job_id=record.job_id,
             job_type=record.job_type,
-            status=record.status.value,
+            status=record.status,
         )
         if reply is not None:
             reply.send(record.job_id)
@@ -319,7 +319,7 @@ class JobTable:
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",
             job_id=record.job_id,
             job_type=record.job_type,
-            status=status.value,
+            status=status,
             duration=record.duration,
             error=record.error,
         )
