@@ -1,0 +1,102 @@
+"""run_worker: one worker task, from assignment to JobStarted and JobFinished."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.jobs._messages import Assignment, JobFinished, JobStarted, Message
+from stoat_ferret.jobs._shared import Phase, Shared
+from stoat_ferret.jobs._state import JobEvent
+from stoat_ferret.jobs._worker import run_worker
+
+if TYPE_CHECKING:
+    from stoat_ferret.jobs import JobContext
+
+pytestmark = pytest.mark.anyio
+
+
+async def _returns(ctx: JobContext) -> Any:
+    return ctx.payload
+
+
+async def _raises(ctx: JobContext) -> Any:
+    raise LookupError(ctx.payload)
+
+
+async def _sleeps(ctx: JobContext) -> Any:
+    await anyio.sleep_forever()
+
+
+async def _run(
+    assignments: list[Assignment], shared: Shared, *, close: bool = False
+) -> list[Message]:
+    """Feed ``assignments`` to one worker (after ``shared.close()`` if ``close``),
+    end the stream, return what it sent."""
+    work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
+    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+    for assignment in assignments:
+        shared.take()
+        work_send.send_nowait(assignment)
+    work_send.close()
+    if close:
+        shared.close()
+    with anyio.fail_after(10):
+        await run_worker(work_receive, inbox_send, shared, lambda *args: None)
+    inbox_send.close()
+    with inbox_receive:
+        return [message async for message in inbox_receive]
+
+
+def _shared() -> Shared:
+    shared = Shared(10)
+    shared.phase = Phase.RUNNING
+    return shared
+
+
+async def test_each_job_is_started_then_finished_in_order() -> None:
+    """JobStarted (inside the job's scope) then JobFinished, job after job."""
+
+    messages = await _run(
+        [Assignment("a", "t", 1, 5.0, _returns), Assignment("b", "t", 2, 5.0, _raises)], _shared()
+    )
+
+    assert [type(message) for message in messages] == [
+        JobStarted,
+        JobFinished,
+        JobStarted,
+        JobFinished,
+    ]
+    assert messages[1] == JobFinished("a", JobEvent.COMPLETE, 1)
+    failed = messages[3]
+    assert isinstance(failed, JobFinished)
+    assert (failed.job_id, failed.event) == ("b", JobEvent.FAIL)
+    assert isinstance(failed.exception, LookupError)
+
+
+async def test_the_timeout_counts_from_the_start_and_is_caught_by_the_scope() -> None:
+    """A job past its resolved timeout ends with event None (its own scope caught it)."""
+
+    messages = await _run([Assignment("a", "t", None, 0.01, _sleeps)], _shared())
+
+    started, finished = messages
+    assert isinstance(started, JobStarted)
+    assert started.scope.cancelled_caught
+    assert finished == JobFinished("a", None)
+
+
+async def test_withdrawn_and_closing_jobs_are_skipped() -> None:
+    """A withdrawn job and every job after close() never start."""
+
+    shared = _shared()
+    shared.withdraw("a")
+    messages = await _run([Assignment("a", "t", None, 5.0, _returns)], shared)
+    assert messages == []
+    assert shared.withdrawn == set()
+
+    messages = await _run([Assignment("b", "t", None, 5.0, _returns)], shared, close=True)
+    assert messages == []
+    assert shared.taken == 2  # slots of jobs that never started are the actor's to give back
