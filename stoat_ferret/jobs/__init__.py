@@ -1,5 +1,11 @@
 """The in-process job supervisor and its test double.
 
+:class:`JobSupervisor` runs registered async handlers as jobs, each under
+its own ``move_on_after`` timeout, in worker tasks of a task group its
+``run()`` opens; :class:`InMemoryJobQueue` runs each job inline in
+``submit``. Both satisfy :class:`AsyncJobQueue`, the part the web app uses.
+supervisor.md (at the repository's root) is the design.
+
 Never imports FastAPI: the web app depends on this package, not the reverse.
 """
 
@@ -18,11 +24,11 @@ from stoat_ferret.jobs._inmemory import InMemoryJobQueue
 from stoat_ferret.jobs._models import (
     Handler,
     JobContext,
-    JobPage,
     JobResult,
     JobStatus,
     QueueStatistics,
 )
+from stoat_ferret.jobs._paging import JobPage
 from stoat_ferret.jobs._protocol import AsyncJobQueue
 from stoat_ferret.jobs._state import TERMINAL, JobEvent
 from stoat_ferret.jobs._supervisor import JobSupervisor

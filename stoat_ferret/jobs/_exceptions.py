@@ -16,12 +16,6 @@ both with 503 and ``Retry-After``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from stoat_ferret.jobs._models import JobStatus
-    from stoat_ferret.jobs._state import JobEvent
-
 
 class JobError(Exception):
     """Root of every error the job queues raise on purpose."""
@@ -67,13 +61,15 @@ class InvalidTransition(JobError):
     """Raised when an event does not apply to a job's current status.
 
     Seeing one means a bug in the supervisor: the actor only applies events
-    the transition table allows.
+    the transition table allows. ``status`` and ``event`` are a ``JobStatus``
+    and a ``JobEvent`` (both string enums); this module imports neither, so
+    that the exceptions depend on nothing else in the package.
     """
 
-    def __init__(self, status: JobStatus, event: JobEvent) -> None:
+    def __init__(self, status: str, event: str) -> None:
         super().__init__(status, event)
         self.status = status
         self.event = event
 
     def __str__(self) -> str:
-        return f"event {self.event.value!r} is not allowed in status {self.status.value!r}"
+        return f"event {str(self.event)!r} is not allowed in status {str(self.status)!r}"

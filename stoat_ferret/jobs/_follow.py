@@ -20,24 +20,32 @@ if TYPE_CHECKING:
 
 
 class JobUpdates:
-    """An async iterator of :class:`JobResult` that ends after the terminal state."""
+    """An async iterator of :class:`JobResult` that ends after the terminal state.
 
-    __slots__ = ("_ended", "_finished", "_queue", "_wakeup")
+    One task at a time may iterate: a second one waiting at the same time
+    gets ``anyio.BusyResourceError``. Once the ``watch()`` block that made it
+    is left, iterating ends at once.
+    """
+
+    __slots__ = ("_closed", "_finished", "_queue", "_wakeup")
 
     def __init__(self) -> None:
         self._queue: deque[JobResult] = deque()
-        self._wakeup: anyio.Event | None = None
-        self._finished = False
-        self._ended = False
+        self._wakeup: anyio.Event | None = None  # set while a task waits
+        self._finished = False  # the terminal state was handed out
+        self._closed = False  # the watch() block was left
 
-    def end(self) -> None:
-        """End the iteration after what is queued (the job vanished: evicted)."""
-        self._ended = True
+    def close(self) -> None:
+        """End the iteration now, queued snapshots included."""
+        self._closed = True
+        self._queue.clear()
         if self._wakeup is not None:
             self._wakeup.set()
 
     def push(self, snapshot: JobResult) -> None:
         """Queue ``snapshot``, replacing a queued one with the same live status."""
+        if self._closed:
+            return
         last = self._queue[-1] if self._queue else None
         if last is not None and last.status is snapshot.status and not last.status.is_terminal:
             self._queue[-1] = snapshot
@@ -50,16 +58,17 @@ class JobUpdates:
         return self
 
     async def __anext__(self) -> JobResult:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._queue:
-            await checkpoint()
-        while not self._queue:
-            if self._ended:
-                raise StopAsyncIteration
+        if self._wakeup is not None:
+            raise anyio.BusyResourceError("reading updates from")
+        await checkpoint()
+        while not (self._queue or self._finished or self._closed):
             self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-        self._wakeup = None
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._wakeup = None
+        if self._finished or self._closed:
+            raise StopAsyncIteration
         snapshot = self._queue.popleft()
         self._finished = snapshot.status.is_terminal
         return snapshot

@@ -16,19 +16,19 @@ from anyio.lowlevel import checkpoint
 
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges, JobFeed
 from stoat_ferret.jobs._exceptions import JobNotFound
-from stoat_ferret.jobs._execute import execute
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._models import (
     Handler,
     JobContext,
-    JobPage,
     JobResult,
     JobStatus,
     QueueStatistics,
 )
-from stoat_ferret.jobs._record import JobRecord, describe, select_page, wall_clock_ns
+from stoat_ferret.jobs._paging import JobPage, select_page
+from stoat_ferret.jobs._record import JobRecord, describe, wall_clock_ns
 from stoat_ferret.jobs._registry import JobRegistry
 from stoat_ferret.jobs._state import JobEvent
+from stoat_ferret.jobs._worker import execute
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
@@ -84,24 +84,25 @@ class InMemoryJobQueue:
             self._active_keys[key] = record.job_id
         self._changes.publish(record)  # created
         record.apply(JobEvent.START)
-        record.scope = anyio.move_on_after(seconds)
-        self._changes.publish(record)
+        self._changes.publish(record)  # started
         record.publish()
         context = JobContext(record.job_id, job_type, payload, sink=self._progress)
+        outcome = None
         try:
-            outcome = await execute(spec.handler, context, record.scope)
+            with anyio.move_on_after(seconds) as scope:
+                record.scope = scope
+                outcome = await execute(spec.handler, context, scope)
         except BaseException:  # the caller of submit was cancelled: end the job, re-raise
             self._end(record, JobEvent.CANCEL, error="submit() was cancelled")
             raise
-        if outcome.event is JobEvent.COMPLETE:
+        if outcome is None:
+            event, error = record.stopped_by()
+            self._end(record, event, error=error)
+        elif outcome.event is JobEvent.COMPLETE:
             self._end(record, JobEvent.COMPLETE, result=outcome.value)
-        elif outcome.event is JobEvent.FAIL:
+        else:
             assert outcome.exception is not None
             self._end(record, JobEvent.FAIL, error=describe(outcome.exception))
-        elif record.cancel_reason is not None:
-            self._end(record, JobEvent.CANCEL, error=record.cancel_reason)
-        else:
-            self._end(record, JobEvent.TIME_OUT, error=f"timed out after {seconds:g} s")
         return record.job_id
 
     def _progress(self, job_id: str, fraction: float, message: str | None) -> None:
@@ -122,6 +123,7 @@ class InMemoryJobQueue:
         self._totals[record.apply(event)] += 1
         if record.key is not None:
             self._active_keys.pop(record.key, None)
+        record.scope = None
         self._changes.publish(record)
         record.publish()
         self._done[record.job_id].set()
@@ -141,18 +143,17 @@ class InMemoryJobQueue:
         return self._record(job_id).snapshot()
 
     async def wait(self, job_id: str) -> JobResult:
+        await checkpoint()
         record = self._record(job_id)
         await self._done[job_id].wait()
         return record.snapshot()
 
     async def cancel(self, job_id: str) -> bool:
+        await checkpoint()
         record = self._record(job_id)
         if record.status.is_terminal:
-            await checkpoint()
             return False
-        record.cancel_reason = "cancelled by request"
-        assert record.scope is not None  # inline jobs are running from the start
-        record.scope.cancel()
+        record.interrupt("cancelled by request")  # inline jobs are running from the start
         await self._done[job_id].wait()
         return record.status is JobStatus.CANCELLED
 
@@ -177,12 +178,14 @@ class InMemoryJobQueue:
 
     @asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[AsyncIterator[JobResult]]:
+        await checkpoint()
         record = self._record(job_id)
         updates = JobUpdates()
         record.follow(updates)
         try:
             yield updates
         finally:
+            updates.close()
             record.unfollow(updates)
 
     @asynccontextmanager

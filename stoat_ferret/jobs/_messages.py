@@ -1,16 +1,12 @@
-"""The supervisor actor's inbox: commands in, facts out.
+"""The supervisor actor's inbox: commands in, facts out, and the workers' assignments.
 
 Commands (verbs) come from callers of the public API; facts (past tense)
-come from workers, job contexts and timers. Every message is immutable; one
-that needs an answer carries its reply channel. The actor is the only reader
-of the inbox, and the only code that changes a job record.
+come from workers, job contexts and timers. The actor is the only reader of
+the inbox, and the only code that changes a job record.
 
-The three messages every job sends (:class:`Submit`, :class:`JobStarted`,
-:class:`JobFinished`) are ``NamedTuple`` classes rather than frozen attrs
-classes: a frozen slotted attrs instance sets each field through
-``object.__setattr__``, and building these three cost about 20,000
-instructions per job, against 11,000 as named tuples. They stay immutable,
-typed, and matched by class in the actor like the others.
+Every message is a ``typing.NamedTuple``: immutable, typed, and matched in
+the actor by class and by keyword (``case Cancel(job_id=job_id)``), never by
+position. One that needs an answer carries its :class:`Reply` channel.
 """
 
 from __future__ import annotations
@@ -18,13 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 import anyio
-import attrs
 
 if TYPE_CHECKING:
     from anyio import CancelScope
 
     from stoat_ferret.jobs._follow import JobUpdates
     from stoat_ferret.jobs._models import Handler, JobResult
+    from stoat_ferret.jobs._record import JobRecord
     from stoat_ferret.jobs._state import JobEvent
 
 T = TypeVar("T")
@@ -32,8 +28,8 @@ T = TypeVar("T")
 
 class Reply(Generic[T]):
     """A one-shot reply channel: the actor sends once, never blocking; the
-    requester receives. A requester that gave up leaves nobody listening,
-    which is fine: the value is dropped with the channel."""
+    requester receives. A requester that gave up sends :class:`Forget`, so
+    that the actor drops the channel instead of keeping it until the job ends."""
 
     __slots__ = ("_event", "_value")
 
@@ -60,8 +56,11 @@ class Reply(Generic[T]):
         return value  # type: ignore[return-value]  # set, and not an Exception
 
 
+# ------------------------------------------------------------ commands
+
+
 class Submit(NamedTuple):
-    """From ``submit``: record a pending job and queue it for the workers.
+    """From ``submit``: record a pending job and assign it to the workers.
 
     Unkeyed submits carry no reply: the caller already holds an admission
     slot and the id. Keyed ones are admitted by the actor, which answers with
@@ -70,109 +69,90 @@ class Submit(NamedTuple):
     job_id: str
     job_type: str
     payload: Any
-    timeout: float
+    timeout: float  # resolved: submit's, else the type's, else the default
     key: str | None
     submitted_ns: int  # a wall_clock_ns() reading
-    handler: Handler  # the type's, looked up by submit (which checks the type)
+    handler: Handler
     reply: Reply[str] | None
 
 
-@attrs.frozen
-class Cancel:
-    """From ``cancel``, after it withdrew the pending job or cancelled the
-    running job's scope: end the job; the reply (True: it ended cancelled)
-    comes once it is terminal."""
+class Cancel(NamedTuple):
+    """From ``cancel`` (after it withdrew a job it saw pending): end the job;
+    the reply (True: it ended cancelled) comes once it is terminal."""
 
     job_id: str
     reply: Reply[bool]
 
 
-@attrs.frozen
-class Wait:
+class Wait(NamedTuple):
     """From ``wait``: answer with the job's snapshot once it is terminal."""
 
     job_id: str
     reply: Reply[JobResult]
 
 
-@attrs.frozen
-class Unwait:
-    """From ``wait``, when it gave up before its answer came (cancelled, or
-    timed out by its caller): forget ``reply``, so that callers who stop
-    waiting leave nothing behind on a long-running job."""
+class Forget(NamedTuple):
+    """From ``wait`` or ``cancel`` that gave up before its answer came: drop
+    ``reply``, so that abandoned calls leave nothing on a long-running job."""
 
     job_id: str
-    reply: Reply[JobResult]
+    reply: Reply[Any]
 
 
-@attrs.frozen
-class Follow:
-    """From ``watch``: push the job's state to ``updates`` from now on."""
+class Follow(NamedTuple):
+    """From ``watch``: push the job's state to ``updates`` from now on.
 
-    job_id: str
+    Carries the record ``watch`` found rather than the id: a job evicted
+    before this is handled is terminal, and its follower still gets that."""
+
+    record: JobRecord
     updates: JobUpdates
 
 
-@attrs.frozen
-class Unfollow:
+class Unfollow(NamedTuple):
     """From ``watch`` on exit: stop pushing to ``updates``."""
 
     job_id: str
     updates: JobUpdates
 
 
-@attrs.frozen
-class Sync:
-    """From a lookup that missed: reply once every earlier message is handled."""
+class Sync(NamedTuple):
+    """From ``list_jobs`` and from lookups that missed: reply once every
+    earlier message is handled."""
 
     reply: Reply[None]
 
 
-@attrs.frozen
-class Shutdown:
+class Shutdown(NamedTuple):
     """From ``aclose``: cancel pending jobs, give running ones their grace."""
 
 
-@attrs.frozen
-class Tick:
-    """From the timers: time passed; evict expired jobs, enforce the grace."""
+# --------------------------------------------------------------- facts
 
 
 class JobStarted(NamedTuple):
-    """From a worker: it took the job and is about to call its handler.
+    """From a worker, inside the job's ``move_on_after``: the handler starts now.
 
-    ``previous`` is how the worker's last job ended, when the worker went
-    straight from that job to this one: one message for both facts, handled
-    in order. Nothing ran in between (the worker did not yield), so no one
-    can tell; it saves the inbox a message per job when jobs queue up.
-
-    The actor answers by giving the job's scope its deadline: ``timeout``
-    seconds from its own clock reading for the batch, which comes after the
-    start by the time the loop took to get to the actor.
-    """
+    The job becomes ``running``; ``scope`` is how the actor cancels it."""
 
     job_id: str
     started_ns: int  # a wall_clock_ns() reading
-    scope: CancelScope  # the job's own, made by the worker as it starts the job
-    previous: JobFinished | None = None
+    scope: CancelScope
 
 
-@attrs.frozen
-class JobProgressed:
-    """From a job's context: the handler reported progress."""
+class JobProgressed(NamedTuple):
+    """From a job's context: there is a new progress figure (in ``Shared.progress``)."""
 
     job_id: str
-    fraction: float
-    message: str | None
 
 
 class JobFinished(NamedTuple):
-    """From a worker: how the handler ended (``execute`` builds it).
+    """From a worker: how the handler ended.
 
     ``event`` is ``COMPLETE`` (with the returned ``value``) or ``FAIL`` (with
     the ``exception``), or ``None`` when the job's own scope caught a
-    cancellation (its deadline, or a cancel request): which of ``TIME_OUT``
-    and ``CANCEL`` that means is for the job's owner to decide.
+    cancellation: its deadline, or the actor's interruption, whichever came
+    first (``JobRecord.interrupt`` keeps that).
     """
 
     job_id: str
@@ -181,33 +161,43 @@ class JobFinished(NamedTuple):
     exception: Exception | None = None
 
 
+class GraceEnded(NamedTuple):
+    """From the grace timer, ``shutdown_grace`` seconds after ``Shutdown``:
+    cancel every job still running."""
+
+
+class Tick(NamedTuple):
+    """From the retention timer, when the oldest finished job expires: evict
+    expired jobs, then reply (the timer re-arms only after that)."""
+
+    reply: Reply[None]
+
+
 Message: TypeAlias = (
     Submit
     | Cancel
     | Wait
-    | Unwait
+    | Forget
     | Follow
     | Unfollow
     | Sync
     | Shutdown
-    | Tick
     | JobStarted
     | JobProgressed
     | JobFinished
+    | GraceEnded
+    | Tick
 )
 
 
-Assignment: TypeAlias = "tuple[Handler, str, str, Any]"
-"""From the actor to the workers, one per pending job, in submit order:
-``(handler, job_id, job_type, payload)``. The worker makes the job's cancel
-scope and :class:`JobContext` only when it starts the job: a pending job
-holds two objects (its record and this tuple), not six, for the garbage
-collector to walk; with 100,000 jobs queued that was 12% of the run time.
+class Assignment(NamedTuple):
+    """From the actor to the workers, one per pending job, in submit order.
 
-A worker skips the assignment of a job that ``cancel`` withdrew
-(``JobTable.withdrawn``) or that comes after shutdown began.
+    A worker skips the assignment of a job that ``cancel`` withdrew, and every
+    assignment once shutdown began (``Shared.may_start``)."""
 
-A plain tuple rather than a frozen attrs class: building a frozen slotted
-class of four fields costs about 7,000 instructions, a tuple about 400, and
-the workers unpack it at once.
-"""
+    job_id: str
+    job_type: str
+    payload: Any
+    timeout: float  # resolved; the worker opens move_on_after(timeout) with it
+    handler: Handler

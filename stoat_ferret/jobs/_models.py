@@ -1,13 +1,15 @@
 """Values that describe jobs: their status, their results and their context.
 
 Everything here that crosses a task boundary is immutable: ``@attrs.frozen``,
-or read-only properties for the one object built per job (:class:`JobContext`).
+or read-only properties for the one object built per job (:class:`JobContext`;
+supervisor.md's Performance section says why it is not an attrs class).
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -65,14 +67,6 @@ class JobResult:
     finished_at: datetime | None = None
 
 
-@attrs.frozen
-class JobPage:
-    """One page of :meth:`list_jobs`: the jobs, newest first, and how many matched."""
-
-    jobs: tuple[JobResult, ...]
-    total: int
-
-
 ProgressSink: TypeAlias = Callable[[str, float, "str | None"], None]
 
 
@@ -89,19 +83,20 @@ class JobContext:
 
     ``report_progress`` never blocks and never waits for an observer: it hands
     the figure to the queue and returns, so calling it once per file is fine.
-
-    The fields are read-only properties. Not a frozen attrs class like the
-    rest of this module: one is built per job, and a frozen class sets each
-    field through ``object.__setattr__`` (6,200 instructions against 2,500).
+    Reports that come faster than the queue takes them are coalesced (the
+    last one wins). Call it from the event loop's thread, that is from the
+    handler itself; from a worker thread, go through
+    ``anyio.from_thread.run_sync(ctx.report_progress, ...)``.
     """
 
-    __slots__ = ("_job_id", "_job_type", "_payload", "_sink")
+    __slots__ = ("_job_id", "_job_type", "_payload", "_sink", "_thread")
 
     def __init__(self, job_id: str, job_type: str, payload: Any, sink: ProgressSink) -> None:
         self._job_id = job_id
         self._job_type = job_type
         self._payload = payload
         self._sink = sink
+        self._thread = threading.get_ident()  # the event loop's: contexts are made there
 
     @property
     def job_id(self) -> str:
@@ -121,7 +116,13 @@ class JobContext:
 
         Raises:
             ValueError: ``fraction`` is NaN or outside 0..1.
+            RuntimeError: called from another thread than the event loop's.
         """
+        if threading.get_ident() != self._thread:
+            raise RuntimeError(
+                "JobContext.report_progress() was called from a worker thread; call it "
+                "from the handler, or use anyio.from_thread.run_sync(ctx.report_progress, ...)"
+            )
         self._sink(self._job_id, check_fraction(fraction), message)
 
     def __repr__(self) -> str:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from stoat_ferret.jobs._broadcast import JobFeed
-    from stoat_ferret.jobs._models import Handler, JobPage, JobResult, JobStatus, QueueStatistics
+    from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
+    from stoat_ferret.jobs._paging import JobPage
 
 
 @runtime_checkable

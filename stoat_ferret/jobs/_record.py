@@ -1,8 +1,8 @@
 """The mutable record of one job, private to whoever owns the job table.
 
-In :class:`JobSupervisor` only the actor task touches a record; the
-in-memory queue touches its own. Other tasks see :class:`JobResult`
-snapshots, never records.
+In :class:`JobSupervisor` only the actor task changes a record; the
+in-memory queue changes its own. Other tasks see :class:`JobResult`
+snapshots, or read a record's fields between the owner's steps.
 """
 
 from __future__ import annotations
@@ -15,22 +15,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from stoat_ferret.jobs._models import JobPage, JobResult, JobStatus
+from stoat_ferret.jobs._models import JobResult, JobStatus
 from stoat_ferret.jobs._state import TERMINAL, JobEvent, next_status
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-
     from anyio import CancelScope
 
     from stoat_ferret.jobs._follow import JobUpdates
     from stoat_ferret.jobs._messages import Reply
 
 
-# Records keep their times as time.time_ns() readings and turn them into
-# datetimes only for snapshots: reading the clock this way costs about 1,000
-# instructions, datetime.now(UTC) 3,600, three times per job.
 wall_clock_ns = time.time_ns
+"""The clock of job times; snapshots turn its readings into datetimes."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -83,7 +79,7 @@ def shown_payload(payload: Any) -> Any:
 # keyword-only default by a dict lookup, and a record has thirteen of them.
 @attrs.define(eq=False, slots=True)
 class JobRecord:
-    """Everything known about one job. Mutated only through :meth:`apply`."""
+    """Everything known about one job. Its status changes only through :meth:`apply`."""
 
     job_id: str
     job_type: str
@@ -101,16 +97,17 @@ class JobRecord:
     finished_ns: int | None = None
     # Invariant: finite only once the job is terminal (clock of the event loop).
     expires_at: float = math.inf
-    # The job's cancel scope, from the actor's JobStarted on; None before
-    # and once terminal.
+    # The job's move_on_after scope, opened by its worker; None before the
+    # owner hears the job started, and once it is terminal.
     scope: CancelScope | None = None
-    # Why the job was asked to stop; None means "not asked", so a caught
-    # cancellation of the scope can only be its deadline.
-    cancel_reason: str | None = None
+    # Why the job's scope was cancelled, as the event and error it ends with
+    # if the handler stops there; None: nobody interrupted it. Set once:
+    # the first interruption wins (see interrupt()).
+    interruption: tuple[JobEvent, str] | None = None
     followers: list[JobUpdates] | None = None
     # Reply channels of wait() and cancel() calls, answered when the job ends.
     waiters: set[Reply[JobResult]] | None = None
-    cancellers: list[Reply[bool]] | None = None
+    cancellers: set[Reply[bool]] | None = None
     # shown_payload(payload), taken when the record is made.
     shown: Any = attrs.field(init=False, default=None)
 
@@ -127,9 +124,33 @@ class JobRecord:
         self.status = next_status(self.status, event)
         if event is JobEvent.START:
             self.started_ns = at_ns or wall_clock_ns()
-        elif self.status in TERMINAL:  # not .is_terminal: a property costs a call
+        elif self.status in TERMINAL:
             self.finished_ns = at_ns or wall_clock_ns()
         return self.status
+
+    def interrupt(self, reason: str) -> None:
+        """Cancel the running job's scope, recording why unless a reason came first.
+
+        A scope whose deadline has already fired (``cancel_called``) was
+        interrupted by its timeout, which then stays the reason: the job ends
+        ``timeout`` even if the handler is still unwinding.
+        """
+        scope = self.scope
+        assert scope is not None
+        if self.interruption is None:
+            if scope.cancel_called:
+                self.interruption = (JobEvent.TIME_OUT, self.timeout_error)
+            else:
+                self.interruption = (JobEvent.CANCEL, reason)
+        scope.cancel()
+
+    def stopped_by(self) -> tuple[JobEvent, str]:
+        """The event and error of a job whose scope caught a cancellation."""
+        return self.interruption or (JobEvent.TIME_OUT, self.timeout_error)
+
+    @property
+    def timeout_error(self) -> str:
+        return f"timed out after {self.timeout:g} s"
 
     @property
     def duration(self) -> float:
@@ -158,55 +179,15 @@ class JobRecord:
             snapshot = self.snapshot()
             for follower in self.followers:
                 follower.push(snapshot)
-            if self.status.is_terminal:
+            if self.status in TERMINAL:
                 self.followers = None
 
     def follow(self, updates: JobUpdates) -> None:
         """Push the current state to ``updates``, then every later change."""
         updates.push(self.snapshot())
-        if not self.status.is_terminal:
+        if self.status not in TERMINAL:
             self.followers = [*(self.followers or ()), updates]
 
     def unfollow(self, updates: JobUpdates) -> None:
         if self.followers and updates in self.followers:
             self.followers.remove(updates)
-
-
-def check_page(limit: int, offset: int) -> None:
-    """Raise ValueError for a negative limit or offset."""
-    if limit < 0 or offset < 0:
-        raise ValueError(f"limit and offset must be >= 0, got limit={limit}, offset={offset}")
-
-
-def select_page(
-    newest_first: Iterable[JobRecord],
-    *,
-    status: JobStatus | None,
-    job_type: str | None,
-    limit: int,
-    offset: int,
-    payload_items: Mapping[str, Any] | None = None,
-) -> JobPage:
-    """Filter records, count every match, and snapshot one page of them."""
-    check_page(limit, offset)
-    page: list[JobResult] = []
-    total = 0
-    for record in newest_first:
-        if status is not None and record.status is not status:
-            continue
-        if job_type is not None and record.job_type != job_type:
-            continue
-        if payload_items and not payload_holds(record.shown, payload_items):
-            continue
-        if offset <= total < offset + limit:
-            page.append(record.snapshot())
-        total += 1
-    return JobPage(tuple(page), total)
-
-
-def payload_holds(payload: Any, items: Mapping[str, Any]) -> bool:
-    """True if ``payload`` is a dict holding every one of ``items`` (compared with ==)."""
-    if not isinstance(payload, dict):
-        return False
-    missing = object()
-    return all(payload.get(key, missing) == value for key, value in items.items())

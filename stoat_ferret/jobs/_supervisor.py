@@ -1,73 +1,49 @@
-"""JobSupervisor: the public face of the actor; it runs the actor, workers and timers.
+"""JobSupervisor: the public API of the supervised job queue.
 
-One task, the actor, reads the inbox (an anyio memory object stream) and
-hands each message to :class:`JobTable`, the only code that changes a job.
-Callers, workers, job contexts and timers talk to it with the messages in
-``_messages.py``. Workers (``_worker.py``) are long-lived tasks that take
-assignments, in submit order, from a second stream and run each handler
-under the job's own cancel scope with its timeout as deadline.
-supervisor.md tells the design.
+Callers talk to the actor (``_actor.py``) with the messages in
+``_messages.py`` and read job records between its steps; the few pieces of
+state they change themselves are in ``_shared.py``. supervisor.md tells the
+design.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 import os
-from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
-from loguru import logger
+from anyio.lowlevel import checkpoint
 
-from stoat_ferret.jobs._actor import JobTable
+from stoat_ferret.jobs._actor import Actor
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobFeed
 from stoat_ferret.jobs._exceptions import JobNotFound, SupervisorClosed
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._messages import (
     Cancel,
     Follow,
-    JobProgressed,
-    Message,
+    Forget,
     Reply,
     Shutdown,
     Submit,
     Sync,
-    Tick,
     Unfollow,
-    Unwait,
     Wait,
 )
-from stoat_ferret.jobs._models import (
-    Handler,
-    JobPage,
-    JobResult,
-    JobStatus,
-    QueueStatistics,
-)
-from stoat_ferret.jobs._record import JobRecord, check_page, select_page, wall_clock_ns
+from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
+from stoat_ferret.jobs._paging import JobPage, check_page, select_page
+from stoat_ferret.jobs._record import JobRecord, wall_clock_ns
 from stoat_ferret.jobs._registry import JobRegistry, check_timeout
-from stoat_ferret.jobs._worker import run_worker
+from stoat_ferret.jobs._shared import Phase
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 
-    from anyio.abc import TaskGroup, TaskStatus
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from anyio.abc import TaskStatus
 
 
-# submit() never waits, so it is a cancellation point on every call but a
-# schedule point (a yield to other tasks) only on every Nth call: a loop of
-# submits cannot starve the event loop, and the actor gets work in batches.
-_SUBMITS_PER_YIELD = 64
-
-
-class _Phase(enum.Enum):
-    NEW = "new"  # constructed; run() not called yet
-    RUNNING = "running"  # run() started; submit accepts, workers start jobs
-    CLOSING = "closing"  # aclose() called; submit refuses, no job starts any more
-    CLOSED = "closed"  # run() has returned; every job is terminal
+T = TypeVar("T")
 
 
 def _check_count(value: int, what: str) -> int:
@@ -85,11 +61,7 @@ def _check_seconds(value: float, what: str) -> float:
 
 
 def _job_ids() -> Iterator[str]:
-    """Fresh job ids, 128 random bits each, like uuid4().hex.
-
-    Drawn 256 at a time: one os.urandom call (a system call) per 256 jobs
-    rather than per job, and no function call per id.
-    """
+    """Fresh job ids, 128 random bits each, like uuid4().hex, drawn 256 at a time."""
     while True:
         pool = os.urandom(16 * 256).hex()
         for start in range(0, len(pool), 32):
@@ -127,24 +99,18 @@ class JobSupervisor:
         checked = check_timeout(default_timeout, "default_timeout")
         assert checked is not None
         self._registry = JobRegistry(checked)
-        self._max_workers = _check_count(max_workers, "max_workers")
-        self._retention = _check_seconds(retention, "retention")
-        self._table = JobTable(
+        self._actor = Actor(
             max_pending=_check_count(max_pending, "max_pending"),
+            max_workers=_check_count(max_workers, "max_workers"),
             max_finished=_check_count(max_finished, "max_finished"),
-            retention=self._retention,
+            retention=_check_seconds(retention, "retention"),
             shutdown_grace=_check_seconds(shutdown_grace, "shutdown_grace"),
-            start_timer=self._start_timer,
             replay=replay,
         )
-        self._phase = _Phase.NEW
-        # Created by run(), so that a supervisor that never ran leaves no open stream.
-        self._inbox_send: MemoryObjectSendStream[Message]
-        self._inbox_receive: MemoryObjectReceiveStream[Message]
-        self._stopped = anyio.Event()
-        self._task_group: TaskGroup | None = None
-        self._submits_since_yield = 0
+        self._shared = self._actor.shared
+        self._table = self._actor.table
         self._job_ids = _job_ids()
+        self._run_called = False
 
     def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
         """Make ``job_type`` runnable by ``handler``.
@@ -166,60 +132,40 @@ class JobSupervisor:
         """Run the actor and the workers until :meth:`aclose` has finished.
 
         Use as ``await task_group.start(supervisor.run)``: once that returns,
-        ``submit`` works. If this task is cancelled instead, every job that
-        is not terminal ends ``CANCELLED`` before it returns.
+        ``submit`` works. If this task is cancelled instead (a hard stop), no
+        job starts and no submit is accepted from then on, and every job that
+        is not terminal ends before it returns. If :meth:`aclose` came first,
+        it returns at once.
 
         Raises:
-            RuntimeError: ``run`` was already called, or ``aclose`` came first.
+            RuntimeError: ``run`` was already called.
         """
-        if self._phase is not _Phase.NEW:
-            raise RuntimeError(
-                f"JobSupervisor.run() called on a supervisor that is {self._phase.value}"
-            )
-        self._phase = _Phase.RUNNING
-        # Bounded in practice: submits by max_pending, reports by running jobs.
-        self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
-        work = self._table.open_work_stream()
-        try:
-            async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
-                for number in range(self._max_workers):
-                    task_group.start_soon(
-                        run_worker,
-                        work.clone(),
-                        self._inbox_send,
-                        self._table.admission,
-                        self._table.withdrawn,
-                        self._may_start,
-                        self._progress,
-                        name=f"stoat_ferret job worker {number}",
-                    )
-                task_group.start_soon(self._retention_timer, name="stoat_ferret job retention")
-                logger.debug("job supervisor started with {} worker(s)", self._max_workers)
-                task_status.started()
-                await self._actor()
-                task_group.cancel_scope.cancel()  # only the timers are left
-        finally:
-            self._stop()
+        if self._run_called:
+            raise RuntimeError("JobSupervisor.run() was already called")
+        self._run_called = True
+        if self._shared.phase is Phase.CLOSED:  # aclose() came first: nothing to run
+            task_status.started()
+            await checkpoint()
+            return
+        await self._actor.run(task_status=task_status)
 
     async def aclose(self) -> None:
         """Stop accepting jobs and wait until the supervisor has stopped.
 
         Pending jobs end ``CANCELLED`` at once and never run; running jobs get
-        ``shutdown_grace`` seconds, then are cancelled. Idempotent.
+        ``shutdown_grace`` seconds, then are cancelled. Idempotent. Before
+        ``run`` it closes the supervisor, and ``run`` then returns at once.
         """
-        if self._phase is _Phase.NEW:
-            self._phase = _Phase.CLOSED
-            self._stopped.set()
-        elif self._phase is _Phase.RUNNING:
+        shared = self._shared
+        if shared.phase is Phase.NEW:
+            shared.phase = Phase.CLOSED
+            self._actor.stopped.set()
+        elif shared.phase is Phase.RUNNING:
             # From here on no worker starts a job, so the actor's list of
             # pending jobs is final when it handles Shutdown.
-            self._phase = _Phase.CLOSING
-            self._inbox_send.send_nowait(Shutdown())
-        if self._stopped.is_set():
-            await checkpoint()
-        else:
-            await self._stopped.wait()
+            shared.close()
+            self._actor.send(Shutdown())
+        await self._actor.stopped.wait()
 
     # ------------------------------------------------------------ the API
 
@@ -246,32 +192,31 @@ class JobSupervisor:
             UnknownJobType: nobody registered ``job_type`` (a ValueError).
             ValueError: ``timeout`` is not a positive number.
         """
-        self._submits_since_yield += 1
-        if self._submits_since_yield >= _SUBMITS_PER_YIELD:
-            self._submits_since_yield = 0
-            await checkpoint()
-        else:
-            await checkpoint_if_cancelled()
+        await checkpoint()
         # Nothing below awaits until the job is accepted: a cancellation can
         # only come before, so an accepted job's id is never lost.
-        if self._phase is not _Phase.RUNNING:
-            raise SupervisorClosed(f"the job supervisor is {self._phase.value}, not accepting jobs")
+        shared = self._shared
+        if not shared.accepting:
+            raise SupervisorClosed(
+                f"the job supervisor is {shared.phase.value}, not accepting jobs"
+            )
         spec = self._registry.get(job_type)
         seconds = self._registry.timeout_for(spec, timeout)
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a string or None, got {key!r}")
         job_id = next(self._job_ids)
-        reply: Reply[str] | None = None
         if key is None:
-            self._table.admission.take()
-        else:
-            reply = Reply()
-        submitted_ns = wall_clock_ns()
-        self._inbox_send.send_nowait(
-            Submit(job_id, job_type, payload, seconds, key, submitted_ns, spec.handler, reply)
-        )
-        if reply is None:
+            shared.take()
+            self._actor.send(
+                Submit(
+                    job_id, job_type, payload, seconds, None, wall_clock_ns(), spec.handler, None
+                )
+            )
             return job_id
+        reply: Reply[str] = Reply()
+        self._actor.send(
+            Submit(job_id, job_type, payload, seconds, key, wall_clock_ns(), spec.handler, reply)
+        )
         # The actor answers as soon as it runs, and an accepted job must not
         # lose its id to a cancellation: this wait is shielded.
         with anyio.CancelScope(shield=True):
@@ -304,14 +249,8 @@ class JobSupervisor:
         if record.status.is_terminal:
             return record.snapshot()
         reply: Reply[JobResult] = Reply()
-        self._inbox_send.send_nowait(Wait(job_id, reply))
-        try:
-            return await reply.receive()
-        finally:
-            if not reply.answered:  # gave up: leave nothing on the record
-                # The actor may have stopped while the caller waited.
-                with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    self._inbox_send.send_nowait(Unwait(job_id, reply))
+        self._actor.send(Wait(job_id, reply))
+        return await self._receive(job_id, reply)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel the job and return once it is terminal.
@@ -321,7 +260,7 @@ class JobSupervisor:
 
         Returns:
             True if the job ended ``CANCELLED``; False if it was already
-            terminal, or finished before the cancellation reached it.
+            terminal, or ended otherwise first (finished, or timed out).
 
         Raises:
             JobNotFound: unknown or evicted id.
@@ -329,16 +268,11 @@ class JobSupervisor:
         record = await self._find(job_id)
         if record.status.is_terminal:
             return False
-        # Acting here, before the actor hears of it: a running job's handler
-        # is cancelled at once; a pending one is withdrawn, which keeps every
-        # worker from starting it.
-        if record.scope is not None:
-            record.scope.cancel()
-        else:
-            self._table.withdrawn.add(job_id)
+        if record.status is JobStatus.PENDING:
+            self._shared.withdraw(job_id)  # see Shared: a withdrawn job never starts
         reply: Reply[bool] = Reply()
-        self._inbox_send.send_nowait(Cancel(job_id, reply))
-        return await reply.receive()
+        self._actor.send(Cancel(job_id, reply))
+        return await self._receive(job_id, reply)
 
     async def list_jobs(
         self,
@@ -351,6 +285,8 @@ class JobSupervisor:
     ) -> JobPage:
         """Jobs newest first, filtered, with the number of matches regardless of limit.
 
+        Makes a round trip through the actor first, so that every job
+        accepted before the call is listed.
         ``payload_items`` keeps only jobs whose payload is a dict holding each
         of these items.
         """
@@ -370,25 +306,25 @@ class JobSupervisor:
         """Follow one job: ``async with sup.watch(id) as updates: async for r in updates``.
 
         Yields the current state first, then every status change and the
-        latest progress, and ends after the terminal state. Updates are
-        buffered per follower without blocking anyone; progress is coalesced.
+        latest progress, and ends after the terminal state, which a follower
+        always gets. Updates are buffered per follower without blocking
+        anyone; progress is coalesced. One task at a time may iterate, and
+        iterating ends once the ``async with`` block is left.
 
         Raises:
-            JobNotFound: unknown or evicted id.
+            JobNotFound: at entry, for an unknown or evicted id.
         """
         record = await self._find(job_id)
         updates = JobUpdates()
         if record.status.is_terminal:
-            updates.push(record.snapshot())
-            yield updates
-            return
-        self._inbox_send.send_nowait(Follow(job_id, updates))
+            record.follow(updates)  # just the terminal state
+        else:
+            self._actor.send(Follow(record, updates))
         try:
             yield updates
         finally:
-            # The actor may have stopped while the caller followed.
-            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._inbox_send.send_nowait(Unfollow(job_id, updates))
+            updates.close()
+            self._actor.send_if_running(Unfollow(job_id, updates))
 
     @asynccontextmanager
     async def watch_all(
@@ -407,10 +343,11 @@ class JobSupervisor:
 
         Args:
             after: the id of the last change the follower saw: start with the
-                changes since, if still kept; else (and when None) with the
-                current state of the jobs followed (named ones, or those
-                not ended), after a ``ChangesLost`` if ``after`` was given
-                and no job is named.
+                changes since, if still kept. If they are not (too old, or
+                another run's), one ``ChangesLost`` and then only later
+                changes; with ``job_ids``, only those named jobs whose latest
+                change is newer than ``after``. When None: the current state
+                of the jobs followed (named ones, or those not ended).
             job_ids: only these jobs.
             job_types: only jobs of these types.
             until_terminal: with ``job_ids``, end once each of them has ended.
@@ -429,27 +366,37 @@ class JobSupervisor:
     def statistics(self) -> QueueStatistics:
         """Counters; pending is exact, the rest as of the actor's last message."""
         table = self._table
+        shared = self._shared
         return QueueStatistics(
-            pending=table.admission.taken,
+            pending=shared.taken,
             running=len(table.running),
             finished=len(table.finished),
-            submitted=table.admission.accepted,
+            submitted=shared.accepted,
             completed=table.totals[JobStatus.COMPLETED],
             failed=table.totals[JobStatus.FAILED],
             timeout=table.totals[JobStatus.TIMEOUT],
             cancelled=table.totals[JobStatus.CANCELLED],
-            accepting=self._phase is _Phase.RUNNING,
+            accepting=shared.accepting,
         )
 
-    # ------------------------------------------------- lookups
+    # ------------------------------------------------- round trips
+
+    async def _receive(self, job_id: str, reply: Reply[T]) -> T:
+        """The actor's answer; a caller that gives up first leaves nothing behind."""
+        try:
+            return await reply.receive()
+        finally:
+            if not reply.answered:
+                self._actor.send_if_running(Forget(job_id, reply))
 
     async def _sync(self) -> None:
         """Return once the actor has handled every message sent before."""
-        if self._phase is _Phase.NEW or self._phase is _Phase.CLOSED:  # no actor to ask
+        phase = self._shared.phase
+        if phase is Phase.NEW or phase is Phase.CLOSED:  # no actor to ask
             await checkpoint()
             return
         reply: Reply[None] = Reply()
-        self._inbox_send.send_nowait(Sync(reply))
+        self._actor.send(Sync(reply))
         await reply.receive()
 
     async def _find(self, job_id: str) -> JobRecord:
@@ -470,74 +417,3 @@ class JobSupervisor:
         if record is None:
             raise JobNotFound(str(job_id))
         return record
-
-    # ------------------------------------------------- actor, workers, timers
-
-    async def _actor(self) -> None:
-        receive = self._inbox_receive
-        table = self._table
-        while not table.idle:
-            # Wait only when the inbox is empty, and then handle everything
-            # that arrived: one wake-up and one clock reading per batch.
-            try:
-                message = receive.receive_nowait()
-            except anyio.WouldBlock:
-                message = await receive.receive()
-            table.now = anyio.current_time()
-            table.handle(message)
-            while True:
-                try:
-                    message = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    break
-                table.handle(message)
-            table.expire()
-        logger.debug("job supervisor: shut down and no job running")
-
-    def _stop(self) -> None:
-        """Leave every job terminal and every caller answered (run's finally)."""
-        self._phase = _Phase.CLOSED
-        leftovers: list[Message] = []
-        while True:
-            try:
-                leftovers.append(self._inbox_receive.receive_nowait())
-            except anyio.WouldBlock:
-                break
-        self._table.stop(leftovers)
-        self._table.changes.close()  # no job changes any more: feeds end
-        self._inbox_receive.close()
-        self._inbox_send.close()
-        self._table.close_work_stream()
-        self._stopped.set()
-        logger.debug("job supervisor stopped")
-
-    def _may_start(self) -> bool:
-        return self._phase is _Phase.RUNNING
-
-    def _progress(self, job_id: str, fraction: float, message: str | None) -> None:
-        # Once the supervisor has stopped, the job is terminal and its progress moot.
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._inbox_send.send_nowait(JobProgressed(job_id, fraction, message))
-
-    def _start_timer(self, deadline: float) -> None:
-        assert self._task_group is not None
-        self._task_group.start_soon(self._tick_at, deadline, name="stoat_ferret shutdown grace")
-
-    async def _tick_at(self, deadline: float) -> None:
-        await anyio.sleep_until(deadline)
-        self._inbox_send.send_nowait(Tick())
-
-    async def _retention_timer(self) -> None:
-        """Wake the actor when the oldest finished job expires.
-
-        A job that finishes while this sleeps expires ``retention`` seconds
-        later, never before the deadline computed here, so none is missed.
-        """
-        if self._retention == 0:  # finished jobs are evicted at once
-            await anyio.sleep_forever()
-        while True:
-            deadline = self._table.next_expiry()
-            if deadline == math.inf:
-                deadline = anyio.current_time() + self._retention
-            await anyio.sleep_until(deadline)
-            self._inbox_send.send_nowait(Tick())

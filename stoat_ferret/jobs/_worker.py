@@ -1,13 +1,12 @@
-"""A worker: the long-lived task that starts jobs, one at a time, in submit order.
+"""A worker: the long-lived task that runs jobs, one at a time, in submit order.
 
 ``JobSupervisor.run`` starts ``max_workers`` of them in its task group. Each
-reads :data:`Assignment` tuples from the work stream the actor fills, makes
-the job's cancel scope and :class:`JobContext`, tells the actor it started
-(:class:`JobStarted`), runs the handler with :func:`execute` and tells the
-actor how it ended (:class:`JobFinished`). A worker never changes a job: what
-it knows goes to the actor as a message. The only shared state it touches is
-the admission counter (a started job is no longer pending) and the set of
-withdrawn jobs, which it only reads and prunes.
+reads :class:`Assignment` values from the work stream the actor fills, opens
+``anyio.move_on_after(timeout)`` for the job, tells the actor from inside it
+that the job started (:class:`JobStarted`), runs the handler with
+:func:`execute` and tells the actor how it ended (:class:`JobFinished`).
+A worker never changes a job: what it knows goes to the actor as a message.
+The state it shares with other tasks is ``Shared`` (``_shared.py``).
 """
 
 from __future__ import annotations
@@ -15,87 +14,75 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint_if_cancelled
 
-from stoat_ferret.jobs._execute import execute
 from stoat_ferret.jobs._messages import JobFinished, JobStarted
 from stoat_ferret.jobs._models import JobContext
 from stoat_ferret.jobs._record import wall_clock_ns
+from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
+    from anyio import CancelScope
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from stoat_ferret.jobs._admission import Admission
     from stoat_ferret.jobs._messages import Assignment, Message
-    from stoat_ferret.jobs._models import ProgressSink
+    from stoat_ferret.jobs._models import Handler, ProgressSink
+    from stoat_ferret.jobs._shared import Shared
 
-# A worker running jobs that never yield (no-ops) still yields this often.
-JOBS_PER_YIELD = 16
+
+async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> JobFinished:
+    """Await ``handler(context)``, called inside the job's own ``scope``.
+
+    A return is ``COMPLETE``, an ``Exception`` is ``FAIL``. A cancellation of
+    ``scope`` propagates, for the ``with`` block of the scope to catch; a
+    cancellation from outside it (and ``KeyboardInterrupt``) propagates
+    untouched.
+    """
+    try:
+        value = await handler(context)
+    except Exception as exc:
+        return JobFinished(context.job_id, JobEvent.FAIL, None, exc)
+    except anyio.get_cancelled_exc_class() as cancelled:
+        if scope.cancel_called:
+            raise  # the job's own scope: it catches this
+        # A real cancellation from outside is re-raised here; what is left
+        # is a handler that raised CancelledError without being cancelled
+        # (asyncio: it awaited a future someone else cancelled).
+        await checkpoint_if_cancelled()
+        stray = RuntimeError("the handler raised CancelledError without being cancelled")
+        stray.__cause__ = cancelled
+        return JobFinished(context.job_id, JobEvent.FAIL, None, stray)
+    return JobFinished(context.job_id, JobEvent.COMPLETE, value)
 
 
 async def run_worker(
-    receive: MemoryObjectReceiveStream[Assignment],
-    send: MemoryObjectSendStream[Message],
-    admission: Admission,
-    withdrawn: set[str],
-    may_start: Callable[[], bool],
+    work: MemoryObjectReceiveStream[Assignment],
+    inbox: MemoryObjectSendStream[Message],
+    shared: Shared,
     progress: ProgressSink,
 ) -> None:
-    """Run assignments from ``receive`` until the work stream ends.
+    """Run assignments from ``work`` until the work stream ends.
+
+    Taking each assignment is a checkpoint, so once the task group running
+    the workers is cancelled (a hard stop) no worker starts another job, even
+    after a handler that absorbed the cancellation.
 
     Args:
-        receive: this worker's clone of the work stream (closed on return).
-        send: the actor's inbox.
-        admission: the pending-job slots; one is given back per started job.
-        withdrawn: ids ``cancel`` withdrew while pending; skipped, then dropped.
-        may_start: False once shutdown has begun; then assignments are skipped
-            (the actor ends those jobs cancelled).
+        work: this worker's clone of the work stream (closed on return).
+        inbox: the actor's inbox.
+        shared: says whether a job may start (``Shared.may_start``).
         progress: what each job's ``report_progress`` calls.
     """
-    # The running backend's own CancelScope class: calling it is what
-    # anyio.CancelScope() ends up doing, without asking sniffio which
-    # backend runs (13,000 instructions a job against 6,500; and
-    # anyio.CancelScope() runs the backend class's __init__ twice).
-    new_scope = type(anyio.CancelScope())
-    since_yield = 0
-    # How the last job ended, not sent yet: it goes with the next start
-    # (JobStarted.previous), or alone before this task next awaits
-    # anything, so the actor never waits for it.
-    ended: JobFinished | None = None
-    with receive:
-        while True:
-            try:
-                assignment = receive.receive_nowait()
-            except anyio.WouldBlock:
-                if ended is not None:
-                    send.send_nowait(ended)
-                    ended = None
-                try:
-                    assignment = await receive.receive()
-                except anyio.EndOfStream:
-                    return
-                since_yield = 0
-            except anyio.EndOfStream:
-                if ended is not None:
-                    send.send_nowait(ended)
-                return
-            handler, job_id, job_type, payload = assignment
-            if job_id in withdrawn:  # cancelled before it started
-                withdrawn.discard(job_id)
+    with work:
+        async for assignment in work:
+            job_id = assignment.job_id
+            if not shared.may_start(job_id):
                 continue
-            if not may_start():
-                continue  # shutting down: the actor cancels it
-            admission.give_back()  # started: no longer pending
-            scope = new_scope()
-            # The actor gives the scope its deadline when it handles this.
-            send.send_nowait(JobStarted(job_id, wall_clock_ns(), scope, ended))
-            context = JobContext(job_id, job_type, payload, progress)
-            ended = await execute(handler, context, scope)
-            since_yield += 1
-            if since_yield >= JOBS_PER_YIELD:
-                since_yield = 0
-                send.send_nowait(ended)
-                ended = None
-                await checkpoint()
+            context = JobContext(job_id, assignment.job_type, assignment.payload, progress)
+            finished: JobFinished | None = None
+            with anyio.move_on_after(assignment.timeout) as scope:
+                inbox.send_nowait(JobStarted(job_id, wall_clock_ns(), scope))
+                finished = await execute(assignment.handler, context, scope)
+            if finished is None:  # the scope caught its own cancellation
+                finished = JobFinished(job_id, None)
+            inbox.send_nowait(finished)

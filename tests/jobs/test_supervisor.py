@@ -167,7 +167,7 @@ async def test_cancelled_pending_jobs_leave_nothing_behind() -> None:
             # Private state, read to show that memory stays bounded: the ids
             # cancel() withdrew are forgotten, and no assignment is left over.
             table = supervisor._table
-            assert table.withdrawn == set()
+            assert supervisor._shared.withdrawn == set()
             assert table._work_receive is not None
             assert table._work_receive.statistics().current_buffer_used == 0
 
@@ -448,16 +448,17 @@ async def test_aclose_cancels_running_jobs_after_the_grace() -> None:
 
 
 async def test_aclose_before_run_and_run_twice() -> None:
-    """aclose before run needs no run; run refuses to start twice or after aclose."""
+    """aclose before run needs no run (run then returns at once); run refuses to start twice."""
 
     closed = JobSupervisor()
     await closed.aclose()
-    with pytest.raises(RuntimeError, match="closed"):
+    await closed.run()
+    with pytest.raises(RuntimeError, match="already called"):
         await closed.run()
 
     with anyio.fail_after(10):
         async with running_supervisor() as supervisor:
-            with pytest.raises(RuntimeError, match="running"):
+            with pytest.raises(RuntimeError, match="already called"):
                 await supervisor.run()
 
 

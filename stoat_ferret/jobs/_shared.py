@@ -1,0 +1,111 @@
+"""The state the supervisor's tasks share outside the actor, and why each piece is safe.
+
+The actor (``_actor.py``) is the only task that changes a job record or the
+job table. Four small pieces of state are also touched by other tasks, so
+that the hot paths need no round trip through the actor; they are all here,
+in :class:`Shared`, each with the invariant that makes it safe. Every task
+involved runs on the event loop's one thread, and none of these methods
+awaits, so each call is atomic with respect to every other task.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from stoat_ferret.jobs._exceptions import QueueFull, SupervisorClosed
+
+
+class Phase(enum.Enum):
+    """Where the supervisor is in its life."""
+
+    NEW = "new"  # constructed; run() not called yet
+    RUNNING = "running"  # run() started; submit accepts, workers start jobs
+    CLOSING = "closing"  # aclose() called or run() cancelled: nothing accepted or started
+    CLOSED = "closed"  # run() has returned (or never will); every job is terminal
+
+
+class Shared:
+    """Admission slots, the phase, withdrawn ids and the latest progress.
+
+    * ``phase``: written by ``run``, ``aclose`` and the actor's exit; read by
+      ``submit`` (accept only while ``RUNNING``) and by workers (start only
+      while ``RUNNING``). It changes to ``CLOSING`` *before* the actor is told
+      to shut down (or, on a hard stop, as the actor leaves), so the jobs the
+      actor sees pending then are exactly the jobs that will never start.
+    * ``taken`` admission slots: taken by ``submit`` (by the actor for keyed
+      submits), given back exactly once, by the worker that starts the job
+      (:meth:`may_start`) or by the actor when it ends a job that never
+      started. Invariant: ``taken`` == jobs accepted and neither started nor
+      ended, never above ``limit``; so ``QueueFull`` counts exactly those.
+    * ``withdrawn``: ids of jobs that ``cancel`` saw pending. *A withdrawn job
+      never starts*, because ``cancel`` adds the id before it sends ``Cancel``
+      and a worker checks the id and sends ``JobStarted`` in one step
+      (:meth:`may_start`): either the worker checked first, and its
+      ``JobStarted`` is ahead of ``Cancel`` in the inbox (the actor then
+      cancels a running job), or the worker sees the id and skips the job.
+      An id is removed only by the worker that skips it, by the actor at that
+      job's ``JobStarted``, or by the actor's compaction of the work stream,
+      each of which passes the job's one assignment; so a second ``cancel``
+      of the job cannot let a worker start it.
+    * ``progress``: the latest ``report_progress`` figure of each job whose
+      ``JobProgressed`` the actor has not handled yet. A job's context writes
+      it and sends ``JobProgressed`` only when there was no entry; the actor
+      pops the entry. So a flood of reports costs one entry and one message.
+    """
+
+    __slots__ = ("accepted", "limit", "phase", "progress", "taken", "withdrawn")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.phase = Phase.NEW
+        self.taken = 0
+        self.accepted = 0  # total ever accepted
+        self.withdrawn: set[str] = set()
+        self.progress: dict[str, tuple[float, str | None]] = {}
+
+    @property
+    def accepting(self) -> bool:
+        return self.phase is Phase.RUNNING
+
+    def close(self) -> None:
+        """Stop accepting and starting jobs (no effect once closing or closed)."""
+        if self.phase is Phase.RUNNING or self.phase is Phase.NEW:
+            self.phase = Phase.CLOSING
+
+    def take(self) -> None:
+        """Take a slot for a new job.
+
+        Raises:
+            SupervisorClosed: the supervisor is not running.
+            QueueFull: ``limit`` jobs are already pending.
+        """
+        if self.phase is not Phase.RUNNING:
+            raise SupervisorClosed(f"the job supervisor is {self.phase.value}, not accepting jobs")
+        if self.taken >= self.limit:
+            raise QueueFull(f"pending jobs at their limit of {self.limit}")
+        self.taken += 1
+        self.accepted += 1
+
+    def give_back(self) -> None:
+        """Give back the slot of a job that ended without starting."""
+        self.taken -= 1
+        assert self.taken >= 0
+
+    def withdraw(self, job_id: str) -> None:
+        """Keep every worker from starting ``job_id`` (``cancel`` saw it pending)."""
+        self.withdrawn.add(job_id)
+
+    def may_start(self, job_id: str) -> bool:
+        """A worker's check before it starts a job; True gives the job's slot back.
+
+        False for a withdrawn job (whose id is then forgotten: no other
+        assignment carries it) and for every job once the phase left ``RUNNING``
+        (the actor ends those jobs ``cancelled``).
+        """
+        if job_id in self.withdrawn:
+            self.withdrawn.discard(job_id)
+            return False
+        if self.phase is not Phase.RUNNING:
+            return False
+        self.taken -= 1
+        return True

@@ -1,0 +1,401 @@
+"""The job table: every job the supervisor knows, and the only code that changes one.
+
+:class:`JobTable` is driven by the actor task (``_actor.py``), one message at
+a time; no handler awaits, so each message is handled atomically. Status
+changes go through ``JobRecord.apply`` and so through the transition table;
+every change a follower should see goes through :meth:`JobTable.publish_change`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from loguru import logger
+
+from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges
+from stoat_ferret.jobs._exceptions import JobNotFound, QueueFull
+from stoat_ferret.jobs._messages import (
+    Assignment,
+    Cancel,
+    Follow,
+    Forget,
+    GraceEnded,
+    JobFinished,
+    JobProgressed,
+    JobStarted,
+    Message,
+    Reply,
+    Shutdown,
+    Submit,
+    Sync,
+    Tick,
+    Unfollow,
+    Wait,
+)
+from stoat_ferret.jobs._models import JobStatus
+from stoat_ferret.jobs._record import JobRecord, describe
+from stoat_ferret.jobs._state import JobEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from stoat_ferret.jobs._shared import Shared
+
+
+_LOG_LEVELS = {
+    JobStatus.COMPLETED: "INFO",
+    JobStatus.FAILED: "ERROR",
+    JobStatus.TIMEOUT: "WARNING",
+    JobStatus.CANCELLED: "INFO",
+}
+
+
+class JobTable:
+    """Every job the supervisor knows, and what happens to them.
+
+    Args:
+        shared: the state shared with tasks outside the actor.
+        start_grace: starts the timer that sends :class:`GraceEnded`.
+    """
+
+    def __init__(
+        self,
+        shared: Shared,
+        *,
+        max_finished: int,
+        retention: float,
+        start_grace: Callable[[], None],
+        replay: int = REPLAY_EVENTS,
+    ) -> None:
+        self.shared = shared
+        # Every change of a job's snapshot is published through publish_change,
+        # right after it is made, before the next await: a feed snapshots the
+        # record when it hands the change out (see _broadcast.py).
+        self.changes = JobChanges(replay=replay)
+        self._max_finished = max_finished
+        self._retention = retention
+        self._start_grace = start_grace
+        self._work_send: MemoryObjectSendStream[Assignment] | None = None
+        self._work_receive: MemoryObjectReceiveStream[Assignment] | None = None
+
+        self.jobs: dict[str, JobRecord] = {}  # every retained job, in submit order
+        self.pending: dict[str, JobRecord] = {}  # submitted, neither started nor ended
+        self.running: dict[str, JobRecord] = {}
+        self.finished: deque[JobRecord] = deque()  # finish order, which is expiry order
+        self.totals = dict.fromkeys(JobStatus, 0)
+        self.shutting_down = False
+        # The clock as the actor last read it, once per batch of messages.
+        self.now = -math.inf
+        self._active_keys: dict[str, str] = {}  # dedupe key -> pending or running job id
+
+    def open_work_stream(self) -> MemoryObjectReceiveStream[Assignment]:
+        """Create the stream of assignments and return the end workers read.
+
+        It holds one assignment per pending job (plus those of withdrawn
+        jobs, until a worker skips them or the table compacts the stream).
+        """
+        self._work_send, self._work_receive = anyio.create_memory_object_stream[Assignment](
+            math.inf
+        )
+        return self._work_receive
+
+    def close_work_stream(self) -> None:
+        for stream in (self._work_send, self._work_receive):
+            if stream is not None:
+                stream.close()
+
+    # ------------------------------------------------------------ queries
+
+    def lookup(self, job_id: str) -> JobRecord | None:
+        """The record, or None for an unknown or evicted id."""
+        return self.jobs.get(job_id) if isinstance(job_id, str) else None
+
+    def next_expiry(self) -> float:
+        """When the oldest finished job expires (inf: none has finished)."""
+        return self.finished[0].expires_at if self.finished else math.inf
+
+    @property
+    def idle(self) -> bool:
+        """Shut down, and no job running: the actor may stop."""
+        return self.shutting_down and not self.running
+
+    # ----------------------------------------------------------- messages
+
+    def handle(self, message: Message) -> None:
+        """Apply one message. Never awaits; never raises for a caller's mistake."""
+        match message:
+            case JobStarted(job_id=job_id, started_ns=started_ns, scope=scope):
+                self._on_started(job_id, started_ns, scope)
+            case JobFinished(job_id=job_id):
+                if ended := self.running.get(job_id):  # None: already ended by stop()
+                    self._on_finished(ended, message)
+            case JobProgressed(job_id=job_id):
+                latest = self.shared.progress.pop(job_id, None)
+                record = self.running.get(job_id)
+                if record is not None and latest is not None:
+                    record.progress, record.message = latest
+                    self.publish_change(record)
+            case Submit():
+                self._on_submit(message)
+            case Cancel(job_id=job_id, reply=reply):
+                self._on_cancel(job_id, reply)
+            case Wait(job_id=job_id, reply=reply):
+                waited = self.jobs.get(job_id)
+                if waited is None:
+                    reply.send(JobNotFound(job_id))
+                elif waited.status.is_terminal:
+                    reply.send(waited.snapshot())
+                elif waited.waiters is None:
+                    waited.waiters = {reply}
+                else:
+                    waited.waiters.add(reply)
+            case Forget(job_id=job_id, reply=reply):
+                if forgotten := self.jobs.get(job_id):
+                    if forgotten.waiters:
+                        forgotten.waiters.discard(reply)
+                    if forgotten.cancellers:
+                        forgotten.cancellers.discard(reply)
+            case Follow(record=record, updates=updates):
+                record.follow(updates)
+            case Unfollow(job_id=job_id, updates=updates):
+                if unfollowed := self.jobs.get(job_id):
+                    unfollowed.unfollow(updates)
+            case Sync(reply=reply):
+                reply.send(None)
+            case Tick(reply=reply):
+                self.expire()
+                reply.send(None)
+            case Shutdown():
+                self._on_shutdown()
+            case GraceEnded():
+                for record in self.running.values():
+                    record.interrupt("cancelled: supervisor shut down before the job finished")
+
+    def publish_change(self, record: JobRecord) -> None:
+        """The one place a job's change (created, new status, progress) goes out.
+
+        Hands the record's state to the change feeds (``watch_all``) and to
+        its followers (``watch``); never blocks.
+        """
+        self.changes.publish(record)
+        if record.followers:
+            record.publish()
+
+    def _on_started(self, job_id: str, started_ns: int, scope: anyio.CancelScope) -> None:
+        record = self.pending.pop(job_id)  # the worker gave its slot back
+        # cancel() may have withdrawn the job after the worker took it (it
+        # still looked pending): its Cancel comes next, and no worker will
+        # look for the id any more.
+        self.shared.withdrawn.discard(job_id)
+        record.apply(JobEvent.START, at_ns=started_ns)
+        self.running[job_id] = record
+        record.scope = scope
+        logger.debug(
+            "job {job_id} ({job_type}) started",
+            job_id=job_id,
+            job_type=record.job_type,
+            status=record.status,
+        )
+        self.publish_change(record)
+
+    def _on_finished(self, record: JobRecord, outcome: JobFinished) -> None:
+        if outcome.event is JobEvent.COMPLETE:
+            self._finish(record, JobEvent.COMPLETE, result=outcome.value)
+        elif outcome.event is JobEvent.FAIL:
+            assert outcome.exception is not None
+            self._finish(record, JobEvent.FAIL, exception=outcome.exception)
+        else:
+            event, error = record.stopped_by()
+            self._finish(record, event, error=error)
+
+    def _on_submit(self, message: Submit) -> None:
+        reply = message.reply
+        if message.key is not None:
+            assert reply is not None
+            existing = self._active_keys.get(message.key)
+            if existing is not None:
+                reply.send(existing)
+                return
+            try:
+                self.shared.take()
+            except QueueFull as exc:
+                reply.send(exc)
+                return
+            self._active_keys[message.key] = message.job_id
+        record = JobRecord(
+            message.job_id,
+            message.job_type,
+            message.payload,
+            message.timeout,
+            message.key,
+            message.submitted_ns,
+        )
+        self.jobs[record.job_id] = record
+        self.pending[record.job_id] = record
+        logger.debug(
+            "job {job_id} ({job_type}) submitted",
+            job_id=record.job_id,
+            job_type=record.job_type,
+            status=record.status,
+        )
+        if reply is not None:
+            reply.send(record.job_id)
+        self.publish_change(record)
+        if self.shutting_down:  # stop() turning leftovers into records: never to run
+            return
+        assert self._work_send is not None
+        self._work_send.send_nowait(
+            Assignment(
+                record.job_id, record.job_type, record.payload, record.timeout, message.handler
+            )
+        )
+
+    def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
+        record = self.jobs.get(job_id)
+        if record is None:
+            reply.send(JobNotFound(job_id))
+        elif record.status.is_terminal:
+            reply.send(False)
+        elif record.status is JobStatus.PENDING:
+            # cancel() withdrew the job before sending this (Shared.withdrawn):
+            # no worker will start it.
+            self._finish(record, JobEvent.CANCEL, error="cancelled by request before it started")
+            reply.send(True)
+        else:
+            record.interrupt("cancelled by request")
+            if record.cancellers is None:
+                record.cancellers = {reply}
+            else:
+                record.cancellers.add(reply)
+
+    def _on_shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        # The phase left RUNNING before Shutdown was sent, so no worker starts
+        # any job still pending here: each ends now, never to run.
+        for record in list(self.pending.values()):
+            self._finish(
+                record,
+                JobEvent.CANCEL,
+                error="cancelled: supervisor shut down before the job started",
+            )
+        self.close_work_stream()  # workers leave once their current job is done
+        logger.info(
+            "job supervisor shutting down: {running} running job(s) get their grace",
+            running=len(self.running),
+        )
+        if self.running:
+            self._start_grace()
+
+    # ---------------------------------------------------- ending jobs
+
+    def _finish(
+        self,
+        record: JobRecord,
+        event: JobEvent,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        exception: Exception | None = None,
+    ) -> None:
+        """End a job: the one place where a job becomes terminal."""
+        if record.status is JobStatus.PENDING:
+            del self.pending[record.job_id]
+            self.shared.give_back()  # no worker will start it
+            self._compact_work_stream()
+        else:
+            del self.running[record.job_id]
+        record.result = result
+        record.error = describe(exception) if exception is not None else error
+        status = record.apply(event)
+        self.totals[status] += 1
+        record.scope = None
+        if record.key is not None and self._active_keys.get(record.key) == record.job_id:
+            del self._active_keys[record.key]
+        record.expires_at = self.now + self._retention
+        self.finished.append(record)
+        if len(self.finished) > self._max_finished:
+            self._evict()
+        (logger.opt(exception=exception) if exception is not None else logger).log(
+            _LOG_LEVELS[status],
+            "job {job_id} ({job_type}) {status} after {duration:.3f} s",
+            job_id=record.job_id,
+            job_type=record.job_type,
+            status=status,
+            duration=record.duration,
+            error=record.error,
+        )
+        self.publish_change(record)
+        if record.waiters:
+            snapshot = record.snapshot()
+            for waiter in record.waiters:
+                waiter.send(snapshot)
+            record.waiters = None
+        if record.cancellers:
+            for canceller in record.cancellers:
+                canceller.send(status is JobStatus.CANCELLED)
+            record.cancellers = None
+
+    def _compact_work_stream(self) -> None:
+        """Drop withdrawn jobs' assignments once more than ``max_pending`` pile up.
+
+        Each stays in the stream, its id in ``Shared.withdrawn``, until a
+        worker passes it; behind a long job they would otherwise accumulate.
+        """
+        withdrawn = self.shared.withdrawn
+        if len(withdrawn) <= self.shared.limit or self.shutting_down:
+            return
+        assert self._work_send is not None
+        assert self._work_receive is not None
+        live = []
+        while True:
+            try:
+                assignment = self._work_receive.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            if assignment.job_id in withdrawn:
+                withdrawn.discard(assignment.job_id)
+            else:
+                live.append(assignment)
+        for assignment in live:
+            self._work_send.send_nowait(assignment)
+
+    def _evict(self) -> None:
+        record = self.finished.popleft()
+        del self.jobs[record.job_id]
+        self.changes.forget(record.job_id)
+
+    def expire(self) -> None:
+        """Drop finished jobs whose retention has passed by ``now``."""
+        while self.finished and self.finished[0].expires_at <= self.now:
+            self._evict()
+
+    def stop(self, leftovers: list[Message]) -> None:
+        """End every job that is not terminal (the actor and workers are gone).
+
+        This is where a hard stop ends jobs. ``leftovers`` are the messages
+        still in the inbox: accepted submits among them become records first,
+        so that their ids stay answerable, and every request gets its answer.
+        """
+        self.shutting_down = True
+        for message in leftovers:
+            if not isinstance(message, Shutdown | GraceEnded):
+                self.handle(message)
+        for record in [*self.pending.values(), *self.running.values()]:
+            if record.status is JobStatus.RUNNING:
+                event, reason = record.interruption or (
+                    JobEvent.CANCEL,
+                    "cancelled: supervisor stopped while the job was running",
+                )
+            else:
+                event, reason = (
+                    JobEvent.CANCEL,
+                    "cancelled: supervisor stopped before the job started",
+                )
+            self._finish(record, event, error=reason)

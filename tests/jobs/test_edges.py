@@ -1,0 +1,356 @@
+"""The supervisor's edges: each test here pins a defect found in review (issue 17)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from anyio.lowlevel import checkpoint
+
+from stoat_ferret.jobs import JobContext, JobResult, JobStatus, JobSupervisor, SupervisorClosed
+from tests.jobs.conftest import running_supervisor
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+pytestmark = pytest.mark.anyio
+
+
+class Shielded:
+    """A handler that absorbs cancellation: it waits, shielded, until released."""
+
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __call__(self, ctx: JobContext) -> Any:
+        self.started.append(ctx.payload)
+        self.entered.set()
+        with anyio.CancelScope(shield=True):
+            await self.release.wait()
+        return ctx.payload
+
+
+async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
+    """Once the task running run() is cancelled, the worker starts no pending
+    job (even after a handler that absorbed the cancellation) and submit
+    raises SupervisorClosed."""
+
+    handler = Shielded()
+    supervisor = JobSupervisor()
+    supervisor.register("shielded", handler)
+    host = anyio.CancelScope()
+
+    async def host_run(*, task_status: TaskStatus[None]) -> None:
+        with host:
+            await supervisor.run(task_status=task_status)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host_run)
+            first = await supervisor.submit("shielded", "first")
+            await handler.entered.wait()
+            second = await supervisor.submit("shielded", "second")
+            host.cancel()
+            await anyio.wait_all_tasks_blocked()
+            try:
+                with pytest.raises(SupervisorClosed):
+                    await supervisor.submit("shielded", "third")
+                accepting = supervisor.statistics().accepting
+            finally:
+                handler.release.set()
+        second_result = await supervisor.get_result(second)
+        first_status = await supervisor.get_status(first)
+
+    assert handler.started == ["first"]
+    assert accepting is False
+    assert first_status is JobStatus.COMPLETED
+    assert second_result.status is JobStatus.CANCELLED
+    assert second_result.started_at is None
+
+
+async def test_cancels_given_up_leave_nothing_on_the_job() -> None:
+    """100 cancel() calls against a job that absorbs cancellation, each given
+    up by its caller, leave no reply on the job's record."""
+
+    handler = Shielded()
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("shielded", handler)
+            job_id = await supervisor.submit("shielded", "x")
+            await handler.entered.wait()
+            async with anyio.create_task_group() as impatient:
+                for _ in range(100):
+                    impatient.start_soon(supervisor.cancel, job_id)
+                await anyio.wait_all_tasks_blocked()
+                impatient.cancel_scope.cancel()
+            await supervisor.list_jobs()  # the actor has handled every message
+
+            # Private state, read to show that memory stays bounded.
+            left = supervisor._table.jobs[job_id].cancellers
+            handler.release.set()
+            assert not left
+            result = await supervisor.wait(job_id)
+
+    assert result.status is JobStatus.COMPLETED  # it absorbed the cancellation
+
+
+async def test_the_grace_period_ends_by_its_own_message_not_a_clock_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the actor's clock reading a hair behind its timers (asyncio runs
+    timers early by its clock resolution), the grace period still ends and
+    cancels the running job, instead of leaving it to its own timeout.
+    (The lag is 5 ms so that, on asyncio, it outlasts the loop's own wake-up delay.)"""
+
+    real_time = anyio.current_time
+    monkeypatch.setattr(anyio, "current_time", lambda: real_time() - 0.005)
+    started = anyio.Event()
+
+    async def forever(ctx: JobContext) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    results: list[JobResult] = []
+    with anyio.fail_after(30):
+        async with running_supervisor(shutdown_grace=0.02, retention=0) as supervisor:
+            supervisor.register("forever", forever, timeout=300)
+            job_id = await supervisor.submit("forever")
+            await started.wait()
+
+            async def wait_for_it() -> None:
+                results.append(await supervisor.wait(job_id))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_it)
+                await anyio.wait_all_tasks_blocked()
+                await supervisor.aclose()
+
+    assert [result.error for result in results] == [
+        "cancelled: supervisor shut down before the job finished"
+    ]
+
+
+async def test_a_timeout_handled_after_the_grace_period_stays_a_timeout() -> None:
+    """A job whose deadline fired, still unwinding when the grace period
+    ends, is reported timeout, not cancelled by the shutdown: the first
+    interruption wins."""
+
+    timed_out = anyio.Event()
+    release = anyio.Event()
+    updates: list[JobResult] = []
+
+    async def slow_to_stop(ctx: JobContext) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            timed_out.set()
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            supervisor = JobSupervisor(shutdown_grace=0)
+            supervisor.register("slow", slow_to_stop, timeout=0.01)
+            await tg.start(supervisor.run)
+            job_id = await supervisor.submit("slow")
+            async with supervisor.watch(job_id) as follow:
+                await timed_out.wait()
+                tg.start_soon(supervisor.aclose)
+                await anyio.wait_all_tasks_blocked()  # the grace period has ended
+                release.set()
+                updates.extend([update async for update in follow])
+        result = await supervisor.get_result(job_id)
+
+    assert result.status is JobStatus.TIMEOUT
+    assert result.error == "timed out after 0.01 s"
+    assert updates[-1].status is JobStatus.TIMEOUT
+
+
+async def test_a_flood_of_progress_reports_costs_one_message() -> None:
+    """A handler reporting progress in a tight loop puts at most one progress
+    message in the inbox; the last figure wins."""
+
+    peak: list[int] = []
+
+    async def flood(ctx: JobContext) -> None:
+        for step in range(1, 10_001):
+            ctx.report_progress(step / 10_000, f"step {step}")
+        # Private state, read to show that the inbox stays small.
+        peak.append(supervisor._actor._inbox_send.statistics().current_buffer_used)  # type: ignore[union-attr]
+        await checkpoint()
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("flood", flood)
+            job_id = await supervisor.submit("flood")
+            result = await supervisor.wait(job_id)
+
+    assert peak[0] <= 2  # JobStarted may still be there, and one JobProgressed
+    assert result.status is JobStatus.COMPLETED
+
+
+# Real clocks on both backends: a mock clock would jump while the thread runs.
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_report_progress_from_a_worker_thread_is_refused() -> None:
+    """report_progress called from a worker thread raises a clear RuntimeError."""
+
+    errors: list[str] = []
+
+    async def threaded(ctx: JobContext) -> None:
+        def work() -> None:
+            try:
+                ctx.report_progress(0.5)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+        await anyio.to_thread.run_sync(work)
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("threaded", threaded)
+            result = await supervisor.wait(await supervisor.submit("threaded"))
+
+    assert result.status is JobStatus.COMPLETED
+    assert len(errors) == 1
+    assert "worker thread" in errors[0]
+
+
+async def test_a_follower_of_a_job_evicted_before_its_follow_gets_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """watch() found the job running, but it ended and was evicted before
+    the actor took the follow: the follower still gets the terminal state."""
+
+    import stoat_ferret.jobs._supervisor as supervisor_module
+
+    finished = anyio.Event()
+    release = anyio.Event()
+    armed = False
+
+    async def quick(ctx: JobContext) -> str:
+        await release.wait()
+        finished.set()
+        return "done"
+
+    async def slow_checkpoint() -> None:
+        # watch()'s lookup found the job; let it end and be evicted before
+        # watch() goes on to send its Follow.
+        nonlocal armed
+        await checkpoint()
+        if armed:
+            armed = False
+            release.set()
+            await finished.wait()
+            await anyio.wait_all_tasks_blocked()
+
+    monkeypatch.setattr(supervisor_module, "checkpoint", slow_checkpoint)
+    with anyio.fail_after(10):
+        async with running_supervisor(retention=0) as supervisor:
+            supervisor.register("quick", quick)
+            job_id = await supervisor.submit("quick")
+            await anyio.wait_all_tasks_blocked()
+            armed = True
+            async with supervisor.watch(job_id) as updates:
+                seen = [update.status async for update in updates]
+
+    assert seen == [JobStatus.COMPLETED]
+
+
+async def test_iterating_after_leaving_watch_ends() -> None:
+    """Updates read after the watch() block was left end at once."""
+
+    handler = Shielded()
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("shielded", handler)
+            job_id = await supervisor.submit("shielded")
+            await handler.entered.wait()
+            async with supervisor.watch(job_id) as updates:
+                first = await updates.__anext__()
+            handler.release.set()
+            later: list[JobResult] | None = None
+            with anyio.move_on_after(1):
+                later = [update async for update in updates]
+
+    assert first.status is JobStatus.RUNNING
+    assert later == []
+
+
+async def test_a_second_reader_of_one_watch_is_refused() -> None:
+    """Two tasks reading one watch at once: the second gets BusyResourceError."""
+
+    handler = Shielded()
+    seen: list[JobStatus] = []
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("shielded", handler)
+            job_id = await supervisor.submit("shielded")
+            await handler.entered.wait()
+            async with supervisor.watch(job_id) as updates:
+
+                async def read() -> None:
+                    seen.extend([update.status async for update in updates])
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read)
+                    await anyio.wait_all_tasks_blocked()
+                    try:
+                        with pytest.raises(anyio.BusyResourceError):
+                            await updates.__anext__()
+                    finally:
+                        handler.release.set()
+
+    assert seen == [JobStatus.RUNNING, JobStatus.COMPLETED]
+
+
+async def test_the_retention_timer_waits_for_its_tick_to_be_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One Tick per expiry: the retention timer sends the next only after the
+    actor has handled the last (no burst of ticks for one expired job)."""
+
+    from stoat_ferret.jobs._messages import Tick
+    from stoat_ferret.jobs._table import JobTable
+
+    ticks: list[int] = []
+    handle = JobTable.handle
+
+    def counting(table: JobTable, message: Any) -> None:
+        if isinstance(message, Tick):
+            ticks.append(len(table.finished))
+        handle(table, message)
+
+    monkeypatch.setattr(JobTable, "handle", counting)
+
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    with anyio.fail_after(10):
+        async with running_supervisor(retention=1) as supervisor:
+            supervisor.register("noop", noop)
+            await supervisor.wait(await supervisor.submit("noop"))
+            await anyio.sleep(1.5)
+            statistics = supervisor.statistics()
+
+    assert statistics.finished == 0
+    # The first Tick may come before the job expired, the one at its expiry
+    # evicts it; never two while one job waits to expire.
+    assert ticks.count(1) == 1
+
+
+async def test_aclose_before_run_has_begun_closes_the_supervisor() -> None:
+    """aclose() on a supervisor whose run() was only start_soon'ed closes it:
+    run() then returns without raising into the task group."""
+
+    supervisor = JobSupervisor()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.run)
+            await supervisor.aclose()
+        with pytest.raises(SupervisorClosed):
+            await supervisor.submit("anything")
+
+    assert supervisor.statistics().accepting is False

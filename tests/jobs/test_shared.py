@@ -1,0 +1,75 @@
+"""Shared: the state the supervisor's tasks share outside the actor."""
+
+from __future__ import annotations
+
+import pytest
+
+from stoat_ferret.jobs import QueueFull, SupervisorClosed
+from stoat_ferret.jobs._shared import Phase, Shared
+
+
+def _running(limit: int = 2) -> Shared:
+    shared = Shared(limit)
+    shared.phase = Phase.RUNNING
+    return shared
+
+
+def test_take_counts_slots_up_to_the_limit() -> None:
+    """take() admits up to limit pending jobs, then raises QueueFull."""
+
+    shared = _running(limit=2)
+    shared.take()
+    shared.take()
+
+    with pytest.raises(QueueFull, match="limit of 2"):
+        shared.take()
+    assert (shared.taken, shared.accepted) == (2, 2)
+
+
+def test_take_refuses_unless_running() -> None:
+    """Before run() and from closing on, take() raises SupervisorClosed."""
+
+    shared = Shared(5)
+    with pytest.raises(SupervisorClosed, match="new"):
+        shared.take()
+    shared.phase = Phase.RUNNING
+    shared.close()
+    with pytest.raises(SupervisorClosed, match="closing"):
+        shared.take()
+
+
+def test_a_started_job_gives_its_slot_back() -> None:
+    """may_start() is True for a live job and gives its admission slot back."""
+
+    shared = _running()
+    shared.take()
+
+    assert shared.may_start("a") is True
+    assert shared.taken == 0
+
+
+def test_a_withdrawn_job_never_starts_and_is_forgotten() -> None:
+    """may_start() is False for a withdrawn id, which it then forgets; the slot stays taken."""
+
+    shared = _running()
+    shared.take()
+    shared.withdraw("a")
+
+    assert shared.may_start("a") is False
+    assert shared.withdrawn == set()
+    assert shared.taken == 1  # the actor gives it back when it ends the job
+
+
+def test_nothing_starts_once_closing() -> None:
+    """After close(), may_start() is False for every job and keeps its slot."""
+
+    shared = _running()
+    shared.take()
+    shared.close()
+
+    assert shared.may_start("a") is False
+    assert shared.taken == 1
+    assert shared.accepting is False
+    shared.phase = Phase.CLOSED
+    shared.close()
+    assert shared.phase is Phase.CLOSED  # close() never reopens or rewinds
