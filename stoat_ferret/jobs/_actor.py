@@ -155,13 +155,21 @@ class Actor:
                 leftovers.append(self._inbox_receive.receive_nowait())
             except anyio.WouldBlock:
                 break
-        self.table.stop(leftovers)
-        self.table.changes.close()  # no job changes any more: feeds end
-        self._inbox_receive.close()
-        self._inbox_send.close()
-        self.table.close_work_stream()
-        self.stopped.set()
+        try:
+            self.table.stop(leftovers)
+        finally:
+            self.table.changes.close()  # no job changes any more: feeds end
+            self._inbox_receive.close()
+            self._inbox_send.close()
+            self.table.close_work_stream()
+            self.stopped.set()
         logger.debug("job supervisor stopped")
+
+    def close_before_run(self) -> None:
+        """Close a supervisor whose ``run`` has not begun: no job, and feeds end."""
+        self.shared.phase = Phase.CLOSED
+        self.table.changes.close()
+        self.stopped.set()
 
     # -------------------------------------------------------------- timers
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -19,10 +20,20 @@ from stoat_ferret.jobs._models import JobResult, JobStatus
 from stoat_ferret.jobs._state import TERMINAL, JobEvent, next_status
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from anyio import CancelScope
 
     from stoat_ferret.jobs._follow import JobUpdates
     from stoat_ferret.jobs._messages import Reply
+
+
+def job_ids() -> Iterator[str]:
+    """Fresh job ids, 128 random bits each, like uuid4().hex, drawn 256 at a time."""
+    while True:
+        pool = os.urandom(16 * 256).hex()
+        for start in range(0, len(pool), 32):
+            yield pool[start : start + 32]
 
 
 wall_clock_ns = time.time_ns
@@ -75,8 +86,7 @@ def shown_payload(payload: Any) -> Any:
         return text[:MAX_PAYLOAD_REPR]
 
 
-# Not kw_only, though callers pass keywords: Python fills each missing
-# keyword-only default by a dict lookup, and a record has thirteen of them.
+# Not kw_only (see supervisor.md, Performance).
 @attrs.define(eq=False, slots=True)
 class JobRecord:
     """Everything known about one job. Its status changes only through :meth:`apply`."""

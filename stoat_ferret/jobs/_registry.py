@@ -1,7 +1,7 @@
 """Job types: which handler runs a type, and how long it may take.
 
 Shared by :class:`JobSupervisor` and :class:`InMemoryJobQueue` so that both
-validate ``register`` and ``submit`` arguments the same way.
+validate ``register``, ``submit`` and constructor arguments the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +35,22 @@ def check_timeout(timeout: float | None, what: str) -> float | None:
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{what} must be a positive number of seconds, got {timeout!r}")
     return value
+
+
+def check_count(value: int, what: str) -> int:
+    """Return ``value``, a whole number >= 1; else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_seconds(value: float, what: str) -> float:
+    """Return ``value`` as a float, a number of seconds >= 0; else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {value!r}")
+    return float(value)
 
 
 def _is_async_callable(handler: object) -> bool:

@@ -8,8 +8,6 @@ design.
 
 from __future__ import annotations
 
-import math
-import os
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,39 +31,17 @@ from stoat_ferret.jobs._messages import (
 )
 from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
 from stoat_ferret.jobs._paging import JobPage, check_page, select_page
-from stoat_ferret.jobs._record import JobRecord, wall_clock_ns
-from stoat_ferret.jobs._registry import JobRegistry, check_timeout
+from stoat_ferret.jobs._record import JobRecord, job_ids, wall_clock_ns
+from stoat_ferret.jobs._registry import JobRegistry, check_count, check_seconds, check_timeout
 from stoat_ferret.jobs._shared import Phase
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+    from collections.abc import AsyncIterator, Collection, Mapping
 
     from anyio.abc import TaskStatus
 
 
 T = TypeVar("T")
-
-
-def _check_count(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_seconds(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{what} must not be negative, got {value!r}")
-    return float(value)
-
-
-def _job_ids() -> Iterator[str]:
-    """Fresh job ids, 128 random bits each, like uuid4().hex, drawn 256 at a time."""
-    while True:
-        pool = os.urandom(16 * 256).hex()
-        for start in range(0, len(pool), 32):
-            yield pool[start : start + 32]
 
 
 class JobSupervisor:
@@ -100,16 +76,16 @@ class JobSupervisor:
         assert checked is not None
         self._registry = JobRegistry(checked)
         self._actor = Actor(
-            max_pending=_check_count(max_pending, "max_pending"),
-            max_workers=_check_count(max_workers, "max_workers"),
-            max_finished=_check_count(max_finished, "max_finished"),
-            retention=_check_seconds(retention, "retention"),
-            shutdown_grace=_check_seconds(shutdown_grace, "shutdown_grace"),
+            max_pending=check_count(max_pending, "max_pending"),
+            max_workers=check_count(max_workers, "max_workers"),
+            max_finished=check_count(max_finished, "max_finished"),
+            retention=check_seconds(retention, "retention"),
+            shutdown_grace=check_seconds(shutdown_grace, "shutdown_grace"),
             replay=replay,
         )
         self._shared = self._actor.shared
         self._table = self._actor.table
-        self._job_ids = _job_ids()
+        self._job_ids = job_ids()
         self._run_called = False
 
     def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
@@ -133,9 +109,11 @@ class JobSupervisor:
 
         Use as ``await task_group.start(supervisor.run)``: once that returns,
         ``submit`` works. If this task is cancelled instead (a hard stop), no
-        job starts and no submit is accepted from then on, and every job that
-        is not terminal ends before it returns. If :meth:`aclose` came first,
-        it returns at once.
+        job starts from then on, and every job that is not terminal ends
+        before it returns; a ``submit`` racing the cancellation (before the
+        actor has noticed it) may still be accepted, and that job ends
+        ``cancelled`` without starting. Later submits raise
+        :class:`SupervisorClosed`. If :meth:`aclose` came first, it returns at once.
 
         Raises:
             RuntimeError: ``run`` was already called.
@@ -158,8 +136,7 @@ class JobSupervisor:
         """
         shared = self._shared
         if shared.phase is Phase.NEW:
-            shared.phase = Phase.CLOSED
-            self._actor.stopped.set()
+            self._actor.close_before_run()
         elif shared.phase is Phase.RUNNING:
             # From here on no worker starts a job, so the actor's list of
             # pending jobs is final when it handles Shutdown.

@@ -73,9 +73,7 @@ class JobTable:
         replay: int = REPLAY_EVENTS,
     ) -> None:
         self.shared = shared
-        # Every change of a job's snapshot is published through publish_change,
-        # right after it is made, before the next await: a feed snapshots the
-        # record when it hands the change out (see _broadcast.py).
+        # Fed by publish_change, right after each change (see _broadcast.py).
         self.changes = JobChanges(replay=replay)
         self._max_finished = max_finished
         self._retention = retention

@@ -71,6 +71,38 @@ async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
     assert second_result.started_at is None
 
 
+async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker() -> None:
+    """A job handed to an idle worker just before run()'s host is cancelled never
+    starts: the worker sees the cancellation before it looks at the job."""
+
+    started: list[Any] = []
+
+    async def record(ctx: JobContext) -> Any:
+        started.append(ctx.payload)
+        return None
+
+    supervisor = JobSupervisor()
+    supervisor.register("record", record)
+    host = anyio.CancelScope()
+
+    async def host_run(*, task_status: TaskStatus[None]) -> None:
+        with host:
+            await supervisor.run(task_status=task_status)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host_run)
+            await anyio.wait_all_tasks_blocked()  # the worker waits for work
+            job_id = await supervisor.submit("record", "x")
+            await checkpoint()  # the actor hands the job to the worker
+            host.cancel()
+        result = await supervisor.get_result(job_id)
+
+    assert started == []
+    assert result.status is JobStatus.CANCELLED
+    assert result.started_at is None
+
+
 async def test_cancels_given_up_leave_nothing_on_the_job() -> None:
     """100 cancel() calls against a job that absorbs cancellation, each given
     up by its caller, leave no reply on the job's record."""
@@ -354,3 +386,18 @@ async def test_aclose_before_run_has_begun_closes_the_supervisor() -> None:
             await supervisor.submit("anything")
 
     assert supervisor.statistics().accepting is False
+
+
+async def test_aclose_before_run_ends_the_change_feeds() -> None:
+    """A watch_all() feed opened on a supervisor closed before its run() began
+    ends, instead of waiting for changes that can never come."""
+
+    supervisor = JobSupervisor()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.run)
+            await supervisor.aclose()
+        async with supervisor.watch_all() as feed:
+            changes = [change async for change in feed]
+
+    assert changes == []
