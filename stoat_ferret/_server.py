@@ -150,7 +150,13 @@ def listen(settings: Settings) -> socket.socket:
         OSError: the address cannot be bound (in use, not this machine's...).
     """
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    return socket.create_server((settings.host, settings.port), family=family)
+    # ``::`` means every address, IPv4 ones too, as uvicorn's own bind gave it
+    # (the system's default); create_server makes any other IPv6 socket IPv6-only.
+    return socket.create_server(
+        (settings.host, settings.port),
+        family=family,
+        dualstack_ipv6=settings.host == "::" and socket.has_dualstack_ipv6(),
+    )
 
 
 def serve(settings: Settings, listener: socket.socket) -> None:

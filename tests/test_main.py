@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import uvicorn
 import stoat_ferret.__main__ as stoat_main
 import stoat_ferret._server as stoat_server
 from stoat_ferret.__main__ import main
-from stoat_ferret._server import GracefulServer
+from stoat_ferret._server import GracefulServer, listen
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings
 from tests.server import (
@@ -287,3 +288,28 @@ def test_the_real_server_guards_and_answers_head(tmp_path: Path) -> None:
     assert bearer.status_code == 200
     assert returncode == 0
     assert token not in (tmp_path / "server.log").read_text()
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack IPv6 here")
+def test_listening_on_every_ipv6_address_takes_ipv4_too(tmp_path: Path) -> None:
+    """STOAT_HOST=:: is every address, IPv4 included (as uvicorn's own bind was)."""
+    settings = Settings(host="::", port=0, database_path=tmp_path / "stoat.db")
+
+    with listen(settings) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=30.0):
+            accepted, peer = listener.accept()
+            accepted.close()
+
+    assert peer[0] == "::ffff:127.0.0.1"
+
+
+def test_listening_on_one_ipv6_address_is_ipv6_only(tmp_path: Path) -> None:
+    """Only the wildcard is dual-stack: STOAT_HOST=::1 binds an IPv6-only socket."""
+    settings = Settings(host="::1", port=0, database_path=tmp_path / "stoat.db")
+
+    with listen(settings) as listener:
+        v6only = listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+
+    assert listener.family == socket.AF_INET6
+    assert v6only == 1
