@@ -10,15 +10,21 @@ deletes the file, cancels the job, stops or kills the service.
 
 The test is another process, so the file is checked every
 :data:`POLL_SECONDS`; the wait is cancellable like the rest of the scan.
+
+``STOATTEST_HTTP_GRACE=SECONDS`` replaces how long uvicorn waits for open
+requests at shut-down (:data:`stoat_ferret._server.HTTP_GRACE_SECONDS`), for a
+test that must catch that wait whatever the machine's speed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Final
 
 import anyio
 
+import stoat_ferret._server
 from stoat_ferret.__main__ import main
 from stoat_ferret.library import VideoLibrary
 
@@ -47,4 +53,6 @@ async def _held_apply(
 
 if __name__ == "__main__":
     VideoLibrary.apply = _held_apply  # type: ignore[method-assign]
+    if grace := os.environ.get("STOATTEST_HTTP_GRACE"):
+        stoat_ferret._server.HTTP_GRACE_SECONDS = int(grace)  # type: ignore[misc]
     sys.exit(main())

@@ -11,6 +11,9 @@ how long a stop takes guard against hangs; they are generous and say so.
   a whole answer, the process exits 0 within the grace and a few seconds;
 * a second SIGTERM during the grace: the process exits 0 at once, the
   running job logged ``cancelled``, the database intact;
+* a second SIGTERM while uvicorn waits for a request still open (a body that
+  never comes): exit 0 at once, the app's lifespan ended all the same, no
+  ERROR line (uvicorn's HTTP grace is an hour here: ``STOATTEST_HTTP_GRACE``);
 * SIGKILL in the middle of a scan, then a restart: ``integrity_check`` ok,
   every stored row whole, and the next scan stores the rest;
 * the port already in use: exit status 1 and one line on stderr.
@@ -215,6 +218,62 @@ def test_a_second_sigterm_during_the_grace_exits_at_once(
     assert 0 < _whole_rows(database, clip) < FILES
 
 
+def _open_upload(port: int) -> socket.socket:
+    """A scan request whose body never comes, once the app is reading it.
+
+    ``Expect: 100-continue``: uvicorn answers ``100 Continue`` when the app
+    first asks for the body, so the request is known to be open in the app.
+    """
+    connection = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    connection.sendall(
+        f"POST {SCAN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
+    )
+    _read_until(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
+    return connection
+
+
+def test_a_second_sigterm_while_a_request_stays_open_exits_cleanly(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A second SIGTERM while uvicorn waits for an open request: exit 0 at once, the app's
+    own shut-down run (job cancelled, database closed), nothing logged at ERROR."""
+    # An hour for the request and for the job: only the second signal ends them.
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="3600", STOATTEST_HTTP_GRACE="3600")
+    held = _held_tree(tmp_path / "root" / "held", clip)
+    database = env["STOAT_DATABASE_PATH"]
+    log_path = tmp_path / "server.log"
+
+    with running_server(tmp_path, env, module=GATED) as process:
+        base_url = wait_ready(process, log_path)
+        port = int(base_url.rpartition(":")[2])
+        with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
+            job_id = _start_held_scan(client, held, database)
+        upload = _open_upload(port)
+        os.killpg(process.pid, signal.SIGTERM)
+        _poll(
+            lambda: "Waiting for connections to close" in log_path.read_text(),
+            "uvicorn waits for the open request",
+        )
+        began = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        returncode = process.wait(timeout=STOP_MARGIN)
+        took = time.monotonic() - began
+        rest = _drain(upload)
+    log = log_path.read_text()
+
+    assert returncode == 0, log[-3000:]
+    assert took < STOP_MARGIN  # not the hour
+    assert b"HTTP/1.1 2" not in rest  # the scan the request never finished asking for
+    assert b"HTTP/1.1 5" not in rest
+    assert _ended(log, job_id) == ["cancelled"]
+    assert "Application shutdown complete" in log
+    assert not re.search(r"\| (ERROR|CRITICAL) +\|", log), log[-3000:]
+    assert "Traceback" not in log
+    assert integrity(database) == ["ok"]
+
+
 def test_sigkill_mid_scan_then_a_restart_repairs_the_rest(
     tmp_path: Path, clip: EncodedVideo
 ) -> None:
@@ -305,11 +364,11 @@ def test_a_second_stop_signal_forces_the_exit() -> None:
     server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
 
     server.handle_exit(signal.SIGTERM, None)
-    first = (server.should_exit, server.force_exit)
+    first = (server.should_exit, server.forced)
     server.handle_exit(signal.SIGTERM, None)
 
     assert first == (True, False)
-    assert (server.should_exit, server.force_exit) == (True, True)
+    assert (server.should_exit, server.forced) == (True, True)
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
