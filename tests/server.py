@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from stoat_ferret._server import HTTP_GRACE_SECONDS
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
@@ -30,6 +32,19 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 READY_WITHIN = 30.0
 SHUTDOWN_GRACE = 2.0
 """The servers' STOAT_SHUTDOWN_GRACE unless a test says otherwise."""
+
+HANG_MARGIN = 15.0
+"""Seconds a stop may take beyond its graces before a test calls it hung: room
+for a loaded machine, not a speed check."""
+
+
+def stop_hang_guard(job_grace: float = SHUTDOWN_GRACE) -> float:
+    """How long a graceful stop may take before a test calls it hung.
+
+    uvicorn's wait for open requests, then the jobs' ``job_grace``, then
+    :data:`HANG_MARGIN`: a guard against hangs, generous on purpose.
+    """
+    return HTTP_GRACE_SECONDS + job_grace + HANG_MARGIN
 
 
 LISTENING = re.compile(rb"dashboard: (http://127\.0\.0\.1:\d+)/")

@@ -43,7 +43,7 @@ from stoat_ferret.__main__ import main
 from stoat_ferret._server import GracefulServer
 from tests.gated_service import HOLD
 from tests.reliability.conftest import integrity
-from tests.server import running_server, server_environment, wait_ready
+from tests.server import running_server, server_environment, stop_hang_guard, wait_ready
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,8 +58,9 @@ FILES: Final = 400
 DEADLINE: Final = 30.0
 """Longest any poll across the process boundary may take: a guard against hangs."""
 
-STOP_MARGIN: Final = 10.0
-"""Added to the grace in the bound on how long a stop may take (a hang guard, generous)."""
+STOP_MARGIN: Final = stop_hang_guard(0)
+"""How long a forced stop, or a stop beyond its jobs' grace, may take before it
+counts as hung (uvicorn's HTTP grace + 15 s: a hang guard, generous)."""
 
 SCAN: Final = "/api/v1/videos/scan"
 
