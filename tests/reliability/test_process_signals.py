@@ -125,7 +125,8 @@ def _whole_rows(database: str, clip: EncodedVideo) -> int:
 
 def _ended(log: str, job_id: str) -> list[str]:
     """The terminal statuses the log gives ``job_id`` (a ``job finished`` line each)."""
-    return re.findall(rf"job_id={job_id} job_type=scan status=(\w+)", log)
+    statuses = re.findall(rf"job_id={job_id} job_type=scan status=(\w+)", log)
+    return [status for status in statuses if status not in {"pending", "running"}]
 
 
 def _open(port: int, target: str) -> socket.socket:
@@ -156,24 +157,30 @@ def _drain(connection: socket.socket) -> bytes:
 def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: EncodedVideo) -> None:
     """SIGTERM with two event streams and two hour-long waits open: all end, exit 0."""
     grace = 1.0
-    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(grace))
+    # DEBUG: each wait logs "waiting for job ..." once it is in the app.
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(grace), STOAT_LOG_LEVEL="DEBUG")
     held = _held_tree(tmp_path / "root" / "held", clip)
     database = env["STOAT_DATABASE_PATH"]
+    log_path = tmp_path / "server.log"
 
     with running_server(tmp_path, env, module=GATED) as process:
-        base_url = wait_ready(process, tmp_path / "server.log")
+        base_url = wait_ready(process, log_path)
         port = int(base_url.rpartition(":")[2])
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
             job_id = _start_held_scan(client, held, database)
         waits = [_open(port, f"/api/v1/jobs/{job_id}/wait?timeout=3600") for _ in range(2)]
         streams = [_open(port, f"/api/v1/jobs/{job_id}/events") for _ in range(2)]
         firsts = [_read_until(stream, b"data: ") for stream in streams]
+        _poll(
+            lambda: log_path.read_text().count(f"waiting for job {job_id}") == 2,
+            "both waits reach the app",
+        )
         began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         answers = [_drain(connection) for connection in [*waits, *streams]]
         returncode = process.wait(timeout=grace + STOP_MARGIN)
         took = time.monotonic() - began
-    log = (tmp_path / "server.log").read_text()
+    log = log_path.read_text()
 
     assert returncode == 0, log[-3000:]
     assert took < grace + STOP_MARGIN
