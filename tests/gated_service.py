@@ -6,7 +6,9 @@ whatever the machine's speed: after the scan writes a batch of videos from
 a directory that holds a file named :data:`HOLD`, it waits while that file
 exists. So the first batch is stored, the rest is not, and the job stays
 ``running`` (its progress says how many files it probed) until the test
-deletes the file, cancels the job, stops or kills the service.
+deletes the file, cancels the job, stops or kills the service. When the
+gate begins to hold, the service logs :func:`held_line` (at INFO), which a
+test waits for (``tests.server.wait_for_line``).
 
 The test is another process, so the file is checked every
 :data:`POLL_SECONDS`; the wait is cancellable like the rest of the scan.
@@ -23,6 +25,7 @@ import sys
 from typing import TYPE_CHECKING, Final
 
 import anyio
+from loguru import logger
 
 import stoat_ferret._server
 from stoat_ferret.__main__ import main
@@ -30,6 +33,7 @@ from stoat_ferret.library import VideoLibrary
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
+    from pathlib import Path
 
     from stoat_ferret.library import VideoRecord
 
@@ -41,11 +45,18 @@ POLL_SECONDS: Final = 0.02
 _write = VideoLibrary.apply
 
 
+def held_line(directory: Path) -> str:
+    """The log line saying the scan of ``directory`` is held by its gate."""
+    return f"scan held at {directory.resolve() / HOLD}"
+
+
 async def _held_apply(
     self: VideoLibrary, records: Sequence[VideoRecord], deletions: Collection[str]
 ) -> None:
     await _write(self, records, deletions)
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
+        if await gate.exists():
+            logger.info("scan held at {gate}", gate=str(gate))
         # Another process opens the gate: there is no event to wait on.
         while await gate.exists():  # noqa: ASYNC110
             await anyio.sleep(POLL_SECONDS)

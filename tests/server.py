@@ -69,6 +69,18 @@ def wait_ready(process: subprocess.Popen[bytes], log: Path) -> str:
     pytest.fail(f"server not ready after {READY_WITHIN} s:\n{log.read_text()}")
 
 
+def wait_for_line(log: Path, line: str, within: float = READY_WITHIN) -> None:
+    """Return once the server's ``log`` holds ``line``; fail after ``within`` seconds.
+
+    Another process writes it: polling with a deadline (a hang guard) is the only way.
+    """
+    deadline = time.monotonic() + within
+    while line not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not in the log within {within} s: {line!r}\n{log.read_text()[-3000:]}")
+        time.sleep(0.02)
+
+
 def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
     """The environment of a server in ``tmp_path``: port 0, ``root/`` the scan root.
 

@@ -41,9 +41,15 @@ import uvicorn
 
 from stoat_ferret.__main__ import main
 from stoat_ferret._server import GracefulServer
-from tests.gated_service import HOLD
+from tests.gated_service import HOLD, held_line
 from tests.reliability.conftest import integrity
-from tests.server import running_server, server_environment, stop_hang_guard, wait_ready
+from tests.server import (
+    running_server,
+    server_environment,
+    stop_hang_guard,
+    wait_for_line,
+    wait_ready,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,18 +91,12 @@ def _held_tree(directory: Path, clip: EncodedVideo) -> Path:
     return directory
 
 
-def _count(database: str) -> int:
-    with closing(sqlite3.connect(database)) as connection:
-        (count,) = connection.execute("SELECT count(*) FROM videos").fetchone()
-        return int(count)
-
-
-def _start_held_scan(client: httpx.Client, held: Path, database: str) -> str:
+def _start_held_scan(client: httpx.Client, held: Path, log: Path) -> str:
     """Submit a scan of ``held``; return its id once rows are stored and the gate holds it."""
     accepted = client.post(SCAN, json={"path": str(held)})
     assert accepted.status_code == 202, accepted.text
     job_id: str = accepted.json()["job_id"]
-    _poll(lambda: _count(database) > 0, "the held scan stores its first batch")
+    wait_for_line(log, held_line(held), DEADLINE)  # logged after the first batch is stored
     job = client.get(f"/api/v1/jobs/{job_id}").json()
     assert job["status"] == "running", job
     return job_id
@@ -167,7 +167,7 @@ def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: Enc
         base_url = wait_ready(process, log_path)
         port = int(base_url.rpartition(":")[2])
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
-            job_id = _start_held_scan(client, held, database)
+            job_id = _start_held_scan(client, held, tmp_path / "server.log")
         waits = [_open(port, f"/api/v1/jobs/{job_id}/wait?timeout=3600") for _ in range(2)]
         streams = [_open(port, f"/api/v1/jobs/{job_id}/events") for _ in range(2)]
         firsts = [_read_until(stream, b"data: ") for stream in streams]
@@ -209,7 +209,7 @@ def test_a_second_sigterm_during_the_grace_exits_at_once(
     with running_server(tmp_path, env, module=GATED) as process:
         base_url = wait_ready(process, log_path)
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
-            job_id = _start_held_scan(client, held, database)
+            job_id = _start_held_scan(client, held, tmp_path / "server.log")
         os.killpg(process.pid, signal.SIGTERM)
         _poll(lambda: "running job(s) get" in log_path.read_text(), "the grace begins")
         began = time.monotonic()
@@ -257,7 +257,7 @@ def test_a_second_sigterm_while_a_request_stays_open_exits_cleanly(
         base_url = wait_ready(process, log_path)
         port = int(base_url.rpartition(":")[2])
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
-            job_id = _start_held_scan(client, held, database)
+            job_id = _start_held_scan(client, held, tmp_path / "server.log")
         upload = _open_upload(port)
         os.killpg(process.pid, signal.SIGTERM)
         _poll(
@@ -293,7 +293,7 @@ def test_sigkill_mid_scan_then_a_restart_repairs_the_rest(
     with running_server(tmp_path, env, module=GATED) as process:
         base_url = wait_ready(process, tmp_path / "server.log")
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
-            _start_held_scan(client, held, database)
+            _start_held_scan(client, held, tmp_path / "server.log")
         os.killpg(process.pid, signal.SIGKILL)
         killed = process.wait(timeout=DEADLINE)
     check_after_kill = integrity(database)
