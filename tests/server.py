@@ -8,6 +8,7 @@ with any other process binding it in between.)
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httpx
 import pytest
@@ -24,7 +25,7 @@ import pytest
 from stoat_ferret._server import HTTP_GRACE_SECONDS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 """Where ``python -m tests.gated_service`` is found."""
@@ -104,6 +105,30 @@ def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+_PR_SET_PDEATHSIG: Final = 1
+"""``prctl`` option (``<linux/prctl.h>``): the signal a process gets when its parent dies."""
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child killed when this process dies (Linux; else None).
+
+    Everything is looked up here, before the fork: the child only makes the
+    system call. (Strictly, the signal comes when the *thread* that started
+    the child ends: the tests start servers from their main thread.)
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody to signal it
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return die_with_parent
+
+
 @contextmanager
 def running_server(
     tmp_path: Path,
@@ -116,7 +141,8 @@ def running_server(
     """``python -m stoat_ferret *args`` in its own process group, output to ``tmp_path/log_name``.
 
     ``module="tests.gated_service"`` runs it with scans the test can hold
-    (see there). Killed (the whole group) if the test leaves it running.
+    (see there). Killed (the whole group) if the test leaves it running, and
+    (on Linux) killed too if the test process dies without cleaning up.
     """
     with (tmp_path / log_name).open("wb") as log:
         process = subprocess.Popen(
@@ -126,6 +152,7 @@ def running_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),  # Linux: dies with this process
         )
         try:
             yield process
