@@ -48,17 +48,15 @@ while os.getppid() == parent:  # an orphan stops: the script that started it die
 """
 
 
+def spinner() -> subprocess.Popen[bytes]:
+    """One process keeping one core busy, until signalled or until this process dies."""
+    return subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())])
+
+
 @contextmanager
 def busy_cores(load: bool) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Keep every core busy while inside, if ``load``; yields the spinning processes."""
-    spinners = (
-        [
-            subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())])
-            for _ in range(os.cpu_count() or 1)
-        ]
-        if load
-        else []
-    )
+    spinners = [spinner() for _ in range(os.cpu_count() or 1)] if load else []
     try:
         yield spinners
     finally:

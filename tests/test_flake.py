@@ -27,18 +27,16 @@ FLAKE: Final = str(REPOSITORY / "tests" / "flake.py")
 DEADLINE: Final = 30.0
 """Longest any wait on another process may take: a guard against hangs."""
 
-HANG: Final = """\
-import subprocess, sys, time
-from pathlib import Path
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-Path(sys.argv[1]).write_text(f"{child.pid}")
-time.sleep(3600)
-"""
-"""A run that hangs, with a child of its own whose pid it writes to ``argv[1]``."""
+HANG: Final = 'sleep 3600 & echo $! > "$0"; wait'
+"""A run that hangs (``sh -c``), with a child of its own whose pid it writes to ``$0``:
+a shell starts in milliseconds, well within :data:`RUN_TIMEOUT` even on a loaded machine."""
+
+RUN_TIMEOUT: Final = "5"
+"""The hung run's ``--timeout``: after its child has started, so the test can find it."""
 
 
 def _hang(pid_file: Path) -> list[str]:
-    return [sys.executable, "-c", HANG, str(pid_file)]
+    return ["sh", "-c", HANG, str(pid_file)]
 
 
 def _alive(pid: int) -> bool:
@@ -65,7 +63,7 @@ def test_a_hung_run_is_killed_with_its_children_and_counted_failed(tmp_path: Pat
     pid_file = tmp_path / "child.pid"
 
     run = subprocess.run(
-        [sys.executable, FLAKE, "--runs", "1", "--timeout", "1", "--", *_hang(pid_file)],
+        [sys.executable, FLAKE, "--runs", "1", "--timeout", RUN_TIMEOUT, "--", *_hang(pid_file)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -76,18 +74,20 @@ def test_a_hung_run_is_killed_with_its_children_and_counted_failed(tmp_path: Pat
     _poll(lambda: not _alive(child), "the hung run's child dies")
 
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "run 1/1: FAILED (killed: still running after 1 s)" in run.stdout
+    assert f"run 1/1: FAILED (killed: still running after {RUN_TIMEOUT} s)" in run.stdout
     assert "\n0 passed, 1 failed\n" in run.stdout
 
 
 def test_the_load_stops_by_itself_when_the_script_dies(tmp_path: Path) -> None:
-    """SIGKILL to the script (no clean-up possible): its spinning processes stop anyway."""
+    """SIGKILL to the script (no clean-up possible): its spinning process stops anyway."""
+    # One spinner, not one per core as busy_cores starts: a test must not
+    # take every core of a shared machine (two spinners on two cores once
+    # kept this very parent from running at all until they were killed).
     code = (
         "import sys\n"
-        "from tests.flake import busy_cores\n"
-        "with busy_cores(True) as spinners:\n"
-        "    print(*(spinner.pid for spinner in spinners), flush=True)\n"
-        "    sys.stdin.read()\n"
+        "from tests.flake import spinner\n"
+        "print(spinner().pid, flush=True)\n"
+        "sys.stdin.read()\n"
     )
     with subprocess.Popen(
         [sys.executable, "-c", code],
