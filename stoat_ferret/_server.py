@@ -14,9 +14,11 @@ moment the shut-down begins, before uvicorn waits for open connections:
 4. the app's lifespan ends: the supervisor's ``aclose()`` (running jobs get
    ``STOAT_SHUTDOWN_GRACE`` seconds), then the database is closed.
 
-A second SIGTERM or SIGINT during these steps forces the exit: uvicorn
-stops waiting for connections, and :func:`~stoat_ferret.api.end_grace`
-cancels the running jobs at once; the database is still closed, exit 0.
+A second SIGTERM or SIGINT during these steps forces the exit: the open
+connections are closed, so their requests end and uvicorn stops waiting for
+them, and :func:`~stoat_ferret.api.end_grace` cancels the running jobs at
+once; the app's lifespan still ends (database closed), nothing is logged as
+an error, exit 0.
 
 The listening socket is bound by :func:`listen` before uvicorn starts, and
 handed to it; with ``STOAT_PORT=0`` the system picks a free port, and the
@@ -76,6 +78,8 @@ class GracefulServer(uvicorn.Server):
         url: str | None = None,
     ) -> None:
         super().__init__(config)
+        self.forced = False
+        """Whether a second stop signal came (uvicorn's ``force_exit`` stays False)."""
         self._on_stop = on_stop
         self._on_force = on_force
         self._url = url
@@ -114,17 +118,19 @@ class GracefulServer(uvicorn.Server):
         """The first SIGTERM or SIGINT stops gracefully; a second one forces the exit.
 
         uvicorn forces it only on a second SIGINT; a service manager sends SIGTERM.
+        Not by uvicorn's ``force_exit``: see :meth:`shutdown`.
         """
         if self.should_exit:
-            self.force_exit = True
-        super().handle_exit(sig, frame)
+            self.forced = True
+        else:
+            super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Tell the app to stop taking work, then shut down as uvicorn does.
 
         A second stop signal cuts the shut-down short: ``on_force`` ends the
-        jobs' grace (they end ``cancelled``), and uvicorn stops waiting for
-        open connections.
+        jobs' grace (they end ``cancelled``), and the open connections are
+        closed, so uvicorn's wait for them ends.
         """
         # Logged here, not in the signal handler: loguru's handler lock must
         # not be taken by code that may interrupt a thread holding it.
@@ -137,10 +143,19 @@ class GracefulServer(uvicorn.Server):
 
     async def _until_forced(self) -> None:
         # A flag set by a signal handler: polled, as uvicorn's own main loop does.
-        while not self.force_exit:  # noqa: ASYNC110
+        while not self.forced:  # noqa: ASYNC110
             await anyio.sleep(FORCE_POLL_SECONDS)
         logger.warning("second stop signal: not waiting any longer")
         self._on_force()
+        # uvicorn 0.54's own force_exit would stop its wait for connections but
+        # then skip the app's lifespan shut-down, and leave the open requests to
+        # asyncio.run, which cancels them: each logged "Exception in ASGI
+        # application" and answered 500. Closing the connections instead (uvicorn's
+        # server_state.connections: its protocol objects, each with its asyncio
+        # transport) makes their requests see the client gone and end, so
+        # uvicorn's wait ends the ordinary way, and it ends the lifespan itself.
+        for connection in list(self.server_state.connections):
+            connection.transport.close()
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -150,7 +165,13 @@ def listen(settings: Settings) -> socket.socket:
         OSError: the address cannot be bound (in use, not this machine's...).
     """
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    return socket.create_server((settings.host, settings.port), family=family)
+    # ``::`` means every address, IPv4 ones too, as uvicorn's own bind gave it
+    # (the system's default); create_server makes any other IPv6 socket IPv6-only.
+    return socket.create_server(
+        (settings.host, settings.port),
+        family=family,
+        dualstack_ipv6=settings.host == "::" and socket.has_dualstack_ipv6(),
+    )
 
 
 def serve(settings: Settings, listener: socket.socket) -> None:

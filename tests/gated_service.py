@@ -6,25 +6,35 @@ whatever the machine's speed: after the scan writes a batch of videos from
 a directory that holds a file named :data:`HOLD`, it waits while that file
 exists. So the first batch is stored, the rest is not, and the job stays
 ``running`` (its progress says how many files it probed) until the test
-deletes the file, cancels the job, stops or kills the service.
+deletes the file, cancels the job, stops or kills the service. When the
+gate begins to hold, the service logs :func:`held_line` (at INFO), which a
+test waits for (``tests.server.wait_for_line``).
 
 The test is another process, so the file is checked every
 :data:`POLL_SECONDS`; the wait is cancellable like the rest of the scan.
+
+``STOATTEST_HTTP_GRACE=SECONDS`` replaces how long uvicorn waits for open
+requests at shut-down (:data:`stoat_ferret._server.HTTP_GRACE_SECONDS`), for a
+test that must catch that wait whatever the machine's speed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Final
 
 import anyio
+from loguru import logger
 
+import stoat_ferret._server
 from stoat_ferret.__main__ import main
 from stoat_ferret.library import VideoLibrary
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
     from datetime import datetime
+    from pathlib import Path
 
     from stoat_ferret.library import VideoRecord
 
@@ -36,6 +46,11 @@ POLL_SECONDS: Final = 0.02
 _write = VideoLibrary.apply
 
 
+def held_line(directory: Path) -> str:
+    """The log line saying the scan of ``directory`` is held by its gate."""
+    return f"scan held at {directory.resolve() / HOLD}"
+
+
 async def _held_apply(
     self: VideoLibrary,
     records: Sequence[VideoRecord],
@@ -45,6 +60,8 @@ async def _held_apply(
 ) -> None:
     await _write(self, records, deletions, written_before=written_before)
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
+        if await gate.exists():
+            logger.info("scan held at {gate}", gate=str(gate))
         # Another process opens the gate: there is no event to wait on.
         while await gate.exists():  # noqa: ASYNC110
             await anyio.sleep(POLL_SECONDS)
@@ -52,4 +69,6 @@ async def _held_apply(
 
 if __name__ == "__main__":
     VideoLibrary.apply = _held_apply  # type: ignore[method-assign]
+    if grace := os.environ.get("STOATTEST_HTTP_GRACE"):
+        stoat_ferret._server.HTTP_GRACE_SECONDS = int(grace)  # type: ignore[misc]
     sys.exit(main())

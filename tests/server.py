@@ -8,6 +8,7 @@ with any other process binding it in between.)
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -16,13 +17,15 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httpx
 import pytest
 
+from stoat_ferret._server import HTTP_GRACE_SECONDS
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 """Where ``python -m tests.gated_service`` is found."""
@@ -30,6 +33,19 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 READY_WITHIN = 30.0
 SHUTDOWN_GRACE = 2.0
 """The servers' STOAT_SHUTDOWN_GRACE unless a test says otherwise."""
+
+HANG_MARGIN = 15.0
+"""Seconds a stop may take beyond its graces before a test calls it hung: room
+for a loaded machine, not a speed check."""
+
+
+def stop_hang_guard(job_grace: float = SHUTDOWN_GRACE) -> float:
+    """How long a graceful stop may take before a test calls it hung.
+
+    uvicorn's wait for open requests, then the jobs' ``job_grace``, then
+    :data:`HANG_MARGIN`: a guard against hangs, generous on purpose.
+    """
+    return HTTP_GRACE_SECONDS + job_grace + HANG_MARGIN
 
 
 LISTENING = re.compile(rb"dashboard: (http://127\.0\.0\.1:\d+)/")
@@ -52,6 +68,18 @@ def wait_ready(process: subprocess.Popen[bytes], log: Path) -> str:
             pass
         time.sleep(0.05)  # a process boundary: polling with a deadline is the only way
     pytest.fail(f"server not ready after {READY_WITHIN} s:\n{log.read_text()}")
+
+
+def wait_for_line(log: Path, line: str, within: float = READY_WITHIN) -> None:
+    """Return once the server's ``log`` holds ``line``; fail after ``within`` seconds.
+
+    Another process writes it: polling with a deadline (a hang guard) is the only way.
+    """
+    deadline = time.monotonic() + within
+    while line not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not in the log within {within} s: {line!r}\n{log.read_text()[-3000:]}")
+        time.sleep(0.02)
 
 
 def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -77,6 +105,30 @@ def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+_PR_SET_PDEATHSIG: Final = 1
+"""``prctl`` option (``<linux/prctl.h>``): the signal a process gets when its parent dies."""
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child killed when this process dies (Linux; else None).
+
+    Everything is looked up here, before the fork: the child only makes the
+    system call. (Strictly, the signal comes when the *thread* that started
+    the child ends: the tests start servers from their main thread.)
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody to signal it
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return die_with_parent
+
+
 @contextmanager
 def running_server(
     tmp_path: Path,
@@ -89,7 +141,8 @@ def running_server(
     """``python -m stoat_ferret *args`` in its own process group, output to ``tmp_path/log_name``.
 
     ``module="tests.gated_service"`` runs it with scans the test can hold
-    (see there). Killed (the whole group) if the test leaves it running.
+    (see there). Killed (the whole group) if the test leaves it running, and
+    (on Linux) killed too if the test process dies without cleaning up.
     """
     with (tmp_path / log_name).open("wb") as log:
         process = subprocess.Popen(
@@ -99,6 +152,7 @@ def running_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),  # Linux: dies with this process
         )
         try:
             yield process

@@ -14,6 +14,8 @@ from trio.testing import MockClock
 
 from tests.conftest import check_backend, running_library
 
+pytest_plugins = ["pytester"]
+
 
 def test_trio_mode_is_off(pytestconfig: pytest.Config) -> None:
     """pytest-trio's trio_mode would run the asyncio cases on trio, without their clock."""
@@ -68,11 +70,61 @@ def test_make_tests_hypothesis_profiles_are_derandomized() -> None:
     """Every property test of make test tries the same examples each run: a failure repeats."""
     from tests.reliability import test_api_fuzz, test_supervisor_properties
 
-    profiles = [
-        getattr(module, "PROFILE", settings.default)
-        for module in (test_api_fuzz, test_supervisor_properties)
-    ]
+    profiles = [module.PROFILE for module in (test_api_fuzz, test_supervisor_properties)]
 
     assert settings.get_current_profile_name() == "quick"
     assert settings.get_profile("quick").derandomize is True
-    assert [profile.derandomize for profile in profiles if profile] == [True, True]
+    assert [profile.derandomize for profile in profiles] == [True, True]
+
+
+MISRUN_CONFTEST = """
+import pytest
+import trio
+
+from tests.conftest import _backend_guard, _running_backend, anyio_backend
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef, request):
+    # Stands for a plugin that claims the async fixtures and runs them on trio
+    # with its own clock, whatever the test was parametrised with.
+    if fixturedef.argname == "_running_backend":
+        fixture = _running_backend.__wrapped__(request.getfixturevalue("anyio_backend"))
+        trio.run(fixture.__anext__)
+    return None
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend", "failure"),
+    [
+        ("asyncio", "*Failed: parametrised with asyncio, running on trio*"),
+        ("trio", "*Failed: given <MockClock*running with SystemClock*"),
+    ],
+)
+def test_the_autouse_guard_fails_a_test_run_elsewhere(
+    pytester: pytest.Pytester, backend: str, failure: str
+) -> None:
+    """Every test with ``anyio_backend`` is guarded: run on another loop, or clock, it errors."""
+    pytester.makeconftest(MISRUN_CONFTEST)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.anyio
+        async def test_anything(anyio_backend):
+            pass
+
+        def test_without_a_backend():
+            pass
+        """
+    )
+
+    # One backend per session: a trio.run that failed inside the hook above
+    # upsets the next one in the same session (not what this test is about).
+    result = pytester.runpytest(
+        "-p", "no:randomly", "-p", "no:cacheprovider", "-k", f"{backend} or without"
+    )
+
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([failure])

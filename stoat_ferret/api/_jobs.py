@@ -107,6 +107,7 @@ async def wait_for_job(
     job = await queue.get_result(job_id)
     if job.status.is_terminal:
         return ApiJSONResponse(job_json(job))
+    logger.debug("waiting for job {job_id}", job_id=job_id, timeout=timeout)
     finished = await _wait_terminal(queue, job_id, timeout, stopping, request)
     if finished is not None:
         return ApiJSONResponse(job_json(finished))

@@ -81,13 +81,29 @@ async def _read_until(stream: SocketStream, marker: bytes) -> bytes:
     return received
 
 
+async def _read_answer(stream: SocketStream) -> tuple[bytes, bytes]:
+    """One whole answer with a ``Content-Length``: its head, and its body of that length."""
+    received = await _read_until(stream, b"\r\n\r\n")
+    head, _, body = received.partition(b"\r\n\r\n")
+    lengths = [
+        int(value)
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        if name.strip().lower() == b"content-length"
+    ]
+    assert len(lengths) == 1, head
+    while len(body) < lengths[0]:
+        body += await stream.receive()
+    assert len(body) == lengths[0], (head, body)
+    return head, body
+
+
 async def _scan(port: int, root: Path) -> str:
     """Submit a scan of ``root`` over a connection of its own; return its job id."""
-    body = json.dumps({"path": str(root)}).encode()
-    async with await _request(port, "/api/v1/videos/scan", body) as stream:
-        answer = await _read_until(stream, b"}")
-    assert answer.startswith(b"HTTP/1.1 202 "), answer
-    job_id: str = json.loads(answer.partition(b"\r\n\r\n")[2])["job_id"]
+    request = json.dumps({"path": str(root)}).encode()
+    async with await _request(port, "/api/v1/videos/scan", request) as stream:
+        head, body = await _read_answer(stream)
+    assert head.startswith(b"HTTP/1.1 202 "), head
+    job_id: str = json.loads(body)["job_id"]
     return job_id
 
 

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 import attrs
 import pytest
 
-from tests.gated_service import HOLD
+from tests.gated_service import HOLD, held_line
+from tests.server import wait_for_line
 from tests.videos import make_video, write_corrupt_video
 
 try:
@@ -272,6 +273,7 @@ def test_a_long_scan_can_be_cancelled_from_the_page(
     expect(running.locator(".job-message")).to_have_text(
         re.compile(rf"probed [1-9]\d*/{LONG_SCAN_FILES} files")
     )
+    wait_for_line(server.log, held_line(long))  # and it stays so: the gate holds it
     dashboard.scan(waiting)  # the service runs one job at a time: this one waits
     expect(pending.locator(".badge")).to_have_text("pending")
     expect(page.locator("#stat-pending")).to_have_text("1")

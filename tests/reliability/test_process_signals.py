@@ -11,6 +11,9 @@ how long a stop takes guard against hangs; they are generous and say so.
   a whole answer, the process exits 0 within the grace and a few seconds;
 * a second SIGTERM during the grace: the process exits 0 at once, the
   running job logged ``cancelled``, the database intact;
+* a second SIGTERM while uvicorn waits for a request still open (a body that
+  never comes): exit 0 at once, the app's lifespan ended all the same, no
+  ERROR line (uvicorn's HTTP grace is an hour here: ``STOATTEST_HTTP_GRACE``);
 * SIGKILL in the middle of a scan, then a restart: ``integrity_check`` ok,
   every stored row whole, and the next scan stores the rest;
 * the port already in use: exit status 1 and one line on stderr.
@@ -38,9 +41,15 @@ import uvicorn
 
 from stoat_ferret.__main__ import main
 from stoat_ferret._server import GracefulServer
-from tests.gated_service import HOLD
+from tests.gated_service import HOLD, held_line
 from tests.reliability.conftest import integrity
-from tests.server import running_server, server_environment, wait_ready
+from tests.server import (
+    running_server,
+    server_environment,
+    stop_hang_guard,
+    wait_for_line,
+    wait_ready,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,8 +64,9 @@ FILES: Final = 400
 DEADLINE: Final = 30.0
 """Longest any poll across the process boundary may take: a guard against hangs."""
 
-STOP_MARGIN: Final = 10.0
-"""Added to the grace in the bound on how long a stop may take (a hang guard, generous)."""
+STOP_MARGIN: Final = stop_hang_guard(0)
+"""How long a forced stop, or a stop beyond its jobs' grace, may take before it
+counts as hung (uvicorn's HTTP grace + 15 s: a hang guard, generous)."""
 
 SCAN: Final = "/api/v1/videos/scan"
 
@@ -81,18 +91,12 @@ def _held_tree(directory: Path, clip: EncodedVideo) -> Path:
     return directory
 
 
-def _count(database: str) -> int:
-    with closing(sqlite3.connect(database)) as connection:
-        (count,) = connection.execute("SELECT count(*) FROM videos").fetchone()
-        return int(count)
-
-
-def _start_held_scan(client: httpx.Client, held: Path, database: str) -> str:
+def _start_held_scan(client: httpx.Client, held: Path, log: Path) -> str:
     """Submit a scan of ``held``; return its id once rows are stored and the gate holds it."""
     accepted = client.post(SCAN, json={"path": str(held)})
     assert accepted.status_code == 202, accepted.text
     job_id: str = accepted.json()["job_id"]
-    _poll(lambda: _count(database) > 0, "the held scan stores its first batch")
+    wait_for_line(log, held_line(held), DEADLINE)  # logged after the first batch is stored
     job = client.get(f"/api/v1/jobs/{job_id}").json()
     assert job["status"] == "running", job
     return job_id
@@ -121,7 +125,8 @@ def _whole_rows(database: str, clip: EncodedVideo) -> int:
 
 def _ended(log: str, job_id: str) -> list[str]:
     """The terminal statuses the log gives ``job_id`` (a ``job finished`` line each)."""
-    return re.findall(rf"job_id={job_id} job_type=scan status=(\w+)", log)
+    statuses = re.findall(rf"job_id={job_id} job_type=scan status=(\w+)", log)
+    return [status for status in statuses if status not in {"pending", "running"}]
 
 
 def _open(port: int, target: str) -> socket.socket:
@@ -152,24 +157,30 @@ def _drain(connection: socket.socket) -> bytes:
 def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: EncodedVideo) -> None:
     """SIGTERM with two event streams and two hour-long waits open: all end, exit 0."""
     grace = 1.0
-    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(grace))
+    # DEBUG: each wait logs "waiting for job ..." once it is in the app.
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE=str(grace), STOAT_LOG_LEVEL="DEBUG")
     held = _held_tree(tmp_path / "root" / "held", clip)
     database = env["STOAT_DATABASE_PATH"]
+    log_path = tmp_path / "server.log"
 
     with running_server(tmp_path, env, module=GATED) as process:
-        base_url = wait_ready(process, tmp_path / "server.log")
+        base_url = wait_ready(process, log_path)
         port = int(base_url.rpartition(":")[2])
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
-            job_id = _start_held_scan(client, held, database)
+            job_id = _start_held_scan(client, held, tmp_path / "server.log")
         waits = [_open(port, f"/api/v1/jobs/{job_id}/wait?timeout=3600") for _ in range(2)]
         streams = [_open(port, f"/api/v1/jobs/{job_id}/events") for _ in range(2)]
         firsts = [_read_until(stream, b"data: ") for stream in streams]
+        _poll(
+            lambda: log_path.read_text().count(f"waiting for job {job_id}") == 2,
+            "both waits reach the app",
+        )
         began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         answers = [_drain(connection) for connection in [*waits, *streams]]
         returncode = process.wait(timeout=grace + STOP_MARGIN)
         took = time.monotonic() - began
-    log = (tmp_path / "server.log").read_text()
+    log = log_path.read_text()
 
     assert returncode == 0, log[-3000:]
     assert took < grace + STOP_MARGIN
@@ -198,7 +209,7 @@ def test_a_second_sigterm_during_the_grace_exits_at_once(
     with running_server(tmp_path, env, module=GATED) as process:
         base_url = wait_ready(process, log_path)
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
-            job_id = _start_held_scan(client, held, database)
+            job_id = _start_held_scan(client, held, tmp_path / "server.log")
         os.killpg(process.pid, signal.SIGTERM)
         _poll(lambda: "running job(s) get" in log_path.read_text(), "the grace begins")
         began = time.monotonic()
@@ -215,6 +226,62 @@ def test_a_second_sigterm_during_the_grace_exits_at_once(
     assert 0 < _whole_rows(database, clip) < FILES
 
 
+def _open_upload(port: int) -> socket.socket:
+    """A scan request whose body never comes, once the app is reading it.
+
+    ``Expect: 100-continue``: uvicorn answers ``100 Continue`` when the app
+    first asks for the body, so the request is known to be open in the app.
+    """
+    connection = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    connection.sendall(
+        f"POST {SCAN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
+    )
+    _read_until(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
+    return connection
+
+
+def test_a_second_sigterm_while_a_request_stays_open_exits_cleanly(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A second SIGTERM while uvicorn waits for an open request: exit 0 at once, the app's
+    own shut-down run (job cancelled, database closed), nothing logged at ERROR."""
+    # An hour for the request and for the job: only the second signal ends them.
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="3600", STOATTEST_HTTP_GRACE="3600")
+    held = _held_tree(tmp_path / "root" / "held", clip)
+    database = env["STOAT_DATABASE_PATH"]
+    log_path = tmp_path / "server.log"
+
+    with running_server(tmp_path, env, module=GATED) as process:
+        base_url = wait_ready(process, log_path)
+        port = int(base_url.rpartition(":")[2])
+        with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
+            job_id = _start_held_scan(client, held, tmp_path / "server.log")
+        upload = _open_upload(port)
+        os.killpg(process.pid, signal.SIGTERM)
+        _poll(
+            lambda: "Waiting for connections to close" in log_path.read_text(),
+            "uvicorn waits for the open request",
+        )
+        began = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        returncode = process.wait(timeout=STOP_MARGIN)
+        took = time.monotonic() - began
+        rest = _drain(upload)
+    log = log_path.read_text()
+
+    assert returncode == 0, log[-3000:]
+    assert took < STOP_MARGIN  # not the hour
+    assert b"HTTP/1.1 2" not in rest  # the scan the request never finished asking for
+    assert b"HTTP/1.1 5" not in rest
+    assert _ended(log, job_id) == ["cancelled"]
+    assert "Application shutdown complete" in log
+    assert not re.search(r"\| (ERROR|CRITICAL) +\|", log), log[-3000:]
+    assert "Traceback" not in log
+    assert integrity(database) == ["ok"]
+
+
 def test_sigkill_mid_scan_then_a_restart_repairs_the_rest(
     tmp_path: Path, clip: EncodedVideo
 ) -> None:
@@ -226,7 +293,7 @@ def test_sigkill_mid_scan_then_a_restart_repairs_the_rest(
     with running_server(tmp_path, env, module=GATED) as process:
         base_url = wait_ready(process, tmp_path / "server.log")
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
-            _start_held_scan(client, held, database)
+            _start_held_scan(client, held, tmp_path / "server.log")
         os.killpg(process.pid, signal.SIGKILL)
         killed = process.wait(timeout=DEADLINE)
     check_after_kill = integrity(database)
@@ -305,11 +372,11 @@ def test_a_second_stop_signal_forces_the_exit() -> None:
     server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
 
     server.handle_exit(signal.SIGTERM, None)
-    first = (server.should_exit, server.force_exit)
+    first = (server.should_exit, server.forced)
     server.handle_exit(signal.SIGTERM, None)
 
     assert first == (True, False)
-    assert (server.should_exit, server.force_exit) == (True, True)
+    assert (server.should_exit, server.forced) == (True, True)
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:

@@ -1,0 +1,133 @@
+"""``make flake``'s runner (tests/flake.py) leaves nothing running, whatever happens.
+
+Each case runs the script as ``make flake`` does, in another process: a run
+that hangs is killed with everything it started and counted failed; the
+spinning load stops by itself when the script dies; SIGTERM stops the script,
+its run and its load. The process boundary is crossed by polling with a
+deadline (:data:`DEADLINE`, a hang guard).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Final
+
+import pytest
+
+from tests.server import REPOSITORY
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+FLAKE: Final = str(REPOSITORY / "tests" / "flake.py")
+DEADLINE: Final = 30.0
+"""Longest any wait on another process may take: a guard against hangs."""
+
+HANG: Final = 'sleep 3600 & echo $! > "$0"; wait'
+"""A run that hangs (``sh -c``), with a child of its own whose pid it writes to ``$0``:
+a shell starts in milliseconds, well within :data:`RUN_TIMEOUT` even on a loaded machine."""
+
+RUN_TIMEOUT: Final = "5"
+"""The hung run's ``--timeout``: after its child has started, so the test can find it."""
+
+
+def _hang(pid_file: Path) -> list[str]:
+    return ["sh", "-c", HANG, str(pid_file)]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        stat = f"/proc/{pid}/stat"
+        with open(stat) as status:
+            state = status.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in {"Z", "X"}
+
+
+def _poll(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {DEADLINE} s: {what}")
+        time.sleep(0.02)  # another process: polling with a deadline is the only way
+
+
+def test_a_hung_run_is_killed_with_its_children_and_counted_failed(tmp_path: Path) -> None:
+    """A run past --timeout: its whole group killed, the run FAILED, exit status 1."""
+    pid_file = tmp_path / "child.pid"
+
+    run = subprocess.run(
+        [sys.executable, FLAKE, "--runs", "1", "--timeout", RUN_TIMEOUT, "--", *_hang(pid_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    child = int(pid_file.read_text())
+    _poll(lambda: not _alive(child), "the hung run's child dies")
+
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"run 1/1: FAILED (killed: still running after {RUN_TIMEOUT} s)" in run.stdout
+    assert "\n0 passed, 1 failed\n" in run.stdout
+
+
+def test_the_load_stops_by_itself_when_the_script_dies(tmp_path: Path) -> None:
+    """SIGKILL to the script (no clean-up possible): its spinning process stops anyway."""
+    # One spinner, not one per core as busy_cores starts: a test must not
+    # take every core of a shared machine (two spinners on two cores once
+    # kept this very parent from running at all until they were killed).
+    code = (
+        "import sys\n"
+        "from tests.flake import spinner\n"
+        "print(spinner().pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPOSITORY,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as script:
+        try:
+            assert script.stdout is not None
+            spinners = [int(pid) for pid in script.stdout.readline().split()]
+            started = [_alive(pid) for pid in spinners]
+        finally:
+            script.kill()
+            script.wait()
+
+    assert started
+    assert all(started)
+    _poll(lambda: not any(_alive(pid) for pid in spinners), "the orphaned spinners stop")
+
+
+def test_sigterm_stops_the_script_and_its_run(tmp_path: Path) -> None:
+    """SIGTERM to the script mid-run: it exits 143 and the run's process group is gone."""
+    pid_file = tmp_path / "child.pid"
+    script = subprocess.Popen(
+        [sys.executable, FLAKE, "--runs", "3", "--", *_hang(pid_file)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        _poll(pid_file.exists, "the run starts")
+        _poll(lambda: pid_file.read_text() != "", "the run writes its child's pid")
+        child = int(pid_file.read_text())
+        script.send_signal(signal.SIGTERM)
+        returncode = script.wait(timeout=DEADLINE)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    _poll(lambda: not _alive(child), "the run's child dies")
+
+    assert returncode == 128 + signal.SIGTERM
+    assert not (tmp_path / ".flake" / "run-2.log").exists()
