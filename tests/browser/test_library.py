@@ -295,11 +295,12 @@ def test_search_and_sort_are_kept_in_the_address(
     size = page.get_by_role("columnheader", name="Size")
     size.get_by_role("button").click()
     expect(size).to_have_attribute("aria-sort", "ascending")
+    expect(page).to_have_url(re.compile(r"sort=size_bytes"))
+    _expect_by_size(names, by_size[::-1], library)  # not the path order
     size.get_by_role("button").click()
     expect(size).to_have_attribute("aria-sort", "descending")
-    _expect_largest_first(names, by_size, library)
-    assert "q=.MP4" in page.url
-    assert "sort=-size_bytes" in page.url
+    expect(page).to_have_url(re.compile(r"\?q=\.MP4&sort=-size_bytes"))
+    _expect_by_size(names, by_size, library)
 
     page.reload()
 
@@ -307,7 +308,7 @@ def test_search_and_sort_are_kept_in_the_address(
     expect(page.get_by_role("columnheader", name="Size")).to_have_attribute(
         "aria-sort", "descending"
     )
-    _expect_largest_first(names, by_size, library)
+    _expect_by_size(names, by_size, library)
     expect(page.get_by_role("columnheader", name="File")).not_to_have_attribute(
         "aria-sort", "ascending"
     )
@@ -315,8 +316,8 @@ def test_search_and_sort_are_kept_in_the_address(
     assert dashboard.console.refused == []
 
 
-def _expect_largest_first(names: Locator, by_size: list[str], library: Path) -> None:
-    """The rows are the videos by size, largest first; equal sizes in either order."""
+def _expect_by_size(names: Locator, by_size: list[str], library: Path) -> None:
+    """The rows are the videos in the order of ``by_size``; equal sizes in either order."""
     size_of = {name: (library / name).stat().st_size for name in by_size}
     expected = [
         re.compile(
