@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from playwright.sync_api import Browser
+
 STOP_WITHIN = 10.0
 
 
@@ -35,6 +37,22 @@ class Server:
     base_url: str
     root: Path
     log: Path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, one per module (the modules skip themselves without it)."""
+    # Imported here: test_dashboard skips its module when Chromium is missing.
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 from tests.server import running_server, server_environment, wait_ready
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:  # pragma: no cover - test_dashboard's import skips first
     pytest.skip("the playwright package is not installed", allow_module_level=True)
 
@@ -81,16 +80,6 @@ FORM = """
   form.submit();
 }
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

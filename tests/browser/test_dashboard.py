@@ -30,7 +30,7 @@ from tests.server import wait_for_line
 from tests.videos import make_video, write_corrupt_video
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:
     pytest.skip(
         "browser tests skipped: the playwright package is not installed",
@@ -131,16 +131,6 @@ class Dashboard:
         return self.page.locator("li.job").filter(
             has=self.page.get_by_role("heading", name=f"Scan of {path}", exact=True)
         )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture(scope="module")

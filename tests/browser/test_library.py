@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS, Console, Dashboard
+from tests.browser.test_dashboard import CHROMIUM, Console, Dashboard
 from tests.library.test_thumbjob import garbage_frames
 from tests.library.test_thumbnail import make_split_video
 from tests.videos import make_video
@@ -24,7 +24,7 @@ try:
     from axe_playwright_python.sync_playwright import (  # type: ignore[import-untyped]
         Axe,
     )
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:
     pytest.skip(
         "browser tests skipped: playwright or axe-playwright-python is not installed",
@@ -48,16 +48,6 @@ ALL_LOADED = """() => {
   const images = [...document.querySelectorAll("#video-rows img")];
   return images.length === %d && images.every((image) => image.complete && image.naturalWidth > 0);
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -17,17 +17,16 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS, Console
+from tests.browser.test_dashboard import Console
 from tests.server import running_server, server_environment, wait_ready
 from tests.videos import make_video
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:  # pragma: no cover - test_dashboard skips the package first
     pytest.skip("browser tests skipped: no playwright", allow_module_level=True)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from playwright.sync_api import Browser, Locator, Page
@@ -54,16 +53,6 @@ STEADY_HEALTH = {
     "version": "",
     "jobs": {"pending": 0, "running": 0, "submitted": 1},
 }
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def _scan_dirs(root: Path) -> list[Path]:
