@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 def emit(*, quick: bool = False, **fields: Any) -> None:
     """Write one JSON line to stdout (benchmarks report, they do not log).
 
-    A ``quick`` (smoke) run measures fixed costs, not throughput: its
-    verdict, if it has one, becomes ``"ok": null`` and the line says
-    ``"quick": true``.
+    A ``quick`` (smoke) run measures fixed costs, not throughput: every
+    line of it says ``"quick": true``, and its verdict, if it has one,
+    becomes ``"ok": null``.
     """
-    if quick and "ok" in fields:
-        fields = {**fields, "ok": None, "quick": True}
+    if quick:
+        fields = {**fields, "quick": True}
+        if "ok" in fields:
+            fields["ok"] = None
     sys.stdout.write(json.dumps(fields, sort_keys=False) + "\n")
     sys.stdout.flush()
 

@@ -20,6 +20,7 @@ import math
 from typing import TYPE_CHECKING
 
 import anyio
+import attrs
 
 from stoat_ferret.jobs._messages import Assignment
 
@@ -29,15 +30,15 @@ if TYPE_CHECKING:
     from stoat_ferret.jobs._shared import Shared
 
 
+@attrs.define(eq=False)
 class _Slots:
-    """One limited type: its limit, the slots in use, the held assignments."""
+    """One limited type: its limit, the jobs holding a slot, the held assignments."""
 
-    __slots__ = ("held", "in_use", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_use = 0
-        self.held: dict[str, Assignment] = {}  # job id -> assignment, in submit order
+    limit: int
+    # Invariant: the jobs of the type whose assignment went on the stream and
+    # that have not ended; never more than ``limit``.
+    out: set[str] = attrs.field(factory=set)
+    held: dict[str, Assignment] = attrs.field(factory=dict)  # in submit order
 
 
 class Assignments:
@@ -69,17 +70,18 @@ class Assignments:
             slots = self._limited.get(assignment.job_type)
             if slots is None:
                 slots = self._limited[assignment.job_type] = _Slots(limit)
-            if slots.in_use >= slots.limit:
+            if len(slots.out) >= slots.limit:
                 slots.held[assignment.job_id] = assignment
                 return
-            slots.in_use += 1
+            slots.out.add(assignment.job_id)
         self._put(assignment)
 
     def ended(self, job_type: str, job_id: str, *, started: bool) -> None:
         """Job ``job_id`` ended (``started``: it had begun running).
 
         A held job has nothing out: it is dropped, with its withdrawn id. A
-        job that had a slot passes it to the oldest held job of its type.
+        job that had a slot passes it to the oldest held job of its type. A
+        job never offered (accepted as the supervisor stopped) had neither.
         """
         slots = self._limited.get(job_type)
         if not started:
@@ -87,14 +89,13 @@ class Assignments:
                 self._shared.withdrawn.discard(job_id)  # no worker will pass it
                 return
             self._compact()
-        if slots is None:
+        if slots is None or job_id not in slots.out:
             return
+        slots.out.remove(job_id)
         if slots.held and not self.closed:
             successor = slots.held.pop(next(iter(slots.held)))
-            self._put(successor)  # the ended job's slot passes to it
-        else:
-            slots.in_use -= 1
-            assert slots.in_use >= 0
+            slots.out.add(successor.job_id)  # the ended job's slot passes to it
+            self._put(successor)
 
     def _put(self, assignment: Assignment) -> None:
         if self.closed:  # shutting down: no job is started any more

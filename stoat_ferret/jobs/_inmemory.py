@@ -3,7 +3,9 @@
 ``submit`` runs the handler to its end in the caller's task (timeouts and
 failures honoured) before it returns the id, so a test gets a finished job
 without any background task. A job of a type at its ``max_running`` limit
-waits ``pending`` in that ``submit`` until a slot frees (in submit order).
+waits ``pending`` in that ``submit`` until a slot frees (in submit order):
+unlike the supervisor's, this ``submit`` blocks its caller meanwhile, so a
+handler that submits a job of its own limited type waits for itself.
 Everything else answers like the supervisor.
 """
 
@@ -100,17 +102,20 @@ class InMemoryJobQueue:
         if slots is None:
             await self._run(record, spec.handler)
             return record.job_id
+        acquired = False
         try:
-            with anyio.CancelScope() as waiting:  # cancel() cancels it while pending
+            with anyio.CancelScope() as waiting:  # cancel() ends the job, then cancels this
                 self._waiting[record.job_id] = waiting
                 await slots.acquire()  # FIFO: jobs of the type start in submit order
+                acquired = True
         except BaseException:  # the caller of submit was cancelled: end the job, re-raise
             self._end(record, JobEvent.CANCEL, error="submit() was cancelled")
             raise
         finally:
             del self._waiting[record.job_id]
-        if waiting.cancelled_caught:
-            self._end(record, JobEvent.CANCEL, error="cancelled by request before it started")
+        if waiting.cancel_called:  # ended by cancel(), maybe as the slot came: never starts
+            if acquired:
+                slots.release()
             return record.job_id
         try:
             await self._run(record, spec.handler)
@@ -190,6 +195,7 @@ class InMemoryJobQueue:
         if record.status.is_terminal:
             return False
         if record.status is JobStatus.PENDING:  # waiting for a slot of its type
+            self._end(record, JobEvent.CANCEL, error="cancelled by request before it started")
             self._waiting[job_id].cancel()
         else:
             record.interrupt("cancelled by request")
@@ -247,7 +253,7 @@ class InMemoryJobQueue:
 
     def statistics(self) -> QueueStatistics:
         running = sum(1 for r in self._jobs.values() if r.status is JobStatus.RUNNING)
-        pending = len(self._waiting)
+        pending = sum(1 for r in self._jobs.values() if r.status is JobStatus.PENDING)
         return QueueStatistics(
             pending=pending,
             running=running,

@@ -105,7 +105,7 @@ class JobSupervisor:
             max_running: most jobs of this type running at once (None: only
                 ``max_workers`` limits them). Jobs beyond it stay pending, in
                 submit order, without holding a worker, so other types'
-                jobs pass them.
+                jobs pass them; they count against ``max_pending``.
 
         Raises:
             TypeError: ``handler`` is not an async function.

@@ -286,6 +286,7 @@ class JobTable:
     ) -> None:
         """End a job: the one place where a job becomes terminal."""
         started = record.status is not JobStatus.PENDING
+        status = record.apply(event)  # first: it raises for a move the table lacks
         if started:
             del self.running[record.job_id]
         else:
@@ -294,7 +295,6 @@ class JobTable:
         self.assignments.ended(record.job_type, record.job_id, started=started)
         record.result = result
         record.error = describe(exception) if exception is not None else error
-        status = record.apply(event)
         self.totals[status] += 1
         record.scope = None
         if record.key is not None and self._active_keys.get(record.key) == record.job_id:
