@@ -1,13 +1,16 @@
 """Thumbnail benchmark: does a running ``thumbnails`` job slow a scan's probing down?
 
 One JSON line, ``scan_beside_thumbnails``: the rate of a first scan of 400
-clips (walk, probe, store into a fresh SQLite file), wrapped as the app wraps
-it (:func:`then_thumbnails`), started while a ``thumbnails`` job is making the
-thumbnails of another library of 400 clips, against the same scan alone.
-Each rep times the scan alone and then beside the job, back to back;
-``ratio`` is the median of the per-rep ratios of files per second (1.0: no
-slower). The job gives way to a scan before its next thumbnail, so what the
-scan can lose is the one thumbnail being made when it starts. Target 0.9.
+clips (walk, probe, store into a fresh SQLite file), submitted to a
+:class:`JobSupervisor` with two workers set up as the service sets it up
+(the scan wrapped by :func:`then_thumbnails`, the ``thumbnails`` type
+registered), while a ``thumbnails`` job is making the thumbnails of another
+library of 400 clips on the other worker, against the same scan submitted
+alone. A scan is timed from its submission until :meth:`JobSupervisor.wait`
+returns. Each rep times the scan alone and then beside the job, back to
+back; ``ratio`` is the median of the per-rep ratios of files per second (1.0:
+no slower). The job pauses while the scan runs, so what the scan can lose is
+the one thumbnail being made when it starts. Target 0.9.
 ``thumbnails_per_s`` is the job's own rate, alone.
 """
 
@@ -24,19 +27,21 @@ from loguru import logger
 
 from bench._common import emit
 from bench.bench_scan import THREADS, _context, _make_clip_tree
-from stoat_ferret.jobs import InMemoryJobQueue, JobContext
+from stoat_ferret.api._thumbnails import register_thumbnail_jobs
+from stoat_ferret.jobs import JobChange, JobContext, JobSupervisor
 from stoat_ferret.library import (
     THUMBNAILS_JOB_TYPE,
     Thumbnailer,
     ThumbnailStore,
     VideoLibrary,
     make_scan_handler,
-    then_thumbnails,
 )
 
 SCAN_FILES: Final = 400
 THUMBNAIL_FILES: Final = 400
 TARGET: Final = 0.9
+WORKERS: Final = 2
+"""The supervisor's workers: the service's default (``STOAT_MAX_WORKERS``)."""
 
 
 def main(quick: bool = False) -> None:
@@ -68,20 +73,15 @@ async def _bench(base: Path, scan_files: int, thumbnail_files: int, reps: int) -
         beside_s: list[float] = []
         job_rates: list[float] = []
         for rep in range(reps):
-            alone_s.append(await _timed_scan(base / f"alone{rep}.db", scan_root))
+            alone = Thumbnailer(other, ThumbnailStore(base / f"thumbs-unused{rep}"))
+            alone_s.append(await _timed_scan(base / f"alone{rep}.db", scan_root, alone))
             store = ThumbnailStore(base / f"thumbs-alone{rep}")
             started = time.perf_counter()
             result = await Thumbnailer(other, store)(_job_context())
             job_rates.append(result["made"] / (time.perf_counter() - started))
-            store = ThumbnailStore(base / f"thumbs-beside{rep}")
-            thumbnailer = Thumbnailer(other, store)
-            under_way = anyio.Event()  # set once the job has made a thumbnail
-            async with anyio.create_task_group() as group:
-                group.start_soon(thumbnailer, _job_context(under_way))
-                await under_way.wait()
-                scan = await _timed_scan(base / f"beside{rep}.db", scan_root, thumbnailer)
-                beside_s.append(scan)
-                group.cancel_scope.cancel()
+            beside = Thumbnailer(other, ThumbnailStore(base / f"thumbs-beside{rep}"))
+            scan = await _timed_scan(base / f"beside{rep}.db", scan_root, beside, under_way=True)
+            beside_s.append(scan)
     rep_ratios = [alone / beside for alone, beside in zip(alone_s, beside_s, strict=True)]
     return {
         "bench": "scan_beside_thumbnails",
@@ -97,20 +97,36 @@ async def _bench(base: Path, scan_files: int, thumbnail_files: int, reps: int) -
         "thumbnails_per_s": round(statistics.median(job_rates), 1),
         "reps": reps,
         "threads": THREADS,
+        "workers": WORKERS,
         "backend": "asyncio",
     }
 
 
-async def _timed_scan(database: Path, root: Path, thumbnailer: Thumbnailer | None = None) -> float:
-    async with await VideoLibrary.open(database) as library:
+async def _timed_scan(
+    database: Path, root: Path, thumbnailer: Thumbnailer, *, under_way: bool = False
+) -> float:
+    """Seconds from a scan's submission to its end; ``under_way``: with a
+    ``thumbnails`` job that has made a thumbnail running beside it."""
+    async with await VideoLibrary.open(database) as library, anyio.create_task_group() as group:
+        supervisor = JobSupervisor(max_workers=WORKERS)
         handler = make_scan_handler(library, probe_threads=THREADS)
-        if thumbnailer is not None:
-            handler = then_thumbnails(handler, InMemoryJobQueue(), thumbnailer)
+        register_thumbnail_jobs(supervisor, "scan", handler, thumbnailer)
+        await group.start(supervisor.run)
+        if under_way:
+            async with supervisor.watch_all(job_types=[THUMBNAILS_JOB_TYPE]) as feed:
+                await supervisor.submit(THUMBNAILS_JOB_TYPE)
+                async for change in feed:
+                    if isinstance(change, JobChange) and (change.job.progress or 0) > 0:
+                        break
         started = time.perf_counter()
-        result = await handler(_context(root))
+        scan_id = await supervisor.submit("scan", _context(root).payload)
+        done = await supervisor.wait(scan_id)
         elapsed = time.perf_counter() - started
-    if result["added"] != result["found"]:
-        raise RuntimeError(f"the scan missed files: {result}")
+        # A hard stop: the thumbnails job (or the one the scan submitted) is
+        # not waited for.
+        group.cancel_scope.cancel()
+    if done.result is None or done.result["added"] != done.result["found"]:
+        raise RuntimeError(f"the scan missed files: {done}")
     return elapsed
 
 
