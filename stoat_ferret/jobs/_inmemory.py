@@ -2,7 +2,9 @@
 
 ``submit`` runs the handler to its end in the caller's task (timeouts and
 failures honoured) before it returns the id, so a test gets a finished job
-without any background task. Everything else answers like the supervisor.
+without any background task. A job of a type at its ``max_running`` limit
+waits ``pending`` in that ``submit`` until a slot frees (in submit order).
+Everything else answers like the supervisor.
 """
 
 from __future__ import annotations
@@ -50,10 +52,21 @@ class InMemoryJobQueue:
         self._done: dict[str, anyio.Event] = {}
         self._totals = dict.fromkeys(JobStatus, 0)
         self._changes = JobChanges(replay=replay)
+        self._slots: dict[str, anyio.Semaphore] = {}  # per type with a max_running
+        self._waiting: dict[str, anyio.CancelScope] = {}  # pending jobs: cancel() ends them
 
-    def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
+    def register(
+        self,
+        job_type: str,
+        handler: Handler,
+        *,
+        timeout: float | None = None,
+        max_running: int | None = None,
+    ) -> None:
         """Register ``handler`` for ``job_type`` (same rules as the supervisor)."""
-        self._registry.register(job_type, handler, timeout=timeout)
+        self._registry.register(job_type, handler, timeout=timeout, max_running=max_running)
+        if max_running is not None:
+            self._slots[job_type] = anyio.Semaphore(max_running)
 
     async def submit(
         self,
@@ -83,15 +96,39 @@ class InMemoryJobQueue:
         if key is not None:
             self._active_keys[key] = record.job_id
         self._changes.publish(record)  # created
+        slots = self._slots.get(job_type)
+        if slots is None:
+            await self._run(record, spec.handler)
+            return record.job_id
+        try:
+            with anyio.CancelScope() as waiting:  # cancel() cancels it while pending
+                self._waiting[record.job_id] = waiting
+                await slots.acquire()  # FIFO: jobs of the type start in submit order
+        except BaseException:  # the caller of submit was cancelled: end the job, re-raise
+            self._end(record, JobEvent.CANCEL, error="submit() was cancelled")
+            raise
+        finally:
+            del self._waiting[record.job_id]
+        if waiting.cancelled_caught:
+            self._end(record, JobEvent.CANCEL, error="cancelled by request before it started")
+            return record.job_id
+        try:
+            await self._run(record, spec.handler)
+        finally:
+            slots.release()
+        return record.job_id
+
+    async def _run(self, record: JobRecord, handler: Handler) -> None:
+        """Start the pending job and run it to its end in this task."""
         record.apply(JobEvent.START)
         self._changes.publish(record)  # started
         record.publish()
-        context = JobContext(record.job_id, job_type, payload, sink=self._progress)
+        context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
         outcome = None
         try:
-            with anyio.move_on_after(seconds) as scope:
+            with anyio.move_on_after(record.timeout) as scope:
                 record.scope = scope
-                outcome = await execute(spec.handler, context, scope)
+                outcome = await execute(handler, context, scope)
         except BaseException:  # the caller of submit was cancelled: end the job, re-raise
             self._end(record, JobEvent.CANCEL, error="submit() was cancelled")
             raise
@@ -103,7 +140,6 @@ class InMemoryJobQueue:
         else:
             assert outcome.exception is not None
             self._end(record, JobEvent.FAIL, error=describe(outcome.exception))
-        return record.job_id
 
     def _progress(self, job_id: str, fraction: float, message: str | None) -> None:
         record = self._jobs.get(job_id)
@@ -153,7 +189,10 @@ class InMemoryJobQueue:
         record = self._record(job_id)
         if record.status.is_terminal:
             return False
-        record.interrupt("cancelled by request")  # inline jobs are running from the start
+        if record.status is JobStatus.PENDING:  # waiting for a slot of its type
+            self._waiting[job_id].cancel()
+        else:
+            record.interrupt("cancelled by request")
         await self._done[job_id].wait()
         return record.status is JobStatus.CANCELLED
 
@@ -208,10 +247,11 @@ class InMemoryJobQueue:
 
     def statistics(self) -> QueueStatistics:
         running = sum(1 for r in self._jobs.values() if r.status is JobStatus.RUNNING)
+        pending = len(self._waiting)
         return QueueStatistics(
-            pending=0,
+            pending=pending,
             running=running,
-            finished=len(self._jobs) - running,
+            finished=len(self._jobs) - running - pending,
             submitted=self._totals[JobStatus.PENDING],
             completed=self._totals[JobStatus.COMPLETED],
             failed=self._totals[JobStatus.FAILED],

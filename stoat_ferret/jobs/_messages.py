@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from stoat_ferret.jobs._follow import JobUpdates
     from stoat_ferret.jobs._models import Handler, JobResult
     from stoat_ferret.jobs._record import JobRecord
+    from stoat_ferret.jobs._registry import JobType
     from stoat_ferret.jobs._state import JobEvent
 
 T = TypeVar("T")
@@ -72,7 +73,7 @@ class Submit(NamedTuple):
     timeout: float  # resolved: submit's, else the type's, else the default
     key: str | None
     submitted_ns: int  # a wall_clock_ns() reading
-    handler: Handler
+    spec: JobType  # the registered type: its handler and its running limit
     reply: Reply[str] | None
 
 
@@ -191,7 +192,9 @@ Message: TypeAlias = (
 
 
 class Assignment(NamedTuple):
-    """From the actor to the workers, one per pending job, in submit order.
+    """From the actor to the workers, one per pending job, in submit order
+    (a job of a type at its ``max_running`` limit is assigned once a job of
+    that type ends).
 
     A worker skips the assignment of a job that ``cancel`` withdrew, and every
     assignment once shutdown began (``Shared.may_start``)."""

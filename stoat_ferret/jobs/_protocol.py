@@ -23,8 +23,20 @@ if TYPE_CHECKING:
 class AsyncJobQueue(Protocol):
     """What the app needs from a job queue. Every async method is a checkpoint."""
 
-    def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
-        """Make ``job_type`` runnable by ``handler``."""
+    def register(
+        self,
+        job_type: str,
+        handler: Handler,
+        *,
+        timeout: float | None = None,
+        max_running: int | None = None,
+    ) -> None:
+        """Make ``job_type`` runnable by ``handler``.
+
+        ``max_running``: most jobs of this type running at once (None: no
+        limit but the queue's own). Jobs beyond it stay pending, in submit
+        order, without keeping jobs of other types from running.
+        """
 
     async def submit(
         self,

@@ -66,6 +66,7 @@ class JobType:
     name: str
     handler: Handler
     timeout: float | None
+    max_running: int | None = None  # None: only ``max_workers`` limits it
 
 
 @attrs.define
@@ -79,7 +80,14 @@ class JobRegistry:
     default_timeout: float
     _types: dict[str, JobType] = attrs.field(factory=dict, init=False)
 
-    def register(self, job_type: str, handler: Handler, *, timeout: float | None) -> None:
+    def register(
+        self,
+        job_type: str,
+        handler: Handler,
+        *,
+        timeout: float | None,
+        max_running: int | None = None,
+    ) -> None:
         """Add ``job_type``; see ``JobSupervisor.register`` for the rules."""
         if not isinstance(job_type, str) or not job_type:
             raise ValueError(f"job_type must be a non-empty string, got {job_type!r}")
@@ -91,7 +99,9 @@ class JobRegistry:
         if job_type in self._types:
             raise ValueError(f"job type {job_type!r} is already registered")
         checked = check_timeout(timeout, f"timeout for job type {job_type!r}")
-        self._types[job_type] = JobType(job_type, handler, checked)
+        if max_running is not None:
+            check_count(max_running, f"max_running for job type {job_type!r}")
+        self._types[job_type] = JobType(job_type, handler, checked, max_running)
 
     def get(self, job_type: str) -> JobType:
         """Return the registered type.

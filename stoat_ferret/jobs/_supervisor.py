@@ -88,19 +88,31 @@ class JobSupervisor:
         self._job_ids = job_ids()
         self._run_called = False
 
-    def register(self, job_type: str, handler: Handler, *, timeout: float | None = None) -> None:
+    def register(
+        self,
+        job_type: str,
+        handler: Handler,
+        *,
+        timeout: float | None = None,
+        max_running: int | None = None,
+    ) -> None:
         """Make ``job_type`` runnable by ``handler``.
 
         Args:
             job_type: a non-empty name, unique in this supervisor.
             handler: ``async def handler(ctx: JobContext) -> Any``.
             timeout: seconds for jobs of this type, unless ``submit`` overrides.
+            max_running: most jobs of this type running at once (None: only
+                ``max_workers`` limits them). Jobs beyond it stay pending, in
+                submit order, without holding a worker, so other types'
+                jobs pass them.
 
         Raises:
             TypeError: ``handler`` is not an async function.
-            ValueError: ``job_type`` is taken or empty, or ``timeout`` <= 0.
+            ValueError: ``job_type`` is taken or empty, ``timeout`` <= 0, or
+                ``max_running`` is not a positive integer.
         """
-        self._registry.register(job_type, handler, timeout=timeout)
+        self._registry.register(job_type, handler, timeout=timeout, max_running=max_running)
 
     # ------------------------------------------------------------ lifetime
 
@@ -185,14 +197,12 @@ class JobSupervisor:
         if key is None:
             shared.take()
             self._actor.send(
-                Submit(
-                    job_id, job_type, payload, seconds, None, wall_clock_ns(), spec.handler, None
-                )
+                Submit(job_id, job_type, payload, seconds, None, wall_clock_ns(), spec, None)
             )
             return job_id
         reply: Reply[str] = Reply()
         self._actor.send(
-            Submit(job_id, job_type, payload, seconds, key, wall_clock_ns(), spec.handler, reply)
+            Submit(job_id, job_type, payload, seconds, key, wall_clock_ns(), spec, reply)
         )
         # The actor answers as soon as it runs, and an accepted job must not
         # lose its id to a cancellation: this wait is shielded.

@@ -17,6 +17,7 @@ from loguru import logger
 
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges
 from stoat_ferret.jobs._exceptions import JobNotFound, QueueFull
+from stoat_ferret.jobs._limits import TypeLimits
 from stoat_ferret.jobs._messages import (
     Assignment,
     Cancel,
@@ -90,6 +91,7 @@ class JobTable:
         # The clock as the actor last read it, once per batch of messages.
         self.now = -math.inf
         self._active_keys: dict[str, str] = {}  # dedupe key -> pending or running job id
+        self._limits = TypeLimits()  # per-type max_running
 
     def open_work_stream(self) -> MemoryObjectReceiveStream[Assignment]:
         """Create the stream of assignments and return the end workers read.
@@ -246,12 +248,15 @@ class JobTable:
         self.publish_change(record)
         if self.shutting_down:  # stop() turning leftovers into records: never to run
             return
-        assert self._work_send is not None
-        self._work_send.send_nowait(
-            Assignment(
-                record.job_id, record.job_type, record.payload, record.timeout, message.handler
-            )
+        assignment = Assignment(
+            record.job_id, record.job_type, record.payload, record.timeout, message.spec.handler
         )
+        if self._limits.admit(assignment, message.spec.max_running):
+            self._assign(assignment)
+
+    def _assign(self, assignment: Assignment) -> None:
+        assert self._work_send is not None
+        self._work_send.send_nowait(assignment)
 
     def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
         record = self.jobs.get(job_id)
@@ -306,9 +311,15 @@ class JobTable:
         if record.status is JobStatus.PENDING:
             del self.pending[record.job_id]
             self.shared.give_back()  # no worker will start it
-            self._compact_work_stream()
+            if self._limits.is_held(record.job_type, record.job_id):
+                self.shared.withdrawn.discard(record.job_id)  # it has no assignment out
+            else:
+                self._compact_work_stream()
         else:
             del self.running[record.job_id]
+        successor = self._limits.release(record.job_type, record.job_id)
+        if successor is not None and not self.shutting_down:
+            self._assign(successor)
         record.result = result
         record.error = describe(exception) if exception is not None else error
         status = record.apply(event)
