@@ -8,6 +8,10 @@ Baselines:
 * ``bare``: one long-lived worker reading an anyio memory object stream and
   running each job under ``move_on_after``, with no status tracking: the
   limit for any design that runs jobs one at a time with a timeout;
+* ``minimal``: the floor of the supervisor's shape: an actor task reading
+  its inbox in batches, one worker, and the three messages a job (``Submit``,
+  ``JobStarted``, ``JobFinished``) with nothing recorded; the supervisor's
+  ratio to it is what its records, ids, logs and guards cost;
 * ``upstream``: (asyncio only) ``asyncio.Queue`` + a status dict + one worker
   with ``asyncio.wait_for`` per job, the usual hand-rolled queue.
 
@@ -25,9 +29,10 @@ import statistics
 import subprocess
 import sys
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
+from anyio.lowlevel import checkpoint
 from loguru import logger
 
 from bench._common import current_rss_mb, emit, peak_rss_mb, timed
@@ -69,6 +74,69 @@ async def _bare_run(count: int) -> None:
         for _ in range(count):
             await send.send(_noop_bare)
         send.close()
+
+
+class _Submit(NamedTuple):
+    job_id: int
+    timeout: float
+
+
+class _Started(NamedTuple):
+    job_id: int
+    scope: anyio.CancelScope
+
+
+class _Finished(NamedTuple):
+    job_id: int
+    value: Any
+
+
+async def _minimal_run(count: int) -> None:
+    inbox_send, inbox = anyio.create_memory_object_stream[Any](math.inf)
+    work_send, work = anyio.create_memory_object_stream[_Submit](math.inf)
+    status: dict[int, str] = {}
+    all_done = anyio.Event()
+
+    def handle(message: Any) -> None:
+        match message:
+            case _Submit(job_id=job_id):
+                status[job_id] = "pending"
+                work_send.send_nowait(message)
+            case _Started(job_id=job_id):
+                status[job_id] = "running"
+            case _Finished(job_id=job_id):
+                status[job_id] = "completed"
+                if job_id == count - 1:
+                    all_done.set()
+
+    async def actor() -> None:
+        while True:
+            handle(await inbox.receive())
+            while True:
+                try:
+                    handle(inbox.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+
+    async def worker() -> None:
+        async for job in work:
+            with anyio.move_on_after(job.timeout) as scope:
+                inbox_send.send_nowait(_Started(job.job_id, scope))
+                await _noop_bare()
+            inbox_send.send_nowait(_Finished(job.job_id, None))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(actor)
+        tg.start_soon(worker)
+        for job_id in range(count):
+            await checkpoint()
+            inbox_send.send_nowait(_Submit(job_id, 300.0))
+        await all_done.wait()
+        tg.cancel_scope.cancel()
+
+
+RUNS: dict[str, Any] = {"bare": _bare_run, "minimal": _minimal_run}
+"""The runs ``python -m bench.instructions`` can count (besides ``supervisor``)."""
 
 
 async def _upstream_run(count: int) -> None:
@@ -170,7 +238,11 @@ def main(*, quick: bool = False) -> None:
     count = 2_000 if quick else 100_000
     reps = 1 if quick else 5
     for backend in ("asyncio", "trio"):
-        runs: dict[str, Any] = {"bare": _bare_run, "supervisor": _supervisor_run}
+        runs: dict[str, Any] = {
+            "bare": _bare_run,
+            "minimal": _minimal_run,
+            "supervisor": _supervisor_run,
+        }
         if backend == "asyncio":
             runs["upstream"] = _upstream_run
         seconds = _seconds(runs, count, backend, reps)
@@ -185,6 +257,19 @@ def main(*, quick: bool = False) -> None:
             ratio=round(ratio, 3),
             target=0.6,
             ok=ratio >= 0.6,
+            rep_ratios=rep_ratios,
+            quick=quick,
+        )
+        sup, minimal, ratio, rep_ratios = _figure(seconds, count, "minimal")
+        emit(
+            bench="supervisor_vs_minimal_actor",
+            backend=backend,
+            jobs=count,
+            jobs_per_s=round(sup),
+            baseline="minimal_actor_three_messages",
+            baseline_jobs_per_s=round(minimal),
+            ratio=round(ratio, 3),
+            information="what records, ids, logs and guards cost (no target)",
             rep_ratios=rep_ratios,
             quick=quick,
         )

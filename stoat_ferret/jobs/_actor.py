@@ -102,7 +102,7 @@ class Actor:
         self.shared.phase = Phase.RUNNING
         # Bounded in practice: submits by max_pending, the rest by running jobs.
         self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
-        work = self.table.open_work_stream()
+        work = self.table.assignments.open()
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -161,7 +161,7 @@ class Actor:
             self.table.changes.close()  # no job changes any more: feeds end
             self._inbox_receive.close()
             self._inbox_send.close()
-            self.table.close_work_stream()
+            self.table.assignments.close()
             self.stopped.set()
         logger.debug("job supervisor stopped")
 

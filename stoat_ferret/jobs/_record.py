@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from stoat_ferret.jobs._exceptions import InvalidTransition
 from stoat_ferret.jobs._models import JobResult, JobStatus
 from stoat_ferret.jobs._state import TERMINAL, JobEvent, next_status
 
@@ -127,11 +128,17 @@ class JobRecord:
     def apply(self, event: JobEvent, *, at_ns: int | None = None) -> JobStatus:
         """Move along the transition table and stamp the time it implies.
 
+        Raises:
+            InvalidTransition: the table has no edge for ``event`` from here.
+
         Args:
             event: what happened.
             at_ns: when it happened (a ``wall_clock_ns()`` reading), if not now.
         """
-        self.status = next_status(self.status, event)
+        moved = next_status(self.status, event)
+        if moved is None:
+            raise InvalidTransition(self.status, event)
+        self.status = moved
         if event is JobEvent.START:
             self.started_ns = at_ns or wall_clock_ns()
         elif self.status in TERMINAL:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 
-from stoat_ferret.jobs._exceptions import InvalidTransition
 from stoat_ferret.jobs._models import JobStatus
 
 
@@ -43,16 +42,10 @@ _TRANSITIONS: dict[JobStatus, dict[JobEvent, JobStatus]] = {
 TERMINAL = frozenset(status for status, moves in _TRANSITIONS.items() if not moves)
 
 
-def next_status(status: JobStatus, event: JobEvent) -> JobStatus:
-    """Return the status a job in ``status`` moves to on ``event``.
-
-    Raises:
-        InvalidTransition: the table has no such edge.
-    """
-    try:
-        return _TRANSITIONS[status][event]
-    except KeyError:
-        raise InvalidTransition(status, event) from None
+def next_status(status: JobStatus, event: JobEvent) -> JobStatus | None:
+    """Return the status a job in ``status`` moves to on ``event``, or None
+    when the table has no such edge (the caller raises ``InvalidTransition``)."""
+    return _TRANSITIONS[status].get(event)
 
 
 def transitions() -> list[tuple[JobStatus, JobEvent, JobStatus]]:

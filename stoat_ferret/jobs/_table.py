@@ -12,12 +12,11 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from loguru import logger
 
+from stoat_ferret.jobs._assignments import Assignments
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges
 from stoat_ferret.jobs._exceptions import JobNotFound, QueueFull
-from stoat_ferret.jobs._limits import TypeLimits
 from stoat_ferret.jobs._messages import (
     Assignment,
     Cancel,
@@ -43,7 +42,7 @@ from stoat_ferret.jobs._state import JobEvent
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    import anyio
 
     from stoat_ferret.jobs._shared import Shared
 
@@ -79,8 +78,8 @@ class JobTable:
         self._max_finished = max_finished
         self._retention = retention
         self._start_grace = start_grace
-        self._work_send: MemoryObjectSendStream[Assignment] | None = None
-        self._work_receive: MemoryObjectReceiveStream[Assignment] | None = None
+        # The work stream and the per-type limits (opened by the actor).
+        self.assignments = Assignments(shared)
 
         self.jobs: dict[str, JobRecord] = {}  # every retained job, in submit order
         self.pending: dict[str, JobRecord] = {}  # submitted, neither started nor ended
@@ -91,23 +90,6 @@ class JobTable:
         # The clock as the actor last read it, once per batch of messages.
         self.now = -math.inf
         self._active_keys: dict[str, str] = {}  # dedupe key -> pending or running job id
-        self._limits = TypeLimits()  # per-type max_running
-
-    def open_work_stream(self) -> MemoryObjectReceiveStream[Assignment]:
-        """Create the stream of assignments and return the end workers read.
-
-        It holds one assignment per pending job (plus those of withdrawn
-        jobs, until a worker skips them or the table compacts the stream).
-        """
-        self._work_send, self._work_receive = anyio.create_memory_object_stream[Assignment](
-            math.inf
-        )
-        return self._work_receive
-
-    def close_work_stream(self) -> None:
-        for stream in (self._work_send, self._work_receive):
-            if stream is not None:
-                stream.close()
 
     # ------------------------------------------------------------ queries
 
@@ -251,12 +233,7 @@ class JobTable:
         assignment = Assignment(
             record.job_id, record.job_type, record.payload, record.timeout, message.spec.handler
         )
-        if self._limits.admit(assignment, message.spec.max_running):
-            self._assign(assignment)
-
-    def _assign(self, assignment: Assignment) -> None:
-        assert self._work_send is not None
-        self._work_send.send_nowait(assignment)
+        self.assignments.offer(assignment, message.spec.max_running)
 
     def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
         record = self.jobs.get(job_id)
@@ -280,6 +257,7 @@ class JobTable:
         if self.shutting_down:
             return
         self.shutting_down = True
+        self.assignments.close()  # workers leave once their current job is done
         # The phase left RUNNING before Shutdown was sent, so no worker starts
         # any job still pending here: each ends now, never to run.
         for record in list(self.pending.values()):
@@ -288,7 +266,6 @@ class JobTable:
                 JobEvent.CANCEL,
                 error="cancelled: supervisor shut down before the job started",
             )
-        self.close_work_stream()  # workers leave once their current job is done
         logger.info(
             "job supervisor shutting down: {running} running job(s) get their grace",
             running=len(self.running),
@@ -308,18 +285,13 @@ class JobTable:
         exception: Exception | None = None,
     ) -> None:
         """End a job: the one place where a job becomes terminal."""
-        if record.status is JobStatus.PENDING:
+        started = record.status is not JobStatus.PENDING
+        if started:
+            del self.running[record.job_id]
+        else:
             del self.pending[record.job_id]
             self.shared.give_back()  # no worker will start it
-            if self._limits.is_held(record.job_type, record.job_id):
-                self.shared.withdrawn.discard(record.job_id)  # it has no assignment out
-            else:
-                self._compact_work_stream()
-        else:
-            del self.running[record.job_id]
-        successor = self._limits.release(record.job_type, record.job_id)
-        if successor is not None and not self.shutting_down:
-            self._assign(successor)
+        self.assignments.ended(record.job_type, record.job_id, started=started)
         record.result = result
         record.error = describe(exception) if exception is not None else error
         status = record.apply(event)
@@ -351,30 +323,6 @@ class JobTable:
                 canceller.send(status is JobStatus.CANCELLED)
             record.cancellers = None
 
-    def _compact_work_stream(self) -> None:
-        """Drop withdrawn jobs' assignments once more than ``max_pending`` pile up.
-
-        Each stays in the stream, its id in ``Shared.withdrawn``, until a
-        worker passes it; behind a long job they would otherwise accumulate.
-        """
-        withdrawn = self.shared.withdrawn
-        if len(withdrawn) <= self.shared.limit or self.shutting_down:
-            return
-        assert self._work_send is not None
-        assert self._work_receive is not None
-        live = []
-        while True:
-            try:
-                assignment = self._work_receive.receive_nowait()
-            except anyio.WouldBlock:
-                break
-            if assignment.job_id in withdrawn:
-                withdrawn.discard(assignment.job_id)
-            else:
-                live.append(assignment)
-        for assignment in live:
-            self._work_send.send_nowait(assignment)
-
     def _evict(self) -> None:
         record = self.finished.popleft()
         del self.jobs[record.job_id]
@@ -393,6 +341,7 @@ class JobTable:
         so that their ids stay answerable, and every request gets its answer.
         """
         self.shutting_down = True
+        self.assignments.close()
         for message in leftovers:
             if not isinstance(message, Shutdown | GraceEnded):
                 self.handle(message)
