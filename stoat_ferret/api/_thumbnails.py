@@ -89,10 +89,11 @@ def thumbnails_directory(settings: Settings) -> Path:
 def register_thumbnail_jobs(
     supervisor: JobSupervisor, scan_type: str, scan: ScanHandler, thumbnailer: Thumbnailer
 ) -> None:
-    """Register ``scan`` (submitting ``thumbnails`` when it changed videos) and ``thumbnails``."""
+    """Register ``scan`` (submitting ``thumbnails`` when it changed videos) and
+    ``thumbnails``, one job at a time: a second waits pending, holding no worker."""
     wrapped = then_thumbnails(scan, supervisor, thumbnailer, scan_type=scan_type)
     supervisor.register(scan_type, wrapped)
-    supervisor.register(THUMBNAILS_JOB_TYPE, thumbnailer, timeout=THUMBNAILS_TIMEOUT)
+    supervisor.register(THUMBNAILS_JOB_TYPE, thumbnailer, timeout=THUMBNAILS_TIMEOUT, max_running=1)
 
 
 async def start_thumbnails(supervisor: JobSupervisor, thumbnailer: Thumbnailer) -> None:

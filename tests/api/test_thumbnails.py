@@ -9,8 +9,16 @@ import anyio
 import av
 import pytest
 
-from stoat_ferret.api._thumbnails import _matches, thumbnails_directory
+from stoat_ferret.api._thumbnails import _matches, register_thumbnail_jobs, thumbnails_directory
 from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import JobContext, JobStatus, JobSupervisor
+from stoat_ferret.library import (
+    THUMBNAILS_JOB_TYPE,
+    ThreadPriority,
+    Thumbnailer,
+    ThumbnailStore,
+    VideoLibrary,
+)
 from stoat_ferret.library._thumbstore import MARKER
 from tests.api.support import LifespanFailed, serving
 from tests.library.test_thumbjob import garbage_frames
@@ -200,3 +208,40 @@ async def test_the_users_own_thumbnails_folders_are_never_touched(
 def test_if_none_match(header: str | None, expected: bool) -> None:
     """Weak comparison over a list of tags, and ``*``."""
     assert _matches(header, '"1-2-3"') is expected
+
+
+async def test_thumbnails_jobs_run_one_at_a_time_the_next_one_pending(tmp_path: Path) -> None:
+    """Registered with max_running=1: with workers free, a second job waits
+    pending (not merged into the first) until the first, paused by a scan, ends."""
+    held = anyio.Event()
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        await held.wait()
+        return {"added": 0, "updated": 0}
+
+    supervisor = JobSupervisor(max_workers=3)
+    with anyio.fail_after(30):
+        async with await VideoLibrary.open(tmp_path / "stoat.db") as library:
+            thumbnailer = Thumbnailer(
+                library, ThumbnailStore(tmp_path / "thumbs"), priority=ThreadPriority.NORMAL
+            )
+            register_thumbnail_jobs(supervisor, "scan", scan, thumbnailer)
+            async with anyio.create_task_group() as group:
+                await group.start(supervisor.run)
+                await supervisor.submit("scan", {})
+                await anyio.wait_all_tasks_blocked()
+                first = await supervisor.submit(THUMBNAILS_JOB_TYPE)
+                second = await supervisor.submit(THUMBNAILS_JOB_TYPE)
+                await anyio.wait_all_tasks_blocked()
+                while_first_runs = (
+                    await supervisor.get_status(first),
+                    await supervisor.get_status(second),
+                )
+                held.set()
+                results = [await supervisor.wait(first), await supervisor.wait(second)]
+                await supervisor.aclose()
+
+    assert while_first_runs == (JobStatus.RUNNING, JobStatus.PENDING)
+    assert [result.status for result in results] == [JobStatus.COMPLETED] * 2
+    assert results[0].result["paused_for_scans"] == 1
+    assert "merged_into" not in results[1].result

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -13,10 +12,10 @@ import pytest
 
 from stoat_ferret.jobs import (
     InMemoryJobQueue,
+    JobChange,
     JobContext,
-    JobPage,
-    JobResult,
     JobStatus,
+    JobSupervisor,
     QueueFull,
 )
 from stoat_ferret.library import (
@@ -34,7 +33,7 @@ from tests.library.support import make_context
 from tests.library.test_thumbnail import make_split_video
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from tests.videos import EncodedVideo
@@ -290,56 +289,254 @@ async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup)
     assert page.jobs[0].result["made"] == 3
 
 
-async def test_a_job_gives_way_to_a_scan_which_submits_the_rest(setup: Setup) -> None:
-    """A job that meets a running scan stops once it made its share (here 1); the
-    scan, once done, submits another for the rest."""
-    release = anyio.Event()
+class GatedMaker:
+    """Stands in for make_thumbnail: the first call waits (in its thread) for
+    ``proceed``, once it has set ``started``."""
+
+    def __init__(self) -> None:
+        self.started, self.proceed = threading.Event(), threading.Event()
+        self.calls = 0
+
+    def __call__(self, path: str, fingerprint: tuple[int, int]) -> bytes:
+        self.calls += 1
+        if self.calls == 1:
+            self.started.set()
+            self.proceed.wait()
+        return make_thumbnail(path, fingerprint)
+
+
+class HeldScan:
+    """A scan handler that runs until ``release`` is set, changing nothing."""
+
+    def __init__(self) -> None:
+        self.running, self.release = anyio.Event(), anyio.Event()
+
+    async def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        self.running.set()
+        await self.release.wait()
+        return {"added": 0, "updated": 0}
+
+
+def reporting(
+    job_id: str, progress: list[tuple[float, str | None]], paused: anyio.Event
+) -> JobContext:
+    """A job context that records progress and sets ``paused`` when the job pauses."""
+
+    def sink(_: str, fraction: float, message: str | None) -> None:
+        progress.append((fraction, message))
+        if message is not None and message.endswith("paused for a scan"):
+            paused.set()
+
+    return JobContext(job_id=job_id, job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=sink)
+
+
+async def test_a_job_pauses_while_a_scan_runs_and_goes_on_once_it_ends(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan starts while the first thumbnail is made: no other is started until
+    the scan ends; then the job makes the rest, and no second job is submitted."""
+    maker, scan = GatedMaker(), HeldScan()
+    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
     queue = InMemoryJobQueue()
-    setup.thumbnailer = Thumbnailer(
-        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=1
-    )
-
-    async def slow_scan(ctx: JobContext) -> dict[str, Any]:
-        await release.wait()
-        return {"added": 0, "updated": 0}  # changed nothing: it submits only what is owed
-
-    wrapped = then_thumbnails(slow_scan, queue, setup.thumbnailer)
-    queue.register("scan", wrapped)
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
-    scans: list[str] = []
+    progress: list[tuple[float, str | None]] = []
+    paused = anyio.Event()
+    results: list[dict[str, Any]] = []
 
-    async def scanning() -> None:
-        scans.append(await queue.submit("scan", {"path": str(setup.folder)}))
+    async def job() -> None:
+        results.append(await setup.thumbnailer(reporting("t", progress, paused)))
 
     with anyio.fail_after(30):
         await setup.scan()
         async with anyio.create_task_group() as group:
-            group.start_soon(scanning)
+            group.start_soon(job)
+            await anyio.to_thread.run_sync(maker.started.wait)
+            group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
+            await scan.running.wait()
+            maker.proceed.set()
+            await paused.wait()
             await anyio.wait_all_tasks_blocked()
-            first = await setup.thumbnailer(job_context())
-            made_while_scanning = [image for image in (await setup.made()).values() if image]
-            release.set()
+            made_during_scan = sum(1 for image in (await setup.made()).values() if image)
+            calls_during_scan = maker.calls
+            scan.release.set()
         page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
-    assert (first["made"] + first["failed"], first["yielded_to_scan"]) == (1, True)
-    assert len(made_while_scanning) == first["made"]
-    assert len(page.jobs) == 1
-    assert page.jobs[0].status is JobStatus.COMPLETED
-    rest = page.jobs[0].result
-    assert (first["made"] + rest["made"], rest["yielded_to_scan"]) == (3, False)
+    assert (made_during_scan, calls_during_scan) == (1, 1)
+    assert (1 / 4, "thumbnails: 1/4 made; paused for a scan") in progress
+    result = results[0]
+    assert (result["made"], result["failed"], result["unchanged"]) == (3, 1, 0)
+    assert (result["paused_for_scans"], result["yielded_to_scan"]) == (1, False)
+    fractions = [fraction for fraction, _ in progress]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert page.total == 0  # the paused job did it all: the scan submitted none
+    assert not setup.thumbnailer.owed
+    assert setup.thumbnailer.scans == 0
+
+
+async def test_a_job_started_during_a_scan_lists_nothing_until_it_ends(setup: Setup) -> None:
+    """It pauses before its listing, and lists once the scan is over (seeing its rows)."""
+    scan = HeldScan()
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    progress: list[tuple[float, str | None]] = []
+    paused = anyio.Event()
+    results: list[dict[str, Any]] = []
+
+    async def job() -> None:
+        results.append(await setup.thumbnailer(reporting("t", progress, paused)))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
+            await scan.running.wait()
+            group.start_soon(job)
+            await paused.wait()
+            await anyio.wait_all_tasks_blocked()
+            await setup.scan()  # the rows arrive while the job waits
+            scan.release.set()
+
+    assert progress == [
+        (0.0, "thumbnails; paused for a scan"),
+        (0.0, "thumbnails: 0/4 made"),
+        (0.25, "thumbnails: 1/4 made"),
+        (0.5, "thumbnails: 2/4 made"),
+        (0.75, "thumbnails: 3/4 made"),
+        (1.0, "thumbnails: 4/4 made"),
+    ]
+    assert (results[0]["videos"], results[0]["made"], results[0]["paused_for_scans"]) == (4, 3, 1)
+
+
+async def test_cancelling_a_paused_job_ends_it_and_leaves_the_rest_owed(setup: Setup) -> None:
+    """Cancelled while it waits for a scan: it ends at once, nothing made, work owed."""
+    scan = HeldScan()
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    paused = anyio.Event()
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
+            await scan.running.wait()
+            async with anyio.create_task_group() as job:
+                job.start_soon(setup.thumbnailer, reporting("c", [], paused))
+                await paused.wait()
+                job.cancel_scope.cancel()
+            working_after_cancel = setup.thumbnailer.working
+            scan.release.set()
+
+    assert not working_after_cancel
+    assert setup.thumbnailer.owed
+    assert all(image is None for image in (await setup.made()).values())
+
+
+def register_held_scans(
+    supervisor: JobSupervisor, setup: Setup, scans: dict[str, HeldScan]
+) -> None:
+    """A ``scan`` type whose payload names the HeldScan it runs, and ``thumbnails``."""
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        return await scans[ctx.payload](ctx)
+
+    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
+    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+
+
+async def test_a_scan_waiting_for_the_only_worker_ends_the_job_at_once(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker: a scan submitted while the first thumbnail is made waits; the
+    job ends after that thumbnail, the scan runs, and the scan (starting)
+    submits the rest, which runs once the scan is over."""
+    maker, scan = GatedMaker(), HeldScan()
+    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    supervisor = JobSupervisor(max_workers=1)
+    register_held_scans(supervisor, setup, {"s": scan})
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            first = await supervisor.submit(THUMBNAILS_JOB_TYPE)
+            await anyio.to_thread.run_sync(maker.started.wait)
+            scan_id = await supervisor.submit("scan", "s")
+            maker.proceed.set()
+            ended = await supervisor.wait(first)
+            await scan.running.wait()
+            during = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            scan.release.set()
+            assert (await supervisor.wait(scan_id)).status is JobStatus.COMPLETED
+            rest = await supervisor.wait(during.jobs[0].job_id)
+            await supervisor.aclose()
+
+    assert ended.status is JobStatus.COMPLETED
+    assert (ended.result["made"], ended.result["yielded_to_scan"]) == (1, True)
+    assert (ended.progress, ended.message) == (
+        0.25,
+        "thumbnails: 1/4 made; gave way to a waiting scan, which resubmits the rest",
+    )
+    assert [job.status for job in during.jobs] == [JobStatus.PENDING, JobStatus.COMPLETED]
+    assert maker.calls == 4
+    assert (rest.result["made"], rest.result["failed"], rest.result["unchanged"]) == (2, 1, 1)
+    assert not setup.thumbnailer.owed
+
+
+async def test_a_scan_waiting_for_a_worker_ends_the_paused_job(setup: Setup) -> None:
+    """Two workers: scan A runs and the job pauses on the other worker; scan B
+    comes to wait for a worker, so the job ends and B gets its worker; B,
+    starting, submits the rest, which runs once the scans are over."""
+    scans = {"a": HeldScan(), "b": HeldScan()}
+    supervisor = JobSupervisor(max_workers=2)
+    register_held_scans(supervisor, setup, scans)
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            a = await supervisor.submit("scan", "a")
+            await scans["a"].running.wait()
+            async with supervisor.watch_all(job_types=[THUMBNAILS_JOB_TYPE]) as feed:
+                first = await supervisor.submit(THUMBNAILS_JOB_TYPE)
+                async for change in feed:
+                    assert isinstance(change, JobChange)
+                    if (change.job.message or "").endswith("paused for a scan"):
+                        break
+            b = await supervisor.submit("scan", "b")
+            ended = await supervisor.wait(first)
+            await scans["b"].running.wait()
+            during = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            scans["a"].release.set()
+            scans["b"].release.set()
+            for scan_id in (a, b):
+                assert (await supervisor.wait(scan_id)).status is JobStatus.COMPLETED
+            rest = await supervisor.wait(during.jobs[0].job_id)
+            await supervisor.aclose()
+
+    assert ended.status is JobStatus.COMPLETED
+    assert (ended.result["videos"], ended.result["yielded_to_scan"]) == (0, True)
+    assert ended.result["paused_for_scans"] == 1
+    assert [job.status for job in during.jobs] == [JobStatus.PENDING, JobStatus.COMPLETED]
+    assert (rest.result["made"], rest.result["failed"], rest.result["yielded_to_scan"]) == (
+        3,
+        1,
+        False,
+    )
     assert not setup.thumbnailer.owed
 
 
 async def test_a_failed_scan_submits_the_owed_work(setup: Setup) -> None:
-    """A scan that fails after a job gave way to it still submits a job for the rest."""
+    """A scan that fails after a job gave way to it (work owed while it ran)
+    still submits a job for the rest."""
     queue = InMemoryJobQueue()
 
     async def failing_scan(ctx: JobContext) -> dict[str, Any]:
+        setup.thumbnailer.owed = True  # as a job that gave way to this scan leaves it
         raise RuntimeError("disk gone")
 
     queue.register("scan", then_thumbnails(failing_scan, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
-    setup.thumbnailer.owed = True
 
     with anyio.fail_after(30):
         await setup.scan()
@@ -350,67 +547,6 @@ async def test_a_failed_scan_submits_the_owed_work(setup: Setup) -> None:
     assert len(page.jobs) == 1
     assert page.jobs[0].result["made"] == 3
     assert setup.thumbnailer.scans == 0
-
-
-class PendingScans(InMemoryJobQueue):
-    """A queue that says a scan is waiting for a worker while ``waiting`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = False
-        self.asked: list[tuple[JobStatus | None, str | None]] = []
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | None = None,
-        job_type: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        payload_items: Mapping[str, Any] | None = None,
-    ) -> JobPage:
-        self.asked.append((status, job_type))
-        if self.waiting and status is JobStatus.PENDING and job_type == "scan":
-            now = datetime.now(UTC)
-            pending = JobResult(
-                job_id="s", job_type="scan", status=JobStatus.PENDING, submitted_at=now
-            )
-            return JobPage(jobs=(pending,), total=1)
-        return await super().list_jobs(status=status, job_type=job_type, limit=limit, offset=offset)
-
-
-async def test_a_job_gives_way_to_a_waiting_scan_after_its_share(setup: Setup) -> None:
-    """A scan waiting for a worker: the job stops after MIN thumbnails tried (2 here)."""
-    queue = PendingScans()
-    setup.thumbnailer = Thumbnailer(
-        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=2
-    )
-    then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
-    queue.waiting = True
-
-    with anyio.fail_after(30):
-        await setup.scan()
-        result = await setup.thumbnailer(job_context())
-
-    assert (result["made"] + result["failed"], result["yielded_to_scan"]) == (2, True)
-    assert (JobStatus.PENDING, "scan") in queue.asked
-    assert setup.thumbnailer.owed
-
-
-async def test_a_job_gives_way_before_its_listing_once_it_did_its_share(setup: Setup) -> None:
-    """With no share to make (0), a waiting scan stops the job before it lists anything."""
-    queue = PendingScans()
-    setup.thumbnailer = Thumbnailer(
-        setup.library, setup.store, priority=ThreadPriority.NORMAL, min_before_giving_way=0
-    )
-    then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
-    queue.waiting = True
-
-    with anyio.fail_after(30):
-        await setup.scan()
-        result = await setup.thumbnailer(job_context())
-
-    assert (result["videos"], result["made"], result["yielded_to_scan"]) == (0, 0, True)
 
 
 class Refusing(InMemoryJobQueue):
