@@ -24,8 +24,10 @@ task is blocked and checks:
 * a job is terminal once ``start + min(duration, timeout)`` has passed;
 * handlers start in submit order (the workers share one FIFO of jobs);
 * ``started_at`` is None exactly for the jobs whose handler never started;
-* ``wait`` and ``cancel`` calls given up by their callers leave nothing on the
-  job's record (no reply channel is kept for them).
+* ``wait`` and ``cancel`` calls given up by their callers change nothing but
+  what a cancel does (that they keep nothing behind is shown by live-object
+  counts in tests/jobs: ``test_waits_given_up_leave_nothing_on_the_job`` and
+  ``test_cancels_given_up_leave_nothing_on_the_job``).
 
 The program ends with ``aclose()`` or by cancelling the task that runs
 ``run()``; then every accepted job is terminal, ``run()`` has returned, and
@@ -528,13 +530,6 @@ class Program:
         assert started_order == [job_id for job_id in self.order if job_id in self.starts], (
             "handlers started out of submit order"
         )
-        await sup.list_jobs()  # every message sent so far is handled
-        for job_id in self.order:
-            # Private state, read to show that given-up calls leave nothing behind:
-            # no wait() or cancel() call is outstanding between operations.
-            record = sup._table.jobs[job_id]
-            assert not record.waiters, (job_id, record.waiters)
-            assert not record.cancellers, (job_id, record.cancellers)
 
         assert stats.pending <= self.config.max_pending
         assert stats.running <= self.config.max_workers
