@@ -176,8 +176,9 @@ async def test_rounds_of_cancelled_pending_jobs_keep_nothing() -> None:
 
     victims = 200
     # The first rounds fill the change feed's replay buffer (REPLAY_EVENTS
-    # changes, one at least per cancelled job), which is bounded; then measure.
-    rounds = math.ceil(REPLAY_EVENTS / victims) + 2
+    # changes; each cancelled job is two: pending, cancelled), which is
+    # bounded; then measure.
+    rounds = math.ceil(REPLAY_EVENTS / (2 * victims)) + 2
     gate = Gate()
     counts: list[int] = []
     with anyio.fail_after(30):
