@@ -60,10 +60,10 @@ def busy_cores(load: bool) -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield spinners
     finally:
-        for spinner in spinners:
-            spinner.send_signal(signal.SIGTERM)
-        for spinner in spinners:
-            spinner.wait()
+        for process in spinners:
+            process.send_signal(signal.SIGTERM)
+        for process in spinners:
+            process.wait()
 
 
 STOP_SIGNALS: Final = {signal.SIGTERM, signal.SIGHUP}
