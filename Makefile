@@ -27,9 +27,11 @@ $(RUN_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $(RUN_STAMP)
 
-$(STAMP): $(RUN_STAMP)
+# One pip run for both (not the service's, then the extras): half the resolving.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUN_STAMP) $(STAMP)
 
 env: $(STAMP)
 
@@ -37,8 +39,13 @@ env: $(STAMP)
 run: $(RUN_STAMP)
 	$(BIN)/python -m stoat_ferret $(ARGS)
 
+# pytest-xdist: one worker per core (WORKERS=0 runs in this process). Its default
+# schedule (load) on purpose: loadfile/loadscope key tests by node id, and
+# schemathesis gives every API operation's test the same one, so they would run one.
+WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) \
+		--cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
 # The supervisor's state-machine properties, the API fuzzing and the load test, long
 # profiles, exploring at random from SEED (printed first; `make soak SEED=n` repeats a run).

@@ -29,7 +29,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 if TYPE_CHECKING:
     import types
@@ -60,10 +60,17 @@ def busy_cores(load: bool) -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield spinners
     finally:
-        for spinner in spinners:
-            spinner.send_signal(signal.SIGTERM)
-        for spinner in spinners:
-            spinner.wait()
+        for process in spinners:
+            process.send_signal(signal.SIGTERM)
+        for process in spinners:
+            process.wait()
+
+
+STOP_SIGNALS: Final = {signal.SIGTERM, signal.SIGHUP}
+
+
+def _unblock_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def run_once(command: Sequence[str], log: Path, timeout: float) -> int | None:
@@ -73,10 +80,23 @@ def run_once(command: Sequence[str], log: Path, timeout: float) -> int | None:
     ends, times out, or this script is stopped meanwhile.
     """
     with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        # A stop signal after the run started but before the try below would
+        # leave it running: the signals wait until the finally is in place
+        # (the run itself starts with them unblocked).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
+            process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_unblock_stop_signals,
+            )
+        except BaseException:
+            _unblock_stop_signals()
+            raise
+        try:
+            _unblock_stop_signals()  # a signal that came meanwhile is handled here
             return process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
@@ -97,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds a run may take")
     parser.add_argument("command", nargs="+", help="the command to repeat, after --")
     args = parser.parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _exit_on_signal)
     LOGS.mkdir(exist_ok=True)
     failed: list[Path] = []

@@ -9,6 +9,7 @@ deadline (:data:`DEADLINE`, a hang guard).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -131,3 +132,16 @@ def test_sigterm_stops_the_script_and_its_run(tmp_path: Path) -> None:
 
     assert returncode == 128 + signal.SIGTERM
     assert not (tmp_path / ".flake" / "run-2.log").exists()
+
+
+def test_the_load_spins_one_process_a_core_and_stops_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """busy_cores(True): one spinner per core while inside, none left after."""
+    from tests import flake
+
+    # One core, so that the test takes one core of a shared machine, not all.
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    with flake.busy_cores(True) as spinners:
+        running = [_alive(process.pid) for process in spinners]
+
+    assert running == [True]
+    assert [process.returncode for process in spinners] == [-signal.SIGTERM]

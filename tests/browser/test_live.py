@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.browser.test_dashboard import Console
+from tests.gated_service import HOLD
 from tests.server import running_server, server_environment, wait_ready
 from tests.videos import make_video
 
@@ -32,9 +33,11 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
 
 RUNNING_SCANS = 6
-# Hard links to one clip per running scan: with one probe thread at idle
-# priority the six take well over the seconds the test needs them running.
-FILES_PER_SCAN = 4000
+# Hard links to one clip per running scan, and the HOLD gate
+# (tests/gated_service.py): each scan stays running after its first rows until
+# the test cancels it, however fast the machine probes (by their size alone,
+# 4,000 files each, they could end before the test looked, and fail it).
+FILES_PER_SCAN = 50
 STOP_WITHIN = 15.0
 # The page's fetch of /health, raced against this many milliseconds: a
 # request stalled behind held connections loses.
@@ -69,6 +72,7 @@ def _scan_dirs(root: Path) -> list[Path]:
                 os.link(seed, target)
             except OSError:
                 shutil.copyfile(seed, target)
+        (directory / HOLD).touch()
         directories.append(directory)
     return directories
 
@@ -109,7 +113,7 @@ def test_two_tabs_follow_six_running_scans_without_stalling(
     )
     directories = _scan_dirs(tmp_path / "root")
     context = browser.new_context(viewport={"width": 1280, "height": 800})
-    with running_server(tmp_path, env) as process:
+    with running_server(tmp_path, env, module="tests.gated_service") as process:
         base_url = wait_ready(process, tmp_path / "server.log")
         tabs = [context.new_page(), context.new_page()]
         consoles = [_open_tab(tab, base_url) for tab in tabs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import anyio
@@ -15,7 +16,8 @@ from stoat_ferret.jobs import (
     QueueFull,
     SupervisorClosed,
 )
-from tests.jobs.conftest import running_supervisor
+from stoat_ferret.jobs._broadcast import REPLAY_EVENTS
+from tests.jobs.conftest import live_objects, running_supervisor
 
 pytestmark = pytest.mark.anyio
 
@@ -167,6 +169,41 @@ async def test_cancelled_pending_jobs_leave_nothing_behind() -> None:
     assert gate.started == ["blocker", "early", "after"]
 
 
+async def test_rounds_of_cancelled_pending_jobs_keep_nothing() -> None:
+    """Rounds of 200 pending jobs cancelled behind a running one, each round's
+    jobs evicted once finished: the last rounds leave no more live objects than
+    the one before them (an assignment or a record kept per cancelled job would)."""
+
+    victims = 200
+    # The first rounds fill the change feed's replay buffer (REPLAY_EVENTS
+    # changes; each cancelled job is two: pending, cancelled), which is
+    # bounded; then measure.
+    rounds = math.ceil(REPLAY_EVENTS / (2 * victims)) + 2
+    gate = Gate()
+    counts: list[int] = []
+    with anyio.fail_after(30):
+        async with running_supervisor(max_pending=2, retention=0) as supervisor:
+            supervisor.register("gate", gate)
+            for done in range(1, rounds + 1):
+                gate.release = anyio.Event()
+                await supervisor.submit("gate", "blocker")
+                await anyio.wait_all_tasks_blocked()
+                for number in range(victims):
+                    victim = await supervisor.submit("gate", f"victim {number}")
+                    assert await supervisor.cancel(victim) is True
+                await supervisor.submit("gate", "after")
+                gate.release.set()
+                await anyio.wait_all_tasks_blocked()  # both ran; retention 0 evicts at once
+                statistics = supervisor.statistics()
+                assert (statistics.pending, statistics.running, statistics.finished) == (0, 0, 0)
+                if done > rounds - 3:
+                    counts.append(live_objects())
+
+    assert gate.started == ["blocker", "after"] * rounds
+    assert (statistics.completed, statistics.cancelled) == (2 * rounds, rounds * victims)
+    assert counts[2] - counts[0] < victims, counts
+
+
 async def test_waits_given_up_leave_nothing_on_the_job() -> None:
     """Callers that stop waiting (an HTTP /wait that answered 408, a client
     gone) are forgotten at once, not kept until the job ends; those still
@@ -178,6 +215,7 @@ async def test_waits_given_up_leave_nothing_on_the_job() -> None:
             supervisor.register("gate", gate)
             job_id = await supervisor.submit("gate", "long")
             results: list[JobStatus] = []
+            counts: list[int] = []
 
             async def wait_for_it() -> None:
                 results.append((await supervisor.wait(job_id)).status)
@@ -191,14 +229,12 @@ async def test_waits_given_up_leave_nothing_on_the_job() -> None:
                         await anyio.wait_all_tasks_blocked()
                         impatient.cancel_scope.cancel()
                     await supervisor.list_jobs()  # the actor has handled every message
-
-                    # Private state, read to show that memory stays bounded.
-                    waiters = supervisor._table.jobs[job_id].waiters
-                    assert waiters is not None
-                    assert len(waiters) == 1  # the patient one
+                    counts.append(live_objects())
                 gate.release.set()
 
     assert results == [JobStatus.COMPLETED]
+    # 200 more given-up waits kept nothing: each kept would be objects of its own.
+    assert counts[2] - counts[0] < 100, counts
 
 
 async def test_two_cancels_of_one_pending_job_at_once() -> None:

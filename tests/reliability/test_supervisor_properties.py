@@ -24,8 +24,10 @@ task is blocked and checks:
 * a job is terminal once ``start + min(duration, timeout)`` has passed;
 * handlers start in submit order (the workers share one FIFO of jobs);
 * ``started_at`` is None exactly for the jobs whose handler never started;
-* ``wait`` and ``cancel`` calls given up by their callers leave nothing on the
-  job's record (no reply channel is kept for them).
+* ``wait`` and ``cancel`` calls given up by their callers change nothing but
+  what a cancel does (that they keep nothing behind is shown by live-object
+  counts in tests/jobs: ``test_waits_given_up_leave_nothing_on_the_job`` and
+  ``test_cancels_given_up_leave_nothing_on_the_job``).
 
 The program ends with ``aclose()`` or by cancelling the task that runs
 ``run()``; then every accepted job is terminal, ``run()`` has returned, and
@@ -306,6 +308,24 @@ class ModelJob:
             self.shutdown_ends = {self.natural_end, JobStatus.CANCELLED}
 
 
+SETTLE_YIELDS: Final = 20
+
+
+async def settle() -> None:
+    """Return once every other task is blocked: ``anyio.wait_all_tasks_blocked()``.
+
+    On asyncio that call sleeps 0.1 s (real time) whenever it finds a task
+    ready to run, and an operation of a program leaves a short chain of ready
+    tasks behind it (the actor, a worker, a handler, followers). Checkpoints
+    first let that chain run out, so the call usually finds every task blocked
+    and returns at once. It is still the call that decides: the checkpoints
+    only save time, they never make a check run early.
+    """
+    for _ in range(SETTLE_YIELDS):
+        await anyio.lowlevel.checkpoint()
+    await anyio.wait_all_tasks_blocked()
+
+
 @attrs.define(eq=False)
 class Follower:
     job_id: str
@@ -417,7 +437,7 @@ class Program:
                 call = sup.cancel if by_cancel else sup.wait
                 async with anyio.create_task_group() as impatient:
                     impatient.start_soon(call, job.job_id)
-                    await anyio.wait_all_tasks_blocked()
+                    await settle()
                     impatient.cancel_scope.cancel()
                 # A cancel takes effect even if its caller stops waiting.
                 if by_cancel and not before.is_terminal:
@@ -482,7 +502,7 @@ class Program:
 
     async def check(self) -> None:
         """The invariants, once every task is blocked (nothing can change meanwhile)."""
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         sup = self.supervisor
         stats = sup.statistics()
         counts: dict[JobStatus, int] = defaultdict(int)
@@ -510,13 +530,6 @@ class Program:
         assert started_order == [job_id for job_id in self.order if job_id in self.starts], (
             "handlers started out of submit order"
         )
-        await sup.list_jobs()  # every message sent so far is handled
-        for job_id in self.order:
-            # Private state, read to show that given-up calls leave nothing behind:
-            # no wait() or cancel() call is outstanding between operations.
-            record = sup._table.jobs[job_id]
-            assert not record.waiters, (job_id, record.waiters)
-            assert not record.cancellers, (job_id, record.cancellers)
 
         assert stats.pending <= self.config.max_pending
         assert stats.running <= self.config.max_workers
@@ -592,7 +605,7 @@ async def interpret(
                 else:
                     await supervisor.aclose()
             model.closed = True
-            await anyio.wait_all_tasks_blocked()
+            await settle()
             assert run_returned.is_set() or config.hard_stop
             await model.check()
         # Every follower has ended, after the terminal state.
