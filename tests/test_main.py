@@ -8,6 +8,7 @@ database and the scan root live in ``tmp_path``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -310,3 +311,34 @@ def test_listening_on_one_ipv6_address_is_ipv6_only(tmp_path: Path) -> None:
 
     assert listener.family == socket.AF_INET6
     assert v6only == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_connections_the_server_accepts_send_without_delay(tmp_path: Path, host: str) -> None:
+    """An asyncio server on the listener (as uvicorn serves it) accepts
+    connections with TCP_NODELAY: without it, each response on a kept-alive
+    connection waited for the client's delayed ACK (about 40 ms)."""
+    settings = Settings(host=host, port=0, database_path=tmp_path / "stoat.db")
+    seen: list[int] = []
+
+    async def accept_one() -> None:
+        made = asyncio.Event()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted = transport.get_extra_info("socket")
+                seen.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+                made.set()
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Probe, sock=listen(settings))
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            await made.wait()
+
+    asyncio.run(asyncio.wait_for(accept_one(), timeout=30.0))
+    (nodelay,) = seen
+    assert nodelay != 0
