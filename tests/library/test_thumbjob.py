@@ -290,31 +290,34 @@ async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup)
 
 
 class GatedMaker:
-    """Stands in for make_thumbnail: the first call waits (in its thread) for
-    ``proceed``, once it has set ``started``."""
+    """Stands in for make_thumbnail: the ``gate``-th call (the first by
+    default) waits in its thread for ``proceed``, once it has set ``started``."""
 
     def __init__(self) -> None:
         self.started, self.proceed = threading.Event(), threading.Event()
         self.calls = 0
+        self.gate = 1  # the call that waits
 
     def __call__(self, path: str, fingerprint: tuple[int, int]) -> bytes:
         self.calls += 1
-        if self.calls == 1:
+        if self.calls == self.gate:
             self.started.set()
             self.proceed.wait()
         return make_thumbnail(path, fingerprint)
 
 
 class HeldScan:
-    """A scan handler that runs until ``release`` is set, changing nothing."""
+    """A scan handler that runs until ``release`` is set, saying it added
+    ``added`` videos (none by default)."""
 
     def __init__(self) -> None:
         self.running, self.release = anyio.Event(), anyio.Event()
+        self.added = 0
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any]:
         self.running.set()
         await self.release.wait()
-        return {"added": 0, "updated": 0}
+        return {"added": self.added, "updated": 0}
 
 
 def reporting(
@@ -475,7 +478,7 @@ async def test_a_scan_waiting_for_the_only_worker_ends_the_job_at_once(
     assert (ended.result["made"], ended.result["yielded_to_scan"]) == (1, True)
     assert (ended.progress, ended.message) == (
         0.25,
-        "thumbnails: 1/4 made; gave way to a waiting scan, which resubmits the rest",
+        "thumbnails: 1/4 made; gave way to a waiting scan; the rest is queued behind it",
     )
     assert [job.status for job in during.jobs] == [JobStatus.PENDING, JobStatus.COMPLETED]
     assert maker.calls == 4
