@@ -1,46 +1,20 @@
 """The ``thumbnails`` job: make the missing thumbnails of the whole library.
 
-:func:`then_thumbnails` wraps the ``scan`` handler: a scan that added or
-updated videos (or was cut short: its committed batches stay) submits a
-``thumbnails`` job as it ends, unless a job is working or one submitted
-here has yet to start; scans submit with a key, so two ending together
-submit one. The job covers
-the library, not one scan: it lists every stored video, removes the files of
-videos no longer stored (:meth:`ThumbnailStore.sweep`), and makes a thumbnail
-for each video whose current version has none and has not failed before.
-
-It makes no thumbnail while a scan (of the type :func:`then_thumbnails`
-wraps) runs or waits for a worker, so the scan's probe threads have the
-cores to themselves. Thumbnails are made one at a time (one
-``CapacityLimiter`` token, one :class:`BackgroundThreads` thread at the probe
-threads' priority, ``SCHED_IDLE`` by default); before its listing and before
-each thumbnail the job looks for scans:
-
-* a scan waiting in the queue for a worker: the job ends at once
-  (``yielded_to_scan``), freeing its worker, having submitted its successor,
-  which queues behind that scan (workers take jobs in submit order). A job
-  gives way once per waiting scan: a successor that finds the same scan
-  still waiting (held by its type's limit, say) pauses instead, so no chain
-  of jobs ends and resubmits;
-* scans running, none waiting: the job pauses where it is, keeping its
-  counts and its worker, until none runs; then it lists the library again
-  (the scans changed it) and goes on. A scan that comes to wait for a worker
-  meanwhile ends it as above. It hears of scans starting and ending from
-  :func:`then_thumbnails`, and of waiting ones from the queue's change feed.
-  A scan that starts while the job works, even on its last thumbnail, makes
-  it list again once no scan runs, so that scan need not submit a job.
+The job covers the library, not one scan: it lists every stored video,
+removes the files of videos no longer stored (:meth:`ThumbnailStore.sweep`),
+and makes a thumbnail for each video whose current version has none and has
+not failed before, one at a time (one ``CapacityLimiter`` token, one
+:class:`BackgroundThreads` thread at the probe threads' priority,
+``SCHED_IDLE`` by default). Who submits it, and how it makes way for scans
+(pausing while one runs, ending for one waiting for a worker), is in
+``_scangate.py``. A scan that starts while a job works, even on its last
+thumbnail, makes it list again once no scan runs.
 
 What the job is doing when a scan starts runs on beside it: the thumbnail
 being made (a thread is not interrupted), or a listing: the library read,
 the sweep and the check of which thumbnails exist, each in full (about 0.6 s
 of ``stat`` calls per 100,000 videos), at normal thread priority, and done
-again after every pause. Scans delay thumbnails only while they run or
-wait: once none does, a paused job goes on, and an ended one's successor
-runs. Priority
-alone was not enough (the probe threads run at the same idle priority), nor
-was giving way only after 20 thumbnails: either way a first scan ran at
-0.5-0.8 of its speed beside the job on the shared 2-core machine
-(``make bench``, ``scan_beside_thumbnails``).
+again after every pause.
 
 One ``thumbnails`` job does the work at a time (the service also registers
 the type with ``max_running=1`` where the queue has it): a job that starts
@@ -73,7 +47,6 @@ the counts catch up.
 
 from __future__ import annotations
 
-import enum
 import functools
 from typing import TYPE_CHECKING, Any, Final
 
@@ -82,20 +55,18 @@ import anyio.to_thread
 import attrs
 from loguru import logger
 
-from stoat_ferret.jobs import ChangesLost, JobError, JobStatus
+from stoat_ferret.jobs import JobError
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
+from stoat_ferret.library._scangate import ScanGate, Way
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 
 if TYPE_CHECKING:
     import threading
 
-    from anyio.abc import TaskStatus
-
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
     from stoat_ferret.library._library import VideoLibrary
-    from stoat_ferret.library._scan import ScanHandler
     from stoat_ferret.library._thumbstore import ThumbnailStore
 
 THUMBNAILS_JOB_TYPE: Final = "thumbnails"
@@ -106,23 +77,7 @@ second (about 24 a second were measured on a shared 2-core machine). A job cut
 short by it loses nothing: it leaves the work owed, and the next job (after
 the next scan, or at start-up) goes on from where it stopped."""
 
-SUBMIT_GRACE: Final = 5.0
-"""Seconds a scan cut short (cancelled, timed out, failed) may spend
-submitting the ``thumbnails`` job its stored videos need, shielded from its
-own cancellation. Submitting only enqueues (a supervisor answers at once);
-past it, the work stays owed."""
-
-_WAITING_PAGE: Final = 100  # waiting scans looked at per check
-
 _Source = tuple[int, str, int, int]  # (id, path, size_bytes, mtime_ns)
-
-
-class _Way(enum.Enum):
-    """What a job does about scans before its listing or its next thumbnail."""
-
-    GO = enum.auto()  # no scan runs or waits
-    RESUMED = enum.auto()  # it paused while scans ran; none runs now
-    STOP = enum.auto()  # a scan waits for a worker: end, leaving the rest owed
 
 
 class Thumbnailer:
@@ -151,26 +106,15 @@ class Thumbnailer:
         # The id of the job making thumbnails now; only that job does.
         self._running: str | None = None
         self._again = False
-        # Scans running now, counted by then_thumbnails; the queue they run on
-        # (set by then_thumbnails), asked for scans waiting to run.
-        self.scans = 0
-        self.scan_queue: AsyncJobQueue | None = None
-        self.scan_type = "scan"
+        # What jobs know of scans: told by then_thumbnails, which sets its queue.
+        self.gate = ScanGate()
         # True while thumbnails may be missing that no job will make: from the
         # start of a job until one ends having made them all, and when a
         # submission was refused. A scan that starts or completes submits a job then.
         self.owed = False
-        # Scans waiting in the queue that a job has already given way to: a
-        # job gives way once per waiting scan, so no chain of jobs can end
-        # and resubmit for the same one. Pruned to the scans still waiting.
-        self._yielded: set[str] = set()
         # A thumbnails job submitted here whose handler has not started yet:
         # it will list the library when it does, so nothing else is due.
         self._queued: str | None = None
-        # Set, and dropped, when a scan starts or ends or the queue reports
-        # one waiting: what a paused job waits on. Made on demand (an Event
-        # needs the event loop, a Thumbnailer does not).
-        self._scans_changed: anyio.Event | None = None
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any]:
         """Run one ``thumbnails`` job; return its counts and errors."""
@@ -200,8 +144,8 @@ class Thumbnailer:
                     # Its successor queues behind the scan it made way for
                     # (workers take jobs in submit order), and lists the
                     # library when it starts.
-                    if self.scan_queue is not None:
-                        await self.submit_due(self.scan_queue, after=run.ctx.job_id)
+                    if self.gate.queue is not None:
+                        await self.submit_due(self.gate.queue, after=run.ctx.job_id)
                     break
                 if finished and not self._again:
                     self.owed = False
@@ -231,29 +175,22 @@ class Thumbnailer:
         """Whether a job is making thumbnails (or paused) now."""
         return self._running is not None
 
+    @property
+    def scans(self) -> int:
+        """Scans running now."""
+        return self.gate.running
+
     def scan_started(self) -> None:
         """A scan starts (:func:`then_thumbnails` calls it): jobs pause, and
         a working job lists the library again once no scan runs (the scan
         may add videos it has listed past)."""
-        self.scans += 1
+        self.gate.started()
         if self._running is not None:
             self._again = True
-        self._notify()
 
     def scan_ended(self) -> None:
         """A scan ended, however: a paused job goes on once none runs."""
-        self.scans -= 1
-        self._notify()
-
-    def _notify(self) -> None:
-        if self._scans_changed is not None:
-            self._scans_changed.set()
-            self._scans_changed = None
-
-    def _next_change(self) -> anyio.Event:
-        if self._scans_changed is None:
-            self._scans_changed = anyio.Event()
-        return self._scans_changed
+        self.gate.ended()
 
     async def submit_due(self, queue: AsyncJobQueue, *, after: str) -> None:
         """Submit a ``thumbnails`` job to ``queue`` unless one
@@ -283,69 +220,25 @@ class Thumbnailer:
             self._queued = None  # cancelled before it started
         return not ended
 
-    async def _scans_waiting(self) -> set[str]:
-        """Scans waiting for a worker that no job has given way to yet."""
-        if self.scan_queue is None:
-            return set()
-        page = await self.scan_queue.list_jobs(
-            job_type=self.scan_type, status=JobStatus.PENDING, limit=_WAITING_PAGE
-        )
-        waiting = {job.job_id for job in page.jobs}
-        if page.total <= len(waiting):
-            self._yielded &= waiting  # forget the scans that have started or ended
-        return waiting - self._yielded
+    async def _make_way(self, run: _Run) -> Way:
+        """Before the listing and each thumbnail: what the gate says, reported."""
 
-    async def _make_way(self, run: _Run) -> _Way:
-        """Before the listing and each thumbnail: go on if no scan runs or waits;
-        end for a scan waiting for a worker; pause while scans run."""
-        # Taken before looking, so that no change after the look is missed.
-        change = self._next_change()
-        if waiting := await self._scans_waiting():
-            self._give_way(run, waiting)
-            return _Way.STOP
-        if not self.scans:
-            return _Way.GO
-        run.paused += 1
-        run.report("paused for a scan")
-        logger.debug(
-            "thumbnails paused for a scan", job_id=run.ctx.job_id, job_type=THUMBNAILS_JOB_TYPE
-        )
-        async with anyio.create_task_group() as group:
-            if self.scan_queue is not None:
-                await group.start(self._hear_of_waiting_scans, self.scan_queue)
-            way, waiting = await self._wait_out_scans(change)
-            group.cancel_scope.cancel()
-        if way is _Way.STOP:
-            self._give_way(run, waiting)
+        def pause() -> None:
+            run.paused += 1
+            run.report("paused for a scan")
+            logger.debug(
+                "thumbnails paused for a scan", job_id=run.ctx.job_id, job_type=THUMBNAILS_JOB_TYPE
+            )
+
+        way = await self.gate.make_way(pause)
+        if way is Way.STOP:
+            run.yielded_to_scan = True
+            run.report("gave way to a waiting scan; the rest is queued behind it")
         return way
-
-    async def _wait_out_scans(self, change: anyio.Event) -> tuple[_Way, set[str]]:
-        while True:
-            await change.wait()
-            change = self._next_change()
-            if waiting := await self._scans_waiting():
-                return _Way.STOP, waiting
-            if not self.scans:
-                return _Way.RESUMED, waiting
-
-    async def _hear_of_waiting_scans(
-        self, queue: AsyncJobQueue, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Wake a paused job when the queue says a scan waits (or lost track)."""
-        async with queue.watch_all(job_types=(self.scan_type,)) as feed:
-            task_status.started()
-            async for item in feed:
-                if isinstance(item, ChangesLost) or item.job.status is JobStatus.PENDING:
-                    self._notify()
-
-    def _give_way(self, run: _Run, waiting: set[str]) -> None:
-        self._yielded |= waiting
-        run.yielded_to_scan = True
-        run.report("gave way to a waiting scan; the rest is queued behind it")
 
     async def _one_pass(self, run: _Run) -> bool:
         """List the library and make what is missing; False if a scan cut it short."""
-        if await self._make_way(run) is _Way.STOP:  # the listing is work too
+        if await self._make_way(run) is Way.STOP:  # the listing is work too
             return False
         sources = await self._library.thumbnail_sources()
         stored = {source[0] for source in sources}
@@ -354,7 +247,7 @@ class Thumbnailer:
         run.videos = len(sources)
         run.total = run.made + run.failed + len(todo)
         for source in todo:
-            if await self._make_way(run) is not _Way.GO:
+            if await self._make_way(run) is not Way.GO:
                 return False
             run.report()
             run.tried.add(source)
@@ -413,61 +306,6 @@ class Thumbnailer:
         video = await self._library.get_video(source[0])
         if video is None or (video.size_bytes, video.mtime_ns) != source[2:]:
             await anyio.to_thread.run_sync(self._store.remove, [source[0]])
-
-
-def then_thumbnails(
-    scan: ScanHandler,
-    queue: AsyncJobQueue,
-    thumbnailer: Thumbnailer,
-    *,
-    scan_type: str = "scan",
-) -> ScanHandler:
-    """Wrap a ``scan`` handler (of job type ``scan_type``): ``thumbnailer``
-    makes none while one runs or waits in ``queue``, and ``thumbnails`` jobs
-    are submitted to ``queue`` when they are due.
-
-    A scan that ends submits one (keyed, so scans ending together submit
-    one) when it added or updated videos, or when thumbnails are owed; a
-    scan cut short (failed, cancelled, timed out) counts as having changed
-    videos, as the batches it committed stay, and submits in a shielded
-    cleanup of at most :data:`SUBMIT_GRACE` seconds. None is submitted
-    while a job works (it lists the library again once no scan runs) or
-    while one submitted here has yet to start. A queue that refuses the job
-    (full, closing) is logged and the work stays owed; the scan's result
-    stands.
-    """
-    thumbnailer.scan_queue = queue
-    thumbnailer.scan_type = scan_type
-
-    async def scan_then_thumbnails(ctx: JobContext) -> dict[str, Any]:
-        thumbnailer.scan_started()
-        try:
-            try:
-                result = await scan(ctx)
-            finally:
-                thumbnailer.scan_ended()
-        except BaseException:
-            thumbnailer.owed = True  # its committed batches have no thumbnails yet
-            with anyio.CancelScope(shield=True) as cleanup:
-                cleanup.deadline = anyio.current_time() + SUBMIT_GRACE
-                await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=True)
-            raise
-        changed = bool(result.get("added") or result.get("updated"))
-        await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=changed)
-        return result
-
-    return scan_then_thumbnails
-
-
-async def _submit_if_due(
-    queue: AsyncJobQueue, thumbnailer: Thumbnailer, scan_id: str, *, changed: bool
-) -> None:
-    """After a scan: submit a ``thumbnails`` job if videos ``changed`` or
-    thumbnails are owed, unless a job is working (it lists the library once
-    no scan runs: :meth:`Thumbnailer.scan_started` asked it to)."""
-    if thumbnailer.working or not (changed or thumbnailer.owed):
-        return
-    await thumbnailer.submit_due(queue, after=scan_id)
 
 
 async def submit_thumbnails(

@@ -1,4 +1,4 @@
-"""The ``thumbnails`` job beside scans: who submits it, once, and its progress.
+"""The ``thumbnails`` job beside scans (``_scangate.py``): who submits it, once, and its progress.
 
 A scan cut short still gets its stored videos a job; scans ending together
 submit one; a scan starting while a job works makes that job list again
