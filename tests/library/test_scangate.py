@@ -230,3 +230,31 @@ async def test_a_job_gives_way_once_to_a_scan_held_by_its_type_limit(setup: Setu
     assert [job.status for job in during.jobs] == [JobStatus.RUNNING, JobStatus.COMPLETED]
     assert (rest.result["made"], rest.result["yielded_to_scan"]) == (3, False)
     assert page.total == 2
+
+
+async def test_a_job_timed_out_while_paused_leaves_the_rest_to_the_scan(setup: Setup) -> None:
+    """The job's timeout counts its pause: it ends timed out, nothing made,
+    and the scan, ending, submits a job that makes them."""
+    scans = {"a": HeldScan()}
+    supervisor = JobSupervisor(max_workers=2)
+    register_held_scans(supervisor, setup, scans)
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            scan_id = await supervisor.submit("scan", "a")
+            await scans["a"].running.wait()
+            first = await supervisor.submit(THUMBNAILS_JOB_TYPE, timeout=0.5)
+            ended = await supervisor.wait(first)
+            made_by_then = await setup.made()
+            scans["a"].release.set()
+            await supervisor.wait(scan_id)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            rest = await supervisor.wait(page.jobs[0].job_id)
+            await supervisor.aclose()
+
+    assert (ended.status, ended.message) == (JobStatus.TIMEOUT, "thumbnails; paused for a scan")
+    assert all(image is None for image in made_by_then.values())
+    assert page.total == 2
+    assert (rest.status, rest.result["made"]) == (JobStatus.COMPLETED, 3)

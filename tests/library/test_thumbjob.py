@@ -337,7 +337,8 @@ async def test_a_job_pauses_while_a_scan_runs_and_goes_on_once_it_ends(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scan starts while the first thumbnail is made: no other is started until
-    the scan ends; then the job makes the rest, and no second job is submitted."""
+    the scan ends; then the job makes the rest, and the scan, though it says
+    it added videos, submits no second job (the working job lists again)."""
     maker, scan = GatedMaker(), HeldScan()
     monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
     queue = InMemoryJobQueue()
@@ -362,6 +363,7 @@ async def test_a_job_pauses_while_a_scan_runs_and_goes_on_once_it_ends(
             await anyio.wait_all_tasks_blocked()
             made_during_scan = sum(1 for image in (await setup.made()).values() if image)
             calls_during_scan = maker.calls
+            scan.added = 1
             scan.release.set()
         page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
@@ -411,11 +413,15 @@ async def test_a_job_started_during_a_scan_lists_nothing_until_it_ends(setup: Se
     assert (results[0]["videos"], results[0]["made"], results[0]["paused_for_scans"]) == (4, 3, 1)
 
 
-async def test_cancelling_a_paused_job_ends_it_and_leaves_the_rest_owed(setup: Setup) -> None:
-    """Cancelled while it waits for a scan: it ends at once, nothing made, work owed."""
+async def test_cancelling_a_paused_job_ends_it_and_the_scan_submits_the_rest(
+    setup: Setup,
+) -> None:
+    """Cancelled while it waits for a scan: it ends at once, nothing made; the
+    scan, though it changed nothing, then submits a job that makes them."""
     scan = HeldScan()
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
     paused = anyio.Event()
 
     with anyio.fail_after(30):
@@ -428,11 +434,15 @@ async def test_cancelling_a_paused_job_ends_it_and_leaves_the_rest_owed(setup: S
                 await paused.wait()
                 job.cancel_scope.cancel()
             working_after_cancel = setup.thumbnailer.working
+            made_after_cancel = await setup.made()
             scan.release.set()
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
     assert not working_after_cancel
-    assert setup.thumbnailer.owed
-    assert all(image is None for image in (await setup.made()).values())
+    assert all(image is None for image in made_after_cancel.values())
+    assert page.total == 1
+    assert page.jobs[0].result["made"] == 3
+    assert not setup.thumbnailer.owed
 
 
 def register_held_scans(
