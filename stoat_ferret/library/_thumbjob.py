@@ -109,8 +109,9 @@ class Thumbnailer:
         # What jobs know of scans: told by then_thumbnails, which sets its queue.
         self.gate = ScanGate()
         # True while thumbnails may be missing that no job will make: from the
-        # start of a job until one ends having made them all, and when a
-        # submission was refused. A scan that starts or completes submits a job then.
+        # start of a job until one ends having made them all, when a
+        # submission was refused, and after a scan cut short. The next scan
+        # that ends submits a job then, even if it changed nothing.
         self.owed = False
         # A thumbnails job submitted here whose handler has not started yet:
         # it will list the library when it does, so nothing else is due.
