@@ -11,10 +11,12 @@ not failed before, one at a time (one ``CapacityLimiter`` token, one
 thumbnail, makes it list again once no scan runs.
 
 What the job is doing when a scan starts runs on beside it: the thumbnail
-being made (a thread is not interrupted), or a listing: the library read,
-the sweep and the check of which thumbnails exist, each in full (about 0.6 s
-of ``stat`` calls per 100,000 videos), at normal thread priority, and done
-again after every pause.
+being made (a thread is not interrupted), or part of a listing. A listing
+reads the library (SQLite, in full), then, on the job's own thread at the
+probe threads' priority, checks which thumbnails exist (about 0.6 s of
+``stat`` calls per 100,000 videos: it stops once a scan runs, looking every
+:data:`_CHECK_EVERY` videos, and the job pauses), then sweeps (in full). A
+job lists the whole library again after every pause.
 
 One ``thumbnails`` job does the work at a time (the service also registers
 the type with ``max_running=1`` where the queue has it): a job that starts
@@ -76,6 +78,8 @@ THUMBNAILS_TIMEOUT: Final = 21_600.0
 second (about 24 a second were measured on a shared 2-core machine). A job cut
 short by it loses nothing: it leaves the work owed, and the next job (after
 the next scan, or at start-up) goes on from where it stopped."""
+
+_CHECK_EVERY: Final = 1_000  # videos the listing checks between looks for scans
 
 _Source = tuple[int, str, int, int]  # (id, path, size_bytes, mtime_ns)
 
@@ -242,9 +246,16 @@ class Thumbnailer:
         if await self._make_way(run) is Way.STOP:  # the listing is work too
             return False
         sources = await self._library.thumbnail_sources()
-        stored = {source[0] for source in sources}
-        run.removed += await anyio.to_thread.run_sync(self._store.sweep, stored)
-        todo, run.unchanged = await anyio.to_thread.run_sync(self._missing, sources, run.tried)
+        # The file-system part runs on the idle thread, and a scan that
+        # starts meanwhile cuts it short: the pass is listed again after it.
+        missing = functools.partial(self._missing, sources, run.tried)
+        async with self._limiter:
+            found = await self._threads.run_sync(missing)
+            if found is None:
+                return False
+            stored = {source[0] for source in sources}
+            run.removed += await self._threads.run_sync(lambda _: self._store.sweep(stored))
+        todo, run.unchanged = found
         run.videos = len(sources)
         run.total = run.made + run.failed + len(todo)
         for source in todo:
@@ -263,12 +274,19 @@ class Thumbnailer:
         run.report()
         return True
 
-    def _missing(self, sources: list[_Source], tried: set[_Source]) -> tuple[list[_Source], int]:
-        """What to make (missing, not tried by this job), and how many had theirs before it."""
+    def _missing(
+        self, sources: list[_Source], tried: set[_Source], stop: threading.Event
+    ) -> tuple[list[_Source], int] | None:
+        """What to make (missing, not tried by this job), and how many had
+        theirs before it; None once a scan runs or the job is cancelled
+        (looked at every :data:`_CHECK_EVERY` videos, from the first)."""
         state = self._store.state
         todo: list[_Source] = []
         unchanged = 0
-        for source in sources:
+        for index, source in enumerate(sources):
+            # An int read in this thread: a scan's start on the loop is seen here.
+            if index % _CHECK_EVERY == 0 and (stop.is_set() or self.gate.running):
+                return None
             if source in tried:
                 continue
             if state(source[0], source[2:]) is None:

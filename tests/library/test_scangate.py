@@ -258,3 +258,54 @@ async def test_a_job_timed_out_while_paused_leaves_the_rest_to_the_scan(setup: S
     assert all(image is None for image in made_by_then.values())
     assert page.total == 2
     assert (rest.status, rest.result["made"]) == (JobStatus.COMPLETED, 3)
+
+
+async def test_a_scan_starting_during_the_listing_cuts_its_file_checks_short(
+    setup: Setup,
+) -> None:
+    """A scan starts while the job reads the library: no thumbnail file is
+    checked while it runs; the job pauses, then lists again and makes them."""
+    scan = HeldScan()
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    checked: list[int] = []
+    state = setup.store.state
+
+    def counting_state(video_id: int, fingerprint: tuple[int, int]) -> str | None:
+        checked.append(video_id)
+        return state(video_id, fingerprint)
+
+    setup.store.state = counting_state  # type: ignore[method-assign]
+    reading, read = anyio.Event(), anyio.Event()
+    sources = setup.library.thumbnail_sources
+
+    async def gated_sources() -> list[tuple[int, str, int, int]]:
+        if not reading.is_set():
+            reading.set()
+            await read.wait()
+        return await sources()
+
+    setup.library.thumbnail_sources = gated_sources  # type: ignore[method-assign]
+    progress: list[tuple[float, str | None]] = []
+    paused = anyio.Event()
+    results: list[dict[str, Any]] = []
+
+    async def job() -> None:
+        results.append(await setup.thumbnailer(reporting("t", progress, paused)))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(job)
+            await reading.wait()
+            group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
+            await scan.running.wait()
+            read.set()
+            await paused.wait()
+            await anyio.wait_all_tasks_blocked()
+            checked_during_scan = len(checked)
+            scan.release.set()
+
+    assert checked_during_scan == 0
+    assert progress[0] == (0.0, "thumbnails; paused for a scan")
+    assert (results[0]["made"], results[0]["failed"], results[0]["paused_for_scans"]) == (3, 1, 1)
