@@ -141,14 +141,12 @@ class Thumbnailer:
         try:
             while True:
                 self._again = False
-                # A pass cut short by a pause is listed again, as is one
-                # during which a scan started or another job asked for one:
-                # each may have missed new videos.
+                # Listed again after a pause, a scan's start or another job's
+                # ask: each may have added videos.
                 finished = await self._one_pass(run)
                 if run.yielded_to_scan:
                     # Its successor queues behind the scan it made way for
-                    # (workers take jobs in submit order), and lists the
-                    # library when it starts.
+                    # (workers take jobs in submit order); it lists on starting.
                     if self.gate.queue is not None:
                         await self.submit_due(self.gate.queue, after=run.ctx.job_id)
                     break
