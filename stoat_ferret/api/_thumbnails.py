@@ -35,7 +35,6 @@ from stoat_ferret.library import (
     StoreError,
     Thumbnailer,
     ThumbnailStore,
-    submit_thumbnails,
     then_thumbnails,
 )
 
@@ -100,7 +99,7 @@ async def start_thumbnails(supervisor: JobSupervisor, thumbnailer: Thumbnailer) 
     """At start-up: submit a ``thumbnails`` job if a stored video has no thumbnail
     (a database from before thumbnails, a job cut short by the last shut-down)."""
     if await thumbnailer.any_missing():
-        await submit_thumbnails(supervisor, thumbnailer, after="start-up")
+        await thumbnailer.submit_due(supervisor, after="start-up")
 
 
 async def get_thumbnails(request: Request) -> ThumbnailStore:

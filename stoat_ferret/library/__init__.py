@@ -33,13 +33,13 @@ from stoat_ferret.library._models import (
 )
 from stoat_ferret.library._probe import READ_LIMIT, probe_video
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
+from stoat_ferret.library._scangate import then_thumbnails
 from stoat_ferret.library._store import SCHEMA_VERSION, VideoStore
 from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,
     Thumbnailer,
     submit_thumbnails,
-    then_thumbnails,
 )
 from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
 from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION

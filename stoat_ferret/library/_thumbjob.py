@@ -1,34 +1,22 @@
 """The ``thumbnails`` job: make the missing thumbnails of the whole library.
 
-:func:`then_thumbnails` wraps the ``scan`` handler: a scan that added or
-updated videos submits a ``thumbnails`` job as it completes. The job covers
-the library, not one scan: it lists every stored video, removes the files of
-videos no longer stored (:meth:`ThumbnailStore.sweep`), and makes a thumbnail
-for each video whose current version has none and has not failed before.
+The job covers the library, not one scan: it lists every stored video,
+removes the files of videos no longer stored (:meth:`ThumbnailStore.sweep`),
+and makes a thumbnail for each video whose current version has none and has
+not failed before, one at a time (one ``CapacityLimiter`` token, one
+:class:`BackgroundThreads` thread at the probe threads' priority,
+``SCHED_IDLE`` by default). Who submits it, and how it makes way for scans
+(pausing while one runs, ending for one waiting for a worker), is in
+``_scangate.py``. A scan that starts while a job works, even on its last
+thumbnail, makes it list again once no scan runs.
 
-It makes no thumbnail while a scan (of the type :func:`then_thumbnails`
-wraps) runs or waits for a worker, so the scan's probe threads have the
-cores to themselves. Thumbnails are made one at a time (one
-``CapacityLimiter`` token, one :class:`BackgroundThreads` thread at the probe
-threads' priority, ``SCHED_IDLE`` by default); before its listing and before
-each thumbnail the job looks for scans:
-
-* a scan waiting in the queue for a worker: the job ends at once
-  (``yielded_to_scan``), freeing its worker, and the rest is owed; the next
-  scan to start (normally the one it made way for) submits a job for it;
-* scans running, none waiting: the job pauses where it is, keeping its
-  counts and its worker, until none runs; then it lists the library again
-  (the scans changed it) and goes on. A scan that comes to wait for a worker
-  meanwhile ends it as above. It hears of scans starting and ending from
-  :func:`then_thumbnails`, and of waiting ones from the queue's change feed.
-
-Only the thumbnail being made when a scan starts runs beside it (a thread is
-not interrupted). Scans delay thumbnails only while they run or wait: once
-none does, a paused job goes on, and an ended one's successor runs. Priority
-alone was not enough (the probe threads run at the same idle priority), nor
-was giving way only after 20 thumbnails: either way a first scan ran at
-0.5-0.8 of its speed beside the job on the shared 2-core machine
-(``make bench``, ``scan_beside_thumbnails``).
+What the job is doing when a scan starts runs on beside it: the thumbnail
+being made (a thread is not interrupted), or part of a listing. A listing
+reads the library (SQLite, in full), then, on the job's own thread at the
+probe threads' priority, checks which thumbnails exist (about 0.6 s of
+``stat`` calls per 100,000 videos: it stops once a scan runs, looking every
+:data:`_CHECK_EVERY` videos, and the job pauses), then sweeps (in full). A
+job lists the whole library again after every pause.
 
 One ``thumbnails`` job does the work at a time (the service also registers
 the type with ``max_running=1`` where the queue has it): a job that starts
@@ -47,15 +35,20 @@ away, unreadable or changed for now, out of descriptors, an I/O error, is an
 Cancellation (or the job's timeout, registered as :data:`THUMBNAILS_TIMEOUT`,
 which a pause counts towards) stops it before its next file or during a
 pause; what was written stays, and the rest is owed
-(:attr:`Thumbnailer.owed`): the next scan that starts or completes submits a
-job for it, even if it changed nothing, as it does when a queue refused a
-submission. :meth:`Thumbnailer.any_missing` lets the service submit one at
-start-up.
+(:attr:`Thumbnailer.owed`): the next scan that ends submits a job for it,
+even if it changed nothing, as it does when a queue refused a submission
+(or a job queued here was cancelled before it started).
+:meth:`Thumbnailer.any_missing` lets the service submit one at start-up.
+
+Progress: the message counts ``made/total``, where ``total`` is the made
+and failed so far plus what the latest listing found missing, so it grows
+when a listing after a pause finds the videos a scan added. The fraction is
+made over total, but never lowered: it holds while the total grows, until
+the counts catch up.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 from typing import TYPE_CHECKING, Any, Final
 
@@ -64,20 +57,18 @@ import anyio.to_thread
 import attrs
 from loguru import logger
 
-from stoat_ferret.jobs import ChangesLost, JobError, JobStatus
+from stoat_ferret.jobs import JobError
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
+from stoat_ferret.library._scangate import ScanGate, Way
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 
 if TYPE_CHECKING:
     import threading
 
-    from anyio.abc import TaskStatus
-
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
     from stoat_ferret.library._library import VideoLibrary
-    from stoat_ferret.library._scan import ScanHandler
     from stoat_ferret.library._thumbstore import ThumbnailStore
 
 THUMBNAILS_JOB_TYPE: Final = "thumbnails"
@@ -88,15 +79,9 @@ second (about 24 a second were measured on a shared 2-core machine). A job cut
 short by it loses nothing: it leaves the work owed, and the next job (after
 the next scan, or at start-up) goes on from where it stopped."""
 
+_CHECK_EVERY: Final = 1_000  # videos the listing checks between looks for scans
+
 _Source = tuple[int, str, int, int]  # (id, path, size_bytes, mtime_ns)
-
-
-class _Way(enum.Enum):
-    """What a job does about scans before its listing or its next thumbnail."""
-
-    GO = enum.auto()  # no scan runs or waits
-    RESUMED = enum.auto()  # it paused while scans ran; none runs now
-    STOP = enum.auto()  # a scan waits for a worker: end, leaving the rest owed
 
 
 class Thumbnailer:
@@ -125,22 +110,21 @@ class Thumbnailer:
         # The id of the job making thumbnails now; only that job does.
         self._running: str | None = None
         self._again = False
-        # Scans running now, counted by then_thumbnails; the queue they run on
-        # (set by then_thumbnails), asked for scans waiting to run.
-        self.scans = 0
-        self.scan_queue: AsyncJobQueue | None = None
-        self.scan_type = "scan"
+        # What jobs know of scans: told by then_thumbnails, which sets its queue.
+        self.gate = ScanGate()
         # True while thumbnails may be missing that no job will make: from the
-        # start of a job until one ends having made them all, and when a
-        # submission was refused. A scan that starts or completes submits a job then.
+        # start of a job until one ends having made them all, when a
+        # submission was refused, and after a scan cut short. The next scan
+        # that ends submits a job then, even if it changed nothing.
         self.owed = False
-        # Set, and dropped, when a scan starts or ends or the queue reports
-        # one waiting: what a paused job waits on. Made on demand (an Event
-        # needs the event loop, a Thumbnailer does not).
-        self._scans_changed: anyio.Event | None = None
+        # A thumbnails job submitted here whose handler has not started yet:
+        # it will list the library when it does, so nothing else is due.
+        self._queued: str | None = None
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any]:
         """Run one ``thumbnails`` job; return its counts and errors."""
+        if self._queued == ctx.job_id:
+            self._queued = None
         if self._running is not None:
             self._again = True
             ctx.report_progress(1.0, f"merged into the running thumbnails job {self._running}")
@@ -155,11 +139,18 @@ class Thumbnailer:
         log = logger.bind(job_id=ctx.job_id, job_type=THUMBNAILS_JOB_TYPE)
         log.info("thumbnails started")
         try:
-            while not run.yielded_to_scan:
+            while True:
                 self._again = False
-                # A pass cut short by a pause is listed again, as is one
-                # another job asked for: both may have missed new videos.
-                if await self._one_pass(run) and not self._again:
+                # Listed again after a pause, a scan's start or another job's
+                # ask: each may have added videos.
+                finished = await self._one_pass(run)
+                if run.yielded_to_scan:
+                    # Its successor queues behind the scan it made way for
+                    # (workers take jobs in submit order); it lists on starting.
+                    if self.gate.queue is not None:
+                        await self.submit_due(self.gate.queue, after=run.ctx.job_id)
+                    break
+                if finished and not self._again:
                     self.owed = False
                     break
         finally:
@@ -187,99 +178,88 @@ class Thumbnailer:
         """Whether a job is making thumbnails (or paused) now."""
         return self._running is not None
 
+    @property
+    def scans(self) -> int:
+        """Scans running now."""
+        return self.gate.running
+
     def scan_started(self) -> None:
-        """A scan starts (:func:`then_thumbnails` calls it): jobs pause."""
-        self.scans += 1
-        self._notify()
+        """A scan starts (:func:`then_thumbnails` calls it): jobs pause, and
+        a working job lists the library again once no scan runs (the scan
+        may add videos it has listed past)."""
+        self.gate.started()
+        if self._running is not None:
+            self._again = True
 
     def scan_ended(self) -> None:
         """A scan ended, however: a paused job goes on once none runs."""
-        self.scans -= 1
-        self._notify()
+        self.gate.ended()
 
-    def _notify(self) -> None:
-        if self._scans_changed is not None:
-            self._scans_changed.set()
-            self._scans_changed = None
+    async def submit_due(self, queue: AsyncJobQueue, *, after: str) -> None:
+        """Submit a ``thumbnails`` job to ``queue`` unless one
+        submitted here has yet to start (it will list the library then).
 
-    def _next_change(self) -> anyio.Event:
-        if self._scans_changed is None:
-            self._scans_changed = anyio.Event()
-        return self._scans_changed
+        Scans submit with a key, so two ending together submit one job. A
+        job giving way submits without one (the key would name the job
+        itself, still running), only ever while it works, when no scan submits.
+        """
+        if await self._queued_to_start(queue):
+            return
+        job_id = await submit_thumbnails(
+            queue, self, after=after, key=None if self.working else THUMBNAILS_JOB_TYPE
+        )
+        if job_id is not None:
+            self._queued = job_id
 
-    async def _scan_waiting(self) -> bool:
-        if self.scan_queue is None:
+    async def _queued_to_start(self, queue: AsyncJobQueue) -> bool:
+        job_id = self._queued
+        if job_id is None:
             return False
-        page = await self.scan_queue.list_jobs(
-            job_type=self.scan_type, status=JobStatus.PENDING, limit=1
-        )
-        return bool(page.jobs)
+        try:
+            ended = (await queue.get_status(job_id)).is_terminal
+        except JobError:  # no longer known to the queue
+            ended = True
+        if ended and self._queued == job_id:
+            self._queued = None  # cancelled before it started
+        return not ended
 
-    async def _make_way(self, run: _Run, done: int, total: int) -> _Way:
-        """Before the listing and each thumbnail: go on if no scan runs or waits;
-        end for a scan waiting for a worker; pause while scans run."""
-        # Taken before looking, so that no change after the look is missed.
-        change = self._next_change()
-        if await self._scan_waiting():
-            self._give_way(run, done, total)
-            return _Way.STOP
-        if not self.scans:
-            return _Way.GO
-        run.paused += 1
-        run.ctx.report_progress(_fraction(done, total), _message(done, total, "paused for a scan"))
-        logger.debug(
-            "thumbnails paused for a scan", job_id=run.ctx.job_id, job_type=THUMBNAILS_JOB_TYPE
-        )
-        async with anyio.create_task_group() as group:
-            if self.scan_queue is not None:
-                await group.start(self._hear_of_waiting_scans, self.scan_queue)
-            way = await self._wait_out_scans(change)
-            group.cancel_scope.cancel()
-        if way is _Way.STOP:
-            self._give_way(run, done, total)
+    async def _make_way(self, run: _Run) -> Way:
+        """Before the listing and each thumbnail: what the gate says, reported."""
+
+        def pause() -> None:
+            run.paused += 1
+            run.report("paused for a scan")
+            logger.debug(
+                "thumbnails paused for a scan", job_id=run.ctx.job_id, job_type=THUMBNAILS_JOB_TYPE
+            )
+
+        way = await self.gate.make_way(pause)
+        if way is Way.STOP:
+            run.yielded_to_scan = True
+            run.report("gave way to a waiting scan; the rest is queued behind it")
         return way
-
-    async def _wait_out_scans(self, change: anyio.Event) -> _Way:
-        while True:
-            await change.wait()
-            change = self._next_change()
-            if await self._scan_waiting():
-                return _Way.STOP
-            if not self.scans:
-                return _Way.RESUMED
-
-    async def _hear_of_waiting_scans(
-        self, queue: AsyncJobQueue, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Wake a paused job when the queue says a scan waits (or lost track)."""
-        async with queue.watch_all(job_types=(self.scan_type,)) as feed:
-            task_status.started()
-            async for item in feed:
-                if isinstance(item, ChangesLost) or item.job.status is JobStatus.PENDING:
-                    self._notify()
-
-    def _give_way(self, run: _Run, done: int, total: int) -> None:
-        run.yielded_to_scan = True
-        message = _message(done, total, "gave way to a waiting scan, which resubmits the rest")
-        run.ctx.report_progress(_fraction(done, total), message)
 
     async def _one_pass(self, run: _Run) -> bool:
         """List the library and make what is missing; False if a scan cut it short."""
-        if await self._make_way(run, 0, 0) is _Way.STOP:  # the listing is work too
+        if await self._make_way(run) is Way.STOP:  # the listing is work too
             return False
         sources = await self._library.thumbnail_sources()
-        stored = {source[0] for source in sources}
-        run.removed += await anyio.to_thread.run_sync(self._store.sweep, stored)
-        todo, run.unchanged = await anyio.to_thread.run_sync(self._missing, sources, run.tried)
-        run.videos = len(sources)
-        before = run.made + run.failed
-        total = before + len(todo)
-        for index, source in enumerate(todo):
-            if await self._make_way(run, before + index, total) is not _Way.GO:
+        # The file-system part runs on the idle thread, and a scan that
+        # starts meanwhile cuts it short: the pass is listed again after it.
+        missing = functools.partial(self._missing, sources, run.tried)
+        async with self._limiter:
+            found = await self._threads.run_sync(missing)
+            if found is None:
                 return False
-            run.ctx.report_progress(
-                _fraction(before + index, total), _message(before + index, total)
-            )
+            stored = {source[0] for source in sources}
+            run.removed += await self._threads.run_sync(lambda _: self._store.sweep(stored))
+        todo, run.unchanged = found
+        run.videos = len(sources)
+        run.total = run.made + run.failed + len(todo)
+        for source in todo:
+            if await self._make_way(run) is not Way.GO:
+                return False
+            run.report()
             run.tried.add(source)
             async with self._limiter:
                 outcome = await self._threads.run_sync(functools.partial(self._make, source))
@@ -289,15 +269,22 @@ class Thumbnailer:
             else:
                 run.failed += 1
                 run.errors.add(source[1], outcome)
-        run.ctx.report_progress(1.0, _message(total, total))
+        run.report()
         return True
 
-    def _missing(self, sources: list[_Source], tried: set[_Source]) -> tuple[list[_Source], int]:
-        """What to make (missing, not tried by this job), and how many had theirs before it."""
+    def _missing(
+        self, sources: list[_Source], tried: set[_Source], stop: threading.Event
+    ) -> tuple[list[_Source], int] | None:
+        """What to make (missing, not tried by this job), and how many had
+        theirs before it; None once a scan runs or the job is cancelled
+        (looked at every :data:`_CHECK_EVERY` videos, from the first)."""
         state = self._store.state
         todo: list[_Source] = []
         unchanged = 0
-        for source in sources:
+        for index, source in enumerate(sources):
+            # An int read in this thread: a scan's start on the loop is seen here.
+            if index % _CHECK_EVERY == 0 and (stop.is_set() or self.gate.running):
+                return None
             if source in tried:
                 continue
             if state(source[0], source[2:]) is None:
@@ -338,68 +325,18 @@ class Thumbnailer:
             await anyio.to_thread.run_sync(self._store.remove, [source[0]])
 
 
-def then_thumbnails(
-    scan: ScanHandler,
+async def submit_thumbnails(
     queue: AsyncJobQueue,
     thumbnailer: Thumbnailer,
     *,
-    scan_type: str = "scan",
-) -> ScanHandler:
-    """Wrap a ``scan`` handler (of job type ``scan_type``): ``thumbnailer``
-    makes none while one runs or waits in ``queue``, and ``thumbnails`` jobs
-    are submitted to ``queue`` when they are due.
-
-    A scan that starts submits one when thumbnails are owed (a job gave way
-    to it, or was cancelled) and none is pending or running. A scan that
-    completes (or fails) submits one when it added or updated videos and none
-    is pending (one running may have listed the library already), or when
-    thumbnails are owed and none is pending or running. A queue that refuses
-    the job (full, closing) is logged and the work stays owed; the scan's
-    result stands.
-    """
-    thumbnailer.scan_queue = queue
-    thumbnailer.scan_type = scan_type
-
-    async def scan_then_thumbnails(ctx: JobContext) -> dict[str, Any]:
-        # Before counting this scan: a queue that runs the job inline (the
-        # in-memory one) would otherwise have it wait for this very scan.
-        await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=False)
-        thumbnailer.scan_started()
-        try:
-            try:
-                result = await scan(ctx)
-            finally:
-                thumbnailer.scan_ended()
-        except Exception:
-            await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=False)
-            raise
-        changed = bool(result.get("added") or result.get("updated"))
-        await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=changed)
-        return result
-
-    return scan_then_thumbnails
-
-
-async def _submit_if_due(
-    queue: AsyncJobQueue, thumbnailer: Thumbnailer, scan_id: str, *, changed: bool
-) -> None:
-    """Submit a ``thumbnails`` job if videos ``changed`` and none is pending (a
-    pending job lists the library when it starts; a running one may have
-    listed it already), or if thumbnails are owed and none is working or pending."""
-    if not (changed or (thumbnailer.owed and not thumbnailer.working)):
-        return
-    waiting = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE, status=JobStatus.PENDING, limit=1)
-    if not waiting.jobs:
-        await submit_thumbnails(queue, thumbnailer, after=scan_id)
-
-
-async def submit_thumbnails(
-    queue: AsyncJobQueue, thumbnailer: Thumbnailer, *, after: str | None = None
+    after: str | None = None,
+    key: str | None = None,
 ) -> str | None:
-    """Submit a ``thumbnails`` job; return its id, or None (logged, and the
+    """Submit a ``thumbnails`` job (with ``key``, the pending or running job
+    of that key if there is one); return its id, or None (logged, and the
     work left owed) when ``queue`` refuses it."""
     try:
-        job_id = await queue.submit(THUMBNAILS_JOB_TYPE)
+        job_id = await queue.submit(THUMBNAILS_JOB_TYPE, key=key)
     except JobError as exc:
         thumbnailer.owed = True
         logger.warning(
@@ -428,8 +365,20 @@ class _Run:
     removed: int = 0
     yielded_to_scan: bool = False
     paused: int = 0  # times it paused while scans ran
+    # Made and failed out of this many found missing so far (the listing
+    # after a pause may find more), and the fraction last reported.
+    total: int = 0
+    # Invariant: never lowered; it holds while a later listing grows the total.
+    fraction: float = 0.0
     # Sources tried by this job, made or not: a later pass skips them.
     tried: set[_Source] = attrs.field(factory=set)
+
+    def report(self, state: str | None = None) -> None:
+        """Report the counts (``state`` appended), never a lower fraction."""
+        done = self.made + self.failed
+        if self.total:
+            self.fraction = max(self.fraction, done / self.total)
+        self.ctx.report_progress(self.fraction, _message(done, self.total, state))
 
     def result(self) -> dict[str, Any]:
         return {
@@ -443,10 +392,6 @@ class _Run:
             "yielded_to_scan": self.yielded_to_scan,
             "paused_for_scans": self.paused,
         }
-
-
-def _fraction(done: int, total: int) -> float:
-    return done / total if total else 0.0
 
 
 def _message(done: int, total: int, state: str | None = None) -> str:

@@ -290,31 +290,34 @@ async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup)
 
 
 class GatedMaker:
-    """Stands in for make_thumbnail: the first call waits (in its thread) for
-    ``proceed``, once it has set ``started``."""
+    """Stands in for make_thumbnail: the ``gate``-th call (the first by
+    default) waits in its thread for ``proceed``, once it has set ``started``."""
 
     def __init__(self) -> None:
         self.started, self.proceed = threading.Event(), threading.Event()
         self.calls = 0
+        self.gate = 1  # the call that waits
 
     def __call__(self, path: str, fingerprint: tuple[int, int]) -> bytes:
         self.calls += 1
-        if self.calls == 1:
+        if self.calls == self.gate:
             self.started.set()
             self.proceed.wait()
         return make_thumbnail(path, fingerprint)
 
 
 class HeldScan:
-    """A scan handler that runs until ``release`` is set, changing nothing."""
+    """A scan handler that runs until ``release`` is set, saying it added
+    ``added`` videos (none by default)."""
 
     def __init__(self) -> None:
         self.running, self.release = anyio.Event(), anyio.Event()
+        self.added = 0
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any]:
         self.running.set()
         await self.release.wait()
-        return {"added": 0, "updated": 0}
+        return {"added": self.added, "updated": 0}
 
 
 def reporting(
@@ -334,7 +337,8 @@ async def test_a_job_pauses_while_a_scan_runs_and_goes_on_once_it_ends(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scan starts while the first thumbnail is made: no other is started until
-    the scan ends; then the job makes the rest, and no second job is submitted."""
+    the scan ends; then the job makes the rest, and the scan, though it says
+    it added videos, submits no second job (the working job lists again)."""
     maker, scan = GatedMaker(), HeldScan()
     monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
     queue = InMemoryJobQueue()
@@ -359,6 +363,7 @@ async def test_a_job_pauses_while_a_scan_runs_and_goes_on_once_it_ends(
             await anyio.wait_all_tasks_blocked()
             made_during_scan = sum(1 for image in (await setup.made()).values() if image)
             calls_during_scan = maker.calls
+            scan.added = 1
             scan.release.set()
         page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
@@ -408,11 +413,15 @@ async def test_a_job_started_during_a_scan_lists_nothing_until_it_ends(setup: Se
     assert (results[0]["videos"], results[0]["made"], results[0]["paused_for_scans"]) == (4, 3, 1)
 
 
-async def test_cancelling_a_paused_job_ends_it_and_leaves_the_rest_owed(setup: Setup) -> None:
-    """Cancelled while it waits for a scan: it ends at once, nothing made, work owed."""
+async def test_cancelling_a_paused_job_ends_it_and_the_scan_submits_the_rest(
+    setup: Setup,
+) -> None:
+    """Cancelled while it waits for a scan: it ends at once, nothing made; the
+    scan, though it changed nothing, then submits a job that makes them."""
     scan = HeldScan()
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
     paused = anyio.Event()
 
     with anyio.fail_after(30):
@@ -425,11 +434,15 @@ async def test_cancelling_a_paused_job_ends_it_and_leaves_the_rest_owed(setup: S
                 await paused.wait()
                 job.cancel_scope.cancel()
             working_after_cancel = setup.thumbnailer.working
+            made_after_cancel = await setup.made()
             scan.release.set()
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
     assert not working_after_cancel
-    assert setup.thumbnailer.owed
-    assert all(image is None for image in (await setup.made()).values())
+    assert all(image is None for image in made_after_cancel.values())
+    assert page.total == 1
+    assert page.jobs[0].result["made"] == 3
+    assert not setup.thumbnailer.owed
 
 
 def register_held_scans(
@@ -475,7 +488,7 @@ async def test_a_scan_waiting_for_the_only_worker_ends_the_job_at_once(
     assert (ended.result["made"], ended.result["yielded_to_scan"]) == (1, True)
     assert (ended.progress, ended.message) == (
         0.25,
-        "thumbnails: 1/4 made; gave way to a waiting scan, which resubmits the rest",
+        "thumbnails: 1/4 made; gave way to a waiting scan; the rest is queued behind it",
     )
     assert [job.status for job in during.jobs] == [JobStatus.PENDING, JobStatus.COMPLETED]
     assert maker.calls == 4

@@ -1,0 +1,312 @@
+"""The ``thumbnails`` job beside scans (``_scangate.py``): who submits it, once, and its progress.
+
+A scan cut short still gets its stored videos a job; scans ending together
+submit one; a scan starting while a job works makes that job list again
+(and submit nothing); progress never goes back; a job gives way to a
+waiting scan once, so no chain of jobs can end and resubmit for it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stoat_ferret.jobs import (
+    InMemoryJobQueue,
+    JobChange,
+    JobContext,
+    JobStatus,
+    JobSupervisor,
+)
+from stoat_ferret.library import THUMBNAILS_JOB_TYPE, _thumbjob, make_scan_handler, then_thumbnails
+from tests.library.test_thumbjob import (
+    GatedMaker,
+    HeldScan,
+    Setup,
+    register_held_scans,
+    reporting,
+    setup,
+)
+
+if TYPE_CHECKING:
+    from tests.videos import EncodedVideo
+
+pytestmark = pytest.mark.anyio
+
+__all__ = ["setup"]  # the fixture, imported for the tests here
+
+
+@pytest.mark.parametrize("end", ["cancelled", "failed", "timed out"])
+async def test_a_scan_cut_short_submits_a_job_for_what_it_stored(setup: Setup, end: str) -> None:
+    """The scan stored every row, then was cancelled, failed or timed out: a
+    thumbnails job is submitted and makes the thumbnails, without a restart."""
+    real = make_scan_handler(setup.library)
+    stored = anyio.Event()
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        with anyio.CancelScope(shield=True):  # all rows stored, however soon the timeout
+            await real(ctx)
+        stored.set()
+        if end == "failed":
+            raise RuntimeError("disk gone")
+        await anyio.sleep_forever()  # cancelled, or its timeout hits
+        raise AssertionError("unreachable")
+
+    supervisor = JobSupervisor(max_workers=2)
+    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
+    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer, max_running=1)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            timeout = 0.5 if end == "timed out" else None
+            scan_id = await supervisor.submit("scan", {"path": str(setup.folder)}, timeout=timeout)
+            await stored.wait()
+            if end == "cancelled":
+                await supervisor.cancel(scan_id)
+            scan_end = await supervisor.wait(scan_id)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            job = await supervisor.wait(page.jobs[0].job_id)
+            await supervisor.aclose()
+
+    expected = {"cancelled": JobStatus.CANCELLED, "failed": JobStatus.FAILED}
+    assert scan_end.status is expected.get(end, JobStatus.TIMEOUT)
+    assert page.total == 1
+    assert (job.status, job.result["made"], job.result["failed"]) == (JobStatus.COMPLETED, 3, 1)
+    assert not setup.thumbnailer.owed
+
+
+async def test_scans_ending_together_submit_one_thumbnails_job(setup: Setup) -> None:
+    """Work owed, three workers, two scans released at once: one job, not two."""
+    scans = {"a": HeldScan(), "b": HeldScan()}
+    supervisor = JobSupervisor(max_workers=3)
+    register_held_scans(supervisor, setup, scans)
+    setup.thumbnailer.owed = True  # as a cancelled or timed-out job leaves it
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            ids = [await supervisor.submit("scan", name) for name in scans]
+            await scans["a"].running.wait()
+            await scans["b"].running.wait()
+            scans["a"].release.set()
+            scans["b"].release.set()
+            for scan_id in ids:
+                await supervisor.wait(scan_id)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            job = await supervisor.wait(page.jobs[0].job_id)
+            await supervisor.aclose()
+
+    assert page.total == 1
+    assert job.result["made"] == 3
+
+
+async def test_progress_never_goes_back_when_a_scan_adds_videos_during_a_pause(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, clips: dict[str, EncodedVideo]
+) -> None:
+    """1 of 4 made, then a pause during which 6 videos arrive: the fraction
+    holds at 0.25 until 3 of 10 are made; the counts say 10; no second job."""
+    maker, scan = GatedMaker(), HeldScan()
+    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    progress: list[tuple[float, str | None]] = []
+    paused = anyio.Event()
+    results: list[dict[str, Any]] = []
+
+    async def job() -> None:
+        results.append(await setup.thumbnailer(reporting("t", progress, paused)))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(job)
+            await anyio.to_thread.run_sync(maker.started.wait)
+            group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
+            await scan.running.wait()
+            maker.proceed.set()
+            await paused.wait()
+            for index in range(6):  # the scan adds videos, as scans do
+                shutil.copyfile(clips["h264_aac.mp4"].path, setup.folder / f"new{index}.mp4")
+            await setup.scan()
+            scan.release.set()
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    fractions = [fraction for fraction, _ in progress]
+    assert fractions == sorted(fractions), progress
+    assert progress[:4] == [
+        (0.0, "thumbnails: 0/4 made"),
+        (0.25, "thumbnails: 1/4 made; paused for a scan"),
+        (0.25, "thumbnails: 1/10 made"),
+        (0.25, "thumbnails: 2/10 made"),
+    ]
+    assert progress[-1] == (1.0, "thumbnails: 10/10 made")
+    assert (results[0]["made"], results[0]["failed"]) == (9, 1)
+    assert page.total == 0
+
+
+async def test_a_scan_starting_during_the_last_thumbnail_makes_the_job_list_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, clips: dict[str, EncodedVideo]
+) -> None:
+    """The job, on its last thumbnail, pauses (counts kept) before listing
+    again, makes what the scan added, and the scan submits no second job."""
+    maker, scan = GatedMaker(), HeldScan()
+    maker.gate = 4
+    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    progress: list[tuple[float, str | None]] = []
+    paused = anyio.Event()
+    results: list[dict[str, Any]] = []
+
+    async def job() -> None:
+        results.append(await setup.thumbnailer(reporting("t", progress, paused)))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(job)
+            await anyio.to_thread.run_sync(maker.started.wait)
+            group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
+            await scan.running.wait()
+            maker.proceed.set()
+            await paused.wait()
+            shutil.copyfile(clips["h264_aac.mp4"].path, setup.folder / "new.mp4")
+            await setup.scan()
+            scan.added = 1
+            scan.release.set()
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert (1.0, "thumbnails: 4/4 made; paused for a scan") in progress
+    assert progress[-1] == (1.0, "thumbnails: 5/5 made")
+    assert (results[0]["made"], results[0]["paused_for_scans"]) == (4, 1)
+    assert page.total == 0  # the working job saw the scan's video
+    assert not setup.thumbnailer.owed
+
+
+async def test_a_job_gives_way_once_to_a_scan_held_by_its_type_limit(setup: Setup) -> None:
+    """Scans one at a time: B waits for A, not for a worker. The job gives way
+    to B once; its successor pauses instead of ending and resubmitting again."""
+    scans = {"a": HeldScan(), "b": HeldScan()}
+    supervisor = JobSupervisor(max_workers=3)
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        return await scans[ctx.payload](ctx)
+
+    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer), max_running=1)
+    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer, max_running=1)
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            a = await supervisor.submit("scan", "a")
+            await scans["a"].running.wait()
+            b = await supervisor.submit("scan", "b")
+            first = await supervisor.submit(THUMBNAILS_JOB_TYPE)
+            ended = await supervisor.wait(first)
+            async with supervisor.watch_all(job_types=[THUMBNAILS_JOB_TYPE]) as feed:
+                async for change in feed:
+                    assert isinstance(change, JobChange)
+                    if (change.job.message or "").endswith("paused for a scan"):
+                        break
+            await anyio.wait_all_tasks_blocked()
+            during = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            scans["a"].release.set()
+            await scans["b"].running.wait()
+            scans["b"].release.set()
+            for scan_id in (a, b):
+                await supervisor.wait(scan_id)
+            rest = await supervisor.wait(during.jobs[0].job_id)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            await supervisor.aclose()
+
+    assert ended.result["yielded_to_scan"]
+    assert [job.status for job in during.jobs] == [JobStatus.RUNNING, JobStatus.COMPLETED]
+    assert (rest.result["made"], rest.result["yielded_to_scan"]) == (3, False)
+    assert page.total == 2
+
+
+async def test_a_job_timed_out_while_paused_leaves_the_rest_to_the_scan(setup: Setup) -> None:
+    """The job's timeout counts its pause: it ends timed out, nothing made,
+    and the scan, ending, submits a job that makes them."""
+    scans = {"a": HeldScan()}
+    supervisor = JobSupervisor(max_workers=2)
+    register_held_scans(supervisor, setup, scans)
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            scan_id = await supervisor.submit("scan", "a")
+            await scans["a"].running.wait()
+            first = await supervisor.submit(THUMBNAILS_JOB_TYPE, timeout=0.5)
+            ended = await supervisor.wait(first)
+            made_by_then = await setup.made()
+            scans["a"].release.set()
+            await supervisor.wait(scan_id)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            rest = await supervisor.wait(page.jobs[0].job_id)
+            await supervisor.aclose()
+
+    assert (ended.status, ended.message) == (JobStatus.TIMEOUT, "thumbnails; paused for a scan")
+    assert all(image is None for image in made_by_then.values())
+    assert page.total == 2
+    assert (rest.status, rest.result["made"]) == (JobStatus.COMPLETED, 3)
+
+
+async def test_a_scan_starting_during_the_listing_cuts_its_file_checks_short(
+    setup: Setup,
+) -> None:
+    """A scan starts while the job reads the library: no thumbnail file is
+    checked while it runs; the job pauses, then lists again and makes them."""
+    scan = HeldScan()
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
+    checked: list[int] = []
+    state = setup.store.state
+
+    def counting_state(video_id: int, fingerprint: tuple[int, int]) -> str | None:
+        checked.append(video_id)
+        return state(video_id, fingerprint)
+
+    setup.store.state = counting_state  # type: ignore[method-assign]
+    reading, read = anyio.Event(), anyio.Event()
+    sources = setup.library.thumbnail_sources
+
+    async def gated_sources() -> list[tuple[int, str, int, int]]:
+        if not reading.is_set():
+            reading.set()
+            await read.wait()
+        return await sources()
+
+    setup.library.thumbnail_sources = gated_sources  # type: ignore[method-assign]
+    progress: list[tuple[float, str | None]] = []
+    paused = anyio.Event()
+    results: list[dict[str, Any]] = []
+
+    async def job() -> None:
+        results.append(await setup.thumbnailer(reporting("t", progress, paused)))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(job)
+            await reading.wait()
+            group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
+            await scan.running.wait()
+            read.set()
+            await paused.wait()
+            await anyio.wait_all_tasks_blocked()
+            checked_during_scan = len(checked)
+            scan.release.set()
+
+    assert checked_during_scan == 0
+    assert progress[0] == (0.0, "thumbnails; paused for a scan")
+    assert (results[0]["made"], results[0]["failed"], results[0]["paused_for_scans"]) == (3, 1, 1)
