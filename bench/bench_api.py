@@ -89,6 +89,11 @@ MAX_TREE_FILES: Final = 60_000
 """The largest tree a short busy window regrows to (hard links of one clip:
 an inode takes at most 65,000)."""
 
+MIN_BUSY_REQUESTS: Final = 500
+"""Latencies a busy window on a tree of :data:`MAX_TREE_FILES` files must have,
+at least (a p99 over the 5 slowest): on a loaded machine the requests slow
+down more than the scan does."""
+
 MAX_REGROWN_TREES: Final = 4
 """Reps that may be run again on a bigger tree, in all."""
 
@@ -221,7 +226,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     have ended inside it) and the window ends. A window cut short that way
     means the tree was too small for this machine: the rep is run again on a
     tree grown by how short the window fell (twice over), up to :data:`MAX_TREE_FILES`
-    files; with that many, a window of at least half of ``requests`` counts.
+    files; with that many, a window of :data:`MIN_BUSY_REQUESTS` counts.
     Each tree links its own copy of the clip (one inode takes at most 65,000
     links). After each rep every job still pending or running (the scan; the
     ``thumbnails`` job a scan that completed submits) is cancelled, and the
@@ -269,7 +274,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
                     sizes.append(files)
                     continue
                 _check(
-                    len(sample) >= requests // 2,
+                    len(sample) >= min(requests, MIN_BUSY_REQUESTS),
                     f"scans of {files} files ended after {len(sample)} of {requests} requests",
                 )
             idle.append(idle_sample)
