@@ -91,8 +91,9 @@ an inode takes at most 65,000)."""
 
 MIN_BUSY_REQUESTS: Final = 500
 """Latencies a busy window on a tree of :data:`MAX_TREE_FILES` files must have,
-at least (a p99 over the 5 slowest): on a loaded machine the requests slow
-down more than the scan does."""
+at least (a p99 over the 5 slowest): when each request is slow (a loaded
+machine, or a server that answers a keep-alive request only after the
+client's delayed ACK) even that tree's scan may end before ``requests``."""
 
 MAX_REGROWN_TREES: Final = 4
 """Reps that may be run again on a bigger tree, in all."""
