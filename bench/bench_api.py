@@ -89,9 +89,9 @@ MAX_TREE_FILES: Final = 60_000
 """The largest tree a short busy window regrows to (hard links of one clip:
 an inode takes at most 65,000)."""
 
-MIN_BUSY_REQUESTS: Final = 500
+MIN_BUSY_REQUESTS: Final = 200
 """Latencies a busy window on a tree of :data:`MAX_TREE_FILES` files must have,
-at least (a p99 over the 5 slowest): when each request is slow (a loaded
+at least (a p99 over the 2 slowest): when each request is slow (a loaded
 machine, or a server that answers a keep-alive request only after the
 client's delayed ACK) even that tree's scan may end before ``requests``."""
 
