@@ -13,8 +13,11 @@ moves single measurements by half for seconds at a time, hits both alike;
   500, a p99 rested on the 5 slowest answers, and the single reps of one run
   gave ratios from 1.0 to 3.9). Each rep
   measures idle, starts a scan of a fresh tree (hard links of one clip), waits
-  until probing has begun, measures busy, checks that the job is still
-  running, then cancels it. Target: busy p99 <= 2x idle p99.
+  until probing has begun, then measures busy in blocks of 100 requests,
+  each counted only if the job is still running after it; then it cancels
+  the scan. A scan that ends before the window is full makes the rep run
+  again on a tree sized from the measured probe rate (``bench_health`` says
+  how). Target: busy p99 <= 2x idle p99.
 * ``api_scan_submit``: scan requests accepted (202) per second against a bare
   FastAPI endpoint that only does ``asyncio.Queue.put_nowait``
   (``bench/_bare_app.py``), both served by one uvicorn process with the same
@@ -46,7 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -76,6 +81,25 @@ STOP_SECONDS: Final = 20.0
 
 REQUEST_SECONDS: Final = 10.0
 """Timeout of one request."""
+
+HEALTH_BLOCK: Final = 100
+"""``/health`` requests between two looks at the scan during the busy window."""
+
+MAX_TREE_FILES: Final = 60_000
+"""The largest tree a short busy window regrows to (hard links of one clip:
+an inode takes at most 65,000)."""
+
+MIN_BUSY_REQUESTS: Final = 200
+"""Latencies a busy window on a tree of :data:`MAX_TREE_FILES` files must have,
+at least (a p99 over the 2 slowest): when each request is slow (a loaded
+machine, or a server that answers a keep-alive request only after the
+client's delayed ACK) even that tree's scan may end before ``requests``."""
+
+MAX_REGROWN_TREES: Final = 4
+"""Reps that may be run again on a bigger tree, in all."""
+
+QUIET_SECONDS: Final = 120.0
+"""Longest the jobs left after a rep may take to end once cancelled."""
 
 SCAN_DIRECTORIES: Final = 64
 """Empty directories the submission load cycles over."""
@@ -194,39 +218,71 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[str, Any]:
-    """``GET /health`` p99 on a real server while it scans ``files`` files,
-    against its p99 idle (``api_health_under_scan``); ``bench_scan`` reuses it."""
+    """``GET /health`` p99 on a real server while it scans, against its p99 idle
+    (``api_health_under_scan``); ``bench_scan`` reuses it.
+
+    The busy phase is ``requests`` latencies, all taken while the scan is
+    probing: they are taken in blocks of :data:`HEALTH_BLOCK`, and after each
+    block the job must still be running, or the block is dropped (the scan may
+    have ended inside it) and the window ends. A window cut short that way
+    means the tree was too small for this machine: the rep is run again on a
+    tree grown by how short the window fell (twice over), up to :data:`MAX_TREE_FILES`
+    files; with that many, a window of :data:`MIN_BUSY_REQUESTS` counts.
+    Each tree links its own copy of the clip (one inode takes at most 65,000
+    links). After each rep every job still pending or running (the scan; the
+    ``thumbnails`` job a scan that completed submits) is cancelled, and the
+    next idle phase starts only once none is left.
+    """
     load_before = os.getloadavg()[0]
     roots = base / "roots"
     clips = _make_clip_tree(base / "clips", len(_VARIANTS))
-    # One fresh tree per rep: a scan of files already stored would not probe them.
-    trees = [_make_link_tree(roots / f"rep{rep}", clips, files) for rep in range(reps)]
+    roots.mkdir(parents=True)
     port = _free_port()
     command, env = _stoat_command(port, base / "db" / "stoat.db", roots)
     idle: list[list[float]] = []
     busy: list[list[float]] = []
     progress: list[tuple[float, float]] = []
     scan_rates: list[float] = []
+    tree_files: list[int] = []
+    sizes = [files]
+    trees = 0
     with (
         _serve("stoat_health", command, env, port, "/health", base) as server,
         httpx.Client(base_url=f"http://{HOST}:{port}", trust_env=False, timeout=10) as client,
     ):
         _health_latencies(client, min(requests, 100))  # warm-up, not counted
-        for tree in trees:
-            idle.append(_health_latencies(client, requests))
+        while len(busy) < reps:
+            trees += 1
+            _check(
+                trees <= reps + MAX_REGROWN_TREES,
+                f"the scans kept ending before the window; trees of {sizes} files",
+            )
+            tree = _make_link_tree(roots / f"tree{trees}", [_copy_clip(clips, trees)], files)
+            idle_sample = _health_latencies(client, requests)
             job_id = _start_probing(client, tree)
             started = _job(client, job_id)
             window_started = time.perf_counter()
-            busy.append(_health_latencies(client, requests))
+            sample, ended = _busy_latencies(client, job_id, requests)
             window = time.perf_counter() - window_started
-            ended = _job(client, job_id)
-            _check(
-                ended["status"] == "running",
-                f"the scan ended during the busy window ({ended['status']}): more files needed",
-            )
+            _cancel_active(client)
+            shutil.rmtree(tree)
+            rate = (ended["progress"] - started["progress"]) * files / window
+            if len(sample) < requests:
+                if files < MAX_TREE_FILES:
+                    # Short: a tree that lasts about twice the window at this rate.
+                    lasted = max(len(sample), HEALTH_BLOCK // 2)
+                    files = min(MAX_TREE_FILES, math.ceil(files * 2 * requests / lasted))
+                    sizes.append(files)
+                    continue
+                _check(
+                    len(sample) >= min(requests, MIN_BUSY_REQUESTS),
+                    f"scans of {files} files ended after {len(sample)} of {requests} requests",
+                )
+            idle.append(idle_sample)
+            busy.append(sample)
             progress.append((started["progress"], ended["progress"]))
-            scan_rates.append((ended["progress"] - started["progress"]) * files / window)
-            _cancel(client, job_id)
+            scan_rates.append(rate)
+            tree_files.append(files)
         _check(server.poll() is None, "the server exited during the benchmark")
     idle_p99 = statistics.median(_p99(sample) for sample in idle)
     busy_p99 = statistics.median(_p99(sample) for sample in busy)
@@ -235,6 +291,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     return {
         "bench": "api_health_under_scan",
         "requests_per_phase": requests,
+        "busy_requests": [len(sample) for sample in busy],
         "idle_p50_ms": _ms(statistics.median(statistics.median(sample) for sample in idle)),
         "idle_p99_ms": _ms(idle_p99),
         "busy_p50_ms": _ms(statistics.median(statistics.median(sample) for sample in busy)),
@@ -246,7 +303,8 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
         "ok": ratio <= 2.0,
         "rep_ratios": [round(value, 3) for value in rep_ratios],
         "ratio_of_medians": round(busy_p99 / idle_p99, 3),
-        "scan_files": files,
+        "scan_files": tree_files,
+        "trees_scanned": trees,
         # Share of the scan's files done when the busy window began and ended.
         "scan_progress": [[round(start, 3), round(end, 3)] for start, end in progress],
         "busy_scan_files_per_s": round(statistics.median(scan_rates), 1),
@@ -254,6 +312,49 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
         "client": "httpx.Client, one keep-alive connection, sequential",
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+
+
+def _copy_clip(clips: list[str], index: int) -> str:
+    """A fresh copy of the MP4 clip, for one tree of hard links."""
+    source = next(path for path in clips if path.endswith(".mp4"))
+    copy = Path(source).with_name(f"copy{index}.mp4")
+    shutil.copyfile(source, copy)
+    return str(copy)
+
+
+def _busy_latencies(
+    client: httpx.Client, job_id: str, count: int
+) -> tuple[list[float], dict[str, Any]]:
+    """Up to ``count`` latencies, each block of them followed by a look at the job;
+    a block after which it is no longer running is dropped, and the window ends.
+    Returns the latencies and the job as last seen running."""
+    latencies: list[float] = []
+    job = _job(client, job_id)
+    while len(latencies) < count:
+        block = _health_latencies(client, min(HEALTH_BLOCK, count - len(latencies)))
+        seen = _job(client, job_id)
+        if seen["status"] != "running":
+            break
+        latencies.extend(block)
+        job = seen
+    return latencies, job
+
+
+def _cancel_active(client: httpx.Client) -> None:
+    """Cancel every pending or running job (the scan, and the thumbnails job a completed
+    scan submits) and return once none is left, so the next idle phase is idle."""
+    deadline = time.monotonic() + QUIET_SECONDS
+    while True:
+        active = [
+            job["job_id"]
+            for status in ("running", "pending")
+            for job in client.get("/api/v1/jobs", params={"status": status}).json()["jobs"]
+        ]
+        if not active:
+            return
+        _check(time.monotonic() < deadline, f"jobs still active after {QUIET_SECONDS} s")
+        for job_id in active:
+            _cancel(client, job_id)
 
 
 def _health_latencies(client: httpx.Client, count: int) -> list[float]:

@@ -39,16 +39,18 @@ Switches that only the tests read start with ``STOATTEST_``, not ``STOAT_``.
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
 import math
 import os
+import stat
 import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from stoat_ferret.library import ThreadPriority
+from stoat_ferret.library import ThreadPriority, resolve_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -112,13 +114,32 @@ def _absolute(value: str | os.PathLike[str]) -> Path:
 
 
 def _resolve_roots(value: Any) -> tuple[Path, ...]:
-    """Resolve every root (symlinks followed) so that requests compare real paths."""
-    return tuple(Path(os.path.realpath(root)) for root in value)
+    """Resolve every root (symlinks followed) so that requests compare real paths.
+
+    In a loop (``resolve_path``), not with ``os.path.realpath``, which recurses
+    once per link in Python 3.11: a long chain raised ``RecursionError``. A
+    root that cannot be resolved is left as given, for :func:`_check_roots`.
+    """
+    roots = []
+    for root in value:
+        try:
+            roots.append(Path(resolve_path(os.fspath(root))))
+        except OSError:
+            roots.append(_absolute(root))
+    return tuple(roots)
 
 
 def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:
     for root in value:
-        if not root.is_dir():
+        try:
+            is_directory = stat.S_ISDIR(os.stat(root).st_mode)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # the kernel follows 40 links, as resolve_path does
+                raise SettingsError(
+                    f"{_env(attribute)}: {root} is a symlink loop or a chain of too many links"
+                ) from None
+            is_directory = False
+        if not is_directory:
             raise SettingsError(f"{_env(attribute)}: {root} is not an existing directory")
 
 

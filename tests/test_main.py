@@ -131,6 +131,7 @@ BAD_SETTINGS = {
     "port-not-a-number": {"STOAT_PORT": "eighty"},
     "port-out-of-range": {"STOAT_PORT": "70000"},
     "root-missing": {"STOAT_SCAN_ROOTS": "/no/such/directory"},
+    "root-a-symlink-loop": {"STOAT_SCAN_ROOTS": "{tmp}/loop"},
     "negative-workers": {"STOAT_MAX_WORKERS": "-2"},
     "negative-grace": {"STOAT_SHUTDOWN_GRACE": "-1"},
     "bad-log-level": {"STOAT_LOG_LEVEL": "loud"},
@@ -143,6 +144,7 @@ BAD_SETTINGS = {
 
 def _badserver_environment(tmp_path: Path, case: str) -> dict[str, str]:
     (tmp_path / "file").write_text("a regular file, not a directory")
+    (tmp_path / "loop").symlink_to("loop")
     write_corrupt_video(tmp_path / "corrupt.db")
     env = server_environment(tmp_path)
     env.update({key: value.format(tmp=tmp_path) for key, value in BAD_SETTINGS[case].items()})

@@ -128,6 +128,48 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
     assert settings.scan_roots == (Path(os.path.realpath(real)),)
 
 
+def _chain(tmp_path: Path, links: int) -> Path:
+    """``link0`` -> ``link1`` -> ... -> ``link<links-1>`` -> ``real`` (a directory)."""
+    (tmp_path / "real").mkdir()
+    for index in range(links):
+        target = f"link{index + 1}" if index + 1 < links else "real"
+        (tmp_path / f"link{index}").symlink_to(target)
+    return tmp_path / "link0"
+
+
+def test_a_root_through_a_chain_and_dotdot_is_its_real_path(tmp_path: Path) -> None:
+    """A root reached through a 30-link chain, then a link and '..', is stored as its real path."""
+    head = _chain(tmp_path, 30)
+    (tmp_path / "real" / "sub").mkdir()
+    (tmp_path / "up").symlink_to(tmp_path / "real" / "sub")
+
+    settings = Settings(scan_roots=(head, tmp_path / "up" / ".." / "sub"))
+
+    real = Path(os.path.realpath(tmp_path / "real"))
+    assert settings.scan_roots == (real, real / "sub")
+
+
+@pytest.mark.parametrize("links", [41, 1_200])
+def test_a_root_that_is_a_long_chain_is_refused(tmp_path: Path, links: int) -> None:
+    """A root that is a chain of more links than the kernel follows is a SettingsError, never a
+    RecursionError (Python 3.11's realpath recurses once per link)."""
+    head = _chain(tmp_path, links)
+
+    with pytest.raises(SettingsError, match=r"^STOAT_SCAN_ROOTS: .*link0 is a symlink loop"):
+        Settings.from_environ({"STOAT_SCAN_ROOTS": str(head)})
+
+
+def test_a_root_that_is_a_loop_is_refused(tmp_path: Path) -> None:
+    """A root that is a symlink loop names the variable, or the flag."""
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+
+    with pytest.raises(SettingsError, match=r"^STOAT_SCAN_ROOTS: .*a is a symlink loop"):
+        Settings(scan_roots=(tmp_path / "a",))
+    with pytest.raises(SettingsError, match=r"^--scan-root: .*a is a symlink loop"):
+        parse_flag("scan_roots", [str(tmp_path / "a")])
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "words"),
     [

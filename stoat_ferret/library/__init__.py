@@ -8,7 +8,7 @@ walks, probes and SQLite calls run in worker threads, on asyncio and trio alike.
 from __future__ import annotations
 
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority, lower_priority
-from stoat_ferret.library._beneath import PATH_MAX
+from stoat_ferret.library._beneath import PATH_MAX, resolve_path
 from stoat_ferret.library._exceptions import (
     DirectoryReplaced,
     LibraryError,
@@ -85,6 +85,7 @@ __all__ = [
     "make_thumbnail",
     "parse_payload",
     "probe_video",
+    "resolve_path",
     "submit_thumbnails",
     "then_thumbnails",
     "walk_videos",

@@ -24,20 +24,20 @@ them to ``av_color_*_name``'s names (the values are part of FFmpeg's ABI).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import av
 from av.sidedata.sidedata import Type as SideDataType
-from av.stream import Disposition
 
 if TYPE_CHECKING:
     from fractions import Fraction
 
     from av.codec.context import CodecContext
     from av.container import InputContainer
-    from av.video.codeccontext import VideoCodecContext
+    from av.container.streams import StreamContainer
     from av.video.stream import VideoStream
 
 COLOR_RANGES: Final = {1: "tv", 2: "pc"}
@@ -126,29 +126,42 @@ _MAX_TAG_CHARS: Final = 64
 _TIMECODE: Final = re.compile(r"\d{2,3}:\d{2}:\d{2}[:;.,]\d{2,4}")
 
 
-def read_metadata(container: InputContainer, video: VideoStream) -> dict[str, Any]:
+def read_metadata(
+    container: InputContainer,
+    video: VideoStream,
+    *,
+    format_name: str,
+    video_streams: int,
+    audio_context: CodecContext | None,
+) -> dict[str, Any]:
     """The editing metadata of ``video`` in ``container``, as :class:`VideoProbe` fields.
 
     Args:
         container: The open input container.
         video: Its first video stream that is not an attached picture, with a decoder.
+        format_name: The container's format name (``container.format.name``).
+        video_streams: How many video streams it has that are not attached pictures.
+        audio_context: The first audio stream's codec context; None without one,
+            or when FFmpeg has no decoder for it.
 
     Returns:
         The keyword arguments of :class:`VideoProbe` beyond the basic ones.
     """
     context = video.codec_context
-    pixel = context.format
-    rotation = _rotation(container, video)
+    width, height = context.width, context.height
+    pix_fmt = context.pix_fmt
+    rotation = _rotation(container, video, format_name, width * height)
     sar = _sample_aspect_ratio(video)
-    display_width, display_height = _display_size(context, sar, rotation)
-    audio = next(iter(container.streams.audio), None)
-    audio_context = None if audio is None else cast("CodecContext | None", audio.codec_context)
+    display_width, display_height = display_size(width, height, sar, rotation)
+    streams = container.streams
+    container_tags = container.metadata
+    video_tags = video.metadata
     return {
-        "container_format": container.format.name or None,
+        "container_format": format_name or None,
         "bit_rate": container.bit_rate or None,
         "video_bit_rate": context.bit_rate or None,
-        "pixel_format": context.pix_fmt,
-        "bit_depth": max((c.bits for c in pixel.components), default=None) if pixel else None,
+        "pixel_format": pix_fmt,
+        "bit_depth": None if pix_fmt is None else bit_depth(pix_fmt),
         "color_space": COLOR_SPACES.get(context.colorspace),
         "color_transfer": COLOR_TRANSFERS.get(context.color_trc),
         "color_primaries": COLOR_PRIMARIES.get(context.color_primaries),
@@ -157,19 +170,23 @@ def read_metadata(container: InputContainer, video: VideoStream) -> dict[str, An
         "display_width": display_width,
         "display_height": display_height,
         "sample_aspect_ratio": None if sar is None else f"{sar.numerator}:{sar.denominator}",
-        "interlaced": _interlaced(context),
-        "video_stream_count": sum(
-            1 for s in container.streams.video if not s.disposition & Disposition.attached_pic
-        ),
-        "audio_stream_count": len(container.streams.audio),
-        "subtitle_stream_count": len(container.streams.subtitles),
+        "interlaced": _interlaced(context.field_order),
+        "video_stream_count": video_streams,
+        "audio_stream_count": len(streams.audio),
+        "subtitle_stream_count": len(streams.subtitles),
         # Only an audio stream FFmpeg has a decoder for has a codec context in PyAV.
         "audio_channels": _positive(getattr(audio_context, "channels", None)),
         "audio_channel_layout": _layout_name(audio_context),
         "audio_sample_rate": _positive(getattr(audio_context, "sample_rate", None)),
-        "timecode": _timecode(container, video),
-        "creation_time": _creation_time(container, video),
+        "timecode": _timecode(video_tags, container_tags, streams),
+        "creation_time": _creation_time(container_tags, video_tags),
     }
+
+
+@functools.cache  # one entry per pixel format FFmpeg knows: a bounded set
+def bit_depth(pix_fmt: str) -> int | None:
+    """The bit depth of a pixel format: its deepest component's bits."""
+    return max((c.bits for c in av.VideoFormat(pix_fmt).components), default=None)
 
 
 def parse_creation_time(text: str) -> datetime | None:
@@ -195,26 +212,21 @@ def display_size(
     return shown_width, height
 
 
-def _display_size(
-    context: VideoCodecContext, sar: Fraction | None, rotation: int | None
-) -> tuple[int | None, int | None]:
-    return display_size(context.width, context.height, sar, rotation)
-
-
 def _sample_aspect_ratio(video: VideoStream) -> Fraction | None:
     # FFmpeg's guess, as ffprobe prints it: the container's SAR, else the codec's.
     sar = video.sample_aspect_ratio
     return sar if sar is not None and sar.numerator > 0 else None
 
 
-def _interlaced(context: VideoCodecContext) -> bool | None:
-    order = context.field_order
+def _interlaced(order: int) -> bool | None:
     if order not in _FIELD_ORDERS_KNOWN:
         return None
     return order != _FIELD_ORDER_PROGRESSIVE
 
 
-def _rotation(container: InputContainer, video: VideoStream) -> int | None:
+def _rotation(
+    container: InputContainer, video: VideoStream, format_name: str, pixels: int
+) -> int | None:
     """The display matrix's rotation (degrees counter-clockwise, as ffprobe prints it), or None.
 
     PyAV 18.1 gives the display matrix only on decoded frames (the stream's
@@ -225,11 +237,11 @@ def _rotation(container: InputContainer, video: VideoStream) -> int | None:
     transforms are skipped, since only the side data is read. Packets before
     the first keyframe are skipped without decoding, within a small budget.
     """
-    if _DISPLAY_MATRIX_FORMATS.isdisjoint(container.format.name.split(",")):
+    if _DISPLAY_MATRIX_FORMATS.isdisjoint(format_name.split(",")):
+        return None
+    if pixels > MAX_ROTATION_PIXELS:
         return None
     context = video.codec_context
-    if context.width * context.height > MAX_ROTATION_PIXELS:
-        return None
     context.options = {
         "max_pixels": str(MAX_ROTATION_PIXELS),
         "skip_loop_filter": "all",
@@ -257,7 +269,8 @@ def _rotation(container: InputContainer, video: VideoStream) -> int | None:
     for frame in frames:
         if SideDataType.DISPLAYMATRIX in frame.side_data:
             # A degenerate matrix has no angle (FFmpeg's NaN comes back as any int).
-            return frame.rotation if abs(frame.rotation) <= _FULL_TURN else None
+            rotation: int = frame.rotation
+            return rotation if abs(rotation) <= _FULL_TURN else None
     return None
 
 
@@ -280,10 +293,12 @@ def _tag(tags: dict[str, str], key: str) -> str | None:
     return None
 
 
-def _timecode(container: InputContainer, video: VideoStream) -> str | None:
+def _timecode(
+    video_tags: dict[str, str], container_tags: dict[str, str], streams: StreamContainer
+) -> str | None:
     # The video track's own tag first; then the file's; then a timecode track
     # (tmcd). A tag that is not timecode-shaped is passed over, not the answer.
-    sources = [video.metadata, container.metadata, *(s.metadata for s in container.streams)]
+    sources = [video_tags, container_tags, *(s.metadata for s in streams)]
     for tags in sources:
         value = _tag(tags, "timecode")
         if value is not None and len(value) <= _MAX_TAG_CHARS:
@@ -293,8 +308,8 @@ def _timecode(container: InputContainer, video: VideoStream) -> str | None:
     return None
 
 
-def _creation_time(container: InputContainer, video: VideoStream) -> datetime | None:
-    for tags in (container.metadata, video.metadata):
+def _creation_time(container_tags: dict[str, str], video_tags: dict[str, str]) -> datetime | None:
+    for tags in (container_tags, video_tags):
         value = _tag(tags, "creation_time")
         if value is not None:
             return parse_creation_time(value)

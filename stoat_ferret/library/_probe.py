@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
     from av.codec.context import CodecContext
     from av.container import InputContainer
+    from av.stream import Stream
+    from av.video.codeccontext import VideoCodecContext
     from av.video.stream import VideoStream
 
 READ_LIMIT: Final = 64 * 1024 * 1024
@@ -94,6 +96,9 @@ _SECONDS_PER_MINUTE: Final = 60
 # timestamps it finds near the end and under-reports it (ffprobe shows 0.04 s for
 # the video of a 0.4 s clip), so frame counts there use the container duration.
 _ESTIMATED_STREAM_DURATION: Final = frozenset({"mpeg", "mpegvideo"})
+
+# A cover picture stored as a video stream is not "the" video.
+_ATTACHED_PIC: Final = Disposition.attached_pic.value
 
 
 class _BoundedReader:
@@ -236,50 +241,57 @@ def _open_failure(exc: Exception, reader: _BoundedReader | None, read_limit: int
 
 
 def _describe(name: str, container: InputContainer) -> VideoProbe:
-    video = next(
-        (s for s in container.streams.video if not s.disposition & Disposition.attached_pic),
-        None,
-    )
-    if video is None:
+    # Each PyAV property is read once: many build a new object (an enum, a
+    # Fraction, a format) on every access, and this runs for every file.
+    videos = [s for s in container.streams.video if not s.disposition.value & _ATTACHED_PIC]
+    if not videos:
         raise ProbeError(name, "no video stream")
+    video = videos[0]
     # PyAV leaves codec_context at None when FFmpeg has no decoder for the stream.
-    context = cast("CodecContext | None", video.codec_context)
+    context = cast("VideoCodecContext | None", video.codec_context)
     if context is None:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
+    format_name = container.format.name
     rate = _frame_rate(video)
-    container_seconds = (
-        container.duration / _MICROSECONDS
-        if container.duration is not None and container.duration > 0
-        else None
-    )
-    stream_seconds = (
-        None if container.format.name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
-    )
+    duration = container.duration
+    container_seconds = duration / _MICROSECONDS if duration is not None and duration > 0 else None
+    stream_seconds = None if format_name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
+    audio = next(iter(container.streams.audio), None)
+    audio_context = None if audio is None else cast("CodecContext | None", audio.codec_context)
     return VideoProbe(
-        width=video.codec_context.width or None,
-        height=video.codec_context.height or None,
+        width=context.width or None,
+        height=context.height or None,
         frame_rate=rate,
         duration_seconds=container_seconds if container_seconds is not None else stream_seconds,
         duration_frames=_frame_count(video, rate, stream_seconds, container_seconds),
         video_codec=context.codec.canonical_name,
-        audio_codec=_audio_codec(container),
-        **read_metadata(container, video),
+        audio_codec=_audio_codec(audio, audio_context),
+        **read_metadata(
+            container,
+            video,
+            format_name=format_name,
+            video_streams=len(videos),
+            audio_context=audio_context,
+        ),
     )
 
 
 def _frame_rate(video: VideoStream) -> Fraction | None:
     # ffprobe's avg_frame_rate, else its r_frame_rate; PyAV's Fraction is reduced.
-    for rate in (video.average_rate, video.base_rate):
-        if rate is not None and rate.numerator > 0:
-            return rate
-    return None
+    rate = video.average_rate
+    if rate is not None and rate.numerator > 0:
+        return rate
+    rate = video.base_rate
+    return rate if rate is not None and rate.numerator > 0 else None
 
 
 def _stream_seconds(video: VideoStream) -> float | None:
     """The video stream's own duration, if the container records one."""
-    time_base = video.time_base
-    if video.duration is not None and video.duration > 0 and time_base:
-        return video.duration * time_base.numerator / time_base.denominator
+    duration = video.duration
+    if duration is not None and duration > 0:
+        time_base = video.time_base
+        if time_base:
+            return duration * time_base.numerator / time_base.denominator
     # Matroska and WebM keep the per-stream duration in a DURATION tag.
     tag = video.metadata.get("DURATION")
     return _parse_clock(tag) if tag else None
@@ -302,16 +314,17 @@ def _frame_count(
     stream_seconds: float | None,
     container_seconds: float | None,
 ) -> int | None:
-    if video.frames > 0:
-        return video.frames
+    frames = video.frames
+    if frames > 0:
+        return frames
     seconds = stream_seconds if stream_seconds is not None else container_seconds
     if rate is None or seconds is None:
         return None
     return round(seconds * rate.numerator / rate.denominator)
 
 
-def _audio_codec(container: InputContainer) -> str | None:
-    for audio in container.streams.audio:
-        context = cast("CodecContext | None", audio.codec_context)
-        return context.codec.canonical_name if context is not None else _UNKNOWN_CODEC
-    return None
+def _audio_codec(audio: Stream | None, context: CodecContext | None) -> str | None:
+    """The first audio stream's codec: its name, "unknown" without a decoder, None without audio."""
+    if audio is None:
+        return None
+    return context.codec.canonical_name if context is not None else _UNKNOWN_CODEC

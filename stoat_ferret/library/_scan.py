@@ -23,12 +23,13 @@ One scan, step by step:
    later. Such a kept row is not counted.
 5. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
-   each handing :data:`PROBE_CHUNK` files at a time to one of the handler's
-   probe threads, which run at ``SCHED_IDLE`` priority on Linux unless the
-   handler is told otherwise (``_background.py`` says why and what it costs).
-   A probe thread opens each file's directory beneath the scan's descriptor
-   and the file relative to that. Each chunk's results go through a memory
-   stream, as one item, to one writer task, which writes them in batches as
+   each handing a chunk of files at a time (:data:`PROBE_CHUNK` to
+   :data:`MAX_PROBE_CHUNK`) to one of the handler's probe threads, which
+   run at ``SCHED_IDLE`` priority on Linux unless the handler is told
+   otherwise (``_background.py`` says why and what it costs). A probe thread
+   opens each file's directory beneath the scan's descriptor and the file
+   relative to that, and builds the file's row. Each chunk's results go
+   through a memory stream, as one item, to one writer task, which writes them in batches as
    they arrive: one transaction per :data:`WRITE_BATCH` rows or per
    :data:`FLUSH_SECONDS`, whichever comes first. One item a chunk rather than
    a file: each send and receive is a trip through the event loop, which a
@@ -105,7 +106,11 @@ FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
 
 PROBE_CHUNK: Final = 8
-"""Files probed per worker-thread call."""
+"""Files probed per worker-thread call, at least (unless fewer are left)."""
+
+MAX_PROBE_CHUNK: Final = 64
+"""Files probed per worker-thread call, at most: the chunks of a big scan are
+this long until the end draws near (``_chunks``)."""
 
 ScanHandler = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
@@ -310,12 +315,11 @@ class _Scan:
         )
         # Shared: each chunk is taken by exactly one worker, and cut only
         # then, so a first scan of a million files does not cut them all at once.
-        queue = (paths[start : start + PROBE_CHUNK] for start in range(0, len(paths), PROBE_CHUNK))
-        chunks = -(-len(paths) // PROBE_CHUNK)
+        queue = _chunks(paths, self.workers)
         async with anyio.create_task_group() as group:
             group.start_soon(self.guarded, group, self.write_batches, receive)
             async with send, anyio.create_task_group() as probers:
-                for _ in range(min(self.workers, chunks)):
+                for _ in range(min(self.workers, -(-len(paths) // PROBE_CHUNK))):
                     probers.start_soon(self.guarded, group, self.probe_worker, queue, send)
         if self.failure is not None:
             raise self.failure
@@ -348,17 +352,7 @@ class _Scan:
                     if path in self.known:
                         items.append(path)  # its stored metadata no longer describes it
                 else:
-                    directory, filename = os.path.split(path)
-                    size_bytes, mtime_ns = self.found[path]
-                    record = VideoRecord(
-                        path=path,
-                        directory=directory,
-                        filename=filename,
-                        size_bytes=size_bytes,
-                        mtime_ns=mtime_ns,
-                        probe=outcome,
-                    )
-                    items.append(record)
+                    items.append(outcome)
                     if path in self.known:
                         self.updated += 1
                     else:
@@ -370,8 +364,8 @@ class _Scan:
 
     def probe_chunk(
         self, paths: list[str], stop: threading.Event
-    ) -> list[tuple[str, VideoProbe | str]]:
-        """Probe a few files in this thread: a probe or an error message each.
+    ) -> list[tuple[str, VideoRecord | str]]:
+        """Probe a few files in this thread: a record to store or an error message each.
 
         One trip to a thread per chunk rather than per file: a trip costs the
         event loop about as much as probing a small file. ``stop`` (set once the
@@ -382,9 +376,10 @@ class _Scan:
         """
         assert self.root_fd is not None  # set by the walk, before any path is found
         depth = len(split(self.root))
-        outcomes: list[tuple[str, VideoProbe | str]] = []
+        outcomes: list[tuple[str, VideoRecord | str]] = []
         directory: str | None = None
         directory_fd: int | OSError | None = None
+        found = self.found
         try:
             for path in paths:
                 if stop.is_set():
@@ -398,10 +393,24 @@ class _Scan:
                         directory_fd = open_directory(split(parent)[depth:], self.root_fd)
                     except OSError as exc:
                         directory_fd = exc
-                if isinstance(directory_fd, int):
-                    outcomes.append((path, self.probe_one(path, name, directory_fd)))
-                elif isinstance(directory_fd, OSError):
+                if isinstance(directory_fd, OSError):
                     outcomes.append((path, _directory_failure(directory_fd)))
+                    continue
+                assert directory_fd is not None  # opened above, for this path's directory
+                probe = self.probe_one(path, name, directory_fd)
+                if isinstance(probe, str):
+                    outcomes.append((path, probe))
+                    continue
+                size_bytes, mtime_ns = found[path]
+                record = VideoRecord(
+                    path=path,
+                    directory=parent,
+                    filename=name,
+                    size_bytes=size_bytes,
+                    mtime_ns=mtime_ns,
+                    probe=probe,
+                )
+                outcomes.append((path, record))
         finally:
             if isinstance(directory_fd, int):
                 os.close(directory_fd)
@@ -437,6 +446,18 @@ class _Scan:
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
                 await self.library.apply(records, stale, written_before=self.started)
+
+
+def _chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
+    """``paths`` in chunks of :data:`PROBE_CHUNK` to :data:`MAX_PROBE_CHUNK`: a
+    quarter of each worker's share of what is left, so that a big scan makes
+    few trips to the threads and its last chunks still spread over them all."""
+    start = 0
+    while start < len(paths):
+        share = (len(paths) - start) // (4 * workers)
+        size = min(MAX_PROBE_CHUNK, max(PROBE_CHUNK, share))
+        yield paths[start : start + size]
+        start += size
 
 
 def _directory_failure(exc: OSError) -> str:

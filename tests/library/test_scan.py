@@ -22,6 +22,7 @@ from stoat_ferret.library import (
     ThreadPriority,
     VideoLibrary,
     VideoProbe,
+    VideoRecord,
     _scan,
     _walk,
     make_scan_handler,
@@ -555,7 +556,7 @@ async def test_cancellation_stops_probing_and_writing(
 
     def recording_probe_chunk(
         self: _scan._Scan, paths: list[str], stop: threading.Event
-    ) -> list[tuple[str, VideoProbe | str]]:
+    ) -> list[tuple[str, VideoRecord | str]]:
         stops.append(stop)
         return probe_chunk(self, paths, stop)
 
