@@ -65,13 +65,15 @@ async def _run(jobs: int, errors: int) -> dict[str, Any]:
         app = create_app(Settings(), job_queue=supervisor)
         transport = httpx.ASGITransport(app=app)
         timings = []
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             for _ in range(LIST_REPS):
                 started = time.perf_counter()
                 response = await client.get("/api/v1/jobs", params={"limit": 1000})
                 timings.append(time.perf_counter() - started)
                 if response.status_code != 200 or len(response.json()["jobs"]) != min(jobs, 1000):
-                    raise RuntimeError(f"GET /api/v1/jobs answered {response.status_code}")
+                    raise RuntimeError(
+                        f"GET /api/v1/jobs answered {response.status_code}: {response.text[:200]}"
+                    )
         body_bytes = len(response.content)
         await supervisor.aclose()
     return {
