@@ -113,7 +113,8 @@ class _Traffic(threading.Thread):
 
     def run(self) -> None:
         try:
-            with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
+            # A hang guard, not a speed bound: a loaded machine may starve a request for seconds.
+            with httpx.Client(base_url=self.base_url, timeout=DEADLINE) as client:
                 answered = 0
                 while True:
                     directory = self.directories[answered % len(self.directories)]
@@ -186,7 +187,7 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
 
     with running_server(tmp_path, env, module="tests.gated_service") as process:
         base_url = wait_ready(process, tmp_path / "server.log")
-        with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:  # a hang guard
             submitted = [client.post(SCAN, json={"path": str(d)}) for d in [large, *waiting]]
             assert [r.status_code for r in submitted] == [202] * (1 + WAITING)
             first = submitted[0].json()["job_id"]
