@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from stoat_ferret.library import ThreadPriority, resolve_path
+from stoat_ferret.library import ThreadPriority, real_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -116,16 +116,18 @@ def _absolute(value: str | os.PathLike[str]) -> Path:
 def _resolve_roots(value: Any) -> tuple[Path, ...]:
     """Resolve every root (symlinks followed) so that requests compare real paths.
 
-    In a loop (``resolve_path``), not with ``os.path.realpath``, which recurses
-    once per link in Python 3.11: a long chain raised ``RecursionError``. A
-    root that cannot be resolved is left as given, for :func:`_check_roots`.
+    With :func:`real_path`, as the API resolves requested directories: in a
+    loop, not with ``os.path.realpath``, which recurses once per link in
+    Python 3.11 (a long chain raised ``RecursionError``). A root that cannot
+    be resolved is left as given, for :func:`_check_roots`.
     """
     roots = []
     for root in value:
+        absolute = _absolute(root)
         try:
-            roots.append(Path(resolve_path(os.fspath(root))))
-        except OSError:
-            roots.append(_absolute(root))
+            roots.append(Path(real_path(os.fspath(absolute))))
+        except (OSError, ValueError):
+            roots.append(absolute)
     return tuple(roots)
 
 
@@ -134,7 +136,7 @@ def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], valu
         try:
             is_directory = stat.S_ISDIR(os.stat(root).st_mode)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:  # the kernel follows 40 links, as resolve_path does
+            if exc.errno == errno.ELOOP:  # the kernel follows 40 links, as real_path does
                 raise SettingsError(
                     f"{_env(attribute)}: {root} is a symlink loop or a chain of too many links"
                 ) from None

@@ -25,18 +25,19 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import attrs
+
+from stoat_ferret.library import MAX_SYMLINKS, real_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+__all__ = ["MAX_SYMLINKS", "ScanPathRejected", "is_within", "real_path", "resolve_scan_path"]
+
 
 _OUTSIDE = "the path is outside the directories this service may scan"
-
-MAX_SYMLINKS: Final = 40
-"""Links followed while resolving one path: Linux's own limit (``ELOOP`` beyond)."""
 
 
 @attrs.define(eq=False, str=False)
@@ -53,45 +54,6 @@ class ScanPathRejected(Exception):
 def is_within(path: Path, roots: Sequence[Path]) -> bool:
     """True if resolved ``path`` is one of ``roots`` or under one; always True without roots."""
     return not roots or any(path.is_relative_to(root) for root in roots)
-
-
-def real_path(path: str) -> str:
-    """``os.path.realpath(path)`` for an absolute ``path``, in a loop instead of recursion.
-
-    Like realpath (not strict): a missing part ends the links to follow, and
-    the rest is appended as spelt, with ``..`` applied to the text.
-
-    Raises:
-        OSError: ``ELOOP`` after :data:`MAX_SYMLINKS` links; whatever
-            :func:`os.readlink` raises but "not a link" and "missing"
-            (``EACCES`` for a link this process may not read, ...).
-        ValueError: a NUL byte, or text the filesystem encoding cannot hold.
-    """
-    pending = path.split("/")[::-1]  # a stack: the next part is last
-    resolved = "/"
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            resolved = os.path.dirname(resolved)
-            continue
-        candidate = os.path.join(resolved, part)
-        try:
-            target = os.readlink(candidate)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
-                raise
-            resolved = candidate  # not a link, or missing: kept as spelt
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-        if target.startswith("/"):
-            resolved = "/"
-        pending.extend(target.split("/")[::-1])
-    return resolved
 
 
 def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:

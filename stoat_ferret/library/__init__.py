@@ -8,7 +8,7 @@ walks, probes and SQLite calls run in worker threads, on asyncio and trio alike.
 from __future__ import annotations
 
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority, lower_priority
-from stoat_ferret.library._beneath import PATH_MAX, resolve_path
+from stoat_ferret.library._beneath import PATH_MAX
 from stoat_ferret.library._exceptions import (
     DirectoryReplaced,
     LibraryError,
@@ -32,6 +32,7 @@ from stoat_ferret.library._models import (
     VideoRecord,
 )
 from stoat_ferret.library._probe import READ_LIMIT, probe_video
+from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._scangate import then_thumbnails
 from stoat_ferret.library._store import SCHEMA_VERSION, VideoStore
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_ERROR_CAP",
     "ERROR_PATH_CHARS",
     "ERROR_TEXT_CHARS",
+    "MAX_SYMLINKS",
     "METADATA_FIELDS",
     "PATH_MAX",
     "READ_LIMIT",
@@ -85,7 +87,7 @@ __all__ = [
     "make_thumbnail",
     "parse_payload",
     "probe_video",
-    "resolve_path",
+    "real_path",
     "submit_thumbnails",
     "then_thumbnails",
     "walk_videos",

@@ -226,30 +226,6 @@ def resolve_link(
         resolver.close()
 
 
-def resolve_path(path: str) -> str:
-    """The real path of ``path``: ``os.path.realpath(path, strict=True)``, in a loop.
-
-    Every symlink on the way is followed, one component at a time from ``/``,
-    within the limits of :func:`resolve_link` (:data:`MAX_LINK_HOPS` links,
-    :data:`MAX_LINK_COMPONENTS` components); a relative path starts at the
-    working directory. Python 3.11's ``os.path.realpath`` recurses once per
-    link, so a long chain raised ``RecursionError`` there.
-
-    Raises:
-        OSError: ``ELOOP`` for a loop or a chain over the limits, ``ENOENT`` or
-            ``ENOTDIR`` for a path that does not lead to anything, or whatever
-            ``lstat``, ``readlink`` and ``open`` raised.
-    """
-    absolute = path if path.startswith("/") else f"{os.getcwd()}/{path}"
-    root_fd = os.open("/", DIRECTORY_FLAGS)
-    try:
-        outcome = resolve_link([], [], absolute.lstrip("/") or ".", root_fd)
-    finally:
-        os.close(root_fd)
-    assert outcome is not None  # nothing leaves the scope "/"
-    return "/" + "/".join(outcome[0])
-
-
 class _Resolver:
     """One link's resolution: the path built so far and its directories' descriptors.
 

@@ -17,7 +17,6 @@ from stoat_ferret.library._beneath import (
     open_directory,
     open_scan_directory,
     resolve_link,
-    resolve_path,
     split,
 )
 
@@ -260,43 +259,3 @@ def test_a_checkpoint_per_hop_stops_a_resolution_and_closes_its_descriptors(
 
     assert calls == 3
     assert sorted(os.listdir("/proc/self/fd")) == before
-
-
-def test_resolve_path_is_realpath_in_a_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """resolve_path gives os.path.realpath's answer: links absolute and relative, '..'
-    after a link, '.', trailing slashes, a relative path, and '/'."""
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a" / "b" / "f.mp4").write_bytes(b"f")
-    (tmp_path / "abs").symlink_to(tmp_path / "a" / "b")
-    (tmp_path / "rel").symlink_to("a/./b/")
-    (tmp_path / "a" / "up").symlink_to("..")
-    monkeypatch.chdir(tmp_path / "a")
-    cases = [
-        str(tmp_path / "abs"),
-        str(tmp_path / "rel") + "/",
-        str(tmp_path / "abs" / ".." / "b" / "f.mp4"),
-        str(tmp_path / "a" / "up" / "rel" / "."),
-        "up/abs/f.mp4",
-        "/",
-    ]
-
-    assert [resolve_path(case) for case in cases] == [os.path.realpath(c) for c in cases]
-
-
-def test_resolve_path_stops_a_long_chain_without_recursing(tmp_path: Path) -> None:
-    """A chain of 1,200 links is ELOOP (os.path.realpath raised RecursionError); a missing
-    target is ENOENT, a file taken for a directory ENOTDIR."""
-    for index in range(1_200):
-        (tmp_path / f"l{index}").symlink_to(f"l{index + 1}")
-    (tmp_path / "file").write_bytes(b"x")
-
-    with pytest.raises(OSError, match="Too many levels") as loop:
-        resolve_path(str(tmp_path / "l0"))
-    with pytest.raises(FileNotFoundError):
-        resolve_path(str(tmp_path / "l1199"))
-    with pytest.raises(NotADirectoryError):
-        resolve_path(str(tmp_path / "file" / "x"))
-
-    assert loop.value.errno == errno.ELOOP
