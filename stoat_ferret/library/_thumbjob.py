@@ -57,7 +57,7 @@ import anyio.to_thread
 import attrs
 from loguru import logger
 
-from stoat_ferret.jobs import JobError
+from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
@@ -216,12 +216,12 @@ class Thumbnailer:
         if job_id is None:
             return False
         try:
-            ended = (await queue.get_status(job_id)).is_terminal
+            waiting = await queue.get_status(job_id) is JobStatus.PENDING
         except JobError:  # no longer known to the queue
-            ended = True
-        if ended and self._queued == job_id:
-            self._queued = None  # cancelled before it started
-        return not ended
+            waiting = False
+        if not waiting and self._queued == job_id:
+            self._queued = None  # started (maybe before its submitter set this) or ended
+        return waiting
 
     async def _make_way(self, run: _Run) -> Way:
         """Before the listing and each thumbnail: what the gate says, reported."""

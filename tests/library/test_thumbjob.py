@@ -600,3 +600,45 @@ async def test_a_refused_submission_leaves_the_work_owed(setup: Setup) -> None:
     assert len(page.jobs) == 1
     assert page.jobs[0].result["made"] == 3
     assert not setup.thumbnailer.owed
+
+
+class StartsFirst:
+    """A queue whose submit returns only once the workers have had their turn
+    (trio may schedule the worker before the submitter; this pins that order)."""
+
+    def __init__(self, inner: JobSupervisor) -> None:
+        self.inner = inner
+
+    async def submit(self, job_type: str, payload: Any = None, **kw: Any) -> str:
+        job_id = await self.inner.submit(job_type, payload, **kw)
+        await anyio.wait_all_tasks_blocked()
+        return job_id
+
+    async def get_status(self, job_id: str) -> JobStatus:
+        return await self.inner.get_status(job_id)
+
+
+async def test_a_job_submitted_at_start_up_that_gives_way_queues_its_successor(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up job may start before its submit returns: it is not
+    "queued, yet to start" then, so when it gives way it queues its successor."""
+    maker, scan = GatedMaker(), HeldScan()
+    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    supervisor = JobSupervisor(max_workers=1)
+    register_held_scans(supervisor, setup, {"s": scan})
+    with anyio.fail_after(60):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            await setup.thumbnailer.submit_due(StartsFirst(supervisor), after="start-up")  # type: ignore[arg-type]
+            await anyio.to_thread.run_sync(maker.started.wait)
+            scan_id = await supervisor.submit("scan", "s")
+            maker.proceed.set()
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            first = await supervisor.wait(page.jobs[-1].job_id)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            await supervisor.cancel(scan_id)  # the user cancels the queued scan
+            await supervisor.aclose()
+    assert first.result["yielded_to_scan"]
+    assert page.total == 2  # the successor was queued behind the scan
