@@ -9,7 +9,7 @@ import pytest
 from anyio.lowlevel import checkpoint
 
 from stoat_ferret.jobs import JobContext, JobResult, JobStatus, JobSupervisor, SupervisorClosed
-from tests.jobs.conftest import live_objects, running_supervisor
+from tests.jobs.conftest import live_objects, running_supervisor, traced_memory
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -108,12 +108,13 @@ async def test_cancels_given_up_leave_nothing_on_the_job() -> None:
     each given up by its caller, leave no reply on the job's record."""
 
     handler = Shielded()
-    with anyio.fail_after(10):
+    with anyio.fail_after(30), traced_memory() as retained:
         async with running_supervisor() as supervisor:
             supervisor.register("shielded", handler)
             job_id = await supervisor.submit("shielded", "x")
             await handler.entered.wait()
             counts: list[int] = []
+            held: list[int] = []
             for _ in range(3):
                 async with anyio.create_task_group() as impatient:
                     for _ in range(100):
@@ -122,12 +123,15 @@ async def test_cancels_given_up_leave_nothing_on_the_job() -> None:
                     impatient.cancel_scope.cancel()
                 await supervisor.list_jobs()  # the actor has handled every message
                 counts.append(live_objects())
+                held.append(retained())
             handler.release.set()
             result = await supervisor.wait(job_id)
 
     assert result.status is JobStatus.COMPLETED  # it absorbed the cancellation
-    # 200 more given-up cancels kept nothing: each kept would be objects of its own.
+    # 200 more given-up cancels kept nothing: each kept would be objects of its own,
+    # and bytes (even one small number a call is over 5 KB for 200 calls).
     assert counts[2] - counts[0] < 100, counts
+    assert held[2] - held[0] < 4096, held
 
 
 async def test_the_grace_period_ends_by_its_own_message_not_a_clock_reading(
@@ -207,16 +211,19 @@ async def test_a_flood_of_progress_reports_costs_one_message() -> None:
     (at most one progress message waits for the actor); the last figure wins."""
 
     grown: list[int] = []
+    grown_bytes: list[int] = []
 
     async def flood(ctx: JobContext) -> None:
-        # A message per report would be 10,000 live objects or more.
-        before = live_objects()
+        # A message per report would be 10,000 live objects or more, and a
+        # figure kept per report (a tuple, which object counts miss) 500 KB.
+        before, before_bytes = live_objects(), retained_bytes()
         for step in range(1, 10_001):
             ctx.report_progress(step / 10_000, f"step {step}")
         grown.append(live_objects() - before)
+        grown_bytes.append(retained_bytes() - before_bytes)
         await checkpoint()
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(30), traced_memory() as retained_bytes:
         async with running_supervisor() as supervisor:
             supervisor.register("flood", flood)
             job_id = await supervisor.submit("flood")
@@ -224,6 +231,7 @@ async def test_a_flood_of_progress_reports_costs_one_message() -> None:
 
     assert len(grown) == 1
     assert grown[0] < 100, grown  # however many reports
+    assert grown_bytes[0] < 4096, grown_bytes
     assert result.status is JobStatus.COMPLETED
     assert (result.progress, result.message) == (1.0, "step 10000")
 

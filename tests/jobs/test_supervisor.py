@@ -17,7 +17,7 @@ from stoat_ferret.jobs import (
     SupervisorClosed,
 )
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS
-from tests.jobs.conftest import live_objects, running_supervisor
+from tests.jobs.conftest import live_objects, running_supervisor, traced_memory
 
 pytestmark = pytest.mark.anyio
 
@@ -181,7 +181,8 @@ async def test_rounds_of_cancelled_pending_jobs_keep_nothing() -> None:
     rounds = math.ceil(REPLAY_EVENTS / (2 * victims)) + 2
     gate = Gate()
     counts: list[int] = []
-    with anyio.fail_after(30):
+    held: list[int] = []
+    with anyio.fail_after(60), traced_memory() as retained:
         async with running_supervisor(max_pending=2, retention=0) as supervisor:
             supervisor.register("gate", gate)
             for done in range(1, rounds + 1):
@@ -198,10 +199,14 @@ async def test_rounds_of_cancelled_pending_jobs_keep_nothing() -> None:
                 assert (statistics.pending, statistics.running, statistics.finished) == (0, 0, 0)
                 if done > rounds - 3:
                     counts.append(live_objects())
+                    held.append(retained())
 
     assert gate.started == ["blocker", "after"] * rounds
     assert (statistics.completed, statistics.cancelled) == (2 * rounds, rounds * victims)
     assert counts[2] - counts[0] < victims, counts
+    # And no bytes per job: a job id (a string, which object counts miss)
+    # kept per cancelled job would be 400 ids, over 30 KB, in two rounds.
+    assert held[2] - held[0] < 4096, held
 
 
 async def test_waits_given_up_leave_nothing_on_the_job() -> None:
@@ -210,12 +215,13 @@ async def test_waits_given_up_leave_nothing_on_the_job() -> None:
     waiting get the terminal state."""
 
     gate = Gate()
-    with anyio.fail_after(10):
+    with anyio.fail_after(30), traced_memory() as retained:
         async with running_supervisor() as supervisor:
             supervisor.register("gate", gate)
             job_id = await supervisor.submit("gate", "long")
             results: list[JobStatus] = []
             counts: list[int] = []
+            held: list[int] = []
 
             async def wait_for_it() -> None:
                 results.append((await supervisor.wait(job_id)).status)
@@ -230,11 +236,14 @@ async def test_waits_given_up_leave_nothing_on_the_job() -> None:
                         impatient.cancel_scope.cancel()
                     await supervisor.list_jobs()  # the actor has handled every message
                     counts.append(live_objects())
+                    held.append(retained())
                 gate.release.set()
 
     assert results == [JobStatus.COMPLETED]
-    # 200 more given-up waits kept nothing: each kept would be objects of its own.
+    # 200 more given-up waits kept nothing: each kept would be objects of its own,
+    # and bytes (even one small number a call is over 5 KB for 200 calls).
     assert counts[2] - counts[0] < 100, counts
+    assert held[2] - held[0] < 4096, held
 
 
 async def test_two_cancels_of_one_pending_job_at_once() -> None:
