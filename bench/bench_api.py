@@ -89,11 +89,11 @@ MAX_TREE_FILES: Final = 60_000
 """The largest tree a short busy window regrows to (hard links of one clip:
 an inode takes at most 65,000)."""
 
-MIN_BUSY_REQUESTS: Final = 200
+MIN_BUSY_REQUESTS: Final = 1000
 """Latencies a busy window on a tree of :data:`MAX_TREE_FILES` files must have,
-at least (a p99 over the 2 slowest): when each request is slow (a loaded
-machine, or a server that answers a keep-alive request only after the
-client's delayed ACK) even that tree's scan may end before ``requests``."""
+at least (a p99 over the 10 slowest): on a loaded machine even that tree's
+scan may end before ``requests``. (It was 200 while the server made every
+kept-alive request wait for the client's delayed ACK, about 40 ms each.)"""
 
 MAX_REGROWN_TREES: Final = 4
 """Reps that may be run again on a bigger tree, in all."""
