@@ -352,19 +352,7 @@ class JobSupervisor:
 
     def statistics(self) -> QueueStatistics:
         """Counters; pending is exact, the rest as of the actor's last message."""
-        table = self._table
-        shared = self._shared
-        return QueueStatistics(
-            pending=shared.taken,
-            running=len(table.running),
-            finished=len(table.finished),
-            submitted=shared.accepted,
-            completed=table.totals[JobStatus.COMPLETED],
-            failed=table.totals[JobStatus.FAILED],
-            timeout=table.totals[JobStatus.TIMEOUT],
-            cancelled=table.totals[JobStatus.CANCELLED],
-            accepting=shared.accepting,
-        )
+        return self._table.statistics()
 
     # ------------------------------------------------- round trips
 

@@ -35,7 +35,7 @@ from stoat_ferret.jobs._messages import (
     Unfollow,
     Wait,
 )
-from stoat_ferret.jobs._models import JobStatus
+from stoat_ferret.jobs._models import JobStatus, QueueStatistics
 from stoat_ferret.jobs._record import JobRecord, describe
 from stoat_ferret.jobs._state import JobEvent
 
@@ -100,6 +100,21 @@ class JobTable:
     def next_expiry(self) -> float:
         """When the oldest finished job expires (inf: none has finished)."""
         return self.finished[0].expires_at if self.finished else math.inf
+
+    def statistics(self) -> QueueStatistics:
+        """The counters ``JobSupervisor.statistics`` reports (pending: slots taken)."""
+        shared = self.shared
+        return QueueStatistics(
+            pending=shared.taken,
+            running=len(self.running),
+            finished=len(self.finished),
+            submitted=shared.accepted,
+            completed=self.totals[JobStatus.COMPLETED],
+            failed=self.totals[JobStatus.FAILED],
+            timeout=self.totals[JobStatus.TIMEOUT],
+            cancelled=self.totals[JobStatus.CANCELLED],
+            accepting=shared.accepting,
+        )
 
     @property
     def idle(self) -> bool:
