@@ -29,6 +29,8 @@ import attrs
 import av
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from av.container import InputContainer, OutputContainer
     from av.packet import Packet
     from av.stream import Stream
@@ -141,7 +143,7 @@ def make_video(
     if codec == "av1":
         # SVT-AV1 reads its log level from the environment only (1: errors).
         os.environ.setdefault("SVT_LOG", "1")
-    with av.open(str(target), mode="w") as container:
+    with _same_scheduling(), av.open(str(target), mode="w") as container:
         container.metadata.update(tags or {})
         video = container.add_stream(codec, rate=rate, options=_QUIET_OPTIONS.get(codec, {}))
         assert isinstance(video, av.VideoStream), f"{codec} is not a video codec"
@@ -173,6 +175,26 @@ def make_video(
         rate=rate,
         frames=packets,
     )
+
+
+@contextlib.contextmanager
+def _same_scheduling() -> Iterator[None]:
+    """Give the calling thread back the CPU scheduling policy it had before.
+
+    Run as root, SVT-AV1 (the only AV1 encoder in PyAV's wheel) moves the
+    thread that opens it to the real-time policy ``SCHED_FIFO`` at priority 99
+    and leaves it there. Everything that thread starts afterwards inherits
+    the policy: an xdist worker that once encoded an AV1 clip ran its servers,
+    their threads and the browser it launched above every normal process,
+    and a busy loop among them could starve the whole machine.
+    """
+    policy = os.sched_getscheduler(0)
+    param = os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
 
 
 def _describe(
