@@ -67,10 +67,14 @@ def busy_cores(load: bool) -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 STOP_SIGNALS: Final = {signal.SIGTERM, signal.SIGHUP}
+"""The signals that end this script as Ctrl+C does (see :func:`main`)."""
+
+HELD_SIGNALS: Final = {*STOP_SIGNALS, signal.SIGINT}
+"""The signals held back while a run starts or is being killed."""
 
 
-def _unblock_stop_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+def _unblock_held_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 def run_once(command: Sequence[str], log: Path, timeout: float) -> int | None:
@@ -79,31 +83,32 @@ def run_once(command: Sequence[str], log: Path, timeout: float) -> int | None:
     COMMAND runs in a new session; its process group is killed when it
     ends, times out, or this script is stopped meanwhile.
     """
+    # A stop signal or Ctrl+C that came while the run was starting, before the
+    # inner try was in place, or while its group was being killed, would leave
+    # the run going: those signals wait, blocked, and are handled once the
+    # group is gone (the run itself starts with them unblocked).
     with log.open("wb") as output:
-        # A stop signal after the run started but before the try below would
-        # leave it running: the signals wait until the finally is in place
-        # (the run itself starts with them unblocked).
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
             process = subprocess.Popen(
                 command,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_unblock_stop_signals,
+                preexec_fn=_unblock_held_signals,
             )
-        except BaseException:
-            _unblock_stop_signals()
-            raise
-        try:
-            _unblock_stop_signals()  # a signal that came meanwhile is handled here
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+            try:
+                _unblock_held_signals()  # a signal that came meanwhile is handled here
+                return process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+                with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         finally:
-            with contextlib.suppress(ProcessLookupError):  # nothing left in the group
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            _unblock_held_signals()
 
 
 def _exit_on_signal(signum: int, frame: types.FrameType | None) -> NoReturn:

@@ -14,14 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
 from tests.server import REPOSITORY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 FLAKE: Final = str(REPOSITORY / "tests" / "flake.py")
@@ -145,3 +145,82 @@ def test_the_load_spins_one_process_a_core_and_stops_them(monkeypatch: pytest.Mo
 
     assert running == [True]
     assert [process.returncode for process in spinners] == [-signal.SIGTERM]
+
+
+@pytest.fixture
+def stop_handlers() -> Iterator[None]:
+    """The signal handlers ``main`` installs, and Ctrl+C's, restored afterwards."""
+    from tests import flake
+
+    held = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    before = {sig: signal.getsignal(sig) for sig in held}
+    for sig in flake.STOP_SIGNALS:
+        signal.signal(sig, flake._exit_on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # an xdist worker may ignore it
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("stop_handlers")
+def test_ctrl_c_as_the_run_starts_still_kills_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl+C the instant the run has started, before run_once holds it: the
+    KeyboardInterrupt comes once the run is killed and reaped, not before."""
+    from tests import flake
+
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_interrupt(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = real_popen(*args, **kwargs)
+        started.append(process)
+        signal.raise_signal(signal.SIGINT)
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            flake.run_once(["sleep", "3600"], tmp_path / "run.log", timeout=DEADLINE)
+        [process] = started
+        returncode = process.returncode  # set only if run_once killed and reaped it
+    finally:
+        for process in started:  # only if the test fails: the run is left going
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert returncode == -signal.SIGKILL
+
+
+@pytest.mark.usefixtures("stop_handlers")
+def test_sigterm_while_the_run_is_killed_still_kills_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM just as run_once starts killing what the run left in its group:
+    the group is killed all the same, and the script's exit comes after."""
+    from tests import flake
+
+    pid_file = tmp_path / "child.pid"
+    real_killpg = os.killpg
+
+    def signalled_then_killpg(pgid: int, sig: int) -> None:
+        signal.raise_signal(signal.SIGTERM)
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", signalled_then_killpg)
+    leaves_a_child = ["sh", "-c", 'sleep 3600 & echo $! > "$0"', str(pid_file)]
+    with pytest.raises(SystemExit) as exited:
+        flake.run_once(leaves_a_child, tmp_path / "run.log", timeout=DEADLINE)
+    monkeypatch.undo()
+    child = int(pid_file.read_text())
+    try:
+        _poll(lambda: not _alive(child), "the run's child dies")
+    finally:
+        if _alive(child):  # only if the test fails: the child is left going
+            os.kill(child, signal.SIGKILL)
+
+    assert exited.value.code == 128 + signal.SIGTERM
