@@ -3,7 +3,8 @@
 One task reads the inbox (an anyio memory object stream) and hands each
 message to :class:`JobTable`, in batches: it waits only when the inbox is
 empty, then handles everything that arrived, then evicts expired jobs. The
-workers (``_worker.py``) and two timers live in the task group that
+workers (``_worker.py``, in a task group of their own, whose end the actor
+hears as :class:`WorkersEnded`) and two timers live in the task group that
 :meth:`Actor.run` opens and awaits:
 
 * the retention timer sleeps until the oldest finished job expires, sends
@@ -22,7 +23,15 @@ import anyio
 from loguru import logger
 
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS
-from stoat_ferret.jobs._messages import GraceEnded, JobProgressed, Message, Reply, Tick
+from stoat_ferret.jobs._messages import (
+    GraceEnded,
+    JobProgressed,
+    Message,
+    Reply,
+    Shutdown,
+    Tick,
+    WorkersEnded,
+)
 from stoat_ferret.jobs._shared import Phase, Shared
 from stoat_ferret.jobs._table import JobTable
 from stoat_ferret.jobs._worker import run_worker
@@ -30,6 +39,8 @@ from stoat_ferret.jobs._worker import run_worker
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from stoat_ferret.jobs._messages import Assignment
 
 
 class Actor:
@@ -106,15 +117,9 @@ class Actor:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                for number in range(self._max_workers):
-                    task_group.start_soon(
-                        run_worker,
-                        work.clone(),
-                        self._inbox_send,
-                        self.shared,
-                        self.report_progress,
-                        name=f"stoat_ferret job worker {number}",
-                    )
+                task_group.start_soon(
+                    self._run_workers, work, self._inbox_send, name="stoat_ferret job workers"
+                )
                 task_group.start_soon(self._retention_timer, name="stoat_ferret job retention")
                 logger.debug("job supervisor started with {} worker(s)", self._max_workers)
                 task_status.started()
@@ -124,9 +129,28 @@ class Actor:
                     # Shut down, or cancelled (a hard stop): from here on no
                     # job is accepted or started.
                     self.shared.close()
+                    with anyio.CancelScope(shield=True):
+                        await self._answer_until_workers_end(self._inbox_receive)
                 task_group.cancel_scope.cancel()  # only the timers are left
         finally:
             self._stop()
+
+    async def _run_workers(
+        self, work: MemoryObjectReceiveStream[Assignment], inbox: MemoryObjectSendStream[Message]
+    ) -> None:
+        try:
+            async with anyio.create_task_group() as workers:
+                for number in range(self._max_workers):
+                    workers.start_soon(
+                        run_worker,
+                        work.clone(),
+                        inbox,
+                        self.shared,
+                        self.report_progress,
+                        name=f"stoat_ferret job worker {number}",
+                    )
+        finally:
+            self.send_if_running(WorkersEnded())
 
     async def _loop(self, inbox: MemoryObjectReceiveStream[Message]) -> None:
         table = self.table
@@ -143,6 +167,36 @@ class Actor:
                 table.handle(message)
             table.expire()
         logger.debug("job supervisor: shut down and no job running")
+
+    async def _answer_until_workers_end(self, inbox: MemoryObjectReceiveStream[Message]) -> None:
+        """Go on answering until every worker has ended (run's finally, shielded).
+
+        After a shutdown no job runs and the workers end at once. After a hard
+        stop, a handler that absorbs the cancellation runs on and may still ask
+        for something (a list, a wait, a keyed submit): without answers it
+        would wait for ever, and run() with it. Pending jobs end first, once
+        the messages already sent are handled, so a wait for one is answered.
+        """
+        table = self.table
+        table.assignments.close()  # idle workers end now, whatever ended the loop
+        ended = False
+        while not ended:
+            try:
+                message = inbox.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            ended = self._handle_while_stopping(message)
+        table.stop_starting()
+        while not ended:
+            ended = self._handle_while_stopping(await inbox.receive())
+
+    def _handle_while_stopping(self, message: Message) -> bool:
+        """Handle ``message`` after the loop; True once it is :class:`WorkersEnded`."""
+        if isinstance(message, WorkersEnded):
+            return True
+        if not isinstance(message, Shutdown | GraceEnded):  # a stop is under way
+            self.table.handle(message)
+        return False
 
     def _stop(self) -> None:
         """Leave every job terminal and every caller answered (run's finally)."""

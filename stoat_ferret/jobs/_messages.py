@@ -167,6 +167,11 @@ class GraceEnded(NamedTuple):
     cancel every job still running."""
 
 
+class WorkersEnded(NamedTuple):
+    """From the task running the workers, once every worker has ended: after a
+    hard stop, the actor answers requests until this comes (``Actor.run``)."""
+
+
 class Tick(NamedTuple):
     """From the retention timer, when the oldest finished job expires: evict
     expired jobs, then reply (the timer re-arms only after that)."""
@@ -187,6 +192,7 @@ Message: TypeAlias = (
     | JobProgressed
     | JobFinished
     | GraceEnded
+    | WorkersEnded
     | Tick
 )
 

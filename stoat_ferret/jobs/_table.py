@@ -348,6 +348,21 @@ class JobTable:
         while self.finished and self.finished[0].expires_at <= self.now:
             self._evict()
 
+    def stop_starting(self) -> None:
+        """A hard stop: no job starts from here on, and every pending one ends now.
+
+        Called once every message already sent is handled, so that a job a
+        worker has just started is running, not pending.
+        """
+        self.shutting_down = True
+        self.assignments.close()
+        for record in list(self.pending.values()):
+            self._finish(
+                record,
+                JobEvent.CANCEL,
+                error="cancelled: supervisor stopped before the job started",
+            )
+
     def stop(self, leftovers: list[Message]) -> None:
         """End every job that is not terminal (the actor and workers are gone).
 

@@ -103,6 +103,53 @@ async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker() -> 
     assert result.started_at is None
 
 
+async def test_a_handler_that_outlives_a_hard_stop_still_gets_answers() -> None:
+    """A handler that absorbs a hard stop may still ask the supervisor for
+    something: a list of jobs, a wait for a job that will now never start, a
+    keyed submit. Each gets its answer, not a wait for an actor that has
+    stopped answering, and run() returns once the handler ends."""
+
+    entered = anyio.Event()
+    asked = anyio.Event()
+    answers: list[Any] = []
+    pending: list[str] = []
+    supervisor = JobSupervisor()
+
+    async def lingering(ctx: JobContext) -> str:
+        entered.set()
+        # The hang guard is inside the shield: the host's fail_after cannot
+        # reach a handler that waits, shielded, for an answer that never comes.
+        with anyio.CancelScope(shield=True), anyio.fail_after(10):
+            await asked.wait()
+            answers.append((await supervisor.list_jobs()).total)
+            answers.append((await supervisor.wait(pending[0])).status)
+            with pytest.raises(SupervisorClosed):
+                await supervisor.submit("lingering", key="again")
+        return "done"
+
+    supervisor.register("lingering", lingering)
+    host = anyio.CancelScope()
+
+    async def host_run(*, task_status: TaskStatus[None]) -> None:
+        with host:
+            await supervisor.run(task_status=task_status)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host_run)
+            first = await supervisor.submit("lingering")
+            await entered.wait()
+            pending.append(await supervisor.submit("lingering"))
+            host.cancel()
+            await anyio.wait_all_tasks_blocked()  # the actor has stopped its loop
+            asked.set()
+        first_result = await supervisor.get_result(first)
+
+    assert answers == [2, JobStatus.CANCELLED]
+    assert first_result.status is JobStatus.COMPLETED
+    assert first_result.result == "done"
+
+
 async def test_cancels_given_up_leave_nothing_on_the_job() -> None:
     """Rounds of 100 cancel() calls against a job that absorbs cancellation,
     each given up by its caller, leave no reply on the job's record."""
