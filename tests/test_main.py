@@ -315,11 +315,18 @@ def test_listening_on_one_ipv6_address_is_ipv6_only(tmp_path: Path) -> None:
     assert v6only == 1
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_connections_the_server_accepts_send_without_delay(tmp_path: Path, host: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "client_host"),
+    [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("::", "127.0.0.1")],
+    ids=["ipv4", "ipv6", "dual-stack-ipv4-client"],
+)
+def test_connections_the_server_accepts_send_without_delay(
+    tmp_path: Path, host: str, client_host: str
+) -> None:
     """An asyncio server on the listener (as uvicorn serves it) accepts
     connections with TCP_NODELAY: without it, each response on a kept-alive
-    connection waited for the client's delayed ACK (about 40 ms)."""
+    connection waited for the client's delayed ACK (about 40 ms). The wildcard
+    ``::`` listener is dual-stack: an IPv4 client comes in on it too."""
     settings = Settings(host=host, port=0, database_path=tmp_path / "stoat.db")
     seen: list[int] = []
 
@@ -337,7 +344,7 @@ def test_connections_the_server_accepts_send_without_delay(tmp_path: Path, host:
         server = await loop.create_server(Probe, sock=listen(settings))
         async with server:
             port = server.sockets[0].getsockname()[1]
-            _, writer = await asyncio.open_connection(host, port)
+            _, writer = await asyncio.open_connection(client_host, port)
             writer.close()
             await made.wait()
 
