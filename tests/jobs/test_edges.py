@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,6 +34,14 @@ class Shielded:
         return ctx.payload
 
 
+async def _run_in(
+    host: anyio.CancelScope, supervisor: JobSupervisor, *, task_status: TaskStatus[None]
+) -> None:
+    """``supervisor.run()`` inside ``host``: cancelling ``host`` is a hard stop."""
+    with host:
+        await supervisor.run(task_status=task_status)
+
+
 async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
     """Once the task running run() is cancelled, the worker starts no pending
     job (even after a handler that absorbed the cancellation) and submit
@@ -42,10 +51,7 @@ async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
     supervisor = JobSupervisor()
     supervisor.register("shielded", handler)
     host = anyio.CancelScope()
-
-    async def host_run(*, task_status: TaskStatus[None]) -> None:
-        with host:
-            await supervisor.run(task_status=task_status)
+    host_run = functools.partial(_run_in, host, supervisor)
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -84,10 +90,7 @@ async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker() -> 
     supervisor = JobSupervisor()
     supervisor.register("record", record)
     host = anyio.CancelScope()
-
-    async def host_run(*, task_status: TaskStatus[None]) -> None:
-        with host:
-            await supervisor.run(task_status=task_status)
+    host_run = functools.partial(_run_in, host, supervisor)
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -129,10 +132,7 @@ async def test_a_handler_that_outlives_a_hard_stop_still_gets_answers() -> None:
 
     supervisor.register("lingering", lingering)
     host = anyio.CancelScope()
-
-    async def host_run(*, task_status: TaskStatus[None]) -> None:
-        with host:
-            await supervisor.run(task_status=task_status)
+    host_run = functools.partial(_run_in, host, supervisor)
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
