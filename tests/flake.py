@@ -86,9 +86,10 @@ def run_once(command: Sequence[str], log: Path, timeout: float) -> int | None:
     # A stop signal or Ctrl+C that came while the run was starting, before the
     # inner try was in place, or while its group was being killed, would leave
     # the run going: those signals wait, blocked, and are handled once the
-    # group is gone (the run itself starts with them unblocked).
+    # group is gone (the run itself starts with them unblocked). The caller's
+    # signal mask is what it was afterwards.
     with log.open("wb") as output:
-        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        caller_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
             process = subprocess.Popen(
                 command,
@@ -103,12 +104,16 @@ def run_once(command: Sequence[str], log: Path, timeout: float) -> int | None:
             except subprocess.TimeoutExpired:
                 return None
             finally:
-                signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
-                with contextlib.suppress(ProcessLookupError):  # nothing left in the group
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                # Nested: a handler run as the mask changes (CPython runs
+                # pending ones then) cannot skip the kill.
+                try:
+                    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+                finally:
+                    with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
         finally:
-            _unblock_held_signals()
+            signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)
 
 
 def _exit_on_signal(signum: int, frame: types.FrameType | None) -> NoReturn:

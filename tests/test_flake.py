@@ -154,12 +154,14 @@ def stop_handlers() -> Iterator[None]:
 
     held = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     before = {sig: signal.getsignal(sig) for sig in held}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     for sig in flake.STOP_SIGNALS:
         signal.signal(sig, flake._exit_on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # an xdist worker may ignore it
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for sig, handler in before.items():
             signal.signal(sig, handler)
 

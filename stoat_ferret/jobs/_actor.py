@@ -77,6 +77,7 @@ class Actor:
         self._retention = retention
         self._shutdown_grace = shutdown_grace
         self._task_group: TaskGroup | None = None
+        self._workers_ended = False  # set by the task running them, once all have ended
         # Created by run(), so that a supervisor that never ran leaves no open stream.
         self._inbox_send: MemoryObjectSendStream[Message] | None = None
         self._inbox_receive: MemoryObjectReceiveStream[Message] | None = None
@@ -126,12 +127,13 @@ class Actor:
                 try:
                     await self._loop(self._inbox_receive)
                 finally:
-                    # Shut down, or cancelled (a hard stop): from here on no
-                    # job is accepted or started.
+                    # Shut down, cancelled (a hard stop) or a bug: from here on
+                    # no job is accepted or started, and the workers and
+                    # timers are cancelled (after a shutdown no job runs).
                     self.shared.close()
+                    task_group.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
                         await self._answer_until_workers_end(self._inbox_receive)
-                task_group.cancel_scope.cancel()  # only the timers are left
         finally:
             self._stop()
 
@@ -150,7 +152,8 @@ class Actor:
                         name=f"stoat_ferret job worker {number}",
                     )
         finally:
-            self.send_if_running(WorkersEnded())
+            self._workers_ended = True
+            self.send_if_running(WorkersEnded())  # wakes the actor if it waits for this
 
     async def _loop(self, inbox: MemoryObjectReceiveStream[Message]) -> None:
         table = self.table
@@ -179,24 +182,20 @@ class Actor:
         """
         table = self.table
         table.assignments.close()  # idle workers end now, whatever ended the loop
-        ended = False
-        while not ended:
+        while True:
             try:
-                message = inbox.receive_nowait()
+                self._handle_while_stopping(inbox.receive_nowait())
             except anyio.WouldBlock:
                 break
-            ended = self._handle_while_stopping(message)
         table.stop_starting()
-        while not ended:
-            ended = self._handle_while_stopping(await inbox.receive())
+        # The flag, not the message, says the workers have ended: the loop
+        # may have taken WorkersEnded already (a worker that raised ends them all).
+        while not self._workers_ended:
+            self._handle_while_stopping(await inbox.receive())
 
-    def _handle_while_stopping(self, message: Message) -> bool:
-        """Handle ``message`` after the loop; True once it is :class:`WorkersEnded`."""
-        if isinstance(message, WorkersEnded):
-            return True
+    def _handle_while_stopping(self, message: Message) -> None:
         if not isinstance(message, Shutdown | GraceEnded):  # a stop is under way
             self.table.handle(message)
-        return False
 
     def _stop(self) -> None:
         """Leave every job terminal and every caller answered (run's finally)."""

@@ -34,6 +34,7 @@ from stoat_ferret.jobs._messages import (
     Tick,
     Unfollow,
     Wait,
+    WorkersEnded,
 )
 from stoat_ferret.jobs._models import JobStatus, QueueStatistics
 from stoat_ferret.jobs._record import JobRecord, describe
@@ -169,6 +170,8 @@ class JobTable:
                 reply.send(None)
             case Shutdown():
                 self._on_shutdown()
+            case WorkersEnded():
+                pass  # only wakes the actor after its loop (Actor._answer_until_workers_end)
             case GraceEnded():
                 for record in self.running.values():
                     record.interrupt("cancelled: supervisor shut down before the job finished")
@@ -349,9 +352,10 @@ class JobTable:
             self._evict()
 
     def stop_starting(self) -> None:
-        """A hard stop: no job starts from here on, and every pending one ends now.
+        """No job starts from here on, and every pending one ends now.
 
-        Called once every message already sent is handled, so that a job a
+        Called once the actor's loop has ended (after a shutdown, a hard stop
+        or a bug) and every message already sent is handled, so that a job a
         worker has just started is running, not pending.
         """
         self.shutting_down = True

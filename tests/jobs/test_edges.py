@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -108,9 +109,10 @@ async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker() -> 
 
 async def test_a_handler_that_outlives_a_hard_stop_still_gets_answers() -> None:
     """A handler that absorbs a hard stop may still ask the supervisor for
-    something: a list of jobs, a wait for a job that will now never start, a
-    keyed submit. Each gets its answer, not a wait for an actor that has
-    stopped answering, and run() returns once the handler ends."""
+    something: a list of jobs, a wait for a job that will now never start.
+    Each gets its answer, not a wait for an actor that has stopped answering,
+    and run() returns once the handler ends. (A submit is refused before it
+    asks the actor anything.)"""
 
     entered = anyio.Event()
     asked = anyio.Event()
@@ -148,6 +150,46 @@ async def test_a_handler_that_outlives_a_hard_stop_still_gets_answers() -> None:
     assert answers == [2, JobStatus.CANCELLED]
     assert first_result.status is JobStatus.COMPLETED
     assert first_result.result == "done"
+
+
+class _Escape(BaseException):
+    """Neither an Exception nor a cancellation: it ends the supervisor's task group."""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_handler_raising_a_base_exception_ends_run_at_once(backend: str) -> None:
+    """A BaseException from a handler (KeyboardInterrupt, SystemExit) ends the
+    workers and comes out of run() at once. The actor, answering until the
+    workers have ended, must know they have even if its loop took the
+    message saying so. Run in a thread of its own: a run() that hung would
+    hang shielded, out of reach of any timeout in its event loop."""
+    caught: list[BaseException] = []
+
+    async def escape(ctx: JobContext) -> None:
+        raise _Escape
+
+    async def scenario() -> None:
+        supervisor = JobSupervisor()
+        supervisor.register("escape", escape)
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervisor.run)
+            await supervisor.submit("escape")
+            await anyio.sleep_forever()
+
+    def run() -> None:
+        try:
+            anyio.run(scenario, backend=backend)
+        except BaseException as exc:  # what run() raised, checked below
+            caught.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)  # daemon: a hung one cannot block exit
+    thread.start()
+    thread.join(timeout=30)  # a hang guard, generous
+
+    assert not thread.is_alive(), "run() hung after a handler raised a BaseException"
+    [raised] = caught
+    assert isinstance(raised, BaseExceptionGroup)
+    assert raised.subgroup(_Escape) is not None
 
 
 async def test_cancels_given_up_leave_nothing_on_the_job() -> None:
