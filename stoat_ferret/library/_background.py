@@ -31,12 +31,11 @@ without ``SCHED_IDLE`` (everything but Linux) the priority is left as it is.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -108,37 +107,21 @@ class BackgroundThreads:
         and the cancellation goes on once it has. What ``func`` returned or
         raised after the cancellation is dropped: the cancellation wins.
 
+        The caller waits for ``func`` in one of anyio's worker threads, blocked
+        on the executor's future (one hop a call, at normal priority, and
+        through anyio's public API only): the waiting thread, not the loop,
+        hears when ``func`` is done.
+
         Raises:
             BaseException: whatever ``func`` raised, re-raised here.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
-        token = anyio.lowlevel.current_token()
         stop = threading.Event()
-        done = anyio.Event()
-        outcome: list[Any] = []  # [True, value] or [False, exception], set by the thread
-
-        def call() -> None:
-            try:
-                outcome[:] = [True, func(stop)]
-            except BaseException as exc:  # handed to the caller, re-raised there
-                outcome[:] = [False, exc]
-            # Wake the caller without waiting for the loop, as anyio's own
-            # worker threads do: a thread that blocked here would hang the
-            # interpreter's exit if the loop were stopped without cancelling
-            # the caller. A loop that is already gone has nobody to wake.
-            with contextlib.suppress(anyio.RunFinishedError):
-                token.backend_class.run_sync_soon(done.set, (), token.native_token)
-
-        self._executor.submit(call)
+        future = self._executor.submit(func, stop)
         try:
-            await done.wait()
-        except BaseException:
-            stop.set()
-            with anyio.CancelScope(shield=True):
-                await done.wait()
-            raise
-        succeeded, value = outcome
-        if not succeeded:
-            raise value
-        result: T = value
-        return result
+            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        finally:
+            if not future.done():  # the caller was cancelled while func runs
+                stop.set()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(wait, [future])
