@@ -176,8 +176,8 @@ class Actor:
 
         After a shutdown no job runs and the workers end at once. After a hard
         stop, a handler that absorbs the cancellation runs on and may still ask
-        for something (a list, a wait, a keyed submit): without answers it
-        would wait for ever, and run() with it. Pending jobs end first, once
+        for something (a list of jobs, a wait): without answers it would wait
+        for ever, and run() with it. Pending jobs end first, once
         the messages already sent are handled, so a wait for one is answered.
         """
         table = self.table

@@ -168,8 +168,9 @@ class GraceEnded(NamedTuple):
 
 
 class WorkersEnded(NamedTuple):
-    """From the task running the workers, once every worker has ended: after a
-    hard stop, the actor answers requests until this comes (``Actor.run``)."""
+    """From the task running the workers, once every worker has ended. It only
+    wakes the actor, which answers requests after its loop until the workers
+    have ended: the flag that task sets first says so (``Actor.run``)."""
 
 
 class Tick(NamedTuple):
