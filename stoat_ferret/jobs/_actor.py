@@ -118,8 +118,11 @@ class Actor:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                task_group.start_soon(
-                    self._run_workers, work, self._inbox_send, name="stoat_ferret job workers"
+                # Cloned here, not in the task: a shutdown may close the work
+                # stream before that task first runs.
+                works = [work.clone() for _ in range(self._max_workers)]
+                await task_group.start(
+                    self._run_workers, works, self._inbox_send, name="stoat_ferret job workers"
                 )
                 task_group.start_soon(self._retention_timer, name="stoat_ferret job retention")
                 logger.debug("job supervisor started with {} worker(s)", self._max_workers)
@@ -138,19 +141,29 @@ class Actor:
             self._stop()
 
     async def _run_workers(
-        self, work: MemoryObjectReceiveStream[Assignment], inbox: MemoryObjectSendStream[Message]
+        self,
+        works: list[MemoryObjectReceiveStream[Assignment]],
+        inbox: MemoryObjectSendStream[Message],
+        *,
+        task_status: TaskStatus[None],
     ) -> None:
+        """Run one worker per clone of the work stream until all have ended.
+
+        Started with ``TaskGroup.start``: the ``finally`` below is in place
+        before ``run()`` goes on, so the flag is set however the workers end.
+        """
         try:
             async with anyio.create_task_group() as workers:
-                for number in range(self._max_workers):
+                for number, work in enumerate(works):
                     workers.start_soon(
                         run_worker,
-                        work.clone(),
+                        work,
                         inbox,
                         self.shared,
                         self.report_progress,
                         name=f"stoat_ferret job worker {number}",
                     )
+                task_status.started()
         finally:
             self._workers_ended = True
             self.send_if_running(WorkersEnded())  # wakes the actor if it waits for this
