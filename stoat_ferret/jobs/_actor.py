@@ -118,8 +118,9 @@ class Actor:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                # Cloned here, not in the task: a shutdown may close the work
-                # stream before that task first runs.
+                # Cloned before the actor's loop runs: a Shutdown handled
+                # first would close the work stream (start() below makes this
+                # so as well; the clones here keep it true whatever starts them).
                 works = [work.clone() for _ in range(self._max_workers)]
                 await task_group.start(
                     self._run_workers, works, self._inbox_send, name="stoat_ferret job workers"

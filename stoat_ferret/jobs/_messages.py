@@ -153,7 +153,10 @@ class JobFinished(NamedTuple):
     ``event`` is ``COMPLETE`` (with the returned ``value``) or ``FAIL`` (with
     the ``exception``), or ``None`` when the job's own scope caught a
     cancellation: its deadline, or the actor's interruption, whichever came
-    first (``JobRecord.interrupt`` keeps that).
+    first (``JobRecord.interrupt`` keeps that). ``CANCEL`` says that the worker
+    itself was cancelled mid-job (a hard stop) or that a ``BaseException``
+    went through it: the job ends ``cancelled``, unless an interruption came
+    first (``JobRecord.stopped_while_running``).
     """
 
     job_id: str
@@ -170,7 +173,8 @@ class GraceEnded(NamedTuple):
 class WorkersEnded(NamedTuple):
     """From the task running the workers, once every worker has ended. It only
     wakes the actor, which answers requests after its loop until the workers
-    have ended: the flag that task sets first says so (``Actor.run``)."""
+    have ended: the flag that task sets first says so (set in
+    ``Actor._run_workers``, read in ``Actor._answer_until_workers_end``)."""
 
 
 class Tick(NamedTuple):

@@ -165,6 +165,13 @@ class JobRecord:
         """The event and error of a job whose scope caught a cancellation."""
         return self.interruption or (JobEvent.TIME_OUT, self.timeout_error)
 
+    def stopped_while_running(self) -> tuple[JobEvent, str]:
+        """The event and error of a running job the supervisor's stop ended."""
+        return self.interruption or (
+            JobEvent.CANCEL,
+            "cancelled: supervisor stopped while the job was running",
+        )
+
     @property
     def timeout_error(self) -> str:
         return f"timed out after {self.timeout:g} s"

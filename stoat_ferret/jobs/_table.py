@@ -209,6 +209,9 @@ class JobTable:
         elif outcome.event is JobEvent.FAIL:
             assert outcome.exception is not None
             self._finish(record, JobEvent.FAIL, exception=outcome.exception)
+        elif outcome.event is JobEvent.CANCEL:  # its worker was cancelled mid-job
+            event, error = record.stopped_while_running()
+            self._finish(record, event, error=error)
         else:
             event, error = record.stopped_by()
             self._finish(record, event, error=error)
@@ -370,7 +373,9 @@ class JobTable:
     def stop(self, leftovers: list[Message]) -> None:
         """End every job that is not terminal (the actor and workers are gone).
 
-        This is where a hard stop ends jobs. ``leftovers`` are the messages
+        The last net: after a hard stop, pending jobs have ended in
+        :meth:`stop_starting` and running ones by their workers' ``JobFinished``
+        (``CANCEL``). ``leftovers`` are the messages
         still in the inbox: accepted submits among them become records first,
         so that their ids stay answerable, and every request gets its answer.
         """
@@ -381,10 +386,7 @@ class JobTable:
                 self.handle(message)
         for record in [*self.pending.values(), *self.running.values()]:
             if record.status is JobStatus.RUNNING:
-                event, reason = record.interruption or (
-                    JobEvent.CANCEL,
-                    "cancelled: supervisor stopped while the job was running",
-                )
+                event, reason = record.stopped_while_running()
             else:
                 event, reason = (
                     JobEvent.CANCEL,

@@ -1,10 +1,12 @@
 """A worker: the long-lived task that runs jobs, one at a time, in submit order.
 
-``JobSupervisor.run`` starts ``max_workers`` of them in its task group. Each
+``JobSupervisor.run`` starts ``max_workers`` of them, in a task group of
+their own (``Actor._run_workers``). Each
 reads :class:`Assignment` values from the work stream the actor fills, opens
 ``anyio.move_on_after(timeout)`` for the job, tells the actor from inside it
 that the job started (:class:`JobStarted`), runs the handler with
-:func:`execute` and tells the actor how it ended (:class:`JobFinished`).
+:func:`execute` and tells the actor how it ended (:class:`JobFinished`), even
+when the worker itself is cancelled mid-job.
 A worker never changes a job: what it knows goes to the actor as a message.
 The state it shares with other tasks is ``Shared`` (``_shared.py``).
 """
@@ -83,9 +85,17 @@ async def run_worker(
                 continue
             context = JobContext(job_id, assignment.job_type, assignment.payload, progress)
             finished: JobFinished | None = None
-            with anyio.move_on_after(assignment.timeout) as scope:
-                inbox.send_nowait(JobStarted(job_id, wall_clock_ns(), scope))
-                finished = await execute(assignment.handler, context, scope)
+            try:
+                with anyio.move_on_after(assignment.timeout) as scope:
+                    inbox.send_nowait(JobStarted(job_id, wall_clock_ns(), scope))
+                    finished = await execute(assignment.handler, context, scope)
+            except BaseException:
+                # Cancelled from outside the job (a hard stop), or a BaseException
+                # from the handler: the job ends here. The actor hears it now, so
+                # that a handler still running elsewhere gets its answer if it
+                # waits for this job.
+                inbox.send_nowait(JobFinished(job_id, JobEvent.CANCEL))
+                raise
             if finished is None:  # the scope caught its own cancellation
                 finished = JobFinished(job_id, None)
             inbox.send_nowait(finished)

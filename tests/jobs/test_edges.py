@@ -152,14 +152,70 @@ async def test_a_handler_that_outlives_a_hard_stop_still_gets_answers() -> None:
     assert first_result.result == "done"
 
 
+async def test_a_handler_that_outlives_a_hard_stop_hears_of_a_job_the_stop_ended() -> None:
+    """A handler that absorbs a hard stop and then waits for, cancels or
+    watches another job, one the same stop cancelled while it ran, gets that
+    job's end at once, not a wait for a job nobody will end until run()
+    returns (which waits for the handler)."""
+
+    entered = anyio.Event()
+    asked = anyio.Event()
+    answers: list[Any] = []
+    other: list[str] = []
+    supervisor = JobSupervisor(max_workers=2)
+
+    async def lingering(ctx: JobContext) -> str:
+        entered.set()
+        with anyio.CancelScope(shield=True), anyio.fail_after(10):  # see the test above
+            await asked.wait()
+            ended = await supervisor.wait(other[0])
+            answers.append((ended.status, ended.error))
+            answers.append(await supervisor.cancel(other[0]))
+            async with supervisor.watch(other[0]) as updates:
+                answers.append([update.status async for update in updates])
+        return "done"
+
+    plain_entered = anyio.Event()
+
+    async def plain(ctx: JobContext) -> None:
+        plain_entered.set()
+        await anyio.sleep_forever()
+
+    supervisor.register("lingering", lingering)
+    supervisor.register("plain", plain)
+    host = anyio.CancelScope()
+    host_run = functools.partial(_run_in, host, supervisor)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host_run)
+            first = await supervisor.submit("lingering")
+            other.append(await supervisor.submit("plain"))
+            await entered.wait()
+            await plain_entered.wait()
+            host.cancel()
+            await anyio.wait_all_tasks_blocked()  # the other job's worker has ended
+            asked.set()
+        first_result = await supervisor.get_result(first)
+
+    assert answers == [
+        (JobStatus.CANCELLED, "cancelled: supervisor stopped while the job was running"),
+        False,  # already ended
+        [JobStatus.CANCELLED],
+    ]
+    assert first_result.status is JobStatus.COMPLETED
+    assert first_result.result == "done"
+
+
 class _Escape(BaseException):
     """Neither an Exception nor a cancellation: it ends the supervisor's task group."""
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_handler_raising_a_base_exception_ends_run_at_once(backend: str) -> None:
-    """A BaseException from a handler (KeyboardInterrupt, SystemExit) ends the
-    workers and comes out of run() at once. The actor, answering until the
+    """A BaseException from a handler (one of its own here, standing for
+    KeyboardInterrupt or SystemExit) ends the workers and comes out of run()
+    at once. The actor, answering until the
     workers have ended, must know they have even if its loop took the
     message saying so. Run in a thread of its own: a run() that hung would
     hang shielded, out of reach of any timeout in its event loop."""
