@@ -93,8 +93,11 @@ async def run_worker(
                 # Cancelled from outside the job (a hard stop), or a BaseException
                 # from the handler: the job ends here. The actor hears it now, so
                 # that a handler still running elsewhere gets its answer if it
-                # waits for this job.
-                inbox.send_nowait(JobFinished(job_id, JobEvent.CANCEL))
+                # waits for this job. A scope cancelled too (its deadline, or the
+                # actor's interruption) did not catch the cancellation, since the
+                # outer one wins, but its reason stands (JobRecord.stopped_by).
+                stopped = None if scope.cancel_called else JobEvent.CANCEL
+                inbox.send_nowait(JobFinished(job_id, stopped))
                 raise
             if finished is None:  # the scope caught its own cancellation
                 finished = JobFinished(job_id, None)

@@ -207,6 +207,91 @@ async def test_a_handler_that_outlives_a_hard_stop_hears_of_a_job_the_stop_ended
     assert first_result.result == "done"
 
 
+async def test_a_cancel_asked_during_a_hard_stop_is_answered_once_the_job_unwinds() -> None:
+    """A handler that absorbs a hard stop cancels another job that is still
+    unwinding from the same stop: the answer comes when that job's worker
+    ends, with the request as the reason, not when run() returns."""
+
+    asked = anyio.Event()
+    unwound = anyio.Event()
+    answers: list[Any] = []
+    other: list[str] = []
+    supervisor = JobSupervisor(max_workers=2)
+
+    async def lingering(ctx: JobContext) -> str:
+        with anyio.CancelScope(shield=True), anyio.fail_after(10):  # see the tests above
+            await asked.wait()
+            answers.append(await supervisor.cancel(other[0]))
+        return "done"
+
+    unwinding = Shielded()  # absorbs the stop until released, then meets it
+
+    async def slow_to_stop(ctx: JobContext) -> None:
+        await unwinding(ctx)
+        unwound.set()
+        await checkpoint()  # the hard stop (and the cancel) reach it here
+
+    supervisor.register("lingering", lingering)
+    supervisor.register("slow", slow_to_stop)
+    host = anyio.CancelScope()
+    host_run = functools.partial(_run_in, host, supervisor)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host_run)
+            first = await supervisor.submit("lingering")
+            other.append(await supervisor.submit("slow"))
+            await unwinding.entered.wait()
+            host.cancel()
+            asked.set()
+            await anyio.wait_all_tasks_blocked()  # the cancel waits for the job's end
+            waited_before_release = list(answers)
+            unwinding.release.set()
+        other_result = await supervisor.get_result(other[0])
+        first_result = await supervisor.get_result(first)
+
+    assert waited_before_release == []
+    assert unwound.is_set()
+    assert answers == [True]
+    assert other_result.status is JobStatus.CANCELLED
+    assert other_result.error == "cancelled by request"
+    assert first_result.status is JobStatus.COMPLETED
+
+
+async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> None:
+    """A job whose deadline has fired, still unwinding when a hard stop comes,
+    ends ``timeout``: the first reason stands, though its scope no longer
+    catches the cancellation."""
+
+    unwinding = anyio.Event()
+    release = anyio.Event()
+
+    async def overrun(ctx: JobContext) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            unwinding.set()
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+
+    supervisor = JobSupervisor()
+    supervisor.register("overrun", overrun, timeout=1)
+    host = anyio.CancelScope()
+    host_run = functools.partial(_run_in, host, supervisor)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host_run)
+            job_id = await supervisor.submit("overrun")
+            await unwinding.wait()  # its deadline fired
+            host.cancel()
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+        result = await supervisor.get_result(job_id)
+
+    assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 1 s")
+
+
 class _Escape(BaseException):
     """Neither an Exception nor a cancellation: it ends the supervisor's task group."""
 
