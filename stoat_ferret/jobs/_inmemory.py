@@ -130,12 +130,14 @@ class InMemoryJobQueue:
         record.publish()
         context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
         outcome = None
+        scope = record.scope = anyio.move_on_after(record.timeout)
         try:
-            with anyio.move_on_after(record.timeout) as scope:
-                record.scope = scope
+            with scope:
                 outcome = await execute(handler, context, scope)
         except BaseException:  # the caller of submit was cancelled: end the job, re-raise
-            self._end(record, JobEvent.CANCEL, error="submit() was cancelled")
+            record.note_reason("submit() was cancelled")  # unless its deadline came first
+            event, error = record.stopped_by()
+            self._end(record, event, error=error)
             raise
         if outcome is None:
             event, error = record.stopped_by()

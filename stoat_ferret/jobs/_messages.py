@@ -153,12 +153,12 @@ class JobFinished(NamedTuple):
     ``event`` is ``COMPLETE`` (with the returned ``value``) or ``FAIL`` (with
     the ``exception``), or ``None`` when the job's own scope caught a
     cancellation: its deadline, or the actor's interruption, whichever came
-    first (``JobRecord.interrupt`` keeps that); that includes a job whose own
-    scope was cancelled when the worker was cancelled too. ``CANCEL`` says
-    that the worker itself was cancelled mid-job (a hard stop) or that a
-    ``BaseException`` went through it, the job's scope not cancelled: the job
-    ends ``cancelled``, unless an interruption was recorded first
-    (``JobRecord.stopped_while_running``).
+    first (``JobRecord.interrupt`` keeps that); so is a job whose own scope was
+    cancelled when the worker was cancelled too, or a ``BaseException`` went
+    through it. ``CANCEL`` says that the worker itself was cancelled mid-job
+    (a hard stop) or that a ``BaseException`` went through it, the job's scope
+    not cancelled: the job ends ``cancelled``, unless a reason was recorded
+    first (``JobRecord.stopped_while_running``).
     """
 
     job_id: str

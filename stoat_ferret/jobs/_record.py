@@ -42,6 +42,9 @@ wall_clock_ns = time.time_ns
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# Why a job running when the supervisor's task group was cancelled (a hard stop) ended.
+STOPPED_WHILE_RUNNING: Final = "cancelled: supervisor stopped while the job was running"
+
 
 def to_datetime(ns: int) -> datetime:
     """The UTC datetime of a ``wall_clock_ns()`` reading, floored to the
@@ -146,7 +149,13 @@ class JobRecord:
         return self.status
 
     def interrupt(self, reason: str) -> None:
-        """Cancel the running job's scope, recording why unless a reason came first.
+        """Cancel the running job's scope, recording why unless a reason came first."""
+        self.note_reason(reason)
+        assert self.scope is not None
+        self.scope.cancel()
+
+    def note_reason(self, reason: str) -> None:
+        """Record ``reason`` as why the running job ends, unless a reason came first.
 
         A scope whose deadline has already fired (``cancel_called``) was
         interrupted by its timeout, which then stays the reason: the job ends
@@ -159,18 +168,16 @@ class JobRecord:
                 self.interruption = (JobEvent.TIME_OUT, self.timeout_error)
             else:
                 self.interruption = (JobEvent.CANCEL, reason)
-        scope.cancel()
 
     def stopped_by(self) -> tuple[JobEvent, str]:
-        """The event and error of a job whose scope caught a cancellation."""
+        """The event and error of a job whose own scope was cancelled (its
+        deadline, or an interruption): the first reason recorded, else the timeout."""
         return self.interruption or (JobEvent.TIME_OUT, self.timeout_error)
 
     def stopped_while_running(self) -> tuple[JobEvent, str]:
-        """The event and error of a running job the supervisor's stop ended."""
-        return self.interruption or (
-            JobEvent.CANCEL,
-            "cancelled: supervisor stopped while the job was running",
-        )
+        """The event and error of a running job whose worker the supervisor's
+        stop cancelled, its own scope not cancelled: the first reason recorded."""
+        return self.interruption or (JobEvent.CANCEL, STOPPED_WHILE_RUNNING)
 
     @property
     def timeout_error(self) -> str:

@@ -37,7 +37,7 @@ from stoat_ferret.jobs._messages import (
     WorkersEnded,
 )
 from stoat_ferret.jobs._models import JobStatus, QueueStatistics
-from stoat_ferret.jobs._record import JobRecord, describe
+from stoat_ferret.jobs._record import STOPPED_WHILE_RUNNING, JobRecord, describe
 from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
@@ -369,13 +369,18 @@ class JobTable:
                 JobEvent.CANCEL,
                 error="cancelled: supervisor stopped before the job started",
             )
+        # The stop is the first reason of a running job that has none yet: a
+        # deadline or a cancel() that comes while it unwinds does not replace it.
+        for record in self.running.values():
+            record.note_reason(STOPPED_WHILE_RUNNING)
 
     def stop(self, leftovers: list[Message]) -> None:
         """End every job that is not terminal (the actor and workers are gone).
 
         The last net: after a hard stop, pending jobs have ended in
-        :meth:`stop_starting` and running ones by their workers' ``JobFinished``
-        (``CANCEL``). ``leftovers`` are the messages
+        :meth:`stop_starting`, and running ones end by their workers'
+        ``JobFinished``, handled by the actor or here among ``leftovers``.
+        ``leftovers`` are the messages
         still in the inbox: accepted submits among them become records first,
         so that their ids stay answerable, and every request gets its answer.
         """

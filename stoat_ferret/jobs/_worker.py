@@ -85,17 +85,18 @@ async def run_worker(
                 continue
             context = JobContext(job_id, assignment.job_type, assignment.payload, progress)
             finished: JobFinished | None = None
+            scope = anyio.move_on_after(assignment.timeout)
             try:
-                with anyio.move_on_after(assignment.timeout) as scope:
+                with scope:
                     inbox.send_nowait(JobStarted(job_id, wall_clock_ns(), scope))
                     finished = await execute(assignment.handler, context, scope)
             except BaseException:
                 # Cancelled from outside the job (a hard stop), or a BaseException
                 # from the handler: the job ends here. The actor hears it now, so
                 # that a handler still running elsewhere gets its answer if it
-                # waits for this job. A scope cancelled too (its deadline, or the
-                # actor's interruption) did not catch the cancellation, since the
-                # outer one wins, but its reason stands (JobRecord.stopped_by).
+                # waits for this job. If the job's own scope was cancelled too
+                # (its deadline, or the actor's interruption), that came first
+                # and stays the reason (JobRecord.stopped_by).
                 stopped = None if scope.cancel_called else JobEvent.CANCEL
                 inbox.send_nowait(JobFinished(job_id, stopped))
                 raise

@@ -10,7 +10,14 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
-from stoat_ferret.jobs import JobContext, JobResult, JobStatus, JobSupervisor, SupervisorClosed
+from stoat_ferret.jobs import (
+    InMemoryJobQueue,
+    JobContext,
+    JobResult,
+    JobStatus,
+    JobSupervisor,
+    SupervisorClosed,
+)
 from tests.jobs.conftest import live_objects, running_supervisor, traced_memory
 
 if TYPE_CHECKING:
@@ -210,7 +217,8 @@ async def test_a_handler_that_outlives_a_hard_stop_hears_of_a_job_the_stop_ended
 async def test_a_cancel_asked_during_a_hard_stop_is_answered_once_the_job_unwinds() -> None:
     """A handler that absorbs a hard stop cancels another job that is still
     unwinding from the same stop: the answer comes when that job's worker
-    ends, with the request as the reason, not when run() returns."""
+    ends, not when run() returns, and the stop, which came first, stays the
+    job's reason."""
 
     asked = anyio.Event()
     unwound = anyio.Event()
@@ -243,6 +251,7 @@ async def test_a_cancel_asked_during_a_hard_stop_is_answered_once_the_job_unwind
             other.append(await supervisor.submit("slow"))
             await unwinding.entered.wait()
             host.cancel()
+            await anyio.wait_all_tasks_blocked()  # the actor has recorded the stop
             asked.set()
             await anyio.wait_all_tasks_blocked()  # the cancel waits for the job's end
             waited_before_release = list(answers)
@@ -254,7 +263,7 @@ async def test_a_cancel_asked_during_a_hard_stop_is_answered_once_the_job_unwind
     assert unwound.is_set()
     assert answers == [True]
     assert other_result.status is JobStatus.CANCELLED
-    assert other_result.error == "cancelled by request"
+    assert other_result.error == "cancelled: supervisor stopped while the job was running"
     assert first_result.status is JobStatus.COMPLETED
 
 
@@ -275,7 +284,7 @@ async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> No
                 await release.wait()
 
     supervisor = JobSupervisor()
-    supervisor.register("overrun", overrun, timeout=1)
+    supervisor.register("overrun", overrun, timeout=0.01)
     host = anyio.CancelScope()
     host_run = functools.partial(_run_in, host, supervisor)
 
@@ -289,7 +298,54 @@ async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> No
             release.set()
         result = await supervisor.get_result(job_id)
 
-    assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 1 s")
+    assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 0.01 s")
+
+
+async def test_the_in_memory_double_keeps_a_fired_deadline_when_submit_is_cancelled() -> None:
+    """InMemoryJobQueue runs a job inside ``submit``: a caller cancelled while
+    the job unwinds from its deadline leaves it ``timeout``, the first reason,
+    as the supervisor does after a hard stop; one cancelled before any
+    deadline ends it ``cancelled``."""
+
+    unwinding = anyio.Event()
+    release = anyio.Event()
+
+    async def overrun(ctx: JobContext) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            unwinding.set()
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+
+    queue = InMemoryJobQueue()
+    queue.register("overrun", overrun, timeout=0.01)
+    queue.register("plain", overrun)
+    callers = {name: anyio.CancelScope() for name in ("overrun", "plain")}
+
+    async def submit(job_type: str) -> None:
+        with callers[job_type]:
+            await queue.submit(job_type)
+
+    with anyio.fail_after(10):
+        for job_type in ("overrun", "plain"):
+            unwinding, release = anyio.Event(), anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(submit, job_type)
+                if job_type == "overrun":
+                    await unwinding.wait()  # its deadline fired
+                else:
+                    await anyio.wait_all_tasks_blocked()
+                callers[job_type].cancel()
+                await anyio.wait_all_tasks_blocked()
+                release.set()
+        page = await queue.list_jobs()
+
+    ended = {job.job_type: (job.status, job.error) for job in page.jobs}
+    assert ended == {
+        "overrun": (JobStatus.TIMEOUT, "timed out after 0.01 s"),
+        "plain": (JobStatus.CANCELLED, "submit() was cancelled"),
+    }
 
 
 class _Escape(BaseException):
