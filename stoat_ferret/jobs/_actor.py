@@ -192,7 +192,9 @@ class Actor:
         stop, a handler that absorbs the cancellation runs on and may still ask
         for something (a list of jobs, a wait): without answers it would wait
         for ever, and run() with it. Pending jobs end first, once
-        the messages already sent are handled, so a wait for one is answered.
+        the messages already sent are handled, so a wait for one is answered,
+        and the stop becomes the reason of each running job that has none
+        (``JobTable.stop_starting``).
         """
         table = self.table
         table.assignments.close()  # idle workers end now, whatever ended the loop

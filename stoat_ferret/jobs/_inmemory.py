@@ -134,8 +134,11 @@ class InMemoryJobQueue:
         try:
             with scope:
                 outcome = await execute(handler, context, scope)
-        except BaseException:  # the caller of submit was cancelled: end the job, re-raise
-            record.note_reason("submit() was cancelled")  # unless its deadline came first
+        except BaseException:  # the caller of submit was cancelled (or a BaseException)
+            # The reason is taken once the handler has unwound: a deadline
+            # reached by then is the reason, even one reached during a shielded
+            # cleanup after the cancellation (this double cannot tell the order).
+            record.note_reason("submit() was cancelled")
             event, error = record.stopped_by()
             self._end(record, event, error=error)
             raise

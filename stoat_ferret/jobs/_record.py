@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import attrs
 
 from stoat_ferret.jobs._exceptions import InvalidTransition
@@ -41,6 +42,19 @@ wall_clock_ns = time.time_ns
 """The clock of job times; snapshots turn its readings into datetimes."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def deadline_reached(scope: CancelScope) -> bool:
+    """True once ``scope`` is cancelled (its deadline fired, or it was
+    interrupted) or its deadline has passed.
+
+    The clock is read too because on asyncio a passed deadline cancels the
+    scope only when the event loop runs its timer, which a busy loop runs
+    late (trio's ``cancel_called`` reads the clock itself): both backends
+    then agree on which reason came first.
+    """
+    return scope.cancel_called or anyio.current_time() >= scope.deadline
+
 
 # Why a job running when the supervisor's task group was cancelled (a hard stop) ended.
 STOPPED_WHILE_RUNNING: Final = "cancelled: supervisor stopped while the job was running"
@@ -114,9 +128,9 @@ class JobRecord:
     # The job's move_on_after scope, opened by its worker; None before the
     # owner hears the job started, and once it is terminal.
     scope: CancelScope | None = None
-    # Why the job's scope was cancelled, as the event and error it ends with
-    # if the handler stops there; None: nobody interrupted it. Set once:
-    # the first interruption wins (see interrupt()).
+    # Why the job ends if it stops early, as the event and error it ends with
+    # (its scope cancelled by interrupt(), or its worker by a hard stop);
+    # None: nobody interrupted it. Set once: the first reason wins (note_reason).
     interruption: tuple[JobEvent, str] | None = None
     followers: list[JobUpdates] | None = None
     # Reply channels of wait() and cancel() calls, answered when the job ends.
@@ -157,14 +171,14 @@ class JobRecord:
     def note_reason(self, reason: str) -> None:
         """Record ``reason`` as why the running job ends, unless a reason came first.
 
-        A scope whose deadline has already fired (``cancel_called``) was
+        A scope whose deadline has been reached (:func:`deadline_reached`) was
         interrupted by its timeout, which then stays the reason: the job ends
         ``timeout`` even if the handler is still unwinding.
         """
         scope = self.scope
         assert scope is not None
         if self.interruption is None:
-            if scope.cancel_called:
+            if deadline_reached(scope):
                 self.interruption = (JobEvent.TIME_OUT, self.timeout_error)
             else:
                 self.interruption = (JobEvent.CANCEL, reason)

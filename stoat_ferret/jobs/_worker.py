@@ -20,7 +20,7 @@ from anyio.lowlevel import checkpoint_if_cancelled
 
 from stoat_ferret.jobs._messages import JobFinished, JobStarted
 from stoat_ferret.jobs._models import JobContext
-from stoat_ferret.jobs._record import wall_clock_ns
+from stoat_ferret.jobs._record import deadline_reached, wall_clock_ns
 from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ async def run_worker(
                 # waits for this job. If the job's own scope was cancelled too
                 # (its deadline, or the actor's interruption), that came first
                 # and stays the reason (JobRecord.stopped_by).
-                stopped = None if scope.cancel_called else JobEvent.CANCEL
+                stopped = None if deadline_reached(scope) else JobEvent.CANCEL
                 inbox.send_nowait(JobFinished(job_id, stopped))
                 raise
             if finished is None:  # the scope caught its own cancellation

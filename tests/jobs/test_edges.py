@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+import trio
+import trio.testing
 from anyio.lowlevel import checkpoint
 
 from stoat_ferret.jobs import (
@@ -296,6 +299,49 @@ async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> No
             host.cancel()
             await anyio.wait_all_tasks_blocked()
             release.set()
+        result = await supervisor.get_result(job_id)
+
+    assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 0.01 s")
+
+
+def _stall_the_loop(seconds: float) -> None:
+    """Keep the event loop busy while ``seconds`` pass on its clock, no timer running.
+
+    On trio the clock is a MockClock, moved by hand; on asyncio the loop is
+    blocked for real (the one wait in these tests that is the scenario
+    itself: a busy loop, not a way to synchronise).
+    """
+    if trio.lowlevel.in_trio_run():
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        clock.jump(seconds)
+    else:
+        time.sleep(seconds)
+
+
+async def test_a_deadline_passed_in_a_busy_loop_comes_before_a_later_hard_stop() -> None:
+    """A job's deadline passes while the event loop is busy, so its timer has
+    not run yet, and then a hard stop comes: the job ends ``timeout`` on both
+    backends (trio's scopes read the clock; asyncio's wait for the timer)."""
+
+    entered = anyio.Event()
+
+    async def forever(ctx: JobContext) -> None:
+        entered.set()
+        await anyio.sleep_forever()
+
+    supervisor = JobSupervisor()
+    supervisor.register("forever", forever, timeout=0.01)
+    host = anyio.CancelScope()
+    host_run = functools.partial(_run_in, host, supervisor)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host_run)
+            job_id = await supervisor.submit("forever")
+            await entered.wait()
+            _stall_the_loop(0.05)
+            host.cancel()
         result = await supervisor.get_result(job_id)
 
     assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 0.01 s")
