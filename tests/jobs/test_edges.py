@@ -45,6 +45,22 @@ class Shielded:
         return ctx.payload
 
 
+class SlowToUnwind:
+    """A handler that waits for ever and, once cancelled, unwinds (shielded) until released."""
+
+    def __init__(self) -> None:
+        self.unwinding = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __call__(self, ctx: JobContext) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.unwinding.set()
+            with anyio.CancelScope(shield=True):
+                await self.release.wait()
+
+
 async def _run_in(
     host: anyio.CancelScope, supervisor: JobSupervisor, *, task_status: TaskStatus[None]
 ) -> None:
@@ -275,17 +291,7 @@ async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> No
     ends ``timeout``: the first reason stands, though its scope no longer
     catches the cancellation."""
 
-    unwinding = anyio.Event()
-    release = anyio.Event()
-
-    async def overrun(ctx: JobContext) -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            unwinding.set()
-            with anyio.CancelScope(shield=True):
-                await release.wait()
-
+    overrun = SlowToUnwind()
     supervisor = JobSupervisor()
     supervisor.register("overrun", overrun, timeout=0.01)
     host = anyio.CancelScope()
@@ -295,10 +301,10 @@ async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> No
         async with anyio.create_task_group() as tg:
             await tg.start(host_run)
             job_id = await supervisor.submit("overrun")
-            await unwinding.wait()  # its deadline fired
+            await overrun.unwinding.wait()  # its deadline fired
             host.cancel()
             await anyio.wait_all_tasks_blocked()
-            release.set()
+            overrun.release.set()
         result = await supervisor.get_result(job_id)
 
     assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 0.01 s")
@@ -353,20 +359,10 @@ async def test_the_in_memory_double_keeps_a_fired_deadline_when_submit_is_cancel
     as the supervisor does after a hard stop; one cancelled before any
     deadline ends it ``cancelled``."""
 
-    unwinding = anyio.Event()
-    release = anyio.Event()
-
-    async def overrun(ctx: JobContext) -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            unwinding.set()
-            with anyio.CancelScope(shield=True):
-                await release.wait()
-
+    handlers = {"overrun": SlowToUnwind(), "plain": SlowToUnwind()}
     queue = InMemoryJobQueue()
-    queue.register("overrun", overrun, timeout=0.01)
-    queue.register("plain", overrun)
+    queue.register("overrun", handlers["overrun"], timeout=0.01)
+    queue.register("plain", handlers["plain"])
     callers = {name: anyio.CancelScope() for name in ("overrun", "plain")}
 
     async def submit(job_type: str) -> None:
@@ -374,17 +370,16 @@ async def test_the_in_memory_double_keeps_a_fired_deadline_when_submit_is_cancel
             await queue.submit(job_type)
 
     with anyio.fail_after(10):
-        for job_type in ("overrun", "plain"):
-            unwinding, release = anyio.Event(), anyio.Event()
+        for job_type, handler in handlers.items():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(submit, job_type)
                 if job_type == "overrun":
-                    await unwinding.wait()  # its deadline fired
+                    await handler.unwinding.wait()  # its deadline fired
                 else:
                     await anyio.wait_all_tasks_blocked()
                 callers[job_type].cancel()
                 await anyio.wait_all_tasks_blocked()
-                release.set()
+                handler.release.set()
         page = await queue.list_jobs()
 
     ended = {job.job_type: (job.status, job.error) for job in page.jobs}
