@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,6 +24,8 @@ from stoat_ferret.jobs import (
 from tests.jobs.conftest import live_objects, running_supervisor, traced_memory
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from anyio.abc import TaskStatus
 
 pytestmark = pytest.mark.anyio
@@ -61,12 +63,19 @@ class SlowToUnwind:
                 await self.release.wait()
 
 
-async def _run_in(
-    host: anyio.CancelScope, supervisor: JobSupervisor, *, task_status: TaskStatus[None]
-) -> None:
-    """``supervisor.run()`` inside ``host``: cancelling ``host`` is a hard stop."""
-    with host:
-        await supervisor.run(task_status=task_status)
+@asynccontextmanager
+async def _hosted(supervisor: JobSupervisor) -> AsyncIterator[anyio.CancelScope]:
+    """Run ``supervisor.run()`` for the block, inside a scope of its own, which
+    it yields: cancelling that scope is a hard stop. Leaves once run() has returned."""
+    host = anyio.CancelScope()
+
+    async def run_in_host(*, task_status: TaskStatus[None]) -> None:
+        with host:
+            await supervisor.run(task_status=task_status)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_in_host)
+        yield host
 
 
 async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
@@ -77,12 +86,8 @@ async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
     handler = Shielded()
     supervisor = JobSupervisor()
     supervisor.register("shielded", handler)
-    host = anyio.CancelScope()
-    host_run = functools.partial(_run_in, host, supervisor)
-
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(host_run)
+        async with _hosted(supervisor) as host:
             first = await supervisor.submit("shielded", "first")
             await handler.entered.wait()
             second = await supervisor.submit("shielded", "second")
@@ -116,12 +121,8 @@ async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker() -> 
 
     supervisor = JobSupervisor()
     supervisor.register("record", record)
-    host = anyio.CancelScope()
-    host_run = functools.partial(_run_in, host, supervisor)
-
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(host_run)
+        async with _hosted(supervisor) as host:
             await anyio.wait_all_tasks_blocked()  # the worker waits for work
             job_id = await supervisor.submit("record", "x")
             await checkpoint()  # the actor hands the job to the worker
@@ -159,12 +160,8 @@ async def test_a_handler_that_outlives_a_hard_stop_still_gets_answers() -> None:
         return "done"
 
     supervisor.register("lingering", lingering)
-    host = anyio.CancelScope()
-    host_run = functools.partial(_run_in, host, supervisor)
-
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(host_run)
+        async with _hosted(supervisor) as host:
             first = await supervisor.submit("lingering")
             await entered.wait()
             pending.append(await supervisor.submit("lingering"))
@@ -209,12 +206,8 @@ async def test_a_handler_that_outlives_a_hard_stop_hears_of_a_job_the_stop_ended
 
     supervisor.register("lingering", lingering)
     supervisor.register("plain", plain)
-    host = anyio.CancelScope()
-    host_run = functools.partial(_run_in, host, supervisor)
-
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(host_run)
+        async with _hosted(supervisor) as host:
             first = await supervisor.submit("lingering")
             other.append(await supervisor.submit("plain"))
             await entered.wait()
@@ -260,12 +253,8 @@ async def test_a_cancel_asked_during_a_hard_stop_is_answered_once_the_job_unwind
 
     supervisor.register("lingering", lingering)
     supervisor.register("slow", slow_to_stop)
-    host = anyio.CancelScope()
-    host_run = functools.partial(_run_in, host, supervisor)
-
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(host_run)
+        async with _hosted(supervisor) as host:
             first = await supervisor.submit("lingering")
             other.append(await supervisor.submit("slow"))
             await unwinding.entered.wait()
@@ -294,12 +283,8 @@ async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> No
     overrun = SlowToUnwind()
     supervisor = JobSupervisor()
     supervisor.register("overrun", overrun, timeout=0.01)
-    host = anyio.CancelScope()
-    host_run = functools.partial(_run_in, host, supervisor)
-
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(host_run)
+        async with _hosted(supervisor) as host:
             job_id = await supervisor.submit("overrun")
             await overrun.unwinding.wait()  # its deadline fired
             host.cancel()
@@ -338,12 +323,8 @@ async def test_a_deadline_passed_in_a_busy_loop_comes_before_a_later_hard_stop()
 
     supervisor = JobSupervisor()
     supervisor.register("forever", forever, timeout=0.01)
-    host = anyio.CancelScope()
-    host_run = functools.partial(_run_in, host, supervisor)
-
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            await tg.start(host_run)
+        async with _hosted(supervisor) as host:
             job_id = await supervisor.submit("forever")
             await entered.wait()
             _stall_the_loop(0.05)
