@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import trio
+import trio.testing
 
 import stoat_ferret
 from stoat_ferret.jobs import JobSupervisor
@@ -66,3 +69,18 @@ def live_objects() -> int:
     """
     gc.collect()
     return len(gc.get_objects())
+
+
+def stall_the_loop(seconds: float) -> None:
+    """Keep the event loop busy while ``seconds`` pass on its clock, no timer running.
+
+    On trio the clock is a MockClock, moved by hand; on asyncio the loop is
+    blocked for real (the one wait in these tests that is the scenario
+    itself: a busy loop, not a way to synchronise).
+    """
+    if trio.lowlevel.in_trio_run():
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        clock.jump(seconds)
+    else:
+        time.sleep(seconds)

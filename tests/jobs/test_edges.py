@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-import trio
-import trio.testing
 from anyio.lowlevel import checkpoint
 
 from stoat_ferret.jobs import (
@@ -21,7 +18,7 @@ from stoat_ferret.jobs import (
     JobSupervisor,
     SupervisorClosed,
 )
-from tests.jobs.conftest import live_objects, running_supervisor, traced_memory
+from tests.jobs.conftest import live_objects, running_supervisor, stall_the_loop, traced_memory
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -295,21 +292,6 @@ async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> No
     assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 0.01 s")
 
 
-def _stall_the_loop(seconds: float) -> None:
-    """Keep the event loop busy while ``seconds`` pass on its clock, no timer running.
-
-    On trio the clock is a MockClock, moved by hand; on asyncio the loop is
-    blocked for real (the one wait in these tests that is the scenario
-    itself: a busy loop, not a way to synchronise).
-    """
-    if trio.lowlevel.in_trio_run():
-        clock = trio.lowlevel.current_clock()
-        assert isinstance(clock, trio.testing.MockClock)
-        clock.jump(seconds)
-    else:
-        time.sleep(seconds)
-
-
 async def test_a_deadline_passed_in_a_busy_loop_comes_before_a_later_hard_stop() -> None:
     """A job's deadline passes while the event loop is busy, so its timer has
     not run yet, and then a hard stop comes: the job ends ``timeout`` on both
@@ -327,7 +309,7 @@ async def test_a_deadline_passed_in_a_busy_loop_comes_before_a_later_hard_stop()
         async with _hosted(supervisor) as host:
             job_id = await supervisor.submit("forever")
             await entered.wait()
-            _stall_the_loop(0.05)
+            stall_the_loop(0.05)
             host.cancel()
         result = await supervisor.get_result(job_id)
 

@@ -12,6 +12,7 @@ from stoat_ferret.jobs._messages import Assignment, JobFinished, JobStarted, Mes
 from stoat_ferret.jobs._shared import Phase, Shared
 from stoat_ferret.jobs._state import JobEvent
 from stoat_ferret.jobs._worker import run_worker
+from tests.jobs.conftest import stall_the_loop
 
 if TYPE_CHECKING:
     from stoat_ferret.jobs import JobContext
@@ -100,3 +101,73 @@ async def test_withdrawn_and_closing_jobs_are_skipped() -> None:
     messages = await _run([Assignment("b", "t", None, 5.0, _returns)], shared, close=True)
     assert messages == []
     assert shared.taken == 2  # slots of jobs that never started are the actor's to give back
+
+
+async def _cancel_mid_job(timeout: float) -> list[Message]:
+    """Run one job that waits for ever; once it runs, cancel the worker from
+    outside (a hard stop). Return what the worker sent."""
+    entered = anyio.Event()
+
+    async def waits(ctx: JobContext) -> None:
+        entered.set()
+        await anyio.sleep_forever()
+
+    work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
+    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+    shared = _shared()
+    shared.take()
+    work_send.send_nowait(Assignment("a", "t", None, timeout, waits))
+    work_send.close()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as host:
+            host.start_soon(run_worker, work_receive, inbox_send, shared, lambda *args: None)
+            await entered.wait()
+            host.cancel_scope.cancel()
+    assert host.cancel_scope.cancelled_caught  # the worker let the cancellation through
+    inbox_send.close()
+    with inbox_receive:
+        return [message async for message in inbox_receive]
+
+
+async def test_a_worker_cancelled_mid_job_reports_the_job_cancelled() -> None:
+    """A hard stop cancels the worker while its job runs, the job's own scope
+    not cancelled: the worker reports ``CANCEL`` on its way out."""
+
+    started, finished = await _cancel_mid_job(5.0)
+
+    assert isinstance(started, JobStarted)
+    assert finished == JobFinished("a", JobEvent.CANCEL)
+
+
+class _Abort(BaseException):
+    """What a handler raises to take the process down, as ``KeyboardInterrupt`` would."""
+
+
+@pytest.mark.parametrize(("stall", "event"), [(0.05, None), (0.0, JobEvent.CANCEL)])
+async def test_a_base_exception_after_the_deadline_passed_leaves_the_reason_to_it(
+    stall: float, event: JobEvent | None
+) -> None:
+    """A handler blocks the loop for ``stall`` seconds, so no timer runs, then
+    raises a ``BaseException``. Its deadline (0.01 s) had passed: the worker
+    reports ``None``, the deadline came first and the job ends ``timeout``, on
+    both backends (trio's scope reads the clock; asyncio's waits for its
+    timer). It had not: ``CANCEL``. Either way the exception goes on."""
+
+    async def blocks_then_aborts(ctx: JobContext) -> None:
+        stall_the_loop(stall)
+        raise _Abort
+
+    work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
+    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+    shared = _shared()
+    shared.take()
+    work_send.send_nowait(Assignment("a", "t", None, 0.01, blocks_then_aborts))
+    work_send.close()
+    with anyio.fail_after(10), pytest.raises(_Abort):
+        await run_worker(work_receive, inbox_send, shared, lambda *args: None)
+    inbox_send.close()
+    with inbox_receive:
+        started, finished = [message async for message in inbox_receive]
+
+    assert isinstance(started, JobStarted)
+    assert finished == JobFinished("a", event)
