@@ -17,7 +17,10 @@ moves single measurements by half for seconds at a time, hits both alike;
   each counted only if the job is still running after it; then it cancels
   the scan. A scan that ends before the window is full makes the rep run
   again on a tree sized from the measured probe rate (``bench_health`` says
-  how). Target: busy p99 <= 2x idle p99.
+  how). Target: busy p99 <= 2x idle p99. Each rep also measures a third
+  phase, no scan but one busy loop at ``SCHED_IDLE`` per probe thread, each
+  in a process of its own (``idle_load_ratio``): the cores kept as busy as
+  the scan keeps them, by work that shares no GIL with the server.
 * ``api_scan_submit``: scan requests accepted (202) per second against a bare
   FastAPI endpoint that only does ``asyncio.Queue.put_nowait``
   (``bench/_bare_app.py``), both served by one uvicorn process with the same
@@ -67,7 +70,7 @@ import httpx
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from bench._common import emit
-from bench.bench_scan import _VARIANTS, _make_clip_tree, _make_link_tree
+from bench.bench_scan import _VARIANTS, THREADS, _make_clip_tree, _make_link_tree
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -240,6 +243,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     port = _free_port()
     command, env = _stoat_command(port, base / "db" / "stoat.db", roots)
     idle: list[list[float]] = []
+    loaded: list[list[float]] = []
     busy: list[list[float]] = []
     progress: list[tuple[float, float]] = []
     scan_rates: list[float] = []
@@ -259,6 +263,8 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
             )
             tree = _make_link_tree(roots / f"tree{trees}", [_copy_clip(clips, trees)], files)
             idle_sample = _health_latencies(client, requests)
+            with _idle_load(THREADS):
+                loaded_sample = _health_latencies(client, requests)
             job_id = _start_probing(client, tree)
             started = _job(client, job_id)
             window_started = time.perf_counter()
@@ -279,6 +285,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
                     f"scans of {files} files ended after {len(sample)} of {requests} requests",
                 )
             idle.append(idle_sample)
+            loaded.append(loaded_sample)
             busy.append(sample)
             progress.append((started["progress"], ended["progress"]))
             scan_rates.append(rate)
@@ -303,6 +310,17 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
         "ok": ratio <= 2.0,
         "rep_ratios": [round(value, 3) for value in rep_ratios],
         "ratio_of_medians": round(busy_p99 / idle_p99, 3),
+        # The machine's part: p99 while other processes keep THREADS cores
+        # busy at SCHED_IDLE, as the probe threads do, sharing no GIL.
+        "idle_load_p99_ms": _ms(statistics.median(_p99(sample) for sample in loaded)),
+        "idle_load_ratio": round(
+            statistics.median(
+                _p99(under_load) / _p99(alone)
+                for alone, under_load in zip(idle, loaded, strict=True)
+            ),
+            3,
+        ),
+        "idle_load_processes": THREADS,
         "scan_files": tree_files,
         "trees_scanned": trees,
         # Share of the scan's files done when the busy window began and ended.
@@ -312,6 +330,36 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
         "client": "httpx.Client, one keep-alive connection, sequential",
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+
+
+_IDLE_LOOP: Final = """\
+import os, sys
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def _idle_load(processes: int) -> Iterator[None]:
+    """``processes`` busy loops at ``SCHED_IDLE``, each in a process of its own:
+    cores kept as busy as a scan's probe threads keep them, by work that
+    shares no GIL with the server."""
+    loops = [
+        subprocess.Popen([sys.executable, "-c", _IDLE_LOOP], stdout=subprocess.PIPE)
+        for _ in range(processes)
+    ]
+    try:
+        for loop in loops:
+            assert loop.stdout is not None
+            _check(loop.stdout.readline() == b"ready\n", "a SCHED_IDLE busy loop did not start")
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
 
 
 def _copy_clip(clips: list[str], index: int) -> str:

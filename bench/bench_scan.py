@@ -22,6 +22,12 @@ drift hits both alike; ``rep_ratios`` lists them):
   the same baselines. Not a target: it shows how much of a shortfall of
   ``scan_first`` is other work on the machine taking the cores that
   ``SCHED_IDLE`` threads yield.
+* ``scan_first_probe_floor`` (no target): ``probe_video`` alone on the same
+  files in the scan's number of plain threads, timed in the same reps against
+  the same baselines: the scan without its walk, its store and its event
+  loop, so the most a scan that probes with ``probe_video`` in threads of
+  one process can reach here (``scan_first_vs_floor``: the scan's time as a
+  share of it).
 * ``scan_first_vs_ffprobe``: the same scan (its median rate) against spawning
   ``ffprobe`` once per file, as many at once as the process has cores (the
   median of its own reps, on a subset of the files, since each spawn costs
@@ -31,10 +37,19 @@ drift hits both alike; ``rep_ratios`` lists them):
   bare ``os.scandir`` + ``stat`` walk of the same tree, by path (the scan
   walks by directory descriptors). Target 0.6x. A rescan takes a tenth of a
   second, so this one runs :data:`RESCAN_REPS` reps.
+* ``rescan_walk_floor`` (no target): the scan's own walk (``walk_videos``)
+  alone, in the same reps against the same bare walks, and
+  ``parts_median_ms``: the medians of the rescan, of that walk and of the one
+  query of the stored fingerprints (``VideoLibrary.survey`` with an empty
+  walk, one thread hop included). Each is timed on its own, so they need not
+  add up.
 * ``scan_health_under_scan``: ``GET /health`` p99 on a real server
   (``python -m stoat_ferret``, default settings) while it probes a first scan
   of 10,000 files, against its p99 idle; measured by ``bench_api``'s
-  ``api_health_under_scan`` (its docstring says how). Target <= 1.5x.
+  ``api_health_under_scan`` (its docstring says how). Target <= 1.5x. The
+  line also gives ``idle_load_ratio``: the p99 while processes of their own
+  keep as many cores busy at ``SCHED_IDLE`` as the scan has probe threads,
+  against idle; the machine's part of the figure, without the GIL.
 * ``scan_retained_jobs_rss``: in a fresh process, 10,000 finished scan jobs
   retained by a ``JobSupervisor``, each of which met 1,000 unreadable files
   with 200-character names (their errors go through the scan's own
@@ -71,7 +86,14 @@ from loguru import logger
 
 from bench._common import emit
 from stoat_ferret.jobs import JobContext
-from stoat_ferret.library import ThreadPriority, VideoLibrary, make_scan_handler
+from stoat_ferret.library import (
+    ErrorLog,
+    ThreadPriority,
+    VideoLibrary,
+    make_scan_handler,
+    probe_video,
+    walk_videos,
+)
 from stoat_ferret.settings import default_probe_threads, usable_cores
 from tests.videos import make_video
 
@@ -115,13 +137,15 @@ def main(quick: bool = False) -> None:
         with tempfile.TemporaryDirectory(prefix="stoat-bench-") as scratch:
             base = Path(scratch)
             first_tree = _make_clip_tree(base / "first", first_files)
-            first, normal = _bench_first_scan(base, first_tree, reps)
+            first, normal, probe_floor = _bench_first_scan(base, first_tree, reps)
             emit(**first, quick=quick)
             emit(**normal, quick=quick)
+            emit(**probe_floor, quick=quick)
             emit(**_bench_ffprobe(first_tree, first["files_per_s"], reps, quick=quick), quick=quick)
             rescan_tree = _make_link_tree(base / "rescan", first_tree, rescan_files)
             rescan_reps = reps if quick else RESCAN_REPS
-            emit(**_bench_rescan(base, rescan_tree, rescan_files, rescan_reps), quick=quick)
+            for line in _bench_rescan(base, rescan_tree, rescan_files, rescan_reps):
+                emit(**line, quick=quick)
             emit(**_bench_health(base / "health", reps, quick=quick), quick=quick)
         emit(**_retained_jobs(quick=quick), quick=quick)
     finally:
@@ -187,19 +211,32 @@ def _bare_pyav(paths: list[str], threads: int) -> float:
     return time.perf_counter() - started
 
 
+def _probe_floor(paths: list[str], threads: int) -> float:
+    """``probe_video`` alone on every file, in ``threads`` plain threads: what
+    the scan's probe costs without its walk, its store or its event loop."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(probe_video, paths))
+    return time.perf_counter() - started
+
+
 def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str, Any]]:
     """``scan_first`` (default settings), and the same scan with normal-priority
     probe threads (``scan_first_normal_priority``, against the same baselines):
     on a machine busy with other work, ``SCHED_IDLE`` threads get only the
-    cores nothing else wants, which the pair shows."""
+    cores nothing else wants, which the pair shows. ``scan_first_probe_floor``
+    (no target) times ``probe_video`` alone in the scan's thread count in
+    the same reps: the most a scan that probes with it can reach here."""
     load_before = os.getloadavg()[0]
     root = Path(paths[0]).parents[1]
     scans: dict[ThreadPriority, list[float]] = {priority: [] for priority in ThreadPriority}
     bare: list[float] = []
+    floor: list[float] = []
     selection = {threads: _bare_pyav(paths, threads) for threads in BARE_THREADS}
     fastest = min(selection, key=selection.__getitem__)
     for rep in range(reps):
         bare.append(_bare_pyav(paths, fastest))
+        floor.append(_probe_floor(paths, THREADS))
         for priority, seconds_list in scans.items():
             database = base / f"first-{rep}-{priority.value}.sqlite"
             seconds, result = anyio.run(_timed_scan, database, root, priority)
@@ -210,13 +247,26 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str,
         "baseline_selection_s": {str(k): round(v, 3) for k, v in selection.items()},
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    baseline = f"pyav_bare_{fastest}_threads_best_of_1_2_4"
+    probe_floor = _figure(
+        "scan_first_probe_floor",
+        files=len(paths),
+        seconds=floor,
+        baseline=baseline,
+        baseline_files=len(paths),
+        baseline_seconds=bare,
+        target=None,
+    )
+    probe_floor["scan_first_vs_floor"] = round(
+        statistics.median(floor) / statistics.median(scans[ThreadPriority.IDLE]), 3
+    )
     return [
         {
             **_figure(
                 name,
                 files=len(paths),
                 seconds=scans[priority],
-                baseline=f"pyav_bare_{fastest}_threads_best_of_1_2_4",
+                baseline=baseline,
                 baseline_files=len(paths),
                 baseline_seconds=bare,
                 target=0.8,
@@ -228,7 +278,7 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str,
             ("scan_first", ThreadPriority.IDLE),
             ("scan_first_normal_priority", ThreadPriority.NORMAL),
         )
-    ]
+    ] + [{**probe_floor, **extra}]
 
 
 def _bench_ffprobe(
@@ -278,32 +328,62 @@ def _bare_walk(root: Path) -> float:
     return time.perf_counter() - started
 
 
-def _bench_rescan(base: Path, root: Path, count: int, reps: int) -> dict[str, Any]:
-    async def run() -> tuple[list[float], list[float]]:
-        rescans: list[float] = []
-        bare: list[float] = []
+def _bench_rescan(base: Path, root: Path, count: int, reps: int) -> list[dict[str, Any]]:
+    """``rescan_unchanged``, and ``rescan_walk_floor`` (no target): the scan's
+    own walk alone against the same bare walks, with the times of two parts
+    of a rescan measured in the same reps: the walk, and the one query of
+    the stored fingerprints."""
+
+    async def run() -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {"rescan": [], "bare": [], "walk": [], "query": []}
         async with await VideoLibrary.open(base / "rescan.sqlite") as library:
             handler = make_scan_handler(library, roots=[root], probe_threads=THREADS)
             first = await handler(_context(root))  # probes every file once; not timed
             _check(first["added"] == count, f"setup scan added {first['added']} of {count}")
             for _ in range(reps):
-                bare.append(_bare_walk(root))
+                times["bare"].append(_bare_walk(root))
                 started = time.perf_counter()
                 result = await handler(_context(root))
-                rescans.append(time.perf_counter() - started)
+                times["rescan"].append(time.perf_counter() - started)
                 _check(result["unchanged"] == count, f"rescan: {result['unchanged']} unchanged")
-        return rescans, bare
+                started = time.perf_counter()
+                walk_videos(str(root), recursive=True, errors=ErrorLog())
+                times["walk"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                known = await library.survey(
+                    dict, str(root), recursive=True, compare=lambda found, stored: stored
+                )
+                times["query"].append(time.perf_counter() - started)
+                _check(len(known) == count, f"{len(known)} stored fingerprints")
+        return times
 
-    rescans, bare = anyio.run(run)
-    return _figure(
-        "rescan_unchanged",
-        files=count,
-        seconds=rescans,
-        baseline="bare_scandir_stat",
-        baseline_files=count,
-        baseline_seconds=bare,
-        target=0.6,
-    )
+    times = anyio.run(run)
+
+    def median_ms(part: str) -> float:
+        return round(statistics.median(times[part]) * 1000, 2)
+
+    def figure(name: str, part: str, target: float | None) -> dict[str, Any]:
+        return _figure(
+            name,
+            files=count,
+            seconds=times[part],
+            baseline="bare_scandir_stat",
+            baseline_files=count,
+            baseline_seconds=times["bare"],
+            target=target,
+        )
+
+    return [
+        figure("rescan_unchanged", "rescan", 0.6),
+        {
+            **figure("rescan_walk_floor", "walk", None),
+            "parts_median_ms": {
+                "rescan": median_ms("rescan"),
+                "walk": median_ms("walk"),
+                "fingerprints_query": median_ms("query"),
+            },
+        },
+    ]
 
 
 def _bench_health(base: Path, reps: int, *, quick: bool) -> dict[str, Any]:
@@ -343,9 +423,10 @@ def _figure(
     baseline: str,
     baseline_files: int,
     baseline_seconds: list[float],
-    target: float,
+    target: float | None,
 ) -> dict[str, Any]:
-    """One figure line: the median of the per-rep ratios of files per second."""
+    """One figure line: the median of the per-rep ratios of files per second.
+    A ``target`` of None marks a line that explains another: its ``ok`` is None."""
     rate = files / statistics.median(seconds)
     baseline_rate = baseline_files / statistics.median(baseline_seconds)
     rep_ratios = [
@@ -363,7 +444,7 @@ def _figure(
         "baseline_median_ms": round(statistics.median(baseline_seconds) * 1000, 2),
         "ratio": round(ratio, 3),
         "target": target,
-        "ok": ratio >= target,
+        "ok": None if target is None else ratio >= target,
         "rep_ratios": [round(value, 3) for value in rep_ratios],
         "reps": len(seconds),
         "threads": THREADS,
