@@ -35,7 +35,8 @@ from stoat_ferret.library._probe import READ_LIMIT, probe_video
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._scangate import then_thumbnails
-from stoat_ferret.library._store import SCHEMA_VERSION, VideoStore
+from stoat_ferret.library._schema import SCHEMA_VERSION
+from stoat_ferret.library._store import VideoStore
 from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,

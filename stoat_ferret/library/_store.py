@@ -11,8 +11,7 @@ committed batches, never consistency), ``busy_timeout`` for other processes.
 Each write method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction, so a batch
 is written whole or not at all.
 
-Schema: ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; :data:`_MIGRATIONS`
-brings an older file up to date inside one transaction at open time.
+Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``.
 
 Scan errors. ``scan_errors`` holds every ``errors`` entry of a scan, in the
 order met, keyed by job id; a job's result lists only the first few. Each
@@ -22,14 +21,6 @@ a scan that no longer owns it (a later scan of the same directory started
 meanwhile) stores nothing more, so a list is never a mix of two scans. The
 owners are kept in memory, and the table is emptied when the store opens:
 job ids do not outlive the process.
-
-Migrations are numbered: ``_MIGRATIONS[n]`` takes a file from version
-``n - 1`` to ``n``, and a file of any earlier version is brought up to date
-step by step. Version 2 adds the ``scan_errors`` table; version 3 adds the
-editing metadata columns and the indexes of sorted lists. A row written
-before version 3 has ``probe_version`` NULL; the scope query reports such a
-row's size as -1, which no file has, so the next scan probes the file again
-and counts it as updated, once.
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.
@@ -48,11 +39,10 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._models import (
-    METADATA_FIELDS,
     Fingerprint,
     Video,
     VideoFilter,
@@ -66,153 +56,13 @@ from stoat_ferret.library._query import (
     subtree_bounds,
     walk_sort_index,
 )
+from stoat_ferret.library._rows import COLUMNS, UPSERT, record_row, stored_video
+from stoat_ferret.library._schema import PROBE_VERSION, migrate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Sequence
 
-SCHEMA_VERSION: Final = 3
-"""The schema this code reads and writes, kept in ``PRAGMA user_version``."""
-
 BUSY_TIMEOUT_MS: Final = 5_000
-
-PROBE_VERSION: Final = 2
-"""What a row's probe recorded: 2 is the editing metadata. A row with an older
-(or no) version is probed again by the next scan of its file."""
-
-# Column -> SQLite type of the editing metadata (version 2), in METADATA_FIELDS order.
-_METADATA_COLUMNS: Final = {
-    "container_format": "TEXT",
-    "bit_rate": "INTEGER",
-    "video_bit_rate": "INTEGER",
-    "pixel_format": "TEXT",
-    "bit_depth": "INTEGER",
-    "color_space": "TEXT",
-    "color_transfer": "TEXT",
-    "color_primaries": "TEXT",
-    "color_range": "TEXT",
-    "rotation": "INTEGER",
-    "display_width": "INTEGER",
-    "display_height": "INTEGER",
-    "sample_aspect_ratio": "TEXT",
-    "interlaced": "INTEGER",
-    "video_stream_count": "INTEGER",
-    "audio_stream_count": "INTEGER",
-    "subtitle_stream_count": "INTEGER",
-    "audio_channels": "INTEGER",
-    "audio_channel_layout": "TEXT",
-    "audio_sample_rate": "INTEGER",
-    "timecode": "TEXT",
-    "creation_time": "TEXT",
-}
-
-# Statements that take the schema from version N - 1 to version N.
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
-    1: (
-        """
-        CREATE TABLE videos (
-            id INTEGER PRIMARY KEY,
-            path TEXT NOT NULL UNIQUE,
-            directory TEXT NOT NULL,
-            filename TEXT NOT NULL,
-            size_bytes INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL,
-            duration_seconds REAL,
-            duration_frames INTEGER,
-            width INTEGER,
-            height INTEGER,
-            frame_rate_numerator INTEGER,
-            frame_rate_denominator INTEGER,
-            video_codec TEXT,
-            audio_codec TEXT,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL
-        ) STRICT
-        """,
-        "CREATE INDEX videos_directory ON videos (directory)",
-        # Covers the recursive scope query, so a rescan reads the index only.
-        "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns)",
-    ),
-    2: (
-        """
-        CREATE TABLE scan_errors (
-            job_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            directory TEXT NOT NULL,
-            recursive INTEGER NOT NULL,
-            path TEXT NOT NULL,
-            error TEXT NOT NULL,
-            PRIMARY KEY (job_id, seq)
-        ) STRICT
-        """,
-        "CREATE INDEX scan_errors_scope ON scan_errors (directory, recursive)",
-    ),
-    3: (
-        *(
-            f"ALTER TABLE videos ADD COLUMN {name} {kind}"
-            for name, kind in _METADATA_COLUMNS.items()
-        ),
-        "ALTER TABLE videos ADD COLUMN probe_version INTEGER",
-        "ALTER TABLE videos ADD COLUMN search_path TEXT",
-        # search_key is registered on the connection by VideoStore.open: Python's
-        # normalisation and case folding, as the rows written later get.
-        "UPDATE videos SET search_path = search_key(path)",
-        # The scope query reads probe_version too: keep it covered by one index.
-        "DROP INDEX videos_fingerprint",
-        "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
-        # One per sort key (path has its own), for sorted pages.
-        # Filenames sort with ASCII case folded (SQLite's NOCASE), as a file manager would.
-        "CREATE INDEX videos_filename ON videos (filename COLLATE NOCASE)",
-        "CREATE INDEX videos_duration ON videos (duration_seconds)",
-        "CREATE INDEX videos_size ON videos (size_bytes)",
-        "CREATE INDEX videos_width ON videos (width)",
-        "CREATE INDEX videos_height ON videos (height)",
-        "CREATE INDEX videos_updated ON videos (updated_at)",
-        # The equality filters. The size and duration bounds ride along, so a
-        # count of "mp4 at least 1280 wide" reads one index and no row (0.8 ms
-        # instead of 48 ms for 50,000 matches of 100,000 videos).
-        "CREATE INDEX videos_video_codec ON videos (video_codec, width, height, duration_seconds)",
-        "CREATE INDEX videos_container ON videos"
-        " (container_format, width, height, duration_seconds)",
-        "CREATE INDEX videos_audio_codec ON videos (audio_codec)",
-        # A search reads every path: this index holds them in a tenth of the table's pages.
-        "CREATE INDEX videos_search ON videos (search_path)",
-    ),
-}
-
-_METADATA: Final = ", ".join(METADATA_FIELDS)
-
-_COLUMNS: Final = (
-    "id, path, filename, size_bytes, mtime_ns, duration_seconds, duration_frames,"
-    " width, height, frame_rate_numerator, frame_rate_denominator, video_codec,"
-    f" audio_codec, created_at, updated_at, {_METADATA}"
-)
-
-# Written by every upsert, after path; created_at is kept on update.
-_WRITTEN: Final = (
-    "directory",
-    "filename",
-    "size_bytes",
-    "mtime_ns",
-    "duration_seconds",
-    "duration_frames",
-    "width",
-    "height",
-    "frame_rate_numerator",
-    "frame_rate_denominator",
-    "video_codec",
-    "audio_codec",
-    *METADATA_FIELDS,
-    "probe_version",
-    "search_path",
-    "updated_at",
-)
-
-_UPSERT: Final = f"""
-INSERT INTO videos (path, {", ".join(_WRITTEN)}, created_at)
-VALUES ({", ".join("?" * (len(_WRITTEN) + 2))})
-ON CONFLICT (path) DO UPDATE SET
-    {", ".join(f"{name} = excluded.{name}" for name in _WRITTEN)}
-"""
 
 
 class VideoStore:
@@ -254,7 +104,7 @@ class VideoStore:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.create_function("search_key", 1, search_key, deterministic=True)
-            _migrate(connection, name)
+            migrate(connection, name)
             connection.execute("DELETE FROM scan_errors")  # its jobs are gone
         except sqlite3.Error as exc:
             connection.close()
@@ -302,25 +152,25 @@ class VideoStore:
             if condition and total:
                 (stored,) = connection.execute("SELECT count(*) FROM videos").fetchone()
                 walk = walk_sort_index(total, stored, limit + offset)
-            query, args = page_query(_COLUMNS, where, formats, walk=walk)
+            query, args = page_query(COLUMNS, where, formats, walk=walk)
             rows = connection.execute(query, (*args, limit, offset)).fetchall()
-        return [_video(row) for row in rows], int(total)
+        return [stored_video(row) for row in rows], int(total)
 
     def get_video(self, video_id: int) -> Video | None:
         """Return the video with this id, or None."""
         with self._reading() as connection:
             row = connection.execute(
-                f"SELECT {_COLUMNS} FROM videos WHERE id = ?", (video_id,)
+                f"SELECT {COLUMNS} FROM videos WHERE id = ?", (video_id,)
             ).fetchone()
-        return None if row is None else _video(row)
+        return None if row is None else stored_video(row)
 
     def get_video_by_path(self, path: str) -> Video | None:
         """Return the video stored under this resolved path, or None."""
         with self._reading() as connection:
             row = connection.execute(
-                f"SELECT {_COLUMNS} FROM videos WHERE path = ?", (path,)
+                f"SELECT {COLUMNS} FROM videos WHERE path = ?", (path,)
             ).fetchone()
-        return None if row is None else _video(row)
+        return None if row is None else stored_video(row)
 
     def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
         """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
@@ -380,10 +230,10 @@ class VideoStore:
         if not records and not deletions:
             return
         now = _timestamp(datetime.now(UTC))
-        rows = [_row(record, now) for record in records]
+        rows = [record_row(record, now) for record in records]
         with self._writing() as connection:
             if rows:
-                connection.executemany(_UPSERT, rows)
+                connection.executemany(UPSERT, rows)
             deleted_ids = _delete_rows(connection, deletions, written_before)[1]
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
@@ -493,30 +343,7 @@ class VideoStore:
         return self._connection
 
 
-_CREATION_TIME: Final = METADATA_FIELDS.index("creation_time")
-
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
-
-
-def _migrate(connection: sqlite3.Connection, name: str) -> None:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = connection.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"cannot open video store {name}: schema version {version} is newer than"
-                f" the supported version {SCHEMA_VERSION}"
-            )
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[step]:
-                connection.execute(statement)
-        # PRAGMA takes no parameters; SCHEMA_VERSION is an int constant.
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
 
 
 def _timestamp(moment: datetime) -> str:
@@ -566,63 +393,6 @@ def _insert_errors(
             for index, (path, error) in enumerate(errors)
         ),
     )
-
-
-def _row(record: VideoRecord, now: str) -> tuple[Any, ...]:
-    probe = record.probe
-    rate = probe.frame_rate
-    metadata = [getattr(probe, name) for name in METADATA_FIELDS]
-    created = probe.creation_time
-    metadata[_CREATION_TIME] = None if created is None else created.isoformat()
-    return (
-        record.path,
-        record.directory,
-        record.filename,
-        record.size_bytes,
-        record.mtime_ns,
-        probe.duration_seconds,
-        probe.duration_frames,
-        probe.width,
-        probe.height,
-        None if rate is None else rate.numerator,
-        None if rate is None else rate.denominator,
-        probe.video_codec,
-        probe.audio_codec,
-        *metadata,
-        PROBE_VERSION,
-        search_key(record.path),
-        now,
-        now,
-    )
-
-
-def _video(row: tuple[Any, ...]) -> Video:
-    return Video(
-        id=row[0],
-        path=row[1],
-        filename=row[2],
-        size_bytes=row[3],
-        mtime_ns=row[4],
-        duration_seconds=row[5],
-        duration_frames=row[6],
-        width=row[7],
-        height=row[8],
-        frame_rate_numerator=row[9],
-        frame_rate_denominator=row[10],
-        video_codec=row[11],
-        audio_codec=row[12],
-        created_at=datetime.fromisoformat(row[13]),
-        updated_at=datetime.fromisoformat(row[14]),
-        **_metadata(row[15:]),
-    )
-
-
-def _metadata(values: Sequence[Any]) -> dict[str, Any]:
-    fields = dict(zip(METADATA_FIELDS, values, strict=True))
-    interlaced, created = fields["interlaced"], fields["creation_time"]
-    fields["interlaced"] = None if interlaced is None else bool(interlaced)
-    fields["creation_time"] = None if created is None else datetime.fromisoformat(created)
-    return fields
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:

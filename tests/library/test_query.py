@@ -11,7 +11,7 @@ import pytest
 
 from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _store
 from stoat_ferret.library._query import page_query, walk_sort_index
-from stoat_ferret.library._store import _COLUMNS
+from stoat_ferret.library._rows import COLUMNS
 from tests.library.support import record
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def test_a_walked_page_reads_the_sort_index(
     store: VideoStore, tmp_path: Path, sort: str, where: dict[str, Any]
 ) -> None:
     """Walking, every sort order reads its index in order: no temporary B-tree sorts rows."""
-    query, args = page_query(_COLUMNS, VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=True)
+    query, args = page_query(COLUMNS, VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=True)
 
     details = _plan(tmp_path, query, args)
 
@@ -203,7 +203,7 @@ def test_a_picked_page_reads_the_filter_index(
     store: VideoStore, tmp_path: Path, sort: str, where: dict[str, Any], index: str
 ) -> None:
     """Not walking, the filters' index picks the rows, which are then sorted."""
-    query, args = page_query(_COLUMNS, VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=False)
+    query, args = page_query(COLUMNS, VideoFilter(sort=sort, **where), ["mov,mp4,m4a"], walk=False)
 
     details = _plan(tmp_path, query, args)
 

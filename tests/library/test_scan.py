@@ -30,7 +30,7 @@ from stoat_ferret.library import (
     probe_video,
     walk_videos,
 )
-from stoat_ferret.library._store import _MIGRATIONS
+from stoat_ferret.library._schema import MIGRATIONS
 from tests.library.support import listed_path, make_context, path_of, watched_fifo
 from tests.videos import copy_video, make_video
 
@@ -696,7 +696,7 @@ async def test_a_row_stored_before_the_metadata_counts_as_updated_once(
     info = video.path.stat()
     database = tmp_path / "v1.sqlite"
     with contextlib.closing(sqlite3.connect(database)) as raw:
-        for statement in _MIGRATIONS[1]:
+        for statement in MIGRATIONS[1]:
             raw.execute(statement)
         raw.execute(
             "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns, video_codec,"

@@ -18,10 +18,10 @@ from stoat_ferret.library import (
     VideoFilter,
     VideoLibrary,
     VideoStore,
-    _store,
+    _schema,
 )
 from stoat_ferret.library._query import search_key, subtree_bounds
-from stoat_ferret.library._store import _MIGRATIONS
+from stoat_ferret.library._schema import MIGRATIONS
 from tests.library.support import record
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ def _database_at(path: Path, version: int) -> None:
     with contextlib.closing(sqlite3.connect(path)) as raw:
         raw.create_function("search_key", 1, search_key, deterministic=True)
         for step in range(1, version + 1):
-            for statement in _MIGRATIONS[step]:
+            for statement in MIGRATIONS[step]:
                 raw.execute(statement)
         if version >= 1:
             raw.execute(
@@ -423,9 +423,9 @@ def test_a_failed_migration_changes_nothing(
     schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
     with contextlib.closing(sqlite3.connect(path)) as raw:
         before = raw.execute(schema).fetchall()
-    last = _MIGRATIONS[SCHEMA_VERSION]
-    broken = {**_store._MIGRATIONS, SCHEMA_VERSION: (*last[:3], "THIS IS NOT SQL")}
-    monkeypatch.setattr(_store, "_MIGRATIONS", broken)
+    last = MIGRATIONS[SCHEMA_VERSION]
+    broken = {**_schema.MIGRATIONS, SCHEMA_VERSION: (*last[:3], "THIS IS NOT SQL")}
+    monkeypatch.setattr(_schema, "MIGRATIONS", broken)
 
     with pytest.raises(StoreError, match="syntax error"):
         VideoStore.open(path)
@@ -438,7 +438,7 @@ def test_a_failed_migration_changes_nothing(
 
 def test_metadata_columns_match_the_fields() -> None:
     """The migration adds one column per metadata field, in the same order."""
-    assert tuple(_store._METADATA_COLUMNS) == METADATA_FIELDS
+    assert tuple(_schema.METADATA_COLUMNS) == METADATA_FIELDS
 
 
 def test_metadata_round_trips(store: VideoStore) -> None:
