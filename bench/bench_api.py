@@ -71,6 +71,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from bench._common import emit
 from bench.bench_scan import _VARIANTS, THREADS, _make_clip_tree, _make_link_tree
+from tests.flake import SPIN
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -235,6 +236,12 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     links). After each rep every job still pending or running (the scan; the
     ``thumbnails`` job a scan that completed submits) is cancelled, and the
     next idle phase starts only once none is left.
+
+    Each rep also takes ``requests`` latencies with no scan, beside one busy
+    loop per probe thread at ``SCHED_IDLE``, each in a process of its own
+    (:func:`_idle_load`), just before or just after its idle phase, in turns:
+    ``idle_load_ratio`` is their p99 against idle, the part of the figure that
+    busy cores alone account for.
     """
     load_before = os.getloadavg()[0]
     roots = base / "roots"
@@ -262,9 +269,13 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
                 f"the scans kept ending before the window; trees of {sizes} files",
             )
             tree = _make_link_tree(roots / f"tree{trees}", [_copy_clip(clips, trees)], files)
-            idle_sample = _health_latencies(client, requests)
+            # Idle, and beside idle-priority load, in turns: drift hits both alike.
+            if trees % 2:
+                idle_sample = _health_latencies(client, requests)
             with _idle_load(THREADS):
                 loaded_sample = _health_latencies(client, requests)
+            if not trees % 2:
+                idle_sample = _health_latencies(client, requests)
             job_id = _start_probing(client, tree)
             started = _job(client, job_id)
             window_started = time.perf_counter()
@@ -332,34 +343,34 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     }
 
 
-_IDLE_LOOP: Final = """\
+_IDLE_LOOP: Final = (
+    """\
 import os, sys
 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 sys.stdout.write("ready\\n")
 sys.stdout.flush()
-while True:
-    pass
 """
+    + SPIN  # spins until this process ends, however it ends
+)
 
 
 @contextlib.contextmanager
 def _idle_load(processes: int) -> Iterator[None]:
     """``processes`` busy loops at ``SCHED_IDLE``, each in a process of its own:
-    cores kept as busy as a scan's probe threads keep them, by work that
-    shares no GIL with the server."""
-    loops = [
-        subprocess.Popen([sys.executable, "-c", _IDLE_LOOP], stdout=subprocess.PIPE)
-        for _ in range(processes)
-    ]
-    try:
-        for loop in loops:
+    cores kept at least as busy as a scan's probe threads keep them, by work
+    that shares no GIL with the server. Each loop ends when it is killed on
+    the way out, or by itself once this process is gone."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(processes):
+            loop = stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", _IDLE_LOOP, str(os.getpid())], stdout=subprocess.PIPE
+                )
+            )
+            stack.callback(loop.kill)  # before Popen's exit closes the pipe and waits
             assert loop.stdout is not None
             _check(loop.stdout.readline() == b"ready\n", "a SCHED_IDLE busy loop did not start")
         yield
-    finally:
-        for loop in loops:
-            loop.kill()
-            loop.wait()
 
 
 def _copy_clip(clips: list[str], index: int) -> str:

@@ -23,11 +23,10 @@ drift hits both alike; ``rep_ratios`` lists them):
   ``scan_first`` is other work on the machine taking the cores that
   ``SCHED_IDLE`` threads yield.
 * ``scan_first_probe_floor`` (no target): ``probe_video`` alone on the same
-  files in the scan's number of plain threads, timed in the same reps against
-  the same baselines: the scan without its walk, its store and its event
-  loop, so the most a scan that probes with ``probe_video`` in threads of
-  one process can reach here (``scan_first_vs_floor``: the scan's time as a
-  share of it).
+  files, in as many threads as the scan has and at the same ``SCHED_IDLE``
+  priority, timed in the same reps against the same baselines: the scan
+  without its walk, its store and its event loop. ``scan_first_vs_floor`` is
+  the median of the per-rep ratios of the scan's speed to this one's.
 * ``scan_first_vs_ffprobe``: the same scan (its median rate) against spawning
   ``ffprobe`` once per file, as many at once as the process has cores (the
   median of its own reps, on a subset of the files, since each spawn costs
@@ -90,6 +89,7 @@ from stoat_ferret.library import (
     ErrorLog,
     ThreadPriority,
     VideoLibrary,
+    lower_priority,
     make_scan_handler,
     probe_video,
     walk_videos,
@@ -212,10 +212,11 @@ def _bare_pyav(paths: list[str], threads: int) -> float:
 
 
 def _probe_floor(paths: list[str], threads: int) -> float:
-    """``probe_video`` alone on every file, in ``threads`` plain threads: what
-    the scan's probe costs without its walk, its store or its event loop."""
+    """``probe_video`` alone on every file, in ``threads`` threads at
+    ``SCHED_IDLE`` as the scan's are: what the scan's probe costs without its
+    walk, its store or its event loop."""
     started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads, initializer=lower_priority) as pool:
         list(pool.map(probe_video, paths))
     return time.perf_counter() - started
 
@@ -225,8 +226,8 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str,
     probe threads (``scan_first_normal_priority``, against the same baselines):
     on a machine busy with other work, ``SCHED_IDLE`` threads get only the
     cores nothing else wants, which the pair shows. ``scan_first_probe_floor``
-    (no target) times ``probe_video`` alone in the scan's thread count in
-    the same reps: the most a scan that probes with it can reach here."""
+    (no target) times ``probe_video`` alone, in the scan's threads and
+    priority, in the same reps."""
     load_before = os.getloadavg()[0]
     root = Path(paths[0]).parents[1]
     scans: dict[ThreadPriority, list[float]] = {priority: [] for priority in ThreadPriority}
@@ -258,8 +259,12 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str,
         target=None,
     )
     probe_floor["scan_first_vs_floor"] = round(
-        statistics.median(floor) / statistics.median(scans[ThreadPriority.IDLE]), 3
+        statistics.median(
+            alone / scan for alone, scan in zip(floor, scans[ThreadPriority.IDLE], strict=True)
+        ),
+        3,
     )
+    probe_floor["probe_priority"] = ThreadPriority.IDLE.value
     return [
         {
             **_figure(

@@ -50,8 +50,9 @@ def deadline_reached(scope: CancelScope) -> bool:
 
     The clock is read too because on asyncio a passed deadline cancels the
     scope only when the event loop runs its timer, which a busy loop runs
-    late (trio's ``cancel_called`` reads the clock itself): both backends
-    then agree on which reason came first.
+    late, and trio's ``cancel_called`` reads the clock only while the scope
+    is active (the worker asks after it has exited): both backends then
+    agree on which reason came first.
     """
     return scope.cancel_called or anyio.current_time() >= scope.deadline
 

@@ -33,10 +33,17 @@ async def _sleeps(ctx: JobContext) -> Any:
 
 
 async def _run(
-    assignments: list[Assignment], shared: Shared, *, close: bool = False
+    assignments: list[Assignment],
+    shared: Shared,
+    *,
+    close: bool = False,
+    host: anyio.CancelScope | None = None,
+    raises: type[BaseException] | None = None,
 ) -> list[Message]:
     """Feed ``assignments`` to one worker (after ``shared.close()`` if ``close``),
-    end the stream, return what it sent."""
+    end the stream, return what it sent. The worker runs inside ``host``, a
+    scope a handler may cancel as a hard stop would, and must end raising
+    ``raises`` if given."""
     work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
     inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
     for assignment in assignments:
@@ -45,8 +52,12 @@ async def _run(
     work_send.close()
     if close:
         shared.close()
-    with anyio.fail_after(10):
-        await run_worker(work_receive, inbox_send, shared, lambda *args: None)
+    with anyio.fail_after(10), host or anyio.CancelScope():
+        if raises is None:
+            await run_worker(work_receive, inbox_send, shared, lambda *args: None)
+        else:
+            with pytest.raises(raises):
+                await run_worker(work_receive, inbox_send, shared, lambda *args: None)
     inbox_send.close()
     with inbox_receive:
         return [message async for message in inbox_receive]
@@ -103,38 +114,19 @@ async def test_withdrawn_and_closing_jobs_are_skipped() -> None:
     assert shared.taken == 2  # slots of jobs that never started are the actor's to give back
 
 
-async def _cancel_mid_job(timeout: float) -> list[Message]:
-    """Run one job that waits for ever; once it runs, cancel the worker from
-    outside (a hard stop). Return what the worker sent."""
-    entered = anyio.Event()
-
-    async def waits(ctx: JobContext) -> None:
-        entered.set()
-        await anyio.sleep_forever()
-
-    work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
-    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
-    shared = _shared()
-    shared.take()
-    work_send.send_nowait(Assignment("a", "t", None, timeout, waits))
-    work_send.close()
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as host:
-            host.start_soon(run_worker, work_receive, inbox_send, shared, lambda *args: None)
-            await entered.wait()
-            host.cancel_scope.cancel()
-    assert host.cancel_scope.cancelled_caught  # the worker let the cancellation through
-    inbox_send.close()
-    with inbox_receive:
-        return [message async for message in inbox_receive]
-
-
 async def test_a_worker_cancelled_mid_job_reports_the_job_cancelled() -> None:
     """A hard stop cancels the worker while its job runs, the job's own scope
-    not cancelled: the worker reports ``CANCEL`` on its way out."""
+    not cancelled: the worker reports ``CANCEL`` and lets the cancellation through."""
+    host = anyio.CancelScope()
 
-    started, finished = await _cancel_mid_job(5.0)
+    async def stopped(ctx: JobContext) -> None:
+        host.cancel()  # the scope hosting the worker: a hard stop
+        await anyio.sleep_forever()
 
+    messages = await _run([Assignment("a", "t", None, 60.0, stopped)], _shared(), host=host)
+
+    assert host.cancelled_caught
+    started, finished = messages
     assert isinstance(started, JobStarted)
     assert finished == JobFinished("a", JobEvent.CANCEL)
 
@@ -143,31 +135,26 @@ class _Abort(BaseException):
     """What a handler raises to take the process down, as ``KeyboardInterrupt`` would."""
 
 
-@pytest.mark.parametrize(("stall", "event"), [(0.05, None), (0.0, JobEvent.CANCEL)])
-async def test_a_base_exception_after_the_deadline_passed_leaves_the_reason_to_it(
-    stall: float, event: JobEvent | None
+@pytest.mark.parametrize(
+    ("stall", "timeout", "event"), [(0.05, 0.01, None), (0.0, 60.0, JobEvent.CANCEL)]
+)
+async def test_a_base_exception_through_a_job_reports_timeout_once_its_deadline_passed(
+    stall: float, timeout: float, event: JobEvent | None
 ) -> None:
     """A handler blocks the loop for ``stall`` seconds, so no timer runs, then
-    raises a ``BaseException``. Its deadline (0.01 s) had passed: the worker
-    reports ``None``, the deadline came first and the job ends ``timeout``, on
-    both backends (trio's scope reads the clock; asyncio's waits for its
-    timer). It had not: ``CANCEL``. Either way the exception goes on."""
+    raises a ``BaseException``, which goes through the worker. Its deadline
+    had passed: the worker reports ``None`` (the deadline came first, the job
+    ends ``timeout``) on both backends, though asyncio's scope is cancelled
+    only when the loop runs its timer and trio's ``cancel_called`` stops
+    reading the clock once the scope has exited. It had not: ``CANCEL``."""
 
     async def blocks_then_aborts(ctx: JobContext) -> None:
         stall_the_loop(stall)
         raise _Abort
 
-    work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
-    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
-    shared = _shared()
-    shared.take()
-    work_send.send_nowait(Assignment("a", "t", None, 0.01, blocks_then_aborts))
-    work_send.close()
-    with anyio.fail_after(10), pytest.raises(_Abort):
-        await run_worker(work_receive, inbox_send, shared, lambda *args: None)
-    inbox_send.close()
-    with inbox_receive:
-        started, finished = [message async for message in inbox_receive]
+    started, finished = await _run(
+        [Assignment("a", "t", None, timeout, blocks_then_aborts)], _shared(), raises=_Abort
+    )
 
     assert isinstance(started, JobStarted)
     assert finished == JobFinished("a", event)
