@@ -22,11 +22,12 @@ drift hits both alike; ``rep_ratios`` lists them):
   the same baselines. Not a target: it shows how much of a shortfall of
   ``scan_first`` is other work on the machine taking the cores that
   ``SCHED_IDLE`` threads yield.
-* ``scan_first_probe_floor`` (no target): ``probe_video`` alone on the same
-  files, in as many threads as the scan has and at the same ``SCHED_IDLE``
-  priority, timed in the same reps against the same baselines: the scan
-  without its walk, its store and its event loop. ``scan_first_vs_floor`` is
-  the median of the per-rep ratios of the scan's speed to this one's.
+* ``scan_first_probe_only`` (no target): ``probe_video`` alone on the same
+  files, in as many threads as the scan has, at the same ``SCHED_IDLE``
+  priority and in chunks of :data:`PROBE_ONLY_CHUNK` files a call, timed in
+  the same reps against the same baselines: the scan without its walk, its
+  store and its event loop. ``scan_first_vs_probe_only`` is the median of the
+  per-rep ratios of the scan's speed to this one's.
 * ``scan_first_vs_ffprobe``: the same scan (its median rate) against spawning
   ``ffprobe`` once per file, as many at once as the process has cores (the
   median of its own reps, on a subset of the files, since each spawn costs
@@ -36,7 +37,7 @@ drift hits both alike; ``rep_ratios`` lists them):
   bare ``os.scandir`` + ``stat`` walk of the same tree, by path (the scan
   walks by directory descriptors). Target 0.6x. A rescan takes a tenth of a
   second, so this one runs :data:`RESCAN_REPS` reps.
-* ``rescan_walk_floor`` (no target): the scan's own walk (``walk_videos``)
+* ``rescan_walk_only`` (no target): the scan's own walk (``walk_videos``)
   alone, in the same reps against the same bare walks, and
   ``parts_median_ms``: the medians of the rescan, of that walk and of the one
   query of the stored fingerprints (``VideoLibrary.survey`` with an empty
@@ -89,6 +90,7 @@ from stoat_ferret.library import (
     ErrorLog,
     ThreadPriority,
     VideoLibrary,
+    VideoProbe,
     lower_priority,
     make_scan_handler,
     probe_video,
@@ -102,6 +104,10 @@ THREADS: Final = default_probe_threads(usable_cores())
 
 BARE_THREADS: Final = (1, 2, 4)
 """Thread counts of the bare PyAV loop; the fastest is the baseline."""
+
+PROBE_ONLY_CHUNK: Final = 64
+"""Files a call in ``scan_first_probe_only``: the scan's chunks of a big
+scan are as long (``MAX_PROBE_CHUNK`` in ``_scan.py``)."""
 
 FFPROBE_FILES: Final = 200
 RESCAN_REPS: Final = 11
@@ -137,10 +143,10 @@ def main(quick: bool = False) -> None:
         with tempfile.TemporaryDirectory(prefix="stoat-bench-") as scratch:
             base = Path(scratch)
             first_tree = _make_clip_tree(base / "first", first_files)
-            first, normal, probe_floor = _bench_first_scan(base, first_tree, reps)
+            first, normal, probe_only = _bench_first_scan(base, first_tree, reps)
             emit(**first, quick=quick)
             emit(**normal, quick=quick)
-            emit(**probe_floor, quick=quick)
+            emit(**probe_only, quick=quick)
             emit(**_bench_ffprobe(first_tree, first["files_per_s"], reps, quick=quick), quick=quick)
             rescan_tree = _make_link_tree(base / "rescan", first_tree, rescan_files)
             rescan_reps = reps if quick else RESCAN_REPS
@@ -211,13 +217,22 @@ def _bare_pyav(paths: list[str], threads: int) -> float:
     return time.perf_counter() - started
 
 
-def _probe_floor(paths: list[str], threads: int) -> float:
+def _probe_only(paths: list[str], threads: int) -> float:
     """``probe_video`` alone on every file, in ``threads`` threads at
-    ``SCHED_IDLE`` as the scan's are: what the scan's probe costs without its
-    walk, its store or its event loop."""
+    ``SCHED_IDLE`` as the scan's are, a chunk of files a call as the scan
+    hands them out (a thread's every result would otherwise wake this one,
+    which then takes the core from it): what the scan's probe costs without
+    its walk, its store or its event loop."""
+
+    def probe_all(chunk: list[str]) -> list[VideoProbe]:
+        return [probe_video(path) for path in chunk]
+
+    chunks = [
+        paths[start : start + PROBE_ONLY_CHUNK] for start in range(0, len(paths), PROBE_ONLY_CHUNK)
+    ]
     started = time.perf_counter()
     with ThreadPoolExecutor(threads, initializer=lower_priority) as pool:
-        list(pool.map(probe_video, paths))
+        list(pool.map(probe_all, chunks))
     return time.perf_counter() - started
 
 
@@ -225,19 +240,19 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str,
     """``scan_first`` (default settings), and the same scan with normal-priority
     probe threads (``scan_first_normal_priority``, against the same baselines):
     on a machine busy with other work, ``SCHED_IDLE`` threads get only the
-    cores nothing else wants, which the pair shows. ``scan_first_probe_floor``
+    cores nothing else wants, which the pair shows. ``scan_first_probe_only``
     (no target) times ``probe_video`` alone, in the scan's threads and
     priority, in the same reps."""
     load_before = os.getloadavg()[0]
     root = Path(paths[0]).parents[1]
     scans: dict[ThreadPriority, list[float]] = {priority: [] for priority in ThreadPriority}
     bare: list[float] = []
-    floor: list[float] = []
+    alone: list[float] = []
     selection = {threads: _bare_pyav(paths, threads) for threads in BARE_THREADS}
     fastest = min(selection, key=selection.__getitem__)
     for rep in range(reps):
         bare.append(_bare_pyav(paths, fastest))
-        floor.append(_probe_floor(paths, THREADS))
+        alone.append(_probe_only(paths, THREADS))
         for priority, seconds_list in scans.items():
             database = base / f"first-{rep}-{priority.value}.sqlite"
             seconds, result = anyio.run(_timed_scan, database, root, priority)
@@ -249,22 +264,22 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str,
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     baseline = f"pyav_bare_{fastest}_threads_best_of_1_2_4"
-    probe_floor = _figure(
-        "scan_first_probe_floor",
+    probe_only = _figure(
+        "scan_first_probe_only",
         files=len(paths),
-        seconds=floor,
+        seconds=alone,
         baseline=baseline,
         baseline_files=len(paths),
         baseline_seconds=bare,
         target=None,
     )
-    probe_floor["scan_first_vs_floor"] = round(
+    probe_only["scan_first_vs_probe_only"] = round(
         statistics.median(
-            alone / scan for alone, scan in zip(floor, scans[ThreadPriority.IDLE], strict=True)
+            probe / scan for probe, scan in zip(alone, scans[ThreadPriority.IDLE], strict=True)
         ),
         3,
     )
-    probe_floor["probe_priority"] = ThreadPriority.IDLE.value
+    probe_only["probe_priority"] = ThreadPriority.IDLE.value
     return [
         {
             **_figure(
@@ -283,7 +298,7 @@ def _bench_first_scan(base: Path, paths: list[str], reps: int) -> list[dict[str,
             ("scan_first", ThreadPriority.IDLE),
             ("scan_first_normal_priority", ThreadPriority.NORMAL),
         )
-    ] + [{**probe_floor, **extra}]
+    ] + [{**probe_only, **extra}]
 
 
 def _bench_ffprobe(
@@ -334,7 +349,7 @@ def _bare_walk(root: Path) -> float:
 
 
 def _bench_rescan(base: Path, root: Path, count: int, reps: int) -> list[dict[str, Any]]:
-    """``rescan_unchanged``, and ``rescan_walk_floor`` (no target): the scan's
+    """``rescan_unchanged``, and ``rescan_walk_only`` (no target): the scan's
     own walk alone against the same bare walks, with the times of two parts
     of a rescan measured in the same reps: the walk, and the one query of
     the stored fingerprints."""
@@ -381,7 +396,7 @@ def _bench_rescan(base: Path, root: Path, count: int, reps: int) -> list[dict[st
     return [
         figure("rescan_unchanged", "rescan", 0.6),
         {
-            **figure("rescan_walk_floor", "walk", None),
+            **figure("rescan_walk_only", "walk", None),
             "parts_median_ms": {
                 "rescan": median_ms("rescan"),
                 "walk": median_ms("walk"),
