@@ -24,8 +24,8 @@ drift hits both alike; ``rep_ratios`` lists them):
   ``SCHED_IDLE`` threads yield.
 * ``scan_first_probe_only`` (no target): ``probe_video`` alone on the same
   files, in as many threads as the scan has, at the same ``SCHED_IDLE``
-  priority and in chunks of :data:`PROBE_ONLY_CHUNK` files a call, timed in
-  the same reps against the same baselines: the scan without its walk, its
+  priority and in the scan's chunks (``probe_chunks``), timed in the same
+  reps against the same baselines: the scan without its walk, its
   store and its event loop. ``scan_first_vs_probe_only`` is the median of the
   per-rep ratios of the scan's speed to this one's.
 * ``scan_first_vs_ffprobe``: the same scan (its median rate) against spawning
@@ -96,6 +96,7 @@ from stoat_ferret.library import (
     probe_video,
     walk_videos,
 )
+from stoat_ferret.library._scan import probe_chunks
 from stoat_ferret.settings import default_probe_threads, usable_cores
 from tests.videos import make_video
 
@@ -104,10 +105,6 @@ THREADS: Final = default_probe_threads(usable_cores())
 
 BARE_THREADS: Final = (1, 2, 4)
 """Thread counts of the bare PyAV loop; the fastest is the baseline."""
-
-PROBE_ONLY_CHUNK: Final = 64
-"""Files a call in ``scan_first_probe_only``: the scan's chunks of a big
-scan are as long (``MAX_PROBE_CHUNK`` in ``_scan.py``)."""
 
 FFPROBE_FILES: Final = 200
 RESCAN_REPS: Final = 11
@@ -220,19 +217,16 @@ def _bare_pyav(paths: list[str], threads: int) -> float:
 def _probe_only(paths: list[str], threads: int) -> float:
     """``probe_video`` alone on every file, in ``threads`` threads at
     ``SCHED_IDLE`` as the scan's are, a chunk of files a call as the scan
-    hands them out (a thread's every result would otherwise wake this one,
-    which then takes the core from it): what the scan's probe costs without
-    its walk, its store or its event loop."""
+    hands them out (``probe_chunks``; a thread's every result would otherwise
+    wake this one, which then takes the core from it): what the scan's probe
+    costs without its walk, its store or its event loop."""
 
     def probe_all(chunk: list[str]) -> list[VideoProbe]:
         return [probe_video(path) for path in chunk]
 
-    chunks = [
-        paths[start : start + PROBE_ONLY_CHUNK] for start in range(0, len(paths), PROBE_ONLY_CHUNK)
-    ]
     started = time.perf_counter()
     with ThreadPoolExecutor(threads, initializer=lower_priority) as pool:
-        list(pool.map(probe_all, chunks))
+        list(pool.map(probe_all, probe_chunks(paths, threads)))
     return time.perf_counter() - started
 
 

@@ -29,7 +29,7 @@ COLUMNS: Final = (
 )
 
 # Written by every upsert, after path; created_at is kept on update.
-WRITTEN: Final = (
+_WRITTEN: Final = (
     "directory",
     "filename",
     "size_bytes",
@@ -49,10 +49,10 @@ WRITTEN: Final = (
 )
 
 UPSERT: Final = f"""
-INSERT INTO videos (path, {", ".join(WRITTEN)}, created_at)
-VALUES ({", ".join("?" * (len(WRITTEN) + 2))})
+INSERT INTO videos (path, {", ".join(_WRITTEN)}, created_at)
+VALUES ({", ".join("?" * (len(_WRITTEN) + 2))})
 ON CONFLICT (path) DO UPDATE SET
-    {", ".join(f"{name} = excluded.{name}" for name in WRITTEN)}
+    {", ".join(f"{name} = excluded.{name}" for name in _WRITTEN)}
 """
 
 _CREATION_TIME: Final = METADATA_FIELDS.index("creation_time")

@@ -110,7 +110,7 @@ PROBE_CHUNK: Final = 8
 
 MAX_PROBE_CHUNK: Final = 64
 """Files probed per worker-thread call, at most: the chunks of a big scan are
-this long until the end draws near (``_chunks``)."""
+this long until the end draws near (:func:`probe_chunks`)."""
 
 ScanHandler = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
@@ -315,7 +315,7 @@ class _Scan:
         )
         # Shared: each chunk is taken by exactly one worker, and cut only
         # then, so a first scan of a million files does not cut them all at once.
-        queue = _chunks(paths, self.workers)
+        queue = probe_chunks(paths, self.workers)
         async with anyio.create_task_group() as group:
             group.start_soon(self.guarded, group, self.write_batches, receive)
             async with send, anyio.create_task_group() as probers:
@@ -448,7 +448,7 @@ class _Scan:
                 await self.library.apply(records, stale, written_before=self.started)
 
 
-def _chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
+def probe_chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
     """``paths`` in chunks of :data:`PROBE_CHUNK` to :data:`MAX_PROBE_CHUNK`: a
     quarter of each worker's share of what is left, so that a big scan makes
     few trips to the threads and its last chunks still spread over them all."""

@@ -28,7 +28,8 @@ PROBE_VERSION: Final = 2
 """What a row's probe recorded: 2 is the editing metadata. A row with an older
 (or no) version is probed again by the next scan of its file."""
 
-# Column -> SQLite type of the editing metadata (version 2), in METADATA_FIELDS order.
+# Column -> SQLite type of the editing metadata (probe version 2; schema version 3
+# adds the columns), in METADATA_FIELDS order.
 METADATA_COLUMNS: Final = {
     "container_format": "TEXT",
     "bit_rate": "INTEGER",
@@ -131,6 +132,9 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 
 def migrate(connection: sqlite3.Connection, name: str) -> None:
     """Bring the open file ``name`` up to :data:`SCHEMA_VERSION`, in one transaction.
+
+    ``connection`` must have the ``search_key`` SQL function, which version 3
+    calls (``VideoStore.open`` registers it first).
 
     Raises:
         StoreError: the file's schema is newer than this code's.

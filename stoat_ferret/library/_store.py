@@ -90,7 +90,8 @@ class VideoStore:
 
         Raises:
             StoreError: The file cannot be created or opened, is not an SQLite
-                database, or has a schema newer than :data:`SCHEMA_VERSION`.
+                database, or has a schema newer than this code's
+                (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`).
         """
         name = os.fspath(path)
         try:

@@ -138,7 +138,7 @@ class _Abort(BaseException):
 @pytest.mark.parametrize(
     ("stall", "timeout", "event"), [(0.05, 0.01, None), (0.0, 60.0, JobEvent.CANCEL)]
 )
-async def test_a_base_exception_through_a_job_reports_timeout_once_its_deadline_passed(
+async def test_a_base_exception_through_a_job_reports_timeout_only_if_its_deadline_passed(
     stall: float, timeout: float, event: JobEvent | None
 ) -> None:
     """A handler blocks the loop for ``stall`` seconds, so no timer runs, then
@@ -158,3 +158,33 @@ async def test_a_base_exception_through_a_job_reports_timeout_once_its_deadline_
 
     assert isinstance(started, JobStarted)
     assert finished == JobFinished("a", event)
+
+
+async def test_a_base_exception_after_an_interruption_leaves_the_reason_to_it() -> None:
+    """The job's scope is cancelled (as the actor's ``cancel`` or the grace
+    period's end does), and the handler turns that into a ``BaseException``:
+    the worker reports ``None``, so the interruption, which came first, stays
+    the job's reason; the exception goes on."""
+    work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
+    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+
+    async def aborts_when_interrupted(ctx: JobContext) -> None:
+        started = inbox_receive.receive_nowait()  # sent by the worker before the handler ran
+        assert isinstance(started, JobStarted)
+        started.scope.cancel()  # the actor's interruption
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            raise _Abort from None
+
+    shared = _shared()
+    shared.take()
+    work_send.send_nowait(Assignment("a", "t", None, 60.0, aborts_when_interrupted))
+    work_send.close()
+    with anyio.fail_after(10), pytest.raises(_Abort):
+        await run_worker(work_receive, inbox_send, shared, lambda *args: None)
+    inbox_send.close()
+    with inbox_receive:
+        rest = [message async for message in inbox_receive]
+
+    assert rest == [JobFinished("a", None)]
