@@ -41,22 +41,11 @@ most 4), plus the keys and punctuation."""
 
 
 @attrs.frozen(kw_only=True)
-class VideoProbe:
-    """What :func:`probe_video` learned about one file, in ffprobe's terms.
+class _EditingMetadata:
+    """The editing metadata of a video (``_metadata.py`` reads it), shared by
+    :class:`VideoProbe` and :class:`Video`: None where the file does not say,
+    and in a row stored before the store had these columns, until its next scan."""
 
-    ``frame_rate`` is a reduced fraction equal to ffprobe's ``avg_frame_rate``
-    (or ``r_frame_rate`` when the average is unknown). ``audio_codec`` is None
-    when the file has no audio stream.
-    """
-
-    width: int | None
-    height: int | None
-    frame_rate: Fraction | None
-    duration_seconds: float | None
-    duration_frames: int | None
-    video_codec: str
-    audio_codec: str | None
-    # The editing metadata (``_metadata.py``); None where the file does not say.
     container_format: str | None = None
     bit_rate: int | None = None
     video_bit_rate: int | None = None
@@ -81,11 +70,33 @@ class VideoProbe:
     creation_time: datetime | None = None
 
 
-METADATA_FIELDS: tuple[str, ...] = tuple(
-    field.name for field in attrs.fields(VideoProbe) if field.default is None
-)
+METADATA_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(_EditingMetadata))
 """The editing metadata fields, in order: the same name in the probe, the
 stored video, the database column and the JSON."""
+
+
+def _metadata_last(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    """The class's own fields, then the metadata (attrs puts inherited fields
+    first): a repr then leads with what tells videos apart."""
+    return sorted(fields, key=lambda field: field.name in METADATA_FIELDS)
+
+
+@attrs.frozen(kw_only=True, field_transformer=_metadata_last)
+class VideoProbe(_EditingMetadata):
+    """What :func:`probe_video` learned about one file, in ffprobe's terms.
+
+    ``frame_rate`` is a reduced fraction equal to ffprobe's ``avg_frame_rate``
+    (or ``r_frame_rate`` when the average is unknown). ``audio_codec`` is None
+    when the file has no audio stream.
+    """
+
+    width: int | None
+    height: int | None
+    frame_rate: Fraction | None
+    duration_seconds: float | None
+    duration_frames: int | None
+    video_codec: str
+    audio_codec: str | None
 
 
 SORT_KEYS: tuple[str, ...] = (
@@ -145,8 +156,8 @@ class VideoRecord:
     probe: VideoProbe
 
 
-@attrs.frozen(kw_only=True)
-class Video:
+@attrs.frozen(kw_only=True, field_transformer=_metadata_last)
+class Video(_EditingMetadata):
     """One stored video, as the store returns it.
 
     ``path`` is absolute and resolved. ``mtime_ns`` is internal: the scan uses
@@ -169,29 +180,6 @@ class Video:
     audio_codec: str | None
     created_at: datetime
     updated_at: datetime
-    # The editing metadata: None in a row stored before it existed, until its next scan.
-    container_format: str | None = None
-    bit_rate: int | None = None
-    video_bit_rate: int | None = None
-    pixel_format: str | None = None
-    bit_depth: int | None = None
-    color_space: str | None = None
-    color_transfer: str | None = None
-    color_primaries: str | None = None
-    color_range: str | None = None
-    rotation: int | None = None
-    display_width: int | None = None
-    display_height: int | None = None
-    sample_aspect_ratio: str | None = None
-    interlaced: bool | None = None
-    video_stream_count: int | None = None
-    audio_stream_count: int | None = None
-    subtitle_stream_count: int | None = None
-    audio_channels: int | None = None
-    audio_channel_layout: str | None = None
-    audio_sample_rate: int | None = None
-    timecode: str | None = None
-    creation_time: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the video as a JSON-ready dict (timestamps as ISO 8601 UTC strings)."""
