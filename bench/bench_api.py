@@ -270,11 +270,12 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
             )
             tree = _make_link_tree(roots / f"tree{trees}", [_copy_clip(clips, trees)], files)
             # Idle, and beside idle-priority load, in turns: drift hits both alike.
-            if len(busy) % 2:
+            idle_first = len(busy) % 2 == 1
+            if idle_first:
                 idle_sample = _health_latencies(client, requests)
             with _idle_load(THREADS):
                 loaded_sample = _health_latencies(client, requests)
-            if not len(busy) % 2:
+            if not idle_first:
                 idle_sample = _health_latencies(client, requests)
             job_id = _start_probing(client, tree)
             started = _job(client, job_id)

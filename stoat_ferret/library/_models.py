@@ -76,8 +76,11 @@ stored video, the database column and the JSON."""
 
 
 def _metadata_last(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
-    """The class's own fields, then the metadata (attrs puts inherited fields
-    first): a repr then leads with what tells videos apart."""
+    """The fields of :data:`METADATA_FIELDS` after all others, each group in
+    its order (attrs puts inherited fields first): a repr then leads with what
+    tells videos apart. The classes that use it are ``kw_only``, so the order
+    never reaches a call; mypy's attrs plugin does not see the hook and keeps
+    attrs' order in ``attrs.fields``, which no code indexes."""
     return sorted(fields, key=lambda field: field.name in METADATA_FIELDS)
 
 
@@ -87,7 +90,8 @@ class VideoProbe(_EditingMetadata):
 
     ``frame_rate`` is a reduced fraction equal to ffprobe's ``avg_frame_rate``
     (or ``r_frame_rate`` when the average is unknown). ``audio_codec`` is None
-    when the file has no audio stream.
+    when the file has no audio stream. It also carries the editing metadata
+    (:data:`METADATA_FIELDS`, declared on ``_EditingMetadata``).
     """
 
     width: int | None
@@ -162,7 +166,8 @@ class Video(_EditingMetadata):
 
     ``path`` is absolute and resolved. ``mtime_ns`` is internal: the scan uses
     it to skip unchanged files, and :meth:`to_json` leaves it out. The two
-    timestamps are timezone-aware UTC.
+    timestamps are timezone-aware UTC. It also carries the editing metadata
+    (:data:`METADATA_FIELDS`, declared on ``_EditingMetadata``).
     """
 
     id: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import attrs
 import pytest
 
 from stoat_ferret.library import (
@@ -15,6 +16,7 @@ from stoat_ferret.library import (
     ScanError,
     Video,
     VideoFilter,
+    VideoProbe,
 )
 from stoat_ferret.library._models import iso_utc
 
@@ -103,6 +105,17 @@ def test_metadata_fields_are_the_issue_names() -> None:
         "timecode",
         "creation_time",
     )
+
+
+@pytest.mark.parametrize(("model", "first"), [(VideoProbe, "width"), (Video, "id")])
+def test_the_metadata_comes_after_a_models_own_fields(model: type, first: str) -> None:
+    """VideoProbe and Video declare the metadata once (a shared base) and still
+    list their own fields first, the metadata last in its order: reprs lead
+    with what tells videos apart."""
+    names = tuple(field.name for field in attrs.fields(model))
+
+    assert names[0] == first
+    assert names[-len(METADATA_FIELDS) :] == METADATA_FIELDS
 
 
 @pytest.mark.parametrize("sort", [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)])
