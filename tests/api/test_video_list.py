@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
+from stoat_ferret.api._schemas import VideoOut
 from stoat_ferret.api.app import create_app
-from stoat_ferret.library import METADATA_FIELDS, SORT_KEYS, VideoProbe, VideoRecord, VideoStore
+from stoat_ferret.library import (
+    METADATA_FIELDS,
+    SORT_KEYS,
+    Video,
+    VideoProbe,
+    VideoRecord,
+    VideoStore,
+)
 from tests.api.support import serving
 
 if TYPE_CHECKING:
@@ -233,6 +242,32 @@ async def test_the_openapi_schema_lists_the_parameters(shared_client: httpx.Asyn
     assert set(sort_schema["enum"]) == {*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)}
     video_schema = schema["components"]["schemas"]["VideoOut"]["properties"]
     assert set(METADATA_FIELDS) <= set(video_schema)
+
+
+def test_the_response_model_lists_every_key_of_a_video() -> None:
+    """``VideoOut``, the video routes' response model, has exactly the keys of
+    ``Video.to_json``, in order: FastAPI drops from every response a key the
+    model lacks, and the model is written out by hand (it carries the examples)."""
+    moment = datetime(2026, 1, 2, tzinfo=UTC)
+    video = Video(
+        id=1,
+        path="/v/a.mp4",
+        filename="a.mp4",
+        size_bytes=1,
+        mtime_ns=1,
+        duration_seconds=None,
+        duration_frames=None,
+        width=None,
+        height=None,
+        frame_rate_numerator=None,
+        frame_rate_denominator=None,
+        video_codec=None,
+        audio_codec=None,
+        created_at=moment,
+        updated_at=moment,
+    )
+
+    assert list(VideoOut.model_fields) == list(video.to_json())
 
 
 @pytest.mark.anyio
