@@ -19,8 +19,8 @@ moves single measurements by half for seconds at a time, hits both alike;
   again on a tree sized from the measured probe rate (``bench_health`` says
   how). Target: busy p99 <= 2x idle p99. Each rep also measures a third
   phase, no scan but one busy loop at ``SCHED_IDLE`` per probe thread, each
-  in a process of its own (``idle_load_ratio``): the cores kept as busy as
-  the scan keeps them, by work that shares no GIL with the server.
+  in a process of its own (``idle_load_ratio``): the cores kept at least as
+  busy as the scan keeps them, by work that shares no GIL with the server.
 * ``api_scan_submit``: scan requests accepted (202) per second against a bare
   FastAPI endpoint that only does ``asyncio.Queue.put_nowait``
   (``bench/_bare_app.py``), both served by one uvicorn process with the same
@@ -322,7 +322,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
         "ok": ratio <= 2.0,
         "rep_ratios": [round(value, 3) for value in rep_ratios],
         "ratio_of_medians": round(busy_p99 / idle_p99, 3),
-        # The machine's part: p99 while other processes keep THREADS cores
+        # The busy cores' part: p99 while other processes keep THREADS cores
         # busy at SCHED_IDLE, as the probe threads do, sharing no GIL.
         "idle_load_p99_ms": _ms(statistics.median(_p99(sample) for sample in loaded)),
         "idle_load_ratio": round(
