@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +13,12 @@ from stoat_ferret.api.app import create_app
 from stoat_ferret.library import (
     METADATA_FIELDS,
     SORT_KEYS,
-    Video,
     VideoProbe,
     VideoRecord,
     VideoStore,
 )
 from tests.api.support import serving
+from tests.library.support import a_video
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -248,24 +247,7 @@ def test_the_response_model_lists_every_key_of_a_video() -> None:
     """``VideoOut``, the video routes' response model, has exactly the keys of
     ``Video.to_json``, in order: FastAPI drops from every response a key the
     model lacks, and the model is written out by hand (it carries the examples)."""
-    moment = datetime(2026, 1, 2, tzinfo=UTC)
-    video = Video(
-        id=1,
-        path="/v/a.mp4",
-        filename="a.mp4",
-        size_bytes=1,
-        mtime_ns=1,
-        duration_seconds=None,
-        duration_frames=None,
-        width=None,
-        height=None,
-        frame_rate_numerator=None,
-        frame_rate_denominator=None,
-        video_codec=None,
-        audio_codec=None,
-        created_at=moment,
-        updated_at=moment,
-    )
+    video = a_video()
 
     assert list(VideoOut.model_fields) == list(video.to_json())
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from stoat_ferret.jobs import JobContext
-from stoat_ferret.library import VideoProbe, VideoRecord
+from stoat_ferret.library import Video, VideoProbe, VideoRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,6 +37,29 @@ def make_context(
         payload={"path": str(path), "recursive": recursive},
         sink=sink,
     )
+
+
+def a_video(**fields: Any) -> Video:
+    """A stored video at ``/m/a.mp4`` with nothing probed, ``fields`` replacing any of it."""
+    moment = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    defaults: dict[str, Any] = {
+        "id": 1,
+        "path": "/m/a.mp4",
+        "filename": "a.mp4",
+        "size_bytes": 10,
+        "mtime_ns": 99,
+        "duration_seconds": None,
+        "duration_frames": None,
+        "width": None,
+        "height": None,
+        "frame_rate_numerator": None,
+        "frame_rate_denominator": None,
+        "video_codec": None,
+        "audio_codec": None,
+        "created_at": moment,
+        "updated_at": moment,
+    }
+    return Video(**(defaults | fields))
 
 
 def listed_path(directory: int | str) -> str:

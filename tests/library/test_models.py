@@ -19,6 +19,7 @@ from stoat_ferret.library import (
     VideoProbe,
 )
 from stoat_ferret.library._models import iso_utc
+from tests.library.support import a_video
 
 
 def test_iso_utc_converts_to_utc_with_a_z() -> None:
@@ -32,21 +33,9 @@ def test_iso_utc_converts_to_utc_with_a_z() -> None:
 def test_video_to_json_values() -> None:
     """Every public field is copied as is; the times become strings."""
     moment = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
-    video = Video(
+    video = a_video(
         id=7,
-        path="/m/a.mp4",
-        filename="a.mp4",
-        size_bytes=10,
-        mtime_ns=99,
-        duration_seconds=None,
-        duration_frames=None,
-        width=None,
-        height=None,
-        frame_rate_numerator=None,
-        frame_rate_denominator=None,
         video_codec="h264",
-        audio_codec=None,
-        created_at=moment,
         updated_at=moment + timedelta(seconds=1),
         container_format="mov,mp4,m4a,3gp,3g2,mj2",
         rotation=-90,
