@@ -167,6 +167,16 @@ class JobFinished(NamedTuple):
     exception: Exception | None = None
 
 
+class Stopping(NamedTuple):
+    """From a worker leaving mid-job by an exception (a hard stop, or a
+    ``BaseException`` from its handler), after that job's ``JobFinished``: the
+    supervisor is stopping. The worker has closed the phase, so no job starts
+    or is accepted from here on; the actor ends every pending job and records
+    the stop as the reason of every running one that has none yet
+    (``JobTable.stop_starting``), so that a deadline or ``cancel()`` that comes
+    while they unwind does not replace it."""
+
+
 class GraceEnded(NamedTuple):
     """From the grace timer, ``shutdown_grace`` seconds after ``Shutdown``:
     cancel every job still running."""
@@ -198,6 +208,7 @@ Message: TypeAlias = (
     | JobStarted
     | JobProgressed
     | JobFinished
+    | Stopping
     | GraceEnded
     | WorkersEnded
     | Tick

@@ -27,11 +27,13 @@ class Phase(enum.Enum):
 class Shared:
     """Admission slots, the phase, withdrawn ids and the latest progress.
 
-    * ``phase``: written by ``run``, ``aclose`` and the actor's exit; read by
-      ``submit`` (accept only while ``RUNNING``) and by workers (start only
-      while ``RUNNING``). It changes to ``CLOSING`` *before* the actor is told
-      to shut down (or, on a hard stop, as the actor leaves), so the jobs the
-      actor sees pending then are exactly the jobs that will never start.
+    * ``phase``: written by ``run``, ``aclose``, the actor's exit and a
+      worker leaving mid-job by an exception; read by ``submit`` (accept only
+      while ``RUNNING``) and by workers (start only while ``RUNNING``). It
+      changes to ``CLOSING`` *before* the actor is told to shut down (by
+      ``Shutdown``, or by that worker's ``Stopping``; or, on a hard stop that
+      reaches no job, as the actor leaves), so the jobs the actor sees pending
+      then are exactly the jobs that will never start.
     * ``taken`` admission slots: taken by ``submit`` (by the actor for keyed
       submits), given back exactly once, by the worker that starts the job
       (:meth:`may_start`) or by the actor when it ends a job that never

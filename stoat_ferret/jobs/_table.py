@@ -29,6 +29,7 @@ from stoat_ferret.jobs._messages import (
     Message,
     Reply,
     Shutdown,
+    Stopping,
     Submit,
     Sync,
     Tick,
@@ -170,6 +171,8 @@ class JobTable:
                 reply.send(None)
             case Shutdown():
                 self._on_shutdown()
+            case Stopping():
+                self.stop_starting()
             case WorkersEnded():
                 pass  # only wakes the actor after its loop (Actor._answer_until_workers_end)
             case GraceEnded():
@@ -357,9 +360,11 @@ class JobTable:
     def stop_starting(self) -> None:
         """No job starts from here on, and every pending one ends now.
 
-        Called once the actor's loop has ended (after a shutdown, a hard stop
-        or a bug) and every message already sent is handled, so that a job a
-        worker has just started is running, not pending.
+        Called when a worker says the supervisor is stopping (``Stopping``),
+        and once the actor's loop has ended (after a shutdown, a hard stop or
+        a bug); each time the phase has left ``RUNNING`` and every message
+        sent before is handled, so that a job a worker has just started is
+        running, not pending. Calling it again changes nothing.
         """
         self.shutting_down = True
         self.assignments.close()

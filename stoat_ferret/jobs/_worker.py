@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
-from stoat_ferret.jobs._messages import JobFinished, JobStarted
+from stoat_ferret.jobs._messages import JobFinished, JobStarted, Stopping
 from stoat_ferret.jobs._models import JobContext
 from stoat_ferret.jobs._record import deadline_reached, wall_clock_ns
 from stoat_ferret.jobs._state import JobEvent
@@ -98,7 +98,12 @@ async def run_worker(
                 # (its deadline, or the actor's interruption), that came first
                 # and stays the reason (JobRecord.stopped_by).
                 stopped = None if deadline_reached(scope) else JobEvent.CANCEL
+                # Either way the supervisor is stopping: no job starts from
+                # here on, and the actor makes the stop the first reason of
+                # the jobs still running (Stopping).
+                shared.close()
                 inbox.send_nowait(JobFinished(job_id, stopped))
+                inbox.send_nowait(Stopping())
                 raise
             if finished is None:  # the scope caught its own cancellation
                 finished = JobFinished(job_id, None)

@@ -393,6 +393,98 @@ def test_a_handler_raising_a_base_exception_ends_run_at_once(backend: str) -> No
     assert raised.subgroup(_Escape) is not None
 
 
+async def test_a_base_exception_from_a_handler_stops_the_supervisor_at_once() -> None:
+    """A handler's BaseException (KeyboardInterrupt, say) is a stop, as a
+    hard stop is, from the moment it leaves the handler: while another job
+    unwinds from it, submit raises SupervisorClosed, and a cancel() of that
+    job does not replace the stop as its reason."""
+
+    slow = SlowToUnwind()
+    supervisor = JobSupervisor(max_workers=2)
+
+    async def escape(ctx: JobContext) -> None:
+        raise _Escape
+
+    async def submit_again() -> Any:
+        try:
+            return await supervisor.submit("slow")
+        except SupervisorClosed as refused:
+            return refused
+
+    async def scenario() -> None:
+        async with _hosted(supervisor):
+            seen.append(await supervisor.submit("slow"))
+            await anyio.wait_all_tasks_blocked()  # slow is running
+            await supervisor.submit("escape")
+            await slow.unwinding.wait()  # the escape cancelled its worker
+            try:
+                seen.append(await submit_again())
+                async with anyio.create_task_group() as asking:
+                    asking.start_soon(supervisor.cancel, seen[0])
+                    await anyio.wait_all_tasks_blocked()  # the actor has the Cancel
+                    slow.release.set()
+                    await anyio.sleep_forever()  # until run() raises the escape
+            finally:
+                slow.release.set()  # a failure above must not leave run() hung
+
+    seen: list[Any] = []
+    supervisor.register("slow", slow)
+    supervisor.register("escape", escape)
+    with anyio.fail_after(10):
+        with pytest.raises(BaseExceptionGroup) as raised:
+            await scenario()
+        job_id, again = seen
+        result = await supervisor.get_result(job_id)
+
+    assert raised.group_contains(_Escape)
+    assert isinstance(again, SupervisorClosed)
+    assert result.status is JobStatus.CANCELLED
+    assert result.error == "cancelled: supervisor stopped while the job was running"
+
+
+# About asyncio: there a task's end reaches its task group by a callback that
+# the loop runs after the tasks already woken, so the idle worker runs before
+# it is cancelled. On trio the task group cancels the other tasks as the task
+# ends, and whether the idle worker runs before the handler resumes is trio's
+# (random) choice, so the job may have run, legitimately, before the raise.
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_no_job_starts_once_a_handler_has_raised_a_base_exception() -> None:
+    """A handler submits a job, lets the actor hand it to the idle worker,
+    and raises a BaseException before that worker has run: the other worker
+    does not start the job, which ends cancelled, never started, and run()
+    raises the handler's exception alone."""
+
+    submitted: list[str] = []
+    supervisor = JobSupervisor(max_workers=2)
+
+    async def escape(ctx: JobContext) -> None:
+        submitted.append(await supervisor.submit("noop"))
+        await checkpoint()  # the actor puts the job on the work stream
+        raise _Escape
+
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    supervisor.register("escape", escape)
+    supervisor.register("noop", noop)
+
+    async def scenario() -> None:
+        async with _hosted(supervisor):
+            await supervisor.submit("escape")
+            await anyio.sleep_forever()  # until run() raises the escape
+
+    with anyio.fail_after(10):
+        with pytest.raises(BaseExceptionGroup) as raised:
+            await scenario()
+        [job_id] = submitted
+        result = await supervisor.get_result(job_id)
+
+    assert raised.value.split(_Escape)[1] is None  # nothing but the escape
+    assert result.status is JobStatus.CANCELLED
+    assert result.error == "cancelled: supervisor stopped before the job started"
+    assert result.started_at is None
+
+
 async def test_cancels_given_up_leave_nothing_on_the_job() -> None:
     """Rounds of 100 cancel() calls against a job that absorbs cancellation,
     each given up by its caller, leave no reply on the job's record."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from stoat_ferret.jobs._messages import Assignment, JobFinished, JobStarted, Message
+from stoat_ferret.jobs._messages import Assignment, JobFinished, JobStarted, Message, Stopping
 from stoat_ferret.jobs._shared import Phase, Shared
 from stoat_ferret.jobs._state import JobEvent
 from stoat_ferret.jobs._worker import run_worker
@@ -116,19 +116,23 @@ async def test_withdrawn_and_closing_jobs_are_skipped() -> None:
 
 async def test_a_worker_cancelled_mid_job_reports_the_job_cancelled() -> None:
     """A hard stop cancels the worker while its job runs, the job's own scope
-    not cancelled: the worker reports ``CANCEL`` and lets the cancellation through."""
+    not cancelled: the worker closes the phase, reports ``CANCEL`` and then
+    ``Stopping``, and lets the cancellation through."""
     host = anyio.CancelScope()
 
     async def stopped(ctx: JobContext) -> None:
         host.cancel()  # the scope hosting the worker: a hard stop
         await anyio.sleep_forever()
 
-    messages = await _run([Assignment("a", "t", None, 60.0, stopped)], _shared(), host=host)
+    shared = _shared()
+    messages = await _run([Assignment("a", "t", None, 60.0, stopped)], shared, host=host)
 
     assert host.cancelled_caught
-    started, finished = messages
+    started, finished, stopping = messages
     assert isinstance(started, JobStarted)
     assert finished == JobFinished("a", JobEvent.CANCEL)
+    assert stopping == Stopping()
+    assert shared.phase is Phase.CLOSING
 
 
 class _Abort(BaseException):
@@ -146,18 +150,20 @@ async def test_a_base_exception_through_a_job_reports_timeout_only_if_its_deadli
     had passed: the worker reports ``None`` (the deadline came first, the job
     ends ``timeout``) on both backends, though asyncio's scope is cancelled
     only when the loop runs its timer and trio's ``cancel_called`` stops
-    reading the clock once the scope has exited. It had not: ``CANCEL``."""
+    reading the clock once the scope has exited. It had not: ``CANCEL``.
+    Either way ``Stopping`` follows."""
 
     async def blocks_then_aborts(ctx: JobContext) -> None:
         stall_the_loop(stall)
         raise _Abort
 
-    started, finished = await _run(
+    started, finished, stopping = await _run(
         [Assignment("a", "t", None, timeout, blocks_then_aborts)], _shared(), raises=_Abort
     )
 
     assert isinstance(started, JobStarted)
     assert finished == JobFinished("a", event)
+    assert stopping == Stopping()
 
 
 async def test_a_base_exception_after_an_interruption_leaves_the_reason_to_it() -> None:
@@ -187,4 +193,4 @@ async def test_a_base_exception_after_an_interruption_leaves_the_reason_to_it() 
     with inbox_receive:
         rest = [message async for message in inbox_receive]
 
-    assert rest == [JobFinished("a", None)]
+    assert rest == [JobFinished("a", None), Stopping()]
