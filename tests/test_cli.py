@@ -18,11 +18,13 @@ from loguru import logger
 
 from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
-from stoat_ferret import settings as settings_module
 from stoat_ferret.__main__ import main
 from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
 from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority
 from stoat_ferret.settings import Settings, SettingsError, options
+from stoat_ferret.settings import _checks as checks_module
+from stoat_ferret.settings import _options as options_module
+from stoat_ferret.settings import _settings as settings_module
 from tests.permissions import call_denied
 from tests.server import server_environment
 from tests.test_settings import readme_row
@@ -216,12 +218,21 @@ class _WithSecret(Settings):
     )
 
 
+def _use_settings(monkeypatch: pytest.MonkeyPatch, settings_class: type[Settings]) -> None:
+    """Make ``settings_class`` the settings wherever the code looks ``Settings`` up by name.
+
+    ``known_variables`` (so ``check_known``) reads it in ``_settings``; ``options``
+    and ``parse_flag`` in ``_options``; the command line in ``_cli``.
+    """
+    for module in (settings_module, options_module, cli_module):
+        monkeypatch.setattr(module, "Settings", settings_class)
+
+
 @pytest.fixture
 def with_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings have the secret field ``api_token`` (``STOAT_API_TOKEN``)."""
-    monkeypatch.setattr(settings_module, "Settings", _WithSecret)
-    monkeypatch.setattr(cli_module, "Settings", _WithSecret)
-    monkeypatch.setitem(settings_module._PARSERS, "api_token", settings_module._parse_text)
+    _use_settings(monkeypatch, _WithSecret)
+    monkeypatch.setitem(checks_module._PARSERS, "api_token", checks_module._parse_text)
 
 
 @pytest.mark.usefixtures("with_secret")
@@ -299,9 +310,8 @@ def test_a_flag_checked_against_another_setting_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A validator that reads another field gets real settings: a bad flag is exit 2, named."""
-    monkeypatch.setattr(settings_module, "Settings", _WithCrossCheck)
-    monkeypatch.setattr(cli_module, "Settings", _WithCrossCheck)
-    monkeypatch.setitem(settings_module._PARSERS, "burst", settings_module._parse_int)
+    _use_settings(monkeypatch, _WithCrossCheck)
+    monkeypatch.setitem(checks_module._PARSERS, "burst", checks_module._parse_int)
 
     _, settings, _ = parse_command(["--burst", "6"], {})
     with pytest.raises(SystemExit) as exited:

@@ -1,0 +1,282 @@
+"""The rules for each setting's value: its parser, its normaliser, its validator.
+
+Here too are :class:`SettingsError`, which they raise (one line naming the
+variable), :func:`is_loopback`, and the default of ``STOAT_PROBE_THREADS``
+(:func:`default_probe_threads`). Nothing here reads the environment: the
+fields of :class:`Settings` (in ``_settings``) name their normalisers and
+validators, and ``_PARSERS`` maps each field to the parser of its
+variable's, or flag's, text.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import math
+import os
+import stat
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from stoat_ferret.library import ThreadPriority, real_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import attrs
+
+    from stoat_ferret.settings._settings import Settings
+
+LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+"""The level names loguru knows, the only values ``STOAT_LOG_LEVEL`` takes."""
+
+
+LOG_FORMATS: Final = ("text", "json")
+"""``STOAT_LOG_FORMAT``: loguru's coloured text lines, or one JSON object a line."""
+
+
+class SettingsError(ValueError):
+    """Raised for a setting that cannot be used; the message is one line."""
+
+
+def _env(attribute: attrs.Attribute[Any]) -> str:
+    return str(attribute.metadata["env"])
+
+
+def _check_host(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+        raise SettingsError(f"{_env(attribute)} must be a host name or address, got {value!r}")
+
+
+def _check_port(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise SettingsError(
+            f"{_env(attribute)} must be a port number from 0 to 65535, got {value!r}"
+        )
+
+
+def _check_count(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError(f"{_env(attribute)} must be a whole number >= 1, got {value!r}")
+
+
+def _check_positive_seconds(_: Settings, attribute: attrs.Attribute[float], value: float) -> None:
+    if not _is_finite_number(value) or value <= 0:
+        raise SettingsError(f"{_env(attribute)} must be a number of seconds > 0, got {value!r}")
+
+
+def _check_seconds(_: Settings, attribute: attrs.Attribute[float], value: float) -> None:
+    if not _is_finite_number(value) or value < 0:
+        raise SettingsError(f"{_env(attribute)} must be a number of seconds >= 0, got {value!r}")
+
+
+def _is_finite_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_database_path(_: Settings, attribute: attrs.Attribute[Path], value: Path) -> None:
+    if not isinstance(value, Path) or value.name in ("", ".", ".."):
+        raise SettingsError(f"{_env(attribute)} must be the path of a file, got {str(value)!r}")
+    if value.is_dir():
+        raise SettingsError(f"{_env(attribute)} is a directory, not a file: {value}")
+
+
+def _absolute(value: str | os.PathLike[str]) -> Path:
+    return Path(value).absolute()
+
+
+def _resolve_roots(value: Any) -> tuple[Path, ...]:
+    """Resolve every root (symlinks followed) so that requests compare real paths.
+
+    With :func:`real_path`, as the API resolves requested directories: in a
+    loop, not with ``os.path.realpath``, which recurses once per link in
+    Python 3.11 (a long chain raised ``RecursionError``). A root that cannot
+    be resolved is left as given, for :func:`_check_roots`.
+    """
+    roots = []
+    for root in value:
+        absolute = _absolute(root)
+        try:
+            roots.append(Path(real_path(os.fspath(absolute))))
+        except (OSError, ValueError):
+            roots.append(absolute)
+    return tuple(roots)
+
+
+def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:
+    for root in value:
+        try:
+            is_directory = stat.S_ISDIR(os.stat(root).st_mode)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # the kernel follows 40 links, as real_path does
+                raise SettingsError(
+                    f"{_env(attribute)}: {root} is a symlink loop or a chain of too many links"
+                ) from None
+            is_directory = False
+        if not is_directory:
+            raise SettingsError(f"{_env(attribute)}: {root} is not an existing directory")
+
+
+def _check_log_level(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in LOG_LEVELS:
+        choices = ", ".join(LOG_LEVELS)
+        raise SettingsError(f"{_env(attribute)} must be one of {choices}, got {value!r}")
+
+
+def _check_names(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
+    for name in value:
+        if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+            raise SettingsError(f"{_env(attribute)} must be host names or addresses, got {name!r}")
+
+
+def _check_origins(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
+    for origin in value:
+        scheme, separator, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not separator or not rest or "/" in rest:
+            raise SettingsError(
+                f"{_env(attribute)} must be origins like https://host:port "
+                f"(no path), got {origin!r}"
+            )
+
+
+def _normalise_names(value: Any) -> tuple[str, ...]:
+    # Host names compare case-blind; an IPv6 address is matched without brackets.
+    return tuple(str(name).strip().lower().removeprefix("[").removesuffix("]") for name in value)
+
+
+def _normalise_origins(value: Any) -> tuple[str, ...]:
+    return tuple(str(origin).strip().lower().removesuffix("/") for origin in value)
+
+
+MIN_TOKEN_CHARS: Final = 16
+"""Shortest ``STOAT_API_TOKEN`` accepted: a guessable token protects nothing."""
+
+# RFC 6750's b64token: safe in a header, a cookie and a URL fragment alike.
+_TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-._~+/=")
+
+
+def _check_token(_: Settings, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is None:
+        return
+    # Never quote the value: it is a secret.
+    if not isinstance(value, str) or len(value) < MIN_TOKEN_CHARS:
+        raise SettingsError(f"{_env(attribute)} must be at least {MIN_TOKEN_CHARS} characters")
+    if not set(value) <= _TOKEN_CHARS:
+        raise SettingsError(
+            f"{_env(attribute)} may hold only letters, digits and - . _ ~ + / = "
+            "(try: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` is ``localhost`` or a loopback address (not ``0.0.0.0``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:  # any other name: it may resolve to anything
+        return False
+
+
+def _check_log_format(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in LOG_FORMATS:
+        choices = " or ".join(LOG_FORMATS)
+        raise SettingsError(f"{_env(attribute)} must be {choices}, got {value!r}")
+
+
+MAX_DEFAULT_PROBE_THREADS: Final = 8
+"""The most probe threads the default gives, however many cores."""
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on: its CPU affinity, not the machine's count.
+
+    A container or ``taskset`` may give the process 2 of 64 cores;
+    ``os.cpu_count()`` would still say 64.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - no affinity outside Linux
+        return os.cpu_count() or 1
+
+
+def default_probe_threads(cores: int | None) -> int:
+    """Threads that probe files at once unless ``STOAT_PROBE_THREADS`` says.
+
+    One per usable core (:func:`usable_cores`), at most
+    :data:`MAX_DEFAULT_PROBE_THREADS`. Probe threads run under ``SCHED_IDLE``
+    by default (``STOAT_PROBE_PRIORITY``), so the event loop takes a core
+    from them the moment it wakes, and no core need be left idle for it.
+    Measured through the HTTP API on 2 cores, a first scan ran at 0.49x a
+    bare PyAV loop with one thread and at 0.84x with two. A probe holds the
+    GIL part of the time, so past a few threads more add little; the cap
+    keeps a large machine from starting dozens.
+    """
+    return max(1, min(MAX_DEFAULT_PROBE_THREADS, cores or 1))
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _parse_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
+    return value
+
+
+def _parse_roots(_: str, raw: str) -> tuple[str, ...]:
+    return tuple(part for part in raw.split(os.pathsep) if part.strip())
+
+
+def _parse_list(_: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parse_text(_: str, raw: str) -> str:
+    return raw
+
+
+def _parse_level(_: str, raw: str) -> str:
+    return raw.upper()
+
+
+def _parse_lower(_: str, raw: str) -> str:
+    return raw.lower()
+
+
+def _parse_priority(name: str, raw: str) -> ThreadPriority:
+    try:
+        return ThreadPriority(raw.lower())
+    except ValueError:
+        choices = " or ".join(priority.value for priority in ThreadPriority)
+        raise SettingsError(f"{name} must be {choices}, got {raw!r}") from None
+
+
+# Field name -> parser of the variable's text; each parser gets the variable's name.
+_PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
+    "host": _parse_text,
+    "port": _parse_int,
+    "database_path": _parse_text,
+    "scan_roots": _parse_roots,
+    "job_timeout": _parse_float,
+    "max_workers": _parse_int,
+    "max_pending": _parse_int,
+    "shutdown_grace": _parse_float,
+    "probe_threads": _parse_int,
+    "probe_priority": _parse_priority,
+    "log_level": _parse_level,
+    "log_format": _parse_lower,
+    "allowed_hosts": _parse_list,
+    "allowed_origins": _parse_list,
+    "api_token": _parse_text,
+    "max_streams": _parse_int,
+}

@@ -1,0 +1,97 @@
+"""The settings as a user meets them: :class:`Option` (flag, variable, default,
+meaning) built from each field's metadata for ``--help`` and the README, and
+:func:`parse_flag`, which checks a flag's value as its variable's would be.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from stoat_ferret.settings._checks import _PARSERS, SettingsError, _env
+from stoat_ferret.settings._settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+@attrs.frozen(kw_only=True)
+class Option:
+    """One setting as a user meets it: flag (None for a secret), variable, default, meaning."""
+
+    field: str
+    flag: str | None
+    env: str
+    metavar: str
+    default: str
+    help: str
+    repeat: bool
+    secret: bool
+
+
+def options() -> tuple[Option, ...]:
+    """Every setting, in the order of :class:`Settings`' fields, from their metadata."""
+    return tuple(_option(field) for field in attrs.fields(Settings))
+
+
+def _option(field: attrs.Attribute[Any]) -> Option:
+    meta = field.metadata
+    if "env" not in meta or "help" not in meta:
+        raise AssertionError(f"Settings.{field.name}: its metadata needs 'env' and 'help'")
+    secret = bool(meta.get("secret", False))
+    if secret and ("flag" in meta or "repeat" in meta):
+        raise AssertionError(f"Settings.{field.name}: a secret has no flag")
+    if secret:
+        default = "unset"
+    elif "default" in meta:
+        default = str(meta["default"])
+    else:
+        value = field.default
+        default = str(getattr(value, "value", value))
+        if isinstance(value, float) and value.is_integer():
+            default = str(int(value))
+    return Option(
+        field=field.name,
+        flag=None if secret else meta.get("flag", "--" + field.name.replace("_", "-")),
+        env=_env(field),
+        metavar=meta.get("metavar", field.name.upper()),
+        default=default,
+        help=meta["help"],
+        repeat=bool(meta.get("repeat", False)),
+        secret=secret,
+    )
+
+
+def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
+    """The value of a setting given by its flag, checked as the variable would be.
+
+    Args:
+        field_name: the :class:`Settings` field.
+        texts: the flag's arguments in order: the last one counts, or, for a
+            ``repeat`` flag, each adds to the value.
+
+    Raises:
+        SettingsError: one line naming the flag, the rule and the value.
+    """
+    field = getattr(attrs.fields(Settings), field_name)
+    option = _option(field)
+    if option.flag is None:
+        raise AssertionError(f"Settings.{field_name} is a secret, set by its variable only")
+    parsed: list[Any] = [_PARSERS[field_name](option.flag, text.strip()) for text in texts]
+    if option.repeat:
+        # An occurrence that gives nothing would not add to the value but, as
+        # the flag hides its variable, could empty it: no scan roots, any directory.
+        for text, part in zip(texts, parsed, strict=True):
+            if not part:
+                raise SettingsError(f"{option.flag} needs {field.metadata['repeat']}, got {text!r}")
+    value: Any = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
+    # Check it now, by building settings with it (so that a validator reading
+    # another field has real settings to read), and name the flag the user
+    # typed instead of the variable in the message. The settings built from
+    # the flags and the variables are checked again as a whole.
+    try:
+        Settings(**{field_name: value})
+    except SettingsError as exc:
+        raise SettingsError(str(exc).replace(option.env, option.flag)) from None
+    return value

@@ -1,0 +1,297 @@
+"""The :class:`Settings` class, and reading it from the environment.
+
+Its fields take their validators and normalisers from ``_checks``, and
+:meth:`Settings.from_environ` parses each variable with ``_PARSERS`` from
+there; it refuses a ``STOAT_*`` variable that no field reads
+(:func:`check_known`) and redacts a secret from its errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from stoat_ferret.library import ThreadPriority
+from stoat_ferret.settings._checks import (
+    _PARSERS,
+    SettingsError,
+    _absolute,
+    _check_count,
+    _check_database_path,
+    _check_host,
+    _check_log_format,
+    _check_log_level,
+    _check_names,
+    _check_origins,
+    _check_port,
+    _check_positive_seconds,
+    _check_roots,
+    _check_seconds,
+    _check_token,
+    _env,
+    _normalise_names,
+    _normalise_origins,
+    _resolve_roots,
+    default_probe_threads,
+    is_loopback,
+    usable_cores,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything the service reads from its environment, checked on construction.
+
+    Build it with :meth:`from_environ` in the service, or directly in tests.
+    Construction touches the filesystem (scan roots are resolved and checked),
+    so it belongs at start-up, before the event loop runs.
+
+    Raises:
+        SettingsError: a value is out of range, or a scan root is not a directory.
+    """
+
+    host: str = attrs.field(
+        default="127.0.0.1",
+        validator=_check_host,
+        metadata={"env": "STOAT_HOST", "help": "address to listen on (must resolve)"},
+    )
+    port: int = attrs.field(
+        default=8000,
+        validator=_check_port,
+        metadata={"env": "STOAT_PORT", "help": "TCP port, 1-65535; 0: one the system picks"},
+    )
+    database_path: Path = attrs.field(
+        default=Path("data/stoat.db"),
+        converter=_absolute,
+        validator=_check_database_path,
+        metadata={
+            "env": "STOAT_DATABASE_PATH",
+            "flag": "--database",
+            "metavar": "FILE",
+            "default": "./data/stoat.db",
+            "help": "SQLite file of the video library; its directory is created",
+        },
+    )
+    # Invariant: every root is absolute, resolved and an existing directory.
+    # Empty means a scan may touch any directory.
+    scan_roots: tuple[Path, ...] = attrs.field(
+        default=(),
+        converter=_resolve_roots,
+        validator=_check_roots,
+        metadata={
+            "env": "STOAT_SCAN_ROOTS",
+            "flag": "--scan-root",
+            "metavar": "DIR",
+            "repeat": "a directory",
+            "default": "none (any directory)",
+            "help": f"directories a scan may touch, {os.pathsep!r}-separated in the variable",
+        },
+    )
+    job_timeout: float = attrs.field(
+        default=300.0,
+        validator=_check_positive_seconds,
+        metadata={
+            "env": "STOAT_JOB_TIMEOUT",
+            "metavar": "SECONDS",
+            "help": "seconds a scan may run",
+        },
+    )
+    max_workers: int = attrs.field(
+        default=2,
+        validator=_check_count,
+        metadata={"env": "STOAT_MAX_WORKERS", "metavar": "N", "help": "jobs running at once"},
+    )
+    max_pending: int = attrs.field(
+        default=1000,
+        validator=_check_count,
+        metadata={
+            "env": "STOAT_MAX_PENDING",
+            "metavar": "N",
+            "help": "jobs waiting to run before scans get 503",
+        },
+    )
+    shutdown_grace: float = attrs.field(
+        default=10.0,
+        validator=_check_seconds,
+        metadata={
+            "env": "STOAT_SHUTDOWN_GRACE",
+            "metavar": "SECONDS",
+            "help": "seconds running jobs get at shutdown before they are cancelled",
+        },
+    )
+    probe_threads: int = attrs.field(
+        factory=lambda: default_probe_threads(usable_cores()),
+        validator=_check_count,
+        metadata={
+            "env": "STOAT_PROBE_THREADS",
+            "metavar": "N",
+            "default": "usable cores, 1 to 8",
+            "help": "files probed at once, shared by all scans",
+        },
+    )
+    probe_priority: ThreadPriority = attrs.field(
+        default=ThreadPriority.IDLE,
+        validator=attrs.validators.instance_of(ThreadPriority),
+        metadata={
+            "env": "STOAT_PROBE_PRIORITY",
+            "metavar": "{idle,normal}",
+            "help": "idle: probe threads use only cores nothing else wants (Linux)",
+        },
+    )
+    log_level: str = attrs.field(
+        default="INFO",
+        validator=_check_log_level,
+        metadata={
+            "env": "STOAT_LOG_LEVEL",
+            "metavar": "LEVEL",
+            "help": "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR or CRITICAL",
+        },
+    )
+    log_format: str = attrs.field(
+        default="text",
+        validator=_check_log_format,
+        metadata={
+            "env": "STOAT_LOG_FORMAT",
+            "metavar": "{text,json}",
+            "help": "json: one JSON object a line, with every structured field",
+        },
+    )
+    allowed_hosts: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_normalise_names,
+        validator=_check_names,
+        metadata={
+            "env": "STOAT_ALLOWED_HOSTS",
+            "flag": "--allowed-host",
+            "metavar": "HOST",
+            "repeat": True,
+            "default": "none",
+            "help": "more names the service is reached by (the Host header), ','-separated "
+            "in the variable; its own host, localhost, 127.0.0.1 and ::1 always are",
+        },
+    )
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_normalise_origins,
+        validator=_check_origins,
+        metadata={
+            "env": "STOAT_ALLOWED_ORIGINS",
+            "flag": "--allowed-origin",
+            "metavar": "ORIGIN",
+            "repeat": True,
+            "default": "none",
+            "help": "more origins (https://host:port) the dashboard may be served from, such "
+            "as a proxy's public one, ','-separated in the variable; no CORS headers are sent",
+        },
+    )
+    # A secret: kept out of repr (and so out of every log line).
+    api_token: str | None = attrs.field(
+        default=None,
+        validator=_check_token,
+        repr=False,
+        metadata={
+            "env": "STOAT_API_TOKEN",
+            "secret": True,
+            "default": "unset",
+            "help": "when set, every /api/ request needs it as a Bearer token (16+ characters)",
+        },
+    )
+    max_streams: int = attrs.field(
+        default=64,
+        validator=_check_count,
+        metadata={
+            "env": "STOAT_MAX_STREAMS",
+            "metavar": "N",
+            "help": "event streams and /wait calls open at once before 503",
+        },
+    )
+
+    def check_exposure(self) -> None:
+        """Refuse to serve other machines without a token and scan roots.
+
+        Raises:
+            SettingsError: ``host`` is not loopback, and ``api_token`` or
+                ``scan_roots`` is missing; the message says which and why.
+        """
+        if is_loopback(self.host):
+            return
+        missing = []
+        if self.api_token is None:
+            missing.append("STOAT_API_TOKEN (or any client could use the API)")
+        if not self.scan_roots:
+            missing.append("STOAT_SCAN_ROOTS (or a scan could read any directory)")
+        if missing:
+            raise SettingsError(
+                f"STOAT_HOST={self.host} is not a loopback address, so other machines can "
+                f"reach the service: set {' and '.join(missing)}"
+            )
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Read the ``STOAT_*`` variables; unset or empty ones take their default.
+
+        Args:
+            environ: the variables to read; ``os.environ`` when None.
+            overrides: field name -> value (a flag's, from :func:`parse_flag`); such
+                a field's variable is not read.
+
+        Raises:
+            SettingsError: a variable does not parse, its value is out of
+                range, a ``STOAT_*`` variable is unknown, or the settings
+                fail :meth:`check_exposure`.
+        """
+        source = os.environ if environ is None else environ
+        check_known(source)
+        values: dict[str, Any] = dict(overrides or {})
+        secrets: list[str] = []
+        try:
+            for field in attrs.fields(cls):
+                name = _env(field)
+                raw = source.get(name, "").strip()
+                if raw and field.name not in values:
+                    if field.metadata.get("secret"):
+                        secrets.append(raw)
+                    values[field.name] = _PARSERS[field.name](name, raw)
+                    if field.metadata.get("secret"):
+                        secrets.append(str(values[field.name]))
+            settings = cls(**values)
+            settings.check_exposure()
+        except SettingsError as exc:
+            raise SettingsError(_redacted(str(exc), secrets)) from None
+        return settings
+
+
+def _redacted(message: str, secrets: Sequence[str]) -> str:
+    """``message`` without the text of any secret, plain or as ``repr`` escapes it."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        for form in (secret, repr(secret)[1:-1]):
+            message = message.replace(form, "<redacted>")
+    return message
+
+
+def known_variables() -> tuple[str, ...]:
+    """The ``STOAT_*`` variables the service reads, in the order of the fields."""
+    return tuple(_env(field) for field in attrs.fields(Settings))
+
+
+def check_known(environ: Mapping[str, str]) -> None:
+    """Refuse a ``STOAT_*`` variable the service does not read.
+
+    Raises:
+        SettingsError: naming the first unknown variable and the closest known one.
+    """
+    known = known_variables()
+    for name in sorted(environ):
+        if name.startswith("STOAT_") and name not in known:
+            closest = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+            hint = f"; did you mean {closest[0]}?" if closest else ""
+            raise SettingsError(f"{name} is not a setting of this service{hint}")
