@@ -183,7 +183,7 @@ class Actor:
                     break
                 table.handle(message)
             table.expire()
-        logger.debug("job supervisor: shut down and no job running")
+        logger.debug("job supervisor: stopping and no job running")
 
     async def _answer_until_workers_end(self, inbox: MemoryObjectReceiveStream[Message]) -> None:
         """Go on answering until every worker has ended (run's finally, shielded).

@@ -20,7 +20,9 @@ class Phase(enum.Enum):
 
     NEW = "new"  # constructed; run() not called yet
     RUNNING = "running"  # run() started; submit accepts, workers start jobs
-    CLOSING = "closing"  # aclose() called or run() cancelled: nothing accepted or started
+    # aclose() called, run() cancelled, or a handler raised a BaseException:
+    # nothing accepted or started.
+    CLOSING = "closing"
     CLOSED = "closed"  # run() has returned (or never will); every job is terminal
 
 
@@ -31,9 +33,10 @@ class Shared:
       worker leaving mid-job by an exception; read by ``submit`` (accept only
       while ``RUNNING``) and by workers (start only while ``RUNNING``). It
       changes to ``CLOSING`` *before* the actor is told to shut down (by
-      ``Shutdown``, or by that worker's ``Stopping``; or, on a hard stop that
-      reaches no job, as the actor leaves), so the jobs the actor sees pending
-      then are exactly the jobs that will never start.
+      ``Shutdown``, or by that worker's ``Stopping``; on a hard stop, by
+      whichever of a worker mid-job and the leaving actor runs first), so
+      the jobs the actor sees pending then are exactly the jobs that will
+      never start.
     * ``taken`` admission slots: taken by ``submit`` (by the actor for keyed
       submits), given back exactly once, by the worker that starts the job
       (:meth:`may_start`) or by the actor when it ends a job that never

@@ -6,7 +6,9 @@ reads :class:`Assignment` values from the work stream the actor fills, opens
 ``anyio.move_on_after(timeout)`` for the job, tells the actor from inside it
 that the job started (:class:`JobStarted`), runs the handler with
 :func:`execute` and tells the actor how it ended (:class:`JobFinished`), even
-when the worker itself is cancelled mid-job.
+when the worker itself is cancelled mid-job. A worker leaving mid-job by an
+exception (a hard stop, or a handler's ``BaseException``) also closes the
+phase and, after that ``JobFinished``, sends :class:`Stopping`.
 A worker never changes a job: what it knows goes to the actor as a message.
 The state it shares with other tasks is ``Shared`` (``_shared.py``).
 """
@@ -72,7 +74,8 @@ async def run_worker(
     Args:
         work: this worker's clone of the work stream (closed on return).
         inbox: the actor's inbox.
-        shared: says whether a job may start (``Shared.may_start``).
+        shared: says whether a job may start (``Shared.may_start``); the
+            worker closes it when it leaves mid-job by an exception.
         progress: what each job's ``report_progress`` calls.
     """
     with work:

@@ -396,13 +396,16 @@ def test_a_handler_raising_a_base_exception_ends_run_at_once(backend: str) -> No
 async def test_a_base_exception_from_a_handler_stops_the_supervisor_at_once() -> None:
     """A handler's BaseException (KeyboardInterrupt, say) is a stop, as a
     hard stop is, from the moment it leaves the handler: while another job
-    unwinds from it, submit raises SupervisorClosed, and a cancel() of that
-    job does not replace the stop as its reason."""
+    unwinds from it, the pending job has ended, never started, submit raises
+    SupervisorClosed, and a cancel() of the unwinding job does not replace
+    the stop as its reason."""
 
     slow = SlowToUnwind()
+    go = anyio.Event()
     supervisor = JobSupervisor(max_workers=2)
 
     async def escape(ctx: JobContext) -> None:
+        await go.wait()
         raise _Escape
 
     async def submit_again() -> Any:
@@ -414,10 +417,14 @@ async def test_a_base_exception_from_a_handler_stops_the_supervisor_at_once() ->
     async def scenario() -> None:
         async with _hosted(supervisor):
             seen.append(await supervisor.submit("slow"))
-            await anyio.wait_all_tasks_blocked()  # slow is running
             await supervisor.submit("escape")
+            pending = await supervisor.submit("slow")  # both workers are busy
+            await anyio.wait_all_tasks_blocked()
+            go.set()
             await slow.unwinding.wait()  # the escape cancelled its worker
             try:
+                await anyio.wait_all_tasks_blocked()  # the actor has the Stopping
+                seen.append(await supervisor.get_result(pending))
                 seen.append(await submit_again())
                 async with anyio.create_task_group() as asking:
                     asking.start_soon(supervisor.cancel, seen[0])
@@ -433,10 +440,13 @@ async def test_a_base_exception_from_a_handler_stops_the_supervisor_at_once() ->
     with anyio.fail_after(10):
         with pytest.raises(BaseExceptionGroup) as raised:
             await scenario()
-        job_id, again = seen
+        job_id, never_started, again = seen
         result = await supervisor.get_result(job_id)
 
     assert raised.group_contains(_Escape)
+    assert never_started.status is JobStatus.CANCELLED
+    assert never_started.error == "cancelled: supervisor stopped before the job started"
+    assert never_started.started_at is None
     assert isinstance(again, SupervisorClosed)
     assert result.status is JobStatus.CANCELLED
     assert result.error == "cancelled: supervisor stopped while the job was running"

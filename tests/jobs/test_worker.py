@@ -131,7 +131,7 @@ async def test_a_worker_cancelled_mid_job_reports_the_job_cancelled() -> None:
     started, finished, stopping = messages
     assert isinstance(started, JobStarted)
     assert finished == JobFinished("a", JobEvent.CANCEL)
-    assert stopping == Stopping()
+    assert type(stopping) is Stopping  # message classes with no field compare equal
     assert shared.phase is Phase.CLOSING
 
 
@@ -163,7 +163,7 @@ async def test_a_base_exception_through_a_job_reports_timeout_only_if_its_deadli
 
     assert isinstance(started, JobStarted)
     assert finished == JobFinished("a", event)
-    assert stopping == Stopping()
+    assert type(stopping) is Stopping
 
 
 async def test_a_base_exception_after_an_interruption_leaves_the_reason_to_it() -> None:
@@ -193,4 +193,5 @@ async def test_a_base_exception_after_an_interruption_leaves_the_reason_to_it() 
     with inbox_receive:
         rest = [message async for message in inbox_receive]
 
-    assert rest == [JobFinished("a", None), Stopping()]
+    assert [type(message) for message in rest] == [JobFinished, Stopping]
+    assert rest[0] == JobFinished("a", None)
