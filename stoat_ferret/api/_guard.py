@@ -114,8 +114,9 @@ def split_host(header: str) -> tuple[str, int | None] | None:
         port = port[1:]
     else:
         name, _, port = header.partition(":")
-    # ASCII digits only: str.isdigit says yes to "²", which int() refuses.
-    if not name or (port and not (port.isascii() and port.isdigit())):
+    # ASCII digits only: str.isdigit says yes to "²", which int() refuses;
+    # and at most five, as a port has (int() refuses more than 4,300 digits).
+    if not name or (port and not (port.isascii() and port.isdigit() and len(port) <= 5)):
         return None
     return name.lower(), int(port) if port else None
 
@@ -199,8 +200,15 @@ class RequestGuard:
         """
         headers = connection.headers
         declared = headers.get("content-length", "")
-        # ASCII digits only: str.isdigit says yes to "²", which int() refuses.
-        size = int(declared) if declared.isascii() and declared.isdigit() else 0
+        # ASCII digits only: str.isdigit says yes to "²", which int() refuses;
+        # a length of more digits than the limit's is over it, and is not
+        # given to int(), which refuses more than 4,300 digits.
+        if not (declared.isascii() and declared.isdigit()):
+            size = 0
+        elif len(declared.lstrip("0")) > len(str(MAX_BODY_BYTES)):
+            size = MAX_BODY_BYTES + 1
+        else:
+            size = int(declared)
         if connection.scope["method"] in BODILESS_METHODS and "transfer-encoding" in headers:
             return _refuse(413, CHUNKED_GET)
         if size > MAX_BODY_BYTES:

@@ -21,6 +21,7 @@ from typing import Annotated, Final
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query
 from loguru import logger
+from starlette.convertors import IntegerConvertor, register_url_convertor
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import (
@@ -114,10 +115,24 @@ async def list_videos(
     )
 
 
+class _VideoIdConvertor(IntegerConvertor):
+    """A video id in a path: 1 to 19 digits (a SQLite rowid is below 2**63).
+
+    Starlette's ``int`` convertor takes any number of digits, and ``int()``
+    refuses more than 4,300 of them: that request was a 500. Longer ids now
+    match no route, a 404 like any other id that names no video.
+    """
+
+    regex = "[0-9]{1,19}"
+
+
+register_url_convertor("video_id", _VideoIdConvertor())
+
+
 # An id is digits: anything else (``scan`` included) matches no route here,
 # so ``GET /api/v1/videos/scan`` is routing's own 405.
-@router.head("/{video_id:int}", include_in_schema=False)
-@router.get("/{video_id:int}", response_model=VideoOut, responses=error_responses(404, 503))
+@router.head("/{video_id:video_id}", include_in_schema=False)
+@router.get("/{video_id:video_id}", response_model=VideoOut, responses=error_responses(404, 503))
 async def get_video(video_id: int, library: LibraryDep) -> ApiJSONResponse:
     """One stored video."""
     # Ids are SQLite rowids: anything outside 1..2**63-1 cannot exist (and

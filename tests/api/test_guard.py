@@ -54,6 +54,9 @@ async def _jobs(client: httpx.AsyncClient, **headers: str) -> int:
         ("localhost:http", None),
         ("localhost:\u00b2", None),
         (":8000", None),
+        ("localhost:65535", "localhost"),
+        ("localhost:123456", None),  # no port has six digits
+        ("localhost:" + "9" * 5000, None),  # int() refuses over 4,300 digits
     ],
 )
 def test_host_names_are_read_from_the_header(header: str, name: str | None) -> None:
@@ -80,7 +83,16 @@ def test_trusted_hosts(bound: str, more: tuple[str, ...], expected: set[str]) ->
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    "host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "", "[::1", "a b"]
+    "host",
+    [
+        "evil.example",
+        "evil.example:8000",
+        "127.0.0.1.evil.example",
+        "",
+        "[::1",
+        "a b",
+        "localhost:" + "9" * 5000,
+    ],
 )
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/v1/jobs"), ("POST", SCAN)])
 async def test_a_foreign_host_is_400_before_any_route(
@@ -610,6 +622,32 @@ async def test_a_content_length_of_other_digits_is_no_5xx(
             await app(http_scope("POST", SCAN, headers=headers), receive, send)
 
     assert sent[0]["status"] == 202
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("zeros", "status"), [(0, 413), (30, 202)])
+async def test_a_content_length_of_thousands_of_digits_is_no_5xx(
+    settings: Settings, scan_root: Path, zeros: int, status: int
+) -> None:
+    """A length of 5,000 nines is over the limit (413), though int() refuses
+    to read it; the body's own length behind 30 zeros is that length (202)."""
+    body = b'{"path": "%s"}' % bytes(scan_root)
+    declared = b"9" * 5000 if status == 413 else b"0" * zeros + b"%d" % len(body)
+    sent: list[Message] = []
+    app = create_app(settings)
+    headers = [JSON_TYPE, (b"content-length", declared)]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with serving(app):
+            await app(http_scope("POST", SCAN, headers=headers), receive, send)
+
+    assert sent[0]["status"] == status
 
 
 # ----------------------------------------------------------------- websocket
