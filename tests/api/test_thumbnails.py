@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
@@ -191,6 +193,33 @@ async def test_the_users_own_thumbnails_folders_are_never_touched(
         "notes.txt",
     ]
     assert sorted(path.name for path in theirs.rglob("*")) == ["1", "photo.jpg"]
+
+
+@pytest.mark.parametrize(
+    "code", [errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.EACCES]
+)
+async def test_a_thumbnail_that_cannot_be_read_is_a_503_not_a_500(
+    settings: Settings, video_dir: Path, code: int
+) -> None:
+    """Out of descriptors or memory reading the thumbnail file: 503 with
+    Retry-After, as the scan route answers; any other error reading it too."""
+    app = create_app(settings)
+
+    def failing(video_id: int, fingerprint: tuple[int, int]) -> bytes | None:
+        raise OSError(code, os.strerror(code))
+
+    with anyio.fail_after(60):
+        async with serving(app) as client:
+            await scan_and_thumbnails(client, video_dir)
+            video_id = (await video_ids(client))["a.mp4"]
+            app.state.thumbnails.read = failing
+            answer = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+            head = await client.head(f"/api/v1/videos/{video_id}/thumbnail")
+
+    assert answer.status_code == 503, answer.text
+    assert os.strerror(code) in answer.json()["detail"]
+    assert answer.headers["retry-after"] == "5"
+    assert head.status_code == 503
 
 
 @pytest.mark.parametrize(
