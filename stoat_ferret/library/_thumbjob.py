@@ -28,7 +28,8 @@ the running job's last check and its end.
 A video whose frame cannot be decoded gets no thumbnail, an ``errors`` entry
 and a marker file (so the next job does not try it again until it changes);
 the job itself completes. Only the file's own fault
-(:class:`~stoat_ferret.library._thumbnail.UndecodableError`) is marked: a file
+(:class:`~stoat_ferret.library._thumbnail.UndecodableError`, which includes
+a file whose frame is not found within the read limit) is marked: a file
 away, unreadable or changed for now, out of descriptors, an I/O error, is an
 ``errors`` entry only, and the next job tries it again.
 
@@ -61,6 +62,7 @@ from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
+from stoat_ferret.library._probe import READ_LIMIT
 from stoat_ferret.library._scangate import ScanGate, Way
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 
@@ -90,6 +92,8 @@ class Thumbnailer:
     Args:
         library: The videos to make thumbnails of.
         store: Where the thumbnails go.
+        read_limit: Bytes read at most (seeks excluded) of a file larger than
+            that, in each attempt at a thumbnail (``make_thumbnail``).
         priority: The CPU priority of the thread that decodes and encodes.
         error_cap: How many ``errors`` entries a result lists.
     """
@@ -99,11 +103,13 @@ class Thumbnailer:
         library: VideoLibrary,
         store: ThumbnailStore,
         *,
+        read_limit: int = READ_LIMIT,
         priority: ThreadPriority = ThreadPriority.IDLE,
         error_cap: int = DEFAULT_ERROR_CAP,
     ) -> None:
         self._library = library
         self._store = store
+        self._read_limit = read_limit
         self._error_cap = error_cap
         self._limiter = anyio.CapacityLimiter(1)
         self._threads = BackgroundThreads(1, priority, name="stoat-thumbnail")
@@ -300,7 +306,7 @@ class Thumbnailer:
         if stop.is_set():
             return "cancelled"
         try:
-            image: bytes | None = make_thumbnail(path, fingerprint)
+            image: bytes | None = make_thumbnail(path, fingerprint, read_limit=self._read_limit)
             reason = None
         except UndecodableError as exc:
             image, reason = None, exc.reason  # the file's fault: marked, not tried again

@@ -17,7 +17,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
-from tests.videos import write_corrupt_video
+from tests.videos import copy_video, write_corrupt_video
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tests.videos import EncodedVideo
 
 WHITE, BLACK = 235, 16
+MiB = 1024 * 1024
 
 
 def make_split_video(
@@ -279,3 +280,42 @@ def test_thumbnail_size(
 ) -> None:
     """320 wide, the displayed aspect kept, the height even, 2 to 1280."""
     assert thumbnail_size(*frame, rotation, aspect) == expected
+
+
+def bytes_read() -> int:
+    """What this process has read so far (``rchar``: every ``read`` call, any file)."""
+    with open("/proc/self/io") as io:
+        for line in io:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("name", ["h264_mp2.ts", "mpeg2_mp2.mpg"])
+def test_a_sparse_tail_past_the_read_limit_is_not_read(
+    clips: dict[str, EncodedVideo], tmp_path: Path, name: str
+) -> None:
+    """A clip followed by a hole of zeros larger than the limit: FFmpeg's MPEG
+    demuxers would read the hole to its end looking for a start code; each of
+    the two attempts reads no more than the limit, and the error says so."""
+    video = copy_video(clips[name], tmp_path / name).path
+    os.truncate(video, video.stat().st_size + 64 * MiB)
+    before = bytes_read()
+
+    with pytest.raises(UndecodableError, match="first 1 MiB"):
+        make_thumbnail(str(video), fingerprint(video), read_limit=MiB)
+
+    assert bytes_read() - before <= 2 * MiB + 64 * 1024  # and /proc/self/io itself
+
+
+def test_a_file_past_the_read_limit_still_gives_its_frame(tmp_path: Path) -> None:
+    """An MP4 followed by a hole: its index and keyframe are reached by seeks,
+    which the limit does not count, so a big file is still thumbnailed."""
+    video = make_split_video(tmp_path / "huge.mp4")
+    os.truncate(video, video.stat().st_size + 64 * MiB)
+    before = bytes_read()
+
+    image = make_thumbnail(str(video), fingerprint(video), read_limit=MiB)
+
+    assert bytes_read() - before <= MiB
+    assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
