@@ -78,7 +78,7 @@ async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
         raise StoreError(f"cannot create the thumbnails directory {directory} ({exc})") from exc
     library.on_delete(store.remove)
     app.state.thumbnails = store
-    return Thumbnailer(library, store, priority=settings.probe_priority)
+    return Thumbnailer(library, store, roots=settings.scan_roots, priority=settings.probe_priority)
 
 
 def thumbnails_directory(settings: Settings) -> Path:

@@ -15,11 +15,19 @@ than JPEG: a third of the size at the same quality, and every current browser
 shows it. Pillow is not needed: PyAV's wheel carries both the filters and the
 encoder.
 
-The file is opened the way the probe opens it (``_probe.py`` says why): without
+The file is opened the way the scan's probe opens it (``_beneath.py`` and
+``_probe.py`` say why). Its directory is opened from the scan root that holds
+it down, one component at a time, crossing no symlink (from ``/`` when no
+roots are set, as a scan does); the file relative to that directory, without
 following a symlink, without blocking, checked to be a regular file, and read
-only through its descriptor, with the same demuxers allowed. It must still have
-the size and modification time the library stored, or it is refused: a
-thumbnail is filed under that fingerprint, and must show that file.
+only through its descriptor, with the same demuxers allowed. So a directory
+swapped for a symlink since the scan leads nowhere: a directory on the way
+that is now a symlink, a file or missing gives one reason, whatever lies
+behind it, and nothing behind it is read. A stored path outside every root
+(the roots were narrowed since its scan) is refused before anything is
+opened. The file must still have the size and modification time the library
+stored, or it is refused: a thumbnail is filed under that fingerprint, and
+must show that file.
 
 Reads are bounded as the probe's are (``_probe.BoundedInput``): of a file
 larger than ``read_limit`` (:data:`~stoat_ferret.library._probe.READ_LIMIT`,
@@ -43,10 +51,13 @@ from typing import TYPE_CHECKING, Final
 import av
 import av.filter
 
+from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._probe import READ_LIMIT, BoundedInput, amount, open_regular_file
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from av.container import InputContainer
     from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
@@ -96,6 +107,16 @@ hiccup), not of the file: they do not make a video undecodable."""
 
 _WEBP_QUALITY: Final = "75"
 
+OUTSIDE_ROOTS: Final = "outside the directories this service may scan; not read"
+
+_DIRECTORY_GONE: Final = (
+    "its directory is gone, or it or one above it was replaced (by a symlink or a file),"
+    " since the scan; nothing read there"
+)
+# The errors of a directory on the way that is no longer the scanned one:
+# missing, a file, or a symlink (never followed). One reason for them all.
+_GONE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+
 
 class UndecodableError(ProbeError):
     """The file itself gives no frame: not a media file FFmpeg reads, no video
@@ -107,6 +128,7 @@ def make_thumbnail(
     path: str,
     fingerprint: Fingerprint,
     *,
+    roots: Sequence[str] = (),
     read_limit: int = READ_LIMIT,
 ) -> bytes:
     """Return a WebP thumbnail of the video in ``path``.
@@ -114,6 +136,8 @@ def make_thumbnail(
     Args:
         path: The stored (absolute, resolved) path of the video.
         fingerprint: ``(size_bytes, mtime_ns)`` the file must still have.
+        roots: The resolved directories the service may read (the settings'
+            ``scan_roots``); empty allows any.
         read_limit: Bytes to read at most (seeks excluded) of a file larger
             than that, in each of the (at most two) attempts.
 
@@ -123,10 +147,18 @@ def make_thumbnail(
     Raises:
         UndecodableError: No frame of the file can be decoded (within
             ``read_limit``).
-        ProbeError: The file is gone, unreadable for now, changed since it
-            was scanned, or not a regular file.
+        ProbeError: The file is outside ``roots``, gone, unreadable for now,
+            changed since it was scanned, or not a regular file, or its
+            directory was replaced since the scan.
     """
-    fd, info = open_regular_file(path)
+    directory, name = os.path.split(path)
+    if not os.path.isabs(path) or os.path.normpath(path) != path or not name:
+        raise ProbeError(path, "not an absolute, normalised file path")
+    directory_fd = _open_directory(path, directory, roots)
+    try:
+        fd, info = open_regular_file(name, directory_fd, path=path)
+    finally:
+        os.close(directory_fd)
     try:
         if (info.st_size, info.st_mtime_ns) != fingerprint:
             raise ProbeError(path, "changed since it was scanned")
@@ -142,6 +174,25 @@ def make_thumbnail(
             raise UndecodableError(path, "cannot decode a frame (no keyframe found)")
     finally:
         os.close(fd)
+
+
+def _open_directory(path: str, directory: str, roots: Sequence[str]) -> int:
+    """Open ``directory`` from the root that holds it down, crossing no symlink."""
+    root = containing_root(directory, roots)
+    if root is None:
+        raise ProbeError(path, OUTSIDE_ROOTS)
+    try:
+        top = os.open(root, ROOT_FLAGS)
+    except OSError as exc:
+        raise ProbeError(path, f"cannot open its scan root ({exc.strerror or exc})") from exc
+    try:
+        return open_directory(split(directory)[len(split(root)) :], top)
+    except OSError as exc:
+        if exc.errno in _GONE_ERRNOS:
+            raise ProbeError(path, _DIRECTORY_GONE) from exc
+        raise ProbeError(path, f"cannot open its directory ({exc.strerror or exc})") from exc
+    finally:
+        os.close(top)
 
 
 def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:

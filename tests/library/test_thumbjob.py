@@ -163,6 +163,52 @@ async def test_a_file_away_for_now_is_not_marked_failed(setup: Setup, tmp_path: 
     assert (second["made"], second["failed"], second["unchanged"]) == (1, 0, 3)
 
 
+async def test_a_directory_swapped_for_a_symlink_after_the_scan_is_not_followed(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The scanned folder is swapped for a symlink to a folder of twins (same
+    size and time) before the job runs: nothing behind the link is read, and
+    every video is an errors entry with one reason, retried by the next job."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        outside = tmp_path / "outside"
+        shutil.copytree(setup.folder, outside)  # copy2: the same sizes and times
+        os.rename(setup.folder, tmp_path / "videos.orig")
+        os.symlink(outside, setup.folder)
+        result = await setup.thumbnailer(job_context())
+        sources = await setup.library.thumbnail_sources()
+
+    assert (result["made"], result["failed"]) == (0, 4)
+    reasons = {entry["error"] for entry in result["errors"]}
+    assert len(reasons) == 1
+    assert "replaced" in reasons.pop()
+    assert all(
+        setup.store.state(video_id, (size, mtime)) is None for video_id, _, size, mtime in sources
+    )
+
+
+async def test_rows_outside_the_roots_are_errors_and_not_read(setup: Setup, tmp_path: Path) -> None:
+    """Rows stored before the roots were narrowed: no thumbnail, no marker, one
+    errors entry each saying why; nothing is opened."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    thumbnailer = Thumbnailer(
+        setup.library, setup.store, roots=(str(elsewhere),), priority=ThreadPriority.NORMAL
+    )
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await thumbnailer(job_context())
+        sources = await setup.library.thumbnail_sources()
+
+    assert (result["made"], result["failed"]) == (0, 4)
+    assert {entry["error"] for entry in result["errors"]} == {
+        "outside the directories this service may scan; not read"
+    }
+    assert all(
+        setup.store.state(video_id, (size, mtime)) is None for video_id, _, size, mtime in sources
+    )
+
+
 async def test_a_file_past_the_read_limit_is_an_errors_entry_and_marked(setup: Setup) -> None:
     """A transport stream followed by a hole larger than the limit: an errors
     entry, marked failed (the file's own fault) so the next job does not read it again."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -319,3 +320,81 @@ def test_a_file_past_the_read_limit_still_gives_its_frame(tmp_path: Path) -> Non
 
     assert bytes_read() - before <= MiB
     assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
+
+
+def swapped_tree(tmp_path: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """``root/sub`` scanned (v, w, x.mp4 fingerprinted), then swapped for a symlink to
+    ``outside``, where v.mp4 has a twin of the same size and time, w.mp4 none, and
+    x.mp4 another file: the scan root and the fingerprints of its files."""
+    root = tmp_path / "root"
+    sub = root / "sub"
+    sub.mkdir(parents=True)
+    prints = {
+        name: fingerprint(make_split_video(sub / name)) for name in ("v.mp4", "w.mp4", "x.mp4")
+    }
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy2(sub / "v.mp4", outside / "v.mp4")
+    (outside / "x.mp4").write_bytes(b"private")
+    assert fingerprint(outside / "v.mp4") == prints["v.mp4"]
+    os.rename(sub, root / "sub.orig")
+    sub.symlink_to(outside)
+    return root, prints
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_followed_without_roots(tmp_path: Path) -> None:
+    """With no roots the file's directory is opened from ``/`` down, crossing no
+    symlink: the file behind the link is not read, whatever is there."""
+    root, prints = swapped_tree(tmp_path)
+    reasons = set()
+
+    for name, stored in prints.items():
+        with pytest.raises(ProbeError) as caught:
+            make_thumbnail(str(root / "sub" / name), stored)
+        reasons.add(caught.value.reason)
+
+    assert len(reasons) == 1, reasons
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_followed_beneath_a_root(tmp_path: Path) -> None:
+    """Beneath a root, a directory now a symlink and a directory now missing give one
+    reason, which tells nothing of what the link leads to (a twin, nothing, another file)."""
+    root, prints = swapped_tree(tmp_path)
+    paths = {str(root / "sub" / name): stored for name, stored in prints.items()}
+    paths[str(root / "gone" / "v.mp4")] = prints["v.mp4"]
+    reasons = set()
+
+    for path, stored in paths.items():
+        with pytest.raises(ProbeError) as caught:
+            make_thumbnail(path, stored, roots=(str(root),))
+        reasons.add(caught.value.reason)
+
+    assert len(reasons) == 1, reasons
+    assert "replaced" in reasons.pop()
+
+
+def test_a_file_outside_the_roots_is_not_read(tmp_path: Path) -> None:
+    """A stored path outside every root (the roots narrowed since its scan) is
+    refused before anything is opened: a file there and none give one reason."""
+    root = tmp_path / "root"
+    root.mkdir()
+    video = make_split_video(tmp_path / "old.mp4")
+    reasons = set()
+
+    for path in (video, tmp_path / "missing.mp4", tmp_path / "root-evil" / "a.mp4"):
+        with pytest.raises(ProbeError) as caught:
+            make_thumbnail(str(path), fingerprint(video), roots=(str(root),))
+        reasons.add(caught.value.reason)
+
+    assert reasons == {"outside the directories this service may scan; not read"}
+
+
+def test_a_file_inside_a_root_is_thumbnailed(tmp_path: Path) -> None:
+    """The roots allow what is beneath them, and the root itself."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    for video in (make_split_video(root / "a.mp4"), make_split_video(root / "sub" / "b.mp4")):
+        image = make_thumbnail(
+            str(video), fingerprint(video), roots=(str(tmp_path / "x"), str(root))
+        )
+        assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
