@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from fractions import Fraction
@@ -398,3 +399,49 @@ def test_a_file_inside_a_root_is_thumbnailed(tmp_path: Path) -> None:
             str(video), fingerprint(video), roots=(str(tmp_path / "x"), str(root))
         )
         assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
+
+
+@pytest.mark.parametrize("path", ["clip.mp4", "/a/../clip.mp4", "/a/./clip.mp4", "/a/"])
+def test_a_path_not_absolute_and_normalised_is_refused(path: str) -> None:
+    """Stored paths are absolute and normalised; another (a '..' would climb out
+    of the root below which it is opened) is refused before anything is opened."""
+    with pytest.raises(ProbeError, match="not an absolute, normalised file path"):
+        make_thumbnail(path, (1, 1))
+
+
+def test_a_missing_root_is_a_probe_error(tmp_path: Path) -> None:
+    """A root gone since the start-up: retried by the next job, not marked."""
+    root = tmp_path / "gone"
+
+    with pytest.raises(ProbeError, match="cannot open its scan root") as caught:
+        make_thumbnail(str(root / "a.mp4"), (1, 1), roots=(str(root),))
+
+    assert not isinstance(caught.value, UndecodableError)
+
+
+def test_a_limit_spent_before_the_header_is_read_is_reported(tmp_path: Path) -> None:
+    """FFmpeg cannot open a file cut short by the limit: the error names the
+    limit (not the file's content), and is the file's own fault (marked)."""
+    video = make_split_video(tmp_path / "clip.mp4")
+
+    with pytest.raises(UndecodableError, match="no frame found in the first 100 bytes read"):
+        make_thumbnail(str(video), fingerprint(video), read_limit=100)
+
+
+def test_a_directory_that_cannot_be_opened_now_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors opening a directory on the way: a reason of its own
+    (an inside fact), a ProbeError the next job tries again, not a marker."""
+    video = make_split_video(tmp_path / "clip.mp4")
+
+    def out_of_descriptors(parts: Any, dir_fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(_thumbnail, "open_directory", out_of_descriptors)
+    with pytest.raises(
+        ProbeError, match=r"cannot open its directory \(Too many open files\)"
+    ) as caught:
+        make_thumbnail(str(video), fingerprint(video))
+
+    assert not isinstance(caught.value, UndecodableError)
