@@ -34,7 +34,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException
 
 from stoat_ferret.api._json import ApiJSONResponse
-from stoat_ferret.api._paths import ScanPathRejected
+from stoat_ferret.api._paths import SHORT_OF_RESOURCES, ScanPathRejected
 from stoat_ferret.jobs import JobNotFound, QueueFull
 from stoat_ferret.library import StoreError
 
@@ -54,6 +54,17 @@ MAX_ID_CHARS: Final = 80
 def unavailable(detail: str) -> HTTPException:
     """A 503 with ``Retry-After``: the service cannot take this now, try again."""
     return HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def unreadable(exc: OSError, what: str) -> HTTPException:
+    """The 503 (with ``Retry-After``) for ``what``, one of the service's own files,
+    that could not be read: the service is short of resources (out of file
+    descriptors or memory), or the file cannot be read now (an I/O error, its
+    permissions). Never a 500: the file system's state is not a bug."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in SHORT_OF_RESOURCES:
+        return unavailable(f"the service is short of resources ({reason}); try again later")
+    return unavailable(f"{what} cannot be read now ({reason})")
 
 
 def install_error_handlers(app: FastAPI) -> None:

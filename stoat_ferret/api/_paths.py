@@ -29,7 +29,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -38,7 +38,18 @@ from stoat_ferret.library import MAX_SYMLINKS, real_path
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["MAX_SYMLINKS", "ScanPathRejected", "is_within", "real_path", "resolve_scan_path"]
+__all__ = [
+    "MAX_SYMLINKS",
+    "SHORT_OF_RESOURCES",
+    "ScanPathRejected",
+    "is_within",
+    "real_path",
+    "resolve_scan_path",
+]
+
+SHORT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+"""The errors that are the server's trouble of the moment (out of file
+descriptors or memory), not the request's: 503 with ``Retry-After``."""
 
 
 _OUTSIDE = "the path is outside the directories this service may scan"
@@ -120,7 +131,7 @@ def _on_the_way(roots: Sequence[Path]) -> Callable[[str], None]:
 
 
 def _rejection(exc: OSError, requested: str) -> ScanPathRejected:
-    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # the server's trouble
+    if exc.errno in SHORT_OF_RESOURCES:
         return ScanPathRejected(503, f"the service is short of resources ({exc.strerror})")
     if exc.errno == errno.ENAMETOOLONG:
         return ScanPathRejected(400, "the path is too long for this system")

@@ -6,7 +6,9 @@ so its ``ETag`` is that fingerprint: it changes exactly when the image does.
 time (a thumbnail changes when its file does, under the same URL); the
 answer to an ``If-None-Match`` that names the current tag is a bodiless 304.
 While a video has no thumbnail (not made yet, or its frame could not be
-decoded) the answer is a JSON 404, as for a video that does not exist.
+decoded) the answer is a JSON 404, as for a video that does not exist. A
+thumbnail file that cannot be read is a JSON 503 with ``Retry-After``, as a
+scan request meets when the service is out of file descriptors or memory.
 
 :func:`open_thumbnails`, :func:`register_thumbnail_jobs` and
 :func:`start_thumbnails` are the lifespan's three calls: the first opens the
@@ -25,7 +27,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 # FastAPI reads the route signatures at run time: the name must exist then.
 from stoat_ferret.api._deps import LibraryDep  # noqa: TC001
-from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._errors import unavailable, unreadable
 from stoat_ferret.api._schemas import MAX_OFFSET, error_responses
 from stoat_ferret.library import (
     THUMBNAIL_MEDIA_TYPE,
@@ -76,7 +78,7 @@ async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
         raise StoreError(f"cannot create the thumbnails directory {directory} ({exc})") from exc
     library.on_delete(store.remove)
     app.state.thumbnails = store
-    return Thumbnailer(library, store, priority=settings.probe_priority)
+    return Thumbnailer(library, store, roots=settings.scan_roots, priority=settings.probe_priority)
 
 
 def thumbnails_directory(settings: Settings) -> Path:
@@ -137,7 +139,8 @@ async def get_thumbnail(
 ) -> Response:
     """The video's thumbnail: a frame near 10% of it, 320 pixels wide; 404 while none.
 
-    HEAD answers as GET would, without the body."""
+    503 with ``Retry-After`` when its file cannot be read now (out of file
+    descriptors or memory, an I/O error). HEAD answers as GET would, without the body."""
     video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
     if video is None:
         raise HTTPException(404, f"no video with id {video_id}")
@@ -151,7 +154,10 @@ async def get_thumbnail(
         and await anyio.to_thread.run_sync(thumbnails.state, video.id, fingerprint) == "made"
     ):
         return Response(status_code=304, headers=headers)
-    image = await anyio.to_thread.run_sync(thumbnails.read, video.id, fingerprint)
+    try:
+        image = await anyio.to_thread.run_sync(thumbnails.read, video.id, fingerprint)
+    except OSError as exc:
+        raise unreadable(exc, f"the thumbnail of video {video_id}") from exc
     if image is None:
         # no-store: the image may exist a moment later, under the same URL.
         raise HTTPException(

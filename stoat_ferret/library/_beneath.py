@@ -50,6 +50,9 @@ bounds the work a hostile link can cause."""
 DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 """How every directory of a scan is opened: a symlink in its place is refused."""
 
+ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+"""How a root is opened, by its path: the roots are the operator's, resolved at start-up."""
+
 OUTSIDE_ROOTS: Final = "the directory is outside the directories this service may scan"
 
 
@@ -118,11 +121,11 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
         ScanError: ``directory`` is outside every root, missing, or cannot be opened.
         DirectoryReplaced: A component below the root is no longer a directory.
     """
-    root = _containing_root(directory, roots)
+    root = containing_root(directory, roots)
     if root is None:
         raise ScanError(directory, OUTSIDE_ROOTS)
     try:
-        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        top = os.open(root, ROOT_FLAGS)
     except OSError as exc:
         raise ScanError(directory, exc.strerror or str(exc)) from exc
     try:
@@ -139,7 +142,10 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
         os.close(top)
 
 
-def _containing_root(directory: str, roots: Sequence[str]) -> str | None:
+def containing_root(directory: str, roots: Sequence[str]) -> str | None:
+    """The root that holds ``directory`` (absolute, normalised), or None if
+    none does; ``/`` when there are no roots (any directory is allowed, and
+    opened from ``/`` down)."""
     if not roots:
         return "/"
     for root in roots:

@@ -5,13 +5,16 @@ threads. PyAV releases the GIL inside FFmpeg, so several probes overlap.
 
 A file larger than ``read_limit`` is read through :class:`_BoundedReader`,
 which reports end-of-file once ``read_limit`` bytes have been read. Some
-demuxers (MPEG-PS among them, and ffprobe with it) scan a file of zeros to its
-very end looking for a start code; with the limit a sparse 100 GB file costs a
-fraction of a second instead of a full read. Seeks are free, so an MP4 whose
-index sits at the end of a huge file is still described after reading a few
-kilobytes. A file within the limit cannot be over-read, so FFmpeg reads it
-with its own file I/O (its ``fd:`` protocol), which runs without the GIL:
-Python-level reads would make several probe threads queue on the GIL.
+demuxers (MPEG-PS and MPEG-TS among them, and ffprobe with it) scan a file of
+zeros to its very end looking for a start code; with the limit a sparse 100 GB
+file costs a fraction of a second instead of a full read. Seeks are free, so an
+MP4 whose index sits at the end of a huge file is still described after
+reading a few kilobytes. A file within the limit cannot be over-read, so FFmpeg
+reads it with its own file I/O (its ``fd:`` protocol), which runs without the
+GIL: Python-level reads would make several probe threads queue on the GIL.
+:class:`BoundedInput` makes that choice. The thumbnails (``_thumbnail.py``)
+open their files with :func:`open_regular_file` and read them through
+:class:`BoundedInput` too.
 
 Either way FFmpeg reads a descriptor the probe opened itself, never the name.
 The probe opens the file without following a symlink and without blocking,
@@ -40,7 +43,7 @@ import errno
 import io
 import os
 import stat
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Self, cast
 
 import av
 from av.stream import Disposition
@@ -51,6 +54,7 @@ from stoat_ferret.library._models import VideoProbe
 
 if TYPE_CHECKING:
     from fractions import Fraction
+    from types import TracebackType
 
     from av.codec.context import CodecContext
     from av.container import InputContainer
@@ -138,6 +142,76 @@ class _BoundedReader:
         self._file.close()
 
 
+class BoundedInput:
+    """A file's descriptor as FFmpeg reads it: no more than ``read_limit`` bytes
+    (seeks excluded) of a file larger than that, each time it is opened.
+
+    Such a file is read through a :class:`_BoundedReader`, a new one (a new
+    budget) for each :meth:`open`; a file within the limit, which cannot be
+    read past its end, through FFmpeg's own file I/O (``fd:``). The descriptor
+    stays the caller's, to close after this.
+    """
+
+    def __init__(self, fd: int, size: int, read_limit: int) -> None:
+        self._fd = fd
+        self.read_limit = read_limit
+        self._bounded = size > read_limit
+        self._reader: _BoundedReader | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether FFmpeg found the limit spent since the last :meth:`open`
+        (a read returned end-of-file for it)."""
+        return self._reader is not None and self._reader.exhausted
+
+    def open(self) -> InputContainer:
+        """Open the container from the file's start, with only :data:`DEMUXERS`.
+
+        A container opened before must be closed first: this one reads the
+        same descriptor.
+
+        Raises:
+            av.FFmpegError, OSError, ValueError: as ``av.open``.
+        """
+        self.close()
+        source: str | _BoundedReader
+        if self._bounded:
+            self._reader = _BoundedReader(self._fd, self.read_limit)
+            self._reader.seek(0)
+            source, options = self._reader, {}
+        else:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            source, options = "fd:", {"fd": str(self._fd)}
+        return av.open(
+            source,
+            mode="r",
+            container_options={**_CONTAINER_OPTIONS, **options},
+            metadata_errors="replace",
+        )
+
+    def close(self) -> None:
+        """Let go of the last reader (the descriptor stays open)."""
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def amount(read_limit: int) -> str:
+    """``read_limit`` for a message: ``"64 MiB"``, or ``"100 bytes"`` when not whole MiB."""
+    mebibytes, rest = divmod(read_limit, 1024 * 1024)
+    return f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
+
+
 def probe_video(
     path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT, dir_fd: int | None = None
 ) -> VideoProbe:
@@ -163,75 +237,63 @@ def probe_video(
             media file FFmpeg can read, or has no video stream.
     """
     name = os.fspath(path)
-    fd, size = _open_regular_file(name, dir_fd)
+    fd, info = open_regular_file(name, dir_fd)
     try:
-        if size <= read_limit:
-            # The whole file is within the limit: FFmpeg may use its own file
-            # I/O, which never takes the GIL, on (a duplicate of) this descriptor.
-            return _open_and_describe(name, "fd:", {"fd": str(fd)}, None, read_limit)
-        reader = _BoundedReader(fd, read_limit)
-        try:
-            return _open_and_describe(name, reader, {}, reader, read_limit)
-        finally:
-            reader.close()
+        with BoundedInput(fd, info.st_size, read_limit) as source:
+            return _open_and_describe(name, source)
     finally:
         os.close(fd)
 
 
-def _open_regular_file(name: str, dir_fd: int | None) -> tuple[int, int]:
-    """Open ``name`` for reading; return the descriptor and the file's size.
+def open_regular_file(
+    name: str, dir_fd: int | None = None, *, path: str | None = None
+) -> tuple[int, os.stat_result]:
+    """Open ``name`` (relative to ``dir_fd``, if given) for reading; return the
+    descriptor and the file's ``fstat``.
 
     Opened without following a symlink and without blocking, then checked to
     be a regular file: a FIFO or a link put in the place of the file the walk
     saw is refused instead of blocking the thread or leading it out of the
     scanned directory. FFmpeg then reads this very descriptor, never the name.
+
+    Raises:
+        ProbeError: It cannot be opened or is not a regular file; its
+            ``path`` is ``path``, or ``name`` without one.
     """
+    shown = name if path is None else path
     try:
         fd = os.open(
             name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
         )
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
-            raise ProbeError(name, "not a regular file") from exc
-        raise ProbeError(name, exc.strerror or str(exc)) from exc
+            raise ProbeError(shown, "not a regular file") from exc
+        raise ProbeError(shown, exc.strerror or str(exc)) from exc
     try:
         info = os.fstat(fd)
     except OSError as exc:
         os.close(fd)
-        raise ProbeError(name, exc.strerror or str(exc)) from exc
+        raise ProbeError(shown, exc.strerror or str(exc)) from exc
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ProbeError(name, "not a regular file")
-    return fd, info.st_size
+        raise ProbeError(shown, "not a regular file")
+    return fd, info
 
 
-def _open_and_describe(
-    name: str,
-    source: str | _BoundedReader,
-    options: dict[str, str],
-    reader: _BoundedReader | None,
-    read_limit: int,
-) -> VideoProbe:
+def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     try:
-        container = av.open(
-            source,
-            mode="r",
-            container_options={**_CONTAINER_OPTIONS, **options},
-            metadata_errors="replace",
-        )
+        container = source.open()
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ProbeError(name, _open_failure(exc, reader, read_limit)) from exc
+        raise ProbeError(name, _open_failure(exc, source)) from exc
     try:
         return _describe(name, container)
     finally:
         container.close()
 
 
-def _open_failure(exc: Exception, reader: _BoundedReader | None, read_limit: int) -> str:
-    if reader is not None and reader.exhausted:
-        mebibytes, rest = divmod(read_limit, 1024 * 1024)
-        amount = f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
-        return f"no media stream found in the first {amount}"
+def _open_failure(exc: Exception, source: BoundedInput) -> str:
+    if source.exhausted:
+        return f"no media stream found in the first {amount(source.read_limit)}"
     if isinstance(exc, av.FFmpegError) and exc.errno == errno.EINVAL:
         # What FFmpeg answers when it recognised a format outside DEMUXERS
         # (and, rarely, for some other invalid input).

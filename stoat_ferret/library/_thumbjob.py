@@ -28,9 +28,14 @@ the running job's last check and its end.
 A video whose frame cannot be decoded gets no thumbnail, an ``errors`` entry
 and a marker file (so the next job does not try it again until it changes);
 the job itself completes. Only the file's own fault
-(:class:`~stoat_ferret.library._thumbnail.UndecodableError`) is marked: a file
-away, unreadable or changed for now, out of descriptors, an I/O error, is an
-``errors`` entry only, and the next job tries it again.
+(:class:`~stoat_ferret.library._thumbnail.UndecodableError`, which includes
+a file whose frame is not found within the read limit) is marked: a file
+away, unreadable or changed for now, out of descriptors, an I/O error, a
+directory replaced since the scan, is an ``errors`` entry only, and the next
+job tries it again. So is a video outside the scan roots (``roots``: stored
+before they were narrowed), which is not opened at all: the files are read
+as a scan reads them, from the root down, crossing no symlink
+(``_thumbnail.py``).
 
 Cancellation (or the job's timeout, registered as :data:`THUMBNAILS_TIMEOUT`,
 which a pause counts towards) stops it before its next file or during a
@@ -50,6 +55,7 @@ the counts catch up.
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -61,11 +67,13 @@ from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
+from stoat_ferret.library._probe import READ_LIMIT
 from stoat_ferret.library._scangate import ScanGate, Way
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Sequence
 
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
     from stoat_ferret.library._library import VideoLibrary
@@ -90,6 +98,11 @@ class Thumbnailer:
     Args:
         library: The videos to make thumbnails of.
         store: Where the thumbnails go.
+        roots: The resolved directories the service may read (the settings'
+            ``scan_roots``), as for scans; empty allows any. A video outside
+            them is an ``errors`` entry, not read.
+        read_limit: Bytes read at most (seeks excluded) of a file larger than
+            that, in each attempt at a thumbnail (``make_thumbnail``).
         priority: The CPU priority of the thread that decodes and encodes.
         error_cap: How many ``errors`` entries a result lists.
     """
@@ -99,11 +112,15 @@ class Thumbnailer:
         library: VideoLibrary,
         store: ThumbnailStore,
         *,
+        roots: Sequence[str | os.PathLike[str]] = (),
+        read_limit: int = READ_LIMIT,
         priority: ThreadPriority = ThreadPriority.IDLE,
         error_cap: int = DEFAULT_ERROR_CAP,
     ) -> None:
         self._library = library
         self._store = store
+        self._roots = tuple(os.fspath(root) for root in roots)
+        self._read_limit = read_limit
         self._error_cap = error_cap
         self._limiter = anyio.CapacityLimiter(1)
         self._threads = BackgroundThreads(1, priority, name="stoat-thumbnail")
@@ -300,7 +317,9 @@ class Thumbnailer:
         if stop.is_set():
             return "cancelled"
         try:
-            image: bytes | None = make_thumbnail(path, fingerprint)
+            image: bytes | None = make_thumbnail(
+                path, fingerprint, roots=self._roots, read_limit=self._read_limit
+            )
             reason = None
         except UndecodableError as exc:
             image, reason = None, exc.reason  # the file's fault: marked, not tried again

@@ -15,27 +15,49 @@ than JPEG: a third of the size at the same quality, and every current browser
 shows it. Pillow is not needed: PyAV's wheel carries both the filters and the
 encoder.
 
-The file is opened the way the probe opens it (``_probe.py`` says why): without
+The file is opened the way the scan's probe opens it (``_beneath.py`` and
+``_probe.py`` say why). Its directory is opened from the scan root that holds
+it down, one component at a time, crossing no symlink (from ``/`` when no
+roots are set, as a scan does); the file relative to that directory, without
 following a symlink, without blocking, checked to be a regular file, and read
-only through its descriptor, with the same demuxers allowed. It must still have
-the size and modification time the library stored, or it is refused: a
-thumbnail is filed under that fingerprint, and must show that file.
+only through its descriptor, with the same demuxers allowed. So a directory
+swapped for a symlink since the scan leads nowhere: a directory on the way
+that is now a symlink, a file or missing gives one reason, whatever lies
+behind it, and nothing behind it is read. A stored path outside every root
+(the roots were narrowed since its scan) is refused before anything is
+opened. The file must still have the size and modification time the library
+stored, or it is refused: a thumbnail is filed under that fingerprint, and
+must show that file.
+
+Reads are bounded as the probe's are (``_probe.BoundedInput``): of a file
+larger than ``read_limit`` (:data:`~stoat_ferret.library._probe.READ_LIMIT`,
+64 MiB, by default) each attempt reads no more than that (seeks excluded:
+an MP4's index at its end, or the keyframe at 10%, costs only what is read
+there), and there are two attempts at most (the second from the start, when
+the seek found no keyframe): 128 MiB in all by default. The second gets a
+budget of its own: the first may spend its budget reading on from the seek
+through a long GOP. A file whose frame is not found within the limit (a
+clip followed by gigabytes of zeros, which the MPEG demuxers would read to
+the end looking for a start code) is undecodable. A file within the limit
+is read with FFmpeg's own file I/O, as the probe's is.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 from typing import TYPE_CHECKING, Final
 
 import av
 import av.filter
 
+from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
-from stoat_ferret.library._probe import DEMUXERS
+from stoat_ferret.library._probe import READ_LIMIT, BoundedInput, amount, open_regular_file
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from av.container import InputContainer
     from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
@@ -84,11 +106,16 @@ _TRANSIENT_ERRNOS: Final = frozenset(
 hiccup), not of the file: they do not make a video undecodable."""
 
 _WEBP_QUALITY: Final = "75"
-_CONTAINER_OPTIONS: Final = {
-    "format_whitelist": DEMUXERS,
-    "protocol_whitelist": "fd",
-    "enable_drefs": "0",
-}
+
+OUTSIDE_ROOTS: Final = "outside the directories this service may scan; not read"
+
+_DIRECTORY_GONE: Final = (
+    "its directory is gone, or it or one above it was replaced (by a symlink or a file),"
+    " since the scan; nothing read there"
+)
+# The errors of a directory on the way that is no longer the scanned one:
+# missing, a file, or a symlink (never followed). One reason for them all.
+_GONE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
 class UndecodableError(ProbeError):
@@ -97,53 +124,99 @@ class UndecodableError(ProbeError):
     not help until the file changes; any other :class:`ProbeError` might."""
 
 
-def make_thumbnail(path: str, fingerprint: Fingerprint) -> bytes:
+def make_thumbnail(
+    path: str,
+    fingerprint: Fingerprint,
+    *,
+    roots: Sequence[str] = (),
+    read_limit: int = READ_LIMIT,
+) -> bytes:
     """Return a WebP thumbnail of the video in ``path``.
 
     Args:
         path: The stored (absolute, resolved) path of the video.
         fingerprint: ``(size_bytes, mtime_ns)`` the file must still have.
+        roots: The resolved directories the service may read (the settings'
+            ``scan_roots``); empty allows any.
+        read_limit: Bytes to read at most (seeks excluded) of a file larger
+            than that, in each of the (at most two) attempts.
 
     Returns:
         The encoded image, :data:`THUMBNAIL_WIDTH` pixels wide.
 
     Raises:
-        UndecodableError: No frame of the file can be decoded.
-        ProbeError: The file is gone, unreadable for now, changed since it
-            was scanned, or not a regular file.
+        UndecodableError: No frame of the file can be decoded (within
+            ``read_limit``).
+        ProbeError: The file is outside ``roots``, gone, unreadable for now,
+            changed since it was scanned, or not a regular file, or its
+            directory was replaced since the scan.
     """
-    fd = _open_unchanged(path, fingerprint)
+    directory, name = os.path.split(path)
+    if not os.path.isabs(path) or os.path.normpath(path) != path or not name:
+        raise ProbeError(path, "not an absolute, normalised file path")
+    directory_fd = _open_directory(path, directory, roots)
     try:
-        # Some demuxers (MPEG-TS among them) land past the keyframe a seek
-        # asks for, and find none before the end: then read from the start.
-        for seek in (True, False):
-            image = _from_descriptor(path, fd, seek=seek)
-            if image is not None:
-                return image
-        raise UndecodableError(path, "cannot decode a frame (no keyframe found)")
+        fd, info = open_regular_file(name, directory_fd, path=path)
+    finally:
+        os.close(directory_fd)
+    try:
+        if (info.st_size, info.st_mtime_ns) != fingerprint:
+            raise ProbeError(path, "changed since it was scanned")
+        with BoundedInput(fd, info.st_size, read_limit) as source:
+            # Some demuxers (MPEG-TS among them) land past the keyframe a seek
+            # asks for, and find none before the end: then read from the start.
+            for seek in (True, False):
+                image = _from_input(path, source, seek=seek)
+                if image is not None:
+                    return image
+            if source.exhausted:
+                raise UndecodableError(path, _past_limit(source))
+            raise UndecodableError(path, "cannot decode a frame (no keyframe found)")
     finally:
         os.close(fd)
 
 
-def _from_descriptor(path: str, fd: int, *, seek: bool) -> bytes | None:
-    os.lseek(fd, 0, os.SEEK_SET)
+def _open_directory(path: str, directory: str, roots: Sequence[str]) -> int:
+    """Open ``directory`` from the root that holds it down, crossing no symlink."""
+    root = containing_root(directory, roots)
+    if root is None:
+        raise ProbeError(path, OUTSIDE_ROOTS)
     try:
-        container = av.open(
-            "fd:",
-            mode="r",
-            container_options={**_CONTAINER_OPTIONS, "fd": str(fd)},
-            metadata_errors="replace",
-        )
+        top = os.open(root, ROOT_FLAGS)
+    except OSError as exc:
+        raise ProbeError(path, f"cannot open its scan root ({exc.strerror or exc})") from exc
+    try:
+        return open_directory(split(directory)[len(split(root)) :], top)
+    except OSError as exc:
+        if exc.errno in _GONE_ERRNOS:
+            raise ProbeError(path, _DIRECTORY_GONE) from exc
+        raise ProbeError(path, f"cannot open its directory ({exc.strerror or exc})") from exc
+    finally:
+        os.close(top)
+
+
+def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
+    try:
+        container = source.open()
     except (av.FFmpegError, OSError, ValueError) as exc:
-        error = ProbeError if _transient(exc) else UndecodableError
-        raise error(path, f"not a readable media file ({_reason(exc)})") from exc
+        raise _failure(path, source, exc, "not a readable media file") from exc
     try:
         return _thumbnail(path, container, seek=seek)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        error = ProbeError if _transient(exc) else UndecodableError
-        raise error(path, f"cannot decode a frame ({_reason(exc)})") from exc
+        raise _failure(path, source, exc, "cannot decode a frame") from exc
     finally:
         container.close()
+
+
+def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> ProbeError:
+    if source.exhausted:  # what FFmpeg met was the limit, not the file's end
+        return UndecodableError(path, _past_limit(source))
+    error = ProbeError if _transient(exc) else UndecodableError
+    return error(path, f"{what} ({_reason(exc)})")
+
+
+def _past_limit(source: BoundedInput) -> str:
+    return f"no frame found in the first {amount(source.read_limit)} read (the read limit)"
 
 
 def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float) -> tuple[int, int]:
@@ -159,25 +232,6 @@ def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float)
         shown_width, shown_height = shown_height, shown_width
     rows = round(THUMBNAIL_WIDTH * shown_height / shown_width / 2) * 2
     return THUMBNAIL_WIDTH, min(MAX_HEIGHT, max(2, rows))
-
-
-def _open_unchanged(path: str, fingerprint: Fingerprint) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
-            raise ProbeError(path, "not a regular file") from exc
-        raise ProbeError(path, exc.strerror or str(exc)) from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ProbeError(path, "not a regular file")
-        if (info.st_size, info.st_mtime_ns) != fingerprint:
-            raise ProbeError(path, "changed since it was scanned")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from stoat_ferret.library import (
     VideoLibrary,
 )
 from stoat_ferret.library._thumbstore import MARKER
+from stoat_ferret.settings import Settings
 from tests.api.support import LifespanFailed, serving
 from tests.library.test_thumbjob import garbage_frames
 
@@ -28,7 +31,6 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from stoat_ferret.settings import Settings
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
@@ -191,6 +193,98 @@ async def test_the_users_own_thumbnails_folders_are_never_touched(
         "notes.txt",
     ]
     assert sorted(path.name for path in theirs.rglob("*")) == ["1", "photo.jpg"]
+
+
+async def start_up_thumbnails(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The thumbnails job the start-up submitted, once it has ended."""
+    jobs = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+    assert len(jobs) == 1, jobs
+    waited = await client.get(f"/api/v1/jobs/{jobs[0]['job_id']}/wait?timeout=20")
+    job: dict[str, Any] = waited.json()
+    assert job["status"] == "completed", job
+    return job
+
+
+async def test_a_folder_swapped_for_a_symlink_after_the_scan_is_not_read(
+    settings: Settings, video_dir: Path, tmp_path: Path
+) -> None:
+    """Scanned, stopped; the folder is swapped for a link out of the root, to a
+    twin of a.mp4 (same size and time) and nothing for b.mkv; the thumbnails are
+    gone. The start-up's job reads neither, and says the same of both."""
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            await scan_and_thumbnails(client, video_dir)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        shutil.copy2(video_dir / "a.mp4", outside / "a.mp4")
+        os.rename(video_dir, video_dir.with_name("videos.orig"))
+        os.symlink(outside, video_dir)
+        shutil.rmtree(thumbnails_directory(settings))
+        async with serving(create_app(settings)) as client:
+            job = await start_up_thumbnails(client)
+            ids = await video_ids(client)
+            image = await client.get(f"/api/v1/videos/{ids['a.mp4']}/thumbnail")
+
+    assert (job["result"]["made"], job["result"]["failed"]) == (0, 2)
+    reasons = {entry["error"] for entry in job["result"]["errors"]}
+    assert len(reasons) == 1
+    assert "replaced" in reasons.pop()
+    assert image.status_code == 404
+
+
+async def test_videos_outside_narrowed_roots_get_no_thumbnail(
+    settings: Settings, video_dir: Path, tmp_path: Path
+) -> None:
+    """Scanned under one root, restarted with another: the stored videos are
+    errors entries of the start-up's job, not read; they get no thumbnail."""
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            await scan_and_thumbnails(client, video_dir)
+        shutil.rmtree(thumbnails_directory(settings))
+        other = tmp_path / "other"
+        other.mkdir()
+        narrowed = Settings(
+            database_path=settings.database_path,
+            scan_roots=(other,),
+            probe_priority=ThreadPriority.NORMAL,
+        )
+        async with serving(create_app(narrowed)) as client:
+            job = await start_up_thumbnails(client)
+            ids = await video_ids(client)
+            image = await client.get(f"/api/v1/videos/{ids['a.mp4']}/thumbnail")
+
+    assert (job["result"]["made"], job["result"]["failed"]) == (0, 2)
+    assert {entry["error"] for entry in job["result"]["errors"]} == {
+        "outside the directories this service may scan; not read"
+    }
+    assert image.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "code", [errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.EACCES]
+)
+async def test_a_thumbnail_that_cannot_be_read_is_a_503_not_a_500(
+    settings: Settings, video_dir: Path, code: int
+) -> None:
+    """Out of descriptors or memory reading the thumbnail file: 503 with
+    Retry-After, as the scan route answers; any other error reading it too."""
+    app = create_app(settings)
+
+    def failing(video_id: int, fingerprint: tuple[int, int]) -> bytes | None:
+        raise OSError(code, os.strerror(code))
+
+    with anyio.fail_after(60):
+        async with serving(app) as client:
+            await scan_and_thumbnails(client, video_dir)
+            video_id = (await video_ids(client))["a.mp4"]
+            app.state.thumbnails.read = failing
+            answer = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+            head = await client.head(f"/api/v1/videos/{video_id}/thumbnail")
+
+    assert answer.status_code == 503, answer.text
+    assert os.strerror(code) in answer.json()["detail"]
+    assert answer.headers["retry-after"] == "5"
+    assert head.status_code == 503
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
+MiB = 1024 * 1024
+
 
 def job_context(
     job_id: str = "t", progress: list[tuple[float, str | None]] | None = None
@@ -161,6 +163,72 @@ async def test_a_file_away_for_now_is_not_marked_failed(setup: Setup, tmp_path: 
     assert (second["made"], second["failed"], second["unchanged"]) == (1, 0, 3)
 
 
+async def test_a_directory_swapped_for_a_symlink_after_the_scan_is_not_followed(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The scanned folder is swapped for a symlink to a folder of twins (same
+    size and time) before the job runs: nothing behind the link is read, and
+    every video is an errors entry with one reason, retried by the next job."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        outside = tmp_path / "outside"
+        shutil.copytree(setup.folder, outside)  # copy2: the same sizes and times
+        os.rename(setup.folder, tmp_path / "videos.orig")
+        os.symlink(outside, setup.folder)
+        result = await setup.thumbnailer(job_context())
+        sources = await setup.library.thumbnail_sources()
+
+    assert (result["made"], result["failed"]) == (0, 4)
+    reasons = {entry["error"] for entry in result["errors"]}
+    assert len(reasons) == 1
+    assert "replaced" in reasons.pop()
+    assert all(
+        setup.store.state(video_id, (size, mtime)) is None for video_id, _, size, mtime in sources
+    )
+
+
+async def test_rows_outside_the_roots_are_errors_and_not_read(setup: Setup, tmp_path: Path) -> None:
+    """Rows stored before the roots were narrowed: no thumbnail, no marker, one
+    errors entry each saying why; nothing is opened."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    thumbnailer = Thumbnailer(
+        setup.library, setup.store, roots=(str(elsewhere),), priority=ThreadPriority.NORMAL
+    )
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await thumbnailer(job_context())
+        sources = await setup.library.thumbnail_sources()
+
+    assert (result["made"], result["failed"]) == (0, 4)
+    assert {entry["error"] for entry in result["errors"]} == {
+        "outside the directories this service may scan; not read"
+    }
+    assert all(
+        setup.store.state(video_id, (size, mtime)) is None for video_id, _, size, mtime in sources
+    )
+
+
+async def test_a_file_past_the_read_limit_is_an_errors_entry_and_marked(setup: Setup) -> None:
+    """A transport stream followed by a hole larger than the limit: an errors
+    entry, marked failed (the file's own fault) so the next job does not read it again."""
+    sparse = setup.folder / "h264_mp2.ts"
+    os.truncate(sparse, sparse.stat().st_size + 8 * MiB)  # past 1 MiB, within the probe's 64
+    thumbnailer = Thumbnailer(
+        setup.library, setup.store, read_limit=MiB, priority=ThreadPriority.NORMAL
+    )
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await thumbnailer(job_context())
+        video = await setup.library.get_video_by_path(str(sparse))
+
+    assert (result["made"], result["failed"]) == (2, 2)
+    errors = {entry["path"]: entry["error"] for entry in result["errors"]}
+    assert "first 1 MiB" in errors[str(sparse)]
+    assert video is not None
+    assert setup.store.state(video.id, (video.size_bytes, video.mtime_ns)) == "failed"
+
+
 async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,8 +237,8 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
     started, proceed = threading.Event(), threading.Event()
     making: list[str] = []
 
-    def gated(path: str, fingerprint: tuple[int, int]) -> bytes:
-        image = make_thumbnail(path, fingerprint)
+    def gated(path: str, fingerprint: tuple[int, int], **options: Any) -> bytes:
+        image = make_thumbnail(path, fingerprint, **options)
         if not making:
             making.append(path)
             started.set()
@@ -298,12 +366,12 @@ class GatedMaker:
         self.calls = 0
         self.gate = 1  # the call that waits
 
-    def __call__(self, path: str, fingerprint: tuple[int, int]) -> bytes:
+    def __call__(self, path: str, fingerprint: tuple[int, int], **options: Any) -> bytes:
         self.calls += 1
         if self.calls == self.gate:
             self.started.set()
             self.proceed.wait()
-        return make_thumbnail(path, fingerprint)
+        return make_thumbnail(path, fingerprint, **options)
 
 
 class HeldScan:

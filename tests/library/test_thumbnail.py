@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
-from tests.videos import write_corrupt_video
+from tests.videos import copy_video, write_corrupt_video
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from tests.videos import EncodedVideo
 
 WHITE, BLACK = 235, 16
+MiB = 1024 * 1024
 
 
 def make_split_video(
@@ -279,3 +282,166 @@ def test_thumbnail_size(
 ) -> None:
     """320 wide, the displayed aspect kept, the height even, 2 to 1280."""
     assert thumbnail_size(*frame, rotation, aspect) == expected
+
+
+def bytes_read() -> int:
+    """What this process has read so far (``rchar``: every ``read`` call, any file)."""
+    with open("/proc/self/io") as io:
+        for line in io:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("name", ["h264_mp2.ts", "mpeg2_mp2.mpg"])
+def test_a_sparse_tail_past_the_read_limit_is_not_read(
+    clips: dict[str, EncodedVideo], tmp_path: Path, name: str
+) -> None:
+    """A clip followed by a hole of zeros larger than the limit: FFmpeg's MPEG
+    demuxers would read the hole to its end looking for a start code; each of
+    the two attempts reads no more than the limit, and the error says so."""
+    video = copy_video(clips[name], tmp_path / name).path
+    os.truncate(video, video.stat().st_size + 64 * MiB)
+    before = bytes_read()
+
+    with pytest.raises(UndecodableError, match="first 1 MiB"):
+        make_thumbnail(str(video), fingerprint(video), read_limit=MiB)
+
+    assert bytes_read() - before <= 2 * MiB + 64 * 1024  # and /proc/self/io itself
+
+
+def test_a_file_past_the_read_limit_still_gives_its_frame(tmp_path: Path) -> None:
+    """An MP4 followed by a hole: its index and keyframe are reached by seeks,
+    which the limit does not count, so a big file is still thumbnailed."""
+    video = make_split_video(tmp_path / "huge.mp4")
+    os.truncate(video, video.stat().st_size + 64 * MiB)
+    before = bytes_read()
+
+    image = make_thumbnail(str(video), fingerprint(video), read_limit=MiB)
+
+    assert bytes_read() - before <= MiB
+    assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
+
+
+def swapped_tree(tmp_path: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """``root/sub`` scanned (v, w, x.mp4 fingerprinted), then swapped for a symlink to
+    ``outside``, where v.mp4 has a twin of the same size and time, w.mp4 none, and
+    x.mp4 another file: the scan root and the fingerprints of its files."""
+    root = tmp_path / "root"
+    sub = root / "sub"
+    sub.mkdir(parents=True)
+    prints = {
+        name: fingerprint(make_split_video(sub / name)) for name in ("v.mp4", "w.mp4", "x.mp4")
+    }
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy2(sub / "v.mp4", outside / "v.mp4")
+    (outside / "x.mp4").write_bytes(b"private")
+    assert fingerprint(outside / "v.mp4") == prints["v.mp4"]
+    os.rename(sub, root / "sub.orig")
+    sub.symlink_to(outside)
+    return root, prints
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_followed_without_roots(tmp_path: Path) -> None:
+    """With no roots the file's directory is opened from ``/`` down, crossing no
+    symlink: the file behind the link is not read, whatever is there."""
+    root, prints = swapped_tree(tmp_path)
+    reasons = set()
+
+    for name, stored in prints.items():
+        with pytest.raises(ProbeError) as caught:
+            make_thumbnail(str(root / "sub" / name), stored)
+        reasons.add(caught.value.reason)
+
+    assert len(reasons) == 1, reasons
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_followed_beneath_a_root(tmp_path: Path) -> None:
+    """Beneath a root, a directory now a symlink and a directory now missing give one
+    reason, which tells nothing of what the link leads to (a twin, nothing, another file)."""
+    root, prints = swapped_tree(tmp_path)
+    paths = {str(root / "sub" / name): stored for name, stored in prints.items()}
+    paths[str(root / "gone" / "v.mp4")] = prints["v.mp4"]
+    reasons = set()
+
+    for path, stored in paths.items():
+        with pytest.raises(ProbeError) as caught:
+            make_thumbnail(path, stored, roots=(str(root),))
+        reasons.add(caught.value.reason)
+
+    assert len(reasons) == 1, reasons
+    assert "replaced" in reasons.pop()
+
+
+def test_a_file_outside_the_roots_is_not_read(tmp_path: Path) -> None:
+    """A stored path outside every root (the roots narrowed since its scan) is
+    refused before anything is opened: a file there and none give one reason."""
+    root = tmp_path / "root"
+    root.mkdir()
+    video = make_split_video(tmp_path / "old.mp4")
+    reasons = set()
+
+    for path in (video, tmp_path / "missing.mp4", tmp_path / "root-evil" / "a.mp4"):
+        with pytest.raises(ProbeError) as caught:
+            make_thumbnail(str(path), fingerprint(video), roots=(str(root),))
+        reasons.add(caught.value.reason)
+
+    assert reasons == {"outside the directories this service may scan; not read"}
+
+
+def test_a_file_inside_a_root_is_thumbnailed(tmp_path: Path) -> None:
+    """The roots allow what is beneath them, and the root itself."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    for video in (make_split_video(root / "a.mp4"), make_split_video(root / "sub" / "b.mp4")):
+        image = make_thumbnail(
+            str(video), fingerprint(video), roots=(str(tmp_path / "x"), str(root))
+        )
+        assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
+
+
+@pytest.mark.parametrize("path", ["clip.mp4", "/a/../clip.mp4", "/a/./clip.mp4", "/a/"])
+def test_a_path_not_absolute_and_normalised_is_refused(path: str) -> None:
+    """Stored paths are absolute and normalised; another (a '..' would climb out
+    of the root below which it is opened) is refused before anything is opened."""
+    with pytest.raises(ProbeError, match="not an absolute, normalised file path"):
+        make_thumbnail(path, (1, 1))
+
+
+def test_a_missing_root_is_a_probe_error(tmp_path: Path) -> None:
+    """A root gone since the start-up: retried by the next job, not marked."""
+    root = tmp_path / "gone"
+
+    with pytest.raises(ProbeError, match="cannot open its scan root") as caught:
+        make_thumbnail(str(root / "a.mp4"), (1, 1), roots=(str(root),))
+
+    assert not isinstance(caught.value, UndecodableError)
+
+
+def test_a_limit_spent_before_the_header_is_read_is_reported(tmp_path: Path) -> None:
+    """FFmpeg cannot open a file cut short by the limit: the error names the
+    limit (not the file's content), and is the file's own fault (marked)."""
+    video = make_split_video(tmp_path / "clip.mp4")
+
+    with pytest.raises(UndecodableError, match="no frame found in the first 100 bytes read"):
+        make_thumbnail(str(video), fingerprint(video), read_limit=100)
+
+
+def test_a_directory_that_cannot_be_opened_now_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors opening a directory on the way: a reason of its own
+    (an inside fact), a ProbeError the next job tries again, not a marker."""
+    video = make_split_video(tmp_path / "clip.mp4")
+
+    def out_of_descriptors(parts: Any, dir_fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(_thumbnail, "open_directory", out_of_descriptors)
+    with pytest.raises(
+        ProbeError, match=r"cannot open its directory \(Too many open files\)"
+    ) as caught:
+        make_thumbnail(str(video), fingerprint(video))
+
+    assert not isinstance(caught.value, UndecodableError)
