@@ -5,13 +5,9 @@ Blocking (it reads the filesystem): the scan route calls it through
 
 The order of the checks is deliberate. The path is first resolved without
 requiring it to exist (symlinks followed as far as they lead), and compared
-with the roots; only a path inside a root is then looked at. While it is
-resolved, no part is looked at (its link read) unless the path so far is
-inside a root or on the way down to one (an ancestor of a root): the walk
-stops with a 403 as soon as it leaves them, even if later parts (``..``)
-would have led back in. So a client can learn nothing about the filesystem
-outside the roots: a missing and an existing directory out there, a link
-and a plain directory, all get 403.
+with the roots; only a path inside a root is then looked at. So a client can
+learn nothing about the filesystem outside the roots: a missing and an
+existing directory out there both get 403.
 
 Comparison is by path components (:meth:`PurePath.is_relative_to`), on
 resolved paths: ``<root>/../x``, a symlink inside a root that points out, the
@@ -36,7 +32,7 @@ import attrs
 from stoat_ferret.library import MAX_SYMLINKS, real_path
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
 __all__ = [
     "MAX_SYMLINKS",
@@ -89,7 +85,7 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
             :data:`MAX_SYMLINKS` links; 503 out of file descriptors or memory.
     """
     try:
-        resolved = Path(real_path(requested, vet=_on_the_way(roots) if roots else None))
+        resolved = Path(real_path(requested))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
     except OSError as exc:  # a link could not be read (/proc/<pid>/cwd), too many links
@@ -117,17 +113,6 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     except OSError as exc:
         raise _rejection(exc, requested) from None
     return str(resolved)
-
-
-def _on_the_way(roots: Sequence[Path]) -> Callable[[str], None]:
-    """A ``real_path`` vet: 403 for a path neither inside a root nor an ancestor of one."""
-
-    def vet(candidate: str) -> None:
-        path = Path(candidate)
-        if not any(path.is_relative_to(root) or root.is_relative_to(path) for root in roots):
-            raise ScanPathRejected(403, _OUTSIDE)
-
-    return vet
 
 
 def _rejection(exc: OSError, requested: str) -> ScanPathRejected:

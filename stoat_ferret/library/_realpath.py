@@ -13,26 +13,17 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from typing import Final
 
 MAX_SYMLINKS: Final = 40
 """Links followed while resolving one path: Linux's own limit (``ELOOP`` beyond)."""
 
 
-def real_path(path: str, *, vet: Callable[[str], object] | None = None) -> str:
+def real_path(path: str) -> str:
     """``os.path.realpath(path)`` for an absolute ``path``, in a loop instead of recursion.
 
     Like realpath (not strict): a missing part ends the links to follow, and
     the rest is appended as spelt, with ``..`` applied to the text.
-
-    Args:
-        path: the path to resolve.
-        vet: called with each path, resolved so far, before the file system
-            is asked about it; it may raise to stop the walk there (the API
-            refuses to look outside the scan roots this way).
 
     Raises:
         OSError: ``ELOOP`` after :data:`MAX_SYMLINKS` links; whatever
@@ -51,8 +42,6 @@ def real_path(path: str, *, vet: Callable[[str], object] | None = None) -> str:
             resolved = os.path.dirname(resolved)
             continue
         candidate = os.path.join(resolved, part)
-        if vet is not None:
-            vet(candidate)
         try:
             target = os.readlink(candidate)
         except OSError as exc:
