@@ -115,10 +115,12 @@ def split_host(header: str) -> tuple[str, int | None] | None:
     else:
         name, _, port = header.partition(":")
     # ASCII digits only: str.isdigit says yes to "²", which int() refuses;
-    # and at most five, as a port has (int() refuses more than 4,300 digits).
-    if not name or (port and not (port.isascii() and port.isdigit() and len(port) <= 5)):
+    # and at most five after any leading zeros, as a port has (int() refuses
+    # more than 4,300 digits, leading zeros counted).
+    digits = port.lstrip("0") or "0"
+    if not name or (port and not (port.isascii() and port.isdigit() and len(digits) <= 5)):
         return None
-    return name.lower(), int(port) if port else None
+    return name.lower(), int(digits) if port else None
 
 
 def host_name(header: str) -> str | None:
@@ -201,14 +203,16 @@ class RequestGuard:
         headers = connection.headers
         declared = headers.get("content-length", "")
         # ASCII digits only: str.isdigit says yes to "²", which int() refuses;
-        # a length of more digits than the limit's is over it, and is not
-        # given to int(), which refuses more than 4,300 digits.
+        # a length of more digits than the limit's (leading zeros aside) is
+        # over it, and is not given to int(), which refuses more than 4,300
+        # digits, leading zeros counted.
+        digits = declared.lstrip("0") or "0"
         if not (declared.isascii() and declared.isdigit()):
             size = 0
-        elif len(declared.lstrip("0")) > len(str(MAX_BODY_BYTES)):
+        elif len(digits) > len(str(MAX_BODY_BYTES)):
             size = MAX_BODY_BYTES + 1
         else:
-            size = int(declared)
+            size = int(digits)
         if connection.scope["method"] in BODILESS_METHODS and "transfer-encoding" in headers:
             return _refuse(413, CHUNKED_GET)
         if size > MAX_BODY_BYTES:

@@ -116,14 +116,19 @@ async def list_videos(
 
 
 class _VideoIdConvertor(IntegerConvertor):
-    """A video id in a path: 1 to 19 digits (a SQLite rowid is below 2**63).
+    """A video id in a path: 1 to 19 digits after any leading zeros (a SQLite
+    rowid is below 2**63).
 
     Starlette's ``int`` convertor takes any number of digits, and ``int()``
-    refuses more than 4,300 of them: that request was a 500. Longer ids now
-    match no route, a 404 like any other id that names no video.
+    refuses more than 4,300 of them, leading zeros counted: that request was
+    a 500. Longer ids now match no route, a 404 like any other id that names
+    no video.
     """
 
-    regex = "[0-9]{1,19}"
+    regex = "0*[0-9]{1,19}"
+
+    def convert(self, value: str) -> int:
+        return int(value.lstrip("0") or "0")
 
 
 register_url_convertor("video_id", _VideoIdConvertor())

@@ -102,6 +102,7 @@ async def test_videos_page_and_get_one(settings: Settings, video_dir: Path) -> N
             # int() refuses over 4,300 digits: this was a 500.
             endless = await client.get("/api/v1/videos/" + "9" * 4301)
             endless_head = await client.head("/api/v1/videos/" + "9" * 4301)
+            zeros = await client.get(f"/api/v1/videos/{'0' * 5000}{video_id}")
             negative = await client.get("/api/v1/videos/-1")
 
     assert [v["filename"] for v in second["videos"]] == ["b.mkv"]
@@ -113,6 +114,7 @@ async def test_videos_page_and_get_one(settings: Settings, video_dir: Path) -> N
     codes = [missing, huge, endless, endless_head, negative]
     assert [response.status_code for response in codes] == [404] * 5
     assert endless.json() == {"detail": "Not Found"}
+    assert zeros.json() == found.json()  # leading zeros name the same video
     assert "no video" in missing.json()["detail"]
 
 
