@@ -7,7 +7,15 @@ The order of the checks is deliberate. The path is first resolved without
 requiring it to exist (symlinks followed as far as they lead), and compared
 with the roots; only a path inside a root is then looked at. So a client can
 learn nothing about the filesystem outside the roots: a missing and an
-existing directory out there both get 403.
+existing directory out there both get 403, and so does a link that cannot
+be read out there (``EACCES``, a loop). One thing more is refused while the
+path is resolved: a ``..`` of the client's own (not one in a link's target)
+applied where the path so far is outside every root and not on the way down
+to one (an ancestor of a root). Else ``<root>/../x/../<root>`` would come
+back in if ``x`` were a plain directory and not if it were a link, and the
+answer would tell which. What an answer can still tell is whether a path
+outside leads into a root by its links: that is how a root is reached
+through an alias of it (``STOAT_SCAN_ROOTS=/d/alias``, a link to ``/d/real``).
 
 Comparison is by path components (:meth:`PurePath.is_relative_to`), on
 resolved paths: ``<root>/../x``, a symlink inside a root that points out, the
@@ -32,7 +40,7 @@ import attrs
 from stoat_ferret.library import MAX_SYMLINKS, real_path
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "MAX_SYMLINKS",
@@ -85,11 +93,11 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
             :data:`MAX_SYMLINKS` links; 503 out of file descriptors or memory.
     """
     try:
-        resolved = Path(real_path(requested))
+        resolved = Path(real_path(requested, vet=_no_way_back(roots) if roots else None))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
     except OSError as exc:  # a link could not be read (/proc/<pid>/cwd), too many links
-        if not is_within(Path(os.path.abspath(requested)), roots):
+        if not _on_the_way(Path(exc.filename or "/"), roots):
             raise ScanPathRejected(403, _OUTSIDE) from None
         raise _rejection(exc, requested) from None
     if not is_within(resolved, roots):
@@ -113,6 +121,23 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     except OSError as exc:
         raise _rejection(exc, requested) from None
     return str(resolved)
+
+
+def _on_the_way(path: Path, roots: Sequence[Path]) -> bool:
+    """``path`` is inside a root, or an ancestor of one; always True without roots."""
+    return not roots or any(
+        path.is_relative_to(root) or root.is_relative_to(path) for root in roots
+    )
+
+
+def _no_way_back(roots: Sequence[Path]) -> Callable[[str, str, bool], None]:
+    """A ``real_path`` vet: 403 for the client's ``..`` applied outside the roots."""
+
+    def vet(resolved: str, part: str, linked: bool) -> None:
+        if part == ".." and not linked and not _on_the_way(Path(resolved), roots):
+            raise ScanPathRejected(403, _OUTSIDE)
+
+    return vet
 
 
 def _rejection(exc: OSError, requested: str) -> ScanPathRejected:

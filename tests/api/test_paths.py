@@ -18,6 +18,8 @@ from stoat_ferret.api._paths import (
 )
 from tests.permissions import call_denied
 
+_OUTSIDE_DETAIL = "the path is outside the directories this service may scan"
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -280,6 +282,41 @@ def test_a_long_chain_outside_the_roots_is_403(root: Path) -> None:
     last = _chain(root.parent / "outside", root / "sub", 1_200)
 
     assert _rejected(last, (root,)).status_code == 403
+
+
+@pytest.mark.parametrize("name", ["outside", "link-out", "loop", "no-such-dir"])
+def test_a_clients_dotdot_outside_the_roots_is_403_whatever_is_there(root: Path, name: str) -> None:
+    """``<root>/../x/../<root>`` leaves the roots and comes back by the client's
+    own ``..``: 403 whether ``x`` is a plain directory, a link elsewhere, a
+    loop or missing. Before, a plain or missing ``x`` led back in (accepted),
+    a link did not (403), and a loop was its own 400: the answer told them apart."""
+    (root.parent / "link-out").symlink_to(root.parent / "outside" / "deeper")
+    (root.parent / "loop").symlink_to("loop")
+
+    rejected = _rejected(f"{root}/../{name}/../{root.name}", (root,))
+
+    assert (rejected.status_code, rejected.detail) == (403, _OUTSIDE_DETAIL)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "target"),
+    [
+        pytest.param("{parent}/alias/sub", "sub", id="absolute-alias"),
+        pytest.param("{parent}/relative/sub/inner", "sub/inner", id="relative-alias"),
+        pytest.param("{parent}/outside/up/sub", "sub", id="alias-whose-target-climbs"),
+        pytest.param("{parent}/alias/../{name}/sub", "sub", id="dotdot-from-inside"),
+    ],
+)
+def test_a_root_reached_through_an_alias_is_inside(root: Path, spelling: str, target: str) -> None:
+    """A link outside that leads into a root is a way to spell the root (as
+    STOAT_SCAN_ROOTS may itself name it): the settings keep only the resolved
+    root, and the request is resolved to the same directory."""
+    (root.parent / "alias").symlink_to(root)
+    (root.parent / "relative").symlink_to(root.name)
+    (root.parent / "outside" / "up").symlink_to(f"../{root.name}")
+    path = spelling.format(parent=root.parent, name=root.name)
+
+    assert resolve_scan_path(path, (root,)) == str(root / target)
 
 
 @pytest.mark.parametrize(
