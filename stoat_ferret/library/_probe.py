@@ -9,12 +9,18 @@ demuxers (MPEG-PS and MPEG-TS among them, and ffprobe with it) scan a file of
 zeros to its very end looking for a start code; with the limit a sparse 100 GB
 file costs a fraction of a second instead of a full read. Seeks are free, so an
 MP4 whose index sits at the end of a huge file is still described after
-reading a few kilobytes. A file within the limit cannot be over-read, so FFmpeg
-reads it with its own file I/O (its ``fd:`` protocol), which runs without the
-GIL: Python-level reads would make several probe threads queue on the GIL.
-:class:`BoundedInput` makes that choice. The thumbnails (``_thumbnail.py``)
-open their files with :func:`open_regular_file` and read them through
-:class:`BoundedInput` too.
+reading a few kilobytes. The probe reads a file within the limit with FFmpeg's
+own file I/O (its ``fd:`` protocol), which runs without the GIL: Python-level
+reads would make several probe threads queue on the GIL. FFmpeg may read
+parts of such a file more than once (it seeks back), but the probe reads only the
+header, what FFmpeg's stream analysis takes (bounded by its ``probesize``)
+and, for the rotation, packets up to a byte budget and one keyframe
+(``_metadata.py``). :class:`BoundedInput` makes that choice.
+The thumbnails (``_thumbnail.py``) open their files with
+:func:`open_regular_file` and read them through :class:`BoundedInput` too,
+always counted: a thumbnail decodes from a seek, and an index that lists the
+same bytes as thousands of packets would have FFmpeg read them thousands of
+times.
 
 Either way FFmpeg reads a descriptor the probe opened itself, never the name.
 The probe opens the file without following a symlink and without blocking,
@@ -144,18 +150,20 @@ class _BoundedReader:
 
 class BoundedInput:
     """A file's descriptor as FFmpeg reads it: no more than ``read_limit`` bytes
-    (seeks excluded) of a file larger than that, each time it is opened.
+    (seeks excluded) of a file larger than that, or of any file if
+    ``count_every_read``, each time it is opened.
 
     Such a file is read through a :class:`_BoundedReader`, a new one (a new
-    budget) for each :meth:`open`; a file within the limit, which cannot be
-    read past its end, through FFmpeg's own file I/O (``fd:``). The descriptor
-    stays the caller's, to close after this.
+    budget) for each :meth:`open`; any other through FFmpeg's own file I/O
+    (``fd:``). The descriptor stays the caller's, to close after this.
     """
 
-    def __init__(self, fd: int, size: int, read_limit: int) -> None:
+    def __init__(
+        self, fd: int, size: int, read_limit: int, *, count_every_read: bool = False
+    ) -> None:
         self._fd = fd
         self.read_limit = read_limit
-        self._bounded = size > read_limit
+        self._bounded = count_every_read or size > read_limit
         self._reader: _BoundedReader | None = None
 
     @property

@@ -32,10 +32,12 @@ the job itself completes. Only the file's own fault
 a file whose frame is not found within the read limit) is marked: a file
 away, unreadable or changed for now, out of descriptors, an I/O error, a
 directory replaced since the scan, is an ``errors`` entry only, and the next
-job tries it again. So is a video outside the scan roots (``roots``: stored
-before they were narrowed), which is not opened at all: the files are read
-as a scan reads them, from the root down, crossing no symlink
-(``_thumbnail.py``).
+job tries it again. A video outside the scan roots (``roots``: stored before
+they were narrowed) is not tried at all, only counted (``outside``): it
+neither fills the errors nor makes :meth:`Thumbnailer.any_missing` true, so
+the service does not submit a job for it at every start; should the roots
+widen again, it is missing like any other. The files are read as a scan
+reads them, from the root down, crossing no symlink (``_thumbnail.py``).
 
 Cancellation (or the job's timeout, registered as :data:`THUMBNAILS_TIMEOUT`,
 which a pause counts towards) stops it before its next file or during a
@@ -65,6 +67,7 @@ from loguru import logger
 
 from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
+from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
 from stoat_ferret.library._probe import READ_LIMIT
@@ -181,14 +184,20 @@ class Thumbnailer:
         return result
 
     async def any_missing(self) -> bool:
-        """Whether some stored video has neither a thumbnail nor a failure marker."""
+        """Whether some stored video inside the roots has neither a thumbnail
+        nor a failure marker."""
         if self._store.refused is not None:
             return False
         sources = await self._library.thumbnail_sources()
         state = self._store.state
         return await anyio.to_thread.run_sync(
-            lambda: any(state(source[0], source[2:]) is None for source in sources)
+            lambda: any(
+                self._inside(source) and state(source[0], source[2:]) is None for source in sources
+            )
         )
+
+    def _inside(self, source: _Source) -> bool:
+        return containing_root(os.path.dirname(source[1]), self._roots) is not None
 
     @property
     def working(self) -> bool:
@@ -270,7 +279,7 @@ class Thumbnailer:
                 return False
             stored = {source[0] for source in sources}
             run.removed += await self._threads.run_sync(lambda _: self._store.sweep(stored))
-        todo, run.unchanged = found
+        todo, run.unchanged, run.outside = found
         run.videos = len(sources)
         run.total = run.made + run.failed + len(todo)
         for source in todo:
@@ -291,24 +300,27 @@ class Thumbnailer:
 
     def _missing(
         self, sources: list[_Source], tried: set[_Source], stop: threading.Event
-    ) -> tuple[list[_Source], int] | None:
-        """What to make (missing, not tried by this job), and how many had
-        theirs before it; None once a scan runs or the job is cancelled
-        (looked at every :data:`_CHECK_EVERY` videos, from the first)."""
+    ) -> tuple[list[_Source], int, int] | None:
+        """What to make (missing, not tried by this job), how many had theirs
+        before it, and how many are outside the roots; None once a scan runs
+        or the job is cancelled (looked at every :data:`_CHECK_EVERY` videos,
+        from the first)."""
         state = self._store.state
         todo: list[_Source] = []
-        unchanged = 0
+        unchanged = outside = 0
         for index, source in enumerate(sources):
             # An int read in this thread: a scan's start on the loop is seen here.
             if index % _CHECK_EVERY == 0 and (stop.is_set() or self.gate.running):
                 return None
             if source in tried:
                 continue
-            if state(source[0], source[2:]) is None:
+            if not self._inside(source):
+                outside += 1
+            elif state(source[0], source[2:]) is None:
                 todo.append(source)
             else:
                 unchanged += 1
-        return todo, unchanged
+        return todo, unchanged, outside
 
     def _make(self, source: _Source, stop: threading.Event) -> str | None:
         """Make and store one thumbnail in this thread; None, or why it failed."""
@@ -381,6 +393,7 @@ class _Run:
     made: int = 0
     failed: int = 0
     unchanged: int = 0
+    outside: int = 0  # stored videos outside the roots: not tried
     removed: int = 0
     yielded_to_scan: bool = False
     paused: int = 0  # times it paused while scans ran
@@ -405,6 +418,7 @@ class _Run:
             "made": self.made,
             "failed": self.failed,
             "unchanged": self.unchanged,
+            "outside": self.outside,
             "removed": self.removed,
             "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
             "errors_truncated": self.errors.truncated,

@@ -38,8 +38,10 @@ the seek found no keyframe): 128 MiB in all by default. The second gets a
 budget of its own: the first may spend its budget reading on from the seek
 through a long GOP. A file whose frame is not found within the limit (a
 clip followed by gigabytes of zeros, which the MPEG demuxers would read to
-the end looking for a start code) is undecodable. A file within the limit
-is read with FFmpeg's own file I/O, as the probe's is.
+the end looking for a start code) is undecodable. Unlike the probe's, every
+read is counted, whatever the file's size: decoding from a seek, FFmpeg
+reads what the index points at, and a hostile index that lists the same
+60 MiB as two thousand packets had it read 70 GB of a 60 MiB file.
 """
 
 from __future__ import annotations
@@ -157,12 +159,14 @@ def make_thumbnail(
     directory_fd = _open_directory(path, directory, roots)
     try:
         fd, info = open_regular_file(name, directory_fd, path=path)
-    finally:
+    except BaseException:
         os.close(directory_fd)
+        raise
+    os.close(directory_fd)
     try:
         if (info.st_size, info.st_mtime_ns) != fingerprint:
             raise ProbeError(path, "changed since it was scanned")
-        with BoundedInput(fd, info.st_size, read_limit) as source:
+        with BoundedInput(fd, info.st_size, read_limit, count_every_read=True) as source:
             # Some demuxers (MPEG-TS among them) land past the keyframe a seek
             # asks for, and find none before the end: then read from the start.
             for seek in (True, False):

@@ -98,10 +98,13 @@ class ThumbnailStore:
             if exc.errno == errno.ELOOP:  # a symlink: not ours
                 return None
             raise
-        with open(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO: not ours
                 return None
-            return file.read() or None  # an empty file: a write cut short
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                return file.read() or None  # an empty file: a write cut short
+        finally:
+            os.close(fd)
 
     def state(self, video_id: int, fingerprint: Fingerprint) -> str | None:
         """``"made"``, ``"failed"``, or None when this version has not been tried."""

@@ -187,9 +187,12 @@ async def test_a_directory_swapped_for_a_symlink_after_the_scan_is_not_followed(
     )
 
 
-async def test_rows_outside_the_roots_are_errors_and_not_read(setup: Setup, tmp_path: Path) -> None:
-    """Rows stored before the roots were narrowed: no thumbnail, no marker, one
-    errors entry each saying why; nothing is opened."""
+async def test_rows_outside_the_roots_are_counted_and_not_read(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Rows stored before the roots were narrowed: no thumbnail, no marker, no
+    errors entry (they would hide real ones), counted as ``outside``; nothing
+    is opened, and they do not count as missing (no job at every start)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     thumbnailer = Thumbnailer(
@@ -199,11 +202,11 @@ async def test_rows_outside_the_roots_are_errors_and_not_read(setup: Setup, tmp_
         await setup.scan()
         result = await thumbnailer(job_context())
         sources = await setup.library.thumbnail_sources()
+        missing = await thumbnailer.any_missing()
 
-    assert (result["made"], result["failed"]) == (0, 4)
-    assert {entry["error"] for entry in result["errors"]} == {
-        "outside the directories this service may scan; not read"
-    }
+    assert (result["made"], result["failed"], result["outside"]) == (0, 0, 4)
+    assert result["errors"] == []
+    assert not missing
     assert all(
         setup.store.state(video_id, (size, mtime)) is None for video_id, _, size, mtime in sources
     )

@@ -323,6 +323,29 @@ def test_a_file_past_the_read_limit_still_gives_its_frame(tmp_path: Path) -> Non
     assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
 
 
+def test_every_read_of_a_file_within_the_limit_is_counted_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file smaller than the limit is read through the counted reader as
+    well, never by FFmpeg's own file I/O: from a seek, FFmpeg reads what the
+    index points at, and an index listing the same bytes as thousands of
+    packets had it read 70 GB of a 60 MiB file (a reviewer's crafted MP4)."""
+    video = make_split_video(tmp_path / "small.mp4")
+    sources: list[object] = []
+    opened = av.open
+
+    def recording(source: object, *args: Any, **kwargs: Any) -> Any:
+        sources.append(source)
+        return opened(source, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", recording)
+    image = make_thumbnail(str(video), fingerprint(video), read_limit=64 * MiB)
+
+    assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
+    assert sources
+    assert not any(isinstance(source, str) for source in sources)  # "fd:" is FFmpeg's I/O
+
+
 def swapped_tree(tmp_path: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
     """``root/sub`` scanned (v, w, x.mp4 fingerprinted), then swapped for a symlink to
     ``outside``, where v.mp4 has a twin of the same size and time, w.mp4 none, and

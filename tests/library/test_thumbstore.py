@@ -43,6 +43,20 @@ def test_write_read_and_state(tmp_path: Path) -> None:
     assert store.state(9, (100, 5)) is None
 
 
+def test_a_directory_in_a_thumbnails_place_is_none_and_leaks_nothing(tmp_path: Path) -> None:
+    """Not ours (a directory where the image would be): None, as for a missing
+    one, and the descriptor opened to look at it is closed."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (100, 5), b"image")
+    path = store.path_for(7, (100, 5))
+    os.remove(path)
+    os.mkdir(path)
+    before = len(os.listdir("/proc/self/fd"))
+
+    assert [store.read(7, (100, 5)) for _ in range(3)] == [None, None, None]
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_new_version_replaces_the_old(tmp_path: Path) -> None:
     """Writing the thumbnail of a changed file leaves only that one in the folder."""
     store = ThumbnailStore(tmp_path / "thumbs")
