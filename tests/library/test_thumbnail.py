@@ -340,6 +340,7 @@ def test_every_read_of_a_file_within_the_limit_is_counted_too(
 
     monkeypatch.setattr(av, "open", recording)
     image = make_thumbnail(str(video), fingerprint(video), read_limit=64 * MiB)
+    monkeypatch.undo()
 
     assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
     assert sources
