@@ -8,6 +8,7 @@ its busy timeout, reads of the same store still answer at once.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from contextlib import closing
 from typing import TYPE_CHECKING
 
@@ -16,10 +17,13 @@ import anyio.from_thread
 import pytest
 
 from stoat_ferret.library import StoreError, VideoLibrary, VideoStore, _store
+from stoat_ferret.library._library import READ_THREADS
 from tests.library.support import record
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from stoat_ferret.library import Video
 
 # Only a store that makes reads wait behind its writes ever waits this long;
 # the test then releases the lock and fails on the order of the two calls.
@@ -111,6 +115,42 @@ def test_a_list_reads_one_snapshot(tmp_path: Path) -> None:
         assert store.list_videos(10, 0)[1] == 2
     finally:
         store.close()
+
+
+@pytest.mark.anyio
+async def test_reads_take_at_most_their_own_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads that cannot finish hold READ_THREADS worker threads; the reads
+    beyond wait as tasks, and start as threads come free."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    lock = threading.Lock()
+    entered: list[int] = []
+    all_in = anyio.Event()
+    release = threading.Event()
+
+    def blocked(limit: int, offset: int, where: object) -> tuple[list[Video], int]:
+        with lock:
+            entered.append(limit)
+            if len(entered) == READ_THREADS:
+                anyio.from_thread.run_sync(all_in.set)
+        release.wait()
+        return [], 0
+
+    monkeypatch.setattr(store, "list_videos", blocked)
+    with anyio.fail_after(30):
+        async with VideoLibrary(store) as library, anyio.create_task_group() as group:
+            for limit in range(READ_THREADS + 3):
+                group.start_soon(library.list_videos, limit)
+            try:
+                await all_in.wait()
+                await anyio.wait_all_tasks_blocked()  # the others are at the limiter
+                waiting = library._reads.statistics().tasks_waiting
+                assert (len(entered), waiting) == (READ_THREADS, 3)
+            finally:
+                release.set()
+
+    assert sorted(entered) == list(range(READ_THREADS + 3))
 
 
 @pytest.mark.parametrize("name", [":memory:", ""])
