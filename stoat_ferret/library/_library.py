@@ -4,6 +4,16 @@ Every call runs the store's blocking method in a worker thread through
 ``anyio.to_thread.run_sync``, so the event loop never waits on SQLite. The
 threads are not abandoned on cancellation: a write batch that has started
 commits whole before the cancellation is delivered.
+
+Reads (the lists and gets, which requests make as often as clients ask) run
+under a :class:`anyio.CapacityLimiter` of their own, :data:`READ_THREADS`
+tokens: the store reads on one connection, one read at a time, so a thread
+beyond the one reading would only wait for that connection; a pile of
+requests waits as tasks instead, and leaves anyio's default pool of 40
+threads to the rest (resolving a scan's path, the walk). Writes keep the
+default pool: only running jobs write, one store call at a time a scan, so
+``max_workers`` bounds them; and a write waiting out the busy timeout must
+not hold a token a read needs.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -29,12 +39,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+READ_THREADS: Final = 4
+"""Worker threads reads use at once: one reading, and three more ready at the
+connection's lock, so it is not idle while the event loop hands the next
+read over; a tenth of anyio's default 40."""
+
 
 class VideoLibrary:
     """The stored videos, for async code. Create it with :meth:`open`."""
 
     def __init__(self, store: VideoStore) -> None:
         self._store = store
+        self._reads = anyio.CapacityLimiter(READ_THREADS)
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> VideoLibrary:
@@ -70,7 +86,7 @@ class VideoLibrary:
 
     async def schema_version(self) -> int:
         """Return the schema version recorded in the file (``PRAGMA user_version``)."""
-        return await anyio.to_thread.run_sync(self._store.schema_version)
+        return await anyio.to_thread.run_sync(self._store.schema_version, limiter=self._reads)
 
     async def list_videos(
         self, limit: int = 100, offset: int = 0, where: VideoFilter | None = None
@@ -81,15 +97,19 @@ class VideoLibrary:
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
         """
-        return await anyio.to_thread.run_sync(self._store.list_videos, limit, offset, where)
+        return await anyio.to_thread.run_sync(
+            self._store.list_videos, limit, offset, where, limiter=self._reads
+        )
 
     async def get_video(self, video_id: int) -> Video | None:
         """Return the video with this id, or None."""
-        return await anyio.to_thread.run_sync(self._store.get_video, video_id)
+        return await anyio.to_thread.run_sync(self._store.get_video, video_id, limiter=self._reads)
 
     async def get_video_by_path(self, path: str) -> Video | None:
         """Return the video stored under this resolved path, or None."""
-        return await anyio.to_thread.run_sync(self._store.get_video_by_path, path)
+        return await anyio.to_thread.run_sync(
+            self._store.get_video_by_path, path, limiter=self._reads
+        )
 
     def on_delete(self, callback: Callable[[list[int]], None]) -> None:
         """Call ``callback(ids)`` after rows are deleted, in the deleting worker thread.
@@ -100,7 +120,7 @@ class VideoLibrary:
 
     async def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
         """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
-        return await anyio.to_thread.run_sync(self._store.thumbnail_sources)
+        return await anyio.to_thread.run_sync(self._store.thumbnail_sources, limiter=self._reads)
 
     async def survey(
         self,
@@ -193,7 +213,9 @@ class VideoLibrary:
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
         """
-        return await anyio.to_thread.run_sync(self._store.scan_errors, job_id, limit, offset)
+        return await anyio.to_thread.run_sync(
+            self._store.scan_errors, job_id, limit, offset, limiter=self._reads
+        )
 
     async def apply(
         self,

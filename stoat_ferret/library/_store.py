@@ -1,15 +1,19 @@
 """VideoStore: the videos and scan_errors tables in SQLite (``sqlite3``), from worker threads.
 
-Concurrency: one connection, opened with ``check_same_thread=False`` and
-guarded by a ``threading.Lock``. Every method takes the lock for its whole
-duration, so a read never sees half of a write batch and two threads never
-share the connection at once. A write batch is a few milliseconds, which is
-shorter than handing reads to a pool of connections would save.
+Concurrency: two connections to the file (``_connections.py``), each used by
+one thread at a time under its own ``threading.Lock``. Writes go through the
+writing one: each write method is one ``BEGIN IMMEDIATE ... COMMIT``
+transaction, so a batch is written whole or not at all, and while another
+process holds SQLite's write lock it waits up to :data:`BUSY_TIMEOUT_MS`
+holding the write lock. Reads go through the read-only one, each in one
+``BEGIN ... COMMIT`` transaction: in WAL mode a read takes no lock a writer
+holds and sees one committed snapshot (a list's count and its page agree),
+so it never waits for a write, of this process or another, nor sees half of
+one. An in-memory database cannot be shared by two connections: the store
+needs a file.
 
 Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
 committed batches, never consistency), ``busy_timeout`` for other processes.
-Each write method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction, so a batch
-is written whole or not at all.
 
 Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``.
 
@@ -35,12 +39,17 @@ one ``directory`` (indexed).
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from stoat_ferret.library._connections import (
+    file_identity,
+    open_reader,
+    open_writer,
+    transaction,
+)
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._models import (
     Fingerprint,
@@ -52,14 +61,14 @@ from stoat_ferret.library._query import (
     FORMATS,
     filter_clause,
     page_query,
-    search_key,
     subtree_bounds,
     walk_sort_index,
 )
 from stoat_ferret.library._rows import COLUMNS, UPSERT, record_row, stored_video
-from stoat_ferret.library._schema import PROBE_VERSION, migrate
+from stoat_ferret.library._schema import PROBE_VERSION
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Callable, Collection, Iterator, Sequence
 
 BUSY_TIMEOUT_MS: Final = 5_000
@@ -68,16 +77,19 @@ BUSY_TIMEOUT_MS: Final = 5_000
 class VideoStore:
     """The videos table of one SQLite file. Blocking: call it from worker threads.
 
-    Use :meth:`open`; the constructor takes an already prepared connection.
+    Use :meth:`open`; the constructor takes the already prepared writing and
+    reading connections of the file ``path``.
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, path: str) -> None:
         self.path = path
-        self._connection: sqlite3.Connection | None = connection
-        self._lock = threading.Lock()
-        # Which file this connection writes to: SQLite goes on writing to a
+        self._writer: sqlite3.Connection | None = writer
+        self._write_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = reader
+        self._read_lock = threading.Lock()
+        # Which file the writer writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
-        self._identity = _file_identity(path)
+        self._identity = file_identity(path)
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
@@ -90,37 +102,37 @@ class VideoStore:
 
         Raises:
             StoreError: The file cannot be created or opened, is not an SQLite
-                database, or has a schema newer than this code's
-                (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`).
+                database, has a schema newer than this code's
+                (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`), or
+                ``path`` names an in-memory database (``":memory:"`` or ``""``).
         """
         name = os.fspath(path)
-        try:
-            connection = sqlite3.connect(
-                name, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        if name in (":memory:", ""):
+            raise StoreError(
+                f"cannot open video store {name!r}: the store needs a file"
+                " (its reads use a second connection, which cannot share an in-memory database)"
             )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open video store {name}: {exc}") from exc
+        writer = open_writer(name, BUSY_TIMEOUT_MS)
         try:
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            connection.create_function("search_key", 1, search_key, deterministic=True)
-            migrate(connection, name)
-            connection.execute("DELETE FROM scan_errors")  # its jobs are gone
-        except sqlite3.Error as exc:
-            connection.close()
-            raise StoreError(f"cannot open video store {name}: {exc}") from exc
+            reader = open_reader(name, BUSY_TIMEOUT_MS)
         except BaseException:
-            connection.close()
+            writer.close()
             raise
-        return cls(connection, name)
+        return cls(writer, reader, name)
 
     def close(self) -> None:
-        """Close the connection. Idempotent; later calls to other methods raise StoreError."""
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        """Close both connections. Idempotent; later calls to other methods raise StoreError.
+
+        The reader closes first, so the writer, closing last, checkpoints the WAL.
+        """
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
     def schema_version(self) -> int:
         """Return ``PRAGMA user_version`` of the open file."""
@@ -248,8 +260,8 @@ class VideoStore:
     ) -> list[str]:
         """Delete the rows of those ``paths`` whose file ``is_gone``, in one transaction.
 
-        ``is_gone`` (file-system work) runs first, without the store's lock,
-        so no other reader or writer waits for it. The delete then keeps a
+        ``is_gone`` (file-system work) runs first, without the write lock,
+        so no other writer waits for it. The delete then keeps a
         row written at or after ``written_before`` (when the caller's walk
         began): another scan saw its file after this one looked, even if it
         did so between the check and the delete. Returns the paths whose
@@ -310,38 +322,29 @@ class VideoStore:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            connection = self._open_connection()
-            try:
+        """The reader, in one read transaction: every query of the body sees one snapshot."""
+        with self._read_lock:
+            connection = self._opened(self._reader)
+            with transaction(connection, self.path, "BEGIN"):
                 yield connection
-            except sqlite3.Error as exc:
-                raise StoreError(f"video store {self.path}: {exc}") from exc
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            connection = self._open_connection()
-            if _file_identity(self.path) != self._identity:
+        """The writer, in one ``BEGIN IMMEDIATE`` transaction, committed if the body returns."""
+        with self._write_lock:
+            connection = self._opened(self._writer)
+            if file_identity(self.path) != self._identity:
                 raise StoreError(
                     f"video store {self.path} was deleted or replaced while open; "
                     "restart the service to recreate it"
                 )
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    yield connection
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreError(f"video store {self.path}: {exc}") from exc
+            with transaction(connection, self.path, "BEGIN IMMEDIATE"):
+                yield connection
 
-    def _open_connection(self) -> sqlite3.Connection:
-        if self._connection is None:
+    def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
+        if connection is None:
             raise StoreError(f"video store {self.path} is closed")
-        return self._connection
+        return connection
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
@@ -394,12 +397,3 @@ def _insert_errors(
             for index, (path, error) in enumerate(errors)
         ),
     )
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of ``path``, or None when it does not exist."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return (status.st_dev, status.st_ino)

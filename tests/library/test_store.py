@@ -490,9 +490,9 @@ def test_remove_gone_checks_files_unlocked_and_keeps_rows_written_meanwhile(
     unlocked: list[bool] = []
 
     def is_gone(path: str) -> bool:
-        free = store._lock.acquire(blocking=False)
+        free = store._write_lock.acquire(blocking=False)
         if free:
-            store._lock.release()
+            store._write_lock.release()
             if path == "/m/rewritten.mp4":  # another scan stores it meanwhile
                 store.upsert([record(path, size=200)])
         unlocked.append(free)

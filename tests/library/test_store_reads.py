@@ -1,0 +1,173 @@
+"""Reads of the store while its writes wait for SQLite's write lock.
+
+In WAL mode a read needs no lock: it reads the last committed snapshot. So
+while another process holds the write lock and a write of the store waits on
+its busy timeout, reads of the same store still answer at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import closing
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.from_thread
+import pytest
+
+from stoat_ferret.library import StoreError, VideoLibrary, VideoStore, _store
+from stoat_ferret.library._library import READ_THREADS
+from tests.library.support import record
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from stoat_ferret.library import Video
+
+# Only a store that makes reads wait behind its writes ever waits this long;
+# the test then releases the lock and fails on the order of the two calls.
+HANG_GUARD = 10
+
+
+@pytest.mark.anyio
+async def test_a_read_does_not_wait_for_a_write_waiting_on_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection holds BEGIN IMMEDIATE; the store's write is in its busy
+    wait (seen by the statement trace of its connection); a list and a get
+    complete meanwhile and see the last commit only; then the write lands."""
+    # The write waits until the test releases the lock, however slow the machine.
+    monkeypatch.setattr(_store, "BUSY_TIMEOUT_MS", 600_000)
+    path = tmp_path / "videos.sqlite"
+    store = VideoStore.open(path)
+    writer = store._writer
+    assert writer is not None
+    order: list[str] = []
+    seen: list[object] = []
+    began = anyio.Event()
+    read = anyio.Event()
+
+    def traced(statement: str) -> None:
+        if statement == "BEGIN IMMEDIATE":  # the write's busy wait comes next
+            anyio.from_thread.run_sync(began.set)
+
+    async def write() -> None:
+        await library.upsert([record("/m/b.mp4")])
+        order.append("write")
+
+    async def read_meanwhile() -> None:
+        listed, total = await library.list_videos(10, 0)
+        video = await library.get_video(listed[0].id)
+        order.append("read")
+        seen.extend([total, video])
+        read.set()
+
+    with anyio.fail_after(HANG_GUARD * 3):
+        async with VideoLibrary(store) as library:
+            await library.upsert([record("/m/a.mp4")])
+            writer.set_trace_callback(traced)
+            with closing(sqlite3.connect(path, isolation_level=None)) as other:
+                other.execute("BEGIN IMMEDIATE")  # another process's write lock
+                try:
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(write)
+                        await began.wait()
+                        group.start_soon(read_meanwhile)
+                        with anyio.move_on_after(HANG_GUARD):
+                            await read.wait()
+                        other.execute("ROLLBACK")
+                finally:
+                    if other.in_transaction:
+                        other.execute("ROLLBACK")
+            writer.set_trace_callback(None)
+            after, _ = await library.list_videos(10, 0)
+
+    assert order == ["read", "write"], "the read waited for the store's waiting write"
+    assert seen[0] == 1
+    assert seen[1] is not None
+    assert [video.path for video in after] == ["/m/a.mp4", "/m/b.mp4"]
+
+
+def test_a_list_reads_one_snapshot(tmp_path: Path) -> None:
+    """A commit between a list's count and its page cannot make them disagree:
+    the read is one transaction on its connection."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    reader = store._reader
+    assert reader is not None
+    selects: list[str] = []
+
+    def traced(statement: str) -> None:
+        # The page's query begins after the count's, which took the snapshot.
+        if statement.startswith("SELECT"):
+            selects.append(statement)
+            if len(selects) == 2:
+                store.upsert([record("/m/b.mp4")])
+
+    try:
+        store.upsert([record("/m/a.mp4")])
+        reader.set_trace_callback(traced)
+        videos, total = store.list_videos(10, 0)
+        reader.set_trace_callback(None)
+
+        assert len(selects) == 2  # the count, then the page
+        assert ([video.path for video in videos], total) == (["/m/a.mp4"], 1)
+        assert store.list_videos(10, 0)[1] == 2
+    finally:
+        store.close()
+
+
+@pytest.mark.anyio
+async def test_reads_take_at_most_their_own_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads that cannot finish hold READ_THREADS worker threads; the reads
+    beyond wait as tasks, and start as threads come free."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    lock = threading.Lock()
+    entered: list[int] = []
+    all_in = anyio.Event()
+    release = threading.Event()
+
+    def blocked(limit: int, offset: int, where: object) -> tuple[list[Video], int]:
+        with lock:
+            entered.append(limit)
+            if len(entered) == READ_THREADS:
+                anyio.from_thread.run_sync(all_in.set)
+        release.wait()
+        return [], 0
+
+    monkeypatch.setattr(store, "list_videos", blocked)
+    with anyio.fail_after(30):
+        async with VideoLibrary(store) as library, anyio.create_task_group() as group:
+            for limit in range(READ_THREADS + 3):
+                group.start_soon(library.list_videos, limit)
+            try:
+                await all_in.wait()
+                await anyio.wait_all_tasks_blocked()  # the others are at the limiter
+                waiting = library._reads.statistics().tasks_waiting
+                assert (len(entered), waiting) == (READ_THREADS, 3)
+            finally:
+                release.set()
+
+    assert sorted(entered) == list(range(READ_THREADS + 3))
+
+
+@pytest.mark.parametrize("name", [":memory:", ""])
+def test_an_in_memory_database_is_refused(name: str) -> None:
+    """Reads use a second connection, which cannot share an in-memory database."""
+    with pytest.raises(StoreError, match="needs a file"):
+        VideoStore.open(name)
+
+
+@pytest.mark.parametrize("name", ["a?b#c%20 d.sqlite", "caf\udce9.sqlite"])
+def test_odd_file_names_are_read_through_the_same_file(tmp_path: Path, name: str) -> None:
+    """The reading connection opens the file by URI: names with URI characters,
+    and names that are not UTF-8, still reach the file the writes went to."""
+    store = VideoStore.open(tmp_path / name)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        assert store.list_videos(10, 0)[1] == 1
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
