@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from stoat_ferret.jobs._shared import Shared
 
 
+_STOPPED_BEFORE_START = "cancelled: supervisor stopped before the job started"
+
 _LOG_LEVELS = {
     JobStatus.COMPLETED: "INFO",
     JobStatus.FAILED: "ERROR",
@@ -360,20 +362,15 @@ class JobTable:
     def stop_starting(self) -> None:
         """No job starts from here on, and every pending one ends now.
 
-        Called when a worker says the supervisor is stopping (``Stopping``),
-        and once the actor's loop has ended (after a shutdown, a hard stop or
-        a bug); each time the phase has left ``RUNNING`` and every message
-        sent before is handled, so that a job a worker has just started is
-        running, not pending. Calling it again changes nothing.
+        Called at a worker's ``Stopping`` and once the actor's loop has ended
+        (a shutdown, a hard stop or a bug): each time the phase has left
+        ``RUNNING`` and every message sent before is handled, so a job a
+        worker has just started is running, not pending. Idempotent.
         """
         self.shutting_down = True
         self.assignments.close()
         for record in list(self.pending.values()):
-            self._finish(
-                record,
-                JobEvent.CANCEL,
-                error="cancelled: supervisor stopped before the job started",
-            )
+            self._finish(record, JobEvent.CANCEL, error=_STOPPED_BEFORE_START)
         # The stop is the first reason of a running job that has none yet: a
         # deadline or a cancel() that comes while it unwinds does not replace it.
         for record in self.running.values():
@@ -398,8 +395,5 @@ class JobTable:
             if record.status is JobStatus.RUNNING:
                 event, reason = record.stopped_while_running()
             else:
-                event, reason = (
-                    JobEvent.CANCEL,
-                    "cancelled: supervisor stopped before the job started",
-                )
+                event, reason = JobEvent.CANCEL, _STOPPED_BEFORE_START
             self._finish(record, event, error=reason)
