@@ -62,7 +62,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
-import attrs
 from loguru import logger
 
 from stoat_ferret.jobs import JobError, JobStatus
@@ -73,6 +72,7 @@ from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
 from stoat_ferret.library._probe import READ_LIMIT
 from stoat_ferret.library._scangate import ScanGate, Way
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
+from stoat_ferret.library._thumbrun import Source, ThumbnailRun
 
 if TYPE_CHECKING:
     import threading
@@ -91,8 +91,6 @@ short by it loses nothing: it leaves the work owed, and the next job (after
 the next scan, or at start-up) goes on from where it stopped."""
 
 _CHECK_EVERY: Final = 1_000  # videos the listing checks between looks for scans
-
-_Source = tuple[int, str, int, int]  # (id, path, size_bytes, mtime_ns)
 
 
 class Thumbnailer:
@@ -148,14 +146,14 @@ class Thumbnailer:
         if self._running is not None:
             self._again = True
             ctx.report_progress(1.0, f"merged into the running thumbnails job {self._running}")
-            merged = _Run(ctx=ctx, errors=ErrorLog(cap=0)).result()
+            merged = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=0)).result()
             return {**merged, "merged_into": self._running}
         self._store.check()  # a directory that is not ours: the job fails, saying so
         self._running = ctx.job_id
         # Owed until this job has made them all: if it is cancelled, times
         # out or gives way, the next scan submits a job for the rest.
         self.owed = True
-        run = _Run(ctx=ctx, errors=ErrorLog(cap=self._error_cap))
+        run = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=self._error_cap))
         log = logger.bind(job_id=ctx.job_id, job_type=THUMBNAILS_JOB_TYPE)
         log.info("thumbnails started")
         try:
@@ -196,7 +194,7 @@ class Thumbnailer:
             )
         )
 
-    def _inside(self, source: _Source) -> bool:
+    def _inside(self, source: Source) -> bool:
         return containing_root(os.path.dirname(source[1]), self._roots) is not None
 
     @property
@@ -249,7 +247,7 @@ class Thumbnailer:
             self._queued = None  # started (maybe before its submitter set this) or ended
         return waiting
 
-    async def _make_way(self, run: _Run) -> Way:
+    async def _make_way(self, run: ThumbnailRun) -> Way:
         """Before the listing and each thumbnail: what the gate says, reported."""
 
         def pause() -> None:
@@ -265,7 +263,7 @@ class Thumbnailer:
             run.report("gave way to a waiting scan; the rest is queued behind it")
         return way
 
-    async def _one_pass(self, run: _Run) -> bool:
+    async def _one_pass(self, run: ThumbnailRun) -> bool:
         """List the library and make what is missing; False if a scan cut it short."""
         if await self._make_way(run) is Way.STOP:  # the listing is work too
             return False
@@ -299,14 +297,14 @@ class Thumbnailer:
         return True
 
     def _missing(
-        self, sources: list[_Source], tried: set[_Source], stop: threading.Event
-    ) -> tuple[list[_Source], int, int] | None:
+        self, sources: list[Source], tried: set[Source], stop: threading.Event
+    ) -> tuple[list[Source], int, int] | None:
         """What to make (missing, not tried by this job), how many had theirs
         before it, and how many are outside the roots; None once a scan runs
         or the job is cancelled (looked at every :data:`_CHECK_EVERY` videos,
         from the first)."""
         state = self._store.state
-        todo: list[_Source] = []
+        todo: list[Source] = []
         unchanged = outside = 0
         for index, source in enumerate(sources):
             # An int read in this thread: a scan's start on the loop is seen here.
@@ -322,7 +320,7 @@ class Thumbnailer:
                 unchanged += 1
         return todo, unchanged, outside
 
-    def _make(self, source: _Source, stop: threading.Event) -> str | None:
+    def _make(self, source: Source, stop: threading.Event) -> str | None:
         """Make and store one thumbnail in this thread; None, or why it failed."""
         video_id, path, size_bytes, mtime_ns = source
         fingerprint = (size_bytes, mtime_ns)
@@ -348,7 +346,7 @@ class Thumbnailer:
             return f"cannot store its thumbnail ({exc.strerror or exc})"
         return reason
 
-    async def _forget_if_gone(self, source: _Source) -> None:
+    async def _forget_if_gone(self, source: Source) -> None:
         # The row may have been deleted (or changed) while the thumbnail was
         # made; a deletion's own hook covers everything committed after this.
         video = await self._library.get_video(source[0])
@@ -381,52 +379,3 @@ async def submit_thumbnails(
         "thumbnails job submitted", job_id=job_id, job_type=THUMBNAILS_JOB_TYPE, after=after
     )
     return job_id
-
-
-@attrs.define(eq=False, kw_only=True)
-class _Run:
-    """The counts of one job, over all its passes. Private to the job's task."""
-
-    ctx: JobContext
-    errors: ErrorLog
-    videos: int = 0
-    made: int = 0
-    failed: int = 0
-    unchanged: int = 0
-    outside: int = 0  # stored videos outside the roots: not tried
-    removed: int = 0
-    yielded_to_scan: bool = False
-    paused: int = 0  # times it paused while scans ran
-    # Made and failed out of this many found missing so far (the listing
-    # after a pause may find more), and the fraction last reported.
-    total: int = 0
-    # Invariant: never lowered; it holds while a later listing grows the total.
-    fraction: float = 0.0
-    # Sources tried by this job, made or not: a later pass skips them.
-    tried: set[_Source] = attrs.field(factory=set)
-
-    def report(self, state: str | None = None) -> None:
-        """Report the counts (``state`` appended), never a lower fraction."""
-        done = self.made + self.failed
-        if self.total:
-            self.fraction = max(self.fraction, done / self.total)
-        self.ctx.report_progress(self.fraction, _message(done, self.total, state))
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "videos": self.videos,
-            "made": self.made,
-            "failed": self.failed,
-            "unchanged": self.unchanged,
-            "outside": self.outside,
-            "removed": self.removed,
-            "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
-            "errors_truncated": self.errors.truncated,
-            "yielded_to_scan": self.yielded_to_scan,
-            "paused_for_scans": self.paused,
-        }
-
-
-def _message(done: int, total: int, state: str | None = None) -> str:
-    counts = f"thumbnails: {done}/{total} made" if total else "thumbnails"
-    return f"{counts}; {state}" if state else counts

@@ -1,0 +1,63 @@
+"""The counts of one ``thumbnails`` job (``_thumbjob.py``), its progress and its result."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.library._models import ErrorLog
+
+Source = tuple[int, str, int, int]
+"""A video as the job sees it: (id, path, size_bytes, mtime_ns)."""
+
+
+@attrs.define(eq=False, kw_only=True)
+class ThumbnailRun:
+    """The counts of one job, over all its passes. Private to the job's task."""
+
+    ctx: JobContext
+    errors: ErrorLog
+    videos: int = 0
+    made: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    outside: int = 0  # stored videos outside the roots: not tried
+    removed: int = 0
+    yielded_to_scan: bool = False
+    paused: int = 0  # times it paused while scans ran
+    # Made and failed out of this many found missing so far (the listing
+    # after a pause may find more), and the fraction last reported.
+    total: int = 0
+    # Invariant: never lowered; it holds while a later listing grows the total.
+    fraction: float = 0.0
+    # Sources tried by this job, made or not: a later pass skips them.
+    tried: set[Source] = attrs.field(factory=set)
+
+    def report(self, state: str | None = None) -> None:
+        """Report the counts (``state`` appended), never a lower fraction."""
+        done = self.made + self.failed
+        if self.total:
+            self.fraction = max(self.fraction, done / self.total)
+        self.ctx.report_progress(self.fraction, _message(done, self.total, state))
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "videos": self.videos,
+            "made": self.made,
+            "failed": self.failed,
+            "unchanged": self.unchanged,
+            "outside": self.outside,
+            "removed": self.removed,
+            "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
+            "errors_truncated": self.errors.truncated,
+            "yielded_to_scan": self.yielded_to_scan,
+            "paused_for_scans": self.paused,
+        }
+
+
+def _message(done: int, total: int, state: str | None = None) -> str:
+    counts = f"thumbnails: {done}/{total} made" if total else "thumbnails"
+    return f"{counts}; {state}" if state else counts
