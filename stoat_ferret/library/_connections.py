@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loguru import logger
+
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._query import search_key
 from stoat_ferret.library._schema import migrate
@@ -33,7 +35,13 @@ def open_writer(name: str, busy_timeout_ms: int) -> sqlite3.Connection:
     """
     connection = _connect(name, name, busy_timeout_ms)
     try:
-        connection.execute("PRAGMA journal_mode = WAL")
+        (journal,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(journal).lower() != "wal":  # a file system without shared memory, say
+            logger.warning(
+                "video store {path}: journal mode {journal}, not WAL: reads may wait for writes",
+                path=name,
+                journal=journal,
+            )
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.create_function("search_key", 1, search_key, deterministic=True)
         migrate(connection, name)
@@ -48,15 +56,22 @@ def open_writer(name: str, busy_timeout_ms: int) -> sqlite3.Connection:
 
 
 def open_reader(name: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    """Open the existing file ``name`` read-only.
+    """Open the existing file ``name`` read-only, and read it once, so that a
+    reader that cannot read shows at start-up (and in ``stoat-ferret check``).
 
     Raises:
-        StoreError: The file cannot be opened.
+        StoreError: The file cannot be opened or read.
     """
     # as_uri() percent-encodes the bytes of the name: "?", "#", "%" and
     # names that are not UTF-8 reach the same file as the writer's.
     uri = f"{Path(name).absolute().as_uri()}?mode=ro"
-    return _connect(uri, name, busy_timeout_ms, uri=True)
+    connection = _connect(uri, name, busy_timeout_ms, uri=True)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    except sqlite3.Error as exc:
+        connection.close()
+        raise StoreError(f"cannot read video store {name}: {exc}") from exc
+    return connection
 
 
 def _connect(

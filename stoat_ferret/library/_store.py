@@ -107,10 +107,10 @@ class VideoStore:
                 ``path`` names an in-memory database (``":memory:"`` or ``""``).
         """
         name = os.fspath(path)
-        if name in (":memory:", ""):
+        if name in (":memory:", "") or name.startswith("file:"):
             raise StoreError(
-                f"cannot open video store {name!r}: the store needs a file"
-                " (its reads use a second connection, which cannot share an in-memory database)"
+                f"cannot open video store {name!r}: the store needs a file path, not an"
+                " in-memory database or a URI (its reads use a second connection to the file)"
             )
         writer = open_writer(name, BUSY_TIMEOUT_MS)
         try:
@@ -215,7 +215,10 @@ class VideoStore:
                     f"SELECT {_FINGERPRINT} FROM videos WHERE directory = ?",
                     (PROBE_VERSION, directory),
                 )
-            return {path: (size, mtime) for path, size, mtime in cursor}
+            rows = cursor.fetchall()
+        # Built after the read lock is let go: a large scope's rows must not
+        # hold up the requests' reads.
+        return {path: (size, mtime) for path, size, mtime in rows}
 
     def upsert(self, records: Sequence[VideoRecord]) -> None:
         """Insert or update these videos, keyed by path, in one transaction.

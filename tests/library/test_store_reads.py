@@ -153,11 +153,16 @@ async def test_reads_take_at_most_their_own_threads(
     assert sorted(entered) == list(range(READ_THREADS + 3))
 
 
-@pytest.mark.parametrize("name", [":memory:", ""])
-def test_an_in_memory_database_is_refused(name: str) -> None:
-    """Reads use a second connection, which cannot share an in-memory database."""
-    with pytest.raises(StoreError, match="needs a file"):
+@pytest.mark.parametrize("name", [":memory:", "", "file::memory:", "file:stoat.sqlite"])
+def test_an_in_memory_database_or_a_uri_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Reads use a second connection, which cannot share an in-memory database;
+    and the writer would read a ``file:`` name as a URI, the reader as a path."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match="needs a file path"):
         VideoStore.open(name)
+    assert list(tmp_path.iterdir()) == []  # nothing created
 
 
 @pytest.mark.parametrize("name", ["a?b#c%20 d.sqlite", "caf\udce9.sqlite"])
