@@ -97,7 +97,11 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
     except OSError as exc:  # a link could not be read (/proc/<pid>/cwd), too many links
-        if exc.filename is None or not _on_the_way(Path(exc.filename), roots):
+        # Where it failed decides: outside the roots, every failure is the
+        # same 403 (an error naming no place counts as outside), but the
+        # server's own shortage is a 503 wherever it came.
+        outside = exc.filename is None or not _on_the_way(Path(exc.filename), roots)
+        if outside and exc.errno not in SHORT_OF_RESOURCES:
             raise ScanPathRejected(403, _OUTSIDE) from None
         raise _rejection(exc, requested) from None
     if not is_within(resolved, roots):

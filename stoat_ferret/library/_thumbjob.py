@@ -101,9 +101,9 @@ class Thumbnailer:
         store: Where the thumbnails go.
         roots: The resolved directories the service may read (the settings'
             ``scan_roots``), as for scans; empty allows any. A video outside
-            them is an ``errors`` entry, not read.
-        read_limit: Bytes read at most (seeks excluded) of a file larger than
-            that, in each attempt at a thumbnail (``make_thumbnail``).
+            them is counted (``outside``), not tried.
+        read_limit: Bytes read at most (seeks excluded), whatever the file's
+            size, in each attempt at a thumbnail (``make_thumbnail``).
         priority: The CPU priority of the thread that decodes and encodes.
         error_cap: How many ``errors`` entries a result lists.
     """

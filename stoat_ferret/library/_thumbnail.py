@@ -140,8 +140,8 @@ def make_thumbnail(
         fingerprint: ``(size_bytes, mtime_ns)`` the file must still have.
         roots: The resolved directories the service may read (the settings'
             ``scan_roots``); empty allows any.
-        read_limit: Bytes to read at most (seeks excluded) of a file larger
-            than that, in each of the (at most two) attempts.
+        read_limit: Bytes to read at most (seeks excluded), whatever the
+            file's size, in each of the (at most two) attempts.
 
     Returns:
         The encoded image, :data:`THUMBNAIL_WIDTH` pixels wide.
@@ -159,10 +159,8 @@ def make_thumbnail(
     directory_fd = _open_directory(path, directory, roots)
     try:
         fd, info = open_regular_file(name, directory_fd, path=path)
-    except BaseException:
+    finally:
         os.close(directory_fd)
-        raise
-    os.close(directory_fd)
     try:
         if (info.st_size, info.st_mtime_ns) != fingerprint:
             raise ProbeError(path, "changed since it was scanned")

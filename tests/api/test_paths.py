@@ -299,6 +299,24 @@ def test_a_clients_dotdot_outside_the_roots_is_403_whatever_is_there(root: Path,
 
 
 @pytest.mark.parametrize(
+    ("code", "status"), [(errno.EMFILE, 503), (errno.ENOMEM, 503), (errno.EACCES, 403)]
+)
+def test_a_resolution_error_naming_no_place_is_outside_unless_the_server_is_short(
+    root: Path, monkeypatch: pytest.MonkeyPatch, code: int, status: int
+) -> None:
+    """An error that names no path counts as outside the roots (403, the
+    same as any failure out there), but the server's own shortage of
+    descriptors or memory is a 503 wherever it came."""
+
+    def failing(path: str, **kwargs: object) -> str:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr("stoat_ferret.api._paths.real_path", failing)
+
+    assert _rejected(root / "sub", (root,)).status_code == status
+
+
+@pytest.mark.parametrize(
     ("spelling", "target"),
     [
         pytest.param("{parent}/alias/sub", "sub", id="absolute-alias"),
