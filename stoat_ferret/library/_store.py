@@ -216,9 +216,7 @@ class VideoStore:
                     (PROBE_VERSION, directory),
                 )
             rows = cursor.fetchall()
-        # Built after the read lock is let go: a large scope's rows must not
-        # hold up the requests' reads.
-        return {path: (size, mtime) for path, size, mtime in rows}
+        return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
 
     def upsert(self, records: Sequence[VideoRecord]) -> None:
         """Insert or update these videos, keyed by path, in one transaction.
