@@ -96,7 +96,7 @@ from stoat_ferret.library import (
     probe_video,
     walk_videos,
 )
-from stoat_ferret.library._scan import probe_chunks
+from stoat_ferret.library._scanprobe import probe_chunks
 from stoat_ferret.settings import default_probe_threads, usable_cores
 from tests.videos import make_video
 

@@ -23,14 +23,14 @@ One scan, step by step:
    later. Such a kept row is not counted.
 5. Probe in threads: ``probe_threads`` tasks share one
    ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
-   each handing a chunk of files at a time (:data:`PROBE_CHUNK` to
-   :data:`MAX_PROBE_CHUNK`) to one of the handler's probe threads, which
-   run at ``SCHED_IDLE`` priority on Linux unless the handler is told
-   otherwise (``_background.py`` says why and what it costs). A probe thread
-   opens each file's directory beneath the scan's descriptor and the file
-   relative to that, and builds the file's row. Each chunk's results go
-   through a memory stream, as one item, to one writer task, which writes them in batches as
-   they arrive: one transaction per :data:`WRITE_BATCH` rows or per
+   each handing a chunk of files at a time (``_scanprobe.py``) to one of
+   the handler's probe threads, which run at ``SCHED_IDLE`` priority on
+   Linux unless the handler is told otherwise (``_background.py`` says why
+   and what it costs). A probe thread opens each file's directory beneath
+   the scan's descriptor and the file relative to that, and builds the
+   file's row. Each chunk's results go through a memory stream, as one
+   item, to one writer task, which writes them in batches as they arrive:
+   one transaction per :data:`WRITE_BATCH` rows or per
    :data:`FLUSH_SECONDS`, whichever comes first. One item a chunk rather than
    a file: each send and receive is a trip through the event loop, which a
    scan shares with every request.
@@ -73,21 +73,10 @@ from loguru import logger
 
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
-from stoat_ferret.library._beneath import (
-    lstat_beneath,
-    open_directory,
-    open_scan_directory,
-    split,
-)
-from stoat_ferret.library._exceptions import DirectoryReplaced, ProbeError
-from stoat_ferret.library._models import (
-    DEFAULT_ERROR_CAP,
-    ErrorLog,
-    Fingerprint,
-    VideoProbe,
-    VideoRecord,
-)
-from stoat_ferret.library._probe import probe_video
+from stoat_ferret.library._beneath import lstat_beneath, open_scan_directory, split
+from stoat_ferret.library._exceptions import DirectoryReplaced
+from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog, Fingerprint, VideoRecord
+from stoat_ferret.library._scanprobe import PROBE_CHUNK, probe_chunks, probe_files
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
@@ -104,13 +93,6 @@ the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
-
-PROBE_CHUNK: Final = 8
-"""Files probed per worker-thread call, at least (unless fewer are left)."""
-
-MAX_PROBE_CHUNK: Final = 64
-"""Files probed per worker-thread call, at most: the chunks of a big scan are
-this long until the end draws near (:func:`probe_chunks`)."""
 
 ScanHandler = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
@@ -365,69 +347,16 @@ class _Scan:
     def probe_chunk(
         self, paths: list[str], stop: threading.Event
     ) -> list[tuple[str, VideoRecord | str]]:
-        """Probe a few files in this thread: a record to store or an error message each.
-
-        One trip to a thread per chunk rather than per file: a trip costs the
-        event loop about as much as probing a small file. ``stop`` (set once the
-        scan is cancelled) is checked before every file, so none starts after.
-        Each file is opened relative to its directory, itself opened beneath
-        the scanned directory's descriptor (one directory per run of files in
-        it: the paths are sorted).
-        """
+        """Probe a few files in a probe thread (:func:`probe_files`)."""
         assert self.root_fd is not None  # set by the walk, before any path is found
-        depth = len(split(self.root))
-        outcomes: list[tuple[str, VideoRecord | str]] = []
-        directory: str | None = None
-        directory_fd: int | OSError | None = None
-        found = self.found
-        try:
-            for path in paths:
-                if stop.is_set():
-                    break
-                parent, name = os.path.split(path)
-                if parent != directory:
-                    if isinstance(directory_fd, int):
-                        os.close(directory_fd)
-                    directory = parent
-                    try:
-                        directory_fd = open_directory(split(parent)[depth:], self.root_fd)
-                    except OSError as exc:
-                        directory_fd = exc
-                if isinstance(directory_fd, OSError):
-                    outcomes.append((path, _directory_failure(directory_fd)))
-                    continue
-                assert directory_fd is not None  # opened above, for this path's directory
-                probe = self.probe_one(path, name, directory_fd)
-                if isinstance(probe, str):
-                    outcomes.append((path, probe))
-                    continue
-                size_bytes, mtime_ns = found[path]
-                record = VideoRecord(
-                    path=path,
-                    directory=parent,
-                    filename=name,
-                    size_bytes=size_bytes,
-                    mtime_ns=mtime_ns,
-                    probe=probe,
-                )
-                outcomes.append((path, record))
-        finally:
-            if isinstance(directory_fd, int):
-                os.close(directory_fd)
-        return outcomes
-
-    def probe_one(self, path: str, name: str, directory_fd: int) -> VideoProbe | str:
-        try:
-            return probe_video(name, dir_fd=directory_fd)
-        except ProbeError as exc:
-            logger.debug("probe failed", job_id=self.ctx.job_id, path=path, reason=exc.reason)
-            return exc.reason
-        except Exception as exc:
-            # A PyAV surprise on one odd file must not sink a scan of thousands.
-            logger.opt(exception=exc).warning(
-                "probe raised unexpectedly", job_id=self.ctx.job_id, path=path
-            )
-            return f"{type(exc).__name__}: {exc}"
+        return probe_files(
+            paths,
+            stop,
+            root=self.root,
+            root_fd=self.root_fd,
+            found=self.found,
+            job_id=self.ctx.job_id,
+        )
 
     async def write_batches(
         self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]
@@ -446,24 +375,6 @@ class _Scan:
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
                 await self.library.apply(records, stale, written_before=self.started)
-
-
-def probe_chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
-    """``paths`` in chunks of :data:`PROBE_CHUNK` to :data:`MAX_PROBE_CHUNK`: a
-    quarter of each worker's share of what is left, so that a big scan makes
-    few trips to the threads and its last chunks still spread over them all."""
-    start = 0
-    while start < len(paths):
-        share = (len(paths) - start) // (4 * workers)
-        size = min(MAX_PROBE_CHUNK, max(PROBE_CHUNK, share))
-        yield paths[start : start + size]
-        start += size
-
-
-def _directory_failure(exc: OSError) -> str:
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return "its directory was replaced (by a symlink or a file) during the scan; not read"
-    return f"cannot open its directory ({exc.strerror or exc})"
 
 
 def _compare(

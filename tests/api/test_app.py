@@ -13,7 +13,7 @@ import pytest
 from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api.app import create_app, lifespan
 from stoat_ferret.jobs import InMemoryJobQueue, JobStatus, JobSupervisor
-from stoat_ferret.library import ProbeError, ThreadPriority, VideoLibrary, VideoProbe, _scan
+from stoat_ferret.library import ProbeError, ThreadPriority, VideoLibrary, VideoProbe, _scanprobe
 from tests.api.support import (
     BASE_URL,
     GatedScan,
@@ -143,7 +143,7 @@ async def test_scans_probe_at_the_configured_priority(
         policies.append(os.sched_getscheduler(0))
         raise ProbeError(path, "recorded")
 
-    monkeypatch.setattr(_scan, "probe_video", probe)
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
     queue = InMemoryJobQueue()
     app = create_app(attrs.evolve(settings, probe_priority=priority), job_queue=queue)
 

@@ -24,6 +24,7 @@ from stoat_ferret.library import (
     VideoProbe,
     VideoRecord,
     _scan,
+    _scanprobe,
     _walk,
     make_scan_handler,
     parse_payload,
@@ -69,7 +70,7 @@ class ProbeSpy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[str] = []
         self.before: Callable[[str, int], None] | None = None
-        monkeypatch.setattr(_scan, "probe_video", self)
+        monkeypatch.setattr(_scanprobe, "probe_video", self)
 
     def __call__(self, name: str, *, dir_fd: int | None = None) -> VideoProbe:
         path = path_of(name, dir_fd)
@@ -482,7 +483,7 @@ async def test_an_unexpected_probe_exception_is_an_error_entry(
             raise RuntimeError("PyAV surprise")
         return probe_video(name, dir_fd=dir_fd)
 
-    monkeypatch.setattr(_scan, "probe_video", probe)
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
 
     with anyio.fail_after(TIMEOUT):
         result = await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
@@ -547,8 +548,10 @@ async def test_cancellation_stops_probing_and_writing(
     handler = make_scan_handler(library, probe_priority=NORMAL, probe_threads=1)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
-    fresh = _fill(media, clip, [f"{i:02}-new.mp4" for i in range(1, 2 * _scan.PROBE_CHUNK + 1)])
-    cancel_at = _scan.PROBE_CHUNK + 3
+    fresh = _fill(
+        media, clip, [f"{i:02}-new.mp4" for i in range(1, 2 * _scanprobe.PROBE_CHUNK + 1)]
+    )
+    cancel_at = _scanprobe.PROBE_CHUNK + 3
     spy = ProbeSpy(monkeypatch)
     stops: list[threading.Event] = []  # the stop event of each probe_chunk call
     stopped: list[bool] = []  # whether the chunk was told to stop in time
@@ -583,7 +586,7 @@ async def test_cancellation_stops_probing_and_writing(
     assert len(stops) == 2
     assert spy.calls == fresh[:cancel_at]
     assert old in stored
-    assert stored <= {old, *fresh[: _scan.PROBE_CHUNK]}
+    assert stored <= {old, *fresh[: _scanprobe.PROBE_CHUNK]}
 
 
 async def test_cancellation_stops_the_walk(
@@ -633,7 +636,7 @@ async def test_concurrent_probes_respect_probe_threads(
             with guard:
                 running[0] -= 1
 
-    monkeypatch.setattr(_scan, "probe_video", probe)
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
     handler = make_scan_handler(library, probe_priority=NORMAL, probe_threads=1)
 
     async def scan(directory: Path) -> None:
@@ -669,21 +672,21 @@ async def test_probes_run_at_the_handlers_priority(
     priority: ThreadPriority,
 ) -> None:
     """Every probe runs under SCHED_IDLE by default, and at the caller's policy for NORMAL."""
-    _fill(media, clip, [f"{i:02d}.mp4" for i in range(3 * _scan.PROBE_CHUNK)])
+    _fill(media, clip, [f"{i:02d}.mp4" for i in range(3 * _scanprobe.PROBE_CHUNK)])
     policies: list[int] = []
 
     def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
         policies.append(os.sched_getscheduler(0))
         return probe_video(name, dir_fd=dir_fd)
 
-    monkeypatch.setattr(_scan, "probe_video", probe)
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
     handler = make_scan_handler(library, probe_threads=2, probe_priority=priority)
 
     with anyio.fail_after(TIMEOUT):
         result = await handler(make_context(media))
 
     expected = os.SCHED_IDLE if priority is ThreadPriority.IDLE else os.sched_getscheduler(0)
-    assert result["added"] == len(policies) == 3 * _scan.PROBE_CHUNK
+    assert result["added"] == len(policies) == 3 * _scanprobe.PROBE_CHUNK
     assert set(policies) == {expected}
 
 

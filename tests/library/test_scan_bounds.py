@@ -26,6 +26,7 @@ from stoat_ferret.library import (
     VideoRecord,
     VideoStore,
     _scan,
+    _scanprobe,
     make_scan_handler,
     probe_video,
     walk_videos,
@@ -68,7 +69,7 @@ class OpenedSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.opened: list[str] = []
-        monkeypatch.setattr(_scan, "probe_video", self)
+        monkeypatch.setattr(_scanprobe, "probe_video", self)
 
     def __call__(self, name: str, *, dir_fd: int | None = None) -> VideoProbe:
         self.opened.append(os.path.realpath(path_of(name, dir_fd)))
@@ -412,7 +413,7 @@ async def test_long_odd_paths_and_messages_are_cut_within_the_byte_bound(
     def failing_probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
         raise ProbeError(name, reason)
 
-    monkeypatch.setattr(_scan, "probe_video", failing_probe)
+    monkeypatch.setattr(_scanprobe, "probe_video", failing_probe)
 
     with anyio.fail_after(TIMEOUT):
         result = await make_scan_handler(library)(make_context(tmp_path / "media"))
@@ -485,7 +486,7 @@ async def test_a_row_another_scan_rewrites_while_its_probe_fails_is_kept(
             other.close()
         raise ProbeError(name, "not a video any more")
 
-    monkeypatch.setattr(_scan, "probe_video", rewritten_then_failing)
+    monkeypatch.setattr(_scanprobe, "probe_video", rewritten_then_failing)
 
     with anyio.fail_after(TIMEOUT):
         result = await handler(make_context(media))

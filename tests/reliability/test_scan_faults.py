@@ -22,7 +22,7 @@ from stoat_ferret.library import (
     VideoLibrary,
     VideoProbe,
     _probe,
-    _scan,
+    _scanprobe,
     make_scan_handler,
     probe_video,
 )
@@ -96,7 +96,7 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
         return probe_video(name, dir_fd=dir_fd)
 
     monkeypatch.setattr(_probe._BoundedReader, "read", counting_read)
-    monkeypatch.setattr(_scan, "probe_video", probe_after_deleting)
+    monkeypatch.setattr(_scanprobe, "probe_video", probe_after_deleting)
     database = tmp_path / "db" / "stoat.db"
 
     with anyio.fail_after(TIMEOUT):

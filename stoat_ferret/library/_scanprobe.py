@@ -1,0 +1,122 @@
+"""The scan's probe threads: which files a thread call takes, and what it does with them.
+
+The scan (``_scan.py``) hands the files it must probe to its probe threads a
+chunk at a time (:func:`probe_chunks`): one trip to a thread per chunk rather
+than per file, since a trip costs the event loop about as much as probing a
+small file. In the thread, :func:`probe_files` opens each file's directory
+beneath the scanned directory's descriptor, crossing no symlink
+(``_beneath.py``), probes the file relative to it (:func:`probe_video`) and
+builds the row to store, or the error message of the file's ``errors`` entry.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING, Final
+
+from loguru import logger
+
+from stoat_ferret.library._beneath import open_directory, split
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
+from stoat_ferret.library._probe import probe_video
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Iterator, Mapping
+
+PROBE_CHUNK: Final = 8
+"""Files probed per worker-thread call, at least (unless fewer are left)."""
+
+MAX_PROBE_CHUNK: Final = 64
+"""Files probed per worker-thread call, at most: the chunks of a big scan are
+this long until the end draws near (:func:`probe_chunks`)."""
+
+
+def probe_chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
+    """``paths`` in chunks of :data:`PROBE_CHUNK` to :data:`MAX_PROBE_CHUNK`: a
+    quarter of each worker's share of what is left, so that a big scan makes
+    few trips to the threads and its last chunks still spread over them all."""
+    start = 0
+    while start < len(paths):
+        share = (len(paths) - start) // (4 * workers)
+        size = min(MAX_PROBE_CHUNK, max(PROBE_CHUNK, share))
+        yield paths[start : start + size]
+        start += size
+
+
+def probe_files(
+    paths: list[str],
+    stop: threading.Event,
+    *,
+    root: str,
+    root_fd: int,
+    found: Mapping[str, Fingerprint],
+    job_id: str,
+) -> list[tuple[str, VideoRecord | str]]:
+    """Probe a few files in this thread: a record to store or an error message each.
+
+    Blocking: a probe thread. ``stop`` (set once the scan is cancelled) is
+    checked before every file, so none starts after. Each file is opened
+    relative to its directory, itself opened beneath ``root_fd`` (the
+    scanned directory ``root``), one directory per run of files in it: the
+    paths are sorted. ``found`` gives each file's fingerprint as the walk saw it.
+    """
+    depth = len(split(root))
+    outcomes: list[tuple[str, VideoRecord | str]] = []
+    directory: str | None = None
+    directory_fd: int | OSError | None = None
+    try:
+        for path in paths:
+            if stop.is_set():
+                break
+            parent, name = os.path.split(path)
+            if parent != directory:
+                if isinstance(directory_fd, int):
+                    os.close(directory_fd)
+                directory = parent
+                try:
+                    directory_fd = open_directory(split(parent)[depth:], root_fd)
+                except OSError as exc:
+                    directory_fd = exc
+            if isinstance(directory_fd, OSError):
+                outcomes.append((path, _directory_failure(directory_fd)))
+                continue
+            assert directory_fd is not None  # opened above, for this path's directory
+            probe = _probe_one(path, name, directory_fd, job_id)
+            if isinstance(probe, str):
+                outcomes.append((path, probe))
+                continue
+            size_bytes, mtime_ns = found[path]
+            record = VideoRecord(
+                path=path,
+                directory=parent,
+                filename=name,
+                size_bytes=size_bytes,
+                mtime_ns=mtime_ns,
+                probe=probe,
+            )
+            outcomes.append((path, record))
+    finally:
+        if isinstance(directory_fd, int):
+            os.close(directory_fd)
+    return outcomes
+
+
+def _probe_one(path: str, name: str, directory_fd: int, job_id: str) -> VideoProbe | str:
+    try:
+        return probe_video(name, dir_fd=directory_fd)
+    except ProbeError as exc:
+        logger.debug("probe failed", job_id=job_id, path=path, reason=exc.reason)
+        return exc.reason
+    except Exception as exc:
+        # A PyAV surprise on one odd file must not sink a scan of thousands.
+        logger.opt(exception=exc).warning("probe raised unexpectedly", job_id=job_id, path=path)
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _directory_failure(exc: OSError) -> str:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return "its directory was replaced (by a symlink or a file) during the scan; not read"
+    return f"cannot open its directory ({exc.strerror or exc})"
