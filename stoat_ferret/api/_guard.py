@@ -11,12 +11,13 @@ refused when                           status  why
 ``Host`` is not a name the service is  400     a rebound name (``evil.example``
 reached by (:func:`trusted_hosts`)             pointing at 127.0.0.1) is not one
 a state-changing method (not ``GET``,  403     a page elsewhere may send a request,
-``HEAD``, ``OPTIONS``) whose                   but its browser says where from
-``Sec-Fetch-Site`` is not
-``same-origin`` (or ``none``), or whose
-``Origin`` (without one, the
-``Referer``'s origin) is neither the
-service's own nor allowed
+``HEAD``, ``OPTIONS``), or any request         but its browser says where from; a
+under ``/api/`` or to ``/metrics``,            read too holds a stream's slot or
+whose ``Sec-Fetch-Site`` is not                runs a query (a hidden frame of
+``same-origin`` (or ``none``), or whose        ``/api/v1/events`` would), so the
+``Origin`` (without one, the                   API answers only the service's own
+``Referer``'s origin) is neither the           pages and clients that are no
+service's own nor allowed                      browser
 ``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
 is under ``/api/`` or is ``/metrics``,         ``/health``, the dashboard page and
 and neither ``Authorization: Bearer            its files stay open
@@ -227,11 +228,14 @@ class RequestGuard:
             return _refuse(400, "this service is not reached by that Host name")
         # A WebSocket is no CORS request: a page anywhere may open one, as it may POST.
         unsafe = connection.scope.get("method", "WEBSOCKET") not in SAFE_METHODS
-        if unsafe and not self.from_here(headers, connection):
-            return _refuse(403, "a request from another web origin may not change anything")
         # The path as routing sees it: below a proxy's prefix (root_path), if any.
         path = connection.scope["path"].removeprefix(connection.scope.get("root_path", ""))
-        if self.token is None or not (path.startswith("/api/") or path == "/metrics"):
+        api = path.startswith("/api/") or path == "/metrics"
+        if (unsafe or api) and not self.from_here(headers, connection):
+            if unsafe:
+                return _refuse(403, "a request from another web origin may not change anything")
+            return _refuse(403, "a page on another web origin may not use the API")
+        if self.token is None or not api:
             return None
         credential = self.credential(connection)
         if credential is None:

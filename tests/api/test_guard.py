@@ -235,17 +235,63 @@ async def test_origins_on_another_port_or_scheme_are_403(
     assert response.status_code == 403, response.text
 
 
+FROM_ELSEWHERE = [
+    pytest.param({"Sec-Fetch-Site": "cross-site"}, id="cross-site"),
+    pytest.param({"Sec-Fetch-Site": "same-site"}, id="same-site"),
+    pytest.param({"Origin": "http://evil.example"}, id="foreign-origin"),
+    pytest.param({"Referer": "http://evil.example/page.html"}, id="foreign-referer"),
+]
+
+
 @pytest.mark.anyio
-async def test_reads_do_not_check_the_origin(shared_client: httpx.AsyncClient) -> None:
-    """A GET changes nothing; what a page elsewhere may read is the browser's CORS rule."""
+@pytest.mark.parametrize("headers", FROM_ELSEWHERE)
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/events", "/metrics"])
+async def test_an_api_read_from_another_origin_is_403(
+    shared_client: httpx.AsyncClient, headers: dict[str, str], path: str
+) -> None:
+    """A read holds a stream's slot or runs a query: a page elsewhere may not make one
+    (a hidden frame of the event stream is a page load, which CORS does not stop)."""
 
     with anyio.fail_after(10):
-        response = await shared_client.get(
-            "/api/v1/jobs", headers={"Origin": "http://evil.example"}
-        )
+        response = await shared_client.get(path, headers=headers)
 
-    assert response.status_code == 200
+    assert response.status_code == 403
+    assert response.json() == {"detail": "a page on another web origin may not use the API"}
     assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="nothing (curl)"),
+        pytest.param({"Sec-Fetch-Site": "same-origin"}, id="same-origin"),
+        pytest.param({"Sec-Fetch-Site": "none"}, id="typed-in"),
+        pytest.param({"Origin": "http://localhost"}, id="own-origin"),
+        pytest.param({"Referer": "http://localhost/"}, id="own-referer"),
+    ],
+)
+async def test_an_api_read_from_here_or_no_browser_is_served(
+    shared_client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    with anyio.fail_after(10):
+        response = await shared_client.get("/api/v1/jobs", headers=headers)
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("headers", FROM_ELSEWHERE)
+@pytest.mark.parametrize("path", ["/", "/health", "/static/app.js"])
+async def test_the_dashboard_and_health_open_from_anywhere(
+    shared_client: httpx.AsyncClient, headers: dict[str, str], path: str
+) -> None:
+    """A link from another site still opens the dashboard; only the API is refused."""
+
+    with anyio.fail_after(10):
+        response = await shared_client.get(path, headers=headers)
+
+    assert response.status_code == 200, response.text
 
 
 @pytest.mark.anyio

@@ -82,6 +82,23 @@ FORM = """
 """
 
 
+# Hidden frames of a URL, as any page may make: each frame is a page load, which
+# CORS does not stop. Resolves to each frame's load (true), or to "timed out"
+# after ten seconds: a frame still streaming never fires load.
+FRAMES = """
+([url, count]) => Promise.race([
+  Promise.all(Array.from({ length: count }, () => new Promise((resolve) => {
+    const frame = document.createElement("iframe");
+    frame.hidden = true;
+    frame.onload = () => resolve(true);
+    frame.src = url;
+    document.body.append(frame);
+  }))),
+  new Promise((resolve) => setTimeout(() => resolve("timed out"), 10000)),
+])
+"""
+
+
 @pytest.fixture
 def hostile_origin(tmp_path: Path) -> Iterator[str]:
     """``http://127.0.0.1:<another port>``, serving an empty page from ``tmp_path``."""
@@ -125,6 +142,33 @@ def test_a_page_on_another_origin_cannot_start_a_scan(
     assert outcomes == ["opaque", "opaque"]  # sent, answer unreadable to the page
     assert _refusals(server.log)[refused_before:] == ["403", "403"]
     assert _jobs(server) == jobs_before
+
+
+def _open_streams(server: Server) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    found = re.search(r"^stoat_sse_streams_open (\S+)$", metrics, re.MULTILINE)
+    assert found is not None, metrics
+    return float(found.group(1))
+
+
+def test_hidden_frames_on_another_origin_hold_no_event_stream(
+    browser: Browser, server: Server, hostile_origin: str
+) -> None:
+    """A page elsewhere framing /api/v1/events (a page load, which CORS does not stop)
+    is refused (403), so it cannot fill the service's stream slots."""
+    context = browser.new_context()
+    page = context.new_page()
+    refused_before = len(_refusals(server.log))
+    try:
+        page.goto(f"{hostile_origin}/index.html")
+        loaded = page.evaluate(FRAMES, [f"{server.base_url}/api/v1/events", 4])
+        streams = _open_streams(server)  # while the frames are still there
+    finally:
+        context.close()
+
+    assert loaded == [True] * 4  # each frame got its whole answer: no stream
+    assert _refusals(server.log)[refused_before:] == ["403"] * 4
+    assert streams == 0
 
 
 def _beacon_and_form(page: Page, hostile_origin: str, server: Server) -> list[int]:
