@@ -163,9 +163,8 @@ async def get_thumbnail(
         raise HTTPException(
             404,
             f"video {video_id} has no thumbnail (yet)",
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+            headers={"Cache-Control": "no-store"},
         )
-    headers["X-Content-Type-Options"] = "nosniff"
     # Another site's page may not embed it (nor read its size through timing).
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
     if request.method == "HEAD":

@@ -20,7 +20,9 @@ called from outside a request):
 ===================  ========================================================
 
 Every request passes :class:`~stoat_ferret.api._guard.RequestGuard` first
-(Host, Origin, token, body size), then ordinary FastAPI routing.
+(Host, Origin, token, body size), then ordinary FastAPI routing; every
+answer, a refusal too, gets the headers of
+:class:`~stoat_ferret.api._headers.ResponseHeaders` (no sniffing, no framing).
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
 in a task group with ``await group.start(supervisor.run)``. Shut-down, in
@@ -58,6 +60,7 @@ from stoat_ferret.api import (
 from stoat_ferret.api._deps import StreamSlots
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._guard import RequestGuard
+from stoat_ferret.api._headers import ResponseHeaders
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._metrics import install_metrics
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
@@ -102,6 +105,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
         app.state.scan_dispatch = ScanDispatch()
     install_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(ResponseHeaders)  # outside the guard: its refusals get them too
     app.include_router(_videos.router)
     app.include_router(_thumbnails.router)
     app.include_router(_jobs.router)

@@ -789,3 +789,59 @@ async def test_a_get_with_a_small_body_of_known_length_is_routed(
 
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
+
+
+# ------------------------------------------------------- response headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        pytest.param("GET", "/api/v1/jobs", {}, 200, id="api"),
+        pytest.param("GET", "/metrics", {}, 200, id="metrics"),
+        pytest.param("GET", "/health", {}, 200, id="health"),
+        pytest.param("GET", "/static/app.js", {}, 200, id="static"),
+        pytest.param("GET", "/api/v1/nowhere", {}, 404, id="not-found"),
+        pytest.param("GET", "/api/v1/jobs", {"Host": "evil.example"}, 400, id="guard-refusal"),
+        pytest.param("POST", SCAN, {"Content-Type": "text/plain"}, 415, id="error-handler"),
+    ],
+)
+async def test_every_answer_forbids_sniffing_and_framing(
+    shared_client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str], status: int
+) -> None:
+    with anyio.fail_after(10):
+        response = await shared_client.request(method, path, headers=headers, content=b"{}")
+
+    assert response.status_code == status, response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_keeps_its_own_policy(shared_client: httpx.AsyncClient) -> None:
+    with anyio.fail_after(10):
+        response = await shared_client.get("/")
+
+    policies = response.headers.get_list("content-security-policy")
+    assert len(policies) == 1
+    assert "script-src 'self'" in policies[0]
+    assert "frame-ancestors 'none'" in policies[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
+@pytest.mark.parametrize("value", ["bytes=5-1", "garbage", "bytes=99999999-", "bytes=0-3"])
+async def test_a_range_is_ignored_never_a_plain_text_error(
+    shared_client: httpx.AsyncClient, path: str, value: str
+) -> None:
+    """No route serves part of an answer: the whole of it, 200, whatever Range says."""
+
+    with anyio.fail_after(10):
+        whole = await shared_client.get(path)
+        ranged = await shared_client.get(path, headers={"Range": value})
+
+    assert ranged.status_code == 200, ranged.text
+    assert ranged.content == whole.content
+    assert "content-range" not in ranged.headers

@@ -1,0 +1,60 @@
+"""Headers every answer carries, and the request headers no route honours.
+
+One pure ASGI middleware, outside the request guard so that its refusals
+carry the headers too:
+
+* every HTTP response gets ``X-Content-Type-Options: nosniff`` (a browser
+  takes each answer for the type it says), ``X-Frame-Options: DENY`` and,
+  unless the response sets a policy of its own (the dashboard's, which
+  says the same), ``Content-Security-Policy: frame-ancestors 'none'``: no
+  page elsewhere may show the service's pages in a frame, to trick a click
+  on them. A header the response already sets is kept as it is;
+* ``Range`` and ``If-Range`` are dropped from every request. No route
+  serves part of an answer, but Starlette's file responses (the dashboard
+  page and its files) would, and they answer a malformed range in plain
+  text, not the API's JSON. HTTP lets a server ignore ``Range``: the whole
+  answer (200) is always right.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from starlette.datastructures import MutableHeaders
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ALWAYS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
+"""Set on every HTTP response that does not set them itself."""
+
+IGNORED: Final = frozenset({b"range", b"if-range"})
+"""Request headers removed before any route sees them (lower case, as ASGI has them)."""
+
+
+class ResponseHeaders:
+    """Add :data:`ALWAYS` to every HTTP response and drop :data:`IGNORED` from requests."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if any(name in IGNORED for name, _ in scope["headers"]):
+            kept = [(name, value) for name, value in scope["headers"] if name not in IGNORED]
+            scope = {**scope, "headers": kept}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in ALWAYS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
