@@ -9,14 +9,21 @@ moment the shut-down begins, before uvicorn waits for open connections:
 1. signal: uvicorn stops its main loop (within 0.1 s);
 2. :func:`~stoat_ferret.api.begin_shutdown`: scans get 503, waits and event
    streams end, so connections close at once;
-3. uvicorn closes the listening sockets and waits for connections (at most
-   :data:`HTTP_GRACE_SECONDS`);
+3. uvicorn closes the listening sockets and waits for connections, while the
+   server hangs up (aborts the transport of) any connection whose client
+   stopped reading: its unsent output has not shrunk for
+   :data:`STALL_SECONDS` (see :class:`StallWatch`); once
+   :data:`HTTP_GRACE_SECONDS` have passed it hangs up on every connection
+   still open. Their requests see the client gone and end the ordinary way,
+   so uvicorn's wait ends; its own timeout, :data:`REQUEST_BACKSTOP_SECONDS`
+   later, is a backstop that cancels only a request ignoring its client's
+   departure;
 4. the app's lifespan ends: the supervisor's ``aclose()`` (running jobs get
    ``STOAT_SHUTDOWN_GRACE`` seconds), then the database is closed.
 
 A second SIGTERM or SIGINT during these steps forces the exit: the open
-connections are closed, so their requests end and uvicorn stops waiting for
-them, and :func:`~stoat_ferret.api.end_grace` cancels the running jobs at
+connections are hung up on, so their requests end and uvicorn stops waiting
+for them, and :func:`~stoat_ferret.api.end_grace` cancels the running jobs at
 once; the app's lifespan still ends (database closed), nothing is logged as
 an error, exit 0.
 
@@ -32,7 +39,7 @@ import functools
 import signal
 import socket
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import anyio
 import uvicorn
@@ -43,8 +50,9 @@ from stoat_ferret._cli import dashboard_url
 from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
 if TYPE_CHECKING:
+    import asyncio
     import types
-    from collections.abc import Callable, Generator
+    from collections.abc import Callable, Generator, Iterable, Mapping
 
     from stoat_ferret.settings import Settings
 
@@ -52,21 +60,83 @@ FORCE_POLL_SECONDS: Final = 0.1
 """How often the shut-down looks for a second stop signal (uvicorn's own main loop: 0.1 s)."""
 
 HTTP_GRACE_SECONDS: Final = 3
-"""How long uvicorn waits for open requests at shut-down before cancelling them."""
+"""How long the shut-down waits for open requests before it hangs up on their connections."""
+
+REQUEST_BACKSTOP_SECONDS: Final = 2
+"""How much longer uvicorn waits (its ``timeout_graceful_shutdown`` is the grace
+plus this) before it cancels a request that went on after its connection was
+hung up on: one that never sends nor reads again."""
+
+STALL_SECONDS: Final = 1.0
+"""At shut-down, how long a connection's unsent output may go without shrinking
+before the server hangs up on it: its client stopped reading (see :class:`StallWatch`)."""
+
+STALL_POLL_SECONDS: Final = 0.1
+"""How often the shut-down looks at the open connections' unsent output."""
 
 CONNECTION_HEADROOM: Final = 100
 """uvicorn's ``limit_concurrency`` is ``STOAT_MAX_STREAMS`` plus this: room for
 ordinary requests beside every allowed stream; beyond it uvicorn answers 503."""
 
+_Key = TypeVar("_Key")
+
+
+class _Connection(Protocol):
+    """What the shut-down uses of uvicorn's connections (``server_state.connections``,
+    its protocol objects, whatever the protocol class): the asyncio transport."""
+
+    transport: asyncio.Transport
+
+
+class StallWatch(Generic[_Key]):
+    """Which connections' clients stopped reading, from looks at their unsent output.
+
+    Each look gives every open connection's unsent bytes: what its asyncio
+    transport holds because the socket takes no more
+    (``transport.get_write_buffer_size()``). A connection is stalled once
+    every look over ``patience`` seconds found bytes unsent and none found
+    fewer than the look before: the client took nothing in that time. A
+    client that reads, however slowly, shrinks the output between two looks
+    (or empties it) and starts the count again; the server writing more
+    does not.
+
+    Args:
+        patience: how long the output may go without shrinking.
+    """
+
+    def __init__(self, patience: float = STALL_SECONDS) -> None:
+        self._patience = patience
+        self._seen: dict[_Key, tuple[int, float]] = {}
+        """Per connection: its unsent bytes at the last look, and since when they never shrank."""
+
+    def look(self, unsent: Mapping[_Key, int], now: float) -> list[_Key]:
+        """The stalled connections among ``unsent`` (each open one and its unsent bytes)."""
+        seen = self._seen
+        self._seen = {}
+        stalled = []
+        for key, size in unsent.items():
+            if size == 0:
+                continue
+            last = seen.get(key)
+            since = now if last is None or size < last[0] else last[1]
+            self._seen[key] = (size, since)
+            if now - since >= self._patience:
+                stalled.append(key)
+        return stalled
+
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn's server, minus the re-raised signal, plus an early stop hook.
+    """uvicorn's server, minus the re-raised signal, plus an early stop hook and hang-ups.
 
     Args:
         config: the uvicorn configuration.
         on_stop: called (in the event loop, must not block) when shut-down begins.
         on_force: called (likewise) on a second stop signal during the shut-down.
         url: the dashboard's address, logged once the server listens.
+        http_grace: seconds after the shut-down begins at which the server
+            hangs up on the connections still open; None leaves them to
+            uvicorn's ``timeout_graceful_shutdown``. Clients that stopped
+            reading are hung up on sooner either way (:class:`StallWatch`).
     """
 
     def __init__(
@@ -76,6 +146,7 @@ class GracefulServer(uvicorn.Server):
         on_stop: Callable[[], None],
         on_force: Callable[[], None] = lambda: None,
         url: str | None = None,
+        http_grace: float | None = None,
     ) -> None:
         super().__init__(config)
         self.forced = False
@@ -83,6 +154,7 @@ class GracefulServer(uvicorn.Server):
         self._on_stop = on_stop
         self._on_force = on_force
         self._url = url
+        self._http_grace = http_grace
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start as uvicorn does, then say where the dashboard is.
@@ -128,9 +200,12 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Tell the app to stop taking work, then shut down as uvicorn does.
 
-        A second stop signal cuts the shut-down short: ``on_force`` ends the
+        Meanwhile the server hangs up on connections whose clients stopped
+        reading, and on every one still open at the end of the HTTP grace,
+        so uvicorn's wait for them ends without cancelling a request. A
+        second stop signal cuts the shut-down short: ``on_force`` ends the
         jobs' grace (they end ``cancelled``), and the open connections are
-        closed, so uvicorn's wait for them ends.
+        hung up on.
         """
         # Logged here, not in the signal handler: loguru's handler lock must
         # not be taken by code that may interrupt a thread holding it.
@@ -138,6 +213,7 @@ class GracefulServer(uvicorn.Server):
         self._on_stop()
         async with anyio.create_task_group() as group:
             group.start_soon(self._until_forced)
+            group.start_soon(self._hang_up_when_due)
             await super().shutdown(sockets=sockets)
             group.cancel_scope.cancel()
 
@@ -150,12 +226,55 @@ class GracefulServer(uvicorn.Server):
         # uvicorn 0.54's own force_exit would stop its wait for connections but
         # then skip the app's lifespan shut-down, and leave the open requests to
         # asyncio.run, which cancels them: each logged "Exception in ASGI
-        # application" and answered 500. Closing the connections instead (uvicorn's
-        # server_state.connections: its protocol objects, each with its asyncio
-        # transport) makes their requests see the client gone and end, so
-        # uvicorn's wait ends the ordinary way, and it ends the lifespan itself.
-        for connection in list(self.server_state.connections):
-            connection.transport.close()
+        # application" and answered 500. Hanging up on the connections instead
+        # makes their requests see the client gone and end, so uvicorn's wait
+        # ends the ordinary way, and it ends the lifespan itself.
+        _hang_up(self.server_state.connections)
+
+    async def _hang_up_when_due(self) -> None:
+        """Hang up on stalled connections as they are found, and on the rest after the grace."""
+        watch: StallWatch[asyncio.Transport] = StallWatch(STALL_SECONDS)
+        began = anyio.current_time()
+        while self._http_grace is None or anyio.current_time() - began < self._http_grace:
+            unsent = {
+                connection.transport: connection.transport.get_write_buffer_size()
+                for connection in self.server_state.connections
+            }
+            for transport in watch.look(unsent, anyio.current_time()):
+                logger.warning(
+                    "hung up on {}: it stopped reading ({} bytes unsent for {} s)",
+                    _peer(transport),
+                    unsent[transport],
+                    STALL_SECONDS,
+                )
+                transport.abort()
+            await anyio.sleep(STALL_POLL_SECONDS)
+        if left := list(self.server_state.connections):
+            logger.warning(
+                "the {} s grace for open requests is over: hung up on {} connection(s)",
+                self._http_grace,
+                len(left),
+            )
+            _hang_up(left)
+
+
+def _hang_up(connections: Iterable[_Connection]) -> None:
+    """Abort the connections' transports: their requests see the client gone.
+
+    ``abort()``, not ``close()``: asyncio's ``close()`` waits for the unsent
+    output to go first, and a client that stopped reading never takes it.
+    """
+    for connection in list(connections):
+        connection.transport.abort()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    """The client's ``host:port`` as the transport says (``?`` if it does not)."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else peer[0]
+        return f"{host}:{peer[1]}"
+    return "?"
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -192,7 +311,8 @@ def serve(settings: Settings, listener: socket.socket) -> None:
         port=settings.port,
         lifespan="on",
         log_config=None,
-        timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
+        # A backstop: the server hangs up on open connections after HTTP_GRACE_SECONDS.
+        timeout_graceful_shutdown=HTTP_GRACE_SECONDS + REQUEST_BACKSTOP_SECONDS,
         limit_concurrency=settings.max_streams + CONNECTION_HEADROOM,
     )
     port = listener.getsockname()[1]
@@ -201,6 +321,7 @@ def serve(settings: Settings, listener: socket.socket) -> None:
         on_stop=functools.partial(begin_shutdown, app),
         on_force=functools.partial(end_grace, app),
         url=dashboard_url(settings, port=port),
+        http_grace=HTTP_GRACE_SECONDS,
     )
     with listener:
         server.run(sockets=[listener])

@@ -13,9 +13,10 @@ test waits for (``tests.server.wait_for_line``).
 The test is another process, so the file is checked every
 :data:`POLL_SECONDS`; the wait is cancellable like the rest of the scan.
 
-``STOATTEST_HTTP_GRACE=SECONDS`` replaces how long uvicorn waits for open
-requests at shut-down (:data:`stoat_ferret._server.HTTP_GRACE_SECONDS`), for a
-test that must catch that wait whatever the machine's speed.
+``STOATTEST_HTTP_GRACE=SECONDS`` replaces how long the server waits for open
+requests at shut-down before it hangs up on them
+(:data:`stoat_ferret._server.HTTP_GRACE_SECONDS`), for a test that must catch
+that wait whatever the machine's speed.
 """
 
 from __future__ import annotations

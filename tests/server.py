@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 import httpx
 import pytest
 
-from stoat_ferret._server import HTTP_GRACE_SECONDS
+from stoat_ferret._server import HTTP_GRACE_SECONDS, REQUEST_BACKSTOP_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -42,10 +42,11 @@ for a loaded machine, not a speed check."""
 def stop_hang_guard(job_grace: float = SHUTDOWN_GRACE) -> float:
     """How long a graceful stop may take before a test calls it hung.
 
-    uvicorn's wait for open requests, then the jobs' ``job_grace``, then
-    :data:`HANG_MARGIN`: a guard against hangs, generous on purpose.
+    The wait for open requests (the HTTP grace, then uvicorn's backstop),
+    then the jobs' ``job_grace``, then :data:`HANG_MARGIN`: a guard against
+    hangs, generous on purpose.
     """
-    return HTTP_GRACE_SECONDS + job_grace + HANG_MARGIN
+    return HTTP_GRACE_SECONDS + REQUEST_BACKSTOP_SECONDS + job_grace + HANG_MARGIN
 
 
 LISTENING = re.compile(rb"dashboard: (http://127\.0\.0\.1:\d+)/")

@@ -11,7 +11,9 @@ when the client goes away. What is left to this module:
   per job), closed when the service begins to stop so the stream ends and
   the server is not kept waiting. Routes enter it as a dependency with
   ``yield``: it lives on the request's exit stack, in the request's task,
-  and outlives the generator, which only iterates it;
+  and outlives the generator, which only iterates it. So it also sees, and
+  drops, the ``BrokenResourceError`` FastAPI's event relay raises when a
+  client that stopped reading goes away (or is hung up on at shut-down);
 * :func:`change_event`: a job change as an event whose ``id:`` is the
   change's event id, so a client that reconnects sends it back as
   ``Last-Event-ID`` and gets what it missed (:func:`resume_after` reads it);
@@ -117,6 +119,16 @@ async def following(
             open_streams.inc()
         try:
             yield feed
+        except* anyio.BrokenResourceError:
+            # FastAPI's event relay (fastapi 0.163, _sse_producer_cm in
+            # fastapi/routing.py) closes the channel it hands events out on
+            # before it cancels the task that feeds it. If that task is
+            # waiting to hand on one more event (the client stopped reading,
+            # then left or was hung up on), it fails with BrokenResourceError,
+            # which reached uvicorn as "Exception in ASGI application". It is
+            # thrown in here as the request's exit stack unwinds: the client
+            # is gone and the stream is over, so there is nothing to report.
+            pass
         finally:
             group.cancel_scope.cancel()
             if open_streams is not None:

@@ -13,7 +13,7 @@ how long a stop takes guard against hangs; they are generous and say so.
   running job logged ``cancelled``, the database intact;
 * a second SIGTERM while uvicorn waits for a request still open (a body that
   never comes): exit 0 at once, the app's lifespan ended all the same, no
-  ERROR line (uvicorn's HTTP grace is an hour here: ``STOATTEST_HTTP_GRACE``);
+  ERROR line (the HTTP grace is an hour here: ``STOATTEST_HTTP_GRACE``);
 * SIGKILL in the middle of a scan, then a restart: ``integrity_check`` ok,
   every stored row whole, and the next scan stores the rest;
 * the port already in use: exit status 1 and one line on stderr.
@@ -66,7 +66,7 @@ DEADLINE: Final = 30.0
 
 STOP_MARGIN: Final = stop_hang_guard(0)
 """How long a forced stop, or a stop beyond its jobs' grace, may take before it
-counts as hung (uvicorn's HTTP grace + 15 s: a hang guard, generous)."""
+counts as hung (the HTTP grace, uvicorn's backstop + 15 s: a hang guard, generous)."""
 
 SCAN: Final = "/api/v1/videos/scan"
 

@@ -7,8 +7,9 @@ the gate, smaller ones are pending, and a client thread keeps submitting scans a
 jobs. Then the whole group gets SIGTERM, as a terminal's Ctrl+C or a
 service manager would send it. The test checks what the issue promises:
 
-* the process exits 0 (a hang guard bounds the wait: uvicorn's HTTP grace
-  + ``shutdown_grace`` + 15 s, ``tests.server.stop_hang_guard``; not a speed check);
+* the process exits 0 (a hang guard bounds the wait: the HTTP grace and
+  uvicorn's backstop + ``shutdown_grace`` + 15 s, ``tests.server.stop_hang_guard``;
+  not a speed check);
 * every job ever accepted (202) ended terminal before the process exited,
   and says so in the log: pending ones ``cancelled`` without starting, the
   running one (held by the gate) ``cancelled`` at the end of the grace;

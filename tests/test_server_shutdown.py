@@ -1,0 +1,115 @@
+"""The server's hang-ups at shut-down: :class:`StallWatch`'s rule, and the end of the grace.
+
+The real process with a client that stopped reading is in
+``tests/reliability/test_stalled_streams.py``; here the rule is checked on
+given looks, and :class:`GracefulServer` in this process (uvicorn runs on
+asyncio only) hangs up on a request still open when its HTTP grace ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+import uvicorn
+
+from stoat_ferret._server import GracefulServer, StallWatch
+
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
+TIMEOUT = 20
+"""A guard against hangs: the test itself waits for a 0.2 s grace."""
+
+
+def test_output_that_never_shrinks_is_stalled_once_the_patience_is_over() -> None:
+    """Unsent bytes at every look, never fewer than the look before: stalled after patience;
+    the server writing more (the output grows) does not count as the client reading."""
+    watch: StallWatch[str] = StallWatch(1.0)
+
+    looks = [
+        watch.look({"a": 100}, 0.0),
+        watch.look({"a": 100}, 0.5),
+        watch.look({"a": 300}, 0.75),
+        watch.look({"a": 300}, 1.0),
+    ]
+
+    assert looks == [[], [], [], ["a"]]
+
+
+def test_output_that_shrinks_or_empties_starts_the_count_again() -> None:
+    """A client that took one byte, or everything, since the last look is not stalled."""
+    watch: StallWatch[str] = StallWatch(1.0)
+
+    looks = [
+        watch.look({"slow": 100, "quick": 100}, 0.0),
+        watch.look({"slow": 99, "quick": 0}, 1.0),
+        watch.look({"slow": 99, "quick": 50}, 1.5),
+        watch.look({"slow": 99, "quick": 50}, 2.0),
+        watch.look({"slow": 99, "quick": 50}, 2.5),
+    ]
+
+    assert looks == [[], [], [], ["slow"], ["slow", "quick"]]
+
+
+def test_a_connection_gone_is_forgotten() -> None:
+    """A connection missing from a look is dropped (the watch keeps only open ones), and
+    counted afresh if it came back."""
+    watch: StallWatch[str] = StallWatch(1.0)
+
+    looks = [
+        watch.look({"a": 100}, 0.0),
+        watch.look({}, 0.5),
+        watch.look({"a": 100}, 1.25),
+        watch.look({"a": 100}, 2.25),
+    ]
+
+    assert looks == [[], [], [], ["a"]]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio only
+@pytest.mark.anyio
+async def test_a_request_open_when_the_grace_ends_is_hung_up_on(
+    log_records: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request waiting for a body that never comes: at the end of the HTTP grace the
+    server hangs up, the app sees the client gone and returns; uvicorn (an hour of its
+    own timeout) cancels nothing, and nothing is logged at ERROR."""
+    caplog.set_level(logging.INFO)
+    entered = anyio.Event()
+    received: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        entered.set()
+        while (message := await receive())["type"] != "http.disconnect":
+            received.append(message["type"])
+        received.append(message["type"])
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="off", log_config=None, timeout_graceful_shutdown=3600)
+    server = GracefulServer(config, on_stop=lambda: None, http_grace=0.2)
+    with listener, anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve, [listener])
+            async with await anyio.connect_tcp("127.0.0.1", port) as client:
+                await client.send(
+                    b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n"
+                )
+                await entered.wait()
+                server.should_exit = True
+                with pytest.raises(anyio.EndOfStream):  # hung up on: nothing was answered
+                    await client.receive()
+        # serve() returned: uvicorn's wait for the connection ended.
+
+    loguru = [(r["level"].name, r["message"]) for r in log_records if r["level"].no >= 30]
+    stdlib = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30]
+    assert received == ["http.disconnect"]
+    assert loguru == [
+        ("WARNING", "the 0.2 s grace for open requests is over: hung up on 1 connection(s)")
+    ]
+    assert stdlib == []
