@@ -4,7 +4,8 @@
 and the job supervisor live exactly as long as it); :func:`begin_shutdown`
 is how the server tells it to stop taking work. The routes live in private
 modules: ``_videos`` (scan, videos), ``_jobs`` (jobs, wait, cancel, events),
-``_health``, and ``_dashboard`` (the web page at ``/``, its files in ``static/``).
+``_health``, ``_dashboard`` (the web page at ``/``, its files in ``static/``)
+and ``_docs`` (Swagger UI at ``/docs``, from this server's own files).
 """
 
 from __future__ import annotations

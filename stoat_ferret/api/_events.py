@@ -16,6 +16,10 @@ its feed gets the state the check saw, without an id.
 
 Changes are coalesced per job while a client is slow (see ``_sse.py``). Both
 streams end, after a comment saying so, when the service begins to stop.
+
+Neither answers ``HEAD`` (405), unlike the other ``GET`` routes: a ``HEAD``
+would take one of the ``STOAT_MAX_STREAMS`` slots, and the stream of every
+job never ends by itself, all for an answer with nothing in it.
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ async def get_metrics(request: Request) -> ServiceMetrics | None:
 
 
 def install_metrics(app: FastAPI) -> ServiceMetrics:
-    """Give ``app`` its metrics, the request timer and ``GET /metrics``."""
+    """Give ``app`` its metrics, the request timer and ``GET /metrics`` (and ``HEAD``)."""
     metrics = ServiceMetrics()
     app.state.metrics = metrics
     app.add_middleware(RequestTimer, metrics=metrics)
@@ -294,6 +294,7 @@ def install_metrics(app: FastAPI) -> ServiceMetrics:
     return metrics
 
 
+@router.head("/metrics", response_class=Response, include_in_schema=False)
 @router.get(
     "/metrics",
     response_class=Response,

@@ -1,4 +1,4 @@
-"""``GET /api/v1/jobs/{job_id}/errors``: every ``errors`` entry of a scan, in pages.
+"""``GET /api/v1/jobs/{job_id}/errors`` (and ``HEAD``): every ``errors`` entry of a scan, in pages.
 
 A scan job's ``result`` lists its first 20 errors (each cut to a bounded
 length) and counts them all in ``errors_total``, so that thousands of
@@ -45,6 +45,7 @@ class ScanErrorListOut(BaseModel):
     offset: int
 
 
+@router.head("/{job_id}/errors", include_in_schema=False)
 @router.get(
     "/{job_id}/errors",
     response_model=ScanErrorListOut,

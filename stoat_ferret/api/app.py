@@ -58,6 +58,7 @@ from stoat_ferret.api import (
     _videos,
 )
 from stoat_ferret.api._deps import StreamSlots
+from stoat_ferret.api._docs import install_docs
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._guard import RequestGuard
 from stoat_ferret.api._headers import ResponseHeaders
@@ -93,7 +94,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
         summary="Scan directories for videos, and follow the jobs that do it.",
         lifespan=lifespan,
         default_response_class=ApiJSONResponse,
-        docs_url="/docs",
+        docs_url=None,  # _docs.py serves it, without a CDN
         redoc_url=None,
     )
     settings = settings if settings is not None else Settings.from_environ()
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     app.include_router(_health.router)
     app.include_router(_dashboard.router)
     app.mount(_dashboard.STATIC_PREFIX, _dashboard.static_files(), name="static")
+    install_docs(app)
     return app
 
 
