@@ -66,7 +66,6 @@ async def dashboard() -> FileResponse:
         headers={
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             "Cache-Control": "no-cache",
-            "X-Content-Type-Options": "nosniff",
         },
     )
 

@@ -129,6 +129,5 @@ async def docs(request: Request) -> HTMLResponse:
         headers={
             "Content-Security-Policy": page.content_security_policy,
             "Cache-Control": "no-cache",
-            "X-Content-Type-Options": "nosniff",
         },
     )
