@@ -58,14 +58,15 @@ async def _held_apply(
     deletions: Collection[str],
     *,
     written_before: datetime | None = None,
-) -> None:
-    await _write(self, records, deletions, written_before=written_before)
+) -> list[tuple[str, str]]:
+    refused = await _write(self, records, deletions, written_before=written_before)
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
         if await gate.exists():
             logger.info("scan held at {gate}", gate=str(gate))
         # Another process opens the gate: there is no event to wait on.
         while await gate.exists():  # noqa: ASYNC110
             await anyio.sleep(POLL_SECONDS)
+    return refused
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -318,3 +319,20 @@ def copy_video(video: EncodedVideo, path: str | Path) -> EncodedVideo:
     target = Path(path)
     shutil.copyfile(video.path, target)
     return attrs.evolve(video, path=target)
+
+
+# The DURATION tag FFmpeg's Matroska muxer writes on each track: HH:MM:SS.nnnnnnnnn
+# and a NUL, in room reserved before the length was known.
+_MATROSKA_DURATION_TAG: Final = re.compile(rb"\d\d:\d\d:\d\d\.\d{9}\x00")
+
+
+def write_duration_tag(source: str | Path, path: str | Path, text: bytes) -> Path:
+    """Copy the Matroska file ``source`` (one track) to ``path``, its track's
+    DURATION tag overwritten in place with ``text`` (at most 19 bytes)."""
+    data = Path(source).read_bytes()
+    tags = _MATROSKA_DURATION_TAG.findall(data)
+    assert len(tags) == 1, f"{source} has {len(tags)} DURATION tags, not one"
+    assert len(text) < len(tags[0]), f"{text!r} does not fit in the tag"
+    target = Path(path)
+    target.write_bytes(data.replace(tags[0], text.ljust(len(tags[0]), b"\x00")))
+    return target

@@ -147,9 +147,10 @@ class VideoLibrary:
 
         return await anyio.to_thread.run_sync(both)
 
-    async def upsert(self, records: Sequence[VideoRecord]) -> None:
-        """Insert or update these videos in one transaction."""
-        await anyio.to_thread.run_sync(self._store.upsert, records)
+    async def upsert(self, records: Sequence[VideoRecord]) -> list[tuple[str, str]]:
+        """Insert or update these videos in one transaction; return ``(path,
+        reason)`` of those the store cannot hold (:meth:`VideoStore.apply`)."""
+        return await anyio.to_thread.run_sync(self._store.upsert, records)
 
     async def delete(self, paths: Collection[str]) -> None:
         """Delete the rows of these paths in one transaction."""
@@ -223,11 +224,13 @@ class VideoLibrary:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         """Upsert ``records`` and delete the rows of ``deletions``, in one
         transaction; with ``written_before``, keep the rows of ``deletions``
-        written since then (:meth:`VideoStore.remove_gone`)."""
-        await anyio.to_thread.run_sync(
+        written since then (:meth:`VideoStore.remove_gone`). Returns ``(path,
+        reason)`` of each record the store cannot hold, which is not written
+        and whose old row goes (:meth:`VideoStore.apply`)."""
+        return await anyio.to_thread.run_sync(
             functools.partial(self._store.apply, records, deletions, written_before=written_before)
         )
 

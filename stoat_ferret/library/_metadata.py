@@ -6,6 +6,10 @@ depth, the colour description, the geometry (sample aspect ratio, rotation and
 the displayed size), the interlacing, the number of streams of each kind, the
 first audio stream's channels and rate, and the ``timecode`` and
 ``creation_time`` tags. Every value is None where the file does not say.
+Every number fits the store (``_probe.py``): FFmpeg gives the bit rates as
+64-bit integers (one that is not positive is None), the sizes, rates and
+counts as 32-bit ones; the displayed width, a 32-bit width times a ratio of
+32-bit integers, stays below 2**62; the rotation is a whole turn at most.
 
 Everything comes from the headers FFmpeg read while opening the file, except
 the rotation. FFmpeg keeps the display matrix of a MOV/MP4 or Matroska track
@@ -158,8 +162,8 @@ def read_metadata(
     video_tags = video.metadata
     return {
         "container_format": format_name or None,
-        "bit_rate": container.bit_rate or None,
-        "video_bit_rate": context.bit_rate or None,
+        "bit_rate": positive(container.bit_rate),
+        "video_bit_rate": positive(context.bit_rate),
         "pixel_format": pix_fmt,
         "bit_depth": None if pix_fmt is None else bit_depth(pix_fmt),
         "color_space": COLOR_SPACES.get(context.colorspace),
@@ -175,9 +179,9 @@ def read_metadata(
         "audio_stream_count": len(streams.audio),
         "subtitle_stream_count": len(streams.subtitles),
         # Only an audio stream FFmpeg has a decoder for has a codec context in PyAV.
-        "audio_channels": _positive(getattr(audio_context, "channels", None)),
+        "audio_channels": positive(getattr(audio_context, "channels", None)),
         "audio_channel_layout": _layout_name(audio_context),
-        "audio_sample_rate": _positive(getattr(audio_context, "sample_rate", None)),
+        "audio_sample_rate": positive(getattr(audio_context, "sample_rate", None)),
         "timecode": _timecode(video_tags, container_tags, streams),
         "creation_time": _creation_time(container_tags, video_tags),
     }
@@ -204,7 +208,7 @@ def display_size(
     width: int | None, height: int | None, sar: Fraction | None, rotation: int | None
 ) -> tuple[int | None, int | None]:
     """The size a player shows: the width stretched by the SAR, then a quarter turn swapped."""
-    if not width or not height:
+    if width is None or height is None or min(width, height) <= 0:
         return None, None
     shown_width = round(width * sar) if sar else width
     if rotation is not None and round(rotation / 90) % 2:
@@ -274,7 +278,8 @@ def _rotation(
     return None
 
 
-def _positive(value: int | None) -> int | None:
+def positive(value: int | None) -> int | None:
+    """``value`` if it is a positive number, else None (the file does not say)."""
     return value if value is not None and value > 0 else None
 
 

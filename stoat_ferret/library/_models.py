@@ -91,7 +91,9 @@ class VideoProbe(_EditingMetadata):
     ``frame_rate`` is a reduced fraction equal to ffprobe's ``avg_frame_rate``
     (or ``r_frame_rate`` when the average is unknown). ``audio_codec`` is None
     when the file has no audio stream. It also carries the editing metadata
-    (:data:`METADATA_FIELDS`, declared on ``_EditingMetadata``).
+    (:data:`METADATA_FIELDS`, declared on ``_EditingMetadata``). Every number
+    is one the store holds, a 64-bit integer or a finite float, or None
+    (``_probe.py`` says how durations are bounded).
     """
 
     width: int | None

@@ -3,6 +3,15 @@
 :func:`probe_video` is synchronous and blocking: the scan runs it in worker
 threads. PyAV releases the GIL inside FFmpeg, so several probes overlap.
 
+Every number of a :class:`VideoProbe` is one the store holds: an integer
+within SQLite's INTEGER (a signed 64-bit integer), a finite float, or None
+where the file does not say. The numbers FFmpeg gives as C integers (sizes,
+rates, bit rates, counts) fit by their type; a duration is believed only
+within :data:`MAX_DURATION_SECONDS` (a longer one, a negative one, NaN or
+infinity is None), which keeps any frame count computed from it below
+2**63. A Matroska track's ``DURATION`` tag is text the file chose: it must
+read ``H:MM:SS.nnnnnnnnn`` in ASCII digits (:func:`_parse_clock`).
+
 A file larger than ``read_limit`` is read through :class:`_BoundedReader`,
 which reports end-of-file once ``read_limit`` bytes have been read. Some
 demuxers (MPEG-PS and MPEG-TS among them, and ffprobe with it) scan a file of
@@ -48,6 +57,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
 from typing import TYPE_CHECKING, Final, Self, cast
 
@@ -55,8 +65,9 @@ import av
 from av.stream import Disposition
 
 from stoat_ferret.library._exceptions import ProbeError
-from stoat_ferret.library._metadata import read_metadata
+from stoat_ferret.library._metadata import positive, read_metadata
 from stoat_ferret.library._models import VideoProbe
+from stoat_ferret.library._schema import INTEGER_MAX
 
 if TYPE_CHECKING:
     from fractions import Fraction
@@ -109,6 +120,19 @@ _ESTIMATED_STREAM_DURATION: Final = frozenset({"mpeg", "mpegvideo"})
 
 # A cover picture stored as a video stream is not "the" video.
 _ATTACHED_PIC: Final = Disposition.attached_pic.value
+
+MAX_DURATION_SECONDS: Final = 100 * 365 * 24 * 60 * 60
+"""The longest duration a probe believes: 100 years (3.15e9 s), far beyond any
+recording. A longer one is a header's garbage, and None. At FFmpeg's fastest
+frame rate (a rational of 32-bit integers: at most 2**31 - 1 frames a
+second) it is still fewer than 2**63 frames, so the frame count computed
+from a believed duration is one SQLite's INTEGER holds."""
+
+# Matroska's DURATION tag: H:MM:SS with optional fraction, ASCII digits only
+# (``\d`` and int() take other scripts' digits, int() and float() "1_0", float()
+# "1e20", "inf" and "nan"). The hours are bounded by MAX_DURATION_SECONDS anyway:
+# a few more digits than that needs keep int() and float() off huge text.
+_CLOCK: Final = re.compile(r"([0-9]{1,9}):([0-9]{1,2}):([0-9]{1,2}(?:\.[0-9]{1,18})?)")
 
 
 class _BoundedReader:
@@ -324,13 +348,13 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     format_name = container.format.name
     rate = _frame_rate(video)
     duration = container.duration
-    container_seconds = duration / _MICROSECONDS if duration is not None and duration > 0 else None
+    container_seconds = None if duration is None else _believed(duration / _MICROSECONDS)
     stream_seconds = None if format_name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
     audio = next(iter(container.streams.audio), None)
     audio_context = None if audio is None else cast("CodecContext | None", audio.codec_context)
     return VideoProbe(
-        width=context.width or None,
-        height=context.height or None,
+        width=positive(context.width),
+        height=positive(context.height),
         frame_rate=rate,
         duration_seconds=container_seconds if container_seconds is not None else stream_seconds,
         duration_frames=_frame_count(video, rate, stream_seconds, container_seconds),
@@ -361,21 +385,27 @@ def _stream_seconds(video: VideoStream) -> float | None:
     if duration is not None and duration > 0:
         time_base = video.time_base
         if time_base:
-            return duration * time_base.numerator / time_base.denominator
+            return _believed(duration * time_base.numerator / time_base.denominator)
     # Matroska and WebM keep the per-stream duration in a DURATION tag.
     tag = video.metadata.get("DURATION")
     return _parse_clock(tag) if tag else None
 
 
+def _believed(seconds: float) -> float | None:
+    """``seconds`` if it is a duration a file may have; None if it is not
+    positive, more than :data:`MAX_DURATION_SECONDS`, or NaN."""
+    return seconds if 0 < seconds <= MAX_DURATION_SECONDS else None
+
+
 def _parse_clock(text: str) -> float | None:
-    """Parse Matroska's ``HH:MM:SS.nnnnnnnnn``; None if it is not that shape."""
-    try:
-        hours, minutes, seconds = text.strip().split(":")
-        whole_minutes = int(hours) * _SECONDS_PER_MINUTE + int(minutes)
-        total = whole_minutes * _SECONDS_PER_MINUTE + float(seconds)
-    except ValueError:
+    """Parse Matroska's ``HH:MM:SS.nnnnnnnnn``; None if it is not that shape or not
+    :func:`_believed`. Never raises, whatever the text."""
+    clock = _CLOCK.fullmatch(text.strip())
+    if clock is None:
         return None
-    return total if total > 0 else None
+    hours, minutes, seconds = clock.groups()
+    whole_minutes = int(hours) * _SECONDS_PER_MINUTE + int(minutes)
+    return _believed(whole_minutes * _SECONDS_PER_MINUTE + float(seconds))
 
 
 def _frame_count(
@@ -386,11 +416,13 @@ def _frame_count(
 ) -> int | None:
     frames = video.frames
     if frames > 0:
-        return frames
+        return frames  # FFmpeg's int64_t nb_frames
     seconds = stream_seconds if stream_seconds is not None else container_seconds
     if rate is None or seconds is None:
         return None
-    return round(seconds * rate.numerator / rate.denominator)
+    # Below 2**63 for any believed duration and 32-bit rate (MAX_DURATION_SECONDS).
+    count = round(seconds * rate.numerator / rate.denominator)
+    return count if count <= INTEGER_MAX else None
 
 
 def _audio_codec(audio: Stream | None, context: CodecContext | None) -> str | None:

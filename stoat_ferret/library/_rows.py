@@ -4,16 +4,27 @@
 values); a row selected as :data:`COLUMNS` reads back as a :class:`Video`
 (:func:`stored_video`). Each row records the :data:`PROBE_VERSION` of the
 probe that wrote it.
+
+A row the store cannot hold must not fail the batch it is written in (a
+scan's batch holds up to 256 files). :func:`storable_rows` leaves out, before
+the write, a row with a number beyond SQLite's INTEGER or a float that is not
+finite (:func:`unstorable`); :func:`upsert_rows` leaves out any other value
+SQLite refuses, by writing the batch's rows again one at a time, in the same
+transaction, when one statement for them all fails on a row. Each gives the
+refused paths with the reason. The probe keeps its numbers within the
+store's (``_probe.py``): this is a backstop.
 """
 
 from __future__ import annotations
 
+import math
+import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from stoat_ferret.library._models import METADATA_FIELDS, Video
 from stoat_ferret.library._query import search_key
-from stoat_ferret.library._schema import PROBE_VERSION
+from stoat_ferret.library._schema import INTEGER_MAX, INTEGER_MIN, PROBE_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,6 +68,9 @@ ON CONFLICT (path) DO UPDATE SET
 
 _CREATION_TIME: Final = METADATA_FIELDS.index("creation_time")
 
+# The column of each value of record_row's tuple.
+_ROW_COLUMNS: Final = ("path", *_WRITTEN, "created_at")
+
 
 def record_row(record: VideoRecord, now: str) -> tuple[Any, ...]:
     """The values :data:`UPSERT` writes for ``record``, written at ``now`` (an ISO timestamp)."""
@@ -85,6 +99,101 @@ def record_row(record: VideoRecord, now: str) -> tuple[Any, ...]:
         now,
         now,
     )
+
+
+def storable_rows(
+    records: Sequence[VideoRecord], now: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    """The rows of ``records`` written at ``now``, and ``(path, reason)`` of
+    each record left out because the store cannot hold it (:func:`unstorable`)."""
+    rows: list[tuple[Any, ...]] = []
+    refused: list[tuple[str, str]] = []
+    for record in records:
+        row = record_row(record, now)
+        reason = unstorable(row)
+        if reason is None:
+            rows.append(row)
+        else:
+            refused.append((record.path, reason))
+    return rows, refused
+
+
+# What a row's own values make sqlite3 raise: a type it cannot bind
+# (ProgrammingError), text that is not UTF-8 (UnicodeEncodeError), an integer
+# too large (OverflowError), a constraint or a STRICT column's type
+# (IntegrityError). The database's own failures (OperationalError: locked,
+# disk I/O, read-only) still fail the batch.
+_ROW_ERRORS: Final = (
+    OverflowError,
+    ValueError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+)
+
+
+def upsert_rows(
+    connection: sqlite3.Connection, rows: list[tuple[Any, ...]]
+) -> list[tuple[str, str]]:
+    """Write ``rows`` (:data:`UPSERT`); return ``(path, reason)`` of those SQLite refused.
+
+    One statement for them all; if a row is refused, that statement stops there
+    (the rows before it stay written: only the failing statement is undone), and
+    every row is written again one at a time, the refused ones skipped. An
+    upsert of the same values twice leaves the row as one upsert would.
+    """
+    try:
+        connection.executemany(UPSERT, rows)
+    except _ROW_ERRORS:
+        if not connection.in_transaction:  # it ended the transaction: not a row's error
+            raise
+    else:
+        return []
+    refused = []
+    for row in rows:
+        try:
+            connection.execute(UPSERT, row)
+        except _ROW_ERRORS as exc:
+            if not connection.in_transaction:
+                raise
+            refused.append((row[0], f"not stored: {type(exc).__name__}: {exc}"))
+    return refused
+
+
+def is_text(value: str) -> bool:
+    """Whether SQLite can take ``value`` as text: it encodes to UTF-8 (no lone surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def unstorable(row: tuple[Any, ...]) -> str | None:
+    """Why the store cannot hold ``row`` (a :func:`record_row`), or None if it can.
+
+    SQLite holds NULL, UTF-8 text, a signed 64-bit integer and a float;
+    Python's ``sqlite3`` raises OverflowError for a larger integer (and so
+    would fail a whole batch), stores NaN as NULL, and infinity is no JSON
+    number. The
+    message names the column, never the value: ``str()`` of an integer of
+    thousands of digits raises.
+    """
+    for column, value in zip(_ROW_COLUMNS, row, strict=True):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            if not is_text(value):
+                return f"not stored: {column} is not UTF-8 text"
+        elif isinstance(value, int):
+            if not INTEGER_MIN <= value <= INTEGER_MAX:
+                return f"not stored: {column} is beyond a 64-bit integer"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"not stored: {column} is not a finite number"
+        else:
+            return f"not stored: {column} is a {type(value).__name__}, not a value SQLite holds"
+    return None
 
 
 def stored_video(row: tuple[Any, ...]) -> Video:

@@ -46,7 +46,10 @@ A file that cannot be probed is an ``errors`` entry and the scan goes on. When
 a file that was stored before has changed and can no longer be probed, its row
 is deleted with the next batch, unless another scan wrote it since this one
 began: its old metadata no longer describes it. It counts as an error, not as
-``removed``.
+``removed``. A file whose row the store cannot hold (a number beyond SQLite's,
+which the probe never gives: ``_probe.py`` bounds them) is an ``errors`` entry
+too, neither ``added`` nor ``updated``: the rest of its batch is written, and
+its old row, if any, deleted in the same transaction (``VideoStore.apply``).
 
 Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its
@@ -374,7 +377,18 @@ class _Scan:
                             break
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
-                await self.library.apply(records, stale, written_before=self.started)
+                refused = await self.library.apply(records, stale, written_before=self.started)
+                for path, reason in refused:
+                    self.refused(path, reason)
+
+    def refused(self, path: str, reason: str) -> None:
+        """The store could not hold ``path``'s row: an error, not added or updated."""
+        logger.warning("row not stored", job_id=self.ctx.job_id, path=path, reason=reason)
+        self.errors.add(path, reason)
+        if path in self.known:
+            self.updated -= 1
+        else:
+            self.added -= 1
 
 
 def _compare(

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 SCHEMA_VERSION: Final = 3
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
+INTEGER_MIN: Final = -(2**63)
+"""The least value an INTEGER column holds (SQLite's is a signed 64-bit integer)."""
+
+INTEGER_MAX: Final = 2**63 - 1
+"""The greatest value an INTEGER column holds."""
+
 PROBE_VERSION: Final = 2
 """What a row's probe recorded: 2 is the editing metadata. A row with an older
 (or no) version is probed again by the next scan of its file."""

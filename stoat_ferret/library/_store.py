@@ -3,7 +3,8 @@
 Concurrency: two connections to the file (``_connections.py``), each used by
 one thread at a time under its own ``threading.Lock``. Writes go through the
 writing one: each write method is one ``BEGIN IMMEDIATE ... COMMIT``
-transaction, so a batch is written whole or not at all, and while another
+transaction, so a batch is written whole or not at all (but for the rows the
+store cannot hold: below), and while another
 process holds SQLite's write lock it waits up to :data:`BUSY_TIMEOUT_MS`
 holding the write lock. Reads go through the read-only one, each in one
 ``BEGIN ... COMMIT`` transaction: in WAL mode a read takes no lock a writer
@@ -16,6 +17,12 @@ Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
 committed batches, never consistency), ``busy_timeout`` for other processes.
 
 Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``.
+
+A row the store cannot hold never fails its batch (``_rows.py`` says how it
+is found): :meth:`VideoStore.apply` writes the rest, deletes the refused
+paths' old rows (they no longer describe their files) and returns each
+refused path with the reason. The probe keeps its numbers within the
+store's (``_probe.py``), so this is a backstop.
 
 Scan errors. ``scan_errors`` holds every ``errors`` entry of a scan, in the
 order met, keyed by job id; a job's result lists only the first few. Each
@@ -64,7 +71,13 @@ from stoat_ferret.library._query import (
     subtree_bounds,
     walk_sort_index,
 )
-from stoat_ferret.library._rows import COLUMNS, UPSERT, record_row, stored_video
+from stoat_ferret.library._rows import (
+    COLUMNS,
+    is_text,
+    storable_rows,
+    stored_video,
+    upsert_rows,
+)
 from stoat_ferret.library._schema import PROBE_VERSION
 
 if TYPE_CHECKING:
@@ -218,12 +231,13 @@ class VideoStore:
             rows = cursor.fetchall()
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
 
-    def upsert(self, records: Sequence[VideoRecord]) -> None:
+    def upsert(self, records: Sequence[VideoRecord]) -> list[tuple[str, str]]:
         """Insert or update these videos, keyed by path, in one transaction.
 
         ``created_at`` of an existing row is kept; ``updated_at`` becomes now.
+        Returns the records the store cannot hold, as :meth:`apply` does.
         """
-        self.apply(records, ())
+        return self.apply(records, ())
 
     def delete(self, paths: Collection[str]) -> None:
         """Delete the rows of these paths (absent ones are ignored) in one transaction."""
@@ -235,22 +249,33 @@ class VideoStore:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
 
         With ``written_before``, a row of ``deletions`` written at or after
         that moment is kept (see :meth:`remove_gone`).
+
+        A record the store cannot hold (a number beyond SQLite's INTEGER, a
+        float that is not finite, a value SQLite refuses) is not written, and
+        the rest are: its path's row, if any, is deleted as those of
+        ``deletions`` are (it no longer describes the file).
+
+        Returns:
+            ``(path, reason)`` of each record not written.
         """
         if not records and not deletions:
-            return
-        now = _timestamp(datetime.now(UTC))
-        rows = [record_row(record, now) for record in records]
+            return []
+        rows, refused = storable_rows(records, _timestamp(datetime.now(UTC)))
         with self._writing() as connection:
             if rows:
-                connection.executemany(UPSERT, rows)
-            deleted_ids = _delete_rows(connection, deletions, written_before)[1]
+                refused.extend(upsert_rows(connection, rows))
+            # A path that is not text has no row to delete (nor can name one).
+            stale = [path for path, _ in refused if is_text(path)]
+            gone = [*deletions, *stale] if stale else deletions
+            deleted_ids = _delete_rows(connection, gone, written_before)[1]
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
+        return refused
 
     def remove_gone(
         self,

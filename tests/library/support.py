@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from datetime import UTC, datetime
@@ -135,3 +136,25 @@ def record(path: str, *, size: int = 100, mtime: int = 1, **probe: Any) -> Video
         mtime_ns=mtime,
         probe=attrs.evolve(PROBE, **probe),
     )
+
+
+SQLITE_INTEGER = range(-(2**63), 2**63)
+"""The integers an SQLite INTEGER column holds."""
+
+
+def unstorable_fields(probe: VideoProbe) -> list[str]:
+    """The fields of ``probe`` holding a number the store cannot (an integer
+    beyond SQLite's, a float that is not finite): none, for a sound probe."""
+    bad = []
+    for field in attrs.fields(VideoProbe):
+        value = getattr(probe, field.name)
+        numbers = (value.numerator, value.denominator) if isinstance(value, Fraction) else (value,)
+        if any(not _storable(number) for number in numbers):
+            bad.append(field.name)
+    return bad
+
+
+def _storable(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return not isinstance(value, int) or value in SQLITE_INTEGER

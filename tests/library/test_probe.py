@@ -11,18 +11,27 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import av
 import pytest
 
 from stoat_ferret.library import METADATA_FIELDS, ProbeError, _metadata, _probe, probe_video
 from tests.library.conftest import CLIP_SPECS
-from tests.library.support import FifoWatch, watched_fifo
-from tests.videos import copy_video, make_video, write_corrupt_video, write_truncated_copy
+from tests.library.support import FifoWatch, unstorable_fields, watched_fifo
+from tests.videos import (
+    copy_video,
+    make_video,
+    write_corrupt_video,
+    write_duration_tag,
+    write_truncated_copy,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from av.video.stream import VideoStream
 
     from tests.videos import EncodedVideo
 
@@ -546,6 +555,67 @@ def test_parse_clock_reads_matroska_durations() -> None:
     assert _probe._parse_clock("00:00:00.000000000") is None
     assert _probe._parse_clock("soon") is None
     assert _probe._parse_clock("1:2") is None
+    assert _probe._parse_clock(" 100:00:00.5 ") == 360_000.5
+    assert _probe._parse_clock("1:2:3") == 3723
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0:0:1e20",  # float() reads it: 1e20 s, 2.5e21 frames at 25 fps
+        "0:0:inf",
+        "inf",
+        "0:0:nan",
+        "9" * 400 + ":00:00",  # hours too many for a float
+        "1" * 5000 + ":00:00",  # digits too many for int()
+        "0:0:" + "9" * 400,  # a float that comes back infinite
+        "99999999:00:00.000000000",  # the shape, but 11,000 years
+        "1_0:00:00.0",  # int() and float() take underscores
+        "\u0661:00:00.0",  # ... and Arabic-Indic digits
+        "-1:00:00.0",
+        "0:-5:00",
+        "1:2:3:4",
+        "",
+    ],
+)
+def test_parse_clock_never_raises_and_believes_only_a_clock_in_bounds(text: str) -> None:
+    """Any tag text gives a duration within MAX_DURATION_SECONDS or None, never an exception."""
+    assert _probe._parse_clock(text) is None
+
+
+@pytest.mark.parametrize("text", [b"0:0:1e20", b"0:0:inf", b"99999999:00:00.0"])
+def test_an_unbelievable_duration_tag_is_passed_over(
+    clips: dict[str, EncodedVideo], tmp_path: Path, text: bytes
+) -> None:
+    """A Matroska track whose DURATION tag says 1e20 s, infinity or 11,000 years:
+    the duration and frame count come from the container (0.4 s, 10 frames), and
+    every number of the probe fits the store."""
+    path = write_duration_tag(clips["h264.mkv"].path, tmp_path / "odd.mkv", text)
+
+    probe = probe_video(path)
+
+    assert probe.duration_seconds == pytest.approx(0.4)
+    assert probe.duration_frames == 10
+    assert unstorable_fields(probe) == []
+
+
+def test_a_stream_duration_beyond_the_bound_is_unknown() -> None:
+    """A stream's own duration (an MP4 ``mdhd``, say) of 2**62 ticks of a second is not believed."""
+    stream = SimpleNamespace(duration=2**62, time_base=Fraction(1), metadata={})
+
+    assert _probe._stream_seconds(cast("VideoStream", stream)) is None
+
+
+def test_the_longest_duration_at_the_fastest_rate_fits_the_store() -> None:
+    """MAX_DURATION_SECONDS at FFmpeg's fastest rate (a numerator of 2**31 - 1) is
+    still fewer than 2**63 frames; a count beyond that would be None anyway."""
+    stream = cast("VideoStream", SimpleNamespace(frames=0))
+    fastest = Fraction(2**31 - 1)
+
+    frames = _probe._frame_count(stream, fastest, _probe.MAX_DURATION_SECONDS, None)
+
+    assert frames is not None
+    assert frames < 2**63
 
 
 def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:

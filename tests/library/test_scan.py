@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import attrs
 import pytest
 
 from stoat_ferret.library import (
@@ -491,6 +492,36 @@ async def test_an_unexpected_probe_exception_is_an_error_entry(
     assert result["added"] == 1
     assert result["errors"] == [{"path": odd, "error": "RuntimeError: PyAV surprise"}]
     assert await library.get_video_by_path(good) is not None
+
+
+async def test_a_row_the_store_cannot_hold_is_an_error_entry(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe that gives a number beyond SQLite's INTEGER (which the probe's
+    bounds should prevent) costs that file only: an errors entry, neither added
+    nor updated; its batch's other rows are stored and its old row goes."""
+    good, old = _fill(media, clip, ["good.mp4", "old.mp4"])
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    (new,) = _fill(media, clip, ["new.mp4"])
+    stat = os.stat(old)
+    os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        found = probe_video(name, dir_fd=dir_fd)
+        return attrs.evolve(found, duration_frames=2**63)
+
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        videos, _ = await library.list_videos(10, 0)
+
+    reason = "not stored: duration_frames is beyond a 64-bit integer"
+    assert result["errors"] == [{"path": new, "error": reason}, {"path": old, "error": reason}]
+    assert (result["added"], result["updated"], result["unchanged"]) == (0, 0, 1)
+    assert [video.path for video in videos] == [good]
 
 
 async def test_a_store_failure_fails_the_job_with_that_error(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import unicodedata
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -231,15 +233,48 @@ def test_delete_removes_a_batch_and_ignores_absent_paths(store: VideoStore) -> N
     assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/b.mp4"]
 
 
-def test_a_failing_batch_writes_nothing(store: VideoStore) -> None:
-    """A batch whose last row is invalid leaves no trace of its earlier rows."""
+def test_a_failing_batch_writes_nothing(store: VideoStore, tmp_path: Path) -> None:
+    """A batch the database fails after its rows are written leaves no trace of them."""
     store.upsert([record("/m/keep.mp4")])
-    bad = record("/m/bad.mp4", width=cast("int", "not a number"))
+    # A trigger calling a function the store's connection lacks: its delete fails.
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as other:
+        other.execute("CREATE TRIGGER boom AFTER DELETE ON videos BEGIN SELECT boom(); END")
+        other.commit()
 
-    with pytest.raises(StoreError, match="cannot store TEXT value in INTEGER column"):
-        store.apply([record("/m/new.mp4"), bad], ["/m/keep.mp4"])
+    with pytest.raises(StoreError, match="no such function: boom"):
+        store.apply([record("/m/new.mp4")], ["/m/keep.mp4"])
 
     assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/keep.mp4"]
+
+
+def test_a_row_the_store_cannot_hold_does_not_fail_its_batch(store: VideoStore) -> None:
+    """Numbers beyond SQLite's INTEGER, floats that are not finite and values
+    SQLite refuses cost their own rows only: each is returned with the reason,
+    the rest of the batch is written, and the old row of a refused path goes."""
+    store.upsert([record("/m/old.mp4"), record("/m/keep.mp4"), record("/m/gone.mp4")])
+    refused = [
+        record("/m/frames.mp4", duration_frames=2**63),
+        record("/m/low.mp4", bit_rate=-(2**63) - 1),
+        record("/m/digits.mp4", video_bit_rate=10**5000),  # str() of it raises
+        record("/m/old.mp4", duration_seconds=math.inf),
+        record("/m/nan.mp4", duration_seconds=math.nan),  # SQLite would store NULL
+        record("/m/rate.mp4", frame_rate=Fraction(2**64, 3)),
+        record("/m/text.mp4", width=cast("int", "wide")),  # SQLite refuses it (STRICT)
+        record("/m/odd.mp4", rotation=cast("int", Fraction(1, 2))),  # sqlite3 cannot bind it
+    ]
+
+    reasons = dict(store.apply([record("/m/a.mp4"), *refused, record("/m/b.mp4")], ["/m/gone.mp4"]))
+
+    assert sorted(reasons) == sorted(item.path for item in refused)
+    assert reasons["/m/frames.mp4"] == "not stored: duration_frames is beyond a 64-bit integer"
+    assert reasons["/m/digits.mp4"] == "not stored: video_bit_rate is beyond a 64-bit integer"
+    assert reasons["/m/old.mp4"] == "not stored: duration_seconds is not a finite number"
+    assert reasons["/m/rate.mp4"] == "not stored: frame_rate_numerator is beyond a 64-bit integer"
+    assert reasons["/m/text.mp4"] == (
+        "not stored: IntegrityError: cannot store TEXT value in INTEGER column videos.width"
+    )
+    assert reasons["/m/odd.mp4"] == "not stored: rotation is a Fraction, not a value SQLite holds"
+    assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/a.mp4", "/m/b.mp4", "/m/keep.mp4"]
 
 
 def test_empty_writes_are_no_ops(store: VideoStore) -> None:

@@ -20,6 +20,12 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> EncodedVideo:
     return make_video(tmp_path_factory.mktemp("reliability-clips") / "clip.mp4")
 
 
+@pytest.fixture(scope="session")
+def mkv_clip(tmp_path_factory: pytest.TempPathFactory) -> EncodedVideo:
+    """One small H.264 Matroska file, one track: 0.4 s, 10 frames at 25 fps."""
+    return make_video(tmp_path_factory.mktemp("reliability-clips") / "clip.mkv", audio=None)
+
+
 def integrity(database: str | Path) -> list[str]:
     """``PRAGMA integrity_check`` of ``database`` from a fresh connection: ``["ok"]`` if sound."""
     with closing(sqlite3.connect(database)) as connection:

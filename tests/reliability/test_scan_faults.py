@@ -29,7 +29,7 @@ from stoat_ferret.library import (
 from tests.library.support import make_context
 from tests.permissions import call_denied
 from tests.reliability.conftest import integrity
-from tests.videos import copy_video, write_truncated_copy
+from tests.videos import copy_video, write_duration_tag, write_truncated_copy
 
 # Real scans probe at normal priority: SCHED_IDLE probe threads can starve for
 # seconds on a loaded machine (the priority test sets its own).
@@ -118,6 +118,37 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
     assert [video.path for video in videos] == [str(good), str(sparse)]
     assert errors[str(media / "vanishing.mp4")] == "No such file or directory"
     assert sum(read) <= 1024 * 1024  # the 10 GB file: its head only, not 10 GB
+    assert integrity(database) == ["ok"]
+
+
+async def test_a_file_whose_numbers_overflow_is_stored_with_them_bounded(
+    tmp_path: Path, mkv_clip: EncodedVideo
+) -> None:
+    """Matroska DURATION tags of 1e20 s (2.5e21 frames, beyond SQLite's INTEGER)
+    and of infinity, beside a good file: the scan completes, all three are rows,
+    the tags passed over (the container's 0.4 s and 10 frames), and the rescan
+    finds nothing to do."""
+    media = tmp_path / "media"
+    media.mkdir()
+    copy_video(mkv_clip, media / "good.mkv")
+    write_duration_tag(mkv_clip.path, media / "huge.mkv", b"0:0:1e20")
+    write_duration_tag(mkv_clip.path, media / "inf.mkv", b"0:0:inf")
+    database = tmp_path / "db" / "stoat.db"
+
+    with anyio.fail_after(TIMEOUT):
+        async with await VideoLibrary.open(database) as library:
+            scan = make_scan_handler(library, probe_priority=NORMAL)
+            result = await scan(make_context(media))
+            videos, _ = await library.list_videos(10, 0)
+            again = await scan(make_context(media))
+
+    assert (result["added"], result["errors"]) == (3, [])
+    assert [(v.filename, v.duration_seconds, v.duration_frames) for v in videos] == [
+        ("good.mkv", 0.4, 10),
+        ("huge.mkv", 0.4, 10),
+        ("inf.mkv", 0.4, 10),
+    ]
+    assert (again["unchanged"], again["errors"]) == (3, [])
     assert integrity(database) == ["ok"]
 
 
