@@ -3,7 +3,8 @@
 :data:`UPSERT` writes a :class:`VideoRecord` (:func:`record_row` gives its
 values); a row selected as :data:`COLUMNS` reads back as a :class:`Video`
 (:func:`stored_video`). Each row records the :data:`PROBE_VERSION` of the
-probe that wrote it.
+probe that wrote it, and when (:func:`timestamp`); :func:`delete_rows`
+deletes rows, sparing those written since a given moment.
 
 A row the store cannot hold must not fail the batch it is written in (a
 scan's batch holds up to 256 files). :func:`storable_rows` leaves out, before
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from stoat_ferret.library._models import METADATA_FIELDS, Video
@@ -27,7 +28,7 @@ from stoat_ferret.library._query import search_key
 from stoat_ferret.library._schema import INTEGER_MAX, INTEGER_MIN, PROBE_VERSION
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
     from stoat_ferret.library._models import VideoRecord
 
@@ -194,6 +195,34 @@ def unstorable(row: tuple[Any, ...]) -> str | None:
         else:
             return f"not stored: {column} is a {type(value).__name__}, not a value SQLite holds"
     return None
+
+
+def timestamp(moment: datetime) -> str:
+    """``moment`` as stored in ``created_at`` and ``updated_at``: ISO 8601 in UTC
+    with microseconds, so that text order is time order."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def delete_rows(
+    connection: sqlite3.Connection, paths: Collection[str], written_before: datetime | None
+) -> tuple[list[str], list[int]]:
+    """Delete the rows of ``paths``, except those written at or after ``written_before``;
+    return the paths whose rows were deleted, and their ids (for ``on_delete``)."""
+    deleted: list[str] = []
+    ids: list[int] = []
+    for path in paths:
+        if written_before is None:
+            cursor = connection.execute("DELETE FROM videos WHERE path = ? RETURNING id", (path,))
+        else:
+            cursor = connection.execute(
+                "DELETE FROM videos WHERE path = ? AND updated_at < ? RETURNING id",
+                (path, timestamp(written_before)),
+            )
+        row = cursor.fetchone()
+        if row is not None:
+            deleted.append(path)
+            ids.append(row[0])
+    return deleted, ids
 
 
 def stored_video(row: tuple[Any, ...]) -> Video:

@@ -73,9 +73,11 @@ from stoat_ferret.library._query import (
 )
 from stoat_ferret.library._rows import (
     COLUMNS,
+    delete_rows,
     is_text,
     storable_rows,
     stored_video,
+    timestamp,
     upsert_rows,
 )
 from stoat_ferret.library._schema import PROBE_VERSION
@@ -265,14 +267,14 @@ class VideoStore:
         """
         if not records and not deletions:
             return []
-        rows, refused = storable_rows(records, _timestamp(datetime.now(UTC)))
+        rows, refused = storable_rows(records, timestamp(datetime.now(UTC)))
         with self._writing() as connection:
             if rows:
                 refused.extend(upsert_rows(connection, rows))
             # A path that is not text has no row to delete (nor can name one).
             stale = [path for path, _ in refused if is_text(path)]
             gone = [*deletions, *stale] if stale else deletions
-            deleted_ids = _delete_rows(connection, gone, written_before)[1]
+            deleted_ids = delete_rows(connection, gone, written_before)[1]
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
         return refused
@@ -297,7 +299,7 @@ class VideoStore:
         if not gone:
             return []
         with self._writing() as connection:
-            deleted, deleted_ids = _delete_rows(connection, gone, written_before)
+            deleted, deleted_ids = delete_rows(connection, gone, written_before)
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
         return deleted
@@ -374,34 +376,6 @@ class VideoStore:
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
-
-
-def _timestamp(moment: datetime) -> str:
-    """``moment`` as stored in ``created_at`` and ``updated_at``: ISO 8601 in UTC
-    with microseconds, so that text order is time order."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _delete_rows(
-    connection: sqlite3.Connection, paths: Collection[str], written_before: datetime | None
-) -> tuple[list[str], list[int]]:
-    """Delete the rows of ``paths``, except those written at or after ``written_before``;
-    return the paths whose rows were deleted, and their ids (for ``on_delete``)."""
-    deleted: list[str] = []
-    ids: list[int] = []
-    for path in paths:
-        if written_before is None:
-            cursor = connection.execute("DELETE FROM videos WHERE path = ? RETURNING id", (path,))
-        else:
-            cursor = connection.execute(
-                "DELETE FROM videos WHERE path = ? AND updated_at < ? RETURNING id",
-                (path, _timestamp(written_before)),
-            )
-        row = cursor.fetchone()
-        if row is not None:
-            deleted.append(path)
-            ids.append(row[0])
-    return deleted, ids
 
 
 def _insert_errors(
