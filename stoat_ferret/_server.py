@@ -232,7 +232,18 @@ class GracefulServer(uvicorn.Server):
         _hang_up(self.server_state.connections)
 
     async def _hang_up_when_due(self) -> None:
-        """Hang up on stalled connections as they are found, and on the rest after the grace."""
+        """Hang up on stalled connections as they are found, and on the rest after the grace.
+
+        A failure here must not cut the shut-down short (the jobs' grace, the
+        database's close): it is logged, and uvicorn's own timeout is left to
+        end the open requests.
+        """
+        try:
+            await self._watch_connections()
+        except Exception:
+            logger.exception("watching the open connections failed; uvicorn's timeout ends them")
+
+    async def _watch_connections(self) -> None:
         watch: StallWatch[asyncio.Transport] = StallWatch(STALL_SECONDS)
         began = anyio.current_time()
         while self._http_grace is None or anyio.current_time() - began < self._http_grace:

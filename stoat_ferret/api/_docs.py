@@ -4,7 +4,7 @@ FastAPI's own ``/docs`` page loads Swagger UI from a CDN (a floating major
 version, without subresource integrity) into this service's origin, where
 it could call the whole API; and the machine may be offline. Here the page
 is FastAPI's (:func:`fastapi.openapi.docs.get_swagger_ui_html`), but its
-script, style sheet and icon come from :data:`ASSETS_PREFIX`, the files of
+script, style sheet and icon come from :data:`ASSETS_PREFIX`: three files of
 the pinned ``fastapi-offline`` package (a build of ``swagger-ui-dist``; see
 ``pyproject.toml``). Nothing else of that package is used.
 
@@ -26,14 +26,15 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import importlib.resources
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import attrs
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
-from starlette.staticfiles import StaticFiles
+from fastapi.responses import FileResponse, HTMLResponse
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -41,11 +42,18 @@ if TYPE_CHECKING:
 DOCS_PATH: Final = "/docs"
 
 ASSETS_PREFIX: Final = "/docs/assets"
-"""Where the app mounts :func:`asset_files`."""
+"""Where the page's files are served (:func:`asset`)."""
 
-ASSETS_PACKAGE: Final = ("fastapi_offline", "static")
-"""The package directory the files come from: ``swagger-ui-bundle.js``,
-``swagger-ui.css`` and ``favicon.png`` (and ReDoc's script, unused)."""
+ASSETS: Final = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon.png": "image/png",
+}
+"""The files served, with their types: the page's three, not the rest of the
+package (ReDoc's script, which no page here loads, among them)."""
+
+ASSETS_DIRECTORY: Final = Path(str(importlib.resources.files("fastapi_offline") / "static"))
+"""The package directory the files come from (installed as files, as pip does)."""
 
 SWAGGER_UI_PARAMETERS: Final = {"validatorUrl": None}
 """Besides FastAPI's defaults: no validator badge (an image from validator.swagger.io)."""
@@ -108,12 +116,16 @@ def install_docs(app: FastAPI) -> None:
     assert app.openapi_url is not None
     docs_page("", app.openapi_url, f"{app.title} - Swagger UI")
     app.include_router(router)
-    app.mount(ASSETS_PREFIX, asset_files(), name="docs-assets")
 
 
-def asset_files() -> StaticFiles:
-    """Swagger UI's files, straight from their package."""
-    return StaticFiles(packages=[ASSETS_PACKAGE])
+@router.head(ASSETS_PREFIX + "/{name}", include_in_schema=False)
+@router.get(ASSETS_PREFIX + "/{name}", include_in_schema=False)
+async def asset(name: str) -> FileResponse:
+    """One of the page's files, straight from its package; 404 for any other name."""
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(404, f"no docs file named {name!r}")
+    return FileResponse(ASSETS_DIRECTORY / name, media_type=media_type)
 
 
 @router.head(DOCS_PATH, include_in_schema=False)

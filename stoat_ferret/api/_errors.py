@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from starlette.exceptions import HTTPException
 
+from stoat_ferret.api._headers import ALWAYS
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import SHORT_OF_RESOURCES, ScanPathRejected
 from stoat_ferret.jobs import JobNotFound, QueueFull
@@ -131,4 +132,6 @@ async def _store_error(request: Request, exc: Exception) -> ApiJSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> ApiJSONResponse:
     # Starlette re-raises the exception after this answer, and the server
     # logs it with its traceback: logging it here too would say it twice.
-    return _reply(500, "internal server error")
+    # Sent from outside every middleware of the app: the headers every other
+    # answer gets from ResponseHeaders, given here.
+    return _reply(500, "internal server error", ALWAYS)

@@ -256,13 +256,19 @@ class RequestGuard:
     def from_here(self, headers: Headers, connection: HTTPConnection) -> bool:
         """False if the browser says the request comes from another origin.
 
-        ``Sec-Fetch-Site`` (other than ``same-origin``, or ``none`` for what
-        the user typed) refuses; then the ``Origin``, or failing that the
+        ``Sec-Fetch-Site`` decides when the browser sends it (no page can set
+        it): ``same-origin``, or ``none`` for what the user typed, passes,
+        anything else is refused. Where the browser sends none (an older
+        one, or a URL it does not deem trustworthy: plain http to a name
+        other than localhost), the ``Origin``, or failing that the
         ``Referer``'s origin, must be the service's own or an allowed one.
-        A request with none of these (curl, a script) is from no web page.
+        Deciding on the browser's word first keeps the dashboard working
+        behind a proxy whose scheme or host the service does not see. A
+        request with none of these (curl, a script) is from no web page.
         """
-        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return False
+        site = headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none")
         origin = claimed_origin(headers)
         return origin is None or self.same_origin(origin, connection)
 

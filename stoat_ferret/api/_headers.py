@@ -13,7 +13,10 @@ carry the headers too:
   serves part of an answer, but Starlette's file responses (the dashboard
   page and its files) would, and they answer a malformed range in plain
   text, not the API's JSON. HTTP lets a server ignore ``Range``: the whole
-  answer (200) is always right.
+  answer (200) is always right. So no answer says ``Accept-Ranges``.
+
+A 500 is sent by Starlette's outermost middleware, outside this one: the
+error handler that makes it (``_errors.py``) gives it :data:`ALWAYS` itself.
 """
 
 from __future__ import annotations
@@ -47,14 +50,20 @@ class ResponseHeaders:
             await self.app(scope, receive, send)
             return
         if any(name in IGNORED for name, _ in scope["headers"]):
-            kept = [(name, value) for name, value in scope["headers"] if name not in IGNORED]
-            scope = {**scope, "headers": kept}
+            # In place, not a copy: what routing writes into the scope (the
+            # route, for the metrics' label) must reach the middleware outside.
+            scope["headers"] = [
+                (name, value) for name, value in scope["headers"] if name not in IGNORED
+            ]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                message.setdefault("headers", [])  # optional in ASGI
                 headers = MutableHeaders(scope=message)
                 for name, value in ALWAYS.items():
                     headers.setdefault(name, value)
+                if "accept-ranges" in headers:  # Starlette's file responses offer them
+                    del headers["accept-ranges"]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

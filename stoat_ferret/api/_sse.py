@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 from fastapi.sse import ServerSentEvent
+from loguru import logger
 
 from stoat_ferret.api._json import job_json, render
 from stoat_ferret.jobs import ChangesLost
@@ -127,8 +128,9 @@ async def following(
             # then left or was hung up on), it fails with BrokenResourceError,
             # which reached uvicorn as "Exception in ASGI application". It is
             # thrown in here as the request's exit stack unwinds: the client
-            # is gone and the stream is over, so there is nothing to report.
-            pass
+            # is gone and the stream is over, so there is nothing to report
+            # (upstream: fastapi/fastapi discussion #15725).
+            logger.debug("event stream ended by a client that stopped reading")
         finally:
             group.cancel_scope.cancel()
             if open_streams is not None:

@@ -317,9 +317,8 @@ NO_HEAD = frozenset({"/api/v1/events", "/api/v1/jobs/{job_id}/events"})
 # ids that name nothing. A route with a new parameter needs one here.
 PATH_SAMPLES = {"job_id": "no-such-job", "video_id": "1"}
 
-# GET routes left out of the OpenAPI schema (the dashboard, the docs, the schema
-# itself), and files under a mount, which has no methods of its own (StaticFiles
-# answers HEAD).
+# GET paths left out of the OpenAPI schema: the dashboard, the docs and their
+# files, the schema itself, and a file under the dashboard's static mount.
 UNLISTED = ("/", "/docs", "/openapi.json", "/static/app.js", "/docs/assets/swagger-ui-bundle.js")
 
 

@@ -166,6 +166,9 @@ async def test_a_bug_still_answers_json(settings: Settings) -> None:
 
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}
+    # Sent from outside the app's middleware, with the headers every answer has.
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
 
 
 @pytest.mark.anyio

@@ -269,6 +269,10 @@ async def test_an_api_read_from_another_origin_is_403(
         pytest.param({"Sec-Fetch-Site": "none"}, id="typed-in"),
         pytest.param({"Origin": "http://localhost"}, id="own-origin"),
         pytest.param({"Referer": "http://localhost/"}, id="own-referer"),
+        pytest.param(
+            {"Sec-Fetch-Site": "same-origin", "Referer": "https://localhost/"},
+            id="same-origin-behind-a-proxy",
+        ),
     ],
 )
 async def test_an_api_read_from_here_or_no_browser_is_served(
@@ -331,6 +335,12 @@ async def test_a_state_change_the_browser_says_is_from_elsewhere_is_403(
         pytest.param({"Sec-Fetch-Site": "same-origin"}, id="same-origin"),
         pytest.param({"Sec-Fetch-Site": "none"}, id="none"),
         pytest.param({"Referer": "http://localhost/"}, id="own-referer"),
+        # Behind a TLS proxy whose X-Forwarded-Proto the service does not
+        # trust: the page is https, the service sees http. The browser's word wins.
+        pytest.param(
+            {"Sec-Fetch-Site": "same-origin", "Origin": "https://localhost"},
+            id="same-origin-behind-a-proxy",
+        ),
     ],
 )
 async def test_a_state_change_from_here_or_no_browser_is_served(
@@ -845,3 +855,4 @@ async def test_a_range_is_ignored_never_a_plain_text_error(
     assert ranged.status_code == 200, ranged.text
     assert ranged.content == whole.content
     assert "content-range" not in ranged.headers
+    assert "accept-ranges" not in whole.headers  # none is served, so none is offered
