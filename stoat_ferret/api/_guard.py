@@ -14,10 +14,11 @@ a state-changing method (not ``GET``,  403     a page elsewhere may send a reque
 ``HEAD``, ``OPTIONS``), or any request         but its browser says where from; a
 under ``/api/`` or to ``/metrics``,            read too holds a stream's slot or
 whose ``Sec-Fetch-Site`` is not                runs a query (a hidden frame of
-``same-origin`` (or ``none``), or whose        ``/api/v1/events`` would), so the
-``Origin`` (without one, the                   API answers only the service's own
-``Referer``'s origin) is neither the           pages and clients that are no
-service's own nor allowed                      browser
+``same-origin`` (or ``none``), or,             ``/api/v1/events`` would), so the
+without that header, whose ``Origin``          API answers only the service's own
+(without one, the ``Referer``'s                pages and clients that are no
+origin) is neither the service's own           browser
+nor allowed
 ``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
 is under ``/api/`` or is ``/metrics``,         ``/health``, the dashboard page and
 and neither ``Authorization: Bearer            its files stay open
