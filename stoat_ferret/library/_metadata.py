@@ -19,7 +19,9 @@ every decoded frame (``VideoFrame.rotation``): PyAV 18.1 removed
 (the only ones whose demuxers read a display matrix) the first video keyframe
 is decoded, capped at :data:`MAX_ROTATION_PIXELS`, on one thread; in every other container
 the rotation is None without decoding anything. A frame that cannot be
-decoded leaves the rotation unknown rather than failing the probe.
+decoded leaves the rotation unknown rather than failing the probe, and so
+does a degenerate matrix: :func:`display_rotation`, which the thumbnails use
+too, so that they never turn a frame whose rotation the probe calls unknown.
 
 Names are FFmpeg's, as ffprobe prints them: PyAV gives the colour properties
 as FFmpeg's enum values only, so :data:`COLOR_SPACES` and its siblings map
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from av.codec.context import CodecContext
     from av.container import InputContainer
     from av.container.streams import StreamContainer
+    from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
 COLOR_RANGES: Final = {1: "tv", 2: "pc"}
@@ -216,6 +219,16 @@ def display_size(
     return shown_width, height
 
 
+def display_rotation(frame: VideoFrame) -> int | None:
+    """The rotation of ``frame``'s display matrix, in degrees counter-clockwise
+    as ffprobe prints it; None without a matrix, or for a degenerate one (it
+    has no angle: FFmpeg's NaN comes back as any integer, such as -2**31)."""
+    if SideDataType.DISPLAYMATRIX not in frame.side_data:
+        return None
+    rotation: int = frame.rotation
+    return rotation if abs(rotation) <= _FULL_TURN else None
+
+
 def _sample_aspect_ratio(video: VideoStream) -> Fraction | None:
     # FFmpeg's guess, as ffprobe prints it: the container's SAR, else the codec's.
     sar = video.sample_aspect_ratio
@@ -272,9 +285,7 @@ def _rotation(
         return None
     for frame in frames:
         if SideDataType.DISPLAYMATRIX in frame.side_data:
-            # A degenerate matrix has no angle (FFmpeg's NaN comes back as any int).
-            rotation: int = frame.rotation
-            return rotation if abs(rotation) <= _FULL_TURN else None
+            return display_rotation(frame)
     return None
 
 

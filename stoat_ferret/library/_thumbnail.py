@@ -10,7 +10,9 @@ a long GOP would give no frame at all). That frame
 goes through one FFmpeg filter graph: ``scale`` to the displayed size (the
 sample aspect ratio applied, so an anamorphic 720x576 16:9 clip comes out
 16:9), ``transpose`` or ``hflip,vflip`` for the rotation of the display
-matrix (as ``ffmpeg`` does by default), and is encoded by libwebp. WebP rather
+matrix (as ``ffmpeg`` does by default; a degenerate matrix, whose rotation
+the probe calls unknown, turns nothing: ``_metadata.display_rotation``
+decides for both), and is encoded by libwebp. WebP rather
 than JPEG: a third of the size at the same quality, and every current browser
 shows it. Pillow is not needed: PyAV's wheel carries both the filters and the
 encoder.
@@ -55,6 +57,7 @@ import av.filter
 
 from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._metadata import display_rotation
 from stoat_ferret.library._probe import READ_LIMIT, BoundedInput, amount, open_regular_file
 
 if TYPE_CHECKING:
@@ -256,8 +259,8 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
     if frame is None:
         return None
     # The nearest right angle: the size and the turn must agree, and only
-    # quarter turns keep a frame a rectangle.
-    rotation = round(frame.rotation / 90) * 90 % 360
+    # quarter turns keep a frame a rectangle. No (sound) display matrix: no turn.
+    rotation = round((display_rotation(frame) or 0) / 90) * 90 % 360
     aspect = stream.sample_aspect_ratio
     width, height = thumbnail_size(
         frame.width, frame.height, rotation, float(aspect) if aspect else 1.0

@@ -38,11 +38,13 @@ def make_split_video(
     rotation: int = 0,
     sample_aspect: Fraction | None = None,
     frames: int = 50,
+    display_matrix: list[int] | None = None,
 ) -> Path:
     """An H.264 MP4 whose frames are white above the middle and black below.
 
-    ``rotation`` goes into the display matrix (counterclockwise degrees),
-    ``sample_aspect`` into the stream; 50 frames at 25 fps, a keyframe every 5.
+    ``rotation`` goes into the display matrix (counterclockwise degrees), or
+    ``display_matrix`` as it is; ``sample_aspect`` into the stream; 50 frames
+    at 25 fps, a keyframe every 5.
     """
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("h264", rate=25, options={"g": "5"})
@@ -50,6 +52,8 @@ def make_split_video(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if rotation:
             stream.set_display_rotation(rotation)
+        if display_matrix is not None:
+            stream.set_display_matrix(display_matrix)
         if sample_aspect is not None:
             stream.codec_context.sample_aspect_ratio = sample_aspect
         for index in range(frames):
