@@ -29,7 +29,10 @@ behind it, and nothing behind it is read. A stored path outside every root
 (the roots were narrowed since its scan) is refused before anything is
 opened. The file must still have the size and modification time the library
 stored, or it is refused: a thumbnail is filed under that fingerprint, and
-must show that file.
+must show that file. A seek target that the file's duration puts beyond a
+64-bit timestamp is not sought (the frame is read from the start), and an
+arithmetic error on such values is the file's fault too: undecodable, so
+marked, not retried by every job.
 
 Reads are bounded as the probe's are (``_probe.BoundedInput``): of a file
 larger than ``read_limit`` (:data:`~stoat_ferret.library._probe.READ_LIMIT`,
@@ -88,6 +91,9 @@ SEEK_FRACTION: Final = 0.1
 
 MAX_PACKETS: Final = 2_000
 """Packets read after the seek, at most, looking for a keyframe to decode."""
+
+_TIMESTAMPS: Final = range(-(2**63), 2**63)
+"""What FFmpeg's seek takes: a 64-bit timestamp."""
 
 _TRANSIENT_ERRNOS: Final = frozenset(
     {
@@ -207,7 +213,8 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
         raise _failure(path, source, exc, "not a readable media file") from exc
     try:
         return _thumbnail(path, container, seek=seek)
-    except (av.FFmpegError, OSError, ValueError) as exc:
+    # ArithmeticError: the file's values out of every range (an OverflowError from PyAV).
+    except (av.FFmpegError, OSError, ValueError, ArithmeticError) as exc:
         raise _failure(path, source, exc, "cannot decode a frame") from exc
     finally:
         container.close()
@@ -280,6 +287,8 @@ def _seek_near(container: InputContainer, stream: VideoStream) -> None:
     if stream.time_base is None or seconds <= 0:
         return
     target = int(seconds / stream.time_base) + (stream.start_time or 0)
+    if target not in _TIMESTAMPS:  # a hostile duration: read from the start instead
+        return
     container.seek(target, stream=stream, backward=True, any_frame=False)
 
 
