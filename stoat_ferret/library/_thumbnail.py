@@ -29,10 +29,12 @@ behind it, and nothing behind it is read. A stored path outside every root
 (the roots were narrowed since its scan) is refused before anything is
 opened. The file must still have the size and modification time the library
 stored, or it is refused: a thumbnail is filed under that fingerprint, and
-must show that file. A seek target that the file's duration puts beyond a
-64-bit timestamp is not sought (the frame is read from the start), and an
-arithmetic error on such values is the file's fault too: undecodable, so
-marked, not retried by every job.
+must show that file. The open is held to the caps of ``_limits.py``, as the
+probe's is, and a frame size the probe would refuse (over the pixel cap, or
+unknown) is undecodable before anything is decoded. A seek target that the
+file's duration puts beyond a 64-bit timestamp is not sought (the frame is
+read from the start), and an arithmetic error on such values is the file's
+fault too: undecodable, so marked, not retried by every job.
 
 Reads are bounded as the probe's are (``_probe.BoundedInput``): of a file
 larger than ``read_limit`` (:data:`~stoat_ferret.library._probe.READ_LIMIT`,
@@ -60,6 +62,7 @@ import av.filter
 
 from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation
 from stoat_ferret.library._probe import READ_LIMIT, BoundedInput, amount, open_regular_file
 
@@ -79,12 +82,6 @@ THUMBNAIL_MEDIA_TYPE: Final = "image/webp"
 
 MAX_HEIGHT: Final = 4 * THUMBNAIL_WIDTH
 """The tallest thumbnail: a hostile file may claim a frame 2 pixels wide and 16,000 tall."""
-
-MAX_PIXELS: Final = 8_192 * 4_320
-"""The largest frame decoded (DCI 8K, about 53 MB in 8-bit 4:2:0): a hostile
-file claiming a 60,000 x 60,000 frame must not make the decoder allocate
-gigabytes. Checked on the stream's header and given to the decoder
-(``max_pixels``) for frames whose size changes later."""
 
 SEEK_FRACTION: Final = 0.1
 """Where the frame is taken, as a fraction of the duration."""
@@ -251,11 +248,9 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
         raise UndecodableError(path, "no video stream")
     stream = container.streams.video[0]
     codec = stream.codec_context
-    if codec.width * codec.height > MAX_PIXELS:
-        raise UndecodableError(
-            path, f"a {codec.width}x{codec.height} frame is larger than {MAX_PIXELS} pixels"
-        )
-    codec.options = {**codec.options, "max_pixels": str(MAX_PIXELS)}
+    if (refusal := frame_size_refusal(codec.width, codec.height)) is not None:
+        raise UndecodableError(path, refusal)
+    codec.options = {**codec.options, **DECODER_OPTIONS}  # a frame size may change later
     codec.skip_frame = "NONKEY"
     if seek:
         try:

@@ -14,6 +14,7 @@ import pytest
 from stoat_ferret.library import (
     THUMBNAIL_WIDTH,
     ProbeError,
+    _limits,
     _thumbnail,
     make_thumbnail,
     probe_video,
@@ -202,7 +203,7 @@ def test_a_frame_too_large_is_refused_before_decoding(
 ) -> None:
     """A stream claiming more than MAX_PIXELS is undecodable (here the limit is lowered)."""
     video = make_split_video(tmp_path / "big.mp4")
-    monkeypatch.setattr(_thumbnail, "MAX_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr(_limits, "MAX_PIXELS", 64 * 48 - 1)
 
     with pytest.raises(UndecodableError, match="larger than 3071 pixels"):
         make_thumbnail(str(video), fingerprint(video))
@@ -222,7 +223,7 @@ def test_the_decoder_gets_the_pixel_limit(tmp_path: Path, monkeypatch: pytest.Mo
     make_thumbnail(str(video), fingerprint(video))
 
     assert seen
-    assert seen[0]["max_pixels"] == str(_thumbnail.MAX_PIXELS)
+    assert seen[0]["max_pixels"] == str(_limits.MAX_PIXELS)
 
 
 def test_a_broken_file_is_a_probe_error(tmp_path: Path) -> None:
