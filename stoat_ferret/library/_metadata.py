@@ -17,9 +17,12 @@ as side data of the stream, which PyAV does not expose; it does copy it to
 every decoded frame (``VideoFrame.rotation``): PyAV 18.1 removed
 ``Stream.side_data`` (PR #1570). So for those two container families only
 (the only ones whose demuxers read a display matrix) the first video keyframe
-is decoded, capped at :data:`MAX_ROTATION_PIXELS`, on one thread; in every other container
-the rotation is None without decoding anything. A frame that cannot be
-decoded leaves the rotation unknown rather than failing the probe.
+is decoded, on one thread, with FFmpeg's ``max_pixels`` at ``_limits.py``'s
+cap (the probe has refused a larger frame size already); in every other
+container the rotation is None without decoding anything. A frame that cannot
+be decoded leaves the rotation unknown rather than failing the probe, and so
+does a degenerate matrix: :func:`display_rotation`, which the thumbnails use
+too, so that they never turn a frame whose rotation the probe calls unknown.
 
 Names are FFmpeg's, as ffprobe prints them: PyAV gives the colour properties
 as FFmpeg's enum values only, so :data:`COLOR_SPACES` and its siblings map
@@ -36,12 +39,15 @@ from typing import TYPE_CHECKING, Any, Final
 import av
 from av.sidedata.sidedata import Type as SideDataType
 
+from stoat_ferret.library._limits import DECODER_OPTIONS
+
 if TYPE_CHECKING:
     from fractions import Fraction
 
     from av.codec.context import CodecContext
     from av.container import InputContainer
     from av.container.streams import StreamContainer
+    from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
 COLOR_RANGES: Final = {1: "tv", 2: "pc"}
@@ -116,9 +122,6 @@ _FULL_TURN: Final = 360
 # The demuxers that read a display matrix into the stream's side data.
 _DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
 
-# The largest frame the rotation's keyframe decode accepts (width x height): a
-# hostile header must not make the decoder allocate gigabytes.
-MAX_ROTATION_PIXELS: Final = 8192 * 8192
 # How far the rotation looks for a first keyframe in a file that starts
 # mid-GOP (cut without re-encoding): packets before it are skipped undecoded.
 _KEYFRAME_SEARCH_PACKETS: Final = 300
@@ -154,7 +157,7 @@ def read_metadata(
     context = video.codec_context
     width, height = context.width, context.height
     pix_fmt = context.pix_fmt
-    rotation = _rotation(container, video, format_name, width * height)
+    rotation = _rotation(container, video, format_name)
     sar = _sample_aspect_ratio(video)
     display_width, display_height = display_size(width, height, sar, rotation)
     streams = container.streams
@@ -216,6 +219,16 @@ def display_size(
     return shown_width, height
 
 
+def display_rotation(frame: VideoFrame) -> int | None:
+    """The rotation of ``frame``'s display matrix, in degrees counter-clockwise
+    as ffprobe prints it; None without a matrix, or for a degenerate one (it
+    has no angle: FFmpeg's NaN comes back as any integer, such as -2**31)."""
+    if SideDataType.DISPLAYMATRIX not in frame.side_data:
+        return None
+    rotation: int = frame.rotation
+    return rotation if abs(rotation) <= _FULL_TURN else None
+
+
 def _sample_aspect_ratio(video: VideoStream) -> Fraction | None:
     # FFmpeg's guess, as ffprobe prints it: the container's SAR, else the codec's.
     sar = video.sample_aspect_ratio
@@ -228,29 +241,21 @@ def _interlaced(order: int) -> bool | None:
     return order != _FIELD_ORDER_PROGRESSIVE
 
 
-def _rotation(
-    container: InputContainer, video: VideoStream, format_name: str, pixels: int
-) -> int | None:
+def _rotation(container: InputContainer, video: VideoStream, format_name: str) -> int | None:
     """The display matrix's rotation (degrees counter-clockwise, as ffprobe prints it), or None.
 
     PyAV 18.1 gives the display matrix only on decoded frames (the stream's
     side data was removed from its API, PyAV PR #1570), so one keyframe is
-    decoded, capped: a frame larger than :data:`MAX_ROTATION_PIXELS` is not
-    decoded at all (its header is checked first, and FFmpeg's ``max_pixels``
-    makes the decoder refuse one that grows), and the loop filter and inverse
-    transforms are skipped, since only the side data is read. Packets before
-    the first keyframe are skipped without decoding, within a small budget.
+    decoded, capped: the probe refused a frame size over ``_limits.py``'s cap
+    before this, and FFmpeg's ``max_pixels`` makes the decoder refuse a frame
+    that grows past it; the loop filter and inverse transforms are skipped,
+    since only the side data is read. Packets before the first keyframe are
+    skipped without decoding, within a small budget.
     """
     if _DISPLAY_MATRIX_FORMATS.isdisjoint(format_name.split(",")):
         return None
-    if pixels > MAX_ROTATION_PIXELS:
-        return None
     context = video.codec_context
-    context.options = {
-        "max_pixels": str(MAX_ROTATION_PIXELS),
-        "skip_loop_filter": "all",
-        "skip_idct": "all",
-    }
+    context.options = {**DECODER_OPTIONS, "skip_loop_filter": "all", "skip_idct": "all"}
     context.thread_count = 1  # one small frame: no decoder threads to start and stop
     context.skip_frame = "NONKEY"
     packets = skipped_bytes = 0
@@ -272,9 +277,7 @@ def _rotation(
         return None
     for frame in frames:
         if SideDataType.DISPLAYMATRIX in frame.side_data:
-            # A degenerate matrix has no angle (FFmpeg's NaN comes back as any int).
-            rotation: int = frame.rotation
-            return rotation if abs(rotation) <= _FULL_TURN else None
+            return display_rotation(frame)
     return None
 
 

@@ -49,7 +49,8 @@ extensions stand for. It refuses any other format as soon as it has recognised
 it, before opening anything else. Two more options hold whatever the FFmpeg
 defaults: only the ``fd`` protocol may be opened (no file, pipe or network
 URL a demuxer might name), and the MOV demuxer follows no external data
-reference.
+reference. FFmpeg's stream probe (in ``av.open``) is held to the frame size
+and stream count caps of ``_limits.py``, which says what they leave open.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ import av
 from av.stream import Disposition
 
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS, frame_size_refusal
 from stoat_ferret.library._metadata import positive, read_metadata
 from stoat_ferret.library._models import VideoProbe
 from stoat_ferret.library._schema import INTEGER_MAX
@@ -105,6 +107,7 @@ _CONTAINER_OPTIONS: Final = {
     "format_whitelist": DEMUXERS,
     "protocol_whitelist": "fd",
     "enable_drefs": "0",
+    "max_streams": str(MAX_STREAMS),
 }
 
 # The audio codec reported when FFmpeg has no decoder for the first audio
@@ -218,6 +221,7 @@ class BoundedInput:
             source,
             mode="r",
             container_options={**_CONTAINER_OPTIONS, **options},
+            options=DECODER_OPTIONS,  # every stream's decoder in the stream probe
             metadata_errors="replace",
         )
 
@@ -250,8 +254,9 @@ def probe_video(
     """Describe the video in ``path``: size, rate, duration, codecs and editing metadata.
 
     Only the container header, a few packets and (for some formats) the end of
-    the file are read. No frame is decoded, except the first keyframe of a
-    MOV/MP4 or Matroska file, for its rotation (``_metadata.py`` says why).
+    the file are read. Frames are decoded only by FFmpeg's stream probe, capped
+    (``_limits.py``), and for the rotation: the first keyframe of a MOV/MP4 or
+    Matroska file (``_metadata.py`` says why).
 
     Args:
         path: The file to probe; relative to ``dir_fd`` if that is given,
@@ -266,7 +271,8 @@ def probe_video(
 
     Raises:
         ProbeError: The file cannot be opened, is not a regular file, is not a
-            media file FFmpeg can read, or has no video stream.
+            media file FFmpeg can read, or has no video stream, or its frame
+            size is unknown or over the cap (``_limits.frame_size_refusal``).
     """
     name = os.fspath(path)
     fd, info = open_regular_file(name, dir_fd)
@@ -326,6 +332,8 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
 def _open_failure(exc: Exception, source: BoundedInput) -> str:
     if source.exhausted:
         return f"no media stream found in the first {amount(source.read_limit)}"
+    if isinstance(exc, MemoryError):  # PyAV's ENOMEM; MOV's answer past max_streams too
+        return f"not a readable media file (out of memory, or over {MAX_STREAMS} streams)"
     if isinstance(exc, av.FFmpegError) and exc.errno == errno.EINVAL:
         # What FFmpeg answers when it recognised a format outside DEMUXERS
         # (and, rarely, for some other invalid input).
@@ -345,6 +353,8 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     context = cast("VideoCodecContext | None", video.codec_context)
     if context is None:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
+    if (refusal := frame_size_refusal(context.width, context.height)) is not None:
+        raise ProbeError(name, refusal)
     format_name = container.format.name
     rate = _frame_rate(video)
     duration = container.duration

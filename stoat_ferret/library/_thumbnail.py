@@ -10,7 +10,9 @@ a long GOP would give no frame at all). That frame
 goes through one FFmpeg filter graph: ``scale`` to the displayed size (the
 sample aspect ratio applied, so an anamorphic 720x576 16:9 clip comes out
 16:9), ``transpose`` or ``hflip,vflip`` for the rotation of the display
-matrix (as ``ffmpeg`` does by default), and is encoded by libwebp. WebP rather
+matrix (as ``ffmpeg`` does by default; a degenerate matrix, whose rotation
+the probe calls unknown, turns nothing: ``_metadata.display_rotation``
+decides for both), and is encoded by libwebp. WebP rather
 than JPEG: a third of the size at the same quality, and every current browser
 shows it. Pillow is not needed: PyAV's wheel carries both the filters and the
 encoder.
@@ -27,7 +29,12 @@ behind it, and nothing behind it is read. A stored path outside every root
 (the roots were narrowed since its scan) is refused before anything is
 opened. The file must still have the size and modification time the library
 stored, or it is refused: a thumbnail is filed under that fingerprint, and
-must show that file.
+must show that file. The open is held to the caps of ``_limits.py``, as the
+probe's is, and a frame size the probe would refuse (over the pixel cap, or
+unknown) is undecodable before anything is decoded. A seek target that the
+file's duration puts beyond a 64-bit timestamp is not sought (the frame is
+read from the start), and an arithmetic error on such values is the file's
+fault too: undecodable, so marked, not retried by every job.
 
 Reads are bounded as the probe's are (``_probe.BoundedInput``): of a file
 larger than ``read_limit`` (:data:`~stoat_ferret.library._probe.READ_LIMIT`,
@@ -55,6 +62,8 @@ import av.filter
 
 from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
+from stoat_ferret.library._metadata import display_rotation
 from stoat_ferret.library._probe import READ_LIMIT, BoundedInput, amount, open_regular_file
 
 if TYPE_CHECKING:
@@ -74,17 +83,14 @@ THUMBNAIL_MEDIA_TYPE: Final = "image/webp"
 MAX_HEIGHT: Final = 4 * THUMBNAIL_WIDTH
 """The tallest thumbnail: a hostile file may claim a frame 2 pixels wide and 16,000 tall."""
 
-MAX_PIXELS: Final = 8_192 * 4_320
-"""The largest frame decoded (DCI 8K, about 53 MB in 8-bit 4:2:0): a hostile
-file claiming a 60,000 x 60,000 frame must not make the decoder allocate
-gigabytes. Checked on the stream's header and given to the decoder
-(``max_pixels``) for frames whose size changes later."""
-
 SEEK_FRACTION: Final = 0.1
 """Where the frame is taken, as a fraction of the duration."""
 
 MAX_PACKETS: Final = 2_000
 """Packets read after the seek, at most, looking for a keyframe to decode."""
+
+_TIMESTAMPS: Final = range(-(2**63), 2**63)
+"""What FFmpeg's seek takes: a 64-bit timestamp."""
 
 _TRANSIENT_ERRNOS: Final = frozenset(
     {
@@ -204,7 +210,8 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
         raise _failure(path, source, exc, "not a readable media file") from exc
     try:
         return _thumbnail(path, container, seek=seek)
-    except (av.FFmpegError, OSError, ValueError) as exc:
+    # ArithmeticError: the file's values out of every range (an OverflowError from PyAV).
+    except (av.FFmpegError, OSError, ValueError, ArithmeticError) as exc:
         raise _failure(path, source, exc, "cannot decode a frame") from exc
     finally:
         container.close()
@@ -241,11 +248,9 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
         raise UndecodableError(path, "no video stream")
     stream = container.streams.video[0]
     codec = stream.codec_context
-    if codec.width * codec.height > MAX_PIXELS:
-        raise UndecodableError(
-            path, f"a {codec.width}x{codec.height} frame is larger than {MAX_PIXELS} pixels"
-        )
-    codec.options = {**codec.options, "max_pixels": str(MAX_PIXELS)}
+    if (refusal := frame_size_refusal(codec.width, codec.height)) is not None:
+        raise UndecodableError(path, refusal)
+    codec.options = {**codec.options, **DECODER_OPTIONS}  # a frame size may change later
     codec.skip_frame = "NONKEY"
     if seek:
         try:
@@ -256,8 +261,8 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
     if frame is None:
         return None
     # The nearest right angle: the size and the turn must agree, and only
-    # quarter turns keep a frame a rectangle.
-    rotation = round(frame.rotation / 90) * 90 % 360
+    # quarter turns keep a frame a rectangle. No (sound) display matrix: no turn.
+    rotation = round((display_rotation(frame) or 0) / 90) * 90 % 360
     aspect = stream.sample_aspect_ratio
     width, height = thumbnail_size(
         frame.width, frame.height, rotation, float(aspect) if aspect else 1.0
@@ -277,6 +282,8 @@ def _seek_near(container: InputContainer, stream: VideoStream) -> None:
     if stream.time_base is None or seconds <= 0:
         return
     target = int(seconds / stream.time_base) + (stream.start_time or 0)
+    if target not in _TIMESTAMPS:  # a hostile duration: read from the start instead
+        return
     container.seek(target, stream=stream, backward=True, any_frame=False)
 
 

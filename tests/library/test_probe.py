@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any, cast
 import av
 import pytest
 
-from stoat_ferret.library import METADATA_FIELDS, ProbeError, _metadata, _probe, probe_video
+from stoat_ferret.library import (
+    METADATA_FIELDS,
+    ProbeError,
+    _limits,
+    _metadata,
+    _probe,
+    probe_video,
+)
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import FifoWatch, unstorable_fields, watched_fifo
 from tests.videos import (
@@ -638,11 +645,11 @@ def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:
     assert (probe.display_width, probe.display_height) == (64, 48)
 
 
-def test_a_frame_over_the_pixel_cap_is_not_decoded_for_its_rotation(
+def test_a_frame_over_the_pixel_cap_is_refused_before_its_rotation_is_decoded(
     clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A header bigger than the cap is refused before any decoding: the rotation
-    is unknown and every other field is still read."""
+    """A header bigger than the cap (here lowered) is refused before any
+    decoding for the rotation: a ProbeError saying so."""
     decoded: list[object] = []
     original = av.VideoStream.decode
 
@@ -653,13 +660,12 @@ def test_a_frame_over_the_pixel_cap_is_not_decoded_for_its_rotation(
         return original(stream, packet)
 
     monkeypatch.setattr(av.VideoStream, "decode", counting)
-    monkeypatch.setattr(_metadata, "MAX_ROTATION_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr(_limits, "MAX_PIXELS", 64 * 48 - 1)
 
-    probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
+    with pytest.raises(ProbeError, match="a 64x48 frame is larger than 3071 pixels"):
+        probe_video(clips["h264_10bit_rotated.mp4"].path)
 
     assert decoded == []
-    assert probe.rotation is None
-    assert (probe.width, probe.height, probe.pixel_format) == (64, 48, "yuv420p10le")
 
 
 def test_the_rotation_decoder_is_capped_and_skips_the_pixel_work(
@@ -679,7 +685,7 @@ def test_the_rotation_decoder_is_capped_and_skips_the_pixel_work(
 
     assert probe_video(clips["hevc_mp3.mkv"].path).rotation is None
     assert probe_video(clips["h264_10bit_rotated.mp4"].path).rotation == 90
-    expected = {"max_pixels": str(8192 * 8192), "skip_loop_filter": "all", "skip_idct": "all"}
+    expected = {"max_pixels": str(8192 * 4352), "skip_loop_filter": "all", "skip_idct": "all"}
     assert options == [expected, expected]
 
 

@@ -14,6 +14,7 @@ import pytest
 from stoat_ferret.library import (
     THUMBNAIL_WIDTH,
     ProbeError,
+    _limits,
     _thumbnail,
     make_thumbnail,
     probe_video,
@@ -38,11 +39,13 @@ def make_split_video(
     rotation: int = 0,
     sample_aspect: Fraction | None = None,
     frames: int = 50,
+    display_matrix: list[int] | None = None,
 ) -> Path:
     """An H.264 MP4 whose frames are white above the middle and black below.
 
-    ``rotation`` goes into the display matrix (counterclockwise degrees),
-    ``sample_aspect`` into the stream; 50 frames at 25 fps, a keyframe every 5.
+    ``rotation`` goes into the display matrix (counterclockwise degrees), or
+    ``display_matrix`` as it is; ``sample_aspect`` into the stream; 50 frames
+    at 25 fps, a keyframe every 5.
     """
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("h264", rate=25, options={"g": "5"})
@@ -50,6 +53,8 @@ def make_split_video(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if rotation:
             stream.set_display_rotation(rotation)
+        if display_matrix is not None:
+            stream.set_display_matrix(display_matrix)
         if sample_aspect is not None:
             stream.codec_context.sample_aspect_ratio = sample_aspect
         for index in range(frames):
@@ -198,7 +203,7 @@ def test_a_frame_too_large_is_refused_before_decoding(
 ) -> None:
     """A stream claiming more than MAX_PIXELS is undecodable (here the limit is lowered)."""
     video = make_split_video(tmp_path / "big.mp4")
-    monkeypatch.setattr(_thumbnail, "MAX_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr(_limits, "MAX_PIXELS", 64 * 48 - 1)
 
     with pytest.raises(UndecodableError, match="larger than 3071 pixels"):
         make_thumbnail(str(video), fingerprint(video))
@@ -218,7 +223,7 @@ def test_the_decoder_gets_the_pixel_limit(tmp_path: Path, monkeypatch: pytest.Mo
     make_thumbnail(str(video), fingerprint(video))
 
     assert seen
-    assert seen[0]["max_pixels"] == str(_thumbnail.MAX_PIXELS)
+    assert seen[0]["max_pixels"] == str(_limits.MAX_PIXELS)
 
 
 def test_a_broken_file_is_a_probe_error(tmp_path: Path) -> None:
