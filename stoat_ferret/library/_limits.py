@@ -14,9 +14,10 @@ H.264 streams cost 834 MiB. So:
   when the stream probe starts, to the decoder FFmpeg opens for it). That
   decoder refuses a larger frame at once; the stream then has no size
   (FFmpeg drops the one the container claimed) or the one its header gave.
-  :func:`frame_size_refusal` refuses both, for the probe and the thumbnails
-  alike, and the frames decoded after the open (the rotation's keyframe, the
-  thumbnail's frame) get the same ``max_pixels``.
+  The probe describes such a video without a size (the file is in the
+  library, as one FFmpeg could not decode a frame of); the thumbnail refuses
+  both (:func:`frame_size_refusal`); and the frames decoded after the open
+  (the rotation's keyframe, the thumbnail's frame) get the same ``max_pixels``.
 - :data:`MAX_STREAMS` is FFmpeg's format option ``max_streams`` (its default
   is 1,000). Past it the MP4/MOV demuxer fails ("Cannot allocate memory"), so
   the probe refuses the file; Matroska and MPEG-TS keep the first

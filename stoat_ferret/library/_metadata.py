@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import av
 from av.sidedata.sidedata import Type as SideDataType
 
-from stoat_ferret.library._limits import DECODER_OPTIONS
+from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
 if TYPE_CHECKING:
     from fractions import Fraction
@@ -157,7 +157,10 @@ def read_metadata(
     context = video.codec_context
     width, height = context.width, context.height
     pix_fmt = context.pix_fmt
-    rotation = _rotation(container, video, format_name)
+    # A frame of unknown size (none decoded under the cap) or over the cap is
+    # not decoded for its rotation either.
+    sized = frame_size_refusal(width, height) is None
+    rotation = _rotation(container, video, format_name) if sized else None
     sar = _sample_aspect_ratio(video)
     display_width, display_height = display_size(width, height, sar, rotation)
     streams = container.streams
@@ -246,9 +249,9 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
 
     PyAV 18.1 gives the display matrix only on decoded frames (the stream's
     side data was removed from its API, PyAV PR #1570), so one keyframe is
-    decoded, capped: the probe refused a frame size over ``_limits.py``'s cap
-    before this, and FFmpeg's ``max_pixels`` makes the decoder refuse a frame
-    that grows past it; the loop filter and inverse transforms are skipped,
+    decoded, capped: only for a frame size known and within ``_limits.py``'s
+    cap (:func:`read_metadata` checks), and FFmpeg's ``max_pixels`` makes the
+    decoder refuse a frame that grows past it; the loop filter and inverse transforms are skipped,
     since only the side data is read. Packets before the first keyframe are
     skipped without decoding, within a small budget.
     """

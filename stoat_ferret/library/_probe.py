@@ -66,7 +66,7 @@ import av
 from av.stream import Disposition
 
 from stoat_ferret.library._exceptions import ProbeError
-from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS, frame_size_refusal
+from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
 from stoat_ferret.library._metadata import positive, read_metadata
 from stoat_ferret.library._models import VideoProbe
 from stoat_ferret.library._schema import INTEGER_MAX
@@ -271,8 +271,9 @@ def probe_video(
 
     Raises:
         ProbeError: The file cannot be opened, is not a regular file, is not a
-            media file FFmpeg can read, or has no video stream, or its frame
-            size is unknown or over the cap (``_limits.frame_size_refusal``).
+            media file FFmpeg can read, or has no video stream. A video whose
+            frame FFmpeg's capped stream probe did not decode is described
+            without a size (``width`` and ``height`` None).
     """
     name = os.fspath(path)
     fd, info = open_regular_file(name, dir_fd)
@@ -353,8 +354,6 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     context = cast("VideoCodecContext | None", video.codec_context)
     if context is None:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
-    if (refusal := frame_size_refusal(context.width, context.height)) is not None:
-        raise ProbeError(name, refusal)
     format_name = container.format.name
     rate = _frame_rate(video)
     duration = container.duration

@@ -9,6 +9,7 @@ whose image data is one row.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -100,24 +101,22 @@ def test_the_stream_probe_decodes_no_frame_over_the_pixel_cap(tmp_path: Path) ->
     assert _opened(write_png_bomb(tmp_path / "bomb.mov")) == (0, 0, None)
 
 
-def test_the_probe_refuses_a_pixel_bomb(tmp_path: Path) -> None:
-    """No decoded frame, no size: the probe refuses the file rather than store a
-    video of unknown size."""
-    path = write_png_bomb(tmp_path / "bomb.mov")
+def test_the_probe_describes_a_pixel_bomb_without_its_size(tmp_path: Path) -> None:
+    """No decoded frame, no size: the file is in the library, as one FFmpeg could
+    decode no frame of, with its size unknown (and quickly: nothing allocated)."""
+    probe = probe_video(write_png_bomb(tmp_path / "bomb.mov"))
 
-    with pytest.raises(ProbeError, match="frame size is unknown"):
-        probe_video(path)
+    assert (probe.width, probe.height, probe.pixel_format) == (None, None, None)
 
 
-def test_a_frame_larger_than_its_container_says_is_refused(tmp_path: Path) -> None:
+def test_a_frame_larger_than_its_container_says_is_not_believed(tmp_path: Path) -> None:
     """The MOV claims 64x48, the PNG inside 8200x8200: the decoder refuses the
-    frame it meets in the stream probe, so the size is not known and the probe
-    refuses the file."""
+    frame it meets in the stream probe, so neither size is stored."""
     path = write_png_bomb(tmp_path / "grown.mov", claimed=(64, 48))
 
     assert _opened(path)[2] is None  # never decoded
-    with pytest.raises(ProbeError, match="frame size is unknown"):
-        probe_video(path)
+    probe = probe_video(path)
+    assert (probe.width, probe.height) == (None, None)
 
 
 def test_the_thumbnail_of_a_pixel_bomb_is_undecodable(tmp_path: Path) -> None:
@@ -178,8 +177,9 @@ def test_the_cap_reaches_only_streams_known_before_the_stream_probe(
     monkeypatch.setattr(_probe, "DECODER_OPTIONS", {"max_pixels": str(64 * 48 - 1)})
     transport = make_video(tmp_path / "mpeg2.ts", codec="mpeg2video", audio=None).path
 
-    with pytest.raises(ProbeError):
-        probe_video(transport)
+    with contextlib.suppress(ProbeError):  # rarely, FFmpeg gives up on the capped TS
+        transport_probe = probe_video(transport)
+        assert (transport_probe.width, transport_probe.height) == (None, None)
     program = probe_video(clips["mpeg2_mp2.mpg"].path)
     assert (program.width, program.height) == (64, 48)
 
