@@ -16,6 +16,7 @@ from stoat_ferret.library._exceptions import (
     ScanError,
     StoreError,
 )
+from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._library import VideoLibrary
 from stoat_ferret.library._models import (
     DEFAULT_ERROR_CAP,
@@ -31,7 +32,7 @@ from stoat_ferret.library._models import (
     VideoProbe,
     VideoRecord,
 )
-from stoat_ferret.library._probe import READ_LIMIT, probe_video
+from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._scangate import then_thumbnails

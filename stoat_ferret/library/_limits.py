@@ -1,7 +1,7 @@
 """The caps FFmpeg is held to while it opens a file: frame size and stream count.
 
 Both the probe and the thumbnails open a file through
-``_probe.BoundedInput.open``, and ``av.open`` runs FFmpeg's stream probe
+``_input.BoundedInput.open``, and ``av.open`` runs FFmpeg's stream probe
 (``avformat_find_stream_info``), which decodes a frame of every stream whose
 parameters the header did not give, and keeps every stream's decoder open
 until it is done. Uncapped, a 2 MB MOV claiming one 16000x16000 16-bit RGBA

@@ -68,8 +68,8 @@ from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
-from stoat_ferret.library._probe import READ_LIMIT
 from stoat_ferret.library._scangate import ScanGate, Way
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 from stoat_ferret.library._thumbrun import Source, ThumbnailRun

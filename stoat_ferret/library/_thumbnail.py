@@ -18,7 +18,7 @@ shows it. Pillow is not needed: PyAV's wheel carries both the filters and the
 encoder.
 
 The file is opened the way the scan's probe opens it (``_beneath.py`` and
-``_probe.py`` say why). Its directory is opened from the scan root that holds
+``_input.py`` say why). Its directory is opened from the scan root that holds
 it down, one component at a time, crossing no symlink (from ``/`` when no
 roots are set, as a scan does); the file relative to that directory, without
 following a symlink, without blocking, checked to be a regular file, and read
@@ -36,8 +36,8 @@ file's duration puts beyond a 64-bit timestamp is not sought (the frame is
 read from the start), and an arithmetic error on such values is the file's
 fault too: undecodable, so marked, not retried by every job.
 
-Reads are bounded as the probe's are (``_probe.BoundedInput``): of a file
-larger than ``read_limit`` (:data:`~stoat_ferret.library._probe.READ_LIMIT`,
+Reads are bounded as the probe's are (``_input.BoundedInput``): of a file
+larger than ``read_limit`` (:data:`~stoat_ferret.library._input.READ_LIMIT`,
 64 MiB, by default) each attempt reads no more than that (seeks excluded:
 an MP4's index at its end, or the keyframe at 10%, costs only what is read
 there), and there are two attempts at most (the second from the start, when
@@ -62,9 +62,9 @@ import av.filter
 
 from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._input import READ_LIMIT, BoundedInput, amount, open_regular_file
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation
-from stoat_ferret.library._probe import READ_LIMIT, BoundedInput, amount, open_regular_file
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -27,8 +27,8 @@ from stoat_ferret.library import (
     Thumbnailer,
     ThumbnailStore,
     VideoLibrary,
+    _input,
     _limits,
-    _probe,
     _thumbnail,
     make_scan_handler,
     make_thumbnail,
@@ -84,9 +84,9 @@ def write_png_bomb(path: Path, *, claimed: tuple[int, int] | None = None) -> Pat
 def _opened(path: Path) -> tuple[int, int, str | None]:
     """The first video stream's width, height and pixel format after
     ``BoundedInput.open``, the one open of the probe and the thumbnails."""
-    fd, info = _probe.open_regular_file(str(path))
+    fd, info = _input.open_regular_file(str(path))
     try:
-        with _probe.BoundedInput(fd, info.st_size, _probe.READ_LIMIT) as source:
+        with _input.BoundedInput(fd, info.st_size, _input.READ_LIMIT) as source:
             container: InputContainer = source.open()
             with container:
                 context = container.streams.video[0].codec_context
@@ -174,7 +174,7 @@ def test_the_cap_reaches_only_streams_known_before_the_stream_probe(
     the streams the header declared. MPEG-TS declares its streams in its header:
     with FFmpeg's cap lowered below 64x48 its MPEG-2 frame is not decoded. An
     MPEG-PS stream appears with its first packet: the frame is decoded anyway."""
-    monkeypatch.setattr(_probe, "DECODER_OPTIONS", {"max_pixels": str(64 * 48 - 1)})
+    monkeypatch.setattr(_input, "DECODER_OPTIONS", {"max_pixels": str(64 * 48 - 1)})
     transport = make_video(tmp_path / "mpeg2.ts", codec="mpeg2video", audio=None).path
 
     with contextlib.suppress(ProbeError):  # rarely, FFmpeg gives up on the capped TS

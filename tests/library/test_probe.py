@@ -20,6 +20,7 @@ import pytest
 from stoat_ferret.library import (
     METADATA_FIELDS,
     ProbeError,
+    _input,
     _limits,
     _metadata,
     _probe,
@@ -480,14 +481,14 @@ class _ReadCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.total = 0
-        original = _probe._BoundedReader.read
+        original = _input._BoundedReader.read
 
-        def counting_read(reader: _probe._BoundedReader, size: int) -> bytes:
+        def counting_read(reader: _input._BoundedReader, size: int) -> bytes:
             data = original(reader, size)
             self.total += len(data)
             return data
 
-        monkeypatch.setattr(_probe._BoundedReader, "read", counting_read)
+        monkeypatch.setattr(_input._BoundedReader, "read", counting_read)
 
 
 def test_huge_sparse_tail_is_not_read(

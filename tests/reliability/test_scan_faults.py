@@ -21,7 +21,7 @@ from stoat_ferret.library import (
     ThreadPriority,
     VideoLibrary,
     VideoProbe,
-    _probe,
+    _input,
     _scanprobe,
     make_scan_handler,
     probe_video,
@@ -83,7 +83,7 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
     media = tmp_path / "media"
     good, sparse, vanishing = _fill_with_faults(media, clip)
     read: list[int] = []
-    original_read = _probe._BoundedReader.read
+    original_read = _input._BoundedReader.read
 
     def counting_read(reader: Any, size: int) -> bytes:
         data = original_read(reader, size)
@@ -95,7 +95,7 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
             os.unlink(vanishing)  # gone between the walk and the probe
         return probe_video(name, dir_fd=dir_fd)
 
-    monkeypatch.setattr(_probe._BoundedReader, "read", counting_read)
+    monkeypatch.setattr(_input._BoundedReader, "read", counting_read)
     monkeypatch.setattr(_scanprobe, "probe_video", probe_after_deleting)
     database = tmp_path / "db" / "stoat.db"
 

@@ -1,0 +1,236 @@
+"""Opening a file for FFmpeg: by descriptor, bounded, and through the allowed demuxers only.
+
+The probe (``_probe.py``) and the thumbnails (``_thumbnail.py``) open every
+file they read with :func:`open_regular_file` and hand it to FFmpeg with
+:class:`BoundedInput`.
+
+A file larger than ``read_limit`` is read through :class:`_BoundedReader`,
+which reports end-of-file once ``read_limit`` bytes have been read. Some
+demuxers (MPEG-PS and MPEG-TS among them, and ffprobe with it) scan a file of
+zeros to its very end looking for a start code; with the limit a sparse 100 GB
+file costs a fraction of a second instead of a full read. Seeks are free, so an
+MP4 whose index sits at the end of a huge file is still described after
+reading a few kilobytes. The probe reads a file within the limit with FFmpeg's
+own file I/O (its ``fd:`` protocol), which runs without the GIL: Python-level
+reads would make several probe threads queue on the GIL. FFmpeg may read
+parts of such a file more than once (it seeks back), but the probe reads only the
+header, what FFmpeg's stream analysis takes (bounded by its ``probesize``)
+and, for the rotation, packets up to a byte budget and one keyframe
+(``_metadata.py``). :class:`BoundedInput` makes that choice. The thumbnails'
+reads are always counted (``count_every_read``): a thumbnail decodes from a
+seek, and an index that lists the same bytes as thousands of packets would
+have FFmpeg read them thousands of times.
+
+Either way FFmpeg reads a descriptor opened here, never the name. The file
+is opened without following a symlink and without blocking, relative to its
+directory's descriptor when the caller gives one (the scan does:
+``_beneath.py`` says why), and checked to be a regular file. A
+file swapped for a FIFO or a symlink between the walk and the probe is
+refused, rather than blocking the thread for ever or leading it out of the
+scanned directory.
+
+FFmpeg picks a demuxer from a file's content, not from its name, and some
+demuxers open further files: a two-line ``.mp4`` text file starting
+``ffconcat version 1.0`` would make FFmpeg's concat demuxer open whatever path
+it names, such as a FIFO that blocks the probe thread for ever, or a file
+outside the scanned directory. So FFmpeg may only use the demuxers in
+:data:`DEMUXERS`, the containers and raw video streams that the video file
+extensions stand for. It refuses any other format as soon as it has recognised
+it, before opening anything else. Two more options hold whatever the FFmpeg
+defaults: only the ``fd`` protocol may be opened (no file, pipe or network
+URL a demuxer might name), and the MOV demuxer follows no external data
+reference. FFmpeg's stream probe (in ``av.open``) is held to the frame size
+and stream count caps of ``_limits.py``, which says what they leave open.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+from typing import TYPE_CHECKING, Final, Self
+
+import av
+
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from av.container import InputContainer
+
+READ_LIMIT: Final = 64 * 1024 * 1024
+"""Bytes a probe may read from one file (seeks excluded) before it gives up."""
+
+DEMUXERS: Final = ",".join(
+    (
+        "mov",  # .mp4 .m4v .mov (FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2")
+        "matroska",  # .mkv .webm ("matroska,webm")
+        "avi",
+        "mpeg",  # .mpg .mpeg program streams
+        "mpegvideo",  # .mpg .mpeg raw MPEG-1/2 video
+        "mpegts",  # .ts
+        "asf",  # .wmv
+        "flv",
+        "live_flv",
+        "m4v",  # a raw MPEG-4 part 2 stream, which .m4v also names
+        "h264",  # raw H.264 and HEVC streams saved under a video extension
+        "hevc",
+    )
+)
+"""The demuxers a probe may use (FFmpeg's ``format_whitelist``). None of them
+opens a file other than the one probed."""
+
+_CONTAINER_OPTIONS: Final = {
+    "format_whitelist": DEMUXERS,
+    "protocol_whitelist": "fd",
+    "enable_drefs": "0",
+    "max_streams": str(MAX_STREAMS),
+}
+
+
+class _BoundedReader:
+    """A read-only, seekable file object for PyAV that stops after ``limit`` bytes.
+
+    PyAV only needs ``read``, ``seek`` and ``tell``; there is deliberately no
+    ``write``, so PyAV treats the object as an input. It reads the caller's
+    descriptor and leaves closing it to the caller.
+    """
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self._file = io.FileIO(fd, "rb", closefd=False)
+        self._left = limit
+        self.exhausted = False
+
+    def read(self, size: int) -> bytes:
+        if self._left <= 0:
+            self.exhausted = True
+            return b""
+        data = self._file.read(min(size, self._left)) or b""
+        self._left -= len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class BoundedInput:
+    """A file's descriptor as FFmpeg reads it: no more than ``read_limit`` bytes
+    (seeks excluded) of a file larger than that, or of any file if
+    ``count_every_read``, each time it is opened.
+
+    Such a file is read through a :class:`_BoundedReader`, a new one (a new
+    budget) for each :meth:`open`; any other through FFmpeg's own file I/O
+    (``fd:``). The descriptor stays the caller's, to close after this.
+    """
+
+    def __init__(
+        self, fd: int, size: int, read_limit: int, *, count_every_read: bool = False
+    ) -> None:
+        self._fd = fd
+        self.read_limit = read_limit
+        self._bounded = count_every_read or size > read_limit
+        self._reader: _BoundedReader | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether FFmpeg found the limit spent since the last :meth:`open`
+        (a read returned end-of-file for it)."""
+        return self._reader is not None and self._reader.exhausted
+
+    def open(self) -> InputContainer:
+        """Open the container from the file's start, with only :data:`DEMUXERS`.
+
+        A container opened before must be closed first: this one reads the
+        same descriptor.
+
+        Raises:
+            av.FFmpegError, OSError, ValueError: as ``av.open``.
+        """
+        self.close()
+        source: str | _BoundedReader
+        if self._bounded:
+            self._reader = _BoundedReader(self._fd, self.read_limit)
+            self._reader.seek(0)
+            source, options = self._reader, {}
+        else:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            source, options = "fd:", {"fd": str(self._fd)}
+        return av.open(
+            source,
+            mode="r",
+            container_options={**_CONTAINER_OPTIONS, **options},
+            options=DECODER_OPTIONS,  # every stream's decoder in the stream probe
+            metadata_errors="replace",
+        )
+
+    def close(self) -> None:
+        """Let go of the last reader (the descriptor stays open)."""
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def amount(read_limit: int) -> str:
+    """``read_limit`` for a message: ``"64 MiB"``, or ``"100 bytes"`` when not whole MiB."""
+    mebibytes, rest = divmod(read_limit, 1024 * 1024)
+    return f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
+
+
+def open_regular_file(
+    name: str, dir_fd: int | None = None, *, path: str | None = None
+) -> tuple[int, os.stat_result]:
+    """Open ``name`` (relative to ``dir_fd``, if given) for reading; return the
+    descriptor and the file's ``fstat``.
+
+    Opened without following a symlink and without blocking, then checked to
+    be a regular file: a FIFO or a link put in the place of the file the walk
+    saw is refused instead of blocking the thread or leading it out of the
+    scanned directory. FFmpeg then reads this very descriptor, never the name.
+
+    Raises:
+        ProbeError: It cannot be opened or is not a regular file; its
+            ``path`` is ``path``, or ``name`` without one.
+    """
+    shown = name if path is None else path
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise ProbeError(shown, "not a regular file") from exc
+        raise ProbeError(shown, exc.strerror or str(exc)) from exc
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise ProbeError(shown, exc.strerror or str(exc)) from exc
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ProbeError(shown, "not a regular file")
+    return fd, info
