@@ -14,10 +14,12 @@ H.264 streams cost 834 MiB. So:
   when the stream probe starts, to the decoder FFmpeg opens for it). That
   decoder refuses a larger frame at once; the stream then has no size
   (FFmpeg drops the one the container claimed) or the one its header gave.
-  The probe describes such a video without a size (the file is in the
-  library, as one FFmpeg could not decode a frame of); the thumbnail refuses
-  both (:func:`frame_size_refusal`); and the frames decoded after the open
-  (the rotation's keyframe, the thumbnail's frame) get the same ``max_pixels``.
+  The probe describes such a video with the size its header gave, or
+  without one (as one FFmpeg could decode no frame of); a size known to be
+  over the cap is not decoded for a rotation or a thumbnail
+  (:func:`frame_size_refusal`); and the frames decoded after the open (the
+  rotation's keyframe, the thumbnail's frame) get the same ``max_pixels``,
+  so a frame of unknown size is refused when it turns out too large.
 - :data:`MAX_STREAMS` is FFmpeg's format option ``max_streams`` (its default
   is 1,000). Past it the MP4/MOV demuxer fails ("Cannot allocate memory"), so
   the probe refuses the file; Matroska and MPEG-TS keep the first
@@ -58,10 +60,11 @@ DECODER_OPTIONS: Final = {"max_pixels": str(MAX_PIXELS)}
 
 def frame_size_refusal(width: int, height: int) -> str | None:
     """Why a video stream of this frame size (as FFmpeg's stream probe left
-    it) is not described or decoded; None if it may be."""
-    if not width or not height:
-        # No frame decoded in what the stream probe read, or one refused by the cap.
-        return f"the frame size is unknown (none decoded, or over {MAX_PIXELS} pixels)"
-    if width * height > MAX_PIXELS:
+    it) is not decoded; None if it may be.
+
+    An unknown size (0: no frame decoded in what the stream probe read, or
+    one its decoder refused) may be: the decoder is capped all the same.
+    """
+    if width and height and width * height > MAX_PIXELS:
         return f"a {width}x{height} frame is larger than {MAX_PIXELS} pixels"
     return None

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import av
 from av.sidedata.sidedata import Type as SideDataType
+from av.stream import Disposition
 
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
@@ -130,7 +131,10 @@ _KEYFRAME_SEARCH_BYTES: Final = 8 * 1024 * 1024
 # A tag is text the file chose: anything longer than this is not a timestamp.
 _MAX_TAG_CHARS: Final = 64
 # HH:MM:SS:FF, with ';' (drop frame) or '.' before the frames as FFmpeg writes them.
-_TIMECODE: Final = re.compile(r"\d{2,3}:\d{2}:\d{2}[:;.,]\d{2,4}")
+# A cover picture stored as a video stream is not "the" video.
+_ATTACHED_PIC: Final = Disposition.attached_pic.value
+
+_TIMECODE: Final = re.compile(r"[0-9]{2,3}:[0-9]{2}:[0-9]{2}[:;.,][0-9]{2,4}")
 
 
 def read_metadata(
@@ -157,10 +161,10 @@ def read_metadata(
     context = video.codec_context
     width, height = context.width, context.height
     pix_fmt = context.pix_fmt
-    # A frame of unknown size (none decoded under the cap) or over the cap is
-    # not decoded for its rotation either.
-    sized = frame_size_refusal(width, height) is None
-    rotation = _rotation(container, video, format_name) if sized else None
+    # A frame known to be over the cap is not decoded for its rotation (one
+    # of unknown size is, under the decoder's own cap).
+    capped = frame_size_refusal(width, height) is None
+    rotation = _rotation(container, video, format_name) if capped else None
     sar = _sample_aspect_ratio(video)
     display_width, display_height = display_size(width, height, sar, rotation)
     streams = container.streams
@@ -282,6 +286,12 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
         if SideDataType.DISPLAYMATRIX in frame.side_data:
             return display_rotation(frame)
     return None
+
+
+def moving_pictures(container: InputContainer) -> list[VideoStream]:
+    """The container's video streams but its attached pictures (cover art):
+    the first is "the" video, for the probe and the thumbnail alike."""
+    return [s for s in container.streams.video if not s.disposition.value & _ATTACHED_PIC]
 
 
 def positive(value: int | None) -> int | None:

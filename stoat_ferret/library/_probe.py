@@ -26,12 +26,11 @@ import re
 from typing import TYPE_CHECKING, Final, cast
 
 import av
-from av.stream import Disposition
 
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT, BoundedInput, amount, open_regular_file
 from stoat_ferret.library._limits import MAX_STREAMS
-from stoat_ferret.library._metadata import positive, read_metadata
+from stoat_ferret.library._metadata import moving_pictures, positive, read_metadata
 from stoat_ferret.library._models import VideoProbe
 from stoat_ferret.library._schema import INTEGER_MAX
 
@@ -55,8 +54,6 @@ _SECONDS_PER_MINUTE: Final = 60
 # the video of a 0.4 s clip), so frame counts there use the container duration.
 _ESTIMATED_STREAM_DURATION: Final = frozenset({"mpeg", "mpegvideo"})
 
-# A cover picture stored as a video stream is not "the" video.
-_ATTACHED_PIC: Final = Disposition.attached_pic.value
 
 MAX_DURATION_SECONDS: Final = 100 * 365 * 24 * 60 * 60
 """The longest duration a probe believes: 100 years (3.15e9 s), far beyond any
@@ -135,7 +132,7 @@ def _open_failure(exc: Exception, source: BoundedInput) -> str:
 def _describe(name: str, container: InputContainer) -> VideoProbe:
     # Each PyAV property is read once: many build a new object (an enum, a
     # Fraction, a format) on every access, and this runs for every file.
-    videos = [s for s in container.streams.video if not s.disposition.value & _ATTACHED_PIC]
+    videos = moving_pictures(container)
     if not videos:
         raise ProbeError(name, "no video stream")
     video = videos[0]

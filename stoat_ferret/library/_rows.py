@@ -8,18 +8,18 @@ deletes rows, sparing those written since a given moment.
 
 A row the store cannot hold must not fail the batch it is written in (a
 scan's batch holds up to 256 files). :func:`storable_rows` leaves out, before
-the write, a row with a number beyond SQLite's INTEGER or a float that is not
-finite (:func:`unstorable`); :func:`upsert_rows` leaves out any other value
-SQLite refuses, by writing the batch's rows again one at a time, in the same
-transaction, when one statement for them all fails on a row. Each gives the
-refused paths with the reason. The probe keeps its numbers within the
-store's (``_probe.py``): this is a backstop.
+the write, a row with a number beyond SQLite's INTEGER, a float that is not
+finite, text that is not UTF-8 or a value of a type SQLite does not hold
+(:func:`unstorable`), and gives the refused paths with the reason. The probe
+keeps its numbers within the store's (``_probe.py``): this is a backstop.
+Anything else SQLite refuses during the write (a constraint, a trigger, a
+type a STRICT column does not take) is a bug of this code or a change of the
+database, not a file's: it fails the whole batch, which writes nothing.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,6 +28,7 @@ from stoat_ferret.library._query import search_key
 from stoat_ferret.library._schema import INTEGER_MAX, INTEGER_MIN, PROBE_VERSION
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Collection, Sequence
 
     from stoat_ferret.library._models import VideoRecord
@@ -117,48 +118,6 @@ def storable_rows(
         else:
             refused.append((record.path, reason))
     return rows, refused
-
-
-# What a row's own values make sqlite3 raise: a type it cannot bind
-# (ProgrammingError), text that is not UTF-8 (UnicodeEncodeError), an integer
-# too large (OverflowError), a constraint or a STRICT column's type
-# (IntegrityError). The database's own failures (OperationalError: locked,
-# disk I/O, read-only) still fail the batch.
-_ROW_ERRORS: Final = (
-    OverflowError,
-    ValueError,
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.ProgrammingError,
-)
-
-
-def upsert_rows(
-    connection: sqlite3.Connection, rows: list[tuple[Any, ...]]
-) -> list[tuple[str, str]]:
-    """Write ``rows`` (:data:`UPSERT`); return ``(path, reason)`` of those SQLite refused.
-
-    One statement for them all; if a row is refused, that statement stops there
-    (the rows before it stay written: only the failing statement is undone), and
-    every row is written again one at a time, the refused ones skipped. An
-    upsert of the same values twice leaves the row as one upsert would.
-    """
-    try:
-        connection.executemany(UPSERT, rows)
-    except _ROW_ERRORS:
-        if not connection.in_transaction:  # it ended the transaction: not a row's error
-            raise
-    else:
-        return []
-    refused = []
-    for row in rows:
-        try:
-            connection.execute(UPSERT, row)
-        except _ROW_ERRORS as exc:
-            if not connection.in_transaction:
-                raise
-            refused.append((row[0], f"not stored: {type(exc).__name__}: {exc}"))
-    return refused
 
 
 def is_text(value: str) -> bool:

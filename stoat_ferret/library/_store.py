@@ -73,12 +73,12 @@ from stoat_ferret.library._query import (
 )
 from stoat_ferret.library._rows import (
     COLUMNS,
+    UPSERT,
     delete_rows,
     is_text,
     storable_rows,
     stored_video,
     timestamp,
-    upsert_rows,
 )
 from stoat_ferret.library._schema import PROBE_VERSION
 
@@ -258,7 +258,7 @@ class VideoStore:
         that moment is kept (see :meth:`remove_gone`).
 
         A record the store cannot hold (a number beyond SQLite's INTEGER, a
-        float that is not finite, a value SQLite refuses) is not written, and
+        float that is not finite: ``_rows.unstorable``) is not written, and
         the rest are: its path's row, if any, is deleted as those of
         ``deletions`` are (it no longer describes the file).
 
@@ -270,7 +270,7 @@ class VideoStore:
         rows, refused = storable_rows(records, timestamp(datetime.now(UTC)))
         with self._writing() as connection:
             if rows:
-                refused.extend(upsert_rows(connection, rows))
+                connection.executemany(UPSERT, rows)
             # A path that is not text has no row to delete (nor can name one).
             stale = [path for path, _ in refused if is_text(path)]
             gone = [*deletions, *stale] if stale else deletions

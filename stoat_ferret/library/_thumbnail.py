@@ -30,8 +30,10 @@ behind it, and nothing behind it is read. A stored path outside every root
 opened. The file must still have the size and modification time the library
 stored, or it is refused: a thumbnail is filed under that fingerprint, and
 must show that file. The open is held to the caps of ``_limits.py``, as the
-probe's is, and a frame size the probe would refuse (over the pixel cap, or
-unknown) is undecodable before anything is decoded. A seek target that the
+probe's is: a frame size known to be over the pixel cap is undecodable
+before anything is decoded, and one of unknown size is decoded under the
+decoder's own cap. The frame comes from the stream the probe described
+(the first video stream that is no cover picture). A seek target that the
 file's duration puts beyond a 64-bit timestamp is not sought (the frame is
 read from the start), and an arithmetic error on such values is the file's
 fault too: undecodable, so marked, not retried by every job.
@@ -64,7 +66,7 @@ from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_dire
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT, BoundedInput, amount, open_regular_file
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
-from stoat_ferret.library._metadata import display_rotation
+from stoat_ferret.library._metadata import display_rotation, moving_pictures
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -244,9 +246,10 @@ def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float)
 
 
 def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | None:
-    if not container.streams.video:
+    videos = moving_pictures(container)  # the stream the probe described
+    if not videos:
         raise UndecodableError(path, "no video stream")
-    stream = container.streams.video[0]
+    stream = videos[0]
     codec = stream.codec_context
     if (refusal := frame_size_refusal(codec.width, codec.height)) is not None:
         raise UndecodableError(path, refusal)

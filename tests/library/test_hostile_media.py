@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import struct
 import zlib
@@ -120,12 +121,46 @@ def test_a_frame_larger_than_its_container_says_is_not_believed(tmp_path: Path) 
 
 
 def test_the_thumbnail_of_a_pixel_bomb_is_undecodable(tmp_path: Path) -> None:
-    """The thumbnail opens the file as the probe does and refuses it with the
-    probe's check, before decoding anything."""
+    """Its size unknown after the capped open, the thumbnail decodes it under the
+    decoder's cap, which refuses the frame before allocating it (16000x16000
+    16-bit RGBA would take 2 GB: the process's peak grows by far less)."""
     path = write_png_bomb(tmp_path / "bomb.mov")
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
-    with pytest.raises(UndecodableError, match="frame size is unknown"):
+    with pytest.raises(UndecodableError, match="cannot decode a frame"):
         make_thumbnail(str(path), fingerprint(path))
+
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert grown_kib < 256 * 1024
+
+
+def test_a_video_whose_size_the_open_did_not_learn_gets_its_thumbnail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open's decoders refuse every frame here (their cap lowered), as they
+    would a file whose first frame comes after what the stream probe reads:
+    the size is unknown, the video stored without one, and its thumbnail is
+    still made, by the thumbnail's own decoder, capped as always."""
+    path = make_video(tmp_path / "late.mp4", codec="mpeg4", audio=None).path
+    monkeypatch.setattr(_input, "DECODER_OPTIONS", {"max_pixels": "100"})
+
+    probe = probe_video(path)
+    image = make_thumbnail(str(path), fingerprint(path))
+
+    assert (probe.width, probe.height) == (None, None)
+    assert image is not None
+    assert decode(image, tmp_path)[0] == THUMBNAIL_WIDTH
+
+
+def test_a_frame_of_unknown_size_may_be_decoded_a_known_giant_may_not() -> None:
+    """Only a size known to be over the cap is refused before decoding: a stream
+    the capped open decoded no frame of (a late first frame) still gets its
+    thumbnail, its decoder capped all the same."""
+    assert _limits.frame_size_refusal(0, 0) is None
+    assert _limits.frame_size_refusal(8192, 4352) is None
+    assert _limits.frame_size_refusal(8192, 4353) == (
+        "a 8192x4353 frame is larger than 35651584 pixels"
+    )
 
 
 def _write_streams(source: Path, path: Path, count: int) -> Path:

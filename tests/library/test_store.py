@@ -247,10 +247,33 @@ def test_a_failing_batch_writes_nothing(store: VideoStore, tmp_path: Path) -> No
     assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/keep.mp4"]
 
 
+def test_a_write_the_database_refuses_fails_the_batch_and_deletes_nothing(
+    store: VideoStore, tmp_path: Path
+) -> None:
+    """A refusal that is the database's, not a file's (here a trigger), is no row
+    to leave out: the batch fails, and no stored row or thumbnail goes with it."""
+    store.upsert([record("/m/a.mp4"), record("/m/b.mp4")])
+    deleted: list[list[int]] = []
+    store.on_delete = deleted.append
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as other:
+        other.execute(
+            "CREATE TRIGGER frozen BEFORE UPDATE ON videos"
+            " BEGIN SELECT RAISE(ABORT, 'read-only library'); END"
+        )
+        other.commit()
+
+    with pytest.raises(StoreError, match="read-only library"):
+        store.apply([record("/m/a.mp4", width=640), record("/m/b.mp4", width=640)], [])
+
+    assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/a.mp4", "/m/b.mp4"]
+    assert deleted == []
+
+
 def test_a_row_the_store_cannot_hold_does_not_fail_its_batch(store: VideoStore) -> None:
-    """Numbers beyond SQLite's INTEGER, floats that are not finite and values
-    SQLite refuses cost their own rows only: each is returned with the reason,
-    the rest of the batch is written, and the old row of a refused path goes."""
+    """Numbers beyond SQLite's INTEGER, floats that are not finite and values of
+    a type SQLite does not hold cost their own rows only: each is returned with
+    the reason, the rest of the batch is written, and the old row of a refused
+    path goes."""
     store.upsert([record("/m/old.mp4"), record("/m/keep.mp4"), record("/m/gone.mp4")])
     refused = [
         record("/m/frames.mp4", duration_frames=2**63),
@@ -259,7 +282,6 @@ def test_a_row_the_store_cannot_hold_does_not_fail_its_batch(store: VideoStore) 
         record("/m/old.mp4", duration_seconds=math.inf),
         record("/m/nan.mp4", duration_seconds=math.nan),  # SQLite would store NULL
         record("/m/rate.mp4", frame_rate=Fraction(2**64, 3)),
-        record("/m/text.mp4", width=cast("int", "wide")),  # SQLite refuses it (STRICT)
         record("/m/odd.mp4", rotation=cast("int", Fraction(1, 2))),  # sqlite3 cannot bind it
     ]
 
@@ -270,9 +292,6 @@ def test_a_row_the_store_cannot_hold_does_not_fail_its_batch(store: VideoStore) 
     assert reasons["/m/digits.mp4"] == "not stored: video_bit_rate is beyond a 64-bit integer"
     assert reasons["/m/old.mp4"] == "not stored: duration_seconds is not a finite number"
     assert reasons["/m/rate.mp4"] == "not stored: frame_rate_numerator is beyond a 64-bit integer"
-    assert reasons["/m/text.mp4"] == (
-        "not stored: IntegrityError: cannot store TEXT value in INTEGER column videos.width"
-    )
     assert reasons["/m/odd.mp4"] == "not stored: rotation is a Fraction, not a value SQLite holds"
     assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/a.mp4", "/m/b.mp4", "/m/keep.mp4"]
 
