@@ -28,7 +28,8 @@ moves single measurements by half for seconds at a time, hits both alike;
   one task each, 5,000 requests in all. The requests cycle over 64 empty
   directories, so a directory is asked for again while its last job may
   still be pending (same job id, still a 202) or may have ended (a new job):
-  the line says how many distinct jobs came back. Target 0.7x.
+  the line says how many distinct jobs came back. No target since issue 18
+  (it was 0.7x): information, with the server's CPU per request.
 
 The load generator writes prepared HTTP/1.1 requests on anyio TCP streams
 and reads each response by its ``Content-Length``, rather than using httpx:
@@ -510,8 +511,9 @@ def _bench_submit(base: Path, *, reps: int, requests: int) -> dict[str, Any]:
         "baseline_accepted_per_s": round(bare_rate, 1),
         "baseline_non_202": _non_202(runs["bare"]),
         "ratio": round(ratio, 3),
-        "target": 0.7,
-        "ok": ratio >= 0.7,
+        "target": None,
+        "ok": None,
+        "information": "no target since issue 18 (was 0.7)",
         "rep_ratios": [round(value, 3) for value in rep_ratios],
         "ratio_of_medians": round(stoat_rate / bare_rate, 3),
         "reps": reps,
