@@ -25,6 +25,7 @@ import pytest
 from stoat_ferret._server import HTTP_GRACE_SECONDS, REQUEST_BACKSTOP_SECONDS
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Iterator, Sequence
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -81,6 +82,30 @@ def wait_for_line(log: Path, line: str, within: float = READY_WITHIN) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"not in the log within {within} s: {line!r}\n{log.read_text()[-3000:]}")
         time.sleep(0.02)
+
+
+def poll_until(check: Callable[[], bool], what: str, within: float) -> None:
+    """Return once ``check()`` is true; fail after ``within`` seconds, naming ``what``.
+
+    For what another process does: polling with a deadline (a hang guard) is
+    the only way.
+    """
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within} s: {what}")
+        time.sleep(0.02)
+
+
+def read_until(connection: socket.socket, marker: bytes) -> bytes:
+    """What a raw client ``connection`` receives up to and including ``marker``
+    (maybe more); fails if the server closes it first."""
+    received = b""
+    while marker not in received:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before {marker!r}: {received!r}"
+        received += chunk
+    return received
 
 
 def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:

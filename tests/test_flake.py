@@ -13,15 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from tests.server import REPOSITORY
+from tests.server import REPOSITORY, poll_until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
 FLAKE: Final = str(REPOSITORY / "tests" / "flake.py")
@@ -51,14 +50,6 @@ def _alive(pid: int) -> bool:
     return state not in {"Z", "X"}
 
 
-def _poll(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE} s: {what}")
-        time.sleep(0.02)  # another process: polling with a deadline is the only way
-
-
 def test_a_hung_run_is_killed_with_its_children_and_counted_failed(tmp_path: Path) -> None:
     """A run past --timeout: its whole group killed, the run FAILED, exit status 1."""
     pid_file = tmp_path / "child.pid"
@@ -72,7 +63,7 @@ def test_a_hung_run_is_killed_with_its_children_and_counted_failed(tmp_path: Pat
         check=False,
     )
     child = int(pid_file.read_text())
-    _poll(lambda: not _alive(child), "the hung run's child dies")
+    poll_until(lambda: not _alive(child), "the hung run's child dies", DEADLINE)
 
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"run 1/1: FAILED (killed: still running after {RUN_TIMEOUT} s)" in run.stdout
@@ -107,7 +98,9 @@ def test_the_load_stops_by_itself_when_the_script_dies(tmp_path: Path) -> None:
 
     assert started
     assert all(started)
-    _poll(lambda: not any(_alive(pid) for pid in spinners), "the orphaned spinners stop")
+    poll_until(
+        lambda: not any(_alive(pid) for pid in spinners), "the orphaned spinners stop", DEADLINE
+    )
 
 
 def test_sigterm_stops_the_script_and_its_run(tmp_path: Path) -> None:
@@ -119,8 +112,8 @@ def test_sigterm_stops_the_script_and_its_run(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
     )
     try:
-        _poll(pid_file.exists, "the run starts")
-        _poll(lambda: pid_file.read_text() != "", "the run writes its child's pid")
+        poll_until(pid_file.exists, "the run starts", DEADLINE)
+        poll_until(lambda: pid_file.read_text() != "", "the run writes its child's pid", DEADLINE)
         child = int(pid_file.read_text())
         script.send_signal(signal.SIGTERM)
         returncode = script.wait(timeout=DEADLINE)
@@ -128,7 +121,7 @@ def test_sigterm_stops_the_script_and_its_run(tmp_path: Path) -> None:
         if script.poll() is None:
             script.kill()
             script.wait()
-    _poll(lambda: not _alive(child), "the run's child dies")
+    poll_until(lambda: not _alive(child), "the run's child dies", DEADLINE)
 
     assert returncode == 128 + signal.SIGTERM
     assert not (tmp_path / ".flake" / "run-2.log").exists()
@@ -220,7 +213,7 @@ def test_sigterm_while_the_run_is_killed_still_kills_its_group(
     monkeypatch.undo()
     child = int(pid_file.read_text())
     try:
-        _poll(lambda: not _alive(child), "the run's child dies")
+        poll_until(lambda: not _alive(child), "the run's child dies", DEADLINE)
     finally:
         if _alive(child):  # only if the test fails: the child is left going
             os.kill(child, signal.SIGKILL)

@@ -36,7 +36,6 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-import pytest
 import uvicorn
 
 from stoat_ferret.__main__ import main
@@ -44,6 +43,8 @@ from stoat_ferret._server import GracefulServer
 from tests.gated_service import HOLD, held_line
 from tests.reliability.conftest import integrity
 from tests.server import (
+    poll_until,
+    read_until,
     running_server,
     server_environment,
     stop_hang_guard,
@@ -52,8 +53,9 @@ from tests.server import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
+
+    import pytest
 
     from tests.videos import EncodedVideo
 
@@ -69,14 +71,6 @@ STOP_MARGIN: Final = stop_hang_guard(0)
 counts as hung (the HTTP grace, uvicorn's backstop + 15 s: a hang guard, generous)."""
 
 SCAN: Final = "/api/v1/videos/scan"
-
-
-def _poll(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE} s: {what}")
-        time.sleep(0.02)  # another process: polling with a deadline is the only way
 
 
 def _held_tree(directory: Path, clip: EncodedVideo) -> Path:
@@ -136,15 +130,6 @@ def _open(port: int, target: str) -> socket.socket:
     return connection
 
 
-def _read_until(connection: socket.socket, marker: bytes) -> bytes:
-    received = b""
-    while marker not in received:
-        chunk = connection.recv(65536)
-        assert chunk, f"closed before {marker!r}: {received!r}"
-        received += chunk
-    return received
-
-
 def _drain(connection: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (or DEADLINE passes)."""
     received = b""
@@ -170,10 +155,11 @@ def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: Enc
             job_id = _start_held_scan(client, held, tmp_path / "server.log")
         waits = [_open(port, f"/api/v1/jobs/{job_id}/wait?timeout=3600") for _ in range(2)]
         streams = [_open(port, f"/api/v1/jobs/{job_id}/events") for _ in range(2)]
-        firsts = [_read_until(stream, b"data: ") for stream in streams]
-        _poll(
+        firsts = [read_until(stream, b"data: ") for stream in streams]
+        poll_until(
             lambda: log_path.read_text().count(f"waiting for job {job_id}") == 2,
             "both waits reach the app",
+            DEADLINE,
         )
         began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
@@ -211,7 +197,9 @@ def test_a_second_sigterm_during_the_grace_exits_at_once(
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
             job_id = _start_held_scan(client, held, tmp_path / "server.log")
         os.killpg(process.pid, signal.SIGTERM)
-        _poll(lambda: "running job(s) get" in log_path.read_text(), "the grace begins")
+        poll_until(
+            lambda: "running job(s) get" in log_path.read_text(), "the grace begins", DEADLINE
+        )
         began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         returncode = process.wait(timeout=STOP_MARGIN)
@@ -238,7 +226,7 @@ def _open_upload(port: int) -> socket.socket:
         "Content-Type: application/json\r\nContent-Length: 100\r\n"
         "Expect: 100-continue\r\n\r\n".encode()
     )
-    _read_until(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
+    read_until(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
     return connection
 
 
@@ -260,9 +248,10 @@ def test_a_second_sigterm_while_a_request_stays_open_exits_cleanly(
             job_id = _start_held_scan(client, held, tmp_path / "server.log")
         upload = _open_upload(port)
         os.killpg(process.pid, signal.SIGTERM)
-        _poll(
+        poll_until(
             lambda: "Waiting for connections to close" in log_path.read_text(),
             "uvicorn waits for the open request",
+            DEADLINE,
         )
         began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)

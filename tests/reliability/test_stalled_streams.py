@@ -33,10 +33,11 @@ import time
 from typing import TYPE_CHECKING, Final
 
 import httpx
-import pytest
 
 from stoat_ferret._server import HTTP_GRACE_SECONDS
 from tests.server import (
+    poll_until,
+    read_until,
     running_server,
     server_environment,
     stop_hang_guard,
@@ -44,7 +45,6 @@ from tests.server import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
 DEADLINE: Final = 30.0
@@ -74,14 +74,6 @@ ERROR_LINE: Final = re.compile(r"\| (ERROR|CRITICAL) +\|")
 SCAN: Final = "/api/v1/videos/scan"
 
 
-def _poll(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE} s: {what}")
-        time.sleep(0.02)  # another process: polling with a deadline is the only way
-
-
 def _directories(root: Path) -> list[Path]:
     """:data:`JOBS` empty directories, :data:`DEPTH` long names below ``root``."""
     deep = root.joinpath(*(letter * LONG_NAME for letter in "abcdefghijklmnopqrstuvwxyz"[:DEPTH]))
@@ -89,15 +81,6 @@ def _directories(root: Path) -> list[Path]:
     for directory in directories:
         directory.mkdir(parents=True)
     return directories
-
-
-def _read_until(connection: socket.socket, marker: bytes) -> bytes:
-    received = b""
-    while marker not in received:
-        chunk = connection.recv(65536)
-        assert chunk, f"closed before {marker!r}: {received!r}"
-        received += chunk
-    return received
 
 
 def _stalled_stream(port: int) -> socket.socket:
@@ -108,7 +91,7 @@ def _stalled_stream(port: int) -> socket.socket:
     connection.settimeout(DEADLINE)
     connection.connect(("127.0.0.1", port))
     connection.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-    _read_until(connection, b": following job changes")
+    read_until(connection, b": following job changes")
     return connection
 
 
@@ -123,7 +106,7 @@ def _scan_all(client: httpx.Client, directories: list[Path]) -> None:
         total: int = client.get("/api/v1/jobs", params=params).json()["total"]
         return total == len(directories)
 
-    _poll(all_completed, f"{len(directories)} scans completed")
+    poll_until(all_completed, f"{len(directories)} scans completed", DEADLINE)
 
 
 def _open_scan_request(port: int, body: bytes) -> socket.socket:
@@ -138,7 +121,7 @@ def _open_scan_request(port: int, body: bytes) -> socket.socket:
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         "Expect: 100-continue\r\n\r\n".encode()
     )
-    _read_until(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
+    read_until(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
     return connection
 
 
@@ -189,12 +172,13 @@ def test_sigterm_hangs_up_on_an_event_stream_that_stopped_reading(tmp_path: Path
             with _open_scan_request(port, body) as request:
                 began = time.monotonic()
                 os.killpg(process.pid, signal.SIGTERM)
-                _poll(
+                poll_until(
                     lambda: (
                         HUNG_UP.search(log_path.read_text()) is not None
                         or process.poll() is not None
                     ),
                     "the stalled stream is hung up on (or the process ends)",
+                    DEADLINE,
                 )
                 assert HUNG_UP.search(log_path.read_text()), _error_lines(log_path.read_text())
                 # The ordinary request outlives the hang-up: its body comes only now.
@@ -236,7 +220,11 @@ def test_a_stalled_event_stream_that_leaves_logs_no_error(tmp_path: Path) -> Non
                 # SO_LINGER 0: close() resets the connection, as a client that crashed would.
                 leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 leaving.close()
-                _poll(lambda: _streams_open(client) == before - 1, "the server ends the stream")
+                poll_until(
+                    lambda: _streams_open(client) == before - 1,
+                    "the server ends the stream",
+                    DEADLINE,
+                )
             os.killpg(process.pid, signal.SIGTERM)
             returncode = process.wait(timeout=stop_hang_guard())
     log = log_path.read_text()
