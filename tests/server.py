@@ -108,6 +108,16 @@ def read_until(connection: socket.socket, marker: bytes) -> bytes:
     return received
 
 
+def drain(connection: socket.socket) -> bytes:
+    """Everything the server sends on ``connection`` until it closes it (or the
+    connection's own timeout passes); closes ``connection``."""
+    received = b""
+    with connection:
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
 def server_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
     """The environment of a server in ``tmp_path``: port 0, ``root/`` the scan root.
 

@@ -113,6 +113,13 @@ class Console:
     def on_page_error(self, error: Exception) -> None:
         self.errors.append(f"uncaught: {error}")
 
+    def watch(self, page: Page) -> None:
+        """Record ``page``'s console, its uncaught errors and its requests from now on."""
+        # Lambdas, not bound methods: Playwright tags a method's object, and attrs has slots.
+        page.on("console", lambda message: self.on_console(message))
+        page.on("pageerror", lambda error: self.on_page_error(error))
+        page.on("request", lambda request: self.requests.append(request.url))
+
 
 @attrs.frozen
 class Dashboard:
@@ -150,10 +157,7 @@ def dashboard(context: BrowserContext, server: Server) -> Iterator[Dashboard]:
     """A fresh tab on the dashboard, its console recorded from the first request."""
     page = context.new_page()
     console = Console()
-    # Lambdas, not bound methods: Playwright tags a method's object, and attrs has slots.
-    page.on("console", lambda message: console.on_console(message))
-    page.on("pageerror", lambda error: console.on_page_error(error))
-    page.on("request", lambda request: console.requests.append(request.url))
+    console.watch(page)
     try:
         page.goto(f"{server.base_url}/")
         expect(page.locator("#health-status")).to_have_text("service ok")

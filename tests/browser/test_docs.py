@@ -32,9 +32,7 @@ def test_the_dashboard_opens_the_docs_and_they_work_offline(
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     console = Console()
-    page.on("console", lambda message: console.on_console(message))
-    page.on("pageerror", lambda error: console.on_page_error(error))
-    page.on("request", lambda request: console.requests.append(request.url))
+    console.watch(page)
     try:
         page.goto(f"{server.base_url}/")
         page.get_by_role("link", name="API docs").click()

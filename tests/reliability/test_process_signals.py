@@ -43,6 +43,7 @@ from stoat_ferret._server import GracefulServer
 from tests.gated_service import HOLD, held_line
 from tests.reliability.conftest import integrity
 from tests.server import (
+    drain,
     poll_until,
     read_until,
     running_server,
@@ -124,19 +125,10 @@ def _ended(log: str, job_id: str) -> list[str]:
 
 
 def _open(port: int, target: str) -> socket.socket:
-    """A connection that has sent ``GET target``; its answer is read by :func:`_drain`."""
+    """A connection that has sent ``GET target``; its answer is read by ``drain``."""
     connection = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
     connection.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
     return connection
-
-
-def _drain(connection: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or DEADLINE passes)."""
-    received = b""
-    with connection:
-        while chunk := connection.recv(65536):
-            received += chunk
-    return received
 
 
 def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: EncodedVideo) -> None:
@@ -163,7 +155,7 @@ def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: Enc
         )
         began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
-        answers = [_drain(connection) for connection in [*waits, *streams]]
+        answers = [drain(connection) for connection in [*waits, *streams]]
         returncode = process.wait(timeout=grace + STOP_MARGIN)
         took = time.monotonic() - began
     log = log_path.read_text()
@@ -257,7 +249,7 @@ def test_a_second_sigterm_while_a_request_stays_open_exits_cleanly(
         os.killpg(process.pid, signal.SIGTERM)
         returncode = process.wait(timeout=STOP_MARGIN)
         took = time.monotonic() - began
-        rest = _drain(upload)
+        rest = drain(upload)
     log = log_path.read_text()
 
     assert returncode == 0, log[-3000:]

@@ -36,6 +36,7 @@ import httpx
 
 from stoat_ferret._server import HTTP_GRACE_SECONDS
 from tests.server import (
+    drain,
     poll_until,
     read_until,
     running_server,
@@ -125,15 +126,6 @@ def _open_scan_request(port: int, body: bytes) -> socket.socket:
     return connection
 
 
-def _drain(connection: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or DEADLINE passes)."""
-    received = b""
-    with connection:
-        while chunk := connection.recv(65536):
-            received += chunk
-    return received
-
-
 def _whole_answer(received: bytes) -> tuple[bytes, bytes]:
     """The head (lower case) and body of one answer; the body checked whole."""
     head, _, body = received.partition(b"\r\n\r\n")
@@ -183,7 +175,7 @@ def test_sigterm_hangs_up_on_an_event_stream_that_stopped_reading(tmp_path: Path
                 assert HUNG_UP.search(log_path.read_text()), _error_lines(log_path.read_text())
                 # The ordinary request outlives the hang-up: its body comes only now.
                 request.sendall(body)
-                answer = _drain(request)
+                answer = drain(request)
             returncode = process.wait(timeout=stop_hang_guard())
             took = time.monotonic() - began
     log = log_path.read_text()
