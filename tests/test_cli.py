@@ -140,11 +140,14 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
     [
         (["--port", "eighty"], "--port must be a whole number, got 'eighty'"),
         (["--port", "70000"], "--port must be a port number from 0 to 65535, got 70000"),
-        (["--max-workers", "0"], "--max-workers must be a whole number >= 1, got 0"),
+        (["--max-workers", "0"], "--max-workers must be a whole number from 1 to 1,024, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
         (["--scan-root", ""], "--scan-root needs a directory, got ''"),
-        (["--scan-root", "/tmp", "--scan-root", ":"], "--scan-root needs a directory, got ':'"),
+        (
+            ["--scan-root", "/tmp", "--scan-root", ":"],
+            "--scan-root names no directory, only separators: ':'",
+        ),
         (["--log-format", "xml"], "--log-format must be text or json, got 'xml'"),
         (["--probe-priority", "low"], "--probe-priority must be idle or normal, got 'low'"),
         (["--prot", "9000"], "unrecognized arguments: --prot"),

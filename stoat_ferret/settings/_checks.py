@@ -56,9 +56,20 @@ def _check_port(_: Settings, attribute: attrs.Attribute[int], value: int) -> Non
         )
 
 
-def _check_count(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SettingsError(f"{_env(attribute)} must be a whole number >= 1, got {value!r}")
+def _count_up_to(maximum: int) -> Callable[[Settings, attrs.Attribute[int], int], None]:
+    """A validator of a count: a whole number from 1 to ``maximum``.
+
+    The maximum is far above any sensible value; it keeps a typo (an extra
+    zero or three) from making the service allocate for minutes and then fail.
+    """
+
+    def check(_: Settings, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+            raise SettingsError(
+                f"{_env(attribute)} must be a whole number from 1 to {maximum:,}, got {value!r}"
+            )
+
+    return check
 
 
 def _check_positive_seconds(_: Settings, attribute: attrs.Attribute[float], value: float) -> None:
@@ -233,8 +244,13 @@ def _parse_float(name: str, raw: str) -> float:
     return value
 
 
-def _parse_roots(_: str, raw: str) -> tuple[str, ...]:
-    return tuple(part for part in raw.split(os.pathsep) if part.strip())
+def _parse_roots(name: str, raw: str) -> tuple[str, ...]:
+    roots = tuple(part for part in raw.split(os.pathsep) if part.strip())
+    if raw.strip() and not roots:
+        # Empty means no roots (any directory); separators alone are more likely
+        # a variable that expanded to nothing ("$VIDEOS:") than a wish for that.
+        raise SettingsError(f"{name} names no directory, only separators: {raw!r}")
+    return roots
 
 
 def _parse_list(_: str, raw: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -20,7 +20,6 @@ from stoat_ferret.settings._checks import (
     _PARSERS,
     SettingsError,
     _absolute,
-    _check_count,
     _check_database_path,
     _check_host,
     _check_log_format,
@@ -32,6 +31,7 @@ from stoat_ferret.settings._checks import (
     _check_roots,
     _check_seconds,
     _check_token,
+    _count_up_to,
     _env,
     _normalise_names,
     _normalise_origins,
@@ -43,6 +43,18 @@ from stoat_ferret.settings._checks import (
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+MAX_WORKERS: Final = 1024
+"""The most ``STOAT_MAX_WORKERS`` may be: jobs running at once, each a task."""
+
+MAX_PENDING: Final = 1_000_000
+"""The most ``STOAT_MAX_PENDING`` may be: jobs waiting, each a record in memory."""
+
+MAX_PROBE_THREADS: Final = 256
+"""The most ``STOAT_PROBE_THREADS`` may be: threads, each with FFmpeg's state."""
+
+MAX_STREAMS: Final = 10_000
+"""The most ``STOAT_MAX_STREAMS`` may be: open connections (uvicorn's limit is this plus 100)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -105,12 +117,12 @@ class Settings:
     )
     max_workers: int = attrs.field(
         default=2,
-        validator=_check_count,
+        validator=_count_up_to(MAX_WORKERS),
         metadata={"env": "STOAT_MAX_WORKERS", "metavar": "N", "help": "jobs running at once"},
     )
     max_pending: int = attrs.field(
         default=1000,
-        validator=_check_count,
+        validator=_count_up_to(MAX_PENDING),
         metadata={
             "env": "STOAT_MAX_PENDING",
             "metavar": "N",
@@ -128,7 +140,7 @@ class Settings:
     )
     probe_threads: int = attrs.field(
         factory=lambda: default_probe_threads(usable_cores()),
-        validator=_check_count,
+        validator=_count_up_to(MAX_PROBE_THREADS),
         metadata={
             "env": "STOAT_PROBE_THREADS",
             "metavar": "N",
@@ -205,7 +217,7 @@ class Settings:
     )
     max_streams: int = attrs.field(
         default=64,
-        validator=_check_count,
+        validator=_count_up_to(MAX_STREAMS),
         metadata={
             "env": "STOAT_MAX_STREAMS",
             "metavar": "N",
