@@ -5,8 +5,10 @@ The command line is :mod:`stoat_ferret._cli`, the log's formats
 
 Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT, after ``--help``
 or ``--version``, and after a ``check`` that passed; 2 for a bad flag, a bad
-setting or an unusable database, found before anything binds (one line on
-stderr, no traceback; after the usage line for a bad flag); 1 when the
+setting or an unusable database (not this service's, damaged, or already
+served by another process: ``serve`` holds ``<database>.lock`` for its life),
+found before anything binds (one line on stderr, no traceback; after the
+usage line for a bad flag); 1 when the
 address cannot be bound (the port is in use, say: one line on stderr, before
 the app starts); 1 for an error that escapes the server, logged (one JSON
 record in the JSON format) with its traceback; uvicorn's 3 when the app fails
@@ -36,6 +38,8 @@ from stoat_ferret.settings import SettingsError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from stoat_ferret.settings import Settings
+
 EXIT_CRASHED: Final = 1
 """An error that escaped the server, logged with its traceback."""
 
@@ -52,10 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging(settings.log_level, settings.log_format)
             sys.stdout.write(check(settings, names) + "\n")
             return 0
-        check_startup(settings, names)
+        hold = check_startup(settings, names)
     except (SettingsError, StoreError) as exc:
         sys.stderr.write(one_line(exc) + "\n")
         return EXIT_BAD_SETTING
+    # The database's lock is held until the process exits: no second
+    # process serves it, nor opens it for writing, meanwhile.
+    with hold:
+        return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    """Bind and serve (the database checked and locked); return the exit status."""
     # Imported here, not at the top: the web stack (FastAPI, uvicorn) is most of
     # the start-up time, which --help, --version, a bad flag and check do
     # without (--version: 0.7 s instead of 2.1 s on a busy 2-core machine).

@@ -6,14 +6,17 @@ with their variable and default. A flag wins over its variable, which wins
 over the default. A bad flag or flag value exits 2 with the usage line and
 one sentence (argparse's ``error``); a bad variable exits 2 with one line.
 
-``check`` does what serving does before it binds (settings, host, database,
-opened and migrated), lists every scan root, and prints one line saying what
-it would serve: for deployment scripts and health checks.
+``check`` looks at what serving needs before it binds (settings, host,
+database read-only with ``PRAGMA quick_check``, the thumbnails' directory),
+lists every scan root, and prints one line saying what it would serve: for
+deployment scripts and health checks. It changes nothing: a check beside a
+running service leaves the service's database alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import socket
@@ -21,7 +24,11 @@ import textwrap
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret import __version__
-from stoat_ferret.library import StoreError, VideoStore
+from stoat_ferret.library import SCHEMA_VERSION, StoreError, VideoStore
+from stoat_ferret.library._connections import inspect_database
+from stoat_ferret.library._lock import DatabaseLock
+from stoat_ferret.library._store import BUSY_TIMEOUT_MS
+from stoat_ferret.library._thumbstore import MARKER as THUMBNAILS_MARKER
 from stoat_ferret.settings import Settings, SettingsError, options, parse_flag
 
 if TYPE_CHECKING:
@@ -35,6 +42,11 @@ EXIT_CANNOT_LISTEN: Final = 1
 
 _COMMANDS: Final = ("serve", "check")
 
+THUMBNAILS_SUFFIX: Final = ".thumbnails"
+"""As ``stoat_ferret.api._thumbnails.THUMBNAILS_SUFFIX`` (a test holds them
+equal): the thumbnails' directory is beside the database, ``stoat.db.thumbnails``.
+Not imported from there: that would load the web stack for ``check``."""
+
 _HELP_COLUMN: Final = 30
 """Where a setting's meaning starts in ``--help``."""
 _HELP_WIDTH: Final = 78
@@ -46,9 +58,10 @@ The backend of a video-editing tool: a video library and its scan jobs.
 
 commands:
   serve   run the service until SIGTERM or Ctrl+C (the default)
-  check   check the settings, the database and the scan roots, print what
-          would be served and exit 0, or exit 2 naming the problem; binds
-          nothing, for deployment scripts and health checks"""
+  check   check the settings, the database (read-only) and the scan roots,
+          print what would be served and exit 0, or exit 2 naming the
+          problem; binds and changes nothing, for deployment scripts and
+          health checks"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,34 +164,60 @@ def read_settings(
     return Settings.from_environ(environ, overrides=overrides)
 
 
-def check_startup(settings: Settings, names: Mapping[str, str] | None = None) -> None:
-    """What must hold before binding: the host resolves, the database opens.
+def check_startup(settings: Settings, names: Mapping[str, str] | None = None) -> DatabaseLock:
+    """What must hold before binding: the host resolves, the database opens,
+    is sound (``PRAGMA quick_check``), and is served by no other process; the
+    thumbnails' directory is usable.
 
     Blocking; called before the event loop starts. ``names`` (from
     :func:`parse_command`) says how the user gave each setting, flag or
     variable, so that a message names that; the variables when None.
 
+    Returns:
+        A hold of the database's lock (``<database>.lock``): keep it while
+        serving, so that no other process serves the same database.
+
     Raises:
         SettingsError: the host does not resolve.
-        StoreError: the database's directory cannot be created, or the file
-            cannot be opened as a video store (not SQLite, newer schema...).
+        StoreError: the database's directory cannot be created, the file
+            cannot be opened as a video store (not SQLite, not this service's,
+            newer schema, damaged...), another process serves it, or the
+            thumbnails' path is not a usable directory.
     """
     names = _names(names)
     _resolve_host(settings, names["host"])
-    _open_database(settings.database_path, names["database_path"]).close()
+    store = _open_database(settings.database_path, names["database_path"])
+    try:
+        hold = DatabaseLock.acquire(store.path)
+    finally:
+        store.close()
+    try:
+        inspect_database(store.path, BUSY_TIMEOUT_MS)
+        check_thumbnails(settings.database_path)
+    except BaseException:
+        hold.release()
+        raise
+    return hold
 
 
 def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
-    """``stoat-ferret check``: everything serving needs, short of binding.
+    """``stoat-ferret check``: everything serving needs, short of binding, changing nothing.
 
-    ``names`` as for :func:`check_startup`.
+    The database is only read (a read-only connection): it is not created,
+    migrated, switched to WAL, nor are its scan errors deleted, so a check
+    beside a running service leaves it alone. The check says whether serving
+    would migrate it, and runs ``PRAGMA quick_check``. The thumbnails'
+    directory is looked at, not created nor claimed. ``names`` as for
+    :func:`check_startup`.
 
     Returns:
         The one line to print: the dashboard's address, the database and the roots.
 
     Raises:
         SettingsError: the host does not resolve, or a scan root cannot be listed.
-        StoreError: the database cannot be created, opened or migrated.
+        StoreError: the database's directory cannot be created, or the file
+            cannot be read, is not this service's, has a newer schema or
+            fails ``quick_check``; the thumbnails' path is not a usable directory.
     """
     names = _names(names)
     _resolve_host(settings, names["host"])
@@ -190,17 +229,73 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
             raise SettingsError(
                 f"{names['scan_roots']}: cannot list {root} ({exc.strerror})"
             ) from None
-    store = _open_database(settings.database_path, names["database_path"])
-    try:
-        _, videos = store.list_videos(limit=1, offset=0)
-        schema = store.schema_version()
-    finally:
-        store.close()
-    roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
-    return (
-        f"ok: would serve {dashboard_url(settings)} from {settings.database_path} "
-        f"(schema {schema}, {videos} videos); scan roots: {roots}"
+    path = settings.database_path
+    _check_creatable(
+        path.parent, f"{names['database_path']}: cannot create the directory of {path}"
     )
+    found = inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
+    thumbnails = check_thumbnails(path)
+    if not found.exists:
+        state = f"new database: serving creates it with schema {SCHEMA_VERSION}, 0 videos"
+    elif found.version < SCHEMA_VERSION:
+        state = (
+            f"schema {found.version}, needs migration to {SCHEMA_VERSION}"
+            f" (serving does it), {found.videos} videos"
+        )
+    else:
+        state = f"schema {found.version}, {found.videos} videos"
+    roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
+    note = f"; {thumbnails}" if thumbnails else ""
+    served = f"{dashboard_url(settings)} from {path} ({state})"
+    return f"ok: would serve {served}; scan roots: {roots}{note}"
+
+
+def check_thumbnails(database: Path) -> str | None:
+    """Look at the thumbnails' directory beside ``database`` as serving would
+    use it, creating and claiming nothing.
+
+    Returns:
+        None when serving would use it (or create it), else why serving
+        would start without thumbnails (a directory that is not its own).
+
+    Raises:
+        StoreError: the path is there but not a directory (a file, say), or
+            the directory cannot be listed or written to.
+    """
+    directory = database.with_name(database.name + THUMBNAILS_SUFFIX)
+    if not os.path.lexists(directory):
+        _check_creatable(database.parent, f"cannot create the thumbnails directory {directory}")
+        return None
+    if not directory.is_dir():
+        raise StoreError(f"the thumbnails directory {directory} is not a directory")
+    try:
+        entries = os.listdir(directory)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot list the thumbnails directory {directory} ({exc.strerror})"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to the thumbnails directory {directory}")
+    if entries and THUMBNAILS_MARKER not in entries:
+        return (
+            f"thumbnails: {directory} is not empty and not marked as stoat_ferret's"
+            f" (no {THUMBNAILS_MARKER} file): serving would leave it alone, without thumbnails"
+        )
+    return None
+
+
+def _check_creatable(directory: Path, message: str) -> None:
+    """Raise StoreError(``message`` and why) unless ``directory`` exists or can be
+    created: its nearest existing ancestor is a directory this process can write to."""
+    existing = directory
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing == directory and existing.is_dir():
+        return
+    if not existing.is_dir():
+        raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
+    if existing != directory and not os.access(existing, os.W_OK | os.X_OK):
+        raise StoreError(f"{message} ({os.strerror(errno.EACCES)})")
 
 
 def dashboard_url(settings: Settings, *, port: int | None = None) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,8 @@ from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
 from stoat_ferret.__main__ import main
 from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
-from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority
+from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority, VideoStore
+from stoat_ferret.library._schema import MIGRATIONS
 from stoat_ferret.settings import Settings, SettingsError, options
 from stoat_ferret.settings import _checks as checks_module
 from stoat_ferret.settings import _options as options_module
@@ -28,7 +31,7 @@ from stoat_ferret.settings import _settings as settings_module
 from tests.permissions import call_denied
 from tests.server import server_environment
 from tests.test_settings import readme_row
-from tests.videos import write_corrupt_video
+from tests.videos import write_corrupt_video, write_damaged_database
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -361,7 +364,8 @@ def _restored_logging() -> Iterator[None]:
 
 @pytest.mark.usefixtures("_restored_logging")
 def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """check creates and migrates the database, binds nothing, prints one line, returns 0."""
+    """check creates nothing (a new database is said to be new), binds nothing,
+    prints one line, returns 0."""
     database = tmp / "new" / "stoat.db"
     with socket.socket() as taken:  # check must not try to bind the port
         taken.bind(("127.0.0.1", 0))
@@ -375,8 +379,10 @@ def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) ->
     assert captured.err == ""
     assert captured.out == (
         f"ok: would serve http://127.0.0.1:{port}/ from {database} "
-        f"(schema {SCHEMA_VERSION}, 0 videos); scan roots: {tmp / 'a'}, {tmp / 'b'}\n"
+        f"(new database: serving creates it with schema {SCHEMA_VERSION}, 0 videos);"
+        f" scan roots: {tmp / 'a'}, {tmp / 'b'}\n"
     )
+    assert not database.parent.exists()
 
 
 # Case -> (variables, flags, words of the one line); "{tmp}" as in SAMPLES. A
@@ -500,3 +506,95 @@ def test_unresolvable_host_is_a_bad_setting(
     )
     with pytest.raises(SettingsError, match=r"^--host: cannot use 'nowhere\.invalid'"):
         check_startup(settings, names)
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_leaves_a_served_store_alone(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check beside a running service (its store open, holding scan errors)
+    changes nothing: the errors stay, the id and journal mode are as they were."""
+    database = tmp / "stoat.db"
+    store = VideoStore.open(database)
+    try:
+        store.replace_scan_errors("job", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+
+        status = main(["check", "--database", str(database)])
+
+        assert store.scan_errors("job", 10, 0) == ([("/m/1.mp4", "bad")], 1)
+    finally:
+        store.close()
+    captured = capsys.readouterr()
+    assert status == 0
+    assert f"(schema {SCHEMA_VERSION}, 0 videos)" in captured.out
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_says_an_old_schema_needs_migration_and_does_not_migrate(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older schema is reported ("needs migration"), not migrated, not made WAL."""
+    database = tmp / "old.db"
+    with contextlib.closing(sqlite3.connect(database)) as raw:
+        for statement in MIGRATIONS[1]:
+            raw.execute(statement)
+        raw.execute("PRAGMA user_version = 1")
+    before = database.read_bytes()
+
+    status = main(["check", "--database", str(database)])
+
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert f"(schema 1, needs migration to {SCHEMA_VERSION} (serving does it), 0 videos)" in (
+        captured.out
+    )
+    assert database.read_bytes() == before
+
+
+# Case -> the words of check's one line on stderr (exit 2).
+UNSERVABLE: dict[str, str] = {
+    "damaged": "is damaged: PRAGMA quick_check: ",
+    "foreign": "it is not a stoat_ferret database (user_version 0, tables: bookmarks)",
+    "thumbnails-a-file": "stoat.db.thumbnails is not a directory",
+}
+
+
+def make_unservable(tmp: Path, case: str) -> Path:
+    """The database path of an ``UNSERVABLE`` case, made in ``tmp``."""
+    database = tmp / "data" / "stoat.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    if case == "damaged":
+        write_damaged_database(database)
+    elif case == "foreign":
+        with contextlib.closing(sqlite3.connect(database)) as raw:
+            raw.execute("CREATE TABLE bookmarks (url TEXT)")
+    else:
+        VideoStore.open(database).close()
+        database.with_name("stoat.db.thumbnails").touch()
+    return database
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("case", sorted(UNSERVABLE))
+def test_check_refuses_what_serving_could_not_start_with(
+    tmp: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """A damaged database (its header intact), someone else's SQLite file, a
+    thumbnails path that is a file: exit 2, one line, the file unchanged."""
+    database = make_unservable(tmp, case)
+    before = database.read_bytes()
+
+    status = main(["check", "--database", str(database)])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("stoat-ferret: ")
+    assert UNSERVABLE[case] in line
+    assert database.read_bytes() == before
+
+
+def test_the_thumbnails_suffix_is_the_apps() -> None:
+    """check looks where the app puts its thumbnails."""
+    from stoat_ferret.api._thumbnails import THUMBNAILS_SUFFIX
+
+    assert cli_module.THUMBNAILS_SUFFIX == THUMBNAILS_SUFFIX

@@ -36,6 +36,7 @@ from tests.server import (
     stop_hang_guard,
     wait_ready,
 )
+from tests.test_cli import UNSERVABLE, make_unservable
 from tests.videos import make_video, write_corrupt_video
 
 if TYPE_CHECKING:
@@ -351,3 +352,57 @@ def test_connections_the_server_accepts_send_without_delay(
     asyncio.run(asyncio.wait_for(accept_one(), timeout=30.0))
     (nodelay,) = seen
     assert nodelay != 0
+
+
+def test_a_second_serve_of_one_database_exits_2_with_one_line(tmp_path: Path) -> None:
+    """While one service runs, a second on the same database (another port)
+    exits 2 with one line, and the first goes on serving."""
+    env = server_environment(tmp_path)
+
+    with running_server(tmp_path, env) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        second = subprocess.run(
+            [sys.executable, "-m", "stoat_ferret"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            still = client.get("/api/v1/videos")
+        returncode = _stop(process, lambda pid: os.killpg(pid, signal.SIGTERM))
+
+    assert second.returncode == 2, second.stderr
+    assert second.stdout == ""
+    [line] = second.stderr.splitlines()
+    lock = env["STOAT_DATABASE_PATH"] + ".lock"
+    assert line == (
+        f"stoat-ferret: cannot open video store {env['STOAT_DATABASE_PATH']}: it is already"
+        f" served by another process (which holds {lock})"
+    )
+    assert still.status_code == 200
+    assert returncode == 0
+
+
+@pytest.mark.parametrize("case", ["damaged", "thumbnails-a-file"])
+def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, case: str) -> None:
+    """A damaged database whose header is intact, or a thumbnails path that is
+    a file: exit 2 and one line before anything binds, no traceback."""
+    database = make_unservable(tmp_path, case)
+    env = server_environment(tmp_path, STOAT_DATABASE_PATH=str(database))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "stoat_ferret"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 2, run.stderr
+    assert run.stdout == ""
+    [line] = run.stderr.splitlines()
+    assert line.startswith("stoat-ferret: ")
+    assert UNSERVABLE[case] in line

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
+import sqlite3
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import av
+
+from stoat_ferret.library import VideoStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -335,4 +339,30 @@ def write_duration_tag(source: str | Path, path: str | Path, text: bytes) -> Pat
     assert len(text) < len(tags[0]), f"{text!r} does not fit in the tag"
     target = Path(path)
     target.write_bytes(data.replace(tags[0], text.ljust(len(tags[0]), b"\x00")))
+    return target
+
+
+def write_damaged_database(path: str | Path, rows: int = 20_000, pages: int = 40) -> Path:
+    """Write a video store of ``rows`` videos, then overwrite ``pages`` pages
+    past its first with random bytes (seeded): its header is intact, so it
+    opens; ``PRAGMA quick_check`` and a read of every row find the damage."""
+    target = Path(path)
+    VideoStore.open(target).close()
+    with contextlib.closing(sqlite3.connect(target)) as raw:
+        raw.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+            " INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns,"
+            " created_at, updated_at, search_path)"
+            " SELECT '/m/' || i || '.mp4', '/m', i || '.mp4', i, i, 'now', 'now', '/m/' || i"
+            " FROM n",
+            (rows,),
+        )
+        raw.commit()
+        (page_size,) = raw.execute("PRAGMA page_size").fetchone()
+        raw.execute("PRAGMA journal_mode = DELETE")  # the WAL into the file
+    noise = random.Random(20_000)
+    with target.open("r+b") as file:
+        for page in range(10, 10 + pages):
+            file.seek(page * page_size)
+            file.write(noise.randbytes(page_size))
     return target

@@ -25,7 +25,12 @@ answer, a refusal too, gets the headers of
 :class:`~stoat_ferret.api._headers.ResponseHeaders` (no sniffing, no framing).
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
-in a task group with ``await group.start(supervisor.run)``. Shut-down, in
+in a task group with ``await group.start(supervisor.run)``. What can stop the
+start (a database that is damaged, not this service's or served by another
+process; a thumbnails path that is not a usable directory) is checked by
+``stoat-ferret``'s ``check_startup`` before anything binds, as one line and
+exit 2; the start-up ``thumbnails`` job that cannot be submitted (the
+database cannot be read then) is a warning, and the service serves without it. Shut-down, in
 order: set ``stopping`` (scan requests get 503, waits and event streams end),
 ``aclose()`` the supervisor (pending jobs are cancelled, running ones get
 ``shutdown_grace`` seconds), then close the library, so no job ever writes to
@@ -66,7 +71,7 @@ from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._metrics import install_metrics
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
-from stoat_ferret.library import VideoLibrary, make_scan_handler
+from stoat_ferret.library import StoreError, VideoLibrary, make_scan_handler
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
@@ -193,7 +198,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 _thumbnails.register_thumbnail_jobs(supervisor, SCAN_JOB_TYPE, handler, thumbnailer)
                 await group.start(supervisor.run)
                 app.state.job_queue = supervisor
-                await _thumbnails.start_thumbnails(supervisor, thumbnailer)
+                try:
+                    await _thumbnails.start_thumbnails(supervisor, thumbnailer)
+                except (StoreError, OSError) as exc:
+                    # Not a reason to stop serving: the next scan that changes
+                    # something submits the job. (A damaged database is refused
+                    # before the app starts, by check_startup's quick_check.)
+                    logger.warning(
+                        "no start-up thumbnails job: {reason}", reason=" ".join(str(exc).split())
+                    )
                 logger.info(
                     "service started",
                     database=library.path,

@@ -1,7 +1,9 @@
 """The two SQLite connections of a :class:`~stoat_ferret.library.VideoStore`, and transactions.
 
-The writing connection sets the file up (WAL journal, ``synchronous=NORMAL``,
-the schema's migrations); the reading connection opens the same file
+The writing connection reads the file's header first (whose file, which
+schema: ``_schema.identify``), takes the database's lock (``_lock.py``), and
+only then sets the file up (WAL journal, ``synchronous=NORMAL``, the schema's
+migrations, the scan errors of a process before deleted); the reading connection opens the same file
 read-only (a ``mode=ro`` URI), once the writing one has made it. Both wait
 up to a busy timeout for other processes. In WAL mode a read takes no lock
 that a writer holds: it reads the last committed snapshot, so it never waits
@@ -16,25 +18,38 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 from loguru import logger
 
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._query import search_key
-from stoat_ferret.library._schema import migrate
+from stoat_ferret.library._schema import identify, migrate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 
-def open_writer(name: str, busy_timeout_ms: int) -> sqlite3.Connection:
+def open_writer(
+    name: str, busy_timeout_ms: int, *, claim: Callable[[], None]
+) -> sqlite3.Connection:
     """Open (or create) ``name`` for writing, in WAL mode, with its schema up to date.
+
+    The file's header is read first (:func:`~stoat_ferret.library._schema.identify`):
+    a file that is not this service's, or has a newer schema, is refused
+    before anything in it changes. Then ``claim()`` is called (it takes the
+    database's lock, ``_lock.py``), and only then is the file changed: the
+    journal mode, the migrations, and the ``scan_errors`` of a process
+    before (their jobs are gone).
 
     Raises:
         StoreError: The file cannot be created or opened, is not an SQLite
-            database, or has a schema newer than this code's.
+            database or not this service's, has a schema newer than this
+            code's, or ``claim`` raised it.
     """
     connection = _connect(name, name, busy_timeout_ms)
     try:
+        identify(connection, name)
+        claim()
         (journal,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
         if str(journal).lower() != "wal":  # a file system without shared memory, say
             logger.warning(
@@ -53,6 +68,60 @@ def open_writer(name: str, busy_timeout_ms: int) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+@attrs.frozen
+class Inspection:
+    """What :func:`inspect_database` found in a database file."""
+
+    exists: bool
+    """False: there is no file yet (serving creates it)."""
+    version: int
+    """Its ``user_version`` (0 for a new file)."""
+    videos: int
+    """How many rows its ``videos`` table holds (0 without the table)."""
+
+
+def inspect_database(name: str, busy_timeout_ms: int) -> Inspection:
+    """Look at ``name`` read-only, as ``stoat-ferret check`` does: whose it is,
+    its schema version, its videos, and ``PRAGMA quick_check``.
+
+    Changes nothing in the file: no journal mode, no migration, no deletion
+    (a read-only connection; SQLite may create the ``-wal`` and ``-shm``
+    files of a WAL database beside it, as any reader does). Creates no file.
+
+    Raises:
+        StoreError: the file cannot be read, is not this service's, has a
+            newer schema, or fails ``quick_check`` (the message says its first line).
+    """
+    if not os.path.lexists(name):
+        return Inspection(exists=False, version=0, videos=0)
+    uri = f"{Path(name).absolute().as_uri()}?mode=ro"
+    connection = _connect(uri, name, busy_timeout_ms, uri=True)
+    try:
+        version = identify(connection, name)
+        rows = connection.execute("PRAGMA quick_check").fetchall()
+        # One row per problem, or one row of lines; "*** in database main ***" heads them.
+        problems = [
+            line
+            for (text,) in rows
+            if text != "ok"
+            for line in str(text).splitlines()
+            if line.strip() and not line.startswith("***")
+        ]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise StoreError(
+                f"video store {name} is damaged: PRAGMA quick_check: {problems[0]}{more}"
+            )
+        videos = 0
+        if version >= 1:
+            (videos,) = connection.execute("SELECT count(*) FROM videos").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read video store {name}: {exc}") from exc
+    finally:
+        connection.close()
+    return Inspection(exists=True, version=version, videos=int(videos))
 
 
 def open_reader(name: str, busy_timeout_ms: int) -> sqlite3.Connection:

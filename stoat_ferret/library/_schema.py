@@ -10,6 +10,15 @@ editing metadata columns and the indexes of sorted lists. A row written
 before version 3 has ``probe_version`` NULL; the scope query reports such a
 row's size as -1, which no file has, so the next scan probes the file again
 and counts it as updated, once.
+
+Whose file it is. ``PRAGMA application_id`` holds :data:`APPLICATION_ID`
+(``"STFR"``), set by the migration that creates the schema, and by the next
+open for writing of a file from before it (``application_id`` 0,
+``user_version`` >= 1 and a ``videos`` table: ours). :func:`identify` reads
+the header before anything is changed and refuses a file that is someone
+else's (another application id; or id 0 and ``user_version`` 0 but tables
+already there; or id 0, a version, and no ``videos`` table) or that has a
+newer schema: such a file is left exactly as it was, journal mode included.
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ from stoat_ferret.library._exceptions import StoreError
 
 if TYPE_CHECKING:
     import sqlite3
+
+APPLICATION_ID: Final = 0x53544652
+"""``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
+big-endian 32-bit integer (1398032978), the header's bytes 68-71."""
 
 SCHEMA_VERSION: Final = 3
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
@@ -136,11 +149,50 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 
+def identify(connection: sqlite3.Connection, name: str) -> int:
+    """The schema version of the open file ``name``, once it is known to be this
+    service's and not newer than :data:`SCHEMA_VERSION`. Reads only.
+
+    0 is a new file (no tables): the migrations create it.
+
+    Raises:
+        StoreError: the file is another application's, or has a newer schema.
+        sqlite3.Error: it cannot be read (not an SQLite database, say).
+    """
+    (application_id,) = connection.execute("PRAGMA application_id").fetchone()
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if application_id not in (0, APPLICATION_ID):
+        raise StoreError(
+            f"cannot open video store {name}: it is not a stoat_ferret database"
+            f" (application_id {application_id:#010x}, not {APPLICATION_ID:#010x})"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"cannot open video store {name}: schema version {version} is newer than"
+            f" the supported version {SCHEMA_VERSION}"
+        )
+    if application_id == 0:
+        tables = {
+            table
+            for (table,) in connection.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table'"
+            )
+        }
+        if (version == 0 and tables) or (version != 0 and "videos" not in tables):
+            raise StoreError(
+                f"cannot open video store {name}: it is not a stoat_ferret database"
+                f" (user_version {version}, tables: {', '.join(sorted(tables)) or 'none'})"
+            )
+    return int(version)
+
+
 def migrate(connection: sqlite3.Connection, name: str) -> None:
     """Bring the open file ``name`` up to :data:`SCHEMA_VERSION`, in one transaction.
 
     ``connection`` must have the ``search_key`` SQL function, which version 3
     calls (``VideoStore.open`` registers it first).
+
+    Call :func:`identify` first: this checks again only the version.
 
     Raises:
         StoreError: the file's schema is newer than this code's.
@@ -157,8 +209,10 @@ def migrate(connection: sqlite3.Connection, name: str) -> None:
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
                 connection.execute(statement)
-        # PRAGMA takes no parameters; SCHEMA_VERSION is an int constant.
+        # PRAGMA takes no parameters; both are int constants. A file from
+        # before the application id gets it here (identify said it is ours).
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:

@@ -30,8 +30,9 @@ scan of a directory (with the same ``recursive``) replaces the rows of the
 scan before it when it starts, and owns that directory's list from then on;
 a scan that no longer owns it (a later scan of the same directory started
 meanwhile) stores nothing more, so a list is never a mix of two scans. The
-owners are kept in memory, and the table is emptied when the store opens:
-job ids do not outlive the process.
+owners are kept in memory, and the table is emptied when the store opens,
+by the process that holds the database's lock (``_lock.py``; no other
+process can open the store meanwhile): job ids do not outlive the process.
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.
@@ -58,6 +59,7 @@ from stoat_ferret.library._connections import (
     transaction,
 )
 from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
     Fingerprint,
     Video,
@@ -110,14 +112,21 @@ class VideoStore:
         self.on_delete: Callable[[list[int]], None] | None = None
         # The job whose errors each scanned (directory, recursive) holds.
         self._error_owners: dict[tuple[str, bool], str] = {}
+        # The database's lock (_lock.py), taken by open, given back by close.
+        self._lock: DatabaseLock | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> VideoStore:
         """Open (or create) the store in ``path`` and bring its schema up to date.
 
+        Takes the database's lock (``<path>.lock``, ``_lock.py``) until
+        :meth:`close`, before it changes anything in the file.
+
         Raises:
             StoreError: The file cannot be created or opened, is not an SQLite
-                database, has a schema newer than this code's
+                database or not this service's (``_schema.identify``), is
+                served by another process (which holds its lock), has a
+                schema newer than this code's
                 (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`), or
                 ``path`` names an in-memory database (``":memory:"`` or ``""``).
         """
@@ -127,13 +136,23 @@ class VideoStore:
                 f"cannot open video store {name!r}: the store needs a file path, not an"
                 " in-memory database or a URI (its reads use a second connection to the file)"
             )
-        writer = open_writer(name, BUSY_TIMEOUT_MS)
+        locks: list[DatabaseLock] = []
         try:
-            reader = open_reader(name, BUSY_TIMEOUT_MS)
+            writer = open_writer(
+                name, BUSY_TIMEOUT_MS, claim=lambda: locks.append(DatabaseLock.acquire(name))
+            )
+            try:
+                reader = open_reader(name, BUSY_TIMEOUT_MS)
+            except BaseException:
+                writer.close()
+                raise
         except BaseException:
-            writer.close()
+            for lock in locks:
+                lock.release()
             raise
-        return cls(writer, reader, name)
+        store = cls(writer, reader, name)
+        store._lock = locks[0]
+        return store
 
     def close(self) -> None:
         """Close both connections. Idempotent; later calls to other methods raise StoreError.
@@ -148,6 +167,9 @@ class VideoStore:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def schema_version(self) -> int:
         """Return ``PRAGMA user_version`` of the open file."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sqlite3
+import stat
+import subprocess
+import sys
 import unicodedata
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -599,3 +603,130 @@ def test_scan_errors_are_forgotten_when_the_store_opens(tmp_path: Path) -> None:
         assert reopened.scan_errors("a", 10, 0) == ([], 0)
     finally:
         reopened.close()
+
+
+def _bytes_and_files(path: Path) -> tuple[bytes, list[str]]:
+    return path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_byte_identical(tmp_path: Path) -> None:
+    """A file with someone else's tables (and no application id) is not adopted:
+    refused, not switched to WAL, no tables added, not even a lock file beside it."""
+    path = tmp_path / "bookmarks.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("CREATE TABLE bookmarks (url TEXT)")
+        raw.execute("INSERT INTO bookmarks VALUES ('https://example.org/')")
+        raw.commit()
+    before = _bytes_and_files(path)
+
+    with pytest.raises(StoreError, match="it is not a stoat_ferret database"):
+        VideoStore.open(path)
+
+    assert _bytes_and_files(path) == before
+
+
+def test_another_application_id_is_refused(tmp_path: Path) -> None:
+    """A file marked as another application's is refused, even without tables."""
+    path = tmp_path / "other.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("PRAGMA application_id = 1234")
+    before = _bytes_and_files(path)
+
+    with pytest.raises(StoreError, match=r"application_id 0x000004d2, not 0x53544652"):
+        VideoStore.open(path)
+
+    assert _bytes_and_files(path) == before
+
+
+def test_a_newer_schema_is_left_in_its_journal_mode(tmp_path: Path) -> None:
+    """A newer schema is refused before the journal mode (or anything) changes."""
+    path = tmp_path / "future.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute(f"PRAGMA application_id = {_schema.APPLICATION_ID}")
+        raw.execute("PRAGMA user_version = 9")
+    before = _bytes_and_files(path)
+
+    with pytest.raises(StoreError, match="schema version 9 is newer"):
+        VideoStore.open(path)
+
+    assert _bytes_and_files(path) == before
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_a_new_store_is_marked_and_an_old_one_gets_the_mark(tmp_path: Path) -> None:
+    """New files get the application id; a file of ours from before it (id 0,
+    a version, a videos table) gets it at its next open, its rows kept."""
+    path = tmp_path / "v.sqlite"
+    store = VideoStore.open(path)
+    store.upsert([record("/m/a.mp4")])
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA application_id").fetchone() == (_schema.APPLICATION_ID,)
+        raw.execute("PRAGMA application_id = 0")
+
+    reopened = VideoStore.open(path)
+    try:
+        assert reopened.list_videos(10, 0)[1] == 1
+    finally:
+        reopened.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA application_id").fetchone() == (_schema.APPLICATION_ID,)
+
+
+def test_a_store_served_by_another_process_is_refused_and_kept(tmp_path: Path) -> None:
+    """While another process holds ``<database>.lock``, opening the store is
+    refused before it changes anything: that process's scan errors stay."""
+    path = tmp_path / "v.sqlite"
+    store = VideoStore.open(path)
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    store.close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys\n"
+            f"lock = open({str(path) + '.lock'!r}, 'a')\n"
+            "fcntl.flock(lock, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(StoreError, match="already served by another process"):
+            VideoStore.open(path)
+    finally:
+        holder.communicate("", timeout=30)
+
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT job_id, path FROM scan_errors").fetchall() == [("a", "/m/1.mp4")]
+    assert stat.S_IMODE(os.stat(str(path) + ".lock").st_mode) == 0o600
+
+
+def test_two_stores_of_one_file_in_one_process_share_its_lock(tmp_path: Path) -> None:
+    """The lock is counted within a process: it goes with the last store closed."""
+    path = tmp_path / "v.sqlite"
+    first = VideoStore.open(path)
+    second = VideoStore.open(path)
+    first.close()
+    held = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl\n"
+            f"fcntl.flock(open({str(path) + '.lock'!r}, 'a'), fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    second.close()
+    free = subprocess.run(held.args, capture_output=True, check=False)
+
+    assert held.returncode == 1
+    assert b"BlockingIOError" in held.stderr
+    assert free.returncode == 0

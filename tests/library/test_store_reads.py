@@ -175,4 +175,5 @@ def test_odd_file_names_are_read_through_the_same_file(tmp_path: Path, name: str
         assert store.list_videos(10, 0)[1] == 1
     finally:
         store.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    # Beside it only its lock file (kept: _lock.py).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + ".lock"]

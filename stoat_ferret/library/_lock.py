@@ -1,0 +1,109 @@
+"""The lock that makes one process the only writer of a database: ``<database>.lock``.
+
+A :class:`~stoat_ferret.library.VideoStore` takes it when it opens (before it
+changes anything in the file) and gives it back when it closes; ``serve``
+also holds it for the life of its process (``__main__.py``). It is an
+exclusive ``flock`` on the file :data:`LOCK_SUFFIX` beside the database
+(``stoat.db.lock``), created with mode 0o600 and never deleted (deleting a
+``flock`` file lets two processes each lock a different file of one name).
+The system drops the lock when the process ends, however it ends: no stale
+lock survives a crash or a SIGKILL.
+
+Within one process the lock is counted, not taken twice: two stores of one
+file in one process share it, and it is released when the last lets go.
+Another process asking for it gets :class:`StoreError` at once (``LOCK_NB``),
+"already served by another process". Like SQLite's own locks it is not
+reliable on network filesystems.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from typing import Final
+
+from stoat_ferret.library._exceptions import StoreError
+
+LOCK_SUFFIX: Final = ".lock"
+"""Added to the database file's name: the lock file beside it."""
+
+LOCK_MODE: Final = 0o600
+
+_held: dict[tuple[int, int], tuple[int, int]] = {}
+"""(st_dev, st_ino) of a lock file this process holds -> (its descriptor, its count)."""
+_held_guard = threading.Lock()
+
+
+def lock_path(database: str) -> str:
+    """The lock file of the database file ``database``."""
+    return database + LOCK_SUFFIX
+
+
+class DatabaseLock:
+    """One hold of the lock of a database; :meth:`release` gives it back (idempotent)."""
+
+    def __init__(self, key: tuple[int, int], path: str) -> None:
+        self.path = path
+        self._key: tuple[int, int] | None = key
+
+    @classmethod
+    def acquire(cls, database: str) -> DatabaseLock:
+        """Take (or, in this process, count again) the lock of ``database``.
+
+        Raises:
+            StoreError: another process holds it, or the lock file cannot be
+                created or opened (a symlink there is refused).
+        """
+        path = lock_path(database)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, LOCK_MODE)
+        except OSError as exc:
+            reason = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise StoreError(
+                f"cannot open video store {database}: cannot open its lock file {path} ({reason})"
+            ) from None
+        with _held_guard:
+            try:
+                status = os.fstat(fd)
+                key = (status.st_dev, status.st_ino)
+                if key in _held:
+                    held_fd, count = _held[key]
+                    _held[key] = (held_fd, count + 1)
+                    os.close(fd)  # a second description: closing it keeps the flock
+                    return cls(key, path)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreError(
+                    f"cannot open video store {database}: it is already served by another"
+                    f" process (which holds {path})"
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise StoreError(
+                    f"cannot open video store {database}: cannot lock {path} ({exc.strerror})"
+                ) from None
+            _held[key] = (fd, 1)
+        return cls(key, path)
+
+    def release(self) -> None:
+        """Let go of this hold; the lock goes with the process's last hold."""
+        with _held_guard:
+            key, self._key = self._key, None
+            if key is None or key not in _held:
+                return
+            fd, count = _held[key]
+            if count > 1:
+                _held[key] = (fd, count - 1)
+                return
+            del _held[key]
+            os.close(fd)  # drops the flock
+
+    def __enter__(self) -> DatabaseLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
