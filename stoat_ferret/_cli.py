@@ -21,7 +21,7 @@ import textwrap
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret import __version__
-from stoat_ferret.library import StoreError, VideoStore
+from stoat_ferret.library import VideoStore, prepare_database
 from stoat_ferret.settings import Settings, SettingsError, options, parse_flag
 
 if TYPE_CHECKING:
@@ -160,7 +160,8 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
 
     Raises:
         SettingsError: the host does not resolve.
-        StoreError: the database's directory cannot be created, or the file
+        StoreError: the database's directory cannot be created or other
+            users can write into it, the file is a symbolic link, or it
             cannot be opened as a video store (not SQLite, newer schema...).
     """
     names = _names(names)
@@ -228,13 +229,8 @@ def _resolve_host(settings: Settings, name: str) -> None:
 
 
 def _open_database(path: Path, name: str) -> VideoStore:
-    """Open (create, migrate) the video store, creating its directory first."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"{name}: cannot create the directory of {path} ({exc.strerror})"
-        ) from None
+    """Open (create, migrate) the video store, in a private directory (``prepare_database``)."""
+    prepare_database(path, name)
     return VideoStore.open(path)
 
 
