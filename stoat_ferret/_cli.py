@@ -24,8 +24,9 @@ import textwrap
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret import __version__
-from stoat_ferret.library import SCHEMA_VERSION, StoreError, VideoStore
+from stoat_ferret.library import SCHEMA_VERSION, StoreError, VideoStore, prepare_database
 from stoat_ferret.library._connections import inspect_database
+from stoat_ferret.library._datadir import check_data_directory
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._store import BUSY_TIMEOUT_MS
 from stoat_ferret.library._thumbstore import MARKER as THUMBNAILS_MARKER
@@ -179,8 +180,9 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
 
     Raises:
         SettingsError: the host does not resolve.
-        StoreError: the database's directory cannot be created, the file
-            cannot be opened as a video store (not SQLite, not this service's,
+        StoreError: the database's directory cannot be created or other
+            users can write into it, the file is a symbolic link or cannot
+            be opened as a video store (not SQLite, not this service's,
             newer schema, damaged...), another process serves it, or the
             thumbnails' path is not a usable directory.
     """
@@ -215,9 +217,10 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
 
     Raises:
         SettingsError: the host does not resolve, or a scan root cannot be listed.
-        StoreError: the database's directory cannot be created, or the file
-            cannot be read, is not this service's, has a newer schema or
-            fails ``quick_check``; the thumbnails' path is not a usable directory.
+        StoreError: the database's directory cannot be created or other users
+            can write into it, or the file is a symbolic link, cannot be read,
+            is not this service's, has a newer schema or fails ``quick_check``;
+            the thumbnails' path is not a usable directory.
     """
     names = _names(names)
     _resolve_host(settings, names["host"])
@@ -233,6 +236,7 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
     _check_creatable(
         path.parent, f"{names['database_path']}: cannot create the directory of {path}"
     )
+    check_data_directory(path, names["database_path"])  # as serving would refuse it
     found = inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
     thumbnails = check_thumbnails(path)
     if not found.exists:
@@ -323,13 +327,8 @@ def _resolve_host(settings: Settings, name: str) -> None:
 
 
 def _open_database(path: Path, name: str) -> VideoStore:
-    """Open (create, migrate) the video store, creating its directory first."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"{name}: cannot create the directory of {path} ({exc.strerror})"
-        ) from None
+    """Open (create, migrate) the video store, in a private directory (``prepare_database``)."""
+    prepare_database(path, name)
     return VideoStore.open(path)
 
 

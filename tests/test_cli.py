@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import importlib.metadata
 import logging
 import os
+import pwd
 import re
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -598,3 +601,113 @@ def test_the_thumbnails_suffix_is_the_apps() -> None:
     from stoat_ferret.api._thumbnails import THUMBNAILS_SUFFIX
 
     assert cli_module.THUMBNAILS_SUFFIX == THUMBNAILS_SUFFIX
+
+
+def _check_line(database: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``check --database database``: its exit status and its one line on stderr."""
+    status = main(["check", "--database", str(database)])
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("stoat-ferret: --database: ")
+    return status, line
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("mode", [0o777, 0o1777])
+def test_a_world_writable_database_directory_is_refused(
+    tmp: Path, capsys: pytest.CaptureFixture[str], mode: int
+) -> None:
+    """Every user can create names there (also with the sticky bit, as /tmp): exit 2, one line."""
+    (tmp / "open").mkdir()
+    (tmp / "open").chmod(mode)
+
+    status, line = _check_line(tmp / "open" / "stoat.db", capsys)
+
+    assert status == 2
+    assert "is writable by every user" in line
+    assert not (tmp / "open" / "stoat.db").exists()
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_database_directory_of_another_user_is_refused(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Owned by a user other than the service's (and not root): exit 2, one line."""
+    (tmp / "theirs").mkdir()
+    if os.geteuid() == 0:
+        os.chown(tmp / "theirs", 54321, -1)
+    else:  # the directory is ours: the service runs as someone else
+        real = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: real + 1)
+
+    status, line = _check_line(tmp / "theirs" / "stoat.db", capsys)
+
+    assert status == 2
+    assert "belongs to user" in line
+    assert not (tmp / "theirs" / "stoat.db").exists()
+
+
+def _group(gid: int, members: list[str]) -> grp.struct_group:
+    return grp.struct_group(("staff", "x", gid, members))
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize(("others", "refused"), [([], False), (["mallory"], True)])
+def test_a_group_writable_database_directory_is_refused_if_others_are_in_the_group(
+    tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    others: list[str],
+    refused: bool,
+) -> None:
+    """0775 of the owner's private group (Ubuntu's umask 002) is fine; with
+    another user in the group it is refused: exit 2, one line naming them."""
+    (tmp / "shared").mkdir()
+    (tmp / "shared").chmod(0o775)
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: _group(gid, others))
+    monkeypatch.setattr(pwd, "getpwall", list)  # no one has the group as primary
+
+    status = main(["check", "--database", str(tmp / "shared" / "stoat.db")])
+
+    captured = capsys.readouterr()
+    if refused:
+        assert status == 2
+        [line] = captured.err.splitlines()
+        assert "is writable by group staff, which has other members (mallory;" in line
+    else:
+        assert (status, captured.err) == (0, "")
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_symlinked_database_file_is_refused(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite would follow a link in the database's place: exit 2, one line, target untouched."""
+    (tmp / "data").mkdir(mode=0o700)
+    (tmp / "data" / "stoat.db").symlink_to(tmp / "elsewhere.db")
+
+    status, line = _check_line(tmp / "data" / "stoat.db", capsys)
+
+    assert status == 2
+    assert "is a symbolic link" in line
+    assert not (tmp / "elsewhere.db").exists()
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_new_data_directory_and_database_are_private(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Serving's start-up creates each missing directory 0700 and the database
+    0600, whatever the umask (``check`` creates nothing)."""
+    database = tmp / "new" / "deeper" / "stoat.db"
+    old_umask = os.umask(0)
+    try:
+        cli_module.check_startup(Settings(database_path=database)).release()
+    finally:
+        os.umask(old_umask)
+
+    assert capsys.readouterr().err == ""
+    assert stat.S_IMODE(os.stat(tmp / "new").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp / "new" / "deeper").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(database).st_mode) == 0o600

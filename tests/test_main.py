@@ -138,6 +138,8 @@ BAD_SETTINGS = {
     "bad-log-level": {"STOAT_LOG_LEVEL": "loud"},
     "database-under-a-file": {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
     "corrupt-database": {"STOAT_DATABASE_PATH": "{tmp}/corrupt.db"},
+    "database-directory-world-writable": {"STOAT_DATABASE_PATH": "{tmp}/open/stoat.db"},
+    "database-a-symlink": {"STOAT_DATABASE_PATH": "{tmp}/link.db"},
     "misspelt-variable": {"STOAT_SCAN_ROOT": "{tmp}"},
     "beyond-loopback-without-token": {"STOAT_HOST": "0.0.0.0"},
 }
@@ -146,6 +148,9 @@ BAD_SETTINGS = {
 def _badserver_environment(tmp_path: Path, case: str) -> dict[str, str]:
     (tmp_path / "file").write_text("a regular file, not a directory")
     (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open").chmod(0o777)
+    (tmp_path / "link.db").symlink_to(tmp_path / "elsewhere.db")
     write_corrupt_video(tmp_path / "corrupt.db")
     env = server_environment(tmp_path)
     env.update({key: value.format(tmp=tmp_path) for key, value in BAD_SETTINGS[case].items()})

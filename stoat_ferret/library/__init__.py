@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority, lower_priority
 from stoat_ferret.library._beneath import PATH_MAX
+from stoat_ferret.library._datadir import prepare_database
 from stoat_ferret.library._exceptions import (
     DirectoryReplaced,
     LibraryError,
@@ -88,6 +89,7 @@ __all__ = [
     "make_scan_handler",
     "make_thumbnail",
     "parse_payload",
+    "prepare_database",
     "probe_video",
     "real_path",
     "submit_thumbnails",

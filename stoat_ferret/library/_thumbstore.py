@@ -17,6 +17,19 @@ the marker or is empty. A directory with other things in it is refused
 deleted from it, :meth:`ThumbnailStore.check` raises, and there are no
 thumbnails. Only entries named like a video id (``[0-9]+``) are ever swept.
 
+No symbolic link is ever followed in it, so that nothing outside it is
+written or deleted, whoever could put a link there: the directory is created
+with mode 0o700, and one that is a symbolic link, belongs to another user or
+is writable by every user is refused as above. Every operation goes through
+descriptors opened with ``O_NOFOLLOW`` (the directory, a video's folder, then
+the file); a video's folder is created with mode 0o700, and one that is a
+link (or not a directory) is never written through: :meth:`write` raises and
+logs an error, :meth:`read` and :meth:`state` find no thumbnail, and
+:meth:`remove` and :meth:`sweep` remove the link itself, never its target
+(folders are removed by :func:`shutil.rmtree`'s descriptor-based walk). A
+file larger than :data:`MAX_THUMBNAIL_BYTES` is no thumbnail of ours: it
+reads as missing (and is replaced by the next job).
+
 A thumbnail goes when its video row goes: :meth:`remove` is the library's
 delete hook (``VideoLibrary.on_delete``), called after the deletion commits.
 :meth:`sweep` removes what such a hook could have missed (a crash between the
@@ -38,18 +51,23 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import stat
-import tempfile
 import threading
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
+from stoat_ferret.library._datadir import (
+    PRIVATE_DIRECTORY_MODE,
+    PRIVATE_FILE_MODE,
+    make_private_directories,
+)
 from stoat_ferret.library._exceptions import StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable
+    from collections.abc import Collection, Iterable, Iterator
 
     from stoat_ferret.library._models import Fingerprint
 
@@ -60,7 +78,18 @@ VERSION: Final = "v1"
 MARKER: Final = ".stoat-ferret-thumbnails"
 """The file that marks a directory as this service's thumbnails directory."""
 
+MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
+"""The largest file read as a thumbnail. Ours (WebP, 320 pixels wide, at most
+1,280 high) are tens of kilobytes: a larger file is not one of ours, and
+counts as missing rather than being read whole."""
+
 _ID: Final = re.compile(r"[0-9]+", re.ASCII)
+_DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_OURS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+"""Missing, not a directory, a symbolic link: nothing of ours there."""
+_TEMPORARY_ATTEMPTS: Final = 100
 
 
 class ThumbnailStore:
@@ -86,33 +115,45 @@ class ThumbnailStore:
         return os.path.join(self._folder(video_id), _stem(fingerprint) + THUMBNAIL_SUFFIX)
 
     def read(self, video_id: int, fingerprint: Fingerprint) -> bytes | None:
-        """The thumbnail of this version of the video, or None while there is none."""
+        """The thumbnail of this version of the video, or None while there is none.
+
+        None too for what is not a thumbnail of ours: a symbolic link (to the
+        file or to its folder), a directory, a FIFO, an empty file (a write
+        cut short) or one larger than :data:`MAX_THUMBNAIL_BYTES`.
+        """
         if self.refused is not None:
             return None
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path_for(video_id, fingerprint), flags)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+            with _opened(self.directory) as top, _opened(_entry(video_id), top) as folder:
+                fd = os.open(_stem(fingerprint) + THUMBNAIL_SUFFIX, _READ, dir_fd=folder)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:  # a symlink: not ours
+            if exc.errno in _NOT_OURS:
                 return None
             raise
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO: not ours
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_THUMBNAIL_BYTES:
                 return None
             with os.fdopen(fd, "rb", closefd=False) as file:
-                return file.read() or None  # an empty file: a write cut short
+                image = file.read(MAX_THUMBNAIL_BYTES + 1)
+            if len(image) > MAX_THUMBNAIL_BYTES:  # grown since the fstat
+                return None
+            return image or None
         finally:
             os.close(fd)
 
     def state(self, video_id: int, fingerprint: Fingerprint) -> str | None:
         """``"made"``, ``"failed"``, or None when this version has not been tried."""
-        stem = os.path.join(self._folder(video_id), _stem(fingerprint))
-        with contextlib.suppress(OSError):
-            if os.stat(stem + THUMBNAIL_SUFFIX).st_size > 0:
-                return "made"
-        if os.path.exists(stem + FAILED_SUFFIX):
+        stem = _stem(fingerprint)
+        try:
+            with _opened(self.directory) as top, _opened(_entry(video_id), top) as folder:
+                made = _regular_size(stem + THUMBNAIL_SUFFIX, folder)
+                failed = _regular_size(stem + FAILED_SUFFIX, folder)
+        except OSError:
+            return None
+        if made is not None and 0 < made <= MAX_THUMBNAIL_BYTES:
+            return "made"
+        if failed is not None:
             return "failed"
         return None
 
@@ -125,46 +166,52 @@ class ThumbnailStore:
         """File ``image`` (None: the failure marker) for this version; drop older versions.
 
         Raises:
-            OSError: the file cannot be written (the folder is left as it was).
+            OSError: the file cannot be written (the folder is left as it was),
+                or the video's folder is a symbolic link or not a directory
+                (nothing is written or deleted; an error is logged).
             StoreError: the directory was refused (:attr:`refused`).
         """
         self.check()
-        folder = self._folder(video_id)
         name = _stem(fingerprint) + (THUMBNAIL_SUFFIX if image is not None else FAILED_SUFFIX)
         with self._lock:
-            if not os.path.isdir(self.directory):  # removed meanwhile: made again, marked
-                self.refused = self._claim()
-                self.check()
-            os.makedirs(folder, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+            top = self._open_directory()  # removed meanwhile: made again, marked
             try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(image or b"")
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, os.path.join(folder, name))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-            for entry in os.listdir(folder):
-                if entry != name:
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, entry))
+                folder = self._open_folder(top, video_id)
+            finally:
+                os.close(top)
+            try:
+                _write_file(folder, name, image or b"")
+                for entry in os.listdir(folder):
+                    if entry != name:
+                        with contextlib.suppress(OSError):  # unlink never follows a link
+                            os.unlink(entry, dir_fd=folder)
+            finally:
+                os.close(folder)
 
     def remove(self, video_ids: Iterable[int]) -> None:
         """Remove every file of these videos. Never raises: a failure is logged."""
         if self.refused is not None:
             return
         with self._lock:
-            for video_id in video_ids:
-                self._remove_folder(self._folder(video_id))
+            try:
+                top = os.open(self.directory, _DIRECTORY)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    logger.warning(
+                        "cannot remove thumbnails", directory=self.directory, reason=str(exc)
+                    )
+                return
+            try:
+                for video_id in video_ids:
+                    self._remove_entry(top, _entry(video_id))
+            finally:
+                os.close(top)
 
     def sweep(self, stored_ids: Collection[int]) -> int:
         """Remove the files of every video not in ``stored_ids``; return how many videos.
 
-        Only entries named like a video id are touched. A directory removed
-        meanwhile is made again (empty).
+        Only entries named like a video id are touched (a symbolic link: the
+        link itself). A directory removed meanwhile is made again (empty).
 
         Raises:
             StoreError: the directory was refused (:attr:`refused`).
@@ -173,52 +220,141 @@ class ThumbnailStore:
         self.check()
         removed = 0
         with self._lock:
+            top = self._open_directory()
             try:
-                entries = os.listdir(self.directory)
-            except FileNotFoundError:
-                self.refused = self._claim()
-                return 0
-            for entry in entries:
-                if not _ID.fullmatch(entry) or int(entry) in stored_ids:
-                    continue
-                self._remove_folder(os.path.join(self.directory, entry))
-                removed += 1
+                for entry in os.listdir(top):
+                    if not _ID.fullmatch(entry) or int(entry) in stored_ids:
+                        continue
+                    self._remove_entry(top, entry)
+                    removed += 1
+            finally:
+                os.close(top)
         return removed
 
     def _claim(self) -> str | None:
         """Create the directory with its marker, or take over one that is ours or empty."""
-        marker = os.path.join(self.directory, MARKER)
         try:
-            os.mkdir(self.directory)
+            os.mkdir(self.directory, PRIVATE_DIRECTORY_MODE)
         except FileNotFoundError:
-            os.makedirs(self.directory)
+            make_private_directories(self.directory)
         except FileExistsError:
-            if os.path.exists(marker):
+            if stat.S_ISLNK(os.lstat(self.directory).st_mode):
+                return self._refuse("is a symbolic link")
+        with _opened(self.directory) as top:
+            info = os.fstat(top)
+            if info.st_uid != os.geteuid():
+                return self._refuse(f"belongs to another user (uid {info.st_uid})")
+            if info.st_mode & stat.S_IWOTH:
+                return self._refuse("is writable by every user")
+            if _regular_size(MARKER, top) is not None:
                 return None
-            if os.listdir(self.directory):
-                reason = (
-                    f"{self.directory} is not empty and not marked as stoat_ferret's"
-                    f" (no {MARKER} file): it is left alone, and there are no thumbnails"
+            if os.listdir(top):
+                return self._refuse(
+                    f"is not empty and not marked as stoat_ferret's (no {MARKER} file)"
                 )
-                logger.warning("thumbnails directory refused", reason=reason)
-                return reason
-        with open(marker, "x") as file:
-            file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
+            marker = os.open(MARKER, _NEW, PRIVATE_FILE_MODE, dir_fd=top)
+            with os.fdopen(marker, "w") as file:
+                file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
         return None
 
-    def _folder(self, video_id: int) -> str:
-        return os.path.join(self.directory, str(int(video_id)))
+    def _refuse(self, why: str) -> str:
+        reason = f"{self.directory} {why}: it is left alone, and there are no thumbnails"
+        logger.warning("thumbnails directory refused", reason=reason)
+        return reason
 
-    def _remove_folder(self, folder: str) -> None:
+    def _open_directory(self) -> int:
+        """The directory, opened without following a link; made again if it is missing.
+
+        Raises:
+            StoreError: it is refused now (a symbolic link put in its place...).
+            OSError: it cannot be opened or made again.
+        """
         try:
-            shutil.rmtree(folder)
+            return os.open(self.directory, _DIRECTORY)
+        except OSError as exc:
+            if exc.errno not in _NOT_OURS:
+                raise
+        self.refused = self._claim()
+        self.check()
+        return os.open(self.directory, _DIRECTORY)
+
+    def _open_folder(self, top: int, video_id: int) -> int:
+        """The video's folder in ``top``, created (0o700) if missing, never through a link."""
+        entry = _entry(video_id)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(entry, PRIVATE_DIRECTORY_MODE, dir_fd=top)
+        try:
+            return os.open(entry, _DIRECTORY, dir_fd=top)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            folder = self._folder(video_id)
+            logger.error("thumbnails folder is not a directory (a symbolic link?)", folder=folder)
+            raise OSError(
+                exc.errno, "its folder is a symbolic link or not a directory: left alone", folder
+            ) from None
+
+    def _folder(self, video_id: int) -> str:
+        return os.path.join(self.directory, _entry(video_id))
+
+    def _remove_entry(self, top: int, entry: str) -> None:
+        """Remove ``entry`` of ``top``: a folder with its files, anything else itself."""
+        try:
+            if stat.S_ISDIR(os.lstat(entry, dir_fd=top).st_mode):
+                shutil.rmtree(entry, dir_fd=top)  # by descriptors: follows no link
+            else:
+                os.unlink(entry, dir_fd=top)  # a link: the link, never its target
         except FileNotFoundError:
             pass
-        except NotADirectoryError:
-            with contextlib.suppress(OSError):
-                os.unlink(folder)
         except OSError as exc:
+            folder = os.path.join(self.directory, entry)
             logger.warning("cannot remove thumbnails", folder=folder, reason=str(exc))
+
+
+@contextlib.contextmanager
+def _opened(path: str, dir_fd: int | None = None) -> Iterator[int]:
+    """A directory's descriptor, opened without following a symbolic link."""
+    fd = os.open(path, _DIRECTORY, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _regular_size(name: str, dir_fd: int) -> int | None:
+    """The size of the regular file ``name`` in ``dir_fd``; None if missing or not one."""
+    try:
+        info = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _write_file(folder: int, name: str, data: bytes) -> None:
+    """Write ``name`` in ``folder`` atomically: a temporary file, fsync'ed, then renamed."""
+    for _ in range(_TEMPORARY_ATTEMPTS):
+        temporary = f".{secrets.token_hex(8)}.part"
+        try:
+            handle = os.open(temporary, _NEW, PRIVATE_FILE_MODE, dir_fd=folder)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary name")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=folder)
+        raise
+
+
+def _entry(video_id: int) -> str:
+    return str(int(video_id))
 
 
 def _stem(fingerprint: Fingerprint) -> str:

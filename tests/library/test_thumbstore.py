@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from stoat_ferret.library import (
     VideoStore,
     make_scan_handler,
 )
-from stoat_ferret.library._thumbstore import MARKER
+from stoat_ferret.library._thumbstore import MARKER, MAX_THUMBNAIL_BYTES
 from tests.library.support import make_context
 
 if TYPE_CHECKING:
@@ -151,6 +152,133 @@ def test_a_symlinked_image_is_not_read(tmp_path: Path) -> None:
     assert store.read(7, (10, 10)) is None
 
 
+def test_a_symlinked_video_folder_is_never_written_through(tmp_path: Path) -> None:
+    """A link in place of a video's folder: the write is refused, nothing of the
+    target is deleted or written; read and state find nothing; remove drops the link only."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_bytes(b"keep")
+    (tmp_path / "thumbs" / "1").symlink_to(victim)
+
+    with pytest.raises(OSError, match="symbolic link"):
+        store.write(1, (10, 10), b"image")
+    assert os.listdir(victim) == ["keep.txt"]
+    (victim / "v1-10-10.webp").write_bytes(b"not through the link")
+    assert store.read(1, (10, 10)) is None
+    assert store.state(1, (10, 10)) is None
+
+    store.remove([1])
+
+    assert not os.path.lexists(tmp_path / "thumbs" / "1")
+    assert sorted(os.listdir(victim)) == ["keep.txt", "v1-10-10.webp"]
+
+
+def test_sweep_removes_a_symlinked_folder_not_its_target(tmp_path: Path) -> None:
+    """sweep() drops a link named like a video id, never what it points to."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "keep.txt").write_bytes(b"keep")
+    (tmp_path / "thumbs" / "5").symlink_to(victim)
+
+    assert store.sweep(set()) == 1
+
+    assert os.listdir(tmp_path / "thumbs") == [MARKER]
+    assert os.listdir(victim / "sub") == ["keep.txt"]
+
+
+@pytest.mark.parametrize("target", ["empty", "marked"])
+def test_a_symlinked_thumbnails_directory_is_refused(tmp_path: Path, target: str) -> None:
+    """The thumbnails directory a link (to an empty directory, or to one with a
+    marker): refused; nothing is written into the target, sweep deletes nothing there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if target == "marked":
+        (elsewhere / MARKER).write_bytes(b"")
+        (elsewhere / "1").mkdir()
+        (elsewhere / "1" / "precious").write_bytes(b"mine")
+    before = sorted(os.listdir(elsewhere))
+    (tmp_path / "thumbs").symlink_to(elsewhere)
+
+    store = ThumbnailStore(tmp_path / "thumbs")
+    with contextlib.suppress(StoreError):
+        store.sweep(set())
+    with contextlib.suppress(StoreError):
+        store.write(2, (10, 10), b"x")
+    store.remove([1])
+
+    assert sorted(os.listdir(elsewhere)) == before
+    if target == "marked":
+        assert os.listdir(elsewhere / "1") == ["precious"]
+    assert store.refused is not None
+    assert "symbolic link" in store.refused
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.sweep(set())
+
+
+def test_a_thumbnails_directory_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
+    """A link put in the directory's place while the service runs: write and sweep
+    refuse, nothing is written or deleted in the target."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "3").mkdir(parents=True)
+    (elsewhere / MARKER).write_bytes(b"")
+    shutil.rmtree(tmp_path / "thumbs")
+    (tmp_path / "thumbs").symlink_to(elsewhere)
+
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.write(2, (10, 10), b"x")
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.sweep(set())
+
+    assert sorted(os.listdir(elsewhere)) == sorted(["3", MARKER])
+
+
+def test_new_directories_and_files_are_private(tmp_path: Path) -> None:
+    """The directory (and its missing parents), each folder and file: the owner's only,
+    whatever the umask."""
+    old_umask = os.umask(0)
+    try:
+        store = ThumbnailStore(tmp_path / "new" / "thumbs")
+        store.write(7, (10, 10), b"image")
+    finally:
+        os.umask(old_umask)
+
+    def mode(path: Path | str) -> int:
+        return os.stat(path).st_mode & 0o777
+
+    assert mode(tmp_path / "new") == 0o700
+    assert mode(tmp_path / "new" / "thumbs") == 0o700
+    assert mode(tmp_path / "new" / "thumbs" / "7") == 0o700
+    assert mode(store.path_for(7, (10, 10))) == 0o600
+
+
+def test_an_oversized_thumbnail_file_reads_as_missing(tmp_path: Path) -> None:
+    """A file far larger than any thumbnail of ours is not read whole: it is missing."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), b"x")
+    os.truncate(store.path_for(7, (10, 10)), 64 * 1024 * 1024)  # sparse
+
+    assert store.read(7, (10, 10)) is None
+    assert store.state(7, (10, 10)) is None
+
+
+def test_the_size_cap_is_inclusive(tmp_path: Path) -> None:
+    """A file of exactly MAX_THUMBNAIL_BYTES reads; one byte more does not."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), b"x")
+    path = store.path_for(7, (10, 10))
+
+    os.truncate(path, MAX_THUMBNAIL_BYTES)
+    image = store.read(7, (10, 10))
+    os.truncate(path, MAX_THUMBNAIL_BYTES + 1)
+
+    assert image is not None
+    assert len(image) == MAX_THUMBNAIL_BYTES
+    assert store.read(7, (10, 10)) is None
+
+
 def test_an_image_is_on_the_disk_before_it_gets_its_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,9 +291,9 @@ def test_an_image_is_on_the_disk_before_it_gets_its_name(
         events.append(f"fsync {os.fstat(fd).st_size}")
         real_fsync(fd)
 
-    def replace(source: str, target: str) -> None:
+    def replace(source: str, target: str, **dir_fds: int) -> None:
         events.append("replace")
-        real_replace(source, target)
+        real_replace(source, target, **dir_fds)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
