@@ -16,7 +16,8 @@ needs a file.
 Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
 committed batches, never consistency), ``busy_timeout`` for other processes.
 
-Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``.
+Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``;
+the statements of the ``scan_errors`` table: ``_errorrows.py``.
 
 A row the store cannot hold never fails its batch (``_rows.py`` says how it
 is found): :meth:`VideoStore.apply` writes the rest, deletes the refused
@@ -58,6 +59,7 @@ from stoat_ferret.library._connections import (
     open_writer,
     transaction,
 )
+from stoat_ferret.library._errorrows import delete_scope_errors, error_page, insert_errors
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
@@ -332,12 +334,9 @@ class VideoStore:
         """Forget the errors of earlier scans of this scope, make ``job_id``
         its owner, and store ``errors`` (the first of ``job_id``, if any)."""
         with self._writing() as connection:
-            connection.execute(
-                "DELETE FROM scan_errors WHERE directory = ? AND recursive = ?",
-                (directory, int(recursive)),
-            )
+            delete_scope_errors(connection, directory, recursive)
             self._error_owners[(directory, recursive)] = job_id
-            _insert_errors(connection, job_id, directory, recursive, errors)
+            insert_errors(connection, job_id, directory, recursive, errors)
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
@@ -347,7 +346,7 @@ class VideoStore:
         if errors:
             with self._writing() as connection:
                 if self._error_owners.get((directory, recursive)) == job_id:
-                    _insert_errors(connection, job_id, directory, recursive, errors)
+                    insert_errors(connection, job_id, directory, recursive, errors)
 
     def scan_errors(
         self, job_id: str, limit: int, offset: int
@@ -360,15 +359,7 @@ class VideoStore:
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
         with self._reading() as connection:
-            rows = connection.execute(
-                "SELECT path, error FROM scan_errors WHERE job_id = ?"
-                " ORDER BY seq LIMIT ? OFFSET ?",
-                (job_id, limit, offset),
-            ).fetchall()
-            (total,) = connection.execute(
-                "SELECT count(*) FROM scan_errors WHERE job_id = ?", (job_id,)
-            ).fetchone()
-        return [(path, error) for path, error in rows], int(total)
+            return error_page(connection, job_id, limit, offset)
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -398,24 +389,3 @@ class VideoStore:
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
-
-
-def _insert_errors(
-    connection: sqlite3.Connection,
-    job_id: str,
-    directory: str,
-    recursive: bool,
-    errors: Sequence[tuple[str, str]],
-) -> None:
-    (last,) = connection.execute(
-        "SELECT max(seq) FROM scan_errors WHERE job_id = ?", (job_id,)
-    ).fetchone()
-    first = 0 if last is None else last + 1
-    connection.executemany(
-        "INSERT INTO scan_errors (job_id, seq, directory, recursive, path, error)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            (job_id, first + index, directory, int(recursive), path, error)
-            for index, (path, error) in enumerate(errors)
-        ),
-    )
