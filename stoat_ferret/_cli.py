@@ -29,7 +29,7 @@ from stoat_ferret.library._connections import inspect_database
 from stoat_ferret.library._datadir import check_data_directory
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._store import BUSY_TIMEOUT_MS
-from stoat_ferret.library._thumbstore import MARKER as THUMBNAILS_MARKER
+from stoat_ferret.library._thumbstore import directory_refusal as thumbnails_directory_refusal
 from stoat_ferret.settings import Settings, SettingsError, options, parse_flag
 
 if TYPE_CHECKING:
@@ -188,14 +188,18 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
     """
     names = _names(names)
     _resolve_host(settings, names["host"])
-    store = _open_database(settings.database_path, names["database_path"])
+    path = settings.database_path
+    prepare_database(path, names["database_path"])
+    # Read before anything is written: a damaged file (quick_check) or one
+    # that is not this service's is refused as it is.
+    inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
+    store = VideoStore.open(path)
     try:
         hold = DatabaseLock.acquire(store.path)
     finally:
         store.close()
     try:
-        inspect_database(store.path, BUSY_TIMEOUT_MS)
-        check_thumbnails(settings.database_path)
+        check_thumbnails(path)
     except BaseException:
         hold.release()
         raise
@@ -270,20 +274,19 @@ def check_thumbnails(database: Path) -> str | None:
     if not os.path.lexists(directory):
         _check_creatable(database.parent, f"cannot create the thumbnails directory {directory}")
         return None
-    if not directory.is_dir():
+    if not directory.is_symlink() and not directory.is_dir():
         raise StoreError(f"the thumbnails directory {directory} is not a directory")
     try:
-        entries = os.listdir(directory)
+        problem = thumbnails_directory_refusal(os.fspath(directory))
     except OSError as exc:
         raise StoreError(
-            f"cannot list the thumbnails directory {directory} ({exc.strerror})"
+            f"cannot use the thumbnails directory {directory} ({exc.strerror})"
         ) from None
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if problem is None and not os.access(directory, os.W_OK | os.X_OK):
         raise StoreError(f"cannot write to the thumbnails directory {directory}")
-    if entries and THUMBNAILS_MARKER not in entries:
+    if problem is not None:
         return (
-            f"thumbnails: {directory} is not empty and not marked as stoat_ferret's"
-            f" (no {THUMBNAILS_MARKER} file): serving would leave it alone, without thumbnails"
+            f"thumbnails: {directory} {problem}: serving would leave it alone, without thumbnails"
         )
     return None
 
@@ -324,12 +327,6 @@ def _resolve_host(settings: Settings, name: str) -> None:
         socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise SettingsError(f"{name}: cannot use {settings.host!r} ({exc})") from None
-
-
-def _open_database(path: Path, name: str) -> VideoStore:
-    """Open (create, migrate) the video store, in a private directory (``prepare_database``)."""
-    prepare_database(path, name)
-    return VideoStore.open(path)
 
 
 def one_line(exc: Exception) -> str:

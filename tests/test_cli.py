@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import importlib.metadata
 import logging
@@ -25,7 +26,7 @@ from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
 from stoat_ferret.__main__ import main
 from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
-from stoat_ferret.library import SCHEMA_VERSION, ThreadPriority, VideoStore
+from stoat_ferret.library import SCHEMA_VERSION, StoreError, ThreadPriority, VideoStore
 from stoat_ferret.library._schema import MIGRATIONS
 from stoat_ferret.settings import Settings, SettingsError, options
 from stoat_ferret.settings import _checks as checks_module
@@ -648,35 +649,127 @@ def test_a_database_directory_of_another_user_is_refused(
     assert not (tmp / "theirs" / "stoat.db").exists()
 
 
-def _group(gid: int, members: list[str]) -> grp.struct_group:
-    return grp.struct_group(("staff", "x", gid, members))
+def _user_named(name: str, gid: int) -> pwd.struct_passwd:
+    return pwd.struct_passwd((name, "x", os.geteuid(), gid, "", "/", "/bin/sh"))
 
 
 @pytest.mark.usefixtures("_restored_logging")
-@pytest.mark.parametrize(("others", "refused"), [([], False), (["mallory"], True)])
-def test_a_group_writable_database_directory_is_refused_if_others_are_in_the_group(
+@pytest.mark.parametrize(
+    ("group_name", "members", "refused"),
+    [
+        pytest.param("owner", [], False, id="private group"),
+        pytest.param("owner", ["owner"], False, id="private group listing its owner"),
+        pytest.param("owner", ["mallory"], True, id="private group with another member"),
+        # No member listed, but a shared group's users may come from elsewhere
+        # (LDAP, nested groups): not provably private, so refused.
+        pytest.param("staff", [], True, id="shared group"),
+    ],
+)
+def test_a_group_writable_database_directory_needs_its_owners_private_group(
     tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    others: list[str],
+    group_name: str,
+    members: list[str],
     refused: bool,
 ) -> None:
-    """0775 of the owner's private group (Ubuntu's umask 002) is fine; with
-    another user in the group it is refused: exit 2, one line naming them."""
-    (tmp / "shared").mkdir()
-    (tmp / "shared").chmod(0o775)
-    monkeypatch.setattr(grp, "getgrgid", lambda gid: _group(gid, others))
-    monkeypatch.setattr(pwd, "getpwall", list)  # no one has the group as primary
+    """0775 of the owner's private group (Ubuntu's umask 002) is fine; any other
+    group that may write is refused: exit 2, one line naming it."""
+    shared = tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    gid = shared.stat().st_gid
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: _user_named("owner", gid))
+    monkeypatch.setattr(
+        grp, "getgrgid", lambda _: grp.struct_group((group_name, "x", gid, members))
+    )
+    monkeypatch.setattr(os, "getxattr", _no_acl)
 
-    status = main(["check", "--database", str(tmp / "shared" / "stoat.db")])
+    status = main(["check", "--database", str(shared / "stoat.db")])
 
     captured = capsys.readouterr()
     if refused:
         assert status == 2
         [line] = captured.err.splitlines()
-        assert "is writable by group staff, which has other members (mallory;" in line
+        assert f"is writable by group {group_name}, not its owner's private group" in line
     else:
         assert (status, captured.err) == (0, "")
+
+
+def _no_acl(path: object, attribute: str) -> bytes:
+    raise OSError(errno.ENODATA, "No data available")
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_group_writable_database_directory_with_an_acl_is_refused(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With an access ACL the group bits are its mask: a named user may write, whatever
+    the group. Refused, one line."""
+    shared = tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o770)
+    gid = shared.stat().st_gid
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: _user_named("owner", gid))
+    monkeypatch.setattr(grp, "getgrgid", lambda _: grp.struct_group(("owner", "x", gid, [])))
+    acl_reads: list[str] = []
+
+    def an_acl(path: object, attribute: str) -> bytes:
+        acl_reads.append(attribute)
+        return b"\x02\x00\x00\x00"
+
+    monkeypatch.setattr(os, "getxattr", an_acl)
+
+    status = main(["check", "--database", str(shared / "stoat.db")])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert "has an access ACL that may let others write" in line
+    assert acl_reads == ["system.posix_acl_access"]
+
+
+def test_serving_refuses_a_damaged_database_before_writing_to_it(tmp: Path) -> None:
+    """The start-up check reads first (quick_check on a read-only connection): the
+    damaged file is refused as it was, not switched to WAL nor migrated."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = write_damaged_database(tmp / "data" / "stoat.db")
+    before = database.read_bytes()
+
+    with pytest.raises(StoreError, match="is damaged: PRAGMA quick_check"):
+        check_startup(Settings(database_path=database))
+
+    assert database.read_bytes() == before
+
+
+def test_check_says_serving_would_leave_a_linked_thumbnails_directory_alone(tmp: Path) -> None:
+    """The start-up's own rule, read only: a symbolic link in the thumbnails'
+    place is noted (serving runs without thumbnails), its target untouched."""
+    (tmp / "data").mkdir(mode=0o700)
+    (tmp / "elsewhere").mkdir()
+    (tmp / "data" / "stoat.db.thumbnails").symlink_to(tmp / "elsewhere")
+
+    line = cli_module.check(Settings(database_path=tmp / "data" / "stoat.db"))
+
+    assert line.endswith(
+        f"thumbnails: {tmp / 'data' / 'stoat.db.thumbnails'} is a symbolic link:"
+        " serving would leave it alone, without thumbnails"
+    )
+    assert list((tmp / "elsewhere").iterdir()) == []
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_fifo_in_the_databases_place_is_refused_not_waited_on(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Opening a FIFO would block until a writer came: refused first, one line."""
+    (tmp / "data").mkdir(mode=0o700)
+    os.mkfifo(tmp / "data" / "stoat.db")
+
+    status = main(["check", "--database", str(tmp / "data" / "stoat.db")])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line.endswith("stoat.db is not a regular file")
 
 
 @pytest.mark.usefixtures("_restored_logging")

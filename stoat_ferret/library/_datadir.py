@@ -12,18 +12,25 @@ own rights. So, before the service opens its database
 - the directory is refused when it is writable by every user (also with the
   sticky bit, as ``/tmp``: others cannot delete the service's files there,
   but can create the names it would use), when it belongs to a user other
-  than the service's (root excepted: root can do anything anyway), or when
-  it is writable by a group with members other than its owner and the
-  service's user. A group-writable directory of its owner's private group
-  (``0775`` under Ubuntu's umask 002, the group named after the user and
-  with no one else in it) is accepted: no one else can write there;
-- the database file must not be a symbolic link, and a new one is created
+  than the service's (root excepted: root can do anything anyway), when it
+  is writable by a group other than its owner's private group, or when it
+  has an access ACL that lets a group or a named user write (the mode's
+  group bits then show the ACL's mask, not one group). A group-writable
+  directory of its owner's private group is accepted (``0775`` under
+  Ubuntu's umask 002): the group is the owner's primary group, named after
+  the owner, and lists no member but the owner and the service's user. Any
+  other group is refused, whoever its members are: the system's user and
+  group lists may be incomplete (LDAP, nested groups), so "no other member"
+  cannot be proved for a shared group, and the check fails closed;
+- the database file must be a regular file (not a symbolic link, a FIFO or
+  a directory), and a new one is created
   with mode 0o600 (SQLite gives its ``-wal`` and ``-shm`` files the
   database's mode), so that other local users cannot read the video paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -50,7 +57,7 @@ def make_private_directories(path: str | os.PathLike[str]) -> None:
         os.mkdir(name, PRIVATE_DIRECTORY_MODE)
     except FileNotFoundError:
         make_private_directories(os.path.dirname(name))
-        os.mkdir(name, PRIVATE_DIRECTORY_MODE)
+        make_private_directories(name)  # another start may make it meanwhile
     except FileExistsError:
         if not os.path.isdir(name):
             raise
@@ -99,7 +106,7 @@ def prepare_database(path: Path, name: str) -> None:
 
 
 def _refuse_others(path: Path, name: str, info: os.stat_result) -> None:
-    problem = _writable_by_others(info)
+    problem = _writable_by_others(info, path.parent)
     if problem is not None:
         raise StoreError(
             f"{name}: the directory of {path}, {path.parent}, {problem}: other users"
@@ -108,60 +115,66 @@ def _refuse_others(path: Path, name: str, info: os.stat_result) -> None:
 
 
 def _refuse_link(path: Path, name: str) -> bool:
-    """Refuse a database file that is a symbolic link; return whether the file exists."""
+    """Refuse a database file that is not a regular file (a symbolic link, a FIFO
+    that would block the open, a directory); return whether the file exists."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        raise StoreError(f"{name}: cannot look at {path} ({exc.strerror})") from None
     if stat.S_ISLNK(mode):
         raise StoreError(f"{name}: {path} is a symbolic link: give the database file's own path")
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"{name}: {path} is not a regular file")
     return True
 
 
-def _writable_by_others(info: os.stat_result) -> str | None:
-    """Why users other than the owner and the service's may write into the directory, or None."""
+def _writable_by_others(info: os.stat_result, directory: Path) -> str | None:
+    """Why users other than the owner and the service's may write into ``directory``
+    (whose ``stat`` is ``info``), or None."""
     mode = stat.S_IMODE(info.st_mode)
     service = os.geteuid()
     if mode & stat.S_IWOTH:
         return f"is writable by every user (mode {mode:04o}; chmod o-w fixes it)"
     if info.st_uid not in (service, 0):
-        return f"belongs to {_user(info.st_uid)}, not to {_user(service)}, the service's user"
-    if mode & stat.S_IWGRP:
-        others = _other_members(info.st_gid, {info.st_uid, service})
-        if others is None:
-            return (
-                f"is writable by group {info.st_gid}, whose members are unknown"
-                f" (mode {mode:04o}; chmod g-w fixes it)"
-            )
-        if others:
-            return (
-                f"is writable by group {_group(info.st_gid)}, which has other members"
-                f" ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''};"
-                f" mode {mode:04o}; chmod g-w fixes it)"
-            )
+        return (
+            f"belongs to {_user(info.st_uid)}, not to {_user(service)}, the service's user"
+            " (run the service, and check, as the directory's owner)"
+        )
+    if not mode & stat.S_IWGRP:
+        return None
+    if _has_access_acl(directory):
+        return f"has an access ACL that may let others write (mode {mode:04o}; setfacl -b fixes it)"
+    if not _private_group(info.st_uid, info.st_gid, service):
+        return (
+            f"is writable by group {_group(info.st_gid)}, not its owner's private group"
+            f" (mode {mode:04o}; chmod g-w fixes it)"
+        )
     return None
 
 
-def _other_members(gid: int, trusted: set[int]) -> list[str] | None:
-    """The users of group ``gid`` other than ``trusted`` (uids), or None if the group is unknown.
-
-    Members are the group's listed ones and the users whose primary group it is.
-    """
+def _has_access_acl(directory: Path) -> bool:
+    """Whether ``directory`` has a POSIX access ACL (beyond its mode bits)."""
     try:
+        os.getxattr(directory, "system.posix_acl_access")
+    except OSError:  # none (ENODATA), or a file system without ACLs (ENOTSUP)
+        return False
+    return True
+
+
+def _private_group(owner: int, gid: int, service: int) -> bool:
+    """Whether ``gid`` is the private group of user ``owner``: its primary group,
+    named after it, listing no member but it and the service's user."""
+    try:
+        user = pwd.getpwuid(owner)
         group = grp.getgrgid(gid)
     except KeyError:
-        return None
-    trusted_names = set()
-    for uid in trusted:
-        try:
-            trusted_names.add(pwd.getpwuid(uid).pw_name)
-        except KeyError:
-            continue
-    others = {member for member in group.gr_mem if member not in trusted_names}
-    others.update(
-        user.pw_name for user in pwd.getpwall() if user.pw_gid == gid and user.pw_uid not in trusted
-    )
-    return sorted(others)
+        return False
+    trusted = {user.pw_name}
+    with contextlib.suppress(KeyError):
+        trusted.add(pwd.getpwuid(service).pw_name)
+    return user.pw_gid == gid and group.gr_name == user.pw_name and set(group.gr_mem) <= trusted
 
 
 def _user(uid: int) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._datadir import prepare_database
 from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:
@@ -236,10 +236,7 @@ class VideoLibrary:
 
 
 def _open_store(path: str) -> VideoStore:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot open video store {path}: cannot create its directory ({exc.strerror})"
-        ) from exc
+    # The data directory's rules hold for every way in (create_app too, not
+    # only the command line): private, refused when others may write into it.
+    prepare_database(Path(path), f"cannot open video store {path}")
     return VideoStore.open(path)

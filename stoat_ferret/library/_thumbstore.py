@@ -239,19 +239,12 @@ class ThumbnailStore:
             make_private_directories(self.directory)
         except FileExistsError:
             if stat.S_ISLNK(os.lstat(self.directory).st_mode):
-                return self._refuse("is a symbolic link")
+                return self._refuse(_LINK)
         with _opened(self.directory) as top:
-            info = os.fstat(top)
-            if info.st_uid != os.geteuid():
-                return self._refuse(f"belongs to another user (uid {info.st_uid})")
-            if info.st_mode & stat.S_IWOTH:
-                return self._refuse("is writable by every user")
+            if (problem := _not_ours(top)) is not None:
+                return self._refuse(problem)
             if _regular_size(MARKER, top) is not None:
                 return None
-            if os.listdir(top):
-                return self._refuse(
-                    f"is not empty and not marked as stoat_ferret's (no {MARKER} file)"
-                )
             marker = os.open(MARKER, _NEW, PRIVATE_FILE_MODE, dir_fd=top)
             with os.fdopen(marker, "w") as file:
                 file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
@@ -309,6 +302,36 @@ class ThumbnailStore:
         except OSError as exc:
             folder = os.path.join(self.directory, entry)
             logger.warning("cannot remove thumbnails", folder=folder, reason=str(exc))
+
+
+_LINK: Final = "is a symbolic link"
+
+
+def directory_refusal(directory: str) -> str | None:
+    """Why a store would leave ``directory`` alone (and run without thumbnails),
+    or None if it would use it: the same rules as its start, read only.
+
+    Raises:
+        OSError: it cannot be looked at or opened (not a directory, denied...).
+    """
+    if stat.S_ISLNK(os.lstat(directory).st_mode):
+        return _LINK
+    with _opened(directory) as top:
+        return _not_ours(top)
+
+
+def _not_ours(top: int) -> str | None:
+    """Why the open thumbnails directory ``top`` is not the store's to use, or None:
+    another user's, writable by every user, or holding others' files (not empty,
+    and without the marker)."""
+    info = os.fstat(top)
+    if info.st_uid != os.geteuid():
+        return f"belongs to another user (uid {info.st_uid})"
+    if info.st_mode & stat.S_IWOTH:
+        return "is writable by every user"
+    if _regular_size(MARKER, top) is None and os.listdir(top):
+        return f"is not empty and not marked as stoat_ferret's (no {MARKER} file)"
+    return None
 
 
 @contextlib.contextmanager

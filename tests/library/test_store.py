@@ -367,8 +367,22 @@ async def test_library_open_reports_an_uncreatable_directory(tmp_path: Path) -> 
     """A parent path that is a file gives a StoreError, not an OSError."""
     (tmp_path / "file").write_text("x")
 
-    with anyio.fail_after(10), pytest.raises(StoreError, match="cannot create its directory"):
+    with anyio.fail_after(10), pytest.raises(StoreError, match="cannot create the directory of"):
         await VideoLibrary.open(tmp_path / "file" / "videos.sqlite")
+
+
+@pytest.mark.anyio
+async def test_library_open_keeps_the_data_directory_rules(tmp_path: Path) -> None:
+    """Opened without the command line (create_app), the store is refused in a
+    directory every user may write into, as ``serve`` refuses it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+
+    with anyio.fail_after(10), pytest.raises(StoreError, match="writable by every user"):
+        await VideoLibrary.open(shared / "videos.sqlite")
+
+    assert list(shared.iterdir()) == []
 
 
 @pytest.mark.anyio
