@@ -24,12 +24,17 @@ import textwrap
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret import __version__
-from stoat_ferret.library import SCHEMA_VERSION, StoreError, VideoStore, prepare_database
-from stoat_ferret.library._connections import inspect_database
-from stoat_ferret.library._datadir import check_data_directory
-from stoat_ferret.library._lock import DatabaseLock
-from stoat_ferret.library._store import BUSY_TIMEOUT_MS
-from stoat_ferret.library._thumbstore import directory_refusal as thumbnails_directory_refusal
+from stoat_ferret.library import (
+    BUSY_TIMEOUT_MS,
+    SCHEMA_VERSION,
+    DatabaseLock,
+    StoreError,
+    VideoStore,
+    check_data_directory,
+    inspect_database,
+    prepare_database,
+    thumbnails_directory_refusal,
+)
 from stoat_ferret.settings import Settings, SettingsError, options, parse_flag
 
 if TYPE_CHECKING:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority, lower_priority
 from stoat_ferret.library._beneath import PATH_MAX
-from stoat_ferret.library._datadir import prepare_database
+from stoat_ferret.library._connections import inspect_database
+from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
     DirectoryReplaced,
     LibraryError,
@@ -19,6 +20,7 @@ from stoat_ferret.library._exceptions import (
 )
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._library import VideoLibrary
+from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
     DEFAULT_ERROR_CAP,
     ERROR_PATH_CHARS,
@@ -38,7 +40,7 @@ from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._scangate import then_thumbnails
 from stoat_ferret.library._schema import SCHEMA_VERSION
-from stoat_ferret.library._store import VideoStore
+from stoat_ferret.library._store import BUSY_TIMEOUT_MS, VideoStore
 from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,
@@ -48,9 +50,11 @@ from stoat_ferret.library._thumbjob import (
 from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
 from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
 from stoat_ferret.library._thumbstore import ThumbnailStore
+from stoat_ferret.library._thumbstore import directory_refusal as thumbnails_directory_refusal
 from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = [
+    "BUSY_TIMEOUT_MS",
     "DEFAULT_ERROR_CAP",
     "ERROR_PATH_CHARS",
     "ERROR_TEXT_CHARS",
@@ -68,6 +72,7 @@ __all__ = [
     "THUMBNAIL_WIDTH",
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",
+    "DatabaseLock",
     "DirectoryReplaced",
     "ErrorLog",
     "Fingerprint",
@@ -85,6 +90,8 @@ __all__ = [
     "VideoProbe",
     "VideoRecord",
     "VideoStore",
+    "check_data_directory",
+    "inspect_database",
     "lower_priority",
     "make_scan_handler",
     "make_thumbnail",
@@ -94,5 +101,6 @@ __all__ = [
     "real_path",
     "submit_thumbnails",
     "then_thumbnails",
+    "thumbnails_directory_refusal",
     "walk_videos",
 ]
