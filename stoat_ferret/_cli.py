@@ -196,14 +196,20 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
     path = settings.database_path
     prepare_database(path, names["database_path"])
     # Read before anything is written: a damaged file (quick_check) or one
-    # that is not this service's is refused as it is.
-    inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
+    # that is not this service's is refused as it is. Unless a crash left a
+    # rollback journal (a file system without WAL): a read-only connection
+    # cannot roll it back, so the store is opened first (which does), then read.
+    crashed = os.path.exists(f"{path}-journal")
+    if not crashed:
+        inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
     store = VideoStore.open(path)
     try:
         hold = DatabaseLock.acquire(store.path)
     finally:
         store.close()
     try:
+        if crashed:
+            inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
         check_thumbnails(path)
     except BaseException:
         hold.release()

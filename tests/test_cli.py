@@ -26,7 +26,13 @@ from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
 from stoat_ferret.__main__ import main
 from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
-from stoat_ferret.library import SCHEMA_VERSION, StoreError, ThreadPriority, VideoStore
+from stoat_ferret.library import (
+    SCHEMA_VERSION,
+    StoreError,
+    ThreadPriority,
+    VideoStore,
+    check_data_directory,
+)
 from stoat_ferret.library._schema import MIGRATIONS
 from stoat_ferret.settings import Settings, SettingsError, options
 from stoat_ferret.settings import _checks as checks_module
@@ -564,7 +570,7 @@ UNSERVABLE: dict[str, str] = {
 def make_unservable(tmp: Path, case: str) -> Path:
     """The database path of an ``UNSERVABLE`` case, made in ``tmp``."""
     database = tmp / "data" / "stoat.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if case == "damaged":
         write_damaged_database(database)
     elif case == "foreign":
@@ -691,9 +697,58 @@ def test_a_group_writable_database_directory_needs_its_owners_private_group(
     if refused:
         assert status == 2
         [line] = captured.err.splitlines()
-        assert f"is writable by group {group_name}, not its owner's private group" in line
+        assert f"is writable by group {group_name}, not the private group of its owner" in line
     else:
         assert (status, captured.err) == (0, "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the directory must belong to root")
+@pytest.mark.usefixtures("_restored_logging")
+def test_roots_directory_of_the_service_users_private_group_is_accepted(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``root:stoat 0775`` for a service running as ``stoat``: only root and the
+    service may write there. Accepted."""
+    shared = tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    gid = shared.stat().st_gid
+    users = {
+        0: pwd.struct_passwd(("root", "x", 0, gid + 1, "", "/", "/bin/sh")),
+        54321: pwd.struct_passwd(("stoat", "x", 54321, gid, "", "/", "/bin/sh")),
+    }
+    monkeypatch.setattr(os, "geteuid", lambda: 54321)
+    monkeypatch.setattr(pwd, "getpwuid", users.__getitem__)
+    monkeypatch.setattr(grp, "getgrgid", lambda _: grp.struct_group(("stoat", "x", gid, [])))
+    monkeypatch.setattr(pwd, "getpwall", lambda: list(users.values()))
+    monkeypatch.setattr(os, "getxattr", _no_acl)
+
+    check_data_directory(shared / "stoat.db", "--database")
+
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_group_another_user_has_as_primary_group_is_not_private(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``useradd -g owner bob``: bob writes where the owner's group may, though the
+    group lists no member. Refused."""
+    shared = tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    gid = shared.stat().st_gid
+    bob = pwd.struct_passwd(("bob", "x", 54321, gid, "", "/", "/bin/sh"))
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: _user_named("owner", gid))
+    monkeypatch.setattr(grp, "getgrgid", lambda _: grp.struct_group(("owner", "x", gid, [])))
+    monkeypatch.setattr(pwd, "getpwall", lambda: [_user_named("owner", gid), bob])
+    monkeypatch.setattr(os, "getxattr", _no_acl)
+
+    status = main(["check", "--database", str(shared / "stoat.db")])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert "is writable by group owner, not the private group" in line
 
 
 def _no_acl(path: object, attribute: str) -> bytes:
@@ -755,6 +810,40 @@ def test_check_says_serving_would_leave_a_linked_thumbnails_directory_alone(tmp:
         " serving would leave it alone, without thumbnails"
     )
     assert list((tmp / "elsewhere").iterdir()) == []
+
+
+CRASH_MID_TRANSACTION = """
+import os, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA journal_mode=DELETE")
+connection.execute("PRAGMA cache_size=1")  # spill to the file: the journal is hot
+connection.execute("BEGIN")
+for index in range(2000):
+    connection.execute(
+        "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns, created_at,"
+        " updated_at) VALUES (?, '/', 'a', 1, 1, 'x', 'x')",
+        (f"/p{index:04d}" * 20,),
+    )
+os._exit(0)  # a crash: no rollback, no close
+"""
+
+
+def test_serving_starts_after_a_crash_left_a_rollback_journal(tmp: Path) -> None:
+    """Where WAL is refused, a crash leaves a hot journal that only a writer can
+    roll back: the start-up opens the store first then, and starts."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    VideoStore.open(database).close()
+    subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True)
+    assert (tmp / "data" / "stoat.db-journal").exists()
+
+    check_startup(Settings(database_path=database)).release()
+
+    store = VideoStore.open(database)
+    try:
+        assert store.list_videos(1, 0)[1] == 0  # the crashed transaction rolled back
+    finally:
+        store.close()
 
 
 @pytest.mark.usefixtures("_restored_logging")

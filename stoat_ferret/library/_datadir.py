@@ -16,12 +16,14 @@ own rights. So, before the service opens its database
   is writable by a group other than its owner's private group, or when it
   has an access ACL that lets a group or a named user write (the mode's
   group bits then show the ACL's mask, not one group). A group-writable
-  directory of its owner's private group is accepted (``0775`` under
-  Ubuntu's umask 002): the group is the owner's primary group, named after
-  the owner, and lists no member but the owner and the service's user. Any
-  other group is refused, whoever its members are: the system's user and
-  group lists may be incomplete (LDAP, nested groups), so "no other member"
-  cannot be proved for a shared group, and the check fails closed;
+  directory is accepted when the group is the private group of its owner
+  (``0775`` under Ubuntu's umask 002) or of the service's user (``root:stoat
+  0775`` for a service running as ``stoat``): that user's primary group,
+  named after it, with no other member listed and no other user having it
+  as primary group. Any other group is refused, whoever its members are: the
+  system's user and group lists may be incomplete (LDAP, nested groups), so
+  "no other member" cannot be proved for a shared group, and the check
+  fails closed;
 - the database file must be a regular file (not a symbolic link, a FIFO or
   a directory), and a new one is created
   with mode 0o600 (SQLite gives its ``-wal`` and ``-shm`` files the
@@ -57,7 +59,11 @@ def make_private_directories(path: str | os.PathLike[str]) -> None:
         os.mkdir(name, PRIVATE_DIRECTORY_MODE)
     except FileNotFoundError:
         make_private_directories(os.path.dirname(name))
-        make_private_directories(name)  # another start may make it meanwhile
+        try:  # once: a file system that will not make it says so again
+            os.mkdir(name, PRIVATE_DIRECTORY_MODE)
+        except FileExistsError:  # another start made it meanwhile
+            if not os.path.isdir(name):
+                raise
     except FileExistsError:
         if not os.path.isdir(name):
             raise
@@ -146,35 +152,49 @@ def _writable_by_others(info: os.stat_result, directory: Path) -> str | None:
         return None
     if _has_access_acl(directory):
         return f"has an access ACL that may let others write (mode {mode:04o}; setfacl -b fixes it)"
-    if not _private_group(info.st_uid, info.st_gid, service):
+    # The owner's private group (umask 002), or the service user's (a directory
+    # of root's handed to the service's group: root:stoat 0775).
+    trusted = {info.st_uid, service}
+    if not any(_private_group(user, info.st_gid, trusted) for user in trusted):
         return (
-            f"is writable by group {_group(info.st_gid)}, not its owner's private group"
-            f" (mode {mode:04o}; chmod g-w fixes it)"
+            f"is writable by group {_group(info.st_gid)}, not the private group of its"
+            f" owner or of the service's user (mode {mode:04o}; chmod g-w, or chown it"
+            " to the service's user, fixes it)"
         )
     return None
 
 
 def _has_access_acl(directory: Path) -> bool:
     """Whether ``directory`` has a POSIX access ACL (beyond its mode bits)."""
+    getxattr = getattr(os, "getxattr", None)
+    if getxattr is None:  # not Linux: no POSIX ACLs read here
+        return False
     try:
-        os.getxattr(directory, "system.posix_acl_access")
+        getxattr(directory, "system.posix_acl_access")
     except OSError:  # none (ENODATA), or a file system without ACLs (ENOTSUP)
         return False
     return True
 
 
-def _private_group(owner: int, gid: int, service: int) -> bool:
-    """Whether ``gid`` is the private group of user ``owner``: its primary group,
-    named after it, listing no member but it and the service's user."""
+def _private_group(user_id: int, gid: int, trusted: set[int]) -> bool:
+    """Whether ``gid`` is the private group of user ``user_id``: its primary group,
+    named after it, listing no member and no user having it as primary group
+    but the ``trusted`` users (the list of such users is what the system knows
+    of; a group is never taken as private on a guess)."""
     try:
-        user = pwd.getpwuid(owner)
+        user = pwd.getpwuid(user_id)
         group = grp.getgrgid(gid)
     except KeyError:
         return False
-    trusted = {user.pw_name}
-    with contextlib.suppress(KeyError):
-        trusted.add(pwd.getpwuid(service).pw_name)
-    return user.pw_gid == gid and group.gr_name == user.pw_name and set(group.gr_mem) <= trusted
+    if user.pw_gid != gid or group.gr_name != user.pw_name:
+        return False
+    names = set()
+    for uid in trusted:
+        with contextlib.suppress(KeyError):
+            names.add(pwd.getpwuid(uid).pw_name)
+    if not set(group.gr_mem) <= names:
+        return False
+    return all(other.pw_uid in trusted for other in pwd.getpwall() if other.pw_gid == gid)
 
 
 def _user(uid: int) -> str:

@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 
 from stoat_ferret.library._datadir import prepare_database
-from stoat_ferret.library._store import VideoStore
+from stoat_ferret.library._store import VideoStore, refuse_memory
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -238,5 +238,6 @@ class VideoLibrary:
 def _open_store(path: str) -> VideoStore:
     # The data directory's rules hold for every way in (create_app too, not
     # only the command line): private, refused when others may write into it.
+    refuse_memory(path)  # before anything is made on disk for such a name
     prepare_database(Path(path), f"cannot open video store {path}")
     return VideoStore.open(path)

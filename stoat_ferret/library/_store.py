@@ -93,6 +93,20 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS: Final = 5_000
 
 
+def refuse_memory(name: str) -> None:
+    """Refuse a name that is no file: ``":memory:"``, ``""`` or a ``file:`` URI.
+
+    Raises:
+        StoreError: the store needs a file path (its reads use a second
+            connection to the file).
+    """
+    if name in (":memory:", "") or name.startswith("file:"):
+        raise StoreError(
+            f"cannot open video store {name!r}: the store needs a file path, not an"
+            " in-memory database or a URI (its reads use a second connection to the file)"
+        )
+
+
 class VideoStore:
     """The videos table of one SQLite file. Blocking: call it from worker threads.
 
@@ -133,11 +147,7 @@ class VideoStore:
                 ``path`` names an in-memory database (``":memory:"`` or ``""``).
         """
         name = os.fspath(path)
-        if name in (":memory:", "") or name.startswith("file:"):
-            raise StoreError(
-                f"cannot open video store {name!r}: the store needs a file path, not an"
-                " in-memory database or a URI (its reads use a second connection to the file)"
-            )
+        refuse_memory(name)
         locks: list[DatabaseLock] = []
         try:
             writer = open_writer(

@@ -386,6 +386,19 @@ async def test_library_open_keeps_the_data_directory_rules(tmp_path: Path) -> No
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("name", [":memory:", "file:stoat.sqlite"])
+async def test_library_open_refuses_a_name_that_is_no_file_before_making_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with anyio.fail_after(10), pytest.raises(StoreError, match="needs a file path"):
+        await VideoLibrary.open(name)
+
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.anyio
 async def test_library_aclose_is_idempotent(tmp_path: Path) -> None:
     """Closing twice is fine; using a closed library is a StoreError."""
     with anyio.fail_after(10):
