@@ -32,6 +32,7 @@ from stoat_ferret.library import (
     ThreadPriority,
     VideoStore,
     check_data_directory,
+    prepare_database,
 )
 from stoat_ferret.library._schema import MIGRATIONS
 from stoat_ferret.settings import Settings, SettingsError, options
@@ -810,6 +811,13 @@ def test_check_says_serving_would_leave_a_linked_thumbnails_directory_alone(tmp:
         " serving would leave it alone, without thumbnails"
     )
     assert list((tmp / "elsewhere").iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_directory_the_system_will_not_make_is_one_error_not_a_recursion() -> None:
+    """/proc takes no new directory: mkdir says "missing" however often it is asked."""
+    with pytest.raises(StoreError, match="cannot create the directory of"):
+        prepare_database(Path("/proc/no-such-dir/x/stoat.db"), "--database")
 
 
 CRASH_MID_TRANSACTION = """
