@@ -169,8 +169,11 @@ def test_hidden_frames_on_another_origin_hold_no_event_stream(
         context.close()
 
     assert loaded == [True] * 4  # each frame got its whole answer: no stream
-    # Only this test's requests: a refusal an earlier test caused may be logged late.
-    assert _refusals(server.log, path="/api/v1/events")[refused_before:] == ["403"] * 4
+    # Each frame's request refused. Chromium under load was seen to send a frame's
+    # request again (six refusals for four frames, twice in full runs): at least one each.
+    refused = _refusals(server.log, path="/api/v1/events")[refused_before:]
+    assert len(refused) >= 4
+    assert set(refused) == {"403"}
     assert streams == 0
 
 
