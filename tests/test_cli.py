@@ -656,6 +656,14 @@ def test_a_database_directory_of_another_user_is_refused(
     assert not (tmp / "theirs" / "stoat.db").exists()
 
 
+def _group_writable(tmp: Path, mode: int) -> tuple[Path, int]:
+    """A directory ``tmp/shared`` of ``mode``, and its group id."""
+    shared = tmp / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    return shared, shared.stat().st_gid
+
+
 def _user_named(name: str, gid: int) -> pwd.struct_passwd:
     return pwd.struct_passwd((name, "x", os.geteuid(), gid, "", "/", "/bin/sh"))
 
@@ -682,10 +690,7 @@ def test_a_group_writable_database_directory_needs_its_owners_private_group(
 ) -> None:
     """0775 of the owner's private group (Ubuntu's umask 002) is fine; any other
     group that may write is refused: exit 2, one line naming it."""
-    shared = tmp / "shared"
-    shared.mkdir()
-    shared.chmod(0o775)
-    gid = shared.stat().st_gid
+    shared, gid = _group_writable(tmp, 0o775)
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: _user_named("owner", gid))
     monkeypatch.setattr(
         grp, "getgrgid", lambda _: grp.struct_group((group_name, "x", gid, members))
@@ -710,10 +715,7 @@ def test_roots_directory_of_the_service_users_private_group_is_accepted(
 ) -> None:
     """``root:stoat 0775`` for a service running as ``stoat``: only root and the
     service may write there. Accepted."""
-    shared = tmp / "shared"
-    shared.mkdir()
-    shared.chmod(0o775)
-    gid = shared.stat().st_gid
+    shared, gid = _group_writable(tmp, 0o775)
     users = {
         0: pwd.struct_passwd(("root", "x", 0, gid + 1, "", "/", "/bin/sh")),
         54321: pwd.struct_passwd(("stoat", "x", 54321, gid, "", "/", "/bin/sh")),
@@ -735,10 +737,7 @@ def test_a_group_another_user_has_as_primary_group_is_not_private(
 ) -> None:
     """``useradd -g owner bob``: bob writes where the owner's group may, though the
     group lists no member. Refused."""
-    shared = tmp / "shared"
-    shared.mkdir()
-    shared.chmod(0o775)
-    gid = shared.stat().st_gid
+    shared, gid = _group_writable(tmp, 0o775)
     bob = pwd.struct_passwd(("bob", "x", 54321, gid, "", "/", "/bin/sh"))
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: _user_named("owner", gid))
     monkeypatch.setattr(grp, "getgrgid", lambda _: grp.struct_group(("owner", "x", gid, [])))
@@ -762,10 +761,7 @@ def test_a_group_writable_database_directory_with_an_acl_is_refused(
 ) -> None:
     """With an access ACL the group bits are its mask: a named user may write, whatever
     the group. Refused, one line."""
-    shared = tmp / "shared"
-    shared.mkdir()
-    shared.chmod(0o770)
-    gid = shared.stat().st_gid
+    shared, gid = _group_writable(tmp, 0o770)
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: _user_named("owner", gid))
     monkeypatch.setattr(grp, "getgrgid", lambda _: grp.struct_group(("owner", "x", gid, [])))
     acl_reads: list[str] = []

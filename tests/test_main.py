@@ -183,17 +183,22 @@ def test_main_returns_2_with_one_line(
     _check_one_line(case, captured.err)
 
 
-@pytest.mark.parametrize("case", ["port-not-a-number", "corrupt-database", "misspelt-variable"])
-def test_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
-    """The real process: exit status 2, one line on stderr, nothing else, no traceback."""
-    run = subprocess.run(
+def _serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m stoat_ferret`` in ``env``, expected to end by itself (a refusal)."""
+    return subprocess.run(
         [sys.executable, "-m", "stoat_ferret"],
-        env=_badserver_environment(tmp_path, case),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.parametrize("case", ["port-not-a-number", "corrupt-database", "misspelt-variable"])
+def test_process_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    """The real process: exit status 2, one line on stderr, nothing else, no traceback."""
+    run = _serve_once(_badserver_environment(tmp_path, case))
 
     assert run.returncode == 2, run.stderr
     assert run.stdout == ""
@@ -397,14 +402,7 @@ def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, cas
     database = make_unservable(tmp_path, case)
     env = server_environment(tmp_path, STOAT_DATABASE_PATH=str(database))
 
-    run = subprocess.run(
-        [sys.executable, "-m", "stoat_ferret"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = _serve_once(env)
 
     assert run.returncode == 2, run.stderr
     assert run.stdout == ""

@@ -191,3 +191,17 @@ def file_identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (status.st_dev, status.st_ino)
+
+
+def refuse_memory(name: str) -> None:
+    """Refuse a name that is no file: ``":memory:"``, ``""`` or a ``file:`` URI.
+
+    Raises:
+        StoreError: the store needs a file path (its reads use a second
+            connection to the file).
+    """
+    if name in (":memory:", "") or name.startswith("file:"):
+        raise StoreError(
+            f"cannot open video store {name!r}: the store needs a file path, not an"
+            " in-memory database or a URI (its reads use a second connection to the file)"
+        )

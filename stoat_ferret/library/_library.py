@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 import anyio.to_thread
 
+from stoat_ferret.library._connections import refuse_memory
 from stoat_ferret.library._datadir import prepare_database
-from stoat_ferret.library._store import VideoStore, refuse_memory
+from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence

@@ -57,6 +57,7 @@ from stoat_ferret.library._connections import (
     file_identity,
     open_reader,
     open_writer,
+    refuse_memory,
     transaction,
 )
 from stoat_ferret.library._errorrows import delete_scope_errors, error_page, insert_errors
@@ -91,20 +92,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Sequence
 
 BUSY_TIMEOUT_MS: Final = 5_000
-
-
-def refuse_memory(name: str) -> None:
-    """Refuse a name that is no file: ``":memory:"``, ``""`` or a ``file:`` URI.
-
-    Raises:
-        StoreError: the store needs a file path (its reads use a second
-            connection to the file).
-    """
-    if name in (":memory:", "") or name.startswith("file:"):
-        raise StoreError(
-            f"cannot open video store {name!r}: the store needs a file path, not an"
-            " in-memory database or a URI (its reads use a second connection to the file)"
-        )
 
 
 class VideoStore:
