@@ -33,6 +33,7 @@ from stoat_ferret.library import (
     check_data_directory,
     inspect_database,
     prepare_database,
+    thumbnails_directory_beside,
     thumbnails_directory_refusal,
 )
 from stoat_ferret.settings import Settings, SettingsError, options, parse_flag
@@ -47,11 +48,6 @@ EXIT_CANNOT_LISTEN: Final = 1
 """The address cannot be bound (the port is in use, say)."""
 
 _COMMANDS: Final = ("serve", "check")
-
-THUMBNAILS_SUFFIX: Final = ".thumbnails"
-"""As ``stoat_ferret.api._thumbnails.THUMBNAILS_SUFFIX`` (a test holds them
-equal): the thumbnails' directory is beside the database, ``stoat.db.thumbnails``.
-Not imported from there: that would load the web stack for ``check``."""
 
 _HELP_COLUMN: Final = 30
 """Where a setting's meaning starts in ``--help``."""
@@ -281,7 +277,7 @@ def check_thumbnails(database: Path) -> str | None:
         StoreError: the path is there but not a directory (a file, say), or
             the directory cannot be listed or written to.
     """
-    directory = database.with_name(database.name + THUMBNAILS_SUFFIX)
+    directory = thumbnails_directory_beside(database)
     if not os.path.lexists(directory):
         _check_creatable(database.parent, f"cannot create the thumbnails directory {directory}")
         return None

@@ -604,13 +604,6 @@ def test_check_refuses_what_serving_could_not_start_with(
     assert database.read_bytes() == before
 
 
-def test_the_thumbnails_suffix_is_the_apps() -> None:
-    """check looks where the app puts its thumbnails."""
-    from stoat_ferret.api._thumbnails import THUMBNAILS_SUFFIX
-
-    assert cli_module.THUMBNAILS_SUFFIX == THUMBNAILS_SUFFIX
-
-
 def _check_line(database: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """``check --database database``: its exit status and its one line on stderr."""
     status = main(["check", "--database", str(database)])

@@ -371,14 +371,7 @@ def test_a_second_serve_of_one_database_exits_2_with_one_line(tmp_path: Path) ->
 
     with running_server(tmp_path, env) as process:
         base_url = wait_ready(process, tmp_path / "server.log")
-        second = subprocess.run(
-            [sys.executable, "-m", "stoat_ferret"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        second = _serve_once(env)
         with httpx.Client(base_url=base_url, timeout=30.0) as client:
             still = client.get("/api/v1/videos")
         returncode = _stop(process, lambda pid: os.killpg(pid, signal.SIGTERM))

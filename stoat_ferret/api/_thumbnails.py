@@ -38,6 +38,7 @@ from stoat_ferret.library import (
     Thumbnailer,
     ThumbnailStore,
     then_thumbnails,
+    thumbnails_directory_beside,
 )
 
 if TYPE_CHECKING:
@@ -50,11 +51,6 @@ if TYPE_CHECKING:
     from stoat_ferret.settings import Settings
 
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
-
-THUMBNAILS_SUFFIX: Final = ".thumbnails"
-"""The thumbnails' directory is the database file's name with this added,
-beside it (``stoat.db.thumbnails/``): a name only this service uses, so a
-user's own ``thumbnails`` folder is never taken for it."""
 
 CACHE_CONTROL: Final = "no-cache"
 
@@ -83,8 +79,7 @@ async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
 
 def thumbnails_directory(settings: Settings) -> Path:
     """Where the thumbnails of ``settings``' database are."""
-    database = settings.database_path
-    return database.with_name(database.name + THUMBNAILS_SUFFIX)
+    return thumbnails_directory_beside(settings.database_path)
 
 
 def register_thumbnail_jobs(

@@ -50,6 +50,7 @@ from stoat_ferret.library._thumbjob import (
 from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
 from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
 from stoat_ferret.library._thumbstore import ThumbnailStore
+from stoat_ferret.library._thumbstore import directory_beside as thumbnails_directory_beside
 from stoat_ferret.library._thumbstore import directory_refusal as thumbnails_directory_refusal
 from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
 
@@ -101,6 +102,7 @@ __all__ = [
     "real_path",
     "submit_thumbnails",
     "then_thumbnails",
+    "thumbnails_directory_beside",
     "thumbnails_directory_refusal",
     "walk_videos",
 ]

@@ -68,6 +68,7 @@ from stoat_ferret.library._exceptions import StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Iterator
+    from pathlib import Path
 
     from stoat_ferret.library._models import Fingerprint
 
@@ -75,6 +76,11 @@ THUMBNAIL_SUFFIX: Final = ".webp"
 FAILED_SUFFIX: Final = ".failed"
 VERSION: Final = "v1"
 """How thumbnails are made; part of their names (and of their ETags)."""
+SUFFIX: Final = ".thumbnails"
+"""The thumbnails' directory is the database file's name with this added,
+beside it (``stoat.db.thumbnails/``): a name only this service uses, so a
+user's own ``thumbnails`` folder is never taken for it."""
+
 MARKER: Final = ".stoat-ferret-thumbnails"
 """The file that marks a directory as this service's thumbnails directory."""
 
@@ -302,6 +308,11 @@ class ThumbnailStore:
         except OSError as exc:
             folder = os.path.join(self.directory, entry)
             logger.warning("cannot remove thumbnails", folder=folder, reason=str(exc))
+
+
+def directory_beside(database: Path) -> Path:
+    """Where the thumbnails of the database file ``database`` are (:data:`SUFFIX`)."""
+    return database.with_name(database.name + SUFFIX)
 
 
 _LINK: Final = "is a symbolic link"
