@@ -71,7 +71,7 @@ from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._metrics import install_metrics
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
-from stoat_ferret.library import StoreError, VideoLibrary, make_scan_handler
+from stoat_ferret.library import ProbeProcesses, StoreError, VideoLibrary, make_scan_handler
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
@@ -167,6 +167,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.library = library
     app.state.stopping = anyio.Event()
     app.state.grace_over = anyio.Event()
+    app.state.probes = probes = ProbeProcesses(settings.probe_priority)
     try:
         thumbnailer = await _thumbnails.open_thumbnails(app, library)
         handler = make_scan_handler(
@@ -174,6 +175,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             roots=settings.scan_roots,
             probe_threads=settings.probe_threads,
             probe_priority=settings.probe_priority,
+            probes=probes,
         )
         injected: AsyncJobQueue | None = app.state.injected_job_queue
         if injected is not None:
@@ -229,7 +231,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                         closing.cancel_scope.cancel()
                     del app.state.job_queue
     finally:
-        del app.state.library
+        del app.state.library, app.state.probes
+        with anyio.CancelScope(shield=True):  # no scan runs any more
+            await anyio.to_thread.run_sync(probes.close)
         await library.aclose()
         logger.info("service stopped", database=library.path)
 

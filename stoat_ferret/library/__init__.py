@@ -7,7 +7,7 @@ walks, probes and SQLite calls run in worker threads, on asyncio and trio alike.
 
 from __future__ import annotations
 
-from stoat_ferret.library._background import BackgroundThreads, ThreadPriority, lower_priority
+from stoat_ferret.library._background import BackgroundThreads, Stop, ThreadPriority, lower_priority
 from stoat_ferret.library._beneath import PATH_MAX
 from stoat_ferret.library._connections import inspect_database
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
@@ -36,6 +36,7 @@ from stoat_ferret.library._models import (
     VideoRecord,
 )
 from stoat_ferret.library._probe import probe_video
+from stoat_ferret.library._probeprocess import ProbeProcesses
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._scangate import then_thumbnails
@@ -79,8 +80,10 @@ __all__ = [
     "Fingerprint",
     "LibraryError",
     "ProbeError",
+    "ProbeProcesses",
     "ScanError",
     "ScanHandler",
+    "Stop",
     "StoreError",
     "ThreadPriority",
     "ThumbnailStore",

@@ -31,6 +31,7 @@ without ``SCHED_IDLE`` (everything but Linux) the priority is left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import threading
@@ -75,6 +76,58 @@ def lower_priority() -> bool:
     return True
 
 
+class Stop:
+    """A request that blocking work in a background thread stop: a flag the
+    work checks between items, and a descriptor it can wait on beside what
+    it is waiting for (a probe process's answer, ``_probeprocess.py``).
+
+    ``set`` may be called from any thread. The descriptor is made on the
+    first call of :meth:`fileno`; once the stop is set it is readable.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._pipe: tuple[int, int] | None = None
+
+    def is_set(self) -> bool:
+        """Whether the work should stop."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the stop is set or ``timeout`` passes; return :meth:`is_set`."""
+        return self._event.wait(timeout)
+
+    def set(self) -> None:
+        """Ask the work to stop; wakes whoever waits on it or on :meth:`fileno`."""
+        with self._lock:
+            self._event.set()
+            if self._pipe is not None:
+                self._wake(self._pipe[1])
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the stop is set (for ``poll``)."""
+        with self._lock:
+            if self._pipe is None:
+                self._pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                if self._event.is_set():
+                    self._wake(self._pipe[1])
+            return self._pipe[0]
+
+    def close(self) -> None:
+        """Close the descriptor, if one was made. The work must be over."""
+        with self._lock:
+            if self._pipe is not None:
+                for fd in self._pipe:
+                    os.close(fd)
+                self._pipe = None
+
+    @staticmethod
+    def _wake(fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe is readable already
+            os.write(fd, b"\0")
+
+
 class BackgroundThreads:
     """At most ``threads`` threads at ``priority``, for blocking work called from async code.
 
@@ -98,7 +151,7 @@ class BackgroundThreads:
         initializer = lower_priority if priority is ThreadPriority.IDLE else None
         self._executor = ThreadPoolExecutor(threads, name, initializer=initializer)
 
-    async def run_sync(self, func: Callable[[threading.Event], T]) -> T:
+    async def run_sync(self, func: Callable[[Stop], T]) -> T:
         """Run ``func(stop)`` in one of the threads; return what it returns.
 
         ``stop`` is set when the caller is cancelled: ``func`` should check it
@@ -116,7 +169,7 @@ class BackgroundThreads:
             BaseException: whatever ``func`` raised, re-raised here.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
-        stop = threading.Event()
+        stop = Stop()
         future = self._executor.submit(func, stop)
         try:
             return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
@@ -125,3 +178,4 @@ class BackgroundThreads:
                 stop.set()
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(wait, [future])
+            stop.close()

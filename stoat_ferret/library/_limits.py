@@ -68,3 +68,18 @@ def frame_size_refusal(width: int, height: int) -> str | None:
     if width and height and width * height > MAX_PIXELS:
         return f"a {width}x{height} frame is larger than {MAX_PIXELS} pixels"
     return None
+
+
+PROBE_DEADLINE: Final = 30.0
+"""Seconds a probe process may take over one file before it is killed
+(``_probeprocess.py``). A probe reads a file's header and a few packets, at most
+64 MiB: milliseconds on a local disk, a few seconds from a slow network share.
+Longer is FFmpeg stuck in a hostile file (a Matroska file of 60,000 tags takes
+it 25 s, and the time grows faster than the square of their number)."""
+
+PROBE_MEMORY_LIMIT: Final = 2 * 1024 * 1024 * 1024
+"""A probe process's address space (``RLIMIT_AS``), in bytes: 2 GiB. A child
+that probed a small clip peaked at 145 MiB (``VmPeak``: Python, PyAV,
+FFmpeg's libraries); the limit leaves room for frames of the largest size
+:data:`MAX_PIXELS` allows in the decoders FFmpeg's frame threads make, and
+bounds what the caps above cannot (many streams, streams found late)."""

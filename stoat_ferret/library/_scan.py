@@ -79,16 +79,22 @@ from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import lstat_beneath, open_scan_directory, split
 from stoat_ferret.library._exceptions import DirectoryReplaced
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog, Fingerprint, VideoRecord
-from stoat_ferret.library._scanprobe import PROBE_CHUNK, probe_chunks, probe_files
+from stoat_ferret.library._scanprobe import (
+    PROBE_CHUNK,
+    Probe,
+    probe_chunks,
+    probe_files,
+    probe_in_thread,
+)
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
-    import threading
-
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+    from stoat_ferret.library._background import Stop
     from stoat_ferret.library._library import VideoLibrary
+    from stoat_ferret.library._probeprocess import ProbeProcesses
 
 WRITE_BATCH: Final = 256
 """Rows that close a transaction: one holds at least this many (plus the rest of
@@ -106,6 +112,7 @@ def make_scan_handler(
     roots: Sequence[str | os.PathLike[str]] = (),
     probe_threads: int = 4,
     probe_priority: ThreadPriority = ThreadPriority.IDLE,
+    probes: ProbeProcesses | None = None,
     error_cap: int = DEFAULT_ERROR_CAP,
 ) -> ScanHandler:
     """Build the handler of ``scan`` jobs, which fills ``library``.
@@ -121,6 +128,10 @@ def make_scan_handler(
         probe_threads: How many files are probed at once, at most, by all the
             scans of this handler together.
         probe_priority: The CPU priority of the probing threads.
+        probes: The child processes that probe the files (the service's,
+            which closes them); without, each file is probed in its thread,
+            where FFmpeg cannot be stopped or held to a memory limit
+            (``_probeprocess.py``).
         error_cap: How many ``errors`` entries a result lists; ``errors_total``
             counts them all, ``errors_truncated`` those not listed.
 
@@ -138,6 +149,7 @@ def make_scan_handler(
     limiter = anyio.CapacityLimiter(probe_threads)
     threads = BackgroundThreads(probe_threads, probe_priority, name="stoat-probe")
     allowed = tuple(os.fspath(root) for root in roots)
+    probe = probe_in_thread if probes is None else probes.probe
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
         root, recursive = parse_payload(ctx.payload)
@@ -150,6 +162,7 @@ def make_scan_handler(
             limiter=limiter,
             workers=probe_threads,
             threads=threads,
+            probe=probe,
             errors=ErrorLog(cap=error_cap),
         )
         return await run.run()
@@ -186,6 +199,7 @@ class _Scan:
     limiter: anyio.CapacityLimiter
     workers: int
     threads: BackgroundThreads
+    probe: Probe
     errors: ErrorLog
     found: dict[str, Fingerprint] = attrs.field(factory=dict)
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
@@ -347,14 +361,13 @@ class _Scan:
             if items:
                 await send.send(items)
 
-    def probe_chunk(
-        self, paths: list[str], stop: threading.Event
-    ) -> list[tuple[str, VideoRecord | str]]:
+    def probe_chunk(self, paths: list[str], stop: Stop) -> list[tuple[str, VideoRecord | str]]:
         """Probe a few files in a probe thread (:func:`probe_files`)."""
         assert self.root_fd is not None  # set by the walk, before any path is found
         return probe_files(
             paths,
             stop,
+            probe=self.probe,
             root=self.root,
             root_fd=self.root_fd,
             found=self.found,

@@ -7,13 +7,17 @@ small file. In the thread, :func:`probe_files` opens each file's directory
 beneath the scanned directory's descriptor, crossing no symlink
 (``_beneath.py``), probes the file relative to it (:func:`probe_video`) and
 builds the row to store, or the error message of the file's ``errors`` entry.
+The service probes each file in a child process (``_probeprocess.py``: a
+deadline, a memory limit, and a crash that stays there); a scan handler given
+no :class:`ProbeProcesses` probes in the thread itself.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from loguru import logger
 
@@ -21,10 +25,16 @@ from stoat_ferret.library._beneath import open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
 from stoat_ferret.library._probe import probe_video
+from stoat_ferret.library._probeprocess import ProbeRaised
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Iterator, Mapping
+
+    from stoat_ferret.library._background import Stop
+
+Probe: TypeAlias = Callable[[str, int, "Stop"], VideoProbe]
+"""How a probe thread probes one file: ``probe(name, dir_fd, stop)``, which
+raises ProbeError for a file it cannot describe."""
 
 PROBE_CHUNK: Final = 8
 """Files probed per worker-thread call, at least (unless fewer are left)."""
@@ -48,8 +58,9 @@ def probe_chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
 
 def probe_files(
     paths: list[str],
-    stop: threading.Event,
+    stop: Stop,
     *,
+    probe: Probe,
     root: str,
     root_fd: int,
     found: Mapping[str, Fingerprint],
@@ -84,9 +95,9 @@ def probe_files(
                 outcomes.append((path, _directory_failure(directory_fd)))
                 continue
             assert directory_fd is not None  # opened above, for this path's directory
-            probe = _probe_one(path, name, directory_fd, job_id)
-            if isinstance(probe, str):
-                outcomes.append((path, probe))
+            described = _probe_one(probe, path, name, directory_fd, stop, job_id)
+            if isinstance(described, str):
+                outcomes.append((path, described))
                 continue
             size_bytes, mtime_ns = found[path]
             record = VideoRecord(
@@ -95,7 +106,7 @@ def probe_files(
                 filename=name,
                 size_bytes=size_bytes,
                 mtime_ns=mtime_ns,
-                probe=probe,
+                probe=described,
             )
             outcomes.append((path, record))
     finally:
@@ -104,12 +115,23 @@ def probe_files(
     return outcomes
 
 
-def _probe_one(path: str, name: str, directory_fd: int, job_id: str) -> VideoProbe | str:
+def probe_in_thread(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+    """:data:`Probe` in the calling thread (:func:`probe_video`): FFmpeg cannot be
+    stopped there, so ``stop`` is not heard until it returns."""
+    return probe_video(name, dir_fd=dir_fd)
+
+
+def _probe_one(
+    probe: Probe, path: str, name: str, directory_fd: int, stop: Stop, job_id: str
+) -> VideoProbe | str:
     try:
-        return probe_video(name, dir_fd=directory_fd)
+        return probe(name, directory_fd, stop)
     except ProbeError as exc:
         logger.debug("probe failed", job_id=job_id, path=path, reason=exc.reason)
         return exc.reason
+    except ProbeRaised as exc:  # its message is the type and text of what the child met
+        logger.warning("probe raised unexpectedly", job_id=job_id, path=path, reason=str(exc))
+        return str(exc)
     except Exception as exc:
         # A PyAV surprise on one odd file must not sink a scan of thousands.
         logger.opt(exception=exc).warning("probe raised unexpectedly", job_id=job_id, path=path)

@@ -75,10 +75,10 @@ from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 from stoat_ferret.library._thumbrun import Source, ThumbnailRun
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Sequence
 
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
+    from stoat_ferret.library._background import Stop
     from stoat_ferret.library._library import VideoLibrary
     from stoat_ferret.library._thumbstore import ThumbnailStore
 
@@ -297,7 +297,7 @@ class Thumbnailer:
         return True
 
     def _missing(
-        self, sources: list[Source], tried: set[Source], stop: threading.Event
+        self, sources: list[Source], tried: set[Source], stop: Stop
     ) -> tuple[list[Source], int, int] | None:
         """What to make (missing, not tried by this job), how many had theirs
         before it, and how many are outside the roots; None once a scan runs
@@ -320,7 +320,7 @@ class Thumbnailer:
                 unchanged += 1
         return todo, unchanged, outside
 
-    def _make(self, source: Source, stop: threading.Event) -> str | None:
+    def _make(self, source: Source, stop: Stop) -> str | None:
         """Make and store one thumbnail in this thread; None, or why it failed."""
         video_id, path, size_bytes, mtime_ns = source
         fingerprint = (size_bytes, mtime_ns)

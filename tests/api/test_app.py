@@ -14,7 +14,7 @@ import pytest
 from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api.app import create_app, lifespan
 from stoat_ferret.jobs import InMemoryJobQueue, JobStatus, JobSupervisor
-from stoat_ferret.library import ProbeError, ThreadPriority, VideoLibrary, VideoProbe, _scanprobe
+from stoat_ferret.library import ThreadPriority, VideoLibrary
 from tests.api.support import (
     BASE_URL,
     GatedScan,
@@ -135,18 +135,12 @@ async def test_a_second_run_on_the_same_injected_queue_scans_into_its_own_librar
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 @pytest.mark.parametrize("priority", list(ThreadPriority))
 @pytest.mark.anyio
-async def test_scans_probe_at_the_configured_priority(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, priority: ThreadPriority
+async def test_scans_probe_in_child_processes_at_the_configured_priority(
+    settings: Settings, priority: ThreadPriority
 ) -> None:
-    """STOAT_PROBE_PRIORITY reaches the probe threads: SCHED_IDLE only for idle."""
+    """The service probes in child processes (``_probechild``), at
+    STOAT_PROBE_PRIORITY: SCHED_IDLE only for idle. They end with the service."""
     (settings.scan_roots[0] / "clip.mp4").write_bytes(b"not a video")
-    policies: list[int] = []
-
-    def probe(path: str, *, dir_fd: int | None = None) -> VideoProbe:
-        policies.append(os.sched_getscheduler(0))
-        raise ProbeError(path, "recorded")
-
-    monkeypatch.setattr(_scanprobe, "probe_video", probe)
     queue = InMemoryJobQueue()
     app = create_app(attrs.evolve(settings, probe_priority=priority), job_queue=queue)
 
@@ -156,12 +150,26 @@ async def test_scans_probe_at_the_configured_priority(
                 "/api/v1/videos/scan", json={"path": str(settings.scan_roots[0])}
             )
             job = await queue.get_result(response.json()["job_id"])
+            children = app.state.probes.pids()
+            policies = [os.sched_getscheduler(pid) for pid in children]
+            commands = [_command_line(pid) for pid in children]
 
-    assert job.result["errors"] == [
-        {"path": str(settings.scan_roots[0] / "clip.mp4"), "error": "recorded"}
-    ]
+    [error] = job.result["errors"]
+    assert error["path"] == str(settings.scan_roots[0] / "clip.mp4")
+    assert error["error"].startswith("not a readable media file")
     expected = os.SCHED_IDLE if priority is ThreadPriority.IDLE else os.sched_getscheduler(0)
     assert policies == [expected]
+    assert [command[1:3] for command in commands] == [[b"-m", b"stoat_ferret.library._probechild"]]
+    assert not any(_command_line(pid) for pid in children)  # ended and reaped
+
+
+def _command_line(pid: int) -> list[bytes]:
+    """A process's arguments; [] if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as arguments:
+            return arguments.read().split(b"\0")
+    except FileNotFoundError:
+        return []
 
 
 @pytest.mark.anyio

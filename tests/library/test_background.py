@@ -9,7 +9,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from stoat_ferret.library import BackgroundThreads, ThreadPriority, lower_priority
+from stoat_ferret.library import BackgroundThreads, Stop, ThreadPriority, lower_priority
 
 pytestmark = pytest.mark.anyio
 
@@ -20,7 +20,7 @@ needs_sched_idle = pytest.mark.skipif(
 )
 
 
-def _policy(_: threading.Event) -> int:
+def _policy(_: Stop) -> int:
     return os.sched_getscheduler(0)
 
 
@@ -28,7 +28,7 @@ async def test_run_sync_returns_what_the_function_returns() -> None:
     """The function gets an unset stop event; its result comes back to the caller."""
     threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
 
-    def work(stop: threading.Event) -> tuple[bool, str]:
+    def work(stop: Stop) -> tuple[bool, str]:
         return stop.is_set(), threading.current_thread().name
 
     with anyio.fail_after(TIMEOUT):
@@ -44,7 +44,7 @@ async def test_run_sync_reraises_what_the_function_raises() -> None:
     threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
     error = LookupError("no such clip")
 
-    def work(_: threading.Event) -> None:
+    def work(_: Stop) -> None:
         raise error
 
     with anyio.fail_after(TIMEOUT), pytest.raises(LookupError) as caught:
@@ -58,7 +58,7 @@ async def test_threads_are_reused() -> None:
     threads = BackgroundThreads(2, ThreadPriority.NORMAL, name="test")
     seen: list[threading.Thread] = []  # holding them keeps their idents from being reused
 
-    def current(_: threading.Event) -> threading.Thread:
+    def current(_: Stop) -> threading.Thread:
         return threading.current_thread()
 
     async def call() -> None:
@@ -77,7 +77,7 @@ async def test_threads_are_reused() -> None:
 async def test_a_cancelled_caller_starts_nothing() -> None:
     """A caller already cancelled when it calls run_sync never reaches a thread."""
     threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
-    calls: list[threading.Event] = []
+    calls: list[Stop] = []
 
     with anyio.CancelScope() as scope:
         scope.cancel()
@@ -92,7 +92,7 @@ async def test_an_error_raised_after_cancellation_is_dropped() -> None:
     threads = BackgroundThreads(1, ThreadPriority.NORMAL, name="test")
     started = threading.Event()
 
-    def work(stop: threading.Event) -> None:
+    def work(stop: Stop) -> None:
         started.set()
         stop.wait(TIMEOUT)
         raise LookupError("raised while stopping")
@@ -113,7 +113,7 @@ async def test_cancellation_sets_stop_and_waits_for_the_function() -> None:
     returned = threading.Event()
     results: list[str] = []
 
-    def work(stop: threading.Event) -> str:
+    def work(stop: Stop) -> str:
         started.set()
         if stop.wait(TIMEOUT):  # False only if the caller never sets it
             returned.set()

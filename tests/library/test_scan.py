@@ -19,6 +19,7 @@ import pytest
 from stoat_ferret.library import (
     ProbeError,
     ScanError,
+    Stop,
     StoreError,
     ThreadPriority,
     VideoLibrary,
@@ -584,12 +585,12 @@ async def test_cancellation_stops_probing_and_writing(
     )
     cancel_at = _scanprobe.PROBE_CHUNK + 3
     spy = ProbeSpy(monkeypatch)
-    stops: list[threading.Event] = []  # the stop event of each probe_chunk call
+    stops: list[Stop] = []  # the stop event of each probe_chunk call
     stopped: list[bool] = []  # whether the chunk was told to stop in time
     probe_chunk = _scan._Scan.probe_chunk
 
     def recording_probe_chunk(
-        self: _scan._Scan, paths: list[str], stop: threading.Event
+        self: _scan._Scan, paths: list[str], stop: Stop
     ) -> list[tuple[str, VideoRecord | str]]:
         stops.append(stop)
         return probe_chunk(self, paths, stop)

@@ -1,0 +1,402 @@
+"""Probing in child processes: the same answers as a thread, a deadline, a stop,
+a memory limit, a crash that stays in the child, and answers not trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+from datetime import UTC, datetime
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import attrs
+import av
+import pytest
+
+from stoat_ferret.library import (
+    ProbeError,
+    ProbeProcesses,
+    Stop,
+    ThreadPriority,
+    VideoLibrary,
+    VideoProbe,
+    make_scan_handler,
+    probe_video,
+)
+from stoat_ferret.library._probeprocess import (
+    ProbeProcess,
+    ProbeRaised,
+    decode_answer,
+    encode_answer,
+)
+from tests.library.support import make_context
+from tests.videos import copy_video
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.videos import EncodedVideo
+
+TIMEOUT = 60
+
+TAGS = 20_000
+"""Tags of the slow file: FFmpeg takes 1.7 s to open it on the 2-core machine
+this was written on (the time grows faster than the square of their number),
+more than ten times the deadline the tests give it."""
+
+DEADLINE = 0.1
+
+
+@pytest.fixture(scope="session")
+def slow_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Matroska file whose many tags keep FFmpeg busy for seconds."""
+    path = tmp_path_factory.mktemp("slow") / "tags.mkv"
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.metadata.update({f"T{index:06d}": "x" for index in range(TAGS)})
+        for packet in stream.encode(av.VideoFrame(64, 48, "yuv420p")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Iterator[int]:
+    """A descriptor of ``tmp_path``, where the files probed are."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def probes() -> Iterator[ProbeProcesses]:
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=DEADLINE)
+    yield children
+    children.close()
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize(
+    "name", ["h264_aac.mp4", "hevc_mp3.mkv", "h264_10bit_rotated.mp4", "streams.mkv", "flv1.flv"]
+)
+def test_a_child_describes_a_file_as_a_thread_does(
+    clips: dict[str, EncodedVideo], tmp_path: Path, directory: int, name: str
+) -> None:
+    """Every field crosses the process boundary unchanged: the rate's fraction,
+    the creation time, the editing metadata."""
+    copy_video(clips[name], tmp_path / name)
+    children = ProbeProcesses(ThreadPriority.NORMAL)
+    try:
+        assert children.probe(name, directory, Stop()) == probe_video(tmp_path / name)
+    finally:
+        children.close()
+
+
+def test_a_child_serves_one_file_after_another(
+    clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """One child per thread, kept: no process is started per file."""
+    copy_video(clip, tmp_path / "a.mp4")
+    (tmp_path / "b.mp4").write_text("not a video")
+    first = probes.probe("a.mp4", directory, Stop())
+    pids = probes.pids()
+
+    with pytest.raises(ProbeError, match="not a readable media file") as refused:
+        probes.probe("b.mp4", directory, Stop())
+
+    assert probes.probe("a.mp4", directory, Stop()) == first
+    assert refused.value.path == "b.mp4"
+    assert len(pids) == 1
+    assert probes.pids() == pids
+
+
+def test_a_file_that_keeps_ffmpeg_busy_past_the_deadline_is_stopped(
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """The child is killed at the deadline, the file refused; the next file
+    gets a new child."""
+    os.link(slow_file, tmp_path / "slow.mkv")
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [busy] = probes.pids()
+
+    with pytest.raises(ProbeError, match=f"longer than {DEADLINE:g} s to read it; stopped"):
+        probes.probe("slow.mkv", directory, Stop())
+
+    assert not _alive(busy)
+    assert probes.pids() == []
+    assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
+    assert probes.pids() != [busy]
+
+
+def test_a_stop_kills_the_child_without_waiting_for_ffmpeg(
+    slow_file: Path, tmp_path: Path, directory: int
+) -> None:
+    """A stop set while the child works ends the wait at once, not at the
+    deadline (an hour here), and the child with it."""
+    os.link(slow_file, tmp_path / "slow.mkv")
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
+    stop = Stop()
+    stop.set()
+    try:
+        with pytest.raises(ProbeError, match="stopped while FFmpeg read it"):
+            children.probe("slow.mkv", directory, stop)
+        assert children.pids() == []
+    finally:
+        children.close()
+
+
+def test_a_child_that_dies_is_the_files_error_and_is_replaced(
+    clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """A crash in the child (here a SIGKILL from outside) refuses one file
+    and says how the child ended; the service goes on."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+    os.kill(child, signal.SIGKILL)
+
+    with pytest.raises(ProbeError, match="killed by SIGKILL"):
+        probes.probe("a.mp4", directory, Stop())
+
+    assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
+    assert probes.pids() not in ([], [child])
+
+
+def test_the_child_runs_under_its_memory_limit(
+    clip: EncodedVideo, tmp_path: Path, directory: int
+) -> None:
+    """RLIMIT_AS is set in the child; an allocation past it fails there, and
+    the file is refused rather than the service running out of memory."""
+    copy_video(clip, tmp_path / "a.mp4")
+    roomy = ProbeProcesses(ThreadPriority.NORMAL, memory_limit=1536 * 1024 * 1024)
+    try:
+        roomy.probe("a.mp4", directory, Stop())
+        [child] = roomy.pids()
+        limits = _address_space_limit(child)
+    finally:
+        roomy.close()
+    assert limits == [str(1536 * 1024 * 1024)] * 2
+
+    # Below what the child has mapped already (a child peaks at about 145 MiB):
+    # nothing more can be allocated there.
+    cramped = ProbeProcesses(ThreadPriority.NORMAL, memory_limit=64 * 1024 * 1024)
+    try:
+        with pytest.raises((ProbeError, ProbeRaised)):
+            cramped.probe("a.mp4", directory, Stop())
+    finally:
+        cramped.close()
+
+
+def _address_space_limit(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/limits", encoding="ascii") as limits:
+        [line] = [line for line in limits if line.startswith("Max address space")]
+    return line.split()[3:5]
+
+
+def test_closed_processes_end_their_children_and_refuse_more(
+    clip: EncodedVideo, tmp_path: Path, directory: int
+) -> None:
+    copy_video(clip, tmp_path / "a.mp4")
+    children = ProbeProcesses(ThreadPriority.NORMAL)
+    children.probe("a.mp4", directory, Stop())
+    [child] = children.pids()
+
+    children.close()
+
+    assert not _alive(child)
+    assert children.pids() == []
+    with pytest.raises(ProbeError, match="the service is stopping"):
+        children.probe("a.mp4", directory, Stop())
+    assert children.pids() == []
+
+
+def test_a_probe_that_raised_in_the_child_is_reported_as_such() -> None:
+    answer = encode_answer(KeyError("codec"))
+
+    with pytest.raises(ProbeRaised, match=r"^KeyError: 'codec'$"):
+        decode_answer("a.mp4", answer)
+
+
+def test_a_refusal_crosses_with_its_reason() -> None:
+    with pytest.raises(ProbeError) as refused:
+        decode_answer("a.mp4", encode_answer(ProbeError("x/a.mp4", "no video stream")))
+
+    assert (refused.value.path, refused.value.reason) == ("a.mp4", "no video stream")
+
+
+_GOOD = VideoProbe(
+    width=64,
+    height=48,
+    frame_rate=Fraction(30000, 1001),
+    duration_seconds=1.5,
+    duration_frames=45,
+    video_codec="h264",
+    audio_codec=None,
+    interlaced=True,
+    creation_time=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+)
+
+
+def test_a_description_crosses_unchanged() -> None:
+    assert decode_answer("a.mp4", encode_answer(_GOOD)) == _GOOD
+
+
+def _fields(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = json.loads(encode_answer(_GOOD))["probe"]
+    fields.update(changes)
+    return fields
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"",
+        b"\xff not json",
+        b"[]",
+        b'{"probe": {}}',
+        b'{"probe": 1}',
+        b'{"refused": 3}',
+        b'{"unexpected": null}',
+        b'{"gift": "x"}',
+        b'{"refused": "a", "probe": {}}',
+        json.dumps({"probe": _fields(width=True)}).encode(),  # a bool is no size
+        json.dumps({"probe": _fields(width=64.0)}).encode(),
+        json.dumps({"probe": _fields(width="64")}).encode(),
+        json.dumps({"probe": _fields(interlaced=1)}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=3)}).encode(),
+        json.dumps({"probe": _fields(video_codec=None)}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[1, 0])}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[1.5, 2])}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[1, 2, 3])}).encode(),
+        json.dumps({"probe": _fields(creation_time="yesterday")}).encode(),
+        json.dumps({"probe": _fields(extra=1)}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=float("inf"))}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=float("nan"))}).encode(),
+        b'{"probe": {"width": 1e999}}',
+    ],
+)
+def test_an_answer_that_is_not_a_description_is_refused(answer: bytes) -> None:
+    """A child a hostile file took over may send anything: only a well-typed
+    description becomes a probe, anything else refuses the file."""
+    with pytest.raises(ProbeError, match="answered with something not a probe"):
+        decode_answer("a.mp4", answer)
+
+
+def test_every_field_of_a_probe_has_a_type_the_answer_carries() -> None:
+    """A field added to VideoProbe crosses the boundary (or this fails)."""
+    strings = {
+        field.name: "x"
+        for field in attrs.fields(VideoProbe)
+        if "str" in str(field.type) and field.name != "video_codec"
+    }
+    every = VideoProbe(**{**attrs.asdict(_GOOD, recurse=False), **strings})
+    assert decode_answer("a.mp4", encode_answer(every)) == every
+
+
+def test_stop_wakes_a_wait_on_its_descriptor_set_before_or_after() -> None:
+    early = Stop()
+    early.set()
+    late = Stop()
+    fd = late.fileno()
+    assert select.select([fd], [], [], 0)[0] == []
+    late.set()
+
+    for stop in (early, late):
+        assert select.select([stop.fileno()], [], [], 0)[0] == [stop.fileno()]
+        assert stop.wait(0)
+        stop.close()
+
+
+@pytest.mark.anyio
+async def test_a_scan_refuses_the_slow_file_and_stores_the_rest(
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path, probes: ProbeProcesses
+) -> None:
+    """One file that keeps FFmpeg busy is one ``errors`` entry after the
+    deadline; the scan completes with every other file."""
+    media = tmp_path / "media"
+    media.mkdir()
+    os.link(slow_file, media / "slow.mkv")
+    copy_video(clip, media / "a.mp4")
+    copy_video(clip, media / "b.mp4")
+
+    async with await VideoLibrary.open(tmp_path / "library.sqlite") as library:
+        handler = make_scan_handler(
+            library, probe_priority=ThreadPriority.NORMAL, probe_threads=1, probes=probes
+        )
+        with anyio.fail_after(TIMEOUT):
+            result = await handler(make_context(media))
+            _, total = await library.list_videos()
+
+    assert result["added"] == 2
+    assert total == 2
+    assert result["errors"] == [
+        {
+            "path": str(media / "slow.mkv"),
+            "error": f"FFmpeg took longer than {DEADLINE:g} s to read it; stopped",
+        }
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_scan_kills_the_probe_in_flight(
+    slow_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling a scan while FFmpeg reads a file ends the probe at once
+    (its child killed), not when FFmpeg returns."""
+    media = tmp_path / "media"
+    media.mkdir()
+    os.link(slow_file, media / "slow.mkv")
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
+    sent = anyio.Event()
+    token = anyio.lowlevel.current_token()
+    outcomes: list[BaseException] = []
+    make_process = children._make  # the test wraps each child it makes
+
+    def observed() -> ProbeProcess:
+        process = make_process()
+        probe = process.probe
+
+        def probing(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+            anyio.from_thread.run_sync(sent.set, token=token)
+            try:
+                return probe(name, dir_fd, stop)
+            except BaseException as exc:
+                outcomes.append(exc)
+                raise
+
+        monkeypatch.setattr(process, "probe", probing)
+        return process
+
+    monkeypatch.setattr(children, "_make", observed)
+    try:
+        async with await VideoLibrary.open(tmp_path / "library.sqlite") as library:
+            handler = make_scan_handler(
+                library, probe_priority=ThreadPriority.NORMAL, probe_threads=1, probes=children
+            )
+            with anyio.fail_after(TIMEOUT):
+                async with anyio.create_task_group() as group:
+
+                    async def scan() -> None:
+                        await handler(make_context(media))
+
+                    group.start_soon(scan)
+                    await sent.wait()
+                    group.cancel_scope.cancel()
+    finally:
+        children.close()
+
+    [outcome] = outcomes
+    assert isinstance(outcome, ProbeError)
+    assert outcome.reason == "the scan was stopped while FFmpeg read it"
