@@ -4,21 +4,22 @@ Started by ``_probeprocess.ProbeProcess``, which says why. It reads one
 request at a time from the ``SOCK_SEQPACKET`` socket ``FD`` (the read limit,
 the name, and the descriptor of the name's directory), probes the file with
 :func:`probe_video` and sends one JSON answer back. It ends when the socket
-closes, and the kernel kills it when the thread that started it (in process
-``PARENT``) ends. Before its first request it lowers its priority to
-``SCHED_IDLE`` if ``PRIORITY`` is ``idle``, limits its address space to
-``MEMORY`` bytes, and says ``ready``.
+closes: a thread of its own waits for the other end to hang up (the service
+closed it, or ended in any way, even killed) and ends the process then, even
+while FFmpeg is busy in a file. Before its first request it lowers its
+priority to ``SCHED_IDLE`` if ``PRIORITY`` is ``idle``, limits its address
+space to ``MEMORY`` bytes, and says ``ready``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import resource
-import signal
+import select
 import socket
 import sys
+import threading
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
@@ -30,16 +31,12 @@ from stoat_ferret.library._probeprocess import READY, REQUEST, encode_answer
 if TYPE_CHECKING:
     from stoat_ferret.library._models import VideoProbe
 
-_PR_SET_PDEATHSIG: Final = 1
-"""``prctl`` option (``<linux/prctl.h>``): the signal a process gets when its parent dies."""
-
 _REQUEST_MAX: Final = REQUEST.size + 4096  # a name is at most NAME_MAX (255) bytes
 
 
 def main(argv: list[str]) -> None:
     """Serve probe requests on the socket ``argv[0]`` until it closes."""
-    fd, parent, priority, memory = argv
-    _die_with_parent(int(parent))
+    fd, priority, memory = argv
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     if ThreadPriority(priority) is ThreadPriority.IDLE:
@@ -49,6 +46,7 @@ def main(argv: list[str]) -> None:
     with socket.socket(fileno=int(fd)) as channel, contextlib.suppress(ConnectionError):
         # A ConnectionError: the service closed its end (it is stopping) while
         # this child answered; there is nobody left to answer.
+        threading.Thread(target=_end_on_hang_up, args=(channel,), daemon=True).start()
         channel.send(READY)
         serve(channel)
 
@@ -76,14 +74,18 @@ def _outcome(name: str, dir_fd: int, read_limit: int) -> VideoProbe | Exception:
         return exc
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when the thread that started it ends (Linux)."""
-    if not sys.platform.startswith("linux"):  # pragma: no cover - Linux-only call
-        return
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl: nobody to signal it
-        raise SystemExit(0)
+def _end_on_hang_up(channel: socket.socket) -> None:
+    """End this process once the service's end of ``channel`` is gone.
+
+    ``poll`` with no events asked for still reports a hang-up: the socket's
+    other end closed, which the kernel does when the service closes it or
+    its process ends, however it ends. The main thread may be inside FFmpeg,
+    which does not hold the GIL while it reads a file, so this thread runs.
+    """
+    hang_ups = select.poll()
+    hang_ups.register(channel, 0)
+    hang_ups.poll()
+    os._exit(0)
 
 
 if __name__ == "__main__":

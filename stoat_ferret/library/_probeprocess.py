@@ -20,12 +20,13 @@ that asked waits for its answer:
 - **Crash.** A child that dies (a signal, an exit) is the file's ``errors``
   entry, with how it ended; the service goes on.
 
-Each probe thread has a child of its own (:class:`ProbeProcesses`), started
-on its first file and kept for the next ones: starting one costs about a
-quarter of a second (Python and PyAV's imports). A child runs at its
-thread's priority (``SCHED_IDLE`` by default, ``_background.py``), is
-killed by the kernel when that thread ends (``PR_SET_PDEATHSIG``), and ends
-on its own when its socket closes.
+A child is started when a probe finds none idle, and kept for the next
+files (:class:`ProbeProcesses`): starting one costs about a quarter of a
+second (Python and PyAV's imports). It runs at the probe threads' priority
+(``SCHED_IDLE`` by default, ``_background.py``), in a session of its own
+(a signal to the service's process group is the service's to act on), and
+ends as soon as its socket's other end closes: when the service closes it,
+or when the service's process ends, however it ends (``_probechild.py``).
 
 The file is opened here, in the service (``_input.open_regular_file``, no
 link followed), and its directory's descriptor goes to the child with the
@@ -40,6 +41,7 @@ whose every field has its declared type, or refuses the answer.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -248,7 +250,6 @@ class ProbeProcess:
             "-m",
             "stoat_ferret.library._probechild",
             str(theirs.fileno()),
-            str(os.getpid()),
             self._priority.value,
             str(self._memory_limit),
         ]
@@ -316,11 +317,13 @@ class ProbeProcess:
 
 
 class ProbeProcesses:
-    """A :class:`ProbeProcess` for each thread that probes through this object.
+    """Child processes that probe files, one per probe running at once.
 
-    Each thread's child starts on its first :meth:`probe` and serves that
-    thread's later ones. :meth:`close` ends them all (the service's lifespan
-    does at its end); so does garbage collection or the interpreter's exit.
+    :meth:`probe` takes an idle child, or starts one, and gives it back after
+    the file: a scan's threads keep as many children busy as they probe files
+    at once, and reuse them file after file. :meth:`close` ends them all (the
+    service's lifespan does at its end); so does garbage collection or the
+    interpreter's exit.
 
     Args:
         priority: The children's CPU priority.
@@ -337,25 +340,25 @@ class ProbeProcesses:
     ) -> None:
         if not deadline > 0:
             raise ValueError(f"deadline must be > 0, got {deadline}")
-        self._make: Callable[[], ProbeProcess] = lambda: ProbeProcess(
-            priority=priority, deadline=deadline, memory_limit=memory_limit
+        self._children = _Children(
+            functools.partial(
+                ProbeProcess, priority=priority, deadline=deadline, memory_limit=memory_limit
+            )
         )
-        self._local = threading.local()
-        self._children = _Children()
         self._finalizer = weakref.finalize(self, self._children.close)
 
     def probe(self, name: str, dir_fd: int, stop: Stop) -> VideoProbe:
-        """:meth:`ProbeProcess.probe` in this thread's child.
+        """:meth:`ProbeProcess.probe` in an idle child, or in a new one.
 
         Raises:
             ProbeError: As :meth:`ProbeProcess.probe`, or this object is closed.
+            ProbeRaised: As :meth:`ProbeProcess.probe`.
         """
-        process: ProbeProcess | None = getattr(self._local, "process", None)
-        if process is None:
-            process = self._make()
-            self._children.add(name, process)  # refused once closed
-            self._local.process = process
-        return process.probe(name, dir_fd, stop)
+        process = self._children.take(name)
+        try:
+            return process.probe(name, dir_fd, stop)
+        finally:
+            self._children.give_back(process)
 
     def pids(self) -> list[int]:
         """The process ids of the children running now."""
@@ -369,24 +372,37 @@ class ProbeProcesses:
 class _Children:
     """The children of a :class:`ProbeProcesses`, apart from it for its finalizer."""
 
-    def __init__(self) -> None:
+    def __init__(self, make: Callable[[], ProbeProcess]) -> None:
+        self._make = make
         self._lock = threading.Lock()
-        self._processes: list[ProbeProcess] = []
+        self._every: list[ProbeProcess] = []
+        self._idle: list[ProbeProcess] = []
         self._closed = False
 
-    def add(self, name: str, process: ProbeProcess) -> None:
+    def take(self, name: str) -> ProbeProcess:
         with self._lock:
             if self._closed:
                 raise ProbeError(name, "not probed: the service is stopping")
-            self._processes.append(process)
+            if self._idle:
+                return self._idle.pop()
+            process = self._make()
+            self._every.append(process)
+            return process
+
+    def give_back(self, process: ProbeProcess) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(process)
+                return
+        process.close()  # closed while it probed
 
     def pids(self) -> list[int]:
         with self._lock:
-            return [pid for process in self._processes if (pid := process.pid) is not None]
+            return [pid for process in self._every if (pid := process.pid) is not None]
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            processes, self._processes = self._processes, []
-        for process in processes:
+            every, self._every, self._idle = self._every, [], []
+        for process in every:
             process.close()

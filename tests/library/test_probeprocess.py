@@ -7,6 +7,8 @@ import json
 import os
 import select
 import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -362,24 +364,17 @@ async def test_a_cancelled_scan_kills_the_probe_in_flight(
     sent = anyio.Event()
     token = anyio.lowlevel.current_token()
     outcomes: list[BaseException] = []
-    make_process = children._make  # the test wraps each child it makes
+    probe = ProbeProcess.probe
 
-    def observed() -> ProbeProcess:
-        process = make_process()
-        probe = process.probe
+    def probing(process: ProbeProcess, name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+        anyio.from_thread.run_sync(sent.set, token=token)
+        try:
+            return probe(process, name, dir_fd, stop)
+        except BaseException as exc:
+            outcomes.append(exc)
+            raise
 
-        def probing(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
-            anyio.from_thread.run_sync(sent.set, token=token)
-            try:
-                return probe(name, dir_fd, stop)
-            except BaseException as exc:
-                outcomes.append(exc)
-                raise
-
-        monkeypatch.setattr(process, "probe", probing)
-        return process
-
-    monkeypatch.setattr(children, "_make", observed)
+    monkeypatch.setattr(ProbeProcess, "probe", probing)
     try:
         async with await VideoLibrary.open(tmp_path / "library.sqlite") as library:
             handler = make_scan_handler(
@@ -400,3 +395,36 @@ async def test_a_cancelled_scan_kills_the_probe_in_flight(
     [outcome] = outcomes
     assert isinstance(outcome, ProbeError)
     assert outcome.reason == "the scan was stopped while FFmpeg read it"
+
+
+_STAND_IN = """
+import os, sys
+from stoat_ferret.library import ProbeProcesses, Stop, ThreadPriority
+children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
+directory = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+children.probe("a.mp4", directory, Stop())
+print(*children.pids(), flush=True)
+children.probe("slow.mkv", directory, Stop())
+"""
+
+
+def test_a_child_ends_when_the_service_is_killed_mid_probe(
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path
+) -> None:
+    """No orphan: a child outlives no service, however the service ends,
+    even while FFmpeg is busy in a file (its hang-up thread ends it)."""
+    os.link(slow_file, tmp_path / "slow.mkv")
+    copy_video(clip, tmp_path / "a.mp4")
+    with subprocess.Popen(
+        [sys.executable, "-c", _STAND_IN, str(tmp_path)], stdout=subprocess.PIPE
+    ) as service:
+        try:
+            assert service.stdout is not None
+            [child] = map(int, service.stdout.readline().split())
+            ended = os.pidfd_open(child)
+        finally:
+            service.kill()
+    try:
+        assert select.select([ended], [], [], TIMEOUT)[0] == [ended]
+    finally:
+        os.close(ended)
