@@ -27,8 +27,10 @@ One scan, step by step:
    the handler's probe threads, which run at ``SCHED_IDLE`` priority on
    Linux unless the handler is told otherwise (``_background.py`` says why
    and what it costs). A probe thread opens each file's directory beneath
-   the scan's descriptor and the file relative to that, and builds the
-   file's row. Each chunk's results go through a memory stream, as one
+   the scan's descriptor and has the file probed relative to that, in a
+   child process of the handler's ``probes`` (the service's way:
+   ``_probeprocess.py``) or, without, in the thread itself; then it builds
+   the file's row. Each chunk's results go through a memory stream, as one
    item, to one writer task, which writes them in batches as they arrive:
    one transaction per :data:`WRITE_BATCH` rows or per
    :data:`FLUSH_SECONDS`, whichever comes first. One item a chunk rather than
@@ -53,10 +55,10 @@ its old row, if any, deleted in the same transaction (``VideoStore.apply``).
 
 Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its
-next file, and every task at its next await. A probe already running finishes
-(FFmpeg cannot be interrupted), but its result is dropped, no new probe
-starts, and no batch is written after the cancellation; batches committed
-before it stay.
+next file, and every task at its next await. A probe running in a child
+process is killed; one running in a thread finishes (FFmpeg cannot be
+interrupted there). Its result is dropped, no new probe starts, and no batch
+is written after the cancellation; batches committed before it stay.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ class Settings:
         metadata={
             "env": "STOAT_PROBE_PRIORITY",
             "metavar": "{idle,normal}",
-            "help": "idle: probe threads use only cores nothing else wants (Linux)",
+            "help": "idle: probe threads and processes use only cores nothing else wants (Linux)",
         },
     )
     log_level: str = attrs.field(
