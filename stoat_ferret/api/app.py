@@ -232,7 +232,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     del app.state.job_queue
     finally:
         del app.state.library, app.state.probes
-        with anyio.CancelScope(shield=True):  # no scan runs any more
+        # Waits for a probe in flight (a scan of an injected queue may outlive
+        # the lifespan: its later files are refused, "the service is stopping").
+        with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(probes.close)
         await library.aclose()
         logger.info("service stopped", database=library.path)

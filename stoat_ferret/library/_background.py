@@ -35,6 +35,7 @@ import contextlib
 import enum
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
 
@@ -82,13 +83,16 @@ class Stop:
     it is waiting for (a probe process's answer, ``_probeprocess.py``).
 
     ``set`` may be called from any thread. The descriptor is made on the
-    first call of :meth:`fileno`; once the stop is set it is readable.
+    first call of :meth:`fileno`; once the stop is set it is readable. It is
+    closed by :meth:`close`, or when the stop is garbage-collected.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._pipe: tuple[int, int] | None = None
+        self._closed = False
+        self._finalizer: weakref.finalize[[tuple[int, int]], Stop] | None = None
 
     def is_set(self) -> bool:
         """Whether the work should stop."""
@@ -109,7 +113,10 @@ class Stop:
         """A descriptor that becomes readable when the stop is set (for ``poll``)."""
         with self._lock:
             if self._pipe is None:
+                if self._closed:
+                    raise ValueError("the stop is closed")
                 self._pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                self._finalizer = weakref.finalize(self, _close_pipe, self._pipe)
                 if self._event.is_set():
                     self._wake(self._pipe[1])
             return self._pipe[0]
@@ -117,15 +124,20 @@ class Stop:
     def close(self) -> None:
         """Close the descriptor, if one was made. The work must be over."""
         with self._lock:
-            if self._pipe is not None:
-                for fd in self._pipe:
-                    os.close(fd)
-                self._pipe = None
+            self._closed = True
+            if self._finalizer is not None:
+                self._finalizer()
+            self._pipe = None
 
     @staticmethod
     def _wake(fd: int) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe is readable already
             os.write(fd, b"\0")
+
+
+def _close_pipe(pipe: tuple[int, int]) -> None:
+    for fd in pipe:
+        os.close(fd)
 
 
 class BackgroundThreads:

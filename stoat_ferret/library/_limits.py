@@ -72,15 +72,17 @@ def frame_size_refusal(width: int, height: int) -> str | None:
 
 
 PROBE_DEADLINE: Final = 30.0
-"""Seconds a probe process may take over one file before it is killed
-(``_probeprocess.py``). A probe reads a file's header and a few packets, at most
-64 MiB: milliseconds on a local disk, a few seconds from a slow network share.
-Longer is FFmpeg stuck in a hostile file (a Matroska file of 60,000 tags takes
-it 25 s, and the time grows faster than the square of their number)."""
+"""CPU seconds a probe process may spend on one file before it is ended
+(``_probeprocess.py``; ten times as many seconds of wall-clock time are a
+backstop). A probe reads a file's header and a few packets, at most 64 MiB,
+and decodes at most a keyframe: milliseconds of CPU. More is FFmpeg stuck in a
+hostile file (a Matroska file of 60,000 tags takes it 25 s, and the time
+grows faster than the square of their number)."""
 
 PROBE_MEMORY_LIMIT: Final = 2 * 1024 * 1024 * 1024
 """A probe process's address space (``RLIMIT_AS``), in bytes: 2 GiB. A child
 that probed a small clip peaked at 145 MiB (``VmPeak``: Python, PyAV,
-FFmpeg's libraries); the limit leaves room for frames of the largest size
-:data:`MAX_PIXELS` allows in the decoders FFmpeg's frame threads make, and
-bounds what the caps above cannot (many streams, streams found late)."""
+FFmpeg's libraries); the limit leaves room for several frames of the largest
+size :data:`MAX_PIXELS` allows (FFmpeg's stream probe may decode a frame of
+each stream, with the decoder's own threads), and bounds what the caps above
+cannot (many streams, streams found late)."""

@@ -99,10 +99,21 @@ def probe_video(
     name = os.fspath(path)
     fd, info = open_regular_file(name, dir_fd)
     try:
-        with BoundedInput(fd, info.st_size, read_limit) as source:
-            return _open_and_describe(name, source)
+        return probe_descriptor(name, fd, info.st_size, read_limit=read_limit)
     finally:
         os.close(fd)
+
+
+def probe_descriptor(name: str, fd: int, size: int, *, read_limit: int = READ_LIMIT) -> VideoProbe:
+    """:func:`probe_video` of a regular file already opened (``open_regular_file``):
+    ``fd``, of ``size`` bytes, which stays the caller's to close. ``name`` is
+    only for messages. A probe process gets just such a descriptor.
+
+    Raises:
+        ProbeError: As :func:`probe_video`.
+    """
+    with BoundedInput(fd, size, read_limit) as source:
+        return _open_and_describe(name, source)
 
 
 def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:

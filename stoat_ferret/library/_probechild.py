@@ -1,14 +1,18 @@
-"""A probe process: ``python -m stoat_ferret.library._probechild FD PARENT PRIORITY MEMORY``.
+"""A probe process: ``python -P -m stoat_ferret.library._probechild FD PRIORITY MEMORY``.
 
 Started by ``_probeprocess.ProbeProcess``, which says why. It reads one
-request at a time from the ``SOCK_SEQPACKET`` socket ``FD`` (the read limit,
-the name, and the descriptor of the name's directory), probes the file with
-:func:`probe_video` and sends one JSON answer back. It ends when the socket
-closes: a thread of its own waits for the other end to hang up (the service
-closed it, or ended in any way, even killed) and ends the process then, even
-while FFmpeg is busy in a file. Before its first request it lowers its
-priority to ``SCHED_IDLE`` if ``PRIORITY`` is ``idle``, limits its address
-space to ``MEMORY`` bytes, and says ``ready``.
+request at a time from the ``SOCK_SEQPACKET`` socket ``FD`` (``_probewire.py``:
+the read limit, the CPU seconds allowed, the name, and the file's
+descriptor), probes the file with :func:`probe_descriptor` and sends one
+JSON answer back. While it probes, ``ITIMER_PROF`` is armed with the CPU
+seconds allowed: once they are spent the kernel ends the process with
+``SIGPROF`` (no handler is installed, so FFmpeg need not return for it).
+
+It ends when the socket closes: a thread of its own waits for the other end
+to hang up (the service closed it, or ended in any way, even killed) and
+ends the process then, even while FFmpeg is busy in a file. Before its first
+request it lowers its priority to ``SCHED_IDLE`` if ``PRIORITY`` is
+``idle``, limits its address space to ``MEMORY`` bytes, and says ``ready``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import contextlib
 import os
 import resource
 import select
+import signal
 import socket
+import stat
 import sys
 import threading
 from typing import TYPE_CHECKING, Final
@@ -25,8 +31,9 @@ from typing import TYPE_CHECKING, Final
 from loguru import logger
 
 from stoat_ferret.library._background import ThreadPriority, lower_priority
-from stoat_ferret.library._probe import probe_video
-from stoat_ferret.library._probeprocess import READY, REQUEST, encode_answer
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._probe import probe_descriptor
+from stoat_ferret.library._probewire import READY, REQUEST, encode_answer
 
 if TYPE_CHECKING:
     from stoat_ferret.library._models import VideoProbe
@@ -37,8 +44,7 @@ _REQUEST_MAX: Final = REQUEST.size + 4096  # a name is at most NAME_MAX (255) by
 def main(argv: list[str]) -> None:
     """Serve probe requests on the socket ``argv[0]`` until it closes."""
     fd, priority, memory = argv
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.remove()  # nothing to say: the service reports how each file went
     if ThreadPriority(priority) is ThreadPriority.IDLE:
         lower_priority()
     limit = int(memory)
@@ -62,14 +68,22 @@ def serve(channel: socket.socket) -> None:
                 descriptors.callback(os.close, received)
             if len(fds) != 1 or len(request) <= REQUEST.size:
                 return  # not a request of ProbeProcess: nothing to answer
-            [read_limit] = REQUEST.unpack_from(request)
+            read_limit, seconds = REQUEST.unpack_from(request)
             name = os.fsdecode(request[REQUEST.size :])
-            channel.send(encode_answer(_outcome(name, fds[0], read_limit)))
+            signal.setitimer(signal.ITIMER_PROF, seconds)
+            try:
+                outcome = _outcome(name, fds[0], read_limit)
+            finally:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+            channel.send(encode_answer(outcome))
 
 
-def _outcome(name: str, dir_fd: int, read_limit: int) -> VideoProbe | Exception:
+def _outcome(name: str, fd: int, read_limit: int) -> VideoProbe | Exception:
     try:
-        return probe_video(name, read_limit=read_limit, dir_fd=dir_fd)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # the service sends only regular files
+            return ProbeError(name, "not a regular file")
+        return probe_descriptor(name, fd, info.st_size, read_limit=read_limit)
     except Exception as exc:  # a ProbeError refuses the file; the service logs any other
         return exc
 

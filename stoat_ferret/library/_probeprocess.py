@@ -1,4 +1,4 @@
-"""Probing in child processes: a deadline, a memory limit, and a crash that stays there.
+"""Probing in child processes: a CPU budget, a memory limit, and a crash that stays there.
 
 FFmpeg runs in the probing thread and cannot be interrupted there. A file of
 a few megabytes can keep it busy for minutes (a Matroska file of 60,000 tags
@@ -6,170 +6,91 @@ takes 25 s to open, and the time grows faster than the square of their
 number), a file can make it allocate gigabytes, and a bug in a demuxer
 can crash it: in a thread, the scan waits, the memory is the service's,
 and a crash kills the service. So the service probes each file in a child
-process (``python -m stoat_ferret.library._probechild``), and the thread
+process (``python -P -m stoat_ferret.library._probechild``), and the thread
 that asked waits for its answer:
 
-- **Deadline.** An answer not back within ``deadline`` seconds (default
-  :data:`~stoat_ferret.library._limits.PROBE_DEADLINE`) gets the child
-  killed (``SIGKILL``); the file is an ``errors`` entry, and the next file
-  starts a new child. A cancelled scan (its :class:`Stop` set) kills the
-  child at once, rather than waiting for FFmpeg to return.
+- **CPU budget.** A probe may use ``deadline`` seconds of CPU (default
+  :data:`~stoat_ferret.library._limits.PROBE_DEADLINE`): the child arms
+  ``ITIMER_PROF`` for each file, and the kernel ends it with ``SIGPROF`` when
+  the budget is spent. CPU time, not wall time, so that a child under
+  ``SCHED_IDLE`` that other work starves is not taken for a stuck one. The
+  waiting thread has a wall-clock backstop too, :data:`WALL_FACTOR` times the
+  budget. Either way the file is an ``errors`` entry, and the next file
+  starts a new child.
+- **Stop.** A cancelled scan (its :class:`Stop` set) kills the child at once,
+  rather than waiting for FFmpeg to return.
 - **Memory.** The child's address space is limited
   (:data:`~stoat_ferret.library._limits.PROBE_MEMORY_LIMIT`, ``RLIMIT_AS``):
   an allocation past it fails inside FFmpeg, which gives up on the file.
 - **Crash.** A child that dies (a signal, an exit) is the file's ``errors``
-  entry, with how it ended; the service goes on.
+  entry, with how it ended; the service goes on. A child whose answer is
+  not a description or a refusal is killed too, and not asked again.
+
+The file is opened here, in the service, as a thread would
+(``_input.open_regular_file``: relative to its directory's descriptor, no
+link followed, a regular file), and only its descriptor goes to the child
+(``_probewire.py`` says how requests and answers cross). A child is no
+sandbox, though: it runs as the service's user, so one that a hostile file
+took over could do what that user can. What the process boundary bounds is
+time, memory and crashes, and what the service accepts back.
 
 A child is started when a probe finds none idle, and kept for the next
 files (:class:`ProbeProcesses`): starting one costs about a quarter of a
 second (Python and PyAV's imports). It runs at the probe threads' priority
 (``SCHED_IDLE`` by default, ``_background.py``), in a session of its own
-(a signal to the service's process group is the service's to act on), and
-ends as soon as its socket's other end closes: when the service closes it,
-or when the service's process ends, however it ends (``_probechild.py``).
-
-The file is opened here, in the service (``_input.open_regular_file``, no
-link followed), and its directory's descriptor goes to the child with the
-request (``SCM_RIGHTS``): the child opens the name relative to it, as a
-thread would, and reads nothing else. A request is one datagram of a
-``SOCK_SEQPACKET`` socket pair: the read limit (8 bytes) and the name's
-bytes. The answer is one datagram of JSON (:func:`encode_answer`), never a
-pickle: a child that a hostile file has taken over can send the service any
-bytes, and :func:`decode_answer` only ever builds a :class:`VideoProbe`
-whose every field has its declared type, or refuses the answer.
+(a signal to the service's process group is the service's to act on), from
+``/`` with ``-P`` (nothing imported from the service's working directory),
+its output discarded, and ends as soon as its socket's other end closes:
+when the service closes it, or when the service's process ends, however it
+ends (``_probechild.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import math
 import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import weakref
-from datetime import datetime
-from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Final
-
-import attrs
+from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._background import ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
-from stoat_ferret.library._input import READ_LIMIT
+from stoat_ferret.library._input import READ_LIMIT, open_regular_file
 from stoat_ferret.library._limits import PROBE_DEADLINE, PROBE_MEMORY_LIMIT
-from stoat_ferret.library._models import VideoProbe
+from stoat_ferret.library._probewire import (
+    ANSWER_MAX,
+    NOT_A_PROBE,
+    READY,
+    REQUEST,
+    ProbeRaised,
+    decode_answer,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from stoat_ferret.library._background import Stop
+    from stoat_ferret.library._models import VideoProbe
 
-ANSWER_MAX: Final = 1024 * 1024
-"""Bytes of one answer at most; a longer one is refused (a description is a
-few hundred bytes: every string in it is bounded by the probe)."""
+START_SECONDS: Final = 60.0
+"""How long a new child may take to import Python and PyAV and say it is
+ready: a quarter of a second on an idle machine, far more for a ``SCHED_IDLE``
+child on a busy one."""
 
-START_SECONDS: Final = 30.0
-"""How long a new child may take to import Python and PyAV and say it is ready."""
+WALL_FACTOR: Final = 10
+"""The wall-clock backstop of a probe, in CPU budgets: a child that gets a
+tenth of a core is still given its whole budget."""
 
-READY: Final = b"ready"
-"""What a child sends once it is ready for requests."""
-
-REQUEST: Final = struct.Struct("<Q")
-"""A request's head: the read limit. The name's bytes follow."""
-
-# The type of each field of a VideoProbe, from its annotation: a name per
-# alternative. A field of a new type fails here, at import, not in a scan.
-_SCALARS: Final[dict[str, tuple[type, ...]]] = {
-    "int": (int,),
-    "float": (float,),
-    "str": (str,),
-    "bool": (bool,),
-    "None": (type(None),),
-    "Fraction": (list,),  # [numerator, denominator]
-    "datetime": (str,),  # ISO 8601
-}
-_FIELDS: Final = {
-    field.name: tuple(name.strip() for name in str(field.type).split("|"))
-    for field in attrs.fields(VideoProbe)
-}
-assert all(name in _SCALARS for names in _FIELDS.values() for name in names), _FIELDS
-
-
-class ProbeRaised(Exception):
-    """A probe raised unexpectedly in a child process; the message says what
-    (the exception's type and text)."""
-
-
-def encode_answer(outcome: VideoProbe | Exception) -> bytes:
-    """The child's answer for one file: its probe, why it was refused, or
-    what a probe raised unexpectedly. At most :data:`ANSWER_MAX` bytes."""
-    if isinstance(outcome, VideoProbe):
-        fields: dict[str, Any] = attrs.asdict(outcome, recurse=False)
-        rate, moment = outcome.frame_rate, outcome.creation_time
-        fields["frame_rate"] = None if rate is None else [rate.numerator, rate.denominator]
-        fields["creation_time"] = None if moment is None else moment.isoformat()
-        answer = json.dumps({"probe": fields}, allow_nan=False).encode()
-    elif isinstance(outcome, ProbeError):
-        answer = json.dumps({"refused": outcome.reason}).encode()
-    else:
-        answer = json.dumps({"unexpected": f"{type(outcome).__name__}: {outcome}"}).encode()
-    if len(answer) > ANSWER_MAX:
-        return json.dumps({"refused": "its description is too long"}).encode()
-    return answer
-
-
-def decode_answer(name: str, answer: bytes) -> VideoProbe:
-    """The probe in a child's ``answer`` about ``name``.
-
-    Raises:
-        ProbeError: The child refused the file, or its answer is not a
-            well-formed description (a child's answer is not trusted).
-        ProbeRaised: A probe in the child raised unexpectedly.
-    """
-    try:
-        message = json.loads(answer, parse_constant=_no_constant)
-        if isinstance(message, dict) and len(message) == 1:
-            [(kind, body)] = message.items()
-            if kind == "probe" and isinstance(body, dict):
-                return _probe(body)
-            if kind == "refused" and isinstance(body, str):
-                raise ProbeError(name, body)
-            if kind == "unexpected" and isinstance(body, str):
-                raise ProbeRaised(body)
-    except (ValueError, TypeError, ArithmeticError) as exc:  # JSON, types, a bad value
-        raise ProbeError(name, "the probe process answered with something not a probe") from exc
-    raise ProbeError(name, "the probe process answered with something not a probe")
-
-
-def _no_constant(text: str) -> None:
-    raise ValueError(f"not a JSON number: {text}")
-
-
-def _probe(body: dict[str, Any]) -> VideoProbe:
-    if body.keys() != _FIELDS.keys():
-        raise ValueError("not the fields of a probe")
-    for key, value in body.items():
-        kinds = tuple(kind for name in _FIELDS[key] for kind in _SCALARS[name])
-        # bool is an int to isinstance: an int field takes no true or false.
-        if not isinstance(value, kinds) or (type(value) is bool and bool not in kinds):
-            raise TypeError(f"{key} is {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key} is not finite")
-    rate, moment = body["frame_rate"], body["creation_time"]
-    if rate is not None:
-        numerator, denominator = rate
-        if type(numerator) is not int or type(denominator) is not int or denominator <= 0:
-            raise ValueError("frame_rate is not a fraction")
-        body["frame_rate"] = Fraction(numerator, denominator)
-    if moment is not None:
-        body["creation_time"] = datetime.fromisoformat(moment)
-    return VideoProbe(**body)
+CLOSE_SECONDS: Final = 1.0
+"""How long :meth:`ProbeProcess.close` waits for an idle child to exit before
+it kills it."""
 
 
 class ProbeProcess:
@@ -177,7 +98,7 @@ class ProbeProcess:
 
     Args:
         priority: The child's CPU priority (it also inherits its thread's).
-        deadline: Seconds an answer may take before the child is killed.
+        deadline: CPU seconds one file's probe may take before the child ends.
         memory_limit: The child's address space, in bytes (``RLIMIT_AS``).
     """
 
@@ -194,50 +115,58 @@ class ProbeProcess:
     @property
     def pid(self) -> int | None:
         """The child's process id; None while there is none."""
-        return None if self._process is None else self._process.pid
+        process = self._process
+        return None if process is None else process.pid
 
     def probe(
         self, name: str, dir_fd: int, stop: Stop, *, read_limit: int = READ_LIMIT
     ) -> VideoProbe:
         """Probe ``name`` (relative to ``dir_fd``) in the child; start one if there is none.
 
-        Blocking: a probe thread. Returns when the child answers, its deadline
-        passes, or ``stop`` is set; the child is killed in the last two cases.
+        Blocking: a probe thread. Returns when the child answers, its budget
+        is spent, or ``stop`` is set; the child is killed in the last two cases.
 
         Raises:
-            ProbeError: The file is not a video the probe describes, the child
-                took longer than the deadline, ended, gave a malformed
-                answer or cannot be started, or ``stop`` was set.
-            ProbeRaised: The probe raised unexpectedly in the child.
+            ProbeError: The file cannot be opened, is not a video the probe
+                describes, or took more than its budget; the child ended,
+                gave a malformed answer or cannot be started; or ``stop``
+                was set.
+            ProbeRaised: The probe raised unexpectedly in the child (which
+                is then ended).
         """
         with self._lock:
-            return self._probe(name, dir_fd, stop, read_limit)
-
-    def _probe(self, name: str, dir_fd: int, stop: Stop, read_limit: int) -> VideoProbe:
-        channel = self._channel(name, stop)
-        try:
-            socket.send_fds(channel, [REQUEST.pack(read_limit) + os.fsencode(name)], [dir_fd])
-        except OSError as exc:  # the child ended between two files
-            raise ProbeError(name, f"the probe process is gone ({self._end()})") from exc
-        late = f"FFmpeg took longer than {self._deadline:g} s to read it; stopped"
-        answer = self._receive(channel, name, stop, self._deadline, late)
-        return decode_answer(name, answer)
+            channel = self._channel(name, stop)
+            fd, _ = open_regular_file(name, dir_fd)
+            try:
+                request = REQUEST.pack(read_limit, self._deadline) + os.fsencode(name)
+                socket.send_fds(channel, [request], [fd])
+            except OSError as exc:  # the child ended between two files
+                raise ProbeError(name, f"the probe process is gone ({self._end()})") from exc
+            finally:
+                os.close(fd)  # the child has its own copy
+            answer = self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
+            try:
+                return decode_answer(name, answer)
+            except ProbeRaised:
+                self._end()
+                raise
+            except ProbeError as exc:
+                if exc.reason == NOT_A_PROBE:
+                    self._end()
+                raise
 
     def close(self) -> None:
         """End the child once its probe, if one runs, is over: its socket
-        closes, and it exits (or is killed)."""
+        closes, and it exits (or is killed). Later probes are refused."""
         with self._lock:
             self._closed = True
             if self._process is None:
                 return
             assert self._socket is not None  # set together with the process
             self._socket.close()
-            try:
-                self._process.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:  # stuck: it has no work left
-                self._process.kill()
-                self._process.wait()
-            self._process = self._socket = None
+            with contextlib.suppress(subprocess.TimeoutExpired):  # it is killed then
+                self._process.wait(timeout=CLOSE_SECONDS)
+            self._end()
 
     def _channel(self, name: str, stop: Stop) -> socket.socket:
         if self._socket is not None:
@@ -247,6 +176,7 @@ class ProbeProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [
             sys.executable,
+            "-P",  # sys.path without the working directory (nor "/", where it runs)
             "-m",
             "stoat_ferret.library._probechild",
             str(theirs.fileno()),
@@ -259,7 +189,9 @@ class ProbeProcess:
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,  # the service reports how a child ended
                     pass_fds=(theirs.fileno(),),
+                    cwd="/",
                     # Its own session: a terminal's Ctrl-C or a signal to the
                     # service's process group is the service's to act on.
                     start_new_session=True,
@@ -268,47 +200,53 @@ class ProbeProcess:
             ours.close()
             raise ProbeError(name, f"cannot start a probe process ({exc.strerror or exc})") from exc
         self._socket = ours
-        late = f"the probe process did not start within {START_SECONDS:g} s"
-        if self._receive(ours, name, stop, START_SECONDS, late) != READY:
-            self._kill()
+        if self._receive(ours, name, stop, START_SECONDS, starting=True) != READY:
+            self._end()
             raise ProbeError(name, "the probe process did not start")
         return ours
 
     def _receive(
-        self, channel: socket.socket, name: str, stop: Stop, seconds: float, late: str
+        self,
+        channel: socket.socket,
+        name: str,
+        stop: Stop,
+        seconds: float,
+        *,
+        starting: bool = False,
     ) -> bytes:
-        """The child's next datagram, within ``seconds`` (else ProbeError ``late``),
-        unless ``stop`` is set."""
+        """The child's next datagram, within ``seconds``, unless ``stop`` is set."""
         poller = select.poll()
         poller.register(channel, select.POLLIN)
         poller.register(stop.fileno(), select.POLLIN)
         ready = {fd for fd, _ in poller.poll(math.ceil(seconds * 1000))}
+        doing = "started" if starting else "read the file"
         if channel.fileno() not in ready:
-            self._kill()
+            self._end()
             if stop.is_set():
-                raise ProbeError(name, "the scan was stopped while FFmpeg read it")
-            raise ProbeError(name, late)
+                raise ProbeError(name, f"the scan was stopped while the probe process {doing}")
+            raise ProbeError(name, f"the probe process {doing} for longer than {seconds:g} s")
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError:  # it ended with our request unread
             answer, flags = b"", 0
         if not answer:
-            raise ProbeError(name, f"the probe process ended while reading it ({self._end()})")
+            ended = self._end()
+            if ended == f"killed by {signal.SIGPROF.name}":
+                raise ProbeError(
+                    name, f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
+                )
+            raise ProbeError(name, f"the probe process ended while it {doing} ({ended})")
         if flags & socket.MSG_TRUNC:
-            self._kill()
-            raise ProbeError(name, "the probe process answered with something not a probe")
+            self._end()
+            raise ProbeError(name, NOT_A_PROBE)
         return answer
 
-    def _kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-        self._end()
-
     def _end(self) -> str:
-        """Reap the child (it has ended or been killed); say how it ended."""
+        """Kill the child (it may have ended already) and reap it; say how it ended."""
         assert self._process is not None
         assert self._socket is not None  # set together with the process
         self._socket.close()
+        self._process.kill()  # one that hung up may still run: no wait without end
         code = self._process.wait()
         self._process = self._socket = None
         if code < 0:

@@ -25,7 +25,7 @@ from stoat_ferret.library._beneath import open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
 from stoat_ferret.library._probe import probe_video
-from stoat_ferret.library._probeprocess import ProbeRaised
+from stoat_ferret.library._probewire import ProbeRaised
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping

@@ -159,7 +159,9 @@ async def test_scans_probe_in_child_processes_at_the_configured_priority(
     assert error["error"].startswith("not a readable media file")
     expected = os.SCHED_IDLE if priority is ThreadPriority.IDLE else os.sched_getscheduler(0)
     assert policies == [expected]
-    assert [command[1:3] for command in commands] == [[b"-m", b"stoat_ferret.library._probechild"]]
+    assert [command[1:4] for command in commands] == [
+        [b"-P", b"-m", b"stoat_ferret.library._probechild"]
+    ]
     assert not any(_command_line(pid) for pid in children)  # ended and reaped
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -27,15 +28,11 @@ from stoat_ferret.library import (
     ThreadPriority,
     VideoLibrary,
     VideoProbe,
+    _probeprocess,
     make_scan_handler,
     probe_video,
 )
-from stoat_ferret.library._probeprocess import (
-    ProbeProcess,
-    ProbeRaised,
-    decode_answer,
-    encode_answer,
-)
+from stoat_ferret.library._probewire import NOT_A_PROBE, ProbeRaised, decode_answer, encode_answer
 from tests.library.support import make_context
 from tests.videos import copy_video
 
@@ -48,11 +45,12 @@ if TYPE_CHECKING:
 TIMEOUT = 60
 
 TAGS = 20_000
-"""Tags of the slow file: FFmpeg takes 1.7 s to open it on the 2-core machine
-this was written on (the time grows faster than the square of their number),
-more than ten times the deadline the tests give it."""
+"""Tags of the slow file: FFmpeg takes 1.7 s of CPU to open it on the 2-core
+machine this was written on (the time grows faster than the square of their
+number), more than ten times the budget the tests give it."""
 
 DEADLINE = 0.1
+"""CPU seconds a probe of the slow file is given in the tests."""
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +78,34 @@ def directory(tmp_path: Path) -> Iterator[int]:
 
 @pytest.fixture
 def probes() -> Iterator[ProbeProcesses]:
+    children = ProbeProcesses(ThreadPriority.NORMAL)
+    yield children
+    children.close()
+
+
+@pytest.fixture
+def strict() -> Iterator[ProbeProcesses]:
+    """Probe processes whose CPU budget the slow file exceeds."""
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=DEADLINE)
     yield children
     children.close()
+
+
+def _stop_once_sent(monkeypatch: pytest.MonkeyPatch, name: str, stop: Stop) -> list[bytes]:
+    """Set ``stop`` right after the request about ``name`` has gone to a child
+    (which holds it then); return the requests it followed."""
+    send_fds = socket.send_fds
+    requests: list[bytes] = []
+
+    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int]) -> int:
+        sent = send_fds(channel, buffers, fds)
+        if buffers[0].endswith(os.fsencode(name)):
+            requests.append(buffers[0])
+            stop.set()
+        return sent
+
+    monkeypatch.setattr(socket, "send_fds", sending)
+    return requests
 
 
 def _alive(pid: int) -> bool:
@@ -123,40 +146,74 @@ def test_a_child_serves_one_file_after_another(
     assert probes.pids() == pids
 
 
-def test_a_file_that_keeps_ffmpeg_busy_past_the_deadline_is_stopped(
-    slow_file: Path, clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+def test_a_file_that_keeps_ffmpeg_busy_past_its_cpu_budget_is_stopped(
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path, directory: int, strict: ProbeProcesses
 ) -> None:
-    """The child is killed at the deadline, the file refused; the next file
-    gets a new child."""
+    """The kernel ends the child once the probe has spent its CPU seconds
+    (SIGPROF), the file is refused; the next file gets a new child."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
-    probes.probe("a.mp4", directory, Stop())
-    [busy] = probes.pids()
+    strict.probe("a.mp4", directory, Stop())
+    [busy] = strict.pids()
 
-    with pytest.raises(ProbeError, match=f"longer than {DEADLINE:g} s to read it; stopped"):
-        probes.probe("slow.mkv", directory, Stop())
+    with pytest.raises(ProbeError) as refused:
+        strict.probe("slow.mkv", directory, Stop())
 
+    assert refused.value.reason == (
+        f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped"
+    )
     assert not _alive(busy)
-    assert probes.pids() == []
-    assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
-    assert probes.pids() != [busy]
+    assert strict.pids() == []
+    assert strict.probe("a.mp4", directory, Stop()).video_codec == "h264"
+    assert strict.pids() != [busy]
+
+
+def test_a_child_that_gets_no_cpu_is_ended_by_the_wall_clock_backstop(
+    clip: EncodedVideo, tmp_path: Path, directory: int
+) -> None:
+    """A child that spends no CPU and does not answer (stopped here with
+    SIGSTOP) is killed after WALL_FACTOR times the budget."""
+    copy_video(clip, tmp_path / "a.mp4")
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.02)
+    try:
+        children.probe("a.mp4", directory, Stop())
+        [child] = children.pids()
+        os.kill(child, signal.SIGSTOP)
+        backstop = 0.02 * _probeprocess.WALL_FACTOR
+        with pytest.raises(ProbeError) as refused:
+            children.probe("a.mp4", directory, Stop())
+    finally:
+        children.close()
+    assert refused.value.reason == f"the probe process read the file for longer than {backstop:g} s"
+    assert not _alive(child)
 
 
 def test_a_stop_kills_the_child_without_waiting_for_ffmpeg(
-    slow_file: Path, tmp_path: Path, directory: int
+    slow_file: Path,
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A stop set while the child works ends the wait at once, not at the
-    deadline (an hour here), and the child with it."""
+    """A stop set once a ready child holds the request ends the wait at once,
+    not when FFmpeg is done (1.7 s here) nor at the budget (an hour), and
+    the child with it."""
     os.link(slow_file, tmp_path / "slow.mkv")
+    copy_video(clip, tmp_path / "a.mp4")
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
     stop = Stop()
-    stop.set()
     try:
-        with pytest.raises(ProbeError, match="stopped while FFmpeg read it"):
+        children.probe("a.mp4", directory, Stop())  # started, and ready
+        [holder] = children.pids()
+        requests = _stop_once_sent(monkeypatch, "slow.mkv", stop)
+        with pytest.raises(ProbeError) as refused:
             children.probe("slow.mkv", directory, stop)
         assert children.pids() == []
     finally:
         children.close()
+    assert refused.value.reason == "the scan was stopped while the probe process read the file"
+    assert len(requests) == 1
+    assert not _alive(holder)
 
 
 def test_a_child_that_dies_is_the_files_error_and_is_replaced(
@@ -169,7 +226,7 @@ def test_a_child_that_dies_is_the_files_error_and_is_replaced(
     [child] = probes.pids()
     os.kill(child, signal.SIGKILL)
 
-    with pytest.raises(ProbeError, match="killed by SIGKILL"):
+    with pytest.raises(ProbeError, match="killed by SIGKILL"):  # gone, or ended meanwhile
         probes.probe("a.mp4", directory, Stop())
 
     assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
@@ -286,14 +343,20 @@ def _fields(**changes: Any) -> dict[str, Any]:
         json.dumps({"probe": _fields(extra=1)}).encode(),
         json.dumps({"probe": _fields(duration_seconds=float("inf"))}).encode(),
         json.dumps({"probe": _fields(duration_seconds=float("nan"))}).encode(),
-        b'{"probe": {"width": 1e999}}',
+        json.dumps({"probe": _fields(duration_seconds=1.5)}).encode().replace(b"1.5", b"1e999"),
+        json.dumps({"probe": _fields(creation_time="2024-05-06T07:08:09")}).encode(),  # naive
+        json.dumps({"probe": _fields(creation_time="2024-05-06T07:08:09+02:00")}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"probe": ' * 10_000 + b"}" * 10_000,
     ],
 )
 def test_an_answer_that_is_not_a_description_is_refused(answer: bytes) -> None:
     """A child a hostile file took over may send anything: only a well-typed
     description becomes a probe, anything else refuses the file."""
-    with pytest.raises(ProbeError, match="answered with something not a probe"):
+    with pytest.raises(ProbeError) as refused:
         decode_answer("a.mp4", answer)
+
+    assert refused.value.reason == NOT_A_PROBE
 
 
 def test_every_field_of_a_probe_has_a_type_the_answer_carries() -> None:
@@ -323,10 +386,10 @@ def test_stop_wakes_a_wait_on_its_descriptor_set_before_or_after() -> None:
 
 @pytest.mark.anyio
 async def test_a_scan_refuses_the_slow_file_and_stores_the_rest(
-    slow_file: Path, clip: EncodedVideo, tmp_path: Path, probes: ProbeProcesses
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path, strict: ProbeProcesses
 ) -> None:
-    """One file that keeps FFmpeg busy is one ``errors`` entry after the
-    deadline; the scan completes with every other file."""
+    """One file that keeps FFmpeg busy is one ``errors`` entry once its CPU
+    budget is spent; the scan completes with every other file."""
     media = tmp_path / "media"
     media.mkdir()
     os.link(slow_file, media / "slow.mkv")
@@ -335,7 +398,7 @@ async def test_a_scan_refuses_the_slow_file_and_stores_the_rest(
 
     async with await VideoLibrary.open(tmp_path / "library.sqlite") as library:
         handler = make_scan_handler(
-            library, probe_priority=ThreadPriority.NORMAL, probe_threads=1, probes=probes
+            library, probe_priority=ThreadPriority.NORMAL, probe_threads=1, probes=strict
         )
         with anyio.fail_after(TIMEOUT):
             result = await handler(make_context(media))
@@ -346,41 +409,42 @@ async def test_a_scan_refuses_the_slow_file_and_stores_the_rest(
     assert result["errors"] == [
         {
             "path": str(media / "slow.mkv"),
-            "error": f"FFmpeg took longer than {DEADLINE:g} s to read it; stopped",
+            "error": f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped",
         }
     ]
 
 
 @pytest.mark.anyio
 async def test_a_cancelled_scan_kills_the_probe_in_flight(
-    slow_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelling a scan while FFmpeg reads a file ends the probe at once
-    (its child killed), not when FFmpeg returns."""
-    media = tmp_path / "media"
+    """Cancelling a scan while a child holds a file ends the probe at once
+    (the child killed), not when FFmpeg returns (1.7 s here)."""
+    warm, media = tmp_path / "warm", tmp_path / "media"
+    warm.mkdir()
     media.mkdir()
+    copy_video(clip, warm / "a.mp4")
     os.link(slow_file, media / "slow.mkv")
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
     sent = anyio.Event()
     token = anyio.lowlevel.current_token()
-    outcomes: list[BaseException] = []
-    probe = ProbeProcess.probe
+    send_fds = socket.send_fds
 
-    def probing(process: ProbeProcess, name: str, dir_fd: int, stop: Stop) -> VideoProbe:
-        anyio.from_thread.run_sync(sent.set, token=token)
-        try:
-            return probe(process, name, dir_fd, stop)
-        except BaseException as exc:
-            outcomes.append(exc)
-            raise
+    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int]) -> int:
+        count = send_fds(channel, buffers, fds)
+        if buffers[0].endswith(b"slow.mkv"):  # in the probe thread, once the child has it
+            anyio.from_thread.run_sync(sent.set, token=token)
+        return count
 
-    monkeypatch.setattr(ProbeProcess, "probe", probing)
     try:
         async with await VideoLibrary.open(tmp_path / "library.sqlite") as library:
             handler = make_scan_handler(
                 library, probe_priority=ThreadPriority.NORMAL, probe_threads=1, probes=children
             )
             with anyio.fail_after(TIMEOUT):
+                await handler(make_context(warm))  # the child started, and ready
+                [holder] = children.pids()
+                monkeypatch.setattr(socket, "send_fds", sending)
                 async with anyio.create_task_group() as group:
 
                     async def scan() -> None:
@@ -389,12 +453,15 @@ async def test_a_cancelled_scan_kills_the_probe_in_flight(
                     group.start_soon(scan)
                     await sent.wait()
                     group.cancel_scope.cancel()
+            running = children.pids()  # the scan waited for its thread: the child is gone
+            _, total = await library.list_videos()
     finally:
         children.close()
 
-    [outcome] = outcomes
-    assert isinstance(outcome, ProbeError)
-    assert outcome.reason == "the scan was stopped while FFmpeg read it"
+    assert total == 1  # the warm-up's clip; not the slow file
+    assert sent.is_set()
+    assert running == []
+    assert not _alive(holder)
 
 
 _STAND_IN = """
@@ -428,3 +495,55 @@ def test_a_child_ends_when_the_service_is_killed_mid_probe(
         assert select.select([ended], [], [], TIMEOUT)[0] == [ended]
     finally:
         os.close(ended)
+
+
+@pytest.mark.parametrize(
+    "answer", [encode_answer(KeyError("codec")), b'{"refused": 7}'], ids=["raised", "malformed"]
+)
+def test_a_child_that_answers_other_than_a_probe_or_a_refusal_is_ended(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: bytes,
+) -> None:
+    """Such a child is not trusted with the next file: a new one gets it."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+    monkeypatch.setattr(_probeprocess, "decode_answer", lambda name, _: decode_answer(name, answer))
+
+    with pytest.raises((ProbeError, ProbeRaised)):
+        probes.probe("a.mp4", directory, Stop())
+
+    assert probes.pids() == []
+    assert not _alive(child)
+    monkeypatch.undo()
+    assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
+
+
+def test_a_child_imports_nothing_from_the_services_working_directory(
+    clip: EncodedVideo, tmp_path: Path, directory: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``loguru.py`` planted where the service runs is not what the child imports."""
+    copy_video(clip, tmp_path / "a.mp4")
+    planted = tmp_path / "cwd"
+    planted.mkdir()
+    marker = tmp_path / "imported"
+    (planted / "loguru.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(planted)
+    children = ProbeProcesses(ThreadPriority.NORMAL)
+    try:
+        assert children.probe("a.mp4", directory, Stop()).video_codec == "h264"
+    finally:
+        children.close()
+    assert not marker.exists()
+
+
+def test_a_reason_is_cut_and_printable() -> None:
+    with pytest.raises(ProbeError) as refused:
+        decode_answer("a.mp4", json.dumps({"refused": "line\nbreak" + "x" * 5000}).encode())
+
+    assert refused.value.reason.startswith("line break")
+    assert len(refused.value.reason) == 1000

@@ -1,0 +1,144 @@
+"""What a probe process and the service say to each other (``_probeprocess.py``).
+
+A request is one datagram of a ``SOCK_SEQPACKET`` socket pair: :data:`REQUEST`
+(the read limit and the CPU seconds the probe may take) and the file's name
+in bytes (for messages only), with the file's descriptor attached
+(``SCM_RIGHTS``). An answer is one datagram of JSON (:func:`encode_answer`),
+never a pickle: a child that a hostile file has taken over can send the
+service any bytes, and :func:`decode_answer` only ever builds a
+:class:`VideoProbe` whose every field has its declared type, or refuses the
+answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from datetime import datetime, timedelta
+from fractions import Fraction
+from typing import Any, Final
+
+import attrs
+
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._models import VideoProbe
+
+ANSWER_MAX: Final = 64 * 1024
+"""Bytes of one answer at most, well below a socket's send buffer (a datagram
+larger than that cannot be sent at all); a longer description is refused.
+A description is under a kilobyte: every string in it is bounded by the probe."""
+
+REASON_MAX: Final = 1000
+"""Characters of a refusal or of an unexpected error's text kept from an
+answer (the scan keeps fewer: ``ERROR_TEXT_CHARS``)."""
+
+READY: Final = b"ready"
+"""What a child sends once it is ready for requests."""
+
+REQUEST: Final = struct.Struct("<Qd")
+"""A request's head: the read limit in bytes, the CPU seconds allowed. The
+name's bytes follow."""
+
+NOT_A_PROBE: Final = "the probe process answered with something not a probe"
+
+# The type of each field of a VideoProbe, from its annotation: a name per
+# alternative. A field of a type not listed here fails at import, not in a scan.
+_SCALARS: Final[dict[str, tuple[type, ...]]] = {
+    "int": (int,),
+    "float": (float,),
+    "str": (str,),
+    "bool": (bool,),
+    "None": (type(None),),
+    "Fraction": (list,),  # [numerator, denominator]
+    "datetime": (str,),  # ISO 8601, in UTC
+}
+_FIELDS: Final = {
+    field.name: tuple(name.strip() for name in str(field.type).split("|"))
+    for field in attrs.fields(VideoProbe)
+}
+if not all(name in _SCALARS for names in _FIELDS.values() for name in names):
+    raise TypeError(f"a VideoProbe field's type cannot cross to the service: {_FIELDS}")
+
+
+class ProbeRaised(Exception):
+    """A probe raised unexpectedly in a child process; the message says what
+    (the exception's type and text)."""
+
+
+def encode_answer(outcome: VideoProbe | Exception) -> bytes:
+    """The child's answer for one file: its probe, why it was refused (a
+    :class:`ProbeError`), or what a probe raised unexpectedly. At most
+    :data:`ANSWER_MAX` bytes."""
+    if isinstance(outcome, VideoProbe):
+        fields: dict[str, Any] = attrs.asdict(outcome, recurse=False)
+        rate, moment = outcome.frame_rate, outcome.creation_time
+        fields["frame_rate"] = None if rate is None else [rate.numerator, rate.denominator]
+        fields["creation_time"] = None if moment is None else moment.isoformat()
+        message: dict[str, Any] = {"probe": fields}
+    elif isinstance(outcome, ProbeError):
+        message = {"refused": outcome.reason[:REASON_MAX]}
+    else:
+        message = {"unexpected": f"{type(outcome).__name__}: {outcome}"[:REASON_MAX]}
+    answer = json.dumps(message, allow_nan=False).encode()
+    if len(answer) > ANSWER_MAX:
+        return json.dumps({"refused": "its description is too long"}).encode()
+    return answer
+
+
+def decode_answer(name: str, answer: bytes) -> VideoProbe:
+    """The probe in a child's ``answer`` about ``name``.
+
+    Raises:
+        ProbeError: The child refused the file. Its ``reason`` is
+            :data:`NOT_A_PROBE` if the answer is not a well-formed description
+            (a child's answer is not trusted).
+        ProbeRaised: A probe in the child raised unexpectedly.
+    """
+    try:
+        message = json.loads(answer, parse_constant=_no_constant)
+        if isinstance(message, dict) and len(message) == 1:
+            [(kind, body)] = message.items()
+            if kind == "probe" and isinstance(body, dict):
+                return _probe(body)
+            if kind == "refused" and isinstance(body, str):
+                raise ProbeError(name, _printable(body))
+            if kind == "unexpected" and isinstance(body, str):
+                raise ProbeRaised(_printable(body))
+    # JSON, a type or a value out of place, a nesting too deep for the parser.
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        raise ProbeError(name, NOT_A_PROBE) from exc
+    raise ProbeError(name, NOT_A_PROBE)
+
+
+def _no_constant(text: str) -> None:
+    raise ValueError(f"not a JSON number: {text}")
+
+
+def _printable(text: str) -> str:
+    """``text`` cut to :data:`REASON_MAX`, its control characters (a line
+    break in a log line) as spaces."""
+    return "".join(char if char.isprintable() else " " for char in text[:REASON_MAX])
+
+
+def _probe(body: dict[str, Any]) -> VideoProbe:
+    if body.keys() != _FIELDS.keys():
+        raise ValueError("not the fields of a probe")
+    for key, value in body.items():
+        kinds = tuple(kind for name in _FIELDS[key] for kind in _SCALARS[name])
+        # bool is an int to isinstance: an int field takes no true or false.
+        if not isinstance(value, kinds) or (type(value) is bool and bool not in kinds):
+            raise TypeError(f"{key} is {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} is not finite")
+    rate, moment = body["frame_rate"], body["creation_time"]
+    if rate is not None:
+        numerator, denominator = rate
+        if type(numerator) is not int or type(denominator) is not int or denominator <= 0:
+            raise ValueError("frame_rate is not a fraction")
+        body["frame_rate"] = Fraction(numerator, denominator)
+    if moment is not None:
+        body["creation_time"] = when = datetime.fromisoformat(moment)
+        if when.utcoffset() != timedelta(0):
+            raise ValueError("creation_time is not in UTC")
+    return VideoProbe(**body)
