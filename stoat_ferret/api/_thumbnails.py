@@ -74,7 +74,13 @@ async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
         raise StoreError(f"cannot create the thumbnails directory {directory} ({exc})") from exc
     library.on_delete(store.remove)
     app.state.thumbnails = store
-    return Thumbnailer(library, store, roots=settings.scan_roots, priority=settings.probe_priority)
+    return Thumbnailer(
+        library,
+        store,
+        roots=settings.scan_roots,
+        priority=settings.probe_priority,
+        processes=app.state.probes,  # the scans' children make thumbnails too
+    )
 
 
 def thumbnails_directory(settings: Settings) -> Path:

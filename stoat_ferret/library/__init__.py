@@ -36,7 +36,7 @@ from stoat_ferret.library._models import (
     VideoRecord,
 )
 from stoat_ferret.library._probe import probe_video
-from stoat_ferret.library._probeprocess import ProbeProcesses
+from stoat_ferret.library._probepool import ProbeProcesses
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._scangate import then_thumbnails

@@ -2,11 +2,13 @@
 
 Started by ``_probeprocess.ProbeProcess``, which says why. It reads one
 request at a time from the ``SOCK_SEQPACKET`` socket ``FD`` (``_probewire.py``:
-the read limit, the CPU seconds allowed, the name, and the file's
-descriptor), probes the file with :func:`probe_descriptor` and sends one
-JSON answer back. While it probes, ``ITIMER_PROF`` is armed with the CPU
-seconds allowed: once they are spent the kernel ends the process with
-``SIGPROF`` (no handler is installed, so FFmpeg need not return for it).
+what to do, the read limit, the CPU seconds allowed, the name, and the file's
+descriptor), probes the file with :func:`probe_descriptor` or makes its
+thumbnail with :func:`thumbnail_descriptor` (written to the memory file
+that came with the request), and sends one JSON answer back. While it
+works on a file, ``ITIMER_PROF`` is armed with the CPU seconds allowed: once
+they are spent the kernel ends the process with ``SIGPROF`` (no handler is
+installed, so FFmpeg need not return for it).
 
 It ends when the socket closes: a thread of its own waits for the other end
 to hang up (the service closed it, or ended in any way, even killed) and
@@ -33,7 +35,8 @@ from loguru import logger
 from stoat_ferret.library._background import ThreadPriority, lower_priority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._probe import probe_descriptor
-from stoat_ferret.library._probewire import READY, REQUEST, encode_answer
+from stoat_ferret.library._probewire import READY, REQUEST, THUMBNAIL, encode_answer
+from stoat_ferret.library._thumbnail import thumbnail_descriptor
 
 if TYPE_CHECKING:
     from stoat_ferret.library._models import VideoProbe
@@ -60,30 +63,37 @@ def main(argv: list[str]) -> None:
 def serve(channel: socket.socket) -> None:
     """Answer each request on ``channel``, one at a time, until it closes."""
     while True:
-        request, fds, _, _ = socket.recv_fds(channel, _REQUEST_MAX, 1)
+        request, fds, _, _ = socket.recv_fds(channel, _REQUEST_MAX, 2)
         if not request:
             return  # the service closed its end
         with contextlib.ExitStack() as descriptors:
             for received in fds:
                 descriptors.callback(os.close, received)
-            if len(fds) != 1 or len(request) <= REQUEST.size:
+            if len(request) <= REQUEST.size:
                 return  # not a request of ProbeProcess: nothing to answer
-            read_limit, seconds = REQUEST.unpack_from(request)
+            kind, read_limit, seconds = REQUEST.unpack_from(request)
+            if len(fds) != (2 if kind == THUMBNAIL else 1):
+                return
             name = os.fsdecode(request[REQUEST.size :])
             signal.setitimer(signal.ITIMER_PROF, seconds)
             try:
-                outcome = _outcome(name, fds[0], read_limit)
+                outcome = _outcome(name, fds, read_limit)
             finally:
                 signal.setitimer(signal.ITIMER_PROF, 0)
             channel.send(encode_answer(outcome))
 
 
-def _outcome(name: str, fd: int, read_limit: int) -> VideoProbe | Exception:
+def _outcome(name: str, fds: list[int], read_limit: int) -> VideoProbe | int | Exception:
     try:
-        info = os.fstat(fd)
+        info = os.fstat(fds[0])
         if not stat.S_ISREG(info.st_mode):  # the service sends only regular files
             return ProbeError(name, "not a regular file")
-        return probe_descriptor(name, fd, info.st_size, read_limit=read_limit)
+        if len(fds) == 1:
+            return probe_descriptor(name, fds[0], info.st_size, read_limit=read_limit)
+        image = thumbnail_descriptor(name, fds[0], info.st_size, read_limit=read_limit)
+        with open(fds[1], "wb", closefd=False) as memory:
+            memory.write(image)
+        return len(image)
     except Exception as exc:  # a ProbeError refuses the file; the service logs any other
         return exc
 

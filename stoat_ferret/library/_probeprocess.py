@@ -26,6 +26,11 @@ that asked waits for its answer:
   entry, with how it ended; the service goes on. A child whose answer is
   not a description or a refusal is killed too, and not asked again.
 
+The thumbnails job decodes and encodes in the same children
+(:meth:`ProbeProcess.thumbnail`), under the same budget and limit: a video
+whose thumbnail takes more, or ends the child, gives none, as one FFmpeg
+cannot decode (it is marked, and not tried again until it changes).
+
 The file is opened here, in the service, as a thread would
 (``_input.open_regular_file``: relative to its directory's descriptor, no
 link followed, a regular file), and only its descriptor goes to the child
@@ -35,8 +40,8 @@ took over could do what that user can. What the process boundary bounds is
 time, memory and crashes, and what the service accepts back.
 
 A child is started when a probe finds none idle, and kept for the next
-files (:class:`ProbeProcesses`): starting one costs about a quarter of a
-second (Python and PyAV's imports). It runs at the probe threads' priority
+files (``_probepool.py``): starting one costs about a quarter of a second
+(Python and PyAV's imports). It runs at the probe threads' priority
 (``SCHED_IDLE`` by default, ``_background.py``), in a session of its own
 (a signal to the service's process group is the service's to act on), from
 ``/`` with ``-P`` (nothing imported from the service's working directory),
@@ -48,7 +53,6 @@ ends (``_probechild.py``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import select
@@ -57,26 +61,27 @@ import socket
 import subprocess
 import sys
 import threading
-import weakref
 from typing import TYPE_CHECKING, Final
 
-from stoat_ferret.library._background import ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT, open_regular_file
-from stoat_ferret.library._limits import PROBE_DEADLINE, PROBE_MEMORY_LIMIT
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     NOT_A_PROBE,
+    PROBE,
     READY,
     REQUEST,
+    THUMBNAIL,
     ProbeRaised,
     decode_answer,
+    decode_thumbnail,
 )
+from stoat_ferret.library._thumbnail import UndecodableError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Iterator
 
-    from stoat_ferret.library._background import Stop
+    from stoat_ferret.library._background import Stop, ThreadPriority
     from stoat_ferret.library._models import VideoProbe
 
 START_SECONDS: Final = 60.0
@@ -91,6 +96,11 @@ tenth of a core is still given its whole budget."""
 CLOSE_SECONDS: Final = 1.0
 """How long :meth:`ProbeProcess.close` waits for an idle child to exit before
 it kills it."""
+
+
+class _Failed(ProbeError):
+    """The child failed over a file: it took too long, ended, or answered
+    nonsense (as opposed to a stop, or a child that cannot start)."""
 
 
 class ProbeProcess:
@@ -135,25 +145,62 @@ class ProbeProcess:
                 is then ended).
         """
         with self._lock:
-            channel = self._channel(name, stop)
             fd, _ = open_regular_file(name, dir_fd)
             try:
-                request = REQUEST.pack(read_limit, self._deadline) + os.fsencode(name)
-                socket.send_fds(channel, [request], [fd])
-            except OSError as exc:  # the child ended between two files
-                raise ProbeError(name, f"the probe process is gone ({self._end()})") from exc
+                answer = self._ask(PROBE, name, [fd], stop, read_limit)
             finally:
-                os.close(fd)  # the child has its own copy
-            answer = self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
-            try:
+                os.close(fd)  # the child had its own copy
+            with self._trusted():
                 return decode_answer(name, answer)
-            except ProbeRaised:
+
+    def thumbnail(self, path: str, fd: int, stop: Stop, *, read_limit: int = READ_LIMIT) -> bytes:
+        """Make the thumbnail of the video open at ``fd`` (``_thumbnail.open_source``)
+        in the child (``_thumbnail.thumbnail_descriptor``); start one if there is none.
+
+        Blocking, as :meth:`probe`. A file that takes more than the CPU budget
+        or ends the child gives no thumbnail, as one FFmpeg cannot decode.
+
+        Raises:
+            UndecodableError: The file gives no frame, within the budget or
+                at all (the child ended, or answered nonsense).
+            ProbeError: The child cannot be started, or ``stop`` was set.
+            ProbeRaised: Making it raised unexpectedly in the child.
+        """
+        with self._lock:
+            image = os.memfd_create("thumbnail", os.MFD_CLOEXEC)
+            try:
+                try:
+                    answer = self._ask(THUMBNAIL, path, [fd, image], stop, read_limit)
+                    with self._trusted():
+                        return decode_thumbnail(path, answer, image)
+                except _Failed as exc:  # the file's doing: no use trying again
+                    raise UndecodableError(path, exc.reason) from exc
+            finally:
+                os.close(image)
+
+    def _ask(self, kind: bytes, name: str, fds: list[int], stop: Stop, read_limit: int) -> bytes:
+        """Send one request with ``fds`` to the child (started if need be); its answer."""
+        channel = self._channel(name, stop)
+        request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
+        try:
+            socket.send_fds(channel, [request], fds)
+        except OSError as exc:  # the child ended between two files
+            raise _Failed(name, f"the probe process is gone ({self._end()})") from exc
+        return self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
+
+    @contextlib.contextmanager
+    def _trusted(self) -> Iterator[None]:
+        """End the child if its answer was anything but a result or a refusal."""
+        try:
+            yield
+        except ProbeRaised:
+            self._end()
+            raise
+        except ProbeError as exc:
+            if exc.reason == NOT_A_PROBE:
                 self._end()
-                raise
-            except ProbeError as exc:
-                if exc.reason == NOT_A_PROBE:
-                    self._end()
-                raise
+                raise _Failed(exc.path, exc.reason) from exc
+            raise
 
     def close(self) -> None:
         """End the child once its probe, if one runs, is over: its socket
@@ -224,7 +271,7 @@ class ProbeProcess:
             self._end()
             if stop.is_set():
                 raise ProbeError(name, f"the scan was stopped while the probe process {doing}")
-            raise ProbeError(name, f"the probe process {doing} for longer than {seconds:g} s")
+            raise _Failed(name, f"the probe process {doing} for longer than {seconds:g} s")
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError:  # it ended with our request unread
@@ -232,13 +279,13 @@ class ProbeProcess:
         if not answer:
             ended = self._end()
             if ended == f"killed by {signal.SIGPROF.name}":
-                raise ProbeError(
+                raise _Failed(
                     name, f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
                 )
-            raise ProbeError(name, f"the probe process ended while it {doing} ({ended})")
+            raise _Failed(name, f"the probe process ended while it {doing} ({ended})")
         if flags & socket.MSG_TRUNC:
             self._end()
-            raise ProbeError(name, NOT_A_PROBE)
+            raise _Failed(name, NOT_A_PROBE)
         return answer
 
     def _end(self) -> str:
@@ -252,95 +299,3 @@ class ProbeProcess:
         if code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit status {code}"
-
-
-class ProbeProcesses:
-    """Child processes that probe files, one per probe running at once.
-
-    :meth:`probe` takes an idle child, or starts one, and gives it back after
-    the file: a scan's threads keep as many children busy as they probe files
-    at once, and reuse them file after file. :meth:`close` ends them all (the
-    service's lifespan does at its end); so does garbage collection or the
-    interpreter's exit.
-
-    Args:
-        priority: The children's CPU priority.
-        deadline: Seconds one file's probe may take before its child is killed.
-        memory_limit: Each child's address space, in bytes.
-    """
-
-    def __init__(
-        self,
-        priority: ThreadPriority = ThreadPriority.IDLE,
-        *,
-        deadline: float = PROBE_DEADLINE,
-        memory_limit: int = PROBE_MEMORY_LIMIT,
-    ) -> None:
-        if not deadline > 0:
-            raise ValueError(f"deadline must be > 0, got {deadline}")
-        self._children = _Children(
-            functools.partial(
-                ProbeProcess, priority=priority, deadline=deadline, memory_limit=memory_limit
-            )
-        )
-        self._finalizer = weakref.finalize(self, self._children.close)
-
-    def probe(self, name: str, dir_fd: int, stop: Stop) -> VideoProbe:
-        """:meth:`ProbeProcess.probe` in an idle child, or in a new one.
-
-        Raises:
-            ProbeError: As :meth:`ProbeProcess.probe`, or this object is closed.
-            ProbeRaised: As :meth:`ProbeProcess.probe`.
-        """
-        process = self._children.take(name)
-        try:
-            return process.probe(name, dir_fd, stop)
-        finally:
-            self._children.give_back(process)
-
-    def pids(self) -> list[int]:
-        """The process ids of the children running now."""
-        return self._children.pids()
-
-    def close(self) -> None:
-        """End every child, each once its probe is over; later probes are refused."""
-        self._finalizer()
-
-
-class _Children:
-    """The children of a :class:`ProbeProcesses`, apart from it for its finalizer."""
-
-    def __init__(self, make: Callable[[], ProbeProcess]) -> None:
-        self._make = make
-        self._lock = threading.Lock()
-        self._every: list[ProbeProcess] = []
-        self._idle: list[ProbeProcess] = []
-        self._closed = False
-
-    def take(self, name: str) -> ProbeProcess:
-        with self._lock:
-            if self._closed:
-                raise ProbeError(name, "not probed: the service is stopping")
-            if self._idle:
-                return self._idle.pop()
-            process = self._make()
-            self._every.append(process)
-            return process
-
-    def give_back(self, process: ProbeProcess) -> None:
-        with self._lock:
-            if not self._closed:
-                self._idle.append(process)
-                return
-        process.close()  # closed while it probed
-
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [pid for process in self._every if (pid := process.pid) is not None]
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            every, self._every, self._idle = self._every, [], []
-        for process in every:
-            process.close()

@@ -1,19 +1,22 @@
 """What a probe process and the service say to each other (``_probeprocess.py``).
 
 A request is one datagram of a ``SOCK_SEQPACKET`` socket pair: :data:`REQUEST`
-(the read limit and the CPU seconds the probe may take) and the file's name
+(what to do, the read limit, the CPU seconds it may take) and the file's name
 in bytes (for messages only), with the file's descriptor attached
-(``SCM_RIGHTS``). An answer is one datagram of JSON (:func:`encode_answer`),
-never a pickle: a child that a hostile file has taken over can send the
-service any bytes, and :func:`decode_answer` only ever builds a
-:class:`VideoProbe` whose every field has its declared type, or refuses the
-answer.
+(``SCM_RIGHTS``): to probe (:data:`PROBE`), or to make a thumbnail
+(:data:`THUMBNAIL`), which also attaches a memory file (``memfd``) for the
+image. An answer is one datagram of JSON (:func:`encode_answer`), never a
+pickle: a child that a hostile file has taken over can send the service any
+bytes, and :func:`decode_answer` only ever builds a :class:`VideoProbe` whose
+every field has its declared type, :func:`decode_thumbnail` only reads an
+image of the size the store accepts, or they refuse the answer.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -23,6 +26,8 @@ import attrs
 
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import VideoProbe
+from stoat_ferret.library._thumbnail import UndecodableError
+from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 
 ANSWER_MAX: Final = 64 * 1024
 """Bytes of one answer at most, well below a socket's send buffer (a datagram
@@ -36,9 +41,12 @@ answer (the scan keeps fewer: ``ERROR_TEXT_CHARS``)."""
 READY: Final = b"ready"
 """What a child sends once it is ready for requests."""
 
-REQUEST: Final = struct.Struct("<Qd")
-"""A request's head: the read limit in bytes, the CPU seconds allowed. The
-name's bytes follow."""
+REQUEST: Final = struct.Struct("<cQd")
+"""A request's head: :data:`PROBE` or :data:`THUMBNAIL`, the read limit in
+bytes, the CPU seconds allowed. The name's bytes follow."""
+
+PROBE: Final = b"p"
+THUMBNAIL: Final = b"t"
 
 NOT_A_PROBE: Final = "the probe process answered with something not a probe"
 
@@ -66,16 +74,21 @@ class ProbeRaised(Exception):
     (the exception's type and text)."""
 
 
-def encode_answer(outcome: VideoProbe | Exception) -> bytes:
-    """The child's answer for one file: its probe, why it was refused (a
-    :class:`ProbeError`), or what a probe raised unexpectedly. At most
-    :data:`ANSWER_MAX` bytes."""
-    if isinstance(outcome, VideoProbe):
+def encode_answer(outcome: VideoProbe | int | Exception) -> bytes:
+    """The child's answer for one file: its probe, the size of its thumbnail
+    (written to the memory file), why it gives no frame (an
+    :class:`UndecodableError`), why it was refused (a :class:`ProbeError`), or
+    what a probe raised unexpectedly. At most :data:`ANSWER_MAX` bytes."""
+    if isinstance(outcome, int):
+        message: dict[str, Any] = {"thumbnail": outcome}
+    elif isinstance(outcome, VideoProbe):
         fields: dict[str, Any] = attrs.asdict(outcome, recurse=False)
         rate, moment = outcome.frame_rate, outcome.creation_time
         fields["frame_rate"] = None if rate is None else [rate.numerator, rate.denominator]
         fields["creation_time"] = None if moment is None else moment.isoformat()
-        message: dict[str, Any] = {"probe": fields}
+        message = {"probe": fields}
+    elif isinstance(outcome, UndecodableError):
+        message = {"undecodable": outcome.reason[:REASON_MAX]}
     elif isinstance(outcome, ProbeError):
         message = {"refused": outcome.reason[:REASON_MAX]}
     else:
@@ -106,6 +119,35 @@ def decode_answer(name: str, answer: bytes) -> VideoProbe:
             if kind == "unexpected" and isinstance(body, str):
                 raise ProbeRaised(_printable(body))
     # JSON, a type or a value out of place, a nesting too deep for the parser.
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        raise ProbeError(name, NOT_A_PROBE) from exc
+    raise ProbeError(name, NOT_A_PROBE)
+
+
+def decode_thumbnail(name: str, answer: bytes, image: int) -> bytes:
+    """The thumbnail a child wrote to the memory file ``image``, of the size
+    its ``answer`` gives.
+
+    Raises:
+        UndecodableError: The file gives no frame.
+        ProbeError: The child refused the file (the reason may be
+            :data:`NOT_A_PROBE`, as for :func:`decode_answer`).
+        ProbeRaised: Making the thumbnail raised unexpectedly in the child.
+    """
+    try:
+        message = json.loads(answer, parse_constant=_no_constant)
+        if isinstance(message, dict) and len(message) == 1:
+            [(kind, body)] = message.items()
+            if kind == "thumbnail" and type(body) is int and 0 < body <= MAX_THUMBNAIL_BYTES:
+                written = os.pread(image, body + 1, 0)
+                if len(written) == body:
+                    return written
+            if kind == "undecodable" and isinstance(body, str):
+                raise UndecodableError(name, _printable(body))
+            if kind == "refused" and isinstance(body, str):
+                raise ProbeError(name, _printable(body))
+            if kind == "unexpected" and isinstance(body, str):
+                raise ProbeRaised(_printable(body))
     except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
         raise ProbeError(name, NOT_A_PROBE) from exc
     raise ProbeError(name, NOT_A_PROBE)

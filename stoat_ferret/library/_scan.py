@@ -96,7 +96,7 @@ if TYPE_CHECKING:
 
     from stoat_ferret.library._background import Stop
     from stoat_ferret.library._library import VideoLibrary
-    from stoat_ferret.library._probeprocess import ProbeProcesses
+    from stoat_ferret.library._probepool import ProbeProcesses
 
 WRITE_BATCH: Final = 256
 """Rows that close a transaction: one holds at least this many (plus the rest of

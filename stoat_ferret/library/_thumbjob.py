@@ -71,7 +71,7 @@ from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
 from stoat_ferret.library._scangate import ScanGate, Way
-from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
+from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbrun import Source, ThumbnailRun
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ if TYPE_CHECKING:
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
     from stoat_ferret.library._background import Stop
     from stoat_ferret.library._library import VideoLibrary
+    from stoat_ferret.library._models import Fingerprint
+    from stoat_ferret.library._probepool import ProbeProcesses
     from stoat_ferret.library._thumbstore import ThumbnailStore
 
 THUMBNAILS_JOB_TYPE: Final = "thumbnails"
@@ -106,6 +108,10 @@ class Thumbnailer:
             size, in each attempt at a thumbnail (``make_thumbnail``).
         priority: The CPU priority of the thread that decodes and encodes.
         error_cap: How many ``errors`` entries a result lists.
+        processes: The child processes that decode and encode (the
+            service's, as for its scans: ``_probeprocess.py``); without,
+            the thread does, where FFmpeg cannot be stopped or held to a
+            memory limit.
     """
 
     def __init__(
@@ -117,8 +123,10 @@ class Thumbnailer:
         read_limit: int = READ_LIMIT,
         priority: ThreadPriority = ThreadPriority.IDLE,
         error_cap: int = DEFAULT_ERROR_CAP,
+        processes: ProbeProcesses | None = None,
     ) -> None:
         self._library = library
+        self._processes = processes
         self._store = store
         self._roots = tuple(os.fspath(root) for root in roots)
         self._read_limit = read_limit
@@ -327,9 +335,7 @@ class Thumbnailer:
         if stop.is_set():
             return "cancelled"
         try:
-            image: bytes | None = make_thumbnail(
-                path, fingerprint, roots=self._roots, read_limit=self._read_limit
-            )
+            image: bytes | None = self._thumbnail(path, fingerprint, stop)
             reason = None
         except UndecodableError as exc:
             image, reason = None, exc.reason  # the file's fault: marked, not tried again
@@ -345,6 +351,15 @@ class Thumbnailer:
         except OSError as exc:
             return f"cannot store its thumbnail ({exc.strerror or exc})"
         return reason
+
+    def _thumbnail(self, path: str, fingerprint: Fingerprint, stop: Stop) -> bytes:
+        if self._processes is None:
+            return make_thumbnail(path, fingerprint, roots=self._roots, read_limit=self._read_limit)
+        fd, _ = open_source(path, fingerprint, roots=self._roots)
+        try:
+            return self._processes.thumbnail(path, fd, stop, read_limit=self._read_limit)
+        finally:
+            os.close(fd)
 
     async def _forget_if_gone(self, source: Source) -> None:
         # The row may have been deleted (or changed) while the thumbnail was

@@ -161,6 +161,22 @@ def make_thumbnail(
             changed since it was scanned, or not a regular file, or its
             directory was replaced since the scan.
     """
+    fd, size = open_source(path, fingerprint, roots=roots)
+    try:
+        return thumbnail_descriptor(path, fd, size, read_limit=read_limit)
+    finally:
+        os.close(fd)
+
+
+def open_source(
+    path: str, fingerprint: Fingerprint, *, roots: Sequence[str] = ()
+) -> tuple[int, int]:
+    """Open the video a thumbnail is made of (as :func:`make_thumbnail` says);
+    return its descriptor, the caller's to close, and its size.
+
+    Raises:
+        ProbeError: As :func:`make_thumbnail`, for the reasons before a frame is read.
+    """
     directory, name = os.path.split(path)
     if not os.path.isabs(path) or os.path.normpath(path) != path or not name:
         raise ProbeError(path, "not an absolute, normalised file path")
@@ -169,21 +185,30 @@ def make_thumbnail(
         fd, info = open_regular_file(name, directory_fd, path=path)
     finally:
         os.close(directory_fd)
-    try:
-        if (info.st_size, info.st_mtime_ns) != fingerprint:
-            raise ProbeError(path, "changed since it was scanned")
-        with BoundedInput(fd, info.st_size, read_limit, count_every_read=True) as source:
-            # Some demuxers (MPEG-TS among them) land past the keyframe a seek
-            # asks for, and find none before the end: then read from the start.
-            for seek in (True, False):
-                image = _from_input(path, source, seek=seek)
-                if image is not None:
-                    return image
-            if source.exhausted:
-                raise UndecodableError(path, _past_limit(source))
-            raise UndecodableError(path, "cannot decode a frame (no keyframe found)")
-    finally:
+    if (info.st_size, info.st_mtime_ns) != fingerprint:
         os.close(fd)
+        raise ProbeError(path, "changed since it was scanned")
+    return fd, info.st_size
+
+
+def thumbnail_descriptor(path: str, fd: int, size: int, *, read_limit: int = READ_LIMIT) -> bytes:
+    """The thumbnail of the video open at ``fd`` (:func:`open_source`), of
+    ``size`` bytes; ``fd`` stays the caller's to close. A probe process makes
+    thumbnails with just such a descriptor.
+
+    Raises:
+        UndecodableError, ProbeError: As :func:`make_thumbnail`.
+    """
+    with BoundedInput(fd, size, read_limit, count_every_read=True) as source:
+        # Some demuxers (MPEG-TS among them) land past the keyframe a seek
+        # asks for, and find none before the end: then read from the start.
+        for seek in (True, False):
+            image = _from_input(path, source, seek=seek)
+            if image is not None:
+                return image
+        if source.exhausted:
+            raise UndecodableError(path, _past_limit(source))
+        raise UndecodableError(path, "cannot decode a frame (no keyframe found)")
 
 
 def _open_directory(path: str, directory: str, roots: Sequence[str]) -> int:

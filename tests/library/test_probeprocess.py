@@ -21,18 +21,30 @@ import attrs
 import av
 import pytest
 
+from stoat_ferret.jobs import JobContext
 from stoat_ferret.library import (
+    THUMBNAILS_JOB_TYPE,
     ProbeError,
     ProbeProcesses,
     Stop,
     ThreadPriority,
+    Thumbnailer,
+    ThumbnailStore,
     VideoLibrary,
     VideoProbe,
     _probeprocess,
     make_scan_handler,
     probe_video,
 )
-from stoat_ferret.library._probewire import NOT_A_PROBE, ProbeRaised, decode_answer, encode_answer
+from stoat_ferret.library._probewire import (
+    NOT_A_PROBE,
+    ProbeRaised,
+    decode_answer,
+    decode_thumbnail,
+    encode_answer,
+)
+from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
+from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.support import make_context
 from tests.videos import copy_video
 
@@ -547,3 +559,110 @@ def test_a_reason_is_cut_and_printable() -> None:
 
     assert refused.value.reason.startswith("line break")
     assert len(refused.value.reason) == 1000
+
+
+def test_a_child_makes_the_thumbnail_a_thread_makes(
+    clips: dict[str, EncodedVideo], tmp_path: Path, probes: ProbeProcesses
+) -> None:
+    for name in ("h264_aac.mp4", "h264_10bit_rotated.mp4"):
+        path = copy_video(clips[name], tmp_path / name).path
+        info = path.stat()
+        fingerprint = (info.st_size, info.st_mtime_ns)
+        fd, _ = open_source(str(path), fingerprint)
+        try:
+            image = probes.thumbnail(str(path), fd, Stop())
+        finally:
+            os.close(fd)
+        assert image == make_thumbnail(str(path), fingerprint)
+        assert image.startswith(b"RIFF")
+
+
+def test_a_thumbnail_past_the_cpu_budget_is_undecodable(
+    slow_file: Path, tmp_path: Path, strict: ProbeProcesses
+) -> None:
+    """The file's doing: marked undecodable by the job, not tried again."""
+    fd = os.open(slow_file, os.O_RDONLY)
+    try:
+        with pytest.raises(UndecodableError) as refused:
+            strict.thumbnail(str(slow_file), fd, Stop())
+    finally:
+        os.close(fd)
+    assert refused.value.reason == (
+        f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped"
+    )
+    assert strict.pids() == []
+
+
+def _memory_file(content: bytes) -> int:
+    image = os.memfd_create("image")
+    os.write(image, content)
+    return image
+
+
+@pytest.mark.parametrize(
+    ("answer", "content"),
+    [
+        (b'{"thumbnail": 0}', b""),
+        (b'{"thumbnail": 5}', b"1234"),  # shorter than it says
+        (b'{"thumbnail": 3}', b"1234"),  # longer
+        (b'{"thumbnail": "4"}', b"1234"),
+        (b'{"thumbnail": true}', b"1"),
+        (json.dumps({"thumbnail": MAX_THUMBNAIL_BYTES + 1}).encode(), b"1"),
+        (b'{"probe": {}}', b""),
+    ],
+)
+def test_an_answer_that_is_not_a_thumbnail_is_refused(answer: bytes, content: bytes) -> None:
+    image = _memory_file(content)
+    try:
+        with pytest.raises(ProbeError) as refused:
+            decode_thumbnail("a.mp4", answer, image)
+    finally:
+        os.close(image)
+    assert refused.value.reason == NOT_A_PROBE
+
+
+def test_a_thumbnail_crosses_with_its_size() -> None:
+    image = _memory_file(b"RIFF1234")
+    try:
+        assert decode_thumbnail("a.mp4", encode_answer(8), image) == b"RIFF1234"
+        with pytest.raises(UndecodableError) as undecodable:
+            decode_thumbnail("a.mp4", encode_answer(UndecodableError("a", "no keyframe")), image)
+    finally:
+        os.close(image)
+    assert (undecodable.value.path, undecodable.value.reason) == ("a.mp4", "no keyframe")
+
+
+@pytest.mark.anyio
+async def test_the_thumbnails_job_marks_the_slow_file_and_makes_the_rest(
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path, strict: ProbeProcesses
+) -> None:
+    """Through the job, in children: one file past the budget is marked
+    undecodable (an ``errors`` entry), the others get their thumbnails."""
+    media = tmp_path / "media"
+    media.mkdir()
+    copy_video(clip, media / "a.mp4")
+    os.link(slow_file, media / "slow.mkv")
+    store = ThumbnailStore(tmp_path / "thumbnails")
+    async with await VideoLibrary.open(tmp_path / "library.sqlite") as library:
+        # Scanned with no budget to speak of, so that the slow file is stored.
+        await make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)(make_context(media))
+        thumbnailer = Thumbnailer(library, store, priority=ThreadPriority.NORMAL, processes=strict)
+        with anyio.fail_after(TIMEOUT):
+            result = await thumbnailer(_thumbnails_context())
+            again = await thumbnailer(_thumbnails_context())
+        videos, _ = await library.list_videos()
+
+    assert (result["made"], result["failed"]) == (1, 1)
+    assert result["errors"] == [
+        {
+            "path": str(media / "slow.mkv"),
+            "error": f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped",
+        }
+    ]
+    assert (again["made"], again["failed"]) == (0, 0)  # marked: not tried again
+    [video] = [video for video in videos if video.filename == "a.mp4"]
+    assert store.read(video.id, (video.size_bytes, video.mtime_ns)) is not None
+
+
+def _thumbnails_context() -> JobContext:
+    return JobContext(job_id="t", job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=lambda *_: None)

@@ -1,0 +1,130 @@
+"""The pool of probe processes a service keeps (``_probeprocess.py`` says why).
+
+:class:`ProbeProcesses` hands each probe or thumbnail an idle child, or starts
+one, and takes it back after the file: as many children as files are worked
+on at once, each reused file after file.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from stoat_ferret.library._background import ThreadPriority
+from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._input import READ_LIMIT
+from stoat_ferret.library._limits import PROBE_DEADLINE, PROBE_MEMORY_LIMIT
+from stoat_ferret.library._probeprocess import ProbeProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stoat_ferret.library._background import Stop
+    from stoat_ferret.library._models import VideoProbe
+
+
+class ProbeProcesses:
+    """Child processes that probe files, one per probe running at once.
+
+    :meth:`probe` takes an idle child, or starts one, and gives it back after
+    the file: a scan's threads keep as many children busy as they probe files
+    at once, and reuse them file after file. :meth:`close` ends them all (the
+    service's lifespan does at its end); so does garbage collection or the
+    interpreter's exit.
+
+    Args:
+        priority: The children's CPU priority.
+        deadline: Seconds one file's probe may take before its child is killed.
+        memory_limit: Each child's address space, in bytes.
+    """
+
+    def __init__(
+        self,
+        priority: ThreadPriority = ThreadPriority.IDLE,
+        *,
+        deadline: float = PROBE_DEADLINE,
+        memory_limit: int = PROBE_MEMORY_LIMIT,
+    ) -> None:
+        if not deadline > 0:
+            raise ValueError(f"deadline must be > 0, got {deadline}")
+        self._children = _Children(
+            functools.partial(
+                ProbeProcess, priority=priority, deadline=deadline, memory_limit=memory_limit
+            )
+        )
+        self._finalizer = weakref.finalize(self, self._children.close)
+
+    def probe(self, name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+        """:meth:`ProbeProcess.probe` in an idle child, or in a new one.
+
+        Raises:
+            ProbeError: As :meth:`ProbeProcess.probe`, or this object is closed.
+            ProbeRaised: As :meth:`ProbeProcess.probe`.
+        """
+        process = self._children.take(name)
+        try:
+            return process.probe(name, dir_fd, stop)
+        finally:
+            self._children.give_back(process)
+
+    def thumbnail(self, path: str, fd: int, stop: Stop, *, read_limit: int = READ_LIMIT) -> bytes:
+        """:meth:`ProbeProcess.thumbnail` in an idle child, or in a new one.
+
+        Raises:
+            UndecodableError, ProbeError, ProbeRaised: As :meth:`ProbeProcess.thumbnail`;
+                ProbeError also once this object is closed.
+        """
+        process = self._children.take(path)
+        try:
+            return process.thumbnail(path, fd, stop, read_limit=read_limit)
+        finally:
+            self._children.give_back(process)
+
+    def pids(self) -> list[int]:
+        """The process ids of the children running now."""
+        return self._children.pids()
+
+    def close(self) -> None:
+        """End every child, each once its probe is over; later probes are refused."""
+        self._finalizer()
+
+
+class _Children:
+    """The children of a :class:`ProbeProcesses`, apart from it for its finalizer."""
+
+    def __init__(self, make: Callable[[], ProbeProcess]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._every: list[ProbeProcess] = []
+        self._idle: list[ProbeProcess] = []
+        self._closed = False
+
+    def take(self, name: str) -> ProbeProcess:
+        with self._lock:
+            if self._closed:
+                raise ProbeError(name, "not probed: the service is stopping")
+            if self._idle:
+                return self._idle.pop()
+            process = self._make()
+            self._every.append(process)
+            return process
+
+    def give_back(self, process: ProbeProcess) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(process)
+                return
+        process.close()  # closed while it probed
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [pid for process in self._every if (pid := process.pid) is not None]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            every, self._every, self._idle = self._every, [], []
+        for process in every:
+            process.close()
