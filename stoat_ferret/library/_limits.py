@@ -36,9 +36,9 @@ refuses the frame size afterwards, once the memory was spent (an 8192x8192
 H.264 frame in MPEG-PS or FLV, or in an MPEG-TS after 6 MB of padding: a
 335 MiB peak against 72 MiB capped). And the cap is per stream: a file of
 many streams each under it costs their sum (eight 4000x4000 16-bit PNG
-streams: 1 GiB). The service's probe runs in a child process under
-:data:`PROBE_MEMORY_LIMIT`, which bounds a file (``_probeprocess.py``); a
-thumbnail decodes in the service's process, under the caps alone.
+streams: 1 GiB). The service probes and makes thumbnails in child
+processes under :data:`PROBE_MEMORY_LIMIT`, which bounds a file
+(``_probeprocess.py``).
 """
 
 from __future__ import annotations

@@ -5,13 +5,14 @@ removes the files of videos no longer stored (:meth:`ThumbnailStore.sweep`),
 and makes a thumbnail for each video whose current version has none and has
 not failed before, one at a time (one ``CapacityLimiter`` token, one
 :class:`BackgroundThreads` thread at the probe threads' priority,
-``SCHED_IDLE`` by default). Who submits it, and how it makes way for scans
-(pausing while one runs, ending for one waiting for a worker), is in
-``_scangate.py``. A scan that starts while a job works, even on its last
-thumbnail, makes it list again once no scan runs.
+``SCHED_IDLE`` by default, which has the service's probe children decode
+and encode it when it is given them: ``_probeprocess.py``). Who submits
+it, and how it makes way for scans (pausing while one runs, ending for one
+waiting for a worker), is in ``_scangate.py``. A scan that starts while a
+job works, even on its last thumbnail, makes it list again once no scan runs.
 
 What the job is doing when a scan starts runs on beside it: the thumbnail
-being made (a thread is not interrupted), or part of a listing. A listing
+being made (it is not interrupted), or part of a listing. A listing
 reads the library (SQLite, in full), then, on the job's own thread at the
 probe threads' priority, checks which thumbnails exist (about 0.6 s of
 ``stat`` calls per 100,000 videos: it stops once a scan runs, looking every

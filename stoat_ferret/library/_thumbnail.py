@@ -1,7 +1,9 @@
 """Make one thumbnail: a frame near 10% of a video, 320 pixels wide, as WebP, with PyAV.
 
 :func:`make_thumbnail` is synchronous and blocking (the ``thumbnails`` job runs
-it in a background thread). It never decodes the whole file: it seeks to the
+it in a background thread; the service's job opens the file with
+:func:`open_source` and has a probe child run :func:`thumbnail_descriptor`,
+``_probeprocess.py``). It never decodes the whole file: it seeks to the
 keyframe at or before 10% of the duration, asks the decoder for keyframes only
 (``skip_frame=NONKEY``), and keeps the first frame that comes out, flushing
 the decoder after the first keyframe's packet (an H.264 decoder with B-frames
