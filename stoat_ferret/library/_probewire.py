@@ -61,12 +61,17 @@ _SCALARS: Final[dict[str, tuple[type, ...]]] = {
     "Fraction": (list,),  # [numerator, denominator]
     "datetime": (str,),  # ISO 8601, in UTC
 }
-_FIELDS: Final = {
+_NAMES: Final = {
     field.name: tuple(name.strip() for name in str(field.type).split("|"))
     for field in attrs.fields(VideoProbe)
 }
-if not all(name in _SCALARS for names in _FIELDS.values() for name in names):
-    raise TypeError(f"a VideoProbe field's type cannot cross to the service: {_FIELDS}")
+if not all(name in _SCALARS for names in _NAMES.values() for name in names):
+    raise TypeError(f"a VideoProbe field's type cannot cross to the service: {_NAMES}")
+# Each field's JSON types; and whether it may be a bool (an int to isinstance).
+_FIELDS: Final = {
+    key: (tuple(kind for name in names for kind in _SCALARS[name]), "bool" in names)
+    for key, names in _NAMES.items()
+}
 
 
 class ProbeRaised(Exception):
@@ -167,9 +172,8 @@ def _probe(body: dict[str, Any]) -> VideoProbe:
     if body.keys() != _FIELDS.keys():
         raise ValueError("not the fields of a probe")
     for key, value in body.items():
-        kinds = tuple(kind for name in _FIELDS[key] for kind in _SCALARS[name])
-        # bool is an int to isinstance: an int field takes no true or false.
-        if not isinstance(value, kinds) or (type(value) is bool and bool not in kinds):
+        kinds, may_be_bool = _FIELDS[key]
+        if not isinstance(value, kinds) or (type(value) is bool and not may_be_bool):
             raise TypeError(f"{key} is {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key} is not finite")
