@@ -48,6 +48,10 @@ def main(argv: list[str]) -> None:
     """Serve probe requests on the socket ``argv[0]`` until it closes."""
     fd, priority, memory = argv
     logger.remove()  # nothing to say: the service reports how each file went
+    # The CPU budget ends this process by SIGPROF's default action, whatever
+    # the service did with the signal (an ignored or blocked one is inherited).
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPROF})
     if ThreadPriority(priority) is ThreadPriority.IDLE:
         lower_priority()
     limit = int(memory)

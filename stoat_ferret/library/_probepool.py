@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._background import ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._limits import PROBE_DEADLINE, PROBE_MEMORY_LIMIT
 from stoat_ferret.library._probeprocess import ProbeProcess
+
+MAX_DEADLINE: Final = 86_400.0
+"""The longest CPU budget a probe may be given: a day."""
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,8 +50,8 @@ class ProbeProcesses:
         deadline: float = PROBE_DEADLINE,
         memory_limit: int = PROBE_MEMORY_LIMIT,
     ) -> None:
-        if not deadline > 0:
-            raise ValueError(f"deadline must be > 0, got {deadline}")
+        if not 0 < deadline <= MAX_DEADLINE:
+            raise ValueError(f"deadline must be > 0 and <= {MAX_DEADLINE:g} s, got {deadline}")
         self._children = _Children(
             functools.partial(
                 ProbeProcess, priority=priority, deadline=deadline, memory_limit=memory_limit

@@ -84,18 +84,23 @@ if TYPE_CHECKING:
     from stoat_ferret.library._background import Stop, ThreadPriority
     from stoat_ferret.library._models import VideoProbe
 
-START_SECONDS: Final = 60.0
+START_SECONDS: Final = 300.0
 """How long a new child may take to import Python and PyAV and say it is
-ready: a quarter of a second on an idle machine, far more for a ``SCHED_IDLE``
-child on a busy one."""
+ready: a fifth of a second of CPU, but a ``SCHED_IDLE`` child on a machine
+kept busy by other work may get as little as a few thousandths of a core."""
 
 WALL_FACTOR: Final = 10
-"""The wall-clock backstop of a probe, in CPU budgets: a child that gets a
-tenth of a core is still given its whole budget."""
+"""The wall-clock backstop of a probe, in CPU budgets. It is not what bounds
+a probe's work (its CPU budget does, in the child): it ends a child that
+does not answer without spending CPU (stopped, or stuck in the kernel)."""
+
+MAX_WAIT_MS: Final = 2**31 - 1
+"""The longest ``poll`` waits, in milliseconds (a C int)."""
 
 CLOSE_SECONDS: Final = 1.0
-"""How long :meth:`ProbeProcess.close` waits for an idle child to exit before
-it kills it."""
+"""How long a child is waited for once it is told to end (its socket closed,
+or killed) before it is left to ``subprocess`` to reap later; one stuck in
+the kernel (a dead network mount) cannot be killed at once."""
 
 
 class _Failed(ProbeError):
@@ -183,10 +188,21 @@ class ProbeProcess:
         channel = self._channel(name, stop)
         request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
         try:
-            socket.send_fds(channel, [request], fds)
-        except OSError as exc:  # the child ended between two files
+            # Nothing is queued to a child that answered every request: one
+            # whose buffer is full stopped reading, and is not waited for.
+            socket.send_fds(channel, [request], fds, socket.MSG_DONTWAIT)
+        except OSError as exc:  # the child ended between two files, or stopped reading
             raise _Failed(name, f"the probe process is gone ({self._end()})") from exc
-        return self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
+        try:
+            answer = self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
+        except BaseException:
+            if self._process is not None:  # a request is unanswered: never reuse the child
+                self._end()
+            raise
+        if self._more_queued():  # one answer a request, no more
+            self._end()
+            raise _Failed(name, NOT_A_PROBE)
+        return answer
 
     @contextlib.contextmanager
     def _trusted(self) -> Iterator[None]:
@@ -239,9 +255,12 @@ class ProbeProcess:
                     stderr=subprocess.DEVNULL,  # the service reports how a child ended
                     pass_fds=(theirs.fileno(),),
                     cwd="/",
-                    # Its own session: a terminal's Ctrl-C or a signal to the
-                    # service's process group is the service's to act on.
-                    start_new_session=True,
+                    # Its own process group: a terminal's Ctrl-C or a signal to
+                    # the service's group is the service's to act on. Not its
+                    # own session: where the kernel groups CPU time by session
+                    # (autogroup), a session of its own would get a share as
+                    # large as the service's, whatever its priority.
+                    process_group=0,
                 )
         except OSError as exc:
             ours.close()
@@ -265,7 +284,7 @@ class ProbeProcess:
         poller = select.poll()
         poller.register(channel, select.POLLIN)
         poller.register(stop.fileno(), select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(math.ceil(seconds * 1000))}
+        ready = {fd for fd, _ in poller.poll(min(MAX_WAIT_MS, math.ceil(seconds * 1000)))}
         doing = "started" if starting else "read the file"
         if channel.fileno() not in ready:
             self._end()
@@ -288,14 +307,25 @@ class ProbeProcess:
             raise _Failed(name, NOT_A_PROBE)
         return answer
 
+    def _more_queued(self) -> bool:
+        assert self._socket is not None  # the answer came through it
+        try:
+            return bool(self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, ConnectionResetError):
+            return False
+
     def _end(self) -> str:
         """Kill the child (it may have ended already) and reap it; say how it ended."""
         assert self._process is not None
         assert self._socket is not None  # set together with the process
+        process, self._process = self._process, None
         self._socket.close()
-        self._process.kill()  # one that hung up may still run: no wait without end
-        code = self._process.wait()
-        self._process = self._socket = None
+        self._socket = None
+        process.kill()  # one that hung up may still run: no wait without end
+        try:
+            code = process.wait(timeout=CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:  # subprocess reaps it once it ends
+            return "killed, and not ended yet"
         if code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit status {code}"

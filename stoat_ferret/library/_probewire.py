@@ -177,11 +177,17 @@ def _probe(body: dict[str, Any]) -> VideoProbe:
             raise TypeError(f"{key} is {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key} is not finite")
+        # FFmpeg's names and the probe's tags: short, printable (the probe
+        # bounds every tag it keeps).
+        if isinstance(value, str) and (len(value) > REASON_MAX or not value.isprintable()):
+            raise ValueError(f"{key} is not a short printable text")
     rate, moment = body["frame_rate"], body["creation_time"]
     if rate is not None:
         numerator, denominator = rate
-        if type(numerator) is not int or type(denominator) is not int or denominator <= 0:
-            raise ValueError("frame_rate is not a fraction")
+        if type(numerator) is not int or type(denominator) is not int:
+            raise TypeError("frame_rate is not a fraction")
+        if numerator <= 0 or denominator <= 0:  # the probe gives positive rates only
+            raise ValueError("frame_rate is not a positive fraction")
         body["frame_rate"] = Fraction(numerator, denominator)
     if moment is not None:
         body["creation_time"] = when = datetime.fromisoformat(moment)

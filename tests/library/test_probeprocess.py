@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -109,8 +110,8 @@ def _stop_once_sent(monkeypatch: pytest.MonkeyPatch, name: str, stop: Stop) -> l
     send_fds = socket.send_fds
     requests: list[bytes] = []
 
-    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int]) -> int:
-        sent = send_fds(channel, buffers, fds)
+    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int) -> int:
+        sent = send_fds(channel, buffers, fds, *flags)
         if buffers[0].endswith(os.fsencode(name)):
             requests.append(buffers[0])
             stop.set()
@@ -349,6 +350,10 @@ def _fields(**changes: Any) -> dict[str, Any]:
         json.dumps({"probe": _fields(duration_seconds=3)}).encode(),
         json.dumps({"probe": _fields(video_codec=None)}).encode(),
         json.dumps({"probe": _fields(frame_rate=[1, 0])}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[0, 1])}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[-25, 1])}).encode(),
+        json.dumps({"probe": _fields(video_codec="h264\nforged log line")}).encode(),
+        json.dumps({"probe": _fields(pixel_format="x" * 1001)}).encode(),
         json.dumps({"probe": _fields(frame_rate=[1.5, 2])}).encode(),
         json.dumps({"probe": _fields(frame_rate=[1, 2, 3])}).encode(),
         json.dumps({"probe": _fields(creation_time="yesterday")}).encode(),
@@ -442,8 +447,8 @@ async def test_a_cancelled_scan_kills_the_probe_in_flight(
     token = anyio.lowlevel.current_token()
     send_fds = socket.send_fds
 
-    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int]) -> int:
-        count = send_fds(channel, buffers, fds)
+    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int) -> int:
+        count = send_fds(channel, buffers, fds, *flags)
         if buffers[0].endswith(b"slow.mkv"):  # in the probe thread, once the child has it
             anyio.from_thread.run_sync(sent.set, token=token)
         return count
@@ -477,12 +482,17 @@ async def test_a_cancelled_scan_kills_the_probe_in_flight(
 
 
 _STAND_IN = """
-import os, sys
+import os, socket, sys
 from stoat_ferret.library import ProbeProcesses, Stop, ThreadPriority
 children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
 directory = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 children.probe("a.mp4", directory, Stop())
-print(*children.pids(), flush=True)
+send_fds = socket.send_fds
+def sending(*arguments):
+    sent = send_fds(*arguments)
+    print(*children.pids(), flush=True)  # the child holds slow.mkv now
+    return sent
+socket.send_fds = sending
 children.probe("slow.mkv", directory, Stop())
 """
 
@@ -491,9 +501,13 @@ def test_a_child_ends_when_the_service_is_killed_mid_probe(
     slow_file: Path, clip: EncodedVideo, tmp_path: Path
 ) -> None:
     """No orphan: a child outlives no service, however the service ends,
-    even while FFmpeg is busy in a file (its hang-up thread ends it)."""
+    even while FFmpeg is busy in a file (its hang-up thread ends it): it
+    ends in well under the time FFmpeg takes over that file."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
+    started = time.perf_counter()
+    probe_video(slow_file)
+    ffmpeg_seconds = time.perf_counter() - started
     with subprocess.Popen(
         [sys.executable, "-c", _STAND_IN, str(tmp_path)], stdout=subprocess.PIPE
     ) as service:
@@ -504,7 +518,7 @@ def test_a_child_ends_when_the_service_is_killed_mid_probe(
         finally:
             service.kill()
     try:
-        assert select.select([ended], [], [], TIMEOUT)[0] == [ended]
+        assert select.select([ended], [], [], ffmpeg_seconds / 2)[0] == [ended]
     finally:
         os.close(ended)
 
@@ -666,3 +680,26 @@ async def test_the_thumbnails_job_marks_the_slow_file_and_makes_the_rest(
 
 def _thumbnails_context() -> JobContext:
     return JobContext(job_id="t", job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=lambda *_: None)
+
+
+def test_the_cpu_budget_holds_when_the_service_ignores_sigprof(
+    slow_file: Path, tmp_path: Path, directory: int, strict: ProbeProcesses
+) -> None:
+    """An ignored signal is inherited across exec: the child restores SIGPROF's
+    default action, or the budget would never end it."""
+    os.link(slow_file, tmp_path / "slow.mkv")
+    previous = signal.signal(signal.SIGPROF, signal.SIG_IGN)
+    try:
+        with pytest.raises(ProbeError) as refused:
+            strict.probe("slow.mkv", directory, Stop())
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+    assert refused.value.reason == (
+        f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped"
+    )
+
+
+@pytest.mark.parametrize("deadline", [0.0, -1.0, float("nan"), float("inf"), 86_400.5])
+def test_a_budget_poll_cannot_wait_for_is_refused(deadline: float) -> None:
+    with pytest.raises(ValueError, match="deadline must be"):
+        ProbeProcesses(deadline=deadline)
