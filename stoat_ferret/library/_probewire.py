@@ -20,7 +20,7 @@ import os
 import struct
 from datetime import datetime, timedelta
 from fractions import Fraction
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
@@ -28,6 +28,11 @@ from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._models import VideoProbe
 from stoat_ferret.library._thumbnail import UndecodableError
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
 
 ANSWER_MAX: Final = 64 * 1024
 """Bytes of one answer at most, well below a socket's send buffer (a datagram
@@ -113,20 +118,11 @@ def decode_answer(name: str, answer: bytes) -> VideoProbe:
             (a child's answer is not trusted).
         ProbeRaised: A probe in the child raised unexpectedly.
     """
-    try:
-        message = json.loads(answer, parse_constant=_no_constant)
-        if isinstance(message, dict) and len(message) == 1:
-            [(kind, body)] = message.items()
-            if kind == "probe" and isinstance(body, dict):
-                return _probe(body)
-            if kind == "refused" and isinstance(body, str):
-                raise ProbeError(name, _printable(body))
-            if kind == "unexpected" and isinstance(body, str):
-                raise ProbeRaised(_printable(body))
-    # JSON, a type or a value out of place, a nesting too deep for the parser.
-    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
-        raise ProbeError(name, NOT_A_PROBE) from exc
-    raise ProbeError(name, NOT_A_PROBE)
+
+    def probe(kind: str, body: object) -> VideoProbe | None:
+        return _probe(body) if kind == "probe" and isinstance(body, dict) else None
+
+    return _decoded(name, answer, probe)
 
 
 def decode_thumbnail(name: str, answer: bytes, image: int) -> bytes:
@@ -139,20 +135,39 @@ def decode_thumbnail(name: str, answer: bytes, image: int) -> bytes:
             :data:`NOT_A_PROBE`, as for :func:`decode_answer`).
         ProbeRaised: Making the thumbnail raised unexpectedly in the child.
     """
+
+    def thumbnail(kind: str, body: object) -> bytes | None:
+        if kind == "thumbnail" and type(body) is int and 0 < body <= MAX_THUMBNAIL_BYTES:
+            written = os.pread(image, body + 1, 0)
+            if len(written) == body:
+                return written
+        return None
+
+    return _decoded(name, answer, thumbnail)
+
+
+def _decoded(name: str, answer: bytes, result: Callable[[str, object], T | None]) -> T:
+    """What ``result`` makes of ``answer``'s one key and its value, or the
+    refusal or error the answer reports instead.
+
+    Raises:
+        UndecodableError, ProbeError, ProbeRaised: As the answer says; a
+            ProbeError with :data:`NOT_A_PROBE` for an answer of any other shape.
+    """
     try:
         message = json.loads(answer, parse_constant=_no_constant)
         if isinstance(message, dict) and len(message) == 1:
             [(kind, body)] = message.items()
-            if kind == "thumbnail" and type(body) is int and 0 < body <= MAX_THUMBNAIL_BYTES:
-                written = os.pread(image, body + 1, 0)
-                if len(written) == body:
-                    return written
+            made = result(kind, body)
+            if made is not None:
+                return made
             if kind == "undecodable" and isinstance(body, str):
                 raise UndecodableError(name, _printable(body))
             if kind == "refused" and isinstance(body, str):
                 raise ProbeError(name, _printable(body))
             if kind == "unexpected" and isinstance(body, str):
                 raise ProbeRaised(_printable(body))
+    # JSON, a type or a value out of place, a nesting too deep for the parser.
     except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
         raise ProbeError(name, NOT_A_PROBE) from exc
     raise ProbeError(name, NOT_A_PROBE)

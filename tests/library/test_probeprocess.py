@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,7 +45,7 @@ from stoat_ferret.library._probewire import (
 )
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
-from tests.library.support import make_context
+from tests.library.support import PROBE, make_context
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
@@ -308,13 +307,9 @@ def test_a_refusal_crosses_with_its_reason() -> None:
     assert (refused.value.path, refused.value.reason) == ("a.mp4", "no video stream")
 
 
-_GOOD = VideoProbe(
-    width=64,
-    height=48,
-    frame_rate=Fraction(30000, 1001),
+_GOOD = attrs.evolve(
+    PROBE,
     duration_seconds=1.5,
-    duration_frames=45,
-    video_codec="h264",
     audio_codec=None,
     interlaced=True,
     creation_time=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
