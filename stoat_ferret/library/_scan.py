@@ -8,34 +8,30 @@ One scan, step by step:
    every root fails the job; one replaced by a symlink since the request is
    an ``errors`` entry, and nothing is read or removed. Everything after
    this is relative to that descriptor (``_beneath.py``).
-2. Walk it in a worker thread (:func:`walk_videos`); the walk checks for
-   cancellation every few hundred entries.
-3. Read the fingerprints of every stored row in the same scope, in one query.
-4. Compare: a file whose ``(size, mtime_ns)`` matches its row is ``unchanged``
-   and is neither probed nor written. The rest are probed. A row the walk
-   did not see is removed only if its file is gone (``_Scan.is_gone``):
-   missing or no longer a regular file, checked with ``lstat`` beneath the
-   directory's descriptor before the store is locked. A file that is still
-   there is kept, though the walk did not see it: it may be in a directory
-   the walk could not list, or the target of a link another scan met. The
-   delete itself keeps a row written since this scan began, whatever
-   ``lstat`` said: another scan (``/x`` and ``/x/sub`` at once) saw its file
-   later. Such a kept row is not counted.
-5. Probe in threads: ``probe_threads`` tasks share one
-   ``anyio.CapacityLimiter`` (per handler, so concurrent scans share it too),
-   each handing a chunk of files at a time (``_scanprobe.py``) to one of
-   the handler's probe threads, which run at ``SCHED_IDLE`` priority on
-   Linux unless the handler is told otherwise (``_background.py`` says why
-   and what it costs). A probe thread opens each file's directory beneath
-   the scan's descriptor and has the file probed relative to that, in a
-   child process of the handler's ``probes`` (the service's way:
-   ``_probeprocess.py``) or, without, in the thread itself; then it builds
-   the file's row. Each chunk's results go through a memory stream, as one
-   item, to one writer task, which writes them in batches as they arrive:
-   one transaction per :data:`WRITE_BATCH` rows or per
-   :data:`FLUSH_SECONDS`, whichever comes first. One item a chunk rather than
-   a file: each send and receive is a trip through the event loop, which a
-   scan shares with every request.
+2. Walk it in a worker thread (:func:`walk_videos`, which checks for
+   cancellation every few hundred entries); read the fingerprints of every
+   stored row in the same scope, in one query.
+3. Compare (``_scanprobe.compare``): a file whose ``(size, mtime_ns)``
+   matches its row is ``unchanged``, neither probed nor written; the rest are
+   probed. A row the walk did not see is removed only if its file is gone
+   (``_Scan.is_gone``: missing or no longer a regular file, by ``lstat``
+   beneath the directory's descriptor, before the store is locked); one
+   still there may be in a directory the walk could not list, or the target
+   of a link another scan met. The delete keeps a row written since this
+   scan began, whatever ``lstat`` said: another scan (``/x`` and ``/x/sub``
+   at once) saw its file later. Such a kept row is not counted.
+4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
+   handler, so concurrent scans share it too), each handing a chunk of files
+   at a time (``_scanprobe.py``) to one of the handler's probe threads
+   (``SCHED_IDLE`` on Linux unless told otherwise: ``_background.py``). A
+   probe thread opens each file's directory beneath the scan's descriptor
+   and has the file probed relative to it, in a child process of the
+   handler's ``probes`` (the service's way: ``_probeprocess.py``) or else in
+   the thread itself; then it builds the file's row. Each chunk's results go
+   through a memory stream, as one item (each trip through the event loop
+   is one that requests wait for), to one writer task, which writes them in
+   batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or
+   per :data:`FLUSH_SECONDS`, whichever comes first.
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
@@ -44,21 +40,20 @@ replaces the previous scan of the same scope's list when it starts, and
 adds its entries after the walk and after the probes, unless a later scan
 of the same scope has started meanwhile (its list is then that scan's).
 
-A file that cannot be probed is an ``errors`` entry and the scan goes on. When
-a file that was stored before has changed and can no longer be probed, its row
-is deleted with the next batch, unless another scan wrote it since this one
-began: its old metadata no longer describes it. It counts as an error, not as
-``removed``. A file whose row the store cannot hold (a number beyond SQLite's,
-which the probe never gives: ``_probe.py`` bounds them) is an ``errors`` entry
-too, neither ``added`` nor ``updated``: the rest of its batch is written, and
-its old row, if any, deleted in the same transaction (``VideoStore.apply``).
+A file that cannot be probed is an ``errors`` entry and the scan goes on. A
+stored file that changed and can no longer be probed has its row deleted with
+the next batch, unless another scan wrote it since this one began; it counts
+as an error, not as ``removed``. A file whose row the store cannot hold (a
+number beyond SQLite's, which ``_probe.py`` never gives) is an ``errors``
+entry, neither ``added`` nor ``updated``: the rest of its batch is written,
+and its old row deleted in the same transaction (``VideoStore.apply``).
 
 Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its
-next file, and every task at its next await. A probe running in a child
-process is killed; one running in a thread finishes (FFmpeg cannot be
-interrupted there). Its result is dropped, no new probe starts, and no batch
-is written after the cancellation; batches committed before it stay.
+next file, and every task at its next await. A probe in a child process is
+killed; one in a thread finishes (FFmpeg cannot be interrupted there). Its
+result is dropped, no new probe starts, and no batch is written after the
+cancellation; batches committed before it stay.
 """
 
 from __future__ import annotations
@@ -84,6 +79,7 @@ from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog, Fingerprin
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
     Probe,
+    compare,
     probe_chunks,
     probe_files,
     probe_in_thread,
@@ -119,8 +115,7 @@ def make_scan_handler(
 ) -> ScanHandler:
     """Build the handler of ``scan`` jobs, which fills ``library``.
 
-    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool}``
-    (``recursive`` defaults to True).
+    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool}``.
 
     Args:
         library: Where the videos are stored.
@@ -130,10 +125,8 @@ def make_scan_handler(
         probe_threads: How many files are probed at once, at most, by all the
             scans of this handler together.
         probe_priority: The CPU priority of the probing threads.
-        probes: The child processes that probe the files (the service's,
-            which closes them); without, each file is probed in its thread,
-            where FFmpeg cannot be stopped or held to a memory limit
-            (``_probeprocess.py``).
+        probes: The child processes that probe the files (the service's);
+            without, the threads do, where FFmpeg cannot be stopped.
         error_cap: How many ``errors`` entries a result lists; ``errors_total``
             counts them all, ``errors_truncated`` those not listed.
 
@@ -230,7 +223,7 @@ class _Scan:
             self.ctx.job_id, self.root, recursive=self.recursive, errors=()
         )
         self.found, self.known, to_probe, gone = await self.library.survey(
-            self.walk, self.root, recursive=self.recursive, compare=_compare
+            self.walk, self.root, recursive=self.recursive, compare=compare
         )
         await self.library.add_scan_errors(
             self.ctx.job_id, self.root, recursive=self.recursive, errors=self.errors.take_unstored()
@@ -404,21 +397,3 @@ class _Scan:
             self.updated -= 1
         else:
             self.added -= 1
-
-
-def _compare(
-    found: dict[str, Fingerprint], known: dict[str, Fingerprint]
-) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
-    """``found`` and ``known``, the found paths to probe (new or changed,
-    sorted) and the known paths the walk did not see. Blocking: run in the
-    survey's thread. Those last are only candidates: each is checked on
-    disk when it is deleted (``_Scan.is_gone``).
-    """
-    if found == known:  # one C-level comparison: the common rescan of an unchanged tree
-        return found, known, [], set()
-    stored = known.get
-    to_probe = sorted(path for path, fingerprint in found.items() if stored(path) != fingerprint)
-    new = sum(1 for path in to_probe if path not in known)
-    # Every known path was found exactly when the found-and-known count equals len(known).
-    gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
-    return found, known, to_probe, gone

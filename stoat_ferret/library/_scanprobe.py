@@ -1,4 +1,7 @@
-"""The scan's probe threads: which files a thread call takes, and what it does with them.
+"""The scan's probe threads: which files to probe, which a thread call takes, and what it does.
+
+:func:`compare` tells the files to probe (new or changed) from the walk's
+fingerprints and the stored ones.
 
 The scan (``_scan.py``) hands the files it must probe to its probe threads a
 chunk at a time (:func:`probe_chunks`): one trip to a thread per chunk rather
@@ -142,3 +145,21 @@ def _directory_failure(exc: OSError) -> str:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return "its directory was replaced (by a symlink or a file) during the scan; not read"
     return f"cannot open its directory ({exc.strerror or exc})"
+
+
+def compare(
+    found: dict[str, Fingerprint], known: dict[str, Fingerprint]
+) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
+    """``found`` and ``known``, the found paths to probe (new or changed,
+    sorted) and the known paths the walk did not see. Blocking: run in the
+    survey's thread. Those last are only candidates: each is checked on
+    disk when it is deleted (``_Scan.is_gone``).
+    """
+    if found == known:  # one C-level comparison: the common rescan of an unchanged tree
+        return found, known, [], set()
+    stored = known.get
+    to_probe = sorted(path for path, fingerprint in found.items() if stored(path) != fingerprint)
+    new = sum(1 for path in to_probe if path not in known)
+    # Every known path was found exactly when the found-and-known count equals len(known).
+    gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
+    return found, known, to_probe, gone

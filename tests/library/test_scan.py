@@ -204,13 +204,13 @@ async def test_the_comparison_with_the_store_runs_in_a_worker_thread(
     os.remove(gone)
     _fill(media, clip, ["new.mp4"])
     threads: list[threading.Thread] = []
-    compare = _scan._compare
+    compare = _scanprobe.compare
 
     def recording_compare(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.current_thread())
         return compare(*args, **kwargs)
 
-    monkeypatch.setattr(_scan, "_compare", recording_compare)
+    monkeypatch.setattr(_scan, "compare", recording_compare)
     with anyio.fail_after(TIMEOUT):
         result = await handler(make_context(media))
 
