@@ -115,7 +115,7 @@ def make_scan_handler(
 ) -> ScanHandler:
     """Build the handler of ``scan`` jobs, which fills ``library``.
 
-    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool}``.
+    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool = True}``.
 
     Args:
         library: Where the videos are stored.
