@@ -41,7 +41,7 @@ from stoat_ferret.library._thumbnail import thumbnail_descriptor
 if TYPE_CHECKING:
     from stoat_ferret.library._models import VideoProbe
 
-_REQUEST_MAX: Final = REQUEST.size + 4096  # a name is at most NAME_MAX (255) bytes
+_REQUEST_MAX: Final = REQUEST.size + 4096  # a file's name: at most 255 bytes
 
 
 def main(argv: list[str]) -> None:

@@ -90,7 +90,7 @@ class ProbeProcesses:
         return self._children.pids()
 
     def close(self) -> None:
-        """End every child, each once its probe is over; later probes are refused."""
+        """End every child, each once its file is done; later files are refused."""
         self._finalizer()
 
 

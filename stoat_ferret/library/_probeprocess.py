@@ -108,8 +108,14 @@ the kernel (a dead network mount) cannot be killed at once."""
 
 
 class _Failed(ProbeError):
-    """The child failed over a file: it took too long, ended, or answered
-    nonsense (as opposed to a stop, or a child that cannot start)."""
+    """The child failed over a file. ``files_doing``: while it held the file
+    (it spent the CPU budget, crashed or answered nonsense), rather than
+    before it had it (it did not start, or had ended between two files) or
+    without spending CPU (the wall-clock backstop: stuck, or starved)."""
+
+    def __init__(self, path: str, reason: str, *, files_doing: bool) -> None:
+        super().__init__(path, reason)
+        self.files_doing = files_doing
 
 
 class ProbeProcess:
@@ -176,14 +182,21 @@ class ProbeProcess:
             ProbeRaised: Making it raised unexpectedly in the child.
         """
         with self._lock:
-            image = os.memfd_create("thumbnail", os.MFD_CLOEXEC)
+            try:
+                image = os.memfd_create("thumbnail", os.MFD_CLOEXEC)
+            except OSError as exc:  # out of descriptors
+                raise ProbeError(path, f"cannot make a memory file ({exc.strerror})") from exc
             try:
                 try:
-                    answer = self._ask(THUMBNAIL, path, [fd, image], stop, read_limit)
+                    # The name is for messages only: the file's is enough.
+                    name = os.path.basename(path)
+                    answer = self._ask(THUMBNAIL, name, [fd, image], stop, read_limit)
                     with self._trusted():
                         return decode_thumbnail(path, answer, image)
-                except _Failed as exc:  # the file's doing: no use trying again
-                    raise UndecodableError(path, exc.reason) from exc
+                except _Failed as exc:
+                    if exc.files_doing:  # no use trying again until it changes
+                        raise UndecodableError(path, exc.reason) from exc
+                    raise ProbeError(path, exc.reason) from exc  # the next job tries again
             finally:
                 os.close(image)
 
@@ -196,16 +209,20 @@ class ProbeProcess:
             # whose buffer is full stopped reading, and is not waited for.
             socket.send_fds(channel, [request], fds, socket.MSG_DONTWAIT)
         except OSError as exc:  # the child ended between two files, or stopped reading
-            raise _Failed(name, f"the probe process is gone ({self._end()})") from exc
+            ended = self._end()
+            raise _Failed(name, f"the probe process is gone ({ended})", files_doing=False) from exc
         try:
             answer = self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
         except BaseException:
             if self._process is not None:  # a request is unanswered: never reuse the child
                 self._end()
             raise
-        if self._more_queued():  # one answer a request, no more
+        more = self._peek()
+        if more:  # one answer a request, no more
             self._end()
-            raise _Failed(name, NOT_A_PROBE)
+            raise _Failed(name, NOT_A_PROBE, files_doing=True)
+        if more is not None:  # it hung up after its answer: not asked again
+            self._end()
         return answer
 
     @contextlib.contextmanager
@@ -219,7 +236,7 @@ class ProbeProcess:
         except ProbeError as exc:
             if exc.reason == NOT_A_PROBE:
                 self._end()
-                raise _Failed(exc.path, exc.reason) from exc
+                raise _Failed(exc.path, exc.reason, files_doing=True) from exc
             raise
 
     def close(self) -> None:
@@ -240,7 +257,10 @@ class ProbeProcess:
             return self._socket
         if self._closed:
             raise ProbeError(name, "not probed: the service is stopping")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:  # out of descriptors
+            raise ProbeError(name, f"cannot start a probe process ({exc.strerror or exc})") from exc
         command = [
             sys.executable,
             "-P",  # sys.path without the working directory (nor "/", where it runs)
@@ -270,7 +290,13 @@ class ProbeProcess:
             ours.close()
             raise ProbeError(name, f"cannot start a probe process ({exc.strerror or exc})") from exc
         self._socket = ours
-        if self._receive(ours, name, stop, START_SECONDS, starting=True) != READY:
+        try:
+            ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
+        except BaseException:
+            if self._process is not None:  # half started: never used
+                self._end()
+            raise
+        if ready != READY:
             self._end()
             raise ProbeError(name, "the probe process did not start")
         return ours
@@ -293,8 +319,9 @@ class ProbeProcess:
         if channel.fileno() not in ready:
             self._end()
             if stop.is_set():
-                raise ProbeError(name, f"the scan was stopped while the probe process {doing}")
-            raise _Failed(name, f"the probe process {doing} for longer than {seconds:g} s")
+                raise ProbeError(name, f"stopped while the probe process {doing}")
+            late = f"the probe process {doing} for longer than {seconds:g} s"
+            raise _Failed(name, late, files_doing=False)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError:  # it ended with our request unread
@@ -302,21 +329,25 @@ class ProbeProcess:
         if not answer:
             ended = self._end()
             if ended == f"killed by {signal.SIGPROF.name}":
-                raise _Failed(
-                    name, f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
-                )
-            raise _Failed(name, f"the probe process ended while it {doing} ({ended})")
+                spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
+                raise _Failed(name, spent, files_doing=True)
+            ending = f"the probe process ended while it {doing} ({ended})"
+            raise _Failed(name, ending, files_doing=not starting)
         if flags & socket.MSG_TRUNC:
             self._end()
-            raise _Failed(name, NOT_A_PROBE)
+            raise _Failed(name, NOT_A_PROBE, files_doing=True)
         return answer
 
-    def _more_queued(self) -> bool:
+    def _peek(self) -> bytes | None:
+        """What the child sent after its answer: None for nothing, ``b""`` if it
+        hung up (or sent an empty datagram: either way it is not asked again)."""
         assert self._socket is not None  # the answer came through it
         try:
-            return bool(self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except (BlockingIOError, ConnectionResetError):
-            return False
+            return self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except ConnectionResetError:
+            return b""
 
     def _end(self) -> str:
         """Kill the child (it may have ended already) and reap it; say how it ended."""
@@ -330,6 +361,9 @@ class ProbeProcess:
             code = process.wait(timeout=CLOSE_SECONDS)
         except subprocess.TimeoutExpired:  # subprocess reaps it once it ends
             return "killed, and not ended yet"
-        if code < 0:
+        if code >= 0:
+            return f"exit status {code}"
+        try:
             return f"killed by {signal.Signals(-code).name}"
-        return f"exit status {code}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {-code}"

@@ -139,7 +139,8 @@ def decode_thumbnail(name: str, answer: bytes, image: int) -> bytes:
     def thumbnail(kind: str, body: object) -> bytes | None:
         if kind == "thumbnail" and type(body) is int and 0 < body <= MAX_THUMBNAIL_BYTES:
             written = os.pread(image, body + 1, 0)
-            if len(written) == body:
+            # All of it, and a WebP image (what the store serves it as).
+            if len(written) == body and written[:4] == b"RIFF" and written[8:12] == b"WEBP":
                 return written
         return None
 

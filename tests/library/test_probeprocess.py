@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -223,7 +224,7 @@ def test_a_stop_kills_the_child_without_waiting_for_ffmpeg(
         assert children.pids() == []
     finally:
         children.close()
-    assert refused.value.reason == "the scan was stopped while the probe process read the file"
+    assert refused.value.reason == "stopped while the probe process read the file"
     assert len(requests) == 1
     assert not _alive(holder)
 
@@ -618,6 +619,8 @@ def _memory_file(content: bytes) -> int:
         (b'{"thumbnail": true}', b"1"),
         (json.dumps({"thumbnail": MAX_THUMBNAIL_BYTES + 1}).encode(), b"1"),
         (b'{"probe": {}}', b""),
+        (b'{"thumbnail": 12}', b"RIFF\0\0\0\0JPEG"),  # not a WebP image
+        (b'{"thumbnail": 12}', b"GIF89a\0\0WEBP"),
     ],
 )
 def test_an_answer_that_is_not_a_thumbnail_is_refused(answer: bytes, content: bytes) -> None:
@@ -631,9 +634,10 @@ def test_an_answer_that_is_not_a_thumbnail_is_refused(answer: bytes, content: by
 
 
 def test_a_thumbnail_crosses_with_its_size() -> None:
-    image = _memory_file(b"RIFF1234")
+    webp = b"RIFF\4\0\0\0WEBP"
+    image = _memory_file(webp)
     try:
-        assert decode_thumbnail("a.mp4", encode_answer(8), image) == b"RIFF1234"
+        assert decode_thumbnail("a.mp4", encode_answer(12), image) == webp
         with pytest.raises(UndecodableError) as undecodable:
             decode_thumbnail("a.mp4", encode_answer(UndecodableError("a", "no keyframe")), image)
     finally:
@@ -677,18 +681,24 @@ def _thumbnails_context() -> JobContext:
     return JobContext(job_id="t", job_type=THUMBNAILS_JOB_TYPE, payload=None, sink=lambda *_: None)
 
 
-def test_the_cpu_budget_holds_when_the_service_ignores_sigprof(
-    slow_file: Path, tmp_path: Path, directory: int, strict: ProbeProcesses
+@pytest.mark.parametrize("how", ["ignored", "blocked"])
+def test_the_cpu_budget_holds_when_the_service_ignores_or_blocks_sigprof(
+    slow_file: Path, tmp_path: Path, directory: int, strict: ProbeProcesses, how: str
 ) -> None:
-    """An ignored signal is inherited across exec: the child restores SIGPROF's
-    default action, or the budget would never end it."""
+    """An ignored signal and the signal mask are inherited across exec: the
+    child restores SIGPROF's default action and unblocks it, or the budget
+    would never end it."""
     os.link(slow_file, tmp_path / "slow.mkv")
-    previous = signal.signal(signal.SIGPROF, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGPROF, signal.SIG_IGN) if how == "ignored" else None
+    if how == "blocked":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPROF})
     try:
         with pytest.raises(ProbeError) as refused:
             strict.probe("slow.mkv", directory, Stop())
     finally:
-        signal.signal(signal.SIGPROF, previous)
+        if previous is not None:
+            signal.signal(signal.SIGPROF, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPROF})
     assert refused.value.reason == (
         f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped"
     )
@@ -698,3 +708,57 @@ def test_the_cpu_budget_holds_when_the_service_ignores_sigprof(
 def test_a_budget_poll_cannot_wait_for_is_refused(deadline: float) -> None:
     with pytest.raises(ValueError, match="deadline must be"):
         ProbeProcesses(deadline=deadline)
+
+
+def test_children_have_their_own_process_group_in_the_services_session(
+    clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """Out of reach of a signal to the service's group (a terminal's Ctrl-C),
+    but in its session: where Linux shares CPU time out by session, a session
+    of their own would take as much as the service, whatever their priority."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+
+    assert os.getpgid(child) == child
+    assert os.getpgid(child) != os.getpgid(0)
+    assert os.getsid(child) == os.getsid(0)
+
+
+def test_a_stopped_thumbnail_is_not_the_files_fault(
+    slow_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop is not a verdict on the file: a ProbeError (tried again), not
+    an UndecodableError (marked)."""
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
+    fd = os.open(slow_file, os.O_RDONLY)
+    stop = Stop()
+    try:
+        requests = _stop_once_sent(monkeypatch, slow_file.name, stop)
+        with pytest.raises(ProbeError) as refused:
+            children.thumbnail(str(slow_file), fd, stop)
+    finally:
+        os.close(fd)
+        children.close()
+    assert not isinstance(refused.value, UndecodableError)
+    assert refused.value.reason == "stopped while the probe process read the file"
+    assert len(requests) == 1
+
+
+def test_a_thumbnail_whose_child_cannot_start_is_tried_again(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that ends before it is ready (here, an interpreter that exits
+    at once) says nothing about the file: not marked undecodable."""
+    path = copy_video(clip, tmp_path / "a.mp4").path
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))
+    children = ProbeProcesses(ThreadPriority.NORMAL)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ProbeError) as refused:
+            children.thumbnail(str(path), fd, Stop())
+    finally:
+        os.close(fd)
+        children.close()
+    assert not isinstance(refused.value, UndecodableError)
+    assert refused.value.reason == "the probe process ended while it started (exit status 1)"
