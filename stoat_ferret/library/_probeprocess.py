@@ -177,8 +177,10 @@ class ProbeProcess:
 
         Raises:
             UndecodableError: The file gives no frame, within the budget or
-                at all (the child ended, or answered nonsense).
-            ProbeError: The child cannot be started, or ``stop`` was set.
+                at all (it crashed the child, or the child answered nonsense).
+            ProbeError: What may pass: the child could not start, had ended
+                before it got the file, or spent no CPU for ten budgets;
+                ``stop`` was set; the file needs more memory than the limit.
             ProbeRaised: Making it raised unexpectedly in the child.
         """
         with self._lock:
@@ -214,8 +216,7 @@ class ProbeProcess:
         try:
             answer = self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
         except BaseException:
-            if self._process is not None:  # a request is unanswered: never reuse the child
-                self._end()
+            self._end_if_running()  # a request is unanswered: never reuse the child
             raise
         more = self._peek()
         if more:  # one answer a request, no more
@@ -231,11 +232,11 @@ class ProbeProcess:
         try:
             yield
         except ProbeRaised:
-            self._end()
+            self._end_if_running()
             raise
         except ProbeError as exc:
             if exc.reason == NOT_A_PROBE:
-                self._end()
+                self._end_if_running()
                 raise _Failed(exc.path, exc.reason, files_doing=True) from exc
             raise
 
@@ -293,8 +294,7 @@ class ProbeProcess:
         try:
             ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
         except BaseException:
-            if self._process is not None:  # half started: never used
-                self._end()
+            self._end_if_running()  # half started: never used
             raise
         if ready != READY:
             self._end()
@@ -348,6 +348,10 @@ class ProbeProcess:
             return None
         except ConnectionResetError:
             return b""
+
+    def _end_if_running(self) -> None:
+        if self._process is not None:
+            self._end()
 
     def _end(self) -> str:
         """Kill the child (it may have ended already) and reap it; say how it ended."""

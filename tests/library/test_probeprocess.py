@@ -37,6 +37,7 @@ from stoat_ferret.library import (
     make_scan_handler,
     probe_video,
 )
+from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import (
     NOT_A_PROBE,
     ProbeRaised,
@@ -762,3 +763,59 @@ def test_a_thumbnail_whose_child_cannot_start_is_tried_again(
         children.close()
     assert not isinstance(refused.value, UndecodableError)
     assert refused.value.reason == "the probe process ended while it started (exit status 1)"
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> Iterator[tuple[ProbeProcess, socket.socket, int]]:
+    """A ProbeProcess whose "child" is a ``sleep`` and whose answers the test
+    sends from the other end of its socket: a child a hostile file took over
+    may send anything. Yields the process, the test's end, the sleep's pid."""
+    (tmp_path / "a.mp4").write_bytes(b"not read: the answers are the test's")
+    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sleeper = subprocess.Popen(["sleep", "3600"])
+    process._process, process._socket = sleeper, ours  # started, as far as it knows
+    yield process, theirs, sleeper.pid
+    process.close()
+    theirs.close()
+    sleeper.kill()
+    sleeper.wait()
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [encode_answer(_GOOD), encode_answer(_GOOD)],  # two answers to one request
+        [b"nonsense", b""],  # nonsense, then an empty datagram or a hang-up
+    ],
+    ids=["twice", "nonsense-then-nothing"],
+)
+def test_a_child_that_answers_out_of_turn_is_ended_and_the_file_refused(
+    stand_in: tuple[ProbeProcess, socket.socket, int], directory: int, answers: list[bytes]
+) -> None:
+    """An extra answer would be taken for the next file's: the child is ended
+    and this file refused, so no later file is described by another's answer."""
+    process, theirs, child = stand_in
+    for answer in answers:
+        theirs.send(answer)
+
+    with pytest.raises(ProbeError) as refused:
+        process.probe("a.mp4", directory, Stop())
+
+    assert refused.value.reason == NOT_A_PROBE
+    assert process.pid is None
+    assert not _alive(child)
+
+
+def test_a_child_that_hangs_up_after_its_answer_is_not_asked_again(
+    stand_in: tuple[ProbeProcess, socket.socket, int], directory: int
+) -> None:
+    """Its answer stands; the next file gets a new child rather than being
+    blamed for this one's end."""
+    process, theirs, child = stand_in
+    theirs.send(encode_answer(_GOOD))
+    theirs.send(b"")
+
+    assert process.probe("a.mp4", directory, Stop()) == _GOOD
+    assert process.pid is None
+    assert not _alive(child)
