@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ import pytest
 
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library import (
+    READ_LIMIT,
     THUMBNAILS_JOB_TYPE,
     ProbeError,
     ProbeProcesses,
@@ -33,18 +35,23 @@ from stoat_ferret.library import (
     ThumbnailStore,
     VideoLibrary,
     VideoProbe,
+    _probechild,
     _probeprocess,
     make_scan_handler,
     probe_video,
 )
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import (
+    ANSWER_MAX,
     NOT_A_PROBE,
+    REQUEST,
     ProbeRaised,
     decode_answer,
     decode_thumbnail,
     encode_answer,
 )
+from stoat_ferret.library._probewire import PROBE as PROBE_KIND
+from stoat_ferret.library._probewire import THUMBNAIL as THUMBNAIL_KIND
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.support import PROBE, make_context
@@ -819,3 +826,34 @@ def test_a_child_that_hangs_up_after_its_answer_is_not_asked_again(
     assert process.probe("a.mp4", directory, Stop()) == _GOOD
     assert process.pid is None
     assert not _alive(child)
+
+
+def test_serve_answers_each_request_in_turn_until_one_is_not_a_request(
+    clip: EncodedVideo, tmp_path: Path
+) -> None:
+    """The child's loop, run here in a thread: a probe, then a thumbnail into
+    the memory file that came with it, then a request without its file ends it."""
+    path = copy_video(clip, tmp_path / "a.mp4").path
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = threading.Thread(target=_probechild.serve, args=(theirs,))
+    server.start()
+    fd = os.open(path, os.O_RDONLY)
+    image = os.memfd_create("image")
+    try:
+        head = REQUEST.pack(PROBE_KIND, READ_LIMIT, 3600.0)
+        socket.send_fds(ours, [head + b"a.mp4"], [fd])
+        described = decode_answer("a.mp4", ours.recv(ANSWER_MAX))
+        head = REQUEST.pack(THUMBNAIL_KIND, READ_LIMIT, 3600.0)
+        socket.send_fds(ours, [head + b"a.mp4"], [fd, image])
+        thumbnail = decode_thumbnail("a.mp4", ours.recv(ANSWER_MAX), image)
+        ours.send(head + b"a.mp4")  # no descriptors: not a request
+        server.join(TIMEOUT)
+    finally:
+        os.close(fd)
+        os.close(image)
+        ours.close()
+        theirs.close()
+    assert described == probe_video(path)
+    info = path.stat()
+    assert thumbnail == make_thumbnail(str(path), (info.st_size, info.st_mtime_ns))
+    assert not server.is_alive()
