@@ -20,6 +20,10 @@ while the scan ran (1: only the one in progress when it started).
 thumbnail threads at normal priority (``STOAT_PROBE_PRIORITY=normal``). On a
 machine other people load, ``SCHED_IDLE`` threads run only when no one
 else's thread wants a core, so the first figure's reps vary far more.
+
+As in the service, the scans' probes and the job's thumbnails run in one
+pool of child processes (``ProbeProcesses``, one a priority, started by an
+untimed first pass).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from stoat_ferret.api._thumbnails import register_thumbnail_jobs
 from stoat_ferret.jobs import JobChange, JobContext, JobSupervisor
 from stoat_ferret.library import (
     THUMBNAILS_JOB_TYPE,
+    ProbeProcesses,
     ThreadPriority,
     Thumbnailer,
     ThumbnailStore,
@@ -78,27 +83,46 @@ def main(quick: bool = False) -> None:
 async def _bench(
     base: Path, scan_files: int, thumbnail_files: int, reps: int, priority: ThreadPriority
 ) -> dict[str, Any]:
+    probes = ProbeProcesses(priority)
+    try:
+        return await _reps(base, scan_files, thumbnail_files, reps, priority, probes)
+    finally:
+        await anyio.to_thread.run_sync(probes.close)
+
+
+async def _reps(
+    base: Path,
+    scan_files: int,
+    thumbnail_files: int,
+    reps: int,
+    priority: ThreadPriority,
+    probes: ProbeProcesses,
+) -> dict[str, Any]:
     scan_root = base / "scan" / "tree"
     name = f"{priority.value}-"
     async with await VideoLibrary.open(base / "thumbs.db") as other:
-        await make_scan_handler(other, probe_threads=THREADS)(_context(base / "thumbs" / "tree"))
+        await make_scan_handler(other, probe_threads=THREADS, probes=probes)(
+            _context(base / "thumbs" / "tree")
+        )
         alone_s: list[float] = []
         beside_s: list[float] = []
         overlap: list[int] = []
         job_rates: list[float] = []
         for rep in range(reps):
             unused = ThumbnailStore(base / f"{name}thumbs-unused{rep}")
-            alone = Thumbnailer(other, unused, priority=priority)
+            alone = Thumbnailer(other, unused, priority=priority, processes=probes)
             database = base / f"{name}alone{rep}.db"
-            alone_s.append((await _timed_scan(database, scan_root, alone, priority))[0])
+            alone_s.append((await _timed_scan(database, scan_root, alone, priority, probes))[0])
             store = ThumbnailStore(base / f"{name}thumbs-alone{rep}")
             started = time.perf_counter()
-            result = await Thumbnailer(other, store, priority=priority)(_job_context())
+            result = await Thumbnailer(other, store, priority=priority, processes=probes)(
+                _job_context()
+            )
             job_rates.append(result["made"] / (time.perf_counter() - started))
             store = ThumbnailStore(base / f"{name}thumbs-beside{rep}")
-            beside = Thumbnailer(other, store, priority=priority)
+            beside = Thumbnailer(other, store, priority=priority, processes=probes)
             database = base / f"{name}beside{rep}.db"
-            scan, made = await _timed_scan(database, scan_root, beside, priority, store)
+            scan, made = await _timed_scan(database, scan_root, beside, priority, probes, store)
             beside_s.append(scan)
             overlap.append(made)
     rep_ratios = [alone / beside for alone, beside in zip(alone_s, beside_s, strict=True)]
@@ -131,6 +155,7 @@ async def _timed_scan(
     root: Path,
     thumbnailer: Thumbnailer,
     priority: ThreadPriority,
+    probes: ProbeProcesses,
     beside: ThumbnailStore | None = None,
 ) -> tuple[float, int]:
     """Seconds from a scan's submission to its end, and the thumbnails made
@@ -138,7 +163,9 @@ async def _timed_scan(
     has made a thumbnail, runs beside the scan."""
     async with await VideoLibrary.open(database) as library, anyio.create_task_group() as group:
         supervisor = JobSupervisor(max_workers=WORKERS)
-        handler = make_scan_handler(library, probe_threads=THREADS, probe_priority=priority)
+        handler = make_scan_handler(
+            library, probe_threads=THREADS, probe_priority=priority, probes=probes
+        )
         register_thumbnail_jobs(supervisor, "scan", handler, thumbnailer)
         await group.start(supervisor.run)
         if beside is not None:
