@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class ProbeProcesses:
-    """Child processes that probe files, one per probe running at once.
+    """Child processes that probe files and make thumbnails, one per file at once.
 
     :meth:`probe` takes an idle child, or starts one, and gives it back after
     the file: a scan's threads keep as many children busy as they probe files
@@ -39,7 +39,8 @@ class ProbeProcesses:
 
     Args:
         priority: The children's CPU priority.
-        deadline: Seconds one file's probe may take before its child is killed.
+        deadline: CPU seconds one file may take in a child before it is ended
+            (``_probeprocess.py``); at most :data:`MAX_DEADLINE`.
         memory_limit: Each child's address space, in bytes.
     """
 
