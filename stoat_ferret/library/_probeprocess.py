@@ -27,9 +27,13 @@ that asked waits for its answer:
   not a description or a refusal is killed too, and not asked again.
 
 The thumbnails job decodes and encodes in the same children
-(:meth:`ProbeProcess.thumbnail`), under the same budget and limit: a video
-whose thumbnail takes more, or ends the child, gives none, as one FFmpeg
-cannot decode (it is marked, and not tried again until it changes).
+(:meth:`ProbeProcess.thumbnail`), under the same budget and limit. A video
+whose thumbnail spends the budget, crashes the child while it holds the
+file, or gets a nonsense answer gives none, as one FFmpeg cannot decode (it
+is marked, and not tried again until it changes); anything that may pass
+(memory, a child that could not start, died before it had the file or was
+killed from outside, the wall-clock backstop) is an error the next job
+tries again.
 
 The file is opened here, in the service, as a thread would
 (``_input.open_regular_file``: relative to its directory's descriptor, no
@@ -287,9 +291,12 @@ class ProbeProcess:
                     # large as the service's, whatever its priority.
                     process_group=0,
                 )
-        except OSError as exc:
+        except BaseException as exc:
             ours.close()
-            raise ProbeError(name, f"cannot start a probe process ({exc.strerror or exc})") from exc
+            if isinstance(exc, OSError):
+                reason = f"cannot start a probe process ({exc.strerror or exc})"
+                raise ProbeError(name, reason) from exc
+            raise
         self._socket = ours
         try:
             ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
@@ -324,15 +331,20 @@ class ProbeProcess:
             raise _Failed(name, late, files_doing=False)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
-        except ConnectionResetError:  # it ended with our request unread
-            answer, flags = b"", 0
+        except ConnectionResetError as exc:  # it ended with our one request unread
+            ended = self._end()
+            unread = f"the probe process ended before it read the request ({ended})"
+            raise _Failed(name, unread, files_doing=False) from exc
         if not answer:
             ended = self._end()
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
                 raise _Failed(name, spent, files_doing=True)
+            # SIGKILL never comes from the child itself (nor from its memory
+            # limit, which fails an allocation): the OOM killer, someone else.
+            killed = ended == f"killed by {signal.SIGKILL.name}"
             ending = f"the probe process ended while it {doing} ({ended})"
-            raise _Failed(name, ending, files_doing=not starting)
+            raise _Failed(name, ending, files_doing=not starting and not killed)
         if flags & socket.MSG_TRUNC:
             self._end()
             raise _Failed(name, NOT_A_PROBE, files_doing=True)

@@ -122,7 +122,7 @@ def decode_answer(name: str, answer: bytes) -> VideoProbe:
     def probe(kind: str, body: object) -> VideoProbe | None:
         return _probe(body) if kind == "probe" and isinstance(body, dict) else None
 
-    return _decoded(name, answer, probe)
+    return _decoded(name, answer, probe, undecodable=False)
 
 
 def decode_thumbnail(name: str, answer: bytes, image: int) -> bytes:
@@ -144,12 +144,15 @@ def decode_thumbnail(name: str, answer: bytes, image: int) -> bytes:
                 return written
         return None
 
-    return _decoded(name, answer, thumbnail)
+    return _decoded(name, answer, thumbnail, undecodable=True)
 
 
-def _decoded(name: str, answer: bytes, result: Callable[[str, object], T | None]) -> T:
+def _decoded(
+    name: str, answer: bytes, result: Callable[[str, object], T | None], *, undecodable: bool
+) -> T:
     """What ``result`` makes of ``answer``'s one key and its value, or the
-    refusal or error the answer reports instead.
+    refusal or error the answer reports instead (an ``undecodable`` one only
+    where it may be: for a thumbnail).
 
     Raises:
         UndecodableError, ProbeError, ProbeRaised: As the answer says; a
@@ -162,7 +165,7 @@ def _decoded(name: str, answer: bytes, result: Callable[[str, object], T | None]
             made = result(kind, body)
             if made is not None:
                 return made
-            if kind == "undecodable" and isinstance(body, str):
+            if undecodable and kind == "undecodable" and isinstance(body, str):
                 raise UndecodableError(name, _printable(body))
             if kind == "refused" and isinstance(body, str):
                 raise ProbeError(name, _printable(body))

@@ -347,6 +347,7 @@ def _fields(**changes: Any) -> dict[str, Any]:
         b'{"unexpected": null}',
         b'{"gift": "x"}',
         b'{"refused": "a", "probe": {}}',
+        b'{"undecodable": "a"}',  # a thumbnail's verdict, not a probe's
         json.dumps({"probe": _fields(width=True)}).encode(),  # a bool is no size
         json.dumps({"probe": _fields(width=64.0)}).encode(),
         json.dumps({"probe": _fields(width="64")}).encode(),
@@ -832,7 +833,9 @@ def test_serve_answers_each_request_in_turn_until_one_is_not_a_request(
     clip: EncodedVideo, tmp_path: Path
 ) -> None:
     """The child's loop, run here in a thread: a probe, then a thumbnail into
-    the memory file that came with it, then a request without its file ends it."""
+    the memory file that came with it, then a request without its file ends it.
+    (It arms and clears this process's ``ITIMER_PROF``, as it does a child's:
+    the budget of an hour never fires.)"""
     path = copy_video(clip, tmp_path / "a.mp4").path
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server = threading.Thread(target=_probechild.serve, args=(theirs,))
@@ -857,3 +860,28 @@ def test_serve_answers_each_request_in_turn_until_one_is_not_a_request(
     info = path.stat()
     assert thumbnail == make_thumbnail(str(path), (info.st_size, info.st_mtime_ns))
     assert not server.is_alive()
+
+
+@pytest.mark.parametrize(
+    "signal_number", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"]
+)
+def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
+    clip: EncodedVideo, tmp_path: Path, signal_number: int
+) -> None:
+    """A child killed while idle (the OOM killer, an admin) never had the
+    file; one stopped spends no CPU until the wall-clock backstop: neither
+    is the file's doing, so it is tried again rather than marked."""
+    path = copy_video(clip, tmp_path / "a.mp4").path
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.02)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        children.thumbnail(str(path), fd, Stop())
+        [child] = children.pids()
+        os.kill(child, signal_number)
+        with pytest.raises(ProbeError) as refused:
+            children.thumbnail(str(path), fd, Stop())
+    finally:
+        os.close(fd)
+        children.close()
+    assert not isinstance(refused.value, UndecodableError), refused.value.reason
+    assert not _alive(child)
