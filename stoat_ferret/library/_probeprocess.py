@@ -52,7 +52,8 @@ service's session (where Linux shares CPU time out by session, its
 "autogroup", a session of its own would get as large a share as the
 service's, whatever its priority: ``/health`` during a scan measured 3.2
 times its idle p99 so, 1.8 in the service's session), from
-``/`` with ``-P`` (nothing imported from the service's working directory),
+``/`` with ``-P`` (nothing imported from the service's working directory;
+the service's own package comes first on ``PYTHONPATH``, :data:`PACKAGE_ROOT`),
 its output discarded, and ends as soon as its socket's other end closes:
 when the service closes it, or when the service's process ends, however it
 ends (``_probechild.py``).
@@ -104,6 +105,12 @@ does not answer without spending CPU (stopped, or stuck in the kernel)."""
 
 MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
+
+PACKAGE_ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The directory ``stoat_ferret`` is imported from: first on a child's
+``PYTHONPATH``, so that it runs this very code even where the service found
+it only through its working directory (a checkout run in place), which a
+child, started from ``/`` with ``-P``, would not."""
 
 CLOSE_SECONDS: Final = 1.0
 """How long a child is waited for once it is told to end (its socket closed,
@@ -284,6 +291,7 @@ class ProbeProcess:
                     stderr=subprocess.DEVNULL,  # the service reports how a child ended
                     pass_fds=(theirs.fileno(),),
                     cwd="/",
+                    env=_child_environment(),
                     # Its own process group: a terminal's Ctrl-C or a signal to
                     # the service's group is the service's to act on. Not its
                     # own session: where the kernel groups CPU time by session
@@ -383,3 +391,9 @@ class ProbeProcess:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:  # a real-time signal has no name
             return f"killed by signal {-code}"
+
+
+def _child_environment() -> dict[str, str]:
+    """The service's environment, with :data:`PACKAGE_ROOT` first on ``PYTHONPATH``."""
+    paths = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}

@@ -23,6 +23,7 @@ import attrs
 import av
 import pytest
 
+import stoat_ferret
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library import (
     READ_LIMIT,
@@ -570,6 +571,28 @@ def test_a_child_imports_nothing_from_the_services_working_directory(
     finally:
         children.close()
     assert not marker.exists()
+
+
+def test_a_child_imports_the_services_own_package_first(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the service found ``stoat_ferret`` only through its working
+    directory (a checkout run in place), a child started from ``/`` with
+    ``-P`` would not: its ``PYTHONPATH`` starts with the package's directory,
+    and keeps the service's own entries after it."""
+    copy_video(clip, tmp_path / "a.mp4")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", ""]))
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+
+    with open(f"/proc/{child}/environ", "rb") as environ:
+        variables = dict(line.partition(b"=")[::2] for line in environ.read().split(b"\0") if line)
+    package = os.path.dirname(os.path.dirname(stoat_ferret.__file__))
+    assert variables[b"PYTHONPATH"] == os.fsencode(os.pathsep.join([package, "/elsewhere"]))
 
 
 def test_a_reason_is_cut_and_printable() -> None:
