@@ -72,6 +72,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Final
 
+from loguru import logger
+
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT, open_regular_file
 from stoat_ferret.library._probewire import (
@@ -170,7 +172,7 @@ class ProbeProcess:
             ProbeRaised: The probe raised unexpectedly in the child (which
                 is then ended).
         """
-        with self._lock:
+        with self._lock, _logged("probe", name):
             fd, _ = open_regular_file(name, dir_fd)
             try:
                 answer = self._ask(PROBE, name, [fd], stop, read_limit)
@@ -203,9 +205,10 @@ class ProbeProcess:
                 try:
                     # The name is for messages only: the file's is enough.
                     name = os.path.basename(path)
-                    answer = self._ask(THUMBNAIL, name, [fd, image], stop, read_limit)
-                    with self._trusted():
-                        return decode_thumbnail(path, answer, image)
+                    with _logged("thumbnail", path):
+                        answer = self._ask(THUMBNAIL, name, [fd, image], stop, read_limit)
+                        with self._trusted():
+                            return decode_thumbnail(path, answer, image)
                 except _Failed as exc:
                     if exc.files_doing:  # no use trying again until it changes
                         raise UndecodableError(path, exc.reason) from exc
@@ -397,3 +400,20 @@ def _child_environment() -> dict[str, str]:
     """The service's environment, with :data:`PACKAGE_ROOT` first on ``PYTHONPATH``."""
     paths = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+@contextlib.contextmanager
+def _logged(work: str, path: str) -> Iterator[None]:
+    """Log a child's failure over a file at WARNING: a budget spent, a crash or
+    a nonsense answer may be a hostile file, or a bug in FFmpeg."""
+    try:
+        yield
+    except _Failed as exc:
+        logger.warning(
+            "probe process failed: {reason}",
+            reason=exc.reason,
+            path=path,
+            work=work,
+            files_doing=exc.files_doing,
+        )
+        raise

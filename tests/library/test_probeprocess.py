@@ -169,10 +169,16 @@ def test_a_child_serves_one_file_after_another(
 
 
 def test_a_file_that_keeps_ffmpeg_busy_past_its_cpu_budget_is_stopped(
-    slow_file: Path, clip: EncodedVideo, tmp_path: Path, directory: int, strict: ProbeProcesses
+    slow_file: Path,
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    strict: ProbeProcesses,
+    log_records: list[Any],
 ) -> None:
     """The kernel ends the child once the probe has spent its CPU seconds
-    (SIGPROF), the file is refused; the next file gets a new child."""
+    (SIGPROF), the file is refused and a WARNING says so; the next file gets
+    a new child."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
     strict.probe("a.mp4", directory, Stop())
@@ -184,6 +190,13 @@ def test_a_file_that_keeps_ffmpeg_busy_past_its_cpu_budget_is_stopped(
     assert refused.value.reason == (
         f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped"
     )
+    [warning] = [record for record in log_records if record["level"].name == "WARNING"]
+    assert warning["extra"] == {
+        "reason": refused.value.reason,
+        "path": "slow.mkv",
+        "work": "probe",
+        "files_doing": True,
+    }
     assert not _alive(busy)
     assert strict.pids() == []
     assert strict.probe("a.mp4", directory, Stop()).video_codec == "h264"
