@@ -53,7 +53,7 @@ service's session (where Linux shares CPU time out by session, its
 service's, whatever its priority: ``/health`` during a scan measured 3.2
 times its idle p99 so, 1.8 in the service's session), from
 ``/`` with ``-P`` (nothing imported from the service's working directory;
-the service's own package comes first on ``PYTHONPATH``, :data:`PACKAGE_ROOT`),
+the service's own package comes first on ``PYTHONPATH``: ``_probestart.py``),
 its output discarded, and ends as soon as its socket's other end closes:
 when the service closes it, or when the service's process ends, however it
 ends (``_probechild.py``).
@@ -68,7 +68,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -76,6 +75,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT, open_regular_file
+from stoat_ferret.library._probestart import start_child
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     NOT_A_PROBE,
@@ -107,12 +107,6 @@ does not answer without spending CPU (stopped, or stuck in the kernel)."""
 
 MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
-
-PACKAGE_ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-"""The directory ``stoat_ferret`` is imported from: first on a child's
-``PYTHONPATH``, so that it runs this very code even where the service found
-it only through its working directory (a checkout run in place), which a
-child, started from ``/`` with ``-P``, would not."""
 
 CLOSE_SECONDS: Final = 1.0
 """How long a child is waited for once it is told to end (its socket closed,
@@ -272,42 +266,7 @@ class ProbeProcess:
             return self._socket
         if self._closed:
             raise ProbeError(name, "not probed: the service is stopping")
-        try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        except OSError as exc:  # out of descriptors
-            raise ProbeError(name, f"cannot start a probe process ({exc.strerror or exc})") from exc
-        command = [
-            sys.executable,
-            "-P",  # sys.path without the working directory (nor "/", where it runs)
-            "-m",
-            "stoat_ferret.library._probechild",
-            str(theirs.fileno()),
-            self._priority.value,
-            str(self._memory_limit),
-        ]
-        try:
-            with theirs:
-                self._process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,  # the service reports how a child ended
-                    pass_fds=(theirs.fileno(),),
-                    cwd="/",
-                    env=_child_environment(),
-                    # Its own process group: a terminal's Ctrl-C or a signal to
-                    # the service's group is the service's to act on. Not its
-                    # own session: where the kernel groups CPU time by session
-                    # (autogroup), a session of its own would get a share as
-                    # large as the service's, whatever its priority.
-                    process_group=0,
-                )
-        except BaseException as exc:
-            ours.close()
-            if isinstance(exc, OSError):
-                reason = f"cannot start a probe process ({exc.strerror or exc})"
-                raise ProbeError(name, reason) from exc
-            raise
+        self._process, ours = start_child(name, self._priority, self._memory_limit)
         self._socket = ours
         try:
             ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
@@ -394,12 +353,6 @@ class ProbeProcess:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:  # a real-time signal has no name
             return f"killed by signal {-code}"
-
-
-def _child_environment() -> dict[str, str]:
-    """The service's environment, with :data:`PACKAGE_ROOT` first on ``PYTHONPATH``."""
-    paths = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 @contextlib.contextmanager

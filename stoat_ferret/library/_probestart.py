@@ -1,0 +1,76 @@
+"""Starting a probe process (``_probeprocess.py`` says what it is for)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Final
+
+from stoat_ferret.library._exceptions import ProbeError
+
+if TYPE_CHECKING:
+    from stoat_ferret.library._background import ThreadPriority
+
+PACKAGE_ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The directory ``stoat_ferret`` is imported from: first on a child's
+``PYTHONPATH``, so that it runs this very code even where the service found
+it only through its working directory (a checkout run in place), which a
+child, started from ``/`` with ``-P``, would not."""
+
+
+def start_child(
+    name: str, priority: ThreadPriority, memory_limit: int
+) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start ``python -P -m stoat_ferret.library._probechild``; return it and the
+    service's end of its ``SOCK_SEQPACKET`` socket pair (the caller waits for
+    its ``READY``).
+
+    Raises:
+        ProbeError: About ``name``: no process could be started (out of
+            descriptors or processes, no interpreter).
+    """
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError as exc:  # out of descriptors
+        raise ProbeError(name, f"cannot start a probe process ({exc.strerror or exc})") from exc
+    command = [
+        sys.executable,
+        "-P",  # sys.path without the working directory (nor "/", where it runs)
+        "-m",
+        "stoat_ferret.library._probechild",
+        str(theirs.fileno()),
+        priority.value,
+        str(memory_limit),
+    ]
+    try:
+        with theirs:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # the service reports how a child ended
+                pass_fds=(theirs.fileno(),),
+                cwd="/",
+                env=_child_environment(),
+                # Its own process group: a terminal's Ctrl-C or a signal to
+                # the service's group is the service's to act on. Not its
+                # own session: where the kernel groups CPU time by session
+                # (autogroup), a session of its own would get a share as
+                # large as the service's, whatever its priority.
+                process_group=0,
+            )
+    except BaseException as exc:
+        ours.close()
+        if isinstance(exc, OSError):
+            reason = f"cannot start a probe process ({exc.strerror or exc})"
+            raise ProbeError(name, reason) from exc
+        raise
+    return process, ours
+
+
+def _child_environment() -> dict[str, str]:
+    """The service's environment, with :data:`PACKAGE_ROOT` first on ``PYTHONPATH``."""
+    paths = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
