@@ -71,7 +71,13 @@ from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._metrics import install_metrics
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
-from stoat_ferret.library import ProbeProcesses, StoreError, VideoLibrary, make_scan_handler
+from stoat_ferret.library import (
+    ProbeProcesses,
+    StoreError,
+    VideoLibrary,
+    landlock_abi,
+    make_scan_handler,
+)
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
@@ -216,6 +222,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     max_workers=settings.max_workers,
                     probe_threads=settings.probe_threads,
                     probe_priority=settings.probe_priority.value,
+                    probe_sandbox=_sandbox_name(landlock_abi()),
                 )
                 try:
                     async with app.state.metrics.following(supervisor):
@@ -238,6 +245,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await anyio.to_thread.run_sync(probes.close)
         await library.aclose()
         logger.info("service stopped", database=library.path)
+
+
+def _sandbox_name(abi: int) -> str:
+    """How probe processes are confined, for the start-up line."""
+    return f"landlock (ABI {abi})" if abi else "none: this kernel has no Landlock"
 
 
 class ScanDispatch:

@@ -38,6 +38,7 @@ from stoat_ferret.library._models import (
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probepool import ProbeProcesses
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
+from stoat_ferret.library._sandbox import landlock_abi
 from stoat_ferret.library._scan import ScanHandler, make_scan_handler, parse_payload
 from stoat_ferret.library._scangate import then_thumbnails
 from stoat_ferret.library._schema import SCHEMA_VERSION
@@ -96,6 +97,7 @@ __all__ = [
     "VideoStore",
     "check_data_directory",
     "inspect_database",
+    "landlock_abi",
     "lower_priority",
     "make_scan_handler",
     "make_thumbnail",

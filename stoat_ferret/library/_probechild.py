@@ -14,13 +14,17 @@ It ends when the socket closes: a thread of its own waits for the other end
 to hang up (the service closed it, or ended in any way, even killed) and
 ends the process then, even while FFmpeg is busy in a file. Before its first
 request it lowers its priority to ``SCHED_IDLE`` if ``PRIORITY`` is
-``idle``, limits its address space to ``MEMORY`` bytes, and says ``ready``.
+``idle``, limits its address space to ``MEMORY`` bytes, confines itself
+with Landlock where the kernel has it (``_sandbox.py``: no path, no TCP, no
+signal to the service), and says ``ready``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import pkgutil
 import resource
 import select
 import signal
@@ -30,12 +34,14 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Final
 
+import av
 from loguru import logger
 
 from stoat_ferret.library._background import ThreadPriority, lower_priority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._probe import probe_descriptor
 from stoat_ferret.library._probewire import READY, REQUEST, THUMBNAIL, encode_answer
+from stoat_ferret.library._sandbox import confine
 from stoat_ferret.library._thumbnail import thumbnail_descriptor
 
 if TYPE_CHECKING:
@@ -56,12 +62,25 @@ def main(argv: list[str]) -> None:
         lower_priority()
     limit = int(memory)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    _import_all_of_pyav()  # from here on it needs no path:
+    confine()
     with socket.socket(fileno=int(fd)) as channel, contextlib.suppress(ConnectionError):
         # A ConnectionError: the service closed its end (it is stopping) while
         # this child answered; there is nobody left to answer.
         threading.Thread(target=_end_on_hang_up, args=(channel,), daemon=True).start()
         channel.send(READY)
         serve(channel)
+
+
+_NOT_NEEDED: Final = frozenset({"av.__main__", "av.datasets"})  # a CLI; test files to download
+
+
+def _import_all_of_pyav() -> None:
+    """Import every PyAV module now: PyAV imports some on first use (``av.subtitles``
+    when a file has subtitles), which a confined child could not."""
+    for module in pkgutil.walk_packages(av.__path__, "av."):
+        if module.name not in _NOT_NEEDED:
+            importlib.import_module(module.name)
 
 
 def serve(channel: socket.socket) -> None:

@@ -38,10 +38,11 @@ tries again.
 The file is opened here, in the service, as a thread would
 (``_input.open_regular_file``: relative to its directory's descriptor, no
 link followed, a regular file), and only its descriptor goes to the child
-(``_probewire.py`` says how requests and answers cross). A child is no
-sandbox, though: it runs as the service's user, so one that a hostile file
-took over could do what that user can. What the process boundary bounds is
-time, memory and crashes, and what the service accepts back.
+(``_probewire.py`` says how requests and answers cross). A child runs as
+the service's user; where the kernel has Landlock it confines itself before
+its first file (``_sandbox.py``: no path, no TCP, no signal to the
+service), so one that a hostile file took over reads nothing it was not
+handed.
 
 A child is started when a probe finds none idle, and kept for the next
 files (``_probepool.py``): starting one costs about a quarter of a second

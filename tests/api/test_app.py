@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -14,7 +14,7 @@ import pytest
 from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api.app import create_app, lifespan
 from stoat_ferret.jobs import InMemoryJobQueue, JobStatus, JobSupervisor
-from stoat_ferret.library import ThreadPriority, VideoLibrary
+from stoat_ferret.library import ThreadPriority, VideoLibrary, landlock_abi
 from tests.api.support import (
     BASE_URL,
     GatedScan,
@@ -380,3 +380,17 @@ async def test_head_on_an_event_stream_is_405(shared_client: httpx.AsyncClient, 
 
     assert head.status_code == 405
     assert "GET" in head.headers["allow"]
+
+
+@pytest.mark.anyio
+async def test_the_start_up_line_says_how_probe_processes_are_confined(
+    settings: Settings, log_records: list[Any]
+) -> None:
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)):
+            pass
+
+    [started] = [record for record in log_records if record["message"] == "service started"]
+    abi = landlock_abi()
+    expected = f"landlock (ABI {abi})" if abi else "none: this kernel has no Landlock"
+    assert started["extra"]["probe_sandbox"] == expected

@@ -53,13 +53,16 @@ from stoat_ferret.library._probewire import (
 )
 from stoat_ferret.library._probewire import PROBE as PROBE_KIND
 from stoat_ferret.library._probewire import THUMBNAIL as THUMBNAIL_KIND
+from stoat_ferret.library._sandbox import landlock_abi
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
+from tests.library.conftest import CLIP_SPECS
 from tests.library.support import PROBE, make_context
+from tests.library.test_hostile_media import write_png_bomb, write_seek_overflow
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from tests.videos import EncodedVideo
@@ -134,20 +137,67 @@ def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-@pytest.mark.parametrize(
-    "name", ["h264_aac.mp4", "hevc_mp3.mkv", "h264_10bit_rotated.mp4", "streams.mkv", "flv1.flv"]
-)
-def test_a_child_describes_a_file_as_a_thread_does(
-    clips: dict[str, EncodedVideo], tmp_path: Path, directory: int, name: str
+@pytest.mark.parametrize("name", sorted(CLIP_SPECS))
+def test_a_confined_child_describes_and_thumbnails_a_file_as_a_thread_does(
+    clips: dict[str, EncodedVideo],
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    name: str,
 ) -> None:
-    """Every field crosses the process boundary unchanged: the rate's fraction,
-    the creation time, the editing metadata."""
-    copy_video(clips[name], tmp_path / name)
-    children = ProbeProcesses(ThreadPriority.NORMAL)
+    """Every container and codec of the fixtures, in a child confined by
+    Landlock where the kernel has it: every field crosses the process
+    boundary unchanged (the rate's fraction, the creation time, the editing
+    metadata), and the thumbnail is the same image."""
+    path = copy_video(clips[name], tmp_path / name).path
+    info = path.stat()
+    fingerprint = (info.st_size, info.st_mtime_ns)
+
+    assert probes.probe(name, directory, Stop()) == probe_video(path)
+    fd, _ = open_source(str(path), fingerprint)
     try:
-        assert children.probe(name, directory, Stop()) == probe_video(tmp_path / name)
+        assert probes.thumbnail(str(path), fd, Stop()) == make_thumbnail(str(path), fingerprint)
     finally:
-        children.close()
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["pixel bomb", "seek overflow", "not a video"])
+def test_a_confined_child_refuses_a_hostile_file_as_a_thread_does(
+    clips: dict[str, EncodedVideo],
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    kind: str,
+) -> None:
+    """FFmpeg's error paths need nothing a confined child lacks: the same
+    description or the same refusal, for the probe and for the thumbnail."""
+    path = tmp_path / "hostile.mkv"
+    if kind == "pixel bomb":
+        path = write_png_bomb(tmp_path / "hostile.mov")
+    elif kind == "seek overflow":
+        write_seek_overflow(clips["h264.mkv"].path, path)
+    else:
+        path.write_bytes(b"ffconcat version 1.0\nfile /etc/hostname\n")
+    info = path.stat()
+    fingerprint = (info.st_size, info.st_mtime_ns)
+
+    assert _outcome(lambda: probes.probe(path.name, directory, Stop())) == _outcome(
+        lambda: probe_video(path)
+    )
+    fd, _ = open_source(str(path), fingerprint)
+    try:
+        in_child = _outcome(lambda: probes.thumbnail(str(path), fd, Stop()))
+    finally:
+        os.close(fd)
+    assert in_child == _outcome(lambda: make_thumbnail(str(path), fingerprint))
+
+
+def _outcome(work: Callable[[], object]) -> object:
+    """What ``work`` gives, or its ProbeError's class and reason."""
+    try:
+        return work()
+    except ProbeError as exc:
+        return type(exc), exc.reason
 
 
 def test_a_child_serves_one_file_after_another(
@@ -921,3 +971,62 @@ def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
         children.close()
     assert not isinstance(refused.value, UndecodableError), refused.value.reason
     assert not _alive(child)
+
+
+needs_landlock = pytest.mark.skipif(
+    landlock_abi() < 6, reason="needs Landlock ABI 6 (Linux 6.12) for the signal scope"
+)
+
+_CONFINED = """
+import os, socket, sys
+from stoat_ferret.library._sandbox import confine
+held = os.open(sys.argv[1], os.O_RDONLY)
+confine()
+def attempt(work):
+    try:
+        work()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+print(attempt(lambda: open(sys.argv[1], "rb").close()))
+print(attempt(lambda: os.listdir("/")))
+print(attempt(lambda: os.kill(os.getppid(), 0)))
+print(attempt(lambda: socket.create_connection(("127.0.0.1", 9), timeout=5).close()))
+print(len(os.read(held, 4)))
+"""
+
+
+@needs_landlock
+def test_a_confined_process_keeps_its_descriptors_and_nothing_else(tmp_path: Path) -> None:
+    """No path opened or listed, no signal to the service, no TCP connection;
+    a descriptor held from before still reads."""
+    (tmp_path / "held").write_bytes(b"data")
+    done = subprocess.run(
+        [sys.executable, "-c", _CONFINED, str(tmp_path / "held")],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.stdout.split() == [
+        "PermissionError",
+        "PermissionError",
+        "PermissionError",
+        "PermissionError",
+        "4",
+    ]
+
+
+@needs_landlock
+def test_a_probe_child_is_confined_before_it_is_ready(
+    clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """It cannot gain privileges (Landlock's condition), and cannot signal the
+    service: a kill from it would be refused (checked from the outside by the
+    flag Landlock needs)."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+    with open(f"/proc/{child}/status", encoding="ascii") as status:
+        flags = dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+    assert flags["NoNewPrivs"] == "1"

@@ -1,0 +1,84 @@
+"""Confining a probe process with Landlock, where the kernel has it.
+
+A probe child (``_probechild.py``) reads FFmpeg's input from descriptors the
+service hands it and answers on its socket; once its modules are imported it
+needs no path at all. So before it says it is ready it calls :func:`confine`,
+which asks Linux's Landlock (5.13 and later, when enabled) to refuse it
+every access to the file system by path (reading, writing, executing,
+listing, creating, truncating), TCP ``bind`` and ``connect`` (Landlock ABI
+4), and signals to and abstract Unix sockets of processes outside it (ABI
+6: it cannot kill the service). Descriptors it already holds keep working.
+A child that a hostile file took over through a bug in FFmpeg can then read
+nothing the service did not give it.
+
+Landlock is used through its three system calls (``ctypes``; Python has no
+binding): no dependency, and nothing to build. Where the kernel lacks it,
+:func:`confine` changes nothing and says so; the service logs which it was
+(:func:`landlock_abi`). A confined child also has ``no_new_privs`` set, as
+Landlock requires: it can never gain privileges by ``exec``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from typing import Final
+
+_SYS_CREATE_RULESET: Final = 444  # the same number on every architecture
+_SYS_RESTRICT_SELF: Final = 446
+_CREATE_RULESET_VERSION: Final = 1
+_PR_SET_NO_NEW_PRIVS: Final = 38
+
+# Every file-system right each ABI knows (bits of handled_access_fs): 13 in
+# the first, then REFER (2), TRUNCATE (3), IOCTL_DEV (5).
+_FS_RIGHTS: Final = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
+_NET_RIGHTS: Final = 0b11  # BIND_TCP, CONNECT_TCP (ABI 4)
+_SCOPES: Final = 0b11  # ABSTRACT_UNIX_SOCKET, SIGNAL (ABI 6)
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI version this kernel offers; 0 without Landlock."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    version = libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
+    return max(0, int(version))
+
+
+def confine() -> int:
+    """Confine the calling process (all its threads) as the module says;
+    return the Landlock ABI used, 0 if the kernel offers none (nothing changed).
+
+    Raises:
+        OSError: The kernel offers Landlock but refused the confinement.
+    """
+    abi = landlock_abi()
+    if not abi:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    fs_rights = _FS_RIGHTS[max(version for version in _FS_RIGHTS if version <= abi)]
+    # struct landlock_ruleset_attr: handled_access_fs, handled_access_net
+    # (ABI 4), scoped (ABI 6); its size tells the kernel which fields there are.
+    if abi >= 6:
+        attr = struct.pack("=QQQ", fs_rights, _NET_RIGHTS, _SCOPES)
+    elif abi >= 4:
+        attr = struct.pack("=QQ", fs_rights, _NET_RIGHTS)
+    else:
+        attr = struct.pack("=Q", fs_rights)
+    buffer = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, buffer, ctypes.c_size_t(len(attr)), 0)
+    if ruleset < 0:
+        raise _error("landlock_create_ruleset")
+    try:
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise _error("prctl(PR_SET_NO_NEW_PRIVS)")
+        # No rule added: nothing the ruleset handles is allowed.
+        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) != 0:
+            raise _error("landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
+def _error(call: str) -> OSError:
+    number = ctypes.get_errno()
+    return OSError(number, f"{call}: {os.strerror(number)}")
