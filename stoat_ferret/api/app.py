@@ -249,7 +249,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def _sandbox_name(abi: int) -> str:
     """How probe processes are confined, for the start-up line."""
-    return f"landlock (ABI {abi})" if abi else "none: this kernel has no Landlock"
+    return f"landlock (ABI {abi})" if abi else "none: Landlock is not available here"
 
 
 class ScanDispatch:

@@ -15,8 +15,8 @@ to hang up (the service closed it, or ended in any way, even killed) and
 ends the process then, even while FFmpeg is busy in a file. Before its first
 request it lowers its priority to ``SCHED_IDLE`` if ``PRIORITY`` is
 ``idle``, limits its address space to ``MEMORY`` bytes, confines itself
-with Landlock where the kernel has it (``_sandbox.py``: no path, no TCP, no
-signal to the service), and says ``ready``.
+with Landlock where the kernel has it (``_sandbox.py``), and says ``ready``
+with the Landlock ABI it used (or why the kernel refused, and ends).
 """
 
 from __future__ import annotations
@@ -40,7 +40,14 @@ from loguru import logger
 from stoat_ferret.library._background import ThreadPriority, lower_priority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._probe import probe_descriptor
-from stoat_ferret.library._probewire import READY, REQUEST, THUMBNAIL, encode_answer
+from stoat_ferret.library._probewire import (
+    CONFINE_FAILED,
+    READY,
+    REASON_MAX,
+    REQUEST,
+    THUMBNAIL,
+    encode_answer,
+)
 from stoat_ferret.library._sandbox import confine
 from stoat_ferret.library._thumbnail import thumbnail_descriptor
 
@@ -62,13 +69,17 @@ def main(argv: list[str]) -> None:
         lower_priority()
     limit = int(memory)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    _import_all_of_pyav()  # from here on it needs no path:
-    confine()
+    _import_all_of_pyav()  # from here on it needs no path
     with socket.socket(fileno=int(fd)) as channel, contextlib.suppress(ConnectionError):
         # A ConnectionError: the service closed its end (it is stopping) while
         # this child answered; there is nobody left to answer.
+        try:
+            abi = confine()  # one thread so far: the hang-up thread starts after
+        except OSError as exc:  # fail closed: the service says why, for every file
+            channel.send(CONFINE_FAILED + str(exc).encode(errors="replace")[:REASON_MAX])
+            return
         threading.Thread(target=_end_on_hang_up, args=(channel,), daemon=True).start()
-        channel.send(READY)
+        channel.send(READY + str(abi).encode())
         serve(channel)
 
 

@@ -40,9 +40,8 @@ The file is opened here, in the service, as a thread would
 link followed, a regular file), and only its descriptor goes to the child
 (``_probewire.py`` says how requests and answers cross). A child runs as
 the service's user; where the kernel has Landlock it confines itself before
-its first file (``_sandbox.py``: no path, no TCP, no signal to the
-service), so one that a hostile file took over reads nothing it was not
-handed.
+its first file (``_sandbox.py`` says what each kernel's Landlock refuses), so
+one that a hostile file took over reads no file it was not handed.
 
 A child is started when a probe finds none idle, and kept for the next
 files (``_probepool.py``): starting one costs about a quarter of a second
@@ -79,6 +78,7 @@ from stoat_ferret.library._input import READ_LIMIT, open_regular_file
 from stoat_ferret.library._probestart import start_child
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
+    CONFINE_FAILED,
     NOT_A_PROBE,
     PROBE,
     READY,
@@ -87,6 +87,7 @@ from stoat_ferret.library._probewire import (
     ProbeRaised,
     decode_answer,
     decode_thumbnail,
+    printable,
 )
 from stoat_ferret.library._thumbnail import UndecodableError
 
@@ -144,6 +145,8 @@ class ProbeProcess:
         # Held for each probe: close() from another thread waits for it.
         self._lock = threading.Lock()
         self._closed = False
+        # The Landlock ABI the last child started confined itself with (0: none).
+        self.confinement: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -274,10 +277,15 @@ class ProbeProcess:
         except BaseException:
             self._end_if_running()  # half started: never used
             raise
-        if ready != READY:
-            self._end()
-            raise ProbeError(name, "the probe process did not start")
-        return ours
+        head, _, rest = ready.partition(b" ")
+        if head + b" " == READY and rest.isdigit() and len(rest) < 4:
+            self.confinement = int(rest)
+            return ours
+        self._end()
+        if ready.startswith(CONFINE_FAILED):
+            why = printable(ready.removeprefix(CONFINE_FAILED).decode(errors="replace"))
+            raise ProbeError(name, f"the probe process could not confine itself ({why})")
+        raise ProbeError(name, "the probe process did not start")
 
     def _receive(
         self,

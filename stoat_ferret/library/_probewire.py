@@ -43,8 +43,13 @@ REASON_MAX: Final = 1000
 """Characters of a refusal or of an unexpected error's text kept from an
 answer (the scan keeps fewer: ``ERROR_TEXT_CHARS``)."""
 
-READY: Final = b"ready"
-"""What a child sends once it is ready for requests."""
+READY: Final = b"ready "
+"""What a child sends once it is ready for requests, followed by the Landlock
+ABI it confined itself with (``0``: none, ``_sandbox.py``)."""
+
+CONFINE_FAILED: Final = b"cannot confine: "
+"""What a child sends instead when the kernel offers Landlock but refused to
+confine it, followed by why; it then ends without serving."""
 
 REQUEST: Final = struct.Struct("<cQd")
 """A request's head: :data:`PROBE` or :data:`THUMBNAIL`, the read limit in
@@ -166,11 +171,11 @@ def _decoded(
             if made is not None:
                 return made
             if undecodable and kind == "undecodable" and isinstance(body, str):
-                raise UndecodableError(name, _printable(body))
+                raise UndecodableError(name, printable(body))
             if kind == "refused" and isinstance(body, str):
-                raise ProbeError(name, _printable(body))
+                raise ProbeError(name, printable(body))
             if kind == "unexpected" and isinstance(body, str):
-                raise ProbeRaised(_printable(body))
+                raise ProbeRaised(printable(body))
     # JSON, a type or a value out of place, a nesting too deep for the parser.
     except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
         raise ProbeError(name, NOT_A_PROBE) from exc
@@ -181,7 +186,7 @@ def _no_constant(text: str) -> None:
     raise ValueError(f"not a JSON number: {text}")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` cut to :data:`REASON_MAX`, its control characters (a line
     break in a log line) as spaces."""
     return "".join(char if char.isprintable() else " " for char in text[:REASON_MAX])

@@ -3,13 +3,21 @@
 A probe child (``_probechild.py``) reads FFmpeg's input from descriptors the
 service hands it and answers on its socket; once its modules are imported it
 needs no path at all. So before it says it is ready it calls :func:`confine`,
-which asks Linux's Landlock (5.13 and later, when enabled) to refuse it
-every access to the file system by path (reading, writing, executing,
-listing, creating, truncating), TCP ``bind`` and ``connect`` (Landlock ABI
-4), and signals to and abstract Unix sockets of processes outside it (ABI
-6: it cannot kill the service). Descriptors it already holds keep working.
-A child that a hostile file took over through a bug in FFmpeg can then read
-nothing the service did not give it.
+which asks Linux's Landlock (5.13 and later, when enabled) to refuse it, by
+the kernel's Landlock ABI version:
+
+- ABI 1 (Linux 5.13): opening, listing, creating, removing and executing
+  anything by path; ABI 2 (5.19): linking or renaming across directories;
+  ABI 3 (6.2): truncating a file by path; ABI 5 (6.10): device ``ioctl``;
+- ABI 4 (6.7): TCP ``bind`` and ``connect``;
+- ABI 6 (6.12): signals to, and abstract Unix sockets of, processes outside
+  it: it cannot kill the service.
+
+Descriptors it already holds keep working. What Landlock leaves it: a
+``stat`` of any path, connecting to a Unix socket by its path, UDP, and on
+an older kernel what that kernel's ABI does not cover. So a child that a
+hostile file took over through a bug in FFmpeg reads no file the service did
+not hand it, but is not cut off from every other process.
 
 Landlock is used through its three system calls (``ctypes``; Python has no
 binding): no dependency, and nothing to build. Where the kernel lacks it,
@@ -25,7 +33,7 @@ import os
 import struct
 from typing import Final
 
-_SYS_CREATE_RULESET: Final = 444  # the same number on every architecture
+_SYS_CREATE_RULESET: Final = 444  # the same on every architecture but alpha
 _SYS_RESTRICT_SELF: Final = 446
 _CREATE_RULESET_VERSION: Final = 1
 _PR_SET_NO_NEW_PRIVS: Final = 38
@@ -44,14 +52,18 @@ def landlock_abi() -> int:
     return max(0, int(version))
 
 
-def confine() -> int:
-    """Confine the calling process (all its threads) as the module says;
-    return the Landlock ABI used, 0 if the kernel offers none (nothing changed).
+def confine(abi: int | None = None) -> int:
+    """Confine the calling thread, and the threads and processes it starts
+    after, as the module says; return the Landlock ABI used, 0 if the kernel
+    offers none (nothing changed). Call it while the process has one thread.
+
+    Args:
+        abi: Use no more of Landlock than this ABI (tests); the kernel's by default.
 
     Raises:
         OSError: The kernel offers Landlock but refused the confinement.
     """
-    abi = landlock_abi()
+    abi = min(landlock_abi(), abi or 1_000)
     if not abi:
         return 0
     libc = ctypes.CDLL(None, use_errno=True)

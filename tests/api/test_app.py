@@ -392,5 +392,5 @@ async def test_the_start_up_line_says_how_probe_processes_are_confined(
 
     [started] = [record for record in log_records if record["message"] == "service started"]
     abi = landlock_abi()
-    expected = f"landlock (ABI {abi})" if abi else "none: this kernel has no Landlock"
+    expected = f"landlock (ABI {abi})" if abi else "none: Landlock is not available here"
     assert started["extra"]["probe_sandbox"] == expected
