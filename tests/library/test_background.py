@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import threading
 
 import anyio
@@ -170,3 +171,17 @@ def test_lower_priority_moves_only_the_calling_thread() -> None:
 
     assert seen == [(True, os.SCHED_IDLE)]
     assert os.sched_getscheduler(0) != os.SCHED_IDLE
+
+
+def test_stop_wakes_a_wait_on_its_descriptor_set_before_or_after() -> None:
+    early = Stop()
+    early.set()
+    late = Stop()
+    fd = late.fileno()
+    assert select.select([fd], [], [], 0)[0] == []
+    late.set()
+
+    for stop in (early, late):
+        assert select.select([stop.fileno()], [], [], 0)[0] == [stop.fileno()]
+        assert stop.wait(0)
+        stop.close()

@@ -1,0 +1,164 @@
+"""What a probe child and the service say to each other: every answer a
+child may send, and only a well-formed one accepted (``_probewire.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import pytest
+
+from stoat_ferret.library import ProbeError, VideoProbe
+from stoat_ferret.library._probewire import (
+    NOT_A_PROBE,
+    ProbeRaised,
+    decode_answer,
+    decode_thumbnail,
+    encode_answer,
+)
+from stoat_ferret.library._thumbnail import UndecodableError
+from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
+from tests.library.support import PROBE
+
+
+def test_a_probe_that_raised_in_the_child_is_reported_as_such() -> None:
+    answer = encode_answer(KeyError("codec"))
+
+    with pytest.raises(ProbeRaised, match=r"^KeyError: 'codec'$"):
+        decode_answer("a.mp4", answer)
+
+
+def test_a_refusal_crosses_with_its_reason() -> None:
+    with pytest.raises(ProbeError) as refused:
+        decode_answer("a.mp4", encode_answer(ProbeError("x/a.mp4", "no video stream")))
+
+    assert (refused.value.path, refused.value.reason) == ("a.mp4", "no video stream")
+
+
+_GOOD = attrs.evolve(
+    PROBE,
+    duration_seconds=1.5,
+    audio_codec=None,
+    interlaced=True,
+    creation_time=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+)
+
+
+def test_a_description_crosses_unchanged() -> None:
+    assert decode_answer("a.mp4", encode_answer(_GOOD)) == _GOOD
+
+
+def _fields(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = json.loads(encode_answer(_GOOD))["probe"]
+    fields.update(changes)
+    return fields
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"",
+        b"\xff not json",
+        b"[]",
+        b'{"probe": {}}',
+        b'{"probe": 1}',
+        b'{"refused": 3}',
+        b'{"unexpected": null}',
+        b'{"gift": "x"}',
+        b'{"refused": "a", "probe": {}}',
+        b'{"undecodable": "a"}',  # a thumbnail's verdict, not a probe's
+        json.dumps({"probe": _fields(width=True)}).encode(),  # a bool is no size
+        json.dumps({"probe": _fields(width=64.0)}).encode(),
+        json.dumps({"probe": _fields(width="64")}).encode(),
+        json.dumps({"probe": _fields(interlaced=1)}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=3)}).encode(),
+        json.dumps({"probe": _fields(video_codec=None)}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[1, 0])}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[0, 1])}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[-25, 1])}).encode(),
+        json.dumps({"probe": _fields(video_codec="h264\nforged log line")}).encode(),
+        json.dumps({"probe": _fields(pixel_format="x" * 1001)}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[1.5, 2])}).encode(),
+        json.dumps({"probe": _fields(frame_rate=[1, 2, 3])}).encode(),
+        json.dumps({"probe": _fields(creation_time="yesterday")}).encode(),
+        json.dumps({"probe": _fields(extra=1)}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=float("inf"))}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=float("nan"))}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=1.5)}).encode().replace(b"1.5", b"1e999"),
+        json.dumps({"probe": _fields(creation_time="2024-05-06T07:08:09")}).encode(),  # naive
+        json.dumps({"probe": _fields(creation_time="2024-05-06T07:08:09+02:00")}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"probe": ' * 10_000 + b"}" * 10_000,
+    ],
+)
+def test_an_answer_that_is_not_a_description_is_refused(answer: bytes) -> None:
+    """A child a hostile file took over may send anything: only a well-typed
+    description becomes a probe, anything else refuses the file."""
+    with pytest.raises(ProbeError) as refused:
+        decode_answer("a.mp4", answer)
+
+    assert refused.value.reason == NOT_A_PROBE
+
+
+def test_every_field_of_a_probe_has_a_type_the_answer_carries() -> None:
+    """A field added to VideoProbe crosses the boundary (or this fails)."""
+    strings = {
+        field.name: "x"
+        for field in attrs.fields(VideoProbe)
+        if "str" in str(field.type) and field.name != "video_codec"
+    }
+    every = VideoProbe(**{**attrs.asdict(_GOOD, recurse=False), **strings})
+    assert decode_answer("a.mp4", encode_answer(every)) == every
+
+
+def test_a_reason_is_cut_and_printable() -> None:
+    with pytest.raises(ProbeError) as refused:
+        decode_answer("a.mp4", json.dumps({"refused": "line\nbreak" + "x" * 5000}).encode())
+
+    assert refused.value.reason.startswith("line break")
+    assert len(refused.value.reason) == 1000
+
+
+def _memory_file(content: bytes) -> int:
+    image = os.memfd_create("image")
+    os.write(image, content)
+    return image
+
+
+@pytest.mark.parametrize(
+    ("answer", "content"),
+    [
+        (b'{"thumbnail": 0}', b""),
+        (b'{"thumbnail": 5}', b"1234"),  # shorter than it says
+        (b'{"thumbnail": 3}', b"1234"),  # longer
+        (b'{"thumbnail": "4"}', b"1234"),
+        (b'{"thumbnail": true}', b"1"),
+        (json.dumps({"thumbnail": MAX_THUMBNAIL_BYTES + 1}).encode(), b"1"),
+        (b'{"probe": {}}', b""),
+        (b'{"thumbnail": 12}', b"RIFF\0\0\0\0JPEG"),  # not a WebP image
+        (b'{"thumbnail": 12}', b"GIF89a\0\0WEBP"),
+    ],
+)
+def test_an_answer_that_is_not_a_thumbnail_is_refused(answer: bytes, content: bytes) -> None:
+    image = _memory_file(content)
+    try:
+        with pytest.raises(ProbeError) as refused:
+            decode_thumbnail("a.mp4", answer, image)
+    finally:
+        os.close(image)
+    assert refused.value.reason == NOT_A_PROBE
+
+
+def test_a_thumbnail_crosses_with_its_size() -> None:
+    webp = b"RIFF\4\0\0\0WEBP"
+    image = _memory_file(webp)
+    try:
+        assert decode_thumbnail("a.mp4", encode_answer(12), image) == webp
+        with pytest.raises(UndecodableError) as undecodable:
+            decode_thumbnail("a.mp4", encode_answer(UndecodableError("a", "no keyframe")), image)
+    finally:
+        os.close(image)
+    assert (undecodable.value.path, undecodable.value.reason) == ("a.mp4", "no keyframe")
