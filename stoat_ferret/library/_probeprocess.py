@@ -281,6 +281,7 @@ class ProbeProcess:
         if head + b" " == READY and rest.isdigit() and len(rest) < 4:
             self.confinement = int(rest)
             return ours
+        self.confinement = None
         self._end()
         if ready.startswith(CONFINE_FAILED):
             why = printable(ready.removeprefix(CONFINE_FAILED).decode(errors="replace"))

@@ -58,12 +58,15 @@ def confine(abi: int | None = None) -> int:
     offers none (nothing changed). Call it while the process has one thread.
 
     Args:
-        abi: Use no more of Landlock than this ABI (tests); the kernel's by default.
+        abi: Use no more of Landlock than this ABI (tests; 0: none); the
+            kernel's by default.
 
     Raises:
         OSError: The kernel offers Landlock but refused the confinement.
     """
-    abi = min(landlock_abi(), abi or 1_000)
+    if abi is not None and abi < 0:
+        raise ValueError(f"abi must be >= 0, got {abi}")
+    abi = landlock_abi() if abi is None else min(landlock_abi(), abi)
     if not abi:
         return 0
     libc = ctypes.CDLL(None, use_errno=True)

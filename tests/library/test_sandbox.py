@@ -13,7 +13,7 @@ import pytest
 from stoat_ferret.library import ProbeError, Stop, ThreadPriority, _probeprocess
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import CONFINE_FAILED
-from stoat_ferret.library._sandbox import landlock_abi
+from stoat_ferret.library._sandbox import confine, landlock_abi
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
@@ -142,3 +142,9 @@ def test_a_child_that_cannot_confine_itself_says_why_for_the_file(
         "the probe process could not confine itself (landlock_restrict_self: Invalid argument)"
     )
     assert process.pid is None
+
+
+def test_confine_to_abi_0_changes_nothing_and_a_negative_one_is_refused() -> None:
+    assert confine(0) == 0
+    with pytest.raises(ValueError, match="abi must be >= 0"):
+        confine(-1)
