@@ -127,6 +127,15 @@ def _stop_once_sent(monkeypatch: pytest.MonkeyPatch, name: str, stop: Stop) -> l
     return requests
 
 
+def _thumbnail_in(children: ProbeProcesses, path: Path, stop: Stop | None = None) -> bytes:
+    """``children.thumbnail`` of ``path``, opened (and closed) here."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return children.thumbnail(str(path), fd, Stop() if stop is None else stop)
+    finally:
+        os.close(fd)
+
+
 def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
@@ -568,12 +577,8 @@ def test_a_thumbnail_past_the_cpu_budget_is_undecodable(
     slow_file: Path, tmp_path: Path, strict: ProbeProcesses
 ) -> None:
     """The file's doing: marked undecodable by the job, not tried again."""
-    fd = os.open(slow_file, os.O_RDONLY)
-    try:
-        with pytest.raises(UndecodableError) as refused:
-            strict.thumbnail(str(slow_file), fd, Stop())
-    finally:
-        os.close(fd)
+    with pytest.raises(UndecodableError) as refused:
+        _thumbnail_in(strict, slow_file)
     assert refused.value.reason == (
         f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped"
     )
@@ -666,14 +671,12 @@ def test_a_stopped_thumbnail_is_not_the_files_fault(
     """A stop is not a verdict on the file: a ProbeError (tried again), not
     an UndecodableError (marked)."""
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
-    fd = os.open(slow_file, os.O_RDONLY)
     stop = Stop()
     try:
         requests = _stop_once_sent(monkeypatch, slow_file.name, stop)
         with pytest.raises(ProbeError) as refused:
-            children.thumbnail(str(slow_file), fd, stop)
+            _thumbnail_in(children, slow_file, stop)
     finally:
-        os.close(fd)
         children.close()
     assert not isinstance(refused.value, UndecodableError)
     assert refused.value.reason == "stopped while the probe process read the file"
@@ -688,12 +691,10 @@ def test_a_thumbnail_whose_child_cannot_start_is_tried_again(
     path = copy_video(clip, tmp_path / "a.mp4").path
     monkeypatch.setattr(sys, "executable", shutil.which("false"))
     children = ProbeProcesses(ThreadPriority.NORMAL)
-    fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(ProbeError) as refused:
-            children.thumbnail(str(path), fd, Stop())
+            _thumbnail_in(children, path)
     finally:
-        os.close(fd)
         children.close()
     assert not isinstance(refused.value, UndecodableError)
     assert refused.value.reason == "the probe process ended while it started (exit status 1)"
@@ -799,15 +800,13 @@ def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
     is the file's doing, so it is tried again rather than marked."""
     path = copy_video(clip, tmp_path / "a.mp4").path
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.02)
-    fd = os.open(path, os.O_RDONLY)
     try:
-        children.thumbnail(str(path), fd, Stop())
+        _thumbnail_in(children, path)
         [child] = children.pids()
         os.kill(child, signal_number)
         with pytest.raises(ProbeError) as refused:
-            children.thumbnail(str(path), fd, Stop())
+            _thumbnail_in(children, path)
     finally:
-        os.close(fd)
         children.close()
     assert not isinstance(refused.value, UndecodableError), refused.value.reason
     assert not _alive(child)
