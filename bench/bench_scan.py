@@ -50,6 +50,12 @@ drift hits both alike; ``rep_ratios`` lists them):
   line also gives ``idle_load_ratio``: the p99 while processes of their own
   keep as many cores busy at ``SCHED_IDLE`` as the scan has probe threads,
   against idle; the machine's part of the figure, without the GIL.
+* ``probe_process_rss`` (no target): the resident memory of one probe
+  process (``ProbeProcesses``) after it has probed :data:`PROBE_MEMORY_WARMUP`
+  of the first scan's clips, and after :data:`PROBE_MEMORY_FILES` more;
+  ``growth_kib_per_1000_files`` is the difference per 1,000 files. A process
+  that keeps a few hundred bytes of every file shows here (PyAV's abandoned
+  ``demux`` generator did: about 390 KiB per 1,000 files; ``_input.demuxed``).
 * ``scan_retained_jobs_rss``: in a fresh process, 10,000 finished scan jobs
   retained by a ``JobSupervisor``, each of which met 1,000 unreadable files
   with 200-character names (their errors go through the scan's own
@@ -89,6 +95,7 @@ from stoat_ferret.jobs import JobContext
 from stoat_ferret.library import (
     ErrorLog,
     ProbeProcesses,
+    Stop,
     ThreadPriority,
     VideoLibrary,
     VideoProbe,
@@ -108,6 +115,11 @@ BARE_THREADS: Final = (1, 2, 4)
 """Thread counts of the bare PyAV loop; the fastest is the baseline."""
 
 FFPROBE_FILES: Final = 200
+PROBE_MEMORY_WARMUP: Final = 10_000
+"""Files a probe process probes before ``probe_process_rss`` reads its RSS:
+its memory grows by about a megabyte over the first 10,000 to 20,000 files
+of the first scan's clips, then stays (80,000 files measured)."""
+PROBE_MEMORY_FILES: Final = 10_000
 RESCAN_REPS: Final = 11
 """Reps of the rescan figure. On the 2-core machine this was written on, the
 speed of the whole machine shifts by half for seconds at a time; single rescan
@@ -146,6 +158,10 @@ def main(quick: bool = False) -> None:
             emit(**normal, quick=quick)
             emit(**probe_only, quick=quick)
             emit(**_bench_ffprobe(first_tree, first["files_per_s"], reps, quick=quick), quick=quick)
+            warmup, memory_files = (
+                (200, 200) if quick else (PROBE_MEMORY_WARMUP, PROBE_MEMORY_FILES)
+            )
+            emit(**_probe_process_rss(first_tree, warmup, memory_files), quick=quick)
             rescan_tree = _make_link_tree(base / "rescan", first_tree, rescan_files)
             rescan_reps = reps if quick else RESCAN_REPS
             for line in _bench_rescan(base, rescan_tree, rescan_files, rescan_reps):
@@ -338,6 +354,55 @@ def _bench_ffprobe(
         "threads": THREADS,
         "ffprobe_at_once": usable_cores(),
     }
+
+
+def _probe_process_rss(paths: list[str], warmup: int, files: int) -> dict[str, Any]:
+    """``probe_process_rss``: one probe process's RSS after ``warmup`` files
+    and after ``files`` more, the clips of ``paths`` over and over."""
+    probes = ProbeProcesses(ThreadPriority.NORMAL)
+    stop = Stop()
+    directories: dict[str, int] = {}
+
+    def probe(count: int) -> None:
+        for index in range(count):
+            directory, name = os.path.split(paths[index % len(paths)])
+            if directory not in directories:
+                directories[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            probes.probe(name, directories[directory], stop)
+
+    try:
+        probe(warmup)
+        [pid] = probes.pids()
+        warm = _rss_kib(pid)
+        started = time.perf_counter()
+        probe(files)
+        seconds = time.perf_counter() - started
+        _check(probes.pids() == [pid], "the probe process was replaced while it probed")
+        after = _rss_kib(pid)
+    finally:
+        probes.close()
+        stop.close()
+        for fd in directories.values():
+            os.close(fd)
+    return {
+        "bench": "probe_process_rss",
+        "files": files,
+        "warmup_files": warmup,
+        "rss_kib_after_warmup": warm,
+        "rss_kib_after": after,
+        "growth_kib_per_1000_files": round((after - warm) * 1000 / files, 1),
+        "files_per_s": round(files / seconds, 1),
+        "target": None,
+        "ok": None,
+    }
+
+
+def _rss_kib(pid: int) -> int:
+    """A process's resident set size in KiB (Linux ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def _bare_walk(root: Path) -> float:

@@ -41,15 +41,20 @@ defaults: only the ``fd`` protocol may be opened (no file, pipe or network
 URL a demuxer might name), and the MOV demuxer follows no external data
 reference. FFmpeg's stream probe (in ``av.open``) is held to the frame size
 and stream count caps of ``_limits.py``, which says what they leave open.
+
+The probe's rotation and the thumbnail read packets until the first keyframe
+and stop there; :func:`demuxed` closes PyAV's packet generator when they do,
+which PyAV needs to free its read buffer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import stat
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Self, cast
 
 import av
 
@@ -57,9 +62,12 @@ from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
 
 if TYPE_CHECKING:
+    from collections.abc import Generator, Iterator
     from types import TracebackType
 
     from av.container import InputContainer
+    from av.packet import Packet
+    from av.video.stream import VideoStream
 
 READ_LIMIT: Final = 64 * 1024 * 1024
 """Bytes a probe may read from one file (seeks excluded) before it gives up."""
@@ -193,6 +201,25 @@ class BoundedInput:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def demuxed(
+    container: InputContainer, stream: VideoStream
+) -> Iterator[Iterator[Packet[VideoStream]]]:
+    """``container.demux(stream)``, closed when the block ends, however it ends.
+
+    PyAV 18.1's ``demux`` frees the packet it reads into only when its
+    generator is closed or runs out, not when a caller that stopped early
+    drops it: about 600 bytes of native memory a file, for good, in the
+    process that probes (a probe process grew by 18 MB over 40,000 probes).
+    The probe and the thumbnail both stop at the first keyframe.
+    """
+    packets = cast("Generator[Packet[VideoStream], None, None]", container.demux(stream))
+    try:
+        yield packets
+    finally:
+        packets.close()
 
 
 def amount(read_limit: int) -> str:

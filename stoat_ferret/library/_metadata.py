@@ -40,6 +40,7 @@ import av
 from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Disposition
 
+from stoat_ferret.library._input import demuxed
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
 if TYPE_CHECKING:
@@ -267,19 +268,23 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
     context.skip_frame = "NONKEY"
     packets = skipped_bytes = 0
     try:
-        for packet in container.demux(video):
-            if packet.size == 0:
-                continue
-            if not packet.is_keyframe:
-                packets += 1
-                skipped_bytes += packet.size
-                if packets >= _KEYFRAME_SEARCH_PACKETS or skipped_bytes >= _KEYFRAME_SEARCH_BYTES:
-                    return None
-                continue
-            frames = video.decode(packet) or video.decode(None)
-            break
-        else:
-            return None
+        with demuxed(container, video) as demux:
+            for packet in demux:
+                if packet.size == 0:
+                    continue
+                if not packet.is_keyframe:
+                    packets += 1
+                    skipped_bytes += packet.size
+                    if (
+                        packets >= _KEYFRAME_SEARCH_PACKETS
+                        or skipped_bytes >= _KEYFRAME_SEARCH_BYTES
+                    ):
+                        return None
+                    continue
+                frames = video.decode(packet) or video.decode(None)
+                break
+            else:
+                return None
     except av.FFmpegError:
         return None
     for frame in frames:

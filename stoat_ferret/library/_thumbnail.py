@@ -66,7 +66,13 @@ import av.filter
 
 from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
 from stoat_ferret.library._exceptions import ProbeError
-from stoat_ferret.library._input import READ_LIMIT, BoundedInput, amount, open_regular_file
+from stoat_ferret.library._input import (
+    READ_LIMIT,
+    BoundedInput,
+    amount,
+    demuxed,
+    open_regular_file,
+)
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation, moving_pictures
 
@@ -321,11 +327,12 @@ def _next_frame(container: InputContainer, stream: VideoStream) -> VideoFrame | 
     # A decoder that reorders frames (H.264 with B-frames) holds the keyframe
     # back until later frames come, and with NONKEY none comes: so once a
     # keyframe's packet went in (or MAX_PACKETS did), the decoder is flushed.
-    for count, packet in enumerate(container.demux(stream), start=1):
-        for frame in packet.decode():
-            return frame
-        if packet.is_keyframe or count >= MAX_PACKETS:
-            break
+    with demuxed(container, stream) as demux:
+        for count, packet in enumerate(demux, start=1):
+            for frame in packet.decode():
+                return frame
+            if packet.is_keyframe or count >= MAX_PACKETS:
+                break
     try:
         for frame in stream.codec_context.decode(None):
             return frame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import threading
@@ -11,13 +12,17 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import av
+import av.container
 
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library import Video, VideoProbe, VideoRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
     from pathlib import Path
+
+    import pytest
 
 
 def make_context(
@@ -158,3 +163,29 @@ def _storable(value: object) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return not isinstance(value, int) or value in SQLITE_INTEGER
+
+
+@contextlib.contextmanager
+def demux_generators(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Generator[Any]]]:
+    """Every ``InputContainer.demux`` generator made in the block, kept alive
+    (so that only an explicit ``close`` ends one early), as a generator that
+    passes its packets through and forwards a ``close`` to PyAV's."""
+    made: list[Generator[Any]] = []
+    original = av.container.InputContainer.demux
+
+    def kept(container: av.container.InputContainer, *args: Any, **kwargs: Any) -> Generator[Any]:
+        def passing() -> Generator[Any]:
+            yield from original(container, *args, **kwargs)
+
+        generator = passing()
+        made.append(generator)
+        return generator
+
+    with monkeypatch.context() as patch:
+        patch.setattr(av.container.InputContainer, "demux", kept)
+        yield made
+
+
+def ended(generator: Generator[Any]) -> bool:
+    """Whether ``generator`` was closed or ran out."""
+    return inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED

@@ -20,6 +20,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
+from tests.library.support import demux_generators, ended
 from tests.videos import copy_video, write_corrupt_video
 
 if TYPE_CHECKING:
@@ -150,6 +151,19 @@ def test_the_sample_aspect_ratio_is_applied(tmp_path: Path) -> None:
     width, height, _, _ = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
 
     assert (width, height) == (THUMBNAIL_WIDTH, 120)
+
+
+def test_a_thumbnail_closes_the_demuxing_it_stopped_early(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thumbnail returns its first frame from inside the demuxing loop and
+    closes PyAV's generator on the way out (see the probe's rotation)."""
+    clip = clips["h264_aac.mp4"]
+    with demux_generators(monkeypatch) as made:
+        make_thumbnail(str(clip.path), fingerprint(clip.path))
+
+    assert made
+    assert all(ended(generator) for generator in made)
 
 
 def test_every_fixture_codec_gives_a_thumbnail(
