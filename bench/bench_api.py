@@ -227,7 +227,9 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     (``api_health_under_scan``); ``bench_scan`` reuses it.
 
     The busy phase is ``requests`` latencies, all taken while the scan is
-    probing: they are taken in blocks of :data:`HEALTH_BLOCK`, and after each
+    probing: it begins once the scan has probed its first files (its probe
+    processes have started), a window in which the scan probed nothing is
+    run again, and the latencies are taken in blocks of :data:`HEALTH_BLOCK`, and after each
     block the job must still be running, or the block is dropped (the scan may
     have ended inside it) and the window ends. A window cut short that way
     means the tree was too small for this machine: the rep is run again on a
@@ -286,6 +288,10 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
             _cancel_active(client)
             shutil.rmtree(tree)
             rate = (ended["progress"] - started["progress"]) * files / window
+            # A window in which no file was probed measured no scan (its
+            # probe processes starved): run the rep again.
+            if ended["progress"] <= started["progress"]:
+                continue
             if len(sample) < requests:
                 if files < MAX_TREE_FILES:
                     # Short: a tree that lasts about twice the window at this rate.
@@ -429,15 +435,19 @@ def _health_latencies(client: httpx.Client, count: int) -> list[float]:
 
 
 def _start_probing(client: httpx.Client, tree: Path) -> str:
-    """Submit a scan of ``tree``; return its id once it runs and has begun probing."""
+    """Submit a scan of ``tree``; return its id once it has probed its first
+    files: its probe processes run (a fresh one takes a quarter of a second
+    of CPU to start, which at ``SCHED_IDLE`` beside the client can take
+    seconds), and the window measures probing, not their start."""
     response = client.post("/api/v1/videos/scan", json={"path": str(tree), "recursive": True})
     _check(response.status_code == 202, f"scan answered {response.status_code}: {response.text}")
     job_id: str = response.json()["job_id"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         job = _job(client, job_id)
-        # Progress is first reported once the walk and the comparison are done.
-        if job["status"] == "running" and job["progress"] is not None:
+        # Progress is 0 once the walk and the comparison are done, and grows
+        # as chunks of files are probed.
+        if job["status"] == "running" and job["progress"]:
             return job_id
         _check(job["status"] in ("pending", "running"), f"the scan ended before probing: {job}")
         time.sleep(0.01)
