@@ -50,12 +50,14 @@ drift hits both alike; ``rep_ratios`` lists them):
   line also gives ``idle_load_ratio``: the p99 while processes of their own
   keep as many cores busy at ``SCHED_IDLE`` as the scan has probe threads,
   against idle; the machine's part of the figure, without the GIL.
-* ``probe_process_rss`` (no target): the resident memory of one probe
-  process (``ProbeProcesses``) after it has probed :data:`PROBE_MEMORY_WARMUP`
-  of the first scan's clips, and after :data:`PROBE_MEMORY_FILES` more;
+* ``probe_process_rss`` (no target): the anonymous resident memory
+  (``RssAnon``: the heap, not the libraries' pages) of one probe process
+  (``ProbeProcesses``) after it has probed :data:`PROBE_MEMORY_WARMUP` of
+  the first scan's clips, and after :data:`PROBE_MEMORY_FILES` more;
   ``growth_kib_per_1000_files`` is the difference per 1,000 files. A process
-  that keeps a few hundred bytes of every file shows here (PyAV's abandoned
-  ``demux`` generator did: about 390 KiB per 1,000 files; ``_input.demuxed``).
+  that keeps a few hundred bytes of a file shows here: PyAV's abandoned
+  ``demux`` generator gave 500 KiB per 1,000 files, 10 once it was closed
+  (``_input.demuxed``).
 * ``scan_retained_jobs_rss``: in a fresh process, 10,000 finished scan jobs
   retained by a ``JobSupervisor``, each of which met 1,000 unreadable files
   with 200-character names (their errors go through the scan's own
@@ -74,6 +76,7 @@ from run to run, which is why each is a ratio within one run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,9 +119,9 @@ BARE_THREADS: Final = (1, 2, 4)
 
 FFPROBE_FILES: Final = 200
 PROBE_MEMORY_WARMUP: Final = 10_000
-"""Files a probe process probes before ``probe_process_rss`` reads its RSS:
-its memory grows by about a megabyte over the first 10,000 to 20,000 files
-of the first scan's clips, then stays (80,000 files measured)."""
+"""Files a probe process probes before ``probe_process_rss`` reads its
+memory: it grows over the first 10,000 files of the first scan's clips,
+then stays within about a megabyte (80,000 files measured)."""
 PROBE_MEMORY_FILES: Final = 10_000
 RESCAN_REPS: Final = 11
 """Reps of the rescan figure. On the 2-core machine this was written on, the
@@ -357,39 +360,39 @@ def _bench_ffprobe(
 
 
 def _probe_process_rss(paths: list[str], warmup: int, files: int) -> dict[str, Any]:
-    """``probe_process_rss``: one probe process's RSS after ``warmup`` files
-    and after ``files`` more, the clips of ``paths`` over and over."""
-    probes = ProbeProcesses(ThreadPriority.NORMAL)
-    stop = Stop()
-    directories: dict[str, int] = {}
+    """``probe_process_rss``: one probe process's ``RssAnon`` after ``warmup``
+    files and after ``files`` more, the clips of ``paths`` over and over."""
+    with contextlib.ExitStack() as stack:
+        probes = ProbeProcesses(ThreadPriority.NORMAL)
+        stack.callback(probes.close)
+        stop = Stop()
+        stack.callback(stop.close)
+        directories: dict[str, int] = {}
 
-    def probe(count: int) -> None:
-        for index in range(count):
-            directory, name = os.path.split(paths[index % len(paths)])
-            if directory not in directories:
-                directories[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            probes.probe(name, directories[directory], stop)
+        def probe(count: int) -> None:
+            for index in range(count):
+                directory, name = os.path.split(paths[index % len(paths)])
+                if directory not in directories:
+                    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                    stack.callback(os.close, fd)
+                    directories[directory] = fd
+                probes.probe(name, directories[directory], stop)
 
-    try:
         probe(warmup)
-        [pid] = probes.pids()
-        warm = _rss_kib(pid)
+        pids = probes.pids()
+        _check(len(pids) == 1, f"{len(pids)} probe processes after the warm-up, not 1")
+        warm = _anonymous_kib(pids[0])
         started = time.perf_counter()
         probe(files)
         seconds = time.perf_counter() - started
-        _check(probes.pids() == [pid], "the probe process was replaced while it probed")
-        after = _rss_kib(pid)
-    finally:
-        probes.close()
-        stop.close()
-        for fd in directories.values():
-            os.close(fd)
+        _check(probes.pids() == pids, "the probe process was replaced while it probed")
+        after = _anonymous_kib(pids[0])
     return {
         "bench": "probe_process_rss",
         "files": files,
         "warmup_files": warmup,
-        "rss_kib_after_warmup": warm,
-        "rss_kib_after": after,
+        "rss_anon_kib_after_warmup": warm,
+        "rss_anon_kib_after": after,
         "growth_kib_per_1000_files": round((after - warm) * 1000 / files, 1),
         "files_per_s": round(files / seconds, 1),
         "target": None,
@@ -397,12 +400,12 @@ def _probe_process_rss(paths: list[str], warmup: int, files: int) -> dict[str, A
     }
 
 
-def _rss_kib(pid: int) -> int:
-    """A process's resident set size in KiB (Linux ``/proc/<pid>/status``)."""
+def _anonymous_kib(pid: int) -> int:
+    """A process's anonymous resident memory in KiB (Linux ``/proc/<pid>/status``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssAnon:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no RssAnon for process {pid}")
 
 
 def _bare_walk(root: Path) -> float:

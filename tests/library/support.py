@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import os
 import threading
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import av
 import av.container
+import pytest
 
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library import Video, VideoProbe, VideoRecord
@@ -21,8 +21,6 @@ from stoat_ferret.library import Video, VideoProbe, VideoRecord
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
     from pathlib import Path
-
-    import pytest
 
 
 def make_context(
@@ -165,27 +163,35 @@ def _storable(value: object) -> bool:
     return not isinstance(value, int) or value in SQLITE_INTEGER
 
 
+class DemuxWatch:
+    """The ``InputContainer.demux`` generators made in a :func:`watched_demux` block."""
+
+    def __init__(self) -> None:
+        # Kept alive, so that only an explicit close ends one before its end.
+        self.made: list[Generator[Any]] = []
+        self.closed_early = 0
+
+
 @contextlib.contextmanager
-def demux_generators(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Generator[Any]]]:
-    """Every ``InputContainer.demux`` generator made in the block, kept alive
-    (so that only an explicit ``close`` ends one early), as a generator that
-    passes its packets through and forwards a ``close`` to PyAV's."""
-    made: list[Generator[Any]] = []
+def watched_demux() -> Iterator[DemuxWatch]:
+    """Count the ``demux`` generators made in the block, and those closed
+    before they ran out. Each is a generator that passes PyAV's packets
+    through and forwards a ``close`` to it."""
+    watch = DemuxWatch()
     original = av.container.InputContainer.demux
 
     def kept(container: av.container.InputContainer, *args: Any, **kwargs: Any) -> Generator[Any]:
         def passing() -> Generator[Any]:
-            yield from original(container, *args, **kwargs)
+            try:
+                yield from original(container, *args, **kwargs)
+            except GeneratorExit:
+                watch.closed_early += 1
+                raise
 
         generator = passing()
-        made.append(generator)
+        watch.made.append(generator)
         return generator
 
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(av.container.InputContainer, "demux", kept)
-        yield made
-
-
-def ended(generator: Generator[Any]) -> bool:
-    """Whether ``generator`` was closed or ran out."""
-    return inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
+        yield watch

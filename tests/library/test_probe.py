@@ -29,9 +29,8 @@ from stoat_ferret.library import (
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import (
     FifoWatch,
-    demux_generators,
-    ended,
     unstorable_fields,
+    watched_demux,
     watched_fifo,
 )
 from tests.videos import (
@@ -262,17 +261,16 @@ def test_rotation_is_not_decoded_outside_mov_and_matroska(
 
 
 @pytest.mark.parametrize("name", ["h264_aac.mp4", "h264.mkv", "h264_10bit_rotated.mp4"])
-def test_the_rotation_closes_the_demuxing_it_stopped_early(
-    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch, name: str
+def test_the_rotation_closes_the_demuxing_it_stops_early(
+    clips: dict[str, EncodedVideo], name: str
 ) -> None:
     """The rotation stops demuxing at the first keyframe and closes PyAV's
-    generator there: one dropped half-way keeps its read packet for good
-    (PyAV 18.1), some 600 bytes of every file a probe process probes."""
-    with demux_generators(monkeypatch) as made:
+    generator there: one dropped half-way keeps some 600 bytes for good
+    (PyAV 18.1), for each MOV/MP4 or Matroska file a probe process probes."""
+    with watched_demux() as demux:
         probe_video(clips[name].path)
 
-    assert len(made) == 1
-    assert ended(made[0])
+    assert (len(demux.made), demux.closed_early) == (1, 1)
 
 
 def test_a_frame_that_cannot_be_decoded_leaves_the_rotation_unknown(
@@ -285,8 +283,10 @@ def test_a_frame_that_cannot_be_decoded_leaves_the_rotation_unknown(
 
     monkeypatch.setattr(av.VideoStream, "decode", broken)
 
-    probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
+    with watched_demux() as demux:
+        probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
 
+    assert (len(demux.made), demux.closed_early) == (1, 1)  # closed on the error's way out
     assert probe.rotation is None
     assert (probe.display_width, probe.display_height) == (64, 48)
     assert probe.pixel_format == "yuv420p10le"

@@ -20,7 +20,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
-from tests.library.support import demux_generators, ended
+from tests.library.support import watched_demux
 from tests.videos import copy_video, write_corrupt_video
 
 if TYPE_CHECKING:
@@ -153,17 +153,18 @@ def test_the_sample_aspect_ratio_is_applied(tmp_path: Path) -> None:
     assert (width, height) == (THUMBNAIL_WIDTH, 120)
 
 
-def test_a_thumbnail_closes_the_demuxing_it_stopped_early(
-    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", ["h264_aac.mp4", "mpeg4_pcm.avi"])
+def test_a_thumbnail_closes_the_demuxing_it_stops_early(
+    clips: dict[str, EncodedVideo], name: str
 ) -> None:
-    """The thumbnail returns its first frame from inside the demuxing loop and
-    closes PyAV's generator on the way out (see the probe's rotation)."""
-    clip = clips["h264_aac.mp4"]
-    with demux_generators(monkeypatch) as made:
+    """The thumbnail stops demuxing at its first keyframe, with a frame from
+    it (MPEG-4 part 2) or without one (H.264 holds it back until the decoder
+    is flushed), and closes PyAV's generator either way (see the probe's rotation)."""
+    clip = clips[name]
+    with watched_demux() as demux:
         make_thumbnail(str(clip.path), fingerprint(clip.path))
 
-    assert made
-    assert all(ended(generator) for generator in made)
+    assert (len(demux.made), demux.closed_early) == (1, 1)
 
 
 def test_every_fixture_codec_gives_a_thumbnail(
