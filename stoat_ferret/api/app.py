@@ -77,6 +77,7 @@ from stoat_ferret.library import (
     VideoLibrary,
     landlock_abi,
     make_scan_handler,
+    seccomp_filters,
 )
 from stoat_ferret.settings import Settings
 
@@ -222,7 +223,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     max_workers=settings.max_workers,
                     probe_threads=settings.probe_threads,
                     probe_priority=settings.probe_priority.value,
-                    probe_sandbox=_sandbox_name(landlock_abi()),
+                    probe_sandbox=_sandbox_name(landlock_abi(), seccomp_filters()),
                 )
                 try:
                     async with app.state.metrics.following(supervisor):
@@ -247,9 +248,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("service stopped", database=library.path)
 
 
-def _sandbox_name(abi: int) -> str:
+def _sandbox_name(abi: int, filters: bool) -> str:
     """How probe processes are confined, for the start-up line."""
-    return f"landlock (ABI {abi})" if abi else "none: Landlock is not available here"
+    landlock = f"landlock (ABI {abi})" if abi else "no landlock (not available here)"
+    sockets = "no new sockets (seccomp)" if filters else "new sockets allowed (no seccomp filter)"
+    return f"{landlock}, {sockets}"
 
 
 class ScanDispatch:

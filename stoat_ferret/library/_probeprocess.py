@@ -40,8 +40,9 @@ The file is opened here, in the service, as a thread would
 link followed, a regular file), and only its descriptor goes to the child
 (``_probewire.py`` says how requests and answers cross). A child runs as
 the service's user; where the kernel has Landlock it confines itself before
-its first file (``_sandbox.py`` says what each kernel's Landlock refuses), so
-one that a hostile file took over reads no file it was not handed.
+its first file (``_sandbox.py`` says what each kernel's Landlock refuses),
+and a seccomp filter keeps it from making sockets, so one that a hostile
+file took over reads no file it was not handed and opens no connection.
 
 A child is started when a probe finds none idle, and kept for the next
 files (``_probepool.py``): starting one costs about a quarter of a second

@@ -14,7 +14,7 @@ import pytest
 from stoat_ferret.api import begin_shutdown
 from stoat_ferret.api.app import create_app, lifespan
 from stoat_ferret.jobs import InMemoryJobQueue, JobStatus, JobSupervisor
-from stoat_ferret.library import ThreadPriority, VideoLibrary, landlock_abi
+from stoat_ferret.library import ThreadPriority, VideoLibrary, landlock_abi, seccomp_filters
 from tests.api.support import (
     BASE_URL,
     GatedScan,
@@ -392,5 +392,10 @@ async def test_the_start_up_line_says_how_probe_processes_are_confined(
 
     [started] = [record for record in log_records if record["message"] == "service started"]
     abi = landlock_abi()
-    expected = f"landlock (ABI {abi})" if abi else "none: Landlock is not available here"
-    assert started["extra"]["probe_sandbox"] == expected
+    landlock = f"landlock (ABI {abi})" if abi else "no landlock (not available here)"
+    sockets = (
+        "no new sockets (seccomp)"
+        if seccomp_filters()
+        else "new sockets allowed (no seccomp filter)"
+    )
+    assert started["extra"]["probe_sandbox"] == f"{landlock}, {sockets}"
