@@ -251,8 +251,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _sandbox_name(abi: int, filters: bool) -> str:
     """How probe processes are confined, for the start-up line."""
     landlock = f"landlock (ABI {abi})" if abi else "no landlock (not available here)"
-    sockets = "no new sockets (seccomp)" if filters else "new sockets allowed (no seccomp filter)"
-    return f"{landlock}, {sockets}"
+    seccomp = "seccomp filter" if filters else "no seccomp filter (not available here)"
+    return f"{landlock}, {seccomp}"
 
 
 class ScanDispatch:

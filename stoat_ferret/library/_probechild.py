@@ -15,9 +15,10 @@ to hang up (the service closed it, or ended in any way, even killed) and
 ends the process then, even while FFmpeg is busy in a file. Before its first
 request it lowers its priority to ``SCHED_IDLE`` if ``PRIORITY`` is
 ``idle``, limits its address space to ``MEMORY`` bytes, confines itself
-with Landlock where the kernel has it and forbids itself new sockets with
-seccomp (``_sandbox.py``), and says ``ready`` with the Landlock ABI it used
-(or why the kernel refused either, and ends).
+with Landlock where the kernel has it (``_sandbox.py``), installs its
+seccomp filter (no new socket, no reach into other processes:
+``_seccomp.py``), and says ``ready`` with the Landlock ABI it used (or why
+the kernel refused either, and ends).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from stoat_ferret.library._probewire import (
     THUMBNAIL,
     encode_answer,
 )
-from stoat_ferret.library._sandbox import confine, forbid_new_sockets
+from stoat_ferret.library._sandbox import confine
+from stoat_ferret.library._seccomp import filter_system_calls
 from stoat_ferret.library._thumbnail import thumbnail_descriptor
 
 if TYPE_CHECKING:
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> None:
         # this child answered; there is nobody left to answer.
         try:
             abi = confine()  # one thread so far: the hang-up thread starts after
-            forbid_new_sockets()
+            filter_system_calls()
         except OSError as exc:  # fail closed: the service says why, for every file
             channel.send(CONFINE_FAILED + str(exc).encode(errors="replace")[:REASON_MAX])
             return

@@ -41,8 +41,9 @@ link followed, a regular file), and only its descriptor goes to the child
 (``_probewire.py`` says how requests and answers cross). A child runs as
 the service's user; where the kernel has Landlock it confines itself before
 its first file (``_sandbox.py`` says what each kernel's Landlock refuses),
-and a seccomp filter keeps it from making sockets, so one that a hostile
-file took over reads no file it was not handed and opens no connection.
+so one that a hostile file took over reads no file it was not handed; and
+on x86-64 and AArch64 a seccomp filter keeps it from making a socket and
+from reaching into other processes (``_seccomp.py``).
 
 A child is started when a probe finds none idle, and kept for the next
 files (``_probepool.py``): starting one costs about a quarter of a second

@@ -1,5 +1,4 @@
-"""Probe children confined by Landlock, where the kernel has it, and kept from
-new sockets by a seccomp filter (``_sandbox.py``)."""
+"""Probe children confined by Landlock (``_sandbox.py``), where the kernel has it."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import pytest
 from stoat_ferret.library import ProbeError, Stop, ThreadPriority, _probeprocess
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import CONFINE_FAILED
-from stoat_ferret.library._sandbox import confine, landlock_abi, seccomp_filters
+from stoat_ferret.library._sandbox import confine, landlock_abi
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
@@ -35,9 +34,6 @@ def directory(tmp_path: Path) -> Iterator[int]:
 
 
 needs_landlock = pytest.mark.skipif(not landlock_abi(), reason="needs Landlock (Linux 5.13)")
-needs_seccomp = pytest.mark.skipif(
-    not seccomp_filters(), reason="needs seccomp filters on x86-64 or AArch64 (Linux 4.14)"
-)
 
 _CONFINED = """
 import os, socket, sys
@@ -117,66 +113,6 @@ def test_a_probe_child_is_confined_before_it_is_ready(
         process.close()
     assert process.confinement == landlock_abi()
     assert flags["NoNewPrivs"] == "1"
-
-
-_SOCKETLESS = """
-import ctypes, errno, os, socket
-from stoat_ferret.library._sandbox import forbid_new_sockets
-held, other = socket.socketpair()
-libc = ctypes.CDLL(None, use_errno=True)
-def io_uring():  # io_uring_setup(0, NULL): EINVAL or EFAULT where io_uring runs
-    libc.syscall(425, 0, None)
-    return errno.errorcode[ctypes.get_errno()]
-def attempt(family, kind):
-    try:
-        socket.socket(family, kind).close()
-        return "allowed"
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
-print(io_uring())
-print(forbid_new_sockets())
-print(attempt(socket.AF_INET, socket.SOCK_DGRAM))
-print(attempt(socket.AF_INET6, socket.SOCK_STREAM))
-print(attempt(socket.AF_UNIX, socket.SOCK_STREAM))
-print(io_uring())
-held.send(b"still")
-print(other.recv(5).decode())
-"""
-
-
-@needs_seccomp
-def test_a_process_that_forbids_itself_new_sockets_keeps_the_one_it_holds() -> None:
-    """No UDP, TCP or Unix socket can be made, nor an io_uring; a socket made
-    before still carries data."""
-    done = subprocess.run(
-        [sys.executable, "-c", _SOCKETLESS],
-        capture_output=True,
-        check=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-    before, installed, udp, tcp, unix, after, carried = done.stdout.split()
-    assert (installed, udp, tcp, unix, carried) == ("True", "EPERM", "EPERM", "EPERM", "still")
-    if before != "EPERM":  # io_uring is not turned off here (kernel.io_uring_disabled)
-        assert after == "EPERM"
-
-
-@needs_seccomp
-def test_a_probe_child_forbids_itself_new_sockets_before_it_is_ready(
-    clip: EncodedVideo, tmp_path: Path, directory: int
-) -> None:
-    """Its one seccomp filter is in place when it probes (and the probe works under it)."""
-    copy_video(clip, tmp_path / "a.mp4")
-    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
-    try:
-        probe = process.probe("a.mp4", directory, Stop())
-        with open(f"/proc/{process.pid}/status", encoding="ascii") as status:
-            flags = dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
-    finally:
-        process.close()
-    assert (probe.width, probe.height) == (clip.width, clip.height)
-    assert (flags["Seccomp"], flags["Seccomp_filters"]) == ("2", "1")
 
 
 def test_a_child_that_cannot_confine_itself_says_why_for_the_file(

@@ -1,0 +1,156 @@
+"""A seccomp filter for a probe process: no new socket, and no reach into other processes.
+
+Landlock (``_sandbox.py``) keeps a probe child from opening files by path,
+but not from making a socket: it could send UDP, or reach a Unix socket by
+its path (the system log, ``$NOTIFY_SOCKET``). So after Landlock the child
+calls :func:`filter_system_calls`, which installs a seccomp filter of a few
+instructions that fails these calls with ``EPERM``:
+
+- ``socket(2)`` and ``socketpair(2)``. The child holds one socket, its end of
+  the connected pair it was started with, which cannot be pointed anywhere
+  else (``connect`` on it fails; an address given to ``sendto`` is ignored).
+- ``io_uring_setup(2)``: io_uring's own socket and connect operations do not
+  pass through seccomp.
+- ``ptrace(2)``, ``process_vm_readv(2)``, ``process_vm_writev(2)`` and
+  ``pidfd_getfd(2)``: a process of the same user (the service) could
+  otherwise be stopped, read, or have a descriptor taken from it, such as
+  its listening socket. Landlock refuses these too, where the kernel has
+  it; the filter holds without Landlock as well.
+- every call made through another system-call ABI than the process's own
+  (the 32-bit ``int 0x80`` entry, and x32 on x86-64), whose numbers mean
+  other calls.
+
+What it leaves: a child without Landlock can still open, and write, the
+files of the service's user; signals to the service are refused by
+Landlock's ABI 6 only (a filter cannot tell the service's process id from
+others without being written for it).
+
+The filter is classic BPF built here (``ctypes``; it needs no library), for
+64-bit x86-64 and AArch64 processes, whose call numbers it holds. Elsewhere,
+and where the kernel has no seccomp filters or the process may not install
+one (a kernel before 4.14, a container's profile that refuses ``seccomp``),
+:func:`seccomp_filters` is False and :func:`filter_system_calls` changes
+nothing; the service's start-up line says which. The filter applies to
+every thread of the process (``SECCOMP_FILTER_FLAG_TSYNC``) and to the
+processes it starts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import platform
+import struct
+from typing import Final, NamedTuple
+
+from stoat_ferret.library._sandbox import PR_SET_NO_NEW_PRIVS, error
+
+
+class _Calls(NamedTuple):
+    """What the filter needs to know of one architecture."""
+
+    audit_arch: int  # AUDIT_ARCH_*: seccomp_data.arch of this ABI's calls
+    seccomp: int
+    # socket, socketpair, io_uring_setup, ptrace, process_vm_readv,
+    # process_vm_writev, pidfd_getfd
+    denied: tuple[int, ...]
+    x32: bool  # call numbers at or above 0x40000000 are the x32 ABI's
+
+
+_CALLS: Final = {
+    "x86_64": _Calls(0xC000003E, 317, (41, 53, 425, 101, 310, 311, 438), x32=True),
+    "aarch64": _Calls(0xC00000B7, 277, (198, 199, 425, 117, 270, 271, 438), x32=False),
+}
+_POINTER_BYTES: Final = 8
+_X32_SYSCALL_BIT: Final = 0x40000000
+_SECCOMP_SET_MODE_FILTER: Final = 1
+_SECCOMP_GET_ACTION_AVAIL: Final = 2
+_SECCOMP_FILTER_FLAG_TSYNC: Final = 1
+_SECCOMP_RET_ALLOW: Final = 0x7FFF0000
+_SECCOMP_RET_ERRNO: Final = 0x00050000
+# Classic BPF: load a word of seccomp_data (nr at 0, arch at 4), compare, return.
+_LOAD: Final = 0x20  # BPF_LD | BPF_W | BPF_ABS
+_JUMP_IF_EQUAL: Final = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_JUMP_IF_AT_LEAST: Final = 0x35  # BPF_JMP | BPF_JGE | BPF_K
+_RETURN: Final = 0x06  # BPF_RET | BPF_K
+_INSTRUCTION: Final = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+class _Program(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))  # struct sock_fprog
+
+
+def _calls() -> _Calls | None:
+    """This process's call numbers: a 64-bit process on a machine the
+    filter knows (``platform.machine`` names the kernel's machine, which a
+    32-bit Python shares)."""
+    if struct.calcsize("P") != _POINTER_BYTES:
+        return None
+    return _CALLS.get(platform.machine())
+
+
+def _syscall(*arguments: object) -> int:
+    """``syscall(2)``: its result as a C long (-1 with ``errno`` set on failure)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    result: int = libc.syscall(*arguments)
+    return result
+
+
+def seccomp_filters() -> bool:
+    """Whether :func:`filter_system_calls` would filter here: a process the
+    filter knows, and a kernel whose seccomp filters can fail a call."""
+    calls = _calls()
+    if calls is None:
+        return False
+    action = ctypes.c_uint32(_SECCOMP_RET_ERRNO)
+    available = _syscall(calls.seccomp, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action))
+    return bool(available == 0)
+
+
+def program(calls: _Calls) -> bytes:
+    """The filter's instructions for ``calls``' architecture, as the module says."""
+    denied = _SECCOMP_RET_ERRNO | errno.EPERM
+    checks = [
+        *([(_JUMP_IF_AT_LEAST, _X32_SYSCALL_BIT)] if calls.x32 else []),
+        *((_JUMP_IF_EQUAL, number) for number in calls.denied),
+    ]
+    instructions = [
+        (_LOAD, 0, 0, 4),
+        (_JUMP_IF_EQUAL, 1, 0, calls.audit_arch),
+        (_RETURN, 0, 0, denied),  # a call through another ABI
+        (_LOAD, 0, 0, 0),
+        # A check that matches jumps over the checks after it and the allow,
+        # to the deny at the end.
+        *((code, len(checks) - index, 0, value) for index, (code, value) in enumerate(checks)),
+        (_RETURN, 0, 0, _SECCOMP_RET_ALLOW),
+        (_RETURN, 0, 0, denied),
+    ]
+    return b"".join(_INSTRUCTION.pack(*instruction) for instruction in instructions)
+
+
+def filter_system_calls() -> bool:
+    """Install the filter on every thread of this process, and the processes
+    they start after; return whether it is in place (False where
+    :func:`seccomp_filters` is). Sets ``no_new_privs``, which an
+    unprivileged filter requires.
+
+    Raises:
+        OSError: The kernel has seccomp filters but refused this one.
+    """
+    calls = _calls()
+    if calls is None or not seccomp_filters():
+        return False
+    instructions = program(calls)
+    buffer = ctypes.create_string_buffer(instructions, len(instructions))
+    fprog = _Program(len(instructions) // _INSTRUCTION.size, ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise error("prctl(PR_SET_NO_NEW_PRIVS)")
+    flags = _SECCOMP_FILTER_FLAG_TSYNC
+    done = _syscall(calls.seccomp, _SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog))
+    if done > 0:  # TSYNC: the id of a thread that could not take the filter
+        raise OSError(errno.EBUSY, f"seccomp: thread {done} could not take the filter")
+    if done != 0:
+        raise error("seccomp(SECCOMP_SET_MODE_FILTER)")
+    return True
