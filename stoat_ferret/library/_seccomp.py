@@ -12,18 +12,20 @@ instructions that fails these calls with ``EPERM``:
 - ``io_uring_setup(2)``: io_uring's own socket and connect operations do not
   pass through seccomp.
 - ``ptrace(2)``, ``process_vm_readv(2)``, ``process_vm_writev(2)`` and
-  ``pidfd_getfd(2)``: a process of the same user (the service) could
-  otherwise be stopped, read, or have a descriptor taken from it, such as
+  ``pidfd_getfd(2)``: the calls that trace a process of the same user (the
+  service), read or write its memory, or take a descriptor from it, such as
   its listening socket. Landlock refuses these too, where the kernel has
-  it; the filter holds without Landlock as well.
+  it; without Landlock they are not the only way in (below).
 - every call made through another system-call ABI than the process's own
   (the 32-bit ``int 0x80`` entry, and x32 on x86-64), whose numbers mean
   other calls.
 
-What it leaves: a child without Landlock can still open, and write, the
-files of the service's user; signals to the service are refused by
-Landlock's ABI 6 only (a filter cannot tell the service's process id from
-others without being written for it).
+What it leaves: a child without Landlock can still open, and write, any
+file of the service's user, ``/proc/<pid>/mem`` and ``/proc/<pid>/environ``
+of the service among them (where Yama's ``ptrace_scope`` allows), so the
+filter does not isolate a child on its own; signals to the service are
+refused by Landlock's ABI 6 only (a filter cannot tell the service's process
+id from others without being written for it).
 
 The filter is classic BPF built here (``ctypes``; it needs no library), for
 64-bit x86-64 and AArch64 processes, whose call numbers it holds. Elsewhere,

@@ -26,16 +26,16 @@ pytestmark = pytest.mark.skipif(
     not seccomp_filters(), reason="needs seccomp filters in a 64-bit x86-64 or AArch64 process"
 )
 
-# Each line the script prints is what one attempt got: "allowed" or an errno name.
+# The script prints one line per attempt: its name, and what it got before
+# and after the filter ("allowed" or an errno name); each attempt is one that
+# fails differently (or not at all) without the filter, and has no side effect.
 _FILTERED = """
-import ctypes, errno, os, socket, subprocess, sys
+import ctypes, errno, os, socket, sys
 from stoat_ferret.library._seccomp import filter_system_calls
 x86 = sys.argv[1] == "x86_64"
 listening = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 listening.bind(sys.argv[2])
 held, other = socket.socketpair()
-sleeper = subprocess.Popen(["sleep", "60"])
-pidfd = os.pidfd_open(sleeper.pid)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 def call(number, *arguments):
@@ -49,30 +49,40 @@ def attempt(work):
     except OSError as exc:
         return errno.errorcode[exc.errno]
 def reach_by_path():
-    one, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    one, two = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     one.sendto(b"out", sys.argv[2])
-print(call(425, 0, None))  # io_uring_setup(0, NULL), before: EINVAL or EFAULT where it runs
-print(filter_system_calls())
-print(attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()))
-print(attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()))
-print(attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close()))
-print(attempt(reach_by_path))
-print(call(425, 0, None))
-print(call(101 if x86 else 117, 16, sleeper.pid, 0, 0))  # ptrace(PTRACE_ATTACH)
-print(call(438, pidfd, 0, 0))  # pidfd_getfd
-print(call(0x40000000 | 39) if x86 else "EPERM")  # getpid through x32
-print(call(39 if x86 else 172))  # getpid: allowed
+    one.close()
+    two.close()
+me = os.getpid()
+attempts = {
+    "udp": lambda: attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()),
+    "tcp6": lambda: attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()),
+    "unix": lambda: attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close()),
+    "pair_to_path": lambda: attempt(reach_by_path),
+    "io_uring_setup": lambda: call(425, 0, None),  # EINVAL or EFAULT where io_uring runs
+    "ptrace": lambda: call(101 if x86 else 117, 2, me, 0, 0),  # PEEKDATA, not a tracee: ESRCH
+    "process_vm_readv": lambda: call(310 if x86 else 270, me, None, 0, None, 0, 1),  # EINVAL
+    "process_vm_writev": lambda: call(311 if x86 else 271, me, None, 0, None, 0, 1),  # EINVAL
+    "pidfd_getfd": lambda: call(438, 0, 0, 1),  # flags 1: EINVAL
+    "getpid": lambda: call(39 if x86 else 172),
+}
+if x86:
+    attempts["x32_getpid"] = lambda: call(0x40000000 | 39)  # ENOSYS or a pid
+before = {name: work() for name, work in attempts.items()}
+print("installed", filter_system_calls(), "-")
+for name, work in attempts.items():
+    print(name, before[name], work())
 held.send(b"still")
-print(other.recv(5).decode())
-sleeper.kill()
+print("held", "-", other.recv(5).decode())
 """
 
 
 def test_a_filtered_process_makes_no_socket_and_keeps_the_one_it_holds(tmp_path: Path) -> None:
     """No UDP, TCP or Unix socket, nor a socket pair to reach a Unix socket by
-    its path, nor an io_uring; no ptrace of, or descriptor taken from, another
-    process; no call through x32. An ordinary call works, and a socket made
-    before still carries data."""
+    its path, nor an io_uring; no ptrace, no reading or writing another
+    process's memory, no descriptor taken from another process; no call
+    through x32. Each fails with EPERM where it did not before. An ordinary
+    call works, and a socket made before still carries data."""
     done = subprocess.run(
         [sys.executable, "-c", _FILTERED, platform.machine(), str(tmp_path / "log")],
         capture_output=True,
@@ -81,13 +91,20 @@ def test_a_filtered_process_makes_no_socket_and_keeps_the_one_it_holds(tmp_path:
         timeout=TIMEOUT,
     )
 
-    before, installed, *after, io_uring, ptrace, getfd, x32, getpid, carried = done.stdout.split()
-    assert installed == "True"
-    assert after == ["EPERM"] * 4  # UDP, TCP, a Unix socket, a socket pair
-    assert (ptrace, getfd, x32) == ("EPERM", "EPERM", "EPERM")
-    assert (getpid, carried) == ("allowed", "still")
-    if before != "EPERM":  # io_uring is not turned off here (kernel.io_uring_disabled)
-        assert io_uring == "EPERM"
+    got = {
+        name: (before, after) for name, before, after in map(str.split, done.stdout.splitlines())
+    }
+    assert got.pop("installed") == ("True", "-")
+    assert got.pop("held") == ("-", "still")
+    assert got.pop("getpid") == ("allowed", "allowed")
+    for name in ("udp", "tcp6", "unix", "pair_to_path"):
+        assert got.pop(name) == ("allowed", "EPERM"), name
+    io_uring_before, io_uring_after = got.pop("io_uring_setup")
+    if io_uring_before != "EPERM":  # io_uring is not turned off here (kernel.io_uring_disabled)
+        assert io_uring_after == "EPERM"
+    for name, (before, after) in got.items():  # ptrace, process_vm_*, pidfd_getfd, x32
+        assert before != "EPERM", name
+        assert after == "EPERM", name
 
 
 def _status(pid: int | str) -> dict[str, str]:
