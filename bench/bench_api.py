@@ -228,8 +228,8 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
 
     The busy phase is ``requests`` latencies, all taken while the scan is
     probing: it begins once the scan has probed its first files (its probe
-    processes have started), and the latencies are taken in blocks of
-    :data:`HEALTH_BLOCK`, and after each
+    processes have started). The latencies are taken in blocks of
+    :data:`HEALTH_BLOCK`; after each
     block the job must still be running, or the block is dropped (the scan may
     have ended inside it) and the window ends. A window cut short that way
     means the tree was too small for this machine: the rep is run again on a
