@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import sys
 from typing import Final
 
 _SYS_CREATE_RULESET: Final = 444  # the same on every architecture but alpha
@@ -49,7 +50,10 @@ _SCOPES: Final = 0b11  # ABSTRACT_UNIX_SOCKET, SIGNAL (ABI 6)
 
 
 def landlock_abi() -> int:
-    """The Landlock ABI version this kernel offers; 0 without Landlock."""
+    """The Landlock ABI version this kernel offers; 0 without Landlock (and
+    on any other system than Linux, whose call numbers mean other calls)."""
+    if sys.platform != "linux":
+        return 0
     libc = ctypes.CDLL(None, use_errno=True)
     version = libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
     return max(0, int(version))

@@ -43,6 +43,7 @@ import ctypes
 import errno
 import platform
 import struct
+import sys
 from typing import Final, NamedTuple
 
 from stoat_ferret.library._sandbox import PR_SET_NO_NEW_PRIVS, error
@@ -83,10 +84,10 @@ class _Program(ctypes.Structure):
 
 
 def _calls() -> _Calls | None:
-    """This process's call numbers: a 64-bit process on a machine the
-    filter knows (``platform.machine`` names the kernel's machine, which a
-    32-bit Python shares)."""
-    if struct.calcsize("P") != _POINTER_BYTES:
+    """This process's call numbers: a 64-bit process on Linux, on a machine
+    the filter knows (``platform.machine`` names the kernel's machine, which
+    a 32-bit Python shares)."""
+    if sys.platform != "linux" or struct.calcsize("P") != _POINTER_BYTES:
         return None
     return _CALLS.get(platform.machine())
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
 from stoat_ferret.library import Stop, ThreadPriority
 from stoat_ferret.library._probeprocess import ProbeProcess
-from stoat_ferret.library._seccomp import seccomp_filters
+from stoat_ferret.library._sandbox import landlock_abi
+from stoat_ferret.library._seccomp import filter_system_calls, seccomp_filters
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 TIMEOUT = 60
 
-pytestmark = pytest.mark.skipif(
+needs_filters = pytest.mark.skipif(
     not seccomp_filters(), reason="needs seccomp filters in a 64-bit x86-64 or AArch64 process"
 )
 
@@ -77,6 +79,7 @@ print("held", "-", other.recv(5).decode())
 """
 
 
+@needs_filters
 def test_a_filtered_process_makes_no_socket_and_keeps_the_one_it_holds(tmp_path: Path) -> None:
     """No UDP, TCP or Unix socket, nor a socket pair to reach a Unix socket by
     its path, nor an io_uring; no ptrace, no reading or writing another
@@ -112,6 +115,7 @@ def _status(pid: int | str) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
 
 
+@needs_filters
 def test_a_probe_child_adds_its_filter_and_probes_under_it(
     clip: EncodedVideo, tmp_path: Path
 ) -> None:
@@ -133,3 +137,19 @@ def test_a_probe_child_adds_its_filter_and_probes_under_it(
     assert (probe.width, probe.height) == (clip.width, clip.height)
     assert child["Seccomp"] == "2"  # SECCOMP_MODE_FILTER
     assert int(child["Seccomp_filters"]) == int(ours.get("Seccomp_filters", "0")) + 1
+
+
+@pytest.mark.parametrize("system", ["darwin", "freebsd14"])
+def test_no_system_call_is_made_on_another_system(
+    monkeypatch: pytest.MonkeyPatch, system: str
+) -> None:
+    """Linux's call numbers mean other calls elsewhere: neither Landlock's
+    nor seccomp's is tried, and both say they are not available."""
+
+    def no_library(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a C library was loaded to make a system call")
+
+    monkeypatch.setattr(sys, "platform", system)
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+
+    assert (landlock_abi(), seccomp_filters(), filter_system_calls()) == (0, False, False)
