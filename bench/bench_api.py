@@ -20,7 +20,9 @@ moves single measurements by half for seconds at a time, hits both alike;
   how). Target: busy p99 <= 2x idle p99. Each rep also measures a third
   phase, no scan but one busy loop at ``SCHED_IDLE`` per probe thread, each
   in a process of its own (``idle_load_ratio``): the cores kept at least as
-  busy as the scan keeps them, by work that shares no GIL with the server.
+  busy as the scan keeps them, by work that shares no GIL with the server;
+  and a fourth, the same with processes that probe a clip in a loop instead
+  of spinning (``probe_load_ratio``): FFmpeg's own work, without the scan.
 * ``api_scan_submit``: scan requests accepted (202) per second against a bare
   FastAPI endpoint that only does ``asyncio.Queue.put_nowait``
   (``bench/_bare_app.py``), both served by one uvicorn process with the same
@@ -244,7 +246,10 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     loop per probe thread at ``SCHED_IDLE``, each in a process of its own
     (:func:`_idle_load`), just before or just after its idle phase, in turns:
     ``idle_load_ratio`` is their p99 against idle, the part of the figure that
-    busy cores alone account for.
+    busy cores alone account for; and as many more beside processes that
+    probe the clip in a loop at ``SCHED_IDLE`` (:func:`_probe_load`):
+    ``probe_load_ratio``, the part that FFmpeg's work on the other cores
+    accounts for, with no exchange with the server at all.
     """
     load_before = os.getloadavg()[0]
     roots = base / "roots"
@@ -254,7 +259,9 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     command, env = _stoat_command(port, base / "db" / "stoat.db", roots)
     idle: list[list[float]] = []
     loaded: list[list[float]] = []
+    probe_loaded: list[list[float]] = []
     busy: list[list[float]] = []
+    clip = next(path for path in clips if path.endswith(".mp4"))
     progress: list[tuple[float, float]] = []
     scan_rates: list[float] = []
     tree_files: list[int] = []
@@ -278,6 +285,8 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
                 idle_sample = _health_latencies(client, requests)
             with _idle_load(THREADS):
                 loaded_sample = _health_latencies(client, requests)
+            with _probe_load(THREADS, clip):
+                probe_loaded_sample = _health_latencies(client, requests)
             if not idle_first:
                 idle_sample = _health_latencies(client, requests)
             job_id = _start_probing(client, tree)
@@ -301,6 +310,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
                 )
             idle.append(idle_sample)
             loaded.append(loaded_sample)
+            probe_loaded.append(probe_loaded_sample)
             busy.append(sample)
             progress.append((started["progress"], ended["progress"]))
             scan_rates.append(rate)
@@ -336,6 +346,15 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
             3,
         ),
         "idle_load_processes": THREADS,
+        # FFmpeg's part: the same, the processes probing a clip in a loop.
+        "probe_load_p99_ms": _ms(statistics.median(_p99(sample) for sample in probe_loaded)),
+        "probe_load_ratio": round(
+            statistics.median(
+                _p99(under_load) / _p99(alone)
+                for alone, under_load in zip(idle, probe_loaded, strict=True)
+            ),
+            3,
+        ),
         "scan_files": tree_files,
         "trees_scanned": trees,
         # Share of the scan's files done when the busy window began and ended.
@@ -358,22 +377,53 @@ sys.stdout.flush()
 )
 
 
+_PROBE_LOOP: Final = """\
+import os, sys
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+from stoat_ferret.library import probe_video
+parent, clip = int(sys.argv[1]), sys.argv[2]
+probe_video(clip)
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while os.getppid() == parent:  # an orphan stops: the script that started it died
+    for _ in range(20):
+        probe_video(clip)
+"""
+
+
 @contextlib.contextmanager
 def _idle_load(processes: int) -> Iterator[None]:
     """``processes`` busy loops at ``SCHED_IDLE``, each in a process of its own:
     cores kept at least as busy as a scan's probe threads keep them, by work
     that shares no GIL with the server. Each loop ends when it is killed on
     the way out, or by itself once this process is gone."""
+    with _loops(processes, _IDLE_LOOP):
+        yield
+
+
+@contextlib.contextmanager
+def _probe_load(processes: int, clip: str) -> Iterator[None]:
+    """``processes`` loops at ``SCHED_IDLE`` that probe ``clip`` over and over
+    (``probe_video``, in the loop's own process), as :func:`_idle_load`'s spin."""
+    with _loops(processes, _PROBE_LOOP, clip):
+        yield
+
+
+@contextlib.contextmanager
+def _loops(processes: int, code: str, *arguments: str) -> Iterator[None]:
+    """``python -c CODE <this pid> ARGUMENTS`` ``processes`` times, each
+    waited for until it says it is ready, all killed on the way out."""
     with contextlib.ExitStack() as stack:
         for _ in range(processes):
             loop = stack.enter_context(
                 subprocess.Popen(
-                    [sys.executable, "-c", _IDLE_LOOP, str(os.getpid())], stdout=subprocess.PIPE
+                    [sys.executable, "-c", code, str(os.getpid()), *arguments],
+                    stdout=subprocess.PIPE,
                 )
             )
             stack.callback(loop.kill)  # before Popen's exit closes the pipe and waits
             assert loop.stdout is not None
-            _check(loop.stdout.readline() == b"ready\n", "a SCHED_IDLE busy loop did not start")
+            _check(loop.stdout.readline() == b"ready\n", "a SCHED_IDLE load did not start")
         yield
 
 

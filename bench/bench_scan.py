@@ -49,7 +49,9 @@ drift hits both alike; ``rep_ratios`` lists them):
   ``api_health_under_scan`` (its docstring says how). Target <= 1.5x. The
   line also gives ``idle_load_ratio``: the p99 while processes of their own
   keep as many cores busy at ``SCHED_IDLE`` as the scan has probe threads,
-  against idle; the machine's part of the figure, without the GIL.
+  against idle; the machine's part of the figure, without the GIL; and
+  ``probe_load_ratio``, the same with processes that probe a clip in a loop
+  (FFmpeg's work on the other cores, with no scan and no exchange).
 * ``probe_process_rss`` (no target): the anonymous resident memory
   (``RssAnon``: the heap, not the libraries' pages) of one probe process
   (``ProbeProcesses``) after it has probed :data:`PROBE_MEMORY_WARMUP` of
