@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.videos import Color, EncodedVideo, make_video
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 # name -> make_video keyword arguments. Each pairs a container with codecs it
 # really carries; every clip is 64x48 and at most 15 frames.
@@ -74,3 +79,11 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EncodedVideo]:
 def clip(clips: dict[str, EncodedVideo]) -> EncodedVideo:
     """One small H.264 + AAC MP4."""
     return clips["h264_aac.mp4"]
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Iterator[int]:
+    """A descriptor of ``tmp_path``, where the files probed are."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)

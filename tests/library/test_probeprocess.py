@@ -88,14 +88,6 @@ def slow_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def directory(tmp_path: Path) -> Iterator[int]:
-    """A descriptor of ``tmp_path``, where the files probed are."""
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    yield fd
-    os.close(fd)
-
-
-@pytest.fixture
 def probes() -> Iterator[ProbeProcesses]:
     children = ProbeProcesses(ThreadPriority.NORMAL)
     yield children

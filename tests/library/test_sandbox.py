@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -17,20 +16,11 @@ from stoat_ferret.library._sandbox import confine, landlock_abi
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from tests.videos import EncodedVideo
 
 TIMEOUT = 60
-
-
-@pytest.fixture
-def directory(tmp_path: Path) -> Iterator[int]:
-    """A descriptor of ``tmp_path``, where the files probed are."""
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    yield fd
-    os.close(fd)
 
 
 needs_landlock = pytest.mark.skipif(not landlock_abi(), reason="needs Landlock (Linux 5.13)")
