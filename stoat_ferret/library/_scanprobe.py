@@ -89,6 +89,7 @@ def probe_files(
             if parent != directory:
                 if isinstance(directory_fd, int):
                     os.close(directory_fd)
+                    directory_fd = None  # the finally below must not close it again
                 directory = parent
                 try:
                     directory_fd = open_directory(split(parent)[depth:], root_fd)

@@ -756,3 +756,44 @@ async def test_a_row_stored_before_the_metadata_counts_as_updated_once(
         "01:02:03:04",
     )
     assert stored.created_at == datetime(2024, 1, 1)
+
+
+def test_a_failed_directory_open_does_not_close_a_descriptor_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When opening the next directory raises (anything, not only OSError), the
+    descriptor of the one before, closed already, is not closed again: by then
+    its number may be another thread's."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.mp4").write_bytes(b"")
+    taken: list[int] = []
+    real_open = _scanprobe.open_directory
+
+    def open_directory(parts: list[str], root_fd: int) -> int:
+        if taken or parts != ["b"]:
+            return real_open(parts, root_fd)
+        taken.append(os.open(os.devnull, os.O_RDONLY))  # the number just freed
+        raise MemoryError
+
+    def refuse(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+        raise ProbeError(name, "not a video")
+
+    monkeypatch.setattr(_scanprobe, "open_directory", open_directory)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(MemoryError):
+            _scanprobe.probe_files(
+                [str(tmp_path / "a" / "x.mp4"), str(tmp_path / "b" / "x.mp4")],
+                Stop(),
+                probe=refuse,
+                root=str(tmp_path),
+                root_fd=root_fd,
+                found={},
+                job_id="job",
+            )
+        os.fstat(taken[0])  # still open: raises EBADF if probe_files closed it
+    finally:
+        os.close(root_fd)
+        for fd in taken:
+            os.close(fd)
