@@ -47,6 +47,11 @@ MAX_LINK_COMPONENTS: Final = 4096
 more is ``ELOOP``. With one ``lstat`` (and at most one ``openat``) each, this
 bounds the work a hostile link can cause."""
 
+MAX_DEPTH: Final = 128
+"""Levels of directories below the scanned directory that a scan goes down, at
+most: the walk (``_walk.py``) and a link's resolution alike hold one
+descriptor a level, so a hostile tree or link holds at most this many."""
+
 DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 """How every directory of a scan is opened: a symlink in its place is refused."""
 
@@ -194,7 +199,10 @@ def resolve_link(
     ``lstat`` relative to the top of the stack, plus one ``openat`` if it is
     a directory to go through, and ``..`` pops. So the work of one link is
     bounded, however deep the tree or long the target: at most
-    :data:`MAX_LINK_COMPONENTS` components and :data:`MAX_LINK_HOPS` links.
+    :data:`MAX_LINK_COMPONENTS` components and :data:`MAX_LINK_HOPS` links,
+    and at most :data:`MAX_DEPTH` descriptors held at once beside the
+    borrowed ones (a hostile link to a directory thousands of levels deep
+    would otherwise take every descriptor the process may have).
 
     Args:
         scope: The components of the scanned directory.
@@ -215,7 +223,9 @@ def resolve_link(
 
     Raises:
         OSError: ``ELOOP`` after :data:`MAX_LINK_HOPS` links (a loop or a
-            long chain) or :data:`MAX_LINK_COMPONENTS` components, ``ENOENT``
+            long chain) or :data:`MAX_LINK_COMPONENTS` components, or on the
+            way through a directory :data:`MAX_DEPTH` levels below the scope
+            (its message says so), ``ENOENT``
             or ``ENOTDIR`` for a dangling link, ``ENAMETOOLONG``, or whatever
             ``readlink``, ``lstat`` and ``open`` raised.
     """
@@ -317,6 +327,8 @@ class _Resolver:
                 info = None
             elif stat.S_ISDIR(info.st_mode):
                 if pending:  # gone through: one openat, refusing a swap for a link
+                    if len(resolved) - depth > MAX_DEPTH:
+                        raise _TooMany(errno.ELOOP, _TOO_DEEP)
                     self.push(open_subdirectory(part, parent))
             elif pending:
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -361,6 +373,9 @@ class _Resolver:
     def close(self) -> None:
         while self.fds:
             self.pop()
+
+
+_TOO_DEEP: Final = f"leads more than {MAX_DEPTH} levels below the scanned directory"
 
 
 class _TooMany(OSError):

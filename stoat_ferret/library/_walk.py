@@ -55,6 +55,7 @@ import stat
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._beneath import (
+    MAX_DEPTH,
     PATH_MAX,
     Cached,
     open_scan_directory,
@@ -78,10 +79,6 @@ CHECK_EVERY: Final = 256
 """Directory entries between two calls to the walk's ``checkpoint`` (which is
 also called once per symlink hop followed)."""
 
-MAX_DEPTH: Final = 128
-"""Levels of subdirectories the walk descends below its root at most. The walk
-holds one descriptor per level; a directory deeper than this is an ``errors``
-entry (counted as unread, so the rows beneath it are kept) and is not entered."""
 
 _NOT_UTF8: Final = "name is not valid UTF-8; skipped"
 _TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"

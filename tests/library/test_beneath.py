@@ -10,6 +10,7 @@ import pytest
 
 from stoat_ferret.library import DirectoryReplaced, ScanError
 from stoat_ferret.library._beneath import (
+    MAX_DEPTH,
     MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
     Cached,
@@ -213,6 +214,30 @@ def test_a_chain_past_the_component_limit_is_a_loop(
 
     assert caught.value.errno == errno.ELOOP
     assert opens.count <= MAX_LINK_COMPONENTS + 100
+
+
+def test_a_link_deeper_than_the_walk_goes_holds_no_more_descriptors_than_it(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link may lead through MAX_DEPTH directories below the scope, as the walk
+    may go; through one more it fails with ELOOP, saying why, before opening it:
+    a target thousands of levels deep cannot take every descriptor the process has."""
+    deep = scope.joinpath(*["d"] * (MAX_DEPTH + 1))
+    deep.mkdir(parents=True)
+    (deep.parent / "clip.mp4").write_bytes(b"clip")
+    (deep / "clip.mp4").write_bytes(b"clip")
+    (scope / "deepest.mp4").symlink_to("d/" * MAX_DEPTH + "clip.mp4")
+    (scope / "too-deep.mp4").symlink_to("d/" * (MAX_DEPTH + 1) + "clip.mp4")
+    opens = _Opens(monkeypatch)
+
+    reached = resolve_link(split(str(scope)), split(str(scope)), "deepest.mp4", scope_fd)
+    with pytest.raises(OSError, match=f"more than {MAX_DEPTH} levels") as caught:
+        resolve_link(split(str(scope)), split(str(scope)), "too-deep.mp4", scope_fd)
+
+    assert reached is not None
+    assert reached[0] == split(str(deep.parent / "clip.mp4"))
+    assert caught.value.errno == errno.ELOOP
+    assert opens.count == 2 * MAX_DEPTH
 
 
 def test_a_resolved_chain_is_cached_for_the_walk(
