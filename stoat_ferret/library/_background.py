@@ -162,6 +162,11 @@ class BackgroundThreads:
     def __init__(self, threads: int, priority: ThreadPriority, *, name: str) -> None:
         initializer = lower_priority if priority is ThreadPriority.IDLE else None
         self._executor = ThreadPoolExecutor(threads, name, initializer=initializer)
+        # The waiting threads' own tokens: with anyio's default limiter (40
+        # tokens, shared by every to_thread call) a scan of 40 or more probe
+        # threads would hold them all for as long as its probes run, and the
+        # service's other thread hops (SQLite, path checks) would queue behind.
+        self._waiting = anyio.CapacityLimiter(threads)
 
     async def run_sync(self, func: Callable[[Stop], T]) -> T:
         """Run ``func(stop)`` in one of the threads; return what it returns.
@@ -175,7 +180,9 @@ class BackgroundThreads:
         The caller waits for ``func`` in one of anyio's worker threads, blocked
         on the executor's future (one hop a call, at normal priority, and
         through anyio's public API only): the waiting thread, not the loop,
-        hears when ``func`` is done.
+        hears when ``func`` is done. Those hops have a ``CapacityLimiter`` of
+        their own, ``threads`` tokens: anyio's default one stays free for
+        the rest of the service.
 
         Raises:
             BaseException: whatever ``func`` raised, re-raised here.
@@ -184,10 +191,12 @@ class BackgroundThreads:
         stop = Stop()
         future = self._executor.submit(func, stop)
         try:
-            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(
+                future.result, abandon_on_cancel=True, limiter=self._waiting
+            )
         finally:
             if not future.done():  # the caller was cancelled while func runs
                 stop.set()
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(wait, [future])
+                    await anyio.to_thread.run_sync(wait, [future], limiter=self._waiting)
             stop.close()

@@ -185,3 +185,31 @@ def test_stop_wakes_a_wait_on_its_descriptor_set_before_or_after() -> None:
         assert select.select([stop.fileno()], [], [], 0)[0] == [stop.fileno()]
         assert stop.wait(0)
         stop.close()
+
+
+async def test_waiting_for_the_threads_leaves_anyios_default_limiter_free() -> None:
+    """While every thread runs, a plain ``to_thread`` call still gets a token:
+    the callers wait for their threads under a limiter of their own, not under
+    anyio's default one (shrunk here to one token)."""
+    default = anyio.to_thread.current_default_thread_limiter()
+    tokens = default.total_tokens
+    default.total_tokens = 1
+    threads = BackgroundThreads(2, ThreadPriority.NORMAL, name="test")
+    started = threading.Barrier(3)
+    release = threading.Event()
+
+    def work(_: Stop) -> None:
+        started.wait(TIMEOUT)
+        release.wait(TIMEOUT)
+
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(threads.run_sync, work)
+                group.start_soon(threads.run_sync, work)
+                await anyio.to_thread.run_sync(started.wait, TIMEOUT)  # both threads are busy
+                await anyio.to_thread.run_sync(lambda: None)
+                release.set()
+    finally:
+        release.set()
+        default.total_tokens = tokens
