@@ -15,7 +15,26 @@ and goes on. ``ScanError`` and ``StoreError`` end it, except
 
 from __future__ import annotations
 
+import errno
+from typing import Final
+
 import attrs
+
+TRANSIENT_ERRNOS: Final = frozenset(
+    {
+        errno.EMFILE,  # out of descriptors: the process's
+        errno.ENFILE,  # or the system's
+        errno.ENOMEM,
+        errno.ENOBUFS,
+        errno.EAGAIN,  # out of processes (fork), or a lock held
+        errno.EINTR,
+        errno.EIO,  # the disk or the network, not the file's content
+        errno.ESTALE,  # an NFS handle
+        errno.ETIMEDOUT,
+    }
+)
+"""Errors of a system call that say nothing about the file it was about: a
+:class:`ProbeError` made from one is ``transient``."""
 
 
 class LibraryError(Exception):
@@ -27,10 +46,16 @@ class ProbeError(LibraryError):
     """Raised by :func:`probe_video` when a file is not a video it can describe.
 
     ``reason`` is one readable sentence fragment, e.g. ``"no video stream"``.
+    ``transient`` says the failure was not the file's: the service ran short
+    of something (descriptors, memory, processes), a probe process was
+    stopped or killed from outside before it had the file, or the service is
+    stopping. A scan then keeps what it stored about the file, and the next
+    scan tries it again.
     """
 
     path: str
     reason: str
+    transient: bool = attrs.field(default=False, kw_only=True)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"

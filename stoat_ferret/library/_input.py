@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Final, Self, cast
 
 import av
 
-from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
 
 if TYPE_CHECKING:
@@ -253,13 +253,17 @@ def open_regular_file(
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise ProbeError(shown, "not a regular file") from exc
-        raise ProbeError(shown, exc.strerror or str(exc)) from exc
+        raise _failure(shown, exc) from exc
     try:
         info = os.fstat(fd)
     except OSError as exc:
         os.close(fd)
-        raise ProbeError(shown, exc.strerror or str(exc)) from exc
+        raise _failure(shown, exc) from exc
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise ProbeError(shown, "not a regular file")
     return fd, info
+
+
+def _failure(path: str, exc: OSError) -> ProbeError:
+    return ProbeError(path, exc.strerror or str(exc), transient=exc.errno in TRANSIENT_ERRNOS)

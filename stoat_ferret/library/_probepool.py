@@ -108,7 +108,7 @@ class _Children:
     def take(self, name: str) -> ProbeProcess:
         with self._lock:
             if self._closed:
-                raise ProbeError(name, "not probed: the service is stopping")
+                raise ProbeError(name, "not probed: the service is stopping", transient=True)
             if self._idle:
                 return self._idle.pop()
             process = self._make()

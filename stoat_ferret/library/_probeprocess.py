@@ -125,7 +125,7 @@ class _Failed(ProbeError):
     without spending CPU (the wall-clock backstop: stuck, or starved)."""
 
     def __init__(self, path: str, reason: str, *, files_doing: bool) -> None:
-        super().__init__(path, reason)
+        super().__init__(path, reason, transient=not files_doing)
         self.files_doing = files_doing
 
 
@@ -200,7 +200,8 @@ class ProbeProcess:
             try:
                 image = os.memfd_create("thumbnail", os.MFD_CLOEXEC)
             except OSError as exc:  # out of descriptors
-                raise ProbeError(path, f"cannot make a memory file ({exc.strerror})") from exc
+                reason = f"cannot make a memory file ({exc.strerror})"
+                raise ProbeError(path, reason, transient=True) from exc
             try:
                 try:
                     # The name is for messages only: the file's is enough.
@@ -212,21 +213,15 @@ class ProbeProcess:
                 except _Failed as exc:
                     if exc.files_doing:  # no use trying again until it changes
                         raise UndecodableError(path, exc.reason) from exc
-                    raise ProbeError(path, exc.reason) from exc  # the next job tries again
+                    # the next job tries again
+                    raise ProbeError(path, exc.reason, transient=True) from exc
             finally:
                 os.close(image)
 
     def _ask(self, kind: bytes, name: str, fds: list[int], stop: Stop, read_limit: int) -> bytes:
         """Send one request with ``fds`` to the child (started if need be); its answer."""
-        channel = self._channel(name, stop)
         request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
-        try:
-            # Nothing is queued to a child that answered every request: one
-            # whose buffer is full stopped reading, and is not waited for.
-            socket.send_fds(channel, [request], fds, socket.MSG_DONTWAIT)
-        except OSError as exc:  # the child ended between two files, or stopped reading
-            ended = self._end()
-            raise _Failed(name, f"the probe process is gone ({ended})", files_doing=False) from exc
+        channel = self._send(request, name, fds, stop)
         try:
             answer = self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
         except BaseException:
@@ -239,6 +234,28 @@ class ProbeProcess:
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
         return answer
+
+    def _send(self, request: bytes, name: str, fds: list[int], stop: Stop) -> socket.socket:
+        """Send ``request`` with ``fds`` to the child, started if need be; its socket.
+
+        A child kept from an earlier file that has ended since (the OOM
+        killer, an admin) never had this one: it is replaced, once.
+        """
+        kept = self._socket is not None
+        channel = self._channel(name, stop)
+        try:
+            # Nothing is queued to a child that answered every request: one
+            # whose buffer is full stopped reading, and is not waited for.
+            socket.send_fds(channel, [request], fds, socket.MSG_DONTWAIT)
+        except OSError as exc:  # the child ended between two files, or stopped reading
+            ended = self._end()
+            if kept:
+                logger.warning(
+                    "probe process ended while idle ({ended}); starting another", ended=ended
+                )
+                return self._send(request, name, fds, stop)
+            raise _Failed(name, f"the probe process is gone ({ended})", files_doing=False) from exc
+        return channel
 
     @contextlib.contextmanager
     def _trusted(self) -> Iterator[None]:
@@ -271,7 +288,7 @@ class ProbeProcess:
         if self._socket is not None:
             return self._socket
         if self._closed:
-            raise ProbeError(name, "not probed: the service is stopping")
+            raise ProbeError(name, "not probed: the service is stopping", transient=True)
         self._process, ours = start_child(name, self._priority, self._memory_limit)
         self._socket = ours
         try:
@@ -287,8 +304,9 @@ class ProbeProcess:
         self._end()
         if ready.startswith(CONFINE_FAILED):
             why = printable(ready.removeprefix(CONFINE_FAILED).decode(errors="replace"))
-            raise ProbeError(name, f"the probe process could not confine itself ({why})")
-        raise ProbeError(name, "the probe process did not start")
+            reason = f"the probe process could not confine itself ({why})"
+            raise ProbeError(name, reason, transient=True)
+        raise ProbeError(name, "the probe process did not start", transient=True)
 
     def _receive(
         self,
@@ -308,7 +326,8 @@ class ProbeProcess:
         if channel.fileno() not in ready:
             self._end()
             if stop.is_set():
-                raise ProbeError(name, f"stopped while the probe process {doing}")
+                stopped = f"stopped while the probe process {doing}"
+                raise ProbeError(name, stopped, transient=True)
             late = f"the probe process {doing} for longer than {seconds:g} s"
             raise _Failed(name, late, files_doing=False)
         try:

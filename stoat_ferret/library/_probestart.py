@@ -34,7 +34,8 @@ def start_child(
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except OSError as exc:  # out of descriptors
-        raise ProbeError(name, f"cannot start a probe process ({exc.strerror or exc})") from exc
+        reason = f"cannot start a probe process ({exc.strerror or exc})"
+        raise ProbeError(name, reason, transient=True) from exc
     command = [
         sys.executable,
         "-P",  # sys.path without the working directory (nor "/", where it runs)
@@ -65,7 +66,7 @@ def start_child(
         ours.close()
         if isinstance(exc, OSError):
             reason = f"cannot start a probe process ({exc.strerror or exc})"
-            raise ProbeError(name, reason) from exc
+            raise ProbeError(name, reason, transient=True) from exc
         raise
     return process, ours
 

@@ -43,7 +43,11 @@ of the same scope has started meanwhile (its list is then that scan's).
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
 the next batch, unless another scan wrote it since this one began; it counts
-as an error, not as ``removed``. A file whose row the store cannot hold (a
+as an error, not as ``removed``. A failure that says nothing about the file
+(``ProbeError.transient``: out of descriptors or memory, a probe process
+that could not start or was killed from outside before it had the file, the
+service stopping) keeps the row as it was: the next scan sees the file
+changed and tries it again. A file whose row the store cannot hold (a
 number beyond SQLite's, which ``_probe.py`` never gives) is an ``errors``
 entry, neither ``added`` nor ``updated``: the rest of its batch is written,
 and its old row deleted in the same transaction (``VideoStore.apply``).
@@ -79,6 +83,7 @@ from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog, Fingerprin
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
     Probe,
+    Unprobed,
     compare,
     probe_chunks,
     probe_files,
@@ -341,9 +346,9 @@ class _Scan:
                 outcomes = await self.threads.run_sync(functools.partial(self.probe_chunk, chunk))
             items: list[VideoRecord | str] = []
             for path, outcome in outcomes:
-                if isinstance(outcome, str):
-                    self.errors.add(path, outcome)
-                    if path in self.known:
+                if isinstance(outcome, Unprobed):
+                    self.errors.add(path, outcome.reason)
+                    if path in self.known and not outcome.transient:
                         items.append(path)  # its stored metadata no longer describes it
                 else:
                     items.append(outcome)
@@ -356,7 +361,7 @@ class _Scan:
             if items:
                 await send.send(items)
 
-    def probe_chunk(self, paths: list[str], stop: Stop) -> list[tuple[str, VideoRecord | str]]:
+    def probe_chunk(self, paths: list[str], stop: Stop) -> list[tuple[str, VideoRecord | Unprobed]]:
         """Probe a few files in a probe thread (:func:`probe_files`)."""
         assert self.root_fd is not None  # set by the walk, before any path is found
         return probe_files(

@@ -9,7 +9,8 @@ than per file, since a trip costs the event loop about as much as probing a
 small file. In the thread, :func:`probe_files` opens each file's directory
 beneath the scanned directory's descriptor, crossing no symlink
 (``_beneath.py``), probes the file relative to it (:func:`probe_video`) and
-builds the row to store, or the error message of the file's ``errors`` entry.
+builds the row to store, or an :class:`Unprobed` (the file's ``errors`` entry,
+and whether what is stored about it may stay).
 The service probes each file in a child process (``_probeprocess.py``: a
 deadline, a memory limit, and a crash that stays there); a scan handler given
 no :class:`ProbeProcesses` probes in the thread itself.
@@ -22,10 +23,11 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias
 
+import attrs
 from loguru import logger
 
 from stoat_ferret.library._beneath import open_directory, split
-from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probewire import ProbeRaised
@@ -45,6 +47,20 @@ PROBE_CHUNK: Final = 8
 MAX_PROBE_CHUNK: Final = 64
 """Files probed per worker-thread call, at most: the chunks of a big scan are
 this long until the end draws near (:func:`probe_chunks`)."""
+
+
+@attrs.frozen
+class Unprobed:
+    """Why a file gave no row: the message of its ``errors`` entry.
+
+    ``transient``: the failure says nothing about the file (``ProbeError.transient``;
+    its directory could not be opened for the same kind of reason). The scan
+    keeps the file's stored row, if it has one, and the next scan tries the
+    file again; any other failure means the stored row no longer describes it.
+    """
+
+    reason: str
+    transient: bool = False
 
 
 def probe_chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
@@ -68,8 +84,8 @@ def probe_files(
     root_fd: int,
     found: Mapping[str, Fingerprint],
     job_id: str,
-) -> list[tuple[str, VideoRecord | str]]:
-    """Probe a few files in this thread: a record to store or an error message each.
+) -> list[tuple[str, VideoRecord | Unprobed]]:
+    """Probe a few files in this thread: a record to store or why not, each.
 
     Blocking: a probe thread. ``stop`` (set once the scan is cancelled) is
     checked before every file, so none starts after. Each file is opened
@@ -78,7 +94,7 @@ def probe_files(
     paths are sorted. ``found`` gives each file's fingerprint as the walk saw it.
     """
     depth = len(split(root))
-    outcomes: list[tuple[str, VideoRecord | str]] = []
+    outcomes: list[tuple[str, VideoRecord | Unprobed]] = []
     directory: str | None = None
     directory_fd: int | OSError | None = None
     try:
@@ -100,7 +116,7 @@ def probe_files(
                 continue
             assert directory_fd is not None  # opened above, for this path's directory
             described = _probe_one(probe, path, name, directory_fd, stop, job_id)
-            if isinstance(described, str):
+            if isinstance(described, Unprobed):
                 outcomes.append((path, described))
                 continue
             size_bytes, mtime_ns = found[path]
@@ -127,25 +143,28 @@ def probe_in_thread(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
 
 def _probe_one(
     probe: Probe, path: str, name: str, directory_fd: int, stop: Stop, job_id: str
-) -> VideoProbe | str:
+) -> VideoProbe | Unprobed:
     try:
         return probe(name, directory_fd, stop)
     except ProbeError as exc:
         logger.debug("probe failed", job_id=job_id, path=path, reason=exc.reason)
-        return exc.reason
+        return Unprobed(exc.reason, exc.transient)
     except ProbeRaised as exc:  # its message is the type and text of what the child met
         logger.warning("probe raised unexpectedly", job_id=job_id, path=path, reason=str(exc))
-        return str(exc)
+        return Unprobed(str(exc))
     except Exception as exc:
         # A PyAV surprise on one odd file must not sink a scan of thousands.
         logger.opt(exception=exc).warning("probe raised unexpectedly", job_id=job_id, path=path)
-        return f"{type(exc).__name__}: {exc}"
+        return Unprobed(f"{type(exc).__name__}: {exc}")
 
 
-def _directory_failure(exc: OSError) -> str:
+def _directory_failure(exc: OSError) -> Unprobed:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return "its directory was replaced (by a symlink or a file) during the scan; not read"
-    return f"cannot open its directory ({exc.strerror or exc})"
+        return Unprobed(
+            "its directory was replaced (by a symlink or a file) during the scan; not read"
+        )
+    reason = f"cannot open its directory ({exc.strerror or exc})"
+    return Unprobed(reason, exc.errno in TRANSIENT_ERRNOS)
 
 
 def compare(

@@ -794,3 +794,28 @@ def test_a_malformed_timecode_tag_does_not_hide_a_valid_one(tmp_path: Path) -> N
         assert container.streams.video[0].metadata.get("TIMECODE") == "<script>"
 
     assert probe_video(path).timecode == "01:00:00:00"
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [(errno.EMFILE, True), (errno.ENOMEM, True), (errno.EACCES, False), (errno.ENOENT, False)],
+    ids=["out-of-descriptors", "out-of-memory", "denied", "gone"],
+)
+def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, transient: bool
+) -> None:
+    """Out of descriptors or memory, the service is short of something, and
+    the error is ``transient`` (a scan keeps the file's row); denied or gone,
+    it is the file's."""
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"")
+
+    def refuse(*args: Any, **kwargs: Any) -> int:
+        raise OSError(code, os.strerror(code))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "open", refuse)
+        with pytest.raises(ProbeError) as refused:
+            probe_video(str(path))
+
+    assert (refused.value.reason, refused.value.transient) == (os.strerror(code), transient)

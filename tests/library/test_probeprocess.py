@@ -296,18 +296,61 @@ def test_a_stop_kills_the_child_without_waiting_for_ffmpeg(
     assert not _alive(holder)
 
 
-def test_a_child_that_dies_is_the_files_error_and_is_replaced(
+def _kill_once_sent(
+    monkeypatch: pytest.MonkeyPatch, children: ProbeProcesses, signal_number: int
+) -> None:
+    """Send ``signal_number`` to the child right after a request has gone to it,
+    and wait until that has ended (or stopped) it: it dies holding the file."""
+    send_fds = socket.send_fds
+
+    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int) -> int:
+        sent = send_fds(channel, buffers, fds, *flags)
+        [child] = children.pids()
+        os.kill(child, signal_number)
+        _wait_ended(child, stopped=signal_number == signal.SIGSTOP)
+        return sent
+
+    monkeypatch.setattr(socket, "send_fds", sending)
+
+
+def _wait_ended(pid: int, *, stopped: bool = False) -> None:
+    """Wait until the child ``pid`` has ended (or stopped), without reaping it."""
+    os.waitid(os.P_PID, pid, (os.WSTOPPED if stopped else os.WEXITED) | os.WNOWAIT)
+
+
+def test_a_child_killed_with_the_file_is_its_error_and_is_replaced(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that dies holding the file (here a SIGKILL from outside)
+    refuses it and says how it ended; the service goes on with another."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+
+    with monkeypatch.context() as patched:
+        _kill_once_sent(patched, probes, signal.SIGKILL)
+        with pytest.raises(ProbeError, match="killed by SIGKILL") as refused:
+            probes.probe("a.mp4", directory, Stop())
+
+    assert refused.value.transient  # killed from outside: not the file's doing
+    assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
+    assert probes.pids() not in ([], [child])
+
+
+def test_a_child_that_died_while_idle_is_replaced_for_the_next_file(
     clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
 ) -> None:
-    """A crash in the child (here a SIGKILL from outside) refuses one file
-    and says how the child ended; the service goes on."""
+    """A child killed between two files (the OOM killer, an admin) never had
+    the next one: another child probes it, and no error is raised."""
     copy_video(clip, tmp_path / "a.mp4")
     probes.probe("a.mp4", directory, Stop())
     [child] = probes.pids()
     os.kill(child, signal.SIGKILL)
-
-    with pytest.raises(ProbeError, match="killed by SIGKILL"):  # gone, or ended meanwhile
-        probes.probe("a.mp4", directory, Stop())
+    _wait_ended(child)
 
     assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
     assert probes.pids() not in ([], [child])
@@ -785,20 +828,23 @@ def test_serve_answers_each_request_in_turn_until_one_is_not_a_request(
     "signal_number", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"]
 )
 def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
-    clip: EncodedVideo, tmp_path: Path, signal_number: int
+    clip: EncodedVideo, tmp_path: Path, signal_number: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A child killed while idle (the OOM killer, an admin) never had the
-    file; one stopped spends no CPU until the wall-clock backstop: neither
-    is the file's doing, so it is tried again rather than marked."""
+    """A child killed from outside as it gets the file (the OOM killer, an
+    admin) did not fail over it; one stopped spends no CPU until the
+    wall-clock backstop: neither is the file's doing, so it is tried again
+    rather than marked."""
     path = copy_video(clip, tmp_path / "a.mp4").path
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.02)
     try:
         _thumbnail_in(children, path)
         [child] = children.pids()
-        os.kill(child, signal_number)
-        with pytest.raises(ProbeError) as refused:
-            _thumbnail_in(children, path)
+        with monkeypatch.context() as patched:
+            _kill_once_sent(patched, children, signal_number)
+            with pytest.raises(ProbeError) as refused:
+                _thumbnail_in(children, path)
     finally:
         children.close()
     assert not isinstance(refused.value, UndecodableError), refused.value.reason
+    assert refused.value.transient
     assert not _alive(child)

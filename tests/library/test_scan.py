@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
+import sys
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 import anyio.from_thread
@@ -18,6 +20,7 @@ import pytest
 
 from stoat_ferret.library import (
     ProbeError,
+    ProbeProcesses,
     ScanError,
     Stop,
     StoreError,
@@ -25,6 +28,7 @@ from stoat_ferret.library import (
     VideoLibrary,
     VideoProbe,
     VideoRecord,
+    _beneath,
     _scan,
     _scanprobe,
     _walk,
@@ -42,10 +46,14 @@ from tests.videos import copy_video, make_video
 NORMAL = ThreadPriority.NORMAL
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
+    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.library._scanprobe import Unprobed
     from tests.videos import EncodedVideo
+
+    ScanHandler: TypeAlias = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
 pytestmark = pytest.mark.anyio
 
@@ -474,6 +482,68 @@ async def test_a_stored_file_that_turns_unreadable_is_dropped(
     assert [e["path"] for e in result["errors"]] == [path]
 
 
+@pytest.fixture
+def probes() -> Iterator[ProbeProcesses]:
+    children = ProbeProcesses(NORMAL)
+    yield children
+    children.close()
+
+
+def _directory_out_of_descriptors(
+    monkeypatch: pytest.MonkeyPatch, library: VideoLibrary, probes: ProbeProcesses
+) -> ScanHandler:
+    def open_directory(parts: list[str], root_fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(_scanprobe, "open_directory", open_directory)
+    return make_scan_handler(library, probe_priority=NORMAL)
+
+
+def _probe_process_that_cannot_start(
+    monkeypatch: pytest.MonkeyPatch, library: VideoLibrary, probes: ProbeProcesses
+) -> ScanHandler:
+    false = shutil.which("false")
+    assert false is not None
+    monkeypatch.setattr(sys, "executable", false)  # the child "interpreter" exits at once
+    return make_scan_handler(library, probe_priority=NORMAL, probes=probes)
+
+
+@pytest.mark.parametrize(
+    "failing",
+    [_directory_out_of_descriptors, _probe_process_that_cannot_start],
+    ids=["out-of-descriptors", "no-probe-process"],
+)
+async def test_a_changed_file_that_fails_for_want_of_resources_keeps_its_row(
+    library: VideoLibrary,
+    media: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+    probes: ProbeProcesses,
+    failing: Callable[[pytest.MonkeyPatch, VideoLibrary, ProbeProcesses], ScanHandler],
+) -> None:
+    """A failure that says nothing about the file (the service out of
+    descriptors, a probe process that cannot start) is an error entry, and
+    the row stays as it was; the next scan sees the file changed and probes it."""
+    (path,) = _fill(media, clip, ["a.mp4"])
+    with anyio.fail_after(TIMEOUT):
+        await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
+        stored = await library.get_video_by_path(path)
+        os.utime(path, ns=(1, 1))
+        with monkeypatch.context() as patched:
+            result = await failing(patched, library, probes)(make_context(media))
+        kept = await library.get_video_by_path(path)
+        again = await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
+        updated = await library.get_video_by_path(path)
+
+    assert [e["path"] for e in result["errors"]] == [path]
+    assert (result["removed"], result["updated"]) == (0, 0)
+    assert kept == stored
+    assert again["updated"] == 1
+    assert stored is not None
+    assert updated is not None
+    assert (updated.id, updated.mtime_ns) == (stored.id, 1)
+
+
 async def test_an_unexpected_probe_exception_is_an_error_entry(
     library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -591,7 +661,7 @@ async def test_cancellation_stops_probing_and_writing(
 
     def recording_probe_chunk(
         self: _scan._Scan, paths: list[str], stop: Stop
-    ) -> list[tuple[str, VideoRecord | str]]:
+    ) -> list[tuple[str, VideoRecord | Unprobed]]:
         stops.append(stop)
         return probe_chunk(self, paths, stop)
 
@@ -768,7 +838,7 @@ def test_a_failed_directory_open_does_not_close_a_descriptor_twice(
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.mp4").write_bytes(b"")
     taken: list[int] = []
-    real_open = _scanprobe.open_directory
+    real_open = _beneath.open_directory
 
     def open_directory(parts: list[str], root_fd: int) -> int:
         if taken or parts != ["b"]:

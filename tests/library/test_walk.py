@@ -13,6 +13,7 @@ import anyio.to_thread
 import pytest
 
 from stoat_ferret.library import ErrorLog, ScanError, _walk, walk_videos
+from stoat_ferret.library._beneath import MAX_DEPTH
 from tests.library.support import listed_path
 from tests.permissions import call_denied
 
@@ -293,7 +294,7 @@ def test_a_walk_stopped_while_listing_a_subdirectory_closes_its_descriptor(
 
 def test_a_directory_deeper_than_max_depth_is_an_unread_error(tmp_path: Path) -> None:
     """The last level allowed is walked; the one below is one unread errors entry."""
-    last = tmp_path.joinpath(*["d"] * _walk.MAX_DEPTH)
+    last = tmp_path.joinpath(*["d"] * MAX_DEPTH)
     kept = _touch(last / "kept.mp4")
     _touch(last / "d" / "too-deep.mp4")
     errors = ErrorLog()
@@ -304,7 +305,7 @@ def test_a_directory_deeper_than_max_depth_is_an_unread_error(tmp_path: Path) ->
     assert errors.entries == [
         {
             "path": str(last / "d"),
-            "error": f"more than {_walk.MAX_DEPTH} levels below the scanned directory; not read",
+            "error": f"more than {MAX_DEPTH} levels below the scanned directory; not read",
         }
     ]
     assert errors.unread == [str(last / "d")]
