@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from stoat_ferret.library import MAX_SYMLINKS, real_path
+from stoat_ferret.library import MAX_SYMLINKS, is_utf8, real_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -57,6 +57,7 @@ descriptors or memory), not the request's: 503 with ``Retry-After``."""
 
 
 _OUTSIDE = "the path is outside the directories this service may scan"
+_NOT_UTF8 = "the directory's path is not valid UTF-8 (the library stores UTF-8 paths only)"
 
 
 @attrs.define(eq=False, str=False)
@@ -88,8 +89,8 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
 
     Raises:
         ScanPathRejected: 403 outside every root, or a directory this
-            process may not list; 404 missing; 400 not a directory, too
-            long, or a symlink loop or a chain of more than
+            process may not list; 404 missing; 400 not a directory, not
+            UTF-8 once resolved, too long, or a symlink loop or a chain of more than
             :data:`MAX_SYMLINKS` links; 503 out of file descriptors or memory.
     """
     try:
@@ -106,6 +107,8 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
         raise _rejection(exc, requested) from None
     if not is_within(resolved, roots):
         raise ScanPathRejected(403, _OUTSIDE)
+    if not is_utf8(str(resolved)):  # the library stores UTF-8 paths only
+        raise ScanPathRejected(400, _NOT_UTF8)
     try:
         mode = os.stat(resolved).st_mode
     except (FileNotFoundError, NotADirectoryError):

@@ -55,7 +55,7 @@ from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
 from stoat_ferret.library._thumbstore import ThumbnailStore
 from stoat_ferret.library._thumbstore import directory_beside as thumbnails_directory_beside
 from stoat_ferret.library._thumbstore import directory_refusal as thumbnails_directory_refusal
-from stoat_ferret.library._walk import VIDEO_EXTENSIONS, walk_videos
+from stoat_ferret.library._walk import VIDEO_EXTENSIONS, is_utf8, walk_videos
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -98,6 +98,7 @@ __all__ = [
     "VideoStore",
     "check_data_directory",
     "inspect_database",
+    "is_utf8",
     "landlock_abi",
     "lower_priority",
     "make_scan_handler",

@@ -89,7 +89,7 @@ from stoat_ferret.library._scanprobe import (
     probe_files,
     probe_in_thread,
 )
-from stoat_ferret.library._walk import walk_videos
+from stoat_ferret.library._walk import is_utf8, walk_videos
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -174,7 +174,7 @@ def parse_payload(payload: Any) -> tuple[str, bool]:
     """Return ``(directory, recursive)`` from a scan payload.
 
     Raises:
-        ValueError: The payload is not ``{"path": <absolute str>, "recursive": <bool>}``.
+        ValueError: The payload is not ``{"path": <absolute UTF-8 str>, "recursive": <bool>}``.
     """
     if not isinstance(payload, Mapping):
         raise ValueError("scan payload must be an object with 'path' and 'recursive'")
@@ -182,6 +182,8 @@ def parse_payload(payload: Any) -> tuple[str, bool]:
     recursive = payload.get("recursive", True)
     if not isinstance(path, str) or not os.path.isabs(path):
         raise ValueError(f"scan payload 'path' must be an absolute path, got {path!r}")
+    if not path.isascii() and not is_utf8(path):  # the store holds UTF-8 paths only
+        raise ValueError(f"scan payload 'path' must be valid UTF-8, got {path!r}")
     if not isinstance(recursive, bool):
         raise ValueError(f"scan payload 'recursive' must be a boolean, got {recursive!r}")
     return os.path.normpath(path), recursive

@@ -202,7 +202,7 @@ class _Walk:
         self, parent: int, parent_path: str, name: str
     ) -> tuple[int, str, Iterator[str]] | None:
         path = _join(parent_path, name)
-        if not _is_utf8(name):
+        if not is_utf8(name):
             self.errors.add(_printable(path), _NOT_UTF8)
             return None
         if len(os.fsencode(path)) >= PATH_MAX:
@@ -260,7 +260,7 @@ class _Walk:
                 if not (name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)):
                     continue
                 path = prefix + name
-                if not (name.isascii() or _is_utf8(name)):
+                if not (name.isascii() or is_utf8(name)):
                     self.errors.add(_printable(path), _NOT_UTF8)
                 elif len(path) >= PATH_MAX // 4 and len(os.fsencode(path)) >= PATH_MAX:
                     self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
@@ -303,7 +303,7 @@ class _Walk:
             return
         parts, info = outcome
         target = "/" + "/".join(parts)
-        if not _is_utf8(target):
+        if not is_utf8(target):
             self.errors.add(link, "symlink target " + _NOT_UTF8)
         elif stat.S_ISREG(info.st_mode):
             self.found[target] = (info.st_size, info.st_mtime_ns)
@@ -324,8 +324,12 @@ def _join(directory: str, name: str) -> str:
     return directory + name if directory.endswith("/") else directory + "/" + name
 
 
-def _is_utf8(name: str) -> bool:
-    # os.scandir decodes undecodable bytes to lone surrogates, which UTF-8 refuses.
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` is valid UTF-8, which the store requires of every path.
+
+    ``os.fsdecode`` (and ``os.scandir``) turn bytes that are not UTF-8 into
+    lone surrogates, which UTF-8 refuses.
+    """
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:

@@ -383,3 +383,17 @@ def test_real_path_agrees_with_realpath(root: Path, spelling: str) -> None:
     path = spelling.format(root=root)
 
     assert real_path(path) == os.path.realpath(path)
+
+
+def test_a_link_to_a_directory_whose_name_is_not_utf8_is_400(root: Path) -> None:
+    """A UTF-8 link inside a root may lead to a directory named in another
+    encoding: the library stores UTF-8 paths only, so the request is refused
+    rather than the scan failing on its first row."""
+    latin = os.fsdecode(os.fsencode(str(root)) + b"/caf\xe9")
+    os.mkdir(latin)
+    (root / "cafe").symlink_to(latin)
+
+    rejected = _rejected(root / "cafe", (root,))
+
+    assert rejected.status_code == 400
+    assert "UTF-8" in rejected.detail

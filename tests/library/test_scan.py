@@ -618,10 +618,16 @@ async def test_vanished_directory_fails_clearly(library: VideoLibrary, tmp_path:
 
 @pytest.mark.parametrize(
     "payload",
-    [None, {"path": "relative/dir"}, {"path": 3}, {"path": "/abs", "recursive": "yes"}],
+    [
+        None,
+        {"path": "relative/dir"},
+        {"path": 3},
+        {"path": "/abs", "recursive": "yes"},
+        {"path": "/caf\udce9"},  # not UTF-8: a name the store cannot hold
+    ],
 )
 def test_bad_payloads_are_value_errors(payload: Any) -> None:
-    """The handler refuses payloads that are not {'path': absolute, 'recursive': bool}."""
+    """The handler refuses payloads that are not {'path': absolute UTF-8, 'recursive': bool}."""
     with pytest.raises(ValueError, match="scan payload"):
         parse_payload(payload)
 
