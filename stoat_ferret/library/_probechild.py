@@ -14,7 +14,8 @@ It ends when the socket closes: a thread of its own waits for the other end
 to hang up (the service closed it, or ended in any way, even killed) and
 ends the process then, even while FFmpeg is busy in a file. Before its first
 request it lowers its priority to ``SCHED_IDLE`` if ``PRIORITY`` is
-``idle``, limits its address space to ``MEMORY`` bytes, confines itself
+``idle``, limits its address space to ``MEMORY`` bytes and every file it
+writes to a thumbnail's size (:func:`limit_writes`), confines itself
 with Landlock where the kernel has it (``_sandbox.py``), installs its
 seccomp filter (no new socket, no reach into other processes:
 ``_seccomp.py``), and says ``ready`` with the Landlock ABI it used (or why
@@ -53,6 +54,7 @@ from stoat_ferret.library._probewire import (
 from stoat_ferret.library._sandbox import confine
 from stoat_ferret.library._seccomp import filter_system_calls
 from stoat_ferret.library._thumbnail import thumbnail_descriptor
+from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 
 if TYPE_CHECKING:
     from stoat_ferret.library._models import VideoProbe
@@ -72,6 +74,7 @@ def main(argv: list[str]) -> None:
         lower_priority()
     limit = int(memory)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_writes()
     _import_all_of_pyav()  # from here on it needs no path
     with socket.socket(fileno=int(fd)) as channel, contextlib.suppress(ConnectionError):
         # A ConnectionError: the service closed its end (it is stopping) while
@@ -85,6 +88,20 @@ def main(argv: list[str]) -> None:
         threading.Thread(target=_end_on_hang_up, args=(channel,), daemon=True).start()
         channel.send(READY + str(abi).encode())
         serve(channel)
+
+
+def limit_writes() -> None:
+    """Keep every file this process writes to a thumbnail's size.
+
+    It writes only thumbnails, into the memory file the service hands it;
+    but memory files are not counted by ``RLIMIT_AS``, and a child that a
+    hostile file took over could otherwise fill one with all the machine's
+    memory. ``RLIMIT_FSIZE`` makes a write or a truncation past the limit
+    fail (``EFBIG``), ``SIGXFSZ`` ignored so that it is an error, not the
+    process's end.
+    """
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_THUMBNAIL_BYTES, MAX_THUMBNAIL_BYTES))
 
 
 _NOT_NEEDED: Final = frozenset({"av.__main__", "av.datasets"})  # a CLI; test files to download

@@ -3,6 +3,7 @@ a memory limit, a crash that stays in the child, and answers not trusted."""
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import shutil
@@ -50,6 +51,7 @@ from stoat_ferret.library._probewire import (
 from stoat_ferret.library._probewire import PROBE as PROBE_KIND
 from stoat_ferret.library._probewire import THUMBNAIL as THUMBNAIL_KIND
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
+from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import PROBE, make_context
 from tests.library.test_hostile_media import write_png_bomb, write_seek_overflow
@@ -848,3 +850,34 @@ def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
     assert not isinstance(refused.value, UndecodableError), refused.value.reason
     assert refused.value.transient
     assert not _alive(child)
+
+
+def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size(
+    clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """RLIMIT_AS does not count memory files: the child's writes are limited to
+    a thumbnail's size (RLIMIT_FSIZE), and a write past it is an error there
+    (SIGXFSZ ignored), which a process set up the same way shows."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+    with open(f"/proc/{child}/limits", encoding="ascii") as limits:
+        [line] = [line for line in limits if line.startswith("Max file size")]
+    grow = (
+        "import os\n"
+        "from stoat_ferret.library._probechild import limit_writes\n"
+        "from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES\n"
+        "limit_writes()\n"
+        "memory = os.memfd_create('grow')\n"
+        "os.ftruncate(memory, MAX_THUMBNAIL_BYTES)\n"
+        "try:\n"
+        "    os.ftruncate(memory, MAX_THUMBNAIL_BYTES + 1)\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    grown = subprocess.run(
+        [sys.executable, "-c", grow], capture_output=True, text=True, check=True, timeout=TIMEOUT
+    )
+
+    assert line.split()[3:5] == [str(MAX_THUMBNAIL_BYTES)] * 2
+    assert grown.stdout.split() == [str(errno.EFBIG)]
