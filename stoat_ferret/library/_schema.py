@@ -6,7 +6,8 @@ older file up to date inside one transaction when the store opens it.
 Migrations are numbered: ``MIGRATIONS[n]`` takes a file from version
 ``n - 1`` to ``n``, and a file of any earlier version is brought up to date
 step by step. Version 2 adds the ``scan_errors`` table; version 3 adds the
-editing metadata columns and the indexes of sorted lists. A row written
+editing metadata columns and the indexes of sorted lists; version 4 makes the
+videos table again with ``AUTOINCREMENT`` ids, so that no id is used twice. A row written
 before version 3 has ``probe_version`` NULL; the scope query reports such a
 row's size as -1, which no file has, so the next scan probes the file again
 and counts it as updated, once.
@@ -34,7 +35,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398032978), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -73,6 +74,46 @@ METADATA_COLUMNS: Final = {
     "timecode": "TEXT",
     "creation_time": "TEXT",
 }
+
+# The videos table and its indexes as version 4 has them: the columns of
+# version 1, then those version 3 added, in that order.
+_VIDEOS_V4: Final = f"""
+    CREATE TABLE videos_v4 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        directory TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        duration_seconds REAL,
+        duration_frames INTEGER,
+        width INTEGER,
+        height INTEGER,
+        frame_rate_numerator INTEGER,
+        frame_rate_denominator INTEGER,
+        video_codec TEXT,
+        audio_codec TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        {", ".join(f"{name} {kind}" for name, kind in METADATA_COLUMNS.items())},
+        probe_version INTEGER,
+        search_path TEXT
+    ) STRICT
+"""
+_VIDEOS_INDEXES_V4: Final = (
+    "CREATE INDEX videos_directory ON videos (directory)",
+    "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
+    "CREATE INDEX videos_filename ON videos (filename COLLATE NOCASE)",
+    "CREATE INDEX videos_duration ON videos (duration_seconds)",
+    "CREATE INDEX videos_size ON videos (size_bytes)",
+    "CREATE INDEX videos_width ON videos (width)",
+    "CREATE INDEX videos_height ON videos (height)",
+    "CREATE INDEX videos_updated ON videos (updated_at)",
+    "CREATE INDEX videos_video_codec ON videos (video_codec, width, height, duration_seconds)",
+    "CREATE INDEX videos_container ON videos (container_format, width, height, duration_seconds)",
+    "CREATE INDEX videos_audio_codec ON videos (audio_codec)",
+    "CREATE INDEX videos_search ON videos (search_path)",
+)
 
 # Statements that take the schema from version N - 1 to version N.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -145,6 +186,17 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX videos_audio_codec ON videos (audio_codec)",
         # A search reads every path: this index holds them in a tenth of the table's pages.
         "CREATE INDEX videos_search ON videos (search_path)",
+    ),
+    # A deleted video's id is never given to another (AUTOINCREMENT): a client
+    # holding one (an editor's project, a thumbnail's URL) never finds another
+    # video under it. SQLite gives that only to a table as it is created: the
+    # table is made again, every row and id kept, and its indexes with it.
+    4: (
+        _VIDEOS_V4,
+        "INSERT INTO videos_v4 SELECT * FROM videos",
+        "DROP TABLE videos",
+        "ALTER TABLE videos_v4 RENAME TO videos",
+        *_VIDEOS_INDEXES_V4,
     ),
 }
 

@@ -757,3 +757,61 @@ def test_two_stores_of_one_file_in_one_process_share_its_lock(tmp_path: Path) ->
     assert held.returncode == 1
     assert b"BlockingIOError" in held.stderr
     assert free.returncode == 0
+
+
+def test_no_id_is_given_twice(tmp_path: Path) -> None:
+    """The id of a deleted video, even the newest, is never another's, after a
+    reopen too: a client holding it finds no video rather than another one."""
+    path = tmp_path / "v.sqlite"
+    store = VideoStore.open(path)
+    try:
+        store.upsert([record("/m/a.mp4"), record("/m/b.mp4")])
+        newest = store.get_video_by_path("/m/b.mp4")
+        assert newest is not None
+        store.delete(["/m/b.mp4"])
+        store.upsert([record("/m/c.mp4")])
+        after_delete = store.get_video_by_path("/m/c.mp4")
+    finally:
+        store.close()
+    store = VideoStore.open(path)
+    try:
+        store.delete(["/m/c.mp4"])
+    finally:
+        store.close()
+    store = VideoStore.open(path)
+    try:
+        store.upsert([record("/m/d.mp4")])
+        after_reopen = store.get_video_by_path("/m/d.mp4")
+    finally:
+        store.close()
+
+    assert after_delete is not None
+    assert after_reopen is not None
+    assert newest.id < after_delete.id < after_reopen.id
+
+
+def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> None:
+    """Version 4 makes the table again: rows keep their ids, every index is
+    there as before, and a deleted id is not given again."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 3)
+    indexes = "SELECT name, sql FROM sqlite_schema WHERE type = 'index' ORDER BY name"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        before = raw.execute(indexes).fetchall()
+
+    store = VideoStore.open(path)
+    try:
+        kept = store.get_video_by_path("/m/old.mp4")
+        assert kept is not None
+        store.delete(["/m/old.mp4"])
+        store.upsert([record("/m/new.mp4")])
+        fresh = store.get_video_by_path("/m/new.mp4")
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        after = raw.execute(indexes).fetchall()
+
+    assert kept.id == 1
+    assert fresh is not None
+    assert fresh.id == 2
+    assert after == before
