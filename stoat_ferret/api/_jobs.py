@@ -15,13 +15,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, StoppingDep, stream_slot
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep, require_json, stream_slot
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse, job_json
 from stoat_ferret.api._schemas import (
     MAX_LIMIT,
     MAX_OFFSET,
     MAX_PATH_CHARS,
+    CancelRequest,
     JobListOut,
     JobOut,
     error_responses,
@@ -155,12 +156,16 @@ async def _wait_terminal(
     "/{job_id}/cancel",
     response_model=JobOut,
     responses={
-        **error_responses(404),
+        **error_responses(400, 404, 413, 415, 422),
         409: {"model": JobOut, "description": "Already finished; ``status`` says how."},
     },
+    dependencies=[Depends(require_json)],
 )
-async def cancel_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
-    """Cancel a pending or running job (200, ``cancelled``); 409 if it had already ended."""
+async def cancel_job(job_id: str, options: CancelRequest, queue: JobQueueDep) -> ApiJSONResponse:
+    """Cancel a pending or running job (200, ``cancelled``); 409 if it had already ended.
+
+    The body is ``{}``, sent as ``application/json`` (415 otherwise): every
+    state change is JSON."""
     cancelled = await queue.cancel(job_id)
     job = await queue.get_result(job_id)
     if cancelled:

@@ -65,6 +65,14 @@ class ScanRequest(BaseModel):
         return value
 
 
+class CancelRequest(BaseModel):
+    """``POST /api/v1/jobs/{id}/cancel``: no options yet, so ``{}``. A body is
+    asked for all the same: every state change is sent as JSON, which a page
+    elsewhere cannot send without a CORS preflight."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
 class ScanAccepted(BaseModel):
     """The answer to a scan request: the job that runs it (an existing one if a
     scan of the same directory is already pending or running)."""

@@ -44,7 +44,11 @@ NASTY: list[Any] = [
     pytest.param("PATCH", "/api/v1/jobs/x/cancel", {}, 405, id="patch-cancel"),
     pytest.param("GET", "/no/such/route", {}, 404, id="unknown-route"),
     pytest.param(
-        "POST", "/api/v1/jobs/x/cancel", {"content": b"\x00\xff" * 100}, 404, id="binary-cancel"
+        "POST",
+        "/api/v1/jobs/x/cancel",
+        {"content": b"\x00\xff" * 100, "headers": {"Content-Type": "application/json"}},
+        422,
+        id="binary-cancel",
     ),
     pytest.param(
         "POST",

@@ -149,7 +149,7 @@ async def test_a_state_change_from_another_origin_is_403(
             response = await client.post(
                 SCAN, json={"path": str(scan_root)}, headers={"Origin": origin}
             )
-            cancel = await client.post("/api/v1/jobs/x/cancel", headers={"Origin": origin})
+            cancel = await client.post("/api/v1/jobs/x/cancel", json={}, headers={"Origin": origin})
             jobs = await _jobs(client)
 
     assert response.status_code == 403
@@ -648,7 +648,7 @@ async def test_a_state_change_on_the_cookie_alone_must_say_it_is_from_here(
             )
             # The client keeps the cookie from here on.
             response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
-            cancel = await client.post("/api/v1/jobs/x/cancel", headers=headers)
+            cancel = await client.post("/api/v1/jobs/x/cancel", json={}, headers=headers)
             listed = await client.get("/api/v1/jobs")
 
     assert session.status_code == 204

@@ -98,6 +98,35 @@ async def test_get_job_while_running_and_after(settings: Settings, scan_root: Pa
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
+    "headers",
+    [{}, {"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": "text/plain"}],
+    ids=["none", "form", "text"],
+)
+async def test_a_cancel_not_sent_as_json_is_415_and_cancels_nothing(
+    settings: Settings, scan_root: Path, headers: dict[str, str]
+) -> None:
+    """Every state change is declared JSON: a form or a bodiless POST, which a
+    page elsewhere could send without a preflight, is 415 and the job runs on."""
+    scan = GatedScan()
+
+    with anyio.fail_after(10):
+        async with supervisor_running(max_workers=1) as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                running = await _start_scan(client, scan, scan_root)
+                refused = await client.post(
+                    f"/api/v1/jobs/{running}/cancel", content=b"x=y", headers=headers
+                )
+                status = await supervisor.get_status(running)
+                scan.release.set()
+
+    assert refused.status_code == 415
+    assert refused.json()["detail"].startswith("the body must be JSON")
+    assert status == "running"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
     ("method", "url"),
     [
         ("GET", "/api/v1/jobs/no-such-job"),
@@ -111,7 +140,9 @@ async def test_unknown_job_is_404(shared_client: httpx.AsyncClient, method: str,
     """Every job route answers 404 with a short detail for an id it never issued."""
 
     with anyio.fail_after(10):
-        response = await shared_client.request(method, url)
+        # A state change is sent as JSON (415 otherwise, whatever the job).
+        body: dict[str, Any] | None = {} if method == "POST" else None
+        response = await shared_client.request(method, url, json=body)
 
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
@@ -378,8 +409,10 @@ async def test_cancel_running_and_pending_jobs(settings: Settings, scan_root: Pa
             async with serving(create_app(settings, job_queue=supervisor)) as client:
                 running = await _start_scan(client, scan, scan_root / "a")
                 pending = (await client.post(SCAN, json={"path": str(scan_root / "b")})).json()
-                cancel_pending = await client.post(f"/api/v1/jobs/{pending['job_id']}/cancel")
-                cancel_running = await client.post(f"/api/v1/jobs/{running}/cancel")
+                cancel_pending = await client.post(
+                    f"/api/v1/jobs/{pending['job_id']}/cancel", json={}
+                )
+                cancel_running = await client.post(f"/api/v1/jobs/{running}/cancel", json={})
 
     assert pending["status"] == "pending"
     assert cancel_pending.status_code == 200
@@ -399,7 +432,7 @@ async def test_cancel_finished_job_is_409(settings: Settings) -> None:
             job_id = await supervisor.submit("echo", 1)
             await supervisor.wait(job_id)
             async with serving(create_app(settings, job_queue=supervisor)) as client:
-                response = await client.post(f"/api/v1/jobs/{job_id}/cancel")
+                response = await client.post(f"/api/v1/jobs/{job_id}/cancel", json={})
 
     assert response.status_code == 409
     assert response.json()["status"] == "completed"

@@ -125,7 +125,7 @@ def test_two_tabs_follow_six_running_scans_without_stalling(
                 expect(job.locator(".badge")).to_have_text("running")
         answers = [tab.evaluate(FETCH_HEALTH) for tab in tabs]
         for job_id in ids:
-            httpx.post(f"{base_url}/api/v1/jobs/{job_id}/cancel", timeout=10)
+            httpx.post(f"{base_url}/api/v1/jobs/{job_id}/cancel", json={}, timeout=10)
         for tab in tabs:
             for directory in directories:
                 job = _job(tab, directory)

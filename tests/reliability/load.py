@@ -684,7 +684,9 @@ class LoadRun:
         """Cancel each job: 200 says cancelled, 409 says how it had already ended."""
         async with self.connection() as connection, ids:
             async for job_id in ids:
-                reply = await self.call(connection, "cancel", "POST", f"{JOBS}/{job_id}/cancel")
+                reply = await self.call(
+                    connection, "cancel", "POST", f"{JOBS}/{job_id}/cancel", b"{}"
+                )
                 job = self.job_json(reply, f"cancel {job_id}")
                 if job is None:
                     continue

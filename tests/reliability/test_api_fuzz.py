@@ -177,7 +177,13 @@ def test_a_real_scan_answers_by_the_schema(
     events = schema["/api/v1/jobs/{job_id}/events"]["GET"].Case(path_parameters=job)
     # Every event is checked by test_events_are_documented_per_event (a finding).
     stream = events.call_and_validate(app=app, excluded_checks=[response_schema_conformance])
-    refused = call("/api/v1/jobs/{job_id}/cancel", "POST", path_parameters=job)
+    refused = call(
+        "/api/v1/jobs/{job_id}/cancel",
+        "POST",
+        path_parameters=job,
+        body={},
+        media_type="application/json",
+    )
     # The scan submits a thumbnails job when it ends, which may be done by now too.
     listed = call("/api/v1/jobs", "GET", query={"status": "completed", "job_type": "scan"})
     videos = call("/api/v1/videos", "GET")

@@ -497,7 +497,8 @@ async function cancelJob(view) {
   view.cancelButton.setAttribute("aria-disabled", "true");
   view.setNote("");
   try {
-    const response = await request("POST", `${API}/jobs/${encodeURIComponent(view.id)}/cancel`);
+    // An empty JSON body: every state change is sent as JSON.
+    const response = await request("POST", `${API}/jobs/${encodeURIComponent(view.id)}/cancel`, {});
     if (response.status === 200) {
       view.update(response.data);
     } else if (response.status === 409 && response.data) {
