@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from stoat_ferret.api._deps import LibraryDep  # noqa: TC001
 from stoat_ferret.api._errors import unavailable, unreadable
 from stoat_ferret.api._schemas import MAX_OFFSET, error_responses
+from stoat_ferret.api._videos import VIDEO_ID
 from stoat_ferret.library import (
     THUMBNAIL_MEDIA_TYPE,
     THUMBNAIL_VERSION,
@@ -126,12 +127,12 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "description": f"The thumbnail ({THUMBNAIL_MEDIA_TYPE}), with ETag.",
     },
     304: {"description": "If-None-Match named the current ETag."},
-    **error_responses(404, 422, 503),
+    **error_responses(404, 503),
 }
 
 
 @router.get(
-    "/{video_id}/thumbnail",
+    f"/{VIDEO_ID}/thumbnail",
     response_class=Response,
     responses=_RESPONSES,
 )
@@ -177,7 +178,7 @@ async def get_thumbnail(
 # HEAD: a route of its own, after GET's (a 405's Allow names the first route's
 # methods) and out of the schema (api_route with GET and HEAD would give both
 # one operationId, which FastAPI warns of).
-router.head("/{video_id}/thumbnail", response_class=Response, include_in_schema=False)(
+router.head(f"/{VIDEO_ID}/thumbnail", response_class=Response, include_in_schema=False)(
     get_thumbnail
 )
 

@@ -133,11 +133,14 @@ class _VideoIdConvertor(IntegerConvertor):
 
 register_url_convertor("video_id", _VideoIdConvertor())
 
+VIDEO_ID: Final = "{video_id:video_id}"
+"""A video id in a route's path (``/{id}``, ``/{id}/thumbnail``), by the convertor above."""
+
 
 # An id is digits: anything else (``scan`` included) matches no route here,
 # so ``GET /api/v1/videos/scan`` is routing's own 405.
-@router.head("/{video_id:video_id}", include_in_schema=False)
-@router.get("/{video_id:video_id}", response_model=VideoOut, responses=error_responses(404, 503))
+@router.head(f"/{VIDEO_ID}", include_in_schema=False)
+@router.get(f"/{VIDEO_ID}", response_model=VideoOut, responses=error_responses(404, 503))
 async def get_video(video_id: int, library: LibraryDep) -> ApiJSONResponse:
     """One stored video."""
     # Ids are SQLite rowids: anything outside 1..2**63-1 cannot exist (and
