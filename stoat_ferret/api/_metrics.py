@@ -13,7 +13,9 @@ Each app has its own :class:`ServiceMetrics` (``app.state.metrics``, set by
                                             through (its times say whether it
                                             started)
 ``stoat_jobs_pending``, ``_running``        ``statistics()`` of the queue, read
-                                            at each scrape
+                                            at each scrape (on the event loop;
+                                            the rest, ``/proc`` included, is
+                                            rendered in a worker thread)
 ``stoat_scan_files_probed_total`` and       the results of completed scans
 ``_probe_errors_total``, ``_unchanged``,    (a failed or cancelled scan has none)
 ``_removed``
@@ -109,10 +111,8 @@ class ServiceMetrics:
             buckets=_JOB_SECONDS,
             **options,
         )
-        pending = Gauge("jobs_pending", "Jobs waiting to run now.", **options)
-        pending.set_function(lambda: self._statistic("pending"))
-        running = Gauge("jobs_running", "Jobs running now.", **options)
-        running.set_function(lambda: self._statistic("running"))
+        self.jobs_pending = Gauge("jobs_pending", "Jobs waiting to run now.", **options)
+        self.jobs_running = Gauge("jobs_running", "Jobs running now.", **options)
         self.files_probed = Counter(
             "scan_files_probed", "Files completed scans probed (new or changed).", **options
         )
@@ -140,12 +140,20 @@ class ServiceMetrics:
             **options,
         )
 
-    def _statistic(self, name: str) -> float:
+    def read_queue(self) -> None:
+        """Set the gauges read from the queue's ``statistics()``: on the event
+        loop, whose state they are, before :meth:`render`."""
         queue = self._queue
-        return 0.0 if queue is None else float(getattr(queue.statistics(), name))
+        statistics = None if queue is None else queue.statistics()
+        self.jobs_pending.set(0 if statistics is None else statistics.pending)
+        self.jobs_running.set(0 if statistics is None else statistics.running)
 
     def render(self) -> bytes:
-        """The registry in Prometheus' text format."""
+        """The registry in Prometheus' text format.
+
+        Blocking: the process figures read ``/proc``, so the route calls it in
+        a worker thread (``prometheus_client``'s metrics take their own locks).
+        """
         return generate_latest(self.registry)
 
     @asynccontextmanager
@@ -304,4 +312,6 @@ async def metrics(request: Request) -> Response:
     """The service's metrics in Prometheus' text format."""
     service_metrics = await get_metrics(request)
     assert service_metrics is not None  # the route comes with them
-    return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    service_metrics.read_queue()
+    text = await anyio.to_thread.run_sync(service_metrics.render)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -61,6 +62,28 @@ async def _echo(ctx: JobContext) -> Any:
 
 async def _boom(ctx: JobContext) -> None:
     raise LookupError("boom")
+
+
+@pytest.mark.anyio
+async def test_the_scrape_is_rendered_off_the_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process figures read ``/proc``: the text is made in a worker thread."""
+    threads: list[threading.Thread] = []
+    render = ServiceMetrics.render
+
+    def recording(metrics: ServiceMetrics) -> bytes:
+        threads.append(threading.current_thread())
+        return render(metrics)
+
+    monkeypatch.setattr(ServiceMetrics, "render", recording)
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            samples = await _scrape(client)
+
+    assert [thread is threading.current_thread() for thread in threads] == [False]
+    assert _value(samples, "stoat_jobs_pending") == 0.0
 
 
 @pytest.mark.anyio
