@@ -11,13 +11,13 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Annotated, Final
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep, require_json, stream_slot
 from stoat_ferret.api._errors import unavailable
-from stoat_ferret.api._json import ApiJSONResponse, job_json
+from stoat_ferret.api._json import ApiJSONResponse, job_json, render
 from stoat_ferret.api._schemas import (
     MAX_LIMIT,
     MAX_OFFSET,
@@ -55,7 +55,7 @@ async def list_jobs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> ApiJSONResponse:
+) -> Response:
     """List jobs, newest first. ``total`` counts every match, whatever the limit."""
     page = await queue.list_jobs(
         status=status,
@@ -64,14 +64,22 @@ async def list_jobs(
         offset=offset,
         payload_items=None if path is None else {"path": path},
     )
-    return ApiJSONResponse(
-        {
-            "jobs": [job_json(job) for job in page.jobs],
-            "total": page.total,
-            "limit": limit,
-            "offset": offset,
-        }
-    )
+
+    def page_json() -> bytes:
+        return render(
+            {
+                "jobs": [job_json(job) for job in page.jobs],
+                "total": page.total,
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    # A page of a thousand scans, each with its bounded errors, is tens of
+    # megabytes of JSON at worst: made in a worker thread, from the snapshots,
+    # so that the event loop answers other requests meanwhile.
+    body = await anyio.to_thread.run_sync(page_json)
+    return Response(body, media_type="application/json")
 
 
 @router.head("/{job_id}", include_in_schema=False)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
-from stoat_ferret.api import begin_shutdown
+from stoat_ferret.api import _jobs, begin_shutdown
+from stoat_ferret.api._json import job_json
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobNotFound, JobSupervisor
 from tests.api.support import (
@@ -177,6 +179,34 @@ async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
     assert completed["total"] == 4
     assert (failed["jobs"], failed["total"]) == ([], 0)
     assert (unknown["jobs"], unknown["total"]) == ([], 0)
+
+
+@pytest.mark.anyio
+async def test_a_page_of_jobs_is_made_into_json_off_the_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of a thousand scans with their errors is megabytes of JSON: each
+    job's JSON is made in a worker thread, from its snapshot."""
+    threads: list[threading.Thread] = []
+
+    def recording(job: JobResult) -> dict[str, Any]:
+        threads.append(threading.current_thread())
+        return job_json(job)
+
+    monkeypatch.setattr(_jobs, "job_json", recording)
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("echo", _echo)
+            ids = [await supervisor.submit("echo", n) for n in range(2)]
+            for job_id in ids:
+                await supervisor.wait(job_id)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                page = await client.get("/api/v1/jobs")
+
+    assert page.headers["content-type"] == "application/json"
+    assert [job["result"] for job in page.json()["jobs"]] == [1, 0]
+    assert len(threads) == 2
+    assert threading.current_thread() not in threads
 
 
 @pytest.mark.anyio
