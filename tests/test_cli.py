@@ -78,6 +78,13 @@ SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
 }
 
 
+# A reverse proxy's name in STOAT_ALLOWED_HOSTS lets other machines in: the
+# token and the roots must be set with it (Settings.check_exposure).
+EXPOSED: dict[str, dict[str, str]] = {
+    "allowed_hosts": {"STOAT_API_TOKEN": "t" * 32, "STOAT_SCAN_ROOTS": "/"},
+}
+
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     """``tmp_path`` resolved, holding the directories ``a`` and ``b``."""
@@ -109,7 +116,7 @@ def test_each_flag_sets_its_field_and_wins_over_its_variable(tmp: Path, field: s
     flag_text, flag_value, variable_text, variable_value = (
         _fill(value, tmp) for value in SAMPLES[field]
     )
-    environ = {option.env: variable_text}
+    environ = {option.env: variable_text, **EXPOSED.get(field, {})}
 
     if option.flag is not None:  # a secret has none: test_a_secret_has_no_flag
         _, from_flag, _ = parse_command([option.flag, flag_text], environ)

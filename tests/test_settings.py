@@ -423,6 +423,36 @@ def test_beyond_loopback_needs_a_token_and_roots(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("names", "refused"),
+    [
+        ("videos.example", True),
+        ("localhost,127.0.0.2,[::1],stoat.localhost", False),
+        ("stoat.localhost,10.0.0.5", True),
+    ],
+)
+def test_a_proxys_name_needs_a_token_and_roots(
+    tmp_path: Path, names: str, *, refused: bool
+) -> None:
+    """On loopback, but answering to a name other machines use (a reverse
+    proxy's): a page elsewhere may send header-less reads by that name, so
+    the token is required as beyond loopback. Loopback's own names are not."""
+    environ = {"STOAT_ALLOWED_HOSTS": names}
+
+    if refused:
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_environ(environ)
+        allowed = Settings.from_environ(
+            {**environ, "STOAT_API_TOKEN": TOKEN, "STOAT_SCAN_ROOTS": str(tmp_path)}
+        )
+        assert str(caught.value).startswith("STOAT_ALLOWED_HOSTS names ")
+        assert "set STOAT_API_TOKEN" in str(caught.value)
+        assert "and STOAT_SCAN_ROOTS" in str(caught.value)
+        assert allowed.api_token == TOKEN
+    else:
+        assert Settings.from_environ(environ).api_token is None
+
+
 def test_beyond_loopback_with_a_token_and_roots(tmp_path: Path) -> None:
     """With both, any address may be bound."""
 

@@ -190,6 +190,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_local_name(host: str) -> bool:
+    """True if ``host`` names this machine only: :func:`is_loopback`, or a name
+    under ``.localhost``, which resolves to loopback (RFC 6761)."""
+    return is_loopback(host) or host.lower().rstrip(".").endswith(".localhost")
+
+
 def _check_log_format(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in LOG_FORMATS:
         choices = " or ".join(LOG_FORMATS)

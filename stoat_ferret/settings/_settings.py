@@ -37,6 +37,7 @@ from stoat_ferret.settings._checks import (
     _normalise_origins,
     _resolve_roots,
     default_probe_threads,
+    is_local_name,
     is_loopback,
     usable_cores,
 )
@@ -228,11 +229,21 @@ class Settings:
     def check_exposure(self) -> None:
         """Refuse to serve other machines without a token and scan roots.
 
+        Other machines reach the service when it listens beyond loopback, or
+        when it answers to a name in ``allowed_hosts`` that is not loopback's
+        (a reverse proxy forwards their requests by that name).
+
         Raises:
-            SettingsError: ``host`` is not loopback, and ``api_token`` or
-                ``scan_roots`` is missing; the message says which and why.
+            SettingsError: ``host`` is not loopback, or ``allowed_hosts``
+                holds another name, and ``api_token`` or ``scan_roots`` is
+                missing; the message says which and why.
         """
-        if is_loopback(self.host):
+        others = [name for name in self.allowed_hosts if not is_local_name(name)]
+        if not is_loopback(self.host):
+            why = f"STOAT_HOST={self.host} is not a loopback address"
+        elif others:
+            why = f"STOAT_ALLOWED_HOSTS names {', '.join(others)} (a reverse proxy's name)"
+        else:
             return
         missing = []
         if self.api_token is None:
@@ -241,8 +252,7 @@ class Settings:
             missing.append("STOAT_SCAN_ROOTS (or a scan could read any directory)")
         if missing:
             raise SettingsError(
-                f"STOAT_HOST={self.host} is not a loopback address, so other machines can "
-                f"reach the service: set {' and '.join(missing)}"
+                f"{why}, so other machines can reach the service: set {' and '.join(missing)}"
             )
 
     @classmethod
