@@ -29,9 +29,11 @@ flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
 
 * a ``STOAT_*`` variable it does not know (a misspelt ``STOAT_SCAN_ROOT``
   would otherwise silently mean "any directory"), naming the closest known one;
-* a ``STOAT_HOST`` other than loopback without ``STOAT_API_TOKEN`` or without
-  ``STOAT_SCAN_ROOTS`` (:meth:`Settings.check_exposure`): other machines could
-  then start scans of any directory, or read the library, without a token.
+* a ``STOAT_HOST`` other than loopback, or a name in ``STOAT_ALLOWED_HOSTS``
+  other than loopback's (a reverse proxy's), without ``STOAT_API_TOKEN`` or
+  without ``STOAT_SCAN_ROOTS`` (:meth:`Settings.check_exposure`): other
+  machines could then start scans of any directory, or read the library,
+  without a token.
 
 Switches that only the tests read start with ``STOATTEST_``, not ``STOAT_``.
 
