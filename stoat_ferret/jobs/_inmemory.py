@@ -142,7 +142,7 @@ class InMemoryJobQueue:
             event, error = record.stopped_by()
             self._end(record, event, error=error)
             raise
-        if outcome is None:
+        if outcome is None or outcome.event is None:  # interrupted (clean-up may have raised)
             event, error = record.stopped_by()
             self._end(record, event, error=error)
         elif outcome.event is JobEvent.COMPLETE:

@@ -217,9 +217,9 @@ class JobTable:
         elif outcome.event is JobEvent.CANCEL:  # its worker was cancelled mid-job
             event, error = record.stopped_while_running()
             self._finish(record, event, error=error)
-        else:
+        else:  # interrupted; a clean-up may have raised as it unwound (logged)
             event, error = record.stopped_by()
-            self._finish(record, event, error=error)
+            self._finish(record, event, error=error, unwinding=outcome.exception)
 
     def _on_submit(self, message: Submit) -> None:
         reply = message.reply
@@ -309,8 +309,13 @@ class JobTable:
         result: Any = None,
         error: str | None = None,
         exception: Exception | None = None,
+        unwinding: Exception | None = None,
     ) -> None:
-        """End a job: the one place where a job becomes terminal."""
+        """End a job: the one place where a job becomes terminal.
+
+        ``exception`` failed the job; ``unwinding`` was raised by the handler
+        after an interruption, which stays the reason: only the log shows it.
+        """
         started = record.status is not JobStatus.PENDING
         status = record.apply(event)  # first: it raises for a move the table lacks
         if started:
@@ -329,7 +334,8 @@ class JobTable:
         self.finished.append(record)
         if len(self.finished) > self._max_finished:
             self._evict()
-        (logger.opt(exception=exception) if exception is not None else logger).log(
+        shown = exception or unwinding
+        (logger.opt(exception=shown) if shown is not None else logger).log(
             _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",
             job_id=record.job_id,

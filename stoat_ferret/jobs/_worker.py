@@ -40,11 +40,17 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
     A return is ``COMPLETE``, an ``Exception`` is ``FAIL``. A cancellation of
     ``scope`` propagates, for the ``with`` block of the scope to catch; a
     cancellation from outside it (and ``KeyboardInterrupt``) propagates
-    untouched.
+    untouched. An ``Exception`` raised while an interruption unwinds the
+    handler (a clean-up that fails) does not replace it as the job's reason:
+    once ``scope`` is cancelled the job ends by its interruption (``None``),
+    and a cancellation from outside is raised again here.
     """
     try:
         value = await handler(context)
     except Exception as exc:
+        if scope.cancel_called:  # its deadline or the actor's interruption came first
+            return JobFinished(context.job_id, None, None, exc)
+        await checkpoint_if_cancelled()  # a hard stop came first: the worker ends the job
         return JobFinished(context.job_id, JobEvent.FAIL, None, exc)
     except anyio.get_cancelled_exc_class() as cancelled:
         if scope.cancel_called:

@@ -115,6 +115,55 @@ async def test_short_timeout_ends_job_timeout(make_queue: QueueFactory) -> None:
     assert result.error == "timed out after 0.01 s"
 
 
+class FailingCleanUp:
+    """A handler that waits until interrupted, then fails in its clean-up."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.job_id = ""
+
+    async def __call__(self, ctx: JobContext) -> None:
+        self.job_id = ctx.job_id
+        self.entered.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise RuntimeError("the clean-up failed")
+
+
+async def test_a_clean_up_that_fails_after_the_deadline_leaves_the_job_timeout(
+    make_queue: QueueFactory,
+) -> None:
+    """The deadline came first: the job ends ``timeout``, not ``failed``."""
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("failing", FailingCleanUp(), timeout=0.01)
+            result = await queue.wait(await queue.submit("failing"))
+
+    assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 0.01 s")
+
+
+async def test_a_clean_up_that_fails_after_cancel_leaves_the_job_cancelled(
+    make_queue: QueueFactory,
+) -> None:
+    """``cancel()`` came first: it returns True and the job ends ``cancelled``.
+    (The in-memory double runs a job inside ``submit``, hence the task group.)"""
+    handler = FailingCleanUp()
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("failing", handler)
+            async with anyio.create_task_group() as group:
+                group.start_soon(queue.submit, "failing")
+                await handler.entered.wait()
+                cancelled = await queue.cancel(handler.job_id)
+            result = await queue.wait(handler.job_id)
+
+    assert cancelled is True
+    assert result.status is JobStatus.CANCELLED
+
+
 async def test_status_and_result_of_finished_job(make_queue: QueueFactory) -> None:
     """get_status and get_result answer for a finished job."""
 

@@ -272,6 +272,31 @@ async def test_a_cancel_asked_during_a_hard_stop_is_answered_once_the_job_unwind
     assert first_result.status is JobStatus.COMPLETED
 
 
+async def test_a_clean_up_that_fails_during_a_hard_stop_leaves_the_job_cancelled() -> None:
+    """The stop came first: a handler whose clean-up raises as the stop unwinds
+    it ends ``cancelled`` by the stop, not ``failed``."""
+    entered = anyio.Event()
+
+    async def failing(ctx: JobContext) -> None:
+        entered.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise RuntimeError("the clean-up failed")
+
+    supervisor = JobSupervisor()
+    supervisor.register("failing", failing)
+    with anyio.fail_after(10):
+        async with _hosted(supervisor) as host:
+            job_id = await supervisor.submit("failing")
+            await entered.wait()
+            host.cancel()
+        result = await supervisor.get_result(job_id)
+
+    assert result.status is JobStatus.CANCELLED
+    assert result.error == "cancelled: supervisor stopped while the job was running"
+
+
 async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> None:
     """A job whose deadline has fired, still unwinding when a hard stop comes,
     ends ``timeout``: the first reason stands, though its scope no longer
