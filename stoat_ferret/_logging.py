@@ -6,7 +6,7 @@ loguru by :class:`InterceptHandler`, so one sink and one format see them all.
 
 ``text`` (the default): loguru's coloured line, then the fields::
 
-    2026-12-04 20:01:02.345 | INFO     | stoat_ferret.jobs._table | job 5f0c… (scan) completed after 0.008 s | job_id=5f0c…
+    2026-12-04 20:01:02 | INFO | stoat_ferret.jobs._table | job 5f0c… (scan) completed … | job_id=…
 
 ``json``: one JSON object a line, for log shippers. Its keys are ``time``
 (ISO 8601 with the offset), ``level``, ``logger``, ``message``, then every
