@@ -228,6 +228,26 @@ def test_database_path_that_is_a_directory(tmp_path: Path) -> None:
         Settings.from_environ({"STOAT_DATABASE_PATH": "/"})
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("n" * 300 + ".db", "File name too long"), ("loop/stoat.db", "Too many levels")],
+    ids=["too-long", "link-loop"],
+)
+def test_a_database_path_that_cannot_be_looked_at_is_one_clear_error(
+    tmp_path: Path, name: str, reason: str
+) -> None:
+    """A path the system refuses to look up (a name too long, a link loop on
+    the way, a directory it may not search) is a settings error naming the
+    variable and why, not a traceback."""
+    (tmp_path / "loop").symlink_to("loop")
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ({"STOAT_DATABASE_PATH": str(tmp_path / name)})
+
+    assert str(caught.value).startswith("STOAT_DATABASE_PATH: cannot use ")
+    assert reason in str(caught.value)
+
+
 def test_scan_root_that_is_a_file(tmp_path: Path) -> None:
     """A scan root must be a directory."""
     file = tmp_path / "file"

@@ -89,7 +89,14 @@ def _is_finite_number(value: object) -> bool:
 def _check_database_path(_: Settings, attribute: attrs.Attribute[Path], value: Path) -> None:
     if not isinstance(value, Path) or value.name in ("", ".", ".."):
         raise SettingsError(f"{_env(attribute)} must be the path of a file, got {str(value)!r}")
-    if value.is_dir():
+    try:
+        mode = os.stat(value).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # created when the service starts (or refused then, saying why)
+    except OSError as exc:  # denied on the way, a name too long, a link loop...
+        reason = exc.strerror or str(exc)
+        raise SettingsError(f"{_env(attribute)}: cannot use {value} ({reason})") from None
+    if stat.S_ISDIR(mode):
         raise SettingsError(f"{_env(attribute)} is a directory, not a file: {value}")
 
 

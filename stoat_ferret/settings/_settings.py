@@ -187,7 +187,8 @@ class Settings:
             "repeat": True,
             "default": "none",
             "help": "more names the service is reached by (the Host header), ','-separated "
-            "in the variable; its own host, localhost, 127.0.0.1 and ::1 always are",
+            "in the variable; its own host, localhost, 127.0.0.1 and ::1 always are; "
+            "a name other than loopback's needs the API token and scan roots",
         },
     )
     allowed_origins: tuple[str, ...] = attrs.field(
