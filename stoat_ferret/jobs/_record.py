@@ -91,13 +91,15 @@ def shown_payload(payload: Any) -> Any:
 
     So neither the submitter nor the handler (which gets ``payload`` itself)
     can change a job's JSON afterwards by mutating the object. A payload
-    JSON cannot hold (or a float that is not finite) shows as its ``repr``.
+    JSON cannot hold (or a float that is not finite) shows as its ``repr``,
+    and so does one whose encoding raises anything else (a mapping whose
+    ``items`` raises): this runs in the actor, which one payload must not stop.
     """
     if isinstance(payload, _PLAIN):
         return payload
     try:
         return json.loads(json.dumps(payload, allow_nan=False))
-    except (TypeError, ValueError, RecursionError):
+    except Exception:
         try:
             text = repr(payload)
         except Exception as failure:

@@ -164,6 +164,33 @@ async def test_a_clean_up_that_fails_after_cancel_leaves_the_job_cancelled(
     assert result.status is JobStatus.CANCELLED
 
 
+class _Unlistable(dict[str, int]):
+    """A mapping whose items cannot be listed: JSON encoding it raises LookupError."""
+
+    def items(self) -> Any:
+        raise LookupError("no items today")
+
+    def __repr__(self) -> str:
+        return "<unlistable>"
+
+
+async def test_a_payload_that_cannot_be_encoded_shows_as_its_repr(
+    make_queue: QueueFactory,
+) -> None:
+    """Whatever encoding the payload raises, the job is accepted and runs, its
+    payload shown as its ``repr``, and the queue goes on taking jobs."""
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("double", _double)
+            queue.register("echo", _echo)
+            odd = await queue.wait(await queue.submit("echo", _Unlistable(a=1)))
+            after = await queue.wait(await queue.submit("double", 2))
+
+    assert (odd.status, odd.payload) == (JobStatus.COMPLETED, "<unlistable>")
+    assert (after.status, after.result) == (JobStatus.COMPLETED, 4)
+
+
 async def test_status_and_result_of_finished_job(make_queue: QueueFactory) -> None:
     """get_status and get_result answer for a finished job."""
 
