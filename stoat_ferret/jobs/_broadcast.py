@@ -183,12 +183,16 @@ class JobChanges:
             if named is None or entry[1].job_id in named:
                 feed.push(entry[1].job_id, entry)
         if named is not None:
-            # Named jobs already ended before ``after`` and unknown ones have
-            # nothing more to say.
+            # Named jobs already ended before ``after``, unknown ones and those
+            # of a type the feed leaves out have nothing more to say.
             feed.unknown = frozenset(job_id for job_id in named if job_id not in self._latest)
             for job_id in named:
                 latest = self._latest.get(job_id)
-                if latest is None or (latest[1].status.is_terminal and latest[0] <= after):
+                if (
+                    latest is None
+                    or (latest[1].status.is_terminal and latest[0] <= after)
+                    or (job_types is not None and latest[1].job_type not in job_types)
+                ):
                     feed.settle(job_id)
             for job_id in named:
                 self._feeds_by_job.setdefault(job_id, set()).add(feed)
@@ -303,14 +307,18 @@ class JobFeed:
         return self
 
     async def __anext__(self) -> FeedItem:
+        if self._wakeup is not None:  # one reader at a time, as a watch() stream
+            raise anyio.BusyResourceError("reading changes from")
         if self._pending or self._lost is not None:
             await checkpoint()
         while not self._pending and self._lost is None:
             if self._done():
                 raise StopAsyncIteration
             self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-        self._wakeup = None
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._wakeup = None
         if self._lost is not None:
             lost, self._lost = ChangesLost(self._lost), None
             return lost

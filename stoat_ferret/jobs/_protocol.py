@@ -90,7 +90,9 @@ class AsyncJobQueue(Protocol):
 
         The feed yields ``JobChange`` (ids increasing, coalesced per job) and
         ``ChangesLost`` (fetch the job list again). ``until_terminal`` with
-        ``job_ids``: end once each named job has ended.
+        ``job_ids``: end once each named job has ended (or, of a type
+        ``job_types`` leaves out, at once). One task reads a feed at a time:
+        a second gets ``anyio.BusyResourceError``.
         """
 
     def statistics(self) -> QueueStatistics:

@@ -204,3 +204,44 @@ async def test_until_terminal_waits_for_a_named_job_then_ends() -> None:
 
     assert _summary(got) == [("a", "pending"), ("a", "running"), ("a", "cancelled")]
     assert a.status is JobStatus.CANCELLED
+
+
+async def test_a_second_reader_of_one_feed_is_refused() -> None:
+    """One reader at a time, as a ``watch()`` stream: a second task reading a
+    feed another waits on gets BusyResourceError rather than silently taking
+    its changes; once the first is cancelled, the feed may be read again."""
+    changes = JobChanges()
+    feed = changes.open_feed()
+
+    async def first_reader() -> None:
+        await feed.__anext__()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(first_reader)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError):
+                await feed.__anext__()
+            group.cancel_scope.cancel()
+        changes.publish(_record("a"))
+        again = await feed.__anext__()
+
+    assert _summary([again]) == [("a", "pending")]
+
+
+async def test_until_terminal_ends_for_a_named_job_its_type_filter_leaves_out() -> None:
+    """A named job of a type the feed leaves out will never be handed out:
+    it is settled at once, so an until_terminal feed does not wait for it."""
+    changes = JobChanges()
+    changes.publish(_record("a", "other"))
+    changes.publish(_record("b", "t"))
+    feed = changes.open_feed(job_ids=["a", "b"], job_types=["t"], until_terminal=True)
+    b = _record("b", "t")
+    b.apply(JobEvent.CANCEL)
+
+    with anyio.fail_after(5):
+        first = await feed.__anext__()
+        changes.publish(b)
+        rest = [item async for item in feed]
+
+    assert _summary([first, *rest]) == [("b", "pending"), ("b", "cancelled")]
