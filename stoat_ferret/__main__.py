@@ -3,7 +3,8 @@
 The command line is :mod:`stoat_ferret._cli`, the log's formats
 :mod:`stoat_ferret._logging`, the server :mod:`stoat_ferret._server`.
 
-Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT, after ``--help``
+Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT (one that
+comes before the server has started gives one line on stderr, no traceback), after ``--help``
 or ``--version``, and after a ``check`` that passed; 2 for a bad flag, a bad
 setting or an unusable database (not this service's, damaged, or already
 served by another process: ``serve`` holds ``<database>.lock`` for its life),
@@ -18,6 +19,7 @@ to start.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -43,6 +45,19 @@ if TYPE_CHECKING:
 EXIT_CRASHED: Final = 1
 """An error that escaped the server, logged with its traceback."""
 
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stopped(BaseException):
+    """A stop signal that came before the server took the signals over.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: nothing on the way out
+    mistakes it for a failure to log."""
+
+
+def _stop(signum: int, _: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stoat-ferret`` with ``argv`` (``sys.argv[1:]`` when None); return the exit status.
@@ -56,14 +71,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging(settings.log_level, settings.log_format)
             sys.stdout.write(check(settings, names) + "\n")
             return 0
-        hold = check_startup(settings, names)
     except (SettingsError, StoreError) as exc:
         sys.stderr.write(one_line(exc) + "\n")
         return EXIT_BAD_SETTING
-    # The database's lock is held until the process exits: no second
-    # process serves it, nor opens it for writing, meanwhile.
-    with hold:
-        return _serve(settings)
+    # A stop asked for before uvicorn takes the signals over (while the
+    # database is checked, or the web stack imported) ends the start-up
+    # quietly, as it would end the server.
+    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS}
+    try:
+        try:
+            hold = check_startup(settings, names)
+        except (SettingsError, StoreError) as exc:
+            sys.stderr.write(one_line(exc) + "\n")
+            return EXIT_BAD_SETTING
+        # The database's lock is held until the process exits: no second
+        # process serves it, nor opens it for writing, meanwhile.
+        with hold:
+            return _serve(settings)
+    except _Stopped as stop:
+        sys.stderr.write(f"stoat-ferret: stopped by {stop}\n")
+        return 0
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _serve(settings: Settings) -> int:

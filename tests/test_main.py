@@ -26,6 +26,7 @@ import uvicorn
 import stoat_ferret.__main__ as stoat_main
 import stoat_ferret._server as stoat_server
 from stoat_ferret.__main__ import main
+from stoat_ferret._cli import check_startup
 from stoat_ferret._server import GracefulServer, listen
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings
@@ -181,6 +182,34 @@ def test_main_returns_2_with_one_line(
     assert status == 2
     assert captured.out == ""
     _check_one_line(case, captured.err)
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_during_the_start_up_exits_0_with_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    number: signal.Signals,
+) -> None:
+    """SIGINT or SIGTERM while the database is checked (before uvicorn takes the
+    signals over): exit 0 and one line, no traceback, nothing served, and the
+    process's own handlers back as they were."""
+
+    def interrupted(*args: Any) -> Any:
+        os.kill(os.getpid(), number)  # handled before the next line of Python
+        return check_startup(*args)
+
+    monkeypatch.setattr(stoat_main, "check_startup", interrupted)
+    monkeypatch.setattr(stoat_main, "_serve", lambda settings: pytest.fail("served"))
+    monkeypatch.setenv("STOAT_DATABASE_PATH", str(tmp_path / "stoat.db"))
+    before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
+
+    status = main([])
+
+    captured = capsys.readouterr()
+    assert status == 0
+    assert captured.err == f"stoat-ferret: stopped by {number.name}\n"
+    assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
 
 
 def _serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
