@@ -245,7 +245,8 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
             ) from None
     path = settings.database_path
     _check_creatable(
-        path.parent, f"{names['database_path']}: cannot create the directory of {path}"
+        path.parent,
+        f"{names['database_path']}: cannot create, or write in, the directory of {path}",
     )
     check_data_directory(path, names["database_path"])  # as serving would refuse it
     found = inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
@@ -300,15 +301,15 @@ def check_thumbnails(database: Path) -> str | None:
 
 def _check_creatable(directory: Path, message: str) -> None:
     """Raise StoreError(``message`` and why) unless ``directory`` exists or can be
-    created: its nearest existing ancestor is a directory this process can write to."""
+    created, and can be written to: it, or its nearest existing ancestor, is a
+    directory this process can write to (SQLite creates its files beside the
+    database, the service its lock and thumbnails)."""
     existing = directory
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
-    if existing == directory and existing.is_dir():
-        return
     if not existing.is_dir():
         raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
-    if existing != directory and not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise StoreError(f"{message} ({os.strerror(errno.EACCES)})")
 
 

@@ -411,12 +411,12 @@ BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
     "database-under-a-file": (
         {"STOAT_DATABASE_PATH": "{tmp}/file/stoat.db"},
         [],
-        "STOAT_DATABASE_PATH: cannot create the directory",
+        "STOAT_DATABASE_PATH: cannot create, or write in, the directory",
     ),
     "database-under-a-file-by-flag": (
         {"STOAT_DATABASE_PATH": "{tmp}/ok.db"},
         ["--database", "{tmp}/file/stoat.db"],
-        "--database: cannot create the directory",
+        "--database: cannot create, or write in, the directory",
     ),
     "unlistable-root": (
         {"STOAT_SCAN_ROOTS": "{tmp}/a"},
@@ -572,12 +572,14 @@ UNSERVABLE: dict[str, str] = {
     "damaged": "is damaged: PRAGMA quick_check: ",
     "foreign": "it is not a stoat_ferret database (user_version 0, tables: bookmarks)",
     "thumbnails-a-file": "stoat.db.thumbnails is not a directory",
+    # 245 bytes: the file is fine, but not "<name>.thumbnails" (256).
+    "name-too-long": "is too long (245 bytes): at most 244, so that the files named after it fit",
 }
 
 
 def make_unservable(tmp: Path, case: str) -> Path:
     """The database path of an ``UNSERVABLE`` case, made in ``tmp``."""
-    database = tmp / "data" / "stoat.db"
+    database = tmp / "data" / ("n" * 242 + ".db" if case == "name-too-long" else "stoat.db")
     database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if case == "damaged":
         write_damaged_database(database)
@@ -586,7 +588,8 @@ def make_unservable(tmp: Path, case: str) -> Path:
             raw.execute("CREATE TABLE bookmarks (url TEXT)")
     else:
         VideoStore.open(database).close()
-        database.with_name("stoat.db.thumbnails").touch()
+        if case == "thumbnails-a-file":
+            database.with_name("stoat.db.thumbnails").touch()
     return database
 
 
@@ -897,3 +900,10 @@ def test_a_new_data_directory_and_database_are_private(
     assert stat.S_IMODE(os.stat(tmp / "new").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp / "new" / "deeper").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(database).st_mode) == 0o600
+
+
+def test_the_names_made_after_the_database_are_the_ones_checked() -> None:
+    """The length check knows every file named after the database."""
+    from stoat_ferret.library import _datadir, _lock, _thumbstore
+
+    assert {_lock.LOCK_SUFFIX, _thumbstore.SUFFIX} <= set(_datadir.COMPANION_SUFFIXES)

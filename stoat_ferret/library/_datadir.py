@@ -44,6 +44,13 @@ from stoat_ferret.library._exceptions import StoreError
 if TYPE_CHECKING:
     from pathlib import Path
 
+NAME_MAX: Final = 255
+"""Bytes in the longest file name Linux's file systems take."""
+
+COMPANION_SUFFIXES: Final = ("-journal", "-wal", "-shm", ".lock", ".thumbnails")
+"""What is named after the database beside it: SQLite's files, the lock
+(``_lock.py``) and the thumbnails' directory (``_thumbstore.py``)."""
+
 PRIVATE_DIRECTORY_MODE: Final = 0o700
 PRIVATE_FILE_MODE: Final = 0o600
 
@@ -77,6 +84,7 @@ def check_data_directory(path: Path, name: str) -> None:
     Raises:
         StoreError: as :func:`prepare_database`.
     """
+    _refuse_long_name(path, name)
     try:
         info = os.stat(path.parent)
     except FileNotFoundError:
@@ -95,9 +103,11 @@ def prepare_database(path: Path, name: str) -> None:
     ``name`` is how the user gave the path (its flag or variable), for the message.
 
     Raises:
-        StoreError: the directory cannot be created, other users can write
-            into it, or the database file is a symbolic link (one line each).
+        StoreError: the file name is too long for the files named after it,
+            the directory cannot be created, other users can write into it,
+            or the database file is a symbolic link (one line each).
     """
+    _refuse_long_name(path, name)
     directory = path.parent
     try:
         make_private_directories(directory)
@@ -109,6 +119,18 @@ def prepare_database(path: Path, name: str) -> None:
     _refuse_others(path, name, info)
     if not _refuse_link(path, name):
         _create_private_file(path, name)
+
+
+def _refuse_long_name(path: Path, name: str) -> None:
+    """Refuse a file name too long for the files named after it (the longest,
+    ``<name>.thumbnails``, would fail only once the service has started)."""
+    longest = max(len(suffix) for suffix in COMPANION_SUFFIXES)
+    size = len(os.fsencode(path.name))
+    if size + longest > NAME_MAX:
+        raise StoreError(
+            f"{name}: the file name of {path} is too long ({size} bytes): at most"
+            f" {NAME_MAX - longest}, so that the files named after it fit"
+        )
 
 
 def _refuse_others(path: Path, name: str, info: os.stat_result) -> None:
