@@ -31,6 +31,9 @@ from stoat_ferret.library import (
     StoreError,
     ThreadPriority,
     VideoStore,
+    _datadir,
+    _lock,
+    _thumbstore,
     check_data_directory,
     prepare_database,
 )
@@ -904,6 +907,4 @@ def test_a_new_data_directory_and_database_are_private(
 
 def test_the_names_made_after_the_database_are_the_ones_checked() -> None:
     """The length check knows every file named after the database."""
-    from stoat_ferret.library import _datadir, _lock, _thumbstore
-
     assert {_lock.LOCK_SUFFIX, _thumbstore.SUFFIX} <= set(_datadir.COMPANION_SUFFIXES)
