@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import math
 import os
+import re
 import stat
 import string
 from pathlib import Path
@@ -148,10 +149,17 @@ def _check_names(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value
             raise SettingsError(f"{_env(attribute)} must be host names or addresses, got {name!r}")
 
 
+# What follows "scheme://" in an origin: a host name or an IPv4 address, or an
+# IPv6 address in brackets, then an optional port (lower case: normalised first).
+_ORIGIN_HOST: Final = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+)
+
+
 def _check_origins(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
     for origin in value:
         scheme, separator, rest = origin.partition("://")
-        if scheme not in ("http", "https") or not separator or not rest or "/" in rest:
+        if scheme not in ("http", "https") or not separator or not _ORIGIN_HOST.fullmatch(rest):
             raise SettingsError(
                 f"{_env(attribute)} must be origins like https://host:port "
                 f"(no path), got {origin!r}"
