@@ -509,7 +509,7 @@ def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
 
 def _cancel(client: httpx.Client, job_id: str) -> None:
     """Cancel the scan; the route returns once the job has ended."""
-    response = client.post(f"/api/v1/jobs/{job_id}/cancel", timeout=60)
+    response = client.post(f"/api/v1/jobs/{job_id}/cancel", json={}, timeout=60)
     _check(response.status_code in (200, 409), f"cancel answered {response.status_code}")
 
 
