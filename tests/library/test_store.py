@@ -763,28 +763,19 @@ def test_no_id_is_given_twice(tmp_path: Path) -> None:
     """The id of a deleted video, even the newest, is never another's, after a
     reopen too: a client holding it finds no video rather than another one."""
     path = tmp_path / "v.sqlite"
-    store = VideoStore.open(path)
-    try:
+    with contextlib.closing(VideoStore.open(path)) as store:
         store.upsert([record("/m/a.mp4"), record("/m/b.mp4")])
         newest = store.get_video_by_path("/m/b.mp4")
-        assert newest is not None
         store.delete(["/m/b.mp4"])
         store.upsert([record("/m/c.mp4")])
         after_delete = store.get_video_by_path("/m/c.mp4")
-    finally:
-        store.close()
-    store = VideoStore.open(path)
-    try:
+    with contextlib.closing(VideoStore.open(path)) as store:
         store.delete(["/m/c.mp4"])
-    finally:
-        store.close()
-    store = VideoStore.open(path)
-    try:
+    with contextlib.closing(VideoStore.open(path)) as store:
         store.upsert([record("/m/d.mp4")])
         after_reopen = store.get_video_by_path("/m/d.mp4")
-    finally:
-        store.close()
 
+    assert newest is not None
     assert after_delete is not None
     assert after_reopen is not None
     assert newest.id < after_delete.id < after_reopen.id
@@ -799,18 +790,15 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     with contextlib.closing(sqlite3.connect(path)) as raw:
         before = raw.execute(indexes).fetchall()
 
-    store = VideoStore.open(path)
-    try:
+    with contextlib.closing(VideoStore.open(path)) as store:
         kept = store.get_video_by_path("/m/old.mp4")
-        assert kept is not None
         store.delete(["/m/old.mp4"])
         store.upsert([record("/m/new.mp4")])
         fresh = store.get_video_by_path("/m/new.mp4")
-    finally:
-        store.close()
     with contextlib.closing(sqlite3.connect(path)) as raw:
         after = raw.execute(indexes).fetchall()
 
+    assert kept is not None
     assert kept.id == 1
     assert fresh is not None
     assert fresh.id == 2
