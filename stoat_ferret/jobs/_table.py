@@ -334,7 +334,7 @@ class JobTable:
         self.finished.append(record)
         if len(self.finished) > self._max_finished:
             self._evict()
-        shown = exception or unwinding
+        shown = exception if exception is not None else unwinding
         (logger.opt(exception=shown) if shown is not None else logger).log(
             _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
+from loguru import logger
 
 from stoat_ferret.jobs._messages import JobFinished, JobStarted, Stopping
 from stoat_ferret.jobs._models import JobContext
@@ -40,17 +41,24 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
     A return is ``COMPLETE``, an ``Exception`` is ``FAIL``. A cancellation of
     ``scope`` propagates, for the ``with`` block of the scope to catch; a
     cancellation from outside it (and ``KeyboardInterrupt``) propagates
-    untouched. An ``Exception`` raised while an interruption unwinds the
-    handler (a clean-up that fails) does not replace it as the job's reason:
-    once ``scope`` is cancelled the job ends by its interruption (``None``),
-    and a cancellation from outside is raised again here.
+    untouched. An ``Exception`` raised while a cancellation unwinds the
+    handler (a clean-up that fails: :func:`raised_while_cancelled`) does not
+    replace the interruption as the job's reason: the job ends by its
+    interruption (``None``) if ``scope`` was cancelled, and a cancellation
+    from outside (a hard stop) is raised again here, the exception logged.
     """
     try:
         value = await handler(context)
     except Exception as exc:
-        if scope.cancel_called:  # its deadline or the actor's interruption came first
-            return JobFinished(context.job_id, None, None, exc)
-        await checkpoint_if_cancelled()  # a hard stop came first: the worker ends the job
+        if raised_while_cancelled(exc):
+            if scope.cancel_called:  # its deadline or the actor's interruption came first
+                return JobFinished(context.job_id, None, None, exc)
+            logger.opt(exception=exc).warning(
+                "job {job_id} ({job_type}) raised while the supervisor stopped it",
+                job_id=context.job_id,
+                job_type=context.job_type,
+            )
+            await checkpoint_if_cancelled()  # a hard stop came first: the worker ends the job
         return JobFinished(context.job_id, JobEvent.FAIL, None, exc)
     except anyio.get_cancelled_exc_class() as cancelled:
         if scope.cancel_called:
@@ -63,6 +71,27 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
         stray.__cause__ = cancelled
         return JobFinished(context.job_id, JobEvent.FAIL, None, stray)
     return JobFinished(context.job_id, JobEvent.COMPLETE, value)
+
+
+def raised_while_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a cancellation went through the code
+    that raised it (in a ``finally``, or an ``except`` of the cancellation):
+    a cancellation is in its chain of contexts, or in a group's."""
+    cancelled = anyio.get_cancelled_exc_class()
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, cancelled):
+            return True
+        if error.__context__ is not None:
+            pending.append(error.__context__)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+    return False
 
 
 async def run_worker(

@@ -132,9 +132,10 @@ class FailingCleanUp:
 
 
 async def test_a_clean_up_that_fails_after_the_deadline_leaves_the_job_timeout(
-    make_queue: QueueFactory,
+    make_queue: QueueFactory, log_records: list[Any]
 ) -> None:
-    """The deadline came first: the job ends ``timeout``, not ``failed``."""
+    """The deadline came first: the job ends ``timeout``, not ``failed``, and
+    the clean-up's error is logged with the job's last line."""
 
     with anyio.fail_after(10):
         async with make_queue() as queue:
@@ -142,6 +143,32 @@ async def test_a_clean_up_that_fails_after_the_deadline_leaves_the_job_timeout(
             result = await queue.wait(await queue.submit("failing"))
 
     assert (result.status, result.error) == (JobStatus.TIMEOUT, "timed out after 0.01 s")
+    if isinstance(queue, JobSupervisor):  # the double logs nothing
+        [logged] = [
+            record
+            for record in log_records
+            if record["extra"].get("job_id") == result.job_id and record["exception"] is not None
+        ]
+        assert str(logged["exception"].value) == "the clean-up failed"
+
+
+async def test_an_error_of_the_handlers_own_past_its_unseen_deadline_is_a_failure(
+    make_queue: QueueFactory,
+) -> None:
+    """A handler that raises of its own accord, no cancellation having reached
+    it, fails, though its deadline has passed by then (here at once): only an
+    error raised while a cancellation unwinds it leaves the interruption as
+    the reason. Both backends agree."""
+
+    async def own(ctx: JobContext) -> None:
+        raise ValueError("its own error")
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("own", own, timeout=1e-9)
+            result = await queue.wait(await queue.submit("own"))
+
+    assert (result.status, result.error) == (JobStatus.FAILED, "ValueError: its own error")
 
 
 async def test_a_clean_up_that_fails_after_cancel_leaves_the_job_cancelled(

@@ -272,9 +272,11 @@ async def test_a_cancel_asked_during_a_hard_stop_is_answered_once_the_job_unwind
     assert first_result.status is JobStatus.COMPLETED
 
 
-async def test_a_clean_up_that_fails_during_a_hard_stop_leaves_the_job_cancelled() -> None:
+async def test_a_clean_up_that_fails_during_a_hard_stop_leaves_the_job_cancelled(
+    log_records: list[Any],
+) -> None:
     """The stop came first: a handler whose clean-up raises as the stop unwinds
-    it ends ``cancelled`` by the stop, not ``failed``."""
+    it ends ``cancelled`` by the stop, not ``failed``; the error is logged."""
     entered = anyio.Event()
 
     async def failing(ctx: JobContext) -> None:
@@ -295,6 +297,13 @@ async def test_a_clean_up_that_fails_during_a_hard_stop_leaves_the_job_cancelled
 
     assert result.status is JobStatus.CANCELLED
     assert result.error == "cancelled: supervisor stopped while the job was running"
+    [logged] = [
+        record
+        for record in log_records
+        if record["extra"].get("job_id") == job_id and record["exception"] is not None
+    ]
+    assert logged["level"].name == "WARNING"
+    assert str(logged["exception"].value) == "the clean-up failed"
 
 
 async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> None:
