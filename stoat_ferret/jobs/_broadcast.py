@@ -307,13 +307,13 @@ class JobFeed:
         return self
 
     async def __anext__(self) -> FeedItem:
-        if self._wakeup is not None:  # one reader at a time, as a watch() stream
-            raise anyio.BusyResourceError("reading changes from")
         if self._pending or self._lost is not None:
             await checkpoint()
         while not self._pending and self._lost is None:
             if self._done():
                 raise StopAsyncIteration
+            if self._wakeup is not None:  # one reader at a time, as a watch() stream
+                raise anyio.BusyResourceError("reading changes from")
             self._wakeup = anyio.Event()
             try:
                 await self._wakeup.wait()

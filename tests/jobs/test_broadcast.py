@@ -245,3 +245,36 @@ async def test_until_terminal_ends_for_a_named_job_its_type_filter_leaves_out() 
         rest = [item async for item in feed]
 
     assert _summary([first, *rest]) == [("b", "pending"), ("b", "cancelled")]
+
+
+async def test_two_readers_that_start_while_a_change_is_pending_do_not_both_wait() -> None:
+    """Both get past the first change's checkpoint; the one that finds nothing
+    left to read while the other waits is refused, rather than taking over
+    the other's wake-up (which would then wait for ever)."""
+    changes = JobChanges()
+    feed = changes.open_feed()
+    changes.publish(_record("x"))
+    got: dict[str, list[str]] = {"A": [], "B": []}
+    refused: list[str] = []
+
+    async def reader(name: str) -> None:
+        try:
+            async for item in feed:
+                assert isinstance(item, JobChange)
+                got[name].append(item.job.job_id)
+        except anyio.BusyResourceError:
+            refused.append(name)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(reader, "A")
+            group.start_soon(reader, "B")
+            await anyio.wait_all_tasks_blocked()
+            changes.publish(_record("y"))
+            await anyio.wait_all_tasks_blocked()
+            feed.close()
+
+    assert len(refused) == 1
+    [reading] = {"A", "B"} - set(refused)
+    assert got[reading][-1] == "y"  # the reader left waiting was woken
+    assert sorted(got["A"] + got["B"]) == ["x", "y"]
