@@ -46,11 +46,11 @@ class ProbeError(LibraryError):
     """Raised by :func:`probe_video` when a file is not a video it can describe.
 
     ``reason`` is one readable sentence fragment, e.g. ``"no video stream"``.
-    ``transient`` says the failure was not the file's: the service ran short
-    of something (descriptors, memory, processes), a probe process was
-    stopped or killed from outside before it had the file, or the service is
-    stopping. A scan then keeps what it stored about the file, and the next
-    scan tries it again.
+    ``transient`` says the failure came before the file reached FFmpeg, so
+    it says nothing about the file: the service ran short of something
+    (descriptors, memory, processes), a probe process could not start or
+    ended before it had the file, or the service is stopping. A scan then
+    keeps what it stored about the file, and the next scan tries it again.
     """
 
     path: str

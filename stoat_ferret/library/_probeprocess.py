@@ -119,13 +119,22 @@ the kernel (a dead network mount) cannot be killed at once."""
 
 
 class _Failed(ProbeError):
-    """The child failed over a file. ``files_doing``: while it held the file
-    (it spent the CPU budget, crashed or answered nonsense), rather than
-    before it had it (it did not start, or had ended between two files) or
-    without spending CPU (the wall-clock backstop: stuck, or starved)."""
+    """The child failed over a file.
 
-    def __init__(self, path: str, reason: str, *, files_doing: bool) -> None:
-        super().__init__(path, reason, transient=not files_doing)
+    ``files_doing``: it failed while it held the file (it spent the CPU
+    budget, crashed or answered nonsense), rather than before it had it (it
+    did not start, or had ended between two files), without spending CPU
+    (the wall-clock backstop: stuck, or starved) or killed by SIGKILL (the
+    OOM killer, someone else): what the thumbnails blame on the file.
+
+    ``reached``: the file had reached the child. Only a failure before it
+    did is ``transient`` (a scan keeps the file's stored row): a file that
+    made FFmpeg hang, or a child it took over kill itself, is not let keep
+    a stale row for ever.
+    """
+
+    def __init__(self, path: str, reason: str, *, files_doing: bool, reached: bool) -> None:
+        super().__init__(path, reason, transient=not reached)
         self.files_doing = files_doing
 
 
@@ -230,7 +239,7 @@ class ProbeProcess:
         more = self._peek()
         if more:  # one answer a request, no more
             self._end()
-            raise _Failed(name, NOT_A_PROBE, files_doing=True)
+            raise _Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
         return answer
@@ -254,7 +263,8 @@ class ProbeProcess:
                     "probe process ended while idle ({ended}); starting another", ended=ended
                 )
                 return self._send(request, name, fds, stop)
-            raise _Failed(name, f"the probe process is gone ({ended})", files_doing=False) from exc
+            gone = f"the probe process is gone ({ended})"
+            raise _Failed(name, gone, files_doing=False, reached=False) from exc
         return channel
 
     @contextlib.contextmanager
@@ -268,7 +278,7 @@ class ProbeProcess:
         except ProbeError as exc:
             if exc.reason == NOT_A_PROBE:
                 self._end_if_running()
-                raise _Failed(exc.path, exc.reason, files_doing=True) from exc
+                raise _Failed(exc.path, exc.reason, files_doing=True, reached=True) from exc
             raise
 
     def close(self) -> None:
@@ -329,26 +339,29 @@ class ProbeProcess:
                 stopped = f"stopped while the probe process {doing}"
                 raise ProbeError(name, stopped, transient=True)
             late = f"the probe process {doing} for longer than {seconds:g} s"
-            raise _Failed(name, late, files_doing=False)
+            raise _Failed(name, late, files_doing=False, reached=not starting)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread
             ended = self._end()
             unread = f"the probe process ended before it read the request ({ended})"
-            raise _Failed(name, unread, files_doing=False) from exc
+            raise _Failed(name, unread, files_doing=False, reached=False) from exc
         if not answer:
             ended = self._end()
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
-                raise _Failed(name, spent, files_doing=True)
-            # SIGKILL never comes from the child itself (nor from its memory
-            # limit, which fails an allocation): the OOM killer, someone else.
+                raise _Failed(name, spent, files_doing=True, reached=True)
+            # SIGKILL does not come from its memory limit (which fails an
+            # allocation): most often the OOM killer or someone else, not the
+            # file; but only a child a hostile file took over kills itself.
             killed = ended == f"killed by {signal.SIGKILL.name}"
             ending = f"the probe process ended while it {doing} ({ended})"
-            raise _Failed(name, ending, files_doing=not starting and not killed)
+            raise _Failed(
+                name, ending, files_doing=not starting and not killed, reached=not starting
+            )
         if flags & socket.MSG_TRUNC:
             self._end()
-            raise _Failed(name, NOT_A_PROBE, files_doing=True)
+            raise _Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
         return answer
 
     def _peek(self) -> bytes | None:

@@ -3,6 +3,7 @@ a memory limit, a crash that stays in the child, and answers not trusted."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -320,25 +321,54 @@ def _wait_ended(pid: int, *, stopped: bool = False) -> None:
     os.waitid(os.P_PID, pid, (os.WSTOPPED if stopped else os.WEXITED) | os.WNOWAIT)
 
 
+def _holds(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (its descriptors, in ``/proc``)."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except FileNotFoundError:
+        return False
+    for name in names:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(f"{fds}/{name}") == str(path):
+                return True
+    return False
+
+
 def test_a_child_killed_with_the_file_is_its_error_and_is_replaced(
+    slow_file: Path,
     clip: EncodedVideo,
     tmp_path: Path,
     directory: int,
     probes: ProbeProcesses,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A child that dies holding the file (here a SIGKILL from outside)
-    refuses it and says how it ended; the service goes on with another."""
+    """A child that dies holding the file (here a SIGKILL once it has taken
+    the file that keeps FFmpeg busy) refuses it and says how it ended; the
+    service goes on with another."""
+    os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
     probes.probe("a.mp4", directory, Stop())
     [child] = probes.pids()
+    send_fds = socket.send_fds
+
+    def kill_once_held(
+        channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int
+    ) -> int:
+        sent = send_fds(channel, buffers, fds, *flags)
+        while not _holds(child, tmp_path / "slow.mkv"):  # it reads the request at once
+            os.sched_yield()
+        os.kill(child, signal.SIGKILL)
+        return sent
 
     with monkeypatch.context() as patched:
-        _kill_once_sent(patched, probes, signal.SIGKILL)
+        patched.setattr(socket, "send_fds", kill_once_held)
         with pytest.raises(ProbeError, match="killed by SIGKILL") as refused:
-            probes.probe("a.mp4", directory, Stop())
+            probes.probe("slow.mkv", directory, Stop())
 
-    assert refused.value.transient  # killed from outside: not the file's doing
+    # It had the file: a scan does not keep the file's stale row (a hostile
+    # file could have had the child kill itself).
+    assert not refused.value.transient
     assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
     assert probes.pids() not in ([], [child])
 
