@@ -90,18 +90,27 @@ def main(argv: list[str]) -> None:
         serve(channel)
 
 
+MAX_DESCRIPTORS: Final = 64
+"""Descriptors a probe process may hold (``RLIMIT_NOFILE``): its socket, a
+request's one or two, what FFmpeg and Python open, and room to spare."""
+
+
 def limit_writes() -> None:
-    """Keep every file this process writes to a thumbnail's size.
+    """Keep every file this process writes to a thumbnail's size, and its
+    descriptors few.
 
     It writes only thumbnails, into the memory file the service hands it;
     but memory files are not counted by ``RLIMIT_AS``, and a child that a
     hostile file took over could otherwise fill one with all the machine's
-    memory. ``RLIMIT_FSIZE`` makes a write or a truncation past the limit
-    fail (``EFBIG``), ``SIGXFSZ`` ignored so that it is an error, not the
-    process's end.
+    memory (the seccomp filter keeps it from making more of them).
+    ``RLIMIT_FSIZE`` makes a write or a truncation past the limit fail
+    (``EFBIG``), ``SIGXFSZ`` ignored so that it is an error, not the
+    process's end; ``RLIMIT_NOFILE`` bounds what it can hold through
+    descriptors (pipes' buffers among them).
     """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_THUMBNAIL_BYTES, MAX_THUMBNAIL_BYTES))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_DESCRIPTORS, MAX_DESCRIPTORS))
 
 
 _NOT_NEEDED: Final = frozenset({"av.__main__", "av.datasets"})  # a CLI; test files to download

@@ -1,4 +1,4 @@
-"""A seccomp filter for a probe process: no new socket, and no reach into other processes.
+"""A seccomp filter for a probe process: no new socket or process, no reach into other processes.
 
 Landlock (``_sandbox.py``) keeps a probe child from opening files by path,
 but not from making a socket: it could send UDP, or reach a Unix socket by
@@ -16,6 +16,16 @@ instructions that fails these calls with ``EPERM``:
   service), read or write its memory, or take a descriptor from it, such as
   its listening socket. Landlock refuses these too, where the kernel has
   it; without Landlock they are not the only way in (below).
+- a new process: ``fork(2)`` and ``vfork(2)`` (x86-64 has them), and
+  ``clone(2)`` without ``CLONE_THREAD``. A process the child started would
+  have an address space limit of its own, no CPU budget (``ITIMER_PROF`` is
+  not inherited) and a life past the child's. Threads are still made
+  (FFmpeg's, the child's own): ``clone3(2)``, whose flags a filter cannot
+  read, fails with ``ENOSYS``, on which the C library makes them with
+  ``clone``.
+- ``memfd_create(2)``: the child writes a thumbnail into the memory file the
+  service hands it, and needs no other; memory files are not counted by
+  its address space limit (``_probechild.limit_writes`` bounds each one).
 - every call made through another system-call ABI than the process's own
   (the 32-bit ``int 0x80`` entry, and x32 on x86-64), whose numbers mean
   other calls.
@@ -55,15 +65,22 @@ class _Calls(NamedTuple):
     audit_arch: int  # AUDIT_ARCH_*: seccomp_data.arch of this ABI's calls
     seccomp: int
     # socket, socketpair, io_uring_setup, ptrace, process_vm_readv,
-    # process_vm_writev, pidfd_getfd
+    # process_vm_writev, pidfd_getfd, memfd_create (and fork, vfork on x86-64)
     denied: tuple[int, ...]
+    clone: int
+    clone3: int
     x32: bool  # call numbers at or above 0x40000000 are the x32 ABI's
 
 
 _CALLS: Final = {
-    "x86_64": _Calls(0xC000003E, 317, (41, 53, 425, 101, 310, 311, 438), x32=True),
-    "aarch64": _Calls(0xC00000B7, 277, (198, 199, 425, 117, 270, 271, 438), x32=False),
+    "x86_64": _Calls(
+        0xC000003E, 317, (41, 53, 425, 101, 310, 311, 438, 319, 57, 58), 56, 435, x32=True
+    ),
+    "aarch64": _Calls(
+        0xC00000B7, 277, (198, 199, 425, 117, 270, 271, 438, 279), 220, 435, x32=False
+    ),
 }
+_CLONE_THREAD: Final = 0x00010000
 _POINTER_BYTES: Final = 8
 _X32_SYSCALL_BIT: Final = 0x40000000
 _SECCOMP_SET_MODE_FILTER: Final = 1
@@ -71,11 +88,16 @@ _SECCOMP_GET_ACTION_AVAIL: Final = 2
 _SECCOMP_FILTER_FLAG_TSYNC: Final = 1
 _SECCOMP_RET_ALLOW: Final = 0x7FFF0000
 _SECCOMP_RET_ERRNO: Final = 0x00050000
-# Classic BPF: load a word of seccomp_data (nr at 0, arch at 4), compare, return.
+# Classic BPF: load a word of seccomp_data (nr at 0, arch at 4, the low word
+# of the first argument at 16 on these little-endian machines), compare, return.
 _LOAD: Final = 0x20  # BPF_LD | BPF_W | BPF_ABS
 _JUMP_IF_EQUAL: Final = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 _JUMP_IF_AT_LEAST: Final = 0x35  # BPF_JMP | BPF_JGE | BPF_K
+_JUMP_IF_ANY_BIT: Final = 0x45  # BPF_JMP | BPF_JSET | BPF_K
 _RETURN: Final = 0x06  # BPF_RET | BPF_K
+_NUMBER: Final = 0
+_ARCH: Final = 4
+_FIRST_ARGUMENT: Final = 16
 _INSTRUCTION: Final = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 
 
@@ -111,25 +133,52 @@ def seccomp_filters() -> bool:
     return bool(available == 0)
 
 
+# One instruction: its code, where it jumps when its test holds and when not
+# (a label, or None for the next instruction), and its constant.
+_Step = tuple[int, str | None, str | None, int]
+
+
 def program(calls: _Calls) -> bytes:
     """The filter's instructions for ``calls``' architecture, as the module says."""
-    denied = _SECCOMP_RET_ERRNO | errno.EPERM
-    checks = [
-        *([(_JUMP_IF_AT_LEAST, _X32_SYSCALL_BIT)] if calls.x32 else []),
-        *((_JUMP_IF_EQUAL, number) for number in calls.denied),
+    steps: list[_Step | str] = [  # a str is a label: where the next step is
+        (_LOAD, None, None, _ARCH),
+        (_JUMP_IF_EQUAL, None, "deny", calls.audit_arch),  # else a call through another ABI
+        (_LOAD, None, None, _NUMBER),
+        *([(_JUMP_IF_AT_LEAST, "deny", None, _X32_SYSCALL_BIT)] if calls.x32 else []),
+        *((_JUMP_IF_EQUAL, "deny", None, number) for number in calls.denied),
+        (_JUMP_IF_EQUAL, "no such call", None, calls.clone3),
+        (_JUMP_IF_EQUAL, "clone", None, calls.clone),
+        (_RETURN, None, None, _SECCOMP_RET_ALLOW),
+        "clone",
+        (_LOAD, None, None, _FIRST_ARGUMENT),  # clone's flags
+        (_JUMP_IF_ANY_BIT, None, "deny", _CLONE_THREAD),  # a thread
+        (_RETURN, None, None, _SECCOMP_RET_ALLOW),
+        "no such call",
+        (_RETURN, None, None, _SECCOMP_RET_ERRNO | errno.ENOSYS),
+        "deny",
+        (_RETURN, None, None, _SECCOMP_RET_ERRNO | errno.EPERM),
     ]
-    instructions = [
-        (_LOAD, 0, 0, 4),
-        (_JUMP_IF_EQUAL, 1, 0, calls.audit_arch),
-        (_RETURN, 0, 0, denied),  # a call through another ABI
-        (_LOAD, 0, 0, 0),
-        # A check that matches jumps over the checks after it and the allow,
-        # to the deny at the end.
-        *((code, len(checks) - index, 0, value) for index, (code, value) in enumerate(checks)),
-        (_RETURN, 0, 0, _SECCOMP_RET_ALLOW),
-        (_RETURN, 0, 0, denied),
-    ]
-    return b"".join(_INSTRUCTION.pack(*instruction) for instruction in instructions)
+    return _assemble(steps)
+
+
+def _assemble(steps: list[_Step | str]) -> bytes:
+    """The instructions of ``steps``, each label's jumps made relative (classic
+    BPF jumps only forward: a label comes after the jumps to it)."""
+    labels: dict[str, int] = {}
+    instructions: list[_Step] = []
+    for step in steps:
+        if isinstance(step, str):
+            labels[step] = len(instructions)
+        else:
+            instructions.append(step)
+
+    def offset(label: str | None, at: int) -> int:
+        return 0 if label is None else labels[label] - at - 1
+
+    return b"".join(
+        _INSTRUCTION.pack(code, offset(true, at), offset(false, at), value)
+        for at, (code, true, false, value) in enumerate(instructions)
+    )
 
 
 def filter_system_calls() -> bool:

@@ -882,7 +882,7 @@ def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
     assert not _alive(child)
 
 
-def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size(
+def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size_nor_hold_many_files(
     clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
 ) -> None:
     """RLIMIT_AS does not count memory files: the child's writes are limited to
@@ -892,7 +892,9 @@ def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size(
     probes.probe("a.mp4", directory, Stop())
     [child] = probes.pids()
     with open(f"/proc/{child}/limits", encoding="ascii") as limits:
-        [line] = [line for line in limits if line.startswith("Max file size")]
+        lines = limits.readlines()
+    [line] = [line for line in lines if line.startswith("Max file size")]
+    [files] = [line for line in lines if line.startswith("Max open files")]
     grow = (
         "import os\n"
         "from stoat_ferret.library._probechild import limit_writes\n"
@@ -910,4 +912,5 @@ def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size(
     )
 
     assert line.split()[3:5] == [str(MAX_THUMBNAIL_BYTES)] * 2
+    assert files.split()[3:5] == [str(_probechild.MAX_DESCRIPTORS)] * 2
     assert grown.stdout.split() == [str(errno.EFBIG)]

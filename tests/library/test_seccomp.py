@@ -54,6 +54,23 @@ def reach_by_path():
     one.sendto(b"out", sys.argv[2])
     one.close()
     two.close()
+def fork():  # glibc's fork: clone without CLONE_THREAD
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+def raw_fork():  # x86-64's own fork call
+    child = libc.syscall(57)
+    if child == 0:
+        os._exit(0)
+    if child < 0:
+        raise OSError(ctypes.get_errno(), "fork")
+    os.waitpid(child, 0)
+def thread():
+    import threading
+    started = threading.Thread(target=lambda: None)
+    started.start()
+    started.join()
 me = os.getpid()
 attempts = {
     "udp": lambda: attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()),
@@ -65,10 +82,15 @@ attempts = {
     "process_vm_readv": lambda: call(310 if x86 else 270, me, None, 0, None, 0, 1),  # EINVAL
     "process_vm_writev": lambda: call(311 if x86 else 271, me, None, 0, None, 0, 1),  # EINVAL
     "pidfd_getfd": lambda: call(438, 0, 0, 1),  # flags 1: EINVAL
+    "memfd_create": lambda: attempt(lambda: os.close(os.memfd_create("x"))),
+    "fork": lambda: attempt(fork),
+    "clone3": lambda: call(435, None, 0),  # size 0: EINVAL
     "getpid": lambda: call(39 if x86 else 172),
+    "thread": lambda: attempt(thread),
 }
 if x86:
     attempts["x32_getpid"] = lambda: call(0x40000000 | 39)  # ENOSYS or a pid
+    attempts["raw_fork"] = lambda: attempt(raw_fork)
 before = {name: work() for name, work in attempts.items()}
 print("installed", filter_system_calls(), "-")
 for name, work in attempts.items():
@@ -82,9 +104,12 @@ print("held", "-", other.recv(5).decode())
 def test_a_filtered_process_makes_no_socket_and_keeps_the_one_it_holds(tmp_path: Path) -> None:
     """No UDP, TCP or Unix socket, nor a socket pair to reach a Unix socket by
     its path, nor an io_uring; no ptrace, no reading or writing another
-    process's memory, no descriptor taken from another process; no call
-    through x32. Each fails with EPERM where it did not before. An ordinary
-    call works, and a socket made before still carries data."""
+    process's memory, no descriptor taken from another process; no memory
+    file, no new process (a fork, by the C library or by the call itself);
+    no call through x32. Each fails with EPERM where it did not before;
+    clone3 fails with ENOSYS, so that threads are still made (by clone, with
+    CLONE_THREAD). An ordinary call works, and a socket made before still
+    carries data."""
     done = subprocess.run(
         [sys.executable, "-c", _FILTERED, platform.machine(), str(tmp_path / "log")],
         capture_output=True,
@@ -99,12 +124,14 @@ def test_a_filtered_process_makes_no_socket_and_keeps_the_one_it_holds(tmp_path:
     assert got.pop("installed") == ("True", "-")
     assert got.pop("held") == ("-", "still")
     assert got.pop("getpid") == ("allowed", "allowed")
-    for name in ("udp", "tcp6", "unix", "pair_to_path"):
+    assert got.pop("thread") == ("allowed", "allowed")
+    assert got.pop("clone3") == ("EINVAL", "ENOSYS")
+    for name in ("udp", "tcp6", "unix", "pair_to_path", "memfd_create", "fork"):
         assert got.pop(name) == ("allowed", "EPERM"), name
     io_uring_before, io_uring_after = got.pop("io_uring_setup")
     if io_uring_before != "EPERM":  # io_uring is not turned off here (kernel.io_uring_disabled)
         assert io_uring_after == "EPERM"
-    for name, (before, after) in got.items():  # ptrace, process_vm_*, pidfd_getfd, x32
+    for name, (before, after) in got.items():  # ptrace, process_vm_*, pidfd_getfd, x32, fork
         assert before != "EPERM", name
         assert after == "EPERM", name
 
