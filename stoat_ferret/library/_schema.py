@@ -76,8 +76,9 @@ METADATA_COLUMNS: Final = {
 }
 
 # The videos table and its indexes as version 4 has them: the columns of
-# version 1, then those version 3 added, in that order.
-_VIDEOS_V4: Final = f"""
+# version 1, then those version 3 added, in that order (``INSERT ... SELECT *``
+# copies by position), written out: a migration's text never changes.
+_VIDEOS_V4: Final = """
     CREATE TABLE videos_v4 (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         path TEXT NOT NULL UNIQUE,
@@ -95,7 +96,28 @@ _VIDEOS_V4: Final = f"""
         audio_codec TEXT,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
-        {", ".join(f"{name} {kind}" for name, kind in METADATA_COLUMNS.items())},
+        container_format TEXT,
+        bit_rate INTEGER,
+        video_bit_rate INTEGER,
+        pixel_format TEXT,
+        bit_depth INTEGER,
+        color_space TEXT,
+        color_transfer TEXT,
+        color_primaries TEXT,
+        color_range TEXT,
+        rotation INTEGER,
+        display_width INTEGER,
+        display_height INTEGER,
+        sample_aspect_ratio TEXT,
+        interlaced INTEGER,
+        video_stream_count INTEGER,
+        audio_stream_count INTEGER,
+        subtitle_stream_count INTEGER,
+        audio_channels INTEGER,
+        audio_channel_layout TEXT,
+        audio_sample_rate INTEGER,
+        timecode TEXT,
+        creation_time TEXT,
         probe_version INTEGER,
         search_path TEXT
     ) STRICT

@@ -803,3 +803,18 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     assert fresh is not None
     assert fresh.id == 2
     assert after == before
+
+
+def test_the_rebuilt_table_has_the_columns_of_the_migrations_before_it(tmp_path: Path) -> None:
+    """Version 4 copies rows by position: its table's columns are those of
+    version 3's table, in the same order and of the same types."""
+    before, after = tmp_path / "v3.sqlite", tmp_path / "v4.sqlite"
+    _database_at(before, 3)
+    VideoStore.open(after).close()
+    columns = "SELECT name, type, \"notnull\", pk FROM pragma_table_info('videos')"
+
+    with (
+        contextlib.closing(sqlite3.connect(before)) as old,
+        contextlib.closing(sqlite3.connect(after)) as new,
+    ):
+        assert new.execute(columns).fetchall() == old.execute(columns).fetchall()
