@@ -233,6 +233,18 @@ def test_database_path_that_is_a_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "origin",
+    ["http://video_ui:8000", "https://example.com.", "http://[::1]:8000", "http://10.0.0.5"],
+)
+def test_real_origins_are_allowed(origin: str) -> None:
+    """A Docker service name (an underscore), a name with its trailing dot,
+    addresses: each an origin a browser may send."""
+    settings = Settings.from_environ({"STOAT_ALLOWED_ORIGINS": origin})
+
+    assert settings.allowed_origins == (origin,)
+
+
+@pytest.mark.parametrize(
     ("name", "reason"),
     [("n" * 300 + ".db", "File name too long"), ("loop/stoat.db", "Too many levels")],
     ids=["too-long", "link-loop"],

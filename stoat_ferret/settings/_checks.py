@@ -149,11 +149,10 @@ def _check_names(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value
             raise SettingsError(f"{_env(attribute)} must be host names or addresses, got {name!r}")
 
 
-# What follows "scheme://" in an origin: a host name or an IPv4 address, or an
-# IPv6 address in brackets, then an optional port (lower case: normalised first).
-_ORIGIN_HOST: Final = re.compile(
-    r"(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
-)
+# What follows "scheme://" in an origin: a host name (underscores too, as
+# Docker's service names have; a trailing dot) or an IPv4 address, or an IPv6
+# address in brackets, then an optional port (lower case: normalised first).
+_ORIGIN_HOST: Final = re.compile(r"(?:[a-z0-9_][a-z0-9_.-]*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def _check_origins(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
