@@ -26,7 +26,6 @@ import uvicorn
 import stoat_ferret.__main__ as stoat_main
 import stoat_ferret._server as stoat_server
 from stoat_ferret.__main__ import main
-from stoat_ferret._cli import check_startup
 from stoat_ferret._server import GracefulServer, listen
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.settings import Settings
@@ -184,32 +183,47 @@ def test_main_returns_2_with_one_line(
     _check_one_line(case, captured.err)
 
 
+# main() in a process of its own, told to stop (by the signal named in argv)
+# while it checks the database: the signal comes before uvicorn has any handler.
+_STOPPED_AT_START_UP = """
+import os, signal, sys
+import stoat_ferret.__main__ as stoat_main
+check_startup = stoat_main.check_startup
+number = signal.Signals[sys.argv[1]]
+def interrupted(*args):
+    os.kill(os.getpid(), number)  # handled before the next line of Python
+    return check_startup(*args)
+def served(settings):
+    raise AssertionError("served")
+stoat_main.check_startup = interrupted
+stoat_main._serve = served
+before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
+status = stoat_main.main([])
+assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
+sys.exit(status)
+"""
+
+
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_during_the_start_up_exits_0_with_one_line(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    number: signal.Signals,
+    tmp_path: Path, number: signal.Signals
 ) -> None:
     """SIGINT or SIGTERM while the database is checked (before uvicorn takes the
     signals over): exit 0 and one line, no traceback, nothing served, and the
     process's own handlers back as they were."""
+    env = {**os.environ, "STOAT_DATABASE_PATH": str(tmp_path / "stoat.db")}
 
-    def interrupted(*args: Any) -> Any:
-        os.kill(os.getpid(), number)  # handled before the next line of Python
-        return check_startup(*args)
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_AT_START_UP, number.name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
-    monkeypatch.setattr(stoat_main, "check_startup", interrupted)
-    monkeypatch.setattr(stoat_main, "_serve", lambda settings: pytest.fail("served"))
-    monkeypatch.setenv("STOAT_DATABASE_PATH", str(tmp_path / "stoat.db"))
-    before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
-
-    status = main([])
-
-    captured = capsys.readouterr()
-    assert status == 0
-    assert captured.err == f"stoat-ferret: stopped by {number.name}\n"
-    assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    assert done.stderr == f"stoat-ferret: stopped by {number.name}\n"
 
 
 def _serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
