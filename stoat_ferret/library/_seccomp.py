@@ -26,6 +26,10 @@ instructions that fails these calls with ``EPERM``:
 - ``memfd_create(2)``: the child writes a thumbnail into the memory file the
   service hands it, and needs no other; memory files are not counted by
   its address space limit (``_probechild.limit_writes`` bounds each one).
+- System V shared memory, message queues and semaphores (``shmget(2)``,
+  ``shmat(2)``, ``msgget(2)``, ``msgsnd(2)``, ``semget(2)``) and POSIX
+  message queues (``mq_open(2)``): memory held there outlives the child,
+  and Landlock does not cover it.
 - every call made through another system-call ABI than the process's own
   (the 32-bit ``int 0x80`` entry, and x32 on x86-64), whose numbers mean
   other calls.
@@ -65,7 +69,8 @@ class _Calls(NamedTuple):
     audit_arch: int  # AUDIT_ARCH_*: seccomp_data.arch of this ABI's calls
     seccomp: int
     # socket, socketpair, io_uring_setup, ptrace, process_vm_readv,
-    # process_vm_writev, pidfd_getfd, memfd_create (and fork, vfork on x86-64)
+    # process_vm_writev, pidfd_getfd, memfd_create, shmget, shmat, msgget,
+    # msgsnd, semget, mq_open (and fork, vfork on x86-64)
     denied: tuple[int, ...]
     clone: int
     clone3: int
@@ -74,10 +79,20 @@ class _Calls(NamedTuple):
 
 _CALLS: Final = {
     "x86_64": _Calls(
-        0xC000003E, 317, (41, 53, 425, 101, 310, 311, 438, 319, 57, 58), 56, 435, x32=True
+        0xC000003E,
+        317,
+        (41, 53, 425, 101, 310, 311, 438, 319, 29, 30, 68, 69, 64, 240, 57, 58),
+        56,
+        435,
+        x32=True,
     ),
     "aarch64": _Calls(
-        0xC00000B7, 277, (198, 199, 425, 117, 270, 271, 438, 279), 220, 435, x32=False
+        0xC00000B7,
+        277,
+        (198, 199, 425, 117, 270, 271, 438, 279, 194, 196, 186, 189, 190, 180),
+        220,
+        435,
+        x32=False,
     ),
 }
 _CLONE_THREAD: Final = 0x00010000

@@ -66,6 +66,16 @@ def raw_fork():  # x86-64's own fork call
     if child < 0:
         raise OSError(ctypes.get_errno(), "fork")
     os.waitpid(child, 0)
+IPC_PRIVATE, IPC_CREAT, IPC_RMID = 0, 0o1000, 0
+def made(create, remove):  # make an object, then remove it at once: nothing left behind
+    def work():
+        ctypes.set_errno(0)
+        made = libc.syscall(*create)
+        if made < 0:
+            raise OSError(ctypes.get_errno(), "create")
+        libc.syscall(*remove(made))
+    return lambda: attempt(work)
+queue_name = ctypes.c_char_p(b"/stoat-seccomp-" + str(os.getpid()).encode())
 def thread():
     import threading
     started = threading.Thread(target=lambda: None)
@@ -85,6 +95,24 @@ attempts = {
     "memfd_create": lambda: attempt(lambda: os.close(os.memfd_create("x"))),
     "fork": lambda: attempt(fork),
     "clone3": lambda: call(435, None, 0),  # size 0: EINVAL
+    "shmget": made(
+        (29 if x86 else 194, IPC_PRIVATE, 4096, IPC_CREAT | 0o600),
+        lambda made: (31 if x86 else 195, made, IPC_RMID, None),
+    ),
+    "shmat": lambda: call(30 if x86 else 196, -1, None, 0),  # no such segment: EINVAL
+    "msgget": made(
+        (68 if x86 else 186, IPC_PRIVATE, IPC_CREAT | 0o600),
+        lambda made: (71 if x86 else 187, made, IPC_RMID, None),
+    ),
+    "msgsnd": lambda: call(69 if x86 else 189, -1, None, 0, 0),  # no such queue: EINVAL
+    "semget": made(
+        (64 if x86 else 190, IPC_PRIVATE, 1, IPC_CREAT | 0o600),
+        lambda made: (66 if x86 else 191, made, 0, IPC_RMID),
+    ),
+    "mq_open": made(
+        (240 if x86 else 180, queue_name, os.O_CREAT | os.O_RDWR, 0o600, None),
+        lambda made: (241 if x86 else 181, queue_name),  # mq_unlink (the descriptor stays)
+    ),
     "getpid": lambda: call(39 if x86 else 172),
     "thread": lambda: attempt(thread),
 }
@@ -105,7 +133,8 @@ def test_a_filtered_process_makes_no_socket_and_keeps_the_one_it_holds(tmp_path:
     """No UDP, TCP or Unix socket, nor a socket pair to reach a Unix socket by
     its path, nor an io_uring; no ptrace, no reading or writing another
     process's memory, no descriptor taken from another process; no memory
-    file, no new process (a fork, by the C library or by the call itself);
+    file, no new process (a fork, by the C library or by the call itself),
+    no System V shared memory, message queue or semaphore, no POSIX queue;
     no call through x32. Each fails with EPERM where it did not before;
     clone3 fails with ENOSYS, so that threads are still made (by clone, with
     CLONE_THREAD). An ordinary call works, and a socket made before still
@@ -126,12 +155,12 @@ def test_a_filtered_process_makes_no_socket_and_keeps_the_one_it_holds(tmp_path:
     assert got.pop("getpid") == ("allowed", "allowed")
     assert got.pop("thread") == ("allowed", "allowed")
     assert got.pop("clone3") == ("EINVAL", "ENOSYS")
-    for name in ("udp", "tcp6", "unix", "pair_to_path", "memfd_create", "fork"):
+    for name in ("udp", "tcp6", "unix", "pair_to_path", "memfd_create", "fork", "shmget"):
         assert got.pop(name) == ("allowed", "EPERM"), name
     io_uring_before, io_uring_after = got.pop("io_uring_setup")
     if io_uring_before != "EPERM":  # io_uring is not turned off here (kernel.io_uring_disabled)
         assert io_uring_after == "EPERM"
-    for name, (before, after) in got.items():  # ptrace, process_vm_*, pidfd_getfd, x32, fork
+    for name, (before, after) in got.items():  # ptrace, process_vm_*, IPC, x32, raw fork...
         assert before != "EPERM", name
         assert after == "EPERM", name
 
