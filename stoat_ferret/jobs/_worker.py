@@ -53,12 +53,15 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
         if raised_while_cancelled(exc):
             if scope.cancel_called:  # its deadline or the actor's interruption came first
                 return JobFinished(context.job_id, None, None, exc)
-            logger.opt(exception=exc).warning(
-                "job {job_id} ({job_type}) raised while the supervisor stopped it",
-                job_id=context.job_id,
-                job_type=context.job_type,
-            )
-            await checkpoint_if_cancelled()  # a hard stop came first: the worker ends the job
+            try:
+                await checkpoint_if_cancelled()  # a hard stop came first: the worker ends the job
+            except anyio.get_cancelled_exc_class():
+                logger.opt(exception=exc).warning(
+                    "job {job_id} ({job_type}) raised while the supervisor stopped it",
+                    job_id=context.job_id,
+                    job_type=context.job_type,
+                )
+                raise
         return JobFinished(context.job_id, JobEvent.FAIL, None, exc)
     except anyio.get_cancelled_exc_class() as cancelled:
         if scope.cancel_called:
@@ -76,7 +79,13 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
 def raised_while_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` was raised while a cancellation went through the code
     that raised it (in a ``finally``, or an ``except`` of the cancellation):
-    a cancellation is in its chain of contexts, or in a group's."""
+    a cancellation is in its chain of contexts, or in a member's of a group.
+
+    Not followed: a group's own context (a task group raises its members'
+    errors from inside the cancellation of its other tasks) and a
+    ``TimeoutError``'s (``fail_after`` raises it from the cancellation of
+    its own scope, which it absorbed): either is the handler's own doing.
+    """
     cancelled = anyio.get_cancelled_exc_class()
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
@@ -87,10 +96,10 @@ def raised_while_cancelled(exc: BaseException) -> bool:
         seen.add(id(error))
         if isinstance(error, cancelled):
             return True
-        if error.__context__ is not None:
-            pending.append(error.__context__)
         if isinstance(error, BaseExceptionGroup):
             pending.extend(error.exceptions)
+        elif error.__context__ is not None and not isinstance(error, TimeoutError):
+            pending.append(error.__context__)
     return False
 
 

@@ -306,6 +306,43 @@ async def test_a_clean_up_that_fails_during_a_hard_stop_leaves_the_job_cancelled
     assert str(logged["exception"].value) == "the clean-up failed"
 
 
+async def _own_error_after_an_inner_timeout(ctx: JobContext) -> None:
+    try:
+        with anyio.fail_after(0):
+            await anyio.sleep_forever()
+    except TimeoutError:
+        raise ValueError("the upstream call timed out") from None
+
+
+async def _a_task_of_its_own_fails(ctx: JobContext) -> None:
+    async def failing() -> None:
+        raise ValueError("a task of its own failed")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(failing)
+        await anyio.sleep_forever()  # cancelled by the failure: the group raises it
+
+
+@pytest.mark.parametrize("handler", [_own_error_after_an_inner_timeout, _a_task_of_its_own_fails])
+async def test_a_handlers_own_cancellations_are_no_interruption(
+    log_records: list[Any], handler: Any
+) -> None:
+    """An error raised out of the handler's own cancellations (a ``fail_after``
+    of its own, a task group of its own whose task failed) fails the job,
+    with no word of a stop: nothing interrupted it."""
+    supervisor = JobSupervisor()
+    supervisor.register("own", handler)
+    with anyio.fail_after(10):
+        async with _hosted(supervisor):
+            result = await supervisor.wait(await supervisor.submit("own"))
+            await supervisor.aclose()
+
+    assert result.status is JobStatus.FAILED
+    assert result.error is not None
+    assert result.error.startswith(("ValueError", "ExceptionGroup"))
+    assert not [record for record in log_records if "stopped it" in record["message"]]
+
+
 async def test_a_job_past_its_deadline_stays_timeout_through_a_hard_stop() -> None:
     """A job whose deadline has fired, still unwinding when a hard stop comes,
     ends ``timeout``: the first reason stands, though its scope no longer
