@@ -63,13 +63,16 @@ ends (``_probechild.py``).
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import math
 import os
 import select
 import signal
 import socket
 import subprocess
+import termios
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -334,12 +337,14 @@ class ProbeProcess:
         ready = {fd for fd, _ in poller.poll(min(MAX_WAIT_MS, math.ceil(seconds * 1000)))}
         doing = "started" if starting else "read the file"
         if channel.fileno() not in ready:
+            # A child starved before it read the request never had the file.
+            reached = not starting and not _unread(channel)
             self._end()
             if stop.is_set():
                 stopped = f"stopped while the probe process {doing}"
                 raise ProbeError(name, stopped, transient=True)
             late = f"the probe process {doing} for longer than {seconds:g} s"
-            raise _Failed(name, late, files_doing=False, reached=not starting)
+            raise _Failed(name, late, files_doing=False, reached=reached)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread
@@ -397,6 +402,18 @@ class ProbeProcess:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:  # a real-time signal has no name
             return f"killed by signal {-code}"
+
+
+def _unread(channel: socket.socket) -> bool:
+    """Whether what was sent on ``channel`` is still waiting for the child to
+    read it (Linux's ``SIOCOUTQ``: the bytes not yet taken); False where that
+    cannot be told."""
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(channel.fileno(), termios.TIOCOUTQ, queued, True)
+    except OSError:
+        return False
+    return queued[0] > 0
 
 
 @contextlib.contextmanager

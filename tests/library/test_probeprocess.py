@@ -255,20 +255,56 @@ def test_a_child_that_gets_no_cpu_is_ended_by_the_wall_clock_backstop(
     clip: EncodedVideo, tmp_path: Path, directory: int
 ) -> None:
     """A child that spends no CPU and does not answer (stopped here with
-    SIGSTOP) is killed after WALL_FACTOR times the budget."""
+    SIGSTOP, before it read the request) is killed after WALL_FACTOR times
+    the budget; it never had the file, so the failure is transient."""
     copy_video(clip, tmp_path / "a.mp4")
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.02)
     try:
         children.probe("a.mp4", directory, Stop())
         [child] = children.pids()
         os.kill(child, signal.SIGSTOP)
+        _wait_ended(child, stopped=True)
         backstop = 0.02 * _probeprocess.WALL_FACTOR
         with pytest.raises(ProbeError) as refused:
             children.probe("a.mp4", directory, Stop())
     finally:
         children.close()
     assert refused.value.reason == f"the probe process read the file for longer than {backstop:g} s"
+    assert refused.value.transient
     assert not _alive(child)
+
+
+def test_a_child_stuck_once_it_holds_the_file_is_the_files_failure(
+    slow_file: Path, clip: EncodedVideo, tmp_path: Path, directory: int
+) -> None:
+    """A child that stops spending CPU once it has read the request (FFmpeg
+    stuck on the file: stopped here with SIGSTOP) is ended by the backstop,
+    and the failure is not transient: a scan drops the file's stale row."""
+    os.link(slow_file, tmp_path / "slow.mkv")
+    copy_video(clip, tmp_path / "a.mp4")
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.2)
+    send_fds = socket.send_fds
+    try:
+        children.probe("a.mp4", directory, Stop())
+        [child] = children.pids()
+
+        def stop_once_held(
+            channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int
+        ) -> int:
+            sent = send_fds(channel, buffers, fds, *flags)
+            while not _holds(child, tmp_path / "slow.mkv"):  # it reads the request at once
+                os.sched_yield()
+            os.kill(child, signal.SIGSTOP)
+            return sent
+
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(socket, "send_fds", stop_once_held)
+            with pytest.raises(ProbeError) as refused:
+                children.probe("slow.mkv", directory, Stop())
+    finally:
+        children.close()
+    assert refused.value.reason.endswith(f"for longer than {0.2 * _probeprocess.WALL_FACTOR:g} s")
+    assert not refused.value.transient
 
 
 def test_a_stop_kills_the_child_without_waiting_for_ffmpeg(
