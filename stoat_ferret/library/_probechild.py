@@ -45,6 +45,7 @@ from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._probe import probe_descriptor
 from stoat_ferret.library._probewire import (
     CONFINE_FAILED,
+    DESCRIPTORS_CUT,
     READY,
     REASON_MAX,
     REQUEST,
@@ -127,7 +128,7 @@ def _import_all_of_pyav() -> None:
 def serve(channel: socket.socket) -> None:
     """Answer each request on ``channel``, one at a time, until it closes."""
     while True:
-        request, fds, _, _ = socket.recv_fds(channel, _REQUEST_MAX, 2)
+        request, fds, flags, _ = socket.recv_fds(channel, _REQUEST_MAX, 2)
         if not request:
             return  # the service closed its end
         with contextlib.ExitStack() as descriptors:
@@ -135,6 +136,10 @@ def serve(channel: socket.socket) -> None:
                 descriptors.callback(os.close, received)
             if len(request) <= REQUEST.size:
                 return  # not a request of ProbeProcess: nothing to answer
+            if flags & socket.MSG_CTRUNC:  # no room for its descriptors: say so, and end
+                name = os.fsdecode(request[REQUEST.size :])
+                channel.send(encode_answer(ProbeError(name, DESCRIPTORS_CUT)))
+                return
             kind, read_limit, seconds = REQUEST.unpack_from(request)
             if len(fds) != (2 if kind == THUMBNAIL else 1):
                 return

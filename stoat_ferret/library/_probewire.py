@@ -60,6 +60,10 @@ THUMBNAIL: Final = b"t"
 
 NOT_A_PROBE: Final = "the probe process answered with something not a probe"
 
+DESCRIPTORS_CUT: Final = "the probe process could not take the file's descriptor"
+"""A child's refusal when the kernel cut the descriptors off its request (it
+holds as many as it may): not the file's doing, so ``transient``."""
+
 # The type of each field of a VideoProbe, from its annotation: a name per
 # alternative. A field of a type not listed here fails at import, not in a scan.
 _SCALARS: Final[dict[str, tuple[type, ...]]] = {
@@ -173,7 +177,7 @@ def _decoded(
             if undecodable and kind == "undecodable" and isinstance(body, str):
                 raise UndecodableError(name, printable(body))
             if kind == "refused" and isinstance(body, str):
-                raise ProbeError(name, printable(body))
+                raise ProbeError(name, printable(body), transient=body == DESCRIPTORS_CUT)
             if kind == "unexpected" and isinstance(body, str):
                 raise ProbeRaised(printable(body))
     # JSON, a type or a value out of place, a nesting too deep for the parser.

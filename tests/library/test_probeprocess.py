@@ -42,6 +42,7 @@ from stoat_ferret.library import (
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
+    DESCRIPTORS_CUT,
     NOT_A_PROBE,
     REQUEST,
     ProbeRaised,
@@ -889,6 +890,34 @@ def test_serve_answers_each_request_in_turn_until_one_is_not_a_request(
     assert described == probe_video(path)
     info = path.stat()
     assert thumbnail == make_thumbnail(str(path), (info.st_size, info.st_mtime_ns))
+    assert not server.is_alive()
+
+
+def test_a_request_whose_descriptors_were_cut_off_is_refused_as_transient(
+    clip: EncodedVideo, tmp_path: Path
+) -> None:
+    """A child without room for a request's descriptors (the kernel cuts them
+    off: here, more than it takes) answers so and ends: the service takes
+    that as no fault of the file."""
+    path = copy_video(clip, tmp_path / "a.mp4").path
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = threading.Thread(target=_probechild.serve, args=(theirs,))
+    server.start()
+    fds = [os.open(path, os.O_RDONLY) for _ in range(3)]
+    try:
+        head = REQUEST.pack(PROBE_KIND, READ_LIMIT, 3600.0)
+        socket.send_fds(ours, [head + b"a.mp4"], fds)
+        answer = ours.recv(ANSWER_MAX)
+        server.join(TIMEOUT)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        ours.close()
+        theirs.close()
+    with pytest.raises(ProbeError) as refused:
+        decode_answer("a.mp4", answer)
+    assert refused.value.reason == DESCRIPTORS_CUT
+    assert refused.value.transient
     assert not server.is_alive()
 
 
