@@ -152,13 +152,18 @@ def _check_names(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value
 # What follows "scheme://" in an origin: a host name (underscores too, as
 # Docker's service names have; a trailing dot) or an IPv4 address, or an IPv6
 # address in brackets, then an optional port (lower case: normalised first).
-_ORIGIN_HOST: Final = re.compile(r"(?:[a-z0-9_][a-z0-9_.-]*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+_LABEL: Final = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_ORIGIN_HOST: Final = re.compile(
+    rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?"
+)
 
 
 def _check_origins(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
     for origin in value:
         scheme, separator, rest = origin.partition("://")
-        if scheme not in ("http", "https") or not separator or not _ORIGIN_HOST.fullmatch(rest):
+        host = _ORIGIN_HOST.fullmatch(rest)
+        port = host and host["port"]
+        if scheme not in ("http", "https") or not separator or not host or int(port or 0) > 65535:
             raise SettingsError(
                 f"{_env(attribute)} must be origins like https://host:port "
                 f"(no path), got {origin!r}"
