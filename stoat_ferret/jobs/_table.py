@@ -212,14 +212,15 @@ class JobTable:
         if outcome.event is JobEvent.COMPLETE:
             self._finish(record, JobEvent.COMPLETE, result=outcome.value)
         elif outcome.event is JobEvent.FAIL:
-            assert outcome.exception is not None
-            self._finish(record, JobEvent.FAIL, exception=outcome.exception)
+            exception = outcome.exception
+            assert exception is not None
+            self._finish(record, JobEvent.FAIL, error=describe(exception), logged=exception)
         elif outcome.event is JobEvent.CANCEL:  # its worker was cancelled mid-job
             event, error = record.stopped_while_running()
             self._finish(record, event, error=error)
         else:  # interrupted; a clean-up may have raised as it unwound (logged)
             event, error = record.stopped_by()
-            self._finish(record, event, error=error, unwinding=outcome.exception)
+            self._finish(record, event, error=error, logged=outcome.exception)
 
     def _on_submit(self, message: Submit) -> None:
         reply = message.reply
@@ -308,14 +309,9 @@ class JobTable:
         *,
         result: Any = None,
         error: str | None = None,
-        exception: Exception | None = None,
-        unwinding: Exception | None = None,
+        logged: Exception | None = None,
     ) -> None:
-        """End a job: the one place where a job becomes terminal.
-
-        ``exception`` failed the job; ``unwinding`` was raised by the handler
-        after an interruption, which stays the reason: only the log shows it.
-        """
+        """End a job: the one place where a job becomes terminal (logging ``logged``)."""
         started = record.status is not JobStatus.PENDING
         status = record.apply(event)  # first: it raises for a move the table lacks
         if started:
@@ -325,7 +321,7 @@ class JobTable:
             self.shared.give_back()  # no worker will start it
         self.assignments.ended(record.job_type, record.job_id, started=started)
         record.result = result
-        record.error = describe(exception) if exception is not None else error
+        record.error = error
         self.totals[status] += 1
         record.scope = None
         if record.key is not None and self._active_keys.get(record.key) == record.job_id:
@@ -334,8 +330,7 @@ class JobTable:
         self.finished.append(record)
         if len(self.finished) > self._max_finished:
             self._evict()
-        shown = exception if exception is not None else unwinding
-        (logger.opt(exception=shown) if shown is not None else logger).log(
+        (logger.opt(exception=logged) if logged is not None else logger).log(
             _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",
             job_id=record.job_id,
