@@ -284,22 +284,11 @@ def test_a_child_stuck_once_it_holds_the_file_is_the_files_failure(
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.2)
-    send_fds = socket.send_fds
     try:
         children.probe("a.mp4", directory, Stop())
         [child] = children.pids()
-
-        def stop_once_held(
-            channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int
-        ) -> int:
-            sent = send_fds(channel, buffers, fds, *flags)
-            while not _holds(child, tmp_path / "slow.mkv"):  # it reads the request at once
-                os.sched_yield()
-            os.kill(child, signal.SIGSTOP)
-            return sent
-
         with pytest.MonkeyPatch.context() as patched:
-            patched.setattr(socket, "send_fds", stop_once_held)
+            _signal_once_held(patched, child, tmp_path / "slow.mkv", signal.SIGSTOP)
             with pytest.raises(ProbeError) as refused:
                 children.probe("slow.mkv", directory, Stop())
     finally:
@@ -358,6 +347,23 @@ def _wait_ended(pid: int, *, stopped: bool = False) -> None:
     os.waitid(os.P_PID, pid, (os.WSTOPPED if stopped else os.WEXITED) | os.WNOWAIT)
 
 
+def _signal_once_held(
+    monkeypatch: pytest.MonkeyPatch, child: int, path: Path, signal_number: int
+) -> None:
+    """Send ``signal_number`` to ``child`` once a request has gone to it and it
+    holds ``path`` (it reads a request at once: the loop is short)."""
+    send_fds = socket.send_fds
+
+    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int) -> int:
+        sent = send_fds(channel, buffers, fds, *flags)
+        while not _holds(child, path):
+            os.sched_yield()
+        os.kill(child, signal_number)
+        return sent
+
+    monkeypatch.setattr(socket, "send_fds", sending)
+
+
 def _holds(pid: int, path: Path) -> bool:
     """Whether process ``pid`` has ``path`` open (its descriptors, in ``/proc``)."""
     fds = f"/proc/{pid}/fd"
@@ -387,19 +393,9 @@ def test_a_child_killed_with_the_file_is_its_error_and_is_replaced(
     copy_video(clip, tmp_path / "a.mp4")
     probes.probe("a.mp4", directory, Stop())
     [child] = probes.pids()
-    send_fds = socket.send_fds
-
-    def kill_once_held(
-        channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int
-    ) -> int:
-        sent = send_fds(channel, buffers, fds, *flags)
-        while not _holds(child, tmp_path / "slow.mkv"):  # it reads the request at once
-            os.sched_yield()
-        os.kill(child, signal.SIGKILL)
-        return sent
 
     with monkeypatch.context() as patched:
-        patched.setattr(socket, "send_fds", kill_once_held)
+        _signal_once_held(patched, child, tmp_path / "slow.mkv", signal.SIGKILL)
         with pytest.raises(ProbeError, match="killed by SIGKILL") as refused:
             probes.probe("slow.mkv", directory, Stop())
 
