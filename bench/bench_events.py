@@ -34,7 +34,7 @@ from loguru import logger
 
 from bench._common import emit
 from stoat_ferret.api import _events
-from stoat_ferret.api._deps import get_job_queue, get_stopping
+from stoat_ferret.api._deps import StreamSlots, get_job_queue, get_stopping
 from stoat_ferret.jobs import JobSupervisor
 
 if TYPE_CHECKING:
@@ -106,9 +106,10 @@ class _Reader:
             self.done.set()
 
 
-def _app(supervisor: JobSupervisor, stopping: anyio.Event) -> FastAPI:
+def _app(supervisor: JobSupervisor, stopping: anyio.Event, streams: int) -> FastAPI:
     app = FastAPI()
     app.include_router(_events.router)
+    app.state.stream_slots = StreamSlots(streams)  # what create_app gives its streams
 
     async def queue() -> JobSupervisor:
         return supervisor
@@ -151,7 +152,7 @@ async def _scenario(name: str, jobs: int, changes: int) -> dict[str, float]:
     supervisor = JobSupervisor(max_workers=jobs, max_pending=jobs, shutdown_grace=0)
     supervisor.register("changing", changing)
     stopping = anyio.Event()
-    app = _app(supervisor, stopping)
+    app = _app(supervisor, stopping, streams=jobs)
     async with anyio.create_task_group() as group:
         await group.start(supervisor.run)
         ids = [await supervisor.submit("changing") for _ in range(jobs)]
