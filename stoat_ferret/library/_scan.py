@@ -43,11 +43,9 @@ of the same scope has started meanwhile (its list is then that scan's).
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
 the next batch, unless another scan wrote it since this one began; it counts
-as an error, not as ``removed``. A failure that came before the file
-reached FFmpeg (``ProbeError.transient``: out of descriptors or memory, a
-probe process that could not start or ended before it had the file, the
-service stopping) keeps the row as it was: the next scan sees the file
-changed and tries it again. A file whose row the store cannot hold (a
+as an error, not as ``removed``; one that failed before it reached FFmpeg
+(``ProbeError.transient`` says when) keeps its row, for the next scan to
+try again. A file whose row the store cannot hold (a
 number beyond SQLite's, which ``_probe.py`` never gives) is an ``errors``
 entry, neither ``added`` nor ``updated``: the rest of its batch is written,
 and its old row deleted in the same transaction (``VideoStore.apply``).
