@@ -18,9 +18,14 @@ help:
 	@echo "make test       run the whole test suite with branch coverage"
 	@echo "make lint       ruff check, ruff format --check, mypy --strict"
 	@echo "make soak       the long property-based, fuzzing and load runs (SEED=n repeats one)"
-	@echo "make flake      make test N times (N=20), LOAD=1 with both cores kept busy"
-	@echo "make bench      run the benchmarks in bench/ (JSON lines on stdout)"
+	@echo "make flake      make test N times (N=20), LOAD=1 with every core kept busy"
+	@echo "make bench      run the benchmarks in bench/ (JSON lines on stdout);"
+	@echo "                options through BENCH_ARGS: make bench BENCH_ARGS='--quick --only scan'"
 	@echo "make check      lint + test"
+	@echo "make typecheck  mypy --strict alone"
+	@echo "make format     ruff check --fix, then ruff format"
+	@echo "make env        create .venv (every target that needs it does)"
+	@echo "make clean      remove .venv and the tools' caches"
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
