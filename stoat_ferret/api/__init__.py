@@ -3,9 +3,12 @@
 :func:`create_app` builds the app and :func:`lifespan` runs it (the library
 and the job supervisor live exactly as long as it); :func:`begin_shutdown`
 is how the server tells it to stop taking work. The routes live in private
-modules: ``_videos`` (scan, videos), ``_jobs`` (jobs, wait, cancel, events),
-``_health``, ``_dashboard`` (the web page at ``/``, its files in ``static/``)
-and ``_docs`` (Swagger UI at ``/docs``, from this server's own files).
+modules: ``_videos`` (scan, videos), ``_thumbnails`` (a video's thumbnail),
+``_jobs`` (jobs, wait, cancel), ``_scan_errors`` (a scan's errors),
+``_events`` (the two event streams), ``_metrics``, ``_health``,
+``_dashboard`` (the web page at ``/``, its files in ``static/``, and
+``POST /api/v1/session``) and ``_docs`` (Swagger UI at ``/docs``, from this
+server's own files).
 """
 
 from __future__ import annotations

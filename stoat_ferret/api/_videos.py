@@ -67,11 +67,13 @@ async def scan_videos(
 ) -> ApiJSONResponse:
     """Scan a directory for videos in the background; poll or follow the returned job.
 
-    The path must be absolute and inside one of the configured scan roots
-    (after symlinks are resolved): 403 otherwise, or if the service may not
-    list it; 404 if missing, 400 if not a directory. 415 unless the body is
-    sent as ``application/json``. 503 with ``Retry-After`` when the queue is
-    full or the service is stopping.
+    The path must be absolute (422 otherwise) and inside one of the
+    configured scan roots once symlinks are resolved (403 otherwise, or if
+    the service may not list it); 404 if missing; 400 if not a directory, a
+    symlink loop, a chain of more than 40 links, or not UTF-8 once resolved.
+    415 unless the body is sent as ``application/json``. 503 with
+    ``Retry-After`` when the queue is full, the service is stopping, or it is
+    out of file descriptors or memory.
     """
     if stopping.is_set():
         raise unavailable("the service is stopping")

@@ -1,8 +1,10 @@
 """The video library: scan a directory, probe its videos with PyAV, keep them in SQLite.
 
-:func:`make_scan_handler` builds the ``scan`` job handler; :class:`VideoLibrary`
-is the async store the API reads from. Nothing here blocks the event loop:
-walks, probes and SQLite calls run in worker threads, on asyncio and trio alike.
+:func:`make_scan_handler` builds the ``scan`` job handler and :class:`Thumbnailer`
+the ``thumbnails`` one; :class:`VideoLibrary` is the async store the API reads
+from. Nothing here blocks the event loop: walks and SQLite calls run in
+worker threads, and each file is probed (and its thumbnail made) in a child
+process that a probe thread waits for, on asyncio and trio alike.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 :meth:`Settings.from_environ` is called once, by ``python -m stoat_ferret`` (or by
 :func:`stoat_ferret.api.app.create_app` when it is given no settings); nothing
-reads the environment anywhere else. A bad value raises :class:`SettingsError`
+else in the service reads the environment, except uvicorn's own
+``FORWARDED_ALLOW_IPS`` (the README, "Behind a reverse proxy"). A bad value raises :class:`SettingsError`
 whose message is one line naming the variable, the rule and the value.
 
 Each field's ``metadata`` describes the setting, and everything a user sees
