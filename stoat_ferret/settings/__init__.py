@@ -3,8 +3,9 @@
 :meth:`Settings.from_environ` is called once, by ``python -m stoat_ferret`` (or by
 :func:`stoat_ferret.api.app.create_app` when it is given no settings); nothing
 else in the service reads the environment, except uvicorn's own
-``FORWARDED_ALLOW_IPS`` (the README, "Behind a reverse proxy"). A bad value raises :class:`SettingsError`
-whose message is one line naming the variable, the rule and the value.
+``FORWARDED_ALLOW_IPS`` (the README, "Behind a reverse proxy"). A bad value
+raises :class:`SettingsError` whose message is one line naming the variable,
+the rule and the value.
 
 Each field's ``metadata`` describes the setting, and everything a user sees
 of it is built from there (``stoat-ferret --help``, its flags, the README's
