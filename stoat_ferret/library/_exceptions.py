@@ -31,9 +31,11 @@ TRANSIENT_ERRNOS: Final = frozenset(
         errno.EIO,  # the disk or the network, not the file's content
         errno.ESTALE,  # an NFS handle
         errno.ETIMEDOUT,
+        errno.EACCES,  # denied for now: a scan never takes what it cannot read for gone
+        errno.EPERM,
     }
 )
-"""Errors of a system call that say nothing about the file it was about: a
+"""Errors of a system call that say nothing about the file's content: a
 :class:`ProbeError` made from one is ``transient``."""
 
 
@@ -47,9 +49,10 @@ class ProbeError(LibraryError):
 
     ``reason`` is one readable sentence fragment, e.g. ``"no video stream"``.
     ``transient`` says the failure came before the file reached FFmpeg, so
-    it says nothing about the file: the service ran short of something
-    (descriptors, memory, processes), a probe process could not start or
-    ended before it had the file, or the service is stopping. A scan then
+    it says nothing about the file's content: the service ran short of
+    something (descriptors, memory, processes), the file or its directory
+    was denied to it (a permission of the moment), a probe process could
+    not start or ended before it had the file, or the service is stopping. A scan then
     keeps what it stored about the file, and the next scan tries it again.
     """
 

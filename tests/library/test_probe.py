@@ -798,15 +798,22 @@ def test_a_malformed_timecode_tag_does_not_hide_a_valid_one(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("code", "transient"),
-    [(errno.EMFILE, True), (errno.ENOMEM, True), (errno.EACCES, False), (errno.ENOENT, False)],
-    ids=["out-of-descriptors", "out-of-memory", "denied", "gone"],
+    [
+        (errno.EMFILE, True),
+        (errno.ENOMEM, True),
+        (errno.EACCES, True),
+        (errno.EPERM, True),
+        (errno.ENOENT, False),
+    ],
+    ids=["out-of-descriptors", "out-of-memory", "denied", "not-permitted", "gone"],
 )
 def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, transient: bool
 ) -> None:
-    """Out of descriptors or memory, the service is short of something, and
-    the error is ``transient`` (a scan keeps the file's row); denied or gone,
-    it is the file's."""
+    """Out of descriptors or memory, the service is short of something;
+    denied, the file is not readable for now: either way the error says
+    nothing of its content, and is ``transient`` (a scan keeps the file's
+    row). Gone, it is the file's."""
     path = tmp_path / "a.mp4"
     path.write_bytes(b"")
 

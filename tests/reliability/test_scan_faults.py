@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
+    from stoat_ferret.library import Video
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
@@ -245,6 +246,53 @@ def test_videos_under_a_directory_denied_on_a_rescan_are_kept(
         "removed": 1,
     }
     assert stored == [*kept, str(media / "good.mp4")]
+    assert integrity(database) == ["ok"]
+
+
+def test_a_stored_video_that_changed_and_is_denied_keeps_its_row(
+    tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A stored video that changed (a re-export) and is then denied to the
+    scan (chmod 000, really denied, as above) is an error entry, and its row
+    stays as it was, id and all, rather than go as a file the probe refused:
+    a denial says nothing of its content. Once readable, the next scan
+    updates the same row."""
+    media = tmp_path / "media"
+    media.mkdir()
+    locked = copy_video(clip, media / "locked.mp4").path
+    database = tmp_path / "db" / "stoat.db"
+
+    async def first() -> Video | None:
+        async with await VideoLibrary.open(database) as library:
+            with anyio.fail_after(TIMEOUT):
+                await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
+            return await library.get_video_by_path(str(locked))
+
+    async def rescan() -> tuple[dict[str, Any], Video | None]:
+        async with await VideoLibrary.open(database) as library:
+            with anyio.fail_after(TIMEOUT):
+                result = await make_scan_handler(library, probe_priority=NORMAL)(
+                    make_context(media)
+                )
+            return result, await library.get_video_by_path(str(locked))
+
+    stored = anyio.run(first, backend="asyncio")
+    with locked.open("ab") as changed:
+        changed.write(b"\0" * 16)
+    locked.chmod(0)
+    try:
+        denied, kept = _run_denied(rescan)
+    finally:
+        locked.chmod(0o644)
+    readable, updated = anyio.run(rescan, backend="asyncio")
+
+    assert _error_paths(denied) == {str(locked): "Permission denied"}
+    assert (denied["updated"], denied["removed"]) == (0, 0)
+    assert stored is not None
+    assert kept == stored
+    assert readable["updated"] == 1
+    assert updated is not None
+    assert (updated.id, updated.size_bytes) == (stored.id, stored.size_bytes + 16)
     assert integrity(database) == ["ok"]
 
 
