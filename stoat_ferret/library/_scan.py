@@ -37,8 +37,9 @@ The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CA
 ``errors`` entries, each cut to a bounded length, and counts them all
 (``errors_total``); the store keeps every entry (``scan_errors``): the scan
 replaces the previous scan of the same scope's list when it starts, and
-adds its entries after the walk and after the probes, unless a later scan
-of the same scope has started meanwhile (its list is then that scan's).
+adds its entries after the walk and after the probes, or those it met
+until it ended early (cancelled, timed out, failed), unless a later scan of
+the same scope has started meanwhile (its list is then that scan's).
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
@@ -76,7 +77,7 @@ from loguru import logger
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import lstat_beneath, open_scan_directory, split
-from stoat_ferret.library._exceptions import DirectoryReplaced
+from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog, Fingerprint, VideoRecord
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -217,8 +218,28 @@ class _Scan:
         try:
             return await self.scan()
         finally:
-            if self.root_fd is not None:  # every thread that used it has returned
-                os.close(self.root_fd)
+            try:
+                await self.keep_errors()
+            finally:
+                if self.root_fd is not None:  # every thread that used it has returned
+                    os.close(self.root_fd)
+
+    async def keep_errors(self) -> None:
+        """Store the errors met and not stored yet: those of a scan that ended
+        early. Shielded (the write is short), so that a cancelled or timed-out
+        scan's list says what it met; a store that fails now is logged, not
+        raised over the scan's own ending."""
+        unstored = self.errors.take_unstored()
+        if unstored:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.library.add_scan_errors(
+                        self.ctx.job_id, self.root, recursive=self.recursive, errors=unstored
+                    )
+                except LibraryError as exc:
+                    logger.warning(
+                        "scan errors not stored: {error}", job_id=self.ctx.job_id, error=str(exc)
+                    )
 
     async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)

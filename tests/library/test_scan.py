@@ -697,6 +697,71 @@ async def test_cancellation_stops_probing_and_writing(
     assert stored <= {old, *fresh[: _scanprobe.PROBE_CHUNK]}
 
 
+async def test_a_cancelled_scan_keeps_the_errors_it_met(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled (as by a cancel or its timeout) in its second chunk of probes,
+    a scan has stored the errors of its first chunk: its error list says what
+    it met, rather than nothing."""
+    broken = [media / f"{index:02}-broken.mp4" for index in range(3)]
+    for path in broken:
+        path.write_text("not a video")
+    _fill(media, clip, [f"{i:02}-new.mp4" for i in range(3, 2 * _scanprobe.PROBE_CHUNK + 1)])
+    cancel_at = _scanprobe.PROBE_CHUNK + 3
+    spy = ProbeSpy(monkeypatch)
+    handler = make_scan_handler(library, probe_priority=NORMAL, probe_threads=1)
+    context = make_context(media)
+
+    token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
+    with anyio.fail_after(TIMEOUT):
+        with anyio.CancelScope() as scope:
+
+            def cancel_during(path: str, count: int) -> None:
+                if count == cancel_at:
+                    anyio.from_thread.run_sync(scope.cancel, token=token)
+
+            spy.before = cancel_during
+            await handler(context)
+        stored, total = await library.scan_errors(context.job_id)
+
+    assert scope.cancelled_caught
+    assert total == len(broken)
+    assert sorted(path for path, _ in stored) == [str(path) for path in broken]
+
+
+async def test_errors_left_unstored_by_a_failing_store_do_not_hide_its_error(
+    library: VideoLibrary,
+    media: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[Any],
+) -> None:
+    """A scan whose store fails, and fails again as the scan keeps the errors
+    it met, fails with the first error; the second is logged."""
+    _fill(media, clip, ["a.mp4"])
+    (media / "broken.mp4").write_text("not a video")
+    add_scan_errors = library.add_scan_errors
+    failed: list[bool] = []
+
+    async def broken_apply(*args: Any, **kwargs: Any) -> None:
+        failed.append(True)
+        raise StoreError("video store /x: disk I/O error")
+
+    async def add_after_apply(*args: Any, **kwargs: Any) -> None:
+        if failed:  # the probes' errors, once apply has failed
+            raise StoreError("video store /x: still broken")
+        await add_scan_errors(*args, **kwargs)
+
+    monkeypatch.setattr(library, "apply", broken_apply)
+    monkeypatch.setattr(library, "add_scan_errors", add_after_apply)
+    with anyio.fail_after(TIMEOUT), pytest.raises(StoreError, match="disk I/O error"):
+        await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
+
+    assert [r["message"] for r in log_records if r["level"].name == "WARNING"] == [
+        "scan errors not stored: video store /x: still broken"
+    ]
+
+
 async def test_cancellation_stops_the_walk(
     library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
