@@ -75,7 +75,7 @@ class CancelRequest(BaseModel):
 
 class ScanAccepted(BaseModel):
     """The answer to a scan request: the job that runs it (an existing one if a
-    scan of the same directory is already pending or running)."""
+    scan of the same directory is already pending)."""
 
     job_id: str
     status: JobStatus

@@ -126,6 +126,7 @@ class InMemoryJobQueue:
     async def _run(self, record: JobRecord, handler: Handler) -> None:
         """Start the pending job and run it to its end in this task."""
         record.apply(JobEvent.START)
+        self._release_key(record)  # a submit of its key now makes a new job
         self._changes.publish(record)  # started
         record.publish()
         context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
@@ -151,6 +152,10 @@ class InMemoryJobQueue:
             assert outcome.exception is not None
             self._end(record, JobEvent.FAIL, error=describe(outcome.exception))
 
+    def _release_key(self, record: JobRecord) -> None:
+        if record.key is not None and self._active_keys.get(record.key) == record.job_id:
+            del self._active_keys[record.key]
+
     def _progress(self, job_id: str, fraction: float, message: str | None) -> None:
         record = self._jobs.get(job_id)
         if record is not None and record.status is JobStatus.RUNNING:
@@ -167,8 +172,7 @@ class InMemoryJobQueue:
         record.result = result
         record.error = error
         self._totals[record.apply(event)] += 1
-        if record.key is not None:
-            self._active_keys.pop(record.key, None)
+        self._release_key(record)  # if it ended pending
         record.scope = None
         self._changes.publish(record)
         record.publish()

@@ -46,7 +46,7 @@ class AsyncJobQueue(Protocol):
         timeout: float | None = None,
         key: str | None = None,
     ) -> str:
-        """Accept a job and return its id."""
+        """Accept a job and return its id: the pending job of ``key``'s, if any."""
 
     async def get_status(self, job_id: str) -> JobStatus:
         """The job's current status."""

@@ -172,8 +172,10 @@ class JobSupervisor:
             job_type: a registered type.
             payload: handed to the handler as ``ctx.payload``.
             timeout: seconds this job may run (beats the type's and the default).
-            key: while a job with this key is pending or running, return its
-                id instead of creating another.
+            key: while a job with this key is pending, return its id
+                instead of creating another; once that job has started, a
+                new one is made (the started one may have read what this
+                submit is about already), which holds the key from then on.
 
         Raises:
             SupervisorClosed: not running, or shutting down (a QueueFull).

@@ -377,8 +377,8 @@ async def submit_thumbnails(
     after: str | None = None,
     key: str | None = None,
 ) -> str | None:
-    """Submit a ``thumbnails`` job (with ``key``, the pending or running job
-    of that key if there is one); return its id, or None (logged, and the
+    """Submit a ``thumbnails`` job (with ``key``, the pending job of that
+    key if there is one); return its id, or None (logged, and the
     work left owed) when ``queue`` refuses it."""
     try:
         job_id = await queue.submit(THUMBNAILS_JOB_TYPE, key=key)

@@ -394,7 +394,10 @@ async def test_huge_body_is_413(shared_client: httpx.AsyncClient) -> None:
 
 @pytest.mark.anyio
 async def test_same_directory_gets_the_same_job(settings: Settings, scan_root: Path) -> None:
-    """While a scan runs, every spelling of its directory gets its job id; then a new one."""
+    """While a scan waits for a worker, every spelling of its directory gets
+    its job id. A request made while the directory's scan runs gets a new
+    job (the running one may have listed the directory already), which the
+    spellings after it get; once it has ended, a new one again."""
     sub = scan_root / "sub"
     (sub / "inner").mkdir(parents=True)
     (scan_root / "link").symlink_to(sub)
@@ -402,26 +405,28 @@ async def test_same_directory_gets_the_same_job(settings: Settings, scan_root: P
     scan = GatedScan()
 
     with anyio.fail_after(10):
-        async with supervisor_running() as supervisor:
+        async with supervisor_running(max_workers=1) as supervisor:
             supervisor.register("scan", scan)
             async with serving(create_app(settings, job_queue=supervisor)) as client:
-                first = await client.post(SCAN, json={"path": str(sub)})
-                job_id = first.json()["job_id"]
+                first = (await client.post(SCAN, json={"path": str(sub)})).json()["job_id"]
                 await scan.running()
+                queued = await client.post(SCAN, json={"path": str(sub)})
                 again = [
                     (await client.post(SCAN, json={"path": path})).json()["job_id"]
                     for path in spellings
                 ]
                 flat = await client.post(SCAN, json={"path": str(sub), "recursive": False})
                 scan.release.set()
-                await client.get(f"/api/v1/jobs/{job_id}/wait")
+                await client.get(f"/api/v1/jobs/{queued.json()['job_id']}/wait")
                 after = await client.post(SCAN, json={"path": str(sub)})
 
-    assert again == [job_id] * len(spellings)
-    assert flat.json()["job_id"] != job_id  # a flat scan is another job
+    assert queued.json() == {"job_id": queued.json()["job_id"], "status": "pending"}
+    assert queued.json()["job_id"] != first
+    assert again == [queued.json()["job_id"]] * len(spellings)
+    assert flat.json()["job_id"] not in (first, queued.json()["job_id"])  # a flat scan: another
     assert after.status_code == 202
-    assert after.json()["job_id"] not in (job_id, flat.json()["job_id"])
-    assert scan.payloads[0] == {"path": str(sub), "recursive": True}
+    assert after.json()["job_id"] not in (first, queued.json()["job_id"], flat.json()["job_id"])
+    assert scan.payloads[:2] == [{"path": str(sub), "recursive": True}] * 2
 
 
 @pytest.mark.anyio

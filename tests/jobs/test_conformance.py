@@ -272,6 +272,29 @@ async def test_cancel_of_finished_job_returns_false(make_queue: QueueFactory) ->
             assert await queue.get_status(job_id) is JobStatus.COMPLETED
 
 
+async def test_a_key_names_its_job_only_while_it_is_pending(make_queue: QueueFactory) -> None:
+    """A submit with the key of a job that has started makes a new job (the
+    started one may have read what the new submit is about already); the
+    new job ends on its own."""
+    inner: list[str] = []
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+
+            async def resubmit(ctx: JobContext) -> str:
+                if ctx.payload == "outer":
+                    inner.append(await queue.submit("again", "inner", key="k"))
+                return str(ctx.payload)
+
+            queue.register("again", resubmit)
+            outer = await queue.submit("again", "outer", key="k")
+            await queue.wait(outer)
+            result = await queue.wait(inner[0])
+
+    assert inner[0] != outer
+    assert (result.status, result.result) == (JobStatus.COMPLETED, "inner")
+
+
 async def test_list_jobs_newest_first_with_total_and_filters(make_queue: QueueFactory) -> None:
     """list_jobs pages newest first, filters by status and type, counts all matches."""
 

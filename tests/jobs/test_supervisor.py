@@ -319,21 +319,22 @@ async def test_cancelled_running_job_does_not_continue() -> None:
     assert result.error == "cancelled by request"
 
 
-async def test_dedupe_key_returns_the_active_job() -> None:
-    """Same key while pending or running gives the same id; afterwards a new one."""
+async def test_dedupe_key_returns_the_pending_job() -> None:
+    """Same key while its job is pending gives that job's id; once the job
+    has started (it may have read what a new submit is about) or ended, a
+    new one."""
 
     gate = Gate()
     with anyio.fail_after(10):
-        async with running_supervisor(max_pending=1) as supervisor:
+        async with running_supervisor(max_workers=1, max_pending=1) as supervisor:
             supervisor.register("gate", gate)
             running = await supervisor.submit("gate", "a", key="k1")
             await anyio.wait_all_tasks_blocked()
             pending = await supervisor.submit("gate", "b", key="k2")
-            assert await supervisor.submit("gate", "a again", key="k1") == running
             # Full, but the duplicate of a pending job still gets its id.
             assert await supervisor.submit("gate", "b again", key="k2") == pending
-            with pytest.raises(QueueFull):
-                await supervisor.submit("gate", "c", key="k3")
+            with pytest.raises(QueueFull):  # k1's job runs: this one is new
+                await supervisor.submit("gate", "a again", key="k1")
 
             gate.release.set()
             await supervisor.wait(pending)
@@ -342,6 +343,33 @@ async def test_dedupe_key_returns_the_active_job() -> None:
 
     assert again not in {running, pending}
     assert gate.started == ["a", "b", "a third"]
+
+
+async def test_a_key_whose_job_runs_makes_a_new_job_that_then_holds_it() -> None:
+    """A submit of a running job's key makes a new pending job, which the key
+    names from then on: the running job's end leaves it so."""
+
+    gate, blocker = Gate(), Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor(max_workers=1) as supervisor:
+            supervisor.register("gate", gate)
+            supervisor.register("blocker", blocker)
+            first = await supervisor.submit("gate", "a", key="k")
+            await anyio.wait_all_tasks_blocked()
+            held = await supervisor.submit("blocker", "next in line")
+            second = await supervisor.submit("gate", "b", key="k")
+            await supervisor.cancel(first)  # the worker takes the blocker next
+            await anyio.wait_all_tasks_blocked()
+            third = await supervisor.submit("gate", "c", key="k")
+            statuses = [await supervisor.get_status(job) for job in (first, held, second)]
+            gate.release.set()
+            blocker.release.set()
+            await supervisor.wait(second)
+
+    assert second != first
+    assert third == second
+    assert statuses == [JobStatus.CANCELLED, JobStatus.RUNNING, JobStatus.PENDING]
+    assert gate.started == ["a", "b"]
 
 
 async def test_finished_jobs_beyond_max_finished_are_evicted_oldest_first() -> None:
