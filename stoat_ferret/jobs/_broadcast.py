@@ -267,8 +267,11 @@ class JobFeed:
         self._closed = False
 
     def push(self, job_id: str, entry: _Entry) -> None:
-        """Queue the change in ``entry``, replacing the job's pending one."""
-        if self._job_types is not None and entry[1].job_type not in self._job_types:
+        """Queue the change in ``entry``, replacing the job's pending one; none
+        once closed (it ends after what it holds, however fast jobs change)."""
+        if self._closed or (
+            self._job_types is not None and entry[1].job_type not in self._job_types
+        ):
             return
         pending = self._pending
         if job_id in pending:
@@ -292,7 +295,7 @@ class JobFeed:
             self._wake()
 
     def close(self) -> None:
-        """End the iteration once what is pending is handed out."""
+        """End the iteration once what is pending now is handed out."""
         self._closed = True
         self._wake()
 

@@ -149,6 +149,27 @@ async def test_two_feeds_on_one_job_are_independent() -> None:
     assert [item.event_id for item in from_first] == [created]  # nothing after its close
 
 
+async def test_a_closed_feed_takes_no_more_changes() -> None:
+    """A feed closed (as an event stream is when the service begins to stop)
+    ends after what it held then, however fast its jobs change meanwhile:
+    a reader slower than a job's progress would otherwise never see it end."""
+    changes = JobChanges()
+    a = _record("a")
+    changes.publish(a)
+    created = changes.last_event_id
+    feed = changes.open_feed()  # still registered with the queue's changes
+    feed.close()
+    a.apply(JobEvent.START)
+    changes.publish(a)
+    for fraction in (0.25, 0.5):
+        a.progress = fraction
+        changes.publish(a)
+
+    items = [item async for item in feed]
+
+    assert [item.event_id for item in items] == [created]
+
+
 async def test_feed_opened_after_close_ends_after_its_start() -> None:
     """Once the queue has stopped, a new feed hands out the current states, then ends."""
     changes = JobChanges()
