@@ -82,7 +82,9 @@ from stoat_ferret.library import (
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from anyio.abc import TaskStatus
 
     from stoat_ferret.jobs import AsyncJobQueue, Handler, JobContext
 
@@ -162,6 +164,17 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
     scope.cancel()
 
 
+async def _run_in(
+    scope: anyio.CancelScope,
+    run: Callable[..., Awaitable[None]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """``await run(task_status=task_status)`` inside ``scope``."""
+    with scope:
+        await run(task_status=task_status)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the library and run the job queue for as long as the app serves.
@@ -205,7 +218,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     shutdown_grace=settings.shutdown_grace,
                 )
                 _thumbnails.register_thumbnail_jobs(supervisor, SCAN_JOB_TYPE, handler, thumbnailer)
-                await group.start(supervisor.run)
+                # end_grace cancels this scope, and so the supervisor's run (its
+                # hard stop), not the shut-down below, which then goes on.
+                hard_stop = anyio.CancelScope()
+                await group.start(_run_in, hard_stop, supervisor.run)
                 app.state.job_queue = supervisor
                 try:
                     await _thumbnails.start_thumbnails(supervisor, thumbnailer)
@@ -232,9 +248,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     begin_shutdown(app)
                     async with anyio.create_task_group() as closing:
                         # end_grace cancels the supervisor's run: its jobs end cancelled.
-                        closing.start_soon(
-                            _cancel_when_set, app.state.grace_over, group.cancel_scope
-                        )
+                        closing.start_soon(_cancel_when_set, app.state.grace_over, hard_stop)
                         await supervisor.aclose()
                         closing.cancel_scope.cancel()
                     del app.state.job_queue

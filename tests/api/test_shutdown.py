@@ -31,7 +31,8 @@ async def test_end_grace_cancels_running_jobs_at_once(
     monkeypatch: pytest.MonkeyPatch,
     log_records: list[Any],
 ) -> None:
-    """A scan held running with an hour of grace: end_grace ends the shut-down at once."""
+    """A scan held running with an hour of grace: end_grace ends the shut-down
+    at once, and the lifespan's own shut-down still runs to its end."""
     stored = anyio.Event()
     write = VideoLibrary.apply
 
@@ -60,6 +61,9 @@ async def test_end_grace_cancels_running_jobs_at_once(
     ends = [r["extra"].get("status") for r in log_records if r["extra"].get("job_id") == job_id]
     assert ends[-1:] == ["cancelled"]
     assert app.state.grace_over.is_set()
+    # The lifespan's own shut-down ran to its end: no queue is left to hand out.
+    assert not hasattr(app.state, "job_queue")
+    assert not hasattr(app.state, "library")
     assert job_count == 0  # jobs do not outlive the process; the library does
     assert videos == 1
 
