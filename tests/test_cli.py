@@ -887,6 +887,29 @@ def test_a_symlinked_database_file_is_refused(
 
 
 @pytest.mark.usefixtures("_restored_logging")
+def test_a_database_file_with_another_name_is_refused(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hard link would let a second service serve the same file under its
+    other name (the lock goes by the name), each with its own journal: exit 2,
+    one line, both names untouched."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    VideoStore.open(database).close()
+    os.link(database, tmp / "data" / "copy.db")
+    before = database.read_bytes()
+
+    status, line = _check_line(database, capsys)
+
+    assert status == 2
+    assert line.endswith(
+        f"{database} has 1 other name(s) (hard links): give the database a name of its own"
+        " (copy it; a second service could serve it under another)"
+    )
+    assert database.read_bytes() == before
+
+
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_new_data_directory_and_database_are_private(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

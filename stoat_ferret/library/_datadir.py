@@ -144,9 +144,13 @@ def _refuse_others(path: Path, name: str, info: os.stat_result) -> None:
 
 def _refuse_link(path: Path, name: str) -> bool:
     """Refuse a database file that is not a regular file (a symbolic link, a FIFO
-    that would block the open, a directory); return whether the file exists."""
+    that would block the open, a directory) or that has other names (hard
+    links: the service's lock goes by the name, so a second service could
+    serve the same file under another, each with a journal of its own, which
+    SQLite says corrupts it); return whether the file exists."""
     try:
-        mode = os.lstat(path).st_mode
+        info = os.lstat(path)
+        mode = info.st_mode
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -155,6 +159,11 @@ def _refuse_link(path: Path, name: str) -> bool:
         raise StoreError(f"{name}: {path} is a symbolic link: give the database file's own path")
     if not stat.S_ISREG(mode):
         raise StoreError(f"{name}: {path} is not a regular file")
+    if info.st_nlink > 1:
+        raise StoreError(
+            f"{name}: {path} has {info.st_nlink - 1} other name(s) (hard links): give the"
+            " database a name of its own (copy it; a second service could serve it under another)"
+        )
     return True
 
 
