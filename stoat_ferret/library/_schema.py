@@ -240,6 +240,11 @@ def identify(connection: sqlite3.Connection, name: str) -> int:
             f"cannot open video store {name}: it is not a stoat_ferret database"
             f" (application_id {application_id:#010x}, not {APPLICATION_ID:#010x})"
         )
+    if version < 0:
+        raise StoreError(
+            f"cannot open video store {name}: schema version {version} is not one"
+            " this service writes"
+        )
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"cannot open video store {name}: schema version {version} is newer than"

@@ -75,6 +75,26 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         VideoStore.open(path)
 
 
+@pytest.mark.parametrize("application_id", [0, _schema.APPLICATION_ID])
+def test_a_negative_schema_version_is_refused(tmp_path: Path, application_id: int) -> None:
+    """A file whose user_version is negative (no version this service wrote)
+    is refused in one line, untouched, whether it says it is ours or not."""
+    path = tmp_path / "odd.sqlite"
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA application_id = {application_id}")
+        raw.execute("CREATE TABLE videos (id INTEGER PRIMARY KEY)")
+        raw.execute("PRAGMA user_version = -1")
+    before = path.read_bytes()
+
+    with pytest.raises(StoreError) as caught:
+        VideoStore.open(path)
+
+    assert str(caught.value) == (
+        f"cannot open video store {path}: schema version -1 is not one this service writes"
+    )
+    assert path.read_bytes() == before
+
+
 def test_corrupt_file_is_one_clear_line(tmp_path: Path) -> None:
     """Garbage where the database should be gives one line naming the file."""
     path = tmp_path / "garbage.sqlite"
