@@ -294,11 +294,14 @@ class Thumbnailer:
                 return False
             run.report()
             run.tried.add(source)
-            async with self._limiter:
-                outcome = await self._threads.run_sync(functools.partial(self._make, source))
+            try:
+                async with self._limiter:
+                    outcome = await self._threads.run_sync(functools.partial(self._make, source))
+            finally:  # what it wrote (an image, a failure marker), even if cancelled
+                with anyio.CancelScope(shield=True):
+                    await self._forget_if_gone(source)
             if outcome is None:
                 run.made += 1
-                await self._forget_if_gone(source)
             else:
                 run.failed += 1
                 run.errors.add(source[1], outcome)
@@ -363,8 +366,8 @@ class Thumbnailer:
             os.close(fd)
 
     async def _forget_if_gone(self, source: Source) -> None:
-        # The row may have been deleted (or changed) while the thumbnail was
-        # made; a deletion's own hook covers everything committed after this.
+        # The row may have been deleted (or changed) while the thumbnail was made
+        # or marked failed; a deletion's own hook covers what commits after this.
         video = await self._library.get_video(source[0])
         if video is None or (video.size_bytes, video.mtime_ns) != source[2:]:
             await anyio.to_thread.run_sync(self._store.remove, [source[0]])

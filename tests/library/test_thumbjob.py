@@ -28,7 +28,7 @@ from stoat_ferret.library import (
     make_scan_handler,
     then_thumbnails,
 )
-from stoat_ferret.library._thumbnail import make_thumbnail
+from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
 from tests.library.support import make_context
 from tests.library.test_thumbnail import make_split_video
 
@@ -232,11 +232,14 @@ async def test_a_file_past_the_read_limit_is_an_errors_entry_and_marked(setup: S
     assert setup.store.state(video.id, (video.size_bytes, video.mtime_ns)) == "failed"
 
 
+@pytest.mark.parametrize("ending", ["made", "undecodable", "cancelled"])
 async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, ending: str
 ) -> None:
     """The first video's file goes, and a rescan deletes its row, while its
-    thumbnail is being made: once the job ends, no file of it is left."""
+    thumbnail is being made: once the job ends, no file of it is left,
+    whether the thumbnail was made, found undecodable (its failure marker),
+    or the job was cancelled meanwhile (the thumbnail written all the same)."""
     started, proceed = threading.Event(), threading.Event()
     making: list[str] = []
 
@@ -246,14 +249,19 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
             making.append(path)
             started.set()
             proceed.wait()
+            if ending == "undecodable":
+                raise UndecodableError(path, "no frame")
         return image
 
     monkeypatch.setattr(_thumbjob, "make_thumbnail", gated)
     results: list[dict[str, Any]] = []
 
     async def job() -> None:
-        results.append(await setup.thumbnailer(job_context()))
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            results.append(await setup.thumbnailer(job_context()))
 
+    scopes: list[anyio.CancelScope] = []
     with anyio.fail_after(30):
         await setup.scan()
         async with anyio.create_task_group() as group:
@@ -262,11 +270,18 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
             video = await setup.library.get_video_by_path(making[0])
             os.unlink(making[0])
             rescan = await setup.scan()
+            if ending == "cancelled":
+                scopes[0].cancel()
+                await anyio.wait_all_tasks_blocked()
             proceed.set()
 
     assert video is not None
     assert rescan["removed"] == 1
-    assert results[0]["made"] == 3  # made, then removed with its row
+    if ending == "cancelled":
+        assert results == []
+    else:  # made, or marked failed, then removed with its row
+        made = {"made": 3, "undecodable": 2}[ending]
+        assert (results[0]["made"], results[0]["failed"]) == (made, 4 - made)
     assert await setup.library.get_video(video.id) is None
     assert str(video.id) not in os.listdir(setup.store.directory)
 
