@@ -100,9 +100,10 @@ def register_thumbnail_jobs(
 
 
 async def start_thumbnails(supervisor: JobSupervisor, thumbnailer: Thumbnailer) -> None:
-    """At start-up: submit a ``thumbnails`` job if a stored video has no thumbnail
-    (a database from before thumbnails, a job cut short by the last shut-down)."""
-    if await thumbnailer.any_missing():
+    """At start-up: remove the thumbnails of videos no longer stored, and
+    submit a ``thumbnails`` job if a stored video has none (a database from
+    before thumbnails, a job cut short by the last shut-down)."""
+    if await thumbnailer.start_up_check():
         await thumbnailer.submit_due(supervisor, after="start-up")
 
 

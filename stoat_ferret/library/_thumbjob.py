@@ -34,9 +34,8 @@ a file whose frame is not found within the read limit) is marked: a file
 away, unreadable or changed for now, out of descriptors, an I/O error, a
 directory replaced since the scan, is an ``errors`` entry only, and the next
 job tries it again. A video outside the scan roots (``roots``: stored before
-they were narrowed) is not tried at all, only counted (``outside``): it
-neither fills the errors nor makes :meth:`Thumbnailer.any_missing` true, so
-the service does not submit a job for it at every start; should the roots
+they were narrowed) is not tried at all, only counted (``outside``), and
+does not make the service submit a job at every start; should the roots
 widen again, it is missing like any other. The files are read as a scan
 reads them, from the root down, crossing no symlink (``_thumbnail.py``).
 
@@ -45,8 +44,8 @@ which a pause counts towards) stops it before its next file or during a
 pause; what was written stays, and the rest is owed
 (:attr:`Thumbnailer.owed`): the next scan that ends submits a job for it,
 even if it changed nothing, as it does when a queue refused a submission
-(or a job queued here was cancelled before it started).
-:meth:`Thumbnailer.any_missing` lets the service submit one at start-up.
+(or a job queued here was cancelled before it started), and the
+service at start-up (:meth:`Thumbnailer.start_up_check`).
 
 Progress: the message counts ``made/total``, where ``total`` is the made
 and failed so far plus what the latest listing found missing, so it grows
@@ -190,18 +189,19 @@ class Thumbnailer:
         )
         return result
 
-    async def any_missing(self) -> bool:
-        """Whether some stored video inside the roots has neither a thumbnail
-        nor a failure marker."""
+    async def start_up_check(self) -> bool:
+        """At start-up, before any job: remove the files of videos no longer stored
+        (a crash cut their removal short); whether one inside the roots has none."""
         if self._store.refused is not None:
             return False
         sources = await self._library.thumbnail_sources()
-        state = self._store.state
-        return await anyio.to_thread.run_sync(
-            lambda: any(
-                self._inside(source) and state(source[0], source[2:]) is None for source in sources
-            )
-        )
+        state, stored = self._store.state, {source[0] for source in sources}
+
+        def look() -> bool:
+            self._store.sweep(stored)
+            return any(self._inside(s) and state(s[0], s[2:]) is None for s in sources)
+
+        return await anyio.to_thread.run_sync(look)
 
     def _inside(self, source: Source) -> bool:
         return containing_root(os.path.dirname(source[1]), self._roots) is not None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -187,6 +189,29 @@ async def test_the_start_up_submits_a_job_for_missing_thumbnails(
     assert waited.json()["result"]["made"] == 2
     assert image.status_code == 200
     assert after == []
+
+
+async def test_the_start_up_removes_the_thumbnails_of_videos_no_longer_stored(
+    settings: Settings, video_dir: Path
+) -> None:
+    """A row deleted by a service killed before it removed the row's thumbnail
+    (here: deleted behind the service's back, while it was stopped) leaves no
+    file after the next start; the other video's stays, and no job is due."""
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            await scan_and_thumbnails(client, video_dir)
+            ids = await video_ids(client)
+        with contextlib.closing(sqlite3.connect(settings.database_path)) as raw, raw:
+            raw.execute("DELETE FROM videos WHERE id = ?", (ids["a.mp4"],))
+        left = sorted(os.listdir(thumbnails_directory(settings)))
+        async with serving(create_app(settings)) as client:
+            jobs = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+        after = sorted(os.listdir(thumbnails_directory(settings)))
+
+    assert str(ids["a.mp4"]) in left
+    assert str(ids["a.mp4"]) not in after
+    assert str(ids["b.mkv"]) in after
+    assert jobs == []
 
 
 async def test_the_users_own_thumbnails_folders_are_never_touched(

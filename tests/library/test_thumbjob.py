@@ -202,7 +202,7 @@ async def test_rows_outside_the_roots_are_counted_and_not_read(
         await setup.scan()
         result = await thumbnailer(job_context())
         sources = await setup.library.thumbnail_sources()
-        missing = await thumbnailer.any_missing()
+        missing = await thumbnailer.start_up_check()
 
     assert (result["made"], result["failed"], result["outside"]) == (0, 0, 4)
     assert result["errors"] == []
