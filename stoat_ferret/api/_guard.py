@@ -25,9 +25,9 @@ and neither ``Authorization: Bearer            its files stay open
 <token>`` nor the :data:`TOKEN_COOKIE`
 holding its :func:`session_value` is there
 a state change that only the cookie    403     a browser sends the cookie by
-authorises, without ``Origin``,                itself; clients that are not
-``Referer`` or ``Sec-Fetch-Site:               browsers send the token
-same-origin``
+authorises, without an ``Origin`` or           itself; clients that are not
+``Referer`` of the service's own, or           browsers send the token
+``Sec-Fetch-Site: same-origin``
 the body is larger than                413     counted as it arrives, whatever
 :data:`~stoat_ferret.api._schemas.             ``Content-Length`` says (see
 MAX_BODY_BYTES`, or a ``GET``/``HEAD``         :class:`_BodyLimit`)
@@ -245,7 +245,7 @@ class RequestGuard:
                 "this service needs its API token: send Authorization: Bearer <token>",
                 {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'},
             )
-        if credential == "cookie" and unsafe and not _vouched_for(headers):
+        if credential == "cookie" and unsafe and not self.vouched_for(headers, connection):
             # A browser sends the cookie by itself; the change must say where it is from.
             return _refuse(
                 403,
@@ -272,6 +272,14 @@ class RequestGuard:
             return site in ("same-origin", "none")
         origin = claimed_origin(headers)
         return origin is None or self.same_origin(origin, connection)
+
+    def vouched_for(self, headers: Headers, connection: HTTPConnection) -> bool:
+        """True if the browser says the request is same-origin, or names its
+        origin and that is the service's own or an allowed one."""
+        if headers.get("sec-fetch-site") == "same-origin":
+            return True
+        origin = claimed_origin(headers)
+        return origin is not None and self.same_origin(origin, connection)
 
     def same_origin(self, origin: str, connection: HTTPConnection) -> bool:
         """True if ``origin`` is the one the request was addressed to, or an allowed one.
@@ -318,11 +326,6 @@ def claimed_origin(headers: Headers) -> str | None:
     except ValueError:
         return "null"
     return f"{parts.scheme}://{host}" if parts.scheme and host else "null"
-
-
-def _vouched_for(headers: Headers) -> bool:
-    """True if the browser names the request's origin (checked own by then) or says same-origin."""
-    return claimed_origin(headers) is not None or headers.get("sec-fetch-site") == "same-origin"
 
 
 def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiJSONResponse:

@@ -632,14 +632,21 @@ async def test_a_big_body_arriving_while_a_stream_runs_ends_the_stream(
         pytest.param({"Referer": "http://localhost/"}, 202, id="cookie-and-referer"),
         pytest.param({"Sec-Fetch-Site": "same-origin"}, 202, id="cookie-and-same-origin"),
         pytest.param({"Authorization": f"Bearer {TOKEN}"}, 202, id="bearer-too"),
+        # No browser sends these together; the origin named must still be ours.
+        pytest.param(
+            {"Sec-Fetch-Site": "none", "Origin": "http://evil.example"},
+            403,
+            id="cookie-user-typed-and-a-foreign-origin",
+        ),
+        pytest.param({"Sec-Fetch-Site": "none"}, 403, id="cookie-user-typed"),
     ],
 )
 async def test_a_state_change_on_the_cookie_alone_must_say_it_is_from_here(
     with_token: Settings, scan_root: Path, headers: dict[str, str], status: int
 ) -> None:
     """The cookie is the browser's: a state change it alone authorises needs the browser to
-    vouch for the dashboard's origin (Origin, Referer or Sec-Fetch-Site). Bearer clients
-    (curl) send none of these."""
+    vouch for the dashboard's origin (an Origin or Referer of its own, or Sec-Fetch-Site:
+    same-origin). Bearer clients (curl) send none of these."""
 
     with anyio.fail_after(10):
         async with serving(create_app(with_token)) as client:
