@@ -26,10 +26,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 # FastAPI reads the route signatures at run time: the name must exist then.
-from stoat_ferret.api._deps import LibraryDep  # noqa: TC001
+from stoat_ferret.api._deps import LibraryDep, SettingsDep  # noqa: TC001
 from stoat_ferret.api._errors import unavailable, unreadable
-from stoat_ferret.api._schemas import MAX_OFFSET, error_responses
-from stoat_ferret.api._videos import VIDEO_ID
+from stoat_ferret.api._schemas import error_responses
+from stoat_ferret.api._videos import VIDEO_ID, shown_video
 from stoat_ferret.library import (
     THUMBNAIL_MEDIA_TYPE,
     THUMBNAIL_VERSION,
@@ -138,15 +138,17 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     responses=_RESPONSES,
 )
 async def get_thumbnail(
-    video_id: int, request: Request, library: LibraryDep, thumbnails: ThumbnailsDep
+    video_id: int,
+    request: Request,
+    library: LibraryDep,
+    settings: SettingsDep,
+    thumbnails: ThumbnailsDep,
 ) -> Response:
     """The video's thumbnail: a frame near 10% of it, 320 pixels wide; 404 while none.
 
     503 with ``Retry-After`` when its file cannot be read now (out of file
     descriptors or memory, an I/O error). HEAD answers as GET would, without the body."""
-    video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
-    if video is None:
-        raise HTTPException(404, f"no video with id {video_id}")
+    video = await shown_video(video_id, library, settings)
     fingerprint = (video.size_bytes, video.mtime_ns)
     etag = f'"{video.id}-{THUMBNAIL_VERSION}-{video.size_bytes}-{video.mtime_ns}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}

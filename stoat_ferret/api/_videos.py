@@ -18,7 +18,8 @@ written above the ``GET`` so that the ``GET`` is registered first and an
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+import os
+from typing import TYPE_CHECKING, Annotated, Final
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -45,7 +46,11 @@ from stoat_ferret.api._schemas import (
     VideoOut,
     error_responses,
 )
-from stoat_ferret.library import VideoFilter
+from stoat_ferret.library import VideoFilter, containing_root
+
+if TYPE_CHECKING:
+    from stoat_ferret.library import Video, VideoLibrary
+    from stoat_ferret.settings import Settings
 
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 
@@ -104,10 +109,13 @@ async def scan_videos(
 @router.head("", include_in_schema=False)
 @router.get("", response_model=VideoListOut, responses=error_responses(422, 503))
 async def list_videos(
-    library: LibraryDep, query: Annotated[VideoListQuery, Query()]
+    library: LibraryDep, settings: SettingsDep, query: Annotated[VideoListQuery, Query()]
 ) -> ApiJSONResponse:
-    """List stored videos: searched, filtered and sorted; ``total`` counts every match."""
-    where = VideoFilter(**query.model_dump(exclude={"limit", "offset"}))
+    """List stored videos: searched, filtered and sorted; ``total`` counts every match.
+
+    With scan roots, only the videos under them (one stored before the roots
+    were narrowed is kept, and shown again should they widen)."""
+    where = VideoFilter(**query.model_dump(exclude={"limit", "offset"}), within=_roots(settings))
     videos, total = await library.list_videos(query.limit, query.offset, where)
     return ApiJSONResponse(
         {
@@ -145,11 +153,25 @@ VIDEO_ID: Final = "{video_id:video_id}"
 # so ``GET /api/v1/videos/scan`` is routing's own 405.
 @router.head(f"/{VIDEO_ID}", include_in_schema=False)
 @router.get(f"/{VIDEO_ID}", response_model=VideoOut, responses=error_responses(404, 503))
-async def get_video(video_id: int, library: LibraryDep) -> ApiJSONResponse:
-    """One stored video."""
+async def get_video(video_id: int, library: LibraryDep, settings: SettingsDep) -> ApiJSONResponse:
+    """One stored video (under the scan roots, if there are any)."""
+    return ApiJSONResponse((await shown_video(video_id, library, settings)).to_json())
+
+
+async def shown_video(video_id: int, library: VideoLibrary, settings: Settings) -> Video:
+    """The stored video ``video_id``, if the API shows it: under one of the
+    scan roots, or any without roots.
+
+    Raises:
+        HTTPException: 404, no such video is shown.
+    """
     # Ids are SQLite rowids: anything outside 1..2**63-1 cannot exist (and
     # would overflow the query), so it is simply not found.
     video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
-    if video is None:
+    if video is None or containing_root(os.path.dirname(video.path), _roots(settings)) is None:
         raise HTTPException(404, f"no video with id {video_id}")
-    return ApiJSONResponse(video.to_json())
+    return video
+
+
+def _roots(settings: Settings) -> tuple[str, ...]:
+    return tuple(str(root) for root in settings.scan_roots)

@@ -10,7 +10,7 @@ process that a probe thread waits for, on asyncio and trio alike.
 from __future__ import annotations
 
 from stoat_ferret.library._background import BackgroundThreads, Stop, ThreadPriority, lower_priority
-from stoat_ferret.library._beneath import PATH_MAX
+from stoat_ferret.library._beneath import PATH_MAX, containing_root
 from stoat_ferret.library._connections import inspect_database
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
@@ -99,6 +99,7 @@ __all__ = [
     "VideoRecord",
     "VideoStore",
     "check_data_directory",
+    "containing_root",
     "inspect_database",
     "is_utf8",
     "landlock_abi",

@@ -125,7 +125,9 @@ class VideoFilter:
     it; both NFC-normalised), taken literally: ``%`` and ``_`` are plain characters. ``container``
     is FFmpeg's format name or one of its comma-separated aliases (``mp4``
     matches ``mov,mp4,m4a,3gp,3g2,mj2``). ``under`` is an absolute directory:
-    the videos anywhere below it. Bounds are inclusive. ``sort`` is one of
+    the videos anywhere below it. ``within`` is the service's scan roots
+    (absolute, normalised): only the videos below one of them; empty, every
+    video. Bounds are inclusive. ``sort`` is one of
     :data:`SORT_KEYS`, with a leading ``-`` for descending order; ties are
     broken by id in the same direction, so pages never overlap.
     """
@@ -142,12 +144,15 @@ class VideoFilter:
     max_duration: float | None = None
     under: str | None = None
     sort: str = "path"
+    within: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.sort.removeprefix("-") not in SORT_KEYS:
             raise ValueError(f"cannot sort by {self.sort!r}: use one of {', '.join(SORT_KEYS)}")
         if self.under is not None and not self.under.startswith("/"):
             raise ValueError(f"under must be an absolute directory, got {self.under!r}")
+        if not all(root.startswith("/") for root in self.within):
+            raise ValueError(f"within must be absolute directories, got {self.within!r}")
 
 
 @attrs.frozen(kw_only=True)

@@ -88,7 +88,7 @@ def page_query(
     ``+column``, except bounds on the sort key itself, which make the walk a
     range of its index (``width >= ?`` sorted by width seeks its first row);
     to pick the rows by the filters, the sort key is (``ORDER BY +column``). A
-    ``path`` sort always walks the path index, which ``under`` also uses.
+    ``path`` sort always walks the path index, which ``under`` and ``within`` also use.
     """
     column = where.sort.removeprefix("-")
     direction = " DESC" if where.sort.startswith("-") else ""
@@ -120,7 +120,8 @@ def filter_clause(
     into the exact formats that have it (``mp4`` into ``mov,mp4,m4a,...``), so
     the container filter is an indexed ``IN``. Without it, the alias is looked
     for in each row's format. ``indexed=False`` writes every column ``+column``
-    so that no filter uses an index; ``path_indexed`` is the same for ``under``,
+    so that no filter uses an index; ``path_indexed`` is the same for ``under``
+    and ``within``,
     and the bounds on ``sort_column`` stay without ``+`` whatever ``indexed`` says.
     """
     terms: list[str] = []
@@ -162,6 +163,10 @@ def filter_clause(
         # normpath keeps POSIX's "//" prefix, which no stored (resolved) path has.
         directory = "/" + os.path.normpath(where.under).lstrip("/")
         add(f"{path} >= ? AND {path} < ?", *subtree_bounds(directory))
+    if where.within:
+        path = "path" if path_indexed else "+path"
+        ranges = " OR ".join(f"{path} >= ? AND {path} < ?" for _ in where.within)
+        add(f"({ranges})", *(bound for root in where.within for bound in subtree_bounds(root)))
     return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
 
 

@@ -287,10 +287,12 @@ async def test_videos_outside_narrowed_roots_get_no_thumbnail(
 ) -> None:
     """Scanned under one root, restarted with another: the stored videos are
     outside the roots, so the start-up submits no job for them (one at every
-    start would only fill its errors), and they get no thumbnail."""
+    start would only fill its errors), and they get no thumbnail (nor are
+    they listed)."""
     with anyio.fail_after(60):
         async with serving(create_app(settings)) as client:
             await scan_and_thumbnails(client, video_dir)
+            ids = await video_ids(client)
         shutil.rmtree(thumbnails_directory(settings))
         other = tmp_path / "other"
         other.mkdir()
@@ -302,10 +304,11 @@ async def test_videos_outside_narrowed_roots_get_no_thumbnail(
         async with serving(create_app(narrowed)) as client:
             # The start-up's check ran in the lifespan, before serving began.
             jobs = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
-            ids = await video_ids(client)
+            listed = await video_ids(client)
             image = await client.get(f"/api/v1/videos/{ids['a.mp4']}/thumbnail")
 
     assert jobs == []
+    assert listed == {}
     assert image.status_code == 404
 
 

@@ -6,6 +6,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 import pytest
 
 from stoat_ferret.api._schemas import VideoOut
@@ -39,10 +40,8 @@ _ROWS: list[tuple[str, int, int | None, int | None, float | None, str, str | Non
 ]
 
 
-@pytest.fixture
-def stocked(settings: Settings) -> Settings:
-    """Settings whose database already holds the videos of :data:`_ROWS`."""
-    settings.database_path.parent.mkdir(parents=True)
+def _stock(settings: Settings, rows: list[tuple[Any, ...]]) -> None:
+    settings.database_path.parent.mkdir(parents=True, exist_ok=True)
     store = VideoStore.open(settings.database_path)
     try:
         store.upsert(
@@ -64,12 +63,19 @@ def stocked(settings: Settings) -> Settings:
                         container_format=container,
                     ),
                 )
-                for path, size, width, height, seconds, video, audio, container in _ROWS
+                for path, size, width, height, seconds, video, audio, container in rows
             ]
         )
     finally:
         store.close()
-    return settings
+
+
+@pytest.fixture
+def stocked(settings: Settings) -> Settings:
+    """Settings without scan roots (every stored video shown) whose database
+    already holds the videos of :data:`_ROWS`."""
+    _stock(settings, _ROWS)
+    return attrs.evolve(settings, scan_roots=())
 
 
 async def _get(settings: Settings, *queries: str | dict[str, Any]) -> list[httpx.Response]:
@@ -88,6 +94,34 @@ def _names(response: httpx.Response) -> list[str]:
     assert response.status_code == 200, response.text
     body = response.json()
     return [video["filename"] for video in body["videos"]]
+
+
+@pytest.mark.anyio
+async def test_only_the_videos_under_the_scan_roots_are_shown(
+    stocked: Settings, scan_root: Path
+) -> None:
+    """With scan roots, the list (and its total) and a video's own route show
+    only the videos under them: those stored before the roots were narrowed
+    stay stored, and show again without the roots."""
+    _stock(stocked, [(f"{scan_root}/in.mp4", 60, 64, 48, 1.0, "h264", None, "mov,mp4")])
+    narrowed = attrs.evolve(stocked, scan_roots=(scan_root,))
+    with anyio.fail_after(20):
+        async with serving(create_app(narrowed)) as client:
+            listed = await client.get(VIDEOS)
+            searched = await client.get(VIDEOS, params={"q": "zeta"})
+            ids = {video["filename"]: video["id"] for video in listed.json()["videos"]}
+            inside = await client.get(f"{VIDEOS}/{ids['in.mp4']}")
+            outside = [await client.get(f"{VIDEOS}/{number}") for number in range(1, 6)]
+            thumbnail = await client.get(f"{VIDEOS}/1/thumbnail")
+        (everything,) = await _get(stocked, "")
+
+    assert _names(listed) == ["in.mp4"]
+    assert listed.json()["total"] == 1
+    assert searched.json() == {"videos": [], "total": 0, "limit": 100, "offset": 0}
+    assert inside.status_code == 200
+    assert [response.status_code for response in outside] == [404] * 5
+    assert thumbnail.status_code == 404
+    assert everything.json()["total"] == len(_ROWS) + 1
 
 
 @pytest.mark.anyio

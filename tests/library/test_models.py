@@ -126,6 +126,12 @@ def test_video_filter_refuses_a_relative_under() -> None:
         VideoFilter(under="media/clips")
 
 
+def test_video_filter_refuses_relative_roots() -> None:
+    """``within`` names absolute directories (the scan roots)."""
+    with pytest.raises(ValueError, match="absolute directories"):
+        VideoFilter(within=("/srv/videos", "media"))
+
+
 def test_error_log_keeps_the_first_entries_and_counts_the_rest() -> None:
     """Past the cap, entries are only counted."""
     log = ErrorLog(cap=2)

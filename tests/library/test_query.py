@@ -233,6 +233,8 @@ def test_both_plans_give_the_same_pages(
         VideoFilter(q="clip", sort="-duration_seconds"),
         VideoFilter(video_codec="hevc", audio_codec="opus", sort="width"),
         VideoFilter(under="/m/a", sort="-path"),
+        VideoFilter(within=("/m/a/b", "/n"), sort="-size_bytes"),
+        VideoFilter(under="/m", within=("/m/a/b", "/n"), sort="filename"),
     ]
 
     pages = [store.list_videos(2, 1, where) for where in wheres]
@@ -243,6 +245,8 @@ def test_both_plans_give_the_same_pages(
         (["clip-1.webm"], 2),
         ([], 1),
         (["clip_1.mkv", "clip-1.webm"], 3),
+        (["clip-1.webm", "clip_1.mkv"], 3),
+        (["clip_1.mkv"], 2),
     ]
 
 
