@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: these names must exist then.
@@ -31,12 +32,17 @@ from stoat_ferret.api._sse import wait_for_disconnect
 from stoat_ferret.jobs import JobNotFound, JobStatus
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from stoat_ferret.jobs import AsyncJobQueue, JobResult
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 DEFAULT_WAIT_SECONDS: Final = 30.0
 MAX_WAIT_SECONDS: Final = 3600.0
+
+LIST_CHUNK: Final = 16
+"""Jobs of a list page made into JSON and sent at a time (``list_jobs``)."""
 
 
 @router.head("", include_in_schema=False)
@@ -65,21 +71,25 @@ async def list_jobs(
         payload_items=None if path is None else {"path": path},
     )
 
-    def page_json() -> bytes:
-        return render(
-            {
-                "jobs": [job_json(job) for job in page.jobs],
-                "total": page.total,
-                "limit": limit,
-                "offset": offset,
-            }
-        )
+    jobs = page.jobs
+    tail = render({"total": page.total, "limit": limit, "offset": offset})
 
-    # A page of a thousand scans, each with its bounded errors, is tens of
-    # megabytes of JSON at worst: made in a worker thread, from the snapshots,
-    # so that the event loop answers other requests meanwhile.
-    body = await anyio.to_thread.run_sync(page_json)
-    return Response(body, media_type="application/json")
+    def some_json(start: int) -> bytes:
+        return b",".join(render(job_json(job)) for job in jobs[start : start + LIST_CHUNK])
+
+    async def body() -> AsyncIterator[bytes]:
+        # A page of a thousand scans, each with its bounded errors, is tens of
+        # megabytes of JSON at worst: sent a few jobs at a time, each made in
+        # a worker thread (the event loop answers other requests meanwhile)
+        # once the client has taken the last, so that one that does not read
+        # holds one chunk, not the page.
+        yield b'{"jobs":['
+        for start in range(0, len(jobs), LIST_CHUNK):
+            made = await anyio.to_thread.run_sync(some_json, start)
+            yield b"," + made if start else made
+        yield b"]," + tail[1:]
+
+    return StreamingResponse(body(), media_type="application/json")
 
 
 @router.head("/{job_id}", include_in_schema=False)

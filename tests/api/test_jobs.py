@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from typing import TYPE_CHECKING, Any, Final
@@ -24,6 +25,7 @@ from tests.api.support import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
     from pathlib import Path
 
     import httpx
@@ -218,6 +220,54 @@ async def test_a_page_of_jobs_is_made_into_json_off_the_event_loop(
     assert [job["result"] for job in page.json()["jobs"]] == [1, 0]
     assert len(threads) == 2
     assert threading.current_thread() not in threads
+
+
+@pytest.mark.anyio
+async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page goes out a few jobs at a time, each chunk made once the client
+    has taken the last: a client that stops reading holds one chunk, not the
+    page (which may be tens of megabytes). What it reads is the whole page."""
+    made: list[str] = []
+
+    def recording(job: JobResult) -> dict[str, Any]:
+        made.append(job.job_id)
+        return job_json(job)
+
+    monkeypatch.setattr(_jobs, "job_json", recording)
+    monkeypatch.setattr(_jobs, "LIST_CHUNK", 3)
+    sent: list[dict[str, Any]] = []
+    reading = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+        if len(sent) == 3:  # the head, the opening, the first chunk: stop reading
+            await reading.wait()
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register("echo", _echo)
+            ids = [await supervisor.submit("echo", n) for n in range(8)]
+            for job_id in ids:
+                await supervisor.wait(job_id)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app), anyio.create_task_group() as group:
+                group.start_soon(app, http_scope("GET", "/api/v1/jobs"), receive, send)
+                while len(sent) < 3:
+                    await anyio.wait_all_tasks_blocked()
+                held = list(made)
+                reading.set()
+
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    page = json.loads(body)
+    assert held == ids[::-1][:3]
+    assert [job["result"] for job in page["jobs"]] == list(range(8))[::-1]
+    assert (page["total"], page["limit"], page["offset"]) == (8, 100, 0)
 
 
 @pytest.mark.anyio
