@@ -79,16 +79,22 @@ class Submit(NamedTuple):
 
 class Cancel(NamedTuple):
     """From ``cancel`` (after it withdrew a job it saw pending): end the job;
-    the reply (True: it ended cancelled) comes once it is terminal."""
+    the reply (True: it ended cancelled) comes once it is terminal.
 
-    job_id: str
+    Carries the record ``cancel`` found, as :class:`Follow` does: a job
+    evicted before this is handled is terminal, and the answer is False."""
+
+    record: JobRecord
     reply: Reply[bool]
 
 
 class Wait(NamedTuple):
-    """From ``wait``: answer with the job's snapshot once it is terminal."""
+    """From ``wait``: answer with the job's snapshot once it is terminal.
 
-    job_id: str
+    Carries the record ``wait`` found: one evicted before this is handled
+    (it ended, and enough others after it, in one batch) is still answered."""
+
+    record: JobRecord
     reply: Reply[JobResult]
 
 

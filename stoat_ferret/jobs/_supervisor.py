@@ -238,7 +238,7 @@ class JobSupervisor:
         if record.status.is_terminal:
             return record.snapshot()
         reply: Reply[JobResult] = Reply()
-        self._actor.send(Wait(job_id, reply))
+        self._actor.send(Wait(record, reply))
         return await self._receive(job_id, reply)
 
     async def cancel(self, job_id: str) -> bool:
@@ -260,7 +260,7 @@ class JobSupervisor:
         if record.status is JobStatus.PENDING:
             self._shared.withdraw(job_id)  # see Shared: a withdrawn job never starts
         reply: Reply[bool] = Reply()
-        self._actor.send(Cancel(job_id, reply))
+        self._actor.send(Cancel(record, reply))
         return await self._receive(job_id, reply)
 
     async def list_jobs(

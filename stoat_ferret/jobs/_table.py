@@ -16,7 +16,7 @@ from loguru import logger
 
 from stoat_ferret.jobs._assignments import Assignments
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges
-from stoat_ferret.jobs._exceptions import JobNotFound, QueueFull
+from stoat_ferret.jobs._exceptions import QueueFull
 from stoat_ferret.jobs._messages import (
     Assignment,
     Cancel,
@@ -143,13 +143,10 @@ class JobTable:
                     self.publish_change(record)
             case Submit():
                 self._on_submit(message)
-            case Cancel(job_id=job_id, reply=reply):
-                self._on_cancel(job_id, reply)
-            case Wait(job_id=job_id, reply=reply):
-                waited = self.jobs.get(job_id)
-                if waited is None:
-                    reply.send(JobNotFound(job_id))
-                elif waited.status.is_terminal:
+            case Cancel(record=record, reply=reply):
+                self._on_cancel(record, reply)
+            case Wait(record=waited, reply=reply):
+                if waited.status.is_terminal:
                     reply.send(waited.snapshot())
                 elif waited.waiters is None:
                     waited.waiters = {reply}
@@ -263,11 +260,8 @@ class JobTable:
         )
         self.assignments.offer(assignment, message.spec.max_running)
 
-    def _on_cancel(self, job_id: str, reply: Reply[bool]) -> None:
-        record = self.jobs.get(job_id)
-        if record is None:
-            reply.send(JobNotFound(job_id))
-        elif record.status.is_terminal:
+    def _on_cancel(self, record: JobRecord, reply: Reply[bool]) -> None:
+        if record.status.is_terminal:
             reply.send(False)
         elif record.status is JobStatus.PENDING:
             # cancel() withdrew the job before sending this (Shared.withdrawn):

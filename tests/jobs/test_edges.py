@@ -879,3 +879,29 @@ async def test_aclose_before_run_ends_the_change_feeds() -> None:
             changes = [change async for change in feed]
 
     assert changes == []
+
+
+@pytest.mark.parametrize("call", ["wait", "cancel"])
+async def test_a_job_evicted_in_the_batch_that_ends_it_is_still_answered(call: str) -> None:
+    """wait() and cancel() of a job seen running, which ends and is evicted
+    (max_finished=1: the other job ends after it in the same batch) before
+    the actor handles the call: the answer is its end, not JobNotFound."""
+    release = anyio.Event()
+
+    async def held(ctx: JobContext) -> str:
+        await release.wait()
+        return ctx.job_id
+
+    with anyio.fail_after(10):
+        async with running_supervisor(max_workers=2, max_finished=1) as supervisor:
+            supervisor.register("held", held)
+            first = await supervisor.submit("held")
+            await supervisor.submit("held")
+            await anyio.wait_all_tasks_blocked()  # both run, each waiting for release
+            release.set()
+            if call == "wait":
+                answer: Any = (await supervisor.wait(first)).status
+            else:
+                answer = await supervisor.cancel(first)
+
+    assert answer == (JobStatus.COMPLETED if call == "wait" else False)
