@@ -30,13 +30,14 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import StringConstraints
+from pydantic import Field, StringConstraints
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep, stream_slot
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import job_json, render
 from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
+from stoat_ferret.api._schemas import StrictQuery
 from stoat_ferret.api._sse import RETRY_MS, STOPPING, change_event, following, resume_after
 from stoat_ferret.jobs import JobFeed, JobResult  # noqa: TC001
 
@@ -55,15 +56,29 @@ LastEventIdHeader = Annotated[
         description="The id of the last event seen; what changed since follows.",
     ),
 ]
-LastEventIdQuery = Annotated[
-    str | None,
-    Query(
-        alias="last_event_id",
+FilterValue = Annotated[str, StringConstraints(max_length=_ID_CHARS)]
+
+
+class JobEventsQuery(StrictQuery):
+    """``GET /api/v1/jobs/{job_id}/events``: where to resume."""
+
+    last_event_id: str | None = Field(
+        default=None,
         max_length=_ID_CHARS,
         description="Same as the Last-Event-ID header (which wins), for a new EventSource.",
-    ),
-]
-FilterValue = Annotated[str, StringConstraints(max_length=_ID_CHARS)]
+    )
+
+
+class EventsQuery(JobEventsQuery):
+    """``GET /api/v1/events``: which jobs, and where to resume."""
+
+    job_type: list[FilterValue] | None = Field(
+        default=None, max_length=MAX_FILTERS, description="Only jobs of these types (repeatable)."
+    )
+    job_id: list[FilterValue] | None = Field(
+        default=None, max_length=MAX_FILTERS, description="Only these jobs (repeatable)."
+    )
+
 
 _STREAM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
@@ -86,26 +101,18 @@ async def _all_jobs_feed(
     queue: JobQueueDep,
     stopping: StoppingDep,
     metrics: MetricsDep,
+    query: Annotated[EventsQuery, Query()],
     last_event_id: LastEventIdHeader = None,
-    job_type: Annotated[
-        list[FilterValue] | None,
-        Query(max_length=MAX_FILTERS, description="Only jobs of these types (repeatable)."),
-    ] = None,
-    job_id: Annotated[
-        list[FilterValue] | None,
-        Query(max_length=MAX_FILTERS, description="Only these jobs (repeatable)."),
-    ] = None,
-    last_event_id_query: LastEventIdQuery = None,
 ) -> AsyncIterator[JobFeed]:
     if stopping.is_set():
         raise unavailable("the service is stopping")
-    after = resume_after(last_event_id if last_event_id is not None else last_event_id_query)
+    after = resume_after(last_event_id if last_event_id is not None else query.last_event_id)
     async with following(
         queue,
         stopping,
         after=after,
-        job_ids=job_id,
-        job_types=job_type,
+        job_ids=query.job_id,
+        job_types=query.job_type,
         open_streams=None if metrics is None else metrics.sse_streams,
     ) as feed:
         yield feed
@@ -116,11 +123,11 @@ async def _one_job_feed(
     queue: JobQueueDep,
     stopping: StoppingDep,
     metrics: MetricsDep,
+    query: Annotated[JobEventsQuery, Query()],
     last_event_id: LastEventIdHeader = None,
-    last_event_id_query: LastEventIdQuery = None,
 ) -> AsyncIterator[tuple[JobFeed, JobResult]]:
     job = await queue.get_result(job_id)  # 404 now, before the stream starts
-    after = resume_after(last_event_id if last_event_id is not None else last_event_id_query)
+    after = resume_after(last_event_id if last_event_id is not None else query.last_event_id)
     async with following(
         queue,
         stopping,

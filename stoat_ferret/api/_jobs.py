@@ -14,22 +14,22 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from loguru import logger
+from pydantic import Field
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep, require_json, stream_slot
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse, job_json, render
 from stoat_ferret.api._schemas import (
-    MAX_LIMIT,
-    MAX_OFFSET,
-    MAX_PATH_CHARS,
     CancelRequest,
     JobListOut,
+    JobListQuery,
     JobOut,
+    StrictQuery,
     error_responses,
 )
 from stoat_ferret.api._sse import wait_for_disconnect
-from stoat_ferret.jobs import JobNotFound, JobStatus
+from stoat_ferret.jobs import JobNotFound
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -41,34 +41,33 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 DEFAULT_WAIT_SECONDS: Final = 30.0
 MAX_WAIT_SECONDS: Final = 3600.0
 
+
+class WaitQuery(StrictQuery):
+    """``GET /api/v1/jobs/{job_id}/wait``: how long to wait at most."""
+
+    timeout: float = Field(
+        default=DEFAULT_WAIT_SECONDS,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds to wait at most.",
+    )
+
+
 LIST_CHUNK: Final = 16
 """Jobs of a list page made into JSON and sent at a time (``list_jobs``)."""
 
 
 @router.head("", include_in_schema=False)
 @router.get("", response_model=JobListOut, responses=error_responses(422))
-async def list_jobs(
-    queue: JobQueueDep,
-    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
-    job_type: Annotated[str | None, Query(description="Only jobs of this type.")] = None,
-    path: Annotated[
-        str | None,
-        Query(
-            max_length=MAX_PATH_CHARS,
-            description="Only jobs whose payload's path is exactly this: the resolved "
-            "path a scan's payload shows (not resolved again here).",
-        ),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> Response:
+async def list_jobs(queue: JobQueueDep, query: Annotated[JobListQuery, Query()]) -> Response:
     """List jobs, newest first. ``total`` counts every match, whatever the limit."""
+    limit, offset = query.limit, query.offset
     page = await queue.list_jobs(
-        status=status,
-        job_type=job_type,
+        status=query.status,
+        job_type=query.job_type,
         limit=limit,
         offset=offset,
-        payload_items=None if path is None else {"path": path},
+        payload_items=None if query.path is None else {"path": query.path},
     )
 
     jobs = page.jobs
@@ -114,15 +113,14 @@ async def wait_for_job(
     request: Request,
     queue: JobQueueDep,
     stopping: StoppingDep,
-    timeout: Annotated[
-        float, Query(gt=0, le=MAX_WAIT_SECONDS, description="Seconds to wait at most.")
-    ] = DEFAULT_WAIT_SECONDS,
+    query: Annotated[WaitQuery, Query()],
 ) -> ApiJSONResponse:
     """Wait until the job is finished (200), or answer 408 with its state after ``timeout``.
 
     Answers 503 if the service begins to stop while waiting, or at once (with
     ``Retry-After``) when ``STOAT_MAX_STREAMS`` waits and streams are open.
     """
+    timeout = query.timeout
     job = await queue.get_result(job_id)
     if job.status.is_terminal:
         return ApiJSONResponse(job_json(job))

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, LibraryDep  # noqa: TC001
 from stoat_ferret.api._json import ApiJSONResponse
-from stoat_ferret.api._schemas import MAX_LIMIT, MAX_OFFSET, error_responses
+from stoat_ferret.api._schemas import PageQuery, error_responses
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -55,11 +55,11 @@ async def list_scan_errors(
     job_id: str,
     queue: JobQueueDep,
     library: LibraryDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    page: Annotated[PageQuery, Query()],
 ) -> ApiJSONResponse:
     """Every error of a scan job, in pages; 410 if a later scan of its directory
     replaced them, in whole or in part."""
+    limit, offset = page.limit, page.offset
     job = await queue.get_result(job_id)  # 404 for an unknown job
     entries, total = await library.scan_errors(job_id, limit, offset)
     if job.status.is_terminal and total < _counted_errors(job.result):

@@ -138,18 +138,42 @@ VideoSort: TypeAlias = Literal[
 _TEXT_FILTERS: Final = frozenset({"q", "video_codec", "audio_codec", "container", "under"})
 
 
-class VideoListQuery(BaseModel):
-    """``GET /api/v1/videos``: which videos, in which order, which page.
-
-    Every filter is optional and they combine (AND). An empty text filter
-    is no filter. Any other query parameter is refused (422), so a misspelt filter
-    never silently shows every video.
-    """
+class StrictQuery(BaseModel):
+    """A route's query parameters. Any other is refused (422), so that a
+    misspelt filter never silently widens an answer (every job, every video)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    limit: int = Field(default=100, ge=1, le=MAX_LIMIT, description="Videos per page.")
-    offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Videos skipped.")
+
+class PageQuery(StrictQuery):
+    """One page of a list: ``limit`` entries after ``offset``."""
+
+    limit: int = Field(default=100, ge=1, le=MAX_LIMIT, description="Entries per page.")
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Entries skipped.")
+
+
+class JobListQuery(PageQuery):
+    """``GET /api/v1/jobs``: which jobs, which page (newest first)."""
+
+    status: JobStatus | None = Field(default=None, description="Only jobs in this status.")
+    job_type: str | None = Field(
+        default=None, max_length=MAX_NAME_CHARS, description="Only jobs of this type."
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=MAX_PATH_CHARS,
+        description="Only jobs whose payload's path is exactly this: the resolved "
+        "path a scan's payload shows (not resolved again here).",
+    )
+
+
+class VideoListQuery(PageQuery):
+    """``GET /api/v1/videos``: which videos, in which order, which page.
+
+    Every filter is optional and they combine (AND). An empty text filter
+    is no filter.
+    """
+
     q: str | None = Field(
         default=None,
         max_length=MAX_PATH_CHARS,

@@ -272,6 +272,29 @@ async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
+    ("path", "misspelt"),
+    [
+        ("/api/v1/jobs", "stauts=running"),
+        ("/api/v1/jobs/0123/wait", "timout=3600"),
+        ("/api/v1/jobs/0123/errors", "limt=10"),
+        ("/api/v1/events", "jobid=nope"),
+        ("/api/v1/jobs/0123/events", "lastid=5"),
+    ],
+)
+async def test_an_unknown_query_parameter_is_422(
+    shared_client: httpx.AsyncClient, path: str, misspelt: str
+) -> None:
+    """A misspelt filter is refused, naming it, rather than ignored: ignored, it
+    would widen the answer (every job, every job's events) or wait the default."""
+    response = await shared_client.get(f"{path}?{misspelt}")
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"]) == ("extra_forbidden", ["query", misspelt.split("=")[0]])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
     "query",
     ["status=bogus", "status=COMPLETED", "limit=0", "limit=1001", "offset=-1", "limit=1.5"],
 )
