@@ -54,6 +54,15 @@ async def _echo(ctx: JobContext) -> Any:
     return ctx.payload
 
 
+async def _echoed(supervisor: JobSupervisor, count: int) -> list[str]:
+    """Register ``echo`` and run ``count`` of its jobs (payloads 0, 1, ...) to their end."""
+    supervisor.register("echo", _echo)
+    ids = [await supervisor.submit("echo", n) for n in range(count)]
+    for job_id in ids:
+        await supervisor.wait(job_id)
+    return ids
+
+
 async def _start_scan(client: httpx.AsyncClient, scan: GatedScan, root: Path) -> str:
     response = await client.post(SCAN, json={"path": str(root)})
     assert response.status_code == 202, response.text
@@ -209,10 +218,7 @@ async def test_a_page_of_jobs_is_made_into_json_off_the_event_loop(
     monkeypatch.setattr(_jobs, "job_json", recording)
     with anyio.fail_after(10):
         async with supervisor_running() as supervisor:
-            supervisor.register("echo", _echo)
-            ids = [await supervisor.submit("echo", n) for n in range(2)]
-            for job_id in ids:
-                await supervisor.wait(job_id)
+            await _echoed(supervisor, 2)
             async with serving(create_app(settings, job_queue=supervisor)) as client:
                 page = await client.get("/api/v1/jobs")
 
@@ -251,10 +257,7 @@ async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
 
     with anyio.fail_after(10):
         async with supervisor_running() as supervisor:
-            supervisor.register("echo", _echo)
-            ids = [await supervisor.submit("echo", n) for n in range(8)]
-            for job_id in ids:
-                await supervisor.wait(job_id)
+            ids = await _echoed(supervisor, 8)
             app = create_app(settings, job_queue=supervisor)
             async with serving(app), anyio.create_task_group() as group:
                 group.start_soon(app, http_scope("GET", "/api/v1/jobs"), receive, send)
