@@ -289,5 +289,9 @@ class ErrorLog:
         taken, self.unstored = self.unstored, []
         return taken
 
+    def put_back(self, taken: list[tuple[str, str]]) -> None:
+        """Make ``taken`` (from :meth:`take_unstored`) unstored again, first."""
+        self.unstored[:0] = taken
+
     def __len__(self) -> int:
         return self.total

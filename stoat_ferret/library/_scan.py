@@ -77,7 +77,7 @@ from loguru import logger
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import lstat_beneath, open_scan_directory, split
-from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError
+from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog, Fingerprint, VideoRecord
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -217,29 +217,38 @@ class _Scan:
     async def run(self) -> dict[str, Any]:
         try:
             return await self.scan()
+        except StoreError:
+            raise  # keeping the errors would wait on the failing store again
+        except BaseException:
+            await self.keep_errors()
+            raise
         finally:
-            try:
-                await self.keep_errors()
-            finally:
-                if self.root_fd is not None:  # every thread that used it has returned
-                    os.close(self.root_fd)
+            if self.root_fd is not None:  # every thread that used it has returned
+                os.close(self.root_fd)
+
+    async def store_errors(self) -> None:
+        """Store the errors met since the last call; kept for later if the
+        write does not happen (cancelled before its thread ran, say)."""
+        taken = self.errors.take_unstored()
+        try:
+            await self.library.add_scan_errors(
+                self.ctx.job_id, self.root, recursive=self.recursive, errors=taken
+            )
+        except BaseException:
+            self.errors.put_back(taken)
+            raise
 
     async def keep_errors(self) -> None:
-        """Store the errors met and not stored yet: those of a scan that ended
-        early. Shielded (the write is short), so that a cancelled or timed-out
-        scan's list says what it met; a store that fails now is logged, not
-        raised over the scan's own ending."""
-        unstored = self.errors.take_unstored()
-        if unstored:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.library.add_scan_errors(
-                        self.ctx.job_id, self.root, recursive=self.recursive, errors=unstored
-                    )
-                except LibraryError as exc:
-                    logger.warning(
-                        "scan errors not stored: {error}", job_id=self.ctx.job_id, error=str(exc)
-                    )
+        """Store the errors of a scan that ended early, shielded (the write is
+        short), so that a cancelled or timed-out scan's list says what it met;
+        a store that fails now is logged, not raised over the scan's ending."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store_errors()
+            except LibraryError as exc:
+                logger.warning(
+                    "scan errors not stored: {error}", job_id=self.ctx.job_id, error=str(exc)
+                )
 
     async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
@@ -251,9 +260,7 @@ class _Scan:
         self.found, self.known, to_probe, gone = await self.library.survey(
             self.walk, self.root, recursive=self.recursive, compare=compare
         )
-        await self.library.add_scan_errors(
-            self.ctx.job_id, self.root, recursive=self.recursive, errors=self.errors.take_unstored()
-        )
+        await self.store_errors()
         unchanged = len(self.found) - len(to_probe)
         removed = (
             await self.library.remove_gone(gone, self.is_gone, written_before=self.started)
@@ -264,12 +271,7 @@ class _Scan:
         if to_probe:
             self.report()
             await self.probe_all(to_probe)
-            await self.library.add_scan_errors(
-                self.ctx.job_id,
-                self.root,
-                recursive=self.recursive,
-                errors=self.errors.take_unstored(),
-            )
+            await self.store_errors()
         self.ctx.report_progress(1.0, f"probed {self.done}/{len(self.found)} files")
 
         result = {

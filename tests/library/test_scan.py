@@ -729,6 +729,60 @@ async def test_a_cancelled_scan_keeps_the_errors_it_met(
     assert sorted(path for path, _ in stored) == [str(path) for path in broken]
 
 
+async def test_a_scan_cancelled_as_its_walk_ends_keeps_the_walks_errors(
+    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled just as the survey returns (its timeout, say), before the walk's
+    errors are written: they are kept all the same, none taken and lost."""
+    for index in range(3):
+        (media / f"broken{index}.mp4").symlink_to(media / f"nowhere{index}")
+    survey = library.survey
+    context = make_context(media)
+
+    with anyio.fail_after(TIMEOUT):
+        with anyio.CancelScope() as scope:
+
+            async def survey_then_cancelled(*args: Any, **kwargs: Any) -> Any:
+                found = await survey(*args, **kwargs)
+                scope.cancel()
+                return found
+
+            monkeypatch.setattr(library, "survey", survey_then_cancelled)
+            await make_scan_handler(library, probe_priority=NORMAL)(context)
+        _, total = await library.scan_errors(context.job_id)
+
+    assert scope.cancelled_caught
+    assert total == 3
+
+
+async def test_a_scan_ended_by_its_store_does_not_wait_on_it_again(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan whose store fails ends with that error at once: it does not try
+    to keep its errors in the failing store (another busy timeout's wait)."""
+    _fill(media, clip, ["a.mp4"])
+    (media / "broken.mp4").write_text("not a video")
+    add_scan_errors = library.add_scan_errors
+    failed: list[bool] = []
+    tried_after: list[bool] = []
+
+    async def broken_apply(*args: Any, **kwargs: Any) -> None:
+        failed.append(True)
+        raise StoreError("video store /x: disk I/O error")
+
+    async def add(*args: Any, **kwargs: Any) -> None:
+        tried_after.extend(failed)
+        await add_scan_errors(*args, **kwargs)
+
+    monkeypatch.setattr(library, "apply", broken_apply)
+    monkeypatch.setattr(library, "add_scan_errors", add)
+    with anyio.fail_after(TIMEOUT), pytest.raises(StoreError, match="disk I/O error"):
+        await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
+
+    assert failed == [True]
+    assert tried_after == []
+
+
 async def test_errors_left_unstored_by_a_failing_store_do_not_hide_its_error(
     library: VideoLibrary,
     media: Path,
@@ -736,8 +790,9 @@ async def test_errors_left_unstored_by_a_failing_store_do_not_hide_its_error(
     monkeypatch: pytest.MonkeyPatch,
     log_records: list[Any],
 ) -> None:
-    """A scan whose store fails, and fails again as the scan keeps the errors
-    it met, fails with the first error; the second is logged."""
+    """A scan that fails (here: a bug in its writer), and whose store then
+    fails as it keeps the errors it met, fails with the first error; the
+    second is logged."""
     _fill(media, clip, ["a.mp4"])
     (media / "broken.mp4").write_text("not a video")
     add_scan_errors = library.add_scan_errors
@@ -745,20 +800,20 @@ async def test_errors_left_unstored_by_a_failing_store_do_not_hide_its_error(
 
     async def broken_apply(*args: Any, **kwargs: Any) -> None:
         failed.append(True)
-        raise StoreError("video store /x: disk I/O error")
+        raise RuntimeError("a bug in the writer")
 
     async def add_after_apply(*args: Any, **kwargs: Any) -> None:
         if failed:  # the probes' errors, once apply has failed
-            raise StoreError("video store /x: still broken")
+            raise StoreError("video store /x: broken now")
         await add_scan_errors(*args, **kwargs)
 
     monkeypatch.setattr(library, "apply", broken_apply)
     monkeypatch.setattr(library, "add_scan_errors", add_after_apply)
-    with anyio.fail_after(TIMEOUT), pytest.raises(StoreError, match="disk I/O error"):
+    with anyio.fail_after(TIMEOUT), pytest.raises(RuntimeError, match="a bug in the writer"):
         await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
 
     assert [r["message"] for r in log_records if r["level"].name == "WARNING"] == [
-        "scan errors not stored: video store /x: still broken"
+        "scan errors not stored: video store /x: broken now"
     ]
 
 
