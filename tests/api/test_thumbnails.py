@@ -10,6 +10,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 import av
 import pytest
 
@@ -310,6 +311,28 @@ async def test_videos_outside_narrowed_roots_get_no_thumbnail(
     assert jobs == []
     assert listed == {}
     assert image.status_code == 404
+
+
+async def test_a_made_thumbnail_of_a_video_outside_narrowed_roots_is_not_served(
+    settings: Settings, video_dir: Path, tmp_path: Path
+) -> None:
+    """Its thumbnail made while it was inside the roots, a video outside the
+    narrowed roots is a 404, thumbnail and all; widened again, it is served."""
+    other = tmp_path / "other"
+    other.mkdir()
+    narrowed = attrs.evolve(settings, scan_roots=(other,))
+    with anyio.fail_after(60):
+        async with serving(create_app(settings)) as client:
+            await scan_and_thumbnails(client, video_dir)
+            video_id = (await video_ids(client))["a.mp4"]
+        async with serving(create_app(narrowed)) as client:
+            hidden = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+        async with serving(create_app(settings)) as client:
+            served = await client.get(f"/api/v1/videos/{video_id}/thumbnail")
+
+    assert hidden.status_code == 404
+    assert hidden.json() == {"detail": f"no video with id {video_id}"}
+    assert served.status_code == 200
 
 
 @pytest.mark.parametrize(
