@@ -53,13 +53,17 @@ class WaitQuery(StrictQuery):
     )
 
 
-LIST_CHUNK: Final = 16
-"""Jobs of a list page made into JSON and sent at a time (``list_jobs``)."""
+LIST_CHUNK_BYTES: Final = 256 * 1024
+"""A list page is sent in chunks of about this many bytes of JSON, and one
+job more (``list_jobs``): a page of small jobs in a few trips to a worker
+thread, one of large scan results without holding it all."""
 
 
 @router.head("", include_in_schema=False)
 @router.get("", response_model=JobListOut, responses=error_responses(422))
-async def list_jobs(queue: JobQueueDep, query: Annotated[JobListQuery, Query()]) -> Response:
+async def list_jobs(
+    request: Request, queue: JobQueueDep, query: Annotated[JobListQuery, Query()]
+) -> Response:
     """List jobs, newest first. ``total`` counts every match, whatever the limit."""
     limit, offset = query.limit, query.offset
     page = await queue.list_jobs(
@@ -73,21 +77,32 @@ async def list_jobs(queue: JobQueueDep, query: Annotated[JobListQuery, Query()])
     jobs = page.jobs
     tail = render({"total": page.total, "limit": limit, "offset": offset})
 
-    def some_json(start: int) -> bytes:
-        return b",".join(render(job_json(job)) for job in jobs[start : start + LIST_CHUNK])
+    def some_json(start: int) -> tuple[bytes, int]:
+        """The jobs from ``start`` on, up to about LIST_CHUNK_BYTES; the next start."""
+        parts, size, index = [], 0, start
+        while index < len(jobs) and size < LIST_CHUNK_BYTES:
+            part = render(job_json(jobs[index]))
+            parts.append(part)
+            size += len(part)
+            index += 1
+        return b",".join(parts), index
 
     async def body() -> AsyncIterator[bytes]:
         # A page of a thousand scans, each with its bounded errors, is tens of
-        # megabytes of JSON at worst: sent a few jobs at a time, each made in
-        # a worker thread (the event loop answers other requests meanwhile)
+        # megabytes of JSON at worst: sent a chunk at a time, each made in a
+        # worker thread (the event loop answers other requests meanwhile)
         # once the client has taken the last, so that one that does not read
         # holds one chunk, not the page.
         yield b'{"jobs":['
-        for start in range(0, len(jobs), LIST_CHUNK):
-            made = await anyio.to_thread.run_sync(some_json, start)
+        start = 0
+        while start < len(jobs):
+            made, after = await anyio.to_thread.run_sync(some_json, start)
             yield b"," + made if start else made
+            start = after
         yield b"]," + tail[1:]
 
+    if request.method == "HEAD":  # the same head, and no page made for nothing
+        return StreamingResponse(iter(()), media_type="application/json")
     return StreamingResponse(body(), media_type="application/json")
 
 

@@ -232,9 +232,9 @@ async def test_a_page_of_jobs_is_made_into_json_off_the_event_loop(
 async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The page goes out a few jobs at a time, each chunk made once the client
-    has taken the last: a client that stops reading holds one chunk, not the
-    page (which may be tens of megabytes). What it reads is the whole page."""
+    """The page goes out a chunk at a time, each made once the client has
+    taken the last: a client that stops reading holds one chunk, not the page
+    (which may be tens of megabytes). What it reads is the whole page."""
     made: list[str] = []
 
     def recording(job: JobResult) -> dict[str, Any]:
@@ -242,7 +242,7 @@ async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
         return job_json(job)
 
     monkeypatch.setattr(_jobs, "job_json", recording)
-    monkeypatch.setattr(_jobs, "LIST_CHUNK", 3)
+    monkeypatch.setattr(_jobs, "LIST_CHUNK_BYTES", 1)  # a job a chunk
     sent: list[dict[str, Any]] = []
     reading = anyio.Event()
 
@@ -268,7 +268,7 @@ async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
 
     body = b"".join(message.get("body", b"") for message in sent[1:])
     page = json.loads(body)
-    assert held == ids[::-1][:3]
+    assert held == ids[::-1][:1]
     assert [job["result"] for job in page["jobs"]] == list(range(8))[::-1]
     assert (page["total"], page["limit"], page["offset"]) == (8, 100, 0)
 
