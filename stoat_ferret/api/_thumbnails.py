@@ -15,7 +15,8 @@ scan request meets when the service is out of file descriptors or memory.
 store under the data directory and hooks it to the library's deletions, the
 second registers the ``thumbnails`` job type and makes every completed scan
 that changed something submit one, the third (once the supervisor runs)
-submits one if a stored video has no thumbnail.
+removes the thumbnails of videos no longer stored and submits one if a
+stored video has none.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class JobTable:
         self.shutting_down = False
         # The clock as the actor last read it, once per batch of messages.
         self.now = -math.inf
-        self._active_keys: dict[str | None, str] = {}  # dedupe key -> its pending job's id
+        self._active_keys: dict[str, str] = {}  # dedupe key -> its pending job's id
 
     # ------------------------------------------------------------ queries
 
@@ -195,7 +195,8 @@ class JobTable:
         # look for the id any more.
         self.shared.withdrawn.discard(job_id)
         record.apply(JobEvent.START, at_ns=started_ns)
-        self._active_keys.pop(record.key, None)  # a submit of its key now makes a new job
+        if record.key is not None:  # a submit of its key now makes a new job
+            del self._active_keys[record.key]
         self.running[job_id] = record
         record.scope = scope
         logger.debug(
@@ -314,7 +315,8 @@ class JobTable:
         else:
             del self.pending[record.job_id]
             self.shared.give_back()  # no worker will start it
-            self._active_keys.pop(record.key, None)  # a pending job holds its key
+            if record.key is not None:  # a pending job holds its key
+                del self._active_keys[record.key]
         self.assignments.ended(record.job_type, record.job_id, started=started)
         record.result = result
         record.error = error

@@ -232,15 +232,12 @@ class Thumbnailer:
         """Submit a ``thumbnails`` job to ``queue`` unless one
         submitted here has yet to start (it will list the library then).
 
-        Scans submit with a key, so two ending together submit one job. A
-        job giving way submits without one (the key would name the job
-        itself, still running), only ever while it works, when no scan submits.
+        Keyed (a key names a pending job only), so that two submissions at
+        once, two scans ending or a scan and a job giving way, make one job.
         """
         if await self._queued_to_start(queue):
             return
-        job_id = await submit_thumbnails(
-            queue, self, after=after, key=None if self.working else THUMBNAILS_JOB_TYPE
-        )
+        job_id = await submit_thumbnails(queue, self, after=after, key=THUMBNAILS_JOB_TYPE)
         if job_id is not None:
             self._queued = job_id
 

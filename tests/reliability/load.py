@@ -47,8 +47,9 @@ arguments.
 
 The request mix is fixed by ``--seed`` (which directory each submission asks
 for; the outcomes depend on timing): a fifth of the submissions go to five
-"hot" directories so that repeats meet their pending or running job (same
-id), three quarters are recursive, the other quarter flat (another job key).
+"hot" directories so that repeats meet their pending job (same id) or
+start the next scan of a running one's directory, three quarters are
+recursive, the other quarter flat (another job key).
 For each 202, every second submission polls the job once; for each job id
 seen for the first time, every second is waited for (``/wait``, with a
 timeout of 2 s and 0.05 s in turn, so both 200 and 408 come back),
