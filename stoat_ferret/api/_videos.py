@@ -4,11 +4,12 @@ A scan request is answered at once with the job that runs it (202). While a
 scan of a directory is pending, every request for that directory, however it
 is spelt (``dir/``, ``dir/.``, ``dir/sub/..``, a symlink to it), gets the same
 job: the job key is the resolved path plus the ``recursive`` flag. A request
-made while the directory's scan runs gets a new scan, queued (or running
-beside it): the running one may have listed the directory already, and a
-file added since would be missed. The flag is part of the key because a
-flat scan does not do the work of a recursive one, and folding a recursive
-request into a pending flat scan would silently leave the subdirectories out.
+made while the directory's scan runs gets a new scan, which waits for that
+one to end (jobs of one key run one at a time): the running one may have
+listed the directory already, and a file added since would be missed. The
+flag is part of the key because a flat scan does not do the work of a
+recursive one, and folding a recursive request into a pending flat scan
+would silently leave the subdirectories out.
 
 Every ``GET`` here answers ``HEAD`` too: a second decorator, kept out of the
 OpenAPI schema (where it would repeat the ``GET``'s operation id), and

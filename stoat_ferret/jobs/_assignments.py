@@ -5,7 +5,12 @@ The actor (through :class:`JobTable`) offers each new job's
 stream that the workers read in order, unless the job's type is at its
 running limit (``register(..., max_running=n)``): then it is *held*, in
 submit order, and holds no worker, until a job of its type ends and passes
-its slot on. Only the actor task calls these methods, and none of them awaits.
+its slot on. A keyed job is held too while the last job of its key is out
+(on the stream or running), until that one ends: jobs of one key run one
+at a time, so a scan asked for while the same directory's scan runs waits
+for it rather than probe the same new files beside it. (A key names a
+pending job only, ``JobTable``: at most one job of a key is held.) Only the
+actor task calls these methods, and none of them awaits.
 
 A limited type's slot is in use from the moment an assignment goes on the
 stream until its job ends, whether it ran or was cancelled before it
@@ -49,6 +54,11 @@ class Assignments:
         self._send: MemoryObjectSendStream[Assignment] | None = None
         self._receive: MemoryObjectReceiveStream[Assignment] | None = None
         self._limited: dict[str, _Slots] = {}
+        # Invariant: the job of each key whose assignment went on the stream and
+        # that has not ended; and the one job of a key held behind it, with its
+        # type's limit.
+        self._keys_out: dict[str, str] = {}
+        self._keys_held: dict[str, tuple[Assignment, int | None]] = {}
         self.closed = False
 
     def open(self) -> MemoryObjectReceiveStream[Assignment]:
@@ -64,8 +74,16 @@ class Assignments:
                 stream.close()
 
     def offer(self, assignment: Assignment, limit: int | None) -> None:
-        """A new pending job: put it on the stream, or hold it if its type
-        is at ``limit`` (its ``max_running``; None: no limit)."""
+        """A new pending job: put it on the stream, or hold it if its key's
+        last job is out, or if its type is at ``limit`` (its ``max_running``;
+        None: no limit)."""
+        key = assignment.key
+        if key is not None and key in self._keys_out:
+            self._keys_held[key] = (assignment, limit)
+            return
+        self._offer_to_type(assignment, limit)
+
+    def _offer_to_type(self, assignment: Assignment, limit: int | None) -> None:
         if limit is not None:
             slots = self._limited.get(assignment.job_type)
             if slots is None:
@@ -76,13 +94,25 @@ class Assignments:
             slots.out.add(assignment.job_id)
         self._put(assignment)
 
-    def ended(self, job_type: str, job_id: str, *, started: bool) -> None:
-        """Job ``job_id`` ended (``started``: it had begun running).
+    def ended(self, job_type: str, job_id: str, key: str | None, *, started: bool) -> None:
+        """Job ``job_id`` (of ``key``) ended (``started``: it had begun running).
 
         A held job has nothing out: it is dropped, with its withdrawn id. A
-        job that had a slot passes it to the oldest held job of its type. A
-        job never offered (accepted as the supervisor stopped) had neither.
+        job that was out lets the job held behind its key go, and one that
+        had a slot passes it to the oldest held job of its type. A job never
+        offered (accepted as the supervisor stopped) had none of these.
         """
+        if key is not None:
+            held = self._keys_held.get(key)
+            if held is not None and held[0].job_id == job_id:
+                del self._keys_held[key]
+                self._shared.withdrawn.discard(job_id)  # no worker will pass it
+                return
+            if self._keys_out.get(key) == job_id:
+                del self._keys_out[key]
+                if held is not None:
+                    del self._keys_held[key]
+                    self._offer_to_type(*held)
         slots = self._limited.get(job_type)
         if not started:
             if slots is not None and slots.held.pop(job_id, None) is not None:
@@ -102,6 +132,8 @@ class Assignments:
             return
         assert self._send is not None
         self._send.send_nowait(assignment)
+        if assignment.key is not None:
+            self._keys_out[assignment.key] = assignment.job_id
 
     def _compact(self) -> None:
         """Drop withdrawn jobs' assignments once more than ``max_pending`` pile up.

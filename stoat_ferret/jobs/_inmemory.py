@@ -56,6 +56,7 @@ class InMemoryJobQueue:
         self._changes = JobChanges(replay=replay)
         self._slots: dict[str, anyio.Semaphore] = {}  # per type with a max_running
         self._waiting: dict[str, anyio.CancelScope] = {}  # pending jobs: cancel() ends them
+        self._key_runs: dict[str, anyio.Event] = {}  # per key whose job runs: set as it ends
 
     def register(
         self,
@@ -99,28 +100,38 @@ class InMemoryJobQueue:
             self._active_keys[key] = record.job_id
         self._changes.publish(record)  # created
         slots = self._slots.get(job_type)
-        if slots is None:
+        if slots is None and key is None:
             await self._run(record, spec.handler)
             return record.job_id
         acquired = False
         try:
             with anyio.CancelScope() as waiting:  # cancel() ends the job, then cancels this
                 self._waiting[record.job_id] = waiting
-                await slots.acquire()  # FIFO: jobs of the type start in submit order
-                acquired = True
+                # Jobs of one key run one at a time (a key names a pending job
+                # only, so this is the one job of the key that waits).
+                while key is not None and (running := self._key_runs.get(key)) is not None:
+                    await running.wait()
+                if slots is not None:
+                    await slots.acquire()  # FIFO: jobs of the type start in submit order
+                    acquired = True
         except BaseException:  # the caller of submit was cancelled: end the job, re-raise
             self._end(record, JobEvent.CANCEL, error="submit() was cancelled")
             raise
         finally:
             del self._waiting[record.job_id]
         if waiting.cancel_called:  # ended by cancel(), maybe as the slot came: never starts
-            if acquired:
+            if slots is not None and acquired:
                 slots.release()
             return record.job_id
+        if key is not None:  # no other job of the key could start meanwhile: this one held it
+            self._key_runs[key] = anyio.Event()
         try:
             await self._run(record, spec.handler)
         finally:
-            slots.release()
+            if slots is not None:
+                slots.release()
+            if key is not None:
+                self._key_runs.pop(key).set()
         return record.job_id
 
     async def _run(self, record: JobRecord, handler: Handler) -> None:

@@ -224,7 +224,7 @@ Message: TypeAlias = (
 class Assignment(NamedTuple):
     """From the actor to the workers, one per pending job, in submit order
     (a job of a type at its ``max_running`` limit is assigned once a job of
-    that type ends).
+    that type ends; a keyed job, once the last job of its key has ended).
 
     A worker skips the assignment of a job that ``cancel`` withdrew, and every
     assignment once shutdown began (``Shared.may_start``)."""
@@ -234,3 +234,4 @@ class Assignment(NamedTuple):
     payload: Any
     timeout: float  # resolved; the worker opens move_on_after(timeout) with it
     handler: Handler
+    key: str | None = None  # jobs of one key run one at a time (_assignments.py)

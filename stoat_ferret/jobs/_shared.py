@@ -51,8 +51,9 @@ class Shared:
       An id is removed only by the worker that skips it, by the actor at that
       job's ``JobStarted``, or by the actor's compaction of the work stream,
       each of which passes the job's one assignment; or by the actor when it
-      drops a job its type's running limit held back (``_assignments.py``):
-      such a job has no assignment out, and once dropped never gets one. So
+      drops a job its type's running limit or its key held back
+      (``_assignments.py``): such a job has no assignment out, and once
+      dropped never gets one. So
       a second ``cancel`` of the job cannot let a worker start it.
     * ``progress``: the latest ``report_progress`` figure of each job whose
       ``JobProgressed`` the actor has not handled yet. A job's context writes

@@ -256,10 +256,11 @@ class JobTable:
         self.publish_change(record)
         if self.shutting_down:  # stop() turning leftovers into records: never to run
             return
+        spec = message.spec
         assignment = Assignment(
-            record.job_id, record.job_type, record.payload, record.timeout, message.spec.handler
+            record.job_id, record.job_type, record.payload, record.timeout, spec.handler, record.key
         )
-        self.assignments.offer(assignment, message.spec.max_running)
+        self.assignments.offer(assignment, spec.max_running)
 
     def _on_cancel(self, record: JobRecord, reply: Reply[bool]) -> None:
         if record.status.is_terminal:
@@ -317,7 +318,7 @@ class JobTable:
             self.shared.give_back()  # no worker will start it
             if record.key is not None:  # a pending job holds its key
                 del self._active_keys[record.key]
-        self.assignments.ended(record.job_type, record.job_id, started=started)
+        self.assignments.ended(record.job_type, record.job_id, record.key, started=started)
         record.result = result
         record.error = error
         self.totals[status] += 1

@@ -394,39 +394,46 @@ async def test_huge_body_is_413(shared_client: httpx.AsyncClient) -> None:
 
 @pytest.mark.anyio
 async def test_same_directory_gets_the_same_job(settings: Settings, scan_root: Path) -> None:
-    """While a scan waits for a worker, every spelling of its directory gets
-    its job id. A request made while the directory's scan runs gets a new
-    job (the running one may have listed the directory already), which the
-    spellings after it get; once it has ended, a new one again."""
+    """A request made while the directory's scan runs gets a new job (the
+    running one may have listed the directory already), which waits for it,
+    a worker free or not: scans of one directory never run side by side.
+    While it waits, every spelling of the directory gets its id; once it has
+    ended, a new one again. A flat scan is another job, and passes it."""
     sub = scan_root / "sub"
     (sub / "inner").mkdir(parents=True)
     (scan_root / "link").symlink_to(sub)
     spellings = [f"{sub}/", f"{sub}/.", f"{sub}/inner/..", f"{scan_root}//sub", f"{scan_root}/link"]
     scan = GatedScan()
+    recursive, flat_payload = (
+        {"path": str(sub), "recursive": True},
+        {"path": str(sub), "recursive": False},
+    )
 
     with anyio.fail_after(10):
-        async with supervisor_running(max_workers=1) as supervisor:
+        async with supervisor_running(max_workers=2) as supervisor:
             supervisor.register("scan", scan)
             async with serving(create_app(settings, job_queue=supervisor)) as client:
                 first = (await client.post(SCAN, json={"path": str(sub)})).json()["job_id"]
                 await scan.running()
-                queued = await client.post(SCAN, json={"path": str(sub)})
+                queued = (await client.post(SCAN, json={"path": str(sub)})).json()["job_id"]
                 again = [
                     (await client.post(SCAN, json={"path": path})).json()["job_id"]
                     for path in spellings
                 ]
-                flat = await client.post(SCAN, json={"path": str(sub), "recursive": False})
+                flat = (await client.post(SCAN, json=flat_payload)).json()["job_id"]
+                await anyio.wait_all_tasks_blocked()
+                waiting = (await client.get(f"/api/v1/jobs/{queued}")).json()["status"]
                 scan.release.set()
-                await client.get(f"/api/v1/jobs/{queued.json()['job_id']}/wait")
+                await client.get(f"/api/v1/jobs/{queued}/wait")
                 after = await client.post(SCAN, json={"path": str(sub)})
 
-    assert queued.json() == {"job_id": queued.json()["job_id"], "status": "pending"}
-    assert queued.json()["job_id"] != first
-    assert again == [queued.json()["job_id"]] * len(spellings)
-    assert flat.json()["job_id"] not in (first, queued.json()["job_id"])  # a flat scan: another
+    assert queued != first
+    assert again == [queued] * len(spellings)
+    assert flat not in (first, queued)
+    assert waiting == "pending"  # one of the two workers was free
+    assert scan.payloads[:3] == [recursive, flat_payload, recursive]
     assert after.status_code == 202
-    assert after.json()["job_id"] not in (first, queued.json()["job_id"], flat.json()["job_id"])
-    assert scan.payloads[:2] == [{"path": str(sub), "recursive": True}] * 2
+    assert after.json()["job_id"] not in (first, queued, flat)
 
 
 @pytest.mark.anyio

@@ -274,25 +274,38 @@ async def test_cancel_of_finished_job_returns_false(make_queue: QueueFactory) ->
 
 async def test_a_key_names_its_job_only_while_it_is_pending(make_queue: QueueFactory) -> None:
     """A submit with the key of a job that has started makes a new job (the
-    started one may have read what the new submit is about already); the
-    new job ends on its own."""
-    inner: list[str] = []
+    started one may have read what the new submit is about already), which
+    waits for it: jobs of one key run one at a time."""
+    ids: dict[str, str] = {}
+    log: list[str] = []
+    outer_runs, release = anyio.Event(), anyio.Event()
+
+    async def gated(ctx: JobContext) -> str:
+        log.append(f"{ctx.payload} starts")
+        if ctx.payload == "outer":
+            outer_runs.set()
+            await release.wait()
+        log.append(f"{ctx.payload} ends")
+        return str(ctx.payload)
 
     with anyio.fail_after(10):
-        async with make_queue() as queue:
+        async with make_queue(max_workers=2) as queue:  # a worker free for "inner"
+            queue.register("gated", gated)
 
-            async def resubmit(ctx: JobContext) -> str:
-                if ctx.payload == "outer":
-                    inner.append(await queue.submit("again", "inner", key="k"))
-                return str(ctx.payload)
+            async def submit(name: str) -> None:  # the in-memory queue's returns at the end
+                ids[name] = await queue.submit("gated", name, key="k")
 
-            queue.register("again", resubmit)
-            outer = await queue.submit("again", "outer", key="k")
-            await queue.wait(outer)
-            result = await queue.wait(inner[0])
+            async with anyio.create_task_group() as group:
+                group.start_soon(submit, "outer")
+                await outer_runs.wait()
+                group.start_soon(submit, "inner")
+                await anyio.wait_all_tasks_blocked()
+                release.set()
+            result = await queue.wait(ids["inner"])
 
-    assert inner[0] != outer
+    assert ids["inner"] != ids["outer"]
     assert (result.status, result.result) == (JobStatus.COMPLETED, "inner")
+    assert log == ["outer starts", "outer ends", "inner starts", "inner ends"]
 
 
 async def test_list_jobs_newest_first_with_total_and_filters(make_queue: QueueFactory) -> None:

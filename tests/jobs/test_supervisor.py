@@ -345,6 +345,34 @@ async def test_dedupe_key_returns_the_pending_job() -> None:
     assert gate.started == ["a", "b", "a third"]
 
 
+async def test_a_job_held_behind_its_key_waits_with_a_worker_free_and_may_be_cancelled() -> None:
+    """A job of a key whose job runs waits, pending, though a worker is free,
+    and holds none; cancelled there, it ends without ever starting, and the
+    key's next job runs once the running one has ended."""
+
+    gate = Gate()
+    with anyio.fail_after(10):
+        async with running_supervisor(max_workers=2) as supervisor:
+            supervisor.register("gate", gate)
+            first = await supervisor.submit("gate", "a", key="k")
+            await anyio.wait_all_tasks_blocked()
+            held = await supervisor.submit("gate", "b", key="k")
+            await anyio.wait_all_tasks_blocked()
+            waiting = supervisor.statistics()
+            cancelled = await supervisor.cancel(held)
+            gate.release.set()
+            await supervisor.wait(first)
+            later = await supervisor.submit("gate", "c", key="k")
+            result = await supervisor.wait(later)
+            held_result = await supervisor.get_result(held)
+
+    assert (waiting.running, waiting.pending) == (1, 1)
+    assert cancelled is True
+    assert (held_result.status, held_result.started_at) == (JobStatus.CANCELLED, None)
+    assert result.status is JobStatus.COMPLETED
+    assert gate.started == ["a", "c"]
+
+
 async def test_a_key_whose_job_runs_makes_a_new_job_that_then_holds_it() -> None:
     """A submit of a running job's key makes a new pending job, which the key
     names from then on: the running job's end leaves it so."""

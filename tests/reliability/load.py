@@ -48,7 +48,7 @@ arguments.
 The request mix is fixed by ``--seed`` (which directory each submission asks
 for; the outcomes depend on timing): a fifth of the submissions go to five
 "hot" directories so that repeats meet their pending job (same id) or
-start the next scan of a running one's directory, three quarters are
+queue the next scan of a running one's directory, three quarters are
 recursive, the other quarter flat (another job key).
 For each 202, every second submission polls the job once; for each job id
 seen for the first time, every second is waited for (``/wait``, with a

@@ -16,13 +16,16 @@ task is blocked and checks:
   (:func:`stoat_ferret.jobs._state.transitions`), and a terminal one never
   changes;
 * ``pending <= max_pending`` and ``running <= max_workers``; while the
-  supervisor accepts work no job waits while a worker is free (never stuck);
+  supervisor accepts work no job waits while a worker is free, unless the
+  job of its key runs (never stuck);
 * :meth:`JobSupervisor.statistics` equals the counts of the statuses observed;
 * each terminal status is one the program allows (a job of 2 s with a 1.5 s
   timeout can only time out or be cancelled, a cancel that returned True
   means ``cancelled``, ...);
 * a job is terminal once ``start + min(duration, timeout)`` has passed;
-* handlers start in submit order (the workers share one FIFO of jobs);
+* handlers start in submit order (the workers share one FIFO of jobs), but
+  that a keyed job waits for the job of its key that runs (later jobs pass
+  it): jobs of one key run one at a time;
 * ``started_at`` is None exactly for the jobs whose handler never started;
 * ``wait`` and ``cancel`` calls given up by their callers change nothing but
   what a cancel does (that they keep nothing behind is shown by live-object
@@ -526,10 +529,18 @@ class Program:
             own_end = start + min(math.inf if job.kind == "hang" else job.duration, job.timeout)
             if now >= own_end:
                 assert job.status.is_terminal, (job, start, now)
-        started_order = [job_id for job_id in self.starts if job_id in self.jobs]
-        assert started_order == [job_id for job_id in self.order if job_id in self.starts], (
-            "handlers started out of submit order"
-        )
+        # A keyed job waits for the job of its key that runs, while later
+        # jobs pass it: the jobs without a key start in submit order, and
+        # so do those of each key, one at a time.
+        for key in {None, *(job.key for job in self.jobs.values())}:
+            started = [job_id for job_id in self.starts if self.jobs[job_id].key == key]
+            assert started == [job_id for job_id in self.order if job_id in started], (
+                f"handlers of key {key} started out of submit order"
+            )
+        running_keys = [
+            job.key for job in self.jobs.values() if job.key and job.status is JobStatus.RUNNING
+        ]
+        assert len(running_keys) == len(set(running_keys)), "two jobs of one key ran at once"
 
         assert stats.pending <= self.config.max_pending
         assert stats.running <= self.config.max_workers
@@ -542,8 +553,14 @@ class Program:
         assert stats.timeout == counts[JobStatus.TIMEOUT]
         assert stats.cancelled == counts[JobStatus.CANCELLED]
         assert stats.accepting is not self.closed
-        if stats.accepting and stats.pending:
-            # Never stuck: a job waits only while every worker is busy.
+        free_to_start = [
+            job
+            for job in self.jobs.values()
+            if job.status is JobStatus.PENDING and job.key not in running_keys
+        ]
+        if stats.accepting and free_to_start:
+            # Never stuck: a job waits only while every worker is busy, or
+            # while the job of its key runs.
             assert stats.running == self.config.max_workers, stats
 
         for follower in self.followers:
