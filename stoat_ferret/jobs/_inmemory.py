@@ -5,7 +5,10 @@ failures honoured) before it returns the id, so a test gets a finished job
 without any background task. A job of a type at its ``max_running`` limit
 waits ``pending`` in that ``submit`` until a slot frees (in submit order):
 unlike the supervisor's, this ``submit`` blocks its caller meanwhile, so a
-handler that submits a job of its own limited type waits for itself.
+handler that submits a job of its own limited type waits for itself. So
+does a keyed job, until the job of its key that runs has ended (jobs of one
+key run one at a time): a handler that submits a job of its own key would
+wait for itself too, and that ``submit`` raises ``RuntimeError`` instead.
 Everything else answers like the supervisor.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,6 +40,9 @@ from stoat_ferret.jobs._worker import execute
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
+
+# The keys of the jobs this task (and the tasks it started) runs inside.
+_RUNNING_KEYS: ContextVar[frozenset[str]] = ContextVar("running_keys", default=frozenset())
 
 
 class InMemoryJobQueue:
@@ -85,6 +92,11 @@ class InMemoryJobQueue:
         seconds = self._registry.timeout_for(spec, timeout)
         if key is not None and key in self._active_keys:
             return self._active_keys[key]
+        if key is not None and key in _RUNNING_KEYS.get():
+            raise RuntimeError(
+                f"a job of key {key!r} submitted from inside one: the in-memory queue"
+                " would wait for it to end, and it for this submit"
+            )
         record = JobRecord(
             job_id=uuid.uuid4().hex,
             job_type=job_type,
@@ -125,12 +137,14 @@ class InMemoryJobQueue:
             return record.job_id
         if key is not None:  # no other job of the key could start meanwhile: this one held it
             self._key_runs[key] = anyio.Event()
+            inside = _RUNNING_KEYS.set(_RUNNING_KEYS.get() | {key})
         try:
             await self._run(record, spec.handler)
         finally:
             if slots is not None:
                 slots.release()
             if key is not None:
+                _RUNNING_KEYS.reset(inside)
                 self._key_runs.pop(key).set()
         return record.job_id
 

@@ -232,12 +232,16 @@ class Thumbnailer:
         """Submit a ``thumbnails`` job to ``queue`` unless one
         submitted here has yet to start (it will list the library then).
 
-        Keyed (a key names a pending job only), so that two submissions at
-        once, two scans ending or a scan and a job giving way, make one job.
+        Scans submit with a key, so two ending together submit one job. A
+        job giving way submits without one, only ever while it works, when no
+        scan submits: a job may not submit a job of its own key (in the
+        in-memory queue it would wait for itself).
         """
         if await self._queued_to_start(queue):
             return
-        job_id = await submit_thumbnails(queue, self, after=after, key=THUMBNAILS_JOB_TYPE)
+        job_id = await submit_thumbnails(
+            queue, self, after=after, key=None if self.working else THUMBNAILS_JOB_TYPE
+        )
         if job_id is not None:
             self._queued = job_id
 

@@ -925,3 +925,68 @@ async def test_a_job_evicted_in_the_batch_that_ends_it_is_still_answered(call: s
 
 async def _noop(ctx: JobContext) -> None:
     """A handler the table never runs."""
+
+
+async def test_in_memory_a_job_that_submits_its_own_key_is_refused() -> None:
+    """In the in-memory queue a job of key k that submits a job of key k would
+    wait for itself (the new job waits for it to end, it for the submit): the
+    submit raises RuntimeError instead, and the job fails saying so."""
+    queue = InMemoryJobQueue()
+
+    async def resubmits(ctx: JobContext) -> str:
+        return await queue.submit("resubmits", "inner", key="k")
+
+    queue.register("resubmits", resubmits)
+    with anyio.fail_after(10):
+        outer = await queue.submit("resubmits", "outer", key="k")
+        result = await queue.get_result(outer)
+
+    assert result.status is JobStatus.FAILED
+    assert "submitted from inside one" in str(result.error)
+    assert (await queue.list_jobs()).total == 1
+
+
+@pytest.mark.parametrize("ending", ["cancel", "caller-gives-up"])
+async def test_in_memory_a_job_waiting_for_its_key_ends_without_starting(ending: str) -> None:
+    """A job waiting (in its submit) for the running job of its key: cancelled,
+    or its submitter giving up, it ends cancelled without starting, and the
+    key's next job starts once the running one ends."""
+    queue = InMemoryJobQueue()
+    release = anyio.Event()
+    started: list[str] = []
+
+    async def held(ctx: JobContext) -> None:
+        started.append(ctx.payload)
+        if ctx.payload == "first":
+            await release.wait()
+
+    queue.register("held", held)
+    ids: dict[str, str] = {}
+
+    async def submit(name: str) -> None:
+        ids[name] = await queue.submit("held", name, key="k")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(submit, "first")
+            await anyio.wait_all_tasks_blocked()
+            with anyio.CancelScope() as giving_up:
+                async with anyio.create_task_group() as waiting:
+                    waiting.start_soon(submit, "second")
+                    await anyio.wait_all_tasks_blocked()
+                    [second] = [
+                        job.job_id
+                        for job in (await queue.list_jobs()).jobs
+                        if job.payload == "second"
+                    ]
+                    if ending == "cancel":
+                        assert await queue.cancel(second) is True
+                    else:
+                        giving_up.cancel()
+            release.set()
+        third = await queue.submit("held", "third", key="k")
+        second_result = await queue.get_result(second)
+
+    assert (second_result.status, second_result.started_at) == (JobStatus.CANCELLED, None)
+    assert (await queue.get_status(third)) is JobStatus.COMPLETED
+    assert started == ["first", "third"]
