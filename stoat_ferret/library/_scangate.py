@@ -127,15 +127,26 @@ class ScanGate:
                 return Way.RESUMED
 
     async def _stop_for_waiting(self) -> bool:
-        """Whether a scan waits for a worker that no job gave way to (now one has)."""
+        """Whether a scan waits for a worker that no job gave way to (now one has).
+
+        A pending scan of a directory whose scan runs waits for that one (jobs
+        of one key run one at a time), not for a worker: none gives way to it.
+        """
         if self.queue is None:
             return False
         page = await self.queue.list_jobs(
             job_type=self.scan_type, status=JobStatus.PENDING, limit=_WAITING_PAGE
         )
-        waiting = {job.job_id for job in page.jobs}
-        if page.total <= len(waiting):
-            self._yielded &= waiting  # forget the scans that have started or ended
+        pending = {job.job_id for job in page.jobs}
+        if page.total <= len(pending):
+            self._yielded &= pending  # forget the scans that have started or ended
+        if pending <= self._yielded:
+            return False
+        running = await self.queue.list_jobs(
+            job_type=self.scan_type, status=JobStatus.RUNNING, limit=_WAITING_PAGE
+        )
+        busy = {_scope(job.payload) for job in running.jobs} - {None}
+        waiting = {job.job_id for job in page.jobs if _scope(job.payload) not in busy}
         if waiting <= self._yielded:
             return False
         self._yielded |= waiting
@@ -215,3 +226,10 @@ async def _submit_if_due(
     if thumbnailer.working or not (changed or thumbnailer.owed):
         return
     await thumbnailer.submit_due(queue, after=scan_id)
+
+
+def _scope(payload: Any) -> tuple[Any, Any] | None:
+    """What a scan's payload scans (its job key's parts): (path, recursive)."""
+    if isinstance(payload, dict):
+        return payload.get("path"), payload.get("recursive", True)
+    return None

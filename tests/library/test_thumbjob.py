@@ -625,6 +625,54 @@ async def test_a_scan_waiting_for_a_worker_ends_the_paused_job(setup: Setup) -> 
     assert not setup.thumbnailer.owed
 
 
+async def test_a_scan_waiting_for_its_directorys_running_scan_does_not_end_the_job(
+    setup: Setup,
+) -> None:
+    """Two workers: a scan of a directory runs and the job pauses on the other
+    worker; a second scan of the same directory waits for the first (jobs of
+    one key run one at a time), not for a worker, so the job does not give
+    way to it while it waits. (Once the first ends, the second is on the work
+    stream, pending, until the freed worker takes it: a job that looks then
+    gives way, as to any scan it sees pending, and submits the rest.)"""
+    scans = [HeldScan(), HeldScan()]
+    supervisor = JobSupervisor(max_workers=2)
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        return await scans[ctx.payload["turn"] and 1](ctx)
+
+    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
+    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    key = f"scan:recursive:{setup.folder}"
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            first = await supervisor.submit("scan", {"path": "/d", "turn": 0}, key=key)
+            await scans[0].running.wait()
+            async with supervisor.watch_all(job_types=[THUMBNAILS_JOB_TYPE]) as feed:
+                job = await supervisor.submit(THUMBNAILS_JOB_TYPE)
+                async for change in feed:
+                    assert isinstance(change, JobChange)
+                    if (change.job.message or "").endswith("paused for a scan"):
+                        break
+            second = await supervisor.submit("scan", {"path": "/d", "turn": 1}, key=key)
+            await anyio.wait_all_tasks_blocked()
+            while_held = await supervisor.get_result(job)
+            scans[0].release.set()
+            await scans[1].running.wait()
+            scans[1].release.set()
+            for scan_id in (first, second):  # each submitted the job it owed, if any
+                assert (await supervisor.wait(scan_id)).status is JobStatus.COMPLETED
+            listed = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            ends = [await supervisor.wait(listed_job.job_id) for listed_job in listed.jobs]
+            await supervisor.aclose()
+
+    assert while_held.status is JobStatus.RUNNING
+    assert (while_held.message or "").endswith("paused for a scan")
+    assert sum(end.result["made"] for end in ends) == 3
+
+
 async def test_a_failed_scan_submits_the_owed_work(setup: Setup) -> None:
     """A scan that fails after a job gave way to it (work owed while it ran)
     still submits a job for the rest."""
