@@ -274,6 +274,29 @@ async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
 
 
 @pytest.mark.anyio
+async def test_a_head_of_the_job_list_makes_no_json(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEAD answers as GET would (200, JSON), without making the page's JSON."""
+    made: list[str] = []
+
+    def recording(job: JobResult) -> dict[str, Any]:
+        made.append(job.job_id)
+        return job_json(job)
+
+    monkeypatch.setattr(_jobs, "job_json", recording)
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            await _echoed(supervisor, 3)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                head = await client.head("/api/v1/jobs")
+
+    assert head.status_code == 200
+    assert head.headers["content-type"] == "application/json"
+    assert (head.content, made) == (b"", [])
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("path", "misspelt"),
     [

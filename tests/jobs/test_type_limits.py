@@ -293,26 +293,26 @@ async def test_in_memory_cancel_as_the_slot_is_handed_over_never_starts_the_job(
 
 
 async def test_a_keyed_job_waits_for_its_key_and_then_for_its_types_limit() -> None:
-    """A type limited to one: the job of key k1 runs; a job of key k2 waits for
-    the type's slot, a second job of key k1 for its key; once the first ends
-    the type's slot goes to the oldest held job of the type, and the second
-    k1 job, its key free, waits for that slot in turn."""
+    """A type limited to two, three workers: the job of key k1 runs; a second
+    k1 job waits for its key though a slot and a worker are free, and a k2 job
+    passes it; once the first ends, the second k1 job takes its slot; held by
+    its key again behind a full type, it would wait for the slot too."""
     limited = Gated()
     async with running_supervisor(max_workers=3) as supervisor:
-        supervisor.register("limited", limited, max_running=1)
+        supervisor.register("limited", limited, max_running=2)
         first = await supervisor.submit("limited", "a", key="k1")
         with anyio.fail_after(10):  # a hang guard, not a speed bound
             await limited.entry("a").wait()
-            other = await supervisor.submit("limited", "b", key="k2")
             again = await supervisor.submit("limited", "c", key="k1")
             await anyio.wait_all_tasks_blocked()
-            assert limited.started == ["a"]
-            limited.gate("a").set()
+            held = await supervisor.get_status(again)
+            other = await supervisor.submit("limited", "b", key="k2")
             await limited.entry("b").wait()
-            await anyio.wait_all_tasks_blocked()
-            assert await supervisor.get_status(again) is JobStatus.PENDING
+            limited.gate("a").set()
+            await limited.entry("c").wait()
             limited.gate("b").set()
             limited.gate("c").set()
             for job_id in (first, other, again):
                 assert (await supervisor.wait(job_id)).status is JobStatus.COMPLETED
+    assert held is JobStatus.PENDING
     assert limited.started == ["a", "b", "c"]
