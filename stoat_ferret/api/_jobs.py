@@ -101,7 +101,7 @@ async def list_jobs(
             start = after
         yield b"]," + tail[1:]
 
-    if request.method == "HEAD":  # the same head, and no page made for nothing
+    if request.method == "HEAD":  # the same head, and no JSON made for nothing
         return StreamingResponse(iter(()), media_type="application/json")
     return StreamingResponse(body(), media_type="application/json")
 
