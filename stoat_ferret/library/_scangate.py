@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from stoat_ferret.jobs import ChangesLost, JobStatus
+from stoat_ferret.library._scan import parse_payload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -228,8 +229,10 @@ async def _submit_if_due(
     await thumbnailer.submit_due(queue, after=scan_id)
 
 
-def _scope(payload: Any) -> tuple[Any, Any] | None:
-    """What a scan's payload scans (its job key's parts): (path, recursive)."""
-    if isinstance(payload, dict):
-        return payload.get("path"), payload.get("recursive", True)
-    return None
+def _scope(payload: Any) -> tuple[str, bool] | None:
+    """What a scan's payload scans, as its job key says: (path, recursive);
+    None for a payload that is not a scan's."""
+    try:
+        return parse_payload(payload)
+    except ValueError:
+        return None

@@ -229,10 +229,9 @@ class Thumbnailer:
         self.gate.ended()
 
     async def submit_due(self, queue: AsyncJobQueue, *, after: str) -> None:
-        """Submit a ``thumbnails`` job to ``queue`` unless one
-        submitted here has yet to start (it will list the library then).
-
-        Scans submit with a key, so two ending together submit one job. A
+        """Submit a ``thumbnails`` job to ``queue`` unless one submitted here
+        has yet to start (it will list the library then). Scans submit with
+        a key, so two ending together submit one job. A
         job giving way submits without one, only ever while it works, when no
         scan submits: a job may not submit a job of its own key (in the
         in-memory queue it would wait for itself).
