@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import pytest
@@ -25,13 +25,15 @@ from tests.api.support import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Callable, MutableMapping
     from pathlib import Path
 
     import httpx
 
     from stoat_ferret.jobs import JobContext, JobResult
     from stoat_ferret.settings import Settings
+
+T = TypeVar("T")
 
 SCAN = "/api/v1/videos/scan"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -61,6 +63,18 @@ async def _echoed(supervisor: JobSupervisor, count: int) -> list[str]:
     for job_id in ids:
         await supervisor.wait(job_id)
     return ids
+
+
+def _recorded(monkeypatch: pytest.MonkeyPatch, note: Callable[[JobResult], T]) -> list[T]:
+    """``note(job)`` of each job the job routes make into JSON, in order."""
+    notes: list[T] = []
+
+    def recording(job: JobResult) -> dict[str, Any]:
+        notes.append(note(job))
+        return job_json(job)
+
+    monkeypatch.setattr(_jobs, "job_json", recording)
+    return notes
 
 
 async def _start_scan(client: httpx.AsyncClient, scan: GatedScan, root: Path) -> str:
@@ -209,13 +223,7 @@ async def test_a_page_of_jobs_is_made_into_json_off_the_event_loop(
 ) -> None:
     """A page of a thousand scans with their errors is megabytes of JSON: each
     job's JSON is made in a worker thread, from its snapshot."""
-    threads: list[threading.Thread] = []
-
-    def recording(job: JobResult) -> dict[str, Any]:
-        threads.append(threading.current_thread())
-        return job_json(job)
-
-    monkeypatch.setattr(_jobs, "job_json", recording)
+    threads = _recorded(monkeypatch, lambda job: threading.current_thread())
     with anyio.fail_after(10):
         async with supervisor_running() as supervisor:
             await _echoed(supervisor, 2)
@@ -235,13 +243,7 @@ async def test_a_page_of_jobs_is_made_as_the_client_reads_it(
     """The page goes out a chunk at a time, each made once the client has
     taken the last: a client that stops reading holds one chunk, not the page
     (which may be tens of megabytes). What it reads is the whole page."""
-    made: list[str] = []
-
-    def recording(job: JobResult) -> dict[str, Any]:
-        made.append(job.job_id)
-        return job_json(job)
-
-    monkeypatch.setattr(_jobs, "job_json", recording)
+    made = _recorded(monkeypatch, lambda job: job.job_id)
     monkeypatch.setattr(_jobs, "LIST_CHUNK_BYTES", 1)  # a job a chunk
     sent: list[dict[str, Any]] = []
     reading = anyio.Event()
@@ -278,13 +280,7 @@ async def test_a_head_of_the_job_list_makes_no_json(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HEAD answers as GET would (200, JSON), without making the page's JSON."""
-    made: list[str] = []
-
-    def recording(job: JobResult) -> dict[str, Any]:
-        made.append(job.job_id)
-        return job_json(job)
-
-    monkeypatch.setattr(_jobs, "job_json", recording)
+    made = _recorded(monkeypatch, lambda job: job.job_id)
     with anyio.fail_after(10):
         async with supervisor_running() as supervisor:
             await _echoed(supervisor, 3)

@@ -531,6 +531,17 @@ async def test_cancelling_a_paused_job_ends_it_and_the_scan_submits_the_rest(
     assert not setup.thumbnailer.owed
 
 
+async def submitted_and_paused(supervisor: JobSupervisor) -> str:
+    """Submit a ``thumbnails`` job; its id once it says it paused for a scan."""
+    async with supervisor.watch_all(job_types=[THUMBNAILS_JOB_TYPE]) as feed:
+        job_id = await supervisor.submit(THUMBNAILS_JOB_TYPE)
+        async for change in feed:
+            assert isinstance(change, JobChange)
+            if (change.job.message or "").endswith("paused for a scan"):
+                return job_id
+    raise AssertionError("the change feed ended before the job paused")
+
+
 def register_held_scans(
     supervisor: JobSupervisor, setup: Setup, scans: dict[str, HeldScan]
 ) -> None:
@@ -596,12 +607,7 @@ async def test_a_scan_waiting_for_a_worker_ends_the_paused_job(setup: Setup) -> 
             await group.start(supervisor.run)
             a = await supervisor.submit("scan", "a")
             await scans["a"].running.wait()
-            async with supervisor.watch_all(job_types=[THUMBNAILS_JOB_TYPE]) as feed:
-                first = await supervisor.submit(THUMBNAILS_JOB_TYPE)
-                async for change in feed:
-                    assert isinstance(change, JobChange)
-                    if (change.job.message or "").endswith("paused for a scan"):
-                        break
+            first = await submitted_and_paused(supervisor)
             b = await supervisor.submit("scan", "b")
             ended = await supervisor.wait(first)
             await scans["b"].running.wait()
@@ -650,12 +656,7 @@ async def test_a_scan_waiting_for_its_directorys_running_scan_does_not_end_the_j
             await group.start(supervisor.run)
             first = await supervisor.submit("scan", {"path": "/d", "turn": 0}, key=key)
             await scans[0].running.wait()
-            async with supervisor.watch_all(job_types=[THUMBNAILS_JOB_TYPE]) as feed:
-                job = await supervisor.submit(THUMBNAILS_JOB_TYPE)
-                async for change in feed:
-                    assert isinstance(change, JobChange)
-                    if (change.job.message or "").endswith("paused for a scan"):
-                        break
+            job = await submitted_and_paused(supervisor)
             second = await supervisor.submit("scan", {"path": "/d", "turn": 1}, key=key)
             await anyio.wait_all_tasks_blocked()
             while_held = await supervisor.get_result(job)
