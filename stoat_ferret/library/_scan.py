@@ -1,4 +1,6 @@
-"""The ``scan`` job handler: walk a directory, probe what changed, store the result.
+"""One ``scan`` job (``ScanRun``): walk a directory, probe what changed, store the result.
+
+``_scanhandler.py`` makes the job type's handler, which runs one per job.
 
 One scan, step by step:
 
@@ -14,7 +16,7 @@ One scan, step by step:
 3. Compare (``_scanprobe.compare``): a file whose ``(size, mtime_ns)``
    matches its row is ``unchanged``, neither probed nor written; the rest are
    probed. A row the walk did not see is removed only if its file is gone
-   (``_Scan.is_gone``: missing or no longer a regular file, by ``lstat``
+   (``ScanRun.is_gone``: missing or no longer a regular file, by ``lstat``
    beneath the directory's descriptor, before the store is locked); one
    still there may be in a directory the walk could not list, or the target
    of a link another scan met. The delete keeps a row written since this
@@ -65,7 +67,6 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -74,11 +75,9 @@ import anyio.from_thread
 import attrs
 from loguru import logger
 
-from stoat_ferret.jobs import JobContext
-from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import lstat_beneath, open_scan_directory, split
 from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
-from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog, Fingerprint, VideoRecord
+from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
     Probe,
@@ -86,17 +85,18 @@ from stoat_ferret.library._scanprobe import (
     compare,
     probe_chunks,
     probe_files,
-    probe_in_thread,
 )
-from stoat_ferret.library._walk import is_utf8, walk_videos
+from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from stoat_ferret.library._background import Stop
+    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.library._background import BackgroundThreads, Stop
     from stoat_ferret.library._library import VideoLibrary
-    from stoat_ferret.library._probepool import ProbeProcesses
 
 WRITE_BATCH: Final = 256
 """Rows that close a transaction: one holds at least this many (plus the rest of
@@ -105,92 +105,11 @@ the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
 
-ScanHandler = Callable[[JobContext], Awaitable[dict[str, Any]]]
-
-
-def make_scan_handler(
-    library: VideoLibrary,
-    *,
-    roots: Sequence[str | os.PathLike[str]] = (),
-    probe_threads: int = 4,
-    probe_priority: ThreadPriority = ThreadPriority.IDLE,
-    probes: ProbeProcesses | None = None,
-    error_cap: int = DEFAULT_ERROR_CAP,
-) -> ScanHandler:
-    """Build the handler of ``scan`` jobs, which fills ``library``.
-
-    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool = True}``.
-
-    Args:
-        library: Where the videos are stored.
-        roots: The resolved directories a scan may read (the settings'
-            ``scan_roots``); empty allows any. Checked again when each job
-            starts, on the directory it opens.
-        probe_threads: How many files are probed at once, at most, by all the
-            scans of this handler together.
-        probe_priority: The CPU priority of the probing threads.
-        probes: The child processes that probe the files (the service's);
-            without, the threads do, where FFmpeg cannot be stopped.
-        error_cap: How many ``errors`` entries a result lists; ``errors_total``
-            counts them all, ``errors_truncated`` those not listed.
-
-    Returns:
-        An async handler returning ``{"found", "added", "updated", "unchanged",
-        "removed", "errors", "errors_total", "errors_truncated"}``.
-
-    Raises:
-        ValueError: ``probe_threads`` or ``error_cap`` is out of range.
-    """
-    if probe_threads < 1:
-        raise ValueError(f"probe_threads must be >= 1, got {probe_threads}")
-    if error_cap < 0:
-        raise ValueError(f"error_cap must be >= 0, got {error_cap}")
-    limiter = anyio.CapacityLimiter(probe_threads)
-    threads = BackgroundThreads(probe_threads, probe_priority, name="stoat-probe")
-    allowed = tuple(os.fspath(root) for root in roots)
-    probe = probe_in_thread if probes is None else probes.probe
-
-    async def scan(ctx: JobContext) -> dict[str, Any]:
-        root, recursive = parse_payload(ctx.payload)
-        run = _Scan(
-            library=library,
-            ctx=ctx,
-            root=root,
-            recursive=recursive,
-            roots=allowed,
-            limiter=limiter,
-            workers=probe_threads,
-            threads=threads,
-            probe=probe,
-            errors=ErrorLog(cap=error_cap),
-        )
-        return await run.run()
-
-    return scan
-
-
-def parse_payload(payload: Any) -> tuple[str, bool]:
-    """Return ``(directory, recursive)`` from a scan payload.
-
-    Raises:
-        ValueError: The payload is not ``{"path": <absolute UTF-8 str>, "recursive": <bool>}``.
-    """
-    if not isinstance(payload, Mapping):
-        raise ValueError("scan payload must be an object with 'path' and 'recursive'")
-    path = payload.get("path")
-    recursive = payload.get("recursive", True)
-    if not isinstance(path, str) or not os.path.isabs(path):
-        raise ValueError(f"scan payload 'path' must be an absolute path, got {path!r}")
-    if not path.isascii() and not is_utf8(path):  # the store holds UTF-8 paths only
-        raise ValueError(f"scan payload 'path' must be valid UTF-8, got {path!r}")
-    if not isinstance(recursive, bool):
-        raise ValueError(f"scan payload 'recursive' must be a boolean, got {recursive!r}")
-    return os.path.normpath(path), recursive
-
 
 @attrs.define(eq=False, kw_only=True)
-class _Scan:
-    """The state of one scan job. Private to the handler's tasks."""
+class ScanRun:
+    """The state of one scan job (made by ``make_scan_handler``). Private to
+    the handler's tasks."""
 
     library: VideoLibrary
     ctx: JobContext

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from stoat_ferret.jobs import ChangesLost, JobStatus
-from stoat_ferret.library._scan import parse_payload
+from stoat_ferret.library._scanhandler import parse_payload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
-    from stoat_ferret.library._scan import ScanHandler
+    from stoat_ferret.library._scanhandler import ScanHandler
     from stoat_ferret.library._thumbjob import Thumbnailer
 
 SUBMIT_GRACE: Final = 5.0

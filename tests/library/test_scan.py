@@ -663,15 +663,15 @@ async def test_cancellation_stops_probing_and_writing(
     spy = ProbeSpy(monkeypatch)
     stops: list[Stop] = []  # the stop event of each probe_chunk call
     stopped: list[bool] = []  # whether the chunk was told to stop in time
-    probe_chunk = _scan._Scan.probe_chunk
+    probe_chunk = _scan.ScanRun.probe_chunk
 
     def recording_probe_chunk(
-        self: _scan._Scan, paths: list[str], stop: Stop
+        self: _scan.ScanRun, paths: list[str], stop: Stop
     ) -> list[tuple[str, VideoRecord | Unprobed]]:
         stops.append(stop)
         return probe_chunk(self, paths, stop)
 
-    monkeypatch.setattr(_scan._Scan, "probe_chunk", recording_probe_chunk)
+    monkeypatch.setattr(_scan.ScanRun, "probe_chunk", recording_probe_chunk)
 
     token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
     with anyio.fail_after(TIMEOUT):

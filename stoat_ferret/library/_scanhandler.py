@@ -1,0 +1,108 @@
+"""The ``scan`` job type's handler: :func:`make_scan_handler` and its payload.
+
+The handler checks the payload (:func:`parse_payload`) and runs one
+:class:`~stoat_ferret.library._scan.ScanRun` per job (``_scan.py`` says how
+a scan goes); the probe threads, their limiter and the child processes are
+the handler's, shared by every scan it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from stoat_ferret.jobs import JobContext
+from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
+from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
+from stoat_ferret.library._scan import ScanRun
+from stoat_ferret.library._scanprobe import probe_in_thread
+from stoat_ferret.library._walk import is_utf8
+
+if TYPE_CHECKING:
+    from stoat_ferret.library._library import VideoLibrary
+    from stoat_ferret.library._probepool import ProbeProcesses
+
+ScanHandler = Callable[[JobContext], Awaitable[dict[str, Any]]]
+
+
+def make_scan_handler(
+    library: VideoLibrary,
+    *,
+    roots: Sequence[str | os.PathLike[str]] = (),
+    probe_threads: int = 4,
+    probe_priority: ThreadPriority = ThreadPriority.IDLE,
+    probes: ProbeProcesses | None = None,
+    error_cap: int = DEFAULT_ERROR_CAP,
+) -> ScanHandler:
+    """Build the handler of ``scan`` jobs, which fills ``library``.
+
+    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool = True}``.
+
+    Args:
+        library: Where the videos are stored.
+        roots: The resolved directories a scan may read (the settings'
+            ``scan_roots``); empty allows any. Checked again when each job
+            starts, on the directory it opens.
+        probe_threads: How many files are probed at once, at most, by all the
+            scans of this handler together.
+        probe_priority: The CPU priority of the probing threads.
+        probes: The child processes that probe the files (the service's);
+            without, the threads do, where FFmpeg cannot be stopped.
+        error_cap: How many ``errors`` entries a result lists; ``errors_total``
+            counts them all, ``errors_truncated`` those not listed.
+
+    Returns:
+        An async handler returning ``{"found", "added", "updated", "unchanged",
+        "removed", "errors", "errors_total", "errors_truncated"}``.
+
+    Raises:
+        ValueError: ``probe_threads`` or ``error_cap`` is out of range.
+    """
+    if probe_threads < 1:
+        raise ValueError(f"probe_threads must be >= 1, got {probe_threads}")
+    if error_cap < 0:
+        raise ValueError(f"error_cap must be >= 0, got {error_cap}")
+    limiter = anyio.CapacityLimiter(probe_threads)
+    threads = BackgroundThreads(probe_threads, probe_priority, name="stoat-probe")
+    allowed = tuple(os.fspath(root) for root in roots)
+    probe = probe_in_thread if probes is None else probes.probe
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        root, recursive = parse_payload(ctx.payload)
+        run = ScanRun(
+            library=library,
+            ctx=ctx,
+            root=root,
+            recursive=recursive,
+            roots=allowed,
+            limiter=limiter,
+            workers=probe_threads,
+            threads=threads,
+            probe=probe,
+            errors=ErrorLog(cap=error_cap),
+        )
+        return await run.run()
+
+    return scan
+
+
+def parse_payload(payload: Any) -> tuple[str, bool]:
+    """Return ``(directory, recursive)`` from a scan payload.
+
+    Raises:
+        ValueError: The payload is not ``{"path": <absolute UTF-8 str>, "recursive": <bool>}``.
+    """
+    if not isinstance(payload, Mapping):
+        raise ValueError("scan payload must be an object with 'path' and 'recursive'")
+    path = payload.get("path")
+    recursive = payload.get("recursive", True)
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ValueError(f"scan payload 'path' must be an absolute path, got {path!r}")
+    if not path.isascii() and not is_utf8(path):  # the store holds UTF-8 paths only
+        raise ValueError(f"scan payload 'path' must be valid UTF-8, got {path!r}")
+    if not isinstance(recursive, bool):
+        raise ValueError(f"scan payload 'recursive' must be a boolean, got {recursive!r}")
+    return os.path.normpath(path), recursive
