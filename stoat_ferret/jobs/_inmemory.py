@@ -41,8 +41,9 @@ from stoat_ferret.jobs._worker import execute
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
 
-# The keys of the jobs this task (and the tasks it started) runs inside.
-_RUNNING_KEYS: ContextVar[frozenset[str]] = ContextVar("running_keys", default=frozenset())
+# The key events (``_key_runs``) of the jobs this task runs inside: a job that
+# submits its own key to its own queue while it runs would wait for itself.
+_INSIDE: ContextVar[frozenset[anyio.Event]] = ContextVar("inside", default=frozenset())
 
 
 class InMemoryJobQueue:
@@ -92,7 +93,7 @@ class InMemoryJobQueue:
         seconds = self._registry.timeout_for(spec, timeout)
         if key is not None and key in self._active_keys:
             return self._active_keys[key]
-        if key is not None and key in _RUNNING_KEYS.get():
+        if key is not None and self._key_runs.get(key) in _INSIDE.get():
             raise RuntimeError(
                 f"a job of key {key!r} submitted from inside one: the in-memory queue"
                 " would wait for it to end, and it for this submit"
@@ -136,15 +137,15 @@ class InMemoryJobQueue:
                 slots.release()
             return record.job_id
         if key is not None:  # no other job of the key could start meanwhile: this one held it
-            self._key_runs[key] = anyio.Event()
-            inside = _RUNNING_KEYS.set(_RUNNING_KEYS.get() | {key})
+            running = self._key_runs[key] = anyio.Event()
+            inside = _INSIDE.set(_INSIDE.get() | {running})
         try:
             await self._run(record, spec.handler)
         finally:
             if slots is not None:
                 slots.release()
             if key is not None:
-                _RUNNING_KEYS.reset(inside)
+                _INSIDE.reset(inside)
                 self._key_runs.pop(key).set()
         return record.job_id
 

@@ -990,3 +990,40 @@ async def test_in_memory_a_job_waiting_for_its_key_ends_without_starting(ending:
     assert (second_result.status, second_result.started_at) == (JobStatus.CANCELLED, None)
     assert (await queue.get_status(third)) is JobStatus.COMPLETED
     assert started == ["first", "third"]
+
+
+async def test_in_memory_own_key_refusal_is_only_for_this_queue_and_this_run() -> None:
+    """The refusal is for a job's own key, on its own queue, while it runs: a
+    job may submit its key to another queue, and a task it started that
+    outlives it may submit the key once it has ended."""
+    first, second = InMemoryJobQueue(), InMemoryJobQueue()
+    later: list[str] = []
+
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    async def elsewhere(ctx: JobContext) -> str:
+        return await second.submit("noop", key="k")
+
+    second.register("noop", noop)
+    first.register("elsewhere", elsewhere)
+    first.register("noop", noop)
+    with anyio.fail_after(10):
+        other = await first.submit("elsewhere", key="k")
+        async with anyio.create_task_group() as group:
+            started = anyio.Event()
+
+            async def leaves_a_task(ctx: JobContext) -> None:
+                async def after_the_job() -> None:
+                    await started.wait()
+                    later.append(await first.submit("noop", key="k"))
+
+                group.start_soon(after_the_job)
+
+            first.register("leaves", leaves_a_task)
+            leaver = await first.submit("leaves", key="k")
+            started.set()
+
+    assert (await first.get_result(other)).status is JobStatus.COMPLETED
+    assert (await first.get_result(leaver)).status is JobStatus.COMPLETED
+    assert (await first.get_status(later[0])) is JobStatus.COMPLETED
