@@ -50,8 +50,8 @@ class JobResult:
     ``result`` is the handler's return value (completed jobs only); ``error`` is
     ``"ExcType: message"`` for failed jobs and the reason for timed-out and
     cancelled ones. ``payload`` is what ``submit`` was given, so a job says
-    what it works on (for a scan: its path and depth). Times are
-    timezone-aware UTC.
+    what it works on (for a scan: its path and depth); ``key`` is the key it
+    was submitted with, if any. Times are timezone-aware UTC.
     """
 
     job_id: str
@@ -65,6 +65,7 @@ class JobResult:
     submitted_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    key: str | None = None
 
 
 ProgressSink: TypeAlias = Callable[[str, float, "str | None"], None]

@@ -219,6 +219,7 @@ class JobRecord:
             submitted_at=to_datetime(self.submitted_ns),
             started_at=None if self.started_ns is None else to_datetime(self.started_ns),
             finished_at=None if self.finished_ns is None else to_datetime(self.finished_ns),
+            key=self.key,
         )
 
     def publish(self) -> None:

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from stoat_ferret.jobs import ChangesLost, JobStatus
-from stoat_ferret.library._scanhandler import parse_payload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,8 +129,8 @@ class ScanGate:
     async def _stop_for_waiting(self) -> bool:
         """Whether a scan waits for a worker that no job gave way to (now one has).
 
-        A pending scan of a directory whose scan runs waits for that one (jobs
-        of one key run one at a time), not for a worker: none gives way to it.
+        A pending scan whose key's scan runs waits for that one (jobs of one
+        key run one at a time), not for a worker: none gives way to it.
         """
         if self.queue is None:
             return False
@@ -146,8 +145,8 @@ class ScanGate:
         running = await self.queue.list_jobs(
             job_type=self.scan_type, status=JobStatus.RUNNING, limit=_WAITING_PAGE
         )
-        busy = {_scope(job.payload) for job in running.jobs} - {None}
-        waiting = {job.job_id for job in page.jobs if _scope(job.payload) not in busy}
+        busy = {job.key for job in running.jobs} - {None}
+        waiting = {job.job_id for job in page.jobs if job.key is None or job.key not in busy}
         if waiting <= self._yielded:
             return False
         self._yielded |= waiting
@@ -227,12 +226,3 @@ async def _submit_if_due(
     if thumbnailer.working or not (changed or thumbnailer.owed):
         return
     await thumbnailer.submit_due(queue, after=scan_id)
-
-
-def _scope(payload: Any) -> tuple[str, bool] | None:
-    """What a scan's payload scans, as its job key says: (path, recursive);
-    None for a payload that is not a scan's."""
-    try:
-        return parse_payload(payload)
-    except ValueError:
-        return None
