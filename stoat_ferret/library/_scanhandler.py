@@ -2,8 +2,9 @@
 
 The handler checks the payload (:func:`parse_payload`) and runs one
 :class:`~stoat_ferret.library._scan.ScanRun` per job (``_scan.py`` says how
-a scan goes); the probe threads, their limiter and the child processes are
-the handler's, shared by every scan it runs.
+a scan goes); the probe threads and their limiter are the handler's,
+shared by every scan it runs, and the child processes it probes in are
+the ones it is given (the service's).
 """
 
 from __future__ import annotations

@@ -231,10 +231,10 @@ class Thumbnailer:
     async def submit_due(self, queue: AsyncJobQueue, *, after: str) -> None:
         """Submit a ``thumbnails`` job to ``queue`` unless one submitted here
         has yet to start (it will list the library then). Scans submit with
-        a key, so two ending together submit one job. A
-        job giving way submits without one, only ever while it works, when no
-        scan submits: a job may not submit a job of its own key (in the
-        in-memory queue it would wait for itself).
+        a key, so two ending together submit one job. While a job works it
+        submits without one (a job may not submit a job of its own key: the
+        in-memory queue's would wait for itself), as may a scan that ends just
+        as a queued job starts; the job it queues then lists again and ends.
         """
         if await self._queued_to_start(queue):
             return

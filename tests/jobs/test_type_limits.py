@@ -293,26 +293,32 @@ async def test_in_memory_cancel_as_the_slot_is_handed_over_never_starts_the_job(
 
 
 async def test_a_keyed_job_waits_for_its_key_and_then_for_its_types_limit() -> None:
-    """A type limited to two, three workers: the job of key k1 runs; a second
-    k1 job waits for its key though a slot and a worker are free, and a k2 job
-    passes it; once the first ends, the second k1 job takes its slot; held by
-    its key again behind a full type, it would wait for the slot too."""
+    """A type limited to two, four workers: the k1 job runs; a second k1 job
+    waits for its key though a slot and workers are free; a k2 job takes the
+    second slot and a k3 job waits for one. When the first ends, its slot goes
+    to the k3 job (the oldest the type held), and the second k1 job, its key
+    free, waits for the type's slot in turn, until the k2 job ends."""
     limited = Gated()
-    async with running_supervisor(max_workers=3) as supervisor:
+    async with running_supervisor(max_workers=4) as supervisor:
         supervisor.register("limited", limited, max_running=2)
-        first = await supervisor.submit("limited", "a", key="k1")
+        a = await supervisor.submit("limited", "a", key="k1")
         with anyio.fail_after(10):  # a hang guard, not a speed bound
             await limited.entry("a").wait()
-            again = await supervisor.submit("limited", "c", key="k1")
+            c = await supervisor.submit("limited", "c", key="k1")
             await anyio.wait_all_tasks_blocked()
-            held = await supervisor.get_status(again)
-            other = await supervisor.submit("limited", "b", key="k2")
+            held_by_key = await supervisor.get_status(c)
+            b = await supervisor.submit("limited", "b", key="k2")
             await limited.entry("b").wait()
+            d = await supervisor.submit("limited", "d", key="k3")
             limited.gate("a").set()
-            await limited.entry("c").wait()
+            await limited.entry("d").wait()
+            await anyio.wait_all_tasks_blocked()
+            held_by_type = await supervisor.get_status(c)
             limited.gate("b").set()
+            await limited.entry("c").wait()
             limited.gate("c").set()
-            for job_id in (first, other, again):
+            limited.gate("d").set()
+            for job_id in (a, b, c, d):
                 assert (await supervisor.wait(job_id)).status is JobStatus.COMPLETED
-    assert held is JobStatus.PENDING
-    assert limited.started == ["a", "b", "c"]
+    assert (held_by_key, held_by_type) == (JobStatus.PENDING, JobStatus.PENDING)
+    assert limited.started == ["a", "b", "d", "c"]

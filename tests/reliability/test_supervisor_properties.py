@@ -552,6 +552,7 @@ class Program:
         running_keys = [
             job.key for job in self.jobs.values() if job.key and job.status is JobStatus.RUNNING
         ]
+        assert len(running_keys) == len(set(running_keys)), "two jobs of one key are running"
 
         assert stats.pending <= self.config.max_pending
         assert stats.running <= self.config.max_workers
