@@ -647,7 +647,8 @@ async def test_a_scan_waiting_for_its_directorys_running_scan_does_not_end_the_j
         return await scans[ctx.payload["turn"] and 1](ctx)
 
     supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
-    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+    # One at a time, as the service registers it: the rest waits for the job.
+    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer, max_running=1)
     key = f"scan:recursive:{setup.folder}"
 
     with anyio.fail_after(30):
@@ -663,8 +664,9 @@ async def test_a_scan_waiting_for_its_directorys_running_scan_does_not_end_the_j
             scans[0].release.set()
             await scans[1].running.wait()
             scans[1].release.set()
-            for scan_id in (first, second):  # each submitted the job it owed, if any
+            for scan_id in (first, second):
                 assert (await supervisor.wait(scan_id)).status is JobStatus.COMPLETED
+            await supervisor.wait(job)  # it submitted the rest before it ended, if it gave way
             listed = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
             ends = [await supervisor.wait(listed_job.job_id) for listed_job in listed.jobs]
             await supervisor.aclose()
