@@ -82,6 +82,21 @@ class ProbeSpy:
         self.before: Callable[[str, int], None] | None = None
         monkeypatch.setattr(_scanprobe, "probe_video", self)
 
+    def cancel_at(
+        self, count: int, scope: anyio.CancelScope, then: Callable[[], None] | None = None
+    ) -> None:
+        """Cancel ``scope`` from the probe thread as its ``count``-th probe
+        begins (that file is still probed), then call ``then`` there."""
+        token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
+
+        def cancel_during(path: str, calls: int) -> None:
+            if calls == count:
+                anyio.from_thread.run_sync(scope.cancel, token=token)
+                if then is not None:
+                    then()
+
+        self.before = cancel_during
+
     def __call__(self, name: str, *, dir_fd: int | None = None) -> VideoProbe:
         path = path_of(name, dir_fd)
         self.calls.append(path)
@@ -673,19 +688,11 @@ async def test_cancellation_stops_probing_and_writing(
 
     monkeypatch.setattr(_scan.ScanRun, "probe_chunk", recording_probe_chunk)
 
-    token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
     with anyio.fail_after(TIMEOUT):
         with anyio.CancelScope() as scope:
-
-            def cancel_during(path: str, count: int) -> None:
-                if count == cancel_at:
-                    anyio.from_thread.run_sync(scope.cancel, token=token)
-                    # This file is still probed; the next, in the same
-                    # chunk, must not be. Return once the loop has handled the
-                    # cancellation and told this chunk to stop.
-                    stopped.append(stops[-1].wait(TIMEOUT))
-
-            spy.before = cancel_during
+            # The next file, in the same chunk, must not be probed: return once
+            # the loop has handled the cancellation and told this chunk to stop.
+            spy.cancel_at(cancel_at, scope, then=lambda: stopped.append(stops[-1].wait(TIMEOUT)))
             await handler(make_context(media))
         stored = {v.path for v in (await library.list_videos())[0]}
 
@@ -712,15 +719,9 @@ async def test_a_cancelled_scan_keeps_the_errors_it_met(
     handler = make_scan_handler(library, probe_priority=NORMAL, probe_threads=1)
     context = make_context(media)
 
-    token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
     with anyio.fail_after(TIMEOUT):
         with anyio.CancelScope() as scope:
-
-            def cancel_during(path: str, count: int) -> None:
-                if count == cancel_at:
-                    anyio.from_thread.run_sync(scope.cancel, token=token)
-
-            spy.before = cancel_during
+            spy.cancel_at(cancel_at, scope)
             await handler(context)
         stored, total = await library.scan_errors(context.job_id)
 
