@@ -207,6 +207,11 @@ class VideoLibrary:
                 )
             )
 
+    def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
+        """The scan ``job_id`` adds no more errors (:meth:`VideoStore.end_scan`;
+        never waits, so it needs no worker thread)."""
+        self._store.end_scan(job_id, directory, recursive=recursive)
+
     async def scan_errors(
         self, job_id: str, limit: int = 100, offset: int = 0
     ) -> tuple[list[tuple[str, str]], int]:

@@ -142,6 +142,7 @@ class ScanRun:
             await self.keep_errors()
             raise
         finally:
+            self.library.end_scan(self.ctx.job_id, self.root, recursive=self.recursive)
             if self.root_fd is not None:  # every thread that used it has returned
                 os.close(self.root_fd)
 

@@ -30,8 +30,11 @@ order met, keyed by job id; a job's result lists only the first few. Each
 scan of a directory (with the same ``recursive``) replaces the rows of the
 scan before it when it starts, and owns that directory's list from then on;
 a scan that no longer owns it (a later scan of the same directory started
-meanwhile) stores nothing more, so a list is never a mix of two scans. The
-owners are kept in memory, and the table is emptied when the store opens,
+meanwhile) stores nothing more, so a list is never a mix of two scans. A
+scan becomes the owner once its new list is committed, and stops being one
+when it ends (``end_scan``, carried out when the next scan begins), so the
+owners, kept in memory, are the scans running (and those ended since the last
+began), not every directory ever scanned. The table is emptied when the store opens,
 by the process that holds the database's lock (``_lock.py``; no other
 process can open the store meanwhile): job ids do not outlive the process.
 
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
@@ -104,7 +108,8 @@ class VideoStore:
     def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, path: str) -> None:
         self.path = path
         self._writer: sqlite3.Connection | None = writer
-        self._write_lock = threading.Lock()
+        # Reentrant: a caller may hold it across a transaction and what follows its commit.
+        self._write_lock = threading.RLock()
         self._reader: sqlite3.Connection | None = reader
         self._read_lock = threading.Lock()
         # Which file the writer writes to: SQLite goes on writing to a
@@ -114,7 +119,10 @@ class VideoStore:
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
         # The job whose errors each scanned (directory, recursive) holds.
+        # Only the scans running and those ended since the last began (end_scan).
         self._error_owners: dict[tuple[str, bool], str] = {}
+        # Scans ended since: appended from any thread, emptied under the write lock.
+        self._ended_scans: deque[tuple[tuple[str, bool], str]] = deque()
         # The database's lock (_lock.py), taken by open, given back by close.
         self._lock: DatabaseLock | None = None
 
@@ -330,10 +338,19 @@ class VideoStore:
     ) -> None:
         """Forget the errors of earlier scans of this scope, make ``job_id``
         its owner, and store ``errors`` (the first of ``job_id``, if any)."""
-        with self._writing() as connection:
-            delete_scope_errors(connection, directory, recursive)
-            self._error_owners[(directory, recursive)] = job_id
-            insert_errors(connection, job_id, directory, recursive, errors)
+        # The owner changes once the new list is committed (a failed commit
+        # leaves the previous owner, whose list is still there), under the
+        # same hold of the lock as the commit.
+        with self._write_lock:
+            with self._writing() as connection:
+                delete_scope_errors(connection, directory, recursive)
+                insert_errors(connection, job_id, directory, recursive, errors)
+            owners = self._error_owners
+            while self._ended_scans:
+                scope, ended = self._ended_scans.popleft()
+                if owners.get(scope) == ended:
+                    del owners[scope]
+            owners[(directory, recursive)] = job_id
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
@@ -344,6 +361,17 @@ class VideoStore:
             with self._writing() as connection:
                 if self._error_owners.get((directory, recursive)) == job_id:
                     insert_errors(connection, job_id, directory, recursive, errors)
+
+    def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
+        """The scan ``job_id`` adds no more errors: forget it as its scope's owner.
+
+        Its list stays stored. Never waits, so any thread may call it, the
+        event loop's too: the next :meth:`replace_scan_errors` carries it
+        out, under the write lock. So the map of owners holds the scans
+        running and those ended since the last scan began, not every scope
+        ever scanned.
+        """
+        self._ended_scans.append(((directory, recursive), job_id))
 
     def scan_errors(
         self, job_id: str, limit: int, offset: int

@@ -818,6 +818,40 @@ async def test_errors_left_unstored_by_a_failing_store_do_not_hide_its_error(
     ]
 
 
+async def test_a_scan_that_ended_adds_no_errors_and_leaves_no_owner(
+    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each scan, finished or failed, says it ended: once the next scan has
+    begun, its list is kept but no longer owned, so the store's map of
+    owners does not grow with every directory ever scanned."""
+    ended: list[tuple[str, str, bool]] = []
+    end_scan = library.end_scan
+
+    def end(job_id: str, directory: str, *, recursive: bool) -> None:
+        ended.append((job_id, directory, recursive))
+        end_scan(job_id, directory, recursive=recursive)
+
+    monkeypatch.setattr(library, "end_scan", end)
+    (media / "broken.mp4").write_text("not a video")
+    (media / "sub").mkdir()
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    first = make_context(media)
+    with anyio.fail_after(TIMEOUT):
+        await handler(first)
+        await handler(make_context(media / "sub"))
+        await library.add_scan_errors(
+            first.job_id, str(media), recursive=True, errors=[("/late.mp4", "late")]
+        )
+        errors, total = await library.scan_errors(first.job_id)
+
+    assert [(directory, recursive) for _, directory, recursive in ended] == [
+        (str(media), True),
+        (str(media / "sub"), True),
+    ]
+    assert total == 1
+    assert errors[0][0] == str(media / "broken.mp4")
+
+
 async def test_cancellation_stops_the_walk(
     library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

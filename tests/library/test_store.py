@@ -639,6 +639,60 @@ def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoS
     assert store.scan_errors("b", 10, 0) == ([("/m/3.mp4", "bad")], 1)
 
 
+def test_an_ended_scan_is_forgotten_as_owner_when_the_next_scan_begins(
+    store: VideoStore,
+) -> None:
+    """The owners' map holds the scans running, not every scope ever scanned:
+    an ended scan's entry goes at the next scan's start, its list stays, and
+    it adds nothing more."""
+    for number in range(100):
+        store.replace_scan_errors(f"j{number}", f"/m/{number}", recursive=True, errors=())
+        store.end_scan(f"j{number}", f"/m/{number}", recursive=True)
+    store.replace_scan_errors("a", "/m/a", recursive=True, errors=[("/m/a/1.mp4", "bad")])
+    store.end_scan("a", "/m/a", recursive=True)
+    store.replace_scan_errors("b", "/m/b", recursive=False, errors=())
+
+    store.add_scan_errors("a", "/m/a", recursive=True, errors=[("/m/a/2.mp4", "bad")])
+    store.add_scan_errors("b", "/m/b", recursive=False, errors=[("/m/b/1.mp4", "bad")])
+
+    assert store._error_owners == {("/m/b", False): "b"}  # the bound itself
+    assert store.scan_errors("a", 10, 0) == ([("/m/a/1.mp4", "bad")], 1)
+    assert store.scan_errors("b", 10, 0) == ([("/m/b/1.mp4", "bad")], 1)
+
+
+def test_an_ended_scan_does_not_forget_a_later_owner_of_its_scope(store: VideoStore) -> None:
+    """Scan ``b`` of the same scope began before ``a``'s end was carried out:
+    ``b`` stays the owner."""
+    store.replace_scan_errors("a", "/m", recursive=True, errors=())
+    store.replace_scan_errors("b", "/m", recursive=True, errors=())
+    store.end_scan("a", "/m", recursive=True)
+    store.replace_scan_errors("c", "/n", recursive=True, errors=())
+
+    store.add_scan_errors("b", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+
+    assert store.scan_errors("b", 10, 0) == ([("/m/1.mp4", "bad")], 1)
+
+
+def test_a_scan_whose_list_was_not_committed_does_not_take_the_scope(
+    store: VideoStore, tmp_path: Path
+) -> None:
+    """The commit of ``b``'s new list fails: ``a``'s list is still there,
+    and ``a`` still owns it and adds to it."""
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as other:
+        other.execute(
+            "CREATE TRIGGER refuse_b BEFORE INSERT ON scan_errors WHEN NEW.job_id = 'b' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        other.commit()
+
+    with pytest.raises(StoreError):
+        store.replace_scan_errors("b", "/m", recursive=True, errors=[("/m/2.mp4", "bad")])
+    store.add_scan_errors("a", "/m", recursive=True, errors=[("/m/3.mp4", "bad")])
+
+    assert store.scan_errors("a", 10, 0) == ([("/m/1.mp4", "bad"), ("/m/3.mp4", "bad")], 2)
+
+
 def test_scan_errors_are_forgotten_when_the_store_opens(tmp_path: Path) -> None:
     """Job ids do not outlive the process: a reopened store holds no scan errors."""
     first = VideoStore.open(tmp_path / "videos.sqlite")
