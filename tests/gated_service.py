@@ -33,11 +33,12 @@ from stoat_ferret.__main__ import main
 from stoat_ferret.library import VideoLibrary
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Callable, Collection, Sequence
     from datetime import datetime
     from pathlib import Path
 
     from stoat_ferret.library import VideoRecord
+    from stoat_ferret.library._models import Applied
 
 HOLD: Final = "HOLD"
 """The gate: a file of this name in a scanned directory (not a video: the scan ignores it)."""
@@ -58,15 +59,16 @@ async def _held_apply(
     deletions: Collection[str],
     *,
     written_before: datetime | None = None,
-) -> list[tuple[str, str]]:
-    refused = await _write(self, records, deletions, written_before=written_before)
+    is_gone: Callable[[str], bool] | None = None,
+) -> Applied:
+    applied = await _write(self, records, deletions, written_before=written_before, is_gone=is_gone)
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
         if await gate.exists():
             logger.info("scan held at {gate}", gate=str(gate))
         # Another process opens the gate: there is no event to wait on.
         while await gate.exists():  # noqa: ASYNC110
             await anyio.sleep(POLL_SECONDS)
-    return refused
+    return applied
 
 
 if __name__ == "__main__":

@@ -35,7 +35,13 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-    from stoat_ferret.library._models import Fingerprint, Video, VideoFilter, VideoRecord
+    from stoat_ferret.library._models import (
+        Applied,
+        Fingerprint,
+        Video,
+        VideoFilter,
+        VideoRecord,
+    )
 
 
 T = TypeVar("T")
@@ -230,14 +236,24 @@ class VideoLibrary:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-    ) -> list[tuple[str, str]]:
+        is_gone: Callable[[str], bool] | None = None,
+    ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one
         transaction; with ``written_before``, keep the rows of ``deletions``
-        written since then (:meth:`VideoStore.remove_gone`). Returns ``(path,
-        reason)`` of each record the store cannot hold, which is not written
-        and whose old row goes (:meth:`VideoStore.apply`)."""
+        written since then (:meth:`VideoStore.remove_gone`); with ``is_gone``
+        (blocking, run in the worker thread under the write lock), write no
+        record whose file is gone, and delete its row. Says what was left
+        out: the records the store cannot hold, which are not written and
+        whose old rows go, and those whose file was gone
+        (:meth:`VideoStore.apply`)."""
         return await anyio.to_thread.run_sync(
-            functools.partial(self._store.apply, records, deletions, written_before=written_before)
+            functools.partial(
+                self._store.apply,
+                records,
+                deletions,
+                written_before=written_before,
+                is_gone=is_gone,
+            )
         )
 
 

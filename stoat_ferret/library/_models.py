@@ -156,6 +156,18 @@ class VideoFilter:
 
 
 @attrs.frozen(kw_only=True)
+class Applied:
+    """What one write of a scan's batch (:meth:`VideoStore.apply`) left out."""
+
+    refused: list[tuple[str, str]] = attrs.field(factory=list)
+    """``(path, reason)`` of each record the store cannot hold; its old row was deleted."""
+    vanished: list[str] = attrs.field(factory=list)
+    """Records not written because their file was gone when the write began."""
+    removed: list[str] = attrs.field(factory=list)
+    """The paths of ``vanished`` whose stored row the write deleted."""
+
+
+@attrs.frozen(kw_only=True)
 class VideoRecord:
     """One probed file, ready to be written: where it is, its fingerprint, its probe."""
 

@@ -33,7 +33,11 @@ One scan, step by step:
    through a memory stream, as one item (each trip through the event loop
    is one that requests wait for), to one writer task, which writes them in
    batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or
-   per :data:`FLUSH_SECONDS`, whichever comes first.
+   per :data:`FLUSH_SECONDS`, whichever comes first. Once a batch's write
+   holds the store's lock, each of its files is looked at again
+   (``is_gone``): one deleted since its probe is not written, and its old row
+   goes (``removed``); it counts as neither added nor updated. So a slower
+   scan cannot write back a row that another scan has just removed as gone.
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
@@ -128,6 +132,7 @@ class ScanRun:
     done: int = 0
     added: int = 0
     updated: int = 0
+    removed: int = 0
     # The first unexpected error of a child task; re-raised once the group is closed.
     failure: Exception | None = None
     # When the scan began: rows written since then are another scan's news.
@@ -182,11 +187,11 @@ class ScanRun:
         )
         await self.store_errors()
         unchanged = len(self.found) - len(to_probe)
-        removed = (
-            await self.library.remove_gone(gone, self.is_gone, written_before=self.started)
-            if gone
-            else []
-        )
+        if gone:
+            removed = await self.library.remove_gone(
+                gone, self.is_gone, written_before=self.started
+            )
+            self.removed = len(removed)
         self.done = unchanged
         if to_probe:
             self.report()
@@ -199,7 +204,7 @@ class ScanRun:
             "added": self.added,
             "updated": self.updated,
             "unchanged": unchanged,
-            "removed": len(removed),
+            "removed": self.removed,
             "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
             "errors_total": self.errors.total,
             "errors_truncated": self.errors.truncated,
@@ -333,9 +338,22 @@ class ScanRun:
                             break
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
-                refused = await self.library.apply(records, stale, written_before=self.started)
-                for path, reason in refused:
+                applied = await self.library.apply(
+                    records, stale, written_before=self.started, is_gone=self.is_gone
+                )
+                for path, reason in applied.refused:
                     self.refused(path, reason)
+                for path in applied.vanished:
+                    self.vanished(path)
+                self.removed += len(applied.removed)
+
+    def vanished(self, path: str) -> None:
+        """``path``'s file went between its probe and its write: not written,
+        as if the walk had not met it (its row, if any, went with the write)."""
+        if path in self.known:
+            self.updated -= 1
+        else:
+            self.added -= 1
 
     def refused(self, path: str, reason: str) -> None:
         """The store could not hold ``path``'s row: an error, not added or updated."""

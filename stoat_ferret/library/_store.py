@@ -68,6 +68,7 @@ from stoat_ferret.library._errorrows import delete_scope_errors, error_page, ins
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
+    Applied,
     Fingerprint,
     Video,
     VideoFilter,
@@ -268,7 +269,7 @@ class VideoStore:
         ``created_at`` of an existing row is kept; ``updated_at`` becomes now.
         Returns the records the store cannot hold, as :meth:`apply` does.
         """
-        return self.apply(records, ())
+        return self.apply(records, ()).refused
 
     def delete(self, paths: Collection[str]) -> None:
         """Delete the rows of these paths (absent ones are ignored) in one transaction."""
@@ -280,33 +281,49 @@ class VideoStore:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-    ) -> list[tuple[str, str]]:
+        is_gone: Callable[[str], bool] | None = None,
+    ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
 
         With ``written_before``, a row of ``deletions`` written at or after
         that moment is kept (see :meth:`remove_gone`).
 
+        With ``is_gone`` (file-system work), each record's file is looked at
+        once the write lock is held: a record whose file ``is_gone`` is not
+        written, and its path's row, if any, is deleted. So a file deleted
+        after its probe gets no row, and a slower scan cannot write back the
+        row of a file that another scan has just removed as gone: that
+        scan's check ran before its delete took the lock, so this check runs
+        after the file went.
+
         A record the store cannot hold (a number beyond SQLite's INTEGER, a
         float that is not finite: ``_rows.unstorable``) is not written, and
         the rest are: its path's row, if any, is deleted as those of
         ``deletions`` are (it no longer describes the file).
-
-        Returns:
-            ``(path, reason)`` of each record not written.
         """
         if not records and not deletions:
-            return []
-        rows, refused = storable_rows(records, timestamp(datetime.now(UTC)))
+            return Applied()
         with self._writing() as connection:
+            vanished: list[str] = []
+            if is_gone is not None:
+                vanished = [record.path for record in records if is_gone(record.path)]
+                if vanished:
+                    left_out = set(vanished)
+                    records = [record for record in records if record.path not in left_out]
+            rows, refused = storable_rows(records, timestamp(datetime.now(UTC)))
             if rows:
                 connection.executemany(UPSERT, rows)
             # A path that is not text has no row to delete (nor can name one).
             stale = [path for path, _ in refused if is_text(path)]
             gone = [*deletions, *stale] if stale else deletions
             deleted_ids = delete_rows(connection, gone, written_before)[1]
+            removed: list[str] = []
+            if vanished:
+                removed, removed_ids = delete_rows(connection, vanished, None)
+                deleted_ids += removed_ids
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
-        return refused
+        return Applied(refused=refused, vanished=vanished, removed=removed)
 
     def remove_gone(
         self,

@@ -330,6 +330,81 @@ async def test_overlapping_scans_never_delete_each_others_rows(
     }
 
 
+async def test_a_slower_scan_does_not_write_back_a_row_another_scan_removed(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scan A probes a changed file; before A writes, the file is deleted and
+    scan B of the same directory removes its row as gone. A writes no row
+    for it (before, it wrote the row back under a new id)."""
+    media = tmp_path / "media"
+    media.mkdir()
+    path = copy_video(clip, media / "a.mp4").path
+    kept = copy_video(clip, media / "b.mp4").path
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    for changed in (path, kept):
+        await anyio.Path(changed).write_bytes(await anyio.Path(changed).read_bytes() + b"x")
+    later: list[dict[str, Any]] = []
+    apply = library.apply
+    a_writes = True
+
+    async def scan_b_then_apply(*args: Any, **kwargs: Any) -> Any:
+        nonlocal a_writes
+        if a_writes:  # A's first write; B's own writes pass straight through
+            a_writes = False
+            os.unlink(path)
+            later.append(await handler(make_context(media)))
+        return await apply(*args, **kwargs)
+
+    monkeypatch.setattr(library, "apply", scan_b_then_apply)
+    with anyio.fail_after(TIMEOUT):
+        held = await handler(make_context(media))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert (later[0]["removed"], later[0]["updated"]) == (1, 1)
+    assert (held["updated"], held["removed"]) == (1, 0)  # b.mp4; a.mp4's row was B's to remove
+    assert stored == [str(kept)]
+
+
+async def test_a_file_deleted_between_its_probe_and_its_write_gets_no_row(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file is new, one was stored and changed; both are deleted right
+    after their probe: neither is written, the stored one's row goes and
+    counts as removed, and the scan completes."""
+    media = tmp_path / "media"
+    media.mkdir()
+    stored_before = copy_video(clip, media / "old.mp4").path
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    await anyio.Path(stored_before).write_bytes(await anyio.Path(stored_before).read_bytes() + b"x")
+    new = copy_video(clip, media / "new.mp4").path
+    kept = copy_video(clip, media / "kept.mp4").path
+
+    def probe_then_deleted(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        probe = probe_video(name, dir_fd=dir_fd)
+        if name != "kept.mp4":
+            os.unlink(name, dir_fd=dir_fd)
+        return probe
+
+    monkeypatch.setattr(_scanprobe, "probe_video", probe_then_deleted)
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert not await anyio.Path(new).exists()
+    assert {key: result[key] for key in ("found", "added", "updated", "removed")} == {
+        "found": 3,
+        "added": 1,
+        "updated": 0,
+        "removed": 1,
+    }
+    assert result["errors"] == []
+    assert stored == [str(kept)]
+
+
 async def test_a_link_target_another_scan_stores_meanwhile_is_kept(
     library: VideoLibrary,
     roots: tuple[Path, Path],

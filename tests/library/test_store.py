@@ -309,7 +309,8 @@ def test_a_row_the_store_cannot_hold_does_not_fail_its_batch(store: VideoStore) 
         record("/m/odd.mp4", rotation=cast("int", Fraction(1, 2))),  # sqlite3 cannot bind it
     ]
 
-    reasons = dict(store.apply([record("/m/a.mp4"), *refused, record("/m/b.mp4")], ["/m/gone.mp4"]))
+    applied = store.apply([record("/m/a.mp4"), *refused, record("/m/b.mp4")], ["/m/gone.mp4"])
+    reasons = dict(applied.refused)
 
     assert sorted(reasons) == sorted(item.path for item in refused)
     assert reasons["/m/frames.mp4"] == "not stored: duration_frames is beyond a 64-bit integer"
@@ -624,6 +625,43 @@ def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> Non
     store.apply([], ["/m/stale.mp4", "/m/fresh.mp4"], written_before=began)
 
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/fresh.mp4", 200)]
+
+
+def test_apply_writes_no_record_whose_file_is_gone_under_the_write_lock(
+    store: VideoStore, tmp_path: Path
+) -> None:
+    """``is_gone`` runs once the write transaction holds the lock (another
+    connection cannot begin a write then); a gone file's record is not
+    written and its old row is deleted, whoever wrote it last."""
+    store.upsert([record("/m/changed.mp4"), record("/m/kept.mp4")])
+    began = datetime.now(UTC)
+    store.upsert([record("/m/changed.mp4", size=150)])  # since began: deleted all the same
+    locked: list[bool] = []
+
+    def is_gone(path: str) -> bool:
+        with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite", timeout=0)) as other:
+            try:
+                other.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                locked.append(True)
+            else:
+                locked.append(False)
+        return path != "/m/kept.mp4"
+
+    applied = store.apply(
+        [record("/m/changed.mp4", size=200), record("/m/new.mp4"), record("/m/kept.mp4", size=300)],
+        [],
+        written_before=began,
+        is_gone=is_gone,
+    )
+
+    assert locked == [True, True, True]
+    assert (applied.vanished, applied.removed, applied.refused) == (
+        ["/m/changed.mp4", "/m/new.mp4"],
+        ["/m/changed.mp4"],
+        [],
+    )
+    assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/kept.mp4", 300)]
 
 
 def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoStore) -> None:
