@@ -136,6 +136,9 @@ class JobRecord:
     # None: nobody interrupted it. Set once: the first reason wins (note_reason).
     interruption: tuple[JobEvent, str] | None = None
     followers: list[JobUpdates] | None = None
+    # True once cancel() has withdrawn the pending job (Shared.withdraw): the
+    # one field a task other than the owner writes, and only that once.
+    withdrawn: bool = False
     # Reply channels of wait() and cancel() calls, answered when the job ends.
     waiters: set[Reply[JobResult]] | None = None
     cancellers: set[Reply[bool]] | None = None

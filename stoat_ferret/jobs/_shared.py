@@ -11,8 +11,13 @@ awaits, so each call is atomic with respect to every other task.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from stoat_ferret.jobs._exceptions import QueueFull, SupervisorClosed
+from stoat_ferret.jobs._models import JobStatus
+
+if TYPE_CHECKING:
+    from stoat_ferret.jobs._record import JobRecord
 
 
 class Phase(enum.Enum):
@@ -54,7 +59,12 @@ class Shared:
       drops a job its type's running limit or its key held back
       (``_assignments.py``): such a job has no assignment out, and once
       dropped never gets one. So
-      a second ``cancel`` of the job cannot let a worker start it.
+      a second ``cancel`` of the job cannot let a worker start it. An id is
+      added once per job (``JobRecord.withdrawn``, set by the same call):
+      a second ``cancel`` that still sees the job pending after a worker
+      skipped it would otherwise add the id again, with no assignment left
+      to pass it, and it would stay for good. That flag is the one field of
+      a record written outside the actor; only ``withdraw`` reads or writes it.
     * ``progress``: the latest ``report_progress`` figure of each job whose
       ``JobProgressed`` the actor has not handled yet. A job's context writes
       it and sends ``JobProgressed`` only when there was no entry; the actor
@@ -99,9 +109,12 @@ class Shared:
         self.taken -= 1
         assert self.taken >= 0
 
-    def withdraw(self, job_id: str) -> None:
-        """Keep every worker from starting ``job_id`` (``cancel`` saw it pending)."""
-        self.withdrawn.add(job_id)
+    def withdraw(self, record: JobRecord) -> None:
+        """Keep every worker from starting the job of ``record`` if it is
+        pending (``cancel``, before it sends ``Cancel``); once per job."""
+        if record.status is JobStatus.PENDING and not record.withdrawn:
+            record.withdrawn = True
+            self.withdrawn.add(record.job_id)
 
     def may_start(self, job_id: str) -> bool:
         """A worker's check before it starts a job; True gives the job's slot back.

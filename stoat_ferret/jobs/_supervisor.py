@@ -29,7 +29,6 @@ from stoat_ferret.jobs._messages import (
     Unfollow,
     Wait,
 )
-from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
 from stoat_ferret.jobs._paging import JobPage, check_page, select_page
 from stoat_ferret.jobs._record import JobRecord, job_ids, wall_clock_ns
 from stoat_ferret.jobs._registry import JobRegistry, check_count, check_seconds, check_timeout
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
 
     from anyio.abc import TaskStatus
+
+    from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
 
 
 T = TypeVar("T")
@@ -257,8 +258,7 @@ class JobSupervisor:
         record = await self._find(job_id)
         if record.status.is_terminal:
             return False
-        if record.status is JobStatus.PENDING:
-            self._shared.withdraw(job_id)  # see Shared: a withdrawn job never starts
+        self._shared.withdraw(record)  # if pending; see Shared: a withdrawn job never starts
         reply: Reply[bool] = Reply()
         self._actor.send(Cancel(record, reply))
         return await self._receive(job_id, reply)

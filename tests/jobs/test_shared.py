@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from stoat_ferret.jobs import QueueFull, SupervisorClosed
+from stoat_ferret.jobs._record import JobRecord, wall_clock_ns
 from stoat_ferret.jobs._shared import Phase, Shared
+from stoat_ferret.jobs._state import JobEvent
 
 
 def _running(limit: int = 2) -> Shared:
@@ -48,16 +50,48 @@ def test_a_started_job_gives_its_slot_back() -> None:
     assert shared.taken == 0
 
 
+def _pending(job_id: str) -> JobRecord:
+    return JobRecord(job_id, "t", None, 300.0, None, wall_clock_ns())
+
+
 def test_a_withdrawn_job_never_starts_and_is_forgotten() -> None:
     """may_start() is False for a withdrawn id, which it then forgets; the slot stays taken."""
 
     shared = _running()
     shared.take()
-    shared.withdraw("a")
+    shared.withdraw(_pending("a"))
 
     assert shared.may_start("a") is False
     assert shared.withdrawn == set()
     assert shared.taken == 1  # the actor gives it back when it ends the job
+
+
+def test_a_job_is_withdrawn_once() -> None:
+    """Two cancel() calls of a job both see it pending, and a worker skips
+    it between their withdraws: the second adds no id, which no assignment
+    would ever pass again (it used to stay for good)."""
+
+    shared = _running()
+    shared.take()
+    record = _pending("a")
+    shared.withdraw(record)
+    assert shared.may_start("a") is False  # the worker skips it
+
+    shared.withdraw(record)
+
+    assert shared.withdrawn == set()
+
+
+def test_only_a_pending_job_is_withdrawn() -> None:
+    """cancel() of a job already running or ended withdraws nothing."""
+
+    shared = _running()
+    running = _pending("a")
+    running.apply(JobEvent.START, at_ns=wall_clock_ns())
+
+    shared.withdraw(running)
+
+    assert shared.withdrawn == set()
 
 
 def test_nothing_starts_once_closing() -> None:

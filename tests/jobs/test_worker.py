@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from stoat_ferret.jobs._messages import Assignment, JobFinished, JobStarted, Message, Stopping
+from stoat_ferret.jobs._record import JobRecord, wall_clock_ns
 from stoat_ferret.jobs._shared import Phase, Shared
 from stoat_ferret.jobs._state import JobEvent
 from stoat_ferret.jobs._worker import run_worker
@@ -104,7 +105,7 @@ async def test_withdrawn_and_closing_jobs_are_skipped() -> None:
     """A withdrawn job and every job after close() never start."""
 
     shared = _shared()
-    shared.withdraw("a")
+    shared.withdraw(JobRecord("a", "t", None, 5.0, None, wall_clock_ns()))
     messages = await _run([Assignment("a", "t", None, 5.0, _returns)], shared)
     assert messages == []
     assert shared.withdrawn == set()
