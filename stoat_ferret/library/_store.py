@@ -51,11 +51,14 @@ one ``directory`` (indexed).
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections import deque
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
+
+from loguru import logger
 
 from stoat_ferret.library._connections import (
     file_identity,
@@ -93,7 +96,6 @@ from stoat_ferret.library._rows import (
 from stoat_ferret.library._schema import PROBE_VERSION
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Callable, Collection, Iterator, Sequence
 
 BUSY_TIMEOUT_MS: Final = 5_000
@@ -116,6 +118,9 @@ class VideoStore:
         # Which file the writer writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
         self._identity = file_identity(path)
+        # And its write-ahead log (None when the file system allows no WAL):
+        # commits since the last checkpoint live only there.
+        self._wal_identity = file_identity(f"{path}-wal")
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
@@ -421,8 +426,34 @@ class VideoStore:
                     f"video store {self.path} was deleted or replaced while open; "
                     "restart the service to recreate it"
                 )
+            if self._wal_identity is not None:
+                self._check_wal(connection)
             with transaction(connection, self.path, "BEGIN IMMEDIATE"):
                 yield connection
+
+    def _check_wal(self, connection: sqlite3.Connection) -> None:
+        """Refuse to write once the ``-wal`` file is deleted or replaced.
+
+        SQLite goes on writing to the log it has open, and a crash would
+        lose every commit since the last checkpoint with it. So the commits
+        made so far are copied into the database file first (a checkpoint
+        reads the log through the descriptor SQLite still holds), and no
+        more are made: a restart opens a new log.
+        """
+        if file_identity(f"{self.path}-wal") == self._wal_identity:
+            return
+        try:
+            connection.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        except sqlite3.Error as exc:
+            logger.warning(
+                "video store {path}: checkpoint of a deleted log failed: {error}",
+                path=self.path,
+                error=str(exc),
+            )
+        raise StoreError(
+            f"video store {self.path}: its write-ahead log ({self.path}-wal) was deleted "
+            "or replaced while open; restart the service"
+        )
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
         if connection is None:

@@ -664,6 +664,32 @@ def test_apply_writes_no_record_whose_file_is_gone_under_the_write_lock(
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/kept.mp4", 300)]
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_write_ahead_log_gone_while_open_is_checkpointed_and_writes_are_refused(
+    tmp_path: Path, how: str
+) -> None:
+    """The ``-wal`` file unlinked (or replaced) under the open store: the
+    next write is refused, and the commits made before it are in the
+    database file itself, so a crash (here: a copy of the file alone) keeps
+    them. Before, SQLite went on committing to the unlinked log."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        os.unlink(f"{database}-wal")
+        if how == "replaced":
+            (tmp_path / "videos.sqlite-wal").write_bytes(b"")
+        with pytest.raises(StoreError, match=r"write-ahead log .* was deleted or replaced"):
+            store.upsert([record("/m/b.mp4")])
+        crashed = tmp_path / "crashed.sqlite"
+        crashed.write_bytes(database.read_bytes())
+    finally:
+        store.close()
+
+    with contextlib.closing(sqlite3.connect(crashed)) as raw:
+        assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
+
+
 def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoStore) -> None:
     """Scan ``b`` of the same scope starts after ``a``: ``a``'s list is gone and
     ``a`` adds nothing more; ``b`` adds to its own."""
