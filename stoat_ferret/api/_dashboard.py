@@ -17,9 +17,11 @@ data) and the API needs the token. A browser cannot put a header on an
 it), the page drops the fragment from the address bar and sends the token
 once to ``POST /api/v1/session``, which answers with an ``HttpOnly``,
 ``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``). The
-cookie holds a value derived from the token (``session_value``), which the
-API accepts only as that cookie: a browser sends a host's cookies to every
-port of it, so another service there may see it.
+cookie holds a value derived from the token and dated (``session_value``),
+which the API accepts only as that cookie, and for
+:data:`~stoat_ferret.api._guard.SESSION_SECONDS` from the moment it was made:
+a browser sends a host's cookies to every port of it, so another service
+there may see it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import SettingsDep  # noqa: TC001
-from stoat_ferret.api._guard import TOKEN_COOKIE, session_value
+from stoat_ferret.api._guard import SESSION_SECONDS, TOKEN_COOKIE, session_value, wall_clock
 from stoat_ferret.api._schemas import error_responses
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -51,9 +53,6 @@ router = APIRouter()
 
 
 SESSION_PATH: Final = "/api/v1/session"
-
-SESSION_SECONDS: Final = 7 * 24 * 3600
-"""How long the dashboard's cookie lasts; a new ``/#token=`` renews it."""
 
 
 @router.head("/", include_in_schema=False)
@@ -94,7 +93,8 @@ async def start_session(request: Request, settings: SettingsDep) -> Response:
         # Reached only with the right token: the guard answered 401 otherwise.
         response.set_cookie(
             TOKEN_COOKIE,
-            session_value(settings.api_token),  # not the token: see session_value
+            # Not the token, and dated: see session_value.
+            session_value(settings.api_token, int(wall_clock())),
             max_age=SESSION_SECONDS,
             path="/api/",
             secure=request.url.scheme == "https",

@@ -23,7 +23,9 @@ nor allowed
 is under ``/api/`` or is ``/metrics``,         ``/health``, the dashboard page and
 and neither ``Authorization: Bearer            its files stay open
 <token>`` nor the :data:`TOKEN_COOKIE`
-holding its :func:`session_value` is there
+holding a :func:`session_value` made
+under :data:`SESSION_SECONDS` ago
+is there
 a state change that only the cookie    403     a browser sends the cookie by
 authorises, without an ``Origin`` or           itself; clients that are not
 ``Referer`` of the service's own, or           browsers send the token
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import urlsplit
@@ -56,8 +59,6 @@ from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from starlette.datastructures import Headers
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,19 +67,50 @@ if TYPE_CHECKING:
 TOKEN_COOKIE: Final = "stoat_token"
 """The cookie the dashboard's session sets (``POST /api/v1/session``); the API accepts it."""
 
-SESSION_KEY: Final = b"stoat-session"
+SESSION_KEY: Final = "stoat-session"
+
+SESSION_SECONDS: Final = 7 * 24 * 3600
+"""How long a session cookie is accepted from the moment it was made; it is
+never renewed (a new ``/#token=`` makes a new one)."""
+
+SESSION_SKEW_SECONDS: Final = 60
+"""How far in the future a session's date may be (clocks of one host agree)."""
+
+wall_clock = time.time
+"""The clock sessions are dated by."""
 
 
-def session_value(token: str) -> str:
-    """What :data:`TOKEN_COOKIE` holds: ``HMAC-SHA256(token, "stoat-session")``, in hex.
+def session_value(token: str, issued: int) -> str:
+    """What :data:`TOKEN_COOKIE` holds: ``<issued>.<mac>``, where ``issued``
+    is when the session was made (Unix seconds) and ``mac`` is
+    ``HMAC-SHA256(token, "stoat-session:<issued>")`` in hex.
 
     Not the token itself: browsers do not keep cookies apart by port, so any
     other service on the same host name may be sent this cookie. What it
     learns opens the API only as this cookie (a browser's, so the state
     changes it allows need the browser to vouch for their origin), never as
-    the ``Authorization: Bearer`` token.
+    the ``Authorization: Bearer`` token, and only until
+    :data:`SESSION_SECONDS` after ``issued``: the date is under the MAC.
     """
-    return hmac.new(token.encode(), SESSION_KEY, hashlib.sha256).hexdigest()
+    return f"{issued}.{_session_mac(token.encode(), issued).decode()}"
+
+
+def _session_mac(token: bytes, issued: int) -> bytes:
+    message = f"{SESSION_KEY}:{issued}".encode()
+    return hmac.new(token, message, hashlib.sha256).hexdigest().encode()
+
+
+def session_valid(token: bytes, value: str) -> bool:
+    """Whether ``value`` is a :func:`session_value` of ``token`` made less
+    than :data:`SESSION_SECONDS` ago. The MAC is compared in constant time,
+    whatever the rest of ``value`` looks like."""
+    issued_text, _, mac = value.partition(".")
+    # ASCII digits only, and few (int() of a long string costs, a date needs 10).
+    dated = issued_text.isascii() and issued_text.isdigit() and len(issued_text) <= 12
+    issued = int(issued_text) if dated else 0
+    matches = hmac.compare_digest(mac.encode(), _session_mac(token, issued))
+    age = wall_clock() - issued
+    return matches and dated and -SESSION_SKEW_SECONDS <= age < SESSION_SECONDS
 
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -168,7 +200,6 @@ class RequestGuard:
         self.origins = frozenset(filter(None, map(origin_key, settings.allowed_origins)))
         token = settings.api_token
         self.token = None if token is None else token.encode()
-        self.session = None if token is None else session_value(token).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -299,14 +330,11 @@ class RequestGuard:
     def credential(self, connection: HTTPConnection) -> Literal["bearer", "cookie"] | None:
         """What carries the token: the ``Authorization`` header, else the cookie, else None."""
         assert self.token is not None
-        assert self.session is not None
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-        offered: Iterable[tuple[str, bytes]] = (
-            (credentials.strip() if scheme.lower() == "bearer" else "", self.token),
-            (connection.cookies.get(TOKEN_COOKIE, ""), self.session),
-        )
+        offered = credentials.strip() if scheme.lower() == "bearer" else ""
         # Both compared, always, each in constant time.
-        bearer, cookie = [hmac.compare_digest(value.encode(), want) for value, want in offered]
+        bearer = hmac.compare_digest(offered.encode(), self.token)
+        cookie = session_valid(self.token, connection.cookies.get(TOKEN_COOKIE, ""))
         return "bearer" if bearer else "cookie" if cookie else None
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 import pytest
 
-from stoat_ferret.api._guard import CHUNKED_GET, TOKEN_COOKIE, TOO_BIG, host_name, trusted_hosts
+from stoat_ferret.api import _guard
+from stoat_ferret.api._guard import (
+    CHUNKED_GET,
+    SESSION_SECONDS,
+    SESSION_SKEW_SECONDS,
+    TOKEN_COOKIE,
+    TOO_BIG,
+    host_name,
+    trusted_hosts,
+)
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
 from stoat_ferret.api.app import create_app
 from stoat_ferret.settings import Settings
@@ -25,8 +35,17 @@ if TYPE_CHECKING:
 
 SCAN = "/api/v1/videos/scan"
 TOKEN = "a-token-of-24-characters"
-SESSION = hmac.new(TOKEN.encode(), b"stoat-session", hashlib.sha256).hexdigest()
-"""What the dashboard's cookie holds for :data:`TOKEN`."""
+
+
+def _session(issued: int, token: str = TOKEN) -> str:
+    """A session cookie's value for ``token``, made at ``issued`` (Unix seconds)."""
+    mac = hmac.new(token.encode(), f"stoat-session:{issued}".encode(), hashlib.sha256)
+    return f"{issued}.{mac.hexdigest()}"
+
+
+SESSION = _session(int(time.time()))
+"""What the dashboard's cookie holds for :data:`TOKEN`, made now (a test
+session is far shorter than the cookie's week)."""
 JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -378,6 +397,33 @@ def with_token(settings: Settings) -> Settings:
         pytest.param({"Cookie": f"other={TOKEN}"}, id="other-cookie"),
         pytest.param({"Cookie": f"{TOKEN_COOKIE}={TOKEN}"}, id="token-as-cookie"),
         pytest.param({"Authorization": f"Bearer {SESSION}"}, id="session-as-bearer"),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}={_session(int(time.time()) - SESSION_SECONDS)}"},
+            id="session-a-week-old",
+        ),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}={_session(int(time.time()) + 3600)}"},
+            id="session-dated-an-hour-ahead",
+        ),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}={int(time.time()) + 1}{SESSION[SESSION.index('.') :]}"},
+            id="session-redated",
+        ),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}={_session(int(time.time()), TOKEN + 'x')}"},
+            id="session-of-another-token",
+        ),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}={SESSION.partition('.')[2]}"}, id="session-undated"
+        ),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}={'9' * 5000}.{SESSION.partition('.')[2]}"},
+            id="session-dated-by-5000-digits",
+        ),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}=\u0661\u0662.{SESSION.partition('.')[2]}"},
+            id="session-dated-by-arabic-digits",
+        ),
     ],
 )
 @pytest.mark.parametrize(
@@ -458,16 +504,21 @@ async def test_a_session_trades_the_token_for_a_strict_cookie(with_token: Settin
     with anyio.fail_after(10):
         async with serving(create_app(with_token)) as client:
             refused = await client.post("/api/v1/session")
+            before = int(time.time())
             started = await client.post(
                 "/api/v1/session", headers={"Authorization": f"Bearer {TOKEN}"}
             )
+            after = int(time.time())
             # The client keeps the cookie: no header from here on.
             listed = await client.get("/api/v1/jobs")
 
     assert refused.status_code == 401
     assert started.status_code == 204
     cookie = started.headers["set-cookie"]
-    assert cookie.startswith(f"{TOKEN_COOKIE}={SESSION};")  # not the token itself
+    name, _, value = cookie.partition(";")[0].partition("=")
+    issued = int(value.partition(".")[0])
+    assert (name, value) == (TOKEN_COOKIE, _session(issued))  # not the token itself: dated
+    assert before <= issued <= after
     attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
     assert {"httponly", "samesite=strict", "path=/api/"} <= attributes
     assert "secure" not in attributes  # plain http on loopback: a Secure cookie would not stick
@@ -621,6 +672,28 @@ async def test_a_big_body_arriving_while_a_stream_runs_ends_the_stream(
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert all(message.get("more_body", True) for message in sent[:-1])
     assert not [record for record in log_records if record["level"].no >= 40]
+
+
+@pytest.mark.parametrize(
+    ("age", "valid"),
+    [
+        pytest.param(0, True, id="new"),
+        pytest.param(SESSION_SECONDS - 1, True, id="a-second-short-of-its-life"),
+        pytest.param(SESSION_SECONDS, False, id="its-life-over"),
+        pytest.param(-SESSION_SKEW_SECONDS, True, id="from-a-clock-a-minute-ahead"),
+        pytest.param(-SESSION_SKEW_SECONDS - 1, False, id="from-further-ahead"),
+    ],
+)
+def test_a_session_is_valid_for_its_life_from_when_it_was_made(
+    monkeypatch: pytest.MonkeyPatch, age: int, valid: bool
+) -> None:
+    """A session cookie is accepted for SESSION_SECONDS from its date, never
+    renewed by use, and its date is under its MAC."""
+    now = 1_800_000_000
+    monkeypatch.setattr(_guard, "wall_clock", lambda: now + 0.5)
+
+    assert _guard.session_valid(TOKEN.encode(), _session(now - age)) is valid
+    assert _guard.session_value(TOKEN, now - age) == _session(now - age)
 
 
 @pytest.mark.anyio
