@@ -59,9 +59,9 @@ async def _held_apply(
     deletions: Collection[str],
     *,
     written_before: datetime | None = None,
-    is_gone: Callable[[str], bool] | None = None,
+    gone: Callable[[Collection[str]], Collection[str]] | None = None,
 ) -> Applied:
-    applied = await _write(self, records, deletions, written_before=written_before, is_gone=is_gone)
+    applied = await _write(self, records, deletions, written_before=written_before, gone=gone)
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
         if await gate.exists():
             logger.info("scan held at {gate}", gate=str(gate))

@@ -1,7 +1,8 @@
 """The mutable record of one job, private to whoever owns the job table.
 
-In :class:`JobSupervisor` only the actor task changes a record; the
-in-memory queue changes its own. Other tasks see :class:`JobResult`
+In :class:`JobSupervisor` only the actor task changes a record (but for its
+``withdrawn`` flag, which ``cancel`` sets: ``_shared.py`` says why that is
+safe); the in-memory queue changes its own. Other tasks see :class:`JobResult`
 snapshots, or read a record's fields between the owner's steps.
 """
 

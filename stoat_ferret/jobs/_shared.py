@@ -1,7 +1,8 @@
 """The state the supervisor's tasks share outside the actor, and why each piece is safe.
 
-The actor (``_actor.py``) is the only task that changes a job record or the
-job table. Four small pieces of state are also touched by other tasks, so
+The actor (``_actor.py``) is the only task that changes a job record (but
+for its ``withdrawn`` flag, below) or the job table. Four small pieces of
+state are also touched by other tasks, so
 that the hot paths need no round trip through the actor; they are all here,
 in :class:`Shared`, each with the invariant that makes it safe. Every task
 involved runs on the event loop's one thread, and none of these methods

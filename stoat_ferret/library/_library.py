@@ -166,20 +166,19 @@ class VideoLibrary:
     async def remove_gone(
         self,
         paths: Collection[str],
-        is_gone: Callable[[str], bool],
+        gone: Callable[[Collection[str]], Collection[str]],
         *,
         written_before: datetime | None = None,
     ) -> list[str]:
-        """Delete the rows of those ``paths`` whose file ``is_gone`` and that
+        """Delete the rows of those ``paths`` whose file is ``gone`` and that
         were not written since ``written_before``; return them.
 
-        ``is_gone`` (blocking) runs in the worker thread, before the store
-        is locked (:meth:`VideoStore.remove_gone`).
+        ``gone`` (blocking: given paths, it returns those whose file is
+        gone) runs in the worker thread, before the store is locked
+        (:meth:`VideoStore.remove_gone`).
         """
         return await anyio.to_thread.run_sync(
-            functools.partial(
-                self._store.remove_gone, paths, is_gone, written_before=written_before
-            )
+            functools.partial(self._store.remove_gone, paths, gone, written_before=written_before)
         )
 
     async def replace_scan_errors(
@@ -201,7 +200,8 @@ class VideoLibrary:
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
         """Store more errors of the scan ``job_id``; nothing if a later scan
-        of the same scope has replaced its list."""
+        of the same scope has replaced its list, nor once ``job_id`` has
+        ended (:meth:`end_scan`) and another scan has begun."""
         if errors:
             await anyio.to_thread.run_sync(
                 functools.partial(
@@ -236,15 +236,15 @@ class VideoLibrary:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-        is_gone: Callable[[str], bool] | None = None,
+        gone: Callable[[Collection[str]], Collection[str]] | None = None,
     ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one
         transaction; with ``written_before``, keep the rows of ``deletions``
-        written since then (:meth:`VideoStore.remove_gone`); with ``is_gone``
-        (blocking, run in the worker thread under the write lock), write no
-        record whose file is gone, and delete its row. Says what was left
-        out: the records the store cannot hold, which are not written and
-        whose old rows go, and those whose file was gone
+        written since then (:meth:`VideoStore.remove_gone`); with ``gone``
+        (blocking, run in the worker thread before the store is locked),
+        write no record whose file is gone, and delete its row. Says what
+        was left out: the records the store cannot hold, which are not
+        written and whose old rows go, and those whose file was gone
         (:meth:`VideoStore.apply`)."""
         return await anyio.to_thread.run_sync(
             functools.partial(
@@ -252,7 +252,7 @@ class VideoLibrary:
                 records,
                 deletions,
                 written_before=written_before,
-                is_gone=is_gone,
+                gone=gone,
             )
         )
 

@@ -162,7 +162,7 @@ class Applied:
     refused: list[tuple[str, str]] = attrs.field(factory=list)
     """``(path, reason)`` of each record the store cannot hold; its old row was deleted."""
     vanished: list[str] = attrs.field(factory=list)
-    """Records not written because their file was gone when the write began."""
+    """Records not written because their file was gone just before the write."""
     removed: list[str] = attrs.field(factory=list)
     """The paths of ``vanished`` whose stored row the write deleted."""
 

@@ -16,8 +16,10 @@ One scan, step by step:
 3. Compare (``_scanprobe.compare``): a file whose ``(size, mtime_ns)``
    matches its row is ``unchanged``, neither probed nor written; the rest are
    probed. A row the walk did not see is removed only if its file is gone
-   (``ScanRun.is_gone``: missing or no longer a regular file, by ``lstat``
-   beneath the directory's descriptor, before the store is locked); one
+   (``ScanRun.gone_of``: missing or no longer a regular file, by ``lstat``
+   beneath the directory's descriptor, before the store is locked; nothing
+   is gone if the directory at the path is no longer the one the scan
+   opened); one
    still there may be in a directory the walk could not list, or the target
    of a link another scan met. The delete keeps a row written since this
    scan began, whatever ``lstat`` said: another scan (``/x`` and ``/x/sub``
@@ -33,11 +35,13 @@ One scan, step by step:
    through a memory stream, as one item (each trip through the event loop
    is one that requests wait for), to one writer task, which writes them in
    batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or
-   per :data:`FLUSH_SECONDS`, whichever comes first. Once a batch's write
-   holds the store's lock, each of its files is looked at again
-   (``is_gone``): one deleted since its probe is not written, and its old row
-   goes (``removed``); it counts as neither added nor updated. So a slower
-   scan cannot write back a row that another scan has just removed as gone.
+   per :data:`FLUSH_SECONDS`, whichever comes first. Just before a batch is
+   written, its files are looked at again (``gone_of``, the same way): one
+   deleted since its probe is not written, and its old row goes as in step 3
+   (``removed``); it counts in ``found`` only, not as added, updated or an
+   error. So a slower scan does not write back a row that another scan has
+   just removed as gone, but for a file deleted in the moment between that
+   look and the commit (the next scan removes its row).
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
@@ -67,10 +71,8 @@ cancellation; batches committed before it stay.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
-import stat
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -79,8 +81,8 @@ import anyio.from_thread
 import attrs
 from loguru import logger
 
-from stoat_ferret.library._beneath import lstat_beneath, open_scan_directory, split
-from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
+from stoat_ferret.library._beneath import gone_beneath, open_scan_directory
+from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, ScanError, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -93,7 +95,7 @@ from stoat_ferret.library._scanprobe import (
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Collection, Iterator
 
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -189,7 +191,7 @@ class ScanRun:
         unchanged = len(self.found) - len(to_probe)
         if gone:
             removed = await self.library.remove_gone(
-                gone, self.is_gone, written_before=self.started
+                gone, self.gone_of, written_before=self.started
             )
             self.removed = len(removed)
         self.done = unchanged
@@ -230,26 +232,38 @@ class ScanRun:
             root_fd=self.root_fd,
         )
 
-    def is_gone(self, path: str) -> bool:
-        """True if the file of the stored ``path`` is gone. Blocking: a worker thread.
+    def gone_of(self, paths: Collection[str]) -> set[str]:
+        """Those of ``paths`` whose file is gone. Blocking: a worker thread.
 
-        Looked at with ``lstat`` beneath the scanned directory's descriptor:
-        missing, a directory on the way replaced by a symlink or a file, or
-        no longer a regular file. A regular file that is there is not gone,
-        even though the walk did not see it: another scan may have found it
-        (in a directory this one could not list, or as the target of a link
-        this one did not meet, such as a link in ``/x/a`` to a file in
-        ``/x/b`` when this scan is of ``/x/b``).
+        Looked at with ``lstat`` beneath the scanned directory's descriptor
+        (:func:`gone_beneath`): missing, a directory on the way replaced by a
+        symlink or a file, or no longer a regular file. A regular file that
+        is there is not gone, even though the walk did not see it: another
+        scan may have found it (in a directory this one could not list, or
+        as the target of a link this one did not meet, such as a link in
+        ``/x/a`` to a file in ``/x/b`` when this scan is of ``/x/b``).
+
+        Nothing is gone if the scanned directory is no longer the one at its
+        path (replaced by another, or a mount laid over it, since the scan
+        opened it): its descriptor then shows the old one, whose files say
+        nothing of the files there now.
         """
-        if self.root_fd is None:
+        if self.root_fd is None or not paths or not self.still_at_root():
+            return set()
+        return gone_beneath(paths, self.root, self.root_fd)
+
+    def still_at_root(self) -> bool:
+        """Whether the scanned directory is still the one its path opens."""
+        assert self.root_fd is not None
+        try:
+            fd = open_scan_directory(self.root, self.roots)
+        except (ScanError, OSError):
             return False
         try:
-            info = lstat_beneath(split(path)[len(split(self.root)) :], self.root_fd)
-        except OSError as exc:
-            # Missing, or a directory on the way is a symlink or a file now;
-            # any other error (denied, I/O) cannot tell.
-            return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-        return not stat.S_ISREG(info.st_mode)
+            now, opened = os.fstat(fd), os.fstat(self.root_fd)
+        finally:
+            os.close(fd)
+        return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
 
     def report(self) -> None:
         self.ctx.report_progress(
@@ -339,7 +353,7 @@ class ScanRun:
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
                 applied = await self.library.apply(
-                    records, stale, written_before=self.started, is_gone=self.is_gone
+                    records, stale, written_before=self.started, gone=self.gone_of
                 )
                 for path, reason in applied.refused:
                     self.refused(path, reason)

@@ -1,7 +1,8 @@
 """VideoStore: the videos and scan_errors tables in SQLite (``sqlite3``), from worker threads.
 
 Concurrency: two connections to the file (``_connections.py``), each used by
-one thread at a time under its own ``threading.Lock``. Writes go through the
+one thread at a time under its own lock (the writer's reentrant, so that a
+method may hold it across a commit and what follows). Writes go through the
 writing one: each write method is one ``BEGIN IMMEDIATE ... COMMIT``
 transaction, so a batch is written whole or not at all (but for the rows the
 store cannot hold: below), and while another
@@ -286,20 +287,22 @@ class VideoStore:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-        is_gone: Callable[[str], bool] | None = None,
+        gone: Callable[[Collection[str]], Collection[str]] | None = None,
     ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
 
         With ``written_before``, a row of ``deletions`` written at or after
         that moment is kept (see :meth:`remove_gone`).
 
-        With ``is_gone`` (file-system work), each record's file is looked at
-        once the write lock is held: a record whose file ``is_gone`` is not
-        written, and its path's row, if any, is deleted. So a file deleted
-        after its probe gets no row, and a slower scan cannot write back the
-        row of a file that another scan has just removed as gone: that
-        scan's check ran before its delete took the lock, so this check runs
-        after the file went.
+        With ``gone`` (file-system work, given the records' paths, returning
+        those whose file is gone), the records' files are looked at again
+        just before the write, without the write lock, as
+        :meth:`remove_gone` does: a record whose file is gone is not
+        written, and its path's row, if any, is deleted as those of
+        ``deletions`` are. So a file deleted after its probe gets no row,
+        and a slower scan does not write back the row of a file another
+        scan has just removed as gone (unless the file goes in the moment
+        between that look and the commit: the next scan removes that row).
 
         A record the store cannot hold (a number beyond SQLite's INTEGER, a
         float that is not finite: ``_rows.unstorable``) is not written, and
@@ -308,23 +311,22 @@ class VideoStore:
         """
         if not records and not deletions:
             return Applied()
+        vanished: list[str] = []
+        if gone is not None and records:
+            left_out = set(gone([record.path for record in records]))
+            if left_out:
+                vanished = [record.path for record in records if record.path in left_out]
+                records = [record for record in records if record.path not in left_out]
+        rows, refused = storable_rows(records, timestamp(datetime.now(UTC)))
         with self._writing() as connection:
-            vanished: list[str] = []
-            if is_gone is not None:
-                vanished = [record.path for record in records if is_gone(record.path)]
-                if vanished:
-                    left_out = set(vanished)
-                    records = [record for record in records if record.path not in left_out]
-            rows, refused = storable_rows(records, timestamp(datetime.now(UTC)))
             if rows:
                 connection.executemany(UPSERT, rows)
             # A path that is not text has no row to delete (nor can name one).
             stale = [path for path, _ in refused if is_text(path)]
-            gone = [*deletions, *stale] if stale else deletions
-            deleted_ids = delete_rows(connection, gone, written_before)[1]
+            deleted_ids = delete_rows(connection, [*deletions, *stale], written_before)[1]
             removed: list[str] = []
             if vanished:
-                removed, removed_ids = delete_rows(connection, vanished, None)
+                removed, removed_ids = delete_rows(connection, vanished, written_before)
                 deleted_ids += removed_ids
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
@@ -333,24 +335,27 @@ class VideoStore:
     def remove_gone(
         self,
         paths: Collection[str],
-        is_gone: Callable[[str], bool],
+        gone: Callable[[Collection[str]], Collection[str]],
         *,
         written_before: datetime | None = None,
     ) -> list[str]:
-        """Delete the rows of those ``paths`` whose file ``is_gone``, in one transaction.
+        """Delete the rows of those ``paths`` whose file is ``gone``, in one transaction.
 
-        ``is_gone`` (file-system work) runs first, without the write lock,
-        so no other writer waits for it. The delete then keeps a
+        ``gone`` (file-system work, given ``paths``, returning those whose
+        file is gone) runs first, without the write lock, so no other writer
+        waits for it. The delete then keeps a
         row written at or after ``written_before`` (when the caller's walk
         began): another scan saw its file after this one looked, even if it
         did so between the check and the delete. Returns the paths whose
         rows were deleted.
         """
-        gone = [path for path in paths if is_gone(path)]
-        if not gone:
+        left = set(gone(paths))
+        if not left:
             return []
         with self._writing() as connection:
-            deleted, deleted_ids = delete_rows(connection, gone, written_before)
+            deleted, deleted_ids = delete_rows(
+                connection, [path for path in paths if path in left], written_before
+            )
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
         return deleted
@@ -378,7 +383,8 @@ class VideoStore:
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
         """Store more ``(path, error)`` entries of the scan ``job_id``, after its
-        others; nothing if a later scan of this scope has replaced them."""
+        others; nothing if a later scan of this scope has replaced them, nor
+        once ``job_id`` has ended (:meth:`end_scan`) and another scan has begun."""
         if errors:
             with self._writing() as connection:
                 if self._error_owners.get((directory, recursive)) == job_id:

@@ -14,7 +14,7 @@ from stoat_ferret.library._beneath import (
     MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
     Cached,
-    lstat_beneath,
+    gone_beneath,
     open_directory,
     open_scan_directory,
     resolve_link,
@@ -122,14 +122,64 @@ def test_open_directory_refuses_a_symlink_on_the_way(scope: Path, scope_fd: int)
     assert link.value.errno == errno.ELOOP
 
 
-def test_lstat_beneath_looks_at_the_link_itself(scope: Path, scope_fd: int) -> None:
-    """No symlink is followed, the last one included; no component means the directory."""
+def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
+    """Missing, a link (never followed, the last component included), a
+    FIFO, and the files of a directory replaced by a symlink or a file are
+    gone; regular files are not, however many share a directory."""
     (scope / "link.mp4").symlink_to("clip.mp4")
+    os.mkfifo(scope / "fifo.mp4")
+    for name in ("linked", "filed"):
+        (scope / name).mkdir()
+    os.rmdir(scope / "linked")
+    (scope / "linked").symlink_to("sub")
+    os.rmdir(scope / "filed")
+    (scope / "filed").write_bytes(b"")
+    paths = {
+        name: str(scope / name)
+        for name in (
+            "clip.mp4",
+            "sub/deep.mp4",
+            "missing.mp4",
+            "link.mp4",
+            "fifo.mp4",
+            "linked/deep.mp4",
+            "filed/x.mp4",
+            "nowhere/x.mp4",
+        )
+    }
 
-    assert os.path.islink(scope / "link.mp4")
-    assert lstat_beneath(["link.mp4"], scope_fd).st_size == len("clip.mp4")
-    assert lstat_beneath(["sub", "deep.mp4"], scope_fd).st_size == 4
-    assert lstat_beneath([], scope_fd).st_ino == os.stat(scope).st_ino
+    gone = gone_beneath(paths.values(), str(scope), scope_fd)
+
+    assert gone == {
+        path for name, path in paths.items() if name not in ("clip.mp4", "sub/deep.mp4")
+    }
+
+
+def test_gone_beneath_cannot_tell_a_file_it_may_not_look_at(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file or a directory whose ``lstat`` or opening is denied (or fails
+    with an I/O error) is not gone: the check cannot tell."""
+    real_stat, real_open = os.stat, os.open
+
+    def denied_stat(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if name == "clip.mp4":
+            raise PermissionError(errno.EACCES, "denied")
+        return real_stat(name, *args, **kwargs)
+
+    def failing_open(name: Any, *args: Any, **kwargs: Any) -> int:
+        if name == "sub":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denied_stat)
+    monkeypatch.setattr(os, "open", failing_open)
+
+    gone = gone_beneath(
+        [str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")], str(scope), scope_fd
+    )
+
+    assert gone == set()
 
 
 def test_open_scan_directory_checks_the_roots(scope: Path, tmp_path: Path) -> None:

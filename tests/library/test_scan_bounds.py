@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,7 +38,6 @@ from tests.videos import copy_video
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
     from tests.videos import EncodedVideo
 
@@ -403,6 +404,44 @@ async def test_a_file_deleted_between_its_probe_and_its_write_gets_no_row(
     }
     assert result["errors"] == []
     assert stored == [str(kept)]
+
+
+async def test_a_scanned_directory_replaced_mid_scan_loses_no_rows(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a scan's probes and its write, its directory is replaced by
+    another holding the same names (and the old one deleted): its
+    descriptor now shows an empty, deleted directory, which says nothing of
+    the files at the path. No row is deleted as gone; before, every one was."""
+    media = tmp_path / "media"
+    media.mkdir()
+    paths = [copy_video(clip, media / name).path for name in ("a.mp4", "b.mp4")]
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    for changed in paths:
+        await anyio.Path(changed).write_bytes(await anyio.Path(changed).read_bytes() + b"x")
+    apply = library.apply
+    swapped: list[bool] = []
+
+    async def swapped_then_apply(*args: Any, **kwargs: Any) -> Any:
+        if not swapped:
+            swapped.append(True)
+            os.rename(media, tmp_path / "old")
+            media.mkdir()
+            for path in paths:
+                copy_video(clip, Path(path))
+            shutil.rmtree(tmp_path / "old")
+        return await apply(*args, **kwargs)
+
+    monkeypatch.setattr(library, "apply", swapped_then_apply)
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert swapped == [True]
+    assert (result["updated"], result["removed"]) == (2, 0)
+    assert stored == [str(path) for path in paths]
 
 
 async def test_a_link_target_another_scan_stores_meanwhile_is_kept(

@@ -31,7 +31,7 @@ from stoat_ferret.library._schema import MIGRATIONS
 from tests.library.support import record
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
     from pathlib import Path
 
 
@@ -588,27 +588,24 @@ def test_metadata_round_trips(store: VideoStore) -> None:
 def test_remove_gone_checks_files_unlocked_and_keeps_rows_written_meanwhile(
     store: VideoStore,
 ) -> None:
-    """``is_gone`` runs while the store is free (another thread could read or
+    """``gone`` runs while the store is free (another thread could read or
     write); a row rewritten between that check and the delete is kept, the
     other gone row is deleted."""
     store.upsert([record("/m/deleted.mp4"), record("/m/rewritten.mp4")])
     began = datetime.now(UTC)
     unlocked: list[bool] = []
 
-    def is_gone(path: str) -> bool:
+    def gone(paths: Collection[str]) -> Collection[str]:
         free = store._write_lock.acquire(blocking=False)
         if free:
             store._write_lock.release()
-            if path == "/m/rewritten.mp4":  # another scan stores it meanwhile
-                store.upsert([record(path, size=200)])
+            store.upsert([record("/m/rewritten.mp4", size=200)])  # another scan, meanwhile
         unlocked.append(free)
-        return True
+        return paths
 
-    removed = store.remove_gone(
-        ["/m/deleted.mp4", "/m/rewritten.mp4"], is_gone, written_before=began
-    )
+    removed = store.remove_gone(["/m/deleted.mp4", "/m/rewritten.mp4"], gone, written_before=began)
 
-    assert unlocked == [True, True]
+    assert unlocked == [True]
     assert removed == ["/m/deleted.mp4"]
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [
         ("/m/rewritten.mp4", 200)
@@ -627,41 +624,38 @@ def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> Non
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/fresh.mp4", 200)]
 
 
-def test_apply_writes_no_record_whose_file_is_gone_under_the_write_lock(
-    store: VideoStore, tmp_path: Path
-) -> None:
-    """``is_gone`` runs once the write transaction holds the lock (another
-    connection cannot begin a write then); a gone file's record is not
-    written and its old row is deleted, whoever wrote it last."""
-    store.upsert([record("/m/changed.mp4"), record("/m/kept.mp4")])
+def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: Path) -> None:
+    """``gone`` looks at the batch's files once, while the store is free
+    (another connection can begin a write then); a gone file's record is
+    not written, and its old row is deleted unless another scan wrote it
+    since ``written_before``."""
+    store.upsert([record("/m/changed.mp4"), record("/m/kept.mp4"), record("/m/fresh.mp4")])
     began = datetime.now(UTC)
-    store.upsert([record("/m/changed.mp4", size=150)])  # since began: deleted all the same
-    locked: list[bool] = []
+    store.upsert([record("/m/fresh.mp4", size=150)])  # another scan saw it since
+    looked: list[list[str]] = []
 
-    def is_gone(path: str) -> bool:
+    def gone(paths: Collection[str]) -> Collection[str]:
         with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite", timeout=0)) as other:
-            try:
-                other.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                locked.append(True)
-            else:
-                locked.append(False)
-        return path != "/m/kept.mp4"
+            other.execute("BEGIN IMMEDIATE")  # raises if the store held the write lock
+            other.rollback()
+        looked.append(sorted(paths))
+        return {path for path in paths if path != "/m/kept.mp4"}
 
+    batch = [record(path, size=200) for path in ("/m/changed.mp4", "/m/new.mp4", "/m/fresh.mp4")]
     applied = store.apply(
-        [record("/m/changed.mp4", size=200), record("/m/new.mp4"), record("/m/kept.mp4", size=300)],
-        [],
-        written_before=began,
-        is_gone=is_gone,
+        [*batch, record("/m/kept.mp4", size=300)], [], written_before=began, gone=gone
     )
 
-    assert locked == [True, True, True]
+    assert looked == [["/m/changed.mp4", "/m/fresh.mp4", "/m/kept.mp4", "/m/new.mp4"]]
     assert (applied.vanished, applied.removed, applied.refused) == (
-        ["/m/changed.mp4", "/m/new.mp4"],
+        ["/m/changed.mp4", "/m/new.mp4", "/m/fresh.mp4"],
         ["/m/changed.mp4"],
         [],
     )
-    assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/kept.mp4", 300)]
+    assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [
+        ("/m/fresh.mp4", 150),
+        ("/m/kept.mp4", 300),
+    ]
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
