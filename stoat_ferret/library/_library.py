@@ -213,6 +213,11 @@ class VideoLibrary:
                 )
             )
 
+    def stamp(self) -> datetime:
+        """Now, by the store's clock, which never goes back
+        (:meth:`VideoStore.stamp`; it never waits, so it needs no worker thread)."""
+        return self._store.stamp()
+
     def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
         """The scan ``job_id`` adds no more errors (:meth:`VideoStore.end_scan`;
         never waits, so it needs no worker thread)."""

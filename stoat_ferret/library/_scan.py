@@ -23,7 +23,8 @@ One scan, step by step:
    still there may be in a directory the walk could not list, or the target
    of a link another scan met. The delete keeps a row written since this
    scan began, whatever ``lstat`` said: another scan (``/x`` and ``/x/sub``
-   at once) saw its file later. Such a kept row is not counted.
+   at once) saw its file later. Such a kept row is not counted. "Since"
+   goes by the store's clock (``VideoStore.stamp``), which never goes back.
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
@@ -180,7 +181,7 @@ class ScanRun:
     async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
         log.info("scan started")
-        self.started = datetime.now(UTC)
+        self.started = self.library.stamp()
         await self.library.replace_scan_errors(
             self.ctx.job_id, self.root, recursive=self.recursive, errors=()
         )

@@ -56,7 +56,7 @@ import sqlite3
 import threading
 from collections import deque
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
@@ -125,6 +125,10 @@ class VideoStore:
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
+        # The newest stamp given (stamp()): a stored row's updated_at, at first.
+        (latest,) = writer.execute("SELECT max(updated_at) FROM videos").fetchone()
+        self._last_stamp = _stored_moment(latest)
+        self._stamp_lock = threading.Lock()
         # The job whose errors each scanned (directory, recursive) holds.
         # Only the scans running and those ended since the last began (end_scan).
         self._error_owners: dict[tuple[str, bool], str] = {}
@@ -269,6 +273,24 @@ class VideoStore:
             rows = cursor.fetchall()
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
 
+    def stamp(self) -> datetime:
+        """Now by the wall clock, but later than every stamp before it.
+
+        The store's clock: ``updated_at`` of the rows it writes, and the
+        moment a scan begins (the ``written_before`` of its deletes). It
+        never goes back, even when the wall clock is stepped back: it then
+        goes on a microsecond at a time from its last stamp, or from the
+        newest ``updated_at`` stored when the store opened. So a row another
+        scan writes after a scan began is always newer than that scan's
+        start. Any thread may call it; it never waits for a write.
+        """
+        now = wall_clock()
+        with self._stamp_lock:
+            if now <= self._last_stamp:
+                now = self._last_stamp + _MICROSECOND
+            self._last_stamp = now
+        return now
+
     def upsert(self, records: Sequence[VideoRecord]) -> list[tuple[str, str]]:
         """Insert or update these videos, keyed by path, in one transaction.
 
@@ -317,8 +339,9 @@ class VideoStore:
             if left_out:
                 vanished = [record.path for record in records if record.path in left_out]
                 records = [record for record in records if record.path not in left_out]
-        rows, refused = storable_rows(records, timestamp(datetime.now(UTC)))
         with self._writing() as connection:
+            # Stamped under the lock: rows are committed in their stamps' order.
+            rows, refused = storable_rows(records, timestamp(self.stamp()))
             if rows:
                 connection.executemany(UPSERT, rows)
             # A path that is not text has no row to delete (nor can name one).
@@ -465,6 +488,26 @@ class VideoStore:
         if connection is None:
             raise StoreError(f"video store {self.path} is closed")
         return connection
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def _stored_moment(text: str | None) -> datetime:
+    """The moment an ``updated_at`` holds (UTC when it says no zone, as rows
+    written before schema 3 may); the epoch for none or for text that is no
+    moment."""
+    try:
+        moment = datetime.fromisoformat(text) if text is not None else _EPOCH
+    except ValueError:
+        return _EPOCH
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def wall_clock() -> datetime:
+    """The wall clock the store's stamps follow (tests step it back)."""
+    return datetime.now(UTC)
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"

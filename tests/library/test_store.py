@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import unicodedata
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,6 +25,7 @@ from stoat_ferret.library import (
     VideoLibrary,
     VideoStore,
     _schema,
+    _store,
 )
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS
@@ -622,6 +623,79 @@ def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> Non
     store.apply([], ["/m/stale.mp4", "/m/fresh.mp4"], written_before=began)
 
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [("/m/fresh.mp4", 200)]
+
+
+def test_a_clock_stepped_back_does_not_undo_the_written_before_guard(
+    store: VideoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan begins; the wall clock is then stepped back an hour; another
+    scan rewrites a row, which the first then deletes as stale: the row is
+    kept, because the store's stamps never go back. Before, its updated_at
+    was an hour older than the first scan's start, and it went."""
+    clock = [datetime(2026, 12, 5, 12, 0, tzinfo=UTC)]
+    monkeypatch.setattr(_store, "wall_clock", lambda: clock[0])
+    store.upsert([record("/m/stale.mp4"), record("/m/fresh.mp4")])
+    clock[0] += timedelta(minutes=1)
+    began = store.stamp()
+    clock[0] -= timedelta(hours=1)
+    store.upsert([record("/m/fresh.mp4", size=200)])
+
+    store.apply([], ["/m/stale.mp4", "/m/fresh.mp4"], written_before=began)
+
+    (fresh,) = store.list_videos(10, 0)[0]
+    assert (fresh.path, fresh.size_bytes) == ("/m/fresh.mp4", 200)
+    assert began < fresh.updated_at < began + timedelta(milliseconds=1)
+
+
+def test_the_stamps_go_on_from_the_newest_stored_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reopened with the clock behind its newest row, a store stamps after that row."""
+    clock = [datetime(2026, 12, 5, 12, 0, tzinfo=UTC)]
+    monkeypatch.setattr(_store, "wall_clock", lambda: clock[0])
+    first = VideoStore.open(tmp_path / "videos.sqlite")
+    first.upsert([record("/m/a.mp4")])
+    first.close()
+    clock[0] -= timedelta(days=1)
+
+    reopened = VideoStore.open(tmp_path / "videos.sqlite")
+    try:
+        stamps = [reopened.stamp(), reopened.stamp()]
+    finally:
+        reopened.close()
+
+    assert stamps == [
+        datetime(2026, 12, 5, 12, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 12, 5, 12, 0, 0, 2, tzinfo=UTC),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stored", "first"),
+    [
+        pytest.param("2024-01-01", datetime(2024, 1, 1, 0, 0, 0, 1, tzinfo=UTC), id="no-zone"),
+        pytest.param("not a moment", datetime(2020, 1, 1, tzinfo=UTC), id="not-a-moment"),
+    ],
+)
+def test_a_store_opens_whatever_its_newest_updated_at_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: str, first: datetime
+) -> None:
+    """A row from before schema 3 (a date with no zone) or one whose
+    updated_at is no moment: the store opens, and its stamps follow the clock
+    (from after that date, when it is later than the clock)."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    store.upsert([record("/m/a.mp4")])
+    store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        raw.execute("UPDATE videos SET updated_at = ?", (stored,))
+        raw.commit()
+    monkeypatch.setattr(_store, "wall_clock", lambda: datetime(2020, 1, 1, tzinfo=UTC))
+
+    reopened = VideoStore.open(tmp_path / "videos.sqlite")
+    try:
+        assert reopened.stamp() == first
+    finally:
+        reopened.close()
 
 
 def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: Path) -> None:
