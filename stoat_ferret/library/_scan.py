@@ -25,6 +25,8 @@ One scan, step by step:
    scan began, whatever ``lstat`` said: another scan (``/x`` and ``/x/sub``
    at once) saw its file later. Such a kept row is not counted. "Since"
    goes by the store's clock (``VideoStore.stamp``), which never goes back.
+   Nothing is gone from a scanned directory the walk found empty
+   (``ScanRun.compare``: a disk not mounted looks like that).
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
@@ -138,6 +140,8 @@ class ScanRun:
     removed: int = 0
     # The first unexpected error of a child task; re-raised once the group is closed.
     failure: Exception | None = None
+    # Directories the walk found empty (walk_videos' ``empty``).
+    empty: list[str] = attrs.field(factory=list)
     # When the scan began: rows written since then are another scan's news.
     started: datetime = attrs.field(factory=lambda: datetime.now(UTC))
 
@@ -186,7 +190,7 @@ class ScanRun:
             self.ctx.job_id, self.root, recursive=self.recursive, errors=()
         )
         self.found, self.known, to_probe, gone = await self.library.survey(
-            self.walk, self.root, recursive=self.recursive, compare=compare
+            self.walk, self.root, recursive=self.recursive, compare=self.compare
         )
         await self.store_errors()
         unchanged = len(self.found) - len(to_probe)
@@ -231,7 +235,31 @@ class ScanRun:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
             root_fd=self.root_fd,
+            empty=self.empty,
         )
+
+    def compare(
+        self, found: dict[str, Fingerprint], known: dict[str, Fingerprint]
+    ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
+        """:func:`compare`, but nothing is gone from a scanned directory that
+        the walk found empty: an ``errors`` entry says why. Blocking: the
+        survey's thread.
+
+        A disk not mounted leaves its mount point an empty directory, and
+        every video stored on it would look deleted: their rows (ids,
+        thumbnails) are kept. The scan of a directory emptied on purpose that holds
+        anything at all (or of the directory above, once it is deleted)
+        removes them.
+        """
+        found, known, to_probe, gone = compare(found, known)
+        if gone and self.root in self.empty:
+            self.errors.add(
+                self.root,
+                f"empty, but {len(gone)} stored video(s) were in it: kept, as for a disk"
+                " not mounted; if they were deleted, put any file in it and scan again",
+            )
+            gone = set()
+        return found, known, to_probe, gone
 
     def gone_of(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` whose file is gone. Blocking: a worker thread.
@@ -244,14 +272,16 @@ class ScanRun:
         as the target of a link this one did not meet, such as a link in
         ``/x/a`` to a file in ``/x/b`` when this scan is of ``/x/b``).
 
-        Nothing is gone if the scanned directory is no longer the one at its
-        path (replaced by another, or a mount laid over it, since the scan
-        opened it): its descriptor then shows the old one, whose files say
-        nothing of the files there now.
+        Nothing is gone if the scanned directory is not the one at its path,
+        before or after the files are looked at (replaced by another, or a
+        mount laid over it, since the scan opened it): its descriptor then
+        shows the old one, whose files say nothing of the files there now.
         """
         if self.root_fd is None or not paths or not self.still_at_root():
             return set()
-        return gone_beneath(paths, self.root, self.root_fd)
+        gone = gone_beneath(paths, self.root, self.root_fd)
+        # Looked at again after: replaced while the files were looked at, say.
+        return gone if not gone or self.still_at_root() else set()
 
     def still_at_root(self) -> bool:
         """Whether the scanned directory is still the one its path opens."""

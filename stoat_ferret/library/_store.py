@@ -455,34 +455,48 @@ class VideoStore:
                     f"video store {self.path} was deleted or replaced while open; "
                     "restart the service to recreate it"
                 )
-            if self._wal_identity is not None:
-                self._check_wal(connection)
+            if self._wal_lost():
+                self._save_lost_wal(connection)
+                raise StoreError(
+                    f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
+                    " deleted or replaced while open; restart the service (a clean stop"
+                    " keeps every commit)"
+                )
             with transaction(connection, self.path, "BEGIN IMMEDIATE"):
                 yield connection
+            if self._wal_lost():  # since the check above: the log holds this commit
+                self._save_lost_wal(connection)
 
-    def _check_wal(self, connection: sqlite3.Connection) -> None:
-        """Refuse to write once the ``-wal`` file is deleted or replaced.
+    def _wal_lost(self) -> bool:
+        """Whether the ``-wal`` file is not the one SQLite opened (deleted or replaced)."""
+        wal = self._wal_identity
+        return wal is not None and file_identity(f"{self.path}-wal") != wal
+
+    def _save_lost_wal(self, connection: sqlite3.Connection) -> None:
+        """Copy the commits of a lost ``-wal`` into the database file.
 
         SQLite goes on writing to the log it has open, and a crash would
-        lose every commit since the last checkpoint with it. So the commits
-        made so far are copied into the database file first (a checkpoint
-        reads the log through the descriptor SQLite still holds), and no
-        more are made: a restart opens a new log.
+        lose with it every commit since the last checkpoint. A checkpoint
+        reads the log through the descriptor SQLite still holds. It cannot
+        copy what a reader (another process's) still needs: that is logged,
+        and a clean stop (closing checkpoints) still saves it; a crash would not.
         """
-        if file_identity(f"{self.path}-wal") == self._wal_identity:
-            return
         try:
-            connection.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
         except sqlite3.Error as exc:
-            logger.warning(
-                "video store {path}: checkpoint of a deleted log failed: {error}",
+            busy, frames, copied, reason = 1, -1, -1, str(exc)
+        else:
+            reason = "another process is reading from it"
+        if busy or copied < frames:
+            logger.error(
+                "video store {path}: its lost write-ahead log could not be copied into the"
+                " database file ({copied} of {frames} frames: {reason}); stop the service"
+                " cleanly to keep those commits",
                 path=self.path,
-                error=str(exc),
+                copied=copied,
+                frames=frames,
+                reason=reason,
             )
-        raise StoreError(
-            f"video store {self.path}: its write-ahead log ({self.path}-wal) was deleted "
-            "or replaced while open; restart the service"
-        )
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
         if connection is None:

@@ -444,6 +444,41 @@ async def test_a_scanned_directory_replaced_mid_scan_loses_no_rows(
     assert stored == [str(path) for path in paths]
 
 
+async def test_the_videos_of_a_scanned_directory_found_empty_are_kept(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo
+) -> None:
+    """A disk not mounted leaves an empty mount point: a scan of it keeps
+    the videos stored under it, and one ``errors`` entry says why. Once the
+    directory holds anything at all, a scan removes them. A subdirectory
+    emptied is not the scanned directory: its videos go."""
+    nas = tmp_path / "nas"
+    (nas / "films").mkdir(parents=True)
+    stored = [str(copy_video(clip, nas / name).path) for name in ("a.mp4", "films/b.mp4")]
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        first = await handler(make_context(nas))
+    shutil.rmtree(nas)
+    nas.mkdir()  # the mount point, the disk not mounted
+
+    with anyio.fail_after(TIMEOUT):
+        unmounted = await handler(make_context(nas))
+        flat = await handler(make_context(nas, recursive=False))
+        kept = [video.path for video in (await library.list_videos())[0]]
+    (nas / "notes.txt").write_text("not a video")
+    with anyio.fail_after(TIMEOUT):
+        emptied = await handler(make_context(nas))
+        left = (await library.list_videos())[1]
+
+    assert first["added"] == 2
+    assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
+    assert unmounted["errors"][0]["path"] == str(nas)
+    assert "empty, but 2 stored video(s) were in it: kept" in unmounted["errors"][0]["error"]
+    assert (flat["removed"], flat["errors_total"]) == (0, 1)  # a.mp4 only, kept too
+    assert kept == stored
+    assert (emptied["removed"], emptied["errors_total"]) == (2, 0)
+    assert left == 0
+
+
 async def test_a_link_target_another_scan_stores_meanwhile_is_kept(
     library: VideoLibrary,
     roots: tuple[Path, Path],

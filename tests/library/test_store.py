@@ -758,6 +758,59 @@ def test_a_write_ahead_log_gone_while_open_is_checkpointed_and_writes_are_refuse
         assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
 
 
+def test_a_write_ahead_log_lost_during_a_write_has_that_commit_checkpointed(
+    tmp_path: Path,
+) -> None:
+    """The ``-wal`` file goes between a write's check and its commit: the
+    commit is copied into the database file right after it (a crash keeps
+    it), and the next write is refused."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    try:
+        with store._writing() as connection:
+            connection.execute("CREATE TABLE marks (mark TEXT)")
+            connection.execute("INSERT INTO marks VALUES ('committed')")
+            os.unlink(f"{database}-wal")
+        crashed = tmp_path / "crashed.sqlite"
+        crashed.write_bytes(database.read_bytes())
+        with pytest.raises(StoreError, match="write-ahead log"):
+            store.upsert([record("/m/a.mp4")])
+    finally:
+        store.close()
+
+    with contextlib.closing(sqlite3.connect(crashed)) as raw:
+        assert raw.execute("SELECT mark FROM marks").fetchall() == [("committed",)]
+
+
+def test_a_lost_log_a_reader_still_needs_is_logged_as_not_saved(
+    tmp_path: Path, log_records: list[Any]
+) -> None:
+    """Another connection reads an old snapshot, so the checkpoint cannot
+    copy the newer commits: that is logged as an error, and the write is
+    refused all the same."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM videos").fetchone()  # holds this snapshot
+            store.upsert([record("/m/b.mp4")])
+            assert store._writer is not None
+            store._writer.execute("PRAGMA busy_timeout = 10")  # the checkpoint's wait
+            os.unlink(f"{database}-wal")
+            with pytest.raises(StoreError, match="write-ahead log"):
+                store.upsert([record("/m/c.mp4")])
+            reader.execute("COMMIT")
+    finally:
+        store.close()
+
+    errors = [r["message"] for r in log_records if r["level"].name == "ERROR"]
+    assert len(errors) == 1
+    assert "could not be copied into the database file" in errors[0]
+    assert "another process is reading from it" in errors[0]
+
+
 def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoStore) -> None:
     """Scan ``b`` of the same scope starts after ``a``: ``a``'s list is gone and
     ``a`` adds nothing more; ``b`` adds to its own."""
