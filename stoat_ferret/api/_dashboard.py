@@ -33,9 +33,11 @@ from fastapi import APIRouter, Request, Response
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from stoat_ferret.api import _guard
+
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import SettingsDep  # noqa: TC001
-from stoat_ferret.api._guard import SESSION_SECONDS, TOKEN_COOKIE, session_value, wall_clock
+from stoat_ferret.api._guard import SESSION_SECONDS, TOKEN_COOKIE, session_value
 from stoat_ferret.api._schemas import error_responses
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -94,7 +96,7 @@ async def start_session(request: Request, settings: SettingsDep) -> Response:
         response.set_cookie(
             TOKEN_COOKIE,
             # Not the token, and dated: see session_value.
-            session_value(settings.api_token, int(wall_clock())),
+            session_value(settings.api_token, int(_guard.wall_clock())),
             max_age=SESSION_SECONDS,
             path="/api/",
             secure=request.url.scheme == "https",

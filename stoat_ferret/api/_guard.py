@@ -106,11 +106,38 @@ def session_valid(token: bytes, value: str) -> bool:
     whatever the rest of ``value`` looks like."""
     issued_text, _, mac = value.partition(".")
     # ASCII digits only, and few (int() of a long string costs, a date needs 10).
-    dated = issued_text.isascii() and issued_text.isdigit() and len(issued_text) <= 12
-    issued = int(issued_text) if dated else 0
+    digits = issued_text.isascii() and issued_text.isdigit() and len(issued_text) <= 12
+    issued = int(issued_text) if digits else 0
+    dated = digits and str(issued) == issued_text  # as session_value writes it
     matches = hmac.compare_digest(mac.encode(), _session_mac(token, issued))
     age = wall_clock() - issued
     return matches and dated and -SESSION_SKEW_SECONDS <= age < SESSION_SECONDS
+
+
+MAX_SESSION_COOKIES: Final = 4
+"""The most :data:`TOKEN_COOKIE` values of one request that are checked."""
+
+
+def session_cookies(headers: Headers) -> list[str]:
+    """Each :data:`TOKEN_COOKIE` value the request sends, the first
+    :data:`MAX_SESSION_COOKIES` of them.
+
+    A browser sends a host's cookies of every port, so a page of another
+    service on the host can set a cookie of this name with a wider path,
+    which the browser sends too; ``Request.cookies`` keeps only one value
+    of a name, which could then be that one and log the dashboard out.
+    So every value is read, as ``Cookie`` headers carry them (``name=value``
+    pairs split by ``;``; a session value needs no quoting).
+    """
+    values: list[str] = []
+    for header in headers.getlist("cookie"):
+        for pair in header.split(";"):
+            name, equals, value = pair.partition("=")
+            if equals and name.strip() == TOKEN_COOKIE:
+                values.append(value.strip())
+                if len(values) == MAX_SESSION_COOKIES:
+                    return values
+    return values
 
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -334,7 +361,8 @@ class RequestGuard:
         offered = credentials.strip() if scheme.lower() == "bearer" else ""
         # Both compared, always, each in constant time.
         bearer = hmac.compare_digest(offered.encode(), self.token)
-        cookie = session_valid(self.token, connection.cookies.get(TOKEN_COOKIE, ""))
+        offered_sessions = session_cookies(connection.headers) or [""]
+        cookie = any(session_valid(self.token, value) for value in offered_sessions)
         return "bearer" if bearer else "cookie" if cookie else None
 
 

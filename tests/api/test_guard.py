@@ -424,6 +424,13 @@ def with_token(settings: Settings) -> Settings:
             {"Cookie": f"{TOKEN_COOKIE}=\u0661\u0662.{SESSION.partition('.')[2]}"},
             id="session-dated-by-arabic-digits",
         ),
+        pytest.param(
+            {"Cookie": f"{TOKEN_COOKIE}=0{SESSION}"}, id="session-dated-with-a-zero-ahead"
+        ),
+        pytest.param(
+            {"Cookie": "; ".join([f"{TOKEN_COOKIE}=x"] * 4 + [f"{TOKEN_COOKIE}={SESSION}"])},
+            id="session-fifth-of-its-name",
+        ),
     ],
 )
 @pytest.mark.parametrize(
@@ -672,6 +679,25 @@ async def test_a_big_body_arriving_while_a_stream_runs_ends_the_stream(
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert all(message.get("more_body", True) for message in sent[:-1])
     assert not [record for record in log_records if record["level"].no >= 40]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("order", ["foreign-first", "foreign-last"])
+async def test_a_foreign_cookie_of_the_same_name_does_not_log_the_dashboard_out(
+    with_token: Settings, order: str
+) -> None:
+    """Another service on the host sets a ``stoat_token`` cookie for ``/``;
+    the browser sends both: the request is let in by the valid one, whichever
+    comes first (Request.cookies would keep only the last)."""
+    cookies = [f"{TOKEN_COOKIE}=junk-from-another-port", f"{TOKEN_COOKIE}={SESSION}"]
+    if order == "foreign-last":
+        cookies.reverse()
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            response = await client.get("/api/v1/jobs", headers={"Cookie": "; ".join(cookies)})
+
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize(
