@@ -114,7 +114,7 @@ def session_valid(token: bytes, value: str) -> bool:
     return matches and dated and -SESSION_SKEW_SECONDS <= age < SESSION_SECONDS
 
 
-MAX_SESSION_COOKIES: Final = 4
+MAX_SESSION_COOKIES: Final = 16
 """The most :data:`TOKEN_COOKIE` values of one request that are checked."""
 
 
@@ -123,11 +123,15 @@ def session_cookies(headers: Headers) -> list[str]:
     :data:`MAX_SESSION_COOKIES` of them.
 
     A browser sends a host's cookies of every port, so a page of another
-    service on the host can set a cookie of this name with a wider path,
-    which the browser sends too; ``Request.cookies`` keeps only one value
-    of a name, which could then be that one and log the dashboard out.
-    So every value is read, as ``Cookie`` headers carry them (``name=value``
-    pairs split by ``;``; a session value needs no quoting).
+    service on the host can set cookies of this name for other paths, which
+    the browser sends too; ``Request.cookies`` keeps only one value of a
+    name, which could then be one of those and log the dashboard out. So
+    every value is read, as ``Cookie`` headers carry them (``name=value``
+    pairs split by ``;``; a session value needs no quoting). This cannot
+    stop such a page from logging the dashboard out for good: a cookie of
+    the same name and path replaces the dashboard's in the browser, and
+    more than :data:`MAX_SESSION_COOKIES` of longer paths come before it.
+    It lets no one in either way.
     """
     values: list[str] = []
     for header in headers.getlist("cookie"):

@@ -25,7 +25,7 @@ One scan, step by step:
    scan began, whatever ``lstat`` said: another scan (``/x`` and ``/x/sub``
    at once) saw its file later. Such a kept row is not counted. "Since"
    goes by the store's clock (``VideoStore.stamp``), which never goes back.
-   Nothing is gone from a scanned directory the walk found empty
+   Nothing is gone from a scanned directory that holds no entry at all
    (``ScanRun.compare``: a disk not mounted looks like that).
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import functools
 import os
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -99,6 +98,7 @@ from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Iterator
+    from datetime import datetime
 
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -140,10 +140,8 @@ class ScanRun:
     removed: int = 0
     # The first unexpected error of a child task; re-raised once the group is closed.
     failure: Exception | None = None
-    # Directories the walk found empty (walk_videos' ``empty``).
-    empty: list[str] = attrs.field(factory=list)
     # When the scan began: rows written since then are another scan's news.
-    started: datetime = attrs.field(factory=lambda: datetime.now(UTC))
+    started: datetime = attrs.field(init=False)  # set by scan(), by the store's clock
 
     async def run(self) -> dict[str, Any]:
         try:
@@ -235,14 +233,13 @@ class ScanRun:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
             root_fd=self.root_fd,
-            empty=self.empty,
         )
 
     def compare(
         self, found: dict[str, Fingerprint], known: dict[str, Fingerprint]
     ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
         """:func:`compare`, but nothing is gone from a scanned directory that
-        the walk found empty: an ``errors`` entry says why. Blocking: the
+        holds no entry at all: an ``errors`` entry says why. Blocking: the
         survey's thread.
 
         A disk not mounted leaves its mount point an empty directory, and
@@ -252,7 +249,7 @@ class ScanRun:
         removes them.
         """
         found, known, to_probe, gone = compare(found, known)
-        if gone and self.root in self.empty:
+        if gone and self.root_is_empty():
             self.errors.add(
                 self.root,
                 f"empty, but {len(gone)} stored video(s) were in it: kept, as for a disk"
@@ -260,6 +257,17 @@ class ScanRun:
             )
             gone = set()
         return found, known, to_probe, gone
+
+    def root_is_empty(self) -> bool:
+        """Whether the scanned directory holds no entry at all (not even a
+        subdirectory). Blocking: a worker thread."""
+        if self.root_fd is None:
+            return False
+        try:
+            with os.scandir(self.root_fd) as entries:  # of a duplicate of the descriptor
+                return next(entries, None) is None
+        except OSError:
+            return False
 
     def gone_of(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` whose file is gone. Blocking: a worker thread.

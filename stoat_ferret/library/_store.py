@@ -122,12 +122,16 @@ class VideoStore:
         # And its write-ahead log (None when the file system allows no WAL):
         # commits since the last checkpoint live only there.
         self._wal_identity = file_identity(f"{path}-wal")
+        # Once that log is lost: whether a checkpoint has copied it whole, and
+        # whether one has failed to (logged once; later tries do not wait).
+        self._wal_saved = False
+        self._wal_save_failed = False
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
         # The newest stamp given (stamp()): a stored row's updated_at, at first.
         (latest,) = writer.execute("SELECT max(updated_at) FROM videos").fetchone()
-        self._last_stamp = _stored_moment(latest)
+        self._last_stamp = _stamp_floor(latest, path)
         self._stamp_lock = threading.Lock()
         # The job whose errors each scanned (directory, recursive) holds.
         # Only the scans running and those ended since the last began (end_scan).
@@ -480,14 +484,26 @@ class VideoStore:
         reads the log through the descriptor SQLite still holds. It cannot
         copy what a reader (another process's) still needs: that is logged,
         and a clean stop (closing checkpoints) still saves it; a crash would not.
+        The first try waits for such readers up to the busy timeout; the
+        later ones (each refused write makes one) copy what they can at once.
         """
+        if self._wal_saved:
+            return
+        mode = "PASSIVE" if self._wal_save_failed else "FULL"
         try:
-            busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            busy, frames, copied = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         except sqlite3.Error as exc:
             busy, frames, copied, reason = 1, -1, -1, str(exc)
         else:
-            reason = "another process is reading from it"
-        if busy or copied < frames:
+            reason = "another connection is using it"
+        if not busy and copied >= frames:
+            self._wal_saved = True
+            if self._wal_save_failed:
+                logger.info(
+                    "video store {path}: its lost write-ahead log is copied", path=self.path
+                )
+        elif not self._wal_save_failed:
+            self._wal_save_failed = True
             logger.error(
                 "video store {path}: its lost write-ahead log could not be copied into the"
                 " database file ({copied} of {frames} frames: {reason}); stop the service"
@@ -508,15 +524,46 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
 
-def _stored_moment(text: str | None) -> datetime:
-    """The moment an ``updated_at`` holds (UTC when it says no zone, as rows
-    written before schema 3 may); the epoch for none or for text that is no
-    moment."""
-    try:
-        moment = datetime.fromisoformat(text) if text is not None else _EPOCH
-    except ValueError:
+FUTURE_STAMP: Final = timedelta(days=1)
+"""How far ahead of the wall clock a stored ``updated_at`` may be and still
+set the store's clock (``_stamp_floor``)."""
+
+
+def _stamp_floor(latest: str | None, path: str) -> datetime:
+    """Where the store's clock starts: the newest stored ``updated_at``.
+
+    UTC when it says no zone (as rows written before schema 3 may). Not a
+    moment at all, or more than :data:`FUTURE_STAMP` ahead of the wall
+    clock (written while the clock was wrong): logged, and the clock starts
+    from the wall clock's time instead, so one bad row does not move every
+    later date into its future. Such a row counts as written after every
+    scan's start, so no scan deletes it as gone until the clock passes its
+    date: it is kept, never lost.
+    """
+    if latest is None:
         return _EPOCH
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    now = wall_clock()
+    try:
+        moment = datetime.fromisoformat(latest)
+    except ValueError:
+        logger.warning(
+            "video store {path}: newest updated_at {latest!r} is not a date; ignored",
+            path=path,
+            latest=latest,
+        )
+        return now
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment > now + FUTURE_STAMP:
+        logger.warning(
+            "video store {path}: newest updated_at {latest} is ahead of the clock ({now});"
+            " dates go on from the clock",
+            path=path,
+            latest=latest,
+            now=now.isoformat(),
+        )
+        return now
+    return moment
 
 
 def wall_clock() -> datetime:

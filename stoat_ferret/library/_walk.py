@@ -103,7 +103,6 @@ def walk_videos(
     checkpoint: Callable[[], None] = _never_cancelled,
     root_fd: int | None = None,
     before_open: Callable[[str], None] | None = None,
-    empty: list[str] | None = None,
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -120,8 +119,6 @@ def walk_videos(
             walk opens ``root`` itself, crossing no symlink from ``/`` down.
         before_open: Called with a subdirectory's path just before it is
             opened: the moment a swap would have to hit. Tests use it.
-        empty: Receives each directory listed that holds no entry at all
-            (the mount point of a disk not mounted looks like that).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -139,13 +136,11 @@ def walk_videos(
                 checkpoint=checkpoint,
                 root_fd=fd,
                 before_open=before_open,
-                empty=empty,
             )
         finally:
             os.close(fd)
     walk = _Walk(root, recursive=recursive, errors=errors, checkpoint=checkpoint)
     walk.before_open = before_open
-    walk.empty = empty
     walk.run(root_fd)
     return walk.found
 
@@ -166,7 +161,6 @@ class _Walk:
         self.errors = errors
         self.checkpoint = checkpoint
         self.before_open: Callable[[str], None] | None = None
-        self.empty: list[str] | None = None
         self.found: dict[str, Fingerprint] = {}
         self.scope = split(root)
         self.root_fd = -1
@@ -281,8 +275,6 @@ class _Walk:
                     found[path] = (info.st_size, info.st_mtime_ns)
                 elif entry.is_symlink():
                     self.follow_link(directory, name)
-        if seen == self.seen and self.empty is not None:
-            self.empty.append(directory)
         self.seen = seen
         subdirectories.reverse()  # listed first, walked first
         return iter(subdirectories)

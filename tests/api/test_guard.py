@@ -428,8 +428,8 @@ def with_token(settings: Settings) -> Settings:
             {"Cookie": f"{TOKEN_COOKIE}=0{SESSION}"}, id="session-dated-with-a-zero-ahead"
         ),
         pytest.param(
-            {"Cookie": "; ".join([f"{TOKEN_COOKIE}=x"] * 4 + [f"{TOKEN_COOKIE}={SESSION}"])},
-            id="session-fifth-of-its-name",
+            {"Cookie": "; ".join([f"{TOKEN_COOKIE}=x"] * 16 + [f"{TOKEN_COOKIE}={SESSION}"])},
+            id="session-seventeenth-of-its-name",
         ),
     ],
 )

@@ -449,8 +449,8 @@ async def test_the_videos_of_a_scanned_directory_found_empty_are_kept(
 ) -> None:
     """A disk not mounted leaves an empty mount point: a scan of it keeps
     the videos stored under it, and one ``errors`` entry says why. Once the
-    directory holds anything at all, a scan removes them. A subdirectory
-    emptied is not the scanned directory: its videos go."""
+    directory holds anything at all (here an empty subdirectory), a scan
+    removes them."""
     nas = tmp_path / "nas"
     (nas / "films").mkdir(parents=True)
     stored = [str(copy_video(clip, nas / name).path) for name in ("a.mp4", "films/b.mp4")]
@@ -464,7 +464,7 @@ async def test_the_videos_of_a_scanned_directory_found_empty_are_kept(
         unmounted = await handler(make_context(nas))
         flat = await handler(make_context(nas, recursive=False))
         kept = [video.path for video in (await library.list_videos())[0]]
-    (nas / "notes.txt").write_text("not a video")
+    (nas / "films").mkdir()  # an empty subdirectory is something: not a mount point
     with anyio.fail_after(TIMEOUT):
         emptied = await handler(make_context(nas))
         left = (await library.list_videos())[1]

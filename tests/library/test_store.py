@@ -671,18 +671,49 @@ def test_the_stamps_go_on_from_the_newest_stored_row(
 
 
 @pytest.mark.parametrize(
-    ("stored", "first"),
+    ("stored", "first", "warned"),
     [
-        pytest.param("2024-01-01", datetime(2024, 1, 1, 0, 0, 0, 1, tzinfo=UTC), id="no-zone"),
-        pytest.param("not a moment", datetime(2020, 1, 1, tzinfo=UTC), id="not-a-moment"),
+        pytest.param(
+            "2020-01-01T12:00:00",
+            datetime(2020, 1, 1, 12, 0, 0, 1, tzinfo=UTC),
+            False,
+            id="no-zone",
+        ),
+        pytest.param(
+            "not a moment", datetime(2020, 1, 1, 0, 0, 0, 1, tzinfo=UTC), True, id="not-a-moment"
+        ),
+        pytest.param(
+            "2020-01-01T23:00:00+00:00",
+            datetime(2020, 1, 1, 23, 0, 0, 1, tzinfo=UTC),
+            False,
+            id="hours-ahead",
+        ),
+        pytest.param(
+            "2099-01-01T00:00:00+00:00",
+            datetime(2020, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+            True,
+            id="years-ahead",
+        ),
+        pytest.param(
+            "9999-12-31T23:59:59.999999+00:00",
+            datetime(2020, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+            True,
+            id="the-last-moment",
+        ),
     ],
 )
 def test_a_store_opens_whatever_its_newest_updated_at_holds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: str, first: datetime
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[Any],
+    stored: str,
+    first: datetime,
+    warned: bool,
 ) -> None:
-    """A row from before schema 3 (a date with no zone) or one whose
-    updated_at is no moment: the store opens, and its stamps follow the clock
-    (from after that date, when it is later than the clock)."""
+    """A row from before schema 3 (a date with no zone) sets the clock; one
+    whose updated_at is no moment, or more than a day ahead of the clock
+    (written while the clock was wrong), is logged and the clock goes on from
+    the wall clock: one bad row does not date every later one, nor overflow."""
     store = VideoStore.open(tmp_path / "videos.sqlite")
     store.upsert([record("/m/a.mp4")])
     store.close()
@@ -693,9 +724,13 @@ def test_a_store_opens_whatever_its_newest_updated_at_holds(
 
     reopened = VideoStore.open(tmp_path / "videos.sqlite")
     try:
-        assert reopened.stamp() == first
+        stamps = [reopened.stamp(), reopened.stamp()]
     finally:
         reopened.close()
+
+    assert stamps == [first, first + timedelta(microseconds=1)]
+    warnings = [r for r in log_records if r["level"].name == "WARNING"]
+    assert len(warnings) == warned
 
 
 def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: Path) -> None:
@@ -756,6 +791,7 @@ def test_a_write_ahead_log_gone_while_open_is_checkpointed_and_writes_are_refuse
 
     with contextlib.closing(sqlite3.connect(crashed)) as raw:
         assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 def test_a_write_ahead_log_lost_during_a_write_has_that_commit_checkpointed(
@@ -780,14 +816,16 @@ def test_a_write_ahead_log_lost_during_a_write_has_that_commit_checkpointed(
 
     with contextlib.closing(sqlite3.connect(crashed)) as raw:
         assert raw.execute("SELECT mark FROM marks").fetchall() == [("committed",)]
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 def test_a_lost_log_a_reader_still_needs_is_logged_as_not_saved(
     tmp_path: Path, log_records: list[Any]
 ) -> None:
     """Another connection reads an old snapshot, so the checkpoint cannot
-    copy the newer commits: that is logged as an error, and the write is
-    refused all the same."""
+    copy the newer commits: that is logged as an error, once, and writes are
+    refused all the same; once the reader is done, the next refused write
+    copies them (a crash then keeps them)."""
     database = tmp_path / "videos.sqlite"
     store = VideoStore.open(database)
     try:
@@ -799,16 +837,27 @@ def test_a_lost_log_a_reader_still_needs_is_logged_as_not_saved(
             assert store._writer is not None
             store._writer.execute("PRAGMA busy_timeout = 10")  # the checkpoint's wait
             os.unlink(f"{database}-wal")
-            with pytest.raises(StoreError, match="write-ahead log"):
-                store.upsert([record("/m/c.mp4")])
+            for _ in range(3):
+                with pytest.raises(StoreError, match="write-ahead log"):
+                    store.upsert([record("/m/c.mp4")])
             reader.execute("COMMIT")
+        with pytest.raises(StoreError, match="write-ahead log"):
+            store.upsert([record("/m/c.mp4")])  # the reader gone: copied now
+        crashed = tmp_path / "crashed.sqlite"
+        crashed.write_bytes(database.read_bytes())
     finally:
         store.close()
 
-    errors = [r["message"] for r in log_records if r["level"].name == "ERROR"]
-    assert len(errors) == 1
-    assert "could not be copied into the database file" in errors[0]
-    assert "another process is reading from it" in errors[0]
+    levels = [(r["level"].name, r["message"]) for r in log_records if r["level"].no >= 20]
+    assert [level for level, _ in levels] == ["ERROR", "INFO"]  # logged once, then the end
+    assert "could not be copied into the database file" in levels[0][1]
+    assert "another connection is using it" in levels[0][1]
+    with contextlib.closing(sqlite3.connect(crashed)) as raw:
+        assert raw.execute("SELECT path FROM videos ORDER BY path").fetchall() == [
+            ("/m/a.mp4",),
+            ("/m/b.mp4",),
+        ]
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoStore) -> None:
