@@ -367,6 +367,10 @@ class JobTable:
         """
         self.shutting_down = True
         self.assignments.close()
+        # No worker starts a job any more (the phase has left RUNNING), so the
+        # withdrawn ids have done their work; those whose assignment no worker
+        # will pass now would otherwise stay.
+        self.shared.withdrawn.clear()
         for record in list(self.pending.values()):
             self._finish(record, JobEvent.CANCEL, error=_STOPPED_BEFORE_START)
         # The stop is the first reason of a running job that has none yet: a

@@ -649,6 +649,8 @@ async def interpret(
     stats = supervisor.statistics()
     assert stats.pending == stats.running == 0
     assert stats.finished == stats.submitted == len(model.jobs)
+    # No withdrawn id outlives its job (two cancels of one job once left one).
+    assert not supervisor._shared.withdrawn, supervisor._shared.withdrawn
     return model
 
 
