@@ -59,7 +59,8 @@ class Shared:
       each of which passes the job's one assignment; or by the actor when it
       drops a job its type's running limit or its key held back
       (``_assignments.py``): such a job has no assignment out, and once
-      dropped never gets one. So
+      dropped never gets one; or, all of them, once no job can start any
+      more (``JobTable.stop_starting``: the phase has left ``RUNNING``). So
       a second ``cancel`` of the job cannot let a worker start it. An id is
       added once per job (``JobRecord.withdrawn``, set by the same call):
       a second ``cancel`` that still sees the job pending after a worker
