@@ -264,10 +264,17 @@ class ScanRun:
         if self.root_fd is None:
             return False
         try:
-            with os.scandir(self.root_fd) as entries:  # of a duplicate of the descriptor
+            # A descriptor of its own: a duplicate would share root_fd's position.
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root_fd)
+        except OSError:
+            return False
+        try:
+            with os.scandir(fd) as entries:
                 return next(entries, None) is None
         except OSError:
             return False
+        finally:
+            os.close(fd)
 
     def gone_of(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` whose file is gone. Blocking: a worker thread.

@@ -130,8 +130,7 @@ class VideoStore:
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
         # The newest stamp given (stamp()): a stored row's updated_at, at first.
-        (latest,) = writer.execute("SELECT max(updated_at) FROM videos").fetchone()
-        self._last_stamp = _stamp_floor(latest, path)
+        self._last_stamp = _clock_start(writer, path)
         self._stamp_lock = threading.Lock()
         # The job whose errors each scanned (directory, recursive) holds.
         # Only the scans running and those ended since the last began (end_scan).
@@ -525,24 +524,44 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 
 
 FUTURE_STAMP: Final = timedelta(days=1)
-"""How far ahead of the wall clock a stored ``updated_at`` may be and still
-set the store's clock (``_stamp_floor``)."""
+"""How far ahead of the wall clock a stored ``updated_at`` may be when the
+store opens; a row dated further ahead is dated now (``_clock_start``)."""
 
 
-def _stamp_floor(latest: str | None, path: str) -> datetime:
+def _clock_start(connection: sqlite3.Connection, path: str) -> datetime:
     """Where the store's clock starts: the newest stored ``updated_at``.
 
-    UTC when it says no zone (as rows written before schema 3 may). Not a
-    moment at all, or more than :data:`FUTURE_STAMP` ahead of the wall
-    clock (written while the clock was wrong): logged, and the clock starts
-    from the wall clock's time instead, so one bad row does not move every
-    later date into its future. Such a row counts as written after every
-    scan's start, so no scan deletes it as gone until the clock passes its
-    date: it is kept, never lost.
+    UTC when it says no zone (as rows written before schema 3 may). Rows
+    dated more than :data:`FUTURE_STAMP` ahead of the wall clock (written
+    while the clock was wrong) are dated now instead, and logged: left in
+    the future, they would set every later date into it, or, if the clock
+    ignored them, count as written after every scan's start, so that no
+    scan would remove them once their files go. A newest date that is not
+    a date at all is logged and ignored.
     """
+    now = wall_clock()
+    ahead = timestamp(now + FUTURE_STAMP)
+    # Dates begin with a digit; ":" sorts after every digit and before any letter.
+    (latest,) = connection.execute(
+        "SELECT max(updated_at) FROM videos WHERE updated_at < ':'"
+    ).fetchone()
     if latest is None:
         return _EPOCH
-    now = wall_clock()
+    if latest > ahead:
+        with transaction(connection, path, "BEGIN IMMEDIATE"):
+            redated = connection.execute(
+                "UPDATE videos SET updated_at = ? WHERE updated_at > ? AND updated_at < ':'",
+                (timestamp(now), ahead),
+            ).rowcount
+        logger.warning(
+            "video store {path}: {count} row(s) dated ahead of the clock (up to {latest})"
+            " are dated {now} instead",
+            path=path,
+            count=redated,
+            latest=latest,
+            now=timestamp(now),
+        )
+        return now
     try:
         moment = datetime.fromisoformat(latest)
     except ValueError:
@@ -552,18 +571,7 @@ def _stamp_floor(latest: str | None, path: str) -> datetime:
             latest=latest,
         )
         return now
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if moment > now + FUTURE_STAMP:
-        logger.warning(
-            "video store {path}: newest updated_at {latest} is ahead of the clock ({now});"
-            " dates go on from the clock",
-            path=path,
-            latest=latest,
-            now=now.isoformat(),
-        )
-        return now
-    return moment
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def wall_clock() -> datetime:

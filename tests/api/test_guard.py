@@ -700,6 +700,18 @@ async def test_a_foreign_cookie_of_the_same_name_does_not_log_the_dashboard_out(
     assert response.status_code == 200
 
 
+@pytest.mark.anyio
+async def test_the_sixteenth_session_cookie_of_a_request_is_tried(with_token: Settings) -> None:
+    """Fifteen foreign values of the name, then the valid one: let in."""
+    cookies = [f"{TOKEN_COOKIE}=junk{index}" for index in range(15)] + [f"{TOKEN_COOKIE}={SESSION}"]
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            response = await client.get("/api/v1/jobs", headers={"Cookie": "; ".join(cookies)})
+
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize(
     ("age", "valid"),
     [

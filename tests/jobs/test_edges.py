@@ -923,6 +923,27 @@ async def test_a_job_evicted_in_the_batch_that_ends_it_is_still_answered(call: s
     assert answer == (JobStatus.COMPLETED if call == "wait" else False)
 
 
+async def test_a_job_withdrawn_just_before_a_stop_leaves_no_id() -> None:
+    """cancel() withdraws a pending job, and the supervisor stops before its
+    Cancel is handled and before any worker passes its assignment: once no
+    job can start (stop_starting), its id goes with the rest. Driven on the
+    job table itself, in that order."""
+    shared = Shared(limit=10)
+    shared.phase = Phase.RUNNING
+    table = JobTable(shared, max_finished=10, retention=3600.0, start_grace=lambda: None)
+    table.assignments.open()
+    shared.take()
+    spec = JobType("noop", _noop, None)
+    table.handle(Submit("a", "noop", None, 300.0, None, wall_clock_ns(), spec, None))
+    shared.withdraw(table.jobs["a"])  # cancel(), before its Cancel is sent
+    shared.close()  # the phase leaves RUNNING first, as on every stop
+
+    table.stop_starting()
+
+    assert shared.withdrawn == set()
+    assert table.jobs["a"].status is JobStatus.CANCELLED
+
+
 async def _noop(ctx: JobContext) -> None:
     """A handler the table never runs."""
 

@@ -679,9 +679,8 @@ def test_the_stamps_go_on_from_the_newest_stored_row(
             False,
             id="no-zone",
         ),
-        pytest.param(
-            "not a moment", datetime(2020, 1, 1, 0, 0, 0, 1, tzinfo=UTC), True, id="not-a-moment"
-        ),
+        pytest.param("not a moment", datetime(2020, 1, 1, tzinfo=UTC), False, id="not-a-moment"),
+        pytest.param("2", datetime(2020, 1, 1, 0, 0, 0, 1, tzinfo=UTC), True, id="a-digit"),
         pytest.param(
             "2020-01-01T23:00:00+00:00",
             datetime(2020, 1, 1, 23, 0, 0, 1, tzinfo=UTC),
@@ -711,9 +710,11 @@ def test_a_store_opens_whatever_its_newest_updated_at_holds(
     warned: bool,
 ) -> None:
     """A row from before schema 3 (a date with no zone) sets the clock; one
-    whose updated_at is no moment, or more than a day ahead of the clock
-    (written while the clock was wrong), is logged and the clock goes on from
-    the wall clock: one bad row does not date every later one, nor overflow."""
+    whose updated_at is no date is passed over (logged if it looks like
+    one); rows more than a day ahead of the clock (written while the clock
+    was wrong) are dated now, logged: one bad row neither dates every later
+    one, nor overflows the clock, nor stays out of reach of the
+    written_before guard (so a scan could never remove it)."""
     store = VideoStore.open(tmp_path / "videos.sqlite")
     store.upsert([record("/m/a.mp4")])
     store.close()
@@ -731,6 +732,10 @@ def test_a_store_opens_whatever_its_newest_updated_at_holds(
     assert stamps == [first, first + timedelta(microseconds=1)]
     warnings = [r for r in log_records if r["level"].name == "WARNING"]
     assert len(warnings) == warned
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        (updated_at,) = raw.execute("SELECT updated_at FROM videos").fetchone()
+    ahead = stored.startswith(("2099", "9999"))
+    assert updated_at == ("2020-01-01T00:00:00.000000+00:00" if ahead else stored)
 
 
 def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: Path) -> None:

@@ -574,6 +574,11 @@ class Program:
             # Never stuck: a job waits only while every worker is busy, or
             # while the job of its key runs.
             assert stats.running == self.config.max_workers, stats
+        if stats.accepting and stats.running < self.config.max_workers:
+            # A worker is idle, so the work stream is empty: no assignment is
+            # left to carry a withdrawn id, and none may stay (two cancels of
+            # one job once left one for good).
+            assert not sup._shared.withdrawn, sup._shared.withdrawn
 
         for follower in self.followers:
             check_follower(follower)
@@ -649,8 +654,6 @@ async def interpret(
     stats = supervisor.statistics()
     assert stats.pending == stats.running == 0
     assert stats.finished == stats.submitted == len(model.jobs)
-    # No withdrawn id outlives its job (two cancels of one job once left one).
-    assert not supervisor._shared.withdrawn, supervisor._shared.withdrawn
     return model
 
 
