@@ -367,9 +367,7 @@ class JobTable:
         """
         self.shutting_down = True
         self.assignments.close()
-        # No worker starts a job any more (the phase has left RUNNING), so the
-        # withdrawn ids have done their work; those whose assignment no worker
-        # will pass now would otherwise stay.
+        # No job starts any more: the withdrawn ids have done their work (see Shared).
         self.shared.withdrawn.clear()
         for record in list(self.pending.values()):
             self._finish(record, JobEvent.CANCEL, error=_STOPPED_BEFORE_START)
