@@ -16,12 +16,11 @@ One scan, step by step:
 3. Compare (``_scanprobe.compare``): a file whose ``(size, mtime_ns)``
    matches its row is ``unchanged``, neither probed nor written; the rest are
    probed. A row the walk did not see is removed only if its file is gone
-   (``ScanRun.gone_of``: missing or no longer a regular file, by ``lstat``
+   (``_scanned.py``: missing or no longer a regular file, by ``lstat``
    beneath the directory's descriptor, before the store is locked; nothing
    is gone if the directory at the path is no longer the one the scan
-   opened); one
-   still there may be in a directory the walk could not list, or the target
-   of a link another scan met. The delete keeps a row written since this
+   opened); one still there may be in a directory the walk could not list,
+   or the target of a link another scan met. The delete keeps a row written since this
    scan began, whatever ``lstat`` said: another scan (``/x`` and ``/x/sub``
    at once) saw its file later. Such a kept row is not counted. "Since"
    goes by the store's clock (``VideoStore.stamp``), which never goes back.
@@ -75,7 +74,6 @@ cancellation; batches committed before it stay.
 from __future__ import annotations
 
 import functools
-import os
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -83,9 +81,9 @@ import anyio.from_thread
 import attrs
 from loguru import logger
 
-from stoat_ferret.library._beneath import gone_beneath, open_scan_directory
-from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, ScanError, StoreError
+from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
+from stoat_ferret.library._scanned import ScannedDirectory
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
     Probe,
@@ -97,7 +95,7 @@ from stoat_ferret.library._scanprobe import (
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from datetime import datetime
 
     from anyio.abc import TaskGroup
@@ -133,7 +131,7 @@ class ScanRun:
     found: dict[str, Fingerprint] = attrs.field(factory=dict)
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
     # The scanned directory, opened by the survey's thread; closed by run().
-    root_fd: int | None = None
+    scanned: ScannedDirectory = attrs.field(init=False)
     done: int = 0
     added: int = 0
     updated: int = 0
@@ -142,6 +140,9 @@ class ScanRun:
     failure: Exception | None = None
     # When the scan began: rows written since then are another scan's news.
     started: datetime = attrs.field(init=False)  # set by scan(), by the store's clock
+
+    def __attrs_post_init__(self) -> None:
+        self.scanned = ScannedDirectory(self.root, self.roots)
 
     async def run(self) -> dict[str, Any]:
         try:
@@ -153,8 +154,7 @@ class ScanRun:
             raise
         finally:
             self.library.end_scan(self.ctx.job_id, self.root, recursive=self.recursive)
-            if self.root_fd is not None:  # every thread that used it has returned
-                os.close(self.root_fd)
+            self.scanned.close()  # every thread that used it has returned
 
     async def store_errors(self) -> None:
         """Store the errors met since the last call; kept for later if the
@@ -194,7 +194,7 @@ class ScanRun:
         unchanged = len(self.found) - len(to_probe)
         if gone:
             removed = await self.library.remove_gone(
-                gone, self.gone_of, written_before=self.started
+                gone, self.scanned.gone_of, written_before=self.started
             )
             self.removed = len(removed)
         self.done = unchanged
@@ -223,7 +223,7 @@ class ScanRun:
     def walk(self) -> dict[str, Fingerprint]:
         """Open the directory beneath its root and walk it. Blocking: the survey's thread."""
         try:
-            self.root_fd = open_scan_directory(self.root, self.roots)
+            root_fd = self.scanned.open()
         except DirectoryReplaced as exc:
             self.errors.add_unread(self.root, exc.reason)  # so no stored row is removed
             return {}
@@ -232,7 +232,7 @@ class ScanRun:
             recursive=self.recursive,
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
-            root_fd=self.root_fd,
+            root_fd=root_fd,
         )
 
     def compare(
@@ -249,7 +249,7 @@ class ScanRun:
         removes them.
         """
         found, known, to_probe, gone = compare(found, known)
-        if gone and self.root_is_empty():
+        if gone and self.scanned.is_empty():
             self.errors.add(
                 self.root,
                 f"empty, but {len(gone)} stored video(s) were in it: kept, as for a disk"
@@ -257,59 +257,6 @@ class ScanRun:
             )
             gone = set()
         return found, known, to_probe, gone
-
-    def root_is_empty(self) -> bool:
-        """Whether the scanned directory holds no entry at all (not even a
-        subdirectory). Blocking: a worker thread."""
-        if self.root_fd is None:
-            return False
-        try:
-            # A descriptor of its own: a duplicate would share root_fd's position.
-            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root_fd)
-        except OSError:
-            return False
-        try:
-            with os.scandir(fd) as entries:
-                return next(entries, None) is None
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-
-    def gone_of(self, paths: Collection[str]) -> set[str]:
-        """Those of ``paths`` whose file is gone. Blocking: a worker thread.
-
-        Looked at with ``lstat`` beneath the scanned directory's descriptor
-        (:func:`gone_beneath`): missing, a directory on the way replaced by a
-        symlink or a file, or no longer a regular file. A regular file that
-        is there is not gone, even though the walk did not see it: another
-        scan may have found it (in a directory this one could not list, or
-        as the target of a link this one did not meet, such as a link in
-        ``/x/a`` to a file in ``/x/b`` when this scan is of ``/x/b``).
-
-        Nothing is gone if the scanned directory is not the one at its path,
-        before or after the files are looked at (replaced by another, or a
-        mount laid over it, since the scan opened it): its descriptor then
-        shows the old one, whose files say nothing of the files there now.
-        """
-        if self.root_fd is None or not paths or not self.still_at_root():
-            return set()
-        gone = gone_beneath(paths, self.root, self.root_fd)
-        # Looked at again after: replaced while the files were looked at, say.
-        return gone if not gone or self.still_at_root() else set()
-
-    def still_at_root(self) -> bool:
-        """Whether the scanned directory is still the one its path opens."""
-        assert self.root_fd is not None
-        try:
-            fd = open_scan_directory(self.root, self.roots)
-        except (ScanError, OSError):
-            return False
-        try:
-            now, opened = os.fstat(fd), os.fstat(self.root_fd)
-        finally:
-            os.close(fd)
-        return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
 
     def report(self) -> None:
         self.ctx.report_progress(
@@ -371,13 +318,14 @@ class ScanRun:
 
     def probe_chunk(self, paths: list[str], stop: Stop) -> list[tuple[str, VideoRecord | Unprobed]]:
         """Probe a few files in a probe thread (:func:`probe_files`)."""
-        assert self.root_fd is not None  # set by the walk, before any path is found
+        root_fd = self.scanned.fd
+        assert root_fd is not None  # opened by the walk, before any path is found
         return probe_files(
             paths,
             stop,
             probe=self.probe,
             root=self.root,
-            root_fd=self.root_fd,
+            root_fd=root_fd,
             found=self.found,
             job_id=self.ctx.job_id,
         )
@@ -399,7 +347,7 @@ class ScanRun:
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
                 applied = await self.library.apply(
-                    records, stale, written_before=self.started, gone=self.gone_of
+                    records, stale, written_before=self.started, gone=self.scanned.gone_of
                 )
                 for path, reason in applied.refused:
                     self.refused(path, reason)

@@ -173,7 +173,7 @@ def compare(
     """``found`` and ``known``, the found paths to probe (new or changed,
     sorted) and the known paths the walk did not see. Blocking: run in the
     survey's thread. Those last are only candidates: each is checked on
-    disk when it is deleted (``ScanRun.gone_of``).
+    disk when it is deleted (``ScannedDirectory.gone_of``).
     """
     if found == known:  # one C-level comparison: the common rescan of an unchanged tree
         return found, known, [], set()

@@ -1,0 +1,108 @@
+"""The directory one scan reads, as the scan opened it, and what it says of the files now.
+
+A scan opens its directory once, from the scan root that holds it down,
+crossing no symlink (``open_scan_directory``), and everything it reads
+afterwards is relative to that descriptor (``_beneath.py``). Two questions
+a scan asks of the disk after its walk are answered here, through the same
+descriptor:
+
+* Which stored files are gone (:meth:`ScannedDirectory.gone_of`): before a
+  row is removed as gone, and again just before a batch of probed files is
+  written. Nothing is gone once the directory at the path is not the one
+  the scan opened: replaced by another, or a mount laid over it, since.
+* Whether the directory holds no entry at all (:meth:`ScannedDirectory.is_empty`):
+  the mount point of a disk not mounted looks just like that, so the scan
+  then removes none of the videos stored under it (``ScanRun.compare``).
+
+Blocking, all of it: worker threads call these.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import attrs
+
+from stoat_ferret.library._beneath import gone_beneath, open_scan_directory
+from stoat_ferret.library._exceptions import ScanError
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+
+@attrs.define(eq=False)
+class ScannedDirectory:
+    """One scan's directory: its path, the scan roots, and its descriptor once opened."""
+
+    path: str
+    roots: tuple[str, ...]
+    # Opened by open() in the survey's thread; closed by close() once every
+    # thread that used it has returned.
+    fd: int | None = None
+
+    def open(self) -> int:
+        """Open the directory from its scan root down (``open_scan_directory``).
+
+        Raises:
+            DirectoryReplaced: A component below the root is no longer a directory.
+            ScanError: The directory is outside every root, missing, or cannot be opened.
+        """
+        self.fd = open_scan_directory(self.path, self.roots)
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def gone_of(self, paths: Collection[str]) -> set[str]:
+        """Those of ``paths`` whose file is gone.
+
+        Looked at with ``lstat`` beneath the directory's descriptor
+        (:func:`gone_beneath`): missing, a directory on the way replaced by a
+        symlink or a file, or no longer a regular file. A regular file that
+        is there is not gone, even though the walk did not see it: another
+        scan may have found it (in a directory this one could not list, or
+        as the target of a link this one did not meet, such as a link in
+        ``/x/a`` to a file in ``/x/b`` when this scan is of ``/x/b``).
+
+        Nothing is gone if the directory is not the one at its path, before
+        or after the files are looked at: its descriptor then shows the old
+        one, whose files say nothing of the files there now.
+        """
+        if self.fd is None or not paths or not self.still_there():
+            return set()
+        gone = gone_beneath(paths, self.path, self.fd)
+        # Looked at again after: replaced while the files were looked at, say.
+        return gone if not gone or self.still_there() else set()
+
+    def still_there(self) -> bool:
+        """Whether the directory is still the one its path opens."""
+        assert self.fd is not None
+        try:
+            fd = open_scan_directory(self.path, self.roots)
+        except (ScanError, OSError):
+            return False
+        try:
+            now, opened = os.fstat(fd), os.fstat(self.fd)
+        finally:
+            os.close(fd)
+        return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+
+    def is_empty(self) -> bool:
+        """Whether the directory holds no entry at all (not even a subdirectory)."""
+        if self.fd is None:
+            return False
+        try:
+            # A descriptor of its own: a duplicate would share the position of fd's listing.
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.fd)
+        except OSError:
+            return False
+        try:
+            with os.scandir(fd) as entries:
+                return next(entries, None) is None
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
