@@ -16,10 +16,11 @@ data) and the API needs the token. A browser cannot put a header on an
 ``/#token=<token>`` (a fragment never reaches the server, so no log holds
 it), the page drops the fragment from the address bar and sends the token
 once to ``POST /api/v1/session``, which answers with an ``HttpOnly``,
-``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``). The
+``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``,
+``_session.py``). The
 cookie holds a value derived from the token and dated (``session_value``),
 which the API accepts only as that cookie, and for
-:data:`~stoat_ferret.api._guard.SESSION_SECONDS` from the moment it was made:
+:data:`~stoat_ferret.api._session.SESSION_SECONDS` from the moment it was made:
 a browser sends a host's cookies to every port of it, so another service
 there may see it.
 """
@@ -33,12 +34,12 @@ from fastapi import APIRouter, Request, Response
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
-from stoat_ferret.api import _guard
+from stoat_ferret.api import _session
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import SettingsDep  # noqa: TC001
-from stoat_ferret.api._guard import SESSION_SECONDS, TOKEN_COOKIE, session_value
 from stoat_ferret.api._schemas import error_responses
+from stoat_ferret.api._session import SESSION_SECONDS, TOKEN_COOKIE, session_value
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 """The dashboard's files: ``index.html``, ``app.js``, ``style.css``, ``favicon.svg``."""
@@ -96,7 +97,7 @@ async def start_session(request: Request, settings: SettingsDep) -> Response:
         response.set_cookie(
             TOKEN_COOKIE,
             # Not the token, and dated: see session_value.
-            session_value(settings.api_token, int(_guard.wall_clock())),
+            session_value(settings.api_token, int(_session.wall_clock())),
             max_age=SESSION_SECONDS,
             path="/api/",
             secure=request.url.scheme == "https",

@@ -22,10 +22,9 @@ nor allowed
 ``STOAT_API_TOKEN`` is set, the path   401     with ``WWW-Authenticate: Bearer``;
 is under ``/api/`` or is ``/metrics``,         ``/health``, the dashboard page and
 and neither ``Authorization: Bearer            its files stay open
-<token>`` nor the :data:`TOKEN_COOKIE`
-holding a :func:`session_value` made
-under :data:`SESSION_SECONDS` ago
-is there
+<token>`` nor the session cookie
+(``_session.py``) made under
+``SESSION_SECONDS`` ago is there
 a state change that only the cookie    403     a browser sends the cookie by
 authorises, without an ``Origin`` or           itself; clients that are not
 ``Referer`` of the service's own, or           browsers send the token
@@ -43,9 +42,7 @@ token is compared in constant time and never logged, nor is the cookie.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import urlsplit
@@ -57,92 +54,13 @@ from starlette.websockets import WebSocketClose
 
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
+from stoat_ferret.api._session import session_cookies, session_valid
 
 if TYPE_CHECKING:
     from starlette.datastructures import Headers
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from stoat_ferret.settings import Settings
-
-TOKEN_COOKIE: Final = "stoat_token"
-"""The cookie the dashboard's session sets (``POST /api/v1/session``); the API accepts it."""
-
-SESSION_KEY: Final = "stoat-session"
-
-SESSION_SECONDS: Final = 7 * 24 * 3600
-"""How long a session cookie is accepted from the moment it was made; it is
-never renewed (a new ``/#token=`` makes a new one)."""
-
-SESSION_SKEW_SECONDS: Final = 60
-"""How far in the future a session's date may be (clocks of one host agree)."""
-
-wall_clock = time.time
-"""The clock sessions are dated by."""
-
-
-def session_value(token: str, issued: int) -> str:
-    """What :data:`TOKEN_COOKIE` holds: ``<issued>.<mac>``, where ``issued``
-    is when the session was made (Unix seconds) and ``mac`` is
-    ``HMAC-SHA256(token, "stoat-session:<issued>")`` in hex.
-
-    Not the token itself: browsers do not keep cookies apart by port, so any
-    other service on the same host name may be sent this cookie. What it
-    learns opens the API only as this cookie (a browser's, so the state
-    changes it allows need the browser to vouch for their origin), never as
-    the ``Authorization: Bearer`` token, and only until
-    :data:`SESSION_SECONDS` after ``issued``: the date is under the MAC.
-    """
-    return f"{issued}.{_session_mac(token.encode(), issued).decode()}"
-
-
-def _session_mac(token: bytes, issued: int) -> bytes:
-    message = f"{SESSION_KEY}:{issued}".encode()
-    return hmac.new(token, message, hashlib.sha256).hexdigest().encode()
-
-
-def session_valid(token: bytes, value: str) -> bool:
-    """Whether ``value`` is a :func:`session_value` of ``token`` made less
-    than :data:`SESSION_SECONDS` ago. The MAC is compared in constant time,
-    whatever the rest of ``value`` looks like."""
-    issued_text, _, mac = value.partition(".")
-    # ASCII digits only, and few (int() of a long string costs, a date needs 10).
-    digits = issued_text.isascii() and issued_text.isdigit() and len(issued_text) <= 12
-    issued = int(issued_text) if digits else 0
-    dated = digits and str(issued) == issued_text  # as session_value writes it
-    matches = hmac.compare_digest(mac.encode(), _session_mac(token, issued))
-    age = wall_clock() - issued
-    return matches and dated and -SESSION_SKEW_SECONDS <= age < SESSION_SECONDS
-
-
-MAX_SESSION_COOKIES: Final = 16
-"""The most :data:`TOKEN_COOKIE` values of one request that are checked."""
-
-
-def session_cookies(headers: Headers) -> list[str]:
-    """Each :data:`TOKEN_COOKIE` value the request sends, the first
-    :data:`MAX_SESSION_COOKIES` of them.
-
-    A browser sends a host's cookies of every port, so a page of another
-    service on the host can set cookies of this name for other paths, which
-    the browser sends too; ``Request.cookies`` keeps only one value of a
-    name, which could then be one of those and log the dashboard out. So
-    every value is read, as ``Cookie`` headers carry them (``name=value``
-    pairs split by ``;``; a session value needs no quoting). This cannot
-    stop such a page from logging the dashboard out for good: a cookie of
-    the same name and path replaces the dashboard's in the browser, and
-    more than :data:`MAX_SESSION_COOKIES` of longer paths come before it.
-    It lets no one in either way.
-    """
-    values: list[str] = []
-    for header in headers.getlist("cookie"):
-        for pair in header.split(";"):
-            name, equals, value = pair.partition("=")
-            if equals and name.strip() == TOKEN_COOKIE:
-                values.append(value.strip())
-                if len(values) == MAX_SESSION_COOKIES:
-                    return values
-    return values
-
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing, so need no ``Origin`` check."""

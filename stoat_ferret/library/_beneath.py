@@ -6,7 +6,7 @@ the scan names nothing by a full path. It opens its directory once, from a
 scan root down, one component at a time with ``O_NOFOLLOW | O_DIRECTORY``
 (:func:`open_scan_directory`), and everything after that is relative to that
 descriptor: the walk (``os.scandir(fd)``), the probe (``os.open(name,
-dir_fd=...)``), the check that a stored file is gone (:func:`gone_beneath`).
+dir_fd=...)``), the check that a stored file is gone (``_scanned.py``).
 A component that is no longer a directory stops the descent with ``ELOOP``
 (a symlink) or ``ENOTDIR`` (anything else); nothing beyond it is read.
 The root itself is opened by its path: the roots are the operator's,
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 from stoat_ferret.library._exceptions import DirectoryReplaced, ScanError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
 
 PATH_MAX: Final = 4096
 """Bytes in the longest path Linux accepts, its terminating NUL included: a
@@ -157,52 +157,6 @@ def containing_root(directory: str, roots: Sequence[str]) -> str | None:
         if directory == root or directory.startswith(root.rstrip("/") + "/"):
             return root
     return None
-
-
-_GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
-# An lstat failing with these: the file is missing, or a directory on the way
-# is a symlink or a file now. Any other error (denied, I/O) cannot tell.
-
-
-def gone_beneath(paths: Iterable[str], root: str, root_fd: int) -> set[str]:
-    """Those of ``paths`` whose file is gone, looked at beneath ``root_fd``.
-
-    Gone: missing, a directory on the way replaced by a symlink or a file,
-    or no longer a regular file (``lstat``). A file that cannot be looked at
-    for another reason (denied, I/O) is not gone. Each directory is opened
-    once, crossing no symlink (:func:`open_directory`).
-
-    Args:
-        paths: Absolute, normalised paths beneath ``root``.
-        root: The directory ``root_fd`` was opened as.
-        root_fd: A descriptor of ``root``.
-    """
-    depth = len(split(root))
-    by_directory: dict[str, list[tuple[str, str]]] = {}
-    for path in paths:
-        parent, name = os.path.split(path)
-        by_directory.setdefault(parent, []).append((name, path))
-    gone: set[str] = set()
-    for parent, files in by_directory.items():
-        try:
-            fd = open_directory(split(parent)[depth:], root_fd)
-        except OSError as exc:
-            if exc.errno in _GONE:
-                gone.update(path for _, path in files)
-            continue
-        try:
-            for name, path in files:
-                try:
-                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except OSError as exc:
-                    if exc.errno in _GONE:
-                        gone.add(path)
-                    continue
-                if not stat.S_ISREG(info.st_mode):
-                    gone.add(path)
-        finally:
-            os.close(fd)
-    return gone
 
 
 Outcome = tuple[list[str], os.stat_result] | None

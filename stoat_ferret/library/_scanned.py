@@ -19,16 +19,64 @@ Blocking, all of it: worker threads call these.
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import TYPE_CHECKING
+import stat
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from stoat_ferret.library._beneath import gone_beneath, open_scan_directory
+from stoat_ferret.library._beneath import open_directory, open_scan_directory, split
 from stoat_ferret.library._exceptions import ScanError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Iterable
+
+
+_GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+# An lstat failing with these: the file is missing, or a directory on the way
+# is a symlink or a file now. Any other error (denied, I/O) cannot tell.
+
+
+def gone_beneath(paths: Iterable[str], root: str, root_fd: int) -> set[str]:
+    """Those of ``paths`` whose file is gone, looked at beneath ``root_fd``.
+
+    Gone: missing, a directory on the way replaced by a symlink or a file,
+    or no longer a regular file (``lstat``). A file that cannot be looked at
+    for another reason (denied, I/O) is not gone. Each directory is opened
+    once, crossing no symlink (:func:`open_directory`).
+
+    Args:
+        paths: Absolute, normalised paths beneath ``root``.
+        root: The directory ``root_fd`` was opened as.
+        root_fd: A descriptor of ``root``.
+    """
+    depth = len(split(root))
+    by_directory: dict[str, list[tuple[str, str]]] = {}
+    for path in paths:
+        parent, name = os.path.split(path)
+        by_directory.setdefault(parent, []).append((name, path))
+    gone: set[str] = set()
+    for parent, files in by_directory.items():
+        try:
+            fd = open_directory(split(parent)[depth:], root_fd)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                gone.update(path for _, path in files)
+            continue
+        try:
+            for name, path in files:
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno in _GONE:
+                        gone.add(path)
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    gone.add(path)
+        finally:
+            os.close(fd)
+    return gone
 
 
 @attrs.define(eq=False)

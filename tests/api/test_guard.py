@@ -12,17 +12,10 @@ import anyio
 import attrs
 import pytest
 
-from stoat_ferret.api import _guard
-from stoat_ferret.api._guard import (
-    CHUNKED_GET,
-    SESSION_SECONDS,
-    SESSION_SKEW_SECONDS,
-    TOKEN_COOKIE,
-    TOO_BIG,
-    host_name,
-    trusted_hosts,
-)
+from stoat_ferret.api import _session
+from stoat_ferret.api._guard import CHUNKED_GET, TOO_BIG, host_name, trusted_hosts
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
+from stoat_ferret.api._session import SESSION_SECONDS, SESSION_SKEW_SECONDS, TOKEN_COOKIE
 from stoat_ferret.api.app import create_app
 from stoat_ferret.settings import Settings
 from tests.api.support import GatedScan, Message, http_scope, serving, supervisor_running
@@ -37,13 +30,13 @@ SCAN = "/api/v1/videos/scan"
 TOKEN = "a-token-of-24-characters"
 
 
-def _session(issued: int, token: str = TOKEN) -> str:
+def _session_of(issued: int, token: str = TOKEN) -> str:
     """A session cookie's value for ``token``, made at ``issued`` (Unix seconds)."""
     mac = hmac.new(token.encode(), f"stoat-session:{issued}".encode(), hashlib.sha256)
     return f"{issued}.{mac.hexdigest()}"
 
 
-SESSION = _session(int(time.time()))
+SESSION = _session_of(int(time.time()))
 """What the dashboard's cookie holds for :data:`TOKEN`, made now (a test
 session is far shorter than the cookie's week)."""
 JSON_TYPE = (b"content-type", b"application/json")
@@ -398,11 +391,11 @@ def with_token(settings: Settings) -> Settings:
         pytest.param({"Cookie": f"{TOKEN_COOKIE}={TOKEN}"}, id="token-as-cookie"),
         pytest.param({"Authorization": f"Bearer {SESSION}"}, id="session-as-bearer"),
         pytest.param(
-            {"Cookie": f"{TOKEN_COOKIE}={_session(int(time.time()) - SESSION_SECONDS)}"},
+            {"Cookie": f"{TOKEN_COOKIE}={_session_of(int(time.time()) - SESSION_SECONDS)}"},
             id="session-a-week-old",
         ),
         pytest.param(
-            {"Cookie": f"{TOKEN_COOKIE}={_session(int(time.time()) + 3600)}"},
+            {"Cookie": f"{TOKEN_COOKIE}={_session_of(int(time.time()) + 3600)}"},
             id="session-dated-an-hour-ahead",
         ),
         pytest.param(
@@ -410,7 +403,7 @@ def with_token(settings: Settings) -> Settings:
             id="session-redated",
         ),
         pytest.param(
-            {"Cookie": f"{TOKEN_COOKIE}={_session(int(time.time()), TOKEN + 'x')}"},
+            {"Cookie": f"{TOKEN_COOKIE}={_session_of(int(time.time()), TOKEN + 'x')}"},
             id="session-of-another-token",
         ),
         pytest.param(
@@ -524,7 +517,7 @@ async def test_a_session_trades_the_token_for_a_strict_cookie(with_token: Settin
     cookie = started.headers["set-cookie"]
     name, _, value = cookie.partition(";")[0].partition("=")
     issued = int(value.partition(".")[0])
-    assert (name, value) == (TOKEN_COOKIE, _session(issued))  # not the token itself: dated
+    assert (name, value) == (TOKEN_COOKIE, _session_of(issued))  # not the token itself: dated
     assert before <= issued <= after
     attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
     assert {"httponly", "samesite=strict", "path=/api/"} <= attributes
@@ -728,10 +721,10 @@ def test_a_session_is_valid_for_its_life_from_when_it_was_made(
     """A session cookie is accepted for SESSION_SECONDS from its date, never
     renewed by use, and its date is under its MAC."""
     now = 1_800_000_000
-    monkeypatch.setattr(_guard, "wall_clock", lambda: now + 0.5)
+    monkeypatch.setattr(_session, "wall_clock", lambda: now + 0.5)
 
-    assert _guard.session_valid(TOKEN.encode(), _session(now - age)) is valid
-    assert _guard.session_value(TOKEN, now - age) == _session(now - age)
+    assert _session.session_valid(TOKEN.encode(), _session_of(now - age)) is valid
+    assert _session.session_value(TOKEN, now - age) == _session_of(now - age)
 
 
 @pytest.mark.anyio

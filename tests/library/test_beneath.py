@@ -14,7 +14,6 @@ from stoat_ferret.library._beneath import (
     MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
     Cached,
-    gone_beneath,
     open_directory,
     open_scan_directory,
     resolve_link,
@@ -120,66 +119,6 @@ def test_open_directory_refuses_a_symlink_on_the_way(scope: Path, scope_fd: int)
     os.close(fd)
 
     assert link.value.errno == errno.ELOOP
-
-
-def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
-    """Missing, a link (never followed, the last component included), a
-    FIFO, and the files of a directory replaced by a symlink or a file are
-    gone; regular files are not, however many share a directory."""
-    (scope / "link.mp4").symlink_to("clip.mp4")
-    os.mkfifo(scope / "fifo.mp4")
-    for name in ("linked", "filed"):
-        (scope / name).mkdir()
-    os.rmdir(scope / "linked")
-    (scope / "linked").symlink_to("sub")
-    os.rmdir(scope / "filed")
-    (scope / "filed").write_bytes(b"")
-    paths = {
-        name: str(scope / name)
-        for name in (
-            "clip.mp4",
-            "sub/deep.mp4",
-            "missing.mp4",
-            "link.mp4",
-            "fifo.mp4",
-            "linked/deep.mp4",
-            "filed/x.mp4",
-            "nowhere/x.mp4",
-        )
-    }
-
-    gone = gone_beneath(paths.values(), str(scope), scope_fd)
-
-    assert gone == {
-        path for name, path in paths.items() if name not in ("clip.mp4", "sub/deep.mp4")
-    }
-
-
-def test_gone_beneath_cannot_tell_a_file_it_may_not_look_at(
-    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A file or a directory whose ``lstat`` or opening is denied (or fails
-    with an I/O error) is not gone: the check cannot tell."""
-    real_stat, real_open = os.stat, os.open
-
-    def denied_stat(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        if name == "clip.mp4":
-            raise PermissionError(errno.EACCES, "denied")
-        return real_stat(name, *args, **kwargs)
-
-    def failing_open(name: Any, *args: Any, **kwargs: Any) -> int:
-        if name == "sub":
-            raise OSError(errno.EIO, "Input/output error")
-        return real_open(name, *args, **kwargs)
-
-    monkeypatch.setattr(os, "stat", denied_stat)
-    monkeypatch.setattr(os, "open", failing_open)
-
-    gone = gone_beneath(
-        [str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")], str(scope), scope_fd
-    )
-
-    assert gone == set()
 
 
 def test_open_scan_directory_checks_the_roots(scope: Path, tmp_path: Path) -> None:
