@@ -193,6 +193,69 @@ def file_identity(path: str) -> tuple[int, int] | None:
     return (status.st_dev, status.st_ino)
 
 
+class LogWatch:
+    """Whether a store's ``-wal`` file is still the one SQLite opened, and
+    saving its commits into the database file when it is not.
+
+    SQLite goes on writing to the log it has open, deleted or replaced, and
+    a crash would lose with it every commit since the last checkpoint. The
+    store asks :meth:`lost` before each write and after each commit; when
+    the log is lost it refuses to write, and :meth:`save` copies what the
+    log holds into the database file. None of it when the file system
+    allows no WAL (no ``-wal`` when the store opened).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._identity = file_identity(f"{path}-wal")
+        # Once the log is lost: whether a checkpoint has copied it whole, and
+        # whether one has failed to (logged once; later tries do not wait).
+        self._saved = False
+        self._save_failed = False
+
+    def lost(self) -> bool:
+        """Whether the ``-wal`` file is not the one SQLite opened (deleted or replaced)."""
+        wal = self._identity
+        return wal is not None and file_identity(f"{self.path}-wal") != wal
+
+    def save(self, connection: sqlite3.Connection) -> None:
+        """Copy the commits of a lost ``-wal`` into the database file.
+
+        A checkpoint reads the log through the descriptor SQLite still holds.
+        It cannot copy what a reader (another process's) still needs: that
+        is logged, and a clean stop (closing checkpoints) still saves it; a
+        crash would not. The first try waits for such readers up to the
+        busy timeout; the later ones (each refused write makes one) copy
+        what they can at once.
+        """
+        if self._saved:
+            return
+        mode = "PASSIVE" if self._save_failed else "FULL"
+        try:
+            busy, frames, copied = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            busy, frames, copied, reason = 1, -1, -1, str(exc)
+        else:
+            reason = "another connection is using it"
+        if not busy and copied >= frames:
+            self._saved = True
+            if self._save_failed:
+                logger.info(
+                    "video store {path}: its lost write-ahead log is copied", path=self.path
+                )
+        elif not self._save_failed:
+            self._save_failed = True
+            logger.error(
+                "video store {path}: its lost write-ahead log could not be copied into the"
+                " database file ({copied} of {frames} frames: {reason}); stop the service"
+                " cleanly to keep those commits",
+                path=self.path,
+                copied=copied,
+                frames=frames,
+                reason=reason,
+            )
+
+
 def refuse_memory(name: str) -> None:
     """Refuse a name that is no file: ``":memory:"``, ``""`` or a ``file:`` URI.
 

@@ -1,4 +1,5 @@
-"""The SQL of the ``scan_errors`` table: a scope's list replaced, entries added, a page read.
+"""The ``scan_errors`` table's SQL (a scope's list replaced, entries added, a
+page read), and :class:`ErrorOwners`, which scan owns each scope's list.
 
 The store (``_store.py``) decides when, in which transaction and for which
 owner (its module docstring, "Scan errors"); these functions only run the
@@ -7,6 +8,7 @@ statements, on the connection they are given.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,3 +58,42 @@ def error_page(
         "SELECT count(*) FROM scan_errors WHERE job_id = ?", (job_id,)
     ).fetchone()
     return [(path, error) for path, error in rows], int(total)
+
+
+Scope = tuple[str, bool]
+"""A scanned ``(directory, recursive)``: whose errors one list holds."""
+
+
+class ErrorOwners:
+    """Which scan owns each scope's error list: the scans running, and those
+    ended since the last scan began, not every scope ever scanned.
+
+    :meth:`take` runs under the store's write lock, once a scan's new list
+    is committed; :meth:`owns`, under the same lock; :meth:`end` never
+    waits, so any thread may call it (a deque's append is atomic), and the
+    next :meth:`take` carries it out.
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[Scope, str] = {}
+        self._ended: deque[tuple[Scope, str]] = deque()
+
+    def take(self, scope: Scope, job_id: str) -> None:
+        """``job_id`` owns ``scope`` from now on; ended scans are forgotten first."""
+        owners = self._owners
+        while self._ended:
+            ended_scope, ended = self._ended.popleft()
+            if owners.get(ended_scope) == ended:  # not a later scan's scope
+                del owners[ended_scope]
+        owners[scope] = job_id
+
+    def owns(self, scope: Scope, job_id: str) -> bool:
+        return self._owners.get(scope) == job_id
+
+    def end(self, scope: Scope, job_id: str) -> None:
+        """``job_id`` adds no more errors to ``scope``'s list."""
+        self._ended.append((scope, job_id))
+
+    def scopes(self) -> dict[Scope, str]:
+        """A copy of the owners, by scope (for tests and debugging)."""
+        return dict(self._owners)

@@ -52,23 +52,25 @@ one ``directory`` (indexed).
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
-from collections import deque
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
-from loguru import logger
-
+from stoat_ferret.library._clock import StoreClock
 from stoat_ferret.library._connections import (
+    LogWatch,
     file_identity,
     open_reader,
     open_writer,
     refuse_memory,
     transaction,
 )
-from stoat_ferret.library._errorrows import delete_scope_errors, error_page, insert_errors
+from stoat_ferret.library._errorrows import (
+    ErrorOwners,
+    delete_scope_errors,
+    error_page,
+    insert_errors,
+)
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
@@ -97,7 +99,9 @@ from stoat_ferret.library._rows import (
 from stoat_ferret.library._schema import PROBE_VERSION
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Callable, Collection, Iterator, Sequence
+    from datetime import datetime
 
 BUSY_TIMEOUT_MS: Final = 5_000
 
@@ -121,22 +125,14 @@ class VideoStore:
         self._identity = file_identity(path)
         # And its write-ahead log (None when the file system allows no WAL):
         # commits since the last checkpoint live only there.
-        self._wal_identity = file_identity(f"{path}-wal")
-        # Once that log is lost: whether a checkpoint has copied it whole, and
-        # whether one has failed to (logged once; later tries do not wait).
-        self._wal_saved = False
-        self._wal_save_failed = False
+        self._wal = LogWatch(path)
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
-        # The newest stamp given (stamp()): a stored row's updated_at, at first.
-        self._last_stamp = _clock_start(writer, path)
-        self._stamp_lock = threading.Lock()
+        # Stamps updated_at and the start of scans (stamp()).
+        self._clock = StoreClock.opened(writer, path)
         # The job whose errors each scanned (directory, recursive) holds.
-        # Only the scans running and those ended since the last began (end_scan).
-        self._error_owners: dict[tuple[str, bool], str] = {}
-        # Scans ended since: appended from any thread, emptied under the write lock.
-        self._ended_scans: deque[tuple[tuple[str, bool], str]] = deque()
+        self._error_owners = ErrorOwners()
         # The database's lock (_lock.py), taken by open, given back by close.
         self._lock: DatabaseLock | None = None
 
@@ -285,14 +281,9 @@ class VideoStore:
         goes on a microsecond at a time from its last stamp, or from the
         newest ``updated_at`` stored when the store opened. So a row another
         scan writes after a scan began is always newer than that scan's
-        start. Any thread may call it; it never waits for a write.
+        start. Any thread may call it; it never waits for a write (``_clock.py``).
         """
-        now = wall_clock()
-        with self._stamp_lock:
-            if now <= self._last_stamp:
-                now = self._last_stamp + _MICROSECOND
-            self._last_stamp = now
-        return now
+        return self._clock.stamp()
 
     def upsert(self, records: Sequence[VideoRecord]) -> list[tuple[str, str]]:
         """Insert or update these videos, keyed by path, in one transaction.
@@ -398,12 +389,7 @@ class VideoStore:
             with self._writing() as connection:
                 delete_scope_errors(connection, directory, recursive)
                 insert_errors(connection, job_id, directory, recursive, errors)
-            owners = self._error_owners
-            while self._ended_scans:
-                scope, ended = self._ended_scans.popleft()
-                if owners.get(scope) == ended:
-                    del owners[scope]
-            owners[(directory, recursive)] = job_id
+            self._error_owners.take((directory, recursive), job_id)
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
@@ -413,7 +399,7 @@ class VideoStore:
         once ``job_id`` has ended (:meth:`end_scan`) and another scan has begun."""
         if errors:
             with self._writing() as connection:
-                if self._error_owners.get((directory, recursive)) == job_id:
+                if self._error_owners.owns((directory, recursive), job_id):
                     insert_errors(connection, job_id, directory, recursive, errors)
 
     def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
@@ -425,7 +411,7 @@ class VideoStore:
         running and those ended since the last scan began, not every scope
         ever scanned.
         """
-        self._ended_scans.append(((directory, recursive), job_id))
+        self._error_owners.end((directory, recursive), job_id)
 
     def scan_errors(
         self, job_id: str, limit: int, offset: int
@@ -458,8 +444,8 @@ class VideoStore:
                     f"video store {self.path} was deleted or replaced while open; "
                     "restart the service to recreate it"
                 )
-            if self._wal_lost():
-                self._save_lost_wal(connection)
+            if self._wal.lost():
+                self._wal.save(connection)
                 raise StoreError(
                     f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
                     " deleted or replaced while open; restart the service (a clean stop"
@@ -467,116 +453,13 @@ class VideoStore:
                 )
             with transaction(connection, self.path, "BEGIN IMMEDIATE"):
                 yield connection
-            if self._wal_lost():  # since the check above: the log holds this commit
-                self._save_lost_wal(connection)
-
-    def _wal_lost(self) -> bool:
-        """Whether the ``-wal`` file is not the one SQLite opened (deleted or replaced)."""
-        wal = self._wal_identity
-        return wal is not None and file_identity(f"{self.path}-wal") != wal
-
-    def _save_lost_wal(self, connection: sqlite3.Connection) -> None:
-        """Copy the commits of a lost ``-wal`` into the database file.
-
-        SQLite goes on writing to the log it has open, and a crash would
-        lose with it every commit since the last checkpoint. A checkpoint
-        reads the log through the descriptor SQLite still holds. It cannot
-        copy what a reader (another process's) still needs: that is logged,
-        and a clean stop (closing checkpoints) still saves it; a crash would not.
-        The first try waits for such readers up to the busy timeout; the
-        later ones (each refused write makes one) copy what they can at once.
-        """
-        if self._wal_saved:
-            return
-        mode = "PASSIVE" if self._wal_save_failed else "FULL"
-        try:
-            busy, frames, copied = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        except sqlite3.Error as exc:
-            busy, frames, copied, reason = 1, -1, -1, str(exc)
-        else:
-            reason = "another connection is using it"
-        if not busy and copied >= frames:
-            self._wal_saved = True
-            if self._wal_save_failed:
-                logger.info(
-                    "video store {path}: its lost write-ahead log is copied", path=self.path
-                )
-        elif not self._wal_save_failed:
-            self._wal_save_failed = True
-            logger.error(
-                "video store {path}: its lost write-ahead log could not be copied into the"
-                " database file ({copied} of {frames} frames: {reason}); stop the service"
-                " cleanly to keep those commits",
-                path=self.path,
-                copied=copied,
-                frames=frames,
-                reason=reason,
-            )
+            if self._wal.lost():  # since the check above: the log holds this commit
+                self._wal.save(connection)
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
         if connection is None:
             raise StoreError(f"video store {self.path} is closed")
         return connection
-
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
-
-
-FUTURE_STAMP: Final = timedelta(days=1)
-"""How far ahead of the wall clock a stored ``updated_at`` may be when the
-store opens; a row dated further ahead is dated now (``_clock_start``)."""
-
-
-def _clock_start(connection: sqlite3.Connection, path: str) -> datetime:
-    """Where the store's clock starts: the newest stored ``updated_at``.
-
-    UTC when it says no zone (as rows written before schema 3 may). Rows
-    dated more than :data:`FUTURE_STAMP` ahead of the wall clock (written
-    while the clock was wrong) are dated now instead, and logged: left in
-    the future, they would set every later date into it, or, if the clock
-    ignored them, count as written after every scan's start, so that no
-    scan would remove them once their files go. A newest date that is not
-    a date at all is logged and ignored.
-    """
-    now = wall_clock()
-    ahead = timestamp(now + FUTURE_STAMP)
-    # Dates begin with a digit; ":" sorts after every digit and before any letter.
-    (latest,) = connection.execute(
-        "SELECT max(updated_at) FROM videos WHERE updated_at < ':'"
-    ).fetchone()
-    if latest is None:
-        return _EPOCH
-    if latest > ahead:
-        with transaction(connection, path, "BEGIN IMMEDIATE"):
-            redated = connection.execute(
-                "UPDATE videos SET updated_at = ? WHERE updated_at > ? AND updated_at < ':'",
-                (timestamp(now), ahead),
-            ).rowcount
-        logger.warning(
-            "video store {path}: {count} row(s) dated ahead of the clock (up to {latest})"
-            " are dated {now} instead",
-            path=path,
-            count=redated,
-            latest=latest,
-            now=timestamp(now),
-        )
-        return now
-    try:
-        moment = datetime.fromisoformat(latest)
-    except ValueError:
-        logger.warning(
-            "video store {path}: newest updated_at {latest!r} is not a date; ignored",
-            path=path,
-            latest=latest,
-        )
-        return now
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def wall_clock() -> datetime:
-    """The wall clock the store's stamps follow (tests step it back)."""
-    return datetime.now(UTC)
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"

@@ -24,8 +24,8 @@ from stoat_ferret.library import (
     VideoFilter,
     VideoLibrary,
     VideoStore,
+    _clock,
     _schema,
-    _store,
 )
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS
@@ -633,7 +633,7 @@ def test_a_clock_stepped_back_does_not_undo_the_written_before_guard(
     kept, because the store's stamps never go back. Before, its updated_at
     was an hour older than the first scan's start, and it went."""
     clock = [datetime(2026, 12, 5, 12, 0, tzinfo=UTC)]
-    monkeypatch.setattr(_store, "wall_clock", lambda: clock[0])
+    monkeypatch.setattr(_clock, "wall_clock", lambda: clock[0])
     store.upsert([record("/m/stale.mp4"), record("/m/fresh.mp4")])
     clock[0] += timedelta(minutes=1)
     began = store.stamp()
@@ -652,7 +652,7 @@ def test_the_stamps_go_on_from_the_newest_stored_row(
 ) -> None:
     """Reopened with the clock behind its newest row, a store stamps after that row."""
     clock = [datetime(2026, 12, 5, 12, 0, tzinfo=UTC)]
-    monkeypatch.setattr(_store, "wall_clock", lambda: clock[0])
+    monkeypatch.setattr(_clock, "wall_clock", lambda: clock[0])
     first = VideoStore.open(tmp_path / "videos.sqlite")
     first.upsert([record("/m/a.mp4")])
     first.close()
@@ -721,7 +721,7 @@ def test_a_store_opens_whatever_its_newest_updated_at_holds(
     with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
         raw.execute("UPDATE videos SET updated_at = ?", (stored,))
         raw.commit()
-    monkeypatch.setattr(_store, "wall_clock", lambda: datetime(2020, 1, 1, tzinfo=UTC))
+    monkeypatch.setattr(_clock, "wall_clock", lambda: datetime(2020, 1, 1, tzinfo=UTC))
 
     reopened = VideoStore.open(tmp_path / "videos.sqlite")
     try:
@@ -894,7 +894,7 @@ def test_an_ended_scan_is_forgotten_as_owner_when_the_next_scan_begins(
     store.add_scan_errors("a", "/m/a", recursive=True, errors=[("/m/a/2.mp4", "bad")])
     store.add_scan_errors("b", "/m/b", recursive=False, errors=[("/m/b/1.mp4", "bad")])
 
-    assert store._error_owners == {("/m/b", False): "b"}  # the bound itself
+    assert store._error_owners.scopes() == {("/m/b", False): "b"}  # the bound itself
     assert store.scan_errors("a", 10, 0) == ([("/m/a/1.mp4", "bad")], 1)
     assert store.scan_errors("b", 10, 0) == ([("/m/b/1.mp4", "bad")], 1)
 
