@@ -87,3 +87,22 @@ def directory(tmp_path: Path) -> Iterator[int]:
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     yield fd
     os.close(fd)
+
+
+@pytest.fixture
+def scope(tmp_path: Path) -> Path:
+    """``<tmp>/lib`` with ``clip.mp4`` and ``sub/deep.mp4``; ``<tmp>/lib-evil/x.mp4`` beside it."""
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    (lib / "clip.mp4").write_bytes(b"clip")
+    (lib / "sub" / "deep.mp4").write_bytes(b"deep")
+    (tmp_path / "lib-evil").mkdir()
+    (tmp_path / "lib-evil" / "x.mp4").write_bytes(b"x")
+    return lib
+
+
+@pytest.fixture
+def scope_fd(scope: Path) -> Iterator[int]:
+    fd = os.open(scope, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)

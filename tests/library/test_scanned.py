@@ -6,30 +6,12 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from stoat_ferret.library._scanned import ScannedDirectory, gone_beneath
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-
-@pytest.fixture
-def scope(tmp_path: Path) -> Path:
-    """``<tmp>/lib`` with ``clip.mp4`` and ``sub/deep.mp4``."""
-    lib = tmp_path / "lib"
-    (lib / "sub").mkdir(parents=True)
-    (lib / "clip.mp4").write_bytes(b"clip")
-    (lib / "sub" / "deep.mp4").write_bytes(b"deep")
-    return lib
-
-
-@pytest.fixture
-def scope_fd(scope: Path) -> Iterator[int]:
-    fd = os.open(scope, os.O_RDONLY | os.O_DIRECTORY)
-    yield fd
-    os.close(fd)
+    import pytest
 
 
 def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
