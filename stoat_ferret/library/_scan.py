@@ -20,9 +20,9 @@ One scan, step by step:
    beneath the directory's descriptor, before the store is locked; nothing
    is gone if the directory at the path is no longer the one the scan
    opened); one still there may be in a directory the walk could not list,
-   or the target of a link another scan met. The delete keeps a row written since this
-   scan began, whatever ``lstat`` said: another scan (``/x`` and ``/x/sub``
-   at once) saw its file later. Such a kept row is not counted. "Since"
+   or the target of a link another scan met. The delete keeps a row written
+   since this scan began, whatever ``lstat`` said: another scan (``/x`` and
+   ``/x/sub`` at once) saw its file later. Such a kept row is not counted. "Since"
    goes by the store's clock (``VideoStore.stamp``), which never goes back.
    Nothing is gone from a scanned directory that holds no entry at all
    (``ScanRun.compare``: a disk not mounted looks like that).
@@ -42,8 +42,8 @@ One scan, step by step:
    deleted since its probe is not written, and its old row goes as in step 3
    (``removed``); it counts in ``found`` only, not as added, updated or an
    error. So a slower scan does not write back a row that another scan has
-   just removed as gone, but for a file deleted in the moment between that
-   look and the commit (the next scan removes its row).
+   just removed as gone, but for a file deleted between that look and the
+   commit, which may wait for another writer (the next scan removes its row).
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
