@@ -17,9 +17,8 @@ data) and the API needs the token. A browser cannot put a header on an
 it), the page drops the fragment from the address bar and sends the token
 once to ``POST /api/v1/session``, which answers with an ``HttpOnly``,
 ``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``,
-``_session.py``). The
-cookie holds a value derived from the token and dated (``session_value``),
-which the API accepts only as that cookie, and for
+``_session.py``). The cookie holds a value derived from the token and dated
+(``session_value``), which the API accepts only as that cookie, and for
 :data:`~stoat_ferret.api._session.SESSION_SECONDS` from the moment it was made:
 a browser sends a host's cookies to every port of it, so another service
 there may see it.

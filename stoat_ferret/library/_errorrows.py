@@ -2,8 +2,9 @@
 page read), and :class:`ErrorOwners`, which scan owns each scope's list.
 
 The store (``_store.py``) decides when, in which transaction and for which
-owner (its module docstring, "Scan errors"); these functions only run the
-statements, on the connection they are given.
+owner (its module docstring, "Scan errors"); the functions only run the
+statements, on the connection they are given, and the owners are kept for
+the store, under its write lock.
 """
 
 from __future__ import annotations

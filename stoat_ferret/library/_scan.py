@@ -38,7 +38,7 @@ One scan, step by step:
    is one that requests wait for), to one writer task, which writes them in
    batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or
    per :data:`FLUSH_SECONDS`, whichever comes first. Just before a batch is
-   written, its files are looked at again (``gone_of``, the same way): one
+   written, its files are looked at again (``ScannedDirectory.gone_of``): one
    deleted since its probe is not written, and its old row goes as in step 3
    (``removed``); it counts in ``found`` only, not as added, updated or an
    error. So a slower scan does not write back a row that another scan has

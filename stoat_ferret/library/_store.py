@@ -123,8 +123,7 @@ class VideoStore:
         # Which file the writer writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
         self._identity = file_identity(path)
-        # And its write-ahead log (None when the file system allows no WAL):
-        # commits since the last checkpoint live only there.
+        # And its write-ahead log, where commits since the last checkpoint live.
         self._wal = LogWatch(path)
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).

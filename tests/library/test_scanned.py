@@ -6,12 +6,14 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
+from stoat_ferret.library import _scanned
 from stoat_ferret.library._scanned import ScannedDirectory, gone_beneath
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
-
-    import pytest
 
 
 def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
@@ -74,6 +76,36 @@ def test_gone_beneath_cannot_tell_a_file_it_may_not_look_at(
     assert gone == set()
 
 
+def test_gone_of_names_the_deleted_files_of_the_directory_it_opened(
+    scope: Path, tmp_path: Path
+) -> None:
+    """The directory still the one at its path: a deleted file is gone, the
+    others are not; closed, the descriptor is closed once."""
+    scanned = ScannedDirectory(str(scope), (str(tmp_path),))
+    fd = scanned.open()
+    try:
+        os.unlink(scope / "clip.mp4")
+        still_there = scanned.still_there()
+        gone = scanned.gone_of([str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")])
+    finally:
+        scanned.close()
+        scanned.close()
+
+    assert (still_there, gone) == (True, {str(scope / "clip.mp4")})
+    assert scanned.fd is None
+    with pytest.raises(OSError, match="Bad file descriptor") as closed:
+        os.fstat(fd)
+    assert closed.value.errno == errno.EBADF
+
+
+def _replace(scope: Path, tmp_path: Path) -> None:
+    """Rename ``scope`` away, make a new one of the name, delete the old one's files."""
+    os.rename(scope, tmp_path / "old")
+    scope.mkdir()
+    for name in ("clip.mp4", "sub/deep.mp4"):
+        os.unlink(tmp_path / "old" / name)
+
+
 def test_a_directory_replaced_since_it_was_opened_says_nothing_is_gone(
     scope: Path, tmp_path: Path
 ) -> None:
@@ -82,10 +114,7 @@ def test_a_directory_replaced_since_it_was_opened_says_nothing_is_gone(
     scanned = ScannedDirectory(str(scope), (str(tmp_path),))
     scanned.open()
     try:
-        os.rename(scope, tmp_path / "old")
-        scope.mkdir()
-        for name in ("clip.mp4", "sub/deep.mp4"):
-            os.unlink(tmp_path / "old" / name)
+        _replace(scope, tmp_path)
 
         gone = scanned.gone_of([str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")])
         still_there = scanned.still_there()
@@ -93,6 +122,28 @@ def test_a_directory_replaced_since_it_was_opened_says_nothing_is_gone(
         scanned.close()
 
     assert (gone, still_there) == (set(), False)
+
+
+def test_a_directory_replaced_while_its_files_are_looked_at_says_nothing_is_gone(
+    scope: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replacement comes after the first check, during the lookups: the
+    check after them throws their answer away."""
+    real_gone_beneath = _scanned.gone_beneath
+
+    def replaced_meanwhile(paths: Iterable[str], root: str, root_fd: int) -> set[str]:
+        _replace(scope, tmp_path)
+        return real_gone_beneath(paths, root, root_fd)
+
+    monkeypatch.setattr(_scanned, "gone_beneath", replaced_meanwhile)
+    scanned = ScannedDirectory(str(scope), (str(tmp_path),))
+    scanned.open()
+    try:
+        gone = scanned.gone_of([str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")])
+    finally:
+        scanned.close()
+
+    assert gone == set()
 
 
 def test_is_empty_sees_subdirectories_and_not_the_walk_s_position(scope: Path) -> None:
