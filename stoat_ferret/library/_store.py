@@ -327,6 +327,7 @@ class VideoStore:
         if not records and not deletions:
             return Applied()
         vanished: list[str] = []
+        left_out: set[str] = set()
         if gone is not None and records:
             left_out = set(gone([record.path for record in records]))
             if left_out:
@@ -339,13 +340,12 @@ class VideoStore:
                 connection.executemany(UPSERT, rows)
             # A path that is not text has no row to delete (nor can name one).
             stale = [path for path, _ in refused if is_text(path)]
-            deleted_ids = delete_rows(connection, [*deletions, *stale], written_before)[1]
-            removed: list[str] = []
-            if vanished:
-                removed, removed_ids = delete_rows(connection, vanished, written_before)
-                deleted_ids += removed_ids
+            deleted, deleted_ids = delete_rows(
+                connection, [*deletions, *stale, *vanished], written_before
+            )
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
+        removed = [path for path in deleted if path in left_out] if vanished else []
         return Applied(refused=refused, vanished=vanished, removed=removed)
 
     def remove_gone(
