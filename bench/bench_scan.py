@@ -446,7 +446,7 @@ def _bench_rescan(base: Path, root: Path, count: int, reps: int) -> list[dict[st
                 times["walk"].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 known = await library.survey(
-                    dict, str(root), recursive=True, compare=lambda found, stored: stored
+                    dict, str(root), recursive=True, compare=lambda found, stored, _: stored
                 )
                 times["query"].append(time.perf_counter() - started)
                 _check(len(known) == count, f"{len(known)} stored fingerprints")

@@ -25,7 +25,9 @@ One scan, step by step:
    ``/x/sub`` at once) saw its file later. Such a kept row is not counted. "Since"
    goes by the store's clock (``VideoStore.stamp``), which never goes back.
    Nothing is gone from a scanned directory that holds no entry at all
-   (``ScanRun.compare``: a disk not mounted looks like that).
+   (``ScanRun.compare``: a disk not mounted looks like that), nor below a
+   directory that a scan found on another file system than its parent's
+   (a mount point, stored) and that is empty now.
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
@@ -83,6 +85,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
+from stoat_ferret.library._mounts import keep_unmounted, track
 from stoat_ferret.library._scanned import ScannedDirectory
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -130,6 +133,10 @@ class ScanRun:
     errors: ErrorLog
     found: dict[str, Fingerprint] = attrs.field(factory=dict)
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
+    # The subdirectories the walk found on another file system than their parent's.
+    mount_points: list[str] = attrs.field(factory=list)
+    # The mount points to store under the scanned directory; None: as stored.
+    new_mount_points: set[str] | None = None
     # The scanned directory, opened by the survey's thread; closed by run().
     scanned: ScannedDirectory = attrs.field(init=False)
     done: int = 0
@@ -191,6 +198,8 @@ class ScanRun:
             self.walk, self.root, recursive=self.recursive, compare=self.compare
         )
         await self.store_errors()
+        if self.new_mount_points is not None:
+            await self.library.replace_mount_points(self.root, self.new_mount_points)
         unchanged = len(self.found) - len(to_probe)
         if gone:
             removed = await self.library.remove_gone(
@@ -233,20 +242,26 @@ class ScanRun:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
             root_fd=root_fd,
+            mount_points=self.mount_points,
         )
 
     def compare(
-        self, found: dict[str, Fingerprint], known: dict[str, Fingerprint]
+        self, found: dict[str, Fingerprint], known: dict[str, Fingerprint], mounts: set[str]
     ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
-        """:func:`compare`, but nothing is gone from a scanned directory that
-        holds no entry at all: an ``errors`` entry says why. Blocking: the
-        survey's thread.
+        """:func:`compare`, but nothing is gone from a disk that looks not
+        mounted: an ``errors`` entry says why. Blocking: the survey's thread.
 
         A disk not mounted leaves its mount point an empty directory, and
         every video stored on it would look deleted: their rows (ids,
-        thumbnails) are kept. The scan of a directory emptied on purpose that holds
-        anything at all (or of the directory above, once it is deleted)
-        removes them.
+        thumbnails) are kept when the scanned directory holds no entry at
+        all, or when a directory below it that a scan found on another file
+        system than its parent's (``mounts``: the mount points stored) does.
+        Emptied on purpose, such a directory's videos are removed by the
+        scan once it holds anything at all, or once it is deleted (or by
+        the scan of the directory above, once the scanned one is deleted).
+
+        ``_mounts.py`` says which mount points are stored
+        (:attr:`new_mount_points`).
         """
         found, known, to_probe, gone = compare(found, known)
         if gone and self.scanned.is_empty():
@@ -255,7 +270,10 @@ class ScanRun:
                 f"empty, but {len(gone)} stored video(s) were in it: kept, as for a disk"
                 " not mounted; if they were deleted, put any file in it and scan again",
             )
-            gone = set()
+            return found, known, to_probe, set()  # the stored mount points stay
+        self.new_mount_points, unmounted = track(mounts, self.mount_points, self.scanned.contents)
+        if gone and unmounted:
+            gone = keep_unmounted(gone, unmounted, self.errors)
         return found, known, to_probe, gone
 
     def report(self) -> None:

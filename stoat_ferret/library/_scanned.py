@@ -10,9 +10,10 @@ descriptor:
   row is removed as gone, and again just before a batch of probed files is
   written. Nothing is gone once the directory at the path is not the one
   the scan opened: replaced by another, or a mount laid over it, since.
-* Whether the directory holds no entry at all (:meth:`ScannedDirectory.is_empty`):
-  the mount point of a disk not mounted looks just like that, so the scan
-  then removes none of the videos stored under it (``ScanRun.compare``).
+* Whether the directory, or one beneath it, holds no entry at all
+  (:meth:`ScannedDirectory.is_empty`): the mount point of a disk not mounted
+  looks just like that, so the scan then removes none of the videos stored
+  under it (``ScanRun.compare``).
 
 Blocking, all of it: worker threads call these.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import attrs
 
@@ -32,6 +33,9 @@ from stoat_ferret.library._exceptions import ScanError
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable
 
+
+Contents: TypeAlias = Literal["empty", "entries", "missing", "unknown"]
+"""What a directory holds, as :meth:`ScannedDirectory.contents` tells it."""
 
 _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 # An lstat failing with these: the file is missing, or a directory on the way
@@ -140,17 +144,30 @@ class ScannedDirectory:
 
     def is_empty(self) -> bool:
         """Whether the directory holds no entry at all (not even a subdirectory)."""
+        return self.contents() == "empty"
+
+    def contents(self, below: str | None = None) -> Contents:
+        """What the directory holds, or, given ``below`` (an absolute path
+        beneath it), the directory there, reached crossing no symlink:
+        ``"empty"`` (no entry at all), ``"entries"``, ``"missing"`` (no
+        directory there: ``lstat`` would call a file in it gone), or
+        ``"unknown"`` (it cannot be opened or listed: denied, I/O)."""
         if self.fd is None:
-            return False
+            return "unknown"
+        parts = () if below is None else split(below)[len(split(self.path)) :]
         try:
             # A descriptor of its own: a duplicate would share the position of fd's listing.
-            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.fd)
-        except OSError:
-            return False
+            fd = (
+                open_directory(parts, self.fd)
+                if parts
+                else os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.fd)
+            )
+        except OSError as exc:
+            return "missing" if exc.errno in _GONE else "unknown"
         try:
             with os.scandir(fd) as entries:
-                return next(entries, None) is None
+                return "empty" if next(entries, None) is None else "entries"
         except OSError:
-            return False
+            return "unknown"
         finally:
             os.close(fd)

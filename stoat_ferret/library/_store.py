@@ -1,4 +1,4 @@
-"""VideoStore: the videos and scan_errors tables in SQLite (``sqlite3``), from worker threads.
+"""VideoStore: the videos, scan_errors and mount_points tables in SQLite, from worker threads.
 
 Concurrency: two connections to the file (``_connections.py``), each used by
 one thread at a time under its own lock (the writer's reentrant, so that a
@@ -38,6 +38,11 @@ owners, kept in memory, are the scans running (and those ended since the last
 began), not every directory ever scanned. The table is emptied when the store opens,
 by the process that holds the database's lock (``_lock.py``; no other
 process can open the store meanwhile): job ids do not outlive the process.
+
+Mount points. ``mount_points`` holds the directories below a scanned one
+that a recursive scan found on another file system than their parent's
+(``ScanRun.compare`` says what they are for); each such scan replaces
+those below its directory, and only when they changed.
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.
@@ -270,6 +275,33 @@ class VideoStore:
                 )
             rows = cursor.fetchall()
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
+
+    def mount_points(self, directory: str) -> set[str]:
+        """The mount points stored under ``directory`` (:meth:`replace_mount_points`)."""
+        with self._reading() as connection:
+            rows = connection.execute(
+                "SELECT path FROM mount_points WHERE path >= ? AND path < ?",
+                subtree_bounds(directory),
+            ).fetchall()
+        return {path for (path,) in rows}
+
+    def replace_mount_points(self, directory: str, paths: Collection[str]) -> None:
+        """Make ``paths`` the mount points stored under ``directory``, in one
+        transaction: the directories below it that a recursive scan found on
+        another file system than their parent's (or keeps as such: ``ScanRun.compare``).
+
+        Raises:
+            ValueError: A path is not under ``directory``.
+        """
+        low, high = subtree_bounds(directory)
+        outside = [path for path in paths if not low <= path < high]
+        if outside:
+            raise ValueError(f"not under {directory}: {outside[0]}")
+        with self._writing() as connection:
+            connection.execute("DELETE FROM mount_points WHERE path >= ? AND path < ?", (low, high))
+            connection.executemany(
+                "INSERT OR IGNORE INTO mount_points (path) VALUES (?)", [(path,) for path in paths]
+            )
 
     def stamp(self) -> datetime:
         """Now by the wall clock, but later than every stamp before it.

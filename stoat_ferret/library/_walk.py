@@ -36,6 +36,10 @@ The rules, in the order they are applied to each directory entry:
   the scan keeps what it stored and could not see. A file or directory that
   vanishes while the walk runs is silently skipped.
 
+The walk also notes each subdirectory on another file system than its
+parent (``mount_points``): a disk mounted there (``ScanRun.compare`` says
+why).
+
 Recorded paths are absolute and resolved: the root is resolved by the caller and
 no directory symlink is ever crossed. The walk holds one descriptor per
 level of the directory it is in, as ``os.fwalk`` does, and descends at most
@@ -52,7 +56,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from stoat_ferret.library._beneath import (
     MAX_DEPTH,
@@ -103,6 +107,7 @@ def walk_videos(
     checkpoint: Callable[[], None] = _never_cancelled,
     root_fd: int | None = None,
     before_open: Callable[[str], None] | None = None,
+    mount_points: list[str] | None = None,
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -119,6 +124,9 @@ def walk_videos(
             walk opens ``root`` itself, crossing no symlink from ``/`` down.
         before_open: Called with a subdirectory's path just before it is
             opened: the moment a swap would have to hit. Tests use it.
+        mount_points: Receives the path of each subdirectory the walk lists
+            that is on another file system than its parent (its ``st_dev``
+            differs): where a disk is mounted.
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -136,12 +144,15 @@ def walk_videos(
                 checkpoint=checkpoint,
                 root_fd=fd,
                 before_open=before_open,
+                mount_points=mount_points,
             )
         finally:
             os.close(fd)
     walk = _Walk(root, recursive=recursive, errors=errors, checkpoint=checkpoint)
     walk.before_open = before_open
     walk.run(root_fd)
+    if mount_points is not None:
+        mount_points.extend(walk.mount_points)
     return walk.found
 
 
@@ -162,6 +173,7 @@ class _Walk:
         self.checkpoint = checkpoint
         self.before_open: Callable[[str], None] | None = None
         self.found: dict[str, Fingerprint] = {}
+        self.mount_points: list[str] = []
         self.scope = split(root)
         self.root_fd = -1
         self.seen = 0
@@ -177,12 +189,12 @@ class _Walk:
             subdirectories = self.list_directory(root_fd, self.root)
         except OSError as exc:
             raise ScanError(self.root, _reason(exc)) from exc
-        # Depth-first with an explicit stack of (descriptor, path, subdirectories
-        # left): no recursion limit, one descriptor open per level.
-        stack: list[tuple[int, str, Iterator[str]]] = [(root_fd, self.root, subdirectories)]
+        # Depth-first with an explicit stack of levels: no recursion limit,
+        # one descriptor open per level.
+        stack: list[_Level] = [(root_fd, self.root, subdirectories, _device(root_fd))]
         try:
             while stack:
-                fd, path, names = stack[-1]
+                fd, path, names, device = stack[-1]
                 name = next(names, None)
                 if name is None:
                     stack.pop()
@@ -190,17 +202,17 @@ class _Walk:
                         os.close(fd)
                     continue
                 self.fds = [entry[0] for entry in stack]
-                child = self.open_subdirectory(fd, path, name)
+                child = self.open_subdirectory(fd, path, name, device)
                 if child is not None:
                     stack.append(child)
         finally:
-            for fd, _, _ in stack:
+            for fd, _, _, _ in stack:
                 if fd != root_fd:
                     os.close(fd)
 
     def open_subdirectory(
-        self, parent: int, parent_path: str, name: str
-    ) -> tuple[int, str, Iterator[str]] | None:
+        self, parent: int, parent_path: str, name: str, parent_device: int
+    ) -> _Level | None:
         path = _join(parent_path, name)
         if not is_utf8(name):
             self.errors.add(_printable(path), _NOT_UTF8)
@@ -225,6 +237,7 @@ class _Walk:
             return None
         self.fds.append(fd)
         try:
+            device = _device(fd)
             subdirectories = self.list_directory(fd, path)
         except BaseException as exc:  # cancellation too: the descriptor is not on the stack yet
             os.close(fd)
@@ -233,7 +246,9 @@ class _Walk:
             if not isinstance(exc, FileNotFoundError):
                 self.errors.add_unread(path, _reason(exc))
             return None
-        return fd, path, subdirectories
+        if device != parent_device:
+            self.mount_points.append(path)
+        return fd, path, subdirectories, device
 
     def list_directory(self, fd: int, directory: str) -> Iterator[str]:
         """Record the videos directly in ``directory``; return its subdirectories' names."""
@@ -313,6 +328,16 @@ class _Walk:
         if self.recursive:
             return len(parts) > depth
         return len(parts) == depth + 1
+
+
+_Level: TypeAlias = "tuple[int, str, Iterator[str], int]"
+"""A directory the walk is in: its descriptor, its path, its subdirectories
+left to walk, and its device (``st_dev``)."""
+
+
+def _device(fd: int) -> int:
+    """The device (``st_dev``) of the file system the directory ``fd`` is on."""
+    return os.fstat(fd).st_dev
 
 
 def is_video_name(name: str) -> bool:

@@ -218,6 +218,26 @@ def test_root_directory_scope(store: VideoStore) -> None:
     assert subtree_bounds("/") == ("/", "0")
 
 
+def test_mount_points_are_replaced_within_their_directory_only(store: VideoStore) -> None:
+    """A directory's mount points replace those stored below it, and only
+    those: not a sibling's whose name starts the same, nor one above."""
+    store.replace_mount_points("/m", ["/m/a", "/m/a/b"])
+    store.replace_mount_points("/m-x", ["/m-x/c"])
+    store.replace_mount_points("/", ["/m"])  # every one below "/" replaced
+    store.replace_mount_points("/m", ["/m/a", "/m/a/b"])
+    store.replace_mount_points("/m-x", ["/m-x/c"])
+
+    store.replace_mount_points("/m/a", ["/m/a/d"])
+
+    assert store.mount_points("/m") == {"/m/a", "/m/a/d"}
+    assert store.mount_points("/m-x") == {"/m-x/c"}
+    assert store.mount_points("/") == {"/m", "/m/a", "/m/a/d", "/m-x/c"}
+    with pytest.raises(ValueError, match="not under /m/a: /m/e"):
+        store.replace_mount_points("/m/a", ["/m/e"])
+    with pytest.raises(ValueError, match="not under /m: /m"):
+        store.replace_mount_points("/m", ["/m"])
+
+
 def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both scope queries the store runs search an index; neither scans the table."""
     statements: list[str] = []
@@ -369,14 +389,16 @@ async def test_library_open_creates_the_directory_and_answers_queries(tmp_path: 
             videos, total = await library.list_videos(limit=10, offset=0)
             assert await library.get_video(videos[0].id) == videos[0]
             assert await library.get_video_by_path("/m/a.mp4") == videos[0]
-            found, known = await library.survey(
+            await library.replace_mount_points("/m", ["/m/disk"])
+            found, known, mounts = await library.survey(
                 lambda: {"/m/c.mp4": (5, 6)},
                 "/m",
                 recursive=True,
-                compare=lambda found, known: (found, known),
+                compare=lambda found, known, mounts: (found, known, mounts),
             )
             assert found == {"/m/c.mp4": (5, 6)}
             assert known == {"/m/a.mp4": (100, 1)}
+            assert mounts == {"/m/disk"}
             assert await library.schema_version() == SCHEMA_VERSION
             assert library.path == str(tmp_path / "state" / "deep" / "videos.sqlite")
 
