@@ -52,6 +52,12 @@ class ScanRequest(BaseModel):
         json_schema_extra={"pattern": "^/[^\\u0000]*$"},
     )
     recursive: bool = Field(default=True, description="Also scan every subdirectory.")
+    forget_unmounted: bool = Field(
+        default=False,
+        description="Remove the stored videos of disks this scan does not find mounted, "
+        "and of a scanned directory found empty, as any other deleted file. Without it, "
+        "a scan keeps them (the disk may be unplugged) and says so in its errors.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -87,8 +93,8 @@ class JobOut(BaseModel):
     job_id: str
     job_type: str
     payload: Any = Field(
-        description="What the job works on, as submitted (a scan: its resolved path and "
-        "``recursive``); its repr if not JSON.",
+        description="What the job works on, as submitted (a scan: its resolved path, "
+        "``recursive``, and ``forget_unmounted`` when true); its repr if not JSON.",
         examples=[{"path": "/srv/videos", "recursive": True}],
     )
     status: JobStatus

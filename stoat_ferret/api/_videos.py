@@ -9,7 +9,9 @@ one to end (jobs of one key run one at a time): the running one may have
 listed the directory already, and a file added since would be missed. The
 flag is part of the key because a flat scan does not do the work of a
 recursive one, and folding a recursive request into a pending flat scan
-would silently leave the subdirectories out.
+would silently leave the subdirectories out; so is ``forget_unmounted``
+(when true), since a scan that removes the videos of disks not mounted
+does more than one that keeps them, and less is not what was asked.
 
 Every ``GET`` here answers ``HEAD`` too: a second decorator, kept out of the
 OpenAPI schema (where it would repeat the ``GET``'s operation id), and
@@ -58,9 +60,11 @@ router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 SCAN_JOB_TYPE: Final = "scan"
 
 
-def scan_key(path: str, *, recursive: bool) -> str:
-    """The job key of a scan: one per resolved directory and depth."""
-    return f"scan:{'recursive' if recursive else 'flat'}:{path}"
+def scan_key(path: str, *, recursive: bool, forget_unmounted: bool = False) -> str:
+    """The job key of a scan: one per resolved directory, depth, and
+    whether it forgets the disks not mounted."""
+    depth = "recursive" if recursive else "flat"
+    return f"scan:{depth}{':forget' if forget_unmounted else ''}:{path}"
 
 
 @router.post(
@@ -86,10 +90,13 @@ async def scan_videos(
     if stopping.is_set():
         raise unavailable("the service is stopping")
     path = await anyio.to_thread.run_sync(resolve_scan_path, body.path, settings.scan_roots)
+    payload: dict[str, str | bool] = {"path": path, "recursive": body.recursive}
+    if body.forget_unmounted:
+        payload["forget_unmounted"] = True
     job_id = await queue.submit(
         SCAN_JOB_TYPE,
-        {"path": path, "recursive": body.recursive},
-        key=scan_key(path, recursive=body.recursive),
+        payload,
+        key=scan_key(path, recursive=body.recursive, forget_unmounted=body.forget_unmounted),
     )
     status = await queue.get_status(job_id)
     logger.info(
@@ -98,6 +105,7 @@ async def scan_videos(
         job_type=SCAN_JOB_TYPE,
         path=path,
         recursive=body.recursive,
+        forget_unmounted=body.forget_unmounted,
         status=status.value,
     )
     return ApiJSONResponse(

@@ -42,7 +42,12 @@ from stoat_ferret.library._probepool import ProbeProcesses
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._sandbox import landlock_abi
 from stoat_ferret.library._scangate import then_thumbnails
-from stoat_ferret.library._scanhandler import ScanHandler, make_scan_handler, parse_payload
+from stoat_ferret.library._scanhandler import (
+    ScanHandler,
+    ScanPayload,
+    make_scan_handler,
+    parse_payload,
+)
 from stoat_ferret.library._schema import SCHEMA_VERSION
 from stoat_ferret.library._seccomp import seccomp_filters
 from stoat_ferret.library._store import BUSY_TIMEOUT_MS, VideoStore
@@ -87,6 +92,7 @@ __all__ = [
     "ProbeProcesses",
     "ScanError",
     "ScanHandler",
+    "ScanPayload",
     "Stop",
     "StoreError",
     "ThreadPriority",

@@ -143,9 +143,8 @@ class VideoLibrary:
         it found), then maps each stored path in the scope to ``(size_bytes,
         mtime_ns)`` in one query (:meth:`VideoStore.fingerprints`), and
         returns ``compare(found, stored, mount_points)``, the last the mount
-        points stored under ``directory`` for a recursive scope
-        (:meth:`VideoStore.mount_points`; none for the other). All in one
-        thread hop: on the 2-core machine a hop costs 0.2-0.35 ms of CPU, a
+        points stored in the scope (:meth:`VideoStore.mount_points`). All in
+        one thread hop: on the 2-core machine a hop costs 0.2-0.35 ms of CPU, a
         third of a scan of an empty directory; and comparing a million paths
         takes most of a second, which must not be the event loop's.
         """
@@ -153,15 +152,21 @@ class VideoLibrary:
         def both() -> T:
             found = walk()
             stored = self._store.fingerprints(directory, recursive=recursive)
-            mount_points = self._store.mount_points(directory) if recursive else set()
+            mount_points = self._store.mount_points(directory, recursive=recursive)
             return compare(found, stored, mount_points)
 
         return await anyio.to_thread.run_sync(both)
 
-    async def replace_mount_points(self, directory: str, paths: Collection[str]) -> None:
-        """Make ``paths`` the mount points stored under ``directory``
+    async def replace_mount_points(
+        self, directory: str, paths: Collection[str], *, recursive: bool
+    ) -> None:
+        """Make ``paths`` the mount points stored in a scope
         (:meth:`VideoStore.replace_mount_points`)."""
-        await anyio.to_thread.run_sync(self._store.replace_mount_points, directory, paths)
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                self._store.replace_mount_points, directory, paths, recursive=recursive
+            )
+        )
 
     async def upsert(self, records: Sequence[VideoRecord]) -> list[tuple[str, str]]:
         """Insert or update these videos in one transaction; return ``(path,

@@ -24,10 +24,11 @@ One scan, step by step:
    since this scan began, whatever ``lstat`` said: another scan (``/x`` and
    ``/x/sub`` at once) saw its file later. Such a kept row is not counted. "Since"
    goes by the store's clock (``VideoStore.stamp``), which never goes back.
-   Nothing is gone from a scanned directory that holds no entry at all
-   (``ScanRun.compare``: a disk not mounted looks like that), nor below a
-   directory that a scan found on another file system than its parent's
-   (a mount point, stored) and that is empty now.
+   Nothing is gone below a directory that a scan found on another file
+   system than its parent's (a mount point, stored) and this one did not,
+   nor from a scanned directory that holds no entry at all: a disk not
+   mounted looks like either (``_mounts.py``), unless the scan is asked to
+   forget such disks (``forget_unmounted``).
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
@@ -85,7 +86,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
-from stoat_ferret.library._mounts import keep_unmounted, track
+from stoat_ferret.library._mounts import FORGET_HINT, keep_unmounted, track
 from stoat_ferret.library._scanned import ScannedDirectory
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -126,6 +127,7 @@ class ScanRun:
     root: str
     recursive: bool
     roots: tuple[str, ...]
+    forget_unmounted: bool
     limiter: anyio.CapacityLimiter
     workers: int
     threads: BackgroundThreads
@@ -133,9 +135,9 @@ class ScanRun:
     errors: ErrorLog
     found: dict[str, Fingerprint] = attrs.field(factory=dict)
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
-    # The subdirectories the walk found on another file system than their parent's.
-    mount_points: list[str] = attrs.field(factory=list)
-    # The mount points to store under the scanned directory; None: as stored.
+    # The directories the walk found on another file system than their parent's.
+    seen_mount_points: list[str] = attrs.field(factory=list)
+    # The mount points to store in the scan's scope; None: as stored.
     new_mount_points: set[str] | None = None
     # The scanned directory, opened by the survey's thread; closed by run().
     scanned: ScannedDirectory = attrs.field(init=False)
@@ -199,7 +201,9 @@ class ScanRun:
         )
         await self.store_errors()
         if self.new_mount_points is not None:
-            await self.library.replace_mount_points(self.root, self.new_mount_points)
+            await self.library.replace_mount_points(
+                self.root, self.new_mount_points, recursive=self.recursive
+            )
         unchanged = len(self.found) - len(to_probe)
         if gone:
             removed = await self.library.remove_gone(
@@ -242,7 +246,7 @@ class ScanRun:
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
             root_fd=root_fd,
-            mount_points=self.mount_points,
+            mount_points=self.seen_mount_points,
         )
 
     def compare(
@@ -251,29 +255,26 @@ class ScanRun:
         """:func:`compare`, but nothing is gone from a disk that looks not
         mounted: an ``errors`` entry says why. Blocking: the survey's thread.
 
-        A disk not mounted leaves its mount point an empty directory, and
-        every video stored on it would look deleted: their rows (ids,
-        thumbnails) are kept when the scanned directory holds no entry at
-        all, or when a directory below it that a scan found on another file
-        system than its parent's (``mounts``: the mount points stored) does.
-        Emptied on purpose, such a directory's videos are removed by the
-        scan once it holds anything at all, or once it is deleted (or by
-        the scan of the directory above, once the scanned one is deleted).
-
-        ``_mounts.py`` says which mount points are stored
-        (:attr:`new_mount_points`).
+        A disk not mounted leaves its mount point empty, or gone, and every
+        video stored on it would look deleted: their rows (ids, thumbnails)
+        are kept below a stored mount point (``mounts``, those of the
+        scope) that the walk did not find mounted (``_mounts.py``), and in
+        a scanned directory that holds no entry at all. Unless the scan was
+        asked to forget them (``forget_unmounted``): they are then removed
+        as any other file that is gone.
         """
         found, known, to_probe, gone = compare(found, known)
-        if gone and self.scanned.is_empty():
+        forget = self.forget_unmounted
+        self.new_mount_points, unmounted = track(mounts, self.seen_mount_points, forget=forget)
+        if gone and unmounted:
+            gone = keep_unmounted(gone, unmounted, self.errors)
+        if gone and not forget and self.scanned.is_empty():
             self.errors.add(
                 self.root,
                 f"empty, but {len(gone)} stored video(s) were in it: kept, as for a disk"
-                " not mounted; if they were deleted, put any file in it and scan again",
+                f" not mounted; {FORGET_HINT}, or put any file in it",
             )
-            return found, known, to_probe, set()  # the stored mount points stay
-        self.new_mount_points, unmounted = track(mounts, self.mount_points, self.scanned.contents)
-        if gone and unmounted:
-            gone = keep_unmounted(gone, unmounted, self.errors)
+            gone = set()
         return found, known, to_probe, gone
 
     def report(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
@@ -40,7 +40,8 @@ def make_scan_handler(
 ) -> ScanHandler:
     """Build the handler of ``scan`` jobs, which fills ``library``.
 
-    The job payload is ``{"path": <absolute resolved directory>, "recursive": bool = True}``.
+    The job payload is ``{"path": <absolute resolved directory>, "recursive":
+    bool = True, "forget_unmounted": bool = False}`` (:func:`parse_payload`).
 
     Args:
         library: Where the videos are stored.
@@ -72,13 +73,14 @@ def make_scan_handler(
     probe = probe_in_thread if probes is None else probes.probe
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
-        root, recursive = parse_payload(ctx.payload)
+        payload = parse_payload(ctx.payload)
         run = ScanRun(
             library=library,
             ctx=ctx,
-            root=root,
-            recursive=recursive,
+            root=payload.path,
+            recursive=payload.recursive,
             roots=allowed,
+            forget_unmounted=payload.forget_unmounted,
             limiter=limiter,
             workers=probe_threads,
             threads=threads,
@@ -90,20 +92,37 @@ def make_scan_handler(
     return scan
 
 
-def parse_payload(payload: Any) -> tuple[str, bool]:
-    """Return ``(directory, recursive)`` from a scan payload.
+class ScanPayload(NamedTuple):
+    """What a scan job is asked to do (:func:`parse_payload`)."""
+
+    path: str
+    """The directory to scan: absolute, normalised."""
+    recursive: bool
+    """Whether its subdirectories are scanned too."""
+    forget_unmounted: bool
+    """Whether the videos of disks this scan does not find mounted, which a
+    scan otherwise keeps (``_mounts.py``), are removed as gone."""
+
+
+def parse_payload(payload: Any) -> ScanPayload:
+    """The :class:`ScanPayload` of a scan job's payload.
 
     Raises:
-        ValueError: The payload is not ``{"path": <absolute UTF-8 str>, "recursive": <bool>}``.
+        ValueError: The payload is not ``{"path": <absolute UTF-8 str>,
+            "recursive": <bool>, "forget_unmounted": <bool>}`` (the last two
+            optional: True and False).
     """
     if not isinstance(payload, Mapping):
         raise ValueError("scan payload must be an object with 'path' and 'recursive'")
     path = payload.get("path")
     recursive = payload.get("recursive", True)
+    forget = payload.get("forget_unmounted", False)
     if not isinstance(path, str) or not os.path.isabs(path):
         raise ValueError(f"scan payload 'path' must be an absolute path, got {path!r}")
     if not path.isascii() and not is_utf8(path):  # the store holds UTF-8 paths only
         raise ValueError(f"scan payload 'path' must be valid UTF-8, got {path!r}")
     if not isinstance(recursive, bool):
         raise ValueError(f"scan payload 'recursive' must be a boolean, got {recursive!r}")
-    return os.path.normpath(path), recursive
+    if not isinstance(forget, bool):
+        raise ValueError(f"scan payload 'forget_unmounted' must be a boolean, got {forget!r}")
+    return ScanPayload(os.path.normpath(path), recursive, forget)

@@ -10,10 +10,9 @@ descriptor:
   row is removed as gone, and again just before a batch of probed files is
   written. Nothing is gone once the directory at the path is not the one
   the scan opened: replaced by another, or a mount laid over it, since.
-* Whether the directory, or one beneath it, holds no entry at all
-  (:meth:`ScannedDirectory.is_empty`): the mount point of a disk not mounted
-  looks just like that, so the scan then removes none of the videos stored
-  under it (``ScanRun.compare``).
+* Whether the directory holds no entry at all (:meth:`ScannedDirectory.is_empty`):
+  the mount point of a disk not mounted looks just like that, so the scan
+  then removes none of the videos stored under it (``ScanRun.compare``).
 
 Blocking, all of it: worker threads call these.
 """
@@ -23,7 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -33,9 +32,6 @@ from stoat_ferret.library._exceptions import ScanError
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable
 
-
-Contents: TypeAlias = Literal["empty", "entries", "missing", "unknown"]
-"""What a directory holds, as :meth:`ScannedDirectory.contents` tells it."""
 
 _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 # An lstat failing with these: the file is missing, or a directory on the way
@@ -144,30 +140,17 @@ class ScannedDirectory:
 
     def is_empty(self) -> bool:
         """Whether the directory holds no entry at all (not even a subdirectory)."""
-        return self.contents() == "empty"
-
-    def contents(self, below: str | None = None) -> Contents:
-        """What the directory holds, or, given ``below`` (an absolute path
-        beneath it), the directory there, reached crossing no symlink:
-        ``"empty"`` (no entry at all), ``"entries"``, ``"missing"`` (no
-        directory there: ``lstat`` would call a file in it gone), or
-        ``"unknown"`` (it cannot be opened or listed: denied, I/O)."""
         if self.fd is None:
-            return "unknown"
-        parts = () if below is None else split(below)[len(split(self.path)) :]
+            return False
         try:
             # A descriptor of its own: a duplicate would share the position of fd's listing.
-            fd = (
-                open_directory(parts, self.fd)
-                if parts
-                else os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.fd)
-            )
-        except OSError as exc:
-            return "missing" if exc.errno in _GONE else "unknown"
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.fd)
+        except OSError:
+            return False
         try:
             with os.scandir(fd) as entries:
-                return "empty" if next(entries, None) is None else "entries"
+                return next(entries, None) is None
         except OSError:
-            return "unknown"
+            return False
         finally:
             os.close(fd)

@@ -39,10 +39,11 @@ began), not every directory ever scanned. The table is emptied when the store op
 by the process that holds the database's lock (``_lock.py``; no other
 process can open the store meanwhile): job ids do not outlive the process.
 
-Mount points. ``mount_points`` holds the directories below a scanned one
-that a recursive scan found on another file system than their parent's
-(``ScanRun.compare`` says what they are for); each such scan replaces
-those below its directory, and only when they changed.
+Mount points. ``mount_points`` holds the directories that a scan found on
+another file system than their parent's
+(``_mounts.py`` says what they are for); each scan replaces those in its
+scope (its directory, and those below it if it is recursive), and only
+when they changed.
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.
@@ -276,31 +277,36 @@ class VideoStore:
             rows = cursor.fetchall()
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
 
-    def mount_points(self, directory: str) -> set[str]:
-        """The mount points stored under ``directory`` (:meth:`replace_mount_points`)."""
+    def mount_points(self, directory: str, *, recursive: bool) -> set[str]:
+        """The mount points stored in a scope: ``directory`` itself, and
+        every directory below it if ``recursive`` (:meth:`replace_mount_points`)."""
+        where, bounds = _mount_scope(directory, recursive)
         with self._reading() as connection:
-            rows = connection.execute(
-                "SELECT path FROM mount_points WHERE path >= ? AND path < ?",
-                subtree_bounds(directory),
-            ).fetchall()
-        return {path for (path,) in rows}
+            rows = connection.execute(f"SELECT path FROM mount_points WHERE {where}", bounds)
+            return {path for (path,) in rows}
 
-    def replace_mount_points(self, directory: str, paths: Collection[str]) -> None:
-        """Make ``paths`` the mount points stored under ``directory``, in one
-        transaction: the directories below it that a recursive scan found on
-        another file system than their parent's (or keeps as such: ``ScanRun.compare``).
+    def replace_mount_points(
+        self, directory: str, paths: Collection[str], *, recursive: bool
+    ) -> None:
+        """Make ``paths`` the mount points stored in a scope (as
+        :meth:`mount_points`), in one transaction: the directories a scan
+        found on another file system than their parent's, or keeps as such
+        (``_mounts.py``).
 
         Raises:
-            ValueError: A path is not under ``directory``.
+            ValueError: A path is not in the scope.
         """
         low, high = subtree_bounds(directory)
-        outside = [path for path in paths if not low <= path < high]
+        outside = [
+            path for path in paths if path != directory and not (recursive and low <= path < high)
+        ]
         if outside:
-            raise ValueError(f"not under {directory}: {outside[0]}")
+            raise ValueError(f"not in the scope of {directory}: {outside[0]}")
+        where, bounds = _mount_scope(directory, recursive)
         with self._writing() as connection:
-            connection.execute("DELETE FROM mount_points WHERE path >= ? AND path < ?", (low, high))
+            connection.execute(f"DELETE FROM mount_points WHERE {where}", bounds)
             connection.executemany(
-                "INSERT OR IGNORE INTO mount_points (path) VALUES (?)", [(path,) for path in paths]
+                "INSERT INTO mount_points (path) VALUES (?)", [(path,) for path in set(paths)]
             )
 
     def stamp(self) -> datetime:
@@ -494,3 +500,10 @@ class VideoStore:
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
+
+
+def _mount_scope(directory: str, recursive: bool) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause and its parameters of a scope of ``mount_points``."""
+    if recursive:
+        return "path = ? OR (path >= ? AND path < ?)", (directory, *subtree_bounds(directory))
+    return "path = ?", (directory,)

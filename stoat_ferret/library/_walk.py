@@ -36,9 +36,9 @@ The rules, in the order they are applied to each directory entry:
   the scan keeps what it stored and could not see. A file or directory that
   vanishes while the walk runs is silently skipped.
 
-The walk also notes each subdirectory on another file system than its
-parent (``mount_points``): a disk mounted there (``ScanRun.compare`` says
-why).
+The walk also notes each directory on another file system than its
+parent, the scanned one included (``mount_points``): a disk mounted there
+(``_mounts.py`` says why).
 
 Recorded paths are absolute and resolved: the root is resolved by the caller and
 no directory symlink is ever crossed. The walk holds one descriptor per
@@ -124,9 +124,11 @@ def walk_videos(
             walk opens ``root`` itself, crossing no symlink from ``/`` down.
         before_open: Called with a subdirectory's path just before it is
             opened: the moment a swap would have to hit. Tests use it.
-        mount_points: Receives the path of each subdirectory the walk lists
-            that is on another file system than its parent (its ``st_dev``
-            differs): where a disk is mounted.
+        mount_points: Receives the path of each directory the walk lists,
+            ``root`` included, that is on another file system than its
+            parent (its ``st_dev`` differs): where a disk is mounted. For
+            ``root``, its parent is looked at (``fstat`` only, the one
+            thing the walk looks at above ``root``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -191,7 +193,11 @@ class _Walk:
             raise ScanError(self.root, _reason(exc)) from exc
         # Depth-first with an explicit stack of levels: no recursion limit,
         # one descriptor open per level.
-        stack: list[_Level] = [(root_fd, self.root, subdirectories, _device(root_fd))]
+        device = _device(root_fd)
+        parent_device = _parent_device(root_fd)
+        if parent_device is not None and device != parent_device:
+            self.mount_points.append(self.root)
+        stack: list[_Level] = [(root_fd, self.root, subdirectories, device)]
         try:
             while stack:
                 fd, path, names, device = stack[-1]
@@ -338,6 +344,20 @@ left to walk, and its device (``st_dev``)."""
 def _device(fd: int) -> int:
     """The device (``st_dev``) of the file system the directory ``fd`` is on."""
     return os.fstat(fd).st_dev
+
+
+def _parent_device(fd: int) -> int | None:
+    """The device of the directory above the directory ``fd`` (itself for
+    ``/``); None if it cannot be reached."""
+    try:
+        # O_PATH: no permission to read it needed, and nothing of it is read.
+        parent = os.open("..", os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
+    except OSError:
+        return None
+    try:
+        return _device(parent)
+    finally:
+        os.close(parent)
 
 
 def is_video_name(name: str) -> bool:

@@ -261,6 +261,7 @@ async def test_unusable_paths(
         pytest.param({"json": {"path": 42}}, id="path-not-a-string"),
         pytest.param({"json": {"path": "/x", "recursive": "yes"}}, id="recursive-not-a-bool"),
         pytest.param({"json": {"path": "/x", "recursive": 1}}, id="recursive-an-int"),
+        pytest.param({"json": {"path": "/x", "forget_unmounted": "yes"}}, id="forget-not-a-bool"),
         pytest.param({"json": ["/x"]}, id="not-an-object"),
         pytest.param({"json": "/x"}, id="a-string"),
         pytest.param({"content": b"null"}, id="null"),
@@ -434,6 +435,41 @@ async def test_same_directory_gets_the_same_job(settings: Settings, scan_root: P
     assert scan.payloads[:3] == [recursive, flat_payload, recursive]
     assert after.status_code == 202
     assert after.json()["job_id"] not in (first, queued, flat)
+
+
+@pytest.mark.anyio
+async def test_a_scan_that_forgets_unmounted_disks_is_a_job_of_its_own(
+    settings: Settings, scan_root: Path
+) -> None:
+    """``forget_unmounted`` goes into the payload, and into the job key: it
+    is not folded into a pending scan that keeps what it does not find
+    mounted, nor that one into it; two such requests share a job."""
+    sub = scan_root / "sub"
+    sub.mkdir()
+    scan = GatedScan()
+    forget = {"path": str(sub), "forget_unmounted": True}
+
+    with anyio.fail_after(10):
+        async with supervisor_running(max_workers=1) as supervisor:
+            supervisor.register("scan", scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                blocker = (await client.post(SCAN, json={"path": str(scan_root)})).json()
+                await scan.running()
+                keeping = (await client.post(SCAN, json={"path": str(sub)})).json()["job_id"]
+                forgetting = (await client.post(SCAN, json=forget)).json()["job_id"]
+                again = (await client.post(SCAN, json=forget)).json()["job_id"]
+                kept_again = (await client.post(SCAN, json={"path": str(sub)})).json()["job_id"]
+                listed = {
+                    job["job_id"]: job["payload"]
+                    for job in (await client.get("/api/v1/jobs")).json()["jobs"]
+                }
+                scan.release.set()
+                await client.get(f"/api/v1/jobs/{blocker['job_id']}/wait")
+
+    assert len({blocker["job_id"], keeping, forgetting}) == 3
+    assert (again, kept_again) == (forgetting, keeping)
+    assert listed[keeping] == {"path": str(sub), "recursive": True}
+    assert listed[forgetting] == {"path": str(sub), "recursive": True, "forget_unmounted": True}
 
 
 @pytest.mark.anyio

@@ -28,6 +28,7 @@ def make_context(
     *,
     recursive: bool = True,
     progress: list[tuple[float, str | None]] | None = None,
+    forget_unmounted: bool = False,
 ) -> JobContext:
     """A real JobContext for a scan of ``path``; its reports land in ``progress``."""
     reports = progress if progress is not None else []
@@ -38,7 +39,7 @@ def make_context(
     return JobContext(
         job_id="j",
         job_type="scan",
-        payload={"path": str(path), "recursive": recursive},
+        payload={"path": str(path), "recursive": recursive, "forget_unmounted": forget_unmounted},
         sink=sink,
     )
 

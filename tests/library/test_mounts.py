@@ -3,8 +3,9 @@
 The tests cannot mount a file system, so most of them tell the walk that a
 directory is on another device (:class:`Devices`, in place of
 ``_walk._device``); one walks a real mount point where the machine has one.
-"Unmounting" moves the directory's contents away and leaves it empty, as an
-unmounted disk leaves its mount point.
+"Unmounting" moves the directory away and leaves in its place what an
+unmounted disk leaves: an empty directory, no directory (an automounter
+removes the ones it made), or a directory with a file saying so.
 """
 
 from __future__ import annotations
@@ -66,15 +67,22 @@ def lib(tmp_path: Path, clip: EncodedVideo) -> Path:
     return root
 
 
-def _unmount(directory: Path, devices: Devices, keep: Path) -> None:
-    """Move ``directory`` to ``keep`` and leave an empty directory in its place."""
+UNMOUNTED = ["an empty directory", "no directory", "a file saying so"]
+
+
+def _unmount(directory: Path, devices: Devices, keep: Path, leaves: str = UNMOUNTED[0]) -> None:
+    """Move ``directory`` to ``keep``, and leave what an unmounted disk leaves."""
     devices.mounted.remove(directory)
     os.rename(directory, keep)
-    directory.mkdir()
+    if leaves != "no directory":
+        directory.mkdir()
+    if leaves == "a file saying so":
+        (directory / "NOT_MOUNTED").write_text("the disk is not mounted")
 
 
 def _mount(directory: Path, devices: Devices, kept: Path) -> None:
-    directory.rmdir()
+    if directory.exists():
+        shutil.rmtree(directory)
     os.rename(kept, directory)
     devices.mounted.append(directory)
 
@@ -83,20 +91,30 @@ async def _ids(library: VideoLibrary) -> dict[str, int]:
     return {video.path: video.id for video in (await library.list_videos())[0]}
 
 
+async def _stored_mount_points(library: VideoLibrary, directory: Path) -> Any:
+    return await library.survey(
+        dict, str(directory), recursive=True, compare=lambda found, known, mounts: mounts
+    )
+
+
 def test_the_walk_notes_each_directory_on_another_device(
     lib: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``mount_points`` gets every subdirectory whose device is not its
-    parent's, a mount inside a mount too, and no other."""
+    parent's, a mount inside a mount too, and no other; and the walked
+    directory itself when it is a mount point."""
     devices = Devices(monkeypatch)
     (lib / "disk" / "inner").mkdir()
     devices.mounted += [lib / "disk", lib / "disk" / "inner"]
     mounts: list[str] = []
+    itself: list[str] = []
 
     found = walk_videos(str(lib), recursive=True, errors=ErrorLog(), mount_points=mounts)
+    walk_videos(str(lib / "disk"), recursive=False, errors=ErrorLog(), mount_points=itself)
 
     assert len(found) == 3
     assert sorted(mounts) == [str(lib / "disk"), str(lib / "disk" / "inner")]
+    assert itself == [str(lib / "disk")]
 
 
 _DEV = Path("/dev")
@@ -110,29 +128,38 @@ _DEV_MOUNTS = [
 @pytest.mark.skipif(not _DEV_MOUNTS, reason="no file system mounted below /dev here")
 def test_the_walk_finds_the_real_mount_points_below_dev() -> None:
     """Without a stand-in: the file systems the kernel has mounted below
-    ``/dev`` (``/dev/shm``, ``/dev/pts`` on most Linux machines)."""
+    ``/dev`` (``/dev/shm``, ``/dev/pts`` on most Linux machines), and the
+    one walked when it is one of them."""
     mounts: list[str] = []
+    itself: list[str] = []
 
     walk_videos(str(_DEV), recursive=True, errors=ErrorLog(), mount_points=mounts)
+    walk_videos(str(_DEV_MOUNTS[0]), recursive=False, errors=ErrorLog(), mount_points=itself)
 
     assert {str(path) for path in _DEV_MOUNTS} <= set(mounts)
-    assert str(_DEV) not in mounts
+    assert (str(_DEV) in mounts) == (_DEV.stat().st_dev != Path("/").stat().st_dev)
+    assert itself == [str(_DEV_MOUNTS[0])]
 
 
+@pytest.mark.parametrize("leaves", UNMOUNTED)
 async def test_an_unmounted_disk_keeps_its_videos_and_its_ids(
-    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    leaves: str,
 ) -> None:
-    """A scan finds ``disk`` mounted; with the disk unmounted (its mount
-    point empty) the next scan removes none of its videos and says why in
-    one ``errors`` entry; mounted again, every video is unchanged, under
-    the id it had."""
+    """A scan finds ``disk`` mounted; with the disk unmounted, whatever its
+    mount point holds then, the next scan removes none of its videos and
+    says why in one ``errors`` entry; mounted again, every video is
+    unchanged, under the id it had."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     handler = make_scan_handler(library)
     with anyio.fail_after(TIMEOUT):
         first = await handler(make_context(lib))
         ids = await _ids(library)
-        _unmount(lib / "disk", devices, tmp_path / "away")
+        _unmount(lib / "disk", devices, tmp_path / "away", leaves)
         unmounted = await handler(make_context(lib))
         kept = await _ids(library)
         _mount(lib / "disk", devices, tmp_path / "away")
@@ -143,49 +170,73 @@ async def test_an_unmounted_disk_keeps_its_videos_and_its_ids(
     assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
     [entry] = unmounted["errors"]
     assert entry["path"] == str(lib / "disk")
-    assert "mounted here when it was last scanned, and 2 stored video(s)" in entry["error"]
+    assert "did not find it mounted: its 2 stored video(s) kept" in entry["error"]
+    assert '"forget_unmounted": true' in entry["error"]
     assert kept == ids
     assert (mounted["unchanged"], mounted["removed"], mounted["errors_total"]) == (3, 0, 0)
     assert again == ids
 
 
-@pytest.mark.parametrize("how", ["a file put in it", "the directory removed"])
-async def test_an_unmounted_disk_s_videos_go_once_its_directory_says_so(
+@pytest.mark.parametrize("leaves", UNMOUNTED)
+async def test_a_scan_told_to_forget_removes_them_and_the_disk(
     library: VideoLibrary,
     lib: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    how: str,
+    leaves: str,
 ) -> None:
-    """The error entry's two ways out: once the former mount point holds
-    anything, or is deleted, the next scan removes the videos it held."""
+    """``forget_unmounted``: the videos of the disk not mounted go as any
+    deleted file's, and the disk is no longer remembered, so the next scan
+    has nothing to say of it."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     handler = make_scan_handler(library)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
-        _unmount(lib / "disk", devices, tmp_path / "away")
-        if how == "a file put in it":
-            (lib / "disk" / "notes.txt").write_text("emptied on purpose")
-        else:
-            (lib / "disk").rmdir()
-        result = await handler(make_context(lib))
+        remembered = await _stored_mount_points(library, lib)
+        _unmount(lib / "disk", devices, tmp_path / "away", leaves)
+        forgot = await handler(make_context(lib, forget_unmounted=True))
         left = await _ids(library)
+        after = await _stored_mount_points(library, lib)
+        later = await handler(make_context(lib))
 
-    assert (result["removed"], result["errors_total"]) == (2, 0)
+    assert remembered == {str(lib / "disk")}
+    assert (forgot["removed"], forgot["errors_total"]) == (2, 0)
     assert list(left) == [str(lib / "a.mp4")]
+    assert after == set()
+    assert (later["unchanged"], later["errors_total"]) == (1, 0)
+
+
+async def test_a_disk_seen_mounted_only_by_a_scan_of_its_own_directory_is_remembered(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan of the disk's own directory notes that it is a mount point, so
+    a later scan of the directory above keeps its videos once it is not
+    mounted, though no scan of that directory ever saw it mounted."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        own = await handler(make_context(lib / "disk"))
+        flat = await handler(make_context(lib, recursive=False))
+        _unmount(lib / "disk", devices, tmp_path / "away", "no directory")
+        above = await handler(make_context(lib))
+        kept = await _ids(library)
+
+    assert (own["added"], flat["added"]) == (2, 1)
+    assert (above["removed"], above["errors_total"]) == (0, 1)
+    assert above["errors"][0]["path"] == str(lib / "disk")
+    assert len(kept) == 3
 
 
 async def test_a_disk_mounted_on_an_unmounted_disk_keeps_its_videos_too(
     library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``disk/inner`` is another disk's mount point on ``disk``. With both
-    unmounted, ``inner`` is not there at all, and its video is kept with
-    ``disk``'s; with ``disk`` mounted again but not ``inner`` (an empty
-    directory on ``disk``), ``inner``'s video is still kept."""
-    clip_path = lib / "disk" / "b.mp4"
+    unmounted, each keeps its own videos, with an entry each; with ``disk``
+    mounted again but not ``inner``, ``inner``'s video is still kept."""
     (lib / "disk" / "inner").mkdir()
-    shutil.copy2(clip_path, lib / "disk" / "inner" / "d.mp4")
+    shutil.copy2(lib / "disk" / "b.mp4", lib / "disk" / "inner" / "d.mp4")
     devices = Devices(monkeypatch)
     devices.mounted += [lib / "disk", lib / "disk" / "inner"]
     handler = make_scan_handler(library)
@@ -201,7 +252,13 @@ async def test_a_disk_mounted_on_an_unmounted_disk_keeps_its_videos_too(
         after_outer = await _ids(library)
 
     assert first["added"] == 4
-    assert (both["removed"], both["errors_total"]) == (0, 1)
+    assert (both["removed"], both["errors_total"]) == (0, 2)
+    assert [entry["path"] for entry in both["errors"]] == [
+        str(lib / "disk"),
+        str(lib / "disk" / "inner"),
+    ]
+    assert "its 2 stored video(s) kept" in both["errors"][0]["error"]
+    assert "its 1 stored video(s) kept" in both["errors"][1]["error"]
     assert after_both == ids
     assert (outer["unchanged"], outer["removed"], outer["errors_total"]) == (3, 0, 1)
     assert outer["errors"][0]["path"] == str(lib / "disk" / "inner")
@@ -212,16 +269,16 @@ async def test_mount_points_are_written_only_when_they_change(
     library: VideoLibrary, lib: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A rescan that finds the mount points it stored writes none (no
-    transaction in the common rescan); a flat scan reads and writes none,
-    and keeps those stored below it."""
+    transaction in the common rescan); nor does a flat scan of a directory
+    that is not one, which leaves those below it as they were."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     writes: list[tuple[str, set[str]]] = []
     replace = library.replace_mount_points
 
-    async def spy(directory: str, paths: Any) -> None:
+    async def spy(directory: str, paths: Any, *, recursive: bool) -> None:
         writes.append((directory, set(paths)))
-        await replace(directory, paths)
+        await replace(directory, paths, recursive=recursive)
 
     monkeypatch.setattr(library, "replace_mount_points", spy)
     handler = make_scan_handler(library)
@@ -229,34 +286,27 @@ async def test_mount_points_are_written_only_when_they_change(
         await handler(make_context(lib))
         await handler(make_context(lib))
         flat = await handler(make_context(lib, recursive=False))
-        devices.mounted.clear()  # now a plain directory, with its files
-        plain = await handler(make_context(lib))
+        stored = await _stored_mount_points(library, lib)
 
     assert (flat["found"], flat["removed"]) == (1, 0)
-    assert plain["unchanged"] == 3
-    # Not mounted, but not empty either: kept, since it is still there.
     assert writes == [(str(lib), {str(lib / "disk")})]
+    assert stored == {str(lib / "disk")}
 
 
-async def test_an_empty_scanned_directory_leaves_the_stored_mount_points(
-    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_an_empty_scanned_directory_keeps_its_videos_unless_told_to_forget(
+    library: VideoLibrary, lib: Path
 ) -> None:
-    """The scanned directory itself found empty (its own disk not mounted)
-    keeps its videos, and the mount points stored below it stay for when
-    it is mounted again."""
-    devices = Devices(monkeypatch)
-    devices.mounted.append(lib / "disk")
+    """With no mount point stored, a scanned directory found empty keeps
+    its videos (its own disk may not be mounted); told to forget, the scan
+    removes them."""
     handler = make_scan_handler(library)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
-        os.rename(lib, tmp_path / "away")
+        shutil.rmtree(lib)
         os.mkdir(lib)
         empty = await handler(make_context(lib))
-        os.rmdir(lib)
-        os.rename(tmp_path / "away", lib)
-        _unmount(lib / "disk", devices, tmp_path / "disk")
-        unmounted = await handler(make_context(lib))
+        forgot = await handler(make_context(lib, forget_unmounted=True))
 
     assert (empty["removed"], empty["errors_total"]) == (0, 1)
-    assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
-    assert unmounted["errors"][0]["path"] == str(lib / "disk")
+    assert '"forget_unmounted": true, or put any file in it' in empty["errors"][0]["error"]
+    assert (forgot["removed"], forgot["errors_total"]) == (3, 0)

@@ -638,6 +638,7 @@ async def test_vanished_directory_fails_clearly(library: VideoLibrary, tmp_path:
         {"path": "relative/dir"},
         {"path": 3},
         {"path": "/abs", "recursive": "yes"},
+        {"path": "/abs", "forget_unmounted": 1},
         {"path": "/caf\udce9"},  # not UTF-8: a name the store cannot hold
     ],
 )
@@ -648,9 +649,10 @@ def test_bad_payloads_are_value_errors(payload: Any) -> None:
 
 
 def test_payload_is_normalised_and_recursive_by_default() -> None:
-    """Trailing slashes go; recursive defaults to True."""
-    assert parse_payload({"path": "/media/films/"}) == ("/media/films", True)
-    assert parse_payload({"path": "/media", "recursive": False}) == ("/media", False)
+    """Trailing slashes go; recursive defaults to True, forget_unmounted to False."""
+    assert parse_payload({"path": "/media/films/"}) == ("/media/films", True, False)
+    assert parse_payload({"path": "/media", "recursive": False}) == ("/media", False, False)
+    assert parse_payload({"path": "/media", "forget_unmounted": True}).forget_unmounted
 
 
 def test_handler_arguments_are_checked(tmp_path: Path) -> None:

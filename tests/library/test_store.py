@@ -218,24 +218,23 @@ def test_root_directory_scope(store: VideoStore) -> None:
     assert subtree_bounds("/") == ("/", "0")
 
 
-def test_mount_points_are_replaced_within_their_directory_only(store: VideoStore) -> None:
-    """A directory's mount points replace those stored below it, and only
-    those: not a sibling's whose name starts the same, nor one above."""
-    store.replace_mount_points("/m", ["/m/a", "/m/a/b"])
-    store.replace_mount_points("/m-x", ["/m-x/c"])
-    store.replace_mount_points("/", ["/m"])  # every one below "/" replaced
-    store.replace_mount_points("/m", ["/m/a", "/m/a/b"])
-    store.replace_mount_points("/m-x", ["/m-x/c"])
+def test_mount_points_are_replaced_within_their_scope_only(store: VideoStore) -> None:
+    """A scan's mount points replace those of its scope, and only those:
+    the directory itself and, if recursive, those below it; not a
+    sibling's whose name starts the same, nor one above."""
+    store.replace_mount_points("/", ["/m", "/m/a", "/m/a/b", "/m-x/c"], recursive=True)
 
-    store.replace_mount_points("/m/a", ["/m/a/d"])
+    store.replace_mount_points("/m/a", ["/m/a/d"], recursive=True)
+    store.replace_mount_points("/m", [], recursive=False)
 
-    assert store.mount_points("/m") == {"/m/a", "/m/a/d"}
-    assert store.mount_points("/m-x") == {"/m-x/c"}
-    assert store.mount_points("/") == {"/m", "/m/a", "/m/a/d", "/m-x/c"}
-    with pytest.raises(ValueError, match="not under /m/a: /m/e"):
-        store.replace_mount_points("/m/a", ["/m/e"])
-    with pytest.raises(ValueError, match="not under /m: /m"):
-        store.replace_mount_points("/m", ["/m"])
+    assert store.mount_points("/m", recursive=True) == {"/m/a/d"}
+    assert store.mount_points("/m", recursive=False) == set()
+    assert store.mount_points("/m-x", recursive=True) == {"/m-x/c"}
+    assert store.mount_points("/", recursive=True) == {"/m/a/d", "/m-x/c"}
+    with pytest.raises(ValueError, match="not in the scope of /m/a: /m/e"):
+        store.replace_mount_points("/m/a", ["/m/e"], recursive=True)
+    with pytest.raises(ValueError, match="not in the scope of /m: /m/a"):
+        store.replace_mount_points("/m", ["/m/a"], recursive=False)
 
 
 def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -389,7 +388,7 @@ async def test_library_open_creates_the_directory_and_answers_queries(tmp_path: 
             videos, total = await library.list_videos(limit=10, offset=0)
             assert await library.get_video(videos[0].id) == videos[0]
             assert await library.get_video_by_path("/m/a.mp4") == videos[0]
-            await library.replace_mount_points("/m", ["/m/disk"])
+            await library.replace_mount_points("/m", ["/m/disk"], recursive=True)
             found, known, mounts = await library.survey(
                 lambda: {"/m/c.mp4": (5, 6)},
                 "/m",
