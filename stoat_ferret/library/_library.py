@@ -31,7 +31,7 @@ from stoat_ferret.library._datadir import prepare_database
 from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
     from datetime import datetime
     from types import TracebackType
 
@@ -135,7 +135,7 @@ class VideoLibrary:
         directory: str,
         *,
         recursive: bool,
-        compare: Callable[[dict[str, Fingerprint], dict[str, Fingerprint], set[str]], T],
+        compare: Callable[[dict[str, Fingerprint], dict[str, Fingerprint], dict[str, int]], T],
     ) -> T:
         """Compare what is on disk with what is stored, for one scope, in one worker thread.
 
@@ -143,9 +143,10 @@ class VideoLibrary:
         it found), then maps each stored path in the scope to ``(size_bytes,
         mtime_ns)`` in one query (:meth:`VideoStore.fingerprints`), and
         returns ``compare(found, stored, mount_points)``, the last the mount
-        points stored in the scope (:meth:`VideoStore.mount_points`). All in
-        one thread hop: on the 2-core machine a hop costs 0.2-0.35 ms of CPU, a
-        third of a scan of an empty directory; and comparing a million paths
+        points stored in the scope, each with its file system's identity
+        (:meth:`VideoStore.mount_points`). All in one thread hop: on the
+        2-core machine a hop costs 0.2-0.35 ms of CPU, a third of a scan of
+        an empty directory; and comparing a million paths
         takes most of a second, which must not be the event loop's.
         """
 
@@ -157,14 +158,23 @@ class VideoLibrary:
 
         return await anyio.to_thread.run_sync(both)
 
-    async def replace_mount_points(
-        self, directory: str, paths: Collection[str], *, recursive: bool
+    async def update_mount_points(
+        self,
+        directory: str,
+        *,
+        recursive: bool,
+        added: Mapping[str, int],
+        dropped: Collection[str],
     ) -> None:
-        """Make ``paths`` the mount points stored in a scope
-        (:meth:`VideoStore.replace_mount_points`)."""
+        """Store and forget mount points in a scope, with their file
+        systems' identities (:meth:`VideoStore.update_mount_points`)."""
         await anyio.to_thread.run_sync(
             functools.partial(
-                self._store.replace_mount_points, directory, paths, recursive=recursive
+                self._store.update_mount_points,
+                directory,
+                recursive=recursive,
+                added=added,
+                dropped=dropped,
             )
         )
 

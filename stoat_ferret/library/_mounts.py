@@ -3,79 +3,145 @@
 A disk that is not mounted leaves its mount point an empty directory, or
 no directory at all (an automounter removes the ones it made), and every
 video stored on it would look deleted to a scan: their rows, ids and
-thumbnails would go. So the scan's walk notes each directory it finds on
-another file system than its parent's, the scanned directory included
-(``walk_videos``'s ``mount_points``), and the store remembers them (its
-``mount_points`` table) across scans and restarts. A scan works out, in
-its survey's thread:
+thumbnails would go. Another disk mounted in its place (the backup disk of
+the week) would make them look deleted too. So the scan's walk notes each
+directory it finds on another file system than its parent's (another
+``st_dev``), the scanned directory included, with the identity of the file
+system mounted there (``statvfs``'s ``f_fsid``: from the volume's UUID on
+ext4, XFS and Btrfs, its serial number on NTFS; from the device's number on
+FAT and exFAT, which may change when the disk is plugged in again; 0 where
+the file system gives none), and the store remembers them (its
+``mount_points`` table) across scans and restarts.
 
-* which mount points to store (:func:`track`): those the walk found, and
-  the stored ones in its scope that it did not find mounted, which are
-  kept unless the scan was asked to forget them (the scan payload's
-  ``forget_unmounted``);
-* which stored videos are not gone, however much ``lstat`` says they are
-  (:func:`keep_unmounted`): those below a stored mount point that the walk
-  did not find mounted, whatever is there now (nothing, an empty
-  directory, or a file saying the disk is not mounted). One ``errors``
-  entry for each such mount point says why, and how to let them go.
+A scan works out, in its survey's thread, with :func:`track`:
 
-So a disk is remembered once a scan has seen it mounted: the first scan
-after the store learnt of mount points (schema 5), or after the disk was
-first mounted, must find it mounted. A bind mount of a directory of the
-same file system has the same ``st_dev``, and is not told apart from a
-directory.
+* which stored mount points of its scope are not as they were: not found
+  mounted by the walk (whatever is there now: nothing, an empty directory,
+  a file saying the disk is not mounted), or found with another file
+  system than the one stored. No video stored below such a mount point is
+  removed as gone (:func:`keep_unmounted`), and one ``errors`` entry for
+  each says why and how to let them go. A mount point below a directory the
+  walk could not list (``ErrorLog.unread``) was not looked at: it is left
+  as it is, and what is stored below it goes by ``lstat``, as anywhere the
+  walk could not see;
+* what to write: the mount points found for the first time (or whose
+  identity was unknown), and, for a scan asked to (``forget_unmounted``),
+  the stored ones that are not as they were: forgotten (or given the file
+  system found there now), their videos then removed as any deleted
+  file's. Only a recursive scan forgets: a flat one does not see below its
+  directory. The write is of those changes only, not of the scope: scans
+  that run at once do not undo each other's. Most scans have none.
+
+So a disk is remembered once a scan of its mount point, or of a directory
+above it, has seen it mounted; not by the scan of a directory on it below
+its mount point. A bind mount of a directory of the same file system has
+the same ``st_dev``, and is not told apart from a directory; a Btrfs
+subvolume has one of its own, and is taken for a mount point.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Collection, Mapping
 
     from stoat_ferret.library._models import ErrorLog
 
-FORGET_HINT = 'if they are gone for good, scan again with "forget_unmounted": true'
+FORGET_HINT: Final = 'if they are gone for good, scan again with "forget_unmounted": true'
 """How an ``errors`` entry about kept videos says to let them go."""
+
+UNKNOWN: Final = 0
+"""The identity of a file system that gives none (``f_fsid`` 0): any matches it."""
+
+NOT_MOUNTED: Final = "not mounted"
+ANOTHER: Final = "another file system"
+
+
+@attrs.frozen
+class Tracked:
+    """What :func:`track` makes of a scan's mount points."""
+
+    changed: dict[str, str] = attrs.field(factory=dict)
+    """The stored mount points not as they were, each with how
+    (:data:`NOT_MOUNTED` or :data:`ANOTHER`): their videos are kept."""
+    added: dict[str, int] = attrs.field(factory=dict)
+    """Mount points to store (or store again), with their identity."""
+    dropped: set[str] = attrs.field(factory=set)
+    """Mount points to forget."""
 
 
 def track(
-    stored: set[str], seen: Iterable[str], *, forget: bool
-) -> tuple[set[str] | None, set[str]]:
-    """The mount points to store in a scan's scope, or None if they are
-    ``stored`` already; and those of ``stored`` the walk did not find
-    mounted (``seen``), whose videos are kept, unless ``forget``: none then,
-    and they are no longer stored."""
-    found = set(seen)
-    unmounted = set() if forget else stored - found
-    kept = found | unmounted
-    return (None if kept == stored else kept), unmounted
+    stored: Mapping[str, int],
+    seen: Mapping[str, int],
+    *,
+    forget: bool,
+    recursive: bool,
+    unread: Collection[str],
+) -> Tracked:
+    """Compare the mount points ``stored`` in a scan's scope with those its
+    walk found (``seen``), each with its file system's identity.
+
+    ``unread``: the directories the walk could not list; a stored mount
+    point at or below one was not looked at. ``forget``: the scan forgets
+    (recursive) or gives their new identity to the mount points not as
+    they were, and keeps none of their videos.
+    """
+    not_looked_at = set(unread)
+    changed: dict[str, str] = {}
+    added = {path: fs for path, fs in seen.items() if stored.get(path, UNKNOWN) != fs}
+    for path, fs in stored.items():
+        now = seen.get(path)
+        if now is None:
+            if path in not_looked_at or below_any(path, not_looked_at) is not None:
+                continue
+            changed[path] = NOT_MOUNTED
+        elif UNKNOWN not in (fs, now) and fs != now:
+            changed[path] = ANOTHER
+        elif fs != UNKNOWN:
+            added.pop(path, None)  # its identity is known: nothing to learn
+    if forget:
+        dropped = {path for path, how in changed.items() if how == NOT_MOUNTED and recursive}
+        return Tracked(added=added, dropped=dropped)
+    for path in changed:  # the identity stored stays until a scan forgets
+        added.pop(path, None)
+    return Tracked(changed=changed, added=added)
 
 
-def keep_unmounted(gone: set[str], unmounted: set[str], errors: ErrorLog) -> set[str]:
-    """``gone`` without the paths below a directory of ``unmounted``, with one
-    ``errors`` entry for each such directory that had any."""
+def keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog) -> set[str]:
+    """``gone`` without the paths below a mount point of ``changed``, with one
+    ``errors`` entry for each such mount point that had any."""
     kept: dict[str, int] = {}
     left = set()
     for path in gone:
-        mount = below_any(path, unmounted)
+        mount = below_any(path, changed)
         if mount is None:
             left.add(path)
         else:
             kept[mount] = kept.get(mount, 0) + 1
     for mount, count in sorted(kept.items()):
-        errors.add(
-            mount,
-            f"a disk was mounted here when it was last scanned, and this scan did not find"
-            f" it mounted: its {count} stored video(s) kept; {FORGET_HINT}",
-        )
+        if changed[mount] == NOT_MOUNTED:
+            errors.add(
+                mount,
+                "a disk was mounted here when it was last scanned, and this scan did not"
+                f" find it mounted: its {count} stored video(s) kept; {FORGET_HINT}",
+            )
+        else:
+            errors.add(
+                mount,
+                "another file system is mounted here than when it was last scanned: the"
+                f" {count} stored video(s) of the one before that are not on it kept; if it"
+                f" is the same disk, or {FORGET_HINT.removeprefix('if ')}",
+            )
     return left
 
 
-def below_any(path: str, directories: set[str]) -> str | None:
+def below_any(path: str, directories: Collection[str]) -> str | None:
     """The directory of ``directories`` that ``path`` is below, if any (the
-    nearest, if several are)."""
+    nearest, if several are). ``directories`` is a set or a mapping."""
     parent = os.path.dirname(path)
     while parent not in directories:
         above = os.path.dirname(parent)

@@ -26,9 +26,10 @@ One scan, step by step:
    goes by the store's clock (``VideoStore.stamp``), which never goes back.
    Nothing is gone below a directory that a scan found on another file
    system than its parent's (a mount point, stored) and this one did not,
-   nor from a scanned directory that holds no entry at all: a disk not
-   mounted looks like either (``_mounts.py``), unless the scan is asked to
-   forget such disks (``forget_unmounted``).
+   or found another file system at, nor from a scanned directory that
+   holds no entry at all: a disk not mounted looks like these
+   (``_mounts.py``), unless the scan is asked to forget such disks
+   (``forget_unmounted``).
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
@@ -86,7 +87,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
-from stoat_ferret.library._mounts import FORGET_HINT, keep_unmounted, track
+from stoat_ferret.library._mounts import FORGET_HINT, Tracked, keep_unmounted, track
 from stoat_ferret.library._scanned import ScannedDirectory
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -135,10 +136,11 @@ class ScanRun:
     errors: ErrorLog
     found: dict[str, Fingerprint] = attrs.field(factory=dict)
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
-    # The directories the walk found on another file system than their parent's.
-    seen_mount_points: list[str] = attrs.field(factory=list)
-    # The mount points to store in the scan's scope; None: as stored.
-    new_mount_points: set[str] | None = None
+    # The directories the walk found on another file system than their
+    # parent's, each with its file system's identity.
+    seen_mount_points: dict[str, int] = attrs.field(factory=dict)
+    # What the survey made of them (_mounts.py).
+    mounts: Tracked = attrs.field(factory=Tracked)
     # The scanned directory, opened by the survey's thread; closed by run().
     scanned: ScannedDirectory = attrs.field(init=False)
     done: int = 0
@@ -200,9 +202,12 @@ class ScanRun:
             self.walk, self.root, recursive=self.recursive, compare=self.compare
         )
         await self.store_errors()
-        if self.new_mount_points is not None:
-            await self.library.replace_mount_points(
-                self.root, self.new_mount_points, recursive=self.recursive
+        if self.mounts.added or self.mounts.dropped:
+            await self.library.update_mount_points(
+                self.root,
+                recursive=self.recursive,
+                added=self.mounts.added,
+                dropped=self.mounts.dropped,
             )
         unchanged = len(self.found) - len(to_probe)
         if gone:
@@ -250,7 +255,10 @@ class ScanRun:
         )
 
     def compare(
-        self, found: dict[str, Fingerprint], known: dict[str, Fingerprint], mounts: set[str]
+        self,
+        found: dict[str, Fingerprint],
+        known: dict[str, Fingerprint],
+        mounts: dict[str, int],
     ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
         """:func:`compare`, but nothing is gone from a disk that looks not
         mounted: an ``errors`` entry says why. Blocking: the survey's thread.
@@ -258,16 +266,23 @@ class ScanRun:
         A disk not mounted leaves its mount point empty, or gone, and every
         video stored on it would look deleted: their rows (ids, thumbnails)
         are kept below a stored mount point (``mounts``, those of the
-        scope) that the walk did not find mounted (``_mounts.py``), and in
-        a scanned directory that holds no entry at all. Unless the scan was
-        asked to forget them (``forget_unmounted``): they are then removed
-        as any other file that is gone.
+        scope, with their file systems' identities) that the walk did not
+        find mounted, or found another file system at (``_mounts.py``), and
+        in a scanned directory that holds no entry at all. Unless the scan
+        was asked to forget them (``forget_unmounted``): they are then
+        removed as any other file that is gone.
         """
         found, known, to_probe, gone = compare(found, known)
         forget = self.forget_unmounted
-        self.new_mount_points, unmounted = track(mounts, self.seen_mount_points, forget=forget)
-        if gone and unmounted:
-            gone = keep_unmounted(gone, unmounted, self.errors)
+        self.mounts = track(
+            mounts,
+            self.seen_mount_points,
+            forget=forget,
+            recursive=self.recursive,
+            unread=self.errors.unread,
+        )
+        if gone and self.mounts.changed:
+            gone = keep_unmounted(gone, self.mounts.changed, self.errors)
         if gone and not forget and self.scanned.is_empty():
             self.errors.add(
                 self.root,

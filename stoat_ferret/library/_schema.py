@@ -8,8 +8,8 @@ Migrations are numbered: ``MIGRATIONS[n]`` takes a file from version
 step by step. Version 2 adds the ``scan_errors`` table; version 3 adds the
 editing metadata columns and the indexes of sorted lists; version 4 makes the
 videos table again with ``AUTOINCREMENT`` ids, so that no id is used twice;
-version 5 adds the ``mount_points`` table (``ScanRun.compare`` says what it
-is for). A row written
+version 5 adds the ``mount_points`` table (``_mounts.py`` says what it is
+for), and version 6 the identity of each one's file system. A row written
 before version 3 has ``probe_version`` NULL; the scope query reports such a
 row's size as -1, which no file has, so the next scan probes the file again
 and counts it as updated, once.
@@ -37,7 +37,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398032978), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -222,11 +222,11 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE videos_v4 RENAME TO videos",
         *_VIDEOS_INDEXES_V4,
     ),
-    # The directories under a scanned directory that a scan found on another
-    # file system than their parent's: a disk mounted there. Once one is an
-    # empty directory on its parent's file system, its disk is not mounted,
-    # and the videos stored under it are kept rather than removed as gone.
+    # The directories that a scan found on another file system than their
+    # parent's: a disk mounted there (_mounts.py says what for).
     5: ("CREATE TABLE mount_points (path TEXT PRIMARY KEY) STRICT, WITHOUT ROWID",),
+    # The identity of the file system mounted there (statvfs's f_fsid; 0 unknown).
+    6: ("ALTER TABLE mount_points ADD COLUMN file_system INTEGER NOT NULL DEFAULT 0",),
 }
 
 

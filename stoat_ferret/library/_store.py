@@ -41,9 +41,9 @@ process can open the store meanwhile): job ids do not outlive the process.
 
 Mount points. ``mount_points`` holds the directories that a scan found on
 another file system than their parent's
-(``_mounts.py`` says what they are for); each scan replaces those in its
-scope (its directory, and those below it if it is recursive), and only
-when they changed.
+(``_mounts.py`` says what they are for), each with the identity of the
+file system mounted there; a scan writes only the changes it makes in its
+scope (its directory, and those below it if it is recursive).
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.
@@ -106,7 +106,7 @@ from stoat_ferret.library._schema import PROBE_VERSION
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Collection, Iterator, Sequence
+    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
     from datetime import datetime
 
 BUSY_TIMEOUT_MS: Final = 5_000
@@ -277,36 +277,49 @@ class VideoStore:
             rows = cursor.fetchall()
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
 
-    def mount_points(self, directory: str, *, recursive: bool) -> set[str]:
-        """The mount points stored in a scope: ``directory`` itself, and
-        every directory below it if ``recursive`` (:meth:`replace_mount_points`)."""
+    def mount_points(self, directory: str, *, recursive: bool) -> dict[str, int]:
+        """The mount points stored in a scope, each with its file system's
+        identity: ``directory`` itself, and every directory below it if
+        ``recursive`` (:meth:`update_mount_points`)."""
         where, bounds = _mount_scope(directory, recursive)
         with self._reading() as connection:
-            rows = connection.execute(f"SELECT path FROM mount_points WHERE {where}", bounds)
-            return {path for (path,) in rows}
+            rows = connection.execute(
+                f"SELECT path, file_system FROM mount_points WHERE {where}", bounds
+            )
+            return dict(rows)
 
-    def replace_mount_points(
-        self, directory: str, paths: Collection[str], *, recursive: bool
+    def update_mount_points(
+        self,
+        directory: str,
+        *,
+        recursive: bool,
+        added: Mapping[str, int],
+        dropped: Collection[str],
     ) -> None:
-        """Make ``paths`` the mount points stored in a scope (as
-        :meth:`mount_points`), in one transaction: the directories a scan
-        found on another file system than their parent's, or keeps as such
-        (``_mounts.py``).
+        """Store the mount points ``added`` (path: identity; one stored
+        already gets the identity given) and forget those ``dropped``, all
+        in a scope (as :meth:`mount_points`), in one transaction. Only these:
+        a scan's changes, so that scans at once do not undo each other's.
 
         Raises:
             ValueError: A path is not in the scope.
         """
         low, high = subtree_bounds(directory)
         outside = [
-            path for path in paths if path != directory and not (recursive and low <= path < high)
+            path
+            for path in (*added, *dropped)
+            if path != directory and not (recursive and low <= path < high)
         ]
         if outside:
             raise ValueError(f"not in the scope of {directory}: {outside[0]}")
-        where, bounds = _mount_scope(directory, recursive)
         with self._writing() as connection:
-            connection.execute(f"DELETE FROM mount_points WHERE {where}", bounds)
             connection.executemany(
-                "INSERT INTO mount_points (path) VALUES (?)", [(path,) for path in set(paths)]
+                "INSERT INTO mount_points (path, file_system) VALUES (?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET file_system = excluded.file_system",
+                added.items(),
+            )
+            connection.executemany(
+                "DELETE FROM mount_points WHERE path = ?", [(path,) for path in dropped]
             )
 
     def stamp(self) -> datetime:

@@ -84,6 +84,8 @@ CHECK_EVERY: Final = 256
 also called once per symlink hop followed)."""
 
 
+_PATH_ONLY: Final = getattr(os, "O_PATH", os.O_RDONLY)
+
 _NOT_UTF8: Final = "name is not valid UTF-8; skipped"
 _TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"
 _REPLACED: Final = (
@@ -107,7 +109,7 @@ def walk_videos(
     checkpoint: Callable[[], None] = _never_cancelled,
     root_fd: int | None = None,
     before_open: Callable[[str], None] | None = None,
-    mount_points: list[str] | None = None,
+    mount_points: dict[str, int] | None = None,
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -126,9 +128,10 @@ def walk_videos(
             opened: the moment a swap would have to hit. Tests use it.
         mount_points: Receives the path of each directory the walk lists,
             ``root`` included, that is on another file system than its
-            parent (its ``st_dev`` differs): where a disk is mounted. For
-            ``root``, its parent is looked at (``fstat`` only, the one
-            thing the walk looks at above ``root``).
+            parent (its ``st_dev`` differs): where a disk is mounted; with
+            the identity of that file system (``f_fsid``, 0 if it gives
+            none). For ``root``, its parent is looked at (``fstat`` only,
+            the one thing the walk looks at above ``root``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -154,7 +157,7 @@ def walk_videos(
     walk.before_open = before_open
     walk.run(root_fd)
     if mount_points is not None:
-        mount_points.extend(walk.mount_points)
+        mount_points.update(walk.mount_points)
     return walk.found
 
 
@@ -175,7 +178,7 @@ class _Walk:
         self.checkpoint = checkpoint
         self.before_open: Callable[[str], None] | None = None
         self.found: dict[str, Fingerprint] = {}
-        self.mount_points: list[str] = []
+        self.mount_points: dict[str, int] = {}
         self.scope = split(root)
         self.root_fd = -1
         self.seen = 0
@@ -196,7 +199,7 @@ class _Walk:
         device = _device(root_fd)
         parent_device = _parent_device(root_fd)
         if parent_device is not None and device != parent_device:
-            self.mount_points.append(self.root)
+            self.mount_points[self.root] = _file_system(root_fd)
         stack: list[_Level] = [(root_fd, self.root, subdirectories, device)]
         try:
             while stack:
@@ -244,6 +247,8 @@ class _Walk:
         self.fds.append(fd)
         try:
             device = _device(fd)
+            if device != parent_device:
+                self.mount_points[path] = _file_system(fd)
             subdirectories = self.list_directory(fd, path)
         except BaseException as exc:  # cancellation too: the descriptor is not on the stack yet
             os.close(fd)
@@ -252,8 +257,6 @@ class _Walk:
             if not isinstance(exc, FileNotFoundError):
                 self.errors.add_unread(path, _reason(exc))
             return None
-        if device != parent_device:
-            self.mount_points.append(path)
         return fd, path, subdirectories, device
 
     def list_directory(self, fd: int, directory: str) -> Iterator[str]:
@@ -346,12 +349,21 @@ def _device(fd: int) -> int:
     return os.fstat(fd).st_dev
 
 
+def _file_system(fd: int) -> int:
+    """The identity of the file system the directory ``fd`` is on
+    (``statvfs``'s ``f_fsid``; 0 if it gives none or cannot be asked)."""
+    try:
+        return os.fstatvfs(fd).f_fsid
+    except OSError:
+        return 0
+
+
 def _parent_device(fd: int) -> int | None:
     """The device of the directory above the directory ``fd`` (itself for
     ``/``); None if it cannot be reached."""
     try:
-        # O_PATH: no permission to read it needed, and nothing of it is read.
-        parent = os.open("..", os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
+        # O_PATH (Linux): no permission to read it needed, and nothing of it is read.
+        parent = os.open("..", _PATH_ONLY | os.O_DIRECTORY, dir_fd=fd)
     except OSError:
         return None
     try:

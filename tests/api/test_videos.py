@@ -262,6 +262,8 @@ async def test_unusable_paths(
         pytest.param({"json": {"path": "/x", "recursive": "yes"}}, id="recursive-not-a-bool"),
         pytest.param({"json": {"path": "/x", "recursive": 1}}, id="recursive-an-int"),
         pytest.param({"json": {"path": "/x", "forget_unmounted": "yes"}}, id="forget-not-a-bool"),
+        pytest.param({"json": {"path": "/x", "forget_unmounted": 1}}, id="forget-an-int"),
+        pytest.param({"json": {"path": "/x", "forget_unmounted": None}}, id="forget-null"),
         pytest.param({"json": ["/x"]}, id="not-an-object"),
         pytest.param({"json": "/x"}, id="a-string"),
         pytest.param({"content": b"null"}, id="null"),

@@ -327,3 +327,33 @@ def test_refused_scans_are_explained_on_a_narrow_screen(
     assert dashboard.console.refused == [
         (f"{server.base_url}{SCAN_URL}", status) for _, status, _ in REFUSALS
     ]
+
+
+def test_a_scan_can_be_told_to_forget_the_disks_not_mounted(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """The box asks one scan to remove the videos a scan keeps for a disk
+    that may be unplugged (here a scanned folder found empty): the job says
+    so in its title and removes the video, and the box is unticked after."""
+    disk = server.root / "disk"
+    disk.mkdir()
+    make_video(disk / "one.mp4")
+    page = dashboard.page
+    forget = page.get_by_label("Remove the videos of disks that are not mounted")
+
+    dashboard.scan(disk)
+    expect(dashboard.job(disk).locator(".badge")).to_have_text("completed")
+    (disk / "one.mp4").unlink()
+    forget.check()
+    dashboard.scan(disk)
+
+    forgetting = page.locator("li.job").filter(
+        has=page.get_by_role(
+            "heading", name=f"Scan of {disk} (forgetting disks not mounted)", exact=True
+        )
+    )
+    expect(forgetting.locator(".badge")).to_have_text("completed")
+    expect(forgetting.locator(".summary dd")).to_have_text(["0", "0", "0", "0", "1"])
+    expect(forget).not_to_be_checked()
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []

@@ -10,6 +10,7 @@ removes the ones it made), or a directory with a file saying so.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ import anyio
 import pytest
 
 from stoat_ferret.library import ErrorLog, VideoLibrary, _walk, make_scan_handler, walk_videos
-from tests.library.support import make_context
+from tests.library.support import listed_path, make_context
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
@@ -33,21 +34,30 @@ TIMEOUT = 30
 
 
 class Devices:
-    """Replaces the walk's ``_device``: each directory of :attr:`mounted`,
-    and everything below it, is on a device of its own; every other
-    directory is where the kernel says."""
+    """Replaces the walk's ``_device`` and ``_file_system``: each directory of
+    :attr:`mounted`, and everything below it, is on a device of its own,
+    whose file system's identity is :attr:`identity` (its index + 100
+    unless set there); every other directory is where the kernel says."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.mounted: list[Path] = []
+        self.identity: dict[Path, int] = {}
         monkeypatch.setattr(_walk, "_device", self)
+        monkeypatch.setattr(_walk, "_file_system", self.file_system)
 
-    def __call__(self, fd: int) -> int:
+    def mount(self, fd: int) -> Path | None:
         where = Path(os.readlink(f"/proc/self/fd/{fd}"))
         below = [path for path in self.mounted if path == where or path in where.parents]
-        if below:
-            nearest = max(below, key=lambda path: len(path.parts))
-            return -1 - self.mounted.index(nearest)
-        return os.fstat(fd).st_dev
+        return max(below, key=lambda path: len(path.parts)) if below else None
+
+    def __call__(self, fd: int) -> int:
+        mount = self.mount(fd)
+        return os.fstat(fd).st_dev if mount is None else -1 - self.mounted.index(mount)
+
+    def file_system(self, fd: int) -> int:
+        mount = self.mount(fd)
+        assert mount is not None, "asked only of a mount point"
+        return self.identity.get(mount, 100 + self.mounted.index(mount))
 
 
 @pytest.fixture
@@ -93,7 +103,7 @@ async def _ids(library: VideoLibrary) -> dict[str, int]:
 
 async def _stored_mount_points(library: VideoLibrary, directory: Path) -> Any:
     return await library.survey(
-        dict, str(directory), recursive=True, compare=lambda found, known, mounts: mounts
+        dict, str(directory), recursive=True, compare=lambda found, known, mounts: set(mounts)
     )
 
 
@@ -106,15 +116,16 @@ def test_the_walk_notes_each_directory_on_another_device(
     devices = Devices(monkeypatch)
     (lib / "disk" / "inner").mkdir()
     devices.mounted += [lib / "disk", lib / "disk" / "inner"]
-    mounts: list[str] = []
-    itself: list[str] = []
+    devices.identity[lib / "disk"] = 7
+    mounts: dict[str, int] = {}
+    itself: dict[str, int] = {}
 
     found = walk_videos(str(lib), recursive=True, errors=ErrorLog(), mount_points=mounts)
     walk_videos(str(lib / "disk"), recursive=False, errors=ErrorLog(), mount_points=itself)
 
     assert len(found) == 3
-    assert sorted(mounts) == [str(lib / "disk"), str(lib / "disk" / "inner")]
-    assert itself == [str(lib / "disk")]
+    assert mounts == {str(lib / "disk"): 7, str(lib / "disk" / "inner"): 101}
+    assert itself == {str(lib / "disk"): 7}
 
 
 _DEV = Path("/dev")
@@ -130,15 +141,15 @@ def test_the_walk_finds_the_real_mount_points_below_dev() -> None:
     """Without a stand-in: the file systems the kernel has mounted below
     ``/dev`` (``/dev/shm``, ``/dev/pts`` on most Linux machines), and the
     one walked when it is one of them."""
-    mounts: list[str] = []
-    itself: list[str] = []
+    mounts: dict[str, int] = {}
+    itself: dict[str, int] = {}
 
     walk_videos(str(_DEV), recursive=True, errors=ErrorLog(), mount_points=mounts)
     walk_videos(str(_DEV_MOUNTS[0]), recursive=False, errors=ErrorLog(), mount_points=itself)
 
     assert {str(path) for path in _DEV_MOUNTS} <= set(mounts)
     assert (str(_DEV) in mounts) == (_DEV.stat().st_dev != Path("/").stat().st_dev)
-    assert itself == [str(_DEV_MOUNTS[0])]
+    assert itself == {str(_DEV_MOUNTS[0]): os.statvfs(_DEV_MOUNTS[0]).f_fsid}
 
 
 @pytest.mark.parametrize("leaves", UNMOUNTED)
@@ -273,14 +284,14 @@ async def test_mount_points_are_written_only_when_they_change(
     that is not one, which leaves those below it as they were."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    writes: list[tuple[str, set[str]]] = []
-    replace = library.replace_mount_points
+    writes: list[tuple[str, dict[str, int], set[str]]] = []
+    update = library.update_mount_points
 
-    async def spy(directory: str, paths: Any, *, recursive: bool) -> None:
-        writes.append((directory, set(paths)))
-        await replace(directory, paths, recursive=recursive)
+    async def spy(directory: str, *, recursive: bool, added: Any, dropped: Any) -> None:
+        writes.append((directory, dict(added), set(dropped)))
+        await update(directory, recursive=recursive, added=added, dropped=dropped)
 
-    monkeypatch.setattr(library, "replace_mount_points", spy)
+    monkeypatch.setattr(library, "update_mount_points", spy)
     handler = make_scan_handler(library)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
@@ -289,7 +300,7 @@ async def test_mount_points_are_written_only_when_they_change(
         stored = await _stored_mount_points(library, lib)
 
     assert (flat["found"], flat["removed"]) == (1, 0)
-    assert writes == [(str(lib), {str(lib / "disk")})]
+    assert writes == [(str(lib), {str(lib / "disk"): 100}, set())]
     assert stored == {str(lib / "disk")}
 
 
@@ -310,3 +321,90 @@ async def test_an_empty_scanned_directory_keeps_its_videos_unless_told_to_forget
     assert (empty["removed"], empty["errors_total"]) == (0, 1)
     assert '"forget_unmounted": true, or put any file in it' in empty["errors"][0]["error"]
     assert (forgot["removed"], forgot["errors_total"]) == (3, 0)
+
+
+async def test_another_file_system_at_a_mount_point_does_not_take_the_disk_s_videos(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another disk mounted where one was (the backup disk of the week, with
+    a video of the same name and one of its own): the first disk's videos
+    not on it are kept, with an entry saying so; the new one's are added.
+    Told to forget, the scan removes them and remembers the new disk."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 1
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        os.remove(lib / "disk" / "films" / "c.mp4")  # not on the other disk
+        shutil.copy2(lib / "a.mp4", lib / "disk" / "new.mp4")
+        devices.identity[lib / "disk"] = 2
+        other = await handler(make_context(lib))
+        still = await handler(make_context(lib))
+        kept = set(await _ids(library))
+        forgot = await handler(make_context(lib, forget_unmounted=True))
+        after = await handler(make_context(lib))
+
+    assert (other["added"], other["removed"], other["errors_total"]) == (1, 0, 1)
+    [entry] = other["errors"]
+    assert entry["path"] == str(lib / "disk")
+    assert "another file system is mounted here" in entry["error"]
+    assert (still["unchanged"], still["removed"], still["errors_total"]) == (3, 0, 1)
+    assert str(lib / "disk" / "films" / "c.mp4") in kept
+    assert (forgot["removed"], forgot["errors_total"]) == (1, 0)
+    assert (after["unchanged"], after["errors_total"]) == (3, 0)
+
+
+async def test_a_flat_scan_told_to_forget_keeps_the_disk_remembered(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flat scan of the mount point, told to forget, removes the videos
+    directly in it, but does not see below it: the disk stays remembered,
+    and a recursive scan of the directory above still keeps the rest."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        _unmount(lib / "disk", devices, tmp_path / "away")
+        flat = await handler(make_context(lib / "disk", recursive=False, forget_unmounted=True))
+        above = await handler(make_context(lib))
+        left = set(await _ids(library))
+
+    assert (flat["removed"], flat["errors_total"]) == (1, 0)
+    assert (above["removed"], above["errors_total"]) == (0, 1)
+    assert left == {str(lib / "a.mp4"), str(lib / "disk" / "films" / "c.mp4")}
+
+
+async def test_a_scan_told_to_forget_leaves_what_it_could_not_look_at(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount point below a directory the walk cannot list was not looked
+    at: a scan told to forget leaves it remembered, says nothing of it, and
+    a later scan with the disk not mounted keeps its videos."""
+    outer = lib / "outer"
+    outer.mkdir()
+    os.rename(lib / "disk", outer / "disk")
+    devices = Devices(monkeypatch)
+    devices.mounted.append(outer / "disk")
+    handler = make_scan_handler(library)
+    real_scandir = os.scandir
+
+    def failing_scandir(fd: Any) -> Any:
+        if listed_path(fd) == str(outer):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_scandir(fd)
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "scandir", failing_scandir)
+            denied = await handler(make_context(lib, forget_unmounted=True))
+        _unmount(outer / "disk", devices, tmp_path / "away")
+        unmounted = await handler(make_context(lib))
+
+    assert (denied["removed"], denied["errors_total"]) == (0, 1)
+    assert denied["errors"][0]["path"] == str(outer)
+    assert await _stored_mount_points(library, lib) == {str(outer / "disk")}
+    assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
+    assert unmounted["errors"][0]["path"] == str(outer / "disk")

@@ -218,23 +218,26 @@ def test_root_directory_scope(store: VideoStore) -> None:
     assert subtree_bounds("/") == ("/", "0")
 
 
-def test_mount_points_are_replaced_within_their_scope_only(store: VideoStore) -> None:
-    """A scan's mount points replace those of its scope, and only those:
-    the directory itself and, if recursive, those below it; not a
-    sibling's whose name starts the same, nor one above."""
-    store.replace_mount_points("/", ["/m", "/m/a", "/m/a/b", "/m-x/c"], recursive=True)
+def test_mount_points_are_updated_within_their_scope_only(store: VideoStore) -> None:
+    """A scan's mount points are added (an identity replaced) and forgotten
+    in its scope only: the directory itself and, if recursive, those below
+    it; not a sibling's whose name starts the same, nor one above. Only the
+    paths named change: one stored by another scan meanwhile stays."""
+    everywhere = {"/m": 1, "/m/a": 2, "/m/a/b": 3, "/m-x/c": 4}
+    store.update_mount_points("/", recursive=True, added=everywhere, dropped=())
 
-    store.replace_mount_points("/m/a", ["/m/a/d"], recursive=True)
-    store.replace_mount_points("/m", [], recursive=False)
+    store.update_mount_points("/m/a", recursive=True, added={"/m/a/d": 5}, dropped={"/m/a/b"})
+    store.update_mount_points("/m/a", recursive=True, added={"/m/a": 6}, dropped=())
+    store.update_mount_points("/m", recursive=False, added={}, dropped={"/m"})
 
-    assert store.mount_points("/m", recursive=True) == {"/m/a/d"}
-    assert store.mount_points("/m", recursive=False) == set()
-    assert store.mount_points("/m-x", recursive=True) == {"/m-x/c"}
-    assert store.mount_points("/", recursive=True) == {"/m/a/d", "/m-x/c"}
+    assert store.mount_points("/m", recursive=True) == {"/m/a": 6, "/m/a/d": 5}
+    assert store.mount_points("/m", recursive=False) == {}
+    assert store.mount_points("/m-x", recursive=True) == {"/m-x/c": 4}
+    assert store.mount_points("/", recursive=True) == {"/m/a": 6, "/m/a/d": 5, "/m-x/c": 4}
     with pytest.raises(ValueError, match="not in the scope of /m/a: /m/e"):
-        store.replace_mount_points("/m/a", ["/m/e"], recursive=True)
+        store.update_mount_points("/m/a", recursive=True, added={"/m/e": 1}, dropped=())
     with pytest.raises(ValueError, match="not in the scope of /m: /m/a"):
-        store.replace_mount_points("/m", ["/m/a"], recursive=False)
+        store.update_mount_points("/m", recursive=False, added={}, dropped={"/m/a"})
 
 
 def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -388,7 +391,9 @@ async def test_library_open_creates_the_directory_and_answers_queries(tmp_path: 
             videos, total = await library.list_videos(limit=10, offset=0)
             assert await library.get_video(videos[0].id) == videos[0]
             assert await library.get_video_by_path("/m/a.mp4") == videos[0]
-            await library.replace_mount_points("/m", ["/m/disk"], recursive=True)
+            await library.update_mount_points(
+                "/m", recursive=True, added={"/m/disk": 9}, dropped=()
+            )
             found, known, mounts = await library.survey(
                 lambda: {"/m/c.mp4": (5, 6)},
                 "/m",
@@ -397,7 +402,7 @@ async def test_library_open_creates_the_directory_and_answers_queries(tmp_path: 
             )
             assert found == {"/m/c.mp4": (5, 6)}
             assert known == {"/m/a.mp4": (100, 1)}
-            assert mounts == {"/m/disk"}
+            assert mounts == {"/m/disk": 9}
             assert await library.schema_version() == SCHEMA_VERSION
             assert library.path == str(tmp_path / "state" / "deep" / "videos.sqlite")
 

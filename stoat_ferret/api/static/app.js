@@ -181,7 +181,9 @@ function explainRefusal(response, path) {
 function jobTitle(job) {
   const payload = job.payload;
   if (job.job_type === "scan" && payload && typeof payload.path === "string") {
-    return `Scan of ${payload.path}${payload.recursive === false ? " (this folder only)" : ""}`;
+    const depth = payload.recursive === false ? " (this folder only)" : "";
+    const forget = payload.forget_unmounted === true ? " (forgetting disks not mounted)" : "";
+    return `Scan of ${payload.path}${depth}${forget}`;
   }
   return `${job.job_type === "scan" ? "Scan" : job.job_type} job ${job.job_id.slice(0, 8)}`;
 }
@@ -528,6 +530,9 @@ async function startScan(event) {
   if (button.getAttribute("aria-disabled") === "true") return;
   const path = input.value.trim();
   const recursive = byId("scan-recursive").checked;
+  // Destructive, so asked for each scan: unticked once a scan is accepted.
+  const forget = byId("scan-forget");
+  const body = forget.checked ? { path, recursive, forget_unmounted: true } : { path, recursive };
   const say = (kind, text) => {
     feedback.dataset.kind = kind;
     feedback.textContent = text;
@@ -541,7 +546,7 @@ async function startScan(event) {
   say("info", `Asking to scan “${path}”…`);
   let response;
   try {
-    response = await request("POST", `${API}/videos/scan`, { path, recursive });
+    response = await request("POST", `${API}/videos/scan`, body);
   } catch {
     say("error", "The service is unreachable. Check that it is running, then try again.");
     return;
@@ -554,6 +559,7 @@ async function startScan(event) {
     return;
   }
   input.removeAttribute("aria-invalid");
+  forget.checked = false;
   const { status } = response.data;
   say("ok", `Scan of “${path}” accepted (${status}). Follow it under Jobs.`);
   await reloadJobs();
