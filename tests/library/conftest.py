@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from stoat_ferret.library import VideoLibrary
 from tests.videos import Color, EncodedVideo, make_video
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 # name -> make_video keyword arguments. Each pairs a container with codecs it
@@ -106,3 +107,11 @@ def scope_fd(scope: Path) -> Iterator[int]:
     fd = os.open(scope, os.O_RDONLY | os.O_DIRECTORY)
     yield fd
     os.close(fd)
+
+
+@pytest.fixture
+async def library(tmp_path: Path) -> AsyncIterator[VideoLibrary]:
+    """A video library in a fresh SQLite file, closed after the test."""
+    opened = await VideoLibrary.open(tmp_path / "state" / "videos.sqlite")
+    yield opened
+    await opened.aclose()

@@ -24,8 +24,6 @@ from tests.library.support import listed_path, make_context
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
@@ -58,13 +56,6 @@ class Devices:
         mount = self.mount(fd)
         assert mount is not None, "asked only of a mount point"
         return self.identity.get(mount, 100 + self.mounted.index(mount))
-
-
-@pytest.fixture
-async def library(tmp_path: Path) -> AsyncIterator[VideoLibrary]:
-    opened = await VideoLibrary.open(tmp_path / "state" / "videos.sqlite")
-    yield opened
-    await opened.aclose()
 
 
 @pytest.fixture

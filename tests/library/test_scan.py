@@ -46,7 +46,7 @@ from tests.videos import copy_video, make_video
 NORMAL = ThreadPriority.NORMAL
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
     from stoat_ferret.jobs import JobContext
@@ -58,13 +58,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 20
-
-
-@pytest.fixture
-async def library(tmp_path: Path) -> AsyncIterator[VideoLibrary]:
-    opened = await VideoLibrary.open(tmp_path / "state" / "videos.sqlite")
-    yield opened
-    await opened.aclose()
 
 
 @pytest.fixture

@@ -37,20 +37,11 @@ from tests.library.support import make_context, path_of
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 30
-
-
-@pytest.fixture
-async def library(tmp_path: Path) -> AsyncIterator[VideoLibrary]:
-    opened = await VideoLibrary.open(tmp_path / "state" / "videos.sqlite")
-    yield opened
-    await opened.aclose()
 
 
 @pytest.fixture
