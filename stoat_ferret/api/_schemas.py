@@ -54,9 +54,10 @@ class ScanRequest(BaseModel):
     recursive: bool = Field(default=True, description="Also scan every subdirectory.")
     forget_unmounted: bool = Field(
         default=False,
-        description="Remove the stored videos of disks this scan does not find mounted, "
-        "and of a scanned directory found empty, as any other deleted file. Without it, "
-        "a scan keeps them (the disk may be unplugged) and says so in its errors.",
+        description="Remove the stored videos of disks this scan does not find mounted "
+        "(or finds another file system in place of), and of a scanned directory found "
+        "empty, as any other deleted file's. Without it, a scan keeps them (the disk may "
+        "be unplugged) and says so in its errors.",
     )
 
     @field_validator("path")

@@ -8,10 +8,12 @@ the week) would make them look deleted too. So the scan's walk notes each
 directory it finds on another file system than its parent's (another
 ``st_dev``), the scanned directory included, with the identity of the file
 system mounted there (``statvfs``'s ``f_fsid``: from the volume's UUID on
-ext4, XFS and Btrfs, its serial number on NTFS; from the device's number on
-FAT and exFAT, which may change when the disk is plugged in again; 0 where
-the file system gives none), and the store remembers them (its
-``mount_points`` table) across scans and restarts.
+ext4, XFS and Btrfs, its serial number with Linux's own NTFS driver; from
+the device's number on FAT and exFAT, so that it may change when the disk
+is plugged in again, and two such disks plugged in one after the other at
+the same place may look the same; 0 where the file system gives none, as
+FUSE file systems do), and the store remembers them (its ``mount_points``
+table) across scans and restarts.
 
 A scan works out, in its survey's thread, with :func:`track`:
 
@@ -24,13 +26,16 @@ A scan works out, in its survey's thread, with :func:`track`:
   walk could not list (``ErrorLog.unread``) was not looked at: it is left
   as it is, and what is stored below it goes by ``lstat``, as anywhere the
   walk could not see;
-* what to write: the mount points found for the first time (or whose
-  identity was unknown), and, for a scan asked to (``forget_unmounted``),
-  the stored ones that are not as they were: forgotten (or given the file
-  system found there now), their videos then removed as any deleted
-  file's. Only a recursive scan forgets: a flat one does not see below its
-  directory. The write is of those changes only, not of the scope: scans
-  that run at once do not undo each other's. Most scans have none.
+* what to write: the mount points found for the first time (whatever
+  their identity), or with an identity where none was stored; and, for a
+  scan asked to (``forget_unmounted``), the stored ones that are not as
+  they were: forgotten (or given the identity found there now), their
+  videos then removed as any deleted file's. Only a recursive scan
+  forgets: a flat one does not see below its directory. The write is of
+  those changes only, not of the scope: scans that run at once do not undo
+  each other's (but for a disk mounted again while a scan that forgets it
+  runs: the next scan that finds it mounted remembers it again). Most
+  scans write none.
 
 So a disk is remembered once a scan of its mount point, or of a directory
 above it, has seen it mounted; not by the scan of a directory on it below
@@ -55,7 +60,10 @@ FORGET_HINT: Final = 'if they are gone for good, scan again with "forget_unmount
 """How an ``errors`` entry about kept videos says to let them go."""
 
 UNKNOWN: Final = 0
-"""The identity of a file system that gives none (``f_fsid`` 0): any matches it."""
+"""The identity of a file system that gives none (``f_fsid`` 0: FUSE file
+systems, ntfs-3g and exfat-fuse among them). Stored, any identity found
+later replaces it; found where a known one is stored, it cannot be told
+the same, and counts as another."""
 
 NOT_MOUNTED: Final = "not mounted"
 ANOTHER: Final = "another file system"
@@ -92,22 +100,24 @@ def track(
     """
     not_looked_at = set(unread)
     changed: dict[str, str] = {}
-    added = {path: fs for path, fs in seen.items() if stored.get(path, UNKNOWN) != fs}
     for path, fs in stored.items():
         now = seen.get(path)
         if now is None:
             if path in not_looked_at or below_any(path, not_looked_at) is not None:
                 continue
             changed[path] = NOT_MOUNTED
-        elif UNKNOWN not in (fs, now) and fs != now:
+        elif fs != UNKNOWN and now != fs:  # one that gives none cannot be told the same
             changed[path] = ANOTHER
-        elif fs != UNKNOWN:
-            added.pop(path, None)  # its identity is known: nothing to learn
+    # New ones, and the identity of one stored without.
+    added = {
+        path: fs
+        for path, fs in seen.items()
+        if path not in stored or (stored[path] == UNKNOWN and fs != UNKNOWN)
+    }
     if forget:
+        added.update((path, seen[path]) for path, how in changed.items() if how == ANOTHER)
         dropped = {path for path, how in changed.items() if how == NOT_MOUNTED and recursive}
         return Tracked(added=added, dropped=dropped)
-    for path in changed:  # the identity stored stays until a scan forgets
-        added.pop(path, None)
     return Tracked(changed=changed, added=added)
 
 
@@ -132,9 +142,10 @@ def keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog)
         else:
             errors.add(
                 mount,
-                "another file system is mounted here than when it was last scanned: the"
-                f" {count} stored video(s) of the one before that are not on it kept; if it"
-                f" is the same disk, or {FORGET_HINT.removeprefix('if ')}",
+                "another file system is mounted here than when it was last scanned, or one"
+                f" that cannot be told the same: the {count} stored video(s) not on it kept;"
+                " if it is the same disk, or they are gone for good, scan this directory"
+                ' with "forget_unmounted": true',
             )
     return left
 

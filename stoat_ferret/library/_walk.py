@@ -351,11 +351,18 @@ def _device(fd: int) -> int:
 
 def _file_system(fd: int) -> int:
     """The identity of the file system the directory ``fd`` is on
-    (``statvfs``'s ``f_fsid``; 0 if it gives none or cannot be asked)."""
+    (``statvfs``'s ``f_fsid``; 0 if it gives none or cannot be asked), as a
+    signed 64-bit integer, which SQLite holds: ``f_fsid`` is unsigned, and
+    half of the volumes' UUIDs give one of 2**63 or more."""
     try:
-        return os.fstatvfs(fd).f_fsid
+        fsid = _fsid(fd)
     except OSError:
         return 0
+    return fsid - 2**64 if fsid >= 2**63 else fsid
+
+
+def _fsid(fd: int) -> int:
+    return os.fstatvfs(fd).f_fsid
 
 
 def _parent_device(fd: int) -> int | None:

@@ -32,16 +32,17 @@ TIMEOUT = 30
 
 
 class Devices:
-    """Replaces the walk's ``_device`` and ``_file_system``: each directory of
+    """Replaces the walk's ``_device`` and ``_fsid``: each directory of
     :attr:`mounted`, and everything below it, is on a device of its own,
-    whose file system's identity is :attr:`identity` (its index + 100
-    unless set there); every other directory is where the kernel says."""
+    whose file system's identity (``f_fsid``, unsigned) is :attr:`identity`
+    (its index + 100 unless set there); every other directory is where the
+    kernel says."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.mounted: list[Path] = []
         self.identity: dict[Path, int] = {}
         monkeypatch.setattr(_walk, "_device", self)
-        monkeypatch.setattr(_walk, "_file_system", self.file_system)
+        monkeypatch.setattr(_walk, "_fsid", self.fsid)
 
     def mount(self, fd: int) -> Path | None:
         where = Path(os.readlink(f"/proc/self/fd/{fd}"))
@@ -52,7 +53,7 @@ class Devices:
         mount = self.mount(fd)
         return os.fstat(fd).st_dev if mount is None else -1 - self.mounted.index(mount)
 
-    def file_system(self, fd: int) -> int:
+    def fsid(self, fd: int) -> int:
         mount = self.mount(fd)
         assert mount is not None, "asked only of a mount point"
         return self.identity.get(mount, 100 + self.mounted.index(mount))
@@ -140,7 +141,8 @@ def test_the_walk_finds_the_real_mount_points_below_dev() -> None:
 
     assert {str(path) for path in _DEV_MOUNTS} <= set(mounts)
     assert (str(_DEV) in mounts) == (_DEV.stat().st_dev != Path("/").stat().st_dev)
-    assert itself == {str(_DEV_MOUNTS[0]): os.statvfs(_DEV_MOUNTS[0]).f_fsid}
+    fsid = os.statvfs(_DEV_MOUNTS[0]).f_fsid
+    assert itself == {str(_DEV_MOUNTS[0]): fsid - 2**64 if fsid >= 2**63 else fsid}
 
 
 @pytest.mark.parametrize("leaves", UNMOUNTED)
@@ -399,3 +401,62 @@ async def test_a_scan_told_to_forget_leaves_what_it_could_not_look_at(
     assert await _stored_mount_points(library, lib) == {str(outer / "disk")}
     assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
     assert unmounted["errors"][0]["path"] == str(outer / "disk")
+
+
+@pytest.mark.parametrize(
+    ("fsid", "stored"), [(2**63 + 1, 2**63 + 1 - 2**64), (2**64 - 1, -1), (0, 0)]
+)
+async def test_any_file_system_identity_is_stored_and_found_again(
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fsid: int,
+    stored: int,
+) -> None:
+    """``f_fsid`` is unsigned: half of the volumes' UUIDs give one of 2**63
+    or more, stored as the signed 64-bit integer SQLite holds, and found the
+    same by the next scan (which writes nothing). One that gives none (0,
+    as FUSE file systems do) is remembered all the same: unplugged, its
+    videos are kept."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = fsid
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        remembered = await library.survey(
+            dict, str(lib), recursive=True, compare=lambda found, known, mounts: mounts
+        )
+        again = await handler(make_context(lib))
+        _unmount(lib / "disk", devices, tmp_path / "away")
+        unmounted = await handler(make_context(lib))
+
+    assert remembered == {str(lib / "disk"): stored}
+    assert (again["unchanged"], again["errors_total"]) == (3, 0)
+    assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
+
+
+async def test_a_file_system_with_no_identity_where_one_was_is_not_taken_for_it(
+    library: VideoLibrary, lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk stored with an identity, and then one that gives none (a FUSE
+    driver) mounted in its place: it cannot be told the same, so the videos
+    not on it are kept, and its identity of none is not stored over the
+    known one."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 5
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        os.remove(lib / "disk" / "b.mp4")
+        devices.identity[lib / "disk"] = 0
+        other = await handler(make_context(lib))
+        remembered = await library.survey(
+            dict, str(lib), recursive=True, compare=lambda found, known, mounts: mounts
+        )
+
+    assert (other["removed"], other["errors_total"]) == (0, 1)
+    assert "cannot be told the same" in other["errors"][0]["error"]
+    assert remembered == {str(lib / "disk"): 5}

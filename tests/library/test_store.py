@@ -508,6 +508,29 @@ def test_every_earlier_schema_is_migrated(tmp_path: Path, version: int) -> None:
     assert (new.container_format, new.rotation) == ("matroska,webm", 90)
 
 
+def test_a_mount_point_stored_at_schema_5_has_an_unknown_identity(tmp_path: Path) -> None:
+    """Version 6 gives each mount point the identity of its file system: one
+    stored before has 0 (unknown) until a scan learns it; identities span
+    the whole signed 64-bit range."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 5)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("INSERT INTO mount_points (path) VALUES ('/m/disk')")
+        raw.commit()
+
+    store = VideoStore.open(path)
+    try:
+        before = store.mount_points("/m", recursive=True)
+        learnt = {"/m/disk": -(2**63), "/m/other": 2**63 - 1}
+        store.update_mount_points("/m", recursive=True, added=learnt, dropped=())
+        after = store.mount_points("/m", recursive=True)
+    finally:
+        store.close()
+
+    assert before == {"/m/disk": 0}
+    assert after == learnt
+
+
 def test_a_migrated_row_is_probed_again_once(tmp_path: Path) -> None:
     """A row stored before the metadata existed matches no file until it is written again."""
     path = tmp_path / "old.sqlite"
