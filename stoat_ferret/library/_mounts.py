@@ -12,8 +12,11 @@ ext4, XFS and Btrfs, its serial number with Linux's own NTFS driver; from
 the device's number on FAT and exFAT, so that it may change when the disk
 is plugged in again, and two such disks plugged in one after the other at
 the same place may look the same; 0 where the file system gives none, as
-FUSE file systems do), and the store remembers them (its ``mount_points``
-table) across scans and restarts.
+FUSE file systems (ntfs-3g, exfat-fuse, sshfs) and NFS before Linux 6.6
+do, so that two of those look the same, and neither the same as one that
+gives an identity), and the store remembers them (its ``mount_points``
+table) across scans and restarts. A mount point stored before identities
+were (schema 5) has none (NULL), and learns the one the next scan finds.
 
 A scan works out, in its survey's thread, with :func:`track`:
 
@@ -26,12 +29,14 @@ A scan works out, in its survey's thread, with :func:`track`:
   walk could not list (``ErrorLog.unread``) was not looked at: it is left
   as it is, and what is stored below it goes by ``lstat``, as anywhere the
   walk could not see;
-* what to write: the mount points found for the first time (whatever
-  their identity), or with an identity where none was stored; and, for a
+* what to write: the mount points found for the first time, or found
+  with their identity where none was stored (schema 5); and, for a
   scan asked to (``forget_unmounted``), the stored ones that are not as
   they were: forgotten (or given the identity found there now), their
   videos then removed as any deleted file's. Only a recursive scan
-  forgets: a flat one does not see below its directory. The write is of
+  forgets: a flat one does not see below its directory (a flat scan of a
+  mount point not mounted, told to forget, removes the videos directly in
+  it, and the mount point stays remembered). The write is of
   those changes only, not of the scope: scans that run at once do not undo
   each other's (but for a disk mounted again while a scan that forgets it
   runs: the next scan that finds it mounted remembers it again). Most
@@ -59,12 +64,6 @@ if TYPE_CHECKING:
 FORGET_HINT: Final = 'if they are gone for good, scan again with "forget_unmounted": true'
 """How an ``errors`` entry about kept videos says to let them go."""
 
-UNKNOWN: Final = 0
-"""The identity of a file system that gives none (``f_fsid`` 0: FUSE file
-systems, ntfs-3g and exfat-fuse among them). Stored, any identity found
-later replaces it; found where a known one is stored, it cannot be told
-the same, and counts as another."""
-
 NOT_MOUNTED: Final = "not mounted"
 ANOTHER: Final = "another file system"
 
@@ -83,7 +82,7 @@ class Tracked:
 
 
 def track(
-    stored: Mapping[str, int],
+    stored: Mapping[str, int | None],
     seen: Mapping[str, int],
     *,
     forget: bool,
@@ -91,7 +90,8 @@ def track(
     unread: Collection[str],
 ) -> Tracked:
     """Compare the mount points ``stored`` in a scan's scope with those its
-    walk found (``seen``), each with its file system's identity.
+    walk found (``seen``), each with its file system's identity (None for
+    one stored before identities were: any found there is learnt).
 
     ``unread``: the directories the walk could not list; a stored mount
     point at or below one was not looked at. ``forget``: the scan forgets
@@ -106,14 +106,10 @@ def track(
             if path in not_looked_at or below_any(path, not_looked_at) is not None:
                 continue
             changed[path] = NOT_MOUNTED
-        elif fs != UNKNOWN and now != fs:  # one that gives none cannot be told the same
+        elif fs is not None and now != fs:
             changed[path] = ANOTHER
-    # New ones, and the identity of one stored without.
-    added = {
-        path: fs
-        for path, fs in seen.items()
-        if path not in stored or (stored[path] == UNKNOWN and fs != UNKNOWN)
-    }
+    # New ones, and the identity of one stored before identities were.
+    added = {path: fs for path, fs in seen.items() if stored.get(path, None) is None}
     if forget:
         added.update((path, seen[path]) for path, how in changed.items() if how == ANOTHER)
         dropped = {path for path, how in changed.items() if how == NOT_MOUNTED and recursive}

@@ -225,8 +225,9 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # The directories that a scan found on another file system than their
     # parent's: a disk mounted there (_mounts.py says what for).
     5: ("CREATE TABLE mount_points (path TEXT PRIMARY KEY) STRICT, WITHOUT ROWID",),
-    # The identity of the file system mounted there (statvfs's f_fsid; 0 unknown).
-    6: ("ALTER TABLE mount_points ADD COLUMN file_system INTEGER NOT NULL DEFAULT 0",),
+    # The identity of the file system mounted there (statvfs's f_fsid, signed;
+    # 0 for one that gives none; NULL for a mount point stored before this).
+    6: ("ALTER TABLE mount_points ADD COLUMN file_system INTEGER",),
 }
 
 

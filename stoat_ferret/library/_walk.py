@@ -129,9 +129,10 @@ def walk_videos(
         mount_points: Receives the path of each directory the walk lists,
             ``root`` included, that is on another file system than its
             parent (its ``st_dev`` differs): where a disk is mounted; with
-            the identity of that file system (``f_fsid``, 0 if it gives
-            none). For ``root``, its parent is looked at (``fstat`` only,
-            the one thing the walk looks at above ``root``).
+            the identity of that file system (``f_fsid`` as a signed 64-bit
+            integer, 0 if it gives none: ``_file_system``). For ``root``,
+            its parent is looked at (``fstat`` only, the one thing the walk
+            looks at above ``root``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.

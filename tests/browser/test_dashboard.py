@@ -339,7 +339,7 @@ def test_a_scan_can_be_told_to_forget_the_disks_not_mounted(
     disk.mkdir()
     make_video(disk / "one.mp4")
     page = dashboard.page
-    forget = page.get_by_label("Remove the videos of disks that are not mounted")
+    forget = page.get_by_label("Remove the videos of disks not mounted or replaced")
 
     dashboard.scan(disk)
     expect(dashboard.job(disk).locator(".badge")).to_have_text("completed")

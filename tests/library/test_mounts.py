@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from stoat_ferret.library import ErrorLog, VideoLibrary, _walk, make_scan_handler, walk_videos
+from stoat_ferret.library._mounts import ANOTHER, NOT_MOUNTED, track
 from tests.library.support import listed_path, make_context
 from tests.videos import copy_video
 
@@ -423,35 +424,46 @@ async def test_any_file_system_identity_is_stored_and_found_again(
     devices.mounted.append(lib / "disk")
     devices.identity[lib / "disk"] = fsid
     handler = make_scan_handler(library)
+    writes: list[Any] = []
+    update = library.update_mount_points
+
+    async def spy(directory: str, **changes: Any) -> None:
+        writes.append(changes["added"])
+        await update(directory, **changes)
+
+    monkeypatch.setattr(library, "update_mount_points", spy)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         remembered = await library.survey(
             dict, str(lib), recursive=True, compare=lambda found, known, mounts: mounts
         )
         again = await handler(make_context(lib))
+        written = list(writes)
         _unmount(lib / "disk", devices, tmp_path / "away")
         unmounted = await handler(make_context(lib))
 
     assert remembered == {str(lib / "disk"): stored}
+    assert written == [{str(lib / "disk"): stored}]  # the rescan wrote nothing
     assert (again["unchanged"], again["errors_total"]) == (3, 0)
     assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
 
 
-async def test_a_file_system_with_no_identity_where_one_was_is_not_taken_for_it(
-    library: VideoLibrary, lib: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("before", "after"), [(5, 0), (0, 5)])
+async def test_a_file_system_with_no_identity_is_not_taken_for_one_with(
+    library: VideoLibrary, lib: Path, monkeypatch: pytest.MonkeyPatch, before: int, after: int
 ) -> None:
     """A disk stored with an identity, and then one that gives none (a FUSE
-    driver) mounted in its place: it cannot be told the same, so the videos
-    not on it are kept, and its identity of none is not stored over the
-    known one."""
+    driver) mounted in its place, or the other way round: neither can be
+    told the same as the other, so the videos not on the new one are kept,
+    and the identity stored stays."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    devices.identity[lib / "disk"] = 5
+    devices.identity[lib / "disk"] = before
     handler = make_scan_handler(library)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         os.remove(lib / "disk" / "b.mp4")
-        devices.identity[lib / "disk"] = 0
+        devices.identity[lib / "disk"] = after
         other = await handler(make_context(lib))
         remembered = await library.survey(
             dict, str(lib), recursive=True, compare=lambda found, known, mounts: mounts
@@ -459,4 +471,44 @@ async def test_a_file_system_with_no_identity_where_one_was_is_not_taken_for_it(
 
     assert (other["removed"], other["errors_total"]) == (0, 1)
     assert "cannot be told the same" in other["errors"][0]["error"]
-    assert remembered == {str(lib / "disk"): 5}
+    assert remembered == {str(lib / "disk"): before}
+
+
+# (stored, seen, forget, recursive, unread) -> (changed, added, dropped)
+_TRACKED = [
+    ({}, {"/m/d": 0}, False, True, [], {}, {"/m/d": 0}, set()),
+    ({"/m/d": None}, {"/m/d": 7}, False, True, [], {}, {"/m/d": 7}, set()),
+    ({"/m/d": None}, {}, False, True, [], {"/m/d": NOT_MOUNTED}, {}, set()),
+    ({"/m/d": 7}, {"/m/d": 7}, False, True, [], {}, {}, set()),
+    ({"/m/d": 0}, {"/m/d": 0}, False, True, [], {}, {}, set()),
+    ({"/m/d": 7}, {"/m/d": 8}, False, True, [], {"/m/d": ANOTHER}, {}, set()),
+    ({"/m/d": 7}, {"/m/d": 8}, True, False, [], {}, {"/m/d": 8}, set()),
+    ({"/m/d": 7}, {}, True, True, [], {}, {}, {"/m/d"}),
+    ({"/m/d": 7}, {}, True, False, [], {}, {}, set()),
+    ({"/m/d": 7}, {}, True, True, ["/m"], {}, {}, set()),
+    ({"/m/d": 7}, {}, False, True, ["/m/d"], {}, {}, set()),
+    ({"/m/d": 7}, {}, False, True, ["/m/e"], {"/m/d": NOT_MOUNTED}, {}, set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("stored", "seen", "forget", "recursive", "unread", "changed", "added", "dropped"), _TRACKED
+)
+def test_track_compares_identities_and_writes_only_changes(
+    stored: dict[str, int | None],
+    seen: dict[str, int],
+    forget: bool,
+    recursive: bool,
+    unread: list[str],
+    changed: dict[str, str],
+    added: dict[str, int],
+    dropped: set[str],
+) -> None:
+    """:func:`track`'s table: a new mount point is stored whatever its
+    identity, one stored before identities learns its own, the same one
+    writes nothing, another is kept apart (or adopted when forgetting); a
+    recursive scan that forgets drops what it did not find mounted, but not
+    what it could not look at, and a flat one drops nothing."""
+    tracked = track(stored, seen, forget=forget, recursive=recursive, unread=unread)
+
+    assert (tracked.changed, tracked.added, tracked.dropped) == (changed, added, dropped)

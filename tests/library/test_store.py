@@ -510,7 +510,7 @@ def test_every_earlier_schema_is_migrated(tmp_path: Path, version: int) -> None:
 
 def test_a_mount_point_stored_at_schema_5_has_an_unknown_identity(tmp_path: Path) -> None:
     """Version 6 gives each mount point the identity of its file system: one
-    stored before has 0 (unknown) until a scan learns it; identities span
+    stored before has none (NULL) until a scan learns it; identities span
     the whole signed 64-bit range."""
     path = tmp_path / "old.sqlite"
     _database_at(path, 5)
@@ -527,7 +527,7 @@ def test_a_mount_point_stored_at_schema_5_has_an_unknown_identity(tmp_path: Path
     finally:
         store.close()
 
-    assert before == {"/m/disk": 0}
+    assert before == {"/m/disk": None}
     assert after == learnt
 
 
