@@ -135,9 +135,7 @@ class VideoLibrary:
         directory: str,
         *,
         recursive: bool,
-        compare: Callable[
-            [dict[str, Fingerprint], dict[str, Fingerprint], dict[str, int | None]], T
-        ],
+        compare: Callable[[dict[str, Fingerprint], dict[str, Fingerprint], dict[str, int]], T],
     ) -> T:
         """Compare what is on disk with what is stored, for one scope, in one worker thread.
 

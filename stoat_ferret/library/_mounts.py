@@ -15,8 +15,7 @@ the same place may look the same; 0 where the file system gives none, as
 FUSE file systems (ntfs-3g, exfat-fuse, sshfs) and NFS before Linux 6.6
 do, so that two of those look the same, and neither the same as one that
 gives an identity), and the store remembers them (its ``mount_points``
-table) across scans and restarts. A mount point stored before identities
-were (schema 5) has none (NULL), and learns the one the next scan finds.
+table) across scans and restarts.
 
 A scan works out, in its survey's thread, with :func:`track`:
 
@@ -29,8 +28,7 @@ A scan works out, in its survey's thread, with :func:`track`:
   walk could not list (``ErrorLog.unread``) was not looked at: it is left
   as it is, and what is stored below it goes by ``lstat``, as anywhere the
   walk could not see;
-* what to write: the mount points found for the first time, or found
-  with their identity where none was stored (schema 5); and, for a
+* what to write: the mount points found for the first time; and, for a
   scan asked to (``forget_unmounted``), the stored ones that are not as
   they were: forgotten (or given the identity found there now), their
   videos then removed as any deleted file's. Only a recursive scan
@@ -82,7 +80,7 @@ class Tracked:
 
 
 def track(
-    stored: Mapping[str, int | None],
+    stored: Mapping[str, int],
     seen: Mapping[str, int],
     *,
     forget: bool,
@@ -90,8 +88,7 @@ def track(
     unread: Collection[str],
 ) -> Tracked:
     """Compare the mount points ``stored`` in a scan's scope with those its
-    walk found (``seen``), each with its file system's identity (None for
-    one stored before identities were: any found there is learnt).
+    walk found (``seen``), each with its file system's identity.
 
     ``unread``: the directories the walk could not list; a stored mount
     point at or below one was not looked at. ``forget``: the scan forgets
@@ -106,10 +103,9 @@ def track(
             if path in not_looked_at or below_any(path, not_looked_at) is not None:
                 continue
             changed[path] = NOT_MOUNTED
-        elif fs is not None and now != fs:
+        elif now != fs:
             changed[path] = ANOTHER
-    # New ones, and the identity of one stored before identities were.
-    added = {path: fs for path, fs in seen.items() if stored.get(path, None) is None}
+    added = {path: fs for path, fs in seen.items() if path not in stored}
     if forget:
         added.update((path, seen[path]) for path, how in changed.items() if how == ANOTHER)
         dropped = {path for path, how in changed.items() if how == NOT_MOUNTED and recursive}

@@ -258,7 +258,7 @@ class ScanRun:
         self,
         found: dict[str, Fingerprint],
         known: dict[str, Fingerprint],
-        mounts: dict[str, int | None],
+        mounts: dict[str, int],
     ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
         """:func:`compare`, but nothing is gone from a disk that looks not
         mounted: an ``errors`` entry says why. Blocking: the survey's thread.

@@ -9,7 +9,7 @@ step by step. Version 2 adds the ``scan_errors`` table; version 3 adds the
 editing metadata columns and the indexes of sorted lists; version 4 makes the
 videos table again with ``AUTOINCREMENT`` ids, so that no id is used twice;
 version 5 adds the ``mount_points`` table (``_mounts.py`` says what it is
-for), and version 6 the identity of each one's file system. A row written
+for). A row written
 before version 3 has ``probe_version`` NULL; the scope query reports such a
 row's size as -1, which no file has, so the next scan probes the file again
 and counts it as updated, once.
@@ -37,7 +37,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398032978), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 5
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -223,11 +223,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         *_VIDEOS_INDEXES_V4,
     ),
     # The directories that a scan found on another file system than their
-    # parent's: a disk mounted there (_mounts.py says what for).
-    5: ("CREATE TABLE mount_points (path TEXT PRIMARY KEY) STRICT, WITHOUT ROWID",),
-    # The identity of the file system mounted there (statvfs's f_fsid, signed;
-    # 0 for one that gives none; NULL for a mount point stored before this).
-    6: ("ALTER TABLE mount_points ADD COLUMN file_system INTEGER",),
+    # parent's: a disk mounted there, with the identity of its file system
+    # (statvfs's f_fsid as a signed integer; 0 for one that gives none).
+    # _mounts.py says what for.
+    5: (
+        "CREATE TABLE mount_points (path TEXT PRIMARY KEY, file_system INTEGER NOT NULL)"
+        " STRICT, WITHOUT ROWID",
+    ),
 }
 
 

@@ -277,11 +277,10 @@ class VideoStore:
             rows = cursor.fetchall()
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
 
-    def mount_points(self, directory: str, *, recursive: bool) -> dict[str, int | None]:
+    def mount_points(self, directory: str, *, recursive: bool) -> dict[str, int]:
         """The mount points stored in a scope, each with its file system's
-        identity (None: stored before identities were): ``directory``
-        itself, and every directory below it if ``recursive``
-        (:meth:`update_mount_points`)."""
+        identity: ``directory`` itself, and every directory below it if
+        ``recursive`` (:meth:`update_mount_points`)."""
         where, bounds = _mount_scope(directory, recursive)
         with self._reading() as connection:
             rows = connection.execute(

@@ -477,11 +477,13 @@ async def test_a_file_system_with_no_identity_is_not_taken_for_one_with(
 # (stored, seen, forget, recursive, unread) -> (changed, added, dropped)
 _TRACKED = [
     ({}, {"/m/d": 0}, False, True, [], {}, {"/m/d": 0}, set()),
-    ({"/m/d": None}, {"/m/d": 7}, False, True, [], {}, {"/m/d": 7}, set()),
-    ({"/m/d": None}, {}, False, True, [], {"/m/d": NOT_MOUNTED}, {}, set()),
+    ({}, {"/m/d": 7}, True, True, [], {}, {"/m/d": 7}, set()),
     ({"/m/d": 7}, {"/m/d": 7}, False, True, [], {}, {}, set()),
     ({"/m/d": 0}, {"/m/d": 0}, False, True, [], {}, {}, set()),
     ({"/m/d": 7}, {"/m/d": 8}, False, True, [], {"/m/d": ANOTHER}, {}, set()),
+    ({"/m/d": 0}, {"/m/d": 7}, False, True, [], {"/m/d": ANOTHER}, {}, set()),
+    ({"/m/d": 7}, {"/m/d": 0}, False, True, [], {"/m/d": ANOTHER}, {}, set()),
+    ({"/m/d": 0}, {"/m/d": 7}, True, True, [], {}, {"/m/d": 7}, set()),
     ({"/m/d": 7}, {"/m/d": 8}, True, False, [], {}, {"/m/d": 8}, set()),
     ({"/m/d": 7}, {}, True, True, [], {}, {}, {"/m/d"}),
     ({"/m/d": 7}, {}, True, False, [], {}, {}, set()),
@@ -495,7 +497,7 @@ _TRACKED = [
     ("stored", "seen", "forget", "recursive", "unread", "changed", "added", "dropped"), _TRACKED
 )
 def test_track_compares_identities_and_writes_only_changes(
-    stored: dict[str, int | None],
+    stored: dict[str, int],
     seen: dict[str, int],
     forget: bool,
     recursive: bool,
@@ -505,8 +507,8 @@ def test_track_compares_identities_and_writes_only_changes(
     dropped: set[str],
 ) -> None:
     """:func:`track`'s table: a new mount point is stored whatever its
-    identity, one stored before identities learns its own, the same one
-    writes nothing, another is kept apart (or adopted when forgetting); a
+    identity, the same one writes nothing, another (0, none, included) is
+    kept apart, or adopted when forgetting; a
     recursive scan that forgets drops what it did not find mounted, but not
     what it could not look at, and a flat one drops nothing."""
     tracked = track(stored, seen, forget=forget, recursive=recursive, unread=unread)

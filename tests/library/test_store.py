@@ -222,18 +222,27 @@ def test_mount_points_are_updated_within_their_scope_only(store: VideoStore) -> 
     """A scan's mount points are added (an identity replaced) and forgotten
     in its scope only: the directory itself and, if recursive, those below
     it; not a sibling's whose name starts the same, nor one above. Only the
-    paths named change: one stored by another scan meanwhile stays."""
+    paths named change: one stored by another scan meanwhile stays.
+    Identities span the signed 64-bit range."""
     everywhere = {"/m": 1, "/m/a": 2, "/m/a/b": 3, "/m-x/c": 4}
     store.update_mount_points("/", recursive=True, added=everywhere, dropped=())
 
     store.update_mount_points("/m/a", recursive=True, added={"/m/a/d": 5}, dropped={"/m/a/b"})
     store.update_mount_points("/m/a", recursive=True, added={"/m/a": 6}, dropped=())
+    extremes = {"/n/a": -(2**63), "/n/b": 2**63 - 1}
+    store.update_mount_points("/n", recursive=True, added=extremes, dropped=())
     store.update_mount_points("/m", recursive=False, added={}, dropped={"/m"})
 
     assert store.mount_points("/m", recursive=True) == {"/m/a": 6, "/m/a/d": 5}
     assert store.mount_points("/m", recursive=False) == {}
     assert store.mount_points("/m-x", recursive=True) == {"/m-x/c": 4}
-    assert store.mount_points("/", recursive=True) == {"/m/a": 6, "/m/a/d": 5, "/m-x/c": 4}
+    assert store.mount_points("/n", recursive=True) == extremes
+    assert store.mount_points("/", recursive=True) == {
+        "/m/a": 6,
+        "/m/a/d": 5,
+        "/m-x/c": 4,
+        **extremes,
+    }
     with pytest.raises(ValueError, match="not in the scope of /m/a: /m/e"):
         store.update_mount_points("/m/a", recursive=True, added={"/m/e": 1}, dropped=())
     with pytest.raises(ValueError, match="not in the scope of /m: /m/a"):
@@ -506,29 +515,6 @@ def test_every_earlier_schema_is_migrated(tmp_path: Path, version: int) -> None:
         assert all(getattr(video, name) is None for name in METADATA_FIELDS)
     assert new is not None
     assert (new.container_format, new.rotation) == ("matroska,webm", 90)
-
-
-def test_a_mount_point_stored_at_schema_5_has_an_unknown_identity(tmp_path: Path) -> None:
-    """Version 6 gives each mount point the identity of its file system: one
-    stored before has none (NULL) until a scan learns it; identities span
-    the whole signed 64-bit range."""
-    path = tmp_path / "old.sqlite"
-    _database_at(path, 5)
-    with contextlib.closing(sqlite3.connect(path)) as raw:
-        raw.execute("INSERT INTO mount_points (path) VALUES ('/m/disk')")
-        raw.commit()
-
-    store = VideoStore.open(path)
-    try:
-        before = store.mount_points("/m", recursive=True)
-        learnt = {"/m/disk": -(2**63), "/m/other": 2**63 - 1}
-        store.update_mount_points("/m", recursive=True, added=learnt, dropped=())
-        after = store.mount_points("/m", recursive=True)
-    finally:
-        store.close()
-
-    assert before == {"/m/disk": None}
-    assert after == learnt
 
 
 def test_a_migrated_row_is_probed_again_once(tmp_path: Path) -> None:
