@@ -55,12 +55,14 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Callable, Collection, Mapping
 
     from stoat_ferret.library._models import ErrorLog
 
 FORGET_HINT: Final = 'if they are gone for good, scan again with "forget_unmounted": true'
 """How an ``errors`` entry about kept videos says to let them go."""
+
+_PATH_ONLY: Final = getattr(os, "O_PATH", os.O_RDONLY)
 
 NOT_MOUNTED: Final = "not mounted"
 ANOTHER: Final = "another file system"
@@ -152,3 +154,64 @@ def below_any(path: str, directories: Collection[str]) -> str | None:
             return None
         parent = above
     return parent
+
+
+def not_gone(
+    gone: set[str],
+    tracked: Tracked,
+    errors: ErrorLog,
+    *,
+    root: str,
+    forget: bool,
+    root_is_empty: Callable[[], bool],
+) -> set[str]:
+    """``gone`` without what a disk not mounted makes look gone: the stored
+    videos below a mount point not as it was (:func:`keep_unmounted`), and
+    every one of a scanned directory ``root`` that holds no entry at all
+    (its own disk may not be mounted), unless the scan was told to
+    ``forget`` them; an ``errors`` entry says why."""
+    if gone and tracked.changed:
+        gone = keep_unmounted(gone, tracked.changed, errors)
+    if gone and not forget and root_is_empty():
+        errors.add(
+            root,
+            f"empty, but {len(gone)} stored video(s) were in it: kept, as for a disk"
+            f" not mounted; {FORGET_HINT}, or put any file in it",
+        )
+        return set()
+    return gone
+
+
+def device(fd: int) -> int:
+    """The device (``st_dev``) of the file system the directory ``fd`` is on."""
+    return os.fstat(fd).st_dev
+
+
+def file_system(fd: int) -> int:
+    """The identity of the file system the directory ``fd`` is on
+    (``statvfs``'s ``f_fsid``; 0 if it gives none or cannot be asked), as a
+    signed 64-bit integer, which SQLite holds: ``f_fsid`` is unsigned, and
+    half of the volumes' UUIDs give one of 2**63 or more."""
+    try:
+        fsid = _fsid(fd)
+    except OSError:
+        return 0
+    return fsid - 2**64 if fsid >= 2**63 else fsid
+
+
+def _fsid(fd: int) -> int:
+    return os.fstatvfs(fd).f_fsid
+
+
+def parent_device(fd: int) -> int | None:
+    """The device of the directory above the directory ``fd`` (itself for
+    ``/``); None if it cannot be reached."""
+    try:
+        # O_PATH (Linux): no permission to read it needed, and nothing of it is read.
+        parent = os.open("..", _PATH_ONLY | os.O_DIRECTORY, dir_fd=fd)
+    except OSError:
+        return None
+    try:
+        return device(parent)
+    finally:
+        os.close(parent)

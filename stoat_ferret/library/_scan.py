@@ -87,7 +87,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
-from stoat_ferret.library._mounts import FORGET_HINT, Tracked, keep_unmounted, track
+from stoat_ferret.library._mounts import Tracked, not_gone, track
 from stoat_ferret.library._scanned import ScannedDirectory
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -261,17 +261,9 @@ class ScanRun:
         mounts: dict[str, int],
     ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
         """:func:`compare`, but nothing is gone from a disk that looks not
-        mounted: an ``errors`` entry says why. Blocking: the survey's thread.
-
-        A disk not mounted leaves its mount point empty, or gone, and every
-        video stored on it would look deleted: their rows (ids, thumbnails)
-        are kept below a stored mount point (``mounts``, those of the
-        scope, with their file systems' identities) that the walk did not
-        find mounted, or found another file system at (``_mounts.py``), and
-        in a scanned directory that holds no entry at all. Unless the scan
-        was asked to forget them (``forget_unmounted``): they are then
-        removed as any other file that is gone.
-        """
+        mounted (``_mounts.py``; ``mounts``: those stored in the scope, with
+        their file systems' identities), unless the scan was asked to forget
+        them. Blocking: the survey's thread."""
         found, known, to_probe, gone = compare(found, known)
         forget = self.forget_unmounted
         self.mounts = track(
@@ -281,15 +273,14 @@ class ScanRun:
             recursive=self.recursive,
             unread=self.errors.unread,
         )
-        if gone and self.mounts.changed:
-            gone = keep_unmounted(gone, self.mounts.changed, self.errors)
-        if gone and not forget and self.scanned.is_empty():
-            self.errors.add(
-                self.root,
-                f"empty, but {len(gone)} stored video(s) were in it: kept, as for a disk"
-                f" not mounted; {FORGET_HINT}, or put any file in it",
-            )
-            gone = set()
+        gone = not_gone(
+            gone,
+            self.mounts,
+            self.errors,
+            root=self.root,
+            forget=forget,
+            root_is_empty=self.scanned.is_empty,
+        )
         return found, known, to_probe, gone
 
     def report(self) -> None:

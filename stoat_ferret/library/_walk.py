@@ -58,6 +58,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Final, TypeAlias
 
+from stoat_ferret.library import _mounts
 from stoat_ferret.library._beneath import (
     MAX_DEPTH,
     PATH_MAX,
@@ -83,8 +84,6 @@ CHECK_EVERY: Final = 256
 """Directory entries between two calls to the walk's ``checkpoint`` (which is
 also called once per symlink hop followed)."""
 
-
-_PATH_ONLY: Final = getattr(os, "O_PATH", os.O_RDONLY)
 
 _NOT_UTF8: Final = "name is not valid UTF-8; skipped"
 _TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"
@@ -130,7 +129,7 @@ def walk_videos(
             ``root`` included, that is on another file system than its
             parent (its ``st_dev`` differs): where a disk is mounted; with
             the identity of that file system (``f_fsid`` as a signed 64-bit
-            integer, 0 if it gives none: ``_file_system``). For ``root``,
+            integer, 0 if it gives none: ``_mounts.file_system``). For ``root``,
             its parent is looked at (``fstat`` only, the one thing the walk
             looks at above ``root``).
 
@@ -197,10 +196,10 @@ class _Walk:
             raise ScanError(self.root, _reason(exc)) from exc
         # Depth-first with an explicit stack of levels: no recursion limit,
         # one descriptor open per level.
-        device = _device(root_fd)
-        parent_device = _parent_device(root_fd)
+        device = _mounts.device(root_fd)
+        parent_device = _mounts.parent_device(root_fd)
         if parent_device is not None and device != parent_device:
-            self.mount_points[self.root] = _file_system(root_fd)
+            self.mount_points[self.root] = _mounts.file_system(root_fd)
         stack: list[_Level] = [(root_fd, self.root, subdirectories, device)]
         try:
             while stack:
@@ -247,9 +246,9 @@ class _Walk:
             return None
         self.fds.append(fd)
         try:
-            device = _device(fd)
+            device = _mounts.device(fd)
             if device != parent_device:
-                self.mount_points[path] = _file_system(fd)
+                self.mount_points[path] = _mounts.file_system(fd)
             subdirectories = self.list_directory(fd, path)
         except BaseException as exc:  # cancellation too: the descriptor is not on the stack yet
             os.close(fd)
@@ -343,41 +342,6 @@ class _Walk:
 _Level: TypeAlias = "tuple[int, str, Iterator[str], int]"
 """A directory the walk is in: its descriptor, its path, its subdirectories
 left to walk, and its device (``st_dev``)."""
-
-
-def _device(fd: int) -> int:
-    """The device (``st_dev``) of the file system the directory ``fd`` is on."""
-    return os.fstat(fd).st_dev
-
-
-def _file_system(fd: int) -> int:
-    """The identity of the file system the directory ``fd`` is on
-    (``statvfs``'s ``f_fsid``; 0 if it gives none or cannot be asked), as a
-    signed 64-bit integer, which SQLite holds: ``f_fsid`` is unsigned, and
-    half of the volumes' UUIDs give one of 2**63 or more."""
-    try:
-        fsid = _fsid(fd)
-    except OSError:
-        return 0
-    return fsid - 2**64 if fsid >= 2**63 else fsid
-
-
-def _fsid(fd: int) -> int:
-    return os.fstatvfs(fd).f_fsid
-
-
-def _parent_device(fd: int) -> int | None:
-    """The device of the directory above the directory ``fd`` (itself for
-    ``/``); None if it cannot be reached."""
-    try:
-        # O_PATH (Linux): no permission to read it needed, and nothing of it is read.
-        parent = os.open("..", _PATH_ONLY | os.O_DIRECTORY, dir_fd=fd)
-    except OSError:
-        return None
-    try:
-        return _device(parent)
-    finally:
-        os.close(parent)
 
 
 def is_video_name(name: str) -> bool:

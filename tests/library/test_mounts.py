@@ -2,7 +2,7 @@
 
 The tests cannot mount a file system, so most of them tell the walk that a
 directory is on another device (:class:`Devices`, in place of
-``_walk._device``); one walks a real mount point where the machine has one.
+``_mounts.device``); one walks a real mount point where the machine has one.
 "Unmounting" moves the directory away and leaves in its place what an
 unmounted disk leaves: an empty directory, no directory (an automounter
 removes the ones it made), or a directory with a file saying so.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from stoat_ferret.library import ErrorLog, VideoLibrary, _walk, make_scan_handler, walk_videos
+from stoat_ferret.library import ErrorLog, VideoLibrary, _mounts, make_scan_handler, walk_videos
 from stoat_ferret.library._mounts import ANOTHER, NOT_MOUNTED, track
 from tests.library.support import listed_path, make_context
 from tests.videos import copy_video
@@ -33,7 +33,7 @@ TIMEOUT = 30
 
 
 class Devices:
-    """Replaces the walk's ``_device`` and ``_fsid``: each directory of
+    """Replaces ``_mounts.device`` and ``_mounts._fsid``: each directory of
     :attr:`mounted`, and everything below it, is on a device of its own,
     whose file system's identity (``f_fsid``, unsigned) is :attr:`identity`
     (its index + 100 unless set there); every other directory is where the
@@ -42,8 +42,8 @@ class Devices:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.mounted: list[Path] = []
         self.identity: dict[Path, int] = {}
-        monkeypatch.setattr(_walk, "_device", self)
-        monkeypatch.setattr(_walk, "_fsid", self.fsid)
+        monkeypatch.setattr(_mounts, "device", self)
+        monkeypatch.setattr(_mounts, "_fsid", self.fsid)
 
     def mount(self, fd: int) -> Path | None:
         where = Path(os.readlink(f"/proc/self/fd/{fd}"))
