@@ -143,11 +143,11 @@ class VideoLibrary:
         it found), then maps each stored path in the scope to ``(size_bytes,
         mtime_ns)`` in one query (:meth:`VideoStore.fingerprints`), and
         returns ``compare(found, stored, mount_points)``, the last the mount
-        points stored in the scope, each with its file system's identity
+        points stored at, above and in the scope, each with its file system's identity
         (:meth:`VideoStore.mount_points`). All in one thread hop: on the
         2-core machine a hop costs 0.2-0.35 ms of CPU, a third of a scan of
-        an empty directory; and comparing a million paths
-        takes most of a second, which must not be the event loop's.
+        an empty directory; and comparing a million paths takes most of a
+        second, which must not be the event loop's.
         """
 
         def both() -> T:

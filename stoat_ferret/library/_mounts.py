@@ -1,50 +1,53 @@
-"""The disks mounted in a scanned directory: which to remember, and whose videos to keep.
+"""The disks mounted in and above a scanned directory: which to remember, and whose videos to keep.
 
 A disk that is not mounted leaves its mount point an empty directory, or
 no directory at all (an automounter removes the ones it made), and every
 video stored on it would look deleted to a scan: their rows, ids and
 thumbnails would go. Another disk mounted in its place (the backup disk of
-the week) would make them look deleted too. So the scan's walk notes each
-directory it finds on another file system than its parent's (another
-``st_dev``), the scanned directory included, with the identity of the file
-system mounted there (``statvfs``'s ``f_fsid``: from the volume's UUID on
-ext4, XFS and Btrfs, its serial number with Linux's own NTFS driver; from
-the device's number on FAT and exFAT, so that it may change when the disk
-is plugged in again, and two such disks plugged in one after the other at
-the same place may look the same; 0 where the file system gives none, as
-FUSE file systems (ntfs-3g, exfat-fuse, sshfs) and NFS before Linux 6.6
-do, so that two of those look the same, and neither the same as one that
-gives an identity), and the store remembers them (its ``mount_points``
-table) across scans and restarts.
+the week) would make them look deleted too. So a scan notes each directory
+it finds on another file system than its parent's (another ``st_dev``):
+those its walk lists, the scanned directory included, and those above it
+(:func:`mounts_at_and_above`, device numbers only), each with the identity
+of the file system mounted there (``statvfs``'s ``f_fsid``: from the
+volume's UUID on ext4, XFS and Btrfs, its serial number with Linux's own
+NTFS driver; from the device's number on FAT and exFAT, so that it may
+change when the disk is plugged in again, and two such disks plugged in
+one after the other at the same place may look the same; 0 where the file
+system gives none, as FUSE file systems (ntfs-3g, exfat-fuse, sshfs) and
+NFS before Linux 6.6 do, so that two of those look the same, and neither
+the same as one that gives an identity). The store remembers them (its
+``mount_points`` table, ``_mountstore.py``) across scans and restarts.
 
-A scan works out, in its survey's thread, with :func:`track`:
+A scan works out, in its survey's thread, with :func:`track`, from the
+mount points stored at, above and in its scope:
 
-* which stored mount points of its scope are not as they were: not found
-  mounted by the walk (whatever is there now: nothing, an empty directory,
-  a file saying the disk is not mounted), or found with another file
-  system than the one stored. No video stored below such a mount point is
-  removed as gone (:func:`keep_unmounted`), and one ``errors`` entry for
-  each says why and how to let them go. A mount point below a directory the
-  walk could not list (``ErrorLog.unread``) was not looked at: it is left
-  as it is, and what is stored below it goes by ``lstat``, as anywhere the
-  walk could not see;
+* which are not as they were: not found mounted (whatever is there now:
+  nothing, an empty directory, a file saying the disk is not mounted), or
+  found with another file system than the one stored. No video stored
+  below such a mount point is removed as gone (:func:`not_gone`), and one
+  ``errors`` entry for each says why and how to let them go. So a scan of
+  a directory on a disk, below its mount point, also keeps the videos of
+  the disk that was there, if another is now. A mount point below a
+  directory the walk could not list (``ErrorLog.unread``), or one whose
+  state could not be told (its file system's identity could not be asked,
+  or, above the scanned directory, ``..`` could not be opened), is left as
+  it is, and what is stored below it goes by ``lstat``;
 * what to write: the mount points found for the first time; and, for a
-  scan asked to (``forget_unmounted``), the stored ones that are not as
+  scan asked to (``forget_unmounted``), those of its scope that are not as
   they were: forgotten (or given the identity found there now), their
-  videos then removed as any deleted file's. Only a recursive scan
-  forgets: a flat one does not see below its directory (a flat scan of a
-  mount point not mounted, told to forget, removes the videos directly in
-  it, and the mount point stays remembered). The write is of
-  those changes only, not of the scope: scans that run at once do not undo
-  each other's (but for a disk mounted again while a scan that forgets it
-  runs: the next scan that finds it mounted remembers it again). Most
-  scans write none.
+  videos then removed as any deleted file's. Those above its scope stay
+  (their videos in the scope are removed all the same); only a recursive
+  scan forgets: a flat one does not see below its directory (a flat scan
+  of a mount point not mounted, told to forget, removes the videos
+  directly in it, and the mount point stays remembered). The write is of
+  those changes only: scans that run at once do not undo each other's
+  (but for a disk mounted again while a scan that forgets it runs: the
+  next scan that finds it mounted remembers it again). Most scans write
+  none.
 
-So a disk is remembered once a scan of its mount point, or of a directory
-above it, has seen it mounted; not by the scan of a directory on it below
-its mount point. A bind mount of a directory of the same file system has
-the same ``st_dev``, and is not told apart from a directory; a Btrfs
-subvolume has one of its own, and is taken for a mount point.
+A bind mount of a directory of the same file system has the same
+``st_dev``, and is not told apart from a directory; a Btrfs subvolume has
+one of its own, and is taken for a mount point.
 """
 
 from __future__ import annotations
@@ -62,10 +65,14 @@ if TYPE_CHECKING:
 FORGET_HINT: Final = 'if they are gone for good, scan again with "forget_unmounted": true'
 """How an ``errors`` entry about kept videos says to let them go."""
 
-_PATH_ONLY: Final = getattr(os, "O_PATH", os.O_RDONLY)
-
 NOT_MOUNTED: Final = "not mounted"
+"""How a stored mount point is not as it was: not found mounted."""
+
 ANOTHER: Final = "another file system"
+"""How a stored mount point is not as it was: another file system there, or
+one that cannot be told the same (0 against an identity, or the reverse)."""
+
+_PATH_ONLY: Final = getattr(os, "O_PATH", os.O_RDONLY)
 
 
 @attrs.frozen
@@ -83,45 +90,51 @@ class Tracked:
 
 def track(
     stored: Mapping[str, int],
-    seen: Mapping[str, int],
+    seen: Mapping[str, int | None],
     *,
-    forget: bool,
+    directory: str,
     recursive: bool,
+    forget: bool,
     unread: Collection[str],
 ) -> Tracked:
-    """Compare the mount points ``stored`` in a scan's scope with those its
-    walk found (``seen``), each with its file system's identity.
+    """Compare the mount points stored at, above and in a scan's scope
+    (``stored``) with those its walk found (``seen``: at and below
+    ``directory``, and above it), each with its file system's identity
+    (None in ``seen``: it could not be told whether the directory is a
+    mount point, or of what; it is left as it is).
 
     ``unread``: the directories the walk could not list; a stored mount
     point at or below one was not looked at. ``forget``: the scan forgets
-    (recursive) or gives their new identity to the mount points not as
-    they were, and keeps none of their videos.
+    (if ``recursive``) or gives their new identity to the mount points in
+    its scope that are not as they were, and keeps none of the videos of
+    any.
     """
     not_looked_at = set(unread)
     changed: dict[str, str] = {}
-    for path, fs in stored.items():
-        now = seen.get(path)
-        if now is None:
-            if path in not_looked_at or below_any(path, not_looked_at) is not None:
-                continue
+    for path, identity in stored.items():
+        if path in seen:
+            now = seen[path]
+            if now is not None and now != identity:
+                changed[path] = ANOTHER
+        elif path not in not_looked_at and _below_any(path, not_looked_at) is None:
             changed[path] = NOT_MOUNTED
-        elif now != fs:
-            changed[path] = ANOTHER
-    added = {path: fs for path, fs in seen.items() if path not in stored}
-    if forget:
-        added.update((path, seen[path]) for path, how in changed.items() if how == ANOTHER)
-        dropped = {path for path, how in changed.items() if how == NOT_MOUNTED and recursive}
-        return Tracked(added=added, dropped=dropped)
-    return Tracked(changed=changed, added=added)
+    added = {path: fs for path, fs in seen.items() if fs is not None and path not in stored}
+    if not forget:
+        return Tracked(changed=changed, added=added)
+    # Those above the scope stay as they are: another scan's to forget.
+    in_scope = {path for path in changed if path == directory or _below_any(path, {directory})}
+    added.update((path, fs) for path in in_scope if (fs := seen.get(path)) is not None)
+    dropped = {path for path in in_scope if changed[path] == NOT_MOUNTED and recursive}
+    return Tracked(added=added, dropped=dropped)
 
 
-def keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog) -> set[str]:
+def _keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog) -> set[str]:
     """``gone`` without the paths below a mount point of ``changed``, with one
     ``errors`` entry for each such mount point that had any."""
     kept: dict[str, int] = {}
     left = set()
     for path in gone:
-        mount = below_any(path, changed)
+        mount = _below_any(path, changed)
         if mount is None:
             left.add(path)
         else:
@@ -144,7 +157,7 @@ def keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog)
     return left
 
 
-def below_any(path: str, directories: Collection[str]) -> str | None:
+def _below_any(path: str, directories: Collection[str]) -> str | None:
     """The directory of ``directories`` that ``path`` is below, if any (the
     nearest, if several are). ``directories`` is a set or a mapping."""
     parent = os.path.dirname(path)
@@ -166,12 +179,12 @@ def not_gone(
     root_is_empty: Callable[[], bool],
 ) -> set[str]:
     """``gone`` without what a disk not mounted makes look gone: the stored
-    videos below a mount point not as it was (:func:`keep_unmounted`), and
+    videos below a mount point not as it was (:func:`_keep_unmounted`), and
     every one of a scanned directory ``root`` that holds no entry at all
     (its own disk may not be mounted), unless the scan was told to
     ``forget`` them; an ``errors`` entry says why."""
     if gone and tracked.changed:
-        gone = keep_unmounted(gone, tracked.changed, errors)
+        gone = _keep_unmounted(gone, tracked.changed, errors)
     if gone and not forget and root_is_empty():
         errors.add(
             root,
@@ -187,15 +200,15 @@ def device(fd: int) -> int:
     return os.fstat(fd).st_dev
 
 
-def file_system(fd: int) -> int:
+def file_system(fd: int) -> int | None:
     """The identity of the file system the directory ``fd`` is on
-    (``statvfs``'s ``f_fsid``; 0 if it gives none or cannot be asked), as a
-    signed 64-bit integer, which SQLite holds: ``f_fsid`` is unsigned, and
-    half of the volumes' UUIDs give one of 2**63 or more."""
+    (``statvfs``'s ``f_fsid``; 0 if it gives none; None if it cannot be
+    asked), as a signed 64-bit integer, which SQLite holds: ``f_fsid`` is
+    unsigned, and half of the volumes' UUIDs give one of 2**63 or more."""
     try:
         fsid = _fsid(fd)
     except OSError:
-        return 0
+        return None
     return fsid - 2**64 if fsid >= 2**63 else fsid
 
 
@@ -203,15 +216,43 @@ def _fsid(fd: int) -> int:
     return os.fstatvfs(fd).f_fsid
 
 
-def parent_device(fd: int) -> int | None:
-    """The device of the directory above the directory ``fd`` (itself for
-    ``/``); None if it cannot be reached."""
+def mounts_at_and_above(fd: int, path: str) -> dict[str, int | None]:
+    """The mount points at and above the directory ``fd`` (at ``path``),
+    each with its file system's identity (:func:`file_system`): each
+    directory on another device than the one above it, found by going up
+    through ``..``, opened ``O_PATH`` (nothing of it is read, and no
+    permission to read it is needed). Where ``..`` cannot be opened, the
+    directories from there up map to None: whether they are mount points
+    cannot be told."""
+    found: dict[str, int | None] = {}
+    child, child_path, child_device = fd, path, device(fd)
     try:
-        # O_PATH (Linux): no permission to read it needed, and nothing of it is read.
-        parent = os.open("..", _PATH_ONLY | os.O_DIRECTORY, dir_fd=fd)
-    except OSError:
-        return None
-    try:
-        return device(parent)
+        while (up := os.path.dirname(child_path)) != child_path:
+            try:
+                parent = os.open("..", _PATH_ONLY | os.O_DIRECTORY, dir_fd=child)
+            except OSError:
+                found.update(dict.fromkeys([child_path, *above(child_path)]))
+                break
+            try:
+                parent_device = device(parent)
+                if parent_device != child_device:
+                    found[child_path] = file_system(child)
+            except BaseException:
+                os.close(parent)
+                raise
+            if child != fd:
+                os.close(child)
+            child, child_path, child_device = parent, up, parent_device
     finally:
-        os.close(parent)
+        if child != fd:
+            os.close(child)
+    return found
+
+
+def above(directory: str) -> list[str]:
+    """The directories above ``directory`` (absolute, normalised), nearest first."""
+    paths = []
+    while (parent := os.path.dirname(directory)) != directory:
+        paths.append(parent)
+        directory = parent
+    return paths

@@ -138,7 +138,7 @@ class ScanRun:
     known: dict[str, Fingerprint] = attrs.field(factory=dict)
     # The directories the walk found on another file system than their
     # parent's, each with its file system's identity.
-    seen_mount_points: dict[str, int] = attrs.field(factory=dict)
+    seen_mount_points: dict[str, int | None] = attrs.field(factory=dict)
     # What the survey made of them (_mounts.py).
     mounts: Tracked = attrs.field(factory=Tracked)
     # The scanned directory, opened by the survey's thread; closed by run().
@@ -269,6 +269,7 @@ class ScanRun:
         self.mounts = track(
             mounts,
             self.seen_mount_points,
+            directory=self.root,
             forget=forget,
             recursive=self.recursive,
             unread=self.errors.unread,

@@ -42,8 +42,8 @@ process can open the store meanwhile): job ids do not outlive the process.
 Mount points. ``mount_points`` holds the directories that a scan found on
 another file system than their parent's
 (``_mounts.py`` says what they are for), each with the identity of the
-file system mounted there; a scan writes only the changes it makes in its
-scope (its directory, and those below it if it is recursive).
+file system mounted there; a scan reads those at, above and in its scope,
+and writes only the changes it makes (``_mountstore.py``).
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.
@@ -86,6 +86,7 @@ from stoat_ferret.library._models import (
     VideoFilter,
     VideoRecord,
 )
+from stoat_ferret.library._mountstore import change_mount_points, select_mount_points
 from stoat_ferret.library._query import (
     FORMATS,
     filter_clause,
@@ -113,7 +114,7 @@ BUSY_TIMEOUT_MS: Final = 5_000
 
 
 class VideoStore:
-    """The videos table of one SQLite file. Blocking: call it from worker threads.
+    """The tables of one SQLite file. Blocking: call it from worker threads.
 
     Use :meth:`open`; the constructor takes the already prepared writing and
     reading connections of the file ``path``.
@@ -278,15 +279,11 @@ class VideoStore:
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
 
     def mount_points(self, directory: str, *, recursive: bool) -> dict[str, int]:
-        """The mount points stored in a scope, each with its file system's
-        identity: ``directory`` itself, and every directory below it if
-        ``recursive`` (:meth:`update_mount_points`)."""
-        where, bounds = _mount_scope(directory, recursive)
+        """The mount points stored at, above and (if ``recursive``) below
+        ``directory``, each with its file system's identity
+        (``_mountstore.select_mount_points``)."""
         with self._reading() as connection:
-            rows = connection.execute(
-                f"SELECT path, file_system FROM mount_points WHERE {where}", bounds
-            )
-            return dict(rows)
+            return select_mount_points(connection, directory, recursive)
 
     def update_mount_points(
         self,
@@ -296,31 +293,15 @@ class VideoStore:
         added: Mapping[str, int],
         dropped: Collection[str],
     ) -> None:
-        """Store the mount points ``added`` (path: identity; one stored
-        already gets the identity given) and forget those ``dropped``, all
-        in a scope (as :meth:`mount_points`), in one transaction. Only these:
-        a scan's changes, so that scans at once do not undo each other's.
+        """Store the mount points ``added`` (path: identity) and forget those
+        ``dropped``, in one transaction: a scan's changes only, so that scans
+        at once do not undo each other's (``_mountstore.change_mount_points``).
 
         Raises:
-            ValueError: A path is not in the scope.
+            ValueError: A path is not in the scan's scope (nor, for ``added``, above it).
         """
-        low, high = subtree_bounds(directory)
-        outside = [
-            path
-            for path in (*added, *dropped)
-            if path != directory and not (recursive and low <= path < high)
-        ]
-        if outside:
-            raise ValueError(f"not in the scope of {directory}: {outside[0]}")
         with self._writing() as connection:
-            connection.executemany(
-                "INSERT INTO mount_points (path, file_system) VALUES (?, ?)"
-                " ON CONFLICT (path) DO UPDATE SET file_system = excluded.file_system",
-                added.items(),
-            )
-            connection.executemany(
-                "DELETE FROM mount_points WHERE path = ?", [(path,) for path in dropped]
-            )
+            change_mount_points(connection, directory, recursive, added, dropped)
 
     def stamp(self) -> datetime:
         """Now by the wall clock, but later than every stamp before it.
@@ -513,10 +494,3 @@ class VideoStore:
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"
-
-
-def _mount_scope(directory: str, recursive: bool) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause and its parameters of a scope of ``mount_points``."""
-    if recursive:
-        return "path = ? OR (path >= ? AND path < ?)", (directory, *subtree_bounds(directory))
-    return "path = ?", (directory,)

@@ -108,7 +108,7 @@ def walk_videos(
     checkpoint: Callable[[], None] = _never_cancelled,
     root_fd: int | None = None,
     before_open: Callable[[str], None] | None = None,
-    mount_points: dict[str, int] | None = None,
+    mount_points: dict[str, int | None] | None = None,
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -129,9 +129,10 @@ def walk_videos(
             ``root`` included, that is on another file system than its
             parent (its ``st_dev`` differs): where a disk is mounted; with
             the identity of that file system (``f_fsid`` as a signed 64-bit
-            integer, 0 if it gives none: ``_mounts.file_system``). For ``root``,
-            its parent is looked at (``fstat`` only, the one thing the walk
-            looks at above ``root``).
+            integer, 0 if it gives none, None if it cannot be asked:
+            ``_mounts.file_system``); and those above ``root``
+            (``_mounts.mounts_at_and_above``: device numbers, the one thing
+            the walk looks at above ``root``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -161,6 +162,11 @@ def walk_videos(
     return walk.found
 
 
+_Level: TypeAlias = "tuple[int, str, Iterator[str], int]"
+"""A directory the walk is in: its descriptor, its path, its subdirectories
+left to walk, and its device (``st_dev``)."""
+
+
 class _Walk:
     """The state of one walk: the directories still to list and what was found."""
 
@@ -178,7 +184,7 @@ class _Walk:
         self.checkpoint = checkpoint
         self.before_open: Callable[[str], None] | None = None
         self.found: dict[str, Fingerprint] = {}
-        self.mount_points: dict[str, int] = {}
+        self.mount_points: dict[str, int | None] = {}
         self.scope = split(root)
         self.root_fd = -1
         self.seen = 0
@@ -196,10 +202,8 @@ class _Walk:
             raise ScanError(self.root, _reason(exc)) from exc
         # Depth-first with an explicit stack of levels: no recursion limit,
         # one descriptor open per level.
+        self.mount_points.update(_mounts.mounts_at_and_above(root_fd, self.root))
         device = _mounts.device(root_fd)
-        parent_device = _mounts.parent_device(root_fd)
-        if parent_device is not None and device != parent_device:
-            self.mount_points[self.root] = _mounts.file_system(root_fd)
         stack: list[_Level] = [(root_fd, self.root, subdirectories, device)]
         try:
             while stack:
@@ -337,11 +341,6 @@ class _Walk:
         if self.recursive:
             return len(parts) > depth
         return len(parts) == depth + 1
-
-
-_Level: TypeAlias = "tuple[int, str, Iterator[str], int]"
-"""A directory the walk is in: its descriptor, its path, its subdirectories
-left to walk, and its device (``st_dev``)."""
 
 
 def is_video_name(name: str) -> bool:

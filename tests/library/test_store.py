@@ -222,8 +222,9 @@ def test_mount_points_are_updated_within_their_scope_only(store: VideoStore) -> 
     """A scan's mount points are added (an identity replaced) and forgotten
     in its scope only: the directory itself and, if recursive, those below
     it; not a sibling's whose name starts the same, nor one above. Only the
-    paths named change: one stored by another scan meanwhile stays.
-    Identities span the signed 64-bit range."""
+    paths named change: one stored by another scan meanwhile stays. A scan
+    reads those above its directory too, and may add one there, not forget
+    it. Identities span the signed 64-bit range."""
     everywhere = {"/m": 1, "/m/a": 2, "/m/a/b": 3, "/m-x/c": 4}
     store.update_mount_points("/", recursive=True, added=everywhere, dropped=())
 
@@ -243,6 +244,12 @@ def test_mount_points_are_updated_within_their_scope_only(store: VideoStore) -> 
         "/m-x/c": 4,
         **extremes,
     }
+    assert store.mount_points("/m/a/d/e", recursive=False) == {"/m/a": 6, "/m/a/d": 5}
+    store.update_mount_points("/m/z/y", recursive=False, added={"/m/z": 1}, dropped=())
+    assert store.mount_points("/m/z/y", recursive=True) == {"/m/z": 1}
+    with pytest.raises(ValueError, match="not in the scope of /m/z/y: /m/z"):
+        store.update_mount_points("/m/z/y", recursive=True, added={}, dropped={"/m/z"})
+    store.update_mount_points("/m/z", recursive=False, added={}, dropped={"/m/z"})
     with pytest.raises(ValueError, match="not in the scope of /m/a: /m/e"):
         store.update_mount_points("/m/a", recursive=True, added={"/m/e": 1}, dropped=())
     with pytest.raises(ValueError, match="not in the scope of /m: /m/a"):
@@ -250,7 +257,8 @@ def test_mount_points_are_updated_within_their_scope_only(store: VideoStore) -> 
 
 
 def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both scope queries the store runs search an index; neither scans the table."""
+    """The scope queries the store runs (fingerprints, recursive and flat;
+    mount points) search an index; none scans the table."""
     statements: list[str] = []
     connect = sqlite3.connect
 
@@ -267,6 +275,7 @@ def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         statements.clear()
         recursive = traced_store.fingerprints("/m", recursive=True)
         flat = traced_store.fingerprints("/m", recursive=False)
+        mounts = traced_store.mount_points("/m/sub", recursive=True)
     finally:
         traced_store.close()
     queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
@@ -275,9 +284,17 @@ def test_scope_queries_use_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     assert set(recursive) == {"/m/a.mp4", "/m/sub/b.mp4"}
     assert set(flat) == {"/m/a.mp4"}
-    assert len(queries) == 2, statements
+    assert mounts == {}
+    assert len(queries) == 3, statements
+    # Each table access (the plan's SEARCH or SCAN rows; "MULTI-INDEX OR" and
+    # its "INDEX n" rows only group them) searches an index.
     details = [row[3] for plan in plans for row in plan]
-    assert all("USING" in detail and "INDEX" in detail for detail in details), details
+    accesses = [detail for detail in details if detail.startswith(("SEARCH", "SCAN"))]
+    assert len(accesses) >= 4, details
+    assert all(
+        detail.startswith("SEARCH") and ("INDEX" in detail or "PRIMARY KEY" in detail)
+        for detail in accesses
+    ), details
 
 
 def test_delete_removes_a_batch_and_ignores_absent_paths(store: VideoStore) -> None:

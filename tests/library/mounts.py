@@ -1,0 +1,105 @@
+"""The stand-ins and helpers of the mount-point tests (``test_mounts*.py``).
+
+The tests cannot mount a file system, so they tell the walk that a
+directory is on another device (:class:`Devices`, in place of
+``_mounts.device`` and ``_mounts._fsid``). "Unmounting" moves the
+directory away and leaves in its place what an unmounted disk leaves: an
+empty directory, no directory (an automounter removes the ones it made),
+or a directory with a file saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+from stoat_ferret.library import _mounts
+from tests.videos import copy_video
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from stoat_ferret.library import VideoLibrary
+    from tests.videos import EncodedVideo
+
+T = TypeVar("T")
+
+
+class Devices:
+    """Replaces ``_mounts.device`` and ``_mounts._fsid``: each directory of
+    :attr:`mounted`, and everything below it, is on a device of its own,
+    whose file system's identity (``f_fsid``, unsigned) is :attr:`identity`
+    (its index + 100 unless set there); every other directory is where the
+    kernel says."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.mounted: list[Path] = []
+        self.identity: dict[Path, int] = {}
+        monkeypatch.setattr(_mounts, "device", self)
+        monkeypatch.setattr(_mounts, "_fsid", self.fsid)
+
+    def mount(self, fd: int) -> Path | None:
+        where = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        below = [path for path in self.mounted if path == where or path in where.parents]
+        return max(below, key=lambda path: len(path.parts)) if below else None
+
+    def __call__(self, fd: int) -> int:
+        mount = self.mount(fd)
+        return os.fstat(fd).st_dev if mount is None else -1 - self.mounted.index(mount)
+
+    def fsid(self, fd: int) -> int:
+        mount = self.mount(fd)
+        assert mount is not None, "asked only of a mount point"
+        return self.identity.get(mount, 100 + self.mounted.index(mount))
+
+
+@pytest.fixture
+def lib(tmp_path: Path, clip: EncodedVideo) -> Path:
+    """``lib/a.mp4``, and ``lib/disk`` (to be mounted) holding ``b.mp4`` and ``films/c.mp4``."""
+    root = tmp_path / "lib"
+    (root / "disk" / "films").mkdir(parents=True)
+    for name in ("a.mp4", "disk/b.mp4", "disk/films/c.mp4"):
+        copy_video(clip, root / name)
+    return root
+
+
+UNMOUNTED = ["an empty directory", "no directory", "a file saying so"]
+
+
+def unmount(directory: Path, devices: Devices, keep: Path, leaves: str = UNMOUNTED[0]) -> None:
+    """Move ``directory`` to ``keep``, and leave what an unmounted disk leaves."""
+    devices.mounted.remove(directory)
+    os.rename(directory, keep)
+    if leaves != "no directory":
+        directory.mkdir()
+    if leaves == "a file saying so":
+        (directory / "NOT_MOUNTED").write_text("the disk is not mounted")
+
+
+def mount(directory: Path, devices: Devices, kept: Path) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.rename(kept, directory)
+    devices.mounted.append(directory)
+
+
+async def video_ids(library: VideoLibrary) -> dict[str, int]:
+    return {video.path: video.id for video in (await library.list_videos())[0]}
+
+
+def ours(mounts: Mapping[str, T], directory: Path) -> dict[str, T]:
+    """``mounts`` without the machine's own mount points above the test's
+    directory (``/tmp`` may be one), which a scan notes too."""
+    return {path: fs for path, fs in mounts.items() if path.startswith(f"{directory.parent}/")}
+
+
+async def stored_mount_points(library: VideoLibrary, directory: Path) -> Any:
+    """The mount points stored at, above and below ``directory``, ours only."""
+    stored = await library.survey(
+        dict, str(directory), recursive=True, compare=lambda found, known, mounts: mounts
+    )
+    return ours(stored, directory)

@@ -1,0 +1,159 @@
+"""The walk's side of mount points, and the comparison of stored and found ones.
+
+``tests/library/mounts.py`` has the stand-ins; ``test_mounts.py`` the scans.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stoat_ferret.library import ErrorLog, _mounts, walk_videos
+from stoat_ferret.library._mounts import ANOTHER, NOT_MOUNTED, track
+from tests.library.mounts import Devices, lib, ours
+from tests.library.support import listed_path
+
+__all__ = ["lib"]  # a fixture the tests use
+
+
+def test_the_walk_notes_each_directory_on_another_device(
+    lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mount_points`` gets every subdirectory whose device is not its
+    parent's, a mount inside a mount too, and no other; and the walked
+    directory itself when it is a mount point, and those above it."""
+    devices = Devices(monkeypatch)
+    (lib / "disk" / "inner").mkdir()
+    devices.mounted += [lib / "disk", lib / "disk" / "inner"]
+    devices.identity[lib / "disk"] = 7
+    mounts: dict[str, int | None] = {}
+    itself: dict[str, int | None] = {}
+    below: dict[str, int | None] = {}
+
+    found = walk_videos(str(lib), recursive=True, errors=ErrorLog(), mount_points=mounts)
+    walk_videos(str(lib / "disk"), recursive=False, errors=ErrorLog(), mount_points=itself)
+    walk_videos(str(lib / "disk" / "films"), recursive=False, errors=ErrorLog(), mount_points=below)
+
+    assert len(found) == 3
+    assert ours(mounts, lib) == {str(lib / "disk"): 7, str(lib / "disk" / "inner"): 101}
+    assert ours(itself, lib) == {str(lib / "disk"): 7}
+    assert ours(below, lib) == {str(lib / "disk"): 7}
+
+
+_DEV = Path("/dev")
+_DEV_MOUNTS = [
+    path
+    for path in (_DEV / "shm", _DEV / "pts", _DEV / "mqueue")
+    if path.is_dir() and not path.is_symlink() and path.stat().st_dev != _DEV.stat().st_dev
+]
+
+
+@pytest.mark.skipif(not _DEV_MOUNTS, reason="no file system mounted below /dev here")
+def test_the_walk_finds_the_real_mount_points_below_dev() -> None:
+    """Without a stand-in: the file systems the kernel has mounted below
+    ``/dev`` (``/dev/shm``, ``/dev/pts`` on most Linux machines), and the
+    one walked when it is one of them."""
+    mounts: dict[str, int | None] = {}
+    itself: dict[str, int | None] = {}
+
+    walk_videos(str(_DEV), recursive=True, errors=ErrorLog(), mount_points=mounts)
+    walk_videos(str(_DEV_MOUNTS[0]), recursive=False, errors=ErrorLog(), mount_points=itself)
+
+    assert {str(path) for path in _DEV_MOUNTS} <= set(mounts)
+    assert (str(_DEV) in mounts) == (_DEV.stat().st_dev != Path("/").stat().st_dev)
+    fsid = os.statvfs(_DEV_MOUNTS[0]).f_fsid
+    assert itself[str(_DEV_MOUNTS[0])] == (fsid - 2**64 if fsid >= 2**63 else fsid)
+
+
+# (stored, seen, forget, recursive, unread) -> (changed, added, dropped), for a
+# scan of /x/m: /x is above it.
+_TRACKED = [
+    ({}, {"/x/m/d": 0}, False, True, [], {}, {"/x/m/d": 0}, set()),
+    ({}, {"/x/m/d": 7}, True, True, [], {}, {"/x/m/d": 7}, set()),
+    ({"/x/m/d": 7}, {"/x/m/d": 7}, False, True, [], {}, {}, set()),
+    ({"/x/m/d": 0}, {"/x/m/d": 0}, False, True, [], {}, {}, set()),
+    ({"/x/m/d": 7}, {"/x/m/d": 8}, False, True, [], {"/x/m/d": ANOTHER}, {}, set()),
+    ({"/x/m/d": 0}, {"/x/m/d": 7}, False, True, [], {"/x/m/d": ANOTHER}, {}, set()),
+    ({"/x/m/d": 7}, {"/x/m/d": 0}, False, True, [], {"/x/m/d": ANOTHER}, {}, set()),
+    ({"/x/m/d": 0}, {"/x/m/d": 7}, True, True, [], {}, {"/x/m/d": 7}, set()),
+    ({"/x/m/d": 7}, {"/x/m/d": 8}, True, False, [], {}, {"/x/m/d": 8}, set()),
+    ({"/x/m/d": 7}, {}, True, True, [], {}, {}, {"/x/m/d"}),
+    ({"/x/m/d": 7}, {}, True, False, [], {}, {}, set()),
+    ({"/x/m/d": 7}, {}, True, True, ["/x/m"], {}, {}, set()),
+    ({"/x/m/d": 7}, {}, False, True, ["/x/m/d"], {}, {}, set()),
+    ({"/x/m/d": 7}, {}, False, True, ["/x/m/e"], {"/x/m/d": NOT_MOUNTED}, {}, set()),
+    ({"/x": 3}, {"/x": 3}, False, True, [], {}, {}, set()),
+    ({"/x": 3}, {}, False, False, [], {"/x": NOT_MOUNTED}, {}, set()),
+    ({"/x": 3}, {"/x": 4}, False, True, [], {"/x": ANOTHER}, {}, set()),
+    ({"/x": 3}, {"/x": 4}, True, True, [], {}, {}, set()),
+    ({"/x": 3}, {}, True, True, [], {}, {}, set()),
+    ({}, {"/x": 4}, False, True, [], {}, {"/x": 4}, set()),
+    ({"/x/m/d": 7}, {"/x/m/d": None}, True, True, [], {}, {}, set()),
+    ({}, {"/x/m/d": None}, False, True, [], {}, {}, set()),
+    ({"/x": 3}, {"/x": None}, False, True, [], {}, {}, set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("stored", "seen", "forget", "recursive", "unread", "changed", "added", "dropped"), _TRACKED
+)
+def test_track_compares_identities_and_writes_only_changes(
+    stored: dict[str, int],
+    seen: dict[str, int | None],
+    forget: bool,
+    recursive: bool,
+    unread: list[str],
+    changed: dict[str, str],
+    added: dict[str, int],
+    dropped: set[str],
+) -> None:
+    """:func:`track`'s table: a new mount point is stored whatever its
+    identity (but one that could not be asked), the same one writes
+    nothing, another (0, none, included) is kept apart, or adopted when
+    forgetting, in the scope only (above it, it stays); one whose state
+    could not be told is left as it is; a
+    recursive scan that forgets drops what it did not find mounted, but not
+    what it could not look at, and a flat one drops nothing."""
+    tracked = track(
+        stored, seen, directory="/x/m", forget=forget, recursive=recursive, unread=unread
+    )
+
+    assert (tracked.changed, tracked.added, tracked.dropped) == (changed, added, dropped)
+
+
+def test_what_cannot_be_asked_is_not_taken_for_an_answer(
+    lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount point whose file system cannot be asked its identity maps to
+    None, as do the directories above one whose ``..`` cannot be opened:
+    neither is a mount point of identity 0, nor a directory that is none."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    real_fsid, real_open = devices.fsid, os.open
+
+    def unaskable(fd: int) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    def no_way_up(path: Any, flags: int, *args: Any, dir_fd: int | None = None) -> int:
+        if path == ".." and dir_fd is not None and listed_path(dir_fd) == str(lib / "disk"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args, dir_fd=dir_fd)
+
+    monkeypatch.setattr(_mounts, "_fsid", unaskable)
+    mounts: dict[str, int | None] = {}
+    walk_videos(str(lib), recursive=True, errors=ErrorLog(), mount_points=mounts)
+    monkeypatch.setattr(_mounts, "_fsid", real_fsid)
+    monkeypatch.setattr(os, "open", no_way_up)
+    films = os.open(lib / "disk" / "films", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        up = _mounts.mounts_at_and_above(films, str(lib / "disk" / "films"))
+    finally:
+        os.close(films)
+
+    assert ours(mounts, lib) == {str(lib / "disk"): None}
+    assert str(lib / "disk" / "films") not in up
+    assert {up[str(lib / "disk")], up[str(lib)], up["/"]} == {None}
