@@ -7,7 +7,10 @@ thumbnails would go. Another disk mounted in its place (the backup disk of
 the week) would make them look deleted too. So a scan notes each directory
 it finds on another file system than its parent's (another ``st_dev``):
 those its walk lists, the scanned directory included, and those above it
-(:func:`mounts_at_and_above`, device numbers only), each with the identity
+up to the scan root that holds it (:func:`mounts_at_and_above`: device
+numbers, and the identity of a mount point's file system; no scan may be
+told to forget one above its root, so none is noted there), each with the
+identity
 of the file system mounted there (``statvfs``'s ``f_fsid``: from the
 volume's UUID on ext4, XFS and Btrfs, its serial number with Linux's own
 NTFS driver; from the device's number on FAT and exFAT, so that it may
@@ -30,8 +33,9 @@ mount points stored at, above and in its scope:
   the disk that was there, if another is now. A mount point below a
   directory the walk could not list (``ErrorLog.unread``), or one whose
   state could not be told (its file system's identity could not be asked,
-  or, above the scanned directory, ``..`` could not be opened), is left as
-  it is, and what is stored below it goes by ``lstat``;
+  or, above the scanned directory, ``..`` could not be opened, or it is
+  above the scan root), is left as it is, and what is stored below it goes
+  by ``lstat``;
 * what to write: the mount points found for the first time; and, for a
   scan asked to (``forget_unmounted``), those of its scope that are not as
   they were: forgotten (or given the identity found there now), their
@@ -63,7 +67,14 @@ if TYPE_CHECKING:
     from stoat_ferret.library._models import ErrorLog
 
 FORGET_HINT: Final = 'if they are gone for good, scan again with "forget_unmounted": true'
-"""How an ``errors`` entry about kept videos says to let them go."""
+"""How the ``errors`` entry of a scanned directory found empty says to let
+its videos go."""
+
+MOUNT_HINT: Final = (
+    'if gone for good, scan this folder (or one above) with "forget_unmounted": true'
+)
+"""How the ``errors`` entry of a mount point not as it was says to let its
+videos go: a scan of a directory below it forgets nothing above its own."""
 
 NOT_MOUNTED: Final = "not mounted"
 """How a stored mount point is not as it was: not found mounted."""
@@ -122,7 +133,11 @@ def track(
     if not forget:
         return Tracked(changed=changed, added=added)
     # Those above the scope stay as they are: another scan's to forget.
-    in_scope = {path for path in changed if path == directory or _below_any(path, {directory})}
+    in_scope = {
+        path
+        for path in changed
+        if path == directory or (recursive and _below_any(path, {directory}) is not None)
+    }
     added.update((path, fs) for path in in_scope if (fs := seen.get(path)) is not None)
     dropped = {path for path in in_scope if changed[path] == NOT_MOUNTED and recursive}
     return Tracked(added=added, dropped=dropped)
@@ -143,16 +158,14 @@ def _keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog
         if changed[mount] == NOT_MOUNTED:
             errors.add(
                 mount,
-                "a disk was mounted here when it was last scanned, and this scan did not"
-                f" find it mounted: its {count} stored video(s) kept; {FORGET_HINT}",
+                f"disk not found mounted here, as it was when last scanned: its {count}"
+                f" stored video(s) kept; {MOUNT_HINT}",
             )
         else:
             errors.add(
                 mount,
-                "another file system is mounted here than when it was last scanned, or one"
-                f" that cannot be told the same: the {count} stored video(s) not on it kept;"
-                " if it is the same disk, or they are gone for good, scan this directory"
-                ' with "forget_unmounted": true',
+                "not the file system found here when last scanned (or not told the same):"
+                f" {count} stored video(s) not on it kept; {MOUNT_HINT}",
             )
     return left
 
@@ -216,14 +229,15 @@ def _fsid(fd: int) -> int:
     return os.fstatvfs(fd).f_fsid
 
 
-def mounts_at_and_above(fd: int, path: str) -> dict[str, int | None]:
-    """The mount points at and above the directory ``fd`` (at ``path``),
-    each with its file system's identity (:func:`file_system`): each
-    directory on another device than the one above it, found by going up
-    through ``..``, opened ``O_PATH`` (nothing of it is read, and no
-    permission to read it is needed). Where ``..`` cannot be opened, the
-    directories from there up map to None: whether they are mount points
-    cannot be told."""
+def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | None]:
+    """The mount points at and above the directory ``fd`` (at ``path``), up
+    to ``top`` (the scan root that holds it), each with its file system's
+    identity (:func:`file_system`): each directory on another device than
+    the one above it, found by going up through ``..``, opened ``O_PATH``
+    (nothing of it is read, and no permission to read it is needed). The
+    directories above ``top`` map to None (a scan may not be told to forget
+    them), as do those from where ``..`` cannot be opened up: whether they
+    are mount points is not told."""
     found: dict[str, int | None] = {}
     child, child_path, child_device = fd, path, device(fd)
     try:
@@ -240,9 +254,13 @@ def mounts_at_and_above(fd: int, path: str) -> dict[str, int | None]:
             except BaseException:
                 os.close(parent)
                 raise
-            if child != fd:
-                os.close(child)
-            child, child_path, child_device = parent, up, parent_device
+            done, child = child, parent
+            if done != fd:
+                os.close(done)
+            if child_path == top:
+                found.update(dict.fromkeys(above(top)))
+                break
+            child_path, child_device = up, parent_device
     finally:
         if child != fd:
             os.close(child)

@@ -85,6 +85,7 @@ import anyio.from_thread
 import attrs
 from loguru import logger
 
+from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
 from stoat_ferret.library._mounts import Tracked, not_gone, track
@@ -245,43 +246,34 @@ class ScanRun:
         except DirectoryReplaced as exc:
             self.errors.add_unread(self.root, exc.reason)  # so no stored row is removed
             return {}
-        return walk_videos(
+        found = walk_videos(
             self.root,
             recursive=self.recursive,
             errors=self.errors,
             checkpoint=anyio.from_thread.check_cancelled,
             root_fd=root_fd,
             mount_points=self.seen_mount_points,
+            scan_root=containing_root(self.root, self.roots) or "/",
         )
+        if not self.scanned.still_there():  # moved: the paths above are not its own
+            seen = self.seen_mount_points
+            seen.update((path, None) for path in seen if not path.startswith(f"{self.root}/"))
+        return found
 
     def compare(
-        self,
-        found: dict[str, Fingerprint],
-        known: dict[str, Fingerprint],
-        mounts: dict[str, int],
+        self, found: dict[str, Fingerprint], known: dict[str, Fingerprint], mounts: dict[str, int]
     ) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint], list[str], set[str]]:
         """:func:`compare`, but nothing is gone from a disk that looks not
-        mounted (``_mounts.py``; ``mounts``: those stored in the scope, with
-        their file systems' identities), unless the scan was asked to forget
-        them. Blocking: the survey's thread."""
+        mounted (``_mounts.py``; ``mounts``: those stored at, above and in
+        the scope), unless the scan was asked to forget them. Blocking."""
         found, known, to_probe, gone = compare(found, known)
-        forget = self.forget_unmounted
+        forget, errors = self.forget_unmounted, self.errors
+        seen, root, recursive = self.seen_mount_points, self.root, self.recursive
         self.mounts = track(
-            mounts,
-            self.seen_mount_points,
-            directory=self.root,
-            forget=forget,
-            recursive=self.recursive,
-            unread=self.errors.unread,
+            mounts, seen, directory=root, forget=forget, recursive=recursive, unread=errors.unread
         )
-        gone = not_gone(
-            gone,
-            self.mounts,
-            self.errors,
-            root=self.root,
-            forget=forget,
-            root_is_empty=self.scanned.is_empty,
-        )
+        empty = self.scanned.is_empty
+        gone = not_gone(gone, self.mounts, errors, root=root, forget=forget, root_is_empty=empty)
         return found, known, to_probe, gone
 
     def report(self) -> None:

@@ -109,6 +109,7 @@ def walk_videos(
     root_fd: int | None = None,
     before_open: Callable[[str], None] | None = None,
     mount_points: dict[str, int | None] | None = None,
+    scan_root: str = "/",
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -130,9 +131,11 @@ def walk_videos(
             parent (its ``st_dev`` differs): where a disk is mounted; with
             the identity of that file system (``f_fsid`` as a signed 64-bit
             integer, 0 if it gives none, None if it cannot be asked:
-            ``_mounts.file_system``); and those above ``root``
-            (``_mounts.mounts_at_and_above``: device numbers, the one thing
-            the walk looks at above ``root``).
+            ``_mounts.file_system``); and those above ``root`` up to
+            ``scan_root`` (``_mounts.mounts_at_and_above``: device numbers
+            and file systems' identities, the one thing the walk looks at
+            above ``root``, before it lists ``root``).
+        scan_root: The scan root that holds ``root`` (``/`` without roots).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -151,11 +154,13 @@ def walk_videos(
                 root_fd=fd,
                 before_open=before_open,
                 mount_points=mount_points,
+                scan_root=scan_root,
             )
         finally:
             os.close(fd)
     walk = _Walk(root, recursive=recursive, errors=errors, checkpoint=checkpoint)
     walk.before_open = before_open
+    walk.scan_root = scan_root
     walk.run(root_fd)
     if mount_points is not None:
         mount_points.update(walk.mount_points)
@@ -185,6 +190,7 @@ class _Walk:
         self.before_open: Callable[[str], None] | None = None
         self.found: dict[str, Fingerprint] = {}
         self.mount_points: dict[str, int | None] = {}
+        self.scan_root = "/"
         self.scope = split(root)
         self.root_fd = -1
         self.seen = 0
@@ -196,13 +202,15 @@ class _Walk:
     def run(self, root_fd: int) -> None:
         self.root_fd = root_fd
         self.fds = [root_fd]
+        # Before the listing, which may take long: the paths above then match
+        # their directories the closer in time (ScanRun.walk checks them after).
+        self.mount_points.update(_mounts.mounts_at_and_above(root_fd, self.root, self.scan_root))
         try:
             subdirectories = self.list_directory(root_fd, self.root)
         except OSError as exc:
             raise ScanError(self.root, _reason(exc)) from exc
         # Depth-first with an explicit stack of levels: no recursion limit,
         # one descriptor open per level.
-        self.mount_points.update(_mounts.mounts_at_and_above(root_fd, self.root))
         device = _mounts.device(root_fd)
         stack: list[_Level] = [(root_fd, self.root, subdirectories, device)]
         try:

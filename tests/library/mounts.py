@@ -53,7 +53,8 @@ class Devices:
 
     def fsid(self, fd: int) -> int:
         mount = self.mount(fd)
-        assert mount is not None, "asked only of a mount point"
+        if mount is None:  # a real mount point, such as /tmp above the test's directory
+            return os.fstatvfs(fd).f_fsid
         return self.identity.get(mount, 100 + self.mounted.index(mount))
 
 

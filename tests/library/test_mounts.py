@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from stoat_ferret.library import make_scan_handler
+from stoat_ferret.library import _mounts, _scan, make_scan_handler, walk_videos
 from tests.library.mounts import (
     UNMOUNTED,
     Devices,
@@ -69,7 +69,7 @@ async def test_an_unmounted_disk_keeps_its_videos_and_its_ids(
     assert (unmounted["removed"], unmounted["errors_total"]) == (0, 1)
     [entry] = unmounted["errors"]
     assert entry["path"] == str(lib / "disk")
-    assert "did not find it mounted: its 2 stored video(s) kept" in entry["error"]
+    assert "disk not found mounted here, as it was when last scanned: its 2" in entry["error"]
     assert '"forget_unmounted": true' in entry["error"]
     assert kept == ids
     assert (mounted["unchanged"], mounted["removed"], mounted["errors_total"]) == (3, 0, 0)
@@ -238,7 +238,7 @@ async def test_another_file_system_at_a_mount_point_does_not_take_the_disk_s_vid
     assert (other["added"], other["removed"], other["errors_total"]) == (1, 0, 1)
     [entry] = other["errors"]
     assert entry["path"] == str(lib / "disk")
-    assert "another file system is mounted here" in entry["error"]
+    assert "not the file system found here when last scanned" in entry["error"]
     assert (still["unchanged"], still["removed"], still["errors_total"]) == (3, 0, 1)
     assert str(lib / "disk" / "films" / "c.mp4") in kept
     assert (forgot["removed"], forgot["errors_total"]) == (1, 0)
@@ -363,7 +363,7 @@ async def test_a_file_system_with_no_identity_is_not_taken_for_one_with(
         remembered = await stored_mount_points(library, lib)
 
     assert (other["removed"], other["errors_total"]) == (0, 1)
-    assert "cannot be told the same" in other["errors"][0]["error"]
+    assert "(or not told the same)" in other["errors"][0]["error"]
     assert remembered == {str(lib / "disk"): before}
 
 
@@ -386,7 +386,8 @@ async def test_a_scan_below_a_mount_point_keeps_the_videos_of_the_disk_that_was_
 
     assert (films["added"], films["removed"], films["errors_total"]) == (1, 0, 1)
     assert films["errors"][0]["path"] == str(lib / "disk")
-    assert "another file system is mounted here" in films["errors"][0]["error"]
+    assert "not the file system found here when last scanned" in films["errors"][0]["error"]
+    assert films["errors"][0]["error"].endswith(_mounts.MOUNT_HINT)
     assert str(lib / "disk" / "films" / "c.mp4") in kept
 
 
@@ -410,3 +411,51 @@ async def test_a_disk_seen_only_by_scans_below_its_mount_point_is_remembered(
     assert (above["removed"], above["errors_total"]) == (0, 1)
     assert above["errors"][0]["path"] == str(lib / "disk")
     assert kept == {str(lib / "a.mp4"), str(lib / "disk" / "films" / "c.mp4")}
+
+
+async def test_a_mount_point_above_the_scan_roots_is_left_alone(
+    library: VideoLibrary, lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the scan roots narrowed to a folder on a disk, the disk's mount
+    point above them, stored by a scan made before, is neither checked nor
+    written: no scan could be told to forget it. A file deleted there goes
+    as anywhere, with no entry."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 1
+    shutil.copy2(lib / "disk" / "films" / "c.mp4", lib / "disk" / "films" / "d.mp4")
+    with anyio.fail_after(TIMEOUT):
+        await make_scan_handler(library)(make_context(lib))
+        os.remove(lib / "disk" / "films" / "c.mp4")
+        devices.identity[lib / "disk"] = 2
+        narrowed = make_scan_handler(library, roots=[lib / "disk" / "films"])
+        films = await narrowed(make_context(lib / "disk" / "films"))
+        stored = await stored_mount_points(library, lib)
+
+    assert (films["removed"], films["errors_total"]) == (1, 0)
+    assert stored == {str(lib / "disk"): 1}
+
+
+async def test_mount_points_above_a_directory_moved_during_its_scan_are_not_noted(
+    library: VideoLibrary, lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paths above a scanned directory are its path's: once the
+    directory was moved during the scan, they may name other directories,
+    so none above it is noted."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    walk = walk_videos
+
+    def walk_then_move(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        (lib / "disk" / "old").mkdir()
+        os.rename(lib / "disk" / "films", lib / "disk" / "old" / "films")
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_move)
+    with anyio.fail_after(TIMEOUT):
+        moved = await make_scan_handler(library)(make_context(lib / "disk" / "films"))
+        stored = await stored_mount_points(library, lib)
+
+    assert moved["found"] == 1
+    assert stored == {}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stoat_ferret.library import ErrorLog, _mounts, walk_videos
+from stoat_ferret.library import ERROR_TEXT_CHARS, ErrorLog, _mounts, walk_videos
 from stoat_ferret.library._mounts import ANOTHER, NOT_MOUNTED, track
 from tests.library.mounts import Devices, lib, ours
 from tests.library.support import listed_path
@@ -80,7 +80,8 @@ _TRACKED = [
     ({"/x/m/d": 0}, {"/x/m/d": 7}, False, True, [], {"/x/m/d": ANOTHER}, {}, set()),
     ({"/x/m/d": 7}, {"/x/m/d": 0}, False, True, [], {"/x/m/d": ANOTHER}, {}, set()),
     ({"/x/m/d": 0}, {"/x/m/d": 7}, True, True, [], {}, {"/x/m/d": 7}, set()),
-    ({"/x/m/d": 7}, {"/x/m/d": 8}, True, False, [], {}, {"/x/m/d": 8}, set()),
+    ({"/x/m/d": 7}, {"/x/m/d": 8}, True, False, [], {}, {}, set()),
+    ({"/x/m/d": 7}, {"/x/m/d": 8}, True, True, [], {}, {"/x/m/d": 8}, set()),
     ({"/x/m/d": 7}, {}, True, True, [], {}, {}, {"/x/m/d"}),
     ({"/x/m/d": 7}, {}, True, False, [], {}, {}, set()),
     ({"/x/m/d": 7}, {}, True, True, ["/x/m"], {}, {}, set()),
@@ -157,3 +158,61 @@ def test_what_cannot_be_asked_is_not_taken_for_an_answer(
     assert ours(mounts, lib) == {str(lib / "disk"): None}
     assert str(lib / "disk" / "films") not in up
     assert {up[str(lib / "disk")], up[str(lib)], up["/"]} == {None}
+
+
+def test_no_mount_point_is_noted_above_the_scan_root(
+    lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Going up from a scanned directory stops at the scan root that holds
+    it: a mount point above the root maps to None (not told: no scan may
+    be told to forget it), one at or below it is noted."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    films = os.open(lib / "disk" / "films", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        below_root = _mounts.mounts_at_and_above(films, str(lib / "disk" / "films"), str(lib))
+        at_root = _mounts.mounts_at_and_above(films, str(lib / "disk" / "films"), str(lib / "disk"))
+        above_root = _mounts.mounts_at_and_above(
+            films, str(lib / "disk" / "films"), str(lib / "disk" / "films")
+        )
+    finally:
+        os.close(films)
+
+    assert below_root[str(lib / "disk")] == 100
+    assert at_root[str(lib / "disk")] == 100
+    assert above_root[str(lib / "disk")] is None
+    assert str(lib / "disk" / "films") not in above_root
+    assert below_root[str(lib.parent)] is None
+
+
+def test_the_errors_entries_say_the_way_out_in_full() -> None:
+    """Each entry about kept videos ends with how to let them go, within
+    the length a result keeps of an entry's text, however large the count."""
+    errors = ErrorLog()
+    changed = {"/m/a": NOT_MOUNTED, "/m/b": ANOTHER}
+    many = 10**9  # the count's digits count too
+    gone = {f"/m/{mount}/{n}.mp4" for mount in "ab" for n in range(3)}
+    left = _mounts.not_gone(
+        gone,
+        _mounts.Tracked(changed=changed),
+        errors,
+        root="/m",
+        forget=False,
+        root_is_empty=lambda: True,
+    )
+    entries = [entry["error"].replace(" 3 ", f" {many} ") for entry in errors.entries]
+    _mounts.not_gone(
+        {f"/m/{n}.mp4" for n in range(3)},
+        _mounts.Tracked(),
+        errors,
+        root="/m",
+        forget=False,
+        root_is_empty=lambda: True,
+    )
+    entries.append(errors.entries[-1]["error"].replace(" 3 ", f" {many} "))
+
+    assert left == set()
+    assert [entry["path"] for entry in errors.entries] == ["/m/a", "/m/b", "/m"]
+    assert all(str(many) in entry for entry in entries), entries
+    assert all(len(entry) <= ERROR_TEXT_CHARS for entry in entries), entries
+    assert all(entry.endswith(("true", "put any file in it")) for entry in entries)
