@@ -10,8 +10,7 @@ those its walk lists, the scanned directory included, and those above it
 up to the scan root that holds it (:func:`mounts_at_and_above`: device
 numbers, and the identity of a mount point's file system; no scan may be
 told to forget one above its root, so none is noted there), each with the
-identity
-of the file system mounted there (``statvfs``'s ``f_fsid``: from the
+identity of the file system mounted there (``statvfs``'s ``f_fsid``: from the
 volume's UUID on ext4, XFS and Btrfs, its serial number with Linux's own
 NTFS driver; from the device's number on FAT and exFAT, so that it may
 change when the disk is plugged in again, and two such disks plugged in
@@ -34,8 +33,9 @@ mount points stored at, above and in its scope:
   directory the walk could not list (``ErrorLog.unread``), or one whose
   state could not be told (its file system's identity could not be asked,
   or, above the scanned directory, ``..`` could not be opened, or it is
-  above the scan root), is left as it is, and what is stored below it goes
-  by ``lstat``;
+  above the scan root, or the scanned directory was moved during the scan
+  so that the paths above it may name others), is left as it is, and what
+  is stored below it goes by ``lstat``;
 * what to write: the mount points found for the first time; and, for a
   scan asked to (``forget_unmounted``), those of its scope that are not as
   they were: forgotten (or given the identity found there now), their
@@ -239,6 +239,8 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
     them), as do those from where ``..`` cannot be opened up: whether they
     are mount points is not told."""
     found: dict[str, int | None] = {}
+    if top != path and top not in above(path):  # not told: nothing above path
+        top = path
     child, child_path, child_device = fd, path, device(fd)
     try:
         while (up := os.path.dirname(child_path)) != child_path:

@@ -256,8 +256,10 @@ class ScanRun:
             scan_root=containing_root(self.root, self.roots) or "/",
         )
         if not self.scanned.still_there():  # moved: the paths above are not its own
-            seen = self.seen_mount_points
-            seen.update((path, None) for path in seen if not path.startswith(f"{self.root}/"))
+            seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"
+            seen.update(
+                (path, None) for path in seen if not path.startswith(below) and path != self.root
+            )
         return found
 
     def compare(

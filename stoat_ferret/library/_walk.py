@@ -132,9 +132,10 @@ def walk_videos(
             the identity of that file system (``f_fsid`` as a signed 64-bit
             integer, 0 if it gives none, None if it cannot be asked:
             ``_mounts.file_system``); and those above ``root`` up to
-            ``scan_root`` (``_mounts.mounts_at_and_above``: device numbers
-            and file systems' identities, the one thing the walk looks at
-            above ``root``, before it lists ``root``).
+            ``scan_root``, and those above that mapped to None: not told
+            (``_mounts.mounts_at_and_above``: device numbers and file
+            systems' identities, the one thing the walk looks at above
+            ``root``, before it lists ``root``).
         scan_root: The scan root that holds ``root`` (``/`` without roots).
 
     Returns:

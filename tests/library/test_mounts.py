@@ -459,3 +459,46 @@ async def test_mount_points_above_a_directory_moved_during_its_scan_are_not_note
 
     assert moved["found"] == 1
     assert stored == {}
+
+
+async def test_a_moved_directory_s_own_mount_point_still_counts(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the paths above a directory moved during its scan are not told:
+    its own mount point is read from its descriptor. Moved away after the
+    walk and back before the removal, another file system there still
+    keeps the stored videos not on it."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 1
+    handler = make_scan_handler(library)
+    walk, remove_gone = walk_videos, library.remove_gone
+
+    def walk_then_move_away(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        os.rename(lib, tmp_path / "moved")
+        return found
+
+    async def move_back_then_remove(*args: Any, **kwargs: Any) -> Any:
+        os.rename(tmp_path / "moved", lib)
+        return await remove_gone(*args, **kwargs)
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib / "disk"))
+        os.remove(lib / "disk" / "b.mp4")
+        devices.identity[lib / "disk"] = 2
+        monkeypatch.setattr(_scan, "walk_videos", walk_then_move_away)
+        monkeypatch.setattr(library, "remove_gone", move_back_then_remove)
+        try:
+            other = await handler(make_context(lib / "disk"))
+        finally:
+            _put_back(tmp_path / "moved", lib)
+
+    assert (other["removed"], other["errors_total"]) == (0, 1)
+    assert other["errors"][0]["path"] == str(lib / "disk")
+
+
+def _put_back(moved: Path, directory: Path) -> None:
+    """Move ``directory`` back from ``moved`` if a scan left it there."""
+    if not os.path.lexists(directory):
+        os.rename(moved, directory)

@@ -216,3 +216,20 @@ def test_the_errors_entries_say_the_way_out_in_full() -> None:
     assert all(str(many) in entry for entry in entries), entries
     assert all(len(entry) <= ERROR_TEXT_CHARS for entry in entries), entries
     assert all(entry.endswith(("true", "put any file in it")) for entry in entries)
+
+
+def test_a_top_that_is_not_above_the_directory_tells_nothing_above_it(
+    lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a ``top`` that is not the directory nor above it, going up
+    stops at once: nothing above the directory is taken for told."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    films = os.open(lib / "disk" / "films", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        up = _mounts.mounts_at_and_above(films, str(lib / "disk" / "films"), str(lib / "elsewhere"))
+    finally:
+        os.close(films)
+
+    assert up[str(lib / "disk")] is None
+    assert up["/"] is None
