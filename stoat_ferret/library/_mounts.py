@@ -33,9 +33,9 @@ mount points stored at, above and in its scope:
   directory the walk could not list (``ErrorLog.unread``), or one whose
   state could not be told (its file system's identity could not be asked,
   or, above the scanned directory, ``..`` could not be opened, or it is
-  above the scan root, or the scanned directory was moved during the scan
-  so that the paths above it may name others), is left as it is, and what
-  is stored below it goes by ``lstat``;
+  above the scan root, or the scanned directory, or one above it, was
+  moved during the scan so that the paths above it may name others), is
+  left as it is, and what is stored below it goes by ``lstat``;
 * what to write: the mount points found for the first time; and, for a
   scan asked to (``forget_unmounted``), those of its scope that are not as
   they were: forgotten (or given the identity found there now), their
@@ -236,8 +236,9 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
     the one above it, found by going up through ``..``, opened ``O_PATH``
     (nothing of it is read, and no permission to read it is needed). The
     directories above ``top`` map to None (a scan may not be told to forget
-    them), as do those from where ``..`` cannot be opened up: whether they
-    are mount points is not told."""
+    them), as do those from where ``..`` cannot be opened up, or from where
+    the path no longer names the directory ``..`` led to (moved since):
+    whether they are mount points is not told."""
     found: dict[str, int | None] = {}
     if top != path and top not in above(path):  # not told: nothing above path
         top = path
@@ -262,11 +263,24 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
             if child_path == top:
                 found.update(dict.fromkeys(above(top)))
                 break
+            if not _names(up, child):  # moved since it was opened: not told from here up
+                found.update(dict.fromkeys([up, *above(up)]))
+                break
             child_path, child_device = up, parent_device
     finally:
         if child != fd:
             os.close(child)
     return found
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether ``path`` (at or below the scan root) is the directory ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def above(directory: str) -> list[str]:
