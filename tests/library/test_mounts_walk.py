@@ -235,19 +235,21 @@ def test_a_top_that_is_not_above_the_directory_tells_nothing_above_it(
     assert up["/"] is None
 
 
+@pytest.mark.parametrize("replaced", [True, False], ids=["another made", "none there"])
 def test_a_directory_above_moved_since_it_was_opened_is_not_told(
-    lib: Path, monkeypatch: pytest.MonkeyPatch
+    lib: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool
 ) -> None:
-    """``disk`` is renamed ``disk2`` once ``films`` is open, and another
-    ``disk`` made: going up from ``films`` reaches ``disk2``, which the
-    path ``disk`` no longer names, so neither it nor anything above is
-    taken for told (it is not noted as ``disk``)."""
+    """``disk`` is renamed ``disk2`` once ``films`` is open (and another
+    ``disk`` made, or none): going up from ``films`` reaches ``disk2``,
+    which the path ``disk`` no longer names, so neither it nor anything
+    above is taken for told (it is not noted as ``disk``)."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk2")
     films = os.open(lib / "disk" / "films", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.rename(lib / "disk", lib / "disk2")
-        (lib / "disk").mkdir()
+        if replaced:
+            (lib / "disk").mkdir()
         up = _mounts.mounts_at_and_above(films, str(lib / "disk" / "films"), str(lib))
     finally:
         os.close(films)
