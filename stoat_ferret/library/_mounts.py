@@ -133,14 +133,16 @@ def track(
     if not forget:
         return Tracked(changed=changed, added=added)
     # Those above the scope stay as they are: another scan's to forget.
-    in_scope = {
-        path
-        for path in changed
-        if path == directory or (recursive and _below_any(path, {directory}) is not None)
-    }
-    added.update((path, fs) for path in in_scope if (fs := seen.get(path)) is not None)
-    dropped = {path for path in in_scope if changed[path] == NOT_MOUNTED and recursive}
+    ours = {path for path in changed if in_scope(path, directory, recursive=recursive)}
+    added.update((path, fs) for path in ours if (fs := seen.get(path)) is not None)
+    dropped = {path for path in ours if changed[path] == NOT_MOUNTED and recursive}
     return Tracked(added=added, dropped=dropped)
+
+
+def in_scope(path: str, directory: str, *, recursive: bool) -> bool:
+    """Whether ``path`` is in the scope of a scan of ``directory``: the
+    directory itself, or (if ``recursive``) any path below it."""
+    return path == directory or (recursive and path.startswith(directory.rstrip("/") + "/"))
 
 
 def _keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog) -> set[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stoat_ferret.library._mounts import above
+from stoat_ferret.library._mounts import above, in_scope
 from stoat_ferret.library._query import subtree_bounds
 
 if TYPE_CHECKING:
@@ -51,13 +51,12 @@ def change_mount_points(
     Raises:
         ValueError: A path is not where it may be.
     """
-    low, high = subtree_bounds(directory)
-
-    def in_scope(path: str) -> bool:
-        return path == directory or (recursive and low <= path < high)
-
-    outside = [path for path in dropped if not in_scope(path)]
-    outside += [path for path in added if not in_scope(path) and path not in above(directory)]
+    outside = [path for path in dropped if not in_scope(path, directory, recursive=recursive)]
+    outside += [
+        path
+        for path in added
+        if not in_scope(path, directory, recursive=recursive) and path not in above(directory)
+    ]
     if outside:
         raise ValueError(f"not in the scope of {directory}: {outside[0]}")
     connection.executemany(

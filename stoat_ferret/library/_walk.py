@@ -37,8 +37,9 @@ The rules, in the order they are applied to each directory entry:
   vanishes while the walk runs is silently skipped.
 
 The walk also notes each directory on another file system than its
-parent, the scanned one included (``mount_points``): a disk mounted there
-(``_mounts.py`` says why).
+parent (``mount_points``): those it lists, the scanned one included, and
+those above it up to its scan root: a disk mounted there (``_mounts.py``
+says why).
 
 Recorded paths are absolute and resolved: the root is resolved by the caller and
 no directory symlink is ever crossed. The walk holds one descriptor per
