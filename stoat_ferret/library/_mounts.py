@@ -127,7 +127,7 @@ def track(
             now = seen[path]
             if now is not None and now != identity:
                 changed[path] = ANOTHER
-        elif path not in not_looked_at and _below_any(path, not_looked_at) is None:
+        elif path not in not_looked_at and below_any(path, not_looked_at) is None:
             changed[path] = NOT_MOUNTED
     added = {path: fs for path, fs in seen.items() if fs is not None and path not in stored}
     if not forget:
@@ -151,7 +151,7 @@ def _keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog
     kept: dict[str, int] = {}
     left = set()
     for path in gone:
-        mount = _below_any(path, changed)
+        mount = below_any(path, changed)
         if mount is None:
             left.add(path)
         else:
@@ -172,7 +172,7 @@ def _keep_unmounted(gone: set[str], changed: Mapping[str, str], errors: ErrorLog
     return left
 
 
-def _below_any(path: str, directories: Collection[str]) -> str | None:
+def below_any(path: str, directories: Collection[str]) -> str | None:
     """The directory of ``directories`` that ``path`` is below, if any (the
     nearest, if several are). ``directories`` is a set or a mapping."""
     parent = os.path.dirname(path)
@@ -229,6 +229,23 @@ def file_system(fd: int) -> int | None:
 
 def _fsid(fd: int) -> int:
     return os.fstatvfs(fd).f_fsid
+
+
+def still_mounted(fd: int, identity: int | None) -> bool:
+    """Whether the directory ``fd``, which a scan's walk found to be a mount
+    point with a file system of ``identity`` (None: not asked), still is
+    one, with that file system: on another device than its parent (``..``,
+    opened ``O_PATH``), and of the same identity when one was found."""
+    try:
+        parent = os.open("..", _PATH_ONLY | os.O_DIRECTORY, dir_fd=fd)
+    except OSError:
+        return False
+    try:
+        if device(parent) == device(fd):
+            return False
+    finally:
+        os.close(parent)
+    return identity is None or file_system(fd) == identity
 
 
 def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | None]:

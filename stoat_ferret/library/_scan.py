@@ -29,7 +29,8 @@ One scan, step by step:
    or found another file system at, nor from a scanned directory that
    holds no entry at all: a disk not mounted looks like these
    (``_mounts.py``), unless the scan is asked to forget such disks
-   (``forget_unmounted``).
+   (``forget_unmounted``). Nor is anything gone below a mount point that
+   the walk found and that was unmounted since (``ScannedDirectory.unmounted``).
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
@@ -62,10 +63,11 @@ stored file that changed and can no longer be probed has its row deleted with
 the next batch, unless another scan wrote it since this one began; it counts
 as an error, not as ``removed``; one that failed before it reached FFmpeg
 (``ProbeError.transient`` says when) keeps its row, for the next scan to
-try again. A file whose row the store cannot hold (a
-number beyond SQLite's, which ``_probe.py`` never gives) is an ``errors``
-entry, neither ``added`` nor ``updated``: the rest of its batch is written,
-and its old row deleted in the same transaction (``VideoStore.apply``).
+try again, and so does one whose disk was unmounted after the walk. A file
+whose row the store cannot hold (a number beyond SQLite's, which
+``_probe.py`` never gives) is an ``errors`` entry, neither ``added`` nor
+``updated``: the rest of its batch is written, and its old row deleted in
+the same transaction (``VideoStore.apply``).
 
 Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its
@@ -117,6 +119,10 @@ the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
+
+UNMOUNTED_HINT: Final = "its disk was unmounted during the scan: its stored row is kept"
+"""What the ``errors`` entry of a stored file adds when its probe failed
+because its disk was unmounted after the walk."""
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -255,11 +261,15 @@ class ScanRun:
             mount_points=self.seen_mount_points,
             scan_root=containing_root(self.root, self.roots) or "/",
         )
+        seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"
         if not self.scanned.still_there():  # moved: the paths above are not its own
-            seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"
             seen.update(
                 (path, None) for path in seen if not path.startswith(below) and path != self.root
             )
+        # Those below may be unmounted before the scan is done (_scanned.py).
+        self.scanned.mount_points = {
+            path: identity for path, identity in seen.items() if path.startswith(below)
+        }
         return found
 
     def compare(
@@ -337,10 +347,15 @@ class ScanRun:
                 await send.send(items)
 
     def probe_chunk(self, paths: list[str], stop: Stop) -> list[tuple[str, VideoRecord | Unprobed]]:
-        """Probe a few files in a probe thread (:func:`probe_files`)."""
+        """Probe a few files in a probe thread (:func:`probe_files`).
+
+        A stored file that fails because its disk was unmounted since the
+        walk (``ScannedDirectory.unmounted``) keeps its row: the failure is
+        ``transient``, as one that says nothing of the file.
+        """
         root_fd = self.scanned.fd
         assert root_fd is not None  # opened by the walk, before any path is found
-        return probe_files(
+        outcomes = probe_files(
             paths,
             stop,
             probe=self.probe,
@@ -349,6 +364,20 @@ class ScanRun:
             found=self.found,
             job_id=self.ctx.job_id,
         )
+        failed = [
+            path
+            for path, outcome in outcomes
+            if isinstance(outcome, Unprobed) and not outcome.transient and path in self.known
+        ]
+        unmounted = self.scanned.unmounted(failed) if failed and self.scanned.mount_points else ()
+        if not unmounted:
+            return outcomes
+        return [
+            (path, Unprobed(f"{outcome.reason}; {UNMOUNTED_HINT}", transient=True))
+            if path in unmounted and isinstance(outcome, Unprobed)
+            else (path, outcome)
+            for path, outcome in outcomes
+        ]
 
     async def write_batches(
         self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]

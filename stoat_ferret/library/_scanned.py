@@ -2,7 +2,7 @@
 
 A scan opens its directory once, from the scan root that holds it down,
 crossing no symlink (``open_scan_directory``), and everything it reads
-afterwards is relative to that descriptor (``_beneath.py``). Two questions
+afterwards is relative to that descriptor (``_beneath.py``). The questions
 a scan asks of the disk after its walk are answered here, through the same
 descriptor:
 
@@ -10,6 +10,9 @@ descriptor:
   row is removed as gone, and again just before a batch of probed files is
   written. Nothing is gone once the directory at the path is not the one
   the scan opened: replaced by another, or a mount laid over it, since.
+* Which files are below a disk unmounted since the walk
+  (:meth:`ScannedDirectory.unmounted`): none of them is gone, and one
+  whose probe failed keeps its row.
 * Whether the directory holds no entry at all (:meth:`ScannedDirectory.is_empty`):
   the mount point of a disk not mounted looks just like that, so the scan
   then removes none of the videos stored under it (``ScanRun.compare``).
@@ -25,12 +28,14 @@ import stat
 from typing import TYPE_CHECKING, Final
 
 import attrs
+from loguru import logger
 
+from stoat_ferret.library import _mounts
 from stoat_ferret.library._beneath import open_directory, open_scan_directory, split
 from stoat_ferret.library._exceptions import ScanError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable
+    from collections.abc import Collection, Iterable, Mapping
 
 
 _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
@@ -88,6 +93,9 @@ class ScannedDirectory:
     # Opened by open() in the survey's thread; closed by close() once every
     # thread that used it has returned.
     fd: int | None = None
+    # The mount points the walk found below the directory, each with its file
+    # system's identity (None: not asked); set by the scan once it has walked.
+    mount_points: Mapping[str, int | None] = attrs.field(factory=dict)
 
     def open(self) -> int:
         """Open the directory from its scan root down (``open_scan_directory``).
@@ -117,13 +125,60 @@ class ScannedDirectory:
 
         Nothing is gone if the directory is not the one at its path, before
         or after the files are looked at: its descriptor then shows the old
-        one, whose files say nothing of the files there now.
+        one, whose files say nothing of the files there now. Nor is a file
+        below a mount point that the walk found and that is no longer
+        mounted as it was (:meth:`unmounted`): a disk unmounted during the
+        scan takes all its files out of sight at once.
         """
         if self.fd is None or not paths or not self.still_there():
             return set()
         gone = gone_beneath(paths, self.path, self.fd)
+        if gone and self.mount_points:
+            gone -= self.unmounted(gone)
         # Looked at again after: replaced while the files were looked at, say.
         return gone if not gone or self.still_there() else set()
+
+    def unmounted(self, paths: Iterable[str]) -> set[str]:
+        """Those of ``paths`` below a mount point that the walk found below
+        the directory (:attr:`mount_points`) and that is no longer mounted
+        as it found it: not mounted, another file system there, or not even
+        a directory (:func:`_mounts.still_mounted`). Each such mount point is
+        looked at once, from the directory's descriptor, crossing no symlink.
+
+        The directory itself, and those above it, need no look: the scan's
+        descriptor keeps their file systems busy, so that they cannot be
+        unmounted but lazily, and a lazy unmount is a move (:meth:`still_there`).
+        """
+        assert self.fd is not None
+        depth = len(split(self.path))
+        verdicts: dict[str, bool] = {}
+        out: set[str] = set()
+        for path in paths:
+            mount = _mounts.below_any(path, self.mount_points)
+            if mount is None:
+                continue
+            if mount not in verdicts:
+                verdicts[mount] = not self._mounted(split(mount)[depth:], self.mount_points[mount])
+                if verdicts[mount]:
+                    logger.warning(
+                        "a disk was unmounted during the scan: its files are not taken for gone",
+                        mount_point=mount,
+                        directory=self.path,
+                    )
+            if verdicts[mount]:
+                out.add(path)
+        return out
+
+    def _mounted(self, parts: list[str], identity: int | None) -> bool:
+        assert self.fd is not None
+        try:
+            fd = open_directory(parts, self.fd)
+        except OSError:
+            return False
+        try:
+            return _mounts.still_mounted(fd, identity)
+        finally:
+            os.close(fd)
 
     def still_there(self) -> bool:
         """Whether the directory is still the one its path opens."""

@@ -498,6 +498,83 @@ async def test_a_moved_directory_s_own_mount_point_still_counts(
     assert other["errors"][0]["path"] == str(lib / "disk")
 
 
+@pytest.mark.parametrize("leaves", UNMOUNTED)
+async def test_a_disk_unmounted_during_a_scan_keeps_its_videos(
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    leaves: str,
+) -> None:
+    """A disk unmounted after the walk found it mounted: a stored file in a
+    directory the walk could not list is not taken for gone, and a changed
+    one whose probe then fails keeps its row, its ``errors`` entry saying
+    why; mounted again, the next scan finds both under the ids they had."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    handler = make_scan_handler(library)
+    real_scandir, walk = os.scandir, walk_videos
+
+    def failing_scandir(fd: Any) -> Any:
+        if listed_path(fd) == str(lib / "disk" / "films"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_scandir(fd)
+
+    def walk_then_unmount(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        unmount(lib / "disk", devices, tmp_path / "away", leaves)
+        return found
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        os.utime(lib / "disk" / "b.mp4", ns=(0, 0))  # changed: probed again
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "scandir", failing_scandir)
+            patch.setattr(_scan, "walk_videos", walk_then_unmount)
+            during = await handler(make_context(lib))
+        kept = await video_ids(library)
+        mount(lib / "disk", devices, tmp_path / "away")
+        after = await handler(make_context(lib))
+
+    assert (during["added"], during["updated"], during["removed"]) == (0, 0, 0)
+    errors = {entry["path"]: entry["error"] for entry in during["errors"]}
+    assert set(errors) == {str(lib / "disk" / "films"), str(lib / "disk" / "b.mp4")}
+    assert errors[str(lib / "disk" / "b.mp4")].endswith(_scan.UNMOUNTED_HINT)
+    assert kept == ids
+    assert (after["unchanged"], after["updated"], after["removed"]) == (2, 1, 0)
+    assert await video_ids(library) == ids
+
+
+async def test_a_file_probed_before_its_disk_was_unmounted_is_written(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changed file probed while its disk was mounted, which is unmounted
+    before the probe's row is written: the file is not taken for deleted
+    since its probe, so the new row is written, under the id it had."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    handler = make_scan_handler(library)
+    apply = library.apply
+
+    async def unmount_then_apply(*args: Any, **kwargs: Any) -> Any:
+        unmount(lib / "disk", devices, tmp_path / "away")
+        return await apply(*args, **kwargs)
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        os.utime(lib / "disk" / "b.mp4", ns=(0, 0))  # changed: probed again
+        with monkeypatch.context() as patch:
+            patch.setattr(library, "apply", unmount_then_apply)
+            during = await handler(make_context(lib))
+
+    assert (during["updated"], during["removed"], during["errors_total"]) == (1, 0, 0)
+    assert await video_ids(library) == ids
+    [video] = [video for video in (await library.list_videos())[0] if video.path.endswith("b.mp4")]
+    assert video.mtime_ns == 0
+
+
 def _put_back(moved: Path, directory: Path) -> None:
     """Move ``directory`` back from ``moved`` if a scan left it there."""
     if not os.path.lexists(directory):
