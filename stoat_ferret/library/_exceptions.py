@@ -20,7 +20,24 @@ from typing import Final
 
 import attrs
 
-TRANSIENT_ERRNOS: Final = frozenset(
+UNREACHABLE_ERRNOS: Final = frozenset(
+    {
+        errno.ENOTCONN,
+        errno.ENODEV,
+        errno.ECONNABORTED,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.ENOLINK,
+    }
+)
+"""Errors of a file system that is mounted but cannot answer: a FUSE daemon
+gone (sshfs, ntfs-3g), a network share whose server cannot be reached."""
+
+TRANSIENT_ERRNOS: Final = UNREACHABLE_ERRNOS | frozenset(
     {
         errno.EMFILE,  # out of descriptors: the process's
         errno.ENFILE,  # or the system's

@@ -61,6 +61,8 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from stoat_ferret.library._beneath import open_directory, open_subdirectory, split
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
 
@@ -231,21 +233,85 @@ def _fsid(fd: int) -> int:
     return os.fstatvfs(fd).f_fsid
 
 
-def still_mounted(fd: int, identity: int | None) -> bool:
-    """Whether the directory ``fd``, which a scan's walk found to be a mount
-    point with a file system of ``identity`` (None: not asked), still is
-    one, with that file system: on another device than its parent (``..``,
-    opened ``O_PATH``), and of the same identity when one was found."""
+class DiskChanged(OSError):
+    """A directory below a mount point that is no longer the file system a
+    scan's walk found there (unmounted, or another mounted in its place),
+    or a directory on another file system than the walk found it on (one
+    mounted over it since): what is there now says nothing of the files
+    the walk saw."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(f"not on the file system the scan found there: {directory}")
+        self.directory = directory
+
+
+UNMOUNTED_HINT: Final = (
+    "its disk was unmounted (or another mounted) during the scan: its stored row is kept"
+)
+"""What the ``errors`` entry of a file says when :class:`DiskChanged`
+stopped its probe."""
+
+
+def open_on_its_disk(directory: str, *, root: str, root_fd: int, devices: Mapping[str, int]) -> int:
+    """Open ``directory`` (at or below ``root``, opened as ``root_fd``),
+    crossing no symlink, on the file system a scan's walk found it on.
+
+    ``devices``: the mount points the walk found below ``root``, each with
+    its device then (``st_dev``). The directory is opened from the nearest
+    one that holds it (or from ``root``), one component at a time, each
+    checked to be on that mount point's device (or ``root``'s). An open
+    descriptor keeps its file system mounted (it cannot be unmounted but
+    lazily, and one lazily unmounted still shows the files the walk saw), so
+    a disk unmounted after the walk, another mounted in its place or over
+    one of its directories, never makes the files walked look deleted, and
+    one mounted again meanwhile cannot slip in between a look and the check.
+
+    Raises:
+        DiskChanged: A directory on the way (the mount point included) is
+            not on the device the walk found, or cannot be asked its device;
+            or the mount point cannot be opened.
+        OSError: From :func:`open_subdirectory`, for a directory below the
+            mount point (or ``root``): missing, a symlink, not a directory.
+    """
+    depth = len(split(root))
+    mount = directory if directory in devices else below_any(directory, devices)
+    if mount is None:
+        return _open_on(root_fd, root, device(root_fd), split(directory)[depth:])
     try:
-        parent = os.open("..", _PATH_ONLY | os.O_DIRECTORY, dir_fd=fd)
-    except OSError:
-        return False
+        base = open_directory(split(mount)[depth:], root_fd)
+    except OSError as exc:
+        raise DiskChanged(mount) from exc
     try:
-        if device(parent) == device(fd):
-            return False
+        return _open_on(base, mount, devices[mount], split(directory)[len(split(mount)) :])
     finally:
-        os.close(parent)
-    return identity is None or file_system(fd) == identity
+        os.close(base)
+
+
+def _open_on(base: int, path: str, expected: int, parts: list[str]) -> int:
+    """Open ``parts`` beneath ``base`` (the directory ``path``), ``base`` and
+    each directory on the way on device ``expected``; a new descriptor."""
+    fd = os.dup(base)
+    try:
+        _check_device(fd, expected, path)
+        for part in parts:
+            child = open_subdirectory(part, fd)
+            os.close(fd)
+            fd = child
+            path = os.path.join(path, part)
+            _check_device(fd, expected, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_device(fd: int, expected: int, path: str) -> None:
+    try:
+        same = device(fd) == expected
+    except OSError as exc:
+        raise DiskChanged(path) from exc
+    if not same:
+        raise DiskChanged(path)
 
 
 def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | None]:

@@ -120,10 +120,6 @@ the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
 
-UNMOUNTED_HINT: Final = "its disk was unmounted during the scan: its stored row is kept"
-"""What the ``errors`` entry of a stored file adds when its probe failed
-because its disk was unmounted after the walk."""
-
 
 @attrs.define(eq=False, kw_only=True)
 class ScanRun:
@@ -260,16 +256,13 @@ class ScanRun:
             root_fd=root_fd,
             mount_points=self.seen_mount_points,
             scan_root=containing_root(self.root, self.roots) or "/",
+            mount_devices=self.scanned.devices,
         )
-        seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"
         if not self.scanned.still_there():  # moved: the paths above are not its own
+            seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"
             seen.update(
                 (path, None) for path in seen if not path.startswith(below) and path != self.root
             )
-        # Those below may be unmounted before the scan is done (_scanned.py).
-        self.scanned.mount_points = {
-            path: identity for path, identity in seen.items() if path.startswith(below)
-        }
         return found
 
     def compare(
@@ -347,15 +340,12 @@ class ScanRun:
                 await send.send(items)
 
     def probe_chunk(self, paths: list[str], stop: Stop) -> list[tuple[str, VideoRecord | Unprobed]]:
-        """Probe a few files in a probe thread (:func:`probe_files`).
-
-        A stored file that fails because its disk was unmounted since the
-        walk (``ScannedDirectory.unmounted``) keeps its row: the failure is
-        ``transient``, as one that says nothing of the file.
-        """
+        """Probe a few files in a probe thread (:func:`probe_files`), each
+        on the file system the walk found it on: a stored file whose disk
+        was unmounted since keeps its row (``_mounts.open_on_its_disk``)."""
         root_fd = self.scanned.fd
         assert root_fd is not None  # opened by the walk, before any path is found
-        outcomes = probe_files(
+        return probe_files(
             paths,
             stop,
             probe=self.probe,
@@ -363,21 +353,8 @@ class ScanRun:
             root_fd=root_fd,
             found=self.found,
             job_id=self.ctx.job_id,
+            devices=self.scanned.devices,
         )
-        failed = [
-            path
-            for path, outcome in outcomes
-            if isinstance(outcome, Unprobed) and not outcome.transient and path in self.known
-        ]
-        unmounted = self.scanned.unmounted(failed) if failed and self.scanned.mount_points else ()
-        if not unmounted:
-            return outcomes
-        return [
-            (path, Unprobed(f"{outcome.reason}; {UNMOUNTED_HINT}", transient=True))
-            if path in unmounted and isinstance(outcome, Unprobed)
-            else (path, outcome)
-            for path, outcome in outcomes
-        ]
 
     async def write_batches(
         self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]

@@ -10,9 +10,8 @@ descriptor:
   row is removed as gone, and again just before a batch of probed files is
   written. Nothing is gone once the directory at the path is not the one
   the scan opened: replaced by another, or a mount laid over it, since.
-* Which files are below a disk unmounted since the walk
-  (:meth:`ScannedDirectory.unmounted`): none of them is gone, and one
-  whose probe failed keeps its row.
+  Nothing is gone below a disk unmounted since the walk, or another
+  mounted in its place (``_mounts.open_on_its_disk``).
 * Whether the directory holds no entry at all (:meth:`ScannedDirectory.is_empty`):
   the mount point of a disk not mounted looks just like that, so the scan
   then removes none of the videos stored under it (``ScanRun.compare``).
@@ -31,7 +30,7 @@ import attrs
 from loguru import logger
 
 from stoat_ferret.library import _mounts
-from stoat_ferret.library._beneath import open_directory, open_scan_directory, split
+from stoat_ferret.library._beneath import open_scan_directory
 from stoat_ferret.library._exceptions import ScanError
 
 if TYPE_CHECKING:
@@ -43,20 +42,25 @@ _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 # is a symlink or a file now. Any other error (denied, I/O) cannot tell.
 
 
-def gone_beneath(paths: Iterable[str], root: str, root_fd: int) -> set[str]:
+def gone_beneath(
+    paths: Iterable[str], root: str, root_fd: int, devices: Mapping[str, int] | None = None
+) -> set[str]:
     """Those of ``paths`` whose file is gone, looked at beneath ``root_fd``.
 
     Gone: missing, a directory on the way replaced by a symlink or a file,
     or no longer a regular file (``lstat``). A file that cannot be looked at
-    for another reason (denied, I/O) is not gone. Each directory is opened
-    once, crossing no symlink (:func:`open_directory`).
+    for another reason (denied, I/O, its disk not as the walk found it) is
+    not gone. Each directory is opened once, crossing no symlink, on the
+    file system the walk found it on (``_mounts.open_on_its_disk``).
 
     Args:
         paths: Absolute, normalised paths beneath ``root``.
         root: The directory ``root_fd`` was opened as.
         root_fd: A descriptor of ``root``.
+        devices: The mount points the walk found below ``root``, with their
+            devices then.
     """
-    depth = len(split(root))
+    mounts = devices or {}
     by_directory: dict[str, list[tuple[str, str]]] = {}
     for path in paths:
         parent, name = os.path.split(path)
@@ -64,7 +68,13 @@ def gone_beneath(paths: Iterable[str], root: str, root_fd: int) -> set[str]:
     gone: set[str] = set()
     for parent, files in by_directory.items():
         try:
-            fd = open_directory(split(parent)[depth:], root_fd)
+            fd = _mounts.open_on_its_disk(parent, root=root, root_fd=root_fd, devices=mounts)
+        except _mounts.DiskChanged as exc:
+            logger.warning(
+                "not looked at: a disk was unmounted or replaced during the scan",
+                directory=exc.directory,
+            )
+            continue
         except OSError as exc:
             if exc.errno in _GONE:
                 gone.update(path for _, path in files)
@@ -93,9 +103,9 @@ class ScannedDirectory:
     # Opened by open() in the survey's thread; closed by close() once every
     # thread that used it has returned.
     fd: int | None = None
-    # The mount points the walk found below the directory, each with its file
-    # system's identity (None: not asked); set by the scan once it has walked.
-    mount_points: Mapping[str, int | None] = attrs.field(factory=dict)
+    # The mount points the walk found below the directory, each with its
+    # device (st_dev) then; set by the scan once it has walked.
+    devices: dict[str, int] = attrs.field(factory=dict)
 
     def open(self) -> int:
         """Open the directory from its scan root down (``open_scan_directory``).
@@ -126,59 +136,15 @@ class ScannedDirectory:
         Nothing is gone if the directory is not the one at its path, before
         or after the files are looked at: its descriptor then shows the old
         one, whose files say nothing of the files there now. Nor is a file
-        below a mount point that the walk found and that is no longer
-        mounted as it was (:meth:`unmounted`): a disk unmounted during the
-        scan takes all its files out of sight at once.
+        below a mount point that the walk found and that is no longer the
+        file system it found there (:attr:`devices`): a disk unmounted
+        during the scan takes all its files out of sight at once.
         """
         if self.fd is None or not paths or not self.still_there():
             return set()
-        gone = gone_beneath(paths, self.path, self.fd)
-        if gone and self.mount_points:
-            gone -= self.unmounted(gone)
+        gone = gone_beneath(paths, self.path, self.fd, self.devices)
         # Looked at again after: replaced while the files were looked at, say.
         return gone if not gone or self.still_there() else set()
-
-    def unmounted(self, paths: Iterable[str]) -> set[str]:
-        """Those of ``paths`` below a mount point that the walk found below
-        the directory (:attr:`mount_points`) and that is no longer mounted
-        as it found it: not mounted, another file system there, or not even
-        a directory (:func:`_mounts.still_mounted`). Each such mount point is
-        looked at once, from the directory's descriptor, crossing no symlink.
-
-        The directory itself, and those above it, need no look: the scan's
-        descriptor keeps their file systems busy, so that they cannot be
-        unmounted but lazily, and a lazy unmount is a move (:meth:`still_there`).
-        """
-        assert self.fd is not None
-        depth = len(split(self.path))
-        verdicts: dict[str, bool] = {}
-        out: set[str] = set()
-        for path in paths:
-            mount = _mounts.below_any(path, self.mount_points)
-            if mount is None:
-                continue
-            if mount not in verdicts:
-                verdicts[mount] = not self._mounted(split(mount)[depth:], self.mount_points[mount])
-                if verdicts[mount]:
-                    logger.warning(
-                        "a disk was unmounted during the scan: its files are not taken for gone",
-                        mount_point=mount,
-                        directory=self.path,
-                    )
-            if verdicts[mount]:
-                out.add(path)
-        return out
-
-    def _mounted(self, parts: list[str], identity: int | None) -> bool:
-        assert self.fd is not None
-        try:
-            fd = open_directory(parts, self.fd)
-        except OSError:
-            return False
-        try:
-            return _mounts.still_mounted(fd, identity)
-        finally:
-            os.close(fd)
 
     def still_there(self) -> bool:
         """Whether the directory is still the one its path opens."""

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 import attrs
 from loguru import logger
 
-from stoat_ferret.library._beneath import open_directory, split
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
+from stoat_ferret.library._mounts import UNMOUNTED_HINT, DiskChanged, open_on_its_disk
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probewire import ProbeRaised
 
@@ -84,6 +84,7 @@ def probe_files(
     root_fd: int,
     found: Mapping[str, Fingerprint],
     job_id: str,
+    devices: Mapping[str, int] | None = None,
 ) -> list[tuple[str, VideoRecord | Unprobed]]:
     """Probe a few files in this thread: a record to store or why not, each.
 
@@ -91,9 +92,12 @@ def probe_files(
     checked before every file, so none starts after. Each file is opened
     relative to its directory, itself opened beneath ``root_fd`` (the
     scanned directory ``root``), one directory per run of files in it: the
-    paths are sorted. ``found`` gives each file's fingerprint as the walk saw it.
+    paths are sorted, on the file system the walk found it on (``devices``:
+    the mount points the walk found below ``root``, with their devices;
+    ``_mounts.open_on_its_disk``). ``found`` gives each file's fingerprint
+    as the walk saw it.
     """
-    depth = len(split(root))
+    mounts = devices or {}
     outcomes: list[tuple[str, VideoRecord | Unprobed]] = []
     directory: str | None = None
     directory_fd: int | OSError | None = None
@@ -108,7 +112,9 @@ def probe_files(
                     directory_fd = None  # the finally below must not close it again
                 directory = parent
                 try:
-                    directory_fd = open_directory(split(parent)[depth:], root_fd)
+                    directory_fd = open_on_its_disk(
+                        parent, root=root, root_fd=root_fd, devices=mounts
+                    )
                 except OSError as exc:
                     directory_fd = exc
             if isinstance(directory_fd, OSError):
@@ -159,6 +165,8 @@ def _probe_one(
 
 
 def _directory_failure(exc: OSError) -> Unprobed:
+    if isinstance(exc, DiskChanged):
+        return Unprobed(UNMOUNTED_HINT, transient=True)
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return Unprobed(
             "its directory was replaced (by a symlink or a file) during the scan; not read"

@@ -65,7 +65,7 @@ import av
 import av.filter
 
 from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
-from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
@@ -102,7 +102,7 @@ MAX_PACKETS: Final = 2_000
 _TIMESTAMPS: Final = range(-(2**63), 2**63)
 """What FFmpeg's seek takes: a 64-bit timestamp."""
 
-_TRANSIENT_ERRNOS: Final = frozenset(
+_TRANSIENT_ERRNOS: Final = UNREACHABLE_ERRNOS | frozenset(
     {
         errno.ENOENT,
         errno.EACCES,

@@ -26,11 +26,14 @@ from tests.library.mounts import (
     video_ids,
 )
 from tests.library.support import listed_path, make_context
+from tests.videos import copy_video
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from stoat_ferret.library import VideoLibrary
+    from tests.videos import EncodedVideo
 
 __all__ = ["lib"]  # a fixture the tests use
 
@@ -513,25 +516,16 @@ async def test_a_disk_unmounted_during_a_scan_keeps_its_videos(
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     handler = make_scan_handler(library)
-    real_scandir, walk = os.scandir, walk_videos
-
-    def failing_scandir(fd: Any) -> Any:
-        if listed_path(fd) == str(lib / "disk" / "films"):
-            raise OSError(errno.EIO, "Input/output error")
-        return real_scandir(fd)
-
-    def walk_then_unmount(*args: Any, **kwargs: Any) -> Any:
-        found = walk(*args, **kwargs)
-        unmount(lib / "disk", devices, tmp_path / "away", leaves)
-        return found
 
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         ids = await video_ids(library)
         os.utime(lib / "disk" / "b.mp4", ns=(0, 0))  # changed: probed again
         with monkeypatch.context() as patch:
-            patch.setattr(os, "scandir", failing_scandir)
-            patch.setattr(_scan, "walk_videos", walk_then_unmount)
+            _unlisted(patch, lib / "disk" / "films")
+            _after_the_walk(
+                patch, lambda: unmount(lib / "disk", devices, tmp_path / "away", leaves)
+            )
             during = await handler(make_context(lib))
         kept = await video_ids(library)
         mount(lib / "disk", devices, tmp_path / "away")
@@ -540,7 +534,7 @@ async def test_a_disk_unmounted_during_a_scan_keeps_its_videos(
     assert (during["added"], during["updated"], during["removed"]) == (0, 0, 0)
     errors = {entry["path"]: entry["error"] for entry in during["errors"]}
     assert set(errors) == {str(lib / "disk" / "films"), str(lib / "disk" / "b.mp4")}
-    assert errors[str(lib / "disk" / "b.mp4")].endswith(_scan.UNMOUNTED_HINT)
+    assert errors[str(lib / "disk" / "b.mp4")] == _mounts.UNMOUNTED_HINT
     assert kept == ids
     assert (after["unchanged"], after["updated"], after["removed"]) == (2, 1, 0)
     assert await video_ids(library) == ids
@@ -573,6 +567,118 @@ async def test_a_file_probed_before_its_disk_was_unmounted_is_written(
     assert await video_ids(library) == ids
     [video] = [video for video in (await library.list_videos())[0] if video.path.endswith("b.mp4")]
     assert video.mtime_ns == 0
+
+
+def _unlisted(monkeypatch: pytest.MonkeyPatch, *directories: Path) -> None:
+    """The walk cannot list ``directories`` (an I/O error): the stored files
+    in them are candidates for gone, to be looked at one by one."""
+    real_scandir = os.scandir
+    refused = {str(directory) for directory in directories}
+
+    def failing_scandir(fd: Any) -> Any:
+        if listed_path(fd) in refused:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_scandir(fd)
+
+    monkeypatch.setattr(os, "scandir", failing_scandir)
+
+
+def _after_the_walk(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
+    walk = walk_videos
+
+    def walk_then_change(*args: Any, **kwargs: Any) -> Any:
+        found = walk(*args, **kwargs)
+        change()
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_change)
+
+
+async def test_only_the_disk_unmounted_during_a_scan_keeps_what_looks_gone(
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``films`` is a disk mounted on the disk ``disk``; only ``films`` is
+    unmounted after the walk. On ``disk``, still mounted, a file deleted is
+    removed and a changed one that can no longer be probed loses its row;
+    on ``films`` neither a file the walk could not list nor a changed one
+    loses its row."""
+    for folder in ("more", "films/deep"):
+        (lib / "disk" / folder).mkdir()
+    copy_video(clip, lib / "disk" / "more" / "e.mp4")
+    copy_video(clip, lib / "disk" / "films" / "deep" / "d.mp4")
+    devices = Devices(monkeypatch)
+    devices.mounted += [lib / "disk", lib / "disk" / "films"]
+    handler = make_scan_handler(library)
+
+    def change() -> None:
+        unmount(lib / "disk" / "films", devices, tmp_path / "away")
+        os.remove(lib / "disk" / "more" / "e.mp4")
+        (lib / "disk" / "b.mp4").write_bytes(b"not a video any more")
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        for name in ("disk/b.mp4", "disk/films/c.mp4"):
+            os.utime(lib / name, ns=(0, 0))  # changed: probed again
+        with monkeypatch.context() as patch:
+            _unlisted(patch, lib / "disk" / "more", lib / "disk" / "films" / "deep")
+            _after_the_walk(patch, change)
+            during = await handler(make_context(lib))
+
+    assert (during["added"], during["updated"], during["removed"]) == (0, 0, 1)
+    errors = {entry["path"]: entry["error"] for entry in during["errors"]}
+    assert errors[str(lib / "disk" / "films" / "c.mp4")] == _mounts.UNMOUNTED_HINT
+    assert not errors[str(lib / "disk" / "b.mp4")].endswith(_mounts.UNMOUNTED_HINT)
+    kept = ["a.mp4", "disk/films/c.mp4", "disk/films/deep/d.mp4"]
+    assert await video_ids(library) == {str(lib / name): ids[str(lib / name)] for name in kept}
+
+
+@pytest.mark.parametrize("how", ["another disk in its place", "a disk mounted over a folder"])
+async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """After the walk, another disk takes ``disk``'s place, or one is
+    mounted over its folder ``films``: what is there says nothing of the
+    files walked, so neither a file in ``films`` the walk could not list
+    nor a changed one there loses its row."""
+    (lib / "disk" / "films" / "deep").mkdir()
+    copy_video(clip, lib / "disk" / "films" / "deep" / "d.mp4")
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    handler = make_scan_handler(library)
+    over = lib / "disk" if how == "another disk in its place" else lib / "disk" / "films"
+
+    def change() -> None:
+        if over in devices.mounted:
+            unmount(over, devices, tmp_path / "away")
+            devices.mounted.append(tmp_path / "elsewhere")  # so a new device number
+        else:
+            os.rename(over, tmp_path / "away")
+            over.mkdir()
+        devices.mounted.append(over)
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        os.utime(lib / "disk" / "films" / "c.mp4", ns=(0, 0))  # changed: probed again
+        with monkeypatch.context() as patch:
+            _unlisted(patch, lib / "disk" / "films" / "deep")
+            _after_the_walk(patch, change)
+            during = await handler(make_context(lib))
+
+    assert (during["added"], during["updated"], during["removed"]) == (0, 0, 0)
+    errors = {entry["path"]: entry["error"] for entry in during["errors"]}
+    assert errors[str(lib / "disk" / "films" / "c.mp4")] == _mounts.UNMOUNTED_HINT
+    assert await video_ids(library) == ids
 
 
 def _put_back(moved: Path, directory: Path) -> None:

@@ -803,17 +803,28 @@ def test_a_malformed_timecode_tag_does_not_hide_a_valid_one(tmp_path: Path) -> N
         (errno.ENOMEM, True),
         (errno.EACCES, True),
         (errno.EPERM, True),
+        (errno.ENOTCONN, True),
+        (errno.EHOSTUNREACH, True),
         (errno.ENOENT, False),
     ],
-    ids=["out-of-descriptors", "out-of-memory", "denied", "not-permitted", "gone"],
+    ids=[
+        "out-of-descriptors",
+        "out-of-memory",
+        "denied",
+        "not-permitted",
+        "fuse-daemon-gone",
+        "server-unreachable",
+        "gone",
+    ],
 )
 def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, transient: bool
 ) -> None:
     """Out of descriptors or memory, the service is short of something;
-    denied, the file is not readable for now: either way the error says
-    nothing of its content, and is ``transient`` (a scan keeps the file's
-    row). Gone, it is the file's."""
+    denied, the file is not readable for now; its file system cannot
+    answer (a FUSE daemon gone, a share's server out of reach): the error
+    says nothing of its content, and is ``transient`` (a scan keeps the
+    file's row). Gone, it is the file's."""
     path = tmp_path / "a.mp4"
     path.write_bytes(b"")
 

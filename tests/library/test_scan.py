@@ -28,7 +28,7 @@ from stoat_ferret.library import (
     VideoLibrary,
     VideoProbe,
     VideoRecord,
-    _beneath,
+    _mounts,
     _scan,
     _scanprobe,
     _walk,
@@ -500,10 +500,10 @@ def probes() -> Iterator[ProbeProcesses]:
 def _directory_out_of_descriptors(
     monkeypatch: pytest.MonkeyPatch, library: VideoLibrary, probes: ProbeProcesses
 ) -> ScanHandler:
-    def open_directory(parts: list[str], root_fd: int) -> int:
+    def open_on_its_disk(directory: str, **kwargs: Any) -> int:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-    monkeypatch.setattr(_scanprobe, "open_directory", open_directory)
+    monkeypatch.setattr(_scanprobe, "open_on_its_disk", open_on_its_disk)
     return make_scan_handler(library, probe_priority=NORMAL)
 
 
@@ -994,18 +994,18 @@ def test_a_failed_directory_open_does_not_close_a_descriptor_twice(
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.mp4").write_bytes(b"")
     taken: list[int] = []
-    real_open = _beneath.open_directory
+    real_open = _mounts.open_on_its_disk
 
-    def open_directory(parts: list[str], root_fd: int) -> int:
-        if taken or parts != ["b"]:
-            return real_open(parts, root_fd)
+    def open_on_its_disk(directory: str, **kwargs: Any) -> int:
+        if taken or directory != str(tmp_path / "b"):
+            return real_open(directory, **kwargs)
         taken.append(os.open(os.devnull, os.O_RDONLY))  # the number just freed
         raise MemoryError
 
     def refuse(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
         raise ProbeError(name, "not a video")
 
-    monkeypatch.setattr(_scanprobe, "open_directory", open_directory)
+    monkeypatch.setattr(_scanprobe, "open_on_its_disk", open_on_its_disk)
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(MemoryError):

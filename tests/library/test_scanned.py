@@ -12,7 +12,7 @@ from stoat_ferret.library import _scanned
 from stoat_ferret.library._scanned import ScannedDirectory, gone_beneath
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from pathlib import Path
 
 
@@ -131,9 +131,11 @@ def test_a_directory_replaced_while_its_files_are_looked_at_says_nothing_is_gone
     check after them throws their answer away."""
     real_gone_beneath = _scanned.gone_beneath
 
-    def replaced_meanwhile(paths: Iterable[str], root: str, root_fd: int) -> set[str]:
+    def replaced_meanwhile(
+        paths: Iterable[str], root: str, root_fd: int, devices: Mapping[str, int]
+    ) -> set[str]:
         _replace(scope, tmp_path)
-        return real_gone_beneath(paths, root, root_fd)
+        return real_gone_beneath(paths, root, root_fd, devices)
 
     monkeypatch.setattr(_scanned, "gone_beneath", replaced_meanwhile)
     scanned = ScannedDirectory(str(scope), (str(tmp_path),))

@@ -14,6 +14,7 @@ import pytest
 from stoat_ferret.library import (
     THUMBNAIL_WIDTH,
     ProbeError,
+    _input,
     _limits,
     _thumbnail,
     make_thumbnail,
@@ -489,3 +490,26 @@ def test_a_directory_that_cannot_be_opened_now_is_retried(
         make_thumbnail(str(video), fingerprint(video))
 
     assert not isinstance(caught.value, UndecodableError)
+
+
+@pytest.mark.parametrize(
+    ("code", "retried"),
+    [(errno.ENOTCONN, True), (errno.EHOSTUNREACH, True), (errno.EINVAL, False)],
+    ids=["fuse-daemon-gone", "server-unreachable", "invalid"],
+)
+def test_a_file_system_that_cannot_answer_is_retried_not_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, retried: bool
+) -> None:
+    """A FUSE daemon gone or a share's server out of reach while the file is
+    opened: a ProbeError the next job tries again, not a marker that says
+    the video cannot be decoded; an error of the file's own is one."""
+    video = make_split_video(tmp_path / "clip.mp4")
+
+    def cannot_answer(self: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(_input.BoundedInput, "open", cannot_answer)
+    with pytest.raises(ProbeError, match="not a readable media file") as caught:
+        make_thumbnail(str(video), fingerprint(video))
+
+    assert isinstance(caught.value, UndecodableError) is not retried
