@@ -79,9 +79,8 @@ def open_directory(parts: Sequence[str], dir_fd: int) -> int:
     fd = os.dup(dir_fd)
     try:
         for part in parts:
-            child = open_subdirectory(part, fd)
-            os.close(fd)
-            fd = child
+            fd, parent = open_subdirectory(part, fd), fd
+            os.close(parent)  # freed even if it raises: never closed twice
     except BaseException:
         os.close(fd)
         raise

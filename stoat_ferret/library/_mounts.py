@@ -30,12 +30,14 @@ mount points stored at, above and in its scope:
   ``errors`` entry for each says why and how to let them go. So a scan of
   a directory on a disk, below its mount point, also keeps the videos of
   the disk that was there, if another is now. A mount point below a
-  directory the walk could not list (``ErrorLog.unread``), or one whose
-  state could not be told (its file system's identity could not be asked,
-  or, above the scanned directory, ``..`` could not be opened, or it is
-  above the scan root, or the scanned directory, or one above it, was
-  moved during the scan so that the paths above it may name others), is
-  left as it is, and what is stored below it goes by ``lstat``;
+  directory the walk could not list (``ErrorLog.unread``) is left as it
+  is, and none of the videos stored below it is gone, even for a scan told
+  to forget (``Tracked.unseen``). One whose state could not be told (its
+  file system's identity could not be asked, or, above the scanned
+  directory, ``..`` could not be opened, or it is above the scan root, or
+  the scanned directory, or one above it, was moved during the scan so
+  that the paths above it may name others), is left as it is, and what is
+  stored below it goes by ``lstat``;
 * what to write: the mount points found for the first time; and, for a
   scan asked to (``forget_unmounted``), those of its scope that are not as
   they were: forgotten (or given the identity found there now), their
@@ -49,6 +51,12 @@ mount points stored at, above and in its scope:
   next scan that finds it mounted remembers it again). Most scans write
   none.
 
+After its walk, a scan reads every directory again through the mount
+point that holds it, checked to hold the file system the walk found there
+(:func:`open_on_its_disk`): a disk unmounted during the scan, or another
+mounted in its place or over one of its directories, makes none of the
+files walked look deleted.
+
 A bind mount of a directory of the same file system has the same
 ``st_dev``, and is not told apart from a directory; a Btrfs subvolume has
 one of its own, and is taken for a mount point.
@@ -56,8 +64,9 @@ one of its own, and is taken for a mount point.
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import attrs
 
@@ -99,6 +108,10 @@ class Tracked:
     """Mount points to store (or store again), with their identity."""
     dropped: set[str] = attrs.field(factory=set)
     """Mount points to forget."""
+    unseen: set[str] = attrs.field(factory=set)
+    """The stored mount points the scan did not look at (at or below a
+    directory its walk could not list): whether their disks are mounted is
+    not told, so no video below them is gone."""
 
 
 def track(
@@ -124,21 +137,24 @@ def track(
     """
     not_looked_at = set(unread)
     changed: dict[str, str] = {}
+    unseen: set[str] = set()
     for path, identity in stored.items():
         if path in seen:
             now = seen[path]
             if now is not None and now != identity:
                 changed[path] = ANOTHER
-        elif path not in not_looked_at and below_any(path, not_looked_at) is None:
+        elif path in not_looked_at or below_any(path, not_looked_at) is not None:
+            unseen.add(path)
+        else:
             changed[path] = NOT_MOUNTED
     added = {path: fs for path, fs in seen.items() if fs is not None and path not in stored}
     if not forget:
-        return Tracked(changed=changed, added=added)
+        return Tracked(changed=changed, added=added, unseen=unseen)
     # Those above the scope stay as they are: another scan's to forget.
     ours = {path for path in changed if in_scope(path, directory, recursive=recursive)}
     added.update((path, fs) for path in ours if (fs := seen.get(path)) is not None)
     dropped = {path for path in ours if changed[path] == NOT_MOUNTED and recursive}
-    return Tracked(added=added, dropped=dropped)
+    return Tracked(added=added, dropped=dropped, unseen=unseen)
 
 
 def in_scope(path: str, directory: str, *, recursive: bool) -> bool:
@@ -199,7 +215,11 @@ def not_gone(
     videos below a mount point not as it was (:func:`_keep_unmounted`), and
     every one of a scanned directory ``root`` that holds no entry at all
     (its own disk may not be mounted), unless the scan was told to
-    ``forget`` them; an ``errors`` entry says why."""
+    ``forget`` them; an ``errors`` entry says why. Nor, whatever the scan
+    was told, any below a mount point it did not look at (``unseen``; the
+    directory it could not list has its own entry)."""
+    if gone and tracked.unseen:
+        gone = {path for path in gone if below_any(path, tracked.unseen) is None}
     if gone and tracked.changed:
         gone = _keep_unmounted(gone, tracked.changed, errors)
     if gone and not forget and root_is_empty():
@@ -233,6 +253,14 @@ def _fsid(fd: int) -> int:
     return os.fstatvfs(fd).f_fsid
 
 
+class Disk(NamedTuple):
+    """A mount point as a scan's walk found it: the device (``st_dev``) and
+    the identity of the file system mounted there (:func:`file_system`)."""
+
+    device: int
+    file_system: int | None
+
+
 class DiskChanged(OSError):
     """A directory below a mount point that is no longer the file system a
     scan's walk found there (unmounted, or another mounted in its place),
@@ -246,72 +274,77 @@ class DiskChanged(OSError):
 
 
 UNMOUNTED_HINT: Final = (
-    "its disk was unmounted (or another mounted) during the scan: its stored row is kept"
+    "its disk was unmounted, or another mounted, during the scan: not read (a stored row is kept)"
 )
 """What the ``errors`` entry of a file says when :class:`DiskChanged`
 stopped its probe."""
 
+_NOT_THERE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
-def open_on_its_disk(directory: str, *, root: str, root_fd: int, devices: Mapping[str, int]) -> int:
+
+def open_on_its_disk(directory: str, *, root: str, root_fd: int, disks: Mapping[str, Disk]) -> int:
     """Open ``directory`` (at or below ``root``, opened as ``root_fd``),
     crossing no symlink, on the file system a scan's walk found it on.
 
-    ``devices``: the mount points the walk found below ``root``, each with
-    its device then (``st_dev``). The directory is opened from the nearest
-    one that holds it (or from ``root``), one component at a time, each
-    checked to be on that mount point's device (or ``root``'s). An open
+    ``disks``: the mount points the walk found below ``root``. The directory
+    is opened from the nearest one that holds it, once that is seen to
+    hold the same file system (by its identity, or by its device where it
+    gives none), and each directory on the way is checked to be on that
+    mount point's device (or on ``root``'s, if none holds it). An open
     descriptor keeps its file system mounted (it cannot be unmounted but
     lazily, and one lazily unmounted still shows the files the walk saw), so
     a disk unmounted after the walk, another mounted in its place or over
     one of its directories, never makes the files walked look deleted, and
     one mounted again meanwhile cannot slip in between a look and the check.
+    (A bind mount of a directory of the same file system is not told.)
 
     Raises:
-        DiskChanged: A directory on the way (the mount point included) is
-            not on the device the walk found, or cannot be asked its device;
-            or the mount point cannot be opened.
-        OSError: From :func:`open_subdirectory`, for a directory below the
-            mount point (or ``root``): missing, a symlink, not a directory.
+        DiskChanged: The mount point is not there (missing, a symlink, not
+            a directory) or holds another file system, or a directory on
+            the way is on another device.
+        OSError: Anything else: from :func:`open_subdirectory` for a
+            directory below the mount point (or ``root``), a mount point
+            that cannot be opened for another reason (denied, out of
+            descriptors), a device that cannot be read.
     """
     depth = len(split(root))
-    mount = directory if directory in devices else below_any(directory, devices)
+    mount = directory if directory in disks else below_any(directory, disks)
     if mount is None:
         return _open_on(root_fd, root, device(root_fd), split(directory)[depth:])
     try:
         base = open_directory(split(mount)[depth:], root_fd)
     except OSError as exc:
-        raise DiskChanged(mount) from exc
+        if exc.errno in _NOT_THERE:
+            raise DiskChanged(mount) from exc
+        raise
     try:
-        return _open_on(base, mount, devices[mount], split(directory)[len(split(mount)) :])
+        walked, now = disks[mount], device(base)
+        if walked.file_system:  # an identity: the same disk may be on another device now
+            same = file_system(base) == walked.file_system
+        else:
+            same = now == walked.device
+        if not same:
+            raise DiskChanged(mount)
+        return _open_on(base, mount, now, split(directory)[len(split(mount)) :])
     finally:
         os.close(base)
 
 
 def _open_on(base: int, path: str, expected: int, parts: list[str]) -> int:
-    """Open ``parts`` beneath ``base`` (the directory ``path``), ``base`` and
-    each directory on the way on device ``expected``; a new descriptor."""
+    """Open ``parts`` beneath ``base`` (the directory ``path``, on device
+    ``expected``), each directory on the way on that device; a new descriptor."""
     fd = os.dup(base)
     try:
-        _check_device(fd, expected, path)
         for part in parts:
-            child = open_subdirectory(part, fd)
-            os.close(fd)
-            fd = child
+            fd, parent = open_subdirectory(part, fd), fd
+            os.close(parent)  # freed even if it raises: never closed twice
             path = os.path.join(path, part)
-            _check_device(fd, expected, path)
+            if device(fd) != expected:
+                raise DiskChanged(path)
     except BaseException:
         os.close(fd)
         raise
     return fd
-
-
-def _check_device(fd: int, expected: int, path: str) -> None:
-    try:
-        same = device(fd) == expected
-    except OSError as exc:
-        raise DiskChanged(path) from exc
-    if not same:
-        raise DiskChanged(path)
 
 
 def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | None]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import av
 
-from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._input import READ_LIMIT, BoundedInput, amount, open_regular_file
 from stoat_ferret.library._limits import MAX_STREAMS
 from stoat_ferret.library._metadata import moving_pictures, positive, read_metadata
@@ -120,7 +120,12 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     try:
         container = source.open()
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ProbeError(name, _open_failure(exc, source)) from exc
+        # A read the file system could not answer (a FUSE daemon gone, an
+        # I/O error) says nothing of the file: transient, the row is kept.
+        transient = (
+            isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS and not source.exhausted
+        )
+        raise ProbeError(name, _open_failure(exc, source), transient=transient) from exc
     try:
         return _describe(name, container)
     finally:

@@ -96,8 +96,9 @@ class ProbeRaised(Exception):
 def encode_answer(outcome: VideoProbe | int | Exception) -> bytes:
     """The child's answer for one file: its probe, the size of its thumbnail
     (written to the memory file), why it gives no frame (an
-    :class:`UndecodableError`), why it was refused (a :class:`ProbeError`), or
-    what a probe raised unexpectedly. At most :data:`ANSWER_MAX` bytes."""
+    :class:`UndecodableError`), why it was refused (a :class:`ProbeError`;
+    ``unavailable`` if it is ``transient``), or what a probe raised
+    unexpectedly. At most :data:`ANSWER_MAX` bytes."""
     if isinstance(outcome, int):
         message: dict[str, Any] = {"thumbnail": outcome}
     elif isinstance(outcome, VideoProbe):
@@ -109,7 +110,10 @@ def encode_answer(outcome: VideoProbe | int | Exception) -> bytes:
     elif isinstance(outcome, UndecodableError):
         message = {"undecodable": outcome.reason[:REASON_MAX]}
     elif isinstance(outcome, ProbeError):
-        message = {"refused": outcome.reason[:REASON_MAX]}
+        # "unavailable": the failure said nothing of the file (a read its
+        # file system could not answer), for the service to keep its row.
+        kind = "unavailable" if outcome.transient else "refused"
+        message = {kind: outcome.reason[:REASON_MAX]}
     else:
         message = {"unexpected": f"{type(outcome).__name__}: {outcome}"[:REASON_MAX]}
     answer = json.dumps(message, allow_nan=False).encode()
@@ -178,6 +182,8 @@ def _decoded(
                 raise UndecodableError(name, printable(body))
             if kind == "refused" and isinstance(body, str):
                 raise ProbeError(name, printable(body), transient=body == DESCRIPTORS_CUT)
+            if kind == "unavailable" and isinstance(body, str):
+                raise ProbeError(name, printable(body), transient=True)
             if kind == "unexpected" and isinstance(body, str):
                 raise ProbeRaised(printable(body))
     # JSON, a type or a value out of place, a nesting too deep for the parser.

@@ -256,7 +256,7 @@ class ScanRun:
             root_fd=root_fd,
             mount_points=self.seen_mount_points,
             scan_root=containing_root(self.root, self.roots) or "/",
-            mount_devices=self.scanned.devices,
+            disks=self.scanned.disks,
         )
         if not self.scanned.still_there():  # moved: the paths above are not its own
             seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"
@@ -353,7 +353,7 @@ class ScanRun:
             root_fd=root_fd,
             found=self.found,
             job_id=self.ctx.job_id,
-            devices=self.scanned.devices,
+            disks=self.scanned.disks,
         )
 
     async def write_batches(

@@ -43,24 +43,24 @@ _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
 def gone_beneath(
-    paths: Iterable[str], root: str, root_fd: int, devices: Mapping[str, int] | None = None
+    paths: Iterable[str], root: str, root_fd: int, disks: Mapping[str, _mounts.Disk] | None = None
 ) -> set[str]:
     """Those of ``paths`` whose file is gone, looked at beneath ``root_fd``.
 
     Gone: missing, a directory on the way replaced by a symlink or a file,
-    or no longer a regular file (``lstat``). A file that cannot be looked at
-    for another reason (denied, I/O, its disk not as the walk found it) is
-    not gone. Each directory is opened once, crossing no symlink, on the
-    file system the walk found it on (``_mounts.open_on_its_disk``).
+    or no longer a regular file (``lstat``), but for something mounted over
+    it. A file that cannot be looked at for another reason (denied, I/O,
+    its disk not as the walk found it) is not gone. Each directory is
+    opened once, crossing no symlink, on the file system the walk found it
+    on (``_mounts.open_on_its_disk``).
 
     Args:
         paths: Absolute, normalised paths beneath ``root``.
         root: The directory ``root_fd`` was opened as.
         root_fd: A descriptor of ``root``.
-        devices: The mount points the walk found below ``root``, with their
-            devices then.
+        disks: The mount points the walk found below ``root``, as it found them.
     """
-    mounts = devices or {}
+    mounts = disks or {}
     by_directory: dict[str, list[tuple[str, str]]] = {}
     for path in paths:
         parent, name = os.path.split(path)
@@ -68,7 +68,7 @@ def gone_beneath(
     gone: set[str] = set()
     for parent, files in by_directory.items():
         try:
-            fd = _mounts.open_on_its_disk(parent, root=root, root_fd=root_fd, devices=mounts)
+            fd = _mounts.open_on_its_disk(parent, root=root, root_fd=root_fd, disks=mounts)
         except _mounts.DiskChanged as exc:
             logger.warning(
                 "not looked at: a disk was unmounted or replaced during the scan",
@@ -87,7 +87,9 @@ def gone_beneath(
                     if exc.errno in _GONE:
                         gone.add(path)
                     continue
-                if not stat.S_ISREG(info.st_mode):
+                # Not a regular file: gone, unless something is mounted over
+                # the file (a bind mount of /dev/null, say), which hides it.
+                if not stat.S_ISREG(info.st_mode) and info.st_dev == os.fstat(fd).st_dev:
                     gone.add(path)
         finally:
             os.close(fd)
@@ -105,7 +107,7 @@ class ScannedDirectory:
     fd: int | None = None
     # The mount points the walk found below the directory, each with its
     # device (st_dev) then; set by the scan once it has walked.
-    devices: dict[str, int] = attrs.field(factory=dict)
+    disks: dict[str, _mounts.Disk] = attrs.field(factory=dict)
 
     def open(self) -> int:
         """Open the directory from its scan root down (``open_scan_directory``).
@@ -137,12 +139,12 @@ class ScannedDirectory:
         or after the files are looked at: its descriptor then shows the old
         one, whose files say nothing of the files there now. Nor is a file
         below a mount point that the walk found and that is no longer the
-        file system it found there (:attr:`devices`): a disk unmounted
+        file system it found there (:attr:`disks`): a disk unmounted
         during the scan takes all its files out of sight at once.
         """
         if self.fd is None or not paths or not self.still_there():
             return set()
-        gone = gone_beneath(paths, self.path, self.fd, self.devices)
+        gone = gone_beneath(paths, self.path, self.fd, self.disks)
         # Looked at again after: replaced while the files were looked at, say.
         return gone if not gone or self.still_there() else set()
 

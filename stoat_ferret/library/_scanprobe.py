@@ -28,7 +28,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
-from stoat_ferret.library._mounts import UNMOUNTED_HINT, DiskChanged, open_on_its_disk
+from stoat_ferret.library._mounts import UNMOUNTED_HINT, Disk, DiskChanged, open_on_its_disk
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probewire import ProbeRaised
 
@@ -84,7 +84,7 @@ def probe_files(
     root_fd: int,
     found: Mapping[str, Fingerprint],
     job_id: str,
-    devices: Mapping[str, int] | None = None,
+    disks: Mapping[str, Disk] | None = None,
 ) -> list[tuple[str, VideoRecord | Unprobed]]:
     """Probe a few files in this thread: a record to store or why not, each.
 
@@ -92,12 +92,12 @@ def probe_files(
     checked before every file, so none starts after. Each file is opened
     relative to its directory, itself opened beneath ``root_fd`` (the
     scanned directory ``root``), one directory per run of files in it: the
-    paths are sorted, on the file system the walk found it on (``devices``:
-    the mount points the walk found below ``root``, with their devices;
+    paths are sorted, on the file system the walk found it on (``disks``:
+    the mount points the walk found below ``root``;
     ``_mounts.open_on_its_disk``). ``found`` gives each file's fingerprint
     as the walk saw it.
     """
-    mounts = devices or {}
+    mounts = disks or {}
     outcomes: list[tuple[str, VideoRecord | Unprobed]] = []
     directory: str | None = None
     directory_fd: int | OSError | None = None
@@ -113,7 +113,7 @@ def probe_files(
                 directory = parent
                 try:
                     directory_fd = open_on_its_disk(
-                        parent, root=root, root_fd=root_fd, devices=mounts
+                        parent, root=root, root_fd=root_fd, disks=mounts
                     )
                 except OSError as exc:
                     directory_fd = exc

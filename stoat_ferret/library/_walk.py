@@ -111,7 +111,7 @@ def walk_videos(
     before_open: Callable[[str], None] | None = None,
     mount_points: dict[str, int | None] | None = None,
     scan_root: str = "/",
-    mount_devices: dict[str, int] | None = None,
+    disks: dict[str, _mounts.Disk] | None = None,
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -139,11 +139,11 @@ def walk_videos(
             systems' identities, the one thing the walk looks at above
             ``root``, before it lists ``root``).
         scan_root: The scan root that holds ``root`` (``/`` without roots).
-        mount_devices: Receives the path of each directory below ``root``
-            that the walk lists and that is on another file system than its
-            parent, with its device (``st_dev``): what is below them is
-            read again through them, on that device only
-            (``_mounts.open_on_its_disk``).
+        disks: Receives the path of each directory below ``root`` that
+            the walk lists and that is on another file system than its
+            parent, with its device (``st_dev``) and its file system's
+            identity: what is below them is read again through them, on
+            that file system only (``_mounts.open_on_its_disk``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -163,7 +163,7 @@ def walk_videos(
                 before_open=before_open,
                 mount_points=mount_points,
                 scan_root=scan_root,
-                mount_devices=mount_devices,
+                disks=disks,
             )
         finally:
             os.close(fd)
@@ -173,8 +173,8 @@ def walk_videos(
     walk.run(root_fd)
     if mount_points is not None:
         mount_points.update(walk.mount_points)
-    if mount_devices is not None:
-        mount_devices.update(walk.devices)
+    if disks is not None:
+        disks.update(walk.disks)
     return walk.found
 
 
@@ -201,7 +201,7 @@ class _Walk:
         self.before_open: Callable[[str], None] | None = None
         self.found: dict[str, Fingerprint] = {}
         self.mount_points: dict[str, int | None] = {}
-        self.devices: dict[str, int] = {}  # the mount points below the root's
+        self.disks: dict[str, _mounts.Disk] = {}  # the mount points below the root
         self.scan_root = "/"
         self.scope = split(root)
         self.root_fd = -1
@@ -272,8 +272,8 @@ class _Walk:
         try:
             device = _mounts.device(fd)
             if device != parent_device:
-                self.mount_points[path] = _mounts.file_system(fd)
-                self.devices[path] = device
+                identity = self.mount_points[path] = _mounts.file_system(fd)
+                self.disks[path] = _mounts.Disk(device, identity)
             subdirectories = self.list_directory(fd, path)
         except BaseException as exc:  # cancellation too: the descriptor is not on the stack yet
             os.close(fd)

@@ -10,6 +10,7 @@ or a directory with a file saying so.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -31,31 +32,51 @@ T = TypeVar("T")
 
 class Devices:
     """Replaces ``_mounts.device`` and ``_mounts._fsid``: each directory of
-    :attr:`mounted`, and everything below it, is on a device of its own,
-    whose file system's identity (``f_fsid``, unsigned) is :attr:`identity`
-    (its index + 100 unless set there); every other directory is where the
-    kernel says."""
+    :attr:`mounted`, and everything below it, is on a device of its own.
+
+    Its device number (:attr:`numbers`, negative, so never a real one) is
+    a new one each time it is mounted, unless a test sets it (a kernel may
+    give a disk plugged in again the number of the one before); its file
+    system's identity (``f_fsid``, unsigned) is :attr:`identity`, or else
+    100 + the order in which it was first found mounted, the same each time
+    it is mounted. Every other directory is where the kernel says.
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.mounted: list[Path] = []
         self.identity: dict[Path, int] = {}
+        self.numbers: dict[Path, int] = {}
+        self._ever: list[Path] = []
+        self._next = itertools.count(-1, -1)
         monkeypatch.setattr(_mounts, "device", self)
         monkeypatch.setattr(_mounts, "_fsid", self.fsid)
 
     def mount(self, fd: int) -> Path | None:
+        for path in self.mounted:  # first found mounted in this order
+            if path not in self._ever:
+                self._ever.append(path)
         where = Path(os.readlink(f"/proc/self/fd/{fd}"))
         below = [path for path in self.mounted if path == where or path in where.parents]
         return max(below, key=lambda path: len(path.parts)) if below else None
 
     def __call__(self, fd: int) -> int:
         mount = self.mount(fd)
-        return os.fstat(fd).st_dev if mount is None else -1 - self.mounted.index(mount)
+        if mount is None:
+            return os.fstat(fd).st_dev
+        if mount not in self.numbers:
+            self.numbers[mount] = next(self._next)
+        return self.numbers[mount]
 
     def fsid(self, fd: int) -> int:
         mount = self.mount(fd)
         if mount is None:  # a real mount point, such as /tmp above the test's directory
             return os.fstatvfs(fd).f_fsid
-        return self.identity.get(mount, 100 + self.mounted.index(mount))
+        return self.identity.get(mount, 100 + self._ever.index(mount))
+
+    def unmounted(self, directory: Path) -> None:
+        """``directory`` is no longer mounted: mounted again, it gets a new device number."""
+        self.mounted.remove(directory)
+        self.numbers.pop(directory, None)
 
 
 @pytest.fixture
@@ -73,7 +94,7 @@ UNMOUNTED = ["an empty directory", "no directory", "a file saying so"]
 
 def unmount(directory: Path, devices: Devices, keep: Path, leaves: str = UNMOUNTED[0]) -> None:
     """Move ``directory`` to ``keep``, and leave what an unmounted disk leaves."""
-    devices.mounted.remove(directory)
+    devices.unmounted(directory)
     os.rename(directory, keep)
     if leaves != "no directory":
         directory.mkdir()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from stoat_ferret.library import _mounts, _scan, make_scan_handler, walk_videos
+from stoat_ferret.library import _mounts, _scan, _scanned, make_scan_handler, walk_videos
 from tests.library.mounts import (
     UNMOUNTED,
     Devices,
@@ -637,7 +637,10 @@ async def test_only_the_disk_unmounted_during_a_scan_keeps_what_looks_gone(
     assert await video_ids(library) == {str(lib / name): ids[str(lib / name)] for name in kept}
 
 
-@pytest.mark.parametrize("how", ["another disk in its place", "a disk mounted over a folder"])
+@pytest.mark.parametrize(
+    "how",
+    ["another disk in its place", "another with its device number", "a disk mounted over a folder"],
+)
 async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
     library: VideoLibrary,
     lib: Path,
@@ -646,21 +649,25 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
     monkeypatch: pytest.MonkeyPatch,
     how: str,
 ) -> None:
-    """After the walk, another disk takes ``disk``'s place, or one is
-    mounted over its folder ``films``: what is there says nothing of the
-    files walked, so neither a file in ``films`` the walk could not list
-    nor a changed one there loses its row."""
+    """After the walk, another disk takes ``disk``'s place (even under the
+    device number the kernel gave ``disk``: a USB disk plugged in after
+    another may get it), or one is mounted over its folder ``films``: what
+    is there says nothing of the files walked, so neither a file in
+    ``films`` the walk could not list nor a changed one there loses its row."""
     (lib / "disk" / "films" / "deep").mkdir()
     copy_video(clip, lib / "disk" / "films" / "deep" / "d.mp4")
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     handler = make_scan_handler(library)
-    over = lib / "disk" if how == "another disk in its place" else lib / "disk" / "films"
+    over = lib / "disk" if how.startswith("another") else lib / "disk" / "films"
 
     def change() -> None:
-        if over in devices.mounted:
+        if how.startswith("another"):
+            number = devices.numbers[over]
             unmount(over, devices, tmp_path / "away")
-            devices.mounted.append(tmp_path / "elsewhere")  # so a new device number
+            devices.identity[over] = 999  # another file system
+            if how == "another with its device number":
+                devices.numbers[over] = number
         else:
             os.rename(over, tmp_path / "away")
             over.mkdir()
@@ -678,6 +685,63 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
     assert (during["added"], during["updated"], during["removed"]) == (0, 0, 0)
     errors = {entry["path"]: entry["error"] for entry in during["errors"]}
     assert errors[str(lib / "disk" / "films" / "c.mp4")] == _mounts.UNMOUNTED_HINT
+    assert await video_ids(library) == ids
+
+
+async def test_a_disk_mounted_again_right_after_the_look_loses_nothing(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unmounted after the walk, mounted again just after the files were
+    looked at: what the look found (nothing) is not taken for gone, since
+    the check is made on the very directories looked in, not after."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    handler = make_scan_handler(library)
+    look = _scanned.gone_beneath
+
+    def look_then_mount(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return look(*args, **kwargs)
+        finally:
+            if not (lib / "disk" / "b.mp4").exists():
+                mount(lib / "disk", devices, tmp_path / "away")
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        with monkeypatch.context() as patch:
+            _unlisted(patch, lib / "disk" / "films")
+            _after_the_walk(patch, lambda: unmount(lib / "disk", devices, tmp_path / "away"))
+            patch.setattr(_scanned, "gone_beneath", look_then_mount)
+            during = await handler(make_context(lib))
+
+    assert during["removed"] == 0
+    assert (lib / "disk" / "b.mp4").exists()  # mounted again by the look
+    assert await video_ids(library) == ids
+
+
+async def test_a_disk_below_a_directory_the_walk_cannot_list_keeps_its_videos(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk remembered below a directory the walk cannot list, and not
+    mounted now: its mount point was not looked at, so its videos, which
+    look deleted to ``lstat``, are kept, even by a scan told to forget."""
+    outer = lib / "outer"
+    outer.mkdir()
+    os.rename(lib / "disk", outer / "disk")
+    devices = Devices(monkeypatch)
+    devices.mounted.append(outer / "disk")
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        unmount(outer / "disk", devices, tmp_path / "away")
+        with monkeypatch.context() as patch:
+            _unlisted(patch, outer)
+            during = await handler(make_context(lib))
+            forgetting = await handler(make_context(lib, forget_unmounted=True))
+
+    assert (during["removed"], forgetting["removed"]) == (0, 0)
     assert await video_ids(library) == ids
 
 

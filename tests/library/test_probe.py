@@ -837,3 +837,27 @@ def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
             probe_video(str(path))
 
     assert (refused.value.reason, refused.value.transient) == (os.strerror(code), transient)
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [(errno.ENOTCONN, True), (errno.EIO, True), (errno.EINVAL, False)],
+    ids=["fuse-daemon-gone", "io-error", "invalid"],
+)
+def test_a_read_its_file_system_cannot_answer_says_nothing_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, transient: bool
+) -> None:
+    """A read that fails as FFmpeg opens the file: a FUSE daemon gone or an
+    I/O error is ``transient`` (a scan keeps the file's row); an error of
+    the file's own is not."""
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"\0" * 64)
+
+    def cannot_read(self: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(_input.BoundedInput, "open", cannot_read)
+    with pytest.raises(ProbeError, match="not a readable media file") as refused:
+        probe_video(str(path))
+
+    assert refused.value.transient is transient

@@ -31,11 +31,19 @@ def test_a_probe_that_raised_in_the_child_is_reported_as_such() -> None:
         decode_answer("a.mp4", answer)
 
 
-def test_a_refusal_crosses_with_its_reason() -> None:
+@pytest.mark.parametrize("transient", [False, True])
+def test_a_refusal_crosses_with_its_reason_and_whether_the_file_is_to_blame(
+    *, transient: bool
+) -> None:
+    """A refusal that says nothing of the file (a read its file system could
+    not answer) stays ``transient`` across: the scan keeps the file's row."""
+    refusal = ProbeError("x/a.mp4", "no video stream", transient=transient)
+
     with pytest.raises(ProbeError) as refused:
-        decode_answer("a.mp4", encode_answer(ProbeError("x/a.mp4", "no video stream")))
+        decode_answer("a.mp4", encode_answer(refusal))
 
     assert (refused.value.path, refused.value.reason) == ("a.mp4", "no video stream")
+    assert refused.value.transient is transient
 
 
 _GOOD = attrs.evolve(
@@ -66,6 +74,7 @@ def _fields(**changes: Any) -> dict[str, Any]:
         b'{"probe": {}}',
         b'{"probe": 1}',
         b'{"refused": 3}',
+        b'{"unavailable": 3}',
         b'{"unexpected": null}',
         b'{"gift": "x"}',
         b'{"refused": "a", "probe": {}}',

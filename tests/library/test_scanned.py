@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,6 +15,8 @@ from stoat_ferret.library._scanned import ScannedDirectory, gone_beneath
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from pathlib import Path
+
+    from stoat_ferret.library._mounts import Disk
 
 
 def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
@@ -47,6 +50,36 @@ def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope
     assert gone == {
         path for name, path in paths.items() if name not in ("clip.mp4", "sub/deep.mp4")
     }
+
+
+@pytest.mark.parametrize(("mounted_over", "is_gone"), [(True, False), (False, True)])
+def test_a_file_with_something_mounted_over_it_is_not_gone(
+    scope: Path,
+    scope_fd: int,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    mounted_over: bool,
+    is_gone: bool,
+) -> None:
+    """``clip.mp4`` shows as a character device: one mounted over it (a bind
+    mount of ``/dev/null`` hides a file so, on another device than its
+    directory's) hides the file, which is not gone; one in its place, on
+    the directory's device, replaced it."""
+    real_stat = os.stat
+
+    def device_there(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        info = real_stat(name, *args, **kwargs)
+        if name != "clip.mp4" or kwargs.get("dir_fd") is None:
+            return info
+        fields = list(info)
+        fields[0] = stat.S_IFCHR | 0o666  # st_mode
+        fields[2] = info.st_dev + 1 if mounted_over else info.st_dev  # st_dev
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "stat", device_there)
+    gone = gone_beneath([str(scope / "clip.mp4")], str(scope), scope_fd)
+
+    assert gone == ({str(scope / "clip.mp4")} if is_gone else set())
 
 
 def test_gone_beneath_cannot_tell_a_file_it_may_not_look_at(
@@ -132,10 +165,10 @@ def test_a_directory_replaced_while_its_files_are_looked_at_says_nothing_is_gone
     real_gone_beneath = _scanned.gone_beneath
 
     def replaced_meanwhile(
-        paths: Iterable[str], root: str, root_fd: int, devices: Mapping[str, int]
+        paths: Iterable[str], root: str, root_fd: int, disks: Mapping[str, Disk]
     ) -> set[str]:
         _replace(scope, tmp_path)
-        return real_gone_beneath(paths, root, root_fd, devices)
+        return real_gone_beneath(paths, root, root_fd, disks)
 
     monkeypatch.setattr(_scanned, "gone_beneath", replaced_meanwhile)
     scanned = ScannedDirectory(str(scope), (str(tmp_path),))
