@@ -1,8 +1,9 @@
 """The supervisor as a state machine, checked by properties on generated programs.
 
 Hypothesis generates a *program*: a list of operations (register a job type,
-submit with or without timeout and key, cancel, cancel one job from two
-tasks at once, let time pass, follow a job slowly, close in the middle).
+with or without a ``max_running`` limit, submit with or without timeout and
+key, cancel, cancel one job from two tasks at once, let time pass, follow a
+job slowly, close in the middle).
 Each example interprets its program inside one ``anyio.run``, on both
 backends. On trio the clock is ``MockClock(autojump_threshold=0)``, so hours
 of job time cost microseconds. asyncio has no mock clock, so there the same
@@ -15,17 +16,21 @@ task is blocked and checks:
 * every status a poller or a follower sees moves along the transition table
   (:func:`stoat_ferret.jobs._state.transitions`), and a terminal one never
   changes;
-* ``pending <= max_pending`` and ``running <= max_workers``; while the
-  supervisor accepts work no job waits while a worker is free, unless the
-  job of its key runs (never stuck);
+* ``pending <= max_pending``, ``running <= max_workers``, and no more jobs
+  of a type run at once than its ``max_running`` (by the statuses, and by
+  the moments the handlers began and ended); while the supervisor accepts
+  work no job waits while a worker is free, unless the job of its key runs
+  or its type runs as many as its limit (never stuck);
 * :meth:`JobSupervisor.statistics` equals the counts of the statuses observed;
 * each terminal status is one the program allows (a job of 2 s with a 1.5 s
   timeout can only time out or be cancelled, a cancel that returned True
   means ``cancelled``, ...);
 * a job is terminal once ``start + min(duration, timeout)`` has passed;
 * handlers start in submit order (the workers share one FIFO of jobs), but
-  that a keyed job waits for the job of its key that runs (later jobs pass
-  it): jobs of one key run one at a time;
+  that a keyed job waits for the job of its key that runs, and a job of a
+  type at its limit for one of its type to end (later jobs pass them): jobs
+  of one key run one at a time, and the jobs without a key of each limited
+  type start in submit order among themselves;
 * ``started_at`` is None exactly for the jobs whose handler never started;
 * ``wait`` and ``cancel`` calls given up by their callers change nothing but
   what a cancel does (that they keep nothing behind is shown by live-object
@@ -44,6 +49,7 @@ random).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import os
@@ -125,6 +131,7 @@ REACHABLE: Final = _reachable()
 class Register:
     kind: str
     timeout: float | None
+    max_running: int | None = None
 
 
 @attrs.frozen
@@ -182,6 +189,7 @@ Operation: TypeAlias = (
 
 _kinds = st.sampled_from(KINDS)
 _timeouts = st.sampled_from(TIMEOUTS)
+_limits = st.sampled_from((None, 1, 2))  # a type's max_running
 _submits = st.builds(
     Submit,
     _kinds,
@@ -191,29 +199,29 @@ _submits = st.builds(
 )
 _cancels = st.builds(Cancel, st.integers(0, 50))
 _sleeps = st.builds(Sleep, st.sampled_from((0.0, 0.5, 1.0, 2.5, 7.0, 100.0)))
-# Listing a strategy more than once weighs it: most steps submit, cancel or wait.
-OPERATIONS: Final = st.one_of(
-    _submits,
-    _submits,
-    _submits,
-    _cancels,
-    _cancels,
-    _sleeps,
-    _sleeps,
-    _sleeps,
-    st.builds(CancelTwice, st.integers(0, 50)),
-    st.builds(Register, _kinds, _timeouts),
-    st.builds(Follow, st.integers(0, 50), st.sampled_from((0.0, 0.25, 1.0, 3.0))),
-    st.just(CancelUnknown()),
-    st.builds(GiveUp, st.integers(0, 50), st.booleans()),
+# Each kind of step with its weight: most steps submit, cancel or let time
+# pass. (st.one_of would not do: it drops a strategy listed twice, so
+# listing one more than once does not weigh it.)
+_WEIGHTED: Final[tuple[tuple[st.SearchStrategy[Operation], int], ...]] = (
+    (_submits, 6),
+    (_cancels, 2),
+    (_sleeps, 3),
+    (st.builds(CancelTwice, st.integers(0, 50)), 1),
+    (st.builds(Register, _kinds, _timeouts, _limits), 1),
+    (st.builds(Follow, st.integers(0, 50), st.sampled_from((0.0, 0.25, 1.0, 3.0))), 1),
+    (st.just(CancelUnknown()), 1),
+    (st.builds(GiveUp, st.integers(0, 50), st.booleans()), 1),
 )
+OPERATIONS: Final = st.sampled_from(
+    [strategy for strategy, weight in _WEIGHTED for _ in range(weight)]
+).flatmap(lambda strategy: strategy)
 
 
 @st.composite
 def programs(draw: st.DrawFn) -> list[Operation]:
     """Most kinds registered first, then the body; sometimes a close and a few steps after."""
     program: list[Operation] = [
-        Register(kind, draw(_timeouts)) for kind in KINDS if draw(st.integers(0, 4))
+        Register(kind, draw(_timeouts), draw(_limits)) for kind in KINDS if draw(st.integers(0, 4))
     ]
     program += draw(st.lists(OPERATIONS, min_size=15, max_size=50))
     if draw(st.booleans()):
@@ -239,8 +247,8 @@ def without_time(config: Config, program: list[Operation]) -> tuple[Config, list
 
     def timeless(operation: Operation) -> Operation:
         match operation:
-            case Register(kind, timeout):
-                return Register(kind, None if timeout is None else math.inf)
+            case Register(kind, timeout, limit):
+                return Register(kind, None if timeout is None else math.inf, limit)
             case Submit(kind, _, timeout, key):
                 return Submit(kind, 0.0, None if timeout is None else math.inf, key)
             case Sleep():
@@ -365,6 +373,7 @@ class Program:
     supervisor: JobSupervisor
     default_timeout: float
     registered: dict[str, float | None] = attrs.field(factory=dict)
+    limits: dict[str, int] = attrs.field(factory=dict)  # the types with a max_running
     jobs: dict[str, ModelJob] = attrs.field(factory=dict)
     order: list[str] = attrs.field(factory=list)
     followers: list[Follower] = attrs.field(factory=list)
@@ -382,19 +391,29 @@ class Program:
         registered = self.registered[kind]
         return self.default_timeout if registered is None else registered
 
+    def order_group(self, job_id: str) -> tuple[str, str | None]:
+        """The jobs that start in submit order among themselves: those of
+        one key; without a key, those of one limited type, and the rest."""
+        job = self.jobs[job_id]
+        if job.key is not None:
+            return ("key", job.key)
+        return ("type", job.kind if job.kind in self.limits else None)
+
     def live_pending(self) -> int:
         return sum(1 for job in self.jobs.values() if job.status is JobStatus.PENDING)
 
     async def apply(self, operation: Operation, followers: TaskGroup) -> None:
         sup = self.supervisor
         match operation:
-            case Register(kind, timeout):
+            case Register(kind, timeout, limit):
                 if kind in self.registered:
                     with pytest.raises(ValueError, match="already registered"):
-                        sup.register(kind, handler, timeout=timeout)
+                        sup.register(kind, handler, timeout=timeout, max_running=limit)
                 else:
-                    sup.register(kind, handler, timeout=timeout)
+                    sup.register(kind, handler, timeout=timeout, max_running=limit)
                     self.registered[kind] = timeout
+                    if limit is not None:
+                        self.limits[kind] = limit
             case Submit():
                 await self.submit(operation)
             case Cancel(index):
@@ -533,14 +552,29 @@ class Program:
             own_end = start + min(math.inf if job.kind == "hang" else job.duration, job.timeout)
             if now >= own_end:
                 assert job.status.is_terminal, (job, start, now)
-        # A keyed job waits for the job of its key that runs, while later
-        # jobs pass it: the jobs without a key start in submit order, and
-        # so do those of each key, one at a time.
-        for key in {None, *(job.key for job in self.jobs.values())}:
-            started = [job_id for job_id in self.starts if self.jobs[job_id].key == key]
-            assert started == [job_id for job_id in self.order if job_id in started], (
-                f"handlers of key {key} started out of submit order"
-            )
+        # A keyed job waits for the job of its key that runs, and a job of a
+        # type at its limit for one of its type to end, while later jobs
+        # pass them: the jobs without a key start in submit order, those of
+        # each limited type among themselves and the others among
+        # themselves; so do those of each key, one at a time.
+        in_order: dict[tuple[str, str | None], list[str]] = defaultdict(list)
+        for job_id in self.starts:  # in start order
+            in_order[self.order_group(job_id)].append(job_id)
+        for group, started in in_order.items():
+            members = set(started)
+            submitted = [job_id for job_id in self.order if job_id in members]
+            assert started == submitted, f"handlers of {group} started out of submit order"
+        for kind, limit in self.limits.items():
+            runs = [job_id for job_id in self.starts if self.jobs[job_id].kind == kind]
+            for job_id in runs:
+                # Running when this one began: begun by then, not ended yet.
+                at = self.starts[job_id]
+                running = [
+                    other
+                    for other in runs
+                    if self.starts[other] <= at < self.ends.get(other, math.inf)
+                ]
+                assert len(running) <= limit, f"{len(running)} jobs of {kind} ran at once"
         for key in {job.key for job in self.jobs.values()} - {None}:
             runs = [job_id for job_id in self.starts if self.jobs[job_id].key == key]
             for earlier, later in itertools.pairwise(runs):
@@ -553,6 +587,11 @@ class Program:
             job.key for job in self.jobs.values() if job.key and job.status is JobStatus.RUNNING
         ]
         assert len(running_keys) == len(set(running_keys)), "two jobs of one key are running"
+        running_kinds = collections.Counter(
+            job.kind for job in self.jobs.values() if job.status is JobStatus.RUNNING
+        )
+        for kind, limit in self.limits.items():
+            assert running_kinds[kind] <= limit, f"more than {limit} jobs of {kind} are running"
 
         assert stats.pending <= self.config.max_pending
         assert stats.running <= self.config.max_workers
@@ -568,11 +607,13 @@ class Program:
         free_to_start = [
             job
             for job in self.jobs.values()
-            if job.status is JobStatus.PENDING and job.key not in running_keys
+            if job.status is JobStatus.PENDING
+            and job.key not in running_keys
+            and running_kinds[job.kind] < self.limits.get(job.kind, math.inf)
         ]
         if stats.accepting and free_to_start:
-            # Never stuck: a job waits only while every worker is busy, or
-            # while the job of its key runs.
+            # Never stuck: a job waits only while every worker is busy, while
+            # the job of its key runs, or while its type runs its limit.
             assert stats.running == self.config.max_workers, stats
         if stats.accepting and stats.running < self.config.max_workers:
             # A worker is idle, so the work stream is empty: no assignment is
@@ -670,6 +711,8 @@ def test_any_program_keeps_every_job_accounted_for(
     for job in model.jobs.values():
         event(f"job ended {job.status}")
     event(f"{len(model.jobs) // 5 * 5}+ jobs accepted")
+    limited = [job for job in model.jobs.values() if job.kind in model.limits]
+    event(f"{len(limited) // 5 * 5}+ jobs of a limited type accepted")
 
 
 def run_program(config: Config, program: list[Operation], *, backend: str = "trio") -> Program:
