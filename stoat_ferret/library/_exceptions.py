@@ -65,12 +65,14 @@ class ProbeError(LibraryError):
     """Raised by :func:`probe_video` when a file is not a video it can describe.
 
     ``reason`` is one readable sentence fragment, e.g. ``"no video stream"``.
-    ``transient`` says the failure came before the file reached FFmpeg, so
-    it says nothing about the file's content: the service ran short of
-    something (descriptors, memory, processes), the file or its directory
-    was denied to it (a permission of the moment), a probe process could
-    not start or ended before it had the file, or the service is stopping. A scan then
-    keeps what it stored about the file, and the next scan tries it again.
+    ``transient`` says the failure says nothing about the file's content:
+    the service ran short of something (descriptors, memory, processes),
+    the file or its directory was denied to it (a permission of the
+    moment), its file system could not answer as it was opened or read
+    (:data:`UNREACHABLE_ERRNOS`, an I/O error), its disk was unmounted
+    during the scan, a probe process could not start or ended before it had
+    the file, or the service is stopping. A scan then keeps what it stored
+    about the file, and the next scan tries it again.
     """
 
     path: str

@@ -11,8 +11,8 @@ up to the scan root that holds it (:func:`mounts_at_and_above`: device
 numbers, and the identity of a mount point's file system; no scan may be
 told to forget one above its root, so none is noted there), each with the
 identity of the file system mounted there (``statvfs``'s ``f_fsid``: from the
-volume's UUID on ext4, XFS and Btrfs, its serial number with Linux's own
-NTFS driver; from the device's number on FAT and exFAT, so that it may
+volume's UUID on ext4 and Btrfs, its serial number with Linux's own
+NTFS driver; from the device's number on XFS, FAT and exFAT, so that it may
 change when the disk is plugged in again, and two such disks plugged in
 one after the other at the same place may look the same; 0 where the file
 system gives none, as FUSE file systems (ntfs-3g, exfat-fuse, sshfs) and
@@ -29,7 +29,7 @@ mount points stored at, above and in its scope:
   below such a mount point is removed as gone (:func:`not_gone`), and one
   ``errors`` entry for each says why and how to let them go. So a scan of
   a directory on a disk, below its mount point, also keeps the videos of
-  the disk that was there, if another is now. A mount point below a
+  the disk that was there, if another is now. A mount point at or below a
   directory the walk could not list (``ErrorLog.unread``) is left as it
   is, and none of the videos stored below it is gone, even for a scan told
   to forget (``Tracked.unseen``). One whose state could not be told (its
@@ -64,13 +64,13 @@ one of its own, and is taken for a mount point.
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import attrs
 
 from stoat_ferret.library._beneath import open_directory, open_subdirectory, split
+from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -279,8 +279,6 @@ UNMOUNTED_HINT: Final = (
 """What the ``errors`` entry of a file says when :class:`DiskChanged`
 stopped its probe."""
 
-_NOT_THERE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
-
 
 def open_on_its_disk(directory: str, *, root: str, root_fd: int, disks: Mapping[str, Disk]) -> int:
     """Open ``directory`` (at or below ``root``, opened as ``root_fd``),
@@ -288,24 +286,30 @@ def open_on_its_disk(directory: str, *, root: str, root_fd: int, disks: Mapping[
 
     ``disks``: the mount points the walk found below ``root``. The directory
     is opened from the nearest one that holds it, once that is seen to
-    hold the same file system (by its identity, or by its device where it
-    gives none), and each directory on the way is checked to be on that
-    mount point's device (or on ``root``'s, if none holds it). An open
+    hold the same file system (on the same device, with the same identity
+    if it gave one), and each directory on the way is checked to be on
+    that device (or on ``root``'s, if no mount point holds it). An open
     descriptor keeps its file system mounted (it cannot be unmounted but
     lazily, and one lazily unmounted still shows the files the walk saw), so
     a disk unmounted after the walk, another mounted in its place or over
     one of its directories, never makes the files walked look deleted, and
     one mounted again meanwhile cannot slip in between a look and the check.
-    (A bind mount of a directory of the same file system is not told.)
+    Not told apart: a bind mount of a directory of the same file system,
+    and another disk given the same device number and identity (FUSE file
+    systems give no identity, and the next one mounted may get the device
+    number of the one before; so may a FAT, exFAT or XFS disk, whose
+    identity is its device number). The same disk mounted again on
+    another device is taken for another: its files are not read until the
+    next scan.
 
     Raises:
-        DiskChanged: The mount point is not there (missing, a symlink, not
-            a directory) or holds another file system, or a directory on
-            the way is on another device.
-        OSError: Anything else: from :func:`open_subdirectory` for a
-            directory below the mount point (or ``root``), a mount point
-            that cannot be opened for another reason (denied, out of
-            descriptors), a device that cannot be read.
+        DiskChanged: The mount point cannot be opened (missing, a symlink,
+            not a directory) or holds another file system, or a directory
+            on the way is on another device.
+        OSError: From :func:`open_subdirectory` for a directory below the
+            mount point (or ``root``); one of ``TRANSIENT_ERRNOS`` opening
+            the mount point (denied, out of descriptors, a disk that cannot
+            answer); a device that cannot be read.
     """
     depth = len(split(root))
     mount = directory if directory in disks else below_any(directory, disks)
@@ -314,18 +318,19 @@ def open_on_its_disk(directory: str, *, root: str, root_fd: int, disks: Mapping[
     try:
         base = open_directory(split(mount)[depth:], root_fd)
     except OSError as exc:
-        if exc.errno in _NOT_THERE:
-            raise DiskChanged(mount) from exc
-        raise
+        if exc.errno in TRANSIENT_ERRNOS:  # the service's lack, or a disk that cannot answer
+            raise
+        raise DiskChanged(mount) from exc
     try:
-        walked, now = disks[mount], device(base)
-        if walked.file_system:  # an identity: the same disk may be on another device now
-            same = file_system(base) == walked.file_system
-        else:
-            same = now == walked.device
-        if not same:
+        # Both: a file system may give the identity of the one below it
+        # (overlayfs, its upper layer's), and a device number may be given
+        # to the next disk mounted (FUSE, a USB disk plugged in again).
+        walked = disks[mount]
+        if device(base) != walked.device or (
+            walked.file_system and file_system(base) != walked.file_system
+        ):
             raise DiskChanged(mount)
-        return _open_on(base, mount, now, split(directory)[len(split(mount)) :])
+        return _open_on(base, mount, walked.device, split(directory)[len(split(mount)) :])
     finally:
         os.close(base)
 

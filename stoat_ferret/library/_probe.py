@@ -122,8 +122,12 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     except (av.FFmpegError, OSError, ValueError) as exc:
         # A read the file system could not answer (a FUSE daemon gone, an
         # I/O error) says nothing of the file: transient, the row is kept.
+        # PyAV raises the reader's own OSError; an FFmpegError is FFmpeg's
+        # verdict (a truncated Matroska file gives EIO, some demuxers EPERM).
         transient = (
-            isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS and not source.exhausted
+            isinstance(exc, OSError)
+            and not isinstance(exc, av.FFmpegError)
+            and exc.errno in TRANSIENT_ERRNOS
         )
         raise ProbeError(name, _open_failure(exc, source), transient=transient) from exc
     try:

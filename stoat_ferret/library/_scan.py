@@ -61,9 +61,10 @@ the same scope has started meanwhile (its list is then that scan's).
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
 the next batch, unless another scan wrote it since this one began; it counts
-as an error, not as ``removed``; one that failed before it reached FFmpeg
-(``ProbeError.transient`` says when) keeps its row, for the next scan to
-try again, and so does one whose disk was unmounted after the walk. A file
+as an error, not as ``removed``; one whose failure says nothing of its
+content (``ProbeError.transient`` says when: denied, out of descriptors, a
+file system that cannot answer, its disk unmounted after the walk) keeps
+its row, for the next scan to try again. A file
 whose row the store cannot hold (a number beyond SQLite's, which
 ``_probe.py`` never gives) is an ``errors`` entry, neither ``added`` nor
 ``updated``: the rest of its batch is written, and its old row deleted in

@@ -88,8 +88,12 @@ def gone_beneath(
                         gone.add(path)
                     continue
                 # Not a regular file: gone, unless something is mounted over
-                # the file (a bind mount of /dev/null, say), which hides it.
-                if not stat.S_ISREG(info.st_mode) and info.st_dev == os.fstat(fd).st_dev:
+                # the file (a bind mount of /dev/null, say), which hides it
+                # (a symlink never is: a mount follows it).
+                mode = info.st_mode
+                if not stat.S_ISREG(mode) and (
+                    stat.S_ISLNK(mode) or info.st_dev == os.fstat(fd).st_dev
+                ):
                     gone.add(path)
         finally:
             os.close(fd)
@@ -105,8 +109,8 @@ class ScannedDirectory:
     # Opened by open() in the survey's thread; closed by close() once every
     # thread that used it has returned.
     fd: int | None = None
-    # The mount points the walk found below the directory, each with its
-    # device (st_dev) then; set by the scan once it has walked.
+    # The mount points the walk found below the directory, as it found them
+    # (device and file system identity); set by the scan once it has walked.
     disks: dict[str, _mounts.Disk] = attrs.field(factory=dict)
 
     def open(self) -> int:

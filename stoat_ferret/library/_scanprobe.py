@@ -108,8 +108,10 @@ def probe_files(
             parent, name = os.path.split(path)
             if parent != directory:
                 if isinstance(directory_fd, int):
-                    os.close(directory_fd)
-                    directory_fd = None  # the finally below must not close it again
+                    # None first: the finally below must not close it again,
+                    # even if this close raises (the number is freed anyway).
+                    done, directory_fd = directory_fd, None
+                    os.close(done)
                 directory = parent
                 try:
                     directory_fd = open_on_its_disk(

@@ -382,7 +382,13 @@ def _encode_webp(frame: VideoFrame) -> bytes:
 
 
 def _transient(exc: Exception) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+    # The reader's own OSError, which PyAV raises again; not an FFmpegError,
+    # FFmpeg's verdict on the content (a truncated Matroska file gives EIO).
+    return (
+        isinstance(exc, OSError)
+        and not isinstance(exc, av.FFmpegError)
+        and exc.errno in _TRANSIENT_ERRNOS
+    )
 
 
 def _reason(exc: Exception) -> str:

@@ -639,7 +639,12 @@ async def test_only_the_disk_unmounted_during_a_scan_keeps_what_looks_gone(
 
 @pytest.mark.parametrize(
     "how",
-    ["another disk in its place", "another with its device number", "a disk mounted over a folder"],
+    [
+        "another disk in its place",
+        "another with its device number",
+        "its identity on another device",
+        "a disk mounted over a folder",
+    ],
 )
 async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
     library: VideoLibrary,
@@ -651,21 +656,24 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
 ) -> None:
     """After the walk, another disk takes ``disk``'s place (even under the
     device number the kernel gave ``disk``: a USB disk plugged in after
-    another may get it), or one is mounted over its folder ``films``: what
-    is there says nothing of the files walked, so neither a file in
-    ``films`` the walk could not list nor a changed one there loses its row."""
+    another may get it; or one that gives the identity of ``disk``'s, as
+    overlayfs gives that of its upper layer), or one is mounted over its
+    folder ``films``: what is there says nothing of the files walked, so
+    neither a file in ``films`` the walk could not list nor a changed one
+    there loses its row."""
     (lib / "disk" / "films" / "deep").mkdir()
     copy_video(clip, lib / "disk" / "films" / "deep" / "d.mp4")
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     handler = make_scan_handler(library)
-    over = lib / "disk" if how.startswith("another") else lib / "disk" / "films"
+    over = lib / "disk" / "films" if how.endswith("folder") else lib / "disk"
 
     def change() -> None:
-        if how.startswith("another"):
+        if over == lib / "disk":
             number = devices.numbers[over]
             unmount(over, devices, tmp_path / "away")
-            devices.identity[over] = 999  # another file system
+            if how != "its identity on another device":
+                devices.identity[over] = 999  # another file system
             if how == "another with its device number":
                 devices.numbers[over] = number
         else:

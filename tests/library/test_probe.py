@@ -861,3 +861,18 @@ def test_a_read_its_file_system_cannot_answer_says_nothing_of_the_file(
         probe_video(str(path))
 
     assert refused.value.transient is transient
+
+
+def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_the_file_s_fault(
+    tmp_path: Path, clips: dict[str, EncodedVideo]
+) -> None:
+    """FFmpeg answers EIO for a Matroska file cut short: an error of the
+    file's content, not of its file system, so not ``transient`` (a scan
+    drops the stored row, which no longer describes the file)."""
+    path = tmp_path / "cut.mkv"
+    path.write_bytes(clips["h264.mkv"].path.read_bytes()[:241])
+
+    with pytest.raises(ProbeError, match="Input/output error") as refused:
+        probe_video(str(path))
+
+    assert not refused.value.transient

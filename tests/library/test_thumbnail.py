@@ -513,3 +513,15 @@ def test_a_file_system_that_cannot_answer_is_retried_not_marked(
         make_thumbnail(str(video), fingerprint(video))
 
     assert isinstance(caught.value, UndecodableError) is not retried
+
+
+def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_marked(
+    tmp_path: Path, clips: dict[str, EncodedVideo]
+) -> None:
+    """FFmpeg answers EIO for a Matroska file cut short: the file's content
+    is to blame, so it is marked undecodable, not tried again by every job."""
+    path = tmp_path / "cut.mkv"
+    path.write_bytes(clips["h264.mkv"].path.read_bytes()[:241])
+
+    with pytest.raises(UndecodableError, match="Input/output error"):
+        make_thumbnail(str(path), fingerprint(path))
