@@ -343,7 +343,7 @@ class ScanRun:
     def probe_chunk(self, paths: list[str], stop: Stop) -> list[tuple[str, VideoRecord | Unprobed]]:
         """Probe a few files in a probe thread (:func:`probe_files`), each
         on the file system the walk found it on: a stored file whose disk
-        was unmounted since keeps its row (``_mounts.open_on_its_disk``)."""
+        was unmounted since keeps its row (``_ondisk.open_on_its_disk``)."""
         root_fd = self.scanned.fd
         assert root_fd is not None  # opened by the walk, before any path is found
         return probe_files(

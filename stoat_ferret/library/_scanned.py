@@ -11,7 +11,7 @@ descriptor:
   written. Nothing is gone once the directory at the path is not the one
   the scan opened: replaced by another, or a mount laid over it, since.
   Nothing is gone below a disk unmounted since the walk, or another
-  mounted in its place (``_mounts.open_on_its_disk``).
+  mounted in its place (``_ondisk.open_on_its_disk``).
 * Whether the directory holds no entry at all (:meth:`ScannedDirectory.is_empty`):
   the mount point of a disk not mounted looks just like that, so the scan
   then removes none of the videos stored under it (``ScanRun.compare``).
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from loguru import logger
 
-from stoat_ferret.library import _mounts
+from stoat_ferret.library import _ondisk
 from stoat_ferret.library._beneath import open_scan_directory
 from stoat_ferret.library._exceptions import ScanError
 
@@ -43,7 +43,7 @@ _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
 def gone_beneath(
-    paths: Iterable[str], root: str, root_fd: int, disks: Mapping[str, _mounts.Disk] | None = None
+    paths: Iterable[str], root: str, root_fd: int, disks: Mapping[str, _ondisk.Disk] | None = None
 ) -> set[str]:
     """Those of ``paths`` whose file is gone, looked at beneath ``root_fd``.
 
@@ -52,7 +52,7 @@ def gone_beneath(
     it. A file that cannot be looked at for another reason (denied, I/O,
     its disk not as the walk found it) is not gone. Each directory is
     opened once, crossing no symlink, on the file system the walk found it
-    on (``_mounts.open_on_its_disk``).
+    on (``_ondisk.open_on_its_disk``).
 
     Args:
         paths: Absolute, normalised paths beneath ``root``.
@@ -68,8 +68,8 @@ def gone_beneath(
     gone: set[str] = set()
     for parent, files in by_directory.items():
         try:
-            fd = _mounts.open_on_its_disk(parent, root=root, root_fd=root_fd, disks=mounts)
-        except _mounts.DiskChanged as exc:
+            fd = _ondisk.open_on_its_disk(parent, root=root, root_fd=root_fd, disks=mounts)
+        except _ondisk.DiskChanged as exc:
             logger.warning(
                 "not looked at: a disk was unmounted or replaced during the scan",
                 directory=exc.directory,
@@ -111,7 +111,7 @@ class ScannedDirectory:
     fd: int | None = None
     # The mount points the walk found below the directory, as it found them
     # (device and file system identity); set by the scan once it has walked.
-    disks: dict[str, _mounts.Disk] = attrs.field(factory=dict)
+    disks: dict[str, _ondisk.Disk] = attrs.field(factory=dict)
 
     def open(self) -> int:
         """Open the directory from its scan root down (``open_scan_directory``).

@@ -28,7 +28,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
-from stoat_ferret.library._mounts import UNMOUNTED_HINT, Disk, DiskChanged, open_on_its_disk
+from stoat_ferret.library._ondisk import UNMOUNTED_HINT, Disk, DiskChanged, open_on_its_disk
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probewire import ProbeRaised
 
@@ -94,7 +94,7 @@ def probe_files(
     scanned directory ``root``), one directory per run of files in it: the
     paths are sorted, on the file system the walk found it on (``disks``:
     the mount points the walk found below ``root``;
-    ``_mounts.open_on_its_disk``). ``found`` gives each file's fingerprint
+    ``_ondisk.open_on_its_disk``). ``found`` gives each file's fingerprint
     as the walk saw it.
     """
     mounts = disks or {}

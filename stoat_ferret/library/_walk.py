@@ -59,7 +59,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-from stoat_ferret.library import _mounts
+from stoat_ferret.library import _mounts, _ondisk
 from stoat_ferret.library._beneath import (
     MAX_DEPTH,
     PATH_MAX,
@@ -111,7 +111,7 @@ def walk_videos(
     before_open: Callable[[str], None] | None = None,
     mount_points: dict[str, int | None] | None = None,
     scan_root: str = "/",
-    disks: dict[str, _mounts.Disk] | None = None,
+    disks: dict[str, _ondisk.Disk] | None = None,
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -143,7 +143,7 @@ def walk_videos(
             the walk lists and that is on another file system than its
             parent, with its device (``st_dev``) and its file system's
             identity: what is below them is read again through them, on
-            that file system only (``_mounts.open_on_its_disk``).
+            that file system only (``_ondisk.open_on_its_disk``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -201,7 +201,7 @@ class _Walk:
         self.before_open: Callable[[str], None] | None = None
         self.found: dict[str, Fingerprint] = {}
         self.mount_points: dict[str, int | None] = {}
-        self.disks: dict[str, _mounts.Disk] = {}  # the mount points below the root
+        self.disks: dict[str, _ondisk.Disk] = {}  # the mount points below the root
         self.scan_root = "/"
         self.scope = split(root)
         self.root_fd = -1
@@ -273,7 +273,7 @@ class _Walk:
             device = _mounts.device(fd)
             if device != parent_device:
                 identity = self.mount_points[path] = _mounts.file_system(fd)
-                self.disks[path] = _mounts.Disk(device, identity)
+                self.disks[path] = _ondisk.Disk(device, identity)
             subdirectories = self.list_directory(fd, path)
         except BaseException as exc:  # cancellation too: the descriptor is not on the stack yet
             os.close(fd)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from stoat_ferret.library import _mounts, _scan, _scanned, make_scan_handler, walk_videos
+from stoat_ferret.library import _mounts, _ondisk, _scan, _scanned, make_scan_handler, walk_videos
 from tests.library.mounts import (
     UNMOUNTED,
     Devices,
@@ -534,7 +534,7 @@ async def test_a_disk_unmounted_during_a_scan_keeps_its_videos(
     assert (during["added"], during["updated"], during["removed"]) == (0, 0, 0)
     errors = {entry["path"]: entry["error"] for entry in during["errors"]}
     assert set(errors) == {str(lib / "disk" / "films"), str(lib / "disk" / "b.mp4")}
-    assert errors[str(lib / "disk" / "b.mp4")] == _mounts.UNMOUNTED_HINT
+    assert errors[str(lib / "disk" / "b.mp4")] == _ondisk.UNMOUNTED_HINT
     assert kept == ids
     assert (after["unchanged"], after["updated"], after["removed"]) == (2, 1, 0)
     assert await video_ids(library) == ids
@@ -631,8 +631,8 @@ async def test_only_the_disk_unmounted_during_a_scan_keeps_what_looks_gone(
 
     assert (during["added"], during["updated"], during["removed"]) == (0, 0, 1)
     errors = {entry["path"]: entry["error"] for entry in during["errors"]}
-    assert errors[str(lib / "disk" / "films" / "c.mp4")] == _mounts.UNMOUNTED_HINT
-    assert not errors[str(lib / "disk" / "b.mp4")].endswith(_mounts.UNMOUNTED_HINT)
+    assert errors[str(lib / "disk" / "films" / "c.mp4")] == _ondisk.UNMOUNTED_HINT
+    assert not errors[str(lib / "disk" / "b.mp4")].endswith(_ondisk.UNMOUNTED_HINT)
     kept = ["a.mp4", "disk/films/c.mp4", "disk/films/deep/d.mp4"]
     assert await video_ids(library) == {str(lib / name): ids[str(lib / name)] for name in kept}
 
@@ -692,7 +692,7 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
 
     assert (during["added"], during["updated"], during["removed"]) == (0, 0, 0)
     errors = {entry["path"]: entry["error"] for entry in during["errors"]}
-    assert errors[str(lib / "disk" / "films" / "c.mp4")] == _mounts.UNMOUNTED_HINT
+    assert errors[str(lib / "disk" / "films" / "c.mp4")] == _ondisk.UNMOUNTED_HINT
     assert await video_ids(library) == ids
 
 

@@ -28,7 +28,7 @@ from stoat_ferret.library import (
     VideoLibrary,
     VideoProbe,
     VideoRecord,
-    _mounts,
+    _ondisk,
     _scan,
     _scanprobe,
     _walk,
@@ -994,7 +994,7 @@ def test_a_failed_directory_open_does_not_close_a_descriptor_twice(
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.mp4").write_bytes(b"")
     taken: list[int] = []
-    real_open = _mounts.open_on_its_disk
+    real_open = _ondisk.open_on_its_disk
 
     def open_on_its_disk(directory: str, **kwargs: Any) -> int:
         if taken or directory != str(tmp_path / "b"):
