@@ -62,7 +62,7 @@ from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Collection, Generator, Iterator
     from types import TracebackType
 
     from av.container import InputContainer
@@ -97,6 +97,10 @@ _CONTAINER_OPTIONS: Final = {
     "enable_drefs": "0",
     "max_streams": str(MAX_STREAMS),
 }
+
+
+_PIECE: Final = 1024 * 1024
+"""Bytes a read of :meth:`BoundedInput.says_nothing_of_content` asks for at once."""
 
 
 class _BoundedReader:
@@ -185,6 +189,38 @@ class BoundedInput:
             options=DECODER_OPTIONS,  # every stream's decoder in the stream probe
             metadata_errors="replace",
         )
+
+    def says_nothing_of_content(self, exc: BaseException, errnos: Collection[int]) -> bool:
+        """Whether ``exc``, raised opening or reading the container, came
+        from the file system (one of ``errnos``: a disk or a share that
+        cannot answer, a file denied) rather than from what the file holds.
+
+        A :class:`_BoundedReader`'s own ``OSError`` comes back from PyAV as
+        it was raised. Through ``fd:``, FFmpeg's own file I/O, a read that
+        fails comes back as an ``av.FFmpegError`` of the same ``errno``, as
+        does FFmpeg's verdict on some content (a Matroska file cut short is
+        ``EIO`` to it): the file is then read again here, as FFmpeg may
+        have (at most ``read_limit`` bytes), and only a read that fails
+        again says the file system is to blame.
+        """
+        if not isinstance(exc, OSError) or exc.errno not in errnos:
+            return False
+        if not isinstance(exc, av.FFmpegError):
+            return True
+        again = self._read_failure()
+        return again is not None and again.errno in errnos
+
+    def _read_failure(self) -> OSError | None:
+        offset = 0
+        try:
+            while offset < self.read_limit:
+                piece = os.pread(self._fd, min(_PIECE, self.read_limit - offset), offset)
+                if not piece:
+                    return None
+                offset += len(piece)
+        except OSError as exc:
+            return exc
+        return None
 
     def close(self) -> None:
         """Let go of the last reader (the descriptor stays open)."""

@@ -13,8 +13,8 @@ mounted in its place or over one of its directories, raises
 there keeps its row.
 
 Blocking, all of it: worker threads call it. ``_mounts.device`` and
-``_mounts.file_system`` are read through their module, where the tests
-replace them.
+``_mounts.file_system`` are called through their module: the tests
+replace ``_mounts.device`` and ``_mounts._fsid``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 class Disk(NamedTuple):
     """A mount point as a scan's walk found it: the device (``st_dev``) and
-    the identity of the file system mounted there (:func:`file_system`)."""
+    the identity of the file system mounted there (``_mounts.file_system``)."""
 
     device: int
     file_system: int | None
@@ -73,9 +73,9 @@ def open_on_its_disk(directory: str, *, root: str, root_fd: int, disks: Mapping[
     one mounted again meanwhile cannot slip in between a look and the check.
     Not told apart: a bind mount of a directory of the same file system,
     and another disk given the same device number and identity (FUSE file
-    systems give no identity, and the next one mounted may get the device
-    number of the one before; so may a FAT, exFAT or XFS disk, whose
-    identity is its device number). The same disk mounted again on
+    systems and NFS before Linux 6.6 give no identity, and the next one
+    mounted may get the device number of the one before; so may a FAT,
+    exFAT or XFS disk, whose identity is its device number). The same disk mounted again on
     another device is taken for another: its files are not read until the
     next scan.
 
@@ -104,7 +104,7 @@ def open_on_its_disk(directory: str, *, root: str, root_fd: int, disks: Mapping[
         # to the next disk mounted (FUSE, a USB disk plugged in again).
         walked = disks[mount]
         if _mounts.device(base) != walked.device or (
-            walked.file_system and _mounts.file_system(base) != walked.file_system
+            walked.file_system is not None and _mounts.file_system(base) != walked.file_system
         ):
             raise DiskChanged(mount)
         return _open_on(base, mount, walked.device, split(directory)[len(split(mount)) :])

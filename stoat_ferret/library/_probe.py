@@ -122,16 +122,17 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     except (av.FFmpegError, OSError, ValueError) as exc:
         # A read the file system could not answer (a FUSE daemon gone, an
         # I/O error) says nothing of the file: transient, the row is kept.
-        # PyAV raises the reader's own OSError; an FFmpegError is FFmpeg's
-        # verdict (a truncated Matroska file gives EIO, some demuxers EPERM).
-        transient = (
-            isinstance(exc, OSError)
-            and not isinstance(exc, av.FFmpegError)
-            and exc.errno in TRANSIENT_ERRNOS
-        )
+        transient = source.says_nothing_of_content(exc, TRANSIENT_ERRNOS)
         raise ProbeError(name, _open_failure(exc, source), transient=transient) from exc
     try:
         return _describe(name, container)
+    except OSError as exc:
+        # A read the reader could not make once the container was open (the
+        # rotation's keyframe): as above. FFmpeg's own errors stay inside
+        # _describe, which describes what it could read.
+        if not source.says_nothing_of_content(exc, TRANSIENT_ERRNOS):
+            raise
+        raise ProbeError(name, f"cannot read it ({exc.strerror or exc})", transient=True) from exc
     finally:
         container.close()
 

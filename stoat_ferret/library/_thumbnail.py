@@ -255,7 +255,8 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
 def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> ProbeError:
     if source.exhausted:  # what FFmpeg met was the limit, not the file's end
         return UndecodableError(path, _past_limit(source))
-    error = ProbeError if _transient(exc) else UndecodableError
+    transient = source.says_nothing_of_content(exc, _TRANSIENT_ERRNOS)
+    error = ProbeError if transient else UndecodableError
     return error(path, f"{what} ({_reason(exc)})")
 
 
@@ -379,16 +380,6 @@ def _encode_webp(frame: VideoFrame) -> bytes:
     if not data:
         raise ValueError("the WebP encoder returned nothing")
     return data
-
-
-def _transient(exc: Exception) -> bool:
-    # The reader's own OSError, which PyAV raises again; not an FFmpegError,
-    # FFmpeg's verdict on the content (a truncated Matroska file gives EIO).
-    return (
-        isinstance(exc, OSError)
-        and not isinstance(exc, av.FFmpegError)
-        and exc.errno in _TRANSIENT_ERRNOS
-    )
 
 
 def _reason(exc: Exception) -> str:

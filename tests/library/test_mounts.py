@@ -643,6 +643,7 @@ async def test_only_the_disk_unmounted_during_a_scan_keeps_what_looks_gone(
         "another disk in its place",
         "another with its device number",
         "its identity on another device",
+        "one with an identity where none was",
         "a disk mounted over a folder",
     ],
 )
@@ -657,7 +658,8 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
     """After the walk, another disk takes ``disk``'s place (even under the
     device number the kernel gave ``disk``: a USB disk plugged in after
     another may get it; or one that gives the identity of ``disk``'s, as
-    overlayfs gives that of its upper layer), or one is mounted over its
+    overlayfs gives that of its upper layer; or one that gives an identity
+    under the number of one that gave none), or one is mounted over its
     folder ``films``: what is there says nothing of the files walked, so
     neither a file in ``films`` the walk could not list nor a changed one
     there loses its row."""
@@ -667,6 +669,8 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
     devices.mounted.append(lib / "disk")
     handler = make_scan_handler(library)
     over = lib / "disk" / "films" if how.endswith("folder") else lib / "disk"
+    if how == "one with an identity where none was":
+        devices.identity[over] = 0  # a FUSE file system's, say
 
     def change() -> None:
         if over == lib / "disk":
@@ -674,7 +678,7 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
             unmount(over, devices, tmp_path / "away")
             if how != "its identity on another device":
                 devices.identity[over] = 999  # another file system
-            if how == "another with its device number":
+            if how in ("another with its device number", "one with an identity where none was"):
                 devices.numbers[over] = number
         else:
             os.rename(over, tmp_path / "away")

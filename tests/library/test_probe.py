@@ -26,6 +26,7 @@ from stoat_ferret.library import (
     _probe,
     probe_video,
 )
+from stoat_ferret.library._probe import probe_descriptor
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import (
     FifoWatch,
@@ -844,7 +845,7 @@ def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
     [(errno.ENOTCONN, True), (errno.EIO, True), (errno.EINVAL, False)],
     ids=["fuse-daemon-gone", "io-error", "invalid"],
 )
-def test_a_read_its_file_system_cannot_answer_says_nothing_of_the_file(
+def test_an_error_of_the_reader_that_says_nothing_of_the_file_is_transient(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, transient: bool
 ) -> None:
     """A read that fails as FFmpeg opens the file: a FUSE daemon gone or an
@@ -876,3 +877,38 @@ def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_the_file_s_fault(
         probe_video(str(path))
 
     assert not refused.value.transient
+
+
+@pytest.mark.parametrize("through", ["ffmpeg", "reader"])
+def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
+    """A real read error (the process's own memory, read at 0, is EIO): as
+    FFmpeg reads a file of up to the read limit itself, it calls it an
+    I/O error as it calls a Matroska file cut short one, so the file is
+    read again to tell; a larger one's read error is the reader's own.
+    Either way the failure is ``transient``: the scan keeps the row."""
+    path = f"/proc/{os.getpid()}/mem"  # a regular file, to the kernel
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = 0 if through == "ffmpeg" else 2 * 1024
+        with pytest.raises(ProbeError, match="Input/output error") as refused:
+            probe_descriptor(path, fd, size, read_limit=1024)
+    finally:
+        os.close(fd)
+
+    assert refused.value.transient
+
+
+def test_a_read_that_fails_once_the_container_is_open_is_transient(
+    monkeypatch: pytest.MonkeyPatch, clips: dict[str, EncodedVideo]
+) -> None:
+    """The reader's own I/O error while the open container is described
+    (the rotation's keyframe is read then) says nothing of the file either."""
+
+    def cannot_read(name: str, container: Any) -> Any:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(_probe, "_describe", cannot_read)
+    with pytest.raises(ProbeError, match="cannot read it") as refused:
+        probe_video(str(clips["h264.mkv"].path))
+
+    assert refused.value.transient

@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stoat_ferret.library import _scanned
+from stoat_ferret.library import _beneath, _ondisk, _scanned
+from stoat_ferret.library._ondisk import Disk
 from stoat_ferret.library._scanned import ScannedDirectory, gone_beneath
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
     from pathlib import Path
-
-    from stoat_ferret.library._ondisk import Disk
 
 
 def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
@@ -52,19 +51,30 @@ def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope
     }
 
 
-@pytest.mark.parametrize(("mounted_over", "is_gone"), [(True, False), (False, True)])
+@pytest.mark.parametrize(
+    ("kind", "mounted_over", "is_gone"),
+    [
+        (stat.S_IFCHR, True, False),
+        (stat.S_IFCHR, False, True),
+        (stat.S_IFLNK, True, True),
+    ],
+    ids=["device-mounted-over", "device-in-its-place", "symlink"],
+)
 def test_a_file_with_something_mounted_over_it_is_not_gone(
     scope: Path,
     scope_fd: int,
     monkeypatch: pytest.MonkeyPatch,
     *,
+    kind: int,
     mounted_over: bool,
     is_gone: bool,
 ) -> None:
     """``clip.mp4`` shows as a character device: one mounted over it (a bind
     mount of ``/dev/null`` hides a file so, on another device than its
     directory's) hides the file, which is not gone; one in its place, on
-    the directory's device, replaced it."""
+    the directory's device, replaced it. A symlink is never mounted over (a
+    mount follows it), whatever device it shows (overlayfs gives a file the
+    device of its layer)."""
     real_stat = os.stat
 
     def device_there(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
@@ -72,7 +82,7 @@ def test_a_file_with_something_mounted_over_it_is_not_gone(
         if name != "clip.mp4" or kwargs.get("dir_fd") is None:
             return info
         fields = list(info)
-        fields[0] = stat.S_IFCHR | 0o666  # st_mode
+        fields[0] = kind | 0o666  # st_mode
         fields[2] = info.st_dev + 1 if mounted_over else info.st_dev  # st_dev
         return os.stat_result(fields)
 
@@ -200,3 +210,32 @@ def test_is_empty_sees_subdirectories_and_not_the_walk_s_position(scope: Path) -
         scanned.close()
 
     assert (holds_a_subdirectory, emptied) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("code", "changed"),
+    [(errno.ENOENT, True), (errno.EINVAL, True), (errno.EACCES, False), (errno.EMFILE, False)],
+    ids=["missing", "unknown", "denied", "out-of-descriptors"],
+)
+def test_a_mount_point_that_cannot_be_opened_is_not_read(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch, code: int, *, changed: bool
+) -> None:
+    """The mount point ``sub`` cannot be opened: missing, or for a reason
+    not known, it is not the disk the walk found (``DiskChanged``); denied,
+    or out of descriptors, the error is the service's own or of the moment,
+    and stays as it is (transient, where a probe meets it)."""
+    info = os.stat(scope / "sub")
+    disks = {str(scope / "sub"): Disk(info.st_dev, None)}
+    real_open = _beneath.open_directory
+
+    def failing_open(parts: Sequence[str], dir_fd: int) -> int:
+        if list(parts) == ["sub"]:
+            raise OSError(code, os.strerror(code))
+        return real_open(parts, dir_fd)
+
+    monkeypatch.setattr(_ondisk, "open_directory", failing_open)
+    told = "not on the file system the scan found there" if changed else os.strerror(code)
+    with pytest.raises(OSError, match=told) as failed:
+        _ondisk.open_on_its_disk(str(scope / "sub"), root=str(scope), root_fd=scope_fd, disks=disks)
+
+    assert isinstance(failed.value, _ondisk.DiskChanged) is changed

@@ -525,3 +525,15 @@ def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_marked(
 
     with pytest.raises(UndecodableError, match="Input/output error"):
         make_thumbnail(str(path), fingerprint(path))
+
+
+def test_a_file_that_cannot_be_read_now_is_retried_not_marked() -> None:
+    """A real read error (the process's own memory, read at 0, is EIO): a
+    ProbeError the next job tries again, not a marker."""
+    path = f"/proc/{os.getpid()}/mem"  # a regular file, to the kernel
+    info = os.stat(path)
+
+    with pytest.raises(ProbeError, match="Input/output error") as caught:
+        make_thumbnail(path, (info.st_size, info.st_mtime_ns))
+
+    assert not isinstance(caught.value, UndecodableError)
