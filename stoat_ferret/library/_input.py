@@ -16,7 +16,10 @@ reads would make several probe threads queue on the GIL. FFmpeg may read
 parts of such a file more than once (it seeks back), but the probe reads only the
 header, what FFmpeg's stream analysis takes (bounded by its ``probesize``)
 and, for the rotation, packets up to a byte budget and one keyframe
-(``_metadata.py``). :class:`BoundedInput` makes that choice. The thumbnails'
+(``_metadata.py``). :class:`BoundedInput` makes that choice, and opens
+such a file once more through the reader when FFmpeg's own reads fail with
+an error that may be the disk's (FFmpeg gives its verdict on some content
+the same ``errno``: only the reader's own errors tell). The thumbnails'
 reads are always counted (``count_every_read``): a thumbnail decodes from a
 seek, and an index that lists the same bytes as thousands of packets would
 have FFmpeg read them thousands of times.
@@ -54,7 +57,7 @@ import errno
 import io
 import os
 import stat
-from typing import TYPE_CHECKING, Final, Self, cast
+from typing import TYPE_CHECKING, Final, Self, TypeGuard, cast
 
 import av
 
@@ -97,10 +100,6 @@ _CONTAINER_OPTIONS: Final = {
     "enable_drefs": "0",
     "max_streams": str(MAX_STREAMS),
 }
-
-
-_PIECE: Final = 1024 * 1024
-"""Bytes a read of :meth:`BoundedInput.says_nothing_of_content` asks for at once."""
 
 
 class _BoundedReader:
@@ -170,18 +169,39 @@ class BoundedInput:
         A container opened before must be closed first: this one reads the
         same descriptor.
 
+        Through ``fd:``, FFmpeg's own file I/O, a read that fails comes back
+        as an ``av.FFmpegError`` of its ``errno``, as does FFmpeg's verdict
+        on some content (a Matroska file cut short is ``EIO`` to it). So an
+        ``av.FFmpegError`` of one of :data:`TRANSIENT_ERRNOS` there has the
+        file opened once more through a :class:`_BoundedReader`, whose own
+        read error comes back from PyAV as it was raised: after this, an
+        ``OSError`` that is not an ``av.FFmpegError`` is the file system's
+        (:func:`says_nothing_of_content`), and an ``av.FFmpegError`` is
+        FFmpeg's verdict. (And a read error of the moment, gone by then, is
+        no error at all.)
+
         Raises:
             av.FFmpegError, OSError, ValueError: as ``av.open``.
         """
         self.close()
-        source: str | _BoundedReader
         if self._bounded:
-            self._reader = _BoundedReader(self._fd, self.read_limit)
-            self._reader.seek(0)
-            source, options = self._reader, {}
-        else:
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            source, options = "fd:", {"fd": str(self._fd)}
+            return self._open_reader()
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        try:
+            return self._open("fd:", {"fd": str(self._fd)})
+        except av.FFmpegError as exc:
+            if exc.errno not in TRANSIENT_ERRNOS:
+                raise
+        self._bounded = True  # this open and the next: the file is no longer trusted to FFmpeg
+        return self._open_reader()
+
+    def _open_reader(self) -> InputContainer:
+        self.close()
+        self._reader = _BoundedReader(self._fd, self.read_limit)
+        self._reader.seek(0)
+        return self._open(self._reader, {})
+
+    def _open(self, source: str | _BoundedReader, options: dict[str, str]) -> InputContainer:
         return av.open(
             source,
             mode="r",
@@ -189,38 +209,6 @@ class BoundedInput:
             options=DECODER_OPTIONS,  # every stream's decoder in the stream probe
             metadata_errors="replace",
         )
-
-    def says_nothing_of_content(self, exc: BaseException, errnos: Collection[int]) -> bool:
-        """Whether ``exc``, raised opening or reading the container, came
-        from the file system (one of ``errnos``: a disk or a share that
-        cannot answer, a file denied) rather than from what the file holds.
-
-        A :class:`_BoundedReader`'s own ``OSError`` comes back from PyAV as
-        it was raised. Through ``fd:``, FFmpeg's own file I/O, a read that
-        fails comes back as an ``av.FFmpegError`` of the same ``errno``, as
-        does FFmpeg's verdict on some content (a Matroska file cut short is
-        ``EIO`` to it): the file is then read again here, as FFmpeg may
-        have (at most ``read_limit`` bytes), and only a read that fails
-        again says the file system is to blame.
-        """
-        if not isinstance(exc, OSError) or exc.errno not in errnos:
-            return False
-        if not isinstance(exc, av.FFmpegError):
-            return True
-        again = self._read_failure()
-        return again is not None and again.errno in errnos
-
-    def _read_failure(self) -> OSError | None:
-        offset = 0
-        try:
-            while offset < self.read_limit:
-                piece = os.pread(self._fd, min(_PIECE, self.read_limit - offset), offset)
-                if not piece:
-                    return None
-                offset += len(piece)
-        except OSError as exc:
-            return exc
-        return None
 
     def close(self) -> None:
         """Let go of the last reader (the descriptor stays open)."""
@@ -264,6 +252,15 @@ def amount(read_limit: int) -> str:
     """``read_limit`` for a message: ``"64 MiB"``, or ``"100 bytes"`` when not whole MiB."""
     mebibytes, rest = divmod(read_limit, 1024 * 1024)
     return f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
+
+
+def says_nothing_of_content(exc: BaseException, errnos: Collection[int]) -> TypeGuard[OSError]:
+    """Whether ``exc``, raised opening or reading a container
+    (:meth:`BoundedInput.open`), came from the file system (one of
+    ``errnos``: a disk or a share that cannot answer, a file denied) rather
+    than from what the file holds: a reader's own ``OSError``, which PyAV
+    raises as it was raised, not an ``av.FFmpegError``, FFmpeg's verdict."""
+    return isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError) and exc.errno in errnos
 
 
 def open_regular_file(

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Final, cast
 import av
 
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
-from stoat_ferret.library._input import READ_LIMIT, BoundedInput, amount, open_regular_file
+from stoat_ferret.library._input import (
+    READ_LIMIT,
+    BoundedInput,
+    amount,
+    open_regular_file,
+    says_nothing_of_content,
+)
 from stoat_ferret.library._limits import MAX_STREAMS
 from stoat_ferret.library._metadata import moving_pictures, positive, read_metadata
 from stoat_ferret.library._models import VideoProbe
@@ -122,19 +128,24 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     except (av.FFmpegError, OSError, ValueError) as exc:
         # A read the file system could not answer (a FUSE daemon gone, an
         # I/O error) says nothing of the file: transient, the row is kept.
-        transient = source.says_nothing_of_content(exc, TRANSIENT_ERRNOS)
-        raise ProbeError(name, _open_failure(exc, source), transient=transient) from exc
+        if says_nothing_of_content(exc, TRANSIENT_ERRNOS):
+            raise ProbeError(name, _cannot_read(exc), transient=True) from exc
+        raise ProbeError(name, _open_failure(exc, source)) from exc
     try:
         return _describe(name, container)
     except OSError as exc:
-        # A read the reader could not make once the container was open (the
-        # rotation's keyframe): as above. FFmpeg's own errors stay inside
-        # _describe, which describes what it could read.
-        if not source.says_nothing_of_content(exc, TRANSIENT_ERRNOS):
+        if isinstance(exc, av.FFmpegError):
             raise
-        raise ProbeError(name, f"cannot read it ({exc.strerror or exc})", transient=True) from exc
+        # The reader's own, once the container was open (the rotation's
+        # keyframe is read then): transient as above, or the file's.
+        transient = says_nothing_of_content(exc, TRANSIENT_ERRNOS)
+        raise ProbeError(name, _cannot_read(exc), transient=transient) from exc
     finally:
         container.close()
+
+
+def _cannot_read(exc: OSError) -> str:
+    return f"cannot read it ({exc.strerror or exc})"
 
 
 def _open_failure(exc: Exception, source: BoundedInput) -> str:

@@ -72,6 +72,7 @@ from stoat_ferret.library._input import (
     amount,
     demuxed,
     open_regular_file,
+    says_nothing_of_content,
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation, moving_pictures
@@ -255,7 +256,7 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
 def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> ProbeError:
     if source.exhausted:  # what FFmpeg met was the limit, not the file's end
         return UndecodableError(path, _past_limit(source))
-    transient = source.says_nothing_of_content(exc, _TRANSIENT_ERRNOS)
+    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS)
     error = ProbeError if transient else UndecodableError
     return error(path, f"{what} ({_reason(exc)})")
 

@@ -858,7 +858,8 @@ def test_an_error_of_the_reader_that_says_nothing_of_the_file_is_transient(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(_input.BoundedInput, "open", cannot_read)
-    with pytest.raises(ProbeError, match="not a readable media file") as refused:
+    told = "cannot read it" if transient else "not a readable media file"
+    with pytest.raises(ProbeError, match=told) as refused:
         probe_video(str(path))
 
     assert refused.value.transient is transient
@@ -879,14 +880,33 @@ def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_the_file_s_fault(
     assert not refused.value.transient
 
 
+def _unreadable_memory() -> str:
+    """``/proc/<pid>/mem``: a regular file to the kernel, whose read at 0 (an
+    address never mapped) fails with EIO; skips the test where it does not."""
+    path = f"/proc/{os.getpid()}/mem"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        pytest.skip("no /proc/<pid>/mem to read")
+    try:
+        os.pread(fd, 1, 0)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return path
+    finally:
+        os.close(fd)
+    pytest.skip("reading /proc/<pid>/mem at 0 is no I/O error here")
+
+
 @pytest.mark.parametrize("through", ["ffmpeg", "reader"])
 def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
     """A real read error (the process's own memory, read at 0, is EIO): as
     FFmpeg reads a file of up to the read limit itself, it calls it an
     I/O error as it calls a Matroska file cut short one, so the file is
-    read again to tell; a larger one's read error is the reader's own.
+    opened again through the service's reader, whose own error it is then;
+    a larger one's is the reader's from the start.
     Either way the failure is ``transient``: the scan keeps the row."""
-    path = f"/proc/{os.getpid()}/mem"  # a regular file, to the kernel
+    path = _unreadable_memory()
     fd = os.open(path, os.O_RDONLY)
     try:
         size = 0 if through == "ffmpeg" else 2 * 1024
@@ -912,3 +932,24 @@ def test_a_read_that_fails_once_the_container_is_open_is_transient(
         probe_video(str(clips["h264.mkv"].path))
 
     assert refused.value.transient
+
+
+def test_a_read_error_of_the_moment_is_no_error(
+    monkeypatch: pytest.MonkeyPatch, clips: dict[str, EncodedVideo]
+) -> None:
+    """FFmpeg's own read fails once (a share's hiccup): the file is opened
+    again through the service's reader, and described."""
+    real_open = _input.BoundedInput._open
+    failed: list[str] = []
+
+    def fails_once(self: _input.BoundedInput, source: Any, options: dict[str, str]) -> Any:
+        if source == "fd:" and not failed:
+            failed.append(source)
+            raise av.error.OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(self, source, options)
+
+    monkeypatch.setattr(_input.BoundedInput, "_open", fails_once)
+    probe = probe_video(str(clips["h264.mkv"].path))
+
+    assert failed == ["fd:"]
+    assert probe.video_codec == "h264"

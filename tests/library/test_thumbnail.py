@@ -531,6 +531,8 @@ def test_a_file_that_cannot_be_read_now_is_retried_not_marked() -> None:
     """A real read error (the process's own memory, read at 0, is EIO): a
     ProbeError the next job tries again, not a marker."""
     path = f"/proc/{os.getpid()}/mem"  # a regular file, to the kernel
+    if not os.access(path, os.R_OK):
+        pytest.skip("no /proc/<pid>/mem to read")
     info = os.stat(path)
 
     with pytest.raises(ProbeError, match="Input/output error") as caught:
