@@ -178,7 +178,9 @@ class BoundedInput:
         ``OSError`` that is not an ``av.FFmpegError`` is the file system's
         (:func:`says_nothing_of_content`), and an ``av.FFmpegError`` is
         FFmpeg's verdict. (And a read error of the moment, gone by then, is
-        no error at all.)
+        no error at all.) FFmpeg does not report every failed read of its
+        own so: some demuxers call it invalid data (MP4), or pass over it
+        (MPEG-TS), and those are not opened again.
 
         Raises:
             av.FFmpegError, OSError, ValueError: as ``av.open``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import threading
@@ -196,3 +197,21 @@ def watched_demux() -> Iterator[DemuxWatch]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(av.container.InputContainer, "demux", kept)
         yield watch
+
+
+def unreadable_memory() -> str:
+    """``/proc/<pid>/mem``: a regular file to the kernel, whose read at 0 (an
+    address never mapped) fails with EIO; skips the test where it does not."""
+    path = f"/proc/{os.getpid()}/mem"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        pytest.skip("no /proc/<pid>/mem to read")
+    try:
+        os.pread(fd, 1, 0)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return path
+    finally:
+        os.close(fd)
+    pytest.skip("reading /proc/<pid>/mem at 0 is no I/O error here")

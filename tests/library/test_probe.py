@@ -30,6 +30,7 @@ from stoat_ferret.library._probe import probe_descriptor
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import (
     FifoWatch,
+    unreadable_memory,
     unstorable_fields,
     watched_demux,
     watched_fifo,
@@ -880,24 +881,6 @@ def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_the_file_s_fault(
     assert not refused.value.transient
 
 
-def _unreadable_memory() -> str:
-    """``/proc/<pid>/mem``: a regular file to the kernel, whose read at 0 (an
-    address never mapped) fails with EIO; skips the test where it does not."""
-    path = f"/proc/{os.getpid()}/mem"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        pytest.skip("no /proc/<pid>/mem to read")
-    try:
-        os.pread(fd, 1, 0)
-    except OSError as exc:
-        if exc.errno == errno.EIO:
-            return path
-    finally:
-        os.close(fd)
-    pytest.skip("reading /proc/<pid>/mem at 0 is no I/O error here")
-
-
 @pytest.mark.parametrize("through", ["ffmpeg", "reader"])
 def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
     """A real read error (the process's own memory, read at 0, is EIO): as
@@ -906,7 +889,7 @@ def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
     opened again through the service's reader, whose own error it is then;
     a larger one's is the reader's from the start.
     Either way the failure is ``transient``: the scan keeps the row."""
-    path = _unreadable_memory()
+    path = unreadable_memory()
     fd = os.open(path, os.O_RDONLY)
     try:
         size = 0 if through == "ffmpeg" else 2 * 1024

@@ -21,7 +21,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
-from tests.library.support import watched_demux
+from tests.library.support import unreadable_memory, watched_demux
 from tests.videos import copy_video, write_corrupt_video
 
 if TYPE_CHECKING:
@@ -530,9 +530,7 @@ def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_marked(
 def test_a_file_that_cannot_be_read_now_is_retried_not_marked() -> None:
     """A real read error (the process's own memory, read at 0, is EIO): a
     ProbeError the next job tries again, not a marker."""
-    path = f"/proc/{os.getpid()}/mem"  # a regular file, to the kernel
-    if not os.access(path, os.R_OK):
-        pytest.skip("no /proc/<pid>/mem to read")
+    path = unreadable_memory()
     info = os.stat(path)
 
     with pytest.raises(ProbeError, match="Input/output error") as caught:
