@@ -10,9 +10,13 @@ demuxers (MPEG-PS and MPEG-TS among them, and ffprobe with it) scan a file of
 zeros to its very end looking for a start code; with the limit a sparse 100 GB
 file costs a fraction of a second instead of a full read. Seeks are free, so an
 MP4 whose index sits at the end of a huge file is still described after
-reading a few kilobytes. The probe reads a file within the limit with FFmpeg's
-own file I/O (its ``fd:`` protocol), which runs without the GIL: Python-level
-reads would make several probe threads queue on the GIL. FFmpeg may read
+reading a few kilobytes. A probe in the service's threads reads a file within
+the limit with FFmpeg's own file I/O (its ``fd:`` protocol), which runs
+without the GIL: Python-level reads would make several probe threads queue
+on the GIL. A probe process probes one file at a time, and reads every file
+through the reader (``python_reads``, uncounted within the limit): a read
+that fails there is the reader's own error, which FFmpeg's own I/O does
+not always report as one. FFmpeg may read
 parts of such a file more than once (it seeks back), but the probe reads only the
 header, what FFmpeg's stream analysis takes (bounded by its ``probesize``)
 and, for the rotation, packets up to a byte budget and one keyframe
@@ -55,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import math
 import os
 import stat
 from typing import TYPE_CHECKING, Final, Self, TypeGuard, cast
@@ -110,7 +115,7 @@ class _BoundedReader:
     descriptor and leaves closing it to the caller.
     """
 
-    def __init__(self, fd: int, limit: int) -> None:
+    def __init__(self, fd: int, limit: float) -> None:
         self._file = io.FileIO(fd, "rb", closefd=False)
         self._left = limit
         self.exhausted = False
@@ -119,7 +124,7 @@ class _BoundedReader:
         if self._left <= 0:
             self.exhausted = True
             return b""
-        data = self._file.read(min(size, self._left)) or b""
+        data = self._file.read(size if size <= self._left else int(self._left)) or b""
         self._left -= len(data)
         return data
 
@@ -150,11 +155,20 @@ class BoundedInput:
     """
 
     def __init__(
-        self, fd: int, size: int, read_limit: int, *, count_every_read: bool = False
+        self,
+        fd: int,
+        size: int,
+        read_limit: int,
+        *,
+        count_every_read: bool = False,
+        python_reads: bool = False,
     ) -> None:
         self._fd = fd
         self.read_limit = read_limit
         self._bounded = count_every_read or size > read_limit
+        # Through a _BoundedReader even within the limit (uncounted then):
+        # its read errors are its own (a probe process asks for that).
+        self._python = python_reads or self._bounded
         self._reader: _BoundedReader | None = None
 
     @property
@@ -186,7 +200,7 @@ class BoundedInput:
             av.FFmpegError, OSError, ValueError: as ``av.open``.
         """
         self.close()
-        if self._bounded:
+        if self._python:
             return self._open_reader()
         os.lseek(self._fd, 0, os.SEEK_SET)
         try:
@@ -194,12 +208,12 @@ class BoundedInput:
         except av.FFmpegError as exc:
             if exc.errno not in TRANSIENT_ERRNOS:
                 raise
-        self._bounded = True  # this open and the next: the file is no longer trusted to FFmpeg
+        self._python = True  # this open and the next: the file is no longer trusted to FFmpeg
         return self._open_reader()
 
     def _open_reader(self) -> InputContainer:
         self.close()
-        self._reader = _BoundedReader(self._fd, self.read_limit)
+        self._reader = _BoundedReader(self._fd, self.read_limit if self._bounded else math.inf)
         self._reader.seek(0)
         return self._open(self._reader, {})
 

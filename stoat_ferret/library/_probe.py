@@ -110,15 +110,21 @@ def probe_video(
         os.close(fd)
 
 
-def probe_descriptor(name: str, fd: int, size: int, *, read_limit: int = READ_LIMIT) -> VideoProbe:
+def probe_descriptor(
+    name: str, fd: int, size: int, *, read_limit: int = READ_LIMIT, python_reads: bool = False
+) -> VideoProbe:
     """:func:`probe_video` of a regular file already opened (``open_regular_file``):
     ``fd``, of ``size`` bytes, which stays the caller's to close. ``name`` is
-    only for messages. A probe process gets just such a descriptor.
+    only for messages. A probe process gets just such a descriptor, and
+    reads every file through Python (``python_reads``): it probes one file
+    at a time, so its reads queue on no other probe's GIL, and a read that
+    fails is then always told from FFmpeg's verdict
+    (``_input.BoundedInput``).
 
     Raises:
         ProbeError: As :func:`probe_video`.
     """
-    with BoundedInput(fd, size, read_limit) as source:
+    with BoundedInput(fd, size, read_limit, python_reads=python_reads) as source:
         return _open_and_describe(name, source)
 
 

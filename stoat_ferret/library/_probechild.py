@@ -158,7 +158,9 @@ def _outcome(name: str, fds: list[int], read_limit: int) -> VideoProbe | int | E
         if not stat.S_ISREG(info.st_mode):  # the service sends only regular files
             return ProbeError(name, "not a regular file")
         if len(fds) == 1:
-            return probe_descriptor(name, fds[0], info.st_size, read_limit=read_limit)
+            return probe_descriptor(
+                name, fds[0], info.st_size, read_limit=read_limit, python_reads=True
+            )
         image = thumbnail_descriptor(name, fds[0], info.st_size, read_limit=read_limit)
         with open(fds[1], "wb", closefd=False) as memory:
             memory.write(image)

@@ -568,6 +568,24 @@ def test_files_within_the_limit_use_ffmpeg_file_io(
     assert counter.total == 0
 
 
+def test_a_probe_process_reads_every_file_itself(
+    clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python_reads`` (a probe process's way): a file within the limit is
+    read through the reader too, whose read errors are its own."""
+    counter = _ReadCounter(monkeypatch)
+    fd = os.open(clip.path, os.O_RDONLY)
+    try:
+        probe = probe_descriptor(
+            str(clip.path), fd, clip.size_bytes, read_limit=clip.size_bytes, python_reads=True
+        )
+    finally:
+        os.close(fd)
+
+    assert probe.video_codec == "h264"
+    assert counter.total > 0
+
+
 @pytest.mark.parametrize("name", ["a:b.mp4", "100% #1 ?.mp4", "concat:x.mp4", "file:y.mp4"])
 def test_names_ffmpeg_could_take_for_urls(
     clip: EncodedVideo, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
@@ -881,7 +899,7 @@ def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_the_file_s_fault(
     assert not refused.value.transient
 
 
-@pytest.mark.parametrize("through", ["ffmpeg", "reader"])
+@pytest.mark.parametrize("through", ["ffmpeg", "reader", "probe process"])
 def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
     """A real read error (the process's own memory, read at 0, is EIO): as
     FFmpeg reads a file of up to the read limit itself, it calls it an
@@ -892,9 +910,11 @@ def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
     path = unreadable_memory()
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = 0 if through == "ffmpeg" else 2 * 1024
+        size = 2 * 1024 if through == "reader" else 0
         with pytest.raises(ProbeError, match="Input/output error") as refused:
-            probe_descriptor(path, fd, size, read_limit=1024)
+            probe_descriptor(
+                path, fd, size, read_limit=1024, python_reads=through == "probe process"
+            )
     finally:
         os.close(fd)
 
