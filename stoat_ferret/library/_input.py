@@ -10,8 +10,9 @@ demuxers (MPEG-PS and MPEG-TS among them, and ffprobe with it) scan a file of
 zeros to its very end looking for a start code; with the limit a sparse 100 GB
 file costs a fraction of a second instead of a full read. Seeks are free, so an
 MP4 whose index sits at the end of a huge file is still described after
-reading a few kilobytes. A probe in the service's threads reads a file within
-the limit with FFmpeg's own file I/O (its ``fd:`` protocol), which runs
+reading a few kilobytes. A probe in the calling process (``probe_video``, or
+a scan handler without probe processes) reads a file within the limit with
+FFmpeg's own file I/O (its ``fd:`` protocol), which runs
 without the GIL: Python-level reads would make several probe threads queue
 on the GIL. A probe process probes one file at a time, and reads every file
 through the reader (``python_reads``, uncounted within the limit): a read
@@ -107,6 +108,11 @@ _CONTAINER_OPTIONS: Final = {
 }
 
 
+_PIECE: Final = 1024 * 1024
+"""Bytes one read of a :class:`_BoundedReader` asks for at most (FFmpeg
+takes short reads)."""
+
+
 class _BoundedReader:
     """A read-only, seekable file object for PyAV that stops after ``limit`` bytes.
 
@@ -124,7 +130,9 @@ class _BoundedReader:
         if self._left <= 0:
             self.exhausted = True
             return b""
-        data = self._file.read(size if size <= self._left else int(self._left)) or b""
+        # At most _PIECE at once: Python sets aside what it is asked for
+        # before it reads, and FFmpeg may ask a small file for a large block.
+        data = self._file.read(int(min(size, _PIECE, self._left))) or b""
         self._left -= len(data)
         return data
 
@@ -151,7 +159,9 @@ class BoundedInput:
 
     Such a file is read through a :class:`_BoundedReader`, a new one (a new
     budget) for each :meth:`open`; any other through FFmpeg's own file I/O
-    (``fd:``). The descriptor stays the caller's, to close after this.
+    (``fd:``), unless ``python_reads`` asks for a reader (uncounted) for it
+    too, or FFmpeg's own reads failed (:meth:`open`). The descriptor stays
+    the caller's, to close after this.
     """
 
     def __init__(

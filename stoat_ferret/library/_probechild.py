@@ -175,7 +175,8 @@ def _end_on_hang_up(channel: socket.socket) -> None:
     ``poll`` with no events asked for still reports a hang-up: the socket's
     other end closed, which the kernel does when the service closes it or
     its process ends, however it ends. The main thread may be inside FFmpeg,
-    which does not hold the GIL while it reads a file, so this thread runs.
+    which does not hold the GIL while it decodes, nor Python while a read
+    of the file waits on the disk, so this thread runs.
     """
     hang_ups = select.poll()
     hang_ups.register(channel, 0)

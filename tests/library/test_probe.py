@@ -20,10 +20,12 @@ import pytest
 from stoat_ferret.library import (
     METADATA_FIELDS,
     ProbeError,
+    VideoProbe,
     _input,
     _limits,
     _metadata,
     _probe,
+    _probechild,
     probe_video,
 )
 from stoat_ferret.library._probe import probe_descriptor
@@ -568,22 +570,24 @@ def test_files_within_the_limit_use_ffmpeg_file_io(
     assert counter.total == 0
 
 
-def test_a_probe_process_reads_every_file_itself(
-    clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+def test_a_probe_process_reads_every_file_itself_uncounted(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``python_reads`` (a probe process's way): a file within the limit is
-    read through the reader too, whose read errors are its own."""
+    """What a probe process does with a file (``_probechild._outcome``): one
+    within the limit is read through the reader too, whose read errors are
+    its own, and its reads do not count against the limit (FFmpeg reads
+    part of this AVI twice: more than the file's size in all)."""
+    clip = clips["mpeg4_pcm.avi"]
     counter = _ReadCounter(monkeypatch)
     fd = os.open(clip.path, os.O_RDONLY)
     try:
-        probe = probe_descriptor(
-            str(clip.path), fd, clip.size_bytes, read_limit=clip.size_bytes, python_reads=True
-        )
+        probe = _probechild._outcome(clip.path.name, [fd], clip.size_bytes)
     finally:
         os.close(fd)
 
-    assert probe.video_codec == "h264"
-    assert counter.total > 0
+    assert isinstance(probe, VideoProbe)
+    assert probe.video_codec == "mpeg4"
+    assert counter.total > clip.size_bytes
 
 
 @pytest.mark.parametrize("name", ["a:b.mp4", "100% #1 ?.mp4", "concat:x.mp4", "file:y.mp4"])
@@ -899,8 +903,10 @@ def test_a_truncated_file_that_ffmpeg_calls_an_io_error_is_the_file_s_fault(
     assert not refused.value.transient
 
 
-@pytest.mark.parametrize("through", ["ffmpeg", "reader", "probe process"])
-def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
+@pytest.mark.parametrize("through", ["ffmpeg", "reader", "python_reads"])
+def test_a_file_that_cannot_be_read_now_is_not_to_blame(
+    through: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real read error (the process's own memory, read at 0, is EIO): as
     FFmpeg reads a file of up to the read limit itself, it calls it an
     I/O error as it calls a Matroska file cut short one, so the file is
@@ -908,17 +914,26 @@ def test_a_file_that_cannot_be_read_now_is_not_to_blame(through: str) -> None:
     a larger one's is the reader's from the start.
     Either way the failure is ``transient``: the scan keeps the row."""
     path = unreadable_memory()
+    opened: list[object] = []
+    real_open = _input.BoundedInput._open
+
+    def recorded(self: _input.BoundedInput, source: Any, options: dict[str, str]) -> Any:
+        opened.append(source if source == "fd:" else "reader")
+        return real_open(self, source, options)
+
+    monkeypatch.setattr(_input.BoundedInput, "_open", recorded)
     fd = os.open(path, os.O_RDONLY)
     try:
         size = 2 * 1024 if through == "reader" else 0
         with pytest.raises(ProbeError, match="Input/output error") as refused:
             probe_descriptor(
-                path, fd, size, read_limit=1024, python_reads=through == "probe process"
+                path, fd, size, read_limit=1024, python_reads=through == "python_reads"
             )
     finally:
         os.close(fd)
 
     assert refused.value.transient
+    assert opened == {"ffmpeg": ["fd:", "reader"]}.get(through, ["reader"])
 
 
 def test_a_read_that_fails_once_the_container_is_open_is_transient(

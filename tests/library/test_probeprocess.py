@@ -55,7 +55,7 @@ from stoat_ferret.library._probewire import THUMBNAIL as THUMBNAIL_KIND
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.conftest import CLIP_SPECS
-from tests.library.support import PROBE, make_context
+from tests.library.support import PROBE, make_context, unreadable_memory
 from tests.library.test_hostile_media import write_png_bomb, write_seek_overflow
 from tests.videos import copy_video
 
@@ -975,3 +975,18 @@ def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size_nor_hold_many_
     assert line.split()[3:5] == [str(MAX_THUMBNAIL_BYTES)] * 2
     assert files.split()[3:5] == [str(_probechild.MAX_DESCRIPTORS)] * 2
     assert grown.stdout.split() == [str(errno.EFBIG)]
+
+
+def test_a_read_that_fails_in_the_child_keeps_the_row(probes: ProbeProcesses) -> None:
+    """A file the child cannot read (the service's own memory, sent as a
+    descriptor: a regular file whose read at 0 fails with EIO) is refused
+    as ``transient`` across the socket: the scan keeps the stored row."""
+    path = unreadable_memory()
+    directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ProbeError, match="cannot read it") as refused:
+            probes.probe("mem", directory, Stop())
+    finally:
+        os.close(directory)
+
+    assert refused.value.transient
