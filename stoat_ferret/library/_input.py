@@ -184,7 +184,8 @@ class BoundedInput:
     @property
     def exhausted(self) -> bool:
         """Whether FFmpeg found the limit spent since the last :meth:`open`
-        (a read returned end-of-file for it)."""
+        (a read returned end-of-file for it); not once closed, nor after an
+        open that failed before it made its reader."""
         return self._reader is not None and self._reader.exhausted
 
     def open(self) -> InputContainer:
@@ -238,8 +239,9 @@ class BoundedInput:
 
     def close(self) -> None:
         """Let go of the last reader (the descriptor stays open)."""
-        if self._reader is not None:
-            self._reader.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def __enter__(self) -> Self:
         return self

@@ -971,3 +971,29 @@ def test_a_read_error_of_the_moment_is_no_error(
 
     assert failed == ["fd:"]
     assert probe.video_codec == "h264"
+
+
+def test_a_limit_spent_by_an_earlier_open_is_not_told_of_the_next(
+    clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``exhausted`` speaks of the last open only: one whose reader could not
+    even be made (the file system gone) did not spend any limit, so its
+    failure is not taken for the limit's (which would mark a thumbnail)."""
+    fd = os.open(clip.path, os.O_RDONLY)
+    try:
+        with _input.BoundedInput(fd, clip.size_bytes, 100, count_every_read=True) as source:
+            with pytest.raises(av.FFmpegError):
+                source.open()
+            spent = source.exhausted
+
+            def gone(*args: Any, **kwargs: Any) -> Any:
+                raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+
+            monkeypatch.setattr(_input, "_BoundedReader", gone)
+            with pytest.raises(OSError, match="not connected"):
+                source.open()
+
+            assert spent
+            assert not source.exhausted
+    finally:
+        os.close(fd)
