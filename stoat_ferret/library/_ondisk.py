@@ -75,9 +75,9 @@ def open_on_its_disk(directory: str, *, root: str, root_fd: int, disks: Mapping[
     and another disk given the same device number and identity (FUSE file
     systems and NFS before Linux 6.6 give no identity, and the next one
     mounted may get the device number of the one before; so may a FAT,
-    exFAT or XFS disk, whose identity is its device number). The same disk mounted again on
-    another device is taken for another: its files are not read until the
-    next scan.
+    exFAT or XFS disk, whose identity is its device number). The same disk
+    mounted again on another device is taken for another: its files are not
+    read until the next scan.
 
     Raises:
         DiskChanged: The mount point cannot be opened (missing, a symlink,

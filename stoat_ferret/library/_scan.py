@@ -30,7 +30,8 @@ One scan, step by step:
    holds no entry at all: a disk not mounted looks like these
    (``_mounts.py``), unless the scan is asked to forget such disks
    (``forget_unmounted``). Nor is anything gone below a mount point that
-   the walk found and that was unmounted since (``ScannedDirectory.unmounted``).
+   the walk found and that was unmounted since, or holds another disk now
+   (``_ondisk.open_on_its_disk``).
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
