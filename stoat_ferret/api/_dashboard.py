@@ -29,16 +29,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from stoat_ferret.api import _session
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import SettingsDep  # noqa: TC001
-from stoat_ferret.api._schemas import error_responses
-from stoat_ferret.api._session import SESSION_SECONDS, TOKEN_COOKIE, session_value
+from stoat_ferret.api._deps import SettingsDep, require_json
+from stoat_ferret.api._schemas import SessionRequest, error_responses
+from stoat_ferret.api._session import (
+    SESSION_PATH,
+    SESSION_SECONDS,
+    TOKEN_COOKIE,
+    session_value,
+)
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 """The dashboard's files: ``index.html``, ``app.js``, ``style.css``, ``favicon.svg``."""
@@ -52,9 +57,6 @@ CONTENT_SECURITY_POLICY: Final = (
 """Only this server's own files and API, no inline script, no framing."""
 
 router = APIRouter()
-
-
-SESSION_PATH: Final = "/api/v1/session"
 
 
 @router.head("/", include_in_schema=False)
@@ -80,19 +82,24 @@ def static_files() -> StaticFiles:
     SESSION_PATH,
     status_code=204,
     tags=["session"],
-    responses=error_responses(401, 403),
+    responses=error_responses(400, 401, 403, 413, 415, 422),
+    dependencies=[Depends(require_json)],
 )
-async def start_session(request: Request, settings: SettingsDep) -> Response:
+async def start_session(
+    request: Request, options: SessionRequest, settings: SettingsDep
+) -> Response:
     """Trade the ``Authorization: Bearer`` token for the dashboard's cookie (204).
 
-    The cookie holds a value derived from the token, not the token. It is
+    The body is ``{}``, sent as ``application/json`` (415 otherwise). The
+    cookie holds a value derived from the token, not the token. It is
     ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's
     page sends it) and limited to ``/api/``. Without
     ``STOAT_API_TOKEN`` there is nothing to trade: 204, no cookie.
     """
     response = Response(status_code=204)
     if settings.api_token is not None:
-        # Reached only with the right token: the guard answered 401 otherwise.
+        # Reached only with the token itself: the guard answers 401 to none,
+        # and to the cookie alone (a session is never renewed by its cookie).
         response.set_cookie(
             TOKEN_COOKIE,
             # Not the token, and dated: see session_value.

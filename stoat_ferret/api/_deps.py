@@ -10,24 +10,28 @@ per request. The lifespan fills ``job_queue``, ``library`` and ``stopping``;
 lifespan has run, or after it has ended, the routes that need the missing
 part answer 503.
 
-Two dependencies guard routes rather than hand out state:
+Three dependencies guard routes rather than hand out state:
 
 * :func:`require_json` (415): a route that takes a JSON body declares it,
   so a body a browser may send cross-site without a preflight (no
   ``Content-Type``, ``text/plain``, a form) is refused before any work;
 * :func:`stream_slot` (503 with ``Retry-After``): a long request (an event
   stream, a ``/wait``) declares ``dependencies=[Depends(stream_slot)]`` and
-  holds one of ``STOAT_MAX_STREAMS`` slots for as long as its response lasts.
+  holds one of ``STOAT_MAX_STREAMS`` slots for as long as its response lasts;
+* :func:`once_each` (422): a route that takes a query model declares it, so
+  that a parameter given twice is refused rather than read as its last value.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast, get_args, get_origin
 
 import anyio
 import attrs
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from loguru import logger
 
 from stoat_ferret.api._errors import unavailable
@@ -36,7 +40,9 @@ from stoat_ferret.library import VideoLibrary
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+    from pydantic import BaseModel
 
 
 async def get_job_queue(request: Request) -> AsyncJobQueue:
@@ -82,6 +88,45 @@ async def get_stopping(request: Request) -> anyio.Event:
     if not isinstance(stopping, anyio.Event):
         raise unavailable("the service is not running")
     return stopping
+
+
+def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
+    """A dependency refusing a query parameter of ``model`` given more than once
+    (422), unless the model takes a list there (``job_id`` on the event stream).
+
+    FastAPI keeps the last of repeated values, so ``?q=cat&q=`` would be read
+    as no filter at all: a route declares ``dependencies=[Depends(once_each(
+    ItsQuery))]`` next to its ``Annotated[ItsQuery, Query()]``.
+    """
+    single = frozenset(
+        field.alias or name
+        for name, field in model.model_fields.items()
+        if not _takes_a_list(field.annotation)
+    )
+
+    async def given_once(request: Request) -> None:
+        counts = Counter(key for key, _ in request.query_params.multi_items())
+        repeated = sorted(key for key, count in counts.items() if count > 1 and key in single)
+        if repeated:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "repeated",
+                        "loc": ("query", key),
+                        "msg": f"given {counts[key]} times: this parameter takes one value",
+                    }
+                    for key in repeated
+                ]
+            )
+
+    return given_once
+
+
+def _takes_a_list(annotation: object) -> bool:
+    """``list[...]``, alone or in a union (``list[str] | None``)."""
+    if get_origin(annotation) is list:
+        return True
+    return any(get_origin(arg) is list for arg in get_args(annotation))
 
 
 def is_json(content_type: str | None) -> bool:

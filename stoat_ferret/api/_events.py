@@ -33,7 +33,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import Field, StringConstraints
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, StoppingDep, stream_slot
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep, once_each, stream_slot
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import job_json, render
 from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
@@ -143,7 +143,7 @@ async def _one_job_feed(
     "/api/v1/events",
     response_class=EventSourceResponse,
     responses={**_STREAM_RESPONSES, **_json_errors(422, 503)},
-    dependencies=[Depends(stream_slot)],
+    dependencies=[Depends(once_each(EventsQuery)), Depends(stream_slot)],
 )
 async def all_job_events(
     feed: Annotated[JobFeed, Depends(_all_jobs_feed)],
@@ -160,7 +160,7 @@ async def all_job_events(
     response_class=EventSourceResponse,
     responses={**_STREAM_RESPONSES, **_json_errors(404, 422, 503)},
     tags=["jobs"],
-    dependencies=[Depends(stream_slot)],
+    dependencies=[Depends(once_each(JobEventsQuery)), Depends(stream_slot)],
 )
 async def job_events(
     followed: Annotated[tuple[JobFeed, JobResult], Depends(_one_job_feed)],

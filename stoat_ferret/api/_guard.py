@@ -25,6 +25,11 @@ and neither ``Authorization: Bearer            its files stay open
 <token>`` nor the session cookie
 (``_session.py``) made under
 ``SESSION_SECONDS`` ago is there
+the cookie alone, to                   401     a session is started with the
+``POST /api/v1/session``                       token, never renewed with its
+                                               cookie: a copy of the cookie
+                                               (another service on the host
+                                               may be sent it) expires
 a state change that only the cookie    403     a browser sends the cookie by
 authorises, without an ``Origin`` or           itself; clients that are not
 ``Referer`` of the service's own, or           browsers send the token
@@ -54,7 +59,7 @@ from starlette.websockets import WebSocketClose
 
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
-from stoat_ferret.api._session import session_cookies, session_valid
+from stoat_ferret.api._session import SESSION_PATH, session_cookies, session_valid
 
 if TYPE_CHECKING:
     from starlette.datastructures import Headers
@@ -72,6 +77,8 @@ TOO_BIG: Final = f"the body is larger than {MAX_BODY_BYTES} bytes"
 CHUNKED_GET: Final = "a GET or HEAD request takes no chunked body"
 
 LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
+
+_BEARER_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'}
 
 
 def trusted_hosts(settings: Settings) -> frozenset[str]:
@@ -223,7 +230,14 @@ class RequestGuard:
             return _refuse(
                 401,
                 "this service needs its API token: send Authorization: Bearer <token>",
-                {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'},
+                _BEARER_CHALLENGE,
+            )
+        if credential == "cookie" and path == SESSION_PATH:
+            return _refuse(
+                401,
+                "a session is started with the API token (Authorization: Bearer <token>),"
+                " not renewed with its cookie",
+                _BEARER_CHALLENGE,
             )
         if credential == "cookie" and unsafe and not self.vouched_for(headers, connection):
             # A browser sends the cookie by itself; the change must say where it is from.

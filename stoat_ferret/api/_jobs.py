@@ -17,7 +17,13 @@ from loguru import logger
 from pydantic import Field
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, StoppingDep, require_json, stream_slot
+from stoat_ferret.api._deps import (
+    JobQueueDep,
+    StoppingDep,
+    once_each,
+    require_json,
+    stream_slot,
+)
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse, job_json, render
 from stoat_ferret.api._schemas import (
@@ -59,8 +65,13 @@ job more (``list_jobs``): a page of small jobs in a few trips to a worker
 thread, one of large scan results without holding it all."""
 
 
-@router.head("", include_in_schema=False)
-@router.get("", response_model=JobListOut, responses=error_responses(422))
+@router.head("", include_in_schema=False, dependencies=[Depends(once_each(JobListQuery))])
+@router.get(
+    "",
+    response_model=JobListOut,
+    responses=error_responses(422),
+    dependencies=[Depends(once_each(JobListQuery))],
+)
 async def list_jobs(
     request: Request, queue: JobQueueDep, query: Annotated[JobListQuery, Query()]
 ) -> Response:
@@ -113,7 +124,11 @@ async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
     return ApiJSONResponse(job_json(await queue.get_result(job_id)))
 
 
-@router.head("/{job_id}/wait", include_in_schema=False, dependencies=[Depends(stream_slot)])
+@router.head(
+    "/{job_id}/wait",
+    include_in_schema=False,
+    dependencies=[Depends(once_each(WaitQuery)), Depends(stream_slot)],
+)
 @router.get(
     "/{job_id}/wait",
     response_model=JobOut,
@@ -121,7 +136,7 @@ async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
         **error_responses(404, 422, 503),
         408: {"model": JobOut, "description": "Not finished in time: the job as it is now."},
     },
-    dependencies=[Depends(stream_slot)],
+    dependencies=[Depends(once_each(WaitQuery)), Depends(stream_slot)],
 )
 async def wait_for_job(
     job_id: str,

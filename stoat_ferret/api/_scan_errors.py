@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, LibraryDep  # noqa: TC001
+from stoat_ferret.api._deps import JobQueueDep, LibraryDep, once_each
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import PageQuery, error_responses
 
@@ -45,11 +45,14 @@ class ScanErrorListOut(BaseModel):
     offset: int
 
 
-@router.head("/{job_id}/errors", include_in_schema=False)
+@router.head(
+    "/{job_id}/errors", include_in_schema=False, dependencies=[Depends(once_each(PageQuery))]
+)
 @router.get(
     "/{job_id}/errors",
     response_model=ScanErrorListOut,
     responses=error_responses(404, 410, 422, 503),
+    dependencies=[Depends(once_each(PageQuery))],
 )
 async def list_scan_errors(
     job_id: str,

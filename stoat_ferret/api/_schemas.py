@@ -80,6 +80,13 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+class SessionRequest(BaseModel):
+    """``POST /api/v1/session``: no options, so ``{}``, sent as JSON as every
+    state change is (see :class:`CancelRequest`)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
 class ScanAccepted(BaseModel):
     """The answer to a scan request: the job that runs it (an existing one if a
     scan of the same directory is already pending)."""

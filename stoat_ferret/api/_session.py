@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from starlette.datastructures import Headers
 
+SESSION_PATH: Final = "/api/v1/session"
+"""Where the token is traded for the cookie; the cookie alone is refused there
+(:class:`~stoat_ferret.api._guard.RequestGuard`), so a session is never renewed."""
+
 TOKEN_COOKIE: Final = "stoat_token"
 """The cookie the dashboard's session sets (``POST /api/v1/session``); the API accepts it."""
 

@@ -35,6 +35,7 @@ from stoat_ferret.api._deps import (
     LibraryDep,
     SettingsDep,
     StoppingDep,
+    once_each,
     require_json,
 )
 from stoat_ferret.api._errors import unavailable
@@ -115,8 +116,13 @@ async def scan_videos(
     )
 
 
-@router.head("", include_in_schema=False)
-@router.get("", response_model=VideoListOut, responses=error_responses(422, 503))
+@router.head("", include_in_schema=False, dependencies=[Depends(once_each(VideoListQuery))])
+@router.get(
+    "",
+    response_model=VideoListOut,
+    responses=error_responses(422, 503),
+    dependencies=[Depends(once_each(VideoListQuery))],
+)
 async def list_videos(
     library: LibraryDep, settings: SettingsDep, query: Annotated[VideoListQuery, Query()]
 ) -> ApiJSONResponse:

@@ -1,14 +1,18 @@
-"""The guarding dependencies: the long-request slots (STOAT_MAX_STREAMS)."""
+"""The guarding dependencies: the long-request slots (STOAT_MAX_STREAMS), and a query
+parameter given once."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import attrs
 import pytest
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 
-from stoat_ferret.api._deps import StreamSlots
+from stoat_ferret.api._deps import StreamSlots, once_each
+from stoat_ferret.api._events import EventsQuery
 from stoat_ferret.api.app import create_app
 from tests.api.support import GatedScan, Message, http_scope, serving, supervisor_running
 
@@ -130,3 +134,68 @@ async def test_a_wait_gives_its_slot_back_however_it_ends(
     assert in_use_while_waiting == 1
     assert in_use_after == 0
     assert again.status_code == 200, again.text
+
+
+# ------------------------------------------------------------------ once_each
+
+
+_GIVEN_TWICE: Final = [
+    ("videos-empty-last-filter", "/api/v1/videos?q=nomatch&q=", "q"),
+    ("videos-under", "/api/v1/videos?under=/nowhere&under=", "under"),
+    ("videos-limit", "/api/v1/videos?limit=1&limit=1000", "limit"),
+    ("jobs-status", "/api/v1/jobs?status=running&status=pending", "status"),
+    ("jobs-same-twice", "/api/v1/jobs?job_type=scan&job_type=scan", "job_type"),
+    ("wait-timeout", "/api/v1/jobs/x/wait?timeout=1&timeout=2", "timeout"),
+    ("errors-offset", "/api/v1/jobs/x/errors?offset=0&offset=5", "offset"),
+]
+_STREAMS_GIVEN_TWICE: Final = [  # the event streams answer no HEAD
+    ("events", "/api/v1/events?last_event_id=1&last_event_id=2", "last_event_id"),
+    ("job-events", "/api/v1/jobs/x/events?last_event_id=1&last_event_id=", "last_event_id"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "target", "key"),
+    [
+        *(
+            pytest.param(m, t, k, id=f"{m}-{i}")
+            for m in ("GET", "HEAD")
+            for i, t, k in _GIVEN_TWICE
+        ),
+        *(pytest.param("GET", t, k, id=f"GET-{i}") for i, t, k in _STREAMS_GIVEN_TWICE),
+    ],
+)
+async def test_a_query_parameter_given_twice_is_422(
+    shared_client: httpx.AsyncClient, method: str, target: str, key: str
+) -> None:
+    """FastAPI keeps the last of repeated values, which could widen an answer (``q=cat&q=``
+    reads as no filter): a parameter that takes one value is refused when given twice."""
+    with anyio.fail_after(10):
+        response = await shared_client.request(method, target)
+
+    assert response.status_code == 422
+    if method == "GET":
+        assert response.json()["detail"] == [
+            {
+                "loc": ["query", key],
+                "msg": "given 2 times: this parameter takes one value",
+                "type": "repeated",
+            }
+        ]
+
+
+@pytest.mark.anyio
+async def test_a_list_parameter_may_be_repeated() -> None:
+    """``job_id`` and ``job_type`` of the event stream take lists: repeats are their values."""
+    check = once_each(EventsQuery)
+    query = b"job_id=a&job_id=b&job_type=scan&job_type=x"
+    request = Request(http_scope("GET", "/api/v1/events", query=query))
+
+    await check(request)  # no refusal
+
+    query = b"job_id=a&last_event_id=1&last_event_id=2"
+    twice = Request(http_scope("GET", "/api/v1/events", query=query))
+    with pytest.raises(RequestValidationError) as refused:
+        await check(twice)
+    assert [error["loc"] for error in refused.value.errors()] == [("query", "last_event_id")]

@@ -503,10 +503,10 @@ async def test_a_session_trades_the_token_for_a_strict_cookie(with_token: Settin
 
     with anyio.fail_after(10):
         async with serving(create_app(with_token)) as client:
-            refused = await client.post("/api/v1/session")
+            refused = await client.post("/api/v1/session", json={})
             before = int(time.time())
             started = await client.post(
-                "/api/v1/session", headers={"Authorization": f"Bearer {TOKEN}"}
+                "/api/v1/session", json={}, headers={"Authorization": f"Bearer {TOKEN}"}
             )
             after = int(time.time())
             # The client keeps the cookie: no header from here on.
@@ -530,9 +530,70 @@ async def test_a_session_without_a_token_sets_no_cookie(shared_client: httpx.Asy
     """Without STOAT_API_TOKEN there is nothing to trade."""
 
     with anyio.fail_after(10):
-        response = await shared_client.post("/api/v1/session")
+        response = await shared_client.post("/api/v1/session", json={})
 
     assert response.status_code == 204
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Origin": "http://localhost"}, id="origin"),
+        pytest.param({"Sec-Fetch-Site": "same-origin"}, id="same-origin"),
+        pytest.param({}, id="no-origin"),
+    ],
+)
+async def test_a_session_is_not_renewed_with_its_cookie(
+    with_token: Settings, monkeypatch: pytest.MonkeyPatch, headers: dict[str, str]
+) -> None:
+    """A copy of the cookie a day short of its life, sent back to POST /api/v1/session
+    with whatever origin the sender likes: 401, no new cookie, so it still expires."""
+    now = 1_800_000_000
+    monkeypatch.setattr(_session, "wall_clock", lambda: now + 0.5)
+    old = _session_of(now - SESSION_SECONDS + 24 * 3600)
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            listed = await client.get("/api/v1/jobs", headers={"Cookie": f"{TOKEN_COOKIE}={old}"})
+            renewed = await client.post(
+                "/api/v1/session",
+                json={},
+                headers={"Cookie": f"{TOKEN_COOKIE}={old}", **headers},
+            )
+
+    assert listed.status_code == 200  # the cookie is still valid
+    assert renewed.status_code == 401, renewed.text
+    assert renewed.json()["detail"].startswith("a session is started with the API token")
+    assert renewed.headers["www-authenticate"].startswith("Bearer")
+    assert "set-cookie" not in renewed.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        pytest.param(b"", {}, id="no-body-no-type"),
+        pytest.param(b"{}", {"Content-Type": "text/plain"}, id="text-plain"),
+        pytest.param(b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}, id="form"),
+    ],
+)
+async def test_a_session_is_started_with_json_only(
+    with_token: Settings, content: bytes, headers: dict[str, str]
+) -> None:
+    """Starting a session is a state change, and every state change is JSON: 415 and no
+    cookie for a body a page elsewhere could send without a preflight."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            response = await client.post(
+                "/api/v1/session",
+                content=content,
+                headers={"Authorization": f"Bearer {TOKEN}", **headers},
+            )
+
+    assert response.status_code == 415, response.text
     assert "set-cookie" not in response.headers
 
 
@@ -755,7 +816,7 @@ async def test_a_state_change_on_the_cookie_alone_must_say_it_is_from_here(
     with anyio.fail_after(10):
         async with serving(create_app(with_token)) as client:
             session = await client.post(
-                "/api/v1/session", headers={"Authorization": f"Bearer {TOKEN}"}
+                "/api/v1/session", json={}, headers={"Authorization": f"Bearer {TOKEN}"}
             )
             # The client keeps the cookie from here on.
             response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)

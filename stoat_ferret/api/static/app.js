@@ -960,7 +960,11 @@ async function adoptToken() {
   try {
     await fetch(`${API}/session`, {
       method: "POST",
-      headers: { Authorization: `Bearer ${decodeURIComponent(match[1])}` },
+      headers: {
+        Authorization: `Bearer ${decodeURIComponent(match[1])}`,
+        "Content-Type": "application/json",
+      },
+      body: "{}",
     });
   } catch {
     // Unreachable: the first refresh below says so.
