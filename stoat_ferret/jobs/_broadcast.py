@@ -206,8 +206,10 @@ class JobChanges:
         """Stop handing changes to ``feed`` (its follower is done with it).
 
         What it still holds would be snapshotted later under the ids it had,
-        while the jobs go on changing: a closed feed is not read again.
+        while the jobs go on changing: it is dropped, and reading the feed
+        again ends at once.
         """
+        feed.abandon()
         self._open_feeds.discard(feed)
         for job_id in feed.job_ids or ():
             if (feeds := self._feeds_by_job.get(job_id)) is not None:
@@ -298,6 +300,12 @@ class JobFeed:
         """End the iteration once what is pending now is handed out."""
         self._closed = True
         self._wake()
+
+    def abandon(self) -> None:
+        """End the iteration now, what is pending included (its follower is gone)."""
+        self._pending.clear()
+        self._lost = None
+        self.close()
 
     def _wake(self) -> None:
         if self._wakeup is not None:

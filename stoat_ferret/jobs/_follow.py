@@ -58,10 +58,12 @@ class JobUpdates:
         return self
 
     async def __anext__(self) -> JobResult:
-        if self._wakeup is not None:
-            raise anyio.BusyResourceError("reading updates from")
         await checkpoint()
         while not (self._queue or self._finished or self._closed):
+            # Checked with no await before the event is made: two readers
+            # past one check would each make one, and only the last is set.
+            if self._wakeup is not None:
+                raise anyio.BusyResourceError("reading updates from")
             self._wakeup = anyio.Event()
             try:
                 await self._wakeup.wait()

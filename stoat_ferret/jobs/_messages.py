@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 if TYPE_CHECKING:
     from anyio import CancelScope
@@ -49,7 +50,13 @@ class Reply(Generic[T]):
             self._event.set()
 
     async def receive(self) -> T:
-        """Wait for the answer; an exception answer is raised here."""
+        """Wait for the answer; an exception answer is raised here.
+
+        A cancellation already pending is raised first, as at any checkpoint:
+        on asyncio, one is delivered only to a task whose wait has not ended,
+        and the actor may answer before it is delivered.
+        """
+        await checkpoint_if_cancelled()
         await self._event.wait()
         value = self._value
         if isinstance(value, Exception):

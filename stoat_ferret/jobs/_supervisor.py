@@ -132,6 +132,7 @@ class JobSupervisor:
             RuntimeError: ``run`` was already called.
         """
         if self._run_called:
+            await checkpoint()  # a checkpoint on every call, as every public async def
             raise RuntimeError("JobSupervisor.run() was already called")
         self._run_called = True
         if self._shared.phase is Phase.CLOSED:  # aclose() came first: nothing to run
@@ -279,8 +280,8 @@ class JobSupervisor:
         ``payload_items`` keeps only jobs whose payload is a dict holding each
         of these items.
         """
+        await self._sync()  # first: a checkpoint on every call, bad arguments too
         check_page(limit, offset)
-        await self._sync()
         return select_page(
             reversed(self._table.jobs.values()),
             status=status,
@@ -329,6 +330,7 @@ class JobSupervisor:
         Each item is a :class:`JobChange` (a job's state and the id of the
         change), ids increasing, or a :class:`ChangesLost`. Pending changes
         are coalesced per job, so a slow follower gets each job's latest state.
+        Once the block is left, iterating the feed ends at once.
 
         Args:
             after: the id of the last change the follower saw: start with the

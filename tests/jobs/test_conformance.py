@@ -686,3 +686,116 @@ async def test_watch_all_forgets_evicted_jobs() -> None:
 
     assert named == []
     assert [change.job.job_id for change in started] == [live]
+
+
+async def test_two_readers_of_one_watch_both_end(make_queue: QueueFactory) -> None:
+    """Two tasks that start reading one watch together: neither hangs. Each item goes to
+    one of them, the terminal state once, and a reader refused (BusyResourceError) is told
+    so rather than left waiting on a wake-up that only the other gets."""
+    entered, release = anyio.Event(), anyio.Event()
+    ids: list[str] = []
+    seen: list[JobStatus] = []
+    ended: dict[str, str] = {}
+
+    async def gated(ctx: JobContext) -> int:
+        ids.append(ctx.job_id)
+        entered.set()
+        await release.wait()
+        return 1
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue, anyio.create_task_group() as jobs:
+            queue.register("gated", gated)
+            jobs.start_soon(queue.submit, "gated")  # the in-memory queue runs it inline
+            await entered.wait()
+            async with queue.watch(ids[0]) as updates:
+
+                async def read(name: str) -> None:
+                    try:
+                        async for update in updates:
+                            seen.append(update.status)
+                    except anyio.BusyResourceError:
+                        ended[name] = "refused"
+                    else:
+                        ended[name] = "ended"
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read, "a")  # together: no wait between the two
+                    tg.start_soon(read, "b")
+                    await anyio.wait_all_tasks_blocked()
+                    release.set()
+
+    assert sorted(ended) == ["a", "b"]
+    assert "ended" in ended.values()
+    assert seen == [JobStatus.RUNNING, JobStatus.COMPLETED]
+
+
+async def test_a_feed_read_after_its_watch_all_block_ends_at_once(
+    make_queue: QueueFactory,
+) -> None:
+    """Leaving watch_all() drops what the feed held: reading it afterwards ends at once
+    (it waited for ever, even after the queue closed), as a watch() does."""
+    release = anyio.Event()
+
+    async def gated(ctx: JobContext) -> None:
+        await release.wait()
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue, anyio.create_task_group() as jobs:
+            queue.register("gated", gated)
+            async with queue.watch_all() as feed:
+                jobs.start_soon(queue.submit, "gated")  # the in-memory queue runs it inline
+                await anyio.wait_all_tasks_blocked()  # its changes are pending in the feed
+            after = [item async for item in feed]
+            release.set()
+
+    assert after == []
+
+
+async def test_every_async_method_is_a_checkpoint_even_when_it_refuses(
+    make_queue: QueueFactory,
+) -> None:
+    """Called in a cancelled scope, each public async method is cancelled (a checkpoint)
+    rather than returning or raising first: bad arguments and unknown ids too."""
+
+    async def enter(manager: Any) -> None:
+        async with manager:
+            pass
+
+    async with make_queue() as queue:
+        queue.register("double", _double)
+        done = await queue.submit("double", 1)
+        await queue.wait(done)
+        calls: dict[str, Callable[[], Any]] = {
+            "submit": lambda: queue.submit("double", 2),
+            "submit unknown type": lambda: queue.submit("no-such-type"),
+            "get_status": lambda: queue.get_status(done),
+            "get_status unknown": lambda: queue.get_status("no-such-id"),
+            "get_result unknown": lambda: queue.get_result("no-such-id"),
+            "wait unknown": lambda: queue.wait("no-such-id"),
+            "wait": lambda: queue.wait(done),
+            "cancel ended": lambda: queue.cancel(done),
+            "cancel unknown": lambda: queue.cancel("no-such-id"),
+            "list_jobs": lambda: queue.list_jobs(),
+            "list_jobs bad limit": lambda: queue.list_jobs(limit=-1),
+            "list_jobs bad offset": lambda: queue.list_jobs(offset=-1),
+            "watch": lambda: enter(queue.watch(done)),
+            "watch unknown": lambda: enter(queue.watch("no-such-id")),
+            "watch_all": lambda: enter(queue.watch_all()),
+        }
+        if isinstance(queue, JobSupervisor):
+            calls["run again"] = lambda: queue.run()
+        outcomes: dict[str, str] = {}
+        for name, call in calls.items():
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                try:
+                    await call()
+                except Exception as exc:
+                    outcomes[name] = f"raised {type(exc).__name__} first"
+                else:
+                    outcomes[name] = "returned"
+            if scope.cancelled_caught:
+                outcomes[name] = "cancelled"
+
+    assert outcomes == dict.fromkeys(calls, "cancelled")
