@@ -169,11 +169,16 @@ class VideoStore:
             except BaseException:
                 writer.close()
                 raise
+            try:
+                store = cls(writer, reader, name)  # may write: StoreClock.opened
+            except BaseException:
+                reader.close()
+                writer.close()
+                raise
         except BaseException:
             for lock in locks:
                 lock.release()
             raise
-        store = cls(writer, reader, name)
         store._lock = locks[0]
         return store
 

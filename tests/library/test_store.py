@@ -1183,3 +1183,39 @@ def test_the_rebuilt_table_has_the_columns_of_the_migrations_before_it(tmp_path:
         contextlib.closing(sqlite3.connect(after)) as new,
     ):
         assert new.execute(columns).fetchall() == old.execute(columns).fetchall()
+
+
+def test_a_store_that_fails_while_it_opens_leaves_nothing_open(tmp_path: Path) -> None:
+    """A failure after both connections are open (redating rows written ahead of the
+    clock, refused here by a trigger) closes them and gives the lock back: the file
+    can be opened again, and no descriptor of it is left."""
+    path = tmp_path / "videos.sqlite"
+    store = VideoStore.open(path)
+    store.upsert([record("/m/a.mp4")])
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("UPDATE videos SET updated_at = '2999-01-01T00:00:00.000000+00:00'")
+        raw.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON videos"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        raw.commit()
+
+    with pytest.raises(StoreError, match="refused"):
+        VideoStore.open(path)
+    left = [
+        target for fd in os.listdir("/proc/self/fd") if str(tmp_path) in (target := _fd_target(fd))
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("DROP TRIGGER refuse")
+        raw.commit()
+    VideoStore.open(path).close()  # the lock was given back
+
+    assert left == []
+
+
+def _fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # the listing's own descriptor, closed since
+        return ""
