@@ -5,7 +5,10 @@ Blocking (it reads the filesystem): the scan route calls it through
 
 The order of the checks is deliberate. The path is first resolved without
 requiring it to exist (symlinks followed as far as they lead), and compared
-with the roots; only a path inside a root is then looked at. So a client can
+with the roots; only a path inside a root is then looked at, and that look
+opens it as the scan will, from its root down without crossing a symlink
+(:func:`~stoat_ferret.library.open_below_root`): a directory swapped for a
+link between the two is a 409 wherever the link leads. So a client can
 learn nothing about the filesystem outside the roots: a missing and an
 existing directory out there both get 403, and so does a link that cannot
 be read out there (``EACCES``, a loop). One thing more is refused while the
@@ -31,13 +34,12 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from stoat_ferret.library import MAX_SYMLINKS, is_utf8, real_path
+from stoat_ferret.library import MAX_SYMLINKS, is_utf8, open_below_root, real_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -57,6 +59,10 @@ descriptors or memory), not the request's: 503 with ``Retry-After``."""
 
 
 _OUTSIDE = "the path is outside the directories this service may scan"
+_CHANGED = (
+    "the path changed while it was checked (a directory in it was replaced by a"
+    " symlink): send the request again"
+)
 _NOT_UTF8 = "the directory's path is not valid UTF-8 (the library stores UTF-8 paths only)"
 
 
@@ -91,7 +97,8 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
         ScanPathRejected: 403 outside every root, or a directory this
             process may not list; 404 missing; 400 not a directory, not
             UTF-8 once resolved, too long, or a symlink loop or a chain of more than
-            :data:`MAX_SYMLINKS` links; 503 out of file descriptors or memory.
+            :data:`MAX_SYMLINKS` links; 409 a directory in it replaced by a
+            symlink while it was checked; 503 out of file descriptors or memory.
     """
     try:
         resolved = Path(real_path(requested, vet=_no_way_back(roots) if roots else None))
@@ -109,24 +116,29 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
         raise ScanPathRejected(403, _OUTSIDE)
     if not is_utf8(str(resolved)):  # the library stores UTF-8 paths only
         raise ScanPathRejected(400, _NOT_UTF8)
+    # Looked at as the scan will open it: from its root down, no symlink
+    # crossed, so a directory swapped for a link since it was resolved tells
+    # nothing of where the link leads.
     try:
-        mode = os.stat(resolved).st_mode
-    except (FileNotFoundError, NotADirectoryError):
+        fd = open_below_root(str(resolved), [str(root) for root in roots])
+    except FileNotFoundError:
         raise ScanPathRejected(404, f"no such directory: {requested}") from None
     except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise ScanPathRejected(400, f"not a directory: {requested}") from None
+        if exc.errno == errno.ELOOP:
+            raise ScanPathRejected(409, _CHANGED) from None
         raise _rejection(exc, requested) from None
-    if not stat.S_ISDIR(mode):
-        raise ScanPathRejected(400, f"not a directory: {requested}")
-    # A scan lists the directory (read) and looks at its entries (search).
-    # Opening "<dir>/." needs both, checked as the scan will be: with this
-    # process's effective ids and capabilities (os.access would need
-    # faccessat2, which some container sandboxes refuse).
+    # A scan lists the directory (read: opened above) and looks at its
+    # entries (search): opening "." in it needs that, checked as the scan
+    # will be, with this process's effective ids and capabilities
+    # (os.access would need faccessat2, which some container sandboxes refuse).
     try:
-        os.close(os.open(os.path.join(resolved, "."), os.O_RDONLY | os.O_DIRECTORY))
-    except (FileNotFoundError, NotADirectoryError):
-        raise ScanPathRejected(404, f"no such directory: {requested}") from None
+        os.close(os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd))
     except OSError as exc:
         raise _rejection(exc, requested) from None
+    finally:
+        os.close(fd)
     return str(resolved)
 
 

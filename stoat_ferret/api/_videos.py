@@ -72,7 +72,7 @@ def scan_key(path: str, *, recursive: bool, forget_unmounted: bool = False) -> s
     "/scan",
     status_code=202,
     response_model=ScanAccepted,
-    responses=error_responses(400, 403, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 403, 404, 409, 413, 415, 422, 503),
     dependencies=[Depends(require_json)],
 )
 async def scan_videos(

@@ -125,15 +125,10 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
         ScanError: ``directory`` is outside every root, missing, or cannot be opened.
         DirectoryReplaced: A component below the root is no longer a directory.
     """
-    root = containing_root(directory, roots)
-    if root is None:
+    if containing_root(directory, roots) is None:
         raise ScanError(directory, OUTSIDE_ROOTS)
     try:
-        top = os.open(root, ROOT_FLAGS)
-    except OSError as exc:
-        raise ScanError(directory, exc.strerror or str(exc)) from exc
-    try:
-        return open_directory(split(directory)[len(split(root)) :], top)
+        return open_below_root(directory, roots)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise DirectoryReplaced(
@@ -142,6 +137,24 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
                 " after the scan was requested; nothing read",
             ) from exc
         raise ScanError(directory, exc.strerror or str(exc)) from exc
+
+
+def open_below_root(directory: str, roots: Sequence[str]) -> int:
+    """Open ``directory`` (absolute, normalised, inside a root) from its root
+    down, no symlink crossed below the root; a new descriptor.
+
+    Raises:
+        ValueError: ``directory`` is inside none of ``roots``.
+        OSError: The root cannot be opened, or a component below it is
+            missing, a symlink (``ELOOP``), not a directory (``ENOTDIR``), or
+            cannot be opened.
+    """
+    root = containing_root(directory, roots)
+    if root is None:
+        raise ValueError(f"{directory!r} is inside none of the roots")
+    top = os.open(root, ROOT_FLAGS)
+    try:
+        return open_directory(split(directory)[len(split(root)) :], top)
     finally:
         os.close(top)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from stoat_ferret.api import _paths
 from stoat_ferret.api._paths import (
     MAX_SYMLINKS,
     ScanPathRejected,
@@ -112,7 +113,7 @@ def test_file_is_400(root: Path) -> None:
     """A file is not a directory to scan; neither is a path through a file."""
 
     assert _rejected(root / "clip.mp4", (root,)).status_code == 400
-    assert _rejected(root / "clip.mp4" / "x", (root,)).status_code == 404
+    assert _rejected(root / "clip.mp4" / "x", (root,)).status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -176,21 +177,20 @@ def test_nul_byte_is_400(root: Path) -> None:
         pytest.param(OSError(errno.EIO, "Input/output error"), 400, id="EIO"),
     ],
 )
-def test_other_stat_errors_are_4xx(
+def test_other_open_errors_are_4xx(
     root: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, status: int
 ) -> None:
-    """A directory that cannot be looked at is refused with a 4xx, never a crash."""
-    target = str(root / "sub")
-    real_stat = os.stat
+    """A directory that cannot be opened is refused with a 4xx, never a crash."""
+    real_open = os.open
 
-    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        if os.fspath(path) == target:
+    def opened(path: Any, *args: Any, **kwargs: Any) -> int:
+        if path == "sub" and kwargs.get("dir_fd") is not None:  # below the root
             raise error
-        return real_stat(path, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "open", opened)
 
-    assert _rejected(target, (root,)).status_code == status
+    assert _rejected(str(root / "sub"), (root,)).status_code == status
 
 
 @pytest.mark.parametrize(
@@ -397,3 +397,35 @@ def test_a_link_to_a_directory_whose_name_is_not_utf8_is_400(root: Path) -> None
 
     assert rejected.status_code == 400
     assert "UTF-8" in rejected.detail
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("{outside}", id="an-outside-directory"),
+        pytest.param("{outside}/missing", id="an-outside-path-that-is-not-there"),
+        pytest.param("/etc/passwd", id="an-outside-file"),
+        pytest.param("{root}/sub", id="a-directory-inside"),
+    ],
+)
+def test_a_directory_swapped_for_a_link_after_it_was_resolved_tells_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """Between the path's resolution and its look, ``d`` is replaced by a symlink:
+    the answer is the same 409 wherever the link leads (before, a stat through it
+    told whether a path outside the roots existed, and was a directory)."""
+    (root / "d").mkdir()
+    resolve = _paths.real_path
+
+    def swapped_after(path: str, **kwargs: Any) -> str:
+        resolved = resolve(path, **kwargs)
+        (root / "d").rmdir()
+        link = target.format(outside=root.parent / "outside", root=root)
+        (root / "d").symlink_to(link)
+        return resolved
+
+    monkeypatch.setattr(_paths, "real_path", swapped_after)
+
+    rejected = _rejected(root / "d", (root,))
+
+    assert (rejected.status_code, rejected.detail) == (409, _paths._CHANGED)
