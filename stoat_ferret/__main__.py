@@ -67,8 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         command, settings, names = parse_command(argv)
+        # Before anything may log (the store's open does): every line in the
+        # format and at the level asked for.
+        configure_logging(settings.log_level, settings.log_format)
         if command == "check":
-            configure_logging(settings.log_level, settings.log_format)
             sys.stdout.write(check(settings, names) + "\n")
             return 0
     except (SettingsError, StoreError) as exc:
@@ -112,7 +114,6 @@ def _serve(settings: Settings) -> int:
             f" (STOAT_HOST, STOAT_PORT): {reason}\n"
         )
         return EXIT_CANNOT_LISTEN
-    configure_logging(settings.log_level, settings.log_format)
     try:
         with listener:
             serve(settings, listener)

@@ -151,6 +151,31 @@ def test_a_flag_hides_a_bad_variable() -> None:
     assert settings.port == 9000
 
 
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        pytest.param(["--database", "{db}", "--port", "9000"], {}, id="database-by-flag"),
+        pytest.param(["--port", "9000"], {"STOAT_DATABASE_PATH": "{db}"}, id="by-variable"),
+    ],
+)
+def test_a_flag_is_not_refused_for_the_default_of_another_setting(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], environ: dict[str, str]
+) -> None:
+    """A ./data/stoat.db that is a directory (the default database path, here unusable)
+    does not make --port fail when the database is given elsewhere: each flag is checked
+    alone, and the whole settings with the database the user named."""
+    (tmp / "cwd" / "data" / "stoat.db").mkdir(parents=True)
+    monkeypatch.chdir(tmp / "cwd")
+    database = str(tmp / "db" / "s.db")
+
+    _, settings, _ = parse_command(
+        [arg.format(db=database) for arg in argv],
+        {key: value.format(db=database) for key, value in environ.items()},
+    )
+
+    assert (settings.port, settings.database_path) == (9000, Path(database))
+
+
 def test_command_defaults_to_serve_and_takes_check() -> None:
     """No command means serve; ``check`` may come before or after the flags."""
 

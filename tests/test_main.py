@@ -9,6 +9,7 @@ database and the scan root live in ``tmp_path``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,9 @@ import stoat_ferret._server as stoat_server
 from stoat_ferret.__main__ import main
 from stoat_ferret._server import GracefulServer, listen
 from stoat_ferret.api import begin_shutdown, create_app
+from stoat_ferret.library import VideoStore
 from stoat_ferret.settings import Settings
+from tests.library.support import record
 from tests.server import (
     SHUTDOWN_GRACE,
     running_server,
@@ -98,11 +101,20 @@ def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
 
 
 def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
-    """Flags beat variables; with --log-format json every line of the log is a JSON object."""
+    """Flags beat variables; with --log-format json every line of the log is a JSON object,
+    from the first: the store's start-up check logs (a row dated ahead of the clock) before
+    the server starts."""
     env = server_environment(tmp_path, STOAT_PORT="not a port", STOAT_LOG_FORMAT="text")
     root = tmp_path / "root"
     make_video(root / "one.mp4", audio=None)
     log = tmp_path / "server.log"
+    (tmp_path / "data").mkdir(mode=0o700)
+    store = VideoStore.open(env["STOAT_DATABASE_PATH"])
+    store.upsert([record(str(root / "gone.mp4"))])
+    store.close()
+    with contextlib.closing(sqlite3.connect(env["STOAT_DATABASE_PATH"])) as raw:
+        raw.execute("UPDATE videos SET updated_at = '2999-01-01T00:00:00.000000+00:00'")
+        raw.commit()
 
     # --port 0: the system picks one, which the dashboard line names.
     args = ["--port", "0", "--log-format", "json", "--log-level", "debug"]
@@ -118,6 +130,7 @@ def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     messages = [line["message"] for line in lines]
     assert f"dashboard: {base_url}/" in messages
+    assert any("dated ahead of the clock" in message for message in messages)
     statuses = [
         line["status"] for line in lines if line.get("job_id") == job_id and "status" in line
     ]

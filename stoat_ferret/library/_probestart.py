@@ -72,6 +72,13 @@ def start_child(
 
 
 def _child_environment() -> dict[str, str]:
-    """The service's environment, with :data:`PACKAGE_ROOT` first on ``PYTHONPATH``."""
+    """The service's environment without its settings, with :data:`PACKAGE_ROOT`
+    first on ``PYTHONPATH``.
+
+    No ``STOAT_`` variable: a child reads none (its own settings come in its
+    arguments), and a child a hostile file took over should not find the API
+    token there.
+    """
     paths = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    kept = {name: value for name, value in os.environ.items() if not name.startswith("STOAT_")}
+    return {**kept, "PYTHONPATH": os.pathsep.join(paths)}

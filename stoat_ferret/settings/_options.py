@@ -86,12 +86,17 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
             if not part:
                 raise SettingsError(f"{option.flag} needs {field.metadata['repeat']}, got {text!r}")
     value: Any = tuple(item for part in parsed for item in part) if option.repeat else parsed[-1]
-    # Check it now, by building settings with it (so that a validator reading
-    # another field has real settings to read), and name the flag the user
-    # typed instead of the variable in the message. The settings built from
-    # the flags and the variables are checked again as a whole.
+    # Check it now, and name the flag the user typed instead of the variable
+    # in the message. Its validator gets real settings (one may read another
+    # field), built with this value and unchecked, since checking them would
+    # check the other fields' defaults too, such as a ./data/stoat.db that a
+    # --database flag is about to replace. The settings built from the flags
+    # and the variables are checked again as a whole.
     try:
-        Settings(**{field_name: value})
+        with attrs.validators.disabled():
+            alone = Settings(**{field_name: value})
+        if field.validator is not None:
+            field.validator(alone, field, getattr(alone, field_name))
     except SettingsError as exc:
         raise SettingsError(str(exc).replace(option.env, option.flag)) from None
     return value

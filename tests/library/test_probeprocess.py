@@ -651,10 +651,37 @@ def test_a_child_imports_the_services_own_package_first(
     probes.probe("a.mp4", directory, Stop())
     [child] = probes.pids()
 
-    with open(f"/proc/{child}/environ", "rb") as environ:
-        variables = dict(line.partition(b"=")[::2] for line in environ.read().split(b"\0") if line)
+    variables = _environment_of(child)
     package = os.path.dirname(os.path.dirname(stoat_ferret.__file__))
     assert variables[b"PYTHONPATH"] == os.fsencode(os.pathsep.join([package, "/elsewhere"]))
+
+
+def test_a_child_gets_none_of_the_services_settings(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The children parse hostile files: the API token, and every other STOAT_ setting,
+    stay out of their environment; the rest of it is passed on."""
+    copy_video(clip, tmp_path / "a.mp4")
+    monkeypatch.setenv("STOAT_API_TOKEN", "a-secret-token-of-forty-characters-or-so")
+    monkeypatch.setenv("STOAT_PORT", "8000")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+
+    variables = _environment_of(child)
+
+    assert not [name for name in variables if name.startswith(b"STOAT_")]
+    assert variables[b"SOMETHING_ELSE"] == b"kept"
+
+
+def _environment_of(pid: int) -> dict[bytes, bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        lines = environ.read().split(b"\0")
+    return {name: value for name, _, value in (line.partition(b"=") for line in lines if line)}
 
 
 def test_a_child_makes_the_thumbnail_a_thread_makes(
