@@ -291,6 +291,23 @@ def says_nothing_of_content(exc: BaseException, errnos: Collection[int]) -> Type
     return isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError) and exc.errno in errnos
 
 
+SHORT_OF_MEMORY_ERRNOS: Final = frozenset({errno.ENOMEM, errno.EAGAIN})
+"""What FFmpeg answers, decoding, when the process is out of address space:
+an allocation failed (``ENOMEM``), or a decoder thread could not be started
+(``EAGAIN``: its stack is allocated too)."""
+
+
+def short_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while a frame was decoded, says the process ran
+    out of memory (:data:`SHORT_OF_MEMORY_ERRNOS`, or a ``MemoryError`` of
+    Python's own) rather than anything of the file: a trouble of the moment,
+    tried again. Not for opening a file: the MOV demuxer answers ``ENOMEM``
+    to one of more than ``max_streams`` streams, which is the file's."""
+    if isinstance(exc, av.FFmpegError):
+        return exc.errno in SHORT_OF_MEMORY_ERRNOS
+    return isinstance(exc, MemoryError)
+
+
 def open_regular_file(
     name: str, dir_fd: int | None = None, *, path: str | None = None
 ) -> tuple[int, os.stat_result]:

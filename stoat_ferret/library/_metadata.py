@@ -32,7 +32,9 @@ them to ``av_color_*_name``'s names (the values are part of FFmpeg's ABI).
 from __future__ import annotations
 
 import functools
+import gc
 import re
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,7 +42,7 @@ import av
 from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Disposition
 
-from stoat_ferret.library._input import demuxed
+from stoat_ferret.library._input import demuxed, short_of_memory
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
 if TYPE_CHECKING:
@@ -231,10 +233,45 @@ def display_rotation(frame: VideoFrame) -> int | None:
     """The rotation of ``frame``'s display matrix, in degrees counter-clockwise
     as ffprobe prints it; None without a matrix, or for a degenerate one (it
     has no angle: FFmpeg's NaN comes back as any integer, such as -2**31)."""
-    if SideDataType.DISPLAYMATRIX not in frame.side_data:
+    if not _has_display_matrix(frame):
         return None
     rotation: int = frame.rotation
     return rotation if abs(rotation) <= _FULL_TURN else None
+
+
+CYCLE_BYTES: Final = 256 * 1024 * 1024
+"""Decoded frames, in bytes (counted as :data:`_BYTES_PER_PIXEL` a pixel),
+whose side data was read since the cycle collector last ran: past this, it
+runs (:func:`_has_display_matrix`)."""
+
+_BYTES_PER_PIXEL: Final = 6
+"""The most a pixel of a decoded frame takes (16-bit 4:4:4): frames are
+counted at this, so the bytes held are at most :data:`CYCLE_BYTES`."""
+
+_held = [0]  # bytes of such frames since the last collection
+_held_lock = threading.Lock()
+
+
+def _has_display_matrix(frame: VideoFrame) -> bool:
+    """Whether ``frame`` has a display matrix (``frame.rotation`` is 0 with none).
+
+    PyAV keeps the side data it makes for a frame on the frame, and the side
+    data holds the frame: a reference cycle, which only Python's cycle
+    collector frees, and it seldom looks at old objects in a process of
+    PyAV's size. A probe process that read the rotation of one 4K frame a
+    file grew by 12 MB a file, its address space towards its limit. So the
+    collector is run once such frames add up to :data:`CYCLE_BYTES`.
+    """
+    found = SideDataType.DISPLAYMATRIX in frame.side_data
+    size = frame.width * frame.height * _BYTES_PER_PIXEL
+    with _held_lock:
+        _held[0] += size
+        collect = _held[0] >= CYCLE_BYTES
+        if collect:
+            _held[0] = 0
+    if collect:
+        gc.collect()
+    return found
 
 
 def _sample_aspect_ratio(video: VideoStream) -> Fraction | None:
@@ -285,11 +322,14 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
                 break
             else:
                 return None
-    except av.FFmpegError:
+    except av.FFmpegError as exc:
+        if short_of_memory(exc):  # the process's trouble, not the file's: tried again
+            raise
         return None
     for frame in frames:
-        if SideDataType.DISPLAYMATRIX in frame.side_data:
-            return display_rotation(frame)
+        if _has_display_matrix(frame):
+            rotation: int = frame.rotation
+            return rotation if abs(rotation) <= _FULL_TURN else None
     return None
 
 

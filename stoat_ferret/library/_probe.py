@@ -34,6 +34,7 @@ from stoat_ferret.library._input import (
     amount,
     open_regular_file,
     says_nothing_of_content,
+    short_of_memory,
 )
 from stoat_ferret.library._limits import MAX_STREAMS
 from stoat_ferret.library._metadata import moving_pictures, positive, read_metadata
@@ -139,8 +140,11 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
         raise ProbeError(name, _open_failure(exc, source)) from exc
     try:
         return _describe(name, container)
-    except OSError as exc:
-        if isinstance(exc, av.FFmpegError):
+    except (OSError, MemoryError) as exc:
+        if short_of_memory(exc):  # decoding the rotation's keyframe: tried again
+            reason = "out of memory decoding a keyframe for its rotation; tried again"
+            raise ProbeError(name, reason, transient=True) from exc
+        if isinstance(exc, av.FFmpegError | MemoryError):
             raise
         # The reader's own, once the container was open (the rotation's
         # keyframe is read then): transient as above, or the file's.

@@ -73,6 +73,7 @@ from stoat_ferret.library._input import (
     demuxed,
     open_regular_file,
     says_nothing_of_content,
+    short_of_memory,
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation, moving_pictures
@@ -247,16 +248,21 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
     try:
         return _thumbnail(path, container, seek=seek)
     # ArithmeticError: the file's values out of every range (an OverflowError from PyAV).
-    except (av.FFmpegError, OSError, ValueError, ArithmeticError) as exc:
-        raise _failure(path, source, exc, "cannot decode a frame") from exc
+    except (av.FFmpegError, OSError, ValueError, ArithmeticError, MemoryError) as exc:
+        raise _failure(path, source, exc, "cannot decode a frame", decoding=True) from exc
     finally:
         container.close()
 
 
-def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> ProbeError:
+def _failure(
+    path: str, source: BoundedInput, exc: Exception, what: str, *, decoding: bool = False
+) -> ProbeError:
     if source.exhausted:  # what FFmpeg met was the limit, not the file's end
         return UndecodableError(path, _past_limit(source))
-    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS)
+    # Out of memory while decoding is the process's trouble: the next job tries again.
+    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS) or (
+        decoding and short_of_memory(exc)
+    )
     error = ProbeError if transient else UndecodableError
     return error(path, f"{what} ({_reason(exc)})")
 

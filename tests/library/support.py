@@ -9,7 +9,7 @@ import os
 import threading
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import av
@@ -215,3 +215,27 @@ def unreadable_memory() -> str:
     finally:
         os.close(fd)
     pytest.skip("reading /proc/<pid>/mem at 0 is no I/O error here")
+
+
+MEMORY_FAILURES: Final = {
+    "ENOMEM": av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory"),
+    "EAGAIN": av.error.BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"),
+}
+"""What FFmpeg raises, decoding, once its process is out of address space:
+an allocation failed, or a decoder thread could not start."""
+
+
+@contextlib.contextmanager
+def failing_demux(error: Exception) -> Iterator[None]:
+    """Every ``demux`` of the block raises ``error`` at its first packet, as FFmpeg
+    does when it cannot allocate one (after the container was opened)."""
+
+    def failing(
+        container: av.container.InputContainer, *args: Any, **kwargs: Any
+    ) -> Generator[Any]:
+        yield from ()  # a generator, as demux is: it raises at its first packet
+        raise error
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(av.container.InputContainer, "demux", failing)
+        yield

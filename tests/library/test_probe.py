@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import gc
 import json
 import os
 import shutil
@@ -31,7 +32,9 @@ from stoat_ferret.library import (
 from stoat_ferret.library._probe import probe_descriptor
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import (
+    MEMORY_FAILURES,
     FifoWatch,
+    failing_demux,
     unreadable_memory,
     unstorable_fields,
     watched_demux,
@@ -997,3 +1000,53 @@ def test_a_limit_spent_by_an_earlier_open_is_not_told_of_the_next(
             assert not source.exhausted
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["h264_10bit_rotated.mp4", "h264_aac.mp4"])
+def test_frames_whose_side_data_was_read_are_freed_past_the_cycle_budget(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """PyAV's side data and its frame hold each other: with the cycle collector left
+    to its own schedule, a probe process kept a decoded frame a file (12 MB for 4K).
+    Past CYCLE_BYTES of such frames, they are collected: with automatic collection off,
+    at most the last one is left alive (it is in use as the collector runs), however
+    many files were probed."""
+    monkeypatch.setattr(_metadata, "CYCLE_BYTES", 1)  # every such frame is past the budget
+    gc.collect()
+    gc.disable()
+    try:
+        rotations = [probe_video(clips[name].path).rotation for _ in range(5)]
+        alive = [thing for thing in gc.get_objects() if isinstance(thing, av.VideoFrame)]
+    finally:
+        gc.enable()
+
+    assert rotations == [90 if "rotated" in name else None] * 5
+    assert len(alive) <= 1
+
+
+@pytest.mark.parametrize("failure", sorted(MEMORY_FAILURES))
+def test_out_of_memory_decoding_the_rotation_is_transient(
+    clips: dict[str, EncodedVideo], failure: str
+) -> None:
+    """A probe process near its address-space limit fails to decode the rotation's
+    keyframe (ENOMEM, or EAGAIN for a decoder thread it cannot start): the file is
+    tried again (a transient error, its stored row kept), not stored without its
+    rotation as a probe that worked."""
+
+    with failing_demux(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+        probe_video(clips["h264_10bit_rotated.mp4"].path)
+
+    assert refused.value.transient
+    assert "out of memory" in refused.value.reason
+
+
+def test_a_keyframe_the_decoder_refuses_leaves_the_rotation_unknown(
+    clips: dict[str, EncodedVideo],
+) -> None:
+    """Anything else FFmpeg answers while the rotation's keyframe is read is the file's:
+    the probe stands, with no rotation."""
+
+    with failing_demux(av.error.InvalidDataError(errno.EINVAL, "Invalid data")):
+        probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
+
+    assert (probe.rotation, probe.width) == (None, 64)

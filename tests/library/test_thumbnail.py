@@ -21,7 +21,12 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
-from tests.library.support import unreadable_memory, watched_demux
+from tests.library.support import (
+    MEMORY_FAILURES,
+    failing_demux,
+    unreadable_memory,
+    watched_demux,
+)
 from tests.videos import copy_video, write_corrupt_video
 
 if TYPE_CHECKING:
@@ -537,3 +542,19 @@ def test_a_file_that_cannot_be_read_now_is_retried_not_marked() -> None:
         make_thumbnail(path, (info.st_size, info.st_mtime_ns))
 
     assert not isinstance(caught.value, UndecodableError)
+
+
+@pytest.mark.parametrize("failure", sorted(MEMORY_FAILURES))
+def test_out_of_memory_decoding_a_frame_is_tried_again(
+    clip: EncodedVideo, tmp_path: Path, failure: str
+) -> None:
+    """A process out of address space (ENOMEM, or EAGAIN for a decoder thread) says
+    nothing of the file: a ProbeError the next job tries again, not an
+    UndecodableError, which would mark the video for good."""
+    video = copy_video(clip, tmp_path / "a.mp4").path
+
+    with failing_demux(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+        make_thumbnail(str(video), fingerprint(video))
+
+    assert not isinstance(refused.value, UndecodableError)
+    assert "cannot decode a frame" in refused.value.reason
