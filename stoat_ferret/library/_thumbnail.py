@@ -211,7 +211,8 @@ def thumbnail_descriptor(path: str, fd: int, size: int, *, read_limit: int = REA
     """
     with BoundedInput(fd, size, read_limit, count_every_read=True) as source:
         # Some demuxers (MPEG-TS among them) land past the keyframe a seek
-        # asks for, and find none before the end: then read from the start.
+        # asks for, and find none before the end, and the keyframe found may
+        # be damaged: then read from the start.
         for seek in (True, False):
             image = _from_input(path, source, seek=seek)
             if image is not None:
@@ -301,7 +302,12 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
             _seek_near(container, stream)
         except av.FFmpegError:
             return None  # cannot seek: read it from the start
-    frame = _next_frame(container, stream)
+    try:
+        frame = _next_frame(container, stream)
+    except av.FFmpegError as exc:
+        if not seek or short_of_memory(exc):
+            raise
+        return None  # the keyframe there does not decode (damaged): read from the start
     if frame is None:
         return None
     # The nearest right angle: the size and the turn must agree, and only

@@ -27,7 +27,7 @@ from tests.library.support import (
     unreadable_memory,
     watched_demux,
 )
-from tests.videos import copy_video, write_corrupt_video
+from tests.videos import copy_video, make_video, write_corrupt_video
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -558,3 +558,23 @@ def test_out_of_memory_decoding_a_frame_is_tried_again(
 
     assert not isinstance(refused.value, UndecodableError)
     assert "cannot decode a frame" in refused.value.reason
+
+
+def test_a_damaged_keyframe_at_the_seek_point_is_passed_over_for_the_start(
+    tmp_path: Path,
+) -> None:
+    """The thumbnail seeks to a tenth of the video; a keyframe there that does not decode
+    (its packets zeroed) says nothing of the rest: the frame comes from the start, and
+    the video is not marked undecodable."""
+    video = tmp_path / "damaged.mov"
+    make_video(video, codec="mjpeg", frames=50, audio=None)  # every frame a keyframe
+    with av.open(str(video)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(video.read_bytes())
+    for position, size in packets[3:9]:  # around 0.2 s of 2 s
+        data[position : position + size] = bytes(size)
+    video.write_bytes(data)
+
+    width, height, _, _ = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    assert (width, height) == thumbnail_size(64, 48, 0, 1.0)
