@@ -669,6 +669,50 @@ def test_a_world_writable_database_directory_is_refused(
 
 
 @pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("how", ["below", "a-link-in-it"])
+def test_a_data_directory_another_user_could_move_is_refused(
+    tmp: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A directory above the data directory that every user may write into (no sticky
+    bit) lets them rename the data directory and put theirs in its place: exit 2, one
+    line, nothing made. So does a link to the data directory kept in such a directory."""
+    (tmp / "open").mkdir()
+    (tmp / "open").chmod(0o777)
+    (tmp / "open" / "data").mkdir(mode=0o700)
+    data = tmp / "open" / "data"
+    if how == "a-link-in-it":
+        (tmp / "private").mkdir(mode=0o700)
+        (tmp / "private" / "data").mkdir(mode=0o700)
+        (tmp / "open" / "data").rmdir()
+        (tmp / "open" / "data").symlink_to(tmp / "private" / "data")
+
+    status, line = _check_line(data / "stoat.db", capsys)
+
+    assert status == 2
+    assert f"{tmp / 'open'}, above the directory of" in line
+    assert "is writable by every user" in line
+    with pytest.raises(StoreError, match="above the directory of"):
+        prepare_database(data / "stoat.db", "--database")  # as serving does
+    assert not (data / "stoat.db").exists()
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_data_directory_below_a_sticky_one_is_accepted(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the sticky bit (as /tmp), only an entry's owner may rename it: accepted."""
+    (tmp / "shared").mkdir()
+    (tmp / "shared").chmod(0o1777)
+    (tmp / "shared" / "data").mkdir(mode=0o700)
+
+    database = tmp / "shared" / "data" / "stoat.db"
+
+    assert main(["check", "--database", str(database)]) == 0
+    prepare_database(database, "--database")  # as serving does: made
+    assert database.exists()
+
+
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_database_directory_of_another_user_is_refused(
     tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

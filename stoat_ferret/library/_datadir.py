@@ -24,6 +24,10 @@ own rights. So, before the service opens its database
   system's user and group lists may be incomplete (LDAP, nested groups), so
   "no other member" cannot be proved for a shared group, and the check
   fails closed;
+- each directory above it, on the path as given and on the path its links
+  lead to, is refused on the same rules unless it has the sticky bit (only
+  an entry's owner may rename it then): one that another user may write
+  into lets them rename the data directory and put theirs in its place;
 - the database file must be a regular file (not a symbolic link, a FIFO or
   a directory), and a new one is created
   with mode 0o600 (SQLite gives its ``-wal`` and ``-shm`` files the
@@ -37,12 +41,10 @@ import grp
 import os
 import pwd
 import stat
-from typing import TYPE_CHECKING, Final
+from pathlib import Path
+from typing import Final
 
 from stoat_ferret.library._exceptions import StoreError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 NAME_MAX: Final = 255
 """Bytes in the longest file name Linux's file systems take."""
@@ -94,6 +96,7 @@ def check_data_directory(path: Path, name: str) -> None:
             f"{name}: cannot look at the directory of {path} ({exc.strerror})"
         ) from None
     _refuse_others(path, name, info)
+    _refuse_movable(path, name)
     _refuse_link(path, name)
 
 
@@ -117,6 +120,7 @@ def prepare_database(path: Path, name: str) -> None:
             f"{name}: cannot create the directory of {path} ({exc.strerror})"
         ) from None
     _refuse_others(path, name, info)
+    _refuse_movable(path, name)
     if not _refuse_link(path, name):
         _create_private_file(path, name)
 
@@ -140,6 +144,41 @@ def _refuse_others(path: Path, name: str, info: os.stat_result) -> None:
             f"{name}: the directory of {path}, {path.parent}, {problem}: other users"
             " must not be able to write into the service's data"
         )
+
+
+def _refuse_movable(path: Path, name: str) -> None:
+    """Refuse a data directory that another user could move away: one of the
+    directories above it (on the path as given, and on the path its links
+    lead to) lets a user other than the service's and root rename what it
+    holds. That user could put a directory of theirs, or a link, where the
+    service then writes."""
+    directory = path.parent
+    lexical = Path(os.path.abspath(directory))
+    real = Path(os.path.realpath(directory))
+    for above in dict.fromkeys([*lexical.parents, *real.parents]):
+        try:
+            info = os.lstat(above)
+        except OSError:  # not there yet (made private), or not ours to look at
+            continue
+        if stat.S_ISLNK(info.st_mode):  # replaced through its own directory, checked too
+            continue
+        problem = _movable_by_others(info, above)
+        if problem is not None:
+            raise StoreError(
+                f"{name}: {above}, above the directory of {path}, {problem}: another user"
+                " could move the service's data away and put theirs in its place"
+            )
+
+
+def _movable_by_others(info: os.stat_result, directory: Path) -> str | None:
+    """Why users other than the owner and the service's may rename what
+    ``directory`` holds, or None. The sticky bit lets only an entry's owner
+    (and the directory's, and root) rename it."""
+    if info.st_uid not in (os.geteuid(), 0):
+        return f"belongs to {_user(info.st_uid)}"
+    if info.st_mode & stat.S_ISVTX:
+        return None
+    return _writable_by_others(info, directory)
 
 
 def _refuse_link(path: Path, name: str) -> bool:
