@@ -569,7 +569,7 @@ def test_a_damaged_keyframe_at_the_seek_point_is_passed_over_for_the_start(
     video = tmp_path / "damaged.mov"
     make_video(video, codec="mjpeg", frames=50, audio=None)  # every frame a keyframe
     with av.open(str(video)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.pos is not None]
     data = bytearray(video.read_bytes())
     for position, size in packets[3:9]:  # around 0.2 s of 2 s
         data[position : position + size] = bytes(size)
