@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The database's lock is held until the process exits: no second
         # process serves it, nor opens it for writing, meanwhile.
         with hold:
-            return _serve(settings)
+            return _serve(settings, names)
     except _Stopped as stop:
         sys.stderr.write(f"stoat-ferret: stopped by {stop}\n")
         return 0
@@ -98,8 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(number, handler)
 
 
-def _serve(settings: Settings) -> int:
-    """Bind and serve (the database checked and locked); return the exit status."""
+def _serve(settings: Settings, names: dict[str, str]) -> int:
+    """Bind and serve (the database checked and locked); return the exit status.
+
+    ``names``: how the user gave each setting (its flag, else its variable).
+    """
     # Imported here, not at the top: the web stack (FastAPI, uvicorn) is most of
     # the start-up time, which --help, --version, a bad flag and check do
     # without (--version: 0.7 s instead of 2.1 s on a busy 2-core machine).
@@ -111,7 +114,7 @@ def _serve(settings: Settings) -> int:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         sys.stderr.write(
             f"stoat-ferret: cannot listen on {settings.host}:{settings.port}"
-            f" (STOAT_HOST, STOAT_PORT): {reason}\n"
+            f" ({names['host']}, {names['port']}): {reason}\n"
         )
         return EXIT_CANNOT_LISTEN
     try:

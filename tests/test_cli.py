@@ -188,6 +188,8 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
     ("argv", "sentence"),
     [
         (["--port", "eighty"], "--port must be a whole number, got 'eighty'"),
+        (["--port", "\u0663"], "--port must be a whole number, got '\u0663'"),
+        (["--port", "8_000"], "--port must be a whole number, got '8_000'"),
         (["--port", "70000"], "--port must be a port number from 0 to 65535, got 70000"),
         (["--max-workers", "0"], "--max-workers must be a whole number from 1 to 1,024, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),

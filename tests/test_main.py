@@ -196,6 +196,33 @@ def test_main_returns_2_with_one_line(
     _check_one_line(case, captured.err)
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        pytest.param(["--port", "{port}"], "(STOAT_HOST, --port)", id="port-by-flag"),
+        pytest.param([], "(STOAT_HOST, STOAT_PORT)", id="by-variables"),
+    ],
+)
+def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    named: str,
+) -> None:
+    """Another process listens there: one line on stderr, naming the setting as the user
+    gave it (the flag, else the variable), and the exit status for it."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for key, value in server_environment(tmp_path, STOAT_PORT=str(port)).items():
+            monkeypatch.setenv(key, value)
+        status = main([arg.format(port=port) for arg in argv])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == stoat_main.EXIT_CANNOT_LISTEN
+    assert line.startswith(f"stoat-ferret: cannot listen on 127.0.0.1:{port} {named}: ")
+
+
 # main() in a process of its own, told to stop (by the signal named in argv)
 # while it checks the database: the signal comes before uvicorn has any handler.
 _STOPPED_AT_START_UP = """
@@ -206,7 +233,7 @@ number = signal.Signals[sys.argv[1]]
 def interrupted(*args):
     os.kill(os.getpid(), number)  # handled before the next line of Python
     return check_startup(*args)
-def served(settings):
+def served(*args):
     raise AssertionError("served")
 stoat_main.check_startup = interrupted
 stoat_main._serve = served

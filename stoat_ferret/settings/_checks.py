@@ -252,11 +252,15 @@ def default_probe_threads(cores: int | None) -> int:
     return max(1, min(MAX_DEFAULT_PROBE_THREADS, cores or 1))
 
 
+_WHOLE_NUMBER: Final = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    # ASCII digits, with a sign: int() would also take "٣" (an Arabic-Indic
+    # three) and "8_000", which no one means as a port or a count.
+    if _WHOLE_NUMBER.fullmatch(raw.strip()) is None:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
 
 
 def _parse_float(name: str, raw: str) -> float:
