@@ -27,6 +27,7 @@ import uvicorn
 import stoat_ferret.__main__ as stoat_main
 import stoat_ferret._server as stoat_server
 from stoat_ferret.__main__ import main
+from stoat_ferret._cli import EXIT_CANNOT_LISTEN
 from stoat_ferret._server import GracefulServer, listen
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.library import VideoStore
@@ -219,7 +220,7 @@ def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
         status = main([arg.format(port=port) for arg in argv])
 
     [line] = capsys.readouterr().err.splitlines()
-    assert status == stoat_main.EXIT_CANNOT_LISTEN
+    assert status == EXIT_CANNOT_LISTEN
     assert line.startswith(f"stoat-ferret: cannot listen on 127.0.0.1:{port} {named}: ")
 
 
