@@ -318,8 +318,7 @@ class JobFeed:
         return self
 
     async def __anext__(self) -> FeedItem:
-        if self._pending or self._lost is not None:
-            await checkpoint()
+        await checkpoint()  # every read, as a watch() stream's
         while not self._pending and self._lost is None:
             if self._done():
                 raise StopAsyncIteration

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from stoat_ferret.jobs._actor import Actor
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobFeed
@@ -156,6 +156,7 @@ class JobSupervisor:
             # pending jobs is final when it handles Shutdown.
             shared.close()
             self._actor.send(Shutdown())
+        await checkpoint_if_cancelled()  # as Reply.receive: the stop may come first
         await self._actor.stopped.wait()
 
     # ------------------------------------------------------------ the API

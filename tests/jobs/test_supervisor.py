@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.lowlevel import checkpoint
 
 from stoat_ferret.jobs import (
     JobContext,
@@ -655,3 +656,37 @@ async def test_one_log_line_per_lifecycle_event(log_records: list[Any]) -> None:
     assert [extra["status"] for extra in mine] == ["pending", "running", "completed"]
     assert all(extra["job_type"] == "fine" for extra in mine)
     assert mine[-1]["duration"] >= 0
+
+
+@pytest.mark.parametrize("offset", range(8))
+async def test_aclose_in_a_cancelled_scope_is_cancelled_while_the_supervisor_stops(
+    offset: int,
+) -> None:
+    """One task calls aclose() in an already-cancelled scope, again and again, while another
+    closes the supervisor: each call is cancelled, none returns (on asyncio, the stop
+    could come in the same pass as the cancellation, and the call returned)."""
+    supervisor = JobSupervisor()
+    closed = anyio.Event()
+    calls: list[str] = []
+
+    async def spin() -> None:
+        for _ in range(offset):
+            await checkpoint()
+        while True:  # once at least, then until the supervisor has stopped
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await supervisor.aclose()
+                calls.append("returned")
+                return
+            calls.append("cancelled")
+            if closed.is_set():
+                return
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervisor.run)
+            tg.start_soon(spin)
+            await supervisor.aclose()
+            closed.set()
+
+    assert set(calls) == {"cancelled"}
