@@ -292,20 +292,30 @@ def says_nothing_of_content(exc: BaseException, errnos: Collection[int]) -> Type
 
 
 SHORT_OF_MEMORY_ERRNOS: Final = frozenset({errno.ENOMEM, errno.EAGAIN})
-"""What FFmpeg answers, decoding, when the process is out of address space:
-an allocation failed (``ENOMEM``), or a decoder thread could not be started
+"""What a decoder call answers when the process is out of address space: an
+allocation failed (``ENOMEM``), or a decoder thread could not be started
 (``EAGAIN``: its stack is allocated too)."""
 
 
-def short_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc``, raised while a frame was decoded, says the process ran
-    out of memory (:data:`SHORT_OF_MEMORY_ERRNOS`, or a ``MemoryError`` of
-    Python's own) rather than anything of the file: a trouble of the moment,
-    tried again. Not for opening a file: the MOV demuxer answers ``ENOMEM``
-    to one of more than ``max_streams`` streams, which is the file's."""
-    if isinstance(exc, av.FFmpegError):
-        return exc.errno in SHORT_OF_MEMORY_ERRNOS
-    return isinstance(exc, MemoryError)
+class DecoderOutOfMemory(Exception):
+    """A decoder call failed for want of memory (:func:`decoding`): the
+    process's trouble of the moment, not the file's; tried again."""
+
+
+@contextlib.contextmanager
+def decoding() -> Iterator[None]:
+    """Around a decoder call (``decode``, not the reading of packets): an
+    ``ENOMEM`` or ``EAGAIN`` from FFmpeg there, or a ``MemoryError`` of
+    Python's, becomes :class:`DecoderOutOfMemory`. Only there: reading a
+    file can answer ``ENOMEM`` for what the file holds (the MPEG-TS demuxer,
+    for a stream past ``max_streams``; the MOV demuxer at open), and that is
+    the file's."""
+    try:
+        yield
+    except (av.FFmpegError, MemoryError) as exc:
+        if isinstance(exc, av.FFmpegError) and exc.errno not in SHORT_OF_MEMORY_ERRNOS:
+            raise
+        raise DecoderOutOfMemory(getattr(exc, "strerror", None) or "out of memory") from exc
 
 
 def open_regular_file(

@@ -42,7 +42,7 @@ import av
 from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Disposition
 
-from stoat_ferret.library._input import demuxed, short_of_memory
+from stoat_ferret.library._input import decoding, demuxed
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
 if TYPE_CHECKING:
@@ -239,14 +239,9 @@ def display_rotation(frame: VideoFrame) -> int | None:
     return rotation if abs(rotation) <= _FULL_TURN else None
 
 
-CYCLE_BYTES: Final = 256 * 1024 * 1024
-"""Decoded frames, in bytes (counted as :data:`_BYTES_PER_PIXEL` a pixel),
-whose side data was read since the cycle collector last ran: past this, it
-runs (:func:`_has_display_matrix`)."""
-
-_BYTES_PER_PIXEL: Final = 6
-"""The most a pixel of a decoded frame takes (16-bit 4:4:4): frames are
-counted at this, so the bytes held are at most :data:`CYCLE_BYTES`."""
+CYCLE_BYTES: Final = 128 * 1024 * 1024
+"""Decoded frames, in bytes, whose side data was read since the cycle
+collector last ran: past this, it runs (:func:`_has_display_matrix`)."""
 
 _held = [0]  # bytes of such frames since the last collection
 _held_lock = threading.Lock()
@@ -260,15 +255,15 @@ def _has_display_matrix(frame: VideoFrame) -> bool:
     collector frees, and it seldom looks at old objects in a process of
     PyAV's size. A probe process that read the rotation of one 4K frame a
     file grew by 12 MB a file, its address space towards its limit. So the
-    collector is run once such frames add up to :data:`CYCLE_BYTES`.
+    collector is run once such frames add up to :data:`CYCLE_BYTES`; it
+    frees all but this one, still in use, which stays counted. What is held
+    so is at most that plus one frame.
     """
     found = SideDataType.DISPLAYMATRIX in frame.side_data
-    size = frame.width * frame.height * _BYTES_PER_PIXEL
+    size = frame.width * frame.height * frame.format.padded_bits_per_pixel // 8
     with _held_lock:
-        _held[0] += size
-        collect = _held[0] >= CYCLE_BYTES
-        if collect:
-            _held[0] = 0
+        collect = _held[0] + size >= CYCLE_BYTES
+        _held[0] = size if collect else _held[0] + size
     if collect:
         gc.collect()
     return found
@@ -318,13 +313,12 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
                     ):
                         return None
                     continue
-                frames = video.decode(packet) or video.decode(None)
+                with decoding():  # out of memory there: tried again, not the file's
+                    frames = video.decode(packet) or video.decode(None)
                 break
             else:
                 return None
-    except av.FFmpegError as exc:
-        if short_of_memory(exc):  # the process's trouble, not the file's: tried again
-            raise
+    except av.FFmpegError:
         return None
     for frame in frames:
         if _has_display_matrix(frame):

@@ -31,10 +31,10 @@ from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
+    DecoderOutOfMemory,
     amount,
     open_regular_file,
     says_nothing_of_content,
-    short_of_memory,
 )
 from stoat_ferret.library._limits import MAX_STREAMS
 from stoat_ferret.library._metadata import moving_pictures, positive, read_metadata
@@ -140,11 +140,11 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
         raise ProbeError(name, _open_failure(exc, source)) from exc
     try:
         return _describe(name, container)
-    except (OSError, MemoryError) as exc:
-        if short_of_memory(exc):  # decoding the rotation's keyframe: tried again
-            reason = "out of memory decoding a keyframe for its rotation; tried again"
-            raise ProbeError(name, reason, transient=True) from exc
-        if isinstance(exc, av.FFmpegError | MemoryError):
+    except DecoderOutOfMemory as exc:  # decoding the rotation's keyframe
+        reason = f"out of memory decoding a keyframe for its rotation ({exc}); tried again"
+        raise ProbeError(name, reason, transient=True) from exc
+    except OSError as exc:
+        if isinstance(exc, av.FFmpegError):
             raise
         # The reader's own, once the container was open (the rotation's
         # keyframe is read then): transient as above, or the file's.

@@ -69,11 +69,12 @@ from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
+    DecoderOutOfMemory,
     amount,
+    decoding,
     demuxed,
     open_regular_file,
     says_nothing_of_content,
-    short_of_memory,
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation, moving_pictures
@@ -249,20 +250,18 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
     try:
         return _thumbnail(path, container, seek=seek)
     # ArithmeticError: the file's values out of every range (an OverflowError from PyAV).
-    except (av.FFmpegError, OSError, ValueError, ArithmeticError, MemoryError) as exc:
-        raise _failure(path, source, exc, "cannot decode a frame", decoding=True) from exc
+    except (av.FFmpegError, OSError, ValueError, ArithmeticError, DecoderOutOfMemory) as exc:
+        raise _failure(path, source, exc, "cannot decode a frame") from exc
     finally:
         container.close()
 
 
-def _failure(
-    path: str, source: BoundedInput, exc: Exception, what: str, *, decoding: bool = False
-) -> ProbeError:
+def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> ProbeError:
     if source.exhausted:  # what FFmpeg met was the limit, not the file's end
         return UndecodableError(path, _past_limit(source))
-    # Out of memory while decoding is the process's trouble: the next job tries again.
-    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS) or (
-        decoding and short_of_memory(exc)
+    # Out of memory in a decoder is the process's trouble: the next job tries again.
+    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS) or isinstance(
+        exc, DecoderOutOfMemory
     )
     error = ProbeError if transient else UndecodableError
     return error(path, f"{what} ({_reason(exc)})")
@@ -304,8 +303,8 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
             return None  # cannot seek: read it from the start
     try:
         frame = _next_frame(container, stream)
-    except av.FFmpegError as exc:
-        if not seek or short_of_memory(exc):
+    except av.FFmpegError:
+        if not seek:
             raise
         return None  # the keyframe there does not decode (damaged): read from the start
     if frame is None:
@@ -343,12 +342,16 @@ def _next_frame(container: InputContainer, stream: VideoStream) -> VideoFrame | 
     # keyframe's packet went in (or MAX_PACKETS did), the decoder is flushed.
     with demuxed(container, stream) as demux:
         for count, packet in enumerate(demux, start=1):
-            for frame in packet.decode():
+            with decoding():
+                frames = packet.decode()
+            for frame in frames:
                 return frame
             if packet.is_keyframe or count >= MAX_PACKETS:
                 break
     try:
-        for frame in stream.codec_context.decode(None):
+        with decoding():
+            flushed = stream.codec_context.decode(None)
+        for frame in flushed:
             return frame
     except av.EOFError:  # the demuxer's last (empty) packet flushed it already
         pass

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import av
+import av.codec.context
 import av.container
+import av.packet
+import av.video.stream
 import pytest
 
 from stoat_ferret.jobs import JobContext
@@ -221,14 +224,14 @@ MEMORY_FAILURES: Final = {
     "ENOMEM": av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory"),
     "EAGAIN": av.error.BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"),
 }
-"""What FFmpeg raises, decoding, once its process is out of address space:
-an allocation failed, or a decoder thread could not start."""
+"""What FFmpeg raises once its process is out of address space: an
+allocation failed, or a decoder thread could not start."""
 
 
 @contextlib.contextmanager
 def failing_demux(error: Exception) -> Iterator[None]:
     """Every ``demux`` of the block raises ``error`` at its first packet, as FFmpeg
-    does when it cannot allocate one (after the container was opened)."""
+    does when reading the file fails (after the container was opened)."""
 
     def failing(
         container: av.container.InputContainer, *args: Any, **kwargs: Any
@@ -238,4 +241,18 @@ def failing_demux(error: Exception) -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(av.container.InputContainer, "demux", failing)
+        yield
+
+
+@contextlib.contextmanager
+def failing_decode(error: Exception) -> Iterator[None]:
+    """Every decoder call of the block (a packet's, a stream's, a codec
+    context's, the flush too) raises ``error``, as FFmpeg's decoder does."""
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    with pytest.MonkeyPatch.context() as patch:
+        for owner in (av.packet.Packet, av.video.stream.VideoStream, av.codec.context.CodecContext):
+            patch.setattr(owner, "decode", failing)
         yield

@@ -34,6 +34,7 @@ from tests.library.conftest import CLIP_SPECS
 from tests.library.support import (
     MEMORY_FAILURES,
     FifoWatch,
+    failing_decode,
     failing_demux,
     unreadable_memory,
     unstorable_fields,
@@ -1033,11 +1034,25 @@ def test_out_of_memory_decoding_the_rotation_is_transient(
     tried again (a transient error, its stored row kept), not stored without its
     rotation as a probe that worked."""
 
-    with failing_demux(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+    with failing_decode(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
         probe_video(clips["h264_10bit_rotated.mp4"].path)
 
     assert refused.value.transient
     assert "out of memory" in refused.value.reason
+
+
+@pytest.mark.parametrize("failure", sorted(MEMORY_FAILURES))
+def test_reading_the_rotations_packets_answering_enomem_is_the_files(
+    clips: dict[str, EncodedVideo], failure: str
+) -> None:
+    """ENOMEM while reading packets speaks of the file (the MPEG-TS demuxer answers so
+    for a stream past max_streams): only a decoder's is the process's. The probe stands,
+    its rotation unknown."""
+
+    with failing_demux(MEMORY_FAILURES[failure]):
+        probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
+
+    assert (probe.rotation, probe.width) == (None, 64)
 
 
 def test_a_keyframe_the_decoder_refuses_leaves_the_rotation_unknown(

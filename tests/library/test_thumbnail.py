@@ -23,6 +23,7 @@ from stoat_ferret.library import (
 from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
 from tests.library.support import (
     MEMORY_FAILURES,
+    failing_decode,
     failing_demux,
     unreadable_memory,
     watched_demux,
@@ -553,11 +554,22 @@ def test_out_of_memory_decoding_a_frame_is_tried_again(
     UndecodableError, which would mark the video for good."""
     video = copy_video(clip, tmp_path / "a.mp4").path
 
-    with failing_demux(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+    with failing_decode(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
         make_thumbnail(str(video), fingerprint(video))
 
     assert not isinstance(refused.value, UndecodableError)
     assert "cannot decode a frame" in refused.value.reason
+
+
+def test_reading_a_file_that_answers_enomem_marks_it_undecodable(
+    clip: EncodedVideo, tmp_path: Path
+) -> None:
+    """ENOMEM while reading packets is the file's (the MPEG-TS demuxer answers so for a
+    stream past max_streams): marked undecodable once, not tried by every job."""
+    video = copy_video(clip, tmp_path / "a.mp4").path
+
+    with failing_demux(MEMORY_FAILURES["ENOMEM"]), pytest.raises(UndecodableError):
+        make_thumbnail(str(video), fingerprint(video))
 
 
 def test_a_damaged_keyframe_at_the_seek_point_is_passed_over_for_the_start(
