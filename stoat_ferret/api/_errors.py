@@ -5,7 +5,7 @@ exception                   status     why
 ==========================  =========  ======================================
 ``HTTPException``           its own    raised by routes; 404, 405 by routing
 ``RequestValidationError``  422        bad query, path or body
-``ScanPathRejected``        its own    400, 403 or 404 for a scan path (503,
+``ScanPathRejected``        its own    400, 403, 404 or 409 for a scan path (503,
                                        with ``Retry-After``, when the server
                                        is out of descriptors)
 ``JobNotFound``             404        unknown or evicted job id

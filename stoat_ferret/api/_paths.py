@@ -39,7 +39,13 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from stoat_ferret.library import MAX_SYMLINKS, is_utf8, open_below_root, real_path
+from stoat_ferret.library import (
+    MAX_SYMLINKS,
+    RootUnavailable,
+    is_utf8,
+    open_below_root,
+    real_path,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -126,7 +132,7 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     except OSError as exc:
         if exc.errno == errno.ENOTDIR:
             raise ScanPathRejected(400, f"not a directory: {requested}") from None
-        if exc.errno == errno.ELOOP:
+        if exc.errno == errno.ELOOP and not isinstance(exc, RootUnavailable):
             raise ScanPathRejected(409, _CHANGED) from None
         raise _rejection(exc, requested) from None
     # A scan lists the directory (read: opened above) and looks at its

@@ -82,11 +82,13 @@ async def scan_videos(
 
     The path must be absolute (422 otherwise) and inside one of the
     configured scan roots once symlinks are resolved (403 otherwise, or if
-    the service may not list it); 404 if missing; 400 if not a directory, a
-    symlink loop, a chain of more than 40 links, or not UTF-8 once resolved.
-    415 unless the body is sent as ``application/json``. 503 with
-    ``Retry-After`` when the queue is full, the service is stopping, or it is
-    out of file descriptors or memory.
+    the service may not list it); 404 if missing; 400 if not a directory (a
+    path through a file too), a symlink loop, a chain of more than 40 links,
+    or not UTF-8 once resolved; 409 if a directory in it was replaced by a
+    symlink while the request was checked (send it again). 415 unless the
+    body is sent as ``application/json``. 503 with ``Retry-After`` when the
+    queue is full, the service is stopping, or it is out of file descriptors
+    or memory.
     """
     if stopping.is_set():
         raise unavailable("the service is stopping")

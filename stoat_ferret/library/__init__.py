@@ -10,7 +10,12 @@ process that a probe thread waits for, on asyncio and trio alike.
 from __future__ import annotations
 
 from stoat_ferret.library._background import BackgroundThreads, Stop, ThreadPriority, lower_priority
-from stoat_ferret.library._beneath import PATH_MAX, containing_root, open_below_root
+from stoat_ferret.library._beneath import (
+    PATH_MAX,
+    RootUnavailable,
+    containing_root,
+    open_below_root,
+)
 from stoat_ferret.library._connections import inspect_database
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
@@ -90,6 +95,7 @@ __all__ = [
     "LibraryError",
     "ProbeError",
     "ProbeProcesses",
+    "RootUnavailable",
     "ScanError",
     "ScanHandler",
     "ScanPayload",

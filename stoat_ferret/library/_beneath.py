@@ -130,7 +130,7 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
     try:
         return open_below_root(directory, roots)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno == errno.ELOOP and not isinstance(exc, RootUnavailable):
             raise DirectoryReplaced(
                 directory,
                 "no longer a directory: it or one above it was replaced by a symlink"
@@ -139,20 +139,28 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
         raise ScanError(directory, exc.strerror or str(exc)) from exc
 
 
+class RootUnavailable(OSError):
+    """:func:`open_below_root` could not open the scan root itself (the
+    operator's: a ``ELOOP`` there is no symlink swapped in by a client)."""
+
+
 def open_below_root(directory: str, roots: Sequence[str]) -> int:
     """Open ``directory`` (absolute, normalised, inside a root) from its root
     down, no symlink crossed below the root; a new descriptor.
 
     Raises:
         ValueError: ``directory`` is inside none of ``roots``.
-        OSError: The root cannot be opened, or a component below it is
-            missing, a symlink (``ELOOP``), not a directory (``ENOTDIR``), or
-            cannot be opened.
+        RootUnavailable: The root itself cannot be opened.
+        OSError: A component below the root is missing, a symlink
+            (``ELOOP``), not a directory (``ENOTDIR``), or cannot be opened.
     """
     root = containing_root(directory, roots)
     if root is None:
         raise ValueError(f"{directory!r} is inside none of the roots")
-    top = os.open(root, ROOT_FLAGS)
+    try:
+        top = os.open(root, ROOT_FLAGS)
+    except OSError as exc:
+        raise RootUnavailable(exc.errno, exc.strerror, root) from exc
     try:
         return open_directory(split(directory)[len(split(root)) :], top)
     finally:
@@ -160,15 +168,17 @@ def open_below_root(directory: str, roots: Sequence[str]) -> int:
 
 
 def containing_root(directory: str, roots: Sequence[str]) -> str | None:
-    """The root that holds ``directory`` (absolute, normalised), or None if
-    none does; ``/`` when there are no roots (any directory is allowed, and
-    opened from ``/`` down)."""
+    """The deepest root that holds ``directory`` (absolute, normalised), or
+    None if none does; ``/`` when there are no roots (any directory is
+    allowed, and opened from ``/`` down). The deepest, so that the answer
+    does not hang on the roots' order: a root inside another, below a
+    directory the service may search but not list, is opened by its path."""
     if not roots:
         return "/"
-    for root in roots:
-        if directory == root or directory.startswith(root.rstrip("/") + "/"):
-            return root
-    return None
+    holding = [
+        root for root in roots if directory == root or directory.startswith(root.rstrip("/") + "/")
+    ]
+    return max(holding, key=len, default=None)
 
 
 Outcome = tuple[list[str], os.stat_result] | None

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Final
 import av
 import av.filter
 
-from stoat_ferret.library._beneath import ROOT_FLAGS, containing_root, open_directory, split
+from stoat_ferret.library._beneath import RootUnavailable, open_below_root
 from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError
 from stoat_ferret.library._input import (
     READ_LIMIT,
@@ -225,21 +225,16 @@ def thumbnail_descriptor(path: str, fd: int, size: int, *, read_limit: int = REA
 
 def _open_directory(path: str, directory: str, roots: Sequence[str]) -> int:
     """Open ``directory`` from the root that holds it down, crossing no symlink."""
-    root = containing_root(directory, roots)
-    if root is None:
-        raise ProbeError(path, OUTSIDE_ROOTS)
     try:
-        top = os.open(root, ROOT_FLAGS)
-    except OSError as exc:
+        return open_below_root(directory, roots)
+    except ValueError:
+        raise ProbeError(path, OUTSIDE_ROOTS) from None
+    except RootUnavailable as exc:
         raise ProbeError(path, f"cannot open its scan root ({exc.strerror or exc})") from exc
-    try:
-        return open_directory(split(directory)[len(split(root)) :], top)
     except OSError as exc:
         if exc.errno in _GONE_ERRNOS:
             raise ProbeError(path, _DIRECTORY_GONE) from exc
         raise ProbeError(path, f"cannot open its directory ({exc.strerror or exc})") from exc
-    finally:
-        os.close(top)
 
 
 def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:

@@ -91,7 +91,9 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
     # field), built with this value and unchecked, since checking them would
     # check the other fields' defaults too, such as a ./data/stoat.db that a
     # --database flag is about to replace. The settings built from the flags
-    # and the variables are checked again as a whole.
+    # and the variables are checked again as a whole. attrs' switch is the
+    # process's, not thread-safe: this runs while the command line is read,
+    # before any thread starts.
     try:
         with attrs.validators.disabled():
             alone = Settings(**{field_name: value})

@@ -14,6 +14,7 @@ from stoat_ferret.library._beneath import (
     MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
     Cached,
+    containing_root,
     open_directory,
     open_scan_directory,
     resolve_link,
@@ -253,3 +254,25 @@ def test_a_checkpoint_per_hop_stops_a_resolution_and_closes_its_descriptors(
 
     assert calls == 3
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("roots", [("/a", "/a/b"), ("/a/b", "/a")])
+def test_the_deepest_root_holds_a_directory_whatever_the_order(roots: tuple[str, ...]) -> None:
+    """A root inside another is the one a directory below it is opened from, so that the
+    answer never hangs on the order the roots were given in."""
+
+    assert containing_root("/a/b/c", roots) == "/a/b"
+    assert containing_root("/a/c", roots) == "/a"
+
+
+def test_a_root_that_cannot_be_opened_is_a_scan_error_not_a_swap(tmp_path: Path) -> None:
+    """The root itself is the operator's: a loop there is no directory a client had
+    replaced by a symlink (DirectoryReplaced), but a plain ScanError saying why."""
+    root = tmp_path / "root"
+    root.symlink_to(root)  # a loop
+
+    with pytest.raises(ScanError) as refused:
+        open_scan_directory(str(root / "sub"), [str(root)])
+
+    assert not isinstance(refused.value, DirectoryReplaced)
+    assert "symbolic links" in refused.value.reason
