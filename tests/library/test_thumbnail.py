@@ -14,6 +14,7 @@ import pytest
 from stoat_ferret.library import (
     THUMBNAIL_WIDTH,
     ProbeError,
+    _beneath,
     _input,
     _limits,
     _thumbnail,
@@ -489,7 +490,7 @@ def test_a_directory_that_cannot_be_opened_now_is_retried(
     def out_of_descriptors(parts: Any, dir_fd: int) -> int:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-    monkeypatch.setattr(_thumbnail, "open_directory", out_of_descriptors)
+    monkeypatch.setattr(_beneath, "open_directory", out_of_descriptors)
     with pytest.raises(
         ProbeError, match=r"cannot open its directory \(Too many open files\)"
     ) as caught:
