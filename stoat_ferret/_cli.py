@@ -249,21 +249,32 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
         f"{names['database_path']}: cannot create, or write in, the directory of {path}",
     )
     check_data_directory(path, names["database_path"])  # as serving would refuse it
-    found = inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
     thumbnails = check_thumbnails(path)
+    roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
+    note = f"; {thumbnails}" if thumbnails else ""
+    served = f"{dashboard_url(settings)} from {path} ({_database_state(path)})"
+    return f"ok: would serve {served}; scan roots: {roots}{note}"
+
+
+def _database_state(path: Path) -> str:
+    """What ``check`` says of the database, read only (``inspect_database``).
+
+    Raises:
+        StoreError: as :func:`~stoat_ferret.library.inspect_database`.
+    """
+    if os.path.exists(f"{path}-journal"):
+        # A crash left a rollback journal (a file system without WAL): a
+        # read-only connection cannot roll it back, and a check changes nothing.
+        return "a crash left a rollback journal: serving rolls it back, then checks it"
+    found = inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
     if not found.exists:
-        state = f"new database: serving creates it with schema {SCHEMA_VERSION}, 0 videos"
-    elif found.version < SCHEMA_VERSION:
-        state = (
+        return f"new database: serving creates it with schema {SCHEMA_VERSION}, 0 videos"
+    if found.version < SCHEMA_VERSION:
+        return (
             f"schema {found.version}, needs migration to {SCHEMA_VERSION}"
             f" (serving does it), {found.videos} videos"
         )
-    else:
-        state = f"schema {found.version}, {found.videos} videos"
-    roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
-    note = f"; {thumbnails}" if thumbnails else ""
-    served = f"{dashboard_url(settings)} from {path} ({state})"
-    return f"ok: would serve {served}; scan roots: {roots}{note}"
+    return f"schema {found.version}, {found.videos} videos"
 
 
 def check_thumbnails(database: Path) -> str | None:

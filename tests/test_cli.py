@@ -927,6 +927,25 @@ def test_serving_starts_after_a_crash_left_a_rollback_journal(tmp: Path) -> None
         store.close()
 
 
+def test_check_accepts_what_a_crash_left_and_changes_nothing(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hot rollback journal, which serving rolls back (above): check cannot read the
+    file read-only through it, and changes nothing, so it says so and exits 0 (it said
+    "attempt to write a readonly database", exit 2)."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    VideoStore.open(database).close()
+    subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True)
+    journal = (tmp / "data" / "stoat.db-journal").read_bytes()
+
+    status = main(["check", "--database", str(database)])
+
+    assert status == 0
+    assert "a crash left a rollback journal" in capsys.readouterr().out
+    assert (tmp / "data" / "stoat.db-journal").read_bytes() == journal
+
+
 @pytest.mark.usefixtures("_restored_logging")
 def test_a_fifo_in_the_databases_place_is_refused_not_waited_on(
     tmp: Path, capsys: pytest.CaptureFixture[str]
