@@ -257,24 +257,23 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
 
 
 def _database_state(path: Path) -> str:
-    """What ``check`` says of the database, read only (``inspect_database``).
+    """What ``check`` says of the database, changing nothing (``inspect_database``).
 
     Raises:
         StoreError: as :func:`~stoat_ferret.library.inspect_database`.
     """
-    if os.path.exists(f"{path}-journal"):
-        # A crash left a rollback journal (a file system without WAL): a
-        # read-only connection cannot roll it back, and a check changes nothing.
-        return "a crash left a rollback journal: serving rolls it back, then checks it"
     found = inspect_database(os.fspath(path), BUSY_TIMEOUT_MS)
+    crash = (
+        "a crash left a rollback journal, which serving rolls back; " if found.rolled_back else ""
+    )
     if not found.exists:
         return f"new database: serving creates it with schema {SCHEMA_VERSION}, 0 videos"
     if found.version < SCHEMA_VERSION:
         return (
-            f"schema {found.version}, needs migration to {SCHEMA_VERSION}"
+            f"{crash}schema {found.version}, needs migration to {SCHEMA_VERSION}"
             f" (serving does it), {found.videos} videos"
         )
-    return f"schema {found.version}, {found.videos} videos"
+    return f"{crash}schema {found.version}, {found.videos} videos"
 
 
 def check_thumbnails(database: Path) -> str | None:

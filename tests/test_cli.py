@@ -42,6 +42,7 @@ from stoat_ferret.settings import Settings, SettingsError, options
 from stoat_ferret.settings import _checks as checks_module
 from stoat_ferret.settings import _options as options_module
 from stoat_ferret.settings import _settings as settings_module
+from tests.library.support import record
 from tests.permissions import call_denied
 from tests.server import server_environment
 from tests.test_settings import readme_row
@@ -190,6 +191,9 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--port", "eighty"], "--port must be a whole number, got 'eighty'"),
         (["--port", "\u0663"], "--port must be a whole number, got '\u0663'"),
         (["--port", "8_000"], "--port must be a whole number, got '8_000'"),
+        (["--port", "9" * 5000], "--port must be a whole number, got '999"),  # int() refuses
+        (["--job-timeout", "\u0663"], "--job-timeout must be a number of seconds, got '\u0663'"),
+        (["--job-timeout", "1_0"], "--job-timeout must be a number of seconds, got '1_0'"),
         (["--port", "70000"], "--port must be a port number from 0 to 65535, got 70000"),
         (["--max-workers", "0"], "--max-workers must be a whole number from 1 to 1,024, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
@@ -927,23 +931,46 @@ def test_serving_starts_after_a_crash_left_a_rollback_journal(tmp: Path) -> None
         store.close()
 
 
-def test_check_accepts_what_a_crash_left_and_changes_nothing(
+def test_check_reads_what_a_crash_left_through_a_copy_and_changes_nothing(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A hot rollback journal, which serving rolls back (above): check cannot read the
-    file read-only through it, and changes nothing, so it says so and exits 0 (it said
-    "attempt to write a readonly database", exit 2)."""
+    """A hot rollback journal, which serving rolls back (above), cannot be read through
+    read-only (check said "attempt to write a readonly database", exit 2): check rolls
+    back a copy of both and reads that, and the file and its journal stay as they were."""
     (tmp / "data").mkdir(mode=0o700)
     database = tmp / "data" / "stoat.db"
-    VideoStore.open(database).close()
+    store = VideoStore.open(database)
+    store.upsert([record("/m/a.mp4")])
+    store.close()
     subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True)
-    journal = (tmp / "data" / "stoat.db-journal").read_bytes()
+    before = database.read_bytes(), (tmp / "data" / "stoat.db-journal").read_bytes()
 
     status = main(["check", "--database", str(database)])
 
+    out = capsys.readouterr().out
     assert status == 0
-    assert "a crash left a rollback journal" in capsys.readouterr().out
-    assert (tmp / "data" / "stoat.db-journal").read_bytes() == journal
+    assert "a crash left a rollback journal, which serving rolls back; schema" in out
+    assert f"schema {SCHEMA_VERSION}, 1 videos" in out  # the crashed transaction rolled back
+    after = database.read_bytes(), (tmp / "data" / "stoat.db-journal").read_bytes()
+    assert after == before
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_refuses_a_file_that_is_no_database_whatever_journal_is_beside_it(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal's presence is no reason to pass a file over: one that is not a database
+    is refused by check as serving refuses it."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    database.write_bytes(b"not a database at all" * 100)
+    (tmp / "data" / "stoat.db-journal").write_bytes(b"")
+
+    status = main(["check", "--database", str(database)])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line.endswith("file is not a database")
 
 
 @pytest.mark.usefixtures("_restored_logging")

@@ -13,8 +13,11 @@ for a write, of this process or another, and never sees half of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,6 +84,9 @@ class Inspection:
     """Its ``user_version`` (0 for a new file)."""
     videos: int
     """How many rows its ``videos`` table holds (0 without the table)."""
+    rolled_back: bool = False
+    """True: a crash left a rollback journal, which only a writer can roll
+    back; what is said is of a copy, rolled back (as serving would)."""
 
 
 def inspect_database(name: str, busy_timeout_ms: int) -> Inspection:
@@ -89,18 +95,51 @@ def inspect_database(name: str, busy_timeout_ms: int) -> Inspection:
 
     Changes nothing in the file: no journal mode, no migration, no deletion
     (a read-only connection; SQLite may create the ``-wal`` and ``-shm``
-    files of a WAL database beside it, as any reader does). Creates no file.
+    files of a WAL database beside it, as any reader does). Creates no file
+    beside it. A file that a crash left with a rollback journal (where the
+    file system refuses WAL) cannot be read so: a copy of both, in a
+    temporary directory, is rolled back and looked at instead.
 
     Raises:
         StoreError: the file cannot be read, is not this service's, has a
             newer schema, or fails ``quick_check`` (the message says its first line).
     """
+    try:
+        return _inspect(name, busy_timeout_ms)
+    except StoreError as exc:
+        cause = exc.__cause__
+        code = getattr(cause, "sqlite_errorcode", None)
+        if code != sqlite3.SQLITE_READONLY_ROLLBACK:
+            raise
+    with tempfile.TemporaryDirectory(prefix="stoat-check-") as scratch:
+        copy = os.path.join(scratch, "copy.db")
+        try:
+            # The journal first: a service that starts meanwhile rolls the
+            # file back and deletes the journal; the file copied after is
+            # then whole, and the journal's original pages change nothing.
+            shutil.copyfile(f"{name}-journal", f"{copy}-journal")
+            shutil.copyfile(name, copy)
+            with contextlib.closing(sqlite3.connect(copy)) as writer:
+                writer.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls back
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(
+                f"cannot read video store {name}: a crash left a rollback journal, and a"
+                f" copy to roll back could not be made ({reason})"
+            ) from exc
+        found = _inspect(copy, busy_timeout_ms, shown=name)
+    return attrs.evolve(found, rolled_back=True)
+
+
+def _inspect(name: str, busy_timeout_ms: int, *, shown: str | None = None) -> Inspection:
+    """:func:`inspect_database` of ``name`` itself; messages say ``shown`` for it."""
     if not os.path.lexists(name):
         return Inspection(exists=False, version=0, videos=0)
+    label = name if shown is None else shown
     uri = f"{Path(name).absolute().as_uri()}?mode=ro"
-    connection = _connect(uri, name, busy_timeout_ms, uri=True)
+    connection = _connect(uri, label, busy_timeout_ms, uri=True)
     try:
-        version = identify(connection, name)
+        version = identify(connection, label)
         rows = connection.execute("PRAGMA quick_check").fetchall()
         # One row per problem, or one row of lines; "*** in database main ***" heads them.
         problems = [
@@ -113,13 +152,13 @@ def inspect_database(name: str, busy_timeout_ms: int) -> Inspection:
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise StoreError(
-                f"video store {name} is damaged: PRAGMA quick_check: {problems[0]}{more}"
+                f"video store {label} is damaged: PRAGMA quick_check: {problems[0]}{more}"
             )
         videos = 0
         if version >= 1:
             (videos,) = connection.execute("SELECT count(*) FROM videos").fetchone()
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot read video store {name}: {exc}") from exc
+        raise StoreError(f"cannot read video store {label}: {exc}") from exc
     finally:
         connection.close()
     return Inspection(exists=True, version=version, videos=int(videos))

@@ -252,22 +252,30 @@ def default_probe_threads(cores: int | None) -> int:
     return max(1, min(MAX_DEFAULT_PROBE_THREADS, cores or 1))
 
 
-_WHOLE_NUMBER: Final = re.compile(r"[+-]?[0-9]+")
+_WHOLE_NUMBER: Final = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
+_DECIMAL: Final = re.compile(
+    r"[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][+-]?[0-9]{1,4})?", re.ASCII
+)
+"""What a number setting takes: ASCII digits (``int()`` and ``float()`` would
+also take "٣", an Arabic-Indic three, and "8_000", which no one means), and
+few enough of them that Python's limit on the digits of a number (4,300) is
+never reached: a larger value is out of every range anyway."""
 
 
 def _parse_int(name: str, raw: str) -> int:
-    # ASCII digits, with a sign: int() would also take "٣" (an Arabic-Indic
-    # three) and "8_000", which no one means as a port or a count.
-    if _WHOLE_NUMBER.fullmatch(raw.strip()) is None:
+    text = raw.strip(" \t\n")
+    if _WHOLE_NUMBER.fullmatch(text) is None:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}")
-    return int(raw)
+    return int(text)
 
 
 def _parse_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    text = raw.strip(" \t\n")
+    if text.lower().lstrip("+-") in ("inf", "infinity", "nan"):
+        raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
+    if _DECIMAL.fullmatch(text) is None:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}")
+    value = float(text)
     if not math.isfinite(value):
         raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
     return value
