@@ -819,12 +819,13 @@ async def test_a_feed_read_in_a_cancelled_scope_is_cancelled_even_if_a_change_co
     """Reading a watch_all() feed with nothing pending, in a scope already cancelled, while
     a job publishes a change later in the same pass: the read is cancelled (on asyncio the
     change used to be handed out, as if no checkpoint had come first)."""
-    entered, go, release = anyio.Event(), anyio.Event(), anyio.Event()
+    entered, ready, go, release = anyio.Event(), anyio.Event(), anyio.Event(), anyio.Event()
     outcome: list[str] = []
 
     async def reporting(ctx: JobContext) -> None:
         entered.set()
-        await go.wait()  # woken after the reader, which waits on go first
+        await ready.wait()
+        await go.wait()  # it waits on go after the reader: woken after it
         ctx.report_progress(0.5)  # published at once
         await release.wait()
 
@@ -847,7 +848,9 @@ async def test_a_feed_read_in_a_cancelled_scope_is_cancelled_even_if_a_change_co
 
                 async with anyio.create_task_group() as readers:
                     readers.start_soon(read)
-                    await anyio.wait_all_tasks_blocked()
+                    await anyio.wait_all_tasks_blocked()  # the reader waits on go
+                    ready.set()
+                    await anyio.wait_all_tasks_blocked()  # and the job after it
                     go.set()
             release.set()
 
