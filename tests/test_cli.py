@@ -675,17 +675,19 @@ def test_a_world_writable_database_directory_is_refused(
 
 
 @pytest.mark.usefixtures("_restored_logging")
-@pytest.mark.parametrize("how", ["below", "a-link-in-it"])
+@pytest.mark.parametrize("how", ["below", "a-link-in-it", "not-made-yet"])
 def test_a_data_directory_another_user_could_move_is_refused(
     tmp: Path, capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     """A directory above the data directory that every user may write into (no sticky
     bit) lets them rename the data directory and put theirs in its place: exit 2, one
-    line, nothing made. So does a link to the data directory kept in such a directory."""
+    line, nothing made. So does a link to the data directory kept in such a directory,
+    and check says so of a data directory serving has yet to make."""
     (tmp / "open").mkdir()
     (tmp / "open").chmod(0o777)
-    (tmp / "open" / "data").mkdir(mode=0o700)
     data = tmp / "open" / "data"
+    if how != "not-made-yet":
+        data.mkdir(mode=0o700)
     if how == "a-link-in-it":
         (tmp / "private").mkdir(mode=0o700)
         (tmp / "private" / "data").mkdir(mode=0o700)
@@ -700,6 +702,32 @@ def test_a_data_directory_another_user_could_move_is_refused(
     with pytest.raises(StoreError, match="above the directory of"):
         prepare_database(data / "stoat.db", "--database")  # as serving does
     assert not (data / "stoat.db").exists()
+    assert data.exists() is (how != "not-made-yet")  # nothing made before the refusal
+
+
+@pytest.mark.parametrize(("mode", "refused"), [(0o755, False), (0o775, True)])
+def test_a_directory_above_of_an_unmapped_owner_is_taken_for_the_hosts_root(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, mode: int, *, refused: bool
+) -> None:
+    """In a user namespace that does not map the host's root, / and every directory of
+    the host's root show the kernel's overflow uid (nobody): taken for root, so that the
+    service can start there, as long as no group or other user may write into it."""
+    above = tmp / "host"
+    (above / "data").mkdir(parents=True)
+    above.chmod(mode)
+    if os.geteuid() == 0:
+        os.chown(above, 54321, -1)
+        unmapped = 54321
+    else:  # ours, and so is the way up: the service runs as someone else
+        unmapped = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: unmapped + 1)
+    monkeypatch.setattr(_datadir, "_overflow_uid", lambda: unmapped)
+
+    if refused:
+        with pytest.raises(StoreError, match="is writable by others than its owner"):
+            _datadir._refuse_movable(above / "data" / "stoat.db", "--database")
+    else:
+        _datadir._refuse_movable(above / "data" / "stoat.db", "--database")
 
 
 @pytest.mark.usefixtures("_restored_logging")

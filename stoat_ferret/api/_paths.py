@@ -127,9 +127,9 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
     # nothing of where the link leads.
     try:
         fd = open_below_root(str(resolved), [str(root) for root in roots])
-    except FileNotFoundError:
-        raise ScanPathRejected(404, f"no such directory: {requested}") from None
     except OSError as exc:
+        if exc.errno == errno.ENOENT:  # RootUnavailable is no FileNotFoundError
+            raise ScanPathRejected(404, f"no such directory: {requested}") from None
         if exc.errno == errno.ENOTDIR:
             raise ScanPathRejected(400, f"not a directory: {requested}") from None
         if exc.errno == errno.ELOOP and not isinstance(exc, RootUnavailable):

@@ -168,17 +168,20 @@ def open_below_root(directory: str, roots: Sequence[str]) -> int:
 
 
 def containing_root(directory: str, roots: Sequence[str]) -> str | None:
-    """The deepest root that holds ``directory`` (absolute, normalised), or
+    """The outermost root that holds ``directory`` (absolute, normalised), or
     None if none does; ``/`` when there are no roots (any directory is
-    allowed, and opened from ``/`` down). The deepest, so that the answer
-    does not hang on the roots' order: a root inside another, below a
-    directory the service may search but not list, is opened by its path."""
+    allowed, and opened from ``/`` down). The outermost, whatever the roots'
+    order: a root inside another is then descended to like any directory,
+    crossing no symlink, since whoever may write into the outer root could
+    have put a link in its place (a root is opened by its path). A directory
+    on the way that the service may search but not list (mode 0111) then
+    refuses the scan, as the walk would anyway."""
     if not roots:
         return "/"
     holding = [
         root for root in roots if directory == root or directory.startswith(root.rstrip("/") + "/")
     ]
-    return max(holding, key=len, default=None)
+    return min(holding, key=len, default=None)
 
 
 Outcome = tuple[list[str], os.stat_result] | None

@@ -37,6 +37,7 @@ own rights. So, before the service opens its database
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import os
 import pwd
@@ -87,6 +88,7 @@ def check_data_directory(path: Path, name: str) -> None:
         StoreError: as :func:`prepare_database`.
     """
     _refuse_long_name(path, name)
+    _refuse_movable(path, name)  # whether the directory is there yet or not
     try:
         info = os.stat(path.parent)
     except FileNotFoundError:
@@ -96,7 +98,6 @@ def check_data_directory(path: Path, name: str) -> None:
             f"{name}: cannot look at the directory of {path} ({exc.strerror})"
         ) from None
     _refuse_others(path, name, info)
-    _refuse_movable(path, name)
     _refuse_link(path, name)
 
 
@@ -111,6 +112,7 @@ def prepare_database(path: Path, name: str) -> None:
             or the database file is a symbolic link (one line each).
     """
     _refuse_long_name(path, name)
+    _refuse_movable(path, name)  # before anything is made there
     directory = path.parent
     try:
         make_private_directories(directory)
@@ -120,7 +122,6 @@ def prepare_database(path: Path, name: str) -> None:
             f"{name}: cannot create the directory of {path} ({exc.strerror})"
         ) from None
     _refuse_others(path, name, info)
-    _refuse_movable(path, name)
     if not _refuse_link(path, name):
         _create_private_file(path, name)
 
@@ -160,9 +161,12 @@ def _refuse_movable(path: Path, name: str) -> None:
             info = os.lstat(above)
         except OSError:  # not there yet (made private), or not ours to look at
             continue
-        if stat.S_ISLNK(info.st_mode):  # replaced through its own directory, checked too
-            continue
-        problem = _movable_by_others(info, above)
+        if stat.S_ISLNK(info.st_mode):
+            # Replaced through its own directory (checked too), or by its
+            # owner where that directory is sticky: it must be trusted's.
+            problem = None if info.st_uid in (os.geteuid(), 0) else _owner(info)
+        else:
+            problem = _movable_by_others(info, above)
         if problem is not None:
             raise StoreError(
                 f"{name}: {above}, above the directory of {path}, {problem}: another user"
@@ -173,12 +177,39 @@ def _refuse_movable(path: Path, name: str) -> None:
 def _movable_by_others(info: os.stat_result, directory: Path) -> str | None:
     """Why users other than the owner and the service's may rename what
     ``directory`` holds, or None. The sticky bit lets only an entry's owner
-    (and the directory's, and root) rename it."""
-    if info.st_uid not in (os.geteuid(), 0):
-        return f"belongs to {_user(info.st_uid)}"
+    (and the directory's, and root) rename it.
+
+    An owner this user namespace does not map (the kernel's overflow uid,
+    ``nobody``: under ``unshare -r`` or a sandbox, ``/`` and every directory
+    of the host's root show so) is taken for the host's root: else no
+    service could start in such a namespace. Its directory must still not
+    be writable by its group or every user.
+    """
+    unmapped = info.st_uid == _overflow_uid()
+    if info.st_uid not in (os.geteuid(), 0) and not unmapped:
+        return _owner(info)
     if info.st_mode & stat.S_ISVTX:
         return None
+    if unmapped:
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return f"is writable by others than its owner (mode {mode:04o})"
+        return None
     return _writable_by_others(info, directory)
+
+
+@functools.cache
+def _overflow_uid() -> int | None:
+    """The uid the kernel shows for an owner this user namespace does not map."""
+    try:
+        with open("/proc/sys/kernel/overflowuid", encoding="ascii") as text:
+            return int(text.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _owner(info: os.stat_result) -> str:
+    return f"belongs to {_user(info.st_uid)}"
 
 
 def _refuse_link(path: Path, name: str) -> bool:

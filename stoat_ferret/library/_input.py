@@ -292,30 +292,38 @@ def says_nothing_of_content(exc: BaseException, errnos: Collection[int]) -> Type
 
 
 SHORT_OF_MEMORY_ERRNOS: Final = frozenset({errno.ENOMEM, errno.EAGAIN})
-"""What a decoder call answers when the process is out of address space: an
-allocation failed (``ENOMEM``), or a decoder thread could not be started
-(``EAGAIN``: its stack is allocated too)."""
+"""What FFmpeg answers when the process is out of address space: an
+allocation failed (``ENOMEM``), or a thread could not be started (``EAGAIN``:
+its stack is allocated too)."""
 
 
-class DecoderOutOfMemory(Exception):
-    """A decoder call failed for want of memory (:func:`decoding`): the
-    process's trouble of the moment, not the file's; tried again."""
+class OutOfMemory(Exception):
+    """Work on an open file failed for want of memory (:func:`short_of_memory`):
+    the process's trouble of the moment, not the file's; tried again."""
 
 
 @contextlib.contextmanager
-def decoding() -> Iterator[None]:
-    """Around a decoder call (``decode``, not the reading of packets): an
-    ``ENOMEM`` or ``EAGAIN`` from FFmpeg there, or a ``MemoryError`` of
-    Python's, becomes :class:`DecoderOutOfMemory`. Only there: reading a
-    file can answer ``ENOMEM`` for what the file holds (the MPEG-TS demuxer,
-    for a stream past ``max_streams``; the MOV demuxer at open), and that is
-    the file's."""
+def short_of_memory(container: InputContainer) -> Iterator[None]:
+    """Around the work on an open ``container`` (reading its packets, decoding,
+    filtering, encoding): an FFmpeg ``ENOMEM`` or ``EAGAIN``, or a
+    ``MemoryError`` of Python's, becomes :class:`OutOfMemory`.
+
+    A probe process's address space is limited, and one near its limit
+    fails whichever allocation comes, the largest first (a keyframe's
+    packet, a decoder's thread, a filter's frame). But not in a file of
+    :data:`~stoat_ferret.library._limits.MAX_STREAMS` streams: the MPEG-TS
+    demuxer answers ``ENOMEM`` for a stream past that, which is the file's.
+    Opening is not covered: the MOV demuxer answers ``ENOMEM`` there past
+    ``max_streams`` too.
+    """
     try:
         yield
     except (av.FFmpegError, MemoryError) as exc:
         if isinstance(exc, av.FFmpegError) and exc.errno not in SHORT_OF_MEMORY_ERRNOS:
             raise
-        raise DecoderOutOfMemory(getattr(exc, "strerror", None) or "out of memory") from exc
+        if len(container.streams) >= MAX_STREAMS:
+            raise
+        raise OutOfMemory(getattr(exc, "strerror", None) or "out of memory") from exc
 
 
 def open_regular_file(

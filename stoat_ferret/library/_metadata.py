@@ -42,7 +42,7 @@ import av
 from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Disposition
 
-from stoat_ferret.library._input import decoding, demuxed
+from stoat_ferret.library._input import demuxed, short_of_memory
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
 if TYPE_CHECKING:
@@ -300,7 +300,8 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
     context.skip_frame = "NONKEY"
     packets = skipped_bytes = 0
     try:
-        with demuxed(container, video) as demux:
+        # Out of memory is the process's (OutOfMemory passes the except below).
+        with short_of_memory(container), demuxed(container, video) as demux:
             for packet in demux:
                 if packet.size == 0:
                     continue
@@ -313,8 +314,7 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
                     ):
                         return None
                     continue
-                with decoding():  # out of memory there: tried again, not the file's
-                    frames = video.decode(packet) or video.decode(None)
+                frames = video.decode(packet) or video.decode(None)
                 break
             else:
                 return None

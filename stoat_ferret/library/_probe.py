@@ -31,7 +31,7 @@ from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
-    DecoderOutOfMemory,
+    OutOfMemory,
     amount,
     open_regular_file,
     says_nothing_of_content,
@@ -140,8 +140,8 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
         raise ProbeError(name, _open_failure(exc, source)) from exc
     try:
         return _describe(name, container)
-    except DecoderOutOfMemory as exc:  # decoding the rotation's keyframe
-        reason = f"out of memory decoding a keyframe for its rotation ({exc}); tried again"
+    except OutOfMemory as exc:  # reading and decoding the rotation's keyframe
+        reason = f"out of memory reading a keyframe for its rotation ({exc}); tried again"
         raise ProbeError(name, reason, transient=True) from exc
     except OSError as exc:
         if isinstance(exc, av.FFmpegError):

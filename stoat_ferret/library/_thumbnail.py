@@ -42,17 +42,18 @@ fault too: undecodable, so marked, not retried by every job.
 
 Reads are bounded as the probe's are (``_input.BoundedInput``): of a file
 larger than ``read_limit`` (:data:`~stoat_ferret.library._input.READ_LIMIT`,
-64 MiB, by default) each attempt reads no more than that (seeks excluded:
-an MP4's index at its end, or the keyframe at 10%, costs only what is read
+64 MiB, by default) each attempt reads no more than that (seeks excluded: an
+MP4's index at its end, or the keyframe at 10%, costs only what is read
 there), and there are two attempts at most (the second from the start, when
-the seek found no keyframe): 128 MiB in all by default. The second gets a
-budget of its own: the first may spend its budget reading on from the seek
-through a long GOP. A file whose frame is not found within the limit (a
-clip followed by gigabytes of zeros, which the MPEG demuxers would read to
-the end looking for a start code) is undecodable. Unlike the probe's, every
-read is counted, whatever the file's size: decoding from a seek, FFmpeg
-reads what the index points at, and a hostile index that lists the same
-60 MiB as two thousand packets had it read 70 GB of a 60 MiB file.
+the seek found no keyframe, or one that does not decode): 128 MiB in all by
+default. The second gets a budget of its own: the first may spend its budget
+reading on from the seek through a long GOP. A file whose frame is not found
+within the limit (a clip followed by gigabytes of zeros, which the MPEG
+demuxers would read to the end looking for a start code) is undecodable.
+Unlike the probe's, every read is counted, whatever the file's size:
+decoding from a seek, FFmpeg reads what the index points at, and a hostile
+index that lists the same 60 MiB as two thousand packets had it read 70 GB
+of a 60 MiB file.
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
-    DecoderOutOfMemory,
+    OutOfMemory,
     amount,
-    decoding,
     demuxed,
     open_regular_file,
     says_nothing_of_content,
+    short_of_memory,
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation, moving_pictures
@@ -243,9 +244,10 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise _failure(path, source, exc, "not a readable media file") from exc
     try:
-        return _thumbnail(path, container, seek=seek)
+        with short_of_memory(container):
+            return _thumbnail(path, container, seek=seek)
     # ArithmeticError: the file's values out of every range (an OverflowError from PyAV).
-    except (av.FFmpegError, OSError, ValueError, ArithmeticError, DecoderOutOfMemory) as exc:
+    except (av.FFmpegError, OSError, ValueError, ArithmeticError, OutOfMemory) as exc:
         raise _failure(path, source, exc, "cannot decode a frame") from exc
     finally:
         container.close()
@@ -254,10 +256,8 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
 def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> ProbeError:
     if source.exhausted:  # what FFmpeg met was the limit, not the file's end
         return UndecodableError(path, _past_limit(source))
-    # Out of memory in a decoder is the process's trouble: the next job tries again.
-    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS) or isinstance(
-        exc, DecoderOutOfMemory
-    )
+    # Out of memory is the process's trouble: the next job tries again.
+    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS) or isinstance(exc, OutOfMemory)
     error = ProbeError if transient else UndecodableError
     return error(path, f"{what} ({_reason(exc)})")
 
@@ -337,16 +337,12 @@ def _next_frame(container: InputContainer, stream: VideoStream) -> VideoFrame | 
     # keyframe's packet went in (or MAX_PACKETS did), the decoder is flushed.
     with demuxed(container, stream) as demux:
         for count, packet in enumerate(demux, start=1):
-            with decoding():
-                frames = packet.decode()
-            for frame in frames:
+            for frame in packet.decode():
                 return frame
             if packet.is_keyframe or count >= MAX_PACKETS:
                 break
     try:
-        with decoding():
-            flushed = stream.codec_context.decode(None)
-        for frame in flushed:
+        for frame in stream.codec_context.decode(None):
             return frame
     except av.EOFError:  # the demuxer's last (empty) packet flushed it already
         pass

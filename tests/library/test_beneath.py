@@ -257,12 +257,27 @@ def test_a_checkpoint_per_hop_stops_a_resolution_and_closes_its_descriptors(
 
 
 @pytest.mark.parametrize("roots", [("/a", "/a/b"), ("/a/b", "/a")])
-def test_the_deepest_root_holds_a_directory_whatever_the_order(roots: tuple[str, ...]) -> None:
-    """A root inside another is the one a directory below it is opened from, so that the
-    answer never hangs on the order the roots were given in."""
+def test_the_outermost_root_holds_a_directory_whatever_the_order(
+    roots: tuple[str, ...],
+) -> None:
+    """A directory below a root inside another is opened from the outer one, whatever the
+    order the roots were given in: the inner root is crossed like any directory."""
 
-    assert containing_root("/a/b/c", roots) == "/a/b"
+    assert containing_root("/a/b/c", roots) == "/a"
     assert containing_root("/a/c", roots) == "/a"
+
+
+def test_an_inner_root_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    """Whoever may write into an outer root may put a link in an inner root's place: a
+    scan below the inner root then stops there (DirectoryReplaced), nothing outside read."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    roots = [str(tmp_path / "a" / "b"), str(tmp_path / "a")]
+    (tmp_path / "a" / "b").rmdir()
+    (tmp_path / "a" / "b").symlink_to(tmp_path / "outside")
+
+    with pytest.raises(DirectoryReplaced):
+        open_scan_directory(str(tmp_path / "a" / "b"), roots)
 
 
 def test_a_root_that_cannot_be_opened_is_a_scan_error_not_a_swap(tmp_path: Path) -> None:

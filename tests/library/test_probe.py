@@ -1025,31 +1025,33 @@ def test_frames_whose_side_data_was_read_are_freed_past_the_cycle_budget(
     assert len(alive) <= 1
 
 
+@pytest.mark.parametrize("where", ["reading", "decoding"])
 @pytest.mark.parametrize("failure", sorted(MEMORY_FAILURES))
-def test_out_of_memory_decoding_the_rotation_is_transient(
-    clips: dict[str, EncodedVideo], failure: str
+def test_out_of_memory_reading_the_rotation_is_transient(
+    clips: dict[str, EncodedVideo], failure: str, where: str
 ) -> None:
-    """A probe process near its address-space limit fails to decode the rotation's
-    keyframe (ENOMEM, or EAGAIN for a decoder thread it cannot start): the file is
-    tried again (a transient error, its stored row kept), not stored without its
-    rotation as a probe that worked."""
+    """A probe process near its address-space limit fails to read or decode the rotation's
+    keyframe (ENOMEM, or EAGAIN for a thread it cannot start): the file is tried again (a
+    transient error, its stored row kept), not stored without its rotation as a probe
+    that worked."""
+    failing = failing_demux if where == "reading" else failing_decode
 
-    with failing_decode(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+    with failing(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
         probe_video(clips["h264_10bit_rotated.mp4"].path)
 
     assert refused.value.transient
     assert "out of memory" in refused.value.reason
 
 
-@pytest.mark.parametrize("failure", sorted(MEMORY_FAILURES))
-def test_reading_the_rotations_packets_answering_enomem_is_the_files(
-    clips: dict[str, EncodedVideo], failure: str
+def test_enomem_reading_a_file_at_max_streams_is_the_files(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOMEM while reading packets speaks of the file (the MPEG-TS demuxer answers so
-    for a stream past max_streams): only a decoder's is the process's. The probe stands,
-    its rotation unknown."""
+    """In a file of MAX_STREAMS streams (here made 1), ENOMEM while reading is the file's:
+    the MPEG-TS demuxer answers so for a stream past max_streams. The probe stands, its
+    rotation unknown."""
+    monkeypatch.setattr(_input, "MAX_STREAMS", 1)
 
-    with failing_demux(MEMORY_FAILURES[failure]):
+    with failing_demux(MEMORY_FAILURES["ENOMEM"]):
         probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
 
     assert (probe.rotation, probe.width) == (None, 64)
@@ -1065,3 +1067,31 @@ def test_a_keyframe_the_decoder_refuses_leaves_the_rotation_unknown(
         probe = probe_video(clips["h264_10bit_rotated.mp4"].path)
 
     assert (probe.rotation, probe.width) == (None, 64)
+
+
+def test_frames_are_counted_at_their_pixel_formats_size(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget of two frames and a byte, the third frame's read runs the collector,
+    which frees the first two (the third, in use, stays, and counts towards the next):
+    frames alive after each probe go 1, 2, 1, 2, 1. Counted at another size (the 6 bytes
+    a pixel counted before: twice this 10-bit frame's 3) the collector would run sooner,
+    and with the frame in use not counted, later."""
+    path = clips["h264_10bit_rotated.mp4"].path
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        size = frame.width * frame.height * frame.format.padded_bits_per_pixel // 8
+        del frame
+    monkeypatch.setattr(_metadata, "CYCLE_BYTES", 2 * size + 1)
+    monkeypatch.setattr(_metadata, "_held", [0])
+    gc.collect()
+    gc.disable()
+    try:
+        alive = []
+        for _ in range(5):
+            probe_video(path)
+            alive.append(sum(isinstance(thing, av.VideoFrame) for thing in gc.get_objects()))
+    finally:
+        gc.enable()
+
+    assert alive == [1, 2, 1, 2, 1]

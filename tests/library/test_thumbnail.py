@@ -546,28 +546,32 @@ def test_a_file_that_cannot_be_read_now_is_retried_not_marked() -> None:
     assert not isinstance(caught.value, UndecodableError)
 
 
+@pytest.mark.parametrize("where", ["reading", "decoding"])
 @pytest.mark.parametrize("failure", sorted(MEMORY_FAILURES))
-def test_out_of_memory_decoding_a_frame_is_tried_again(
-    clip: EncodedVideo, tmp_path: Path, failure: str
+def test_out_of_memory_making_a_thumbnail_is_tried_again(
+    clip: EncodedVideo, tmp_path: Path, failure: str, where: str
 ) -> None:
-    """A process out of address space (ENOMEM, or EAGAIN for a decoder thread) says
-    nothing of the file: a ProbeError the next job tries again, not an
+    """A process out of address space (ENOMEM, or EAGAIN for a thread) while it reads or
+    decodes says nothing of the file: a ProbeError the next job tries again, not an
     UndecodableError, which would mark the video for good."""
     video = copy_video(clip, tmp_path / "a.mp4").path
+    failing = failing_demux if where == "reading" else failing_decode
 
-    with failing_decode(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+    with failing(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
         make_thumbnail(str(video), fingerprint(video))
 
     assert not isinstance(refused.value, UndecodableError)
     assert "cannot decode a frame" in refused.value.reason
 
 
-def test_reading_a_file_that_answers_enomem_marks_it_undecodable(
-    clip: EncodedVideo, tmp_path: Path
+def test_enomem_reading_a_file_at_max_streams_marks_it_undecodable(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOMEM while reading packets is the file's (the MPEG-TS demuxer answers so for a
-    stream past max_streams): marked undecodable once, not tried by every job."""
+    """In a file of MAX_STREAMS streams (here made 1), ENOMEM while reading is the file's
+    (the MPEG-TS demuxer's answer to a stream past max_streams): marked once, not tried
+    by every job."""
     video = copy_video(clip, tmp_path / "a.mp4").path
+    monkeypatch.setattr(_input, "MAX_STREAMS", 1)
 
     with failing_demux(MEMORY_FAILURES["ENOMEM"]), pytest.raises(UndecodableError):
         make_thumbnail(str(video), fingerprint(video))
