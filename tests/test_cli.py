@@ -10,6 +10,7 @@ import logging
 import os
 import pwd
 import re
+import shutil
 import socket
 import sqlite3
 import stat
@@ -981,6 +982,37 @@ def test_check_reads_what_a_crash_left_through_a_copy_and_changes_nothing(
     assert f"schema {SCHEMA_VERSION}, 1 videos" in out  # the crashed transaction rolled back
     after = database.read_bytes(), (tmp / "data" / "stoat.db-journal").read_bytes()
     assert after == before
+
+
+def test_check_reads_again_a_database_that_a_service_rolled_back_while_it_was_copied(
+    tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service starts between the copy of the journal and the copy of the file: it rolls
+    the file back and writes to it. The copy would then be rolled back with a journal it
+    no longer matches (a truncated, "damaged" file): check sees the file changed, and
+    reads it again, now without a hot journal."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    VideoStore.open(database).close()
+    subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True)
+    copy = shutil.copyfile
+
+    def a_service_starts_meanwhile(source: str, target: str) -> str:
+        copied = copy(source, target)
+        if source.endswith("-journal"):
+            store = VideoStore.open(database)  # rolls back, then writes
+            store.upsert([record("/m/a.mp4"), record("/m/b.mp4")])
+            store.close()
+        return copied
+
+    monkeypatch.setattr(shutil, "copyfile", a_service_starts_meanwhile)
+
+    status = main(["check", "--database", str(database)])
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"schema {SCHEMA_VERSION}, 2 videos" in out
+    assert "rollback journal" not in out
 
 
 @pytest.mark.usefixtures("_restored_logging")

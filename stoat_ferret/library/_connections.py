@@ -20,7 +20,7 @@ import sqlite3
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
 from loguru import logger
@@ -104,31 +104,63 @@ def inspect_database(name: str, busy_timeout_ms: int) -> Inspection:
         StoreError: the file cannot be read, is not this service's, has a
             newer schema, or fails ``quick_check`` (the message says its first line).
     """
-    try:
-        return _inspect(name, busy_timeout_ms)
-    except StoreError as exc:
-        cause = exc.__cause__
-        code = getattr(cause, "sqlite_errorcode", None)
-        if code != sqlite3.SQLITE_READONLY_ROLLBACK:
-            raise
-    with tempfile.TemporaryDirectory(prefix="stoat-check-") as scratch:
-        copy = os.path.join(scratch, "copy.db")
+    for _ in range(_COPY_TRIES):
         try:
-            # The journal first: a service that starts meanwhile rolls the
-            # file back and deletes the journal; the file copied after is
-            # then whole, and the journal's original pages change nothing.
+            return _inspect(name, busy_timeout_ms)
+        except StoreError as exc:
+            if getattr(exc.__cause__, "sqlite_errorcode", None) != sqlite3.SQLITE_READONLY_ROLLBACK:
+                raise
+        found = _inspect_rolled_back_copy(name, busy_timeout_ms)
+        if found is not None:
+            return found
+    raise StoreError(
+        f"cannot read video store {name}: a crash left a rollback journal, and the file"
+        f" changed while it was copied, {_COPY_TRIES} times (a service starting on it?)"
+    )
+
+
+_COPY_TRIES: Final = 3
+
+
+def _inspect_rolled_back_copy(name: str, busy_timeout_ms: int) -> Inspection | None:
+    """:func:`_inspect` of a copy of ``name`` and its hot journal, rolled back;
+    None if either changed while they were copied (a service that starts
+    rolls the file back, deletes the journal, and may write): read again."""
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="stoat-check-")
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read video store {name}: a crash left a rollback journal, and no"
+            f" temporary directory can take a copy to roll back ({exc.strerror or exc})"
+        ) from exc
+    with scratch:
+        copy = os.path.join(scratch.name, "copy.db")
+        try:
+            before = _identities(name)
             shutil.copyfile(f"{name}-journal", f"{copy}-journal")
             shutil.copyfile(name, copy)
+            if _identities(name) != before:
+                return None
             with contextlib.closing(sqlite3.connect(copy)) as writer:
                 writer.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls back
+        except FileNotFoundError:  # the journal is gone: rolled back meanwhile
+            return None
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise StoreError(
                 f"cannot read video store {name}: a crash left a rollback journal, and a"
-                f" copy to roll back could not be made ({reason})"
+                f" copy to roll back could not be made ({reason}; it takes the database's"
+                f" size in {tempfile.gettempdir()})"
             ) from exc
-        found = _inspect(copy, busy_timeout_ms, shown=name)
-    return attrs.evolve(found, rolled_back=True)
+        return attrs.evolve(_inspect(copy, busy_timeout_ms, shown=name), rolled_back=True)
+
+
+def _identities(name: str) -> tuple[tuple[int, int, int], ...]:
+    """What changes when a file is written, of ``name`` and its journal."""
+    return tuple(
+        (info.st_ino, info.st_size, info.st_mtime_ns)
+        for info in (os.stat(name), os.stat(f"{name}-journal"))
+    )
 
 
 def _inspect(name: str, busy_timeout_ms: int, *, shown: str | None = None) -> Inspection:

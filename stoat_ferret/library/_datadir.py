@@ -156,7 +156,7 @@ def _refuse_movable(path: Path, name: str) -> None:
     directory = path.parent
     lexical = Path(os.path.abspath(directory))
     real = Path(os.path.realpath(directory))
-    for above in dict.fromkeys([*lexical.parents, *real.parents]):
+    for above in dict.fromkeys([lexical, *lexical.parents, *real.parents]):
         try:
             info = os.lstat(above)
         except OSError:  # not there yet (made private), or not ours to look at
@@ -164,7 +164,9 @@ def _refuse_movable(path: Path, name: str) -> None:
         if stat.S_ISLNK(info.st_mode):
             # Replaced through its own directory (checked too), or by its
             # owner where that directory is sticky: it must be trusted's.
-            problem = None if info.st_uid in (os.geteuid(), 0) else _owner(info)
+            problem = None if _trusted_owner(info.st_uid) else _owner(info)
+        elif above == lexical:  # the data directory itself: _refuse_others
+            continue
         else:
             problem = _movable_by_others(info, above)
         if problem is not None:
@@ -186,7 +188,7 @@ def _movable_by_others(info: os.stat_result, directory: Path) -> str | None:
     be writable by its group or every user.
     """
     unmapped = info.st_uid == _overflow_uid()
-    if info.st_uid not in (os.geteuid(), 0) and not unmapped:
+    if not _trusted_owner(info.st_uid):
         return _owner(info)
     if info.st_mode & stat.S_ISVTX:
         return None
@@ -200,12 +202,22 @@ def _movable_by_others(info: os.stat_result, directory: Path) -> str | None:
 
 @functools.cache
 def _overflow_uid() -> int | None:
-    """The uid the kernel shows for an owner this user namespace does not map."""
+    """The uid the kernel shows for an owner this user namespace does not map;
+    None outside such a namespace (every uid mapped as itself: there the
+    overflow uid is a real user, ``nobody``, and trusted no more than any)."""
     try:
+        with open("/proc/self/uid_map", encoding="ascii") as mapping:
+            if mapping.read().split() == ["0", "0", "4294967295"]:
+                return None
         with open("/proc/sys/kernel/overflowuid", encoding="ascii") as text:
             return int(text.read())
     except (OSError, ValueError):
         return None
+
+
+def _trusted_owner(uid: int) -> bool:
+    """The service's user, root, or (in a user namespace) an owner it does not map."""
+    return uid in (os.geteuid(), 0) or uid == _overflow_uid()
 
 
 def _owner(info: os.stat_result) -> str:

@@ -297,6 +297,11 @@ allocation failed (``ENOMEM``), or a thread could not be started (``EAGAIN``:
 its stack is allocated too)."""
 
 
+STREAMS_WHILE_READING: Final = frozenset({"mpegts", "flv"})
+"""Formats whose demuxers add streams as they read the file (MPEG-TS as its
+program tables name them, FLV as its tags come), past what was opened."""
+
+
 class OutOfMemory(Exception):
     """Work on an open file failed for want of memory (:func:`short_of_memory`):
     the process's trouble of the moment, not the file's; tried again."""
@@ -310,18 +315,19 @@ def short_of_memory(container: InputContainer) -> Iterator[None]:
 
     A probe process's address space is limited, and one near its limit
     fails whichever allocation comes, the largest first (a keyframe's
-    packet, a decoder's thread, a filter's frame). But not in a file of
-    :data:`~stoat_ferret.library._limits.MAX_STREAMS` streams: the MPEG-TS
-    demuxer answers ``ENOMEM`` for a stream past that, which is the file's.
-    Opening is not covered: the MOV demuxer answers ``ENOMEM`` there past
-    ``max_streams`` too.
+    packet, a decoder's thread, a filter's frame). But not in a format that
+    adds streams as it reads (:data:`STREAMS_WHILE_READING`): its demuxer
+    answers ``ENOMEM`` for a stream past ``max_streams``, which is the
+    file's, and such a stream is not in ``container.streams`` (PyAV lists
+    them at open) to be counted. Opening is not covered: the MOV demuxer
+    answers ``ENOMEM`` there past ``max_streams`` too.
     """
     try:
         yield
     except (av.FFmpegError, MemoryError) as exc:
         if isinstance(exc, av.FFmpegError) and exc.errno not in SHORT_OF_MEMORY_ERRNOS:
             raise
-        if len(container.streams) >= MAX_STREAMS:
+        if not STREAMS_WHILE_READING.isdisjoint(container.format.name.split(",")):
             raise
         raise OutOfMemory(getattr(exc, "strerror", None) or "out of memory") from exc
 

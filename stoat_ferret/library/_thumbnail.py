@@ -69,6 +69,7 @@ from stoat_ferret.library._beneath import RootUnavailable, open_below_root
 from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError
 from stoat_ferret.library._input import (
     READ_LIMIT,
+    SHORT_OF_MEMORY_ERRNOS,
     BoundedInput,
     OutOfMemory,
     amount,
@@ -298,8 +299,8 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
             return None  # cannot seek: read it from the start
     try:
         frame = _next_frame(container, stream)
-    except av.FFmpegError:
-        if not seek:
+    except av.FFmpegError as exc:
+        if not seek or exc.errno in SHORT_OF_MEMORY_ERRNOS:  # no use reading it again
             raise
         return None  # the keyframe there does not decode (damaged): read from the start
     if frame is None:

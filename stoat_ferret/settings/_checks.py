@@ -263,14 +263,14 @@ never reached: a larger value is out of every range anyway."""
 
 
 def _parse_int(name: str, raw: str) -> int:
-    text = raw.strip(" \t\n")
+    text = raw.strip()
     if _WHOLE_NUMBER.fullmatch(text) is None:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}")
     return int(text)
 
 
 def _parse_float(name: str, raw: str) -> float:
-    text = raw.strip(" \t\n")
+    text = raw.strip()
     if text.lower().lstrip("+-") in ("inf", "infinity", "nan"):
         raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
     if _DECIMAL.fullmatch(text) is None:

@@ -429,3 +429,14 @@ def test_a_directory_swapped_for_a_link_after_it_was_resolved_tells_nothing(
     rejected = _rejected(root / "d", (root,))
 
     assert (rejected.status_code, rejected.detail) == (409, _paths._CHANGED)
+
+
+def test_a_root_removed_since_the_start_is_404(root: Path) -> None:
+    """A scan root gone since the service started (a disk unplugged): what is below it is
+    missing, 404, as any missing directory (the root's own open failing is no 400)."""
+    gone = root / "sub" / "inner"
+    gone.rmdir()
+
+    rejected = _rejected(gone / "x", (gone,))
+
+    assert rejected.status_code == 404

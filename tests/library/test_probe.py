@@ -1043,13 +1043,13 @@ def test_out_of_memory_reading_the_rotation_is_transient(
     assert "out of memory" in refused.value.reason
 
 
-def test_enomem_reading_a_file_at_max_streams_is_the_files(
+def test_enomem_reading_a_format_that_adds_streams_is_the_files(
     clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a file of MAX_STREAMS streams (here made 1), ENOMEM while reading is the file's:
-    the MPEG-TS demuxer answers so for a stream past max_streams. The probe stands, its
-    rotation unknown."""
-    monkeypatch.setattr(_input, "MAX_STREAMS", 1)
+    """In a format that adds streams as it reads (MPEG-TS, FLV; here MP4 is made one),
+    ENOMEM while reading is the file's: its demuxer answers so for a stream past
+    max_streams. The probe stands, its rotation unknown."""
+    monkeypatch.setattr(_input, "STREAMS_WHILE_READING", frozenset({"mp4"}))
 
     with failing_demux(MEMORY_FAILURES["ENOMEM"]):
         probe = probe_video(clips["h264_10bit_rotated.mp4"].path)

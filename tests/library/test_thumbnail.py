@@ -564,14 +564,14 @@ def test_out_of_memory_making_a_thumbnail_is_tried_again(
     assert "cannot decode a frame" in refused.value.reason
 
 
-def test_enomem_reading_a_file_at_max_streams_marks_it_undecodable(
+def test_enomem_reading_a_format_that_adds_streams_marks_it_undecodable(
     clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a file of MAX_STREAMS streams (here made 1), ENOMEM while reading is the file's
-    (the MPEG-TS demuxer's answer to a stream past max_streams): marked once, not tried
-    by every job."""
+    """In a format that adds streams as it reads (MPEG-TS, FLV; here MP4 is made one),
+    ENOMEM while reading is the file's (its demuxer's answer to a stream past
+    max_streams, which PyAV does not count): marked once, not tried by every job."""
     video = copy_video(clip, tmp_path / "a.mp4").path
-    monkeypatch.setattr(_input, "MAX_STREAMS", 1)
+    monkeypatch.setattr(_input, "STREAMS_WHILE_READING", frozenset({"mp4"}))
 
     with failing_demux(MEMORY_FAILURES["ENOMEM"]), pytest.raises(UndecodableError):
         make_thumbnail(str(video), fingerprint(video))
