@@ -731,6 +731,49 @@ def test_a_directory_above_of_an_unmapped_owner_is_taken_for_the_hosts_root(
         _datadir._refuse_movable(above / "data" / "stoat.db", "--database")
 
 
+@pytest.mark.parametrize(
+    ("uid_map", "trusted"),
+    [
+        pytest.param("0 0 4294967295\n", None, id="no-namespace"),
+        pytest.param("0 1000 1\n", 65534, id="unshare-r"),
+        pytest.param("0 100000 65536\n", None, id="userns-remap-maps-nobody"),
+        pytest.param("0 1000 1\n1 100000 65534\n", None, id="two-ranges-the-second-maps-it"),
+        pytest.param("0 1000 1\n1 100000 65533\n", 65534, id="two-ranges-short-of-it"),
+    ],
+)
+def test_the_overflow_uid_is_trusted_only_where_no_user_has_it(
+    uid_map: str, trusted: int | None
+) -> None:
+    """Outside a user namespace, and in one that maps a user to 65534 (Docker's
+    userns-remap, rootless Podman, LXD), nobody is a real user: not trusted. Only
+    where no user has it does it stand for owners the namespace does not map."""
+
+    assert _datadir.unmapped_uid(uid_map, 65534) == trusted
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_link_as_the_data_directory_must_be_trusteds(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a sticky directory a link's owner may replace it: a link as the data directory
+    that another user owns is refused, wherever it leads."""
+    (tmp / "private" / "data").mkdir(parents=True, mode=0o700)
+    (tmp / "shared").mkdir()
+    (tmp / "shared").chmod(0o1777)
+    (tmp / "shared" / "data").symlink_to(tmp / "private" / "data")
+    if os.geteuid() == 0:
+        os.lchown(tmp / "shared" / "data", 54321, -1)
+    else:  # the link is ours: the service runs as someone else, and so do tmp's owners
+        pytest.skip("needs root to give a link to another user")
+    monkeypatch.setattr(_datadir, "_overflow_uid", lambda: None)
+
+    status, line = _check_line(tmp / "shared" / "data" / "stoat.db", capsys)
+
+    assert status == 2
+    assert "the link to the directory of" in line
+    assert "belongs to user" in line
+
+
 @pytest.mark.usefixtures("_restored_logging")
 def test_a_data_directory_below_a_sticky_one_is_accepted(
     tmp: Path, capsys: pytest.CaptureFixture[str]
@@ -1108,3 +1151,13 @@ def test_a_new_data_directory_and_database_are_private(
 def test_the_names_made_after_the_database_are_the_ones_checked() -> None:
     """The length check knows every file named after the database."""
     assert {_lock.LOCK_SUFFIX, _thumbstore.SUFFIX} <= set(_datadir.COMPANION_SUFFIXES)
+
+
+@pytest.mark.parametrize("written", ["8000\r", " 8000 ", "\u00a08000", "+8000", "08000"])
+def test_a_number_as_an_env_file_may_write_it_is_read(written: str) -> None:
+    """White space around it (a CRLF env file's \\r among it), a sign, leading zeros: the
+    number the user meant."""
+
+    _, settings, _ = parse_command([], {"STOAT_PORT": written})
+
+    assert settings.port == 8000

@@ -14,6 +14,7 @@ for a write, of this process or another, and never sees half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sqlite3
@@ -147,10 +148,11 @@ def _inspect_rolled_back_copy(name: str, busy_timeout_ms: int) -> Inspection | N
             return None
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
+            if getattr(exc, "errno", None) == errno.ENOSPC:
+                reason += f": the copy takes the database's size in {scratch.name}"
             raise StoreError(
                 f"cannot read video store {name}: a crash left a rollback journal, and a"
-                f" copy to roll back could not be made ({reason}; it takes the database's"
-                f" size in {tempfile.gettempdir()})"
+                f" copy to roll back could not be made ({reason})"
             ) from exc
         return attrs.evolve(_inspect(copy, busy_timeout_ms, shown=name), rolled_back=True)
 

@@ -170,8 +170,9 @@ def _refuse_movable(path: Path, name: str) -> None:
         else:
             problem = _movable_by_others(info, above)
         if problem is not None:
+            where = "the link to" if above == lexical else "above"
             raise StoreError(
-                f"{name}: {above}, above the directory of {path}, {problem}: another user"
+                f"{name}: {above}, {where} the directory of {path}, {problem}: another user"
                 " could move the service's data away and put theirs in its place"
             )
 
@@ -202,17 +203,30 @@ def _movable_by_others(info: os.stat_result, directory: Path) -> str | None:
 
 @functools.cache
 def _overflow_uid() -> int | None:
-    """The uid the kernel shows for an owner this user namespace does not map;
-    None outside such a namespace (every uid mapped as itself: there the
-    overflow uid is a real user, ``nobody``, and trusted no more than any)."""
+    """The uid the kernel shows for an owner this user namespace does not map,
+    if no user of the namespace has it too (:func:`unmapped_uid`); else None."""
     try:
         with open("/proc/self/uid_map", encoding="ascii") as mapping:
-            if mapping.read().split() == ["0", "0", "4294967295"]:
-                return None
+            ranges = mapping.read()
         with open("/proc/sys/kernel/overflowuid", encoding="ascii") as text:
-            return int(text.read())
+            overflow = int(text.read())
     except (OSError, ValueError):
         return None
+    return unmapped_uid(ranges, overflow)
+
+
+def unmapped_uid(uid_map: str, overflow: int) -> int | None:
+    """``overflow``, the uid shown for an owner that ``uid_map`` (the text of
+    ``/proc/self/uid_map``: lines of inside, outside, count) does not map, if
+    no range maps a user to it; else None. Outside a user namespace every uid
+    is mapped as itself, and the overflow uid is a real user (``nobody``); in
+    one that maps it (Docker's userns-remap, rootless Podman, LXD map 65536
+    uids) it may be a real user too: trusted then no more than any."""
+    for line in uid_map.splitlines():
+        inside, _, count = (int(field) for field in line.split())
+        if inside <= overflow < inside + count:
+            return None
+    return overflow
 
 
 def _trusted_owner(uid: int) -> bool:

@@ -271,9 +271,23 @@ def demuxed(
     """
     packets = cast("Generator[Packet[VideoStream], None, None]", container.demux(stream))
     try:
-        yield packets
+        yield _read(packets, container)
     finally:
         packets.close()
+
+
+def _read(
+    packets: Iterator[Packet[VideoStream]], container: InputContainer
+) -> Iterator[Packet[VideoStream]]:
+    """``packets``, an ``ENOMEM`` reading them in a format that adds streams as
+    it reads raised as :class:`StreamsPastLimit` (the file's fault)."""
+    try:
+        yield from packets
+    except av.FFmpegError as exc:
+        names = container.format.name.split(",")
+        if exc.errno != errno.ENOMEM or STREAMS_WHILE_READING.isdisjoint(names):
+            raise
+        raise StreamsPastLimit(exc.strerror or "Cannot allocate memory") from exc
 
 
 def amount(read_limit: int) -> str:
@@ -297,9 +311,16 @@ allocation failed (``ENOMEM``), or a thread could not be started (``EAGAIN``:
 its stack is allocated too)."""
 
 
-STREAMS_WHILE_READING: Final = frozenset({"mpegts", "flv"})
+STREAMS_WHILE_READING: Final = frozenset({"mpegts", "flv", "live_flv"})
 """Formats whose demuxers add streams as they read the file (MPEG-TS as its
-program tables name them, FLV as its tags come), past what was opened."""
+program tables name them, FLV as its tags come), past what was opened, and
+answer ``ENOMEM`` for one past ``max_streams``: PyAV lists the streams at
+open, so such a stream is never counted."""
+
+
+class StreamsPastLimit(Exception):
+    """Reading a file of :data:`STREAMS_WHILE_READING` answered ``ENOMEM``:
+    a stream past ``max_streams``, the file's fault (:func:`demuxed`)."""
 
 
 class OutOfMemory(Exception):
@@ -315,19 +336,16 @@ def short_of_memory(container: InputContainer) -> Iterator[None]:
 
     A probe process's address space is limited, and one near its limit
     fails whichever allocation comes, the largest first (a keyframe's
-    packet, a decoder's thread, a filter's frame). But not in a format that
-    adds streams as it reads (:data:`STREAMS_WHILE_READING`): its demuxer
-    answers ``ENOMEM`` for a stream past ``max_streams``, which is the
-    file's, and such a stream is not in ``container.streams`` (PyAV lists
-    them at open) to be counted. Opening is not covered: the MOV demuxer
-    answers ``ENOMEM`` there past ``max_streams`` too.
+    packet, a decoder's thread, a filter's frame). Two answers are the
+    file's instead: ``ENOMEM`` at open (the MOV demuxer's past
+    ``max_streams``; not covered here), and ``ENOMEM`` reading packets in a
+    format that adds streams as it reads (:func:`demuxed` raises
+    :class:`StreamsPastLimit` for it, which passes through).
     """
     try:
         yield
     except (av.FFmpegError, MemoryError) as exc:
         if isinstance(exc, av.FFmpegError) and exc.errno not in SHORT_OF_MEMORY_ERRNOS:
-            raise
-        if not STREAMS_WHILE_READING.isdisjoint(container.format.name.split(",")):
             raise
         raise OutOfMemory(getattr(exc, "strerror", None) or "out of memory") from exc
 

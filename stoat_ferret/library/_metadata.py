@@ -42,7 +42,7 @@ import av
 from av.sidedata.sidedata import Type as SideDataType
 from av.stream import Disposition
 
-from stoat_ferret.library._input import demuxed, short_of_memory
+from stoat_ferret.library._input import StreamsPastLimit, demuxed, short_of_memory
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
 if TYPE_CHECKING:
@@ -318,7 +318,7 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
                 break
             else:
                 return None
-    except av.FFmpegError:
+    except (av.FFmpegError, StreamsPastLimit):
         return None
     for frame in frames:
         if _has_display_matrix(frame):

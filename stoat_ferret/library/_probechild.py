@@ -42,7 +42,6 @@ from loguru import logger
 
 from stoat_ferret.library._background import ThreadPriority, lower_priority
 from stoat_ferret.library._exceptions import ProbeError
-from stoat_ferret.library._input import OutOfMemory
 from stoat_ferret.library._probe import probe_descriptor
 from stoat_ferret.library._probewire import (
     CONFINE_FAILED,
@@ -151,10 +150,6 @@ def serve(channel: socket.socket) -> None:
             finally:
                 signal.setitimer(signal.ITIMER_PROF, 0)
             channel.send(encode_answer(outcome))
-            if isinstance(outcome, Exception) and isinstance(outcome.__cause__, OutOfMemory):
-                # Near its address-space limit, this process would fail the
-                # files after it too: it ends, and the next file gets a new one.
-                return
 
 
 def _outcome(name: str, fds: list[int], read_limit: int) -> VideoProbe | int | Exception:

@@ -72,6 +72,7 @@ from stoat_ferret.library._input import (
     SHORT_OF_MEMORY_ERRNOS,
     BoundedInput,
     OutOfMemory,
+    StreamsPastLimit,
     amount,
     demuxed,
     open_regular_file,
@@ -248,7 +249,14 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
         with short_of_memory(container):
             return _thumbnail(path, container, seek=seek)
     # ArithmeticError: the file's values out of every range (an OverflowError from PyAV).
-    except (av.FFmpegError, OSError, ValueError, ArithmeticError, OutOfMemory) as exc:
+    except (
+        av.FFmpegError,
+        OSError,
+        ValueError,
+        ArithmeticError,
+        OutOfMemory,
+        StreamsPastLimit,
+    ) as exc:
         raise _failure(path, source, exc, "cannot decode a frame") from exc
     finally:
         container.close()

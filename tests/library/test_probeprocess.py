@@ -55,14 +55,7 @@ from stoat_ferret.library._probewire import THUMBNAIL as THUMBNAIL_KIND
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.conftest import CLIP_SPECS
-from tests.library.support import (
-    MEMORY_FAILURES,
-    PROBE,
-    failing_decode,
-    failing_demux,
-    make_context,
-    unreadable_memory,
-)
+from tests.library.support import PROBE, make_context, unreadable_memory
 from tests.library.test_hostile_media import write_png_bomb, write_seek_overflow
 from tests.videos import copy_video
 
@@ -1024,35 +1017,3 @@ def test_a_read_that_fails_in_the_child_keeps_the_row(probes: ProbeProcesses) ->
         os.close(directory)
 
     assert refused.value.transient
-
-
-@pytest.mark.parametrize("where", ["reading", "decoding"])
-def test_a_child_out_of_memory_answers_then_ends(
-    clips: dict[str, EncodedVideo], tmp_path: Path, where: str
-) -> None:
-    """A child out of memory over a file answers (a transient error: tried again) and
-    ends, rather than failing the files after it too: the next file gets a new child.
-    The loop runs here in a thread, its reads or decodes failing with ENOMEM."""
-    path = copy_video(clips["h264_10bit_rotated.mp4"], tmp_path / "a.mp4").path
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    failing = failing_demux if where == "reading" else failing_decode
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with failing(MEMORY_FAILURES["ENOMEM"]):
-            server = threading.Thread(target=_probechild.serve, args=(theirs,))
-            server.start()
-            head = REQUEST.pack(PROBE_KIND, READ_LIMIT, 3600.0)
-            socket.send_fds(ours, [head + b"a.mp4"], [fd])
-            answer = ours.recv(ANSWER_MAX)
-            server.join(TIMEOUT)
-            ended = not server.is_alive()
-    finally:
-        os.close(fd)
-        ours.close()
-        theirs.close()
-        server.join(TIMEOUT)
-    with pytest.raises(ProbeError) as refused:
-        decode_answer("a.mp4", answer)
-    assert refused.value.transient
-    assert "out of memory" in refused.value.reason
-    assert ended

@@ -577,6 +577,21 @@ def test_enomem_reading_a_format_that_adds_streams_marks_it_undecodable(
         make_thumbnail(str(video), fingerprint(video))
 
 
+@pytest.mark.parametrize("failure", sorted(MEMORY_FAILURES))
+def test_out_of_memory_decoding_a_format_that_adds_streams_is_tried_again(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Only reading packets answers ENOMEM for a stream past max_streams: decoding an
+    MPEG-TS (here MP4 is made such a format) out of memory is the process's, as any."""
+    video = copy_video(clip, tmp_path / "a.mp4").path
+    monkeypatch.setattr(_input, "STREAMS_WHILE_READING", frozenset({"mp4"}))
+
+    with failing_decode(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+        make_thumbnail(str(video), fingerprint(video))
+
+    assert not isinstance(refused.value, UndecodableError)
+
+
 def test_a_damaged_keyframe_at_the_seek_point_is_passed_over_for_the_start(
     tmp_path: Path,
 ) -> None:
