@@ -55,7 +55,13 @@ from stoat_ferret.library._probewire import THUMBNAIL as THUMBNAIL_KIND
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.conftest import CLIP_SPECS
-from tests.library.support import PROBE, make_context, unreadable_memory
+from tests.library.support import (
+    MEMORY_FAILURES,
+    PROBE,
+    failing_demux,
+    make_context,
+    unreadable_memory,
+)
 from tests.library.test_hostile_media import write_png_bomb, write_seek_overflow
 from tests.videos import copy_video
 
@@ -1017,3 +1023,35 @@ def test_a_read_that_fails_in_the_child_keeps_the_row(probes: ProbeProcesses) ->
         os.close(directory)
 
     assert refused.value.transient
+
+
+def test_a_child_out_of_memory_over_one_file_answers_and_serves_the_next(
+    clips: dict[str, EncodedVideo], tmp_path: Path
+) -> None:
+    """A child out of memory over a file answers so (transient: tried again) and goes on
+    to the next request: it does not end after its answer, which the service would only
+    see once it had sent it the next file, and blamed that file. (The loop runs here in
+    a thread, its reads failing with ENOMEM for the first file only.)"""
+    path = copy_video(clips["h264_10bit_rotated.mp4"], tmp_path / "a.mp4").path
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(TIMEOUT)  # a child that ended answers nothing: fail, not hang
+    server = threading.Thread(target=_probechild.serve, args=(theirs,))
+    server.start()
+    fd = os.open(path, os.O_RDONLY)
+    head = REQUEST.pack(PROBE_KIND, READ_LIMIT, 3600.0)
+    try:
+        with failing_demux(MEMORY_FAILURES["ENOMEM"]):
+            socket.send_fds(ours, [head + b"a.mp4"], [fd])
+            first = ours.recv(ANSWER_MAX)
+        socket.send_fds(ours, [head + b"a.mp4"], [fd])
+        second = ours.recv(ANSWER_MAX)
+    finally:
+        os.close(fd)
+        ours.close()
+        server.join(TIMEOUT)
+        theirs.close()
+    with pytest.raises(ProbeError) as refused:
+        decode_answer("a.mp4", first)
+    assert refused.value.transient
+    assert decode_answer("a.mp4", second) == probe_video(path)
+    assert not server.is_alive()
