@@ -268,6 +268,9 @@ def demuxed(
     generator, for good (a probe process grew by 390 KiB per 1,000 files of
     the bench's mix, 18 MB over 40,000). The probe's rotation and the
     thumbnail both stop at the first keyframe.
+
+    An ``ENOMEM`` reading packets of a format that adds streams as it reads
+    is raised as :class:`StreamsPastLimit`: a stream past ``max_streams``.
     """
     packets = cast("Generator[Packet[VideoStream], None, None]", container.demux(stream))
     try:
