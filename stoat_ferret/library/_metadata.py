@@ -233,8 +233,11 @@ def display_rotation(frame: VideoFrame) -> int | None:
     """The rotation of ``frame``'s display matrix, in degrees counter-clockwise
     as ffprobe prints it; None without a matrix, or for a degenerate one (it
     has no angle: FFmpeg's NaN comes back as any integer, such as -2**31)."""
-    if not _has_display_matrix(frame):
-        return None
+    return _sound_rotation(frame) if _has_display_matrix(frame) else None
+
+
+def _sound_rotation(frame: VideoFrame) -> int | None:
+    """The rotation of ``frame``'s display matrix, known to be there; None if degenerate."""
     rotation: int = frame.rotation
     return rotation if abs(rotation) <= _FULL_TURN else None
 
@@ -322,8 +325,7 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
         return None
     for frame in frames:
         if _has_display_matrix(frame):
-            rotation: int = frame.rotation
-            return rotation if abs(rotation) <= _FULL_TURN else None
+            return _sound_rotation(frame)
     return None
 
 

@@ -240,6 +240,18 @@ def _open_directory(path: str, directory: str, roots: Sequence[str]) -> int:
         raise ProbeError(path, f"cannot open its directory ({exc.strerror or exc})") from exc
 
 
+_DECODE_FAILURES: Final = (
+    av.FFmpegError,
+    OSError,
+    ValueError,
+    ArithmeticError,
+    OutOfMemory,
+    StreamsPastLimit,
+)
+"""What making a thumbnail of an open file may raise, :func:`_failure` says whose
+(``ArithmeticError``: the file's values out of every range, PyAV's OverflowError)."""
+
+
 def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
     try:
         container = source.open()
@@ -248,15 +260,7 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
     try:
         with short_of_memory(container):
             return _thumbnail(path, container, seek=seek)
-    # ArithmeticError: the file's values out of every range (an OverflowError from PyAV).
-    except (
-        av.FFmpegError,
-        OSError,
-        ValueError,
-        ArithmeticError,
-        OutOfMemory,
-        StreamsPastLimit,
-    ) as exc:
+    except _DECODE_FAILURES as exc:
         raise _failure(path, source, exc, "cannot decode a frame") from exc
     finally:
         container.close()
