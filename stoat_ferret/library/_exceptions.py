@@ -4,6 +4,7 @@
 
     LibraryError
      ├── ProbeError    one file cannot be opened or probed, or holds no video
+     │    └── ShortOfMemory       the work on it ran out of memory (transient)
      ├── ScanError     the directory to scan is missing, outside the roots, or cannot be listed
      │    └── DirectoryReplaced   it, or one above it, was replaced by a symlink
      └── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
@@ -81,6 +82,16 @@ class ProbeError(LibraryError):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+@attrs.define(eq=False, str=False)
+class ShortOfMemory(ProbeError):
+    """Raised when the work on an open file ran out of memory (FFmpeg's
+    ``ENOMEM``, or a decoder thread that could not start): the process's
+    trouble, not the file's, so always ``transient``. A probe process that
+    answers so is replaced before its next file (``_probeprocess.py``)."""
+
+    transient: bool = attrs.field(default=True, init=False)
 
 
 @attrs.define(eq=False, str=False)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import av
 
-from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
+from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError, ShortOfMemory
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
@@ -142,7 +142,7 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
         return _describe(name, container)
     except OutOfMemory as exc:  # reading and decoding the rotation's keyframe
         reason = f"out of memory reading a keyframe for its rotation ({exc}); tried again"
-        raise ProbeError(name, reason, transient=True) from exc
+        raise ShortOfMemory(name, reason) from exc
     except OSError as exc:
         if isinstance(exc, av.FFmpegError):
             raise

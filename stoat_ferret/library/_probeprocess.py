@@ -22,6 +22,10 @@ that asked waits for its answer:
 - **Memory.** The child's address space is limited
   (:data:`~stoat_ferret.library._limits.PROBE_MEMORY_LIMIT`, ``RLIMIT_AS``):
   an allocation past it fails inside FFmpeg, which gives up on the file.
+  Where that happened once the file was open (``_input.short_of_memory``),
+  the child answers so (:class:`ShortOfMemory`: tried again later), and is
+  ended after its answer: what it still holds may be why, and a new child
+  takes the next file.
 - **Crash.** A child that dies (a signal, an exit) is the file's ``errors``
   entry, with how it ended; the service goes on. A child whose answer is
   not a description or a refusal is killed too, and not asked again.
@@ -78,7 +82,7 @@ from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
-from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import READ_LIMIT, open_regular_file
 from stoat_ferret.library._probestart import start_child
 from stoat_ferret.library._probewire import (
@@ -272,9 +276,18 @@ class ProbeProcess:
 
     @contextlib.contextmanager
     def _trusted(self) -> Iterator[None]:
-        """End the child if its answer was anything but a result or a refusal."""
+        """End the child if its answer was anything but a result or a refusal,
+        or said it ran out of memory (what it holds may be why: a new child
+        has the next file; it answered, so nothing of this file is lost)."""
         try:
             yield
+        except ShortOfMemory as exc:
+            self._end_if_running()
+            logger.warning(
+                "probe process ran out of memory; the next file gets a new one",
+                path=exc.path,
+            )
+            raise
         except ProbeRaised:
             self._end_if_running()
             raise

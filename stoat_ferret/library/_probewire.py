@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
-from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._models import VideoProbe
 from stoat_ferret.library._thumbnail import UndecodableError
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
@@ -97,8 +97,9 @@ def encode_answer(outcome: VideoProbe | int | Exception) -> bytes:
     """The child's answer for one file: its probe, the size of its thumbnail
     (written to the memory file), why it gives no frame (an
     :class:`UndecodableError`), why it was refused (a :class:`ProbeError`;
-    ``unavailable`` if it is ``transient``), or what a probe raised
-    unexpectedly. At most :data:`ANSWER_MAX` bytes."""
+    ``unavailable`` if it is ``transient``, ``short_of_memory`` for a
+    :class:`ShortOfMemory`), or what a probe raised unexpectedly. At most
+    :data:`ANSWER_MAX` bytes."""
     if isinstance(outcome, int):
         message: dict[str, Any] = {"thumbnail": outcome}
     elif isinstance(outcome, VideoProbe):
@@ -109,6 +110,8 @@ def encode_answer(outcome: VideoProbe | int | Exception) -> bytes:
         message = {"probe": fields}
     elif isinstance(outcome, UndecodableError):
         message = {"undecodable": outcome.reason[:REASON_MAX]}
+    elif isinstance(outcome, ShortOfMemory):  # for the service to replace the child
+        message = {"short_of_memory": outcome.reason[:REASON_MAX]}
     elif isinstance(outcome, ProbeError):
         # "unavailable": the failure said nothing of the file (a read its
         # file system could not answer), for the service to keep its row.
@@ -184,6 +187,8 @@ def _decoded(
                 raise ProbeError(name, printable(body), transient=body == DESCRIPTORS_CUT)
             if kind == "unavailable" and isinstance(body, str):
                 raise ProbeError(name, printable(body), transient=True)
+            if kind == "short_of_memory" and isinstance(body, str):
+                raise ShortOfMemory(name, printable(body))
             if kind == "unexpected" and isinstance(body, str):
                 raise ProbeRaised(printable(body))
     # JSON, a type or a value out of place, a nesting too deep for the parser.

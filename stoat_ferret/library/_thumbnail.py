@@ -66,7 +66,7 @@ import av
 import av.filter
 
 from stoat_ferret.library._beneath import RootUnavailable, open_below_root
-from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError
+from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError, ShortOfMemory
 from stoat_ferret.library._input import (
     READ_LIMIT,
     SHORT_OF_MEMORY_ERRNOS,
@@ -269,10 +269,11 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
 def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> ProbeError:
     if source.exhausted:  # what FFmpeg met was the limit, not the file's end
         return UndecodableError(path, _past_limit(source))
-    # Out of memory is the process's trouble: the next job tries again.
-    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS) or isinstance(exc, OutOfMemory)
-    error = ProbeError if transient else UndecodableError
-    return error(path, f"{what} ({_reason(exc)})")
+    reason = f"{what} ({_reason(exc)})"
+    if isinstance(exc, OutOfMemory):  # the process's trouble: the next job tries again
+        return ShortOfMemory(path, reason)
+    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS)
+    return ProbeError(path, reason) if transient else UndecodableError(path, reason)
 
 
 def _past_limit(source: BoundedInput) -> str:

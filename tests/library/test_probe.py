@@ -29,6 +29,7 @@ from stoat_ferret.library import (
     _probechild,
     probe_video,
 )
+from stoat_ferret.library._exceptions import ShortOfMemory
 from stoat_ferret.library._probe import probe_descriptor
 from tests.library.conftest import CLIP_SPECS
 from tests.library.support import (
@@ -1036,7 +1037,7 @@ def test_out_of_memory_reading_the_rotation_is_transient(
     that worked."""
     failing = failing_demux if where == "reading" else failing_decode
 
-    with failing(MEMORY_FAILURES[failure]), pytest.raises(ProbeError) as refused:
+    with failing(MEMORY_FAILURES[failure]), pytest.raises(ShortOfMemory) as refused:
         probe_video(clips["h264_10bit_rotated.mp4"].path)
 
     assert refused.value.transient

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import select
 import shutil
@@ -39,6 +40,7 @@ from stoat_ferret.library import (
     make_scan_handler,
     probe_video,
 )
+from stoat_ferret.library._exceptions import ShortOfMemory
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
@@ -1050,8 +1052,34 @@ def test_a_child_out_of_memory_over_one_file_answers_and_serves_the_next(
         ours.close()
         server.join(TIMEOUT)
         theirs.close()
-    with pytest.raises(ProbeError) as refused:
+    with pytest.raises(ShortOfMemory):
         decode_answer("a.mp4", first)
-    assert refused.value.transient
     assert decode_answer("a.mp4", second) == probe_video(path)
     assert not server.is_alive()
+
+
+@pytest.mark.parametrize("work", ["probe", "thumbnail"])
+def test_a_child_that_answers_it_ran_out_of_memory_is_replaced_after_its_answer(
+    stand_in: tuple[ProbeProcess, socket.socket, int], directory: int, work: str
+) -> None:
+    """What it still holds may be why it ran short: the file is tried again later (not
+    marked undecodable), and the next file gets a new child, ended here between two
+    files rather than by itself (which the next file would be blamed for)."""
+    process, theirs, child = stand_in
+    theirs.send(encode_answer(ShortOfMemory("a.mp4", "cannot decode a frame")))
+
+    fd = os.open("a.mp4", os.O_RDONLY, dir_fd=directory)
+    ask: Callable[[], object] = (
+        functools.partial(process.probe, "a.mp4", directory, Stop())
+        if work == "probe"
+        else functools.partial(process.thumbnail, "a.mp4", fd, Stop())
+    )
+    try:
+        with pytest.raises(ShortOfMemory) as refused:
+            ask()
+    finally:
+        os.close(fd)
+
+    assert refused.value.reason == "cannot decode a frame"
+    assert process.pid is None
+    assert not _alive(child)

@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from stoat_ferret.library import ProbeError, VideoProbe
+from stoat_ferret.library._exceptions import ShortOfMemory
 from stoat_ferret.library._probewire import (
     NOT_A_PROBE,
     ProbeRaised,
@@ -46,6 +47,19 @@ def test_a_refusal_crosses_with_its_reason_and_whether_the_file_is_to_blame(
     assert refused.value.transient is transient
 
 
+def test_out_of_memory_crosses_as_such_for_the_child_to_be_replaced() -> None:
+    """The service ends a child that ran out of memory (``_probeprocess.py``): the
+    answer keeps what it was, transient, apart from other transient refusals."""
+    with pytest.raises(ShortOfMemory) as refused:
+        decode_answer("a.mp4", encode_answer(ShortOfMemory("x/a.mp4", "cannot decode")))
+    with pytest.raises(ProbeError) as other:
+        decode_answer("a.mp4", encode_answer(ProbeError("a.mp4", "I/O error", transient=True)))
+
+    assert (refused.value.path, refused.value.reason) == ("a.mp4", "cannot decode")
+    assert refused.value.transient
+    assert not isinstance(other.value, ShortOfMemory)
+
+
 _GOOD = attrs.evolve(
     PROBE,
     duration_seconds=1.5,
@@ -75,6 +89,7 @@ def _fields(**changes: Any) -> dict[str, Any]:
         b'{"probe": 1}',
         b'{"refused": 3}',
         b'{"unavailable": 3}',
+        b'{"short_of_memory": 3}',
         b'{"unexpected": null}',
         b'{"gift": "x"}',
         b'{"refused": "a", "probe": {}}',
