@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 SOURCES := stoat_ferret tests bench
 
-.PHONY: help env run test soak flake lint typecheck format bench check clean
+.PHONY: help env run test soak flake lint typecheck format bench check clean constraints
 
 help:
 	@echo "make run        start the service (uvicorn) on an embedded SQLite file;"
@@ -25,18 +25,37 @@ help:
 	@echo "make typecheck  mypy --strict alone"
 	@echo "make format     ruff check --fix, then ruff format"
 	@echo "make env        create .venv (every target that needs it does)"
+	@echo "make constraints  pin every installed package anew in constraints.txt"
 	@echo "make clean      remove .venv and the tools' caches"
 
-$(RUN_STAMP): pyproject.toml
+# pyproject.toml pins what the project names; constraints.txt pins what those
+# bring in too (`make constraints` writes it anew), so that a fresh machine
+# installs what was tested.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+$(RUN_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(PIP_INSTALL) -e .
 	touch $(RUN_STAMP)
 
 # One pip run for both (not the service's, then the extras): half the resolving.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(RUN_STAMP) $(STAMP)
+
+# Every package `pip install -e '.[dev]'` brings, as it resolves today, into
+# constraints.txt: run after changing a pin in pyproject.toml.
+CONSTRAINTS_VENV := .venv-constraints
+constraints:
+	rm -rf $(CONSTRAINTS_VENV)
+	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	{ echo "# Written by make constraints: every package pip install -e '.[dev]' installs,"; \
+	  echo "# pinned. pyproject.toml pins what the project names; this, what those bring in."; \
+	  $(CONSTRAINTS_VENV)/bin/python -m pip freeze --exclude-editable --disable-pip-version-check; \
+	} > constraints.txt
+	rm -rf $(CONSTRAINTS_VENV)
 
 env: $(STAMP)
 
@@ -90,4 +109,4 @@ bench: $(STAMP)
 check: lint test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov .hypothesis .flake *.egg-info
+	rm -rf $(VENV) $(CONSTRAINTS_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov .hypothesis .flake *.egg-info
