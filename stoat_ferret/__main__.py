@@ -5,7 +5,8 @@ The command line is :mod:`stoat_ferret._cli`, the log's formats
 
 Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT (one that
 comes before the server has started gives one line on stderr, no traceback), after ``--help``
-or ``--version``, and after a ``check`` that passed; 2 for a bad flag, a bad
+or ``--version``, and after a ``check`` that passed; 128 plus the signal's
+number (130, 143) for a ``check`` stopped so (one line, no traceback); 2 for a bad flag, a bad
 setting or an unusable database (not this service's, damaged, or already
 served by another process: ``serve`` holds ``<database>.lock`` for its life),
 found before anything binds (one line on stderr, no traceback; after the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
@@ -54,9 +56,13 @@ class _Stopped(BaseException):
     A ``BaseException``, like ``KeyboardInterrupt``: nothing on the way out
     mistakes it for a failure to log."""
 
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
 
 def _stop(signum: int, _: object) -> None:
-    raise _Stopped(signal.Signals(signum).name)
+    raise _Stopped(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,23 +71,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     Raises:
         SystemExit: after ``--help`` or ``--version`` (0) or a bad flag (2), as argparse does.
     """
-    try:
-        command, settings, names = parse_command(argv)
-        # Before anything may log (the store's open does): every line in the
-        # format and at the level asked for.
-        configure_logging(settings.log_level, settings.log_format)
-        if command == "check":
-            sys.stdout.write(check(settings, names) + "\n")
-            return 0
-    except (SettingsError, StoreError) as exc:
-        sys.stderr.write(one_line(exc) + "\n")
-        return EXIT_BAD_SETTING
     # A stop asked for before uvicorn takes the signals over (while the
-    # database is checked, or the web stack imported) ends the start-up
-    # quietly, as it would end the server.
-    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS}
+    # settings are read, the database checked, or the web stack imported)
+    # ends quietly: a serve as the server's own stop would (0), anything
+    # else as an interrupted command does (128 + the signal's number: the
+    # check did not finish).
+    # (Only the main thread may set handlers: main() run in another thread,
+    # as a test may, leaves them alone.)
+    ours = threading.current_thread() is threading.main_thread()
+    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS if ours}
+    command = None
     try:
         try:
+            command, settings, names = parse_command(argv)
+            # Before anything may log (the store's open does): every line in
+            # the format and at the level asked for.
+            configure_logging(settings.log_level, settings.log_format)
+            if command == "check":
+                sys.stdout.write(check(settings, names) + "\n")
+                return 0
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
             sys.stderr.write(one_line(exc) + "\n")
@@ -92,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, names)
     except _Stopped as stop:
         sys.stderr.write(f"stoat-ferret: stopped by {stop}\n")
-        return 0
+        return 0 if command == "serve" else 128 + stop.signum
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -267,6 +267,44 @@ def test_a_stop_during_the_start_up_exits_0_with_one_line(
     assert done.stderr == f"stoat-ferret: stopped by {number.name}\n"
 
 
+# main(["check"]) in a process of its own, told to stop while it checks.
+_STOPPED_IN_CHECK = """
+import os, signal, sys
+import stoat_ferret.__main__ as stoat_main
+check = stoat_main.check
+number = signal.Signals[sys.argv[1]]
+def interrupted(*args):
+    os.kill(os.getpid(), number)  # handled before the next line of Python
+    return check(*args)
+stoat_main.check = interrupted
+before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
+status = stoat_main.main(["check"])
+assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_check_exits_128_plus_the_signal_with_one_line(
+    tmp_path: Path, number: signal.Signals
+) -> None:
+    """A check cut short did not pass: not 0 (a script's `check && ...` must not go
+    on), but what a shell gives an interrupted command, with one line, no traceback."""
+    env = {**os.environ, "STOAT_DATABASE_PATH": str(tmp_path / "stoat.db")}
+
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_IN_CHECK, number.name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (done.returncode, done.stdout) == (128 + number, ""), done.stderr
+    assert done.stderr == f"stoat-ferret: stopped by {number.name}\n"
+
+
 def _serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python -m stoat_ferret`` in ``env``, expected to end by itself (a refusal)."""
     return subprocess.run(
