@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import subprocess
@@ -31,6 +32,7 @@ def start_child(
         ProbeError: About ``name``: no process could be started (out of
             descriptors or processes, no interpreter).
     """
+    keep_out_of_reach()
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except OSError as exc:  # out of descriptors
@@ -69,6 +71,29 @@ def start_child(
             raise ProbeError(name, reason, transient=True) from exc
         raise
     return process, ours
+
+
+_PR_SET_DUMPABLE: Final = 4
+
+
+def keep_out_of_reach() -> None:
+    """Make the service's process not dumpable (``prctl(PR_SET_DUMPABLE, 0)``),
+    before it starts a child; nothing where that cannot be done.
+
+    A child runs as the service's user. Where Landlock does not confine it
+    (an older kernel: ``_sandbox.py``), one a hostile file took over could
+    otherwise open ``/proc/<service>/environ`` (the API token) or
+    ``/proc/<service>/mem`` (the service's memory, to read and to write):
+    the kernel lets a process of the same user do neither to one that is
+    not dumpable, and a child cannot make it dumpable again (its own
+    ``prctl`` is its own). What it costs the service: no core dump, and
+    its ``/proc`` files read as root's to other processes (``ps`` still
+    lists it).
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _child_environment() -> dict[str, str]:

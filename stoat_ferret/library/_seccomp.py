@@ -35,9 +35,10 @@ instructions that fails these calls with ``EPERM``:
   other calls.
 
 What it leaves: a child without Landlock can still open, and write, any
-file of the service's user, ``/proc/<pid>/mem`` and ``/proc/<pid>/environ``
-of the service among them (where Yama's ``ptrace_scope`` allows), so the
-filter does not isolate a child on its own; signals to the service are
+file of the service's user (but for the service's ``/proc/<pid>/mem`` and
+``/proc/<pid>/environ``: the service is not dumpable,
+``_probestart.keep_out_of_reach``), so the filter does not isolate a child
+on its own; signals to the service are
 refused by Landlock's ABI 6 only (a filter cannot tell the service's process
 id from others without being written for it).
 

@@ -686,6 +686,42 @@ def test_a_child_gets_none_of_the_services_settings(
     assert variables[b"SOMETHING_ELSE"] == b"kept"
 
 
+# A service of its own (this test process may have started children already):
+# whether it is dumpable before and after it probes a file in a child.
+_DUMPABLE_AROUND_A_CHILD = """
+import ctypes, os, sys
+from stoat_ferret.library import ProbeProcesses, Stop
+dumpable = lambda: ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+before = dumpable()
+children = ProbeProcesses()
+directory = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+try:
+    children.probe("a.mp4", directory, Stop())
+finally:
+    children.close()
+sys.stdout.write(f"{before} {dumpable()}")
+"""
+
+
+def test_the_service_is_not_dumpable_once_it_starts_a_child(
+    clip: EncodedVideo, tmp_path: Path
+) -> None:
+    """So that a child a hostile file took over cannot open the service's
+    /proc/<pid>/environ (the API token) or /proc/<pid>/mem where Landlock does
+    not confine it: the kernel refuses a same-user process those of one not dumpable."""
+    copy_video(clip, tmp_path / "a.mp4")
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DUMPABLE_AROUND_A_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+    assert (done.returncode, done.stdout) == (0, "1 0"), done.stderr
+
+
 def _environment_of(pid: int) -> dict[bytes, bytes]:
     with open(f"/proc/{pid}/environ", "rb") as environ:
         lines = environ.read().split(b"\0")
