@@ -145,6 +145,15 @@ class _Failed(ProbeError):
         self.files_doing = files_doing
 
 
+class _Unreached(_Failed):
+    """The child ended before it read the request: it never had the file.
+    ``ended``: how it ended."""
+
+    def __init__(self, path: str, reason: str, ended: str) -> None:
+        super().__init__(path, reason, files_doing=False, reached=False)
+        self.ended = ended
+
+
 class ProbeProcess:
     """One child process that probes files, for one thread at a time.
 
@@ -235,14 +244,23 @@ class ProbeProcess:
                 os.close(image)
 
     def _ask(self, kind: bytes, name: str, fds: list[int], stop: Stop, read_limit: int) -> bytes:
-        """Send one request with ``fds`` to the child (started if need be); its answer."""
+        """Send one request with ``fds`` to the child (started if need be); its answer.
+
+        A child kept from an earlier file that has ended since (the OOM
+        killer, an admin), before it read this request, never had the file:
+        it is replaced, once.
+        """
         request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
-        channel = self._send(request, name, fds, stop)
+        kept = self._socket is not None
         try:
-            answer = self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
-        except BaseException:
-            self._end_if_running()  # a request is unanswered: never reuse the child
-            raise
+            answer = self._exchange(request, name, fds, stop)
+        except _Unreached as exc:
+            if not kept:
+                raise
+            logger.warning(
+                "probe process ended while idle ({ended}); starting another", ended=exc.ended
+            )
+            answer = self._exchange(request, name, fds, stop)
         more = self._peek()
         if more:  # one answer a request, no more
             self._end()
@@ -251,13 +269,8 @@ class ProbeProcess:
             self._end()
         return answer
 
-    def _send(self, request: bytes, name: str, fds: list[int], stop: Stop) -> socket.socket:
-        """Send ``request`` with ``fds`` to the child, started if need be; its socket.
-
-        A child kept from an earlier file that has ended since (the OOM
-        killer, an admin) never had this one: it is replaced, once.
-        """
-        kept = self._socket is not None
+    def _exchange(self, request: bytes, name: str, fds: list[int], stop: Stop) -> bytes:
+        """Send ``request`` with ``fds`` to the child, started if need be; its answer."""
         channel = self._channel(name, stop)
         try:
             # Nothing is queued to a child that answered every request: one
@@ -265,14 +278,12 @@ class ProbeProcess:
             socket.send_fds(channel, [request], fds, socket.MSG_DONTWAIT)
         except OSError as exc:  # the child ended between two files, or stopped reading
             ended = self._end()
-            if kept:
-                logger.warning(
-                    "probe process ended while idle ({ended}); starting another", ended=ended
-                )
-                return self._send(request, name, fds, stop)
-            gone = f"the probe process is gone ({ended})"
-            raise _Failed(name, gone, files_doing=False, reached=False) from exc
-        return channel
+            raise _Unreached(name, f"the probe process is gone ({ended})", ended) from exc
+        try:
+            return self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
+        except BaseException:
+            self._end_if_running()  # a request is unanswered: never reuse the child
+            raise
 
     @contextlib.contextmanager
     def _trusted(self) -> Iterator[None]:
@@ -363,7 +374,7 @@ class ProbeProcess:
         except ConnectionResetError as exc:  # it ended with our one request unread
             ended = self._end()
             unread = f"the probe process ended before it read the request ({ended})"
-            raise _Failed(name, unread, files_doing=False, reached=False) from exc
+            raise _Unreached(name, unread, ended) from exc
         if not answer:
             ended = self._end()
             if ended == f"killed by {signal.SIGPROF.name}":

@@ -429,6 +429,40 @@ def test_a_child_that_died_while_idle_is_replaced_for_the_next_file(
     assert probes.pids() not in ([], [child])
 
 
+def test_a_kept_child_that_ends_before_it_reads_the_request_is_replaced_once(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child kept from an earlier file that dies just after the next request was
+    queued to it (the OOM killer takes the largest idle process) never had that
+    file: another child probes it, as when the send itself fails."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+    send_fds = socket.send_fds
+    sent: list[int] = []
+
+    def sending(channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int) -> int:
+        first = not sent
+        if first:  # the kept child: stopped, so that it cannot read the request
+            os.kill(child, signal.SIGSTOP)
+            _wait_ended(child, stopped=True)
+        sent.append(send_fds(channel, buffers, fds, *flags))
+        if first:  # and killed with it unread
+            os.kill(child, signal.SIGKILL)
+            _wait_ended(child)
+        return sent[-1]
+
+    monkeypatch.setattr(socket, "send_fds", sending)
+
+    assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
+    assert len(sent) == 2
+    assert probes.pids() not in ([], [child])
+
+
 def test_the_child_runs_under_its_memory_limit(
     clip: EncodedVideo, tmp_path: Path, directory: int
 ) -> None:
