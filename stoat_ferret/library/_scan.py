@@ -50,6 +50,11 @@ One scan, step by step:
    error. So a slower scan does not write back a row that another scan has
    just removed as gone, but for a file deleted between that look and the
    commit, which may wait for another writer (the next scan removes its row).
+   If the directory at the scan's path is no longer the one it opened
+   (moved, removed, replaced by another or by a symlink, which may lead out
+   of the roots), no batch is written from then on: the probes read the old
+   directory, which that path no longer leads to. One ``errors`` entry says
+   so; the stored rows stay.
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
@@ -152,6 +157,8 @@ class ScanRun:
     added: int = 0
     updated: int = 0
     removed: int = 0
+    # Whether a batch found the directory replaced (one errors entry says so).
+    replaced_reported: bool = False
     # The first unexpected error of a child task; re-raised once the group is closed.
     failure: Exception | None = None
     # When the scan began: rows written since then are another scan's news.
@@ -374,14 +381,32 @@ class ScanRun:
                             break
                 records = [item for item in batch if isinstance(item, VideoRecord)]
                 stale = [item for item in batch if isinstance(item, str)]
-                applied = await self.library.apply(
-                    records, stale, written_before=self.started, gone=self.scanned.gone_of
-                )
+                try:
+                    applied = await self.library.apply(
+                        records,
+                        stale,
+                        written_before=self.started,
+                        gone=self.scanned.gone_before_write,
+                    )
+                except DirectoryReplaced as exc:
+                    self.replaced(records, exc.reason)
+                    continue
                 for path, reason in applied.refused:
                     self.refused(path, reason)
                 for path in applied.vanished:
                     self.vanished(path)
                 self.removed += len(applied.removed)
+
+    def replaced(self, records: list[VideoRecord], reason: str) -> None:
+        """The directory is no longer the one the scan opened: ``records`` are
+        not written (nor the batch's stale rows deleted), and one ``errors``
+        entry says why. The stored rows stay, as when nothing is gone."""
+        if not self.replaced_reported:
+            self.replaced_reported = True
+            logger.warning("scanned directory replaced", job_id=self.ctx.job_id, path=self.root)
+            self.errors.add(self.root, reason)
+        for record in records:
+            self.vanished(record.path)
 
     def vanished(self, path: str) -> None:
         """``path``'s file went between its probe and its write: not written,

@@ -8,8 +8,9 @@ descriptor:
 
 * Which stored files are gone (:meth:`ScannedDirectory.gone_of`): before a
   row is removed as gone, and again just before a batch of probed files is
-  written. Nothing is gone once the directory at the path is not the one
-  the scan opened: replaced by another, or a mount laid over it, since.
+  written (:meth:`ScannedDirectory.gone_before_write`). Nothing is gone once
+  the directory at the path is not the one the scan opened: replaced by
+  another, or a mount laid over it, since; and no batch is written then.
   Nothing is gone below a disk unmounted since the walk, or another
   mounted in its place (``_ondisk.open_on_its_disk``).
 * Whether the directory holds no entry at all (:meth:`ScannedDirectory.is_empty`):
@@ -31,7 +32,7 @@ from loguru import logger
 
 from stoat_ferret.library import _ondisk
 from stoat_ferret.library._beneath import open_scan_directory
-from stoat_ferret.library._exceptions import ScanError
+from stoat_ferret.library._exceptions import DirectoryReplaced, ScanError
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
@@ -100,6 +101,12 @@ def gone_beneath(
     return gone
 
 
+REPLACED_DURING_SCAN: Final = (
+    "moved, removed or replaced (by another directory or a symlink) during the scan:"
+    " nothing more stored from it"
+)
+
+
 @attrs.define(eq=False)
 class ScannedDirectory:
     """One scan's directory: its path, the scan roots, and its descriptor once opened."""
@@ -151,6 +158,24 @@ class ScannedDirectory:
         gone = gone_beneath(paths, self.path, self.fd, self.disks)
         # Looked at again after: replaced while the files were looked at, say.
         return gone if not gone or self.still_there() else set()
+
+    def gone_before_write(self, paths: Collection[str]) -> set[str]:
+        """:meth:`gone_of`, for the records of a batch about to be written.
+
+        Raises:
+            DirectoryReplaced: The directory is no longer the one at its path
+                (moved, replaced by another or by a symlink, removed), before
+                or after the files are looked at. Its records describe files
+                that path no longer leads to (a symlink there may lead out of
+                the roots): none is written.
+        """
+        assert self.fd is not None  # opened by the walk, before any record
+        if not self.still_there():
+            raise DirectoryReplaced(self.path, REPLACED_DURING_SCAN)
+        gone = gone_beneath(paths, self.path, self.fd, self.disks)
+        if gone and not self.still_there():
+            raise DirectoryReplaced(self.path, REPLACED_DURING_SCAN)
+        return gone
 
     def still_there(self) -> bool:
         """Whether the directory is still the one its path opens."""

@@ -403,7 +403,8 @@ async def test_a_scanned_directory_replaced_mid_scan_loses_no_rows(
     """Between a scan's probes and its write, its directory is replaced by
     another holding the same names (and the old one deleted): its
     descriptor now shows an empty, deleted directory, which says nothing of
-    the files at the path. No row is deleted as gone; before, every one was."""
+    the files at the path. No row is deleted as gone (before, every one was),
+    and none is written from the old directory's probes: one errors entry."""
     media = tmp_path / "media"
     media.mkdir()
     paths = [copy_video(clip, media / name).path for name in ("a.mp4", "b.mp4")]
@@ -431,8 +432,37 @@ async def test_a_scanned_directory_replaced_mid_scan_loses_no_rows(
         stored = [video.path for video in (await library.list_videos())[0]]
 
     assert swapped == [True]
-    assert (result["updated"], result["removed"]) == (2, 0)
+    assert (result["updated"], result["removed"]) == (0, 0)
+    assert [entry["path"] for entry in result["errors"]] == [str(media)]
     assert stored == [str(path) for path in paths]
+
+
+async def test_a_directory_replaced_by_a_link_after_the_walk_gets_no_row_under_it(
+    library: VideoLibrary, roots: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scanned directory is moved away and a symlink to outside the roots put in
+    its place after the walk: the probes read the old directory through the scan's
+    descriptor, but no row is stored under the path, which now leads outside; one
+    errors entry says why."""
+    root, outside = roots
+    walk = _scan.walk_videos
+
+    def walk_then_swap(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        found = walk(*args, **kwargs)
+        os.rename(root / "lib", root / "moved")
+        (root / "lib").symlink_to(outside, target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_swap)
+    handler = make_scan_handler(library, roots=[str(root)])
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(root / "lib"))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert (result["found"], result["added"]) == (1, 0)
+    assert [entry["path"] for entry in result["errors"]] == [str(root / "lib")]
+    assert "during the scan" in result["errors"][0]["error"]
+    assert stored == []
 
 
 async def test_the_videos_of_a_scanned_directory_found_empty_are_kept(
