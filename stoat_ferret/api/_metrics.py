@@ -11,14 +11,17 @@ Each app has its own :class:`ServiceMetrics` (``app.state.metrics``, set by
 ``stoat_job_duration_seconds{job_type}``    a job first seen in a later state
                                             counts for the states it went
                                             through (its times say whether it
-                                            started)
+                                            started); a duration is 0 if the
+                                            wall clock went back during the job
 ``stoat_jobs_pending``, ``_running``        ``statistics()`` of the queue, read
                                             at each scrape (on the event loop;
                                             the rest, ``/proc`` included, is
                                             rendered in a worker thread)
 ``stoat_scan_files_probed_total`` and       the results of completed scans
-``_probe_errors_total``, ``_unchanged``,    (a failed or cancelled scan has none)
-``_removed``
+``_probe_errors_total``, ``_unchanged``,    (a failed or cancelled scan has none;
+``_removed``                                a result with a figure that is not a
+                                            whole number from 0 to 2**53 is not
+                                            counted)
 ``stoat_sse_streams_open``                  the event routes' feeds
 ``stoat_http_request_duration_seconds``     :class:`RequestTimer`: time to the
 ``{method,route,status}``                   response's start, by method (or
@@ -37,6 +40,9 @@ per job, not per change. A feed that falls more than a thousand jobs behind
 loses changes; that is counted in ``stoat_metrics_changes_lost_total`` and
 logged, and the counters then miss what those jobs did in the gap (they
 undercount, never count a job twice: see :meth:`ServiceMetrics.count_feed`).
+A job change the counters cannot take (a bug, or a result unlike any this
+service makes) is logged as a warning and skipped: nothing a job returns can
+end the task, and with it the lifespan.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ NO_RESPONSE: Final = "none"
 """The ``status`` label of requests that ended before a response started (client gone)."""
 
 _JOB_SECONDS: Final = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+MAX_SCAN_FIGURE: Final = 2**53
+"""The largest figure of a scan result counted: every whole number up to it is
+exact as a float (a counter's value), and no scan has that many files."""
 
 
 class ServiceMetrics:
@@ -184,7 +194,19 @@ class ServiceMetrics:
         live: dict[str, JobStatus] = {}  # job id -> its last status counted
         async for item in feed:
             if isinstance(item, JobChange):
-                self.count(item.job, live)
+                job = item.job
+                try:
+                    self.count(job, live)
+                except Exception:
+                    # ``count`` never awaits, so this is no cancellation: a job
+                    # the counters cannot take is skipped, not the end of them.
+                    logger.opt(exception=True).warning(
+                        "job metrics could not count a job change",
+                        job_id=job.job_id,
+                        job_type=job.job_type,
+                        status=job.status.value,
+                        event_id=item.event_id,
+                    )
                 continue
             self.changes_lost.inc()
             logger.warning("job metrics fell behind and missed job changes")
@@ -207,21 +229,35 @@ class ServiceMetrics:
         self.jobs_ended.labels(job.job_type, job.status.value).inc()
         if job.finished_at is not None:
             began = job.started_at or job.submitted_at
-            self.job_duration.labels(job.job_type).observe(
-                (job.finished_at - began).total_seconds()
-            )
+            # The job's times are the wall clock's: one stepped back during
+            # the job (NTP) gives a negative duration, counted as 0 so that
+            # the histogram's sum never goes down.
+            seconds = (job.finished_at - began).total_seconds()
+            self.job_duration.labels(job.job_type).observe(max(seconds, 0.0))
         if job.job_type == SCAN_JOB_TYPE and job.status is JobStatus.COMPLETED:
             self._count_scan(job.result)
 
     def _count_scan(self, result: Any) -> None:
+        """Count a completed scan's figures, if ``result`` is a scan's.
+
+        Only a dict whose figures are all whole numbers (``int``, not
+        ``bool``) from 0 to :data:`MAX_SCAN_FIGURE` is counted: anything
+        else (a negative figure, which a counter refuses; a float, infinite
+        or not; a string) is not a scan result this service makes.
+        """
         if not isinstance(result, dict):
             return
-        try:
-            found, unchanged = int(result["found"]), int(result["unchanged"])
-            added, updated = int(result["added"]), int(result["updated"])
-            removed = int(result["removed"])
-        except (KeyError, TypeError, ValueError):
-            return  # not a scan result this service makes
+        figures: list[int] = []
+        for name in ("found", "unchanged", "added", "updated", "removed"):
+            figure = result.get(name)
+            if (
+                isinstance(figure, bool)
+                or not isinstance(figure, int)
+                or not 0 <= figure <= MAX_SCAN_FIGURE
+            ):
+                return  # not a scan result this service makes
+            figures.append(figure)
+        found, unchanged, added, updated, removed = figures
         probed = max(found - unchanged, 0)
         self.files_probed.inc(probed)
         self.probe_errors.inc(max(probed - added - updated, 0))
@@ -237,9 +273,12 @@ class RequestTimer:
     stores the route it matched in ``scope["route"]``; its ``path`` is the
     template (``/api/v1/jobs/{job_id}``), so job ids never become label
     values, and methods outside :data:`METHODS` are one label value, so no
-    client can make the label set grow. A request cancelled before any
-    response started (its client left) is recorded, to its end, with status
-    :data:`NO_RESPONSE`; one whose handler raised, as ``500`` (the server's
+    client can make the label set grow. A request whose client left before
+    any response started is recorded, to its end, with status
+    :data:`NO_RESPONSE`: one cancelled then, and one whose route went on to
+    answer after this middleware passed it the client's ``http.disconnect``
+    (a ``/wait`` answers 408 then; the server drops it). One whose handler
+    raised before a response started is recorded as ``500`` (the server's
     error response, sent outside this middleware).
     """
 
@@ -261,16 +300,24 @@ class RequestTimer:
         began = clock()
         status = NO_RESPONSE
         seconds: float | None = None  # to the response's start
+        gone = False  # the client left before the response started
+
+        async def noting_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and seconds is None:
+                gone = True
+            return message
 
         async def timed_send(message: Message) -> None:
             nonlocal status, seconds
-            if message["type"] == "http.response.start" and seconds is None:
+            if message["type"] == "http.response.start" and seconds is None and not gone:
                 seconds = clock() - began
                 status = str(message["status"])
             await send(message)
 
         try:
-            await self.app(scope, receive, timed_send)
+            await self.app(scope, noting_receive, timed_send)
         except Exception:
             if seconds is None:
                 status = "500"

@@ -25,7 +25,8 @@ answer, a refusal too, gets the headers of
 :class:`~stoat_ferret.api._headers.ResponseHeaders` (no sniffing, no framing).
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
-in a task group with ``await group.start(supervisor.run)``. What can stop the
+in a task group with ``await group.start(supervisor.run)``, then open the
+metrics' feed of its jobs, before any job is submitted. What can stop the
 start (a database that is damaged, not this service's or served by another
 process; a thumbnails path that is not a usable directory) is checked by
 ``stoat-ferret``'s ``check_startup`` before anything binds, as one line and
@@ -224,25 +225,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await group.start(_run_in, hard_stop, supervisor.run)
                 app.state.job_queue = supervisor
                 try:
-                    await _thumbnails.start_thumbnails(supervisor, thumbnailer)
-                except (StoreError, OSError) as exc:
-                    # Not a reason to stop serving: the next scan that changes
-                    # something submits the job. (A damaged database is refused
-                    # before the app starts, by check_startup's quick_check.)
-                    logger.warning(
-                        "no start-up thumbnails job: {reason}", reason=" ".join(str(exc).split())
-                    )
-                logger.info(
-                    "service started",
-                    database=library.path,
-                    scan_roots=[str(root) for root in settings.scan_roots] or "any",
-                    max_workers=settings.max_workers,
-                    probe_threads=settings.probe_threads,
-                    probe_priority=settings.probe_priority.value,
-                    probe_sandbox=_sandbox_name(landlock_abi(), seccomp_filters()),
-                )
-                try:
+                    # The metrics follow the jobs before any is submitted (the
+                    # start-up thumbnails job may end before the app serves):
+                    # a job that ended before the feed opened is never counted.
                     async with app.state.metrics.following(supervisor):
+                        try:
+                            await _thumbnails.start_thumbnails(supervisor, thumbnailer)
+                        except (StoreError, OSError) as exc:
+                            # Not a reason to stop serving: the next scan that
+                            # changes something submits the job. (A damaged
+                            # database is refused before the app starts, by
+                            # check_startup's quick_check.)
+                            logger.warning(
+                                "no start-up thumbnails job: {reason}",
+                                reason=" ".join(str(exc).split()),
+                            )
+                        logger.info(
+                            "service started",
+                            database=library.path,
+                            scan_roots=[str(root) for root in settings.scan_roots] or "any",
+                            max_workers=settings.max_workers,
+                            probe_threads=settings.probe_threads,
+                            probe_priority=settings.probe_priority.value,
+                            probe_sandbox=_sandbox_name(landlock_abi(), seccomp_filters()),
+                        )
                         yield
                 finally:
                     begin_shutdown(app)

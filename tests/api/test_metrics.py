@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -11,25 +11,36 @@ import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stoat_ferret.api import _thumbnails
 from stoat_ferret.api._metrics import (
+    MAX_SCAN_FIGURE,
     NO_RESPONSE,
     OTHER_METHOD,
     UNMATCHED,
     RequestTimer,
     ServiceMetrics,
 )
+from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import ChangesLost, JobChange, JobNotFound, JobResult, JobStatus
-from tests.api.support import serving, supervisor_running
+from tests.api.support import (
+    GatedScan,
+    WatchedSupervisor,
+    http_scope,
+    lifespan_running,
+    serving,
+    started,
+    supervisor_running,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     import httpx
     from starlette.types import Message, Receive, Scope, Send
 
-    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobContext
+    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobContext, JobSupervisor
     from stoat_ferret.settings import Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -367,3 +378,244 @@ def test_job_first_seen_ended_counts_every_step() -> None:
     assert _value(samples, "stoat_jobs_started_total", job_type="t") == 1
     assert _value(samples, "stoat_jobs_ended_total", job_type="t", status="completed") == 1
     assert live == {}
+
+
+@pytest.mark.anyio
+async def test_a_response_begun_after_the_client_left_is_labelled_none() -> None:
+    """A route that answers after the client's ``http.disconnect`` (its answer goes
+    nowhere) is recorded as ``none``, to its end; one that answers, then sees the
+    client leave, keeps its status."""
+    metrics, clock = ServiceMetrics(), _Clock()
+
+    def answering(status: int, *, after_leaving: bool) -> Callable[..., Awaitable[None]]:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if after_leaving:
+                assert (await receive())["type"] == "http.disconnect"
+            clock.now += 1.0
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not after_leaving:
+                assert (await receive())["type"] == "http.disconnect"
+            clock.now += 2.0
+
+        return app
+
+    await RequestTimer(answering(408, after_leaving=True), metrics, clock)(
+        _scope(), _receive, _discard
+    )
+    await RequestTimer(answering(200, after_leaving=False), metrics, clock)(
+        _scope(), _receive, _discard
+    )
+
+    samples = _samples(metrics.render().decode())
+    count, total = (
+        "stoat_http_request_duration_seconds_count",
+        "stoat_http_request_duration_seconds_sum",
+    )
+    gone = {"method": "GET", "route": UNMATCHED, "status": NO_RESPONSE}
+    answered = {"method": "GET", "route": UNMATCHED, "status": "200"}
+    assert _value(samples, count, method="GET", route=UNMATCHED, status="408") == 0
+    assert (_value(samples, count, **gone), _value(samples, total, **gone)) == (1, 3.0)
+    assert (_value(samples, count, **answered), _value(samples, total, **answered)) == (1, 1.0)
+
+
+@pytest.mark.anyio
+async def test_a_wait_whose_client_left_is_labelled_none(settings: Settings) -> None:
+    """A ``/wait`` ended by its client leaving builds a 408 the server drops: it is
+    counted as ``none`` (no response reached the client), not as a 408."""
+    scan = GatedScan()
+    leave = anyio.Event()
+    delivered: list[Message] = []
+
+    async def receive() -> Message:
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if not leave.is_set():  # as uvicorn, which drops what is sent after a disconnect
+            delivered.append(dict(message))
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("scan", scan)
+            job_id = await supervisor.submit("scan", {"path": "/"})
+            await scan.running()
+            app = create_app(settings, job_queue=supervisor)
+            async with lifespan_running(app):
+                scope = http_scope("GET", f"/api/v1/jobs/{job_id}/wait", query=b"timeout=3600")
+                async with anyio.create_task_group() as group:
+                    group.start_soon(app, scope, receive, send)
+                    await supervisor.wait_entered.wait()
+                    leave.set()
+                samples = _samples(app.state.metrics.render().decode())
+            scan.release.set()
+
+    count = "stoat_http_request_duration_seconds_count"
+    route = "/api/v1/jobs/{job_id}/wait"
+    assert delivered == []
+    assert _value(samples, count, method="GET", route=route, status=NO_RESPONSE) == 1
+    assert _value(samples, count, method="GET", route=route, status="408") == 0
+
+
+def _ended(job_type: str, result: Any, *, seconds: float = 1.0) -> JobResult:
+    """A completed job of ``job_type`` that returned ``result``, ``seconds`` by its times."""
+    began = datetime(2026, 1, 1, tzinfo=UTC)
+    return JobResult(
+        job_id=f"{job_type}-{seconds}",
+        job_type=job_type,
+        status=JobStatus.COMPLETED,
+        result=result,
+        submitted_at=began,
+        started_at=began,
+        finished_at=began + timedelta(seconds=seconds),
+    )
+
+
+def test_a_job_whose_clock_went_back_lasted_zero_seconds() -> None:
+    """The job times are the wall clock's: one stepped back during a job gives a
+    negative duration, which is counted as 0, so the histogram's sum never goes down."""
+    metrics = ServiceMetrics()
+
+    metrics.count(_ended("t", None, seconds=2.5), {})
+    metrics.count(_ended("t", None, seconds=-60.0), {})
+
+    samples = _samples(metrics.render().decode())
+    assert _value(samples, "stoat_job_duration_seconds_count", job_type="t") == 2
+    assert _value(samples, "stoat_job_duration_seconds_sum", job_type="t") == 2.5
+    assert _value(samples, "stoat_job_duration_seconds_bucket", job_type="t", le="0.01") == 1
+
+
+_SCAN_COUNTERS = (
+    "stoat_scan_files_probed_total",
+    "stoat_scan_probe_errors_total",
+    "stoat_scan_files_unchanged_total",
+    "stoat_scan_files_removed_total",
+)
+
+
+def _scan_result(**figures: Any) -> dict[str, Any]:
+    return {"found": 3, "unchanged": 1, "added": 1, "updated": 0, "removed": 2, **figures}
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param(_scan_result(removed=-1), id="negative"),
+        pytest.param(_scan_result(found=float("inf")), id="infinite"),
+        pytest.param(_scan_result(found=float("nan")), id="nan"),
+        pytest.param(_scan_result(unchanged=10**400), id="beyond-a-float"),
+        pytest.param(_scan_result(unchanged=MAX_SCAN_FIGURE + 1), id="beyond-the-limit"),
+        pytest.param(_scan_result(found=2.0), id="float"),
+        pytest.param(_scan_result(found="3"), id="string"),
+        pytest.param(_scan_result(added=True), id="bool"),
+        pytest.param(_scan_result(updated=None), id="none"),
+        pytest.param({"found": 3}, id="figures-missing"),
+        pytest.param([3, 1, 1, 0, 2], id="not-a-dict"),
+    ],
+)
+def test_a_scan_result_with_a_figure_not_a_count_counts_no_files(result: Any) -> None:
+    """Only whole numbers from 0 to MAX_SCAN_FIGURE are counted; a scan whose result
+    has any other figure still counts as a job, and none of its figures is."""
+    metrics = ServiceMetrics()
+
+    metrics.count(_ended(SCAN_JOB_TYPE, result), {})
+
+    samples = _samples(metrics.render().decode())
+    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [0, 0, 0, 0]
+    ended = _value(samples, "stoat_jobs_ended_total", job_type=SCAN_JOB_TYPE, status="completed")
+    assert ended == 1
+
+
+def test_a_scan_result_of_counts_is_counted() -> None:
+    """The figures the service's scans return: files probed (found, less unchanged),
+    probe errors (probed, less added and updated), unchanged, removed."""
+    metrics = ServiceMetrics()
+
+    metrics.count(_ended(SCAN_JOB_TYPE, _scan_result()), {})
+    metrics.count(_ended(SCAN_JOB_TYPE, _scan_result(removed=MAX_SCAN_FIGURE - 2)), {})
+
+    samples = _samples(metrics.render().decode())
+    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [4, 2, 2, MAX_SCAN_FIGURE]
+
+
+class _FailingScanCount(ServiceMetrics):
+    """Metrics whose counting of a scan's result has a bug."""
+
+    def _count_scan(self, result: Any) -> None:
+        raise RuntimeError("a bug in counting a scan")
+
+
+@pytest.mark.anyio
+async def test_a_job_change_that_cannot_be_counted_is_logged_and_skipped(
+    log_records: list[Any],
+) -> None:
+    """Counting one job change raises: a warning with the job's fields, and the
+    feed goes on (the task, and the lifespan with it, does not end)."""
+    metrics = _FailingScanCount()
+    scan, echo = _ended(SCAN_JOB_TYPE, _scan_result()), _ended("echo", None)
+
+    async def feed() -> AsyncIterator[FeedItem]:
+        yield JobChange(7, scan)
+        yield JobChange(8, echo)
+
+    await metrics.count_feed(feed(), cast("AsyncJobQueue", _Holding()))
+
+    samples = _samples(metrics.render().decode())
+    assert _value(samples, "stoat_jobs_ended_total", job_type="echo", status="completed") == 1
+    [warning] = [record for record in log_records if record["level"].name == "WARNING"]
+    assert warning["message"] == "job metrics could not count a job change"
+    assert {name: warning["extra"][name] for name in ("job_id", "job_type", "status")} == {
+        "job_id": scan.job_id,
+        "job_type": SCAN_JOB_TYPE,
+        "status": "completed",
+    }
+    assert warning["exception"] is not None
+
+
+@pytest.mark.anyio
+async def test_a_scan_with_a_negative_figure_leaves_the_service_running(
+    settings: Settings,
+) -> None:
+    """A scan handler returning a figure the counters refuse ends no task: the
+    lifespan goes on and ends cleanly, and the job is counted (its files are not)."""
+
+    async def odd_scan(ctx: JobContext) -> dict[str, Any]:
+        return _scan_result(removed=-1)
+
+    with anyio.fail_after(10):
+        async with supervisor_running() as supervisor:
+            supervisor.register(SCAN_JOB_TYPE, odd_scan)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                await supervisor.wait(await supervisor.submit(SCAN_JOB_TYPE, {"path": "/"}))
+                samples = await _scrape(client)
+                health = await client.get("/health")
+
+    assert health.status_code == 200
+    ended = _value(samples, "stoat_jobs_ended_total", job_type=SCAN_JOB_TYPE, status="completed")
+    assert ended == 1
+    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [0, 0, 0, 0]
+
+
+@pytest.mark.anyio
+async def test_a_job_that_ends_while_the_service_starts_is_counted(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job submitted and ended during start-up (as the start-up thumbnails job may
+    be) is counted: the metrics follow the jobs from the moment the supervisor runs."""
+    ids: list[str] = []
+
+    async def one_quick_job(supervisor: JobSupervisor, thumbnailer: object) -> None:
+        supervisor.register("quick", _echo)
+        ids.append(await supervisor.submit("quick", 1))
+        await supervisor.wait(ids[0])
+
+    monkeypatch.setattr(_thumbnails, "start_thumbnails", one_quick_job)
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            samples = await _scrape(client)
+
+    assert len(ids) == 1
+    assert _value(samples, "stoat_jobs_submitted_total", job_type="quick") == 1
+    assert _value(samples, "stoat_jobs_started_total", job_type="quick") == 1
+    assert _value(samples, "stoat_jobs_ended_total", job_type="quick", status="completed") == 1
