@@ -15,7 +15,8 @@ ends at once. A job dropped between the route's 404 check and the start of
 its feed gets the state the check saw, without an id.
 
 Changes are coalesced per job while a client is slow (see ``_sse.py``). Both
-streams end, after a comment saying so, when the service begins to stop.
+streams end, after a comment saying so, when the service begins to stop; from
+then on both answer 503 with ``Retry-After``.
 
 Neither answers ``HEAD`` (405), unlike the other ``GET`` routes: a ``HEAD``
 would take one of the ``STOAT_MAX_STREAMS`` slots, and the stream of every
@@ -126,6 +127,10 @@ async def _one_job_feed(
     query: Annotated[JobEventsQuery, Query()],
     last_event_id: LastEventIdHeader = None,
 ) -> AsyncIterator[tuple[JobFeed, JobResult]]:
+    if stopping.is_set():
+        # As the stream of every job: a stream begun now would end at once,
+        # and an EventSource would come back every RETRY_MS until the stop.
+        raise unavailable("the service is stopping")
     job = await queue.get_result(job_id)  # 404 now, before the stream starts
     after = resume_after(last_event_id if last_event_id is not None else query.last_event_id)
     async with following(

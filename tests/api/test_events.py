@@ -382,6 +382,29 @@ async def test_stream_of_every_job_refused_while_stopping(settings: Settings) ->
 
 
 @pytest.mark.anyio
+async def test_stream_of_one_job_refused_while_stopping(settings: Settings) -> None:
+    """Once the service is stopping, a job's stream is a 503 with Retry-After, as JSON,
+    as the stream of every job is (not a stream that ends at once, which an
+    EventSource would open again every RETRY_MS)."""
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("echo", _echo)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                job_id = await supervisor.submit("echo", 1)
+                await supervisor.wait(job_id)
+                url = f"/api/v1/jobs/{job_id}/events"
+                before = await client.get(url)
+                begin_shutdown(app)
+                response = await client.get(url)
+
+    assert before.status_code == 200
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
+    assert response.json()["detail"] == "the service is stopping"
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     "params",
     [
