@@ -9,9 +9,12 @@ written: the walk's first, then the probes', in the order they finished.
 
 Each scan of a directory replaces the stored errors of the one before it
 (same directory, same ``recursive``) when it starts, and a scan stores no
-more once a later one has started. A finished job with fewer stored entries
-than its ``errors_total`` (replaced, in whole or in part) answers 410: its
-list is gone, and a short or empty page would say it had fewer.
+more once a later one has started. A job whose list a later scan replaced
+answers 410, whether it completed or ended early (cancelled, timed out,
+failed: no ``errors_total`` to compare with); so does a finished job with
+fewer stored entries than its ``errors_total`` (replaced in part, or
+replaced so long ago that the library no longer remembers it): its list is
+gone, and a short or empty page would say it had fewer.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from pydantic import BaseModel
 from stoat_ferret.api._deps import JobQueueDep, LibraryDep, once_each
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import PageQuery, error_responses
+from stoat_ferret.library import ScanErrorsReplaced
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+_REPLACED = "these errors were replaced by a later scan of the same directory"
 
 
 class ScanErrorOut(BaseModel):
@@ -64,9 +70,12 @@ async def list_scan_errors(
     replaced them, in whole or in part."""
     limit, offset = page.limit, page.offset
     job = await queue.get_result(job_id)  # 404 for an unknown job
-    entries, total = await library.scan_errors(job_id, limit, offset)
+    try:
+        entries, total = await library.scan_errors(job_id, limit, offset)
+    except ScanErrorsReplaced:
+        raise HTTPException(410, _REPLACED) from None
     if job.status.is_terminal and total < _counted_errors(job.result):
-        raise HTTPException(410, "these errors were replaced by a later scan of the same directory")
+        raise HTTPException(410, _REPLACED)
     return ApiJSONResponse(
         {
             "errors": [{"path": path, "error": error} for path, error in entries],

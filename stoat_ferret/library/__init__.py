@@ -23,6 +23,7 @@ from stoat_ferret.library._exceptions import (
     LibraryError,
     ProbeError,
     ScanError,
+    ScanErrorsReplaced,
     StoreError,
 )
 from stoat_ferret.library._input import READ_LIMIT
@@ -97,6 +98,7 @@ __all__ = [
     "ProbeProcesses",
     "RootUnavailable",
     "ScanError",
+    "ScanErrorsReplaced",
     "ScanHandler",
     "ScanPayload",
     "Stop",

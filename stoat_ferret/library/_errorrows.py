@@ -10,7 +10,7 @@ the store, under its write lock.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     import sqlite3
@@ -23,6 +23,18 @@ def delete_scope_errors(connection: sqlite3.Connection, directory: str, recursiv
         "DELETE FROM scan_errors WHERE directory = ? AND recursive = ?",
         (directory, int(recursive)),
     )
+
+
+def scope_jobs(
+    connection: sqlite3.Connection, directory: str, recursive: bool, but: str
+) -> list[str]:
+    """The scans, other than ``but``, that have errors stored for this scope."""
+    rows = connection.execute(
+        "SELECT DISTINCT job_id FROM scan_errors"
+        " WHERE directory = ? AND recursive = ? AND job_id != ?",
+        (directory, int(recursive), but),
+    ).fetchall()
+    return [job_id for (job_id,) in rows]
 
 
 def insert_errors(
@@ -61,6 +73,11 @@ def error_page(
     return [(path, error) for path, error in rows], int(total)
 
 
+REPLACED_KEPT: Final = 100_000
+"""How many replaced scans :class:`ErrorOwners` remembers as such: a few MB,
+more than a service that retains its jobs an hour (the default) can
+replace in that time; one older than that answers an empty list."""
+
 Scope = tuple[str, bool]
 """A scanned ``(directory, recursive)``: whose errors one list holds."""
 
@@ -72,21 +89,36 @@ class ErrorOwners:
     :meth:`take` runs under the store's write lock, once a scan's new list
     is committed; :meth:`owns`, under the same lock; :meth:`end` never
     waits, so any thread may call it (a deque's append is atomic), and the
-    next :meth:`take` carries it out.
+    next :meth:`take` carries it out. It also remembers which scans' lists
+    were replaced (:meth:`was_replaced`, which any thread may ask: a
+    membership test of a dict is atomic).
     """
 
     def __init__(self) -> None:
         self._owners: dict[Scope, str] = {}
         self._ended: deque[tuple[Scope, str]] = deque()
+        # The scans whose lists a later one replaced, oldest first (a dict
+        # keeps its order); at most REPLACED_KEPT of them.
+        self._replaced: dict[str, None] = {}
 
-    def take(self, scope: Scope, job_id: str) -> None:
-        """``job_id`` owns ``scope`` from now on; ended scans are forgotten first."""
+    def take(self, scope: Scope, job_id: str, *, replaced: Sequence[str] = ()) -> None:
+        """``job_id`` owns ``scope`` from now on, its list having ``replaced``
+        those of these scans; ended scans are forgotten first."""
         owners = self._owners
         while self._ended:
             ended_scope, ended = self._ended.popleft()
             if owners.get(ended_scope) == ended:  # not a later scan's scope
                 del owners[ended_scope]
         owners[scope] = job_id
+        gone = self._replaced
+        gone.update(dict.fromkeys(replaced))
+        while len(gone) > REPLACED_KEPT:
+            del gone[next(iter(gone))]
+
+    def was_replaced(self, job_id: str) -> bool:
+        """Whether a later scan replaced ``job_id``'s list (one of the last
+        :data:`REPLACED_KEPT` so replaced). Any thread may ask."""
+        return job_id in self._replaced
 
     def owns(self, scope: Scope, job_id: str) -> bool:
         return self._owners.get(scope) == job_id

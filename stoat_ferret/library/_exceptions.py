@@ -7,7 +7,8 @@
      │    └── ShortOfMemory       the work on it ran out of memory (transient)
      ├── ScanError     the directory to scan is missing, outside the roots, or cannot be listed
      │    └── DirectoryReplaced   it, or one above it, was replaced by a symlink
-     └── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
+     ├── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
+     └── ScanErrorsReplaced  a scan's stored errors were replaced by a later scan's
 
 A ``ProbeError`` never ends a scan: the scan records it in its ``errors`` list
 and goes on. ``ScanError`` and ``StoreError`` end it, except
@@ -119,3 +120,14 @@ class DirectoryReplaced(ScanError):
     requested. Nothing is read through it; the scan reports it as
     an ``errors`` entry and completes.
     """
+
+
+@attrs.define(eq=False, str=False)
+class ScanErrorsReplaced(LibraryError):
+    """Raised when a scan's stored ``errors`` list was replaced by a later scan
+    of the same directory (``VideoStore.scan_errors``): it is gone."""
+
+    job_id: str
+
+    def __str__(self) -> str:
+        return f"the errors of scan {self.job_id} were replaced by a later scan"

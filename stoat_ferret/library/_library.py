@@ -254,6 +254,7 @@ class VideoLibrary:
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
+            ScanErrorsReplaced: A later scan of the same scope replaced the list.
         """
         return await anyio.to_thread.run_sync(
             self._store.scan_errors, job_id, limit, offset, limiter=self._reads

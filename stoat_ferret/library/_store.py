@@ -35,7 +35,9 @@ meanwhile) stores nothing more, so a list is never a mix of two scans. A
 scan becomes the owner once its new list is committed, and stops being one
 when it ends (``end_scan``, carried out when the next scan begins), so the
 owners, kept in memory, are the scans running (and those ended since the last
-began), not every directory ever scanned. The table is emptied when the store opens,
+began), not every directory ever scanned. It remembers which scans' lists
+were replaced (the last ``REPLACED_KEPT``): :meth:`VideoStore.scan_errors`
+tells a replaced list from an empty one. The table is emptied when the store opens,
 by the process that holds the database's lock (``_lock.py``; no other
 process can open the store meanwhile): job ids do not outlive the process.
 
@@ -76,8 +78,9 @@ from stoat_ferret.library._errorrows import (
     delete_scope_errors,
     error_page,
     insert_errors,
+    scope_jobs,
 )
-from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._exceptions import ScanErrorsReplaced, StoreError
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
     Applied,
@@ -423,9 +426,10 @@ class VideoStore:
         # same hold of the lock as the commit.
         with self._write_lock:
             with self._writing() as connection:
+                replaced = scope_jobs(connection, directory, recursive, but=job_id)
                 delete_scope_errors(connection, directory, recursive)
                 insert_errors(connection, job_id, directory, recursive, errors)
-            self._error_owners.take((directory, recursive), job_id)
+            self._error_owners.take((directory, recursive), job_id, replaced=replaced)
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
@@ -456,11 +460,16 @@ class VideoStore:
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
+            ScanErrorsReplaced: A later scan of the same scope replaced the list.
         """
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
         with self._reading() as connection:
-            return error_page(connection, job_id, limit, offset)
+            page = error_page(connection, job_id, limit, offset)
+        # Asked after the read: a list replaced meanwhile is not served either.
+        if self._error_owners.was_replaced(job_id):
+            raise ScanErrorsReplaced(job_id)
+        return page
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

@@ -8,13 +8,14 @@ import anyio
 import pytest
 
 from stoat_ferret.api.app import create_app
-from tests.api.support import serving
+from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import httpx
 
+    from stoat_ferret.jobs import JobContext
     from stoat_ferret.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -137,3 +138,40 @@ async def test_a_list_cut_short_by_a_later_scan_is_410(settings: Settings, scan_
 
     assert job["result"]["errors_total"] == 3
     assert response.status_code == 410
+
+
+async def test_the_replaced_list_of_a_cancelled_scan_is_410(
+    settings: Settings, scan_root: Path
+) -> None:
+    """A scan cancelled after it stored errors has no errors_total to compare with:
+    once a later scan of its directory replaced its list, 410, not an empty page
+    that would say it met no error."""
+    directory = str(await anyio.Path(scan_root).resolve())
+    stored = anyio.Event()
+
+    async def storing_then_waiting(ctx: JobContext) -> None:
+        await app.state.library.replace_scan_errors(
+            ctx.job_id, directory, recursive=True, errors=[(f"{directory}/a.mp4", "bad")]
+        )
+        stored.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(TIMEOUT):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", storing_then_waiting)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                response = await client.post(SCAN, json={"path": directory})
+                job_id = response.json()["job_id"]
+                await stored.wait()
+                before = await client.get(f"/api/v1/jobs/{job_id}/errors")
+                cancelled = await client.post(f"/api/v1/jobs/{job_id}/cancel", json={})
+                await app.state.library.replace_scan_errors(
+                    "a-later-scan", directory, recursive=True, errors=()
+                )
+                after = await client.get(f"/api/v1/jobs/{job_id}/errors")
+
+    assert (before.status_code, before.json()["total"]) == (200, 1)
+    assert cancelled.json()["status"] == "cancelled"
+    assert after.status_code == 410
+    assert "replaced by a later scan" in after.json()["detail"]

@@ -20,11 +20,13 @@ import pytest
 from stoat_ferret.library import (
     METADATA_FIELDS,
     SCHEMA_VERSION,
+    ScanErrorsReplaced,
     StoreError,
     VideoFilter,
     VideoLibrary,
     VideoStore,
     _clock,
+    _errorrows,
     _schema,
 )
 from stoat_ferret.library._query import search_key, subtree_bounds
@@ -926,8 +928,45 @@ def test_a_scan_that_no_longer_owns_its_directory_stores_no_errors(store: VideoS
     store.add_scan_errors("a", "/m", recursive=True, errors=[("/m/2.mp4", "bad")])
     store.add_scan_errors("b", "/m", recursive=True, errors=[("/m/3.mp4", "bad")])
 
-    assert store.scan_errors("a", 10, 0) == ([], 0)
+    with pytest.raises(ScanErrorsReplaced):
+        store.scan_errors("a", 10, 0)
     assert store.scan_errors("b", 10, 0) == ([("/m/3.mp4", "bad")], 1)
+
+
+def test_a_replaced_list_is_told_from_an_empty_one_whatever_ended_its_scan(
+    store: VideoStore,
+) -> None:
+    """A scan that ended early (cancelled, timed out: no errors_total to compare
+    with) and whose list a later scan replaced is said to be replaced, not to
+    have had no errors; one that had none has nothing replaced; another scope's
+    later scan replaces nothing."""
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    store.end_scan("a", "/m", recursive=True)
+    store.replace_scan_errors("none", "/n", recursive=True, errors=())
+    store.replace_scan_errors("b", "/m", recursive=True, errors=())
+    store.replace_scan_errors("c", "/n", recursive=True, errors=())
+    store.replace_scan_errors("d", "/m", recursive=False, errors=())
+
+    with pytest.raises(ScanErrorsReplaced):
+        store.scan_errors("a", 10, 0)
+    assert store.scan_errors("none", 10, 0) == ([], 0)
+    assert store.scan_errors("b", 10, 0) == ([], 0)
+
+
+def test_only_the_latest_replaced_scans_are_remembered_as_such(
+    store: VideoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bounded memory: past REPLACED_KEPT, the oldest replaced scan is forgotten
+    (its list reads as empty: the API's errors_total check still tells)."""
+    monkeypatch.setattr(_errorrows, "REPLACED_KEPT", 2)
+    for name in ("a", "b", "c"):
+        store.replace_scan_errors(name, f"/{name}", recursive=True, errors=[("/x.mp4", "bad")])
+        store.replace_scan_errors(f"{name}2", f"/{name}", recursive=True, errors=())
+
+    assert store.scan_errors("a", 10, 0) == ([], 0)
+    for name in ("b", "c"):
+        with pytest.raises(ScanErrorsReplaced):
+            store.scan_errors(name, 10, 0)
 
 
 def test_an_ended_scan_is_forgotten_as_owner_when_the_next_scan_begins(
