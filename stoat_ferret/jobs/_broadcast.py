@@ -21,8 +21,10 @@ Publishing never waits and never snapshots: a feed takes the snapshot of a
 job when it hands the change out. That is the state the change's id names,
 since the owner publishes after every change it makes to a job's snapshot
 (the invariant that makes this cheap), so a later change would have moved
-the job to the end of the feed with a later id. Only the event loop's thread
-touches these objects, and no method but ``JobFeed.__anext__`` awaits.
+the job to the end of the feed with a later id. A closed feed takes no more
+changes, so it snapshots what it holds when it is closed (once, at the
+stop, not per change). Only the event loop's thread touches these objects,
+and no method but ``JobFeed.__anext__`` awaits.
 
 Ids carry no run token: the first id of a run is the wall clock at the
 queue's creation in microseconds, so an id from an earlier run is older than
@@ -233,6 +235,7 @@ class JobFeed:
     __slots__ = (
         "_changes",
         "_closed",
+        "_held",
         "_job_types",
         "_limit",
         "_lost",
@@ -262,6 +265,8 @@ class JobFeed:
         # Invariant: insertion order is event id order (a job's entry moves
         # to the end when it changes again), so ids come out increasing.
         self._pending: dict[str, _Entry] = {}
+        # What was pending at the close, snapshotted then, in the same order.
+        self._held: deque[JobChange] = deque()
         self._lost: int | None = None  # the id of a ChangesLost to hand out first
         # The named jobs whose end has not been handed out (until_terminal only).
         self._unsettled: set[str] | None = set(job_ids) if until_terminal and job_ids else None
@@ -297,13 +302,25 @@ class JobFeed:
             self._wake()
 
     def close(self) -> None:
-        """End the iteration once what is pending now is handed out."""
-        self._closed = True
+        """End the iteration once what is pending now is handed out.
+
+        What is pending is snapshotted now: the jobs go on changing, and a
+        closed feed takes none of their later changes, so a snapshot taken
+        when it is handed out could show a state newer than its id names.
+        """
+        if not self._closed:
+            self._closed = True
+            self._held.extend(
+                JobChange(event_id, record.snapshot())
+                for event_id, record in self._pending.values()
+            )
+            self._pending.clear()
         self._wake()
 
     def abandon(self) -> None:
         """End the iteration now, what is pending included (its follower is gone)."""
         self._pending.clear()
+        self._held.clear()
         self._lost = None
         self.close()
 
@@ -319,7 +336,7 @@ class JobFeed:
 
     async def __anext__(self) -> FeedItem:
         await checkpoint()  # every read, as a watch() stream's
-        while not self._pending and self._lost is None:
+        while not self._pending and not self._held and self._lost is None:
             if self._done():
                 raise StopAsyncIteration
             if self._wakeup is not None:  # one reader at a time, as a watch() stream
@@ -332,9 +349,12 @@ class JobFeed:
         if self._lost is not None:
             lost, self._lost = ChangesLost(self._lost), None
             return lost
-        job_id = next(iter(self._pending))
-        event_id, record = self._pending.pop(job_id)
-        job = record.snapshot()
-        if job.status.is_terminal:
-            self.settle(job_id)
-        return JobChange(event_id, job)
+        if self._held:
+            change = self._held.popleft()
+        else:
+            job_id = next(iter(self._pending))
+            event_id, record = self._pending.pop(job_id)
+            change = JobChange(event_id, record.snapshot())
+        if change.job.status.is_terminal:
+            self.settle(change.job.job_id)
+        return change

@@ -171,6 +171,37 @@ async def test_a_closed_feed_takes_no_more_changes() -> None:
     assert [item.event_id for item in items] == [created]
 
 
+async def test_a_closed_feed_hands_out_each_job_as_it_was_at_its_id() -> None:
+    """What a feed holds when it is closed is handed out in the state its id names:
+    the jobs' later changes (which a closed feed does not take, so their ids never
+    reach its reader) do not show under the older id."""
+    changes = JobChanges()
+    a, b = _record("a"), _record("b")
+    changes.publish(a)
+    feed = changes.open_feed()
+    a.apply(JobEvent.START)
+    a.progress = 0.25
+    changes.publish(a)
+    changes.publish(b)
+    held = {"a": changes.last_event_id - 1, "b": changes.last_event_id}
+    feed.close()
+    a.progress = 0.75
+    changes.publish(a)
+    a.apply(JobEvent.COMPLETE)
+    changes.publish(a)
+    b.apply(JobEvent.CANCEL)
+    changes.publish(b)
+
+    items = [item async for item in feed]
+
+    assert [
+        (item.event_id, item.job.job_id, item.job.status.value, item.job.progress)
+        for item in items
+        if isinstance(item, JobChange)
+    ] == [(held["a"], "a", "running", 0.25), (held["b"], "b", "pending", None)]
+    assert len(items) == 2
+
+
 async def test_feed_opened_after_close_ends_after_its_start() -> None:
     """Once the queue has stopped, a new feed hands out the current states, then ends."""
     changes = JobChanges()
