@@ -5,8 +5,13 @@
 per change, the job JSON as ``data:``, ids increasing. A client that comes
 back with ``Last-Event-ID`` (as a browser's ``EventSource`` does by itself,
 or ``?last_event_id=``) gets the latest state of each job that changed since,
-or, if that id is older than the replay log, one ``reset`` event: fetch the
-job list again. Without an id, the stream starts with the jobs not ended yet.
+or, if that id is older than the replay log or one this run never sent, one
+``reset`` event: fetch the job list again. The reset's id is the latest one
+sent, which is lower than the client's when that was greater than any sent
+(garbage, or a run whose clock was ahead): a client takes each event's id,
+a reset's too, as where it is, as ``EventSource`` does. (Giving out ids
+past a client's instead would let any client push them past what the next
+can send back.) Without an id, the stream starts with the jobs not ended yet.
 
 ``GET /api/v1/jobs/{job_id}/events`` follows one job, with the same ids:
 its current state, its changes, and the end after its final state (unnamed

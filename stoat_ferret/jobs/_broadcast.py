@@ -146,7 +146,9 @@ class JobChanges:
         changes after ``after`` when the log still holds them. A feed naming
         no job whose ``after`` is not in the log starts with one
         :class:`ChangesLost` and nothing else (its follower fetches the job
-        list again; the changes after it have greater ids). Otherwise it
+        list again; the changes after it have greater ids). Its id is
+        :attr:`last_event_id`, lower than an ``after`` this run never
+        issued: the follower takes it as its new position. Otherwise it
         starts with the current state of the jobs it follows: every job it
         names whose latest change is newer than ``after``, or, with no
         ``after`` and naming none, every job not ended yet. Naming jobs, an

@@ -69,6 +69,26 @@ async def test_resume_at_the_newest_id_gives_nothing_and_at_the_oldest_everythin
     assert too_old == [ChangesLost(changes.last_event_id)]
 
 
+async def test_an_id_never_issued_gets_a_reset_at_the_latest_id_then_later_ids() -> None:
+    """An ``after`` greater than any id issued (garbage, or a run whose clock was
+    ahead) gets a ChangesLost at the latest id, lower than ``after``: the ids are
+    not moved past a client's, and the changes that follow are greater than the
+    reset's."""
+    changes = JobChanges()
+    a = _record("a")
+    changes.publish(a)
+    latest = changes.last_event_id
+    feed = changes.open_feed(after=latest + 10**9)
+    a.apply(JobEvent.START)
+    changes.publish(a)
+
+    items = await _drain(feed)
+
+    assert items[0] == ChangesLost(latest)
+    assert _summary(items[1:]) == [("a", "running")]
+    assert [item.event_id for item in items] == [latest, latest + 1]
+
+
 async def test_named_feed_resumes_only_its_own_jobs() -> None:
     """A feed naming jobs replays their changes only, and never reports ChangesLost."""
     changes = JobChanges(replay=2)
