@@ -20,7 +20,9 @@ leaves the scanned directory: nothing outside is looked at, not even with
 :data:`MAX_LINK_HOPS` links with ``ELOOP``, as the kernel's own lookup does
 (Python 3.11's ``os.path.realpath`` recurses, and a chain of about a
 thousand links raised ``RecursionError``), and after :data:`MAX_LINK_COMPONENTS`
-components in all, so one link costs a bounded number of system calls.
+components in all, so one link costs a bounded number of system calls. The
+links of one walk share a :class:`LinkBudget` of :data:`MAX_WALK_LINK_COMPONENTS`
+components, so thousands of such links cost a bounded number too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ MAX_LINK_COMPONENTS: Final = 4096
 """Path components looked at while resolving one link, all its hops together;
 more is ``ELOOP``. With one ``lstat`` (and at most one ``openat``) each, this
 bounds the work a hostile link can cause."""
+
+MAX_WALK_LINK_COMPONENTS: Final = 1_000_000
+"""Path components looked at while resolving all the links of one walk,
+together (:class:`LinkBudget`); past it, no further link is followed
+(:class:`LinkBudgetSpent`). A component costs about 4 microseconds here (an
+``lstat`` and an ``openat``, or a ``close``, and the Python around them), so
+this bounds a walk's link resolution to a few seconds: a hostile directory
+of links each up and down thousands of components (4,096 at most each) would
+otherwise take minutes, and every scan of it or of a directory above it would
+time out. A real library stays far below: 100,000 links of 10 components
+each (``../../Films/Title/Title.mkv`` is 5) take all of it. A link met
+again as a link's last component costs one component (the walk's cache)."""
 
 MAX_DEPTH: Final = 128
 """Levels of directories below the scanned directory that a scan goes down, at
@@ -191,6 +205,17 @@ Cached = tuple[Outcome | OSError, int, int]
 """A link's outcome (or error) in a walk's cache, and the hops and components it took."""
 
 
+class LinkBudget:
+    """The path components a walk may still look at to resolve its links,
+    all of them together: :data:`MAX_WALK_LINK_COMPONENTS` to begin with."""
+
+    __slots__ = ("left", "total")
+
+    def __init__(self, components: int = MAX_WALK_LINK_COMPONENTS) -> None:
+        self.total = components
+        self.left = components
+
+
 def resolve_link(
     scope: Sequence[str],
     directory: Sequence[str],
@@ -200,6 +225,7 @@ def resolve_link(
     directory_fds: Sequence[int] = (),
     checkpoint: Callable[[], None] | None = None,
     cache: dict[tuple[str, ...], Cached] | None = None,
+    budget: LinkBudget | None = None,
 ) -> Outcome:
     """Resolve the symlink ``name`` in ``directory``, never looking outside ``scope``.
 
@@ -225,12 +251,15 @@ def resolve_link(
             walk passes its cancellation check).
         cache: Outcomes of the links resolved so far in one walk, by the
             link's path: a chain met again costs one lookup.
+        budget: What is left of the walk's components (:class:`LinkBudget`):
+            each component looked at here takes one, a cached link one.
 
     Returns:
         The components of the file the link leads to and its ``lstat``
         (not a symlink), or None if the path leaves ``scope`` on the way.
 
     Raises:
+        LinkBudgetSpent: ``budget`` ran out; nothing more is looked at.
         OSError: ``ELOOP`` after :data:`MAX_LINK_HOPS` links (a loop or a
             long chain) or :data:`MAX_LINK_COMPONENTS` components, or on the
             way through a directory :data:`MAX_DEPTH` levels below the scope
@@ -238,7 +267,7 @@ def resolve_link(
             or ``ENOTDIR`` for a dangling link, ``ENAMETOOLONG``, or whatever
             ``readlink``, ``lstat`` and ``open`` raised.
     """
-    resolver = _Resolver(scope, list(directory), scope_fd, checkpoint, cache)
+    resolver = _Resolver(scope, list(directory), scope_fd, checkpoint, cache, budget)
     try:
         if directory_fds:
             resolver.fds = list(directory_fds)
@@ -266,6 +295,7 @@ class _Resolver:
         scope_fd: int,
         checkpoint: Callable[[], None] | None,
         cache: dict[tuple[str, ...], Cached] | None,
+        budget: LinkBudget | None,
     ) -> None:
         self.scope = list(scope)
         self.depth = len(scope)
@@ -274,6 +304,8 @@ class _Resolver:
         self.owned = [False]
         self.checkpoint = checkpoint
         self.cache = cache
+        # Without a walk's budget, the limit of one link comes first.
+        self.budget = LinkBudget(MAX_LINK_COMPONENTS) if budget is None else budget
         self.hops = 0
         self.components = 0
         # Links met as the last component: (path, hops and components before it).
@@ -292,12 +324,16 @@ class _Resolver:
         depth = self.depth
         resolved = self.resolved
         pending = name.split("/")[::-1]  # components still to resolve, the next one last
+        budget = self.budget
         info: os.stat_result | None = None
         while pending:
             part = pending.pop()
             self.components += 1
             if self.components > MAX_LINK_COMPONENTS:
                 raise _TooMany(errno.ELOOP, os.strerror(errno.ELOOP))
+            if budget.left <= 0:
+                raise LinkBudgetSpent(errno.ELOOP, _spent(budget))
+            budget.left -= 1
             info = None
             if part in ("", "."):
                 continue
@@ -389,3 +425,14 @@ _TOO_DEEP: Final = f"leads more than {MAX_DEPTH} levels below the scanned direct
 
 class _TooMany(OSError):
     """ELOOP from a limit of the resolution, not from the links themselves: never cached."""
+
+
+def _spent(budget: LinkBudget) -> str:
+    return (
+        f"this scan has looked at {budget.total:,} path components to resolve symlinks, its limit"
+    )
+
+
+class LinkBudgetSpent(_TooMany):
+    """:func:`resolve_link` stopped: its walk's :class:`LinkBudget` is spent.
+    Not the link's fault (the walk's other links took the budget): never cached."""

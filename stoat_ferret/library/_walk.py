@@ -28,6 +28,10 @@ The rules, in the order they are applied to each directory entry:
   4,096 path components in all) is an error entry. Each link is resolved
   with the walk's own directory descriptors, one ``openat`` at most per
   component, and a link resolved once is not resolved again in the walk.
+  All the links of a walk together look at no more than
+  :data:`~stoat_ferret.library._beneath.MAX_WALK_LINK_COMPONENTS` path
+  components (a few seconds' work): past that, each further link is an
+  error entry, not followed, and the walk goes on with everything else.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
 * A subdirectory that cannot be listed, a file that cannot be stat'ed, or a
   symlink that cannot be followed for another reason than a missing, looping
@@ -62,8 +66,11 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 from stoat_ferret.library import _mounts, _ondisk
 from stoat_ferret.library._beneath import (
     MAX_DEPTH,
+    MAX_WALK_LINK_COMPONENTS,
     PATH_MAX,
     Cached,
+    LinkBudget,
+    LinkBudgetSpent,
     open_scan_directory,
     open_subdirectory,
     resolve_link,
@@ -210,6 +217,8 @@ class _Walk:
         self.fds: list[int] = []
         # Links resolved in this walk, by path: a chain is followed once.
         self.links: dict[tuple[str, ...], Cached] = {}
+        # The path components all its links may still take to resolve.
+        self.budget = LinkBudget(MAX_WALK_LINK_COMPONENTS)
 
     def run(self, root_fd: int) -> None:
         self.root_fd = root_fd
@@ -340,7 +349,11 @@ class _Walk:
                 directory_fds=self.fds,
                 checkpoint=self.checkpoint,
                 cache=self.links,
+                budget=self.budget,
             )
+        except LinkBudgetSpent as exc:  # the target may well be there
+            self.errors.add_unfollowed(link, f"symlink not followed: {_reason(exc)}")
+            return
         except OSError as exc:
             if exc.errno in _BROKEN_LINK:
                 self.errors.add(link, f"broken symlink ({_reason(exc)})")

@@ -14,6 +14,8 @@ from stoat_ferret.library._beneath import (
     MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
     Cached,
+    LinkBudget,
+    LinkBudgetSpent,
     containing_root,
     open_directory,
     open_scan_directory,
@@ -228,6 +230,39 @@ def test_a_resolved_chain_is_cached_for_the_walk(
     assert second == first
     assert opens.count == 2 * 10  # only the way down to the links' directory, for each call
     assert len(cache) == MAX_LINK_HOPS
+
+
+def test_the_links_of_one_walk_share_one_budget_of_components(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each component a resolution looks at takes one from the walk's budget,
+    whichever link it is for: a link of 4 components resolves with 4 left,
+    the next one stops at its first component past the budget, having opened
+    only what it could pay for; with the budget spent, a link opens nothing,
+    and the spent budget is no outcome cached for the link."""
+    (scope / "one.mp4").symlink_to("sub/../clip.mp4")  # 4 components: the link's, then 3
+    (scope / "two.mp4").symlink_to("sub/../clip.mp4")
+    budget = LinkBudget(6)
+    cache: dict[tuple[str, ...], Cached] = {}
+    here = split(str(scope))
+
+    first = resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)
+    left = budget.left
+    opens = _Opens(monkeypatch)
+    with pytest.raises(LinkBudgetSpent, match="looked at 6 path components") as spent:
+        resolve_link(here, here, "two.mp4", scope_fd, cache=cache, budget=budget)
+    opened_by_two = opens.count
+    with pytest.raises(LinkBudgetSpent):
+        resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)
+
+    assert first is not None
+    assert first[0] == split(str(scope / "clip.mp4"))
+    assert left == 2
+    assert opened_by_two == 1  # "sub", its second component; ".." was one too many
+    assert opens.count == opened_by_two
+    assert budget.left == 0
+    assert spent.value.errno == errno.ELOOP
+    assert [path[-1] for path in cache] == ["one.mp4"]
 
 
 class _Stop(Exception):

@@ -29,6 +29,7 @@ from stoat_ferret.library import (
     VideoStore,
     _scan,
     _scanprobe,
+    _walk,
     make_scan_handler,
     probe_video,
     walk_videos,
@@ -223,6 +224,35 @@ async def test_a_chain_of_1200_links_is_an_error_entry(
     assert result["found"] == 1
     assert result["added"] == 1
     assert all("Too many levels of symbolic links" in e["error"] for e in result["errors"])
+
+
+async def test_a_scan_past_its_link_budget_stores_everything_else(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The walk's budget of link components pays for one link of four (its
+    name, ``..``, ``data``, ``clip.bin``): that one leads to its clip, each of
+    the other three is one errors entry saying why, and the scan completes,
+    storing every video it found by its name and the one link's target."""
+    monkeypatch.setattr(_walk, "MAX_WALK_LINK_COMPONENTS", 4)
+    root, _ = roots
+    lib = root / "lib"
+    copy_video(clip, lib / "sub" / "other.mp4")
+    (lib / "data").mkdir()
+    copy_video(clip, lib / "data" / "clip.bin")
+    (lib / "links").mkdir()
+    for index in range(4):
+        (lib / "links" / f"l{index}.mp4").symlink_to("../data/clip.bin")
+
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library, roots=[root])(make_context(lib))
+        stored = {video.path for video in (await library.list_videos())[0]}
+
+    assert stored == {str(lib / name) for name in ("inside.mp4", "sub/other.mp4", "data/clip.bin")}
+    assert (result["found"], result["added"], result["errors_total"]) == (3, 3, 3)
+    assert all("symlink not followed" in entry["error"] for entry in result["errors"])
 
 
 def test_loops_dangling_links_and_bad_names_are_error_entries(tmp_path: Path) -> None:
@@ -445,10 +475,9 @@ async def test_a_directory_replaced_by_a_link_after_the_walk_gets_no_row_under_i
     descriptor, but no row is stored under the path, which now leads outside; one
     errors entry says why."""
     root, outside = roots
-    walk = _scan.walk_videos
 
     def walk_then_swap(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        found = walk(*args, **kwargs)
+        found = walk_videos(*args, **kwargs)
         os.rename(root / "lib", root / "moved")
         (root / "lib").symlink_to(outside, target_is_directory=True)
         return found

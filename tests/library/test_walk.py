@@ -342,3 +342,30 @@ async def test_cancelling_the_host_task_stops_a_link_resolution(
 
     assert scope.cancelled_caught
     assert len(read) == 1
+
+
+def test_past_the_walk_s_link_budget_each_further_link_is_an_error_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five links of 5 components each (their own name, then a target of 4),
+    a budget of 15 for the walk: three are followed (whichever the listing
+    gives first), each of the other two is one errors entry saying why (not
+    followed: their targets may be there), and the files found by their own
+    names are all found, in every directory."""
+    monkeypatch.setattr(_walk, "MAX_WALK_LINK_COMPONENTS", 15)
+    targets = {_touch(tmp_path / "data" / f"{index}.bin") for index in range(5)}
+    for index in range(5):
+        (tmp_path / f"l{index}.mp4").symlink_to(f"data/../data/{index}.bin")
+    plain = {_touch(tmp_path / "top.mp4"), _touch(tmp_path / "sub" / "deep.mkv")}
+    errors = ErrorLog()
+
+    found = walk_videos(str(tmp_path), recursive=True, errors=errors)
+
+    assert len(set(found) & targets) == 3
+    assert set(found) - targets == plain
+    assert len(errors.entries) == errors.unfollowed == 2
+    assert {entry["error"] for entry in errors.entries} == {
+        "symlink not followed: this scan has looked at 15 path components"
+        " to resolve symlinks, its limit"
+    }
+    assert errors.unread == []
