@@ -33,7 +33,9 @@ The rules, in the order they are applied to each directory entry:
   components (a few seconds' work): past that, each further link is an
   error entry, not followed, and the walk goes on with everything else.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
-* A subdirectory that cannot be listed, a file that cannot be stat'ed, or a
+* A subdirectory that cannot be listed, a file that cannot be stat'ed (an
+  entry of any kind, where the file system gives no type in its listing and
+  ``lstat`` fails: the rest of its directory is listed all the same), or a
   symlink that cannot be followed for another reason than a missing, looping
   or overlong target, is an error entry and the walk goes on; it is also
   noted in the log's ``unread`` (paths) or ``unfollowed`` (a count), so that
@@ -308,34 +310,46 @@ class _Walk:
                 seen += 1
                 if not seen % CHECK_EVERY:
                     checkpoint()
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        subdirectories.append(entry.name)
-                    continue
-                name = entry.name
-                # is_video_name, inlined. Most names are lower case: one C call
-                # decides, lower() only if not.
-                if not (name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)):
-                    continue
-                path = prefix + name
-                if not (name.isascii() or is_utf8(name)):
-                    self.errors.add(_printable(path), _NOT_UTF8)
-                elif len(path) >= PATH_MAX // 4 and len(os.fsencode(path)) >= PATH_MAX:
-                    self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
-                elif entry.is_file(follow_symlinks=False):
-                    try:
+                # is_dir, is_file and is_symlink lstat the entry where the file
+                # system gives no type in its listing (some FUSE ones, old XFS),
+                # and raise what it raised but ENOENT: that entry only is unread.
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if recursive:
+                            subdirectories.append(entry.name)
+                        continue
+                    name = entry.name
+                    # is_video_name, inlined. Most names are lower case: one C call
+                    # decides, lower() only if not.
+                    if not (name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)):
+                        continue
+                    path = prefix + name
+                    if not (name.isascii() or is_utf8(name)):
+                        self.errors.add(_printable(path), _NOT_UTF8)
+                    elif len(path) >= PATH_MAX // 4 and len(os.fsencode(path)) >= PATH_MAX:
+                        self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
+                    elif entry.is_file(follow_symlinks=False):
                         info = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    except OSError as exc:
-                        self.errors.add_unread(path, _reason(exc))
-                        continue
-                    found[path] = (info.st_size, info.st_mtime_ns)
-                elif entry.is_symlink():
-                    self.follow_link(directory, name)
+                        found[path] = (info.st_size, info.st_mtime_ns)
+                    elif entry.is_symlink():
+                        self.follow_link(directory, name)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self.unread_entry(prefix + entry.name, exc)
         self.seen = seen
         subdirectories.reverse()  # listed first, walked first
         return iter(subdirectories)
+
+    def unread_entry(self, path: str, exc: OSError) -> None:
+        """An errors entry for ``path``, listed but not stat'ed: unread, unless
+        its name is one the walk would have skipped anyway."""
+        if not is_utf8(path):
+            self.errors.add(_printable(path), _NOT_UTF8)
+        elif len(os.fsencode(path)) >= PATH_MAX:
+            self.errors.add(path[:PATH_MAX], _TOO_LONG)
+        else:
+            self.errors.add_unread(path, _reason(exc))
 
     def follow_link(self, directory: str, name: str) -> None:
         link = _join(directory, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
@@ -18,6 +20,7 @@ from tests.library.support import listed_path
 from tests.permissions import call_denied
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -369,3 +372,56 @@ def test_past_the_walk_s_link_budget_each_further_link_is_an_error_entry(
         " to resolve symlinks, its limit"
     }
     assert errors.unread == []
+
+
+class _Untyped:
+    """A directory entry of a file system that gives no type in its listing,
+    whose lstat fails with EIO for one kind of question (``is_dir``,
+    ``is_file`` or ``is_symlink``): as ``os.DirEntry`` does there."""
+
+    def __init__(self, entry: os.DirEntry[str], failing: str) -> None:
+        self.entry = entry
+        self.name = entry.name
+        self.failing = failing
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute == self.failing:
+
+            def failed(*args: Any, **kwargs: Any) -> bool:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+            return failed
+        return getattr(self.entry, attribute)
+
+
+@pytest.mark.parametrize("failing", ["is_dir", "is_file", "is_symlink"])
+@pytest.mark.parametrize("where", ["root", "subdirectory"])
+def test_an_entry_that_cannot_be_stat_ed_is_one_unread_entry_and_the_listing_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, where: str
+) -> None:
+    """Where the listing gives no type, asking one lstats the entry; an I/O
+    error there is that entry's errors entry (unread: it may be a directory
+    of videos), and every other entry of its directory is still walked, at
+    the scan's root as below it (no ScanError, nothing else lost)."""
+    directory = tmp_path if where == "root" else tmp_path / "sub"
+    clip = _touch(directory / "clip.mp4")
+    (directory / "bad.mp4").symlink_to("clip.mp4")  # not a directory, nor a file
+    others = {_touch(directory / f"{index:03d}.mp4") for index in range(300)}
+    deep = _touch(directory / "deeper" / "deep.mkv")
+    real_scandir = os.scandir
+
+    @contextlib.contextmanager
+    def scandir(fd: int) -> Iterator[Any]:
+        with real_scandir(fd) as entries:
+            yield (
+                _Untyped(entry, failing) if entry.name == "bad.mp4" else entry for entry in entries
+            )
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    errors = ErrorLog()
+
+    found = walk_videos(str(tmp_path), recursive=True, errors=errors)
+
+    assert set(found) == {clip, deep, *others}
+    assert errors.entries == [{"path": str(directory / "bad.mp4"), "error": "Input/output error"}]
+    assert errors.unread == [str(directory / "bad.mp4")]
