@@ -92,6 +92,8 @@ ANOTHER: Final = "another file system"
 one that cannot be told the same (0 against an identity, or the reverse)."""
 
 _PATH_ONLY: Final = getattr(os, "O_PATH", os.O_RDONLY)
+_BELOW: Final = _PATH_ONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How a directory below the scan root is opened to be compared: not a symlink."""
 
 
 @attrs.frozen
@@ -259,10 +261,16 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
     directories above ``top`` map to None (a scan may not be told to forget
     them), as do those from where ``..`` cannot be opened up, or from where
     the path no longer names the directory ``..`` led to (moved since):
-    whether they are mount points is not told."""
+    whether they are mount points is not told. What the paths name is
+    asked once, before going up, of descriptors opened from ``top`` down,
+    crossing no symlink (:func:`_named`): never of a path itself, which a
+    directory above swapped for a symlink would lead outside ``top`` (and
+    a scan checks after its walk that its directory's path still names it:
+    ``ScannedDirectory.still_there``)."""
     found: dict[str, int | None] = {}
     if top != path and top not in above(path):  # not told: nothing above path
         top = path
+    named = _named(top, path) if top != path else {}
     child, child_path, child_device = fd, path, device(fd)
     try:
         while (up := os.path.dirname(child_path)) != child_path:
@@ -284,7 +292,7 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
             if child_path == top:
                 found.update(dict.fromkeys(above(top)))
                 break
-            if not _names(up, child):  # moved since it was opened: not told from here up
+            if named.get(up) != _identity(child):  # moved since: not told from here up
                 found.update(dict.fromkeys([up, *above(up)]))
                 break
             child_path, child_device = up, parent_device
@@ -294,14 +302,37 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
     return found
 
 
-def _names(path: str, fd: int) -> bool:
-    """Whether ``path`` (at or below the scan root) is the directory ``fd``."""
+def _named(top: str, path: str) -> dict[str, tuple[int, int]]:
+    """The directories ``top`` and those below it above ``path`` (below
+    ``top``) name now, each by its device and inode: opened from ``top``
+    down, ``O_PATH`` (only search permission needed), crossing no symlink.
+    A path that cannot be opened so (missing, a symlink, not a directory)
+    and those below it are left out: they name no directory here."""
+    found: dict[str, tuple[int, int]] = {}
     try:
-        named = os.stat(path, follow_symlinks=False)
+        fd = os.open(top, _PATH_ONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return False
-    opened = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+        return found
+    try:
+        found[top] = _identity(fd)
+        directory = top
+        for part in os.path.dirname(path)[len(top.rstrip("/")) + 1 :].split("/"):
+            if not part:
+                break
+            fd, parent = os.open(part, _BELOW, dir_fd=fd), fd
+            os.close(parent)
+            directory = os.path.join(directory, part)
+            found[directory] = _identity(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return found
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
 
 
 def above(directory: str) -> list[str]:

@@ -256,3 +256,48 @@ def test_a_directory_above_moved_since_it_was_opened_is_not_told(
 
     assert up[str(lib / "disk")] is None
     assert up[str(lib)] is None
+
+
+def test_going_up_never_looks_through_a_directory_above_swapped_for_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``root/a`` is swapped for a link to a directory outside the root once
+    ``root/a/b/c`` is open: going up from it to the root tells nothing from
+    ``root/a/b`` up (not the directory ``..`` led to), and no path given to
+    ``stat``, ``lstat`` or ``open`` on the way leads outside the root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (outside / "b").mkdir(parents=True)
+    looked_at: list[str] = []
+
+    def spying(real: Any) -> Any:
+        def spy(path: Any, *args: Any, dir_fd: int | None = None, **kwargs: Any) -> Any:
+            if dir_fd is None and not isinstance(path, int):
+                looked_at.append(os.fspath(path))
+            return real(path, *args, dir_fd=dir_fd, **kwargs)
+
+        return spy
+
+    c = os.open(root / "a" / "b" / "c", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (root / "a").rename(root / "a-old")
+        (root / "a").symlink_to(outside, target_is_directory=True)
+        for name in ("stat", "lstat", "open"):
+            monkeypatch.setattr(os, name, spying(getattr(os, name)))
+        mounts: dict[str, int | None] = {}
+        walk_videos(
+            str(root / "a" / "b" / "c"),
+            recursive=True,
+            errors=ErrorLog(),
+            root_fd=c,
+            mount_points=mounts,
+            scan_root=str(root),
+        )
+    finally:
+        monkeypatch.undo()
+        os.close(c)
+    leading_outside = [p for p in looked_at if os.path.realpath(p).startswith(str(outside))]
+
+    assert looked_at  # the spies saw the walk's calls by path
+    assert leading_outside == []
+    assert {mounts[str(root / "a" / "b")], mounts[str(root / "a")], mounts[str(root)]} == {None}
