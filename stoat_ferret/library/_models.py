@@ -8,6 +8,7 @@ compares tens of thousands of them, and a tuple costs nothing to build.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -31,6 +32,10 @@ keeps its end (the file name) behind a leading ``…``."""
 ERROR_TEXT_CHARS = 200
 """Characters of an error message at most, in a result and in the store: a
 longer one keeps its start and ends in ``…``."""
+
+UNREAD_CAP = 4096
+"""Paths an :class:`ErrorLog` holds in its ``unread`` at most: past that,
+they give way to the directories that hold them (:func:`fewer_unread`)."""
 
 RESULT_ERRORS_MAX_BYTES = DEFAULT_ERROR_CAP * (12 * (ERROR_PATH_CHARS + ERROR_TEXT_CHARS) + 32)
 """Bytes of JSON the error entries of a job result take at most, with the
@@ -268,7 +273,9 @@ class ErrorLog:
     """``(path, error)`` of every entry not yet written to the store."""
     unread: list[str] = attrs.field(factory=list)
     """Every directory the walk could not list and every file it could not
-    stat, however many: the videos stored there may still be there."""
+    stat, or a directory above them: the videos stored there may still be
+    there. At most :data:`UNREAD_CAP` paths, however many there were (a
+    directory above one not read only keeps more: ``_mounts.track``)."""
     unfollowed: int = 0
     """How many symlinks the walk could not follow (denied, an I/O error):
     any stored video may be the target of one of them."""
@@ -289,6 +296,8 @@ class ErrorLog:
     def add_unread(self, path: str, error: str) -> None:
         """Record that ``path`` exists but could not be listed or stat'ed, and why."""
         self.unread.append(path)
+        if len(self.unread) > UNREAD_CAP:
+            self.unread = fewer_unread(self.unread)
         self.add(path, error)
 
     def add_unfollowed(self, link: str, error: str) -> None:
@@ -307,3 +316,12 @@ class ErrorLog:
 
     def __len__(self) -> int:
         return self.total
+
+
+def fewer_unread(paths: list[str]) -> list[str]:
+    """The directories that hold ``paths``, a level up at a time, until at most
+    half of :data:`UNREAD_CAP` remain: every path is then at or below one of
+    them (``/`` at worst), so nothing unread is taken for read."""
+    while len(paths) > UNREAD_CAP // 2:
+        paths = sorted({os.path.dirname(path) for path in paths})
+    return paths

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from stoat_ferret.library import ERROR_TEXT_CHARS, ErrorLog, _mounts, walk_videos
+from stoat_ferret.library._models import UNREAD_CAP
 from stoat_ferret.library._mounts import ANOTHER, NOT_MOUNTED, track
 from tests.library.mounts import Devices, lib, ours
 from tests.library.support import listed_path
@@ -301,3 +302,30 @@ def test_going_up_never_looks_through_a_directory_above_swapped_for_a_link(
     assert looked_at  # the spies saw the walk's calls by path
     assert leading_outside == []
     assert {mounts[str(root / "a" / "b")], mounts[str(root / "a")], mounts[str(root)]} == {None}
+
+
+def test_past_the_unread_cap_the_directories_above_stand_for_the_paths_not_read() -> None:
+    """Ten thousand files not stat'ed, in a thousand directories: ``unread``
+    holds at most UNREAD_CAP paths, each path added is at or below one of
+    them, and a stored mount point in the same directories is still one the
+    scan did not look at (its videos kept), not one found unmounted."""
+    errors = ErrorLog()
+    added = [f"/m/{index % 1000}/{index}.mp4" for index in range(10_000)]
+    for path in added:
+        errors.add_unread(path, "Input/output error")
+
+    tracked = track(
+        {"/m/7/disk": 5},
+        {},
+        directory="/m",
+        forget=True,
+        recursive=True,
+        unread=errors.unread,
+    )
+
+    assert len(errors.unread) <= UNREAD_CAP
+    kept = set(errors.unread)
+    assert all(path in kept or _mounts.below_any(path, kept) is not None for path in added)
+    assert tracked.unseen == {"/m/7/disk"}
+    assert (tracked.changed, tracked.dropped) == ({}, set())
+    assert errors.total == 10_000
