@@ -60,9 +60,10 @@ The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CA
 ``errors`` entries, each cut to a bounded length, and counts them all
 (``errors_total``); the store keeps every entry (``scan_errors``): the scan
 replaces the previous scan of the same scope's list when it starts, and
-adds its entries after the walk and after the probes, or those it met
-until it ended early (cancelled, timed out, failed), unless a later scan of
-the same scope has started meanwhile (its list is then that scan's).
+adds its entries after the walk and after the probes, and whenever
+:data:`ERRORS_HELD` are held before that, or those it met until it ended
+early (cancelled, timed out, failed), unless a later scan of the same
+scope has started meanwhile (its list is then that scan's).
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
@@ -127,6 +128,11 @@ the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
 
+ERRORS_HELD: Final = 4096
+"""``errors`` entries a scan holds in memory at most before it stores them
+(``scan_errors``), during the walk and during the probes: a tree of a million
+dangling links or unreadable files costs a few MB of memory, not hundreds."""
+
 
 @attrs.define(eq=False, kw_only=True)
 class ScanRun:
@@ -190,6 +196,18 @@ class ScanRun:
         except BaseException:
             self.errors.put_back(taken)
             raise
+
+    async def store_errors_if_many(self) -> None:
+        """:meth:`store_errors`, once :data:`ERRORS_HELD` are held."""
+        if len(self.errors.unstored) >= ERRORS_HELD:
+            await self.store_errors()
+
+    def checkpoint(self) -> None:
+        """The walk's checkpoint (its thread): raises if the scan is cancelled,
+        and stores the errors the walk met once there are many."""
+        anyio.from_thread.check_cancelled()
+        if len(self.errors.unstored) >= ERRORS_HELD:
+            anyio.from_thread.run(self.store_errors)
 
     async def keep_errors(self) -> None:
         """Store the errors of a scan that ended early, shielded (the write is
@@ -261,7 +279,7 @@ class ScanRun:
             self.root,
             recursive=self.recursive,
             errors=self.errors,
-            checkpoint=anyio.from_thread.check_cancelled,
+            checkpoint=self.checkpoint,
             root_fd=root_fd,
             mount_points=self.seen_mount_points,
             scan_root=containing_root(self.root, self.roots) or "/",
@@ -345,6 +363,7 @@ class ScanRun:
                         self.added += 1
                 self.done += 1
                 self.report()
+            await self.store_errors_if_many()
             if items:
                 await send.send(items)
 

@@ -1023,3 +1023,39 @@ def test_a_failed_directory_open_does_not_close_a_descriptor_twice(
         os.close(root_fd)
         for fd in taken:
             os.close(fd)
+
+
+async def test_a_scan_stores_its_errors_as_they_pile_up_not_all_at_its_end(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree of many failures is not held in memory until the scan ends: once
+    ERRORS_HELD entries are held (4 here), the walk (at its next checkpoint) and
+    the probes (after their chunk) store them; every entry is stored once."""
+    monkeypatch.setattr(_scan, "ERRORS_HELD", 4)
+    monkeypatch.setattr(_walk, "CHECK_EVERY", 1)
+    media = tmp_path / "media"
+    media.mkdir()
+    for index in range(20):  # the walk's errors: dangling links
+        (media / f"gone{index:02d}.mp4").symlink_to(tmp_path / "nowhere")
+    for index in range(40):  # the probes' (chunks of 10: a quarter of 40)
+        (media / f"bad{index:02d}.mp4").write_bytes(b"not a video")
+    sizes: list[int] = []
+    add = library.add_scan_errors
+
+    async def recording(job_id: str, directory: str, **kwargs: Any) -> None:
+        if kwargs["errors"]:
+            sizes.append(len(kwargs["errors"]))
+        await add(job_id, directory, **kwargs)
+
+    monkeypatch.setattr(library, "add_scan_errors", recording)
+    handler = make_scan_handler(library, probe_threads=1, probe_priority=NORMAL)
+    context = make_context(media)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(context)
+        stored, total = await library.scan_errors(context.job_id, 100, 0)
+
+    assert result["errors_total"] == total == 60
+    assert sorted(path for path, _ in stored) == sorted(str(path) for path in media.iterdir())
+    assert sum(sizes) == 60
+    assert max(sizes) <= 4 - 1 + 10  # held at most: one short of 4, and a chunk's
