@@ -31,8 +31,8 @@ import attrs
 from loguru import logger
 
 from stoat_ferret.library import _ondisk
-from stoat_ferret.library._beneath import open_scan_directory
-from stoat_ferret.library._exceptions import DirectoryReplaced, ScanError
+from stoat_ferret.library._beneath import open_below_root, open_scan_directory
+from stoat_ferret.library._exceptions import DirectoryReplaced
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
@@ -101,6 +101,11 @@ def gone_beneath(
     return gone
 
 
+_MOVED_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+"""What opening the scanned directory's path again answers once it, or one
+above it, was removed or moved (missing), or replaced by a file or a
+symlink: the directory is certainly no longer there."""
+
 REPLACED_DURING_SCAN: Final = (
     "moved, removed or replaced (by another directory or a symlink) during the scan:"
     " nothing more stored from it"
@@ -163,27 +168,46 @@ class ScannedDirectory:
         """:meth:`gone_of`, for the records of a batch about to be written.
 
         Raises:
-            DirectoryReplaced: The directory is no longer the one at its path
-                (moved, replaced by another or by a symlink, removed), before
-                or after the files are looked at. Its records describe files
-                that path no longer leads to (a symlink there may lead out of
-                the roots): none is written.
+            DirectoryReplaced: The directory is certainly no longer the one
+                at its path (:meth:`at_path` is False: moved, removed,
+                replaced by another or by a symlink), before or after the
+                files are looked at. Its records describe files that path no
+                longer leads to (a symlink there may lead out of the roots):
+                none is written. Where that cannot be told (the path could
+                not be opened for another reason: out of descriptors, denied,
+                an I/O error), nothing is gone, as for :meth:`gone_of`, and
+                the batch is written.
         """
         assert self.fd is not None  # opened by the walk, before any record
-        if not self.still_there():
+        there = self.at_path()
+        if there is None:
+            return set()
+        if not there:
             raise DirectoryReplaced(self.path, REPLACED_DURING_SCAN)
         gone = gone_beneath(paths, self.path, self.fd, self.disks)
-        if gone and not self.still_there():
+        if gone and (there := self.at_path()) is not True:
+            if there is None:
+                return set()
             raise DirectoryReplaced(self.path, REPLACED_DURING_SCAN)
         return gone
 
     def still_there(self) -> bool:
-        """Whether the directory is still the one its path opens."""
+        """Whether the directory is still the one its path opens (False when
+        that cannot be told, too)."""
+        return self.at_path() is True
+
+    def at_path(self) -> bool | None:
+        """Whether the directory its path opens now is the one the scan
+        opened: True; False if it certainly is not (another directory there,
+        or the path missing, or a symlink or a file on the way); None if the
+        path cannot be opened for another reason, which says nothing of it."""
         assert self.fd is not None
         try:
-            fd = open_scan_directory(self.path, self.roots)
-        except (ScanError, OSError):
-            return False
+            fd = open_below_root(self.path, self.roots)
+        except OSError as exc:
+            return False if exc.errno in _MOVED_ERRNOS else None
+        except ValueError:  # outside every root: the roots are the settings'
+            return None
         try:
             now, opened = os.fstat(fd), os.fstat(self.fd)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -27,7 +28,9 @@ from stoat_ferret.library import (
     VideoProbe,
     VideoRecord,
     VideoStore,
+    _beneath,
     _scan,
+    _scanned,
     _scanprobe,
     _walk,
     make_scan_handler,
@@ -738,3 +741,32 @@ async def test_a_scan_overtaken_by_a_later_scan_of_its_directory_stores_no_error
     assert b_errors[1] == 3
     assert sorted(path for path, _ in b_errors[0]) == sorted(str(p) for p in media.iterdir())
     assert a_errors == ([], 0)
+
+
+async def test_a_batch_is_written_when_the_directory_cannot_be_looked_at_again(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the scanned directory's path again fails for a reason that says
+    nothing of it (out of descriptors) just before the write: that is no sign of
+    a replacement, and the probes are stored, as before such a check existed."""
+    media = tmp_path / "media"
+    media.mkdir()
+    paths = [copy_video(clip, media / name).path for name in ("a.mp4", "b.mp4")]
+
+    def out_of_descriptors(*args: Any) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    def walk_then_fail(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        found = walk_videos(*args, **kwargs)
+        monkeypatch.setattr(_beneath, "open_below_root", out_of_descriptors)
+        monkeypatch.setattr(_scanned, "open_below_root", out_of_descriptors, raising=False)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_fail)
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert (result["added"], result["errors"]) == (2, [])
+    assert stored == [str(path) for path in paths]
