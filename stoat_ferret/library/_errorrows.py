@@ -9,7 +9,7 @@ the store, under its write lock.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -74,9 +74,10 @@ def error_page(
 
 
 REPLACED_KEPT: Final = 100_000
-"""How many replaced scans :class:`ErrorOwners` remembers as such: a few MB,
-more than a service that retains its jobs an hour (the default) can
-replace in that time; one older than that answers an empty list."""
+"""How many replaced scans :class:`ErrorOwners` remembers as such: about
+12 MB at most (job ids of 32 characters), more than a service that retains
+its jobs an hour (the default) replaces in that time; one older than that
+reads as an empty list."""
 
 Scope = tuple[str, bool]
 """A scanned ``(directory, recursive)``: whose errors one list holds."""
@@ -97,23 +98,29 @@ class ErrorOwners:
     def __init__(self) -> None:
         self._owners: dict[Scope, str] = {}
         self._ended: deque[tuple[Scope, str]] = deque()
-        # The scans whose lists a later one replaced, oldest first (a dict
-        # keeps its order); at most REPLACED_KEPT of them.
-        self._replaced: dict[str, None] = {}
+        # The scans whose lists a later one replaced, oldest first; at most
+        # REPLACED_KEPT of them.
+        self._replaced: OrderedDict[str, None] = OrderedDict()
 
     def take(self, scope: Scope, job_id: str, *, replaced: Sequence[str] = ()) -> None:
         """``job_id`` owns ``scope`` from now on, its list having ``replaced``
-        those of these scans; ended scans are forgotten first."""
+        those of these scans (those with entries stored) and that of the
+        scope's owner, if it has not ended; ended scans are forgotten first."""
         owners = self._owners
         while self._ended:
             ended_scope, ended = self._ended.popleft()
             if owners.get(ended_scope) == ended:  # not a later scan's scope
                 del owners[ended_scope]
+        # A scan still running (not ended) loses its list too, even one that
+        # has stored no entry yet: what it meets from now on is refused.
+        running = owners.get(scope)
         owners[scope] = job_id
         gone = self._replaced
-        gone.update(dict.fromkeys(replaced))
+        for other in (*replaced, running):
+            if other is not None and other != job_id:
+                gone[other] = None
         while len(gone) > REPLACED_KEPT:
-            del gone[next(iter(gone))]
+            gone.popitem(last=False)
 
     def was_replaced(self, job_id: str) -> bool:
         """Whether a later scan replaced ``job_id``'s list (one of the last

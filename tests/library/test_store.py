@@ -938,17 +938,23 @@ def test_a_replaced_list_is_told_from_an_empty_one_whatever_ended_its_scan(
 ) -> None:
     """A scan that ended early (cancelled, timed out: no errors_total to compare
     with) and whose list a later scan replaced is said to be replaced, not to
-    have had no errors; one that had none has nothing replaced; another scope's
-    later scan replaces nothing."""
+    have had no errors; so is one still running that has stored none yet (what
+    it meets from now on is refused); one that ended with none has nothing
+    replaced; another scope's later scan replaces nothing."""
     store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
     store.end_scan("a", "/m", recursive=True)
     store.replace_scan_errors("none", "/n", recursive=True, errors=())
+    store.end_scan("none", "/n", recursive=True)
+    store.replace_scan_errors("walking", "/w", recursive=True, errors=())
     store.replace_scan_errors("b", "/m", recursive=True, errors=())
     store.replace_scan_errors("c", "/n", recursive=True, errors=())
     store.replace_scan_errors("d", "/m", recursive=False, errors=())
+    store.replace_scan_errors("later", "/w", recursive=True, errors=())
+    store.add_scan_errors("walking", "/w", recursive=True, errors=[("/w/1.mp4", "bad")])
 
-    with pytest.raises(ScanErrorsReplaced):
-        store.scan_errors("a", 10, 0)
+    for replaced in ("a", "walking"):
+        with pytest.raises(ScanErrorsReplaced):
+            store.scan_errors(replaced, 10, 0)
     assert store.scan_errors("none", 10, 0) == ([], 0)
     assert store.scan_errors("b", 10, 0) == ([], 0)
 
