@@ -84,7 +84,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import READ_LIMIT, open_regular_file
-from stoat_ferret.library._probestart import start_child
+from stoat_ferret.library._probestart import keep_out_of_reach, start_child
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     CONFINE_FAILED,
@@ -336,6 +336,8 @@ class ProbeProcess:
         head, _, rest = ready.partition(b" ")
         if head + b" " == READY and rest.isdigit() and len(rest) < 4:
             self.confinement = int(rest)
+            if not self.confinement:  # it could open the service's /proc files
+                keep_out_of_reach()
             return ours
         self.confinement = None
         self._end()

@@ -32,7 +32,6 @@ def start_child(
         ProbeError: About ``name``: no process could be started (out of
             descriptors or processes, no interpreter).
     """
-    keep_out_of_reach()
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except OSError as exc:  # out of descriptors
@@ -77,18 +76,21 @@ _PR_SET_DUMPABLE: Final = 4
 
 
 def keep_out_of_reach() -> None:
-    """Make the service's process not dumpable (``prctl(PR_SET_DUMPABLE, 0)``),
-    before it starts a child; nothing where that cannot be done.
+    """Make the service's process not dumpable (``prctl(PR_SET_DUMPABLE, 0)``);
+    nothing where that cannot be done. Called once a child that Landlock
+    does not confine is ready, before it gets a file (``_probeprocess.py``).
 
-    A child runs as the service's user. Where Landlock does not confine it
-    (an older kernel: ``_sandbox.py``), one a hostile file took over could
-    otherwise open ``/proc/<service>/environ`` (the API token) or
-    ``/proc/<service>/mem`` (the service's memory, to read and to write):
-    the kernel lets a process of the same user do neither to one that is
-    not dumpable, and a child cannot make it dumpable again (its own
-    ``prctl`` is its own). What it costs the service: no core dump, and
-    its ``/proc`` files read as root's to other processes (``ps`` still
-    lists it).
+    A child runs as the service's user. Without Landlock (an older kernel:
+    ``_sandbox.py``), one a hostile file took over could otherwise open
+    ``/proc/<service>/environ`` (the API token) or ``/proc/<service>/mem``
+    (the service's memory, to read and to write): the kernel lets a process
+    of the same user do neither to one that is not dumpable, and a child
+    cannot make it dumpable again. A confined child opens nothing by path,
+    ``/proc`` included, so where Landlock confines the children the service
+    stays dumpable. What it costs: no core dump; the service's ``/proc``
+    files read as root's, so its own user can no longer attach a debugger
+    or a profiler to it (``gdb -p``, ``py-spy``), nor read its
+    ``/proc/<pid>/fd``, ``io`` or ``environ`` (the service itself neither).
     """
     if sys.platform != "linux":
         return

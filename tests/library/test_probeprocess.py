@@ -720,40 +720,58 @@ def test_a_child_gets_none_of_the_services_settings(
     assert variables[b"SOMETHING_ELSE"] == b"kept"
 
 
-# A service of its own (this test process may have started children already):
-# whether it is dumpable before and after it probes a file in a child.
+# A service of its own (this test process may have made itself not dumpable
+# already), whose child is a stand-in that says it is ready with the Landlock ABI
+# given (0: not confined), then refuses the file: whether the service is
+# dumpable before and after.
 _DUMPABLE_AROUND_A_CHILD = """
-import ctypes, os, sys
-from stoat_ferret.library import ProbeProcesses, Stop
+import ctypes, os, socket, subprocess, sys
+from stoat_ferret.library import ProbeError, Stop, ThreadPriority, _probeprocess
+from stoat_ferret.library._probewire import READY, encode_answer
+directory, abi = sys.argv[1:]
+ends = []
+def start_child(name, priority, memory_limit):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.send(READY + abi.encode())
+    theirs.send(encode_answer(ProbeError(name, "refused by the stand-in")))
+    ends.append(theirs)
+    return subprocess.Popen(["sleep", "3600"]), ours
+_probeprocess.start_child = start_child
 dumpable = lambda: ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
 before = dumpable()
-children = ProbeProcesses()
-directory = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+process = _probeprocess.ProbeProcess(
+    priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31
+)
 try:
-    children.probe("a.mp4", directory, Stop())
+    process.probe("a.mp4", os.open(directory, os.O_RDONLY | os.O_DIRECTORY), Stop())
+except ProbeError as refused:
+    assert refused.reason == "refused by the stand-in", refused
 finally:
-    children.close()
+    process.close()
 sys.stdout.write(f"{before} {dumpable()}")
 """
 
 
-def test_the_service_is_not_dumpable_once_it_starts_a_child(
-    clip: EncodedVideo, tmp_path: Path
+@pytest.mark.parametrize(("abi", "after"), [("0", "0"), ("7", "1")], ids=["bare", "confined"])
+def test_the_service_is_not_dumpable_once_a_child_landlock_does_not_confine_is_ready(
+    clip: EncodedVideo, tmp_path: Path, abi: str, after: str
 ) -> None:
     """So that a child a hostile file took over cannot open the service's
     /proc/<pid>/environ (the API token) or /proc/<pid>/mem where Landlock does
-    not confine it: the kernel refuses a same-user process those of one not dumpable."""
+    not confine it (the kernel refuses a same-user process those of one not
+    dumpable); a confined child opens no path, so the service stays dumpable
+    (and its user can still debug it) where Landlock confines the children."""
     copy_video(clip, tmp_path / "a.mp4")
 
     done = subprocess.run(
-        [sys.executable, "-c", _DUMPABLE_AROUND_A_CHILD, str(tmp_path)],
+        [sys.executable, "-c", _DUMPABLE_AROUND_A_CHILD, str(tmp_path), abi],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         check=False,
     )
 
-    assert (done.returncode, done.stdout) == (0, "1 0"), done.stderr
+    assert (done.returncode, done.stdout) == (0, f"1 {after}"), done.stderr
 
 
 def _environment_of(pid: int) -> dict[bytes, bytes]:
