@@ -73,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     # A stop asked for before uvicorn takes the signals over (while the
     # settings are read, the database checked, or the web stack imported)
-    # ends quietly: a serve as the server's own stop would (0), anything
-    # else as an interrupted command does (128 + the signal's number: the
-    # check did not finish).
+    # ends quietly: as the server's own stop would (0), but for a check,
+    # which ends as an interrupted command does (128 + the signal's number:
+    # it did not finish).
     # (Only the main thread may set handlers: main() run in another thread,
     # as a test may, leaves them alone.)
     ours = threading.current_thread() is threading.main_thread()
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, names)
     except _Stopped as stop:
         sys.stderr.write(f"stoat-ferret: stopped by {stop}\n")
-        return 0 if command == "serve" else 128 + stop.signum
+        return 128 + stop.signum if command == "check" else 0
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -224,19 +224,20 @@ def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
     assert line.startswith(f"stoat-ferret: cannot listen on 127.0.0.1:{port} {named}: ")
 
 
-# main() in a process of its own, told to stop (by the signal named in argv)
-# while it checks the database: the signal comes before uvicorn has any handler.
+# main() in a process of its own, told to stop (by the signal named in argv[1])
+# while it reads its settings or checks the database (the step named in
+# argv[2]): the signal comes before uvicorn has any handler.
 _STOPPED_AT_START_UP = """
 import os, signal, sys
 import stoat_ferret.__main__ as stoat_main
-check_startup = stoat_main.check_startup
-number = signal.Signals[sys.argv[1]]
+number, step = signal.Signals[sys.argv[1]], sys.argv[2]
+doing = getattr(stoat_main, step)
 def interrupted(*args):
     os.kill(os.getpid(), number)  # handled before the next line of Python
-    return check_startup(*args)
+    return doing(*args)
 def served(*args):
     raise AssertionError("served")
-stoat_main.check_startup = interrupted
+setattr(stoat_main, step, interrupted)
 stoat_main._serve = served
 before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
 status = stoat_main.main([])
@@ -245,17 +246,18 @@ sys.exit(status)
 """
 
 
+@pytest.mark.parametrize("step", ["parse_command", "check_startup"])
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_during_the_start_up_exits_0_with_one_line(
-    tmp_path: Path, number: signal.Signals
+    tmp_path: Path, number: signal.Signals, step: str
 ) -> None:
-    """SIGINT or SIGTERM while the database is checked (before uvicorn takes the
-    signals over): exit 0 and one line, no traceback, nothing served, and the
-    process's own handlers back as they were."""
+    """SIGINT or SIGTERM while the settings are read or the database is checked
+    (before uvicorn takes the signals over): exit 0 and one line, no traceback,
+    nothing served, and the process's own handlers back as they were."""
     env = {**os.environ, "STOAT_DATABASE_PATH": str(tmp_path / "stoat.db")}
 
     done = subprocess.run(
-        [sys.executable, "-c", _STOPPED_AT_START_UP, number.name],
+        [sys.executable, "-c", _STOPPED_AT_START_UP, number.name, step],
         env=env,
         capture_output=True,
         text=True,
