@@ -12,14 +12,17 @@ installed, so FFmpeg need not return for it).
 
 It ends when the socket closes: a thread of its own waits for the other end
 to hang up (the service closed it, or ended in any way, even killed) and
-ends the process then, even while FFmpeg is busy in a file. Before its first
+ends the process then, even while FFmpeg is busy in a file. First it turns
+core dumps off (``RLIMIT_CORE`` 0: each crash of FFmpeg on a hostile file
+would otherwise write one as large as its address space). Before its first
 request it lowers its priority to ``SCHED_IDLE`` if ``PRIORITY`` is
 ``idle``, limits its address space to ``MEMORY`` bytes and every file it
-writes to a thumbnail's size (:func:`limit_writes`), confines itself
-with Landlock where the kernel has it (``_sandbox.py``), installs its
-seccomp filter (no new socket, no reach into other processes:
+writes to a thumbnail's size (:func:`limit_writes`), imports all it needs,
+gives up root and every capability (``_sandbox.drop_privileges``),
+confines itself with Landlock where the kernel has it (``_sandbox.py``),
+installs its seccomp filter (no new socket, no reach into other processes:
 ``_seccomp.py``), and says ``ready`` with the Landlock ABI it used (or why
-the kernel refused either, and ends).
+it kept a privilege or the kernel refused either, and ends).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from stoat_ferret.library._probewire import (
     THUMBNAIL,
     encode_answer,
 )
-from stoat_ferret.library._sandbox import confine
+from stoat_ferret.library._sandbox import confine, drop_privileges
 from stoat_ferret.library._seccomp import filter_system_calls
 from stoat_ferret.library._thumbnail import thumbnail_descriptor
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
@@ -65,6 +68,7 @@ _REQUEST_MAX: Final = REQUEST.size + 4096  # a file's name: at most 255 bytes
 
 def main(argv: list[str]) -> None:
     """Serve probe requests on the socket ``argv[0]`` until it closes."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dump of a hostile file's crash
     fd, priority, memory = argv
     logger.remove()  # nothing to say: the service reports how each file went
     # The CPU budget ends this process by SIGPROF's default action, whatever
@@ -81,7 +85,8 @@ def main(argv: list[str]) -> None:
         # A ConnectionError: the service closed its end (it is stopping) while
         # this child answered; there is nobody left to answer.
         try:
-            abi = confine()  # one thread so far: the hang-up thread starts after
+            drop_privileges()  # one thread so far: the hang-up thread starts after
+            abi = confine()
             filter_system_calls()
         except OSError as exc:  # fail closed: the service says why, for every file
             channel.send(CONFINE_FAILED + str(exc).encode(errors="replace")[:REASON_MAX])

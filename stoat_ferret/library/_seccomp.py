@@ -1,10 +1,10 @@
 """A seccomp filter for a probe process: no new socket or process, no reach into other processes.
 
 Landlock (``_sandbox.py``) keeps a probe child from opening files by path,
-but not from making a socket: it could send UDP, or reach a Unix socket by
-its path (the system log, ``$NOTIFY_SOCKET``). So after Landlock the child
-calls :func:`filter_system_calls`, which installs a seccomp filter of a few
-instructions that fails these calls with ``EPERM``:
+but not from making a socket, nor from acting on another process by its
+id, nor from changing the metadata of a file it holds. So after Landlock
+the child calls :func:`filter_system_calls`, which installs a seccomp filter
+(a list of comparisons) that fails these calls with ``EPERM``:
 
 - ``socket(2)`` and ``socketpair(2)``. The child holds one socket, its end of
   the connected pair it was started with, which cannot be pointed anywhere
@@ -16,6 +16,30 @@ instructions that fails these calls with ``EPERM``:
   service), read or write its memory, or take a descriptor from it, such as
   its listening socket. Landlock refuses these too, where the kernel has
   it; without Landlock they are not the only way in (below).
+- the calls that act on another process by its id, which neither Landlock
+  nor the kernel's own checks refuse for a process of the same user (the
+  service; for a root service, whose children run as ``nobody``, the
+  other children and every other process of ``nobody``):
+  ``prlimit64(2)`` (an ``RLIMIT_CPU`` of one second ends the service),
+  ``sched_setscheduler(2)``, ``sched_setparam(2)``, ``sched_setattr(2)``
+  and ``sched_setaffinity(2)`` unless their process is 0 or the child's
+  own id (the C library's ``getrlimit`` is ``prlimit64(0, ...)``);
+  ``setpriority(2)`` and ``ioprio_set(2)`` unless they name a process (not
+  a process group, nor a user: the service's too) that is 0 or the child.
+- signals to any other process, which Landlock refuses only from its ABI 6
+  (Linux 6.12): ``kill(2)`` unless to the child's own id, or to 0 (its
+  process group) where the child leads a group of its own, as a probe
+  child does; ``tgkill(2)``, ``rt_tgsigqueueinfo(2)`` and
+  ``rt_sigqueueinfo(2)`` unless to the child's own thread group (the C
+  library's ``raise`` and ``pthread_kill`` are ``tgkill(getpid(), tid,
+  sig)``, from any thread); ``tkill(2)`` unless to the child's main thread
+  (its id is the process's; the filter cannot know the ids of threads made
+  after it, and glibc makes no ``tkill`` call: musl's ``pthread_kill``
+  from one of the child's threads to another would fail); ``pidfd_open(2)``
+  and ``pidfd_send_signal(2)`` whatever their target; and an owner for a
+  descriptor's ``SIGIO`` (``fcntl`` ``F_SETOWN``, ``F_SETOWN_EX``, ``ioctl``
+  ``FIOSETOWN``, ``SIOCSPGRP``), which the kernel would signal for the
+  child.
 - a new process: ``fork(2)`` and ``vfork(2)`` (x86-64 has them), and
   ``clone(2)`` without ``CLONE_THREAD``. A process the child started would
   have an address space limit of its own, no CPU budget (``ITIMER_PROF`` is
@@ -26,26 +50,59 @@ instructions that fails these calls with ``EPERM``:
 - ``memfd_create(2)``: the child writes a thumbnail into the memory file the
   service hands it, and needs no other; memory files are not counted by
   its address space limit (``_probechild.limit_writes`` bounds each one).
-- System V shared memory, message queues and semaphores (``shmget(2)``,
-  ``shmat(2)``, ``msgget(2)``, ``msgsnd(2)``, ``semget(2)``) and POSIX
-  message queues (``mq_open(2)``): memory held there outlives the child,
-  and Landlock does not cover it.
+- every System V IPC call (shared memory, message queues, semaphores) and
+  POSIX message queues (``mq_open(2)``, ``mq_unlink(2)``): memory held
+  there outlives the child, the objects of its user that others made could
+  be read or removed, and Landlock covers none of it.
+- the system's: ``reboot(2)``, ``kexec_load(2)``, ``kexec_file_load(2)``,
+  ``init_module(2)``, ``finit_module(2)``, ``delete_module(2)``, ``bpf(2)``,
+  ``perf_event_open(2)`` (it watches other processes of the user),
+  ``unshare(2)`` and ``setns(2)`` (a user namespace of its own would give
+  the child every capability in it), the keyrings (``keyctl(2)``,
+  ``add_key(2)``, ``request_key(2)``: the user's keyring is the service's
+  too) and mounts (``mount(2)``, ``umount2(2)``, ``pivot_root(2)``,
+  ``chroot(2)``, and the calls of the newer mount API: ``open_tree``,
+  ``open_tree_attr``, ``move_mount``, ``fsopen``, ``fsconfig``, ``fsmount``,
+  ``fspick``, ``mount_setattr``). A child holds no capability
+  (``_sandbox.drop_privileges``), so most of these would fail anyway.
+- changes to a file's metadata, which its owner may make through any
+  descriptor, even the read-only one the service handed the child, and
+  which Landlock does not cover: mode (``chmod``, ``fchmod``, ``fchmodat``,
+  ``fchmodat2``), owner (``chown``, ``lchown``, ``fchown``, ``fchownat``),
+  times (``utime``, ``utimes``, ``futimesat``, ``utimensat``: a file's time
+  is part of the scan's fingerprint), extended attributes (``setxattr``,
+  ``lsetxattr``, ``fsetxattr``, ``setxattrat``, ``removexattr``,
+  ``lremovexattr``, ``fremovexattr``, ``removexattrat``) and inode flags
+  (``file_setattr``, ``ioctl`` ``FS_IOC_SETFLAGS`` and
+  ``FS_IOC_FSSETXATTR``); and locks, which would hold up the other
+  programs that use the file: ``flock(2)``, ``fcntl`` ``F_SETLK``,
+  ``F_SETLKW``, ``F_OFD_SETLK``, ``F_OFD_SETLKW`` and ``F_SETLEASE`` (a
+  lease makes others' opening the file for writing wait). x86-64's
+  ``chmod``, ``chown``, ``lchown``, ``utime``, ``utimes`` and ``futimesat``
+  are not AArch64's calls; it has only the ``*at`` forms.
 - every call made through another system-call ABI than the process's own
   (the 32-bit ``int 0x80`` entry, and x32 on x86-64), whose numbers mean
   other calls.
 
+An argument is tested by its low 32 bits (the filter's words are 32-bit):
+every argument tested is an ``int`` to the kernel (a process or thread id,
+``which``, ``fcntl``'s and ``ioctl``'s command, ``clone``'s flags), of
+which the kernel reads no more. The child's own id is read when the filter
+is built (:func:`filter_system_calls`), in the child.
+
 What it leaves: a child without Landlock can still open, and write, any
-file of the service's user (but for the service's ``/proc/<pid>/mem`` and
-``/proc/<pid>/environ``: the service is not dumpable,
-``_probestart.keep_out_of_reach``), so the filter does not isolate a child
-on its own; signals to the service are
-refused by Landlock's ABI 6 only (a filter cannot tell the service's process
-id from others without being written for it).
+file of its user (the service's, or ``nobody`` for a root service), but
+for the service's ``/proc/<pid>/mem`` and ``/proc/<pid>/environ`` (the
+service is not dumpable, ``_probestart.keep_out_of_reach``), so the filter
+does not isolate a child on its own.
 
 The filter is classic BPF built here (``ctypes``; it needs no library), for
-64-bit x86-64 and AArch64 processes, whose call numbers it holds. Elsewhere,
-and where the kernel has no seccomp filters or the process may not install
-one (a kernel before 4.14, a container's profile that refuses ``seccomp``),
+64-bit x86-64 and AArch64 processes, whose call numbers it holds (the
+kernel's ``unistd`` tables: x86-64's ``syscall_64.tbl``, AArch64's
+``asm-generic/unistd.h``; a denied call newer than the running kernel fails
+with ``EPERM`` rather than ``ENOSYS``). Elsewhere, and where the
+kernel has no seccomp filters or the process may not install one (a
+kernel before 4.14, a container's profile that refuses ``seccomp``),
 :func:`seccomp_filters` is False and :func:`filter_system_calls` changes
 nothing; the service's start-up line says which. The filter applies to
 every thread of the process (``SECCOMP_FILTER_FLAG_TSYNC``) and to the
@@ -56,6 +113,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import platform
 import struct
 import sys
@@ -63,38 +121,174 @@ from typing import Final, NamedTuple
 
 from stoat_ferret.library._sandbox import PR_SET_NO_NEW_PRIVS, error
 
+# Each call the filter names: its number on x86-64 and on AArch64 ("-": the
+# architecture has no such call), from the kernel's tables.
+_TABLE: Final = """
+seccomp              317  277
+clone                 56  220
+clone3               435  435
+fcntl                 72   25
+ioctl                 16   29
+socket                41  198
+socketpair            53  199
+io_uring_setup       425  425
+ptrace               101  117
+process_vm_readv     310  270
+process_vm_writev    311  271
+pidfd_getfd          438  438
+pidfd_open           434  434
+pidfd_send_signal    424  424
+fork                  57    -
+vfork                 58    -
+memfd_create         319  279
+shmget                29  194
+shmat                 30  196
+shmctl                31  195
+msgget                68  186
+msgsnd                69  189
+msgrcv                70  188
+msgctl                71  187
+semget                64  190
+semop                 65  193
+semtimedop           220  192
+semctl                66  191
+mq_open              240  180
+mq_unlink            241  181
+reboot               169  142
+kexec_load           246  104
+kexec_file_load      320  294
+init_module          175  105
+finit_module         313  273
+delete_module        176  106
+bpf                  321  280
+perf_event_open      298  241
+unshare              272   97
+setns                308  268
+keyctl               250  219
+add_key              248  217
+request_key          249  218
+mount                165   40
+umount2              166   39
+pivot_root           155   41
+chroot               161   51
+open_tree            428  428
+open_tree_attr       467  467
+move_mount           429  429
+fsopen               430  430
+fsconfig             431  431
+fsmount              432  432
+fspick               433  433
+mount_setattr        442  442
+chmod                 90    -
+fchmod                91   52
+fchmodat             268   53
+fchmodat2            452  452
+chown                 92    -
+lchown                94    -
+fchown                93   55
+fchownat             260   54
+utime                132    -
+utimes               235    -
+futimesat            261    -
+utimensat            280   88
+setxattr             188    5
+lsetxattr            189    6
+fsetxattr            190    7
+setxattrat           463  463
+removexattr          197   14
+lremovexattr         198   15
+fremovexattr         199   16
+removexattrat        466  466
+file_setattr         469  469
+flock                 73   32
+prlimit64            302  261
+sched_setscheduler   144  119
+sched_setparam       142  118
+sched_setattr        314  274
+sched_setaffinity    203  122
+setpriority          141  140
+ioprio_set           251   30
+kill                  62  129
+tgkill               234  131
+tkill                200  130
+rt_sigqueueinfo      129  138
+rt_tgsigqueueinfo    297  240
+"""
+
+DENIED: Final = (
+    *("socket", "socketpair", "io_uring_setup"),
+    *("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd"),
+    *("pidfd_open", "pidfd_send_signal"),
+    *("fork", "vfork", "memfd_create"),
+    *("shmget", "shmat", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl"),
+    *("semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink"),
+    *("reboot", "kexec_load", "kexec_file_load"),
+    *("init_module", "finit_module", "delete_module", "bpf", "perf_event_open"),
+    *("unshare", "setns", "keyctl", "add_key", "request_key"),
+    *("mount", "umount2", "pivot_root", "chroot", "open_tree", "open_tree_attr"),
+    *("move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"),
+    *("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchown", "fchownat"),
+    *("utime", "utimes", "futimesat", "utimensat"),
+    *("setxattr", "lsetxattr", "fsetxattr", "setxattrat"),
+    *("removexattr", "lremovexattr", "fremovexattr", "removexattrat"),
+    *("file_setattr", "flock"),
+)
+"""The calls the filter fails whatever their arguments, as the module says
+(those an architecture has)."""
+ON_ITSELF: Final = (
+    "prlimit64",
+    "sched_setscheduler",
+    "sched_setparam",
+    "sched_setattr",
+    "sched_setaffinity",
+)
+"""Failed unless their first argument, a process, is 0 or the caller's id."""
+TO_ITSELF: Final = ("tgkill", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+"""Failed unless their first argument is the caller's id: its thread group
+(``tgkill`` and the queued signals), its main thread (``tkill``)."""
+DENIED_FCNTL: Final = {
+    "F_SETOWN": 8,
+    "F_SETOWN_EX": 15,
+    "F_SETLK": 6,
+    "F_SETLKW": 7,
+    "F_OFD_SETLK": 37,
+    "F_OFD_SETLKW": 38,
+    "F_SETLEASE": 1024,
+}
+"""``fcntl``'s commands that set a ``SIGIO`` owner, a lock or a lease."""
+DENIED_IOCTL: Final = {
+    "FIOSETOWN": 0x8901,
+    "SIOCSPGRP": 0x8902,
+    "FS_IOC_SETFLAGS": 0x40086602,
+    "FS_IOC_FSSETXATTR": 0x401C5820,
+}
+"""``ioctl``'s commands that set a ``SIGIO`` owner or a file's inode flags
+(the same numbers on both machines)."""
+_PRIO_PROCESS: Final = 0  # setpriority's "which": a process (not a group, nor a user)
+_IOPRIO_WHO_PROCESS: Final = 1  # ioprio_set's
+
 
 class _Calls(NamedTuple):
     """What the filter needs to know of one architecture."""
 
     audit_arch: int  # AUDIT_ARCH_*: seccomp_data.arch of this ABI's calls
-    seccomp: int
-    # socket, socketpair, io_uring_setup, ptrace, process_vm_readv,
-    # process_vm_writev, pidfd_getfd, memfd_create, shmget, shmat, msgget,
-    # msgsnd, semget, mq_open (and fork, vfork on x86-64)
-    denied: tuple[int, ...]
-    clone: int
-    clone3: int
+    numbers: dict[str, int]  # each call's number, by its name in the kernel's table
     x32: bool  # call numbers at or above 0x40000000 are the x32 ABI's
+
+    def of(self, names: tuple[str, ...]) -> list[int]:
+        """The numbers of those of ``names`` this architecture has."""
+        return [self.numbers[name] for name in names if name in self.numbers]
+
+
+def _numbers(column: int) -> dict[str, int]:
+    """One column of :data:`_TABLE`: 1 for x86-64, 2 for AArch64."""
+    rows = (line.split() for line in _TABLE.strip().splitlines())
+    return {row[0]: int(row[column]) for row in rows if row[column] != "-"}
 
 
 _CALLS: Final = {
-    "x86_64": _Calls(
-        0xC000003E,
-        317,
-        (41, 53, 425, 101, 310, 311, 438, 319, 29, 30, 68, 69, 64, 240, 57, 58),
-        56,
-        435,
-        x32=True,
-    ),
-    "aarch64": _Calls(
-        0xC00000B7,
-        277,
-        (198, 199, 425, 117, 270, 271, 438, 279, 194, 196, 186, 189, 190, 180),
-        220,
-        435,
-        x32=False,
-    ),
+    "x86_64": _Calls(0xC000003E, _numbers(1), x32=True),
+    "aarch64": _Calls(0xC00000B7, _numbers(2), x32=False),
 }
 _CLONE_THREAD: Final = 0x00010000
 _POINTER_BYTES: Final = 8
@@ -105,7 +299,8 @@ _SECCOMP_FILTER_FLAG_TSYNC: Final = 1
 _SECCOMP_RET_ALLOW: Final = 0x7FFF0000
 _SECCOMP_RET_ERRNO: Final = 0x00050000
 # Classic BPF: load a word of seccomp_data (nr at 0, arch at 4, the low word
-# of the first argument at 16 on these little-endian machines), compare, return.
+# of the first argument at 16 on these little-endian machines, of the second
+# at 24), compare, return.
 _LOAD: Final = 0x20  # BPF_LD | BPF_W | BPF_ABS
 _JUMP_IF_EQUAL: Final = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 _JUMP_IF_AT_LEAST: Final = 0x35  # BPF_JMP | BPF_JGE | BPF_K
@@ -114,6 +309,8 @@ _RETURN: Final = 0x06  # BPF_RET | BPF_K
 _NUMBER: Final = 0
 _ARCH: Final = 4
 _FIRST_ARGUMENT: Final = 16
+_SECOND_ARGUMENT: Final = 24
+_LONGEST_JUMP: Final = 255  # a conditional jump's offsets are a byte each
 _INSTRUCTION: Final = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 
 
@@ -145,7 +342,8 @@ def seccomp_filters() -> bool:
     if calls is None:
         return False
     action = ctypes.c_uint32(_SECCOMP_RET_ERRNO)
-    available = _syscall(calls.seccomp, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action))
+    seccomp = calls.numbers["seccomp"]
+    available = _syscall(seccomp, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action))
     return bool(available == 0)
 
 
@@ -154,20 +352,59 @@ def seccomp_filters() -> bool:
 _Step = tuple[int, str | None, str | None, int]
 
 
-def program(calls: _Calls) -> bytes:
-    """The filter's instructions for ``calls``' architecture, as the module says."""
+def program(calls: _Calls, pid: int, *, leads_group: bool) -> bytes:
+    """The filter's instructions for ``calls``' architecture, as the module
+    says, for the process ``pid``; ``leads_group``: it leads its process
+    group (its id is the group's), so that ``kill(0, ...)`` reaches only it."""
+    number = calls.numbers
     steps: list[_Step | str] = [  # a str is a label: where the next step is
         (_LOAD, None, None, _ARCH),
         (_JUMP_IF_EQUAL, None, "deny", calls.audit_arch),  # else a call through another ABI
         (_LOAD, None, None, _NUMBER),
         *([(_JUMP_IF_AT_LEAST, "deny", None, _X32_SYSCALL_BIT)] if calls.x32 else []),
-        *((_JUMP_IF_EQUAL, "deny", None, number) for number in calls.denied),
-        (_JUMP_IF_EQUAL, "no such call", None, calls.clone3),
-        (_JUMP_IF_EQUAL, "clone", None, calls.clone),
+        *((_JUMP_IF_EQUAL, "deny", None, denied) for denied in calls.of(DENIED)),
+        (_JUMP_IF_EQUAL, "no such call", None, number["clone3"]),
+        (_JUMP_IF_EQUAL, "clone", None, number["clone"]),
+        *((_JUMP_IF_EQUAL, "on itself", None, call) for call in calls.of(ON_ITSELF)),
+        *((_JUMP_IF_EQUAL, "to itself", None, call) for call in calls.of(TO_ITSELF)),
+        (_JUMP_IF_EQUAL, "kill", None, number["kill"]),
+        (_JUMP_IF_EQUAL, "setpriority", None, number["setpriority"]),
+        (_JUMP_IF_EQUAL, "ioprio_set", None, number["ioprio_set"]),
+        (_JUMP_IF_EQUAL, "fcntl", None, number["fcntl"]),
+        (_JUMP_IF_EQUAL, "ioctl", None, number["ioctl"]),
         (_RETURN, None, None, _SECCOMP_RET_ALLOW),
         "clone",
         (_LOAD, None, None, _FIRST_ARGUMENT),  # clone's flags
-        (_JUMP_IF_ANY_BIT, None, "deny", _CLONE_THREAD),  # a thread
+        (_JUMP_IF_ANY_BIT, "allow", "deny", _CLONE_THREAD),  # a thread
+        "on itself",
+        (_LOAD, None, None, _FIRST_ARGUMENT),  # a process: 0 is the caller
+        (_JUMP_IF_EQUAL, "allow", None, 0),
+        (_JUMP_IF_EQUAL, "allow", "deny", pid),
+        "to itself",
+        (_LOAD, None, None, _FIRST_ARGUMENT),  # a thread group, or a thread
+        (_JUMP_IF_EQUAL, "allow", "deny", pid),
+        "kill",
+        (_LOAD, None, None, _FIRST_ARGUMENT),  # a process, or 0: the caller's group
+        (_JUMP_IF_EQUAL, "allow", None if leads_group else "deny", pid),
+        *([(_JUMP_IF_EQUAL, "allow", "deny", 0)] if leads_group else []),
+        "setpriority",
+        (_LOAD, None, None, _FIRST_ARGUMENT),  # which
+        (_JUMP_IF_EQUAL, "who", "deny", _PRIO_PROCESS),
+        "ioprio_set",
+        (_LOAD, None, None, _FIRST_ARGUMENT),  # which
+        (_JUMP_IF_EQUAL, "who", "deny", _IOPRIO_WHO_PROCESS),
+        "who",
+        (_LOAD, None, None, _SECOND_ARGUMENT),  # a process: 0 is the caller
+        (_JUMP_IF_EQUAL, "allow", None, 0),
+        (_JUMP_IF_EQUAL, "allow", "deny", pid),
+        "fcntl",
+        (_LOAD, None, None, _SECOND_ARGUMENT),  # the command
+        *((_JUMP_IF_EQUAL, "deny", None, command) for command in DENIED_FCNTL.values()),
+        (_RETURN, None, None, _SECCOMP_RET_ALLOW),
+        "ioctl",
+        (_LOAD, None, None, _SECOND_ARGUMENT),  # the command
+        *((_JUMP_IF_EQUAL, "deny", None, command) for command in DENIED_IOCTL.values()),
+        "allow",
         (_RETURN, None, None, _SECCOMP_RET_ALLOW),
         "no such call",
         (_RETURN, None, None, _SECCOMP_RET_ERRNO | errno.ENOSYS),
@@ -179,7 +416,8 @@ def program(calls: _Calls) -> bytes:
 
 def _assemble(steps: list[_Step | str]) -> bytes:
     """The instructions of ``steps``, each label's jumps made relative (classic
-    BPF jumps only forward: a label comes after the jumps to it)."""
+    BPF jumps only forward, and at most 255 instructions: a label comes after
+    the jumps to it, and not too far)."""
     labels: dict[str, int] = {}
     instructions: list[_Step] = []
     for step in steps:
@@ -189,7 +427,12 @@ def _assemble(steps: list[_Step | str]) -> bytes:
             instructions.append(step)
 
     def offset(label: str | None, at: int) -> int:
-        return 0 if label is None else labels[label] - at - 1
+        if label is None:
+            return 0
+        jump = labels[label] - at - 1
+        if not 0 <= jump <= _LONGEST_JUMP:
+            raise ValueError(f"a jump of {jump} instructions to {label!r}")
+        return jump
 
     return b"".join(
         _INSTRUCTION.pack(code, offset(true, at), offset(false, at), value)
@@ -209,14 +452,16 @@ def filter_system_calls() -> bool:
     calls = _calls()
     if calls is None or not seccomp_filters():
         return False
-    instructions = program(calls)
+    pid = os.getpid()
+    instructions = program(calls, pid, leads_group=os.getpgrp() == pid)
     buffer = ctypes.create_string_buffer(instructions, len(instructions))
     fprog = _Program(len(instructions) // _INSTRUCTION.size, ctypes.addressof(buffer))
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise error("prctl(PR_SET_NO_NEW_PRIVS)")
     flags = _SECCOMP_FILTER_FLAG_TSYNC
-    done = _syscall(calls.seccomp, _SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog))
+    seccomp = calls.numbers["seccomp"]
+    done = _syscall(seccomp, _SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog))
     if done > 0:  # TSYNC: the id of a thread that could not take the filter
         raise OSError(errno.EBUSY, f"seccomp: thread {done} could not take the filter")
     if done != 0:
