@@ -93,8 +93,9 @@ is built (:func:`filter_system_calls`), in the child.
 What it leaves: a child without Landlock can still open, and write, any
 file of its user (the service's, or ``nobody`` for a root service), but
 for the service's ``/proc/<pid>/mem`` and ``/proc/<pid>/environ`` (the
-service is not dumpable, ``_probestart.keep_out_of_reach``), so the filter
-does not isolate a child on its own.
+service makes itself not dumpable once such a child is ready,
+``_probestart.keep_out_of_reach``), so the filter does not isolate a child
+on its own.
 
 The filter is classic BPF built here (``ctypes``; it needs no library), for
 64-bit x86-64 and AArch64 processes, whose call numbers it holds (the
