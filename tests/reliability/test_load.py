@@ -395,7 +395,9 @@ async def test_the_client_fails_a_run_whose_jobs_fail(tmp_path: Path) -> None:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_the_client_stops_at_its_time_bound(tmp_path: Path) -> None:
-    """A server that accepts and never answers: the client reports the bound, exits 1."""
+    """A server that accepts and never answers: the client waits unanswered until its time
+    bound ends the run, reports the bound as the reason, and exits 1. (``_run_client``'s
+    timeout is the hang guard: a client deaf to its bound would fail there.)"""
 
     async def silent(stream: SocketStream) -> None:
         async with stream:
@@ -405,9 +407,9 @@ async def test_the_client_stops_at_its_time_bound(tmp_path: Path) -> None:
 
     report = _report(run)
     assert report["aborted"] == "the time bound of 1.0 s was hit"
+    assert report["statuses"] == {}  # nothing answered: only the bound could end the wait
     assert report["ok"] is False
     assert run.returncode == 1
-    assert report["seconds"] < 1.0 + CLIENT_MARGIN_SECONDS
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

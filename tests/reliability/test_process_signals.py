@@ -31,7 +31,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Final
 
@@ -153,15 +152,12 @@ def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: Enc
             "both waits reach the app",
             DEADLINE,
         )
-        began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         answers = [drain(connection) for connection in [*waits, *streams]]
-        returncode = process.wait(timeout=grace + STOP_MARGIN)
-        took = time.monotonic() - began
+        returncode = process.wait(timeout=grace + STOP_MARGIN)  # a hang guard
     log = log_path.read_text()
 
     assert returncode == 0, log[-3000:]
-    assert took < grace + STOP_MARGIN
     assert all(first.startswith(b"HTTP/1.1 200 ") for first in firsts)
     for answer in answers[:2]:  # the waits: 503, come back later
         head = answer.partition(b"\r\n\r\n")[0].lower()
@@ -192,14 +188,12 @@ def test_a_second_sigterm_during_the_grace_exits_at_once(
         poll_until(
             lambda: "running job(s) get" in log_path.read_text(), "the grace begins", DEADLINE
         )
-        began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
+        # Raises past STOP_MARGIN (a hang guard), so it also shows the hour of grace cut short.
         returncode = process.wait(timeout=STOP_MARGIN)
-        took = time.monotonic() - began
     log = log_path.read_text()
 
     assert returncode == 0, log[-3000:]
-    assert took < STOP_MARGIN  # not the hour of grace
     assert _ended(log, job_id) == ["cancelled"]
     assert "Traceback" not in log
     assert integrity(database) == ["ok"]
@@ -245,15 +239,13 @@ def test_a_second_sigterm_while_a_request_stays_open_exits_cleanly(
             "uvicorn waits for the open request",
             DEADLINE,
         )
-        began = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
+        # Raises past STOP_MARGIN (a hang guard), so it also shows the hours of grace cut short.
         returncode = process.wait(timeout=STOP_MARGIN)
-        took = time.monotonic() - began
         rest = drain(upload)
     log = log_path.read_text()
 
     assert returncode == 0, log[-3000:]
-    assert took < STOP_MARGIN  # not the hour
     assert b"HTTP/1.1 2" not in rest  # the scan the request never finished asking for
     assert b"HTTP/1.1 5" not in rest
     assert _ended(log, job_id) == ["cancelled"]

@@ -89,6 +89,7 @@ _FINISHED_LINE: Final = re.compile(
     r"job_id=(\w+) job_type=scan status=(\w+) duration=\S+ error=(?:'([^']*)'|None)"
 )
 NEVER_STARTED: Final = "cancelled: supervisor shut down before the job started"
+GRACE_OVER: Final = "cancelled: supervisor shut down before the job finished"
 
 
 def _link_tree(directory: Path, clip: EncodedVideo, count: int) -> Path:
@@ -228,10 +229,11 @@ def test_sigterm_under_load_ends_every_job_and_keeps_the_library_whole(
     record_property("client_requests", sum(statuses.values()))
     record_property("server_errors", sum(n for code, n in statuses.items() if code >= 500))
     assert accepted <= ended.keys(), f"not logged terminal: {accepted - ended.keys()}"
-    # The running scan, held by the gate: cancelled once the grace ran out.
-    first_status, first_error = ended[first]
-    assert first_status == "cancelled"
-    assert first_error != NEVER_STARTED
+    # The running scan, held by the gate: cancelled by the end of its grace (the reason
+    # the supervisor gives then), not before the grace had run out. That bound cannot
+    # flake: both ends are read on the one monotonic clock, the server's grace begins
+    # after the signal this measure begins before, and load only lengthens the stop.
+    assert ended[first] == ("cancelled", GRACE_OVER)
     assert took >= GRACE
     # The pending scans: cancelled without ever starting.
     assert {ended[r.json()["job_id"]] for r in submitted[1:]} == {("cancelled", NEVER_STARTED)}
