@@ -15,8 +15,11 @@ then depends on the handler:
 Either way nothing is lost: one terminal status, one result or reason.
 
 These tests wait on real threads, so trio keeps its real clock here (as in
-tests/library/conftest.py); the short real waits below only prove that
-something has *not* happened yet.
+tests/library/conftest.py). No real wait stands in for "not yet": each
+test looks at the supervisor once ``anyio.wait_all_tasks_blocked()`` says
+that all that can happen while the thread is held has happened. The one
+real wait is for a job's own deadline (:data:`TIMEOUT`) to pass, and the
+job's scope then says whether it fired.
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ import pytest
 from stoat_ferret.jobs import JobStatus, JobSupervisor
 
 if TYPE_CHECKING:
+    from anyio import CancelScope
+
     from stoat_ferret.jobs import JobContext
 
 pytestmark = pytest.mark.anyio
 
-# Long enough that a job interrupted at its deadline would have ended by then.
-NOT_YET = 0.3
+TIMEOUT = 0.05
+"""The timeout of the job that times out mid-thread: real seconds the test waits for.
+It need only outlast the few steps from the job's start to its thread taking the work."""
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -71,7 +77,9 @@ class BlockingWork:
         return value
 
     async def in_thread(self) -> None:
-        await anyio.to_thread.run_sync(self.entered.wait, 10)
+        """Return once the handler's thread runs :meth:`blocking`."""
+        entered = await anyio.to_thread.run_sync(self.entered.wait, 10)
+        assert entered, "the handler's thread never started"
 
 
 @pytest.fixture(params=[True, False], ids=["checkpoint-after", "return-at-once"])
@@ -81,8 +89,17 @@ def checkpoint_after(request: pytest.FixtureRequest) -> bool:
     return value
 
 
+def _job_scope(supervisor: JobSupervisor, job_id: str) -> CancelScope:
+    """The running job's own ``move_on_after`` scope: the one its deadline cancels."""
+    record = supervisor._table.lookup(job_id)
+    assert record is not None
+    assert record.scope is not None, "the job is not running"
+    return record.scope
+
+
 async def test_timeout_waits_for_the_thread(checkpoint_after: bool) -> None:
-    """The deadline passes mid-thread: still running; the thread returns: timeout (or completed)."""
+    """The deadline fires mid-thread: the job stays running for as long as the thread is
+    held; the thread returns: the job ends timeout (or completed, with no checkpoint after)."""
 
     work = BlockingWork(checkpoint_after)
     supervisor = JobSupervisor(shutdown_grace=0)
@@ -90,20 +107,24 @@ async def test_timeout_waits_for_the_thread(checkpoint_after: bool) -> None:
     with anyio.fail_after(20):
         async with anyio.create_task_group() as group:
             await group.start(supervisor.run)
-            job_id = await supervisor.submit("blocking", timeout=0.05)
+            job_id = await supervisor.submit("blocking", timeout=TIMEOUT)
             await work.in_thread()
-            with anyio.move_on_after(NOT_YET):
-                await supervisor.wait(job_id)
+            await anyio.wait_all_tasks_blocked()  # the actor knows the job started
+            scope = _job_scope(supervisor, job_id)
+            await anyio.sleep_until(scope.deadline)  # the job's own deadline: the real wait
+            await anyio.wait_all_tasks_blocked()  # all that can happen while the thread is held
+            fired = scope.cancel_called
             during = await supervisor.get_result(job_id)
             work.release.set()
             ended = await supervisor.wait(job_id)
             await supervisor.aclose()
 
-    assert during.status is JobStatus.RUNNING
+    assert fired  # the deadline has cancelled the job's scope...
+    assert during.status is JobStatus.RUNNING  # ...and yet the job runs while its thread does
     assert work.returned.is_set()
     if checkpoint_after:
         assert ended.status is JobStatus.TIMEOUT
-        assert ended.error == "timed out after 0.05 s"
+        assert ended.error == f"timed out after {TIMEOUT:g} s"
         assert work.after_thread == []  # it did not go on after the checkpoint
     else:
         assert ended.status is JobStatus.COMPLETED
