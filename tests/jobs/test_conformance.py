@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC
@@ -189,6 +190,59 @@ async def test_a_clean_up_that_fails_after_cancel_leaves_the_job_cancelled(
 
     assert cancelled is True
     assert result.status is JobStatus.CANCELLED
+
+
+class AbsorbsCancellation:
+    """A handler that waits, shielded, until released, then returns without a checkpoint:
+    a cancellation that reached it while shielded is never delivered."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+        self.job_id = ""
+        self.cancelled_before_return: bool | None = None
+
+    async def __call__(self, ctx: JobContext) -> str:
+        self.job_id = ctx.job_id
+        self.entered.set()
+        with anyio.CancelScope(shield=True):
+            await self.release.wait()
+        # -inf: a scope around the handler (the job's own) has been cancelled.
+        self.cancelled_before_return = anyio.current_effective_deadline() == -math.inf
+        return "kept"
+
+
+async def test_cancel_of_a_job_that_absorbs_it_and_returns_is_false(
+    make_queue: QueueFactory,
+) -> None:
+    """``cancel()`` of a running job that shields the cancellation and then returns a
+    value waits for it, returns False, and the job ends ``completed`` with that value:
+    the cancellation reached the job's scope but never the handler."""
+    handler = AbsorbsCancellation()
+    answers: list[bool] = []
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("absorbing", handler)
+            async with anyio.create_task_group() as group:
+                group.start_soon(queue.submit, "absorbing")
+                await handler.entered.wait()
+
+                async def cancel() -> None:
+                    answers.append(await queue.cancel(handler.job_id))
+
+                group.start_soon(cancel)
+                await anyio.wait_all_tasks_blocked()  # the cancel has reached the job
+                unanswered = list(answers)
+                during = await queue.get_result(handler.job_id)
+                handler.release.set()
+            result = await queue.wait(handler.job_id)
+
+    assert unanswered == []  # cancel() waits for the job to end
+    assert during.status is JobStatus.RUNNING
+    assert handler.cancelled_before_return is True
+    assert answers == [False]
+    assert (result.status, result.result, result.error) == (JobStatus.COMPLETED, "kept", None)
 
 
 class _Unlistable(dict[str, int]):
