@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -467,9 +468,14 @@ async def test_below_a_proxy_prefix_the_api_still_needs_the_token(with_token: Se
 
 @pytest.mark.anyio
 async def test_the_token_opens_the_api_and_is_never_logged(
-    with_token: Settings, scan_root: Path, log_records: list[Any]
+    with_token: Settings,
+    scan_root: Path,
+    log_records: list[Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The right token in the header starts a scan; the token appears in no log record."""
+    """The right token in the header starts a scan; the token appears in no log record,
+    loguru's or the standard library's (httpx's, uvicorn's: every level)."""
+    caplog.set_level(logging.DEBUG)
     bearer = {"Authorization": f"Bearer {TOKEN}"}
 
     with anyio.fail_after(10):
@@ -482,6 +488,11 @@ async def test_the_token_opens_the_api_and_is_never_logged(
     assert accepted.status_code == 202, accepted.text
     assert listed.status_code == 200
     assert all(TOKEN not in str(record) for record in log_records)
+    # The standard library's records were captured (httpx logs each request at INFO)...
+    assert any(record.name == "httpx" for record in caplog.records), caplog.records
+    # ...and none holds the token, in its message or anything it was formatted from.
+    assert TOKEN not in caplog.text
+    assert all(TOKEN not in str(vars(record)) for record in caplog.records)
 
 
 @pytest.mark.anyio
