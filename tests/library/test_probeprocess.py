@@ -4,6 +4,7 @@ a memory limit, a crash that stays in the child, and answers not trusted."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import os
@@ -359,17 +360,29 @@ def _signal_once_held(
     monkeypatch: pytest.MonkeyPatch, child: int, path: Path, signal_number: int
 ) -> None:
     """Send ``signal_number`` to ``child`` once a request has gone to it and it
-    holds ``path`` (it reads a request at once: the loop is short)."""
+    holds ``path``."""
     send_fds = socket.send_fds
 
     def sending(channel: socket.socket, buffers: list[bytes], fds: list[int], *flags: int) -> int:
         sent = send_fds(channel, buffers, fds, *flags)
-        while not _holds(child, path):
-            os.sched_yield()
+        _wait_held(child, path)
         os.kill(child, signal_number)
         return sent
 
     monkeypatch.setattr(socket, "send_fds", sending)
+
+
+def _wait_held(pid: int, path: Path) -> None:
+    """Return once process ``pid`` holds ``path``; fail if it has ended, or after
+    :data:`TIMEOUT` seconds (a hang guard, generous: a child reads a request at
+    once, so the loop is short)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not _holds(pid, path):
+        if not _alive(pid):
+            pytest.fail(f"process {pid} ended before it held {path}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"process {pid} did not hold {path} within {TIMEOUT} s")
+        os.sched_yield()
 
 
 def _holds(pid: int, path: Path) -> bool:
@@ -594,43 +607,79 @@ async def test_a_cancelled_scan_kills_the_probe_in_flight(
 _STAND_IN = """
 import os, socket, sys
 from stoat_ferret.library import ProbeProcesses, Stop, ThreadPriority
-children = ProbeProcesses(ThreadPriority.NORMAL, deadline=3600)
+children = ProbeProcesses(ThreadPriority.NORMAL, deadline=float(sys.argv[2]))
 directory = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 children.probe("a.mp4", directory, Stop())
 send_fds = socket.send_fds
 def sending(*arguments):
     sent = send_fds(*arguments)
-    print(*children.pids(), flush=True)  # the child holds slow.mkv now
+    print(*children.pids(), flush=True)  # the request for slow.mkv has gone to it
     return sent
 socket.send_fds = sending
 children.probe("slow.mkv", directory, Stop())
 """
 
+_PR_SET_CHILD_SUBREAPER = 36
+"""``prctl`` option (``<linux/prctl.h>``): the orphans of this process's descendants
+become its children."""
+
+
+@contextlib.contextmanager
+def _adopting_orphans() -> Iterator[None]:
+    """While inside, this process adopts the orphans of the processes it starts,
+    so that it can wait for them and learn how they ended."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    if prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    try:
+        yield
+    finally:
+        prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def _how_it_ended(pidfd: int) -> str:
+    """How the process of ``pidfd``, an orphan this process adopted, ended (it is
+    reaped); waits up to :data:`TIMEOUT` seconds for it to end (a hang guard, generous)."""
+    if not select.select([pidfd], [], [], TIMEOUT)[0]:
+        return f"still running after {TIMEOUT} s"
+    try:
+        ended = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    except ChildProcessError:  # not adopted: its parent, the service, reaped it first
+        return "ended before its service did"
+    assert ended is not None
+    if ended.si_code == os.CLD_EXITED:
+        return f"exit status {ended.si_status}"
+    return f"killed by {signal.Signals(ended.si_status).name}"
+
 
 def test_a_child_ends_when_the_service_is_killed_mid_probe(
     slow_file: Path, clip: EncodedVideo, tmp_path: Path
 ) -> None:
-    """No orphan: a child outlives no service, however the service ends,
-    even while FFmpeg is busy in a file (its hang-up thread ends it): it
-    ends in well under the time FFmpeg takes over that file."""
+    """No orphan: a child outlives no service, however the service ends, even
+    while FFmpeg is busy in a file: its hang-up thread ends it (exit status 0).
+    The child may spend only half the CPU time FFmpeg takes over the file, so
+    one that went on with the file would have ended by SIGPROF instead."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
-    started = time.perf_counter()
-    probe_video(slow_file)
-    ffmpeg_seconds = time.perf_counter() - started
-    with subprocess.Popen(
-        [sys.executable, "-c", _STAND_IN, str(tmp_path)], stdout=subprocess.PIPE
-    ) as service:
-        try:
-            assert service.stdout is not None
-            [child] = map(int, service.stdout.readline().split())
-            ended = os.pidfd_open(child)
-        finally:
-            service.kill()
-    try:
-        assert select.select([ended], [], [], ffmpeg_seconds / 2)[0] == [ended]
-    finally:
-        os.close(ended)
+    started = time.thread_time()
+    probe_video(slow_file)  # in this thread: its CPU time is FFmpeg's over the file
+    budget = (time.thread_time() - started) / 2
+    with contextlib.ExitStack() as stack, _adopting_orphans():
+        with subprocess.Popen(
+            [sys.executable, "-c", _STAND_IN, str(tmp_path), repr(budget)],
+            stdout=subprocess.PIPE,
+        ) as service:
+            try:
+                assert service.stdout is not None
+                [child] = map(int, service.stdout.readline().split())
+                ended = os.pidfd_open(child)
+                stack.callback(os.close, ended)
+                _wait_held(child, tmp_path / "slow.mkv")  # FFmpeg is busy in it
+            finally:
+                service.kill()
+        how = _how_it_ended(ended)
+
+    assert how == "exit status 0"
 
 
 @pytest.mark.parametrize(
