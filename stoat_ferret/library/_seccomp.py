@@ -27,9 +27,8 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   ``setpriority(2)`` and ``ioprio_set(2)`` unless they name a process (not
   a process group, nor a user: the service's too) that is 0 or the child.
 - signals to any other process, which Landlock refuses only from its ABI 6
-  (Linux 6.12): ``kill(2)`` unless to the child's own id, or to 0 (its
-  process group) where the child leads a group of its own, as a probe
-  child does; ``tgkill(2)``, ``rt_tgsigqueueinfo(2)`` and
+  (Linux 6.12): ``kill(2)`` unless to the child's own id (not to 0, its
+  process group: it could have joined the service's); ``tgkill(2)``, ``rt_tgsigqueueinfo(2)`` and
   ``rt_sigqueueinfo(2)`` unless to the child's own thread group (the C
   library's ``raise`` and ``pthread_kill`` are ``tgkill(getpid(), tid,
   sig)``, from any thread); ``tkill(2)`` unless to the child's main thread
@@ -39,7 +38,17 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   and ``pidfd_send_signal(2)`` whatever their target; and an owner for a
   descriptor's ``SIGIO`` (``fcntl`` ``F_SETOWN``, ``F_SETOWN_EX``, ``ioctl``
   ``FIOSETOWN``, ``SIOCSPGRP``), which the kernel would signal for the
-  child.
+  child; and ``setpgid(2)`` and ``setsid(2)``: a child in the service's
+  session could join the service's process group, and then signal it with
+  any call that reaches the caller's group. (A pidfd of the service can
+  still be had, from its socket's ``SO_PEERPIDFD``: with
+  ``pidfd_send_signal`` and ``pidfd_getfd`` refused, it tells things
+  about the service, and reaches nothing.)
+- watching files: ``inotify_init(2)``, ``inotify_init1(2)`` and
+  ``fanotify_init(2)``, which Landlock does not cover: a child could see
+  the service's files come and go; and ``userfaultfd(2)`` and
+  ``memfd_secret(2)``, which a probe never needs and which help an exploit
+  of the kernel.
 - a new process: ``fork(2)`` and ``vfork(2)`` (x86-64 has them), and
   ``clone(2)`` without ``CLONE_THREAD``. A process the child started would
   have an address space limit of its own, no CPU budget (``ITIMER_PROF`` is
@@ -210,6 +219,13 @@ sched_setaffinity    203  122
 setpriority          141  140
 ioprio_set           251   30
 kill                  62  129
+setpgid              109  154
+setsid               112  157
+inotify_init         253    -
+inotify_init1        294   26
+fanotify_init        300  262
+userfaultfd          323  282
+memfd_secret         447  447
 tgkill               234  131
 tkill                200  130
 rt_sigqueueinfo      129  138
@@ -233,6 +249,8 @@ DENIED: Final = (
     *("setxattr", "lsetxattr", "fsetxattr", "setxattrat"),
     *("removexattr", "lremovexattr", "fremovexattr", "removexattrat"),
     *("file_setattr", "flock"),
+    *("setpgid", "setsid", "inotify_init", "inotify_init1", "fanotify_init"),
+    *("userfaultfd", "memfd_secret"),
 )
 """The calls the filter fails whatever their arguments, as the module says
 (those an architecture has)."""
@@ -353,10 +371,9 @@ def seccomp_filters() -> bool:
 _Step = tuple[int, str | None, str | None, int]
 
 
-def program(calls: _Calls, pid: int, *, leads_group: bool) -> bytes:
+def program(calls: _Calls, pid: int) -> bytes:
     """The filter's instructions for ``calls``' architecture, as the module
-    says, for the process ``pid``; ``leads_group``: it leads its process
-    group (its id is the group's), so that ``kill(0, ...)`` reaches only it."""
+    says, for the process ``pid``."""
     number = calls.numbers
     steps: list[_Step | str] = [  # a str is a label: where the next step is
         (_LOAD, None, None, _ARCH),
@@ -385,9 +402,8 @@ def program(calls: _Calls, pid: int, *, leads_group: bool) -> bytes:
         (_LOAD, None, None, _FIRST_ARGUMENT),  # a thread group, or a thread
         (_JUMP_IF_EQUAL, "allow", "deny", pid),
         "kill",
-        (_LOAD, None, None, _FIRST_ARGUMENT),  # a process, or 0: the caller's group
-        (_JUMP_IF_EQUAL, "allow", None if leads_group else "deny", pid),
-        *([(_JUMP_IF_EQUAL, "allow", "deny", 0)] if leads_group else []),
+        (_LOAD, None, None, _FIRST_ARGUMENT),  # a process (0 would be its group)
+        (_JUMP_IF_EQUAL, "allow", "deny", pid),
         "setpriority",
         (_LOAD, None, None, _FIRST_ARGUMENT),  # which
         (_JUMP_IF_EQUAL, "who", "deny", _PRIO_PROCESS),
@@ -454,7 +470,7 @@ def filter_system_calls() -> bool:
     if calls is None or not seccomp_filters():
         return False
     pid = os.getpid()
-    instructions = program(calls, pid, leads_group=os.getpgrp() == pid)
+    instructions = program(calls, pid)
     buffer = ctypes.create_string_buffer(instructions, len(instructions))
     fprog = _Program(len(instructions) // _INSTRUCTION.size, ctypes.addressof(buffer))
     libc = ctypes.CDLL(None, use_errno=True)

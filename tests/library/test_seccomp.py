@@ -352,21 +352,24 @@ attempts = {
     "kill_its_group": lambda: attempt(lambda: os.kill(0, 0)),
     "kill_its_group_by_id": lambda: attempt(lambda: os.kill(-os.getpid(), 0)),
     "kill_everyone": lambda: attempt(lambda: os.kill(-1, 0)),
+    "setpgid": lambda: attempt(lambda: os.setpgid(0, 0)),  # the group it leads
 }
 """
 
 
 @needs_filters
-def test_a_filtered_process_that_leads_its_own_group_may_signal_it_as_0() -> None:
-    """A probe child leads a process group of its own, with no other
-    process in it: ``kill(0, ...)`` reaches only it. Its group by its id,
-    and every process, still fail with EPERM."""
+def test_a_filtered_process_signals_no_process_group_and_joins_none() -> None:
+    """A probe child leads a process group of its own, but could join the
+    service's (the same session) and then signal it as ``kill(0, ...)``: it
+    may change its group no more (``setpgid``, even to the group it leads),
+    and a signal to a group, its own too, fails with EPERM."""
     got = _filtered(_GROUP, process_group=0)
 
     assert got == {
-        "kill_its_group": ("allowed", "allowed"),
+        "kill_its_group": ("allowed", "EPERM"),
         "kill_its_group_by_id": ("allowed", "EPERM"),
         "kill_everyone": ("allowed", "EPERM"),
+        "setpgid": ("allowed", "EPERM"),
     }
 
 
@@ -409,20 +412,26 @@ attempts = {
     "semtimedop": lambda: call(nr(220, 192), -1, None, 0, None),
     "semctl": lambda: call(nr(66, 191), -1, 0, 0, None),
     "mq_unlink": lambda: call(nr(241, 181), b"/stoat-ferret-no-such-queue"),
+    "inotify_init1": lambda: call(nr(294, 26), 0),
+    "fanotify_init": lambda: call(nr(300, 262), 0, 0),
+    "userfaultfd": lambda: call(nr(323, 282), 1),  # UFFD_USER_MODE_ONLY
+    "memfd_secret": lambda: call(447, 0),
 }
 """
 # These fail with EPERM without a capability, filter or not.
 _PRIVILEGED = frozenset(
     {"reboot", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module"}
     | {"bpf", "umount2", "pivot_root", "move_mount", "fsopen", "fsmount", "fspick"}
+    | {"fanotify_init"}
 )
 
 
 @needs_filters
 def test_a_filtered_process_makes_none_of_the_systems_calls() -> None:
     """Rebooting, kexec, kernel modules, BPF, perf events, namespaces,
-    keyrings, mounts by either API, and System V or POSIX IPC objects it did
-    not make: each EPERM, where it failed otherwise (or did nothing) before,
+    keyrings, mounts by either API, System V or POSIX IPC objects it did
+    not make, watching files (inotify, fanotify), userfaultfd and secret
+    memory: each EPERM, where it failed otherwise (or did nothing) before,
     as root."""
     got = _filtered(_SYSTEM)
 
