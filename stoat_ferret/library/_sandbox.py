@@ -37,10 +37,10 @@ and group (``/proc/sys/kernel/overflowuid`` and ``overflowgid``, 65534:
 Where that cannot be done (a user namespace that does not map that id:
 ``EINVAL``), it stays root but clears every capability instead: the
 ambient set, the bounding set, then the effective, permitted and
-inheritable sets (``capset(2)``). So does a root process without
-``CAP_KILL`` (a service whose capability bounding set lacks it, which its
-child inherits): that service could not signal a child of another user,
-so not end it. A process that is not root but holds capabilities loses
+inheritable sets (``capset(2)``). So does the child of a root service
+without ``CAP_KILL`` in its effective set (which the child reads of its
+parent): that service could not signal a child of another user, so not
+end it. A process that is not root but holds capabilities loses
 them the same way. If one is left, the child ends and
 the service refuses every file, saying why, as when Landlock refuses it.
 After its imports the child opens nothing by path, so the service's files
@@ -162,9 +162,11 @@ def drop_privileges() -> None:
     if sys.platform != "linux":
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    root = os.geteuid() == 0
+    root = 0 in os.getresuid()  # a saved or real root could take it back
     why = ""
-    if root and _capabilities(libc)[0] & 1 << _CAP_KILL:
+    # The service's own effective set says whether it could end a child of
+    # another user (the child's reflects only the bounding set it inherits).
+    if root and _capabilities(libc, os.getppid())[0] & 1 << _CAP_KILL:
         try:
             _become_overflow_user()
         except OSError as exc:  # EINVAL: a user namespace that does not map it
@@ -203,9 +205,10 @@ def _overflow_id(name: str) -> int:
         return _OVERFLOW_ID
 
 
-def _capabilities(libc: ctypes.CDLL) -> tuple[int, int, int]:
-    """This thread's effective, permitted and inheritable capabilities."""
-    header = _CapabilityHeader(_CAPABILITY_VERSION_3, 0)
+def _capabilities(libc: ctypes.CDLL, pid: int = 0) -> tuple[int, int, int]:
+    """The effective, permitted and inheritable capabilities of the process
+    ``pid`` (0: this thread)."""
+    header = _CapabilityHeader(_CAPABILITY_VERSION_3, pid)
     sets = (_CapabilitySets * 2)()
     if libc.capget(ctypes.byref(header), sets) != 0:
         raise error("capget")

@@ -265,10 +265,10 @@ def refused(*arguments):
     raise OSError(errno.EINVAL, "Invalid argument")
 def kept(libc):
     raise OSError(errno.EPERM, "capset: Operation not permitted")
-os.geteuid = lambda: 0
+os.getresuid = lambda: (0, 0, 0)
 os.setgroups = refused
 held = 1 << 22 | 1 << 5  # CAP_SYS_BOOT, CAP_KILL
-_sandbox._capabilities = lambda libc: (held, held, 0)
+_sandbox._capabilities = lambda libc, pid=0: (held, held, 0)
 _sandbox._clear_capabilities = kept
 service, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 service.shutdown(socket.SHUT_WR)  # no request: a child that got ready ends at once
@@ -327,10 +327,11 @@ def test_a_process_neither_root_nor_holding_a_capability_is_left_as_it_is() -> N
     assert "'NoNewPrivs:\\t0'" in done.stdout
 
 
-# Root without CAP_KILL in its effective set, as the child of a service whose
-# bounding set lacks it would be; then gives up its privileges.
+# A root service without CAP_KILL in its effective set (its bounding set, which
+# its child inherits, keeps it); its child gives up its privileges, and says
+# what it has left.
 _WITHOUT_CAP_KILL = """
-import ctypes
+import ctypes, subprocess, sys
 from stoat_ferret.library import _sandbox
 libc = ctypes.CDLL(None, use_errno=True)
 effective, permitted, inheritable = _sandbox._capabilities(libc)
@@ -341,16 +342,21 @@ for word, shift in enumerate((0, 32)):
     sets[word].inheritable = inheritable >> shift & 0xFFFFFFFF
 header = _sandbox._CapabilityHeader(0x20080522, 0)
 assert libc.capset(ctypes.byref(header), sets) == 0
-_sandbox.drop_privileges()
-print(open("/proc/self/status").read())
+child = (
+    "from stoat_ferret.library import _sandbox; _sandbox.drop_privileges();"
+    " print(open('/proc/self/status').read())"
+)
+sys.stdout.write(subprocess.run([sys.executable, "-c", child], capture_output=True,
+    check=True, text=True).stdout)
 """
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give up CAP_KILL")
-def test_a_root_process_without_cap_kill_stays_root_with_no_capability() -> None:
+def test_the_child_of_a_root_service_without_cap_kill_stays_root_with_no_capability() -> None:
     """A service that cannot signal another user's processes could not end
-    a child that became nobody: such a child clears its capabilities
-    instead, and the service, root too, can still end it."""
+    a child that became nobody: such a child (which reads its parent's
+    effective set: its own holds CAP_KILL, from the bounding set) clears its
+    capabilities instead, and the service, root too, can still end it."""
     done = subprocess.run(
         [sys.executable, "-c", _WITHOUT_CAP_KILL],
         capture_output=True,
