@@ -237,6 +237,16 @@ class VideoLibrary:
                 )
             )
 
+    def add_scan_errors_blocking(
+        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
+    ) -> None:
+        """:meth:`add_scan_errors`, in the calling thread: for the worker thread
+        of a scan's walk. That thread holds a token of anyio's default thread
+        limiter, which :meth:`add_scan_errors` would wait for another of: with
+        every token held by such walks, none would ever be given back."""
+        if errors:
+            self._store.add_scan_errors(job_id, directory, recursive=recursive, errors=errors)
+
     def stamp(self) -> datetime:
         """Now, by the store's clock, which never goes back
         (:meth:`VideoStore.stamp`; it never waits, so it needs no worker thread)."""

@@ -87,6 +87,7 @@ cancellation; batches committed before it stay.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import TYPE_CHECKING, Any, Final
 
@@ -188,14 +189,10 @@ class ScanRun:
     async def store_errors(self) -> None:
         """Store the errors met since the last call; kept for later if the
         write does not happen (cancelled before its thread ran, say)."""
-        taken = self.errors.take_unstored()
-        try:
+        with self.unstored_errors() as taken:
             await self.library.add_scan_errors(
                 self.ctx.job_id, self.root, recursive=self.recursive, errors=taken
             )
-        except BaseException:
-            self.errors.put_back(taken)
-            raise
 
     async def store_errors_if_many(self) -> None:
         """:meth:`store_errors`, once :data:`ERRORS_HELD` are held."""
@@ -204,10 +201,25 @@ class ScanRun:
 
     def checkpoint(self) -> None:
         """The walk's checkpoint (its thread): raises if the scan is cancelled,
-        and stores the errors the walk met once there are many."""
+        and stores the errors the walk met once there are many, in this
+        thread (``VideoLibrary.add_scan_errors_blocking`` says why)."""
         anyio.from_thread.check_cancelled()
         if len(self.errors.unstored) >= ERRORS_HELD:
-            anyio.from_thread.run(self.store_errors)
+            with self.unstored_errors() as taken:
+                self.library.add_scan_errors_blocking(
+                    self.ctx.job_id, self.root, recursive=self.recursive, errors=taken
+                )
+
+    @contextlib.contextmanager
+    def unstored_errors(self) -> Iterator[list[tuple[str, str]]]:
+        """The errors not stored yet, taken for the block to store; put back
+        if it does not (it raised, or was cancelled)."""
+        taken = self.errors.take_unstored()
+        try:
+            yield taken
+        except BaseException:
+            self.errors.put_back(taken)
+            raise
 
     async def keep_errors(self) -> None:
         """Store the errors of a scan that ended early, shielded (the write is

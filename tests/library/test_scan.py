@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import anyio.to_thread
 import attrs
 import pytest
 
@@ -1040,14 +1041,19 @@ async def test_a_scan_stores_its_errors_as_they_pile_up_not_all_at_its_end(
     for index in range(40):  # the probes' (chunks of 10: a quarter of 40)
         (media / f"bad{index:02d}.mp4").write_bytes(b"not a video")
     sizes: list[int] = []
-    add = library.add_scan_errors
+    add, add_blocking = library.add_scan_errors, library.add_scan_errors_blocking
 
     async def recording(job_id: str, directory: str, **kwargs: Any) -> None:
         if kwargs["errors"]:
             sizes.append(len(kwargs["errors"]))
         await add(job_id, directory, **kwargs)
 
+    def recording_blocking(job_id: str, directory: str, **kwargs: Any) -> None:
+        sizes.append(len(kwargs["errors"]))
+        add_blocking(job_id, directory, **kwargs)
+
     monkeypatch.setattr(library, "add_scan_errors", recording)
+    monkeypatch.setattr(library, "add_scan_errors_blocking", recording_blocking)
     handler = make_scan_handler(library, probe_threads=1, probe_priority=NORMAL)
     context = make_context(media)
 
@@ -1059,3 +1065,32 @@ async def test_a_scan_stores_its_errors_as_they_pile_up_not_all_at_its_end(
     assert sorted(path for path, _ in stored) == sorted(str(path) for path in media.iterdir())
     assert sum(sizes) == 60
     assert max(sizes) <= 4 - 1 + 10  # held at most: one short of 4, and a chunk's
+
+
+async def test_a_walk_that_stores_its_errors_needs_no_second_thread(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk's thread holds a token of anyio's default thread limiter: were its
+    errors stored through another worker thread, scans that hold every token
+    (here the one there is) would each wait for a second for ever. It stores
+    them itself, and the scan completes."""
+    monkeypatch.setattr(_scan, "ERRORS_HELD", 4)
+    monkeypatch.setattr(_walk, "CHECK_EVERY", 1)
+    media = tmp_path / "media"
+    media.mkdir()
+    for index in range(20):
+        (media / f"gone{index:02d}.mp4").symlink_to(tmp_path / "nowhere")
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    tokens, limiter.total_tokens = limiter.total_tokens, 1  # the loop may serve other tests
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    context = make_context(media)
+
+    try:
+        with anyio.fail_after(TIMEOUT):
+            result = await handler(context)
+    finally:
+        limiter.total_tokens = tokens
+    stored, total = await library.scan_errors(context.job_id, 100, 0)
+
+    assert result["errors_total"] == total == 20
+    assert sorted(path for path, _ in stored) == sorted(str(path) for path in media.iterdir())
