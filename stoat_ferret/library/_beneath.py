@@ -45,15 +45,18 @@ MAX_LINK_HOPS: Final = 40
 """Symlinks followed while resolving one link, the kernel's own limit."""
 
 MAX_LINK_COMPONENTS: Final = 4096
-"""Path components looked at while resolving one link, all its hops together;
-more is ``ELOOP``. With one ``lstat`` (and at most one ``openat``) each, this
-bounds the work a hostile link can cause."""
+"""Path components met while resolving one link, all its hops together (a
+target's all at once, as it is read: a target of thousands of empty parts
+costs them, though each is skipped); more is ``ELOOP``. With one ``lstat``
+(and at most one ``openat``) each, this bounds the work a hostile link can
+cause."""
 
 MAX_WALK_LINK_COMPONENTS: Final = 1_000_000
-"""Path components looked at while resolving all the links of one walk,
-together (:class:`LinkBudget`); past it, no further link is followed
-(:class:`LinkBudgetSpent`). A component costs about 4 microseconds here (an
-``lstat`` and an ``openat``, or a ``close``, and the Python around them), so
+"""Path components met while resolving all the links of one walk, together
+(:class:`LinkBudget`: the link's own name, and each target's parts as it is
+read); past it, no further link is followed (:class:`LinkBudgetSpent`). A
+component costs about 4 microseconds here (an ``lstat`` and an ``openat``,
+or a ``close``, and the Python around them), so
 this bounds a walk's link resolution to a few seconds: a hostile directory
 of links each up and down thousands of components (4,096 at most each) would
 otherwise take minutes, and every scan of it or of a directory above it would
@@ -323,17 +326,11 @@ class _Resolver:
     def follow(self, name: str) -> Outcome:
         depth = self.depth
         resolved = self.resolved
-        pending = name.split("/")[::-1]  # components still to resolve, the next one last
-        budget = self.budget
+        pending = self.charged(name.split("/"))[::-1]  # to resolve, the next one last
         info: os.stat_result | None = None
         while pending:
             part = pending.pop()
             self.components += 1
-            if self.components > MAX_LINK_COMPONENTS:
-                raise _TooMany(errno.ELOOP, os.strerror(errno.ELOOP))
-            if budget.left <= 0:
-                raise LinkBudgetSpent(errno.ELOOP, _spent(budget))
-            budget.left -= 1
             info = None
             if part in ("", "."):
                 continue
@@ -363,12 +360,17 @@ class _Resolver:
                 if self.checkpoint is not None:
                     self.checkpoint()
                 target = os.readlink(part, dir_fd=parent)
+                parts = target.split("/")
+                # Counted as the target is read, not as its parts are looked
+                # at: a target of thousands of empty parts costs its split.
+                if self.components + len(pending) + len(parts) > MAX_LINK_COMPONENTS:
+                    raise _TooMany(errno.ELOOP, os.strerror(errno.ELOOP))
                 resolved.pop()
                 if target.startswith("/"):
                     resolved.clear()
                     while len(self.fds) > 1:
                         self.pop()
-                pending.extend(reversed(target.split("/")))
+                pending.extend(reversed(self.charged(parts)))
                 info = None
             elif stat.S_ISDIR(info.st_mode):
                 if pending:  # gone through: one openat, refusing a swap for a link
@@ -384,6 +386,14 @@ class _Resolver:
         if len(os.fsencode("/" + "/".join(resolved))) >= PATH_MAX:
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
         return list(resolved), info
+
+    def charged(self, parts: list[str]) -> list[str]:
+        """``parts``, taken from the walk's budget."""
+        budget = self.budget
+        if budget.left < len(parts):
+            raise LinkBudgetSpent(errno.ELOOP, _spent(budget))
+        budget.left -= len(parts)
+        return parts
 
     def reuse(self, cached: Cached) -> Outcome:
         outcome, hops, components = cached

@@ -235,12 +235,14 @@ def test_a_resolved_chain_is_cached_for_the_walk(
 def test_the_links_of_one_walk_share_one_budget_of_components(
     scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each component a resolution looks at takes one from the walk's budget,
-    whichever link it is for: a link of 4 components resolves with 4 left,
-    the next one stops at its first component past the budget, having opened
-    only what it could pay for; with the budget spent, a link opens nothing,
-    and the spent budget is no outcome cached for the link."""
-    (scope / "one.mp4").symlink_to("sub/../clip.mp4")  # 4 components: the link's, then 3
+    """Each component a resolution meets takes one from the walk's budget, a
+    target's all at once as it is read, whichever link it is for: a link of 4
+    components (its name, then its target's 3) resolves with 2 of 6 left; the
+    next link's target is more than is left, and it stops having opened
+    nothing; a link whose outcome is cached takes one (its name); with the
+    budget spent a link opens nothing, and the spent budget is no outcome
+    cached for the link."""
+    (scope / "one.mp4").symlink_to("sub/../clip.mp4")
     (scope / "two.mp4").symlink_to("sub/../clip.mp4")
     budget = LinkBudget(6)
     cache: dict[tuple[str, ...], Cached] = {}
@@ -251,18 +253,45 @@ def test_the_links_of_one_walk_share_one_budget_of_components(
     opens = _Opens(monkeypatch)
     with pytest.raises(LinkBudgetSpent, match="looked at 6 path components") as spent:
         resolve_link(here, here, "two.mp4", scope_fd, cache=cache, budget=budget)
-    opened_by_two = opens.count
+    after_two = budget.left
+    again = resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)
     with pytest.raises(LinkBudgetSpent):
-        resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)
+        resolve_link(here, here, "two.mp4", scope_fd, cache=cache, budget=budget)
 
     assert first is not None
     assert first[0] == split(str(scope / "clip.mp4"))
-    assert left == 2
-    assert opened_by_two == 1  # "sub", its second component; ".." was one too many
-    assert opens.count == opened_by_two
-    assert budget.left == 0
+    assert (left, after_two, budget.left) == (2, 1, 0)
+    assert again == first
+    assert opens.count == 0
     assert spent.value.errno == errno.ELOOP
     assert [path[-1] for path in cache] == ["one.mp4"]
+
+
+def test_a_target_of_thousands_of_empty_parts_costs_them_when_it_is_read(
+    scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link to ``x`` followed by 4,094 slashes, ``x`` being that link itself:
+    ``x`` is always the next part, so each hop would look at one part but add
+    4,095 to the list, 40 hops before the hop limit (164,000 parts, for a
+    budget charge of 41). The parts count against the link's limit and the
+    walk's budget as the target is read: the second target is past the
+    link's limit, and the budget paid for the first."""
+    (scope / "x").symlink_to("x" + "/" * 4094)
+    budget = LinkBudget()
+    here = split(str(scope))
+    readlink = os.readlink
+    targets: list[str] = []
+
+    def counted(*args: Any, **kwargs: Any) -> str:
+        targets.append(readlink(*args, **kwargs))
+        return targets[-1]
+
+    monkeypatch.setattr(os, "readlink", counted)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        resolve_link(here, here, "x", scope_fd, budget=budget)
+
+    assert len(targets) == 2
+    assert budget.total - budget.left == 1 + 4095
 
 
 class _Stop(Exception):
