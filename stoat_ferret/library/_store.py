@@ -358,6 +358,8 @@ class VideoStore:
         and a slower scan does not write back the row of a file another
         scan has just removed as gone (unless the file goes in the moment
         between that look and the commit: the next scan removes that row).
+        ``gone`` is called even for ``deletions`` alone (with no path): what
+        it raises refuses the whole batch.
 
         A record the store cannot hold (a number beyond SQLite's INTEGER, a
         float that is not finite: ``_rows.unstorable``) is not written, and
@@ -368,7 +370,7 @@ class VideoStore:
             return Applied()
         vanished: list[str] = []
         left_out: set[str] = set()
-        if gone is not None and records:
+        if gone is not None:  # even for deletions alone: it may refuse the batch
             left_out = set(gone([record.path for record in records]))
             if left_out:
                 vanished = [record.path for record in records if record.path in left_out]

@@ -771,3 +771,34 @@ async def test_a_batch_is_written_when_the_directory_cannot_be_looked_at_again(
 
     assert (result["added"], result["errors"]) == (2, [])
     assert stored == [str(path) for path in paths]
+
+
+async def test_a_batch_of_stale_rows_alone_is_not_applied_once_the_directory_is_replaced(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored video changed and no longer probes: its row would go with the next
+    batch. The directory is replaced (a good video at the same path) just before
+    that batch, which holds no record: the row stays, and one errors entry says
+    the directory was replaced."""
+    media = tmp_path / "media"
+    media.mkdir()
+    path = copy_video(clip, media / "a.mp4").path
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+    await anyio.Path(path).write_bytes(b"not a video any more")
+    apply = library.apply
+
+    async def swapped_then_apply(records: Any, stale: Any, **kwargs: Any) -> Any:
+        os.rename(media, tmp_path / "old")
+        media.mkdir()
+        copy_video(clip, Path(path))
+        return await apply(records, stale, **kwargs)
+
+    monkeypatch.setattr(library, "apply", swapped_then_apply)
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = [video.path for video in (await library.list_videos())[0]]
+
+    assert stored == [str(path)]
+    assert str(media) in [entry["path"] for entry in result["errors"]]
