@@ -319,9 +319,27 @@ class ErrorLog:
 
 
 def fewer_unread(paths: list[str]) -> list[str]:
-    """The directories that hold ``paths``, a level up at a time, until at most
-    half of :data:`UNREAD_CAP` remain: every path is then at or below one of
-    them (``/`` at worst), so nothing unread is taken for read."""
+    """``paths`` with those below another dropped, and the deepest given way to
+    the directories that hold them, a level at a time, until at most half of
+    :data:`UNREAD_CAP` remain: every path is then at or below one of them
+    (``/`` at worst), so nothing unread is taken for read. Only the deepest
+    are lifted: a directory that already stands for many paths is not lifted
+    again while deeper ones are left (else each overflow would lift it, up to
+    ``/``, and a whole library would read as not read)."""
+    paths = _outermost(paths)
     while len(paths) > UNREAD_CAP // 2:
-        paths = sorted({os.path.dirname(path) for path in paths})
+        deepest = max(path.count("/") for path in paths)
+        paths = _outermost(
+            [os.path.dirname(path) if path.count("/") == deepest else path for path in paths]
+        )
     return paths
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """``paths`` sorted, without duplicates nor any path below another of them."""
+    kept: list[str] = []
+    for path in sorted(set(paths), key=lambda path: path.split("/")):  # below follows above
+        if kept and (path == kept[-1] or path.startswith(kept[-1].rstrip("/") + "/")):
+            continue
+        kept.append(path)
+    return kept

@@ -329,3 +329,28 @@ def test_past_the_unread_cap_the_directories_above_stand_for_the_paths_not_read(
     assert tracked.unseen == {"/m/7/disk"}
     assert (tracked.changed, tracked.dropped) == ({}, set())
     assert errors.total == 10_000
+
+
+def test_overflows_of_unread_paths_never_creep_up_over_directories_that_were_read() -> None:
+    """Thrice as many files not stat'ed as UNREAD_CAP, all in /lib/films/bad: each
+    overflow gives way to /lib/films/bad only, never to /lib or / (each overflow
+    lifting every entry a level did so), so a stored disk at /lib/tv/disk that the
+    scan found not mounted is still forgotten when asked, not kept as unseen."""
+    errors = ErrorLog()
+    added = [f"/lib/films/bad/{index}.mp4" for index in range(3 * UNREAD_CAP + 1)]
+    for path in added:
+        errors.add_unread(path, "Permission denied")
+
+    tracked = track(
+        {"/lib/tv/disk": 5},
+        {},
+        directory="/lib",
+        forget=True,
+        recursive=True,
+        unread=errors.unread,
+    )
+
+    assert errors.unread[0] == "/lib/films/bad"
+    assert all(path.startswith("/lib/films/bad") for path in errors.unread)
+    assert tracked.dropped == {"/lib/tv/disk"}
+    assert tracked.unseen == set()
