@@ -87,12 +87,12 @@ class ErrorOwners:
     """Which scan owns each scope's error list: the scans running, and those
     ended since the last scan began, not every scope ever scanned.
 
-    :meth:`take` runs under the store's write lock, once a scan's new list
-    is committed; :meth:`owns`, under the same lock; :meth:`end` never
-    waits, so any thread may call it (a deque's append is atomic), and the
-    next :meth:`take` carries it out. It also remembers which scans' lists
-    were replaced (:meth:`was_replaced`, which any thread may ask: a
-    membership test of a dict is atomic).
+    :meth:`replacing` runs under the store's write lock before a scan's new
+    list is committed, and :meth:`take` once it is; :meth:`owns`, under the
+    same lock; :meth:`end` never waits, so any thread may call it (a deque's
+    append is atomic), and the next :meth:`replacing` carries it out. It
+    also remembers which scans' lists were replaced (:meth:`was_replaced`,
+    which any thread may ask: a membership test of a dict is atomic).
     """
 
     def __init__(self) -> None:
@@ -102,25 +102,38 @@ class ErrorOwners:
         # REPLACED_KEPT of them.
         self._replaced: OrderedDict[str, None] = OrderedDict()
 
-    def take(self, scope: Scope, job_id: str, *, replaced: Sequence[str] = ()) -> None:
-        """``job_id`` owns ``scope`` from now on, its list having ``replaced``
-        those of these scans (those with entries stored) and that of the
-        scope's owner, if it has not ended; ended scans are forgotten first."""
+    def replacing(self, scope: Scope, job_id: str, stored: Sequence[str]) -> list[str]:
+        """Mark, before ``job_id``'s new list of ``scope`` is committed, the
+        scans whose lists it replaces: ``stored`` (those with entries stored)
+        and the scope's owner, if it has not ended (a scan still running
+        loses its list too, even one that has stored no entry yet: what it
+        meets from now on is refused). Ended scans are forgotten first.
+        Returns those marked now (:meth:`unmark` them if the commit fails),
+        so that no reader sees a replaced list as an empty one meanwhile."""
         owners = self._owners
         while self._ended:
             ended_scope, ended = self._ended.popleft()
             if owners.get(ended_scope) == ended:  # not a later scan's scope
                 del owners[ended_scope]
-        # A scan still running (not ended) loses its list too, even one that
-        # has stored no entry yet: what it meets from now on is refused.
-        running = owners.get(scope)
-        owners[scope] = job_id
         gone = self._replaced
-        for other in (*replaced, running):
-            if other is not None and other != job_id:
-                gone[other] = None
+        marked = [
+            other
+            for other in dict.fromkeys((*stored, owners.get(scope)))
+            if other is not None and other != job_id and other not in gone
+        ]
+        gone.update(dict.fromkeys(marked))
         while len(gone) > REPLACED_KEPT:
             gone.popitem(last=False)
+        return marked
+
+    def unmark(self, marked: Sequence[str]) -> None:
+        """Undo :meth:`replacing` (the new list was not committed)."""
+        for job_id in marked:
+            self._replaced.pop(job_id, None)
+
+    def take(self, scope: Scope, job_id: str) -> None:
+        """``job_id`` owns ``scope`` from now on (its new list is committed)."""
+        self._owners[scope] = job_id
 
     def was_replaced(self, job_id: str) -> bool:
         """Whether a later scan replaced ``job_id``'s list (one of the last

@@ -426,12 +426,19 @@ class VideoStore:
         # The owner changes once the new list is committed (a failed commit
         # leaves the previous owner, whose list is still there), under the
         # same hold of the lock as the commit.
+        scope, owners = (directory, recursive), self._error_owners
         with self._write_lock:
-            with self._writing() as connection:
-                replaced = scope_jobs(connection, directory, recursive, but=job_id)
-                delete_scope_errors(connection, directory, recursive)
-                insert_errors(connection, job_id, directory, recursive, errors)
-            self._error_owners.take((directory, recursive), job_id, replaced=replaced)
+            marked: list[str] = []
+            try:
+                with self._writing() as connection:
+                    stored = scope_jobs(connection, directory, recursive, but=job_id)
+                    marked = owners.replacing(scope, job_id, stored)
+                    delete_scope_errors(connection, directory, recursive)
+                    insert_errors(connection, job_id, directory, recursive, errors)
+            except BaseException:
+                owners.unmark(marked)
+                raise
+            owners.take(scope, job_id)
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]

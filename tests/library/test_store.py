@@ -28,6 +28,7 @@ from stoat_ferret.library import (
     _clock,
     _errorrows,
     _schema,
+    _store,
 )
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS
@@ -957,6 +958,26 @@ def test_a_replaced_list_is_told_from_an_empty_one_whatever_ended_its_scan(
             store.scan_errors(replaced, 10, 0)
     assert store.scan_errors("none", 10, 0) == ([], 0)
     assert store.scan_errors("b", 10, 0) == ([], 0)
+
+
+def test_a_list_reads_as_replaced_from_before_its_replacement_is_committed(
+    store: VideoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader between the commit of a scan's new list and its marking would see
+    the old scan's list gone and not replaced (an empty page): the old scan is
+    marked before the commit."""
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    insert = _store.insert_errors
+    seen: list[bool] = []
+
+    def inserting(*args: Any) -> None:
+        seen.append(store._error_owners.was_replaced("a"))
+        insert(*args)
+
+    monkeypatch.setattr(_store, "insert_errors", inserting)
+    store.replace_scan_errors("b", "/m", recursive=True, errors=())
+
+    assert seen == [True]
 
 
 def test_only_the_latest_replaced_scans_are_remembered_as_such(
