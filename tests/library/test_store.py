@@ -967,7 +967,7 @@ def test_a_list_reads_as_replaced_from_before_its_replacement_is_committed(
     the old scan's list gone and not replaced (an empty page): the old scan is
     marked before the commit."""
     store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
-    insert = _store.insert_errors
+    insert = _errorrows.insert_errors
     seen: list[bool] = []
 
     def inserting(*args: Any) -> None:
