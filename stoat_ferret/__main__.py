@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # as a test may, leaves them alone.)
     ours = threading.current_thread() is threading.main_thread()
     previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS if ours}
-    command = None
+    # Until the arguments are parsed, a check is what they name.
+    command = "check" if "check" in (sys.argv[1:] if argv is None else argv) else None
     try:
         try:
             command, settings, names = parse_command(argv)

@@ -269,16 +269,17 @@ def test_a_stop_during_the_start_up_exits_0_with_one_line(
     assert done.stderr == f"stoat-ferret: stopped by {number.name}\n"
 
 
-# main(["check"]) in a process of its own, told to stop while it checks.
+# main(["check"]) in a process of its own, told to stop (by the signal named in
+# argv[1]) while it reads its settings or checks (the step named in argv[2]).
 _STOPPED_IN_CHECK = """
 import os, signal, sys
 import stoat_ferret.__main__ as stoat_main
-check = stoat_main.check
-number = signal.Signals[sys.argv[1]]
+number, step = signal.Signals[sys.argv[1]], sys.argv[2]
+doing = getattr(stoat_main, step)
 def interrupted(*args):
     os.kill(os.getpid(), number)  # handled before the next line of Python
-    return check(*args)
-stoat_main.check = interrupted
+    return doing(*args)
+setattr(stoat_main, step, interrupted)
 before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
 status = stoat_main.main(["check"])
 assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
@@ -286,16 +287,17 @@ sys.exit(status)
 """
 
 
+@pytest.mark.parametrize("step", ["parse_command", "check"])
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stopped_check_exits_128_plus_the_signal_with_one_line(
-    tmp_path: Path, number: signal.Signals
+    tmp_path: Path, number: signal.Signals, step: str
 ) -> None:
     """A check cut short did not pass: not 0 (a script's `check && ...` must not go
     on), but what a shell gives an interrupted command, with one line, no traceback."""
     env = {**os.environ, "STOAT_DATABASE_PATH": str(tmp_path / "stoat.db")}
 
     done = subprocess.run(
-        [sys.executable, "-c", _STOPPED_IN_CHECK, number.name],
+        [sys.executable, "-c", _STOPPED_IN_CHECK, number.name, step],
         env=env,
         capture_output=True,
         text=True,
