@@ -83,7 +83,9 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   ``lsetxattr``, ``fsetxattr``, ``setxattrat``, ``removexattr``,
   ``lremovexattr``, ``fremovexattr``, ``removexattrat``) and inode flags
   (``file_setattr``, ``ioctl`` ``FS_IOC_SETFLAGS`` and
-  ``FS_IOC_FSSETXATTR``); and locks, which would hold up the other
+  ``FS_IOC_FSSETXATTR``), its generation (``FS_IOC_SETVERSION``) and
+  fs-verity (``FS_IOC_ENABLE_VERITY``, which makes a file read-only for
+  good, and which a read-only descriptor may ask for); and locks, which would hold up the other
   programs that use the file: ``flock(2)``, ``fcntl`` ``F_SETLK``,
   ``F_SETLKW``, ``F_OFD_SETLK``, ``F_OFD_SETLKW`` and ``F_SETLEASE`` (a
   lease makes others' opening the file for writing wait). x86-64's
@@ -280,9 +282,12 @@ DENIED_IOCTL: Final = {
     "SIOCSPGRP": 0x8902,
     "FS_IOC_SETFLAGS": 0x40086602,
     "FS_IOC_FSSETXATTR": 0x401C5820,
+    "FS_IOC_SETVERSION": 0x40087602,
+    "FS_IOC_ENABLE_VERITY": 0x40806685,
 }
-"""``ioctl``'s commands that set a ``SIGIO`` owner or a file's inode flags
-(the same numbers on both machines)."""
+"""``ioctl``'s commands that set a ``SIGIO`` owner, a file's inode flags or
+generation, or make it read-only for good (fs-verity, which a read-only
+descriptor may ask for); the same numbers on both machines."""
 _PRIO_PROCESS: Final = 0  # setpriority's "which": a process (not a group, nor a user)
 _IOPRIO_WHO_PROCESS: Final = 1  # ioprio_set's
 

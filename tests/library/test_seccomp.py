@@ -475,6 +475,7 @@ def same(get, set, size):
         fcntl.ioctl(handed, set, flags)
     return lambda: attempt(work)
 attempts = {
+    "FS_IOC_ENABLE_VERITY": lambda: attempt(lambda: fcntl.ioctl(handed, 0x40806685, bytes(128))),
     "fchmod": lambda: attempt(lambda: os.fchmod(handed, mode)),
     "fchmodat": lambda: call(nr(268, 53), AT_FDCWD, path, mode),
     "fchmodat2": lambda: call(452, AT_FDCWD, path, mode, 0),
