@@ -224,13 +224,14 @@ def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
     assert line.startswith(f"stoat-ferret: cannot listen on 127.0.0.1:{port} {named}: ")
 
 
-# main() in a process of its own, told to stop (by the signal named in argv[1])
-# while it reads its settings or checks the database (the step named in
-# argv[2]): the signal comes before uvicorn has any handler.
-_STOPPED_AT_START_UP = """
+# main() in a process of its own, with the arguments after argv[2], told to stop
+# (by the signal named in argv[1]) while it reads its settings, checks the
+# database or runs the check (the step named in argv[2]): the signal comes
+# before uvicorn has any handler; nothing may be served.
+_STOPPED = """
 import os, signal, sys
 import stoat_ferret.__main__ as stoat_main
-number, step = signal.Signals[sys.argv[1]], sys.argv[2]
+number, step, arguments = signal.Signals[sys.argv[1]], sys.argv[2], sys.argv[3:]
 doing = getattr(stoat_main, step)
 def interrupted(*args):
     os.kill(os.getpid(), number)  # handled before the next line of Python
@@ -240,24 +241,35 @@ def served(*args):
 setattr(stoat_main, step, interrupted)
 stoat_main._serve = served
 before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
-status = stoat_main.main([])
+status = stoat_main.main(arguments)
 assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
 sys.exit(status)
 """
 
 
-@pytest.mark.parametrize("step", ["parse_command", "check_startup"])
+@pytest.mark.parametrize(
+    ("arguments", "step", "stopped"),
+    [
+        ([], "parse_command", 0),
+        ([], "check_startup", 0),
+        (["check"], "parse_command", 128),
+        (["check"], "check", 128),
+    ],
+    ids=["serve-settings", "serve-database", "check-settings", "check"],
+)
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_stop_during_the_start_up_exits_0_with_one_line(
-    tmp_path: Path, number: signal.Signals, step: str
+def test_a_stop_before_serving_ends_with_one_line_and_the_commands_status(
+    tmp_path: Path, number: signal.Signals, arguments: list[str], step: str, stopped: int
 ) -> None:
-    """SIGINT or SIGTERM while the settings are read or the database is checked
-    (before uvicorn takes the signals over): exit 0 and one line, no traceback,
-    nothing served, and the process's own handlers back as they were."""
+    """SIGINT or SIGTERM before uvicorn takes the signals over: one line, no
+    traceback, nothing served, the process's own handlers back as they were.
+    A serve stopped so exits 0, as a stopped server does; a check cut short did
+    not pass: not 0 (a script's ``check && ...`` must not go on), but what a
+    shell gives an interrupted command, 128 plus the signal's number."""
     env = {**os.environ, "STOAT_DATABASE_PATH": str(tmp_path / "stoat.db")}
 
     done = subprocess.run(
-        [sys.executable, "-c", _STOPPED_AT_START_UP, number.name, step],
+        [sys.executable, "-c", _STOPPED, number.name, step, *arguments],
         env=env,
         capture_output=True,
         text=True,
@@ -265,47 +277,8 @@ def test_a_stop_during_the_start_up_exits_0_with_one_line(
         check=False,
     )
 
-    assert (done.returncode, done.stdout) == (0, ""), done.stderr
-    assert done.stderr == f"stoat-ferret: stopped by {number.name}\n"
-
-
-# main(["check"]) in a process of its own, told to stop (by the signal named in
-# argv[1]) while it reads its settings or checks (the step named in argv[2]).
-_STOPPED_IN_CHECK = """
-import os, signal, sys
-import stoat_ferret.__main__ as stoat_main
-number, step = signal.Signals[sys.argv[1]], sys.argv[2]
-doing = getattr(stoat_main, step)
-def interrupted(*args):
-    os.kill(os.getpid(), number)  # handled before the next line of Python
-    return doing(*args)
-setattr(stoat_main, step, interrupted)
-before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
-status = stoat_main.main(["check"])
-assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
-sys.exit(status)
-"""
-
-
-@pytest.mark.parametrize("step", ["parse_command", "check"])
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_stopped_check_exits_128_plus_the_signal_with_one_line(
-    tmp_path: Path, number: signal.Signals, step: str
-) -> None:
-    """A check cut short did not pass: not 0 (a script's `check && ...` must not go
-    on), but what a shell gives an interrupted command, with one line, no traceback."""
-    env = {**os.environ, "STOAT_DATABASE_PATH": str(tmp_path / "stoat.db")}
-
-    done = subprocess.run(
-        [sys.executable, "-c", _STOPPED_IN_CHECK, number.name, step],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert (done.returncode, done.stdout) == (128 + number, ""), done.stderr
+    status = stopped + number if stopped else 0
+    assert (done.returncode, done.stdout) == (status, ""), done.stderr
     assert done.stderr == f"stoat-ferret: stopped by {number.name}\n"
 
 
