@@ -83,7 +83,8 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   ``lsetxattr``, ``fsetxattr``, ``setxattrat``, ``removexattr``,
   ``lremovexattr``, ``fremovexattr``, ``removexattrat``) and inode flags
   (``file_setattr``, ``ioctl`` ``FS_IOC_SETFLAGS`` and
-  ``FS_IOC_FSSETXATTR``), its generation (``FS_IOC_SETVERSION``) and
+  ``FS_IOC_FSSETXATTR``), its generation (``FS_IOC_SETVERSION``, and
+  ext4's ``EXT4_IOC_SETVERSION``) and
   fs-verity (``FS_IOC_ENABLE_VERITY``, which makes a file read-only for
   good, and which a read-only descriptor may ask for); and locks, which would hold up the other
   programs that use the file: ``flock(2)``, ``fcntl`` ``F_SETLK``,
@@ -283,6 +284,7 @@ DENIED_IOCTL: Final = {
     "FS_IOC_SETFLAGS": 0x40086602,
     "FS_IOC_FSSETXATTR": 0x401C5820,
     "FS_IOC_SETVERSION": 0x40087602,
+    "EXT4_IOC_SETVERSION": 0x40086604,  # ext4's own number for the same
     "FS_IOC_ENABLE_VERITY": 0x40806685,
 }
 """``ioctl``'s commands that set a ``SIGIO`` owner, a file's inode flags or

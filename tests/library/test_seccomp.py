@@ -413,7 +413,7 @@ attempts = {
     "semctl": lambda: call(nr(66, 191), -1, 0, 0, None),
     "mq_unlink": lambda: call(nr(241, 181), b"/stoat-ferret-no-such-queue"),
     "inotify_init1": lambda: call(nr(294, 26), 0),
-    "fanotify_init": lambda: call(nr(300, 262), 0, 0),
+    "fanotify_init": lambda: call(nr(300, 262), 0x200, 0),  # FAN_REPORT_FID: no privilege
     "userfaultfd": lambda: call(nr(323, 282), 1),  # UFFD_USER_MODE_ONLY
     "memfd_secret": lambda: call(447, 0),
 }
@@ -422,7 +422,6 @@ attempts = {
 _PRIVILEGED = frozenset(
     {"reboot", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module"}
     | {"bpf", "umount2", "pivot_root", "move_mount", "fsopen", "fsmount", "fspick"}
-    | {"fanotify_init"}
 )
 
 
@@ -474,8 +473,18 @@ def same(get, set, size):
         flags = fcntl.ioctl(handed, get, bytes(size))
         fcntl.ioctl(handed, set, flags)
     return lambda: attempt(work)
+def version(set):  # the generation set to what it is (where it can be read)
+    def work():
+        try:
+            number = fcntl.ioctl(handed, 0x80087601, bytes(8))  # FS_IOC_GETVERSION
+        except OSError:
+            number = bytes(8)
+        fcntl.ioctl(handed, set, number)
+    return lambda: attempt(work)
 attempts = {
     "FS_IOC_ENABLE_VERITY": lambda: attempt(lambda: fcntl.ioctl(handed, 0x40806685, bytes(128))),
+    "FS_IOC_SETVERSION": version(0x40087602),
+    "EXT4_IOC_SETVERSION": version(0x40086604),
     "fchmod": lambda: attempt(lambda: os.fchmod(handed, mode)),
     "fchmodat": lambda: call(nr(268, 53), AT_FDCWD, path, mode),
     "fchmodat2": lambda: call(452, AT_FDCWD, path, mode, 0),
