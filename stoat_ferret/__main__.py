@@ -33,7 +33,7 @@ from stoat_ferret._cli import (
     check,
     check_startup,
     one_line,
-    parse_command,
+    parse_arguments,
 )
 from stoat_ferret._logging import configure_logging
 from stoat_ferret.library import StoreError
@@ -65,6 +65,18 @@ def _stop(signum: int, _: object) -> None:
     raise _Stopped(signum)
 
 
+class _Deferred:
+    """A stop signal's handler that notes the first signal, for later: while
+    the arguments are read, which command was asked for is not known yet."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stoat-ferret`` with ``argv`` (``sys.argv[1:]`` when None); return the exit status.
 
@@ -79,12 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (Only the main thread may set handlers: main() run in another thread,
     # as a test may, leaves them alone.)
     ours = threading.current_thread() is threading.main_thread()
-    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS if ours}
-    # Until the arguments are parsed, a check is what they name.
-    command = "check" if "check" in (sys.argv[1:] if argv is None else argv) else None
+    # Until the command is known (reading the arguments waits for nothing), a
+    # stop is noted, and acted on once it is.
+    deferred = _Deferred()
+    previous = {number: signal.signal(number, deferred) for number in STOP_SIGNALS if ours}
+    command = None
     try:
         try:
-            command, settings, names = parse_command(argv)
+            arguments = parse_arguments(argv)
+            command, names = arguments.command, arguments.names
+            for number in previous:
+                signal.signal(number, _stop)
+            if deferred.signum is not None:
+                raise _Stopped(deferred.signum)
+            settings = arguments.settings()
             # Before anything may log (the store's open does): every line in
             # the format and at the level asked for.
             configure_logging(settings.log_level, settings.log_format)

@@ -23,6 +23,8 @@ import socket
 import textwrap
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from stoat_ferret import __version__
 from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
@@ -130,6 +132,39 @@ def parse_command(
         SystemExit: ``--help`` or ``--version`` (0), a bad flag or value (2).
         SettingsError: a variable is bad.
     """
+    parsed = parse_arguments(argv)
+    return parsed.command, parsed.settings(environ), parsed.names
+
+
+@attrs.frozen
+class Arguments:
+    """The command line, read (:func:`parse_arguments`): the command, and
+    what its settings need, which :meth:`settings` reads."""
+
+    command: str
+    names: dict[str, str]
+    """Field name -> the name the user gave it by (its flag, else its variable)."""
+    parser: argparse.ArgumentParser
+    namespace: argparse.Namespace
+
+    def settings(self, environ: Mapping[str, str] | None = None) -> Settings:
+        """:func:`read_settings` of these arguments (this may look at the
+        file system: the scan roots are resolved).
+
+        Raises:
+            SystemExit: a bad flag value (2).
+            SettingsError: a variable is bad.
+        """
+        return read_settings(self.parser, self.namespace, environ)
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
+    """The command line read, no setting yet: what it costs is the parser's
+    (``stoat-ferret`` reads the command before anything that may wait).
+
+    Raises:
+        SystemExit: ``--help`` or ``--version`` (0), a bad flag (2).
+    """
     parser = build_parser()
     arguments = parser.parse_args(argv)
     if arguments.command not in _COMMANDS:
@@ -140,7 +175,7 @@ def parse_command(
         else option.env
         for option in options()
     }
-    return str(arguments.command), read_settings(parser, arguments, environ), names
+    return Arguments(str(arguments.command), names, parser, arguments)
 
 
 def read_settings(

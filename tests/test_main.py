@@ -225,20 +225,23 @@ def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
 
 
 # main() in a process of its own, with the arguments after argv[2], told to stop
-# (by the signal named in argv[1]) while it reads its settings, checks the
-# database or runs the check (the step named in argv[2]): the signal comes
-# before uvicorn has any handler; nothing may be served.
+# (by the signal named in argv[1]) while it reads its arguments or settings,
+# checks the database or runs the check (the step named in argv[2], of
+# stoat_ferret.__main__ or else of stoat_ferret._cli): the signal comes before
+# uvicorn has any handler; nothing may be served.
 _STOPPED = """
 import os, signal, sys
 import stoat_ferret.__main__ as stoat_main
+import stoat_ferret._cli as cli
 number, step, arguments = signal.Signals[sys.argv[1]], sys.argv[2], sys.argv[3:]
-doing = getattr(stoat_main, step)
+module = stoat_main if hasattr(stoat_main, step) else cli
+doing = getattr(module, step)
 def interrupted(*args):
     os.kill(os.getpid(), number)  # handled before the next line of Python
     return doing(*args)
 def served(*args):
     raise AssertionError("served")
-setattr(stoat_main, step, interrupted)
+setattr(module, step, interrupted)
 stoat_main._serve = served
 before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
 status = stoat_main.main(arguments)
@@ -250,12 +253,23 @@ sys.exit(status)
 @pytest.mark.parametrize(
     ("arguments", "step", "stopped"),
     [
-        ([], "parse_command", 0),
+        ([], "parse_arguments", 0),
+        ([], "read_settings", 0),
         ([], "check_startup", 0),
-        (["check"], "parse_command", 128),
+        (["check"], "parse_arguments", 128),
+        (["check"], "read_settings", 128),
         (["check"], "check", 128),
+        (["--database", "check"], "parse_arguments", 0),
     ],
-    ids=["serve-settings", "serve-database", "check-settings", "check"],
+    ids=[
+        "serve-arguments",
+        "serve-settings",
+        "serve-database",
+        "check-arguments",
+        "check-settings",
+        "check",
+        "serve-with-a-value-check",
+    ],
 )
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_before_serving_ends_with_one_line_and_the_commands_status(
