@@ -255,7 +255,8 @@ def resolve_link(
         cache: Outcomes of the links resolved so far in one walk, by the
             link's path: a chain met again costs one lookup.
         budget: What is left of the walk's components (:class:`LinkBudget`):
-            each component looked at here takes one, a cached link one.
+            each component met here takes one (a target's parts as it is read), a
+            cached link one.
 
     Returns:
         The components of the file the link leads to and its ``lstat``
@@ -438,9 +439,7 @@ class _TooMany(OSError):
 
 
 def _spent(budget: LinkBudget) -> str:
-    return (
-        f"this scan has looked at {budget.total:,} path components to resolve symlinks, its limit"
-    )
+    return f"this scan has met {budget.total:,} path components resolving symlinks, its limit"
 
 
 class LinkBudgetSpent(_TooMany):

@@ -109,7 +109,9 @@ class ErrorOwners:
         loses its list too, even one that has stored no entry yet: what it
         meets from now on is refused). Ended scans are forgotten first.
         Returns those marked now (:meth:`unmark` them if the commit fails),
-        so that no reader sees a replaced list as an empty one meanwhile."""
+        so that no reader sees a replaced list as an empty one meanwhile; the
+        price: a reader in that moment of a commit that then fails is told a
+        list that stays was replaced."""
         owners = self._owners
         while self._ended:
             ended_scope, ended = self._ended.popleft()

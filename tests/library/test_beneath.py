@@ -251,7 +251,7 @@ def test_the_links_of_one_walk_share_one_budget_of_components(
     first = resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)
     left = budget.left
     opens = _Opens(monkeypatch)
-    with pytest.raises(LinkBudgetSpent, match="looked at 6 path components") as spent:
+    with pytest.raises(LinkBudgetSpent, match="met 6 path components") as spent:
         resolve_link(here, here, "two.mp4", scope_fd, cache=cache, budget=budget)
     after_two = budget.left
     again = resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)

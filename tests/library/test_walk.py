@@ -368,8 +368,7 @@ def test_past_the_walk_s_link_budget_each_further_link_is_an_error_entry(
     assert set(found) - targets == plain
     assert len(errors.entries) == errors.unfollowed == 2
     assert {entry["error"] for entry in errors.entries} == {
-        "symlink not followed: this scan has looked at 15 path components"
-        " to resolve symlinks, its limit"
+        "symlink not followed: this scan has met 15 path components resolving symlinks, its limit"
     }
     assert errors.unread == []
 
