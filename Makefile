@@ -1,7 +1,7 @@
 # The only entry point: every target builds .venv by itself on a machine that
 # has nothing but python3 and make. `make run` installs only what the service
 # needs (RUN_STAMP), every other target the dev extras too (STAMP); each stamp
-# is rebuilt whenever pyproject.toml changes, and the dev one implies the
+# is rebuilt whenever pyproject.toml or constraints.txt changes, and the dev one implies the
 # service one, so `make run` after `make test` installs nothing more.
 PYTHON ?= python3
 VENV := .venv

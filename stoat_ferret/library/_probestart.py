@@ -90,7 +90,8 @@ def keep_out_of_reach() -> None:
     stays dumpable. What it costs: no core dump; the service's ``/proc``
     files read as root's, so its own user can no longer attach a debugger
     or a profiler to it (``gdb -p``, ``py-spy``), nor read its
-    ``/proc/<pid>/fd``, ``io`` or ``environ`` (the service itself neither).
+    ``/proc/<pid>/fd``, ``io`` or ``environ`` (nor, the service itself, its
+    own ``io`` and ``environ``).
     """
     if sys.platform != "linux":
         return

@@ -74,6 +74,10 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   ``open_tree_attr``, ``move_mount``, ``fsopen``, ``fsconfig``, ``fsmount``,
   ``fspick``, ``mount_setattr``). A child holds no capability
   (``_sandbox.drop_privileges``), so most of these would fail anyway.
+- typing into a terminal: ``ioctl`` ``TIOCSTI`` and ``TIOCLINUX``. A child
+  is in the service's session, so shares its controlling terminal, which
+  it could open without Landlock (``/dev/tty``): what it typed, the shell
+  that started the service (root's, for a root service) would run.
 - changes to a file's metadata, which its owner may make through any
   descriptor, even the read-only one the service handed the child, and
   which Landlock does not cover: mode (``chmod``, ``fchmod``, ``fchmodat``,
@@ -103,17 +107,17 @@ which the kernel reads no more. The child's own id is read when the filter
 is built (:func:`filter_system_calls`), in the child.
 
 What it leaves: a child without Landlock can still open, and write, any
-file of its user (the service's, or ``nobody`` for a root service), but
+file of its user (the service's; for a root service ``nobody``, or root
+where the child stays root), but
 for the service's ``/proc/<pid>/mem`` and ``/proc/<pid>/environ`` (the
 service makes itself not dumpable once such a child is ready,
 ``_probestart.keep_out_of_reach``), so the filter does not isolate a child
 on its own.
 
 The filter is classic BPF built here (``ctypes``; it needs no library), for
-64-bit x86-64 and AArch64 processes, whose call numbers it holds (the
-kernel's ``unistd`` tables: x86-64's ``syscall_64.tbl``, AArch64's
-``asm-generic/unistd.h``; a denied call newer than the running kernel fails
-with ``EPERM`` rather than ``ENOSYS``). Elsewhere, and where the
+64-bit x86-64 and AArch64 processes, whose call numbers ``_syscalls.py``
+holds (a denied call newer than the running kernel fails with ``EPERM``
+rather than ``ENOSYS``). Elsewhere, and where the
 kernel has no seccomp filters or the process may not install one (a
 kernel before 4.14, a container's profile that refuses ``seccomp``),
 :func:`seccomp_filters` is False and :func:`filter_system_calls` changes

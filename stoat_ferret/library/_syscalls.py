@@ -164,10 +164,13 @@ DENIED_IOCTL: Final = {
     "FS_IOC_SETVERSION": 0x40087602,
     "EXT4_IOC_SETVERSION": 0x40086604,  # ext4's own number for the same
     "FS_IOC_ENABLE_VERITY": 0x40806685,
+    "TIOCSTI": 0x5412,  # a character typed into the terminal, which a child shares
+    "TIOCLINUX": 0x541C,  # the console's, TIOCSTI's twin (a selection pasted)
 }
 """``ioctl``'s commands that set a ``SIGIO`` owner, a file's inode flags or
 generation, or make it read-only for good (fs-verity, which a read-only
-descriptor may ask for); the same numbers on both machines."""
+descriptor may ask for), or type into a terminal; the same numbers on both
+machines."""
 PRIO_PROCESS: Final = 0  # setpriority's "which": a process (not a group, nor a user)
 IOPRIO_WHO_PROCESS: Final = 1  # ioprio_set's
 
