@@ -58,12 +58,9 @@ One scan, step by step:
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
-(``errors_total``); the store keeps every entry (``scan_errors``): the scan
-replaces the previous scan of the same scope's list when it starts, and
-adds its entries after the walk and after the probes, and whenever
-:data:`ERRORS_HELD` are held before that, or those it met until it ended
-early (cancelled, timed out, failed), unless a later scan of the same
-scope has started meanwhile (its list is then that scan's).
+(``errors_total``); the store keeps every entry (``_scanerrors.py``), unless
+a later scan of the same scope has started meanwhile (its list is then that
+scan's).
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
@@ -87,7 +84,6 @@ cancellation; batches committed before it stay.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import TYPE_CHECKING, Any, Final
 
@@ -97,9 +93,10 @@ import attrs
 from loguru import logger
 
 from stoat_ferret.library._beneath import containing_root
-from stoat_ferret.library._exceptions import DirectoryReplaced, LibraryError, StoreError
+from stoat_ferret.library._exceptions import DirectoryReplaced, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
 from stoat_ferret.library._mounts import Tracked, not_gone, track
+from stoat_ferret.library._scanerrors import ScanErrors
 from stoat_ferret.library._scanned import ScannedDirectory
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
@@ -129,11 +126,6 @@ the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
 
-ERRORS_HELD: Final = 4096
-"""``errors`` entries a scan holds in memory at most before it stores them
-(``scan_errors``), during the walk and during the probes: a tree of a million
-dangling links or unreadable files costs a few MB of memory, not hundreds."""
-
 
 @attrs.define(eq=False, kw_only=True)
 class ScanRun:
@@ -160,6 +152,8 @@ class ScanRun:
     mounts: Tracked = attrs.field(factory=Tracked)
     # The scanned directory, opened by the survey's thread; closed by run().
     scanned: ScannedDirectory = attrs.field(init=False)
+    # Where the errors go: the store's list, as they pile up (_scanerrors.py).
+    stored: ScanErrors = attrs.field(init=False)
     done: int = 0
     added: int = 0
     updated: int = 0
@@ -173,6 +167,9 @@ class ScanRun:
 
     def __attrs_post_init__(self) -> None:
         self.scanned = ScannedDirectory(self.root, self.roots)
+        self.stored = ScanErrors(
+            self.library, self.ctx.job_id, self.root, self.recursive, self.errors
+        )
 
     async def run(self) -> dict[str, Any]:
         try:
@@ -180,70 +177,27 @@ class ScanRun:
         except StoreError:
             raise  # keeping the errors would wait on the failing store again
         except BaseException:
-            await self.keep_errors()
+            await self.stored.keep()
             raise
         finally:
-            self.library.end_scan(self.ctx.job_id, self.root, recursive=self.recursive)
+            self.stored.end()
             self.scanned.close()  # every thread that used it has returned
-
-    async def store_errors(self) -> None:
-        """Store the errors met since the last call; kept for later if the
-        write does not happen (cancelled before its thread ran, say)."""
-        with self.unstored_errors() as taken:
-            await self.library.add_scan_errors(
-                self.ctx.job_id, self.root, recursive=self.recursive, errors=taken
-            )
-
-    async def store_errors_if_many(self) -> None:
-        """:meth:`store_errors`, once :data:`ERRORS_HELD` are held."""
-        if len(self.errors.unstored) >= ERRORS_HELD:
-            await self.store_errors()
 
     def checkpoint(self) -> None:
         """The walk's checkpoint (its thread): raises if the scan is cancelled,
-        and stores the errors the walk met once there are many, in this
-        thread (``VideoLibrary.add_scan_errors_blocking`` says why)."""
+        and stores the errors the walk met once there are many."""
         anyio.from_thread.check_cancelled()
-        if len(self.errors.unstored) >= ERRORS_HELD:
-            with self.unstored_errors() as taken:
-                self.library.add_scan_errors_blocking(
-                    self.ctx.job_id, self.root, recursive=self.recursive, errors=taken
-                )
-
-    @contextlib.contextmanager
-    def unstored_errors(self) -> Iterator[list[tuple[str, str]]]:
-        """The errors not stored yet, taken for the block to store; put back
-        if it does not (it raised, or was cancelled)."""
-        taken = self.errors.take_unstored()
-        try:
-            yield taken
-        except BaseException:
-            self.errors.put_back(taken)
-            raise
-
-    async def keep_errors(self) -> None:
-        """Store the errors of a scan that ended early, shielded (the write is
-        short), so that a cancelled or timed-out scan's list says what it met;
-        a store that fails now is logged, not raised over the scan's ending."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.store_errors()
-            except LibraryError as exc:
-                logger.warning(
-                    "scan errors not stored: {error}", job_id=self.ctx.job_id, error=str(exc)
-                )
+        self.stored.store_if_many_here()
 
     async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
         log.info("scan started")
         self.started = self.library.stamp()
-        await self.library.replace_scan_errors(
-            self.ctx.job_id, self.root, recursive=self.recursive, errors=()
-        )
+        await self.stored.begin()
         self.found, self.known, to_probe, gone = await self.library.survey(
             self.walk, self.root, recursive=self.recursive, compare=self.compare
         )
-        await self.store_errors()
+        await self.stored.store()
         if self.mounts.added or self.mounts.dropped:
             await self.library.update_mount_points(
                 self.root,
@@ -261,7 +215,7 @@ class ScanRun:
         if to_probe:
             self.report()
             await self.probe_all(to_probe)
-            await self.store_errors()
+            await self.stored.store()
         self.ctx.report_progress(1.0, f"probed {self.done}/{len(self.found)} files")
 
         result = {
@@ -375,7 +329,7 @@ class ScanRun:
                         self.added += 1
                 self.done += 1
                 self.report()
-            await self.store_errors_if_many()
+            await self.stored.store_if_many()
             if items:
                 await send.send(items)
 

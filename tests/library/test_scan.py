@@ -31,6 +31,7 @@ from stoat_ferret.library import (
     VideoRecord,
     _ondisk,
     _scan,
+    _scanerrors,
     _scanprobe,
     _walk,
     make_scan_handler,
@@ -1032,7 +1033,7 @@ async def test_a_scan_stores_its_errors_as_they_pile_up_not_all_at_its_end(
     """A tree of many failures is not held in memory until the scan ends: once
     ERRORS_HELD entries are held (4 here), the walk (at its next checkpoint) and
     the probes (after their chunk) store them; every entry is stored once."""
-    monkeypatch.setattr(_scan, "ERRORS_HELD", 4)
+    monkeypatch.setattr(_scanerrors, "ERRORS_HELD", 4)
     monkeypatch.setattr(_walk, "CHECK_EVERY", 1)
     media = tmp_path / "media"
     media.mkdir()
@@ -1074,7 +1075,7 @@ async def test_a_walk_that_stores_its_errors_needs_no_second_thread(
     errors stored through another worker thread, scans that hold every token
     (here the one there is) would each wait for a second for ever. It stores
     them itself, and the scan completes."""
-    monkeypatch.setattr(_scan, "ERRORS_HELD", 4)
+    monkeypatch.setattr(_scanerrors, "ERRORS_HELD", 4)
     monkeypatch.setattr(_walk, "CHECK_EVERY", 1)
     media = tmp_path / "media"
     media.mkdir()
