@@ -67,16 +67,13 @@ ends (``_probechild.py``).
 
 from __future__ import annotations
 
-import array
 import contextlib
-import fcntl
 import math
 import os
 import select
 import signal
 import socket
 import subprocess
-import termios
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -84,6 +81,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import READ_LIMIT, open_regular_file
+from stoat_ferret.library._probefailed import Failed, Unreached, logged, request_unread
 from stoat_ferret.library._probestart import keep_out_of_reach, start_child
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
@@ -123,35 +121,6 @@ CLOSE_SECONDS: Final = 1.0
 """How long a child is waited for once it is told to end (its socket closed,
 or killed) before it is left to ``subprocess`` to reap later; one stuck in
 the kernel (a dead network mount) cannot be killed at once."""
-
-
-class _Failed(ProbeError):
-    """The child failed over a file.
-
-    ``files_doing``: it failed while it held the file (it spent the CPU
-    budget, crashed or answered nonsense), rather than before it had it (it
-    did not start, or had ended between two files), without spending CPU
-    (the wall-clock backstop: stuck, or starved) or killed by SIGKILL (the
-    OOM killer, someone else): what the thumbnails blame on the file.
-
-    ``reached``: the file had reached the child. Only a failure before it
-    did is ``transient`` (a scan keeps the file's stored row): a file that
-    made FFmpeg hang, or a child it took over kill itself, is not let keep
-    a stale row for ever.
-    """
-
-    def __init__(self, path: str, reason: str, *, files_doing: bool, reached: bool) -> None:
-        super().__init__(path, reason, transient=not reached)
-        self.files_doing = files_doing
-
-
-class _Unreached(_Failed):
-    """The child ended before it read the request: it never had the file.
-    ``ended``: how it ended."""
-
-    def __init__(self, path: str, reason: str, ended: str) -> None:
-        super().__init__(path, reason, files_doing=False, reached=False)
-        self.ended = ended
 
 
 class ProbeProcess:
@@ -197,7 +166,7 @@ class ProbeProcess:
             ProbeRaised: The probe raised unexpectedly in the child (which
                 is then ended).
         """
-        with self._lock, _logged("probe", name):
+        with self._lock, logged("probe", name):
             fd, _ = open_regular_file(name, dir_fd)
             try:
                 answer = self._ask(PROBE, name, [fd], stop, read_limit)
@@ -231,11 +200,11 @@ class ProbeProcess:
                 try:
                     # The name is for messages only: the file's is enough.
                     name = os.path.basename(path)
-                    with _logged("thumbnail", path):
+                    with logged("thumbnail", path):
                         answer = self._ask(THUMBNAIL, name, [fd, image], stop, read_limit)
                         with self._trusted():
                             return decode_thumbnail(path, answer, image)
-                except _Failed as exc:
+                except Failed as exc:
                     if exc.files_doing:  # no use trying again until it changes
                         raise UndecodableError(path, exc.reason) from exc
                     # the next job tries again
@@ -254,7 +223,7 @@ class ProbeProcess:
         kept = self._socket is not None
         try:
             answer = self._exchange(request, name, fds, stop)
-        except _Unreached as exc:
+        except Unreached as exc:
             if not kept:
                 raise
             logger.warning(
@@ -264,7 +233,7 @@ class ProbeProcess:
         more = self._peek()
         if more:  # one answer a request, no more
             self._end()
-            raise _Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
+            raise Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
         return answer
@@ -278,7 +247,7 @@ class ProbeProcess:
             socket.send_fds(channel, [request], fds, socket.MSG_DONTWAIT)
         except OSError as exc:  # the child ended between two files, or stopped reading
             ended = self._end()
-            raise _Unreached(name, f"the probe process is gone ({ended})", ended) from exc
+            raise Unreached(name, f"the probe process is gone ({ended})", ended) from exc
         try:
             return self._receive(channel, name, stop, self._deadline * WALL_FACTOR)
         except BaseException:
@@ -305,7 +274,7 @@ class ProbeProcess:
         except ProbeError as exc:
             if exc.reason == NOT_A_PROBE:
                 self._end_if_running()
-                raise _Failed(exc.path, exc.reason, files_doing=True, reached=True) from exc
+                raise Failed(exc.path, exc.reason, files_doing=True, reached=True) from exc
             raise
 
     def close(self) -> None:
@@ -364,35 +333,35 @@ class ProbeProcess:
         doing = "started" if starting else "read the file"
         if channel.fileno() not in ready:
             # A child starved before it read the request never had the file.
-            reached = not starting and not _unread(channel)
+            reached = not starting and not request_unread(channel)
             self._end()
             if stop.is_set():
                 stopped = f"stopped while the probe process {doing}"
                 raise ProbeError(name, stopped, transient=True)
             late = f"the probe process {doing} for longer than {seconds:g} s"
-            raise _Failed(name, late, files_doing=False, reached=reached)
+            raise Failed(name, late, files_doing=False, reached=reached)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread
             ended = self._end()
             unread = f"the probe process ended before it read the request ({ended})"
-            raise _Unreached(name, unread, ended) from exc
+            raise Unreached(name, unread, ended) from exc
         if not answer:
             ended = self._end()
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
-                raise _Failed(name, spent, files_doing=True, reached=True)
+                raise Failed(name, spent, files_doing=True, reached=True)
             # SIGKILL does not come from its memory limit (which fails an
             # allocation): most often the OOM killer or someone else, not the
             # file; but only a child a hostile file took over kills itself.
             killed = ended == f"killed by {signal.SIGKILL.name}"
             ending = f"the probe process ended while it {doing} ({ended})"
-            raise _Failed(
+            raise Failed(
                 name, ending, files_doing=not starting and not killed, reached=not starting
             )
         if flags & socket.MSG_TRUNC:
             self._end()
-            raise _Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
+            raise Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
         return answer
 
     def _peek(self) -> bytes | None:
@@ -428,32 +397,3 @@ class ProbeProcess:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:  # a real-time signal has no name
             return f"killed by signal {-code}"
-
-
-def _unread(channel: socket.socket) -> bool:
-    """Whether what was sent on ``channel`` is still waiting for the child to
-    read it (Linux's ``SIOCOUTQ``: the bytes not yet taken); False where that
-    cannot be told."""
-    queued = array.array("i", [0])
-    try:
-        fcntl.ioctl(channel.fileno(), termios.TIOCOUTQ, queued, True)
-    except OSError:
-        return False
-    return queued[0] > 0
-
-
-@contextlib.contextmanager
-def _logged(work: str, path: str) -> Iterator[None]:
-    """Log a child's failure over a file at WARNING: a budget spent, a crash or
-    a nonsense answer may be a hostile file, or a bug in FFmpeg."""
-    try:
-        yield
-    except _Failed as exc:
-        logger.warning(
-            "probe process failed: {reason}",
-            reason=exc.reason,
-            path=path,
-            work=work,
-            files_doing=exc.files_doing,
-        )
-        raise

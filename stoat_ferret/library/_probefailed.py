@@ -1,0 +1,76 @@
+"""How a probe child failed over a file (``_probeprocess.py``): whose fault
+it is, whether the file reached it, and the warning it is logged with."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import termios
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from stoat_ferret.library._exceptions import ProbeError
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Iterator
+
+
+class Failed(ProbeError):
+    """The child failed over a file.
+
+    ``files_doing``: it failed while it held the file (it spent the CPU
+    budget, crashed or answered nonsense), rather than before it had it (it
+    did not start, or had ended between two files), without spending CPU
+    (the wall-clock backstop: stuck, or starved) or killed by SIGKILL (the
+    OOM killer, someone else): what the thumbnails blame on the file.
+
+    ``reached``: the file had reached the child. Only a failure before it
+    did is ``transient`` (a scan keeps the file's stored row): a file that
+    made FFmpeg hang, or a child it took over kill itself, is not let keep
+    a stale row for ever.
+    """
+
+    def __init__(self, path: str, reason: str, *, files_doing: bool, reached: bool) -> None:
+        super().__init__(path, reason, transient=not reached)
+        self.files_doing = files_doing
+
+
+class Unreached(Failed):
+    """The child ended before it read the request: it never had the file.
+    ``ended``: how it ended."""
+
+    def __init__(self, path: str, reason: str, ended: str) -> None:
+        super().__init__(path, reason, files_doing=False, reached=False)
+        self.ended = ended
+
+
+def request_unread(channel: socket.socket) -> bool:
+    """Whether what was sent on ``channel`` is still waiting for the child to
+    read it (Linux's ``SIOCOUTQ``: the bytes not yet taken); False where that
+    cannot be told."""
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(channel.fileno(), termios.TIOCOUTQ, queued, True)
+    except OSError:
+        return False
+    return queued[0] > 0
+
+
+@contextlib.contextmanager
+def logged(work: str, path: str) -> Iterator[None]:
+    """Log a child's failure over a file at WARNING: a budget spent, a crash or
+    a nonsense answer may be a hostile file, or a bug in FFmpeg."""
+    try:
+        yield
+    except Failed as exc:
+        logger.warning(
+            "probe process failed: {reason}",
+            reason=exc.reason,
+            path=path,
+            work=work,
+            files_doing=exc.files_doing,
+        )
+        raise
