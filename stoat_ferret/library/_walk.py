@@ -20,7 +20,7 @@ The rules, in the order they are applied to each directory entry:
   :data:`~stoat_ferret.library._beneath.PATH_MAX` bytes or more, which no
   other program could open by its name.
 * A file symlink is followed only if its target, resolved component by
-  component without leaving the scanned directory (``resolve_link``), lies
+  component without leaving the scanned directory (``_links.resolve_link``), lies
   in the scope (under the scanned directory; directly in it for a
   non-recursive walk). The file is then recorded under the resolved path,
   once however many links point to it. A link that points outside, is
@@ -29,7 +29,7 @@ The rules, in the order they are applied to each directory entry:
   with the walk's own directory descriptors, one ``openat`` at most per
   component, and a link resolved once is not resolved again in the walk.
   All the links of a walk together look at no more than
-  :data:`~stoat_ferret.library._beneath.MAX_WALK_LINK_COMPONENTS` path
+  :data:`~stoat_ferret.library._links.MAX_WALK_LINK_COMPONENTS` path
   components (a few seconds' work): past that, each further link is an
   error entry, not followed, and the walk goes on with everything else.
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
@@ -68,17 +68,19 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 from stoat_ferret.library import _mounts, _ondisk
 from stoat_ferret.library._beneath import (
     MAX_DEPTH,
-    MAX_WALK_LINK_COMPONENTS,
     PATH_MAX,
-    Cached,
-    LinkBudget,
-    LinkBudgetSpent,
     open_scan_directory,
     open_subdirectory,
-    resolve_link,
     split,
 )
 from stoat_ferret.library._exceptions import ScanError
+from stoat_ferret.library._links import (
+    MAX_WALK_LINK_COMPONENTS,
+    Cached,
+    LinkBudget,
+    LinkBudgetSpent,
+    resolve_link,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

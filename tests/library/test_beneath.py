@@ -11,16 +11,18 @@ import pytest
 from stoat_ferret.library import DirectoryReplaced, ScanError
 from stoat_ferret.library._beneath import (
     MAX_DEPTH,
+    containing_root,
+    open_directory,
+    open_scan_directory,
+    split,
+)
+from stoat_ferret.library._links import (
     MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
     Cached,
     LinkBudget,
     LinkBudgetSpent,
-    containing_root,
-    open_directory,
-    open_scan_directory,
     resolve_link,
-    split,
 )
 
 if TYPE_CHECKING:
