@@ -35,7 +35,7 @@ path of this many bytes or more cannot be named, so the walk reports it."""
 
 MAX_DEPTH: Final = 128
 """Levels of directories below the scanned directory that a scan goes down, at
-most: the walk (``_walk.py``) and a link's resolution alike hold one
+most: the walk (``_walk.py``) and a link's resolution (``_links.py``) alike hold one
 descriptor a level, so a hostile tree or link holds at most this many."""
 
 DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

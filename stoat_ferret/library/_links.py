@@ -86,7 +86,7 @@ def resolve_link(
     a directory to go through, and ``..`` pops. So the work of one link is
     bounded, however deep the tree or long the target: at most
     :data:`MAX_LINK_COMPONENTS` components and :data:`MAX_LINK_HOPS` links,
-    and at most :data:`MAX_DEPTH` descriptors held at once beside the
+    and at most :data:`~stoat_ferret.library._beneath.MAX_DEPTH` descriptors held at once beside the
     borrowed ones (a hostile link to a directory thousands of levels deep
     would otherwise take every descriptor the process may have).
 
@@ -114,8 +114,9 @@ def resolve_link(
         LinkBudgetSpent: ``budget`` ran out; nothing more is looked at.
         OSError: ``ELOOP`` after :data:`MAX_LINK_HOPS` links (a loop or a
             long chain) or :data:`MAX_LINK_COMPONENTS` components, or on the
-            way through a directory :data:`MAX_DEPTH` levels below the scope
-            (its message says so), ``ENOENT``
+            way through a directory
+            :data:`~stoat_ferret.library._beneath.MAX_DEPTH` levels below the
+            scope (its message says so), ``ENOENT``
             or ``ENOTDIR`` for a dangling link, ``ENAMETOOLONG``, or whatever
             ``readlink``, ``lstat`` and ``open`` raised.
     """

@@ -49,8 +49,8 @@ class Unreached(Failed):
 
 def request_unread(channel: socket.socket) -> bool:
     """Whether what was sent on ``channel`` is still waiting for the child to
-    read it (Linux's ``SIOCOUTQ``: the bytes not yet taken); False where that
-    cannot be told."""
+    read it (Linux's ``SIOCOUTQ``, which ``termios`` names ``TIOCOUTQ``: the
+    bytes not yet taken); False where that cannot be told."""
     queued = array.array("i", [0])
     try:
         fcntl.ioctl(channel.fileno(), termios.TIOCOUTQ, queued, True)

@@ -29,6 +29,7 @@ that asked waits for its answer:
 - **Crash.** A child that dies (a signal, an exit) is the file's ``errors``
   entry, with how it ended; the service goes on. A child whose answer is
   not a description or a refusal is killed too, and not asked again.
+  (``_probefailed.py`` says whose fault each failure is taken for.)
 
 The thumbnails job decodes and encodes in the same children
 (:meth:`ProbeProcess.thumbnail`), under the same budget and limit. A video

@@ -153,7 +153,7 @@ class ScanRun:
     # The scanned directory, opened by the survey's thread; closed by run().
     scanned: ScannedDirectory = attrs.field(init=False)
     # Where the errors go: the store's list, as they pile up (_scanerrors.py).
-    stored: ScanErrors = attrs.field(init=False)
+    error_store: ScanErrors = attrs.field(init=False)
     done: int = 0
     added: int = 0
     updated: int = 0
@@ -167,8 +167,12 @@ class ScanRun:
 
     def __attrs_post_init__(self) -> None:
         self.scanned = ScannedDirectory(self.root, self.roots)
-        self.stored = ScanErrors(
-            self.library, self.ctx.job_id, self.root, self.recursive, self.errors
+        self.error_store = ScanErrors(
+            library=self.library,
+            job_id=self.ctx.job_id,
+            root=self.root,
+            recursive=self.recursive,
+            log=self.errors,
         )
 
     async def run(self) -> dict[str, Any]:
@@ -177,27 +181,27 @@ class ScanRun:
         except StoreError:
             raise  # keeping the errors would wait on the failing store again
         except BaseException:
-            await self.stored.keep()
+            await self.error_store.keep()
             raise
         finally:
-            self.stored.end()
+            self.error_store.end()
             self.scanned.close()  # every thread that used it has returned
 
     def checkpoint(self) -> None:
         """The walk's checkpoint (its thread): raises if the scan is cancelled,
         and stores the errors the walk met once there are many."""
         anyio.from_thread.check_cancelled()
-        self.stored.store_if_many_here()
+        self.error_store.store_if_many_here()
 
     async def scan(self) -> dict[str, Any]:
         log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
         log.info("scan started")
         self.started = self.library.stamp()
-        await self.stored.begin()
+        await self.error_store.begin()
         self.found, self.known, to_probe, gone = await self.library.survey(
             self.walk, self.root, recursive=self.recursive, compare=self.compare
         )
-        await self.stored.store()
+        await self.error_store.store()
         if self.mounts.added or self.mounts.dropped:
             await self.library.update_mount_points(
                 self.root,
@@ -215,7 +219,7 @@ class ScanRun:
         if to_probe:
             self.report()
             await self.probe_all(to_probe)
-            await self.stored.store()
+            await self.error_store.store()
         self.ctx.report_progress(1.0, f"probed {self.done}/{len(self.found)} files")
 
         result = {
@@ -329,7 +333,7 @@ class ScanRun:
                         self.added += 1
                 self.done += 1
                 self.report()
-            await self.stored.store_if_many()
+            await self.error_store.store_if_many()
             if items:
                 await send.send(items)
 

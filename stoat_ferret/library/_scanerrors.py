@@ -33,7 +33,7 @@ ERRORS_HELD: Final = 4096
 during the walk and during the probes."""
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, kw_only=True)
 class ScanErrors:
     """The ``errors`` of the scan ``job_id`` of ``root``: ``log`` holds what is
     met, and what is not stored yet."""

@@ -74,10 +74,12 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   ``open_tree_attr``, ``move_mount``, ``fsopen``, ``fsconfig``, ``fsmount``,
   ``fspick``, ``mount_setattr``). A child holds no capability
   (``_sandbox.drop_privileges``), so most of these would fail anyway.
-- typing into a terminal: ``ioctl`` ``TIOCSTI`` and ``TIOCLINUX``. A child
+- typing into a terminal: ``ioctl`` ``TIOCSTI`` and ``TIOCLINUX``, and
+  taking its input (``TIOCSPGRP``: its own group the foreground). A child
   is in the service's session, so shares its controlling terminal, which
   it could open without Landlock (``/dev/tty``): what it typed, the shell
-  that started the service (root's, for a root service) would run.
+  that started the service (root's, for a root service) would run; what
+  the operator typed, it would read.
 - changes to a file's metadata, which its owner may make through any
   descriptor, even the read-only one the service handed the child, and
   which Landlock does not cover: mode (``chmod``, ``fchmod``, ``fchmodat``,

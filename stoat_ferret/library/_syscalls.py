@@ -166,6 +166,7 @@ DENIED_IOCTL: Final = {
     "FS_IOC_ENABLE_VERITY": 0x40806685,
     "TIOCSTI": 0x5412,  # a character typed into the terminal, which a child shares
     "TIOCLINUX": 0x541C,  # the console's, TIOCSTI's twin (a selection pasted)
+    "TIOCSPGRP": 0x5410,  # its own group the terminal's foreground: what is typed, read
 }
 """``ioctl``'s commands that set a ``SIGIO`` owner, a file's inode flags or
 generation, or make it read-only for good (fs-verity, which a read-only

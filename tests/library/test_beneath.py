@@ -1,4 +1,4 @@
-"""_beneath: descending by descriptors, and resolving a link without leaving the scope."""
+"""_beneath and _links: descending by descriptors, and resolving a link inside the scope."""
 
 from __future__ import annotations
 
