@@ -15,9 +15,12 @@ Three dependencies guard routes rather than hand out state:
 * :func:`require_json` (415): a route that takes a JSON body declares it,
   so a body a browser may send cross-site without a preflight (no
   ``Content-Type``, ``text/plain``, a form) is refused before any work;
-* :func:`stream_slot` (503 with ``Retry-After``): a long request (an event
-  stream, a ``/wait``) declares ``dependencies=[Depends(stream_slot)]`` and
-  holds one of ``STOAT_MAX_STREAMS`` slots for as long as its response lasts;
+* a stream slot (503 with ``Retry-After``): a long request (an event
+  stream, a ``/wait``) holds one of ``STOAT_MAX_STREAMS`` slots
+  (:func:`stream_slots`) for as long as its response lasts, taken in a
+  dependency with ``yield`` that also takes the route's query model: FastAPI
+  calls no dependency whose own parameters failed, so a bad query is 422,
+  not 503 when every slot is taken;
 * :func:`once_each` (422): a route that takes a query model declares it, so
   that a parameter given twice is refused rather than read as its last value.
 """
@@ -40,7 +43,7 @@ from stoat_ferret.library import VideoLibrary
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     from pydantic import BaseModel
 
@@ -181,19 +184,13 @@ class StreamSlots:
             self.in_use -= 1
 
 
-async def stream_slot(request: Request) -> AsyncIterator[None]:
-    """Hold one of the app's :class:`StreamSlots` until the response has been sent.
-
-    A dependency with ``yield``: FastAPI runs what follows the ``yield`` once
-    the response is over, the last event of a stream included.
-
-    Raises:
-        HTTPException: 503 with ``Retry-After``, every slot is taken.
-    """
+def stream_slots(request: Request) -> StreamSlots:
+    """The app's :class:`StreamSlots`: a long request holds one of them (its
+    dependency with ``yield``, so until the response has been sent, the last
+    event of a stream included) with ``with stream_slots(request).hold():``."""
     slots = request.app.state.stream_slots
     assert isinstance(slots, StreamSlots)
-    with slots.hold():
-        yield
+    return slots
 
 
 JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]

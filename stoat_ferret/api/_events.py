@@ -34,12 +34,12 @@ from collections.abc import AsyncIterator  # noqa: TC003 - FastAPI reads the ret
 from http import HTTPStatus
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import Field, StringConstraints
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, StoppingDep, once_each, stream_slot
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep, once_each, stream_slots
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import job_json, render
 from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
@@ -104,6 +104,7 @@ MetricsDep = Annotated[ServiceMetrics | None, Depends(get_metrics)]
 
 
 async def _all_jobs_feed(
+    request: Request,
     queue: JobQueueDep,
     stopping: StoppingDep,
     metrics: MetricsDep,
@@ -113,18 +114,22 @@ async def _all_jobs_feed(
     if stopping.is_set():
         raise unavailable("the service is stopping")
     after = resume_after(last_event_id if last_event_id is not None else query.last_event_id)
-    async with following(
-        queue,
-        stopping,
-        after=after,
-        job_ids=query.job_id,
-        job_types=query.job_type,
-        open_streams=None if metrics is None else metrics.sse_streams,
-    ) as feed:
-        yield feed
+    # The slot is taken here, with the query: a bad query is 422 however many
+    # are taken (FastAPI calls no dependency whose own parameters failed).
+    with stream_slots(request).hold():
+        async with following(
+            queue,
+            stopping,
+            after=after,
+            job_ids=query.job_id,
+            job_types=query.job_type,
+            open_streams=None if metrics is None else metrics.sse_streams,
+        ) as feed:
+            yield feed
 
 
 async def _one_job_feed(
+    request: Request,
     job_id: str,
     queue: JobQueueDep,
     stopping: StoppingDep,
@@ -138,22 +143,23 @@ async def _one_job_feed(
         raise unavailable("the service is stopping")
     job = await queue.get_result(job_id)  # 404 now, before the stream starts
     after = resume_after(last_event_id if last_event_id is not None else query.last_event_id)
-    async with following(
-        queue,
-        stopping,
-        after=after,
-        job_ids=[job_id],
-        until_terminal=True,
-        open_streams=None if metrics is None else metrics.sse_streams,
-    ) as feed:
-        yield feed, job
+    with stream_slots(request).hold():  # as for every job's stream
+        async with following(
+            queue,
+            stopping,
+            after=after,
+            job_ids=[job_id],
+            until_terminal=True,
+            open_streams=None if metrics is None else metrics.sse_streams,
+        ) as feed:
+            yield feed, job
 
 
 @router.get(
     "/api/v1/events",
     response_class=EventSourceResponse,
     responses={**_STREAM_RESPONSES, **_json_errors(422, 503)},
-    dependencies=[Depends(once_each(EventsQuery)), Depends(stream_slot)],
+    dependencies=[Depends(once_each(EventsQuery))],
 )
 async def all_job_events(
     feed: Annotated[JobFeed, Depends(_all_jobs_feed)],
@@ -170,7 +176,7 @@ async def all_job_events(
     response_class=EventSourceResponse,
     responses={**_STREAM_RESPONSES, **_json_errors(404, 422, 503)},
     tags=["jobs"],
-    dependencies=[Depends(once_each(JobEventsQuery)), Depends(stream_slot)],
+    dependencies=[Depends(once_each(JobEventsQuery))],
 )
 async def job_events(
     followed: Annotated[tuple[JobFeed, JobResult], Depends(_one_job_feed)],

@@ -22,7 +22,7 @@ from stoat_ferret.api._deps import (
     StoppingDep,
     once_each,
     require_json,
-    stream_slot,
+    stream_slots,
 )
 from stoat_ferret.api._errors import unavailable
 from stoat_ferret.api._json import ApiJSONResponse, job_json, render
@@ -124,10 +124,20 @@ async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
     return ApiJSONResponse(job_json(await queue.get_result(job_id)))
 
 
+async def _waiting(
+    request: Request, query: Annotated[WaitQuery, Query()]
+) -> AsyncIterator[WaitQuery]:
+    """The wait's query, and a stream slot held until its answer has been sent:
+    taken once the query is valid, so a bad one is 422 however many slots are
+    taken (FastAPI calls no dependency whose own parameters failed)."""
+    with stream_slots(request).hold():
+        yield query
+
+
 @router.head(
     "/{job_id}/wait",
     include_in_schema=False,
-    dependencies=[Depends(once_each(WaitQuery)), Depends(stream_slot)],
+    dependencies=[Depends(once_each(WaitQuery))],
 )
 @router.get(
     "/{job_id}/wait",
@@ -136,14 +146,14 @@ async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
         **error_responses(404, 422, 503),
         408: {"model": JobOut, "description": "Not finished in time: the job as it is now."},
     },
-    dependencies=[Depends(once_each(WaitQuery)), Depends(stream_slot)],
+    dependencies=[Depends(once_each(WaitQuery))],
 )
 async def wait_for_job(
     job_id: str,
     request: Request,
     queue: JobQueueDep,
     stopping: StoppingDep,
-    query: Annotated[WaitQuery, Query()],
+    query: Annotated[WaitQuery, Depends(_waiting)],
 ) -> ApiJSONResponse:
     """Wait until the job is finished (200), or answer 408 with its state after ``timeout``.
 

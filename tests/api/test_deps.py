@@ -83,6 +83,37 @@ async def test_past_max_streams_a_long_request_is_503(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "bad",
+    ["wait?timeout=-1", "wait?timout=1", "events?last_event_id=" + "9" * 100, "events?lastid=1"],
+)
+async def test_a_bad_query_is_422_even_when_every_slot_is_taken(
+    settings: Settings, scan_root: Path, bad: str
+) -> None:
+    """With STOAT_MAX_STREAMS=1 and a /wait open, a wait or a job's stream whose query
+    is bad is refused for that (422, naming it), not sent away to retry (503)."""
+    settings = attrs.evolve(settings, max_streams=1)
+    scan = GatedScan()
+
+    with anyio.fail_after(20):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client, anyio.create_task_group() as group:
+                job_id = (await client.post(SCAN, json={"path": str(scan_root)})).json()["job_id"]
+                await scan.running()
+                group.start_soon(client.get, f"/api/v1/jobs/{job_id}/wait")
+                await anyio.wait_all_tasks_blocked()
+                in_use = app.state.stream_slots.in_use
+                refused = await client.get(f"/api/v1/jobs/{job_id}/{bad}")
+                scan.release.set()
+
+    assert in_use == 1
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"][0] == "query"
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("ending", ["client-leaves", "cancelled"])
 async def test_a_wait_gives_its_slot_back_however_it_ends(
     settings: Settings, scan_root: Path, ending: str
