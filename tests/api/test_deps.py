@@ -84,14 +84,37 @@ async def test_past_max_streams_a_long_request_is_503(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    "bad",
-    ["wait?timeout=-1", "wait?timout=1", "events?last_event_id=" + "9" * 100, "events?lastid=1"],
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/api/v1/jobs/{job}/wait?timeout=-1", {}, 422),
+        ("HEAD", "/api/v1/jobs/{job}/wait?timout=1", {}, 422),
+        ("GET", "/api/v1/jobs/{job}/events?last_event_id=" + "9" * 100, {}, 422),
+        ("GET", "/api/v1/jobs/{job}/events?lastid=1", {}, 422),
+        ("GET", "/api/v1/events?bogus=1", {}, 422),
+        ("GET", "/api/v1/events", {"Last-Event-ID": "9" * 100}, 422),
+        ("GET", "/api/v1/jobs/no-such-job/events", {}, 404),
+    ],
+    ids=[
+        "wait",
+        "wait-head",
+        "job-events",
+        "job-events-unknown",
+        "events",
+        "header",
+        "unknown-job",
+    ],
 )
-async def test_a_bad_query_is_422_even_when_every_slot_is_taken(
-    settings: Settings, scan_root: Path, bad: str
+async def test_a_bad_request_is_refused_for_what_it_is_even_when_every_slot_is_taken(
+    settings: Settings,
+    scan_root: Path,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    status: int,
 ) -> None:
-    """With STOAT_MAX_STREAMS=1 and a /wait open, a wait or a job's stream whose query
-    is bad is refused for that (422, naming it), not sent away to retry (503)."""
+    """With STOAT_MAX_STREAMS=1 and a /wait open, a wait or a stream whose query (or
+    Last-Event-ID) is bad is refused for that (422), and a stream of an unknown job
+    is 404: not sent away to retry (503)."""
     settings = attrs.evolve(settings, max_streams=1)
     scan = GatedScan()
 
@@ -105,12 +128,11 @@ async def test_a_bad_query_is_422_even_when_every_slot_is_taken(
                 group.start_soon(client.get, f"/api/v1/jobs/{job_id}/wait")
                 await anyio.wait_all_tasks_blocked()
                 in_use = app.state.stream_slots.in_use
-                refused = await client.get(f"/api/v1/jobs/{job_id}/{bad}")
+                refused = await client.request(method, path.format(job=job_id), headers=headers)
                 scan.release.set()
 
     assert in_use == 1
-    assert refused.status_code == 422, refused.text
-    assert refused.json()["detail"][0]["loc"][0] == "query"
+    assert refused.status_code == status, refused.text
 
 
 @pytest.mark.anyio
