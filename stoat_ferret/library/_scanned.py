@@ -158,11 +158,12 @@ class ScannedDirectory:
         file system it found there (:attr:`disks`): a disk unmounted
         during the scan takes all its files out of sight at once.
         """
-        if self.fd is None or not paths or not self.still_there():
+        if self.fd is None or not paths:
             return set()
-        gone = gone_beneath(paths, self.path, self.fd, self.disks)
-        # Looked at again after: replaced while the files were looked at, say.
-        return gone if not gone or self.still_there() else set()
+        try:
+            return self.gone_before_write(paths)
+        except DirectoryReplaced:
+            return set()
 
     def gone_before_write(self, paths: Collection[str]) -> set[str]:
         """:meth:`gone_of`, for the records of a batch about to be written.
@@ -179,6 +180,7 @@ class ScannedDirectory:
                 the batch is written.
         """
         assert self.fd is not None  # opened by the walk, before any record
+        # Looked at before and after: replaced while the files were looked at, say.
         there = self.at_path()
         if there is None:
             return set()
