@@ -35,12 +35,12 @@ from stoat_ferret.api._schemas import (
     error_responses,
 )
 from stoat_ferret.api._sse import wait_for_disconnect
-from stoat_ferret.jobs import JobNotFound
+from stoat_ferret.jobs import JobNotFound, JobResult
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from stoat_ferret.jobs import AsyncJobQueue, JobResult
+    from stoat_ferret.jobs import AsyncJobQueue
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -125,13 +125,21 @@ async def get_job(job_id: str, queue: JobQueueDep) -> ApiJSONResponse:
 
 
 async def _waiting(
-    request: Request, query: Annotated[WaitQuery, Query()]
-) -> AsyncIterator[WaitQuery]:
-    """The wait's query, and a stream slot held until its answer has been sent:
-    taken once the query is valid, so a bad one is 422 however many slots are
-    taken (FastAPI calls no dependency whose own parameters failed)."""
+    job_id: str, request: Request, queue: JobQueueDep, query: Annotated[WaitQuery, Query()]
+) -> AsyncIterator[tuple[WaitQuery, JobResult]]:
+    """The wait's query and the job as it is now, and, if the job is not
+    finished, a stream slot held until the wait's answer has been sent.
+
+    Taken once the query is valid, so a bad one is 422 however many slots
+    are taken (FastAPI calls no dependency whose own parameters failed); and
+    after the job is read, so an unknown job is 404 and a finished one 200
+    even then: only a wait that will wait needs a slot."""
+    job = await queue.get_result(job_id)
+    if job.status.is_terminal:
+        yield query, job
+        return
     with stream_slots(request).hold():
-        yield query
+        yield query, job
 
 
 @router.head(
@@ -153,15 +161,16 @@ async def wait_for_job(
     request: Request,
     queue: JobQueueDep,
     stopping: StoppingDep,
-    query: Annotated[WaitQuery, Depends(_waiting)],
+    waiting: Annotated[tuple[WaitQuery, JobResult], Depends(_waiting)],
 ) -> ApiJSONResponse:
     """Wait until the job is finished (200), or answer 408 with its state after ``timeout``.
 
     Answers 503 if the service begins to stop while waiting, or at once (with
-    ``Retry-After``) when ``STOAT_MAX_STREAMS`` waits and streams are open.
+    ``Retry-After``) when ``STOAT_MAX_STREAMS`` waits and streams are open
+    and the job is not finished.
     """
+    query, job = waiting
     timeout = query.timeout
-    job = await queue.get_result(job_id)
     if job.status.is_terminal:
         return ApiJSONResponse(job_json(job))
     logger.debug("waiting for job {job_id}", job_id=job_id, timeout=timeout)

@@ -93,6 +93,8 @@ async def test_past_max_streams_a_long_request_is_503(
         ("GET", "/api/v1/events?bogus=1", {}, 422),
         ("GET", "/api/v1/events", {"Last-Event-ID": "9" * 100}, 422),
         ("GET", "/api/v1/jobs/no-such-job/events", {}, 404),
+        ("GET", "/api/v1/jobs/no-such-job/wait", {}, 404),
+        ("HEAD", "/api/v1/jobs/no-such-job/wait", {}, 404),
     ],
     ids=[
         "wait",
@@ -102,6 +104,8 @@ async def test_past_max_streams_a_long_request_is_503(
         "events",
         "header",
         "unknown-job",
+        "unknown-job-wait",
+        "unknown-job-wait-head",
     ],
 )
 async def test_a_bad_request_is_refused_for_what_it_is_even_when_every_slot_is_taken(
@@ -113,8 +117,8 @@ async def test_a_bad_request_is_refused_for_what_it_is_even_when_every_slot_is_t
     status: int,
 ) -> None:
     """With STOAT_MAX_STREAMS=1 and a /wait open, a wait or a stream whose query (or
-    Last-Event-ID) is bad is refused for that (422), and a stream of an unknown job
-    is 404: not sent away to retry (503)."""
+    Last-Event-ID) is bad is refused for that (422), and a stream of or a wait for an
+    unknown job is 404: not sent away to retry (503)."""
     settings = attrs.evolve(settings, max_streams=1)
     scan = GatedScan()
 
@@ -133,6 +137,36 @@ async def test_a_bad_request_is_refused_for_what_it_is_even_when_every_slot_is_t
 
     assert in_use == 1
     assert refused.status_code == status, refused.text
+
+
+@pytest.mark.anyio
+async def test_a_finished_jobs_wait_is_answered_even_when_every_slot_is_taken(
+    settings: Settings, scan_root: Path
+) -> None:
+    """With STOAT_MAX_STREAMS=1 and a /wait open, a wait for a job that has already
+    ended needs no slot: it is answered with the job (200), not sent away (503)."""
+    settings = attrs.evolve(settings, max_streams=1)
+    scan = GatedScan()
+
+    with anyio.fail_after(20):
+        async with supervisor_running() as supervisor:
+            supervisor.register("scan", scan)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client, anyio.create_task_group() as group:
+                running = (await client.post(SCAN, json={"path": str(scan_root)})).json()
+                await scan.running()
+                pending = (await client.post(SCAN, json={"path": str(scan_root)})).json()
+                cancelled = await client.post(f"/api/v1/jobs/{pending['job_id']}/cancel", json={})
+                group.start_soon(client.get, f"/api/v1/jobs/{running['job_id']}/wait")
+                await anyio.wait_all_tasks_blocked()
+                in_use = app.state.stream_slots.in_use
+                answer = await client.get(f"/api/v1/jobs/{pending['job_id']}/wait")
+                scan.release.set()
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert in_use == 1
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "cancelled"
 
 
 @pytest.mark.anyio
