@@ -43,6 +43,7 @@ from stoat_ferret.library._models import (
     VideoProbe,
     VideoRecord,
 )
+from stoat_ferret.library._names import VIDEO_EXTENSIONS, is_utf8
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probepool import ProbeProcesses
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
@@ -68,7 +69,7 @@ from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
 from stoat_ferret.library._thumbstore import ThumbnailStore
 from stoat_ferret.library._thumbstore import directory_beside as thumbnails_directory_beside
 from stoat_ferret.library._thumbstore import directory_refusal as thumbnails_directory_refusal
-from stoat_ferret.library._walk import VIDEO_EXTENSIONS, is_utf8, walk_videos
+from stoat_ferret.library._walk import walk_videos
 
 __all__ = [
     "BUSY_TIMEOUT_MS",

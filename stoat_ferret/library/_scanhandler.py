@@ -18,9 +18,9 @@ import anyio
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
+from stoat_ferret.library._names import is_utf8
 from stoat_ferret.library._scan import ScanRun
 from stoat_ferret.library._scanprobe import probe_in_thread
-from stoat_ferret.library._walk import is_utf8
 
 if TYPE_CHECKING:
     from stoat_ferret.library._library import VideoLibrary

@@ -11,14 +11,12 @@ The rules, in the order they are applied to each directory entry:
 
 * A directory is descended into when the walk is recursive. A symlink to a
   directory is never followed, so a symlink loop cannot hang the walk.
-* Anything else counts only if its name ends in one of :data:`VIDEO_EXTENSIONS`
-  (case-insensitive; a hidden ``.clip.mp4`` counts too); every other file is
-  ignored, not an error.
-* A name that is not valid UTF-8 is skipped with an error entry: the store,
-  the logs and the JSON API all need text, and a surrogate-escaped name would
-  break each of them in a different place. So is a path of
-  :data:`~stoat_ferret.library._beneath.PATH_MAX` bytes or more, which no
-  other program could open by its name.
+* Anything else counts only if its name ends in one of
+  :data:`~stoat_ferret.library._names.VIDEO_EXTENSIONS`, in any case; every
+  other file is ignored, not an error.
+* A name that is not valid UTF-8, or a path of
+  :data:`~stoat_ferret.library._beneath.PATH_MAX` bytes or more, is skipped
+  with an error entry (``_names.py`` says why).
 * A file symlink is followed only if its target, resolved component by
   component without leaving the scanned directory (``_links.resolve_link``), lies
   in the scope (under the scanned directory; directly in it for a
@@ -81,31 +79,24 @@ from stoat_ferret.library._links import (
     LinkBudgetSpent,
     resolve_link,
 )
+from stoat_ferret.library._names import NOT_UTF8, SUFFIXES, TOO_LONG, is_utf8, printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from stoat_ferret.library._models import ErrorLog, Fingerprint
 
-VIDEO_EXTENSIONS: Final = frozenset(
-    {".avi", ".flv", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".webm", ".wmv"}
-)
-"""File name endings (lower case) that mark a file as a video to probe."""
-
 CHECK_EVERY: Final = 256
 """Directory entries between two calls to the walk's ``checkpoint`` (which is
 also called once per symlink hop followed)."""
 
 
-_NOT_UTF8: Final = "name is not valid UTF-8; skipped"
-_TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"
 _REPLACED: Final = (
     "no longer a directory (replaced by a symlink or a file during the scan); not read"
 )
 # A link failing with these can never lead to a file: missing, looping, too long.
 _BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _TOO_DEEP: Final = f"more than {MAX_DEPTH} levels below the scanned directory; not read"
-_SUFFIXES: Final = tuple(sorted(VIDEO_EXTENSIONS))
 
 
 def _never_cancelled() -> None:
@@ -261,10 +252,10 @@ class _Walk:
     ) -> _Level | None:
         path = _join(parent_path, name)
         if not is_utf8(name):
-            self.errors.add(_printable(path), _NOT_UTF8)
+            self.errors.add(printable(path), NOT_UTF8)
             return None
         if len(os.fsencode(path)) >= PATH_MAX:
-            self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
+            self.errors.add(printable(path)[:PATH_MAX], TOO_LONG)
             return None
         if len(self.fds) > MAX_DEPTH:  # the parent is MAX_DEPTH levels below the root
             self.errors.add_unread(path, _TOO_DEEP)
@@ -321,15 +312,15 @@ class _Walk:
                             subdirectories.append(entry.name)
                         continue
                     name = entry.name
-                    # is_video_name, inlined. Most names are lower case: one C call
+                    # _names.is_video_name, inlined. Most names are lower case: one C call
                     # decides, lower() only if not.
-                    if not (name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)):
+                    if not (name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)):
                         continue
                     path = prefix + name
                     if not (name.isascii() or is_utf8(name)):
-                        self.errors.add(_printable(path), _NOT_UTF8)
+                        self.errors.add(printable(path), NOT_UTF8)
                     elif len(path) >= PATH_MAX // 4 and len(os.fsencode(path)) >= PATH_MAX:
-                        self.errors.add(_printable(path)[:PATH_MAX], _TOO_LONG)
+                        self.errors.add(printable(path)[:PATH_MAX], TOO_LONG)
                     elif entry.is_file(follow_symlinks=False):
                         info = entry.stat(follow_symlinks=False)
                         found[path] = (info.st_size, info.st_mtime_ns)
@@ -347,9 +338,9 @@ class _Walk:
         """An errors entry for ``path``, listed but not stat'ed: unread, unless
         its name is one the walk would have skipped anyway."""
         if not is_utf8(path):
-            self.errors.add(_printable(path), _NOT_UTF8)
+            self.errors.add(printable(path), NOT_UTF8)
         elif len(os.fsencode(path)) >= PATH_MAX:
-            self.errors.add(path[:PATH_MAX], _TOO_LONG)
+            self.errors.add(path[:PATH_MAX], TOO_LONG)
         else:
             self.errors.add_unread(path, _reason(exc))
 
@@ -382,7 +373,7 @@ class _Walk:
         parts, info = outcome
         target = "/" + "/".join(parts)
         if not is_utf8(target):
-            self.errors.add(link, "symlink target " + _NOT_UTF8)
+            self.errors.add(link, "symlink target " + NOT_UTF8)
         elif stat.S_ISREG(info.st_mode):
             self.found[target] = (info.st_size, info.st_mtime_ns)
 
@@ -393,31 +384,8 @@ class _Walk:
         return len(parts) == depth + 1
 
 
-def is_video_name(name: str) -> bool:
-    """True if the file name ``name`` ends in one of :data:`VIDEO_EXTENSIONS`, in any case."""
-    return name.endswith(_SUFFIXES) or name.lower().endswith(_SUFFIXES)
-
-
 def _join(directory: str, name: str) -> str:
     return directory + name if directory.endswith("/") else directory + "/" + name
-
-
-def is_utf8(name: str) -> bool:
-    """Whether ``name`` is valid UTF-8, which the store requires of every path.
-
-    ``os.fsdecode`` (and ``os.scandir``) turn bytes that are not UTF-8 into
-    lone surrogates, which UTF-8 refuses.
-    """
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _printable(path: str) -> str:
-    """``path`` as valid text: undecodable bytes become ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _reason(exc: OSError) -> str:

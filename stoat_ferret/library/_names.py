@@ -1,0 +1,54 @@
+"""Which file names a scan takes: a video's ending, text the store can hold, a path others can open.
+
+The walk (``_walk.py``) takes a file for a video only if its name ends in
+one of :data:`VIDEO_EXTENSIONS`, in any case (a hidden ``.clip.mp4``
+counts too); every other file is ignored, not an error. A name that is not
+valid UTF-8 (:func:`is_utf8`) is skipped with an ``errors`` entry: the
+store, the logs and the JSON API all need text, and a surrogate-escaped
+name would break each of them in a different place (the scan's payload and
+the API's requested directory are refused for it too). So is a path of
+:data:`~stoat_ferret.library._beneath.PATH_MAX` bytes or more, which no
+other program could open by its name. Such an entry names the path as
+:func:`printable` spells it: valid text, whatever its bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from stoat_ferret.library._beneath import PATH_MAX
+
+VIDEO_EXTENSIONS: Final = frozenset(
+    {".avi", ".flv", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".webm", ".wmv"}
+)
+"""File name endings (lower case) that mark a file as a video to probe."""
+
+SUFFIXES: Final = tuple(sorted(VIDEO_EXTENSIONS))
+""":data:`VIDEO_EXTENSIONS` as ``str.endswith`` takes them."""
+
+NOT_UTF8: Final = "name is not valid UTF-8; skipped"
+TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"
+
+
+def is_video_name(name: str) -> bool:
+    """True if the file name ``name`` ends in one of :data:`VIDEO_EXTENSIONS`, in any case."""
+    return name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)
+
+
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` is valid UTF-8, which the store requires of every path.
+
+    ``os.fsdecode`` (and ``os.scandir``) turn bytes that are not UTF-8 into
+    lone surrogates, which UTF-8 refuses.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` as valid text: undecodable bytes become ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
