@@ -57,7 +57,8 @@ from stoat_ferret.library._scanhandler import (
 )
 from stoat_ferret.library._schema import SCHEMA_VERSION
 from stoat_ferret.library._seccomp import seccomp_filters
-from stoat_ferret.library._store import BUSY_TIMEOUT_MS, VideoStore
+from stoat_ferret.library._store import VideoStore
+from stoat_ferret.library._storefile import BUSY_TIMEOUT_MS
 from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,

@@ -1,21 +1,10 @@
 """VideoStore: the videos, scan_errors and mount_points tables in SQLite, from worker threads.
 
-Concurrency: two connections to the file (``_connections.py``), each used by
-one thread at a time under its own lock (the writer's reentrant, so that a
-method may hold it across a commit and what follows). Writes go through the
-writing one: each write method is one ``BEGIN IMMEDIATE ... COMMIT``
-transaction, so a batch is written whole or not at all (but for the rows the
-store cannot hold: below), and while another
-process holds SQLite's write lock it waits up to :data:`BUSY_TIMEOUT_MS`
-holding the write lock. Reads go through the read-only one, each in one
-``BEGIN ... COMMIT`` transaction: in WAL mode a read takes no lock a writer
-holds and sees one committed snapshot (a list's count and its page agree),
-so it never waits for a write, of this process or another, nor sees half of
-one. An in-memory database cannot be shared by two connections: the store
-needs a file.
-
-Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
-committed batches, never consistency), ``busy_timeout`` for other processes.
+VideoStore extends :class:`~stoat_ferret.library._storefile.StoreFile`, the
+file under it (``_storefile.py``: concurrency and durability): two
+connections, each under its own lock, opened and closed with the database's
+lock. Each write method is one transaction on the writing one, each read one
+on the reading one.
 
 Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``;
 the statements of the ``scan_errors`` table: ``_errorrows.py``.
@@ -59,20 +48,9 @@ one ``directory`` (indexed).
 
 from __future__ import annotations
 
-import os
-import threading
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._clock import StoreClock
-from stoat_ferret.library._connections import (
-    LogWatch,
-    file_identity,
-    open_reader,
-    open_writer,
-    refuse_memory,
-    transaction,
-)
 from stoat_ferret.library._errorrows import (
     ErrorOwners,
     delete_scope_errors,
@@ -80,8 +58,7 @@ from stoat_ferret.library._errorrows import (
     insert_errors,
     scope_jobs,
 )
-from stoat_ferret.library._exceptions import ScanErrorsReplaced, StoreError
-from stoat_ferret.library._lock import DatabaseLock
+from stoat_ferret.library._exceptions import ScanErrorsReplaced
 from stoat_ferret.library._models import (
     Applied,
     Fingerprint,
@@ -107,16 +84,15 @@ from stoat_ferret.library._rows import (
     timestamp,
 )
 from stoat_ferret.library._schema import PROBE_VERSION
+from stoat_ferret.library._storefile import StoreFile
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
     from datetime import datetime
 
-BUSY_TIMEOUT_MS: Final = 5_000
 
-
-class VideoStore:
+class VideoStore(StoreFile):
     """The tables of one SQLite file. Blocking: call it from worker threads.
 
     Use :meth:`open`; the constructor takes the already prepared writing and
@@ -124,17 +100,7 @@ class VideoStore:
     """
 
     def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, path: str) -> None:
-        self.path = path
-        self._writer: sqlite3.Connection | None = writer
-        # Reentrant: a caller may hold it across a transaction and what follows its commit.
-        self._write_lock = threading.RLock()
-        self._reader: sqlite3.Connection | None = reader
-        self._read_lock = threading.Lock()
-        # Which file the writer writes to: SQLite goes on writing to a
-        # file that was deleted or replaced, and those rows would be lost.
-        self._identity = file_identity(path)
-        # And its write-ahead log, where commits since the last checkpoint live.
-        self._wal = LogWatch(path)
+        super().__init__(writer, reader, path)
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
@@ -142,71 +108,6 @@ class VideoStore:
         self._clock = StoreClock.opened(writer, path)
         # The job whose errors each scanned (directory, recursive) holds.
         self._error_owners = ErrorOwners()
-        # The database's lock (_lock.py), taken by open, given back by close.
-        self._lock: DatabaseLock | None = None
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> VideoStore:
-        """Open (or create) the store in ``path`` and bring its schema up to date.
-
-        Takes the database's lock (``<path>.lock``, ``_lock.py``) until
-        :meth:`close`, before it changes anything in the file.
-
-        Raises:
-            StoreError: The file cannot be created or opened, is not an SQLite
-                database or not this service's (``_schema.identify``), is
-                served by another process (which holds its lock), has a
-                schema newer than this code's
-                (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`), or
-                ``path`` names an in-memory database (``":memory:"`` or ``""``).
-        """
-        name = os.fspath(path)
-        refuse_memory(name)
-        locks: list[DatabaseLock] = []
-        try:
-            writer = open_writer(
-                name, BUSY_TIMEOUT_MS, claim=lambda: locks.append(DatabaseLock.acquire(name))
-            )
-            try:
-                reader = open_reader(name, BUSY_TIMEOUT_MS)
-            except BaseException:
-                writer.close()
-                raise
-            try:
-                store = cls(writer, reader, name)  # may write: StoreClock.opened
-            except BaseException:
-                reader.close()
-                writer.close()
-                raise
-        except BaseException:
-            for lock in locks:
-                lock.release()
-            raise
-        store._lock = locks[0]
-        return store
-
-    def close(self) -> None:
-        """Close both connections. Idempotent; later calls to other methods raise StoreError.
-
-        The reader closes first, so the writer, closing last, checkpoints the WAL.
-        """
-        with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-        with self._write_lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-
-    def schema_version(self) -> int:
-        """Return ``PRAGMA user_version`` of the open file."""
-        with self._reading() as connection:
-            (version,) = connection.execute("PRAGMA user_version").fetchone()
-        return int(version)
 
     def list_videos(
         self, limit: int, offset: int, where: VideoFilter | None = None
@@ -479,41 +380,6 @@ class VideoStore:
         if self._error_owners.was_replaced(job_id):
             raise ScanErrorsReplaced(job_id)
         return page
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The reader, in one read transaction: every query of the body sees one snapshot."""
-        with self._read_lock:
-            connection = self._opened(self._reader)
-            with transaction(connection, self.path, "BEGIN"):
-                yield connection
-
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """The writer, in one ``BEGIN IMMEDIATE`` transaction, committed if the body returns."""
-        with self._write_lock:
-            connection = self._opened(self._writer)
-            if file_identity(self.path) != self._identity:
-                raise StoreError(
-                    f"video store {self.path} was deleted or replaced while open; "
-                    "restart the service to recreate it"
-                )
-            if self._wal.lost():
-                self._wal.save(connection)
-                raise StoreError(
-                    f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
-                    " deleted or replaced while open; restart the service (a clean stop"
-                    " keeps every commit)"
-                )
-            with transaction(connection, self.path, "BEGIN IMMEDIATE"):
-                yield connection
-            if self._wal.lost():  # since the check above: the log holds this commit
-                self._wal.save(connection)
-
-    def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
-        if connection is None:
-            raise StoreError(f"video store {self.path} is closed")
-        return connection
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"

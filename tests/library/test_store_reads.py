@@ -16,7 +16,7 @@ import anyio
 import anyio.from_thread
 import pytest
 
-from stoat_ferret.library import StoreError, VideoLibrary, VideoStore, _store
+from stoat_ferret.library import StoreError, VideoLibrary, VideoStore, _storefile
 from stoat_ferret.library._library import READ_THREADS
 from tests.library.support import record
 
@@ -38,7 +38,7 @@ async def test_a_read_does_not_wait_for_a_write_waiting_on_the_lock(
     wait (seen by the statement trace of its connection); a list and a get
     complete meanwhile and see the last commit only; then the write lands."""
     # The write waits until the test releases the lock, however slow the machine.
-    monkeypatch.setattr(_store, "BUSY_TIMEOUT_MS", 600_000)
+    monkeypatch.setattr(_storefile, "BUSY_TIMEOUT_MS", 600_000)
     path = tmp_path / "videos.sqlite"
     store = VideoStore.open(path)
     writer = store._writer

@@ -32,7 +32,7 @@ import anyio
 import pytest
 
 from stoat_ferret.api.app import create_app
-from stoat_ferret.library import ThreadPriority, _store
+from stoat_ferret.library import ThreadPriority, _storefile
 from stoat_ferret.settings import Settings
 from tests.api.support import serving, supervisor_running
 from tests.reliability.conftest import integrity
@@ -99,7 +99,7 @@ async def test_a_database_locked_too_long_fails_the_scan_not_the_server(
 ) -> None:
     """Another writer past the busy timeout: the job fails saying so; the next scan works."""
     # 5 s in production; the behaviour past it is the same with 0.2 s.
-    monkeypatch.setattr(_store, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(_storefile, "BUSY_TIMEOUT_MS", 200)
 
     with anyio.fail_after(TIMEOUT):
         async with serving(create_app(settings)) as client:

@@ -1,0 +1,169 @@
+"""The SQLite file under a :class:`~stoat_ferret.library.VideoStore`
+(``_store.py``, which extends :class:`StoreFile`): its two connections, each
+behind its own lock, the database's lock, and a transaction on either.
+
+Concurrency: two connections to the file (``_connections.py``), each used by
+one thread at a time under its own lock (the writer's reentrant, so that a
+method may hold it across a commit and what follows). Writes go through the
+writing one: each write method is one ``BEGIN IMMEDIATE ... COMMIT``
+transaction, so a batch is written whole or not at all (but for the rows the
+store cannot hold: ``_store.py``), and while another
+process holds SQLite's write lock it waits up to :data:`BUSY_TIMEOUT_MS`
+holding the write lock. Reads go through the read-only one, each in one
+``BEGIN ... COMMIT`` transaction: in WAL mode a read takes no lock a writer
+holds and sees one committed snapshot (a list's count and its page agree),
+so it never waits for a write, of this process or another, nor sees half of
+one. An in-memory database cannot be shared by two connections: the store
+needs a file.
+
+Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
+committed batches, never consistency), ``busy_timeout`` for other processes.
+SQLite goes on writing to a file, or a write-ahead log, that was deleted
+or replaced while open: a write is then refused (the log's commits copied
+into the file first, :class:`~stoat_ferret.library._connections.LogWatch`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final, Self
+
+from stoat_ferret.library._connections import (
+    LogWatch,
+    file_identity,
+    open_reader,
+    open_writer,
+    refuse_memory,
+    transaction,
+)
+from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._lock import DatabaseLock
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Iterator
+
+BUSY_TIMEOUT_MS: Final = 5_000
+
+
+class StoreFile:
+    """The two connections of one SQLite file, and the database's lock. Blocking.
+
+    Use :meth:`open`; the constructor takes the already prepared writing and
+    reading connections of the file ``path``.
+    """
+
+    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, path: str) -> None:
+        self.path = path
+        self._writer: sqlite3.Connection | None = writer
+        # Reentrant: a caller may hold it across a transaction and what follows its commit.
+        self._write_lock = threading.RLock()
+        self._reader: sqlite3.Connection | None = reader
+        self._read_lock = threading.Lock()
+        # Which file the writer writes to: SQLite goes on writing to a
+        # file that was deleted or replaced, and those rows would be lost.
+        self._identity = file_identity(path)
+        # And its write-ahead log, where commits since the last checkpoint live.
+        self._wal = LogWatch(path)
+        # The database's lock (_lock.py), taken by open, given back by close.
+        self._lock: DatabaseLock | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Self:
+        """Open (or create) the store in ``path`` and bring its schema up to date.
+
+        Takes the database's lock (``<path>.lock``, ``_lock.py``) until
+        :meth:`close`, before it changes anything in the file.
+
+        Raises:
+            StoreError: The file cannot be created or opened, is not an SQLite
+                database or not this service's (``_schema.identify``), is
+                served by another process (which holds its lock), has a
+                schema newer than this code's
+                (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`), or
+                ``path`` names an in-memory database (``":memory:"`` or ``""``).
+        """
+        name = os.fspath(path)
+        refuse_memory(name)
+        locks: list[DatabaseLock] = []
+        try:
+            writer = open_writer(
+                name, BUSY_TIMEOUT_MS, claim=lambda: locks.append(DatabaseLock.acquire(name))
+            )
+            try:
+                reader = open_reader(name, BUSY_TIMEOUT_MS)
+            except BaseException:
+                writer.close()
+                raise
+            try:
+                store = cls(writer, reader, name)  # may write: VideoStore's StoreClock.opened
+            except BaseException:
+                reader.close()
+                writer.close()
+                raise
+        except BaseException:
+            for lock in locks:
+                lock.release()
+            raise
+        store._lock = locks[0]
+        return store
+
+    def close(self) -> None:
+        """Close both connections. Idempotent; later calls to other methods raise StoreError.
+
+        The reader closes first, so the writer, closing last, checkpoints the WAL.
+        """
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def schema_version(self) -> int:
+        """Return ``PRAGMA user_version`` of the open file."""
+        with self._reading() as connection:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The reader, in one read transaction: every query of the body sees one snapshot."""
+        with self._read_lock:
+            connection = self._opened(self._reader)
+            with transaction(connection, self.path, "BEGIN"):
+                yield connection
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The writer, in one ``BEGIN IMMEDIATE`` transaction, committed if the body returns."""
+        with self._write_lock:
+            connection = self._opened(self._writer)
+            if file_identity(self.path) != self._identity:
+                raise StoreError(
+                    f"video store {self.path} was deleted or replaced while open; "
+                    "restart the service to recreate it"
+                )
+            if self._wal.lost():
+                self._wal.save(connection)
+                raise StoreError(
+                    f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
+                    " deleted or replaced while open; restart the service (a clean stop"
+                    " keeps every commit)"
+                )
+            with transaction(connection, self.path, "BEGIN IMMEDIATE"):
+                yield connection
+            if self._wal.lost():  # since the check above: the log holds this commit
+                self._wal.save(connection)
+
+    def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
+        if connection is None:
+            raise StoreError(f"video store {self.path} is closed")
+        return connection
