@@ -17,19 +17,11 @@ The rules, in the order they are applied to each directory entry:
 * A name that is not valid UTF-8, or a path of
   :data:`~stoat_ferret.library._beneath.PATH_MAX` bytes or more, is skipped
   with an error entry (``_names.py`` says why).
-* A file symlink is followed only if its target, resolved component by
-  component without leaving the scanned directory (``_links.resolve_link``), lies
-  in the scope (under the scanned directory; directly in it for a
-  non-recursive walk). The file is then recorded under the resolved path,
-  once however many links point to it. A link that points outside, is
-  broken, loops, or is a chain of more than 40 links (or of more than
-  4,096 path components in all) is an error entry. Each link is resolved
-  with the walk's own directory descriptors, one ``openat`` at most per
-  component, and a link resolved once is not resolved again in the walk.
-  All the links of a walk together look at no more than
-  :data:`~stoat_ferret.library._links.MAX_WALK_LINK_COMPONENTS` path
-  components (a few seconds' work): past that, each further link is an
-  error entry, not followed, and the walk goes on with everything else.
+* A file symlink is followed only if its target, resolved without leaving
+  the scanned directory, lies in the scope (under the scanned directory;
+  directly in it for a non-recursive walk), and is recorded under the
+  resolved path; a link that cannot be followed is an error entry
+  (``_walklinks.py`` says which, and what a walk's links may cost).
 * Only regular files are recorded; FIFOs, sockets and devices are ignored.
 * A subdirectory that cannot be listed, a file that cannot be stat'ed (an
   entry of any kind, where the file system gives no type in its listing and
@@ -60,7 +52,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from stoat_ferret.library import _mounts, _ondisk
@@ -69,20 +60,13 @@ from stoat_ferret.library._beneath import (
     PATH_MAX,
     open_scan_directory,
     open_subdirectory,
-    split,
 )
 from stoat_ferret.library._exceptions import ScanError
-from stoat_ferret.library._links import (
-    MAX_WALK_LINK_COMPONENTS,
-    Cached,
-    LinkBudget,
-    LinkBudgetSpent,
-    resolve_link,
-)
 from stoat_ferret.library._names import NOT_UTF8, SUFFIXES, TOO_LONG, is_utf8, printable
+from stoat_ferret.library._walklinks import WalkLinks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator
 
     from stoat_ferret.library._models import ErrorLog, Fingerprint
 
@@ -94,8 +78,6 @@ also called once per symlink hop followed)."""
 _REPLACED: Final = (
     "no longer a directory (replaced by a symlink or a file during the scan); not read"
 )
-# A link failing with these can never lead to a file: missing, looping, too long.
-_BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _TOO_DEEP: Final = f"more than {MAX_DEPTH} levels below the scanned directory; not read"
 
 
@@ -205,18 +187,16 @@ class _Walk:
         self.mount_points: dict[str, int | None] = {}
         self.disks: dict[str, _ondisk.Disk] = {}  # the mount points below the root
         self.scan_root = "/"
-        self.scope = split(root)
-        self.root_fd = -1
         self.seen = 0
         # Descriptors of the directories from the root down to the one being listed.
         self.fds: list[int] = []
-        # Links resolved in this walk, by path: a chain is followed once.
-        self.links: dict[tuple[str, ...], Cached] = {}
-        # The path components all its links may still take to resolve.
-        self.budget = LinkBudget(MAX_WALK_LINK_COMPONENTS)
+        # The file symlinks it meets: those resolved, and what more may cost.
+        self.links = WalkLinks(
+            root, recursive=recursive, errors=errors, checkpoint=checkpoint, found=self.found
+        )
 
     def run(self, root_fd: int) -> None:
-        self.root_fd = root_fd
+        self.links.root_fd = root_fd
         self.fds = [root_fd]
         # Before the listing, which may take long: the paths above then match
         # their directories the closer in time (ScanRun.walk checks them after).
@@ -325,7 +305,7 @@ class _Walk:
                         info = entry.stat(follow_symlinks=False)
                         found[path] = (info.st_size, info.st_mtime_ns)
                     elif entry.is_symlink():
-                        self.follow_link(directory, name)
+                        self.links.follow(directory, name, self.fds)
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
@@ -343,45 +323,6 @@ class _Walk:
             self.errors.add(path[:PATH_MAX], TOO_LONG)
         else:
             self.errors.add_unread(path, _reason(exc))
-
-    def follow_link(self, directory: str, name: str) -> None:
-        link = _join(directory, name)
-        where = split(directory)
-        try:
-            outcome = resolve_link(
-                self.scope,
-                where,
-                name,
-                self.root_fd,
-                directory_fds=self.fds,
-                checkpoint=self.checkpoint,
-                cache=self.links,
-                budget=self.budget,
-            )
-        except LinkBudgetSpent as exc:  # the target may well be there
-            self.errors.add_unfollowed(link, f"symlink not followed: {_reason(exc)}")
-            return
-        except OSError as exc:
-            if exc.errno in _BROKEN_LINK:
-                self.errors.add(link, f"broken symlink ({_reason(exc)})")
-            else:  # denied, or an I/O error: the target may well be there
-                self.errors.add_unfollowed(link, f"cannot follow symlink ({_reason(exc)})")
-            return
-        if outcome is None or not self.in_scope(outcome[0]):
-            self.errors.add(link, "symlink points outside the scanned directory")
-            return
-        parts, info = outcome
-        target = "/" + "/".join(parts)
-        if not is_utf8(target):
-            self.errors.add(link, "symlink target " + NOT_UTF8)
-        elif stat.S_ISREG(info.st_mode):
-            self.found[target] = (info.st_size, info.st_mtime_ns)
-
-    def in_scope(self, parts: Sequence[str]) -> bool:
-        depth = len(self.scope)
-        if self.recursive:
-            return len(parts) > depth
-        return len(parts) == depth + 1
 
 
 def _join(directory: str, name: str) -> str:

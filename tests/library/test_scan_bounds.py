@@ -33,7 +33,7 @@ from stoat_ferret.library import (
     _scan,
     _scanned,
     _scanprobe,
-    _walk,
+    _walklinks,
     make_scan_handler,
     probe_video,
     walk_videos,
@@ -240,7 +240,7 @@ async def test_a_scan_past_its_link_budget_stores_everything_else(
     name, ``..``, ``data``, ``clip.bin``): that one leads to its clip, each of
     the other three is one errors entry saying why, and the scan completes,
     storing every video it found by its name and the one link's target."""
-    monkeypatch.setattr(_walk, "MAX_WALK_LINK_COMPONENTS", 4)
+    monkeypatch.setattr(_walklinks, "MAX_WALK_LINK_COMPONENTS", 4)
     root, _ = roots
     lib = root / "lib"
     copy_video(clip, lib / "sub" / "other.mp4")

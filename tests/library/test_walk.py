@@ -14,7 +14,7 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from stoat_ferret.library import ErrorLog, ScanError, _walk, walk_videos
+from stoat_ferret.library import ErrorLog, ScanError, _walk, _walklinks, walk_videos
 from stoat_ferret.library._beneath import MAX_DEPTH
 from tests.library.support import listed_path
 from tests.permissions import call_denied
@@ -355,7 +355,7 @@ def test_past_the_walk_s_link_budget_each_further_link_is_an_error_entry(
     gives first), each of the other two is one errors entry saying why (not
     followed: their targets may be there), and the files found by their own
     names are all found, in every directory."""
-    monkeypatch.setattr(_walk, "MAX_WALK_LINK_COMPONENTS", 15)
+    monkeypatch.setattr(_walklinks, "MAX_WALK_LINK_COMPONENTS", 15)
     targets = {_touch(tmp_path / "data" / f"{index}.bin") for index in range(5)}
     for index in range(5):
         (tmp_path / f"l{index}.mp4").symlink_to(f"data/../data/{index}.bin")

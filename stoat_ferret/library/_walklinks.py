@@ -1,0 +1,118 @@
+"""What the walk (``_walk.py``) makes of a file symlink: the file it leads to, or an error entry.
+
+A symlink named as a video is followed only if its target, resolved
+component by component without leaving the scanned directory
+(``_links.resolve_link``), lies in the scope (under the scanned directory;
+directly in it for a non-recursive walk). The file is then recorded under
+the resolved path, once however many links point to it. A link that points
+outside, is broken, loops, or is a chain of more than 40 links (or of more
+than 4,096 path components in all) is an error entry. Each link is resolved
+with the walk's own directory descriptors, one ``openat`` at most per
+component, and a link resolved once is not resolved again in the walk
+(:class:`WalkLinks` keeps them). All the links of a walk together look at
+no more than :data:`~stoat_ferret.library._links.MAX_WALK_LINK_COMPONENTS`
+path components (a few seconds' work): past that, each further link is an
+error entry, not followed, and the walk goes on with everything else. A
+link that cannot be followed for another reason than a missing, looping or
+overlong target (denied, an I/O error) is noted in the log's
+``unfollowed``, as one past the budget is: its target may well be there.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from typing import TYPE_CHECKING, Final
+
+from stoat_ferret.library._beneath import split
+from stoat_ferret.library._links import (
+    MAX_WALK_LINK_COMPONENTS,
+    Cached,
+    LinkBudget,
+    LinkBudgetSpent,
+    resolve_link,
+)
+from stoat_ferret.library._names import NOT_UTF8, is_utf8
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from stoat_ferret.library._models import ErrorLog, Fingerprint
+
+# A link failing with these can never lead to a file: missing, looping, too long.
+_BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+
+class WalkLinks:
+    """The file symlinks of one walk of ``root``: the links it resolved, and
+    what its links may still cost. A file a link leads to goes to ``found``,
+    the walk's."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        recursive: bool,
+        errors: ErrorLog,
+        checkpoint: Callable[[], None],
+        found: dict[str, Fingerprint],
+    ) -> None:
+        self.scope = split(root)
+        self.recursive = recursive
+        self.errors = errors
+        self.checkpoint = checkpoint
+        self.found = found
+        self.root_fd = -1  # the walk's descriptor of root, once it runs
+        # Links resolved in this walk, by path: a chain is followed once.
+        self.links: dict[tuple[str, ...], Cached] = {}
+        # The path components all its links may still take to resolve.
+        self.budget = LinkBudget(MAX_WALK_LINK_COMPONENTS)
+
+    def follow(self, directory: str, name: str, directory_fds: list[int]) -> None:
+        """Follow the symlink ``name`` in ``directory``, whose descriptor and
+        those above it up to the root are ``directory_fds``."""
+        link = _join(directory, name)
+        where = split(directory)
+        try:
+            outcome = resolve_link(
+                self.scope,
+                where,
+                name,
+                self.root_fd,
+                directory_fds=directory_fds,
+                checkpoint=self.checkpoint,
+                cache=self.links,
+                budget=self.budget,
+            )
+        except LinkBudgetSpent as exc:  # the target may well be there
+            self.errors.add_unfollowed(link, f"symlink not followed: {_reason(exc)}")
+            return
+        except OSError as exc:
+            if exc.errno in _BROKEN_LINK:
+                self.errors.add(link, f"broken symlink ({_reason(exc)})")
+            else:  # denied, or an I/O error: the target may well be there
+                self.errors.add_unfollowed(link, f"cannot follow symlink ({_reason(exc)})")
+            return
+        if outcome is None or not self.in_scope(outcome[0]):
+            self.errors.add(link, "symlink points outside the scanned directory")
+            return
+        parts, info = outcome
+        target = "/" + "/".join(parts)
+        if not is_utf8(target):
+            self.errors.add(link, "symlink target " + NOT_UTF8)
+        elif stat.S_ISREG(info.st_mode):
+            self.found[target] = (info.st_size, info.st_mtime_ns)
+
+    def in_scope(self, parts: Sequence[str]) -> bool:
+        depth = len(self.scope)
+        if self.recursive:
+            return len(parts) > depth
+        return len(parts) == depth + 1
+
+
+def _join(directory: str, name: str) -> str:
+    return directory + name if directory.endswith("/") else directory + "/" + name
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
