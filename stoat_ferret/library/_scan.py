@@ -39,22 +39,12 @@ One scan, step by step:
    probe thread opens each file's directory beneath the scan's descriptor
    and has the file probed relative to it, in a child process of the
    handler's ``probes`` (the service's way: ``_probeprocess.py``) or else in
-   the thread itself; then it builds the file's row. Each chunk's results go
-   through a memory stream, as one item (each trip through the event loop
-   is one that requests wait for), to one writer task, which writes them in
-   batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or
-   per :data:`FLUSH_SECONDS`, whichever comes first. Just before a batch is
-   written, its files are looked at again (``ScannedDirectory.gone_of``): one
-   deleted since its probe is not written, and its old row goes as in step 3
-   (``removed``); it counts in ``found`` only, not as added, updated or an
-   error. So a slower scan does not write back a row that another scan has
-   just removed as gone, but for a file deleted between that look and the
-   commit, which may wait for another writer (the next scan removes its row).
-   If the directory at the scan's path is no longer the one it opened
-   (moved, removed, replaced by another or by a symlink, which may lead out
-   of the roots), no batch is written from then on: the probes read the old
-   directory, which that path no longer leads to. One ``errors`` entry says
-   so; the stored rows stay.
+   the thread itself; then it builds the file's row. One writer task writes
+   the rows in batches as they arrive (``_scanwrite.py``), each file looked
+   at again just before: one deleted since its probe is not written, and
+   its old row goes as in step 3 (``removed``). If the directory at the
+   scan's path is no longer the one it opened, no batch is written from
+   then on; one ``errors`` entry says so, and the stored rows stay.
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
@@ -85,7 +75,7 @@ cancellation; batches committed before it stay.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
@@ -106,6 +96,7 @@ from stoat_ferret.library._scanprobe import (
     probe_chunks,
     probe_files,
 )
+from stoat_ferret.library._scanwrite import WRITE_BATCH, Counts, ScanWriter
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
@@ -113,18 +104,11 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from anyio.abc import TaskGroup
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from anyio.streams.memory import MemoryObjectSendStream
 
     from stoat_ferret.jobs import JobContext
     from stoat_ferret.library._background import BackgroundThreads, Stop
     from stoat_ferret.library._library import VideoLibrary
-
-WRITE_BATCH: Final = 256
-"""Rows that close a transaction: one holds at least this many (plus the rest of
-the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
-
-FLUSH_SECONDS: Final = 0.25
-"""Longest a probed file waits for its batch to be written."""
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -155,11 +139,8 @@ class ScanRun:
     # Where the errors go: the store's list, as they pile up (_scanerrors.py).
     error_store: ScanErrors = attrs.field(init=False)
     done: int = 0
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    # Whether a batch found the directory replaced (one errors entry says so).
-    replaced_reported: bool = False
+    # The rows added, updated and removed: by the probes and the writes (_scanwrite.py).
+    counts: Counts = attrs.field(factory=Counts)
     # The first unexpected error of a child task; re-raised once the group is closed.
     failure: Exception | None = None
     # When the scan began: rows written since then are another scan's news.
@@ -214,7 +195,7 @@ class ScanRun:
             removed = await self.library.remove_gone(
                 gone, self.scanned.gone_of, written_before=self.started
             )
-            self.removed = len(removed)
+            self.counts.removed = len(removed)
         self.done = unchanged
         if to_probe:
             self.report()
@@ -224,10 +205,10 @@ class ScanRun:
 
         result = {
             "found": len(self.found),
-            "added": self.added,
-            "updated": self.updated,
+            "added": self.counts.added,
+            "updated": self.counts.updated,
             "unchanged": unchanged,
-            "removed": self.removed,
+            "removed": self.counts.removed,
             "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
             "errors_total": self.errors.total,
             "errors_truncated": self.errors.truncated,
@@ -290,8 +271,18 @@ class ScanRun:
         # Shared: each chunk is taken by exactly one worker, and cut only
         # then, so a first scan of a million files does not cut them all at once.
         queue = probe_chunks(paths, self.workers)
+        writer = ScanWriter(
+            library=self.library,
+            job_id=self.ctx.job_id,
+            root=self.root,
+            errors=self.errors,
+            known=self.known,
+            counts=self.counts,
+            scanned=self.scanned,
+            started=self.started,
+        )
         async with anyio.create_task_group() as group:
-            group.start_soon(self.guarded, group, self.write_batches, receive)
+            group.start_soon(self.guarded, group, writer.write_batches, receive)
             async with send, anyio.create_task_group() as probers:
                 for _ in range(min(self.workers, -(-len(paths) // PROBE_CHUNK))):
                     probers.start_soon(self.guarded, group, self.probe_worker, queue, send)
@@ -328,9 +319,9 @@ class ScanRun:
                 else:
                     items.append(outcome)
                     if path in self.known:
-                        self.updated += 1
+                        self.counts.updated += 1
                     else:
-                        self.added += 1
+                        self.counts.added += 1
                 self.done += 1
                 self.report()
             await self.error_store.store_if_many()
@@ -353,63 +344,3 @@ class ScanRun:
             job_id=self.ctx.job_id,
             disks=self.scanned.disks,
         )
-
-    async def write_batches(
-        self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]
-    ) -> None:
-        # A transaction costs far more than a row: gather WRITE_BATCH items,
-        # but never hold the first ones back for longer than FLUSH_SECONDS.
-        async with receive:
-            async for first in receive:
-                batch = list(first)
-                with anyio.move_on_after(FLUSH_SECONDS):
-                    while len(batch) < WRITE_BATCH:
-                        try:
-                            batch.extend(await receive.receive())
-                        except anyio.EndOfStream:
-                            break
-                records = [item for item in batch if isinstance(item, VideoRecord)]
-                stale = [item for item in batch if isinstance(item, str)]
-                try:
-                    applied = await self.library.apply(
-                        records,
-                        stale,
-                        written_before=self.started,
-                        gone=self.scanned.gone_before_write,
-                    )
-                except DirectoryReplaced as exc:
-                    self.replaced(records, exc.reason)
-                    continue
-                for path, reason in applied.refused:
-                    self.refused(path, reason)
-                for path in applied.vanished:
-                    self.vanished(path)
-                self.removed += len(applied.removed)
-
-    def replaced(self, records: list[VideoRecord], reason: str) -> None:
-        """The directory is no longer the one the scan opened: ``records`` are
-        not written (nor the batch's stale rows deleted), and one ``errors``
-        entry says why. The stored rows stay, as when nothing is gone."""
-        if not self.replaced_reported:
-            self.replaced_reported = True
-            logger.warning("scanned directory replaced", job_id=self.ctx.job_id, path=self.root)
-            self.errors.add(self.root, reason)
-        for record in records:
-            self.vanished(record.path)
-
-    def vanished(self, path: str) -> None:
-        """``path``'s file went between its probe and its write: not written,
-        as if the walk had not met it (its row, if any, went with the write)."""
-        if path in self.known:
-            self.updated -= 1
-        else:
-            self.added -= 1
-
-    def refused(self, path: str, reason: str) -> None:
-        """The store could not hold ``path``'s row: an error, not added or updated."""
-        logger.warning("row not stored", job_id=self.ctx.job_id, path=path, reason=reason)
-        self.errors.add(path, reason)
-        if path in self.known:
-            self.updated -= 1
-        else:
-            self.added -= 1

@@ -1,0 +1,135 @@
+"""Writing what a scan probed (``_scan.py``): in batches, each file looked at again just before.
+
+The probe tasks send each chunk's results through a memory stream, as one
+item (each trip through the event loop is one that requests wait for), to
+one writer task (:meth:`ScanWriter.write_batches`), which writes them in
+batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or per
+:data:`FLUSH_SECONDS`, whichever comes first. Just before a batch is
+written, its files are looked at again (``ScannedDirectory.gone_of``): one
+deleted since its probe is not written, and its old row goes as a gone
+file's does (``removed``); it counts in ``found`` only, not as added,
+updated or an error. So a slower scan does not write back a row that
+another scan has just removed as gone, but for a file deleted between that
+look and the commit, which may wait for another writer (the next scan
+removes its row). If the directory at the scan's path is no longer the one
+it opened (moved, removed, replaced by another or by a symlink, which may
+lead out of the roots), no batch is written from then on: the probes read
+the old directory, which that path no longer leads to. One ``errors`` entry
+says so; the stored rows stay. A row the store cannot hold is an ``errors``
+entry, neither added nor updated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import attrs
+from loguru import logger
+
+from stoat_ferret.library._exceptions import DirectoryReplaced
+from stoat_ferret.library._models import VideoRecord
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
+    from stoat_ferret.library._library import VideoLibrary
+    from stoat_ferret.library._models import ErrorLog, Fingerprint
+    from stoat_ferret.library._scanned import ScannedDirectory
+
+WRITE_BATCH: Final = 256
+"""Rows that close a transaction: one holds at least this many (plus the rest of
+the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
+
+FLUSH_SECONDS: Final = 0.25
+"""Longest a probed file waits for its batch to be written."""
+
+
+@attrs.define(eq=False)
+class Counts:
+    """The rows a scan's result counts: ``added`` and ``updated`` as its
+    probes made them, less those then not written, and ``removed``."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+
+
+@attrs.define(eq=False, kw_only=True)
+class ScanWriter:
+    """The writer task of the scan ``job_id`` of ``root`` (``ScanRun.probe_all``
+    makes it): ``known`` holds the stored rows' fingerprints, ``started`` when
+    the scan began (rows written since are another scan's news)."""
+
+    library: VideoLibrary
+    job_id: str
+    root: str
+    errors: ErrorLog
+    known: dict[str, Fingerprint]
+    counts: Counts
+    scanned: ScannedDirectory
+    started: datetime
+    # Whether a batch found the directory replaced (one errors entry says so).
+    replaced_reported: bool = False
+
+    async def write_batches(
+        self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]
+    ) -> None:
+        # A transaction costs far more than a row: gather WRITE_BATCH items,
+        # but never hold the first ones back for longer than FLUSH_SECONDS.
+        async with receive:
+            async for first in receive:
+                batch = list(first)
+                with anyio.move_on_after(FLUSH_SECONDS):
+                    while len(batch) < WRITE_BATCH:
+                        try:
+                            batch.extend(await receive.receive())
+                        except anyio.EndOfStream:
+                            break
+                records = [item for item in batch if isinstance(item, VideoRecord)]
+                stale = [item for item in batch if isinstance(item, str)]
+                try:
+                    applied = await self.library.apply(
+                        records,
+                        stale,
+                        written_before=self.started,
+                        gone=self.scanned.gone_before_write,
+                    )
+                except DirectoryReplaced as exc:
+                    self.replaced(records, exc.reason)
+                    continue
+                for path, reason in applied.refused:
+                    self.refused(path, reason)
+                for path in applied.vanished:
+                    self.vanished(path)
+                self.counts.removed += len(applied.removed)
+
+    def replaced(self, records: list[VideoRecord], reason: str) -> None:
+        """The directory is no longer the one the scan opened: ``records`` are
+        not written (nor the batch's stale rows deleted), and one ``errors``
+        entry says why. The stored rows stay, as when nothing is gone."""
+        if not self.replaced_reported:
+            self.replaced_reported = True
+            logger.warning("scanned directory replaced", job_id=self.job_id, path=self.root)
+            self.errors.add(self.root, reason)
+        for record in records:
+            self.vanished(record.path)
+
+    def vanished(self, path: str) -> None:
+        """``path``'s file went between its probe and its write: not written,
+        as if the walk had not met it (its row, if any, went with the write)."""
+        if path in self.known:
+            self.counts.updated -= 1
+        else:
+            self.counts.added -= 1
+
+    def refused(self, path: str, reason: str) -> None:
+        """The store could not hold ``path``'s row: an error, not added or updated."""
+        logger.warning("row not stored", job_id=self.job_id, path=path, reason=reason)
+        self.errors.add(path, reason)
+        if path in self.known:
+            self.counts.updated -= 1
+        else:
+            self.counts.added -= 1
