@@ -59,13 +59,14 @@ from stoat_ferret.library._schema import SCHEMA_VERSION
 from stoat_ferret.library._seccomp import seccomp_filters
 from stoat_ferret.library._store import VideoStore
 from stoat_ferret.library._storefile import BUSY_TIMEOUT_MS
+from stoat_ferret.library._thumbimage import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH
 from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,
     Thumbnailer,
     submit_thumbnails,
 )
-from stoat_ferret.library._thumbnail import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH, make_thumbnail
+from stoat_ferret.library._thumbnail import make_thumbnail
 from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
 from stoat_ferret.library._thumbstore import ThumbnailStore
 from stoat_ferret.library._thumbstore import directory_beside as thumbnails_directory_beside

@@ -8,16 +8,11 @@ keyframe at or before 10% of the duration, asks the decoder for keyframes only
 (``skip_frame=NONKEY``), and keeps the first frame that comes out, flushing
 the decoder after the first keyframe's packet (an H.264 decoder with B-frames
 holds a keyframe back until later frames come, and with NONKEY none would:
-a long GOP would give no frame at all). That frame
-goes through one FFmpeg filter graph: ``scale`` to the displayed size (the
-sample aspect ratio applied, so an anamorphic 720x576 16:9 clip comes out
-16:9), ``transpose`` or ``hflip,vflip`` for the rotation of the display
-matrix (as ``ffmpeg`` does by default; a degenerate matrix, whose rotation
-the probe calls unknown, turns nothing: ``_metadata.display_rotation``
-decides for both), and is encoded by libwebp. WebP rather
-than JPEG: a third of the size at the same quality, and every current browser
-shows it. Pillow is not needed: PyAV's wheel carries both the filters and the
-encoder.
+a long GOP would give no frame at all). That frame is scaled to the
+displayed size, turned a quarter, a half or not at all for the rotation of
+the display matrix (a degenerate matrix, whose rotation the probe calls
+unknown, turns nothing: ``_metadata.display_rotation`` decides for both),
+and encoded as WebP (``_thumbimage.py``).
 
 The file is opened the way the scan's probe opens it (``_beneath.py`` and
 ``_input.py`` say why). Its directory is opened from the scan root that holds
@@ -63,7 +58,6 @@ import os
 from typing import TYPE_CHECKING, Final
 
 import av
-import av.filter
 
 from stoat_ferret.library._beneath import RootUnavailable, open_below_root
 from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError, ShortOfMemory
@@ -81,6 +75,7 @@ from stoat_ferret.library._input import (
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_rotation, moving_pictures
+from stoat_ferret.library._thumbimage import encode_webp, filtered, thumbnail_size
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -90,14 +85,6 @@ if TYPE_CHECKING:
     from av.video.stream import VideoStream
 
     from stoat_ferret.library._models import Fingerprint
-
-THUMBNAIL_WIDTH: Final = 320
-"""Width of every thumbnail, in pixels; the height keeps the displayed aspect ratio."""
-
-THUMBNAIL_MEDIA_TYPE: Final = "image/webp"
-
-MAX_HEIGHT: Final = 4 * THUMBNAIL_WIDTH
-"""The tallest thumbnail: a hostile file may claim a frame 2 pixels wide and 16,000 tall."""
 
 SEEK_FRACTION: Final = 0.1
 """Where the frame is taken, as a fraction of the duration."""
@@ -128,8 +115,6 @@ _TRANSIENT_ERRNOS: Final = UNREACHABLE_ERRNOS | frozenset(
 )
 """Errors of the moment (a file away, out of descriptors, a disk or network
 hiccup), not of the file: they do not make a video undecodable."""
-
-_WEBP_QUALITY: Final = "75"
 
 OUTSIDE_ROOTS: Final = "outside the directories this service may scan; not read"
 
@@ -166,7 +151,8 @@ def make_thumbnail(
             file's size, in each of the (at most two) attempts.
 
     Returns:
-        The encoded image, :data:`THUMBNAIL_WIDTH` pixels wide.
+        The encoded image,
+        :data:`~stoat_ferret.library._thumbimage.THUMBNAIL_WIDTH` pixels wide.
 
     Raises:
         UndecodableError: No frame of the file can be decoded (within
@@ -280,21 +266,6 @@ def _past_limit(source: BoundedInput) -> str:
     return f"no frame found in the first {amount(source.read_limit)} read (the read limit)"
 
 
-def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float) -> tuple[int, int]:
-    """The ``(width, height)`` of the thumbnail of a ``width`` x ``height`` frame.
-
-    ``rotation`` is the display matrix's, in degrees, a multiple of 90
-    (rounded by the caller); ``sample_aspect`` the
-    pixels' width over their height. The height is even (4:2:0 chroma), and 2
-    at least.
-    """
-    shown_width, shown_height = width * sample_aspect, float(height)
-    if rotation % 180:
-        shown_width, shown_height = shown_height, shown_width
-    rows = round(THUMBNAIL_WIDTH * shown_height / shown_width / 2) * 2
-    return THUMBNAIL_WIDTH, min(MAX_HEIGHT, max(2, rows))
-
-
 def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | None:
     videos = moving_pictures(container)  # the stream the probe described
     if not videos:
@@ -325,8 +296,8 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
     width, height = thumbnail_size(
         frame.width, frame.height, rotation, float(aspect) if aspect else 1.0
     )
-    scaled = _filtered(stream, frame, width, height, rotation)
-    return _encode_webp(scaled)
+    scaled = filtered(stream, frame, width, height, rotation)
+    return encode_webp(scaled)
 
 
 def _seek_near(container: InputContainer, stream: VideoStream) -> None:
@@ -361,46 +332,6 @@ def _next_frame(container: InputContainer, stream: VideoStream) -> VideoFrame | 
     except av.EOFError:  # the demuxer's last (empty) packet flushed it already
         pass
     return None
-
-
-def _filtered(
-    stream: VideoStream, frame: VideoFrame, width: int, height: int, rotation: int
-) -> VideoFrame:
-    # Scaled before the rotation: a frame turned a quarter is scaled to the
-    # turned size. The display matrix turns counterclockwise by `rotation`.
-    scaled_width, scaled_height = (height, width) if rotation % 180 else (width, height)
-    graph = av.filter.Graph()
-    nodes = [
-        graph.add_buffer(template=stream),
-        graph.add("scale", f"{scaled_width}:{scaled_height}:flags=area"),
-        graph.add("setsar", "1"),
-    ]
-    if rotation == 90:
-        nodes.append(graph.add("transpose", "cclock"))
-    elif rotation == 270:
-        nodes.append(graph.add("transpose", "clock"))
-    elif rotation == 180:
-        nodes += [graph.add("hflip"), graph.add("vflip")]
-    nodes += [graph.add("format", "yuv420p"), graph.add("buffersink")]
-    graph.link_nodes(*nodes).configure()
-    graph.push(frame)
-    result = graph.vpull()
-    return result
-
-
-def _encode_webp(frame: VideoFrame) -> bytes:
-    encoder = av.CodecContext.create("libwebp", "w")
-    assert isinstance(encoder, av.VideoCodecContext)
-    encoder.width = frame.width
-    encoder.height = frame.height
-    encoder.pix_fmt = "yuv420p"
-    encoder.options = {"quality": _WEBP_QUALITY}
-    frame.pts = None
-    data = b"".join(bytes(packet) for packet in encoder.encode(frame))
-    data += b"".join(bytes(packet) for packet in encoder.encode(None))
-    if not data:
-        raise ValueError("the WebP encoder returned nothing")
-    return data
 
 
 def _reason(exc: Exception) -> str:

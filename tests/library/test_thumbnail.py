@@ -22,7 +22,8 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._exceptions import ShortOfMemory
-from stoat_ferret.library._thumbnail import UndecodableError, thumbnail_size
+from stoat_ferret.library._thumbimage import thumbnail_size
+from stoat_ferret.library._thumbnail import UndecodableError
 from tests.library.support import (
     MEMORY_FAILURES,
     failing_decode,
