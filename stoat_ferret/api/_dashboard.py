@@ -12,16 +12,18 @@ and wrong methods still get the API's JSON 404 and 405.
 
 With ``STOAT_API_TOKEN`` set, the page and its files stay open (they hold no
 data) and the API needs the token. A browser cannot put a header on an
-``EventSource``, so the dashboard trades the token for a cookie: opened as
-``/#token=<token>`` (a fragment never reaches the server, so no log holds
-it), the page drops the fragment from the address bar and sends the token
+``EventSource``, so the dashboard trades the token for a cookie: when the API
+answers 401, the page shows a sign-in form, and the token typed there is sent
 once to ``POST /api/v1/session``, which answers with an ``HttpOnly``,
 ``SameSite=Strict`` cookie the API accepts from then on (``_guard.py``,
-``_session.py``). The cookie holds a value derived from the token and dated
-(``session_value``), which the API accepts only as that cookie, and for
-:data:`~stoat_ferret.api._session.SESSION_SECONDS` from the moment it was made:
-a browser sends a host's cookies to every port of it, so another service
-there may see it.
+``_session.py``). The token never goes in the address: a browser keeps every
+address it opened in its history, fragment and all, even one the page
+replaces at once (an earlier ``/#token=<token>`` link did just that; the page
+now drops such a fragment unused). The cookie holds a value derived from the
+token and dated (``session_value``), which the API accepts only as that
+cookie, and for :data:`~stoat_ferret.api._session.SESSION_SECONDS` from the
+moment it was made: a browser sends a host's cookies to every port of it, so
+another service there may see it.
 """
 
 from __future__ import annotations

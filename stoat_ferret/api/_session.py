@@ -26,9 +26,11 @@ TOKEN_COOKIE: Final = "stoat_token"
 
 SESSION_KEY: Final = "stoat-session"
 
-SESSION_SECONDS: Final = 7 * 24 * 3600
-"""How long a session cookie is accepted from the moment it was made; it is
-never renewed (a new ``/#token=`` makes a new one)."""
+SESSION_SECONDS: Final = 12 * 3600
+"""How long a session cookie is accepted from the moment it was made: a
+working day. It is never renewed; the dashboard asks for the token again
+(its sign-in form) once the API refuses the cookie. A copy of the cookie,
+which another service on the same host may be sent, is good for as long."""
 
 SESSION_SKEW_SECONDS: Final = 60
 """How far in the future a session's date may be (clocks of one host agree)."""
@@ -44,10 +46,13 @@ def session_value(token: str, issued: int) -> str:
 
     Not the token itself: browsers do not keep cookies apart by port, so any
     other service on the same host name may be sent this cookie. What it
-    learns opens the API only as this cookie (a browser's, so the state
-    changes it allows need the browser to vouch for their origin), never as
-    the ``Authorization: Bearer`` token, and only until
-    :data:`SESSION_SECONDS` after ``issued``: the date is under the MAC.
+    learns opens the API only as this cookie, never as the
+    ``Authorization: Bearer`` token, and only until :data:`SESSION_SECONDS`
+    after ``issued``: the date is under the MAC. It opens all of the API
+    that the cookie does, state changes included: the origin check on
+    those (``_guard.py``) keeps other sites' pages in a browser from using
+    the browser's cookie, but a program holding a copy sends the origin it
+    likes.
     """
     return f"{issued}.{_session_mac(token.encode(), issued).decode()}"
 

@@ -248,24 +248,38 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert TOKEN not in log.read_text()
 
 
+def _sign_in(page: Page, token: str) -> None:
+    """Type ``token`` into the dashboard's sign-in form, shown once the API answered 401."""
+    field = page.get_by_label("Access token")
+    expect(field).to_be_visible()
+    field.fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
 def test_the_dashboard_trades_its_token_for_a_cookie(
     browser: Browser, token_server: Server
 ) -> None:
-    """Opened as /#token=..., the page drops the token from the address bar, sets an
-    HttpOnly cookie, and then lists and starts scans; without it, it says what is missing."""
+    """Without a session the page says what is missing and shows its sign-in form; a
+    wrong token is refused there; the right one sets an HttpOnly cookie, the form goes,
+    and the page lists and starts scans. The token is never in the address."""
     folder = token_server.root / "videos"
     folder.mkdir()
     context = browser.new_context()
+    addresses: list[str] = []
     try:
-        bare = context.new_page()
-        bare.goto(f"{token_server.base_url}/")
-        expect(bare.locator("#jobs-count")).to_contain_text("needs its access token")
-        bare.close()
-
         page = context.new_page()
-        page.goto(f"{token_server.base_url}/#token={TOKEN}")
+        page.on("framenavigated", lambda frame: addresses.append(frame.url))
+        page.goto(f"{token_server.base_url}/")
+        expect(page.locator("#jobs-count")).to_contain_text("needs its access token")
+        expect(page.locator("#library-count")).to_contain_text("needs its access token")
+        _sign_in(page, "not-the-token-0123456789")
+        expect(page.locator("#signin-feedback")).to_have_text("This token is not the service's.")
+        assert context.cookies(token_server.base_url + "/api/") == []
+
+        _sign_in(page, TOKEN)
         expect(page.locator("#jobs-count")).to_have_text("0 jobs")
-        assert TOKEN not in page.url
+        expect(page.locator("#signin")).to_be_hidden()
+        expect(page.get_by_label("Access token")).to_have_value("")
         field = page.get_by_label("Folder path")
         field.fill(str(folder))
         field.press("Enter")
@@ -278,6 +292,30 @@ def test_the_dashboard_trades_its_token_for_a_cookie(
     assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
         ("stoat_token", True, "Strict")
     ]
+    assert addresses == [f"{token_server.base_url}/"]
+    assert all(TOKEN not in address for address in addresses)
+
+
+def test_a_token_in_the_address_is_not_used_and_leaves_it(
+    browser: Browser, token_server: Server
+) -> None:
+    """Opened as /#token=<token> (how an earlier version signed in, which left the token
+    in the browser's history), the page drops the fragment from the address bar, makes
+    no session of it, and asks for the token in its form, saying why."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{token_server.base_url}/#token={TOKEN}")
+        expect(page.locator("#signin-feedback")).to_contain_text("history")
+        expect(page.get_by_label("Access token")).to_be_visible()
+        expect(page.locator("#jobs-count")).to_contain_text("needs its access token")
+        address = page.url
+        cookies = context.cookies(token_server.base_url + "/api/")
+    finally:
+        context.close()
+
+    assert address == f"{token_server.base_url}/"
+    assert cookies == []
 
 
 def test_with_the_dashboards_cookie_a_page_elsewhere_still_cannot_start_a_scan(
@@ -289,7 +327,8 @@ def test_with_the_dashboards_cookie_a_page_elsewhere_still_cannot_start_a_scan(
     context = browser.new_context()
     try:
         dashboard = context.new_page()
-        dashboard.goto(f"{token_server.base_url}/#token={TOKEN}")
+        dashboard.goto(f"{token_server.base_url}/")
+        _sign_in(dashboard, TOKEN)
         expect(dashboard.locator("#jobs-count")).to_have_text(re.compile(r"^\d+ jobs?$"))
         assert context.cookies(token_server.base_url + "/api/")  # the session is open
         jobs_before = httpx.get(f"{token_server.base_url}/api/v1/jobs", headers=headers).json()

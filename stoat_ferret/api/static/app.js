@@ -10,13 +10,13 @@
 // Every text that comes from the server (paths, error messages) goes into the
 // page as textContent, never as HTML.
 //
-// With STOAT_API_TOKEN set, the page is opened once as /#token=<token>: it
-// drops the fragment from the address bar and trades the token for an
-// HttpOnly cookie (POST /api/v1/session), which the API and EventSource use.
+// With STOAT_API_TOKEN set, an answer 401 shows the sign-in form, which trades
+// the token for an HttpOnly cookie (POST /api/v1/session) that the API and
+// EventSource use. The token is never put in the address: a browser keeps
+// every address it opened, fragment included, in its history.
 
 const API = "/api/v1";
-const NEEDS_TOKEN =
-  "This service needs its access token: open the dashboard as /#token= followed by the token (STOAT_API_TOKEN).";
+const NEEDS_TOKEN = "This service needs its access token: sign in above.";
 const JOB_PAGE = 20;
 const VIDEO_PAGE = 20;
 // A browser opens about 6 connections per host across all its tabs: one
@@ -147,7 +147,7 @@ function explainRefusal(response, path) {
   const quoted = `“${path}”`;
   switch (response.status) {
     case 401:
-      return NEEDS_TOKEN;
+      return needToken();
     case 400:
       if (detail.startsWith("not a directory")) {
         return `${quoted} is a file, not a folder. Enter the folder that holds the videos.`;
@@ -353,7 +353,7 @@ async function loadJobs() {
   }
   if (!response.ok || !response.data) {
     byId("jobs-count").textContent =
-      response.status === 401 ? NEEDS_TOKEN : `Could not load the jobs (${response.status}).`;
+      response.status === 401 ? needToken() : `Could not load the jobs (${response.status}).`;
     return;
   }
   const { jobs, total } = response.data;
@@ -651,7 +651,7 @@ async function loadVideos() {
   }
   if (!response.ok || !response.data) {
     count.textContent =
-      response.status === 401 ? NEEDS_TOKEN : `Could not load the library (${response.status}).`;
+      response.status === 401 ? needToken() : `Could not load the library (${response.status}).`;
     return;
   }
   const { videos, total } = response.data;
@@ -952,27 +952,69 @@ async function refreshHealth() {
 
 // --------------------------------------------------------------------- start
 
-/** Opened as /#token=...: forget the fragment, and trade the token for the session cookie. */
-async function adoptToken() {
-  const match = /^#token=(.+)$/.exec(window.location.hash);
-  if (!match) return;
-  history.replaceState(null, "", window.location.pathname + window.location.search);
+// ------------------------------------------------------------------ sign in
+
+/** A 401 (no session, or one expired or of another token): show the sign-in form. */
+function needToken() {
+  byId("signin").hidden = false;
+  return NEEDS_TOKEN;
+}
+
+/** Trade the token typed in for the session cookie, then load what the 401s hid. */
+async function signIn(event) {
+  event.preventDefault();
+  const field = byId("signin-token");
+  const feedback = byId("signin-feedback");
+  const token = field.value.trim();
+  feedback.dataset.kind = "error";
+  // fetch() refuses a header value it cannot send, as it refuses an unreachable host.
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    feedback.textContent = "A token is printable ASCII, with no spaces.";
+    return;
+  }
+  let response;
   try {
-    await fetch(`${API}/session`, {
+    response = await fetch(`${API}/session`, {
       method: "POST",
-      headers: {
-        Authorization: `Bearer ${decodeURIComponent(match[1])}`,
-        "Content-Type": "application/json",
-      },
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
       body: "{}",
     });
   } catch {
-    // Unreachable: the first refresh below says so.
+    feedback.textContent = "Could not sign in: the service is unreachable.";
+    return;
   }
+  if (response.status === 401) {
+    feedback.textContent = "This token is not the service's.";
+    return;
+  }
+  if (!response.ok) {
+    feedback.textContent = `Could not sign in (${response.status}).`;
+    return;
+  }
+  field.value = "";
+  feedback.textContent = "";
+  byId("signin").hidden = true;
+  announce("Signed in.");
+  reconnectFailures = 0;
+  connectEvents(); // its opening loads the job list
+  refreshLibrary();
 }
 
-async function start() {
-  await adoptToken();
+/** A link of the old /#token=<token> kind: the token is already in the browser's
+ * history, so it is not used; the fragment leaves the address bar. */
+function dropTokenFragment() {
+  if (!window.location.hash.startsWith("#token=")) return;
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+  needToken();
+  const feedback = byId("signin-feedback");
+  feedback.dataset.kind = "error";
+  feedback.textContent =
+    "A token in the address is not used: the browser keeps it in its history. Sign in here, and change the token if others use this browser.";
+}
+
+function start() {
+  dropTokenFragment();
+  byId("signin-form").addEventListener("submit", signIn);
   byId("scan-form").addEventListener("submit", startScan);
   byId("jobs-more").addEventListener("click", () => {
     jobLimit += JOB_PAGE;
