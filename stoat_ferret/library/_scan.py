@@ -44,7 +44,8 @@ One scan, step by step:
    at again just before: one deleted since its probe is not written, and
    its old row goes as in step 3 (``removed``). If the directory at the
    scan's path is no longer the one it opened, no batch is written from
-   then on; one ``errors`` entry says so, and the stored rows stay.
+   then on, and no chunk is probed from then on (those being probed are
+   finished); one ``errors`` entry says so, and the stored rows stay.
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
@@ -285,7 +286,7 @@ class ScanRun:
             group.start_soon(self.guarded, group, writer.write_batches, receive)
             async with send, anyio.create_task_group() as probers:
                 for _ in range(min(self.workers, -(-len(paths) // PROBE_CHUNK))):
-                    probers.start_soon(self.guarded, group, self.probe_worker, queue, send)
+                    probers.start_soon(self.guarded, group, self.probe_worker, queue, send, writer)
         if self.failure is not None:
             raise self.failure
 
@@ -305,10 +306,15 @@ class ScanRun:
             group.cancel_scope.cancel()
 
     async def probe_worker(
-        self, chunks: Iterator[list[str]], send: MemoryObjectSendStream[list[VideoRecord | str]]
+        self,
+        chunks: Iterator[list[str]],
+        send: MemoryObjectSendStream[list[VideoRecord | str]],
+        writer: ScanWriter,
     ) -> None:
         for chunk in chunks:
             async with self.limiter:
+                if writer.replaced_reported:  # nothing more is written: probe no more
+                    return
                 outcomes = await self.threads.run_sync(functools.partial(self.probe_chunk, chunk))
             items: list[VideoRecord | str] = []
             for path, outcome in outcomes:

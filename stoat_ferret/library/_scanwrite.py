@@ -14,8 +14,10 @@ look and the commit, which may wait for another writer (the next scan
 removes its row). If the directory at the scan's path is no longer the one
 it opened (moved, removed, replaced by another or by a symlink, which may
 lead out of the roots), no batch is written from then on: the probes read
-the old directory, which that path no longer leads to. One ``errors`` entry
-says so; the stored rows stay. A row the store cannot hold is an ``errors``
+the old directory, which that path no longer leads to. Nor is any chunk
+probed from then on (``ScanRun.probe_worker`` reads
+:attr:`ScanWriter.replaced_reported`). One ``errors`` entry says so; the
+stored rows stay. A row the store cannot hold is an ``errors``
 entry, neither added nor updated.
 """
 

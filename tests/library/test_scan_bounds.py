@@ -33,6 +33,7 @@ from stoat_ferret.library import (
     _scan,
     _scanned,
     _scanprobe,
+    _scanwrite,
     _walklinks,
     make_scan_handler,
     probe_video,
@@ -802,3 +803,48 @@ async def test_a_batch_of_stale_rows_alone_is_not_applied_once_the_directory_is_
 
     assert stored == [str(path)]
     assert str(media) in [entry["path"] for entry in result["errors"]]
+
+
+async def test_no_chunk_is_probed_once_a_batch_finds_the_directory_replaced(
+    library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a batch finds the scanned directory replaced, nothing more is written, so
+    nothing more is probed: the chunk being probed then is finished, and no later one
+    is begun (before, every file was probed and its row thrown away)."""
+    media = tmp_path / "media"
+    media.mkdir()
+    chunk = _scanprobe.PROBE_CHUNK
+    names = [f"v{index:02d}.mp4" for index in range(4 * chunk)]  # four chunks, one thread
+    for name in names:
+        copy_video(clip, media / name)
+    monkeypatch.setattr(_scanwrite, "WRITE_BATCH", chunk)  # each chunk a batch of its own
+    token = anyio.lowlevel.current_token()  # probe threads are not anyio's workers
+    first_batch_done = anyio.Event()
+    probed: list[str] = []
+    apply = library.apply
+
+    async def replaced_then_apply(records: Any, stale: Any, **kwargs: Any) -> Any:
+        try:
+            if not first_batch_done.is_set():
+                os.rename(media, tmp_path / "old")  # the probes read it through the descriptor
+                media.mkdir()
+            return await apply(records, stale, **kwargs)
+        finally:
+            first_batch_done.set()
+
+    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        probed.append(name)
+        if len(probed) == chunk + 1:  # the second chunk: after the first batch's write
+            anyio.from_thread.run(first_batch_done.wait, token=token)
+        return probe_video(name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(library, "apply", replaced_then_apply)
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
+    with anyio.fail_after(TIMEOUT):
+        result = await make_scan_handler(library, probe_threads=1)(make_context(media))
+        stored = (await library.list_videos())[0]
+
+    assert probed == names[: 2 * chunk]
+    assert (result["found"], result["added"]) == (4 * chunk, 0)
+    assert [entry["path"] for entry in result["errors"]] == [str(media)]
+    assert stored == []
