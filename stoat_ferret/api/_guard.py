@@ -259,7 +259,10 @@ class RequestGuard:
         ``Referer``'s origin, must be the service's own or an allowed one.
         Deciding on the browser's word first keeps the dashboard working
         behind a proxy whose scheme or host the service does not see. A
-        request with none of these (curl, a script) is from no web page.
+        request with none of these (curl, a script) is from no web page; so
+        is, to this check, a read made by a browser too old to send
+        ``Sec-Fetch-Site`` for a page that asked for no ``Referer`` (the
+        README says what that leaves open, and that the token closes it).
         """
         site = headers.get("sec-fetch-site")
         if site is not None:
