@@ -706,6 +706,54 @@ def test_a_data_directory_another_user_could_move_is_refused(
     assert data.exists() is (how != "not-made-yet")  # nothing made before the refusal
 
 
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_link_in_the_middle_of_the_way_to_the_data_directory_is_checked_too(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data directory is a link (in a private directory) to a second link, kept in a
+    directory every user may write into, which leads on to a private directory: that
+    user could point the second link at a directory of theirs, so it is refused (exit
+    2, one line), though the way as given and the way to where it leads are private."""
+    (tmp / "private").mkdir(mode=0o700)
+    (tmp / "real" / "data").mkdir(parents=True, mode=0o700)
+    (tmp / "open").mkdir()
+    (tmp / "open").chmod(0o777)
+    (tmp / "open" / "hop").symlink_to(tmp / "real" / "data")
+    (tmp / "private" / "data").symlink_to(tmp / "open" / "hop")
+    database = tmp / "private" / "data" / "stoat.db"
+
+    status, line = _check_line(database, capsys)
+
+    assert status == 2
+    assert f"{tmp / 'open'}, above the directory of" in line
+    assert "is writable by every user" in line
+    with pytest.raises(StoreError, match="above the directory of"):
+        prepare_database(database, "--database")  # as serving does
+    assert not (tmp / "real" / "data" / "stoat.db").exists()
+
+
+def test_a_link_of_another_user_in_the_middle_of_the_way_is_refused(tmp: Path) -> None:
+    """The data directory is a link of ours to a second link, in a sticky directory,
+    which leads on to a private directory. In a sticky directory a link's owner may
+    replace it: the second link belongs to another user, so it is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a link to another user")
+    (tmp / "private").mkdir(mode=0o700)
+    (tmp / "real" / "data").mkdir(parents=True, mode=0o700)
+    (tmp / "shared").mkdir()
+    (tmp / "shared").chmod(0o1777)
+    (tmp / "shared" / "hop").symlink_to(tmp / "real" / "data")
+    os.lchown(tmp / "shared" / "hop", 54321, -1)
+    (tmp / "private" / "data").symlink_to(tmp / "shared" / "hop")
+
+    with pytest.raises(StoreError, match="a link on the way to the directory of") as refused:
+        prepare_database(tmp / "private" / "data" / "stoat.db", "--database")
+
+    assert f"{tmp / 'shared' / 'hop'}, a link on the way" in str(refused.value)
+    assert "belongs to user" in str(refused.value)
+    assert not (tmp / "real" / "data" / "stoat.db").exists()
+
+
 @pytest.mark.parametrize(("mode", "refused"), [(0o755, False), (0o775, True)])
 def test_a_directory_above_of_an_unmapped_owner_is_taken_for_the_hosts_root(
     tmp: Path, monkeypatch: pytest.MonkeyPatch, mode: int, *, refused: bool

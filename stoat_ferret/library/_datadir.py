@@ -24,10 +24,13 @@ own rights. So, before the service opens its database
   system's user and group lists may be incomplete (LDAP, nested groups), so
   "no other member" cannot be proved for a shared group, and the check
   fails closed;
-- each directory above it, on the path as given and on the path its links
-  lead to, is refused on the same rules unless it has the sticky bit (only
-  an entry's owner may rename it then): one that another user may write
-  into lets them rename the data directory and put theirs in its place;
+- each directory the way to it passes through (resolved one link at a
+  time: the directories a link's target leads through count too) is refused
+  on the same rules unless it has the sticky bit (only an entry's owner may
+  rename it then): one that another user may write into lets them rename
+  the data directory, or a link on the way, and put theirs in its place;
+  and each link on the way must belong to the service's user or root (in a
+  sticky directory its owner may still replace it);
 - the database file must be a regular file (not a symbolic link, a FIFO or
   a directory), and a new one is created
   with mode 0o600 (SQLite gives its ``-wal`` and ``-shm`` files the
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import Final
 
 from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._realpath import real_path
 
 NAME_MAX: Final = 255
 """Bytes in the longest file name Linux's file systems take."""
@@ -148,33 +152,52 @@ def _refuse_others(path: Path, name: str, info: os.stat_result) -> None:
 
 
 def _refuse_movable(path: Path, name: str) -> None:
-    """Refuse a data directory that another user could move away: one of the
-    directories above it (on the path as given, and on the path its links
-    lead to) lets a user other than the service's and root rename what it
-    holds. That user could put a directory of theirs, or a link, where the
-    service then writes."""
-    directory = path.parent
-    lexical = Path(os.path.abspath(directory))
-    real = Path(os.path.realpath(directory))
-    for above in dict.fromkeys([lexical, *lexical.parents, *real.parents]):
+    """Refuse a data directory that another user could move away: a directory
+    the way to it passes through (each one a name is looked up in, resolving
+    the path one link at a time, the links' own targets included) lets a user
+    other than the service's and root rename what it holds, or a link on the
+    way belongs to such a user (who may then point it elsewhere). That user
+    could put a directory of theirs, or a link, where the service then writes."""
+    directory = os.path.abspath(path.parent)
+    looked_in: set[str] = set()
+
+    def vet(resolved: str, part: str, linked: bool) -> None:
+        if part == "..":  # back to a directory a name was looked up in already
+            return
+        if resolved not in looked_in:
+            looked_in.add(resolved)
+            try:
+                above = os.lstat(resolved)
+            except OSError:  # not there yet (made private), or not ours to look at
+                above = None
+            problem = None if above is None else _movable_by_others(above, Path(resolved))
+            if problem is not None:
+                raise StoreError(
+                    f"{name}: {resolved}, above the directory of {path}, {problem}:"
+                    " another user could move the service's data away and put theirs"
+                    " in its place"
+                )
+        candidate = os.path.join(resolved, part)
         try:
-            info = os.lstat(above)
+            info = os.lstat(candidate)
         except OSError:  # not there yet (made private), or not ours to look at
-            continue
-        if stat.S_ISLNK(info.st_mode):
-            # Replaced through its own directory (checked too), or by its
-            # owner where that directory is sticky: it must be trusted's.
-            problem = None if _trusted_owner(info.st_uid) else _owner(info)
-        elif above == lexical:  # the data directory itself: _refuse_others
-            continue
-        else:
-            problem = _movable_by_others(info, above)
-        if problem is not None:
-            where = "the link to" if above == lexical else "above"
-            raise StoreError(
-                f"{name}: {above}, {where} the directory of {path}, {problem}: another user"
-                " could move the service's data away and put theirs in its place"
+            return
+        # A link is replaced through its own directory (checked above), or by its
+        # owner where that directory is sticky: it must be trusted's.
+        if stat.S_ISLNK(info.st_mode) and not _trusted_owner(info.st_uid):
+            where = (
+                "the link to" if candidate == directory and not linked else "a link on the way to"
             )
+            raise StoreError(
+                f"{name}: {candidate}, {where} the directory of {path}, {_owner(info)}:"
+                " another user could move the service's data away and put theirs in its place"
+            )
+
+    try:
+        real_path(directory, vet=vet)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise StoreError(f"{name}: cannot resolve the directory of {path} ({why})") from None
 
 
 def _movable_by_others(info: os.stat_result, directory: Path) -> str | None:
