@@ -8,7 +8,11 @@
 //     its search, sort, page and open video are kept in the address;
 //   - /health is not read while the tab is hidden.
 // Every text that comes from the server (paths, error messages) goes into the
-// page as textContent, never as HTML.
+// page as textContent, never as HTML, and through untrusted(): in an element
+// of its own that the bidi algorithm isolates (a file name's U+202E cannot
+// turn the text after it around), with its control and invisible formatting
+// characters spelled out (⟨U+202E⟩, ⟨U+000A⟩), so that two names that differ
+// never look alike. What is sent back (the scan form's path) is left as typed.
 //
 // With STOAT_API_TOKEN set, an answer 401 shows the sign-in form, which trades
 // the token for an HttpOnly cookie (POST /api/v1/session) that the API and
@@ -43,6 +47,50 @@ function el(tag, props = {}, ...children) {
   }
   node.append(...children);
   return node;
+}
+
+// ------------------------------------------------------------ untrusted text
+
+// The characters a name shows nothing of, or that reorder or break the text
+// around them: C0 and C1 controls (newline and tab too), the bidi marks,
+// embeddings, overrides and isolates (U+061C, U+200E/F, U+202A-E, U+2066-9),
+// the line and paragraph separators, zero-width space, word joiner and the
+// invisible operators, and the byte-order mark. ZWJ and ZWNJ (U+200C/D) are
+// kept: scripts and emoji need them.
+const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff]/g;
+
+/** A character as it is spelled out: ⟨U+202E⟩. */
+function codePoint(char) {
+  return `⟨U+${char.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`;
+}
+
+/** `text` for an attribute (an accessible name, alt text): invisible characters spelled out. */
+function spelled(text) {
+  return String(text).replace(INVISIBLE, codePoint);
+}
+
+/** `text` as nodes: each invisible character a marked ⟨U+…⟩, so a name cannot spell one itself. */
+function spelledNodes(value) {
+  const text = String(value);
+  const nodes = [];
+  let from = 0;
+  for (const match of text.matchAll(INVISIBLE)) {
+    if (match.index > from) nodes.push(text.slice(from, match.index));
+    nodes.push(el("span", { class: "control", text: codePoint(match[0]) }));
+    from = match.index + match[0].length;
+  }
+  if (from < text.length) nodes.push(text.slice(from));
+  return nodes;
+}
+
+/**
+ * A text from the server (or the address) in an element of its own, isolated
+ * from the text around it, its invisible characters spelled out. Paths take
+ * { dir: "ltr" }; other text finds its own direction (a <bdi>'s dir=auto).
+ */
+function untrusted(text, props = {}, tag = "bdi") {
+  const cls = props.class ? `untrusted ${props.class}` : "untrusted";
+  return el(tag, { ...props, class: cls }, ...spelledNodes(text));
 }
 
 // ---------------------------------------------------------------- formatting
@@ -141,51 +189,73 @@ function retryAfterSeconds(headers) {
   return Number.isNaN(when) ? null : Math.max(1, Math.ceil((when - Date.now()) / 1000));
 }
 
-/** What to tell the user when a scan request is refused. */
+/** What to tell the user when a scan request is refused: text and isolated nodes. */
 function explainRefusal(response, path) {
   const detail = detailText(response.data);
-  const quoted = `“${path}”`;
+  const quoted = () => ["“", untrusted(path, { dir: "ltr" }), "”"];
   switch (response.status) {
     case 401:
-      return needToken();
+      return [needToken()];
     case 400:
       if (detail.startsWith("not a directory")) {
-        return `${quoted} is a file, not a folder. Enter the folder that holds the videos.`;
+        return [...quoted(), " is a file, not a folder. Enter the folder that holds the videos."];
       }
-      return `${quoted} cannot be scanned: ${detail || "it is not a usable folder"}.`;
+      return [...quoted(), " cannot be scanned: ", detail ? untrusted(detail) : "it is not a usable folder", "."];
     case 403:
       if (detail.startsWith("permission denied")) {
-        return `The service is not allowed to read ${quoted} (permission denied).`;
+        return ["The service is not allowed to read ", ...quoted(), " (permission denied)."];
       }
-      return `${quoted} is outside the folders this service may scan. Choose a folder inside them, or ask whoever runs the service to add it to STOAT_SCAN_ROOTS.`;
+      return [
+        ...quoted(),
+        " is outside the folders this service may scan. Choose a folder inside them, or ask whoever runs the service to add it to STOAT_SCAN_ROOTS.",
+      ];
     case 404:
-      return `There is no folder at ${quoted}. Check the spelling.`;
+      return ["There is no folder at ", ...quoted(), ". Check the spelling."];
     case 413:
-      return "That request is too large to send.";
+      return ["That request is too large to send."];
     case 422:
-      return `That path cannot be used: ${detail || "the request was not understood"}.`;
+      return ["That path cannot be used: ", detail ? untrusted(detail) : "the request was not understood", "."];
     case 503: {
       const wait = retryAfterSeconds(response.headers);
-      const reason = detail ? ` (${detail})` : "";
+      const reason = detail ? [" (", untrusted(detail), ")"] : [];
       const again = wait === null ? "Try again shortly." : `Try again in ${wait} s.`;
-      return `The service cannot start a scan right now${reason}. ${again}`;
+      return ["The service cannot start a scan right now", ...reason, `. ${again}`];
     }
     default:
-      return `The service answered ${response.status}${detail ? `: ${detail}` : ""}.`;
+      return [`The service answered ${response.status}`, ...(detail ? [": ", untrusted(detail)] : []), "."];
   }
 }
 
 // ------------------------------------------------------------------ job titles
 
-/** A job's title from what the server says it works on (its payload), whoever started it. */
+/**
+ * A job's title from what the server says it works on (its payload), whoever
+ * started it: the path and the page's own flags apart, so that a folder named
+ * "x (forgetting disks not mounted)", or one ending in U+202E, can neither pass
+ * for a flag nor turn one around. `text` is the title as one string, for the
+ * accessible names and announcements.
+ */
 function jobTitle(job) {
   const payload = job.payload;
   if (job.job_type === "scan" && payload && typeof payload.path === "string") {
-    const depth = payload.recursive === false ? " (this folder only)" : "";
-    const forget = payload.forget_unmounted === true ? " (forgetting disks not mounted)" : "";
-    return `Scan of ${payload.path}${depth}${forget}`;
+    const flags = [];
+    if (payload.recursive === false) flags.push(["depth", "(this folder only)"]);
+    if (payload.forget_unmounted === true) flags.push(["forget", "(forgetting disks not mounted)"]);
+    const text = ["Scan of", spelled(payload.path), ...flags.map(([, flag]) => flag)].join(" ");
+    return { lead: "Scan of ", path: payload.path, flags, text };
   }
-  return `${job.job_type === "scan" ? "Scan" : job.job_type} job ${job.job_id.slice(0, 8)}`;
+  const text = `${job.job_type === "scan" ? "Scan" : spelled(job.job_type)} job ${job.job_id.slice(0, 8)}`;
+  return { lead: text, path: null, flags: [], text };
+}
+
+/** The nodes of a job's title: the path isolated, each flag an element of its own. */
+function jobTitleNodes(title) {
+  if (title.path === null) return [title.lead];
+  return [
+    title.lead,
+    untrusted(title.path, { dir: "ltr", class: "path" }),
+    ...title.flags.flatMap(([kind, flag]) => [" ", el("span", { class: `job-flag ${kind}`, text: flag })]),
+  ];
 }
 
 // ---------------------------------------------------------------------- jobs
@@ -236,10 +306,13 @@ class JobView {
     const before = this.job;
     this.job = job;
     const title = jobTitle(job);
-    if (this.title.textContent !== title) {
-      this.title.textContent = title;
-      this.progress.setAttribute("aria-label", `Progress of ${title}`);
-      this.cancelButton.setAttribute("aria-label", `Cancel ${title}`);
+    // Compared part by part: as text, a folder named "x (this folder only)" reads as x with the flag.
+    const titleKey = JSON.stringify([title.lead, title.path, title.flags]);
+    if (this.titleKey !== titleKey) {
+      this.titleKey = titleKey;
+      this.title.replaceChildren(...jobTitleNodes(title));
+      this.progress.setAttribute("aria-label", `Progress of ${title.text}`);
+      this.cancelButton.setAttribute("aria-label", `Cancel ${title.text}`);
     }
     this.renderProgress(job);
     if (before && before.status === job.status) return;
@@ -254,7 +327,7 @@ class JobView {
     this.renderTimes(job);
     this.renderOutcome(job);
     if (before) {
-      announce(`${title}: ${job.status}.`);
+      announce(`${title.text}: ${job.status}.`);
       onStatusChange(job);
     } else if (jobsLoaded && ended) {
       onStatusChange(job); // it started and ended between two looks at the list
@@ -262,7 +335,9 @@ class JobView {
   }
 
   renderProgress(job) {
-    let text = job.message || "";
+    // The server's message, isolated; the page's own words and figure around it.
+    const message = job.message || "";
+    let text = "";
     if (job.status === "completed") {
       this.progress.value = 1;
     } else if (typeof job.progress === "number") {
@@ -271,12 +346,15 @@ class JobView {
       this.progress.value = 0;
     } else {
       this.progress.removeAttribute("value"); // indeterminate: no figure yet
-      text = text || (job.status === "pending" ? "waiting for a free worker" : "starting");
+      if (!message) text = job.status === "pending" ? "waiting for a free worker" : "starting";
     }
     if (this.progress.hasAttribute("value")) {
-      text = `${Math.floor(this.progress.value * 100)} %${text ? ` · ${text}` : ""}`;
+      text = `${Math.floor(this.progress.value * 100)} %${message ? " · " : ""}`;
     }
-    if (this.message.textContent !== text) this.message.textContent = text;
+    const key = JSON.stringify([text, message]);
+    if (this.messageKey === key) return;
+    this.messageKey = key;
+    this.message.replaceChildren(text, ...(message ? [untrusted(message)] : []));
   }
 
   renderTimes(job) {
@@ -296,7 +374,9 @@ class JobView {
 
   renderOutcome(job) {
     this.error.hidden = !job.error;
-    this.error.textContent = job.error ? `${job.status === "failed" ? "Error" : "Reason"}: ${job.error}` : "";
+    this.error.replaceChildren(
+      ...(job.error ? [`${job.status === "failed" ? "Error" : "Reason"}: `, untrusted(job.error)] : []),
+    );
     const result = job.result;
     if (job.status !== "completed" || !result || typeof result !== "object") {
       this.summary.replaceChildren();
@@ -310,7 +390,7 @@ class JobView {
     const more = Number(result.errors_truncated) || 0;
     if (errors.length || more) {
       const items = errors.map((entry) =>
-        el("li", {}, el("code", { text: String(entry.path) }), ` — ${String(entry.error)}`),
+        el("li", {}, untrusted(entry.path, { dir: "ltr" }, "code"), " — ", untrusted(entry.error)),
       );
       if (more) items.push(el("li", { text: `…and ${plural(more, "more file")}` }));
       parts.push(
@@ -325,8 +405,9 @@ class JobView {
     this.summary.replaceChildren(...parts);
   }
 
-  setNote(text) {
-    this.note.textContent = text;
+  /** A note under the job: the page's words and isolated server text. */
+  setNote(...parts) {
+    this.note.replaceChildren(...parts);
   }
 }
 
@@ -497,7 +578,7 @@ async function cancelJob(view) {
   // aria-disabled, not disabled: a disabled button would drop the keyboard focus.
   if (view.cancelButton.getAttribute("aria-disabled") === "true") return;
   view.cancelButton.setAttribute("aria-disabled", "true");
-  view.setNote("");
+  view.setNote();
   try {
     // An empty JSON body: every state change is sent as JSON.
     const response = await request("POST", `${API}/jobs/${encodeURIComponent(view.id)}/cancel`, {});
@@ -510,7 +591,8 @@ async function cancelJob(view) {
     } else if (response.status === 404) {
       view.setNote("The service no longer knows this job.");
     } else {
-      view.setNote(`It could not be cancelled: ${detailText(response.data) || response.status}.`);
+      const detail = detailText(response.data);
+      view.setNote("It could not be cancelled: ", detail ? untrusted(detail) : String(response.status), ".");
     }
   } catch {
     view.setNote("The service is unreachable: the job was not cancelled.");
@@ -533,17 +615,18 @@ async function startScan(event) {
   // Destructive, so asked for each scan: unticked once a scan is accepted.
   const forget = byId("scan-forget");
   const body = forget.checked ? { path, recursive, forget_unmounted: true } : { path, recursive };
-  const say = (kind, text) => {
+  const say = (kind, ...parts) => {
     feedback.dataset.kind = kind;
-    feedback.textContent = text;
+    feedback.replaceChildren(...parts);
   };
+  const quoted = () => ["“", untrusted(path, { dir: "ltr" }), "”"];
   if (!path) {
     say("error", "Enter the absolute path of a folder, such as /srv/videos.");
     input.focus();
     return;
   }
   button.setAttribute("aria-disabled", "true");
-  say("info", `Asking to scan “${path}”…`);
+  say("info", "Asking to scan ", ...quoted(), "…");
   let response;
   try {
     response = await request("POST", `${API}/videos/scan`, body);
@@ -555,13 +638,13 @@ async function startScan(event) {
   }
   if (response.status !== 202 || !response.data) {
     input.setAttribute("aria-invalid", String(response.status < 500));
-    say("error", explainRefusal(response, path));
+    say("error", ...explainRefusal(response, path));
     return;
   }
   input.removeAttribute("aria-invalid");
   forget.checked = false;
   const { status } = response.data;
-  say("ok", `Scan of “${path}” accepted (${status}). Follow it under Jobs.`);
+  say("ok", "Scan of ", ...quoted(), ` accepted (${status}). Follow it under Jobs.`);
   await reloadJobs();
 }
 
@@ -669,12 +752,17 @@ async function loadVideos() {
     const same = byId("video-rows").querySelector(`tr[data-video-id="${focusedId}"] button`);
     (same || byId("library-section").querySelector(".table-wrap")).focus();
   }
-  count.textContent = videoQuery
-    ? `${plural(total, "video")} matching “${videoQuery}”`
-    : plural(total, "video");
-  byId("library-empty").textContent = videoQuery
-    ? `No video matches “${videoQuery}”.`
-    : "No videos yet. Scan a folder to fill the library.";
+  // The search comes from the address too: a shared link's ?q= is someone else's text.
+  count.replaceChildren(
+    ...(videoQuery
+      ? [`${plural(total, "video")} matching “`, untrusted(videoQuery), "”"]
+      : [plural(total, "video")]),
+  );
+  byId("library-empty").replaceChildren(
+    ...(videoQuery
+      ? ["No video matches “", untrusted(videoQuery), "”."]
+      : ["No videos yet. Scan a folder to fill the library."]),
+  );
   byId("library-empty").hidden = total > 0;
   byId("page-info").textContent =
     total > 0 ? `${videoOffset + 1}–${videoOffset + videos.length} of ${total}` : "";
@@ -697,7 +785,7 @@ function thumbnail(video, cls) {
   const box = el("span", { class: `thumb ${cls}` });
   const image = el("img", {
     src: `${API}/videos/${encodeURIComponent(video.id)}/thumbnail`,
-    alt: `Frame of ${video.filename}`,
+    alt: `Frame of ${spelled(video.filename)}`,
     loading: "lazy",
     decoding: "async",
   });
@@ -705,15 +793,23 @@ function thumbnail(video, cls) {
     image.remove();
     box.classList.add("missing");
     box.setAttribute("role", "img");
-    box.setAttribute("aria-label", `No preview of ${video.filename} yet`);
+    box.setAttribute("aria-label", `No preview of ${spelled(video.filename)} yet`);
   });
   box.append(image);
   return box;
 }
 
 function videoRow(video) {
-  const codecs = `${video.video_codec || "—"} / ${video.audio_codec || "no audio"}`;
-  const open = el("button", { type: "button", class: "link", "aria-haspopup": "dialog" }, video.filename);
+  const codecs = [
+    video.video_codec ? untrusted(video.video_codec) : "—",
+    " / ",
+    video.audio_codec ? untrusted(video.audio_codec) : "no audio",
+  ];
+  const open = el(
+    "button",
+    { type: "button", class: "link", "aria-haspopup": "dialog" },
+    untrusted(video.filename),
+  );
   open.addEventListener("click", () => openDetail(video.id, open));
   return el(
     "tr",
@@ -725,13 +821,13 @@ function videoRow(video) {
         "div",
         { class: "file-cell" },
         thumbnail(video, "small"),
-        el("span", { class: "names" }, open, el("small", {}, el("bdi", { dir: "ltr", text: video.path }))),
+        el("span", { class: "names" }, open, el("small", {}, untrusted(video.path, { dir: "ltr" }))),
       ),
     ),
     el("td", { text: formatResolution(video.width, video.height) }),
     el("td", { text: formatRate(video.frame_rate_numerator, video.frame_rate_denominator) }),
     el("td", { text: formatClock(video.duration_seconds) }),
-    el("td", { class: "codecs", text: codecs }),
+    el("td", { class: "codecs" }, ...codecs),
     el("td", { class: "num", text: formatBytes(video.size_bytes) }),
   );
 }
@@ -801,9 +897,13 @@ function bitRate(value) {
   return value >= 1e6 ? `${(value / 1e6).toFixed(2)} Mbit/s` : `${Math.round(value / 1e3)} kbit/s`;
 }
 
+/** The parts known, each isolated (a metadata value is the file's to choose), or null. */
 function joined(...parts) {
   const known = parts.filter((part) => part !== null && part !== undefined && part !== "");
-  return known.length ? known.join(" · ") : null;
+  if (!known.length) return null;
+  const fragment = document.createDocumentFragment();
+  known.forEach((part, index) => fragment.append(...(index ? [" · "] : []), untrusted(part)));
+  return fragment;
 }
 
 /** The detail view's rows: [label, text or node or null (not stated)]. */
@@ -881,15 +981,15 @@ async function openDetail(videoId, opener) {
   }
   const video = response.data;
   status.textContent = "";
-  byId("detail-title").textContent = video.filename;
-  byId("detail-path").textContent = video.path;
+  byId("detail-title").replaceChildren(untrusted(video.filename));
+  byId("detail-path").replaceChildren(...spelledNodes(video.path)); // a <bdi dir="ltr"> already
   byId("detail-preview").replaceChildren(thumbnail(video, "large"));
   byId("detail-fields").replaceChildren(
     ...detailFields(video).flatMap(([label, value]) => [
       el("dt", { text: label }),
       value === null || value === undefined
         ? el("dd", { class: "unknown", text: "not stated" })
-        : el("dd", {}, value instanceof Node ? value : String(value)),
+        : el("dd", {}, value instanceof Node ? value : untrusted(value)),
     ]),
   );
 }

@@ -1,0 +1,233 @@
+"""Hostile names in a real browser: bidi controls and invisible characters stay in their place.
+
+The service scans trees others fill, so a file name, a directory name or a
+container's metadata is an attacker's text. A U+202E (right-to-left
+override) in a name used to turn the rest of its line around (an error row
+read "…/clip" then its reason backwards), a folder named
+``x (forgetting disks not mounted)`` passed for a flag the page adds, and
+``a\\nb.mp4`` looked like ``a b.mp4``. Each text from the server is now in an
+element the bidi algorithm isolates, with its control and invisible
+characters spelled out as a marked ``⟨U+202E⟩``.
+
+Same rules as test_dashboard.py (system Chromium, auto-waiting ``expect``,
+the console checked), on a server of its own; axe-core checks the page with
+such names shown.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.browser.test_dashboard import CHROMIUM, SCAN_URL, Console, Dashboard
+from tests.videos import make_video, write_corrupt_video
+
+try:
+    from axe_playwright_python.sync_playwright import (  # type: ignore[import-untyped]
+        Axe,
+    )
+    from playwright.sync_api import expect
+except ImportError:
+    pytest.skip(
+        "browser tests skipped: playwright or axe-playwright-python is not installed",
+        allow_module_level=True,
+    )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from playwright.sync_api import Browser, BrowserContext, Locator
+
+    from tests.browser.conftest import Server
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM}", allow_module_level=True)
+
+RLO = "\N{RIGHT-TO-LEFT OVERRIDE}"
+SHOWN_RLO = "\N{MATHEMATICAL LEFT ANGLE BRACKET}U+202E\N{MATHEMATICAL RIGHT ANGLE BRACKET}"
+SHOWN_NEWLINE = "\N{MATHEMATICAL LEFT ANGLE BRACKET}U+000A\N{MATHEMATICAL RIGHT ANGLE BRACKET}"
+FORGET_FLAG = "(forgetting disks not mounted)"
+WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
+UNICODE_BIDI = "(nodes) => nodes.map((node) => getComputedStyle(node).unicodeBidi)"
+# A scan started by another client: a path with a newline cannot be typed in a
+# one-line field (the browser drops it), but the API takes it.
+POST_SCAN = """([url, body]) => fetch(url, {
+  method: "POST",
+  headers: { "Content-Type": "application/json" },
+  body: JSON.stringify(body),
+}).then((response) => response.status)"""
+
+
+@pytest.fixture
+def dashboard(browser: Browser, server: Server) -> Iterator[Dashboard]:
+    context: BrowserContext = browser.new_context(
+        viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="UTC"
+    )
+    try:
+        page = context.new_page()
+        console = Console()
+        console.watch(page)
+        page.goto(f"{server.base_url}/")
+        expect(page.locator("#health-status")).to_have_text("service ok")
+        yield Dashboard(page, console)
+    finally:
+        context.close()
+
+
+def _unicode_bidi(locator: Locator) -> list[str]:
+    result: list[str] = locator.evaluate_all(UNICODE_BIDI)
+    return result
+
+
+def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """An error row's path and reason are each isolated: the U+202E in
+    ``clip\\u202e.mp4`` is a visible mark, not an override of the reason after
+    it, and ``a\\nb.mp4`` reads otherwise than ``a b.mp4``."""
+    folder = server.root / "errors"
+    folder.mkdir()
+    for name in ("a\nb.mp4", "a b.mp4", f"clip{RLO}.mp4"):
+        write_corrupt_video(folder / name)
+
+    dashboard.scan(folder)
+
+    job = dashboard.job(folder)
+    expect(job.locator(".badge")).to_have_text("completed")
+    rows = job.locator(".scan-errors li")
+    expect(rows).to_have_count(3)
+    # The server sorts its errors by path: "\n" before " " before "c".
+    expect(rows.locator("code")).to_have_text(
+        [f"{folder}/a{SHOWN_NEWLINE}b.mp4", f"{folder}/a b.mp4", f"{folder}/clip{SHOWN_RLO}.mp4"]
+    )
+    expect(rows.locator(".control")).to_have_text([SHOWN_NEWLINE, SHOWN_RLO])
+    reasons = rows.locator("code + bdi")
+    expect(reasons).to_have_text([re.compile(r"^not a readable media file\b")] * 3)
+    assert _unicode_bidi(rows.locator("code")) == ["isolate"] * 3
+    assert _unicode_bidi(reasons) == ["isolate"] * 3
+    for text in rows.all_text_contents():
+        assert RLO not in text
+        assert "\n" not in text
+        assert text.startswith(str(folder))
+        assert " \N{EM DASH} not a readable media file" in text
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def test_a_job_title_keeps_the_path_apart_from_the_pages_flags(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """A folder named like a flag gets no flag element; a U+202E or a newline in
+    a folder's name is shown, and cannot turn the flag after it around."""
+    page = dashboard.page
+    # Empty folders: no video, so no thumbnails job takes the one worker.
+    decoy = server.root / f"x {FORGET_FLAG}"
+    flipped = server.root / f"y{RLO}"
+    two_lines = server.root / "two\nlines"
+    for folder in (decoy, flipped, two_lines):
+        folder.mkdir()
+    # The accessible name is the title's text: the path as shown, then the flags.
+    flipped_title = page.get_by_role(
+        "heading",
+        name=f"Scan of {server.root}/y{SHOWN_RLO} (this folder only)",
+        exact=True,
+    )
+    two_lines_title = page.get_by_role(
+        "heading", name=f"Scan of {server.root}/two{SHOWN_NEWLINE}lines", exact=True
+    )
+
+    def badge(title: Locator) -> Locator:
+        return page.locator("li.job").filter(has=title).locator(".badge")
+
+    # One after the other: the service lets one scan run and one wait.
+    dashboard.scan(decoy)  # forget_unmounted is false
+    expect(dashboard.job(decoy).locator(".badge")).to_have_text("completed")
+    decoy_title = dashboard.job(decoy).get_by_role("heading")
+    expect(decoy_title.locator(".path")).to_have_text(str(decoy))
+    expect(decoy_title.locator(".job-flag")).to_have_count(0)
+    page.get_by_label("Include subfolders").uncheck()
+    dashboard.scan(flipped)
+    expect(badge(flipped_title)).to_have_text("completed")
+    assert page.evaluate(POST_SCAN, [SCAN_URL, {"path": str(two_lines)}]) == 202
+    expect(badge(two_lines_title)).to_have_text("completed")
+
+    expect(flipped_title.locator(".path")).to_have_text(f"{server.root}/y{SHOWN_RLO}")
+    expect(flipped_title.locator(".path .control")).to_have_text(SHOWN_RLO)
+    expect(flipped_title.locator(".job-flag.depth")).to_have_text("(this folder only)")
+    expect(two_lines_title.locator(".path")).to_have_text(f"{server.root}/two{SHOWN_NEWLINE}lines")
+    for title in (decoy_title, flipped_title, two_lines_title):
+        assert _unicode_bidi(title.locator(".path")) == ["isolate"]
+        assert RLO not in (title.text_content() or "")
+    # The flag is an element after the path, not a part of it.
+    assert flipped_title.locator(".path + .job-flag").count() == 1
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def test_a_hostile_file_name_in_the_library_and_its_detail_view(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """``clip\\u202e4pm.mov`` would read "clipvom.mp4": the table, its alt text and the
+    detail view show the mark instead, every value isolated; axe finds nothing."""
+    folder = server.root / "spoof"
+    folder.mkdir()
+    make_video(folder / f"clip{RLO}4pm.mov", frames=5)
+    write_corrupt_video(folder / f"broken{RLO}.mp4")  # an error row on the page too
+    page = dashboard.page
+    shown = f"clip{SHOWN_RLO}4pm.mov"
+
+    dashboard.scan(folder)
+    expect(dashboard.job(folder).locator(".badge")).to_have_text("completed")
+
+    row = page.locator("#video-rows tr").filter(has_text=shown)
+    opener = row.get_by_role("button", name=shown, exact=True)
+    expect(opener).to_be_visible()
+    expect(row.locator("small")).to_have_text(f"{folder}/{shown}")
+    # Its frame, or the placeholder while the thumbnails job has not made it.
+    preview = re.compile(rf"^(Frame of {re.escape(shown)}|No preview of {re.escape(shown)} yet)$")
+    expect(row.get_by_role("img", name=preview)).to_have_count(1)
+    assert _unicode_bidi(opener.locator(".untrusted")) == ["isolate"]
+    assert _unicode_bidi(row.locator("small .untrusted")) == ["isolate"]
+    assert _unicode_bidi(row.locator("td.codecs .untrusted")) == ["isolate", "isolate"]
+    assert RLO not in (row.text_content() or "")
+
+    opener.click()
+    dialog = page.get_by_role("dialog", name=shown, exact=True)
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("#detail-path")).to_have_text(f"{folder}/{shown}")
+    expect(dialog.locator("#detail-path .control")).to_have_text(SHOWN_RLO)
+    container = dialog.locator("dt", has_text="Container").locator("xpath=following-sibling::dd[1]")
+    expect(container.locator(".untrusted")).to_have_count(1)
+    assert RLO not in (dialog.text_content() or "")
+
+    axe = Axe()
+    results = axe.run(page, options=WCAG_21_AA)
+    page.emulate_media(color_scheme="dark")
+    dark_results = axe.run(page, options=WCAG_21_AA)
+    assert results.violations_count == 0, results.generate_report()
+    assert dark_results.violations_count == 0, dark_results.generate_report()
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def test_a_search_from_the_address_is_isolated_where_the_page_repeats_it(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """A shared link's ``?q=`` is someone else's text: the count and the empty
+    message quote it isolated, its U+202E shown, the sentence left as it is."""
+    page = dashboard.page
+    page.goto(f"{server.base_url}/?q=%E2%80%AEnothing")
+
+    expect(page.locator("#library-count")).to_have_text(
+        f"0 videos matching \N{LEFT DOUBLE QUOTATION MARK}{SHOWN_RLO}nothing"
+        "\N{RIGHT DOUBLE QUOTATION MARK}"
+    )
+    expect(page.locator("#library-empty")).to_have_text(
+        f"No video matches \N{LEFT DOUBLE QUOTATION MARK}{SHOWN_RLO}nothing"
+        "\N{RIGHT DOUBLE QUOTATION MARK}."
+    )
+    assert _unicode_bidi(page.locator("#library-count .untrusted")) == ["isolate"]
+    expect(page.get_by_label("Search videos")).to_have_value(f"{RLO}nothing")  # as it came
+    assert dashboard.console.errors == []
