@@ -33,7 +33,11 @@ the job itself completes. Only the file's own fault
 a file whose frame is not found within the read limit) is marked: a file
 away, unreadable or changed for now, out of descriptors, an I/O error, a
 directory replaced since the scan, is an ``errors`` entry only, and the next
-job tries it again. A video outside the scan roots (``roots``: stored before
+job tries it again. A thumbnail (or marker) the store cannot write (a full
+disk, a quota, an I/O error of the data directory) is an ``errors`` entry,
+and the job ends there: every other video would fail alike. The work stays
+owed, so the next scan that ends, even one that changed nothing, submits a
+job again (as does the next start). A video outside the scan roots (``roots``: stored before
 they were narrowed) is not tried at all, only counted (``outside``), and
 does not make the service submit a job at every start; should the roots
 widen again, it is missing like any other. The files are read as a scan
@@ -93,6 +97,12 @@ short by it loses nothing: it leaves the work owed, and the next job (after
 the next scan, or at start-up) goes on from where it stopped."""
 
 _CHECK_EVERY: Final = 1_000  # videos the listing checks between looks for scans
+
+
+class _StoreFailed(Exception):
+    """The thumbnail store could not write (a full disk, a quota, an I/O error):
+    the job ends there, with the work owed, instead of decoding every other
+    video only to fail alike. Its message is the video's ``errors`` entry."""
 
 
 class Thumbnailer:
@@ -176,6 +186,8 @@ class Thumbnailer:
                     if self.gate.queue is not None:
                         await self.submit_due(self.gate.queue, after=run.ctx.job_id)
                     break
+                if run.store_failed:
+                    break  # owed: the next scan that ends, or the next start, tries again
                 if finished and not self._again:
                     self.owed = False
                     break
@@ -297,6 +309,11 @@ class Thumbnailer:
             try:
                 async with self._limiter:
                     outcome = await self._threads.run_sync(functools.partial(self._make, source))
+            except _StoreFailed as exc:
+                run.failed += 1
+                run.errors.add(source[1], str(exc))
+                run.store_failed = True
+                return True  # the next would fail alike: the rest stays owed
             finally:  # what it wrote (an image, a failure marker), even if cancelled
                 with anyio.CancelScope(shield=True):
                     await self._forget_if_gone(source)
@@ -333,7 +350,11 @@ class Thumbnailer:
         return todo, unchanged, outside
 
     def _make(self, source: Source, stop: Stop) -> str | None:
-        """Make and store one thumbnail in this thread; None, or why it failed."""
+        """Make and store one thumbnail in this thread; None, or why it failed.
+
+        Raises:
+            _StoreFailed: the store could not write it (nor its failure marker).
+        """
         video_id, path, size_bytes, mtime_ns = source
         fingerprint = (size_bytes, mtime_ns)
         if stop.is_set():
@@ -353,7 +374,7 @@ class Thumbnailer:
         try:
             self._store.write(video_id, fingerprint, image)
         except OSError as exc:
-            return f"cannot store its thumbnail ({exc.strerror or exc})"
+            raise _StoreFailed(f"cannot store its thumbnail ({exc.strerror or exc})") from exc
         return reason
 
     def _thumbnail(self, path: str, fingerprint: Fingerprint, stop: Stop) -> bytes:

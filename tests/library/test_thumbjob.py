@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -304,6 +305,38 @@ async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
     assert scope.cancelled_caught
     assert sum(1 for image in (await setup.made()).values() if image) == 1
     assert setup.thumbnailer.owed  # the next scan submits a job for the rest
+
+
+async def test_a_store_that_cannot_write_ends_the_job_and_leaves_the_work_owed(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk is full: the first thumbnail (or marker) the store cannot write is an
+    errors entry, and the job ends there, since every other video would fail alike
+    (nothing more is decoded); the work stays owed, so the next scan submits a job
+    even if it changed nothing. Once the disk has room, that job makes them all."""
+    write = setup.store.write
+    writes: list[int] = []
+
+    def disk_full(video_id: int, *args: Any) -> None:
+        writes.append(video_id)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        monkeypatch.setattr(setup.store, "write", disk_full)
+        full = await setup.thumbnailer(job_context("full"))
+        owed_when_full = setup.thumbnailer.owed
+        monkeypatch.setattr(setup.store, "write", write)
+        again = await setup.thumbnailer(job_context("again"))
+
+    assert len(writes) == 1
+    assert (full["made"], full["failed"]) == (0, 1)
+    assert [entry["error"] for entry in full["errors"]] == [
+        "cannot store its thumbnail (No space left on device)"
+    ]
+    assert owed_when_full
+    assert (again["made"], again["failed"]) == (3, 1)  # the noise: undecodable, marked
+    assert not setup.thumbnailer.owed
 
 
 async def test_a_job_that_makes_them_all_leaves_nothing_owed(setup: Setup) -> None:
