@@ -732,6 +732,30 @@ def test_a_link_in_the_middle_of_the_way_to_the_data_directory_is_checked_too(
     assert not (tmp / "real" / "data" / "stoat.db").exists()
 
 
+def test_a_directory_above_made_by_another_during_the_start_is_refused(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data directory's parent is missing, in a sticky directory: another user makes
+    it (writable by every user) between the service's look at the way and its mkdir,
+    which keeps it. The way is looked at again once made: refused, no database made."""
+    (tmp / "shared").mkdir()
+    (tmp / "shared").chmod(0o1777)
+    made = tmp / "shared" / "made"
+    make = _datadir.make_private_directories
+
+    def raced(path: str | os.PathLike[str]) -> None:
+        made.mkdir()
+        made.chmod(0o777)  # theirs to rename in
+        make(path)
+
+    monkeypatch.setattr(_datadir, "make_private_directories", raced)
+
+    with pytest.raises(StoreError, match=f"{made}, above the directory of"):
+        prepare_database(made / "data" / "stoat.db", "--database")
+
+    assert not (made / "data" / "stoat.db").exists()
+
+
 def test_a_link_of_another_user_in_the_middle_of_the_way_is_refused(tmp: Path) -> None:
     """The data directory is a link of ours to a second link, in a sticky directory,
     which leads on to a private directory. In a sticky directory a link's owner may

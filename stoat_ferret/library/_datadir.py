@@ -125,6 +125,9 @@ def prepare_database(path: Path, name: str) -> None:
         raise StoreError(
             f"{name}: cannot create the directory of {path} ({exc.strerror})"
         ) from None
+    # Again: a missing directory above, in a sticky one, may have been made by
+    # another user between the look above and the mkdir (the mkdir then kept it).
+    _refuse_movable(path, name)
     _refuse_others(path, name, info)
     if not _refuse_link(path, name):
         _create_private_file(path, name)
