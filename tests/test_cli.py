@@ -732,6 +732,39 @@ def test_a_link_in_the_middle_of_the_way_to_the_data_directory_is_checked_too(
     assert not (tmp / "real" / "data" / "stoat.db").exists()
 
 
+def test_a_dot_dot_after_a_link_is_checked_where_the_kernel_takes_it(tmp: Path) -> None:
+    """``safe/link/../data``: the kernel follows the link, then goes to its target's
+    parent, a directory every user may write into: refused there (dropping ``link/..``
+    as text would have looked at ``safe`` instead, and accepted it)."""
+    (tmp / "safe").mkdir(mode=0o700)
+    (tmp / "open" / "sub").mkdir(parents=True)
+    (tmp / "open").chmod(0o777)
+    (tmp / "open" / "data").mkdir(mode=0o700)
+    (tmp / "safe" / "link").symlink_to(tmp / "open" / "sub")
+
+    with pytest.raises(StoreError, match=f"{tmp / 'open'}, above the directory of"):
+        prepare_database(tmp / "safe" / "link" / ".." / "data" / "stoat.db", "--database")
+
+    assert not (tmp / "open" / "data" / "stoat.db").exists()
+
+
+def test_a_directory_a_dot_dot_leaves_is_checked_too(tmp: Path) -> None:
+    """A link's target goes through a directory of another user, in a sticky directory,
+    only to leave it by ``..``: its owner may replace it by a link, whose ``..`` then
+    leads elsewhere. Refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    (tmp / "private").mkdir(mode=0o700)
+    (tmp / "sticky" / "theirs").mkdir(parents=True)
+    (tmp / "sticky").chmod(0o1777)
+    (tmp / "sticky" / "data").mkdir(mode=0o700)
+    os.chown(tmp / "sticky" / "theirs", 54321, -1)
+    (tmp / "private" / "data").symlink_to(f"{tmp / 'sticky' / 'theirs'}/../data")
+
+    with pytest.raises(StoreError, match=f"{tmp / 'sticky' / 'theirs'}, above the directory"):
+        prepare_database(tmp / "private" / "data" / "stoat.db", "--database")
+
+
 def test_a_directory_above_made_by_another_during_the_start_is_refused(
     tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

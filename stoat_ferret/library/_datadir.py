@@ -161,12 +161,14 @@ def _refuse_movable(path: Path, name: str) -> None:
     other than the service's and root rename what it holds, or a link on the
     way belongs to such a user (who may then point it elsewhere). That user
     could put a directory of theirs, or a link, where the service then writes."""
-    directory = os.path.abspath(path.parent)
+    # Absolute, but with its ".." kept: the kernel applies one after the link
+    # before it (os.path.abspath would drop both as text).
+    directory = os.fspath(path.parent.absolute())
     looked_in: set[str] = set()
 
     def vet(resolved: str, part: str, linked: bool) -> None:
-        if part == "..":  # back to a directory a name was looked up in already
-            return
+        # A ".." too: the directory it leaves, if its owner may replace it by a
+        # link, would lead the ".." elsewhere.
         if resolved not in looked_in:
             looked_in.add(resolved)
             try:
