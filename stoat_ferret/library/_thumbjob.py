@@ -28,20 +28,16 @@ the running job's last check and its end.
 
 A video whose frame cannot be decoded gets no thumbnail, an ``errors`` entry
 and a marker file (so the next job does not try it again until it changes);
-the job itself completes. Only the file's own fault
-(:class:`~stoat_ferret.library._thumbnail.UndecodableError`, which includes
-a file whose frame is not found within the read limit) is marked: a file
-away, unreadable or changed for now, out of descriptors, an I/O error, a
-directory replaced since the scan, is an ``errors`` entry only, and the next
-job tries it again. A thumbnail (or marker) the store cannot write (a full
-disk, a quota, an I/O error of the data directory) is an ``errors`` entry,
-and the job ends there: every other video would fail alike. The work stays
-owed, so the next scan that ends, even one that changed nothing, submits a
-job again (as does the next start). A video outside the scan roots (``roots``: stored before
-they were narrowed) is not tried at all, only counted (``outside``), and
-does not make the service submit a job at every start; should the roots
-widen again, it is missing like any other. The files are read as a scan
-reads them, from the root down, crossing no symlink (``_thumbnail.py``).
+the job itself completes. A file away, unreadable or changed for now is an
+``errors`` entry only, and the next job tries it again; a store that can
+write nothing now (a full disk...) ends the job, the work owed, so the next
+scan that ends, even one that changed nothing, submits a job again (as does
+the next start): ``_thumbmake.py`` sorts them. A video outside the scan
+roots (``roots``: stored before they were narrowed) is not tried at all,
+only counted (``outside``), and does not make the service submit a job at
+every start; should the roots widen again, it is missing like any other.
+The files are read as a scan reads them, from the root down, crossing no
+symlink (``_thumbnail.py``).
 
 Cancellation (or the job's timeout, registered as :data:`THUMBNAILS_TIMEOUT`,
 which a pause counts towards) stops it before its next file or during a
@@ -71,11 +67,10 @@ from loguru import logger
 from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import containing_root
-from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
 from stoat_ferret.library._scangate import ScanGate, Way
-from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
+from stoat_ferret.library._thumbmake import StoreFailed, ThumbnailMaker
 from stoat_ferret.library._thumbrun import Source, ThumbnailRun
 
 if TYPE_CHECKING:
@@ -84,7 +79,6 @@ if TYPE_CHECKING:
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
     from stoat_ferret.library._background import Stop
     from stoat_ferret.library._library import VideoLibrary
-    from stoat_ferret.library._models import Fingerprint
     from stoat_ferret.library._probepool import ProbeProcesses
     from stoat_ferret.library._thumbstore import ThumbnailStore
 
@@ -97,12 +91,6 @@ short by it loses nothing: it leaves the work owed, and the next job (after
 the next scan, or at start-up) goes on from where it stopped."""
 
 _CHECK_EVERY: Final = 1_000  # videos the listing checks between looks for scans
-
-
-class _StoreFailed(Exception):
-    """The thumbnail store could not write (a full disk, a quota, an I/O error):
-    the job ends there, with the work owed, instead of decoding every other
-    video only to fail alike. Its message is the video's ``errors`` entry."""
 
 
 class Thumbnailer:
@@ -136,10 +124,11 @@ class Thumbnailer:
         processes: ProbeProcesses | None = None,
     ) -> None:
         self._library = library
-        self._processes = processes
         self._store = store
         self._roots = tuple(os.fspath(root) for root in roots)
-        self._read_limit = read_limit
+        self._maker = ThumbnailMaker(
+            store=store, roots=self._roots, read_limit=read_limit, processes=processes
+        )
         self._error_cap = error_cap
         self._limiter = anyio.CapacityLimiter(1)
         self._threads = BackgroundThreads(1, priority, name="stoat-thumbnail")
@@ -308,8 +297,10 @@ class Thumbnailer:
             run.tried.add(source)
             try:
                 async with self._limiter:
-                    outcome = await self._threads.run_sync(functools.partial(self._make, source))
-            except _StoreFailed as exc:
+                    outcome = await self._threads.run_sync(
+                        functools.partial(self._maker.make, source)
+                    )
+            except StoreFailed as exc:
                 run.failed += 1
                 run.errors.add(source[1], str(exc))
                 run.store_failed = True
@@ -348,43 +339,6 @@ class Thumbnailer:
             else:
                 unchanged += 1
         return todo, unchanged, outside
-
-    def _make(self, source: Source, stop: Stop) -> str | None:
-        """Make and store one thumbnail in this thread; None, or why it failed.
-
-        Raises:
-            _StoreFailed: the store could not write it (nor its failure marker).
-        """
-        video_id, path, size_bytes, mtime_ns = source
-        fingerprint = (size_bytes, mtime_ns)
-        if stop.is_set():
-            return "cancelled"
-        try:
-            image: bytes | None = self._thumbnail(path, fingerprint, stop)
-            reason = None
-        except UndecodableError as exc:
-            image, reason = None, exc.reason  # the file's fault: marked, not tried again
-        except ProbeError as exc:
-            # Gone, changed, unreadable for now: no marker, the next job tries again.
-            return exc.reason
-        except Exception as exc:
-            # A PyAV surprise on one odd file must not end the job (nor mark it).
-            logger.opt(exception=exc).warning("thumbnail raised unexpectedly", path=path)
-            return f"{type(exc).__name__}: {exc}"
-        try:
-            self._store.write(video_id, fingerprint, image)
-        except OSError as exc:
-            raise _StoreFailed(f"cannot store its thumbnail ({exc.strerror or exc})") from exc
-        return reason
-
-    def _thumbnail(self, path: str, fingerprint: Fingerprint, stop: Stop) -> bytes:
-        if self._processes is None:
-            return make_thumbnail(path, fingerprint, roots=self._roots, read_limit=self._read_limit)
-        fd, _ = open_source(path, fingerprint, roots=self._roots)
-        try:
-            return self._processes.thumbnail(path, fd, stop, read_limit=self._read_limit)
-        finally:
-            os.close(fd)
 
     async def _forget_if_gone(self, source: Source) -> None:
         # The row may have been deleted (or changed) while the thumbnail was made

@@ -21,7 +21,7 @@ from stoat_ferret.jobs import (
     JobStatus,
     JobSupervisor,
 )
-from stoat_ferret.library import THUMBNAILS_JOB_TYPE, _thumbjob, make_scan_handler, then_thumbnails
+from stoat_ferret.library import THUMBNAILS_JOB_TYPE, _thumbmake, make_scan_handler, then_thumbnails
 from tests.library.test_thumbjob import (
     GatedMaker,
     HeldScan,
@@ -111,7 +111,7 @@ async def test_progress_never_goes_back_when_a_scan_adds_videos_during_a_pause(
     """1 of 4 made, then a pause during which 6 videos arrive: the fraction
     holds at 0.25 until 3 of 10 are made; the counts say 10; no second job."""
     maker, scan = GatedMaker(), HeldScan()
-    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    monkeypatch.setattr(_thumbmake, "make_thumbnail", maker)
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
@@ -157,7 +157,7 @@ async def test_a_scan_starting_during_the_last_thumbnail_makes_the_job_list_agai
     again, makes what the scan added, and the scan submits no second job."""
     maker, scan = GatedMaker(), HeldScan()
     maker.gate = 4
-    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    monkeypatch.setattr(_thumbmake, "make_thumbnail", maker)
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)

@@ -25,7 +25,7 @@ from stoat_ferret.library import (
     Thumbnailer,
     ThumbnailStore,
     VideoLibrary,
-    _thumbjob,
+    _thumbmake,
     make_scan_handler,
     then_thumbnails,
 )
@@ -254,7 +254,7 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
                 raise UndecodableError(path, "no frame")
         return image
 
-    monkeypatch.setattr(_thumbjob, "make_thumbnail", gated)
+    monkeypatch.setattr(_thumbmake, "make_thumbnail", gated)
     results: list[dict[str, Any]] = []
 
     async def job() -> None:
@@ -336,6 +336,32 @@ async def test_a_store_that_cannot_write_ends_the_job_and_leaves_the_work_owed(
     ]
     assert owed_when_full
     assert (again["made"], again["failed"]) == (3, 1)  # the noise: undecodable, marked
+    assert not setup.thumbnailer.owed
+
+
+async def test_a_folder_the_store_refuses_for_one_video_costs_that_video_only(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """One video's folder in the store is a symbolic link: the store leaves it alone, and
+    that video is an errors entry; the job goes on and makes the others (a store that
+    can write nothing ends the job; this is not that)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with anyio.fail_after(30):
+        await setup.scan()
+        first = await setup.library.get_video_by_path(str(setup.folder / "h264_aac.mp4"))
+        assert first is not None
+        setup.store.check()  # the store's directory, made
+        folder = os.path.dirname(setup.store.path_for(first.id, (0, 0)))
+        os.symlink(elsewhere, folder)
+        result = await setup.thumbnailer(job_context())
+
+    made = await setup.made()
+    assert {name for name, image in made.items() if image} == {"vp9_opus.webm", "h264_mp2.ts"}
+    assert (result["made"], result["failed"]) == (2, 2)
+    errors = {entry["path"]: entry["error"] for entry in result["errors"]}
+    assert "its folder is a symbolic link" in errors[str(setup.folder / "h264_aac.mp4")]
+    assert os.listdir(elsewhere) == []
     assert not setup.thumbnailer.owed
 
 
@@ -459,7 +485,7 @@ async def test_a_job_pauses_while_a_scan_runs_and_goes_on_once_it_ends(
     the scan ends; then the job makes the rest, and the scan, though it says
     it added videos, submits no second job (the working job lists again)."""
     maker, scan = GatedMaker(), HeldScan()
-    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    monkeypatch.setattr(_thumbmake, "make_thumbnail", maker)
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
@@ -594,7 +620,7 @@ async def test_a_scan_waiting_for_the_only_worker_ends_the_job_at_once(
     job ends after that thumbnail, the scan runs, and the scan (starting)
     submits the rest, which runs once the scan is over."""
     maker, scan = GatedMaker(), HeldScan()
-    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    monkeypatch.setattr(_thumbmake, "make_thumbnail", maker)
     supervisor = JobSupervisor(max_workers=1)
     register_held_scans(supervisor, setup, {"s": scan})
 
@@ -794,7 +820,7 @@ async def test_a_job_submitted_at_start_up_that_gives_way_queues_its_successor(
     """The start-up job may start before its submit returns: it is not
     "queued, yet to start" then, so when it gives way it queues its successor."""
     maker, scan = GatedMaker(), HeldScan()
-    monkeypatch.setattr(_thumbjob, "make_thumbnail", maker)
+    monkeypatch.setattr(_thumbmake, "make_thumbnail", maker)
     supervisor = JobSupervisor(max_workers=1)
     register_held_scans(supervisor, setup, {"s": scan})
     with anyio.fail_after(60):
