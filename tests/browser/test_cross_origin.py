@@ -318,6 +318,26 @@ def test_a_token_in_the_address_is_not_used_and_leaves_it(
     assert cookies == []
 
 
+def test_without_a_token_a_token_in_the_address_leaves_it_and_no_form_shows(
+    browser: Browser, server: Server
+) -> None:
+    """A service that needs no token: /#token=... still leaves the address (it is not
+    used), and the page shows no sign-in form, since nothing asks for one."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{server.base_url}/#token=some-old-token-0123456789")
+        expect(page.locator("#jobs-count")).to_have_text(re.compile(r"^\d+ jobs?$"))
+        expect(page.locator("#library-count")).not_to_be_empty()
+        signin_hidden = page.locator("#signin").is_hidden()
+        address = page.url
+    finally:
+        context.close()
+
+    assert signin_hidden
+    assert address == f"{server.base_url}/"
+
+
 def test_with_the_dashboards_cookie_a_page_elsewhere_still_cannot_start_a_scan(
     browser: Browser, token_server: Server, hostile_origin: str
 ) -> None:

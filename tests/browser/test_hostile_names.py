@@ -89,7 +89,8 @@ def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
     it, and ``a\\nb.mp4`` reads otherwise than ``a b.mp4``."""
     folder = server.root / "errors"
     folder.mkdir()
-    for name in ("a\nb.mp4", "a b.mp4", f"clip{RLO}.mp4"):
+    soft, tag = "\N{SOFT HYPHEN}", "\N{TAG LATIN CAPITAL LETTER A}"  # invisible both
+    for name in ("a\nb.mp4", "a b.mp4", f"clip{RLO}.mp4", f"so{soft}ft.mp4", f"tag{tag}.mp4"):
         write_corrupt_video(folder / name)
 
     dashboard.scan(folder)
@@ -97,19 +98,31 @@ def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
     job = dashboard.job(folder)
     expect(job.locator(".badge")).to_have_text("completed")
     rows = job.locator(".scan-errors li")
-    expect(rows).to_have_count(3)
+    expect(rows).to_have_count(5)
+    shown_soft, shown_tag = (
+        f"\N{MATHEMATICAL LEFT ANGLE BRACKET}U+{code}\N{MATHEMATICAL RIGHT ANGLE BRACKET}"
+        for code in ("00AD", "E0041")
+    )
     # The server sorts its errors by path: "\n" before " " before "c".
     expect(rows.locator("code")).to_have_text(
-        [f"{folder}/a{SHOWN_NEWLINE}b.mp4", f"{folder}/a b.mp4", f"{folder}/clip{SHOWN_RLO}.mp4"]
+        [
+            f"{folder}/a{SHOWN_NEWLINE}b.mp4",
+            f"{folder}/a b.mp4",
+            f"{folder}/clip{SHOWN_RLO}.mp4",
+            f"{folder}/so{shown_soft}ft.mp4",
+            f"{folder}/tag{shown_tag}.mp4",
+        ]
     )
-    expect(rows.locator(".control")).to_have_text([SHOWN_NEWLINE, SHOWN_RLO])
+    expect(rows.locator(".control")).to_have_text([SHOWN_NEWLINE, SHOWN_RLO, shown_soft, shown_tag])
     reasons = rows.locator("code + bdi")
-    expect(reasons).to_have_text([re.compile(r"^not a readable media file\b")] * 3)
-    assert _unicode_bidi(rows.locator("code")) == ["isolate"] * 3
-    assert _unicode_bidi(reasons) == ["isolate"] * 3
+    expect(reasons).to_have_text([re.compile(r"^not a readable media file\b")] * 5)
+    assert _unicode_bidi(rows.locator("code")) == ["isolate"] * 5
+    assert _unicode_bidi(reasons) == ["isolate"] * 5
     for text in rows.all_text_contents():
         assert RLO not in text
         assert "\n" not in text
+        assert soft not in text
+        assert tag not in text
         assert text.startswith(str(folder))
         assert " \N{EM DASH} not a readable media file" in text
     assert dashboard.console.errors == []

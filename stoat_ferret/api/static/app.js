@@ -11,8 +11,10 @@
 // page as textContent, never as HTML, and through untrusted(): in an element
 // of its own that the bidi algorithm isolates (a file name's U+202E cannot
 // turn the text after it around), with its control and invisible formatting
-// characters spelled out (⟨U+202E⟩, ⟨U+000A⟩), so that two names that differ
-// never look alike. What is sent back (the scan form's path) is left as typed.
+// characters spelled out (⟨U+202E⟩, ⟨U+000A⟩), so that a name cannot hide one.
+// Names may still look alike in other ways (NFC against NFD, look-alike
+// letters, the emoji joiners and presentation selectors kept below). What is
+// sent back (the scan form's path) is left as typed.
 //
 // With STOAT_API_TOKEN set, an answer 401 shows the sign-in form, which trades
 // the token for an HttpOnly cookie (POST /api/v1/session) that the API and
@@ -55,9 +57,14 @@ function el(tag, props = {}, ...children) {
 // around them: C0 and C1 controls (newline and tab too), the bidi marks,
 // embeddings, overrides and isolates (U+061C, U+200E/F, U+202A-E, U+2066-9),
 // the line and paragraph separators, zero-width space, word joiner and the
-// invisible operators, and the byte-order mark. ZWJ and ZWNJ (U+200C/D) are
-// kept: scripts and emoji need them.
-const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff]/g;
+// invisible operators, the byte-order mark, the soft hyphen, the combining
+// grapheme joiner, the Hangul and Khmer fillers, the Mongolian selectors and
+// vowel separator, the variation selectors but the emoji's two (U+FE0E/F),
+// the interlinear annotation marks, the musical format controls and the tag
+// characters. ZWJ and ZWNJ (U+200C/D) and U+FE0E/F are kept: scripts and
+// emoji need them.
+const INVISIBLE =
+  /[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff9-\ufffb\u{1d173}-\u{1d17a}\u{e0000}-\u{e007f}\u{e0100}-\u{e01ef}]/gu;
 
 /** A character as it is spelled out: ⟨U+202E⟩. */
 function codePoint(char) {
@@ -1054,9 +1061,17 @@ async function refreshHealth() {
 
 // ------------------------------------------------------------------ sign in
 
+let tokenInAddress = false; // opened as /#token=...: the form says why it is not used
+
 /** A 401 (no session, or one expired or of another token): show the sign-in form. */
 function needToken() {
   byId("signin").hidden = false;
+  if (tokenInAddress) {
+    const feedback = byId("signin-feedback");
+    feedback.dataset.kind = "error";
+    feedback.textContent =
+      "A token in the address is not used: the browser keeps it in its history. Sign in here, and change the token if others use this browser.";
+  }
   return NEEDS_TOKEN;
 }
 
@@ -1093,23 +1108,22 @@ async function signIn(event) {
   }
   field.value = "";
   feedback.textContent = "";
+  tokenInAddress = false;
   byId("signin").hidden = true;
   announce("Signed in.");
   reconnectFailures = 0;
-  connectEvents(); // its opening loads the job list
+  connectEvents();
+  reloadJobs(); // a resumed stream does not reload the list, which says "needs its token"
   refreshLibrary();
 }
 
 /** A link of the old /#token=<token> kind: the token is already in the browser's
- * history, so it is not used; the fragment leaves the address bar. */
+ * history, so it is not used; the fragment leaves the address bar, and the
+ * sign-in form, if the service asks for the token, says why. */
 function dropTokenFragment() {
   if (!window.location.hash.startsWith("#token=")) return;
   history.replaceState(null, "", window.location.pathname + window.location.search);
-  needToken();
-  const feedback = byId("signin-feedback");
-  feedback.dataset.kind = "error";
-  feedback.textContent =
-    "A token in the address is not used: the browser keeps it in its history. Sign in here, and change the token if others use this browser.";
+  tokenInAddress = true;
 }
 
 function start() {
