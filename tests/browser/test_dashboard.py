@@ -349,7 +349,7 @@ def test_a_scan_can_be_told_to_forget_the_disks_not_mounted(
 
     forgetting = page.locator("li.job").filter(
         has=page.get_by_role(
-            "heading", name=f"Scan of {disk} (forgetting disks not mounted)", exact=True
+            "heading", name=f"Scan (forgetting disks not mounted) of {disk}", exact=True
         )
     )
     expect(forgetting.locator(".badge")).to_have_text("completed")

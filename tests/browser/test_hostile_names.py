@@ -132,8 +132,9 @@ def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
 def test_a_job_title_keeps_the_path_apart_from_the_pages_flags(
     dashboard: Dashboard, server: Server
 ) -> None:
-    """A folder named like a flag gets no flag element; a U+202E or a newline in
-    a folder's name is shown, and cannot turn the flag after it around."""
+    """A folder named like a flag gets no flag element, and its name ends the title, after
+    the page's own flags, so it reads (and is heard) as a part of the path; a U+202E or
+    a newline in a folder's name is shown, and cannot turn the text around it."""
     page = dashboard.page
     # Empty folders: no video, so no thumbnails job takes the one worker.
     decoy = server.root / f"x {FORGET_FLAG}"
@@ -144,7 +145,7 @@ def test_a_job_title_keeps_the_path_apart_from_the_pages_flags(
     # The accessible name is the title's text: the path as shown, then the flags.
     flipped_title = page.get_by_role(
         "heading",
-        name=f"Scan of {server.root}/y{SHOWN_RLO} (this folder only)",
+        name=f"Scan (this folder only) of {server.root}/y{SHOWN_RLO}",
         exact=True,
     )
     two_lines_title = page.get_by_role(
@@ -173,8 +174,10 @@ def test_a_job_title_keeps_the_path_apart_from_the_pages_flags(
     for title in (decoy_title, flipped_title, two_lines_title):
         assert _unicode_bidi(title.locator(".path")) == ["isolate"]
         assert RLO not in (title.text_content() or "")
-    # The flag is an element after the path, not a part of it.
-    assert flipped_title.locator(".path + .job-flag").count() == 1
+    # The flag is an element before the path, which ends the title: a name that
+    # ends like a flag is heard as a part of the path.
+    assert flipped_title.locator(".job-flag + .path").count() == 1
+    expect(decoy_title).to_have_accessible_name(f"Scan of {decoy}")
     assert dashboard.console.errors == []
     assert dashboard.console.refused == []
 

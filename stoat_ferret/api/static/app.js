@@ -248,20 +248,23 @@ function jobTitle(job) {
     const flags = [];
     if (payload.recursive === false) flags.push(["depth", "(this folder only)"]);
     if (payload.forget_unmounted === true) flags.push(["forget", "(forgetting disks not mounted)"]);
-    const text = ["Scan of", spelled(payload.path), ...flags.map(([, flag]) => flag)].join(" ");
-    return { lead: "Scan of ", path: payload.path, flags, text };
+    // The flags come before the path, which ends the title: a name that ends
+    // like a flag is heard, and read, as a part of the path.
+    const text = ["Scan", ...flags.map(([, flag]) => flag), "of", spelled(payload.path)].join(" ");
+    return { lead: "Scan", path: payload.path, flags, text };
   }
   const text = `${job.job_type === "scan" ? "Scan" : spelled(job.job_type)} job ${job.job_id.slice(0, 8)}`;
   return { lead: text, path: null, flags: [], text };
 }
 
-/** The nodes of a job's title: the path isolated, each flag an element of its own. */
+/** The nodes of a job's title: each flag an element of its own, then the path, isolated. */
 function jobTitleNodes(title) {
   if (title.path === null) return [title.lead];
   return [
     title.lead,
-    untrusted(title.path, { dir: "ltr", class: "path" }),
     ...title.flags.flatMap(([kind, flag]) => [" ", el("span", { class: `job-flag ${kind}`, text: flag })]),
+    " of ",
+    untrusted(title.path, { dir: "ltr", class: "path" }),
   ];
 }
 
