@@ -4,8 +4,10 @@ A scan job's ``result`` lists its first 20 errors (each cut to a bounded
 length) and counts them all in ``errors_total``, so that thousands of
 retained jobs stay small in memory. The full list lives in the library's
 ``scan_errors`` table, and this route serves it while the job is known to
-the queue (404 once it is forgotten). Entries come in the order they were
-written: the walk's first, then the probes', in the order they finished.
+the queue (404 once it is forgotten, and for a job of another type: a
+``thumbnails`` job's result lists its errors, and no more are kept).
+Entries come in the order they were written: the walk's first, then the
+probes', in the order they finished.
 
 Each scan of a directory replaces the stored errors of the one before it
 (same directory, same ``recursive``) when it starts, and a scan stores no
@@ -28,6 +30,7 @@ from pydantic import BaseModel
 from stoat_ferret.api._deps import JobQueueDep, LibraryDep, once_each
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import PageQuery, error_responses
+from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.library import ScanErrorsReplaced
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -70,6 +73,12 @@ async def list_scan_errors(
     replaced them, in whole or in part."""
     limit, offset = page.limit, page.offset
     job = await queue.get_result(job_id)  # 404 for an unknown job
+    if job.job_type != SCAN_JOB_TYPE:
+        raise HTTPException(
+            404,
+            f"job {job_id} is a {job.job_type!r} job: only a scan's errors are kept in full"
+            " (another job's result lists its own)",
+        )
     try:
         entries, total = await library.scan_errors(job_id, limit, offset)
     except ScanErrorsReplaced:

@@ -118,6 +118,25 @@ async def test_a_bad_page_is_422(shared_client: httpx.AsyncClient, query: str) -
     assert response.status_code == 422
 
 
+async def test_a_job_of_another_type_has_no_list_here(settings: Settings) -> None:
+    """Only a scan keeps its errors in full: another job (a thumbnails job lists its
+    errors in its result) is 404 here, saying so, not an empty page of 200."""
+
+    async def other(ctx: JobContext) -> dict[str, Any]:
+        return {"errors": [{"path": "/x", "error": "e"}], "errors_truncated": 3}
+
+    with anyio.fail_after(TIMEOUT):
+        async with supervisor_running() as supervisor:
+            supervisor.register("other", other)
+            async with serving(create_app(settings, job_queue=supervisor)) as client:
+                job_id = await supervisor.submit("other")
+                await supervisor.wait(job_id)
+                response = await client.get(f"/api/v1/jobs/{job_id}/errors")
+
+    assert response.status_code == 404, response.text
+    assert "only a scan's errors are kept in full" in response.json()["detail"]
+
+
 async def test_a_list_cut_short_by_a_later_scan_is_410(settings: Settings, scan_root: Path) -> None:
     """A finished job with fewer stored entries than its ``errors_total`` (a
     later scan of the same directory started before it finished) answers 410,
