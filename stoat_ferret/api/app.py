@@ -25,7 +25,9 @@ answer, a refusal too, gets the headers of
 :class:`~stoat_ferret.api._headers.ResponseHeaders` (no sniffing, no framing).
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
-in a task group with ``await group.start(supervisor.run)``, then open the
+in a task group with ``await group.start(_run_in, hard_stop, supervisor.run)``
+(``supervisor.run`` inside a cancel scope of its own, which :func:`end_grace`,
+a second stop signal, cancels: the supervisor's hard stop), then open the
 metrics' feed of its jobs, before any job is submitted. What can stop the
 start (a database that is damaged, not this service's or served by another
 process; a thumbnails path that is not a usable directory) is checked by
