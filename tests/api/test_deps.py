@@ -95,6 +95,7 @@ async def test_past_max_streams_a_long_request_is_503(
         ("GET", "/api/v1/jobs/no-such-job/events", {}, 404),
         ("GET", "/api/v1/jobs/no-such-job/wait", {}, 404),
         ("HEAD", "/api/v1/jobs/no-such-job/wait", {}, 404),
+        ("GET", "/api/v1/jobs/{ended}/wait", {}, 200),
     ],
     ids=[
         "wait",
@@ -106,6 +107,7 @@ async def test_past_max_streams_a_long_request_is_503(
         "unknown-job",
         "unknown-job-wait",
         "unknown-job-wait-head",
+        "ended-job-wait",
     ],
 )
 async def test_a_bad_request_is_refused_for_what_it_is_even_when_every_slot_is_taken(
@@ -117,8 +119,9 @@ async def test_a_bad_request_is_refused_for_what_it_is_even_when_every_slot_is_t
     status: int,
 ) -> None:
     """With STOAT_MAX_STREAMS=1 and a /wait open, a wait or a stream whose query (or
-    Last-Event-ID) is bad is refused for that (422), and a stream of or a wait for an
-    unknown job is 404: not sent away to retry (503)."""
+    Last-Event-ID) is bad is refused for that (422), a stream of or a wait for an
+    unknown job is 404, and a wait for a job already ended is answered (200, it needs
+    no slot): none is sent away to retry (503)."""
     settings = attrs.evolve(settings, max_streams=1)
     scan = GatedScan()
 
@@ -129,44 +132,19 @@ async def test_a_bad_request_is_refused_for_what_it_is_even_when_every_slot_is_t
             async with serving(app) as client, anyio.create_task_group() as group:
                 job_id = (await client.post(SCAN, json={"path": str(scan_root)})).json()["job_id"]
                 await scan.running()
+                # A second scan waits behind the first; cancelled, it has ended.
+                ended = (await client.post(SCAN, json={"path": str(scan_root)})).json()["job_id"]
+                cancelled = await client.post(f"/api/v1/jobs/{ended}/cancel", json={})
                 group.start_soon(client.get, f"/api/v1/jobs/{job_id}/wait")
                 await anyio.wait_all_tasks_blocked()
                 in_use = app.state.stream_slots.in_use
-                refused = await client.request(method, path.format(job=job_id), headers=headers)
-                scan.release.set()
-
-    assert in_use == 1
-    assert refused.status_code == status, refused.text
-
-
-@pytest.mark.anyio
-async def test_a_finished_jobs_wait_is_answered_even_when_every_slot_is_taken(
-    settings: Settings, scan_root: Path
-) -> None:
-    """With STOAT_MAX_STREAMS=1 and a /wait open, a wait for a job that has already
-    ended needs no slot: it is answered with the job (200), not sent away (503)."""
-    settings = attrs.evolve(settings, max_streams=1)
-    scan = GatedScan()
-
-    with anyio.fail_after(20):
-        async with supervisor_running() as supervisor:
-            supervisor.register("scan", scan)
-            app = create_app(settings, job_queue=supervisor)
-            async with serving(app) as client, anyio.create_task_group() as group:
-                running = (await client.post(SCAN, json={"path": str(scan_root)})).json()
-                await scan.running()
-                pending = (await client.post(SCAN, json={"path": str(scan_root)})).json()
-                cancelled = await client.post(f"/api/v1/jobs/{pending['job_id']}/cancel", json={})
-                group.start_soon(client.get, f"/api/v1/jobs/{running['job_id']}/wait")
-                await anyio.wait_all_tasks_blocked()
-                in_use = app.state.stream_slots.in_use
-                answer = await client.get(f"/api/v1/jobs/{pending['job_id']}/wait")
+                url = path.format(job=job_id, ended=ended)
+                refused = await client.request(method, url, headers=headers)
                 scan.release.set()
 
     assert cancelled.status_code == 200, cancelled.text
     assert in_use == 1
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["status"] == "cancelled"
+    assert refused.status_code == status, refused.text
 
 
 @pytest.mark.anyio
