@@ -761,8 +761,42 @@ def test_a_directory_a_dot_dot_leaves_is_checked_too(tmp: Path) -> None:
     os.chown(tmp / "sticky" / "theirs", 54321, -1)
     (tmp / "private" / "data").symlink_to(f"{tmp / 'sticky' / 'theirs'}/../data")
 
-    with pytest.raises(StoreError, match=f"{tmp / 'sticky' / 'theirs'}, above the directory"):
+    with pytest.raises(StoreError, match=f"{tmp / 'sticky' / 'theirs'}, left by a '..'"):
         prepare_database(tmp / "private" / "data" / "stoat.db", "--database")
+
+
+def test_a_directory_of_another_user_a_dot_dot_leaves_is_fine_outside_a_sticky_one(
+    tmp: Path,
+) -> None:
+    """``home/alice/../svc``: alice's directory is another user's, but its parent is
+    not sticky and only trusted users may write into it, so nobody who could replace
+    alice's directory is untrusted: accepted, and the database made."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    (tmp / "home" / "alice").mkdir(parents=True)
+    (tmp / "home" / "svc").mkdir(mode=0o700)
+    os.chown(tmp / "home" / "alice", 54321, -1)
+    database = tmp / "home" / "alice" / ".." / "svc" / "data" / "stoat.db"
+
+    prepare_database(database, "--database")
+
+    assert (tmp / "home" / "svc" / "data" / "stoat.db").is_file()
+
+
+def test_a_missing_data_directory_after_a_dot_dot_is_made_where_the_kernel_takes_it(
+    tmp: Path,
+) -> None:
+    """``safe/link/../data`` with ``data`` missing: it is made beside the link's target,
+    where the kernel's ".." leads and the checks looked, not beside the link."""
+    (tmp / "safe").mkdir(mode=0o700)
+    (tmp / "real" / "sub").mkdir(parents=True, mode=0o700)
+    (tmp / "real").chmod(0o700)
+    (tmp / "safe" / "link").symlink_to(tmp / "real" / "sub")
+
+    prepare_database(tmp / "safe" / "link" / ".." / "data" / "stoat.db", "--database")
+
+    assert (tmp / "real" / "data" / "stoat.db").is_file()
+    assert not (tmp / "safe" / "data").exists()
 
 
 def test_a_directory_above_made_by_another_during_the_start_is_refused(

@@ -30,7 +30,9 @@ own rights. So, before the service opens its database
   rename it then): one that another user may write into lets them rename
   the data directory, or a link on the way, and put theirs in its place;
   and each link on the way must belong to the service's user or root (in a
-  sticky directory its owner may still replace it);
+  sticky directory its owner may still replace it), as must a directory in
+  a sticky one that a ``..`` on the way leaves (replaced by a link, it would
+  lead the ``..`` elsewhere);
 - the database file must be a regular file (not a symbolic link, a FIFO or
   a directory), and a new one is created
   with mode 0o600 (SQLite gives its ``-wal`` and ``-shm`` files the
@@ -68,7 +70,9 @@ def make_private_directories(path: str | os.PathLike[str]) -> None:
     Raises:
         OSError: a directory cannot be created, or ``path`` (or a parent) is not one.
     """
-    name = os.path.abspath(path)
+    # Absolute with its ".." kept, as the kernel takes it (abspath would drop
+    # "link/.." as text, and make a directory the checks did not look at).
+    name = os.fspath(Path(path).absolute())
     try:
         os.mkdir(name, PRIVATE_DIRECTORY_MODE)
     except FileNotFoundError:
@@ -167,8 +171,9 @@ def _refuse_movable(path: Path, name: str) -> None:
     looked_in: set[str] = set()
 
     def vet(resolved: str, part: str, linked: bool) -> None:
-        # A ".." too: the directory it leaves, if its owner may replace it by a
-        # link, would lead the ".." elsewhere.
+        if part == "..":
+            _refuse_replaceable(resolved, path, name)
+            return  # to a directory a name was looked up in already
         if resolved not in looked_in:
             looked_in.add(resolved)
             try:
@@ -203,6 +208,23 @@ def _refuse_movable(path: Path, name: str) -> None:
     except (OSError, ValueError) as exc:
         why = getattr(exc, "strerror", None) or exc
         raise StoreError(f"{name}: cannot resolve the directory of {path} ({why})") from None
+
+
+def _refuse_replaceable(directory: str, path: Path, name: str) -> None:
+    """Refuse ``directory``, which a ``..`` on the way leaves, if its owner may
+    replace it by a link (leading the ``..`` elsewhere): it is another user's,
+    in a sticky directory. Any other user who may rename it could write into
+    its parent, which was looked at on the way there."""
+    try:
+        info = os.lstat(directory)
+        parent = os.lstat(os.path.dirname(directory))
+    except OSError:  # not there yet (made private), or not ours to look at
+        return
+    if parent.st_mode & stat.S_ISVTX and not _trusted_owner(info.st_uid):
+        raise StoreError(
+            f"{name}: {directory}, left by a '..' on the way to the directory of {path},"
+            f" {_owner(info)}: in a sticky directory its owner could replace it by a link"
+        )
 
 
 def _movable_by_others(info: os.stat_result, directory: Path) -> str | None:
