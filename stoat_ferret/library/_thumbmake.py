@@ -13,7 +13,7 @@ sorted three ways:
 - the file away, unreadable or changed for now, or a surprise of PyAV's: an
   ``errors`` entry, no marker, and the next job tries it again;
 - the store cannot write at all (:data:`WHOLE_STORE_ERRNOS`: a full disk, a
-  quota, a read-only or failing file system): :class:`StoreFailed`, which
+  quota, a read-only or failing file system, no permission): :class:`StoreFailed`, which
   ends the job, since every other video would fail alike. A write refused
   for one video's folder alone (a link put in its place) is that video's
   ``errors`` entry only.
@@ -38,8 +38,12 @@ if TYPE_CHECKING:
     from stoat_ferret.library._thumbrun import Source
     from stoat_ferret.library._thumbstore import ThumbnailStore
 
-WHOLE_STORE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
-"""Errors of a thumbnail's write that say the store can write nothing now."""
+WHOLE_STORE_ERRNOS: Final = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+)
+"""Errors of a thumbnail's write that say the store can write nothing now: no
+room, a read-only or failing file system, or no permission (the store makes
+every folder alike, so a folder it may not write into says the same of all)."""
 
 
 class StoreFailed(Exception):

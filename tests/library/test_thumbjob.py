@@ -307,19 +307,21 @@ async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
     assert setup.thumbnailer.owed  # the next scan submits a job for the rest
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES], ids=["disk-full", "no-permission"])
 async def test_a_store_that_cannot_write_ends_the_job_and_leaves_the_work_owed(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    """The disk is full: the first thumbnail (or marker) the store cannot write is an
-    errors entry, and the job ends there, since every other video would fail alike
-    (nothing more is decoded); the work stays owed, so the next scan submits a job
-    even if it changed nothing. Once the disk has room, that job makes them all."""
+    """The disk is full (or the store may not write): the first thumbnail (or marker)
+    the store cannot write is an errors entry, and the job ends there, since every
+    other video would fail alike (nothing more is decoded); the work stays owed, so
+    the next scan submits a job even if it changed nothing. Once the store can write
+    again, that job makes them all."""
     write = setup.store.write
     writes: list[int] = []
 
     def disk_full(video_id: int, *args: Any) -> None:
         writes.append(video_id)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(code, os.strerror(code))
 
     with anyio.fail_after(30):
         await setup.scan()
@@ -332,7 +334,7 @@ async def test_a_store_that_cannot_write_ends_the_job_and_leaves_the_work_owed(
     assert len(writes) == 1
     assert (full["made"], full["failed"]) == (0, 1)
     assert [entry["error"] for entry in full["errors"]] == [
-        "cannot store its thumbnail (No space left on device)"
+        f"cannot store its thumbnail ({os.strerror(code)})"
     ]
     assert owed_when_full
     assert (again["made"], again["failed"]) == (3, 1)  # the noise: undecodable, marked
