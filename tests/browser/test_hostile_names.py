@@ -90,7 +90,10 @@ def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
     folder = server.root / "errors"
     folder.mkdir()
     soft, tag = "\N{SOFT HYPHEN}", "\N{TAG LATIN CAPITAL LETTER A}"  # invisible both
-    for name in ("a\nb.mp4", "a b.mp4", f"clip{RLO}.mp4", f"so{soft}ft.mp4", f"tag{tag}.mp4"):
+    # England's flag: a black flag and tag characters, shown as it is.
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    names = ("a\nb.mp4", "a b.mp4", f"clip{RLO}.mp4", f"so{soft}ft.mp4", f"tag{tag}.mp4")
+    for name in (*names, f"{england}.mp4"):
         write_corrupt_video(folder / name)
 
     dashboard.scan(folder)
@@ -98,7 +101,7 @@ def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
     job = dashboard.job(folder)
     expect(job.locator(".badge")).to_have_text("completed")
     rows = job.locator(".scan-errors li")
-    expect(rows).to_have_count(5)
+    expect(rows).to_have_count(6)
     shown_soft, shown_tag = (
         f"\N{MATHEMATICAL LEFT ANGLE BRACKET}U+{code}\N{MATHEMATICAL RIGHT ANGLE BRACKET}"
         for code in ("00AD", "E0041")
@@ -111,13 +114,14 @@ def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
             f"{folder}/clip{SHOWN_RLO}.mp4",
             f"{folder}/so{shown_soft}ft.mp4",
             f"{folder}/tag{shown_tag}.mp4",
+            f"{folder}/{england}.mp4",
         ]
     )
     expect(rows.locator(".control")).to_have_text([SHOWN_NEWLINE, SHOWN_RLO, shown_soft, shown_tag])
     reasons = rows.locator("code + bdi")
-    expect(reasons).to_have_text([re.compile(r"^not a readable media file\b")] * 5)
-    assert _unicode_bidi(rows.locator("code")) == ["isolate"] * 5
-    assert _unicode_bidi(reasons) == ["isolate"] * 5
+    expect(reasons).to_have_text([re.compile(r"^not a readable media file\b")] * 6)
+    assert _unicode_bidi(rows.locator("code")) == ["isolate"] * 6
+    assert _unicode_bidi(reasons) == ["isolate"] * 6
     for text in rows.all_text_contents():
         assert RLO not in text
         assert "\n" not in text

@@ -61,10 +61,11 @@ function el(tag, props = {}, ...children) {
 // grapheme joiner, the Hangul and Khmer fillers, the Mongolian selectors and
 // vowel separator, the variation selectors but the emoji's two (U+FE0E/F),
 // the interlinear annotation marks, the musical format controls and the tag
-// characters. ZWJ and ZWNJ (U+200C/D) and U+FE0E/F are kept: scripts and
-// emoji need them.
+// characters (but in a flag of a subdivision, 🏴 then its tags, kept whole
+// by the first alternative). ZWJ and ZWNJ (U+200C/D) and U+FE0E/F are kept:
+// scripts and emoji need them.
 const INVISIBLE =
-  /[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff9-\ufffb\u{1d173}-\u{1d17a}\u{e0000}-\u{e007f}\u{e0100}-\u{e01ef}]/gu;
+  /\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff9-\ufffb\u{1d173}-\u{1d17a}\u{e0000}-\u{e007f}\u{e0100}-\u{e01ef}]/gu;
 
 /** A character as it is spelled out: ⟨U+202E⟩. */
 function codePoint(char) {
@@ -73,7 +74,7 @@ function codePoint(char) {
 
 /** `text` for an attribute (an accessible name, alt text): invisible characters spelled out. */
 function spelled(text) {
-  return String(text).replace(INVISIBLE, codePoint);
+  return String(text).replace(INVISIBLE, (found) => (found.length > 2 ? found : codePoint(found)));
 }
 
 /** `text` as nodes: each invisible character a marked ⟨U+…⟩, so a name cannot spell one itself. */
@@ -82,6 +83,7 @@ function spelledNodes(value) {
   const nodes = [];
   let from = 0;
   for (const match of text.matchAll(INVISIBLE)) {
+    if (match[0].length > 2) continue; // a subdivision's flag: shown as it is
     if (match.index > from) nodes.push(text.slice(from, match.index));
     nodes.push(el("span", { class: "control", text: codePoint(match[0]) }));
     from = match.index + match[0].length;
@@ -1070,6 +1072,7 @@ let tokenInAddress = false; // opened as /#token=...: the form says why it is no
 function needToken() {
   byId("signin").hidden = false;
   if (tokenInAddress) {
+    tokenInAddress = false; // said once: a later 401 must not replace what sign-in says
     const feedback = byId("signin-feedback");
     feedback.dataset.kind = "error";
     feedback.textContent =
