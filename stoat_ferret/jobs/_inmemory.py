@@ -36,7 +36,7 @@ from stoat_ferret.jobs._paging import JobPage, select_page
 from stoat_ferret.jobs._record import JobRecord, describe, wall_clock_ns
 from stoat_ferret.jobs._registry import JobRegistry
 from stoat_ferret.jobs._state import JobEvent
-from stoat_ferret.jobs._worker import execute
+from stoat_ferret.jobs._worker import execute, left_its_scope
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
@@ -161,6 +161,8 @@ class InMemoryJobQueue:
         try:
             with scope:
                 outcome = await execute(handler, context, scope)
+        except Exception as exc:
+            outcome = left_its_scope(record.job_id, scope, exc)
         except BaseException:  # the caller of submit was cancelled (or a BaseException)
             # The reason is taken once the handler has unwound: a deadline
             # reached by then is the reason, even one reached during a shielded

@@ -76,6 +76,19 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
     return JobFinished(context.job_id, JobEvent.COMPLETE, value)
 
 
+def left_its_scope(job_id: str, scope: CancelScope, exc: Exception) -> JobFinished:
+    """How a job ends whose ``Exception`` left its own ``scope``, past
+    :func:`execute`: a group its handler's task group raised while the job's
+    cancellation unwound it, a clean-up failing (on trio that group holds the
+    scope's ``Cancelled`` too, so no ``except Exception`` in ``execute`` saw
+    it, and the scope took its own ``Cancelled`` out and let the rest go).
+    The job ends by its interruption, as in :func:`execute`; its supervisor
+    goes on (it is not a hard stop)."""
+    if scope.cancel_called:
+        return JobFinished(job_id, None, None, exc)
+    return JobFinished(job_id, JobEvent.FAIL, None, exc)
+
+
 def raised_while_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` was raised while a cancellation went through the code
     that raised it (in a ``finally``, or an ``except`` of the cancellation):
@@ -137,6 +150,8 @@ async def run_worker(
                 with scope:
                     inbox.send_nowait(JobStarted(job_id, wall_clock_ns(), scope))
                     finished = await execute(assignment.handler, context, scope)
+            except Exception as exc:
+                finished = left_its_scope(job_id, scope, exc)
             except BaseException:
                 # Cancelled from outside the job (a hard stop), or a BaseException
                 # from the handler: the job ends here. The actor hears it now, so

@@ -192,6 +192,64 @@ async def test_a_clean_up_that_fails_after_cancel_leaves_the_job_cancelled(
     assert result.status is JobStatus.CANCELLED
 
 
+class FailingCleanUpInATaskGroup:
+    """A handler whose task group's child fails in its clean-up once interrupted: on
+    trio the group then holds the job's cancellation and the error together."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.job_id = ""
+
+    async def __call__(self, ctx: JobContext) -> None:
+        self.job_id = ctx.job_id
+
+        async def child(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            try:
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                raise ValueError("the clean-up failed")
+
+        async with anyio.create_task_group() as group:
+            await group.start(child)
+            self.entered.set()
+            await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+async def test_a_task_groups_clean_up_that_fails_when_interrupted_ends_that_job_only(
+    make_queue: QueueFactory, how: str
+) -> None:
+    """The job's deadline or ``cancel()`` came first: the job ends ``timeout`` or
+    ``cancelled``, and the queue goes on (another job runs and completes). Before, on
+    trio, the error group left the job's scope and stopped the whole supervisor (the
+    in-memory double's ``submit`` raised it)."""
+    handler = FailingCleanUpInATaskGroup()
+    submitted: list[str] = []
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("failing", handler, timeout=0.01 if how == "deadline" else None)
+            queue.register("double", _double)
+
+            async def submit() -> None:  # the double's returns once the job has ended
+                submitted.append(await queue.submit("failing"))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(submit)
+                if how == "cancel":
+                    await handler.entered.wait()
+                    assert await queue.cancel(handler.job_id)
+            result = await queue.wait(submitted[0])
+            after = await queue.wait(await queue.submit("double", 21))
+            accepting = queue.statistics().accepting
+
+    expected = JobStatus.TIMEOUT if how == "deadline" else JobStatus.CANCELLED
+    assert result.status is expected
+    assert (after.status, after.result) == (JobStatus.COMPLETED, 42)
+    assert accepting
+
+
 class AbsorbsCancellation:
     """A handler that waits, shielded, until released, then returns without a checkpoint:
     a cancellation that reached it while shielded is never delivered."""
