@@ -34,7 +34,7 @@ from stoat_ferret.jobs._models import (
 )
 from stoat_ferret.jobs._paging import JobPage, select_page
 from stoat_ferret.jobs._record import JobRecord, describe, wall_clock_ns
-from stoat_ferret.jobs._registry import JobRegistry
+from stoat_ferret.jobs._registry import JobRegistry, check_key, check_timeout
 from stoat_ferret.jobs._state import JobEvent
 from stoat_ferret.jobs._worker import execute, left_its_scope
 
@@ -56,7 +56,9 @@ class InMemoryJobQueue:
     """
 
     def __init__(self, *, default_timeout: float = 300.0, replay: int = REPLAY_EVENTS) -> None:
-        self._registry = JobRegistry(default_timeout)
+        checked = check_timeout(default_timeout, "default_timeout")
+        assert checked is not None
+        self._registry = JobRegistry(checked)
         self._jobs: dict[str, JobRecord] = {}
         self._active_keys: dict[str, str] = {}
         self._done: dict[str, anyio.Event] = {}
@@ -91,6 +93,7 @@ class InMemoryJobQueue:
         await checkpoint()
         spec = self._registry.get(job_type)
         seconds = self._registry.timeout_for(spec, timeout)
+        check_key(key)
         if key is not None and key in self._active_keys:
             return self._active_keys[key]
         if key is not None and self._key_runs.get(key) in _INSIDE.get():

@@ -37,6 +37,12 @@ def check_timeout(timeout: float | None, what: str) -> float | None:
     return value
 
 
+def check_key(key: object) -> None:
+    """Raise TypeError unless ``key`` (a submit's) is a string or None."""
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be a string or None, got {key!r}")
+
+
 def check_count(value: int, what: str) -> int:
     """Return ``value``, a whole number >= 1; else raise ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

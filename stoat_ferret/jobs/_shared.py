@@ -71,6 +71,10 @@ class Shared:
       ``JobProgressed`` the actor has not handled yet. A job's context writes
       it and sends ``JobProgressed`` only when there was no entry; the actor
       pops the entry. So a flood of reports costs one entry and one message.
+
+    Beside these, ``accepted`` counts every job ``submit`` accepted (the
+    actor for a keyed submit); it is only ever added to, and only read for
+    ``statistics()``.
     """
 
     __slots__ = ("accepted", "limit", "phase", "progress", "taken", "withdrawn")

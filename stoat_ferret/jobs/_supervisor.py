@@ -31,7 +31,13 @@ from stoat_ferret.jobs._messages import (
 )
 from stoat_ferret.jobs._paging import JobPage, check_page, select_page
 from stoat_ferret.jobs._record import JobRecord, job_ids, wall_clock_ns
-from stoat_ferret.jobs._registry import JobRegistry, check_count, check_seconds, check_timeout
+from stoat_ferret.jobs._registry import (
+    JobRegistry,
+    check_count,
+    check_key,
+    check_seconds,
+    check_timeout,
+)
 from stoat_ferret.jobs._shared import Phase
 
 if TYPE_CHECKING:
@@ -196,8 +202,7 @@ class JobSupervisor:
             )
         spec = self._registry.get(job_type)
         seconds = self._registry.timeout_for(spec, timeout)
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"key must be a string or None, got {key!r}")
+        check_key(key)
         job_id = next(self._job_ids)
         if key is None:
             shared.take()

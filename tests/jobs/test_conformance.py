@@ -357,7 +357,9 @@ async def test_unknown_id_raises_job_not_found(make_queue: QueueFactory, method:
 
 
 async def test_unknown_job_type_and_bad_timeout_are_rejected(make_queue: QueueFactory) -> None:
-    """submit raises UnknownJobType (a ValueError) and ValueError for a bad timeout."""
+    """submit raises UnknownJobType (a ValueError), ValueError for a bad timeout and
+    TypeError for a key that is not a string; a bad default timeout is refused when
+    the queue is made."""
 
     with anyio.fail_after(10):
         async with make_queue() as queue:
@@ -366,7 +368,12 @@ async def test_unknown_job_type_and_bad_timeout_are_rejected(make_queue: QueueFa
                 await queue.submit("nope")
             with pytest.raises(ValueError, match="positive"):
                 await queue.submit("double", 1, timeout=-1)
+            with pytest.raises(TypeError, match="key must be a string"):
+                await queue.submit("double", 1, key=5)
             page = await queue.list_jobs()
+        with pytest.raises(ValueError, match="default_timeout must be a positive"):
+            async with make_queue(default_timeout=-1):
+                pass  # pragma: no cover
 
     assert page.total == 0
 
