@@ -130,10 +130,14 @@ class VideoStore(StoreFile):
             (total,) = connection.execute(
                 f"SELECT count(*) FROM videos{condition}", args
             ).fetchone()
+            if offset >= total or not limit:  # past the last match: no page to read
+                return [], int(total)
             walk = not condition
-            if condition and total:
+            if condition:
                 (stored,) = connection.execute("SELECT count(*) FROM videos").fetchone()
-                walk = walk_sort_index(total, stored, limit + offset)
+                # The rows a walk reads up to: at most every match (an offset
+                # near 2**63 would otherwise always pick a full sort).
+                walk = walk_sort_index(total, stored, min(limit + offset, total))
             query, args = page_query(COLUMNS, where, formats, walk=walk)
             rows = connection.execute(query, (*args, limit, offset)).fetchall()
         return [stored_video(row) for row in rows], int(total)

@@ -250,6 +250,37 @@ def test_both_plans_give_the_same_pages(
     ]
 
 
+def test_a_page_past_the_last_match_reads_no_rows_and_a_huge_offset_walks_no_further(
+    store: VideoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offset past the matches gives an empty page and the total without a page
+    query; an offset near the matches asks the plan chooser about the matches at most
+    (not ``limit + offset``: an offset near 2**63 made every such page a full sort)."""
+    _library(store)
+    asked: list[int] = []
+    built: list[str] = []
+
+    def chooser(matches: int, stored: int, rows: int) -> bool:
+        asked.append(rows)
+        return walk_sort_index(matches, stored, rows)
+
+    def recording(*args: Any, **kwargs: Any) -> tuple[str, tuple[Any, ...]]:
+        built.append(page_query(*args, **kwargs)[0])
+        return page_query(*args, **kwargs)
+
+    monkeypatch.setattr(_store, "walk_sort_index", chooser)
+    monkeypatch.setattr(_store, "page_query", recording)
+    where = VideoFilter(container="mp4", sort="-size_bytes")
+    past = store.list_videos(10, 2**63 - 1, where)
+    none = store.list_videos(0, 0, where)
+    near = store.list_videos(10, 1, where)
+
+    assert (past, none) == (([], 2), ([], 2))
+    assert [video.filename for video in near[0]] == ["Été 100%.mp4"]
+    assert asked == [2]
+    assert len(built) == 1
+
+
 @pytest.mark.parametrize(
     ("sort", "where", "search"),
     [
