@@ -10,6 +10,8 @@ exception                   status     why
                                        is out of descriptors)
 ``JobNotFound``             404        unknown or evicted job id
 ``QueueFull`` (or closed)   503        with ``Retry-After``
+``StoreBusy``               503        a read not done in time (busy, or too
+                                       broad a search): with ``Retry-After``
 ``StoreError``              503        the video store is unusable or closed
 anything else               500        a bug (the server logs the traceback)
 ==========================  =========  ======================================
@@ -37,7 +39,7 @@ from stoat_ferret.api._headers import ALWAYS
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import SHORT_OF_RESOURCES, ScanPathRejected
 from stoat_ferret.jobs import JobNotFound, QueueFull
-from stoat_ferret.library import StoreError
+from stoat_ferret.library import StoreBusy, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -75,6 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ScanPathRejected, _scan_path_rejected)
     app.add_exception_handler(JobNotFound, _job_not_found)
     app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(StoreBusy, _store_busy)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _unexpected)
 
@@ -120,6 +123,16 @@ async def _queue_full(request: Request, exc: Exception) -> ApiJSONResponse:
     return _reply(
         503,
         f"the job queue takes no more work now ({exc}); try again later",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _store_busy(request: Request, exc: Exception) -> ApiJSONResponse:
+    logger.warning("video store busy", reason=str(exc), path=request.url.path)
+    return _reply(
+        503,
+        "the video library did not answer in time (busy with other reads, or too broad a"
+        " search for now): try again, or narrow the search",
         {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 

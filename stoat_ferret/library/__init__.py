@@ -24,6 +24,7 @@ from stoat_ferret.library._exceptions import (
     ProbeError,
     ScanError,
     ScanErrorsReplaced,
+    StoreBusy,
     StoreError,
 )
 from stoat_ferret.library._input import READ_LIMIT
@@ -105,6 +106,7 @@ __all__ = [
     "ScanHandler",
     "ScanPayload",
     "Stop",
+    "StoreBusy",
     "StoreError",
     "ThreadPriority",
     "ThumbnailStore",

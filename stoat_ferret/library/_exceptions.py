@@ -113,6 +113,12 @@ class StoreError(LibraryError):
     """
 
 
+class StoreBusy(StoreError):
+    """Raised when a read with a deadline did not finish by it: the store
+    was busy with other reads, or the query was too large for the time
+    (``VideoLibrary.list_videos``). Nothing is wrong with the store."""
+
+
 class DirectoryReplaced(ScanError):
     """Raised when the directory to scan, or one above it, is now a symlink.
 

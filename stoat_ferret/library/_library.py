@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -45,6 +46,14 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+
+LIST_SECONDS: Final = 2.5
+"""Seconds a page of videos may take, its wait for a thread and the reader
+included (``StoreBusy`` after): a search of a million paths takes about a
+second on a 2-core machine, and one read at a time holds the reader, so a
+burst of broad searches (their clients gone, perhaps) would otherwise hold
+up every read behind it for as long as they all take. Less than the
+server's 3 s of grace for open requests at a stop, so none outlives it."""
 
 READ_THREADS: Final = 4
 """Worker threads reads use at once: one reading, and three more ready at the
@@ -103,9 +112,12 @@ class VideoLibrary:
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
+            StoreBusy: not answered within :data:`LIST_SECONDS`.
         """
+        deadline = time.monotonic() + LIST_SECONDS
         return await anyio.to_thread.run_sync(
-            self._store.list_videos, limit, offset, where, limiter=self._reads
+            functools.partial(self._store.list_videos, limit, offset, where, deadline=deadline),
+            limiter=self._reads,
         )
 
     async def get_video(self, video_id: int) -> Video | None:

@@ -110,19 +110,26 @@ class VideoStore(StoreFile):
         self._error_owners = ErrorOwners()
 
     def list_videos(
-        self, limit: int, offset: int, where: VideoFilter | None = None
+        self,
+        limit: int,
+        offset: int,
+        where: VideoFilter | None = None,
+        *,
+        deadline: float | None = None,
     ) -> tuple[list[Video], int]:
         """Return one page of the videos ``where`` selects, in its order, and how many it selects.
 
-        Without ``where``: every video, ordered by path.
+        Without ``where``: every video, ordered by path. ``deadline``: a
+        ``time.monotonic()`` reading the answer must come by.
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
+            StoreBusy: not done by ``deadline``.
         """
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
         where = where if where is not None else VideoFilter()
-        with self._reading() as connection:
+        with self._reading(deadline) as connection:
             formats = None
             if where.container is not None:
                 formats = [name for (name,) in connection.execute(FORMATS)]

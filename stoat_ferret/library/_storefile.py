@@ -26,8 +26,10 @@ into the file first, :class:`~stoat_ferret.library._connections.LogWatch`).
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from contextlib import contextmanager
+from time import monotonic
 from typing import TYPE_CHECKING, Final, Self
 
 from stoat_ferret.library._connections import (
@@ -38,11 +40,10 @@ from stoat_ferret.library._connections import (
     refuse_memory,
     transaction,
 )
-from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._exceptions import StoreBusy, StoreError
 from stoat_ferret.library._lock import DatabaseLock
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Iterator
 
 BUSY_TIMEOUT_MS: Final = 5_000
@@ -134,12 +135,41 @@ class StoreFile:
         return int(version)
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The reader, in one read transaction: every query of the body sees one snapshot."""
-        with self._read_lock:
+    def _reading(self, deadline: float | None = None) -> Iterator[sqlite3.Connection]:
+        """The reader, in one read transaction: every query of the body sees one snapshot.
+
+        With a ``deadline`` (a ``monotonic()`` reading), the wait for
+        the reader and the queries stop there, with :class:`StoreBusy`:
+        SQLite cannot be cancelled otherwise, and one read at a time holds
+        the reader.
+        """
+        if deadline is None:
+            self._read_lock.acquire()
+        elif not self._read_lock.acquire(timeout=max(0.0, deadline - monotonic())):
+            raise StoreBusy(f"video store {self.path}: busy with other reads")
+        elif monotonic() > deadline:  # got the reader, but too late
+            self._read_lock.release()
+            raise StoreBusy(f"video store {self.path}: busy with other reads")
+        try:
             connection = self._opened(self._reader)
-            with transaction(connection, self.path, "BEGIN"):
-                yield connection
+            if deadline is not None:
+                # Called every 1,000 steps of SQLite's machine: a few microseconds.
+                connection.set_progress_handler(lambda: monotonic() > deadline, 1_000)
+            try:
+                with transaction(connection, self.path, "BEGIN"):
+                    yield connection
+            except StoreError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode == (
+                    sqlite3.SQLITE_INTERRUPT
+                ):
+                    raise StoreBusy(f"video store {self.path}: the read took too long") from exc
+                raise
+            finally:
+                if deadline is not None:
+                    connection.set_progress_handler(None, 0)
+        finally:
+            self._read_lock.release()
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:

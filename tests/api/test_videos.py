@@ -12,7 +12,7 @@ import pytest
 
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus
-from stoat_ferret.library import METADATA_FIELDS
+from stoat_ferret.library import METADATA_FIELDS, _library
 from tests.api.support import GatedScan, serving, supervisor_running
 from tests.permissions import call_denied
 
@@ -116,6 +116,25 @@ async def test_videos_page_and_get_one(settings: Settings, video_dir: Path) -> N
     assert endless.json() == {"detail": "Not Found"}
     assert zeros.json() == found.json()  # leading zeros name the same video
     assert "no video" in missing.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_a_page_not_answered_in_time_is_503_with_retry_after(
+    shared_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of the library that cannot be read within LIST_SECONDS (the store busy
+    with other reads, or too broad a search): 503 with Retry-After, saying so."""
+    monkeypatch.setattr(_library, "LIST_SECONDS", -1.0)
+    with anyio.fail_after(10):
+        busy = await shared_client.get("/api/v1/videos", params={"q": "clip"})
+    monkeypatch.setattr(_library, "LIST_SECONDS", 60.0)
+    with anyio.fail_after(10):
+        again = await shared_client.get("/api/v1/videos", params={"q": "clip"})
+
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["Retry-After"].isdigit()
+    assert "did not answer in time" in busy.json()["detail"]
+    assert again.status_code == 200, again.text
 
 
 @pytest.mark.anyio

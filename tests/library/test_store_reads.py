@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import closing
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,15 @@ import anyio
 import anyio.from_thread
 import pytest
 
-from stoat_ferret.library import StoreError, VideoLibrary, VideoStore, _storefile
+from stoat_ferret.library import (
+    StoreBusy,
+    StoreError,
+    VideoFilter,
+    VideoLibrary,
+    VideoStore,
+    _library,
+    _storefile,
+)
 from stoat_ferret.library._library import READ_THREADS
 from tests.library.support import record
 
@@ -129,7 +138,9 @@ async def test_reads_take_at_most_their_own_threads(
     all_in = anyio.Event()
     release = threading.Event()
 
-    def blocked(limit: int, offset: int, where: object) -> tuple[list[Video], int]:
+    def blocked(
+        limit: int, offset: int, where: object, *, deadline: float
+    ) -> tuple[list[Video], int]:
         with lock:
             entered.append(limit)
             if len(entered) == READ_THREADS:
@@ -177,3 +188,61 @@ def test_odd_file_names_are_read_through_the_same_file(tmp_path: Path, name: str
         store.close()
     # Beside it only its lock file (kept: _lock.py).
     assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + ".lock"]
+
+
+def test_a_page_not_read_by_its_deadline_is_store_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list with a deadline: one that passes while the query runs interrupts it, one
+    that passes while another read holds the reader ends the wait; each is StoreBusy
+    (a StoreError), and the reader works for the next read."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    monotonic = time.monotonic
+    try:
+        store.upsert([record(f"/m/clip{index}.mp4") for index in range(300)])
+        # The clock as the store reads it: the deadline passes once the query runs.
+        readings = iter([0.0, 0.0])
+        monkeypatch.setattr(_storefile, "monotonic", lambda: next(readings, 2.0))
+        with pytest.raises(StoreBusy, match="the read took too long"):
+            store.list_videos(10, 0, VideoFilter(q="clip"), deadline=1.0)
+        monkeypatch.setattr(_storefile, "monotonic", monotonic)
+        blocked: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                store.list_videos(10, 0, deadline=time.monotonic())
+            except BaseException as exc:
+                blocked.append(exc)
+
+        with store._reading():  # another read holds the reader: that one gives up
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+        page, total = store.list_videos(10, 0, deadline=time.monotonic() + 60)
+    finally:
+        store.close()
+
+    assert [type(exc) for exc in blocked] == [StoreBusy]
+    assert "busy with other reads" in str(blocked[0])
+    assert issubclass(StoreBusy, StoreError)
+    assert (len(page), total) == (10, 300)
+
+
+@pytest.mark.anyio
+async def test_a_page_of_the_library_has_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VideoLibrary.list_videos gives the store a deadline LIST_SECONDS away, taken
+    before it waits for a thread: past it, StoreBusy."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    store.upsert([record("/m/a.mp4")])
+    monkeypatch.setattr(_library, "LIST_SECONDS", -1.0)
+    with anyio.fail_after(30):
+        async with VideoLibrary(store) as library:
+            with pytest.raises(StoreBusy):
+                await library.list_videos(10, 0)
+            monkeypatch.setattr(_library, "LIST_SECONDS", 60.0)
+            page, total = await library.list_videos(10, 0)
+
+    assert total == 1
+    assert [video.path for video in page] == ["/m/a.mp4"]
