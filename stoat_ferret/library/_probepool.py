@@ -91,7 +91,12 @@ class ProbeProcesses:
         return self._children.pids()
 
     def close(self) -> None:
-        """End every child, each once its file is done; later files are refused."""
+        """End every child, each once its file is done; later files are refused.
+
+        The children are ended at once, each in a thread of its own, so the
+        wait is that of the slowest, not of all of them in turn: a child that
+        does not exit costs up to a second or two (``ProbeProcess.close``).
+        """
         self._finalizer()
 
 
@@ -130,5 +135,14 @@ class _Children:
         with self._lock:
             self._closed = True
             every, self._every, self._idle = self._every, [], []
+        closing: list[threading.Thread] = []
         for process in every:
-            process.close()
+            thread = threading.Thread(target=process.close, name="stoat-close")
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: this one ends it
+                process.close()
+            else:
+                closing.append(thread)
+        for thread in closing:
+            thread.join()

@@ -37,6 +37,7 @@ from stoat_ferret.library import (
     ThumbnailStore,
     VideoLibrary,
     _probechild,
+    _probepool,
     _probeprocess,
     make_scan_handler,
     probe_video,
@@ -522,6 +523,34 @@ def test_closed_processes_end_their_children_and_refuse_more(
     with pytest.raises(ProbeError, match="the service is stopping"):
         children.probe("a.mp4", directory, Stop())
     assert children.pids() == []
+
+
+class _SlowToEnd:
+    """Stands in for a ProbeProcess whose close takes a while: each waits at a barrier
+    until every one has begun closing (so closes one after another never get past it)."""
+
+    def __init__(self, barrier: threading.Barrier, **options: object) -> None:
+        self.barrier = barrier
+        self.closed = False
+
+    def close(self) -> None:
+        self.barrier.wait()
+        self.closed = True
+
+
+def test_the_children_are_ended_together_not_one_after_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing the pool ends every child at once: a child that does not exit costs a
+    second or two, so 256 of them in turn would hold a stop for minutes."""
+    barrier = threading.Barrier(3, timeout=10)
+    monkeypatch.setattr(_probepool, "ProbeProcess", functools.partial(_SlowToEnd, barrier))
+    children = ProbeProcesses(ThreadPriority.NORMAL)
+    taken = [children._children.take("x") for _ in range(3)]
+
+    children.close()
+
+    assert [process.closed for process in taken] == [True, True, True]  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio
