@@ -152,12 +152,19 @@ class StoreFile:
             raise StoreBusy(f"video store {self.path}: busy with other reads")
         try:
             connection = self._opened(self._reader)
-            if deadline is not None:
-                # Called every 1,000 steps of SQLite's machine: a few microseconds.
-                connection.set_progress_handler(lambda: monotonic() > deadline, 1_000)
             try:
                 with transaction(connection, self.path, "BEGIN"):
-                    yield connection
+                    if deadline is None:
+                        yield connection
+                    else:
+                        # Only around the body's queries: an interrupted COMMIT or
+                        # ROLLBACK would leave the reader in its transaction.
+                        # Called every 1,000 steps of SQLite's machine: microseconds.
+                        connection.set_progress_handler(lambda: monotonic() > deadline, 1_000)
+                        try:
+                            yield connection
+                        finally:
+                            connection.set_progress_handler(None, 0)
             except StoreError as exc:
                 cause = exc.__cause__
                 if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode == (
@@ -165,9 +172,6 @@ class StoreFile:
                 ):
                     raise StoreBusy(f"video store {self.path}: the read took too long") from exc
                 raise
-            finally:
-                if deadline is not None:
-                    connection.set_progress_handler(None, 0)
         finally:
             self._read_lock.release()
 
