@@ -89,6 +89,25 @@ def left_its_scope(job_id: str, scope: CancelScope, exc: Exception) -> JobFinish
     return JobFinished(job_id, JobEvent.FAIL, None, exc)
 
 
+def hard_stop_only(exc: BaseException, context: JobContext) -> BaseException | None:
+    """The cancellation alone of a group a hard stop met (on trio, a handler's
+    task group whose clean-up failed raises its ``Cancelled`` and the error
+    together), the errors logged as :func:`execute` logs them; None if
+    ``exc`` is anything else. Raised as it was, the group would leave
+    ``run()`` with the errors once the host's scope took its ``Cancelled``."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    cancelled, others = exc.split(anyio.get_cancelled_exc_class())
+    if cancelled is None or not isinstance(others, ExceptionGroup):
+        return None  # no cancellation, or something beside it that must go on
+    logger.opt(exception=others).warning(
+        "job {job_id} ({job_type}) raised while the supervisor stopped it",
+        job_id=context.job_id,
+        job_type=context.job_type,
+    )
+    return cancelled
+
+
 def raised_while_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` was raised while a cancellation went through the code
     that raised it (in a ``finally``, or an ``except`` of the cancellation):
@@ -152,7 +171,7 @@ async def run_worker(
                     finished = await execute(assignment.handler, context, scope)
             except Exception as exc:
                 finished = left_its_scope(job_id, scope, exc)
-            except BaseException:
+            except BaseException as exc:
                 # Cancelled from outside the job (a hard stop), or a BaseException
                 # from the handler: the job ends here. The actor hears it now, so
                 # that a handler still running elsewhere gets its answer if it
@@ -166,6 +185,9 @@ async def run_worker(
                 shared.close()
                 inbox.send_nowait(JobFinished(job_id, stopped))
                 inbox.send_nowait(Stopping())
+                cancellation = hard_stop_only(exc, context)
+                if cancellation is not None:
+                    raise cancellation from None
                 raise
             if finished is None:  # the scope caught its own cancellation
                 finished = JobFinished(job_id, None)

@@ -112,6 +112,43 @@ async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
     assert second_result.started_at is None
 
 
+async def test_a_hard_stop_through_a_task_group_whose_clean_up_fails_leaves_run_quietly(
+    log_records: list[Any],
+) -> None:
+    """A hard stop reaches a handler whose task group's child fails in its clean-up:
+    on trio the group holds the stop's Cancelled and the error together. The job ends
+    cancelled, the error is logged, and run() ends as a hard stop does, raising nothing
+    (before, the error group left run() once the host's scope took its Cancelled)."""
+
+    async def child(*, task_status: TaskStatus[None]) -> None:
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            raise ValueError("the clean-up failed")
+
+    entered = anyio.Event()
+
+    async def handler(ctx: JobContext) -> None:
+        async with anyio.create_task_group() as group:
+            await group.start(child)
+            entered.set()
+            await anyio.sleep_forever()
+
+    supervisor = JobSupervisor()
+    supervisor.register("failing", handler)
+    with anyio.fail_after(10):
+        async with _hosted(supervisor) as host:
+            job_id = await supervisor.submit("failing")
+            await entered.wait()
+            host.cancel()
+        result = await supervisor.get_result(job_id)
+
+    assert result.status is JobStatus.CANCELLED
+    logged = [r for r in log_records if r["extra"].get("job_id") == job_id and r["exception"]]
+    assert any("the clean-up failed" in repr(r["exception"].value) for r in logged)
+
+
 async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker() -> None:
     """A job handed to an idle worker just before run()'s host is cancelled never
     starts: the worker sees the cancellation before it looks at the job."""
