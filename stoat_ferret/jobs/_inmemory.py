@@ -34,7 +34,7 @@ from stoat_ferret.jobs._models import (
 )
 from stoat_ferret.jobs._paging import JobPage, select_page
 from stoat_ferret.jobs._record import JobRecord, describe, wall_clock_ns
-from stoat_ferret.jobs._registry import JobRegistry, check_key, check_timeout
+from stoat_ferret.jobs._registry import JobRegistry, check_default_timeout, check_key
 from stoat_ferret.jobs._state import JobEvent
 from stoat_ferret.jobs._worker import execute, left_its_scope
 
@@ -56,9 +56,7 @@ class InMemoryJobQueue:
     """
 
     def __init__(self, *, default_timeout: float = 300.0, replay: int = REPLAY_EVENTS) -> None:
-        checked = check_timeout(default_timeout, "default_timeout")
-        assert checked is not None
-        self._registry = JobRegistry(checked)
+        self._registry = JobRegistry(check_default_timeout(default_timeout))
         self._jobs: dict[str, JobRecord] = {}
         self._active_keys: dict[str, str] = {}
         self._done: dict[str, anyio.Event] = {}

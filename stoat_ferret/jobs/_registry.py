@@ -37,6 +37,14 @@ def check_timeout(timeout: float | None, what: str) -> float | None:
     return value
 
 
+def check_default_timeout(timeout: float) -> float:
+    """:func:`check_timeout` for a queue's ``default_timeout``, which may not be None."""
+    checked = check_timeout(timeout, "default_timeout")
+    if checked is None:
+        raise TypeError("default_timeout must be a number of seconds, got None")
+    return checked
+
+
 def check_key(key: object) -> None:
     """Raise TypeError unless ``key`` (a submit's) is a string or None."""
     if key is not None and not isinstance(key, str):

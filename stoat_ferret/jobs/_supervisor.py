@@ -34,9 +34,9 @@ from stoat_ferret.jobs._record import JobRecord, job_ids, wall_clock_ns
 from stoat_ferret.jobs._registry import (
     JobRegistry,
     check_count,
+    check_default_timeout,
     check_key,
     check_seconds,
-    check_timeout,
 )
 from stoat_ferret.jobs._shared import Phase
 
@@ -79,9 +79,7 @@ class JobSupervisor:
         max_finished: int = 10_000,
         replay: int = REPLAY_EVENTS,
     ) -> None:
-        checked = check_timeout(default_timeout, "default_timeout")
-        assert checked is not None
-        self._registry = JobRegistry(checked)
+        self._registry = JobRegistry(check_default_timeout(default_timeout))
         self._actor = Actor(
             max_pending=check_count(max_pending, "max_pending"),
             max_workers=check_count(max_workers, "max_workers"),

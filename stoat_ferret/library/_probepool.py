@@ -12,6 +12,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Final
 
+from loguru import logger
+
 from stoat_ferret.library._background import ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT
@@ -137,7 +139,7 @@ class _Children:
             every, self._every, self._idle = self._every, [], []
         closing: list[threading.Thread] = []
         for process in every:
-            thread = threading.Thread(target=process.close, name="stoat-close")
+            thread = threading.Thread(target=_close, args=(process,), name="stoat-close")
             try:
                 thread.start()
             except RuntimeError:  # no thread to be had: this one ends it
@@ -146,3 +148,12 @@ class _Children:
                 closing.append(thread)
         for thread in closing:
             thread.join()
+
+
+def _close(process: ProbeProcess) -> None:
+    """End one child, in a thread of its own: what goes wrong is logged, since
+    nobody waits for the thread's answer, and the other children end all the same."""
+    try:
+        process.close()
+    except Exception as exc:
+        logger.opt(exception=exc).warning("probe child not ended cleanly", pid=process.pid)

@@ -374,6 +374,9 @@ async def test_unknown_job_type_and_bad_timeout_are_rejected(make_queue: QueueFa
         with pytest.raises(ValueError, match="default_timeout must be a positive"):
             async with make_queue(default_timeout=-1):
                 pass  # pragma: no cover
+        with pytest.raises(TypeError, match="default_timeout must be a number"):
+            async with make_queue(default_timeout=None):
+                pass  # pragma: no cover
 
     assert page.total == 0
 

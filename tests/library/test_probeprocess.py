@@ -553,6 +553,39 @@ def test_the_children_are_ended_together_not_one_after_another(
     assert [process.closed for process in taken] == [True, True, True]  # type: ignore[attr-defined]
 
 
+class _FailsToEnd:
+    """Stands in for a ProbeProcess whose close raises."""
+
+    pid = 4321
+
+    def __init__(self, **options: object) -> None:
+        self.tried = False
+
+    def close(self) -> None:
+        self.tried = True
+        raise OSError(errno.EIO, "cannot reap")
+
+
+def test_a_child_that_fails_to_end_is_logged_and_the_others_end(
+    monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """A close that raises in its thread is logged (nobody waits for the thread's
+    answer) and the other children end all the same."""
+    barrier = threading.Barrier(2, timeout=10)
+    made = iter([_FailsToEnd(), _SlowToEnd(barrier), _SlowToEnd(barrier)])
+    monkeypatch.setattr(_probepool, "ProbeProcess", lambda **options: next(made))
+    children = ProbeProcesses(ThreadPriority.NORMAL)
+    failing, *others = [children._children.take("x") for _ in range(3)]
+
+    children.close()
+
+    assert failing.tried  # type: ignore[attr-defined]
+    assert [process.closed for process in others] == [True, True]  # type: ignore[attr-defined]
+    [logged] = [r for r in log_records if r["message"] == "probe child not ended cleanly"]
+    assert logged["extra"]["pid"] == 4321
+    assert "cannot reap" in str(logged["exception"].value)
+
+
 @pytest.mark.anyio
 async def test_a_scan_refuses_the_slow_file_and_stores_the_rest(
     slow_file: Path, clip: EncodedVideo, tmp_path: Path, strict: ProbeProcesses
