@@ -34,7 +34,7 @@ from stoat_ferret.jobs._models import (
 )
 from stoat_ferret.jobs._paging import JobPage, select_page
 from stoat_ferret.jobs._record import JobRecord, describe, wall_clock_ns
-from stoat_ferret.jobs._registry import JobRegistry, check_default_timeout, check_key
+from stoat_ferret.jobs._registry import JobRegistry, check_default_timeout
 from stoat_ferret.jobs._state import JobEvent
 from stoat_ferret.jobs._worker import execute, left_its_scope
 
@@ -89,9 +89,7 @@ class InMemoryJobQueue:
     ) -> str:
         """Run the job to its end, then return its id."""
         await checkpoint()
-        spec = self._registry.get(job_type)
-        seconds = self._registry.timeout_for(spec, timeout)
-        check_key(key)
+        spec, seconds = self._registry.admit(job_type, timeout, key)
         if key is not None and key in self._active_keys:
             return self._active_keys[key]
         if key is not None and self._key_runs.get(key) in _INSIDE.get():

@@ -128,6 +128,18 @@ class JobRegistry:
         except (KeyError, TypeError):
             raise UnknownJobType(str(job_type), sorted(self._types)) from None
 
+    def admit(self, job_type: str, timeout: float | None, key: str | None) -> tuple[JobType, float]:
+        """A submit's type and resolved timeout, its arguments checked.
+
+        Raises:
+            UnknownJobType: nobody registered ``job_type``.
+            TypeError, ValueError: a bad ``timeout``; a ``key`` not a string.
+        """
+        spec = self.get(job_type)
+        seconds = self.timeout_for(spec, timeout)
+        check_key(key)
+        return spec, seconds
+
     def timeout_for(self, job_type: JobType, timeout: float | None) -> float:
         """Apply the precedence rule to a ``submit(timeout=)`` argument."""
         if timeout is None:

@@ -35,7 +35,6 @@ from stoat_ferret.jobs._registry import (
     JobRegistry,
     check_count,
     check_default_timeout,
-    check_key,
     check_seconds,
 )
 from stoat_ferret.jobs._shared import Phase
@@ -198,9 +197,7 @@ class JobSupervisor:
             raise SupervisorClosed(
                 f"the job supervisor is {shared.phase.value}, not accepting jobs"
             )
-        spec = self._registry.get(job_type)
-        seconds = self._registry.timeout_for(spec, timeout)
-        check_key(key)
+        spec, seconds = self._registry.admit(job_type, timeout, key)
         job_id = next(self._job_ids)
         if key is None:
             shared.take()
