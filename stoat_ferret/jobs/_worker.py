@@ -56,11 +56,7 @@ async def execute(handler: Handler, context: JobContext, scope: CancelScope) -> 
             try:
                 await checkpoint_if_cancelled()  # a hard stop came first: the worker ends the job
             except anyio.get_cancelled_exc_class():
-                logger.opt(exception=exc).warning(
-                    "job {job_id} ({job_type}) raised while the supervisor stopped it",
-                    job_id=context.job_id,
-                    job_type=context.job_type,
-                )
+                _log_raised_in_stop(exc, context)
                 raise
         return JobFinished(context.job_id, JobEvent.FAIL, None, exc)
     except anyio.get_cancelled_exc_class() as cancelled:
@@ -100,12 +96,16 @@ def hard_stop_only(exc: BaseException, context: JobContext) -> BaseException | N
     cancelled, others = exc.split(anyio.get_cancelled_exc_class())
     if cancelled is None or not isinstance(others, ExceptionGroup):
         return None  # no cancellation, or something beside it that must go on
-    logger.opt(exception=others).warning(
+    _log_raised_in_stop(others, context)
+    return cancelled
+
+
+def _log_raised_in_stop(exc: BaseException, context: JobContext) -> None:
+    logger.opt(exception=exc).warning(
         "job {job_id} ({job_type}) raised while the supervisor stopped it",
         job_id=context.job_id,
         job_type=context.job_type,
     )
-    return cancelled
 
 
 def raised_while_cancelled(exc: BaseException) -> bool:
