@@ -1,7 +1,8 @@
 """A hostile page in the user's browser, and the dashboard behind a token, in real Chromium.
 
-The service runs as ``python -m stoat_ferret`` (the module's ``server``
-fixture, and :func:`token_server` with ``STOAT_API_TOKEN`` set); the hostile
+The service runs as ``python -m tests.gated_service``, the real service with
+scans a test can hold (the ``server`` fixture of ``conftest.py``, and
+:func:`token_server` with ``STOAT_API_TOKEN`` set); the hostile
 page is served by a second, plain HTTP server on another loopback port, so
 it is another origin, as any web site the user visits would be.
 """
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.server import running_server, server_environment, wait_ready
+from tests.gated_service import HOLD, held_line
+from tests.server import running_server, server_environment, wait_for_line, wait_ready
+from tests.videos import make_video
 
 try:
     from playwright.sync_api import expect
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from tests.browser.conftest import Server
 
 TOKEN = "browser-test-token-0123456789"
+SCAN_URL = "/api/v1/videos/scan"
 
 # What a page elsewhere can send without a CORS preflight: a Blob body (no
 # Content-Type at all) and text/plain. mode "no-cors" is what such a page
@@ -234,13 +238,14 @@ def test_the_same_request_from_the_dashboard_origin_starts_a_scan(
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The service with STOAT_API_TOKEN set."""
+    """The service with STOAT_API_TOKEN set, scans held by their directory's HOLD file."""
     from tests.browser.conftest import Server
 
     home = tmp_path_factory.mktemp("browser-token")
     env = server_environment(home, STOAT_API_TOKEN=TOKEN)
     log = home / "server.log"
-    with running_server(home, env) as process:
+    # The gated service (tests/gated_service.py), so that a test can hold a scan running.
+    with running_server(home, env, module="tests.gated_service") as process:
         base_url = wait_ready(process, log)
         yield Server(base_url=base_url, root=home / "root", log=log)
         process.send_signal(signal.SIGTERM)
@@ -294,6 +299,78 @@ def test_the_dashboard_trades_its_token_for_a_cookie(
     ]
     assert addresses == [f"{token_server.base_url}/"]
     assert all(TOKEN not in address for address in addresses)
+
+
+def _await_health(page: Page, submitted: int) -> None:
+    """Return once the page's health poll has seen ``submitted`` jobs submitted."""
+    health = re.compile(r"/health$")
+    for _ in range(5):  # a poll begun before the submission saw fewer
+        response = page.wait_for_event("response", lambda r: bool(health.search(r.url)))
+        if response.json()["jobs"]["submitted"] >= submitted:
+            return
+    pytest.fail(f"the page's health poll did not see {submitted} submitted jobs")
+
+
+def test_signing_in_again_reloads_a_job_list_the_lost_session_emptied(
+    browser: Browser, token_server: Server
+) -> None:
+    """The session cookie goes (it expired) while the page follows the jobs: a job started
+    elsewhere makes it reload its list, which the service refuses, so the list says it
+    needs the token. Signing in again resumes the event stream where it stopped, which
+    brings no list of its own: the page loads the list itself, and shows the jobs."""
+    folder = token_server.root / "resumed"
+    folder.mkdir()
+    make_video(folder / "one.mp4", frames=5)
+    (folder / HOLD).touch()  # the scan stays running after its first row
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"path": str(folder)}
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        # The data of each event the page's stream delivered (Chromium's own account,
+        # over CDP): the page has applied an event once Chromium reports it.
+        delivered: list[str] = []
+        cdp = context.new_cdp_session(page)
+        cdp.on("Network.eventSourceMessageReceived", lambda event: delivered.append(event["data"]))
+        cdp.send("Network.enable")
+        page.goto(f"{token_server.base_url}/")
+        _sign_in(page, TOKEN)
+        expect(page.locator("#jobs-live")).to_have_text("live")
+        running = httpx.post(
+            f"{token_server.base_url}{SCAN_URL}", json=body, headers=headers, timeout=10
+        ).json()["job_id"]
+        wait_for_line(token_server.log, held_line(folder))
+        expect(page.locator("li.job").filter(has_text="running")).to_have_count(1)
+
+        context.clear_cookies()  # the session is gone, as at its expiry
+        # The same scan again: it waits for the running one (one job of a key at a
+        # time), so its one event, "pending", is the last the stream brings.
+        waiting = httpx.post(
+            f"{token_server.base_url}{SCAN_URL}", json=body, headers=headers, timeout=10
+        ).json()["job_id"]
+        assert waiting != running
+        expect(page.locator("#jobs-count")).to_contain_text("needs its access token")
+        # The page also reloads its list when its health poll (every 5 s) sees a
+        # new submission: once that poll has seen this one, and the stream has
+        # brought its event, nothing but signing in reloads the list.
+        submitted = httpx.get(f"{token_server.base_url}/health", timeout=10).json()
+        _await_health(page, submitted["jobs"]["submitted"])
+        assert any(waiting in data for data in delivered), "no event of the pending job came"
+
+        _sign_in(page, TOKEN)
+        expect(page.locator("#signin")).to_be_hidden()
+        expect(page.locator("li.job").filter(has_text="pending")).to_have_count(1)
+        expect(page.locator("#jobs-count")).not_to_contain_text("access token")
+    finally:
+        context.close()
+        (folder / HOLD).unlink(missing_ok=True)
+    for job_id in (running, waiting):
+        ended = httpx.get(
+            f"{token_server.base_url}/api/v1/jobs/{job_id}/wait?timeout=25",
+            headers=headers,
+            timeout=30,
+        ).json()
+        assert ended["status"] == "completed"
 
 
 def test_a_token_in_the_address_is_not_used_and_leaves_it(
