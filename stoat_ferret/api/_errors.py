@@ -13,6 +13,9 @@ exception                   status     why
 ``StoreBusy``               503        a read not done in time (busy, or too
                                        broad a search): with ``Retry-After``
 ``StoreError``              503        the video store is unusable or closed
+``StreamOver``              204        a job's stream resumed after its end:
+                                       nothing to send, and an ``EventSource``
+                                       does not come back after a 204
 anything else               500        a bug (the server logs the traceback)
 ==========================  =========  ======================================
 
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from stoat_ferret.api._headers import ALWAYS
 from stoat_ferret.api._json import ApiJSONResponse
@@ -52,6 +56,12 @@ RETRY_AFTER_SECONDS: Final = 5
 
 MAX_ID_CHARS: Final = 80
 """Longest id quoted back in a 404."""
+
+
+class StreamOver(Exception):
+    """An event stream that would end before its first event: answered 204,
+    which tells an ``EventSource`` not to reconnect (an empty 200 would
+    bring it back every few seconds)."""
 
 
 def unavailable(detail: str) -> HTTPException:
@@ -79,6 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(StoreBusy, _store_busy)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(StreamOver, _stream_over)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -140,6 +151,10 @@ async def _store_busy(request: Request, exc: Exception) -> ApiJSONResponse:
 async def _store_error(request: Request, exc: Exception) -> ApiJSONResponse:
     logger.error("video store error", reason=str(exc), path=request.url.path)
     return _reply(503, "the video store is unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _stream_over(request: Request, exc: Exception) -> Response:
+    return Response(status_code=204)
 
 
 async def _unexpected(request: Request, exc: Exception) -> ApiJSONResponse:

@@ -1,12 +1,15 @@
 """Job changes as Server-Sent Events: every job on one stream, or one job.
 
 ``GET /api/v1/events`` follows every job (or those the ``job_type`` and
-``job_id`` filters keep) for as long as the client stays: one ``job`` event
-per change, the job JSON as ``data:``, ids increasing. A client that comes
+``job_id`` filters keep) for as long as the client stays: a ``job`` event
+with a job's latest state when it changes, the job JSON as ``data:``, ids
+increasing. A client that comes
 back with ``Last-Event-ID`` (as a browser's ``EventSource`` does by itself,
 or ``?last_event_id=``) gets the latest state of each job that changed since,
 or, if that id is older than the replay log or one this run never sent, one
-``reset`` event: fetch the job list again. The reset's id is the latest one
+``reset`` event: fetch the job list again (with ``job_id`` filters, only if
+a named job is no longer kept; otherwise the named jobs' states newer than
+the id, as ``JobChanges.open_feed`` says). The reset's id is the latest one
 sent, which is lower than the client's when that was greater than any sent
 (garbage, or a run whose clock was ahead): a client takes each event's id,
 a reset's too, as where it is, as ``EventSource`` does. (Giving out ids
@@ -15,11 +18,15 @@ can send back.) Without an id, the stream starts with the jobs not ended yet.
 
 ``GET /api/v1/jobs/{job_id}/events`` follows one job, with the same ids:
 its current state, its changes, and the end after its final state (unnamed
-events, as before the ids came). Resuming after the id of its final state
-ends at once. A job dropped between the route's 404 check and the start of
-its feed gets the state the check saw, without an id.
+events, as before the ids came). Resumed after the id of its final state,
+it is 204 No Content, after which an ``EventSource`` does not reconnect (an
+empty stream would have it come back every few seconds). A job dropped
+between the route's 404 check and the start of its feed gets the state the
+check saw, without an id.
 
-Changes are coalesced per job while a client is slow (see ``_sse.py``). Both
+Changes are coalesced per job: each event is the job's latest state, so
+changes made before the last was sent come as one, while a client is slow
+and when the supervisor makes several in one step (see ``_sse.py``). Both
 streams end, after a comment saying so, when the service begins to stop; from
 then on both answer 503 with ``Retry-After``.
 
@@ -40,7 +47,7 @@ from pydantic import Field, StringConstraints
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep, once_each, stream_slots
-from stoat_ferret.api._errors import unavailable
+from stoat_ferret.api._errors import StreamOver, unavailable
 from stoat_ferret.api._json import job_json, render
 from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
 from stoat_ferret.api._schemas import StrictQuery
@@ -88,8 +95,9 @@ class EventsQuery(JobEventsQuery):
 
 _STREAM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
-        "description": "One event per job change (`data:` is the job JSON, `id:` the "
-        "change's event id); a `: ping` comment after 15 s without one."
+        "description": "A job's latest state when it changes (`data:` is the job JSON, "
+        "`id:` the change's event id; changes not sent yet come as one); a `: ping` "
+        "comment after 15 s without one."
     },
 }
 
@@ -152,7 +160,13 @@ async def _one_job_feed(
             until_terminal=True,
             open_streams=None if metrics is None else metrics.sse_streams,
         ) as feed:
-            yield feed, job
+            # Resumed after the job's final state: 204, or an EventSource would
+            # come back every few seconds for as long as the job is kept.
+            over = feed.ended and job_id not in feed.unknown and not stopping.is_set()
+            if not over:
+                yield feed, job
+    if over:  # raised out here: inside, the feed's task group would wrap it
+        raise StreamOver
 
 
 @router.get(
@@ -174,7 +188,11 @@ async def all_job_events(
 @router.get(
     "/api/v1/jobs/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={**_STREAM_RESPONSES, **_json_errors(404, 422, 503)},
+    responses={
+        **_STREAM_RESPONSES,
+        204: {"description": "Resumed after the job's final state: nothing more to send."},
+        **_json_errors(404, 422, 503),
+    },
     tags=["jobs"],
     dependencies=[Depends(once_each(JobEventsQuery))],
 )

@@ -146,7 +146,9 @@ class JobChanges:
         changes after ``after`` when the log still holds them. A feed naming
         no job whose ``after`` is not in the log starts with one
         :class:`ChangesLost` and nothing else (its follower fetches the job
-        list again; the changes after it have greater ids). Its id is
+        list again; the changes after it have greater ids); so does one
+        naming a job this queue no longer knows, unless ``until_terminal``
+        (a job dropped while its follower was away ended unseen). Its id is
         :attr:`last_event_id`, lower than an ``after`` this run never
         issued: the follower takes it as its new position. Otherwise it
         starts with the current state of the jobs it follows: every job it
@@ -166,9 +168,18 @@ class JobChanges:
         start: list[_Entry]
         if after is not None and self._holds_changes_after(after):
             start = [entry for entry in self._log if entry[0] > after]
-        elif after is not None and named is None:
-            # The follower refetches the list: any state sent now would carry
-            # an id older than the ChangesLost (the job's latest change).
+        elif after is not None and (
+            named is None
+            or (
+                not until_terminal
+                and after <= self.last_event_id
+                and not named <= self._latest.keys()
+            )
+        ):
+            # The follower refetches the list (or the jobs it names, one of
+            # which was dropped while it was away: only a fetch tells it so):
+            # any state sent now would carry an id older than the
+            # ChangesLost (the job's latest change).
             feed.lose(self.last_event_id)
             start = []
         else:
@@ -332,6 +343,13 @@ class JobFeed:
 
     def _done(self) -> bool:
         return self._closed or (self._unsettled is not None and not self._unsettled)
+
+    @property
+    def ended(self) -> bool:
+        """Whether iterating would end at once: nothing to hand out, and nothing
+        more to wait for (closed, or every job of an ``until_terminal`` feed
+        ended before its ``after`` or unknown)."""
+        return not self._pending and not self._held and self._lost is None and self._done()
 
     def __aiter__(self) -> JobFeed:
         return self

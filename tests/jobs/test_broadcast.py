@@ -134,6 +134,37 @@ async def test_named_feed_never_resends_a_state_at_or_before_its_after() -> None
     assert ids == sorted(ids)
 
 
+async def test_named_feed_resumed_past_the_log_gets_a_reset_if_a_job_is_gone() -> None:
+    """A named feed whose ``after`` left the log, naming a job dropped since (its end
+    is in no log any more), starts with one ChangesLost, so that its follower fetches
+    the job and learns it is gone, rather than waiting for it for ever. The changes
+    after it still come. Resumed from the log, and on an ``until_terminal`` feed
+    (which ends for an unknown job), no reset."""
+    changes = JobChanges(replay=2)
+    a, b = _record("a"), _record("b")
+    changes.publish(a)
+    changes.publish(b)
+    seen = changes.last_event_id
+    a.apply(JobEvent.START)
+    a.apply(JobEvent.COMPLETE)
+    changes.publish(a)
+    in_log = await _drain(changes.open_feed(after=seen, job_ids=["a", "b"]))
+    changes.forget("a")  # its owner dropped it
+    for _ in range(2):
+        changes.publish(b)  # pushes a's end out of the log
+
+    feed = changes.open_feed(after=seen, job_ids=["a", "b"])
+    b.apply(JobEvent.START)
+    changes.publish(b)
+    items = await _drain(feed)
+    until_terminal = changes.open_feed(after=seen, job_ids=["a"], until_terminal=True)
+
+    assert _summary(in_log) == [("a", "completed")]
+    assert _summary(items) == [("lost", ""), ("b", "running")]
+    assert items[0] == ChangesLost(changes.last_event_id - 1)
+    assert until_terminal.ended
+
+
 async def test_type_filter_applies_to_replay_and_to_new_changes() -> None:
     """job_types keeps other types out of the start and of what follows."""
     changes = JobChanges()
