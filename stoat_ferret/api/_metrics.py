@@ -248,7 +248,7 @@ class ServiceMetrics:
         if not isinstance(result, dict):
             return
         figures: list[int] = []
-        for name in ("found", "unchanged", "added", "updated", "removed"):
+        for name in ("unchanged", "removed", "probed", "probe_errors"):
             figure = result.get(name)
             if (
                 isinstance(figure, bool)
@@ -257,10 +257,9 @@ class ServiceMetrics:
             ):
                 return  # not a scan result this service makes
             figures.append(figure)
-        found, unchanged, added, updated, removed = figures
-        probed = max(found - unchanged, 0)
+        unchanged, removed, probed, probe_errors = figures
         self.files_probed.inc(probed)
-        self.probe_errors.inc(max(probed - added - updated, 0))
+        self.probe_errors.inc(probe_errors)
         self.files_unchanged.inc(unchanged)
         self.files_removed.inc(removed)
 

@@ -210,6 +210,8 @@ class ScanRun:
             "updated": self.counts.updated,
             "unchanged": unchanged,
             "removed": self.counts.removed,
+            "probed": self.counts.probed,
+            "probe_errors": self.counts.probe_errors,
             "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
             "errors_total": self.errors.total,
             "errors_truncated": self.errors.truncated,
@@ -317,8 +319,10 @@ class ScanRun:
                     return
                 outcomes = await self.threads.run_sync(functools.partial(self.probe_chunk, chunk))
             items: list[VideoRecord | str] = []
+            self.counts.probed += len(outcomes)
             for path, outcome in outcomes:
                 if isinstance(outcome, Unprobed):
+                    self.counts.probe_errors += 1
                     self.errors.add(path, outcome.reason)
                     if path in self.known and not outcome.transient:
                         items.append(path)  # its stored metadata no longer describes it

@@ -52,11 +52,14 @@ FLUSH_SECONDS: Final = 0.25
 @attrs.define(eq=False)
 class Counts:
     """The rows a scan's result counts: ``added`` and ``updated`` as its
-    probes made them, less those then not written, and ``removed``."""
+    probes made them, less those then not written, and ``removed``; and the
+    files it ``probed``, with the ``probe_errors`` among them."""
 
     added: int = 0
     updated: int = 0
     removed: int = 0
+    probed: int = 0
+    probe_errors: int = 0
 
 
 @attrs.define(eq=False, kw_only=True)

@@ -494,21 +494,32 @@ _SCAN_COUNTERS = (
 
 
 def _scan_result(**figures: Any) -> dict[str, Any]:
-    return {"found": 3, "unchanged": 1, "added": 1, "updated": 0, "removed": 2, **figures}
+    return {
+        # Not found - unchanged probed: a scan whose directory was replaced
+        # stops probing (and one of the probed files was deleted before its write).
+        "found": 5,
+        "unchanged": 1,
+        "added": 0,
+        "updated": 0,
+        "removed": 2,
+        "probed": 2,
+        "probe_errors": 1,
+        **figures,
+    }
 
 
 @pytest.mark.parametrize(
     "result",
     [
         pytest.param(_scan_result(removed=-1), id="negative"),
-        pytest.param(_scan_result(found=float("inf")), id="infinite"),
-        pytest.param(_scan_result(found=float("nan")), id="nan"),
+        pytest.param(_scan_result(probed=float("inf")), id="infinite"),
+        pytest.param(_scan_result(probe_errors=float("nan")), id="nan"),
         pytest.param(_scan_result(unchanged=10**400), id="beyond-a-float"),
         pytest.param(_scan_result(unchanged=MAX_SCAN_FIGURE + 1), id="beyond-the-limit"),
-        pytest.param(_scan_result(found=2.0), id="float"),
-        pytest.param(_scan_result(found="3"), id="string"),
-        pytest.param(_scan_result(added=True), id="bool"),
-        pytest.param(_scan_result(updated=None), id="none"),
+        pytest.param(_scan_result(probed=2.0), id="float"),
+        pytest.param(_scan_result(probed="3"), id="string"),
+        pytest.param(_scan_result(probe_errors=True), id="bool"),
+        pytest.param(_scan_result(probed=None), id="none"),
         pytest.param({"found": 3}, id="figures-missing"),
         pytest.param([3, 1, 1, 0, 2], id="not-a-dict"),
     ],
@@ -527,8 +538,8 @@ def test_a_scan_result_with_a_figure_not_a_count_counts_no_files(result: Any) ->
 
 
 def test_a_scan_result_of_counts_is_counted() -> None:
-    """The figures the service's scans return: files probed (found, less unchanged),
-    probe errors (probed, less added and updated), unchanged, removed."""
+    """The figures the service's scans return: files probed, probe errors, unchanged,
+    removed, each counted as the result gives it."""
     metrics = ServiceMetrics()
 
     metrics.count(_ended(SCAN_JOB_TYPE, _scan_result()), {})

@@ -131,6 +131,8 @@ async def test_first_scan_adds_every_video_and_reports_bad_files(
         "updated": 0,
         "unchanged": 0,
         "removed": 0,
+        "probed": 4,
+        "probe_errors": 2,
         "errors_total": 2,
         "errors_truncated": 0,
     }
@@ -308,6 +310,8 @@ async def test_empty_directory_reports_done(library: VideoLibrary, media: Path) 
         "updated": 0,
         "unchanged": 0,
         "removed": 0,
+        "probed": 0,
+        "probe_errors": 0,
         "errors": [],
         "errors_total": 0,
         "errors_truncated": 0,

@@ -422,11 +422,14 @@ async def test_a_file_deleted_between_its_probe_and_its_write_gets_no_row(
         stored = [video.path for video in (await library.list_videos())[0]]
 
     assert not await anyio.Path(new).exists()
-    assert {key: result[key] for key in ("found", "added", "updated", "removed")} == {
+    keys = ("found", "added", "updated", "removed", "probed", "probe_errors")
+    assert {key: result[key] for key in keys} == {
         "found": 3,
         "added": 1,
         "updated": 0,
         "removed": 1,
+        "probed": 3,  # and none of them failed: the two deleted are not probe errors
+        "probe_errors": 0,
     }
     assert result["errors"] == []
     assert stored == [str(kept)]
@@ -468,6 +471,7 @@ async def test_a_scanned_directory_replaced_mid_scan_loses_no_rows(
 
     assert swapped == [True]
     assert (result["updated"], result["removed"]) == (0, 0)
+    assert (result["probed"], result["probe_errors"]) == (2, 0)
     assert [entry["path"] for entry in result["errors"]] == [str(media)]
     assert stored == [str(path) for path in paths]
 
