@@ -1,10 +1,9 @@
 """VideoStore: the videos, scan_errors and mount_points tables in SQLite, from worker threads.
 
 VideoStore extends :class:`~stoat_ferret.library._storefile.StoreFile`, the
-file under it (``_storefile.py``: concurrency and durability): two
-connections, each under its own lock, opened and closed with the database's
-lock. Each write method is one transaction on the writing one, each read one
-on the reading one.
+file under it (``_storefile.py``: concurrency and durability): a writing
+connection and two reading ones, each under its own lock. Each write method
+is one transaction on the writer, each read one on a reader.
 
 Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``;
 the statements of the ``scan_errors`` table: ``_errorrows.py``.
@@ -95,12 +94,17 @@ if TYPE_CHECKING:
 class VideoStore(StoreFile):
     """The tables of one SQLite file. Blocking: call it from worker threads.
 
-    Use :meth:`open`; the constructor takes the already prepared writing and
-    reading connections of the file ``path``.
+    Use :meth:`open` (the constructor's arguments are ``StoreFile``'s).
     """
 
-    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, path: str) -> None:
-        super().__init__(writer, reader, path)
+    def __init__(
+        self,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        bulk_reader: sqlite3.Connection,
+        path: str,
+    ) -> None:
+        super().__init__(writer, reader, bulk_reader, path)
         # Called with the ids of deleted rows, in the deleting thread, after the
         # commit (set through VideoLibrary.on_delete: the thumbnails go with them).
         self.on_delete: Callable[[list[int]], None] | None = None
@@ -167,7 +171,7 @@ class VideoStore(StoreFile):
 
     def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
         """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
-        with self._reading() as connection:
+        with self._reading(bulk=True) as connection:
             return connection.execute(
                 "SELECT id, path, size_bytes, mtime_ns FROM videos ORDER BY id"
             ).fetchall()
@@ -183,7 +187,7 @@ class VideoStore(StoreFile):
             recursive: True for every path under ``directory``; False for the
                 files directly in it.
         """
-        with self._reading() as connection:
+        with self._reading(bulk=True) as connection:
             if recursive:
                 low, high = subtree_bounds(directory)
                 cursor = connection.execute(
@@ -202,7 +206,7 @@ class VideoStore(StoreFile):
         """The mount points stored at, above and (if ``recursive``) below
         ``directory``, each with its file system's identity
         (``_mountstore.select_mount_points``)."""
-        with self._reading() as connection:
+        with self._reading(bulk=True) as connection:
             return select_mount_points(connection, directory, recursive)
 
     def update_mount_points(

@@ -1,20 +1,23 @@
 """The SQLite file under a :class:`~stoat_ferret.library.VideoStore`
-(``_store.py``, which extends :class:`StoreFile`): its two connections, each
-behind its own lock, the database's lock, and a transaction on either.
+(``_store.py``, which extends :class:`StoreFile`): its three connections, each
+behind its own lock, the database's lock, and a transaction on any.
 
-Concurrency: two connections to the file (``_connections.py``), each used by
+Concurrency: three connections to the file (``_connections.py``), each used by
 one thread at a time under its own lock (the writer's reentrant, so that a
 method may hold it across a commit and what follows). Writes go through the
 writing one: each write method is one ``BEGIN IMMEDIATE ... COMMIT``
 transaction, so a batch is written whole or not at all (but for the rows the
 store cannot hold: ``_store.py``), and while another
 process holds SQLite's write lock it waits up to :data:`BUSY_TIMEOUT_MS`
-holding the write lock. Reads go through the read-only one, each in one
-``BEGIN ... COMMIT`` transaction: in WAL mode a read takes no lock a writer
-holds and sees one committed snapshot (a list's count and its page agree),
-so it never waits for a write, of this process or another, nor sees half of
-one. An in-memory database cannot be shared by two connections: the store
-needs a file.
+holding the write lock. Reads go through the two read-only ones, each read
+in one ``BEGIN ... COMMIT`` transaction: the requests' reads through one, the
+jobs' reads of whole scopes (``bulk``: a scan's survey, the thumbnails
+job's list of every video, seconds long in a library of a million) through
+the other, so that those never hold up a page of videos. In WAL mode a
+read takes no lock a writer holds and sees one committed snapshot (a list's
+count and its page agree), so it never waits for a write, of this process
+or another, nor sees half of one. An in-memory database cannot be shared by
+connections: the store needs a file.
 
 Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
 committed batches, never consistency), ``busy_timeout`` for other processes.
@@ -50,19 +53,28 @@ BUSY_TIMEOUT_MS: Final = 5_000
 
 
 class StoreFile:
-    """The two connections of one SQLite file, and the database's lock. Blocking.
+    """The three connections of one SQLite file, and the database's lock. Blocking.
 
-    Use :meth:`open`; the constructor takes the already prepared writing and
-    reading connections of the file ``path``.
+    Use :meth:`open`; the constructor takes the already prepared writing
+    connection of the file ``path`` and its two reading ones: the requests'
+    (``reader``) and the jobs' bulk reads' (``bulk_reader``).
     """
 
-    def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection, path: str) -> None:
+    def __init__(
+        self,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        bulk_reader: sqlite3.Connection,
+        path: str,
+    ) -> None:
         self.path = path
         self._writer: sqlite3.Connection | None = writer
         # Reentrant: a caller may hold it across a transaction and what follows its commit.
         self._write_lock = threading.RLock()
         self._reader: sqlite3.Connection | None = reader
         self._read_lock = threading.Lock()
+        self._bulk_reader: sqlite3.Connection | None = bulk_reader
+        self._bulk_lock = threading.Lock()
         # Which file the writer writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
         self._identity = file_identity(path)
@@ -93,15 +105,15 @@ class StoreFile:
             writer = open_writer(
                 name, BUSY_TIMEOUT_MS, claim=lambda: locks.append(DatabaseLock.acquire(name))
             )
+            readers: list[sqlite3.Connection] = []
             try:
-                reader = open_reader(name, BUSY_TIMEOUT_MS)
+                for _ in range(2):
+                    readers.append(open_reader(name, BUSY_TIMEOUT_MS))
+                # May write: VideoStore's StoreClock.opened.
+                store = cls(writer, readers[0], readers[1], name)
             except BaseException:
-                writer.close()
-                raise
-            try:
-                store = cls(writer, reader, name)  # may write: VideoStore's StoreClock.opened
-            except BaseException:
-                reader.close()
+                for reader in readers:
+                    reader.close()
                 writer.close()
                 raise
         except BaseException:
@@ -112,14 +124,18 @@ class StoreFile:
         return store
 
     def close(self) -> None:
-        """Close both connections. Idempotent; later calls to other methods raise StoreError.
+        """Close the connections. Idempotent; later calls to other methods raise StoreError.
 
-        The reader closes first, so the writer, closing last, checkpoints the WAL.
+        The readers close first, so the writer, closing last, checkpoints the WAL.
         """
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+        with self._bulk_lock:
+            if self._bulk_reader is not None:
+                self._bulk_reader.close()
+                self._bulk_reader = None
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
@@ -135,23 +151,27 @@ class StoreFile:
         return int(version)
 
     @contextmanager
-    def _reading(self, deadline: float | None = None) -> Iterator[sqlite3.Connection]:
-        """The reader, in one read transaction: every query of the body sees one snapshot.
+    def _reading(
+        self, deadline: float | None = None, *, bulk: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """A reader, in one read transaction: every query of the body sees one snapshot.
 
-        With a ``deadline`` (a ``monotonic()`` reading), the wait for
-        the reader and the queries stop there, with :class:`StoreBusy`:
-        SQLite cannot be cancelled otherwise, and one read at a time holds
-        the reader.
+        The requests' reader, or with ``bulk`` the jobs' (a read of a
+        whole scope, which may take seconds). With a ``deadline`` (a
+        ``monotonic()`` reading), the wait for the reader and the queries
+        stop there, with :class:`StoreBusy`: SQLite cannot be cancelled
+        otherwise, and one read at a time holds a reader.
         """
+        lock = self._bulk_lock if bulk else self._read_lock
         if deadline is None:
-            self._read_lock.acquire()
-        elif not self._read_lock.acquire(timeout=max(0.0, deadline - monotonic())):
+            lock.acquire()
+        elif not lock.acquire(timeout=max(0.0, deadline - monotonic())):
             raise StoreBusy(f"video store {self.path}: busy with other reads")
         elif monotonic() > deadline:  # got the reader, but too late
-            self._read_lock.release()
+            lock.release()
             raise StoreBusy(f"video store {self.path}: busy with other reads")
         try:
-            connection = self._opened(self._reader)
+            connection = self._opened(self._bulk_reader if bulk else self._reader)
             try:
                 with transaction(connection, self.path, "BEGIN"):
                     if deadline is None:
@@ -173,7 +193,7 @@ class StoreFile:
                     raise StoreBusy(f"video store {self.path}: the read took too long") from exc
                 raise
         finally:
-            self._read_lock.release()
+            lock.release()
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:

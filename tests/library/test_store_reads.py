@@ -128,6 +128,46 @@ def test_a_list_reads_one_snapshot(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.parametrize("bulk", ["thumbnail_sources", "fingerprints", "mount_points"])
+def test_a_jobs_long_read_does_not_hold_up_a_page_of_videos(tmp_path: Path, bulk: str) -> None:
+    """A job's read of a whole scope (seconds long in a library of a million) runs
+    on a reader of its own: while one is in the middle of its query, a page of
+    videos with a short deadline is answered, not StoreBusy."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    in_query = threading.Event()
+    page_done = threading.Event()
+
+    def held(statement: str) -> None:
+        # The job's read (in its own thread) holds its reader from here; the
+        # page's statements (in this one) go on.
+        if statement.startswith("SELECT") and threading.current_thread() is job:
+            in_query.set()
+            page_done.wait(timeout=HANG_GUARD)
+
+    readers = [store._reader, getattr(store, "_bulk_reader", None)]
+    reads = {
+        "thumbnail_sources": store.thumbnail_sources,
+        "fingerprints": lambda: store.fingerprints("/m", recursive=True),
+        "mount_points": lambda: store.mount_points("/m", recursive=True),
+    }
+    job = threading.Thread(target=reads[bulk])
+    try:
+        store.upsert([record("/m/a.mp4")])
+        for reader in readers:
+            if reader is not None:
+                reader.set_trace_callback(held)
+        job.start()
+        try:
+            assert in_query.wait(timeout=HANG_GUARD)
+            page = store.list_videos(10, 0, deadline=time.monotonic() + 1.0)
+        finally:
+            page_done.set()
+            job.join()
+        assert [video.path for video in page[0]] == ["/m/a.mp4"]
+    finally:
+        store.close()
+
+
 @pytest.mark.anyio
 async def test_reads_take_at_most_their_own_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
