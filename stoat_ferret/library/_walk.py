@@ -42,8 +42,9 @@ no directory symlink is ever crossed. The walk holds one descriptor per
 level of the directory it is in, as ``os.fwalk`` does, and descends at most
 :data:`MAX_DEPTH` levels: a deeper directory is an error entry (unread).
 
-:func:`walk_videos` calls ``checkpoint`` every :data:`CHECK_EVERY` entries and at
-each symlink hop it follows. The
+:func:`walk_videos` calls ``checkpoint`` every :data:`CHECK_EVERY` entries (a
+subdirectory counts once listed and once opened) and at each symlink hop it
+follows. The
 scan passes ``anyio.from_thread.check_cancelled``, so a cancelled scan stops
 walking within a few milliseconds even in a tree of millions of files.
 """
@@ -219,6 +220,11 @@ class _Walk:
                         os.close(fd)
                     continue
                 self.fds = [entry[0] for entry in stack]
+                # Opening one counts as an entry: a directory of thousands that
+                # each fail (undecodable, too deep, denied) checkpoints too.
+                self.seen += 1
+                if not self.seen % CHECK_EVERY:
+                    self.checkpoint()
                 child = self.open_subdirectory(fd, path, name, device)
                 if child is not None:
                     stack.append(child)

@@ -9,11 +9,13 @@ outside, is broken, loops, or is a chain of more than 40 links (or of more
 than 4,096 path components in all) is an error entry. Each link is resolved
 with the walk's own directory descriptors, one ``openat`` at most per
 component, and a link resolved once is not resolved again in the walk
-(:class:`WalkLinks` keeps them). All the links of a walk together look at
-no more than :data:`~stoat_ferret.library._links.MAX_WALK_LINK_COMPONENTS`
-path components (a few seconds' work): past that, each further link is an
-error entry, not followed, and the walk goes on with everything else. A
-link that cannot be followed for another reason than a missing, looping or
+(:class:`WalkLinks` keeps them, up to
+:data:`~stoat_ferret.library._links.MAX_CACHED_COMPONENTS`). All the links
+of a walk together look at no more than
+:data:`~stoat_ferret.library._links.MAX_WALK_LINK_COMPONENTS` path
+components (a few seconds' work): past that, each further link is an error
+entry, not followed, and the walk goes on with everything else. A link
+that cannot be followed for another reason than a missing, looping or
 overlong target (denied, an I/O error) is noted in the log's
 ``unfollowed``, as one past the budget is: its target may well be there.
 """
@@ -27,9 +29,9 @@ from typing import TYPE_CHECKING, Final
 from stoat_ferret.library._beneath import split
 from stoat_ferret.library._links import (
     MAX_WALK_LINK_COMPONENTS,
-    Cached,
     LinkBudget,
     LinkBudgetSpent,
+    LinkCache,
     resolve_link,
 )
 from stoat_ferret.library._names import NOT_UTF8, is_utf8
@@ -64,7 +66,12 @@ class WalkLinks:
         self.found = found
         self.root_fd = -1  # the walk's descriptor of root, once it runs
         # Links resolved in this walk, by path: a chain is followed once.
-        self.links: dict[tuple[str, ...], Cached] = {}
+        self.links = LinkCache()
+        # The directory of the last link followed, and its components: the
+        # links of one directory share them (and their strings, which the
+        # cache keeps in its paths).
+        self._directory = ""
+        self._where: list[str] = []
         # The path components all its links may still take to resolve.
         self.budget = LinkBudget(MAX_WALK_LINK_COMPONENTS)
 
@@ -72,7 +79,9 @@ class WalkLinks:
         """Follow the symlink ``name`` in ``directory``, whose descriptor and
         those above it up to the root are ``directory_fds``."""
         link = _join(directory, name)
-        where = split(directory)
+        if directory != self._directory:
+            self._directory, self._where = directory, split(directory)
+        where = self._where
         try:
             outcome = resolve_link(
                 self.scope,

@@ -17,11 +17,12 @@ from stoat_ferret.library._beneath import (
     split,
 )
 from stoat_ferret.library._links import (
+    CACHED_LINK_COST,
     MAX_LINK_COMPONENTS,
     MAX_LINK_HOPS,
-    Cached,
     LinkBudget,
     LinkBudgetSpent,
+    LinkCache,
     resolve_link,
 )
 
@@ -220,7 +221,7 @@ def test_a_resolved_chain_is_cached_for_the_walk(
     """The same link, or a link to a link already resolved, costs no open the second time."""
     directory, head = _hostile_chain(scope, 10)
     (scope.joinpath(*["d"] * 10) / "again").symlink_to(head)
-    cache: dict[tuple[str, ...], Cached] = {}
+    cache = LinkCache()
     first = resolve_link(split(str(scope)), directory, head, scope_fd, cache=cache)
     opens = _Opens(monkeypatch)
 
@@ -232,6 +233,27 @@ def test_a_resolved_chain_is_cached_for_the_walk(
     assert second == first
     assert opens.count == 2 * 10  # only the way down to the links' directory, for each call
     assert len(cache) == MAX_LINK_HOPS
+
+
+def test_a_walks_link_cache_keeps_links_up_to_its_bound(scope: Path, scope_fd: int) -> None:
+    """The cache keeps each link with its path's and target's components and a
+    fixed cost, until its bound: then no more (unbounded, half a million links
+    deep in a tree held gigabytes), and a link not kept resolves all the same."""
+    here = split(str(scope))
+    (scope / "clip.mp4").touch()
+    for index in range(3):
+        (scope / f"{index}.mp4").symlink_to("clip.mp4")
+    # Each of these costs its path (one more than the scope's), its target's, and the rest.
+    each = 2 * (len(here) + 1) + CACHED_LINK_COST
+    cache = LinkCache(2 * each)
+
+    outcomes = [
+        resolve_link(here, here, f"{index}.mp4", scope_fd, cache=cache) for index in range(3)
+    ]
+
+    assert [outcome[0] for outcome in outcomes if outcome is not None] == [[*here, "clip.mp4"]] * 3
+    assert (len(cache), cache.left) == (2, 0)
+    assert cache.get((*here, "2.mp4")) is None
 
 
 def test_the_links_of_one_walk_share_one_budget_of_components(
@@ -247,7 +269,7 @@ def test_the_links_of_one_walk_share_one_budget_of_components(
     (scope / "one.mp4").symlink_to("sub/../clip.mp4")
     (scope / "two.mp4").symlink_to("sub/../clip.mp4")
     budget = LinkBudget(6)
-    cache: dict[tuple[str, ...], Cached] = {}
+    cache = LinkCache()
     here = split(str(scope))
 
     first = resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)

@@ -231,6 +231,28 @@ def test_checkpoint_is_called_every_check_every_entries(tmp_path: Path) -> None:
     assert len(calls) == (_walk.CHECK_EVERY * 2 + 10 + 3) // _walk.CHECK_EVERY
 
 
+def test_subdirectories_that_fail_to_open_reach_the_checkpoint_too(tmp_path: Path) -> None:
+    """Thousands of subdirectories whose names are not UTF-8 (each an errors
+    entry, never listed) still reach the checkpoint as they are opened, which
+    stores the errors and notices a cancellation: not only the parent's listing."""
+    count = _walk.CHECK_EVERY * 4
+    for index in range(count):
+        os.mkdir(os.fsencode(tmp_path) + b"/\xff" + str(index).encode())
+    errors = ErrorLog()
+    seen_at_checkpoints: list[int] = []
+
+    walk_videos(
+        str(tmp_path),
+        recursive=True,
+        errors=errors,
+        checkpoint=lambda: seen_at_checkpoints.append(errors.total),
+    )
+
+    assert errors.total == count
+    # The listing's checkpoints come before any error; the later ones, among them.
+    assert max(seen_at_checkpoints) >= count - _walk.CHECK_EVERY
+
+
 @pytest.mark.anyio
 async def test_cancelling_the_host_task_stops_the_walk(tmp_path: Path) -> None:
     """check_cancelled in the worker thread ends the walk at the next checkpoint."""
