@@ -145,7 +145,9 @@ async def test_scans_probe_in_child_processes_at_the_configured_priority(
     queue = InMemoryJobQueue()
     app = create_app(attrs.evolve(settings, probe_priority=priority), job_queue=queue)
 
-    with anyio.fail_after(10):
+    # A hang guard only: a child at SCHED_IDLE on a machine kept busy gets
+    # what the cores leave (10 s was seen to pass under `make flake LOAD=1`).
+    with anyio.fail_after(120):
         async with serving(app) as client:
             response = await client.post(
                 "/api/v1/videos/scan", json={"path": str(settings.scan_roots[0])}

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from stoat_ferret.library import _mounts, _ondisk, _scan, _scanned, make_scan_handler, walk_videos
+from stoat_ferret.library import (
+    ThreadPriority,
+    _mounts,
+    _ondisk,
+    _scan,
+    _scanned,
+    make_scan_handler,
+    walk_videos,
+)
 from tests.library.mounts import (
     UNMOUNTED,
     Devices,
@@ -34,6 +42,10 @@ if TYPE_CHECKING:
 
     from stoat_ferret.library import VideoLibrary
     from tests.videos import EncodedVideo
+
+# Real clips are probed: at normal priority, so that a machine kept busy does not
+# starve them (the default, SCHED_IDLE, gets what the cores leave).
+NORMAL = ThreadPriority.NORMAL
 
 __all__ = ["lib"]  # a fixture the tests use
 
@@ -57,7 +69,7 @@ async def test_an_unmounted_disk_keeps_its_videos_and_its_ids(
     unchanged, under the id it had."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         first = await handler(make_context(lib))
         ids = await video_ids(library)
@@ -92,7 +104,7 @@ async def test_a_scan_told_to_forget_removes_them_and_the_disk(
     has nothing to say of it."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         remembered = await stored_mount_points(library, lib)
@@ -117,7 +129,7 @@ async def test_a_disk_seen_mounted_only_by_a_scan_of_its_own_directory_is_rememb
     mounted, though no scan of that directory ever saw it mounted."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         own = await handler(make_context(lib / "disk"))
         flat = await handler(make_context(lib, recursive=False))
@@ -141,7 +153,7 @@ async def test_a_disk_mounted_on_an_unmounted_disk_keeps_its_videos_too(
     shutil.copy2(lib / "disk" / "b.mp4", lib / "disk" / "inner" / "d.mp4")
     devices = Devices(monkeypatch)
     devices.mounted += [lib / "disk", lib / "disk" / "inner"]
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         first = await handler(make_context(lib))
         ids = await video_ids(library)
@@ -183,7 +195,7 @@ async def test_mount_points_are_written_only_when_they_change(
         await update(directory, recursive=recursive, added=added, dropped=dropped)
 
     monkeypatch.setattr(library, "update_mount_points", spy)
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         await handler(make_context(lib))
@@ -203,7 +215,7 @@ async def test_an_empty_scanned_directory_keeps_its_videos_unless_told_to_forget
     """With no mount point stored, a scanned directory found empty keeps
     its videos (its own disk may not be mounted); told to forget, the scan
     removes them."""
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         shutil.rmtree(lib)
@@ -226,7 +238,7 @@ async def test_another_file_system_at_a_mount_point_does_not_take_the_disk_s_vid
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     devices.identity[lib / "disk"] = 1
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         os.remove(lib / "disk" / "films" / "c.mp4")  # not on the other disk
@@ -256,7 +268,7 @@ async def test_a_flat_scan_told_to_forget_keeps_the_disk_remembered(
     and a recursive scan of the directory above still keeps the rest."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         unmount(lib / "disk", devices, tmp_path / "away")
@@ -280,7 +292,7 @@ async def test_a_scan_told_to_forget_leaves_what_it_could_not_look_at(
     os.rename(lib / "disk", outer / "disk")
     devices = Devices(monkeypatch)
     devices.mounted.append(outer / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     real_scandir = os.scandir
 
     def failing_scandir(fd: Any) -> Any:
@@ -322,7 +334,7 @@ async def test_any_file_system_identity_is_stored_and_found_again(
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     devices.identity[lib / "disk"] = fsid
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     writes: list[Any] = []
     update = library.update_mount_points
 
@@ -357,7 +369,7 @@ async def test_a_file_system_with_no_identity_is_not_taken_for_one_with(
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     devices.identity[lib / "disk"] = before
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         os.remove(lib / "disk" / "b.mp4")
@@ -379,7 +391,7 @@ async def test_a_scan_below_a_mount_point_keeps_the_videos_of_the_disk_that_was_
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     devices.identity[lib / "disk"] = 1
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         os.rename(lib / "disk" / "films" / "c.mp4", lib / "disk" / "films" / "other.mp4")
@@ -402,7 +414,7 @@ async def test_a_disk_seen_only_by_scans_below_its_mount_point_is_remembered(
     mounted keeps the video stored from ``films``."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         films = await handler(make_context(lib / "disk" / "films"))
         await handler(make_context(lib, recursive=False))
@@ -428,10 +440,10 @@ async def test_a_mount_point_above_the_scan_roots_is_left_alone(
     devices.identity[lib / "disk"] = 1
     shutil.copy2(lib / "disk" / "films" / "c.mp4", lib / "disk" / "films" / "d.mp4")
     with anyio.fail_after(TIMEOUT):
-        await make_scan_handler(library)(make_context(lib))
+        await make_scan_handler(library, probe_priority=NORMAL)(make_context(lib))
         os.remove(lib / "disk" / "films" / "c.mp4")
         devices.identity[lib / "disk"] = 2
-        narrowed = make_scan_handler(library, roots=[lib / "disk" / "films"])
+        narrowed = make_scan_handler(library, roots=[lib / "disk" / "films"], probe_priority=NORMAL)
         films = await narrowed(make_context(lib / "disk" / "films"))
         stored = await stored_mount_points(library, lib)
 
@@ -457,7 +469,8 @@ async def test_mount_points_above_a_directory_moved_during_its_scan_are_not_note
 
     monkeypatch.setattr(_scan, "walk_videos", walk_then_move)
     with anyio.fail_after(TIMEOUT):
-        moved = await make_scan_handler(library)(make_context(lib / "disk" / "films"))
+        handler = make_scan_handler(library, probe_priority=NORMAL)
+        moved = await handler(make_context(lib / "disk" / "films"))
         stored = await stored_mount_points(library, lib)
 
     assert moved["found"] == 1
@@ -474,7 +487,7 @@ async def test_a_moved_directory_s_own_mount_point_still_counts(
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     devices.identity[lib / "disk"] = 1
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     walk, remove_gone = walk_videos, library.remove_gone
 
     def walk_then_move_away(*args: Any, **kwargs: Any) -> Any:
@@ -515,7 +528,7 @@ async def test_a_disk_unmounted_during_a_scan_keeps_its_videos(
     why; mounted again, the next scan finds both under the ids they had."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
 
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
@@ -548,7 +561,7 @@ async def test_a_file_probed_before_its_disk_was_unmounted_is_written(
     since its probe, so the new row is written, under the id it had."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     apply = library.apply
 
     async def unmount_then_apply(*args: Any, **kwargs: Any) -> Any:
@@ -612,7 +625,7 @@ async def test_only_the_disk_unmounted_during_a_scan_keeps_what_looks_gone(
     copy_video(clip, lib / "disk" / "films" / "deep" / "d.mp4")
     devices = Devices(monkeypatch)
     devices.mounted += [lib / "disk", lib / "disk" / "films"]
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
 
     def change() -> None:
         unmount(lib / "disk" / "films", devices, tmp_path / "away")
@@ -667,7 +680,7 @@ async def test_a_disk_mounted_during_a_scan_does_not_stand_for_the_one_walked(
     copy_video(clip, lib / "disk" / "films" / "deep" / "d.mp4")
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     over = lib / "disk" / "films" if how.endswith("folder") else lib / "disk"
     if how == "one with an identity where none was":
         devices.identity[over] = 0  # a FUSE file system's, say
@@ -708,7 +721,7 @@ async def test_a_disk_mounted_again_right_after_the_look_loses_nothing(
     the check is made on the very directories looked in, not after."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     look = _scanned.gone_beneath
 
     def look_then_mount(*args: Any, **kwargs: Any) -> Any:
@@ -743,7 +756,7 @@ async def test_a_disk_below_a_directory_the_walk_cannot_list_keeps_its_videos(
     os.rename(lib / "disk", outer / "disk")
     devices = Devices(monkeypatch)
     devices.mounted.append(outer / "disk")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
         ids = await video_ids(library)

@@ -28,6 +28,23 @@ needs_filters = pytest.mark.skipif(
     not seccomp_filters(), reason="needs seccomp filters in a 64-bit x86-64 or AArch64 process"
 )
 
+
+def test_filters_are_found_where_the_kernel_and_the_process_have_them() -> None:
+    """The skips above hang on ``seccomp_filters()``: told apart from the product's
+    own detection, a kernel with seccomp filters (``/proc/self/status`` says so)
+    and a 64-bit x86-64 or AArch64 process must find them, or every test of the
+    filter would skip unseen while the children ran unfiltered."""
+    status = Path("/proc/self/status")
+    if sys.platform != "linux" or not status.is_file():
+        pytest.skip("Linux's /proc/self/status tells whether the kernel has seccomp filters")
+    has_filters = "Seccomp_filters:" in status.read_text()
+    machine = platform.machine() in ("x86_64", "aarch64") and sys.maxsize > 2**32
+    if not (has_filters and machine):
+        pytest.skip(f"no seccomp filters here (kernel: {has_filters}, process: {machine})")
+
+    assert seccomp_filters()
+
+
 # A script made of these prints one line per attempt in its dict ``attempts``:
 # its name, and what it got before and after the filter ("allowed" or an
 # errno name); each attempt is one that fails differently (or not at all)

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 DEADLINE: Final = 30.0
 """Longest any poll across the process boundary may take: a guard against hangs."""
 
+SCANS_DEADLINE: Final = 180.0
+"""Longest the 600 scans may take to complete: a guard against hangs too."""
+
 JOBS: Final = 600
 """Quick scans (empty directories) whose changes are streamed: three events each,
 about 6.5 MB in all (see :data:`DEPTH`). That is more than the kernel's largest
@@ -111,7 +114,9 @@ def _scan_all(client: httpx.Client, directories: list[Path]) -> None:
         total: int = client.get("/api/v1/jobs", params=params).json()["total"]
         return total == len(directories)
 
-    poll_until(all_completed, f"{len(directories)} scans completed", DEADLINE)
+    # The work of the scans, not a hang guard alone: 8 s here on a quiet
+    # machine, 13 s beside two busy loops; far more under xdist and LOAD=1.
+    poll_until(all_completed, f"{len(directories)} scans completed", SCANS_DEADLINE)
 
 
 def _open_scan_request(port: int, body: bytes) -> socket.socket:
