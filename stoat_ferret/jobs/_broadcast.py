@@ -147,8 +147,8 @@ class JobChanges:
         no job whose ``after`` is not in the log starts with one
         :class:`ChangesLost` and nothing else (its follower fetches the job
         list again; the changes after it have greater ids); so does one
-        naming a job this queue no longer knows, unless ``until_terminal``
-        (a job dropped while its follower was away ended unseen). Its id is
+        naming a job this queue does not know (dropped while its follower was
+        away, its end unseen; or never submitted), unless ``until_terminal``. Its id is
         :attr:`last_event_id`, lower than an ``after`` this run never
         issued: the follower takes it as its new position. Otherwise it
         starts with the current state of the jobs it follows: every job it

@@ -338,8 +338,9 @@ class JobSupervisor:
                 changes since, if still kept. If they are not (too old, or
                 another run's), one ``ChangesLost`` and then only later
                 changes; with ``job_ids``, only those named jobs whose latest
-                change is newer than ``after``. When None: the current state
-                of the jobs followed (named ones, or those not ended).
+                change is newer than ``after`` (the ``ChangesLost`` only if one
+                is unknown, but ``until_terminal``). When None: the current
+                state of the jobs followed (named ones, or those not ended).
             job_ids: only these jobs.
             job_types: only jobs of these types.
             until_terminal: with ``job_ids``, end once each of them has ended.

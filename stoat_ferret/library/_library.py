@@ -5,15 +5,18 @@ Every call runs the store's blocking method in a worker thread through
 threads are not abandoned on cancellation: a write batch that has started
 commits whole before the cancellation is delivered.
 
-Reads (the lists and gets, which requests make as often as clients ask) run
-under a :class:`anyio.CapacityLimiter` of their own, :data:`READ_THREADS`
-tokens: the store reads on one connection, one read at a time, so a thread
-beyond the one reading would only wait for that connection; a pile of
-requests waits as tasks instead, and leaves anyio's default pool of 40
-threads to the rest (resolving a scan's path, the walk). Writes keep the
-default pool: only running jobs write, one store call at a time a scan, so
-``max_workers`` bounds them; and a write waiting out the busy timeout must
-not hold a token a read needs.
+Requests' reads (the lists and gets, which requests make as often as
+clients ask) run under a :class:`anyio.CapacityLimiter` of their own,
+:data:`READ_THREADS` tokens: the store reads them on one connection, one
+read at a time, so a thread beyond the one reading would only wait for that
+connection; a pile of requests waits as tasks instead, and leaves anyio's
+default pool of 40 threads to the rest (resolving a scan's path, the walk).
+The jobs' reads of whole scopes (a scan's survey, the thumbnails job's list)
+have a connection of their own, and keep the default pool as writes do:
+only running jobs make them, one store call at a time a job, so
+``max_workers`` bounds them; and neither a write waiting out the busy
+timeout nor a read waiting behind another job's must hold a token a
+request's read needs.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class VideoLibrary:
 
     async def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
         """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
-        return await anyio.to_thread.run_sync(self._store.thumbnail_sources, limiter=self._reads)
+        return await anyio.to_thread.run_sync(self._store.thumbnail_sources)  # a job's read
 
     async def survey(
         self,

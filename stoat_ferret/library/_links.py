@@ -47,7 +47,8 @@ of links each up and down thousands of components (4,096 at most each) would
 otherwise take minutes, and every scan of it or of a directory above it would
 time out. A real library stays far below: 100,000 links of 10 components
 each (``../../Films/Title/Title.mkv`` is 5) take all of it. A link met
-again as a link's last component costs one component (the walk's cache)."""
+again as a link's last component costs one component while the walk's
+:class:`LinkCache` keeps it."""
 
 Outcome = tuple[list[str], os.stat_result] | None
 """What a link leads to: the target's components and ``lstat``, or None (outside the scope)."""
@@ -70,16 +71,19 @@ class LinkCache:
     """The outcomes of the links resolved so far in one walk, by the link's
     path: a chain met again costs one lookup.
 
-    Bounded: it keeps links until they come to :data:`MAX_CACHED_COMPONENTS`
-    components, then no more (a link met again after that is resolved
-    again, within the walk's :class:`LinkBudget`). Unbounded, a walk of half
-    a million links in a directory 120 levels down held 6 GB.
+    Bounded: it keeps links up to :data:`MAX_CACHED_COMPONENTS` components,
+    and past that lets go of those looked up least recently (a link let go
+    and met again is resolved again, within the walk's :class:`LinkBudget`):
+    the links of a chain many others lead to stay. Unbounded, a walk of
+    half a million links in a directory 120 levels down held 6 GB.
     """
 
-    __slots__ = ("_kept", "left")
+    __slots__ = ("_kept", "capacity", "left")
 
     def __init__(self, components: int = MAX_CACHED_COMPONENTS) -> None:
-        self._kept: dict[tuple[str, ...], Cached] = {}
+        # Each link's outcome and cost, least recently used first.
+        self._kept: dict[tuple[str, ...], tuple[Cached, int]] = {}
+        self.capacity = components
         self.left = components
 
     def __len__(self) -> int:
@@ -89,17 +93,27 @@ class LinkCache:
         return iter(self._kept)
 
     def get(self, path: tuple[str, ...]) -> Cached | None:
-        """What the link at ``path`` led to, if it is kept."""
-        return self._kept.get(path)
+        """What the link at ``path`` led to, if it is kept (now the most recently used)."""
+        kept = self._kept.pop(path, None)
+        if kept is None:
+            return None
+        self._kept[path] = kept
+        return kept[0]
 
     def keep(self, path: tuple[str, ...], cached: Cached) -> None:
-        """Keep ``cached`` for the link at ``path``, if there is room."""
+        """Keep ``cached`` for the link at ``path``, letting go of the least
+        recently used links as far as it takes (none if it alone is too large)."""
         outcome = cached[0]
         target = len(outcome[0]) if isinstance(outcome, tuple) else 0
         cost = len(path) + target + CACHED_LINK_COST
-        if cost <= self.left and path not in self._kept:
+        kept = self._kept
+        if path in kept or cost > self.capacity:
+            return
+        while cost > self.left and kept:
+            self.left += kept.pop(next(iter(kept)))[1]
+        if cost <= self.left:
             self.left -= cost
-            self._kept[path] = cached
+            kept[path] = (cached, cost)
 
 
 class LinkBudget:
@@ -309,6 +323,8 @@ class _Resolver:
         (from another start, the same link might have stayed within the limits)."""
         if self.cache is None or isinstance(outcome, _TooMany):
             return
+        if isinstance(outcome, OSError):  # without its traceback, which holds the frames
+            outcome = OSError(outcome.errno, outcome.strerror)
         for path, hops, components in self.links:
             self.cache.keep(path, (outcome, self.hops - hops, self.components - components))
 

@@ -23,6 +23,7 @@ from stoat_ferret.library._links import (
     LinkBudget,
     LinkBudgetSpent,
     LinkCache,
+    Outcome,
     resolve_link,
 )
 
@@ -235,10 +236,13 @@ def test_a_resolved_chain_is_cached_for_the_walk(
     assert len(cache) == MAX_LINK_HOPS
 
 
-def test_a_walks_link_cache_keeps_links_up_to_its_bound(scope: Path, scope_fd: int) -> None:
+def test_a_walks_link_cache_lets_go_of_the_least_recently_used_links(
+    scope: Path, scope_fd: int
+) -> None:
     """The cache keeps each link with its path's and target's components and a
-    fixed cost, until its bound: then no more (unbounded, half a million links
-    deep in a tree held gigabytes), and a link not kept resolves all the same."""
+    fixed cost, up to its bound (unbounded, half a million links deep in a tree
+    held gigabytes); past it, it lets go of the link looked up least recently,
+    and a link let go resolves all the same."""
     here = split(str(scope))
     (scope / "clip.mp4").touch()
     for index in range(3):
@@ -247,13 +251,62 @@ def test_a_walks_link_cache_keeps_links_up_to_its_bound(scope: Path, scope_fd: i
     each = 2 * (len(here) + 1) + CACHED_LINK_COST
     cache = LinkCache(2 * each)
 
-    outcomes = [
-        resolve_link(here, here, f"{index}.mp4", scope_fd, cache=cache) for index in range(3)
+    def resolve(index: int) -> Outcome:
+        return resolve_link(here, here, f"{index}.mp4", scope_fd, cache=cache)
+
+    outcomes = [resolve(0), resolve(1), resolve(0), resolve(2)]  # 0 again: 1 is the oldest
+
+    assert [outcome[0] for outcome in outcomes if outcome is not None] == [[*here, "clip.mp4"]] * 4
+    assert [path[-1] for path in cache] == ["0.mp4", "2.mp4"]
+    assert cache.left == 0
+
+
+def test_a_cached_error_holds_no_traceback(scope: Path, scope_fd: int) -> None:
+    """A dangling link's error is cached without its traceback (which would keep
+    the resolution's frames and their lists alive for the walk); met again, it
+    raises the same error."""
+    here = split(str(scope))
+    (scope / "gone.mp4").symlink_to("missing.mp4")
+    cache = LinkCache()
+
+    with pytest.raises(FileNotFoundError):
+        resolve_link(here, here, "gone.mp4", scope_fd, cache=cache)
+    cached = cache.get((*here, "gone.mp4"))
+    with pytest.raises(OSError, match="No such file") as again:
+        resolve_link(here, here, "gone.mp4", scope_fd, cache=cache)
+
+    assert cached is not None
+    assert isinstance(cached[0], OSError)
+    assert cached[0].__traceback__ is None
+    assert again.value.errno == errno.ENOENT
+
+
+def test_a_chain_many_links_lead_to_stays_cached_past_the_bound(scope: Path, scope_fd: int) -> None:
+    """Links met once fill the cache; then 50 links lead to one chain of two. The
+    chain stays cached (each of the 50 looks it up), so each costs its own two
+    components of the walk's budget, not the chain's two more: all 50 resolve
+    within a budget that resolving the chain each time would spend."""
+    here = split(str(scope))
+    (scope / "clip.mp4").touch()
+    (scope / "c1").symlink_to("clip.mp4")
+    (scope / "c0").symlink_to("c1")
+    for index in range(5):
+        (scope / f"once{index}.mp4").symlink_to("clip.mp4")
+    for index in range(50):
+        (scope / f"{index}.mp4").symlink_to("c0")
+    each = 2 * (len(here) + 1) + CACHED_LINK_COST
+    cache = LinkCache(3 * each)
+    budget = LinkBudget(5 * 2 + 4 + 49 * 2 + 10)  # the fillers, the first whole, 49 cached
+
+    for index in range(5):
+        resolve_link(here, here, f"once{index}.mp4", scope_fd, cache=cache, budget=budget)
+    ends = [
+        resolve_link(here, here, f"{index}.mp4", scope_fd, cache=cache, budget=budget)
+        for index in range(50)
     ]
 
-    assert [outcome[0] for outcome in outcomes if outcome is not None] == [[*here, "clip.mp4"]] * 3
-    assert (len(cache), cache.left) == (2, 0)
-    assert cache.get((*here, "2.mp4")) is None
+    assert all(end is not None and end[0] == [*here, "clip.mp4"] for end in ends)
+    assert (*here, "c0") in set(cache)
 
 
 def test_the_links_of_one_walk_share_one_budget_of_components(
