@@ -284,6 +284,13 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
         f"{names['database_path']}: cannot create, or write in, the directory of {path}",
     )
     check_data_directory(path, names["database_path"])  # as serving would refuse it
+    for written in (path, path.with_name(path.name + ".lock")):  # serving writes both
+        if os.path.lexists(written) and not os.access(
+            written, os.R_OK | os.W_OK, effective_ids=os.access in os.supports_effective_ids
+        ):
+            raise StoreError(
+                f"{names['database_path']}: cannot write to {written} ({os.strerror(errno.EACCES)})"
+            )
     thumbnails = check_thumbnails(path)
     roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
     note = f"; {thumbnails}" if thumbnails else ""

@@ -649,6 +649,62 @@ def test_check_refuses_what_serving_could_not_start_with(
     assert database.read_bytes() == before
 
 
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("suffix", ["-journal", "-wal", "-shm", ".lock"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
+def test_a_database_companion_that_is_not_a_regular_file_is_refused(
+    tmp: Path, capsys: pytest.CaptureFixture[str], suffix: str, kind: str
+) -> None:
+    """Where SQLite keeps the database's journal, log or shared memory, or the
+    service its lock, a FIFO (SQLite would block opening it, deaf to SIGTERM), a
+    directory or a link is refused by check and by serving alike, before SQLite
+    opens anything: exit 2, one line."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    companion = data / f"stoat.db{suffix}"
+    if kind == "fifo":
+        os.mkfifo(companion, 0o600)
+    elif kind == "directory":
+        companion.mkdir()
+    else:
+        companion.symlink_to(tmp / "elsewhere")
+
+    status, line = _check_line(database, capsys)
+
+    assert status == 2
+    assert f"{companion} is not a regular file" in line
+    with pytest.raises(StoreError, match="is not a regular file"):
+        prepare_database(database, "--database")  # as serving does
+    assert not database.exists()
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("suffix", ["", ".lock"])
+def test_check_refuses_a_database_or_lock_the_service_cannot_write(
+    tmp: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    """A database, or its lock, the service's user may only read: serving would
+    fail to start ("attempt to write a readonly database", or its lock), so check
+    says so: exit 2, one line."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    assert main(["check", "--database", str(database)]) == 0  # the control: all fine
+    VideoStore.open(database).close()
+    read_only = data / f"stoat.db{suffix}"
+    read_only.touch()
+    read_only.chmod(0o400)
+    capsys.readouterr()
+
+    status = call_denied(lambda: main(["check", "--database", str(database)]))
+
+    captured = capsys.readouterr()
+    assert status == 2
+    [line] = captured.err.splitlines()
+    assert f"cannot write to {read_only}" in line
+
+
 def _check_line(database: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """``check --database database``: its exit status and its one line on stderr."""
     status = main(["check", "--database", str(database)])

@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -327,6 +328,32 @@ class LogWatch:
                 copied=copied,
                 frames=frames,
                 reason=reason,
+            )
+
+
+def refuse_odd_companions(path: str, name: str) -> None:
+    """Refuse what lies beside the database under SQLite's names (``-journal``,
+    ``-wal``, ``-shm``) or its lock's (``.lock``) unless it is a regular file:
+    SQLite opens a FIFO named ``<database>-journal`` in C, and waits there for
+    a writer that never comes, deaf to SIGTERM; a directory or a FIFO of the
+    others fails only once the service starts. ``name`` is how the user gave
+    the path (its flag or variable), for the message.
+
+    Raises:
+        StoreError: one of them is not a regular file, or cannot be looked at.
+    """
+    for suffix in ("-journal", "-wal", "-shm", ".lock"):
+        companion = path + suffix
+        try:
+            mode = os.lstat(companion).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"{name}: cannot look at {companion} ({exc.strerror})") from None
+        if not stat.S_ISREG(mode):
+            raise StoreError(
+                f"{name}: {companion} is not a regular file, where SQLite or the service"
+                " keeps one of the database's own: remove it"
             )
 
 

@@ -50,6 +50,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
+from stoat_ferret.library._connections import refuse_odd_companions
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._realpath import real_path
 
@@ -89,8 +90,7 @@ def make_private_directories(path: str | os.PathLike[str]) -> None:
 
 def check_data_directory(path: Path, name: str) -> None:
     """What :func:`prepare_database` would refuse, found without creating anything
-    (``stoat-ferret check``): a directory there that others can write into, or a
-    database file that is a symbolic link.
+    (``stoat-ferret check``): a directory others can write into, odd files.
 
     Raises:
         StoreError: as :func:`prepare_database`.
@@ -294,6 +294,7 @@ def _refuse_link(path: Path, name: str) -> bool:
     links: the service's lock goes by the name, so a second service could
     serve the same file under another, each with a journal of its own, which
     SQLite says corrupts it); return whether the file exists."""
+    refuse_odd_companions(os.fspath(path), name)  # before SQLite opens any of them
     try:
         info = os.lstat(path)
         mode = info.st_mode
