@@ -19,6 +19,7 @@ to start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -109,8 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the format and at the level asked for.
             configure_logging(settings.log_level, settings.log_format)
             if command == "check":
-                sys.stdout.write(check(settings, names) + "\n")
-                return 0
+                return _say(check(settings, names))
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
             sys.stderr.write(one_line(exc) + "\n")
@@ -127,6 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(number, handler)
 
 
+def _say(line: str) -> int:
+    """Print ``line`` on standard output: 0, or, if it cannot be written (closed,
+    a full disk, a reader gone), why on standard error and ``EXIT_BAD_SETTING``."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (OSError, AttributeError, ValueError) as exc:  # None or closed: Attribute-, ValueError
+        reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "it is closed"
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sys.stderr.write(f"stoat-ferret: cannot write to standard output ({reason})\n")
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            # What is left unwritten is dropped, not flushed again (and failing) at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BAD_SETTING
+    return 0
+
+
 def _serve(settings: Settings, names: dict[str, str]) -> int:
     """Bind and serve (the database checked and locked); return the exit status.
 
@@ -140,7 +157,8 @@ def _serve(settings: Settings, names: dict[str, str]) -> int:
     try:
         listener = listen(settings)
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        # A socket.gaierror's errno is getaddrinfo's code, not an errno.
+        reason = exc.strerror or str(exc)
         sys.stderr.write(
             f"stoat-ferret: cannot listen on {settings.host}:{settings.port}"
             f" ({names['host']}, {names['port']}): {reason}\n"

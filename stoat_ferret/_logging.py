@@ -86,8 +86,13 @@ def _fields(record: Record) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
+    """A field's value as the text line shows it: quoted and escaped (``repr``)
+    if it is empty or holds a space, an ``=`` or a character not printable (a
+    terminal's escape sequence in a client's path, a bidi control)."""
     text = str(value)
-    return text if text and not any(ch.isspace() or ch == "=" for ch in text) else repr(text)
+    if text and all(ch.isprintable() and not ch.isspace() and ch != "=" for ch in text):
+        return text
+    return repr(text)
 
 
 def _format_text(record: Record) -> str:

@@ -200,6 +200,8 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
         (["--scan-root", ""], "--scan-root needs a directory, got ''"),
+        (["--allowed-host", ""], "--allowed-host needs a host name, got ''"),
+        (["--allowed-origin", " "], "--allowed-origin needs an origin, got ' '"),
         (
             ["--scan-root", "/tmp", "--scan-root", ":"],
             "--scan-root names no directory, only separators: ':'",
@@ -703,6 +705,33 @@ def test_check_refuses_a_database_or_lock_the_service_cannot_write(
     assert status == 2
     [line] = captured.err.splitlines()
     assert f"cannot write to {read_only}" in line
+
+
+class _Unwritable:
+    """A standard output that refuses every write, as a full disk does."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_check_whose_line_cannot_be_written_exits_2_with_one_line(
+    tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stdout: str
+) -> None:
+    """Standard output full, or closed (``>&-``: Python's is None then): the check's
+    line cannot be printed, which a script must not take for success: exit 2 and
+    why on standard error, not a traceback."""
+    monkeypatch.setattr(sys, "stdout", _Unwritable() if stdout == "full" else None)
+
+    status = main(["check", "--database", str(tmp / "data" / "stoat.db")])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line.startswith("stoat-ferret: cannot write to standard output (")
 
 
 def _check_line(database: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -224,6 +224,26 @@ def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
     assert line.startswith(f"stoat-ferret: cannot listen on 127.0.0.1:{port} {named}: ")
 
 
+def test_a_name_that_does_not_resolve_at_bind_time_says_why_in_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host resolved when it was checked, but not as the socket is bound (DNS
+    changed meanwhile, or no address of the socket's family): getaddrinfo's own
+    words, not "Unknown error -2" (its code is not an errno)."""
+    for key, value in server_environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+
+    def unresolved(settings: Settings) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(stoat_server, "listen", unresolved)
+    status = main([])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == EXIT_CANNOT_LISTEN
+    assert line.endswith(": Name or service not known")
+
+
 # main() in a process of its own, with the arguments after argv[2], told to stop
 # (by the signal named in argv[1]) while it reads its arguments or settings,
 # checks the database or runs the check (the step named in argv[2], of

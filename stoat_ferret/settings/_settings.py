@@ -184,7 +184,7 @@ class Settings:
             "env": "STOAT_ALLOWED_HOSTS",
             "flag": "--allowed-host",
             "metavar": "HOST",
-            "repeat": True,
+            "repeat": "a host name",
             "default": "none",
             "help": "more names the service is reached by (the Host header), ','-separated "
             "in the variable; its own host, localhost, 127.0.0.1 and ::1 always are; "
@@ -199,7 +199,7 @@ class Settings:
             "env": "STOAT_ALLOWED_ORIGINS",
             "flag": "--allowed-origin",
             "metavar": "ORIGIN",
-            "repeat": True,
+            "repeat": "an origin",
             "default": "none",
             "help": "more origins (https://host:port) the dashboard may be served from, such "
             "as a proxy's public one, ','-separated in the variable; no CORS headers are sent",
