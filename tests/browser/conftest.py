@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 import pytest
 
-from tests.server import running_server, server_environment, wait_ready
+from tests.server import running_server, server_environment, stop_hang_guard, wait_ready
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from playwright.sync_api import Browser
 
-STOP_WITHIN = 10.0
+STOP_WITHIN = stop_hang_guard(1.0)  # the server's STOAT_SHUTDOWN_GRACE below
 
 
 @attrs.frozen

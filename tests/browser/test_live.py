@@ -19,7 +19,7 @@ import pytest
 
 from tests.browser.test_dashboard import Console
 from tests.gated_service import HOLD
-from tests.server import running_server, server_environment, wait_ready
+from tests.server import running_server, server_environment, stop_hang_guard, wait_ready
 from tests.videos import make_video
 
 try:
@@ -38,10 +38,11 @@ RUNNING_SCANS = 6
 # the test cancels it, however fast the machine probes (by their size alone,
 # 4,000 files each, they could end before the test looked, and fail it).
 FILES_PER_SCAN = 50
-STOP_WITHIN = 15.0
+STOP_WITHIN = stop_hang_guard()  # a guard: the default grace, the longest here
 # The page's fetch of /health, raced against this many milliseconds: a
-# request stalled behind held connections loses.
-STALL_MS = 5000
+# request stalled behind held connections loses (it would wait for ever);
+# long enough for a loaded machine to answer one that is not stalled.
+STALL_MS = 15000
 
 FETCH_HEALTH = f"""async () => {{
   const stalled = new Promise((resolve) => setTimeout(() => resolve("stalled"), {STALL_MS}));
