@@ -157,8 +157,11 @@ def _serve(settings: Settings, names: dict[str, str]) -> int:
     try:
         listener = listen(settings)
     except OSError as exc:
-        # A socket.gaierror's errno is getaddrinfo's code, not an errno.
-        reason = exc.strerror or str(exc)
+        # socket.create_server adds "(while attempting to bind on address ...)",
+        # which the line says already; a name that does not resolve has
+        # getaddrinfo's code, not an errno, and its own words.
+        words = (exc.strerror or str(exc)).split(" (while attempting to bind", 1)[0]
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else words
         sys.stderr.write(
             f"stoat-ferret: cannot listen on {settings.host}:{settings.port}"
             f" ({names['host']}, {names['port']}): {reason}\n"

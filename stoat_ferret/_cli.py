@@ -29,6 +29,7 @@ from stoat_ferret import __version__
 from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
     SCHEMA_VERSION,
+    WRITTEN_COMPANIONS,
     DatabaseLock,
     StoreError,
     VideoStore,
@@ -284,7 +285,8 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
         f"{names['database_path']}: cannot create, or write in, the directory of {path}",
     )
     check_data_directory(path, names["database_path"])  # as serving would refuse it
-    for written in (path, path.with_name(path.name + ".lock")):  # serving writes both
+    # Serving writes each, where it is there: the database, its lock, SQLite's own.
+    for written in [path, *(path.with_name(path.name + end) for end in WRITTEN_COMPANIONS)]:
         if os.path.lexists(written) and not os.access(
             written, os.R_OK | os.W_OK, effective_ids=os.access in os.supports_effective_ids
         ):

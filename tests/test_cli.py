@@ -682,13 +682,14 @@ def test_a_database_companion_that_is_not_a_regular_file_is_refused(
 
 
 @pytest.mark.usefixtures("_restored_logging")
-@pytest.mark.parametrize("suffix", ["", ".lock"])
+@pytest.mark.parametrize("suffix", ["", ".lock", "-wal", "-shm", "-journal"])
 def test_check_refuses_a_database_or_lock_the_service_cannot_write(
     tmp: Path, capsys: pytest.CaptureFixture[str], suffix: str
 ) -> None:
-    """A database, or its lock, the service's user may only read: serving would
-    fail to start ("attempt to write a readonly database", or its lock), so check
-    says so: exit 2, one line."""
+    """A database, its lock, or SQLite's file beside it (a crashed run as another
+    user may leave one) the service's user may only read: serving would fail to
+    start ("attempt to write a readonly database", or its lock), so check says
+    so: exit 2, one line."""
     data = tmp / "data"
     data.mkdir(mode=0o700)
     database = data / "stoat.db"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -221,7 +222,9 @@ def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
 
     [line] = capsys.readouterr().err.splitlines()
     assert status == EXIT_CANNOT_LISTEN
-    assert line.startswith(f"stoat-ferret: cannot listen on 127.0.0.1:{port} {named}: ")
+    assert line == (
+        f"stoat-ferret: cannot listen on 127.0.0.1:{port} {named}: {os.strerror(errno.EADDRINUSE)}"
+    )
 
 
 def test_a_name_that_does_not_resolve_at_bind_time_says_why_in_words(
@@ -234,14 +237,18 @@ def test_a_name_that_does_not_resolve_at_bind_time_says_why_in_words(
         monkeypatch.setenv(key, value)
 
     def unresolved(settings: Settings) -> None:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        # As socket.create_server raises it: its bind resolves the name.
+        raise OSError(
+            socket.EAI_NONAME,
+            "Name or service not known (while attempting to bind on address ('nowhere', 0))",
+        )
 
     monkeypatch.setattr(stoat_server, "listen", unresolved)
     status = main([])
 
     [line] = capsys.readouterr().err.splitlines()
     assert status == EXIT_CANNOT_LISTEN
-    assert line.endswith(": Name or service not known")
+    assert line.endswith("): Name or service not known")
 
 
 # main() in a process of its own, with the arguments after argv[2], told to stop

@@ -16,7 +16,7 @@ from stoat_ferret.library._beneath import (
     containing_root,
     open_below_root,
 )
-from stoat_ferret.library._connections import inspect_database
+from stoat_ferret.library._connections import WRITTEN_COMPANIONS, inspect_database
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
     DirectoryReplaced,
@@ -92,6 +92,7 @@ __all__ = [
     "THUMBNAIL_VERSION",
     "THUMBNAIL_WIDTH",
     "VIDEO_EXTENSIONS",
+    "WRITTEN_COMPANIONS",
     "BackgroundThreads",
     "DatabaseLock",
     "DirectoryReplaced",

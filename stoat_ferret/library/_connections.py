@@ -331,6 +331,11 @@ class LogWatch:
             )
 
 
+WRITTEN_COMPANIONS: Final = ("-journal", "-wal", "-shm", ".lock")
+"""The files beside the database that SQLite (under its names) or the
+service (the lock) open for writing."""
+
+
 def refuse_odd_companions(path: str, name: str) -> None:
     """Refuse what lies beside the database under SQLite's names (``-journal``,
     ``-wal``, ``-shm``) or its lock's (``.lock``) unless it is a regular file:
@@ -342,7 +347,7 @@ def refuse_odd_companions(path: str, name: str) -> None:
     Raises:
         StoreError: one of them is not a regular file, or cannot be looked at.
     """
-    for suffix in ("-journal", "-wal", "-shm", ".lock"):
+    for suffix in WRITTEN_COMPANIONS:
         companion = path + suffix
         try:
             mode = os.lstat(companion).st_mode

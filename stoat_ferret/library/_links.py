@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._beneath import MAX_DEPTH, PATH_MAX, open_subdirectory
@@ -71,18 +72,21 @@ class LinkCache:
     """The outcomes of the links resolved so far in one walk, by the link's
     path: a chain met again costs one lookup.
 
-    Bounded: it keeps links up to :data:`MAX_CACHED_COMPONENTS` components,
-    and past that lets go of those looked up least recently (a link let go
-    and met again is resolved again, within the walk's :class:`LinkBudget`):
-    the links of a chain many others lead to stay. Unbounded, a walk of
-    half a million links in a directory 120 levels down held 6 GB.
+    It keeps only links met on the way from another (a walk meets each of
+    its own once): a link that many lead to, or a chain's. Bounded: it keeps
+    them up to :data:`MAX_CACHED_COMPONENTS` components, and past that lets
+    go of those looked up least recently (a link let go and met again is
+    resolved again, within the walk's :class:`LinkBudget`). Unbounded, a
+    walk of half a million links in a directory 120 levels down held 6 GB.
     """
 
     __slots__ = ("_kept", "capacity", "left")
 
     def __init__(self, components: int = MAX_CACHED_COMPONENTS) -> None:
-        # Each link's outcome and cost, least recently used first.
-        self._kept: dict[tuple[str, ...], tuple[Cached, int]] = {}
+        # Each link's outcome and cost, least recently used first (an
+        # OrderedDict: a dict's first item is found by skipping what was
+        # popped before it, which made each eviction cost the cache's size).
+        self._kept: OrderedDict[tuple[str, ...], tuple[Cached, int]] = OrderedDict()
         self.capacity = components
         self.left = components
 
@@ -94,10 +98,10 @@ class LinkCache:
 
     def get(self, path: tuple[str, ...]) -> Cached | None:
         """What the link at ``path`` led to, if it is kept (now the most recently used)."""
-        kept = self._kept.pop(path, None)
+        kept = self._kept.get(path)
         if kept is None:
             return None
-        self._kept[path] = kept
+        self._kept.move_to_end(path)
         return kept[0]
 
     def keep(self, path: tuple[str, ...], cached: Cached) -> None:
@@ -110,7 +114,7 @@ class LinkCache:
         if path in kept or cost > self.capacity:
             return
         while cost > self.left and kept:
-            self.left += kept.pop(next(iter(kept)))[1]
+            self.left += kept.popitem(last=False)[1][1]
         if cost <= self.left:
             self.left -= cost
             kept[path] = (cached, cost)
@@ -326,6 +330,8 @@ class _Resolver:
         if isinstance(outcome, OSError):  # without its traceback, which holds the frames
             outcome = OSError(outcome.errno, outcome.strerror)
         for path, hops, components in self.links:
+            if not hops:  # the link the walk met: met once (LinkCache)
+                continue
             self.cache.keep(path, (outcome, self.hops - hops, self.components - components))
 
     def push(self, fd: int) -> None:

@@ -41,6 +41,7 @@ from stoat_ferret.library._connections import (
     open_reader,
     open_writer,
     refuse_memory,
+    refuse_odd_companions,
     transaction,
 )
 from stoat_ferret.library._exceptions import StoreBusy, StoreError
@@ -96,10 +97,13 @@ class StoreFile:
                 served by another process (which holds its lock), has a
                 schema newer than this code's
                 (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`), or
-                ``path`` names an in-memory database (``":memory:"`` or ``""``).
+                ``path`` names an in-memory database (``":memory:"`` or ``""``),
+                or something not a regular file lies beside it under SQLite's
+                names or the lock's (``_connections.refuse_odd_companions``).
         """
         name = os.fspath(path)
         refuse_memory(name)
+        refuse_odd_companions(name, name)  # a FIFO -journal would block SQLite's open
         locks: list[DatabaseLock] = []
         try:
             writer = open_writer(

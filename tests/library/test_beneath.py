@@ -219,21 +219,23 @@ def test_a_link_deeper_than_the_walk_goes_holds_no_more_descriptors_than_it(
 def test_a_resolved_chain_is_cached_for_the_walk(
     scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same link, or a link to a link already resolved, costs no open the second time."""
+    """The links met on the way from another are kept: a second link to one of
+    them costs no open but the way down to its own directory. The link the walk
+    met itself is not kept (a walk meets each of its own once)."""
     directory, head = _hostile_chain(scope, 10)
-    (scope.joinpath(*["d"] * 10) / "again").symlink_to(head)
+    (scope.joinpath(*["d"] * 10) / "again").symlink_to(f"l{MAX_LINK_HOPS - 2}")
     cache = LinkCache()
     first = resolve_link(split(str(scope)), directory, head, scope_fd, cache=cache)
     opens = _Opens(monkeypatch)
 
-    second = resolve_link(split(str(scope)), directory, head, scope_fd, cache=cache)
-    with pytest.raises(OSError, match="Too many levels"):  # 41 hops, cached or not
-        resolve_link(split(str(scope)), directory, "again", scope_fd, cache=cache)
+    second = resolve_link(split(str(scope)), directory, "again", scope_fd, cache=cache)
 
     assert first is not None
     assert second == first
-    assert opens.count == 2 * 10  # only the way down to the links' directory, for each call
-    assert len(cache) == MAX_LINK_HOPS
+    assert opens.count == 10  # only the way down to the links' directory
+    assert sorted(path[-1] for path in cache) == sorted(
+        f"l{index}" for index in range(MAX_LINK_HOPS - 1)
+    )
 
 
 def test_a_walks_link_cache_lets_go_of_the_least_recently_used_links(
@@ -247,12 +249,13 @@ def test_a_walks_link_cache_lets_go_of_the_least_recently_used_links(
     (scope / "clip.mp4").touch()
     for index in range(3):
         (scope / f"{index}.mp4").symlink_to("clip.mp4")
+        (scope / f"to-{index}.mp4").symlink_to(f"{index}.mp4")  # the walk's own links
     # Each of these costs its path (one more than the scope's), its target's, and the rest.
     each = 2 * (len(here) + 1) + CACHED_LINK_COST
     cache = LinkCache(2 * each)
 
     def resolve(index: int) -> Outcome:
-        return resolve_link(here, here, f"{index}.mp4", scope_fd, cache=cache)
+        return resolve_link(here, here, f"to-{index}.mp4", scope_fd, cache=cache)
 
     outcomes = [resolve(0), resolve(1), resolve(0), resolve(2)]  # 0 again: 1 is the oldest
 
@@ -267,13 +270,15 @@ def test_a_cached_error_holds_no_traceback(scope: Path, scope_fd: int) -> None:
     raises the same error."""
     here = split(str(scope))
     (scope / "gone.mp4").symlink_to("missing.mp4")
+    (scope / "a.mp4").symlink_to("gone.mp4")
+    (scope / "b.mp4").symlink_to("gone.mp4")
     cache = LinkCache()
 
     with pytest.raises(FileNotFoundError):
-        resolve_link(here, here, "gone.mp4", scope_fd, cache=cache)
+        resolve_link(here, here, "a.mp4", scope_fd, cache=cache)
     cached = cache.get((*here, "gone.mp4"))
     with pytest.raises(OSError, match="No such file") as again:
-        resolve_link(here, here, "gone.mp4", scope_fd, cache=cache)
+        resolve_link(here, here, "b.mp4", scope_fd, cache=cache)
 
     assert cached is not None
     assert isinstance(cached[0], OSError)
@@ -290,13 +295,14 @@ def test_a_chain_many_links_lead_to_stays_cached_past_the_bound(scope: Path, sco
     (scope / "clip.mp4").touch()
     (scope / "c1").symlink_to("clip.mp4")
     (scope / "c0").symlink_to("c1")
-    for index in range(5):
-        (scope / f"once{index}.mp4").symlink_to("clip.mp4")
+    for index in range(5):  # each kept: met on the way from the walk's own link
+        (scope / f"filler{index}").symlink_to("clip.mp4")
+        (scope / f"once{index}.mp4").symlink_to(f"filler{index}")
     for index in range(50):
         (scope / f"{index}.mp4").symlink_to("c0")
     each = 2 * (len(here) + 1) + CACHED_LINK_COST
     cache = LinkCache(3 * each)
-    budget = LinkBudget(5 * 2 + 4 + 49 * 2 + 10)  # the fillers, the first whole, 49 cached
+    budget = LinkBudget(5 * 3 + 4 + 49 * 2 + 10)  # the fillers, the first whole, 49 cached
 
     for index in range(5):
         resolve_link(here, here, f"once{index}.mp4", scope_fd, cache=cache, budget=budget)
@@ -313,35 +319,37 @@ def test_the_links_of_one_walk_share_one_budget_of_components(
     scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each component a resolution meets takes one from the walk's budget, a
-    target's all at once as it is read, whichever link it is for: a link of 4
-    components (its name, then its target's 3) resolves with 2 of 6 left; the
-    next link's target is more than is left, and it stops having opened
-    nothing; a link whose outcome is cached takes one (its name); with the
+    target's all at once as it is read, whichever link it is for: a link to a
+    link of 3 components takes 5 of 8 (its name, its target's 1, that link's
+    target's 3); the next link's target is more than is left, and it stops
+    having opened nothing; a link to the cached link takes its own 2; with the
     budget spent a link opens nothing, and the spent budget is no outcome
     cached for the link."""
-    (scope / "one.mp4").symlink_to("sub/../clip.mp4")
+    (scope / "mid").symlink_to("sub/../clip.mp4")
+    (scope / "one.mp4").symlink_to("mid")
     (scope / "two.mp4").symlink_to("sub/../clip.mp4")
-    budget = LinkBudget(6)
+    (scope / "three.mp4").symlink_to("mid")
+    budget = LinkBudget(8)
     cache = LinkCache()
     here = split(str(scope))
 
     first = resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)
     left = budget.left
     opens = _Opens(monkeypatch)
-    with pytest.raises(LinkBudgetSpent, match="met 6 path components") as spent:
+    with pytest.raises(LinkBudgetSpent, match="met 8 path components") as spent:
         resolve_link(here, here, "two.mp4", scope_fd, cache=cache, budget=budget)
     after_two = budget.left
-    again = resolve_link(here, here, "one.mp4", scope_fd, cache=cache, budget=budget)
+    again = resolve_link(here, here, "three.mp4", scope_fd, cache=cache, budget=budget)
     with pytest.raises(LinkBudgetSpent):
         resolve_link(here, here, "two.mp4", scope_fd, cache=cache, budget=budget)
 
     assert first is not None
     assert first[0] == split(str(scope / "clip.mp4"))
-    assert (left, after_two, budget.left) == (2, 1, 0)
+    assert (left, after_two, budget.left) == (3, 2, 0)
     assert again == first
     assert opens.count == 0
     assert spent.value.errno == errno.ELOOP
-    assert [path[-1] for path in cache] == ["one.mp4"]
+    assert [path[-1] for path in cache] == ["mid"]
 
 
 def test_a_target_of_thousands_of_empty_parts_costs_them_when_it_is_read(

@@ -1285,3 +1285,13 @@ def _fd_target(fd: str) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:  # the listing's own descriptor, closed since
         return ""
+
+
+def test_opening_refuses_a_fifo_where_sqlite_keeps_its_journal(tmp_path: Path) -> None:
+    """A FIFO named as the database's rollback journal (or log): SQLite would block
+    opening it, deaf to signals; the store refuses it before SQLite opens anything."""
+    VideoStore.open(tmp_path / "videos.sqlite").close()
+    os.mkfifo(tmp_path / "videos.sqlite-journal")
+
+    with pytest.raises(StoreError, match=r"videos\.sqlite-journal is not a regular file"):
+        VideoStore.open(tmp_path / "videos.sqlite")
