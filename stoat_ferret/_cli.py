@@ -29,13 +29,13 @@ from stoat_ferret import __version__
 from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
     SCHEMA_VERSION,
-    WRITTEN_COMPANIONS,
     DatabaseLock,
     StoreError,
     VideoStore,
     check_data_directory,
     inspect_database,
     prepare_database,
+    refuse_unwritable,
     thumbnails_directory_beside,
     thumbnails_directory_refusal,
 )
@@ -285,14 +285,7 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
         f"{names['database_path']}: cannot create, or write in, the directory of {path}",
     )
     check_data_directory(path, names["database_path"])  # as serving would refuse it
-    # Serving writes each, where it is there: the database, its lock, SQLite's own.
-    for written in [path, *(path.with_name(path.name + end) for end in WRITTEN_COMPANIONS)]:
-        if os.path.lexists(written) and not os.access(
-            written, os.R_OK | os.W_OK, effective_ids=os.access in os.supports_effective_ids
-        ):
-            raise StoreError(
-                f"{names['database_path']}: cannot write to {written} ({os.strerror(errno.EACCES)})"
-            )
+    refuse_unwritable(os.fspath(path), names["database_path"])
     thumbnails = check_thumbnails(path)
     roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
     note = f"; {thumbnails}" if thumbnails else ""

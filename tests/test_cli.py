@@ -696,7 +696,7 @@ def test_check_refuses_a_database_or_lock_the_service_cannot_write(
     assert main(["check", "--database", str(database)]) == 0  # the control: all fine
     VideoStore.open(database).close()
     read_only = data / f"stoat.db{suffix}"
-    read_only.touch()
+    read_only.write_bytes(b"\xd9\xd5\x05\xf9")  # a journal's header: unfinished, rolled back
     read_only.chmod(0o400)
     capsys.readouterr()
 
@@ -706,6 +706,25 @@ def test_check_refuses_a_database_or_lock_the_service_cannot_write(
     assert status == 2
     [line] = captured.err.splitlines()
     assert f"cannot write to {read_only}" in line
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_passes_a_finished_journal_it_cannot_write(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty or zeroed rollback journal is a finished one: SQLite never writes
+    it, so serving starts though the user may only read it, and check says ok."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    VideoStore.open(database).close()
+    journal = data / "stoat.db-journal"
+    journal.write_bytes(b"\0" * 512)
+    journal.chmod(0o400)
+
+    status = call_denied(lambda: main(["check", "--database", str(database)]))
+
+    assert status == 0, capsys.readouterr().err
 
 
 class _Unwritable:

@@ -16,7 +16,7 @@ from stoat_ferret.library._beneath import (
     containing_root,
     open_below_root,
 )
-from stoat_ferret.library._connections import WRITTEN_COMPANIONS, inspect_database
+from stoat_ferret.library._connections import inspect_database, refuse_unwritable
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
     DirectoryReplaced,
@@ -92,7 +92,6 @@ __all__ = [
     "THUMBNAIL_VERSION",
     "THUMBNAIL_WIDTH",
     "VIDEO_EXTENSIONS",
-    "WRITTEN_COMPANIONS",
     "BackgroundThreads",
     "DatabaseLock",
     "DirectoryReplaced",
@@ -131,6 +130,7 @@ __all__ = [
     "prepare_database",
     "probe_video",
     "real_path",
+    "refuse_unwritable",
     "seccomp_filters",
     "submit_thumbnails",
     "then_thumbnails",

@@ -362,6 +362,28 @@ def refuse_odd_companions(path: str, name: str) -> None:
             )
 
 
+def refuse_unwritable(path: str, name: str) -> None:
+    """Refuse the database, its lock or SQLite's files beside it (those there)
+    unless this process may read and write them, as serving must (a journal
+    only if a crash left it unfinished, its first byte not zero), with StoreError."""
+    effective = os.access in os.supports_effective_ids
+    for written in (path, *(path + suffix for suffix in WRITTEN_COMPANIONS)):
+        if os.access(written, os.R_OK | os.W_OK, effective_ids=effective):
+            continue
+        try:  # asked after the access: SQLite makes and deletes a journal at every write
+            if written.endswith("-journal"):
+                with open(written, "rb") as journal:
+                    if not journal.read(1).strip(b"\0"):
+                        continue
+            elif not os.path.lexists(written):
+                continue
+        except FileNotFoundError:
+            continue
+        except OSError:  # it cannot be read either
+            pass
+        raise StoreError(f"{name}: cannot write to {written} ({os.strerror(errno.EACCES)})")
+
+
 def refuse_memory(name: str) -> None:
     """Refuse a name that is no file: ``":memory:"``, ``""`` or a ``file:`` URI.
 

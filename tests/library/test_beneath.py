@@ -229,10 +229,13 @@ def test_a_resolved_chain_is_cached_for_the_walk(
     opens = _Opens(monkeypatch)
 
     second = resolve_link(split(str(scope)), directory, "again", scope_fd, cache=cache)
+    (scope.joinpath(*["d"] * 10) / "over").symlink_to("again")
+    with pytest.raises(OSError, match="Too many levels"):  # 41 hops, one cached chain in them
+        resolve_link(split(str(scope)), directory, "over", scope_fd, cache=cache)
 
     assert first is not None
     assert second == first
-    assert opens.count == 10  # only the way down to the links' directory
+    assert opens.count == 2 * 10  # only the way down to the links' directory, for each call
     assert sorted(path[-1] for path in cache) == sorted(
         f"l{index}" for index in range(MAX_LINK_HOPS - 1)
     )
@@ -287,10 +290,12 @@ def test_a_cached_error_holds_no_traceback(scope: Path, scope_fd: int) -> None:
 
 
 def test_a_chain_many_links_lead_to_stays_cached_past_the_bound(scope: Path, scope_fd: int) -> None:
-    """Links met once fill the cache; then 50 links lead to one chain of two. The
-    chain stays cached (each of the 50 looks it up), so each costs its own two
-    components of the walk's budget, not the chain's two more: all 50 resolve
-    within a budget that resolving the chain each time would spend."""
+    """Links met once fill the cache; then 50 links lead, each through a link of
+    its own (which the cache keeps, letting go of another), to one chain of two.
+    The chain's head stays cached (each of the 50 looks it up: the least recently
+    used go first, not the oldest), so each costs its own three components of the
+    walk's budget, not the chain's two more: all 50 resolve within a budget that
+    resolving the chain each time would spend."""
     here = split(str(scope))
     (scope / "clip.mp4").touch()
     (scope / "c1").symlink_to("clip.mp4")
@@ -298,11 +303,12 @@ def test_a_chain_many_links_lead_to_stays_cached_past_the_bound(scope: Path, sco
     for index in range(5):  # each kept: met on the way from the walk's own link
         (scope / f"filler{index}").symlink_to("clip.mp4")
         (scope / f"once{index}.mp4").symlink_to(f"filler{index}")
-    for index in range(50):
-        (scope / f"{index}.mp4").symlink_to("c0")
+    for index in range(50):  # each through a link of its own: each resolution keeps one
+        (scope / f"m{index}").symlink_to("c0")
+        (scope / f"{index}.mp4").symlink_to(f"m{index}")
     each = 2 * (len(here) + 1) + CACHED_LINK_COST
     cache = LinkCache(3 * each)
-    budget = LinkBudget(5 * 3 + 4 + 49 * 2 + 10)  # the fillers, the first whole, 49 cached
+    budget = LinkBudget(5 * 3 + 5 + 49 * 3 + 10)  # the fillers, the first whole, 49 cached
 
     for index in range(5):
         resolve_link(here, here, f"once{index}.mp4", scope_fd, cache=cache, budget=budget)
