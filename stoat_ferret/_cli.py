@@ -377,9 +377,17 @@ def _names(names: Mapping[str, str] | None) -> Mapping[str, str]:
     return {option.field: option.env for option in options()} if names is None else names
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    """The family of the socket the service listens on for ``host``: IPv6 for
+    an address with a colon, IPv4 for anything else, names included (as uvicorn
+    binds them)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _resolve_host(settings: Settings, name: str) -> None:
+    family = address_family(settings.host)  # a name of IPv6 addresses only cannot be bound
     try:
-        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+        socket.getaddrinfo(settings.host, settings.port, family, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise SettingsError(f"{name}: cannot use {settings.host!r} ({exc})") from None
 

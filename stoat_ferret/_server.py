@@ -46,7 +46,7 @@ import uvicorn
 from loguru import logger
 from uvicorn.server import HANDLED_SIGNALS
 
-from stoat_ferret._cli import dashboard_url
+from stoat_ferret._cli import address_family, dashboard_url
 from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ def listen(settings: Settings) -> socket.socket:
     Raises:
         OSError: the address cannot be bound (in use, not this machine's...).
     """
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    family = address_family(settings.host)
     # ``::`` means every address, IPv4 ones too, as uvicorn's own bind gave it
     # (the system's default); create_server makes any other IPv6 socket IPv6-only.
     bound = socket.create_server(

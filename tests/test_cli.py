@@ -417,6 +417,30 @@ def _restored_logging() -> Iterator[None]:
         logging.captureWarnings(False)
 
 
+def test_a_host_name_of_ipv6_addresses_only_is_a_bad_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service listens on IPv4 for a host name (IPv6 for an address with a
+    colon): a name that resolves to IPv6 addresses only cannot be bound, so it is
+    refused before, as one that does not resolve (check said "ok" of it)."""
+    real = socket.getaddrinfo
+
+    def ipv6_only(host: str, *args: Any, **kwargs: Any) -> Any:
+        family = args[1] if len(args) > 1 else kwargs.get("family", 0)
+        if host == "sixonly.test" and family != socket.AF_INET6:
+            if family == socket.AF_INET:
+                raise socket.gaierror(
+                    socket.EAI_ADDRFAMILY, "Address family for hostname not supported"
+                )
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::1", 0, 0, 0))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", ipv6_only)
+
+    with pytest.raises(SettingsError, match=r"^STOAT_HOST: cannot use 'sixonly\.test'"):
+        check_startup(Settings(host="sixonly.test", database_path=tmp_path / "x.db"))
+
+
 @pytest.mark.usefixtures("_restored_logging")
 def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """check creates nothing (a new database is said to be new), binds nothing,
