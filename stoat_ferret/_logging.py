@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 _TEXT: Final = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
-    "<cyan>{name}</cyan> | <level>{message}</level>{extra[_fields]}\n{exception}"
+    "<cyan>{name}</cyan> | <level>{extra[_message]}</level>{extra[_fields]}\n{exception}"
 )
 
 _ACCESS_FIELDS: Final = ("client", "method", "path", "http_version", "status")
@@ -95,10 +95,20 @@ def _show(value: Any) -> str:
     return repr(text)
 
 
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable (a line break, a
+    terminal's escape, a bidi control) as its escape: one line, shown, not obeyed."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _format_text(record: Record) -> str:
-    """Loguru's line, then the structured fields: ``| job_id=... status=...``."""
+    """Loguru's line (its message printable), then the structured fields:
+    ``| job_id=... status=...``."""
     fields = " ".join(f"{key}={_show(value)}" for key, value in _fields(record).items())
     record["extra"]["_fields"] = " | " + fields if fields else ""
+    record["extra"]["_message"] = _printable(record["message"])
     return _TEXT
 
 

@@ -126,18 +126,21 @@ def test_text_lines_show_the_structured_fields(sink: io.StringIO) -> None:
 
 
 def test_text_lines_escape_what_a_terminal_would_act_on(sink: io.StringIO) -> None:
-    """A field holding a terminal's escape sequence, a backspace or a bidi control
-    (a client's request path, a hostile file's name) is shown escaped, so a
-    `tail -f` of the log shows it rather than obeying it."""
+    """A field or a message holding a terminal's escape sequence, a backspace, a
+    line break or a bidi control (a client's request path, a hostile file's name)
+    is shown escaped, so a `tail -f` of the log shows it rather than obeying it."""
     configure_logging("INFO", sink=sink)
 
     logger.info("request refused", path="/\x1b[2J\x1b[31mFAKE\x08", name="a\u202etxt.mp4")
 
-    [line] = sink.getvalue().splitlines()
-    assert line.endswith(
+    logger.info("probe of {} failed", "b\x1b[2Jc\nd.mp4")
+
+    first, second = sink.getvalue().splitlines()
+    assert first.endswith(
         "request refused | path='/\\x1b[2J\\x1b[31mFAKE\\x08' name='a\\u202etxt.mp4'"
     )
-    assert not any(ch in line for ch in "\x1b\x08\u202e")
+    assert second.endswith("| probe of b\\x1b[2Jc\\nd.mp4 failed")
+    assert not any(ch in first + second for ch in "\x1b\x08\u202e")
 
 
 def test_json_line_has_time_level_message_and_every_field(sink: io.StringIO) -> None:
