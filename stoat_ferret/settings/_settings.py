@@ -73,7 +73,10 @@ class Settings:
     host: str = attrs.field(
         default="127.0.0.1",
         validator=_check_host,
-        metadata={"env": "STOAT_HOST", "help": "address to listen on (must resolve; a name, to an IPv4 address)"},
+        metadata={
+            "env": "STOAT_HOST",
+            "help": "address to listen on (must resolve; a name, to an IPv4 address)",
+        },
     )
     port: int = attrs.field(
         default=8000,
