@@ -17,13 +17,21 @@ failed: no ``errors_total`` to compare with); so does a finished job with
 fewer stored entries than its ``errors_total`` (replaced in part, or
 replaced so long ago that the library no longer remembers it): its list is
 gone, and a short or empty page would say it had fewer.
+
+A list is stored while its job is known: :func:`sweeping`, entered by the
+lifespan, deletes every :data:`SWEEP_SECONDS` the lists of the scans the
+queue has dropped since (otherwise each scope's last list would stay until
+the restart).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query
+from loguru import logger
 from pydantic import BaseModel
 
 # FastAPI reads the route signatures at run time: these names must exist then.
@@ -31,11 +39,22 @@ from stoat_ferret.api._deps import JobQueueDep, LibraryDep, once_each
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import PageQuery, error_responses
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
-from stoat_ferret.library import ScanErrorsReplaced
+from stoat_ferret.jobs import JobNotFound
+from stoat_ferret.library import ScanErrorsReplaced, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stoat_ferret.jobs import AsyncJobQueue
+    from stoat_ferret.library import VideoLibrary
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 _REPLACED = "these errors were replaced by a later scan of the same directory"
+
+SWEEP_SECONDS: Final = 600.0
+"""How often the lists of forgotten scans are deleted: a job is kept an hour
+(by default), so a list outlives its job by ten minutes at most."""
 
 
 class ScanErrorOut(BaseModel):
@@ -102,3 +121,44 @@ def _counted_errors(result: Any) -> int:
         if isinstance(count, int):
             return count
     return 0
+
+
+@asynccontextmanager
+async def sweeping(
+    queue: AsyncJobQueue, library: VideoLibrary, *, every: float = SWEEP_SECONDS
+) -> AsyncIterator[None]:
+    """Delete, every ``every`` seconds while the block runs (the lifespan's),
+    the stored errors of the scans ``queue`` no longer knows."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(_sweep_every, queue, library, every, name="stoat_ferret scan errors sweep")
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
+
+
+async def _sweep_every(queue: AsyncJobQueue, library: VideoLibrary, every: float) -> None:
+    while True:
+        await anyio.sleep(every)
+        try:
+            await sweep_scan_errors(queue, library)
+        except StoreError as exc:  # the next sweep tries again
+            logger.warning("scan errors not swept: {reason}", reason=" ".join(str(exc).split()))
+
+
+async def sweep_scan_errors(queue: AsyncJobQueue, library: VideoLibrary) -> list[str]:
+    """Delete the stored errors of the scans ``queue`` no longer knows; return their ids.
+
+    Raises:
+        StoreError: the store could not be read or written.
+    """
+    gone: list[str] = []
+    for job_id in await library.scan_error_jobs():
+        try:
+            await queue.get_result(job_id)
+        except JobNotFound:
+            gone.append(job_id)  # a job id is never given to another job
+    if gone:
+        await library.forget_scan_errors(gone)
+        logger.debug("scan errors of {count} forgotten scan(s) deleted", count=len(gone))
+    return gone

@@ -207,7 +207,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             dispatch.current = handler
             logger.info("service started with an injected job queue", database=library.path)
             try:
-                async with app.state.metrics.following(injected):
+                async with (
+                    app.state.metrics.following(injected),
+                    _scan_errors.sweeping(injected, library),
+                ):
                     yield
             finally:
                 begin_shutdown(app)
@@ -230,7 +233,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     # The metrics follow the jobs before any is submitted (the
                     # start-up thumbnails job may end before the app serves):
                     # a job that ended before the feed opened is never counted.
-                    async with app.state.metrics.following(supervisor):
+                    async with (
+                        app.state.metrics.following(supervisor),
+                        _scan_errors.sweeping(supervisor, library),
+                    ):
                         try:
                             await _thumbnails.start_thumbnails(supervisor, thumbnailer)
                         except (StoreError, OSError) as exc:

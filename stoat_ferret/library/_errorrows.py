@@ -37,6 +37,30 @@ def scope_jobs(
     return [job_id for (job_id,) in rows]
 
 
+def listed_jobs(connection: sqlite3.Connection) -> list[str]:
+    """The scans that have errors stored, in a few index seeks each (a "loose
+    index scan" of the primary key): not a read of every entry."""
+    rows = connection.execute(
+        """
+        WITH RECURSIVE jobs (id) AS (
+            SELECT min(job_id) FROM scan_errors
+            UNION ALL
+            SELECT (SELECT min(job_id) FROM scan_errors WHERE job_id > id)
+            FROM jobs WHERE id IS NOT NULL
+        )
+        SELECT id FROM jobs WHERE id IS NOT NULL
+        """
+    ).fetchall()
+    return [job_id for (job_id,) in rows]
+
+
+def delete_job_errors(connection: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+    """Delete every stored error of the scans ``job_ids``."""
+    connection.executemany(
+        "DELETE FROM scan_errors WHERE job_id = ?", ((job_id,) for job_id in job_ids)
+    )
+
+
 def insert_errors(
     connection: sqlite3.Connection,
     job_id: str,

@@ -272,6 +272,14 @@ class VideoLibrary:
         never waits, so it needs no worker thread)."""
         self._store.end_scan(job_id, directory, recursive=recursive)
 
+    async def scan_error_jobs(self) -> list[str]:
+        """The scans that have errors stored."""
+        return await anyio.to_thread.run_sync(self._store.scan_error_jobs)  # a job's read
+
+    async def forget_scan_errors(self, job_ids: Sequence[str]) -> None:
+        """Delete the stored errors of the scans ``job_ids``."""
+        await anyio.to_thread.run_sync(self._store.forget_scan_errors, list(job_ids))
+
     async def scan_errors(
         self, job_id: str, limit: int = 100, offset: int = 0
     ) -> tuple[list[tuple[str, str]], int]:

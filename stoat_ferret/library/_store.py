@@ -1,8 +1,9 @@
 """VideoStore: the videos, scan_errors and mount_points tables in SQLite, from worker threads.
 
-VideoStore extends :class:`~stoat_ferret.library._storefile.StoreFile`, the
-file under it (``_storefile.py``: concurrency and durability): a writing
-connection and two reading ones, each under its own lock. Each write method
+VideoStore extends :class:`~stoat_ferret.library._storefile.StoreFile` (by
+:class:`ScanErrorStore`), the file under it (``_storefile.py``: concurrency
+and durability): a writing connection and two reading ones, each under its
+own lock. Each write method
 is one transaction on the writer, each read one on a reader.
 
 Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``;
@@ -14,20 +15,7 @@ paths' old rows (they no longer describe their files) and returns each
 refused path with the reason. The probe keeps its numbers within the
 store's (``_probe.py``), so this is a backstop.
 
-Scan errors. ``scan_errors`` holds every ``errors`` entry of a scan, in the
-order met, keyed by job id; a job's result lists only the first few. Each
-scan of a directory (with the same ``recursive``) replaces the rows of the
-scan before it when it starts, and owns that directory's list from then on;
-a scan that no longer owns it (a later scan of the same directory started
-meanwhile) stores nothing more, so a list is never a mix of two scans. A
-scan becomes the owner once its new list is committed, and stops being one
-when it ends (``end_scan``, carried out when the next scan begins), so the
-owners, kept in memory, are the scans running (and those ended since the last
-began), not every directory ever scanned. It remembers which scans' lists
-were replaced (the last ``REPLACED_KEPT``): :meth:`VideoStore.scan_errors`
-tells a replaced list from an empty one. The table is emptied when the store opens,
-by the process that holds the database's lock (``_lock.py``; no other
-process can open the store meanwhile): job ids do not outlive the process.
+Scan errors: ``_storeerrors.py`` (:class:`ScanErrorStore`, which this extends).
 
 Mount points. ``mount_points`` holds the directories that a scan found on
 another file system than their parent's
@@ -50,14 +38,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._clock import StoreClock
-from stoat_ferret.library._errorrows import (
-    ErrorOwners,
-    delete_scope_errors,
-    error_page,
-    insert_errors,
-    scope_jobs,
-)
-from stoat_ferret.library._exceptions import ScanErrorsReplaced
+from stoat_ferret.library._errorrows import ErrorOwners
 from stoat_ferret.library._models import (
     Applied,
     Fingerprint,
@@ -83,7 +64,7 @@ from stoat_ferret.library._rows import (
     timestamp,
 )
 from stoat_ferret.library._schema import PROBE_VERSION
-from stoat_ferret.library._storefile import StoreFile
+from stoat_ferret.library._storeerrors import ScanErrorStore
 
 if TYPE_CHECKING:
     import sqlite3
@@ -91,7 +72,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 
-class VideoStore(StoreFile):
+class VideoStore(ScanErrorStore):
     """The tables of one SQLite file. Blocking: call it from worker threads.
 
     Use :meth:`open` (the constructor's arguments are ``StoreFile``'s).
@@ -333,68 +314,6 @@ class VideoStore(StoreFile):
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
         return deleted
-
-    def replace_scan_errors(
-        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
-    ) -> None:
-        """Forget the errors of earlier scans of this scope, make ``job_id``
-        its owner, and store ``errors`` (the first of ``job_id``, if any)."""
-        # The owner changes once the new list is committed (a failed commit
-        # leaves the previous owner, whose list is still there), under the
-        # same hold of the lock as the commit.
-        scope, owners = (directory, recursive), self._error_owners
-        with self._write_lock:
-            marked: list[str] = []
-            try:
-                with self._writing() as connection:
-                    stored = scope_jobs(connection, directory, recursive, but=job_id)
-                    marked = owners.replacing(scope, job_id, stored)
-                    delete_scope_errors(connection, directory, recursive)
-                    insert_errors(connection, job_id, directory, recursive, errors)
-            except BaseException:
-                owners.unmark(marked)
-                raise
-            owners.take(scope, job_id)
-
-    def add_scan_errors(
-        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
-    ) -> None:
-        """Store more ``(path, error)`` entries of the scan ``job_id``, after its
-        others; nothing if a later scan of this scope has replaced them, nor
-        once ``job_id`` has ended (:meth:`end_scan`) and another scan has begun."""
-        if errors:
-            with self._writing() as connection:
-                if self._error_owners.owns((directory, recursive), job_id):
-                    insert_errors(connection, job_id, directory, recursive, errors)
-
-    def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
-        """The scan ``job_id`` adds no more errors: forget it as its scope's owner.
-
-        Its list stays stored. Never waits, so any thread may call it, the
-        event loop's too: the next :meth:`replace_scan_errors` carries it
-        out, under the write lock. So the map of owners holds the scans
-        running and those ended since the last scan began, not every scope
-        ever scanned.
-        """
-        self._error_owners.end((directory, recursive), job_id)
-
-    def scan_errors(
-        self, job_id: str, limit: int, offset: int
-    ) -> tuple[list[tuple[str, str]], int]:
-        """Return one page of a scan's ``(path, error)`` entries in the order met, and the total.
-
-        Raises:
-            ValueError: ``limit`` or ``offset`` is negative.
-            ScanErrorsReplaced: A later scan of the same scope replaced the list.
-        """
-        if limit < 0 or offset < 0:
-            raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
-        with self._reading() as connection:
-            page = error_page(connection, job_id, limit, offset)
-        # Asked after the read: a list replaced meanwhile is not served either.
-        if self._error_owners.was_replaced(job_id):
-            raise ScanErrorsReplaced(job_id)
-        return page
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"

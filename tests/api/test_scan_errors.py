@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from stoat_ferret.api._scan_errors import sweep_scan_errors
 from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import InMemoryJobQueue
+from stoat_ferret.library import VideoLibrary
 from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
@@ -194,3 +197,31 @@ async def test_the_replaced_list_of_a_cancelled_scan_is_410(
     assert cancelled.json()["status"] == "cancelled"
     assert after.status_code == 410
     assert "replaced by a later scan" in after.json()["detail"]
+
+
+async def test_a_sweep_deletes_the_errors_of_forgotten_scans_only(tmp_path: Path) -> None:
+    """The stored errors of a scan whose job the queue no longer knows go (a job
+    dropped after its retention, or one it never had); those of a job it knows
+    (finished, here) stay, and are still served."""
+    queue = InMemoryJobQueue()
+
+    async def scan(context: JobContext) -> None:
+        return None
+
+    queue.register("scan", scan)
+    known = await queue.submit("scan", {"path": "/m/1"})
+    await queue.wait(known)
+    forgotten = "0" * 32  # a job id no job of this queue has
+    async with await VideoLibrary.open(tmp_path / "videos.sqlite") as library:
+        for job_id, directory in ((forgotten, "/m/0"), (known, "/m/1")):
+            await library.replace_scan_errors(
+                job_id, directory, recursive=True, errors=[(f"{directory}/x.mp4", "bad")]
+            )
+
+        swept = await sweep_scan_errors(queue, library)
+        left = await library.scan_error_jobs()
+        kept = await library.scan_errors(known)
+
+    assert swept == [forgotten]
+    assert left == [known]
+    assert kept == ([("/m/1/x.mp4", "bad")], 1)

@@ -28,7 +28,7 @@ from stoat_ferret.library import (
     _clock,
     _errorrows,
     _schema,
-    _store,
+    _storeerrors,
 )
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS
@@ -974,7 +974,7 @@ def test_a_list_reads_as_replaced_from_before_its_replacement_is_committed(
         seen.append(store._error_owners.was_replaced("a"))
         insert(*args)
 
-    monkeypatch.setattr(_store, "insert_errors", inserting)
+    monkeypatch.setattr(_storeerrors, "insert_errors", inserting)
     store.replace_scan_errors("b", "/m", recursive=True, errors=())
 
     assert seen == [True]

@@ -1,0 +1,124 @@
+"""The scan errors of a :class:`~stoat_ferret.library.VideoStore`: a base class of it.
+
+``scan_errors`` holds every ``errors`` entry of a scan, in the
+order met, keyed by job id; a job's result lists only the first few. Each
+scan of a directory (with the same ``recursive``) replaces the rows of the
+scan before it when it starts, and owns that directory's list from then on;
+a scan that no longer owns it (a later scan of the same directory started
+meanwhile) stores nothing more, so a list is never a mix of two scans. A
+scan becomes the owner once its new list is committed, and stops being one
+when it ends (``end_scan``, carried out when the next scan begins), so the
+owners, kept in memory, are the scans running (and those ended since the last
+began), not every directory ever scanned. It remembers which scans' lists
+were replaced (the last ``REPLACED_KEPT``): :meth:`VideoStore.scan_errors`
+tells a replaced list from an empty one. The table is emptied when the store opens,
+by the process that holds the database's lock (``_lock.py``; no other
+process can open the store meanwhile): job ids do not outlive the process.
+
+A list is kept while its scan's job is known: the service's lifespan asks
+the store which scans have lists (:meth:`ScanErrorStore.scan_error_jobs`)
+every few minutes and deletes those of jobs its queue has dropped
+(:meth:`ScanErrorStore.forget_scan_errors`; ``api/_scan_errors.py``).
+
+The statements are ``_errorrows.py``'s.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stoat_ferret.library._errorrows import (
+    delete_job_errors,
+    delete_scope_errors,
+    error_page,
+    insert_errors,
+    listed_jobs,
+    scope_jobs,
+)
+from stoat_ferret.library._exceptions import ScanErrorsReplaced
+from stoat_ferret.library._storefile import StoreFile
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from stoat_ferret.library._errorrows import ErrorOwners
+
+
+class ScanErrorStore(StoreFile):
+    """The ``scan_errors`` table of a store; its subclass sets ``_error_owners``."""
+
+    _error_owners: ErrorOwners
+
+    def replace_scan_errors(
+        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
+    ) -> None:
+        """Forget the errors of earlier scans of this scope, make ``job_id``
+        its owner, and store ``errors`` (the first of ``job_id``, if any)."""
+        # The owner changes once the new list is committed (a failed commit
+        # leaves the previous owner, whose list is still there), under the
+        # same hold of the lock as the commit.
+        scope, owners = (directory, recursive), self._error_owners
+        with self._write_lock:
+            marked: list[str] = []
+            try:
+                with self._writing() as connection:
+                    stored = scope_jobs(connection, directory, recursive, but=job_id)
+                    marked = owners.replacing(scope, job_id, stored)
+                    delete_scope_errors(connection, directory, recursive)
+                    insert_errors(connection, job_id, directory, recursive, errors)
+            except BaseException:
+                owners.unmark(marked)
+                raise
+            owners.take(scope, job_id)
+
+    def add_scan_errors(
+        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
+    ) -> None:
+        """Store more ``(path, error)`` entries of the scan ``job_id``, after its
+        others; nothing if a later scan of this scope has replaced them, nor
+        once ``job_id`` has ended (:meth:`end_scan`) and another scan has begun."""
+        if errors:
+            with self._writing() as connection:
+                if self._error_owners.owns((directory, recursive), job_id):
+                    insert_errors(connection, job_id, directory, recursive, errors)
+
+    def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
+        """The scan ``job_id`` adds no more errors: forget it as its scope's owner.
+
+        Its list stays stored. Never waits, so any thread may call it, the
+        event loop's too: the next :meth:`replace_scan_errors` carries it
+        out, under the write lock. So the map of owners holds the scans
+        running and those ended since the last scan began, not every scope
+        ever scanned.
+        """
+        self._error_owners.end((directory, recursive), job_id)
+
+    def scan_errors(
+        self, job_id: str, limit: int, offset: int
+    ) -> tuple[list[tuple[str, str]], int]:
+        """Return one page of a scan's ``(path, error)`` entries in the order met, and the total.
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative.
+            ScanErrorsReplaced: A later scan of the same scope replaced the list.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
+        with self._reading() as connection:
+            page = error_page(connection, job_id, limit, offset)
+        # Asked after the read: a list replaced meanwhile is not served either.
+        if self._error_owners.was_replaced(job_id):
+            raise ScanErrorsReplaced(job_id)
+        return page
+
+    def scan_error_jobs(self) -> list[str]:
+        """The scans that have errors stored (a job's read: the jobs' reader)."""
+        with self._reading(bulk=True) as connection:
+            return listed_jobs(connection)
+
+    def forget_scan_errors(self, job_ids: Sequence[str]) -> None:
+        """Delete the stored errors of the scans ``job_ids`` (whose jobs are
+        forgotten: no job id is ever given to another job)."""
+        if job_ids:
+            with self._writing() as connection:
+                delete_job_errors(connection, job_ids)
