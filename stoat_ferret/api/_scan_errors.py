@@ -54,7 +54,8 @@ _REPLACED = "these errors were replaced by a later scan of the same directory"
 
 SWEEP_SECONDS: Final = 600.0
 """How often the lists of forgotten scans are deleted: a job is kept an hour
-(by default), so a list outlives its job by ten minutes at most."""
+(by default), so a list outlives its job until the next sweep that can
+write, ten minutes later as a rule."""
 
 
 class ScanErrorOut(BaseModel):
@@ -125,10 +126,13 @@ def _counted_errors(result: Any) -> int:
 
 @asynccontextmanager
 async def sweeping(
-    queue: AsyncJobQueue, library: VideoLibrary, *, every: float = SWEEP_SECONDS
+    queue: AsyncJobQueue, library: VideoLibrary, *, every: float | None = None
 ) -> AsyncIterator[None]:
-    """Delete, every ``every`` seconds while the block runs (the lifespan's),
-    the stored errors of the scans ``queue`` no longer knows."""
+    """Delete, every ``every`` seconds (:data:`SWEEP_SECONDS`) while the block
+    runs (the lifespan's), the stored errors of the scans ``queue`` no longer
+    knows. A sweep that fails is logged, and the next one tries again: nothing
+    of it ends the task, and with it the lifespan."""
+    every = SWEEP_SECONDS if every is None else every
     async with anyio.create_task_group() as group:
         group.start_soon(_sweep_every, queue, library, every, name="stoat_ferret scan errors sweep")
         try:
@@ -144,6 +148,8 @@ async def _sweep_every(queue: AsyncJobQueue, library: VideoLibrary, every: float
             await sweep_scan_errors(queue, library)
         except StoreError as exc:  # the next sweep tries again
             logger.warning("scan errors not swept: {reason}", reason=" ".join(str(exc).split()))
+        except Exception:  # a bug, or an injected queue's: logged, not the lifespan's end
+            logger.opt(exception=True).error("scan errors not swept")
 
 
 async def sweep_scan_errors(queue: AsyncJobQueue, library: VideoLibrary) -> list[str]:

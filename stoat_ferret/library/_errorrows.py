@@ -1,8 +1,8 @@
 """The ``scan_errors`` table's SQL (a scope's list replaced, entries added, a
 page read), and :class:`ErrorOwners`, which scan owns each scope's list.
 
-The store (``_store.py``) decides when, in which transaction and for which
-owner (its module docstring, "Scan errors"); the functions only run the
+The store (``_storeerrors.py``) decides when, in which transaction and for
+which owner (its module docstring); the functions only run the
 statements, on the connection they are given, and the owners are kept for
 the store, under its write lock.
 """
@@ -54,11 +54,14 @@ def listed_jobs(connection: sqlite3.Connection) -> list[str]:
     return [job_id for (job_id,) in rows]
 
 
-def delete_job_errors(connection: sqlite3.Connection, job_ids: Sequence[str]) -> None:
-    """Delete every stored error of the scans ``job_ids``."""
-    connection.executemany(
-        "DELETE FROM scan_errors WHERE job_id = ?", ((job_id,) for job_id in job_ids)
+def delete_job_errors(connection: sqlite3.Connection, job_id: str, limit: int) -> int:
+    """Delete up to ``limit`` stored errors of the scan ``job_id``; how many went."""
+    cursor = connection.execute(
+        "DELETE FROM scan_errors WHERE rowid IN"
+        " (SELECT rowid FROM scan_errors WHERE job_id = ? LIMIT ?)",
+        (job_id, limit),
     )
+    return cursor.rowcount
 
 
 def insert_errors(

@@ -12,9 +12,10 @@ read at a time, so a thread beyond the one reading would only wait for that
 connection; a pile of requests waits as tasks instead, and leaves anyio's
 default pool of 40 threads to the rest (resolving a scan's path, the walk).
 The jobs' reads of whole scopes (a scan's survey, the thumbnails job's list)
-have a connection of their own, and keep the default pool as writes do:
-only running jobs make them, one store call at a time a job, so
-``max_workers`` bounds them; and neither a write waiting out the busy
+and the lifespan's sweep of forgotten scans' errors have a connection of
+their own, and keep the default pool as writes do: only running jobs and
+that sweep make them, one store call at a time each, so ``max_workers``
+(plus one) bounds them; and neither a write waiting out the busy
 timeout nor a read waiting behind another job's must hold a token a
 request's read needs.
 """
@@ -57,6 +58,10 @@ second on a 2-core machine, and one read at a time holds the reader, so a
 burst of broad searches (their clients gone, perhaps) would otherwise hold
 up every read behind it for as long as they all take. Less than the
 server's 3 s of grace for open requests at a stop, so none outlives it."""
+
+FORGET_ROWS: Final = 10_000
+"""Stored errors of a forgotten scan deleted in one transaction: tens of
+milliseconds of the write lock, where a list of a million took seconds."""
 
 READ_THREADS: Final = 4
 """Worker threads reads use at once: one reading, and three more ready at the
@@ -274,11 +279,15 @@ class VideoLibrary:
 
     async def scan_error_jobs(self) -> list[str]:
         """The scans that have errors stored."""
-        return await anyio.to_thread.run_sync(self._store.scan_error_jobs)  # a job's read
+        return await anyio.to_thread.run_sync(self._store.scan_error_jobs)  # not a request's
 
     async def forget_scan_errors(self, job_ids: Sequence[str]) -> None:
-        """Delete the stored errors of the scans ``job_ids``."""
-        await anyio.to_thread.run_sync(self._store.forget_scan_errors, list(job_ids))
+        """Delete the stored errors of the scans ``job_ids``, :data:`FORGET_ROWS`
+        a transaction (a cancellation waits for one at most)."""
+        for job_id in job_ids:
+            forget = functools.partial(self._store.forget_scan_errors, job_id, limit=FORGET_ROWS)
+            while await anyio.to_thread.run_sync(forget) == FORGET_ROWS:
+                pass
 
     async def scan_errors(
         self, job_id: str, limit: int = 100, offset: int = 0

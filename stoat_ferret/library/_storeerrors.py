@@ -112,13 +112,16 @@ class ScanErrorStore(StoreFile):
         return page
 
     def scan_error_jobs(self) -> list[str]:
-        """The scans that have errors stored (a job's read: the jobs' reader)."""
+        """The scans that have errors stored (a read of the lifespan's sweep, not
+        of a request: the reader of the jobs' reads)."""
         with self._reading(bulk=True) as connection:
             return listed_jobs(connection)
 
-    def forget_scan_errors(self, job_ids: Sequence[str]) -> None:
-        """Delete the stored errors of the scans ``job_ids`` (whose jobs are
-        forgotten: no job id is ever given to another job)."""
-        if job_ids:
-            with self._writing() as connection:
-                delete_job_errors(connection, job_ids)
+    def forget_scan_errors(self, job_id: str, *, limit: int) -> int:
+        """Delete up to ``limit`` stored errors of the scan ``job_id`` (whose job
+        is forgotten: no job id is ever given to another job), in one
+        transaction; how many went. In pieces, so that a list of a million
+        entries does not hold the write lock (a scan's writes wait for it) for
+        seconds."""
+        with self._writing() as connection:
+            return delete_job_errors(connection, job_id, limit)

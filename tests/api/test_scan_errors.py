@@ -200,9 +200,9 @@ async def test_the_replaced_list_of_a_cancelled_scan_is_410(
 
 
 async def test_a_sweep_deletes_the_errors_of_forgotten_scans_only(tmp_path: Path) -> None:
-    """The stored errors of a scan whose job the queue no longer knows go (a job
-    dropped after its retention, or one it never had); those of a job it knows
-    (finished, here) stay, and are still served."""
+    """The stored errors of a scan whose job the queue does not know go (here an id
+    it never had, as a dropped job's is: ids are never given again); those of a
+    job it knows (finished, here) stay, and are still read."""
     queue = InMemoryJobQueue()
 
     async def scan(context: JobContext) -> None:

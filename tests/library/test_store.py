@@ -1295,3 +1295,21 @@ def test_opening_refuses_a_fifo_where_sqlite_keeps_its_journal(tmp_path: Path) -
 
     with pytest.raises(StoreError, match=r"videos\.sqlite-journal is not a regular file"):
         VideoStore.open(tmp_path / "videos.sqlite")
+
+
+def test_a_forgotten_scans_errors_go_in_pieces(store: VideoStore) -> None:
+    """The errors of a scan whose job is forgotten are deleted ``limit`` at a time,
+    each piece a transaction of its own; other scans' stay, and the scans with
+    errors are listed by id."""
+    store.replace_scan_errors(
+        "a", "/m", recursive=True, errors=[(f"/m/{i}", "x") for i in range(5)]
+    )
+    store.replace_scan_errors("b", "/n", recursive=True, errors=[("/n/1", "y")])
+    listed = store.scan_error_jobs()
+
+    pieces = [store.forget_scan_errors("a", limit=2) for _ in range(4)]
+
+    assert listed == ["a", "b"]
+    assert pieces == [2, 2, 1, 0]
+    assert store.scan_error_jobs() == ["b"]
+    assert store.scan_errors("b", 10, 0) == ([("/n/1", "y")], 1)
