@@ -1,8 +1,10 @@
 """The ``scan_errors`` table's SQL (a scope's list replaced, entries added, a
-page read), and :class:`ErrorOwners`, which scan owns each scope's list.
+page read, the scans listed, a forgotten scan's entries deleted a piece at a
+time), and :class:`ErrorOwners`, which scan owns each scope's list.
 
 The store (``_storeerrors.py``) decides when, in which transaction and for
-which owner (its module docstring); the functions only run the
+which owner (its module docstring; ``VideoLibrary.forget_scan_errors``, how
+many pieces); the functions only run the
 statements, on the connection they are given, and the owners are kept for
 the store, under its write lock.
 """

@@ -283,7 +283,8 @@ class VideoLibrary:
 
     async def forget_scan_errors(self, job_ids: Sequence[str]) -> None:
         """Delete the stored errors of the scans ``job_ids``, :data:`FORGET_ROWS`
-        a transaction (a cancellation waits for one at most)."""
+        a transaction (a cancellation waits for one at most, and its wait for
+        the write lock)."""
         for job_id in job_ids:
             forget = functools.partial(self._store.forget_scan_errors, job_id, limit=FORGET_ROWS)
             while await anyio.to_thread.run_sync(forget) == FORGET_ROWS:

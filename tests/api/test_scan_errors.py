@@ -10,7 +10,7 @@ import pytest
 from stoat_ferret.api._scan_errors import sweep_scan_errors
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue
-from stoat_ferret.library import VideoLibrary
+from stoat_ferret.library import VideoLibrary, _library
 from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
@@ -225,3 +225,21 @@ async def test_a_sweep_deletes_the_errors_of_forgotten_scans_only(tmp_path: Path
     assert swept == [forgotten]
     assert left == [known]
     assert kept == ([("/m/1/x.mp4", "bad")], 1)
+
+
+async def test_a_forgotten_list_is_deleted_whole_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``forget_scan_errors`` deletes a list ``FORGET_ROWS`` rows a transaction, until
+    none is left: a list longer than one piece goes whole."""
+    monkeypatch.setattr(_library, "FORGET_ROWS", 2)
+    errors = [(f"/m/{index}.mp4", "bad") for index in range(5)]
+    async with await VideoLibrary.open(tmp_path / "videos.sqlite") as library:
+        await library.replace_scan_errors("a", "/m", recursive=True, errors=errors)
+        await library.replace_scan_errors("b", "/n", recursive=True, errors=errors[:1])
+
+        await library.forget_scan_errors(["a"])
+
+        left = await library.scan_error_jobs()
+
+    assert left == ["b"]

@@ -69,7 +69,7 @@ async def test_sweeping_sweeps_every_sweep_seconds_whatever_a_sweep_raises(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("queue", ["supervisor", "injected"])
-async def test_the_lifespan_sweeps_with_its_queue_and_library(
+async def test_the_lifespan_enters_sweeping_with_its_queue_and_library(
     settings: Settings, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lifespan, with its own supervisor or an injected queue, sweeps while
