@@ -1,6 +1,6 @@
-"""The ``scan_errors`` table's SQL (a scope's list replaced, entries added, a
-page read, the scans listed, a forgotten scan's entries deleted a piece at a
-time), and :class:`ErrorOwners`, which scan owns each scope's list.
+"""The ``scan_errors`` table's SQL (a scope's earlier scans found, entries
+added, a page read, the scans listed, a replaced or forgotten scan's entries
+deleted a piece at a time), and :class:`ErrorOwners`, which scan owns each scope's list.
 
 The store (``_storeerrors.py``) decides when, in which transaction and for
 which owner (its module docstring; ``VideoLibrary.forget_scan_errors``, how
@@ -17,14 +17,6 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Sequence
-
-
-def delete_scope_errors(connection: sqlite3.Connection, directory: str, recursive: bool) -> None:
-    """Delete every stored error of scans of this scope."""
-    connection.execute(
-        "DELETE FROM scan_errors WHERE directory = ? AND recursive = ?",
-        (directory, int(recursive)),
-    )
 
 
 def scope_jobs(

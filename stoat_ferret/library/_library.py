@@ -60,8 +60,8 @@ up every read behind it for as long as they all take. Less than the
 server's 3 s of grace for open requests at a stop, so none outlives it."""
 
 FORGET_ROWS: Final = 10_000
-"""Stored errors of a forgotten scan deleted in one transaction: tens of
-milliseconds of the write lock, where a list of a million took seconds."""
+"""Stored errors of a forgotten or replaced scan deleted in one transaction:
+tens of milliseconds of the write lock, where a list of a million took seconds."""
 
 READ_THREADS: Final = 4
 """Worker threads reads use at once: one reading, and three more ready at the
@@ -229,8 +229,12 @@ class VideoLibrary:
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:
         """Replace the stored errors of this scope with those of the scan
-        ``job_id``, which owns the scope's list from now on."""
-        await anyio.to_thread.run_sync(
+        ``job_id``, which owns the scope's list from now on; the replaced
+        lists are deleted :data:`FORGET_ROWS` a transaction
+        (:meth:`forget_scan_errors`). They read as replaced from the first
+        transaction on; rows a cancellation leaves go with the next scan of
+        the scope, or when the lifespan's sweep finds their jobs forgotten."""
+        replaced = await anyio.to_thread.run_sync(
             functools.partial(
                 self._store.replace_scan_errors,
                 job_id,
@@ -239,6 +243,7 @@ class VideoLibrary:
                 errors=errors,
             )
         )
+        await self.forget_scan_errors(replaced)
 
     async def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]

@@ -2,8 +2,10 @@
 
 ``scan_errors`` holds every ``errors`` entry of a scan, in the
 order met, keyed by job id; a job's result lists only the first few. Each
-scan of a directory (with the same ``recursive``) replaces the rows of the
-scan before it when it starts, and owns that directory's list from then on;
+scan of a directory (with the same ``recursive``) replaces the list of the
+scan before it when it starts (that list reads as replaced at once, and its
+rows are deleted in pieces right after: ``VideoLibrary.replace_scan_errors``),
+and owns that directory's list from then on;
 a scan that no longer owns it (a later scan of the same directory started
 meanwhile) stores nothing more, so a list is never a mix of two scans. A
 scan becomes the owner once its new list is committed, and stops being one
@@ -29,7 +31,6 @@ from typing import TYPE_CHECKING
 
 from stoat_ferret.library._errorrows import (
     delete_job_errors,
-    delete_scope_errors,
     error_page,
     insert_errors,
     listed_jobs,
@@ -51,9 +52,14 @@ class ScanErrorStore(StoreFile):
 
     def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
-    ) -> None:
-        """Forget the errors of earlier scans of this scope, make ``job_id``
-        its owner, and store ``errors`` (the first of ``job_id``, if any)."""
+    ) -> list[str]:
+        """Make ``job_id`` the owner of this scope's list, store ``errors``
+        (the first of ``job_id``, if any), and return the earlier scans of the
+        scope whose lists it replaces, for the caller to delete with
+        :meth:`forget_scan_errors`. Those read as replaced from before this
+        commit on, so no reader sees a list of theirs half deleted; deleting
+        them in pieces keeps a list of a million entries from holding the
+        write lock (every scan's writes wait for it) for seconds."""
         # The owner changes once the new list is committed (a failed commit
         # leaves the previous owner, whose list is still there), under the
         # same hold of the lock as the commit.
@@ -64,12 +70,12 @@ class ScanErrorStore(StoreFile):
                 with self._writing() as connection:
                     stored = scope_jobs(connection, directory, recursive, but=job_id)
                     marked = owners.replacing(scope, job_id, stored)
-                    delete_scope_errors(connection, directory, recursive)
                     insert_errors(connection, job_id, directory, recursive, errors)
             except BaseException:
                 owners.unmark(marked)
                 raise
             owners.take(scope, job_id)
+        return stored
 
     def add_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
@@ -119,9 +125,9 @@ class ScanErrorStore(StoreFile):
 
     def forget_scan_errors(self, job_id: str, *, limit: int) -> int:
         """Delete up to ``limit`` stored errors of the scan ``job_id`` (whose job
-        is forgotten: no job id is ever given to another job), in one
-        transaction; how many went. In pieces, so that a list of a million
-        entries does not hold the write lock (a scan's writes wait for it) for
-        seconds."""
+        is forgotten, or whose list a later scan replaced: no job id is ever
+        given to another job), in one transaction; how many went. In pieces,
+        so that a list of a million entries does not hold the write lock (a
+        scan's writes wait for it) for seconds."""
         with self._writing() as connection:
             return delete_job_errors(connection, job_id, limit)

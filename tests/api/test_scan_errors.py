@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -10,7 +12,7 @@ import pytest
 from stoat_ferret.api._scan_errors import sweep_scan_errors
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue
-from stoat_ferret.library import VideoLibrary, _library
+from stoat_ferret.library import VideoLibrary, _errorrows, _library, _storeerrors
 from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
@@ -143,19 +145,20 @@ async def test_a_job_of_another_type_has_no_list_here(settings: Settings) -> Non
 async def test_a_list_cut_short_by_a_later_scan_is_410(settings: Settings, scan_root: Path) -> None:
     """A finished job with fewer stored entries than its ``errors_total`` (a
     later scan of the same directory started before it finished) answers 410,
-    not a short page."""
+    not a short page. Two of its three rows are deleted behind its back."""
     _bad_files(scan_root / "bad", 3)
     app = create_app(settings)
 
     with anyio.fail_after(TIMEOUT):
         async with serving(app) as client:
             job = await _scan(client, scan_root / "bad")
-            await app.state.library.replace_scan_errors(
-                job["job_id"],
-                str(await anyio.Path(scan_root / "bad").resolve()),
-                recursive=True,
-                errors=[("/only/one.mp4", "kept")],
-            )
+            with contextlib.closing(sqlite3.connect(settings.database_path)) as other:
+                other.execute(
+                    "DELETE FROM scan_errors WHERE rowid IN"
+                    " (SELECT rowid FROM scan_errors WHERE job_id = ? LIMIT 2)",
+                    (job["job_id"],),
+                )
+                other.commit()
             response = await client.get(f"/api/v1/jobs/{job['job_id']}/errors")
 
     assert job["result"]["errors_total"] == 3
@@ -243,3 +246,31 @@ async def test_a_forgotten_list_is_deleted_whole_in_pieces(
         left = await library.scan_error_jobs()
 
     assert left == ["b"]
+
+
+async def test_a_replaced_list_is_deleted_whole_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan's start deletes the list it replaces ``FORGET_ROWS`` rows a
+    transaction, until none is left (one ``DELETE`` of a million rows held the
+    write lock for seconds); another scope's list stays."""
+    monkeypatch.setattr(_library, "FORGET_ROWS", 2)
+    delete = _errorrows.delete_job_errors
+    pieces: list[int] = []
+
+    def deleting(*args: Any) -> int:
+        pieces.append(delete(*args))
+        return pieces[-1]
+
+    monkeypatch.setattr(_storeerrors, "delete_job_errors", deleting)
+    errors = [(f"/m/{index}.mp4", "bad") for index in range(5)]
+    async with await VideoLibrary.open(tmp_path / "videos.sqlite") as library:
+        await library.replace_scan_errors("a", "/m", recursive=True, errors=errors)
+        await library.replace_scan_errors("other", "/n", recursive=True, errors=errors[:1])
+
+        await library.replace_scan_errors("b", "/m", recursive=True, errors=())
+
+        left = await library.scan_error_jobs()
+
+    assert pieces == [2, 2, 1]
+    assert left == ["other"]

@@ -988,12 +988,32 @@ def test_only_the_latest_replaced_scans_are_remembered_as_such(
     monkeypatch.setattr(_errorrows, "REPLACED_KEPT", 2)
     for name in ("a", "b", "c"):
         store.replace_scan_errors(name, f"/{name}", recursive=True, errors=[("/x.mp4", "bad")])
-        store.replace_scan_errors(f"{name}2", f"/{name}", recursive=True, errors=())
+        for replaced in store.replace_scan_errors(
+            f"{name}2", f"/{name}", recursive=True, errors=()
+        ):
+            store.forget_scan_errors(replaced, limit=10)  # as VideoLibrary does
 
     assert store.scan_errors("a", 10, 0) == ([], 0)
     for name in ("b", "c"):
         with pytest.raises(ScanErrorsReplaced):
             store.scan_errors(name, 10, 0)
+
+
+def test_a_replaced_list_left_undeleted_is_replaced_again_by_the_next_scan(
+    store: VideoStore,
+) -> None:
+    """The store hands a scan's start the earlier scans whose lists it replaces,
+    to delete in pieces; a list left undeleted (the deletion cancelled) is
+    handed over again by the scope's next scan, and still reads as replaced."""
+    first = store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    replaced = store.replace_scan_errors("b", "/m", recursive=True, errors=())
+    again = store.replace_scan_errors("c", "/m", recursive=True, errors=[("/m/2.mp4", "bad")])
+    other = store.replace_scan_errors("d", "/m", recursive=False, errors=())
+
+    assert (first, replaced, again, other) == ([], ["a"], ["a"], [])
+    with pytest.raises(ScanErrorsReplaced):
+        store.scan_errors("a", 10, 0)
+    assert store.scan_errors("c", 10, 0) == ([("/m/2.mp4", "bad")], 1)
 
 
 def test_an_ended_scan_is_forgotten_as_owner_when_the_next_scan_begins(
