@@ -5,7 +5,8 @@ gate: a scan of a directory holding a ``HOLD`` file stays running after its
 first rows, so a test can catch a long scan whatever the machine's speed.
 
 One server per module (starting one takes about a second): each test works
-in its own directories under the one scan root. It runs one job at a time
+in its own directories under the one scan root; a test that looks at the
+whole library takes a server of its own (``own_server``). It runs one job at a time
 and lets one wait, so a test can hold a scan running, see another pending,
 and have a third refused with 503. It crosses a process boundary, so
 readiness is polled on ``/health`` with a deadline, as in tests/test_main.py.
@@ -13,6 +14,7 @@ readiness is polled on ``/health`` with a deadline, as in tests/test_main.py.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import TYPE_CHECKING
 
@@ -55,10 +57,9 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The service, stopped with SIGTERM after the module: it must exit 0, cleanly."""
-    home = tmp_path_factory.mktemp("browser")
+@contextlib.contextmanager
+def serving(home: Path) -> Iterator[Server]:
+    """The service on ``home``, stopped with SIGTERM at the end: it must exit 0, cleanly."""
     env = server_environment(
         home, STOAT_MAX_WORKERS="1", STOAT_MAX_PENDING="1", STOAT_SHUTDOWN_GRACE="1"
     )
@@ -71,3 +72,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     text = log.read_text()
     assert returncode == 0, text
     assert "Traceback" not in text, text
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The module's service (:func:`serving`)."""
+    with serving(tmp_path_factory.mktemp("browser")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Server]:
+    """A service of the test's own (:func:`serving`), for a test that looks at
+    the whole library: the module's holds what its other tests scanned."""
+    with serving(tmp_path) as server:
+        yield server

@@ -14,6 +14,7 @@ checked, not ignored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -154,7 +155,21 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 @pytest.fixture
 def dashboard(context: BrowserContext, server: Server) -> Iterator[Dashboard]:
-    """A fresh tab on the dashboard, its console recorded from the first request."""
+    """A fresh tab on the module's server's dashboard (:func:`opened`)."""
+    with opened(context, server) as dashboard:
+        yield dashboard
+
+
+@pytest.fixture
+def own_dashboard(context: BrowserContext, own_server: Server) -> Iterator[Dashboard]:
+    """A fresh tab on the dashboard of a server of the test's own (:func:`opened`)."""
+    with opened(context, own_server) as dashboard:
+        yield dashboard
+
+
+@contextlib.contextmanager
+def opened(context: BrowserContext, server: Server) -> Iterator[Dashboard]:
+    """A fresh tab on ``server``'s dashboard, its console recorded from the first request."""
     page = context.new_page()
     console = Console()
     console.watch(page)
@@ -196,10 +211,12 @@ def _many_files(directory: Path, count: int) -> Path:
 
 
 def test_a_scan_runs_to_completion_and_fills_the_library(
-    dashboard: Dashboard, server: Server
+    own_dashboard: Dashboard, own_server: Server
 ) -> None:
-    """The page follows a scan to 100 %, shows its summary and errors, and lists the videos."""
-    library = _library(server.root)
+    """The page follows a scan to 100 %, shows its summary and errors, and lists the
+    videos (on a server of its own: it counts the whole library)."""
+    dashboard = own_dashboard
+    library = _library(own_server.root)
     page = dashboard.page
 
     dashboard.scan(library)
