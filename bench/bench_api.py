@@ -77,7 +77,7 @@ from bench.bench_scan import _VARIANTS, THREADS, _make_clip_tree, _make_link_tre
 from tests.flake import SPIN
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
 HOST: Final = "127.0.0.1"
 START_SECONDS: Final = 30.0
@@ -85,6 +85,9 @@ START_SECONDS: Final = 30.0
 
 STOP_SECONDS: Final = 20.0
 """Longest a server may take to exit after SIGTERM before it is killed."""
+
+PORT_TRIES: Final = 3
+"""Servers started in all when each finds its port taken (:func:`_serve`)."""
 
 REQUEST_SECONDS: Final = 10.0
 """Timeout of one request."""
@@ -149,41 +152,64 @@ def _free_port() -> int:
         return port
 
 
-def _stoat_command(port: int, database: Path, roots: Path) -> tuple[list[str], dict[str, str]]:
-    """``python -m stoat_ferret`` and its environment: only the bench's STOAT_* settings."""
+def _stoat_command(
+    database: Path, roots: Path
+) -> Callable[[int], tuple[list[str], dict[str, str]]]:
+    """``python -m stoat_ferret`` and its environment on a port: only the bench's
+    STOAT_* settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env |= {
         "STOAT_HOST": HOST,
-        "STOAT_PORT": str(port),
         "STOAT_DATABASE_PATH": str(database),
         "STOAT_SCAN_ROOTS": str(roots),
         "STOAT_LOG_LEVEL": "WARNING",
     }
-    return [sys.executable, "-m", "stoat_ferret"], env
+    return lambda port: ([sys.executable, "-m", "stoat_ferret"], env | {"STOAT_PORT": str(port)})
+
+
+class _PortTaken(RuntimeError):
+    """The server exited because another process bound its port first."""
 
 
 @contextlib.contextmanager
 def _serve(
     name: str,
-    command: list[str],
-    env: Mapping[str, str],
-    port: int,
+    command_on: Callable[[int], tuple[list[str], Mapping[str, str]]],
     ready_path: str,
     log_dir: Path,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server until the block ends; yield once ``ready_path`` answers 200.
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run a server until the block ends; yield it and its port once
+    ``ready_path`` answers 200.
 
-    Stops it with SIGTERM, then SIGKILL after :data:`STOP_SECONDS`, whatever happens.
+    The port is a free one picked here and handed to ``command_on``; another
+    process may bind it first (these servers log at WARNING, so they cannot
+    say which port the system gave them), so a server that exits because the
+    address is in use is started again on another, :data:`PORT_TRIES` times
+    in all. Stops it with SIGTERM, then SIGKILL after :data:`STOP_SECONDS`,
+    whatever happens.
 
     Raises:
         RuntimeError: it exited or did not answer within :data:`START_SECONDS`.
     """
     log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    for attempt in range(1, PORT_TRIES + 1):
+        port = _free_port()
+        command, env = command_on(port)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(process, f"http://{HOST}:{port}{ready_path}", log_path)
+        except _PortTaken:
+            _stop(process)
+            if attempt == PORT_TRIES:
+                raise
+            continue
+        except BaseException:
+            _stop(process)
+            raise
+        break
     try:
-        _wait_ready(process, f"http://{HOST}:{port}{ready_path}", log_path)
-        yield process
+        yield process, port
     finally:
         _stop(process)
 
@@ -199,7 +225,8 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> N
                     return
             time.sleep(0.05)
     tail = log_path.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"server not ready at {url} (exit status {process.poll()}): {tail}")
+    failure = _PortTaken if "address already in use" in tail.lower() else RuntimeError
+    raise failure(f"server not ready at {url} (exit status {process.poll()}): {tail}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -255,8 +282,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     roots = base / "roots"
     clips = _make_clip_tree(base / "clips", len(_VARIANTS))
     roots.mkdir(parents=True)
-    port = _free_port()
-    command, env = _stoat_command(port, base / "db" / "stoat.db", roots)
+    stoat_on = _stoat_command(base / "db" / "stoat.db", roots)
     idle: list[list[float]] = []
     loaded: list[list[float]] = []
     probe_loaded: list[list[float]] = []
@@ -268,7 +294,7 @@ def bench_health(base: Path, *, reps: int, requests: int, files: int) -> dict[st
     sizes = [files]
     trees = 0
     with (
-        _serve("stoat_health", command, env, port, "/health", base) as server,
+        _serve("stoat_health", stoat_on, "/health", base) as (server, port),
         httpx.Client(base_url=f"http://{HOST}:{port}", trust_env=False, timeout=10) as client,
     ):
         _health_latencies(client, min(requests, 100))  # warm-up, not counted
@@ -531,16 +557,18 @@ def _bench_submit(base: Path, *, reps: int, requests: int) -> dict[str, Any]:
     for directory in directories:
         directory.mkdir(parents=True)
     paths = [str(directory) for directory in directories]
-    stoat_port, bare_port = _free_port(), _free_port()
-    command, env = _stoat_command(stoat_port, base / "db" / "stoat.db", roots)
+    stoat_on = _stoat_command(base / "db" / "stoat.db", roots)
     bare_env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
-    bare_command = [sys.executable, "-m", "bench._bare_app", str(bare_port)]
+
+    def bare_on(port: int) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-m", "bench._bare_app", str(port)], bare_env
+
     runs: dict[str, list[dict[str, Any]]] = {"stoat": [], "bare": []}
     with (
-        _serve("stoat_submit", command, env, stoat_port, "/health", base) as stoat,
-        _serve("bare_submit", bare_command, bare_env, bare_port, "/openapi.json", base) as bare,
+        _serve("stoat_submit", stoat_on, "/health", base) as stoat,
+        _serve("bare_submit", bare_on, "/openapi.json", base) as bare,
     ):
-        servers = {"stoat": (stoat, stoat_port), "bare": (bare, bare_port)}
+        servers = {"stoat": stoat, "bare": bare}
         for process, port in servers.values():  # warm-up, not counted
             _load(process, port, paths, min(requests, 300))
         for rep in range(reps):
