@@ -213,10 +213,13 @@ class VideoListQuery(PageQuery):
     under: str | None = Field(
         default=None,
         max_length=MAX_PATH_CHARS,
-        description="An absolute directory: only the videos anywhere below it.",
+        description=(
+            "An absolute directory, as the stored paths spell it (resolved: no"
+            " symlink, no '..'): only the videos anywhere below it."
+        ),
         examples=["/srv/videos/holidays"],
         # Documents what _check_under enforces (empty: no filter), for schema-driven clients.
-        json_schema_extra={"pattern": "^(/[^\\u0000]*)?$"},
+        json_schema_extra={"pattern": "^(/(?!(?:[^\\u0000]*/)?\\.\\.(?:/|$))[^\\u0000]*)?$"},
     )
     sort: VideoSort = Field(
         default="path", description="The order: a column, with a leading - for descending."
@@ -236,6 +239,10 @@ class VideoListQuery(PageQuery):
     def _check_under(cls, value: str | None) -> str | None:
         if value is not None and ("\x00" in value or not os.path.isabs(value)):
             raise ValueError("under must be an absolute directory path")
+        if value is not None and ".." in value.split("/"):
+            # The stored paths are resolved; a ".." after a symlink names
+            # the link's target's parent on disk, not the name before it.
+            raise ValueError("under must not contain '..': give the directory as stored")
         return value
 
 

@@ -219,6 +219,8 @@ async def test_empty_values_are_no_filter(stocked: Settings) -> None:
         ("max_duration=inf", "max_duration"),
         ("under=relative/dir", "under"),
         ("under=/m%00x", "under"),
+        ("under=/m/a/..", "under"),
+        ("under=/m/../m/a", "under"),
         ("q=" + "x" * 16_385, "q"),
         ("video_codec=" + "x" * 257, "video_codec"),
         ("colour=red", "colour"),
@@ -228,7 +230,8 @@ async def test_empty_values_are_no_filter(stocked: Settings) -> None:
 async def test_bad_parameters_are_422(
     shared_client: httpx.AsyncClient, query: str, field: str
 ) -> None:
-    """An unknown sort field, a bad bound, a relative directory or an unknown parameter: 422."""
+    """An unknown sort field, a bad bound, a relative directory (or one with a
+    ``..``: the stored paths are resolved) or an unknown parameter: 422."""
     with anyio.fail_after(10):
         response = await shared_client.get(f"{VIDEOS}?{query}")
 
