@@ -294,7 +294,8 @@ class VideoStore(ScanErrorStore):
         *,
         written_before: datetime | None = None,
     ) -> list[str]:
-        """Delete the rows of those ``paths`` whose file is ``gone``, in one transaction.
+        """Delete the rows of those ``paths`` whose file is ``gone``, in one
+        transaction (``VideoLibrary.remove_gone`` hands it a piece at a time).
 
         ``gone`` (file-system work, given ``paths``, returning those whose
         file is gone) runs first, without the write lock, so no other writer

@@ -27,6 +27,7 @@ from stoat_ferret.library import (
     VideoStore,
     _clock,
     _errorrows,
+    _library,
     _schema,
     _storeerrors,
 )
@@ -437,6 +438,42 @@ async def test_library_open_creates_the_directory_and_answers_queries(tmp_path: 
 
     assert (tmp_path / "state" / "deep").is_dir()
     assert ([v.path for v in videos], total) == (["/m/a.mp4"], 1)
+
+
+@pytest.mark.anyio
+async def test_the_library_removes_gone_rows_in_pieces_in_path_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``remove_gone`` deletes ``REMOVE_ROWS`` paths a transaction, in path order
+    (one transaction of 200,000 in a set's order held the write lock for half
+    a minute), each piece looked at just before its delete; a cancellation
+    waits for the piece under way and leaves the rest."""
+    monkeypatch.setattr(_library, "REMOVE_ROWS", 2)
+    paths = [f"/m/{name}.mp4" for name in "abcde"]
+    looked: list[list[str]] = []
+    scope = anyio.CancelScope()
+
+    def gone(piece: Collection[str]) -> Collection[str]:
+        looked.append(list(piece))
+        return piece
+
+    def gone_then_cancelled(piece: Collection[str]) -> Collection[str]:
+        anyio.from_thread.run_sync(scope.cancel)
+        return gone(piece)
+
+    with anyio.fail_after(10):
+        async with await VideoLibrary.open(tmp_path / "videos.sqlite") as library:
+            await library.upsert([record(path) for path in paths])
+            removed = await library.remove_gone(set(paths[1:]), gone)
+            await library.upsert([record(path) for path in paths[1:]])
+            with scope:
+                await library.remove_gone(paths[::-1], gone_then_cancelled)
+            videos, _ = await library.list_videos(limit=10, offset=0)
+
+    assert looked == [paths[1:3], paths[3:5], paths[0:2]]
+    assert removed == paths[1:]
+    assert scope.cancelled_caught
+    assert [video.path for video in videos] == paths[2:]
 
 
 @pytest.mark.anyio
