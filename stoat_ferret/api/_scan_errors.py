@@ -40,7 +40,7 @@ from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import PageQuery, error_responses
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobNotFound
-from stoat_ferret.library import ScanErrorsReplaced, StoreError
+from stoat_ferret.library import ScanErrorsIncomplete, ScanErrorsReplaced, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 _REPLACED = "these errors were replaced by a later scan of the same directory"
+_INCOMPLETE = (
+    "this scan ended before it could store every error it met (the video store failed):"
+    " its list is incomplete"
+)
 
 SWEEP_SECONDS: Final = 600.0
 """How often the lists of forgotten scans are deleted: a job is kept an hour
@@ -90,7 +94,8 @@ async def list_scan_errors(
     page: Annotated[PageQuery, Query()],
 ) -> ApiJSONResponse:
     """Every error of a scan job, in pages; 410 if a later scan of its directory
-    replaced them, in whole or in part."""
+    replaced them, in whole or in part, or if the scan ended before it could
+    store them all."""
     limit, offset = page.limit, page.offset
     job = await queue.get_result(job_id)  # 404 for an unknown job
     if job.job_type != SCAN_JOB_TYPE:
@@ -103,8 +108,13 @@ async def list_scan_errors(
         entries, total = await library.scan_errors(job_id, limit, offset)
     except ScanErrorsReplaced:
         raise HTTPException(410, _REPLACED) from None
+    except ScanErrorsIncomplete:
+        raise HTTPException(410, _INCOMPLETE) from None
     if job.status.is_terminal and total < _counted_errors(job.result):
         raise HTTPException(410, _REPLACED)
+    # Asked again after the read (404 now): the sweep deletes a list, a piece
+    # at a time, only once the queue no longer knows its job, for good.
+    await queue.get_result(job_id)
     return ApiJSONResponse(
         {
             "errors": [{"path": path, "error": error} for path, error in entries],

@@ -1,12 +1,13 @@
-"""The two SQLite connections of a :class:`~stoat_ferret.library.VideoStore`,
+"""The SQLite connections of a :class:`~stoat_ferret.library.VideoStore`,
 transactions, and the watch on its ``-wal`` file (:class:`LogWatch`).
 
 The writing connection reads the file's header first (whose file, which
 schema: ``_schema.identify``), takes the database's lock (``_lock.py``), and
 only then sets the file up (WAL journal, ``synchronous=NORMAL``, the schema's
-migrations, the scan errors of a process before deleted); the reading connection opens the same file
-read-only (a ``mode=ro`` URI), once the writing one has made it. Both wait
-up to a busy timeout for other processes. In WAL mode a read takes no lock
+migrations, the scan errors of a process before deleted); the reading
+connections (the requests' and the jobs' whole-scope reads': ``_storefile.py``)
+open the same file read-only (a ``mode=ro`` URI), once the writing one has
+made it. All wait up to a busy timeout for other processes. In WAL mode a read takes no lock
 that a writer holds: it reads the last committed snapshot, so it never waits
 for a write, of this process or another, and never sees half of one.
 """

@@ -11,6 +11,7 @@ the store, under its write lock.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final
 
@@ -95,10 +96,10 @@ def error_page(
 
 
 REPLACED_KEPT: Final = 100_000
-"""How many replaced scans :class:`ErrorOwners` remembers as such: about
-12 MB at most (job ids of 32 characters), more than a service that retains
-its jobs an hour (the default) replaces in that time; one older than that
-reads as an empty list."""
+"""How many replaced scans :class:`ErrorOwners` remembers as such (and as many
+whose entries were lost): about 12 MB at most (job ids of 32 characters),
+more than a service that retains its jobs an hour (the default) replaces in
+that time; one older than that reads as an empty list."""
 
 Scope = tuple[str, bool]
 """A scanned ``(directory, recursive)``: whose errors one list holds."""
@@ -110,10 +111,12 @@ class ErrorOwners:
 
     :meth:`replacing` runs under the store's write lock before a scan's new
     list is committed, and :meth:`take` once it is; :meth:`owns`, under the
-    same lock; :meth:`end` never waits, so any thread may call it (a deque's
-    append is atomic), and the next :meth:`replacing` carries it out. It
-    also remembers which scans' lists were replaced (:meth:`was_replaced`,
-    which any thread may ask: a membership test of a dict is atomic).
+    same lock; :meth:`end` never waits for the store, so any thread may call
+    it (a deque's append is atomic; the lost scans have a lock of their own,
+    held for a dict update), and the next :meth:`replacing` carries it out.
+    It also remembers which scans' lists were replaced (:meth:`was_replaced`)
+    and which scans ended with entries unstored (:meth:`was_lost`), which any
+    thread may ask: a membership test of a dict is atomic.
     """
 
     def __init__(self) -> None:
@@ -122,6 +125,9 @@ class ErrorOwners:
         # The scans whose lists a later one replaced, oldest first; at most
         # REPLACED_KEPT of them.
         self._replaced: OrderedDict[str, None] = OrderedDict()
+        # The scans that ended with entries they met unstored, oldest first.
+        self._lost: OrderedDict[str, None] = OrderedDict()
+        self._lost_lock = threading.Lock()
 
     def replacing(self, scope: Scope, job_id: str, stored: Sequence[str]) -> list[str]:
         """Mark, before ``job_id``'s new list of ``scope`` is committed, the
@@ -166,9 +172,20 @@ class ErrorOwners:
     def owns(self, scope: Scope, job_id: str) -> bool:
         return self._owners.get(scope) == job_id
 
-    def end(self, scope: Scope, job_id: str) -> None:
-        """``job_id`` adds no more errors to ``scope``'s list."""
+    def end(self, scope: Scope, job_id: str, *, lost: bool = False) -> None:
+        """``job_id`` adds no more errors to ``scope``'s list; ``lost``: some
+        it met were not stored (the store failed), so its list is short."""
+        if lost:
+            with self._lost_lock:
+                self._lost[job_id] = None
+                while len(self._lost) > REPLACED_KEPT:
+                    self._lost.popitem(last=False)
         self._ended.append((scope, job_id))
+
+    def was_lost(self, job_id: str) -> bool:
+        """Whether ``job_id`` ended with entries it met unstored (one of the
+        last :data:`REPLACED_KEPT` such scans). Any thread may ask."""
+        return job_id in self._lost
 
     def scopes(self) -> dict[Scope, str]:
         """A copy of the owners, by scope (for tests and debugging)."""

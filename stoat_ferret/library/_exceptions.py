@@ -8,7 +8,8 @@
      ├── ScanError     the directory to scan is missing, outside the roots, or cannot be listed
      │    └── DirectoryReplaced   it, or one above it, was replaced by a symlink
      ├── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
-     └── ScanErrorsReplaced  a scan's stored errors were replaced by a later scan's
+     ├── ScanErrorsReplaced  a scan's stored errors were replaced by a later scan's
+     └── ScanErrorsIncomplete  a scan ended before it stored every error it met
 
 A ``ProbeError`` never ends a scan: the scan records it in its ``errors`` list
 and goes on. ``ScanError`` and ``StoreError`` end it, except
@@ -137,3 +138,15 @@ class ScanErrorsReplaced(LibraryError):
 
     def __str__(self) -> str:
         return f"the errors of scan {self.job_id} were replaced by a later scan"
+
+
+@attrs.define(eq=False, str=False)
+class ScanErrorsIncomplete(LibraryError):
+    """Raised when a scan ended before it stored every ``errors`` entry it met
+    (``VideoStore.scan_errors``): the store failed meanwhile, and its stored
+    list is short of what the scan met."""
+
+    job_id: str
+
+    def __str__(self) -> str:
+        return f"scan {self.job_id} ended before it stored all its errors"

@@ -291,10 +291,11 @@ class VideoLibrary:
         (:meth:`VideoStore.stamp`; it never waits, so it needs no worker thread)."""
         return self._store.stamp()
 
-    def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
-        """The scan ``job_id`` adds no more errors (:meth:`VideoStore.end_scan`;
-        never waits, so it needs no worker thread)."""
-        self._store.end_scan(job_id, directory, recursive=recursive)
+    def end_scan(self, job_id: str, directory: str, *, recursive: bool, lost: bool = False) -> None:
+        """The scan ``job_id`` adds no more errors; ``lost``: some it met were
+        not stored (:meth:`VideoStore.end_scan`; never waits, so it needs no
+        worker thread)."""
+        self._store.end_scan(job_id, directory, recursive=recursive, lost=lost)
 
     async def scan_error_jobs(self) -> list[str]:
         """The scans that have errors stored."""
@@ -317,6 +318,7 @@ class VideoLibrary:
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
             ScanErrorsReplaced: A later scan of the same scope replaced the list.
+            ScanErrorsIncomplete: The scan ended before it stored every entry.
         """
         return await anyio.to_thread.run_sync(
             self._store.scan_errors, job_id, limit, offset, limiter=self._reads

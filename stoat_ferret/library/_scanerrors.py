@@ -6,7 +6,9 @@ before it is replaced), and stores the entries it meets after its walk,
 after its probes, and whenever :data:`ERRORS_HELD` are held before that:
 a tree of a million failures costs the scan a few MB, not hundreds. A scan
 that ends early (cancelled, timed out, failed) stores those it met, shielded,
-and every scan, when it ends, stops owning its list (``VideoStore.end_scan``).
+unless the store is what failed; every scan, when it ends, stops owning its
+list (``VideoStore.end_scan``), and one that ends with entries unstored has
+its list marked incomplete (read, it raises ``ScanErrorsIncomplete``).
 A scan that a later scan of the same scope overtook stores nothing more:
 the list is that scan's (``VideoStore.add_scan_errors``).
 """
@@ -86,8 +88,11 @@ class ScanErrors:
                 )
 
     def end(self) -> None:
-        """The scan adds no more entries (``VideoStore.end_scan``; never waits)."""
-        self.library.end_scan(self.job_id, self.root, recursive=self.recursive)
+        """The scan adds no more entries (``VideoStore.end_scan``; never waits);
+        any still unstored (the store failed) are lost, and its list says so."""
+        self.library.end_scan(
+            self.job_id, self.root, recursive=self.recursive, lost=bool(self.log.unstored)
+        )
 
     @contextlib.contextmanager
     def _unstored(self) -> Iterator[list[tuple[str, str]]]:

@@ -36,7 +36,7 @@ from stoat_ferret.library._errorrows import (
     listed_jobs,
     scope_jobs,
 )
-from stoat_ferret.library._exceptions import ScanErrorsReplaced
+from stoat_ferret.library._exceptions import ScanErrorsIncomplete, ScanErrorsReplaced
 from stoat_ferret.library._storefile import StoreFile
 
 if TYPE_CHECKING:
@@ -88,8 +88,10 @@ class ScanErrorStore(StoreFile):
                 if self._error_owners.owns((directory, recursive), job_id):
                     insert_errors(connection, job_id, directory, recursive, errors)
 
-    def end_scan(self, job_id: str, directory: str, *, recursive: bool) -> None:
+    def end_scan(self, job_id: str, directory: str, *, recursive: bool, lost: bool = False) -> None:
         """The scan ``job_id`` adds no more errors: forget it as its scope's owner.
+        ``lost``: it met entries it could not store (the store failed), so
+        its list is short (:meth:`scan_errors` raises ``ScanErrorsIncomplete``).
 
         Its list stays stored. Never waits, so any thread may call it, the
         event loop's too: the next :meth:`replace_scan_errors` carries it
@@ -97,7 +99,7 @@ class ScanErrorStore(StoreFile):
         running and those ended since the last scan began, not every scope
         ever scanned.
         """
-        self._error_owners.end((directory, recursive), job_id)
+        self._error_owners.end((directory, recursive), job_id, lost=lost)
 
     def scan_errors(
         self, job_id: str, limit: int, offset: int
@@ -107,6 +109,7 @@ class ScanErrorStore(StoreFile):
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
             ScanErrorsReplaced: A later scan of the same scope replaced the list.
+            ScanErrorsIncomplete: The scan ended before it stored every entry.
         """
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
@@ -115,6 +118,8 @@ class ScanErrorStore(StoreFile):
         # Asked after the read: a list replaced meanwhile is not served either.
         if self._error_owners.was_replaced(job_id):
             raise ScanErrorsReplaced(job_id)
+        if self._error_owners.was_lost(job_id):
+            raise ScanErrorsIncomplete(job_id)
         return page
 
     def scan_error_jobs(self) -> list[str]:

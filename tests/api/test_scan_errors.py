@@ -11,16 +11,17 @@ import pytest
 
 from stoat_ferret.api._scan_errors import sweep_scan_errors
 from stoat_ferret.api.app import create_app
-from stoat_ferret.jobs import InMemoryJobQueue
-from stoat_ferret.library import VideoLibrary, _errorrows, _library, _storeerrors
+from stoat_ferret.jobs import InMemoryJobQueue, JobNotFound
+from stoat_ferret.library import StoreError, VideoLibrary, _errorrows, _library, _storeerrors
 from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     import httpx
 
-    from stoat_ferret.jobs import JobContext
+    from stoat_ferret.jobs import JobContext, JobResult
     from stoat_ferret.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -274,3 +275,79 @@ async def test_a_replaced_list_is_deleted_whole_in_pieces(
 
     assert pieces == [2, 2, 1]
     assert left == ["other"]
+
+
+async def test_a_scan_failed_by_the_store_answers_410_not_a_short_list(
+    settings: Settings, scan_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses a scan's write of the errors it met: the scan fails, and
+    a failed job has no ``errors_total`` to compare with, so its list says it
+    is incomplete (410), not a 200 that would say the scan met fewer errors
+    than it did."""
+    _bad_files(scan_root / "bad", 3)
+    app = create_app(settings)
+
+    async def refused(*args: Any, errors: Sequence[object], **kwargs: Any) -> None:
+        if errors:
+            raise StoreError("video store: database is locked (by the test)")
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(app) as client:
+            monkeypatch.setattr(app.state.library, "add_scan_errors", refused)
+            response = await client.post(SCAN, json={"path": str(scan_root / "bad")})
+            job_id = response.json()["job_id"]
+            job = await client.get(f"/api/v1/jobs/{job_id}/wait", params={"timeout": TIMEOUT})
+            errors = await client.get(f"/api/v1/jobs/{job_id}/errors")
+
+    assert job.json()["status"] == "failed"
+    assert errors.status_code == 410
+    assert "incomplete" in errors.json()["detail"]
+
+
+class _ForgettingQueue(InMemoryJobQueue):
+    """Forgets ``job_id`` right after a read of it, and sweeps: the sweep's deletes
+    land between the errors route's read of the job and its read of the list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.library: VideoLibrary | None = None
+        self.forget: str | None = None
+        self.gone: set[str] = set()
+
+    async def get_result(self, job_id: str) -> JobResult:
+        if job_id in self.gone:
+            raise JobNotFound(job_id)
+        result = await super().get_result(job_id)
+        if job_id == self.forget and self.library is not None:
+            self.gone.add(job_id)
+            assert await sweep_scan_errors(self, self.library) == [job_id]
+        return result
+
+
+async def test_a_list_swept_while_it_is_read_is_404_not_a_short_list(
+    settings: Settings,
+) -> None:
+    """The queue forgets a job after the errors route has read it, and the sweep
+    deletes its list before the route reads that: 404, as for any job the queue
+    has forgotten, not a 200 with what was left (a job with no ``errors_total``,
+    here, could not tell)."""
+    queue = _ForgettingQueue()
+
+    async def storing(context: JobContext) -> None:
+        errors = [(f"/m/{index}.mp4", "bad") for index in range(5)]
+        await app.state.library.replace_scan_errors(
+            context.job_id, "/m", recursive=True, errors=errors
+        )
+
+    queue.register("scan", storing)
+    app = create_app(settings, job_queue=queue)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(app) as client:
+            job_id = await queue.submit("scan", {"path": "/m"})
+            await queue.wait(job_id)
+            before = await client.get(f"/api/v1/jobs/{job_id}/errors")
+            queue.library, queue.forget = app.state.library, job_id
+            during = await client.get(f"/api/v1/jobs/{job_id}/errors")
+
+    assert (before.status_code, before.json()["total"]) == (200, 5)
+    assert during.status_code == 404, during.text

@@ -20,6 +20,7 @@ import pytest
 from stoat_ferret.library import (
     METADATA_FIELDS,
     SCHEMA_VERSION,
+    ScanErrorsIncomplete,
     ScanErrorsReplaced,
     StoreError,
     VideoFilter,
@@ -1051,6 +1052,20 @@ def test_a_replaced_list_left_undeleted_is_replaced_again_by_the_next_scan(
     with pytest.raises(ScanErrorsReplaced):
         store.scan_errors("a", 10, 0)
     assert store.scan_errors("c", 10, 0) == ([("/m/2.mp4", "bad")], 1)
+
+
+def test_a_scan_that_ended_with_errors_unstored_reads_as_incomplete(store: VideoStore) -> None:
+    """A scan that ends with entries it met unstored (its store failed) has a
+    short list: read, it raises ScanErrorsIncomplete; one that ended with all
+    stored reads as before."""
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    store.replace_scan_errors("b", "/n", recursive=True, errors=[("/n/1.mp4", "bad")])
+    store.end_scan("a", "/m", recursive=True, lost=True)
+    store.end_scan("b", "/n", recursive=True)
+
+    with pytest.raises(ScanErrorsIncomplete):
+        store.scan_errors("a", 10, 0)
+    assert store.scan_errors("b", 10, 0) == ([("/n/1.mp4", "bad")], 1)
 
 
 def test_an_ended_scan_is_forgotten_as_owner_when_the_next_scan_begins(
