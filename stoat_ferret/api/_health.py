@@ -13,6 +13,7 @@ from stoat_ferret import __version__
 
 # FastAPI reads the route signatures at run time: these names must exist then.
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
+from stoat_ferret.api._errors import RETRY_AFTER_SECONDS
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import HealthOut, error_responses
 
@@ -29,7 +30,8 @@ router = APIRouter(tags=["health"])
     },
 )
 async def health(queue: JobQueueDep, stopping: StoppingDep) -> ApiJSONResponse:
-    """200 with ``"status": "ok"`` and the queue's counters; 503 once stopping."""
+    """200 with ``"status": "ok"`` and the queue's counters; 503 once stopping
+    (with ``Retry-After``, as the API's other 503s)."""
     stopping_now = stopping.is_set()
     return ApiJSONResponse(
         {
@@ -38,4 +40,5 @@ async def health(queue: JobQueueDep, stopping: StoppingDep) -> ApiJSONResponse:
             "jobs": attrs.asdict(queue.statistics()),
         },
         status_code=503 if stopping_now else 200,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)} if stopping_now else None,
     )

@@ -12,12 +12,14 @@ done.
 from __future__ import annotations
 
 import os
-from typing import Any, Final, Literal, TypeAlias
+import re
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -154,9 +156,37 @@ _TEXT_FILTERS: Final = frozenset({"q", "video_codec", "audio_codec", "container"
 
 class StrictQuery(BaseModel):
     """A route's query parameters. Any other is refused (422), so that a
-    misspelt filter never silently widens an answer (every job, every video)."""
+    misspelt filter never silently widens an answer (every job, every video),
+    and so is a number not written in plain digits (422): pydantic would read
+    ``1_0`` as 10, ``+5`` and `` 5 `` as 5, where a typo is more likely."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_digits(cls, value: Any, info: ValidationInfo) -> Any:
+        pattern = _number_text(cls, info.field_name)
+        if pattern is not None and isinstance(value, str) and not pattern.fullmatch(value):
+            raise ValueError(
+                "must be written in plain digits"
+                + (" (0-9), as 2.5 or 25e-1" if pattern is _DECIMAL else " (0-9)")
+            )
+        return value
+
+
+_WHOLE: Final = re.compile(r"[0-9]+")
+_DECIMAL: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _number_text(model: type[BaseModel], name: str | None) -> re.Pattern[str] | None:
+    """How the field ``name`` of ``model`` must be written if it is an ``int``
+    or a ``float`` (or None), else None."""
+    field = model.model_fields.get(name or "")
+    annotation = None if field is None else field.annotation
+    kinds = {annotation, *get_args(annotation)}
+    if int in kinds:
+        return _WHOLE
+    return _DECIMAL if float in kinds else None
 
 
 class PageQuery(StrictQuery):

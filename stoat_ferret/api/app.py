@@ -113,6 +113,8 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
         default_response_class=ApiJSONResponse,
         docs_url=None,  # _docs.py serves it, without a CDN
         redoc_url=None,
+        # A path with a slash too many is the API's JSON 404, not an empty 307.
+        redirect_slashes=False,
     )
     settings = settings if settings is not None else Settings.from_environ()
     app.state.settings = settings

@@ -217,7 +217,8 @@ async def test_health_reports_the_queue(settings: Settings) -> None:
 
 @pytest.mark.anyio
 async def test_begin_shutdown_refuses_scans_and_fails_health(settings: Settings) -> None:
-    """Once stopping: scans get 503 with Retry-After, and /health says "stopping"."""
+    """Once stopping: scans get 503 with Retry-After, and /health says "stopping"
+    (503, Retry-After too)."""
     app = create_app(settings)
 
     with anyio.fail_after(10):
@@ -232,6 +233,7 @@ async def test_begin_shutdown_refuses_scans_and_fails_health(settings: Settings)
     assert scan.headers["Retry-After"].isdigit()
     assert "stopping" in scan.json()["detail"]
     assert health.status_code == 503
+    assert health.headers["Retry-After"] == scan.headers["Retry-After"]
     assert health.json()["status"] == "stopping"
 
 
@@ -410,3 +412,18 @@ async def test_the_start_up_line_says_how_probe_processes_are_confined(
 
     [started] = [record for record in log_records if record["message"] == "service started"]
     assert started["extra"]["probe_sandbox"] == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/api/v1/videos/1/"), ("POST", "/api/v1/videos/scan/")]
+)
+async def test_a_path_with_a_slash_too_many_is_a_json_404(
+    shared_client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    """No redirect to the path without its slash (an empty 307): the API's JSON 404."""
+    with anyio.fail_after(10):
+        response = await shared_client.request(method, path, json={})
+
+    assert response.status_code == 404
+    assert "detail" in response.json()

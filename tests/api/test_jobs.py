@@ -521,9 +521,12 @@ async def test_wait_ends_when_the_client_leaves(settings: Settings, scan_root: P
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("timeout", ["0", "-1", "3601", "soon", "nan", "inf", ""])
+@pytest.mark.parametrize(
+    "timeout", ["0", "-1", "3601", "soon", "nan", "inf", "", "3_0", "%2B30", "%2030"]
+)
 async def test_wait_bad_timeout_is_422(shared_client: httpx.AsyncClient, timeout: str) -> None:
-    """0 < timeout <= 3600 seconds, a number; anything else is 422 (before any lookup)."""
+    """0 < timeout <= 3600 seconds, a number in plain digits; anything else is 422
+    (before any lookup)."""
 
     with anyio.fail_after(10):
         response = await shared_client.get(f"/api/v1/jobs/whatever/wait?timeout={timeout}")

@@ -225,13 +225,18 @@ async def test_empty_values_are_no_filter(stocked: Settings) -> None:
         ("video_codec=" + "x" * 257, "video_codec"),
         ("colour=red", "colour"),
         ("limit=0", "limit"),
+        ("limit=1_0", "limit"),
+        ("limit=%2B5", "limit"),
+        ("offset=%200%20", "offset"),
+        ("min_duration=1_0.5", "min_duration"),
     ],
 )
 async def test_bad_parameters_are_422(
     shared_client: httpx.AsyncClient, query: str, field: str
 ) -> None:
-    """An unknown sort field, a bad bound, a relative directory (or one with a
-    ``..``: the stored paths are resolved) or an unknown parameter: 422."""
+    """An unknown sort field, a bad bound, a number not in plain digits, a
+    relative directory (or one with a ``..``: the stored paths are resolved)
+    or an unknown parameter: 422."""
     with anyio.fail_after(10):
         response = await shared_client.get(f"{VIDEOS}?{query}")
 
