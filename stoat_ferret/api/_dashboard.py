@@ -1,7 +1,10 @@
 """The web dashboard: ``GET /`` and its files under ``/static``.
 
-The dashboard is one HTML page, a style sheet and a script that live next to
-this module in ``static/`` (they ship in the wheel as package files). There
+The dashboard is one HTML page (``dashboard.html``, next to this module),
+and a style sheet, a script and an icon in ``static/`` (they ship in the
+wheel as package files). The page is served at ``/`` only, with its
+Content-Security-Policy: were it in ``static/``, ``/static/index.html``
+would serve it without. There
 is no build step and nothing is fetched from elsewhere: the page talks only
 to the API of the server that served it, and its Content-Security-Policy
 says so, which also keeps a hostile file name from ever running as script.
@@ -47,8 +50,11 @@ from stoat_ferret.api._session import (
     session_value,
 )
 
+PAGE: Final = Path(__file__).parent / "dashboard.html"
+"""The dashboard page, served at ``/``."""
+
 STATIC_DIR: Final = Path(__file__).parent / "static"
-"""The dashboard's files: ``index.html``, ``app.js``, ``style.css``, ``favicon.svg``."""
+"""The files the page loads: ``app.js``, ``style.css``, ``favicon.svg``."""
 
 STATIC_PREFIX: Final = "/static"
 
@@ -66,7 +72,7 @@ router = APIRouter()
 async def dashboard() -> FileResponse:
     """The dashboard page."""
     return FileResponse(
-        STATIC_DIR / "index.html",
+        PAGE,
         media_type="text/html",
         headers={
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,

@@ -86,3 +86,14 @@ async def test_dashboard_is_not_in_the_api_schema(shared_client: httpx.AsyncClie
         schema = (await shared_client.get("/openapi.json")).json()
 
     assert not [path for path in schema["paths"] if path == "/" or path.startswith("/static")]
+
+
+@pytest.mark.anyio
+async def test_the_page_is_served_only_with_its_policy(shared_client: httpx.AsyncClient) -> None:
+    """The page is not among the static files: no address serves it without its
+    Content-Security-Policy (a link to /static/index.html did)."""
+    with anyio.fail_after(10):
+        response = await shared_client.get("/static/index.html")
+
+    assert response.status_code == 404
+    assert "detail" in response.json()
