@@ -12,9 +12,11 @@ part answer 503.
 
 Three dependencies guard routes rather than hand out state:
 
-* :func:`require_json` (415): a route that takes a JSON body declares it,
-  so a body a browser may send cross-site without a preflight (no
-  ``Content-Type``, ``text/plain``, a form) is refused before any work;
+* :func:`require_json` (415, 422): a route that takes a JSON body declares
+  it, so a body a browser may send cross-site without a preflight (no
+  ``Content-Type``, ``text/plain``, a form), or declared in a charset other
+  than UTF-8, is refused before any work (415), and so is a JSON object with
+  a key given twice (422), which FastAPI would read as its last value;
 * a stream slot (503 with ``Retry-After``): a long request (an event
   stream, a ``/wait``) holds one of ``STOAT_MAX_STREAMS`` slots
   (:func:`stream_slots`) for as long as its response lasts, taken in a
@@ -27,9 +29,10 @@ Three dependencies guard routes rather than hand out state:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, cast, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, cast, get_args, get_origin
 
 import anyio
 import attrs
@@ -140,17 +143,69 @@ def is_json(content_type: str | None) -> bool:
 
 
 async def require_json(request: Request) -> None:
-    """Refuse a body not declared JSON.
+    """Refuse a body not declared JSON, or declared in a charset other than
+    UTF-8 (415), and a JSON object that gives a key twice (422).
+
+    FastAPI has read and parsed the body before its dependencies run: the
+    body read here is the one it kept, parsed again (at most 64 KiB) to find
+    repeated keys, which a proxy reading the first and the service the last
+    would tell apart.
 
     Raises:
-        HTTPException: 415, the ``Content-Type`` is missing or not JSON.
+        HTTPException: 415, the ``Content-Type`` is missing, not JSON, or not
+            UTF-8; 400, the body is nested too deeply to parse again.
+        RequestValidationError: 422, an object of the body gives a key twice.
     """
-    if not is_json(request.headers.get("content-type")):
+    content_type = request.headers.get("content-type")
+    if not is_json(content_type) or not _utf_8(content_type or ""):
         raise HTTPException(
             415,
-            "the body must be JSON, sent with Content-Type: application/json",
+            "the body must be JSON in UTF-8, sent with Content-Type: application/json",
             headers={"Accept-Post": "application/json"},
         )
+    try:
+        json.loads(await request.body(), object_pairs_hook=_refuse_repeated_keys)
+    except _RepeatedKey as repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated",
+                    "loc": ("body", repeated.key),
+                    "msg": "given twice: each key of a JSON object takes one value",
+                }
+            ]
+        ) from None
+    except RecursionError:
+        # FastAPI parsed it a few frames nearer the top of the stack.
+        raise HTTPException(400, "the body is nested too deeply to read") from None
+    except ValueError:
+        pass  # not JSON, or empty: FastAPI has answered it, or its model will
+
+
+def _utf_8(content_type: str) -> bool:
+    """Whether ``content_type``'s ``charset``, if it has one, is UTF-8."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() in {"utf-8", "utf8"}
+    return True
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return found
 
 
 @attrs.define(eq=False)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from stoat_ferret.settings import Settings
 
 JSON = {"Content-Type": "application/json"}
+SCAN = "/api/v1/videos/scan"
 
 NASTY: list[Any] = [
     pytest.param("GET", "/api/v1/videos/99999999999999999999999", {}, 404, id="huge-video-id"),
@@ -78,6 +79,23 @@ NASTY: list[Any] = [
         {"json": {"path": "/tmp", "recursive": None}},
         422,
         id="recursive-null",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"content": b'{"path": "/etc", "path": "/tmp"}', "headers": JSON},
+        422,
+        id="key-given-twice",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {
+            "content": b'{"path": "/tmp"}',  # ASCII: a body not UTF-8 fails parsing first (400)
+            "headers": {"Content-Type": "application/json; charset=iso-8859-1"},
+        },
+        415,
+        id="latin-1-body",
     ),
     pytest.param(
         "POST",
@@ -206,3 +224,20 @@ async def test_a_client_that_leaves_mid_body_is_no_server_error(
     assert sent[0]["status"] == 400
     assert jobs["total"] == 0
     assert [r["message"] for r in log_records if r["level"].no >= 40] == []  # ERROR and above
+
+
+@pytest.mark.anyio
+async def test_no_depth_of_nesting_gets_a_5xx(shared_client: httpx.AsyncClient) -> None:
+    """Bodies nested deeper and deeper: each is read (422 here: the fields are
+    wrong) or refused as too deep (400), never a 5xx. A body FastAPI parsed
+    was parsed again a few frames deeper to find repeated keys, and there the
+    same depth ran out of stack (a 500)."""
+    statuses: dict[int, list[int]] = {}
+    with anyio.fail_after(60):
+        for depth in range(700, 1200, 3):
+            body = b'{"path": "/x", "a": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b"}"
+            response = await shared_client.post(SCAN, content=body, headers=JSON)
+            statuses.setdefault(response.status_code, []).append(depth)
+
+    assert set(statuses) <= {400, 422}, {status: depths[:3] for status, depths in statuses.items()}
+    assert statuses.keys() == {400, 422}  # both sides of the limit were met
