@@ -825,12 +825,12 @@ async def test_a_scan_that_ended_adds_no_errors_and_leaves_no_owner(
     """Each scan, finished or failed, says it ended: once the next scan has
     begun, its list is kept but no longer owned, so the store's map of
     owners does not grow with every directory ever scanned."""
-    ended: list[tuple[str, str, bool]] = []
+    ended: list[tuple[str, str, bool, bool]] = []
     end_scan = library.end_scan
 
-    def end(job_id: str, directory: str, *, recursive: bool) -> None:
-        ended.append((job_id, directory, recursive))
-        end_scan(job_id, directory, recursive=recursive)
+    def end(job_id: str, directory: str, *, recursive: bool, lost: bool = False) -> None:
+        ended.append((job_id, directory, recursive, lost))
+        end_scan(job_id, directory, recursive=recursive, lost=lost)
 
     monkeypatch.setattr(library, "end_scan", end)
     (media / "broken.mp4").write_text("not a video")
@@ -845,9 +845,9 @@ async def test_a_scan_that_ended_adds_no_errors_and_leaves_no_owner(
         )
         errors, total = await library.scan_errors(first.job_id)
 
-    assert [(directory, recursive) for _, directory, recursive in ended] == [
-        (str(media), True),
-        (str(media / "sub"), True),
+    assert [(directory, recursive, lost) for _, directory, recursive, lost in ended] == [
+        (str(media), True, False),
+        (str(media / "sub"), True, False),
     ]
     assert total == 1
     assert errors[0][0] == str(media / "broken.mp4")
