@@ -27,14 +27,16 @@ class Failed(ProbeError):
     (the wall-clock backstop: stuck, or starved) or killed by SIGKILL (the
     OOM killer, someone else): what the thumbnails blame on the file.
 
-    ``reached``: the file had reached the child. Only a failure before it
-    did is ``transient`` (a scan keeps the file's stored row): a file that
-    made FFmpeg hang, or a child it took over kill itself, is not let keep
-    a stale row for ever.
+    ``reached``: the file had reached the child. A failure is ``transient``
+    (a scan keeps the file's stored row, and tries it again next time)
+    unless the file had reached the child and it is the file's doing: a
+    child starved of CPU by a busy machine, or killed by the OOM killer,
+    does not cost a video its row and its id. A child a hostile file took
+    over could answer "unavailable" (transient) anyway.
     """
 
     def __init__(self, path: str, reason: str, *, files_doing: bool, reached: bool) -> None:
-        super().__init__(path, reason, transient=not reached)
+        super().__init__(path, reason, transient=not (reached and files_doing))
         self.files_doing = files_doing
 
 

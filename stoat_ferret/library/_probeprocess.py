@@ -344,17 +344,16 @@ class ProbeProcess:
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread
-            ended = self._end()
+            ended = self._end(hung_up=True)
             unread = f"the probe process ended before it read the request ({ended})"
             raise Unreached(name, unread, ended) from exc
         if not answer:
-            ended = self._end()
+            ended = self._end(hung_up=True)
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
                 raise Failed(name, spent, files_doing=True, reached=True)
             # SIGKILL does not come from its memory limit (which fails an
-            # allocation): most often the OOM killer or someone else, not the
-            # file; but only a child a hostile file took over kills itself.
+            # allocation): most often the OOM killer or someone else, not the file.
             killed = ended == f"killed by {signal.SIGKILL.name}"
             ending = f"the probe process ended while it {doing} ({ended})"
             raise Failed(
@@ -380,13 +379,20 @@ class ProbeProcess:
         if self._process is not None:
             self._end()
 
-    def _end(self) -> str:
-        """Kill the child (it may have ended already) and reap it; say how it ended."""
+    def _end(self, *, hung_up: bool = False) -> str:
+        """Kill the child (it may have ended already) and reap it; say how it
+        ended. One that ``hung_up`` is given :data:`CLOSE_SECONDS` to end by
+        itself first: one whose Python failed closes its end of the channel
+        before it exits, and killed at once it would read as killed from
+        outside (the OOM killer), not as the failure it was."""
         assert self._process is not None
         assert self._socket is not None  # set together with the process
         process, self._process = self._process, None
         self._socket.close()
         self._socket = None
+        if hung_up:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=CLOSE_SECONDS)
         process.kill()  # one that hung up may still run: no wait without end
         try:
             code = process.wait(timeout=CLOSE_SECONDS)

@@ -58,7 +58,8 @@ stored file that changed and can no longer be probed has its row deleted with
 the next batch, unless another scan wrote it since this one began; it counts
 as an error, not as ``removed``; one whose failure says nothing of its
 content (``ProbeError.transient`` says when: denied, out of descriptors, a
-file system that cannot answer, its disk unmounted after the walk) keeps
+file system that cannot answer, its disk unmounted after the walk, a probe
+child killed from outside or starved of CPU: ``_probefailed.Failed``) keeps
 its row, for the next scan to try again. A file
 whose row the store cannot hold (a number beyond SQLite's, which
 ``_probe.py`` never gives) is an ``errors`` entry, neither ``added`` nor

@@ -48,6 +48,7 @@ from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     DESCRIPTORS_CUT,
     NOT_A_PROBE,
+    READY,
     REQUEST,
     ProbeRaised,
     decode_answer,
@@ -285,12 +286,13 @@ def test_a_child_that_gets_no_cpu_is_ended_by_the_wall_clock_backstop(
     assert not _alive(child)
 
 
-def test_a_child_stuck_once_it_holds_the_file_is_the_files_failure(
+def test_a_child_without_cpu_once_it_holds_the_file_is_tried_again(
     slow_file: Path, clip: EncodedVideo, tmp_path: Path, directory: int
 ) -> None:
-    """A child that stops spending CPU once it has read the request (FFmpeg
-    stuck on the file: stopped here with SIGSTOP) is ended by the backstop,
-    and the failure is not transient: a scan drops the file's stale row."""
+    """A child that stops spending CPU once it has read the request (starved by
+    a busy machine, or stuck: stopped here with SIGSTOP) is ended by the
+    backstop, and the failure is transient: spending no CPU is not the file's
+    doing, and a scan keeps the file's row (its id) for the next to try."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.2)
@@ -304,7 +306,7 @@ def test_a_child_stuck_once_it_holds_the_file_is_the_files_failure(
     finally:
         children.close()
     assert refused.value.reason.endswith(f"for longer than {0.2 * _probeprocess.WALL_FACTOR:g} s")
-    assert not refused.value.transient
+    assert refused.value.transient
 
 
 def test_a_stop_kills_the_child_without_waiting_for_ffmpeg(
@@ -400,7 +402,7 @@ def _holds(pid: int, path: Path) -> bool:
     return False
 
 
-def test_a_child_killed_with_the_file_is_its_error_and_is_replaced(
+def test_a_child_killed_with_the_file_is_an_error_tried_again_and_is_replaced(
     slow_file: Path,
     clip: EncodedVideo,
     tmp_path: Path,
@@ -409,8 +411,8 @@ def test_a_child_killed_with_the_file_is_its_error_and_is_replaced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A child that dies holding the file (here a SIGKILL once it has taken
-    the file that keeps FFmpeg busy) refuses it and says how it ended; the
-    service goes on with another."""
+    the file that keeps FFmpeg busy) refuses it, tried again later, and says
+    how it ended; the service goes on with another."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
     probes.probe("a.mp4", directory, Stop())
@@ -421,9 +423,9 @@ def test_a_child_killed_with_the_file_is_its_error_and_is_replaced(
         with pytest.raises(ProbeError, match="killed by SIGKILL") as refused:
             probes.probe("slow.mkv", directory, Stop())
 
-    # It had the file: a scan does not keep the file's stale row (a hostile
-    # file could have had the child kill itself).
-    assert not refused.value.transient
+    # Killed from outside (the OOM killer, most often): not the file's doing,
+    # so a scan keeps the file's row for the next to try again.
+    assert refused.value.transient
     assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
     assert probes.pids() not in ([], [child])
 
@@ -1282,3 +1284,56 @@ def test_a_child_that_answers_it_ran_out_of_memory_is_replaced_after_its_answer(
     assert refused.value.reason == "cannot decode a frame"
     assert process.pid is None
     assert not _alive(child)
+
+
+# A child that takes the request, hangs up, and exits with status 3 once its
+# stdin closes: a child whose Python failed over the file closes its end of
+# the channel before it exits.
+_HANGS_UP_THEN_EXITS = """
+import os, socket, sys
+channel = socket.socket(fileno=int(sys.argv[1]))
+channel.send(sys.argv[2].encode())
+socket.recv_fds(channel, 8192, 2)
+channel.close()
+sys.stdin.read()
+os._exit(3)
+"""
+
+
+class _ReleasedByWait(subprocess.Popen[bytes]):
+    """A stand-in child that ends only once the service waits for it."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.stdin is not None and not self.stdin.closed:
+            self.stdin.close()
+        return super().wait(timeout)
+
+
+def test_a_child_that_hangs_up_and_exits_is_reported_as_it_ended(
+    clip: EncodedVideo, tmp_path: Path, directory: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that hangs up over a file and then exits on its own is reported
+    with its own exit status, the file's failure (not transient), not as
+    killed by SIGKILL (the service's kill, once taken for the OOM killer's)."""
+    copy_video(clip, tmp_path / "a.mp4")
+
+    def start_child(
+        name: str, priority: ThreadPriority, memory_limit: int
+    ) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            ready = (READY + b"7").decode()  # confined: the service stays dumpable
+            script = [sys.executable, "-c", _HANGS_UP_THEN_EXITS, str(theirs.fileno()), ready]
+            child = _ReleasedByWait(script, stdin=subprocess.PIPE, pass_fds=[theirs.fileno()])
+        return child, ours
+
+    monkeypatch.setattr(_probeprocess, "start_child", start_child)
+    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
+    try:
+        with pytest.raises(ProbeError) as refused:
+            process.probe("a.mp4", directory, Stop())
+    finally:
+        process.close()
+
+    assert refused.value.reason == "the probe process ended while it read the file (exit status 3)"
+    assert not refused.value.transient
