@@ -118,6 +118,13 @@ does not answer without spending CPU (stopped, or stuck in the kernel)."""
 MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
 
+FILES_PER_CHILD: Final = 1000
+"""Files a child answers before it is replaced by a new one: a child a
+hostile file took over (confined, it can only misdescribe the files it is
+handed) does not keep the pool's later files for the service's lifetime,
+and what a long-lived child's memory holds goes with it. A new child costs
+a fifth of a second of CPU, once a thousand files."""
+
 CLOSE_SECONDS: Final = 1.0
 """How long a child is waited for once it is told to end (its socket closed,
 or killed) before it is left to ``subprocess`` to reap later; one stuck in
@@ -139,6 +146,7 @@ class ProbeProcess:
         self._memory_limit = memory_limit
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
+        self._answered = 0  # by the child running
         # Held for each probe: close() from another thread waits for it.
         self._lock = threading.Lock()
         self._closed = False
@@ -237,6 +245,15 @@ class ProbeProcess:
             raise Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
+        else:
+            self._answered += 1
+            if self._answered >= FILES_PER_CHILD:  # it ends once it reads the hang-up
+                ended = self._end(gracefully=True)
+                logger.debug(
+                    "probe process replaced after {count} files ({ended})",
+                    count=self._answered,
+                    ended=ended,
+                )
         return answer
 
     def _exchange(self, request: bytes, name: str, fds: list[int], stop: Stop) -> bytes:
@@ -297,7 +314,7 @@ class ProbeProcess:
         if self._closed:
             raise ProbeError(name, "not probed: the service is stopping", transient=True)
         self._process, ours = start_child(name, self._priority, self._memory_limit)
-        self._socket = ours
+        self._socket, self._answered = ours, 0
         try:
             ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
         except BaseException:
@@ -344,11 +361,11 @@ class ProbeProcess:
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread
-            ended = self._end(hung_up=True)
+            ended = self._end(gracefully=True)
             unread = f"the probe process ended before it read the request ({ended})"
             raise Unreached(name, unread, ended) from exc
         if not answer:
-            ended = self._end(hung_up=True)
+            ended = self._end(gracefully=True)
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
                 raise Failed(name, spent, files_doing=True, reached=True)
@@ -379,18 +396,20 @@ class ProbeProcess:
         if self._process is not None:
             self._end()
 
-    def _end(self, *, hung_up: bool = False) -> str:
+    def _end(self, *, gracefully: bool = False) -> str:
         """Kill the child (it may have ended already) and reap it; say how it
-        ended. One that ``hung_up`` is given :data:`CLOSE_SECONDS` to end by
-        itself first: one whose Python failed closes its end of the channel
-        before it exits, and killed at once it would read as killed from
-        outside (the OOM killer), not as the failure it was."""
+        ended. ``gracefully``: give it :data:`CLOSE_SECONDS` to end by itself
+        first, once its channel is closed: a child that hung up may be on its
+        way out (one whose Python failed closes its end of the channel before
+        it exits, and killed at once it would read as killed from outside, the
+        OOM killer, not as the failure it was), and an idle one ends when it
+        reads the hang-up."""
         assert self._process is not None
         assert self._socket is not None  # set together with the process
         process, self._process = self._process, None
         self._socket.close()
         self._socket = None
-        if hung_up:
+        if gracefully:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=CLOSE_SECONDS)
         process.kill()  # one that hung up may still run: no wait without end

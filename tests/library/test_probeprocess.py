@@ -1337,3 +1337,34 @@ def test_a_child_that_hangs_up_and_exits_is_reported_as_it_ended(
 
     assert refused.value.reason == "the probe process ended while it read the file (exit status 3)"
     assert not refused.value.transient
+
+
+def test_a_child_is_replaced_after_its_share_of_files(
+    clip: EncodedVideo, tmp_path: Path, directory: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After FILES_PER_CHILD answers, the child is told to end (its channel
+    closed) and exits by itself; the next file gets a new one."""
+    copy_video(clip, tmp_path / "a.mp4")
+    monkeypatch.setattr(_probeprocess, "FILES_PER_CHILD", 2)
+    ends: list[str] = []
+    end = ProbeProcess._end
+
+    def ending(self: ProbeProcess, *, gracefully: bool = False) -> str:
+        ends.append(end(self, gracefully=gracefully))
+        return ends[-1]
+
+    monkeypatch.setattr(ProbeProcess, "_end", ending)
+    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
+    pids: list[int | None] = []
+    try:
+        for _ in range(3):
+            assert process.probe("a.mp4", directory, Stop()).video_codec == "h264"
+            pids.append(process.pid)
+    finally:
+        process.close()
+
+    first, retired, second = pids
+    assert first is not None
+    assert retired is None
+    assert second not in (None, first)
+    assert ends[0] == "exit status 0"
