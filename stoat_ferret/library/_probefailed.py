@@ -1,13 +1,16 @@
 """How a probe child failed over a file (``_probeprocess.py``): whose fault
-it is, whether the file reached it, and the warning it is logged with."""
+it is, whether the file reached it, the warning it is logged with, and how
+the child ended (:func:`end_child`)."""
 
 from __future__ import annotations
 
 import array
 import contextlib
 import fcntl
+import signal
+import subprocess
 import termios
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
@@ -76,3 +79,32 @@ def logged(work: str, path: str) -> Iterator[None]:
             files_doing=exc.files_doing,
         )
         raise
+
+
+CLOSE_SECONDS: Final = 1.0
+"""How long a child is waited for once it is told to end (its socket closed,
+or killed) before it is left to ``subprocess`` to reap later; one stuck in
+the kernel (a dead network mount) cannot be killed at once."""
+
+
+def end_child(process: subprocess.Popen[bytes], *, gracefully: bool = False) -> str:
+    """Kill a child whose channel is closed (it may have ended already), reap
+    it, and say how it ended. ``gracefully``: give it :data:`CLOSE_SECONDS`
+    to end by itself first: a child that hung up may be on its way out (one
+    whose Python failed closes its end of the channel before it exits, and
+    killed at once it would read as killed from outside, the OOM killer, not
+    as the failure it was), and an idle one ends when it reads the hang-up."""
+    if gracefully:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=CLOSE_SECONDS)
+    process.kill()  # one that hung up may still run: no wait without end
+    try:
+        code = process.wait(timeout=CLOSE_SECONDS)
+    except subprocess.TimeoutExpired:  # subprocess reaps it once it ends
+        return "killed, and not ended yet"
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-code}"

@@ -51,19 +51,19 @@ on x86-64 and AArch64 a seccomp filter keeps it from making a socket and
 from reaching into other processes (``_seccomp.py``).
 
 A child is started when a probe finds none idle, and kept for the next
-files (``_probepool.py``): starting one costs about a quarter of a second
-(Python and PyAV's imports). It runs at the probe threads' priority
-(``SCHED_IDLE`` by default, ``_background.py``), in a process group of its
-own (a signal to the service's group is the service's to act on) but the
-service's session (where Linux shares CPU time out by session, its
-"autogroup", a session of its own would get as large a share as the
-service's, whatever its priority: ``/health`` during a scan measured 3.2
-times its idle p99 so, 1.8 in the service's session), from
+files, :data:`FILES_PER_CHILD` at most (``_probepool.py``): starting one
+costs about a quarter of a second (Python and PyAV's imports). It runs at
+the probe threads' priority (``SCHED_IDLE`` by default, ``_background.py``),
+in a process group of its own (a signal to the service's group is the
+service's to act on) but the service's session (where Linux shares CPU time
+out by session, its "autogroup", a session of its own would get as large a
+share as the service's, whatever its priority: ``/health`` during a scan
+measured 3.2 times its idle p99 so, 1.8 in the service's session), from
 ``/`` with ``-P`` (nothing imported from the service's working directory;
-the service's own package comes first on ``PYTHONPATH``: ``_probestart.py``),
-its output discarded, and ends as soon as its socket's other end closes:
-when the service closes it, or when the service's process ends, however it
-ends (``_probechild.py``).
+the service's own package comes first on ``PYTHONPATH``:
+``_probestart.py``), its output discarded, and ends as soon as its socket's
+other end closes: when the service closes it, or when the service's process
+ends, however it ends (``_probechild.py``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -82,7 +81,13 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import READ_LIMIT, open_regular_file
-from stoat_ferret.library._probefailed import Failed, Unreached, logged, request_unread
+from stoat_ferret.library._probefailed import (
+    Failed,
+    Unreached,
+    end_child,
+    logged,
+    request_unread,
+)
 from stoat_ferret.library._probestart import keep_out_of_reach, start_child
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
@@ -100,6 +105,7 @@ from stoat_ferret.library._probewire import (
 from stoat_ferret.library._thumbnail import UndecodableError
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterator
 
     from stoat_ferret.library._background import Stop, ThreadPriority
@@ -119,16 +125,9 @@ MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
 
 FILES_PER_CHILD: Final = 1000
-"""Files a child answers before it is replaced by a new one: a child a
-hostile file took over (confined, it can only misdescribe the files it is
-handed) does not keep the pool's later files for the service's lifetime,
-and what a long-lived child's memory holds goes with it. A new child costs
-a fifth of a second of CPU, once a thousand files."""
-
-CLOSE_SECONDS: Final = 1.0
-"""How long a child is waited for once it is told to end (its socket closed,
-or killed) before it is left to ``subprocess`` to reap later; one stuck in
-the kernel (a dead network mount) cannot be killed at once."""
+"""Files a child answers before a new one replaces it: one a hostile file
+took over keeps no later files for the service's lifetime, nor does what a
+long-lived child's memory holds. A new child costs 0.2 s of CPU."""
 
 
 class ProbeProcess:
@@ -300,13 +299,8 @@ class ProbeProcess:
         closes, and it exits (or is killed). Later probes are refused."""
         with self._lock:
             self._closed = True
-            if self._process is None:
-                return
-            assert self._socket is not None  # set together with the process
-            self._socket.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):  # it is killed then
-                self._process.wait(timeout=CLOSE_SECONDS)
-            self._end()
+            if self._process is not None:
+                self._end(gracefully=True)
 
     def _channel(self, name: str, stop: Stop) -> socket.socket:
         if self._socket is not None:
@@ -397,29 +391,10 @@ class ProbeProcess:
             self._end()
 
     def _end(self, *, gracefully: bool = False) -> str:
-        """Kill the child (it may have ended already) and reap it; say how it
-        ended. ``gracefully``: give it :data:`CLOSE_SECONDS` to end by itself
-        first, once its channel is closed: a child that hung up may be on its
-        way out (one whose Python failed closes its end of the channel before
-        it exits, and killed at once it would read as killed from outside, the
-        OOM killer, not as the failure it was), and an idle one ends when it
-        reads the hang-up."""
+        """Close the child's channel and end it (:func:`end_child`); how it ended."""
         assert self._process is not None
         assert self._socket is not None  # set together with the process
         process, self._process = self._process, None
         self._socket.close()
         self._socket = None
-        if gracefully:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=CLOSE_SECONDS)
-        process.kill()  # one that hung up may still run: no wait without end
-        try:
-            code = process.wait(timeout=CLOSE_SECONDS)
-        except subprocess.TimeoutExpired:  # subprocess reaps it once it ends
-            return "killed, and not ended yet"
-        if code >= 0:
-            return f"exit status {code}"
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:  # a real-time signal has no name
-            return f"killed by signal {-code}"
+        return end_child(process, gracefully=gracefully)
