@@ -33,6 +33,7 @@ import anyio.to_thread
 
 from stoat_ferret.library._connections import refuse_memory
 from stoat_ferret.library._datadir import prepare_database
+from stoat_ferret.library._models import GoneRows
 from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:
@@ -218,9 +219,12 @@ class VideoLibrary:
         gone: Callable[[Collection[str]], Collection[str]],
         *,
         written_before: datetime | None = None,
-    ) -> list[str]:
+        home: Callable[[str], int | None] | None = None,
+    ) -> GoneRows:
         """Delete the rows of those ``paths`` whose file is ``gone`` and that
-        were not written since ``written_before``; return them.
+        were not written since ``written_before`` (nor, with ``home``, from
+        another file system than the one at their path now: those are kept,
+        and said); say which.
 
         In path order, :data:`REMOVE_ROWS` paths a transaction, each piece
         looked at by ``gone`` (blocking: given paths, it returns those whose
@@ -229,15 +233,21 @@ class VideoLibrary:
         at most, and leaves the rest for the next scan.
         """
         ordered = await anyio.to_thread.run_sync(sorted, paths)
-        removed: list[str] = []
+        done = GoneRows()
         for start in range(0, len(ordered), REMOVE_ROWS):
             piece = ordered[start : start + REMOVE_ROWS]
-            removed += await anyio.to_thread.run_sync(
+            rows = await anyio.to_thread.run_sync(
                 functools.partial(
-                    self._store.remove_gone, piece, gone, written_before=written_before
+                    self._store.remove_gone,
+                    piece,
+                    gone,
+                    written_before=written_before,
+                    home=home,
                 )
             )
-        return removed
+            done.removed.extend(rows.removed)
+            done.elsewhere.extend(rows.elsewhere)
+        return done
 
     async def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]

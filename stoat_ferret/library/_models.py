@@ -172,9 +172,23 @@ class Applied:
     """The paths of ``vanished`` whose stored row the write deleted."""
 
 
+@attrs.frozen
+class GoneRows:
+    """What deleting the rows of files gone did (``VideoStore.remove_gone``)."""
+
+    removed: list[str] = attrs.field(factory=list)
+    """The paths whose rows were deleted."""
+    elsewhere: list[str] = attrs.field(factory=list)
+    """The paths whose rows were kept: written from another file system than
+    the one at their path now (another disk in its place, or mounted over
+    their directory), so their file may be on a disk not mounted."""
+
+
 @attrs.frozen(kw_only=True)
 class VideoRecord:
-    """One probed file, ready to be written: where it is, its fingerprint, its probe."""
+    """One probed file, ready to be written: where it is, its fingerprint, its
+    probe, and the identity of the file system it was found on (None: not
+    known; ``_mounts.file_system``)."""
 
     path: str
     directory: str
@@ -182,6 +196,7 @@ class VideoRecord:
     size_bytes: int
     mtime_ns: int
     probe: VideoProbe
+    file_system: int | None = None
 
 
 @attrs.frozen(kw_only=True, field_transformer=_metadata_last)

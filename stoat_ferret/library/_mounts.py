@@ -51,6 +51,13 @@ mount points stored at, above and in its scope:
   next scan that finds it mounted remembers it again). Most scans write
   none.
 
+Each row also records the identity of the file system its file was found
+on (``_ondisk.home_of``): a file not found is gone only if that is still the
+file system at its place (``VideoStore.remove_gone``; :func:`kept_elsewhere`
+says so of the others), which covers what the mount points cannot: two
+disks taking turns at one mount point, one mounted over a folder of videos
+between two scans, one swapped under a scan root inside it.
+
 After its walk, a scan reads every directory again through the mount
 point that holds it, checked to hold the file system the walk found there
 (``_ondisk.py``): a disk unmounted during the scan, or another mounted in
@@ -199,6 +206,26 @@ def below_any(path: str, directories: Collection[str]) -> str | None:
             return None
         parent = above
     return parent
+
+
+def kept_elsewhere(
+    paths: Collection[str], disks: Mapping[str, object], errors: ErrorLog, *, root: str
+) -> None:
+    """One ``errors`` entry for each mount point of ``disks`` (or ``root``) below
+    which ``paths`` are: stored videos whose file is not found, kept because
+    their rows were written from another file system than the one there now
+    (``VideoStore.remove_gone``): another disk in its place, or one mounted
+    over their directory, so their own may just not be mounted."""
+    kept: dict[str, int] = {}
+    for path in paths:
+        mount = below_any(path, disks) or root
+        kept[mount] = kept.get(mount, 0) + 1
+    for mount, count in sorted(kept.items()):
+        errors.add(
+            mount,
+            f"{count} stored video(s) not found here kept: found on another file system than"
+            f" the one here now (another disk in its place, or mounted over them); {MOUNT_HINT}",
+        )
 
 
 def not_gone(

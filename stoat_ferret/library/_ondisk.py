@@ -27,7 +27,7 @@ from stoat_ferret.library._beneath import open_directory, open_subdirectory, spl
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 
 class Disk(NamedTuple):
@@ -127,3 +127,18 @@ def _open_on(base: int, path: str, expected: int, parts: list[str]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def home_of(root_fd: int, disks: Mapping[str, Disk]) -> Callable[[str], int | None]:
+    """The identity of the file system each path at or below the directory
+    ``root_fd`` is on, as a scan's walk found it: that of the nearest mount
+    point of ``disks`` that holds the path, else that of the directory
+    itself (its descriptor's, asked now: the descriptor keeps the file
+    system it was opened on). None where it could not be told."""
+    root = _mounts.file_system(root_fd)
+
+    def home(path: str) -> int | None:
+        mount = path if path in disks else _mounts.below_any(path, disks)
+        return root if mount is None else disks[mount].file_system
+
+    return home

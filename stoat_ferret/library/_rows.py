@@ -29,7 +29,7 @@ from stoat_ferret.library._schema import INTEGER_MAX, INTEGER_MIN, PROBE_VERSION
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Collection, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from stoat_ferret.library._models import VideoRecord
 
@@ -58,6 +58,7 @@ _WRITTEN: Final = (
     *METADATA_FIELDS,
     "probe_version",
     "search_path",
+    "file_system",
     "updated_at",
 )
 
@@ -98,6 +99,7 @@ def record_row(record: VideoRecord, now: str) -> tuple[Any, ...]:
         *metadata,
         PROBE_VERSION,
         search_key(record.path),
+        record.file_system,
         now,
         now,
     )
@@ -163,25 +165,51 @@ def timestamp(moment: datetime) -> str:
 
 
 def delete_rows(
-    connection: sqlite3.Connection, paths: Collection[str], written_before: datetime | None
+    connection: sqlite3.Connection,
+    paths: Collection[str],
+    written_before: datetime | None,
+    home: Callable[[str], int | None] | None = None,
 ) -> tuple[list[str], list[int]]:
-    """Delete the rows of ``paths``, except those written at or after ``written_before``;
-    return the paths whose rows were deleted, and their ids (for ``on_delete``)."""
+    """Delete the rows of ``paths``, except those written at or after
+    ``written_before``, and (with ``home``: the identity of the file system
+    each path is on now) those written from another file system than the
+    one at their path now; return the paths whose rows were deleted, and
+    their ids (for ``on_delete``). An identity not known, on either side,
+    spares no row."""
+    statement = "DELETE FROM videos WHERE path = :path"
+    if written_before is not None:
+        statement += " AND updated_at < :before"
+    if home is not None:
+        statement += " AND (file_system IS NULL OR :home IS NULL OR file_system = :home)"
+    before = None if written_before is None else timestamp(written_before)
     deleted: list[str] = []
     ids: list[int] = []
     for path in paths:
-        if written_before is None:
-            cursor = connection.execute("DELETE FROM videos WHERE path = ? RETURNING id", (path,))
-        else:
-            cursor = connection.execute(
-                "DELETE FROM videos WHERE path = ? AND updated_at < ? RETURNING id",
-                (path, timestamp(written_before)),
-            )
+        there = None if home is None else home(path)
+        cursor = connection.execute(
+            statement + " RETURNING id", {"path": path, "before": before, "home": there}
+        )
         row = cursor.fetchone()
         if row is not None:
             deleted.append(path)
             ids.append(row[0])
     return deleted, ids
+
+
+def written_elsewhere(
+    connection: sqlite3.Connection, paths: Collection[str], home: Callable[[str], int | None]
+) -> list[str]:
+    """Those of ``paths`` whose row was written from another file system than
+    the one at their path now (``home``), both known."""
+    elsewhere: list[str] = []
+    for path in paths:
+        row = connection.execute(
+            "SELECT file_system FROM videos WHERE path = ?", (path,)
+        ).fetchone()
+        there = home(path)
+        if row is not None and None not in (row[0], there) and row[0] != there:
+            elsewhere.append(path)
+    return elsewhere
 
 
 def stored_video(row: tuple[Any, ...]) -> Video:

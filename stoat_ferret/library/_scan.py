@@ -87,7 +87,7 @@ from loguru import logger
 from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import DirectoryReplaced, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
-from stoat_ferret.library._mounts import Tracked, not_gone, track
+from stoat_ferret.library._mounts import Tracked, kept_elsewhere, not_gone, track
 from stoat_ferret.library._scanerrors import ScanErrors
 from stoat_ferret.library._scanned import ScannedDirectory
 from stoat_ferret.library._scanprobe import (
@@ -194,10 +194,14 @@ class ScanRun:
             )
         unchanged = len(self.found) - len(to_probe)
         if gone:
-            removed = await self.library.remove_gone(
-                gone, self.scanned.gone_of, written_before=self.started
+            # A forgetting scan lets go of the videos of disks not here, as
+            # ``not_gone`` does: those written from another file system too.
+            home = None if self.forget_unmounted else self.scanned.home()
+            rows = await self.library.remove_gone(
+                gone, self.scanned.gone_of, written_before=self.started, home=home
             )
-            self.counts.removed = len(removed)
+            self.counts.removed = len(rows.removed)
+            kept_elsewhere(rows.elsewhere, self.scanned.disks, self.errors, root=self.root)
         self.done = unchanged
         if to_probe:
             self.report()

@@ -35,7 +35,7 @@ from stoat_ferret.library._beneath import open_below_root, open_scan_directory
 from stoat_ferret.library._exceptions import DirectoryReplaced
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping
 
 
 _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
@@ -139,6 +139,12 @@ class ScannedDirectory:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    def home(self) -> Callable[[str], int | None] | None:
+        """The identity of the file system each path below the directory is on,
+        as the walk found it (``_ondisk.home_of``); None if it was not opened
+        (then nothing is gone either: :meth:`gone_of`)."""
+        return None if self.fd is None else _ondisk.home_of(self.fd, self.disks)
 
     def gone_of(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` whose file is gone.

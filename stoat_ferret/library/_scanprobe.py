@@ -28,7 +28,13 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
-from stoat_ferret.library._ondisk import UNMOUNTED_HINT, Disk, DiskChanged, open_on_its_disk
+from stoat_ferret.library._ondisk import (
+    UNMOUNTED_HINT,
+    Disk,
+    DiskChanged,
+    home_of,
+    open_on_its_disk,
+)
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probewire import ProbeRaised
 
@@ -98,6 +104,7 @@ def probe_files(
     as the walk saw it.
     """
     mounts = disks or {}
+    home = home_of(root_fd, mounts)
     outcomes: list[tuple[str, VideoRecord | Unprobed]] = []
     directory: str | None = None
     directory_fd: int | OSError | None = None
@@ -135,6 +142,7 @@ def probe_files(
                 size_bytes=size_bytes,
                 mtime_ns=mtime_ns,
                 probe=described,
+                file_system=home(path),
             )
             outcomes.append((path, record))
     finally:

@@ -37,7 +37,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398032978), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -230,6 +230,11 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE TABLE mount_points (path TEXT PRIMARY KEY, file_system INTEGER NOT NULL)"
         " STRICT, WITHOUT ROWID",
     ),
+    # The identity of the file system each video was found on when its row
+    # was written (as mount_points has it; NULL: not known, as for every row
+    # written before): a file not found there now is gone only if that file
+    # system is still the one at its place (_storegone.py).
+    6: ("ALTER TABLE videos ADD COLUMN file_system INTEGER",),
 }
 
 

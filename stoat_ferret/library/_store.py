@@ -42,6 +42,7 @@ from stoat_ferret.library._errorrows import ErrorOwners
 from stoat_ferret.library._models import (
     Applied,
     Fingerprint,
+    GoneRows,
     Video,
     VideoFilter,
     VideoRecord,
@@ -62,6 +63,7 @@ from stoat_ferret.library._rows import (
     storable_rows,
     stored_video,
     timestamp,
+    written_elsewhere,
 )
 from stoat_ferret.library._schema import PROBE_VERSION
 from stoat_ferret.library._storeerrors import ScanErrorStore
@@ -293,7 +295,8 @@ class VideoStore(ScanErrorStore):
         gone: Callable[[Collection[str]], Collection[str]],
         *,
         written_before: datetime | None = None,
-    ) -> list[str]:
+        home: Callable[[str], int | None] | None = None,
+    ) -> GoneRows:
         """Delete the rows of those ``paths`` whose file is ``gone``, in one
         transaction (``VideoLibrary.remove_gone`` hands it a piece at a time).
 
@@ -302,19 +305,27 @@ class VideoStore(ScanErrorStore):
         waits for it. The delete then keeps a
         row written at or after ``written_before`` (when the caller's walk
         began): another scan saw its file after this one looked, even if it
-        did so between the check and the delete. Returns the paths whose
-        rows were deleted.
+        did so between the check and the delete. With ``home`` (the identity
+        of the file system each path is on now), it keeps a row written from
+        another file system too (:attr:`GoneRows.elsewhere`).
         """
         left = set(gone(paths))
         if not left:
-            return []
+            return GoneRows()
+        candidates = [path for path in paths if path in left]
         with self._writing() as connection:
-            deleted, deleted_ids = delete_rows(
-                connection, [path for path in paths if path in left], written_before
+            deleted, deleted_ids = delete_rows(connection, candidates, written_before, home)
+            kept = set(candidates) - set(deleted)
+            elsewhere = (
+                []
+                if home is None or not kept
+                else written_elsewhere(
+                    connection, [path for path in candidates if path in kept], home
+                )
             )
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
-        return deleted
+        return GoneRows(deleted, elsewhere)
 
 
 _FINGERPRINT: Final = "path, CASE WHEN probe_version >= ? THEN size_bytes ELSE -1 END, mtime_ns"

@@ -133,8 +133,11 @@ PROBE = VideoProbe(
 )
 
 
-def record(path: str, *, size: int = 100, mtime: int = 1, **probe: Any) -> VideoRecord:
-    """A row for ``path``: :data:`PROBE` with ``probe``'s fields changed."""
+def record(
+    path: str, *, size: int = 100, mtime: int = 1, file_system: int | None = None, **probe: Any
+) -> VideoRecord:
+    """A row for ``path``: :data:`PROBE` with ``probe``'s fields changed, found
+    on ``file_system`` (None: not known)."""
     directory, _, filename = path.rpartition("/")
     return VideoRecord(
         path=path,
@@ -143,6 +146,7 @@ def record(path: str, *, size: int = 100, mtime: int = 1, **probe: Any) -> Video
         size_bytes=size,
         mtime_ns=mtime,
         probe=attrs.evolve(PROBE, **probe),
+        file_system=file_system,
     )
 
 

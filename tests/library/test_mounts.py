@@ -433,8 +433,10 @@ async def test_a_mount_point_above_the_scan_roots_is_left_alone(
 ) -> None:
     """With the scan roots narrowed to a folder on a disk, the disk's mount
     point above them, stored by a scan made before, is neither checked nor
-    written: no scan could be told to forget it. A file deleted there goes
-    as anywhere, with no entry."""
+    written: no scan could be told to forget it. A file deleted there while
+    another file system is in the disk's place is kept, as its row was
+    written from the disk that was there (an entry says so), and a scan of
+    the folder told to forget lets it go."""
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     devices.identity[lib / "disk"] = 1
@@ -446,9 +448,12 @@ async def test_a_mount_point_above_the_scan_roots_is_left_alone(
         narrowed = make_scan_handler(library, roots=[lib / "disk" / "films"], probe_priority=NORMAL)
         films = await narrowed(make_context(lib / "disk" / "films"))
         stored = await stored_mount_points(library, lib)
+        forgotten = await narrowed(make_context(lib / "disk" / "films", forget_unmounted=True))
 
-    assert (films["removed"], films["errors_total"]) == (1, 0)
+    assert (films["removed"], films["errors_total"]) == (0, 1)
+    assert "another file system" in films["errors"][0]["error"]
     assert stored == {str(lib / "disk"): 1}
+    assert forgotten["removed"] == 1
 
 
 async def test_mount_points_above_a_directory_moved_during_its_scan_are_not_noted(
@@ -774,3 +779,110 @@ def _put_back(moved: Path, directory: Path) -> None:
     """Move ``directory`` back from ``moved`` if a scan left it there."""
     if not os.path.lexists(directory):
         os.rename(moved, directory)
+
+
+async def test_two_disks_taking_turns_keep_each_others_videos_and_ids(
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backup disk of the week: ``D`` and ``E`` take turns at ``disk``. Each
+    scan keeps the videos of the disk that is away (their rows were written
+    from its file system, not the one there now) under the ids they had, and
+    says so; the mount point keeps the first disk's identity throughout."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 1
+    (tmp_path / "E").mkdir()
+    copy_video(clip, tmp_path / "E" / "e.mp4")
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+
+    def turn(away: str, back: str, identity: int) -> None:
+        unmount(lib / "disk", devices, tmp_path / away)
+        mount(lib / "disk", devices, tmp_path / back)
+        devices.identity[lib / "disk"] = identity
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        turn("D", "E", 2)
+        with_e = await handler(make_context(lib))
+        ids = await video_ids(library)
+        turn("E", "D", 1)
+        with_d = await handler(make_context(lib))
+        turn("D", "E", 2)
+        await handler(make_context(lib))
+        later = await video_ids(library)
+        stored = await stored_mount_points(library, lib)
+
+    assert (with_e["added"], with_e["removed"]) == (1, 0)
+    assert set(ids) == {
+        str(lib / name) for name in ("a.mp4", "disk/b.mp4", "disk/films/c.mp4", "disk/e.mp4")
+    }
+    assert (with_d["added"], with_d["removed"], with_d["unchanged"]) == (0, 0, 3)
+    assert [entry["path"] for entry in with_d["errors"]] == [str(lib / "disk")]
+    assert "1 stored video(s) not found here kept" in with_d["errors"][0]["error"]
+    assert later == ids
+    assert stored == {str(lib / "disk"): 1}
+
+
+async def test_a_disk_mounted_over_a_folder_of_videos_keeps_their_rows(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk mounted between two scans over a folder that holds stored videos
+    hides them, and does not make them gone: unmounted again, they are there
+    under the ids they had."""
+    devices = Devices(monkeypatch)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    (tmp_path / "over").mkdir()
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        os.rename(lib / "disk", tmp_path / "under")
+        mount(lib / "disk", devices, tmp_path / "over")
+        covered = await handler(make_context(lib))
+        unmount(lib / "disk", devices, tmp_path / "over")
+        mount(lib / "disk", devices, tmp_path / "under")
+        devices.mounted.remove(lib / "disk")  # the folder of before, not a disk
+        uncovered = await handler(make_context(lib))
+        again = await video_ids(library)
+
+    assert (covered["removed"], covered["errors_total"]) == (0, 1)
+    assert "2 stored video(s) not found here kept" in covered["errors"][0]["error"]
+    assert uncovered["removed"] == 0
+    assert again == ids
+
+
+async def test_a_scan_root_inside_a_disk_keeps_the_videos_of_the_disk_away(
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the scan roots narrowed to a folder on a disk, another disk in its
+    place, with a folder of the same name and videos of its own, does not
+    make the first one's videos gone (no mount point is stored above a
+    root: each row says which file system it was found on); a scan told to
+    forget lets them go."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 1
+    (tmp_path / "E" / "films").mkdir(parents=True)
+    copy_video(clip, tmp_path / "E" / "films" / "other.mp4")
+    films = lib / "disk" / "films"
+    handler = make_scan_handler(library, roots=[films], probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(films))
+        ids = await video_ids(library)
+        unmount(lib / "disk", devices, tmp_path / "D")
+        mount(lib / "disk", devices, tmp_path / "E")
+        devices.identity[lib / "disk"] = 2
+        swapped = await handler(make_context(films))
+        kept = await video_ids(library)
+        forgot = await handler(make_context(films, forget_unmounted=True))
+
+    assert (swapped["added"], swapped["removed"], swapped["errors_total"]) == (1, 0, 1)
+    assert set(ids) < set(kept)
+    assert forgot["removed"] == 1

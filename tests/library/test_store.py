@@ -32,6 +32,7 @@ from stoat_ferret.library import (
     _schema,
     _storeerrors,
 )
+from stoat_ferret.library._models import GoneRows
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS
 from tests.library.support import record
@@ -465,7 +466,7 @@ async def test_the_library_removes_gone_rows_in_pieces_in_path_order(
     with anyio.fail_after(10):
         async with await VideoLibrary.open(tmp_path / "videos.sqlite") as library:
             await library.upsert([record(path) for path in paths])
-            removed = await library.remove_gone(set(paths[1:]), gone)
+            removed = (await library.remove_gone(set(paths[1:]), gone)).removed
             await library.upsert([record(path) for path in paths[1:]])
             with scope:
                 await library.remove_gone(paths[::-1], gone_then_cancelled)
@@ -700,10 +701,38 @@ def test_remove_gone_checks_files_unlocked_and_keeps_rows_written_meanwhile(
     removed = store.remove_gone(["/m/deleted.mp4", "/m/rewritten.mp4"], gone, written_before=began)
 
     assert unlocked == [True]
-    assert removed == ["/m/deleted.mp4"]
+    assert removed == GoneRows(removed=["/m/deleted.mp4"])
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [
         ("/m/rewritten.mp4", 200)
     ]
+
+
+def test_remove_gone_keeps_a_row_written_from_another_file_system(store: VideoStore) -> None:
+    """With ``home`` (the file system each path is on now), a gone file's row
+    written from another one is kept and said (its disk may just not be
+    mounted); one from the same, or with either identity not known, goes."""
+    store.upsert(
+        [
+            record("/m/same.mp4", file_system=7),
+            record("/m/other.mp4", file_system=8),
+            record("/m/unknown.mp4"),
+            record("/n/unasked.mp4", file_system=8),
+        ]
+    )
+
+    def homes(path: str) -> int | None:
+        return None if path.startswith("/n/") else 7
+
+    rows = store.remove_gone(
+        ["/m/same.mp4", "/m/other.mp4", "/m/unknown.mp4", "/n/unasked.mp4"],
+        lambda paths: paths,
+        home=homes,
+    )
+
+    assert rows == GoneRows(
+        removed=["/m/same.mp4", "/m/unknown.mp4", "/n/unasked.mp4"], elsewhere=["/m/other.mp4"]
+    )
+    assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/other.mp4"]
 
 
 def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> None:
@@ -1313,7 +1342,7 @@ def test_the_rebuilt_table_has_the_columns_of_the_migrations_before_it(tmp_path:
     version 3's table, in the same order and of the same types."""
     before, after = tmp_path / "v3.sqlite", tmp_path / "v4.sqlite"
     _database_at(before, 3)
-    VideoStore.open(after).close()
+    _database_at(after, 4)
     columns = "SELECT name, type, \"notnull\", pk FROM pragma_table_info('videos')"
 
     with (
