@@ -1,15 +1,12 @@
 """How a probe child failed over a file (``_probeprocess.py``): whose fault
-it is, whether the file reached it, the warning it is logged with, and how
-the child ended (:func:`end_child`)."""
+it is, the warning it is logged with, and how the child ended
+(:func:`end_child`)."""
 
 from __future__ import annotations
 
-import array
 import contextlib
-import fcntl
 import signal
 import subprocess
-import termios
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
@@ -17,7 +14,6 @@ from loguru import logger
 from stoat_ferret.library._exceptions import ProbeError
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Iterator
 
 
@@ -27,19 +23,16 @@ class Failed(ProbeError):
     ``files_doing``: it failed while it held the file (it spent the CPU
     budget, crashed or answered nonsense), rather than before it had it (it
     did not start, or had ended between two files), without spending CPU
-    (the wall-clock backstop: stuck, or starved) or killed by SIGKILL (the
-    OOM killer, someone else): what the thumbnails blame on the file.
-
-    ``reached``: the file had reached the child. A failure is ``transient``
-    (a scan keeps the file's stored row, and tries it again next time)
-    unless the file had reached the child and it is the file's doing: a
-    child starved of CPU by a busy machine, or killed by the OOM killer,
-    does not cost a video its row and its id. A child a hostile file took
-    over could answer "unavailable" (transient) anyway.
+    (the wall-clock backstop: stuck, or starved by a busy machine) or killed
+    by SIGKILL (the OOM killer, someone else). Only the file's doing is not
+    ``transient``: a scan keeps the file's stored row (and its id) for the
+    next scan to try again otherwise, and the thumbnails job tries it again.
+    A child a hostile file took over could answer "unavailable" (transient)
+    anyway.
     """
 
-    def __init__(self, path: str, reason: str, *, files_doing: bool, reached: bool) -> None:
-        super().__init__(path, reason, transient=not (reached and files_doing))
+    def __init__(self, path: str, reason: str, *, files_doing: bool) -> None:
+        super().__init__(path, reason, transient=not files_doing)
         self.files_doing = files_doing
 
 
@@ -48,20 +41,8 @@ class Unreached(Failed):
     ``ended``: how it ended."""
 
     def __init__(self, path: str, reason: str, ended: str) -> None:
-        super().__init__(path, reason, files_doing=False, reached=False)
+        super().__init__(path, reason, files_doing=False)
         self.ended = ended
-
-
-def request_unread(channel: socket.socket) -> bool:
-    """Whether what was sent on ``channel`` is still waiting for the child to
-    read it (Linux's ``SIOCOUTQ``, which ``termios`` names ``TIOCOUTQ``: the
-    bytes not yet taken); False where that cannot be told."""
-    queued = array.array("i", [0])
-    try:
-        fcntl.ioctl(channel.fileno(), termios.TIOCOUTQ, queued, True)
-    except OSError:
-        return False
-    return queued[0] > 0
 
 
 @contextlib.contextmanager
@@ -95,8 +76,13 @@ def end_child(process: subprocess.Popen[bytes], *, gracefully: bool = False) -> 
     killed at once it would read as killed from outside, the OOM killer, not
     as the failure it was), and an idle one ends when it reads the hang-up."""
     if gracefully:
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        try:
             process.wait(timeout=CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()  # the service's kill: not to be read as the OOM killer's
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=CLOSE_SECONDS)
+            return f"still running {CLOSE_SECONDS:g} s after it hung up; killed"
     process.kill()  # one that hung up may still run: no wait without end
     try:
         code = process.wait(timeout=CLOSE_SECONDS)

@@ -86,7 +86,6 @@ from stoat_ferret.library._probefailed import (
     Unreached,
     end_child,
     logged,
-    request_unread,
 )
 from stoat_ferret.library._probestart import keep_out_of_reach, start_child
 from stoat_ferret.library._probewire import (
@@ -241,7 +240,7 @@ class ProbeProcess:
         more = self._peek()
         if more:  # one answer a request, no more
             self._end()
-            raise Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
+            raise Failed(name, NOT_A_PROBE, files_doing=True)
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
         else:
@@ -291,7 +290,7 @@ class ProbeProcess:
         except ProbeError as exc:
             if exc.reason == NOT_A_PROBE:
                 self._end_if_running()
-                raise Failed(exc.path, exc.reason, files_doing=True, reached=True) from exc
+                raise Failed(exc.path, exc.reason, files_doing=True) from exc
             raise
 
     def close(self) -> None:
@@ -344,14 +343,12 @@ class ProbeProcess:
         ready = {fd for fd, _ in poller.poll(min(MAX_WAIT_MS, math.ceil(seconds * 1000)))}
         doing = "started" if starting else "read the file"
         if channel.fileno() not in ready:
-            # A child starved before it read the request never had the file.
-            reached = not starting and not request_unread(channel)
             self._end()
             if stop.is_set():
                 stopped = f"stopped while the probe process {doing}"
                 raise ProbeError(name, stopped, transient=True)
             late = f"the probe process {doing} for longer than {seconds:g} s"
-            raise Failed(name, late, files_doing=False, reached=reached)
+            raise Failed(name, late, files_doing=False)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread
@@ -362,17 +359,15 @@ class ProbeProcess:
             ended = self._end(gracefully=True)
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
-                raise Failed(name, spent, files_doing=True, reached=True)
+                raise Failed(name, spent, files_doing=True)
             # SIGKILL does not come from its memory limit (which fails an
             # allocation): most often the OOM killer or someone else, not the file.
             killed = ended == f"killed by {signal.SIGKILL.name}"
             ending = f"the probe process ended while it {doing} ({ended})"
-            raise Failed(
-                name, ending, files_doing=not starting and not killed, reached=not starting
-            )
+            raise Failed(name, ending, files_doing=not starting and not killed)
         if flags & socket.MSG_TRUNC:
             self._end()
-            raise Failed(name, NOT_A_PROBE, files_doing=True, reached=True)
+            raise Failed(name, NOT_A_PROBE, files_doing=True)
         return answer
 
     def _peek(self) -> bytes | None:

@@ -37,6 +37,7 @@ from stoat_ferret.library import (
     ThumbnailStore,
     VideoLibrary,
     _probechild,
+    _probefailed,
     _probepool,
     _probeprocess,
     make_scan_handler,
@@ -1309,13 +1310,27 @@ class _ReleasedByWait(subprocess.Popen[bytes]):
         return super().wait(timeout)
 
 
-def test_a_child_that_hangs_up_and_exits_is_reported_as_it_ended(
-    clip: EncodedVideo, tmp_path: Path, directory: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("released", "ended"),
+    [(True, "exit status 3"), (False, "still running 0.1 s after it hung up; killed")],
+    ids=["exits", "lingers"],
+)
+def test_a_child_that_hangs_up_over_a_file_is_reported_as_it_ended(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    monkeypatch: pytest.MonkeyPatch,
+    released: bool,
+    ended: str,
 ) -> None:
     """A child that hangs up over a file and then exits on its own is reported
-    with its own exit status, the file's failure (not transient), not as
-    killed by SIGKILL (the service's kill, once taken for the OOM killer's)."""
+    with its own exit status; one still running a while after is killed, and
+    said to be so. Either is the file's failure (not transient), not "killed
+    by SIGKILL" (the OOM killer's, most often, which is not the file's)."""
     copy_video(clip, tmp_path / "a.mp4")
+    monkeypatch.setattr(_probefailed, "CLOSE_SECONDS", 0.1)
+    kind = _ReleasedByWait if released else subprocess.Popen
+    children: list[subprocess.Popen[bytes]] = []
 
     def start_child(
         name: str, priority: ThreadPriority, memory_limit: int
@@ -1324,8 +1339,8 @@ def test_a_child_that_hangs_up_and_exits_is_reported_as_it_ended(
         with theirs:
             ready = (READY + b"7").decode()  # confined: the service stays dumpable
             script = [sys.executable, "-c", _HANGS_UP_THEN_EXITS, str(theirs.fileno()), ready]
-            child = _ReleasedByWait(script, stdin=subprocess.PIPE, pass_fds=[theirs.fileno()])
-        return child, ours
+            children.append(kind(script, stdin=subprocess.PIPE, pass_fds=[theirs.fileno()]))
+        return children[-1], ours
 
     monkeypatch.setattr(_probeprocess, "start_child", start_child)
     process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
@@ -1334,8 +1349,11 @@ def test_a_child_that_hangs_up_and_exits_is_reported_as_it_ended(
             process.probe("a.mp4", directory, Stop())
     finally:
         process.close()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
 
-    assert refused.value.reason == "the probe process ended while it read the file (exit status 3)"
+    assert refused.value.reason == f"the probe process ended while it read the file ({ended})"
     assert not refused.value.transient
 
 
