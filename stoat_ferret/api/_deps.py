@@ -153,7 +153,9 @@ async def require_json(request: Request) -> None:
 
     Raises:
         HTTPException: 415, the ``Content-Type`` is missing, not JSON, or not
-            UTF-8; 400, the body is nested too deeply to parse again.
+            UTF-8; 400, the body is not UTF-8 (FastAPI, as ``json.loads``,
+            would read UTF-16 and UTF-32 too) or starts with a byte order
+            mark, or is nested too deeply to parse again.
         RequestValidationError: 422, an object of the body gives a key twice.
     """
     content_type = request.headers.get("content-type")
@@ -163,8 +165,18 @@ async def require_json(request: Request) -> None:
             "the body must be JSON in UTF-8, sent with Content-Type: application/json",
             headers={"Accept-Post": "application/json"},
         )
+    body = await request.body()
+    if not body:
+        return  # FastAPI's model says what is missing
     try:
-        json.loads(await request.body(), object_pairs_hook=_refuse_repeated_keys)
+        # Strictly UTF-8: json.loads would guess UTF-16 or UTF-32 from bytes.
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the body must be JSON in UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise HTTPException(400, "the body must be JSON in UTF-8, with no byte order mark")
+    try:
+        json.loads(text, object_pairs_hook=_refuse_repeated_keys)
     except _RepeatedKey as repeated:
         raise RequestValidationError(
             [
@@ -179,7 +191,7 @@ async def require_json(request: Request) -> None:
         # FastAPI parsed it a few frames nearer the top of the stack.
         raise HTTPException(400, "the body is nested too deeply to read") from None
     except ValueError:
-        pass  # not JSON, or empty: FastAPI has answered it, or its model will
+        pass  # not JSON: FastAPI has answered it
 
 
 def _utf_8(content_type: str) -> bool:

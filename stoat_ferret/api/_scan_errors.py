@@ -110,11 +110,11 @@ async def list_scan_errors(
         raise HTTPException(410, _REPLACED) from None
     except ScanErrorsIncomplete:
         raise HTTPException(410, _INCOMPLETE) from None
-    if job.status.is_terminal and total < _counted_errors(job.result):
-        raise HTTPException(410, _REPLACED)
     # Asked again after the read (404 now): the sweep deletes a list, a piece
     # at a time, only once the queue no longer knows its job, for good.
     await queue.get_result(job_id)
+    if job.status.is_terminal and total < _counted_errors(job.result):
+        raise HTTPException(410, _REPLACED)
     return ApiJSONResponse(
         {
             "errors": [{"path": path, "error": error} for path, error in entries],

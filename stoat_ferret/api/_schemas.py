@@ -169,13 +169,13 @@ class StrictQuery(BaseModel):
         if pattern is not None and isinstance(value, str) and not pattern.fullmatch(value):
             raise ValueError(
                 "must be written in plain digits"
-                + (" (0-9), as 2.5 or 25e-1" if pattern is _DECIMAL else " (0-9)")
+                + (" (0-9), as 2.5, .5 or 25e-1" if pattern is _DECIMAL else " (0-9)")
             )
         return value
 
 
 _WHOLE: Final = re.compile(r"[0-9]+")
-_DECIMAL: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_DECIMAL: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def _number_text(model: type[BaseModel], name: str | None) -> re.Pattern[str] | None:

@@ -100,6 +100,20 @@ NASTY: list[Any] = [
     pytest.param(
         "POST",
         "/api/v1/videos/scan",
+        {"content": '{"path": "/tmp"}'.encode("utf-16"), "headers": JSON},
+        400,
+        id="utf-16-body",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
+        {"content": '{"path": "/tmp"}'.encode("utf-8-sig"), "headers": JSON},
+        400,
+        id="byte-order-mark",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
         {"json": {"path": ["/tmp"]}},
         422,
         id="path-list",

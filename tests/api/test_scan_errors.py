@@ -329,15 +329,16 @@ async def test_a_list_swept_while_it_is_read_is_404_not_a_short_list(
 ) -> None:
     """The queue forgets a job after the errors route has read it, and the sweep
     deletes its list before the route reads that: 404, as for any job the queue
-    has forgotten, not a 200 with what was left (a job with no ``errors_total``,
-    here, could not tell)."""
+    has forgotten, not a 200 with what was left, nor a 410 that says a later
+    scan replaced it."""
     queue = _ForgettingQueue()
 
-    async def storing(context: JobContext) -> None:
+    async def storing(context: JobContext) -> dict[str, int]:
         errors = [(f"/m/{index}.mp4", "bad") for index in range(5)]
         await app.state.library.replace_scan_errors(
             context.job_id, "/m", recursive=True, errors=errors
         )
+        return {"errors_total": 5}  # a short list would be told replaced (410)
 
     queue.register("scan", storing)
     app = create_app(settings, job_queue=queue)

@@ -141,7 +141,8 @@ async def test_search_takes_percent_and_underscore_literally(stocked: Settings) 
 
 @pytest.mark.anyio
 async def test_filters_combine(stocked: Settings) -> None:
-    """Codec, container, size, duration and directory filters, alone and together."""
+    """Codec, container, size, duration and directory filters, alone and together
+    (a decimal may be written 3.5, 35e-1 or 12.)."""
     with anyio.fail_after(20):
         responses = await _get(
             stocked,
@@ -152,6 +153,7 @@ async def test_filters_combine(stocked: Settings) -> None:
             "min_width=1280&max_width=1920&min_height=721",
             "max_height=720",
             "min_duration=3.5&max_duration=12",
+            "min_duration=35e-1&max_duration=12.",
             "under=/m/a",
             "under=/m/a/b/&q=clip&sort=-size_bytes",
         )
@@ -163,6 +165,7 @@ async def test_filters_combine(stocked: Settings) -> None:
         ["clip_1.mkv"],
         ["50% off.mp4"],
         ["clipX1.webm", "clip_1.mkv"],  # by path: X (0x58) before _ (0x5f)
+        ["50% off.mp4", "clip_1.mkv"],
         ["50% off.mp4", "clip_1.mkv"],
         ["50% off.mp4", "clipX1.webm", "clip_1.mkv"],
         ["clipX1.webm", "clip_1.mkv"],
