@@ -63,7 +63,9 @@ def _clock_start(connection: sqlite3.Connection, path: str) -> datetime:
     while the clock was wrong) are dated now instead, and logged: left in
     the future, they would set every later date into it, or, if the clock
     ignored them, count as written after every scan's start, so that no
-    scan would remove them once their files go. A newest date that is not
+    scan would remove them once their files go. The newest of the rest
+    then sets the clock (a row less than a day ahead is never written
+    after a scan's start). A newest date that is not
     a date at all is logged and ignored.
     """
     now = wall_clock()
@@ -88,7 +90,10 @@ def _clock_start(connection: sqlite3.Connection, path: str) -> datetime:
             latest=latest,
             now=timestamp(now),
         )
-        return now
+        # Those left within a day ahead set the clock, as when none was redated.
+        (latest,) = connection.execute(
+            "SELECT max(updated_at) FROM videos WHERE updated_at < ':'"
+        ).fetchone()
     try:
         moment = datetime.fromisoformat(latest)
     except ValueError:

@@ -860,6 +860,33 @@ def test_a_store_opens_whatever_its_newest_updated_at_holds(
     assert updated_at == ("2020-01-01T00:00:00.000000+00:00" if ahead else stored)
 
 
+def test_rows_less_than_a_day_ahead_set_the_clock_once_those_further_are_redated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows more than a day ahead are dated now; one an hour ahead is kept as it
+    is, and the clock starts past it: a scan begun now would otherwise take
+    it for written after its start, and keep it once its file goes."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    store.upsert([record("/m/a.mp4"), record("/m/b.mp4")])
+    store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        raw.execute("UPDATE videos SET updated_at = '2099-01-01T00:00:00.000000+00:00'")
+        raw.execute(
+            "UPDATE videos SET updated_at = '2020-01-01T01:00:00.000000+00:00'"
+            " WHERE path = '/m/b.mp4'"
+        )
+        raw.commit()
+    monkeypatch.setattr(_clock, "wall_clock", lambda: datetime(2020, 1, 1, tzinfo=UTC))
+
+    reopened = VideoStore.open(tmp_path / "videos.sqlite")
+    try:
+        first = reopened.stamp()
+    finally:
+        reopened.close()
+
+    assert first == datetime(2020, 1, 1, 1, 0, 0, 1, tzinfo=UTC)
+
+
 def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: Path) -> None:
     """``gone`` looks at the batch's files once, while the store is free
     (another connection can begin a write then); a gone file's record is
