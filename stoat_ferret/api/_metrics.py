@@ -339,12 +339,15 @@ async def get_metrics(request: Request) -> ServiceMetrics | None:
     return metrics if isinstance(metrics, ServiceMetrics) else None
 
 
-def install_metrics(app: FastAPI) -> ServiceMetrics:
-    """Give ``app`` its metrics, the request timer and ``GET /metrics`` (and ``HEAD``)."""
+def install_metrics(
+    app: FastAPI, *, responses: dict[int | str, dict[str, Any]] | None = None
+) -> ServiceMetrics:
+    """Give ``app`` its metrics, the request timer and ``GET /metrics`` (and
+    ``HEAD``), documented with ``responses`` too."""
     metrics = ServiceMetrics()
     app.state.metrics = metrics
     app.add_middleware(RequestTimer, metrics=metrics)
-    app.include_router(router)
+    app.include_router(router, responses=responses)
     return metrics
 
 

@@ -72,6 +72,7 @@ from stoat_ferret.api._guard import RequestGuard
 from stoat_ferret.api._headers import ResponseHeaders
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._metrics import install_metrics
+from stoat_ferret.api._schemas import error_responses
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
 from stoat_ferret.library import (
@@ -126,12 +127,11 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     install_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(ResponseHeaders)  # outside the guard: its refusals get them too
-    app.include_router(_videos.router)
-    app.include_router(_thumbnails.router)
-    app.include_router(_jobs.router)
-    app.include_router(_scan_errors.router)
-    app.include_router(_events.router)
-    install_metrics(app)
+    # The request guard refuses any of these from another site's page (403).
+    guarded = error_responses(403)
+    for api in (_videos, _thumbnails, _jobs, _scan_errors, _events):
+        app.include_router(api.router, responses=guarded)
+    install_metrics(app, responses=guarded)
     app.include_router(_health.router)
     app.include_router(_dashboard.router)
     app.mount(_dashboard.STATIC_PREFIX, _dashboard.static_files(), name="static")

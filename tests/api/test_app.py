@@ -323,6 +323,28 @@ async def test_docs_and_openapi(settings: Settings) -> None:
     assert {"202", "403", "415", "503"} <= set(scan["responses"])
 
 
+@pytest.mark.anyio
+async def test_every_guarded_route_documents_its_403_and_answers_it(
+    shared_client: httpx.AsyncClient,
+) -> None:
+    """The request guard refuses any request under /api/ or to /metrics from
+    another site's page (an empty ``Sec-Fetch-Site`` included): each such
+    operation lists the 403 (the schema fuzzing met one it did not list)."""
+    with anyio.fail_after(10):
+        schema = (await shared_client.get("/openapi.json")).json()
+        refused = await shared_client.get("/api/v1/jobs/x/events", headers={"Sec-Fetch-Site": ""})
+
+    guarded = [
+        (method, path, operation)
+        for path, operations in schema["paths"].items()
+        if path.startswith("/api/") or path == "/metrics"
+        for method, operation in operations.items()
+    ]
+    assert len(guarded) == 13
+    assert [(m, p) for m, p, operation in guarded if "403" not in operation["responses"]] == []
+    assert refused.status_code == 403
+
+
 # The GET routes without HEAD, as README says: an event stream's HEAD would
 # hold one of the STOAT_MAX_STREAMS slots (the stream of every job until the
 # client leaves), for an answer with nothing in it.
