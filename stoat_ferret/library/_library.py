@@ -249,6 +249,31 @@ class VideoLibrary:
             done.elsewhere.extend(rows.elsewhere)
         return done
 
+    async def place(
+        self,
+        paths: Collection[str],
+        home: Callable[[str], int | None],
+        *,
+        directory: str,
+        recursive: bool,
+        every: bool,
+    ) -> None:
+        """Record the file system each of ``paths`` (files a scan of
+        ``directory`` found) was found on (``home``), :data:`REMOVE_ROWS` rows
+        a transaction: with ``every``, for each whose row says another (a scan
+        told to forget says the disks it found are the ones now), else only
+        for those whose row says none (written before schema 6: a read of an
+        index that is empty once every row is placed)."""
+        if not every:
+            unplaced = await anyio.to_thread.run_sync(
+                functools.partial(self._store.unplaced, directory, recursive=recursive)
+            )
+            paths = [path for path in unplaced if path in paths]
+        ordered = sorted(paths)
+        for start in range(0, len(ordered), REMOVE_ROWS):
+            piece = ordered[start : start + REMOVE_ROWS]
+            await anyio.to_thread.run_sync(self._store.note_file_systems, piece, home)
+
     async def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
     ) -> None:

@@ -129,13 +129,12 @@ def _open_on(base: int, path: str, expected: int, parts: list[str]) -> int:
     return fd
 
 
-def home_of(root_fd: int, disks: Mapping[str, Disk]) -> Callable[[str], int | None]:
-    """The identity of the file system each path at or below the directory
-    ``root_fd`` is on, as a scan's walk found it: that of the nearest mount
-    point of ``disks`` that holds the path, else that of the directory
-    itself (its descriptor's, asked now: the descriptor keeps the file
+def home_of(root: int | None, disks: Mapping[str, Disk]) -> Callable[[str], int | None]:
+    """The identity of the file system each path at or below a scanned
+    directory is on, as the scan's walk found it: that of the nearest mount
+    point of ``disks`` that holds the path, else ``root``, the directory's
+    own (``_mounts.file_system`` of its descriptor, which keeps the file
     system it was opened on). None where it could not be told."""
-    root = _mounts.file_system(root_fd)
 
     def home(path: str) -> int | None:
         mount = path if path in disks else _mounts.below_any(path, disks)

@@ -240,3 +240,20 @@ def _metadata(values: Sequence[Any]) -> dict[str, Any]:
     fields["interlaced"] = None if interlaced is None else bool(interlaced)
     fields["creation_time"] = None if created is None else datetime.fromisoformat(created)
     return fields
+
+
+def note_file_systems(
+    connection: sqlite3.Connection, paths: Collection[str], home: Callable[[str], int | None]
+) -> int:
+    """Record ``home(path)`` as the file system of each of ``paths`` whose row
+    says another, or none (``updated_at`` stays: the video did not change);
+    how many rows changed. A path whose identity is not known is left."""
+    changed = 0
+    for path in paths:
+        there = home(path)
+        if there is not None:
+            changed += connection.execute(
+                "UPDATE videos SET file_system = ? WHERE path = ? AND file_system IS NOT ?",
+                (there, path, there),
+            ).rowcount
+    return changed

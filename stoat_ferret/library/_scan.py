@@ -193,15 +193,26 @@ class ScanRun:
                 dropped=self.mounts.dropped,
             )
         unchanged = len(self.found) - len(to_probe)
+        home = self.scanned.home()
         if gone:
             # A forgetting scan lets go of the videos of disks not here, as
-            # ``not_gone`` does: those written from another file system too.
-            home = None if self.forget_unmounted else self.scanned.home()
+            # ``not_gone`` does: those found on another file system too.
             rows = await self.library.remove_gone(
-                gone, self.scanned.gone_of, written_before=self.started, home=home
+                gone,
+                self.scanned.gone_of,
+                written_before=self.started,
+                home=None if self.forget_unmounted else home,
             )
             self.counts.removed = len(rows.removed)
             kept_elsewhere(rows.elsewhere, self.scanned.disks, self.errors, root=self.root)
+        if home is not None and self.found:
+            await self.library.place(
+                self.found.keys(),
+                home,
+                directory=self.root,
+                recursive=self.recursive,
+                every=self.forget_unmounted,
+            )
         self.done = unchanged
         if to_probe:
             self.report()

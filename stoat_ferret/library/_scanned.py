@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from loguru import logger
 
-from stoat_ferret.library import _ondisk
+from stoat_ferret.library import _mounts, _ondisk
 from stoat_ferret.library._beneath import open_below_root, open_scan_directory
 from stoat_ferret.library._exceptions import DirectoryReplaced
 
@@ -124,6 +124,8 @@ class ScannedDirectory:
     # The mount points the walk found below the directory, as it found them
     # (device and file system identity); set by the scan once it has walked.
     disks: dict[str, _ondisk.Disk] = attrs.field(factory=dict)
+    # The identity of the directory's own file system, asked by open().
+    file_system: int | None = None
 
     def open(self) -> int:
         """Open the directory from its scan root down (``open_scan_directory``).
@@ -133,6 +135,7 @@ class ScannedDirectory:
             ScanError: The directory is outside every root, missing, or cannot be opened.
         """
         self.fd = open_scan_directory(self.path, self.roots)
+        self.file_system = _mounts.file_system(self.fd)
         return self.fd
 
     def close(self) -> None:
@@ -142,9 +145,10 @@ class ScannedDirectory:
 
     def home(self) -> Callable[[str], int | None] | None:
         """The identity of the file system each path below the directory is on,
-        as the walk found it (``_ondisk.home_of``); None if it was not opened
-        (then nothing is gone either: :meth:`gone_of`)."""
-        return None if self.fd is None else _ondisk.home_of(self.fd, self.disks)
+        as the walk found it (``_ondisk.home_of``; nothing asked of the file
+        system here: the event loop may call it); None if the directory was
+        not opened (then nothing is gone either: :meth:`gone_of`)."""
+        return None if self.fd is None else _ondisk.home_of(self.file_system, self.disks)
 
     def gone_of(self, paths: Collection[str]) -> set[str]:
         """Those of ``paths`` whose file is gone.

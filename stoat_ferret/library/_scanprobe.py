@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 import attrs
 from loguru import logger
 
+from stoat_ferret.library import _mounts
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
 from stoat_ferret.library._ondisk import (
@@ -104,7 +105,7 @@ def probe_files(
     as the walk saw it.
     """
     mounts = disks or {}
-    home = home_of(root_fd, mounts)
+    home = home_of(_mounts.file_system(root_fd), mounts)
     outcomes: list[tuple[str, VideoRecord | Unprobed]] = []
     directory: str | None = None
     directory_fd: int | OSError | None = None

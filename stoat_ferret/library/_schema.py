@@ -230,11 +230,16 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE TABLE mount_points (path TEXT PRIMARY KEY, file_system INTEGER NOT NULL)"
         " STRICT, WITHOUT ROWID",
     ),
-    # The identity of the file system each video was found on when its row
-    # was written (as mount_points has it; NULL: not known, as for every row
-    # written before): a file not found there now is gone only if that file
-    # system is still the one at its place (_storegone.py).
-    6: ("ALTER TABLE videos ADD COLUMN file_system INTEGER",),
+    # The identity of the file system each video was last found on (as
+    # mount_points has it; NULL: not known, as for every row written before,
+    # until a scan finds its file): a file not found there now is gone only
+    # if that file system is still the one at its place
+    # (VideoStore.remove_gone). The partial index finds the rows not placed
+    # yet, and is empty once they are.
+    6: (
+        "ALTER TABLE videos ADD COLUMN file_system INTEGER",
+        "CREATE INDEX videos_unplaced ON videos (path) WHERE file_system IS NULL",
+    ),
 }
 
 

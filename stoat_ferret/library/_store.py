@@ -60,6 +60,7 @@ from stoat_ferret.library._rows import (
     UPSERT,
     delete_rows,
     is_text,
+    note_file_systems,
     storable_rows,
     stored_video,
     timestamp,
@@ -184,6 +185,32 @@ class VideoStore(ScanErrorStore):
                 )
             rows = cursor.fetchall()
         return {path: (size, mtime) for path, size, mtime in rows}  # the read lock let go
+
+    def unplaced(self, directory: str, *, recursive: bool) -> list[str]:
+        """The stored paths in a scope whose file system is not known (rows
+        written before schema 6), through the index of those alone: a read
+        of nothing once every row is placed."""
+        with self._reading(bulk=True) as connection:
+            if recursive:
+                low, high = subtree_bounds(directory)
+                rows = connection.execute(
+                    "SELECT path FROM videos INDEXED BY videos_unplaced"
+                    " WHERE file_system IS NULL AND path >= ? AND path < ?",
+                    (low, high),
+                ).fetchall()
+            else:
+                rows = connection.execute(
+                    "SELECT path FROM videos INDEXED BY videos_unplaced"
+                    " WHERE file_system IS NULL AND directory = ?",
+                    (directory,),
+                ).fetchall()
+        return [path for (path,) in rows]
+
+    def note_file_systems(self, paths: Collection[str], home: Callable[[str], int | None]) -> int:
+        """Record, in one transaction, the file system each of ``paths`` was found
+        on (``home``) where its row says another or none; how many changed."""
+        with self._writing() as connection:
+            return note_file_systems(connection, paths, home)
 
     def mount_points(self, directory: str, *, recursive: bool) -> dict[str, int]:
         """The mount points stored at, above and (if ``recursive``) below

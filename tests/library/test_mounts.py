@@ -6,9 +6,12 @@ system); ``test_mounts_walk.py`` tests the walk's side and the comparison.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import sqlite3
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -886,3 +889,83 @@ async def test_a_scan_root_inside_a_disk_keeps_the_videos_of_the_disk_away(
     assert (swapped["added"], swapped["removed"], swapped["errors_total"]) == (1, 0, 1)
     assert set(ids) < set(kept)
     assert forgot["removed"] == 1
+
+
+async def test_a_disk_that_comes_back_with_another_identity_is_placed_again_by_a_forget_scan(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An XFS or FAT disk plugged in again may give another identity: a file
+    deleted from it is kept (its row says the disk of before) until a scan
+    told to forget says this is the disk now; that scan records the new
+    identity for every file it found, so a file deleted after it goes as
+    any other."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 1
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        unmount(lib / "disk", devices, tmp_path / "away")
+        mount(lib / "disk", devices, tmp_path / "away")
+        devices.identity[lib / "disk"] = 2
+        os.remove(lib / "disk" / "b.mp4")
+        kept = await handler(make_context(lib))
+        forgot = await handler(make_context(lib, forget_unmounted=True))
+        os.remove(lib / "disk" / "films" / "c.mp4")
+        later = await handler(make_context(lib))
+        left = await video_ids(library)
+
+    assert (kept["removed"], kept["errors_total"]) == (0, 1)
+    assert (forgot["removed"], forgot["errors_total"]) == (1, 0)
+    assert (later["removed"], later["errors_total"]) == (1, 0)
+    assert list(left) == [str(lib / "a.mp4")]
+
+
+async def test_a_row_written_before_schema_6_is_placed_by_the_next_scan(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row that says no file system (written before the column was) gets the
+    one its file is found on from the next scan, told to forget or not, so
+    that a disk mounted over its folder later keeps it."""
+    devices = Devices(monkeypatch)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    (tmp_path / "over").mkdir()
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        with contextlib.closing(sqlite3.connect(library.path)) as raw:
+            raw.execute("UPDATE videos SET file_system = NULL")
+            raw.commit()
+        await handler(make_context(lib))
+        os.rename(lib / "disk", tmp_path / "under")
+        mount(lib / "disk", devices, tmp_path / "over")
+        covered = await handler(make_context(lib))
+        left = await video_ids(library)
+
+    assert (covered["removed"], covered["errors_total"]) == (0, 1)
+    assert left == ids
+
+
+async def test_a_scan_asks_no_file_system_anything_on_the_event_loop(
+    library: VideoLibrary, lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The identity of each file system (``statvfs``) is asked in worker
+    threads only: a network mount that stops answering must not freeze the
+    service. A file gone makes the scan look its files' homes up."""
+    asked_on_the_loop: list[bool] = []
+    fsid = _mounts._fsid
+
+    def asking(fd: int) -> int:
+        asked_on_the_loop.append(threading.current_thread() is threading.main_thread())
+        return fsid(fd)
+
+    monkeypatch.setattr(_mounts, "_fsid", asking)
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        os.remove(lib / "a.mp4")
+        rescan = await handler(make_context(lib))
+
+    assert rescan["removed"] == 1
+    assert asked_on_the_loop
+    assert not any(asked_on_the_loop)
