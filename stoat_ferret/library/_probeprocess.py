@@ -51,7 +51,7 @@ on x86-64 and AArch64 a seccomp filter keeps it from making a socket and
 from reaching into other processes (``_seccomp.py``).
 
 A child is started when a probe finds none idle, and kept for the next
-files, :data:`FILES_PER_CHILD` at most (``_probepool.py``): starting one
+files, unless idle :data:`IDLE_SECONDS` (``_probepool.py``): starting one
 costs about a quarter of a second (Python and PyAV's imports). It runs at
 the probe threads' priority (``SCHED_IDLE`` by default, ``_background.py``),
 in a process group of its own (a signal to the service's group is the
@@ -75,6 +75,7 @@ import select
 import signal
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
@@ -123,10 +124,11 @@ does not answer without spending CPU (stopped, or stuck in the kernel)."""
 MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
 
-FILES_PER_CHILD: Final = 1000
-"""Files a child answers before a new one replaces it: one a hostile file
-took over keeps no later files for the service's lifetime, nor does what a
-long-lived child's memory holds. A new child costs 0.2 s of CPU."""
+IDLE_SECONDS: Final = 60.0
+"""A child idle for longer is replaced at its next file: a scan after a pause
+starts with new children, so one a hostile file took over keeps no later
+scan's files. (A new child costs 0.2 s of CPU: replaced every 1,000 files,
+a first scan took 20 % more.)"""
 
 
 class ProbeProcess:
@@ -144,7 +146,7 @@ class ProbeProcess:
         self._memory_limit = memory_limit
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
-        self._answered = 0  # by the child running
+        self._answered_at = 0.0  # time.monotonic() of the child's last answer
         # Held for each probe: close() from another thread waits for it.
         self._lock = threading.Lock()
         self._closed = False
@@ -227,6 +229,9 @@ class ProbeProcess:
         it is replaced, once.
         """
         request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
+        if self._socket is not None and time.monotonic() - self._answered_at >= IDLE_SECONDS:
+            ended = self._end(gracefully=True)  # it ends once it reads the hang-up
+            logger.debug("probe process idle, replaced ({ended})", ended=ended)
         kept = self._socket is not None
         try:
             answer = self._exchange(request, name, fds, stop)
@@ -243,15 +248,7 @@ class ProbeProcess:
             raise Failed(name, NOT_A_PROBE, files_doing=True)
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
-        else:
-            self._answered += 1
-            if self._answered >= FILES_PER_CHILD:  # it ends once it reads the hang-up
-                ended = self._end(gracefully=True)
-                logger.debug(
-                    "probe process replaced after {count} files ({ended})",
-                    count=self._answered,
-                    ended=ended,
-                )
+        self._answered_at = time.monotonic()
         return answer
 
     def _exchange(self, request: bytes, name: str, fds: list[int], stop: Stop) -> bytes:
@@ -307,7 +304,7 @@ class ProbeProcess:
         if self._closed:
             raise ProbeError(name, "not probed: the service is stopping", transient=True)
         self._process, ours = start_child(name, self._priority, self._memory_limit)
-        self._socket, self._answered = ours, 0
+        self._socket = ours
         try:
             ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
         except BaseException:

@@ -1357,13 +1357,19 @@ def test_a_child_that_hangs_up_over_a_file_is_reported_as_it_ended(
     assert not refused.value.transient
 
 
-def test_a_child_is_replaced_after_its_share_of_files(
-    clip: EncodedVideo, tmp_path: Path, directory: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("idle", [0.0, 3600.0], ids=["idle", "busy"])
+def test_a_child_idle_too_long_is_replaced_at_its_next_file(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    monkeypatch: pytest.MonkeyPatch,
+    idle: float,
 ) -> None:
-    """After FILES_PER_CHILD answers, the child is told to end (its channel
-    closed) and exits by itself; the next file gets a new one."""
+    """A child idle for IDLE_SECONDS or more is told to end (its channel closed)
+    at its next file, and exits by itself; a new one takes the file. One used
+    more often than that is kept."""
     copy_video(clip, tmp_path / "a.mp4")
-    monkeypatch.setattr(_probeprocess, "FILES_PER_CHILD", 2)
+    monkeypatch.setattr(_probeprocess, "IDLE_SECONDS", idle)
     ends: list[str] = []
     end = ProbeProcess._end
 
@@ -1381,8 +1387,9 @@ def test_a_child_is_replaced_after_its_share_of_files(
     finally:
         process.close()
 
-    first, retired, second = pids
-    assert first is not None
-    assert retired is None
-    assert second not in (None, first)
-    assert ends[0] == "exit status 0"
+    assert None not in pids
+    if idle:
+        assert len(set(pids)) == 1
+    else:
+        assert len(set(pids)) == 3
+        assert ends[:2] == ["exit status 0", "exit status 0"]
