@@ -146,7 +146,7 @@ class ProbeProcess:
         self._memory_limit = memory_limit
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
-        self._answered_at = 0.0  # time.monotonic() of the child's last answer
+        self._used_at = time.monotonic()  # the child's start or last answer
         # Held for each probe: close() from another thread waits for it.
         self._lock = threading.Lock()
         self._closed = False
@@ -229,7 +229,7 @@ class ProbeProcess:
         it is replaced, once.
         """
         request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
-        if self._socket is not None and time.monotonic() - self._answered_at >= IDLE_SECONDS:
+        if self._socket is not None and time.monotonic() - self._used_at >= IDLE_SECONDS:
             ended = self._end(gracefully=True)  # it ends once it reads the hang-up
             logger.debug("probe process idle, replaced ({ended})", ended=ended)
         kept = self._socket is not None
@@ -248,7 +248,7 @@ class ProbeProcess:
             raise Failed(name, NOT_A_PROBE, files_doing=True)
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
-        self._answered_at = time.monotonic()
+        self._used_at = time.monotonic()
         return answer
 
     def _exchange(self, request: bytes, name: str, fds: list[int], stop: Stop) -> bytes:
@@ -304,7 +304,7 @@ class ProbeProcess:
         if self._closed:
             raise ProbeError(name, "not probed: the service is stopping", transient=True)
         self._process, ours = start_child(name, self._priority, self._memory_limit)
-        self._socket = ours
+        self._socket, self._used_at = ours, time.monotonic()
         try:
             ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
         except BaseException:
