@@ -257,22 +257,28 @@ class VideoLibrary:
         directory: str,
         recursive: bool,
         every: bool,
+        written_before: datetime,
     ) -> None:
         """Record the file system each of ``paths`` (files a scan of
         ``directory`` found) was found on (``home``), :data:`REMOVE_ROWS` rows
-        a transaction: with ``every``, for each whose row says another (a scan
-        told to forget says the disks it found are the ones now), else only
-        for those whose row says none (written before schema 6: a read of an
-        index that is empty once every row is placed)."""
-        if not every:
-            unplaced = await anyio.to_thread.run_sync(
-                functools.partial(self._store.unplaced, directory, recursive=recursive)
+        a transaction, sparing the rows written since ``written_before`` (the
+        scan's start: a later scan found them later): with ``every``, for each
+        whose row says another (a scan told to forget says the disks it found
+        are the ones now), else only for those whose row says none (written
+        before schema 6: a read of an index that is empty once every row is
+        placed). Sorting and sifting the paths run in the worker thread."""
+        if every:
+            ordered = await anyio.to_thread.run_sync(sorted, paths)
+        else:
+            unplaced = functools.partial(self._store.unplaced, directory, recursive=recursive)
+            ordered = await anyio.to_thread.run_sync(
+                lambda: sorted(path for path in unplaced() if path in paths)
             )
-            paths = [path for path in unplaced if path in paths]
-        ordered = sorted(paths)
+        note = functools.partial(
+            self._store.note_file_systems, every=every, written_before=written_before
+        )
         for start in range(0, len(ordered), REMOVE_ROWS):
-            piece = ordered[start : start + REMOVE_ROWS]
-            await anyio.to_thread.run_sync(self._store.note_file_systems, piece, home)
+            await anyio.to_thread.run_sync(note, ordered[start : start + REMOVE_ROWS], home)
 
     async def replace_scan_errors(
         self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]

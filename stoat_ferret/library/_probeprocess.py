@@ -51,7 +51,7 @@ on x86-64 and AArch64 a seccomp filter keeps it from making a socket and
 from reaching into other processes (``_seccomp.py``).
 
 A child is started when a probe finds none idle, and kept for the next
-files, unless idle :data:`IDLE_SECONDS` (``_probepool.py``): starting one
+files (``_probepool.py``) while not worn (``_probestart.worn``): starting one
 costs about a quarter of a second (Python and PyAV's imports). It runs at
 the probe threads' priority (``SCHED_IDLE`` by default, ``_background.py``),
 in a process group of its own (a signal to the service's group is the
@@ -75,7 +75,6 @@ import select
 import signal
 import socket
 import threading
-import time
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
@@ -88,7 +87,7 @@ from stoat_ferret.library._probefailed import (
     end_child,
     logged,
 )
-from stoat_ferret.library._probestart import keep_out_of_reach, start_child
+from stoat_ferret.library._probestart import keep_out_of_reach, now, start_child, worn
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     CONFINE_FAILED,
@@ -124,12 +123,6 @@ does not answer without spending CPU (stopped, or stuck in the kernel)."""
 MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
 
-IDLE_SECONDS: Final = 60.0
-"""A child idle for longer is replaced at its next file: a scan after a pause
-starts with new children, so one a hostile file took over keeps no later
-scan's files. (A new child costs 0.2 s of CPU: replaced every 1,000 files,
-a first scan took 20 % more.)"""
-
 
 class ProbeProcess:
     """One child process that probes files, for one thread at a time.
@@ -146,7 +139,7 @@ class ProbeProcess:
         self._memory_limit = memory_limit
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
-        self._used_at = time.monotonic()  # the child's start or last answer
+        self._started_at = self._used_at = now()  # the child's start; its last answer
         # Held for each probe: close() from another thread waits for it.
         self._lock = threading.Lock()
         self._closed = False
@@ -229,9 +222,9 @@ class ProbeProcess:
         it is replaced, once.
         """
         request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
-        if self._socket is not None and time.monotonic() - self._used_at >= IDLE_SECONDS:
+        if self._socket is not None and worn(self._started_at, self._used_at):
             ended = self._end(gracefully=True)  # it ends once it reads the hang-up
-            logger.debug("probe process idle, replaced ({ended})", ended=ended)
+            logger.debug("probe process idle or old, replaced ({ended})", ended=ended)
         kept = self._socket is not None
         try:
             answer = self._exchange(request, name, fds, stop)
@@ -248,7 +241,7 @@ class ProbeProcess:
             raise Failed(name, NOT_A_PROBE, files_doing=True)
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
-        self._used_at = time.monotonic()
+        self._used_at = now()
         return answer
 
     def _exchange(self, request: bytes, name: str, fds: list[int], stop: Stop) -> bytes:
@@ -304,7 +297,8 @@ class ProbeProcess:
         if self._closed:
             raise ProbeError(name, "not probed: the service is stopping", transient=True)
         self._process, ours = start_child(name, self._priority, self._memory_limit)
-        self._socket, self._used_at = ours, time.monotonic()
+        self._socket = ours
+        self._started_at = self._used_at = now()
         try:
             ready = self._receive(ours, name, stop, START_SECONDS, starting=True)
         except BaseException:

@@ -243,17 +243,28 @@ def _metadata(values: Sequence[Any]) -> dict[str, Any]:
 
 
 def note_file_systems(
-    connection: sqlite3.Connection, paths: Collection[str], home: Callable[[str], int | None]
+    connection: sqlite3.Connection,
+    paths: Collection[str],
+    home: Callable[[str], int | None],
+    *,
+    every: bool,
+    written_before: datetime,
 ) -> int:
     """Record ``home(path)`` as the file system of each of ``paths`` whose row
-    says another, or none (``updated_at`` stays: the video did not change);
-    how many rows changed. A path whose identity is not known is left."""
+    says none, or (with ``every``) another; how many rows changed. A row
+    written at or after ``written_before`` (by a scan that found its file
+    later) is left, and so is a path whose identity is not known;
+    ``updated_at`` stays: the video did not change."""
+    statement = (
+        "UPDATE videos SET file_system = :there WHERE path = :path AND updated_at < :before"
+        + (" AND file_system IS NOT :there" if every else " AND file_system IS NULL")
+    )
+    before = timestamp(written_before)
     changed = 0
     for path in paths:
         there = home(path)
         if there is not None:
             changed += connection.execute(
-                "UPDATE videos SET file_system = ? WHERE path = ? AND file_system IS NOT ?",
-                (there, path, there),
+                statement, {"there": there, "path": path, "before": before}
             ).rowcount
     return changed

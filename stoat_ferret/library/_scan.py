@@ -212,6 +212,7 @@ class ScanRun:
                 directory=self.root,
                 recursive=self.recursive,
                 every=self.forget_unmounted,
+                written_before=self.started,
             )
         self.done = unchanged
         if to_probe:

@@ -198,19 +198,30 @@ class VideoStore(ScanErrorStore):
                     " WHERE file_system IS NULL AND path >= ? AND path < ?",
                     (low, high),
                 ).fetchall()
-            else:
+            else:  # bounded by the subtree too: a range of the index, not all of it
+                low, high = subtree_bounds(directory)
                 rows = connection.execute(
                     "SELECT path FROM videos INDEXED BY videos_unplaced"
-                    " WHERE file_system IS NULL AND directory = ?",
-                    (directory,),
+                    " WHERE file_system IS NULL AND path >= ? AND path < ? AND directory = ?",
+                    (low, high, directory),
                 ).fetchall()
         return [path for (path,) in rows]
 
-    def note_file_systems(self, paths: Collection[str], home: Callable[[str], int | None]) -> int:
+    def note_file_systems(
+        self,
+        paths: Collection[str],
+        home: Callable[[str], int | None],
+        *,
+        every: bool,
+        written_before: datetime,
+    ) -> int:
         """Record, in one transaction, the file system each of ``paths`` was found
-        on (``home``) where its row says another or none; how many changed."""
+        on (``home``) where its row says none, or (``every``) another, unless
+        written since ``written_before`` (``_rows.note_file_systems``)."""
         with self._writing() as connection:
-            return note_file_systems(connection, paths, home)
+            return note_file_systems(
+                connection, paths, home, every=every, written_before=written_before
+            )
 
     def mount_points(self, directory: str, *, recursive: bool) -> dict[str, int]:
         """The mount points stored at, above and (if ``recursive``) below

@@ -925,8 +925,8 @@ async def test_a_row_written_before_schema_6_is_placed_by_the_next_scan(
     library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A row that says no file system (written before the column was) gets the
-    one its file is found on from the next scan, told to forget or not, so
-    that a disk mounted over its folder later keeps it."""
+    one its file is found on from the next scan (one not told to forget,
+    here), so that a disk mounted over its folder later keeps it."""
     devices = Devices(monkeypatch)
     handler = make_scan_handler(library, probe_priority=NORMAL)
     (tmp_path / "over").mkdir()

@@ -40,6 +40,7 @@ from stoat_ferret.library import (
     _probefailed,
     _probepool,
     _probeprocess,
+    _probestart,
     make_scan_handler,
     probe_video,
 )
@@ -1357,19 +1358,18 @@ def test_a_child_that_hangs_up_over_a_file_is_reported_as_it_ended(
     assert not refused.value.transient
 
 
-@pytest.mark.parametrize("idle", [0.0, 3600.0], ids=["idle", "busy"])
-def test_a_child_idle_too_long_is_replaced_at_its_next_file(
-    clip: EncodedVideo,
-    tmp_path: Path,
-    directory: int,
-    monkeypatch: pytest.MonkeyPatch,
-    idle: float,
+def test_a_child_idle_or_old_is_replaced_at_its_next_file(
+    clip: EncodedVideo, tmp_path: Path, directory: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A child idle for IDLE_SECONDS or more is told to end (its channel closed)
-    at its next file, and exits by itself; a new one takes the file. One used
-    more often than that is kept."""
+    """On a clock the test moves: a child used every 36 s is kept (each answer
+    restarts its idle time); one idle IDLE_SECONDS (60) is told to end (its
+    channel closed) at its next file, and exits by itself; so is one started
+    AGE_SECONDS (100, here) before, however busy. A new one takes the file."""
     copy_video(clip, tmp_path / "a.mp4")
-    monkeypatch.setattr(_probeprocess, "IDLE_SECONDS", idle)
+    clock = [1000.0]
+    for module in (_probestart, _probeprocess):
+        monkeypatch.setattr(module, "now", lambda: clock[0])
+    monkeypatch.setattr(_probestart, "AGE_SECONDS", 100.0)
     ends: list[str] = []
     end = ProbeProcess._end
 
@@ -1381,15 +1381,13 @@ def test_a_child_idle_too_long_is_replaced_at_its_next_file(
     process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
     pids: list[int | None] = []
     try:
-        for _ in range(3):
+        for step in (0, 36, 36, 60, 36, 36, 36):
+            clock[0] += step
             assert process.probe("a.mp4", directory, Stop()).video_codec == "h264"
             pids.append(process.pid)
     finally:
         process.close()
 
-    assert None not in pids
-    if idle:
-        assert len(set(pids)) == 1
-    else:
-        assert len(set(pids)) == 3
-        assert ends[:2] == ["exit status 0", "exit status 0"]
+    first, second, third = dict.fromkeys(pids)  # in order of appearance
+    assert pids == [first, first, first, second, second, second, third]
+    assert ends[:2] == ["exit status 0", "exit status 0"]

@@ -735,6 +735,35 @@ def test_remove_gone_keeps_a_row_written_from_another_file_system(store: VideoSt
     assert [v.path for v in store.list_videos(10, 0)[0]] == ["/m/other.mp4"]
 
 
+@pytest.mark.parametrize("every", [False, True], ids=["unplaced", "every"])
+def test_placing_spares_rows_placed_or_written_since(
+    store: VideoStore, tmp_path: Path, every: bool
+) -> None:
+    """A scan records where it found its files: a row that says no file system
+    gets it; with ``every`` (a scan told to forget), a row that says another
+    too; a row written since the scan began (another scan found its file
+    later) keeps what that scan said."""
+    store.upsert([record("/m/none.mp4"), record("/m/other.mp4", file_system=5)])
+    began = store.stamp()
+    store.upsert([record("/m/since.mp4", file_system=9)])
+
+    changed = store.note_file_systems(
+        ["/m/none.mp4", "/m/other.mp4", "/m/since.mp4"],
+        lambda path: 1,
+        every=every,
+        written_before=began,
+    )
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        placed = dict(raw.execute("SELECT path, file_system FROM videos").fetchall())
+    assert changed == (2 if every else 1)
+    assert placed == {
+        "/m/none.mp4": 1,
+        "/m/other.mp4": 1 if every else 5,
+        "/m/since.mp4": 9,
+    }
+
+
 def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> None:
     """A stale row (a changed file that no longer probes) is deleted unless
     another scan rewrote it after ``written_before``."""
