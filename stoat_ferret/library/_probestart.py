@@ -124,10 +124,15 @@ AGE_SECONDS: Final = 600.0
 one a hostile file took over keeps the files of ten minutes at most."""
 
 
+# CLOCK_BOOTTIME is Linux's; elsewhere the monotonic clock, which may not
+# count a machine's sleep.
+_CLOCK: Final = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 def now() -> float:
     """Seconds on a clock that counts a suspended machine's sleep too
     (Linux's ``CLOCK_BOOTTIME``): a child is no younger for a night asleep."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.clock_gettime(_CLOCK)
 
 
 def worn(started_at: float, used_at: float) -> bool:

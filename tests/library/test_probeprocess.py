@@ -1363,13 +1363,14 @@ def test_a_child_idle_or_old_is_replaced_at_its_next_file(
 ) -> None:
     """On a clock the test moves: a child used every 36 s is kept (each answer
     restarts its idle time); one idle IDLE_SECONDS (60) is told to end (its
-    channel closed) at its next file, and exits by itself; so is one started
-    AGE_SECONDS (100, here) before, however busy. A new one takes the file."""
+    channel closed) at its next file, and exits by itself (the second child:
+    idle alone, 132 s old); so is one started AGE_SECONDS (150, here) before,
+    however busy (the third: 180 s old, idle 36 s). A new one takes the file."""
     copy_video(clip, tmp_path / "a.mp4")
     clock = [1000.0]
     for module in (_probestart, _probeprocess):
         monkeypatch.setattr(module, "now", lambda: clock[0])
-    monkeypatch.setattr(_probestart, "AGE_SECONDS", 100.0)
+    monkeypatch.setattr(_probestart, "AGE_SECONDS", 150.0)
     ends: list[str] = []
     end = ProbeProcess._end
 
@@ -1381,7 +1382,7 @@ def test_a_child_idle_or_old_is_replaced_at_its_next_file(
     process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
     pids: list[int | None] = []
     try:
-        for step in (0, 36, 36, 60, 36, 36, 36):
+        for step in (0, 36, 36, 60, 36, 36, 36, 36, 36):
             clock[0] += step
             assert process.probe("a.mp4", directory, Stop()).video_codec == "h264"
             pids.append(process.pid)
@@ -1389,5 +1390,5 @@ def test_a_child_idle_or_old_is_replaced_at_its_next_file(
         process.close()
 
     first, second, third = dict.fromkeys(pids)  # in order of appearance
-    assert pids == [first, first, first, second, second, second, third]
+    assert pids == [first, first, first, second, second, second, second, second, third]
     assert ends[:2] == ["exit status 0", "exit status 0"]

@@ -745,10 +745,10 @@ def test_placing_spares_rows_placed_or_written_since(
     later) keeps what that scan said."""
     store.upsert([record("/m/none.mp4"), record("/m/other.mp4", file_system=5)])
     began = store.stamp()
-    store.upsert([record("/m/since.mp4", file_system=9)])
+    store.upsert([record("/m/since.mp4", file_system=9), record("/m/since-none.mp4")])
 
     changed = store.note_file_systems(
-        ["/m/none.mp4", "/m/other.mp4", "/m/since.mp4"],
+        ["/m/none.mp4", "/m/other.mp4", "/m/since.mp4", "/m/since-none.mp4"],
         lambda path: 1,
         every=every,
         written_before=began,
@@ -761,6 +761,7 @@ def test_placing_spares_rows_placed_or_written_since(
         "/m/none.mp4": 1,
         "/m/other.mp4": 1 if every else 5,
         "/m/since.mp4": 9,
+        "/m/since-none.mp4": None,
     }
 
 
