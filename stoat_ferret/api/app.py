@@ -79,6 +79,7 @@ from stoat_ferret.library import (
     ProbeProcesses,
     StoreError,
     VideoLibrary,
+    ending_worn,
     landlock_abi,
     make_scan_handler,
     seccomp_filters,
@@ -212,6 +213,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 async with (
                     app.state.metrics.following(injected),
                     _scan_errors.sweeping(injected, library),
+                    ending_worn(probes),
                 ):
                     yield
             finally:
@@ -238,6 +240,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     async with (
                         app.state.metrics.following(supervisor),
                         _scan_errors.sweeping(supervisor, library),
+                        ending_worn(probes),
                     ):
                         try:
                             await _thumbnails.start_thumbnails(supervisor, thumbnailer)

@@ -47,7 +47,7 @@ from stoat_ferret.library._models import (
 )
 from stoat_ferret.library._names import VIDEO_EXTENSIONS, is_utf8
 from stoat_ferret.library._probe import probe_video
-from stoat_ferret.library._probepool import ProbeProcesses
+from stoat_ferret.library._probepool import ProbeProcesses, ending_worn
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
 from stoat_ferret.library._sandbox import landlock_abi
 from stoat_ferret.library._scangate import then_thumbnails
@@ -121,6 +121,7 @@ __all__ = [
     "VideoStore",
     "check_data_directory",
     "containing_root",
+    "ending_worn",
     "inspect_database",
     "is_utf8",
     "landlock_abi",

@@ -7,11 +7,13 @@ on at once, each reused file after file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import weakref
 from typing import TYPE_CHECKING, Final
 
+import anyio
 from loguru import logger
 
 from stoat_ferret.library._background import ThreadPriority
@@ -19,12 +21,13 @@ from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._limits import PROBE_DEADLINE, PROBE_MEMORY_LIMIT
 from stoat_ferret.library._probeprocess import ProbeProcess
+from stoat_ferret.library._probestart import IDLE_SECONDS
 
 MAX_DEADLINE: Final = 86_400.0
 """The longest CPU budget a probe may be given: a day."""
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     from stoat_ferret.library._background import Stop
     from stoat_ferret.library._models import VideoProbe
@@ -92,6 +95,12 @@ class ProbeProcesses:
         """The process ids of the children running now."""
         return self._children.pids()
 
+    def end_worn(self) -> int:
+        """End the children idle :data:`~._probestart.IDLE_SECONDS` or started
+        :data:`~._probestart.AGE_SECONDS` before, but for those a file is in
+        now; how many. Blocking: a worker thread (:func:`ending_worn` calls it)."""
+        return self._children.end_worn()
+
     def close(self) -> None:
         """End every child, each once its file is done; later files are refused.
 
@@ -132,6 +141,17 @@ class _Children:
                 return
         process.close()  # closed while it probed
 
+    def end_worn(self) -> int:
+        with self._lock:
+            every = list(self._every)
+        ended = 0
+        for process in every:
+            try:
+                ended += process.end_if_worn()
+            except Exception as exc:  # logged as _close does; the others are asked all the same
+                logger.opt(exception=exc).warning("probe child not ended cleanly", pid=process.pid)
+        return ended
+
     def pids(self) -> list[int]:
         with self._lock:
             return [pid for process in self._every if (pid := process.pid) is not None]
@@ -151,6 +171,25 @@ class _Children:
                 closing.append(thread)
         for thread in closing:
             thread.join()
+
+
+@contextlib.asynccontextmanager
+async def ending_worn(probes: ProbeProcesses, every: float = IDLE_SECONDS) -> AsyncIterator[None]:
+    """Within: every ``every`` seconds, :meth:`ProbeProcesses.end_worn` in a
+    worker thread, so that the children of the last scan do not keep their
+    memory (some 50 MB each) while the service waits for the next one."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(_end_worn_every, probes, every)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
+
+
+async def _end_worn_every(probes: ProbeProcesses, every: float) -> None:
+    while True:
+        await anyio.sleep(every)
+        await anyio.to_thread.run_sync(probes.end_worn)
 
 
 def _close(process: ProbeProcess) -> None:

@@ -291,6 +291,20 @@ class ProbeProcess:
             if self._process is not None:
                 self._end(gracefully=True)
 
+    def end_if_worn(self) -> bool:
+        """End the child if it is idle or old (``_probestart.worn``) and no file
+        is in it now; whether one was ended. The next file starts another."""
+        if not self._lock.acquire(blocking=False):
+            return False  # busy: its thread replaces it at its next file if need be
+        try:
+            if self._socket is None or not worn(self._started_at, self._used_at):
+                return False
+            ended = self._end(gracefully=True)  # it ends once it reads the hang-up
+        finally:
+            self._lock.release()
+        logger.debug("probe process idle or old, ended ({ended})", ended=ended)
+        return True
+
     def _channel(self, name: str, stop: Stop) -> socket.socket:
         if self._socket is not None:
             return self._socket

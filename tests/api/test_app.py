@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,6 +27,7 @@ from tests.api.support import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from fastapi import FastAPI
@@ -72,6 +74,34 @@ async def test_lifespan_runs_a_supervisor_and_stops_it(settings: Settings) -> No
     assert not hasattr(app.state, "library")
     assert app.state.stopping.is_set()
     assert settings.database_path.is_file()
+
+
+@pytest.mark.parametrize("injected", [False, True], ids=["supervisor", "injected"])
+@pytest.mark.anyio
+async def test_lifespan_ends_idle_probe_children_while_it_serves(
+    settings: Settings, injected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its own supervisor or an injected queue, the app asks that its idle
+    probe children be ended (``ending_worn``) from start-up to shut-down."""
+    entered: list[object] = []
+    exited = anyio.Event()
+
+    @asynccontextmanager
+    async def ending_worn(probes: object) -> AsyncIterator[None]:
+        entered.append(probes)
+        try:
+            yield
+        finally:
+            exited.set()
+
+    monkeypatch.setattr(app_module, "ending_worn", ending_worn)
+    app = create_app(settings, job_queue=InMemoryJobQueue() if injected else None)
+
+    with anyio.fail_after(10):
+        async with lifespan_running(app):
+            assert entered == [app.state.probes]
+            assert not exited.is_set()
+    assert exited.is_set()
 
 
 @pytest.mark.anyio
