@@ -32,9 +32,10 @@ another service there may see it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.datastructures import MutableHeaders
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
@@ -49,6 +50,9 @@ from stoat_ferret.api._session import (
     TOKEN_COOKIE,
     session_value,
 )
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PAGE: Final = Path(__file__).parent / "dashboard.html"
 """The dashboard page, served at ``/``."""
@@ -81,9 +85,28 @@ async def dashboard() -> FileResponse:
     )
 
 
-def static_files() -> StaticFiles:
-    """The app mounts this at :data:`STATIC_PREFIX`: the files the page loads."""
-    return StaticFiles(directory=STATIC_DIR)
+def static_files() -> ASGIApp:
+    """The app mounts this at :data:`STATIC_PREFIX`: the files the page loads,
+    each with ``Cache-Control: no-cache``, as the page: kept, but asked for
+    again (a 304 while unchanged), so that after an upgrade the new page
+    never runs the old script a browser kept."""
+    return _NoCache(StaticFiles(directory=STATIC_DIR))
+
+
+class _NoCache:
+    """An ASGI app's answers, with ``Cache-Control: no-cache`` unless they say otherwise."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_no_cache(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])  # optional in ASGI
+                MutableHeaders(scope=message).setdefault("Cache-Control", "no-cache")
+            await send(message)
+
+        await self.app(scope, receive, send_no_cache)
 
 
 @router.post(

@@ -8,7 +8,11 @@ carry the headers too:
   unless the response sets a policy of its own (the dashboard's, which
   says the same), ``Content-Security-Policy: frame-ancestors 'none'``: no
   page elsewhere may show the service's pages in a frame, to trick a click
-  on them. A header the response already sets is kept as it is;
+  on them. ``Cross-Origin-Opener-Policy: same-origin``: a page elsewhere
+  that opened the dashboard in a window keeps no handle to it (to send it
+  later to a look-alike sign-in page); ``Referrer-Policy: no-referrer``:
+  no address of the service (a search, a path) goes to another site. A
+  header the response already sets is kept as it is;
 * ``Range`` and ``If-Range`` are dropped from every request. No route
   serves part of an answer, but Starlette's file responses (the dashboard
   page and its files) would, and they answer a malformed range in plain
@@ -32,6 +36,8 @@ ALWAYS: Final = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "frame-ancestors 'none'",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Referrer-Policy": "no-referrer",
 }
 """Set on every HTTP response that does not set them itself."""
 

@@ -35,6 +35,7 @@ async def test_root_serves_the_dashboard_and_its_files(settings: Settings) -> No
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-cache"
     assert "<title>stoat_ferret</title>" in page.text
     linked = set(re.findall(r'(?:href|src)="(/static/[^"]+)"', page.text))
     assert linked == set(ASSETS)
@@ -42,6 +43,24 @@ async def test_root_serves_the_dashboard_and_its_files(settings: Settings) -> No
         assert assets[url].status_code == 200, url
         assert assets[url].headers["content-type"].startswith(media_type), url
         assert assets[url].content == (STATIC_DIR / url.removeprefix("/static/")).read_bytes()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", list(ASSETS))
+async def test_the_pages_files_are_asked_for_again_each_time(
+    shared_client: httpx.AsyncClient, url: str
+) -> None:
+    """``no-cache`` on each, as on the page: a browser may keep them but asks
+    again (a 304 while unchanged), so after an upgrade the new page never runs
+    an old script."""
+    with anyio.fail_after(10):
+        first = await shared_client.get(url)
+        again = await shared_client.get(url, headers={"If-None-Match": first.headers["etag"]})
+
+    assert first.status_code == 200
+    assert first.headers["cache-control"] == "no-cache"
+    assert again.status_code == 304
+    assert again.headers["cache-control"] == "no-cache"
 
 
 @pytest.mark.anyio

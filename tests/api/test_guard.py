@@ -1000,9 +1000,12 @@ async def test_a_get_with_a_small_body_of_known_length_is_routed(
         pytest.param("POST", SCAN, {"Content-Type": "text/plain"}, 415, id="error-handler"),
     ],
 )
-async def test_every_answer_forbids_sniffing_and_framing(
+async def test_every_answer_forbids_sniffing_framing_openers_and_referrers(
     shared_client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str], status: int
 ) -> None:
+    """No page elsewhere may frame an answer, keep a handle to a window it opened
+    on the service (to send it to a look-alike page later), or learn the
+    service's addresses from a link followed out of it."""
     with anyio.fail_after(10):
         response = await shared_client.request(method, path, headers=headers, content=b"{}")
 
@@ -1010,6 +1013,8 @@ async def test_every_answer_forbids_sniffing_and_framing(
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert response.headers["cross-origin-opener-policy"] == "same-origin"
+    assert response.headers["referrer-policy"] == "no-referrer"
 
 
 @pytest.mark.anyio
@@ -1017,6 +1022,7 @@ async def test_the_dashboard_keeps_its_own_policy(shared_client: httpx.AsyncClie
     with anyio.fail_after(10):
         response = await shared_client.get("/")
 
+    assert response.headers["cross-origin-opener-policy"] == "same-origin"
     policies = response.headers.get_list("content-security-policy")
     assert len(policies) == 1
     assert "script-src 'self'" in policies[0]

@@ -21,7 +21,7 @@ import shutil
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import pytest
@@ -41,7 +41,14 @@ except ImportError:
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator, Page
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Locator,
+        Page,
+        Route,
+    )
 
     from tests.browser.conftest import Server
 
@@ -71,7 +78,8 @@ def screenshot_path(tmp_path: Path) -> Path:
 
 
 SCAN_URL = "/api/v1/videos/scan"
-THUMBNAIL_URL = re.compile(r"/api/v1/videos/\d+/thumbnail$")
+# The page asks for a thumbnail at the row's last update (?v=...): a changed video, a new address.
+THUMBNAIL_URL = re.compile(r"/api/v1/videos/\d+/thumbnail\?v=[^&]+$")
 REFUSED = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})\b")
 # Identical files (hard links) in a directory the server holds the scan of
 # (the HOLD gate, tests/gated_service.py): it stays running after its first
@@ -374,3 +382,88 @@ def test_a_scan_can_be_told_to_forget_the_disks_not_mounted(
     expect(forget).not_to_be_checked()
     assert dashboard.console.errors == []
     assert dashboard.console.refused == []
+
+
+def test_a_folder_whose_name_ends_with_a_space_is_scanned_as_typed(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """The path goes as typed; one refused that begins or ends with white space
+    says so (it may be the reason)."""
+    spaced = server.root / "take two "
+    spaced.mkdir()
+    make_video(spaced / "one.mp4")
+    page = dashboard.page
+    feedback = page.locator("#scan-feedback")
+
+    dashboard.scan(spaced)
+    expect(dashboard.job(spaced).locator(".badge")).to_have_text("completed")
+    dashboard.scan(f"{server.root}/missing ")
+    expect(feedback).to_have_text(
+        re.compile(r"^There is no folder at .*\. The path begins or ends with white space\.$")
+    )
+
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == [(f"{server.base_url}{SCAN_URL}", 404)]
+
+
+LISTED = 5000
+
+
+def _job_list(route: Route) -> None:
+    """A list of LISTED completed jobs, newest first, as the API pages it."""
+    limit = int(parse_qs(urlsplit(route.request.url).query)["limit"][0])
+    if limit > 1000:  # the API's MAX_LIMIT
+        route.fulfill(status=422, json={"detail": "limit: at most 1000"})
+        return
+    jobs: list[dict[str, object]] = [
+        {
+            "job_id": f"{number:032x}",
+            "job_type": "noop",
+            "payload": {},
+            "status": "completed",
+            "progress": 1.0,
+            "message": None,
+            "result": None,
+            "error": None,
+            "submitted_at": f"2026-01-01T00:00:00.{LISTED - number:06d}Z",
+            "started_at": None,
+            "finished_at": None,
+        }
+        for number in range(limit)
+    ]
+    route.fulfill(json={"jobs": jobs, "total": LISTED, "limit": limit, "offset": 0})
+
+
+def test_older_jobs_are_shown_up_to_the_most_one_answer_holds(
+    context: BrowserContext, server: Server
+) -> None:
+    """ "Show older jobs" adds twenty at a time, up to the API's 1,000 a page:
+    then the button goes, the count says so, and the list keeps loading."""
+    page = context.new_page()
+    console = Console()
+    console.watch(page)
+    asked: list[int] = []
+    page.on(
+        "request",
+        lambda request: (
+            asked.append(int(parse_qs(urlsplit(request.url).query)["limit"][0]))
+            if "/api/v1/jobs?" in request.url
+            else None
+        ),
+    )
+    page.route("**/api/v1/jobs?*", _job_list)
+    try:
+        page.goto(f"{server.base_url}/")
+        more = page.get_by_role("button", name="Show older jobs")
+        count = page.locator("#jobs-count")
+        for shown in range(40, 1001, 20):
+            more.click()
+            expect(count).to_have_text(re.compile(rf"^5000 jobs, newest {shown} shown"))
+        expect(count).to_have_text("5000 jobs, newest 1000 shown (the most this page shows)")
+        expect(more).to_be_hidden()
+        expect(page.locator("li.job")).to_have_count(1000)
+    finally:
+        page.close()
+
+    assert max(asked) == 1000
+    assert console.errors == []

@@ -206,7 +206,7 @@ def test_a_hostile_file_name_in_the_library_and_its_detail_view(
     expect(opener).to_be_visible()
     expect(row.locator("small")).to_have_text(f"{folder}/{shown}")
     # Its frame, or the placeholder while the thumbnails job has not made it.
-    preview = re.compile(rf"^(Frame of {re.escape(shown)}|No preview of {re.escape(shown)} yet)$")
+    preview = re.compile(rf"^(Frame of {re.escape(shown)}|No preview of {re.escape(shown)})$")
     expect(row.get_by_role("img", name=preview)).to_have_count(1)
     assert _unicode_bidi(opener.locator(".untrusted")) == ["isolate"]
     assert _unicode_bidi(row.locator("small .untrusted")) == ["isolate"]

@@ -112,7 +112,7 @@ def test_thumbnails_load_and_an_undecodable_video_keeps_a_placeholder(
     assert image.evaluate("(image) => [image.naturalWidth, image.naturalHeight]") == [320, 180]
     portrait = page.get_by_role("img", name="Frame of portrait.mp4")
     assert portrait.evaluate("(image) => [image.naturalWidth, image.naturalHeight]") == [320, 426]
-    expect(page.get_by_role("img", name="No preview of noise.mp4 yet")).to_be_visible()
+    expect(page.get_by_role("img", name="No preview of noise.mp4")).to_be_visible()
     # The full path is visible text, not only a tooltip.
     expect(beach.locator("small")).to_have_text(str(library / "Holiday" / "beach.mp4"))
     expect(beach.locator("small")).to_be_visible()
@@ -320,3 +320,37 @@ def _expect_by_size(names: Locator, by_size: list[str], library: Path) -> None:
         for name in by_size
     ]
     expect(names).to_have_text(expected)
+
+
+NATURAL_SIZE = """(size) => {
+  const image = document.querySelector("#video-rows img");
+  return image !== null && image.complete && image.naturalWidth === size[0]
+    && image.naturalHeight === size[1];
+}"""
+
+
+def test_a_changed_video_shows_its_new_thumbnail_without_a_reload(
+    context: BrowserContext, own_server: Server
+) -> None:
+    """The page keeps the image of an address it has shown: a video changed and
+    scanned again shows its new frame once the thumbnails job has made it,
+    in the same page (its address carries the row's last update)."""
+    folder = own_server.root / "changing"
+    folder.mkdir()
+    make_video(folder / "clip.mp4", width=320, height=180)
+    dashboard = open_page(context, own_server)
+    page = dashboard.page
+    dashboard.scan(folder)
+    page.wait_for_function(NATURAL_SIZE, arg=[320, 180], timeout=30_000)
+
+    make_video(folder / "clip.mp4", width=64, height=16)  # another size, another mtime
+    dashboard.scan(folder)
+
+    page.wait_for_function(NATURAL_SIZE, arg=[320, 80], timeout=30_000)
+    # The thumbnails jobs' own counts, not a scan's.
+    made = page.get_by_label("Thumbnails summary").first
+    expect(made.locator("dt")).to_have_text(
+        ["videos", "made", "failed", "unchanged", "outside", "removed"]
+    )
+    expect(made.locator("dd").nth(1)).to_have_text("1")
+    assert dashboard.console.errors == []

@@ -24,6 +24,9 @@
 const API = "/api/v1";
 const NEEDS_TOKEN = "This service needs its access token: sign in above.";
 const JOB_PAGE = 20;
+// The most jobs the API lists in one answer (MAX_LIMIT in api/_schemas.py):
+// "Show older jobs" stops there, and the count says how many more there are.
+const JOBS_SHOWN_MAX = 1000;
 const VIDEO_PAGE = 20;
 // A browser opens about 6 connections per host across all its tabs: one
 // event stream per page, whatever the number of jobs, leaves the rest free.
@@ -35,6 +38,9 @@ const RECONNECT_MS = 2000;
 const RECONNECT_MAX_MS = 60000;
 const HEALTH_EVERY_MS = 5000;
 const TERMINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
+// The counts of a completed job's result shown under it, by job type.
+const SCAN_COUNTS = ["found", "added", "updated", "unchanged", "removed"];
+const THUMBNAILS_COUNTS = ["videos", "made", "failed", "unchanged", "outside", "removed"];
 
 const byId = (id) => document.getElementById(id);
 
@@ -394,10 +400,12 @@ class JobView {
       this.summary.replaceChildren();
       return;
     }
-    const counts = ["found", "added", "updated", "unchanged", "removed"]
+    const thumbnails = job.job_type === "thumbnails";
+    const counts = (thumbnails ? THUMBNAILS_COUNTS : SCAN_COUNTS)
       .filter((key) => typeof result[key] === "number")
       .map((key) => el("div", {}, el("dt", { text: key }), el("dd", { text: String(result[key]) })));
-    const parts = [el("dl", { class: "facts summary", "aria-label": "Scan summary" }, ...counts)];
+    const label = thumbnails ? "Thumbnails summary" : "Scan summary";
+    const parts = [el("dl", { class: "facts summary", "aria-label": label }, ...counts)];
     const errors = Array.isArray(result.errors) ? result.errors : [];
     const more = Number(result.errors_truncated) || 0;
     if (errors.length || more) {
@@ -409,7 +417,9 @@ class JobView {
         el(
           "details",
           { class: "scan-errors", open: errors.length <= 5 },
-          el("summary", { text: `${plural(errors.length + more, "file")} could not be read` }),
+          el("summary", {
+            text: `${plural(errors.length + more, "file")} ${thumbnails ? "gave no thumbnail" : "could not be read"}`,
+          }),
           el("ul", {}, ...items),
         ),
       );
@@ -471,9 +481,10 @@ async function loadJobs() {
   });
   jobsLoaded = true;
   byId("jobs-empty").hidden = total > 0;
+  const atMost = jobLimit >= JOBS_SHOWN_MAX ? " (the most this page shows)" : "";
   byId("jobs-count").textContent =
-    total > jobs.length ? `${plural(total, "job")}, newest ${jobs.length} shown` : plural(total, "job");
-  byId("jobs-more").hidden = total <= jobs.length;
+    total > jobs.length ? `${plural(total, "job")}, newest ${jobs.length} shown${atMost}` : plural(total, "job");
+  byId("jobs-more").hidden = total <= jobs.length || jobLimit >= JOBS_SHOWN_MAX;
 }
 
 let jobsReload = null; // the list reload in flight, if any
@@ -622,7 +633,7 @@ async function startScan(event) {
   const button = byId("scan-submit");
   // aria-disabled, not disabled: a disabled button would drop the keyboard focus.
   if (button.getAttribute("aria-disabled") === "true") return;
-  const path = input.value.trim();
+  const path = input.value; // as typed: a folder's name may begin or end with a space
   const recursive = byId("scan-recursive").checked;
   // Destructive, so asked for each scan: unticked once a scan is accepted.
   const forget = byId("scan-forget");
@@ -632,7 +643,7 @@ async function startScan(event) {
     feedback.replaceChildren(...parts);
   };
   const quoted = () => ["“", untrusted(path, { dir: "ltr" }), "”"];
-  if (!path) {
+  if (!path.trim()) {
     say("error", "Enter the absolute path of a folder, such as /srv/videos.");
     input.focus();
     return;
@@ -650,7 +661,8 @@ async function startScan(event) {
   }
   if (response.status !== 202 || !response.data) {
     input.setAttribute("aria-invalid", String(response.status < 500));
-    say("error", ...explainRefusal(response, path));
+    const spaced = path !== path.trim() ? [" The path begins or ends with white space."] : [];
+    say("error", ...explainRefusal(response, path), ...spaced);
     return;
   }
   input.removeAttribute("aria-invalid");
@@ -796,7 +808,9 @@ function setPager(atFirst, atLast) {
 function thumbnail(video, cls) {
   const box = el("span", { class: `thumb ${cls}` });
   const image = el("img", {
-    src: `${API}/videos/${encodeURIComponent(video.id)}/thumbnail`,
+    // The row's last update in the address: a page keeps the image of an
+    // address it has shown, so a changed video's new frame needs a new one.
+    src: `${API}/videos/${encodeURIComponent(video.id)}/thumbnail?v=${encodeURIComponent(video.updated_at)}`,
     alt: `Frame of ${spelled(video.filename)}`,
     loading: "lazy",
     decoding: "async",
@@ -805,7 +819,8 @@ function thumbnail(video, cls) {
     image.remove();
     box.classList.add("missing");
     box.setAttribute("role", "img");
-    box.setAttribute("aria-label", `No preview of ${spelled(video.filename)} yet`);
+    // Not made yet, or its frame cannot be decoded: the 404 does not say which.
+    box.setAttribute("aria-label", `No preview of ${spelled(video.filename)}`);
   });
   box.append(image);
   return box;
@@ -1137,7 +1152,7 @@ function start() {
   byId("signin-form").addEventListener("submit", signIn);
   byId("scan-form").addEventListener("submit", startScan);
   byId("jobs-more").addEventListener("click", () => {
-    jobLimit += JOB_PAGE;
+    jobLimit = Math.min(jobLimit + JOB_PAGE, JOBS_SHOWN_MAX);
     loadJobs();
   });
   byId("page-prev").addEventListener("click", () => {
