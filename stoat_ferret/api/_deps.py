@@ -154,8 +154,9 @@ async def require_json(request: Request) -> None:
     Raises:
         HTTPException: 415, the ``Content-Type`` is missing, not JSON, or not
             UTF-8; 400, the body is not UTF-8 (FastAPI, as ``json.loads``,
-            would read UTF-16 and UTF-32 too) or starts with a byte order
-            mark, or is nested too deeply to parse again.
+            would read UTF-16 and UTF-32 too, with or without a byte order
+            mark) or starts with a byte order mark, or is nested too deeply
+            to parse again.
         RequestValidationError: 422, an object of the body gives a key twice.
     """
     content_type = request.headers.get("content-type")
@@ -191,7 +192,10 @@ async def require_json(request: Request) -> None:
         # FastAPI parsed it a few frames nearer the top of the stack.
         raise HTTPException(400, "the body is nested too deeply to read") from None
     except ValueError:
-        pass  # not JSON: FastAPI has answered it
+        # FastAPI parsed it (it answers a body that is not JSON before any
+        # dependency runs), so it is JSON in another encoding: UTF-16 or UTF-32
+        # without a byte order mark is valid UTF-8, NULs and all.
+        raise HTTPException(400, "the body must be JSON in UTF-8") from None
 
 
 def _utf_8(content_type: str) -> bool:
