@@ -198,6 +198,13 @@ def test_a_root_that_is_a_loop_is_refused(tmp_path: Path) -> None:
         ("STOAT_LOG_FORMAT", "xml", "text or json"),
         ("STOAT_HOST", "local host", "host"),
         ("STOAT_ALLOWED_HOSTS", "videos example", "host names"),
+        # A Host header's name is compared port aside: these would match nothing.
+        ("STOAT_ALLOWED_HOSTS", "https://videos.example", "without scheme, port or wildcard"),
+        ("STOAT_ALLOWED_HOSTS", "videos.example:8000", "without scheme, port or wildcard"),
+        ("STOAT_ALLOWED_HOSTS", "127.0.0.1:8000", "without scheme, port or wildcard"),
+        ("STOAT_ALLOWED_HOSTS", "*.example", "without scheme, port or wildcard"),
+        ("STOAT_ALLOWED_HOSTS", "videos.example/app", "without scheme, port or wildcard"),
+        ("STOAT_ALLOWED_HOSTS", "videos..example", "without scheme, port or wildcard"),
         ("STOAT_ALLOWED_ORIGINS", "videos.example", "origins like"),
         ("STOAT_ALLOWED_ORIGINS", "http://videos.example/app", "no path"),
         ("STOAT_ALLOWED_ORIGINS", "ftp://videos.example", "origins like"),
@@ -224,6 +231,30 @@ def test_bad_values_name_the_variable(variable: str, value: str, words: str) -> 
     assert variable in message
     assert words in message
     assert "\n" not in message
+
+
+def test_allowed_names_are_kept_as_a_browser_sends_them(tmp_path: Path) -> None:
+    """Case-blind, IPv6 without brackets, a Unicode name in its ``xn--`` form
+    (what a browser puts in ``Host``), a trailing dot kept."""
+    settings = Settings.from_environ(
+        {
+            "STOAT_ALLOWED_HOSTS": "B\u00fccher.example,[::1],fe80::1,videos.example.,10.0.0.5",
+            "STOAT_API_TOKEN": TOKEN,
+            "STOAT_SCAN_ROOTS": str(tmp_path),
+        }
+    )
+
+    assert settings.allowed_hosts == (
+        "xn--bcher-kva.example",
+        "::1",
+        "fe80::1",
+        "videos.example.",
+        "10.0.0.5",
+    )
+
+
+def test_an_ipv6_address_to_listen_on_may_be_given_in_brackets() -> None:
+    assert Settings.from_environ({"STOAT_HOST": "[::1]"}).host == "::1"
 
 
 def test_database_path_that_is_a_directory(tmp_path: Path) -> None:

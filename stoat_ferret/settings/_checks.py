@@ -144,15 +144,30 @@ def _check_log_level(_: Settings, attribute: attrs.Attribute[str], value: str) -
 
 
 def _check_names(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
+    # Compared with the request's Host, port aside (_guard.py): a scheme, a
+    # port or a wildcard here would match nothing, and the service would
+    # answer 400 to every request by that name.
     for name in value:
-        if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
-            raise SettingsError(f"{_env(attribute)} must be host names or addresses, got {name!r}")
+        if not isinstance(name, str) or not (_HOST_NAME.fullmatch(name) or _is_address(name)):
+            raise SettingsError(
+                f"{_env(attribute)} must be host names or addresses, without scheme, "
+                f"port or wildcard, got {name!r}"
+            )
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 # What follows "scheme://" in an origin: a host name (underscores too, as
 # Docker's service names have; a trailing dot) or an IPv4 address, or an IPv6
 # address in brackets, then an optional port (lower case: normalised first).
 _LABEL: Final = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_HOST_NAME: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _ORIGIN_HOST: Final = re.compile(
     rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?"
 )
@@ -172,7 +187,27 @@ def _check_origins(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], val
 
 def _normalise_names(value: Any) -> tuple[str, ...]:
     # Host names compare case-blind; an IPv6 address is matched without brackets.
-    return tuple(str(name).strip().lower().removeprefix("[").removesuffix("]") for name in value)
+    return tuple(
+        _ascii_name(str(name).strip().lower().removeprefix("[").removesuffix("]")) for name in value
+    )
+
+
+def _ascii_name(name: str) -> str:
+    """A Unicode host name in the form a browser sends it (``bücher.example``:
+    ``xn--bcher-kva.example``); any other name as it is (checked after)."""
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name  # refused by _check_names
+
+
+def _bare_host(value: Any) -> Any:
+    """An address to listen on without the brackets of an IPv6 literal (``[::1]``)."""
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        return value[1:-1]
+    return value
 
 
 def _normalise_origins(value: Any) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from stoat_ferret.settings._checks import (
     _PARSERS,
     SettingsError,
     _absolute,
+    _bare_host,
     _check_database_path,
     _check_host,
     _check_log_format,
@@ -72,6 +73,7 @@ class Settings:
 
     host: str = attrs.field(
         default="127.0.0.1",
+        converter=_bare_host,
         validator=_check_host,
         metadata={
             "env": "STOAT_HOST",
@@ -189,7 +191,8 @@ class Settings:
             "metavar": "HOST",
             "repeat": "a host name",
             "default": "none",
-            "help": "more names the service is reached by (the Host header), ','-separated "
+            "help": "more names the service is reached by (the Host header's, without port; "
+            "a Unicode name in either form), ','-separated "
             "in the variable; its own host, localhost, 127.0.0.1 and ::1 always are; "
             "a name other than loopback's needs the API token and scan roots",
         },
