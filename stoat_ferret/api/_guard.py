@@ -252,8 +252,9 @@ class RequestGuard:
         """False if the browser says the request comes from another origin.
 
         ``Sec-Fetch-Site`` decides when the browser sends it (no page can set
-        it): ``same-origin``, or ``none`` for what the user typed, passes,
-        anything else is refused. Where the browser sends none (an older
+        it): ``same-origin``, or ``none`` for what the user typed (unless an
+        ``Origin`` or ``Referer`` names another origin), passes, anything
+        else is refused. Where the browser sends none (an older
         one, or a URL it does not deem trustworthy: plain http to a name
         other than localhost), the ``Origin``, or failing that the
         ``Referer``'s origin, must be the service's own or an allowed one.
@@ -265,8 +266,12 @@ class RequestGuard:
         README says what that leaves open, and that the token closes it).
         """
         site = headers.get("sec-fetch-site")
-        if site is not None:
-            return site in ("same-origin", "none")
+        if site == "same-origin":
+            return True
+        if site not in (None, "none"):
+            return False
+        # "none", what the user typed or opened from a bookmark, comes with no
+        # Origin or Referer: one that names another origin is not that.
         origin = claimed_origin(headers)
         return origin is None or self.same_origin(origin, connection)
 

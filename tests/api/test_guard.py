@@ -324,6 +324,14 @@ async def test_the_dashboard_and_health_open_from_anywhere(
         pytest.param(
             {"Origin": "http://localhost", "Sec-Fetch-Site": "cross-site"}, id="fetch-site-wins"
         ),
+        # What the user typed carries neither: no browser sends both.
+        pytest.param(
+            {"Sec-Fetch-Site": "none", "Origin": "http://evil.example"}, id="typed-from-elsewhere"
+        ),
+        pytest.param(
+            {"Sec-Fetch-Site": "none", "Referer": "http://evil.example/"},
+            id="typed-with-foreign-referer",
+        ),
     ],
 )
 async def test_a_state_change_the_browser_says_is_from_elsewhere_is_403(
