@@ -104,6 +104,11 @@ class ServiceMetrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
         self._queue: AsyncJobQueue | None = None
+        # Job id -> its last status counted, for the jobs not ended: kept from
+        # one run of the lifespan to the next, as the counters are (an
+        # injected queue outlives each run, and its feed starts again with
+        # the jobs not ended: counted again, they would count twice).
+        self._live: dict[str, JobStatus] = {}
         options: dict[str, Any] = {"registry": registry, "namespace": "stoat"}
         self.jobs_submitted = Counter(
             "jobs_submitted", "Jobs accepted, by type.", ["job_type"], **options
@@ -184,14 +189,16 @@ class ServiceMetrics:
         """Count every change ``feed`` hands out.
 
         A job is counted as submitted when first seen; ``live`` remembers the
-        last status counted of each job not ended. After a ``ChangesLost``
-        the feed goes on with later changes only, so ``live`` is kept (a
-        job it holds is never counted as submitted again, and one that ended
-        before the gap never shows up again); only the jobs the queue has
-        dropped since are removed from it. What the jobs did in the gap is
-        not counted.
+        last status counted of each job not ended, from one feed to the next
+        (a run of the lifespan to the next). After a ``ChangesLost``, and
+        between two feeds, the feed goes on with later changes only, so
+        ``live`` is kept (a job it holds is never counted as submitted again,
+        and one that ended in the gap never shows up again); only the jobs
+        the queue has dropped since are removed from it. What the jobs did
+        in the gap is not counted.
         """
-        live: dict[str, JobStatus] = {}  # job id -> its last status counted
+        live = self._live
+        await _forget_dropped(queue, live)  # the jobs of an earlier queue, or dropped since
         async for item in feed:
             if isinstance(item, JobChange):
                 job = item.job
@@ -210,11 +217,7 @@ class ServiceMetrics:
                 continue
             self.changes_lost.inc()
             logger.warning("job metrics fell behind and missed job changes")
-            for job_id in list(live):
-                try:
-                    await queue.get_result(job_id)
-                except JobNotFound:
-                    live.pop(job_id, None)
+            await _forget_dropped(queue, live)
 
     def count(self, job: JobResult, live: dict[str, JobStatus]) -> None:
         """Count what ``job`` went through since its last state counted in ``live``."""
@@ -262,6 +265,15 @@ class ServiceMetrics:
         self.probe_errors.inc(probe_errors)
         self.files_unchanged.inc(unchanged)
         self.files_removed.inc(removed)
+
+
+async def _forget_dropped(queue: AsyncJobQueue, live: dict[str, JobStatus]) -> None:
+    """Remove from ``live`` the jobs ``queue`` does not know (any more)."""
+    for job_id in list(live):
+        try:
+            await queue.get_result(job_id)
+        except JobNotFound:
+            live.pop(job_id, None)
 
 
 class RequestTimer:

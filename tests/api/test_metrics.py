@@ -630,3 +630,38 @@ async def test_a_job_that_ends_while_the_service_starts_is_counted(
     assert _value(samples, "stoat_jobs_submitted_total", job_type="quick") == 1
     assert _value(samples, "stoat_jobs_started_total", job_type="quick") == 1
     assert _value(samples, "stoat_jobs_ended_total", job_type="quick", status="completed") == 1
+
+
+@pytest.mark.anyio
+async def test_jobs_of_an_injected_queue_count_once_over_two_runs_of_the_app(
+    settings: Settings,
+) -> None:
+    """The queue outlives each run of the app's lifespan, and the counters do
+    too: a job running and one pending through both runs count once each,
+    and the pending one's start in the second run once."""
+    release = anyio.Event()
+
+    async def held(ctx: JobContext) -> None:
+        await release.wait()
+
+    with anyio.fail_after(10):
+        async with supervisor_running(max_workers=1) as supervisor:
+            supervisor.register("held", held)
+            app = create_app(settings, job_queue=supervisor)
+            async with serving(app) as client:
+                first = await supervisor.submit("held")
+                await supervisor.submit("held")
+                before = await _scrape(client)
+            async with serving(app) as client:
+                between = await _scrape(client)
+                release.set()
+                await supervisor.wait(first)
+                after = await _scrape(client)
+            release.set()
+
+    for samples in (before, between):
+        assert _value(samples, "stoat_jobs_submitted_total", job_type="held") == 2
+        assert _value(samples, "stoat_jobs_started_total", job_type="held") == 1
+    assert _value(after, "stoat_jobs_submitted_total", job_type="held") == 2
+    assert _value(after, "stoat_jobs_started_total", job_type="held") == 2
+    assert _value(after, "stoat_jobs_ended_total", job_type="held", status="completed") == 2
