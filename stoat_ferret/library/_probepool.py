@@ -144,13 +144,7 @@ class _Children:
     def end_worn(self) -> int:
         with self._lock:
             every = list(self._every)
-        ended = 0
-        for process in every:
-            try:
-                ended += process.end_if_worn()
-            except Exception as exc:  # logged as _close does; the others are asked all the same
-                logger.opt(exception=exc).warning("probe child not ended cleanly", pid=process.pid)
-        return ended
+        return _each_in_a_thread(every, lambda process: process.end_if_worn())
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -160,17 +154,34 @@ class _Children:
         with self._lock:
             self._closed = True
             every, self._every, self._idle = self._every, [], []
-        closing: list[threading.Thread] = []
-        for process in every:
-            thread = threading.Thread(target=_close, args=(process,), name="stoat-close")
-            try:
-                thread.start()
-            except RuntimeError:  # no thread to be had: this one ends it
-                process.close()
-            else:
-                closing.append(thread)
-        for thread in closing:
-            thread.join()
+        _each_in_a_thread(every, _close)
+
+
+def _each_in_a_thread(processes: list[ProbeProcess], end: Callable[[ProbeProcess], bool]) -> int:
+    """``end(process)`` for each, each in a thread of its own (in this one
+    when no thread can be had), so that the wait is that of the slowest
+    child, not of all of them in turn; how many returned True. What raises is
+    logged, and the others are ended all the same."""
+    ended: list[bool] = []
+
+    def ending(process: ProbeProcess) -> None:
+        try:
+            ended.append(end(process))
+        except Exception as exc:  # nobody waits for the thread's answer
+            logger.opt(exception=exc).warning("probe child not ended cleanly", pid=process.pid)
+
+    threads: list[threading.Thread] = []
+    for process in processes:
+        thread = threading.Thread(target=ending, args=(process,), name="stoat-close")
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: this one ends it
+            ending(process)
+        else:
+            threads.append(thread)
+    for thread in threads:
+        thread.join()
+    return sum(ended)
 
 
 @contextlib.asynccontextmanager
@@ -189,13 +200,12 @@ async def ending_worn(probes: ProbeProcesses, every: float = IDLE_SECONDS) -> As
 async def _end_worn_every(probes: ProbeProcesses, every: float) -> None:
     while True:
         await anyio.sleep(every)
-        await anyio.to_thread.run_sync(probes.end_worn)
+        try:
+            await anyio.to_thread.run_sync(probes.end_worn)
+        except Exception:  # no thread to be had, or a bug: logged, not the lifespan's end
+            logger.opt(exception=True).error("idle probe processes not ended")
 
 
-def _close(process: ProbeProcess) -> None:
-    """End one child, in a thread of its own: what goes wrong is logged, since
-    nobody waits for the thread's answer, and the other children end all the same."""
-    try:
-        process.close()
-    except Exception as exc:
-        logger.opt(exception=exc).warning("probe child not ended cleanly", pid=process.pid)
+def _close(process: ProbeProcess) -> bool:
+    process.close()
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -154,25 +155,30 @@ def test_the_pool_ends_its_worn_children_and_starts_others_for_later_files(
 
 class _Counting:
     """A stand-in for :class:`ProbeProcesses`: counts the calls of ``end_worn``
-    (made in a worker thread) and sets ``asked`` at the ``wanted``-th."""
+    (made in a worker thread), sets ``asked`` at the ``wanted``-th, and
+    raises ``first`` at the first if given."""
 
-    def __init__(self, wanted: int) -> None:
+    def __init__(self, wanted: int, first: Exception | None = None) -> None:
         self.calls = 0
         self.wanted = wanted
+        self.first = first
         self.asked = anyio.Event()
 
     def end_worn(self) -> int:
         self.calls += 1
         if self.calls == self.wanted:
             anyio.from_thread.run_sync(self.asked.set)
+        if self.calls == 1 and self.first is not None:
+            raise self.first
         return 0
 
 
 @pytest.mark.anyio
 async def test_ending_worn_asks_again_and_again_until_its_block_ends() -> None:
     probes = _Counting(wanted=3)
-    async with ending_worn(probes, every=0):  # type: ignore[arg-type]
-        await probes.asked.wait()
+    with anyio.fail_after(10):  # a task left running would hang the block's end
+        async with ending_worn(probes, every=0):  # type: ignore[arg-type]
+            await probes.asked.wait()
     calls = probes.calls
     await anyio.lowlevel.checkpoint()
     assert calls >= 3
@@ -197,6 +203,36 @@ class _StandIn:
         pass
 
 
+class _Together:
+    """A stand-in whose ``end_if_worn`` returns only once ``barrier``'s other parties call too."""
+
+    pid = 4321
+
+    def __init__(self, barrier: threading.Barrier) -> None:
+        self.barrier = barrier
+
+    def end_if_worn(self) -> bool:
+        self.barrier.wait()
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_worn_children_are_ended_together_not_one_after_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As at close: a child at SCHED_IDLE on a busy machine may take a second or
+    two to end, and the service's stop waits for the sweep in progress."""
+    barrier = threading.Barrier(3, timeout=10)
+    monkeypatch.setattr(_probepool, "ProbeProcess", lambda **options: _Together(barrier))
+    probes = ProbeProcesses(ThreadPriority.NORMAL)
+    for _ in range(3):
+        probes._children.take("x")
+
+    assert probes.end_worn() == 3
+
+
 def test_a_child_that_fails_to_end_is_logged_and_the_others_are_asked(
     monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
 ) -> None:
@@ -212,3 +248,18 @@ def test_a_child_that_fails_to_end_is_logged_and_the_others_are_asked(
     assert logged["extra"]["pid"] == 4321
     assert "cannot reap" in str(logged["exception"].value)
     probes.close()
+
+
+@pytest.mark.anyio
+async def test_a_failure_to_end_idle_children_is_logged_and_the_next_try_comes(
+    log_records: list[Any],
+) -> None:
+    """Such as no thread to be had: it must not end the block (the app's
+    lifespan, whose end would stop the service)."""
+    probes = _Counting(wanted=2, first=RuntimeError("can't start new thread"))
+    with anyio.fail_after(10):
+        async with ending_worn(probes, every=0):  # type: ignore[arg-type]
+            await probes.asked.wait()
+
+    [logged] = [r for r in log_records if r["message"] == "idle probe processes not ended"]
+    assert "can't start new thread" in str(logged["exception"].value)
