@@ -253,8 +253,8 @@ class RequestGuard:
 
         ``Sec-Fetch-Site`` decides when the browser sends it (no page can set
         it): ``same-origin``, or ``none`` for what the user typed (unless an
-        ``Origin`` or ``Referer`` names another origin), passes, anything
-        else is refused. Where the browser sends none (an older
+        ``Origin`` names another web origin), passes, anything else is
+        refused. Where the browser sends none (an older
         one, or a URL it does not deem trustworthy: plain http to a name
         other than localhost), the ``Origin``, or failing that the
         ``Referer``'s origin, must be the service's own or an allowed one.
@@ -266,12 +266,15 @@ class RequestGuard:
         README says what that leaves open, and that the token closes it).
         """
         site = headers.get("sec-fetch-site")
-        if site == "same-origin":
-            return True
-        if site not in (None, "none"):
-            return False
-        # "none", what the user typed or opened from a bookmark, comes with no
-        # Origin or Referer: one that names another origin is not that.
+        if site == "none":
+            # What the user typed or opened from a bookmark: a browser sends
+            # no web page's Origin with it (a reload keeps its Referer, which
+            # behind a proxy may name a scheme the service does not see).
+            origin = headers.get("origin")
+            web_page = origin is not None and origin_key(origin) is not None
+            return not web_page or self.same_origin(origin or "", connection)
+        if site is not None:
+            return site == "same-origin"
         origin = claimed_origin(headers)
         return origin is None or self.same_origin(origin, connection)
 

@@ -10,8 +10,10 @@ carry the headers too:
   page elsewhere may show the service's pages in a frame, to trick a click
   on them. ``Cross-Origin-Opener-Policy: same-origin``: a page elsewhere
   that opened the dashboard in a window keeps no handle to it (to send it
-  later to a look-alike sign-in page); ``Referrer-Policy: no-referrer``:
-  no address of the service (a search, a path) goes to another site. A
+  later to a look-alike sign-in page); ``Referrer-Policy: same-origin``:
+  no address of the service (a search, a path) goes to another site (not
+  ``no-referrer``: older browsers then send the dashboard's own requests
+  with ``Origin: null``, which the guard refuses). A
   header the response already sets is kept as it is;
 * ``Range`` and ``If-Range`` are dropped from every request. No route
   serves part of an answer, but Starlette's file responses (the dashboard
@@ -37,7 +39,7 @@ ALWAYS: Final = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "frame-ancestors 'none'",
     "Cross-Origin-Opener-Policy": "same-origin",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
 """Set on every HTTP response that does not set them itself."""
 
