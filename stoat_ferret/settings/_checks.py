@@ -20,6 +20,8 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import idna
+
 from stoat_ferret.library import ThreadPriority, real_path
 
 if TYPE_CHECKING:
@@ -198,8 +200,10 @@ def _ascii_name(name: str) -> str:
     if name.isascii():
         return name
     try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
+        # UTS 46 without the transitional mapping, as browsers do: Python's
+        # own "idna" codec (IDNA 2003) makes straße strasse, not xn--strae-oqa.
+        return idna.encode(name, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
         return name  # refused by _check_names
 
 
