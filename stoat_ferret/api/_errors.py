@@ -12,6 +12,9 @@ exception                   status     why
 ``QueueFull`` (or closed)   503        with ``Retry-After``
 ``StoreBusy``               503        a read not done in time (busy, or too
                                        broad a search): with ``Retry-After``
+``StoreBroken``             503        the store is damaged, or its file was
+                                       replaced: no ``Retry-After`` (only a
+                                       restart helps); ``/health`` says so too
 ``StoreError``              503        the video store is unusable or closed
 ``StreamOver``              204        a job's stream resumed after its end:
                                        nothing to send, and an ``EventSource``
@@ -43,7 +46,7 @@ from stoat_ferret.api._headers import ALWAYS
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._paths import SHORT_OF_RESOURCES, ScanPathRejected
 from stoat_ferret.jobs import JobNotFound, QueueFull
-from stoat_ferret.library import StoreBusy, StoreError
+from stoat_ferret.library import StoreBroken, StoreBusy, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,6 +83,13 @@ def unreadable(exc: OSError, what: str) -> HTTPException:
     return unavailable(f"{what} cannot be read now ({reason})")
 
 
+STORE_BROKEN: Final = (
+    "the video store is damaged, or its file was deleted or replaced: the service must be"
+    " restarted (its log says why)"
+)
+"""The detail of a 503 for :class:`StoreBroken`, and of ``/health`` then."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers of the table above on ``app``."""
     app.add_exception_handler(HTTPException, _http_error)
@@ -88,6 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, _job_not_found)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(StoreBusy, _store_busy)
+    app.add_exception_handler(StoreBroken, _store_broken)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(StreamOver, _stream_over)
     app.add_exception_handler(Exception, _unexpected)
@@ -146,6 +157,11 @@ async def _store_busy(request: Request, exc: Exception) -> ApiJSONResponse:
         " search for now): try again, or narrow the search",
         {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+async def _store_broken(request: Request, exc: Exception) -> ApiJSONResponse:
+    logger.error("video store error", reason=str(exc), path=request.url.path)
+    return _reply(503, STORE_BROKEN)
 
 
 async def _store_error(request: Request, exc: Exception) -> ApiJSONResponse:

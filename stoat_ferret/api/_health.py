@@ -12,8 +12,8 @@ from fastapi import APIRouter
 from stoat_ferret import __version__
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
-from stoat_ferret.api._errors import RETRY_AFTER_SECONDS
+from stoat_ferret.api._deps import JobQueueDep, LibraryDep, StoppingDep  # noqa: TC001
+from stoat_ferret.api._errors import RETRY_AFTER_SECONDS, STORE_BROKEN
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import HealthOut, error_responses
 
@@ -26,19 +26,22 @@ router = APIRouter(tags=["health"])
     response_model=HealthOut,
     responses={
         **error_responses(503),
-        503: {"model": HealthOut, "description": "Starting or stopping."},
+        503: {
+            "model": HealthOut,
+            "description": "Starting or stopping, or the video store is broken.",
+        },
     },
 )
-async def health(queue: JobQueueDep, stopping: StoppingDep) -> ApiJSONResponse:
+async def health(queue: JobQueueDep, stopping: StoppingDep, library: LibraryDep) -> ApiJSONResponse:
     """200 with ``"status": "ok"`` and the queue's counters; 503 once stopping
-    (with ``Retry-After``, as the API's other 503s)."""
-    stopping_now = stopping.is_set()
-    return ApiJSONResponse(
-        {
-            "status": "stopping" if stopping_now else "ok",
-            "version": __version__,
-            "jobs": attrs.asdict(queue.statistics()),
-        },
-        status_code=503 if stopping_now else 200,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)} if stopping_now else None,
-    )
+    (with ``Retry-After``, as the API's other 503s), and 503 ``"broken"``, with
+    a ``detail``, once the video store is found damaged, or its file deleted
+    or replaced (no ``Retry-After``: only a restart helps)."""
+    content = {"version": __version__, "jobs": attrs.asdict(queue.statistics())}
+    if stopping.is_set():
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return ApiJSONResponse({"status": "stopping", **content}, status_code=503, headers=headers)
+    if library.broken is not None:
+        broken = {"status": "broken", **content, "detail": STORE_BROKEN}
+        return ApiJSONResponse(broken, status_code=503)
+    return ApiJSONResponse({"status": "ok", **content})

@@ -331,9 +331,10 @@ class VideoListOut(BaseModel):
 class HealthOut(BaseModel):
     """Liveness and the job queue's counters."""
 
-    status: str = Field(examples=["ok"])
+    status: str = Field(examples=["ok"], description="ok, stopping or broken.")
     version: str
     jobs: dict[str, int | bool]
+    detail: str | None = Field(default=None, description="Why, when broken.")
 
 
 class ErrorOut(BaseModel):

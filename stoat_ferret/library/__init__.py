@@ -25,6 +25,7 @@ from stoat_ferret.library._exceptions import (
     ScanError,
     ScanErrorsIncomplete,
     ScanErrorsReplaced,
+    StoreBroken,
     StoreBusy,
     StoreError,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "ScanHandler",
     "ScanPayload",
     "Stop",
+    "StoreBroken",
     "StoreBusy",
     "StoreError",
     "ThreadPriority",

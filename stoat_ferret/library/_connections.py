@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from loguru import logger
 
-from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._exceptions import StoreError, store_error
 from stoat_ferret.library._query import search_key
 from stoat_ferret.library._schema import identify, migrate
 
@@ -257,7 +257,7 @@ def transaction(connection: sqlite3.Connection, path: str, begin: str) -> Iterat
                 connection.execute("ROLLBACK")
             raise
     except sqlite3.Error as exc:
-        raise StoreError(f"video store {path}: {exc}") from exc
+        raise store_error(path, exc) from exc
 
 
 def file_identity(path: str) -> tuple[int, int] | None:

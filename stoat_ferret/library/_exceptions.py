@@ -8,6 +8,8 @@
      ├── ScanError     the directory to scan is missing, outside the roots, or cannot be listed
      │    └── DirectoryReplaced   it, or one above it, was replaced by a symlink
      ├── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
+     │    ├── StoreBusy    a read not done by its deadline (nothing is wrong)
+     │    └── StoreBroken  damaged, or deleted or replaced while open: until a restart
      ├── ScanErrorsReplaced  a scan's stored errors were replaced by a later scan's
      └── ScanErrorsIncomplete  a scan ended before it stored every error it met
 
@@ -19,6 +21,7 @@ and goes on. ``ScanError`` and ``StoreError`` end it, except
 from __future__ import annotations
 
 import errno
+import sqlite3
 from typing import Final
 
 import attrs
@@ -118,6 +121,24 @@ class StoreBusy(StoreError):
     """Raised when a read with a deadline did not finish by it: the store
     was busy with other reads, or the query was too large for the time
     (``VideoLibrary.list_videos``). Nothing is wrong with the store."""
+
+
+class StoreBroken(StoreError):
+    """Raised when the store's file is damaged (``SQLITE_CORRUPT``,
+    ``SQLITE_NOTADB``), or it or its write-ahead log was deleted or replaced
+    while open: no retry helps; the service must be restarted (and a damaged
+    file restored from a backup)."""
+
+
+BROKEN_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def store_error(path: str, exc: sqlite3.Error) -> StoreError:
+    """The :class:`StoreError` of an SQLite error on ``path``: :class:`StoreBroken`
+    for a damaged file."""
+    code = getattr(exc, "sqlite_errorcode", None)  # None for an error of the module itself
+    kind = StoreBroken if code in BROKEN_CODES else StoreError
+    return kind(f"video store {path}: {exc}")
 
 
 class DirectoryReplaced(ScanError):

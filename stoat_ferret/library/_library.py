@@ -39,7 +39,6 @@ from stoat_ferret.library._store import VideoStore
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
     from datetime import datetime
-    from types import TracebackType
 
     from stoat_ferret.library._models import (
         Applied,
@@ -106,13 +105,13 @@ class VideoLibrary:
     async def __aenter__(self) -> VideoLibrary:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    @property
+    def broken(self) -> str | None:
+        """Why the store cannot be used until a restart (``StoreBroken``); None while it can."""
+        return self._store.broken
 
     async def schema_version(self) -> int:
         """Return the schema version recorded in the file (``PRAGMA user_version``)."""

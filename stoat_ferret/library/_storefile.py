@@ -44,7 +44,7 @@ from stoat_ferret.library._connections import (
     refuse_odd_companions,
     transaction,
 )
-from stoat_ferret.library._exceptions import StoreBusy, StoreError
+from stoat_ferret.library._exceptions import StoreBroken, StoreBusy, StoreError
 from stoat_ferret.library._lock import DatabaseLock
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class StoreFile:
         self._wal = LogWatch(path)
         # The database's lock (_lock.py), taken by open, given back by close.
         self._lock: DatabaseLock | None = None
+        # Why the store cannot be used until a restart (StoreBroken), once it is known.
+        self.broken: str | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Self:
@@ -190,6 +192,8 @@ class StoreFile:
                         finally:
                             connection.set_progress_handler(None, 0)
             except StoreError as exc:
+                if isinstance(exc, StoreBroken):
+                    self.broken = str(exc)
                 cause = exc.__cause__
                 if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode == (
                     sqlite3.SQLITE_INTERRUPT
@@ -202,24 +206,33 @@ class StoreFile:
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """The writer, in one ``BEGIN IMMEDIATE`` transaction, committed if the body returns."""
-        with self._write_lock:
-            connection = self._opened(self._writer)
-            if file_identity(self.path) != self._identity:
-                raise StoreError(
-                    f"video store {self.path} was deleted or replaced while open; "
-                    "restart the service to recreate it"
-                )
-            if self._wal.lost():
-                self._wal.save(connection)
-                raise StoreError(
-                    f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
-                    " deleted or replaced while open; restart the service (a clean stop"
-                    " keeps every commit)"
-                )
-            with transaction(connection, self.path, "BEGIN IMMEDIATE"):
+        try:
+            with self._write_lock, self._transaction() as connection:
                 yield connection
-            if self._wal.lost():  # since the check above: the log holds this commit
-                self._wal.save(connection)
+        except StoreBroken as exc:
+            self.broken = str(exc)
+            raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The body of :meth:`_writing`, its write lock held."""
+        connection = self._opened(self._writer)
+        if file_identity(self.path) != self._identity:
+            raise StoreBroken(
+                f"video store {self.path} was deleted or replaced while open; "
+                "restart the service to recreate it"
+            )
+        if self._wal.lost():
+            self._wal.save(connection)
+            raise StoreBroken(
+                f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
+                " deleted or replaced while open; restart the service (a clean stop"
+                " keeps every commit)"
+            )
+        with transaction(connection, self.path, "BEGIN IMMEDIATE"):
+            yield connection
+        if self._wal.lost():  # since the check above: the log holds this commit
+            self._wal.save(connection)
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
         if connection is None:

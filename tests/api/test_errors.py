@@ -8,8 +8,10 @@ import anyio
 import httpx
 import pytest
 
+from stoat_ferret.api._errors import STORE_BROKEN
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue
+from stoat_ferret.library import StoreBroken
 from tests.api.support import BASE_URL, Message, http_scope, lifespan_running, serving
 
 if TYPE_CHECKING:
@@ -197,6 +199,26 @@ async def test_closed_store_is_503(settings: Settings) -> None:
     assert response.status_code == 503
     assert response.json()["detail"] == "the video store is unavailable"
     assert "Retry-After" in response.headers
+
+
+@pytest.mark.anyio
+async def test_a_broken_store_is_503_without_retry_after(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Damaged, or its file replaced: only a restart helps, so no Retry-After."""
+    app = create_app(settings)
+
+    async def damaged(*args: object, **kwargs: object) -> None:
+        raise StoreBroken("video store x: database disk image is malformed")
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            monkeypatch.setattr(app.state.library, "list_videos", damaged)
+            response = await client.get("/api/v1/videos")
+
+    assert response.status_code == 503
+    assert response.json()["detail"] == STORE_BROKEN
+    assert "retry-after" not in response.headers
 
 
 class _BrokenQueue(InMemoryJobQueue):

@@ -22,6 +22,7 @@ from stoat_ferret.library import (
     SCHEMA_VERSION,
     ScanErrorsIncomplete,
     ScanErrorsReplaced,
+    StoreBroken,
     StoreError,
     VideoFilter,
     VideoLibrary,
@@ -32,6 +33,7 @@ from stoat_ferret.library import (
     _schema,
     _storeerrors,
 )
+from stoat_ferret.library._exceptions import store_error
 from stoat_ferret.library._models import GoneRows
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS
@@ -1472,3 +1474,36 @@ def test_a_forgotten_scans_errors_go_in_pieces(store: VideoStore) -> None:
     assert pieces == [2, 2, 1, 0]
     assert store.scan_error_jobs() == ["b"]
     assert store.scan_errors("b", 10, 0) == ([("/n/1", "y")], 1)
+
+
+def test_a_damaged_file_is_broken_not_busy(tmp_path: Path) -> None:
+    """SQLite's "not a database" and "malformed" are StoreBroken: no retry helps."""
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        try:
+            connection.execute("SELECT * FROM sqlite_master")
+        except sqlite3.DatabaseError as exc:
+            error = store_error(str(path), exc)
+    locked = sqlite3.OperationalError("database is locked")
+
+    assert type(error) is StoreBroken
+    assert str(error) == f"video store {path}: file is not a database"
+    assert type(store_error(str(path), locked)) is StoreError
+
+
+def test_a_store_whose_file_was_replaced_says_it_is_broken(tmp_path: Path) -> None:
+    """Found at the next write, and kept: ``broken`` says why until a restart."""
+    path = tmp_path / "library.sqlite"
+    store = VideoStore.open(path)
+    try:
+        before = store.broken
+        VideoStore.open(tmp_path / "other.sqlite").close()
+        os.replace(tmp_path / "other.sqlite", path)
+        with pytest.raises(StoreBroken, match="was deleted or replaced while open"):
+            store.delete(["/videos/a.mp4"])
+        assert store.broken is not None
+        assert "was deleted or replaced while open" in store.broken
+    finally:
+        store.close()
+    assert before is None

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from stoat_ferret.api._errors import STORE_BROKEN
 from stoat_ferret.api.app import create_app
 from stoat_ferret.library import ThreadPriority, _storefile
 from stoat_ferret.settings import Settings
@@ -175,7 +176,8 @@ async def test_a_database_deleted_while_serving_fails_scans_instead_of_losing_ro
                 else:
                     os.unlink(settings.database_path.parent / name)
             job = await _scan(client, media)
-            await _still_serving(client)
+            health = await client.get("/health")
+            videos = await client.get("/api/v1/videos")  # from the file it still has open
         async with serving(create_app(settings)) as client:
             listing = (await client.get("/api/v1/videos")).json()
             after = await _scan(client, media)
@@ -183,6 +185,12 @@ async def test_a_database_deleted_while_serving_fails_scans_instead_of_losing_ro
     assert job["status"] == "failed"
     assert job["result"] is None
     assert "was deleted or replaced while open" in job["error"]
+    # Told to whoever watches the service: only a restart helps, so no Retry-After.
+    assert health.status_code == 503
+    assert health.json()["status"] == "broken"
+    assert health.json()["detail"] == STORE_BROKEN
+    assert "retry-after" not in health.headers
+    assert videos.status_code == 200
     assert listing["total"] == 0
     assert after["status"] == "completed"
     assert after["result"]["added"] == 1
