@@ -2,13 +2,16 @@
 
 ``submit`` runs the handler to its end in the caller's task (timeouts and
 failures honoured) before it returns the id, so a test gets a finished job
-without any background task. A job of a type at its ``max_running`` limit
-waits ``pending`` in that ``submit`` until a slot frees (in submit order):
-unlike the supervisor's, this ``submit`` blocks its caller meanwhile, so a
-handler that submits a job of its own limited type waits for itself. So
-does a keyed job, until the job of its key that runs has ended (jobs of one
-key run one at a time): a handler that submits a job of its own key would
-wait for itself too, and that ``submit`` raises ``RuntimeError`` instead.
+without any background task (a task beside the handler, ended with it,
+only hears the caller give up: that is the job's reason from the moment it
+comes, as a hard stop is the supervisor's; see ``_run``). A job of a type
+at its ``max_running`` limit waits ``pending`` in that ``submit`` until a
+slot frees (in submit order): unlike the supervisor's, this ``submit``
+blocks its caller meanwhile, so a handler that submits a job of its own
+limited type waits for itself. So does a keyed job, until the job of its
+key that runs has ended (jobs of one key run one at a time): a handler
+that submits a job of its own key would wait for itself too, and that
+``submit`` raises ``RuntimeError`` instead.
 Everything else answers like the supervisor.
 """
 
@@ -149,23 +152,49 @@ class InMemoryJobQueue:
         return record.job_id
 
     async def _run(self, record: JobRecord, handler: Handler) -> None:
-        """Start the pending job and run it to its end in this task."""
+        """Start the pending job and run it to its end in this task.
+
+        A task beside the handler (:func:`_hear_the_caller`), in a task group
+        that ends with the job, records the caller of ``submit`` giving up
+        as the job's reason when it happens, as the supervisor records a hard
+        stop: a deadline that passes while the handler still unwinds does
+        not replace it (the first reason wins).
+        """
         record.apply(JobEvent.START)
         self._release_key(record)  # a submit of its key now makes a new job
         self._changes.publish(record)  # started
         record.publish()
+        record.scope = anyio.move_on_after(record.timeout)
+        try:
+            async with anyio.create_task_group() as beside:
+                beside.start_soon(_hear_the_caller, record, beside.cancel_scope)
+                try:
+                    await self._execute(record, handler)
+                finally:
+                    beside.cancel_scope.cancel()  # the job has ended: not the caller
+        except BaseExceptionGroup as group:
+            # A BaseException from the handler, which the task group put in a
+            # group (with the cancellation of the task beside, if the caller
+            # gave up too): raised as the handler raised it.
+            _, raised = group.split(anyio.get_cancelled_exc_class())
+            if raised is None or len(raised.exceptions) != 1:
+                raise
+            raise raised.exceptions[0] from None
+
+    async def _execute(self, record: JobRecord, handler: Handler) -> None:
+        """Run the handler in the job's scope, then end the job as it ended."""
+        scope = record.scope
+        assert scope is not None
         context = JobContext(record.job_id, record.job_type, record.payload, sink=self._progress)
         outcome = None
-        scope = record.scope = anyio.move_on_after(record.timeout)
         try:
             with scope:
                 outcome = await execute(handler, context, scope)
         except Exception as exc:
             outcome = left_its_scope(record.job_id, scope, exc)
         except BaseException:  # the caller of submit was cancelled (or a BaseException)
-            # The reason is taken once the handler has unwound: a deadline
-            # reached by then is the reason, even one reached during a shielded
-            # cleanup after the cancellation (this double cannot tell the order).
+            # Recorded here unless the task beside heard the caller first (a
+            # handler that did not absorb the cancellation is done by then).
             record.note_reason("submit() was cancelled")
             event, error = record.stopped_by()
             self._end(record, event, error=error)
@@ -301,3 +330,15 @@ class InMemoryJobQueue:
             cancelled=self._totals[JobStatus.CANCELLED],
             accepting=True,
         )
+
+
+async def _hear_the_caller(record: JobRecord, ended: anyio.CancelScope) -> None:
+    """Wait beside the job's handler: a cancellation that is not ``ended``
+    (cancelled once the handler is done) is the caller of ``submit`` giving
+    up, the job's reason from now on unless one came first
+    (``JobRecord.note_reason``: a deadline already passed stays the reason)."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        if not ended.cancel_called and not record.status.is_terminal:
+            record.note_reason("submit() was cancelled")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from stoat_ferret.jobs import (
     InMemoryJobQueue,
@@ -17,8 +17,20 @@ from stoat_ferret.jobs import (
     JobStatus,
     JobSupervisor,
     SupervisorClosed,
+    _worker,
 )
-from stoat_ferret.jobs._messages import Cancel, JobFinished, JobStarted, Reply, Submit, Wait
+from stoat_ferret.jobs._actor import Actor
+from stoat_ferret.jobs._messages import (
+    Cancel,
+    Follow,
+    JobFinished,
+    JobStarted,
+    Message,
+    Reply,
+    Submit,
+    Tick,
+    Wait,
+)
 from stoat_ferret.jobs._record import wall_clock_ns
 from stoat_ferret.jobs._registry import JobType
 from stoat_ferret.jobs._shared import Phase, Shared
@@ -112,29 +124,72 @@ async def test_after_a_hard_stop_no_job_starts_and_submit_is_refused() -> None:
     assert second_result.started_at is None
 
 
-async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker() -> None:
+async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A job handed to an idle worker just before run()'s host is cancelled never
-    starts: the worker sees the cancellation before it looks at the job."""
+    starts: the worker sees the cancellation before it looks at the job.
 
+    The actor closes the phase as it leaves, and a worker that runs after
+    that would not start the job anyway (``may_start``): only a round in
+    which the worker looks first shows the check. Rounds run until one has
+    the job handed over, not yet started, at the cancel, and the worker
+    looking while the phase is still ``running`` (every round on asyncio,
+    where the worker was woken first; on trio the scheduler's choice, like
+    whether the actor hands the job over within one checkpoint); each round
+    is checked."""
+
+    looks: list[Phase] = []  # the phase each time the worker looked at its job
+    shared: list[Shared] = []
+    may_start = Shared.may_start
+
+    async def spied_check() -> None:
+        looks.append(shared[-1].phase)
+        await checkpoint_if_cancelled()
+
+    def spied_may_start(self: Shared, job_id: str) -> bool:
+        looks.append(self.phase)
+        return may_start(self, job_id)
+
+    monkeypatch.setattr(_worker, "checkpoint_if_cancelled", spied_check)
+    monkeypatch.setattr(Shared, "may_start", spied_may_start)
     started: list[Any] = []
 
     async def record(ctx: JobContext) -> Any:
         started.append(ctx.payload)
         return None
 
-    supervisor = JobSupervisor()
-    supervisor.register("record", record)
+    outcomes: list[tuple[bool, JobStatus]] = []
     with anyio.fail_after(10):
-        async with _hosted(supervisor) as host:
-            await anyio.wait_all_tasks_blocked()  # the worker waits for work
-            job_id = await supervisor.submit("record", "x")
-            await checkpoint()  # the actor hands the job to the worker
-            host.cancel()
-        result = await supervisor.get_result(job_id)
+        while len(outcomes) < HAND_OVER_ROUNDS:
+            looks.clear()
+            started.clear()
+            supervisor = JobSupervisor()
+            supervisor.register("record", record)
+            shared.append(supervisor._shared)
+            async with _hosted(supervisor) as host:
+                await anyio.wait_all_tasks_blocked()  # the worker waits for work
+                job_id = await supervisor.submit("record", "x")
+                # The actor makes the job's record as it hands the job to the
+                # waiting worker, in the same step.
+                while supervisor._table.lookup(job_id) is None:
+                    await checkpoint()
+                handed = not started
+                host.cancel()
+            result = await supervisor.get_result(job_id)
 
-    assert started == []
-    assert result.status is JobStatus.CANCELLED
-    assert result.started_at is None
+            if handed:
+                assert started == []
+                assert (result.status, result.error) == (JobStatus.CANCELLED, NEVER_STARTED)
+                assert result.started_at is None
+            else:  # the worker ran it before the cancel
+                assert result.status is JobStatus.COMPLETED
+            worker_first = handed and looks[:1] == [Phase.RUNNING]
+            outcomes.append((worker_first, result.status))
+            if worker_first:
+                break
+
+    assert outcomes[-1] == (True, JobStatus.CANCELLED), outcomes
 
 
 async def test_a_handler_that_outlives_a_hard_stop_still_gets_answers() -> None:
@@ -442,6 +497,45 @@ async def test_the_in_memory_double_keeps_a_fired_deadline_when_submit_is_cancel
     }
 
 
+async def test_the_in_memory_double_keeps_a_caller_who_gave_up_before_the_deadline() -> None:
+    """InMemoryJobQueue: the caller of ``submit`` gives up before the job's
+    deadline, and the handler's (shielded) clean-up runs on past it: the job
+    ends ``cancelled``, the first reason, as in the supervisor a hard stop
+    that came before the deadline does; not ``timeout``, although the
+    deadline has passed by the time the handler is done."""
+
+    handler = SlowToUnwind()
+    entered = anyio.Event()
+
+    async def slow(ctx: JobContext) -> None:
+        entered.set()
+        await handler(ctx)
+
+    queue = InMemoryJobQueue()
+    # Real time on asyncio: from the handler's start to the cancellation
+    # heard takes a few turns of the loop, far less than the deadline (a
+    # second, for a loaded machine's stalls).
+    queue.register("slow", slow, timeout=1.0)
+    caller = anyio.CancelScope()
+
+    async def submit() -> None:
+        with caller:
+            await queue.submit("slow")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit)
+            await entered.wait()
+            caller.cancel()
+            await handler.unwinding.wait()
+            await anyio.wait_all_tasks_blocked()  # the cancellation has reached every task
+            stall_the_loop(1.1)  # the clean-up outlives the deadline
+            handler.release.set()
+        [job] = (await queue.list_jobs()).jobs
+
+    assert (job.status, job.error) == (JobStatus.CANCELLED, "submit() was cancelled")
+
+
 class _Escape(BaseException):
     """Neither an Exception nor a cancellation: it ends the supervisor's task group."""
 
@@ -586,8 +680,9 @@ class _HandOver:
 NEVER_STARTED = "cancelled: supervisor stopped before the job started"
 
 HAND_OVER_ROUNDS = 200
-"""Most rounds the trio test runs to see the job handed over and not yet started at
-the raise (about half the rounds are such: each missing it is trio's coin toss)."""
+"""Most rounds a test runs on trio to see a job handed over and not yet started at
+the raise, or at the hard stop (about half the rounds are such: each missing
+it is trio's coin toss)."""
 
 
 # About asyncio: tasks run in the order they were woken, so the idle worker,
@@ -806,11 +901,12 @@ async def test_report_progress_from_a_worker_thread_is_refused() -> None:
     assert "worker thread" in errors[0]
 
 
-async def test_a_follower_of_a_job_evicted_before_its_follow_gets_the_end(
+async def test_a_watch_of_a_job_evicted_while_it_looked_gets_the_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """watch() found the job running, but it ended and was evicted before
-    the actor took the follow: the follower still gets the terminal state."""
+    """watch() found the job running, but it ended and was evicted during
+    watch()'s checkpoint, before watch() looked at its status: watch() follows
+    the record it holds (no Follow), and the follower gets the terminal state."""
 
     import stoat_ferret.jobs._supervisor as supervisor_module
 
@@ -825,7 +921,7 @@ async def test_a_follower_of_a_job_evicted_before_its_follow_gets_the_end(
 
     async def slow_checkpoint() -> None:
         # watch()'s lookup found the job; let it end and be evicted before
-        # watch() goes on to send its Follow.
+        # watch() goes on to look at its status.
         nonlocal armed
         await checkpoint()
         if armed:
@@ -845,6 +941,66 @@ async def test_a_follower_of_a_job_evicted_before_its_follow_gets_the_end(
                 seen = [update.status async for update in updates]
 
     assert seen == [JobStatus.COMPLETED]
+
+
+async def test_a_follower_of_a_job_evicted_before_its_follow_gets_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """watch() sees the job running and sends Follow, but the job's end, and
+    the end of another job that evicts it (max_finished=1), are in the inbox
+    before that Follow and handled in the same batch: the Follow finds the
+    job evicted, and the follower still gets its terminal state (the Follow
+    carries the record) instead of waiting for ever. The actor is held at
+    its inbox while the three messages go in, so that they make one batch,
+    in that order, on both backends."""
+
+    follows: list[bool] = []  # for each Follow handled: whether its job was still in the table
+    handle = JobTable.handle
+
+    def spied_handle(table: JobTable, message: Message) -> None:
+        if isinstance(message, Follow):
+            follows.append(message.record.job_id in table.jobs)
+        handle(table, message)
+
+    monkeypatch.setattr(JobTable, "handle", spied_handle)
+    entered = {name: anyio.Event() for name in ("first", "second")}
+    release = {name: anyio.Event() for name in ("first", "second")}
+
+    async def held(ctx: JobContext) -> str:
+        entered[ctx.payload].set()
+        await release[ctx.payload].wait()
+        return str(ctx.payload)
+
+    seen: list[JobStatus] = []
+    with anyio.fail_after(10):
+        async with running_supervisor(max_workers=2, max_finished=1) as supervisor:
+            supervisor.register("held", held)
+            first = await supervisor.submit("held", "first")
+            await supervisor.submit("held", "second")
+            for name in ("first", "second"):
+                await entered[name].wait()
+            inbox = supervisor._actor._inbox_receive
+            assert inbox is not None
+            receive = inbox.receive
+            opened = anyio.Event()
+
+            async def held_receive() -> Message:
+                await opened.wait()
+                return await receive()
+
+            monkeypatch.setattr(inbox, "receive", held_receive)
+            await supervisor.list_jobs()  # the actor's next wait for a message is held
+            for name in ("first", "second"):  # in this order: the second evicts the first
+                release[name].set()
+                await anyio.wait_all_tasks_blocked()  # its worker has sent JobFinished
+            async with supervisor.watch(first) as updates:  # sends Follow: the job runs
+                opened.set()
+                with anyio.move_on_after(1) as hung:
+                    seen.extend([update.status async for update in updates])
+
+    assert follows == [False]
+    assert seen == [JobStatus.COMPLETED]
+    assert not hung.cancelled_caught
 
 
 async def test_iterating_after_leaving_watch_ends() -> None:
@@ -894,42 +1050,52 @@ async def test_a_second_reader_of_one_watch_is_refused() -> None:
     assert seen == [JobStatus.RUNNING, JobStatus.COMPLETED]
 
 
-# Trio only: the burst was trio's, and its mock clock makes the 1.5 s wait
-# virtual (on asyncio it would be a real sleep the old code passed anyway).
-@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
-async def test_the_retention_timer_waits_for_its_tick_to_be_handled(
+async def test_the_retention_timer_sends_no_tick_while_one_is_unanswered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """One Tick per expiry: the retention timer sends the next only after the
-    actor has handled the last (no burst of ticks for one expired job)."""
+    """The retention timer re-arms only once the actor has handled its Tick:
+    it never sends a Tick while an earlier one is unanswered. A timer that
+    re-armed at once would find the expired job still in the table (the
+    actor has not evicted it yet) and send Tick after Tick. The Tick sent at
+    the job's expiry is held back from the actor, as a busy actor would
+    leave it, until every other task is blocked; each Tick sent is checked
+    against those before it. (The 10 ms retention is virtual time on trio
+    and real on asyncio, where the timer simply sleeps it out.)"""
 
-    from stoat_ferret.jobs._messages import Tick
-    from stoat_ferret.jobs._table import JobTable
+    unanswered: list[int] = []  # for each Tick sent: how many earlier ones had no reply yet
+    replies: list[Reply[None]] = []
+    held: list[Tick] = []
+    holding = anyio.Event()
+    send = Actor.send
 
-    ticks: list[int] = []
-    handle = JobTable.handle
-
-    def counting(table: JobTable, message: Any) -> None:
+    def spied_send(actor: Actor, message: Message) -> None:
         if isinstance(message, Tick):
-            ticks.append(len(table.finished))
-        handle(table, message)
+            unanswered.append(sum(not reply.answered for reply in replies))
+            replies.append(message.reply)
+            if not held and actor.table.next_expiry() <= anyio.current_time():
+                held.append(message)  # the Tick that evicts the job: handled later
+                holding.set()
+                return
+        send(actor, message)
 
-    monkeypatch.setattr(JobTable, "handle", counting)
+    monkeypatch.setattr(Actor, "send", spied_send)
 
     async def noop(ctx: JobContext) -> None:
         return None
 
     with anyio.fail_after(10):
-        async with running_supervisor(retention=1) as supervisor:
+        async with running_supervisor(retention=0.01) as supervisor:
             supervisor.register("noop", noop)
             await supervisor.wait(await supervisor.submit("noop"))
-            await anyio.sleep(1.5)
+            await holding.wait()  # the job has expired, and its Tick waits
+            await anyio.wait_all_tasks_blocked()  # time for a timer that did not wait
+            send(supervisor._actor, held[0])
+            await supervisor.list_jobs()  # the actor has handled the held Tick
             statistics = supervisor.statistics()
 
-    assert statistics.finished == 0
-    # The first Tick may come before the job expired, the one at its expiry
-    # evicts it; never two while one job waits to expire.
-    assert ticks.count(1) == 1
+    assert held[0].reply.answered
+    assert statistics.finished == 0  # the held Tick evicted the job
+    assert unanswered == [0] * len(unanswered), unanswered
 
 
 async def test_aclose_before_run_has_begun_closes_the_supervisor() -> None:
