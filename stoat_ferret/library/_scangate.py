@@ -221,8 +221,13 @@ async def _submit_if_due(
     queue: AsyncJobQueue, thumbnailer: Thumbnailer, scan_id: str, *, changed: bool
 ) -> None:
     """After a scan: submit a ``thumbnails`` job if videos ``changed`` or
-    thumbnails are owed, unless a job is working (it lists the library once
-    no scan runs: :meth:`Thumbnailer.scan_started` asked it to)."""
-    if thumbnailer.working or not (changed or thumbnailer.owed):
+    thumbnails are owed (the thumbnails' directory removed by hand among the
+    reasons), unless a job is working (it lists the library once no scan
+    runs: :meth:`Thumbnailer.scan_started` asked it to)."""
+    if thumbnailer.working:
         return
+    if not (changed or thumbnailer.owed):
+        thumbnailer.owed = await anyio.to_thread.run_sync(thumbnailer.directory_gone)
+        if not thumbnailer.owed:
+            return
     await thumbnailer.submit_due(queue, after=scan_id)

@@ -190,6 +190,11 @@ class Thumbnailer:
         )
         return result
 
+    def directory_gone(self) -> bool:
+        """Whether the thumbnails' directory is missing (removed by hand: "safe
+        to delete"), so its thumbnails are owed. Blocking: one ``stat``."""
+        return self._store.refused is None and not os.path.isdir(self._store.directory)
+
     async def start_up_check(self) -> bool:
         """At start-up, before any job: remove the files of videos no longer stored
         (a crash cut their removal short); whether one inside the roots has none."""

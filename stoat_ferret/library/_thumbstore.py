@@ -11,11 +11,12 @@ video whose frame could not be decoded gets an empty
 until the file changes.
 
 The directory is the service's own: it is created with a marker file
-(:data:`MARKER`) in it, and an existing directory is taken over only if it has
-the marker or is empty. A directory with other things in it is refused
-(:attr:`ThumbnailStore.refused` says why): nothing is written to it or
-deleted from it, :meth:`ThumbnailStore.check` raises, and there are no
-thumbnails. Only entries named like a video id (``[0-9]+``) are ever swept.
+(:data:`MARKER`) in it (written again by a write that finds it gone), and an
+existing directory is taken over only if it has the marker or is empty. A
+directory with other things in it is refused (:attr:`ThumbnailStore.refused`
+says why): nothing is written to it or deleted from it,
+:meth:`ThumbnailStore.check` raises, and there are no thumbnails. Only entries
+named like a video id (``[0-9]+``) are ever swept.
 
 No symbolic link is ever followed in it, so that nothing outside it is
 written or deleted, whoever could put a link there: the directory is created
@@ -182,6 +183,7 @@ class ThumbnailStore:
         with self._lock:
             top = self._open_directory()  # removed meanwhile: made again, marked
             try:
+                _mark(top)  # gone with a half-done rm -rf: a restart would refuse the rest
                 folder = self._open_folder(top, video_id)
             finally:
                 os.close(top)
@@ -249,11 +251,7 @@ class ThumbnailStore:
         with _opened(self.directory) as top:
             if (problem := _not_ours(top)) is not None:
                 return self._refuse(problem)
-            if _regular_size(MARKER, top) is not None:
-                return None
-            marker = os.open(MARKER, _NEW, PRIVATE_FILE_MODE, dir_fd=top)
-            with os.fdopen(marker, "w") as file:
-                file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
+            _mark(top)
         return None
 
     def _refuse(self, why: str) -> str:
@@ -353,6 +351,12 @@ def _opened(path: str, dir_fd: int | None = None) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _mark(top: int) -> None:
+    if _regular_size(MARKER, top) is None:  # write MARKER in top unless it is there
+        with os.fdopen(os.open(MARKER, _NEW, PRIVATE_FILE_MODE, dir_fd=top), "w") as file:
+            file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
 
 
 def _regular_size(name: str, dir_fd: int) -> int | None:

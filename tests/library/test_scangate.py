@@ -310,3 +310,34 @@ async def test_a_scan_starting_during_the_listing_cuts_its_file_checks_short(
     assert checked_during_scan == 0
     assert progress[0] == (0.0, "thumbnails; paused for a scan")
     assert (results[0]["made"], results[0]["failed"], results[0]["paused_for_scans"]) == (3, 1, 1)
+
+
+@pytest.mark.parametrize("removed", [False, True], ids=["kept", "removed"])
+async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_was_removed(
+    setup: Setup, removed: bool
+) -> None:
+    """Deleting the thumbnails' directory by hand is safe: the next scan, though
+    it changed nothing, submits a job that makes them again (not the next
+    start only). With the directory there, it submits none."""
+    real = make_scan_handler(setup.library)
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(real, queue, setup.thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
+
+    with anyio.fail_after(30):
+        await queue.submit("scan", {"path": str(setup.folder)})  # adds: makes them
+        first = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+        if removed:
+            shutil.rmtree(setup.store.directory)
+        await queue.submit("scan", {"path": str(setup.folder)})  # changes nothing
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+        made = await setup.made()
+
+    assert first.total == 1
+    assert page.total == (2 if removed else 1)
+    assert sorted(name for name, image in made.items() if image is not None) == [
+        "h264_aac.mp4",
+        "h264_mp2.ts",
+        "vp9_opus.webm",
+    ]
+    assert not setup.thumbnailer.owed

@@ -117,6 +117,22 @@ def test_a_directory_with_files_and_no_marker_is_left_alone(tmp_path: Path) -> N
     assert os.listdir(theirs / "1") == ["holiday.jpg"]
 
 
+def test_a_write_marks_again_a_directory_half_removed(tmp_path: Path) -> None:
+    """An ``rm -rf`` that a running job's writes made fail half-way (a folder
+    made again meanwhile) took the marker: the next write puts it back, so
+    the next start does not refuse the directory, thumbnails and all."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(1, (10, 10), b"x")
+    (tmp_path / "thumbs" / MARKER).unlink()
+
+    store.write(2, (10, 10), b"y")
+    restarted = ThumbnailStore(tmp_path / "thumbs")
+
+    assert sorted(os.listdir(tmp_path / "thumbs")) == sorted(["1", "2", MARKER])
+    assert restarted.refused is None
+    assert restarted.read(1, (10, 10)) == b"x"
+
+
 def test_sweep_makes_a_removed_directory_again(tmp_path: Path) -> None:
     """The directory removed while the service runs: sweep finds nothing, the next write works."""
     store = ThumbnailStore(tmp_path / "thumbs")
