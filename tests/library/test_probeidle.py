@@ -31,6 +31,7 @@ from stoat_ferret.library._probestart import AGE_SECONDS, IDLE_SECONDS
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from tests.videos import EncodedVideo
@@ -45,6 +46,14 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     for module in (_probestart, _probeprocess):
         monkeypatch.setattr(module, "now", lambda: moment[0])
     return moment
+
+
+@pytest.fixture
+def process() -> Iterator[ProbeProcess]:
+    """A probe process; its child, if any, ended after the test."""
+    made = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=MEMORY_LIMIT)
+    yield made
+    made.close()
 
 
 @pytest.fixture
@@ -67,54 +76,49 @@ def _exited(pid: int) -> bool:
 
 
 def test_an_idle_child_is_ended_once_idle_for_a_minute_and_replaced_at_the_next_file(
-    clock: list[float], video: str, directory: int
+    clock: list[float], video: str, directory: int, process: ProbeProcess
 ) -> None:
-    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=MEMORY_LIMIT)
-    try:
-        process.probe(video, directory, Stop())
-        first = process.pid
-        assert first is not None
-        clock[0] += IDLE_SECONDS - 1
-        assert not process.end_if_worn()
-        assert process.pid == first
-        clock[0] += 1
-        assert process.end_if_worn()
-        assert _pid(process) is None  # a function: mypy would keep process.pid == first
-        assert _exited(first)
-        assert not process.end_if_worn()  # no child: nothing to end
-        assert process.probe(video, directory, Stop()).video_codec == "h264"
-        assert process.pid not in (None, first)
-    finally:
-        process.close()
+    process.probe(video, directory, Stop())
+    first = process.pid
+    assert first is not None
+    clock[0] += IDLE_SECONDS - 1
+    assert not process.end_if_worn()
+    assert process.pid == first
+    clock[0] += 1
+    assert process.end_if_worn()
+    assert _pid(process) is None  # a function: mypy would keep process.pid == first
+    assert _exited(first)
+    assert not process.end_if_worn()  # no child: nothing to end
+    assert process.probe(video, directory, Stop()).video_codec == "h264"
+    assert process.pid not in (None, first)
 
 
 def test_an_old_child_is_ended_however_recently_it_was_used(
-    clock: list[float], video: str, directory: int
+    clock: list[float], video: str, directory: int, process: ProbeProcess
 ) -> None:
-    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=MEMORY_LIMIT)
-    try:
+    process.probe(video, directory, Stop())
+    first = process.pid
+    for _ in range(int(AGE_SECONDS // 50) - 1):  # used every 50 s: never idle a minute
+        clock[0] += 50
         process.probe(video, directory, Stop())
-        first = process.pid
-        for _ in range(int(AGE_SECONDS // 50) - 1):  # used every 50 s: never idle a minute
-            clock[0] += 50
-            process.probe(video, directory, Stop())
-        clock[0] += 49  # 599 s old, idle 49 s
-        assert process.pid == first
-        assert not process.end_if_worn()
-        clock[0] += 1
-        assert process.end_if_worn()
-        assert first is not None
-        assert _exited(first)
-    finally:
-        process.close()
+    clock[0] += 49  # 599 s old, idle 49 s
+    assert process.pid == first
+    assert not process.end_if_worn()
+    clock[0] += 1
+    assert process.end_if_worn()
+    assert first is not None
+    assert _exited(first)
 
 
 def test_a_child_with_a_file_in_it_is_not_ended(
-    clock: list[float], video: str, directory: int, monkeypatch: pytest.MonkeyPatch
+    clock: list[float],
+    video: str,
+    directory: int,
+    monkeypatch: pytest.MonkeyPatch,
+    process: ProbeProcess,
 ) -> None:
     """Asked while the child reads a file (here, from the probing thread itself,
     right after the request went out): the child is kept, and answers."""
-    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=MEMORY_LIMIT)
     send_fds = socket.send_fds
     asked: list[bool] = []
 
@@ -125,11 +129,8 @@ def test_a_child_with_a_file_in_it_is_not_ended(
         return sent
 
     monkeypatch.setattr(socket, "send_fds", sending)
-    try:
-        assert process.probe(video, directory, Stop()).video_codec == "h264"
-        assert process.pid is not None
-    finally:
-        process.close()
+    assert process.probe(video, directory, Stop()).video_codec == "h264"
+    assert process.pid is not None
     assert asked == [False]
 
 
