@@ -227,7 +227,7 @@ async def _submit_if_due(
     if thumbnailer.working:
         return
     if not (changed or thumbnailer.owed):
-        thumbnailer.owed = await anyio.to_thread.run_sync(thumbnailer.directory_gone)
-        if not thumbnailer.owed:
+        if not await anyio.to_thread.run_sync(thumbnailer.directory_gone):
             return
+        thumbnailer.owed = True  # set, never cleared here: a job may have set it meanwhile
     await thumbnailer.submit_due(queue, after=scan_id)

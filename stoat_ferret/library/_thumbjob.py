@@ -166,9 +166,14 @@ class Thumbnailer:
         try:
             while True:
                 self._again = False
+                remade = self._store.remade
                 # Listed again after a pause, a scan's start or another job's
-                # ask: each may have added videos.
+                # ask: each may have added videos; and after the directory was
+                # removed by hand, which took the thumbnails made before.
                 finished = await self._one_pass(run)
+                if self._store.remade != remade:
+                    self._again = True
+                    run.tried.clear()  # what it made went with the directory
                 if run.yielded_to_scan:
                     # Its successor queues behind the scan it made way for
                     # (workers take jobs in submit order); it lists on starting.

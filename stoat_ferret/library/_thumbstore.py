@@ -52,7 +52,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import shutil
 import stat
 import threading
@@ -60,6 +59,7 @@ from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
+from stoat_ferret.library._atomicfile import NEW_FILE, write_atomically
 from stoat_ferret.library._datadir import (
     PRIVATE_DIRECTORY_MODE,
     PRIVATE_FILE_MODE,
@@ -93,10 +93,8 @@ counts as missing rather than being read whole."""
 _ID: Final = re.compile(r"[0-9]+", re.ASCII)
 _DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_NEW: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOT_OURS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 """Missing, not a directory, a symbolic link: nothing of ours there."""
-_TEMPORARY_ATTEMPTS: Final = 100
 
 
 class ThumbnailStore:
@@ -109,6 +107,10 @@ class ThumbnailStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = os.fspath(directory)
         self._lock = threading.Lock()
+        # The directory claimed, (st_dev, st_ino): another put in its place is claimed anew.
+        self._claimed: tuple[int, int] | None = None
+        self.remade = 0
+        """Times the directory was made again (removed by hand) since the start."""
         self.refused: str | None = self._claim()
         """Why the directory is not used (it is someone else's), or None."""
 
@@ -183,12 +185,12 @@ class ThumbnailStore:
         with self._lock:
             top = self._open_directory()  # removed meanwhile: made again, marked
             try:
-                _mark(top)  # gone with a half-done rm -rf: a restart would refuse the rest
+                _mark(top)  # ours, but its marker went with a half-done rm -rf
                 folder = self._open_folder(top, video_id)
             finally:
                 os.close(top)
             try:
-                _write_file(folder, name, image or b"")
+                write_atomically(folder, name, image or b"", PRIVATE_FILE_MODE)
                 for entry in os.listdir(folder):
                     if entry != name:
                         with contextlib.suppress(OSError):  # unlink never follows a link
@@ -252,6 +254,7 @@ class ThumbnailStore:
             if (problem := _not_ours(top)) is not None:
                 return self._refuse(problem)
             _mark(top)
+            self._claimed = _identity(top)
         return None
 
     def _refuse(self, why: str) -> str:
@@ -260,17 +263,23 @@ class ThumbnailStore:
         return reason
 
     def _open_directory(self) -> int:
-        """The directory, opened without following a link; made again if it is missing.
+        """The directory claimed, opened without following a link; made again if it
+        is missing, claimed again (or refused) if another was put in its place.
 
         Raises:
             StoreError: it is refused now (a symbolic link put in its place...).
             OSError: it cannot be opened or made again.
         """
         try:
-            return os.open(self.directory, _DIRECTORY)
+            top = os.open(self.directory, _DIRECTORY)
         except OSError as exc:
             if exc.errno not in _NOT_OURS:
                 raise
+        else:
+            if _identity(top) == self._claimed:
+                return top
+            os.close(top)
+        self.remade += 1
         self.refused = self._claim()
         self.check()
         return os.open(self.directory, _DIRECTORY)
@@ -353,9 +362,14 @@ def _opened(path: str, dir_fd: int | None = None) -> Iterator[int]:
         os.close(fd)
 
 
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
 def _mark(top: int) -> None:
     if _regular_size(MARKER, top) is None:  # write MARKER in top unless it is there
-        with os.fdopen(os.open(MARKER, _NEW, PRIVATE_FILE_MODE, dir_fd=top), "w") as file:
+        with os.fdopen(os.open(MARKER, NEW_FILE, PRIVATE_FILE_MODE, dir_fd=top), "w") as file:
             file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
 
 
@@ -366,29 +380,6 @@ def _regular_size(name: str, dir_fd: int) -> int | None:
     except FileNotFoundError:
         return None
     return info.st_size if stat.S_ISREG(info.st_mode) else None
-
-
-def _write_file(folder: int, name: str, data: bytes) -> None:
-    """Write ``name`` in ``folder`` atomically: a temporary file, fsync'ed, then renamed."""
-    for _ in range(_TEMPORARY_ATTEMPTS):
-        temporary = f".{secrets.token_hex(8)}.part"
-        try:
-            handle = os.open(temporary, _NEW, PRIVATE_FILE_MODE, dir_fd=folder)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(errno.EEXIST, "no free temporary name")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary, dir_fd=folder)
-        raise
 
 
 def _entry(video_id: int) -> str:

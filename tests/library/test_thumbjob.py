@@ -840,3 +840,34 @@ async def test_a_job_submitted_at_start_up_that_gives_way_queues_its_successor(
             await supervisor.aclose()
     assert first.result["yielded_to_scan"]
     assert page.total == 2  # the successor was queued behind the scan
+
+
+async def test_a_directory_removed_while_the_job_runs_is_filled_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removed by hand after the job's first thumbnail: the next write makes it
+    again, and the job lists once more, so the first is made again too; no
+    thumbnail is owed once it ends."""
+    write = setup.store.write
+    removed: list[int] = []
+
+    def writing(video_id: int, fingerprint: tuple[int, int], image: bytes | None) -> None:
+        write(video_id, fingerprint, image)
+        if not removed:
+            removed.append(video_id)
+            shutil.rmtree(setup.store.directory)
+
+    monkeypatch.setattr(setup.store, "write", writing)
+    with anyio.fail_after(30):
+        await setup.scan()
+        await setup.thumbnailer(job_context())
+
+    made = await setup.made()
+    assert removed
+    assert sorted(name for name, image in made.items() if image) == [
+        "h264_aac.mp4",
+        "h264_mp2.ts",
+        "vp9_opus.webm",
+    ]
+    assert setup.store.remade == 1
+    assert not setup.thumbnailer.owed

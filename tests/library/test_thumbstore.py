@@ -133,6 +133,40 @@ def test_a_write_marks_again_a_directory_half_removed(tmp_path: Path) -> None:
     assert restarted.read(1, (10, 10)) == b"x"
 
 
+def test_a_directory_of_others_put_in_its_place_is_refused_not_marked(tmp_path: Path) -> None:
+    """Another directory moved to its name while the service runs, with files
+    of its own: refused as at a start, nothing written, marked or swept in
+    it (marked, a restart would take it and sweep its numbered folders)."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(1, (10, 10), b"x")
+    (tmp_path / "thumbs").rename(tmp_path / "moved")
+    theirs = tmp_path / "thumbs"
+    (theirs / "2024").mkdir(parents=True)
+    (theirs / "2024" / "holiday.jpg").write_bytes(b"mine")
+
+    with pytest.raises(StoreError, match="not empty and not marked"):
+        store.write(5, (10, 10), b"y")
+    with pytest.raises(StoreError, match="not empty and not marked"):
+        store.sweep(set())
+    restarted = ThumbnailStore(theirs)
+
+    assert sorted(os.listdir(theirs)) == ["2024"]
+    assert os.listdir(theirs / "2024") == ["holiday.jpg"]
+    assert restarted.refused is not None
+
+
+def test_an_empty_directory_put_in_its_place_is_taken_over(tmp_path: Path) -> None:
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(1, (10, 10), b"x")
+    (tmp_path / "thumbs").rename(tmp_path / "moved")
+    (tmp_path / "thumbs").mkdir()
+
+    store.write(2, (10, 10), b"y")
+
+    assert sorted(os.listdir(tmp_path / "thumbs")) == sorted(["2", MARKER])
+    assert store.read(2, (10, 10)) == b"y"
+
+
 def test_sweep_makes_a_removed_directory_again(tmp_path: Path) -> None:
     """The directory removed while the service runs: sweep finds nothing, the next write works."""
     store = ThumbnailStore(tmp_path / "thumbs")
