@@ -261,10 +261,10 @@ def transaction(connection: sqlite3.Connection, path: str, begin: str) -> Iterat
 
 
 def file_identity(path: str) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of ``path``, or None when it does not exist."""
+    """``(st_dev, st_ino)`` of ``path``, or None when it does not exist (raises OSError else)."""
     try:
         status = os.stat(path)
-    except OSError:
+    except FileNotFoundError:
         return None
     return (status.st_dev, status.st_ino)
 

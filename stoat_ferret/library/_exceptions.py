@@ -137,7 +137,8 @@ def store_error(path: str, exc: sqlite3.Error) -> StoreError:
     """The :class:`StoreError` of an SQLite error on ``path``: :class:`StoreBroken`
     for a damaged file."""
     code = getattr(exc, "sqlite_errorcode", None)  # None for an error of the module itself
-    kind = StoreBroken if code in BROKEN_CODES else StoreError
+    # The extended code's low byte is the primary one (SQLITE_CORRUPT_INDEX is 779).
+    kind = StoreBroken if code is not None and code & 0xFF in BROKEN_CODES else StoreError
     return kind(f"video store {path}: {exc}")
 
 

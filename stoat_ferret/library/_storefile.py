@@ -78,9 +78,12 @@ class StoreFile:
         self._bulk_lock = threading.Lock()
         # Which file the writer writes to: SQLite goes on writing to a
         # file that was deleted or replaced, and those rows would be lost.
-        self._identity = file_identity(path)
         # And its write-ahead log, where commits since the last checkpoint live.
-        self._wal = LogWatch(path)
+        try:
+            self._identity = file_identity(path)
+            self._wal = LogWatch(path)
+        except OSError as exc:
+            raise StoreError(f"cannot look at video store {path} ({exc.strerror})") from exc
         # The database's lock (_lock.py), taken by open, given back by close.
         self._lock: DatabaseLock | None = None
         # Why the store cannot be used until a restart (StoreBroken), once it is known.
@@ -217,12 +220,17 @@ class StoreFile:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """The body of :meth:`_writing`, its write lock held."""
         connection = self._opened(self._writer)
-        if file_identity(self.path) != self._identity:
+        try:  # an error looking (EACCES, EIO) is no sign the file was replaced
+            identity, lost = file_identity(self.path), self._wal.lost()
+        except OSError as exc:
+            reason = f"video store {self.path}: cannot look at it ({exc.strerror})"
+            raise StoreError(reason) from exc
+        if identity != self._identity:
             raise StoreBroken(
                 f"video store {self.path} was deleted or replaced while open; "
                 "restart the service to recreate it"
             )
-        if self._wal.lost():
+        if lost:
             self._wal.save(connection)
             raise StoreBroken(
                 f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
@@ -231,7 +239,11 @@ class StoreFile:
             )
         with transaction(connection, self.path, "BEGIN IMMEDIATE"):
             yield connection
-        if self._wal.lost():  # since the check above: the log holds this commit
+        try:
+            lost = self._wal.lost()  # since the check above: the log holds this commit
+        except OSError:  # committed all the same: the next write looks again
+            lost = False
+        if lost:
             self._wal.save(connection)
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:

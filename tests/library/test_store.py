@@ -1507,3 +1507,39 @@ def test_a_store_whose_file_was_replaced_says_it_is_broken(tmp_path: Path) -> No
     finally:
         store.close()
     assert before is None
+
+
+def test_an_extended_corruption_code_is_broken_too() -> None:
+    """SQLite reports SQLITE_CORRUPT_INDEX (779) and the like as extended codes."""
+    error = sqlite3.DatabaseError("database disk image is malformed")
+    error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT_INDEX
+
+    assert type(store_error("x.db", error)) is StoreBroken
+
+
+def test_a_store_that_cannot_be_looked_at_for_a_moment_is_not_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error looking at the file (EACCES, EIO) is no sign it was replaced:
+    that write fails, the next works, and nothing says the store is broken."""
+    store = VideoStore.open(tmp_path / "library.sqlite")
+    real_stat = os.stat
+    failures = [PermissionError(13, "Permission denied")]
+
+    def stat_once(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if failures and os.fspath(path) == store.path:
+            raise failures.pop()
+        return real_stat(path, *args, **kwargs)
+
+    try:
+        monkeypatch.setattr(os, "stat", stat_once)
+        with pytest.raises(StoreError, match="cannot look at it") as refused:
+            store.delete(["/videos/a.mp4"])
+        store.delete(["/videos/a.mp4"])
+        broken = store.broken
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+    assert type(refused.value) is StoreError
+    assert broken is None
