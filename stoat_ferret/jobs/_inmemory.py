@@ -179,7 +179,8 @@ class InMemoryJobQueue:
             _, raised = group.split(anyio.get_cancelled_exc_class())
             if raised is None or len(raised.exceptions) != 1:
                 raise
-            raise raised.exceptions[0] from None
+            error = raised.exceptions[0]
+            raise error from error.__cause__  # its own cause kept, the group left out
 
     async def _execute(self, record: JobRecord, handler: Handler) -> None:
         """Run the handler in the job's scope, then end the job as it ended."""

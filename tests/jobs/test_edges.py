@@ -1289,3 +1289,20 @@ async def test_in_memory_own_key_refusal_is_only_for_this_queue_and_this_run() -
     assert (await first.get_result(other)).status is JobStatus.COMPLETED
     assert (await first.get_result(leaver)).status is JobStatus.COMPLETED
     assert (await first.get_status(later[0])) is JobStatus.COMPLETED
+
+
+@pytest.mark.anyio
+async def test_the_in_memory_double_raises_a_handlers_base_exception_as_raised() -> None:
+    """Unwrapped from the task group the double runs the handler in, with its
+    own cause: as a handler's BaseException reached the caller before."""
+
+    async def escape(ctx: JobContext) -> None:
+        raise _Escape from LookupError("why")
+
+    queue = InMemoryJobQueue()
+    queue.register("escape", escape)
+
+    with anyio.fail_after(10), pytest.raises(_Escape) as raised:
+        await queue.submit("escape")
+
+    assert isinstance(raised.value.__cause__, LookupError)
