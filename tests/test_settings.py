@@ -238,8 +238,8 @@ def test_allowed_names_are_kept_as_a_browser_sends_them(tmp_path: Path) -> None:
     (what a browser puts in ``Host``), a trailing dot kept."""
     settings = Settings.from_environ(
         {
-            "STOAT_ALLOWED_HOSTS": "B\u00fccher.example,stra\u00dfe.example,[::1],fe80::1,"
-            "videos.example.,10.0.0.5",
+            "STOAT_ALLOWED_HOSTS": "B\u00fccher.example,stra\u00dfe.example,\u2603.example,"
+            "[::1],fe80::1,videos.example.,10.0.0.5",
             "STOAT_API_TOKEN": TOKEN,
             "STOAT_SCAN_ROOTS": str(tmp_path),
         }
@@ -248,6 +248,7 @@ def test_allowed_names_are_kept_as_a_browser_sends_them(tmp_path: Path) -> None:
     assert settings.allowed_hosts == (
         "xn--bcher-kva.example",
         "xn--strae-oqa.example",  # UTS 46 as browsers: not IDNA 2003's strasse.example
+        "xn--n3h.example",  # a symbol IDNA 2008 refuses, and browsers take
         "::1",
         "fe80::1",
         "videos.example.",

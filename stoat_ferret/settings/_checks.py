@@ -204,6 +204,10 @@ def _ascii_name(name: str) -> str:
         # own "idna" codec (IDNA 2003) makes straße strasse, not xn--strae-oqa.
         return idna.encode(name, uts46=True, transitional=False).decode("ascii")
     except idna.IDNAError:
+        pass
+    try:  # a symbol IDNA 2008 refuses and browsers take (☃.example), as both spell it
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
         return name  # refused by _check_names
 
 
