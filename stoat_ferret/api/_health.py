@@ -7,15 +7,16 @@ supervisor process checks it without credentials.
 from __future__ import annotations
 
 import attrs
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from stoat_ferret import __version__
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, LibraryDep, StoppingDep  # noqa: TC001
+from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
 from stoat_ferret.api._errors import RETRY_AFTER_SECONDS, STORE_BROKEN
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import HealthOut, error_responses
+from stoat_ferret.library import VideoLibrary
 
 router = APIRouter(tags=["health"])
 
@@ -32,7 +33,7 @@ router = APIRouter(tags=["health"])
         },
     },
 )
-async def health(queue: JobQueueDep, stopping: StoppingDep, library: LibraryDep) -> ApiJSONResponse:
+async def health(queue: JobQueueDep, stopping: StoppingDep, request: Request) -> ApiJSONResponse:
     """200 with ``"status": "ok"`` and the queue's counters; 503 once stopping
     (with ``Retry-After``, as the API's other 503s), and 503 ``"broken"``, with
     a ``detail``, once the video store is found damaged, or its file deleted
@@ -41,7 +42,8 @@ async def health(queue: JobQueueDep, stopping: StoppingDep, library: LibraryDep)
     if stopping.is_set():
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         return ApiJSONResponse({"status": "stopping", **content}, status_code=503, headers=headers)
-    if library.broken is not None:
+    library = getattr(request.app.state, "library", None)  # None once an injected queue's run ended
+    if isinstance(library, VideoLibrary) and library.broken is not None:
         broken = {"status": "broken", **content, "detail": STORE_BROKEN}
         return ApiJSONResponse(broken, status_code=503)
     return ApiJSONResponse({"status": "ok", **content})

@@ -307,6 +307,24 @@ async def test_injected_queue_without_a_lifespan_is_503(settings: Settings) -> N
 
 
 @pytest.mark.anyio
+async def test_health_says_stopping_once_an_injected_queues_run_has_ended(
+    settings: Settings,
+) -> None:
+    """The queue outlives the run, the library does not: /health says stopping."""
+    app = create_app(settings, job_queue=InMemoryJobQueue())
+    transport = httpx.ASGITransport(app=app)
+
+    with anyio.fail_after(10):
+        async with lifespan_running(app):
+            pass
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            health = await client.get("/health")
+
+    assert health.status_code == 503
+    assert health.json()["status"] == "stopping"
+
+
+@pytest.mark.anyio
 async def test_corrupt_database_fails_start_up(settings: Settings) -> None:
     """A file that is not SQLite stops the lifespan with the store's one-line error."""
     settings.database_path.parent.mkdir(parents=True)
