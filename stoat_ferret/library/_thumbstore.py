@@ -212,6 +212,8 @@ class ThumbnailStore:
                     )
                 return
             try:
+                if _identity(top) != self._claimed:  # another put in its place: not ours
+                    return
                 for video_id in video_ids:
                     self._remove_entry(top, _entry(video_id))
             finally:

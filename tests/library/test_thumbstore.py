@@ -155,6 +155,18 @@ def test_a_directory_of_others_put_in_its_place_is_refused_not_marked(tmp_path: 
     assert restarted.refused is not None
 
 
+def test_a_removal_touches_no_directory_put_in_its_place(tmp_path: Path) -> None:
+    """A deleted video whose id names a folder of theirs (2024): left alone."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    (tmp_path / "thumbs").rename(tmp_path / "moved")
+    (tmp_path / "thumbs" / "2024").mkdir(parents=True)
+    (tmp_path / "thumbs" / "2024" / "holiday.jpg").write_bytes(b"mine")
+
+    store.remove([2024])
+
+    assert os.listdir(tmp_path / "thumbs" / "2024") == ["holiday.jpg"]
+
+
 def test_an_empty_directory_put_in_its_place_is_taken_over(tmp_path: Path) -> None:
     store = ThumbnailStore(tmp_path / "thumbs")
     store.write(1, (10, 10), b"x")
