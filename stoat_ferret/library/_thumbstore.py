@@ -1,49 +1,46 @@
 """ThumbnailStore: the thumbnail files under the data directory. Blocking: use worker threads.
 
-Layout: ``<directory>/<video id>/v1-<size_bytes>-<mtime_ns>.webp``. The name
-is the video's fingerprint, so a thumbnail always shows the file as the
-library stored it: once the file changes, the old name no longer matches and
-the thumbnail is "missing" until it is made again (which removes the old one).
-``v1`` is :data:`VERSION`, the way thumbnails are made: raising it makes every
-thumbnail (and failure marker) missing, so the next job makes them anew. A
-video whose frame could not be decoded gets an empty
-``v1-<fingerprint>.failed`` marker instead, so later jobs do not try it again
-until the file changes.
+Layout: ``<directory>/<video id>/v1-<size_bytes>-<mtime_ns>.webp``, named
+after the video's fingerprint: once the file changes, the old name no longer
+matches and the thumbnail is "missing" until it is made again (which removes
+the old one). ``v1`` is :data:`VERSION`, the way thumbnails are made: raising
+it makes every thumbnail (and failure marker) missing. A video whose frame
+could not be decoded gets an empty ``v1-<fingerprint>.failed`` marker instead,
+so later jobs do not try it again until the file changes.
 
 The directory is the service's own: it is created with a marker file
-(:data:`MARKER`) in it (written again by a write that finds it gone), and an
-existing directory is taken over only if it has the marker or is empty. A
-directory with other things in it is refused (:attr:`ThumbnailStore.refused`
-says why): nothing is written to it or deleted from it,
-:meth:`ThumbnailStore.check` raises, and there are no thumbnails. Only entries
-named like a video id (``[0-9]+``) are ever swept.
+(:data:`MARKER`) in it, and an existing directory is taken over only if it has
+the marker or is empty; one with other things in it is refused
+(:attr:`ThumbnailStore.refused` says why): nothing is written to it or deleted
+from it, :meth:`ThumbnailStore.check` raises, and there are no thumbnails. The
+store works in the directory it took (by device and inode): another put in its
+place is taken over, or refused, as at the start, and a write puts back a
+marker gone. Only entries named like a video id (``[0-9]+``) are ever swept.
 
-No symbolic link is ever followed in it, so that nothing outside it is
-written or deleted, whoever could put a link there: the directory is created
-with mode 0o700, and one that is a symbolic link, belongs to another user or
-is writable by every user is refused as above. Every operation goes through
-descriptors opened with ``O_NOFOLLOW`` (the directory, a video's folder, then
-the file); a video's folder is created with mode 0o700, and one that is a
-link (or not a directory) is never written through: :meth:`write` raises and
-logs an error, :meth:`read` and :meth:`state` find no thumbnail, and
-:meth:`remove` and :meth:`sweep` remove the link itself, never its target
-(folders are removed by :func:`shutil.rmtree`'s descriptor-based walk). A
-file larger than :data:`MAX_THUMBNAIL_BYTES` is no thumbnail of ours: it
-reads as missing (and is replaced by the next job).
+No symbolic link is ever followed in it, so that nothing outside it is written
+or deleted, whoever could put a link there: the directory is created with mode
+0o700, and one that is a symbolic link, belongs to another user or is writable
+by every user is refused as above. Every operation goes through descriptors
+opened with ``O_NOFOLLOW`` (the directory, a video's folder, then the file); a
+video's folder (mode 0o700) that is a link (or not a directory) is never
+written through: :meth:`write` raises and logs an error, :meth:`read` and
+:meth:`state` find no thumbnail, and :meth:`remove` and :meth:`sweep` remove
+the link itself, never its target (folders go by :func:`shutil.rmtree`'s
+descriptor-based walk). A file larger than :data:`MAX_THUMBNAIL_BYTES` is no
+thumbnail of ours: it reads as missing.
 
-A thumbnail goes when its video row goes: :meth:`remove` is the library's
-delete hook (``VideoLibrary.on_delete``), called after the deletion commits.
-:meth:`sweep` removes what such a hook could have missed (a crash between the
-commit and the removal, a database replaced under the directory).
+A thumbnail goes with its video row: :meth:`remove` is the library's delete
+hook (``VideoLibrary.on_delete``), run after the deletion commits;
+:meth:`sweep` removes what it could have missed (a crash between the two, a
+database replaced under the directory).
 
 Concurrency: one lock keeps a write and a removal of the same folder apart.
-The writer (the ``thumbnails`` job) checks, after each write, that the row
-is still stored with the same fingerprint, and removes the file if not. A
+The writer (the ``thumbnails`` job) checks, after each write, that the row is
+still stored with the same fingerprint, and removes the file if not. A
 deletion's hook runs after its commit: a deletion committed before that check
 is seen by it, and one committed after it removes the file itself, so no
-thumbnail outlives its row. Files are written to a temporary name, flushed
-to the disk (``fsync``) and renamed, so a reader sees a whole image or none,
-even after a crash; an empty image file counts as missing.
+thumbnail outlives its row. Files are written whole or not at all, even across
+a crash (``_atomicfile.py``); an empty image file counts as missing.
 """
 
 from __future__ import annotations
@@ -78,17 +75,15 @@ FAILED_SUFFIX: Final = ".failed"
 VERSION: Final = "v1"
 """How thumbnails are made; part of their names (and of their ETags)."""
 SUFFIX: Final = ".thumbnails"
-"""The thumbnails' directory is the database file's name with this added,
-beside it (``stoat.db.thumbnails/``): a name only this service uses, so a
-user's own ``thumbnails`` folder is never taken for it."""
+"""The thumbnails' directory is the database file's name with this added, beside
+it (``stoat.db.thumbnails/``): a user's own ``thumbnails`` folder is never it."""
 
 MARKER: Final = ".stoat-ferret-thumbnails"
 """The file that marks a directory as this service's thumbnails directory."""
 
 MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
-"""The largest file read as a thumbnail. Ours (WebP, 320 pixels wide, at most
-1,280 high) are tens of kilobytes: a larger file is not one of ours, and
-counts as missing rather than being read whole."""
+"""The largest file read as a thumbnail: ours (WebP, 320 pixels wide, at most
+1,280 high) are tens of kilobytes; a larger one counts as missing, unread."""
 
 _ID: Final = re.compile(r"[0-9]+", re.ASCII)
 _DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -133,7 +128,7 @@ class ThumbnailStore:
         if self.refused is not None:
             return None
         try:
-            with _opened(self.directory) as top, _opened(_entry(video_id), top) as folder:
+            with self._claimed_folder(video_id) as folder:
                 fd = os.open(_stem(fingerprint) + THUMBNAIL_SUFFIX, _READ, dir_fd=folder)
         except OSError as exc:
             if exc.errno in _NOT_OURS:
@@ -155,7 +150,7 @@ class ThumbnailStore:
         """``"made"``, ``"failed"``, or None when this version has not been tried."""
         stem = _stem(fingerprint)
         try:
-            with _opened(self.directory) as top, _opened(_entry(video_id), top) as folder:
+            with self._claimed_folder(video_id) as folder:
                 made = _regular_size(stem + THUMBNAIL_SUFFIX, folder)
                 failed = _regular_size(stem + FAILED_SUFFIX, folder)
         except OSError:
@@ -204,7 +199,7 @@ class ThumbnailStore:
             return
         with self._lock:
             try:
-                top = os.open(self.directory, _DIRECTORY)
+                top = self._open_claimed()  # ENOENT: missing, or another in its place
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     logger.warning(
@@ -212,8 +207,6 @@ class ThumbnailStore:
                     )
                 return
             try:
-                if _identity(top) != self._claimed:  # another put in its place: not ours
-                    return
                 for video_id in video_ids:
                     self._remove_entry(top, _entry(video_id))
             finally:
@@ -273,18 +266,32 @@ class ThumbnailStore:
             OSError: it cannot be opened or made again.
         """
         try:
-            top = os.open(self.directory, _DIRECTORY)
+            return self._open_claimed()
         except OSError as exc:
             if exc.errno not in _NOT_OURS:
                 raise
-        else:
-            if _identity(top) == self._claimed:
-                return top
-            os.close(top)
         self.remade += 1
         self.refused = self._claim()
         self.check()
-        return os.open(self.directory, _DIRECTORY)
+        return self._open_claimed()  # ENOENT if replaced again since the claim
+
+    def _open_claimed(self) -> int:
+        """The directory claimed, open (ENOENT: another is in its place)."""
+        top = os.open(self.directory, _DIRECTORY)
+        if _identity(top) != self._claimed:
+            os.close(top)
+            raise FileNotFoundError(errno.ENOENT, "not the directory claimed", self.directory)
+        return top
+
+    @contextlib.contextmanager
+    def _claimed_folder(self, video_id: int) -> Iterator[int]:
+        """The video's folder in the directory claimed (ENOENT as :meth:`_open_claimed`)."""
+        top = self._open_claimed()
+        try:
+            with _opened(_entry(video_id), top) as folder:
+                yield folder
+        finally:
+            os.close(top)
 
     def _open_folder(self, top: int, video_id: int) -> int:
         """The video's folder in ``top``, created (0o700) if missing, never through a link."""

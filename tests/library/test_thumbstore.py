@@ -167,6 +167,43 @@ def test_a_removal_touches_no_directory_put_in_its_place(tmp_path: Path) -> None
     assert os.listdir(tmp_path / "thumbs" / "2024") == ["holiday.jpg"]
 
 
+def test_a_directory_swapped_in_as_the_store_claims_anew_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removed, made again by the store's claim, and at once replaced by
+    another with files of its own: the write fails, nothing in that one is
+    written, marked or swept."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    shutil.rmtree(tmp_path / "thumbs")
+    theirs = tmp_path / "theirs"
+    (theirs / "5").mkdir(parents=True)
+    (theirs / "notes.txt").write_bytes(b"mine")
+    claim = store._claim
+
+    def claim_then_swap() -> str | None:
+        refused = claim()
+        (tmp_path / "thumbs").rename(tmp_path / "claimed")
+        theirs.rename(tmp_path / "thumbs")
+        return refused
+
+    monkeypatch.setattr(store, "_claim", claim_then_swap)
+    with pytest.raises(FileNotFoundError, match="not the directory claimed"):
+        store.write(7, (10, 10), b"x")
+
+    assert sorted(os.listdir(tmp_path / "thumbs")) == ["5", "notes.txt"]
+
+
+def test_a_directory_put_in_its_place_is_read_as_having_no_thumbnails(tmp_path: Path) -> None:
+    """Its files are not served as the store's, until it is claimed or refused."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    (tmp_path / "thumbs").rename(tmp_path / "moved")
+    (tmp_path / "thumbs" / "7").mkdir(parents=True)
+    (tmp_path / "thumbs" / "7" / "v1-10-10.webp").write_bytes(b"theirs")
+
+    assert store.read(7, (10, 10)) is None
+    assert store.state(7, (10, 10)) is None
+
+
 def test_an_empty_directory_put_in_its_place_is_taken_over(tmp_path: Path) -> None:
     store = ThumbnailStore(tmp_path / "thumbs")
     store.write(1, (10, 10), b"x")
