@@ -239,7 +239,7 @@ def test_allowed_names_are_kept_as_a_browser_sends_them(tmp_path: Path) -> None:
     settings = Settings.from_environ(
         {
             "STOAT_ALLOWED_HOSTS": "B\u00fccher.example,stra\u00dfe.example,\u2603.example,"
-            "[::1],fe80::1,videos.example.,10.0.0.5",
+            "\u2603.stra\u00dfe.example,[::1],fe80::1,videos.example.,10.0.0.5",
             "STOAT_API_TOKEN": TOKEN,
             "STOAT_SCAN_ROOTS": str(tmp_path),
         }
@@ -249,6 +249,7 @@ def test_allowed_names_are_kept_as_a_browser_sends_them(tmp_path: Path) -> None:
         "xn--bcher-kva.example",
         "xn--strae-oqa.example",  # UTS 46 as browsers: not IDNA 2003's strasse.example
         "xn--n3h.example",  # a symbol IDNA 2008 refuses, and browsers take
+        "xn--n3h.xn--strae-oqa.example",  # label by label
         "::1",
         "fe80::1",
         "videos.example.",

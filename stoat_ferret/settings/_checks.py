@@ -200,15 +200,21 @@ def _ascii_name(name: str) -> str:
     if name.isascii():
         return name
     try:
-        # UTS 46 without the transitional mapping, as browsers do: Python's
-        # own "idna" codec (IDNA 2003) makes straße strasse, not xn--strae-oqa.
-        return idna.encode(name, uts46=True, transitional=False).decode("ascii")
-    except idna.IDNAError:
-        pass
-    try:  # a symbol IDNA 2008 refuses and browsers take (☃.example), as both spell it
-        return name.encode("idna").decode("ascii")
+        return ".".join(_ascii_label(label) for label in name.split("."))
     except UnicodeError:
         return name  # refused by _check_names
+
+
+def _ascii_label(label: str) -> str:
+    if label.isascii():
+        return label
+    try:
+        # UTS 46 without the transitional mapping, as browsers do: Python's
+        # own "idna" codec (IDNA 2003) makes straße strasse, not xn--strae-oqa.
+        return idna.encode(label, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
+        # A symbol IDNA 2008 refuses and browsers take (☃), as both spell it.
+        return label.encode("idna").decode("ascii")
 
 
 def _bare_host(value: Any) -> Any:
