@@ -30,9 +30,10 @@ A video whose frame cannot be decoded gets no thumbnail, an ``errors`` entry
 and a marker file (so the next job does not try it again until it changes);
 the job itself completes. A file away, unreadable or changed for now is an
 ``errors`` entry only, and the next job tries it again; a store that can
-write nothing now (a full disk...) ends the job, the work owed, so the next
-scan that ends, even one that changed nothing, submits a job again (as does
-the next start): ``_thumbmake.py`` sorts them. A video outside the scan
+write nothing now (a full disk...) ends the job, failed (``StoreError``: what
+it made is kept), the work owed, so the next scan that ends, even one that
+changed nothing, submits a job again (as does the next start):
+``_thumbmake.py`` sorts them. A video outside the scan
 roots (``roots``: stored before they were narrowed) is not tried at all,
 only counted (``outside``), and does not make the service submit a job at
 every start; should the roots widen again, it is missing like any other.
@@ -67,6 +68,7 @@ from loguru import logger
 from stoat_ferret.jobs import JobError, JobStatus
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import containing_root
+from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
 from stoat_ferret.library._scangate import ScanGate, Way
@@ -193,6 +195,11 @@ class Thumbnailer:
             **{key: value for key, value in result.items() if key != "errors"},
             error_count=len(run.errors),
         )
+        if run.store_failed is not None:  # failed, as it is: not "completed" with work left
+            raise StoreError(
+                f"{run.store_failed}: stopped after {run.made} of {run.total} made; the rest"
+                " is made after the next scan ends, or at the next start"
+            )
         return result
 
     def directory_gone(self) -> bool:
@@ -313,7 +320,7 @@ class Thumbnailer:
             except StoreFailed as exc:
                 run.failed += 1
                 run.errors.add(source[1], str(exc))
-                run.store_failed = True
+                run.store_failed = str(exc)
                 return True  # the next would fail alike: the rest stays owed
             finally:  # what it wrote (an image, a failure marker), even if cancelled
                 with anyio.CancelScope(shield=True):

@@ -27,9 +27,9 @@ class ThumbnailRun:
     outside: int = 0  # stored videos outside the roots: not tried
     removed: int = 0
     yielded_to_scan: bool = False
-    # The store could not write a thumbnail (disk full, ...): the job ended
-    # there, and the rest is owed.
-    store_failed: bool = False
+    # Why the store could not write a thumbnail (disk full, ...): the job
+    # ended there, failed, and the rest is owed.
+    store_failed: str | None = None
     paused: int = 0  # times it paused while scans ran
     # Made and failed out of this many found missing so far (the listing
     # after a pause may find more), and the fraction last reported.

@@ -21,6 +21,7 @@ from stoat_ferret.jobs import (
 )
 from stoat_ferret.library import (
     THUMBNAILS_JOB_TYPE,
+    StoreError,
     ThreadPriority,
     Thumbnailer,
     ThumbnailStore,
@@ -311,11 +312,11 @@ async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
 async def test_a_store_that_cannot_write_ends_the_job_and_leaves_the_work_owed(
     setup: Setup, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    """The disk is full (or the store may not write): the first thumbnail (or marker)
-    the store cannot write is an errors entry, and the job ends there, since every
-    other video would fail alike (nothing more is decoded); the work stays owed, so
-    the next scan submits a job even if it changed nothing. Once the store can write
-    again, that job makes them all."""
+    """The disk is full (or the store may not write): the job fails at the first
+    thumbnail (or marker) the store cannot write, saying why and how far it got,
+    since every other video would fail alike (nothing more is decoded); the work
+    stays owed, so the next scan submits a job even if it changed nothing. Once
+    the store can write again, that job makes them all."""
     write = setup.store.write
     writes: list[int] = []
 
@@ -326,16 +327,17 @@ async def test_a_store_that_cannot_write_ends_the_job_and_leaves_the_work_owed(
     with anyio.fail_after(30):
         await setup.scan()
         monkeypatch.setattr(setup.store, "write", disk_full)
-        full = await setup.thumbnailer(job_context("full"))
+        with pytest.raises(StoreError) as full:
+            await setup.thumbnailer(job_context("full"))
         owed_when_full = setup.thumbnailer.owed
         monkeypatch.setattr(setup.store, "write", write)
         again = await setup.thumbnailer(job_context("again"))
 
     assert len(writes) == 1
-    assert (full["made"], full["failed"]) == (0, 1)
-    assert [entry["error"] for entry in full["errors"]] == [
-        f"cannot store its thumbnail ({os.strerror(code)})"
-    ]
+    assert str(full.value) == (
+        f"cannot store its thumbnail ({os.strerror(code)}): stopped after 0 of 4 made;"
+        " the rest is made after the next scan ends, or at the next start"
+    )
     assert owed_when_full
     assert (again["made"], again["failed"]) == (3, 1)  # the noise: undecodable, marked
     assert not setup.thumbnailer.owed
