@@ -196,6 +196,8 @@ class Thumbnailer:
             error_count=len(run.errors),
         )
         if run.store_failed is not None:  # failed, as it is: not "completed" with work left
+            if len(run.errors) > 1:  # a failed job keeps no result: its other errors logged
+                log.warning("thumbnails not made before the store failed", errors=result["errors"])
             raise StoreError(
                 f"{run.store_failed}: stopped after {run.made} of {run.total} made; the rest"
                 " is made after the next scan ends, or at the next start"
@@ -298,12 +300,14 @@ class Thumbnailer:
         # The file-system part runs on the idle thread, and a scan that
         # starts meanwhile cuts it short: the pass is listed again after it.
         missing = functools.partial(self._missing, sources, run.tried)
+        stored = {source[0] for source in sources}
         async with self._limiter:
+            # The sweep first: it claims a directory put back in place (copied
+            # back: a new inode), whose thumbnails would all read as missing.
+            run.removed += await self._threads.run_sync(lambda _: self._store.sweep(stored))
             found = await self._threads.run_sync(missing)
             if found is None:
                 return False
-            stored = {source[0] for source in sources}
-            run.removed += await self._threads.run_sync(lambda _: self._store.sweep(stored))
         todo, run.unchanged, run.outside = found
         run.videos = len(sources)
         run.total = run.made + run.failed + len(todo)

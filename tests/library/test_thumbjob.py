@@ -873,3 +873,46 @@ async def test_a_directory_removed_while_the_job_runs_is_filled_again(
     ]
     assert setup.store.remade == 1
     assert not setup.thumbnailer.owed
+
+
+async def test_a_directory_copied_back_in_place_is_not_made_again(setup: Setup) -> None:
+    """A backup of the thumbnails copied back (a new inode, the same files): the
+    next job takes it over before it lists, and finds nothing missing."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        first = await setup.thumbnailer(job_context("first"))
+        directory = setup.store.directory
+        shutil.copytree(directory, directory + ".copy")
+        shutil.rmtree(directory)
+        os.rename(directory + ".copy", directory)
+        again = await setup.thumbnailer(job_context("again"))
+
+    assert (first["made"], first["failed"]) == (3, 1)
+    assert (again["made"], again["failed"], again["unchanged"]) == (0, 0, 4)
+
+
+async def test_a_job_the_store_stops_logs_the_errors_it_met_before(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """A failed job keeps no result: the files it found undecodable before the
+    store failed (marked, so no later job reports them) are logged."""
+    write = setup.store.write
+    written: list[bytes | None] = []
+
+    def full_after_the_marker(video_id: int, fingerprint: Any, image: bytes | None) -> None:
+        if written and written[-1] is None:  # the undecodable file's marker went first
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(image)
+        write(video_id, fingerprint, image)
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        monkeypatch.setattr(setup.store, "write", full_after_the_marker)
+        with pytest.raises(StoreError):
+            await setup.thumbnailer(job_context())
+
+    [logged] = [
+        r for r in log_records if r["message"] == "thumbnails not made before the store failed"
+    ]
+    paths = [entry["path"] for entry in logged["extra"]["errors"]]
+    assert str(setup.folder / "noise.mp4") in paths
