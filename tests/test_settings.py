@@ -205,6 +205,9 @@ def test_a_root_that_is_a_loop_is_refused(tmp_path: Path) -> None:
         ("STOAT_ALLOWED_HOSTS", "*.example", "without scheme, port or wildcard"),
         ("STOAT_ALLOWED_HOSTS", "videos.example/app", "without scheme, port or wildcard"),
         ("STOAT_ALLOWED_HOSTS", "videos..example", "without scheme, port or wildcard"),
+        # IDNA 2003 would drop the joiner (another host) and make ß ss (not what browsers send).
+        ("STOAT_ALLOWED_HOSTS", "a\u200db.example", "a Unicode name browsers read alike"),
+        ("STOAT_ALLOWED_HOSTS", "\u2603stra\u00dfe.example", "a Unicode name browsers read alike"),
         ("STOAT_ALLOWED_ORIGINS", "videos.example", "origins like"),
         ("STOAT_ALLOWED_ORIGINS", "http://videos.example/app", "no path"),
         ("STOAT_ALLOWED_ORIGINS", "ftp://videos.example", "origins like"),
@@ -239,7 +242,8 @@ def test_allowed_names_are_kept_as_a_browser_sends_them(tmp_path: Path) -> None:
     settings = Settings.from_environ(
         {
             "STOAT_ALLOWED_HOSTS": "B\u00fccher.example,stra\u00dfe.example,\u2603.example,"
-            "\u2603.stra\u00dfe.example,[::1],fe80::1,videos.example.,10.0.0.5",
+            "\u2603.stra\u00dfe.example,example.\u039f\u0394\u039f\u03a3,[::1],fe80::1,"
+            "videos.example.,10.0.0.5",
             "STOAT_API_TOKEN": TOKEN,
             "STOAT_SCAN_ROOTS": str(tmp_path),
         }
@@ -250,6 +254,7 @@ def test_allowed_names_are_kept_as_a_browser_sends_them(tmp_path: Path) -> None:
         "xn--strae-oqa.example",  # UTS 46 as browsers: not IDNA 2003's strasse.example
         "xn--n3h.example",  # a symbol IDNA 2008 refuses, and browsers take
         "xn--n3h.xn--strae-oqa.example",  # label by label
+        "example.xn--pxavbq",  # a final capital sigma, as browsers map it (not lowered to ς)
         "::1",
         "fe80::1",
         "videos.example.",

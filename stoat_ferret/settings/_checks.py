@@ -151,9 +151,11 @@ def _check_names(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], value
     # answer 400 to every request by that name.
     for name in value:
         if not isinstance(name, str) or not (_HOST_NAME.fullmatch(name) or _is_address(name)):
+            unicode = isinstance(name, str) and not name.isascii()
+            why = " (a Unicode name browsers read alike, or its xn-- form)" if unicode else ""
             raise SettingsError(
                 f"{_env(attribute)} must be host names or addresses, without scheme, "
-                f"port or wildcard, got {name!r}"
+                f"port or wildcard{why}, got {name!r}"
             )
 
 
@@ -190,7 +192,7 @@ def _check_origins(_: Settings, attribute: attrs.Attribute[tuple[str, ...]], val
 def _normalise_names(value: Any) -> tuple[str, ...]:
     # Host names compare case-blind; an IPv6 address is matched without brackets.
     return tuple(
-        _ascii_name(str(name).strip().lower().removeprefix("[").removesuffix("]")) for name in value
+        _ascii_name(str(name).strip().removeprefix("[").removesuffix("]")) for name in value
     )
 
 
@@ -198,8 +200,8 @@ def _ascii_name(name: str) -> str:
     """A Unicode host name in the form a browser sends it (``bücher.example``:
     ``xn--bcher-kva.example``); any other name as it is (checked after)."""
     if name.isascii():
-        return name
-    try:
+        return name.lower()
+    try:  # not lower-cased first: UTS 46 maps case itself (a final Σ is not ς)
         return ".".join(_ascii_label(label) for label in name.split("."))
     except UnicodeError:
         return name  # refused by _check_names
@@ -207,14 +209,19 @@ def _ascii_name(name: str) -> str:
 
 def _ascii_label(label: str) -> str:
     if label.isascii():
-        return label
+        return label.lower()
     try:
         # UTS 46 without the transitional mapping, as browsers do: Python's
         # own "idna" codec (IDNA 2003) makes straße strasse, not xn--strae-oqa.
         return idna.encode(label, uts46=True, transitional=False).decode("ascii")
     except idna.IDNAError:
-        # A symbol IDNA 2008 refuses and browsers take (☃), as both spell it.
-        return label.encode("idna").decode("ascii")
+        pass
+    # A symbol IDNA 2008 refuses and browsers take (☃), as both spell it; not
+    # a label IDNA 2003 would change (a joiner dropped, ß made ss): refused.
+    converted = label.encode("idna")
+    if converted.decode("idna") != label.lower():
+        raise UnicodeError(f"{label!r} has no one form browsers agree on")
+    return converted.decode("ascii")
 
 
 def _bare_host(value: Any) -> Any:
