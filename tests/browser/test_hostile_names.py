@@ -50,7 +50,6 @@ SHOWN_RLO = "\N{MATHEMATICAL LEFT ANGLE BRACKET}U+202E\N{MATHEMATICAL RIGHT ANGL
 SHOWN_NEWLINE = "\N{MATHEMATICAL LEFT ANGLE BRACKET}U+000A\N{MATHEMATICAL RIGHT ANGLE BRACKET}"
 FORGET_FLAG = "(forgetting disks not mounted)"
 WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
-UNICODE_BIDI = "(nodes) => nodes.map((node) => getComputedStyle(node).unicodeBidi)"
 # A scan started by another client: a path with a newline cannot be typed in a
 # one-line field (the browser drops it), but the API takes it.
 POST_SCAN = """([url, body]) => fetch(url, {
@@ -76,9 +75,13 @@ def dashboard(browser: Browser, server: Server) -> Iterator[Dashboard]:
         context.close()
 
 
-def _unicode_bidi(locator: Locator) -> list[str]:
-    result: list[str] = locator.evaluate_all(UNICODE_BIDI)
-    return result
+def _expect_isolated(locator: Locator, count: int = 1) -> None:
+    """Each of ``count`` elements isolated (``unicode-bidi: isolate``). Asked with
+    Playwright's retrying ``expect``: the page may redraw them meanwhile (the
+    library reloads when a thumbnails job ends), and a node it took out reads ""."""
+    expect(locator).to_have_count(count)
+    for index in range(count):
+        expect(locator.nth(index)).to_have_css("unicode-bidi", "isolate")
 
 
 def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
@@ -120,8 +123,8 @@ def test_scan_errors_isolate_each_path_and_reason_and_show_their_controls(
     expect(rows.locator(".control")).to_have_text([SHOWN_NEWLINE, SHOWN_RLO, shown_soft, shown_tag])
     reasons = rows.locator("code + bdi")
     expect(reasons).to_have_text([re.compile(r"^not a readable media file\b")] * 6)
-    assert _unicode_bidi(rows.locator("code")) == ["isolate"] * 6
-    assert _unicode_bidi(reasons) == ["isolate"] * 6
+    _expect_isolated(rows.locator("code"), 6)
+    _expect_isolated(reasons, 6)
     for text in rows.all_text_contents():
         assert RLO not in text
         assert "\n" not in text
@@ -176,7 +179,7 @@ def test_a_job_title_keeps_the_path_apart_from_the_pages_flags(
     expect(flipped_title.locator(".job-flag.depth")).to_have_text("(this folder only)")
     expect(two_lines_title.locator(".path")).to_have_text(f"{server.root}/two{SHOWN_NEWLINE}lines")
     for title in (decoy_title, flipped_title, two_lines_title):
-        assert _unicode_bidi(title.locator(".path")) == ["isolate"]
+        _expect_isolated(title.locator(".path"))
         assert RLO not in (title.text_content() or "")
     # The flag is an element before the path, which ends the title: a name that
     # ends like a flag is heard as a part of the path.
@@ -208,9 +211,9 @@ def test_a_hostile_file_name_in_the_library_and_its_detail_view(
     # Its frame, or the placeholder while the thumbnails job has not made it.
     preview = re.compile(rf"^(Frame of {re.escape(shown)}|No preview of {re.escape(shown)})$")
     expect(row.get_by_role("img", name=preview)).to_have_count(1)
-    assert _unicode_bidi(opener.locator(".untrusted")) == ["isolate"]
-    assert _unicode_bidi(row.locator("small .untrusted")) == ["isolate"]
-    assert _unicode_bidi(row.locator("td.codecs .untrusted")) == ["isolate", "isolate"]
+    _expect_isolated(opener.locator(".untrusted"))
+    _expect_isolated(row.locator("small .untrusted"))
+    _expect_isolated(row.locator("td.codecs .untrusted"), 2)
     assert RLO not in (row.text_content() or "")
 
     opener.click()
@@ -248,6 +251,6 @@ def test_a_search_from_the_address_is_isolated_where_the_page_repeats_it(
         f"No video matches \N{LEFT DOUBLE QUOTATION MARK}{SHOWN_RLO}nothing"
         "\N{RIGHT DOUBLE QUOTATION MARK}."
     )
-    assert _unicode_bidi(page.locator("#library-count .untrusted")) == ["isolate"]
+    _expect_isolated(page.locator("#library-count .untrusted"))
     expect(page.get_by_label("Search videos")).to_have_value(f"{RLO}nothing")  # as it came
     assert dashboard.console.errors == []
