@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import attrs
 import pytest
 
 from stoat_ferret.library import (
+    DEFAULT_ERROR_CAP,
     ERROR_PATH_CHARS,
     ERROR_TEXT_CHARS,
     METADATA_FIELDS,
+    RESULT_ERRORS_MAX_BYTES,
     SORT_KEYS,
     ErrorLog,
     ScanError,
@@ -183,3 +186,18 @@ def test_error_entries_cut_paths_to_error_path_chars_and_messages_to_error_text_
     assert (len(over["path"]), len(over["error"])) == (ERROR_PATH_CHARS, ERROR_TEXT_CHARS)
     assert over["path"] == "…" + fits_path[2:] + "x"
     assert log.take_unstored()[0] == (long_path, cut["error"])
+
+
+def test_the_worst_error_entries_fit_the_result_byte_bound_and_nearly_fill_it() -> None:
+    """Paths and messages of characters outside the BMP, each two ``\\uXXXX``
+    escapes in the API's ASCII-only JSON (12 bytes): the worst case the bound
+    is made for. They fit, and fill it to within the keys' allowance."""
+    errors = ErrorLog()
+    for number in range(DEFAULT_ERROR_CAP + 5):
+        errors.add("/" + "\N{GRINNING FACE}" * 2000 + str(number), "\N{GRINNING FACE}" * 2000)
+
+    encoded = json.dumps(errors.entries, ensure_ascii=True, separators=(",", ":"))
+
+    assert len(errors.entries) == DEFAULT_ERROR_CAP
+    assert len(encoded) <= RESULT_ERRORS_MAX_BYTES
+    assert len(encoded) >= 0.95 * RESULT_ERRORS_MAX_BYTES

@@ -1127,6 +1127,30 @@ def test_serve_answers_each_request_in_turn_until_one_is_not_a_request(
     assert not server.is_alive()
 
 
+def test_serve_refuses_a_descriptor_that_is_no_regular_file() -> None:
+    """Defence in depth: the service sends only regular files, but a pipe (or a
+    FIFO, a device) sent to the child is refused, never handed to FFmpeg."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = threading.Thread(target=_probechild.serve, args=(theirs,))
+    server.start()
+    read_end, write_end = os.pipe()
+    try:
+        head = REQUEST.pack(PROBE_KIND, READ_LIMIT, 3600.0)
+        socket.send_fds(ours, [head + b"a.mp4"], [read_end])
+        with pytest.raises(ProbeError) as refused:
+            decode_answer("a.mp4", ours.recv(ANSWER_MAX))
+        ours.send(head + b"a.mp4")  # no descriptors: not a request, the loop ends
+        server.join(TIMEOUT)
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+    assert refused.value.reason == "not a regular file"
+    assert not refused.value.transient
+    assert not server.is_alive()
+
+
 def test_a_request_whose_descriptors_were_cut_off_is_refused_as_transient(
     clip: EncodedVideo, tmp_path: Path
 ) -> None:

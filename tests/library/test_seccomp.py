@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ from stoat_ferret.library._seccomp import filter_system_calls, seccomp_filters
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tests.videos import EncodedVideo
 
 TIMEOUT = 60
@@ -669,3 +673,46 @@ def test_no_system_call_is_made_on_another_system(
     monkeypatch.setattr(ctypes, "CDLL", no_library)
 
     assert (landlock_abi(), seccomp_filters(), filter_system_calls()) == (0, False, False)
+
+
+_RETURN_CODE = 0x06
+_JUMP_CODES: dict[int, Callable[[int, int], bool]] = {
+    0x15: lambda value, k: value == k,  # JEQ
+    0x35: lambda value, k: value >= k,  # JGE
+    0x45: lambda value, k: bool(value & k),  # JSET
+}
+_SECCOMP_DATA = struct.Struct("=iIQ6Q")  # nr, arch, instruction_pointer, args
+
+
+def _verdict(program: bytes, number: int, arch: int, *arguments: int) -> int:
+    """What the classic-BPF ``program`` returns for one call: the instructions
+    the filter is made of (load a word of ``seccomp_data``, jump, return) run
+    as the kernel runs them, so that a case no process can reach here (a call
+    through another ABI) is tried too."""
+    data = _SECCOMP_DATA.pack(number, arch, 0, *arguments, *[0] * (6 - len(arguments)))
+    steps: list[tuple[int, int, int, int]] = list(struct.iter_unpack("=HBBI", program))
+    at, value = 0, 0
+    while True:
+        code, true, false, k = steps[at]
+        if code == _RETURN_CODE:
+            return k
+        if code == 0x20:  # LD W ABS
+            value = int.from_bytes(data[k : k + 4], sys.byteorder)
+            at += 1
+        else:
+            at += 1 + (true if _JUMP_CODES[code](value, k) else false)
+
+
+@pytest.mark.parametrize("machine", sorted(_syscalls.CALLS))
+def test_a_call_through_another_abi_is_refused_whatever_its_number(machine: str) -> None:
+    """A 64-bit process can still make 32-bit calls (``int 0x80`` on x86-64),
+    whose numbers mean other calls: the filter refuses every call whose
+    ``arch`` is not its own, before it looks at the number."""
+    calls = _syscalls.CALLS[machine]
+    program = _seccomp.program(calls, pid=4321)
+    free = min(set(range(1, 1000)) - set(calls.numbers.values()))  # a call it lets through
+    foreign = 0x40000003  # AUDIT_ARCH_I386 (ARM's 32-bit one is 0x40000028)
+
+    assert _verdict(program, free, calls.audit_arch) == 0x7FFF0000  # allowed
+    assert _verdict(program, free, foreign) == 0x00050000 | errno.EPERM
+    assert _verdict(program, free, 0x40000028) == 0x00050000 | errno.EPERM

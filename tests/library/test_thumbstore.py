@@ -461,3 +461,34 @@ def test_the_store_reports_the_ids_of_every_deleted_row(tmp_path: Path) -> None:
         assert len(store.thumbnail_sources()) == 99
     finally:
         store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_directory_of_another_user_is_refused_unmarked(tmp_path: Path) -> None:
+    """Empty, but another user's: they could swap the service's files in it;
+    refused, and not marked."""
+    theirs = tmp_path / "thumbs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 54321, 54321)
+
+    store = ThumbnailStore(theirs)
+
+    assert store.refused is not None
+    assert "belongs to another user (uid 54321)" in store.refused
+    assert os.listdir(theirs) == []
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777], ids=["open", "sticky"])
+def test_a_directory_every_user_may_write_into_is_refused_unmarked(
+    tmp_path: Path, mode: int
+) -> None:
+    """Anyone could plant or swap a thumbnail there (sticky or not: new names)."""
+    theirs = tmp_path / "thumbs"
+    theirs.mkdir()
+    os.chmod(theirs, mode)
+
+    store = ThumbnailStore(theirs)
+
+    assert store.refused is not None
+    assert "is writable by every user" in store.refused
+    assert os.listdir(theirs) == []
