@@ -152,7 +152,8 @@ NASTY: list[Any] = [
 async def test_nasty_request_gets_a_4xx_with_detail(
     shared_client: httpx.AsyncClient, method: str, url: str, kwargs: dict[str, Any], status: int
 ) -> None:
-    """Each request gets its 4xx and a JSON body with a ``detail``."""
+    """Each request gets its 4xx and a JSON body with a ``detail``; a 415 says
+    what the route takes (``Accept-Post``, RFC 9110)."""
 
     with anyio.fail_after(10):
         response = await shared_client.request(method, url, **kwargs)
@@ -160,6 +161,8 @@ async def test_nasty_request_gets_a_4xx_with_detail(
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json()["detail"]
+    if status == 415:
+        assert response.headers["accept-post"] == "application/json"
 
 
 @pytest.mark.anyio

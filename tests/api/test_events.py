@@ -128,7 +128,9 @@ async def test_stream_numbers_every_change_of_every_job(
 
 @pytest.mark.anyio
 async def test_resume_after_a_gap_gets_only_what_was_missed(settings: Settings) -> None:
-    """Last-Event-ID (or ?last_event_id=) gives the changes since that id, and no older ones."""
+    """Last-Event-ID (or ?last_event_id=) gives the changes since that id, and no older
+    ones. Given both, the header wins: an ``EventSource`` reconnects with it while
+    its address keeps the query it first opened with."""
     with anyio.fail_after(10):
         async with started(WatchedSupervisor()) as supervisor:
             supervisor.register("echo", _echo)
@@ -143,11 +145,23 @@ async def test_resume_after_a_gap_gets_only_what_was_missed(settings: Settings) 
                     f"/api/v1/jobs/{missed}/events", params={"last_event_id": last.id}
                 )
 
+                missed_end = read_stream(by_query.text)[-1].id or ""
+                both = await client.get(
+                    f"/api/v1/jobs/{missed}/events",
+                    params={"last_event_id": last.id},
+                    headers={"Last-Event-ID": missed_end},
+                )
+
                 async def nothing() -> None:
                     await anyio.lowlevel.checkpoint()
 
                 response = await _follow_all(
-                    app, client, supervisor, nothing, headers={"Last-Event-ID": last.id}
+                    app,
+                    client,
+                    supervisor,
+                    nothing,
+                    params={"last_event_id": "1"},  # long gone: a reset, were it read
+                    headers={"Last-Event-ID": last.id},
                 )
 
     jobs = _jobs(read_stream(response.text))
@@ -156,6 +170,7 @@ async def test_resume_after_a_gap_gets_only_what_was_missed(settings: Settings) 
     ]
     assert int(jobs[0].id or "") > int(last.id or "")
     assert [event.data["payload"] for event in read_stream(by_query.text)] == ["missed"]
+    assert both.status_code == 204  # resumed after its end, as the header says
 
 
 @pytest.mark.anyio

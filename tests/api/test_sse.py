@@ -104,6 +104,8 @@ async def _running_job(supervisor: WatchedSupervisor, scan: GatedScan) -> str:
 
 
 @pytest.mark.anyio
+# On trio only: 30 s of FastAPI's ping timer pass on its mock clock at once;
+# asyncio has no virtual clock, and would wait them out.
 @pytest.mark.parametrize(
     "anyio_backend",
     [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mock-clock")],

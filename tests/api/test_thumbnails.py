@@ -18,6 +18,7 @@ from stoat_ferret.api._thumbnails import _matches, register_thumbnail_jobs, thum
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobContext, JobStatus, JobSupervisor
 from stoat_ferret.library import (
+    THUMBNAIL_VERSION,
     THUMBNAILS_JOB_TYPE,
     ThreadPriority,
     Thumbnailer,
@@ -92,6 +93,8 @@ async def test_a_scan_makes_thumbnails_served_with_etag_and_304(
         frame = next(container.decode(video=0))
     assert (frame.width, frame.height) == (320, 240)
     assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    # The way thumbnails are made is part of it: a new one is no 304 of the old.
+    assert etag.startswith(f'"{video_id}-{THUMBNAIL_VERSION}-')
     assert weak.status_code == 304
     assert other.status_code == 200
 
@@ -137,7 +140,10 @@ async def test_no_thumbnail_is_a_json_404(
         async with serving(app) as client:
             job = await scan_and_thumbnails(client, folder)
             ids = await video_ids(client)
-            noise = await client.get(f"/api/v1/videos/{ids['noise.mp4']}/thumbnail")
+            noise_url = f"/api/v1/videos/{ids['noise.mp4']}/thumbnail"
+            noise = await client.get(noise_url)
+            # Any image will do, says "*": there is none, and the browser must keep none.
+            starred = await client.get(noise_url, headers={"If-None-Match": "*"})
             good_url = f"/api/v1/videos/{ids['good.mp4']}/thumbnail"
             etag = (await client.get(good_url)).headers["etag"]
             unknown = await client.get("/api/v1/videos/424242/thumbnail")
@@ -151,6 +157,7 @@ async def test_no_thumbnail_is_a_json_404(
     assert "no thumbnail" in noise.json()["detail"]
     assert noise.headers["cache-control"] == "no-store"
     assert noise.headers["x-content-type-options"] == "nosniff"
+    assert starred.status_code == 404
     assert unknown.status_code == 404
     assert "no video" in unknown.json()["detail"]
     assert removed.status_code == 404

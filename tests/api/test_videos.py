@@ -190,6 +190,7 @@ async def test_outside_the_roots_is_403(
 
     assert response.status_code == 403
     assert "outside" in response.json()["detail"]
+    assert "retry-after" not in response.headers  # no retry makes it inside
     assert jobs["total"] == 0
 
 
