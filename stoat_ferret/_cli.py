@@ -33,6 +33,7 @@ from stoat_ferret.library import (
     StoreError,
     VideoStore,
     check_data_directory,
+    file_system_full,
     inspect_database,
     prepare_database,
     refuse_unwritable,
@@ -358,6 +359,8 @@ def _check_creatable(directory: Path, message: str) -> None:
         raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StoreError(f"{message} ({os.strerror(errno.EACCES)})")
+    if file_system_full(os.fspath(existing)):
+        raise StoreError(f"{message} ({os.strerror(errno.ENOSPC)})")
 
 
 def dashboard_url(settings: Settings, *, port: int | None = None) -> str:

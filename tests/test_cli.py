@@ -778,6 +778,25 @@ def test_check_whose_line_cannot_be_written_exits_2_with_one_line(
     assert line.startswith("stoat-ferret: cannot write to standard output (")
 
 
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_refuses_a_new_database_on_a_full_disk(
+    tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving could not create the database on a file system with no block or
+    inode left ("database or disk is full"), so check says so: exit 2, one line."""
+    database = tmp / "data" / "stoat.db"
+    assert main(["check", "--database", str(database)]) == 0  # the control: room left
+    capsys.readouterr()
+    full = os.statvfs_result((4096, 4096, 256, 0, 0, 100, 10, 10, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda _path: full)
+
+    status, line = _check_line(database, capsys)
+
+    assert status == 2
+    assert line.endswith(f"the directory of {database} (No space left on device)")
+    assert not database.parent.exists()
+
+
 def _check_line(database: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """``check --database database``: its exit status and its one line on stderr."""
     status = main(["check", "--database", str(database)])

@@ -28,6 +28,7 @@ from stoat_ferret.library._exceptions import (
     StoreBroken,
     StoreBusy,
     StoreError,
+    file_system_full,
 )
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._library import VideoLibrary
@@ -124,6 +125,7 @@ __all__ = [
     "check_data_directory",
     "containing_root",
     "ending_worn",
+    "file_system_full",
     "inspect_database",
     "is_utf8",
     "landlock_abi",

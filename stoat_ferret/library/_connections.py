@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from loguru import logger
 
-from stoat_ferret.library._exceptions import StoreError, store_error
+from stoat_ferret.library._exceptions import StoreError, sqlite_reason, store_error
 from stoat_ferret.library._query import search_key
 from stoat_ferret.library._schema import identify, migrate
 
@@ -70,7 +70,7 @@ def open_writer(
         connection.execute("DELETE FROM scan_errors")  # its jobs are gone
     except sqlite3.Error as exc:
         connection.close()
-        raise StoreError(f"cannot open video store {name}: {exc}") from exc
+        raise StoreError(f"cannot open video store {name}: {sqlite_reason(exc, name)}") from exc
     except BaseException:
         connection.close()
         raise
@@ -194,7 +194,7 @@ def _inspect(name: str, busy_timeout_ms: int, *, shown: str | None = None) -> In
         if version >= 1:
             (videos,) = connection.execute("SELECT count(*) FROM videos").fetchone()
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot read video store {label}: {exc}") from exc
+        raise StoreError(f"cannot read video store {label}: {sqlite_reason(exc, name)}") from exc
     finally:
         connection.close()
     return Inspection(exists=True, version=version, videos=int(videos))
@@ -215,7 +215,7 @@ def open_reader(name: str, busy_timeout_ms: int) -> sqlite3.Connection:
         connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except sqlite3.Error as exc:
         connection.close()
-        raise StoreError(f"cannot read video store {name}: {exc}") from exc
+        raise StoreError(f"cannot read video store {name}: {sqlite_reason(exc, name)}") from exc
     return connection
 
 
@@ -233,12 +233,12 @@ def _connect(
             uri=uri,
         )
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open video store {name}: {exc}") from exc
+        raise StoreError(f"cannot open video store {name}: {sqlite_reason(exc, name)}") from exc
     try:
         connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     except sqlite3.Error as exc:
         connection.close()
-        raise StoreError(f"cannot open video store {name}: {exc}") from exc
+        raise StoreError(f"cannot open video store {name}: {sqlite_reason(exc, name)}") from exc
     return connection
 
 

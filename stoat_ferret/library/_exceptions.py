@@ -21,6 +21,7 @@ and goes on. ``ScanError`` and ``StoreError`` end it, except
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from typing import Final
 
@@ -139,7 +140,43 @@ def store_error(path: str, exc: sqlite3.Error) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", None)  # None for an error of the module itself
     # The extended code's low byte is the primary one (SQLITE_CORRUPT_INDEX is 779).
     kind = StoreBroken if code is not None and code & 0xFF in BROKEN_CODES else StoreError
-    return kind(f"video store {path}: {exc}")
+    return kind(f"video store {path}: {sqlite_reason(exc, path)}")
+
+
+def sqlite_reason(exc: sqlite3.Error, path: str) -> str:
+    """SQLite's words for ``exc`` on the database ``path``, and for an I/O
+    error its extended name and whether the file system holding ``path`` is
+    full: SQLite says only "disk I/O error" when it cannot make the
+    write-ahead log's shared-memory file (``SQLITE_IOERR_SHMSIZE``)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _SPACE_CODES:
+        return str(exc)
+    reason = f"{exc} ({exc.sqlite_errorname})" if code & 0xFF == sqlite3.SQLITE_IOERR else str(exc)
+    return f"{reason}: the file system holding it is full" if file_system_full(path) else reason
+
+
+_SPACE_CODES: Final = frozenset(
+    {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN}
+)
+
+
+def file_system_full(path: str) -> bool:
+    """Whether the file system holding ``path`` (or, if it is missing, its
+    directory) has no block or no inode left for this process; False if
+    that cannot be told."""
+    for place in (path, os.path.dirname(path) or "."):
+        try:
+            found = os.statvfs(place)
+        except OSError:
+            continue
+        # root may use the blocks and inodes kept back for it (f_bfree, f_ffree)
+        blocks, inodes = (
+            (found.f_bfree, found.f_ffree)
+            if os.geteuid() == 0
+            else (found.f_bavail, found.f_favail)
+        )
+        return blocks == 0 or (found.f_files > 0 and inodes == 0)
+    return False
 
 
 class DirectoryReplaced(ScanError):
