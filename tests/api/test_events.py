@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import httpx
     from fastapi import FastAPI
 
-    from stoat_ferret.jobs import JobContext, JobFeed
+    from stoat_ferret.jobs import JobContext, JobFeed, JobResult
     from stoat_ferret.settings import Settings
 
 EVENTS = "/api/v1/events"
@@ -383,6 +383,50 @@ async def test_per_job_stream_of_a_job_dropped_meanwhile_sends_its_state(
     assert [(e.id, e.data["job_id"], e.data["status"]) for e in events] == [
         (None, job_id, "completed")
     ]
+
+
+class _StoppingOnLookupQueue(InMemoryJobQueue):
+    """Begins the service's stop as the per-job route looks its job up: a stop
+    that comes after the route's 503 check and before its feed opens."""
+
+    app: FastAPI | None = None
+
+    async def get_result(self, job_id: str) -> JobResult:
+        result = await super().get_result(job_id)
+        assert self.app is not None
+        begin_shutdown(self.app)
+        return result
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("resumed", [False, True])
+async def test_per_job_stream_begun_as_the_service_stops_ends_with_the_stopping_comment(
+    settings: Settings, resumed: bool
+) -> None:
+    """A stop that comes after the route's 503 check, before its feed opens,
+    ends the stream at once with the stopping comment (a 200, not the 204 of a
+    stream resumed after the job's end, which tells an EventSource never to
+    come back): the running job, resumed or not, has more to say."""
+    queue = _StoppingOnLookupQueue()
+    gate = anyio.Event()
+
+    async def gated(ctx: JobContext) -> None:
+        await gate.wait()
+
+    queue.register("gated", gated)
+    app = create_app(settings, job_queue=queue)
+    queue.app = app
+    with anyio.fail_after(10):
+        async with serving(app) as client, anyio.create_task_group() as group:
+            group.start_soon(queue.submit, "gated", None)
+            await anyio.wait_all_tasks_blocked()
+            [job] = (await queue.list_jobs()).jobs
+            headers = {"Last-Event-ID": "0"} if resumed else {}
+            response = await client.get(f"/api/v1/jobs/{job.job_id}/events", headers=headers)
+            gate.set()
+
+    assert response.status_code == 200
+    assert response.text.rstrip().endswith(f": {STOPPING_COMMENT}")
 
 
 @pytest.mark.anyio
