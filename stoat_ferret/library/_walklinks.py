@@ -32,6 +32,7 @@ from stoat_ferret.library._links import (
     LinkBudget,
     LinkBudgetSpent,
     LinkCache,
+    Outcome,
     resolve_link,
 )
 from stoat_ferret.library._names import NOT_UTF8, is_utf8
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from stoat_ferret.library._models import ErrorLog, Fingerprint
+
+OUTSIDE: Final = "symlink points outside the scanned directory"
 
 # A link failing with these can never lead to a file: missing, looping, too long.
 _BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
@@ -79,20 +82,8 @@ class WalkLinks:
         """Follow the symlink ``name`` in ``directory``, whose descriptor and
         those above it up to the root are ``directory_fds``."""
         link = _join(directory, name)
-        if directory != self._directory:
-            self._directory, self._where = directory, split(directory)
-        where = self._where
         try:
-            outcome = resolve_link(
-                self.scope,
-                where,
-                name,
-                self.root_fd,
-                directory_fds=directory_fds,
-                checkpoint=self.checkpoint,
-                cache=self.links,
-                budget=self.budget,
-            )
+            outcome = self._resolve(directory, name, directory_fds)
         except LinkBudgetSpent as exc:  # the target may well be there
             self.errors.add_unfollowed(link, f"symlink not followed: {_reason(exc)}")
             return
@@ -103,7 +94,7 @@ class WalkLinks:
                 self.errors.add_unfollowed(link, f"cannot follow symlink ({_reason(exc)})")
             return
         if outcome is None or not self.in_scope(outcome[0]):
-            self.errors.add(link, "symlink points outside the scanned directory")
+            self.errors.add(link, OUTSIDE)
             return
         parts, info = outcome
         target = "/" + "/".join(parts)
@@ -111,6 +102,36 @@ class WalkLinks:
             self.errors.add(link, "symlink target " + NOT_UTF8)
         elif stat.S_ISREG(info.st_mode):
             self.found[target] = (info.st_size, info.st_mtime_ns)
+
+    def look_at(self, directory: str, name: str, directory_fds: list[int]) -> None:
+        """An error entry for the symlink ``name`` in ``directory``, not named as
+        a video, if it leads outside the scanned directory: to a directory
+        there, say, whose videos a recursive walk would otherwise leave out
+        without a word. A link that leads inside is left alone (a directory
+        there is walked on its own path), and so is one that cannot be
+        followed (broken, a loop, denied): by its name, it is no video."""
+        if not is_utf8(name):
+            return
+        try:
+            outcome = self._resolve(directory, name, directory_fds)
+        except OSError:  # LinkBudgetSpent too
+            return
+        if outcome is None:
+            self.errors.add(_join(directory, name), OUTSIDE)
+
+    def _resolve(self, directory: str, name: str, directory_fds: list[int]) -> Outcome:
+        if directory != self._directory:
+            self._directory, self._where = directory, split(directory)
+        return resolve_link(
+            self.scope,
+            self._where,
+            name,
+            self.root_fd,
+            directory_fds=directory_fds,
+            checkpoint=self.checkpoint,
+            cache=self.links,
+            budget=self.budget,
+        )
 
     def in_scope(self, parts: Sequence[str]) -> bool:
         depth = len(self.scope)

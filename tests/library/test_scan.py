@@ -370,6 +370,7 @@ async def test_playlists_named_like_videos_are_errors_and_open_nothing(
     assert not fifo.opened
     assert (result["found"], result["added"]) == (3, 1)
     assert [e["path"] for e in result["errors"]] == [
+        str(media / "out"),  # the walk's: a link leading outside, not followed
         str(media / "to-fifo.mp4"),
         str(media / "to-outside.mkv"),
     ]

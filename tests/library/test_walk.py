@@ -81,6 +81,31 @@ def test_directory_symlinks_are_not_followed(tmp_path: Path) -> None:
     assert errors == []
 
 
+def test_a_symlink_leading_outside_is_an_error_whatever_its_name(tmp_path: Path) -> None:
+    """A recursive walk reports a link that leads outside the scanned directory
+    (``Movies -> /mnt/nas/Movies``), named as a video or not, whether its
+    target is there or not: the videos behind it are left out, and the scan
+    says so. A non-recursive walk enters no folder: it reports none of them."""
+    outside = tmp_path / "outside"
+    _touch(outside / "films" / "clip.mp4")
+    root = tmp_path / "library"
+    inside = _touch(root / "sub" / "own.mp4")
+    (root / "Movies").symlink_to(outside / "films", target_is_directory=True)
+    (root / "Unmounted").symlink_to(tmp_path / "nas" / "films", target_is_directory=True)
+    (root / "sub" / "notes.txt").symlink_to(_touch(outside / "notes.txt"))
+    (root / "Alias").symlink_to(root / "sub", target_is_directory=True)  # inside: walked as sub
+    (root / "broken").symlink_to(root / "missing")  # inside and broken: by its name, no video
+
+    found, errors = _walk_paths(root)
+
+    assert found == {inside}
+    assert sorted(errors, key=lambda e: e["path"]) == [
+        {"path": str(root / name), "error": "symlink points outside the scanned directory"}
+        for name in ("Movies", "Unmounted", "sub/notes.txt")
+    ]
+    assert _walk_paths(root, recursive=False) == (set(), [])
+
+
 def test_file_symlink_inside_is_stored_once_under_its_target(tmp_path: Path) -> None:
     """Two links and the file itself give one entry, under the resolved path."""
     real = _touch(tmp_path / "sub" / "clip.mp4")
