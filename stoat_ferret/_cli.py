@@ -19,13 +19,13 @@ import argparse
 import errno
 import functools
 import os
-import socket
 import textwrap
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from stoat_ferret import __version__
+from stoat_ferret._address import dashboard_url, resolve_host
 from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
     SCHEMA_VERSION,
@@ -40,7 +40,7 @@ from stoat_ferret.library import (
     thumbnails_directory_beside,
     thumbnails_directory_refusal,
 )
-from stoat_ferret.settings import Settings, SettingsError, options, parse_flag
+from stoat_ferret.settings import ExposureError, Settings, SettingsError, options, parse_flag
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -57,7 +57,6 @@ _HELP_COLUMN: Final = 30
 """Where a setting's meaning starts in ``--help``."""
 _HELP_WIDTH: Final = 78
 
-_LOOPBACK_FOR_WILDCARD: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 _DESCRIPTION: Final = """\
 The backend of a video-editing tool: a video library and its scan jobs.
@@ -157,7 +156,12 @@ class Arguments:
             SystemExit: a bad flag value (2).
             SettingsError: a variable is bad.
         """
-        return read_settings(self.parser, self.namespace, environ)
+        try:
+            return read_settings(self.parser, self.namespace, environ)
+        except ExposureError as exc:
+            # A host that does not resolve (a typo) says so, not "set a token".
+            resolve_host(exc.host, exc.port, self.names["host"])
+            raise
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> Arguments:
@@ -225,7 +229,7 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
             thumbnails' path is not a usable directory.
     """
     names = _names(names)
-    _resolve_host(settings, names["host"])
+    resolve_host(settings.host, settings.port, names["host"])
     path = settings.database_path
     prepare_database(path, names["database_path"])
     # Read before anything is written: a damaged file (quick_check) or one
@@ -271,7 +275,7 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
             the thumbnails' path is not a usable directory.
     """
     names = _names(names)
-    _resolve_host(settings, names["host"])
+    resolve_host(settings.host, settings.port, names["host"])
     for root in settings.scan_roots:
         try:
             with os.scandir(root) as entries:
@@ -363,36 +367,8 @@ def _check_creatable(directory: Path, message: str) -> None:
         raise StoreError(f"{message} ({os.strerror(errno.ENOSPC)})")
 
 
-def dashboard_url(settings: Settings, *, port: int | None = None) -> str:
-    """Where a browser on this machine finds the dashboard.
-
-    A wildcard address (listen on every interface) is not one a browser can
-    open, so it is shown as the loopback address of its family. ``port``, when
-    given, is the port really bound (``STOAT_PORT=0`` lets the system pick).
-    """
-    host = _LOOPBACK_FOR_WILDCARD.get(settings.host, settings.host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.port if port is None else port}/"
-
-
 def _names(names: Mapping[str, str] | None) -> Mapping[str, str]:
     return {option.field: option.env for option in options()} if names is None else names
-
-
-def address_family(host: str) -> socket.AddressFamily:
-    """The family of the socket the service listens on for ``host``: IPv6 for
-    an address with a colon, IPv4 for anything else, names included (as uvicorn
-    binds them)."""
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _resolve_host(settings: Settings, name: str) -> None:
-    family = address_family(settings.host)  # a name of IPv6 addresses only cannot be bound
-    try:
-        socket.getaddrinfo(settings.host, settings.port, family, socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise SettingsError(f"{name}: cannot use {settings.host!r} ({exc})") from None
 
 
 def one_line(exc: Exception) -> str:

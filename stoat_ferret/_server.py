@@ -46,7 +46,7 @@ import uvicorn
 from loguru import logger
 from uvicorn.server import HANDLED_SIGNALS
 
-from stoat_ferret._cli import address_family, dashboard_url
+from stoat_ferret._address import address_family, dashboard_url
 from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
 if TYPE_CHECKING:

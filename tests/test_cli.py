@@ -26,7 +26,8 @@ from loguru import logger
 from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
 from stoat_ferret.__main__ import main
-from stoat_ferret._cli import build_parser, check_startup, dashboard_url, parse_command
+from stoat_ferret._address import dashboard_url
+from stoat_ferret._cli import build_parser, check_startup, parse_command
 from stoat_ferret.library import (
     SCHEMA_VERSION,
     StoreError,
@@ -39,7 +40,7 @@ from stoat_ferret.library import (
     prepare_database,
 )
 from stoat_ferret.library._schema import MIGRATIONS
-from stoat_ferret.settings import Settings, SettingsError, options
+from stoat_ferret.settings import ExposureError, Settings, SettingsError, options
 from stoat_ferret.settings import _checks as checks_module
 from stoat_ferret.settings import _options as options_module
 from stoat_ferret.settings import _settings as settings_module
@@ -578,13 +579,33 @@ def test_unresolvable_host_is_a_bad_setting(
 
     with pytest.raises(SettingsError, match=r"^STOAT_HOST: cannot use 'nowhere\.invalid'"):
         check_startup(Settings(host="nowhere.invalid", database_path=tmp_path / "x.db"))
-    # Beyond loopback a token and scan roots are needed before the host is even tried.
     exposed = {"STOAT_API_TOKEN": "a-token-of-24-characters", "STOAT_SCAN_ROOTS": str(tmp_path)}
     _, settings, names = parse_command(
         ["--host", "nowhere.invalid", "--database", str(tmp_path / "x.db")], exposed
     )
     with pytest.raises(SettingsError, match=r"^--host: cannot use 'nowhere\.invalid'"):
         check_startup(settings, names)
+    # Without the token and roots a host beyond loopback needs, a typo in its
+    # name is still told as such, not as "set a token".
+    for argv, environ, name in [
+        (["--host", "nowhere.invalid"], {}, "--host"),
+        ([], {"STOAT_HOST": "nowhere.invalid"}, "STOAT_HOST"),
+    ]:
+        with pytest.raises(SettingsError, match=rf"^{name}: cannot use 'nowhere\.invalid'"):
+            parse_command(argv, environ)
+
+
+def test_a_host_beyond_loopback_that_resolves_needs_a_token_and_roots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exposure error stays for a host that resolves: it names what to set."""
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: [])
+
+    with pytest.raises(ExposureError, match=r"^--host=|^STOAT_HOST=") as caught:
+        parse_command(["--host", "media.example"], {})
+
+    assert "set STOAT_API_TOKEN" in str(caught.value)
+    assert (caught.value.host, caught.value.port) == ("media.example", 8000)
 
 
 @pytest.mark.usefixtures("_restored_logging")

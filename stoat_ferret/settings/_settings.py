@@ -18,6 +18,7 @@ import attrs
 from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings._checks import (
     _PARSERS,
+    ExposureError,
     SettingsError,
     _absolute,
     _bare_host,
@@ -258,8 +259,10 @@ class Settings:
         if not self.scan_roots:
             missing.append("STOAT_SCAN_ROOTS (or a scan could read any directory)")
         if missing:
-            raise SettingsError(
-                f"{why}, so other machines can reach the service: set {' and '.join(missing)}"
+            raise ExposureError(
+                f"{why}, so other machines can reach the service: set {' and '.join(missing)}",
+                host=self.host,
+                port=self.port,
             )
 
     @classmethod
@@ -294,6 +297,9 @@ class Settings:
                         secrets.append(str(values[field.name]))
             settings = cls(**values)
             settings.check_exposure()
+        except ExposureError as exc:
+            redacted = _redacted(str(exc), secrets)
+            raise ExposureError(redacted, host=exc.host, port=exc.port) from None
         except SettingsError as exc:
             raise SettingsError(_redacted(str(exc), secrets)) from None
         return settings
