@@ -140,7 +140,8 @@ class ScanRun:
     scanned: ScannedDirectory = attrs.field(init=False)
     # Where the errors go: the store's list, as they pile up (_scanerrors.py).
     error_store: ScanErrors = attrs.field(init=False)
-    done: int = 0
+    done: int = 0  # files probed, and unchanged ones: the progress
+    unchanged: int = 0
     # The rows added, updated and removed: by the probes and the writes (_scanwrite.py).
     counts: Counts = attrs.field(factory=Counts)
     # The first unexpected error of a child task; re-raised once the group is closed.
@@ -214,12 +215,12 @@ class ScanRun:
                 every=self.forget_unmounted,
                 written_before=self.started,
             )
-        self.done = unchanged
+        self.done = self.unchanged = unchanged
         if to_probe:
             self.report()
             await self.probe_all(to_probe)
             await self.error_store.store()
-        self.ctx.report_progress(1.0, f"probed {self.done}/{len(self.found)} files")
+        self.ctx.report_progress(1.0, self.progress())
 
         result = {
             "found": len(self.found),
@@ -280,9 +281,13 @@ class ScanRun:
         return found, known, to_probe, gone
 
     def report(self) -> None:
-        self.ctx.report_progress(
-            self.done / len(self.found), f"probed {self.done}/{len(self.found)} files"
-        )
+        self.ctx.report_progress(self.done / len(self.found), self.progress())
+
+    def progress(self) -> str:
+        """What the progress says: the files to probe probed so far, and those unchanged."""
+        unchanged = self.unchanged
+        probed = f"probed {self.done - unchanged}/{len(self.found) - unchanged} files"
+        return f"{probed} ({unchanged} unchanged)" if unchanged else probed
 
     async def probe_all(self, paths: list[str]) -> None:
         send, receive = anyio.create_memory_object_stream[list[VideoRecord | str]](

@@ -294,6 +294,31 @@ async def test_progress_is_reported_per_file_up_to_one(
     assert {message for _, message in progress} == {f"probed {i}/4 files" for i in range(5)}
 
 
+async def test_a_rescan_progress_counts_the_files_it_probes_and_says_the_unchanged(
+    library: VideoLibrary, media: Path, clip: EncodedVideo
+) -> None:
+    """A rescan probes only what changed: its messages count those, and name
+    the unchanged ones apart, while the fraction counts every file found."""
+    paths = _fill(media, clip, [f"{i}.mp4" for i in range(4)])
+    scan = make_scan_handler(library, probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        await scan(make_context(media))
+    _fill(media, clip, ["new.mp4"])
+    os.utime(paths[0], ns=(1, 1))  # changed: probed again
+    progress: list[tuple[float, str | None]] = []
+
+    with anyio.fail_after(TIMEOUT):
+        result = await scan(make_context(media, progress=progress))
+
+    assert (result["probed"], result["unchanged"]) == (2, 3)
+    assert progress[0] == (3 / 5, "probed 0/2 files (3 unchanged)")
+    assert progress[-1] == (1.0, "probed 2/2 files (3 unchanged)")
+    unchanged: list[tuple[float, str | None]] = []
+    with anyio.fail_after(TIMEOUT):
+        await scan(make_context(media, progress=unchanged))
+    assert unchanged == [(1.0, "probed 0/0 files (5 unchanged)")]
+
+
 async def test_empty_directory_reports_done(library: VideoLibrary, media: Path) -> None:
     """Nothing found: a single report of 1.0 and all counts zero."""
     progress: list[tuple[float, str | None]] = []
