@@ -10,17 +10,19 @@ decoded) the answer is a JSON 404, as for a video that does not exist. A
 thumbnail file that cannot be read is a JSON 503 with ``Retry-After``, as a
 scan request meets when the service is out of file descriptors or memory.
 
-:func:`open_thumbnails`, :func:`register_thumbnail_jobs` and
-:func:`start_thumbnails` are the lifespan's three calls: the first opens the
-store under the data directory and hooks it to the library's deletions, the
-second registers the ``thumbnails`` job type and makes every completed scan
-that changed something submit one, the third (once the supervisor runs)
-removes the thumbnails of videos no longer stored and submits one if a
-stored video has none.
+:func:`open_thumbnails`, :func:`register_thumbnail_jobs`,
+:func:`start_thumbnails` and :func:`stop_thumbnails` are the lifespan's
+calls: the first opens the store under the data directory and hooks it to
+the library's deletions, the second registers the ``thumbnails`` job type
+and makes every completed scan that changed something submit one, the third
+(once the supervisor runs) removes the thumbnails of videos no longer stored
+and submits one if a stored video has none, and the last, as the service
+stops, cancels the running one at once (the grace is for scans).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import anyio.to_thread
@@ -31,6 +33,7 @@ from stoat_ferret.api._deps import LibraryDep, SettingsDep  # noqa: TC001
 from stoat_ferret.api._errors import unavailable, unreadable
 from stoat_ferret.api._schemas import error_responses
 from stoat_ferret.api._videos import VIDEO_ID, shown_video
+from stoat_ferret.jobs import JobNotFound, JobStatus
 from stoat_ferret.library import (
     THUMBNAIL_MEDIA_TYPE,
     THUMBNAIL_VERSION,
@@ -106,6 +109,18 @@ async def start_thumbnails(supervisor: JobSupervisor, thumbnailer: Thumbnailer) 
     before thumbnails, a job cut short by the last shut-down)."""
     if await thumbnailer.start_up_check():
         await thumbnailer.submit_due(supervisor, after="start-up")
+
+
+async def stop_thumbnails(supervisor: JobSupervisor) -> None:
+    """As the service begins to stop: cancel the running ``thumbnails`` job
+    rather than let it use the grace meant for scans (a stop would otherwise
+    wait it out, then cancel it all the same). What it made stays; what it
+    had not made yet is made after the next start (:func:`start_thumbnails`).
+    Run beside ``aclose``, which cancels the pending ones."""
+    running = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE, status=JobStatus.RUNNING)
+    for job in running.jobs:
+        with contextlib.suppress(JobNotFound):  # ended and forgotten since
+            await supervisor.cancel(job.job_id)
 
 
 async def get_thumbnails(request: Request) -> ThumbnailStore:

@@ -35,6 +35,7 @@ process; a thumbnails path that is not a usable directory) is checked by
 exit 2; the start-up ``thumbnails`` job that cannot be submitted (the
 database cannot be read then) is a warning, and the service serves without it. Shut-down, in
 order: set ``stopping`` (scan requests get 503, waits and event streams end),
+cancel the running ``thumbnails`` job (it would only use up the grace),
 ``aclose()`` the supervisor (pending jobs are cancelled, running ones get
 ``shutdown_grace`` seconds), then close the library, so no job ever writes to
 a closed store. An injected queue belongs to whoever made it: the lifespan
@@ -268,6 +269,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     async with anyio.create_task_group() as closing:
                         # end_grace cancels the supervisor's run: its jobs end cancelled.
                         closing.start_soon(_cancel_when_set, app.state.grace_over, hard_stop)
+                        # Beside aclose: a cancel that waits holds up no stop.
+                        closing.start_soon(_thumbnails.stop_thumbnails, supervisor)
                         await supervisor.aclose()
                         closing.cancel_scope.cancel()
                     del app.state.job_queue

@@ -11,11 +11,12 @@ import pytest
 
 from stoat_ferret.api import end_grace
 from stoat_ferret.api.app import create_app
-from stoat_ferret.library import VideoLibrary
+from stoat_ferret.library import Thumbnailer, VideoLibrary
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from stoat_ferret.jobs import JobContext
     from stoat_ferret.settings import Settings
     from tests.videos import EncodedVideo
 
@@ -66,6 +67,42 @@ async def test_end_grace_cancels_running_jobs_at_once(
     assert not hasattr(app.state, "library")
     assert job_count == 0  # jobs do not outlive the process; the library does
     assert videos == 1
+
+
+async def test_a_stop_cancels_the_thumbnails_job_at_once(
+    settings: Settings,
+    scan_root: Path,
+    clips: list[EncodedVideo],
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[Any],
+) -> None:
+    """A thumbnails job running at a stop is cancelled as the stop begins, not
+    given the grace (an hour here) meant for scans: the next start makes
+    what it had not."""
+    running = anyio.Event()
+
+    async def held(self: Thumbnailer, ctx: JobContext) -> dict[str, Any]:
+        running.set()
+        await anyio.sleep_forever()  # held until cancelled
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(Thumbnailer, "__call__", held)
+    shutil.copyfile(clips[0].path, scan_root / "a.mp4")
+    app = create_app(attrs.evolve(settings, shutdown_grace=3600.0))
+
+    with anyio.fail_after(20):  # a guard against hangs; the grace alone is an hour
+        async with serving(app) as client:
+            accepted = await client.post("/api/v1/videos/scan", json={"path": str(scan_root)})
+            scan = (await client.get(f"/api/v1/jobs/{accepted.json()['job_id']}/wait")).json()
+            await running.wait()
+            [job] = (await client.get("/api/v1/jobs?job_type=thumbnails")).json()["jobs"]
+
+    assert scan["status"] == "completed"
+    ends = [
+        r["extra"].get("status") for r in log_records if r["extra"].get("job_id") == job["job_id"]
+    ]
+    assert ends[-1:] == ["cancelled"]
+    assert not app.state.grace_over.is_set()  # no second signal: the stop alone did it
 
 
 def test_end_grace_before_the_app_runs_does_nothing(settings: Settings) -> None:
