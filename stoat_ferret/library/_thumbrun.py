@@ -62,5 +62,7 @@ class ThumbnailRun:
 
 
 def _message(done: int, total: int, state: str | None = None) -> str:
-    counts = f"thumbnails: {done}/{total} made" if total else "thumbnails"
+    if not total:  # not listed yet (paused, giving way), or listed with none to make
+        return f"thumbnails; {state}" if state else "thumbnails: none missing"
+    counts = f"thumbnails: {done}/{total} made"
     return f"{counts}; {state}" if state else counts

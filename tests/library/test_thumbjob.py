@@ -124,6 +124,17 @@ async def test_the_job_makes_a_thumbnail_per_video_and_reports_undecodable_ones(
     assert fractions[-1] == 1.0
 
 
+async def test_a_job_with_nothing_to_make_says_none_are_missing(setup: Setup) -> None:
+    with anyio.fail_after(30):
+        await setup.scan()
+        await setup.thumbnailer(job_context())
+        progress: list[tuple[float, str | None]] = []
+        result = await setup.thumbnailer(job_context(progress=progress))
+
+    assert (result["made"], result["unchanged"] + result["failed"]) == (0, 4)
+    assert progress == [(0.0, "thumbnails: none missing")]
+
+
 async def test_a_second_job_makes_only_what_is_missing(setup: Setup) -> None:
     """Made and failed videos are not tried again; a changed file is."""
     with anyio.fail_after(30):
