@@ -11,10 +11,11 @@ The rules, in the order they are applied to each directory entry:
 
 * A directory is descended into when the walk is recursive. A symlink to a
   directory is never followed, so a symlink loop cannot hang the walk. In a
-  recursive walk, a symlink not named as a video that leads outside the
-  scanned directory is an error entry (a folder there is left out, and says
-  so; whether the target is a folder is not looked at, being outside); one
-  that leads inside is left alone (a folder there is walked on its own path).
+  recursive walk, a symlink named neither as a video nor as a hidden file
+  whose target, as written, leads outside the scanned directory is an error
+  entry (a folder there is left out, and says so; whether the target is a
+  folder is not looked at, being outside); one that leads inside is left
+  alone (a folder there is walked on its own path).
 * Anything else counts only if its name ends in one of
   :data:`~stoat_ferret.library._names.VIDEO_EXTENSIONS`, in any case; every
   other file is ignored, not an error.
@@ -306,7 +307,7 @@ class _Walk:
                     # decides, lower() only if not.
                     if not (name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)):
                         if recursive and entry.is_symlink():
-                            self.links.look_at(directory, name, self.fds)
+                            self.links.look_at(directory, name, fd)
                         continue
                     path = prefix + name
                     if not (name.isascii() or is_utf8(name)):

@@ -23,6 +23,8 @@ overlong target (denied, an I/O error) is noted in the log's
 from __future__ import annotations
 
 import errno
+import os
+import posixpath
 import stat
 from typing import TYPE_CHECKING, Final
 
@@ -103,20 +105,23 @@ class WalkLinks:
         elif stat.S_ISREG(info.st_mode):
             self.found[target] = (info.st_size, info.st_mtime_ns)
 
-    def look_at(self, directory: str, name: str, directory_fds: list[int]) -> None:
-        """An error entry for the symlink ``name`` in ``directory``, not named as
-        a video, if it leads outside the scanned directory: to a directory
-        there, say, whose videos a recursive walk would otherwise leave out
-        without a word. A link that leads inside is left alone (a directory
-        there is walked on its own path), and so is one that cannot be
-        followed (broken, a loop, denied): by its name, it is no video."""
-        if not is_utf8(name):
+    def look_at(self, directory: str, name: str, directory_fd: int) -> None:
+        """An error entry for the symlink ``name`` in ``directory`` (whose
+        descriptor is ``directory_fd``), named neither as a video nor as a
+        hidden file, if its target, as written, leads outside the scanned
+        directory: to a folder there, say, whose videos a recursive walk
+        would otherwise leave out without a word. Only the link is read
+        (``readlink``), never its target, and no link budget is spent. A
+        link that leads out through another link is not told here, but
+        where that other link is, if the walk meets it."""
+        if name.startswith(".") or not is_utf8(name):
             return
         try:
-            outcome = self._resolve(directory, name, directory_fds)
-        except OSError:  # LinkBudgetSpent too
+            target = os.readlink(name, dir_fd=directory_fd)
+        except OSError:  # gone, or no longer a link
             return
-        if outcome is None:
+        parts = split(posixpath.normpath(posixpath.join(directory, target)))
+        if parts[: len(self.scope)] != self.scope:
             self.errors.add(_join(directory, name), OUTSIDE)
 
     def _resolve(self, directory: str, name: str, directory_fds: list[int]) -> Outcome:

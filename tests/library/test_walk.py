@@ -81,11 +81,16 @@ def test_directory_symlinks_are_not_followed(tmp_path: Path) -> None:
     assert errors == []
 
 
-def test_a_symlink_leading_outside_is_an_error_whatever_its_name(tmp_path: Path) -> None:
+def test_a_symlink_leading_outside_is_an_error_whatever_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A recursive walk reports a link that leads outside the scanned directory
     (``Movies -> /mnt/nas/Movies``), named as a video or not, whether its
     target is there or not: the videos behind it are left out, and the scan
-    says so. A non-recursive walk enters no folder: it reports none of them."""
+    says so. A link not named as a video is judged by its target as written
+    (only the link is read: no resolution, no link budget spent), and a
+    hidden one (``.config``) is left alone. A non-recursive walk enters no
+    folder: it reports none of them."""
     outside = tmp_path / "outside"
     _touch(outside / "films" / "clip.mp4")
     root = tmp_path / "library"
@@ -93,16 +98,28 @@ def test_a_symlink_leading_outside_is_an_error_whatever_its_name(tmp_path: Path)
     (root / "Movies").symlink_to(outside / "films", target_is_directory=True)
     (root / "Unmounted").symlink_to(tmp_path / "nas" / "films", target_is_directory=True)
     (root / "sub" / "notes.txt").symlink_to(_touch(outside / "notes.txt"))
+    (root / "sub" / "Up").symlink_to("../../outside/films")  # relative, climbing out
     (root / "Alias").symlink_to(root / "sub", target_is_directory=True)  # inside: walked as sub
+    (root / "sub" / "Back").symlink_to("../../library/sub")  # out and back in, as written
     (root / "broken").symlink_to(root / "missing")  # inside and broken: by its name, no video
+    (root / ".config").symlink_to(outside)  # hidden
+    resolved: list[str] = []
+    resolve = _walklinks.resolve_link
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        resolved.append(args[2])
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(_walklinks, "resolve_link", counted)
 
     found, errors = _walk_paths(root)
 
     assert found == {inside}
     assert sorted(errors, key=lambda e: e["path"]) == [
         {"path": str(root / name), "error": "symlink points outside the scanned directory"}
-        for name in ("Movies", "Unmounted", "sub/notes.txt")
+        for name in ("Movies", "Unmounted", "sub/Up", "sub/notes.txt")
     ]
+    assert resolved == []  # only video-named links are resolved
     assert _walk_paths(root, recursive=False) == (set(), [])
 
 
