@@ -6,10 +6,10 @@ schema: ``_schema.identify``), takes the database's lock (``_lock.py``), and
 only then sets the file up (WAL journal, ``synchronous=NORMAL``, the schema's
 migrations, the scan errors of a process before deleted); the reading
 connections (the requests' and the jobs' whole-scope reads': ``_storefile.py``)
-open the same file read-only (a ``mode=ro`` URI), once the writing one has
-made it. All wait up to a busy timeout for other processes. In WAL mode a read takes no lock
-that a writer holds: it reads the last committed snapshot, so it never waits
-for a write, of this process or another, and never sees half of one.
+open the same file read-only (a ``mode=ro`` URI), once the writing one has made
+it. All wait up to a busy timeout for other processes. In WAL mode a read takes
+no lock that a writer holds: it reads the last committed snapshot, so it never
+waits for a write, of this process or another, and never sees half of one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import shutil
 import sqlite3
 import stat
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -69,8 +68,9 @@ def open_writer(
         migrate(connection, name)
         connection.execute("DELETE FROM scan_errors")  # its jobs are gone
     except sqlite3.Error as exc:
+        reason = sqlite_reason(exc, name)  # before close, which frees the log's space
         connection.close()
-        raise StoreError(f"cannot open video store {name}: {sqlite_reason(exc, name)}") from exc
+        raise StoreError(f"cannot open video store {name}: {reason}") from exc
     except BaseException:
         connection.close()
         raise
@@ -214,8 +214,9 @@ def open_reader(name: str, busy_timeout_ms: int) -> sqlite3.Connection:
     try:
         connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except sqlite3.Error as exc:
+        reason = sqlite_reason(exc, name)  # before close, which frees the log's space
         connection.close()
-        raise StoreError(f"cannot read video store {name}: {sqlite_reason(exc, name)}") from exc
+        raise StoreError(f"cannot read video store {name}: {reason}") from exc
     return connection
 
 
@@ -236,13 +237,13 @@ def _connect(
         raise StoreError(f"cannot open video store {name}: {sqlite_reason(exc, name)}") from exc
     try:
         connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    except sqlite3.Error as exc:
+    except sqlite3.Error as exc:  # (no log file made yet: the hint may wait for close)
         connection.close()
         raise StoreError(f"cannot open video store {name}: {sqlite_reason(exc, name)}") from exc
     return connection
 
 
-@contextmanager
+@contextlib.contextmanager
 def transaction(connection: sqlite3.Connection, path: str, begin: str) -> Iterator[None]:
     """Run the body in one transaction opened with ``begin``: committed if it
     returns, rolled back if it raises. An :class:`sqlite3.Error` becomes a

@@ -159,23 +159,31 @@ _SPACE_CODES: Final = frozenset(
     {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN}
 )
 
+LOW_SPACE_BYTES: Final = 1 << 20
+"""Less free space than this is a full file system (:func:`file_system_full`)."""
+
 
 def file_system_full(path: str) -> bool:
     """Whether the file system holding ``path`` (or, if it is missing, its
-    directory) has no block or no inode left for this process; False if
-    that cannot be told."""
+    directory) has less than :data:`LOW_SPACE_BYTES` or no inode left for
+    this process: SQLite cannot make its write-ahead log's files there (and
+    space freed as a failed open closes, those files deleted, is not enough).
+    False if that cannot be told: no answer, a read-only file system, or one
+    that counts no blocks (a FUSE file system's default answer)."""
     for place in (path, os.path.dirname(path) or "."):
         try:
             found = os.statvfs(place)
         except OSError:
             continue
+        if found.f_flag & os.ST_RDONLY or not found.f_blocks:
+            return False
         # root may use the blocks and inodes kept back for it (f_bfree, f_ffree)
         blocks, inodes = (
             (found.f_bfree, found.f_ffree)
             if os.geteuid() == 0
             else (found.f_bavail, found.f_favail)
         )
-        return blocks == 0 or (found.f_files > 0 and inodes == 0)
+        return blocks * found.f_frsize < LOW_SPACE_BYTES or (found.f_files > 0 and inodes == 0)
     return False
 
 

@@ -11,24 +11,33 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stoat_ferret.library import StoreError, VideoStore, file_system_full
+from stoat_ferret.library import StoreError, VideoStore, _connections, file_system_full
 from stoat_ferret.library._exceptions import sqlite_reason, store_error
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _statvfs(*, bfree: int, bavail: int, ffree: int, favail: int, files: int) -> os.statvfs_result:
+def _statvfs(
+    *,
+    bfree: int,
+    bavail: int,
+    ffree: int,
+    favail: int,
+    files: int,
+    blocks: int = 2000,
+    flag: int = 0,
+) -> os.statvfs_result:
     # bsize, frsize, blocks, bfree, bavail, files, ffree, favail, flag, namemax
-    return os.statvfs_result((4096, 4096, 256, bfree, bavail, files, ffree, favail, 0, 255))
+    return os.statvfs_result((4096, 4096, blocks, bfree, bavail, files, ffree, favail, flag, 255))
 
 
 _FULL = _statvfs(bfree=0, bavail=0, ffree=10, favail=10, files=100)
-_ROOM = _statvfs(bfree=100, bavail=90, ffree=10, favail=10, files=100)
+_ROOM = _statvfs(bfree=1000, bavail=900, ffree=10, favail=10, files=100)  # 3.5 MiB
 
 
 def _error(message: str, code: int, name: str) -> sqlite3.OperationalError:
@@ -120,16 +129,46 @@ def test_opening_on_a_full_disk_says_so(tmp_path: Path, monkeypatch: pytest.Monk
         pytest.param(_FULL, False, True, id="no-block"),
         pytest.param(_ROOM, False, False, id="room"),
         pytest.param(
-            _statvfs(bfree=100, bavail=90, ffree=0, favail=0, files=100), False, True, id="no-inode"
+            _statvfs(bfree=1000, bavail=900, ffree=0, favail=0, files=100),
+            False,
+            True,
+            id="no-inode",
         ),
         pytest.param(
-            _statvfs(bfree=100, bavail=90, ffree=0, favail=0, files=0), False, False, id="no-counts"
+            _statvfs(bfree=1000, bavail=900, ffree=0, favail=0, files=0),
+            False,
+            False,
+            id="no-inode-counts",
         ),
         pytest.param(
-            _statvfs(bfree=10, bavail=0, ffree=10, favail=10, files=100), False, True, id="reserved"
+            _statvfs(bfree=1000, bavail=0, ffree=10, favail=10, files=100),
+            False,
+            True,
+            id="reserved",
         ),
         pytest.param(
-            _statvfs(bfree=10, bavail=0, ffree=10, favail=10, files=100), True, False, id="root"
+            _statvfs(bfree=1000, bavail=0, ffree=10, favail=10, files=100),
+            True,
+            False,
+            id="root",
+        ),
+        pytest.param(
+            _statvfs(bfree=200, bavail=200, ffree=10, favail=10, files=100),
+            False,
+            True,
+            id="under-1-MiB",
+        ),
+        pytest.param(
+            _statvfs(bfree=0, bavail=0, ffree=0, favail=0, files=0, blocks=0),
+            False,
+            False,
+            id="no-counts-fuse",
+        ),
+        pytest.param(
+            _statvfs(bfree=0, bavail=0, ffree=10, favail=10, files=100, flag=os.ST_RDONLY),
+            False,
+            False,
+            id="read-only",
         ),
     ],
 )
@@ -140,8 +179,11 @@ def test_a_file_system_is_full_when_this_user_has_no_block_or_inode_left(
     as_root: bool,
     full: bool,
 ) -> None:
-    """Blocks and inodes kept back for root count for root only; a file system
-    that keeps no inode count (``f_files`` 0, btrfs) is never full of inodes."""
+    """Less than 1 MiB is full (a failed open frees the log's files, a few
+    KiB); blocks and inodes kept back for root count for root only; a file
+    system that keeps no inode count (``f_files`` 0, btrfs) is never full of
+    inodes, one that counts no blocks (FUSE's default answer) or is read-only
+    is never full."""
     monkeypatch.setattr(os, "statvfs", lambda _path: found)
     monkeypatch.setattr(os, "geteuid", lambda: 0 if as_root else 1000)
 
@@ -172,3 +214,39 @@ def test_nothing_to_look_at_is_not_full(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(os, "statvfs", statvfs)
 
     assert file_system_full("/nowhere/stoat.db") is False
+
+
+class _ClosingFreesSpace(sqlite3.Connection):
+    """A connection whose close frees the disk, as closing the last one
+    deletes the write-ahead log's files."""
+
+    closed = False
+
+    def close(self) -> None:
+        _ClosingFreesSpace.closed = True
+        super().close()
+
+
+def test_the_hint_is_made_before_the_failed_open_closes_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect = sqlite3.connect
+
+    def connecting(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return connect(*args, **kwargs, factory=_ClosingFreesSpace)
+
+    def identify(connection: sqlite3.Connection, name: str) -> int:
+        raise _shm_error()
+
+    monkeypatch.setattr(sqlite3, "connect", connecting)
+    monkeypatch.setattr(_connections, "identify", identify)
+    monkeypatch.setattr(os, "statvfs", lambda _: _ROOM if _ClosingFreesSpace.closed else _FULL)
+    monkeypatch.setattr(_ClosingFreesSpace, "closed", False)
+
+    with pytest.raises(StoreError) as caught:
+        VideoStore.open(tmp_path / "stoat.db")
+
+    assert _ClosingFreesSpace.closed
+    assert str(caught.value).endswith(
+        "disk I/O error (SQLITE_IOERR_SHMSIZE): the file system holding it is full"
+    )
