@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from loguru import logger
 
 # FastAPI reads the route signatures at run time: the name must exist then.
 from stoat_ferret.api._deps import LibraryDep, SettingsDep  # noqa: TC001
@@ -119,6 +120,12 @@ async def stop_thumbnails(supervisor: JobSupervisor) -> None:
     Run beside ``aclose``, which cancels the pending ones."""
     running = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE, status=JobStatus.RUNNING)
     for job in running.jobs:
+        # Its error will say "cancelled by request": this line says whose.
+        logger.info(
+            "thumbnails job cancelled: the service is stopping",
+            job_id=job.job_id,
+            job_type=THUMBNAILS_JOB_TYPE,
+        )
         with contextlib.suppress(JobNotFound):  # ended and forgotten since
             await supervisor.cancel(job.job_id)
 

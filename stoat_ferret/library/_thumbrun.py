@@ -63,6 +63,6 @@ class ThumbnailRun:
 
 def _message(done: int, total: int, state: str | None = None) -> str:
     if not total:  # not listed yet (paused, giving way), or listed with none to make
-        return f"thumbnails; {state}" if state else "thumbnails: none missing"
+        return f"thumbnails; {state}" if state else "thumbnails: nothing to make"
     counts = f"thumbnails: {done}/{total} made"
     return f"{counts}; {state}" if state else counts

@@ -404,9 +404,8 @@ async def test_per_job_stream_begun_as_the_service_stops_ends_with_the_stopping_
     settings: Settings, resumed: bool
 ) -> None:
     """A stop that comes after the route's 503 check, before its feed opens,
-    ends the stream at once with the stopping comment (a 200, not the 204 of a
-    stream resumed after the job's end, which tells an EventSource never to
-    come back): the running job, resumed or not, has more to say."""
+    ends the stream of a running job, resumed or not, at once: a 200 with the
+    stopping comment, so that an EventSource comes back after the restart."""
     queue = _StoppingOnLookupQueue()
     gate = anyio.Event()
 

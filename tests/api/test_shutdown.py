@@ -102,6 +102,11 @@ async def test_a_stop_cancels_the_thumbnails_job_at_once(
         r["extra"].get("status") for r in log_records if r["extra"].get("job_id") == job["job_id"]
     ]
     assert ends[-1:] == ["cancelled"]
+    assert any(
+        r["message"] == "thumbnails job cancelled: the service is stopping"
+        and r["extra"]["job_id"] == job["job_id"]
+        for r in log_records
+    )
     assert not app.state.grace_over.is_set()  # no second signal: the stop alone did it
 
 

@@ -124,7 +124,8 @@ async def test_the_job_makes_a_thumbnail_per_video_and_reports_undecodable_ones(
     assert fractions[-1] == 1.0
 
 
-async def test_a_job_with_nothing_to_make_says_none_are_missing(setup: Setup) -> None:
+async def test_a_job_with_nothing_to_make_says_so(setup: Setup) -> None:
+    """Every video has its thumbnail or failed before (noise.mp4): nothing to make."""
     with anyio.fail_after(30):
         await setup.scan()
         await setup.thumbnailer(job_context())
@@ -132,7 +133,7 @@ async def test_a_job_with_nothing_to_make_says_none_are_missing(setup: Setup) ->
         result = await setup.thumbnailer(job_context(progress=progress))
 
     assert (result["made"], result["unchanged"] + result["failed"]) == (0, 4)
-    assert progress == [(0.0, "thumbnails: none missing")]
+    assert progress == [(0.0, "thumbnails: nothing to make")]
 
 
 async def test_a_second_job_makes_only_what_is_missing(setup: Setup) -> None:
