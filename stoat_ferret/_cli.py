@@ -16,6 +16,7 @@ running service leaves the service's database alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import os
@@ -23,6 +24,7 @@ import textwrap
 from typing import TYPE_CHECKING, Final
 
 import attrs
+from loguru import logger
 
 from stoat_ferret import __version__
 from stoat_ferret._address import dashboard_url, resolve_host
@@ -251,7 +253,24 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
     except BaseException:
         hold.release()
         raise
+    note = readable_by_others(path)
+    if note is not None:
+        logger.warning("video store {path}: {note}", path=str(path), note=note)
     return hold
+
+
+def readable_by_others(database: Path) -> str | None:
+    """A note if the database, or SQLite's files beside it, may be read by
+    other users (a data directory of an earlier version: serving creates
+    them 0600): their rows name every video. None if not, or unseen."""
+    readable = []
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            if os.lstat(f"{database}{suffix}").st_mode & 0o044:
+                readable.append(f"{database.name}{suffix}")
+    if not readable:
+        return None
+    return f"{', '.join(readable)} may be read by other users: chmod 600 {database}*"
 
 
 def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
@@ -291,9 +310,9 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
     )
     check_data_directory(path, names["database_path"])  # as serving would refuse it
     refuse_unwritable(os.fspath(path), names["database_path"])
-    thumbnails = check_thumbnails(path)
+    notes = [note for note in (check_thumbnails(path), readable_by_others(path)) if note]
     roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
-    note = f"; {thumbnails}" if thumbnails else ""
+    note = "".join(f"; {note}" for note in notes)
     served = f"{dashboard_url(settings)} from {path} ({_database_state(path)})"
     return f"ok: would serve {served}; scan roots: {roots}{note}"
 

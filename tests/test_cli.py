@@ -609,6 +609,38 @@ def test_a_host_beyond_loopback_that_resolves_needs_a_token_and_roots(
 
 
 @pytest.mark.usefixtures("_restored_logging")
+def test_a_database_others_may_read_is_noted_by_check_and_warned_of_by_serving(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database of an earlier version (mode 0644, its write-ahead log too):
+    check says so at the end of its line, and serving's start-up warns, each
+    naming the files and the command that makes them private; a private one
+    (0600, as serving creates it) gets neither."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    prepare_database(database, "--database")  # as serving makes it: 0600
+    VideoStore.open(database).close()
+    assert main(["check", "--database", str(database)]) == 0
+    private = capsys.readouterr().out
+    database.chmod(0o644)
+    (data / "stoat.db-wal").write_bytes(b"")
+    (data / "stoat.db-wal").chmod(0o640)
+    expected = f"stoat.db, stoat.db-wal may be read by other users: chmod 600 {database}*"
+
+    assert main(["check", "--database", str(database)]) == 0
+    noted = capsys.readouterr().out
+    check_startup(Settings(database_path=database)).release()  # logs as main() set up
+    warned = capsys.readouterr().err.splitlines()
+
+    assert "may be read" not in private
+    assert noted.rstrip().endswith(f"; {expected}")
+    [warning] = warned  # (the log line shortens its long fields)
+    assert "WARNING" in warning
+    assert "may be read by other users: chmod 600" in warning
+
+
+@pytest.mark.usefixtures("_restored_logging")
 def test_check_leaves_a_served_store_alone(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """check beside a running service (its store open, holding scan errors)
     changes nothing: the errors stay, the id and journal mode are as they were."""
