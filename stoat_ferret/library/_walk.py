@@ -12,10 +12,11 @@ The rules, in the order they are applied to each directory entry:
 * A directory is descended into when the walk is recursive. A symlink to a
   directory is never followed, so a symlink loop cannot hang the walk. In a
   recursive walk, a symlink named neither as a video nor as a hidden file
-  whose target, as written, leads outside the scanned directory is an error
-  entry (a folder there is left out, and says so; whether the target is a
-  folder is not looked at, being outside); one that leads inside is left
-  alone (a folder there is walked on its own path).
+  whose target, as written (resolved if it climbs after a name:
+  ``_walklinks.py``), leads outside the scanned directory is an error entry
+  (a folder there is left out, and says so; whether the target is a folder
+  is not looked at, being outside); one that leads inside is left alone (a
+  folder there is walked on its own path).
 * Anything else counts only if its name ends in one of
   :data:`~stoat_ferret.library._names.VIDEO_EXTENSIONS`, in any case; every
   other file is ignored, not an error.

@@ -108,20 +108,26 @@ class WalkLinks:
     def look_at(self, directory: str, name: str, directory_fd: int) -> None:
         """An error entry for the symlink ``name`` in ``directory`` (whose
         descriptor is ``directory_fd``), named neither as a video nor as a
-        hidden file, if its target, as written, leads outside the scanned
-        directory: to a folder there, say, whose videos a recursive walk
-        would otherwise leave out without a word. Only the link is read
-        (``readlink``), never its target, and no link budget is spent. A
-        link that leads out through another link is not told here, but
-        where that other link is, if the walk meets it."""
+        hidden file, if its target leads outside the scanned directory: to a
+        folder there, say, whose videos a recursive walk would otherwise
+        leave out without a word. Only the link is read (``readlink``) and
+        judged by its text, no link budget spent, unless the text climbs
+        (``..``) after a named component, which may be a link: then it is
+        resolved as a video's link is, within the scanned directory. A link
+        that leads out through another link is not told here, but where that
+        other link is, if the walk meets it (not if that one is hidden)."""
         if name.startswith(".") or not is_utf8(name):
             return
         try:
             target = os.readlink(name, dir_fd=directory_fd)
-        except OSError:  # gone, or no longer a link
+            if _climbs_after_a_name(target):  # "x/..": where x leads, not where it is
+                outside = self._resolve(directory, name, []) is None  # (opens its own)
+            else:  # the walk's own path holds no link: the text tells
+                parts = split(posixpath.normpath(posixpath.join(directory, target)))
+                outside = parts[: len(self.scope)] != self.scope
+        except OSError:  # gone, no longer a link, broken, a loop; LinkBudgetSpent too
             return
-        parts = split(posixpath.normpath(posixpath.join(directory, target)))
-        if parts[: len(self.scope)] != self.scope:
+        if outside:
             self.errors.add(_join(directory, name), OUTSIDE)
 
     def _resolve(self, directory: str, name: str, directory_fds: list[int]) -> Outcome:
@@ -143,6 +149,19 @@ class WalkLinks:
         if self.recursive:
             return len(parts) > depth
         return len(parts) == depth + 1
+
+
+def _climbs_after_a_name(target: str) -> bool:
+    """Whether ``target`` has a ``..`` after a named component: the text alone
+    cannot tell where it leads if that component is a link."""
+    named = False
+    for part in target.split("/"):
+        if part == "..":
+            if named:
+                return True
+        elif part not in ("", "."):
+            named = True
+    return False
 
 
 def _join(directory: str, name: str) -> str:

@@ -14,7 +14,7 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from stoat_ferret.library import ErrorLog, ScanError, _walk, _walklinks, walk_videos
+from stoat_ferret.library import ErrorLog, ScanError, _links, _walk, _walklinks, walk_videos
 from stoat_ferret.library._beneath import MAX_DEPTH
 from tests.library.support import listed_path
 from tests.permissions import call_denied
@@ -88,7 +88,8 @@ def test_a_symlink_leading_outside_is_an_error_whatever_its_name(
     (``Movies -> /mnt/nas/Movies``), named as a video or not, whether its
     target is there or not: the videos behind it are left out, and the scan
     says so. A link not named as a video is judged by its target as written
-    (only the link is read: no resolution, no link budget spent), and a
+    (only the link is read: no resolution, no link budget spent) unless it
+    climbs (``..``) after a named component, which may be a link, and a
     hidden one (``.config``) is left alone. A non-recursive walk enters no
     folder: it reports none of them."""
     outside = tmp_path / "outside"
@@ -103,8 +104,15 @@ def test_a_symlink_leading_outside_is_an_error_whatever_its_name(
     (root / "sub" / "Back").symlink_to("../../library/sub")  # out and back in, as written
     (root / "broken").symlink_to(root / "missing")  # inside and broken: by its name, no video
     (root / ".config").symlink_to(outside)  # hidden
+    # "..": after a named component, the text cannot tell; those links are resolved.
+    (root / "sub" / "Top").symlink_to("..")  # the scanned directory
+    (root / "sub" / "Films").symlink_to("Top/../films")  # Top's parent: outside
+    (root / "sub" / "deeper").mkdir()
+    (root / "x").mkdir()
+    (root / "Deeper").symlink_to("sub/deeper")
+    (root / "Near").symlink_to("Deeper/../../x")  # as written outside; in fact x, inside
     resolved: list[str] = []
-    resolve = _walklinks.resolve_link
+    resolve = _links.resolve_link
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         resolved.append(args[2])
@@ -117,9 +125,9 @@ def test_a_symlink_leading_outside_is_an_error_whatever_its_name(
     assert found == {inside}
     assert sorted(errors, key=lambda e: e["path"]) == [
         {"path": str(root / name), "error": "symlink points outside the scanned directory"}
-        for name in ("Movies", "Unmounted", "sub/Up", "sub/notes.txt")
+        for name in ("Movies", "Unmounted", "sub/Films", "sub/Up", "sub/notes.txt")
     ]
-    assert resolved == []  # only video-named links are resolved
+    assert sorted(resolved) == ["Films", "Near"]  # and video-named links (none here)
     assert _walk_paths(root, recursive=False) == (set(), [])
 
 
