@@ -382,8 +382,8 @@ def _check_creatable(directory: Path, message: str) -> None:
         raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StoreError(f"{message} ({os.strerror(errno.EACCES)})")
-    if file_system_full(os.fspath(existing)):
-        raise StoreError(f"{message} ({os.strerror(errno.ENOSPC)})")
+    if file_system_full(os.fspath(existing)):  # a full disk would fail SQLite's log files
+        raise StoreError(f"{message} (its file system is full: under 1 MiB or no inode left)")
 
 
 def _names(names: Mapping[str, str] | None) -> Mapping[str, str]:

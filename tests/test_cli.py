@@ -835,8 +835,9 @@ def test_check_whose_line_cannot_be_written_exits_2_with_one_line(
 def test_check_refuses_a_new_database_on_a_full_disk(
     tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Serving could not create the database on a file system with no block or
-    inode left ("database or disk is full"), so check says so: exit 2, one line."""
+    """Serving could not create the database, or SQLite its log files, on a
+    file system with no block or inode left ("database or disk is full"), so
+    check says so, from under 1 MiB left: exit 2, one line."""
     database = tmp / "data" / "stoat.db"
     assert main(["check", "--database", str(database)]) == 0  # the control: room left
     capsys.readouterr()
@@ -846,7 +847,9 @@ def test_check_refuses_a_new_database_on_a_full_disk(
     status, line = _check_line(database, capsys)
 
     assert status == 2
-    assert line.endswith(f"the directory of {database} (No space left on device)")
+    assert line.endswith(
+        f"the directory of {database} (its file system is full: under 1 MiB or no inode left)"
+    )
     assert not database.parent.exists()
 
 

@@ -122,7 +122,7 @@ async def stop_thumbnails(supervisor: JobSupervisor) -> None:
     for job in running.jobs:
         # Its error will say "cancelled by request": this line says whose.
         logger.info(
-            "thumbnails job cancelled: the service is stopping",
+            "cancelling the thumbnails job: the service is stopping",
             job_id=job.job_id,
             job_type=THUMBNAILS_JOB_TYPE,
         )

@@ -103,7 +103,7 @@ async def test_a_stop_cancels_the_thumbnails_job_at_once(
     ]
     assert ends[-1:] == ["cancelled"]
     assert any(
-        r["message"] == "thumbnails job cancelled: the service is stopping"
+        r["message"] == "cancelling the thumbnails job: the service is stopping"
         and r["extra"]["job_id"] == job["job_id"]
         for r in log_records
     )
