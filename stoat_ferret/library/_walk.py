@@ -308,7 +308,7 @@ class _Walk:
                     # decides, lower() only if not.
                     if not (name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)):
                         if recursive and entry.is_symlink():
-                            self.links.look_at(directory, name, fd)
+                            self.links.look_at(directory, name, self.fds)
                         continue
                     path = prefix + name
                     if not (name.isascii() or is_utf8(name)):

@@ -105,9 +105,9 @@ class WalkLinks:
         elif stat.S_ISREG(info.st_mode):
             self.found[target] = (info.st_size, info.st_mtime_ns)
 
-    def look_at(self, directory: str, name: str, directory_fd: int) -> None:
+    def look_at(self, directory: str, name: str, directory_fds: list[int]) -> None:
         """An error entry for the symlink ``name`` in ``directory`` (whose
-        descriptor is ``directory_fd``), named neither as a video nor as a
+        descriptor and those above it are ``directory_fds``), named neither as a video nor as a
         hidden file, if its target leads outside the scanned directory: to a
         folder there, say, whose videos a recursive walk would otherwise
         leave out without a word. Only the link is read (``readlink``) and
@@ -119,13 +119,18 @@ class WalkLinks:
         if name.startswith(".") or not is_utf8(name):
             return
         try:
-            target = os.readlink(name, dir_fd=directory_fd)
+            target = os.readlink(name, dir_fd=directory_fds[-1])
             if _climbs_after_a_name(target):  # "x/..": where x leads, not where it is
-                outside = self._resolve(directory, name, []) is None  # (opens its own)
+                outside = self._resolve(directory, name, directory_fds) is None
             else:  # the walk's own path holds no link: the text tells
                 parts = split(posixpath.normpath(posixpath.join(directory, target)))
                 outside = parts[: len(self.scope)] != self.scope
-        except OSError:  # gone, no longer a link, broken, a loop; LinkBudgetSpent too
+        except LinkBudgetSpent as exc:  # it may well lead outside
+            self.errors.add_unfollowed(
+                _join(directory, name), f"symlink not followed: {_reason(exc)}"
+            )
+            return
+        except OSError:  # gone, no longer a link, broken, a loop
             return
         if outside:
             self.errors.add(_join(directory, name), OUTSIDE)

@@ -445,6 +445,61 @@ def test_past_the_walk_s_link_budget_each_further_link_is_an_error_entry(
     assert errors.unread == []
 
 
+def test_a_climbing_link_deep_in_the_tree_is_resolved_from_the_walk_s_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten links ``Up<i> -> a/..`` six levels down: each opens its ``a`` and no
+    directory above it again (a link budget does not count those openings)."""
+    deep = tmp_path / "1" / "2" / "3" / "4" / "5" / "6"
+    (deep / "a").mkdir(parents=True)
+    for index in range(10):
+        (deep / f"Up{index}").symlink_to("a/..")
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting)
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert (found, errors) == (set(), [])  # each leads to 6: inside
+    assert opened.count("a") == 1 + 10  # the walk's own, then one a link
+    assert [opened.count(level) for level in "123456"] == [1] * 6  # the walk's only
+
+
+def test_past_the_budget_a_climbing_folder_link_is_an_error_entry_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Links not named as videos whose text climbs after a name are resolved,
+    from the same budget: past it, each is an errors entry saying it was not
+    followed (it may lead outside), as a video's link is."""
+    monkeypatch.setattr(_walklinks, "MAX_WALK_LINK_COMPONENTS", 15)
+    root = tmp_path / "library"
+    (root / "data").mkdir(parents=True)
+    for index in range(5):
+        (root / f"Films{index}").symlink_to("data/../../outside")
+    errors = ErrorLog()
+
+    found = walk_videos(str(root), recursive=True, errors=errors)
+
+    assert found == {}
+    reasons = sorted(entry["error"] for entry in errors.entries)
+    assert len(reasons) == 5
+    assert reasons.count("symlink points outside the scanned directory") >= 1
+    assert (
+        errors.unfollowed
+        == len(reasons) - reasons.count("symlink points outside the scanned directory")
+        >= 1
+    )
+    assert set(reasons) == {
+        "symlink points outside the scanned directory",
+        "symlink not followed: this scan has met 15 path components resolving symlinks, its limit",
+    }
+
+
 class _Untyped:
     """A directory entry of a file system that gives no type in its listing,
     whose lstat fails with EIO for one kind of question (``is_dir``,
