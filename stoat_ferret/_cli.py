@@ -20,6 +20,7 @@ import contextlib
 import errno
 import functools
 import os
+import shlex
 import textwrap
 from typing import TYPE_CHECKING, Final
 
@@ -264,13 +265,15 @@ def readable_by_others(database: Path) -> str | None:
     other users (a data directory of an earlier version: serving creates
     them 0600): their rows name every video. None if not, or unseen."""
     readable = []
-    for suffix in ("", "-wal", "-shm"):
+    for name in (f"{database}{suffix}" for suffix in ("", "-wal", "-shm")):
         with contextlib.suppress(OSError):
-            if os.lstat(f"{database}{suffix}").st_mode & 0o044:
-                readable.append(f"{database.name}{suffix}")
+            if os.lstat(name).st_mode & 0o044:
+                readable.append(name)
     if not readable:
         return None
-    return f"{', '.join(readable)} may be read by other users: chmod 600 {database}*"
+    # Not "stoat.db*": that names the thumbnails directory too, which 600 would lock.
+    names = ", ".join(os.path.basename(name) for name in readable)
+    return f"{names} may be read by other users: {shlex.join(['chmod', '600', *readable])}"
 
 
 def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:

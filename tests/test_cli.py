@@ -616,28 +616,39 @@ def test_a_database_others_may_read_is_noted_by_check_and_warned_of_by_serving(
     check says so at the end of its line, and serving's start-up warns, each
     naming the files and the command that makes them private; a private one
     (0600, as serving creates it) gets neither."""
-    data = tmp / "data"
+    data = tmp / "my data"
     data.mkdir(mode=0o700)
     database = data / "stoat.db"
     prepare_database(database, "--database")  # as serving makes it: 0600
     VideoStore.open(database).close()
     assert main(["check", "--database", str(database)]) == 0
     private = capsys.readouterr().out
+    check_startup(Settings(database_path=database)).release()  # logs as main() set up
+    private_start = capsys.readouterr().err
     database.chmod(0o644)
     (data / "stoat.db-wal").write_bytes(b"")
     (data / "stoat.db-wal").chmod(0o640)
-    expected = f"stoat.db, stoat.db-wal may be read by other users: chmod 600 {database}*"
+    command = f"chmod 600 '{database}' '{database}-wal'"  # not stoat.db*: the thumbnails too
+    expected = f"stoat.db, stoat.db-wal may be read by other users: {command}"
 
     assert main(["check", "--database", str(database)]) == 0
     noted = capsys.readouterr().out
-    check_startup(Settings(database_path=database)).release()  # logs as main() set up
+    check_startup(Settings(database_path=database)).release()  # (its close drops the -wal)
     warned = capsys.readouterr().err.splitlines()
+    database.chmod(0o644)
+    (data / "stoat.db-wal").write_bytes(b"")
+    (data / "stoat.db-wal").chmod(0o640)
+    subprocess.run(["sh", "-c", command], check=True)  # what it says to run: it works
+    assert main(["check", "--database", str(database)]) == 0
+    after = capsys.readouterr().out
 
     assert "may be read" not in private
+    assert private_start == ""
     assert noted.rstrip().endswith(f"; {expected}")
     [warning] = warned  # (the log line shortens its long fields)
     assert "WARNING" in warning
     assert "may be read by other users: chmod 600" in warning
+    assert "may be read" not in after
 
 
 @pytest.mark.usefixtures("_restored_logging")
