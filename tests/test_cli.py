@@ -638,6 +638,8 @@ def test_a_database_others_may_read_is_noted_by_check_and_warned_of_by_serving(
     database.chmod(0o644)
     (data / "stoat.db-wal").write_bytes(b"")
     (data / "stoat.db-wal").chmod(0o640)
+    thumbnails = data / "stoat.db.thumbnails"
+    thumbnails.mkdir(mode=0o700, exist_ok=True)
     subprocess.run(["sh", "-c", command], check=True)  # what it says to run: it works
     assert main(["check", "--database", str(database)]) == 0
     after = capsys.readouterr().out
@@ -649,6 +651,7 @@ def test_a_database_others_may_read_is_noted_by_check_and_warned_of_by_serving(
     assert "WARNING" in warning
     assert "may be read by other users: chmod 600" in warning
     assert "may be read" not in after
+    assert stat.S_IMODE(thumbnails.stat().st_mode) == 0o700  # left as it was
 
 
 @pytest.mark.usefixtures("_restored_logging")

@@ -130,8 +130,12 @@ class WalkLinks:
                 _join(directory, name), f"symlink not followed: {_reason(exc)}"
             )
             return
-        except OSError:  # gone, no longer a link, broken, a loop
-            return
+        except OSError as exc:
+            if exc.errno not in _BROKEN_LINK and exc.errno != errno.EINVAL:  # denied, an I/O error
+                self.errors.add_unfollowed(
+                    _join(directory, name), f"cannot follow symlink ({_reason(exc)})"
+                )
+            return  # gone, no longer a link (EINVAL), broken, a loop
         if outside:
             self.errors.add(_join(directory, name), OUTSIDE)
 

@@ -470,6 +470,35 @@ def test_a_climbing_link_deep_in_the_tree_is_resolved_from_the_walk_s_descriptor
     assert [opened.count(level) for level in "123456"] == [1] * 6  # the walk's only
 
 
+def test_a_climbing_folder_link_that_cannot_be_resolved_says_so_as_a_video_s_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error on the way (here, looking at ``sub``): the link may well
+    lead outside, so it is an errors entry, not followed, for a folder link
+    as for a video's."""
+    root = tmp_path / "lib"
+    (root / "sub").mkdir(parents=True)
+    (root / "Films").symlink_to("sub/../../outside")
+    (root / "clip.mkv").symlink_to("sub/../../out.mkv")
+    real_stat = os.stat
+
+    def failing(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if path == "sub" and kwargs.get("dir_fd") is not None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", failing)
+    errors = ErrorLog()
+
+    walk_videos(str(root), recursive=True, errors=errors)
+
+    assert sorted((entry["path"], entry["error"]) for entry in errors.entries) == [
+        (str(root / "Films"), "cannot follow symlink (Input/output error)"),
+        (str(root / "clip.mkv"), "cannot follow symlink (Input/output error)"),
+    ]
+    assert errors.unfollowed == 2
+
+
 def test_past_the_budget_a_climbing_folder_link_is_an_error_entry_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
