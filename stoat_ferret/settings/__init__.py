@@ -51,14 +51,13 @@ from stoat_ferret.settings._checks import (
     LOG_LEVELS,
     MAX_DEFAULT_PROBE_THREADS,
     MIN_TOKEN_CHARS,
-    ExposureError,
     SettingsError,
     default_probe_threads,
     is_loopback,
     usable_cores,
 )
 from stoat_ferret.settings._options import Option, options, parse_flag
-from stoat_ferret.settings._settings import Settings, check_known, known_variables
+from stoat_ferret.settings._settings import ExposureError, Settings, check_known, known_variables
 
 __all__ = [
     "LOG_FORMATS",

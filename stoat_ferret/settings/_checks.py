@@ -43,16 +43,6 @@ class SettingsError(ValueError):
     """Raised for a setting that cannot be used; the message is one line."""
 
 
-class ExposureError(SettingsError):
-    """Raised when the settings would serve other machines without a token or
-    scan roots (:meth:`Settings.check_exposure`), listening on ``host``:``port``."""
-
-    def __init__(self, message: str, *, host: str, port: int) -> None:
-        super().__init__(message)
-        self.host = host
-        self.port = port
-
-
 def _env(attribute: attrs.Attribute[Any]) -> str:
     return str(attribute.metadata["env"])
 

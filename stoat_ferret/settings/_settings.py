@@ -18,7 +18,6 @@ import attrs
 from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings._checks import (
     _PARSERS,
-    ExposureError,
     SettingsError,
     _absolute,
     _bare_host,
@@ -58,6 +57,16 @@ MAX_PROBE_THREADS: Final = 256
 
 MAX_STREAMS: Final = 10_000
 """The most ``STOAT_MAX_STREAMS`` may be: open connections (uvicorn's limit is this plus 100)."""
+
+
+class ExposureError(SettingsError):
+    """Raised when the settings would serve other machines without a token or
+    scan roots (:meth:`Settings.check_exposure`), listening on ``host``:``port``."""
+
+    def __init__(self, message: str, *, host: str, port: int) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
 
 
 @attrs.frozen(kw_only=True)
