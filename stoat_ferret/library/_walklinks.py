@@ -18,6 +18,11 @@ entry, not followed, and the walk goes on with everything else. A link
 that cannot be followed for another reason than a missing, looping or
 overlong target (denied, an I/O error) is noted in the log's
 ``unfollowed``, as one past the budget is: its target may well be there.
+
+A symlink named otherwise (a folder's link, say), in a recursive walk, is
+only looked at (:meth:`WalkLinks.look_at`): an error entry if it leads
+outside the scanned directory, judged by its text unless that climbs after
+a name, when it is resolved as above.
 """
 
 from __future__ import annotations
