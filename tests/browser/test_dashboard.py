@@ -434,6 +434,39 @@ def _job_list(route: Route) -> None:
     route.fulfill(json={"jobs": jobs, "total": LISTED, "limit": limit, "offset": 0})
 
 
+def test_the_job_list_says_it_is_loading_and_then_why_it_may_wait(
+    context: BrowserContext, server: Server
+) -> None:
+    """Until the job list answers, the page says it is loading, not "No jobs
+    yet"; after 10 s (the sixth dashboard tab of one browser waits for a
+    connection for as long as the others hold theirs) it says why it may
+    wait; once answered, the list and its count show."""
+    page = context.new_page()
+    console = Console()
+    console.watch(page)
+    held: list[Route] = []
+    page.route("**/api/v1/jobs?*", lambda route: held.append(route))
+    page.clock.install()
+    count = page.locator("#jobs-count")
+    try:
+        page.goto(f"{server.base_url}/")
+        page.wait_for_function("document.readyState === 'complete'")
+        expect(count).to_have_text("Loading the jobs…")
+        expect(page.locator("#jobs-empty")).to_be_hidden()
+        page.clock.run_for(9_000)
+        expect(count).to_have_text("Loading the jobs…")
+        page.clock.run_for(1_000)
+        expect(count).to_have_text(re.compile(r"^Still waiting for the service\. A browser keeps"))
+        [route] = held
+        _job_list(route)
+        expect(count).to_have_text(re.compile(r"^5000 jobs, newest 20 shown$"))
+        expect(page.locator("#jobs-empty")).to_be_hidden()
+    finally:
+        page.close()
+
+    assert console.errors == []
+
+
 def test_older_jobs_are_shown_up_to_the_most_one_answer_holds(
     context: BrowserContext, server: Server
 ) -> None:

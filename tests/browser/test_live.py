@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from stoat_ferret.library import VideoStore
 from tests.browser.test_dashboard import Console
 from tests.gated_service import HOLD
 from tests.server import running_server, server_environment, stop_hang_guard, wait_ready
@@ -145,8 +146,9 @@ def test_two_tabs_follow_six_running_scans_without_stalling(
 def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: Path) -> None:
     """While the service restarts the page says "reconnecting…"; then it is live again,
     resumes with the last id it saw, gets a ``reset`` and reloads the job list (the jobs
-    of the previous run are gone), and a scan started afterwards with an HTTP client
-    appears with its path."""
+    of the previous run are gone) and the library (here, a row deleted while the
+    service was down: no job of the new run could have told the page), and a scan
+    started afterwards with an HTTP client appears with its path."""
     env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="1")
     clip_dirs = []
     for name in ("before-restart", "after-restart"):
@@ -167,9 +169,15 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
         console = _open_tab(page, base_url)
         _scan(base_url, before_dir)  # its events give the page an id to resume after
         expect(_job(page, before_dir).locator(".badge")).to_have_text("completed")
+        expect(page.locator("#video-rows tr")).to_have_count(1)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_WITHIN) == 0
         expect(live).to_have_text("reconnecting…")
+    store = VideoStore.open(tmp_path / "data" / "stoat.db")  # as server_environment says
+    try:
+        store.delete([str(before_dir / "one.mp4")])
+    finally:
+        store.close()
     # The page reconnects to the address it was loaded from: the same port again
     # (the listener sets SO_REUSEADDR, so the port is free once the first exits).
     env["STOAT_PORT"] = base_url.rsplit(":", 1)[1]
@@ -178,6 +186,8 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
         expect(live).to_have_text("live")
         expect(_job(page, before_dir)).to_have_count(0)  # the list was reloaded
         expect(page.locator("#jobs-empty")).to_be_visible()
+        expect(page.locator("#video-rows tr")).to_have_count(0)  # and the library
+        expect(page.locator("#library-empty")).to_be_visible()
         _scan(base_url, clip_dir)
         job = _job(page, clip_dir)
         expect(job.locator(".badge")).to_have_text("completed")

@@ -37,6 +37,12 @@ const VIDEO_PAGE = 20;
 const RECONNECT_MS = 2000;
 const RECONNECT_MAX_MS = 60000;
 const HEALTH_EVERY_MS = 5000;
+// A job list not answered by then is waiting for a connection, most likely:
+// a browser keeps 6 at most to one server, and each dashboard tab holds one.
+const JOBS_SLOW_MS = 10000;
+const JOBS_SLOW =
+  "Still waiting for the service. A browser keeps at most 6 connections to one server, " +
+  "and each open dashboard tab holds one: close another tab of this dashboard.";
 const TERMINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
 // The counts of a completed job's result shown under it, by job type.
 const SCAN_COUNTS = ["found", "added", "updated", "unchanged", "removed"];
@@ -447,12 +453,17 @@ function onStatusChange(job) {
 
 async function loadJobs() {
   const asked = eventCount;
+  const slow = setTimeout(() => {
+    byId("jobs-count").textContent = JOBS_SLOW;
+  }, JOBS_SLOW_MS);
   let response;
   try {
     response = await request("GET", `${API}/jobs?limit=${jobLimit}`);
   } catch {
     byId("jobs-count").textContent = "Could not load the jobs: the service is unreachable.";
     return;
+  } finally {
+    clearTimeout(slow);
   }
   if (!response.ok || !response.data) {
     byId("jobs-count").textContent =
@@ -557,9 +568,11 @@ function connectEvents() {
     onJobEvent(job);
   });
   source.addEventListener("reset", (event) => {
-    // Changes were missed (the service restarted, or this page fell far behind).
+    // Changes were missed (the service restarted, or this page fell far behind):
+    // the jobs, and what the missed scans changed in the library.
     lastEventId = event.lastEventId;
     reloadJobs();
+    refreshLibrary();
   });
   source.onerror = () => {
     showLive("down", "reconnecting…");
