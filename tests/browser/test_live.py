@@ -198,6 +198,57 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
     assert console.errors == []
 
 
+def test_a_page_that_saw_no_event_reloads_the_library_after_an_outage(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """A page opened once every job had ended has no event id to resume
+    after: its stream opens afresh after a restart, with no ``reset``, and
+    the page loads the library again (a row deleted while the service was
+    down), as it loads the job list."""
+    env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="1")
+    clip_dir = tmp_path / "root" / "clips"
+    clip_dir.mkdir(parents=True)
+    make_video(clip_dir / "one.mp4")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.route("**/health", lambda route: route.fulfill(json=STEADY_HEALTH))
+    rows = page.locator("#video-rows tr")
+
+    with running_server(tmp_path, env, log_name="first.log") as process:
+        base_url = wait_ready(process, tmp_path / "first.log")
+        job_id = _scan(base_url, clip_dir)
+        for job in (job_id, *_thumbnails_jobs(base_url)):  # no job left to bring an event
+            waited = httpx.get(f"{base_url}/api/v1/jobs/{job}/wait?timeout=60", timeout=70)
+            assert waited.json()["status"] == "completed"
+        console = _open_tab(page, base_url)
+        expect(rows).to_have_count(1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+        expect(page.locator("#jobs-live")).to_have_text("reconnecting…")
+    store = VideoStore.open(tmp_path / "data" / "stoat.db")  # as server_environment says
+    try:
+        store.delete([str(clip_dir / "one.mp4")])
+    finally:
+        store.close()
+    env["STOAT_PORT"] = base_url.rsplit(":", 1)[1]
+    with running_server(tmp_path, env, log_name="second.log") as process:
+        assert wait_ready(process, tmp_path / "second.log") == base_url
+        expect(page.locator("#jobs-live")).to_have_text("live")
+        expect(rows).to_have_count(0)
+        expect(page.locator("#library-empty")).to_be_visible()
+        context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+
+    assert console.errors == []
+
+
+def _thumbnails_jobs(base_url: str) -> list[str]:
+    """The ids of the thumbnails jobs the service knows."""
+    listed = httpx.get(f"{base_url}/api/v1/jobs?job_type=thumbnails", timeout=10).json()
+    return [job["job_id"] for job in listed["jobs"]]
+
+
 # The page's reconnect timers are recorded instead of run, so the test sees
 # each wait and opens the stream again itself; Math.random is fixed at 0,
 # the shortest wait of each jittered range (half the backed-off ceiling).

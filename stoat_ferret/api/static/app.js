@@ -42,7 +42,7 @@ const HEALTH_EVERY_MS = 5000;
 const JOBS_SLOW_MS = 10000;
 const JOBS_SLOW =
   "Still waiting for the service. A browser keeps at most 6 connections to one server, " +
-  "and each open dashboard tab holds one: close another tab of this dashboard.";
+  "and each open tab of this dashboard holds one: if several are open, close one.";
 const TERMINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
 // The counts of a completed job's result shown under it, by job type.
 const SCAN_COUNTS = ["found", "added", "updated", "unchanged", "removed"];
@@ -451,11 +451,19 @@ function onStatusChange(job) {
   }
 }
 
-async function loadJobs() {
-  const asked = eventCount;
-  const slow = setTimeout(() => {
+let jobsSlow = null; // the hint's timer, while the job list has not answered
+
+/** Say why, if the job list has not answered (or its stream not opened) in JOBS_SLOW_MS. */
+function hintIfSlow() {
+  clearTimeout(jobsSlow);
+  jobsSlow = setTimeout(() => {
     byId("jobs-count").textContent = JOBS_SLOW;
   }, JOBS_SLOW_MS);
+}
+
+async function loadJobs() {
+  const asked = eventCount;
+  hintIfSlow();
   let response;
   try {
     response = await request("GET", `${API}/jobs?limit=${jobLimit}`);
@@ -463,7 +471,7 @@ async function loadJobs() {
     byId("jobs-count").textContent = "Could not load the jobs: the service is unreachable.";
     return;
   } finally {
-    clearTimeout(slow);
+    clearTimeout(jobsSlow);
   }
   if (!response.ok || !response.data) {
     byId("jobs-count").textContent =
@@ -524,6 +532,7 @@ let lastEventId = ""; // the id of the last event applied, to resume after
 let eventCount = 0; // events applied so far (orders them against list reloads)
 let reconnectTimer = null;
 let reconnectFailures = 0; // streams closed in a row without opening
+let streamOpened = false; // a stream of this page has opened before
 
 /** The wait before opening a closed stream again: backed off, with jitter. */
 function reconnectDelay() {
@@ -554,8 +563,14 @@ function connectEvents() {
     showLive("ok", "live");
     // A fresh stream brings the jobs not ended and then changes: the list shows
     // the rest. It is open before the list is asked for, so no change falls in
-    // between. A resumed one brings what was missed, or a reset.
-    if (!lastEventId) reloadJobs();
+    // between. A resumed one brings what was missed, or a reset. Opened anew
+    // with no id after an outage, nothing says what changed meanwhile: the
+    // library is loaded again too.
+    if (!lastEventId) {
+      reloadJobs();
+      if (streamOpened) refreshLibrary();
+    }
+    streamOpened = true;
   };
   source.addEventListener("job", (event) => {
     lastEventId = event.lastEventId;
@@ -1166,7 +1181,7 @@ function start() {
   byId("scan-form").addEventListener("submit", startScan);
   byId("jobs-more").addEventListener("click", () => {
     jobLimit = Math.min(jobLimit + JOB_PAGE, JOBS_SHOWN_MAX);
-    loadJobs();
+    reloadJobs(); // one at a time: one in flight asks again, with the new limit
   });
   byId("page-prev").addEventListener("click", () => {
     videoOffset = Math.max(0, videoOffset - VIDEO_PAGE);
@@ -1180,6 +1195,7 @@ function start() {
   watchVisibility();
   refreshHealth();
   showLive("down", "connecting…");
+  hintIfSlow(); // the stream may wait for a connection too
   connectEvents(); // its opening loads the job list
   refreshLibrary();
   setInterval(healthTick, HEALTH_EVERY_MS);
