@@ -465,7 +465,9 @@ def test_the_job_list_says_it_is_loading_and_then_why_it_may_wait(
             page.clock.run_for(20_000)
             expect(count).to_have_text("5000 jobs, newest 20 shown")
         else:
-            page.clock.run_for(10_000)
+            page.clock.run_for(9_000)
+            expect(count).to_have_text("Loading the jobs…")
+            page.clock.run_for(1_000)
             expect(count).to_have_text(
                 re.compile(r"^Still waiting for the service\. A browser keeps")
             )
@@ -473,6 +475,32 @@ def test_the_job_list_says_it_is_loading_and_then_why_it_may_wait(
         page.close()
 
     assert console.errors == []
+
+
+def test_a_stream_that_fails_before_it_opens_gets_the_list_not_the_hint(
+    context: BrowserContext, server: Server
+) -> None:
+    """A stream that fails (here, every attempt refused by the network) is no
+    wait for a connection: the job list is asked for at once and shows what
+    it has, and no hint about open tabs comes after."""
+    page = context.new_page()
+    console = Console()
+    console.watch(page)
+    page.route("**/api/v1/events*", lambda route: route.abort())
+    page.clock.install()
+    count = page.locator("#jobs-count")
+    try:
+        page.goto(f"{server.base_url}/")
+        expect(count).to_have_text(re.compile(r"^\d+ jobs?$"))
+        page.clock.run_for(20_000)
+        expect(count).to_have_text(re.compile(r"^\d+ jobs?$"))
+    finally:
+        page.close()
+
+    # Chromium logs each refused stream as a failed resource: those, and only those.
+    refused = [error for error in console.errors if "ERR_FAILED" in error]
+    assert refused
+    assert len(refused) == len(console.errors)
 
 
 def test_older_jobs_are_shown_up_to_the_most_one_answer_holds(

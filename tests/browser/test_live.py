@@ -241,6 +241,11 @@ def test_a_page_that_saw_no_event_reloads_the_library_after_an_outage(
         assert process.wait(timeout=STOP_WITHIN) == 0
 
     assert console.errors == []
+    # The library was loaded at the page's start and after the outage only:
+    # not again as its first stream opened; and no stream resumed with an id
+    # (which would have brought a reset instead).
+    assert sum("/api/v1/videos?" in url for url in console.requests) == 2
+    assert not any("last_event_id=" in url for url in console.requests)
 
 
 def _thumbnails_jobs(base_url: str) -> list[str]:

@@ -532,7 +532,7 @@ let lastEventId = ""; // the id of the last event applied, to resume after
 let eventCount = 0; // events applied so far (orders them against list reloads)
 let reconnectTimer = null;
 let reconnectFailures = 0; // streams closed in a row without opening
-let streamOpened = false; // a stream of this page has opened before
+let streamFailed = false; // a stream of this page failed since one last opened
 
 /** The wait before opening a closed stream again: backed off, with jitter. */
 function reconnectDelay() {
@@ -564,13 +564,13 @@ function connectEvents() {
     // A fresh stream brings the jobs not ended and then changes: the list shows
     // the rest. It is open before the list is asked for, so no change falls in
     // between. A resumed one brings what was missed, or a reset. Opened anew
-    // with no id after an outage, nothing says what changed meanwhile: the
-    // library is loaded again too.
+    // with no id after a failure (an outage, even before the first open),
+    // nothing says what changed meanwhile: the library is loaded again too.
     if (!lastEventId) {
       reloadJobs();
-      if (streamOpened) refreshLibrary();
+      if (streamFailed) refreshLibrary();
     }
-    streamOpened = true;
+    streamFailed = false;
   };
   source.addEventListener("job", (event) => {
     lastEventId = event.lastEventId;
@@ -590,6 +590,7 @@ function connectEvents() {
     refreshLibrary();
   });
   source.onerror = () => {
+    streamFailed = true;
     showLive("down", "reconnecting…");
     // CONNECTING: the browser retries by itself, with Last-Event-ID. CLOSED:
     // it gave up (the service answered 503 while stopping, or 401): reload the
@@ -600,6 +601,8 @@ function connectEvents() {
       reloadJobs();
       reconnectTimer = setTimeout(connectEvents, reconnectDelay());
       reconnectFailures += 1;
+    } else if (!jobsLoaded) {
+      reloadJobs(); // an error is no wait for a connection: the list says what it is
     }
   };
 }
