@@ -173,11 +173,7 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_WITHIN) == 0
         expect(live).to_have_text("reconnecting…")
-    store = VideoStore.open(tmp_path / "data" / "stoat.db")  # as server_environment says
-    try:
-        store.delete([str(before_dir / "one.mp4")])
-    finally:
-        store.close()
+    _delete_row(tmp_path, before_dir / "one.mp4")
     # The page reconnects to the address it was loaded from: the same port again
     # (the listener sets SO_REUSEADDR, so the port is free once the first exits).
     env["STOAT_PORT"] = base_url.rsplit(":", 1)[1]
@@ -225,11 +221,7 @@ def test_a_page_that_saw_no_event_reloads_the_library_after_an_outage(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_WITHIN) == 0
         expect(page.locator("#jobs-live")).to_have_text("reconnecting…")
-    store = VideoStore.open(tmp_path / "data" / "stoat.db")  # as server_environment says
-    try:
-        store.delete([str(clip_dir / "one.mp4")])
-    finally:
-        store.close()
+    _delete_row(tmp_path, clip_dir / "one.mp4")
     env["STOAT_PORT"] = base_url.rsplit(":", 1)[1]
     with running_server(tmp_path, env, log_name="second.log") as process:
         assert wait_ready(process, tmp_path / "second.log") == base_url
@@ -246,6 +238,16 @@ def test_a_page_that_saw_no_event_reloads_the_library_after_an_outage(
     # (which would have brought a reset instead).
     assert sum("/api/v1/videos?" in url for url in console.requests) == 2
     assert not any("last_event_id=" in url for url in console.requests)
+
+
+def _delete_row(tmp_path: Path, video: Path) -> None:
+    """Delete ``video``'s row from the stopped service's database (where
+    :func:`server_environment` puts it), as another process may."""
+    store = VideoStore.open(tmp_path / "data" / "stoat.db")
+    try:
+        store.delete([str(video)])
+    finally:
+        store.close()
 
 
 def _thumbnails_jobs(base_url: str) -> list[str]:
