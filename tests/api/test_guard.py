@@ -39,7 +39,7 @@ def _session_of(issued: int, token: str = TOKEN) -> str:
 
 SESSION = _session_of(int(time.time()))
 """What the dashboard's cookie holds for :data:`TOKEN`, made now (a test
-session is far shorter than the cookie's week)."""
+session is far shorter than the cookie's 12 hours)."""
 JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -407,7 +407,7 @@ def with_token(settings: Settings) -> Settings:
         pytest.param({"Authorization": f"Bearer {SESSION}"}, id="session-as-bearer"),
         pytest.param(
             {"Cookie": f"{TOKEN_COOKIE}={_session_of(int(time.time()) - SESSION_SECONDS)}"},
-            id="session-a-week-old",
+            id="session-as-old-as-its-lifetime",
         ),
         pytest.param(
             {"Cookie": f"{TOKEN_COOKIE}={_session_of(int(time.time()) + 3600)}"},
