@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from stoat_ferret.library import VideoRecord
-    from stoat_ferret.library._models import Applied
+    from stoat_ferret.library._models import Applied, LookedAt
 
 HOLD: Final = "HOLD"
 """The gate: a file of this name in a scanned directory (not a video: the scan ignores it)."""
@@ -59,7 +59,7 @@ async def _held_apply(
     deletions: Collection[str],
     *,
     written_before: datetime | None = None,
-    gone: Callable[[Collection[str]], Collection[str]] | None = None,
+    gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
 ) -> Applied:
     applied = await _write(self, records, deletions, written_before=written_before, gone=gone)
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from stoat_ferret.library._models import (
         Applied,
         Fingerprint,
+        LookedAt,
         Video,
         VideoFilter,
         VideoRecord,
@@ -370,15 +371,15 @@ class VideoLibrary:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-        gone: Callable[[Collection[str]], Collection[str]] | None = None,
+        gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
     ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one
         transaction; with ``written_before``, keep the rows of ``deletions``
         written since then (:meth:`VideoStore.remove_gone`); with ``gone``
         (blocking, run in the worker thread before the store is locked),
-        write no record whose file is gone, and delete its row. Says what
-        was left out: the records the store cannot hold, which are not
-        written and whose old rows go, and those whose file was gone
+        write no record whose file is gone (its row deleted) or changed
+        since (its row kept). Says what was left out: the records the store
+        cannot hold (their old rows deleted), and those gone or changed
         (:meth:`VideoStore.apply`)."""
         return await anyio.to_thread.run_sync(
             functools.partial(

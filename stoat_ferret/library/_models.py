@@ -160,6 +160,18 @@ class VideoFilter:
             raise ValueError(f"within must be absolute directories, got {self.within!r}")
 
 
+@attrs.frozen
+class LookedAt:
+    """What looking at a batch's files again just before its write found
+    (``ScannedDirectory.gone_before_write``)."""
+
+    gone: set[str] = attrs.field(factory=set)
+    """Paths whose file is gone: missing, or no longer a regular file."""
+    changed: set[str] = attrs.field(factory=set)
+    """Paths whose file is a regular file that no longer has the size and
+    modification time of its record's fingerprint."""
+
+
 @attrs.frozen(kw_only=True)
 class Applied:
     """What one write of a scan's batch (:meth:`VideoStore.apply`) left out."""
@@ -170,6 +182,9 @@ class Applied:
     """Records not written because their file was gone just before the write."""
     removed: list[str] = attrs.field(factory=list)
     """The paths of ``vanished`` whose stored row the write deleted."""
+    changed: list[str] = attrs.field(factory=list)
+    """Records not written because their file changed since they were made
+    (:attr:`LookedAt.changed`); their rows are left as they are."""
 
 
 @attrs.frozen

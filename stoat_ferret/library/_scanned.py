@@ -33,9 +33,12 @@ from loguru import logger
 from stoat_ferret.library import _mounts, _ondisk
 from stoat_ferret.library._beneath import open_below_root, open_scan_directory
 from stoat_ferret.library._exceptions import DirectoryReplaced
+from stoat_ferret.library._models import LookedAt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+
+    from stoat_ferret.library._models import Fingerprint, VideoRecord
 
 
 _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
@@ -61,13 +64,26 @@ def gone_beneath(
         root_fd: A descriptor of ``root``.
         disks: The mount points the walk found below ``root``, as it found them.
     """
+    return look_beneath(dict.fromkeys(paths), root, root_fd, disks).gone
+
+
+def look_beneath(
+    files: Mapping[str, Fingerprint | None],
+    root: str,
+    root_fd: int,
+    disks: Mapping[str, _ondisk.Disk] | None = None,
+) -> LookedAt:
+    """:func:`gone_beneath` of ``files``' paths; and, of the files there,
+    those whose ``(st_size, st_mtime_ns)`` is not their fingerprint in
+    ``files`` (None: not compared)."""
     mounts = disks or {}
     by_directory: dict[str, list[tuple[str, str]]] = {}
-    for path in paths:
+    for path in files:
         parent, name = os.path.split(path)
         by_directory.setdefault(parent, []).append((name, path))
     gone: set[str] = set()
-    for parent, files in by_directory.items():
+    changed: set[str] = set()
+    for parent, entries in by_directory.items():
         try:
             fd = _ondisk.open_on_its_disk(parent, root=root, root_fd=root_fd, disks=mounts)
         except _ondisk.DiskChanged as exc:
@@ -78,10 +94,10 @@ def gone_beneath(
             continue
         except OSError as exc:
             if exc.errno in _GONE:
-                gone.update(path for _, path in files)
+                gone.update(path for _, path in entries)
             continue
         try:
-            for name, path in files:
+            for name, path in entries:
                 try:
                     info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except OSError as exc:
@@ -92,13 +108,17 @@ def gone_beneath(
                 # the file (a bind mount of /dev/null, say), which hides it
                 # (a symlink never is: a mount follows it).
                 mode = info.st_mode
-                if not stat.S_ISREG(mode) and (
-                    stat.S_ISLNK(mode) or info.st_dev == os.fstat(fd).st_dev
+                if not stat.S_ISREG(mode):
+                    if stat.S_ISLNK(mode) or info.st_dev == os.fstat(fd).st_dev:
+                        gone.add(path)
+                elif (expected := files[path]) is not None and expected != (
+                    info.st_size,
+                    info.st_mtime_ns,
                 ):
-                    gone.add(path)
+                    changed.add(path)
         finally:
             os.close(fd)
-    return gone
+    return LookedAt(gone=gone, changed=changed)
 
 
 _MOVED_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
@@ -171,12 +191,17 @@ class ScannedDirectory:
         if self.fd is None or not paths:
             return set()
         try:
-            return self.gone_before_write(paths)
+            return self._look(dict.fromkeys(paths)).gone
         except DirectoryReplaced:
             return set()
 
-    def gone_before_write(self, paths: Collection[str]) -> set[str]:
-        """:meth:`gone_of`, for the records of a batch about to be written.
+    def gone_before_write(self, records: Sequence[VideoRecord]) -> LookedAt:
+        """:meth:`gone_of`, for the records of a batch about to be written;
+        and which of the files there changed since their records were made:
+        a size or modification time other than the record's fingerprint.
+        Such a record describes what the file held before (or, probed after
+        it changed, pairs what it holds now with a fingerprint it no longer
+        has), and another scan may have stored what it holds now.
 
         Raises:
             DirectoryReplaced: The directory is certainly no longer the one
@@ -190,18 +215,22 @@ class ScannedDirectory:
                 the batch is written.
         """
         assert self.fd is not None  # opened by the walk, before any record
+        return self._look({record.path: (record.size_bytes, record.mtime_ns) for record in records})
+
+    def _look(self, files: Mapping[str, Fingerprint | None]) -> LookedAt:
+        assert self.fd is not None
         # Looked at before and after: replaced while the files were looked at, say.
         there = self.at_path()
         if there is None:
-            return set()
+            return LookedAt()
         if not there:
             raise DirectoryReplaced(self.path, REPLACED_DURING_SCAN)
-        gone = gone_beneath(paths, self.path, self.fd, self.disks)
-        if gone and (there := self.at_path()) is not True:
+        looked = look_beneath(files, self.path, self.fd, self.disks)
+        if (looked.gone or looked.changed) and (there := self.at_path()) is not True:
             if there is None:
-                return set()
+                return LookedAt()
             raise DirectoryReplaced(self.path, REPLACED_DURING_SCAN)
-        return gone
+        return looked
 
     def still_there(self) -> bool:
         """Whether the directory is still the one its path opens (False when

@@ -11,7 +11,11 @@ file's does (``removed``); it counts in ``found`` only, not as added,
 updated or an error. So a slower scan does not write back a row that
 another scan has just removed as gone, but for a file deleted between that
 look and the commit, which may wait for another writer (the next scan
-removes its row). If the directory at the scan's path is no longer the one
+removes its row). One whose size or modification time is no longer the
+walk's is not written, nor counted as added or updated, and its row is left
+as it is: an ``errors`` entry (:data:`CHANGED_DURING_SCAN`). So a slower
+scan does not write its older look at a file over the row a faster one
+wrote of what it holds now. If the directory at the scan's path is no longer the one
 it opened (moved, removed, replaced by another or by a symlink, which may
 lead out of the roots), no batch is written from then on: the probes read
 the old directory, which that path no longer leads to. Nor is any chunk
@@ -47,6 +51,12 @@ the last chunk's results), or fewer once :data:`FLUSH_SECONDS` have passed."""
 
 FLUSH_SECONDS: Final = 0.25
 """Longest a probed file waits for its batch to be written."""
+
+CHANGED_DURING_SCAN: Final = (
+    "changed during the scan (another size or modification time): not stored by this "
+    "scan; the next scan probes it again"
+)
+"""The ``errors`` entry of a file rewritten between the walk and its batch's write."""
 
 
 @attrs.define(eq=False)
@@ -109,6 +119,9 @@ class ScanWriter:
                     self.refused(path, reason)
                 for path in applied.vanished:
                     self.vanished(path)
+                for path in applied.changed:
+                    self.vanished(path)
+                    self.errors.add(path, CHANGED_DURING_SCAN)
                 self.counts.removed += len(applied.removed)
 
     def replaced(self, records: list[VideoRecord], reason: str) -> None:

@@ -43,6 +43,7 @@ from stoat_ferret.library._models import (
     Applied,
     Fingerprint,
     GoneRows,
+    LookedAt,
     Video,
     VideoFilter,
     VideoRecord,
@@ -279,24 +280,29 @@ class VideoStore(ScanErrorStore):
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-        gone: Callable[[Collection[str]], Collection[str]] | None = None,
+        gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
     ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
 
         With ``written_before``, a row of ``deletions`` written at or after
         that moment is kept (see :meth:`remove_gone`).
 
-        With ``gone`` (file-system work, given the records' paths, returning
-        those whose file is gone), the records' files are looked at again
-        just before the write, without the write lock, as
+        With ``gone`` (file-system work, given the records, saying whose
+        file is gone and whose changed), the records' files are looked at
+        again just before the write, without the write lock, as
         :meth:`remove_gone` does: a record whose file is gone is not
         written, and its path's row, if any, is deleted as those of
         ``deletions`` are. So a file deleted after its probe gets no row,
         and a slower scan does not write back the row of a file another
         scan has just removed as gone (unless the file goes in the moment
         between that look and the commit: the next scan removes that row).
-        ``gone`` is called even for ``deletions`` alone (with no path): what
-        it raises refuses the whole batch.
+        A record whose file changed since it was made (another size or
+        modification time than its fingerprint) is not written either, and
+        its path's row is left as it is: a slower scan does not write its
+        older look at a file over the row a faster one wrote of what the
+        file holds now (the same moment aside). ``gone`` is called even
+        for ``deletions`` alone (with no record): what it raises refuses
+        the whole batch.
 
         A record the store cannot hold (a number beyond SQLite's INTEGER, a
         float that is not finite: ``_rows.unstorable``) is not written, and
@@ -306,11 +312,14 @@ class VideoStore(ScanErrorStore):
         if not records and not deletions:
             return Applied()
         vanished: list[str] = []
+        changed: list[str] = []
         left_out: set[str] = set()
         if gone is not None:  # even for deletions alone: it may refuse the batch
-            left_out = set(gone([record.path for record in records]))
+            looked = gone(records)
+            left_out = looked.gone | looked.changed
             if left_out:
-                vanished = [record.path for record in records if record.path in left_out]
+                vanished = [record.path for record in records if record.path in looked.gone]
+                changed = [record.path for record in records if record.path in looked.changed]
                 records = [record for record in records if record.path not in left_out]
         with self._writing() as connection:
             # Stamped under the lock: rows are committed in their stamps' order.
@@ -325,7 +334,7 @@ class VideoStore(ScanErrorStore):
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
         removed = [path for path in deleted if path in left_out] if vanished else []
-        return Applied(refused=refused, vanished=vanished, removed=removed)
+        return Applied(refused=refused, vanished=vanished, removed=removed, changed=changed)
 
     def remove_gone(
         self,

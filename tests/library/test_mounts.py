@@ -730,7 +730,7 @@ async def test_a_disk_mounted_again_right_after_the_look_loses_nothing(
     devices = Devices(monkeypatch)
     devices.mounted.append(lib / "disk")
     handler = make_scan_handler(library, probe_priority=NORMAL)
-    look = _scanned.gone_beneath
+    look = _scanned.look_beneath
 
     def look_then_mount(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -745,7 +745,7 @@ async def test_a_disk_mounted_again_right_after_the_look_loses_nothing(
         with monkeypatch.context() as patch:
             _unlisted(patch, lib / "disk" / "films")
             _after_the_walk(patch, lambda: unmount(lib / "disk", devices, tmp_path / "away"))
-            patch.setattr(_scanned, "gone_beneath", look_then_mount)
+            patch.setattr(_scanned, "look_beneath", look_then_mount)
             during = await handler(make_context(lib))
 
     assert during["removed"] == 0

@@ -394,6 +394,58 @@ async def test_a_slower_scan_does_not_write_back_a_row_another_scan_removed(
     assert stored == [str(kept)]
 
 
+@pytest.mark.parametrize("stored_before", [False, True], ids=["new", "stored"])
+async def test_a_slower_scan_does_not_write_its_older_look_over_a_newer_row(
+    library: VideoLibrary,
+    tmp_path: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+    stored_before: bool,
+) -> None:
+    """Scan A has probed a file; before A writes, the file is rewritten and
+    scan B stores what it holds now. A does not write its older look over
+    B's row: an errors entry says the file changed, it is neither added nor
+    updated, and A's other file is written."""
+    media = tmp_path / "media"
+    media.mkdir()
+    path = copy_video(clip, media / "a.mp4").path
+    other = copy_video(clip, media / "b.mp4").path
+    handler = make_scan_handler(library)
+    if stored_before:
+        with anyio.fail_after(TIMEOUT):
+            await handler(make_context(media))
+        await anyio.Path(other).write_bytes(await anyio.Path(other).read_bytes() + b"x")
+        await anyio.Path(path).write_bytes(await anyio.Path(path).read_bytes() + b"x")
+    later: list[dict[str, Any]] = []
+    apply = library.apply
+    a_writes = True
+
+    async def rewritten_and_scanned_then_apply(*args: Any, **kwargs: Any) -> Any:
+        nonlocal a_writes
+        if a_writes:  # A's first write; B's own writes pass straight through
+            a_writes = False
+            await anyio.Path(path).write_bytes(await anyio.Path(path).read_bytes() + b"yy")
+            later.append(await handler(make_context(media)))
+        return await apply(*args, **kwargs)
+
+    monkeypatch.setattr(library, "apply", rewritten_and_scanned_then_apply)
+    with anyio.fail_after(TIMEOUT):
+        held = await handler(make_context(media))
+        stored = {video.path: video for video in (await library.list_videos())[0]}
+
+    now = os.stat(path)
+    assert later[0]["errors"] == []
+    assert (stored[str(path)].size_bytes, stored[str(path)].mtime_ns) == (
+        now.st_size,
+        now.st_mtime_ns,
+    )
+    assert stored[str(other)].size_bytes == os.stat(other).st_size
+    assert held["errors"] == [{"path": str(path), "error": _scanwrite.CHANGED_DURING_SCAN}]
+    written = "updated" if stored_before else "added"
+    assert held[written] == 1  # b.mp4 alone
+    assert held["added" if stored_before else "updated"] == 0
+
+
 async def test_a_file_deleted_between_its_probe_and_its_write_gets_no_row(
     library: VideoLibrary, tmp_path: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
 ) -> None:

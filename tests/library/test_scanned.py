@@ -10,12 +10,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stoat_ferret.library import _beneath, _ondisk, _scanned
+from stoat_ferret.library._models import LookedAt
 from stoat_ferret.library._ondisk import Disk
 from stoat_ferret.library._scanned import ScannedDirectory, gone_beneath
+from tests.library.support import record
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
+
+    from stoat_ferret.library._models import Fingerprint
 
 
 def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
@@ -141,6 +145,37 @@ def test_gone_of_names_the_deleted_files_of_the_directory_it_opened(
     assert closed.value.errno == errno.EBADF
 
 
+def test_gone_before_write_tells_changed_files_from_gone_and_unchanged(
+    scope: Path, tmp_path: Path
+) -> None:
+    """Before a batch's write: a deleted file is gone; a file there with
+    another size or modification time than its record's is changed; one as
+    its record says is neither."""
+    deep = scope / "sub" / "deep.mp4"
+    scanned = ScannedDirectory(str(scope), (str(tmp_path),))
+    scanned.open()
+    try:
+        as_walked = {path: os.stat(path) for path in (scope / "clip.mp4", deep)}
+        records = [
+            record(str(path), size=info.st_size, mtime=info.st_mtime_ns)
+            for path, info in as_walked.items()
+        ]
+        records.append(record(str(scope / "gone.mp4")))
+        unchanged = scanned.gone_before_write(records)
+        os.utime(deep, ns=(0, as_walked[deep].st_mtime_ns + 1))
+        touched = scanned.gone_before_write(records)
+        with deep.open("ab") as grown:
+            grown.write(b"x")
+        os.utime(deep, ns=(0, as_walked[deep].st_mtime_ns))
+        grown_only = scanned.gone_before_write(records)
+    finally:
+        scanned.close()
+
+    gone = {str(scope / "gone.mp4")}
+    assert unchanged == LookedAt(gone=gone, changed=set())
+    assert touched == grown_only == LookedAt(gone=gone, changed={str(deep)})
+
+
 def _replace(scope: Path, tmp_path: Path) -> None:
     """Rename ``scope`` away, make a new one of the name, delete the old one's files."""
     os.rename(scope, tmp_path / "old")
@@ -172,15 +207,15 @@ def test_a_directory_replaced_while_its_files_are_looked_at_says_nothing_is_gone
 ) -> None:
     """The replacement comes after the first check, during the lookups: the
     check after them throws their answer away."""
-    real_gone_beneath = _scanned.gone_beneath
+    real_look_beneath = _scanned.look_beneath
 
     def replaced_meanwhile(
-        paths: Iterable[str], root: str, root_fd: int, disks: Mapping[str, Disk]
-    ) -> set[str]:
+        files: Mapping[str, Fingerprint | None], root: str, root_fd: int, disks: Mapping[str, Disk]
+    ) -> LookedAt:
         _replace(scope, tmp_path)
-        return real_gone_beneath(paths, root, root_fd, disks)
+        return real_look_beneath(files, root, root_fd, disks)
 
-    monkeypatch.setattr(_scanned, "gone_beneath", replaced_meanwhile)
+    monkeypatch.setattr(_scanned, "look_beneath", replaced_meanwhile)
     scanned = ScannedDirectory(str(scope), (str(tmp_path),))
     scanned.open()
     try:

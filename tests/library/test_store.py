@@ -34,14 +34,16 @@ from stoat_ferret.library import (
     _storeerrors,
 )
 from stoat_ferret.library._exceptions import store_error
-from stoat_ferret.library._models import GoneRows
+from stoat_ferret.library._models import GoneRows, LookedAt
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS
 from tests.library.support import record
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from collections.abc import Collection, Iterator, Sequence
     from pathlib import Path
+
+    from stoat_ferret.library import VideoRecord
 
 
 @pytest.fixture
@@ -929,12 +931,13 @@ def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: 
     store.upsert([record("/m/fresh.mp4", size=150)])  # another scan saw it since
     looked: list[list[str]] = []
 
-    def gone(paths: Collection[str]) -> Collection[str]:
+    def gone(records: Sequence[VideoRecord]) -> LookedAt:
         with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite", timeout=0)) as other:
             other.execute("BEGIN IMMEDIATE")  # raises if the store held the write lock
             other.rollback()
+        paths = [record.path for record in records]
         looked.append(sorted(paths))
-        return {path for path in paths if path != "/m/kept.mp4"}
+        return LookedAt(gone={path for path in paths if path != "/m/kept.mp4"})
 
     batch = [record(path, size=200) for path in ("/m/changed.mp4", "/m/new.mp4", "/m/fresh.mp4")]
     applied = store.apply(
@@ -950,6 +953,29 @@ def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: 
     assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [
         ("/m/fresh.mp4", 150),
         ("/m/kept.mp4", 300),
+    ]
+
+
+def test_apply_writes_no_record_whose_file_changed_and_keeps_its_row(store: VideoStore) -> None:
+    """A record whose file ``gone`` finds changed (another size or time than
+    its fingerprint: a faster scan may have stored what the file holds now)
+    is not written, and its path's row is left as it was, not deleted."""
+    store.upsert([record("/m/rewritten.mp4", size=150), record("/m/other.mp4")])
+
+    def gone(records: Sequence[VideoRecord]) -> LookedAt:
+        return LookedAt(changed={"/m/rewritten.mp4", "/m/new.mp4"})
+
+    batch = [record(path, size=200) for path in ("/m/rewritten.mp4", "/m/new.mp4", "/m/other.mp4")]
+    applied = store.apply(batch, [], gone=gone)
+
+    assert (applied.changed, applied.vanished, applied.removed) == (
+        ["/m/rewritten.mp4", "/m/new.mp4"],
+        [],
+        [],
+    )
+    assert [(v.path, v.size_bytes) for v in store.list_videos(10, 0)[0]] == [
+        ("/m/other.mp4", 200),
+        ("/m/rewritten.mp4", 150),
     ]
 
 
