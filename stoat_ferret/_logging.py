@@ -39,8 +39,10 @@ _TEXT: Final = (
     "<cyan>{name}</cyan> | <level>{extra[_message]}</level>{extra[_fields]}\n{exception}"
 )
 
-_ACCESS_FIELDS: Final = ("client", "method", "path", "http_version", "status")
-"""The arguments of uvicorn's access-log record, in order."""
+_ACCESS_FIELDS: Final = ("client", "method", "path", "http_version", "http_status")
+"""The arguments of uvicorn's access-log record, in order. ``http_status``, not
+``status``: a job's line has ``status`` as text, and a log store types a field
+by the first line that has it."""
 
 
 class InterceptHandler(logging.Handler):

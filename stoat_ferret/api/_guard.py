@@ -337,7 +337,10 @@ def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 
 async def _refused(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
     logger.info(
-        "request refused", status=response.status_code, method=scope["method"], path=scope["path"]
+        "request refused",
+        http_status=response.status_code,
+        method=scope["method"],
+        path=scope["path"],
     )
     await response(scope, receive, send)
 
@@ -347,7 +350,7 @@ async def _closed(response: ApiJSONResponse, scope: Scope, receive: Receive, sen
 
     A close before the handshake is accepted carries no reason to the client.
     """
-    logger.info("websocket refused", status=response.status_code, path=scope["path"])
+    logger.info("websocket refused", http_status=response.status_code, path=scope["path"])
     await WebSocketClose(code=1008)(scope, receive, send)
 
 

@@ -31,6 +31,8 @@ Each app has its own :class:`ServiceMetrics` (``app.state.metrics``, set by
 ==========================================  =====================================
 
 Plus ``prometheus_client``'s process, platform and garbage-collector figures.
+The job series of the app's own job types (:data:`KNOWN_JOB_TYPES`, each
+final status) are exported at 0 from the start.
 
 The cost of the job counters: every job change wakes the follower task,
 which snapshots the job on the event loop (a few microseconds per change,
@@ -67,7 +69,8 @@ from prometheus_client import (
 )
 
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
-from stoat_ferret.jobs import JobChange, JobNotFound, JobStatus
+from stoat_ferret.jobs import TERMINAL, JobChange, JobNotFound, JobStatus
+from stoat_ferret.library import THUMBNAILS_JOB_TYPE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -89,7 +92,13 @@ OTHER_METHOD: Final = "OTHER"
 NO_RESPONSE: Final = "none"
 """The ``status`` label of requests that ended before a response started (client gone)."""
 
-_JOB_SECONDS: Final = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Up to the thumbnails job's timeout (6 h): a longer job is counted in +Inf only.
+_JOB_SECONDS: Final = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+KNOWN_JOB_TYPES: Final = (SCAN_JOB_TYPE, THUMBNAILS_JOB_TYPE)
+"""The job types the app registers: their series are exported from the start,
+at 0, so that ``increase()`` sees the first of each (a first failure after a
+restart included). Another type's series appear when first counted."""
 
 MAX_SCAN_FIGURE: Final = 2**53
 """The largest figure of a scan result counted: every whole number up to it is
@@ -154,6 +163,11 @@ class ServiceMetrics:
             "Times the job metrics fell behind the job changes and missed some.",
             **options,
         )
+        for job_type in KNOWN_JOB_TYPES:
+            for family in (self.jobs_submitted, self.jobs_started, self.job_duration):
+                family.labels(job_type)
+            for status in TERMINAL:
+                self.jobs_ended.labels(job_type, status.value)
 
     def read_queue(self) -> None:
         """Set the gauges read from the queue's ``statistics()``: on the event

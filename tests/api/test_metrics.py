@@ -23,6 +23,7 @@ from stoat_ferret.api._metrics import (
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import ChangesLost, JobChange, JobNotFound, JobResult, JobStatus
+from stoat_ferret.library import THUMBNAILS_JOB_TYPE, THUMBNAILS_TIMEOUT
 from tests.api.support import (
     GatedScan,
     WatchedSupervisor,
@@ -354,6 +355,24 @@ async def test_job_seen_again_after_changes_lost_is_not_counted_twice() -> None:
     assert _value(samples, "stoat_jobs_started_total", job_type="t") == 1
     assert _value(samples, "stoat_jobs_ended_total", job_type="t", status="completed") == 1
     assert _value(samples, "stoat_metrics_changes_lost_total") == 1
+
+
+def test_the_series_of_the_apps_job_types_are_exported_at_zero_from_the_start() -> None:
+    """Before any job, each of the app's job types has its submitted, started,
+    duration and every final status's series, at 0: an alert on increase()
+    sees the first failure after a start. Durations reach the thumbnails job's
+    timeout."""
+    samples = _samples(ServiceMetrics().render().decode())
+
+    for job_type in (SCAN_JOB_TYPE, THUMBNAILS_JOB_TYPE):
+        of_type = frozenset({("job_type", job_type)})
+        for name in ("stoat_jobs_submitted_total", "stoat_jobs_started_total"):
+            assert samples[name, of_type] == 0
+        assert samples["stoat_job_duration_seconds_count", of_type] == 0
+        assert samples["stoat_job_duration_seconds_bucket", of_type | {("le", "21600.0")}] == 0
+        for status in ("completed", "failed", "timeout", "cancelled"):
+            assert samples["stoat_jobs_ended_total", of_type | {("status", status)}] == 0
+    assert THUMBNAILS_TIMEOUT <= 21600
 
 
 def test_job_first_seen_ended_counts_every_step() -> None:

@@ -125,7 +125,7 @@ def _jobs(server: Server) -> int:
 
 def _refusals(log: Path, path: str | None = None) -> list[str]:
     """The statuses of the refusals in the server's log, of requests to ``path`` if given."""
-    refused = re.findall(r"request refused.*status=(\d{3}).*path=(\S+)", log.read_text())
+    refused = re.findall(r"request refused.*http_status=(\d{3}).*path=(\S+)", log.read_text())
     return [status for status, where in refused if path is None or where == path]
 
 
