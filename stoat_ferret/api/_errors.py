@@ -7,7 +7,8 @@ exception                   status     why
 ``RequestValidationError``  422        bad query, path or body
 ``ScanPathRejected``        its own    400, 403, 404 or 409 for a scan path (503,
                                        with ``Retry-After``, when the server
-                                       is out of descriptors)
+                                       is out of descriptors, or the path's
+                                       file system cannot answer)
 ``JobNotFound``             404        unknown or evicted job id
 ``QueueFull`` (or closed)   503        with ``Retry-After``
 ``StoreBusy``               503        a read not done in time (busy, or too

@@ -41,6 +41,7 @@ import attrs
 
 from stoat_ferret.library import (
     MAX_SYMLINKS,
+    UNREACHABLE_ERRNOS,
     RootUnavailable,
     is_utf8,
     open_below_root,
@@ -62,6 +63,12 @@ __all__ = [
 SHORT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 """The errors that are the server's trouble of the moment (out of file
 descriptors or memory), not the request's: 503 with ``Retry-After``."""
+
+CANNOT_ANSWER: Final = UNREACHABLE_ERRNOS | {errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
+"""The errors of a file system that cannot answer now (a FUSE daemon gone, a
+network share's server away, a stale NFS handle, a disk's I/O error), which
+the scan takes for transient too: not the request's fault, 503 with
+``Retry-After``."""
 
 
 _OUTSIDE = "the path is outside the directories this service may scan"
@@ -104,7 +111,8 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
             process may not list; 404 missing; 400 not a directory, not
             UTF-8 once resolved, too long, or a symlink loop or a chain of more than
             :data:`MAX_SYMLINKS` links; 409 a directory in it replaced by a
-            symlink while it was checked; 503 out of file descriptors or memory.
+            symlink while it was checked; 503 out of file descriptors or
+            memory, or a file system that cannot answer (:data:`CANNOT_ANSWER`).
     """
     try:
         resolved = Path(real_path(requested, vet=_no_way_back(roots) if roots else None))
@@ -168,6 +176,9 @@ def _no_way_back(roots: Sequence[Path]) -> Callable[[str, str, bool], None]:
 def _rejection(exc: OSError, requested: str) -> ScanPathRejected:
     if exc.errno in SHORT_OF_RESOURCES:
         return ScanPathRejected(503, f"the service is short of resources ({exc.strerror})")
+    if exc.errno in CANNOT_ANSWER:
+        reason = exc.strerror or exc
+        return ScanPathRejected(503, f"the file system of {requested} cannot answer ({reason})")
     if exc.errno == errno.ENAMETOOLONG:
         return ScanPathRejected(400, "the path is too long for this system")
     if exc.errno in (errno.EACCES, errno.EPERM):

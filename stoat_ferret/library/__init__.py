@@ -19,6 +19,7 @@ from stoat_ferret.library._beneath import (
 from stoat_ferret.library._connections import inspect_database, refuse_unwritable
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
+    UNREACHABLE_ERRNOS,
     DirectoryReplaced,
     LibraryError,
     ProbeError,
@@ -94,6 +95,7 @@ __all__ = [
     "THUMBNAIL_MEDIA_TYPE",
     "THUMBNAIL_VERSION",
     "THUMBNAIL_WIDTH",
+    "UNREACHABLE_ERRNOS",
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",
     "DatabaseLock",

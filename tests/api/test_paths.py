@@ -174,13 +174,19 @@ def test_nul_byte_is_400(root: Path) -> None:
     ("error", "status"),
     [
         pytest.param(PermissionError(errno.EACCES, "Permission denied"), 403, id="EACCES"),
-        pytest.param(OSError(errno.EIO, "Input/output error"), 400, id="EIO"),
+        pytest.param(OSError(errno.EINVAL, "Invalid argument"), 400, id="EINVAL"),
+        pytest.param(OSError(errno.EIO, "Input/output error"), 503, id="EIO"),
+        pytest.param(OSError(errno.ESTALE, "Stale file handle"), 503, id="ESTALE"),
+        pytest.param(OSError(errno.ENOTCONN, "not connected"), 503, id="ENOTCONN"),
+        pytest.param(OSError(errno.ETIMEDOUT, "Connection timed out"), 503, id="ETIMEDOUT"),
     ],
 )
-def test_other_open_errors_are_4xx(
+def test_other_open_errors_are_4xx_or_503_when_the_file_system_cannot_answer(
     root: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, status: int
 ) -> None:
-    """A directory that cannot be opened is refused with a 4xx, never a crash."""
+    """A directory that cannot be opened is refused with a 4xx, never a crash;
+    a file system that cannot answer now (a FUSE daemon gone, a stale NFS
+    handle, an I/O error) is no fault of the request: 503, to try again."""
     real_open = os.open
 
     def opened(path: Any, *args: Any, **kwargs: Any) -> int:
