@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
-big-endian 32-bit integer (1398032978), the header's bytes 68-71."""
+big-endian 32-bit integer (1398031954), the header's bytes 68-71."""
 
 SCHEMA_VERSION: Final = 6
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
@@ -50,9 +50,10 @@ PROBE_VERSION: Final = 2
 """What a row's probe recorded: 2 is the editing metadata. A row with an older
 (or no) version is probed again by the next scan of its file."""
 
-# Column -> SQLite type of the editing metadata (probe version 2; schema version 3
-# adds the columns), in METADATA_FIELDS order.
-METADATA_COLUMNS: Final = {
+# Column -> SQLite type of the editing metadata (probe version 2), as schema
+# version 3 adds the columns, in METADATA_FIELDS order. Migration 3's text: it
+# never changes, even when a later version adds a field (a migration of its own).
+_METADATA_COLUMNS_V3: Final = {
     "container_format": "TEXT",
     "bit_rate": "INTEGER",
     "video_bit_rate": "INTEGER",
@@ -183,7 +184,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     3: (
         *(
             f"ALTER TABLE videos ADD COLUMN {name} {kind}"
-            for name, kind in METADATA_COLUMNS.items()
+            for name, kind in _METADATA_COLUMNS_V3.items()
         ),
         "ALTER TABLE videos ADD COLUMN probe_version INTEGER",
         "ALTER TABLE videos ADD COLUMN search_path TEXT",
