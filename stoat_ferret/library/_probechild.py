@@ -75,6 +75,11 @@ def main(argv: list[str]) -> None:
     # the service did with the signal (an ignored or blocked one is inherited).
     signal.signal(signal.SIGPROF, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPROF})
+    # The service ends it, by closing its socket: a stop signal sent to every
+    # process of the service at once (systemd's, pkill's) must not end it
+    # mid-file, before the service stops its work in order.
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(stop, signal.SIG_IGN)
     if ThreadPriority(priority) is ThreadPriority.IDLE:
         lower_priority()
     limit = int(memory)

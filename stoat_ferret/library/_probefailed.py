@@ -24,7 +24,8 @@ class Failed(ProbeError):
     budget, crashed or answered nonsense), rather than before it had it (it
     did not start, or had ended between two files), without spending CPU
     (the wall-clock backstop: stuck, or starved by a busy machine) or killed
-    by SIGKILL (the OOM killer, someone else). Only the file's doing is not
+    from outside (SIGKILL from the OOM killer, any signal but a crash's:
+    :func:`from_outside`). Only the file's doing is not
     ``transient``: a scan keeps the file's stored row (and its id) for the
     next scan to try again otherwise, and the thumbnails job tries it again.
     A child a hostile file took over could answer "unavailable" (transient)
@@ -60,6 +61,25 @@ def logged(work: str, path: str) -> Iterator[None]:
             files_doing=exc.files_doing,
         )
         raise
+
+
+CRASH_SIGNALS: Final = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS}
+)
+"""The signals by which a child ends of itself, over what it read: FFmpeg's
+crash or abort. (The CPU budget's SIGPROF is told apart where it is read.)
+Any other (SIGKILL from the OOM killer, SIGTERM or SIGUSR1 from someone
+else) comes from outside and is not the file's doing (:func:`from_outside`)."""
+
+
+def from_outside(ended: str) -> bool:
+    """Whether a child that ended so (:func:`end_child`'s words) was ended by a
+    signal from outside: one not in :data:`CRASH_SIGNALS`, nor SIGPROF."""
+    signal_name = ended.removeprefix("killed by ")
+    if signal_name == ended:
+        return False  # an exit status, or killed here
+    crashes = {crash.name for crash in CRASH_SIGNALS} | {signal.SIGPROF.name}
+    return signal_name not in crashes
 
 
 CLOSE_SECONDS: Final = 1.0

@@ -26,9 +26,10 @@ that asked waits for its answer:
   the child answers so (:class:`ShortOfMemory`: tried again later), and is
   ended after its answer: what it still holds may be why, and a new child
   takes the next file.
-- **Crash.** A child that dies (a signal, an exit) is the file's ``errors``
-  entry, with how it ended; the service goes on. A child whose answer is
-  not a description or a refusal is killed too, and not asked again.
+- **Crash.** A child that dies (a crash's signal, an exit) is the file's
+  ``errors`` entry, with how it ended; the service goes on (a child ignores
+  the stop signals systemd or ``pkill`` send every process of the service).
+  One whose answer is not a description or a refusal is killed too.
   (``_probefailed.py`` says whose fault each failure is taken for.)
 
 The thumbnails job decodes and encodes in the same children
@@ -85,6 +86,7 @@ from stoat_ferret.library._probefailed import (
     Failed,
     Unreached,
     end_child,
+    from_outside,
     logged,
 )
 from stoat_ferret.library._probestart import keep_out_of_reach, now, start_child, worn
@@ -365,11 +367,9 @@ class ProbeProcess:
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
                 raise Failed(name, spent, files_doing=True)
-            # SIGKILL does not come from its memory limit (which fails an
-            # allocation): most often the OOM killer or someone else, not the file.
-            killed = ended == f"killed by {signal.SIGKILL.name}"
+            # Not a crash's signal: from outside (the OOM killer's SIGKILL, not its memory limit's).
             ending = f"the probe process ended while it {doing} ({ended})"
-            raise Failed(name, ending, files_doing=not starting and not killed)
+            raise Failed(name, ending, files_doing=not starting and not from_outside(ended))
         if flags & socket.MSG_TRUNC:
             self._end()
             raise Failed(name, NOT_A_PROBE, files_doing=True)

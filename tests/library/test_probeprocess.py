@@ -404,32 +404,58 @@ def _holds(pid: int, path: Path) -> bool:
     return False
 
 
-def test_a_child_killed_with_the_file_is_an_error_tried_again_and_is_replaced(
+@pytest.mark.parametrize(
+    ("signal_number", "files_doing"),
+    [(signal.SIGKILL, False), (signal.SIGUSR1, False), (signal.SIGSEGV, True)],
+    ids=["killed", "signalled", "crashed"],
+)
+def test_a_child_killed_with_the_file_is_an_error_and_is_replaced(
     slow_file: Path,
     clip: EncodedVideo,
     tmp_path: Path,
     directory: int,
     probes: ProbeProcesses,
     monkeypatch: pytest.MonkeyPatch,
+    signal_number: signal.Signals,
+    files_doing: bool,
 ) -> None:
-    """A child that dies holding the file (here a SIGKILL once it has taken
-    the file that keeps FFmpeg busy) refuses it, tried again later, and says
-    how it ended; the service goes on with another."""
+    """A child that dies holding the file (here a signal once it has taken
+    the file that keeps FFmpeg busy) refuses it and says how it ended; the
+    service goes on with another. Killed from outside (SIGKILL, the OOM
+    killer's most often, or any signal but a crash's) it is not the file's
+    doing: tried again later; a crash (SIGSEGV) is the file's."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
     probes.probe("a.mp4", directory, Stop())
     [child] = probes.pids()
 
     with monkeypatch.context() as patched:
-        _signal_once_held(patched, child, tmp_path / "slow.mkv", signal.SIGKILL)
-        with pytest.raises(ProbeError, match="killed by SIGKILL") as refused:
+        _signal_once_held(patched, child, tmp_path / "slow.mkv", signal_number)
+        with pytest.raises(ProbeError, match=f"killed by {signal_number.name}") as refused:
             probes.probe("slow.mkv", directory, Stop())
 
-    # Killed from outside (the OOM killer, most often): not the file's doing,
-    # so a scan keeps the file's row for the next to try again.
-    assert refused.value.transient
+    # Not the file's doing: a scan keeps the file's row for the next to try again.
+    assert refused.value.transient is not files_doing
     assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
     assert probes.pids() not in ([], [child])
+
+
+def test_a_stop_signal_to_every_process_of_the_service_does_not_end_a_child(
+    clip: EncodedVideo, directory: int, tmp_path: Path, probes: ProbeProcesses
+) -> None:
+    """systemd stopping the service (or ``pkill``) signals each of its
+    processes: a child ignores SIGTERM, SIGINT, SIGHUP and SIGQUIT (the
+    service ends it by closing its socket, once its work is stopped in
+    order), and probes the next file itself."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        os.kill(child, stop)  # an ignored signal is dropped as it is sent
+
+    assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
+    assert probes.pids() == [child]
 
 
 def test_a_child_that_died_while_idle_is_replaced_for_the_next_file(
@@ -1180,7 +1206,9 @@ def test_a_request_whose_descriptors_were_cut_off_is_refused_as_transient(
 
 
 @pytest.mark.parametrize(
-    "signal_number", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"]
+    "signal_number",
+    [signal.SIGKILL, signal.SIGUSR1, signal.SIGSTOP],
+    ids=["killed", "signalled", "stopped"],
 )
 def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
     clip: EncodedVideo, tmp_path: Path, signal_number: int, monkeypatch: pytest.MonkeyPatch
