@@ -3,7 +3,8 @@
 The frame goes through one FFmpeg filter graph: ``scale`` to the displayed
 size (:func:`thumbnail_size`: :data:`THUMBNAIL_WIDTH` pixels wide, the
 sample aspect ratio applied, so an anamorphic 720x576 16:9 clip comes out
-16:9), then ``transpose`` or ``hflip,vflip`` for the rotation of the
+16:9) and from the frame's colour range (full or limited) to the limited
+range of the 4:2:0 output, then ``transpose`` or ``hflip,vflip`` for the rotation of the
 display matrix (as ``ffmpeg`` does by default), and is encoded by libwebp.
 WebP rather than JPEG: a third of the size at the same quality, and every
 current browser shows it. Pillow is not needed: PyAV's wheel carries both
@@ -30,6 +31,12 @@ MAX_HEIGHT: Final = 4 * THUMBNAIL_WIDTH
 """The tallest thumbnail: a hostile file may claim a frame 2 pixels wide and 16,000 tall."""
 
 _WEBP_QUALITY: Final = "75"
+
+# FFmpeg's AVColorRange, as the frame gives it, to ``scale``'s ranges. Full
+# range ("pc": phones' recordings, every MJPEG file) is scaled to the limited
+# range the 4:2:0 output and libwebp take; unspecified is told by the pixel
+# format ("auto": the yuvj formats are full range).
+_SCALE_RANGES: Final = {1: "tv", 2: "pc"}
 
 
 def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float) -> tuple[int, int]:
@@ -58,7 +65,11 @@ def filtered(
     graph = av.filter.Graph()
     nodes = [
         graph.add_buffer(template=stream),
-        graph.add("scale", f"{scaled_width}:{scaled_height}:flags=area"),
+        graph.add(
+            "scale",
+            f"{scaled_width}:{scaled_height}:flags=area"
+            f":in_range={_SCALE_RANGES.get(int(frame.color_range), 'auto')}:out_range=tv",
+        ),
         graph.add("setsar", "1"),
     ]
     if rotation == 90:

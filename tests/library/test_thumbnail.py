@@ -51,8 +51,10 @@ def make_split_video(
     sample_aspect: Fraction | None = None,
     frames: int = 50,
     display_matrix: list[int] | None = None,
+    full_range: bool = False,
 ) -> Path:
-    """An H.264 MP4 whose frames are white above the middle and black below.
+    """An H.264 MP4 whose frames are white above the middle and black below
+    (luma 235 and 16: in full range, ``full_range``, light and dark grey).
 
     ``rotation`` goes into the display matrix (counterclockwise degrees), or
     ``display_matrix`` as it is; ``sample_aspect`` into the stream; 50 frames
@@ -68,6 +70,8 @@ def make_split_video(
             stream.set_display_matrix(display_matrix)
         if sample_aspect is not None:
             stream.codec_context.sample_aspect_ratio = sample_aspect
+        if full_range:
+            stream.codec_context.color_range = 2  # AVCOL_RANGE_JPEG
         for index in range(frames):
             frame = av.VideoFrame(width, height, "yuv420p")
             luma = frame.planes[0]
@@ -152,6 +156,20 @@ def test_the_display_rotation_is_applied(tmp_path: Path, rotation: int, white_si
     bottom = grey[(height - 10) * line + middle_column]
     brightest = {"left": left, "right": right, "top": top, "bottom": bottom}
     assert max(brightest, key=lambda side: brightest[side]) == white_side
+
+
+@pytest.mark.parametrize(("full_range", "light", "dark"), [(False, 255, 0), (True, 235, 16)])
+def test_the_colour_range_is_kept(tmp_path: Path, full_range: bool, light: int, dark: int) -> None:
+    """Luma 235 and 16 are white and black in limited range, but light and
+    dark grey in full range (a phone's recording, an MJPEG file): the
+    thumbnail shows them as the frame's range says, as ffmpeg does."""
+    video = make_split_video(tmp_path / "range.mp4", full_range=full_range)
+
+    width, height, grey, line = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    top, bottom = grey[10 * line + width // 2], grey[(height - 10) * line + width // 2]
+    assert abs(top - light) <= 4
+    assert abs(bottom - dark) <= 4
 
 
 def test_the_sample_aspect_ratio_is_applied(tmp_path: Path) -> None:
