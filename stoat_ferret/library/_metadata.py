@@ -34,9 +34,10 @@ from __future__ import annotations
 import functools
 import gc
 import re
+import struct
 import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import av
 from av.sidedata.sidedata import Type as SideDataType
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from av.codec.context import CodecContext
     from av.container import InputContainer
     from av.container.streams import StreamContainer
+    from av.sidedata.sidedata import SideDataContainer
     from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
@@ -236,11 +238,25 @@ def display_rotation(frame: VideoFrame) -> int | None:
     return _sound_rotation(frame) if _has_display_matrix(frame) else None
 
 
+def display_matrix(frame: VideoFrame) -> tuple[int, ...] | None:
+    """The nine numbers of ``frame``'s display matrix (FFmpeg's layout, row by
+    row, 16.16 fixed point), or None without one; call it after
+    :func:`display_rotation`, which counts the side data it makes. The
+    thumbnails read its mirroring from it, which the rotation leaves out."""
+    side_data = cast("SideDataContainer", frame.side_data)  # PyAV's stub: a SideData
+    if SideDataType.DISPLAYMATRIX not in side_data:
+        return None
+    raw = bytes(side_data[SideDataType.DISPLAYMATRIX])
+    return struct.unpack("=9i", raw) if len(raw) == _MATRIX_BYTES else None
+
+
 def _sound_rotation(frame: VideoFrame) -> int | None:
     """The rotation of ``frame``'s display matrix, known to be there; None if degenerate."""
     rotation: int = frame.rotation
     return rotation if abs(rotation) <= _FULL_TURN else None
 
+
+_MATRIX_BYTES: Final = 9 * 4
 
 CYCLE_BYTES: Final = 128 * 1024 * 1024
 """Decoded frames, in bytes, whose side data was read since the cycle

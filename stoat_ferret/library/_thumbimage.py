@@ -4,8 +4,9 @@ The frame goes through one FFmpeg filter graph: ``scale`` to the displayed
 size (:func:`thumbnail_size`: :data:`THUMBNAIL_WIDTH` pixels wide, the
 sample aspect ratio applied, so an anamorphic 720x576 16:9 clip comes out
 16:9) and from the frame's colour range (full or limited) to the limited
-range of the 4:2:0 output, then ``transpose`` or ``hflip,vflip`` for the rotation of the
-display matrix (as ``ffmpeg`` does by default), and is encoded by libwebp.
+range of the 4:2:0 output, then ``transpose``, ``hflip`` or ``vflip`` for the
+rotation and the mirroring of the display matrix (:func:`turning`, as
+``ffmpeg`` does by default), and is encoded by libwebp.
 WebP rather than JPEG: a third of the size at the same quality, and every
 current browser shows it. Pillow is not needed: PyAV's wheel carries both
 the filters and the encoder.
@@ -18,7 +19,11 @@ from typing import TYPE_CHECKING, Final
 import av
 import av.filter
 
+from stoat_ferret.library._metadata import COLOR_RANGES
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
@@ -31,12 +36,6 @@ MAX_HEIGHT: Final = 4 * THUMBNAIL_WIDTH
 """The tallest thumbnail: a hostile file may claim a frame 2 pixels wide and 16,000 tall."""
 
 _WEBP_QUALITY: Final = "75"
-
-# FFmpeg's AVColorRange, as the frame gives it, to ``scale``'s ranges. Full
-# range ("pc": phones' recordings, every MJPEG file) is scaled to the limited
-# range the 4:2:0 output and libwebp take; unspecified is told by the pixel
-# format ("auto": the yuvj formats are full range).
-_SCALE_RANGES: Final = {1: "tv", 2: "pc"}
 
 
 def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float) -> tuple[int, int]:
@@ -54,11 +53,37 @@ def thumbnail_size(width: int, height: int, rotation: int, sample_aspect: float)
     return THUMBNAIL_WIDTH, min(MAX_HEIGHT, max(2, rows))
 
 
+def turning(rotation: int, matrix: Sequence[int] | None) -> list[tuple[str, str | None]]:
+    """The filters that show a frame as ``ffmpeg`` does by default (its
+    autorotate): turned by ``rotation`` (counterclockwise, a multiple of 90
+    in 0-270) and mirrored as the display ``matrix`` says (None: not)."""
+    m = matrix or _IDENTITY
+    if rotation == 90:
+        return [("transpose", "clock_flip" if m[3] < 0 else "cclock")]
+    if rotation == 270:
+        return [("transpose", "cclock_flip" if m[3] > 0 else "clock")]
+    filters: list[tuple[str, str | None]] = []
+    if rotation == 180 and m[0] < 0:
+        filters.append(("hflip", None))
+    if m[4] < 0:  # turned by a half or not at all
+        filters.append(("vflip", None))
+    return filters
+
+
+_IDENTITY: Final = (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+
+
 def filtered(
-    stream: VideoStream, frame: VideoFrame, width: int, height: int, rotation: int
+    stream: VideoStream,
+    frame: VideoFrame,
+    width: int,
+    height: int,
+    rotation: int,
+    matrix: Sequence[int] | None = None,
 ) -> VideoFrame:
     """``frame`` of ``stream`` scaled to ``width`` x ``height`` (:func:`thumbnail_size`)
-    and turned by ``rotation``, in 4:2:0."""
+    and turned by ``rotation`` and mirrored as its display ``matrix`` says
+    (:func:`turning`), in 4:2:0."""
     # Scaled before the rotation: a frame turned a quarter is scaled to the
     # turned size. The display matrix turns counterclockwise by `rotation`.
     scaled_width, scaled_height = (height, width) if rotation % 180 else (width, height)
@@ -68,16 +93,14 @@ def filtered(
         graph.add(
             "scale",
             f"{scaled_width}:{scaled_height}:flags=area"
-            f":in_range={_SCALE_RANGES.get(int(frame.color_range), 'auto')}:out_range=tv",
+            # Full range ("pc": phones' recordings, every MJPEG file) to the
+            # limited range of the 4:2:0 output that libwebp takes; an
+            # unspecified one is told by the pixel format (the yuvj are full).
+            f":in_range={COLOR_RANGES.get(int(frame.color_range), 'auto')}:out_range=tv",
         ),
         graph.add("setsar", "1"),
     ]
-    if rotation == 90:
-        nodes.append(graph.add("transpose", "cclock"))
-    elif rotation == 270:
-        nodes.append(graph.add("transpose", "clock"))
-    elif rotation == 180:
-        nodes += [graph.add("hflip"), graph.add("vflip")]
+    nodes += [graph.add(name, arguments) for name, arguments in turning(rotation, matrix)]
     nodes += [graph.add("format", "yuv420p"), graph.add("buffersink")]
     graph.link_nodes(*nodes).configure()
     graph.push(frame)

@@ -74,7 +74,7 @@ from stoat_ferret.library._input import (
     short_of_memory,
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
-from stoat_ferret.library._metadata import display_rotation, moving_pictures
+from stoat_ferret.library._metadata import display_matrix, display_rotation, moving_pictures
 from stoat_ferret.library._thumbimage import encode_webp, filtered, thumbnail_size
 
 if TYPE_CHECKING:
@@ -291,12 +291,14 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
         return None
     # The nearest right angle: the size and the turn must agree, and only
     # quarter turns keep a frame a rectangle. No (sound) display matrix: no turn.
-    rotation = round((display_rotation(frame) or 0) / 90) * 90 % 360
+    angle = display_rotation(frame)
+    rotation = round((angle or 0) / 90) * 90 % 360
+    matrix = None if angle is None else display_matrix(frame)
     aspect = stream.sample_aspect_ratio
     width, height = thumbnail_size(
         frame.width, frame.height, rotation, float(aspect) if aspect else 1.0
     )
-    scaled = filtered(stream, frame, width, height, rotation)
+    scaled = filtered(stream, frame, width, height, rotation, matrix)
     return encode_webp(scaled)
 
 

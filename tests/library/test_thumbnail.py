@@ -6,7 +6,7 @@ import errno
 import os
 import shutil
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import av
 import pytest
@@ -170,6 +170,68 @@ def test_the_colour_range_is_kept(tmp_path: Path, full_range: bool, light: int, 
     top, bottom = grey[10 * line + width // 2], grey[(height - 10) * line + width // 2]
     assert abs(top - light) <= 4
     assert abs(bottom - dark) <= 4
+
+
+def make_corner_video(path: Path, display_matrix: list[int] | None) -> Path:
+    """A 64x48 H.264 MP4, white in its top-left quarter and black elsewhere,
+    with ``display_matrix`` (None: none)."""
+    width, height = 64, 48
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("h264", rate=25, options={"g": "5"})
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if display_matrix is not None:
+            stream.set_display_matrix(display_matrix)
+        for index in range(20):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            luma = frame.planes[0]
+            lit = bytes([WHITE]) * (width // 2) + bytes([BLACK]) * (luma.line_size - width // 2)
+            dark = bytes([BLACK]) * luma.line_size
+            luma.update(lit * (height // 2) + dark * (height - height // 2))
+            for chroma in frame.planes[1:]:
+                chroma.update(bytes([128]) * chroma.buffer_size)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+ONE: Final = 1 << 16  # 1.0 in a display matrix's 16.16 fixed point
+W: Final = 1 << 30  # its last column's 1.0 (2.30)
+
+
+@pytest.mark.parametrize(
+    ("matrix", "corner", "turned"),
+    [
+        pytest.param(None, "top left", False, id="none"),
+        pytest.param([-ONE, 0, 0, 0, ONE, 0, 0, 0, W], "top right", False, id="mirrored"),
+        pytest.param([ONE, 0, 0, 0, -ONE, 0, 0, 0, W], "bottom left", False, id="upside-down"),
+        pytest.param([-ONE, 0, 0, 0, -ONE, 0, 0, 0, W], "bottom right", False, id="half-turn"),
+        pytest.param([0, -ONE, 0, ONE, 0, 0, 0, 0, W], "bottom left", True, id="quarter"),
+        pytest.param([0, ONE, 0, -ONE, 0, 0, 0, 0, W], "top right", True, id="three-quarters"),
+        pytest.param([0, ONE, 0, ONE, 0, 0, 0, 0, W], "top left", True, id="quarter-mirrored"),
+        pytest.param([0, -ONE, 0, -ONE, 0, 0, 0, 0, W], "bottom right", True, id="3/4-mirrored"),
+    ],
+)
+def test_the_display_matrix_turns_and_mirrors_as_ffmpeg_shows_it(
+    tmp_path: Path, matrix: list[int] | None, corner: str, turned: bool
+) -> None:
+    """The white top-left quarter of the frame ends in the corner where
+    ``ffmpeg -i clip.mp4 -frames:v 1 shown.png`` (FFmpeg 5.1) shows it: the
+    matrix's mirroring is applied with its turn, as ffmpeg's autorotate does."""
+    video = make_corner_video(tmp_path / "corner.mp4", matrix)
+
+    width, height, grey, line = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    assert (width, height) == (THUMBNAIL_WIDTH, 426 if turned else 240)
+    rows = {"top": height // 4, "bottom": 3 * height // 4}
+    columns = {"left": width // 4, "right": 3 * width // 4}
+    brightness = {
+        f"{row} {column}": grey[rows[row] * line + columns[column]]
+        for row in rows
+        for column in columns
+    }
+    assert max(brightness, key=lambda name: brightness[name]) == corner
 
 
 def test_the_sample_aspect_ratio_is_applied(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from stoat_ferret.library import (
+    THUMBNAIL_VERSION,
     StoreError,
     ThumbnailStore,
     VideoLibrary,
@@ -65,7 +66,7 @@ def test_a_new_version_replaces_the_old(tmp_path: Path) -> None:
 
     store.write(7, (200, 6), b"new")
 
-    assert os.listdir(tmp_path / "thumbs" / "7") == ["v1-200-6.webp"]
+    assert os.listdir(tmp_path / "thumbs" / "7") == [f"{THUMBNAIL_VERSION}-200-6.webp"]
     assert store.read(7, (200, 6)) == b"new"
 
 
@@ -193,12 +194,30 @@ def test_a_directory_swapped_in_as_the_store_claims_anew_is_not_written(
     assert sorted(os.listdir(tmp_path / "thumbs")) == ["5", "notes.txt"]
 
 
+@pytest.mark.parametrize("earlier", ["v1-10-10.webp", "v1-10-10.failed"])
+def test_a_thumbnail_or_marker_of_an_earlier_version_is_made_again(
+    tmp_path: Path, earlier: str
+) -> None:
+    """v1 made thumbnails of full-range or mirrored videos wrong, and marked
+    videos whose probe child someone else had signalled: neither a v1 image
+    nor a v1 marker counts, so the next job makes this version's, which
+    leaves only it."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (1, 1), b"unrelated")  # makes the video's folder
+    folder = tmp_path / "thumbs" / "7"
+    os.replace(folder / f"{THUMBNAIL_VERSION}-1-1.webp", folder / earlier)
+
+    assert (store.read(7, (10, 10)), store.state(7, (10, 10))) == (None, None)
+    store.write(7, (10, 10), b"new")
+    assert os.listdir(folder) == [f"{THUMBNAIL_VERSION}-10-10.webp"]
+
+
 def test_a_directory_put_in_its_place_is_read_as_having_no_thumbnails(tmp_path: Path) -> None:
     """Its files are not served as the store's, until it is claimed or refused."""
     store = ThumbnailStore(tmp_path / "thumbs")
     (tmp_path / "thumbs").rename(tmp_path / "moved")
     (tmp_path / "thumbs" / "7").mkdir(parents=True)
-    (tmp_path / "thumbs" / "7" / "v1-10-10.webp").write_bytes(b"theirs")
+    (tmp_path / "thumbs" / "7" / f"{THUMBNAIL_VERSION}-10-10.webp").write_bytes(b"theirs")
 
     assert store.read(7, (10, 10)) is None
     assert store.state(7, (10, 10)) is None
@@ -263,14 +282,14 @@ def test_a_symlinked_video_folder_is_never_written_through(tmp_path: Path) -> No
     with pytest.raises(OSError, match="symbolic link"):
         store.write(1, (10, 10), b"image")
     assert os.listdir(victim) == ["keep.txt"]
-    (victim / "v1-10-10.webp").write_bytes(b"not through the link")
+    (victim / f"{THUMBNAIL_VERSION}-10-10.webp").write_bytes(b"not through the link")
     assert store.read(1, (10, 10)) is None
     assert store.state(1, (10, 10)) is None
 
     store.remove([1])
 
     assert not os.path.lexists(tmp_path / "thumbs" / "1")
-    assert sorted(os.listdir(victim)) == ["keep.txt", "v1-10-10.webp"]
+    assert sorted(os.listdir(victim)) == ["keep.txt", f"{THUMBNAIL_VERSION}-10-10.webp"]
 
 
 def test_sweep_removes_a_symlinked_folder_not_its_target(tmp_path: Path) -> None:
