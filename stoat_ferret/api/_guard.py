@@ -38,6 +38,10 @@ the body is larger than                413     counted as it arrives, whatever
 :data:`~stoat_ferret.api._schemas.             ``Content-Length`` says (see
 MAX_BODY_BYTES`, or a ``GET``/``HEAD``         :class:`_BodyLimit`)
 has a chunked body
+a request of another method than       415     no coding is read (with
+``GET``/``HEAD`` has a                         ``Accept-Encoding: identity``): a
+``Content-Encoding`` but ``identity``          proxy that decodes would see
+                                               another body than the service
 =====================================  ======  =====================================
 
 Starlette's ``TrustedHostMiddleware`` makes the first check, but answers in
@@ -50,7 +54,6 @@ from __future__ import annotations
 import hmac
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final, Literal
-from urllib.parse import urlsplit
 
 import attrs
 from loguru import logger
@@ -58,6 +61,15 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketClose
 
 from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._origins import (
+    DEFAULT_PORTS,
+    HTTP_SCHEMES,
+    claimed_origin,
+    host_name,
+    origin_key,
+    split_host,
+    trusted_hosts,
+)
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
 from stoat_ferret.api._session import SESSION_PATH, session_cookies, session_valid
 
@@ -75,71 +87,9 @@ BODILESS_METHODS: Final = frozenset({"GET", "HEAD"})
 
 TOO_BIG: Final = f"the body is larger than {MAX_BODY_BYTES} bytes"
 CHUNKED_GET: Final = "a GET or HEAD request takes no chunked body"
-
-LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
+ENCODED: Final = "the body must not be compressed or encoded (no Content-Encoding): send it as is"
 
 _BEARER_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'}
-
-
-def trusted_hosts(settings: Settings) -> frozenset[str]:
-    """The host names a request may be addressed to, lower case, IPv6 without brackets.
-
-    ``STOAT_HOST`` (unless it is a wildcard address, which names no host),
-    the loopback names, and ``STOAT_ALLOWED_HOSTS``.
-    """
-    bound = settings.host.lower().removeprefix("[").removesuffix("]")
-    wildcard = bound in ("0.0.0.0", "::")
-    return frozenset((*LOOPBACK_NAMES, *(() if wildcard else (bound,)), *settings.allowed_hosts))
-
-
-def split_host(header: str) -> tuple[str, int | None] | None:
-    """A ``Host`` header's lower-case name and port (``[::1]:8000`` -> ``("::1", 8000)``).
-
-    None if malformed; the port is None when the header names none.
-    """
-    if header.startswith("["):
-        name, bracket, port = header[1:].partition("]")
-        if not bracket or (port and not port.startswith(":")):
-            return None
-        port = port[1:]
-    else:
-        name, _, port = header.partition(":")
-    # ASCII digits only: str.isdigit says yes to "²", which int() refuses;
-    # and at most five after any leading zeros, as a port has (int() refuses
-    # more than 4,300 digits, leading zeros counted).
-    digits = port.lstrip("0") or "0"
-    if not name or (port and not (port.isascii() and port.isdigit() and len(digits) <= 5)):
-        return None
-    return name.lower(), int(digits) if port else None
-
-
-def host_name(header: str) -> str | None:
-    """The name part of a ``Host`` header (``[::1]:8000`` -> ``::1``); None if malformed."""
-    split = split_host(header)
-    return None if split is None else split[0]
-
-
-OriginKey = tuple[str, str, int]
-"""An origin as compared: scheme, lower-case host (IPv6 without brackets), port."""
-
-DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-
-HTTP_SCHEMES: Final = {"ws": "http", "wss": "https"}
-"""A WebSocket's scheme, as its page's ``Origin`` spells it."""
-
-
-def origin_key(origin: str) -> OriginKey | None:
-    """``origin`` as compared, the scheme's default port filled in; None if it is no
-    http(s) origin (``null``, another scheme, a bad port)."""
-    try:
-        parts = urlsplit(origin.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
-    return scheme, parts.hostname, DEFAULT_PORTS[scheme] if port is None else port
 
 
 class RequestGuard:
@@ -202,10 +152,14 @@ class RequestGuard:
             size = MAX_BODY_BYTES + 1
         else:
             size = int(digits)
-        if connection.scope["method"] in BODILESS_METHODS and "transfer-encoding" in headers:
+        bodiless = connection.scope["method"] in BODILESS_METHODS
+        if bodiless and "transfer-encoding" in headers:
             return _refuse(413, CHUNKED_GET)
         if size > MAX_BODY_BYTES:
             return _refuse(413, TOO_BIG)
+        coding = headers.get("content-encoding", "identity").strip().lower()
+        if not bodiless and coding != "identity":
+            return _refuse(415, ENCODED, {"Accept-Encoding": "identity"})
         return None
 
     def refusal(self, connection: HTTPConnection) -> ApiJSONResponse | None:
@@ -313,35 +267,13 @@ class RequestGuard:
         return "bearer" if bearer else "cookie" if cookie else None
 
 
-def claimed_origin(headers: Headers) -> str | None:
-    """The origin a browser names: ``Origin``, else the ``Referer``'s; None if neither is sent.
-
-    A ``Referer`` that names no origin gives ``"null"``, which no service has.
-    """
-    origin = headers.get("origin")
-    referer = headers.get("referer")
-    if origin is not None or referer is None:
-        return origin
-    try:
-        parts = urlsplit(referer.strip())
-        host = parts.netloc.rpartition("@")[2]
-        _ = parts.port  # raises ValueError for a port that is not one
-    except ValueError:
-        return "null"
-    return f"{parts.scheme}://{host}" if parts.scheme and host else "null"
-
-
 def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiJSONResponse:
     return ApiJSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 async def _refused(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
-    logger.info(
-        "request refused",
-        http_status=response.status_code,
-        method=scope["method"],
-        path=scope["path"],
-    )
+    method, path = scope["method"], scope["path"]
+    logger.info("request refused", http_status=response.status_code, method=method, path=path)
     await response(scope, receive, send)
 
 

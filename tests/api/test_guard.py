@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import json
@@ -14,7 +15,8 @@ import attrs
 import pytest
 
 from stoat_ferret.api import _session
-from stoat_ferret.api._guard import CHUNKED_GET, TOO_BIG, host_name, trusted_hosts
+from stoat_ferret.api._guard import CHUNKED_GET, ENCODED, TOO_BIG
+from stoat_ferret.api._origins import host_name, trusted_hosts
 from stoat_ferret.api._schemas import MAX_BODY_BYTES
 from stoat_ferret.api._session import SESSION_SECONDS, SESSION_SKEW_SECONDS, TOKEN_COOKIE
 from stoat_ferret.api.app import create_app
@@ -628,6 +630,41 @@ async def test_a_session_is_started_with_json_only(
 
 
 # ---------------------------------------------------------------------- body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("coding", "gzipped"),
+    [("gzip", False), ("gzip", True), ("br", False), ("identity, gzip", False)],
+    ids=["gzip-label-only", "gzip", "br", "stacked"],
+)
+async def test_an_encoded_body_is_415_and_starts_nothing(
+    settings: Settings, scan_root: Path, coding: str, gzipped: bool
+) -> None:
+    """A body sent with a Content-Encoding is not read as if it had none (a
+    proxy that decodes it would see another body than the service): 415,
+    saying to send it as is, whether or not it really is encoded; no job."""
+    body = json.dumps({"path": str(scan_root)}).encode()
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN,
+                content=gzip.compress(body) if gzipped else body,
+                headers={"Content-Type": "application/json", "Content-Encoding": coding},
+            )
+            plain = await client.post(
+                SCAN,
+                content=body,
+                headers={"Content-Type": "application/json", "Content-Encoding": "Identity"},
+            )
+            jobs = await _jobs(client)
+
+    assert response.status_code == 415
+    assert response.json() == {"detail": ENCODED}
+    assert response.headers["accept-encoding"] == "identity"
+    assert plain.status_code == 202  # "identity", any case, is no coding
+    assert jobs == 1
 
 
 @pytest.mark.anyio
