@@ -47,7 +47,13 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import Field, StringConstraints
 
 # FastAPI reads the route signatures at run time: these names must exist then.
-from stoat_ferret.api._deps import JobQueueDep, StoppingDep, once_each, stream_slots
+from stoat_ferret.api._deps import (
+    JobQueueDep,
+    StoppingDep,
+    check_job_types,
+    once_each,
+    stream_slots,
+)
 from stoat_ferret.api._errors import StreamOver, unavailable
 from stoat_ferret.api._json import job_json, render
 from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
@@ -123,6 +129,8 @@ async def _all_jobs_feed(
     if stopping.is_set():
         raise unavailable("the service is stopping")
     after = resume_after(last_event_id if last_event_id is not None else query.last_event_id)
+    if query.job_type is not None:
+        check_job_types(queue, query.job_type)
     # The slot is taken here, with the query: a bad query is 422 however many
     # are taken (FastAPI calls no dependency whose own parameters failed).
     with stream_slots(request).hold():

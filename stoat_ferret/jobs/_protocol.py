@@ -38,6 +38,9 @@ class AsyncJobQueue(Protocol):
         order, without keeping jobs of other types from running.
         """
 
+    def job_types(self) -> Collection[str]:
+        """The job types registered: what a ``job_type`` filter may name."""
+
     async def submit(
         self,
         job_type: str,

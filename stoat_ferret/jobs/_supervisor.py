@@ -59,8 +59,7 @@ class JobSupervisor:
         max_workers: how many jobs run at once.
         max_pending: how many jobs may wait to run; ``submit`` raises
             :class:`QueueFull` beyond that (running jobs do not count).
-        shutdown_grace: seconds ``aclose`` gives running jobs before it
-            cancels them.
+        shutdown_grace: seconds ``aclose`` gives running jobs before it cancels them.
         retention: seconds a finished job stays queryable.
         max_finished: most finished jobs kept; the oldest go first.
         replay: how many of the latest job changes ``watch_all(after=...)``
@@ -106,10 +105,9 @@ class JobSupervisor:
             job_type: a non-empty name, unique in this supervisor.
             handler: ``async def handler(ctx: JobContext) -> Any``.
             timeout: seconds for jobs of this type, unless ``submit`` overrides.
-            max_running: most jobs of this type running at once (None: only
-                ``max_workers`` limits them). Jobs beyond it stay pending, in
-                submit order, without holding a worker, so other types'
-                jobs pass them; they count against ``max_pending``.
+            max_running: most jobs of this type running at once (None: only ``max_workers``
+                limits them). Jobs beyond it stay pending, in submit order, without holding
+                a worker, so other types' jobs pass them; they count against ``max_pending``.
 
         Raises:
             TypeError: ``handler`` is not an async function.
@@ -117,6 +115,10 @@ class JobSupervisor:
                 ``max_running`` is not a positive integer.
         """
         self._registry.register(job_type, handler, timeout=timeout, max_running=max_running)
+
+    def job_types(self) -> frozenset[str]:
+        """The job types registered."""
+        return self._registry.names()
 
     # ------------------------------------------------------------ lifetime
 
@@ -155,8 +157,7 @@ class JobSupervisor:
         if shared.phase is Phase.NEW:
             self._actor.close_before_run()
         elif shared.phase is Phase.RUNNING:
-            # From here on no worker starts a job, so the actor's list of
-            # pending jobs is final when it handles Shutdown.
+            # No worker starts a job from here on: the actor's pending list is final at Shutdown.
             shared.close()
             self._actor.send(Shutdown())
         await checkpoint_if_cancelled()  # as Reply.receive: the stop may come first
@@ -178,10 +179,9 @@ class JobSupervisor:
             job_type: a registered type.
             payload: handed to the handler as ``ctx.payload``.
             timeout: seconds this job may run (beats the type's and the default).
-            key: while a job with this key is pending, return its id
-                instead of creating another; once that job has started, a
-                new one is made (the started one may have read what this
-                submit is about already), which holds the key from then on.
+            key: while a job with this key is pending, return its id instead of creating
+                another; once that job has started, a new one is made (the started one may
+                have read what this submit is about already), which holds the key from then on.
 
         Raises:
             SupervisorClosed: not running, or shutting down (a QueueFull).

@@ -480,3 +480,22 @@ async def test_bad_filters_are_a_422(shared_client: httpx.AsyncClient, params: A
 
     assert response.status_code == 422
     assert "detail" in response.json()
+
+
+@pytest.mark.anyio
+async def test_a_job_type_the_service_does_not_run_is_a_422(
+    shared_client: httpx.AsyncClient,
+) -> None:
+    """A misspelt type would make a stream that never sends anything: it is
+    refused, naming the types there are, before the stream starts."""
+    with anyio.fail_after(10):  # a hang guard: the stream would never end
+        response = await shared_client.get(EVENTS, params={"job_type": ["scan", "scna"]})
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "loc": ["query", "job_type"],
+            "msg": "no job type 'scna': this service runs 'scan', 'thumbnails'",
+            "type": "unknown_job_type",
+        }
+    ]

@@ -205,7 +205,8 @@ async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
                 echoes = (await client.get("/api/v1/jobs?job_type=echo")).json()
                 completed = (await client.get("/api/v1/jobs?status=completed")).json()
                 failed = (await client.get("/api/v1/jobs?status=failed")).json()
-                unknown = (await client.get("/api/v1/jobs?job_type=nope")).json()
+                unknown = await client.get("/api/v1/jobs?job_type=nope")
+                empty = (await client.get("/api/v1/jobs?job_type=&path=")).json()
 
     assert [job["job_id"] for job in page["jobs"]] == [other, ids[2]]
     assert (page["total"], page["limit"], page["offset"]) == (4, 2, 0)
@@ -214,7 +215,17 @@ async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
     assert echoes["total"] == 3
     assert completed["total"] == 4
     assert (failed["jobs"], failed["total"]) == ([], 0)
-    assert (unknown["jobs"], unknown["total"]) == ([], 0)
+    # A type the queue does not run is a typo, refused as a misspelt status
+    # is; an empty filter is no filter, as on the video list.
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"] == [
+        {
+            "loc": ["query", "job_type"],
+            "msg": "no job type 'nope': this service runs 'echo', 'other', 'scan'",
+            "type": "unknown_job_type",
+        }
+    ]
+    assert empty["total"] == 4
 
 
 @pytest.mark.anyio
