@@ -148,7 +148,8 @@ class JobChanges:
         :class:`ChangesLost` and nothing else (its follower fetches the job
         list again; the changes after it have greater ids); so does one
         naming a job this queue does not know (dropped while its follower was
-        away, its end unseen; or never submitted), unless ``until_terminal``. Its id is
+        away, its end unseen; or never submitted), with or without ``after``,
+        unless ``until_terminal``. Its id is
         :attr:`last_event_id`, lower than an ``after`` this run never
         issued: the follower takes it as its new position. Otherwise it
         starts with the current state of the jobs it follows: every job it
@@ -166,15 +167,11 @@ class JobChanges:
             limit=max(limit, len(named or ())),
         )
         start: list[_Entry]
+        unknown = named is not None and not until_terminal and not named <= self._latest.keys()
         if after is not None and self._holds_changes_after(after):
             start = [entry for entry in self._log if entry[0] > after]
-        elif after is not None and (
-            named is None
-            or (
-                not until_terminal
-                and after <= self.last_event_id
-                and not named <= self._latest.keys()
-            )
+        elif (after is not None and named is None) or (
+            unknown and (after is None or after <= self.last_event_id)
         ):
             # The follower refetches the list (or the jobs it names, one of
             # which was dropped while it was away: only a fetch tells it so):

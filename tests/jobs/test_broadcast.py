@@ -165,6 +165,29 @@ async def test_named_feed_resumed_past_the_log_gets_a_reset_if_a_job_is_gone() -
     assert until_terminal.ended
 
 
+async def test_a_feed_without_after_naming_an_unknown_job_gets_a_reset() -> None:
+    """With no ``after`` either, a feed naming a job this queue does not know
+    (never submitted, or dropped) starts with one ChangesLost, so that its
+    follower fetches the job and learns it is gone, instead of a silence
+    that never ends; later changes of the jobs it names still come. An
+    ``until_terminal`` feed ends for it instead; all known: no reset."""
+    changes = JobChanges()
+    b = _record("b")
+    changes.publish(b)
+
+    feed = changes.open_feed(job_ids=["gone", "b"])
+    b.apply(JobEvent.START)
+    changes.publish(b)
+    items = await _drain(feed)
+    known = await _drain(changes.open_feed(job_ids=["b"]))
+    until_terminal = changes.open_feed(job_ids=["gone"], until_terminal=True)
+
+    assert _summary(items) == [("lost", ""), ("b", "running")]
+    assert items[0] == ChangesLost(changes.last_event_id - 1)
+    assert _summary(known) == [("b", "running")]
+    assert until_terminal.ended
+
+
 async def test_type_filter_applies_to_replay_and_to_new_changes() -> None:
     """job_types keeps other types out of the start and of what follows."""
     changes = JobChanges()
