@@ -202,7 +202,7 @@ class JobChanges:
                 latest = self._latest.get(job_id)
                 if (
                     latest is None
-                    or (latest[1].status.is_terminal and latest[0] <= after)
+                    or (after is not None and latest[1].status.is_terminal and latest[0] <= after)
                     or (job_types is not None and latest[1].job_type not in job_types)
                 ):
                     feed.settle(job_id)

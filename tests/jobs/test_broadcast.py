@@ -172,10 +172,13 @@ async def test_a_feed_without_after_naming_an_unknown_job_gets_a_reset() -> None
     that never ends; later changes of the jobs it names still come. An
     ``until_terminal`` feed ends for it instead; all known: no reset."""
     changes = JobChanges()
-    b = _record("b")
+    b, ended = _record("b"), _record("ended")
     changes.publish(b)
+    ended.apply(JobEvent.START)
+    ended.apply(JobEvent.COMPLETE)
+    changes.publish(ended)
 
-    feed = changes.open_feed(job_ids=["gone", "b"])
+    feed = changes.open_feed(job_ids=["gone", "b", "ended"])
     b.apply(JobEvent.START)
     changes.publish(b)
     items = await _drain(feed)
