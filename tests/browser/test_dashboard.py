@@ -503,6 +503,49 @@ def test_a_stream_that_fails_before_it_opens_gets_the_list_not_the_hint(
     assert len(refused) == len(console.errors)
 
 
+def test_a_reset_whose_list_reload_fails_is_reloaded_at_the_next_health_read(
+    context: BrowserContext, server: Server
+) -> None:
+    """A ``reset`` says changes were missed: the page reloads the job list.
+    When that reload fails (the network refuses it here), the list is owed:
+    the next /health read, 5 s on, asks for it again, since the stream has
+    nothing more to say about what was missed."""
+    page = context.new_page()
+    console = Console()
+    console.watch(page)
+    reset = "retry: 600000\n\nid: 12\nevent: reset\ndata: {}\n\n"
+    page.route(
+        "**/api/v1/events*",
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=reset
+        ),
+    )
+    lists: list[str] = []
+
+    def second_refused(route: Route) -> None:
+        lists.append(route.request.url)
+        if len(lists) == 2:  # the reset's (the first is the open stream's)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/jobs?*", second_refused)
+    page.clock.install()
+    count = page.locator("#jobs-count")
+    try:
+        page.goto(f"{server.base_url}/")
+        expect(count).to_have_text("Could not load the jobs: the service is unreachable.")
+        page.clock.run_for(5_000)
+        expect(count).to_have_text(re.compile(r"^\d+ jobs?(, newest \d+ shown)?$"))
+    finally:
+        page.close()
+
+    assert len(lists) == 3
+    refused = [error for error in console.errors if "ERR_FAILED" in error]
+    assert len(refused) == 1
+    assert len(refused) == len(console.errors)
+
+
 def test_older_jobs_are_shown_up_to_the_most_one_answer_holds(
     context: BrowserContext, server: Server
 ) -> None:

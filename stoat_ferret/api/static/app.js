@@ -2,8 +2,9 @@
 // It talks only to the API of the server that served it:
 //   - every job is followed live on one EventSource (/api/v1/events), which
 //     resumes by itself after a dropped connection or a restart;
-//   - /health is read every few seconds for the header, and a change in its
-//     "submitted" counter (a scan started elsewhere) reloads the job list;
+//   - /health is read every few seconds for the header (an answer older than
+//     one shown is dropped), and a change in its "submitted" counter (a scan
+//     started elsewhere) reloads the job list, as does a load of it that failed;
 //   - the library table is reloaded whenever a scan or a thumbnails job ends;
 //     its search, sort, page and open video are kept in the address;
 //   - /health is not read while the tab is hidden.
@@ -452,6 +453,7 @@ function onStatusChange(job) {
 }
 
 let jobsSlow = null; // the hint's timer, while the job list has not answered
+let jobsOwed = false; // the last load of the list failed: the next /health read asks again
 
 /** Say why, if the job list has not answered (or its stream not opened) in JOBS_SLOW_MS. */
 function hintIfSlow() {
@@ -464,6 +466,10 @@ function hintIfSlow() {
 async function loadJobs() {
   const asked = eventCount;
   hintIfSlow();
+  // A load that fails is owed: the next /health read asks again (a reset's
+  // reload that failed would leave the list stale, and the stream says no
+  // more). A 401 waits for the sign-in, which loads the list again.
+  jobsOwed = true;
   let response;
   try {
     response = await request("GET", `${API}/jobs?limit=${jobLimit}`);
@@ -473,6 +479,7 @@ async function loadJobs() {
   } finally {
     clearTimeout(jobsSlow);
   }
+  jobsOwed = !response.ok && response.status !== 401;
   if (!response.ok || !response.data) {
     byId("jobs-count").textContent =
       response.status === 401 ? needToken() : `Could not load the jobs (${response.status}).`;
@@ -1081,6 +1088,8 @@ function watchVisibility() {
 // -------------------------------------------------------------------- health
 
 let lastSubmitted = null;
+let healthAsked = 0; // /health reads begun
+let healthShown = 0; // the latest of them shown: an older answer arriving later is dropped
 
 async function refreshHealth() {
   const badge = byId("health-status");
@@ -1088,13 +1097,16 @@ async function refreshHealth() {
     badge.dataset.state = state;
     badge.textContent = text;
   };
+  const mine = ++healthAsked;
   let response;
   try {
     response = await request("GET", "/health");
   } catch {
-    show("down", "unreachable");
+    if (mine > healthShown) show("down", "unreachable");
     return;
   }
+  if (mine < healthShown) return; // a later read has answered already
+  healthShown = mine;
   const data = response.data;
   if (!data || !data.jobs) {
     show("down", `error ${response.status}`);
@@ -1104,7 +1116,8 @@ async function refreshHealth() {
   byId("stat-pending").textContent = String(data.jobs.pending);
   byId("stat-running").textContent = String(data.jobs.running);
   byId("health-version").textContent = data.version ? `v${data.version}` : "";
-  if (lastSubmitted !== null && data.jobs.submitted !== lastSubmitted) reloadJobs();
+  const submittedElsewhere = lastSubmitted !== null && data.jobs.submitted !== lastSubmitted;
+  if (submittedElsewhere || (jobsOwed && !jobsReload)) reloadJobs();
   lastSubmitted = data.jobs.submitted;
 }
 
