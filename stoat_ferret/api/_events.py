@@ -58,7 +58,14 @@ from stoat_ferret.api._errors import StreamOver, unavailable
 from stoat_ferret.api._json import job_json, render
 from stoat_ferret.api._metrics import ServiceMetrics, get_metrics
 from stoat_ferret.api._schemas import StrictQuery
-from stoat_ferret.api._sse import RETRY_MS, STOPPING, change_event, following, resume_after
+from stoat_ferret.api._sse import (
+    RETRY_MS,
+    STOPPING,
+    change_event,
+    following,
+    pace,
+    resume_after,
+)
 from stoat_ferret.jobs import JobFeed, JobResult  # noqa: TC001
 
 router = APIRouter(tags=["events"])
@@ -191,6 +198,7 @@ async def all_job_events(
     yield ServerSentEvent(comment="following job changes", retry=RETRY_MS)
     async for item in feed:
         yield change_event(item)
+        await pace(feed)
     yield STOPPING  # the feed ends only when the service stops
 
 
@@ -216,5 +224,6 @@ async def job_events(
         yield ServerSentEvent(raw_data=render(job_json(job)).decode())
     async for item in feed:
         yield change_event(item, named=False)
+        await pace(feed)
     if stopping.is_set():
         yield STOPPING

@@ -17,6 +17,8 @@ when the client goes away. What is left to this module:
 * :func:`change_event`: a job change as an event whose ``id:`` is the
   change's event id, so a client that reconnects sends it back as
   ``Last-Event-ID`` and gets what it missed (:func:`resume_after` reads it);
+* :func:`pace`: a stream sends a burst of what is ready, then waits
+  :data:`PACE_SECONDS` before the next (the feed coalesces meanwhile);
 * :func:`wait_for_disconnect`, which ``/wait`` uses to stop for a client
   that left.
 """
@@ -50,6 +52,14 @@ RESET_EVENT: Final = "reset"
 RETRY_MS: Final = 2000
 """How long a browser waits before it reconnects (``retry:`` as a stream begins)."""
 
+PACE_SECONDS: Final = 0.1
+"""After an event, a stream sends the next one at once only if it is ready
+then; else it waits this long, while the feed coalesces what comes (each
+job's latest state). So a job that reports its progress hundreds of times a
+second (a scan, a chunk of files at a time) costs each stream about ten
+events a second, each encoded for it, rather than hundreds; a change of
+status waits that long at most."""
+
 STOPPING: Final = ServerSentEvent(comment="the service is stopping; reconnect later")
 RESET_DETAIL: Final = "changes were missed: fetch the job list again"
 
@@ -73,6 +83,13 @@ def change_event(item: FeedItem, *, named: bool = True) -> ServerSentEvent:
         id=str(item.event_id),
         raw_data=render(job_json(item.job)).decode(),
     )
+
+
+async def pace(feed: JobFeed) -> None:
+    """After an event: nothing if another is ready or the feed has ended; else
+    wait :data:`PACE_SECONDS` for the feed to coalesce what comes meanwhile."""
+    if not feed.ready and not feed.ended:
+        await anyio.sleep(PACE_SECONDS)
 
 
 def resume_after(last_event_id: str | None) -> int | None:

@@ -342,18 +342,23 @@ class JobFeed:
         return self._closed or (self._unsettled is not None and not self._unsettled)
 
     @property
+    def ready(self) -> bool:
+        """Whether an item is there to hand out at once."""
+        return bool(self._pending or self._held) or self._lost is not None
+
+    @property
     def ended(self) -> bool:
         """Whether iterating would end at once: nothing to hand out, and nothing
         more to wait for (closed, or every job of an ``until_terminal`` feed
         ended before its ``after`` or unknown)."""
-        return not self._pending and not self._held and self._lost is None and self._done()
+        return not self.ready and self._done()
 
     def __aiter__(self) -> JobFeed:
         return self
 
     async def __anext__(self) -> FeedItem:
         await checkpoint()  # every read, as a watch() stream's
-        while not self._pending and not self._held and self._lost is None:
+        while not self.ready:
             if self._done():
                 raise StopAsyncIteration
             if self._wakeup is not None:  # one reader at a time, as a watch() stream

@@ -19,7 +19,7 @@ from trio.testing import MockClock
 from stoat_ferret.api import _events
 from stoat_ferret.api._deps import StreamSlots, get_job_queue, get_stopping
 from stoat_ferret.api._errors import install_error_handlers
-from stoat_ferret.api._sse import STOPPING
+from stoat_ferret.api._sse import PACE_SECONDS, STOPPING
 from tests.api.support import GatedScan, WatchedSupervisor, http_scope, read_stream, started
 
 if TYPE_CHECKING:
@@ -186,6 +186,53 @@ async def test_stopping_service_ends_the_stream_cleanly(path: str) -> None:
     assert STOPPING.comment is not None
     assert STOPPING.comment in STOPPING_TEXT
     assert [e.data["status"] for e in read_stream(client.body) if e.data] == ["running"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mock-clock")],
+)
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/jobs/{job_id}/events"])
+async def test_a_job_reporting_often_costs_a_stream_ten_events_a_second(path: str) -> None:
+    """A client that reads at once, following a job that reports its progress
+    every 10 ms for 2 s (of the mock clock), gets about ten events a second
+    (what is ready, then PACE_SECONDS for the feed to coalesce), the latest
+    each time; the job's end reaches it within PACE_SECONDS."""
+    client = FakeClient()
+    ended: list[float] = []
+    end_sent: list[float] = []
+    send = client.send
+
+    async def timed_send(message: MutableMapping[str, Any]) -> None:
+        if b'"status":"completed"' in message.get("body", b""):
+            end_sent.append(anyio.current_time())
+            client.leave.set()  # the stream of every job would go on
+        await send(message)
+
+    async def chatty(ctx: JobContext) -> str:
+        for step in range(200):
+            ctx.report_progress(step / 200, f"step {step}")
+            await anyio.sleep(0.01)
+        ended.append(anyio.current_time())
+        return "done"
+
+    with anyio.fail_after(100):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("chatty", chatty)
+            job_id = await supervisor.submit("chatty")
+            await supervisor.get_status(job_id)
+            app = events_app(supervisor, anyio.Event())
+            async with anyio.create_task_group() as group:
+                scope = http_scope("GET", path.format(job_id=job_id))
+                group.start_soon(app, scope, client.receive, timed_send)
+                await supervisor.wait(job_id)
+                await client.leave.wait()
+
+    jobs = [e.data for e in read_stream(client.body) if e.data]
+    assert jobs[-1]["status"] == "completed"
+    assert 2 / PACE_SECONDS - 5 <= len(jobs) <= 2 / PACE_SECONDS + 5, len(jobs)
+    assert 0 <= end_sent[0] - ended[0] <= PACE_SECONDS
 
 
 @pytest.mark.anyio
