@@ -157,8 +157,10 @@ class RequestGuard:
             return _refuse(413, CHUNKED_GET)
         if size > MAX_BODY_BYTES:
             return _refuse(413, TOO_BIG)
-        coding = headers.get("content-encoding", "identity").strip().lower()
-        if not bodiless and coding != "identity":
+        # Every line of the header, each a list: two lines are one list (RFC 9110).
+        lines = headers.getlist("content-encoding")
+        codings = {coding.strip().lower() for line in lines for coding in line.split(",")}
+        if not bodiless and codings - {"identity"}:
             return _refuse(415, ENCODED, {"Accept-Encoding": "identity"})
         return None
 

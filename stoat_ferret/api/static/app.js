@@ -479,7 +479,7 @@ async function loadJobs() {
   } finally {
     clearTimeout(jobsSlow);
   }
-  jobsOwed = !response.ok && response.status !== 401;
+  jobsOwed = !(response.ok && response.data) && response.status !== 401;
   if (!response.ok || !response.data) {
     byId("jobs-count").textContent =
       response.status === 401 ? needToken() : `Could not load the jobs (${response.status}).`;
@@ -1102,10 +1102,12 @@ async function refreshHealth() {
   try {
     response = await request("GET", "/health");
   } catch {
-    if (mine > healthShown) show("down", "unreachable");
+    if (mine < healthShown) return; // a later read has answered already
+    healthShown = mine;
+    show("down", "unreachable");
     return;
   }
-  if (mine < healthShown) return; // a later read has answered already
+  if (mine < healthShown) return;
   healthShown = mine;
   const data = response.data;
   if (!data || !data.jobs) {
