@@ -46,7 +46,7 @@ from stoat_ferret.library import VideoLibrary
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     from pydantic import BaseModel
 
@@ -126,26 +126,6 @@ def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
             )
 
     return given_once
-
-
-def check_job_types(queue: AsyncJobQueue, job_types: Collection[str]) -> None:
-    """Refuse (422) a ``job_type`` filter naming a type ``queue`` does not run:
-    a typo would match nothing, silently (an empty page, a stream that never
-    sends), where a misspelt ``status`` is refused."""
-    known = sorted(queue.job_types())
-    unknown = sorted(set(job_types).difference(known))
-    if unknown:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "unknown_job_type",
-                    "loc": ("query", "job_type"),
-                    "msg": f"no job type {name!r}: this service runs "
-                    + ", ".join(map(repr, known)),
-                }
-                for name in unknown
-            ]
-        )
 
 
 def _takes_a_list(annotation: object) -> bool:

@@ -20,7 +20,6 @@ from pydantic import Field
 from stoat_ferret.api._deps import (
     JobQueueDep,
     StoppingDep,
-    check_job_types,
     once_each,
     require_json,
     stream_slots,
@@ -78,11 +77,9 @@ async def list_jobs(
 ) -> Response:
     """List jobs, newest first. ``total`` counts every match, whatever the limit."""
     limit, offset = query.limit, query.offset
-    if query.job_type:  # empty, as any empty text filter: no filter
-        check_job_types(queue, [query.job_type])
     page = await queue.list_jobs(
         status=query.status,
-        job_type=query.job_type or None,
+        job_type=query.job_type,
         limit=limit,
         offset=offset,
         payload_items={"path": query.path} if query.path else None,

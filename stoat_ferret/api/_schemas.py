@@ -151,6 +151,13 @@ VideoSort: TypeAlias = Literal[
 """The sort keys of a video list; ``-`` for descending (the library's ``SORT_KEYS``)."""
 
 
+JobTypeName: TypeAlias = Literal["scan", "thumbnails"]
+"""The job types this app runs (``SCAN_JOB_TYPE``, ``THUMBNAILS_JOB_TYPE``): a
+``job_type`` filter names one, or is refused (422) as a misspelt ``status``
+is, rather than matching nothing, silently (an empty page, a stream that
+never sends)."""
+
+
 _TEXT_FILTERS: Final = frozenset({"q", "video_codec", "audio_codec", "container", "under"})
 
 
@@ -200,14 +207,12 @@ class JobListQuery(PageQuery):
     """``GET /api/v1/jobs``: which jobs, which page (newest first)."""
 
     status: JobStatus | None = Field(default=None, description="Only jobs in this status.")
-    job_type: str | None = Field(
-        default=None, max_length=MAX_NAME_CHARS, description="Only jobs of this type."
-    )
+    job_type: JobTypeName | None = Field(default=None, description="Only jobs of this type.")
     path: str | None = Field(
         default=None,
         max_length=MAX_PATH_CHARS,
         description="Only jobs whose payload's path is exactly this: the resolved "
-        "path a scan's payload shows (not resolved again here).",
+        "path a scan's payload shows (not resolved again here); empty: no filter.",
     )
 
 

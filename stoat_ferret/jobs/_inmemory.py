@@ -82,10 +82,6 @@ class InMemoryJobQueue:
         if max_running is not None:
             self._slots[job_type] = anyio.Semaphore(max_running)
 
-    def job_types(self) -> frozenset[str]:
-        """The job types registered."""
-        return self._registry.names()
-
     async def submit(
         self,
         job_type: str,

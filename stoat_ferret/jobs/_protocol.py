@@ -38,9 +38,6 @@ class AsyncJobQueue(Protocol):
         order, without keeping jobs of other types from running.
         """
 
-    def job_types(self) -> Collection[str]:
-        """The job types registered: what a ``job_type`` filter may name."""
-
     async def submit(
         self,
         job_type: str,
@@ -92,7 +89,8 @@ class AsyncJobQueue(Protocol):
         """Follow every job's changes, numbered; resume ``after`` the last id seen.
 
         The feed yields ``JobChange`` (ids increasing, coalesced per job) and
-        ``ChangesLost`` (fetch the job list again). ``until_terminal`` with
+        ``ChangesLost`` (fetch the job list again; also the first item of a
+        feed naming a job the queue does not know). ``until_terminal`` with
         ``job_ids``: end once each named job has ended (or, of a type
         ``job_types`` leaves out, at once). One task reads a feed at a time:
         a second gets ``anyio.BusyResourceError``.

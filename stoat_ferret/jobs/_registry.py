@@ -117,10 +117,6 @@ class JobRegistry:
             check_count(max_running, f"max_running for job type {job_type!r}")
         self._types[job_type] = JobType(job_type, handler, checked, max_running)
 
-    def names(self) -> frozenset[str]:
-        """The job types registered."""
-        return frozenset(self._types)
-
     def get(self, job_type: str) -> JobType:
         """Return the registered type.
 

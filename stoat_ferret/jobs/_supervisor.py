@@ -116,10 +116,6 @@ class JobSupervisor:
         """
         self._registry.register(job_type, handler, timeout=timeout, max_running=max_running)
 
-    def job_types(self) -> frozenset[str]:
-        """The job types registered."""
-        return self._registry.names()
-
     # ------------------------------------------------------------ lifetime
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -334,13 +330,13 @@ class JobSupervisor:
         Once the block is left, iterating the feed ends at once.
 
         Args:
-            after: the id of the last change the follower saw: start with the
-                changes since, if still kept. If they are not (too old, or
-                another run's), one ``ChangesLost`` and then only later
-                changes; with ``job_ids``, only those named jobs whose latest
-                change is newer than ``after`` (the ``ChangesLost`` only if one
-                is unknown, but ``until_terminal``). When None: the current
-                state of the jobs followed (named ones, or those not ended).
+            after: the id of the last change the follower saw: start with the changes
+                since, if still kept. If they are not (too old, or another run's), one
+                ``ChangesLost`` and then only later changes; with ``job_ids``, only those
+                named jobs whose latest change is newer than ``after``. When None: the
+                current state of the jobs followed (named ones, or those not ended).
+                Naming an unknown job (not ``until_terminal``), with or without
+                ``after``: one ``ChangesLost``, then only later changes.
             job_ids: only these jobs.
             job_types: only jobs of these types.
             until_terminal: with ``job_ids``, end once each of them has ended.

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, get_args
 
 import anyio
 import pytest
 
 from stoat_ferret.api import _jobs, begin_shutdown
 from stoat_ferret.api._json import job_json
+from stoat_ferret.api._schemas import JobTypeName
+from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobNotFound, JobSupervisor
+from stoat_ferret.library import THUMBNAILS_JOB_TYPE
 from tests.api.support import (
     GatedScan,
     WatchedSupervisor,
@@ -193,20 +196,21 @@ async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
     """limit cuts the page, never the total; filters by status and type; newest first."""
     with anyio.fail_after(10):
         async with supervisor_running() as supervisor:
-            supervisor.register("echo", _echo)
-            supervisor.register("other", _echo)
-            ids = [await supervisor.submit("echo", n) for n in range(3)]
-            other = await supervisor.submit("other", "x")
+            # The app's job types: a filter may name no other (422).
+            supervisor.register("scan", _echo)
+            supervisor.register("thumbnails", _echo)
+            ids = [await supervisor.submit("scan", n) for n in range(3)]
+            other = await supervisor.submit("thumbnails", "x")
             for job_id in [*ids, other]:
                 await supervisor.wait(job_id)
             async with serving(create_app(settings, job_queue=supervisor)) as client:
                 page = (await client.get("/api/v1/jobs?limit=2")).json()
                 rest = (await client.get("/api/v1/jobs?limit=2&offset=2")).json()
-                echoes = (await client.get("/api/v1/jobs?job_type=echo")).json()
+                echoes = (await client.get("/api/v1/jobs?job_type=scan")).json()
                 completed = (await client.get("/api/v1/jobs?status=completed")).json()
                 failed = (await client.get("/api/v1/jobs?status=failed")).json()
                 unknown = await client.get("/api/v1/jobs?job_type=nope")
-                empty = (await client.get("/api/v1/jobs?job_type=&path=")).json()
+                empty = (await client.get("/api/v1/jobs?path=")).json()
 
     assert [job["job_id"] for job in page["jobs"]] == [other, ids[2]]
     assert (page["total"], page["limit"], page["offset"]) == (4, 2, 0)
@@ -215,17 +219,30 @@ async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
     assert echoes["total"] == 3
     assert completed["total"] == 4
     assert (failed["jobs"], failed["total"]) == ([], 0)
-    # A type the queue does not run is a typo, refused as a misspelt status
-    # is; an empty filter is no filter, as on the video list.
+    # A type the app does not run is a typo, refused as a misspelt status is;
+    # an empty path is no filter, as an empty text filter of the video list.
     assert unknown.status_code == 422
     assert unknown.json()["detail"] == [
         {
             "loc": ["query", "job_type"],
-            "msg": "no job type 'nope': this service runs 'echo', 'other', 'scan'",
-            "type": "unknown_job_type",
+            "msg": "Input should be 'scan' or 'thumbnails'",
+            "type": "literal_error",
         }
     ]
     assert empty["total"] == 4
+
+
+def test_a_job_type_filter_names_the_apps_job_types(settings: Settings) -> None:
+    """The filter's values are the job types the app registers, as the OpenAPI
+    schema says (an enum, as for ``status``), on the job list and the stream."""
+    schema = create_app(settings).openapi()
+    lists = schema["paths"]["/api/v1/jobs"]["get"]["parameters"]
+    streams = schema["paths"]["/api/v1/events"]["get"]["parameters"]
+    [listed] = [p["schema"]["anyOf"][0] for p in lists if p["name"] == "job_type"]
+    [streamed] = [p["schema"]["anyOf"][0]["items"] for p in streams if p["name"] == "job_type"]
+
+    assert set(get_args(JobTypeName)) == {SCAN_JOB_TYPE, THUMBNAILS_JOB_TYPE}
+    assert set(listed["enum"]) == set(streamed["enum"]) == {SCAN_JOB_TYPE, THUMBNAILS_JOB_TYPE}
 
 
 @pytest.mark.anyio
