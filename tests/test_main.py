@@ -138,7 +138,7 @@ def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
     ]
     assert statuses[0] == "pending"
     assert statuses[-1] == "completed"
-    access = {(line.get("method"), line.get("path"), line.get("status")) for line in lines}
+    access = {(line.get("method"), line.get("path"), line.get("http_status")) for line in lines}
     assert ("POST", "/api/v1/videos/scan", 202) in access
     assert ("GET", "/health", 200) in access
 

@@ -54,17 +54,19 @@ DEADLINE: Final = 30.0
 SCANS_DEADLINE: Final = 180.0
 """Longest the 600 scans may take to complete: a guard against hangs too."""
 
-JOBS: Final = 600
-"""Quick scans (empty directories) whose changes are streamed: three events each,
-about 6.5 MB in all (see :data:`DEPTH`). That is more than the kernel's largest
-send buffer by default (``tcp_wmem``: 4 MiB), the client's small receive buffer
-and what the server's transport holds before it pauses, together."""
+JOBS: Final = 1600
+"""Quick scans (empty directories) whose changes are streamed: at least one
+event each, however the stream coalesces them (it sends a job's latest state,
+at most ten times a second), so at least 5.8 MB in all (see :data:`DEPTH`).
+That is more than the kernel's largest send buffer by default (``tcp_wmem``:
+4 MiB), the client's small receive buffer and what the server's transport
+holds before it pauses, together."""
 
 DEPTH: Final = 13
 LONG_NAME: Final = 250
 """The scanned directories lie :data:`DEPTH` directories of :data:`LONG_NAME`
 characters deep (a path of about 3,300 of the 4,096 allowed): each event
-carries the path, so it is about 3.6 kB, and a job's three make about 11 kB."""
+carries the path, so it is about 3.6 kB."""
 
 HOUR: Final = "3600"
 """The servers' HTTP grace (``STOATTEST_HTTP_GRACE``), in seconds: only a hang-up of
