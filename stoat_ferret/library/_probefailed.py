@@ -64,10 +64,18 @@ def logged(work: str, path: str) -> Iterator[None]:
 
 
 CRASH_SIGNALS: Final = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS}
+    {
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGILL,
+        signal.SIGFPE,
+        signal.SIGABRT,
+        signal.SIGSYS,
+        signal.SIGTRAP,  # a compiler's trap (AArch64's brk, x86-64's int3)
+    }
 )
 """The signals by which a child ends of itself, over what it read: FFmpeg's
-crash or abort. (The CPU budget's SIGPROF is told apart where it is read.)
+crash, trap or abort. (The CPU budget's SIGPROF is told apart where it is read.)
 Any other (SIGKILL from the OOM killer, SIGTERM or SIGUSR1 from someone
 else) comes from outside and is not the file's doing (:func:`from_outside`)."""
 

@@ -406,8 +406,13 @@ def _holds(pid: int, path: Path) -> bool:
 
 @pytest.mark.parametrize(
     ("signal_number", "files_doing"),
-    [(signal.SIGKILL, False), (signal.SIGUSR1, False), (signal.SIGSEGV, True)],
-    ids=["killed", "signalled", "crashed"],
+    [
+        (signal.SIGKILL, False),
+        (signal.SIGUSR1, False),
+        (signal.SIGSEGV, True),
+        (signal.SIGTRAP, True),
+    ],
+    ids=["killed", "signalled", "crashed", "trapped"],
 )
 def test_a_child_killed_with_the_file_is_an_error_and_is_replaced(
     slow_file: Path,
