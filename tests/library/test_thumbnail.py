@@ -52,9 +52,11 @@ def make_split_video(
     frames: int = 50,
     display_matrix: list[int] | None = None,
     full_range: bool = False,
+    corner: bool = False,
 ) -> Path:
     """An H.264 MP4 whose frames are white above the middle and black below
-    (luma 235 and 16: in full range, ``full_range``, light and dark grey).
+    (luma 235 and 16: in full range, ``full_range``, light and dark grey);
+    with ``corner``, white in the top-left quarter only.
 
     ``rotation`` goes into the display matrix (counterclockwise degrees), or
     ``display_matrix`` as it is; ``sample_aspect`` into the stream; 50 frames
@@ -75,7 +77,8 @@ def make_split_video(
         for index in range(frames):
             frame = av.VideoFrame(width, height, "yuv420p")
             luma = frame.planes[0]
-            top = bytes([WHITE]) * luma.line_size * (height // 2)
+            lit = bytes([WHITE]) * (width // 2 if corner else width)
+            top = (lit + bytes([BLACK]) * (luma.line_size - len(lit))) * (height // 2)
             luma.update(top + bytes([BLACK]) * (luma.buffer_size - len(top)))
             for chroma in frame.planes[1:]:
                 chroma.update(bytes([128]) * chroma.buffer_size)
@@ -172,30 +175,6 @@ def test_the_colour_range_is_kept(tmp_path: Path, full_range: bool, light: int, 
     assert abs(bottom - dark) <= 4
 
 
-def make_corner_video(path: Path, display_matrix: list[int] | None) -> Path:
-    """A 64x48 H.264 MP4, white in its top-left quarter and black elsewhere,
-    with ``display_matrix`` (None: none)."""
-    width, height = 64, 48
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("h264", rate=25, options={"g": "5"})
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if display_matrix is not None:
-            stream.set_display_matrix(display_matrix)
-        for index in range(20):
-            frame = av.VideoFrame(width, height, "yuv420p")
-            luma = frame.planes[0]
-            lit = bytes([WHITE]) * (width // 2) + bytes([BLACK]) * (luma.line_size - width // 2)
-            dark = bytes([BLACK]) * luma.line_size
-            luma.update(lit * (height // 2) + dark * (height - height // 2))
-            for chroma in frame.planes[1:]:
-                chroma.update(bytes([128]) * chroma.buffer_size)
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
 ONE: Final = 1 << 16  # 1.0 in a display matrix's 16.16 fixed point
 W: Final = 1 << 30  # its last column's 1.0 (2.30)
 
@@ -219,7 +198,7 @@ def test_the_display_matrix_turns_and_mirrors_as_ffmpeg_shows_it(
     """The white top-left quarter of the frame ends in the corner where
     ``ffmpeg -i clip.mp4 -frames:v 1 shown.png`` (FFmpeg 5.1) shows it: the
     matrix's mirroring is applied with its turn, as ffmpeg's autorotate does."""
-    video = make_corner_video(tmp_path / "corner.mp4", matrix)
+    video = make_split_video(tmp_path / "corner.mp4", display_matrix=matrix, corner=True)
 
     width, height, grey, line = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
 
