@@ -5,8 +5,7 @@ after the video's fingerprint: once the file changes, the old name no longer
 matches and the thumbnail is "missing" until it is made again (which removes
 the old one). ``v2`` is :data:`VERSION`, the way thumbnails are made: raising
 it makes every thumbnail (and failure marker) missing. A video whose frame
-could not be decoded gets an empty ``v2-<fingerprint>.failed`` marker instead,
-so later jobs do not try it again until the file changes.
+cannot be decoded gets an empty ``v2-<fingerprint>.failed`` marker, tried again once it changes.
 
 The directory is the service's own: it is created with a marker file
 (:data:`MARKER`) in it, and an existing directory is taken over only if it has
@@ -73,10 +72,8 @@ if TYPE_CHECKING:
 THUMBNAIL_SUFFIX: Final = ".webp"
 FAILED_SUFFIX: Final = ".failed"
 VERSION: Final = "v2"
-"""How thumbnails are made; part of their names (and of their ETags). v2: a
-full-range video's levels kept, a mirroring display matrix applied, and no
-marker from a probe child ended by someone else's signal (those of v1 are
-made again)."""
+"""How thumbnails are made; part of their names (and ETags). v2: full range
+kept, mirroring applied, no marker for a child someone else signalled."""
 SUFFIX: Final = ".thumbnails"
 """The thumbnails' directory is the database file's name with this added, beside
 it (``stoat.db.thumbnails/``): a user's own ``thumbnails`` folder is never it."""
