@@ -160,7 +160,7 @@ class RequestGuard:
         # Every line of the header, each a list: two lines are one list (RFC 9110).
         lines = headers.getlist("content-encoding")
         codings = {coding.strip().lower() for line in lines for coding in line.split(",")}
-        if not bodiless and codings - {"identity"}:
+        if not bodiless and codings - {"", "identity"}:  # empty elements are ignored
             return _refuse(415, ENCODED, {"Accept-Encoding": "identity"})
         return None
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, get_args
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -68,9 +68,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from stoat_ferret.api._schemas import JobTypeName
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import TERMINAL, JobChange, JobNotFound, JobStatus
-from stoat_ferret.library import THUMBNAILS_JOB_TYPE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -95,7 +95,7 @@ NO_RESPONSE: Final = "none"
 # Up to the thumbnails job's timeout (6 h): a longer job is counted in +Inf only.
 _JOB_SECONDS: Final = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
-KNOWN_JOB_TYPES: Final = (SCAN_JOB_TYPE, THUMBNAILS_JOB_TYPE)
+KNOWN_JOB_TYPES: Final[tuple[str, ...]] = get_args(JobTypeName)
 """The job types the app registers: their series are exported from the start,
 at 0, so that ``increase()`` sees the first of each (a first failure after a
 restart included). Another type's series appear when first counted."""

@@ -211,6 +211,7 @@ async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
                 failed = (await client.get("/api/v1/jobs?status=failed")).json()
                 unknown = await client.get("/api/v1/jobs?job_type=nope")
                 empty = (await client.get("/api/v1/jobs?path=")).json()
+                no_type = await client.get("/api/v1/jobs?job_type=")
 
     assert [job["job_id"] for job in page["jobs"]] == [other, ids[2]]
     assert (page["total"], page["limit"], page["offset"]) == (4, 2, 0)
@@ -230,6 +231,7 @@ async def test_list_jobs_newest_first_with_total(settings: Settings) -> None:
         }
     ]
     assert empty["total"] == 4
+    assert no_type.status_code == 422  # as an empty status: no type is named so
 
 
 def test_a_job_type_filter_names_the_apps_job_types(settings: Settings) -> None:

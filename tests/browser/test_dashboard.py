@@ -546,6 +546,42 @@ def test_a_reset_whose_list_reload_fails_is_reloaded_at_the_next_health_read(
     assert len(refused) == len(console.errors)
 
 
+def test_a_job_list_answered_with_no_json_is_reloaded_at_the_next_health_read(
+    context: BrowserContext, server: Server
+) -> None:
+    """A 200 that is not the list (a proxy's HTML page) is no list either: the
+    page says it could not load it, and asks again at the next /health read."""
+    page = context.new_page()
+    reset = "retry: 600000\n\nid: 12\nevent: reset\ndata: {}\n\n"
+    page.route(
+        "**/api/v1/events*",
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=reset
+        ),
+    )
+    lists: list[str] = []
+
+    def second_not_json(route: Route) -> None:
+        lists.append(route.request.url)
+        if len(lists) == 2:  # the reset's (the first is the open stream's)
+            route.fulfill(status=200, headers={"Content-Type": "text/html"}, body="<p>proxy</p>")
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/jobs?*", second_not_json)
+    page.clock.install()
+    count = page.locator("#jobs-count")
+    try:
+        page.goto(f"{server.base_url}/")
+        expect(count).to_have_text("Could not load the jobs (200).")
+        page.clock.run_for(5_000)
+        expect(count).to_have_text(re.compile(r"^\d+ jobs?(, newest \d+ shown)?$"))
+    finally:
+        page.close()
+
+    assert len(lists) == 3
+
+
 def test_older_jobs_are_shown_up_to_the_most_one_answer_holds(
     context: BrowserContext, server: Server
 ) -> None:

@@ -52,7 +52,7 @@ DEADLINE: Final = 30.0
 """Longest any poll across the process boundary may take: a guard against hangs."""
 
 SCANS_DEADLINE: Final = 180.0
-"""Longest the 600 scans may take to complete: a guard against hangs too."""
+"""Longest the :data:`JOBS` scans may take to complete: a guard against hangs too."""
 
 JOBS: Final = 1600
 """Quick scans (empty directories) whose changes are streamed: at least one
@@ -116,8 +116,8 @@ def _scan_all(client: httpx.Client, directories: list[Path]) -> None:
         total: int = client.get("/api/v1/jobs", params=params).json()["total"]
         return total == len(directories)
 
-    # The work of the scans, not a hang guard alone: 8 s here on a quiet
-    # machine, 13 s beside two busy loops; far more under xdist and LOAD=1.
+    # The work of the scans, not a hang guard alone: about 10 s for 1,600
+    # on a loaded 2-core machine; far more under xdist and LOAD=1.
     poll_until(all_completed, f"{len(directories)} scans completed", SCANS_DEADLINE)
 
 
