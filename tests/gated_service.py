@@ -60,8 +60,11 @@ async def _held_apply(
     *,
     written_before: datetime | None = None,
     gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
+    home: Callable[[str], int | None] | None = None,
 ) -> Applied:
-    applied = await _write(self, records, deletions, written_before=written_before, gone=gone)
+    applied = await _write(
+        self, records, deletions, written_before=written_before, gone=gone, home=home
+    )
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
         if await gate.exists():
             logger.info("scan held at {gate}", gate=str(gate))

@@ -372,15 +372,14 @@ class VideoLibrary:
         *,
         written_before: datetime | None = None,
         gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
+        home: Callable[[str], int | None] | None = None,
     ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one
-        transaction; with ``written_before``, keep the rows of ``deletions``
-        written since then (:meth:`VideoStore.remove_gone`); with ``gone``
-        (blocking, run in the worker thread before the store is locked),
-        write no record whose file is gone (its row deleted) or changed
-        since (its row kept). Says what was left out: the records the store
-        cannot hold (their old rows deleted), and those gone or changed
-        (:meth:`VideoStore.apply`)."""
+        transaction; with ``written_before`` and ``home``, keep the rows of
+        ``deletions`` written since then or from another file system
+        (:meth:`VideoStore.remove_gone`); with ``gone`` (blocking, in the worker
+        thread before the store is locked), write no record whose file is gone
+        (its row deleted) or changed (kept). Says what was left out."""
         return await anyio.to_thread.run_sync(
             functools.partial(
                 self._store.apply,
@@ -388,6 +387,7 @@ class VideoLibrary:
                 deletions,
                 written_before=written_before,
                 gone=gone,
+                home=home,
             )
         )
 

@@ -305,6 +305,7 @@ class ScanRun:
             counts=self.counts,
             scanned=self.scanned,
             started=self.started,
+            home=None if self.forget_unmounted else self.scanned.home(),
         )
         async with anyio.create_task_group() as group:
             group.start_soon(self.guarded, group, writer.write_batches, receive)

@@ -37,6 +37,7 @@ from stoat_ferret.library._exceptions import DirectoryReplaced
 from stoat_ferret.library._models import VideoRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -86,6 +87,10 @@ class ScanWriter:
     counts: Counts
     scanned: ScannedDirectory
     started: datetime
+    # The identity of the file system at each path (``ScannedDirectory.home``):
+    # a row written from another is kept, as by ``remove_gone``; None for a
+    # scan told to forget the disks not here.
+    home: Callable[[str], int | None] | None = None
     # Whether a batch found the directory replaced (one errors entry says so).
     replaced_reported: bool = False
 
@@ -111,6 +116,7 @@ class ScanWriter:
                         stale,
                         written_before=self.started,
                         gone=self.scanned.gone_before_write,
+                        home=self.home,
                     )
                 except DirectoryReplaced as exc:
                     self.replaced(records, exc.reason)

@@ -281,11 +281,14 @@ class VideoStore(ScanErrorStore):
         *,
         written_before: datetime | None = None,
         gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
+        home: Callable[[str], int | None] | None = None,
     ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
 
         With ``written_before``, a row of ``deletions`` written at or after
-        that moment is kept (see :meth:`remove_gone`).
+        that moment is kept (see :meth:`remove_gone`); with ``home``, so is
+        one written from another file system than the one at its path now,
+        as there (a disk away: what is there now says nothing of its files).
 
         With ``gone`` (file-system work, given the records, saying whose
         file is gone and whose changed), the records' files are looked at
@@ -329,7 +332,7 @@ class VideoStore(ScanErrorStore):
             # A path that is not text has no row to delete (nor can name one).
             stale = [path for path, _ in refused if is_text(path)]
             deleted, deleted_ids = delete_rows(
-                connection, [*deletions, *stale, *vanished], written_before
+                connection, [*deletions, *stale, *vanished], written_before, home
             )
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)

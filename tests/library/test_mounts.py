@@ -37,7 +37,7 @@ from tests.library.mounts import (
     video_ids,
 )
 from tests.library.support import listed_path, make_context
-from tests.videos import copy_video
+from tests.videos import copy_video, write_corrupt_video
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -828,6 +828,47 @@ async def test_two_disks_taking_turns_keep_each_others_videos_and_ids(
     assert "1 stored video(s) not found here kept" in with_d["errors"][0]["error"]
     assert later == ids
     assert stored == {str(lib / "disk"): 1}
+
+
+async def test_a_file_of_the_disk_in_its_place_that_fails_to_probe_keeps_the_away_disk_s_row(
+    library: VideoLibrary,
+    lib: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``E`` in ``D``'s place holds a broken file at the path of one of ``D``'s
+    videos (a copy cut short): its probe fails, but the row, written from
+    ``D``'s file system, is ``D``'s video, not this file's: it is kept, and
+    ``D``'s video has its id when ``D`` is back. A scan told to forget the
+    disks not here lets it go."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    devices.identity[lib / "disk"] = 1
+    (tmp_path / "E").mkdir()
+    write_corrupt_video(tmp_path / "E" / "b.mp4")
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+
+    def turn(away: str, back: str, identity: int) -> None:
+        unmount(lib / "disk", devices, tmp_path / away)
+        mount(lib / "disk", devices, tmp_path / back)
+        devices.identity[lib / "disk"] = identity
+
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        ids = await video_ids(library)
+        turn("D", "E", 2)
+        with_e = await handler(make_context(lib))
+        kept = await video_ids(library)
+        turn("E", "D", 1)
+        await handler(make_context(lib))
+        back = await video_ids(library)
+        turn("D", "E", 2)
+        await handler(make_context(lib, forget_unmounted=True))
+        forgotten = await video_ids(library)
+
+    assert [entry["path"] for entry in with_e["errors"]][-1] == str(lib / "disk" / "b.mp4")
+    assert kept == back == ids
+    assert str(lib / "disk" / "b.mp4") not in forgotten
 
 
 async def test_a_disk_mounted_over_a_folder_of_videos_keeps_their_rows(
