@@ -61,6 +61,10 @@ _SECONDS_PER_MINUTE: Final = 60
 # the video of a 0.4 s clip), so frame counts there use the container duration.
 _ESTIMATED_STREAM_DURATION: Final = frozenset({"mpeg", "mpegvideo"})
 
+# Raw elementary streams: their average rate is the demuxer's default (25),
+# whatever the stream says; FFmpeg's guess (``guessed_rate``) reads the stream.
+_RAW_STREAMS: Final = frozenset({"h264", "hevc", "mpegvideo", "m4v", "h261", "h263"})
+
 
 MAX_DURATION_SECONDS: Final = 100 * 365 * 24 * 60 * 60
 """The longest duration a probe believes: 100 years (3.15e9 s), far beyond any
@@ -183,7 +187,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     if context is None:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
     format_name = container.format.name
-    rate = _frame_rate(video)
+    rate = _frame_rate(video, raw=format_name in _RAW_STREAMS)
     duration = container.duration
     container_seconds = None if duration is None else _believed(duration / _MICROSECONDS)
     stream_seconds = None if format_name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
@@ -207,12 +211,14 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     )
 
 
-def _frame_rate(video: VideoStream) -> Fraction | None:
-    # ffprobe's avg_frame_rate, else its r_frame_rate; PyAV's Fraction is reduced.
-    rate = video.average_rate
+def _frame_rate(video: VideoStream, *, raw: bool) -> Fraction | None:
+    # ffprobe's avg_frame_rate, else FFmpeg's guess (ffmpeg's own choice: the
+    # codec's rate where r_frame_rate counts fields, as in a short MPEG clip);
+    # a raw stream's average is no measure. PyAV's Fraction is reduced.
+    rate = None if raw else video.average_rate
     if rate is not None and rate.numerator > 0:
         return rate
-    rate = video.base_rate
+    rate = video.guessed_rate
     return rate if rate is not None and rate.numerator > 0 else None
 
 
@@ -223,9 +229,15 @@ def _stream_seconds(video: VideoStream) -> float | None:
         time_base = video.time_base
         if time_base:
             return _believed(duration * time_base.numerator / time_base.denominator)
-    # Matroska and WebM keep the per-stream duration in a DURATION tag.
+    # Matroska and WebM keep the per-stream duration in a DURATION tag: the
+    # end of its last frame, which counts from 0 even when the track starts
+    # later (after an audio codec's priming, say).
     tag = video.metadata.get("DURATION")
-    return _parse_clock(tag) if tag else None
+    end = _parse_clock(tag) if tag else None
+    start, time_base = video.start_time, video.time_base
+    if end is None or not start or start < 0 or not time_base:
+        return end
+    return _believed(end - start * time_base.numerator / time_base.denominator)
 
 
 def _believed(seconds: float) -> float | None:
