@@ -99,6 +99,7 @@ def page_query(
         indexed=not walk,
         path_indexed=by_path or not walk,
         sort_column=column if walk else None,
+        path_walk=by_path,
     )
     plus = "" if walk else "+"
     ties = "" if by_path else f", id{direction}"  # paths are unique
@@ -113,6 +114,7 @@ def filter_clause(
     indexed: bool = True,
     path_indexed: bool = True,
     sort_column: str | None = None,
+    path_walk: bool = False,
 ) -> tuple[str, tuple[Any, ...]]:
     """The ``WHERE`` clause (with a leading space, or empty) and its arguments.
 
@@ -123,6 +125,10 @@ def filter_clause(
     so that no filter uses an index; ``path_indexed`` is the same for ``under``
     and ``within``,
     and the bounds on ``sort_column`` stay without ``+`` whatever ``indexed`` says.
+    ``path_walk`` (a page in path order): several ``within`` roots are one
+    range of the path index, from the first root's to the last one's, each
+    root checked row by row; as an ``OR`` of ranges, SQLite would read every
+    range and sort the rows it found, however small the page.
     """
     terms: list[str] = []
     args: list[Any] = []
@@ -164,9 +170,13 @@ def filter_clause(
         directory = "/" + os.path.normpath(where.under).lstrip("/")
         add(f"{path} >= ? AND {path} < ?", *subtree_bounds(directory))
     if where.within:
+        bounds = [subtree_bounds(root) for root in where.within]
         path = "path" if path_indexed else "+path"
-        ranges = " OR ".join(f"{path} >= ? AND {path} < ?" for _ in where.within)
-        add(f"({ranges})", *(bound for root in where.within for bound in subtree_bounds(root)))
+        if path_walk and len(bounds) > 1:
+            add("path >= ? AND path < ?", min(low for low, _ in bounds), max(h for _, h in bounds))
+            path = "+path"
+        ranges = " OR ".join(f"{path} >= ? AND {path} < ?" for _ in bounds)
+        add(f"({ranges})", *(bound for pair in bounds for bound in pair))
     return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
 
 

@@ -174,8 +174,10 @@ def _plan(tmp_path: Path, query: str, args: tuple[Any, ...]) -> str:
         {"container": "mp4", "max_duration": 60},
         {"under": "/m", "audio_codec": "aac"},
         {"q": "clip", "min_height": 480},
+        {"within": ("/m", "/n/x")},
+        {"within": ("/m", "/n/x"), "min_width": 640},
     ],
-    ids=["none", "codec", "container", "under", "q"],
+    ids=["none", "codec", "container", "under", "q", "roots", "roots-width"],
 )
 def test_a_walked_page_reads_the_sort_index(
     store: VideoStore, tmp_path: Path, sort: str, where: dict[str, Any]
