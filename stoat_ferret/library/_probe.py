@@ -63,6 +63,7 @@ _ESTIMATED_STREAM_DURATION: Final = frozenset({"mpeg", "mpegvideo"})
 
 # Raw elementary streams: their average rate is the demuxer's default (25),
 # whatever the stream says; FFmpeg's guess (``guessed_rate``) reads the stream.
+# Nor do they record a duration.
 _RAW_STREAMS: Final = frozenset({"h264", "hevc", "mpegvideo", "m4v", "h261", "h263"})
 
 
@@ -187,8 +188,11 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     if context is None:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
     format_name = container.format.name
-    rate = _frame_rate(video, raw=format_name in _RAW_STREAMS)
-    duration = container.duration
+    raw = format_name in _RAW_STREAMS
+    rate = _frame_rate(video, raw=raw)
+    # A raw stream's duration is FFmpeg's guess from its bit rate (0.01 s for
+    # a 4 s MPEG-1 clip): none, rather than a wrong one.
+    duration = None if raw else container.duration
     container_seconds = None if duration is None else _believed(duration / _MICROSECONDS)
     stream_seconds = None if format_name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
     audio = next(iter(container.streams.audio), None)
@@ -229,15 +233,10 @@ def _stream_seconds(video: VideoStream) -> float | None:
         time_base = video.time_base
         if time_base:
             return _believed(duration * time_base.numerator / time_base.denominator)
-    # Matroska and WebM keep the per-stream duration in a DURATION tag: the
-    # end of its last frame, which counts from 0 even when the track starts
-    # later (after an audio codec's priming, say).
+    # Matroska and WebM keep the per-stream duration in a DURATION tag (the
+    # track's length as mkvmerge writes it; its end, from 0, as FFmpeg does).
     tag = video.metadata.get("DURATION")
-    end = _parse_clock(tag) if tag else None
-    start, time_base = video.start_time, video.time_base
-    if end is None or not start or start < 0 or not time_base:
-        return end
-    return _believed(end - start * time_base.numerator / time_base.denominator)
+    return _parse_clock(tag) if tag else None
 
 
 def _believed(seconds: float) -> float | None:

@@ -48,9 +48,8 @@ INTEGER_MAX: Final = 2**63 - 1
 
 PROBE_VERSION: Final = 3
 """What a row's probe recorded: 2 is the editing metadata; 3 a raw video
-stream's real frame rate and a Matroska frame count without the track's
-start. A row with an older (or no) version is probed again by the next scan
-of its file."""
+stream's own frame rate, and no duration guessed from its bit rate. A row
+with an older (or no) version is probed again by the next scan of its file."""
 
 # Column -> SQLite type of the editing metadata (probe version 2), as schema
 # version 3 adds the columns, in METADATA_FIELDS order. Migration 3's text: it
