@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import sqlite3
@@ -784,6 +785,16 @@ def _put_back(moved: Path, directory: Path) -> None:
         os.rename(moved, directory)
 
 
+def _take_turns(
+    mount_point: Path, devices: Devices, tmp_path: Path, away: str, back: str, identity: int
+) -> None:
+    """Put the disk at ``mount_point`` away into ``tmp_path / away``, mount
+    ``tmp_path / back`` there instead, with file system ``identity``."""
+    unmount(mount_point, devices, tmp_path / away)
+    mount(mount_point, devices, tmp_path / back)
+    devices.identity[mount_point] = identity
+
+
 async def test_two_disks_taking_turns_keep_each_others_videos_and_ids(
     library: VideoLibrary,
     lib: Path,
@@ -802,10 +813,7 @@ async def test_two_disks_taking_turns_keep_each_others_videos_and_ids(
     copy_video(clip, tmp_path / "E" / "e.mp4")
     handler = make_scan_handler(library, probe_priority=NORMAL)
 
-    def turn(away: str, back: str, identity: int) -> None:
-        unmount(lib / "disk", devices, tmp_path / away)
-        mount(lib / "disk", devices, tmp_path / back)
-        devices.identity[lib / "disk"] = identity
+    turn = functools.partial(_take_turns, lib / "disk", devices, tmp_path)
 
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
@@ -848,10 +856,7 @@ async def test_a_file_of_the_disk_in_its_place_that_fails_to_probe_keeps_the_awa
     write_corrupt_video(tmp_path / "E" / "b.mp4")
     handler = make_scan_handler(library, probe_priority=NORMAL)
 
-    def turn(away: str, back: str, identity: int) -> None:
-        unmount(lib / "disk", devices, tmp_path / away)
-        mount(lib / "disk", devices, tmp_path / back)
-        devices.identity[lib / "disk"] = identity
+    turn = functools.partial(_take_turns, lib / "disk", devices, tmp_path)
 
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
