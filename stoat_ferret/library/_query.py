@@ -99,7 +99,7 @@ def page_query(
         indexed=not walk,
         path_indexed=by_path or not walk,
         sort_column=column if walk else None,
-        path_walk=by_path,
+        path_walk=by_path and walk,
     )
     plus = "" if walk else "+"
     ties = "" if by_path else f", id{direction}"  # paths are unique
@@ -125,7 +125,7 @@ def filter_clause(
     so that no filter uses an index; ``path_indexed`` is the same for ``under``
     and ``within``,
     and the bounds on ``sort_column`` stay without ``+`` whatever ``indexed`` says.
-    ``path_walk`` (a page in path order): several ``within`` roots are one
+    ``path_walk`` (a page walked in path order): several ``within`` roots are one
     range of the path index, from the first root's to the last one's, each
     root checked row by row; as an ``OR`` of ranges, SQLite would read every
     range and sort the rows it found, however small the page.
