@@ -171,7 +171,11 @@ def filter_clause(
         add(f"{path} >= ? AND {path} < ?", *subtree_bounds(directory))
     if where.within:
         bounds = [subtree_bounds(root) for root in where.within]
-        path = "path" if path_indexed else "+path"
+        # The roots hold (nearly) every stored video: their ranges narrow
+        # nothing, and given them indexed, SQLite would look up every row in
+        # them for the other filters. With another filter, they are checked
+        # in that filter's index instead, each of which ends with the path.
+        path = "path" if path_indexed and (path_walk or not terms) else "+path"
         if path_walk and len(bounds) > 1:
             add("path >= ? AND path < ?", min(low for low, _ in bounds), max(h for _, h in bounds))
             path = "+path"

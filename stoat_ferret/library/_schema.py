@@ -37,7 +37,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398031954), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -241,6 +241,22 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     6: (
         "ALTER TABLE videos ADD COLUMN file_system INTEGER",
         "CREATE INDEX videos_unplaced ON videos (path) WHERE file_system IS NULL",
+    ),
+    # The codec and container indexes end with the path: a list limited to
+    # the scan roots (every list, once roots are set) counts and picks its
+    # rows in the filter's index alone, the roots checked there, instead of
+    # looking up each row of the roots' range. (The width, height and
+    # duration indexes are sort indexes too, whose ties go by id: a path
+    # after the column would make a walk sort its ties.)
+    7: (
+        "DROP INDEX videos_video_codec",
+        "CREATE INDEX videos_video_codec ON videos"
+        " (video_codec, width, height, duration_seconds, path)",
+        "DROP INDEX videos_container",
+        "CREATE INDEX videos_container ON videos"
+        " (container_format, width, height, duration_seconds, path)",
+        "DROP INDEX videos_audio_codec",
+        "CREATE INDEX videos_audio_codec ON videos (audio_codec, path)",
     ),
 }
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _store
-from stoat_ferret.library._query import page_query, walk_sort_index
+from stoat_ferret.library._query import filter_clause, page_query, walk_sort_index
 from stoat_ferret.library._rows import COLUMNS
 from tests.library.support import record
 
@@ -189,6 +189,33 @@ def test_a_walked_page_reads_the_sort_index(
 
     assert "TEMP B-TREE" not in details, details
     assert "INDEX" in details, details
+
+
+@pytest.mark.parametrize(
+    ("where", "plan"),
+    [
+        ({"video_codec": "h264", "min_width": 640}, "COVERING INDEX videos_video_codec"),
+        ({"container": "mp4", "max_duration": 60}, "COVERING INDEX videos_container"),
+        ({"audio_codec": "aac"}, "COVERING INDEX videos_audio_codec"),
+        ({"min_width": 640}, "INDEX videos_width (width>?)"),
+        ({}, "COVERING INDEX"),
+    ],
+    ids=["codec", "container", "audio", "width", "roots-only"],
+)
+def test_a_count_within_the_roots_reads_the_filter_s_index(
+    store: VideoStore, tmp_path: Path, where: dict[str, Any], plan: str
+) -> None:
+    """The scan roots hold (nearly) every video: a count with another filter
+    reads that filter's index, the roots checked there (the codec and
+    container indexes end with the path), not each row of the roots' range."""
+    condition, args = filter_clause(VideoFilter(within=("/m",), **where), ["mov,mp4,m4a"])
+    query = f"SELECT count(*) FROM videos{condition}"
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        details = " | ".join(row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {query}", args))
+
+    assert plan in details, details
+    if where:
+        assert "path>?" not in details, details
 
 
 @pytest.mark.parametrize("sort", ["-duration_seconds", "filename", "updated_at"])
