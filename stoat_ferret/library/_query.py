@@ -133,6 +133,7 @@ def filter_clause(
     terms: list[str] = []
     args: list[Any] = []
     plus = "" if indexed else "+"
+    covered = False  # a video codec or container term, whose index ends with the path
 
     def add(term: str, *values: Any) -> None:
         terms.append(term)
@@ -145,6 +146,7 @@ def filter_clause(
         add(f"{plus}id IN ({matching})", search_key(where.q))
     if where.video_codec is not None:
         add(f"{plus}video_codec = ?", where.video_codec)
+        covered = indexed
     if where.audio_codec is not None:
         add(f"{plus}audio_codec = ?", where.audio_codec)
     if where.container is not None:
@@ -154,6 +156,7 @@ def filter_clause(
         else:
             names = [name for name in formats if alias == name or alias in name.split(",")]
             add(f"{plus}container_format IN ({', '.join('?' * len(names))})", *names)
+            covered = indexed
     for column, low, high in (
         ("width", where.min_width, where.max_width),
         ("height", where.min_height, where.max_height),
@@ -171,11 +174,13 @@ def filter_clause(
         add(f"{path} >= ? AND {path} < ?", *subtree_bounds(directory))
     if where.within:
         bounds = [subtree_bounds(root) for root in where.within]
-        # The roots hold (nearly) every stored video: their ranges narrow
+        # The roots most often hold every stored video: their ranges narrow
         # nothing, and given them indexed, SQLite would look up every row in
-        # them for the other filters. With another filter, they are checked
-        # in that filter's index instead, each of which ends with the path.
-        path = "path" if path_indexed and (path_walk or not terms) else "+path"
+        # them for a video codec or container filter. With one, they are checked in
+        # its index instead, which ends with the path (schema 7): no row is
+        # read, however few of the rows the roots hold (narrowed since the
+        # scans). A width, height or duration index does not end with it.
+        path = "path" if path_indexed and (path_walk or not covered) else "+path"
         if path_walk and len(bounds) > 1:
             add("path >= ? AND path < ?", min(low for low, _ in bounds), max(h for _, h in bounds))
             path = "+path"

@@ -242,12 +242,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE videos ADD COLUMN file_system INTEGER",
         "CREATE INDEX videos_unplaced ON videos (path) WHERE file_system IS NULL",
     ),
-    # The codec and container indexes end with the path: a list limited to
-    # the scan roots (every list, once roots are set) counts and picks its
-    # rows in the filter's index alone, the roots checked there, instead of
-    # looking up each row of the roots' range. (The width, height and
-    # duration indexes are sort indexes too, whose ties go by id: a path
-    # after the column would make a walk sort its ties.)
+    # The video codec and container indexes end with the path: a list
+    # limited to the scan roots (every list, once roots are set) counts and
+    # picks its rows in the filter's index alone, the roots checked there,
+    # instead of looking up each row of the roots' range. (The width, height
+    # and duration indexes are sort indexes too, whose ties go by id: a path
+    # after the column would make a walk sort its ties. The audio codec's,
+    # often beside a video codec, would then visit rows in path order.)
     7: (
         "DROP INDEX videos_video_codec",
         "CREATE INDEX videos_video_codec ON videos"
@@ -255,8 +256,6 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DROP INDEX videos_container",
         "CREATE INDEX videos_container ON videos"
         " (container_format, width, height, duration_seconds, path)",
-        "DROP INDEX videos_audio_codec",
-        "CREATE INDEX videos_audio_codec ON videos (audio_codec, path)",
     ),
 }
 
