@@ -3,7 +3,7 @@
 A scan's walk notes each mount point below the scanned directory as it
 found it (:class:`Disk`: its device and its file system's identity,
 ``_mounts.file_system``). Every directory the scan opens after the walk,
-to look at the files it found gone (``_scanned.gone_beneath``) or to
+to look at the files it found gone (``_scanned.look_beneath``) or to
 probe those that changed (``_scanprobe.probe_files``), is opened by
 :func:`open_on_its_disk`: from the nearest mount point that holds it,
 checked to hold that file system still, and each directory on the way

@@ -86,8 +86,12 @@ def from_outside(ended: str) -> bool:
     signal_name = ended.removeprefix("killed by ")
     if signal_name == ended:
         return False  # an exit status, or killed here
-    crashes = {crash.name for crash in CRASH_SIGNALS} | {signal.SIGPROF.name}
-    return signal_name not in crashes
+    return signal_name not in _FILES_SIGNAL_NAMES
+
+
+_FILES_SIGNAL_NAMES: Final = frozenset(
+    {crash.name for crash in CRASH_SIGNALS} | {signal.SIGPROF.name}
+)
 
 
 CLOSE_SECONDS: Final = 1.0

@@ -36,7 +36,7 @@ from stoat_ferret.library._exceptions import DirectoryReplaced
 from stoat_ferret.library._models import LookedAt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
     from stoat_ferret.library._models import Fingerprint, VideoRecord
 
@@ -46,36 +46,30 @@ _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 # is a symlink or a file now. Any other error (denied, I/O) cannot tell.
 
 
-def gone_beneath(
-    paths: Iterable[str], root: str, root_fd: int, disks: Mapping[str, _ondisk.Disk] | None = None
-) -> set[str]:
-    """Those of ``paths`` whose file is gone, looked at beneath ``root_fd``.
-
-    Gone: missing, a directory on the way replaced by a symlink or a file,
-    or no longer a regular file (``lstat``), but for something mounted over
-    it. A file that cannot be looked at for another reason (denied, I/O,
-    its disk not as the walk found it) is not gone. Each directory is
-    opened once, crossing no symlink, on the file system the walk found it
-    on (``_ondisk.open_on_its_disk``).
-
-    Args:
-        paths: Absolute, normalised paths beneath ``root``.
-        root: The directory ``root_fd`` was opened as.
-        root_fd: A descriptor of ``root``.
-        disks: The mount points the walk found below ``root``, as it found them.
-    """
-    return look_beneath(dict.fromkeys(paths), root, root_fd, disks).gone
-
-
 def look_beneath(
     files: Mapping[str, Fingerprint | None],
     root: str,
     root_fd: int,
     disks: Mapping[str, _ondisk.Disk] | None = None,
 ) -> LookedAt:
-    """:func:`gone_beneath` of ``files``' paths; and, of the files there,
-    those whose ``(st_size, st_mtime_ns)`` is not their fingerprint in
-    ``files`` (None: not compared)."""
+    """Those of ``files`` whose file is gone, looked at beneath ``root_fd``;
+    and, of the files there, those whose ``(st_size, st_mtime_ns)`` is not
+    their fingerprint in ``files`` (None: not compared).
+
+    Gone: missing, a directory on the way replaced by a symlink or a file,
+    or no longer a regular file (``lstat``), but for something mounted over
+    it. A file that cannot be looked at for another reason (denied, I/O,
+    its disk not as the walk found it) is neither gone nor changed. Each
+    directory is opened once, crossing no symlink, on the file system the
+    walk found it on (``_ondisk.open_on_its_disk``).
+
+    Args:
+        files: Absolute, normalised paths beneath ``root``, each with the
+            fingerprint it should have, or None.
+        root: The directory ``root_fd`` was opened as.
+        root_fd: A descriptor of ``root``.
+        disks: The mount points the walk found below ``root``, as it found them.
+    """
     mounts = disks or {}
     by_directory: dict[str, list[tuple[str, str]]] = {}
     for path in files:
@@ -174,7 +168,7 @@ class ScannedDirectory:
         """Those of ``paths`` whose file is gone.
 
         Looked at with ``lstat`` beneath the directory's descriptor
-        (:func:`gone_beneath`): missing, a directory on the way replaced by a
+        (:func:`look_beneath`): missing, a directory on the way replaced by a
         symlink or a file, or no longer a regular file. A regular file that
         is there is not gone, even though the walk did not see it: another
         scan may have found it (in a directory this one could not list, or

@@ -12,7 +12,7 @@ import pytest
 from stoat_ferret.library import _beneath, _ondisk, _scanned
 from stoat_ferret.library._models import LookedAt
 from stoat_ferret.library._ondisk import Disk
-from stoat_ferret.library._scanned import ScannedDirectory, gone_beneath
+from stoat_ferret.library._scanned import ScannedDirectory, look_beneath
 from tests.library.support import record
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from stoat_ferret.library._models import Fingerprint
 
 
-def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
+def test_look_beneath_tells_gone_files_from_those_still_there(scope: Path, scope_fd: int) -> None:
     """Missing, a link (never followed, the last component included), a
     FIFO, and the files of a directory replaced by a symlink or a file are
     gone; regular files are not, however many share a directory."""
@@ -48,7 +48,7 @@ def test_gone_beneath_tells_gone_files_from_those_still_there(scope: Path, scope
         )
     }
 
-    gone = gone_beneath(paths.values(), str(scope), scope_fd)
+    gone = look_beneath(dict.fromkeys(paths.values()), str(scope), scope_fd).gone
 
     assert gone == {
         path for name, path in paths.items() if name not in ("clip.mp4", "sub/deep.mp4")
@@ -91,12 +91,12 @@ def test_a_file_with_something_mounted_over_it_is_not_gone(
         return os.stat_result(fields)
 
     monkeypatch.setattr(os, "stat", device_there)
-    gone = gone_beneath([str(scope / "clip.mp4")], str(scope), scope_fd)
+    gone = look_beneath({str(scope / "clip.mp4"): None}, str(scope), scope_fd).gone
 
     assert gone == ({str(scope / "clip.mp4")} if is_gone else set())
 
 
-def test_gone_beneath_cannot_tell_a_file_it_may_not_look_at(
+def test_look_beneath_cannot_tell_a_file_it_may_not_look_at(
     scope: Path, scope_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file or a directory whose ``lstat`` or opening is denied (or fails
@@ -116,9 +116,8 @@ def test_gone_beneath_cannot_tell_a_file_it_may_not_look_at(
     monkeypatch.setattr(os, "stat", denied_stat)
     monkeypatch.setattr(os, "open", failing_open)
 
-    gone = gone_beneath(
-        [str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")], str(scope), scope_fd
-    )
+    files = dict.fromkeys([str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")])
+    gone = look_beneath(files, str(scope), scope_fd).gone
 
     assert gone == set()
 
