@@ -254,3 +254,54 @@ def test_a_search_from_the_address_is_isolated_where_the_page_repeats_it(
     _expect_isolated(page.locator("#library-count .untrusted"))
     expect(page.get_by_label("Search videos")).to_have_value(f"{RLO}nothing")  # as it came
     assert dashboard.console.errors == []
+
+
+def _shown(code: str) -> str:
+    return f"\N{MATHEMATICAL LEFT ANGLE BRACKET}U+{code}\N{MATHEMATICAL RIGHT ANGLE BRACKET}"
+
+
+def test_every_invisible_character_and_every_space_of_a_name_shows(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """Names that differ only by a character Chromium draws as nothing (an
+    unassigned special, a shorthand format control, a tag or variation
+    selector of plane 14 beyond the named ranges), by a run of spaces, or by a
+    space at the end of a folder's name, each look different: the character
+    is a mark, a run of spaces keeps its width, an end space is a mark."""
+    page = dashboard.page
+    folder = server.root / "alike"
+    folder.mkdir()
+    codes = ("FFF0", "1BCA0", "E0080", "E0FFF")  # in code point order: the errors' order
+    for code in codes:
+        write_corrupt_video(folder / f"cl{chr(int(code, 16))}ip.mp4")
+    write_corrupt_video(folder / "one space.mp4")
+    write_corrupt_video(folder / "one  space.mp4")  # two
+    ending = server.root / "ends "
+    ending.mkdir()
+
+    dashboard.scan(folder)
+
+    expect(dashboard.job(folder).locator(".badge")).to_have_text("completed")
+    rows = dashboard.job(folder).locator(".scan-errors li code")
+    expect(rows).to_have_count(6)
+    # Sorted by path, by code point: "cl" names first, "one  " before "one s".
+    expect(rows).to_have_text(
+        [
+            *(f"{folder}/cl{_shown(code)}ip.mp4" for code in codes),
+            f"{folder}/one  space.mp4",
+            f"{folder}/one space.mp4",
+        ]
+    )
+    expect(rows.locator(".control")).to_have_text([_shown(code) for code in codes])
+    # One read of both, in one task of the page: it redraws the job list at times.
+    widths = rows.evaluate_all("codes => codes.map((code) => code.getBoundingClientRect().width)")
+    assert widths[4] > widths[5] > 0  # "one  space" is wider: its second space is drawn
+
+    assert page.evaluate(POST_SCAN, [SCAN_URL, {"path": str(ending)}]) == 202
+    title = page.get_by_role(
+        "heading", name=f"Scan of {server.root}/ends{_shown('0020')}", exact=True
+    )
+    expect(page.locator("li.job").filter(has=title).locator(".badge")).to_have_text("completed")
+    expect(title.locator(".path .control")).to_have_text(_shown("0020"))
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []

@@ -73,12 +73,17 @@ function el(tag, props = {}, ...children) {
 // invisible operators, the byte-order mark, the soft hyphen, the combining
 // grapheme joiner, the Hangul and Khmer fillers, the Mongolian selectors and
 // vowel separator, the variation selectors but the emoji's two (U+FE0E/F),
-// the interlinear annotation marks, the musical format controls and the tag
-// characters (but in a flag of a subdivision, 🏴 then its tags, kept whole
-// by the first alternative). ZWJ and ZWNJ (U+200C/D) and U+FE0E/F are kept:
-// scripts and emoji need them.
+// the interlinear annotation marks and the unassigned specials before them
+// (U+FFF0-8), the shorthand format controls, the musical format controls and
+// the whole tag and variation selector plane block U+E0000-E0FFF (but in a
+// flag of a subdivision, 🏴 then its tags, kept whole by the first
+// alternative): every default-ignorable code point, which a browser draws
+// as nothing. ZWJ and ZWNJ (U+200C/D) and U+FE0E/F are kept: scripts and
+// emoji need them. White space at either end of a text is spelled out too
+// (the last two alternatives): a name " clip.mp4" or a folder "videos "
+// would look like another's.
 const INVISIBLE =
-  /\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff9-\ufffb\u{1d173}-\u{1d17a}\u{e0000}-\u{e007f}\u{e0100}-\u{e01ef}]/gu;
+  /\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff0-\ufffb\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]|(?<=^\s*)\s|\s(?=\s*$)/gu;
 
 /** A character as it is spelled out: ⟨U+202E⟩. */
 function codePoint(char) {
