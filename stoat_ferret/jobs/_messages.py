@@ -72,7 +72,7 @@ class Submit(NamedTuple):
 
     Unkeyed submits carry no reply: the caller already holds an admission
     slot and the id. Keyed ones are admitted by the actor, which answers with
-    the id to use (a running duplicate's, or this one's) or an exception."""
+    the id to use (a pending duplicate's, or this one's) or an exception."""
 
     job_id: str
     job_type: str

@@ -156,8 +156,8 @@ async def run_worker(
     """
     with work:
         async for assignment in work:
-            # A receive that found an item waiting does not raise a pending
-            # cancellation: a hard stop between the hand-over and here starts nothing.
+            # A receive handed an item while it waited returns it even if a
+            # cancellation came meanwhile: a hard stop then starts nothing.
             await checkpoint_if_cancelled()
             job_id = assignment.job_id
             if not shared.may_start(job_id):
