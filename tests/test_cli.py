@@ -35,7 +35,7 @@ from stoat_ferret.library import (
     VideoStore,
     _datadir,
     _lock,
-    _thumbstore,
+    _thumbdir,
     check_data_directory,
     prepare_database,
 )
@@ -1507,7 +1507,7 @@ def test_a_new_data_directory_and_database_are_private(
 
 def test_the_names_made_after_the_database_are_the_ones_checked() -> None:
     """The length check knows every file named after the database."""
-    assert {_lock.LOCK_SUFFIX, _thumbstore.SUFFIX} <= set(_datadir.COMPANION_SUFFIXES)
+    assert {_lock.LOCK_SUFFIX, _thumbdir.SUFFIX} <= set(_datadir.COMPANION_SUFFIXES)
 
 
 @pytest.mark.parametrize("written", ["8000\r", " 8000 ", "\u00a08000", "+8000", "08000"])

@@ -64,6 +64,8 @@ from stoat_ferret.library._schema import SCHEMA_VERSION
 from stoat_ferret.library._seccomp import seccomp_filters
 from stoat_ferret.library._store import VideoStore
 from stoat_ferret.library._storefile import BUSY_TIMEOUT_MS
+from stoat_ferret.library._thumbdir import directory_beside as thumbnails_directory_beside
+from stoat_ferret.library._thumbdir import directory_refusal as thumbnails_directory_refusal
 from stoat_ferret.library._thumbimage import THUMBNAIL_MEDIA_TYPE, THUMBNAIL_WIDTH
 from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
@@ -74,8 +76,6 @@ from stoat_ferret.library._thumbjob import (
 from stoat_ferret.library._thumbnail import make_thumbnail
 from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
 from stoat_ferret.library._thumbstore import ThumbnailStore
-from stoat_ferret.library._thumbstore import directory_beside as thumbnails_directory_beside
-from stoat_ferret.library._thumbstore import directory_refusal as thumbnails_directory_refusal
 from stoat_ferret.library._walk import walk_videos
 
 __all__ = [

@@ -59,7 +59,7 @@ NAME_MAX: Final = 255
 
 COMPANION_SUFFIXES: Final = ("-journal", "-wal", "-shm", ".lock", ".thumbnails")
 """What is named after the database beside it: SQLite's files, the lock
-(``_lock.py``) and the thumbnails' directory (``_thumbstore.py``)."""
+(``_lock.py``) and the thumbnails' directory (``_thumbdir.py``)."""
 
 PRIVATE_DIRECTORY_MODE: Final = 0o700
 PRIVATE_FILE_MODE: Final = 0o600

@@ -48,7 +48,8 @@ even if it changed nothing, as it does when a queue refused a submission
 (or a job queued here was cancelled before it started), and the
 service at start-up (:meth:`Thumbnailer.start_up_check`).
 
-Progress: the message counts ``made/total``, where ``total`` is the made
+Progress: the message counts ``made/total`` (``done/total``, and the failed
+of them, once one failed), where ``total`` is the made
 and failed so far plus what the latest listing found missing, so it grows
 when a listing after a pause finds the videos a scan added. The fraction is
 made over total, but never lowered: it holds while the total grows, until
@@ -139,9 +140,9 @@ class Thumbnailer:
         self._again = False
         # What jobs know of scans: told by then_thumbnails, which sets its queue.
         self.gate = ScanGate()
-        # True while thumbnails may be missing that no job will make: from the
-        # start of a job until one ends having made them all, when a
-        # submission was refused, and after a scan cut short. The next scan
+        # True while thumbnails may be missing that no job will make: from a
+        # job's submission or start until one ends having made them all, when
+        # a submission was refused, and after a scan cut short. The next scan
         # that ends submits a job then, even if it changed nothing.
         self.owed = False
         # A thumbnails job submitted here whose handler has not started yet:
@@ -206,8 +207,10 @@ class Thumbnailer:
 
     def directory_gone(self) -> bool:
         """Whether the thumbnails' directory is missing (removed by hand: "safe
-        to delete"), so its thumbnails are owed. Blocking: one ``stat``."""
-        return self._store.refused is None and not os.path.isdir(self._store.directory)
+        to delete"), or another is in its place (made again, copied back: not
+        read from until a job's write or sweep claims it), so its thumbnails
+        are owed. Blocking: one ``open``."""
+        return self._store.refused is None and not self._store.in_place()
 
     async def start_up_check(self) -> bool:
         """At start-up, before any job: remove the files of videos no longer stored
@@ -258,6 +261,10 @@ class Thumbnailer:
         """
         if await self._queued_to_start(queue):
             return
+        # Owed until a job has made them all: the job submitted now may be
+        # cancelled before it starts, and the next scan then submits another.
+        # Set first: the in-memory queue runs the job within its submit.
+        self.owed = True
         job_id = await submit_thumbnails(
             queue, self, after=after, key=None if self.working else THUMBNAILS_JOB_TYPE
         )

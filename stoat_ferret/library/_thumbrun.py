@@ -44,7 +44,7 @@ class ThumbnailRun:
         done = self.made + self.failed
         if self.total:
             self.fraction = max(self.fraction, done / self.total)
-        self.ctx.report_progress(self.fraction, _message(done, self.total, state))
+        self.ctx.report_progress(self.fraction, _message(done, self.failed, self.total, state))
 
     def result(self) -> dict[str, Any]:
         return {
@@ -61,8 +61,11 @@ class ThumbnailRun:
         }
 
 
-def _message(done: int, total: int, state: str | None = None) -> str:
+def _message(done: int, failed: int, total: int, state: str | None = None) -> str:
     if not total:  # not listed yet (paused, giving way), or listed with none to make
         return f"thumbnails; {state}" if state else "thumbnails: nothing to make"
-    counts = f"thumbnails: {done}/{total} made"
+    if failed:  # tried: made, or found to have no frame to make one of
+        counts = f"thumbnails: {done}/{total} done, {failed} of them failed"
+    else:
+        counts = f"thumbnails: {done}/{total} made"
     return f"{counts}; {state}" if state else counts

@@ -1,11 +1,11 @@
 """ThumbnailStore: the thumbnail files under the data directory. Blocking: use worker threads.
 
 Layout: ``<directory>/<video id>/v2-<size_bytes>-<mtime_ns>.webp``, named
-after the video's fingerprint: once the file changes, the old name no longer
-matches and the thumbnail is "missing" until it is made again (which removes
-the old one). ``v2`` is :data:`VERSION`, the way thumbnails are made: raising
-it makes every thumbnail (and failure marker) missing. A video whose frame
-cannot be decoded gets an empty ``v2-<fingerprint>.failed`` marker, tried again once it changes.
+after the video's fingerprint: once the file changes, its thumbnail is
+"missing" until made again (which removes the old one). ``v2`` is
+:data:`VERSION`: raising it makes every thumbnail (and failure marker)
+missing. A video whose frame cannot be decoded gets an empty ``.failed``
+marker of that name, tried again once it changes.
 
 The directory is the service's own: it is created with a marker file
 (:data:`MARKER`) in it, and an existing directory is taken over only if it has
@@ -13,8 +13,9 @@ the marker or is empty; one with other things in it is refused
 (:attr:`ThumbnailStore.refused` says why): nothing is written to it or deleted
 from it, :meth:`ThumbnailStore.check` raises, and there are no thumbnails. The
 store works in the directory it took (by device and inode): another put in its
-place is taken over, or refused, as at the start, and a write puts back a
-marker gone. Only entries named like a video id (``[0-9]+``) are ever swept.
+place is read from only once a write or a sweep took it over (or refused it)
+as at the start (:meth:`in_place` says whether it is there), and a write puts
+back a marker gone. Only entries named like a video id are ever swept.
 
 No symbolic link is ever followed in it, so that nothing outside it is written
 or deleted, whoever could put a link there: the directory is created with mode
@@ -24,20 +25,16 @@ opened with ``O_NOFOLLOW`` (the directory, a video's folder, then the file); a
 video's folder (mode 0o700) that is a link (or not a directory) is never
 written through: :meth:`write` raises and logs an error, :meth:`read` and
 :meth:`state` find no thumbnail, and :meth:`remove` and :meth:`sweep` remove
-the link itself, never its target (folders go by :func:`shutil.rmtree`'s
-descriptor-based walk). A file larger than :data:`MAX_THUMBNAIL_BYTES` is no
-thumbnail of ours: it reads as missing.
+the link itself, never its target (by :func:`shutil.rmtree`'s descriptors).
 
 A thumbnail goes with its video row: :meth:`remove` is the library's delete
 hook (``VideoLibrary.on_delete``), run after the deletion commits;
 :meth:`sweep` removes what it could have missed (a crash between the two, a
-database replaced under the directory).
-
-Concurrency: one lock keeps a write and a removal of the same folder apart.
-The writer (the ``thumbnails`` job) checks, after each write, that the row is
-still stored with the same fingerprint, and removes the file if not. A
-deletion's hook runs after its commit: a deletion committed before that check
-is seen by it, and one committed after it removes the file itself, so no
+database replaced under the directory). One lock keeps a write and a removal
+of the same folder apart. The writer (the ``thumbnails`` job) checks, after
+each write, that the row is still stored with the same fingerprint, and
+removes the file if not; a deletion committed before that check is seen by
+it, and one committed after it removes the file itself (its hook), so no
 thumbnail outlives its row. Files are written whole or not at all, even across
 a crash (``_atomicfile.py``); an empty image file counts as missing.
 """
@@ -55,17 +52,25 @@ from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
-from stoat_ferret.library._atomicfile import NEW_FILE, write_atomically
+from stoat_ferret.library._atomicfile import write_atomically
 from stoat_ferret.library._datadir import (
     PRIVATE_DIRECTORY_MODE,
     PRIVATE_FILE_MODE,
     make_private_directories,
 )
 from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._thumbdir import (
+    DIRECTORY,
+    LINK,
+    identity,
+    mark,
+    not_ours,
+    opened,
+    regular_size,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Iterator
-    from pathlib import Path
 
     from stoat_ferret.library._models import Fingerprint
 
@@ -74,19 +79,11 @@ FAILED_SUFFIX: Final = ".failed"
 VERSION: Final = "v2"
 """How thumbnails are made; part of their names (and ETags). v2: full range
 kept, mirroring applied, no marker for a child someone else signalled."""
-SUFFIX: Final = ".thumbnails"
-"""The thumbnails' directory is the database file's name with this added, beside
-it (``stoat.db.thumbnails/``): a user's own ``thumbnails`` folder is never it."""
-
-MARKER: Final = ".stoat-ferret-thumbnails"
-"""The file that marks a directory as this service's thumbnails directory."""
-
 MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
 """The largest file read as a thumbnail: ours (WebP, 320 pixels wide, at most
 1,280 high) are tens of kilobytes; a larger one counts as missing, unread."""
 
 _ID: Final = re.compile(r"[0-9]+", re.ASCII)
-_DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NOT_OURS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 """Missing, not a directory, a symbolic link: nothing of ours there."""
@@ -102,7 +99,7 @@ class ThumbnailStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = os.fspath(directory)
         self._lock = threading.Lock()
-        # The directory claimed, (st_dev, st_ino): another put in its place is claimed anew.
+        # (st_dev, st_ino) of the directory claimed: another in its place is claimed anew.
         self._claimed: tuple[int, int] | None = None
         self.remade = 0
         """Times the directory was made again (removed by hand) since the start."""
@@ -151,8 +148,8 @@ class ThumbnailStore:
         stem = _stem(fingerprint)
         try:
             with self._claimed_folder(video_id) as folder:
-                made = _regular_size(stem + THUMBNAIL_SUFFIX, folder)
-                failed = _regular_size(stem + FAILED_SUFFIX, folder)
+                made = regular_size(stem + THUMBNAIL_SUFFIX, folder)
+                failed = regular_size(stem + FAILED_SUFFIX, folder)
         except OSError:
             return None
         if made is not None and 0 < made <= MAX_THUMBNAIL_BYTES:
@@ -180,7 +177,7 @@ class ThumbnailStore:
         with self._lock:
             top = self._open_directory()  # removed meanwhile: made again, marked
             try:
-                _mark(top)  # ours, but its marker went with a half-done rm -rf
+                mark(top)  # ours, but its marker went with a half-done rm -rf
                 folder = self._open_folder(top, video_id)
             finally:
                 os.close(top)
@@ -244,12 +241,12 @@ class ThumbnailStore:
             make_private_directories(self.directory)
         except FileExistsError:
             if stat.S_ISLNK(os.lstat(self.directory).st_mode):
-                return self._refuse(_LINK)
-        with _opened(self.directory) as top:
-            if (problem := _not_ours(top)) is not None:
+                return self._refuse(LINK)
+        with opened(self.directory) as top:
+            if (problem := not_ours(top)) is not None:
                 return self._refuse(problem)
-            _mark(top)
-            self._claimed = _identity(top)
+            mark(top)
+            self._claimed = identity(top)
         return None
 
     def _refuse(self, why: str) -> str:
@@ -275,10 +272,18 @@ class ThumbnailStore:
         self.check()
         return self._open_claimed()  # ENOENT if replaced again since the claim
 
+    def in_place(self) -> bool:
+        """Whether the directory claimed is at its path (not removed, nor another put there)."""
+        try:
+            os.close(self._open_claimed())
+        except OSError as exc:
+            return exc.errno not in _NOT_OURS  # denied...: there, whatever else is wrong
+        return True
+
     def _open_claimed(self) -> int:
         """The directory claimed, open (ENOENT: another is in its place)."""
-        top = os.open(self.directory, _DIRECTORY)
-        if _identity(top) != self._claimed:
+        top = os.open(self.directory, DIRECTORY)
+        if identity(top) != self._claimed:
             os.close(top)
             raise FileNotFoundError(errno.ENOENT, "not the directory claimed", self.directory)
         return top
@@ -288,7 +293,7 @@ class ThumbnailStore:
         """The video's folder in the directory claimed (ENOENT as :meth:`_open_claimed`)."""
         top = self._open_claimed()
         try:
-            with _opened(_entry(video_id), top) as folder:
+            with opened(_entry(video_id), top) as folder:
                 yield folder
         finally:
             os.close(top)
@@ -299,7 +304,7 @@ class ThumbnailStore:
         with contextlib.suppress(FileExistsError):
             os.mkdir(entry, PRIVATE_DIRECTORY_MODE, dir_fd=top)
         try:
-            return os.open(entry, _DIRECTORY, dir_fd=top)
+            return os.open(entry, DIRECTORY, dir_fd=top)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
@@ -324,71 +329,6 @@ class ThumbnailStore:
         except OSError as exc:
             folder = os.path.join(self.directory, entry)
             logger.warning("cannot remove thumbnails", folder=folder, reason=str(exc))
-
-
-def directory_beside(database: Path) -> Path:
-    """Where the thumbnails of the database file ``database`` are (:data:`SUFFIX`)."""
-    return database.with_name(database.name + SUFFIX)
-
-
-_LINK: Final = "is a symbolic link"
-
-
-def directory_refusal(directory: str) -> str | None:
-    """Why a store would leave ``directory`` alone (and run without thumbnails),
-    or None if it would use it: the same rules as its start, read only.
-
-    Raises:
-        OSError: it cannot be looked at or opened (not a directory, denied...).
-    """
-    if stat.S_ISLNK(os.lstat(directory).st_mode):
-        return _LINK
-    with _opened(directory) as top:
-        return _not_ours(top)
-
-
-def _not_ours(top: int) -> str | None:
-    """Why the open thumbnails directory ``top`` is not the store's to use, or None:
-    another user's, writable by every user, or holding others' files (not empty,
-    and without the marker)."""
-    info = os.fstat(top)
-    if info.st_uid != os.geteuid():
-        return f"belongs to another user (uid {info.st_uid})"
-    if info.st_mode & stat.S_IWOTH:
-        return "is writable by every user"
-    if _regular_size(MARKER, top) is None and os.listdir(top):
-        return f"is not empty and not marked as stoat_ferret's (no {MARKER} file)"
-    return None
-
-
-@contextlib.contextmanager
-def _opened(path: str, dir_fd: int | None = None) -> Iterator[int]:
-    """A directory's descriptor, opened without following a symbolic link."""
-    fd = os.open(path, _DIRECTORY, dir_fd=dir_fd)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _identity(fd: int) -> tuple[int, int]:
-    info = os.fstat(fd)
-    return info.st_dev, info.st_ino
-
-
-def _mark(top: int) -> None:
-    if _regular_size(MARKER, top) is None:  # write MARKER in top unless it is there
-        with os.fdopen(os.open(MARKER, NEW_FILE, PRIVATE_FILE_MODE, dir_fd=top), "w") as file:
-            file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
-
-
-def _regular_size(name: str, dir_fd: int) -> int | None:
-    """The size of the regular file ``name`` in ``dir_fd``; None if missing or not one."""
-    try:
-        info = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _entry(video_id: int) -> str:

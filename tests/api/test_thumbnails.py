@@ -25,7 +25,7 @@ from stoat_ferret.library import (
     ThumbnailStore,
     VideoLibrary,
 )
-from stoat_ferret.library._thumbstore import MARKER
+from stoat_ferret.library._thumbdir import MARKER
 from stoat_ferret.settings import Settings
 from tests.api.support import LifespanFailed, serving
 from tests.library.test_thumbjob import garbage_frames

@@ -8,6 +8,7 @@ waiting scan once, so no chain of jobs can end and resubmit for it.
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
@@ -145,7 +146,7 @@ async def test_progress_never_goes_back_when_a_scan_adds_videos_during_a_pause(
         (0.25, "thumbnails: 1/10 made"),
         (0.25, "thumbnails: 2/10 made"),
     ]
-    assert progress[-1] == (1.0, "thumbnails: 10/10 made")
+    assert progress[-1] == (1.0, "thumbnails: 10/10 done, 1 of them failed")
     assert (results[0]["made"], results[0]["failed"]) == (9, 1)
     assert page.total == 0
 
@@ -183,8 +184,8 @@ async def test_a_scan_starting_during_the_last_thumbnail_makes_the_job_list_agai
             scan.release.set()
         page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
-    assert (1.0, "thumbnails: 4/4 made; paused for a scan") in progress
-    assert progress[-1] == (1.0, "thumbnails: 5/5 made")
+    assert (1.0, "thumbnails: 4/4 done, 1 of them failed; paused for a scan") in progress
+    assert progress[-1] == (1.0, "thumbnails: 5/5 done, 1 of them failed")
     assert (results[0]["made"], results[0]["paused_for_scans"]) == (4, 1)
     assert page.total == 0  # the working job saw the scan's video
     assert not setup.thumbnailer.owed
@@ -312,13 +313,16 @@ async def test_a_scan_starting_during_the_listing_cuts_its_file_checks_short(
     assert (results[0]["made"], results[0]["failed"], results[0]["paused_for_scans"]) == (3, 1, 1)
 
 
-@pytest.mark.parametrize("removed", [False, True], ids=["kept", "removed"])
+@pytest.mark.parametrize("removed", ["kept", "removed", "made again", "copied back"])
 async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_was_removed(
-    setup: Setup, removed: bool
+    setup: Setup, removed: str
 ) -> None:
     """Deleting the thumbnails' directory by hand is safe: the next scan, though
     it changed nothing, submits a job that makes them again (not the next
-    start only). With the directory there, it submits none."""
+    start only), as it does when another directory was put in its place
+    (removed and made again empty, or a copy put back: not the directory the
+    store claimed, so not read from until a job claims it). With the
+    directory there, it submits none."""
     real = make_scan_handler(setup.library)
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(real, queue, setup.thumbnailer))
@@ -327,17 +331,64 @@ async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_
     with anyio.fail_after(30):
         await queue.submit("scan", {"path": str(setup.folder)})  # adds: makes them
         first = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
-        if removed:
-            shutil.rmtree(setup.store.directory)
+        directory = setup.store.directory
+        if removed == "copied back":
+            shutil.copytree(directory, f"{directory}.copy")
+        if removed != "kept":
+            shutil.rmtree(directory)
+        if removed == "made again":
+            os.mkdir(directory, 0o700)
+        if removed == "copied back":
+            os.rename(f"{directory}.copy", directory)
+            before_claimed = set((await setup.made()).values())  # not read from yet
         await queue.submit("scan", {"path": str(setup.folder)})  # changes nothing
         page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
         made = await setup.made()
 
     assert first.total == 1
-    assert page.total == (2 if removed else 1)
+    assert page.total == (1 if removed == "kept" else 2)
+    if removed == "copied back":
+        assert before_claimed == {None}
     assert sorted(name for name, image in made.items() if image is not None) == [
         "h264_aac.mp4",
         "h264_mp2.ts",
         "vp9_opus.webm",
     ]
+    assert not setup.thumbnailer.owed
+
+
+async def test_a_job_cancelled_before_it_started_is_owed_to_the_next_scan(setup: Setup) -> None:
+    """One worker: scan A adds videos and queues a job behind scan B; the job is
+    cancelled while it waits. B changed nothing, yet its end submits a job,
+    which makes the thumbnails: the cancelled job's work was owed."""
+    scans = {"a": HeldScan(), "b": HeldScan()}
+    scans["a"].added = 3
+    supervisor = JobSupervisor(max_workers=1)
+    register_held_scans(supervisor, setup, scans)
+
+    with anyio.fail_after(30):
+        await setup.scan()  # the rows, and no thumbnail yet
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            a = await supervisor.submit("scan", "a")
+            await scans["a"].running.wait()
+            b = await supervisor.submit("scan", "b")
+            scans["a"].release.set()
+            await supervisor.wait(a)
+            queued = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            assert [job.status for job in queued.jobs] == [JobStatus.PENDING]
+            assert await supervisor.cancel(queued.jobs[0].job_id)
+            await scans["b"].running.wait()
+            scans["b"].release.set()
+            await supervisor.wait(b)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            jobs = [await supervisor.wait(job.job_id) for job in page.jobs]
+            await supervisor.aclose()
+
+    assert [job.status for job in jobs] == [
+        JobStatus.COMPLETED,
+        JobStatus.CANCELLED,
+    ]  # newest first
+    assert jobs[1].started_at is None
+    assert (jobs[0].result["made"], jobs[0].result["failed"]) == (3, 1)
     assert not setup.thumbnailer.owed

@@ -21,7 +21,8 @@ from stoat_ferret.library import (
     VideoStore,
     make_scan_handler,
 )
-from stoat_ferret.library._thumbstore import MARKER, MAX_THUMBNAIL_BYTES
+from stoat_ferret.library._thumbdir import MARKER
+from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.support import make_context
 
 if TYPE_CHECKING:
