@@ -179,7 +179,9 @@ def filter_clause(
         # them for a video codec or container filter. With one, they are checked in
         # its index instead, which ends with the path (schema 7): no row is
         # read, however few of the rows the roots hold (narrowed since the
-        # scans). A width, height or duration index does not end with it.
+        # scans). A width, height or duration index does not end with it; the
+        # roots' ranges of the path index carry those bounds (schema 8), so
+        # there the bounds are checked without reading the rows.
         path = "path" if path_indexed and (path_walk or not covered) else "+path"
         if path_walk and len(bounds) > 1:
             add("path >= ? AND path < ?", min(low for low, _ in bounds), max(h for _, h in bounds))

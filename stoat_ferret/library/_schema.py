@@ -9,10 +9,12 @@ step by step. Version 2 adds the ``scan_errors`` table; version 3 adds the
 editing metadata columns and the indexes of sorted lists; version 4 makes the
 videos table again with ``AUTOINCREMENT`` ids, so that no id is used twice;
 version 5 adds the ``mount_points`` table (``_mounts.py`` says what it is
-for). A row written
-before version 3 has ``probe_version`` NULL; the scope query reports such a
-row's size as -1, which no file has, so the next scan probes the file again
-and counts it as updated, once.
+for); version 6 the file system each video was found on; versions 7 and 8
+make indexes again, so that a list limited to the scan roots checks them in
+an index (the comments at each say how). A row written before version 3 has
+``probe_version`` NULL; the scope query reports such a row's size as -1,
+which no file has, so the next scan probes the file again and counts it as
+updated, once.
 
 Whose file it is. ``PRAGMA application_id`` holds :data:`APPLICATION_ID`
 (``"STFR"``), set by the migration that creates the schema, and by the next
@@ -37,7 +39,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398031954), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -256,6 +258,17 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DROP INDEX videos_container",
         "CREATE INDEX videos_container ON videos"
         " (container_format, width, height, duration_seconds, path)",
+    ),
+    # The path index carries the width, height and duration bounds: a list
+    # limited to the scan roots (or under a directory) with such a bound
+    # checks it in the roots' range of this index, and looks up only the rows
+    # that match, instead of every row of the range (which most often holds
+    # every video: 1.7-3 s for a count at 1,000,000 rows, a 503). Still a
+    # covering index of the scope query, whose columns come first.
+    8: (
+        "DROP INDEX videos_fingerprint",
+        "CREATE INDEX videos_fingerprint ON videos"
+        " (path, size_bytes, mtime_ns, probe_version, width, height, duration_seconds)",
     ),
 }
 

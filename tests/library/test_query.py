@@ -197,10 +197,15 @@ def test_a_walked_page_reads_the_sort_index(
         ({"video_codec": "h264", "min_width": 640}, "COVERING INDEX videos_video_codec"),
         ({"container": "mp4", "max_duration": 60}, "COVERING INDEX videos_container"),
         ({"audio_codec": "aac"}, "INDEX videos_audio_codec (audio_codec=?)"),
-        ({"min_width": 640}, "(path>? AND path<?)"),
+        ({"min_width": 640}, "COVERING INDEX videos_fingerprint (path>? AND path<?)"),
+        ({"max_height": 720}, "COVERING INDEX videos_fingerprint (path>? AND path<?)"),
+        (
+            {"min_duration": 60, "max_duration": 600, "min_width": 640},
+            "COVERING INDEX videos_fingerprint (path>? AND path<?)",
+        ),
         ({}, "COVERING INDEX"),
     ],
-    ids=["codec", "container", "audio", "width", "roots-only"],
+    ids=["codec", "container", "audio", "width", "height", "duration-width", "roots-only"],
 )
 def test_a_count_within_the_roots_reads_the_filter_s_index(
     store: VideoStore, tmp_path: Path, where: dict[str, Any], plan: str
@@ -208,9 +213,10 @@ def test_a_count_within_the_roots_reads_the_filter_s_index(
     """A count with a video codec or container filter reads that filter's
     index alone, the roots checked there (it ends with the path), not each
     row of the roots' range, which most often holds every video; with an
-    audio codec or a width bound, whose indexes do not end with the path,
-    SQLite chooses as before (the roots may have been narrowed to a few of
-    the rows stored)."""
+    audio codec, whose index does not end with the path, SQLite chooses as
+    before (the roots may have been narrowed to a few of the rows stored).
+    Width, height and duration bounds are checked in the roots' range of the
+    path index, which carries them (schema 8): no row is read."""
     condition, args = filter_clause(VideoFilter(within=("/m",), **where), ["mov,mp4,m4a"])
     query = f"SELECT count(*) FROM videos{condition}"
     with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:

@@ -1403,8 +1403,8 @@ def test_no_id_is_given_twice(tmp_path: Path) -> None:
 
 def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> None:
     """Version 4 makes the table again: rows keep their ids, every index is
-    there as before (and version 6's; those version 7 made again as it made
-    them), and a deleted id is not given again."""
+    there as before (and version 6's; those versions 7 and 8 made again as
+    they made them), and a deleted id is not given again."""
     path = tmp_path / "old.sqlite"
     _database_at(path, 3)
     indexes = "SELECT name, sql FROM sqlite_schema WHERE type = 'index' ORDER BY name"
@@ -1426,7 +1426,8 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     unplaced = ("videos_unplaced", MIGRATIONS[6][1])
     remade = {
         statement.split()[2]: statement
-        for statement in MIGRATIONS[7]
+        for step in (7, 8)
+        for statement in MIGRATIONS[step]
         if statement.startswith("CREATE INDEX")
     }
     expected = [(name, remade.get(name, sql)) for name, sql in before]
@@ -1580,3 +1581,40 @@ def test_a_store_that_cannot_be_looked_at_for_a_moment_is_not_broken(
 
     assert type(refused.value) is StoreError
     assert broken is None
+
+
+def test_version_8_puts_the_bounds_in_the_path_index(tmp_path: Path) -> None:
+    """Version 8 makes the path index again with the width, height and duration
+    after the scope query's columns: a count limited to the roots with such a
+    bound reads that index alone, and the scope query still does."""
+    path = tmp_path / "v7.sqlite"
+    _database_at(path, 7)
+
+    with contextlib.closing(VideoStore.open(path)) as store:
+        fingerprints = store.fingerprints("/m", recursive=True)
+        counts = [
+            store.list_videos(10, 0, VideoFilter(within=("/m",), **bound))[1]
+            for bound in ({"min_width": 64}, {"min_width": 65}, {"max_duration": 0.4})
+        ]
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        columns = [name for _, _, name in raw.execute("PRAGMA index_info('videos_fingerprint')")]
+        scope = " | ".join(
+            row[3]
+            for row in raw.execute(
+                "EXPLAIN QUERY PLAN SELECT path, size_bytes, mtime_ns, probe_version"
+                " FROM videos WHERE path >= '/m/' AND path < '/m0'"
+            )
+        )
+
+    assert set(fingerprints) == {"/m/old.mp4"}
+    assert counts == [1, 0, 1]
+    assert columns == [
+        "path",
+        "size_bytes",
+        "mtime_ns",
+        "probe_version",
+        "width",
+        "height",
+        "duration_seconds",
+    ]
+    assert "COVERING INDEX videos_fingerprint" in scope, scope
