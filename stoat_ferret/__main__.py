@@ -38,7 +38,7 @@ from stoat_ferret._cli import (
 )
 from stoat_ferret._logging import configure_logging
 from stoat_ferret.library import StoreError
-from stoat_ferret.settings import SettingsError
+from stoat_ferret.settings import SettingsError, redact_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -113,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _say(check(settings, names))
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
-            sys.stderr.write(one_line(exc) + "\n")
+            # A token pasted into another setting (the host, the database's
+            # path) is not repeated in the error about it.
+            sys.stderr.write(redact_secrets(one_line(exc)) + "\n")
             return EXIT_BAD_SETTING
         # The database's lock is held until the process exits: no second
         # process serves it, nor opens it for writing, meanwhile.
@@ -162,10 +164,11 @@ def _serve(settings: Settings, names: dict[str, str]) -> int:
         # getaddrinfo's code, not an errno, and its own words.
         words = (exc.strerror or str(exc)).split(" (while attempting to bind", 1)[0]
         reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else words
-        sys.stderr.write(
+        line = (
             f"stoat-ferret: cannot listen on {settings.host}:{settings.port}"
-            f" ({names['host']}, {names['port']}): {reason}\n"
+            f" ({names['host']}, {names['port']}): {reason}"
         )
+        sys.stderr.write(redact_secrets(line) + "\n")
         return EXIT_CANNOT_LISTEN
     try:
         with listener:

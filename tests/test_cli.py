@@ -1518,3 +1518,47 @@ def test_a_number_as_an_env_file_may_write_it_is_read(written: str) -> None:
     _, settings, _ = parse_command([], {"STOAT_PORT": written})
 
     assert settings.port == 8000
+
+
+@pytest.mark.parametrize(
+    ("variable", "said"),
+    [
+        ("STOAT_PORT", "STOAT_PORT must be a whole number, got '<redacted>'"),
+        ("STOAT_JOB_TIMEOUT", "STOAT_JOB_TIMEOUT must be a number of seconds, got '<redacted>'"),
+        ("STOAT_PROBE_PRIORITY", "STOAT_PROBE_PRIORITY must be idle or normal, got '<redacted>'"),
+    ],
+)
+def test_a_token_pasted_into_a_setting_read_before_it_is_redacted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, said: str
+) -> None:
+    """The token's value is redacted from the error of a variable read before
+    the token's own (a swapped deploy template), not only from those after it."""
+    token = "abcdefghijklmnopqrstuvwxyz012345"
+    monkeypatch.setenv("STOAT_API_TOKEN", token)
+    monkeypatch.setenv(variable, token)
+
+    status = main(["check"])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert said in line, line
+    assert token not in line
+
+
+def test_a_token_in_the_database_path_is_redacted_from_the_store_s_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An error found after the settings were read (here, the database's: not
+    this service's file) does not repeat the token either."""
+    token = "abcdefghijklmnopqrstuvwxyz012345"
+    database = tmp_path / f"{token}.db"
+    database.write_text("not a database\n" * 100)
+    monkeypatch.setenv("STOAT_API_TOKEN", token)
+    monkeypatch.setenv("STOAT_DATABASE_PATH", str(database))
+
+    status = main(["check"])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert f"{tmp_path}/<redacted>.db" in line, line
+    assert token not in line

@@ -57,7 +57,13 @@ from stoat_ferret.settings._checks import (
     usable_cores,
 )
 from stoat_ferret.settings._options import Option, options, parse_flag
-from stoat_ferret.settings._settings import ExposureError, Settings, check_known, known_variables
+from stoat_ferret.settings._settings import (
+    ExposureError,
+    Settings,
+    check_known,
+    known_variables,
+    redact_secrets,
+)
 
 __all__ = [
     "LOG_FORMATS",
@@ -74,5 +80,6 @@ __all__ = [
     "known_variables",
     "options",
     "parse_flag",
+    "redact_secrets",
     "usable_cores",
 ]

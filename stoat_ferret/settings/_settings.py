@@ -293,14 +293,14 @@ class Settings:
         source = os.environ if environ is None else environ
         check_known(source)
         values: dict[str, Any] = dict(overrides or {})
-        secrets: list[str] = []
+        # Every secret as given, before any variable is read: one pasted into
+        # another variable too (a swapped template) is redacted from its error.
+        secrets = secret_values(source, cls)
         try:
             for field in attrs.fields(cls):
                 name = _env(field)
                 raw = source.get(name, "").strip()
                 if raw and field.name not in values:
-                    if field.metadata.get("secret"):
-                        secrets.append(raw)
                     values[field.name] = _PARSERS[field.name](name, raw)
                     if field.metadata.get("secret"):
                         secrets.append(str(values[field.name]))
@@ -312,6 +312,25 @@ class Settings:
         except SettingsError as exc:
             raise SettingsError(_redacted(str(exc), secrets)) from None
         return settings
+
+
+def secret_values(
+    environ: Mapping[str, str], settings_class: type[Settings] | None = None
+) -> list[str]:
+    """The values the secret variables (the token) of ``settings_class``
+    (:class:`Settings` when None) have in ``environ``, as given."""
+    return [
+        raw
+        for field in attrs.fields(settings_class or Settings)
+        if field.metadata.get("secret") and (raw := environ.get(_env(field), "").strip())
+    ]
+
+
+def redact_secrets(message: str, environ: Mapping[str, str] | None = None) -> str:
+    """``message`` without the value of any secret variable of ``environ``
+    (``os.environ`` when None): for an error about the settings, the host or
+    the database said after :meth:`Settings.from_environ` (which redacts its own)."""
+    return _redacted(message, secret_values(os.environ if environ is None else environ))
 
 
 def _redacted(message: str, secrets: Sequence[str]) -> str:
