@@ -34,6 +34,7 @@ handed to it; with ``STOAT_PORT=0`` the system picks a free port, and the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import signal
@@ -47,10 +48,10 @@ from loguru import logger
 from uvicorn.server import HANDLED_SIGNALS
 
 from stoat_ferret._address import address_family, dashboard_url
+from stoat_ferret._descriptors import QuietAcceptFailures, raise_open_files_limit
 from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
 if TYPE_CHECKING:
-    import asyncio
     import types
     from collections.abc import Callable, Generator, Iterable, Mapping
 
@@ -162,6 +163,9 @@ class GracefulServer(uvicorn.Server):
         Raises:
             SystemExit: uvicorn's 3 when the app fails to start.
         """
+        # Before the sockets are served: an accept that finds no descriptor
+        # left is said once in a while, not thousands of times a second.
+        asyncio.get_running_loop().set_exception_handler(QuietAcceptFailures())
         # Assumes uvicorn 0.54's startup: it returns only once it serves the
         # sockets it was handed (started is True), and otherwise calls
         # sys.exit(STARTUP_FAILURE) after the app's lifespan failed to start.
@@ -315,6 +319,8 @@ def serve(settings: Settings, listener: socket.socket) -> None:
 
     Returns once stopped; closes ``listener``.
     """
+    before, limit = raise_open_files_limit()  # a connection holds a descriptor
+    logger.info("open files limit", limit=limit, raised_from=before if before != limit else None)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

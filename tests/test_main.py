@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -132,6 +133,10 @@ def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     messages = [line["message"] for line in lines]
     assert f"dashboard: {base_url}/" in messages
+    # Every connection holds a descriptor: the server may open as many as it is allowed.
+    [limit] = [line["limit"] for line in lines if line["message"] == "open files limit"]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert limit == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
     assert any("dated ahead of the clock" in message for message in messages)
     statuses = [
         line["status"] for line in lines if line.get("job_id") == job_id and "status" in line
