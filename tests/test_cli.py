@@ -203,9 +203,9 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--scan-root", ""], "--scan-root needs a directory, got ''"),
         (["--allowed-host", ""], "--allowed-host needs a host name, got ''"),
         (["--allowed-origin", " "], "--allowed-origin needs an origin, got ' '"),
-        (
-            ["--scan-root", "/tmp", "--scan-root", ":"],
-            "--scan-root names no directory, only separators: ':'",
+        (  # a flag names one directory: the separator is a part of its name
+            ["--scan-root", "/tmp", "--scan-root", "/no/such:/tmp"],
+            "--scan-root: /no/such:/tmp is not an existing directory",
         ),
         (["--log-format", "xml"], "--log-format must be text or json, got 'xml'"),
         (["--probe-priority", "low"], "--probe-priority must be idle or normal, got 'low'"),

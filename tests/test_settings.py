@@ -307,6 +307,16 @@ def test_a_database_path_that_cannot_be_looked_at_is_one_clear_error(
     assert reason in str(caught.value)
 
 
+def test_a_root_whose_path_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    """The API takes UTF-8 paths only (a JSON string cannot hold others), so a
+    root whose name is not UTF-8 could never be scanned: refused at start."""
+    root = os.path.join(os.fsencode(tmp_path), b"vlat\xe9")
+    os.mkdir(root)
+
+    with pytest.raises(SettingsError, match=r"STOAT_SCAN_ROOTS: .*vlat\\udce9.* is not UTF-8"):
+        Settings.from_environ({"STOAT_SCAN_ROOTS": os.fsdecode(root)})
+
+
 def test_scan_root_that_is_a_file(tmp_path: Path) -> None:
     """A scan root must be a directory."""
     file = tmp_path / "file"
@@ -379,11 +389,11 @@ def test_a_bad_flag_value_names_the_flag(tmp_path: Path) -> None:
     first, second, third = (str(tmp_path / name) for name in "abc")
     for name in (first, second, third):
         os.mkdir(name)
-    assert parse_flag("scan_roots", [first, f"{second}{os.pathsep}{third}"]) == (
-        first,
-        second,
-        third,
-    )
+    assert parse_flag("scan_roots", [first, second, third]) == (first, second, third)
+    # A flag names one directory: a separator is a part of its name.
+    with_separator = str(tmp_path / f"b{os.pathsep}c")
+    os.mkdir(with_separator)
+    assert parse_flag("scan_roots", [first, with_separator]) == (first, with_separator)
     assert parse_flag("max_workers", ["2", " 3 "]) == 3
 
 

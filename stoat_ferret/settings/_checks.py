@@ -137,6 +137,13 @@ def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], valu
             is_directory = False
         if not is_directory:
             raise SettingsError(f"{_env(attribute)}: {root} is not an existing directory")
+        try:
+            os.fspath(root).encode()
+        except UnicodeEncodeError:  # bytes Python decoded with surrogates
+            raise SettingsError(
+                f"{_env(attribute)}: {os.fspath(root)!r} is not UTF-8, which every path"
+                " the API takes is: no scan could name it"
+            ) from None
 
 
 def _check_log_level(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
@@ -346,6 +353,11 @@ def _parse_roots(name: str, raw: str) -> tuple[str, ...]:
     return roots
 
 
+def _parse_one_root(_: str, raw: str) -> tuple[str, ...]:
+    """One ``--scan-root`` flag: one directory, whatever it holds (``:`` too)."""
+    return (raw,) if raw else ()
+
+
 def _parse_list(_: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -388,4 +400,9 @@ _PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "allowed_origins": _parse_list,
     "api_token": _parse_text,
     "max_streams": _parse_int,
+}
+
+# Field name -> parser of one flag's text, where it is not the variable's.
+_FLAG_PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
+    "scan_roots": _parse_one_root,
 }

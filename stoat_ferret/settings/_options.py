@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from stoat_ferret.settings._checks import _PARSERS, SettingsError, _env
+from stoat_ferret.settings._checks import _FLAG_PARSERS, _PARSERS, SettingsError, _env
 from stoat_ferret.settings._settings import Settings
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
     option = _option(field)
     if option.flag is None:
         raise AssertionError(f"Settings.{field_name} is a secret, set by its variable only")
-    parsed: list[Any] = [_PARSERS[field_name](option.flag, text.strip()) for text in texts]
+    parse = _FLAG_PARSERS.get(field_name, _PARSERS[field_name])
+    parsed: list[Any] = [parse(option.flag, text.strip()) for text in texts]
     if option.repeat:
         # An occurrence that gives nothing would not add to the value but, as
         # the flag hides its variable, could empty it: no scan roots, any directory.

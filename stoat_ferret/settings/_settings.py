@@ -119,7 +119,10 @@ class Settings:
             "metavar": "DIR",
             "repeat": "a directory",
             "default": "none (any directory)",
-            "help": f"directories a scan may touch, {os.pathsep!r}-separated in the variable",
+            "help": (
+                f"directories a scan may touch, {os.pathsep!r}-separated in the variable"
+                " (a flag names one, which may hold it)"
+            ),
         },
     )
     job_timeout: float = attrs.field(
