@@ -133,7 +133,10 @@ def _say(line: str) -> int:
     """Print ``line`` on standard output: 0, or, if it cannot be written (closed,
     a full disk, a reader gone), why on standard error and ``EXIT_BAD_SETTING``."""
     try:
-        sys.stdout.write(line + "\n")
+        # A path that is not UTF-8 (or not in the locale's encoding) is shown
+        # escaped, not refused by a strict standard output.
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        sys.stdout.write(line.encode(encoding, "backslashreplace").decode(encoding) + "\n")
         sys.stdout.flush()
     except (OSError, AttributeError, ValueError) as exc:  # None or closed: Attribute-, ValueError
         reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "it is closed"

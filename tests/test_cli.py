@@ -6,6 +6,7 @@ import contextlib
 import errno
 import grp
 import importlib.metadata
+import io
 import logging
 import os
 import pwd
@@ -843,6 +844,26 @@ def test_check_whose_line_cannot_be_written_exits_2_with_one_line(
     [line] = capsys.readouterr().err.splitlines()
     assert status == 2
     assert line.startswith("stoat-ferret: cannot write to standard output (")
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_shows_a_path_that_is_not_utf8_escaped_on_a_strict_output(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database whose path is not UTF-8, on a standard output that encodes
+    strictly (any UTF-8 locale's): the check passes and shows the path
+    escaped, rather than failing as if standard output were closed."""
+    directory = os.path.join(os.fsencode(tmp), b"donn\xe9es")
+    os.mkdir(directory, 0o700)
+    database = os.fsdecode(os.path.join(directory, b"stoat.db"))
+    output = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding="utf-8"))
+
+    status = main(["check", "--database", database])
+
+    sys.stdout.flush()
+    assert status == 0
+    assert "donn\\udce9es/stoat.db" in output.getvalue().decode()
 
 
 @pytest.mark.usefixtures("_restored_logging")
