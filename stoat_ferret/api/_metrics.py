@@ -348,7 +348,8 @@ class RequestTimer:
                 status = "500"
             raise
         finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            # The template as written, without convertors ({video_id}, not {video_id:video_id}).
+            route = getattr(scope.get("route"), "path_format", None) or UNMATCHED
             method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
             self.metrics.request_duration.labels(method, route, status).observe(
                 clock() - began if seconds is None else seconds

@@ -203,6 +203,7 @@ async def test_request_latency_by_route_template_and_open_streams(settings: Sett
                 # A Range header (which the app drops) must not lose the route's label.
                 await client.get("/api/v1/jobs/no-such-job", headers={"Range": "bytes=0-3"})
                 await client.get("/no/such/path")
+                await client.get("/api/v1/videos/1")  # a path convertor's route: its template
 
                 async with anyio.create_task_group() as group:
                     group.start_soon(client.get, f"/api/v1/jobs/{job_id}/events")
@@ -217,6 +218,8 @@ async def test_request_latency_by_route_template_and_open_streams(settings: Sett
     assert _value(samples, count, method="GET", route=route, status="404") == 1
     assert _value(samples, count, method="GET", route=UNMATCHED, status="404") == 1
     assert _value(samples, count, method="GET", route="/metrics", status="200") == 1
+    video = "/api/v1/videos/{video_id}"
+    assert _value(samples, count, method="GET", route=video, status="404") == 1
     assert not any(job_id in str(labels) for _, labels in samples)
     assert _value(streaming, "stoat_sse_streams_open") == 1
     assert _value(samples, "stoat_sse_streams_open") == 0
