@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deferred = _Deferred()
     previous = {number: signal.signal(number, deferred) for number in STOP_SIGNALS if ours}
     command = None
+    json_log = False  # the log set up in JSON: an error is one record of it
     try:
         try:
             arguments = parse_arguments(argv)
@@ -109,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Before anything may log (the store's open does): every line in
             # the format and at the level asked for.
             configure_logging(settings.log_level, settings.log_format)
+            json_log = settings.log_format == "json"
             if command == "check":
                 return _say(check(settings, names))
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
             # A token pasted into another setting (the host, the database's
             # path) is not repeated in the error about it.
-            sys.stderr.write(redact_secrets(one_line(exc)) + "\n")
+            _error(redact_secrets(one_line(exc)), json_log=json_log)
             return EXIT_BAD_SETTING
         # The database's lock is held until the process exits: no second
         # process serves it, nor opens it for writing, meanwhile.
@@ -127,6 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _error(line: str, *, json_log: bool) -> None:
+    """An error's one ``stoat-ferret: ...`` line on stderr; once the log is set up
+    in JSON, one ``CRITICAL`` record of it instead, so every line is JSON."""
+    if json_log:
+        logger.critical(line.removeprefix("stoat-ferret: "))
+    else:
+        sys.stderr.write(line + "\n")
 
 
 def _say(line: str) -> int:
@@ -171,7 +182,7 @@ def _serve(settings: Settings, names: dict[str, str]) -> int:
             f"stoat-ferret: cannot listen on {settings.host}:{settings.port}"
             f" ({names['host']}, {names['port']}): {reason}"
         )
-        sys.stderr.write(redact_secrets(line) + "\n")
+        _error(redact_secrets(line), json_log=settings.log_format == "json")
         return EXIT_CANNOT_LISTEN
     try:
         with listener:

@@ -7,6 +7,7 @@ import errno
 import grp
 import importlib.metadata
 import io
+import json
 import logging
 import os
 import pwd
@@ -1583,3 +1584,30 @@ def test_a_token_in_the_database_path_is_redacted_from_the_store_s_error(
     assert status == 2
     assert f"{tmp_path}/<redacted>.db" in line, line
     assert token not in line
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("cause", ["database", "port in use"])
+def test_with_the_json_log_an_error_after_the_log_is_set_up_is_a_json_record(
+    tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cause: str,
+) -> None:
+    """With ``--log-format json`` every line on stderr is JSON: an unusable
+    database, or a port in use, found once the log is set up, is one CRITICAL
+    record, not a plain line after the JSON ones."""
+    database = tmp / "data" / "stoat.db"
+    database.parent.mkdir(mode=0o700)
+    if cause == "database":
+        database.write_text("not a database\n" * 100)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("STOAT_DATABASE_PATH", str(database))
+        status = main(["--log-format", "json", "--port", str(port)])
+
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    [error] = [record for record in records if record["level"] == "CRITICAL"]
+    assert status == (2 if cause == "database" else 1)
+    expected = "file is not a database" if cause == "database" else "cannot listen on"
+    assert expected in error["message"], error
