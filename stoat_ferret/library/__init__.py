@@ -71,7 +71,6 @@ from stoat_ferret.library._thumbjob import (
     THUMBNAILS_JOB_TYPE,
     THUMBNAILS_TIMEOUT,
     Thumbnailer,
-    submit_thumbnails,
 )
 from stoat_ferret.library._thumbnail import make_thumbnail
 from stoat_ferret.library._thumbstore import VERSION as THUMBNAIL_VERSION
@@ -141,7 +140,6 @@ __all__ = [
     "real_path",
     "refuse_unwritable",
     "seccomp_filters",
-    "submit_thumbnails",
     "then_thumbnails",
     "thumbnails_directory_beside",
     "thumbnails_directory_refusal",

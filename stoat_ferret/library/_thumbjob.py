@@ -140,11 +140,10 @@ class Thumbnailer:
         self._again = False
         # What jobs know of scans: told by then_thumbnails, which sets its queue.
         self.gate = ScanGate()
-        # True while thumbnails may be missing that no job will make: from a
+        # Set while thumbnails may be missing that no job will make: from a
         # job's submission or start until one ends having made them all, when
-        # a submission was refused, and after a scan cut short. The next scan
-        # that ends submits a job then, even if it changed nothing.
-        self.owed = False
+        # a submission was refused, and after a scan cut short (see owed).
+        self._owed = False
         # A thumbnails job submitted here whose handler has not started yet:
         # it will list the library when it does, so nothing else is due.
         self._queued: str | None = None
@@ -230,6 +229,18 @@ class Thumbnailer:
         return containing_root(os.path.dirname(source[1]), self._roots) is not None
 
     @property
+    def owed(self) -> bool:
+        """Whether thumbnails may be missing that no job will make: the next
+        scan that ends submits a job then, even if it changed nothing. Never
+        while the directory is refused: no job could make them, and each
+        would fail (a scan that changed videos still submits one, which says why)."""
+        return self._owed and self._store.refused is None
+
+    @owed.setter
+    def owed(self, value: bool) -> None:
+        self._owed = value
+
+    @property
     def working(self) -> bool:
         """Whether a job is making thumbnails (or paused) now."""
         return self._running is not None
@@ -262,14 +273,25 @@ class Thumbnailer:
         if await self._queued_to_start(queue):
             return
         # Owed until a job has made them all: the job submitted now may be
-        # cancelled before it starts, and the next scan then submits another.
-        # Set first: the in-memory queue runs the job within its submit.
+        # cancelled before it starts (or refused), and the next scan then
+        # submits another. Set first: the in-memory queue runs the job within
+        # its submit.
         self.owed = True
-        job_id = await submit_thumbnails(
-            queue, self, after=after, key=None if self.working else THUMBNAILS_JOB_TYPE
+        key = None if self.working else THUMBNAILS_JOB_TYPE
+        try:
+            job_id = await queue.submit(THUMBNAILS_JOB_TYPE, key=key)
+        except JobError as exc:
+            logger.warning(
+                "thumbnails job not submitted",
+                job_type=THUMBNAILS_JOB_TYPE,
+                after=after,
+                reason=str(exc),
+            )
+            return
+        logger.info(
+            "thumbnails job submitted", job_id=job_id, job_type=THUMBNAILS_JOB_TYPE, after=after
         )
-        if job_id is not None:
-            self._queued = job_id
+        self._queued = job_id
 
     async def _queued_to_start(self, queue: AsyncJobQueue) -> bool:
         job_id = self._queued
@@ -374,30 +396,3 @@ class Thumbnailer:
         video = await self._library.get_video(source[0])
         if video is None or (video.size_bytes, video.mtime_ns) != source[2:]:
             await anyio.to_thread.run_sync(self._store.remove, [source[0]])
-
-
-async def submit_thumbnails(
-    queue: AsyncJobQueue,
-    thumbnailer: Thumbnailer,
-    *,
-    after: str | None = None,
-    key: str | None = None,
-) -> str | None:
-    """Submit a ``thumbnails`` job (with ``key``, the pending job of that
-    key if there is one); return its id, or None (logged, and the
-    work left owed) when ``queue`` refuses it."""
-    try:
-        job_id = await queue.submit(THUMBNAILS_JOB_TYPE, key=key)
-    except JobError as exc:
-        thumbnailer.owed = True
-        logger.warning(
-            "thumbnails job not submitted",
-            job_type=THUMBNAILS_JOB_TYPE,
-            after=after,
-            reason=str(exc),
-        )
-        return None
-    logger.info(
-        "thumbnails job submitted", job_id=job_id, job_type=THUMBNAILS_JOB_TYPE, after=after
-    )
-    return job_id

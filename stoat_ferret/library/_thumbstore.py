@@ -62,6 +62,7 @@ from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._thumbdir import (
     DIRECTORY,
     LINK,
+    MARKER,
     identity,
     mark,
     not_ours,
@@ -273,12 +274,17 @@ class ThumbnailStore:
         return self._open_claimed()  # ENOENT if replaced again since the claim
 
     def in_place(self) -> bool:
-        """Whether the directory claimed is at its path (not removed, nor another put there)."""
+        """Whether the directory claimed is at its path, marked: not removed, nor
+        another put there (copied back), nor made again empty (which may get
+        the removed one's inode number: its marker tells them apart)."""
         try:
-            os.close(self._open_claimed())
+            top = self._open_claimed()
         except OSError as exc:
             return exc.errno not in _NOT_OURS  # denied...: there, whatever else is wrong
-        return True
+        try:
+            return regular_size(MARKER, top) is not None
+        finally:
+            os.close(top)
 
     def _open_claimed(self) -> int:
         """The directory claimed, open (ENOENT: another is in its place)."""

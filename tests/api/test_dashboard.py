@@ -116,3 +116,11 @@ async def test_the_page_is_served_only_with_its_policy(shared_client: httpx.Asyn
 
     assert response.status_code == 404
     assert "detail" in response.json()
+
+
+def test_the_script_has_no_regex_lookbehind() -> None:
+    """A regular expression lookbehind is a syntax error before Safari 16.4: the
+    whole script would not load, and the page would stay blank."""
+    script = (STATIC_DIR / "app.js").read_text()
+
+    assert not re.findall(r"\(\?<[=!]", script)

@@ -22,7 +22,15 @@ from stoat_ferret.jobs import (
     JobStatus,
     JobSupervisor,
 )
-from stoat_ferret.library import THUMBNAILS_JOB_TYPE, _thumbmake, make_scan_handler, then_thumbnails
+from stoat_ferret.library import (
+    THUMBNAILS_JOB_TYPE,
+    Thumbnailer,
+    ThumbnailStore,
+    _thumbmake,
+    make_scan_handler,
+    then_thumbnails,
+)
+from stoat_ferret.library._background import ThreadPriority
 from tests.library.test_thumbjob import (
     GatedMaker,
     HeldScan,
@@ -33,6 +41,8 @@ from tests.library.test_thumbjob import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
@@ -313,7 +323,16 @@ async def test_a_scan_starting_during_the_listing_cuts_its_file_checks_short(
     assert (results[0]["made"], results[0]["failed"], results[0]["paused_for_scans"]) == (3, 1, 1)
 
 
-@pytest.mark.parametrize("removed", ["kept", "removed", "made again", "copied back"])
+def _empty(directory: str) -> None:
+    """Remove everything in ``directory``, which stays (its inode too)."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+@pytest.mark.parametrize("removed", ["kept", "removed", "made again", "emptied", "copied back"])
 async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_was_removed(
     setup: Setup, removed: str
 ) -> None:
@@ -321,8 +340,9 @@ async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_
     it changed nothing, submits a job that makes them again (not the next
     start only), as it does when another directory was put in its place
     (removed and made again empty, or a copy put back: not the directory the
-    store claimed, so not read from until a job claims it). With the
-    directory there, it submits none."""
+    store claimed, so not read from until a job claims it), or the directory
+    emptied, its marker too (what a directory made again with the removed
+    one's inode number is). With the directory there, it submits none."""
     real = make_scan_handler(setup.library)
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(real, queue, setup.thumbnailer))
@@ -334,7 +354,9 @@ async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_
         directory = setup.store.directory
         if removed == "copied back":
             shutil.copytree(directory, f"{directory}.copy")
-        if removed != "kept":
+        if removed == "emptied":
+            _empty(directory)
+        elif removed != "kept":
             shutil.rmtree(directory)
         if removed == "made again":
             os.mkdir(directory, 0o700)
@@ -392,3 +414,31 @@ async def test_a_job_cancelled_before_it_started_is_owed_to_the_next_scan(setup:
     assert jobs[1].started_at is None
     assert (jobs[0].result["made"], jobs[0].result["failed"]) == (3, 1)
     assert not setup.thumbnailer.owed
+
+
+async def test_with_a_refused_directory_only_a_scan_that_changed_videos_submits_a_job(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A directory refused (someone else's files, no marker) stays refused
+    until a restart: nothing is owed, since no job could make it. A scan that
+    adds videos submits a job, which fails saying why; an unchanged scan after
+    it submits none."""
+    other = tmp_path / "someone_elses"
+    other.mkdir(mode=0o700)
+    (other / "their-file").write_text("theirs\n")
+    store = ThumbnailStore(other)
+    thumbnailer = Thumbnailer(setup.library, store, priority=ThreadPriority.NORMAL)
+    queue = InMemoryJobQueue()
+    queue.register("scan", then_thumbnails(make_scan_handler(setup.library), queue, thumbnailer))
+    queue.register(THUMBNAILS_JOB_TYPE, thumbnailer)
+
+    with anyio.fail_after(30):
+        await queue.submit("scan", {"path": str(setup.folder)})  # adds videos
+        for _ in range(3):
+            await queue.submit("scan", {"path": str(setup.folder)})  # changes nothing
+        page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+
+    assert store.refused is not None
+    assert [job.status for job in page.jobs] == [JobStatus.FAILED]
+    assert not thumbnailer.owed
+    assert os.listdir(other) == ["their-file"]

@@ -79,20 +79,45 @@ function el(tag, props = {}, ...children) {
 // flag of a subdivision, 🏴 then its tags, kept whole by the first
 // alternative): every default-ignorable code point, which a browser draws
 // as nothing. ZWJ and ZWNJ (U+200C/D) and U+FE0E/F are kept: scripts and
-// emoji need them. White space at either end of a text is spelled out too
-// (the last two alternatives): a name " clip.mp4" or a folder "videos "
-// would look like another's.
+// emoji need them.
 const INVISIBLE =
-  /\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff0-\ufffb\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]|(?<=^\s*)\s|\s(?=\s*$)/gu;
+  /\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff0-\ufffb\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]/gu;
 
 /** A character as it is spelled out: ⟨U+202E⟩. */
 function codePoint(char) {
   return `⟨U+${char.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`;
 }
 
+/**
+ * What of `text` is spelled out, in order, as [index, characters, spell]: its
+ * INVISIBLE characters (a subdivision's flag among them, which is not
+ * spelled), and each white space character at either of its ends (a name
+ * " clip.mp4" or a folder "videos " would look like another's). The ends are
+ * found by trimming (the same white space as \s, each one UTF-16 unit), not by
+ * a lookaround, which is quadratic on a long run of spaces.
+ */
+function marks(text) {
+  const start = text.length - text.trimStart().length;
+  const end = Math.max(start, text.trimEnd().length);
+  const found = [];
+  for (let index = 0; index < start; index++) found.push([index, text[index], true]);
+  for (const match of text.slice(start, end).matchAll(INVISIBLE)) {
+    found.push([start + match.index, match[0], match[0].length <= 2]);
+  }
+  for (let index = end; index < text.length; index++) found.push([index, text[index], true]);
+  return found;
+}
+
 /** `text` for an attribute (an accessible name, alt text): invisible characters spelled out. */
-function spelled(text) {
-  return String(text).replace(INVISIBLE, (found) => (found.length > 2 ? found : codePoint(found)));
+function spelled(value) {
+  const text = String(value);
+  let shown = "";
+  let from = 0;
+  for (const [index, chars, spell] of marks(text)) {
+    shown += text.slice(from, index) + (spell ? codePoint(chars) : chars);
+    from = index + chars.length;
+  }
+  return shown + text.slice(from);
 }
 
 /** `text` as nodes: each invisible character a marked ⟨U+…⟩, so a name cannot spell one itself. */
@@ -100,11 +125,11 @@ function spelledNodes(value) {
   const text = String(value);
   const nodes = [];
   let from = 0;
-  for (const match of text.matchAll(INVISIBLE)) {
-    if (match[0].length > 2) continue; // a subdivision's flag: shown as it is
-    if (match.index > from) nodes.push(text.slice(from, match.index));
-    nodes.push(el("span", { class: "control", text: codePoint(match[0]) }));
-    from = match.index + match[0].length;
+  for (const [index, chars, spell] of marks(text)) {
+    if (!spell) continue; // a subdivision's flag: shown as it is
+    if (index > from) nodes.push(text.slice(from, index));
+    nodes.push(el("span", { class: "control", text: codePoint(chars) }));
+    from = index + chars.length;
   }
   if (from < text.length) nodes.push(text.slice(from));
   return nodes;
