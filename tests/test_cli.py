@@ -203,6 +203,8 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
         (["--scan-root", ""], "--scan-root needs a directory, got ''"),
+        (["--database", ""], "--database needs a value, got ''"),  # not the working directory
+        (["--port", " "], "--port needs a value, got ' '"),
         (["--allowed-host", ""], "--allowed-host needs a host name, got ''"),
         (["--allowed-origin", " "], "--allowed-origin needs an origin, got ' '"),
         (  # a flag names one directory: the separator is a part of its name

@@ -78,6 +78,10 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
     option = _option(field)
     if option.flag is None:
         raise AssertionError(f"Settings.{field_name} is a secret, set by its variable only")
+    if not option.repeat:
+        for text in texts:
+            if not text.strip():  # a variable's empty value is its default; a flag's, a mistake
+                raise SettingsError(f"{option.flag} needs a value, got {text!r}")
     parse = _FLAG_PARSERS.get(field_name, _PARSERS[field_name])
     parsed: list[Any] = [parse(option.flag, text.strip()) for text in texts]
     if option.repeat:
