@@ -23,7 +23,8 @@ class Failed(ProbeError):
     ``files_doing``: it failed while it held the file (it spent the CPU
     budget, crashed or answered nonsense), rather than before it had it (it
     did not start, or had ended between two files), without spending CPU
-    (the wall-clock backstop: stuck, or starved by a busy machine) or killed
+    (the wall-clock backstop, or none spent for a minute: stuck, asleep, or
+    starved by a busy machine) or killed
     from outside (SIGKILL from the OOM killer, any signal but a crash's:
     :func:`from_outside`). Only the file's doing is not
     ``transient``: a scan keeps the file's stored row (and its id) for the

@@ -14,9 +14,11 @@ that asked waits for its answer:
   ``ITIMER_PROF`` for each file, and the kernel ends it with ``SIGPROF`` when
   the budget is spent. CPU time, not wall time, so that a child under
   ``SCHED_IDLE`` that other work starves is not taken for a stuck one. The
-  waiting thread has a wall-clock backstop too, :data:`WALL_FACTOR` times the
-  budget. Either way the file is an ``errors`` entry, and the next file
-  starts a new child.
+  waiting thread watches the child's CPU time too (``_probewatch.py``): it
+  ends one that spends past its budget (a child a hostile file took over
+  may disarm its timer) or spends none for a minute, and has a wall-clock
+  backstop, :data:`WALL_FACTOR` times the budget. Either way the file is an
+  ``errors`` entry, and the next file starts a new child.
 - **Stop.** A cancelled scan (its :class:`Stop` set) kills the child at once,
   rather than waiting for FFmpeg to return.
 - **Memory.** The child's address space is limited
@@ -72,7 +74,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import select
 import signal
 import socket
 import threading
@@ -90,6 +91,7 @@ from stoat_ferret.library._probefailed import (
     logged,
 )
 from stoat_ferret.library._probestart import keep_out_of_reach, now, start_child, worn
+from stoat_ferret.library._probewatch import Verdict, late, wait_for
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     CONFINE_FAILED,
@@ -121,9 +123,6 @@ WALL_FACTOR: Final = 10
 """The wall-clock backstop of a probe, in CPU budgets. It is not what bounds
 a probe's work (its CPU budget does, in the child): it ends a child that
 does not answer without spending CPU (stopped, or stuck in the kernel)."""
-
-MAX_WAIT_MS: Final = 2**31 - 1
-"""The longest ``poll`` waits, in milliseconds (a C int)."""
 
 
 class ProbeProcess:
@@ -344,18 +343,16 @@ class ProbeProcess:
         starting: bool = False,
     ) -> bytes:
         """The child's next datagram, within ``seconds``, unless ``stop`` is set."""
-        poller = select.poll()
-        poller.register(channel, select.POLLIN)
-        poller.register(stop.fileno(), select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(min(MAX_WAIT_MS, math.ceil(seconds * 1000)))}
+        assert self._process is not None  # it was sent the request
+        budget = math.inf if starting else self._deadline
+        verdict = wait_for(channel, stop, self._process.pid, budget=budget, wall=seconds)
         doing = "started" if starting else "read the file"
-        if channel.fileno() not in ready:
+        if verdict is not Verdict.ANSWERED:
             self._end()
             if stop.is_set():
-                stopped = f"stopped while the probe process {doing}"
-                raise ProbeError(name, stopped, transient=True)
-            late = f"the probe process {doing} for longer than {seconds:g} s"
-            raise Failed(name, late, files_doing=False)
+                raise ProbeError(name, f"stopped while the probe process {doing}", transient=True)
+            files_doing = verdict is Verdict.OVER_BUDGET
+            raise Failed(name, late(verdict, doing, seconds), files_doing=files_doing)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread

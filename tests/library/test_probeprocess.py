@@ -41,6 +41,7 @@ from stoat_ferret.library import (
     _probepool,
     _probeprocess,
     _probestart,
+    _probewatch,
     make_scan_handler,
     probe_video,
 )
@@ -309,6 +310,89 @@ def test_a_child_without_cpu_once_it_holds_the_file_is_tried_again(
         children.close()
     assert refused.value.reason.endswith(f"for longer than {0.2 * _probeprocess.WALL_FACTOR:g} s")
     assert refused.value.transient
+
+
+def test_a_child_that_spends_no_cpu_on_a_file_is_ended_well_before_the_backstop(
+    slow_file: Path,
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that holds a file and spends no CPU on it (asleep, as a child a
+    hostile file took over may be; stopped here) is ended once it has spent
+    none for STALL_SECONDS, not at the backstop (ten budgets: the default job
+    timeout), and the failure is transient (a disk that does not answer
+    looks the same)."""
+    os.link(slow_file, tmp_path / "slow.mkv")
+    copy_video(clip, tmp_path / "a.mp4")
+    monkeypatch.setattr(_probewatch, "WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(_probewatch, "STALL_SECONDS", 0.3)
+    # A backstop of 60 s: this test's hang guard, far past the stall's 0.3 s.
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=6)
+    try:
+        children.probe("a.mp4", directory, Stop())
+        [child] = children.pids()
+        with pytest.MonkeyPatch.context() as patched:
+            _signal_once_held(patched, child, tmp_path / "slow.mkv", signal.SIGSTOP)
+            with pytest.raises(ProbeError) as refused:
+                children.probe("slow.mkv", directory, Stop())
+    finally:
+        children.close()
+
+    assert refused.value.reason == (
+        "the probe process spent no CPU for 0.3 s while it read the file; ended"
+    )
+    assert refused.value.transient
+    assert not _alive(child)
+
+
+def test_a_child_that_spends_past_its_budget_is_ended_by_the_service(
+    slow_file: Path,
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service ends a child that has spent more CPU on a file than its
+    budget, should the child's own timer not have (a child a hostile file
+    took over can disarm it; here the child is told a budget of an hour):
+    the file's doing."""
+    os.link(slow_file, tmp_path / "slow.mkv")
+    copy_video(clip, tmp_path / "a.mp4")
+    monkeypatch.setattr(_probewatch, "WATCH_SECONDS", 0.05)
+    told = REQUEST  # _probewire's, which _probeprocess packs with
+
+    class Hour:
+        """The request's struct, but the child is told a budget of an hour."""
+
+        def pack(self, kind: bytes, read_limit: int, deadline: float) -> bytes:
+            return told.pack(kind, read_limit, 3600.0)
+
+    monkeypatch.setattr(_probeprocess, "REQUEST", Hour())
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=0.2)
+    try:
+        with pytest.raises(ProbeError) as refused:
+            children.probe("slow.mkv", directory, Stop())
+    finally:
+        children.close()
+
+    assert refused.value.reason == (
+        "the probe process spent more than its CPU budget and did not stop; ended"
+    )
+    assert not refused.value.transient
+
+
+def test_the_cpu_of_a_process_is_read_from_proc() -> None:
+    """utime + stime of every thread, in seconds; None for no such process."""
+    before = _probewatch.cpu_seconds(os.getpid())
+    sum(range(3_000_000))  # spend some
+    after = _probewatch.cpu_seconds(os.getpid())
+
+    assert before is not None
+    assert after is not None
+    assert 0 <= before <= after <= time.process_time() + 0.02
+    assert _probewatch.cpu_seconds(2**22 + 1) is None  # above any pid_max
 
 
 def test_a_stop_kills_the_child_without_waiting_for_ffmpeg(

@@ -1,0 +1,116 @@
+"""The service's own watch on a probe child's CPU, while it waits for an answer.
+
+A child arms its own CPU timer for each file (``ITIMER_PROF``: the kernel
+ends it once the budget is spent), but a child that a hostile file took over
+through a bug in FFmpeg can disarm it, and one that sleeps spends no CPU at
+all: either held its probe thread until the wall-clock backstop (ten
+budgets: 300 s, the default job timeout), so that a scan of its tree timed
+out every time and lost the files probed beside it. So the waiting thread
+also reads the child's CPU time (``/proc/<pid>/stat``) every
+:data:`WATCH_SECONDS` of a wait, from the first such look on (a file
+answered sooner costs no read), and ends the wait:
+
+- when the child has spent more than its budget since that first look
+  (:attr:`Verdict.OVER_BUDGET`: its own timer did not end it; the file's
+  doing);
+- when it has spent no CPU for :data:`STALL_SECONDS` (:attr:`Verdict.STALLED`:
+  asleep, stopped, or stuck on a disk that does not answer; not taken for
+  the file's doing, since a dead network share looks the same, so the file
+  is tried again by the next scan). A child starved by a busy machine (its
+  ``SCHED_IDLE`` priority) still gets a little CPU, and is not stalled.
+
+Linux only: where ``/proc`` cannot be read, only the backstop applies.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import select
+import time
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import socket
+
+    from stoat_ferret.library._background import Stop
+
+
+WATCH_SECONDS: Final = 2.0
+"""How often a wait looks at the child's CPU time."""
+
+STALL_SECONDS: Final = 60.0
+"""A child that spends no CPU this long on a request is ended."""
+
+MAX_WAIT_MS: Final = 2**31 - 1
+"""The longest ``poll`` waits, in milliseconds (a C int)."""
+
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+class Verdict(enum.Enum):
+    """How a wait for a child's answer ended."""
+
+    ANSWERED = "answered"  # the child sent something (or hung up)
+    STOPPED = "stopped"  # the stop was set, and the child had sent nothing
+    LATE = "late"  # the wall-clock backstop
+    STALLED = "stalled"
+    OVER_BUDGET = "over budget"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time the process ``pid`` has spent (user and system, all its
+    threads); None if it cannot be read (ended, or no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+        # The name, in parentheses, may hold anything: the fields follow its last ")".
+        fields = text[text.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_for(
+    channel: socket.socket, stop: Stop, pid: int, *, budget: float, wall: float
+) -> Verdict:
+    """Wait for the child ``pid``'s datagram on ``channel``, or ``stop``, watching its CPU."""
+    poller = select.poll()
+    poller.register(channel, select.POLLIN)
+    poller.register(stop.fileno(), select.POLLIN)
+    now = time.monotonic  # not a suspended machine's sleep: no CPU is spent then
+    started = now()
+    first: float | None = None  # the CPU time at the first look
+    last = -math.inf  # the CPU time at the last look that saw it grow
+    last_grew = started
+    while True:
+        left = wall - (now() - started)
+        if left <= 0:
+            return Verdict.LATE
+        wait = min(left, WATCH_SECONDS)
+        ready = {fd for fd, _ in poller.poll(min(MAX_WAIT_MS, math.ceil(wait * 1000)))}
+        if channel.fileno() in ready:
+            return Verdict.ANSWERED
+        if ready:
+            return Verdict.STOPPED
+        spent = cpu_seconds(pid)
+        if spent is None:  # ended: its socket says so at the next poll
+            continue
+        if first is None:
+            first = spent
+        if spent - first > budget:
+            return Verdict.OVER_BUDGET
+        if spent > last:
+            last, last_grew = spent, now()
+        elif now() - last_grew >= STALL_SECONDS:
+            return Verdict.STALLED
+
+
+def late(verdict: Verdict, doing: str, wall: float) -> str:
+    """Why a wait that did not end ready was given up, as an ``errors`` entry says it."""
+    if verdict is Verdict.OVER_BUDGET:
+        return "the probe process spent more than its CPU budget and did not stop; ended"
+    if verdict is Verdict.STALLED:
+        return f"the probe process spent no CPU for {STALL_SECONDS:g} s while it {doing}; ended"
+    return f"the probe process {doing} for longer than {wall:g} s"
