@@ -116,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
             # A token pasted into another setting (the host, the database's
-            # path) is not repeated in the error about it.
-            _error(redact_secrets(one_line(exc)), json_log=json_log)
+            # path) is not repeated in the error about it (one_line redacts).
+            _error(one_line(exc), json_log=json_log)
             return EXIT_BAD_SETTING
         # The database's lock is held until the process exits: no second
         # process serves it, nor opens it for writing, meanwhile.

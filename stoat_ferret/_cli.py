@@ -43,7 +43,14 @@ from stoat_ferret.library import (
     thumbnails_directory_beside,
     thumbnails_directory_refusal,
 )
-from stoat_ferret.settings import ExposureError, Settings, SettingsError, options, parse_flag
+from stoat_ferret.settings import (
+    ExposureError,
+    Settings,
+    SettingsError,
+    options,
+    parse_flag,
+    redact_secrets,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -393,6 +400,19 @@ def _names(names: Mapping[str, str] | None) -> Mapping[str, str]:
     return {option.field: option.env for option in options()} if names is None else names
 
 
+MAX_LINE_CHARS: Final = 1_000
+"""The longest start-up error line; a longer one (a value of 100,000
+characters quoted back) keeps its start and its end, where the reason is."""
+
+
 def one_line(exc: Exception) -> str:
-    """The message of a start-up error as the one line printed on stderr."""
-    return f"{PROG}: " + " ".join(str(exc).split())
+    """The message of a start-up error as the one line printed on stderr, any
+    secret's value redacted (a token pasted into another setting, the host,
+    the database's path: :func:`~stoat_ferret.settings.redact_secrets`)
+    before it is cut."""
+    line = f"{PROG}: " + " ".join(redact_secrets(str(exc)).split())
+    if len(line) <= MAX_LINE_CHARS:
+        return line
+    cut = len(line) - MAX_LINE_CHARS + 1
+    head = (MAX_LINE_CHARS - 1) * 2 // 3
+    return f"{line[:head]}…{line[head + cut :]}"

@@ -1613,3 +1613,20 @@ def test_with_the_json_log_an_error_after_the_log_is_set_up_is_a_json_record(
     assert status == (2 if cause == "database" else 1)
     expected = "file is not a database" if cause == "database" else "cannot listen on"
     assert expected in error["message"], error
+
+
+def test_a_huge_value_s_error_keeps_its_start_and_its_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value of 100,000 characters is not quoted back whole: the line keeps
+    its start (which setting) and its end (why), MAX_LINE_CHARS in all."""
+    monkeypatch.setenv("STOAT_JOB_TIMEOUT", "9" * 100_000 + "x")
+
+    status = main(["check"])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert len(line) == cli_module.MAX_LINE_CHARS
+    assert line.startswith("stoat-ferret: STOAT_JOB_TIMEOUT must be a number of seconds, got '999")
+    assert line.endswith("999x'")
+    assert "…" in line
