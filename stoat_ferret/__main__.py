@@ -28,15 +28,9 @@ from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
-from stoat_ferret._cli import (
-    EXIT_BAD_SETTING,
-    EXIT_CANNOT_LISTEN,
-    check,
-    check_startup,
-    one_line,
-    parse_arguments,
-)
+from stoat_ferret._cli import EXIT_BAD_SETTING, EXIT_CANNOT_LISTEN, one_line, parse_arguments
 from stoat_ferret._logging import configure_logging
+from stoat_ferret._startup import check, check_startup
 from stoat_ferret.library import StoreError
 from stoat_ferret.settings import SettingsError, redact_secrets
 

@@ -27,9 +27,11 @@ from loguru import logger
 
 from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
+from stoat_ferret import _startup as startup_module
 from stoat_ferret.__main__ import main
 from stoat_ferret._address import dashboard_url
-from stoat_ferret._cli import build_parser, check_startup, parse_command
+from stoat_ferret._cli import build_parser, parse_command
+from stoat_ferret._startup import check_startup
 from stoat_ferret.library import (
     SCHEMA_VERSION,
     StoreError,
@@ -1334,7 +1336,7 @@ def test_check_says_serving_would_leave_a_linked_thumbnails_directory_alone(tmp:
     (tmp / "elsewhere").mkdir()
     (tmp / "data" / "stoat.db.thumbnails").symlink_to(tmp / "elsewhere")
 
-    line = cli_module.check(Settings(database_path=tmp / "data" / "stoat.db"))
+    line = startup_module.check(Settings(database_path=tmp / "data" / "stoat.db"))
 
     assert line.endswith(
         f"thumbnails: {tmp / 'data' / 'stoat.db.thumbnails'} is a symbolic link:"
@@ -1519,7 +1521,7 @@ def test_a_new_data_directory_and_database_are_private(
     database = tmp / "new" / "deeper" / "stoat.db"
     old_umask = os.umask(0)
     try:
-        cli_module.check_startup(Settings(database_path=database)).release()
+        startup_module.check_startup(Settings(database_path=database)).release()
     finally:
         os.umask(old_umask)
 
