@@ -45,8 +45,8 @@ from stoat_ferret.library import (
 )
 from stoat_ferret.library._schema import MIGRATIONS
 from stoat_ferret.settings import ExposureError, Settings, SettingsError, options
-from stoat_ferret.settings import _checks as checks_module
 from stoat_ferret.settings import _options as options_module
+from stoat_ferret.settings import _parsers as parsers_module
 from stoat_ferret.settings import _settings as settings_module
 from tests.library.support import record
 from tests.permissions import call_denied
@@ -300,7 +300,7 @@ def _use_settings(monkeypatch: pytest.MonkeyPatch, settings_class: type[Settings
 def with_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings have the secret field ``api_token`` (``STOAT_API_TOKEN``)."""
     _use_settings(monkeypatch, _WithSecret)
-    monkeypatch.setitem(checks_module._PARSERS, "api_token", checks_module._parse_text)
+    monkeypatch.setitem(parsers_module.PARSERS, "api_token", parsers_module._parse_text)
 
 
 @pytest.mark.usefixtures("with_secret")
@@ -379,7 +379,7 @@ def test_a_flag_checked_against_another_setting_exits_2(
 ) -> None:
     """A validator that reads another field gets real settings: a bad flag is exit 2, named."""
     _use_settings(monkeypatch, _WithCrossCheck)
-    monkeypatch.setitem(checks_module._PARSERS, "burst", checks_module._parse_int)
+    monkeypatch.setitem(parsers_module.PARSERS, "burst", parsers_module._parse_int)
 
     _, settings, _ = parse_command(["--burst", "6"], {})
     with pytest.raises(SystemExit) as exited:

@@ -39,9 +39,9 @@ flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
 
 Switches that only the tests read start with ``STOATTEST_``, not ``STOAT_``.
 
-The code lives in private modules: ``_checks`` (each value's parser,
-normaliser and validator), ``_settings`` (the class, read from the
-environment) and ``_options`` (the flags and the help built from it).
+The code lives in private modules: ``_parsers`` (each value's parser),
+``_checks`` (its normaliser and validator), ``_settings`` (the class, read
+from the environment) and ``_options`` (the flags and the help built from it).
 """
 
 from __future__ import annotations

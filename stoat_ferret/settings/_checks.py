@@ -1,10 +1,10 @@
-"""The rules for each setting's value: its parser, its normaliser, its validator.
+"""The rules for each setting's value: its normaliser, its validator.
 
 Here too are :class:`SettingsError`, which they raise (one line naming the
 variable), :func:`is_loopback`, and the default of ``STOAT_PROBE_THREADS``
 (:func:`default_probe_threads`). Nothing here reads the environment: the
 fields of :class:`Settings` (in ``_settings``) name their normalisers and
-validators, and ``_PARSERS`` maps each field to the parser of its
+validators; ``_parsers.PARSERS`` maps each field to the parser of its
 variable's, or flag's, text.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import idna
 
-from stoat_ferret.library import ThreadPriority, real_path
+from stoat_ferret.library import real_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -313,96 +313,3 @@ def default_probe_threads(cores: int | None) -> int:
     keeps a large machine from starting dozens.
     """
     return max(1, min(MAX_DEFAULT_PROBE_THREADS, cores or 1))
-
-
-_WHOLE_NUMBER: Final = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
-_DECIMAL: Final = re.compile(
-    r"[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][+-]?[0-9]{1,4})?", re.ASCII
-)
-"""What a number setting takes: ASCII digits (``int()`` and ``float()`` would
-also take "٣", an Arabic-Indic three, and "8_000", which no one means), and
-few enough of them that Python's limit on the digits of a number (4,300) is
-never reached: a larger value is out of every range anyway."""
-
-
-def _parse_int(name: str, raw: str) -> int:
-    text = raw.strip()
-    if _WHOLE_NUMBER.fullmatch(text) is None:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}")
-    return int(text)
-
-
-def _parse_float(name: str, raw: str) -> float:
-    text = raw.strip()
-    if text.lower().lstrip("+-") in ("inf", "infinity", "nan"):
-        raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
-    if _DECIMAL.fullmatch(text) is None:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}")
-    value = float(text)
-    if not math.isfinite(value):
-        raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
-    return value
-
-
-def _parse_roots(name: str, raw: str) -> tuple[str, ...]:
-    roots = tuple(part for part in raw.split(os.pathsep) if part.strip())
-    if raw.strip() and not roots:
-        # Empty means no roots (any directory); separators alone are more likely
-        # a variable that expanded to nothing ("$VIDEOS:") than a wish for that.
-        raise SettingsError(f"{name} names no directory, only separators: {raw!r}")
-    return roots
-
-
-def _parse_one_root(_: str, raw: str) -> tuple[str, ...]:
-    """One ``--scan-root`` flag: one directory, whatever it holds (``:`` too)."""
-    return (raw,) if raw else ()
-
-
-def _parse_list(_: str, raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _parse_text(_: str, raw: str) -> str:
-    return raw
-
-
-def _parse_level(_: str, raw: str) -> str:
-    return raw.upper()
-
-
-def _parse_lower(_: str, raw: str) -> str:
-    return raw.lower()
-
-
-def _parse_priority(name: str, raw: str) -> ThreadPriority:
-    try:
-        return ThreadPriority(raw.lower())
-    except ValueError:
-        choices = " or ".join(priority.value for priority in ThreadPriority)
-        raise SettingsError(f"{name} must be {choices}, got {raw!r}") from None
-
-
-# Field name -> parser of the variable's text; each parser gets the variable's name.
-_PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
-    "host": _parse_text,
-    "port": _parse_int,
-    "database_path": _parse_text,
-    "scan_roots": _parse_roots,
-    "job_timeout": _parse_float,
-    "max_workers": _parse_int,
-    "max_pending": _parse_int,
-    "shutdown_grace": _parse_float,
-    "probe_threads": _parse_int,
-    "probe_priority": _parse_priority,
-    "log_level": _parse_level,
-    "log_format": _parse_lower,
-    "allowed_hosts": _parse_list,
-    "allowed_origins": _parse_list,
-    "api_token": _parse_text,
-    "max_streams": _parse_int,
-}
-
-# Field name -> parser of one flag's text, where it is not the variable's.
-_FLAG_PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
-    "scan_roots": _parse_one_root,
-}

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from stoat_ferret.settings._checks import _FLAG_PARSERS, _PARSERS, SettingsError, _env
+from stoat_ferret.settings._checks import SettingsError, _env
+from stoat_ferret.settings._parsers import FLAG_PARSERS, PARSERS
 from stoat_ferret.settings._settings import Settings
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
         for text in texts:
             if not text.strip():  # a variable's empty value is its default; a flag's, a mistake
                 raise SettingsError(f"{option.flag} needs a value, got {text!r}")
-    parse = _FLAG_PARSERS.get(field_name, _PARSERS[field_name])
+    parse = FLAG_PARSERS.get(field_name, PARSERS[field_name])
     parsed: list[Any] = [parse(option.flag, text.strip()) for text in texts]
     if option.repeat:
         # An occurrence that gives nothing would not add to the value but, as

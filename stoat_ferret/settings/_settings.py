@@ -1,9 +1,9 @@
 """The :class:`Settings` class, and reading it from the environment.
 
 Its fields take their validators and normalisers from ``_checks``, and
-:meth:`Settings.from_environ` parses each variable with ``_PARSERS`` from
-there; it refuses a ``STOAT_*`` variable that no field reads
-(:func:`check_known`) and redacts a secret from its errors.
+:meth:`Settings.from_environ` parses each variable with ``_parsers.PARSERS``;
+it refuses a ``STOAT_*`` variable that no field reads (:func:`check_known`)
+and redacts a secret from its errors.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import attrs
 
 from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings._checks import (
-    _PARSERS,
     SettingsError,
     _absolute,
     _bare_host,
@@ -42,6 +41,7 @@ from stoat_ferret.settings._checks import (
     is_loopback,
     usable_cores,
 )
+from stoat_ferret.settings._parsers import PARSERS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -304,7 +304,7 @@ class Settings:
                 name = _env(field)
                 raw = source.get(name, "").strip()
                 if raw and field.name not in values:
-                    values[field.name] = _PARSERS[field.name](name, raw)
+                    values[field.name] = PARSERS[field.name](name, raw)
                     if field.metadata.get("secret"):
                         secrets.append(str(values[field.name]))
             settings = cls(**values)
