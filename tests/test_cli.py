@@ -49,6 +49,7 @@ from stoat_ferret.settings import _options as options_module
 from stoat_ferret.settings import _parsers as parsers_module
 from stoat_ferret.settings import _settings as settings_module
 from tests.library.support import record
+from tests.library.test_store import _database_at as database_at
 from tests.permissions import call_denied
 from tests.server import server_environment
 from tests.test_settings import readme_row
@@ -806,6 +807,31 @@ def test_check_refuses_a_database_or_lock_the_service_cannot_write(
 
 
 @pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("suffix", ["", ".lock", "-wal", "-shm", "-journal"])
+def test_serving_refuses_a_database_or_lock_it_cannot_write_as_check_does(
+    tmp: Path, suffix: str
+) -> None:
+    """Serving's start-up says which file it cannot write, as check does,
+    rather than SQLite's "unable to open database file"."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    VideoStore.open(database).close()
+    read_only = data / f"stoat.db{suffix}"
+    read_only.write_bytes(b"\xd9\xd5\x05\xf9")  # a journal's header: unfinished
+    read_only.chmod(0o400)
+
+    def start() -> str:
+        with pytest.raises(StoreError) as refused:
+            check_startup(Settings(database_path=database)).release()
+        return str(refused.value)
+
+    message = call_denied(start)
+
+    assert message == f"STOAT_DATABASE_PATH: cannot write to {read_only} (Permission denied)"
+
+
+@pytest.mark.usefixtures("_restored_logging")
 def test_check_passes_a_finished_journal_it_cannot_write(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -891,6 +917,34 @@ def test_check_refuses_a_new_database_on_a_full_disk(
         f"the directory of {database} (its file system is full: under 1 MiB or no inode left)"
     )
     assert not database.parent.exists()
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
+    tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of an older schema needs room to be migrated (its indexes made
+    again: about a tenth of its size, MIGRATION_SPACE): serving would fail
+    on a disk without it, so check says so, rather than "needs migration"."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    database_at(database, SCHEMA_VERSION - 1)
+    two_mib = os.statvfs_result((4096, 4096, 1_000_000, 512, 512, 100, 10, 10, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda _path: two_mib)
+    assert main(["check", "--database", str(database)]) == 0  # the control: room for a tenth
+    capsys.readouterr()
+    monkeypatch.setattr(startup_module, "MIGRATION_SPACE", 100.0)  # a hundred times its size
+    needed = int(database.stat().st_size * 100) / (1 << 20)
+
+    status = main(["check", "--database", str(database)])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line == (
+        f"stoat-ferret: {database}: its migration needs about {needed:,.1f} MiB free beside it,"
+        " 2.0 MiB left"
+    )
 
 
 def _check_line(database: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -1632,3 +1686,24 @@ def test_a_huge_value_s_error_keeps_its_start_and_its_reason(
     assert line.startswith("stoat-ferret: STOAT_JOB_TIMEOUT must be a number of seconds, got '999")
     assert line.endswith("999x'")
     assert "…" in line
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_serving_says_it_checks_a_large_database_before_it_does(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """A database of SAID_CHECK_BYTES or more (its quick_check reads every
+    page: seconds, cold) gets a log line first; a smaller one none."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    VideoStore.open(database).close()
+    check_startup(Settings(database_path=database)).release()
+    quiet = [record for record in log_records if record["message"].startswith("checking")]
+    monkeypatch.setattr(startup_module, "SAID_CHECK_BYTES", database.stat().st_size)
+
+    check_startup(Settings(database_path=database)).release()
+
+    said = [record["message"] for record in log_records if record["message"].startswith("checking")]
+    assert quiet == []
+    assert said == [f"checking video store {database} (quick_check)"]

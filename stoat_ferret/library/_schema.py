@@ -28,7 +28,10 @@ newer schema: such a file is left exactly as it was, journal mode included.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Final
+
+from loguru import logger
 
 from stoat_ferret.library._exceptions import StoreError
 
@@ -335,6 +338,14 @@ def migrate(connection: sqlite3.Connection, name: str) -> None:
                 f"cannot open video store {name}: schema version {version} is newer than"
                 f" the supported version {SCHEMA_VERSION}"
             )
+        began = time.monotonic()
+        if 0 < version < SCHEMA_VERSION:  # an older file, not a new one
+            logger.info(
+                "migrating video store {name} from schema {old} to {new}",
+                name=name,
+                old=version,
+                new=SCHEMA_VERSION,
+            )
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
                 connection.execute(statement)
@@ -343,6 +354,9 @@ def migrate(connection: sqlite3.Connection, name: str) -> None:
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         connection.execute("COMMIT")
+        if 0 < version < SCHEMA_VERSION:
+            seconds = round(time.monotonic() - began, 3)
+            logger.info("video store {name} migrated", name=name, duration=seconds)
     except BaseException:
         if connection.in_transaction:
             connection.execute("ROLLBACK")

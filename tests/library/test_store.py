@@ -1618,3 +1618,25 @@ def test_version_8_puts_the_bounds_in_the_path_index(tmp_path: Path) -> None:
         "duration_seconds",
     ]
     assert "COVERING INDEX videos_fingerprint" in scope, scope
+
+
+def test_a_migration_says_when_it_begins_and_ends(tmp_path: Path, log_records: list[Any]) -> None:
+    """Migrating a library of a million videos takes seconds at the first
+    start after an upgrade: the log says which file, from and to which
+    schema, and how long it took; a new file's creation says nothing."""
+    old, new = tmp_path / "old.sqlite", tmp_path / "new.sqlite"
+    _database_at(old, SCHEMA_VERSION - 1)
+
+    VideoStore.open(old).close()
+    VideoStore.open(new).close()
+
+    said = [
+        (record["message"], record["extra"])
+        for record in log_records
+        if "migrat" in record["message"]
+    ]
+    assert [message for message, _ in said] == [
+        f"migrating video store {old} from schema {SCHEMA_VERSION - 1} to {SCHEMA_VERSION}",
+        f"video store {old} migrated",
+    ]
+    assert said[1][1]["duration"] >= 0
