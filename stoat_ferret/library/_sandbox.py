@@ -55,7 +55,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import resource
 import struct
 import sys
 from typing import TYPE_CHECKING, Final
@@ -183,19 +182,9 @@ def drop_privileges() -> None:
 
 
 def _become_overflow_user() -> None:
-    """Become the overflow user and group, with no supplementary group, and
-    let that user have at most :data:`MAX_CHILD_TASKS` more threads than it
-    has now: a child that a hostile file took over could otherwise make
-    threads (the seccomp filter lets it: FFmpeg's decoders use them) until
-    the machine has no process id left (``RLIMIT_NPROC`` counts the real
-    user's, set while root, as root may)."""
+    """Become the overflow user and group, with no supplementary group."""
     uid, gid = _overflow_id("overflowuid"), _overflow_id("overflowgid")
-    tasks = _tasks_of(uid) + MAX_CHILD_TASKS
     steps: tuple[tuple[str, Callable[[], None]], ...] = (
-        (
-            "setrlimit(RLIMIT_NPROC)",
-            lambda: resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks)),
-        ),
         ("setgroups([])", lambda: os.setgroups([])),
         (f"setresgid({gid})", lambda: os.setresgid(gid, gid, gid)),
         (f"setresuid({uid})", lambda: os.setresuid(uid, uid, uid)),
@@ -205,27 +194,6 @@ def _become_overflow_user() -> None:
             step()
         except OSError as exc:
             raise OSError(exc.errno, f"{call}: {exc.strerror}") from exc
-
-
-MAX_CHILD_TASKS: Final = 256
-"""Threads a probe child of a root service may add to its user's: a probe
-needs a few (FFmpeg's decoder and filter threads, its hang-up watch)."""
-
-
-def _tasks_of(uid: int) -> int:
-    """How many threads the processes of the real user ``uid`` have now (``/proc``)."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status", encoding="utf-8", errors="replace") as status:
-                fields = dict(line.split(":", 1) for line in status if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                count += int(fields["Threads"])
-        except (OSError, KeyError, ValueError):  # ended meanwhile, or not readable
-            continue
-    return count
 
 
 def _overflow_id(name: str) -> int:

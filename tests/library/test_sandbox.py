@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stoat_ferret.library import ProbeError, Stop, ThreadPriority, _probeprocess, _sandbox
+from stoat_ferret.library import ProbeError, Stop, ThreadPriority, _probeprocess
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import CONFINE_FAILED
 from stoat_ferret.library._sandbox import confine, landlock_abi
@@ -192,30 +192,6 @@ def test_a_child_of_a_root_service_runs_as_the_overflow_user_with_no_capability(
     for capabilities in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
         assert child[capabilities] == _NO_CAPABILITY, capabilities
     assert child["NoNewPrivs"] == "1"
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs a service run as root, as these tests are not")
-def test_a_child_of_a_root_service_may_add_few_threads_to_its_user(
-    clip: EncodedVideo, tmp_path: Path, directory: int
-) -> None:
-    """Its ``RLIMIT_NPROC`` (soft and hard, which it cannot raise) is the
-    threads its user had as it started plus MAX_CHILD_TASKS: a child a
-    hostile file took over cannot make threads until the machine has no
-    process id left. It still probes."""
-    copy_video(clip, tmp_path / "a.mp4")
-    process = ProbeProcess(priority=ThreadPriority.NORMAL, deadline=60, memory_limit=2**31)
-    try:
-        probe = process.probe("a.mp4", directory, Stop())
-        with open(f"/proc/{process.pid}/limits", encoding="ascii") as limits:
-            [line] = [line for line in limits if line.startswith("Max processes")]
-        now = _sandbox._tasks_of(int(_overflow("overflowuid")))
-    finally:
-        process.close()
-    soft, hard = (int(word) for word in line.split()[2:4])
-
-    assert (probe.width, probe.height) == (clip.width, clip.height)
-    assert soft == hard
-    assert _sandbox.MAX_CHILD_TASKS <= soft <= now + _sandbox.MAX_CHILD_TASKS
 
 
 def _core_limit(pid: int | str) -> tuple[str, str]:
