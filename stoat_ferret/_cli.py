@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import textwrap
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import attrs
 
@@ -58,9 +58,17 @@ commands:
           health checks"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but its errors (which quote what was typed) redact
+    any secret's value: a token pasted as another flag's value."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact_secrets(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``stoat-ferret``'s arguments, one flag per setting."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         usage="%(prog)s [serve|check] [options]",
         description=_DESCRIPTION,

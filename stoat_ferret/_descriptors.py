@@ -13,9 +13,10 @@ second: a review saw 23 MB of log in 7 s from 1,100 idle connections, while
 So :func:`raise_open_files_limit` raises the soft limit to the hard one (what
 the system lets the process take without privileges: 524,288 under systemd),
 as Go's runtime does for its programs, and :class:`QuietAcceptFailures`, the
-loop's exception handler, says such failures once every
-:data:`QUIET_SECONDS` with how many there were, without the traceback. Every
-other context goes to the loop's default handler. Connections already open
+loop's exception handler while the server serves, says such failures once
+every :data:`QUIET_SECONDS` with how many there were, without the
+traceback. Every other context goes to the handler it replaced (the loop's
+default, in the service). Connections already open
 go on being served meanwhile; new ones wait in the backlog until descriptors
 are freed.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from loguru import logger
 
@@ -63,19 +64,29 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, soft
 
 
+Handler: TypeAlias = "Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]"
+"""An asyncio loop's exception handler."""
+
+
 class QuietAcceptFailures:
     """An asyncio loop's exception handler: failed accepts said once every
-    :data:`QUIET_SECONDS` (with how many since the last line), the rest as the
-    loop's default handler says them."""
+    :data:`QUIET_SECONDS` (with how many since the last line), the rest as
+    ``previous`` (the handler it replaces; None: the loop's default) says them."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, previous: Handler | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._previous = previous
         self._clock = clock
         self._said = -math.inf  # when the last line was logged
         self._unsaid = 0  # failures since then
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message") != ACCEPT_FAILED:
-            loop.default_exception_handler(context)
+            if self._previous is None:
+                loop.default_exception_handler(context)
+            else:
+                self._previous(loop, context)
             return
         self._unsaid += 1
         now = self._clock()

@@ -157,15 +157,24 @@ class GracefulServer(uvicorn.Server):
         self._url = url
         self._http_grace = http_grace
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve as uvicorn does, an accept that finds no descriptor left said
+        once in a while, not thousands of times a second (the loop's exception
+        handler, the one before it given back at the end)."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(QuietAcceptFailures(previous))
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            loop.set_exception_handler(previous)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start as uvicorn does, then say where the dashboard is.
 
         Raises:
             SystemExit: uvicorn's 3 when the app fails to start.
         """
-        # Before the sockets are served: an accept that finds no descriptor
-        # left is said once in a while, not thousands of times a second.
-        asyncio.get_running_loop().set_exception_handler(QuietAcceptFailures())
         # Assumes uvicorn 0.54's startup: it returns only once it serves the
         # sockets it was handed (started is True), and otherwise calls
         # sys.exit(STARTUP_FAILURE) after the app's lifespan failed to start.

@@ -271,7 +271,7 @@ def test_readme_shows_the_help(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _check_token(_: Settings, attribute: attrs.Attribute[str], value: str) -> None:
-    if value and len(value) < 16:
+    if value and len(value) < 32:  # quoted, as a careless validator might: redacted
         raise SettingsError(f"{attribute.metadata['env']} is too short: {value!r}")
 
 
@@ -322,7 +322,9 @@ def test_a_secret_has_no_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.usefixtures("with_secret")
 @pytest.mark.usefixtures("with_secret")
-@pytest.mark.parametrize("token", ["s3cr3t", "it's", "tab\there"])
+@pytest.mark.parametrize(
+    "token", ["s3cr3t-s3cr3t-s3cr3t", "it's a secret, for sure", "tab\there and then some"]
+)
 def test_a_secret_is_redacted_in_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], token: str
 ) -> None:
@@ -1707,3 +1709,46 @@ def test_serving_says_it_checks_a_large_database_before_it_does(
     said = [record["message"] for record in log_records if record["message"].startswith("checking")]
     assert quiet == []
     assert said == [f"checking video store {database} (quick_check)"]
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        # Settings that fold the case of the value they quote.
+        ({"STOAT_LOG_FORMAT": "TOKEN"}, "STOAT_LOG_FORMAT must be text or json, got '<redacted>'"),
+        ({"STOAT_LOG_LEVEL": "TOKEN"}, "STOAT_LOG_LEVEL must be one of"),
+        # A flag's value, in argparse's error.
+        ({"argv": ["check", "--port", "TOKEN"]}, "--port must be a whole number, got '<redacted>'"),
+        # A path, its runs of '/' made one.
+        ({"STOAT_DATABASE_PATH": "AFILE/TOKEN/x.db"}, "/a-file/<redacted>/x.db"),
+    ],
+    ids=["lower-cased", "upper-cased", "flag", "path"],
+)
+def test_a_token_is_redacted_whatever_the_error_did_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    where: dict[str, Any],
+    said: str,
+) -> None:
+    """The token's value is redacted whether the error quotes it folded to
+    lower or upper case, in a flag's error (argparse's), or in a path whose
+    runs of '/' were made one (a base64 token may hold '//')."""
+    token = "Abcdefgh//ijklmnop+q="
+    monkeypatch.setenv("STOAT_API_TOKEN", token)
+    (tmp_path / "a-file").write_text("not a directory\n")
+
+    def filled(text: str) -> str:
+        return text.replace("TOKEN", token).replace("AFILE", str(tmp_path / "a-file"))
+
+    argv = [filled(arg) for arg in where.pop("argv", ["check"])]
+    for name, value in where.items():
+        monkeypatch.setenv(name, filled(value))
+
+    with contextlib.suppress(SystemExit):
+        main(argv)
+
+    err = capsys.readouterr().err
+    assert said in err, err
+    for form in (token, token.lower(), token.upper(), token.replace("//", "/")):
+        assert form not in err

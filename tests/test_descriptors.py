@@ -4,11 +4,14 @@ one, and a failed accept said once in a while, not once per attempt."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import resource
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
 
 from stoat_ferret._descriptors import (
     ACCEPT_FAILED,
@@ -16,6 +19,9 @@ from stoat_ferret._descriptors import (
     QuietAcceptFailures,
     raise_open_files_limit,
 )
+
+if TYPE_CHECKING:
+    import pytest
 
 RAISE_IN_A_CHILD = """
 import resource
@@ -110,3 +116,50 @@ def test_a_real_loop_takes_the_handler() -> None:
         return loop.get_exception_handler()
 
     assert isinstance(asyncio.run(install()), QuietAcceptFailures)
+
+
+def test_every_other_context_goes_to_the_handler_it_replaced() -> None:
+    """Given the handler it replaces (a test runner's, collecting errors), it
+    passes every other context on to that one, not to the loop's default."""
+    passed: list[dict[str, Any]] = []
+    handler = QuietAcceptFailures(lambda loop, context: passed.append(context))
+    loop = _Loop()
+    context = {"message": "Task exception was never retrieved", "exception": ValueError("x")}
+
+    handler(loop, context)  # type: ignore[arg-type]
+
+    assert passed == [context]
+    assert loop.defaults == []
+
+
+def test_the_server_gives_the_loop_its_handler_back_when_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server sets its handler while it serves, and puts back the one
+    the loop had once it is done, however serving ended (here: uvicorn's
+    serve raised)."""
+    from stoat_ferret._server import GracefulServer
+
+    seen: list[object] = []
+
+    async def serving(self: object, sockets: object = None) -> None:
+        seen.append(asyncio.get_running_loop().get_exception_handler())
+        raise RuntimeError("the app failed to start")
+
+    def before(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(uvicorn.Server, "serve", serving)
+
+    async def serve_once() -> object:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(before)
+        server = GracefulServer.__new__(GracefulServer)  # serve() reads nothing of it
+        with contextlib.suppress(RuntimeError):
+            await server.serve()
+        return loop.get_exception_handler()
+
+    after = asyncio.run(serve_once())
+
+    assert [type(handler) for handler in seen] == [QuietAcceptFailures]
+    assert after is before

@@ -394,6 +394,12 @@ def test_a_bad_flag_value_names_the_flag(tmp_path: Path) -> None:
     with_separator = str(tmp_path / f"b{os.pathsep}c")
     os.mkdir(with_separator)
     assert parse_flag("scan_roots", [first, with_separator]) == (first, with_separator)
+    # ... and a space at its end, as typed: "/srv/videos " is another directory.
+    with pytest.raises(SettingsError, match=r"^--scan-root: .*/a  is not an existing directory"):
+        parse_flag("scan_roots", [f"{first} "])
+    spaced = str(tmp_path / "a ")
+    os.mkdir(spaced)
+    assert parse_flag("scan_roots", [f"{first} "]) == (spaced,)
     assert parse_flag("max_workers", ["2", " 3 "]) == 3
 
 

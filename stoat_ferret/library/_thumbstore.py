@@ -276,15 +276,23 @@ class ThumbnailStore:
     def in_place(self) -> bool:
         """Whether the directory claimed is at its path, marked: not removed, nor
         another put there (copied back), nor made again empty (which may get
-        the removed one's inode number: its marker tells them apart)."""
-        try:
-            top = self._open_claimed()
-        except OSError as exc:
-            return exc.errno not in _NOT_OURS  # denied...: there, whatever else is wrong
-        try:
-            return regular_size(MARKER, top) is not None
-        finally:
-            os.close(top)
+        the removed one's inode number: its marker tells them apart). One
+        found unmarked (emptied by hand, a half-done ``rm -rf``) is marked
+        again here, so that the next start does not refuse it; False for
+        it still, its thumbnails may be gone."""
+        with self._lock:
+            try:
+                top = self._open_claimed()
+            except OSError as exc:
+                return exc.errno not in _NOT_OURS  # denied...: there, whatever else is wrong
+            try:
+                if regular_size(MARKER, top) is not None:
+                    return True
+                with contextlib.suppress(OSError):  # a write tries again
+                    mark(top)
+                return False
+            finally:
+                os.close(top)
 
     def _open_claimed(self) -> int:
         """The directory claimed, open (ENOENT: another is in its place)."""

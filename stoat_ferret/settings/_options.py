@@ -83,8 +83,10 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
         for text in texts:
             if not text.strip():  # a variable's empty value is its default; a flag's, a mistake
                 raise SettingsError(f"{option.flag} needs a value, got {text!r}")
-    parse = FLAG_PARSERS.get(field_name, PARSERS[field_name])
-    parsed: list[Any] = [parse(option.flag, text.strip()) for text in texts]
+    if field_name in FLAG_PARSERS:  # a flag's own parser takes the text as typed
+        parsed: list[Any] = [FLAG_PARSERS[field_name](option.flag, text) for text in texts]
+    else:
+        parsed = [PARSERS[field_name](option.flag, text.strip()) for text in texts]
     if option.repeat:
         # An occurrence that gives nothing would not add to the value but, as
         # the flag hides its variable, could empty it: no scan roots, any directory.

@@ -55,8 +55,9 @@ def _parse_roots(name: str, raw: str) -> tuple[str, ...]:
 
 
 def _parse_one_root(_: str, raw: str) -> tuple[str, ...]:
-    """One ``--scan-root`` flag: one directory, whatever it holds (``:`` too)."""
-    return (raw,) if raw else ()
+    """One ``--scan-root`` flag: one directory, whatever it holds (``:``, or a
+    space at either end, too); nothing for white space alone."""
+    return (raw,) if raw.strip() else ()
 
 
 def _parse_list(_: str, raw: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -17,6 +18,7 @@ import attrs
 
 from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings._checks import (
+    MIN_TOKEN_CHARS,
     SettingsError,
     _absolute,
     _bare_host,
@@ -336,12 +338,27 @@ def redact_secrets(message: str, environ: Mapping[str, str] | None = None) -> st
     return _redacted(message, secret_values(os.environ if environ is None else environ))
 
 
+REDACTED: Final = "<redacted>"
+"""What a secret's value is replaced by in a message."""
+
+
 def _redacted(message: str, secrets: Sequence[str]) -> str:
-    """``message`` without the text of any secret, plain or as ``repr`` escapes it."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        for form in (secret, repr(secret)[1:-1]):
-            message = message.replace(form, "<redacted>")
-    return message
+    """``message`` without any secret's value long enough to be a token
+    (:data:`MIN_TOKEN_CHARS`: a shorter one is refused as a token, and
+    redacting a few letters would garble every word that holds them): in any
+    case (a setting may fold a value's case before it quotes it), as given,
+    as ``repr`` escapes it, or with its runs of ``/`` made one (as a path's
+    are). In one pass, the longest form first."""
+    forms = {
+        form
+        for secret in secrets
+        if len(secret) >= MIN_TOKEN_CHARS
+        for form in (secret, repr(secret)[1:-1], re.sub("/+", "/", secret))
+    }
+    if not forms:
+        return message
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(pattern, REDACTED, message, flags=re.IGNORECASE)
 
 
 def known_variables() -> tuple[str, ...]:

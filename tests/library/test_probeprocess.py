@@ -326,13 +326,13 @@ def test_a_child_that_spends_no_cpu_on_a_file_is_ended_well_before_the_backstop(
     looks the same)."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
-    monkeypatch.setattr(_probewatch, "WATCH_SECONDS", 0.05)
-    monkeypatch.setattr(_probewatch, "STALL_SECONDS", 0.3)
     # A backstop of 60 s: this test's hang guard, far past the stall's 0.3 s.
     children = ProbeProcesses(ThreadPriority.NORMAL, deadline=6)
     try:
-        children.probe("a.mp4", directory, Stop())
+        children.probe("a.mp4", directory, Stop())  # started (its start is not watched so)
         [child] = children.pids()
+        monkeypatch.setattr(_probewatch, "WATCH_SECONDS", 0.05)
+        monkeypatch.setattr(_probewatch, "STALL_SECONDS", 0.3)
         with pytest.MonkeyPatch.context() as patched:
             _signal_once_held(patched, child, tmp_path / "slow.mkv", signal.SIGSTOP)
             with pytest.raises(ProbeError) as refused:

@@ -31,6 +31,7 @@ from stoat_ferret.library import (
     then_thumbnails,
 )
 from stoat_ferret.library._background import ThreadPriority
+from stoat_ferret.library._thumbdir import MARKER
 from tests.library.test_thumbjob import (
     GatedMaker,
     HeldScan,
@@ -332,7 +333,9 @@ def _empty(directory: str) -> None:
             os.unlink(entry.path)
 
 
-@pytest.mark.parametrize("removed", ["kept", "removed", "made again", "emptied", "copied back"])
+@pytest.mark.parametrize(
+    "removed", ["kept", "removed", "made again", "emptied", "unmarked", "copied back"]
+)
 async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_was_removed(
     setup: Setup, removed: str
 ) -> None:
@@ -342,7 +345,9 @@ async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_
     (removed and made again empty, or a copy put back: not the directory the
     store claimed, so not read from until a job claims it), or the directory
     emptied, its marker too (what a directory made again with the removed
-    one's inode number is). With the directory there, it submits none."""
+    one's inode number is), or its marker alone removed (a half-done ``rm
+    -rf``: marked again, or the next start would refuse the directory). With
+    the directory there, it submits none, and none after that one."""
     real = make_scan_handler(setup.library)
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(real, queue, setup.thumbnailer))
@@ -356,6 +361,8 @@ async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_
             shutil.copytree(directory, f"{directory}.copy")
         if removed == "emptied":
             _empty(directory)
+        elif removed == "unmarked":
+            os.unlink(os.path.join(directory, MARKER))
         elif removed != "kept":
             shutil.rmtree(directory)
         if removed == "made again":
@@ -366,9 +373,13 @@ async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_
         await queue.submit("scan", {"path": str(setup.folder)})  # changes nothing
         page = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
         made = await setup.made()
+        await queue.submit("scan", {"path": str(setup.folder)})  # nor does this one
+        after = await queue.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
 
     assert first.total == 1
     assert page.total == (1 if removed == "kept" else 2)
+    assert after.total == page.total  # owed no more
+    assert await anyio.Path(directory, MARKER).is_file()
     if removed == "copied back":
         assert before_claimed == {None}
     assert sorted(name for name, image in made.items() if image is not None) == [
