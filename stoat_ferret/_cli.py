@@ -60,10 +60,11 @@ commands:
 
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, but its errors (which quote what was typed) redact
-    any secret's value: a token pasted as another flag's value."""
+    any secret's value (a token pasted as another flag's value), and a long
+    one is cut as :func:`one_line` cuts it."""
 
     def error(self, message: str) -> NoReturn:
-        super().error(redact_secrets(message))
+        super().error(_cut(redact_secrets(message), MAX_LINE_CHARS - len(f"{PROG}: error: ")))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,9 +215,13 @@ def one_line(exc: Exception) -> str:
     secret's value redacted (a token pasted into another setting, the host,
     the database's path: :func:`~stoat_ferret.settings.redact_secrets`)
     before it is cut."""
-    line = f"{PROG}: " + " ".join(redact_secrets(str(exc)).split())
-    if len(line) <= MAX_LINE_CHARS:
-        return line
-    cut = len(line) - MAX_LINE_CHARS + 1
-    head = (MAX_LINE_CHARS - 1) * 2 // 3
-    return f"{line[:head]}…{line[head + cut :]}"
+    return _cut(f"{PROG}: " + " ".join(redact_secrets(str(exc)).split()), MAX_LINE_CHARS)
+
+
+def _cut(text: str, most: int) -> str:
+    """``text``, or if longer than ``most`` characters its first two thirds
+    and its end (where the reason is), ``…`` between, ``most`` in all."""
+    if len(text) <= most:
+        return text
+    head = (most - 1) * 2 // 3
+    return f"{text[:head]}…{text[len(text) - (most - 1 - head) :]}"

@@ -18,7 +18,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -1673,6 +1673,21 @@ def test_with_the_json_log_an_error_after_the_log_is_set_up_is_a_json_record(
     assert expected in error["message"], error
 
 
+def test_a_huge_flag_value_s_error_is_cut_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """A flag's value of 100,000 characters in argparse's error: cut as a
+    variable's is, MAX_LINE_CHARS in all, its start and its end kept."""
+    with pytest.raises(SystemExit):
+        main(["check", "--job-timeout", "9" * 100_000 + "x"])
+
+    usage, line = capsys.readouterr().err.splitlines()
+    assert usage.startswith("usage: stoat-ferret")
+    assert len(line) == cli_module.MAX_LINE_CHARS
+    assert line.startswith(
+        "stoat-ferret: error: --job-timeout must be a number of seconds, got '99"
+    )
+    assert line.endswith("999x'")
+
+
 def test_a_huge_value_s_error_keeps_its_start_and_its_reason(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1721,8 +1736,10 @@ def test_serving_says_it_checks_a_large_database_before_it_does(
         ({"argv": ["check", "--port", "TOKEN"]}, "--port must be a whole number, got '<redacted>'"),
         # A path, its runs of '/' made one.
         ({"STOAT_DATABASE_PATH": "AFILE/TOKEN/x.db"}, "/a-file/<redacted>/x.db"),
+        # A path's last part, its end '/' dropped.
+        ({"STOAT_SCAN_ROOTS": "AFILE/../TOKEN"}, "/<redacted> is not an existing directory"),
     ],
-    ids=["lower-cased", "upper-cased", "flag", "path"],
+    ids=["lower-cased", "upper-cased", "flag", "path", "path-end"],
 )
 def test_a_token_is_redacted_whatever_the_error_did_to_it(
     monkeypatch: pytest.MonkeyPatch,
@@ -1733,8 +1750,9 @@ def test_a_token_is_redacted_whatever_the_error_did_to_it(
 ) -> None:
     """The token's value is redacted whether the error quotes it folded to
     lower or upper case, in a flag's error (argparse's), or in a path whose
-    runs of '/' were made one (a base64 token may hold '//')."""
-    token = "Abcdefgh//ijklmnop+q="
+    runs of '/' were made one, its '/./' too and its end '/' dropped (a
+    token may hold '/' and '.')."""
+    token = "Abcdefgh//ijk/./lmnop+q=/"
     monkeypatch.setenv("STOAT_API_TOKEN", token)
     (tmp_path / "a-file").write_text("not a directory\n")
 
@@ -1750,5 +1768,5 @@ def test_a_token_is_redacted_whatever_the_error_did_to_it(
 
     err = capsys.readouterr().err
     assert said in err, err
-    for form in (token, token.lower(), token.upper(), token.replace("//", "/")):
+    for form in (token, token.lower(), token.upper(), str(PurePosixPath(token))):
         assert form not in err

@@ -207,8 +207,9 @@ class Thumbnailer:
     def directory_gone(self) -> bool:
         """Whether the thumbnails' directory is missing (removed by hand: "safe
         to delete"), or another is in its place (made again, copied back: not
-        read from until a job's write or sweep claims it), so its thumbnails
-        are owed. Blocking: one ``open``."""
+        read from until a job's write or sweep claims it), or left unmarked
+        (marked again by :meth:`ThumbnailStore.in_place`), so its thumbnails
+        are owed. Blocking: it may wait for the store's lock, held by a write."""
         return self._store.refused is None and not self._store.in_place()
 
     async def start_up_check(self) -> bool:

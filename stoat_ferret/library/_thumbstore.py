@@ -14,8 +14,9 @@ the marker or is empty; one with other things in it is refused
 from it, :meth:`ThumbnailStore.check` raises, and there are no thumbnails. The
 store works in the directory it took (by device and inode): another put in its
 place is read from only once a write or a sweep took it over (or refused it)
-as at the start (:meth:`in_place` says whether it is there), and a write puts
-back a marker gone. Only entries named like a video id are ever swept.
+as at the start (:meth:`in_place` says whether it is there), and a write, or
+:meth:`in_place`, puts back a marker gone. Only entries named like a video id
+are ever swept.
 
 No symbolic link is ever followed in it, so that nothing outside it is written
 or deleted, whoever could put a link there: the directory is created with mode

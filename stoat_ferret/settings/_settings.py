@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -347,13 +347,14 @@ def _redacted(message: str, secrets: Sequence[str]) -> str:
     (:data:`MIN_TOKEN_CHARS`: a shorter one is refused as a token, and
     redacting a few letters would garble every word that holds them): in any
     case (a setting may fold a value's case before it quotes it), as given,
-    as ``repr`` escapes it, or with its runs of ``/`` made one (as a path's
-    are). In one pass, the longest form first."""
+    as ``repr`` escapes it, or as a path's part (its runs of ``/`` and its
+    ``/./`` made one ``/``, an end ``/`` dropped, as ``pathlib`` does). In
+    one pass, the longest form first."""
     forms = {
         form
         for secret in secrets
         if len(secret) >= MIN_TOKEN_CHARS
-        for form in (secret, repr(secret)[1:-1], re.sub("/+", "/", secret))
+        for form in (secret, repr(secret)[1:-1], str(PurePosixPath(secret)))
     }
     if not forms:
         return message
