@@ -164,7 +164,7 @@ def _database_state(path: Path) -> str:
     if not found.exists:
         return f"new database: serving creates it with schema {SCHEMA_VERSION}, 0 videos"
     if found.version < SCHEMA_VERSION:
-        _refuse_short_of_space(path)
+        _refuse_short_of_space(path, found.version)
         return (
             f"{crash}schema {found.version}, needs migration to {SCHEMA_VERSION}"
             f" (serving does it), {found.videos} videos"
@@ -187,24 +187,36 @@ def _size(path: Path) -> int:
 
 
 MIGRATION_SPACE: Final = 0.15
-"""The share of a database's size that its migration may write more beside
-it, with room to spare (a review's 1,000,000 videos, 704 MB: 61.5 MB of
-write-ahead log and 10.5 MB more file, schema 7 to 8: 0.102). The sort
-that builds an index writes about as much again to SQLite's temporary
-directory (``SQLITE_TMPDIR``, ``TMPDIR``, else ``/var/tmp`` or ``/tmp``),
-which the README says and this does not look at."""
+"""The share of a database's size that a step of its migration that makes
+indexes again may write more beside it, with room to spare (a review's
+1,000,000 videos, 704 MB: 61.5 MB of write-ahead log and 10.5 MB more file,
+schema 7 to 8: 0.102). The sort that builds an index writes about as much
+again to SQLite's temporary directory (``SQLITE_TMPDIR``, ``TMPDIR``, else
+``/var/tmp`` or ``/tmp``), which the README says and this does not look at."""
+
+STEP_SPACE: Final = {4: 2.0}
+"""Steps that write more: schema 4 copies the whole table, then makes every
+index (1.92 of a file of 100,000 rows, measured by a review)."""
 
 
-def _refuse_short_of_space(database: Path) -> None:
-    """Raise StoreError unless the file system holding ``database`` has room
-    for its migration (:data:`MIGRATION_SPACE`), where that can be told."""
+def _space_for(version: int) -> float:
+    """The share of its size a database at schema ``version`` may write more
+    beside it while it is migrated: its most demanding step's."""
+    steps = range(version + 1, SCHEMA_VERSION + 1)
+    return max(STEP_SPACE.get(step, MIGRATION_SPACE) for step in steps)
+
+
+def _refuse_short_of_space(database: Path, version: int) -> None:
+    """Raise StoreError unless the file system holding ``database``, at schema
+    ``version``, has room for its migration (:func:`_space_for`), where that
+    can be told."""
     try:
         size = os.stat(database).st_size
         found = os.statvfs(database)
     except OSError:
         return
     blocks = found.f_bfree if os.geteuid() == 0 else found.f_bavail
-    free, needed = blocks * found.f_frsize, int(size * MIGRATION_SPACE)
+    free, needed = blocks * found.f_frsize, int(size * _space_for(version))
     if found.f_blocks and free < needed:
         raise StoreError(
             f"{database}: its migration needs about {_mebibytes(needed)} free beside it,"

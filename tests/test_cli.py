@@ -927,7 +927,8 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
 ) -> None:
     """A file of an older schema needs room to be migrated (its indexes made
     again: about a tenth of its size, MIGRATION_SPACE): serving would fail
-    on a disk without it, so check says so, rather than "needs migration"."""
+    on a disk without it, so check says so, rather than "needs migration".
+    One from before schema 4, whose table is copied whole, needs twice its size."""
     data = tmp / "data"
     data.mkdir(mode=0o700)
     database = data / "stoat.db"
@@ -938,14 +939,25 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     capsys.readouterr()
     monkeypatch.setattr(startup_module, "MIGRATION_SPACE", 100.0)  # a hundred times its size
     needed = int(database.stat().st_size * 100) / (1 << 20)
+    older = data / "older.db"
+    database_at(older, 3)  # its step 4 copies the table: a factor of its own
+    older_needs = int(older.stat().st_size * 100) / (1 << 20)
 
     status = main(["check", "--database", str(database)])
+    monkeypatch.setattr(startup_module, "MIGRATION_SPACE", 0.15)
+    monkeypatch.setattr(startup_module, "STEP_SPACE", {4: 100.0})
+    assert main(["check", "--database", str(database)]) == 0  # schema 7: step 8's 0.15 fits
+    older_status = main(["check", "--database", str(older)])
 
-    [line] = capsys.readouterr().err.splitlines()
+    [line, older_line] = capsys.readouterr().err.splitlines()
     assert status == 2
     assert line == (
         f"stoat-ferret: {database}: its migration needs about {needed:,.1f} MiB free beside it,"
         " 2.0 MiB left"
+    )
+    assert older_status == 2
+    assert older_line.startswith(
+        f"stoat-ferret: {older}: its migration needs about {older_needs:,.1f} MiB free beside it"
     )
 
 
@@ -1750,9 +1762,9 @@ def test_a_token_is_redacted_whatever_the_error_did_to_it(
 ) -> None:
     """The token's value is redacted whether the error quotes it folded to
     lower or upper case, in a flag's error (argparse's), or in a path whose
-    runs of '/' were made one, its '/./' too and its end '/' dropped (a
-    token may hold '/' and '.')."""
-    token = "Abcdefgh//ijk/./lmnop+q=/"
+    runs of '/' were made one, its '/./' too, its end '/' dropped and its
+    leading ones joined to the directory's (a token may hold '/' and '.')."""
+    token = "//Abcdefgh//ijk/./lmnop+q=/"
     monkeypatch.setenv("STOAT_API_TOKEN", token)
     (tmp_path / "a-file").write_text("not a directory\n")
 
@@ -1770,3 +1782,6 @@ def test_a_token_is_redacted_whatever_the_error_did_to_it(
     assert said in err, err
     for form in (token, token.lower(), token.upper(), str(PurePosixPath(token))):
         assert form not in err
+    normalised = str(PurePosixPath(token)).lstrip("/")
+    for piece in (normalised[start : start + 12] for start in range(len(normalised) - 11)):
+        assert piece.lower() not in err.lower(), piece  # nor most of it

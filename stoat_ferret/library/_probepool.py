@@ -106,7 +106,8 @@ class ProbeProcesses:
 
         The children are ended at once, each in a thread of its own, so the
         wait is that of the slowest, not of all of them in turn: a child waits
-        for the file it is busy with, if any (up to the wall-clock backstop,
+        for the file it is busy with, if any (until its CPU budget is spent,
+        it spends none for a minute, or the wall-clock backstop,
         ``WALL_FACTOR`` CPU budgets, unless that work's ``Stop`` is set, as a
         cancelled job's is), then one that does not exit costs up to a second
         or two more (``ProbeProcess.close``).

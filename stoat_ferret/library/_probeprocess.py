@@ -159,7 +159,8 @@ class ProbeProcess:
         """Probe ``name`` (relative to ``dir_fd``) in the child; start one if there is none.
 
         Blocking: a probe thread. Returns when the child answers, its budget
-        is spent, or ``stop`` is set; the child is killed in the last two cases.
+        is spent, it spends no CPU for a while (``_probewatch.py``), or
+        ``stop`` is set; the child is killed but in the first case.
 
         Raises:
             ProbeError: The file cannot be opened, is not a video the probe
@@ -189,7 +190,8 @@ class ProbeProcess:
             UndecodableError: The file gives no frame, within the budget or
                 at all (it crashed the child, or the child answered nonsense).
             ProbeError: What may pass: the child could not start, had ended
-                before it got the file, or spent no CPU for ten budgets;
+                before it got the file, or spent no CPU for a minute (or any
+                for ten budgets);
                 ``stop`` was set; the file needs more memory than the limit.
             ProbeRaised: Making it raised unexpectedly in the child.
         """

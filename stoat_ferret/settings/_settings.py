@@ -348,13 +348,17 @@ def _redacted(message: str, secrets: Sequence[str]) -> str:
     redacting a few letters would garble every word that holds them): in any
     case (a setting may fold a value's case before it quotes it), as given,
     as ``repr`` escapes it, or as a path's part (its runs of ``/`` and its
-    ``/./`` made one ``/``, an end ``/`` dropped, as ``pathlib`` does). In
-    one pass, the longest form first."""
+    ``/./`` made one ``/``, an end ``/`` dropped, as ``pathlib`` does; its
+    leading ``/`` too, as when it is joined to a directory). In one pass,
+    the longest form first."""
     forms = {
         form
         for secret in secrets
         if len(secret) >= MIN_TOKEN_CHARS
-        for form in (secret, repr(secret)[1:-1], str(PurePosixPath(secret)))
+        for path in (str(PurePosixPath(secret)),)
+        # a form too short to be a token (one of "////...": "/") is no secret
+        for form in (secret, repr(secret)[1:-1], path, path.lstrip("/"))
+        if len(form) >= MIN_TOKEN_CHARS
     }
     if not forms:
         return message

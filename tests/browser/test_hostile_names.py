@@ -260,12 +260,13 @@ def _shown(code: str) -> str:
     return f"\N{MATHEMATICAL LEFT ANGLE BRACKET}U+{code}\N{MATHEMATICAL RIGHT ANGLE BRACKET}"
 
 
-def test_every_invisible_character_and_every_space_of_a_name_shows(
+def test_the_rarer_invisible_characters_and_every_space_of_a_name_show(
     dashboard: Dashboard, server: Server
 ) -> None:
-    """Names that differ only by a character Chromium draws as nothing (an
-    unassigned special, a shorthand format control, a tag or variation
-    selector of plane 14 beyond the named ranges), by a run of spaces, or by a
+    """Names that differ only by a character Chromium draws as nothing, of the
+    kinds the first list missed (an unassigned special, a shorthand format
+    control, a tag or variation selector of plane 14 beyond the named
+    ranges: one of each), by a run of spaces, or by a
     space at the end of a folder's name, each look different: the character
     is a mark, a run of spaces keeps its width, an end space is a mark."""
     page = dashboard.page

@@ -384,14 +384,20 @@ def test_a_child_that_spends_past_its_budget_is_ended_by_the_service(
 
 
 def test_the_cpu_of_a_process_is_read_from_proc() -> None:
-    """utime + stime of every thread, in seconds; None for no such process."""
+    """utime + stime of every thread, in seconds (a thread other than the one
+    that asks spends it here); None for no such process."""
     before = _probewatch.cpu_seconds(os.getpid())
-    sum(range(3_000_000))  # spend some
+    main_thread_before = time.thread_time()
+    spender = threading.Thread(target=lambda: sum(range(20_000_000)))  # some 0.2 s
+    spender.start()
+    spender.join()
     after = _probewatch.cpu_seconds(os.getpid())
+    main_thread_spent = time.thread_time() - main_thread_before
 
     assert before is not None
     assert after is not None
-    assert 0 <= before <= after <= time.process_time() + 0.02
+    assert after - before >= 0.05 + main_thread_spent  # the other thread's CPU counts
+    assert after <= time.process_time() + 0.02  # no more than the process's
     assert _probewatch.cpu_seconds(2**22 + 1) is None  # above any pid_max
 
 
