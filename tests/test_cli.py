@@ -1614,6 +1614,7 @@ def test_a_number_as_an_env_file_may_write_it_is_read(written: str) -> None:
     assert settings.port == 8000
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.parametrize(
     ("variable", "said"),
     [
@@ -1639,6 +1640,7 @@ def test_a_token_pasted_into_a_setting_read_before_it_is_redacted(
     assert token not in line
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_token_in_the_database_path_is_redacted_from_the_store_s_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -1685,6 +1687,7 @@ def test_with_the_json_log_an_error_after_the_log_is_set_up_is_a_json_record(
     assert expected in error["message"], error
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_huge_flag_value_s_error_is_cut_too(capsys: pytest.CaptureFixture[str]) -> None:
     """A flag's value of 100,000 characters in argparse's error: cut as a
     variable's is, MAX_LINE_CHARS in all, its start and its end kept."""
@@ -1700,6 +1703,7 @@ def test_a_huge_flag_value_s_error_is_cut_too(capsys: pytest.CaptureFixture[str]
     assert line.endswith("999x'")
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_huge_value_s_error_keeps_its_start_and_its_reason(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1738,6 +1742,7 @@ def test_serving_says_it_checks_a_large_database_before_it_does(
     assert said == [f"checking video store {database} (quick_check)"]
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.parametrize(
     ("where", "said"),
     [
