@@ -51,6 +51,7 @@ from stoat_ferret.library._models import (
 from stoat_ferret.library._mountstore import change_mount_points, select_mount_points
 from stoat_ferret.library._query import (
     FORMATS,
+    count_query,
     filter_clause,
     page_query,
     subtree_bounds,
@@ -122,14 +123,11 @@ class VideoStore(ScanErrorStore):
             formats = None
             if where.container is not None:
                 formats = [name for (name,) in connection.execute(FORMATS)]
-            condition, args = filter_clause(where, formats)
-            (total,) = connection.execute(
-                f"SELECT count(*) FROM videos{condition}", args
-            ).fetchone()
+            (total,) = connection.execute(*count_query(where, formats)).fetchone()
             if offset >= total or not limit:  # past the last match: no page to read
                 return [], int(total)
-            walk = not condition
-            if condition:
+            walk = not filter_clause(where, formats)[0]
+            if not walk:
                 (stored,) = connection.execute("SELECT count(*) FROM videos").fetchone()
                 # The rows a walk reads up to: at most every match (an offset
                 # near 2**63 would otherwise always pick a full sort).

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _store
-from stoat_ferret.library._query import filter_clause, page_query, walk_sort_index
+from stoat_ferret.library._query import (
+    count_query,
+    filter_clause,
+    outermost,
+    page_query,
+    walk_sort_index,
+)
 from stoat_ferret.library._rows import COLUMNS
 from tests.library.support import record
 
@@ -382,3 +388,37 @@ def test_search_matches_composed_and_decomposed_accents(store: VideoStore) -> No
     assert set(_names(store, q="été")) == {plage, "Été ville.mp4"}
     assert _names(store, q=unicodedata.normalize("NFD", "été v")) == ["Été ville.mp4"]
     assert _names(store, q="été p") == [plage]
+
+
+def test_outermost_roots_drop_those_inside_another_and_repeats() -> None:
+    """A root inside another (or given twice) adds nothing to the list's
+    scope: without it the roots' ranges are disjoint. A sibling whose name
+    merely begins like another root's is not inside it."""
+    assert outermost(["/m/a", "/m", "/m", "/n/x", "/m a", "/n/x/y"]) == ("/m", "/m a", "/n/x")
+    assert outermost(["/srv", "/"]) == ("/",)
+    assert outermost([]) == ()
+
+
+@pytest.mark.parametrize(
+    "within",
+    [("/m/a", "/n"), ("/m", "/m/a/b", "/n"), ("/m/a/b", "/m/ab", "/nothing")],
+    ids=["two", "one inside another", "three"],
+)
+def test_a_count_within_several_roots_counts_each_video_once(
+    store: VideoStore, tmp_path: Path, within: tuple[str, ...]
+) -> None:
+    """Several roots are counted as a sum of one count a root, each reading
+    its own range of an index (no OR of ranges, whose de-duplication cost
+    SQLite more), and still count each video once, as the page lists them."""
+    _library(store)
+    where = VideoFilter(within=within, min_width=1)
+
+    page, total = store.list_videos(100, 0, where)
+    query, args = count_query(where, ["mov,mp4,m4a"])
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {query}", args)]
+
+    assert total == len(page)
+    assert total == len({video.id for video in page})
+    assert not any("MULTI-INDEX OR" in step for step in plan), plan
+    assert sum("path>? AND path<?" in step for step in plan) == len(outermost(within)), plan
