@@ -422,3 +422,21 @@ def test_a_count_within_several_roots_counts_each_video_once(
     assert total == len({video.id for video in page})
     assert not any("MULTI-INDEX OR" in step for step in plan), plan
     assert sum("path>? AND path<?" in step for step in plan) == len(outermost(within)), plan
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [({"q": "clip"}, "videos_search"), ({"video_codec": "h264"}, "videos_video_codec")],
+    ids=["search", "codec"],
+)
+def test_a_count_driven_by_another_index_reads_it_once_whatever_the_roots(
+    tmp_path: Path, where: dict[str, Any], index: str
+) -> None:
+    """A search's or a codec filter's count reads its index once, the roots
+    checked there: a sum of one count a root would read it once a root."""
+    VideoStore.open(tmp_path / "videos.sqlite").close()
+    query, args = count_query(VideoFilter(within=("/m", "/n", "/o"), **where), None)
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {query}", args)]
+
+    assert sum(index in step for step in plan) == 1, plan
