@@ -22,6 +22,7 @@ from stoat_ferret.library import (
     VideoStore,
     check_data_directory,
     file_system_full,
+    free_space,
     inspect_database,
     prepare_database,
     refuse_unwritable,
@@ -211,13 +212,13 @@ def _refuse_short_of_space(database: Path, version: int) -> None:
     ``version``, has room for its migration (:func:`_space_for`), where that
     can be told."""
     try:
-        size = os.stat(database).st_size
-        found = os.statvfs(database)
+        size, left = os.stat(database).st_size, free_space(os.fspath(database))
     except OSError:
         return
-    blocks = found.f_bfree if os.geteuid() == 0 else found.f_bavail
-    free, needed = blocks * found.f_frsize, int(size * _space_for(version))
-    if found.f_blocks and free < needed:
+    if left is None:
+        return
+    free, needed = left[0], int(size * _space_for(version))
+    if free < needed:
         raise StoreError(
             f"{database}: its migration needs about {_mebibytes(needed)} free beside it,"
             f" {_mebibytes(free)} left"

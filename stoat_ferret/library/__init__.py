@@ -30,6 +30,7 @@ from stoat_ferret.library._exceptions import (
     StoreBusy,
     StoreError,
     file_system_full,
+    free_space,
 )
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._library import VideoLibrary
@@ -127,6 +128,7 @@ __all__ = [
     "containing_root",
     "ending_worn",
     "file_system_full",
+    "free_space",
     "inspect_database",
     "is_utf8",
     "landlock_abi",

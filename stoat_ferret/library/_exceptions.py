@@ -172,19 +172,33 @@ def file_system_full(path: str) -> bool:
     that counts no blocks (a FUSE file system's default answer)."""
     for place in (path, os.path.dirname(path) or "."):
         try:
-            found = os.statvfs(place)
+            left = free_space(place)
         except OSError:
             continue
-        if found.f_flag & os.ST_RDONLY or not found.f_blocks:
+        if left is None:
             return False
-        # root may use the blocks and inodes kept back for it (f_bfree, f_ffree)
-        blocks, inodes = (
-            (found.f_bfree, found.f_ffree)
-            if os.geteuid() == 0
-            else (found.f_bavail, found.f_favail)
-        )
-        return blocks * found.f_frsize < LOW_SPACE_BYTES or (found.f_files > 0 and inodes == 0)
+        space, inodes = left
+        return space < LOW_SPACE_BYTES or inodes == 0
     return False
+
+
+def free_space(path: str) -> tuple[int, int | None] | None:
+    """The bytes and inodes (None: the file system counts none) this process
+    may still use on the file system holding ``path``; None if that cannot
+    be told: a read-only file system, or one that counts no blocks (a FUSE
+    file system's default answer).
+
+    Raises:
+        OSError: ``statvfs`` gives no answer (``path`` missing, say).
+    """
+    found = os.statvfs(path)
+    if found.f_flag & os.ST_RDONLY or not found.f_blocks:
+        return None
+    # root may use the blocks and inodes kept back for it (f_bfree, f_ffree)
+    blocks, inodes = (
+        (found.f_bfree, found.f_ffree) if os.geteuid() == 0 else (found.f_bavail, found.f_favail)
+    )
+    return blocks * found.f_frsize, inodes if found.f_files > 0 else None
 
 
 class DirectoryReplaced(ScanError):
