@@ -8,17 +8,21 @@ requiring it to exist (symlinks followed as far as they lead), and compared
 with the roots; only a path inside a root is then looked at, and that look
 opens it as the scan will, from its root down without crossing a symlink
 (:func:`~stoat_ferret.library.open_below_root`): a directory swapped for a
-link between the two is a 409 wherever the link leads. So a client can
-learn nothing about the filesystem outside the roots: a missing and an
-existing directory out there both get 403, and so does a link that cannot
-be read out there (``EACCES``, a loop). One thing more is refused while the
-path is resolved: a ``..`` of the client's own (not one in a link's target)
-applied where the path so far is outside every root and not on the way down
-to one (an ancestor of a root). Else ``<root>/../x/../<root>`` would come
-back in if ``x`` were a plain directory and not if it were a link, and the
-answer would tell which. What an answer can still tell is whether a path
-outside leads into a root by its links: that is how a root is reached
-through an alias of it (``STOAT_SCAN_ROOTS=/d/alias``, a link to ``/d/real``).
+link between the two is a 409 wherever the link leads. Resolving reads
+nothing outside the roots either: each part of the path, the client's own
+or a link's, is applied only where it leads into a root or down to one (to
+an ancestor of a root); anywhere else the request is a 403 before that
+place is read. So a client can learn nothing about the filesystem outside
+the roots (a missing and an existing directory out there, a link, a link
+that cannot be read: all 403), and cannot have the service look at a file
+system out there that does not answer (a dead network share, a hung FUSE
+daemon), which would hold the request's thread for ever. A root is spelt
+by its resolved path or a path below one of its ancestors that stays on
+the way to it: a link elsewhere that leads into a root (an alias,
+``/home/me/videos`` to ``/srv/videos``) is outside, and so is the alias the
+operator named the root by (``STOAT_SCAN_ROOTS=/d/alias``, a link to
+``/d/real``), since the settings keep the resolved root only; the 403 names
+the roots to use instead.
 
 Comparison is by path components (:meth:`PurePath.is_relative_to`), on
 resolved paths: ``<root>/../x``, a symlink inside a root that points out, the
@@ -115,19 +119,14 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
             memory, or a file system that cannot answer (:data:`CANNOT_ANSWER`).
     """
     try:
-        resolved = Path(real_path(requested, vet=_no_way_back(roots) if roots else None))
+        resolved = Path(real_path(requested, vet=_on_the_way_only(roots) if roots else None))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
-    except OSError as exc:  # a link could not be read (/proc/<pid>/cwd), too many links
-        # Where it failed decides: outside the roots, every failure is the
-        # same 403 (an error naming no place counts as outside), but the
-        # server's own shortage is a 503 wherever it came.
-        outside = exc.filename is None or not _on_the_way(Path(exc.filename), roots)
-        if outside and exc.errno not in SHORT_OF_RESOURCES:
-            raise ScanPathRejected(403, _OUTSIDE) from None
+    except OSError as exc:  # a link could not be read (permission), too many links
+        # Read in a root or on the way down to one (the vet saw to that): told as it is.
         raise _rejection(exc, requested) from None
-    if not is_within(resolved, roots):
-        raise ScanPathRejected(403, _OUTSIDE)
+    if not is_within(resolved, roots):  # an ancestor of a root
+        raise _outside(roots)
     if not is_utf8(str(resolved)):  # the library stores UTF-8 paths only
         raise ScanPathRejected(400, _NOT_UTF8)
     # Looked at as the scan will open it: from its root down, no symlink
@@ -163,14 +162,21 @@ def _on_the_way(path: Path, roots: Sequence[Path]) -> bool:
     )
 
 
-def _no_way_back(roots: Sequence[Path]) -> Callable[[str, str, bool], None]:
-    """A ``real_path`` vet: 403 for the client's ``..`` applied outside the roots."""
+def _on_the_way_only(roots: Sequence[Path]) -> Callable[[str, str, bool], None]:
+    """A ``real_path`` vet: 403 for a part that leads anywhere but into a root
+    or down to one, before that place is read (a ``..`` always stays on the
+    way: every place before it was)."""
 
     def vet(resolved: str, part: str, linked: bool) -> None:
-        if part == ".." and not linked and not _on_the_way(Path(resolved), roots):
-            raise ScanPathRejected(403, _OUTSIDE)
+        if part != ".." and not _on_the_way(Path(resolved, part), roots):
+            raise _outside(roots)
 
     return vet
+
+
+def _outside(roots: Sequence[Path]) -> ScanPathRejected:
+    named = ", ".join(str(root) for root in roots)
+    return ScanPathRejected(403, f"{_OUTSIDE} ({named})")
 
 
 def _rejection(exc: OSError, requested: str) -> ScanPathRejected:

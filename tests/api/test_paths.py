@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,7 +24,6 @@ _OUTSIDE_DETAIL = "the path is outside the directories this service may scan"
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 
 @pytest.fixture
@@ -206,7 +206,7 @@ def test_other_open_errors_are_4xx_or_503_when_the_file_system_cannot_answer(
         pytest.param(
             "/proc/1/cwd",
             403,
-            "the path is outside the directories this service may scan",
+            _OUTSIDE_DETAIL + " ({root})",
             id="outside-the-roots",
         ),
     ],
@@ -301,18 +301,18 @@ def test_a_clients_dotdot_outside_the_roots_is_403_whatever_is_there(root: Path,
 
     rejected = _rejected(f"{root}/../{name}/../{root.name}", (root,))
 
-    assert (rejected.status_code, rejected.detail) == (403, _OUTSIDE_DETAIL)
+    assert (rejected.status_code, rejected.detail) == (403, f"{_OUTSIDE_DETAIL} ({root})")
 
 
 @pytest.mark.parametrize(
     ("code", "status"), [(errno.EMFILE, 503), (errno.ENOMEM, 503), (errno.EACCES, 403)]
 )
-def test_a_resolution_error_naming_no_place_is_outside_unless_the_server_is_short(
+def test_a_resolution_error_is_told_as_it_is(
     root: Path, monkeypatch: pytest.MonkeyPatch, code: int, status: int
 ) -> None:
-    """An error that names no path counts as outside the roots (403, the
-    same as any failure out there), but the server's own shortage of
-    descriptors or memory is a 503 wherever it came."""
+    """Resolution reads only inside the roots and on the way down to them, so
+    its failure is the request's (a permission: 403) or the server's own
+    shortage of descriptors or memory (503), even one that names no path."""
 
     def failing(path: str, **kwargs: object) -> str:
         raise OSError(code, os.strerror(code))
@@ -323,24 +323,68 @@ def test_a_resolution_error_naming_no_place_is_outside_unless_the_server_is_shor
 
 
 @pytest.mark.parametrize(
-    ("spelling", "target"),
+    "spelling",
     [
-        pytest.param("{parent}/alias/sub", "sub", id="absolute-alias"),
-        pytest.param("{parent}/relative/sub/inner", "sub/inner", id="relative-alias"),
-        pytest.param("{parent}/outside/up/sub", "sub", id="alias-whose-target-climbs"),
-        pytest.param("{parent}/alias/../{name}/sub", "sub", id="dotdot-from-inside"),
+        pytest.param("{parent}/alias/sub", id="absolute-alias"),
+        pytest.param("{parent}/relative/sub/inner", id="relative-alias"),
+        pytest.param("{parent}/outside/up/sub", id="alias-whose-target-climbs"),
+        pytest.param("{parent}/alias/../{name}/sub", id="dotdot-from-an-alias"),
+        pytest.param("{root}/out-and-back/sub", id="a-link-in-the-root-out-and-back"),
     ],
 )
-def test_a_root_reached_through_an_alias_is_inside(root: Path, spelling: str, target: str) -> None:
-    """A link outside that leads into a root is a way to spell the root (as
-    STOAT_SCAN_ROOTS may itself name it): the settings keep only the resolved
-    root, and the request is resolved to the same directory."""
+def test_a_way_into_a_root_through_a_link_outside_is_403(root: Path, spelling: str) -> None:
+    """A link outside the roots that leads into one (an alias) is not followed:
+    it would be read outside the roots. The 403 names the roots to use instead."""
     (root.parent / "alias").symlink_to(root)
     (root.parent / "relative").symlink_to(root.name)
     (root.parent / "outside" / "up").symlink_to(f"../{root.name}")
-    path = spelling.format(parent=root.parent, name=root.name)
+    (root / "out-and-back").symlink_to(root.parent / "alias")
+    other_root = root.parent / "second"
+    other_root.mkdir()
+    path = spelling.format(parent=root.parent, name=root.name, root=root)
 
-    assert resolve_scan_path(path, (root,)) == str(root / target)
+    rejected = _rejected(path, (root, other_root))
+
+    assert (rejected.status_code, rejected.detail) == (
+        403,
+        f"{_OUTSIDE_DETAIL} ({root}, {other_root})",
+    )
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param("{parent}/alias/sub", id="an-alias"),
+        pytest.param("{parent}/outside/deeper/x", id="a-directory-out-there"),
+        pytest.param("{root}/link-out/x", id="a-link-in-the-root-that-leads-out"),
+        pytest.param("{root}/../outside/x/../../{name}", id="a-clients-dotdot"),
+        pytest.param("/proc/self/cwd/x", id="a-link-of-the-system"),
+    ],
+)
+def test_nothing_outside_the_roots_is_read_to_resolve_a_request(
+    root: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """Every link read on the way is inside a root or an ancestor of one: a
+    file system out there that does not answer (a dead share, a hung FUSE
+    daemon) would hold the request's thread for ever, and a stop with it."""
+    (root.parent / "alias").symlink_to(root)
+    (root.parent / "outside" / "deeper").mkdir()
+    (root / "link-out").symlink_to(root.parent / "outside" / "deeper")
+    read: list[Path] = []
+    real_readlink = os.readlink
+
+    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
+        read.append(Path(os.fspath(name)))
+        return str(real_readlink(name, *args, **kwargs))
+
+    monkeypatch.setattr(os, "readlink", readlink)
+    path = spelling.format(parent=root.parent, name=root.name, root=root)
+
+    assert _rejected(path, (root,)).status_code == 403
+    outside = [
+        place for place in read if not (place.is_relative_to(root) or root.is_relative_to(place))
+    ]
+    assert outside == []
 
 
 @pytest.mark.parametrize(
