@@ -190,5 +190,20 @@ def _serve(settings: Settings, names: dict[str, str]) -> int:
     return 0
 
 
+def run() -> int:
+    """The command's entry point: :func:`main` with the process's arguments.
+
+    Once it has returned, its work is done (the database closed, the log
+    written) and the process only exits, which takes Python a second or
+    more on a busy machine: a stop signal meanwhile (a second Ctrl+C) is
+    ignored, rather than ending the process as the default would (130,
+    143), so that the status is :func:`main`'s.
+    """
+    status = main()
+    for number in STOP_SIGNALS:  # run() is the process's own: its main thread
+        signal.signal(number, signal.SIG_IGN)
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
