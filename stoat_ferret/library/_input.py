@@ -359,10 +359,16 @@ def open_regular_file(
     """Open ``name`` (relative to ``dir_fd``, if given) for reading; return the
     descriptor and the file's ``fstat``.
 
-    Opened without following a symlink and without blocking, then checked to
-    be a regular file: a FIFO or a link put in the place of the file the walk
-    saw is refused instead of blocking the thread or leading it out of the
-    scanned directory. FFmpeg then reads this very descriptor, never the name.
+    Looked at first without being opened (``O_PATH``, not following a
+    symlink), and only a regular file is then opened for reading, through
+    that very descriptor (``/proc/self/fd``), never its name again: a FIFO,
+    a link or a device node put in the place of the file the walk saw is
+    refused without being opened. Opening a device runs its driver (a
+    terminal would become the service's controlling terminal, and its
+    hang-up end the service); a FIFO would block the thread, a link lead it
+    out of the scanned directory. The read is non-blocking (a file under a
+    lease) and never takes a controlling terminal. FFmpeg then reads this
+    very descriptor, never the name.
 
     Raises:
         ProbeError: It cannot be opened or is not a regular file; its
@@ -370,21 +376,19 @@ def open_regular_file(
     """
     shown = name if path is None else path
     try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-        )
+        place = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
-            raise ProbeError(shown, "not a regular file") from exc
         raise _failure(shown, exc) from exc
     try:
-        info = os.fstat(fd)
+        info = os.fstat(place)
+        if not stat.S_ISREG(info.st_mode):  # a link (O_NOFOLLOW gave the link itself) too
+            raise ProbeError(shown, "not a regular file")
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        fd = os.open(f"/proc/self/fd/{place}", flags)
     except OSError as exc:
-        os.close(fd)
         raise _failure(shown, exc) from exc
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ProbeError(shown, "not a regular file")
+    finally:
+        os.close(place)
     return fd, info
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime
 from fractions import Fraction
 from types import SimpleNamespace
@@ -459,6 +460,47 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 
     with pytest.raises(ProbeError, match="not a regular file"):
         probe_video(tmp_path / "pipe.mp4")
+
+
+_TERMINAL_IN_THE_PLACE = """
+import os, sys
+from stoat_ferret.library import ProbeError
+from stoat_ferret.library._input import open_regular_file
+
+master, terminal = os.openpty()  # glibc opens it with O_NOCTTY
+name = os.path.basename(os.ttyname(terminal))
+os.close(terminal)
+directory = os.open("/dev/pts", os.O_RDONLY | os.O_DIRECTORY)
+try:
+    open_regular_file(name, directory)
+except ProbeError as refused:
+    sys.stdout.write(refused.reason + "; ")
+try:
+    os.close(os.open("/dev/tty", os.O_RDWR))
+except OSError:
+    sys.stdout.write("no controlling terminal")
+else:
+    sys.stdout.write("a controlling terminal")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/pts"), reason="no /dev/pts here")
+def test_a_terminal_in_the_place_of_a_video_never_becomes_the_services_terminal() -> None:
+    """A device node put where the walk saw a video is refused without being
+    opened: a terminal opened by a session leader without one (the service
+    under systemd, or in a container run without ``-t``) became its
+    controlling terminal, and whoever held the other end could end the
+    service by hanging up."""
+    done = subprocess.run(
+        [sys.executable, "-c", _TERMINAL_IN_THE_PLACE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        start_new_session=True,  # a session leader without a terminal, as under systemd
+    )
+
+    assert done.stdout == "not a regular file; no controlling terminal", done.stderr
 
 
 def test_a_playlist_naming_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
