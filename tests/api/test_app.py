@@ -393,6 +393,23 @@ async def test_every_guarded_route_documents_its_403_and_answers_it(
     assert refused.status_code == 403
 
 
+def test_every_documented_error_is_json(settings: Settings) -> None:
+    """Every error the schema documents is JSON and only JSON, as the service
+    answers it: a schema-driven client read an event stream's 403 (the
+    guard's, JSON) as an event stream, as the schema said."""
+    schema = create_app(settings).openapi()
+
+    documented = {
+        (method, path, status): set(response.get("content", {}))
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+        if int(status) >= 400
+    }
+    assert len(documented) > 30
+    assert {key: types for key, types in documented.items() if types != {"application/json"}} == {}
+
+
 # The GET routes without HEAD, as README says: an event stream's HEAD would
 # hold one of the STOAT_MAX_STREAMS slots (the stream of every job until the
 # client leaves), for an answer with nothing in it.
