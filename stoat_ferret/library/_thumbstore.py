@@ -169,9 +169,10 @@ class ThumbnailStore:
         """File ``image`` (None: the failure marker) for this version; drop older versions.
 
         Raises:
-            OSError: the file cannot be written (the folder is left as it was),
-                or the video's folder is a symbolic link or not a directory
-                (nothing is written or deleted; an error is logged).
+            OSError: the file cannot be written (the folder is left without
+                it, its older versions removed), or the video's folder is a
+                symbolic link or not a directory (nothing is written or
+                deleted; an error is logged).
             StoreError: the directory was refused (:attr:`refused`).
         """
         self.check()
@@ -184,11 +185,14 @@ class ThumbnailStore:
             finally:
                 os.close(top)
             try:
-                write_atomically(folder, name, image or b"", PRIVATE_FILE_MODE)
+                # The older versions first (none is served: reads ask for the
+                # row's own): a stop between the two leaves this one missing,
+                # made again, not an older one left beside it for good.
                 for entry in os.listdir(folder):
                     if entry != name:
                         with contextlib.suppress(OSError):  # unlink never follows a link
                             os.unlink(entry, dir_fd=folder)
+                write_atomically(folder, name, image or b"", PRIVATE_FILE_MODE)
             finally:
                 os.close(folder)
 

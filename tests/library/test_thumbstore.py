@@ -19,6 +19,7 @@ from stoat_ferret.library import (
     VideoProbe,
     VideoRecord,
     VideoStore,
+    _thumbstore,
     make_scan_handler,
 )
 from stoat_ferret.library._thumbdir import MARKER
@@ -69,6 +70,32 @@ def test_a_new_version_replaces_the_old(tmp_path: Path) -> None:
 
     assert os.listdir(tmp_path / "thumbs" / "7") == [f"{THUMBNAIL_VERSION}-200-6.webp"]
     assert store.read(7, (200, 6)) == b"new"
+
+
+class _Stopped(Exception):
+    """The process ended, as far as the store can tell."""
+
+
+def test_a_stop_right_after_a_new_version_is_filed_leaves_no_older_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write stopped (SIGKILL, a power cut) right after the new version's
+    file is in place leaves no older one beside it: nothing would remove that
+    one, since the new version counts as made."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (100, 5), b"old")
+    real_write = _thumbstore.write_atomically
+
+    def write_then_stop(*args: Any, **kwargs: Any) -> None:
+        real_write(*args, **kwargs)
+        raise _Stopped
+
+    monkeypatch.setattr(_thumbstore, "write_atomically", write_then_stop)
+
+    with pytest.raises(_Stopped):
+        store.write(7, (200, 6), b"new")
+
+    assert os.listdir(tmp_path / "thumbs" / "7") == [f"{THUMBNAIL_VERSION}-200-6.webp"]
 
 
 def test_remove_and_sweep(tmp_path: Path) -> None:
