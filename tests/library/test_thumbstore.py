@@ -22,6 +22,7 @@ from stoat_ferret.library import (
     _thumbstore,
     make_scan_handler,
 )
+from stoat_ferret.library._atomicfile import write_atomically
 from stoat_ferret.library._thumbdir import MARKER
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.support import make_context
@@ -84,10 +85,9 @@ def test_a_stop_right_after_a_new_version_is_filed_leaves_no_older_one(
     one, since the new version counts as made."""
     store = ThumbnailStore(tmp_path / "thumbs")
     store.write(7, (100, 5), b"old")
-    real_write = _thumbstore.write_atomically
 
     def write_then_stop(*args: Any, **kwargs: Any) -> None:
-        real_write(*args, **kwargs)
+        write_atomically(*args, **kwargs)
         raise _Stopped
 
     monkeypatch.setattr(_thumbstore, "write_atomically", write_then_stop)
