@@ -38,10 +38,12 @@ The cost of the job counters: every job change wakes the follower task,
 which snapshots the job on the event loop (a few microseconds per change,
 the one-stream figure of ``python -m bench --only events``); a follower that
 is behind gets each job's latest state once, so a burst costs one snapshot
-per job, not per change. A feed that falls more than a thousand jobs behind
-loses changes; that is counted in ``stoat_metrics_changes_lost_total`` and
-logged, and the counters then miss what those jobs did in the gap (they
-undercount, never count a job twice: see :meth:`ServiceMetrics.count_feed`).
+per job, not per change. The follower takes all its feed holds each time
+it wakes, and its feed has no limit, so a burst of submits cannot make it
+lose changes. Should a feed ever report lost changes all the same, that is
+counted in ``stoat_metrics_changes_lost_total`` (an alarm that should stay
+0) and logged, and the counters then miss what those jobs did in the gap
+(they undercount, never count a job twice: see :meth:`ServiceMetrics.count_feed`).
 A job change the counters cannot take (a bug, or a result unlike any this
 service makes) is logged as a warning and skipped: nothing a job returns can
 end the task, and with it the lifespan.
@@ -50,7 +52,7 @@ end the task, and with it the lifespan.
 from __future__ import annotations
 
 import time
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, get_args
 
 import anyio
@@ -73,11 +75,11 @@ from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import TERMINAL, JobChange, JobNotFound, JobStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobResult
+    from stoat_ferret.jobs import AsyncJobQueue, FeedItem, JobFeed, JobResult
 
 router = APIRouter(tags=["metrics"])
 
@@ -190,8 +192,12 @@ class ServiceMetrics:
         """Count ``queue``'s jobs while the block runs (the lifespan's)."""
         self._queue = queue
         try:
-            async with queue.watch_all() as feed, anyio.create_task_group() as group:
-                group.start_soon(self.count_feed, feed, queue, name="stoat_ferret job metrics")
+            async with (
+                queue.watch_all(limit=None) as feed,
+                aclosing(_all_ready(feed)) as changes,
+                anyio.create_task_group() as group,
+            ):
+                group.start_soon(self.count_feed, changes, queue, name="stoat_ferret job metrics")
                 try:
                     yield
                 finally:
@@ -279,6 +285,18 @@ class ServiceMetrics:
         self.probe_errors.inc(probe_errors)
         self.files_unchanged.inc(unchanged)
         self.files_removed.inc(removed)
+
+
+async def _all_ready(feed: JobFeed) -> AsyncGenerator[FeedItem, None]:
+    """``feed``'s items, all it holds taken at once each time it wakes: its own
+    iteration takes one a checkpoint, and submits made concurrently (a burst
+    of scan requests) add more than one a turn, which a feed with a limit
+    then dropped (the counters missed those jobs), and one without would
+    hold for ever longer."""
+    async for item in feed:
+        yield item
+        while feed.ready:
+            yield feed.receive_nowait()
 
 
 async def _forget_dropped(queue: AsyncJobQueue, live: dict[str, JobStatus]) -> None:

@@ -15,7 +15,8 @@ Bounded whatever the followers do:
   older than the log (or from another run, see below);
 * a feed holds at most one pending change per job, the latest: a slow
   follower gets each job's latest state, never a backlog. Beyond ``limit``
-  jobs pending it drops them all for one :class:`ChangesLost`.
+  jobs pending it drops them all for one :class:`ChangesLost` (no limit for
+  a follower that takes all it holds whenever it wakes: the metrics).
 
 Publishing never waits and never snapshots: a feed takes the snapshot of a
 job when it hands the change out. That is the state the change's id names,
@@ -137,7 +138,7 @@ class JobChanges:
         job_ids: Collection[str] | None = None,
         job_types: Collection[str] | None = None,
         until_terminal: bool = False,
-        limit: int = FEED_LIMIT,
+        limit: int | None = FEED_LIMIT,
     ) -> JobFeed:
         """A feed of the changes from now on (see ``AsyncJobQueue.watch_all``).
 
@@ -164,7 +165,7 @@ class JobChanges:
             job_ids=named,
             job_types=None if job_types is None else frozenset(job_types),
             until_terminal=until_terminal and named is not None,
-            limit=max(limit, len(named or ())),
+            limit=None if limit is None else max(limit, len(named or ())),
         )
         start: list[_Entry]
         unknown = named is not None and not until_terminal and not named <= self._latest.keys()
@@ -263,7 +264,7 @@ class JobFeed:
         job_ids: frozenset[str] | None,
         job_types: frozenset[str] | None,
         until_terminal: bool,
-        limit: int,
+        limit: int | None,
     ) -> None:
         self._changes = changes
         self.job_ids = job_ids
@@ -293,7 +294,7 @@ class JobFeed:
         pending = self._pending
         if job_id in pending:
             del pending[job_id]  # re-inserted last: its id is now the newest
-        elif len(pending) >= self._limit:
+        elif self._limit is not None and len(pending) >= self._limit:
             pending.clear()
             self.lose(entry[0])
             return
@@ -368,6 +369,20 @@ class JobFeed:
                 await self._wakeup.wait()
             finally:
                 self._wakeup = None
+        return self._take()
+
+    def receive_nowait(self) -> FeedItem:
+        """The next item, if one is there now (:attr:`ready`), without waiting.
+
+        Raises:
+            anyio.WouldBlock: nothing to hand out now.
+            anyio.EndOfStream: nothing more to hand out (iterating would end).
+        """
+        if not self.ready:
+            raise anyio.EndOfStream if self._done() else anyio.WouldBlock
+        return self._take()
+
+    def _take(self) -> FeedItem:
         if self._lost is not None:
             lost, self._lost = ChangesLost(self._lost), None
             return lost

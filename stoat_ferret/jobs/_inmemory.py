@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges, JobFeed
+from stoat_ferret.jobs._broadcast import FEED_LIMIT, REPLAY_EVENTS, JobChanges, JobFeed
 from stoat_ferret.jobs._exceptions import JobNotFound
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._models import (
@@ -307,10 +307,15 @@ class InMemoryJobQueue:
         job_ids: Collection[str] | None = None,
         job_types: Collection[str] | None = None,
         until_terminal: bool = False,
+        limit: int | None = FEED_LIMIT,
     ) -> AsyncIterator[JobFeed]:
         await checkpoint()
         feed = self._changes.open_feed(
-            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+            after=after,
+            job_ids=job_ids,
+            job_types=job_types,
+            until_terminal=until_terminal,
+            limit=limit,
         )
         try:
             yield feed

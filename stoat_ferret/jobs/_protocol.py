@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from stoat_ferret.jobs._broadcast import FEED_LIMIT
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
     from contextlib import AbstractAsyncContextManager
@@ -85,6 +87,7 @@ class AsyncJobQueue(Protocol):
         job_ids: Collection[str] | None = None,
         job_types: Collection[str] | None = None,
         until_terminal: bool = False,
+        limit: int | None = FEED_LIMIT,
     ) -> AbstractAsyncContextManager[JobFeed]:
         """Follow every job's changes, numbered; resume ``after`` the last id seen.
 
@@ -93,7 +96,10 @@ class AsyncJobQueue(Protocol):
         feed naming a job the queue does not know). ``until_terminal`` with
         ``job_ids``: end once each named job has ended (or, of a type
         ``job_types`` leaves out, at once). One task reads a feed at a time:
-        a second gets ``anyio.BusyResourceError``.
+        a second gets ``anyio.BusyResourceError``. Beyond ``limit`` jobs with
+        a change pending, the feed drops them for one ``ChangesLost``; None
+        for no limit, for a follower that takes all the feed holds
+        (``receive_nowait``) whenever it wakes, as the metrics do.
         """
 
     def statistics(self) -> QueueStatistics:

@@ -15,7 +15,7 @@ import anyio
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from stoat_ferret.jobs._actor import Actor
-from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobFeed
+from stoat_ferret.jobs._broadcast import FEED_LIMIT, REPLAY_EVENTS, JobFeed
 from stoat_ferret.jobs._exceptions import JobNotFound, SupervisorClosed
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._messages import (
@@ -321,6 +321,7 @@ class JobSupervisor:
         job_ids: Collection[str] | None = None,
         job_types: Collection[str] | None = None,
         until_terminal: bool = False,
+        limit: int | None = FEED_LIMIT,
     ) -> AsyncIterator[JobFeed]:
         """Follow every job (or the named ones): ``async for change in feed``.
 
@@ -340,12 +341,19 @@ class JobSupervisor:
             job_ids: only these jobs.
             job_types: only jobs of these types.
             until_terminal: with ``job_ids``, end once each of them has ended.
+            limit: the most jobs with a change pending before the feed drops
+                them for one ``ChangesLost``; None for no limit, for a follower
+                that takes all the feed holds whenever it wakes.
         """
         # Round trip through the actor: a job whose submit has returned is known.
         await self._sync()
         changes = self._table.changes
         feed = changes.open_feed(
-            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+            after=after,
+            job_ids=job_ids,
+            job_types=job_types,
+            until_terminal=until_terminal,
+            limit=limit,
         )
         try:
             yield feed

@@ -18,6 +18,7 @@ from stoat_ferret.api._events import MAX_FILTERS
 from stoat_ferret.api._sse import RESET_DETAIL, RETRY_MS
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue
+from stoat_ferret.jobs._broadcast import FEED_LIMIT
 from tests.api.support import (
     GatedScan,
     StreamEvent,
@@ -359,11 +360,16 @@ class _DroppingInMemoryQueue(InMemoryJobQueue):
         job_ids: Collection[str] | None = None,
         job_types: Collection[str] | None = None,
         until_terminal: bool = False,
+        limit: int | None = FEED_LIMIT,
     ) -> AsyncIterator[JobFeed]:
         for job_id in job_ids or ():
             self._changes.forget(job_id)
         async with super().watch_all(
-            after=after, job_ids=job_ids, job_types=job_types, until_terminal=until_terminal
+            after=after,
+            job_ids=job_ids,
+            job_types=job_types,
+            until_terminal=until_terminal,
+            limit=limit,
         ) as feed:
             yield feed
 

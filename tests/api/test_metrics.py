@@ -687,3 +687,43 @@ async def test_jobs_of_an_injected_queue_count_once_over_two_runs_of_the_app(
     assert _value(after, "stoat_jobs_submitted_total", job_type="held") == 2
     assert _value(after, "stoat_jobs_started_total", job_type="held") == 2
     assert _value(after, "stoat_jobs_ended_total", job_type="held", status="completed") == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("submitters", "each"),
+    [
+        pytest.param(50, 40, id="many-submits-a-turn"),
+        pytest.param(1_500, 1, id="one-batch-past-a-feeds-limit"),
+    ],
+)
+async def test_a_burst_of_submits_is_counted_whole(submitters: int, each: int) -> None:
+    """Submits made at once (concurrent scan requests) are each counted, with
+    their starts and ends, and nothing is lost: the counters' follower took
+    one change a turn while the submitters added fifty, and its feed, past
+    a thousand jobs behind, dropped them (1,925 of 2,000 counted); 1,500
+    submits handled in one turn of the supervisor overflowed it at once."""
+    metrics = ServiceMetrics()
+    submitted: list[str] = []
+
+    async def submit_some(supervisor: JobSupervisor) -> None:
+        for _ in range(each):
+            submitted.append(await supervisor.submit("echo"))
+
+    with anyio.fail_after(60):
+        async with supervisor_running(max_workers=2, max_pending=5_000) as supervisor:
+            supervisor.register("echo", _echo)
+            async with metrics.following(supervisor):
+                async with anyio.create_task_group() as group:
+                    for _ in range(submitters):
+                        group.start_soon(submit_some, supervisor)
+                for job_id in submitted:
+                    await supervisor.wait(job_id)
+                await anyio.wait_all_tasks_blocked()  # the counters have taken every change
+                samples = _samples(metrics.render().decode())
+
+    jobs = submitters * each
+    assert _value(samples, "stoat_jobs_submitted_total", job_type="echo") == jobs
+    assert _value(samples, "stoat_jobs_started_total", job_type="echo") == jobs
+    assert _value(samples, "stoat_jobs_ended_total", job_type="echo", status="completed") == jobs
+    assert _value(samples, "stoat_metrics_changes_lost_total") == 0

@@ -408,3 +408,36 @@ async def test_two_readers_that_start_while_a_change_is_pending_do_not_both_wait
     [reading] = {"A", "B"} - set(refused)
     assert got[reading][-1] == "y"  # the reader left waiting was woken
     assert sorted(got["A"] + got["B"]) == ["x", "y"]
+
+
+async def test_a_feed_past_its_limit_loses_its_changes_and_one_without_keeps_them() -> None:
+    """Past ``limit`` jobs pending, a feed drops them for one ChangesLost; with
+    no limit (the metrics' feed, which takes all it holds each time it
+    wakes) it keeps every job's latest change."""
+    changes = JobChanges()
+    limited, unlimited = changes.open_feed(limit=3), changes.open_feed(limit=None)
+    for name in "abcde":
+        changes.publish(_record(name))
+
+    assert _summary(await _drain(limited)) == [("lost", ""), ("e", "pending")]
+    assert _summary(await _drain(unlimited)) == [(name, "pending") for name in "abcde"]
+
+
+async def test_receive_nowait_hands_out_what_is_there_and_never_waits() -> None:
+    """WouldBlock while nothing is pending, each change in turn once there,
+    EndOfStream once the feed is closed and emptied."""
+    changes = JobChanges()
+    feed = changes.open_feed()
+
+    with pytest.raises(anyio.WouldBlock):
+        feed.receive_nowait()
+    changes.publish(_record("a"))
+    changes.publish(_record("b"))
+    first, second = feed.receive_nowait(), feed.receive_nowait()
+    with pytest.raises(anyio.WouldBlock):
+        feed.receive_nowait()
+    feed.close()
+
+    assert _summary([first, second]) == [("a", "pending"), ("b", "pending")]
+    with pytest.raises(anyio.EndOfStream):
+        feed.receive_nowait()
