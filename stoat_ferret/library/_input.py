@@ -366,13 +366,15 @@ def open_regular_file(
     refused without being opened. Opening a device runs its driver (a
     terminal would become the service's controlling terminal, and its
     hang-up end the service); a FIFO would block the thread, a link lead it
-    out of the scanned directory. The read is non-blocking (a file under a
-    lease) and never takes a controlling terminal. FFmpeg then reads this
-    very descriptor, never the name.
+    out of the scanned directory. Without ``/proc`` (a chroot, a sandbox)
+    the name is opened again, and checked to be the same file. The read is
+    non-blocking (a file under a lease) and never takes a controlling
+    terminal. FFmpeg then reads this very descriptor, never the name.
 
     Raises:
         ProbeError: It cannot be opened or is not a regular file; its
-            ``path`` is ``path``, or ``name`` without one.
+            ``path`` is ``path``, or ``name`` without one. Transient if it
+            was replaced while it was opened without ``/proc``.
     """
     shown = name if path is None else path
     try:
@@ -380,16 +382,29 @@ def open_regular_file(
     except OSError as exc:
         raise _failure(shown, exc) from exc
     try:
-        info = os.fstat(place)
-        if not stat.S_ISREG(info.st_mode):  # a link (O_NOFOLLOW gave the link itself) too
+        checked = os.fstat(place)
+        if not stat.S_ISREG(checked.st_mode):  # a link (O_NOFOLLOW gave the link itself) too
             raise ProbeError(shown, "not a regular file")
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        fd = os.open(f"/proc/self/fd/{place}", flags)
+        try:
+            fd = os.open(f"/proc/self/fd/{place}", _READ)
+        except FileNotFoundError:  # no /proc here
+            fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as exc:
         raise _failure(shown, exc) from exc
     finally:
         os.close(place)
+    try:
+        info = os.fstat(fd)  # as of the open: a network file system refreshes it then
+    except OSError as exc:
+        os.close(fd)
+        raise _failure(shown, exc) from exc
+    if (info.st_dev, info.st_ino) != (checked.st_dev, checked.st_ino):
+        os.close(fd)
+        raise ProbeError(shown, "replaced while it was opened", transient=True)
     return fd, info
+
+
+_READ: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _failure(path: str, exc: OSError) -> ProbeError:

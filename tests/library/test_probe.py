@@ -503,6 +503,47 @@ def test_a_terminal_in_the_place_of_a_video_never_becomes_the_services_terminal(
     assert done.stdout == "not a regular file; no controlling terminal", done.stderr
 
 
+def _without_proc(monkeypatch: pytest.MonkeyPatch, before_by_name: Any = None) -> None:
+    """``os.open`` as on a machine without ``/proc`` (a chroot, a sandbox);
+    ``before_by_name`` runs before a name is opened for reading."""
+    real_open = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if before_by_name is not None and not flags & os.O_PATH:
+            before_by_name()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+def test_without_proc_a_video_is_opened_by_its_name(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``/proc`` the checked file is opened again by its name: probed
+    as with it (every file failed, and a rescan dropped the changed videos)."""
+    video = copy_video(clip, tmp_path / "clip.mp4").path
+    _without_proc(monkeypatch)
+
+    assert probe_video(video).width == clip.width
+
+
+def test_without_proc_a_file_replaced_while_opened_is_a_transient_error(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaced between its check and its open by name, the file is not read:
+    a transient error (the next scan tries it again), whatever is there now."""
+    video = copy_video(clip, tmp_path / "clip.mp4").path
+    other = copy_video(clip, tmp_path / "other.mp4").path
+    _without_proc(monkeypatch, before_by_name=lambda: os.replace(other, video))
+
+    with pytest.raises(ProbeError) as caught:
+        probe_video(video)
+
+    assert (caught.value.reason, caught.value.transient) == ("replaced while it was opened", True)
+
+
 def test_a_playlist_naming_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
     """An ffconcat text named .mp4 is not followed to the FIFO it names.
 
