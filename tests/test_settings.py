@@ -128,6 +128,19 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
     assert settings.scan_roots == (Path(os.path.realpath(real)),)
 
 
+def test_scan_roots_keep_their_spelling(tmp_path: Path) -> None:
+    """The variable's spelling of each root is kept beside the real path (a
+    request may name the root so), absolute and normalised as text."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+
+    settings = Settings.from_environ({"STOAT_SCAN_ROOTS": f"{tmp_path}/x/../link/"})
+
+    assert settings.scan_roots == (Path(os.path.realpath(real)),)
+    assert settings.scan_root_spellings == (tmp_path / "link",)
+
+
 def _chain(tmp_path: Path, links: int) -> Path:
     """``link0`` -> ``link1`` -> ... -> ``link<links-1>`` -> ``real`` (a directory)."""
     (tmp_path / "real").mkdir()
@@ -351,7 +364,8 @@ def test_every_field_describes_its_setting() -> None:
 
     described = options()
 
-    assert [option.field for option in described] == [f.name for f in attrs.fields(Settings)]
+    settings = [f.name for f in attrs.fields(Settings) if f.name != "scan_root_spellings"]
+    assert [option.field for option in described] == settings
     for option in described:
         assert option.env.startswith("STOAT_")
         assert option.flag is None if option.secret else str(option.flag).startswith("--")

@@ -17,12 +17,12 @@ the roots (a missing and an existing directory out there, a link, a link
 that cannot be read: all 403), and cannot have the service look at a file
 system out there that does not answer (a dead network share, a hung FUSE
 daemon), which would hold the request's thread for ever. A root is spelt
-by its resolved path or a path below one of its ancestors that stays on
-the way to it: a link elsewhere that leads into a root (an alias,
-``/home/me/videos`` to ``/srv/videos``) is outside, and so is the alias the
-operator named the root by (``STOAT_SCAN_ROOTS=/d/alias``, a link to
-``/d/real``), since the settings keep the resolved root only; the 403 names
-the roots to use instead.
+by its resolved path, by the path the operator named it by
+(``STOAT_SCAN_ROOTS=/home/me/videos``, where ``/home`` is a link to
+``var/home``: the settings keep that spelling too), or by any path that
+stays on the way to one of those: a link elsewhere that leads into a root
+(an alias of the user's, ``/srv/mine`` to ``/srv/videos``) is outside, and
+the 403 names the roots to use instead.
 
 Comparison is by path components (:meth:`PurePath.is_relative_to`), on
 resolved paths: ``<root>/../x``, a symlink inside a root that points out, the
@@ -99,12 +99,14 @@ def is_within(path: Path, roots: Sequence[Path]) -> bool:
     return not roots or any(path.is_relative_to(root) for root in roots)
 
 
-def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
+def resolve_scan_path(requested: str, roots: Sequence[Path], spellings: Sequence[Path] = ()) -> str:
     """Return the resolved absolute directory a scan of ``requested`` would walk.
 
     Args:
         requested: the absolute path the client sent.
         roots: resolved directories a scan may touch; empty allows any.
+        spellings: the roots as the operator spelt them (before their links
+            were followed): read along too, as ways to the roots.
 
     Returns:
         The path with every symlink resolved, ``.`` and ``..`` applied and no
@@ -119,7 +121,8 @@ def resolve_scan_path(requested: str, roots: Sequence[Path]) -> str:
             memory, or a file system that cannot answer (:data:`CANNOT_ANSWER`).
     """
     try:
-        resolved = Path(real_path(requested, vet=_on_the_way_only(roots) if roots else None))
+        vet = _on_the_way_only(roots, spellings) if roots else None
+        resolved = Path(real_path(requested, vet=vet))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
     except OSError as exc:  # a link could not be read (permission), too many links
@@ -162,13 +165,16 @@ def _on_the_way(path: Path, roots: Sequence[Path]) -> bool:
     )
 
 
-def _on_the_way_only(roots: Sequence[Path]) -> Callable[[str, str, bool], None]:
+def _on_the_way_only(
+    roots: Sequence[Path], spellings: Sequence[Path]
+) -> Callable[[str, str, bool], None]:
     """A ``real_path`` vet: 403 for a part that leads anywhere but into a root
-    or down to one, before that place is read (a ``..`` always stays on the
-    way: every place before it was)."""
+    (or a root as spelt) or down to one, before that place is read (a ``..``
+    always stays on the way: every place before it was)."""
+    ways = (*roots, *spellings)
 
     def vet(resolved: str, part: str, linked: bool) -> None:
-        if part != ".." and not _on_the_way(Path(resolved, part), roots):
+        if part != ".." and not _on_the_way(Path(resolved, part), ways):
             raise _outside(roots)
 
     return vet

@@ -92,7 +92,9 @@ async def scan_videos(
     """
     if stopping.is_set():
         raise unavailable("the service is stopping")
-    path = await anyio.to_thread.run_sync(resolve_scan_path, body.path, settings.scan_roots)
+    path = await anyio.to_thread.run_sync(
+        resolve_scan_path, body.path, settings.scan_roots, settings.scan_root_spellings
+    )
     payload: dict[str, str | bool] = {"path": path, "recursive": body.recursive}
     if body.forget_unmounted:
         payload["forget_unmounted"] = True

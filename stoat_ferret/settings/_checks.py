@@ -125,6 +125,11 @@ def _resolve_roots(value: Any) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+def _spellings(value: Any) -> tuple[Path, ...]:
+    """Each root as spelt, made absolute and normalised as text (``..`` too)."""
+    return tuple(Path(os.path.normpath(_absolute(root))) for root in value)
+
+
 def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:
     for root in value:
         try:

@@ -11,7 +11,7 @@ import attrs
 
 from stoat_ferret.settings._checks import SettingsError, _env
 from stoat_ferret.settings._parsers import FLAG_PARSERS, PARSERS
-from stoat_ferret.settings._settings import Settings
+from stoat_ferret.settings._settings import Settings, setting_fields
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,7 +33,7 @@ class Option:
 
 def options() -> tuple[Option, ...]:
     """Every setting, in the order of :class:`Settings`' fields, from their metadata."""
-    return tuple(_option(field) for field in attrs.fields(Settings))
+    return tuple(_option(field) for field in setting_fields(Settings))
 
 
 def _option(field: attrs.Attribute[Any]) -> Option:

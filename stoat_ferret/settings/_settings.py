@@ -38,6 +38,7 @@ from stoat_ferret.settings._checks import (
     _normalise_names,
     _normalise_origins,
     _resolve_roots,
+    _spellings,
     default_probe_threads,
     is_local_name,
     is_loopback,
@@ -247,6 +248,11 @@ class Settings:
             "help": "event streams and /wait calls open at once before 503",
         },
     )
+    # Not a setting of its own: ``scan_roots`` as the operator spelt them
+    # (absolute, before their symlinks were followed), which a request may
+    # spell them by too (``/home/me/videos``, where ``/home`` is a link to
+    # ``var/home``): a scan's path may be read along them, on its way to a root.
+    scan_root_spellings: tuple[Path, ...] = attrs.field(default=(), converter=_spellings)
 
     def check_exposure(self) -> None:
         """Refuse to serve other machines without a token and scan roots.
@@ -302,13 +308,15 @@ class Settings:
         # another variable too (a swapped template) is redacted from its error.
         secrets = secret_values(source, cls)
         try:
-            for field in attrs.fields(cls):
+            for field in setting_fields(cls):
                 name = _env(field)
                 raw = source.get(name, "").strip()
                 if raw and field.name not in values:
                     values[field.name] = PARSERS[field.name](name, raw)
                     if field.metadata.get("secret"):
                         secrets.append(str(values[field.name]))
+            if "scan_roots" in values:
+                values.setdefault("scan_root_spellings", values["scan_roots"])
             settings = cls(**values)
             settings.check_exposure()
         except ExposureError as exc:
@@ -326,7 +334,7 @@ def secret_values(
     (:class:`Settings` when None) have in ``environ``, as given."""
     return [
         raw
-        for field in attrs.fields(settings_class or Settings)
+        for field in setting_fields(settings_class or Settings)
         if field.metadata.get("secret") and (raw := environ.get(_env(field), "").strip())
     ]
 
@@ -368,7 +376,12 @@ def _redacted(message: str, secrets: Sequence[str]) -> str:
 
 def known_variables() -> tuple[str, ...]:
     """The ``STOAT_*`` variables the service reads, in the order of the fields."""
-    return tuple(_env(field) for field in attrs.fields(Settings))
+    return tuple(_env(field) for field in setting_fields(Settings))
+
+
+def setting_fields(settings_class: type[Settings]) -> tuple[attrs.Attribute[Any], ...]:
+    """The fields of ``settings_class`` that are settings (each with its variable)."""
+    return tuple(field for field in attrs.fields(settings_class) if "env" in field.metadata)
 
 
 def check_known(environ: Mapping[str, str]) -> None:

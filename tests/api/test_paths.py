@@ -352,6 +352,29 @@ def test_a_way_into_a_root_through_a_link_outside_is_403(root: Path, spelling: s
 
 
 @pytest.mark.parametrize(
+    ("requested", "target"),
+    [
+        pytest.param("{parent}/alias/sub", "sub", id="the-roots-spelling"),
+        pytest.param("{parent}/alias/../{name}/sub", "sub", id="dotdot-from-the-spelling"),
+        pytest.param("{root}/absolute/inner", "sub/inner", id="a-link-in-the-root-by-its-spelling"),
+    ],
+)
+def test_a_root_spelt_as_the_operator_named_it_is_inside(
+    root: Path, requested: str, target: str
+) -> None:
+    """A root named through a link (``STOAT_SCAN_ROOTS=/home/me/videos``, where
+    ``/home`` is a link to ``var/home``) is reached by that spelling too, by a
+    request and by a link inside the root written with it: the settings keep
+    the spelling, and resolution may read along it."""
+    alias = root.parent / "alias"
+    alias.symlink_to(root)
+    (root / "absolute").symlink_to(alias / "sub")
+    path = requested.format(parent=root.parent, name=root.name, root=root)
+
+    assert resolve_scan_path(path, (root,), (alias,)) == str(root / target)
+
+
+@pytest.mark.parametrize(
     "spelling",
     [
         pytest.param("{parent}/alias/sub", id="an-alias"),
