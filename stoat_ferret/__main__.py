@@ -72,8 +72,12 @@ class _Deferred:
             self.signum = signum
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     """Run ``stoat-ferret`` with ``argv`` (``sys.argv[1:]`` when None); return the exit status.
+
+    The process's stop signals get their handlers back as they were at the
+    end; with ``exiting`` (:func:`run`: the process ends next), they are
+    ignored from then on instead.
 
     Raises:
         SystemExit: after ``--help`` or ``--version`` (0) or a bad flag (2), as argparse does.
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + stop.signum if command == "check" else 0
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            signal.signal(number, signal.SIG_IGN if exiting else handler)
 
 
 def _error(line: str, *, json_log: bool) -> None:
@@ -199,10 +203,7 @@ def run() -> int:
     ignored, rather than ending the process as the default would (130,
     143), so that the status is :func:`main`'s.
     """
-    status = main()
-    for number in STOP_SIGNALS:  # run() is the process's own: its main thread
-        signal.signal(number, signal.SIG_IGN)
-    return status
+    return main(exiting=True)
 
 
 if __name__ == "__main__":
