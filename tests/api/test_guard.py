@@ -24,7 +24,7 @@ from stoat_ferret.settings import Settings
 from tests.api.support import GatedScan, Message, http_scope, serving, supervisor_running
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, MutableMapping
+    from collections.abc import AsyncIterator, Callable, MutableMapping
     from pathlib import Path
 
     import httpx
@@ -335,6 +335,10 @@ async def test_the_dashboard_and_health_open_from_anywhere(
         pytest.param({"Referer": "http://[::1/"}, id="malformed-referer"),
         pytest.param(
             {"Origin": "http://localhost", "Sec-Fetch-Site": "cross-site"}, id="fetch-site-wins"
+        ),
+        pytest.param(
+            {"Origin": "http://evil.example", "Referer": "http://localhost/"},
+            id="origin-wins-over-referer",
         ),
         # What the user typed comes with no web page's Origin: no browser sends both.
         pytest.param(
@@ -672,6 +676,29 @@ async def test_an_encoded_body_is_415_and_starts_nothing(
     assert response.headers["accept-encoding"] == "identity"
     assert plain.status_code == 202  # "identity", any case, is no coding; empty elements none
     assert jobs == 1
+
+
+@pytest.mark.anyio
+async def test_a_chunked_state_change_under_the_limit_and_an_encoded_get_are_let_through(
+    settings: Settings, scan_root: Path
+) -> None:
+    """A body sent in chunks (a client that streams it) is taken on a POST when
+    under the limit, and a GET's ``Content-Encoding`` header, with no body,
+    changes nothing: only a GET or HEAD with a chunked body is 413, and only a
+    body actually encoded 415."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"path": '
+        yield json.dumps(str(scan_root)).encode() + b"}"
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            scan = await client.post(SCAN, content=body(), headers=dict([JSON_TYPE]))
+            jobs = await client.get("/api/v1/jobs", headers={"Content-Encoding": "gzip"})
+
+    assert scan.request.headers["transfer-encoding"] == "chunked"
+    assert scan.status_code == 202, scan.text
+    assert jobs.status_code == 200, jobs.text
 
 
 @pytest.mark.anyio

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
-from stoat_ferret.jobs import QueueFull, SupervisorClosed
+from stoat_ferret.jobs import JobContext, JobStatus, QueueFull, SupervisorClosed
+from stoat_ferret.jobs._messages import Cancel, JobFinished, JobStarted, Reply, Submit
 from stoat_ferret.jobs._record import JobRecord, wall_clock_ns
+from stoat_ferret.jobs._registry import JobType
 from stoat_ferret.jobs._shared import Phase, Shared
 from stoat_ferret.jobs._state import JobEvent
+from stoat_ferret.jobs._table import JobTable
 
 
 def _running(limit: int = 2) -> Shared:
@@ -107,3 +111,32 @@ def test_nothing_starts_once_closing() -> None:
     shared.phase = Phase.CLOSED
     shared.close()
     assert shared.phase is Phase.CLOSED  # close() never reopens or rewinds
+
+
+@pytest.mark.anyio
+async def test_a_job_withdrawn_after_a_worker_took_it_is_forgotten_when_it_starts() -> None:
+    """cancel() may find a job still pending after a worker's may_start() let it
+    through: its id is dropped from the withdrawn set when its start is handled
+    (no worker will look for it again), not kept for the supervisor's life."""
+    shared = _running()
+    table = JobTable(shared, max_finished=10, retention=60, start_grace=lambda: None)
+    with table.assignments.open():
+        shared.take()  # as submit() does
+        spec = JobType("t", _never_run, None)
+        table.handle(Submit("j1", "t", None, 10.0, None, 0, spec, None))
+        record = table.lookup("j1")
+        assert record is not None
+
+        assert shared.may_start("j1")  # the worker's check passes,
+        shared.withdraw(record)  # then cancel() finds the job still pending
+        table.handle(JobStarted("j1", 0, anyio.CancelScope()))  # the start is handled first
+        table.handle(Cancel(record, Reply()))
+        table.handle(JobFinished("j1", None))
+        table.assignments.close()
+
+    assert record.status is JobStatus.CANCELLED
+    assert shared.withdrawn == set()
+
+
+async def _never_run(ctx: JobContext) -> None:
+    raise AssertionError("no worker runs in this test")

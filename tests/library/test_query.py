@@ -290,6 +290,8 @@ def test_both_plans_give_the_same_pages(
         VideoFilter(under="/m/a", sort="-path"),
         VideoFilter(within=("/m/a/b", "/n"), sort="-size_bytes"),
         VideoFilter(under="/m", within=("/m/a/b", "/n"), sort="filename"),
+        VideoFilter(within=("/m/a/b", "/n"), sort="path"),
+        VideoFilter(within=("/m/a/b", "/n"), sort="-path"),
     ]
 
     pages = [store.list_videos(2, 1, where) for where in wheres]
@@ -302,7 +304,21 @@ def test_both_plans_give_the_same_pages(
         (["clip_1.mkv", "clip-1.webm"], 3),
         (["clip-1.webm", "clip_1.mkv"], 3),
         (["clip_1.mkv"], 2),
+        (["clip_1.mkv", "ÉTÉ.mp4"], 3),  # the roots' rows, from the first root's on
+        (["clip_1.mkv", "clip-1.webm"], 3),
     ]
+
+
+@pytest.mark.parametrize("where", [{"under": "/m"}, {"within": ("/m",)}], ids=["under", "within"])
+def test_a_directory_holds_nothing_of_a_sibling_its_name_begins(
+    store: VideoStore, where: dict[str, Any]
+) -> None:
+    """``/m`` holds ``/m/a.mp4``, not the sibling file ``/m0.mp4`` nor the
+    directory ``/m0`` ('0' follows '/' in code points: the range of ``/m/``
+    ends just before ``/m0``)."""
+    store.upsert([record(path) for path in ("/m/a.mp4", "/m0.mp4", "/m0/b.mp4", "/m.mp4")])
+
+    assert _names(store, **where) == ["a.mp4"]
 
 
 def test_a_page_past_the_last_match_reads_no_rows_and_a_huge_offset_walks_no_further(

@@ -305,6 +305,40 @@ def test_a_path_over_path_max_is_an_error_entry(tmp_path: Path) -> None:
     assert len(os.fsencode(errors.entries[0]["path"])) <= PATH_MAX
 
 
+def test_a_path_of_path_max_bytes_is_an_error_entry_and_one_byte_less_is_walked(
+    tmp_path: Path,
+) -> None:
+    """The bound is exact: a file or a directory whose path is PATH_MAX bytes
+    is an errors entry (not entered), one of PATH_MAX - 1 bytes is walked."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    deepest = str(tmp_path)
+    try:
+        while PATH_MAX - len(os.fsencode(deepest)) - 1 > 250:  # room left for one more name
+            name = "d" * min(200, PATH_MAX - len(os.fsencode(deepest)) - 1 - 250)
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, deepest = child, f"{deepest}/{name}"
+        room = PATH_MAX - len(os.fsencode(deepest)) - 1  # a name of this length: PATH_MAX bytes
+        names = {"f" * (room - 5) + ".mp4": "walked", "f" * (room - 4) + ".mp4": "too long"}
+        for name in names:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+        os.mkdir("d" * room, dir_fd=fd)
+    finally:
+        os.close(fd)
+    errors = ErrorLog()
+
+    found = walk_videos(str(tmp_path), recursive=True, errors=errors)
+
+    walked, too_long = (f"{deepest}/{name}" for name in names)
+    assert len(os.fsencode(too_long)) == PATH_MAX
+    assert set(found) == {walked}
+    assert [entry["error"].endswith("(PATH_MAX); skipped") for entry in errors.entries] == [
+        True,
+        True,
+    ]
+
+
 async def test_overlapping_scans_never_delete_each_others_rows(
     library: VideoLibrary,
     roots: tuple[Path, Path],

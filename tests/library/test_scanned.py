@@ -175,6 +175,25 @@ def test_gone_before_write_tells_changed_files_from_gone_and_unchanged(
     assert touched == grown_only == LookedAt(gone=gone, changed={str(deep)})
 
 
+def test_a_batch_is_written_when_the_second_look_at_the_directory_cannot_tell(
+    scope: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file changed, and the directory's path then cannot be opened to tell
+    whether it is still the one scanned (out of descriptors, denied): nothing
+    is gone or changed, and the batch is written, as when the first look
+    cannot tell; only a directory certainly replaced drops it."""
+    scanned = ScannedDirectory(str(scope), (str(tmp_path),))
+    scanned.open()
+    answers = iter([True, None])  # the look before the files, then the one after
+    monkeypatch.setattr(ScannedDirectory, "at_path", lambda self: next(answers))
+    try:
+        looked = scanned.gone_before_write([record(str(scope / "clip.mp4"), size=1, mtime=1)])
+    finally:
+        scanned.close()
+
+    assert looked == LookedAt()
+
+
 def _replace(scope: Path, tmp_path: Path) -> None:
     """Rename ``scope`` away, make a new one of the name, delete the old one's files."""
     os.rename(scope, tmp_path / "old")

@@ -281,6 +281,57 @@ def test_checkpoint_is_called_every_check_every_entries(tmp_path: Path) -> None:
     assert len(calls) == (_walk.CHECK_EVERY * 2 + 10 + 3) // _walk.CHECK_EVERY
 
 
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["walked-whole", "stopped-deep-down"])
+def test_the_walk_closes_every_directory_it_opened(tmp_path: Path, stopped: bool) -> None:
+    """Each directory's descriptor is closed once it is listed, or when the walk
+    is stopped deep down (cancelled): none is left open, scan after scan."""
+    for index in range(100):
+        (tmp_path / "many" / f"d{index}" / "deeper").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    opened: list[str] = []
+
+    def before_open(path: str) -> None:
+        opened.append(path)
+        if stopped and path == str(tmp_path / "a" / "b" / "c"):
+            raise _Stop  # as the scan's checkpoint does when its job is cancelled
+
+    before = _open_descriptors()
+    with contextlib.suppress(_Stop):
+        walk_videos(str(tmp_path), recursive=True, errors=ErrorLog(), before_open=before_open)
+
+    assert str(tmp_path / "a" / "b" / "c") in opened
+    assert _open_descriptors() == before
+
+
+@pytest.mark.parametrize("replacement", ["file", "symlink"])
+def test_a_subdirectory_replaced_before_it_is_opened_is_an_error_entry(
+    tmp_path: Path, replacement: str
+) -> None:
+    """A subdirectory listed, then replaced by a file or a symlink before it is
+    opened, is an errors entry saying so (its stored videos are kept), not an
+    unreadable directory."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+
+    def before_open(path: str) -> None:
+        if path == str(sub):
+            sub.rmdir()
+            if replacement == "file":
+                sub.write_bytes(b"x")
+            else:
+                sub.symlink_to(tmp_path / "elsewhere")
+
+    errors = ErrorLog()
+    walk_videos(str(tmp_path), recursive=True, errors=errors, before_open=before_open)
+
+    assert errors.entries == [{"path": str(sub), "error": _walk._REPLACED}]
+
+
 def test_subdirectories_that_fail_to_open_reach_the_checkpoint_too(tmp_path: Path) -> None:
     """Thousands of subdirectories whose names are not UTF-8 (each an errors
     entry, never listed) still reach the checkpoint as they are opened, which
@@ -326,7 +377,7 @@ async def test_cancelling_the_host_task_stops_the_walk(tmp_path: Path) -> None:
 
 
 class _Stop(Exception):
-    pass
+    """What the scan's checkpoint raises when its job is cancelled."""
 
 
 def test_the_walk_checks_for_cancellation_at_each_link_hop(tmp_path: Path) -> None:
