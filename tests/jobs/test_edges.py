@@ -1345,3 +1345,32 @@ async def test_the_in_memory_double_raises_a_handlers_base_exception_as_raised()
         await queue.submit("escape")
 
     assert isinstance(raised.value.__cause__, LookupError)
+
+
+async def test_a_reader_waiting_on_a_watch_ends_when_the_watch_is_left() -> None:
+    """Leaving the ``watch()`` block ends the iteration of a task still waiting
+    for the job's next update (the job runs on), rather than leaving it
+    waiting for ever."""
+    release = anyio.Event()
+
+    async def gate(ctx: JobContext) -> None:
+        await release.wait()
+
+    seen: list[str] = []
+    with anyio.fail_after(5):
+        async with running_supervisor() as supervisor:
+            supervisor.register("gate", gate)
+            job_id = await supervisor.submit("gate")
+            # The watch is left first, then the group waits for the reader.
+            async with anyio.create_task_group() as group, supervisor.watch(job_id) as updates:
+
+                async def read() -> None:
+                    seen.extend([update.status.value async for update in updates])
+                    seen.append("ended")
+
+                group.start_soon(read)
+                await anyio.wait_all_tasks_blocked()  # the reader waits for an update
+            release.set()
+
+    assert seen[-1] == "ended"
+    assert "completed" not in seen
