@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.lowlevel import checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from loguru import logger
 
 from stoat_ferret.jobs._messages import JobFinished, JobStarted, Stopping
@@ -155,10 +155,23 @@ async def run_worker(
         progress: what each job's ``report_progress`` calls.
     """
     with work:
-        async for assignment in work:
-            # A receive handed an item while it waited returns it even if a
-            # cancellation came meanwhile: a hard stop then starts nothing.
-            await checkpoint_if_cancelled()
+        while True:
+            # Taking an assignment is a checkpoint. One already in the stream is
+            # taken right after it, so a pending cancellation was raised there;
+            # one handed over while this worker waited is returned even if a
+            # cancellation came meanwhile, so only then is it checked again:
+            # a hard stop starts nothing.
+            await checkpoint()
+            try:
+                assignment = work.receive_nowait()
+            except anyio.WouldBlock:
+                try:
+                    assignment = await work.receive()
+                except anyio.EndOfStream:
+                    return
+                await checkpoint_if_cancelled()
+            except anyio.EndOfStream:
+                return
             job_id = assignment.job_id
             if not shared.may_start(job_id):
                 continue
