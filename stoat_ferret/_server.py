@@ -36,9 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import signal
 import socket
+import sys
+import termios
 import threading
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
@@ -92,9 +95,8 @@ class _Connection(Protocol):
 class StallWatch(Generic[_Key]):
     """Which connections' clients stopped reading, from looks at their unsent output.
 
-    Each look gives every open connection's unsent bytes: what its asyncio
-    transport holds because the socket takes no more
-    (``transport.get_write_buffer_size()``). A connection is stalled once
+    Each look gives every open connection's unsent bytes
+    (:func:`unsent_bytes`). A connection is stalled once
     every look over ``patience`` seconds found bytes unsent and none found
     fewer than the look before: the client took nothing in that time. A
     client that reads, however slowly, shrinks the output between two looks
@@ -124,6 +126,25 @@ class StallWatch(Generic[_Key]):
             if now - since >= self._patience:
                 stalled.append(key)
         return stalled
+
+
+def unsent_bytes(transport: asyncio.Transport) -> int:
+    """What was written to ``transport`` and its client has not taken: what the
+    transport holds because the socket takes no more, and what the kernel
+    holds in the socket's send queue, unsent or not yet acknowledged
+    (``SIOCOUTQ``, Linux's ``TIOCOUTQ``; 0 where the socket does not say).
+
+    The kernel's share counts: it grows a socket's send buffer by itself (to
+    4 MiB), so a client that reads nothing takes bytes from the transport
+    into the kernel, and the transport's share alone shrinks as if it read.
+    """
+    queued = 0
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):  # closed, or not a socket that says
+            answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+            queued = int.from_bytes(answer, sys.byteorder, signed=True)
+    return transport.get_write_buffer_size() + max(queued, 0)
 
 
 class GracefulServer(uvicorn.Server):
@@ -261,7 +282,7 @@ class GracefulServer(uvicorn.Server):
         began = anyio.current_time()
         while self._http_grace is None or anyio.current_time() - began < self._http_grace:
             unsent = {
-                connection.transport: connection.transport.get_write_buffer_size()
+                connection.transport: unsent_bytes(connection.transport)
                 for connection in self.server_state.connections
             }
             for transport in watch.look(unsent, anyio.current_time()):

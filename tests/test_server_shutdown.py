@@ -8,6 +8,7 @@ asyncio only) hangs up on a request still open when its HTTP grace ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -16,13 +17,53 @@ import anyio
 import pytest
 import uvicorn
 
-from stoat_ferret._server import GracefulServer, StallWatch
+from stoat_ferret._server import GracefulServer, StallWatch, unsent_bytes
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
 TIMEOUT = 20
 """A guard against hangs: the test itself waits for a 0.2 s grace."""
+
+
+class _Transport:
+    """An asyncio transport's two answers :func:`unsent_bytes` reads."""
+
+    def __init__(self, sock: socket.socket | None, buffered: int) -> None:
+        self.sock, self.buffered = sock, buffered
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_extra_info(self, name: str) -> Any:
+        assert name == "socket"
+        return self.sock
+
+
+def test_unsent_bytes_count_what_the_kernel_holds_for_a_client_that_reads_nothing() -> None:
+    """A client that reads nothing: once the kernel takes no more, the bytes
+    it holds count as unsent with the transport's own (it grows the send
+    buffer by itself, so the transport's share alone shrank as if the client
+    read); a socket that says nothing counts as holding nothing."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.socket() as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(listener.getsockname())
+        server_side, _ = listener.accept()
+        with server_side:
+            server_side.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    server_side.send(bytes(65536))
+
+            held = unsent_bytes(_Transport(server_side, 0))  # type: ignore[arg-type]
+            with_buffered = unsent_bytes(_Transport(server_side, 100))  # type: ignore[arg-type]
+
+    assert held > 0
+    assert with_buffered > 100  # the transport's share and the kernel's
+    assert unsent_bytes(_Transport(None, 7)) == 7  # type: ignore[arg-type]
 
 
 def test_output_that_never_shrinks_is_stalled_once_the_patience_is_over() -> None:
