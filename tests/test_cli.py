@@ -28,7 +28,7 @@ from loguru import logger
 from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
 from stoat_ferret import _startup as startup_module
-from stoat_ferret.__main__ import main
+from stoat_ferret.__main__ import main, run
 from stoat_ferret._address import dashboard_url
 from stoat_ferret._cli import build_parser, parse_command
 from stoat_ferret._startup import check_startup
@@ -405,12 +405,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"stoat-ferret {__version__}\n"
 
 
-def test_console_script_is_main() -> None:
-    """``pip install`` gives a ``stoat-ferret`` command running the same main()."""
+def test_console_script_is_run() -> None:
+    """``pip install`` gives a ``stoat-ferret`` command running what ``python -m
+    stoat_ferret`` runs: run(), main() as the process's own."""
 
     [script] = importlib.metadata.entry_points(group="console_scripts", name="stoat-ferret")
 
-    assert script.load() is main
+    assert script.load() is run
 
 
 @pytest.fixture
