@@ -1374,3 +1374,34 @@ async def test_a_reader_waiting_on_a_watch_ends_when_the_watch_is_left() -> None
 
     assert seen[-1] == "ended"
     assert "completed" not in seen
+
+
+async def test_a_queued_job_does_not_start_after_a_handler_that_absorbs_a_hard_stop() -> None:
+    """The handler cancels the task running run() and returns at once (the
+    cancellation absorbed): the next assignment, already in the work stream,
+    is not started, though the worker takes it before the actor has seen the
+    stop. The worker's own checkpoint before taking it raises the stop."""
+    started: list[Any] = []
+    hosts: list[anyio.CancelScope] = []
+    gate = anyio.Event()
+
+    async def handler(ctx: JobContext) -> None:
+        started.append(ctx.payload)
+        if ctx.payload == "first":
+            await gate.wait()
+            hosts[0].cancel()  # the hard stop, from the handler's own task,
+            # which then returns without a checkpoint: absorbed
+
+    supervisor = JobSupervisor()
+    supervisor.register("h", handler)
+    with anyio.fail_after(10):
+        async with _hosted(supervisor) as host:
+            hosts.append(host)
+            await supervisor.submit("h", "first")
+            second = await supervisor.submit("h", "second")
+            await anyio.wait_all_tasks_blocked()  # "second" waits in the work stream
+            gate.set()
+        result = await supervisor.get_result(second)
+
+    assert started == ["first"]
+    assert (result.status, result.started_at) == (JobStatus.CANCELLED, None)
