@@ -169,12 +169,19 @@ def _on_the_way_only(
     roots: Sequence[Path], spellings: Sequence[Path]
 ) -> Callable[[str, str, bool], None]:
     """A ``real_path`` vet: 403 for a part that leads anywhere but into a root
-    (or a root as spelt) or down to one, before that place is read (a ``..``
-    always stays on the way: every place before it was)."""
-    ways = (*roots, *spellings)
+    or down to one, or down to a root as spelt, before that place is read (a
+    ``..`` always stays on the way: every place before it was). Nothing below
+    a spelling is read through it: while it leads to its root, its link was
+    followed there; once it no longer does (replaced, say), nothing below it
+    is in a root."""
 
     def vet(resolved: str, part: str, linked: bool) -> None:
-        if part != ".." and not _on_the_way(Path(resolved, part), ways):
+        if part == "..":
+            return
+        place = Path(resolved, part)
+        if not _on_the_way(place, roots) and not any(
+            spelling.is_relative_to(place) for spelling in spellings
+        ):
             raise _outside(roots)
 
     return vet

@@ -374,6 +374,30 @@ def test_a_root_spelt_as_the_operator_named_it_is_inside(
     assert resolve_scan_path(path, (root,), (alias,)) == str(root / target)
 
 
+def test_nothing_below_a_spelling_that_no_longer_leads_to_its_root_is_read(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link the operator named a root by, replaced since by a directory
+    (or a mount): a request below it is 403, and nothing there is read but
+    the spelling itself."""
+    spelling = root.parent / "alias"
+    (spelling / "private" / "deeper").mkdir(parents=True)
+    read: list[Path] = []
+    real_readlink = os.readlink
+
+    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
+        read.append(Path(os.fspath(name)))
+        return str(real_readlink(name, *args, **kwargs))
+
+    monkeypatch.setattr(os, "readlink", readlink)
+
+    with pytest.raises(ScanPathRejected) as refused:
+        resolve_scan_path(f"{spelling}/private/deeper/x", (root,), (spelling,))
+
+    assert refused.value.status_code == 403
+    assert [place for place in read if place.is_relative_to(spelling)] == [spelling]
+
+
 @pytest.mark.parametrize(
     "spelling",
     [
