@@ -56,8 +56,18 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
-def _stop(signum: int, _: object) -> None:
-    raise _Stopped(signum)
+class _StopOnce:
+    """A stop signal's handler once the command is known: the first signal
+    ends the command (:class:`_Stopped`); once a stop is under way, or the
+    command has ended, a later one (a second Ctrl+C) changes nothing."""
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def __call__(self, signum: int, _: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise _Stopped(signum)
 
 
 class _Deferred:
@@ -93,6 +103,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     # Until the command is known (reading the arguments waits for nothing), a
     # stop is noted, and acted on once it is.
     deferred = _Deferred()
+    stop = _StopOnce()
     previous = {number: signal.signal(number, deferred) for number in STOP_SIGNALS if ours}
     command = None
     json_log = False  # the log set up in JSON: an error is one record of it
@@ -101,8 +112,9 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             arguments = parse_arguments(argv)
             command, names = arguments.command, arguments.names
             for number in previous:
-                signal.signal(number, _stop)
+                signal.signal(number, stop)
             if deferred.signum is not None:
+                stop.armed = False
                 raise _Stopped(deferred.signum)
             settings = arguments.settings()
             # Before anything may log (the store's open does): every line in
@@ -121,10 +133,11 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         # process serves it, nor opens it for writing, meanwhile.
         with hold:
             return _serve(settings, names)
-    except _Stopped as stop:
-        sys.stderr.write(f"stoat-ferret: stopped by {stop}\n")
-        return 128 + stop.signum if command == "check" else 0
+    except _Stopped as stopped:
+        sys.stderr.write(f"stoat-ferret: stopped by {stopped}\n")
+        return 128 + stopped.signum if command == "check" else 0
     finally:
+        stop.armed = False  # the command has ended: a signal now changes nothing
         for number, handler in previous.items():
             signal.signal(number, signal.SIG_IGN if exiting else handler)
 

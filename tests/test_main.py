@@ -551,28 +551,75 @@ def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, cas
     assert UNSERVABLE[case] in line
 
 
-_EXITING = """
+_SIGNALLED = """
 import os, signal, sys
 from stoat_ferret import __main__ as stoat_main
 
-sys.argv = ["stoat-ferret", "check"]  # a command that ends by itself, as a stopped serve does
+when = sys.argv[1]
+if when == "in-the-end":  # a SIGTERM just as main() puts SIGTERM's handler back
+    real_say, real_signal, done = stoat_main._say, signal.signal, []
+
+    def say(*args, **kwargs):
+        status = real_say(*args, **kwargs)
+        done.append(True)
+        return status
+
+    def spied(number, handler):
+        previous = real_signal(number, handler)
+        if done and number == signal.SIGTERM:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return previous
+
+    stoat_main._say, signal.signal = say, spied
+else:  # a first stop while the arguments are read, a second as "stopped by" is written
+    real_parse, real_stderr = stoat_main.parse_arguments, sys.stderr
+
+    class Stderr:
+        def write(self, text):
+            if "stopped by" in text:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_stderr.write(text)
+
+        def flush(self):
+            real_stderr.flush()
+
+    def parse(argv):
+        arguments = real_parse(argv)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return arguments
+
+    stoat_main.parse_arguments, sys.stderr = parse, Stderr()
+sys.argv = ["stoat-ferret", "check"]
 status = stoat_main.run()
-for number in (signal.SIGINT, signal.SIGTERM):
-    os.kill(os.getpid(), number)  # delivered at once: to this very process
+for number in (signal.SIGINT, signal.SIGTERM):  # after run(): the process only exits
+    os.kill(os.getpid(), number)
 sys.stdout.write(f"still here after {status}")
 sys.exit(status)
 """
 
 
-def test_a_stop_signal_while_the_process_exits_leaves_its_status(tmp_path: Path) -> None:
-    """Once the command has returned, Python takes a second or more on a busy
-    machine to end the process: a second Ctrl+C or SIGTERM meanwhile no longer
-    ends it as the default does (130 or 143), so a stopped serve's status stays 0."""
+@pytest.mark.parametrize(
+    ("when", "status", "line"),
+    [
+        pytest.param("in-the-end", 0, "", id="as-the-command-ends"),
+        pytest.param(
+            "twice", 128 + signal.SIGTERM, "stoat-ferret: stopped by SIGTERM\n", id="twice"
+        ),
+    ],
+)
+def test_a_signal_once_the_command_ends_or_is_stopped_changes_nothing(
+    tmp_path: Path, when: str, status: int, line: str
+) -> None:
+    """A stop signal once the command has ended (as main() gives the handlers
+    back, or while Python ends the process: a second or more on a busy
+    machine), or a second one while the first stop is told, changes nothing:
+    the status is the command's, with one line at most, never a traceback or
+    the default's 130 or 143."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env["STOAT_DATABASE_PATH"] = str(tmp_path / "stoat.db")
 
     done = subprocess.run(
-        [sys.executable, "-c", _EXITING],
+        [sys.executable, "-c", _SIGNALLED, when],
         env=env,
         capture_output=True,
         text=True,
@@ -580,5 +627,5 @@ def test_a_stop_signal_while_the_process_exits_leaves_its_status(tmp_path: Path)
         check=False,
     )
 
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.endswith("still here after 0"), done.stdout
+    assert (done.returncode, done.stderr) == (status, line)
+    assert done.stdout.endswith(f"still here after {status}"), done.stdout
