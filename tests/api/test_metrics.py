@@ -22,7 +22,7 @@ from stoat_ferret.api._metrics import (
 )
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.api.app import create_app
-from stoat_ferret.jobs import ChangesLost, JobChange, JobNotFound, JobResult, JobStatus
+from stoat_ferret.jobs import ChangesLost, JobChange, JobFeed, JobNotFound, JobResult, JobStatus
 from stoat_ferret.library import THUMBNAILS_JOB_TYPE, THUMBNAILS_TIMEOUT
 from tests.api.support import (
     GatedScan,
@@ -727,3 +727,38 @@ async def test_a_burst_of_submits_is_counted_whole(submitters: int, each: int) -
     assert _value(samples, "stoat_jobs_started_total", job_type="echo") == jobs
     assert _value(samples, "stoat_jobs_ended_total", job_type="echo", status="completed") == jobs
     assert _value(samples, "stoat_metrics_changes_lost_total") == 0
+
+
+@pytest.mark.anyio
+async def test_the_counters_feed_holds_one_turns_changes_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The counters' feed has no limit, and stays small because they take all
+    it holds each time they wake: under a long burst of submits it holds about
+    what one turn of the event loop adds (taking one change a wake-up, it
+    held one entry for every job: 9,944 of 10,000)."""
+    submitters, each = 50, 200
+    peak = 0
+    real_push = JobFeed.push
+
+    def push(feed: JobFeed, job_id: str, entry: Any) -> None:
+        nonlocal peak
+        real_push(feed, job_id, entry)
+        if feed._limit is None:  # the counters' feed
+            peak = max(peak, len(feed._pending))
+
+    monkeypatch.setattr(JobFeed, "push", push)
+    metrics = ServiceMetrics()
+
+    async def submit_some(supervisor: JobSupervisor) -> None:
+        for _ in range(each):
+            await supervisor.submit("echo")
+
+    with anyio.fail_after(60):
+        async with supervisor_running(max_workers=4, max_pending=20_000) as supervisor:
+            supervisor.register("echo", _echo)
+            async with metrics.following(supervisor), anyio.create_task_group() as group:
+                for _ in range(submitters):
+                    group.start_soon(submit_some, supervisor)
+
+    assert 0 < peak <= 10 * submitters
