@@ -36,6 +36,20 @@ def root(scan_root: Path) -> Path:
     return scan_root
 
 
+@pytest.fixture
+def links_read(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every path ``os.readlink`` is given during the test, in order."""
+    read: list[Path] = []
+    real_readlink = os.readlink
+
+    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
+        read.append(Path(os.fspath(name)))
+        return str(real_readlink(name, *args, **kwargs))
+
+    monkeypatch.setattr(os, "readlink", readlink)
+    return read
+
+
 def _rejected(path: str | Path, roots: tuple[Path, ...]) -> ScanPathRejected:
     with pytest.raises(ScanPathRejected) as caught:
         resolve_scan_path(str(path), roots)
@@ -375,27 +389,19 @@ def test_a_root_spelt_as_the_operator_named_it_is_inside(
 
 
 def test_nothing_below_a_spelling_that_no_longer_leads_to_its_root_is_read(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, links_read: list[Path]
 ) -> None:
     """The link the operator named a root by, replaced since by a directory
     (or a mount): a request below it is 403, and nothing there is read but
     the spelling itself."""
     spelling = root.parent / "alias"
     (spelling / "private" / "deeper").mkdir(parents=True)
-    read: list[Path] = []
-    real_readlink = os.readlink
-
-    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
-        read.append(Path(os.fspath(name)))
-        return str(real_readlink(name, *args, **kwargs))
-
-    monkeypatch.setattr(os, "readlink", readlink)
 
     with pytest.raises(ScanPathRejected) as refused:
         resolve_scan_path(f"{spelling}/private/deeper/x", (root,), (spelling,))
 
     assert refused.value.status_code == 403
-    assert [place for place in read if place.is_relative_to(spelling)] == [spelling]
+    assert [place for place in links_read if place.is_relative_to(spelling)] == [spelling]
 
 
 @pytest.mark.parametrize(
@@ -409,7 +415,7 @@ def test_nothing_below_a_spelling_that_no_longer_leads_to_its_root_is_read(
     ],
 )
 def test_nothing_outside_the_roots_is_read_to_resolve_a_request(
-    root: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+    root: Path, links_read: list[Path], spelling: str
 ) -> None:
     """Every link read on the way is inside a root or an ancestor of one: a
     file system out there that does not answer (a dead share, a hung FUSE
@@ -417,19 +423,13 @@ def test_nothing_outside_the_roots_is_read_to_resolve_a_request(
     (root.parent / "alias").symlink_to(root)
     (root.parent / "outside" / "deeper").mkdir()
     (root / "link-out").symlink_to(root.parent / "outside" / "deeper")
-    read: list[Path] = []
-    real_readlink = os.readlink
-
-    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
-        read.append(Path(os.fspath(name)))
-        return str(real_readlink(name, *args, **kwargs))
-
-    monkeypatch.setattr(os, "readlink", readlink)
     path = spelling.format(parent=root.parent, name=root.name, root=root)
 
     assert _rejected(path, (root,)).status_code == 403
     outside = [
-        place for place in read if not (place.is_relative_to(root) or root.is_relative_to(place))
+        place
+        for place in links_read
+        if not (place.is_relative_to(root) or root.is_relative_to(place))
     ]
     assert outside == []
 
