@@ -64,6 +64,10 @@ class _StopOnce:
     def __init__(self) -> None:
         self.armed = True
 
+    def disarm(self) -> None:
+        """A stop is under way (or the command has ended): later signals change nothing."""
+        self.armed = False
+
     def __call__(self, signum: int, _: object) -> None:
         if self.armed:
             self.armed = False
@@ -114,7 +118,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             for number in previous:
                 signal.signal(number, stop)
             if deferred.signum is not None:
-                stop.armed = False
+                stop.disarm()
                 raise _Stopped(deferred.signum)
             settings = arguments.settings()
             # Before anything may log (the store's open does): every line in
@@ -132,12 +136,12 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         # The database's lock is held until the process exits: no second
         # process serves it, nor opens it for writing, meanwhile.
         with hold:
-            return _serve(settings, names)
+            return _serve(settings, names, stop)
     except _Stopped as stopped:
         sys.stderr.write(f"stoat-ferret: stopped by {stopped}\n")
         return 128 + stopped.signum if command == "check" else 0
     finally:
-        stop.armed = False  # the command has ended: a signal now changes nothing
+        stop.disarm()  # the command has ended: a signal now changes nothing
         for number, handler in previous.items():
             signal.signal(number, signal.SIG_IGN if exiting else handler)
 
@@ -171,10 +175,13 @@ def _say(line: str) -> int:
     return 0
 
 
-def _serve(settings: Settings, names: dict[str, str]) -> int:
+def _serve(settings: Settings, names: dict[str, str], stop: _StopOnce) -> int:
     """Bind and serve (the database checked and locked); return the exit status.
 
     ``names``: how the user gave each setting (its flag, else its variable).
+    ``stop`` ends the command until the server's own stop begins: the server
+    takes the signals over while it serves, and gives ``stop`` back as it
+    ends, disarmed once a stop is under way.
     """
     # Imported here, not at the top: the web stack (FastAPI, uvicorn) is most of
     # the start-up time, which --help, --version, a bad flag and check do
@@ -197,7 +204,7 @@ def _serve(settings: Settings, names: dict[str, str]) -> int:
         return EXIT_CANNOT_LISTEN
     try:
         with listener:
-            serve(settings, listener)
+            serve(settings, listener, stopping=stop.disarm)
     except Exception:
         # Logged, so that in JSON the crash is one record with its traceback
         # rather than Python's text on stderr.

@@ -344,10 +344,13 @@ def listen(settings: Settings) -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=bound.detach())
 
 
-def serve(settings: Settings, listener: socket.socket) -> None:
+def serve(
+    settings: Settings, listener: socket.socket, *, stopping: Callable[[], None] | None = None
+) -> None:
     """Serve the app with ``settings`` on ``listener`` until SIGTERM or SIGINT.
 
-    Returns once stopped; closes ``listener``.
+    Returns once stopped; closes ``listener``. ``stopping`` is called (in the
+    event loop) as the shut-down begins, before the app is told.
     """
     before, limit = raise_open_files_limit()  # a connection holds a descriptor
     logger.info("open files limit", limit=limit, raised_from=before if before != limit else None)
@@ -363,9 +366,15 @@ def serve(settings: Settings, listener: socket.socket) -> None:
         limit_concurrency=settings.max_streams + CONNECTION_HEADROOM,
     )
     port = listener.getsockname()[1]
+
+    def on_stop() -> None:
+        if stopping is not None:
+            stopping()
+        begin_shutdown(app)
+
     server = GracefulServer(
         config,
-        on_stop=functools.partial(begin_shutdown, app),
+        on_stop=on_stop,
         on_force=functools.partial(end_grace, app),
         url=dashboard_url(settings, port=port),
         http_grace=HTTP_GRACE_SECONDS,

@@ -552,11 +552,12 @@ def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, cas
 
 
 _SIGNALLED = """
-import os, signal, sys
+import contextlib, os, signal, sys
 from stoat_ferret import __main__ as stoat_main
 
 when = sys.argv[1]
-if when == "in-the-end":  # a SIGTERM just as main() puts SIGTERM's handler back
+command = ["stoat-ferret", "check"]
+if when == "in-the-end":  # a SIGTERM as main()'s finally gives the first handler back
     real_say, real_signal, done = stoat_main._say, signal.signal, []
 
     def say(*args, **kwargs):
@@ -565,13 +566,12 @@ if when == "in-the-end":  # a SIGTERM just as main() puts SIGTERM's handler back
         return status
 
     def spied(number, handler):
-        previous = real_signal(number, handler)
-        if done and number == signal.SIGTERM:
+        if done and number == signal.SIGINT:  # SIGTERM's handler still main()'s own
             os.kill(os.getpid(), signal.SIGTERM)
-        return previous
+        return real_signal(number, handler)
 
     stoat_main._say, signal.signal = say, spied
-else:  # a first stop while the arguments are read, a second as "stopped by" is written
+elif when == "twice":  # a first stop while the arguments are read, a second as it is told
     real_parse, real_stderr = stoat_main.parse_arguments, sys.stderr
 
     class Stderr:
@@ -589,7 +589,25 @@ else:  # a first stop while the arguments are read, a second as "stopped by" is 
         return arguments
 
     stoat_main.parse_arguments, sys.stderr = parse, Stderr()
-sys.argv = ["stoat-ferret", "check"]
+else:  # a served stop, then a second signal as the server gives the handlers back
+    from stoat_ferret import _server
+
+    Server = _server.GracefulServer
+    real_capture, real_startup = Server.capture_signals, Server.startup
+
+    @contextlib.contextmanager
+    def capture(self):
+        with real_capture(self):
+            yield
+        os.kill(os.getpid(), signal.SIGINT)
+
+    async def startup(self, sockets=None):
+        await real_startup(self, sockets=sockets)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    Server.capture_signals, Server.startup = capture, startup
+    command = ["stoat-ferret"]
+sys.argv = command
 status = stoat_main.run()
 for number in (signal.SIGINT, signal.SIGTERM):  # after run(): the process only exits
     os.kill(os.getpid(), number)
@@ -599,24 +617,24 @@ sys.exit(status)
 
 
 @pytest.mark.parametrize(
-    ("when", "status", "line"),
+    ("when", "status", "told"),
     [
-        pytest.param("in-the-end", 0, "", id="as-the-command-ends"),
-        pytest.param(
-            "twice", 128 + signal.SIGTERM, "stoat-ferret: stopped by SIGTERM\n", id="twice"
-        ),
+        pytest.param("in-the-end", 0, None, id="as-the-command-ends"),
+        pytest.param("twice", 128 + signal.SIGTERM, "SIGTERM", id="twice"),
+        pytest.param("after-serving", 0, None, id="as-the-server-ends"),
     ],
 )
 def test_a_signal_once_the_command_ends_or_is_stopped_changes_nothing(
-    tmp_path: Path, when: str, status: int, line: str
+    tmp_path: Path, when: str, status: int, told: str | None
 ) -> None:
     """A stop signal once the command has ended (as main() gives the handlers
     back, or while Python ends the process: a second or more on a busy
-    machine), or a second one while the first stop is told, changes nothing:
-    the status is the command's, with one line at most, never a traceback or
-    the default's 130 or 143."""
+    machine), or a second one while a stop is under way (told, or served),
+    changes nothing: the status is the command's, with one "stopped by" line
+    for the first stop at most, never a traceback or the default's 130 or 143."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env["STOAT_DATABASE_PATH"] = str(tmp_path / "stoat.db")
+    env["STOAT_PORT"] = "0"
 
     done = subprocess.run(
         [sys.executable, "-c", _SIGNALLED, when],
@@ -627,5 +645,10 @@ def test_a_signal_once_the_command_ends_or_is_stopped_changes_nothing(
         check=False,
     )
 
-    assert (done.returncode, done.stderr) == (status, line)
+    assert done.returncode == status, done.stderr
     assert done.stdout.endswith(f"still here after {status}"), done.stdout
+    told_lines = [line for line in done.stderr.splitlines() if "stopped by" in line]
+    assert told_lines == ([] if told is None else [f"stoat-ferret: stopped by {told}"])
+    assert "Traceback" not in done.stderr
+    if when == "after-serving":
+        assert "stoat_ferret exits" in done.stderr
