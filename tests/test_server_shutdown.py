@@ -17,6 +17,7 @@ import anyio
 import pytest
 import uvicorn
 
+from stoat_ferret import _server
 from stoat_ferret._server import GracefulServer, StallWatch, unsent_bytes
 
 if TYPE_CHECKING:
@@ -154,3 +155,58 @@ async def test_a_request_open_when_the_grace_ends_is_hung_up_on(
         ("WARNING", "the 0.2 s grace for open requests is over: hung up on 1 connection(s)")
     ]
     assert stdlib == []
+
+
+class _AbsorbingTransport(_Transport):
+    """A transport whose own buffer shrinks at each look (the kernel taking its
+    bytes), for a client that reads nothing; it tells when it is hung up on."""
+
+    def __init__(self) -> None:
+        super().__init__(None, 1_000_000)
+        self.aborted = anyio.Event()
+
+    def get_write_buffer_size(self) -> int:
+        self.buffered = max(self.buffered - 1000, 1)
+        return self.buffered
+
+    def get_peername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 9)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 9) if name == "peername" else default
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio only
+@pytest.mark.anyio
+async def test_a_stalled_client_is_found_by_all_its_unsent_output_not_the_transports_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watch at a stop reads each connection's unsent bytes as
+    :func:`unsent_bytes` gives them (the kernel's share too): a transport whose
+    own buffer shrinks while the total does not is hung up on after the
+    patience, not at the end of the grace."""
+    transport = _AbsorbingTransport()
+    monkeypatch.setattr(_server, "unsent_bytes", lambda transport: 5_000_000)
+    config = uvicorn.Config(_never_called, lifespan="off", log_config=None)
+    server = GracefulServer(config, on_stop=lambda: None, http_grace=3600)
+    server.server_state.connections.add(_Connection(transport))  # type: ignore[arg-type]
+
+    with anyio.fail_after(5):  # the patience is 1 s; the grace, an hour
+        async with anyio.create_task_group() as group:
+            group.start_soon(server._hang_up_when_due)
+            await transport.aborted.wait()
+            group.cancel_scope.cancel()
+
+
+class _Connection:
+    """What the watch reads of one of uvicorn's connections: its transport."""
+
+    def __init__(self, transport: _AbsorbingTransport) -> None:
+        self.transport = transport
+
+
+async def _never_called(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("no request in this test")
