@@ -93,7 +93,7 @@ def test_json_crash_while_serving_is_one_json_record(
 ) -> None:
     """An error that escapes the server is logged as one JSON line with its traceback; exit 1."""
 
-    def crash(*_: object) -> None:
+    def crash(*_: object, **__: object) -> None:
         raise RuntimeError("something broke")
 
     monkeypatch.setattr(server_module, "serve", crash)
