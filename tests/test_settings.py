@@ -128,17 +128,21 @@ def test_scan_roots_are_resolved(tmp_path: Path) -> None:
     assert settings.scan_roots == (Path(os.path.realpath(real)),)
 
 
-def test_scan_roots_keep_their_spelling(tmp_path: Path) -> None:
-    """The variable's spelling of each root is kept beside the real path (a
-    request may name the root so), absolute and normalised as text."""
-    real = tmp_path / "real"
-    real.mkdir()
-    (tmp_path / "link").symlink_to(real)
+def test_scan_roots_keep_the_places_their_resolution_read(tmp_path: Path) -> None:
+    """Resolving each root as the variable spells it, every place read is kept
+    beside the real path (a request may name the root so): the spelling's
+    links, and those of their targets (``mine`` to ``home/me``, ``home`` to
+    ``var/home``)."""
+    (tmp_path / "var" / "home" / "me").mkdir(parents=True)
+    (tmp_path / "home").symlink_to("var/home")
+    (tmp_path / "mine").symlink_to(tmp_path / "home" / "me")
 
-    settings = Settings.from_environ({"STOAT_SCAN_ROOTS": f"{tmp_path}/x/../link/"})
+    settings = Settings.from_environ({"STOAT_SCAN_ROOTS": f"{tmp_path}/x/../mine/"})
 
-    assert settings.scan_roots == (Path(os.path.realpath(real)),)
-    assert settings.scan_root_spellings == (tmp_path / "link",)
+    assert settings.scan_roots == (Path(os.path.realpath(tmp_path / "var" / "home" / "me")),)
+    expected = [tmp_path / name for name in ("x", "mine", "home", "var", "var/home", "var/home/me")]
+    below = [way for way in settings.scan_root_ways if way.is_relative_to(tmp_path)]
+    assert below == [tmp_path, *expected]
 
 
 def _chain(tmp_path: Path, links: int) -> Path:
@@ -364,7 +368,7 @@ def test_every_field_describes_its_setting() -> None:
 
     described = options()
 
-    settings = [f.name for f in attrs.fields(Settings) if f.name != "scan_root_spellings"]
+    settings = [f.name for f in attrs.fields(Settings) if f.name != "scan_root_ways"]
     assert [option.field for option in described] == settings
     for option in described:
         assert option.env.startswith("STOAT_")

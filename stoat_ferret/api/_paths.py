@@ -19,10 +19,11 @@ system out there that does not answer (a dead network share, a hung FUSE
 daemon), which would hold the request's thread for ever. A root is spelt
 by its resolved path, by the path the operator named it by
 (``STOAT_SCAN_ROOTS=/home/me/videos``, where ``/home`` is a link to
-``var/home``: the settings keep that spelling too), or by any path that
-stays on the way to one of those: a link elsewhere that leads into a root
-(an alias of the user's, ``/srv/mine`` to ``/srv/videos``) is outside, and
-the 403 names the roots to use instead.
+``var/home``; or ``/srv/mine``, a link to ``/home/me/videos``: the settings
+keep every place resolving the roots so read, ``Settings.scan_root_ways``),
+or by any path that stays on the way to one of those: a link elsewhere
+that leads into a root (an alias of the user's, ``/srv/theirs`` to
+``/srv/videos``) is outside, and the 403 names the roots to use instead.
 
 Comparison is by path components (:meth:`PurePath.is_relative_to`), on
 resolved paths: ``<root>/../x``, a symlink inside a root that points out, the
@@ -99,14 +100,14 @@ def is_within(path: Path, roots: Sequence[Path]) -> bool:
     return not roots or any(path.is_relative_to(root) for root in roots)
 
 
-def resolve_scan_path(requested: str, roots: Sequence[Path], spellings: Sequence[Path] = ()) -> str:
+def resolve_scan_path(requested: str, roots: Sequence[Path], ways: Sequence[Path] = ()) -> str:
     """Return the resolved absolute directory a scan of ``requested`` would walk.
 
     Args:
         requested: the absolute path the client sent.
         roots: resolved directories a scan may touch; empty allows any.
-        spellings: the roots as the operator spelt them (before their links
-            were followed): read along too, as ways to the roots.
+        ways: the places resolving the roots as the operator spelt them
+            read (``Settings.scan_root_ways``): read down to, as ways to the roots.
 
     Returns:
         The path with every symlink resolved, ``.`` and ``..`` applied and no
@@ -121,7 +122,7 @@ def resolve_scan_path(requested: str, roots: Sequence[Path], spellings: Sequence
             memory, or a file system that cannot answer (:data:`CANNOT_ANSWER`).
     """
     try:
-        vet = _on_the_way_only(roots, spellings) if roots else None
+        vet = _on_the_way_only(roots, ways) if roots else None
         resolved = Path(real_path(requested, vet=vet))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
@@ -166,22 +167,20 @@ def _on_the_way(path: Path, roots: Sequence[Path]) -> bool:
 
 
 def _on_the_way_only(
-    roots: Sequence[Path], spellings: Sequence[Path]
+    roots: Sequence[Path], ways: Sequence[Path]
 ) -> Callable[[str, str, bool], None]:
     """A ``real_path`` vet: 403 for a part that leads anywhere but into a root
-    or down to one, or down to a root as spelt, before that place is read (a
-    ``..`` always stays on the way: every place before it was). Nothing below
-    a spelling is read through it: while it leads to its root, its link was
-    followed there; once it no longer does (replaced, say), nothing below it
-    is in a root."""
+    or down to one, or down to a place the roots' own resolution read
+    (``ways``), before that place is read (a ``..`` always stays on the way:
+    every place before it was). Nothing below such a place is read through
+    it: while its link leads to a root, the link was followed there; once it
+    no longer does (replaced, say), nothing below it is in a root."""
 
     def vet(resolved: str, part: str, linked: bool) -> None:
         if part == "..":
             return
         place = Path(resolved, part)
-        if not _on_the_way(place, roots) and not any(
-            spelling.is_relative_to(place) for spelling in spellings
-        ):
+        if not _on_the_way(place, roots) and not any(way.is_relative_to(place) for way in ways):
             raise _outside(roots)
 
     return vet

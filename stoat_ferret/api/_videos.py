@@ -93,7 +93,7 @@ async def scan_videos(
     if stopping.is_set():
         raise unavailable("the service is stopping")
     path = await anyio.to_thread.run_sync(
-        resolve_scan_path, body.path, settings.scan_roots, settings.scan_root_spellings
+        resolve_scan_path, body.path, settings.scan_roots, settings.scan_root_ways
     )
     payload: dict[str, str | bool] = {"path": path, "recursive": body.recursive}
     if body.forget_unmounted:

@@ -10,6 +10,7 @@ variable's, or flag's, text.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import math
@@ -125,9 +126,21 @@ def _resolve_roots(value: Any) -> tuple[Path, ...]:
     return tuple(roots)
 
 
-def _spellings(value: Any) -> tuple[Path, ...]:
-    """Each root as spelt, made absolute and normalised as text (``..`` too)."""
-    return tuple(Path(os.path.normpath(_absolute(root))) for root in value)
+def _ways(value: Any) -> tuple[Path, ...]:
+    """Every place resolving the roots as spelt reads (each link's path, in
+    the roots' spellings and in their links' targets), in order, once each.
+    A root that cannot be resolved adds what was read before it failed
+    (:func:`_check_roots` refuses it)."""
+    places: dict[Path, None] = {}
+
+    def record(resolved: str, part: str, linked: bool) -> None:
+        if part != "..":
+            places[Path(resolved, part)] = None
+
+    for root in value:
+        with contextlib.suppress(OSError, ValueError):
+            real_path(os.fspath(_absolute(root)), vet=record)
+    return tuple(places)
 
 
 def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:

@@ -38,7 +38,7 @@ from stoat_ferret.settings._checks import (
     _normalise_names,
     _normalise_origins,
     _resolve_roots,
-    _spellings,
+    _ways,
     default_probe_threads,
     is_local_name,
     is_loopback,
@@ -248,11 +248,11 @@ class Settings:
             "help": "event streams and /wait calls open at once before 503",
         },
     )
-    # Not a setting of its own: ``scan_roots`` as the operator spelt them
-    # (absolute, before their symlinks were followed), which a request may
-    # spell them by too (``/home/me/videos``, where ``/home`` is a link to
-    # ``var/home``): a scan's path may be read along them, on its way to a root.
-    scan_root_spellings: tuple[Path, ...] = attrs.field(default=(), converter=_spellings)
+    # Not a setting of its own: every place resolving ``scan_roots`` as the
+    # operator spelt them read (``/home`` and ``/home/me/videos``, where
+    # ``/home`` is a link to ``var/home``; the links of a link's target too). A
+    # request may spell a root so: a scan's path may be read down to them.
+    scan_root_ways: tuple[Path, ...] = attrs.field(default=(), converter=_ways)
 
     def check_exposure(self) -> None:
         """Refuse to serve other machines without a token and scan roots.
@@ -316,7 +316,7 @@ class Settings:
                     if field.metadata.get("secret"):
                         secrets.append(str(values[field.name]))
             if "scan_roots" in values:
-                values.setdefault("scan_root_spellings", values["scan_roots"])
+                values.setdefault("scan_root_ways", values["scan_roots"])
             settings = cls(**values)
             settings.check_exposure()
         except ExposureError as exc:

@@ -18,6 +18,7 @@ from stoat_ferret.api._paths import (
     real_path,
     resolve_scan_path,
 )
+from stoat_ferret.settings import Settings
 from tests.permissions import call_denied
 
 _OUTSIDE_DETAIL = "the path is outside the directories this service may scan"
@@ -386,6 +387,29 @@ def test_a_root_spelt_as_the_operator_named_it_is_inside(
     path = requested.format(parent=root.parent, name=root.name, root=root)
 
     assert resolve_scan_path(path, (root,), (alias,)) == str(root / target)
+
+
+@pytest.mark.parametrize(
+    "requested", ["{base}/srv/mine/sub", "{base}/home/me/videos/sub", "{base}/srv/mine/sub/.."]
+)
+def test_a_root_named_through_a_chain_of_links_is_reached_by_each_spelling(
+    tmp_path: Path, requested: str
+) -> None:
+    """``STOAT_SCAN_ROOTS=/srv/mine``, a link to ``/home/me/videos``, where
+    ``/home`` is a link to ``var/home``: the root is reached by the variable's
+    spelling, and by the spelling its link was written with (reading ``/home``
+    was 403: neither on the way to the real root nor to the variable's)."""
+    real = tmp_path / "var" / "home" / "me" / "videos"
+    (real / "sub").mkdir(parents=True)
+    (tmp_path / "home").symlink_to("var/home")
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "mine").symlink_to(tmp_path / "home" / "me" / "videos")
+    settings = Settings.from_environ({"STOAT_SCAN_ROOTS": str(tmp_path / "srv" / "mine")})
+    path = requested.format(base=tmp_path)
+
+    resolved = resolve_scan_path(path, settings.scan_roots, settings.scan_root_ways)
+
+    assert resolved in (str(real / "sub"), str(real))
 
 
 def test_nothing_below_a_spelling_that_no_longer_leads_to_its_root_is_read(
