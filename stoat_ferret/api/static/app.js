@@ -253,14 +253,20 @@ function explainRefusal(response, path) {
         return [...quoted(), " is a file, not a folder. Enter the folder that holds the videos."];
       }
       return [...quoted(), " cannot be scanned: ", detail ? untrusted(detail) : "it is not a usable folder", "."];
-    case 403:
+    case 403: {
       if (detail.startsWith("permission denied")) {
         return ["The service is not allowed to read ", ...quoted(), " (permission denied)."];
       }
+      // The service names its folders at the end of its detail: "... (a, b)".
+      const open = detail.indexOf(" (");
+      const roots = open >= 0 && detail.endsWith(")") ? detail.slice(open + 2, -1) : "";
       return [
         ...quoted(),
-        " is outside the folders this service may scan. Choose a folder inside them, or ask whoever runs the service to add it to STOAT_SCAN_ROOTS.",
+        " is outside the folders this service may scan",
+        ...(roots ? [": ", untrusted(roots, { dir: "ltr" })] : []),
+        ". Choose a folder inside them, or ask whoever runs the service to add it to STOAT_SCAN_ROOTS.",
       ];
+    }
     case 404:
       return ["There is no folder at ", ...quoted(), ". Check the spelling."];
     case 413:
