@@ -66,7 +66,7 @@ import anyio
 import anyio.to_thread
 from loguru import logger
 
-from stoat_ferret.jobs import JobError, JobStatus
+from stoat_ferret.jobs import JobError, JobStatus, SupervisorClosed
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
 from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import StoreError
@@ -282,7 +282,10 @@ class Thumbnailer:
         try:
             job_id = await queue.submit(THUMBNAILS_JOB_TYPE, key=key)
         except JobError as exc:
-            logger.warning(
+            # Stopping: the next start makes what is owed (README). A full
+            # queue, say, is worth a warning.
+            log = logger.info if isinstance(exc, SupervisorClosed) else logger.warning
+            log(
                 "thumbnails job not submitted",
                 job_type=THUMBNAILS_JOB_TYPE,
                 after=after,

@@ -18,6 +18,7 @@ from stoat_ferret.jobs import (
     JobStatus,
     JobSupervisor,
     QueueFull,
+    SupervisorClosed,
 )
 from stoat_ferret.library import (
     THUMBNAILS_JOB_TYPE,
@@ -928,3 +929,25 @@ async def test_a_job_the_store_stops_logs_the_errors_it_met_before(
     ]
     paths = [entry["path"] for entry in logged["extra"]["errors"]]
     assert str(setup.folder / "noise.mp4") in paths
+
+
+@pytest.mark.parametrize(
+    ("refusal", "level"), [(SupervisorClosed("closing"), "INFO"), (QueueFull("full"), "WARNING")]
+)
+async def test_a_thumbnails_job_refused_while_stopping_is_no_warning(
+    setup: Setup, log_records: list[Any], refusal: Exception, level: str
+) -> None:
+    """A scan that ends as the service stops cannot submit its thumbnails job:
+    the next start makes them, so that is told at INFO; a full queue, a
+    WARNING."""
+
+    class Refusing:
+        async def submit(self, job_type: str, payload: Any = None, **kw: Any) -> str:
+            raise refusal
+
+    with anyio.fail_after(10):
+        await setup.thumbnailer.submit_due(Refusing(), after="scan")  # type: ignore[arg-type]
+
+    [record] = [r for r in log_records if r["message"] == "thumbnails job not submitted"]
+    assert record["level"].name == level
+    assert setup.thumbnailer.owed
