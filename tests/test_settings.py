@@ -145,6 +145,19 @@ def test_scan_roots_keep_the_places_their_resolution_read(tmp_path: Path) -> Non
     assert below == [tmp_path, *expected]
 
 
+def test_two_spellings_of_one_root_are_one_root(tmp_path: Path) -> None:
+    """A root named twice, by a link and by its real path: listed once (check,
+    the start-up line), its spelling's places kept."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+
+    settings = Settings.from_environ({"STOAT_SCAN_ROOTS": f"{tmp_path}/link:{real}"})
+
+    assert settings.scan_roots == (Path(os.path.realpath(real)),)
+    assert tmp_path / "link" in settings.scan_root_ways
+
+
 def _chain(tmp_path: Path, links: int) -> Path:
     """``link0`` -> ``link1`` -> ... -> ``link<links-1>`` -> ``real`` (a directory)."""
     (tmp_path / "real").mkdir()

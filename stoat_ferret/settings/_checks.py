@@ -114,15 +114,17 @@ def _resolve_roots(value: Any) -> tuple[Path, ...]:
     With :func:`real_path`, as the API resolves requested directories: in a
     loop, not with ``os.path.realpath``, which recurses once per link in
     Python 3.11 (a long chain raised ``RecursionError``). A root that cannot
-    be resolved is left as given, for :func:`_check_roots`.
+    be resolved is left as given, for :func:`_check_roots`. Two spellings of
+    one directory (``/home/me/videos`` and ``/var/home/me/videos``) are one
+    root, listed once.
     """
-    roots = []
+    roots: dict[Path, None] = {}
     for root in value:
         absolute = _absolute(root)
         try:
-            roots.append(Path(real_path(os.fspath(absolute))))
+            roots[Path(real_path(os.fspath(absolute)))] = None
         except (OSError, ValueError):
-            roots.append(absolute)
+            roots[absolute] = None
     return tuple(roots)
 
 
