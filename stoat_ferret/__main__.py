@@ -179,9 +179,9 @@ def _serve(settings: Settings, names: dict[str, str], stop: _StopOnce) -> int:
     """Bind and serve (the database checked and locked); return the exit status.
 
     ``names``: how the user gave each setting (its flag, else its variable).
-    ``stop`` ends the command until the server's own stop begins: the server
-    takes the signals over while it serves, and gives ``stop`` back as it
-    ends, disarmed once a stop is under way.
+    ``stop`` ends the command until the server takes the signals over; it
+    gives ``stop`` back as it ends (served, or failed to start: uvicorn's 3),
+    disarmed then, so a late signal changes nothing.
     """
     # Imported here, not at the top: the web stack (FastAPI, uvicorn) is most of
     # the start-up time, which --help, --version, a bad flag and check do
@@ -204,7 +204,7 @@ def _serve(settings: Settings, names: dict[str, str], stop: _StopOnce) -> int:
         return EXIT_CANNOT_LISTEN
     try:
         with listener:
-            serve(settings, listener, stopping=stop.disarm)
+            serve(settings, listener, signals_taken=stop.disarm)
     except Exception:
         # Logged, so that in JSON the crash is one record with its traceback
         # rather than Python's text on stderr.

@@ -167,6 +167,7 @@ class GracefulServer(uvicorn.Server):
         *,
         on_stop: Callable[[], None],
         on_force: Callable[[], None] = lambda: None,
+        on_signals: Callable[[], None] = lambda: None,
         url: str | None = None,
         http_grace: float | None = None,
     ) -> None:
@@ -175,6 +176,7 @@ class GracefulServer(uvicorn.Server):
         """Whether a second stop signal came (uvicorn's ``force_exit`` stays False)."""
         self._on_stop = on_stop
         self._on_force = on_force
+        self._on_signals = on_signals
         self._url = url
         self._http_grace = http_grace
 
@@ -214,6 +216,7 @@ class GracefulServer(uvicorn.Server):
             yield
             return
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        self._on_signals()
         try:
             yield
         finally:
@@ -345,12 +348,14 @@ def listen(settings: Settings) -> socket.socket:
 
 
 def serve(
-    settings: Settings, listener: socket.socket, *, stopping: Callable[[], None] | None = None
+    settings: Settings, listener: socket.socket, *, signals_taken: Callable[[], None] | None = None
 ) -> None:
     """Serve the app with ``settings`` on ``listener`` until SIGTERM or SIGINT.
 
-    Returns once stopped; closes ``listener``. ``stopping`` is called (in the
-    event loop) as the shut-down begins, before the app is told.
+    Returns once stopped; closes ``listener``. ``signals_taken`` is called
+    once the server has taken SIGTERM and SIGINT over (before the app
+    starts): from then on a stop is the server's, whether it serves, fails
+    to start, or has ended and given the old handlers back.
     """
     before, limit = raise_open_files_limit()  # a connection holds a descriptor
     logger.info("open files limit", limit=limit, raised_from=before if before != limit else None)
@@ -366,15 +371,10 @@ def serve(
         limit_concurrency=settings.max_streams + CONNECTION_HEADROOM,
     )
     port = listener.getsockname()[1]
-
-    def on_stop() -> None:
-        if stopping is not None:
-            stopping()
-        begin_shutdown(app)
-
     server = GracefulServer(
         config,
-        on_stop=on_stop,
+        on_stop=functools.partial(begin_shutdown, app),
+        on_signals=signals_taken or (lambda: None),
         on_force=functools.partial(end_grace, app),
         url=dashboard_url(settings, port=port),
         http_grace=HTTP_GRACE_SECONDS,

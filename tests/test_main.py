@@ -589,7 +589,7 @@ elif when == "twice":  # a first stop while the arguments are read, a second as 
         return arguments
 
     stoat_main.parse_arguments, sys.stderr = parse, Stderr()
-else:  # a served stop, then a second signal as the server gives the handlers back
+else:  # served (and stopped) or failed to start, then a signal as the handlers come back
     from stoat_ferret import _server
 
     Server = _server.GracefulServer
@@ -597,15 +597,26 @@ else:  # a served stop, then a second signal as the server gives the handlers ba
 
     @contextlib.contextmanager
     def capture(self):
-        with real_capture(self):
-            yield
-        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            with real_capture(self):
+                yield
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
 
     async def startup(self, sockets=None):
         await real_startup(self, sockets=sockets)
         os.kill(os.getpid(), signal.SIGTERM)
 
     Server.capture_signals, Server.startup = capture, startup
+    if when == "failed-start":
+        from starlette.applications import Starlette
+
+        @contextlib.asynccontextmanager
+        async def failing(app):
+            raise RuntimeError("the app could not start")
+            yield
+
+        _server.create_app = lambda settings: Starlette(lifespan=failing)
     command = ["stoat-ferret"]
 sys.argv = command
 status = stoat_main.run()
@@ -622,6 +633,7 @@ sys.exit(status)
         pytest.param("in-the-end", 0, None, id="as-the-command-ends"),
         pytest.param("twice", 128 + signal.SIGTERM, "SIGTERM", id="twice"),
         pytest.param("after-serving", 0, None, id="as-the-server-ends"),
+        pytest.param("failed-start", 3, None, id="as-a-failed-start-ends"),
     ],
 )
 def test_a_signal_once_the_command_ends_or_is_stopped_changes_nothing(
@@ -629,9 +641,11 @@ def test_a_signal_once_the_command_ends_or_is_stopped_changes_nothing(
 ) -> None:
     """A stop signal once the command has ended (as main() gives the handlers
     back, or while Python ends the process: a second or more on a busy
-    machine), or a second one while a stop is under way (told, or served),
-    changes nothing: the status is the command's, with one "stopped by" line
-    for the first stop at most, never a traceback or the default's 130 or 143."""
+    machine), or a second one while a stop is under way (told, or served), or
+    one as a server that failed to start gives the handlers back, changes
+    nothing: the status is the command's (uvicorn's 3 for the failed start),
+    with one "stopped by" line for the first stop at most, never a traceback
+    or the default's 130 or 143."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env["STOAT_DATABASE_PATH"] = str(tmp_path / "stoat.db")
     env["STOAT_PORT"] = "0"
@@ -646,9 +660,12 @@ def test_a_signal_once_the_command_ends_or_is_stopped_changes_nothing(
     )
 
     assert done.returncode == status, done.stderr
-    assert done.stdout.endswith(f"still here after {status}"), done.stdout
+    if when != "failed-start":  # uvicorn's SystemExit(3) passes through run()
+        assert done.stdout.endswith(f"still here after {status}"), done.stdout
     told_lines = [line for line in done.stderr.splitlines() if "stopped by" in line]
     assert told_lines == ([] if told is None else [f"stoat-ferret: stopped by {told}"])
-    assert "Traceback" not in done.stderr
+    assert "_Stopped" not in done.stderr
+    if when != "failed-start":  # that one's log has the app's own traceback
+        assert "Traceback" not in done.stderr
     if when == "after-serving":
         assert "stoat_ferret exits" in done.stderr
