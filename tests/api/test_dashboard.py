@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from stoat_ferret.api import _paths
 from stoat_ferret.api._dashboard import STATIC_DIR
 from stoat_ferret.api.app import create_app
 from tests.api.support import serving
@@ -124,3 +125,11 @@ def test_the_script_has_no_regex_lookbehind() -> None:
     script = (STATIC_DIR / "app.js").read_text()
 
     assert not re.findall(r"\(\?<[=!]", script)
+
+
+def test_the_script_knows_the_services_sentence_for_a_folder_outside_the_roots() -> None:
+    """The page tells a 403 for a folder outside the roots (naming them) from
+    any other 403 (the request guard's, a proxy's) by the API's own sentence."""
+    script = (STATIC_DIR / "app.js").read_text()
+
+    assert f'const OUTSIDE = "{_paths._OUTSIDE}";' in script

@@ -241,6 +241,9 @@ function retryAfterSeconds(headers) {
   return Number.isNaN(when) ? null : Math.max(1, Math.ceil((when - Date.now()) / 1000));
 }
 
+/** The start of the service's 403 for a folder outside the ones it may scan. */
+const OUTSIDE = "the path is outside the directories this service may scan";
+
 /** What to tell the user when a scan request is refused: text and isolated nodes. */
 function explainRefusal(response, path) {
   const detail = detailText(response.data);
@@ -257,9 +260,12 @@ function explainRefusal(response, path) {
       if (detail.startsWith("permission denied")) {
         return ["The service is not allowed to read ", ...quoted(), " (permission denied)."];
       }
-      // The service names its folders at the end of its detail: "... (a, b)".
-      const open = detail.indexOf(" (");
-      const roots = open >= 0 && detail.endsWith(")") ? detail.slice(open + 2, -1) : "";
+      if (!detail.startsWith(OUTSIDE)) {  // the request guard's, or a proxy's
+        return ["The service refused the request", ...(detail ? [": ", untrusted(detail)] : []), "."];
+      }
+      // The service names its folders after its sentence: "... (a, b)".
+      const rest = detail.slice(OUTSIDE.length);
+      const roots = rest.startsWith(" (") && rest.endsWith(")") ? rest.slice(2, -1) : "";
       return [
         ...quoted(),
         " is outside the folders this service may scan",
