@@ -325,28 +325,24 @@ class JobSupervisor:
     ) -> AsyncIterator[JobFeed]:
         """Follow every job (or the named ones): ``async for change in feed``.
 
-        Each item is a :class:`JobChange` (a job's state and the id of the
-        change), ids increasing, or a :class:`ChangesLost`. Pending changes
-        are coalesced per job, so a slow follower gets each job's latest state.
-        Once the block is left, iterating the feed ends at once.
+        Each item is a :class:`JobChange` (a job's state, the change's id; ids
+        increasing) or a :class:`ChangesLost`; a slow follower gets each job's
+        latest state (coalesced). Once the block is left, iterating ends at once.
 
         Args:
-            after: the id of the last change the follower saw: start with the changes
-                since, if still kept. If they are not (too old, or another run's), one
-                ``ChangesLost`` and then only later changes; with ``job_ids``, only those
-                named jobs whose latest change is newer than ``after``. When None: the
-                current state of the jobs followed (named ones, or those not ended).
-                Naming an unknown job (not ``until_terminal``), with or without
-                ``after``: one ``ChangesLost``, then only later changes.
+            after: the id of the last change the follower saw: the changes since,
+                if still kept; else (too old, another run's) one ``ChangesLost``,
+                then only later changes; with ``job_ids``, the named jobs changed
+                since. None: the current state of the jobs followed (named ones, or
+                those not ended). Naming an unknown job (not ``until_terminal``),
+                with or without ``after``: one ``ChangesLost``, then later changes.
             job_ids: only these jobs.
             job_types: only jobs of these types.
             until_terminal: with ``job_ids``, end once each of them has ended.
-            limit: the most jobs with a change pending before the feed drops
-                them for one ``ChangesLost``; None for no limit, for a follower
-                that takes all the feed holds whenever it wakes.
+            limit: jobs with a change pending before ``ChangesLost``; None: no
+                limit, for a follower that takes all the feed holds when it wakes.
         """
-        # Round trip through the actor: a job whose submit has returned is known.
-        await self._sync()
+        await self._sync()  # a round trip: a job whose submit has returned is known
         changes = self._table.changes
         feed = changes.open_feed(
             after=after,

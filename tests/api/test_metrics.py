@@ -12,14 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stoat_ferret.api import _thumbnails
-from stoat_ferret.api._metrics import (
-    MAX_SCAN_FIGURE,
-    NO_RESPONSE,
-    OTHER_METHOD,
-    UNMATCHED,
-    RequestTimer,
-    ServiceMetrics,
-)
+from stoat_ferret.api._metrics import MAX_SCAN_FIGURE, ServiceMetrics
+from stoat_ferret.api._timing import NO_RESPONSE, OTHER_METHOD, UNMATCHED, RequestTimer
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import ChangesLost, JobChange, JobFeed, JobNotFound, JobResult, JobStatus
