@@ -62,12 +62,11 @@ import errno
 import io
 import math
 import os
-import stat
 from typing import TYPE_CHECKING, Final, Self, TypeGuard, cast
 
 import av
 
-from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
+from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS
 from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
 
 if TYPE_CHECKING:
@@ -351,61 +350,3 @@ def short_of_memory(container: InputContainer) -> Iterator[None]:
         if isinstance(exc, av.FFmpegError) and exc.errno not in SHORT_OF_MEMORY_ERRNOS:
             raise
         raise OutOfMemory(getattr(exc, "strerror", None) or "out of memory") from exc
-
-
-def open_regular_file(
-    name: str, dir_fd: int | None = None, *, path: str | None = None
-) -> tuple[int, os.stat_result]:
-    """Open ``name`` (relative to ``dir_fd``, if given) for reading; return the
-    descriptor and the file's ``fstat``.
-
-    Looked at first without being opened (``O_PATH``, not following a
-    symlink), and only a regular file is then opened for reading, through
-    that very descriptor (``/proc/self/fd``), never its name again: a FIFO,
-    a link or a device node put in the place of the file the walk saw is
-    refused without being opened. Opening a device runs its driver (a
-    terminal would become the service's controlling terminal, and its
-    hang-up end the service); a FIFO would block the thread, a link lead it
-    out of the scanned directory. Without ``/proc`` (a chroot, a sandbox)
-    the name is opened again, and checked to be the same file. The read is
-    non-blocking (a file under a lease) and never takes a controlling
-    terminal. FFmpeg then reads this very descriptor, never the name.
-
-    Raises:
-        ProbeError: It cannot be opened or is not a regular file; its
-            ``path`` is ``path``, or ``name`` without one. Transient if it
-            was replaced while it was opened without ``/proc``.
-    """
-    shown = name if path is None else path
-    try:
-        place = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError as exc:
-        raise _failure(shown, exc) from exc
-    try:
-        checked = os.fstat(place)
-        if not stat.S_ISREG(checked.st_mode):  # a link (O_NOFOLLOW gave the link itself) too
-            raise ProbeError(shown, "not a regular file")
-        try:
-            fd = os.open(f"/proc/self/fd/{place}", _READ)
-        except FileNotFoundError:  # no /proc here
-            fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError as exc:
-        raise _failure(shown, exc) from exc
-    finally:
-        os.close(place)
-    try:
-        info = os.fstat(fd)  # as of the open: a network file system refreshes it then
-    except OSError as exc:
-        os.close(fd)
-        raise _failure(shown, exc) from exc
-    if (info.st_dev, info.st_ino) != (checked.st_dev, checked.st_ino):
-        os.close(fd)
-        raise ProbeError(shown, "replaced while it was opened", transient=True)
-    return fd, info
-
-
-_READ: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-def _failure(path: str, exc: OSError) -> ProbeError:
-    return ProbeError(path, exc.strerror or str(exc), transient=exc.errno in TRANSIENT_ERRNOS)

@@ -33,12 +33,12 @@ from stoat_ferret.library._input import (
     BoundedInput,
     OutOfMemory,
     amount,
-    open_regular_file,
     says_nothing_of_content,
 )
 from stoat_ferret.library._limits import MAX_STREAMS
 from stoat_ferret.library._metadata import moving_pictures, positive, read_metadata
 from stoat_ferret.library._models import VideoProbe
+from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._schema import INTEGER_MAX
 
 if TYPE_CHECKING:

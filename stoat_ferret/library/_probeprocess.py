@@ -44,7 +44,7 @@ killed from outside, the wall-clock backstop) is an error the next job
 tries again.
 
 The file is opened here, in the service, as a thread would
-(``_input.open_regular_file``: relative to its directory's descriptor, no
+(``_regularfile.open_regular_file``: relative to its directory's descriptor, no
 link followed, a regular file), and only its descriptor goes to the child
 (``_probewire.py`` says how requests and answers cross). A child runs as
 the service's user; where the kernel has Landlock it confines itself before
@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Final
 from loguru import logger
 
 from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
-from stoat_ferret.library._input import READ_LIMIT, open_regular_file
+from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._probefailed import (
     Failed,
     Unreached,
@@ -105,6 +105,7 @@ from stoat_ferret.library._probewire import (
     decode_thumbnail,
     printable,
 )
+from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._thumbnail import UndecodableError
 
 if TYPE_CHECKING:

@@ -273,17 +273,15 @@ class Thumbnailer:
         """
         if await self._queued_to_start(queue):
             return
-        # Owed until a job has made them all: the job submitted now may be
-        # cancelled before it starts (or refused), and the next scan then
-        # submits another. Set first: the in-memory queue runs the job within
-        # its submit.
+        # Owed until a job has made them all (the one submitted now may be
+        # cancelled before it starts, or refused: the next scan submits another).
+        # Set first: the in-memory queue runs the job within its submit.
         self.owed = True
         key = None if self.working else THUMBNAILS_JOB_TYPE
         try:
             job_id = await queue.submit(THUMBNAILS_JOB_TYPE, key=key)
         except JobError as exc:
-            # Stopping: the next start makes what is owed (README). A full
-            # queue, say, is worth a warning.
+            # Stopping: the next start makes what is owed. A full queue: a warning.
             log = logger.info if isinstance(exc, SupervisorClosed) else logger.warning
             log(
                 "thumbnails job not submitted",

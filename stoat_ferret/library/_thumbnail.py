@@ -69,12 +69,12 @@ from stoat_ferret.library._input import (
     StreamsPastLimit,
     amount,
     demuxed,
-    open_regular_file,
     says_nothing_of_content,
     short_of_memory,
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 from stoat_ferret.library._metadata import display_matrix, display_rotation, moving_pictures
+from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._thumbimage import encode_webp, filtered, thumbnail_size
 
 if TYPE_CHECKING:

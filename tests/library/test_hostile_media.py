@@ -35,6 +35,7 @@ from stoat_ferret.library import (
     make_thumbnail,
     probe_video,
 )
+from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._thumbnail import UndecodableError
 from tests.library.support import make_context
 from tests.library.test_thumbjob import job_context
@@ -85,7 +86,7 @@ def write_png_bomb(path: Path, *, claimed: tuple[int, int] | None = None) -> Pat
 def _opened(path: Path) -> tuple[int, int, str | None]:
     """The first video stream's width, height and pixel format after
     ``BoundedInput.open``, the one open of the probe and the thumbnails."""
-    fd, info = _input.open_regular_file(str(path))
+    fd, info = open_regular_file(str(path))
     try:
         with _input.BoundedInput(fd, info.st_size, _input.READ_LIMIT) as source:
             container: InputContainer = source.open()

@@ -465,7 +465,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 _TERMINAL_IN_THE_PLACE = """
 import os, sys
 from stoat_ferret.library import ProbeError
-from stoat_ferret.library._input import open_regular_file
+from stoat_ferret.library._regularfile import open_regular_file
 
 master, terminal = os.openpty()  # glibc opens it with O_NOCTTY
 name = os.path.basename(os.ttyname(terminal))
