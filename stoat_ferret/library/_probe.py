@@ -12,8 +12,8 @@ infinity is None), which keeps any frame count computed from it below
 2**63. A Matroska track's ``DURATION`` tag is text the file chose: it must
 read ``H:MM:SS.nnnnnnnnn`` in ASCII digits (:func:`_parse_clock`).
 
-The file is opened and handed to FFmpeg by ``_input.py``: without following
-a link, relative to its directory's descriptor, read at most
+The file is opened by ``_regularfile.py`` and handed to FFmpeg by
+``_input.py``: without following a link, relative to its directory's descriptor, read at most
 :data:`~stoat_ferret.library._input.READ_LIMIT` bytes, through the allowed
 demuxers only, and under the caps of ``_limits.py``.
 """

@@ -15,7 +15,7 @@ unknown, turns nothing: ``_metadata.display_rotation`` decides for both),
 and encoded as WebP (``_thumbimage.py``).
 
 The file is opened the way the scan's probe opens it (``_beneath.py`` and
-``_input.py`` say why). Its directory is opened from the scan root that holds
+``_regularfile.py`` say why). Its directory is opened from the scan root that holds
 it down, one component at a time, crossing no symlink (from ``/`` when no
 roots are set, as a scan does); the file relative to that directory, without
 following a symlink, without blocking, checked to be a regular file, and read
