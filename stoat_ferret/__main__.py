@@ -58,14 +58,15 @@ class _Stopped(BaseException):
 
 class _StopOnce:
     """A stop signal's handler once the command is known: the first signal
-    ends the command (:class:`_Stopped`); once a stop is under way, or the
-    command has ended, a later one (a second Ctrl+C) changes nothing."""
+    ends the command (:class:`_Stopped`); once a stop is under way, the
+    server has taken the signals over, or the command has ended, a later one
+    (a second Ctrl+C) changes nothing."""
 
     def __init__(self) -> None:
         self.armed = True
 
     def disarm(self) -> None:
-        """A stop is under way (or the command has ended): later signals change nothing."""
+        """The server took the signals, or the command ended: later ones change nothing."""
         self.armed = False
 
     def __call__(self, signum: int, _: object) -> None:

@@ -355,7 +355,8 @@ def serve(
     Returns once stopped; closes ``listener``. ``signals_taken`` is called
     once the server has taken SIGTERM and SIGINT over (before the app
     starts): from then on a stop is the server's, whether it serves, fails
-    to start, or has ended and given the old handlers back.
+    to start, or has ended and given the old handlers back. Off the main
+    thread the server takes no signals, and it is not called.
     """
     before, limit = raise_open_files_limit()  # a connection holds a descriptor
     logger.info("open files limit", limit=limit, raised_from=before if before != limit else None)

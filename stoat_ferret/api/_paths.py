@@ -77,6 +77,7 @@ the scan takes for transient too: not the request's fault, 503 with
 
 
 _OUTSIDE = "the path is outside the directories this service may scan"
+_DENIED = "permission denied"  # the dashboard knows both sentences (its app.js)
 _CHANGED = (
     "the path changed while it was checked (a directory in it was replaced by a"
     " symlink): send the request again"
@@ -200,7 +201,7 @@ def _rejection(exc: OSError, requested: str) -> ScanPathRejected:
     if exc.errno == errno.ENAMETOOLONG:
         return ScanPathRejected(400, "the path is too long for this system")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return ScanPathRejected(403, f"permission denied: {requested}")
+        return ScanPathRejected(403, f"{_DENIED}: {requested}")
     if exc.errno == errno.ELOOP:
         return ScanPathRejected(400, f"too many levels of symbolic links: {requested}")
     return ScanPathRejected(400, f"cannot use {requested}: {exc.strerror or exc}")

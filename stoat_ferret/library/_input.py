@@ -1,8 +1,9 @@
 """Opening a file for FFmpeg: by descriptor, bounded, and through the allowed demuxers only.
 
 The probe (``_probe.py``) and the thumbnails (``_thumbnail.py``) open every
-file they read with :func:`open_regular_file` and hand it to FFmpeg with
-:class:`BoundedInput`.
+file they read with ``_regularfile.py``'s
+:func:`~stoat_ferret.library._regularfile.open_regular_file` and hand it to
+FFmpeg with :class:`BoundedInput`.
 
 A file larger than ``read_limit`` is read through :class:`_BoundedReader`,
 which reports end-of-file once ``read_limit`` bytes have been read. Some
@@ -29,13 +30,9 @@ reads are always counted (``count_every_read``): a thumbnail decodes from a
 seek, and an index that lists the same bytes as thousands of packets would
 have FFmpeg read them thousands of times.
 
-Either way FFmpeg reads a descriptor opened here, never the name. The file
-is opened without following a symlink and without blocking, relative to its
-directory's descriptor when the caller gives one (the scan does:
-``_beneath.py`` says why), and checked to be a regular file. A
-file swapped for a FIFO or a symlink between the walk and the probe is
-refused, rather than blocking the thread for ever or leading it out of the
-scanned directory.
+Either way FFmpeg reads the descriptor it is given, never the name (opened
+relative to its directory's descriptor, checked to be a regular file before
+it is opened: ``_regularfile.py`` says how, ``_beneath.py`` why).
 
 FFmpeg picks a demuxer from a file's content, not from its name, and some
 demuxers open further files: a two-line ``.mp4`` text file starting

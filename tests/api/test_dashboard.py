@@ -127,9 +127,11 @@ def test_the_script_has_no_regex_lookbehind() -> None:
     assert not re.findall(r"\(\?<[=!]", script)
 
 
-def test_the_script_knows_the_services_sentence_for_a_folder_outside_the_roots() -> None:
-    """The page tells a 403 for a folder outside the roots (naming them) from
-    any other 403 (the request guard's, a proxy's) by the API's own sentence."""
+def test_the_script_knows_the_services_sentences_for_its_own_403s() -> None:
+    """The page tells a 403 for a folder outside the roots (naming them), or one
+    it may not read, from any other 403 (the request guard's, a proxy's) by the
+    API's own sentences."""
     script = (STATIC_DIR / "app.js").read_text()
 
     assert f'const OUTSIDE = "{_paths._OUTSIDE}";' in script
+    assert f'const DENIED = "{_paths._DENIED}";' in script

@@ -241,8 +241,9 @@ function retryAfterSeconds(headers) {
   return Number.isNaN(when) ? null : Math.max(1, Math.ceil((when - Date.now()) / 1000));
 }
 
-/** The start of the service's 403 for a folder outside the ones it may scan. */
+/** The starts of the service's 403s for a folder outside the ones it may scan, and one it may not read. */
 const OUTSIDE = "the path is outside the directories this service may scan";
+const DENIED = "permission denied";
 
 /** What to tell the user when a scan request is refused: text and isolated nodes. */
 function explainRefusal(response, path) {
@@ -257,7 +258,7 @@ function explainRefusal(response, path) {
       }
       return [...quoted(), " cannot be scanned: ", detail ? untrusted(detail) : "it is not a usable folder", "."];
     case 403: {
-      if (detail.startsWith("permission denied")) {
+      if (detail.startsWith(`${DENIED}: `)) {
         return ["The service is not allowed to read ", ...quoted(), " (permission denied)."];
       }
       if (!detail.startsWith(OUTSIDE)) {  // the request guard's, or a proxy's
