@@ -212,10 +212,12 @@ def test_a_page_that_saw_no_event_reloads_the_library_after_an_outage(
 
     with running_server(tmp_path, env, log_name="first.log") as process:
         base_url = wait_ready(process, tmp_path / "first.log")
-        job_id = _scan(base_url, clip_dir)
-        for job in (job_id, *_thumbnails_jobs(base_url)):  # no job left to bring an event
-            waited = httpx.get(f"{base_url}/api/v1/jobs/{job}/wait?timeout=60", timeout=70)
-            assert waited.json()["status"] == "completed"
+        _wait_completed(base_url, _scan(base_url, clip_dir))
+        # Listed once the scan has ended, which submits them before it ends:
+        # no job is left to bring the page an event.
+        thumbnails_jobs = _thumbnails_jobs(base_url)
+        assert len(thumbnails_jobs) == 1
+        _wait_completed(base_url, thumbnails_jobs[0])
         console = _open_tab(page, base_url)
         expect(rows).to_have_count(1)
         process.send_signal(signal.SIGTERM)
@@ -248,6 +250,11 @@ def _delete_row(tmp_path: Path, video: Path) -> None:
         store.delete([str(video)])
     finally:
         store.close()
+
+
+def _wait_completed(base_url: str, job_id: str) -> None:
+    waited = httpx.get(f"{base_url}/api/v1/jobs/{job_id}/wait?timeout=60", timeout=70)
+    assert waited.json()["status"] == "completed", waited.text
 
 
 def _thumbnails_jobs(base_url: str) -> list[str]:
