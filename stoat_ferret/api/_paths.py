@@ -16,7 +16,10 @@ place is read. So a client can learn nothing about the filesystem outside
 the roots (a missing and an existing directory out there, a link, a link
 that cannot be read: all 403), and cannot have the service look at a file
 system out there that does not answer (a dead network share, a hung FUSE
-daemon), which would hold the request's thread for ever. A root is spelt
+daemon), which would hold the request's thread for ever; and as
+:func:`real_path` walks by descriptors, a directory on the way replaced by
+a link meanwhile is not followed (the scan's look then says the path
+changed, 409). A root is spelt
 by its resolved path, by the path the operator named it by
 (``STOAT_SCAN_ROOTS=/home/me/videos``, where ``/home`` is a link to
 ``var/home``; or ``/srv/mine``, a link to ``/home/me/videos``: the settings

@@ -3,10 +3,17 @@
 On Python 3.11 :func:`os.path.realpath` recurses once per symlink, so a
 chain of a thousand links raised ``RecursionError``. :func:`real_path` walks
 the links in a loop and, like the kernel, gives up after
-:data:`MAX_SYMLINKS` of them. It reads links with :func:`os.readlink`, so it
-needs no more than search permission on the directories on the way, as
-``realpath`` does. The settings resolve the scan roots with it, and the API
-resolves each requested directory with it, so both sides compare alike.
+:data:`MAX_SYMLINKS` of them. The settings resolve the scan roots with it,
+and the API resolves each requested directory with it, so both sides
+compare alike.
+
+It walks by descriptors: each part is read as a link, or opened as a
+directory (``O_PATH``, no link followed), in the directory the walk holds.
+So what a caller's ``vet`` passed is what is read, even if a directory on
+the way is replaced by a link meanwhile: the walk goes on in the directory
+it opened, never through the new link (reading a link by its full path
+would follow it, wherever it leads). ``O_PATH`` needs no more than search
+permission on the directories on the way, as ``realpath`` does.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import errno
 import os
 from typing import TYPE_CHECKING, Final
+
+from stoat_ferret.library._beneath import PATH_MAX
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,36 +47,85 @@ def real_path(path: str, *, vet: Callable[[str, str, bool], object] | None = Non
 
     Raises:
         OSError: ``ELOOP`` after :data:`MAX_SYMLINKS` links (its filename the
-            link where the walk gave up); whatever :func:`os.readlink` raises
-            but "not a link" and "missing" (``EACCES`` for a link this
-            process may not read, ...), with the path it was reading.
+            link where the walk gave up); whatever looking a part up raises
+            but "not a link" and "missing" (``EACCES`` for a directory this
+            process may not search, ``ENAMETOOLONG`` for a path of
+            :data:`PATH_MAX` bytes or more, ...), with the path it was
+            reading; ``EMFILE`` when the process is out of descriptors (one
+            is held a directory deep, so :data:`PATH_MAX` bounds them).
         ValueError: a NUL byte, or text the filesystem encoding cannot hold.
     """
     # A stack, the next part last: each part with whether a link's target gave it.
     pending = [(part, False) for part in reversed(path.split("/"))]
     resolved = "/"
+    # The directories resolved so far, "/" first: each one's descriptor, or
+    # None below a part that is missing or no directory (kept as spelt).
+    held: list[int | None] = [os.open("/", _LOOK)]
     links = 0
-    while pending:
-        part, linked = pending.pop()
-        if part in ("", "."):
-            continue
-        if vet is not None:
-            vet(resolved, part, linked)
-        if part == "..":
-            resolved = os.path.dirname(resolved)
-            continue
-        candidate = os.path.join(resolved, part)
-        try:
-            target = os.readlink(candidate)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
-                raise
-            resolved = candidate  # not a link, or missing: kept as spelt
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), candidate)
-        if target.startswith("/"):
-            resolved = "/"
-        pending.extend((part, True) for part in reversed(target.split("/")))
+    try:
+        while pending:
+            part, linked = pending.pop()
+            if part in ("", "."):
+                continue
+            if vet is not None:
+                vet(resolved, part, linked)
+            if part == "..":
+                resolved = os.path.dirname(resolved)
+                if len(held) > 1:
+                    _close(held.pop())
+                continue
+            target = _look(resolved, part, held)
+            if target is None:
+                resolved = os.path.join(resolved, part)
+                continue
+            links += 1
+            if links > MAX_SYMLINKS:
+                link = os.path.join(resolved, part)
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), link)
+            if target.startswith("/"):
+                resolved = "/"
+                while len(held) > 1:
+                    _close(held.pop())
+            pending.extend((part, True) for part in reversed(target.split("/")))
+    finally:
+        for fd in held:
+            _close(fd)
     return resolved
+
+
+_LOOK: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+"""A directory held on the way: no permission asked of it but search on its
+parent, and ``O_DIRECTORY`` has the kernel mount what is mounted on demand
+there (an automount point), as a lookup through it would."""
+
+
+def _look(resolved: str, part: str, held: list[int | None]) -> str | None:
+    """Look ``part`` up in the last directory ``held`` (``resolved``): a
+    link's target, or None with what it is appended to ``held`` (its
+    descriptor for a directory, None for anything else or nothing)."""
+    candidate = os.path.join(resolved, part)
+    if len(os.fsencode(candidate)) >= PATH_MAX:  # as the kernel would refuse to read it
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), candidate)
+    parent = held[-1]
+    if parent is None:  # below a missing part: missing too
+        held.append(None)
+        return None
+    try:
+        try:
+            return os.readlink(part, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: not a link
+                raise
+        held.append(os.open(part, _LOOK, dir_fd=parent))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise OSError(exc.errno, exc.strerror, candidate) from None
+        # Missing, or no directory (a file; or a link since it was read: held
+        # as nothing, the caller's own look at the path sees the link).
+        held.append(None)
+    return None
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)

@@ -6,7 +6,7 @@ import errno
 import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -37,17 +37,32 @@ def root(scan_root: Path) -> Path:
     return scan_root
 
 
+def _named(name: Any, dir_fd: int | None) -> Path:
+    """The full path of ``name`` as looked up in ``dir_fd`` (or as given)."""
+    if dir_fd is None:
+        return Path(os.fspath(name))
+    return Path(_REAL_READLINK(f"/proc/self/fd/{dir_fd}"), os.fspath(name))
+
+
+_REAL_READLINK: Final = os.readlink
+
+
 @pytest.fixture
 def links_read(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every path ``os.readlink`` is given during the test, in order."""
+    """Every path ``os.readlink`` or ``os.open`` looks up during the test, in order."""
     read: list[Path] = []
-    real_readlink = os.readlink
+    real_open = os.open
 
-    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
-        read.append(Path(os.fspath(name)))
-        return str(real_readlink(name, *args, **kwargs))
+    def readlink(name: Any, *, dir_fd: int | None = None) -> str:
+        read.append(_named(name, dir_fd))
+        return str(_REAL_READLINK(name, dir_fd=dir_fd))
+
+    def open_(name: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        read.append(_named(name, dir_fd))
+        return real_open(name, flags, mode, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "readlink", readlink)
+    monkeypatch.setattr(os, "open", open_)
     return read
 
 
@@ -234,12 +249,10 @@ def test_a_link_realpath_cannot_read_is_403(
     any other path out there."""
     path = requested.format(root=root)
 
-    real_readlink = os.readlink
-
-    def readlink(name: Any, *args: Any, **kwargs: Any) -> str:
-        if os.fspath(name) == path:
+    def readlink(name: Any, *, dir_fd: int | None = None) -> str:
+        if str(_named(name, dir_fd)) == path:
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(name))
-        return str(real_readlink(name, *args, **kwargs))
+        return str(_REAL_READLINK(name, dir_fd=dir_fd))
 
     monkeypatch.setattr(os, "readlink", readlink)
 
@@ -425,7 +438,7 @@ def test_nothing_below_a_spelling_that_no_longer_leads_to_its_root_is_read(
         resolve_scan_path(f"{spelling}/private/deeper/x", (root,), (spelling,))
 
     assert refused.value.status_code == 403
-    assert [place for place in links_read if place.is_relative_to(spelling)] == [spelling]
+    assert {place for place in links_read if place.is_relative_to(spelling)} == {spelling}
 
 
 @pytest.mark.parametrize(
@@ -504,6 +517,40 @@ def test_real_path_agrees_with_realpath(root: Path, spelling: str) -> None:
     path = spelling.format(root=root)
 
     assert real_path(path) == os.path.realpath(path)
+
+
+def test_a_directory_replaced_by_a_link_while_it_is_resolved_is_not_followed(
+    root: Path, monkeypatch: pytest.MonkeyPatch, links_read: list[Path]
+) -> None:
+    """Resolution goes on in the directory it looked at: ``a``, passed by the
+    vet and looked at, is replaced by a link out of the roots before ``b`` is
+    read; nothing out there is read (before, ``b`` was read by its full path,
+    through the new link, and the link found there followed back into the
+    root), and the scan's own look says the path changed (409)."""
+    (root / "a" / "b").mkdir(parents=True)
+    outside = root.parent / "outside"
+    (outside / "b").symlink_to(root / "sub")  # what reading through the new link finds
+    on_the_way_only = _paths._on_the_way_only
+
+    def swapping(
+        roots: tuple[Path, ...], ways: tuple[Path, ...]
+    ) -> Callable[[str, str, bool], None]:
+        vet = on_the_way_only(roots, ways)
+
+        def vet_then_swap(resolved: str, part: str, linked: bool) -> None:
+            vet(resolved, part, linked)
+            if part == "b":
+                (root / "a").rename(root / "a-before")
+                (root / "a").symlink_to(outside)
+
+        return vet_then_swap
+
+    monkeypatch.setattr(_paths, "_on_the_way_only", swapping)
+
+    rejected = _rejected(root / "a" / "b", (root,))
+
+    assert (rejected.status_code, rejected.detail) == (409, _paths._CHANGED)
+    assert [place for place in links_read if place.is_relative_to(outside)] == []
 
 
 def test_a_link_to_a_directory_whose_name_is_not_utf8_is_400(root: Path) -> None:
