@@ -18,8 +18,9 @@ that cannot be read: all 403), and cannot have the service look at a file
 system out there that does not answer (a dead network share, a hung FUSE
 daemon), which would hold the request's thread for ever; and as
 :func:`real_path` walks by descriptors, a directory on the way replaced by
-a link meanwhile is not followed (the scan's look then says the path
-changed, 409). A root is spelt
+a link meanwhile is not followed: resolution goes on in what the directory
+held when it was looked at, and a result that passes through it is then a
+409 (the scan's look says the path changed). A root is spelt
 by its resolved path, by the path the operator named it by
 (``STOAT_SCAN_ROOTS=/home/me/videos``, where ``/home`` is a link to
 ``var/home``; or ``/srv/mine``, a link to ``/home/me/videos``: the settings

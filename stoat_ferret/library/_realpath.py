@@ -49,10 +49,11 @@ def real_path(path: str, *, vet: Callable[[str, str, bool], object] | None = Non
         OSError: ``ELOOP`` after :data:`MAX_SYMLINKS` links (its filename the
             link where the walk gave up); whatever looking a part up raises
             but "not a link" and "missing" (``EACCES`` for a directory this
-            process may not search, ``ENAMETOOLONG`` for a path of
-            :data:`PATH_MAX` bytes or more, ...), with the path it was
-            reading; ``EMFILE`` when the process is out of descriptors (one
-            is held a directory deep, so :data:`PATH_MAX` bounds them).
+            process may not search, ``ENAMETOOLONG`` when a part's full
+            path, the resolved directory joined with it, is :data:`PATH_MAX`
+            bytes or more, ...), with the path it was reading; ``EMFILE``
+            when the process is out of descriptors (one is held a directory
+            deep, so :data:`PATH_MAX` bounds them).
         ValueError: a NUL byte, or text the filesystem encoding cannot hold.
     """
     # A stack, the next part last: each part with whether a link's target gave it.
@@ -103,6 +104,8 @@ def _look(resolved: str, part: str, held: list[int | None]) -> str | None:
     """Look ``part`` up in the last directory ``held`` (``resolved``): a
     link's target, or None with what it is appended to ``held`` (its
     descriptor for a directory, None for anything else or nothing)."""
+    if "\0" in part:  # as a system call's argument would be refused, missing or not
+        raise ValueError("embedded null byte")
     candidate = os.path.join(resolved, part)
     if len(os.fsencode(candidate)) >= PATH_MAX:  # as the kernel would refuse to read it
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), candidate)

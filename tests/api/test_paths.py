@@ -194,10 +194,16 @@ def test_symlink_loop_is_400(root: Path) -> None:
     assert "symbolic links" in rejected.detail
 
 
-def test_nul_byte_is_400(root: Path) -> None:
-    """A NUL byte cannot be in a file name (the API refuses it earlier, with 422)."""
+@pytest.mark.parametrize(
+    "tail", ["a\x00b", "missing/a\x00b", "missing/a\x00b/../..", "clip.mp4/a\x00b"]
+)
+def test_nul_byte_is_400(root: Path, tail: str) -> None:
+    """A NUL byte cannot be in a file name (the API refuses it earlier, with
+    422), below a missing directory or a file too (nothing is looked up there)."""
 
-    assert _rejected(f"{root}/a\x00b", (root,)).status_code == 400
+    rejected = _rejected(f"{root}/{tail}", (root,))
+
+    assert (rejected.status_code, rejected.detail) == (400, "the path is not a valid file name")
 
 
 @pytest.mark.parametrize(
