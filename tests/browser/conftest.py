@@ -19,6 +19,7 @@ import signal
 from typing import TYPE_CHECKING
 
 import attrs
+import httpx
 import pytest
 
 from tests.server import running_server, server_environment, stop_hang_guard, wait_ready
@@ -87,3 +88,23 @@ def own_server(tmp_path: Path) -> Iterator[Server]:
     the whole library: the module's holds what its other tests scanned."""
     with serving(tmp_path) as server:
         yield server
+
+
+@pytest.fixture
+def idle_server(server: Server) -> Server:
+    """The module's service once it runs and holds no job: for a test whose
+    page must see no job change (a scan of an earlier test, or the
+    thumbnails job that scan submitted as it ended, would bring an event)."""
+    with httpx.Client(base_url=server.base_url, timeout=70) as client:
+        for _ in range(IDLE_ROUNDS):
+            jobs = client.get("/health").json()["jobs"]  # one snapshot of both counts
+            if jobs["running"] == jobs["pending"] == 0:
+                return server
+            for status in ("running", "pending"):
+                listed = client.get("/api/v1/jobs", params={"status": status}).json()
+                for job in listed["jobs"]:  # a job ending may submit another: look again
+                    client.get(f"/api/v1/jobs/{job['job_id']}/wait", params={"timeout": 60})
+    pytest.fail(f"the module's service still has jobs after {IDLE_ROUNDS} rounds of waits")
+
+
+IDLE_ROUNDS = 10
