@@ -145,6 +145,28 @@ def test_scan_roots_keep_the_places_their_resolution_read(tmp_path: Path) -> Non
     assert below == [tmp_path, *expected]
 
 
+def test_the_links_the_roots_go_through_are_kept_with_their_resolved_paths(
+    tmp_path: Path,
+) -> None:
+    """``/srv/mine``, a link to ``/home/me/videos``, where ``/home`` is a link
+    to ``var/home``: both links, each with where it led at the start, the
+    longer first (what a scan reads a link's absolute target with)."""
+    (tmp_path / "var" / "home" / "me" / "videos").mkdir(parents=True)
+    (tmp_path / "home").symlink_to("var/home")
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "mine").symlink_to(tmp_path / "home" / "me" / "videos")
+    real = Path(os.path.realpath(tmp_path))
+
+    settings = Settings.from_environ({"STOAT_SCAN_ROOTS": str(tmp_path / "srv" / "mine")})
+
+    below = [(link, to) for link, to in settings.scan_root_links if link.is_relative_to(tmp_path)]
+    assert below == [
+        (tmp_path / "srv" / "mine", real / "var" / "home" / "me" / "videos"),
+        (tmp_path / "home", real / "var" / "home"),
+    ]
+    assert Settings.from_environ({"STOAT_SCAN_ROOTS": str(real)}).scan_root_links == ()
+
+
 def test_two_spellings_of_one_root_are_one_root(tmp_path: Path) -> None:
     """A root named twice, by a link and by its real path: listed once (check,
     the start-up line), its spelling's places kept."""
@@ -381,7 +403,8 @@ def test_every_field_describes_its_setting() -> None:
 
     described = options()
 
-    settings = [f.name for f in attrs.fields(Settings) if f.name != "scan_root_ways"]
+    derived = ("scan_root_ways", "scan_root_links")
+    settings = [f.name for f in attrs.fields(Settings) if f.name not in derived]
     assert [option.field for option in described] == settings
     for option in described:
         assert option.env.startswith("STOAT_")

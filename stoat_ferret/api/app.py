@@ -200,6 +200,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         handler = make_scan_handler(
             library,
             roots=settings.scan_roots,
+            root_links=settings.scan_root_links,
             probe_threads=settings.probe_threads,
             probe_priority=settings.probe_priority,
             probes=probes,

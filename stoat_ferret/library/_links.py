@@ -132,6 +132,19 @@ class LinkBudget:
         self.left = components
 
 
+def unalias(target: str, root_links: Sequence[tuple[str, str]]) -> str:
+    """``target`` with a leading link of ``root_links`` (``(link, resolved)``
+    pairs, the longest link first) replaced by its resolved path: an
+    absolute target written with a root's spelling (``/home/me/videos/a.mp4``,
+    where ``/home`` is a link to ``var/home``) read as the root's resolved
+    path (``/var/home/me/videos/a.mp4``), nothing looked at. Any other
+    target is returned as it is."""
+    for link, resolved in root_links:
+        if target.startswith(link) and target[len(link) : len(link) + 1] in ("", "/"):
+            return resolved + target[len(link) :]
+    return target
+
+
 def resolve_link(
     scope: Sequence[str],
     directory: Sequence[str],
@@ -142,6 +155,7 @@ def resolve_link(
     checkpoint: Callable[[], None] | None = None,
     cache: LinkCache | None = None,
     budget: LinkBudget | None = None,
+    root_links: Sequence[tuple[str, str]] = (),
 ) -> Outcome:
     """Resolve the symlink ``name`` in ``directory``, never looking outside ``scope``.
 
@@ -170,6 +184,9 @@ def resolve_link(
         budget: What is left of the walk's components (:class:`LinkBudget`):
             each component met here takes one (a target's parts as it is read), a
             cached link one.
+        root_links: The links the roots' spellings go through, with their
+            resolved paths: an absolute target starting with one is read
+            with the resolved path instead (:func:`unalias`).
 
     Returns:
         The components of the file the link leads to and its ``lstat``
@@ -186,6 +203,7 @@ def resolve_link(
             ``readlink``, ``lstat`` and ``open`` raised.
     """
     resolver = _Resolver(scope, list(directory), scope_fd, checkpoint, cache, budget)
+    resolver.root_links = root_links
     try:
         if directory_fds:
             resolver.fds = list(directory_fds)
@@ -224,6 +242,7 @@ class _Resolver:
         self.cache = cache
         # Without a walk's budget, the limit of one link comes first.
         self.budget = LinkBudget(MAX_LINK_COMPONENTS) if budget is None else budget
+        self.root_links: Sequence[tuple[str, str]] = ()
         self.hops = 0
         self.components = 0
         # Links met as the last component: (path, hops and components before it).
@@ -274,7 +293,7 @@ class _Resolver:
                     raise _TooMany(errno.ELOOP, os.strerror(errno.ELOOP))
                 if self.checkpoint is not None:
                     self.checkpoint()
-                target = os.readlink(part, dir_fd=parent)
+                target = unalias(os.readlink(part, dir_fd=parent), self.root_links)
                 parts = target.split("/")
                 # Counted as the target is read, not as its parts are looked
                 # at: a target of thousands of empty parts costs its split.

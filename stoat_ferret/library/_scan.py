@@ -123,6 +123,7 @@ class ScanRun:
     root: str
     recursive: bool
     roots: tuple[str, ...]
+    root_links: tuple[tuple[str, str], ...]  # the walk's (_links.unalias)
     forget_unmounted: bool
     limiter: anyio.CapacityLimiter
     workers: int
@@ -256,6 +257,7 @@ class ScanRun:
             mount_points=self.seen_mount_points,
             scan_root=containing_root(self.root, self.roots) or "/",
             disks=self.scanned.disks,
+            root_links=self.root_links,
         )
         if not self.scanned.still_there():  # moved: the paths above are not its own
             seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"

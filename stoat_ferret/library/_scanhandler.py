@@ -33,6 +33,7 @@ def make_scan_handler(
     library: VideoLibrary,
     *,
     roots: Sequence[str | os.PathLike[str]] = (),
+    root_links: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = (),
     probe_threads: int = 4,
     probe_priority: ThreadPriority = ThreadPriority.IDLE,
     probes: ProbeProcesses | None = None,
@@ -48,6 +49,10 @@ def make_scan_handler(
         roots: The resolved directories a scan may read (the settings'
             ``scan_roots``); empty allows any. Checked again when each job
             starts, on the directory it opens.
+        root_links: The links the roots' spellings go through, each with
+            its resolved path (the settings' ``scan_root_links``): a link in
+            a scanned tree whose absolute target starts with one is read
+            with the resolved path, as leading into the root.
         probe_threads: How many files are probed at once, at most, by all the
             scans of this handler together.
         probe_priority: The CPU priority of the probing threads.
@@ -71,6 +76,7 @@ def make_scan_handler(
     limiter = anyio.CapacityLimiter(probe_threads)
     threads = BackgroundThreads(probe_threads, probe_priority, name="stoat-probe")
     allowed = tuple(os.fspath(root) for root in roots)
+    links = tuple((os.fspath(link), os.fspath(resolved)) for link, resolved in root_links)
     probe = probe_in_thread if probes is None else probes.probe
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
@@ -81,6 +87,7 @@ def make_scan_handler(
             root=payload.path,
             recursive=payload.recursive,
             roots=allowed,
+            root_links=links,
             forget_unmounted=payload.forget_unmounted,
             limiter=limiter,
             workers=probe_threads,

@@ -73,7 +73,7 @@ from stoat_ferret.library._names import NOT_UTF8, SUFFIXES, TOO_LONG, is_utf8, p
 from stoat_ferret.library._walklinks import WalkLinks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from stoat_ferret.library._models import ErrorLog, Fingerprint
 
@@ -103,6 +103,7 @@ def walk_videos(
     mount_points: dict[str, int | None] | None = None,
     scan_root: str = "/",
     disks: dict[str, _ondisk.Disk] | None = None,
+    root_links: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Fingerprint]:
     """List the video files under ``root`` with their size and modification time.
 
@@ -135,6 +136,9 @@ def walk_videos(
             parent, with its device (``st_dev``) and its file system's
             identity: what is below them is read again through them, on
             that file system only (``_ondisk.open_on_its_disk``).
+        root_links: The links the roots' spellings go through, each with
+            its resolved path: a link's absolute target starting with one is
+            read with the resolved path (``_links.unalias``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.
@@ -155,10 +159,12 @@ def walk_videos(
                 mount_points=mount_points,
                 scan_root=scan_root,
                 disks=disks,
+                root_links=root_links,
             )
         finally:
             os.close(fd)
     walk = _Walk(root, recursive=recursive, errors=errors, checkpoint=checkpoint)
+    walk.links.root_links = root_links
     walk.before_open = before_open
     walk.scan_root = scan_root
     walk.run(root_fd)

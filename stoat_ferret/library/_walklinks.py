@@ -22,7 +22,9 @@ overlong target (denied, an I/O error) is noted in the log's
 A symlink named otherwise (a folder's link, say), in a recursive walk, is
 only looked at (:meth:`WalkLinks.look_at`): an error entry if it leads
 outside the scanned directory, judged by its text unless that climbs after
-a name, when it is resolved as above.
+a name, when it is resolved as above. An absolute target that starts with a
+link the roots' spellings go through is read, in both cases, with that
+link's resolved path (``_links.unalias``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from stoat_ferret.library._links import (
     LinkCache,
     Outcome,
     resolve_link,
+    unalias,
 )
 from stoat_ferret.library._names import NOT_UTF8, is_utf8
 
@@ -68,8 +71,10 @@ class WalkLinks:
         errors: ErrorLog,
         checkpoint: Callable[[], None],
         found: dict[str, Fingerprint],
+        root_links: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.scope = split(root)
+        self.root_links = root_links  # read for their resolved paths (_links.unalias)
         self.recursive = recursive
         self.errors = errors
         self.checkpoint = checkpoint
@@ -124,7 +129,7 @@ class WalkLinks:
         if name.startswith(".") or not is_utf8(name):
             return
         try:
-            target = os.readlink(name, dir_fd=directory_fds[-1])
+            target = unalias(os.readlink(name, dir_fd=directory_fds[-1]), self.root_links)
             if _climbs_after_a_name(target):  # "x/..": where x leads, not where it is
                 outside = self._resolve(directory, name, directory_fds) is None
             else:  # the walk's own path holds no link: the text tells
@@ -156,6 +161,7 @@ class WalkLinks:
             checkpoint=self.checkpoint,
             cache=self.links,
             budget=self.budget,
+            root_links=self.root_links,
         )
 
     def in_scope(self, parts: Sequence[str]) -> bool:

@@ -145,6 +145,20 @@ def _ways(value: Any) -> tuple[Path, ...]:
     return tuple(places)
 
 
+def _links(value: Any) -> tuple[tuple[Path, Path], ...]:
+    """The links among the places resolving the roots as spelt read
+    (:func:`_ways`), each with its resolved path, the longest first: a link's
+    absolute target written with one (``/home/me/videos/a.mp4``, where
+    ``/home`` is a link to ``var/home``) names the file under the resolved
+    path (``/var/home/me/videos/a.mp4``)."""
+    links: dict[Path, Path] = {}
+    for way in _ways(value):
+        with contextlib.suppress(OSError, ValueError):
+            if os.path.islink(way):
+                links[way] = Path(real_path(os.fspath(way)))
+    return tuple(sorted(links.items(), key=lambda link: len(str(link[0])), reverse=True))
+
+
 def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:
     for root in value:
         try:

@@ -35,6 +35,7 @@ from stoat_ferret.settings._checks import (
     _check_token,
     _count_up_to,
     _env,
+    _links,
     _normalise_names,
     _normalise_origins,
     _resolve_roots,
@@ -248,11 +249,11 @@ class Settings:
             "help": "event streams and /wait calls open at once before 503",
         },
     )
-    # Not a setting of its own: every place resolving ``scan_roots`` as the
-    # operator spelt them read (``/home`` and ``/home/me/videos``, where
-    # ``/home`` is a link to ``var/home``; the links of a link's target too). A
-    # request may spell a root so: a scan's path may be read down to them.
+    # Not settings: the places resolving ``scan_roots`` as spelt read, which a
+    # request may be read down to (_checks._ways); and the links among them,
+    # with their resolved paths, for a link's absolute target (_checks._links).
     scan_root_ways: tuple[Path, ...] = attrs.field(default=(), converter=_ways)
+    scan_root_links: tuple[tuple[Path, Path], ...] = attrs.field(default=(), converter=_links)
 
     def check_exposure(self) -> None:
         """Refuse to serve other machines without a token and scan roots.
@@ -317,6 +318,7 @@ class Settings:
                         secrets.append(str(values[field.name]))
             if "scan_roots" in values:
                 values.setdefault("scan_root_ways", values["scan_roots"])
+                values.setdefault("scan_root_links", values["scan_roots"])
             settings = cls(**values)
             settings.check_exposure()
         except ExposureError as exc:

@@ -143,6 +143,47 @@ def test_file_symlink_inside_is_stored_once_under_its_target(tmp_path: Path) -> 
     assert errors == []
 
 
+def test_absolute_links_written_with_a_link_of_the_roots_are_read_through_it(
+    tmp_path: Path,
+) -> None:
+    """A root named through a link (``/home -> var/home``): a link in it whose
+    absolute target is written with that spelling (``/home/me/videos/...``)
+    leads where the spelling does, a video's link and a folder's alike; one
+    written so that leads elsewhere (another user's home) is still outside.
+    Without the roots' links, all three are outside, as written."""
+    root = tmp_path / "var" / "home" / "me" / "videos"
+    real = _touch(root / "sub" / "clip.mp4")
+    (tmp_path / "home").symlink_to("var/home")
+    spelt = tmp_path / "home" / "me" / "videos"
+    (root / "link.mp4").symlink_to(spelt / "sub" / "clip.mp4")
+    (root / "Sub").symlink_to(spelt / "sub", target_is_directory=True)
+    (root / "theirs.mp4").symlink_to(_touch(tmp_path / "home" / "them" / "x.mp4"))
+    root_links = ((str(tmp_path / "home"), str(tmp_path / "var" / "home")),)
+    outside = "symlink points outside the scanned directory"
+
+    errors = ErrorLog()
+    found = walk_videos(str(root), recursive=True, errors=errors, root_links=root_links)
+
+    assert set(found) == {real}
+    assert errors.entries == [{"path": str(root / "theirs.mp4"), "error": outside}]
+    assert sorted(entry["path"] for entry in _walk_paths(root)[1]) == [
+        str(root / name) for name in ("Sub", "link.mp4", "theirs.mp4")
+    ]
+
+
+def test_unalias_replaces_a_whole_leading_link_only() -> None:
+    """Only a leading link, as a whole component, the longest first; any
+    other target (relative, a sibling spelt alike) is left as written."""
+    root_links = (("/srv/mine", "/var/home/me/videos"), ("/home", "/var/home"))
+
+    assert _links.unalias("/home/me/a.mp4", root_links) == "/var/home/me/a.mp4"
+    assert _links.unalias("/home", root_links) == "/var/home"
+    assert _links.unalias("/srv/mine/x", root_links) == "/var/home/me/videos/x"
+    assert _links.unalias("/homework/a.mp4", root_links) == "/homework/a.mp4"
+    assert _links.unalias("home/me/a.mp4", root_links) == "home/me/a.mp4"
+    assert _links.unalias("/srv/a.mp4", root_links) == "/srv/a.mp4"
+
+
 def test_file_symlink_outside_is_an_error(tmp_path: Path) -> None:
     """A link whose target is outside the scanned directory is reported, not followed."""
     outside = _touch(tmp_path / "outside" / "secret.mp4")
