@@ -165,6 +165,12 @@ def test_the_links_the_roots_go_through_are_kept_with_their_resolved_paths(
         (tmp_path / "home", real / "var" / "home"),
     ]
     assert Settings.from_environ({"STOAT_SCAN_ROOTS": str(real)}).scan_root_links == ()
+    # Derived once: a copy keeps them as they are.
+    evolved = attrs.evolve(settings, max_streams=1)
+    assert (evolved.scan_root_ways, evolved.scan_root_links) == (
+        settings.scan_root_ways,
+        settings.scan_root_links,
+    )
 
 
 def test_two_spellings_of_one_root_are_one_root(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._beneath import MAX_DEPTH, PATH_MAX, open_subdirectory
+from stoat_ferret.library._rootlinks import unalias
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -130,19 +131,6 @@ class LinkBudget:
     def __init__(self, components: int = MAX_WALK_LINK_COMPONENTS) -> None:
         self.total = components
         self.left = components
-
-
-def unalias(target: str, root_links: Sequence[tuple[str, str]]) -> str:
-    """``target`` with a leading link of ``root_links`` (``(link, resolved)``
-    pairs, the longest link first) replaced by its resolved path: an
-    absolute target written with a root's spelling (``/home/me/videos/a.mp4``,
-    where ``/home`` is a link to ``var/home``) read as the root's resolved
-    path (``/var/home/me/videos/a.mp4``), nothing looked at. Any other
-    target is returned as it is."""
-    for link, resolved in root_links:
-        if target.startswith(link) and target[len(link) : len(link) + 1] in ("", "/"):
-            return resolved + target[len(link) :]
-    return target
 
 
 def resolve_link(

@@ -123,7 +123,7 @@ class ScanRun:
     root: str
     recursive: bool
     roots: tuple[str, ...]
-    root_links: tuple[tuple[str, str], ...]  # the walk's (_links.unalias)
+    root_links: tuple[tuple[str, str], ...]  # the walk's (_rootlinks.unalias)
     forget_unmounted: bool
     limiter: anyio.CapacityLimiter
     workers: int

@@ -138,7 +138,7 @@ def walk_videos(
             that file system only (``_ondisk.open_on_its_disk``).
         root_links: The links the roots' spellings go through, each with
             its resolved path: a link's absolute target starting with one is
-            read with the resolved path (``_links.unalias``).
+            read with the resolved path (``_rootlinks.unalias``).
 
     Returns:
         A dict from resolved path to ``(size_bytes, mtime_ns)``.

@@ -24,7 +24,7 @@ only looked at (:meth:`WalkLinks.look_at`): an error entry if it leads
 outside the scanned directory, judged by its text unless that climbs after
 a name, when it is resolved as above. An absolute target that starts with a
 link the roots' spellings go through is read, in both cases, with that
-link's resolved path (``_links.unalias``).
+link's resolved path (``_rootlinks.unalias``).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from stoat_ferret.library._links import (
     LinkCache,
     Outcome,
     resolve_link,
-    unalias,
 )
 from stoat_ferret.library._names import NOT_UTF8, is_utf8
+from stoat_ferret.library._rootlinks import unalias
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -74,7 +74,7 @@ class WalkLinks:
         root_links: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.scope = split(root)
-        self.root_links = root_links  # read for their resolved paths (_links.unalias)
+        self.root_links = root_links  # read for their resolved paths (_rootlinks.unalias)
         self.recursive = recursive
         self.errors = errors
         self.checkpoint = checkpoint

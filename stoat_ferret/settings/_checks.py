@@ -26,7 +26,7 @@ import idna
 from stoat_ferret.library import real_path
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import attrs
 
@@ -145,18 +145,27 @@ def _ways(value: Any) -> tuple[Path, ...]:
     return tuple(places)
 
 
-def _links(value: Any) -> tuple[tuple[Path, Path], ...]:
-    """The links among the places resolving the roots as spelt read
-    (:func:`_ways`), each with its resolved path, the longest first: a link's
-    absolute target written with one (``/home/me/videos/a.mp4``, where
-    ``/home`` is a link to ``var/home``) names the file under the resolved
-    path (``/var/home/me/videos/a.mp4``)."""
+def _links(ways: Sequence[Path]) -> tuple[tuple[Path, Path], ...]:
+    """The links among ``ways`` (:func:`_ways`), each with its resolved path:
+    a link's absolute target written with one (``/home/me/videos/a.mp4``,
+    where ``/home`` is a link to ``var/home``) names the file under the
+    resolved path (``/var/home/me/videos/a.mp4``)."""
     links: dict[Path, Path] = {}
-    for way in _ways(value):
+    for way in ways:
         with contextlib.suppress(OSError, ValueError):
             if os.path.islink(way):
                 links[way] = Path(real_path(os.fspath(way)))
-    return tuple(sorted(links.items(), key=lambda link: len(str(link[0])), reverse=True))
+    return tuple(links.items())
+
+
+def _paths(value: Any) -> tuple[Path, ...]:
+    """A converter: ``value``'s items as paths (derived once, not again on ``attrs.evolve``)."""
+    return tuple(Path(item) for item in value)
+
+
+def _path_pairs(value: Any) -> tuple[tuple[Path, Path], ...]:
+    """A converter: ``value``'s pairs as pairs of paths."""
+    return tuple((Path(first), Path(second)) for first, second in value)
 
 
 def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:

@@ -38,6 +38,8 @@ from stoat_ferret.settings._checks import (
     _links,
     _normalise_names,
     _normalise_origins,
+    _path_pairs,
+    _paths,
     _resolve_roots,
     _ways,
     default_probe_threads,
@@ -249,11 +251,9 @@ class Settings:
             "help": "event streams and /wait calls open at once before 503",
         },
     )
-    # Not settings: the places resolving ``scan_roots`` as spelt read, which a
-    # request may be read down to (_checks._ways); and the links among them,
-    # with their resolved paths, for a link's absolute target (_checks._links).
-    scan_root_ways: tuple[Path, ...] = attrs.field(default=(), converter=_ways)
-    scan_root_links: tuple[tuple[Path, Path], ...] = attrs.field(default=(), converter=_links)
+    # Not settings, derived by from_environ: see _checks._ways and _checks._links.
+    scan_root_ways: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    scan_root_links: tuple[tuple[Path, Path], ...] = attrs.field(default=(), converter=_path_pairs)
 
     def check_exposure(self) -> None:
         """Refuse to serve other machines without a token and scan roots.
@@ -317,8 +317,8 @@ class Settings:
                     if field.metadata.get("secret"):
                         secrets.append(str(values[field.name]))
             if "scan_roots" in values:
-                values.setdefault("scan_root_ways", values["scan_roots"])
-                values.setdefault("scan_root_links", values["scan_roots"])
+                ways = values.setdefault("scan_root_ways", _ways(values["scan_roots"]))
+                values.setdefault("scan_root_links", _links(ways))
             settings = cls(**values)
             settings.check_exposure()
         except ExposureError as exc:

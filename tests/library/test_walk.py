@@ -16,6 +16,7 @@ import pytest
 
 from stoat_ferret.library import ErrorLog, ScanError, _links, _walk, _walklinks, walk_videos
 from stoat_ferret.library._beneath import MAX_DEPTH
+from stoat_ferret.library._rootlinks import unalias
 from tests.library.support import listed_path
 from tests.permissions import call_denied
 
@@ -171,17 +172,49 @@ def test_absolute_links_written_with_a_link_of_the_roots_are_read_through_it(
     ]
 
 
-def test_unalias_replaces_a_whole_leading_link_only() -> None:
-    """Only a leading link, as a whole component, the longest first; any
-    other target (relative, a sibling spelt alike) is left as written."""
-    root_links = (("/srv/mine", "/var/home/me/videos"), ("/home", "/var/home"))
+def test_unalias_reads_leading_links_whole_as_the_kernel_does() -> None:
+    """A leading link, as whole components (``//`` and ``.`` read as the
+    kernel reads them), again while one leads (a spelling through two links);
+    any other target (relative, a sibling spelt alike) is left as written."""
+    root_links = (
+        ("/srv/mine", "/var/home/me/videos"),
+        ("/home", "/var/home"),
+        ("/var/home/me", "/data/me"),
+    )
 
-    assert _links.unalias("/home/me/a.mp4", root_links) == "/var/home/me/a.mp4"
-    assert _links.unalias("/home", root_links) == "/var/home"
-    assert _links.unalias("/srv/mine/x", root_links) == "/var/home/me/videos/x"
-    assert _links.unalias("/homework/a.mp4", root_links) == "/homework/a.mp4"
-    assert _links.unalias("home/me/a.mp4", root_links) == "home/me/a.mp4"
-    assert _links.unalias("/srv/a.mp4", root_links) == "/srv/a.mp4"
+    assert unalias("/home/x/a.mp4", root_links) == "/var/home/x/a.mp4"
+    assert unalias("/home", root_links) == "/var/home"
+    assert unalias("/home/me/a.mp4", root_links) == "/data/me/a.mp4"
+    assert unalias("/srv/mine/x", root_links) == "/data/me/videos/x"
+    assert unalias("//home/./x//a.mp4", root_links) == "/var/home/./x//a.mp4"
+    assert unalias("/homework/a.mp4", root_links) == "/homework/a.mp4"
+    assert unalias("home/me/a.mp4", root_links) == "home/me/a.mp4"
+    assert unalias("/srv/a.mp4", root_links) == "/srv/a.mp4"
+    assert unalias("/home/../etc", root_links) == "/var/home/../etc"
+
+
+def test_a_spelling_through_two_links_leads_into_the_root_too(tmp_path: Path) -> None:
+    """``/home -> var/home`` and ``/var/home/me/videos -> /mnt/nas/videos``: a
+    target written ``/home/me/videos/...`` goes through both, and a link to
+    such a link (its second hop absolute too) leads where the last one does."""
+    root = tmp_path / "mnt" / "nas" / "videos"
+    real = _touch(root / "sub" / "a.mp4")
+    (tmp_path / "var" / "home" / "me").mkdir(parents=True)
+    (tmp_path / "var" / "home" / "me" / "videos").symlink_to(root)
+    (tmp_path / "home").symlink_to("var/home")
+    spelt = tmp_path / "home" / "me" / "videos"
+    (root / "x.mp4").symlink_to(spelt / "sub" / "a.mp4")
+    (root / "y.mp4").symlink_to(spelt / "x.mp4")
+    (root / "Sub").symlink_to(spelt / "sub", target_is_directory=True)
+    root_links = (
+        (str(tmp_path / "home"), str(tmp_path / "var" / "home")),
+        (str(tmp_path / "var" / "home" / "me" / "videos"), str(root)),
+    )
+
+    errors = ErrorLog()
+    found = walk_videos(str(root), recursive=True, errors=errors, root_links=root_links)
+
+    assert (set(found), errors.entries) == ({real}, [])
 
 
 def test_file_symlink_outside_is_an_error(tmp_path: Path) -> None:
