@@ -149,8 +149,8 @@ def test_the_links_the_roots_go_through_are_kept_with_their_resolved_paths(
     tmp_path: Path,
 ) -> None:
     """``/srv/mine``, a link to ``/home/me/videos``, where ``/home`` is a link
-    to ``var/home``: both links, each with where it led at the start, the
-    longer first (what a scan reads a link's absolute target with)."""
+    to ``var/home``: both links, each with where it led at the start (what a
+    scan reads a link's absolute target with)."""
     (tmp_path / "var" / "home" / "me" / "videos").mkdir(parents=True)
     (tmp_path / "home").symlink_to("var/home")
     (tmp_path / "srv").mkdir()

@@ -13,21 +13,28 @@ reads is still below the scanned directory, by its own descriptors.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+MAX_REWRITES: Final = 40
+"""Links of the roots' applied to one target, at most: as many links as the
+kernel follows in one path (each rewrite uses a part of the text up, so a
+target of real links ends well before)."""
+
 
 def unalias(target: str, root_links: Sequence[tuple[str, str]]) -> str:
     """``target`` with a leading link of ``root_links`` (``(link, resolved)``
-    pairs) replaced by its resolved path, again while one leads it (at most
-    once a link): an absolute target written with a root's spelling
-    (``/home/me/videos/a.mp4``, where ``/home`` is a link to ``var/home``)
-    read as the root's resolved path (``/var/home/me/videos/a.mp4``), nothing
-    looked at. The link is matched part by part, as the kernel reads it
-    (``//home/./me`` too). Any other target is returned as it is."""
-    for _ in root_links:
+    pairs) replaced by its resolved path, again while one leads it (up to
+    :data:`MAX_REWRITES` times): an absolute target written with a root's
+    spelling (``/home/me/videos/a.mp4``, where ``/home`` is a link to
+    ``var/home``) read as the root's resolved path
+    (``/var/home/me/videos/a.mp4``), nothing looked at. The link is matched
+    part by part, as the kernel reads it (``//home/./me`` too), up to a
+    ``..``, which is left to the walk, as written. Any other target is
+    returned as it is."""
+    for _ in range(MAX_REWRITES):
         for link, resolved in root_links:
             rest = _after(target, link)
             if rest is not None:

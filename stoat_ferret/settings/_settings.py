@@ -251,7 +251,7 @@ class Settings:
             "help": "event streams and /wait calls open at once before 503",
         },
     )
-    # Not settings, derived by from_environ: see _checks._ways and _checks._links.
+    # Not settings: derived by from_environ (_checks._ways, _links), again if evolved.
     scan_root_ways: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
     scan_root_links: tuple[tuple[Path, Path], ...] = attrs.field(default=(), converter=_path_pairs)
 

@@ -191,6 +191,8 @@ def test_unalias_reads_leading_links_whole_as_the_kernel_does() -> None:
     assert unalias("home/me/a.mp4", root_links) == "home/me/a.mp4"
     assert unalias("/srv/a.mp4", root_links) == "/srv/a.mp4"
     assert unalias("/home/../etc", root_links) == "/var/home/../etc"
+    back_and_forth = (("/a/l1", "/b"), ("/b/l2", "/a"))  # one link read twice
+    assert unalias("/a/l1/l2/l1/videos/x", back_and_forth) == "/b/videos/x"
 
 
 def test_a_spelling_through_two_links_leads_into_the_root_too(tmp_path: Path) -> None:
