@@ -147,6 +147,8 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
     refuse_unwritable(os.fspath(path), names["database_path"])
     notes = [note for note in (check_thumbnails(path), readable_by_others(path)) if note]
     roots = ", ".join(str(root) for root in settings.scan_roots) or "any directory"
+    if settings.scan_root_links:  # as spelt, through links: what links in them may be written with
+        roots += f" (through {', '.join(f'{a} -> {b}' for a, b in settings.scan_root_links)})"
     note = "".join(f"; {note}" for note in notes)
     served = f"{dashboard_url(settings)} from {path} ({_database_state(path)})"
     return f"ok: would serve {served}; scan roots: {roots}{note}"

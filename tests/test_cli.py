@@ -476,6 +476,25 @@ def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) ->
     assert not database.parent.exists()
 
 
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_names_the_links_the_roots_are_spelt_through(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A root named through links (``home -> var/home``): check names it
+    resolved, and the links its spelling goes through, where each led."""
+    (tmp / "var" / "home" / "me").mkdir(parents=True)
+    (tmp / "home").symlink_to("var/home")
+    argv = ["check", "--database", str(tmp / "stoat.db"), "--port", "0"]
+
+    status = main([*argv, "--scan-root", str(tmp / "home" / "me")])
+
+    assert status == 0
+    assert capsys.readouterr().out.endswith(
+        f"; scan roots: {tmp / 'var' / 'home' / 'me'}"
+        f" (through {tmp / 'home'} -> {tmp / 'var' / 'home'})\n"
+    )
+
+
 # Case -> (variables, flags, words of the one line); "{tmp}" as in SAMPLES. A
 # problem found after the settings are read names what the user typed.
 BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
