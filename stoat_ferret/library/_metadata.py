@@ -347,8 +347,16 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
 
 def moving_pictures(container: InputContainer) -> list[VideoStream]:
     """The container's video streams but its attached pictures (cover art):
-    the first is "the" video, for the probe and the thumbnail alike."""
-    return [s for s in container.streams.video if not s.disposition.value & _ATTACHED_PIC]
+    the first is "the" video, for the probe and the thumbnail alike, the one
+    FFmpeg finds best (``av_find_best_stream``, as ffmpeg itself maps: a
+    longer stream over a one-frame still before it) when it is one of them."""
+    videos = [s for s in container.streams.video if not s.disposition.value & _ATTACHED_PIC]
+    if len(videos) > 1:
+        best = container.streams.best("video")
+        if best in videos and best is not videos[0]:
+            videos.remove(best)
+            videos.insert(0, best)
+    return videos
 
 
 def positive(value: int | None) -> int | None:

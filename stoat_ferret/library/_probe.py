@@ -189,7 +189,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
     format_name = container.format.name
     raw = format_name in _RAW_STREAMS
-    rate = _frame_rate(video, raw=raw)
+    rate = _frame_rate(video, context, raw=raw)
     # A raw stream's duration is FFmpeg's guess from its bit rate (0.01 s for
     # a 4 s MPEG-1 clip): none, rather than a wrong one.
     duration = None if raw else container.duration
@@ -215,15 +215,22 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     )
 
 
-def _frame_rate(video: VideoStream, *, raw: bool) -> Fraction | None:
+def _frame_rate(video: VideoStream, context: VideoCodecContext, *, raw: bool) -> Fraction | None:
     # ffprobe's avg_frame_rate, else FFmpeg's guess (ffmpeg's own choice: the
-    # codec's rate where r_frame_rate counts fields, as in a short MPEG clip);
-    # a raw stream's average is no measure. PyAV's Fraction is reduced.
+    # codec's rate where r_frame_rate counts fields); a raw stream's average
+    # is no measure. PyAV's Fraction is reduced. With no average at all (a
+    # clip of one or two frames in MPEG-TS or -PS), the guess keeps the field
+    # rate: the codec's, half of it, is the frame rate.
     rate = None if raw else video.average_rate
     if rate is not None and rate.numerator > 0:
         return rate
     rate = video.guessed_rate
-    return rate if rate is not None and rate.numerator > 0 else None
+    if rate is None or rate.numerator <= 0:
+        return None
+    codec_rate = context.framerate
+    if codec_rate is not None and rate == 2 * codec_rate:
+        return codec_rate
+    return rate
 
 
 def _stream_seconds(video: VideoStream) -> float | None:
@@ -269,7 +276,9 @@ def _frame_count(
     if rate is None or seconds is None:
         return None
     # Below 2**63 for any believed duration and 32-bit rate (MAX_DURATION_SECONDS).
-    count = round(seconds * rate.numerator / rate.denominator)
+    # At least one: a stream with a duration has a frame (FFmpeg's duration of
+    # a one-frame MPEG-TS clip is half a frame).
+    count = max(1, round(seconds * rate.numerator / rate.denominator))
     return count if count <= INTEGER_MAX else None
 
 

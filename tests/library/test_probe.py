@@ -387,6 +387,62 @@ def test_a_raw_video_stream_has_its_own_frame_rate(
 
 
 @pytest.mark.parametrize(
+    ("name", "codec", "frames", "rate", "counted"),
+    [
+        ("ntsc.ts", "h264", 1, Fraction(30000, 1001), 1),
+        ("pal.ts", "h264", 1, Fraction(25), 1),
+        ("one.mpg", "mpeg2video", 1, Fraction(30000, 1001), None),  # no duration said
+        ("two.mpg", "mpeg2video", 2, Fraction(25), ...),  # an estimate from a duration
+    ],
+    ids=["h264-ts-1-ntsc", "h264-ts-1-pal", "mpeg2-ps-1", "mpeg2-ps-2"],
+)
+def test_a_clip_too_short_for_an_average_rate_has_its_frame_rate_not_its_field_rate(
+    tmp_path: Path, name: str, codec: str, frames: int, rate: Fraction, counted: object
+) -> None:
+    """One or two frames in MPEG-TS or -PS give FFmpeg no average rate, and
+    its guess is the field rate, twice the frame rate: the codec's rate is
+    stored. A one-frame clip is counted one frame, though FFmpeg's duration
+    for it is half a frame."""
+    clip = make_video(
+        tmp_path / name, codec=codec, rate=rate, frames=frames, width=160, height=120, audio=None
+    )
+
+    probe = probe_video(clip.path)
+
+    assert probe.frame_rate == rate
+    if counted is not ...:
+        assert probe.duration_frames == counted
+
+
+def test_the_video_is_the_stream_ffmpeg_finds_best(tmp_path: Path) -> None:
+    """A one-frame still muxed as an ordinary track before the moving video
+    (as FFmpeg 5.1 muxes a cover into Matroska): the video described, and
+    thumbnailed, is the one ffmpeg itself would map, not the first track."""
+    still = make_video(tmp_path / "still.mkv", codec="mjpeg", frames=1, audio=None)
+    moving = make_video(tmp_path / "moving.mkv", width=160, height=120, frames=10, audio=None)
+    both = tmp_path / "both.mkv"
+    with (
+        av.open(str(still.path)) as first,
+        av.open(str(moving.path)) as second,
+        av.open(str(both), mode="w") as out,
+    ):
+        streams = [
+            (source, out.add_stream_from_template(source.streams.video[0]))
+            for source in (first, second)
+        ]
+        for source, stream in streams:
+            for packet in source.demux(source.streams.video[0]):
+                if packet.dts is not None:
+                    packet.stream = stream
+                    out.mux(packet)
+
+    probe = probe_video(both)
+
+    assert (probe.video_codec, probe.width, probe.height) == ("h264", 160, 120)
+    assert probe.video_stream_count == 2
+
+
+@pytest.mark.parametrize(
     ("content", "reason"),
     [
         (b"", "not a readable media file"),
