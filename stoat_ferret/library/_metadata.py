@@ -346,15 +346,9 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
 
 
 def moving_pictures(container: InputContainer) -> list[VideoStream]:
-    """The container's video streams but its attached pictures (cover art),
-    "the" video first (the probe's and the thumbnail's): the one FFmpeg finds
-    best, as ffmpeg maps (not a one-frame still before it), if one of them."""
-    videos = [s for s in container.streams.video if not s.disposition.value & _ATTACHED_PIC]
-    if len(videos) > 1:
-        best = container.streams.best("video")
-        if best in videos:
-            videos.sort(key=lambda stream: stream is not best)  # stable: the rest in order
-    return videos
+    """The container's video streams but its attached pictures (cover art):
+    the first is "the" video, for the probe and the thumbnail alike."""
+    return [s for s in container.streams.video if not s.disposition.value & _ATTACHED_PIC]
 
 
 def positive(value: int | None) -> int | None:

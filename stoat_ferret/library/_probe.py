@@ -218,9 +218,9 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
 def _frame_rate(video: VideoStream, context: VideoCodecContext, *, raw: bool) -> Fraction | None:
     # ffprobe's avg_frame_rate, else FFmpeg's guess (ffmpeg's own choice: the
     # codec's rate where r_frame_rate counts fields); a raw stream's average
-    # is no measure. PyAV's Fraction is reduced. With no average at all (a
-    # clip of one or two frames in MPEG-TS or -PS), the guess keeps the field
-    # rate: the codec's, half of it, is the frame rate.
+    # is no measure. PyAV's Fraction is reduced. Without an average (a clip
+    # of one or two frames in MPEG-TS or -PS; a raw stream), a guess that kept
+    # the field rate, twice the codec's, is not the frame rate: the codec's is.
     rate = None if raw else video.average_rate
     if rate is not None and rate.numerator > 0:
         return rate

@@ -51,10 +51,13 @@ INTEGER_MIN: Final = -(2**63)
 INTEGER_MAX: Final = 2**63 - 1
 """The greatest value an INTEGER column holds."""
 
-PROBE_VERSION: Final = 3
+PROBE_VERSION: Final = 4
 """What a row's probe recorded: 2 is the editing metadata; 3 a raw video
-stream's own frame rate, and no duration guessed from its bit rate. A row
-with an older (or no) version is probed again by the next scan of its file."""
+stream's own frame rate, and no duration guessed from its bit rate; 4 the
+codec's frame rate where FFmpeg's guess is the field rate, twice it (a clip
+of one or two frames in MPEG-TS or -PS, a raw H.264 stream at about 12 frames a
+second). A row with an older (or no) version is probed again by the next
+scan of its file."""
 
 # Column -> SQLite type of the editing metadata (probe version 2), as schema
 # version 3 adds the columns, in METADATA_FIELDS order. Migration 3's text: it
