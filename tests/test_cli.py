@@ -949,11 +949,14 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     """A file of an older schema needs room to be migrated (its indexes made
     again: about a tenth of its size, MIGRATION_SPACE): serving would fail
     on a disk without it, so check says so, rather than "needs migration".
-    One from before schema 4, whose table is copied whole, needs twice its size."""
+    One from before schema 4, whose table is copied whole, needs twice its size;
+    one at schema 8, whose step 9 only adds a column, next to nothing."""
     data = tmp / "data"
     data.mkdir(mode=0o700)
     database = data / "stoat.db"
-    database_at(database, SCHEMA_VERSION - 1)
+    database_at(database, 7)  # its step 8 makes indexes again
+    newer = data / "newer.db"
+    database_at(newer, 8)
     two_mib = os.statvfs_result((4096, 4096, 1_000_000, 512, 512, 100, 10, 10, 0, 255))
     monkeypatch.setattr(os, "statvfs", lambda _path: two_mib)
     assert main(["check", "--database", str(database)]) == 0  # the control: room for a tenth
@@ -965,6 +968,7 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     older_needs = int(older.stat().st_size * 100) / (1 << 20)
 
     status = main(["check", "--database", str(database)])
+    assert main(["check", "--database", str(newer)]) == 0  # step 9 asks for its own 0.01
     monkeypatch.setattr(startup_module, "MIGRATION_SPACE", 0.15)
     monkeypatch.setattr(startup_module, "STEP_SPACE", {4: 100.0})
     assert main(["check", "--database", str(database)]) == 0  # schema 7: step 8's 0.15 fits

@@ -322,6 +322,12 @@ class VideoOut(BaseModel):
     audio_sample_rate: int | None = Field(description="Of the first audio stream, in Hz.")
     timecode: str | None = Field(examples=["01:00:00:00"])
     creation_time: str | None = Field(description="From the tags, ISO 8601 UTC.")
+    mirrored: bool | None = Field(
+        description=(
+            "The display matrix flips the picture top to bottom before the"
+            " rotation turns it (a flip the rotation leaves out)."
+        )
+    )
 
 
 class VideoListOut(BaseModel):

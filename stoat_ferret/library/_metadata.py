@@ -2,27 +2,26 @@
 
 :func:`read_metadata` is called by the probe on the container it has already
 opened: the container format, the bit rates, the pixel format and its bit
-depth, the colour description, the geometry (sample aspect ratio, rotation and
-the displayed size), the interlacing, the number of streams of each kind, the
-first audio stream's channels and rate, and the ``timecode`` and
-``creation_time`` tags. Every value is None where the file does not say.
+depth, the colour description, the geometry (sample aspect ratio, rotation,
+mirroring and the displayed size), the interlacing, the number of streams of
+each kind, the first audio stream's channels and rate, and the ``timecode``
+and ``creation_time`` tags. Every value is None where the file does not say.
 Every number fits the store (``_probe.py``): FFmpeg gives the bit rates as
 64-bit integers (one that is not positive is None), the sizes, rates and
 counts as 32-bit ones; the displayed width, a 32-bit width times a ratio of
 32-bit integers, stays below 2**62; the rotation is a whole turn at most.
 
 Everything comes from the headers FFmpeg read while opening the file, except
-the rotation. FFmpeg keeps the display matrix of a MOV/MP4 or Matroska track
-as side data of the stream, which PyAV does not expose; it does copy it to
-every decoded frame (``VideoFrame.rotation``): PyAV 18.1 removed
-``Stream.side_data`` (PR #1570). So for those two container families only
-(the only ones whose demuxers read a display matrix) the first video keyframe
-is decoded, on one thread, with FFmpeg's ``max_pixels`` at ``_limits.py``'s
-cap (the probe has refused a larger frame size already); in every other
-container the rotation is None without decoding anything. A frame that cannot
-be decoded leaves the rotation unknown rather than failing the probe, and so
-does a degenerate matrix: :func:`display_rotation`, which the thumbnails use
-too, so that they never turn a frame whose rotation the probe calls unknown.
+the display matrix (rotation, mirroring). FFmpeg keeps it as side data of a
+MOV/MP4 or Matroska track, which PyAV 18.1 no longer exposes (PR #1570); it
+does copy it to every decoded frame. So for those two container families
+only the first video keyframe is decoded, on one thread, with FFmpeg's
+``max_pixels`` at ``_limits.py``'s cap (the probe has refused a larger frame
+size already); in every other container both are None without decoding
+anything. A frame that cannot be decoded leaves them unknown rather than
+failing the probe, and so does a degenerate matrix: :func:`display_rotation`,
+which the thumbnails use too, so that they never turn a frame whose rotation
+the probe calls unknown.
 
 Names are FFmpeg's, as ffprobe prints them: PyAV gives the colour properties
 as FFmpeg's enum values only, so :data:`COLOR_SPACES` and its siblings map
@@ -47,6 +46,7 @@ from stoat_ferret.library._input import StreamsPastLimit, demuxed, short_of_memo
 from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from fractions import Fraction
 
     from av.codec.context import CodecContext
@@ -169,7 +169,7 @@ def read_metadata(
     # A frame known to be over the cap is not decoded for its rotation (one
     # of unknown size is, under the decoder's own cap).
     capped = frame_size_refusal(width, height) is None
-    rotation = _rotation(container, video, format_name) if capped else None
+    rotation, mirrored = _rotation(container, video, format_name) if capped else (None, None)
     sar = _sample_aspect_ratio(video)
     display_width, display_height = display_size(width, height, sar, rotation)
     streams = container.streams
@@ -186,6 +186,7 @@ def read_metadata(
         "color_primaries": COLOR_PRIMARIES.get(context.color_primaries),
         "color_range": COLOR_RANGES.get(context.color_range),
         "rotation": rotation,
+        "mirrored": mirrored,
         "display_width": display_width,
         "display_height": display_height,
         "sample_aspect_ratio": None if sar is None else f"{sar.numerator}:{sar.denominator}",
@@ -250,6 +251,12 @@ def display_matrix(frame: VideoFrame) -> tuple[int, ...] | None:
     return struct.unpack("=9i", raw) if len(raw) == _MATRIX_BYTES else None
 
 
+def is_mirrored(matrix: Sequence[int] | None) -> bool | None:
+    """Whether a display matrix mirrors the picture (its determinant is
+    negative: a flip, turned or not), which its rotation leaves out."""
+    return None if matrix is None else matrix[0] * matrix[4] - matrix[1] * matrix[3] < 0
+
+
 def _sound_rotation(frame: VideoFrame) -> int | None:
     """The rotation of ``frame``'s display matrix, known to be there; None if degenerate."""
     rotation: int = frame.rotation
@@ -295,24 +302,21 @@ def _sample_aspect_ratio(video: VideoStream) -> Fraction | None:
 
 
 def _interlaced(order: int) -> bool | None:
-    if order not in _FIELD_ORDERS_KNOWN:
-        return None
-    return order != _FIELD_ORDER_PROGRESSIVE
+    return order != _FIELD_ORDER_PROGRESSIVE if order in _FIELD_ORDERS_KNOWN else None
 
 
-def _rotation(container: InputContainer, video: VideoStream, format_name: str) -> int | None:
-    """The display matrix's rotation (degrees counter-clockwise, as ffprobe prints it), or None.
+def _rotation(
+    container: InputContainer, video: VideoStream, format_name: str
+) -> tuple[int | None, bool | None]:
+    """The display matrix's rotation (degrees counter-clockwise, as ffprobe
+    prints it) and whether it mirrors the picture (:func:`is_mirrored`), or None.
 
-    PyAV 18.1 gives the display matrix only on decoded frames (the stream's
-    side data was removed from its API, PyAV PR #1570), so one keyframe is
-    decoded, capped: only for a frame size known and within ``_limits.py``'s
-    cap (:func:`read_metadata` checks), and FFmpeg's ``max_pixels`` makes the
-    decoder refuse a frame that grows past it; the loop filter and inverse transforms are skipped,
-    since only the side data is read. Packets before the first keyframe are
-    skipped without decoding, within a small budget.
+    One keyframe is decoded (the module says why), capped: the loop filter
+    and inverse transforms skipped, as only the side data is read, and
+    packets before it skipped undecoded, within a small budget.
     """
     if _DISPLAY_MATRIX_FORMATS.isdisjoint(format_name.split(",")):
-        return None
+        return None, None
     context = video.codec_context
     context.options = {**DECODER_OPTIONS, "skip_loop_filter": "all", "skip_idct": "all"}
     context.thread_count = 1  # one small frame: no decoder threads to start and stop
@@ -331,18 +335,19 @@ def _rotation(container: InputContainer, video: VideoStream, format_name: str) -
                         packets >= _KEYFRAME_SEARCH_PACKETS
                         or skipped_bytes >= _KEYFRAME_SEARCH_BYTES
                     ):
-                        return None
+                        return None, None
                     continue
                 frames = video.decode(packet) or video.decode(None)
                 break
             else:
-                return None
+                return None, None
     except (av.FFmpegError, StreamsPastLimit):
-        return None
+        return None, None
     for frame in frames:
         if _has_display_matrix(frame):
-            return _sound_rotation(frame)
-    return None
+            rotation = _sound_rotation(frame)
+            return rotation, None if rotation is None else is_mirrored(display_matrix(frame))
+    return None, None
 
 
 def moving_pictures(container: InputContainer) -> list[VideoStream]:

@@ -73,6 +73,7 @@ class _EditingMetadata:
     audio_sample_rate: int | None = None
     timecode: str | None = None
     creation_time: datetime | None = None
+    mirrored: bool | None = None  # added by schema 9: the table's last column
 
 
 METADATA_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(_EditingMetadata))

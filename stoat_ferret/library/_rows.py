@@ -236,8 +236,9 @@ def stored_video(row: tuple[Any, ...]) -> Video:
 
 def _metadata(values: Sequence[Any]) -> dict[str, Any]:
     fields = dict(zip(METADATA_FIELDS, values, strict=True))
-    interlaced, created = fields["interlaced"], fields["creation_time"]
-    fields["interlaced"] = None if interlaced is None else bool(interlaced)
+    for flag in ("interlaced", "mirrored"):  # SQLite's 0 and 1
+        fields[flag] = None if fields[flag] is None else bool(fields[flag])
+    created = fields["creation_time"]
     fields["creation_time"] = None if created is None else datetime.fromisoformat(created)
     return fields
 

@@ -11,10 +11,10 @@ videos table again with ``AUTOINCREMENT`` ids, so that no id is used twice;
 version 5 adds the ``mount_points`` table (``_mounts.py`` says what it is
 for); version 6 the file system each video was found on; versions 7 and 8
 make indexes again, so that a list limited to the scan roots checks them in
-an index (the comments at each say how). A row written before version 3 has
-``probe_version`` NULL; the scope query reports such a row's size as -1,
-which no file has, so the next scan probes the file again and counts it as
-updated, once.
+an index (the comments at each say how); version 9 adds ``mirrored``. A
+row written before version 3 has ``probe_version`` NULL; the scope query
+reports such a row's size as -1, which no file has, so the next scan probes
+the file again and counts it as updated, once.
 
 Whose file it is. ``PRAGMA application_id`` holds :data:`APPLICATION_ID`
 (``"STFR"``), set by the migration that creates the schema, and by the next
@@ -42,7 +42,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398031954), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -51,13 +51,13 @@ INTEGER_MIN: Final = -(2**63)
 INTEGER_MAX: Final = 2**63 - 1
 """The greatest value an INTEGER column holds."""
 
-PROBE_VERSION: Final = 4
+PROBE_VERSION: Final = 5
 """What a row's probe recorded: 2 is the editing metadata; 3 a raw video
 stream's own frame rate, and no duration guessed from its bit rate; 4 the
 codec's frame rate where FFmpeg's guess is the field rate, twice it (a clip
-of one or two frames in MPEG-TS or -PS, a raw H.264 stream at about 12 frames a
-second). A row with an older (or no) version is probed again by the next
-scan of its file."""
+of one or two frames in MPEG-TS or -PS, a raw H.264 stream at about 12
+frames a second); 5 ``mirrored``. A row with an older (or no) version is
+probed again by the next scan of its file."""
 
 # Column -> SQLite type of the editing metadata (probe version 2), as schema
 # version 3 adds the columns, in METADATA_FIELDS order. Migration 3's text: it
@@ -276,6 +276,9 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX videos_fingerprint ON videos"
         " (path, size_bytes, mtime_ns, probe_version, width, height, duration_seconds)",
     ),
+    # Whether the display matrix mirrors the picture (probe version 5; NULL
+    # for every row written before, until its next scan probes it again).
+    9: ("ALTER TABLE videos ADD COLUMN mirrored INTEGER",),
 }
 
 

@@ -42,6 +42,7 @@ def test_video_to_json_values() -> None:
         updated_at=moment + timedelta(seconds=1),
         container_format="mov,mp4,m4a,3gp,3g2,mj2",
         rotation=-90,
+        mirrored=True,
         interlaced=False,
         audio_stream_count=0,
         creation_time=datetime(2020, 5, 6, 9, 8, 7, tzinfo=timezone(timedelta(hours=2))),
@@ -65,6 +66,7 @@ def test_video_to_json_values() -> None:
         **dict.fromkeys(METADATA_FIELDS),
         "container_format": "mov,mp4,m4a,3gp,3g2,mj2",
         "rotation": -90,
+        "mirrored": True,
         "interlaced": False,
         "audio_stream_count": 0,
         "creation_time": "2020-05-06T07:08:07.000000Z",
@@ -96,6 +98,7 @@ def test_metadata_fields_are_the_issue_names() -> None:
         "audio_sample_rate",
         "timecode",
         "creation_time",
+        "mirrored",
     )
 
 

@@ -149,6 +149,7 @@ def _expected_from_ffprobe(report: dict[str, Any]) -> dict[str, Any]:
         d for d in video.get("side_data_list", []) if d["side_data_type"] == "Display Matrix"
     ]
     rotation = int(matrices[0]["rotation"]) if matrices else None
+    mirrored = _mirrors(matrices[0]["displaymatrix"]) if matrices else None
     sar_text = video.get("sample_aspect_ratio")
     sar = Fraction(sar_text.replace(":", "/")) if sar_text and sar_text != "0:1" else None
     shown = (round(video["width"] * sar) if sar else video["width"], video["height"])
@@ -187,7 +188,16 @@ def _expected_from_ffprobe(report: dict[str, Any]) -> dict[str, Any]:
         "audio_sample_rate": _optional_int(first.get("sample_rate")),
         "timecode": timecodes.pop() if len(timecodes) == 1 else timecodes or None,
         "creation_time": None if created is None else datetime.fromisoformat(created),
+        "mirrored": mirrored,
     }
+
+
+def _mirrors(text: str) -> bool:
+    """Whether ffprobe's display matrix (rows as ``0000000i: a b c``) mirrors:
+    its determinant is negative."""
+    rows = [line.split()[1:] for line in text.strip().splitlines()]
+    (a, b, _), (c, d, _) = ([int(n) for n in row] for row in rows[:2])
+    return a * d - b * c < 0
 
 
 # The ffprobe installed here is FFmpeg 5.1; PyAV's is FFmpeg 8. Where the newer
@@ -814,24 +824,56 @@ def test_the_longest_duration_at_the_fastest_rate_fits_the_store() -> None:
     assert frames < 2**63
 
 
-def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:
-    """A matrix that maps every pixel to one point has no angle: the rotation is
-    unknown (PyAV reports FFmpeg's NaN as -2**31, ffprobe as -2**63)."""
-    path = tmp_path / "flat.mp4"
+def _write_with_matrix(path: Path, matrix: list[int]) -> Path:
+    """A one-frame 64x48 H.264 clip whose display matrix is ``matrix``."""
     with av.open(str(path), mode="w") as container:
         video = container.add_stream("libx264", rate=25)
         assert isinstance(video, av.VideoStream)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        video.set_display_matrix([0] * 8 + [1 << 30])
+        video.set_display_matrix(matrix)
         frame = av.VideoFrame(64, 48, "yuv420p")
         frame.pts = 0
         for packet in [*video.encode(frame), *video.encode(None)]:
             container.mux(packet)
+    return path
 
-    probe = probe_video(path)
 
-    assert probe.rotation is None
+def test_a_degenerate_display_matrix_has_no_rotation(tmp_path: Path) -> None:
+    """A matrix that maps every pixel to one point has no angle: the rotation is
+    unknown (PyAV reports FFmpeg's NaN as -2**31, ffprobe as -2**63), and so
+    is whether it mirrors."""
+    probe = probe_video(_write_with_matrix(tmp_path / "flat.mp4", [0] * 8 + [1 << 30]))
+
+    assert (probe.rotation, probe.mirrored) == (None, None)
     assert (probe.display_width, probe.display_height) == (64, 48)
+
+
+_ONE = 1 << 16  # 1.0 in the matrix's 16.16 fixed point
+_W = 1 << 30  # 1.0 in its 2.30 last column
+
+
+@pytest.mark.parametrize(
+    ("name", "matrix", "rotation", "mirrored"),
+    [
+        ("clip.mp4", [_ONE, 0, 0, 0, _ONE, 0, 0, 0, _W], None, None),
+        ("clip.mp4", [-_ONE, 0, 0, 0, _ONE, 0, 0, 0, _W], -180, True),
+        ("clip.mkv", [_ONE, 0, 0, 0, -_ONE, 0, 0, 0, _W], 0, True),
+        ("clip.mp4", [-_ONE, 0, 0, 0, -_ONE, 0, 0, 0, _W], -180, False),
+        ("clip.mp4", [0, -_ONE, 0, _ONE, 0, 0, 0, 0, _W], 90, False),
+        ("clip.mkv", [0, _ONE, 0, _ONE, 0, 0, 0, 0, _W], -90, True),
+    ],
+    ids=["identity", "flipped", "upside-down-mkv", "half-turn", "quarter", "quarter-mirrored"],
+)
+def test_a_mirroring_display_matrix_is_told_apart_from_a_turn(
+    tmp_path: Path, name: str, matrix: list[int], rotation: int | None, mirrored: bool | None
+) -> None:
+    """``mirrored`` is true where the matrix flips the picture, false where it
+    only turns it: FFmpeg's rotation reads the first column alone, so a
+    horizontal flip and a half turn are both -180, and a vertical flip 0.
+    The identity is no matrix at all (the demuxer exports none): both None."""
+    probe = probe_video(_write_with_matrix(tmp_path / name, matrix))
+
+    assert (probe.rotation, probe.mirrored) == (rotation, mirrored)
 
 
 def test_a_frame_over_the_pixel_cap_is_not_decoded_for_its_rotation(

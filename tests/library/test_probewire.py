@@ -66,6 +66,7 @@ _GOOD = attrs.evolve(
     audio_codec=None,
     interlaced=True,
     creation_time=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+    mirrored=False,
 )
 
 

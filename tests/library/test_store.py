@@ -36,7 +36,7 @@ from stoat_ferret.library import (
 from stoat_ferret.library._exceptions import store_error
 from stoat_ferret.library._models import GoneRows, LookedAt
 from stoat_ferret.library._query import search_key, subtree_bounds
-from stoat_ferret.library._schema import MIGRATIONS
+from stoat_ferret.library._schema import MIGRATIONS, PROBE_VERSION
 from tests.library.support import record
 
 if TYPE_CHECKING:
@@ -597,6 +597,30 @@ def test_a_migrated_row_is_probed_again_once(tmp_path: Path) -> None:
     assert fresh == {"/m/old.mp4": (100, 7)}
 
 
+def test_a_row_of_the_last_probe_version_is_probed_again_once(tmp_path: Path) -> None:
+    """A row a probe of the version before stored, in the schema before (at
+    this writing probe version 4, without ``mirrored``, in schema 8), matches
+    no file until it is written again."""
+    path = tmp_path / "older.sqlite"
+    _database_at(path, SCHEMA_VERSION - 1)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("UPDATE videos SET probe_version = ?", (PROBE_VERSION - 1,))
+        raw.commit()
+    store = VideoStore.open(path)
+    try:
+        stale = store.fingerprints("/m", recursive=True)
+        store.upsert([record("/m/old.mp4", size=100, mtime=7, mirrored=False)])
+        fresh = store.fingerprints("/m", recursive=True)
+        video = store.get_video_by_path("/m/old.mp4")
+    finally:
+        store.close()
+
+    assert stale == {"/m/old.mp4": (-1, 7)}
+    assert fresh == {"/m/old.mp4": (100, 7)}
+    assert video is not None
+    assert video.mirrored is False
+
+
 def test_a_migrated_row_is_found_by_a_unicode_search(tmp_path: Path) -> None:
     """A row stored before the search existed gets Python's normalised, case-folded
     search key from the migration: its decomposed ``ÉTÉ`` is found by ``été``
@@ -650,7 +674,8 @@ def test_metadata_columns_match_the_fields(store: VideoStore, tmp_path: Path) ->
 
 
 def test_metadata_round_trips(store: VideoStore) -> None:
-    """Every metadata field comes back as written; interlaced stays a bool, the time aware."""
+    """Every metadata field comes back as written; interlaced and mirrored stay
+    bools (SQLite stores 0 and 1), the time aware."""
     written = record(
         "/m/a.mov",
         container_format="mov,mp4,m4a,3gp,3g2,mj2",
@@ -675,6 +700,7 @@ def test_metadata_round_trips(store: VideoStore) -> None:
         audio_sample_rate=48_000,
         timecode="01:00:00:00",
         creation_time=datetime(2024, 5, 6, 7, 8, 9, 10, tzinfo=UTC),
+        mirrored=True,
     )
     store.upsert([written])
 
@@ -684,7 +710,9 @@ def test_metadata_round_trips(store: VideoStore) -> None:
     assert {name: getattr(video, name) for name in METADATA_FIELDS} == {
         name: getattr(written.probe, name) for name in METADATA_FIELDS
     }
-    assert video.interlaced is False
+    assert (video.interlaced, video.mirrored) == (False, True)
+    assert isinstance(video.interlaced, bool)
+    assert isinstance(video.mirrored, bool)
 
 
 def test_remove_gone_checks_files_unlocked_and_keeps_rows_written_meanwhile(
@@ -1290,10 +1318,10 @@ def test_a_newer_schema_is_left_in_its_journal_mode(tmp_path: Path) -> None:
     path = tmp_path / "future.sqlite"
     with contextlib.closing(sqlite3.connect(path)) as raw:
         raw.execute(f"PRAGMA application_id = {_schema.APPLICATION_ID}")
-        raw.execute("PRAGMA user_version = 9")
+        raw.execute(f"PRAGMA user_version = {_schema.SCHEMA_VERSION + 1}")
     before = _bytes_and_files(path)
 
-    with pytest.raises(StoreError, match="schema version 9 is newer"):
+    with pytest.raises(StoreError, match=f"schema version {_schema.SCHEMA_VERSION + 1} is newer"):
         VideoStore.open(path)
 
     assert _bytes_and_files(path) == before

@@ -1030,6 +1030,7 @@ function detailFields(video) {
         : null,
     ],
     ["Rotation", rotation],
+    ["Mirrored", yesNo(video.mirrored)],
     ["Sample aspect ratio", video.sample_aspect_ratio],
     ["Frame rate", video.frame_rate_numerator ? formatRate(video.frame_rate_numerator, video.frame_rate_denominator) : null],
     ["Interlaced", yesNo(video.interlaced)],
