@@ -189,7 +189,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
     format_name = container.format.name
     raw = format_name in _RAW_STREAMS
-    rate = _frame_rate(video, context, raw=raw)
+    rate, by_fields = _frame_rate(video, context, raw=raw)
     # A raw stream's duration is FFmpeg's guess from its bit rate (0.01 s for
     # a 4 s MPEG-1 clip): none, rather than a wrong one.
     duration = None if raw else container.duration
@@ -202,7 +202,9 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         height=positive(context.height),
         frame_rate=rate,
         duration_seconds=container_seconds if container_seconds is not None else stream_seconds,
-        duration_frames=_frame_count(video, rate, stream_seconds, container_seconds),
+        duration_frames=_frame_count(
+            video, rate, stream_seconds, container_seconds, last_half=by_fields
+        ),
         video_codec=context.codec.canonical_name,
         audio_codec=_audio_codec(audio, audio_context),
         **read_metadata(
@@ -215,7 +217,10 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     )
 
 
-def _frame_rate(video: VideoStream, context: VideoCodecContext, *, raw: bool) -> Fraction | None:
+def _frame_rate(
+    video: VideoStream, context: VideoCodecContext, *, raw: bool
+) -> tuple[Fraction | None, bool]:
+    """The frame rate, and whether FFmpeg's guess counted fields."""
     # ffprobe's avg_frame_rate, else FFmpeg's guess (ffmpeg's own choice: the
     # codec's rate where r_frame_rate counts fields); a raw stream's average
     # is no measure. PyAV's Fraction is reduced. Without an average (a clip
@@ -223,14 +228,14 @@ def _frame_rate(video: VideoStream, context: VideoCodecContext, *, raw: bool) ->
     # the field rate, twice the codec's, is not the frame rate: the codec's is.
     rate = None if raw else video.average_rate
     if rate is not None and rate.numerator > 0:
-        return rate
+        return rate, False
     rate = video.guessed_rate
     if rate is None or rate.numerator <= 0:
-        return None
+        return None, False
     codec_rate = context.framerate
     if codec_rate is not None and rate == 2 * codec_rate:
-        return codec_rate
-    return rate
+        return codec_rate, True
+    return rate, False
 
 
 def _stream_seconds(video: VideoStream) -> float | None:
@@ -268,7 +273,15 @@ def _frame_count(
     rate: Fraction | None,
     stream_seconds: float | None,
     container_seconds: float | None,
+    *,
+    last_half: bool = False,
 ) -> int | None:
+    """The frames the container records, else the duration times ``rate``.
+
+    ``last_half``: FFmpeg's guess counted fields, so a stream's own duration,
+    which it ends with one guessed frame's length, has the last frame as half
+    (a two-frame MPEG-TS clip lasts 1.5 frames).
+    """
     frames = video.frames
     if frames > 0:
         return frames  # FFmpeg's int64_t nb_frames
@@ -276,9 +289,11 @@ def _frame_count(
     if rate is None or seconds is None:
         return None
     # Below 2**63 for any believed duration and 32-bit rate (MAX_DURATION_SECONDS).
-    # At least one: a stream with a duration has a frame (FFmpeg's duration of
-    # a one-frame MPEG-TS clip is half a frame).
-    count = max(1, round(seconds * rate.numerator / rate.denominator))
+    # At least one: a stream with a duration has a frame.
+    counted = seconds * rate.numerator / rate.denominator
+    if last_half and stream_seconds is not None:
+        counted += 0.5
+    count = max(1, round(counted))
     return count if count <= INTEGER_MAX else None
 
 
