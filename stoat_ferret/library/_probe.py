@@ -189,7 +189,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
     format_name = container.format.name
     raw = format_name in _RAW_STREAMS
-    rate, by_fields = _frame_rate(video, context, raw=raw)
+    rate, field_guess = _frame_rate(video, context, raw=raw)
     # A raw stream's duration is FFmpeg's guess from its bit rate (0.01 s for
     # a 4 s MPEG-1 clip): none, rather than a wrong one.
     duration = None if raw else container.duration
@@ -203,7 +203,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         frame_rate=rate,
         duration_seconds=container_seconds if container_seconds is not None else stream_seconds,
         duration_frames=_frame_count(
-            video, rate, stream_seconds, container_seconds, last_half=by_fields
+            video, rate, stream_seconds, container_seconds, field_guess=field_guess
         ),
         video_codec=context.codec.canonical_name,
         audio_codec=_audio_codec(audio, audio_context),
@@ -220,12 +220,13 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
 def _frame_rate(
     video: VideoStream, context: VideoCodecContext, *, raw: bool
 ) -> tuple[Fraction | None, bool]:
-    """The frame rate, and whether FFmpeg's guess counted fields."""
+    """The frame rate, and whether it replaced FFmpeg's guess of the field rate."""
     # ffprobe's avg_frame_rate, else FFmpeg's guess (ffmpeg's own choice: the
     # codec's rate where r_frame_rate counts fields); a raw stream's average
-    # is no measure. PyAV's Fraction is reduced. Without an average (a clip
-    # of one or two frames in MPEG-TS or -PS; a raw stream), a guess that kept
-    # the field rate, twice the codec's, is not the frame rate: the codec's is.
+    # is no measure. PyAV's Fraction is reduced. Without an average (FFmpeg
+    # saw too few frames: a clip of one or two, or a few very large ones, in
+    # MPEG-TS or -PS; a raw stream), a guess that kept the field rate, twice
+    # the codec's, is not the frame rate: the codec's is.
     rate = None if raw else video.average_rate
     if rate is not None and rate.numerator > 0:
         return rate, False
@@ -268,19 +269,26 @@ def _parse_clock(text: str) -> float | None:
     return _believed(whole_minutes * _SECONDS_PER_MINUTE + float(seconds))
 
 
+_HALF_WITHIN: Final = 0.01
+"""How near a count must end to a half to be taken as one ending in a field
+(90 kHz ticks: 4504 of 3003 a frame is 1.4998)."""
+
+
 def _frame_count(
     video: VideoStream,
     rate: Fraction | None,
     stream_seconds: float | None,
     container_seconds: float | None,
     *,
-    last_half: bool = False,
+    field_guess: bool = False,
 ) -> int | None:
     """The frames the container records, else the duration times ``rate``.
 
-    ``last_half``: FFmpeg's guess counted fields, so a stream's own duration,
-    which it ends with one guessed frame's length, has the last frame as half
-    (a two-frame MPEG-TS clip lasts 1.5 frames).
+    ``field_guess``: FFmpeg's guess was the field rate, so it may have ended
+    the stream's own duration with a field's length, the last frame as half
+    (a two-frame MPEG-TS clip lasts 1.5 frames): a count ending in a half is
+    taken as that. (One that does not was timed otherwise: a lone MPEG-2
+    frame, which FFmpeg cannot time, is given the file's duration.)
     """
     frames = video.frames
     if frames > 0:
@@ -291,7 +299,7 @@ def _frame_count(
     # Below 2**63 for any believed duration and 32-bit rate (MAX_DURATION_SECONDS).
     # At least one: a stream with a duration has a frame.
     counted = seconds * rate.numerator / rate.denominator
-    if last_half and stream_seconds is not None:
+    if field_guess and stream_seconds is not None and abs(counted % 1 - 0.5) < _HALF_WITHIN:
         counted += 0.5
     count = max(1, round(counted))
     return count if count <= INTEGER_MAX else None

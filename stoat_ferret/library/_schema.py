@@ -56,9 +56,9 @@ PROBE_VERSION: Final = 5
 stream's own frame rate, and no duration guessed from its bit rate; 4 the
 codec's frame rate where FFmpeg's guess is the field rate, twice it (a clip
 of one or two frames in MPEG-TS or -PS, a raw H.264 stream at about 12
-frames a second); 5 ``mirrored``, and such a clip's last frame counted
-whole. A row with an older (or no) version is probed again by the next
-scan of its file."""
+frames a second); 5 ``mirrored``, and the last frame of such an MPEG-TS
+stream counted whole where FFmpeg gave it a field's length. A row with an
+older (or no) version is probed again by the next scan of its file."""
 
 # Column -> SQLite type of the editing metadata (probe version 2), as schema
 # version 3 adds the columns, in METADATA_FIELDS order. Migration 3's text: it
