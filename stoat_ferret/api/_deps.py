@@ -96,6 +96,18 @@ async def get_stopping(request: Request) -> anyio.Event:
     return stopping
 
 
+async def get_path_checks(request: Request) -> anyio.CapacityLimiter:
+    """The limiter of the scan requests' path checks (``app.state.path_checks``).
+
+    Raises:
+        HTTPException: 503, the service has not started.
+    """
+    limiter = getattr(request.app.state, "path_checks", None)
+    if not isinstance(limiter, anyio.CapacityLimiter):
+        raise unavailable("the service is not running")
+    return limiter
+
+
 def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
     """A dependency refusing a query parameter of ``model`` given more than once
     (422), unless the model takes a list there (``job_id`` on the event stream).
@@ -268,3 +280,4 @@ JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]
 LibraryDep = Annotated[VideoLibrary, Depends(get_library)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoppingDep = Annotated[anyio.Event, Depends(get_stopping)]
+PathChecksDep = Annotated[anyio.CapacityLimiter, Depends(get_path_checks)]

@@ -33,6 +33,7 @@ from starlette.convertors import IntegerConvertor, register_url_convertor
 from stoat_ferret.api._deps import (
     JobQueueDep,
     LibraryDep,
+    PathChecksDep,
     SettingsDep,
     StoppingDep,
     once_each,
@@ -76,7 +77,11 @@ def scan_key(path: str, *, recursive: bool, forget_unmounted: bool = False) -> s
     dependencies=[Depends(require_json)],
 )
 async def scan_videos(
-    body: ScanRequest, queue: JobQueueDep, stopping: StoppingDep, settings: SettingsDep
+    body: ScanRequest,
+    queue: JobQueueDep,
+    stopping: StoppingDep,
+    settings: SettingsDep,
+    path_checks: PathChecksDep,
 ) -> ApiJSONResponse:
     """Scan a directory for videos in the background; poll or follow the returned job.
 
@@ -93,7 +98,11 @@ async def scan_videos(
     if stopping.is_set():
         raise unavailable("the service is stopping")
     path = await anyio.to_thread.run_sync(
-        resolve_scan_path, body.path, settings.scan_roots, settings.scan_root_ways
+        resolve_scan_path,
+        body.path,
+        settings.scan_roots,
+        settings.scan_root_ways,
+        limiter=path_checks,
     )
     payload: dict[str, str | bool] = {"path": path, "recursive": body.recursive}
     if body.forget_unmounted:

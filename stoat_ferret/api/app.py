@@ -13,6 +13,8 @@ called from outside a request):
 ``stopping``         an ``anyio.Event`` set when the service begins to stop
 ``stream_slots``     the :class:`~stoat_ferret.api._deps.StreamSlots` that
                      bound open event streams and waits, from create_app
+``path_checks``      the ``anyio.CapacityLimiter`` of the scan requests' path
+                     checks (``_paths.PATH_CHECK_THREADS``), from the lifespan
 ``scan_dispatch``    with an injected queue: the :class:`ScanDispatch` the app
                      registers on it, from create_app
 ``metrics``          the :class:`~stoat_ferret.api._metrics.ServiceMetrics`,
@@ -73,6 +75,7 @@ from stoat_ferret.api._guard import RequestGuard
 from stoat_ferret.api._headers import ResponseHeaders
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._metrics import install_metrics
+from stoat_ferret.api._paths import PATH_CHECK_THREADS
 from stoat_ferret.api._schemas import error_responses
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobSupervisor
@@ -194,6 +197,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.library = library
     app.state.stopping = anyio.Event()
     app.state.grace_over = anyio.Event()
+    app.state.path_checks = anyio.CapacityLimiter(PATH_CHECK_THREADS)
     app.state.probes = probes = ProbeProcesses(settings.probe_priority)
     try:
         thumbnailer = await _thumbnails.open_thumbnails(app, library)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
+from stoat_ferret.api._paths import PATH_CHECK_THREADS, resolve_scan_path
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus
 from stoat_ferret.library import METADATA_FIELDS, _library
@@ -83,6 +85,55 @@ async def test_scan_is_accepted_and_fills_the_library(
     assert (first["width"], first["height"]) == (clips[0].width, clips[0].height)
     assert first["video_codec"] == "h264"
     assert first["created_at"].endswith("Z")
+
+
+@pytest.mark.anyio
+async def test_path_checks_that_hang_hold_threads_of_their_own(
+    settings: Settings, video_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scan requests whose path check hangs (a root whose file system does not
+    answer) hold at most PATH_CHECK_THREADS threads; the others wait for one,
+    holding none; anyio's default limiter (shrunk here to one token), which the
+    library's writes share, stays free. Once the checks return, every request
+    is answered."""
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def hanging(*args: Any) -> str:
+        entered.release()
+        release.wait(30)
+        return resolve_scan_path(*args)
+
+    monkeypatch.setattr("stoat_ferret.api._videos.resolve_scan_path", hanging)
+    app = create_app(settings)
+    default = anyio.to_thread.current_default_thread_limiter()
+    tokens = default.total_tokens
+    answers: list[int] = []
+
+    async def scan() -> None:
+        answers.append((await client.post(SCAN, json={"path": str(video_dir)})).status_code)
+
+    try:
+        async with serving(app) as client, anyio.create_task_group() as group:
+            default.total_tokens = 1
+            try:
+                with anyio.fail_after(10):
+                    for _ in range(PATH_CHECK_THREADS + 2):
+                        group.start_soon(scan)
+                    for _ in range(PATH_CHECK_THREADS):  # each on the default's one token
+                        await anyio.to_thread.run_sync(entered.acquire, True, 10)
+                    await anyio.wait_all_tasks_blocked()
+                    checks = app.state.path_checks
+                    held = (checks.borrowed_tokens, checks.statistics().tasks_waiting)
+                    free = default.borrowed_tokens
+            finally:
+                release.set()  # the checks return, and every request ends
+    finally:
+        default.total_tokens = tokens
+
+    assert held == (PATH_CHECK_THREADS, 2)
+    assert free == 0
+    assert answers == [202] * (PATH_CHECK_THREADS + 2)
 
 
 @pytest.mark.anyio
