@@ -279,7 +279,7 @@ async def _all_ready(feed: JobFeed) -> AsyncGenerator[FeedItem, None]:
     iteration takes one a checkpoint, and submits made concurrently (a burst
     of scan requests) add more than one a turn, which a feed with a limit
     then dropped (the counters missed those jobs), and one without would
-    hold for ever longer."""
+    fall ever further behind (it keeps one change a job, the latest)."""
     async for item in feed:
         yield item
         while feed.ready:

@@ -166,10 +166,10 @@ def read_metadata(
     context = video.codec_context
     width, height = context.width, context.height
     pix_fmt = context.pix_fmt
-    # A frame known to be over the cap is not decoded for its rotation (one
-    # of unknown size is, under the decoder's own cap).
+    # A frame known to be over the cap is not decoded for its display matrix
+    # (one of unknown size is, under the decoder's own cap).
     capped = frame_size_refusal(width, height) is None
-    rotation, mirrored = _rotation(container, video, format_name) if capped else (None, None)
+    rotation, mirrored = _orientation(container, video, format_name) if capped else (None, None)
     sar = _sample_aspect_ratio(video)
     display_width, display_height = display_size(width, height, sar, rotation)
     streams = container.streams
@@ -305,7 +305,7 @@ def _interlaced(order: int) -> bool | None:
     return order != _FIELD_ORDER_PROGRESSIVE if order in _FIELD_ORDERS_KNOWN else None
 
 
-def _rotation(
+def _orientation(
     container: InputContainer, video: VideoStream, format_name: str
 ) -> tuple[int | None, bool | None]:
     """The display matrix's rotation (degrees counter-clockwise, as ffprobe

@@ -159,7 +159,7 @@ def _links(ways: Sequence[Path]) -> tuple[tuple[Path, Path], ...]:
 
 
 def _paths(value: Any) -> tuple[Path, ...]:
-    """A converter: ``value``'s items as paths (derived once, not again on ``attrs.evolve``)."""
+    """A converter: ``value``'s items as paths."""
     return tuple(Path(item) for item in value)
 
 

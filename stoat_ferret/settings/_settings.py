@@ -79,9 +79,10 @@ class ExposureError(SettingsError):
 class Settings:
     """Everything the service reads from its environment, checked on construction.
 
-    Build it with :meth:`from_environ` in the service, or directly in tests.
-    Construction touches the filesystem (scan roots are resolved and checked),
-    so it belongs at start-up, before the event loop runs.
+    Build it with :meth:`from_environ` in the service (or tests: directly,
+    where a root named through a link is then known by its resolved path
+    alone). Construction touches the filesystem (scan roots are resolved and
+    checked), so it belongs at start-up, before the event loop runs.
 
     Raises:
         SettingsError: a value is out of range, or a scan root is not a directory.
@@ -251,7 +252,8 @@ class Settings:
             "help": "event streams and /wait calls open at once before 503",
         },
     )
-    # Not settings: derived by from_environ (_checks._ways, _links), again if evolved.
+    # Not settings: from the roots as spelt, by from_environ alone (_checks._ways,
+    # _links); a direct construction or evolve keeps what it is given.
     scan_root_ways: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
     scan_root_links: tuple[tuple[Path, Path], ...] = attrs.field(default=(), converter=_path_pairs)
 
@@ -259,13 +261,11 @@ class Settings:
         """Refuse to serve other machines without a token and scan roots.
 
         Other machines reach the service when it listens beyond loopback, or
-        when it answers to a name in ``allowed_hosts`` that is not loopback's
-        (a reverse proxy forwards their requests by that name).
+        answers to a name in ``allowed_hosts`` not loopback's (a proxy's).
 
         Raises:
-            SettingsError: ``host`` is not loopback, or ``allowed_hosts``
-                holds another name, and ``api_token`` or ``scan_roots`` is
-                missing; the message says which and why.
+            SettingsError: either is so, and ``api_token`` or ``scan_roots``
+                is missing; the message says which and why.
         """
         others = [name for name in self.allowed_hosts if not is_local_name(name)]
         if not is_loopback(self.host):

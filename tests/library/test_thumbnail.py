@@ -22,7 +22,8 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._exceptions import ShortOfMemory
-from stoat_ferret.library._thumbimage import thumbnail_size
+from stoat_ferret.library._metadata import is_mirrored
+from stoat_ferret.library._thumbimage import thumbnail_size, turning
 from stoat_ferret.library._thumbnail import UndecodableError
 from tests.library.support import (
     MEMORY_FAILURES,
@@ -211,6 +212,33 @@ def test_the_display_matrix_turns_and_mirrors_as_ffmpeg_shows_it(
         for column in columns
     }
     assert max(brightness, key=lambda name: brightness[name]) == corner
+
+
+@pytest.mark.parametrize(
+    ("matrix", "rotation"),
+    [
+        pytest.param([ONE, 0, 0, 0, ONE, 0, 0, 0, W], 0, id="identity"),
+        pytest.param([-ONE, 0, 0, 0, ONE, 0, 0, 0, W], 180, id="mirrored"),
+        pytest.param([ONE, 0, 0, 0, -ONE, 0, 0, 0, W], 0, id="upside-down"),
+        pytest.param([-ONE, 0, 0, 0, -ONE, 0, 0, 0, W], 180, id="half-turn"),
+        pytest.param([0, -ONE, 0, ONE, 0, 0, 0, 0, W], 90, id="quarter"),
+        pytest.param([0, ONE, 0, -ONE, 0, 0, 0, 0, W], 270, id="three-quarters"),
+        pytest.param([0, ONE, 0, ONE, 0, 0, 0, 0, W], 270, id="quarter-mirrored"),
+        pytest.param([0, -ONE, 0, -ONE, 0, 0, 0, 0, W], 90, id="3/4-mirrored"),
+    ],
+)
+def test_the_thumbnail_mirrors_where_the_probe_says_mirrored(
+    matrix: list[int], rotation: int
+) -> None:
+    """The thumbnail's filters (ffmpeg's autorotate rules) flip the picture an
+    odd number of times exactly where the stored ``mirrored`` (the matrix's
+    determinant) says it is mirrored: the two readings of the matrix agree."""
+    flips = sum(
+        1 if name in ("hflip", "vflip") else arguments in ("clock_flip", "cclock_flip")
+        for name, arguments in turning(rotation, matrix)
+    )
+
+    assert flips % 2 == is_mirrored(matrix)
 
 
 def test_the_sample_aspect_ratio_is_applied(tmp_path: Path) -> None:
