@@ -19,10 +19,15 @@ import signal
 from typing import TYPE_CHECKING
 
 import attrs
-import httpx
 import pytest
 
-from tests.server import running_server, server_environment, stop_hang_guard, wait_ready
+from tests.server import (
+    running_server,
+    server_environment,
+    stop_hang_guard,
+    wait_ready,
+    wait_until_idle,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -95,16 +100,5 @@ def idle_server(server: Server) -> Server:
     """The module's service once it runs and holds no job: for a test whose
     page must see no job change (a scan of an earlier test, or the
     thumbnails job that scan submitted as it ended, would bring an event)."""
-    with httpx.Client(base_url=server.base_url, timeout=70) as client:
-        for _ in range(IDLE_ROUNDS):
-            jobs = client.get("/health").json()["jobs"]  # one snapshot of both counts
-            if jobs["running"] == jobs["pending"] == 0:
-                return server
-            for status in ("running", "pending"):
-                listed = client.get("/api/v1/jobs", params={"status": status}).json()
-                for job in listed["jobs"]:  # a job ending may submit another: look again
-                    client.get(f"/api/v1/jobs/{job['job_id']}/wait", params={"timeout": 60})
-    pytest.fail(f"the module's service still has jobs after {IDLE_ROUNDS} rounds of waits")
-
-
-IDLE_ROUNDS = 10
+    wait_until_idle(server.base_url)
+    return server

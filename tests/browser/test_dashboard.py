@@ -27,7 +27,7 @@ import attrs
 import pytest
 
 from tests.gated_service import HOLD, held_line
-from tests.server import wait_for_line
+from tests.server import wait_for_line, wait_until_idle
 from tests.videos import make_video, write_corrupt_video
 
 try:
@@ -315,6 +315,8 @@ def test_a_long_scan_can_be_cancelled_from_the_page(
     expect(running.locator(".job-error")).not_to_be_empty()
     expect(running.get_by_role("button", name=re.compile("^Cancel"))).to_be_hidden()
     expect(running.get_by_role("heading")).to_be_focused()  # focus did not fall off the page
+    # The cancel stored a batch of rows, whose thumbnails job then runs a while.
+    wait_until_idle(server.base_url)
     expect(page.locator("#stat-running")).to_have_text("0")
     expect(page.locator("#stat-pending")).to_have_text("0")
     # Live through one event stream for the page, never by asking for a job again and again.
