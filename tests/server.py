@@ -97,23 +97,25 @@ def poll_until(check: Callable[[], bool], what: str, within: float) -> None:
         time.sleep(0.02)
 
 
-def wait_until_idle(base_url: str) -> None:
+def wait_until_idle(base_url: str, within: float = 120.0) -> None:
     """Return once the service at ``base_url`` holds no running or pending job
     (by its own ``/wait``: a scan, then the thumbnails job it submitted as it
-    ended); fail after :data:`IDLE_ROUNDS` rounds of waits."""
-    with httpx.Client(base_url=base_url, timeout=70) as client:
-        for _ in range(IDLE_ROUNDS):
+    ended); fail after ``within`` seconds, a hang guard."""
+    deadline = time.monotonic() + within
+    with httpx.Client(base_url=base_url, timeout=within + 10) as client:
+        while time.monotonic() < deadline:
             jobs = client.get("/health").json()["jobs"]  # one snapshot of both counts
             if jobs["running"] == jobs["pending"] == 0:
                 return
             for status in ("running", "pending"):
                 listed = client.get("/api/v1/jobs", params={"status": status}).json()
                 for job in listed["jobs"]:  # a job ending may submit another: look again
-                    client.get(f"/api/v1/jobs/{job['job_id']}/wait", params={"timeout": 60})
-    pytest.fail(f"the service still has jobs after {IDLE_ROUNDS} rounds of waits")
-
-
-IDLE_ROUNDS = 10
+                    left = max(deadline - time.monotonic(), 0.1)
+                    waited = client.get(
+                        f"/api/v1/jobs/{job['job_id']}/wait", params={"timeout": left}
+                    )
+                    assert waited.status_code in (200, 404, 408), waited.text
+    pytest.fail(f"the service still has jobs after {within} s")
 
 
 def read_until(connection: socket.socket, marker: bytes) -> bytes:

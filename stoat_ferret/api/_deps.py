@@ -4,7 +4,8 @@ The app's state lives on ``app.state`` (one way, drawn in ``app.py``'s
 docstring); ``app.state`` is untyped, and these functions are the one place
 that reads it. They are ``async def`` because they never block: FastAPI runs
 plain ``def`` dependencies in a worker thread, a thread hop per dependency
-per request. The lifespan fills ``job_queue``, ``library`` and ``stopping``;
+per request. The lifespan fills ``job_queue``, ``library``, ``stopping``
+and ``path_checks``;
 :func:`~stoat_ferret.api.app.create_app` sets ``settings`` and
 ``stream_slots`` (and ``job_queue`` when one is injected). Before the
 lifespan has run, or after it has ended, the routes that need the missing
@@ -31,8 +32,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, cast, get_args, get_origin
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Final, cast, get_args, get_origin
 
 import anyio
 import attrs
@@ -46,7 +47,7 @@ from stoat_ferret.library import VideoLibrary
 from stoat_ferret.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
     from pydantic import BaseModel
 
@@ -96,16 +97,56 @@ async def get_stopping(request: Request) -> anyio.Event:
     return stopping
 
 
-async def get_path_checks(request: Request) -> anyio.CapacityLimiter:
-    """The limiter of the scan requests' path checks (``app.state.path_checks``).
+PATH_CHECK_WAIT_SECONDS: Final = 2.0
+"""How long a scan request waits for a path check's turn before its 503."""
+
+
+class PathChecks:
+    """The scan requests' path checks: ``threads`` at once, each in a thread.
+
+    A check runs in under a millisecond, unless its root's file system does
+    not answer: then it holds its thread until it does. A request waits
+    :data:`PATH_CHECK_WAIT_SECONDS` at most for its turn, then is a 503 with
+    ``Retry-After``, so that checks which do not return hold ``threads``
+    threads and no request for ever. The checks' threads come from
+    :attr:`threads`, as many tokens as turns (so never waited for), not from
+    anyio's default limiter, which the library's writes share.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._turns = anyio.CapacityLimiter(threads)
+        self.threads = anyio.CapacityLimiter(threads)
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[anyio.CapacityLimiter]:
+        """Hold a turn for the block, which runs its check under the limiter yielded.
+
+        Raises:
+            HTTPException: 503 with ``Retry-After``, no turn came in time.
+        """
+        turn, taken = object(), False
+        with anyio.move_on_after(PATH_CHECK_WAIT_SECONDS):
+            await self._turns.acquire_on_behalf_of(turn)
+            taken = True
+        if not taken:
+            logger.warning("scan request refused: every path check is busy")
+            raise unavailable("every path check is busy (a scan root's file system may not answer)")
+        try:
+            yield self.threads
+        finally:
+            self._turns.release_on_behalf_of(turn)
+
+
+async def get_path_checks(request: Request) -> PathChecks:
+    """The scan requests' :class:`PathChecks` (``app.state.path_checks``).
 
     Raises:
         HTTPException: 503, the service has not started.
     """
-    limiter = getattr(request.app.state, "path_checks", None)
-    if not isinstance(limiter, anyio.CapacityLimiter):
+    checks = getattr(request.app.state, "path_checks", None)
+    if not isinstance(checks, PathChecks):
         raise unavailable("the service is not running")
-    return limiter
+    return checks
 
 
 def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
@@ -280,4 +321,4 @@ JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]
 LibraryDep = Annotated[VideoLibrary, Depends(get_library)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoppingDep = Annotated[anyio.Event, Depends(get_stopping)]
-PathChecksDep = Annotated[anyio.CapacityLimiter, Depends(get_path_checks)]
+PathChecksDep = Annotated[PathChecks, Depends(get_path_checks)]

@@ -1,10 +1,9 @@
 """Where a scan may go: resolve a requested directory and check it against the roots.
 
 Blocking (it reads the filesystem): the scan route calls it through
-``anyio.to_thread.run_sync``, under a limiter of :data:`PATH_CHECK_THREADS`
-tokens of its own (the app's ``path_checks``), so that requests for a root
-whose file system does not answer hold at most that many threads, and
-anyio's default limiter, which the library's writes share, stays free.
+``anyio.to_thread.run_sync``, at most :data:`PATH_CHECK_THREADS` at once
+(``_deps.PathChecks``): requests for a root whose file system does not
+answer hold that many threads at most, and no other request for long.
 
 The order of the checks is deliberate. The path is first resolved without
 requiring it to exist (symlinks followed as far as they lead), and compared
@@ -75,8 +74,7 @@ __all__ = [
 
 PATH_CHECK_THREADS: Final = 4
 """Scan requests' path checks running at once (threads): a path resolves in
-well under a millisecond, unless its root's file system does not answer; a
-request beyond them waits for one, holding no thread."""
+well under a millisecond, unless its root's file system does not answer."""
 
 SHORT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 """The errors that are the server's trouble of the moment (out of file

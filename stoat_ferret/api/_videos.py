@@ -92,18 +92,19 @@ async def scan_videos(
     or not UTF-8 once resolved; 409 if a directory in it was replaced by a
     symlink while the request was checked (send it again). 415 unless the
     body is sent as ``application/json``. 503 with ``Retry-After`` when the
-    queue is full, the service is stopping, or it is out of file descriptors
-    or memory.
+    queue is full, the service is stopping, it is out of file descriptors
+    or memory, or every path check is busy for 2 s.
     """
     if stopping.is_set():
         raise unavailable("the service is stopping")
-    path = await anyio.to_thread.run_sync(
-        resolve_scan_path,
-        body.path,
-        settings.scan_roots,
-        settings.scan_root_ways,
-        limiter=path_checks,
-    )
+    async with path_checks.turn() as threads:
+        path = await anyio.to_thread.run_sync(
+            resolve_scan_path,
+            body.path,
+            settings.scan_roots,
+            settings.scan_root_ways,
+            limiter=threads,
+        )
     payload: dict[str, str | bool] = {"path": path, "recursive": body.recursive}
     if body.forget_unmounted:
         payload["forget_unmounted"] = True

@@ -13,8 +13,8 @@ called from outside a request):
 ``stopping``         an ``anyio.Event`` set when the service begins to stop
 ``stream_slots``     the :class:`~stoat_ferret.api._deps.StreamSlots` that
                      bound open event streams and waits, from create_app
-``path_checks``      the ``anyio.CapacityLimiter`` of the scan requests' path
-                     checks (``_paths.PATH_CHECK_THREADS``), from the lifespan
+``path_checks``      the :class:`~stoat_ferret.api._deps.PathChecks` of the
+                     scan requests, from the lifespan
 ``scan_dispatch``    with an injected queue: the :class:`ScanDispatch` the app
                      registers on it, from create_app
 ``metrics``          the :class:`~stoat_ferret.api._metrics.ServiceMetrics`,
@@ -68,7 +68,7 @@ from stoat_ferret.api import (
     _thumbnails,
     _videos,
 )
-from stoat_ferret.api._deps import StreamSlots
+from stoat_ferret.api._deps import PathChecks, StreamSlots
 from stoat_ferret.api._docs import install_docs
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._guard import RequestGuard
@@ -197,7 +197,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.library = library
     app.state.stopping = anyio.Event()
     app.state.grace_over = anyio.Event()
-    app.state.path_checks = anyio.CapacityLimiter(PATH_CHECK_THREADS)
+    app.state.path_checks = PathChecks(PATH_CHECK_THREADS)
     app.state.probes = probes = ProbeProcesses(settings.probe_priority)
     try:
         thumbnailer = await _thumbnails.open_thumbnails(app, library)

@@ -87,24 +87,38 @@ async def test_scan_is_accepted_and_fills_the_library(
     assert first["created_at"].endswith("Z")
 
 
+class _HungChecks:
+    """Scan requests' path checks that hang (a root whose file system does
+    not answer) until :meth:`release`; :meth:`entered` returns once ``count``
+    more of them are in their threads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._entered = threading.Semaphore(0)
+        self._release = threading.Event()
+        monkeypatch.setattr("stoat_ferret.api._videos.resolve_scan_path", self._hanging)
+
+    def _hanging(self, *args: Any) -> str:
+        self._entered.release()
+        self._release.wait(30)
+        return resolve_scan_path(*args)
+
+    async def entered(self, count: int) -> None:
+        for _ in range(count):
+            assert await anyio.to_thread.run_sync(self._entered.acquire, True, 10)
+
+    def release(self) -> None:
+        self._release.set()
+
+
 @pytest.mark.anyio
 async def test_path_checks_that_hang_hold_threads_of_their_own(
     settings: Settings, video_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Scan requests whose path check hangs (a root whose file system does not
-    answer) hold at most PATH_CHECK_THREADS threads; the others wait for one,
-    holding none; anyio's default limiter (shrunk here to one token), which the
-    library's writes share, stays free. Once the checks return, every request
-    is answered."""
-    entered = threading.Semaphore(0)
-    release = threading.Event()
-
-    def hanging(*args: Any) -> str:
-        entered.release()
-        release.wait(30)
-        return resolve_scan_path(*args)
-
-    monkeypatch.setattr("stoat_ferret.api._videos.resolve_scan_path", hanging)
+    """Scan requests whose path check hangs hold PATH_CHECK_THREADS threads at
+    most; the others wait for a turn holding none, and anyio's default
+    limiter (shrunk here to one token), which the library's writes share,
+    stays free. Once the checks return, every request is answered."""
+    checks = _HungChecks(monkeypatch)
     app = create_app(settings)
     default = anyio.to_thread.current_default_thread_limiter()
     tokens = default.total_tokens
@@ -113,27 +127,56 @@ async def test_path_checks_that_hang_hold_threads_of_their_own(
     async def scan() -> None:
         answers.append((await client.post(SCAN, json={"path": str(video_dir)})).status_code)
 
-    try:
-        async with serving(app) as client, anyio.create_task_group() as group:
-            default.total_tokens = 1
-            try:
-                with anyio.fail_after(10):
-                    for _ in range(PATH_CHECK_THREADS + 2):
-                        group.start_soon(scan)
-                    for _ in range(PATH_CHECK_THREADS):  # each on the default's one token
-                        await anyio.to_thread.run_sync(entered.acquire, True, 10)
+    async with serving(app) as client, anyio.create_task_group() as group:
+        try:
+            with anyio.fail_after(10):
+                for _ in range(PATH_CHECK_THREADS + 2):
+                    group.start_soon(scan)
+                default.total_tokens = 1
+                try:
+                    await checks.entered(PATH_CHECK_THREADS)  # on the default's one token
                     await anyio.wait_all_tasks_blocked()
-                    checks = app.state.path_checks
-                    held = (checks.borrowed_tokens, checks.statistics().tasks_waiting)
-                    free = default.borrowed_tokens
-            finally:
-                release.set()  # the checks return, and every request ends
-    finally:
-        default.total_tokens = tokens
+                    threads = app.state.path_checks.threads.borrowed_tokens
+                    with anyio.fail_after(1):  # the default limiter has its token
+                        await anyio.to_thread.run_sync(lambda: None)
+                finally:
+                    default.total_tokens = tokens
+        finally:
+            checks.release()  # the checks return, and every request ends
 
-    assert held == (PATH_CHECK_THREADS, 2)
-    assert free == 0
+    assert threads == PATH_CHECK_THREADS
     assert answers == [202] * (PATH_CHECK_THREADS + 2)
+
+
+@pytest.mark.anyio
+async def test_a_scan_request_waits_a_while_for_a_path_check_then_is_503(
+    settings: Settings, video_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every path check hung, a further scan request waits
+    PATH_CHECK_WAIT_SECONDS (shortened here) for its turn, then is a 503 with
+    Retry-After saying why; the hung ones are answered once their checks return."""
+    checks = _HungChecks(monkeypatch)
+    monkeypatch.setattr("stoat_ferret.api._deps.PATH_CHECK_WAIT_SECONDS", 0.05)
+    app = create_app(settings)
+    answers: list[int] = []
+
+    async def scan() -> None:
+        answers.append((await client.post(SCAN, json={"path": str(video_dir)})).status_code)
+
+    async with serving(app) as client, anyio.create_task_group() as group:
+        try:
+            with anyio.fail_after(10):
+                for _ in range(PATH_CHECK_THREADS):
+                    group.start_soon(scan)
+                await checks.entered(PATH_CHECK_THREADS)
+                refused = await client.post(SCAN, json={"path": str(video_dir)})
+        finally:
+            checks.release()
+
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert "every path check is busy" in refused.json()["detail"]
+    assert answers == [202] * PATH_CHECK_THREADS
 
 
 @pytest.mark.anyio
