@@ -117,6 +117,11 @@ class PathChecks:
         self._turns = anyio.CapacityLimiter(threads)
         self.threads = anyio.CapacityLimiter(threads)
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a turn now."""
+        return self._turns.statistics().tasks_waiting
+
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[anyio.CapacityLimiter]:
         """Hold a turn for the block, which runs its check under the limiter yielded.
@@ -129,7 +134,11 @@ class PathChecks:
             await self._turns.acquire_on_behalf_of(turn)
             taken = True
         if not taken:
-            logger.warning("scan request refused: every path check is busy")
+            logger.warning(
+                "scan request refused: every path check is busy",
+                turns=self._turns.total_tokens,
+                waited=PATH_CHECK_WAIT_SECONDS,
+            )
             raise unavailable("every path check is busy (a scan root's file system may not answer)")
         try:
             yield self.threads

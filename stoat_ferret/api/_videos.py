@@ -93,7 +93,7 @@ async def scan_videos(
     symlink while the request was checked (send it again). 415 unless the
     body is sent as ``application/json``. 503 with ``Retry-After`` when the
     queue is full, the service is stopping, it is out of file descriptors
-    or memory, or every path check is busy for 2 s.
+    or memory, or no path check is free within 2 s.
     """
     if stopping.is_set():
         raise unavailable("the service is stopping")

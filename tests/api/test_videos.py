@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from stoat_ferret.api._errors import RETRY_AFTER_SECONDS
 from stoat_ferret.api._paths import PATH_CHECK_THREADS, resolve_scan_path
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus
@@ -119,6 +120,7 @@ async def test_path_checks_that_hang_hold_threads_of_their_own(
     limiter (shrunk here to one token), which the library's writes share,
     stays free. Once the checks return, every request is answered."""
     checks = _HungChecks(monkeypatch)
+    monkeypatch.setattr("stoat_ferret.api._deps.PATH_CHECK_WAIT_SECONDS", 60.0)  # no 503 here
     app = create_app(settings)
     default = anyio.to_thread.current_default_thread_limiter()
     tokens = default.total_tokens
@@ -136,7 +138,8 @@ async def test_path_checks_that_hang_hold_threads_of_their_own(
                 try:
                     await checks.entered(PATH_CHECK_THREADS)  # on the default's one token
                     await anyio.wait_all_tasks_blocked()
-                    threads = app.state.path_checks.threads.borrowed_tokens
+                    path_checks = app.state.path_checks
+                    held = (path_checks.threads.borrowed_tokens, path_checks.waiting)
                     with anyio.fail_after(1):  # the default limiter has its token
                         await anyio.to_thread.run_sync(lambda: None)
                 finally:
@@ -144,7 +147,7 @@ async def test_path_checks_that_hang_hold_threads_of_their_own(
         finally:
             checks.release()  # the checks return, and every request ends
 
-    assert threads == PATH_CHECK_THREADS
+    assert held == (PATH_CHECK_THREADS, 2)
     assert answers == [202] * (PATH_CHECK_THREADS + 2)
 
 
@@ -174,7 +177,7 @@ async def test_a_scan_request_waits_a_while_for_a_path_check_then_is_503(
             checks.release()
 
     assert refused.status_code == 503
-    assert refused.headers["Retry-After"] == "5"
+    assert refused.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
     assert "every path check is busy" in refused.json()["detail"]
     assert answers == [202] * PATH_CHECK_THREADS
 
