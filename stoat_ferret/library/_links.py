@@ -190,8 +190,7 @@ def resolve_link(
             or ``ENOTDIR`` for a dangling link, ``ENAMETOOLONG``, or whatever
             ``readlink``, ``lstat`` and ``open`` raised.
     """
-    resolver = _Resolver(scope, list(directory), scope_fd, checkpoint, cache, budget)
-    resolver.root_links = root_links
+    resolver = _Resolver(scope, list(directory), scope_fd, checkpoint, cache, budget, root_links)
     try:
         if directory_fds:
             resolver.fds = list(directory_fds)
@@ -220,6 +219,7 @@ class _Resolver:
         checkpoint: Callable[[], None] | None,
         cache: LinkCache | None,
         budget: LinkBudget | None,
+        root_links: Sequence[tuple[str, str]],
     ) -> None:
         self.scope = list(scope)
         self.depth = len(scope)
@@ -230,7 +230,7 @@ class _Resolver:
         self.cache = cache
         # Without a walk's budget, the limit of one link comes first.
         self.budget = LinkBudget(MAX_LINK_COMPONENTS) if budget is None else budget
-        self.root_links: Sequence[tuple[str, str]] = ()
+        self.root_links = root_links
         self.hops = 0
         self.components = 0
         # Links met as the last component: (path, hops and components before it).

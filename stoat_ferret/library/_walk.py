@@ -163,10 +163,15 @@ def walk_videos(
             )
         finally:
             os.close(fd)
-    walk = _Walk(root, recursive=recursive, errors=errors, checkpoint=checkpoint)
-    walk.links.root_links = root_links
-    walk.before_open = before_open
-    walk.scan_root = scan_root
+    walk = _Walk(
+        root,
+        recursive=recursive,
+        errors=errors,
+        checkpoint=checkpoint,
+        before_open=before_open,
+        scan_root=scan_root,
+        root_links=root_links,
+    )
     walk.run(root_fd)
     if mount_points is not None:
         mount_points.update(walk.mount_points)
@@ -190,22 +195,30 @@ class _Walk:
         recursive: bool,
         errors: ErrorLog,
         checkpoint: Callable[[], None],
+        before_open: Callable[[str], None] | None,
+        scan_root: str,
+        root_links: Sequence[tuple[str, str]],
     ) -> None:
         self.root = root
         self.recursive = recursive
         self.errors = errors
         self.checkpoint = checkpoint
-        self.before_open: Callable[[str], None] | None = None
+        self.before_open = before_open
         self.found: dict[str, Fingerprint] = {}
         self.mount_points: dict[str, int | None] = {}
         self.disks: dict[str, _ondisk.Disk] = {}  # the mount points below the root
-        self.scan_root = "/"
+        self.scan_root = scan_root
         self.seen = 0
         # Descriptors of the directories from the root down to the one being listed.
         self.fds: list[int] = []
         # The file symlinks it meets: those resolved, and what more may cost.
         self.links = WalkLinks(
-            root, recursive=recursive, errors=errors, checkpoint=checkpoint, found=self.found
+            root,
+            recursive=recursive,
+            errors=errors,
+            checkpoint=checkpoint,
+            found=self.found,
+            root_links=root_links,
         )
 
     def run(self, root_fd: int) -> None:
