@@ -167,11 +167,15 @@ class JobChanges:
             until_terminal=until_terminal and named is not None,
             limit=None if limit is None else max(limit, len(named or ())),
         )
-        start: list[_Entry]
-        unknown = named is not None and not until_terminal and not named <= self._latest.keys()
-        if after is not None and self._holds_changes_after(after):
+        unknown = frozenset() if named is None or until_terminal else named - self._latest.keys()
+        start: list[_Entry] = []
+        logged = after is not None and self._holds_changes_after(after)
+        if after is not None and logged:
             start = [entry for entry in self._log if entry[0] > after]
-        elif (after is not None and named is None) or (
+        # A job dropped while its follower was away whose end the log still
+        # holds gets that end; one the log says nothing of, the reset below.
+        unknown -= {entry[1].job_id for entry in start}
+        if (after is not None and named is None and not logged) or (
             unknown and (after is None or after <= self.last_event_id)
         ):
             # The follower refetches the list (or the jobs it names, one of
@@ -180,7 +184,7 @@ class JobChanges:
             # ChangesLost (the job's latest change).
             feed.lose(self.last_event_id)
             start = []
-        else:
+        elif not logged:
             if after is None or after > self.last_event_id:
                 after = -1  # none, or never issued by this run: the named jobs' state
             start = sorted(

@@ -165,6 +165,33 @@ async def test_named_feed_resumed_past_the_log_gets_a_reset_if_a_job_is_gone() -
     assert until_terminal.ended
 
 
+async def test_named_feed_resumed_from_the_log_gets_a_reset_for_a_job_it_does_not_tell() -> None:
+    """Resumed from an id the log still holds (an EventSource's reconnect after a
+    reset), a feed naming a job this queue does not know, of which the log holds
+    nothing, starts with one ChangesLost rather than a silence that never ends; a
+    dropped job whose end the log still holds gets that end instead."""
+    changes = JobChanges()
+    a, b = _record("a"), _record("b")
+    changes.publish(a)
+    changes.publish(b)
+    seen = changes.last_event_id
+    a.apply(JobEvent.START)
+    a.apply(JobEvent.COMPLETE)
+    changes.publish(a)
+    changes.forget("a")  # its owner dropped it; its end is still in the log
+
+    never = changes.open_feed(after=seen, job_ids=["never-submitted", "b"])
+    dropped = changes.open_feed(after=seen, job_ids=["a", "b"])
+    b.apply(JobEvent.START)
+    changes.publish(b)
+    never_items = await _drain(never)
+    dropped_items = await _drain(dropped)
+
+    assert _summary(never_items) == [("lost", ""), ("b", "running")]
+    assert never_items[0] == ChangesLost(changes.last_event_id - 1)
+    assert _summary(dropped_items) == [("a", "completed"), ("b", "running")]
+
+
 async def test_a_feed_without_after_naming_an_unknown_job_gets_a_reset() -> None:
     """With no ``after`` either, a feed naming a job this queue does not know
     (never submitted, or dropped) starts with one ChangesLost, so that its
