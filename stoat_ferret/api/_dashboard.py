@@ -34,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.datastructures import MutableHeaders
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
@@ -90,16 +90,30 @@ def static_files() -> ASGIApp:
     each with ``Cache-Control: no-cache``, as the page: kept, but asked for
     again (a 304 while unchanged), so that after an upgrade the new page
     never runs the old script a browser kept."""
-    return _NoCache(StaticFiles(directory=STATIC_DIR))
+    names = frozenset(path.name for path in STATIC_DIR.iterdir() if path.is_file())
+    return _NoCache(StaticFiles(directory=STATIC_DIR), names)
 
 
 class _NoCache:
-    """An ASGI app's answers, with ``Cache-Control: no-cache`` unless they say otherwise."""
+    """An ASGI app's answers, with ``Cache-Control: no-cache`` unless they say otherwise.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Only a path that is ``/`` and one of ``names`` below the mount reaches it;
+    any other is a 404, as a path with a slash too many is on every route
+    (``StaticFiles`` reads ``/app.js/``, ``//app.js`` and ``/./app.js`` as
+    ``/app.js``).
+    """
+
+    def __init__(self, app: ASGIApp, names: frozenset[str]) -> None:
         self.app = app
+        self.paths = frozenset(f"/{name}" for name in names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Below the mount: the mount adds its prefix to the root path.
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if path.removeprefix(root_path) not in self.paths:
+            raise HTTPException(404, "no such file of the dashboard's")
+
         async def send_no_cache(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])  # optional in ASGI

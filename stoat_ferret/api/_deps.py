@@ -261,11 +261,15 @@ async def require_json(request: Request) -> None:
 
 
 def _utf_8(content_type: str) -> bool:
-    """Whether ``content_type``'s ``charset``, if it has one, is UTF-8."""
+    """Whether ``content_type``'s ``charset``, if it has one, is UTF-8 (each
+    one, if it gives several)."""
     for parameter in content_type.split(";")[1:]:
         name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower() in {"utf-8", "utf8"}
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {
+            "utf-8",
+            "utf8",
+        }:
+            return False
     return True
 
 

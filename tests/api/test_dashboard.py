@@ -83,6 +83,10 @@ async def test_dashboard_links_only_to_this_server(shared_client: httpx.AsyncCli
         pytest.param("GET", "/static/missing.js", 404, id="missing-file"),
         pytest.param("GET", "/static/..%2F_dashboard.py", 404, id="traversal"),
         pytest.param("GET", "/static/../app.py", 404, id="dot-dot"),
+        pytest.param("GET", "/static/app.js/", 404, id="trailing-slash"),
+        pytest.param("GET", "/static//app.js", 404, id="double-slash"),
+        pytest.param("GET", "/static/%2E/app.js", 404, id="dot-segment"),
+        pytest.param("GET", "/static", 404, id="the-folder"),
         pytest.param("POST", "/", 405, id="post-root"),
         pytest.param("POST", "/static/app.js", 405, id="post-file"),
     ],
@@ -90,7 +94,8 @@ async def test_dashboard_links_only_to_this_server(shared_client: httpx.AsyncCli
 async def test_dashboard_refusals_are_json(
     shared_client: httpx.AsyncClient, method: str, url: str, status: int
 ) -> None:
-    """A missing file, a way out of the folder or a wrong method: a JSON 4xx."""
+    """A missing file, a way out of the folder, a path with a slash too many (which
+    StaticFiles alone would read as the file's) or a wrong method: a JSON 4xx."""
     with anyio.fail_after(10):
         response = await shared_client.request(method, url)
 

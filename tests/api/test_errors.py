@@ -102,6 +102,16 @@ NASTY: list[Any] = [
     pytest.param(
         "POST",
         "/api/v1/videos/scan",
+        {
+            "content": b'{"path": "/tmp"}',
+            "headers": {"Content-Type": "application/json; charset=utf-8; charset=latin1"},
+        },
+        415,
+        id="two-charsets",
+    ),
+    pytest.param(
+        "POST",
+        "/api/v1/videos/scan",
         {"content": '{"path": "/tmp"}'.encode("utf-16"), "headers": JSON},
         400,
         id="utf-16-body",
