@@ -16,8 +16,9 @@ being made (it is not interrupted), or part of a listing. A listing
 reads the library (SQLite, in full), then, on the job's own thread at the
 probe threads' priority, checks which thumbnails exist (about 0.6 s of
 ``stat`` calls per 100,000 videos: it stops once a scan runs, looking every
-:data:`_CHECK_EVERY` videos, and the job pauses), then sweeps (in full). A
-job lists the whole library again after every pause.
+``_thumbpass.CHECK_EVERY`` videos, and the job pauses), then sweeps (in
+full). A job lists the whole library again after every pause (the passes
+are in ``_thumbpass.py``).
 
 One ``thumbnails`` job does the work at a time (the service also registers
 the type with ``max_running=1`` where the queue has it): a job that starts
@@ -58,7 +59,6 @@ the counts catch up.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import TYPE_CHECKING, Any, Final
 
@@ -68,19 +68,18 @@ from loguru import logger
 
 from stoat_ferret.jobs import JobError, JobStatus, SupervisorClosed
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
-from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._models import DEFAULT_ERROR_CAP, ErrorLog
-from stoat_ferret.library._scangate import ScanGate, Way
-from stoat_ferret.library._thumbmake import StoreFailed, ThumbnailMaker
-from stoat_ferret.library._thumbrun import Source, ThumbnailRun
+from stoat_ferret.library._scangate import ScanGate
+from stoat_ferret.library._thumbmake import ThumbnailMaker
+from stoat_ferret.library._thumbpass import LibraryPasses
+from stoat_ferret.library._thumbrun import ThumbnailRun
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from stoat_ferret.jobs import AsyncJobQueue, JobContext
-    from stoat_ferret.library._background import Stop
     from stoat_ferret.library._library import VideoLibrary
     from stoat_ferret.library._probepool import ProbeProcesses
     from stoat_ferret.library._thumbstore import ThumbnailStore
@@ -92,8 +91,6 @@ THUMBNAILS_TIMEOUT: Final = 21_600.0
 second (about 24 a second were measured on a shared 2-core machine). A job cut
 short by it loses nothing: it leaves the work owed, and the next job (after
 the next scan, or at start-up) goes on from where it stopped."""
-
-_CHECK_EVERY: Final = 1_000  # videos the listing checks between looks for scans
 
 
 class Thumbnailer:
@@ -129,17 +126,22 @@ class Thumbnailer:
         self._library = library
         self._store = store
         self._roots = tuple(os.fspath(root) for root in roots)
-        self._maker = ThumbnailMaker(
-            store=store, roots=self._roots, read_limit=read_limit, processes=processes
-        )
         self._error_cap = error_cap
-        self._limiter = anyio.CapacityLimiter(1)
-        self._threads = BackgroundThreads(1, priority, name="stoat-thumbnail")
         # The id of the job making thumbnails now; only that job does.
         self._running: str | None = None
         self._again = False
         # What jobs know of scans: told by then_thumbnails, which sets its queue.
         self.gate = ScanGate()
+        self._passes = LibraryPasses(
+            library=library,
+            store=store,
+            maker=ThumbnailMaker(
+                store=store, roots=self._roots, read_limit=read_limit, processes=processes
+            ),
+            gate=self.gate,
+            roots=self._roots,
+            threads=BackgroundThreads(1, priority, name="stoat-thumbnail"),
+        )
         # Set while thumbnails may be missing that no job will make: from a
         # job's submission or start until one ends having made them all, when
         # a submission was refused, and after a scan cut short (see owed).
@@ -172,7 +174,7 @@ class Thumbnailer:
                 # Listed again after a pause, a scan's start or another job's
                 # ask: each may have added videos; and after the directory was
                 # removed by hand, which took the thumbnails made before.
-                finished = await self._one_pass(run)
+                finished = await self._passes.one_pass(run)
                 if self._store.remade != remade:
                     self._again = True
                     run.tried.clear()  # what it made went with the directory
@@ -218,16 +220,13 @@ class Thumbnailer:
         if self._store.refused is not None:
             return False
         sources = await self._library.thumbnail_sources()
-        state, stored = self._store.state, {source[0] for source in sources}
+        state = self._store.state
 
-        def look() -> bool:
-            self._store.sweep(stored)
-            return any(self._inside(s) and state(s[0], s[2:]) is None for s in sources)
+        def look() -> bool:  # the set too, off the loop: a library may hold millions
+            self._store.sweep({source[0] for source in sources})
+            return any(self._passes.inside(s) and state(s[0], s[2:]) is None for s in sources)
 
         return await anyio.to_thread.run_sync(look)
-
-    def _inside(self, source: Source) -> bool:
-        return containing_root(os.path.dirname(source[1]), self._roots) is not None
 
     @property
     def owed(self) -> bool:
@@ -306,95 +305,3 @@ class Thumbnailer:
         if not waiting and self._queued == job_id:
             self._queued = None  # started (maybe before its submitter set this) or ended
         return waiting
-
-    async def _make_way(self, run: ThumbnailRun) -> Way:
-        """Before the listing and each thumbnail: what the gate says, reported."""
-
-        def pause() -> None:
-            run.paused += 1
-            run.report("paused for a scan")
-            logger.debug(
-                "thumbnails paused for a scan", job_id=run.ctx.job_id, job_type=THUMBNAILS_JOB_TYPE
-            )
-
-        way = await self.gate.make_way(pause)
-        if way is Way.STOP:
-            run.yielded_to_scan = True
-            run.report("gave way to a waiting scan; the rest is queued behind it")
-        return way
-
-    async def _one_pass(self, run: ThumbnailRun) -> bool:
-        """List the library and make what is missing; False if a scan cut it short."""
-        if await self._make_way(run) is Way.STOP:  # the listing is work too
-            return False
-        sources = await self._library.thumbnail_sources()
-        # The file-system part runs on the idle thread, and a scan that
-        # starts meanwhile cuts it short: the pass is listed again after it.
-        missing = functools.partial(self._missing, sources, run.tried)
-        stored = {source[0] for source in sources}
-        async with self._limiter:
-            # The sweep first: it claims a directory put back in place (copied
-            # back: a new inode), whose thumbnails would all read as missing.
-            run.removed += await self._threads.run_sync(lambda _: self._store.sweep(stored))
-            found = await self._threads.run_sync(missing)
-            if found is None:
-                return False
-        todo, run.unchanged, run.outside = found
-        run.videos = len(sources)
-        run.total = run.made + run.failed + len(todo)
-        for source in todo:
-            if await self._make_way(run) is not Way.GO:
-                return False
-            run.report()
-            run.tried.add(source)
-            try:
-                async with self._limiter:
-                    outcome = await self._threads.run_sync(
-                        functools.partial(self._maker.make, source)
-                    )
-            except StoreFailed as exc:
-                run.failed += 1
-                run.errors.add(source[1], str(exc))
-                run.store_failed = str(exc)
-                return True  # the next would fail alike: the rest stays owed
-            finally:  # what it wrote (an image, a failure marker), even if cancelled
-                with anyio.CancelScope(shield=True):
-                    await self._forget_if_gone(source)
-            if outcome is None:
-                run.made += 1
-            else:
-                run.failed += 1
-                run.errors.add(source[1], outcome)
-        run.report()
-        return True
-
-    def _missing(
-        self, sources: list[Source], tried: set[Source], stop: Stop
-    ) -> tuple[list[Source], int, int] | None:
-        """What to make (missing, not tried by this job), how many had theirs
-        before it, and how many are outside the roots; None once a scan runs
-        or the job is cancelled (looked at every :data:`_CHECK_EVERY` videos,
-        from the first)."""
-        state = self._store.state
-        todo: list[Source] = []
-        unchanged = outside = 0
-        for index, source in enumerate(sources):
-            # An int read in this thread: a scan's start on the loop is seen here.
-            if index % _CHECK_EVERY == 0 and (stop.is_set() or self.gate.running):
-                return None
-            if source in tried:
-                continue
-            if not self._inside(source):
-                outside += 1
-            elif state(source[0], source[2:]) is None:
-                todo.append(source)
-            else:
-                unchanged += 1
-        return todo, unchanged, outside
-
-    async def _forget_if_gone(self, source: Source) -> None:
-        # The row may have been deleted (or changed) while the thumbnail was made
-        # or marked failed; a deletion's own hook covers what commits after this.
-        video = await self._library.get_video(source[0])
-        if video is None or (video.size_bytes, video.mtime_ns) != source[2:]:
-            await anyio.to_thread.run_sync(self._store.remove, [source[0]])

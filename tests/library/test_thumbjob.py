@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from loguru import logger
 
 from stoat_ferret.jobs import (
     InMemoryJobQueue,
@@ -299,6 +300,48 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
         assert (results[0]["made"], results[0]["failed"]) == (made, 4 - made)
     assert await setup.library.get_video(video.id) is None
     assert str(video.id) not in os.listdir(setup.store.directory)
+
+
+async def test_a_store_error_checking_a_cancelled_thumbnail_leaves_the_cancellation(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while a thumbnail is made, the job still checks that video's row;
+    when the store fails that check, the job ends by its cancellation all the
+    same (the store's error, raised in the clean-up, replaced it: the job ended
+    failed), and the failure is logged."""
+    started, proceed = threading.Event(), threading.Event()
+
+    def gated(path: str, fingerprint: tuple[int, int], **options: Any) -> bytes:
+        started.set()
+        proceed.wait()
+        return make_thumbnail(path, fingerprint, **options)
+
+    async def broken(video_id: int) -> None:
+        raise StoreError("the database file was replaced")
+
+    monkeypatch.setattr(_thumbmake, "make_thumbnail", gated)
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+    try:
+        with anyio.fail_after(30):
+            await setup.scan()
+
+            async def cancel_once_started() -> None:
+                await anyio.to_thread.run_sync(started.wait)
+                monkeypatch.setattr(setup.library, "get_video", broken)
+                scope.cancel()
+                await anyio.wait_all_tasks_blocked()
+                proceed.set()
+
+            async with anyio.create_task_group() as group:
+                with anyio.CancelScope() as scope:
+                    group.start_soon(cancel_once_started)
+                    await setup.thumbnailer(job_context())
+    finally:
+        logger.remove(sink)
+
+    assert scope.cancelled_caught
+    assert any("not checked against its row" in line for line in warnings)
 
 
 async def test_cancelling_stops_before_the_next_file_and_keeps_what_was_made(
