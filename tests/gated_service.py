@@ -33,12 +33,12 @@ from stoat_ferret.__main__ import main
 from stoat_ferret.library import VideoLibrary
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
     from datetime import datetime
     from pathlib import Path
 
     from stoat_ferret.library import VideoRecord
-    from stoat_ferret.library._models import Applied, LookedAt
+    from stoat_ferret.library._models import Applied, Fingerprint, LookedAt
 
 HOLD: Final = "HOLD"
 """The gate: a file of this name in a scanned directory (not a video: the scan ignores it)."""
@@ -58,12 +58,19 @@ async def _held_apply(
     records: Sequence[VideoRecord],
     deletions: Collection[str],
     *,
+    unprobed: Mapping[str, Fingerprint] | None = None,
     written_before: datetime | None = None,
-    gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
+    gone: Callable[[Mapping[str, Fingerprint]], LookedAt] | None = None,
     home: Callable[[str], int | None] | None = None,
 ) -> Applied:
     applied = await _write(
-        self, records, deletions, written_before=written_before, gone=gone, home=home
+        self,
+        records,
+        deletions,
+        unprobed=unprobed,
+        written_before=written_before,
+        gone=gone,
+        home=home,
     )
     for gate in {anyio.Path(record.directory, HOLD) for record in records}:
         if await gate.exists():

@@ -371,20 +371,19 @@ class VideoLibrary:
         deletions: Collection[str],
         *,
         written_before: datetime | None = None,
-        gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
+        unprobed: Mapping[str, Fingerprint] | None = None,
+        gone: Callable[[Mapping[str, Fingerprint]], LookedAt] | None = None,
         home: Callable[[str], int | None] | None = None,
     ) -> Applied:
-        """Upsert ``records`` and delete the rows of ``deletions``, in one
-        transaction; with ``written_before`` and ``home``, keep the rows of
-        ``deletions`` written since then or from another file system
-        (:meth:`VideoStore.remove_gone`); with ``gone`` (blocking, in the worker
-        thread before the store is locked), write no record whose file is gone
-        (its row deleted) or changed (kept). Says what was left out."""
+        """:meth:`VideoStore.apply` in a worker thread: upsert ``records`` and
+        delete the rows of ``deletions`` and ``unprobed`` in one transaction,
+        ``gone`` (blocking) looking at their files first. Says what was left out."""
         return await anyio.to_thread.run_sync(
             functools.partial(
                 self._store.apply,
                 records,
                 deletions,
+                unprobed=unprobed,
                 written_before=written_before,
                 gone=gone,
                 home=home,

@@ -186,6 +186,10 @@ class Applied:
     changed: list[str] = attrs.field(factory=list)
     """Records not written because their file changed since they were made
     (:attr:`LookedAt.changed`); their rows are left as they are."""
+    kept: list[str] = attrs.field(factory=list)
+    """Paths of ``unprobed`` whose rows were kept: their file changed since
+    the walk (:attr:`LookedAt.changed`), so the failed probe may have read it
+    half-written."""
 
 
 @attrs.frozen

@@ -98,7 +98,7 @@ from stoat_ferret.library._scanprobe import (
     probe_chunks,
     probe_files,
 )
-from stoat_ferret.library._scanwrite import WRITE_BATCH, Counts, ScanWriter
+from stoat_ferret.library._scanwrite import WRITE_BATCH, Counts, ScanWriter, StaleRow
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ class ScanRun:
         return f"{probed} ({unchanged} unchanged)" if unchanged else probed
 
     async def probe_all(self, paths: list[str]) -> None:
-        send, receive = anyio.create_memory_object_stream[list[VideoRecord | str]](
+        send, receive = anyio.create_memory_object_stream[list[VideoRecord | StaleRow]](
             WRITE_BATCH // PROBE_CHUNK
         )
         # Shared: each chunk is taken by exactly one worker, and cut only
@@ -335,7 +335,7 @@ class ScanRun:
     async def probe_worker(
         self,
         chunks: Iterator[list[str]],
-        send: MemoryObjectSendStream[list[VideoRecord | str]],
+        send: MemoryObjectSendStream[list[VideoRecord | StaleRow]],
         writer: ScanWriter,
     ) -> None:
         for chunk in chunks:
@@ -343,14 +343,16 @@ class ScanRun:
                 if writer.replaced_reported:  # nothing more is written: probe no more
                     return
                 outcomes = await self.threads.run_sync(functools.partial(self.probe_chunk, chunk))
-            items: list[VideoRecord | str] = []
+            items: list[VideoRecord | StaleRow] = []
             self.counts.probed += len(outcomes)
             for path, outcome in outcomes:
                 if isinstance(outcome, Unprobed):
                     self.counts.probe_errors += 1
                     self.errors.add(path, outcome.reason)
                     if path in self.known and not outcome.transient:
-                        items.append(path)  # its stored metadata no longer describes it
+                        # Its stored metadata no longer describes it, if it is
+                        # still the file the walk found (ScanWriter.write_batches).
+                        items.append((path, self.found[path]))
                 else:
                     items.append(outcome)
                     if path in self.known:

@@ -36,9 +36,9 @@ from stoat_ferret.library._exceptions import DirectoryReplaced
 from stoat_ferret.library._models import LookedAt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping
 
-    from stoat_ferret.library._models import Fingerprint, VideoRecord
+    from stoat_ferret.library._models import Fingerprint
 
 
 _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
@@ -189,10 +189,11 @@ class ScannedDirectory:
         except DirectoryReplaced:
             return set()
 
-    def gone_before_write(self, records: Sequence[VideoRecord]) -> LookedAt:
-        """:meth:`gone_of`, for the records of a batch about to be written;
-        and which of the files there changed since their records were made:
-        a size or modification time other than the record's fingerprint.
+    def gone_before_write(self, files: Mapping[str, Fingerprint]) -> LookedAt:
+        """:meth:`gone_of`, for the files of a batch about to be written
+        (``VideoStore.apply``: its records', and those whose probe failed);
+        and which of the files there changed since: a size or modification
+        time other than its fingerprint (a record's, or the walk's).
         Such a record describes what the file held before (or, probed after
         it changed, pairs what it holds now with a fingerprint it no longer
         has), and another scan may have stored what it holds now.
@@ -209,7 +210,7 @@ class ScannedDirectory:
                 the batch is written.
         """
         assert self.fd is not None  # opened by the walk, before any record
-        return self._look({record.path: (record.size_bytes, record.mtime_ns) for record in records})
+        return self._look(files)
 
     def _look(self, files: Mapping[str, Fingerprint | None]) -> LookedAt:
         assert self.fd is not None

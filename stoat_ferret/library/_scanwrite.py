@@ -8,33 +8,36 @@ batches as they arrive: one transaction per :data:`WRITE_BATCH` rows or per
 written, its files are looked at again (``ScannedDirectory.gone_of``): one
 deleted since its probe is not written, and its old row goes as a gone
 file's does (``removed``); it counts in ``found`` only, not as added,
-updated or an error. So a slower scan does not write back a row that
-another scan has just removed as gone, but for a file deleted between that
-look and the commit, which may wait for another writer (the next scan
-removes its row). One whose size or modification time is no longer the
-walk's is not written, nor counted as added or updated, and its row is left
-as it is: an ``errors`` entry (:data:`CHANGED_DURING_SCAN`). So a slower
-scan does not write its older look at a file over the row a faster one
-wrote of what it holds now. If the directory at the scan's path is no longer the one
-it opened (moved, removed, replaced by another or by a symlink, which may
-lead out of the roots), no batch is written from then on: the probes read
-the old directory, which that path no longer leads to. Nor is any chunk
-probed from then on (``ScanRun.probe_worker`` reads
+updated or an error. So a slower scan does not write back a row that another
+scan has just removed as gone, but for a file deleted between that look and
+the commit, which may wait for another writer (the next scan removes its
+row). One whose size or modification time is no longer the walk's is not
+written, nor counted as added or updated, and its row is left as it is: an
+``errors`` entry (:data:`CHANGED_DURING_SCAN`). So a slower scan does not
+write its older look at a file over the row a faster one wrote of what it
+holds now. A stored file whose probe failed loses its row (its metadata no
+longer describes it), unless it too changed since the walk (a copy over it,
+read half-written by the probe): then its row is kept, with the same
+``errors`` entry beside the probe's. If the directory at the scan's path is
+no longer the one it opened (moved, removed, replaced by another or by a
+symlink, which may lead out of the roots), no batch is written from then on:
+the probes read the old directory, which that path no longer leads to. Nor
+is any chunk probed from then on (``ScanRun.probe_worker`` reads
 :attr:`ScanWriter.replaced_reported`). One ``errors`` entry says so; the
-stored rows stay. A row the store cannot hold is an ``errors``
-entry, neither added nor updated.
+stored rows stay. A row the store cannot hold is an ``errors`` entry,
+neither added nor updated.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import anyio
 import attrs
 from loguru import logger
 
 from stoat_ferret.library._exceptions import DirectoryReplaced
-from stoat_ferret.library._models import VideoRecord
+from stoat_ferret.library._models import Fingerprint, VideoRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,8 +46,12 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from stoat_ferret.library._library import VideoLibrary
-    from stoat_ferret.library._models import ErrorLog, Fingerprint
+    from stoat_ferret.library._models import ErrorLog
     from stoat_ferret.library._scanned import ScannedDirectory
+
+StaleRow: TypeAlias = tuple[str, Fingerprint]
+"""A stored file whose probe failed, for good (not transiently), with the size
+and modification time the walk found it with."""
 
 WRITE_BATCH: Final = 256
 """Rows that close a transaction: one holds at least this many (plus the rest of
@@ -95,7 +102,7 @@ class ScanWriter:
     replaced_reported: bool = False
 
     async def write_batches(
-        self, receive: MemoryObjectReceiveStream[list[VideoRecord | str]]
+        self, receive: MemoryObjectReceiveStream[list[VideoRecord | StaleRow]]
     ) -> None:
         # A transaction costs far more than a row: gather WRITE_BATCH items,
         # but never hold the first ones back for longer than FLUSH_SECONDS.
@@ -109,11 +116,12 @@ class ScanWriter:
                         except anyio.EndOfStream:
                             break
                 records = [item for item in batch if isinstance(item, VideoRecord)]
-                stale = [item for item in batch if isinstance(item, str)]
+                unprobed = {item[0]: item[1] for item in batch if not isinstance(item, VideoRecord)}
                 try:
                     applied = await self.library.apply(
                         records,
-                        stale,
+                        (),
+                        unprobed=unprobed,
                         written_before=self.started,
                         gone=self.scanned.gone_before_write,
                         home=self.home,
@@ -127,6 +135,8 @@ class ScanWriter:
                     self.vanished(path)
                 for path in applied.changed:
                     self.vanished(path)
+                    self.errors.add(path, CHANGED_DURING_SCAN)
+                for path in applied.kept:  # its probe's error is its entry too
                     self.errors.add(path, CHANGED_DURING_SCAN)
                 self.counts.removed += len(applied.removed)
 

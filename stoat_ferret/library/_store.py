@@ -277,8 +277,9 @@ class VideoStore(ScanErrorStore):
         records: Sequence[VideoRecord],
         deletions: Collection[str],
         *,
+        unprobed: Mapping[str, Fingerprint] | None = None,
         written_before: datetime | None = None,
-        gone: Callable[[Sequence[VideoRecord]], LookedAt] | None = None,
+        gone: Callable[[Mapping[str, Fingerprint]], LookedAt] | None = None,
         home: Callable[[str], int | None] | None = None,
     ) -> Applied:
         """Upsert ``records`` and delete the rows of ``deletions``, in one transaction.
@@ -288,8 +289,15 @@ class VideoStore(ScanErrorStore):
         one written from another file system than the one at its path now,
         as there (a disk away: what is there now says nothing of its files).
 
-        With ``gone`` (file-system work, given the records, saying whose
-        file is gone and whose changed), the records' files are looked at
+        ``unprobed`` holds stored files whose probe failed (not for now),
+        each with the fingerprint the walk found: their rows are deleted as
+        those of ``deletions`` are (their metadata no longer describes the
+        file), unless ``gone`` finds the file changed since the walk (a copy
+        over it, which the probe read half-written): that row is kept
+        (:attr:`Applied.kept`), as a changed record's is.
+
+        With ``gone`` (file-system work, given each file to look at with its
+        fingerprint, saying whose file is gone and whose changed), the records' files are looked at
         again just before the write, without the write lock, as
         :meth:`remove_gone` does: a record whose file is gone is not
         written, and its path's row, if any, is deleted as those of
@@ -310,14 +318,18 @@ class VideoStore(ScanErrorStore):
         the rest are: its path's row, if any, is deleted as those of
         ``deletions`` are (it no longer describes the file).
         """
-        if not records and not deletions:
+        unprobed = unprobed or {}
+        if not records and not deletions and not unprobed:
             return Applied()
         vanished: list[str] = []
         changed: list[str] = []
+        kept: list[str] = []
         left_out: set[str] = set()
         if gone is not None:  # even for deletions alone: it may refuse the batch
-            looked = gone(records)
-            left_out = looked.gone | looked.changed
+            files = {record.path: (record.size_bytes, record.mtime_ns) for record in records}
+            looked = gone({**unprobed, **files})
+            kept = [path for path in unprobed if path in looked.changed]
+            left_out = (looked.gone | looked.changed).intersection(files)
             if left_out:
                 vanished = [record.path for record in records if record.path in looked.gone]
                 changed = [record.path for record in records if record.path in looked.changed]
@@ -329,13 +341,16 @@ class VideoStore(ScanErrorStore):
                 connection.executemany(UPSERT, rows)
             # A path that is not text has no row to delete (nor can name one).
             stale = [path for path, _ in refused if is_text(path)]
+            stale += [path for path in unprobed if path not in kept]
             deleted, deleted_ids = delete_rows(
                 connection, [*deletions, *stale, *vanished], written_before, home
             )
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
         removed = [path for path in deleted if path in left_out] if vanished else []
-        return Applied(refused=refused, vanished=vanished, removed=removed, changed=changed)
+        return Applied(
+            refused=refused, vanished=vanished, removed=removed, changed=changed, kept=kept
+        )
 
     def remove_gone(
         self,

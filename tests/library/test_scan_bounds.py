@@ -938,3 +938,43 @@ async def test_no_chunk_is_probed_once_a_batch_finds_the_directory_replaced(
     assert (result["found"], result["added"]) == (4 * chunk, 0)
     assert [entry["path"] for entry in result["errors"]] == [str(media)]
     assert stored == []
+
+
+async def test_a_stored_file_whose_failed_probe_read_it_half_copied_keeps_its_row(
+    library: VideoLibrary,
+    tmp_path: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two stored files are being copied over when a scan walks them, so their
+    probes fail. One copy finishes before the batch is written: that file is
+    no longer the one the walk saw, so its row, id and all, stays for the next
+    scan, with an errors entry saying it changed beside the probe's. The other
+    is still the file the walk saw, which cannot be probed: its row goes."""
+    media = tmp_path / "media"
+    media.mkdir()
+    copied = copy_video(clip, media / "a.mp4").path
+    broken = copy_video(clip, media / "b.mp4").path
+    handler = make_scan_handler(library)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+        ids = {video.path: video.id for video in (await library.list_videos())[0]}
+    whole = await anyio.Path(copied).read_bytes()
+    for path in (copied, broken):
+        await anyio.Path(path).write_bytes(whole[:100])  # the copy's first bytes
+    apply = library.apply
+
+    async def copy_finished_then_apply(*args: Any, **kwargs: Any) -> Any:
+        await anyio.Path(copied).write_bytes(whole)
+        return await apply(*args, **kwargs)
+
+    monkeypatch.setattr(library, "apply", copy_finished_then_apply)
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = {video.path: video.id for video in (await library.list_videos())[0]}
+
+    assert stored == {str(copied): ids[str(copied)]}
+    errors = [(entry["path"], entry["error"]) for entry in result["errors"]]
+    assert (str(copied), _scanwrite.CHANGED_DURING_SCAN) in errors
+    assert sorted(path for path, _ in errors) == sorted([str(broken), str(copied), str(copied)])
+    assert (result["probe_errors"], result["removed"], result["updated"]) == (2, 0, 0)

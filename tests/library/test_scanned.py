@@ -13,7 +13,6 @@ from stoat_ferret.library import _beneath, _ondisk, _scanned
 from stoat_ferret.library._models import LookedAt
 from stoat_ferret.library._ondisk import Disk
 from stoat_ferret.library._scanned import ScannedDirectory, look_beneath
-from tests.library.support import record
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -148,18 +147,15 @@ def test_gone_before_write_tells_changed_files_from_gone_and_unchanged(
     scope: Path, tmp_path: Path
 ) -> None:
     """Before a batch's write: a deleted file is gone; a file there with
-    another size or modification time than its record's is changed; one as
-    its record says is neither."""
+    another size or modification time than its fingerprint's is changed; one
+    as its fingerprint says is neither."""
     deep = scope / "sub" / "deep.mp4"
     scanned = ScannedDirectory(str(scope), (str(tmp_path),))
     scanned.open()
     try:
         as_walked = {path: os.stat(path) for path in (scope / "clip.mp4", deep)}
-        records = [
-            record(str(path), size=info.st_size, mtime=info.st_mtime_ns)
-            for path, info in as_walked.items()
-        ]
-        records.append(record(str(scope / "gone.mp4")))
+        records = {str(path): (info.st_size, info.st_mtime_ns) for path, info in as_walked.items()}
+        records[str(scope / "gone.mp4")] = (1, 1)
         unchanged = scanned.gone_before_write(records)
         os.utime(deep, ns=(0, as_walked[deep].st_mtime_ns + 1))
         touched = scanned.gone_before_write(records)
@@ -187,7 +183,7 @@ def test_a_batch_is_written_when_the_second_look_at_the_directory_cannot_tell(
     answers = iter([True, None])  # the look before the files, then the one after
     monkeypatch.setattr(ScannedDirectory, "at_path", lambda self: next(answers))
     try:
-        looked = scanned.gone_before_write([record(str(scope / "clip.mp4"), size=1, mtime=1)])
+        looked = scanned.gone_before_write({str(scope / "clip.mp4"): (1, 1)})
     finally:
         scanned.close()
 

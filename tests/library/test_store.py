@@ -40,10 +40,10 @@ from stoat_ferret.library._schema import MIGRATIONS, PROBE_VERSION
 from tests.library.support import record
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Sequence
+    from collections.abc import Collection, Iterator, Mapping
     from pathlib import Path
 
-    from stoat_ferret.library import VideoRecord
+    from stoat_ferret.library._models import Fingerprint
 
 
 @pytest.fixture
@@ -962,11 +962,11 @@ def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: 
     store.upsert([record("/m/fresh.mp4", size=150)])  # another scan saw it since
     looked: list[list[str]] = []
 
-    def gone(records: Sequence[VideoRecord]) -> LookedAt:
+    def gone(files: Mapping[str, Fingerprint]) -> LookedAt:
         with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite", timeout=0)) as other:
             other.execute("BEGIN IMMEDIATE")  # raises if the store held the write lock
             other.rollback()
-        paths = [record.path for record in records]
+        paths = list(files)
         looked.append(sorted(paths))
         return LookedAt(gone={path for path in paths if path != "/m/kept.mp4"})
 
@@ -993,7 +993,7 @@ def test_apply_writes_no_record_whose_file_changed_and_keeps_its_row(store: Vide
     is not written, and its path's row is left as it was, not deleted."""
     store.upsert([record("/m/rewritten.mp4", size=150), record("/m/other.mp4")])
 
-    def gone(records: Sequence[VideoRecord]) -> LookedAt:
+    def gone(files: Mapping[str, Fingerprint]) -> LookedAt:
         return LookedAt(changed={"/m/rewritten.mp4", "/m/new.mp4"})
 
     batch = [record(path, size=200) for path in ("/m/rewritten.mp4", "/m/new.mp4", "/m/other.mp4")]
