@@ -23,6 +23,7 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._models import METADATA_FIELDS, Video
 from stoat_ferret.library._query import search_key
 from stoat_ferret.library._schema import INTEGER_MAX, INTEGER_MIN, PROBE_VERSION
@@ -213,7 +214,17 @@ def written_elsewhere(
 
 
 def stored_video(row: tuple[Any, ...]) -> Video:
-    """The :class:`Video` of a row selected as :data:`COLUMNS`."""
+    """The :class:`Video` of a row selected as :data:`COLUMNS`.
+
+    Raises:
+        StoreError: its ``created_at`` or ``updated_at`` is not a date (the
+            file edited by hand, or damaged); a ``creation_time`` that is not
+            one reads as None.
+    """
+    try:
+        created_at, updated_at = map(datetime.fromisoformat, row[13:15])
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"video {row[0]}'s row holds a date that is not one: {exc}") from None
     return Video(
         id=row[0],
         path=row[1],
@@ -228,8 +239,8 @@ def stored_video(row: tuple[Any, ...]) -> Video:
         frame_rate_denominator=row[10],
         video_codec=row[11],
         audio_codec=row[12],
-        created_at=datetime.fromisoformat(row[13]),
-        updated_at=datetime.fromisoformat(row[14]),
+        created_at=created_at,
+        updated_at=updated_at,
         **_metadata(row[15:]),
     )
 
@@ -238,8 +249,10 @@ def _metadata(values: Sequence[Any]) -> dict[str, Any]:
     fields = dict(zip(METADATA_FIELDS, values, strict=True))
     for flag in ("interlaced", "mirrored"):  # SQLite's 0 and 1
         fields[flag] = None if fields[flag] is None else bool(fields[flag])
-    created = fields["creation_time"]
-    fields["creation_time"] = None if created is None else datetime.fromisoformat(created)
+    try:
+        fields["creation_time"] = datetime.fromisoformat(fields["creation_time"])
+    except (TypeError, ValueError):  # None, or not a date (the file edited by hand)
+        fields["creation_time"] = None
     return fields
 
 

@@ -925,6 +925,31 @@ def test_a_store_opens_whatever_its_newest_updated_at_holds(
     assert updated_at == ("2020-01-01T00:00:00.000000+00:00" if ahead else stored)
 
 
+@pytest.mark.parametrize("column", ["created_at", "updated_at", "creation_time"])
+def test_a_row_whose_date_is_not_one_is_a_store_error_or_an_unknown_creation_time(
+    tmp_path: Path, column: str
+) -> None:
+    """A date edited by hand into one that is not (2024-02-30): reading the row
+    is a StoreError naming it (the API's 503), not a ValueError (its 500); a
+    file's creation_time that is not a date reads as unknown."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    store.upsert([record("/m/a.mp4")])
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        raw.execute(f"UPDATE videos SET {column} = '2024-02-30T00:00:00'")
+        raw.commit()
+    try:
+        if column == "creation_time":
+            videos = [store.get_video(1), *store.list_videos(10, 0)[0]]
+            assert [video.creation_time if video else "none" for video in videos] == [None, None]
+        else:
+            with pytest.raises(StoreError, match="video 1's row holds a date that is not one"):
+                store.list_videos(10, 0)
+            with pytest.raises(StoreError, match="video 1's row"):
+                store.get_video(1)
+    finally:
+        store.close()
+
+
 def test_rows_less_than_a_day_ahead_set_the_clock_once_those_further_are_redated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
