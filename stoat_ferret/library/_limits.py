@@ -71,6 +71,13 @@ def frame_size_refusal(width: int, height: int) -> str | None:
     return None
 
 
+MAX_DEADLINE: Final = 86_400.0
+"""The longest CPU budget a probe may be given: a day."""
+
+CHILD_AGE_SECONDS: Final = 600.0
+"""A probe child started longer ago is replaced at its next file, however
+busy: one a hostile file took over keeps the files of ten minutes at most."""
+
 PROBE_DEADLINE: Final = 30.0
 """CPU seconds a probe process may spend on one file before it is ended
 (``_probeprocess.py``; ten times as many seconds of wall-clock time are a

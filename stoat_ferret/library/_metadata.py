@@ -123,7 +123,7 @@ COLOR_SPACES: Final = {
 _FIELD_ORDER_PROGRESSIVE: Final = 1
 _FIELD_ORDERS_KNOWN: Final = frozenset(range(1, 6))
 
-_FULL_TURN: Final = 360
+FULL_TURN: Final = 360
 
 # The demuxers that read a display matrix into the stream's side data.
 _DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
@@ -260,7 +260,7 @@ def is_mirrored(matrix: Sequence[int] | None) -> bool | None:
 def _sound_rotation(frame: VideoFrame) -> int | None:
     """The rotation of ``frame``'s display matrix, known to be there; None if degenerate."""
     rotation: int = frame.rotation
-    return rotation if abs(rotation) <= _FULL_TURN else None
+    return rotation if abs(rotation) <= FULL_TURN else None
 
 
 _MATRIX_BYTES: Final = 9 * 4

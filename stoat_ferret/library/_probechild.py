@@ -45,6 +45,7 @@ from loguru import logger
 
 from stoat_ferret.library._background import ThreadPriority, lower_priority
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._limits import CHILD_AGE_SECONDS, MAX_DEADLINE
 from stoat_ferret.library._probe import probe_descriptor
 from stoat_ferret.library._probewire import (
     CONFINE_FAILED,
@@ -84,6 +85,7 @@ def main(argv: list[str]) -> None:
         lower_priority()
     limit = int(memory)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_cpu()
     limit_writes()
     _import_all_of_pyav()  # from here on it needs no path
     with socket.socket(fileno=int(fd)) as channel, contextlib.suppress(ConnectionError):
@@ -99,6 +101,16 @@ def main(argv: list[str]) -> None:
         threading.Thread(target=_end_on_hang_up, args=(channel,), daemon=True).start()
         channel.send(READY + str(abi).encode())
         serve(channel)
+
+
+def limit_cpu() -> None:
+    """Set a CPU time this process cannot outlast (``RLIMIT_CPU``, hard: the
+    kernel kills it there): more than it may spend in its life, every core
+    busy for :data:`CHILD_AGE_SECONDS` and then a file's longest budget. The
+    service ends a child that spends past a file's budget; this bounds one a
+    hostile file took over that disarmed its timer and outlived the service."""
+    seconds = int(CHILD_AGE_SECONDS * (os.cpu_count() or 1) + MAX_DEADLINE)
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
 
 
 MAX_DESCRIPTORS: Final = 64

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import threading
 import weakref
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import anyio
 from loguru import logger
@@ -19,12 +19,9 @@ from loguru import logger
 from stoat_ferret.library._background import ThreadPriority
 from stoat_ferret.library._exceptions import ProbeError
 from stoat_ferret.library._input import READ_LIMIT
-from stoat_ferret.library._limits import PROBE_DEADLINE, PROBE_MEMORY_LIMIT
+from stoat_ferret.library._limits import MAX_DEADLINE, PROBE_DEADLINE, PROBE_MEMORY_LIMIT
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probestart import IDLE_SECONDS
-
-MAX_DEADLINE: Final = 86_400.0
-"""The longest CPU budget a probe may be given: a day."""
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

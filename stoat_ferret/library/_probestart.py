@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._exceptions import ProbeError
+from stoat_ferret.library._limits import CHILD_AGE_SECONDS
 
 if TYPE_CHECKING:
     from stoat_ferret.library._background import ThreadPriority
@@ -119,9 +120,9 @@ IDLE_SECONDS: Final = 60.0
 starts with new children. (A new child costs 0.2 s of CPU: replaced every
 1,000 files, a first scan took 20 % more.)"""
 
-AGE_SECONDS: Final = 600.0
-"""A child started longer ago is replaced at its next file, however busy:
-one a hostile file took over keeps the files of ten minutes at most."""
+AGE_SECONDS: Final = CHILD_AGE_SECONDS
+"""A child started longer ago is replaced at its next file, however busy
+(``_limits.CHILD_AGE_SECONDS``)."""
 
 
 # CLOCK_BOOTTIME is Linux's; elsewhere the monotonic clock, which may not

@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 
 from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
+from stoat_ferret.library._metadata import FULL_TURN
 from stoat_ferret.library._models import VideoProbe
+from stoat_ferret.library._probe import MAX_DURATION_SECONDS
+from stoat_ferret.library._schema import INTEGER_MAX
 from stoat_ferret.library._thumbnail import UndecodableError
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 
@@ -243,4 +246,43 @@ def _probe(body: dict[str, Any]) -> VideoProbe:
         fields["creation_time"] = when = datetime.fromisoformat(moment)
         if when.utcoffset() != timedelta(0):
             raise ValueError("creation_time is not in UTC")
+    _check_ranges(fields)
     return VideoProbe(**fields)
+
+
+# The bounds the probe keeps (``_probe.py``, ``_metadata.py``), held here too:
+# the service does not take a child's word for them.
+_POSITIVE: Final = (
+    "width",
+    "height",
+    "duration_frames",
+    "bit_rate",
+    "video_bit_rate",
+    "audio_channels",
+    "audio_sample_rate",
+)
+_NOT_NEGATIVE: Final = (
+    "bit_depth",
+    "display_width",
+    "display_height",
+    "video_stream_count",
+    "audio_stream_count",
+    "subtitle_stream_count",
+)
+
+
+def _check_ranges(fields: dict[str, Any]) -> None:
+    """Raise ValueError if a number of a child's probe is one the probe never gives."""
+    if not fields["video_codec"]:
+        raise ValueError("video_codec is empty")
+    for key in _POSITIVE:
+        if fields[key] is not None and not 0 < fields[key] <= INTEGER_MAX:
+            raise ValueError(f"{key} is not a positive 64-bit integer")
+    for key in _NOT_NEGATIVE:
+        if fields[key] is not None and not 0 <= fields[key] <= INTEGER_MAX:
+            raise ValueError(f"{key} is negative or too large")
+    seconds, rotation = fields["duration_seconds"], fields["rotation"]
+    if seconds is not None and not 0 < seconds <= MAX_DURATION_SECONDS:
+        raise ValueError("duration_seconds is not a duration a file may have")
+    if rotation is not None and abs(rotation) > FULL_TURN:
+        raise ValueError("rotation is more than a full turn")

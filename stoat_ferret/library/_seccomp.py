@@ -44,15 +44,18 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   still be had, from its socket's ``SO_PEERPIDFD``: with
   ``pidfd_send_signal`` and ``pidfd_getfd`` refused, it tells things
   about the service, and reaches nothing.)
-- watching files: ``inotify_init(2)``, ``inotify_init1(2)`` and
-  ``fanotify_init(2)``, which Landlock does not cover: a child could see
-  the service's files come and go; and ``userfaultfd(2)`` and
-  ``memfd_secret(2)``, which a probe never needs and which help an exploit
-  of the kernel.
+- watching files: ``inotify_init(2)``, ``inotify_init1(2)``,
+  ``fanotify_init(2)`` and dnotify (``fcntl`` ``F_NOTIFY``), which Landlock
+  does not cover: a child could see the service's files come and go; and
+  ``userfaultfd(2)``, ``memfd_secret(2)`` and x86-64's ``modify_ldt(2)``,
+  which a probe never needs and which help an exploit of the kernel.
 - a new process: ``fork(2)`` and ``vfork(2)`` (x86-64 has them), and
   ``clone(2)`` without ``CLONE_THREAD``. A process the child started would
   have an address space limit of its own, no CPU budget (``ITIMER_PROF`` is
-  not inherited) and a life past the child's. Threads are still made
+  not inherited) and a life past the child's. Nor may it become another
+  program (``execve(2)``, ``execveat(2)``), which would have a fresh
+  address space and none of the child's threads (the one that ends it when
+  the service hangs up among them). Threads are still made
   (FFmpeg's, the child's own): ``clone3(2)``, whose flags a filter cannot
   read, fails with ``ENOSYS``, on which the C library makes them with
   ``clone``.
@@ -62,7 +65,9 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
 - every System V IPC call (shared memory, message queues, semaphores) and
   POSIX message queues (``mq_open(2)``, ``mq_unlink(2)``): memory held
   there outlives the child, the objects of its user that others made could
-  be read or removed, and Landlock covers none of it.
+  be read or removed, and Landlock covers none of it. (POSIX shared memory
+  and semaphores are files in ``/dev/shm``: only Landlock keeps a child
+  from making them, as any other file.)
 - the system's: ``reboot(2)``, ``kexec_load(2)``, ``kexec_file_load(2)``,
   ``init_module(2)``, ``finit_module(2)``, ``delete_module(2)``, ``bpf(2)``,
   ``perf_event_open(2)`` (it watches other processes of the user),

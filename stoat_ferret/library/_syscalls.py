@@ -31,6 +31,9 @@ pidfd_open           434  434
 pidfd_send_signal    424  424
 fork                  57    -
 vfork                 58    -
+execve                59  221
+execveat             322  281
+modify_ldt           154    -
 memfd_create         319  279
 shmget                29  194
 shmat                 30  196
@@ -117,7 +120,7 @@ DENIED: Final = (
     *("socket", "socketpair", "io_uring_setup"),
     *("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd"),
     *("pidfd_open", "pidfd_send_signal"),
-    *("fork", "vfork", "memfd_create"),
+    *("fork", "vfork", "execve", "execveat", "memfd_create", "modify_ldt"),
     *("shmget", "shmat", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl"),
     *("semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink"),
     *("reboot", "kexec_load", "kexec_file_load"),
@@ -154,8 +157,10 @@ DENIED_FCNTL: Final = {
     "F_OFD_SETLK": 37,
     "F_OFD_SETLKW": 38,
     "F_SETLEASE": 1024,
+    "F_NOTIFY": 1026,
 }
-"""``fcntl``'s commands that set a ``SIGIO`` owner, a lock or a lease."""
+"""``fcntl``'s commands that set a ``SIGIO`` owner, a lock, a lease or a
+directory's watch (dnotify)."""
 DENIED_IOCTL: Final = {
     "FIOSETOWN": 0x8901,
     "SIOCSPGRP": 0x8902,

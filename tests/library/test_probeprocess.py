@@ -46,6 +46,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._exceptions import ShortOfMemory
+from stoat_ferret.library._limits import CHILD_AGE_SECONDS, MAX_DEADLINE
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
@@ -1326,6 +1327,22 @@ def test_a_thumbnail_is_not_blamed_for_a_child_killed_or_stopped_from_outside(
     assert not isinstance(refused.value, UndecodableError), refused.value.reason
     assert refused.value.transient
     assert not _alive(child)
+
+
+def test_a_child_cannot_outlast_a_cpu_time_of_its_life_at_most(
+    clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """A child's RLIMIT_CPU, soft and hard alike (the kernel kills it there, and
+    the child cannot raise it): every core for its ten minutes, and a day's
+    budget more."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    [child] = probes.pids()
+    with open(f"/proc/{child}/limits", encoding="ascii") as limits:
+        [line] = [line for line in limits if line.startswith("Max cpu time")]
+
+    expected = int(CHILD_AGE_SECONDS * (os.cpu_count() or 1) + MAX_DEADLINE)
+    assert line.split()[3:5] == [str(expected)] * 2
 
 
 def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size_nor_hold_many_files(

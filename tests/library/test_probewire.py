@@ -115,13 +115,26 @@ def _fields(**changes: Any) -> dict[str, Any]:
         json.dumps({"probe": _fields(duration_seconds=1.5)}).encode().replace(b"1.5", b"1e999"),
         json.dumps({"probe": _fields(creation_time="2024-05-06T07:08:09")}).encode(),  # naive
         json.dumps({"probe": _fields(creation_time="2024-05-06T07:08:09+02:00")}).encode(),
+        # Well typed, but numbers the probe never gives (a child lying):
+        json.dumps({"probe": _fields(width=-64)}).encode(),
+        json.dumps({"probe": _fields(height=2**63)}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=-1e300)}).encode(),
+        json.dumps({"probe": _fields(duration_seconds=1e300)}).encode(),  # past 100 years
+        json.dumps({"probe": _fields(duration_frames=-7)}).encode(),
+        json.dumps({"probe": _fields(duration_frames=0)}).encode(),
+        json.dumps({"probe": _fields(rotation=123_456_789)}).encode(),
+        json.dumps({"probe": _fields(audio_sample_rate=-48_000)}).encode(),
+        json.dumps({"probe": _fields(display_width=-1)}).encode(),
+        json.dumps({"probe": _fields(subtitle_stream_count=-1)}).encode(),
+        json.dumps({"probe": _fields(video_codec="")}).encode(),
         b"[" * 100_000 + b"]" * 100_000,
         b'{"probe": ' * 10_000 + b"}" * 10_000,
     ],
 )
 def test_an_answer_that_is_not_a_description_is_refused(answer: bytes) -> None:
     """A child a hostile file took over may send anything: only a well-typed
-    description becomes a probe, anything else refuses the file."""
+    description, its numbers within the probe's own bounds, becomes a probe;
+    anything else refuses the file."""
     with pytest.raises(ProbeError) as refused:
         decode_answer("a.mp4", answer)
 

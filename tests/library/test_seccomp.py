@@ -442,7 +442,14 @@ attempts = {
     "TIOCSTI": lambda: attempt(lambda: fcntl.ioctl(os.pipe()[0], 0x5412, b"x")),
     "TIOCLINUX": lambda: attempt(lambda: fcntl.ioctl(os.pipe()[0], 0x541C, b"\\0")),
     "TIOCSPGRP": lambda: attempt(lambda: fcntl.ioctl(os.pipe()[0], 0x5410, b"\\0" * 4)),
+    # A program of an absent name: ENOENT without the filter, nothing run.
+    "execve": lambda: call(nr(59, 221), absent, None, None),
+    "execveat": lambda: call(nr(322, 281), -100, absent, None, None, 0),  # AT_FDCWD
+    # dnotify's watches of "/" all cleared: nothing watched, nothing signalled.
+    "F_NOTIFY": lambda: attempt(lambda: fcntl.fcntl(os.open("/", os.O_RDONLY), 1026, 0)),
 }
+if x86:  # modify_ldt: read 0 bytes of the process's LDT
+    attempts["modify_ldt"] = lambda: call(154, 0, None, 0)
 """
 # These fail with EPERM without a capability, filter or not.
 _PRIVILEGED = frozenset(
@@ -455,9 +462,10 @@ _PRIVILEGED = frozenset(
 def test_a_filtered_process_makes_none_of_the_systems_calls() -> None:
     """Rebooting, kexec, kernel modules, BPF, perf events, namespaces,
     keyrings, mounts by either API, System V or POSIX IPC objects it did
-    not make, watching files (inotify, fanotify), userfaultfd and secret
-    memory, typing into a terminal: each EPERM, where it failed otherwise (or
-    did nothing) before, as root."""
+    not make, watching files (inotify, fanotify, dnotify), userfaultfd and
+    secret memory, typing into a terminal, running another program (execve,
+    execveat), its own LDT (x86-64's modify_ldt): each EPERM, where it failed
+    otherwise (or did nothing) before, as root."""
     got = _filtered(_SYSTEM)
 
     privileged = _PRIVILEGED | ({"fanotify_init"} if _kernel() < (5, 13) else set())
