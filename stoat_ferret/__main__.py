@@ -3,10 +3,10 @@
 The command line is :mod:`stoat_ferret._cli`, the log's formats
 :mod:`stoat_ferret._logging`, the server :mod:`stoat_ferret._server`.
 
-Exit statuses: 0 after a stop asked for by SIGTERM or SIGINT (one that
+Exit statuses: 0 after a stop asked for by SIGTERM, SIGINT or SIGHUP (one that
 comes before the server has started gives one line on stderr, no traceback), after ``--help``
 or ``--version``, and after a ``check`` that passed; 128 plus the signal's
-number (130, 143) for a ``check`` stopped so (one line, no traceback); 2 for a bad flag, a bad
+number (130, 143, 129) for a ``check`` stopped so (one line, no traceback); 2 for a bad flag, a bad
 setting or an unusable database (not this service's, damaged, or already
 served by another process: ``serve`` holds ``<database>.lock`` for its life),
 found before anything binds (one line on stderr, no traceback; after the
@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
-from stoat_ferret._cli import EXIT_BAD_SETTING, EXIT_CANNOT_LISTEN, one_line, parse_arguments
+from stoat_ferret._cli import (
+    EXIT_BAD_SETTING,
+    EXIT_CANNOT_LISTEN,
+    STOP_SIGNALS,
+    one_line,
+    parse_arguments,
+)
 from stoat_ferret._logging import configure_logging
 from stoat_ferret._startup import check, check_startup
 from stoat_ferret.library import StoreError
@@ -41,8 +47,6 @@ if TYPE_CHECKING:
 
 EXIT_CRASHED: Final = 1
 """An error that escaped the server, logged with its traceback."""
-
-STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Stopped(BaseException):
@@ -127,7 +131,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             configure_logging(settings.log_level, settings.log_format)
             json_log = settings.log_format == "json"
             if command == "check":
-                return _say(check(settings, names))
+                return _say(check(settings, names), json_log=json_log)
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
             # A token pasted into another setting (the host, the database's
@@ -139,7 +143,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         with hold:
             return _serve(settings, names, stop)
     except _Stopped as stopped:
-        sys.stderr.write(f"stoat-ferret: stopped by {stopped}\n")
+        _error(f"stoat-ferret: stopped by {stopped}", json_log=json_log, level="INFO")
         return 128 + stopped.signum if command == "check" else 0
     finally:
         stop.disarm()  # the command has ended: a signal now changes nothing
@@ -147,18 +151,22 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             signal.signal(number, signal.SIG_IGN if exiting else handler)
 
 
-def _error(line: str, *, json_log: bool) -> None:
-    """An error's one ``stoat-ferret: ...`` line on stderr; once the log is set up
-    in JSON, one ``CRITICAL`` record of it instead, so every line is JSON."""
+def _error(line: str, *, json_log: bool, level: str = "CRITICAL") -> None:
+    """An error's (or a stop's) one ``stoat-ferret: ...`` line on stderr; once the
+    log is set up in JSON, one record of it at ``level`` instead, so every line
+    is JSON. A standard error that cannot be written (closed, full) is left
+    so: the exit status says what happened."""
     if json_log:
-        logger.critical(line.removeprefix("stoat-ferret: "))
+        logger.log(level, line.removeprefix("stoat-ferret: "))
     else:
-        sys.stderr.write(line + "\n")
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sys.stderr.write(line + "\n")
 
 
-def _say(line: str) -> int:
+def _say(line: str, *, json_log: bool) -> int:
     """Print ``line`` on standard output: 0, or, if it cannot be written (closed,
-    a full disk, a reader gone), why on standard error and ``EXIT_BAD_SETTING``."""
+    a full disk, a reader gone), why on standard error (:func:`_error`) and
+    ``EXIT_BAD_SETTING``."""
     try:
         # A path that is not UTF-8 (or not in the locale's encoding) is shown
         # escaped, not refused by a strict standard output.
@@ -167,8 +175,7 @@ def _say(line: str) -> int:
         sys.stdout.flush()
     except (OSError, AttributeError, ValueError) as exc:  # None or closed: Attribute-, ValueError
         reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "it is closed"
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            sys.stderr.write(f"stoat-ferret: cannot write to standard output ({reason})\n")
+        _error(f"stoat-ferret: cannot write to standard output ({reason})", json_log=json_log)
         with contextlib.suppress(OSError, AttributeError, ValueError):
             # What is left unwritten is dropped, not flushed again (and failing) at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

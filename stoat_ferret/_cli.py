@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import textwrap
 from typing import TYPE_CHECKING, Final, NoReturn
 
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 PROG: Final = "stoat-ferret"
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop the service gracefully: Ctrl+C, a service manager's
+stop, and a hang-up (the terminal it runs in closed)."""
+
 EXIT_BAD_SETTING: Final = 2
 EXIT_CANNOT_LISTEN: Final = 1
 """The address cannot be bound (the port is in use, say)."""
@@ -51,7 +56,7 @@ _DESCRIPTION: Final = """\
 The backend of a video-editing tool: a video library and its scan jobs.
 
 commands:
-  serve   run the service until SIGTERM or Ctrl+C (the default)
+  serve   run the service until SIGTERM, SIGHUP or Ctrl+C (the default)
   check   check the settings, the database (read-only) and the scan roots,
           print what would be served and exit 0, or exit 2 naming the
           problem; binds and changes nothing, for deployment scripts and

@@ -1,6 +1,7 @@
-"""The server: uvicorn serving the app, stopped gracefully by SIGTERM or SIGINT.
+"""The server: uvicorn serving the app, stopped gracefully by SIGTERM, SIGINT or SIGHUP.
 
-Stopping. uvicorn 0.54 catches SIGTERM and SIGINT, shuts down, and then
+Stopping. uvicorn 0.54 catches SIGTERM and SIGINT (the server takes SIGHUP
+too, as a stop: the terminal it runs in closed), shuts down, and then
 raises the caught signal again, so the process would die of it (status
 143 or 130). :class:`GracefulServer` keeps everything else of uvicorn's
 shut-down but not that last step, and tells the app to stop taking work the
@@ -21,7 +22,7 @@ moment the shut-down begins, before uvicorn waits for open connections:
 4. the app's lifespan ends: the supervisor's ``aclose()`` (running jobs get
    ``STOAT_SHUTDOWN_GRACE`` seconds), then the database is closed.
 
-A second SIGTERM or SIGINT during these steps forces the exit: the open
+A second stop signal during these steps forces the exit: the open
 connections are hung up on, so their requests end and uvicorn stops waiting
 for them, and :func:`~stoat_ferret.api.end_grace` cancels the running jobs at
 once; the app's lifespan still ends (database closed), nothing is logged as
@@ -48,9 +49,9 @@ from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 import anyio
 import uvicorn
 from loguru import logger
-from uvicorn.server import HANDLED_SIGNALS
 
 from stoat_ferret._address import address_family, dashboard_url
+from stoat_ferret._cli import STOP_SIGNALS
 from stoat_ferret._descriptors import QuietAcceptFailures, raise_open_files_limit
 from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
@@ -207,7 +208,8 @@ class GracefulServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        """Route SIGTERM and SIGINT to uvicorn's graceful exit while serving.
+        """Route the stop signals (``_cli.STOP_SIGNALS``: SIGTERM, SIGINT and
+        SIGHUP) to uvicorn's graceful exit while serving.
 
         Unlike uvicorn's own, this does not raise the signal again afterwards:
         the service stopped the way it was asked to, and exits 0.
@@ -215,7 +217,7 @@ class GracefulServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
         self._on_signals()
         try:
             yield
@@ -224,7 +226,7 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
-        """The first SIGTERM or SIGINT stops gracefully; a second one forces the exit.
+        """The first stop signal stops gracefully; a second one forces the exit.
 
         uvicorn forces it only on a second SIGINT; a service manager sends SIGTERM.
         Not by uvicorn's ``force_exit``: see :meth:`shutdown`.

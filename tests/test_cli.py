@@ -208,6 +208,7 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
         (["--scan-root", ""], "--scan-root needs a directory, got ''"),
         (["--database", ""], "--database needs a value, got ''"),  # not the working directory
+        (["--database", "/srv/stoat/."], "--database must be the path of a file, not a directory"),
         (["--port", " "], "--port needs a value, got ' '"),
         (["--allowed-host", ""], "--allowed-host needs a host name, got ''"),
         (["--allowed-origin", " "], "--allowed-origin needs an origin, got ' '"),
@@ -510,6 +511,11 @@ BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
         ["--database", "{tmp}/file/stoat.db"],
         "--database: cannot create, or write in, the directory",
     ),
+    "database-named-as-a-directory": (
+        {"STOAT_DATABASE_PATH": "{tmp}/wanted/"},
+        [],
+        "STOAT_DATABASE_PATH must be the path of a file, not a directory, got '{tmp}/wanted/'",
+    ),
     "unlistable-root": (
         {"STOAT_SCAN_ROOTS": "{tmp}/a"},
         [],
@@ -579,6 +585,49 @@ def test_check_as_a_process(tmp_path: Path) -> None:
     assert bad.stdout == ""
     assert bad.stderr.splitlines()[-1].endswith(f"{tmp_path / 'none'} is not an existing directory")
     assert len(bad.stderr.splitlines()) == 2  # usage, then the sentence
+
+
+def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: Path) -> None:
+    """Run from a directory removed since (and with a standard error that cannot
+    be written, which changes nothing but that the line is lost): the default
+    database's relative path has nothing to be relative to: 2, one line, no
+    traceback."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = (
+        "import os, sys\n"
+        "from stoat_ferret.__main__ import main\n"
+        "os.chdir(sys.argv[1])\n"
+        "os.rmdir(sys.argv[1])\n"
+        "sys.exit(main(['check', '--port', '0']))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(gone)],
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    gone.mkdir()  # for the second run to remove
+    with open(os.devnull, "w") as nowhere, open("/dev/full", "w") as full:
+        lost = subprocess.run(
+            [sys.executable, "-c", script, str(gone)],
+            env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
+            stdout=nowhere,
+            stderr=full,
+            timeout=60,
+            check=False,
+        )
+
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    # Read as the flag's settings are checked: after the usage line, as for a bad flag.
+    usage, line = done.stderr.splitlines()
+    assert usage.startswith("usage: stoat-ferret")
+    assert line.startswith("stoat-ferret: error: cannot read the working directory (")
+    assert "'data/stoat.db'" in line
+    assert lost.returncode == 2
 
 
 @pytest.mark.parametrize(

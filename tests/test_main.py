@@ -91,13 +91,15 @@ def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
         assert database.execute("SELECT count(*) FROM videos").fetchone() == (3,)
 
 
-def test_sigint_to_the_process_exits_0(tmp_path: Path) -> None:
-    """Ctrl+C (SIGINT) stops the service gracefully too, with exit status 0."""
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_sigint_or_a_hang_up_to_the_process_exits_0(tmp_path: Path, number: int) -> None:
+    """Ctrl+C (SIGINT) stops the service gracefully too, with exit status 0; and
+    so does a hang-up (SIGHUP: the terminal it runs in closed)."""
     env = server_environment(tmp_path)
 
     with running_server(tmp_path, env) as process:
         wait_ready(process, tmp_path / "server.log")
-        returncode = _stop(process, lambda pid: os.kill(pid, signal.SIGINT))
+        returncode = _stop(process, lambda pid: os.kill(pid, number))
 
     assert returncode == 0
     assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
@@ -303,7 +305,9 @@ sys.exit(status)
         "serve-with-a-value-check",
     ],
 )
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_a_stop_before_serving_ends_with_one_line_and_the_commands_status(
     tmp_path: Path, number: signal.Signals, arguments: list[str], step: str, stopped: int
 ) -> None:
@@ -339,6 +343,29 @@ def _serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def test_a_stop_before_serving_with_the_log_in_json_is_one_record_of_it(tmp_path: Path) -> None:
+    """Once the log is set up in JSON, the stop's line is one record of it (every
+    line of the log is JSON), at INFO: a stop asked for is no error."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
+    env["STOAT_DATABASE_PATH"] = str(tmp_path / "stoat.db")
+
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED, "SIGTERM", "check_startup", "--log-format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(record["level"], record["message"]) for record in records][-1] == (
+        "INFO",
+        "stopped by SIGTERM",
     )
 
 

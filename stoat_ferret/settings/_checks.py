@@ -105,7 +105,13 @@ def _check_database_path(_: Settings, attribute: attrs.Attribute[Path], value: P
 
 
 def _absolute(value: str | os.PathLike[str]) -> Path:
-    return Path(value).absolute()
+    try:
+        return Path(value).absolute()  # an absolute path as it is, without the working directory
+    except OSError as exc:  # the working directory was removed, or may not be read
+        raise SettingsError(
+            f"cannot read the working directory ({exc.strerror or exc}), which the relative "
+            f"path {os.fspath(value)!r} is taken from: give an absolute path"
+        ) from None
 
 
 def _resolve_roots(value: Any) -> tuple[Path, ...]:

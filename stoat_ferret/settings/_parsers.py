@@ -68,6 +68,13 @@ def _parse_text(_: str, raw: str) -> str:
     return raw
 
 
+def _parse_file(name: str, raw: str) -> str:
+    # Path() drops a final "/" or "/.": a directory meant would become a file's name.
+    if raw.endswith(("/", "/.")):
+        raise SettingsError(f"{name} must be the path of a file, not a directory, got {raw!r}")
+    return raw
+
+
 def _parse_level(_: str, raw: str) -> str:
     return raw.upper()
 
@@ -88,7 +95,7 @@ def _parse_priority(name: str, raw: str) -> ThreadPriority:
 PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "host": _parse_text,
     "port": _parse_int,
-    "database_path": _parse_text,
+    "database_path": _parse_file,
     "scan_roots": _parse_roots,
     "job_timeout": _parse_float,
     "max_workers": _parse_int,
