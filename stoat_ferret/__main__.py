@@ -31,9 +31,9 @@ from loguru import logger
 from stoat_ferret._cli import (
     EXIT_BAD_SETTING,
     EXIT_CANNOT_LISTEN,
-    STOP_SIGNALS,
     one_line,
     parse_arguments,
+    stop_signals,
 )
 from stoat_ferret._logging import configure_logging
 from stoat_ferret._startup import check, check_startup
@@ -113,9 +113,10 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     # stop is noted, and acted on once it is.
     deferred = _Deferred()
     stop = _StopOnce()
-    previous = {number: signal.signal(number, deferred) for number in STOP_SIGNALS if ours}
+    previous = {number: signal.signal(number, deferred) for number in stop_signals() if ours}
     command = None
     json_log = False  # the log set up in JSON: an error is one record of it
+    stop_level = "INFO"  # a stop's record's level: INFO, or the log's, if higher
     try:
         try:
             arguments = parse_arguments(argv)
@@ -130,6 +131,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             # the format and at the level asked for.
             configure_logging(settings.log_level, settings.log_format)
             json_log = settings.log_format == "json"
+            stop_level = max("INFO", settings.log_level, key=lambda name: logger.level(name).no)
             if command == "check":
                 return _say(check(settings, names), json_log=json_log)
             hold = check_startup(settings, names)
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         with hold:
             return _serve(settings, names, stop)
     except _Stopped as stopped:
-        _error(f"stoat-ferret: stopped by {stopped}", json_log=json_log, level="INFO")
+        _error(f"stoat-ferret: stopped by {stopped}", json_log=json_log, level=stop_level)
         return 128 + stopped.signum if command == "check" else 0
     finally:
         stop.disarm()  # the command has ended: a signal now changes nothing

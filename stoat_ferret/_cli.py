@@ -39,7 +39,19 @@ if TYPE_CHECKING:
 PROG: Final = "stoat-ferret"
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """The signals that stop the service gracefully: Ctrl+C, a service manager's
-stop, and a hang-up (the terminal it runs in closed)."""
+stop, and a hang-up (the terminal it runs in closed), unless ignored
+(:func:`stop_signals`)."""
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """Those of :data:`STOP_SIGNALS` the service takes now: all but SIGHUP when
+    it is ignored (``nohup``: the service is to outlive its terminal)."""
+    return tuple(
+        number
+        for number in STOP_SIGNALS
+        if number != signal.SIGHUP or signal.getsignal(number) != signal.SIG_IGN
+    )
+
 
 EXIT_BAD_SETTING: Final = 2
 EXIT_CANNOT_LISTEN: Final = 1

@@ -51,7 +51,7 @@ import uvicorn
 from loguru import logger
 
 from stoat_ferret._address import address_family, dashboard_url
-from stoat_ferret._cli import STOP_SIGNALS
+from stoat_ferret._cli import stop_signals
 from stoat_ferret._descriptors import QuietAcceptFailures, raise_open_files_limit
 from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
@@ -208,8 +208,8 @@ class GracefulServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        """Route the stop signals (``_cli.STOP_SIGNALS``: SIGTERM, SIGINT and
-        SIGHUP) to uvicorn's graceful exit while serving.
+        """Route the stop signals (``_cli.stop_signals``: SIGTERM, SIGINT and
+        SIGHUP, unless it is ignored) to uvicorn's graceful exit while serving.
 
         Unlike uvicorn's own, this does not raise the signal again afterwards:
         the service stopped the way it was asked to, and exits 0.
@@ -217,7 +217,7 @@ class GracefulServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stop_signals()}
         self._on_signals()
         try:
             yield

@@ -588,46 +588,44 @@ def test_check_as_a_process(tmp_path: Path) -> None:
 
 
 def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: Path) -> None:
-    """Run from a directory removed since (and with a standard error that cannot
-    be written, which changes nothing but that the line is lost): the default
-    database's relative path has nothing to be relative to: 2, one line, no
-    traceback."""
+    """Run from a directory removed since: the default database's relative path has
+    nothing to be relative to: 2, one line naming the setting, no traceback (and
+    with a standard error that cannot be written, 2 all the same). Absolute
+    paths, by flag or variable, need no working directory."""
     gone = tmp_path / "gone"
-    gone.mkdir()
     script = (
         "import os, sys\n"
         "from stoat_ferret.__main__ import main\n"
+        "os.mkdir(sys.argv[1])\n"
         "os.chdir(sys.argv[1])\n"
         "os.rmdir(sys.argv[1])\n"
-        "sys.exit(main(['check', '--port', '0']))\n"
+        "sys.exit(main(sys.argv[2:]))\n"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(gone)],
-        env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    gone.mkdir()  # for the second run to remove
-    with open(os.devnull, "w") as nowhere, open("/dev/full", "w") as full:
-        lost = subprocess.run(
-            [sys.executable, "-c", script, str(gone)],
-            env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
-            stdout=nowhere,
-            stderr=full,
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    absolute = ["--database", str(tmp_path / "data" / "stoat.db"), "--scan-root", str(tmp_path)]
+
+    def run(*arguments: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, str(gone), "check", "--port", "0", *arguments],
+            env=env,
+            text=True,
             timeout=60,
             check=False,
+            **options,
         )
 
-    assert (done.returncode, done.stdout) == (2, ""), done.stderr
-    # Read as the flag's settings are checked: after the usage line, as for a bad flag.
-    usage, line = done.stderr.splitlines()
-    assert usage.startswith("usage: stoat-ferret")
-    assert line.startswith("stoat-ferret: error: cannot read the working directory (")
+    relative = run(capture_output=True)
+    with open(os.devnull, "w") as nowhere, open("/dev/full", "w") as full:
+        lost = run(stdout=nowhere, stderr=full)
+    given = run(*absolute, capture_output=True)
+
+    assert (relative.returncode, relative.stdout) == (2, ""), relative.stderr
+    [line] = relative.stderr.splitlines()
+    assert line.startswith("stoat-ferret: STOAT_DATABASE_PATH: cannot read the working directory")
     assert "'data/stoat.db'" in line
     assert lost.returncode == 2
+    assert (given.returncode, given.stderr) == (0, "")
 
 
 @pytest.mark.parametrize(

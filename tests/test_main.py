@@ -105,6 +105,36 @@ def test_sigint_or_a_hang_up_to_the_process_exits_0(tmp_path: Path, number: int)
     assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
 
 
+def _signal_masks(pid: int) -> dict[str, int]:
+    """The process's ignored and caught signals (``/proc/<pid>/status``), as masks."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        fields = dict(line.split(":\t", 1) for line in status if line[:6] in ("SigIgn", "SigCgt"))
+    return {name: int(value, 16) for name, value in fields.items()}
+
+
+def test_a_service_started_with_hang_ups_ignored_outlives_its_terminal(tmp_path: Path) -> None:
+    """Started under ``nohup`` (SIGHUP ignored), the service leaves SIGHUP ignored:
+    it outlives its terminal; SIGTERM still stops it."""
+    env = server_environment(tmp_path)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
+    try:
+        with running_server(tmp_path, env) as process:
+            signal.signal(signal.SIGHUP, previous)
+            base_url = wait_ready(process, tmp_path / "server.log")
+            masks = _signal_masks(process.pid)
+            os.kill(process.pid, signal.SIGHUP)  # discarded by the kernel: ignored
+            health = httpx.get(f"{base_url}/health", timeout=30).status_code
+            returncode = _stop(process, lambda pid: os.kill(pid, signal.SIGTERM))
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+    hang_up = 1 << (signal.SIGHUP - 1)
+    assert (masks["SigIgn"] & hang_up, masks["SigCgt"] & hang_up) == (hang_up, 0)
+    assert masks["SigCgt"] & (1 << (signal.SIGTERM - 1))
+    assert health == 200
+    assert returncode == 0
+
+
 def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
     """Flags beat variables; with --log-format json every line of the log is a JSON object,
     from the first: the store's start-up check logs (a row dated ahead of the clock) before
@@ -277,9 +307,9 @@ def served(*args):
     raise AssertionError("served")
 setattr(module, step, interrupted)
 stoat_main._serve = served
-before = [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS]
+before = [signal.getsignal(each) for each in cli.STOP_SIGNALS]
 status = stoat_main.main(arguments)
-assert [signal.getsignal(each) for each in stoat_main.STOP_SIGNALS] == before
+assert [signal.getsignal(each) for each in cli.STOP_SIGNALS] == before
 sys.exit(status)
 """
 
@@ -346,14 +376,19 @@ def _serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_stop_before_serving_with_the_log_in_json_is_one_record_of_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+def test_a_stop_before_serving_with_the_log_in_json_is_one_record_of_it(
+    tmp_path: Path, level: str
+) -> None:
     """Once the log is set up in JSON, the stop's line is one record of it (every
-    line of the log is JSON), at INFO: a stop asked for is no error."""
+    line of the log is JSON), at INFO (a stop asked for is no error), or at the
+    log's level if that is higher: the line is never lost."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env["STOAT_DATABASE_PATH"] = str(tmp_path / "stoat.db")
+    arguments = ["--log-format", "json", "--log-level", level]
 
     done = subprocess.run(
-        [sys.executable, "-c", _STOPPED, "SIGTERM", "check_startup", "--log-format", "json"],
+        [sys.executable, "-c", _STOPPED, "SIGTERM", "check_startup", *arguments],
         env=env,
         capture_output=True,
         text=True,
@@ -364,7 +399,7 @@ def test_a_stop_before_serving_with_the_log_in_json_is_one_record_of_it(tmp_path
     assert (done.returncode, done.stdout) == (0, ""), done.stderr
     records = [json.loads(line) for line in done.stderr.splitlines()]
     assert [(record["level"], record["message"]) for record in records][-1] == (
-        "INFO",
+        level,
         "stopped by SIGTERM",
     )
 

@@ -110,6 +110,9 @@ def limit_cpu() -> None:
     service ends a child that spends past a file's budget; this bounds one a
     hostile file took over that disarmed its timer and outlived the service."""
     seconds = int(CHILD_AGE_SECONDS * (os.cpu_count() or 1) + MAX_DEADLINE)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:  # a lower one, the service's (ulimit -t): kept
+        seconds = min(seconds, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
 
 

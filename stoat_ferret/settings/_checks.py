@@ -93,6 +93,7 @@ def _is_finite_number(value: object) -> bool:
 def _check_database_path(_: Settings, attribute: attrs.Attribute[Path], value: Path) -> None:
     if not isinstance(value, Path) or value.name in ("", ".", ".."):
         raise SettingsError(f"{_env(attribute)} must be the path of a file, got {str(value)!r}")
+    _relative(attribute, value)
     try:
         mode = os.stat(value).st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -105,13 +106,21 @@ def _check_database_path(_: Settings, attribute: attrs.Attribute[Path], value: P
 
 
 def _absolute(value: str | os.PathLike[str]) -> Path:
+    """``value`` made absolute; left relative if the working directory cannot be
+    read (removed since), for the field's validator to refuse (:func:`_relative`):
+    a default that a flag or variable replaces is no error."""
     try:
         return Path(value).absolute()  # an absolute path as it is, without the working directory
-    except OSError as exc:  # the working directory was removed, or may not be read
+    except OSError:
+        return Path(value)
+
+
+def _relative(attribute: attrs.Attribute[Any], path: Path) -> None:
+    if not path.is_absolute():
         raise SettingsError(
-            f"cannot read the working directory ({exc.strerror or exc}), which the relative "
-            f"path {os.fspath(value)!r} is taken from: give an absolute path"
-        ) from None
+            f"{_env(attribute)}: cannot read the working directory (removed?), which the "
+            f"relative path {os.fspath(path)!r} is taken from: give an absolute path"
+        )
 
 
 def _resolve_roots(value: Any) -> tuple[Path, ...]:
@@ -176,6 +185,7 @@ def _path_pairs(value: Any) -> tuple[tuple[Path, Path], ...]:
 
 def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], value: Any) -> None:
     for root in value:
+        _relative(attribute, root)
         try:
             is_directory = stat.S_ISDIR(os.stat(root).st_mode)
         except OSError as exc:

@@ -169,7 +169,8 @@ async def test_named_feed_resumed_from_the_log_gets_a_reset_for_a_job_it_does_no
     """Resumed from an id the log still holds (an EventSource's reconnect after a
     reset), a feed naming a job this queue does not know, of which the log holds
     nothing, starts with one ChangesLost rather than a silence that never ends; a
-    dropped job whose end the log still holds gets that end instead."""
+    dropped job whose end the log still holds gets that end instead, or nothing
+    if the follower saw it already."""
     changes = JobChanges()
     a, b = _record("a"), _record("b")
     changes.publish(a)
@@ -180,16 +181,21 @@ async def test_named_feed_resumed_from_the_log_gets_a_reset_for_a_job_it_does_no
     changes.publish(a)
     changes.forget("a")  # its owner dropped it; its end is still in the log
 
+    end_seen = changes.last_event_id  # a follower that saw a's end, then went away
+
     never = changes.open_feed(after=seen, job_ids=["never-submitted", "b"])
     dropped = changes.open_feed(after=seen, job_ids=["a", "b"])
+    seen_dropped = changes.open_feed(after=end_seen, job_ids=["a", "b"])
     b.apply(JobEvent.START)
     changes.publish(b)
     never_items = await _drain(never)
     dropped_items = await _drain(dropped)
+    seen_items = await _drain(seen_dropped)
 
     assert _summary(never_items) == [("lost", ""), ("b", "running")]
     assert never_items[0] == ChangesLost(changes.last_event_id - 1)
     assert _summary(dropped_items) == [("a", "completed"), ("b", "running")]
+    assert _summary(seen_items) == [("b", "running")]  # a's end seen: nothing to reset
 
 
 async def test_a_feed_without_after_naming_an_unknown_job_gets_a_reset() -> None:

@@ -1345,6 +1345,23 @@ def test_a_child_cannot_outlast_a_cpu_time_of_its_life_at_most(
     assert line.split()[3:5] == [str(expected)] * 2
 
 
+def test_a_lower_cpu_limit_the_service_was_given_is_kept_by_its_children() -> None:
+    """Under a lower hard RLIMIT_CPU than a child's own (``ulimit -Ht``), which
+    no process may raise, the child keeps that one rather than failing to start."""
+    script = (
+        "import resource\n"
+        "from stoat_ferret.library._probechild import limit_cpu\n"
+        "resource.setrlimit(resource.RLIMIT_CPU, (5000, 5000))\n"
+        "limit_cpu()\n"
+        "print(*resource.getrlimit(resource.RLIMIT_CPU))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=TIMEOUT
+    )
+
+    assert done.stdout.split() == ["5000", "5000"]
+
+
 def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size_nor_hold_many_files(
     clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
 ) -> None:
