@@ -135,11 +135,17 @@ def resolve_scan_path(requested: str, roots: Sequence[Path], ways: Sequence[Path
     """
     try:
         vet = _on_the_way_only(roots, ways) if roots else None
-        resolved = Path(real_path(requested, vet=vet))
+        # A ".." after a part missing or no directory is refused, as the kernel
+        # does, rather than climbing the text (/R/missing/.. is no /R).
+        resolved = Path(real_path(requested, vet=vet, climb_absent=False))
     except ValueError:  # a NUL byte, or text the filesystem encoding cannot hold
         raise ScanPathRejected(400, "the path is not a valid file name") from None
     except OSError as exc:  # a link could not be read (permission), too many links
         # Read in a root or on the way down to one (the vet saw to that): told as it is.
+        if exc.errno == errno.ENOENT:
+            raise ScanPathRejected(404, f"no such directory: {requested}") from None
+        if exc.errno == errno.ENOTDIR:
+            raise ScanPathRejected(400, f"not a directory: {requested}") from None
         raise _rejection(exc, requested) from None
     if not is_within(resolved, roots):  # an ancestor of a root
         raise _outside(roots)

@@ -293,7 +293,7 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
     crossing no symlink (:func:`_named`): never of a path itself, which a
     directory above swapped for a symlink would lead outside ``top`` (and
     a scan checks after its walk that its directory's path still names it:
-    ``ScannedDirectory.still_there``)."""
+    ``ScannedDirectory.at_path``)."""
     found: dict[str, int | None] = {}
     if top != path and top not in above(path):  # not told: nothing above path
         top = path

@@ -31,7 +31,9 @@ MAX_SYMLINKS: Final = 40
 """Links followed while resolving one path: Linux's own limit (``ELOOP`` beyond)."""
 
 
-def real_path(path: str, *, vet: Callable[[str, str, bool], object] | None = None) -> str:
+def real_path(
+    path: str, *, vet: Callable[[str, str, bool], object] | None = None, climb_absent: bool = True
+) -> str:
     """``os.path.realpath(path)`` for an absolute ``path``, in a loop instead of recursion.
 
     Like realpath (not strict): a missing part ends the links to follow, and
@@ -44,6 +46,10 @@ def real_path(path: str, *, vet: Callable[[str, str, bool], object] | None = Non
             a link's target rather than from ``path``; it may raise to stop
             the walk there (the API keeps a client's ``..`` from leading back
             into the scan roots from outside them this way).
+        climb_absent: whether a ``..`` after a part that is missing or no
+            directory applies to the text, as realpath's does (``/a/missing/..``
+            is ``/a``); False: it raises as the kernel's lookup would
+            (``ENOENT``, or ``ENOTDIR`` after a file).
 
     Raises:
         OSError: ``ELOOP`` after :data:`MAX_SYMLINKS` links (its filename the
@@ -62,6 +68,8 @@ def real_path(path: str, *, vet: Callable[[str, str, bool], object] | None = Non
     # The directories resolved so far, "/" first: each one's descriptor, or
     # None below a part that is missing or no directory (kept as spelt).
     held: list[int | None] = [os.open("/", _LOOK)]
+    # Why each part held as None is: ENOENT (missing) or ENOTDIR (no directory).
+    absent: list[int] = [0]
     links = 0
     try:
         while pending:
@@ -71,11 +79,14 @@ def real_path(path: str, *, vet: Callable[[str, str, bool], object] | None = Non
             if vet is not None:
                 vet(resolved, part, linked)
             if part == "..":
+                if not climb_absent and held[-1] is None:
+                    raise OSError(absent[-1], os.strerror(absent[-1]), resolved)
                 resolved = os.path.dirname(resolved)
                 if len(held) > 1:
                     _close(held.pop())
+                    absent.pop()
                 continue
-            target = _look(resolved, part, held)
+            target = _look(resolved, part, held, absent)
             if target is None:
                 resolved = os.path.join(resolved, part)
                 continue
@@ -87,6 +98,7 @@ def real_path(path: str, *, vet: Callable[[str, str, bool], object] | None = Non
                 resolved = "/"
                 while len(held) > 1:
                     _close(held.pop())
+                    absent.pop()
             pending.extend((part, True) for part in reversed(target.split("/")))
     finally:
         for fd in held:
@@ -100,18 +112,20 @@ parent, and ``O_DIRECTORY`` has the kernel mount what is mounted on demand
 there (an automount point), as a lookup through it would."""
 
 
-def _look(resolved: str, part: str, held: list[int | None]) -> str | None:
+def _look(resolved: str, part: str, held: list[int | None], absent: list[int]) -> str | None:
     """Look ``part`` up in the last directory ``held`` (``resolved``): a
     link's target, or None with what it is appended to ``held`` (its
-    descriptor for a directory, None for anything else or nothing)."""
+    descriptor for a directory, None for anything else or nothing) and to
+    ``absent`` (0, or why it is None)."""
     if "\0" in part:  # as a system call's argument would be refused, missing or not
         raise ValueError("embedded null byte")
     candidate = os.path.join(resolved, part)
     if len(os.fsencode(candidate)) >= PATH_MAX:  # as the kernel would refuse to read it
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), candidate)
     parent = held[-1]
-    if parent is None:  # below a missing part: missing too
+    if parent is None:  # below a missing part (or a file): the same
         held.append(None)
+        absent.append(absent[-1])
         return None
     try:
         try:
@@ -120,12 +134,14 @@ def _look(resolved: str, part: str, held: list[int | None]) -> str | None:
             if exc.errno != errno.EINVAL:  # EINVAL: not a link
                 raise
         held.append(os.open(part, _LOOK, dir_fd=parent))
+        absent.append(0)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             raise OSError(exc.errno, exc.strerror, candidate) from None
         # Missing, or no directory (a file; or a link since it was read: held
         # as nothing, the caller's own look at the path sees the link).
         held.append(None)
+        absent.append(exc.errno)
     return None
 
 

@@ -87,9 +87,9 @@ from loguru import logger
 from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import DirectoryReplaced, StoreError
 from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
-from stoat_ferret.library._mounts import Tracked, kept_elsewhere, not_gone, track
+from stoat_ferret.library._mounts import Tracked, above, kept_elsewhere, not_gone, track
 from stoat_ferret.library._scanerrors import ScanErrors
-from stoat_ferret.library._scanned import ScannedDirectory
+from stoat_ferret.library._scanned import REPLACED_DURING_SCAN, ScannedDirectory
 from stoat_ferret.library._scanprobe import (
     PROBE_CHUNK,
     Probe,
@@ -143,6 +143,8 @@ class ScanRun:
     error_store: ScanErrors = attrs.field(init=False)
     done: int = 0  # files probed, and unchanged ones: the progress
     unchanged: int = 0
+    # Another directory at the scan's path once the walk ended: nothing more is written.
+    replaced: bool = False
     # The rows added, updated and removed: by the probes and the writes (_scanwrite.py).
     counts: Counts = attrs.field(factory=Counts)
     # The first unexpected error of a child task; re-raised once the group is closed.
@@ -217,7 +219,7 @@ class ScanRun:
                 written_before=self.started,
             )
         self.done = self.unchanged = unchanged
-        if to_probe:
+        if to_probe and not self.replaced:
             self.report()
             await self.probe_all(to_probe)
             await self.error_store.store()
@@ -247,6 +249,8 @@ class ScanRun:
             root_fd = self.scanned.open()
         except DirectoryReplaced as exc:
             self.errors.add_unread(self.root, exc.reason)  # so no stored row is removed
+            # Nor is a disk above it taken for unmounted: nothing there was looked at.
+            self.seen_mount_points.update(dict.fromkeys([self.root, *above(self.root)]))
             return {}
         found = walk_videos(
             self.root,
@@ -259,11 +263,15 @@ class ScanRun:
             disks=self.scanned.disks,
             root_links=self.root_links,
         )
-        if not self.scanned.still_there():  # moved: the paths above are not its own
+        there = self.scanned.at_path()
+        if there is not True:  # moved (or not told): the paths above are not its own
             seen, below = self.seen_mount_points, self.root.rstrip("/") + "/"
             seen.update(
                 (path, None) for path in seen if not path.startswith(below) and path != self.root
             )
+        if there is False:  # its path leads elsewhere now: what the walk saw is not there
+            self.replaced = True
+            self.errors.add(self.root, REPLACED_DURING_SCAN)
         return found
 
     def compare(

@@ -53,6 +53,9 @@ if TYPE_CHECKING:
     from stoat_ferret.library._models import ErrorLog, Fingerprint
 
 OUTSIDE: Final = "symlink points outside the scanned directory"
+BELOW_A_FLAT_SCAN: Final = (
+    "symlink points below the scanned directory: outside a scan that is not recursive"
+)
 
 # A link failing with these can never lead to a file: missing, looping, too long.
 _BROKEN_LINK: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
@@ -106,7 +109,9 @@ class WalkLinks:
                 self.errors.add_unfollowed(link, f"cannot follow symlink ({_reason(exc)})")
             return
         if outcome is None or not self.in_scope(outcome[0]):
-            self.errors.add(link, OUTSIDE)
+            # Only a flat scan leaves out a file below the directory.
+            below = outcome is not None and len(outcome[0]) > len(self.scope) + 1
+            self.errors.add(link, BELOW_A_FLAT_SCAN if below else OUTSIDE)
             return
         parts, info = outcome
         target = "/" + "/".join(parts)

@@ -137,6 +137,9 @@ def test_missing_directory_inside_a_root_is_404(root: Path) -> None:
 
     assert _rejected(root / "missing", (root,)).status_code == 404
     assert _rejected(root / "missing" / "deeper", (root,)).status_code == 404
+    # Climbing out of a missing part is no way back (as the kernel's lookup says).
+    assert _rejected(root / "missing" / "..", (root,)).status_code == 404
+    assert _rejected(root / "missing" / "x" / ".." / "..", (root,)).status_code == 404
 
 
 def test_file_is_400(root: Path) -> None:
@@ -144,6 +147,7 @@ def test_file_is_400(root: Path) -> None:
 
     assert _rejected(root / "clip.mp4", (root,)).status_code == 400
     assert _rejected(root / "clip.mp4" / "x", (root,)).status_code == 400
+    assert _rejected(root / "clip.mp4" / "..", (root,)).status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -522,6 +526,33 @@ def test_real_path_agrees_with_realpath(root: Path, spelling: str) -> None:
     (root / "slash").symlink_to("/")
     path = spelling.format(root=root)
 
+    assert real_path(path) == os.path.realpath(path)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "code"),
+    [
+        ("{root}/nope/..", errno.ENOENT),
+        ("{root}/nope/x/../..", errno.ENOENT),
+        ("{root}/dangling/..", errno.ENOENT),
+        ("{root}/clip.mp4/..", errno.ENOTDIR),
+        ("{root}/clip.mp4/x/..", errno.ENOTDIR),
+    ],
+)
+def test_real_path_told_not_to_climb_the_absent_raises_as_the_kernel_does(
+    root: Path, spelling: str, code: int
+) -> None:
+    """With ``climb_absent=False``, a ``..`` after a part missing or no directory
+    raises the kernel's own error for the path, where realpath climbs the text."""
+    (root / "dangling").symlink_to("missing/x")
+    path = spelling.format(root=root)
+
+    with pytest.raises(OSError, match=os.strerror(code)) as raised:
+        real_path(path, climb_absent=False)
+    with pytest.raises(OSError, match=os.strerror(code)) as kernel:
+        os.stat(path)
+
+    assert raised.value.errno == kernel.value.errno == code
     assert real_path(path) == os.path.realpath(path)
 
 

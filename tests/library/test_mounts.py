@@ -519,8 +519,37 @@ async def test_a_moved_directory_s_own_mount_point_still_counts(
         finally:
             _put_back(tmp_path / "moved", lib)
 
-    assert (other["removed"], other["errors_total"]) == (0, 1)
-    assert other["errors"][0]["path"] == str(lib / "disk")
+    # One entry says it was away when the walk ended (so nothing was probed),
+    # the other that the stored video off this file system is kept.
+    assert (other["removed"], other["errors_total"], other["probed"]) == (0, 2, 0)
+    assert [entry["path"] for entry in other["errors"]] == [str(lib / "disk")] * 2
+    assert _scanned.REPLACED_DURING_SCAN in [entry["error"] for entry in other["errors"]]
+
+
+async def test_a_directory_replaced_by_a_link_before_its_scan_takes_no_disk_above_for_unmounted(
+    library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``disk`` is mounted, and stays so; ``disk/films`` is replaced by a
+    symlink to elsewhere before its scan, which opens nothing and says so in
+    one entry. The disk above, which that scan never looked at, is not told
+    to be unmounted (an entry said so, counting its videos kept)."""
+    devices = Devices(monkeypatch)
+    devices.mounted.append(lib / "disk")
+    (tmp_path / "elsewhere").mkdir()
+    handler = make_scan_handler(library, roots=[lib], probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(lib))
+        stored = await stored_mount_points(library, lib)
+        os.rename(lib / "disk" / "films", tmp_path / "films")
+        (lib / "disk" / "films").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        films = await handler(make_context(lib / "disk" / "films"))
+        kept = set(await video_ids(library))
+
+    assert list(stored) == [str(lib / "disk")]
+    assert [entry["path"] for entry in films["errors"]] == [str(lib / "disk" / "films")]
+    assert "symlink" in films["errors"][0]["error"]
+    assert films["removed"] == 0
+    assert str(lib / "disk" / "films" / "c.mp4") in kept
 
 
 @pytest.mark.parametrize("leaves", UNMOUNTED)

@@ -589,6 +589,43 @@ async def test_a_directory_replaced_by_a_link_after_the_walk_gets_no_row_under_i
     assert stored == []
 
 
+async def test_a_directory_replaced_after_an_unchanged_walk_says_so_and_keeps_its_rows(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rescan finds nothing to probe, and its directory is moved away and a
+    symlink to outside put in its place once the walk ends (a file of it
+    deleted too): no batch would be written to say so, yet the result has
+    its one errors entry, the rows stay, and nothing is probed."""
+    root, outside = roots
+    changed = copy_video(clip, root / "lib" / "b.mp4").path
+    handler = make_scan_handler(library, roots=[str(root)])
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(root / "lib"))
+        before = sorted(video.path for video in (await library.list_videos())[0])
+    os.utime(changed, ns=(0, 0))  # to probe, were the directory still there
+
+    def walk_then_swap(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        found = walk_videos(*args, **kwargs)
+        os.rename(root / "lib", root / "moved")
+        os.remove(root / "moved" / "b.mp4")
+        (root / "lib").symlink_to(outside, target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(_scan, "walk_videos", walk_then_swap)
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(root / "lib"))
+        after = sorted(video.path for video in (await library.list_videos())[0])
+
+    assert [(entry["path"], entry["error"]) for entry in result["errors"]] == [
+        (str(root / "lib"), _scanned.REPLACED_DURING_SCAN)
+    ]
+    assert (result["removed"], result["probed"], result["updated"]) == (0, 0, 0)
+    assert after == before
+
+
 async def test_the_videos_of_a_scanned_directory_found_empty_are_kept(
     library: VideoLibrary, tmp_path: Path, clip: EncodedVideo
 ) -> None:
