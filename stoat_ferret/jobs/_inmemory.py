@@ -7,12 +7,14 @@ only hears the caller give up: that is the job's reason from the moment it
 comes, as a hard stop is the supervisor's; see ``_run``). A job of a type
 at its ``max_running`` limit waits ``pending`` in that ``submit`` until a
 slot frees (in submit order): unlike the supervisor's, this ``submit``
-blocks its caller meanwhile, so a handler that submits a job of its own
-limited type waits for itself. So does a keyed job, until the job of its
-key that runs has ended (jobs of one key run one at a time): a handler
-that submits a job of its own key would wait for itself too, and that
-``submit`` raises ``RuntimeError`` instead.
-Everything else answers like the supervisor.
+blocks its caller meanwhile. So does a keyed job, until the job of its
+key that runs has ended (jobs of one key run one at a time). A handler
+that submits a job of its own key, or of its own type while the jobs it
+runs inside hold every slot of that type, would wait for itself: that
+``submit`` raises ``RuntimeError`` instead. A handler's ``BaseException``
+other than a cancellation ends its job ``cancelled`` saying so, and is
+raised to the caller of ``submit``. Everything else answers like the
+supervisor.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 # The key events (``_key_runs``) of the jobs this task runs inside: a job that
 # submits its own key to its own queue while it runs would wait for itself.
 _INSIDE: ContextVar[frozenset[anyio.Event]] = ContextVar("inside", default=frozenset())
+# The types of the jobs this task runs inside, one entry a job.
+_INSIDE_TYPES: ContextVar[tuple[str, ...]] = ContextVar("inside_types", default=())
 
 
 class InMemoryJobQueue:
@@ -100,6 +104,12 @@ class InMemoryJobQueue:
                 f"a job of key {key!r} submitted from inside one: the in-memory queue"
                 " would wait for it to end, and it for this submit"
             )
+        limit = spec.max_running
+        if limit is not None and _INSIDE_TYPES.get().count(job_type) >= limit:
+            raise RuntimeError(
+                f"a job of type {job_type!r} submitted from inside the {limit} that hold its"
+                " slots: the in-memory queue would wait for one to end, and it for this submit"
+            )
         record = JobRecord(
             job_id=uuid.uuid4().hex,
             job_type=job_type,
@@ -141,9 +151,11 @@ class InMemoryJobQueue:
         if key is not None:  # no other job of the key could start meanwhile: this one held it
             running = self._key_runs[key] = anyio.Event()
             inside = _INSIDE.set(_INSIDE.get() | {running})
+        types = _INSIDE_TYPES.set((*_INSIDE_TYPES.get(), job_type))
         try:
             await self._run(record, spec.handler)
         finally:
+            _INSIDE_TYPES.reset(types)
             if slots is not None:
                 slots.release()
             if key is not None:
@@ -193,10 +205,13 @@ class InMemoryJobQueue:
                 outcome = await execute(handler, context, scope)
         except Exception as exc:
             outcome = left_its_scope(record.job_id, scope, exc)
-        except BaseException:  # the caller of submit was cancelled (or a BaseException)
+        except BaseException as exc:  # the caller of submit was cancelled (or a BaseException)
             # Recorded here unless the task beside heard the caller first (a
             # handler that did not absorb the cancellation is done by then).
-            record.note_reason("submit() was cancelled")
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                record.note_reason("submit() was cancelled")
+            else:
+                record.note_reason(f"the handler raised {type(exc).__name__}")
             event, error = record.stopped_by()
             self._end(record, event, error=error)
             raise

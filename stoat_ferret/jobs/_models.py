@@ -2,7 +2,11 @@
 
 Everything here that crosses a task boundary is immutable: ``@attrs.frozen``,
 or read-only properties for the one object built per job (:class:`JobContext`;
-supervisor.md's Performance section says why it is not an attrs class).
+supervisor.md's Performance section says why it is not an attrs class). The
+values they hold are not copied: a job's ``payload`` (the JSON copy taken
+when it was submitted) and ``result`` are the same objects in every snapshot,
+so a caller that changes one changes what every later snapshot shows (and
+what ``list_jobs``'s payload filter matches): treat them as read-only.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def check_timeout(timeout: float | None, what: str) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"{what} must be a number of seconds, got {timeout!r}")
-    value = float(timeout)
+    value = _float(timeout)
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{what} must be a positive number of seconds, got {timeout!r}")
     return value
@@ -64,7 +64,15 @@ def check_seconds(value: float, what: str) -> float:
         raise ValueError(f"{what} must be a number of seconds, got {value!r}")
     if value < 0:
         raise ValueError(f"{what} must not be negative, got {value!r}")
-    return float(value)
+    return _float(value)
+
+
+def _float(value: float) -> float:
+    """``value`` as a float: an integer too large for one is as good as infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _is_async_callable(handler: object) -> bool:

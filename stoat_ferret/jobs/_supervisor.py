@@ -110,7 +110,7 @@ class JobSupervisor:
                 a worker, so other types' jobs pass them; they count against ``max_pending``.
 
         Raises:
-            TypeError: ``handler`` is not an async function.
+            TypeError: ``handler`` is not an async function, or ``timeout`` no number.
             ValueError: ``job_type`` is taken or empty, ``timeout`` <= 0, or
                 ``max_running`` is not a positive integer.
         """
@@ -183,7 +183,7 @@ class JobSupervisor:
             SupervisorClosed: not running, or shutting down (a QueueFull).
             QueueFull: ``max_pending`` jobs are already pending.
             UnknownJobType: nobody registered ``job_type`` (a ValueError).
-            ValueError: ``timeout`` is not a positive number.
+            ValueError: ``timeout`` is not positive (TypeError: no number, or ``key`` no str).
         """
         await checkpoint()
         # Nothing below awaits until the job is accepted: a cancellation can

@@ -201,6 +201,11 @@ async def run_worker(
                 cancellation = hard_stop_only(exc, context)
                 if cancellation is not None:
                     raise cancellation from None
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    # asyncio lets these two out of its event loop from any task,
+                    # past every task group (trio does not): in a group, they
+                    # leave run() on both backends, after the actor has stopped.
+                    raise BaseExceptionGroup("a job's handler raised", [exc]) from None
                 raise
             if finished is None:  # the scope caught its own cancellation
                 finished = JobFinished(job_id, None)

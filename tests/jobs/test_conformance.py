@@ -357,9 +357,10 @@ async def test_unknown_id_raises_job_not_found(make_queue: QueueFactory, method:
 
 
 async def test_unknown_job_type_and_bad_timeout_are_rejected(make_queue: QueueFactory) -> None:
-    """submit raises UnknownJobType (a ValueError), ValueError for a bad timeout and
-    TypeError for a key that is not a string; a bad default timeout is refused when
-    the queue is made."""
+    """submit raises UnknownJobType (a ValueError), ValueError for a bad timeout (an
+    integer too large for a float too, not OverflowError: a positive one is no
+    deadline) and TypeError for a key that is not a string; a bad default timeout
+    is refused when the queue is made."""
 
     with anyio.fail_after(10):
         async with make_queue() as queue:
@@ -370,7 +371,12 @@ async def test_unknown_job_type_and_bad_timeout_are_rejected(make_queue: QueueFa
                 await queue.submit("double", 1, timeout=-1)
             with pytest.raises(TypeError, match="key must be a string"):
                 await queue.submit("double", 1, key=5)
+            with pytest.raises(ValueError, match="positive"):
+                await queue.submit("double", 1, timeout=-(10**400))  # no OverflowError
             page = await queue.list_jobs()
+            # An integer too large for a float is as good as no deadline.
+            endless = await queue.submit("double", 1, timeout=10**400)
+            ended = await queue.wait(endless)
         with pytest.raises(ValueError, match="default_timeout must be a positive"):
             async with make_queue(default_timeout=-1):
                 pass  # pragma: no cover
@@ -379,6 +385,7 @@ async def test_unknown_job_type_and_bad_timeout_are_rejected(make_queue: QueueFa
                 pass  # pragma: no cover
 
     assert page.total == 0
+    assert ended.result == 2
 
 
 async def test_cancel_of_finished_job_returns_false(make_queue: QueueFactory) -> None:

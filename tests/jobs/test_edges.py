@@ -579,18 +579,22 @@ class _Escape(BaseException):
     """Neither an Exception nor a cancellation: it ends the supervisor's task group."""
 
 
+@pytest.mark.parametrize("raised_type", [_Escape, KeyboardInterrupt, SystemExit])
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_handler_raising_a_base_exception_ends_run_at_once(backend: str) -> None:
-    """A BaseException from a handler (one of its own here, standing for
-    KeyboardInterrupt or SystemExit) ends the workers and comes out of run()
-    at once. The actor, answering until the
-    workers have ended, must know they have even if its loop took the
+def test_a_handler_raising_a_base_exception_ends_run_at_once(
+    backend: str, raised_type: type[BaseException]
+) -> None:
+    """A BaseException from a handler (KeyboardInterrupt, SystemExit, or one of
+    its own) ends the workers and comes out of run() at once, in a group (on
+    asyncio, the first two raised as they are would leave the event loop from
+    the worker's task, past the host's task group). The actor, answering until
+    the workers have ended, must know they have even if its loop took the
     message saying so. Run in a thread of its own: a run() that hung would
     hang shielded, out of reach of any timeout in its event loop."""
     caught: list[BaseException] = []
 
     async def escape(ctx: JobContext) -> None:
-        raise _Escape
+        raise raised_type
 
     async def scenario() -> None:
         supervisor = JobSupervisor()
@@ -613,7 +617,7 @@ def test_a_handler_raising_a_base_exception_ends_run_at_once(backend: str) -> No
     assert not thread.is_alive(), "run() hung after a handler raised a BaseException"
     [raised] = caught
     assert isinstance(raised, BaseExceptionGroup)
-    assert raised.subgroup(_Escape) is not None
+    assert raised.subgroup(raised_type) is not None
 
 
 async def test_a_base_exception_from_a_handler_stops_the_supervisor_at_once() -> None:
@@ -1245,6 +1249,61 @@ async def test_in_memory_a_job_that_submits_its_own_key_is_refused() -> None:
     assert result.status is JobStatus.FAILED
     assert "submitted from inside one" in str(result.error)
     assert (await queue.list_jobs()).total == 1
+
+
+async def test_in_memory_a_job_that_submits_its_own_full_type_is_refused() -> None:
+    """In the in-memory queue a job of a type limited to one that submits a job
+    of its type, from a task of its own (the same task's second slot anyio
+    refuses), would wait for itself: the submit raises RuntimeError instead. A job
+    of another type is submitted as ever."""
+    queue = InMemoryJobQueue()
+
+    async def resubmits(ctx: JobContext) -> list[str]:
+        refused: list[str] = []
+
+        async def inner() -> None:
+            try:
+                await queue.submit("limited", "inner")
+            except RuntimeError as exc:
+                refused.append(str(exc))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(queue.submit, "other")
+            group.start_soon(inner)
+        return refused
+
+    async def other(ctx: JobContext) -> None:
+        pass
+
+    queue.register("limited", resubmits, max_running=1)
+    queue.register("other", other, max_running=1)
+    with anyio.fail_after(10):
+        outer = await queue.submit("limited", "outer")
+        result = await queue.get_result(outer)
+        page = await queue.list_jobs()
+
+    assert result.status is JobStatus.COMPLETED
+    [refusal] = result.result
+    assert "submitted from inside the 1 that hold its slots" in refusal
+    assert sorted(job.job_type for job in page.jobs) == ["limited", "other"]
+
+
+async def test_in_memory_a_handlers_base_exception_is_its_reason() -> None:
+    """A handler that raises KeyboardInterrupt ends its job cancelled, saying the
+    handler raised it (not that the caller of submit was cancelled), and the
+    caller of submit gets it."""
+    queue = InMemoryJobQueue()
+
+    async def interrupted(ctx: JobContext) -> None:
+        raise KeyboardInterrupt
+
+    queue.register("interrupted", interrupted)
+    with anyio.fail_after(10), pytest.raises(KeyboardInterrupt):
+        await queue.submit("interrupted")
+    [job] = (await queue.list_jobs()).jobs
+
+    assert job.status is JobStatus.CANCELLED
+    assert job.error == "the handler raised KeyboardInterrupt"
 
 
 @pytest.mark.parametrize("ending", ["cancel", "caller-gives-up"])
