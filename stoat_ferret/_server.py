@@ -53,6 +53,7 @@ from loguru import logger
 from stoat_ferret._address import address_family, dashboard_url
 from stoat_ferret._cli import stop_signals
 from stoat_ferret._descriptors import QuietAcceptFailures, raise_open_files_limit
+from stoat_ferret._lifespanwatch import LifespanWatch
 from stoat_ferret.api import begin_shutdown, create_app, end_grace
 
 if TYPE_CHECKING:
@@ -225,6 +226,10 @@ class GracefulServer(uvicorn.Server):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def stop(self) -> None:
+        """Stop as a first stop signal would (the app's lifespan failed)."""
+        self.should_exit = True
+
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
         """The first stop signal stops gracefully; a second one forces the exit.
 
@@ -359,12 +364,18 @@ def serve(
     starts): from then on a stop is the server's, whether it serves, fails
     to start, or has ended and given the old handlers back. Off the main
     thread the server takes no signals, and it is not called.
+
+    Raises:
+        RuntimeError: the app's lifespan failed while it served (its job
+            supervisor's ``run()`` ended by an exception): the server
+            stopped, as for a stop signal (``_lifespanwatch.py``).
     """
     before, limit = raise_open_files_limit()  # a connection holds a descriptor
     logger.info("open files limit", limit=limit, raised_from=before if before != limit else None)
     app = create_app(settings)
+    watched = LifespanWatch(app)
     config = uvicorn.Config(
-        app,
+        watched,
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -382,5 +393,8 @@ def serve(
         url=dashboard_url(settings, port=port),
         http_grace=HTTP_GRACE_SECONDS,
     )
+    watched.on_failure = server.stop
     with listener:
         server.run(sockets=[listener])
+    if watched.failed is not None:
+        raise RuntimeError("the app's lifespan failed while it served") from watched.failed

@@ -13,6 +13,10 @@ test waits for (``tests.server.wait_for_line``).
 The test is another process, so the file is checked every
 :data:`POLL_SECONDS`; the wait is cancellable like the rest of the scan.
 
+``STOATTEST_SCAN_EXITS=CODE`` has every scan's handler raise
+``SystemExit(CODE)``: a handler's ``BaseException``, which ends the job
+supervisor's ``run()``.
+
 ``STOATTEST_HTTP_GRACE=SECONDS`` replaces how long the server waits for open
 requests at shut-down before it hangs up on them
 (:data:`stoat_ferret._server.HTTP_GRACE_SECONDS`), for a test that must catch
@@ -29,6 +33,7 @@ import anyio
 from loguru import logger
 
 import stoat_ferret._server
+import stoat_ferret.api.app
 from stoat_ferret.__main__ import main
 from stoat_ferret.library import VideoLibrary
 
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from pathlib import Path
 
+    from stoat_ferret.jobs import Handler, JobContext
     from stoat_ferret.library import VideoRecord
     from stoat_ferret.library._models import Applied, Fingerprint, LookedAt
 
@@ -81,8 +87,20 @@ async def _held_apply(
     return applied
 
 
+def _exiting_scans(code: int) -> Callable[..., Handler]:
+    def make(*args: object, **options: object) -> Handler:
+        async def exits(ctx: JobContext) -> None:
+            raise SystemExit(code)
+
+        return exits
+
+    return make
+
+
 if __name__ == "__main__":
     VideoLibrary.apply = _held_apply  # type: ignore[method-assign]
+    if code := os.environ.get("STOATTEST_SCAN_EXITS"):
+        stoat_ferret.api.app.make_scan_handler = _exiting_scans(int(code))  # type: ignore[attr-defined]
     if grace := os.environ.get("STOATTEST_HTTP_GRACE"):
         stoat_ferret._server.HTTP_GRACE_SECONDS = int(grace)  # type: ignore[misc]
     sys.exit(main())

@@ -135,6 +135,29 @@ def test_a_service_started_with_hang_ups_ignored_outlives_its_terminal(tmp_path:
     assert returncode == 0
 
 
+def test_a_service_whose_job_supervisor_fails_stops_and_exits_1(tmp_path: Path) -> None:
+    """A scan's handler raises SystemExit (a BaseException ends the job
+    supervisor's run(), and with it the app's lifespan): the service does not
+    go on answering every scan with 503 for ever; it stops as for a stop
+    signal, logs the crash with its traceback, and exits 1, for a service
+    manager to restart it."""
+    env = server_environment(tmp_path, STOATTEST_SCAN_EXITS="7")
+    root = tmp_path / "root"
+    make_video(root / "one.mp4", audio=None)
+    log = tmp_path / "server.log"
+
+    with running_server(tmp_path, env, module="tests.gated_service") as process:
+        base_url = wait_ready(process, log)
+        accepted = httpx.post(f"{base_url}/api/v1/videos/scan", json={"path": str(root)})
+        returncode = process.wait(timeout=stop_hang_guard(SHUTDOWN_GRACE))
+
+    output = log.read_text()
+    assert accepted.status_code == 202
+    assert returncode == 1
+    assert "stoat_ferret crashed" in output
+    assert "the app's lifespan failed while it served" in output
+
+
 def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
     """Flags beat variables; with --log-format json every line of the log is a JSON object,
     from the first: the store's start-up check logs (a row dated ahead of the clock) before

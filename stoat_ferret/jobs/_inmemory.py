@@ -46,11 +46,12 @@ from stoat_ferret.jobs._worker import execute, left_its_scope
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
 
-# The key events (``_key_runs``) of the jobs this task runs inside: a job that
-# submits its own key to its own queue while it runs would wait for itself.
-_INSIDE: ContextVar[frozenset[anyio.Event]] = ContextVar("inside", default=frozenset())
-# The types of the jobs this task runs inside, one entry a job.
-_INSIDE_TYPES: ContextVar[tuple[str, ...]] = ContextVar("inside_types", default=())
+# A token of each job this task runs inside (its key's event in ``_key_runs``,
+# or one of its type's in ``_type_runs``), current only while the job runs in
+# its queue: a job that submits its own key, or its own full type, to its own
+# queue while it runs would wait for itself. (A task the job started outlives
+# it with a copy of this context; its tokens are then no queue's.)
+_INSIDE: ContextVar[frozenset[object]] = ContextVar("inside", default=frozenset())
 
 
 class InMemoryJobQueue:
@@ -72,6 +73,7 @@ class InMemoryJobQueue:
         self._slots: dict[str, anyio.Semaphore] = {}  # per type with a max_running
         self._waiting: dict[str, anyio.CancelScope] = {}  # pending jobs: cancel() ends them
         self._key_runs: dict[str, anyio.Event] = {}  # per key whose job runs: set as it ends
+        self._type_runs: dict[str, set[object]] = {}  # per limited type: its running jobs' tokens
 
     def register(
         self,
@@ -85,6 +87,7 @@ class InMemoryJobQueue:
         self._registry.register(job_type, handler, timeout=timeout, max_running=max_running)
         if max_running is not None:
             self._slots[job_type] = anyio.Semaphore(max_running)
+            self._type_runs[job_type] = set()
 
     async def submit(
         self,
@@ -105,7 +108,7 @@ class InMemoryJobQueue:
                 " would wait for it to end, and it for this submit"
             )
         limit = spec.max_running
-        if limit is not None and _INSIDE_TYPES.get().count(job_type) >= limit:
+        if limit is not None and len(self._type_runs[job_type] & _INSIDE.get()) >= limit:
             raise RuntimeError(
                 f"a job of type {job_type!r} submitted from inside the {limit} that hold its"
                 " slots: the in-memory queue would wait for one to end, and it for this submit"
@@ -148,18 +151,23 @@ class InMemoryJobQueue:
             if slots is not None and acquired:
                 slots.release()
             return record.job_id
+        tokens: set[object] = set()
         if key is not None:  # no other job of the key could start meanwhile: this one held it
             running = self._key_runs[key] = anyio.Event()
-            inside = _INSIDE.set(_INSIDE.get() | {running})
-        types = _INSIDE_TYPES.set((*_INSIDE_TYPES.get(), job_type))
+            tokens.add(running)
+        if slots is not None:
+            slot = object()
+            self._type_runs[job_type].add(slot)
+            tokens.add(slot)
+        inside = _INSIDE.set(_INSIDE.get() | tokens)
         try:
             await self._run(record, spec.handler)
         finally:
-            _INSIDE_TYPES.reset(types)
+            _INSIDE.reset(inside)
             if slots is not None:
+                self._type_runs[job_type].discard(slot)
                 slots.release()
             if key is not None:
-                _INSIDE.reset(inside)
                 self._key_runs.pop(key).set()
         return record.job_id
 

@@ -60,11 +60,14 @@ def check_count(value: int, what: str) -> int:
 
 def check_seconds(value: float, what: str) -> float:
     """Return ``value`` as a float, a number of seconds >= 0; else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what} must be a number of seconds, got {value!r}")
-    if value < 0:
+    seconds = _float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if seconds < 0:
         raise ValueError(f"{what} must not be negative, got {value!r}")
-    return _float(value)
+    return seconds
 
 
 def _float(value: float) -> float:

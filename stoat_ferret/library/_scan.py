@@ -189,7 +189,9 @@ class ScanRun:
             self.walk, self.root, recursive=self.recursive, compare=self.compare
         )
         await self.error_store.store()
-        if self.mounts.added or self.mounts.dropped:
+        # Replaced when the walk ended: what it saw is not at the path, so
+        # nothing of it is stored (the rows stay as they were).
+        if (self.mounts.added or self.mounts.dropped) and not self.replaced:
             await self.library.update_mount_points(
                 self.root,
                 recursive=self.recursive,
@@ -209,7 +211,7 @@ class ScanRun:
             )
             self.counts.removed = len(rows.removed)
             kept_elsewhere(rows.elsewhere, self.scanned.disks, self.errors, root=self.root)
-        if home is not None and self.found:
+        if home is not None and self.found and not self.replaced:
             await self.library.place(
                 self.found.keys(),
                 home,

@@ -1288,6 +1288,53 @@ async def test_in_memory_a_job_that_submits_its_own_full_type_is_refused() -> No
     assert sorted(job.job_type for job in page.jobs) == ["limited", "other"]
 
 
+async def test_in_memory_a_full_type_is_refused_only_to_the_jobs_holding_it() -> None:
+    """The refusal above is of this queue's running jobs only: a job of type t
+    submits t to another queue, and a task it started in a group that outlives
+    it submits t once it has ended (the slot free): both run."""
+    first, second = InMemoryJobQueue(), InMemoryJobQueue()
+    later: list[str] = []
+
+    async def parent(ctx: JobContext) -> str | None:
+        if ctx.payload != "outer":
+            return None
+        group.start_soon(after_the_parent)  # inherits this job's context
+        return await second.submit("t", "in another queue")
+
+    async def after_the_parent() -> None:
+        await parent_ended.wait()
+        later.append(await first.submit("t", "after"))
+
+    async def child(ctx: JobContext) -> None:
+        pass
+
+    first.register("t", parent, max_running=1)
+    second.register("t", child, max_running=1)
+    parent_ended = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            outer = await first.submit("t", "outer")
+            parent_ended.set()
+        result = await first.get_result(outer)
+
+    assert result.status is JobStatus.COMPLETED
+    assert (await second.get_result(result.result)).status is JobStatus.COMPLETED
+    [after] = later
+    assert (await first.get_status(after)) is JobStatus.COMPLETED
+
+
+def test_an_integer_too_large_for_a_float_is_as_good_as_infinite_seconds() -> None:
+    """A supervisor's shut-down grace or retention given as an integer too large
+    for a float is no OverflowError: a positive one is for ever, a negative one
+    a ValueError."""
+    forever = JobSupervisor(shutdown_grace=10**400, retention=10**400)
+
+    with pytest.raises(ValueError, match="must not be negative"):
+        JobSupervisor(retention=-(10**400))
+
+    assert forever.statistics().accepting is False  # made, not yet running
+
+
 async def test_in_memory_a_handlers_base_exception_is_its_reason() -> None:
     """A handler that raises KeyboardInterrupt ends its job cancelled, saying the
     handler raised it (not that the caller of submit was cancelled), and the

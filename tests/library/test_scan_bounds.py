@@ -615,10 +615,18 @@ async def test_a_directory_replaced_after_an_unchanged_walk_says_so_and_keeps_it
         return found
 
     monkeypatch.setattr(_scan, "walk_videos", walk_then_swap)
+    written: list[str] = []
+
+    async def spy(*args: Any, **kwargs: Any) -> None:
+        written.append("a write")
+
+    monkeypatch.setattr(library, "place", spy)  # the walk's file systems, on its rows
+    monkeypatch.setattr(library, "update_mount_points", spy)
     with anyio.fail_after(TIMEOUT):
-        result = await handler(make_context(root / "lib"))
+        result = await handler(make_context(root / "lib", forget_unmounted=True))
         after = sorted(video.path for video in (await library.list_videos())[0])
 
+    assert written == []  # nothing of the walk is stored: its directory is not there
     assert [(entry["path"], entry["error"]) for entry in result["errors"]] == [
         (str(root / "lib"), _scanned.REPLACED_DURING_SCAN)
     ]
