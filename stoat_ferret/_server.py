@@ -174,8 +174,9 @@ class GracefulServer(uvicorn.Server):
         http_grace: float | None = None,
     ) -> None:
         super().__init__(config)
-        self.forced = False
-        """Whether a second stop signal came (uvicorn's ``force_exit`` stays False)."""
+        self.forced = False  # a second stop signal came (uvicorn's force_exit stays False)
+        self.signalled = False  # a stop signal came
+        self.failed_while_serving = False  # stop() came first: the app failed as it served
         self._on_stop = on_stop
         self._on_force = on_force
         self._on_signals = on_signals
@@ -227,7 +228,8 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def stop(self) -> None:
-        """Stop as a first stop signal would (the app's lifespan failed)."""
+        """Stop as a stop signal would (the app's lifespan failed; a signal is still first)."""
+        self.failed_while_serving = not self.should_exit
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
@@ -236,9 +238,10 @@ class GracefulServer(uvicorn.Server):
         uvicorn forces it only on a second SIGINT; a service manager sends SIGTERM.
         Not by uvicorn's ``force_exit``: see :meth:`shutdown`.
         """
-        if self.should_exit:
+        if self.signalled:
             self.forced = True
         else:
+            self.signalled = True
             super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -366,9 +369,7 @@ def serve(
     thread the server takes no signals, and it is not called.
 
     Raises:
-        RuntimeError: the app's lifespan failed while it served (its job
-            supervisor's ``run()`` ended by an exception): the server
-            stopped, as for a stop signal (``_lifespanwatch.py``).
+        RuntimeError: the app's lifespan failed (:meth:`LifespanWatch.raise_failure`).
     """
     before, limit = raise_open_files_limit()  # a connection holds a descriptor
     logger.info("open files limit", limit=limit, raised_from=before if before != limit else None)
@@ -396,5 +397,4 @@ def serve(
     watched.on_failure = server.stop
     with listener:
         server.run(sockets=[listener])
-    if watched.failed is not None:
-        raise RuntimeError("the app's lifespan failed while it served") from watched.failed
+    watched.raise_failure(while_serving=server.failed_while_serving)

@@ -17,6 +17,9 @@ The test is another process, so the file is checked every
 ``SystemExit(CODE)``: a handler's ``BaseException``, which ends the job
 supervisor's ``run()``.
 
+``STOATTEST_CLOSE_FAILS=1`` has the library's close raise (once it has
+closed): a lifespan that fails as the service stops.
+
 ``STOATTEST_HTTP_GRACE=SECONDS`` replaces how long the server waits for open
 requests at shut-down before it hangs up on them
 (:data:`stoat_ferret._server.HTTP_GRACE_SECONDS`), for a test that must catch
@@ -97,8 +100,18 @@ def _exiting_scans(code: int) -> Callable[..., Handler]:
     return make
 
 
+_close = VideoLibrary.aclose
+
+
+async def _failing_close(self: VideoLibrary) -> None:
+    await _close(self)
+    raise OSError(5, "Input/output error")
+
+
 if __name__ == "__main__":
     VideoLibrary.apply = _held_apply  # type: ignore[method-assign]
+    if os.environ.get("STOATTEST_CLOSE_FAILS"):
+        VideoLibrary.aclose = _failing_close  # type: ignore[method-assign]
     if code := os.environ.get("STOATTEST_SCAN_EXITS"):
         stoat_ferret.api.app.make_scan_handler = _exiting_scans(int(code))  # type: ignore[attr-defined]
     if grace := os.environ.get("STOATTEST_HTTP_GRACE"):

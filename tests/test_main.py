@@ -155,7 +155,23 @@ def test_a_service_whose_job_supervisor_fails_stops_and_exits_1(tmp_path: Path) 
     assert accepted.status_code == 202
     assert returncode == 1
     assert "stoat_ferret crashed" in output
-    assert "the app's lifespan failed while it served" in output
+    assert "the app's lifespan failed while it served: SystemExit: 7" in output
+
+
+def test_a_stop_whose_shut_down_fails_exits_1(tmp_path: Path) -> None:
+    """SIGTERM, and the library cannot be closed (an I/O error): the stop goes
+    on, but the service exits 1, saying the lifespan failed as it stopped, not
+    0 as if all was well."""
+    env = server_environment(tmp_path, STOATTEST_CLOSE_FAILS="1")
+    log = tmp_path / "server.log"
+
+    with running_server(tmp_path, env, module="tests.gated_service") as process:
+        wait_ready(process, log)
+        returncode = _stop(process, lambda pid: os.kill(pid, signal.SIGTERM))
+
+    output = log.read_text()
+    assert returncode == 1
+    assert "the app's lifespan failed as it stopped: OSError: [Errno 5]" in output
 
 
 def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:

@@ -352,5 +352,19 @@ def test_a_second_stop_signal_forces_the_exit() -> None:
     assert (server.should_exit, server.forced) == (True, True)
 
 
+def test_a_stop_signal_after_the_app_failed_is_still_the_first() -> None:
+    """The app's lifespan failed and stopped the server (``stop``): a service
+    manager's SIGTERM then is its first stop signal, which hurries nothing."""
+    server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
+
+    server.stop()
+    server.handle_exit(signal.SIGTERM, None)
+    first = (server.should_exit, server.forced, server.failed_while_serving)
+    server.handle_exit(signal.SIGTERM, None)
+
+    assert first == (True, False, True)
+    assert server.forced
+
+
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("never called")
