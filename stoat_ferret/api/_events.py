@@ -112,7 +112,7 @@ _STREAM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 
 def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """Errors answered before the stream starts: JSON, not the route's event stream
-    (the guard's 403 too: these replace the app's own ``error_responses(403)``,
+    (the guard's 401 and 403 too: these replace the app's own ``error_responses``,
     which would name the route's media type)."""
     content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
     return {code: {"description": HTTPStatus(code).phrase, "content": content} for code in codes}
@@ -182,7 +182,7 @@ async def _one_job_feed(
 @router.get(
     "/api/v1/events",
     response_class=EventSourceResponse,
-    responses={**_STREAM_RESPONSES, **_json_errors(403, 422, 503)},
+    responses={**_STREAM_RESPONSES, **_json_errors(401, 403, 422, 503)},
     dependencies=[Depends(once_each(EventsQuery))],
 )
 async def all_job_events(
@@ -202,7 +202,7 @@ async def all_job_events(
     responses={
         **_STREAM_RESPONSES,
         204: {"description": "Resumed after the job's final state: nothing more to send."},
-        **_json_errors(403, 404, 422, 503),
+        **_json_errors(401, 403, 404, 422, 503),
     },
     tags=["jobs"],
     dependencies=[Depends(once_each(JobEventsQuery))],

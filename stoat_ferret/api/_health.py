@@ -15,7 +15,7 @@ from stoat_ferret import __version__
 from stoat_ferret.api._deps import JobQueueDep, StoppingDep  # noqa: TC001
 from stoat_ferret.api._errors import RETRY_AFTER_SECONDS, STORE_BROKEN
 from stoat_ferret.api._json import ApiJSONResponse
-from stoat_ferret.api._schemas import HealthOut, error_responses
+from stoat_ferret.api._schemas import ErrorOut, HealthOut, error_responses
 from stoat_ferret.library import VideoLibrary
 
 router = APIRouter(tags=["health"])
@@ -28,8 +28,9 @@ router = APIRouter(tags=["health"])
     responses={
         **error_responses(503),
         503: {
-            "model": HealthOut,
-            "description": "Starting or stopping, or the video store is broken.",
+            "model": HealthOut | ErrorOut,
+            "description": "Stopping, or the video store is broken (a HealthOut); starting,"
+            " before the job queue runs (an ErrorOut).",
         },
     },
 )

@@ -132,8 +132,9 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
     install_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(ResponseHeaders)  # outside the guard: its refusals get them too
-    # The request guard refuses any of these from another site's page (403).
-    guarded = error_responses(403)
+    # The request guard refuses any of these from another site's page (403),
+    # and without the token when STOAT_API_TOKEN is set (401).
+    guarded = error_responses(401, 403)
     for api in (_videos, _thumbnails, _jobs, _scan_errors, _events):
         app.include_router(api.router, responses=guarded)
     install_metrics(app, responses=guarded)
