@@ -172,9 +172,7 @@ class JobChanges:
         logged = after is not None and self._holds_changes_after(after)
         if after is not None and logged:
             start = [entry for entry in self._log if entry[0] > after]
-            if unknown:
-                # A dropped job the log holds has its latest change there: sent
-                # now, or seen already (its end). One it says nothing of: reset.
+            if unknown:  # a dropped job the log holds: its end is sent now, or was seen
                 unknown -= {entry[1].job_id for entry in self._log}
         if (after is not None and named is None and not logged) or (
             unknown and (after is None or after <= self.last_event_id)
