@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Final, cast, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar, cast, get_args, get_origin
 
 import anyio
 import attrs
@@ -50,6 +50,21 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
     from pydantic import BaseModel
+
+
+T = TypeVar("T")
+
+
+def running_state(request: Request, name: str, kind: type[T], missing: str) -> T:
+    """``app.state.<name>``, which the lifespan sets while the service runs.
+
+    Raises:
+        HTTPException: 503 saying ``missing``: not set (yet, or any more).
+    """
+    value = getattr(request.app.state, name, None)
+    if not isinstance(value, kind):
+        raise unavailable(missing)
+    return value
 
 
 async def get_job_queue(request: Request) -> AsyncJobQueue:
@@ -72,10 +87,9 @@ async def get_library(request: Request) -> VideoLibrary:
     Raises:
         HTTPException: 503, the service has not started or has stopped.
     """
-    library = getattr(request.app.state, "library", None)
-    if not isinstance(library, VideoLibrary):
-        raise unavailable("the service is not running (no video library)")
-    return library
+    return running_state(
+        request, "library", VideoLibrary, "the service is not running (no video library)"
+    )
 
 
 async def get_settings(request: Request) -> Settings:
@@ -91,10 +105,7 @@ async def get_stopping(request: Request) -> anyio.Event:
     Raises:
         HTTPException: 503, the service has not started.
     """
-    stopping = getattr(request.app.state, "stopping", None)
-    if not isinstance(stopping, anyio.Event):
-        raise unavailable("the service is not running")
-    return stopping
+    return running_state(request, "stopping", anyio.Event, "the service is not running")
 
 
 PATH_CHECK_WAIT_SECONDS: Final = 2.0
@@ -152,10 +163,7 @@ async def get_path_checks(request: Request) -> PathChecks:
     Raises:
         HTTPException: 503, the service has not started.
     """
-    checks = getattr(request.app.state, "path_checks", None)
-    if not isinstance(checks, PathChecks):
-        raise unavailable("the service is not running")
-    return checks
+    return running_state(request, "path_checks", PathChecks, "the service is not running")
 
 
 def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:

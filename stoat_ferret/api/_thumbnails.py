@@ -30,8 +30,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: the name must exist then.
-from stoat_ferret.api._deps import LibraryDep, SettingsDep  # noqa: TC001
-from stoat_ferret.api._errors import unavailable, unreadable
+from stoat_ferret.api._deps import LibraryDep, SettingsDep, running_state
+from stoat_ferret.api._errors import unreadable
 from stoat_ferret.api._schemas import error_responses
 from stoat_ferret.api._videos import VIDEO_ID, shown_video
 from stoat_ferret.jobs import JobNotFound, JobStatus
@@ -136,10 +136,9 @@ async def get_thumbnails(request: Request) -> ThumbnailStore:
     Raises:
         HTTPException: 503, the service has not started.
     """
-    store = getattr(request.app.state, "thumbnails", None)
-    if not isinstance(store, ThumbnailStore):
-        raise unavailable("the service is not running (no thumbnail store)")
-    return store
+    return running_state(
+        request, "thumbnails", ThumbnailStore, "the service is not running (no thumbnail store)"
+    )
 
 
 ThumbnailsDep = Annotated[ThumbnailStore, Depends(get_thumbnails)]
