@@ -25,7 +25,9 @@ Three dependencies guard routes rather than hand out state:
   calls no dependency whose own parameters failed, so a bad query is 422,
   not 503 when every slot is taken;
 * :func:`once_each` (422): a route that takes a query model declares it, so
-  that a parameter given twice is refused rather than read as its last value.
+  that a parameter given twice is refused rather than read as its last value,
+  and one that is not UTF-8 once percent-decoded rather than read with
+  U+FFFD in place of its bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import json
 from collections import Counter
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar, cast, get_args, get_origin
+from urllib.parse import unquote_to_bytes
 
 import anyio
 import attrs
@@ -168,11 +171,14 @@ async def get_path_checks(request: Request) -> PathChecks:
 
 def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
     """A dependency refusing a query parameter of ``model`` given more than once
-    (422), unless the model takes a list there (``job_id`` on the event stream).
+    (422), unless the model takes a list there (``job_id`` on the event stream),
+    and any parameter whose name or value is not UTF-8 once percent-decoded.
 
     FastAPI keeps the last of repeated values, so ``?q=cat&q=`` would be read
-    as no filter at all: a route declares ``dependencies=[Depends(once_each(
-    ItsQuery))]`` next to its ``Annotated[ItsQuery, Query()]``.
+    as no filter at all; and Starlette decodes ``%FF`` as U+FFFD, so
+    ``?q=%FF`` would search for that character. A route declares
+    ``dependencies=[Depends(once_each(ItsQuery))]`` next to its
+    ``Annotated[ItsQuery, Query()]``.
     """
     single = frozenset(
         field.alias or name
@@ -181,21 +187,39 @@ def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
     )
 
     async def given_once(request: Request) -> None:
+        not_utf8 = _not_utf8(request.scope["query_string"])
         counts = Counter(key for key, _ in request.query_params.multi_items())
         repeated = sorted(key for key, count in counts.items() if count > 1 and key in single)
-        if repeated:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "repeated",
-                        "loc": ("query", key),
-                        "msg": f"given {counts[key]} times: this parameter takes one value",
-                    }
-                    for key in repeated
-                ]
-            )
+        errors = [
+            {"type": "utf8", "loc": ("query", key), "msg": "not UTF-8 once percent-decoded"}
+            for key in not_utf8
+        ]
+        errors += [
+            {
+                "type": "repeated",
+                "loc": ("query", key),
+                "msg": f"given {counts[key]} times: this parameter takes one value",
+            }
+            for key in repeated
+        ]
+        if errors:
+            raise RequestValidationError(errors)
 
     return given_once
+
+
+def _not_utf8(query: bytes) -> list[str]:
+    """The names (as Starlette reads them) of the parameters of ``query``, a
+    raw query string, whose name or value is not UTF-8 once percent-decoded,
+    each once, in order."""
+    names: dict[str, None] = {}
+    for field in query.split(b"&"):
+        try:
+            unquote_to_bytes(field.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            name = field.partition(b"=")[0].replace(b"+", b" ")
+            names[unquote_to_bytes(name).decode(errors="replace")] = None
+    return list(names)
 
 
 def _takes_a_list(annotation: object) -> bool:

@@ -264,3 +264,46 @@ async def test_a_list_parameter_may_be_repeated() -> None:
     with pytest.raises(RequestValidationError) as refused:
         await check(twice)
     assert [error["loc"] for error in refused.value.errors()] == [("query", "last_event_id")]
+
+
+_NOT_UTF8: Final = [
+    ("videos-q", "/api/v1/videos?q=%FF", "q"),
+    ("videos-under-cut-short", "/api/v1/videos?under=/a%C3", "under"),
+    ("jobs-status-overlong", "/api/v1/jobs?status=%C0%AF", "status"),
+    ("wait-surrogate", "/api/v1/jobs/x/wait?timeout=%ED%A0%80", "timeout"),
+    ("errors-name", "/api/v1/jobs/x/errors?%FF=0", "\ufffd"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("target", "key"), [pytest.param(t, k, id=i) for i, t, k in _NOT_UTF8])
+async def test_a_query_parameter_that_is_not_utf8_is_422(
+    shared_client: httpx.AsyncClient, target: str, key: str
+) -> None:
+    """Starlette decodes ``%FF`` as U+FFFD: ``?q=%FF`` would search for that
+    character. A name or value not UTF-8 once percent-decoded is refused."""
+    with anyio.fail_after(10):
+        response = await shared_client.get(target)
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"loc": ["query", key], "msg": "not UTF-8 once percent-decoded", "type": "utf8"}
+    ]
+
+
+@pytest.mark.anyio
+async def test_utf8_queries_pass_and_each_bad_parameter_is_named_once() -> None:
+    """Percent-encoded and ``+``-spaced UTF-8 is let through; a parameter bad
+    twice is named once, beside a repeat of a good one."""
+    check = once_each(EventsQuery)
+    good = b"job_id=caf%C3%A9&job_id=%E2%9C%93+x&job_type=a+b"
+    await check(Request(http_scope("GET", "/api/v1/events", query=good)))
+
+    query = b"job_id=%FF&job_id=%FE&last_event_id=1&last_event_id=2"
+    with pytest.raises(RequestValidationError) as refused:
+        await check(Request(http_scope("GET", "/api/v1/events", query=query)))
+    errors = refused.value.errors()
+    assert [(error["type"], error["loc"]) for error in errors] == [
+        ("utf8", ("query", "job_id")),
+        ("repeated", ("query", "last_event_id")),
+    ]
