@@ -7,6 +7,7 @@ filled in); anything malformed is None, never an exception.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -65,11 +66,20 @@ HTTP_SCHEMES: Final = {"ws": "http", "wss": "https"}
 """A WebSocket's scheme, as its page's ``Origin`` spells it."""
 
 
+# An origin as a browser serialises it (RFC 6454, section 6.2): scheme,
+# "://", host and port, nothing else; checked in full by urlsplit after.
+_SERIALISED: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\\\s]+")
+
+
 def origin_key(origin: str) -> OriginKey | None:
     """``origin`` as compared, the scheme's default port filled in; None if it is no
-    http(s) origin (``null``, another scheme, a bad port)."""
+    http(s) origin (``null``, another scheme, a bad port) or not written as a
+    browser writes one (a path, even ``/``, a query, a fragment, a user name)."""
+    text = origin.strip()
+    if not _SERIALISED.fullmatch(text):
+        return None
     try:
-        parts = urlsplit(origin.strip())
+        parts = urlsplit(text)
         port = parts.port
     except ValueError:
         return None

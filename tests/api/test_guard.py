@@ -250,6 +250,35 @@ async def test_origins_on_another_port_or_scheme_are_403(
     assert response.status_code == 403, response.text
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost/",
+        "http://localhost/dashboard",
+        "http://localhost?",
+        "http://localhost#",
+        "http://user@localhost",
+        "http://evil.example\\@localhost",
+    ],
+)
+async def test_an_origin_not_written_as_browsers_write_one_is_403(
+    settings: Settings, scan_root: Path, origin: str
+) -> None:
+    """A browser's Origin is scheme, host and port alone (RFC 6454): one with a path,
+    a query, a fragment or a user name is no origin, not the host it also names."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(
+                SCAN, json={"path": str(scan_root)}, headers={"Origin": origin}
+            )
+            jobs = await _jobs(client)
+
+    assert response.status_code == 403, response.text
+    assert jobs == 0
+
+
 FROM_ELSEWHERE = [
     pytest.param({"Sec-Fetch-Site": "cross-site"}, id="cross-site"),
     pytest.param({"Sec-Fetch-Site": "same-site"}, id="same-site"),
