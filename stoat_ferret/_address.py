@@ -30,12 +30,13 @@ def resolve_host(host: str, port: int, name: str) -> None:
         raise SettingsError(f"{name}: cannot use {host!r} ({exc})") from None
 
 
-def dashboard_url(settings: Settings, *, port: int | None = None) -> str:
+def dashboard_url(settings: Settings, *, port: int | str | None = None) -> str:
     """Where a browser on this machine finds the dashboard.
 
     A wildcard address (listen on every interface) is not one a browser can
     open, so it is shown as the loopback address of its family. ``port``, when
-    given, is the port really bound (``STOAT_PORT=0`` lets the system pick).
+    given, is the port really bound (``STOAT_PORT=0`` lets the system pick),
+    or what to write for one not bound yet.
     """
     host = _LOOPBACK_FOR_WILDCARD.get(settings.host, settings.host)
     if ":" in host:

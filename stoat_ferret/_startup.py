@@ -150,7 +150,10 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
     if settings.scan_root_links:  # as spelt, through links: what links in them may be written with
         roots += f" (through {', '.join(f'{a} -> {b}' for a, b in settings.scan_root_links)})"
     note = "".join(f"; {note}" for note in notes)
-    served = f"{dashboard_url(settings)} from {path} ({_database_state(path)})"
+    # Port 0: the system picks one when the service binds, which a check does not.
+    url = dashboard_url(settings) if settings.port else dashboard_url(settings, port="<port>")
+    picked = "" if settings.port else " (a port the system picks)"
+    served = f"{url}{picked} from {path} ({_database_state(path)})"
     return f"ok: would serve {served}; scan roots: {roots}{note}"
 
 

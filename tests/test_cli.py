@@ -496,6 +496,19 @@ def test_check_names_the_links_the_roots_are_spelt_through(
     )
 
 
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_with_port_0_says_the_system_picks_the_port(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A check binds nothing, so with port 0 it has no port to show: not ``:0``."""
+    status = main(["check", "--database", str(tmp / "stoat.db"), "--port", "0"])
+
+    assert status == 0
+    assert capsys.readouterr().out.startswith(
+        f"ok: would serve http://127.0.0.1:<port>/ (a port the system picks) from {tmp}"
+    )
+
+
 # Case -> (variables, flags, words of the one line); "{tmp}" as in SAMPLES. A
 # problem found after the settings are read names what the user typed.
 BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
@@ -579,7 +592,9 @@ def test_check_as_a_process(tmp_path: Path) -> None:
     )
 
     assert (good.returncode, good.stderr) == (0, "")
-    assert good.stdout.startswith(f"ok: would serve http://127.0.0.1:{env['STOAT_PORT']}/ from ")
+    assert good.stdout.startswith(
+        "ok: would serve http://127.0.0.1:<port>/ (a port the system picks) from "
+    )
     assert good.stdout.count("\n") == 1
     assert bad.returncode == 2
     assert bad.stdout == ""
