@@ -227,11 +227,6 @@ class ScannedDirectory:
             raise DirectoryReplaced(self.path, REPLACED_DURING_SCAN)
         return looked
 
-    def still_there(self) -> bool:
-        """Whether the directory is still the one its path opens (False when
-        that cannot be told, too)."""
-        return self.at_path() is True
-
     def at_path(self) -> bool | None:
         """Whether the directory its path opens now is the one the scan
         opened: True; False if it certainly is not (another directory there,

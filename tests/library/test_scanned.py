@@ -130,7 +130,7 @@ def test_gone_of_names_the_deleted_files_of_the_directory_it_opened(
     fd = scanned.open()
     try:
         os.unlink(scope / "clip.mp4")
-        still_there = scanned.still_there()
+        still_there = scanned.at_path()
         gone = scanned.gone_of([str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")])
     finally:
         scanned.close()
@@ -209,7 +209,7 @@ def test_a_directory_replaced_since_it_was_opened_says_nothing_is_gone(
         _replace(scope, tmp_path)
 
         gone = scanned.gone_of([str(scope / "clip.mp4"), str(scope / "sub" / "deep.mp4")])
-        still_there = scanned.still_there()
+        still_there = scanned.at_path()
     finally:
         scanned.close()
 
