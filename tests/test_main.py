@@ -403,6 +403,64 @@ def test_a_stop_before_serving_ends_with_one_line_and_the_commands_status(
     assert done.stderr == f"stoat-ferret: stopped by {number.name}\n"
 
 
+# main() in a process of its own, with its arguments after argv[1], whose look
+# at the database (the check's, or serving's before it writes) runs a statement
+# that SQLite would run for hours, in C, where Python runs no signal's handler.
+# The statement's first row writes a line to stdout: the test then sends the stop.
+_STUCK_IN_SQLITE = """
+import os, sys
+import stoat_ferret.__main__ as stoat_main
+import stoat_ferret.library._inspection as inspection
+real_identify = inspection.identify
+def identify(connection, name):
+    version = real_identify(connection, name)
+    connection.create_function("started", 0, lambda: os.write(1, b"in SQLite\\n"))
+    endless = "WITH RECURSIVE c(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM c)"
+    connection.execute(endless + " SELECT count(*) FROM c").fetchone()
+    return version
+def served(*args):
+    raise AssertionError("served")
+inspection.identify = identify
+stoat_main._serve = served
+sys.exit(stoat_main.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "stopped"), [([], 0), (["check"], 128)], ids=["serve", "check"]
+)
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_sqlite_checks_the_database_ends_it_at_once(
+    tmp_path: Path, number: signal.Signals, arguments: list[str], stopped: int
+) -> None:
+    """The database's quick_check reads every page (seconds, cold, for a large
+    one): a stop signal then interrupts the statement, rather than waiting for
+    it, and the command ends as any stop before serving does."""
+    database = tmp_path / "stoat.db"
+    VideoStore.open(database).close()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
+    env["STOAT_DATABASE_PATH"] = str(database)
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _STUCK_IN_SQLITE, *arguments],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            started = process.stdout.readline()
+            process.send_signal(number)
+            out, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+
+    status = stopped + number if stopped else 0
+    assert (started, process.returncode, out) == ("in SQLite\n", status, ""), err
+    assert err == f"stoat-ferret: stopped by {number.name}\n"
+
+
 def _serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python -m stoat_ferret`` in ``env``, expected to end by itself (a refusal)."""
     return subprocess.run(

@@ -16,7 +16,7 @@ from stoat_ferret.library._beneath import (
     containing_root,
     open_below_root,
 )
-from stoat_ferret.library._connections import inspect_database, refuse_unwritable
+from stoat_ferret.library._connections import refuse_unwritable
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
     UNREACHABLE_ERRNOS,
@@ -33,6 +33,7 @@ from stoat_ferret.library._exceptions import (
     free_space,
 )
 from stoat_ferret.library._input import READ_LIMIT
+from stoat_ferret.library._inspection import Inspection, inspect_database
 from stoat_ferret.library._library import VideoLibrary
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
@@ -102,6 +103,7 @@ __all__ = [
     "DirectoryReplaced",
     "ErrorLog",
     "Fingerprint",
+    "Inspection",
     "LibraryError",
     "ProbeError",
     "ProbeProcesses",
