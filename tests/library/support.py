@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import attrs
 import av
 import av.codec.context
@@ -260,3 +261,31 @@ def failing_decode(error: Exception) -> Iterator[None]:
         for owner in (av.packet.Packet, av.video.stream.VideoStream, av.codec.context.CodecContext):
             patch.setattr(owner, "decode", failing)
         yield
+
+
+THREAD_WAIT: Final = 30.0
+"""Seconds a test waits for a thread's event at most: ``anyio.fail_after``
+cannot interrupt a thread, so a wait in one needs a deadline of its own, or
+a test whose gate is never reached hangs rather than fails."""
+
+
+async def thread_reached(event: threading.Event) -> None:
+    """Wait, in a worker thread, until ``event`` is set (a gate in a thread reached).
+
+    Raises:
+        AssertionError: it was not set within :data:`THREAD_WAIT`.
+    """
+    reached = await anyio.to_thread.run_sync(event.wait, THREAD_WAIT)
+    assert reached, f"a thread's gate was not reached in {THREAD_WAIT:g} s"
+
+
+def gate_released(event: threading.Event) -> None:
+    """Wait, in the gated thread itself, until the test sets ``event``.
+
+    Raises:
+        TimeoutError: it was not set within :data:`THREAD_WAIT` (the test
+            failed before releasing the gate: the thread ends rather than
+            holding the test's thread pool for ever).
+    """
+    if not event.wait(THREAD_WAIT):
+        raise TimeoutError(f"the test did not release the gate in {THREAD_WAIT:g} s")

@@ -11,6 +11,7 @@ import anyio.to_thread
 import pytest
 
 from stoat_ferret.library import BackgroundThreads, Stop, ThreadPriority, lower_priority
+from tests.library.support import thread_reached
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +102,7 @@ async def test_an_error_raised_after_cancellation_is_dropped() -> None:
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as group:
             group.start_soon(threads.run_sync, work)
-            await anyio.to_thread.run_sync(started.wait)
+            await thread_reached(started)
             group.cancel_scope.cancel()
 
     assert group.cancel_scope.cancelled_caught
@@ -126,7 +127,7 @@ async def test_cancellation_sets_stop_and_waits_for_the_function() -> None:
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as group:
             group.start_soon(call)
-            await anyio.to_thread.run_sync(started.wait)
+            await thread_reached(started)
             group.cancel_scope.cancel()
 
     assert returned.is_set()

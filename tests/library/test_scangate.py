@@ -32,6 +32,7 @@ from stoat_ferret.library import (
 )
 from stoat_ferret.library._background import ThreadPriority
 from stoat_ferret.library._thumbdir import MARKER
+from tests.library.support import thread_reached
 from tests.library.test_thumbjob import (
     GatedMaker,
     HeldScan,
@@ -138,7 +139,7 @@ async def test_progress_never_goes_back_when_a_scan_adds_videos_during_a_pause(
         await setup.scan()
         async with anyio.create_task_group() as group:
             group.start_soon(job)
-            await anyio.to_thread.run_sync(maker.started.wait)
+            await thread_reached(maker.started)
             group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
             await scan.running.wait()
             maker.proceed.set()
@@ -184,7 +185,7 @@ async def test_a_scan_starting_during_the_last_thumbnail_makes_the_job_list_agai
         await setup.scan()
         async with anyio.create_task_group() as group:
             group.start_soon(job)
-            await anyio.to_thread.run_sync(maker.started.wait)
+            await thread_reached(maker.started)
             group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
             await scan.running.wait()
             maker.proceed.set()

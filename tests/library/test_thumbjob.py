@@ -33,7 +33,7 @@ from stoat_ferret.library import (
     then_thumbnails,
 )
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail
-from tests.library.support import make_context
+from tests.library.support import gate_released, make_context, thread_reached
 from tests.library.test_thumbnail import make_split_video
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
         if not making:
             making.append(path)
             started.set()
-            proceed.wait()
+            gate_released(proceed)
             if ending == "undecodable":
                 raise UndecodableError(path, "no frame")
         return image
@@ -282,7 +282,7 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
         await setup.scan()
         async with anyio.create_task_group() as group:
             group.start_soon(job)
-            await anyio.to_thread.run_sync(started.wait)
+            await thread_reached(started)
             video = await setup.library.get_video_by_path(making[0])
             os.unlink(making[0])
             rescan = await setup.scan()
@@ -313,7 +313,7 @@ async def test_a_store_error_checking_a_cancelled_thumbnail_leaves_the_cancellat
 
     def gated(path: str, fingerprint: tuple[int, int], **options: Any) -> bytes:
         started.set()
-        proceed.wait()
+        gate_released(proceed)
         return make_thumbnail(path, fingerprint, **options)
 
     async def broken(video_id: int) -> None:
@@ -327,7 +327,7 @@ async def test_a_store_error_checking_a_cancelled_thumbnail_leaves_the_cancellat
             await setup.scan()
 
             async def cancel_once_started() -> None:
-                await anyio.to_thread.run_sync(started.wait)
+                await thread_reached(started)
                 monkeypatch.setattr(setup.library, "get_video", broken)
                 scope.cancel()
                 await anyio.wait_all_tasks_blocked()
@@ -507,7 +507,7 @@ class GatedMaker:
         self.calls += 1
         if self.calls == self.gate:
             self.started.set()
-            self.proceed.wait()
+            gate_released(self.proceed)
         return make_thumbnail(path, fingerprint, **options)
 
 
@@ -560,7 +560,7 @@ async def test_a_job_pauses_while_a_scan_runs_and_goes_on_once_it_ends(
         await setup.scan()
         async with anyio.create_task_group() as group:
             group.start_soon(job)
-            await anyio.to_thread.run_sync(maker.started.wait)
+            await thread_reached(maker.started)
             group.start_soon(queue.submit, "scan", {"path": str(setup.folder)})
             await scan.running.wait()
             maker.proceed.set()
@@ -689,7 +689,7 @@ async def test_a_scan_waiting_for_the_only_worker_ends_the_job_at_once(
         async with anyio.create_task_group() as group:
             await group.start(supervisor.run)
             first = await supervisor.submit(THUMBNAILS_JOB_TYPE)
-            await anyio.to_thread.run_sync(maker.started.wait)
+            await thread_reached(maker.started)
             scan_id = await supervisor.submit("scan", "s")
             maker.proceed.set()
             ended = await supervisor.wait(first)
@@ -888,7 +888,7 @@ async def test_a_job_submitted_at_start_up_that_gives_way_queues_its_successor(
         async with anyio.create_task_group() as group:
             await group.start(supervisor.run)
             await setup.thumbnailer.submit_due(StartsFirst(supervisor), after="start-up")  # type: ignore[arg-type]
-            await anyio.to_thread.run_sync(maker.started.wait)
+            await thread_reached(maker.started)
             scan_id = await supervisor.submit("scan", "s")
             maker.proceed.set()
             page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
