@@ -732,7 +732,7 @@ def test_a_database_others_may_read_is_noted_by_check_and_warned_of_by_serving(
     (data / "stoat.db-wal").chmod(0o640)
     thumbnails = data / "stoat.db.thumbnails"
     thumbnails.mkdir(mode=0o700, exist_ok=True)
-    subprocess.run(["sh", "-c", command], check=True)  # what it says to run: it works
+    subprocess.run(["sh", "-c", command], check=True, timeout=60)  # what it says to run: it works
     assert main(["check", "--database", str(database)]) == 0
     after = capsys.readouterr().out
 
@@ -1529,7 +1529,9 @@ def test_serving_starts_after_a_crash_left_a_rollback_journal(tmp: Path) -> None
     (tmp / "data").mkdir(mode=0o700)
     database = tmp / "data" / "stoat.db"
     VideoStore.open(database).close()
-    subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True, timeout=60
+    )
     assert (tmp / "data" / "stoat.db-journal").exists()
 
     check_startup(Settings(database_path=database)).release()
@@ -1552,7 +1554,9 @@ def test_check_reads_what_a_crash_left_through_a_copy_and_changes_nothing(
     store = VideoStore.open(database)
     store.upsert([record("/m/a.mp4")])
     store.close()
-    subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True, timeout=60
+    )
     before = database.read_bytes(), (tmp / "data" / "stoat.db-journal").read_bytes()
 
     status = main(["check", "--database", str(database)])
@@ -1575,7 +1579,9 @@ def test_check_reads_again_a_database_that_a_service_rolled_back_while_it_was_co
     (tmp / "data").mkdir(mode=0o700)
     database = tmp / "data" / "stoat.db"
     VideoStore.open(database).close()
-    subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", CRASH_MID_TRANSACTION, str(database)], check=True, timeout=60
+    )
     copy = shutil.copyfile
 
     def a_service_starts_meanwhile(source: str, target: str) -> str:

@@ -38,7 +38,11 @@ def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
     may open as many as the hard limit once raised. In a child: the limit is
     the process's."""
     done = subprocess.run(
-        [sys.executable, "-c", RAISE_IN_A_CHILD], capture_output=True, text=True, check=True
+        [sys.executable, "-c", RAISE_IN_A_CHILD],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
 
     before, after, now, hard = (int(word) for word in done.stdout.split())

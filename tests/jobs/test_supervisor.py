@@ -147,10 +147,12 @@ async def test_cancelled_pending_job_never_starts() -> None:
     assert result.error == "cancelled by request before it started"
 
 
-async def test_cancelled_pending_jobs_leave_nothing_behind() -> None:
-    """Many pending jobs cancelled behind a running one: none ever starts,
-    the job after them does, and nothing is kept for them once the worker
-    (or the work stream's compaction, past max_pending of them) passed them."""
+async def test_cancelled_pending_jobs_free_their_slots_and_never_start() -> None:
+    """Many pending jobs cancelled behind a running one (more than max_pending,
+    so the work stream is compacted): each frees its pending slot at once (a
+    job submitted after them is accepted and counted alone with the one before
+    them), none ever starts, and the job after them does. (That nothing is
+    kept for them in memory: the next test.)"""
 
     gate = Gate()
     with anyio.fail_after(10):
@@ -163,10 +165,12 @@ async def test_cancelled_pending_jobs_leave_nothing_behind() -> None:
                 victim = await supervisor.submit("gate", f"victim {number}")
                 assert await supervisor.cancel(victim) is True
             after = await supervisor.submit("gate", "after")
+            pending = supervisor.statistics().pending
             gate.release.set()
             await supervisor.wait(blocker)
             assert (await supervisor.wait(after)).status is JobStatus.COMPLETED
 
+    assert pending == 2  # "early" and "after"
     assert gate.started == ["blocker", "early", "after"]
 
 

@@ -115,7 +115,9 @@ def test_probe_matches_ffprobe(clips: dict[str, EncodedVideo], name: str) -> Non
 
 def _ffprobe(path: Path) -> dict[str, Any]:
     command = ["ffprobe", "-v", "error", "-of", "json", "-show_streams", "-show_format"]
-    output = subprocess.run([*command, str(path)], capture_output=True, check=True, text=True)
+    output = subprocess.run(
+        [*command, str(path)], capture_output=True, check=True, text=True, timeout=60
+    )
     report: dict[str, Any] = json.loads(output.stdout)
     return report
 
@@ -124,7 +126,7 @@ def _ffprobe(path: Path) -> dict[str, Any]:
 def _ffprobe_bit_depths() -> dict[str, int]:
     """Pixel format -> the deepest of its components' bit depths, as ffprobe lists them."""
     command = ["ffprobe", "-v", "error", "-of", "json", "-show_pixel_formats"]
-    output = subprocess.run(command, capture_output=True, check=True, text=True)
+    output = subprocess.run(command, capture_output=True, check=True, text=True, timeout=60)
     return {
         entry["name"]: max(c["bit_depth"] for c in entry["components"])
         for entry in json.loads(output.stdout)["pixel_formats"]

@@ -722,7 +722,7 @@ def test_remove_gone_checks_files_unlocked_and_keeps_rows_written_meanwhile(
     write); a row rewritten between that check and the delete is kept, the
     other gone row is deleted."""
     store.upsert([record("/m/deleted.mp4"), record("/m/rewritten.mp4")])
-    began = datetime.now(UTC)
+    began = store.stamp()
     unlocked: list[bool] = []
 
     def gone(paths: Collection[str]) -> Collection[str]:
@@ -804,7 +804,7 @@ def test_apply_keeps_deletions_written_since_the_guard(store: VideoStore) -> Non
     """A stale row (a changed file that no longer probes) is deleted unless
     another scan rewrote it after ``written_before``."""
     store.upsert([record("/m/stale.mp4"), record("/m/fresh.mp4")])
-    began = datetime.now(UTC)
+    began = store.stamp()
     store.upsert([record("/m/fresh.mp4", size=200)])
 
     store.apply([], ["/m/stale.mp4", "/m/fresh.mp4"], written_before=began)
@@ -983,7 +983,7 @@ def test_apply_writes_no_record_whose_file_is_gone(store: VideoStore, tmp_path: 
     not written, and its old row is deleted unless another scan wrote it
     since ``written_before``."""
     store.upsert([record("/m/changed.mp4"), record("/m/kept.mp4"), record("/m/fresh.mp4")])
-    began = datetime.now(UTC)
+    began = store.stamp()
     store.upsert([record("/m/fresh.mp4", size=150)])  # another scan saw it since
     looked: list[list[str]] = []
 
@@ -1423,9 +1423,10 @@ def test_two_stores_of_one_file_in_one_process_share_its_lock(tmp_path: Path) ->
         ],
         capture_output=True,
         check=False,
+        timeout=60,
     )
     second.close()
-    free = subprocess.run(held.args, capture_output=True, check=False)
+    free = subprocess.run(held.args, capture_output=True, check=False, timeout=60)
 
     assert held.returncode == 1
     assert b"BlockingIOError" in held.stderr

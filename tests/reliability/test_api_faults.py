@@ -121,7 +121,7 @@ async def test_a_database_locked_too_long_fails_the_scan_not_the_server(
 
 
 def _chattr(flag: str, path: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False, timeout=60)
 
 
 @pytest.fixture

@@ -343,7 +343,7 @@ async def _client_against(
     return run
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # waits on a real process: real clocks
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # a real process: real clocks
 @pytest.mark.anyio
 async def test_the_client_reports_a_faulty_server(tmp_path: Path) -> None:
     """Lost and invented jobs, 500s, 503s without Retry-After, wrong results: all reported."""
@@ -367,7 +367,7 @@ async def test_the_client_reports_a_faulty_server(tmp_path: Path) -> None:
     assert report["stream_missed"] == {"count": 1, "sample": ["lost None"]}
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # waits on a real process: real clocks
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # a real process: real clocks
 @pytest.mark.anyio
 async def test_the_client_fails_a_run_whose_jobs_fail(tmp_path: Path) -> None:
     """Every scan accepted, listed and terminal, none completed: the run fails, saying why."""
@@ -392,7 +392,7 @@ async def test_the_client_fails_a_run_whose_jobs_fail(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # waits on a real process: real clocks
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # a real process: real clocks
 @pytest.mark.anyio
 async def test_the_client_stops_at_its_time_bound(tmp_path: Path) -> None:
     """A server that accepts and never answers: the client waits unanswered until its time
@@ -412,7 +412,7 @@ async def test_the_client_stops_at_its_time_bound(tmp_path: Path) -> None:
     assert run.returncode == 1
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # waits on a real process: real clocks
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # a real process: real clocks
 @pytest.mark.anyio
 async def test_the_client_stops_at_its_request_budget(tmp_path: Path) -> None:
     """The budget of requests is a bound too: the run ends at it, saying so."""
