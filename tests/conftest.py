@@ -10,7 +10,11 @@ inside the event loop the test runs in, the running library must be the one
 the test was parametrised with, and the clock the one it was given (the
 ``MockClock`` above, where a test relies on virtual time). A plugin or
 option that ran the test elsewhere, such as pytest-trio's ``trio_mode``
-(never switched on; tests/test_conftest.py checks), fails every test.
+(never switched on; tests/test_conftest.py checks), fails every test. And
+the collection is checked (:func:`one_backend_tests`): an async test
+collected for one backend only, without naming it in a ``parametrize`` mark
+of ``anyio_backend`` (a fixture override in a sub-conftest would do that
+silently), fails tests/test_conftest.py.
 
 Hypothesis: ``STOATTEST_RELIABILITY_PROFILE`` picks the base profile every
 test module's own profiles inherit (they register theirs at import, after
@@ -23,6 +27,7 @@ soak`` prints and passes as ``--hypothesis-seed``, so a run can be repeated.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +54,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"hypothesis base profile {name!r}: derandomize={derandomize}, seed={seed}"
 
 
-@pytest.fixture(params=["asyncio", "trio"])
+BACKENDS: tuple[str, ...] = ("asyncio", "trio")
+
+
+@pytest.fixture(params=BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     if request.param == "trio":
         return ("trio", {"clock": MockClock(autojump_threshold=0)})
@@ -62,6 +70,46 @@ def running_library() -> str:
         return "trio"
     asyncio.get_running_loop()  # RuntimeError outside any event loop
     return "asyncio"
+
+
+_COLLECTED: dict[str, tuple[set[str], bool]] = {}
+"""Each anyio test function's node id (parameters aside) -> the backends its
+collected items run on, and whether the test names its backends itself (a
+``parametrize`` mark of ``anyio_backend``), as collected: before ``-k``."""
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Note which backends each anyio test was collected for (:func:`one_backend_tests`)."""
+    if (
+        isinstance(item, pytest.Function)
+        and item.get_closest_marker("anyio") is not None
+        and inspect.iscoroutinefunction(item.obj)  # the plugin runs only those
+    ):
+        note_backends(item, _COLLECTED)
+
+
+def note_backends(item: pytest.Function, collected: dict[str, tuple[set[str], bool]]) -> None:
+    """Add ``item``'s backend to its test function's entry in ``collected``."""
+    callspec = getattr(item, "callspec", None)
+    backend = callspec.params.get("anyio_backend") if callspec is not None else None
+    name = extract_backend_and_options(backend)[0] if backend is not None else "(none)"
+    pinned = any(
+        mark.args and "anyio_backend" in str(mark.args[0])
+        for mark in item.iter_markers("parametrize")
+    )
+    seen, pinned_before = collected.setdefault(item.nodeid.partition("[")[0], (set(), False))
+    seen.add(name)
+    collected[item.nodeid.partition("[")[0]] = (seen, pinned_before or pinned)
+
+
+def one_backend_tests(collected: dict[str, tuple[set[str], bool]] | None = None) -> list[str]:
+    """The anyio tests collected for fewer than both backends without naming
+    their backends themselves: what a fixture override in a sub-conftest, or
+    a plugin that takes the async tests over, does silently."""
+    entries = _COLLECTED if collected is None else collected
+    return sorted(
+        test for test, (seen, pinned) in entries.items() if not pinned and not set(BACKENDS) <= seen
+    )
 
 
 def check_backend(anyio_backend: Any) -> None:

@@ -12,7 +12,7 @@ import trio
 from hypothesis import settings
 from trio.testing import MockClock
 
-from tests.conftest import check_backend, running_library
+from tests.conftest import check_backend, note_backends, one_backend_tests, running_library
 
 pytest_plugins = ["pytester"]
 
@@ -128,3 +128,46 @@ def test_the_autouse_guard_fails_a_test_run_elsewhere(
 
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([failure])
+
+
+def test_every_anyio_test_runs_on_both_backends_or_names_its_own() -> None:
+    """No anyio test was collected for one backend only, unless the test
+    parametrises ``anyio_backend`` itself (a test about one backend, or one
+    that needs a real clock on trio: plain ``"trio"``)."""
+    found = one_backend_tests()
+    assert found == [], "one backend only: " + ", ".join(found)
+
+
+def test_a_fixture_override_that_drops_trio_is_found(pytester: pytest.Pytester) -> None:
+    """The trap :func:`one_backend_tests` is for: a module (or sub-conftest)
+    that overrides ``anyio_backend`` with asyncio alone silently drops trio.
+    A test naming its one backend in a ``parametrize`` mark is not reported."""
+    pytester.makeconftest("from tests.conftest import anyio_backend")
+    items = pytester.getitems(
+        """
+        import pytest
+
+        @pytest.fixture(params=["asyncio"])
+        def anyio_backend(request):
+            return request.param
+
+        @pytest.mark.anyio
+        async def test_dropped():
+            pass
+
+        @pytest.mark.anyio
+        @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+        async def test_about_asyncio():
+            pass
+        """
+    )
+    collected: dict[str, tuple[set[str], bool]] = {}
+    for item in items:
+        assert isinstance(item, pytest.Function)
+        note_backends(item, collected)
+
+    assert [test.rpartition("::")[2] for test in one_backend_tests(collected)] == ["test_dropped"]
+    assert {test.rpartition("::")[2]: seen for test, (seen, _) in collected.items()} == {
+        "test_dropped": {"asyncio"},
+        "test_about_asyncio": {"asyncio"},
+    }

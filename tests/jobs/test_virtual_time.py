@@ -16,11 +16,18 @@ from trio.testing import MockClock
 from stoat_ferret.jobs import JobContext, JobNotFound, JobStatus
 from tests.jobs.conftest import running_supervisor
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # The module's one backend, named where a reader (and tests/conftest.py's
+    # one_backend_tests) sees it; the fixture below gives each test its clock.
+    pytest.mark.parametrize("anyio_backend", ["trio-mock-clock"], indirect=True),
+]
 
 
 @pytest.fixture
-def anyio_backend() -> Any:
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """trio on a MockClock(autojump_threshold=0) of the test's own."""
+    assert request.param == "trio-mock-clock"
     return ("trio", {"clock": MockClock(autojump_threshold=0)})
 
 
