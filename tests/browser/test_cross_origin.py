@@ -15,6 +15,7 @@ import re
 import signal
 import threading
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -393,6 +394,53 @@ def test_a_token_in_the_address_is_not_used_and_leaves_it(
 
     assert address == f"{token_server.base_url}/"
     assert cookies == []
+
+
+def test_a_video_link_without_a_session_closes_its_dialog_for_the_sign_in_form(
+    browser: Browser, token_server: Server
+) -> None:
+    """/?video=1 on a service that needs its token, with no session: the video's
+    401 closes the dialog (a modal one keeps the rest of the page out of reach)
+    and shows the sign-in form, which then works."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        with page.expect_response(re.compile(r"/api/v1/videos/1$")) as answered:
+            page.goto(f"{token_server.base_url}/?video=1")
+        expect(page.locator("#video-detail")).to_be_hidden()
+        _sign_in(page, TOKEN)
+        expect(page.locator("#jobs-count")).to_have_text(re.compile(r"^\d+ jobs?$"))
+        status = answered.value.status
+    finally:
+        context.close()
+
+    assert status == 401
+
+
+def test_signing_in_loads_the_list_and_the_library_once(
+    browser: Browser, token_server: Server
+) -> None:
+    """After the sign-in, the new event stream loads the job list as it opens, and
+    the library too (the 401 had closed it): the sign-in asks for neither again."""
+    context = browser.new_context()
+    asked: list[str] = []
+    try:
+        page = context.new_page()
+        page.goto(f"{token_server.base_url}/")
+        expect(page.locator("#library-count")).to_contain_text("needs its access token")
+        expect(page.locator("#jobs-count")).to_contain_text("needs its access token")
+        page.on("request", lambda request: asked.append(urlsplit(request.url).path))
+        _sign_in(page, TOKEN)
+        expect(page.locator("#jobs-live")).to_have_text("live")
+        expect(page.locator("#jobs-count")).to_have_text(re.compile(r"^\d+ jobs?$"))
+        expect(page.locator("#library-count")).not_to_contain_text("access token")
+        # A request the page makes now is asked after any reload it had begun.
+        page.evaluate("() => fetch('/health').then((response) => response.status)")
+    finally:
+        context.close()
+
+    assert asked.count("/api/v1/jobs") == 1, asked
+    assert asked.count("/api/v1/videos") == 1, asked
 
 
 def test_without_a_token_a_token_in_the_address_leaves_it_and_no_form_shows(

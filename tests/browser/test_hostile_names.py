@@ -221,6 +221,8 @@ def test_a_hostile_file_name_in_the_library_and_its_detail_view(
     expect(dialog).to_be_visible()
     expect(dialog.locator("#detail-path")).to_have_text(f"{folder}/{shown}")
     expect(dialog.locator("#detail-path .control")).to_have_text(SHOWN_RLO)
+    # As every server text: a run of spaces in it keeps its width.
+    expect(dialog.locator("#detail-path")).to_have_css("white-space", "pre-wrap")
     container = dialog.locator("dt", has_text="Container").locator("xpath=following-sibling::dd[1]")
     expect(container.locator(".untrusted")).to_have_count(1)
     assert RLO not in (dialog.text_content() or "")

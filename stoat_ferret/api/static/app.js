@@ -232,6 +232,12 @@ function detailText(data) {
   return "";
 }
 
+/** "Could not <what> (403): <the API's detail>." for an answer that is no success. */
+function couldNot(what, response) {
+  const detail = detailText(response.data);
+  return `Could not ${what} (${response.status})${detail ? `: ${spelled(detail)}` : ""}.`;
+}
+
 /** Seconds to wait from a Retry-After header (seconds or an HTTP date). */
 function retryAfterSeconds(headers) {
   const value = headers.get("Retry-After");
@@ -334,8 +340,10 @@ let jobsLoaded = false;
 
 /** One job on the page; update() redraws only what changed, so focus stays put. */
 class JobView {
-  constructor(job) {
+  /** `fresh`: newer than every job the list showed before (not one paged in from older ones). */
+  constructor(job, fresh = true) {
     this.id = job.job_id;
+    this.fresh = fresh;
     this.job = null;
     this.eventAt = 0; // eventCount when the event stream last updated it
     const titleId = `job-${this.id}-title`;
@@ -372,6 +380,9 @@ class JobView {
 
   update(job) {
     const before = this.job;
+    // A job never leaves a finished state: news of it running, on its way
+    // when a list load or a cancel's answer said it ended, is older news.
+    if (before && TERMINAL.has(before.status) && !TERMINAL.has(job.status)) return;
     this.job = job;
     const title = jobTitle(job);
     // Compared part by part: as text, a folder named "x (this folder only)" reads as x with the flag.
@@ -397,7 +408,7 @@ class JobView {
     if (before) {
       announce(`${title.text}: ${job.status}.`);
       onStatusChange(job);
-    } else if (jobsLoaded && ended) {
+    } else if (jobsLoaded && ended && this.fresh) {
       onStatusChange(job); // it started and ended between two looks at the list
     }
   }
@@ -488,7 +499,7 @@ function announce(text) {
 }
 
 function onStatusChange(job) {
-  refreshHealth();
+  healthSoon();
   if ((job.job_type === "scan" || job.job_type === "thumbnails") && TERMINAL.has(job.status)) {
     // Even a cancelled or failed scan may have stored some videos.
     refreshLibrary();
@@ -525,11 +536,12 @@ async function loadJobs() {
   jobsOwed = !(response.ok && response.data) && response.status !== 401;
   if (!response.ok || !response.data) {
     byId("jobs-count").textContent =
-      response.status === 401 ? needToken() : `Could not load the jobs (${response.status}).`;
+      response.status === 401 ? needToken() : couldNot("load the jobs", response);
     return;
   }
   const { jobs, total } = response.data;
   const list = byId("jobs");
+  const newestBefore = newestShown();
   const shown = new Set(jobs.map((job) => job.job_id));
   for (const [id, view] of views) {
     if (!shown.has(id)) {
@@ -540,7 +552,7 @@ async function loadJobs() {
   jobs.forEach((job, index) => {
     let view = views.get(job.job_id);
     if (!view) {
-      view = new JobView(job);
+      view = new JobView(job, newestBefore === null || job.submitted_at > newestBefore);
       views.set(job.job_id, view);
     } else if (view.eventAt <= asked && !TERMINAL.has(view.status)) {
       view.update(job); // unless the stream brought newer news while the list was asked for
@@ -665,7 +677,18 @@ function onJobEvent(job) {
     view.update(job);
   } else if (isNewerThanShown(job)) {
     reloadJobs(); // a job started elsewhere (another tab, curl): it goes on top
+  } else if (TERMINAL.has(job.status)) {
+    onStatusChange(job); // older than the jobs shown: what it changed is shown all the same
   }
+}
+
+/** The newest `submitted_at` of the jobs on the page; null when none is. */
+function newestShown() {
+  let newest = null;
+  for (const view of views.values()) {
+    if (newest === null || view.job.submitted_at > newest) newest = view.job.submitted_at;
+  }
+  return newest;
 }
 
 /** Would this job be on the page: newer than the oldest job shown, or room left? */
@@ -694,6 +717,8 @@ async function cancelJob(view) {
       view.setNote(`It could not be cancelled: it had already ended (${job.status}).`);
     } else if (response.status === 404) {
       view.setNote("The service no longer knows this job.");
+    } else if (response.status === 401) {
+      view.setNote("It was not cancelled: ", needToken());
     } else {
       const detail = detailText(response.data);
       view.setNote("It could not be cancelled: ", detail ? untrusted(detail) : String(response.status), ".");
@@ -839,7 +864,7 @@ async function loadVideos() {
   }
   if (!response.ok || !response.data) {
     count.textContent =
-      response.status === 401 ? needToken() : `Could not load the library (${response.status}).`;
+      response.status === 401 ? needToken() : couldNot("load the library", response);
     return;
   }
   const { videos, total } = response.data;
@@ -1077,15 +1102,22 @@ async function openDetail(videoId, opener) {
   try {
     response = await request("GET", `${API}/videos/${encodeURIComponent(videoId)}`);
   } catch {
-    status.textContent = "Could not load this video: the service is unreachable.";
+    if (detailVideoId === videoId) {
+      status.textContent = "Could not load this video: the service is unreachable.";
+    }
     return;
   }
   if (detailVideoId !== videoId) return; // closed, or another one opened meanwhile
+  if (response.status === 401) {
+    dialog.close(); // the sign-in form, under the modal dialog, is what the page needs
+    needToken();
+    return;
+  }
   if (!response.ok || !response.data) {
     status.textContent =
       response.status === 404
         ? "This video is no longer in the library."
-        : `Could not load this video (${response.status}).`;
+        : couldNot("load this video", response);
     return;
   }
   const video = response.data;
@@ -1135,6 +1167,24 @@ let lastSubmitted = null;
 let healthAsked = 0; // /health reads begun
 let healthShown = 0; // the latest of them shown: an older answer arriving later is dropped
 
+let healthBusy = null; // the /health read in flight, if any
+let healthAgain = false; // asked for while one was in flight
+
+/** Read /health once at a time: a burst of ended jobs asks for one more read, not one each. */
+function healthSoon() {
+  if (healthBusy) {
+    healthAgain = true;
+    return;
+  }
+  healthBusy = refreshHealth().finally(() => {
+    healthBusy = null;
+    if (healthAgain) {
+      healthAgain = false;
+      healthSoon();
+    }
+  });
+}
+
 async function refreshHealth() {
   const badge = byId("health-status");
   const show = (state, text) => {
@@ -1158,7 +1208,13 @@ async function refreshHealth() {
     show("down", `error ${response.status}`);
     return;
   }
-  show(data.status === "ok" ? "ok" : "stopping", `service ${data.status}`);
+  if (data.status === "broken") {
+    show("down", "service broken");
+    badge.title = detailText(data); // what is wrong with the video store, and what to do
+  } else {
+    show(data.status === "ok" ? "ok" : "stopping", `service ${data.status}`);
+    badge.removeAttribute("title");
+  }
   byId("stat-pending").textContent = String(data.jobs.pending);
   byId("stat-running").textContent = String(data.jobs.running);
   byId("health-version").textContent = data.version ? `v${data.version}` : "";
@@ -1214,7 +1270,13 @@ async function signIn(event) {
     return;
   }
   if (!response.ok) {
-    feedback.textContent = `Could not sign in (${response.status}).`;
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      // not JSON: the status alone
+    }
+    feedback.textContent = couldNot("sign in", { status: response.status, data });
     return;
   }
   field.value = "";
@@ -1224,8 +1286,11 @@ async function signIn(event) {
   announce("Signed in.");
   reconnectFailures = 0;
   connectEvents();
-  reloadJobs(); // a resumed stream does not reload the list, which says "needs its token"
-  refreshLibrary();
+  // A fresh stream (no event id yet) loads the list when it opens, and the
+  // library too if it had failed (the 401 closed it); a resumed one loads
+  // neither, and both still say "needs its token".
+  if (lastEventId) reloadJobs();
+  if (lastEventId || !streamFailed) refreshLibrary();
 }
 
 /** A link of the old /#token=<token> kind: the token is already in the browser's
