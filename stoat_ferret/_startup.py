@@ -9,7 +9,6 @@ import contextlib
 import errno
 import os
 import shlex
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
@@ -20,6 +19,7 @@ from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
     SCHEMA_VERSION,
     DatabaseLock,
+    Interruption,
     StoreError,
     VideoStore,
     check_data_directory,
@@ -104,16 +104,17 @@ def inspect_interruptibly(path: Path) -> Inspection:
     bytecodes: not while SQLite runs a statement there. A ``quick_check``
     reads every page (a review's 704 MB database took 6.9 s, cold), so a
     Ctrl+C at start would wait for it. The main thread waits here instead,
-    and when the wait ends by an exception, the statement is interrupted and
-    its thread joined (a few microseconds) before that goes on.
+    and when the wait ends by an exception, the statement is interrupted
+    (:class:`~stoat_ferret.library.Interruption`) and its thread joined
+    before that goes on.
 
     Raises:
         StoreError: as ``inspect_database``.
     """
-    stop = threading.Event()
+    stop = Interruption()
     with ThreadPoolExecutor(1, thread_name_prefix="stoat-check") as pool:
-        inspected = pool.submit(inspect_database, os.fspath(path), BUSY_TIMEOUT_MS, stop=stop)
-        try:
+        try:  # (the pool's end waits for the thread: stopped first)
+            inspected = pool.submit(inspect_database, os.fspath(path), BUSY_TIMEOUT_MS, stop=stop)
             return inspected.result()
         except BaseException:
             stop.set()

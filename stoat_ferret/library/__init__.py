@@ -33,7 +33,7 @@ from stoat_ferret.library._exceptions import (
     free_space,
 )
 from stoat_ferret.library._input import READ_LIMIT
-from stoat_ferret.library._inspection import Inspection, inspect_database
+from stoat_ferret.library._inspection import Inspection, Interruption, inspect_database
 from stoat_ferret.library._library import VideoLibrary
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
@@ -104,6 +104,7 @@ __all__ = [
     "ErrorLog",
     "Fingerprint",
     "Inspection",
+    "Interruption",
     "LibraryError",
     "ProbeError",
     "ProbeProcesses",

@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -22,7 +23,52 @@ from stoat_ferret.library._exceptions import StoreError, sqlite_reason
 from stoat_ferret.library._schema import identify
 
 if TYPE_CHECKING:
-    import threading
+    from collections.abc import Iterator
+
+
+class Interruption:
+    """A stop for :func:`inspect_database`, set from another thread.
+
+    Setting it interrupts the statement under way (``Connection.interrupt``,
+    which SQLite heeds inside a long step too: most of a ``quick_check`` is
+    one step, checking every page, during which no progress handler is
+    called), and keeps the steps after it from beginning (a progress handler
+    for a statement begun later, a check between the others).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._set = False
+
+    def set(self) -> None:
+        """Stop: the statement under way ends as interrupted, and nothing more begins."""
+        with self._lock:
+            self._set = True
+            if self._connection is not None:
+                self._connection.interrupt()
+
+    def is_set(self) -> bool:
+        """Whether :meth:`set` was called (a progress handler: True ends the statement)."""
+        return self._set
+
+    def check(self, label: str) -> None:
+        """Raise StoreError if :meth:`set` was called."""
+        if self._set:
+            raise StoreError(f"cannot read video store {label}: interrupted")
+
+    @contextlib.contextmanager
+    def watching(self, connection: sqlite3.Connection) -> Iterator[None]:
+        """Let :meth:`set` interrupt ``connection`` while the block runs (it
+        is closed after: ``interrupt`` on a closed connection raises)."""
+        connection.set_progress_handler(self.is_set, 1000)  # a statement begun after set()
+        with self._lock:
+            self._connection = connection
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._connection = None
 
 
 @attrs.frozen
@@ -41,11 +87,12 @@ class Inspection:
 
 
 def inspect_database(
-    name: str, busy_timeout_ms: int, *, stop: threading.Event | None = None
+    name: str, busy_timeout_ms: int, *, stop: Interruption | None = None
 ) -> Inspection:
     """Look at ``name`` read-only, as ``stoat-ferret check`` does: whose it is,
     its schema version, its videos, and ``PRAGMA quick_check``. Once ``stop``
-    is set, a statement under way is interrupted (a StoreError).
+    is set, it ends as soon as it can, raising StoreError (a copy of the
+    file under way, below, is finished first).
 
     Changes nothing in the file: no journal mode, no migration, no deletion
     (a read-only connection; SQLite may create the ``-wal`` and ``-shm``
@@ -77,7 +124,7 @@ _COPY_TRIES: Final = 3
 
 
 def _inspect_rolled_back_copy(
-    name: str, busy_timeout_ms: int, stop: threading.Event | None
+    name: str, busy_timeout_ms: int, stop: Interruption | None
 ) -> Inspection | None:
     """:func:`_inspect` of a copy of ``name`` and its hot journal, rolled back;
     None if either changed while they were copied (a service that starts
@@ -94,7 +141,11 @@ def _inspect_rolled_back_copy(
         try:
             before = _identities(name)
             shutil.copyfile(f"{name}-journal", f"{copy}-journal")
+            if stop is not None:
+                stop.check(name)
             shutil.copyfile(name, copy)
+            if stop is not None:
+                stop.check(name)
             if _identities(name) != before:
                 return None
             with contextlib.closing(sqlite3.connect(copy)) as writer:
@@ -123,35 +174,37 @@ def _identities(name: str) -> tuple[tuple[int, int, int], ...]:
 
 
 def _inspect(
-    name: str, busy_timeout_ms: int, *, shown: str | None = None, stop: threading.Event | None
+    name: str, busy_timeout_ms: int, *, shown: str | None = None, stop: Interruption | None
 ) -> Inspection:
     """:func:`inspect_database` of ``name`` itself; messages say ``shown`` for it."""
     if not os.path.lexists(name):
         return Inspection(exists=False, version=0, videos=0)
     label = name if shown is None else shown
     uri = f"{Path(name).absolute().as_uri()}?mode=ro"
+    if stop is not None:
+        stop.check(label)
     connection = connect(uri, label, busy_timeout_ms, uri=True)
-    if stop is not None:  # asked every 1,000 of SQLite's instructions (about 10 µs)
-        connection.set_progress_handler(stop.is_set, 1000)
+    watched = contextlib.nullcontext() if stop is None else stop.watching(connection)
     try:
-        version = identify(connection, label)
-        rows = connection.execute("PRAGMA quick_check").fetchall()
-        # One row per problem, or one row of lines; "*** in database main ***" heads them.
-        problems = [
-            line
-            for (text,) in rows
-            if text != "ok"
-            for line in str(text).splitlines()
-            if line.strip() and not line.startswith("***")
-        ]
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise StoreError(
-                f"video store {label} is damaged: PRAGMA quick_check: {problems[0]}{more}"
-            )
-        videos = 0
-        if version >= 1:
-            (videos,) = connection.execute("SELECT count(*) FROM videos").fetchone()
+        with watched:
+            version = identify(connection, label)
+            rows = connection.execute("PRAGMA quick_check").fetchall()
+            # One row per problem, or one row of lines; "*** in database main ***" heads them.
+            problems = [
+                line
+                for (text,) in rows
+                if text != "ok"
+                for line in str(text).splitlines()
+                if line.strip() and not line.startswith("***")
+            ]
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise StoreError(
+                    f"video store {label} is damaged: PRAGMA quick_check: {problems[0]}{more}"
+                )
+            videos = 0
+            if version >= 1:
+                (videos,) = connection.execute("SELECT count(*) FROM videos").fetchone()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read video store {label}: {sqlite_reason(exc, name)}") from exc
     finally:
