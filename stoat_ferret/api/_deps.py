@@ -211,10 +211,13 @@ def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
 def _not_utf8(query: bytes) -> list[str]:
     """The names (as Starlette reads them) of the parameters of ``query``, a
     raw query string, whose name or value is not UTF-8 once percent-decoded,
-    each once, in order."""
+    each once, in order. A byte past ASCII sent as it is counts too:
+    Starlette reads it as Latin-1 (the server in front refuses it anyway)."""
     names: dict[str, None] = {}
     for field in query.split(b"&"):
         try:
+            if not field.isascii():
+                raise UnicodeDecodeError("ascii", field, 0, len(field), "sent unencoded")
             unquote_to_bytes(field.replace(b"+", b" ")).decode()
         except UnicodeDecodeError:
             name = field.partition(b"=")[0].replace(b"+", b" ")

@@ -82,6 +82,9 @@ if TYPE_CHECKING:
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing, so need no ``Origin`` check."""
 
+WEB_SCHEMES: Final = ("http://", "https://")
+"""How a web page's ``Origin`` begins."""
+
 BODILESS_METHODS: Final = frozenset({"GET", "HEAD"})
 """Methods whose requests take no body."""
 
@@ -226,8 +229,10 @@ class RequestGuard:
             # What the user typed or opened from a bookmark: a browser sends
             # no web page's Origin with it (a reload keeps its Referer, which
             # behind a proxy may name a scheme the service does not see).
+            # An http(s) Origin is a web page's, however it is written (not
+            # "null", nor a browser extension's chrome-extension://...).
             origin = headers.get("origin")
-            web_page = origin is not None and origin_key(origin) is not None
+            web_page = origin is not None and origin.strip().lower().startswith(WEB_SCHEMES)
             return not web_page or self.same_origin(origin or "", connection)
         if site is not None:
             return site == "same-origin"

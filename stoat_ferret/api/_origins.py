@@ -92,7 +92,10 @@ def origin_key(origin: str) -> OriginKey | None:
 def claimed_origin(headers: Headers) -> str | None:
     """The origin a browser names: ``Origin``, else the ``Referer``'s; None if neither is sent.
 
-    A ``Referer`` that names no origin gives ``"null"``, which no service has.
+    A ``Referer`` that names no origin gives ``"null"``, which no service has,
+    and so does one with a user name or a backslash before its host (a
+    browser sends neither: ``http://evil.example\\@localhost/`` is no page of
+    localhost's).
     """
     origin = headers.get("origin")
     referer = headers.get("referer")
@@ -100,8 +103,10 @@ def claimed_origin(headers: Headers) -> str | None:
         return origin
     try:
         parts = urlsplit(referer.strip())
-        host = parts.netloc.rpartition("@")[2]
         _ = parts.port  # raises ValueError for a port that is not one
     except ValueError:
         return "null"
-    return f"{parts.scheme}://{host}" if parts.scheme and host else "null"
+    host = parts.netloc
+    if not (parts.scheme and host) or "@" in host or "\\" in host:
+        return "null"
+    return f"{parts.scheme}://{host}"

@@ -373,6 +373,14 @@ async def test_the_dashboard_and_health_open_from_anywhere(
         pytest.param(
             {"Sec-Fetch-Site": "none", "Origin": "http://evil.example"}, id="typed-from-elsewhere"
         ),
+        # An Origin no browser writes is still a web page's, not "none" at all.
+        pytest.param(
+            {"Sec-Fetch-Site": "none", "Origin": "http://evil.example/"},
+            id="typed-with-an-origin-written-oddly",
+        ),
+        # urlsplit reads the host after the last "@": a browser sends no user name.
+        pytest.param({"Referer": "http://evil.example\\@localhost/x"}, id="referer-backslash"),
+        pytest.param({"Referer": "http://user@localhost/"}, id="referer-with-a-user"),
     ],
 )
 async def test_a_state_change_the_browser_says_is_from_elsewhere_is_403(
