@@ -130,10 +130,14 @@ def test_the_autouse_guard_fails_a_test_run_elsewhere(
     result.stdout.fnmatch_lines([failure])
 
 
-def test_every_anyio_test_runs_on_both_backends_or_names_its_own() -> None:
+def test_every_anyio_test_runs_on_both_backends_or_names_its_own(
+    pytestconfig: pytest.Config,
+) -> None:
     """No anyio test was collected for one backend only, unless the test
     parametrises ``anyio_backend`` itself (a test about one backend, or one
     that needs a real clock on trio: plain ``"trio"``)."""
+    if any("::" in str(arg) for arg in pytestconfig.args):
+        pytest.skip("tests named by node id: some of their backends were not collected")
     found = one_backend_tests()
     assert found == [], "one backend only: " + ", ".join(found)
 

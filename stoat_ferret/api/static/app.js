@@ -821,8 +821,9 @@ function writeAddress() {
   set("q", videoQuery, "");
   set("sort", videoSort, "path");
   set("page", String(videoOffset / VIDEO_PAGE + 1), "1");
-  if (detailVideoId === null) params.delete("video");
-  else params.set("video", String(detailVideoId));
+  const video = detailVideoId ?? videoAfterSignIn;
+  if (video === null) params.delete("video");
+  else params.set("video", String(video));
   const query = params.toString();
   const url = `${window.location.pathname}${query ? `?${query}` : ""}${window.location.hash}`;
   if (url !== `${window.location.pathname}${window.location.search}${window.location.hash}`) {
@@ -1018,6 +1019,7 @@ function startLibrary() {
 // --------------------------------------------------------------- detail view
 
 let detailVideoId = null;
+let videoAfterSignIn = null; // a video the 401 kept from opening: opened once signed in
 let detailOpener = null; // the button that opened it, to give focus back
 
 function yesNo(value) {
@@ -1091,6 +1093,7 @@ async function openDetail(videoId, opener) {
   const status = byId("detail-status");
   detailVideoId = videoId;
   detailOpener = opener;
+  videoAfterSignIn = null;
   byId("detail-title").textContent = "Video";
   byId("detail-path").textContent = "";
   byId("detail-preview").replaceChildren();
@@ -1109,8 +1112,12 @@ async function openDetail(videoId, opener) {
   }
   if (detailVideoId !== videoId) return; // closed, or another one opened meanwhile
   if (response.status === 401) {
-    dialog.close(); // the sign-in form, under the modal dialog, is what the page needs
+    // The sign-in form, under the modal dialog, is what the page needs; the
+    // video (and its ?video= in the address) waits for it.
+    videoAfterSignIn = videoId;
+    detailOpener = null;
     needToken();
+    dialog.close();
     return;
   }
   if (!response.ok || !response.data) {
@@ -1141,6 +1148,7 @@ function closedDetail() {
   writeAddress();
   // The row may have been rebuilt since: find its button again.
   const target =
+    (videoAfterSignIn !== null && !byId("signin").hidden ? byId("signin-token") : null) ||
     (detailOpener && detailOpener.isConnected ? detailOpener : null) ||
     byId("video-rows").querySelector(`tr[data-video-id="${videoId}"] button`) ||
     byId("video-search");
@@ -1291,6 +1299,11 @@ async function signIn(event) {
   // neither, and both still say "needs its token".
   if (lastEventId) reloadJobs();
   if (lastEventId || !streamFailed) refreshLibrary();
+  if (videoAfterSignIn !== null) {
+    const videoId = videoAfterSignIn;
+    videoAfterSignIn = null;
+    openDetail(videoId, null);
+  }
 }
 
 /** A link of the old /#token=<token> kind: the token is already in the browser's
