@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [serve|check] [options]",
         description=_DESCRIPTION,
         epilog="A flag wins over its variable, which wins over the default;\n"
-        "an empty variable counts as unset.",
+        "an empty variable counts as unset (a blank STOAT_API_TOKEN or\n"
+        "STOAT_SCAN_ROOTS is refused).",
         formatter_class=functools.partial(
             argparse.RawDescriptionHelpFormatter, max_help_position=_HELP_COLUMN
         ),

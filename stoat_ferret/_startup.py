@@ -183,7 +183,8 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
     url = dashboard_url(settings) if settings.port else dashboard_url(settings, port="<port>")
     picked = "" if settings.port else " (a port the system picks)"
     served = f"{url}{picked} from {path} ({_database_state(path)})"
-    return f"ok: would serve {served}; scan roots: {roots}{note}"
+    token = "required" if settings.api_token else "none"
+    return f"ok: would serve {served}; scan roots: {roots}; API token: {token}{note}"
 
 
 def _database_state(path: Path) -> str:

@@ -472,9 +472,25 @@ def test_check_on_a_good_setup(tmp: Path, capsys: pytest.CaptureFixture[str]) ->
     assert captured.out == (
         f"ok: would serve http://127.0.0.1:{port}/ from {database} "
         f"(new database: serving creates it with schema {SCHEMA_VERSION}, 0 videos);"
-        f" scan roots: {tmp / 'a'}, {tmp / 'b'}\n"
+        f" scan roots: {tmp / 'a'}, {tmp / 'b'}; API token: none\n"
     )
     assert not database.parent.exists()
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_says_whether_the_api_needs_a_token(
+    tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether the token is set shows on check's line (never the token)."""
+    token = "a-token-of-sixteen-or-more"
+    monkeypatch.setenv("STOAT_API_TOKEN", token)
+
+    status = main(["check", "--database", str(tmp / "stoat.db"), "--port", "0"])
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.endswith("; scan roots: any directory; API token: required\n")
+    assert token not in out
 
 
 @pytest.mark.usefixtures("_restored_logging")
@@ -492,7 +508,7 @@ def test_check_names_the_links_the_roots_are_spelt_through(
     assert status == 0
     assert capsys.readouterr().out.endswith(
         f"; scan roots: {tmp / 'var' / 'home' / 'me'}"
-        f" (through {tmp / 'home'} -> {tmp / 'var' / 'home'})\n"
+        f" (through {tmp / 'home'} -> {tmp / 'var' / 'home'}); API token: none\n"
     )
 
 

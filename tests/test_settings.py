@@ -111,10 +111,38 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
 def test_empty_variables_take_the_default() -> None:
     """A variable set to an empty string (or blanks) counts as unset."""
 
-    settings = Settings.from_environ({"STOAT_PORT": "", "STOAT_SCAN_ROOTS": "  "})
+    settings = Settings.from_environ({"STOAT_PORT": "", "STOAT_MAX_WORKERS": "  "})
 
     assert settings.port == 8000
-    assert settings.scan_roots == ()
+    assert settings.max_workers == Settings().max_workers
+
+
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("STOAT_API_TOKEN", "unset it to serve without a token"),
+        ("STOAT_SCAN_ROOTS", "unset it to let a scan read any directory"),
+    ],
+)
+@pytest.mark.parametrize("value", ["", "   "])
+def test_a_blank_token_or_blank_roots_are_refused(name: str, instead: str, value: str) -> None:
+    """Blank, these two would open the service up (no token; any directory), and
+    ``STOAT_API_TOKEN=$TOKEN`` with TOKEN unset is more likely a slip than a choice."""
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_environ({name: value})
+
+    assert str(refused.value) == (
+        f"{name} is set but blank (a variable that expanded to nothing?): {instead}"
+    )
+
+
+def test_blank_roots_given_by_the_flag_are_not_refused(tmp_path: Path) -> None:
+    """A flag wins over its variable, blank or not."""
+    settings = Settings.from_environ(
+        {"STOAT_SCAN_ROOTS": ""}, overrides={"scan_roots": (tmp_path,)}
+    )
+
+    assert settings.scan_roots == (Path(os.path.realpath(tmp_path)),)
 
 
 def test_scan_roots_are_resolved(tmp_path: Path) -> None:

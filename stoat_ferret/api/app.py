@@ -264,6 +264,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                             "service started",
                             database=library.path,
                             scan_roots=[str(root) for root in settings.scan_roots] or "any",
+                            api_token="required" if settings.api_token else "none",
                             max_workers=settings.max_workers,
                             probe_threads=settings.probe_threads,
                             probe_priority=settings.probe_priority.value,

@@ -14,7 +14,7 @@ from stoat_ferret.library import ThreadPriority
 from stoat_ferret.settings._checks import SettingsError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection, Mapping
 
 _WHOLE_NUMBER: Final = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
 _DECIMAL: Final = re.compile(
@@ -115,3 +115,28 @@ PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
 FLAG_PARSERS: Final[dict[str, Callable[[str, str], object]]] = {
     "scan_roots": _parse_one_root,
 }
+
+
+BLANK_REFUSED: Final = {
+    "api_token": "unset it to serve without a token",
+    "scan_roots": "unset it to let a scan read any directory",
+}
+"""Settings whose variable (``STOAT_`` and the name) is refused when set but
+blank, with what to do instead: an empty variable counts as unset, but for
+these two that opens the service up, and ``STOAT_API_TOKEN=$TOKEN`` with
+``TOKEN`` unset is more likely a mistake than a choice."""
+
+
+def check_blank(environ: Mapping[str, str], flagged: Collection[str] = ()) -> None:
+    """Refuse a variable of :data:`BLANK_REFUSED` set to nothing but white
+    space, unless a flag gave its setting (``flagged``: the settings' names).
+
+    Raises:
+        SettingsError: naming it, and what to do instead.
+    """
+    for field, instead in BLANK_REFUSED.items():
+        name = f"STOAT_{field.upper()}"
+        if field not in flagged and name in environ and not environ[name].strip():
+            raise SettingsError(
+                f"{name} is set but blank (a variable that expanded to nothing?): {instead}"
+            )

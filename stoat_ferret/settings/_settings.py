@@ -2,9 +2,8 @@
 
 Its fields take their validators and normalisers from ``_checks``, and
 :meth:`Settings.from_environ` parses each variable with ``_parsers.PARSERS``;
-it refuses a ``STOAT_*`` variable that no field reads (:func:`check_known`)
-and redacts a secret from its errors.
-"""
+it refuses an unknown ``STOAT_*`` variable (:func:`check_known`) and a blank
+token or roots (``_parsers.check_blank``), and redacts a secret from its errors."""
 
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ from stoat_ferret.settings._checks import (
     is_loopback,
     usable_cores,
 )
-from stoat_ferret.settings._parsers import PARSERS
+from stoat_ferret.settings._parsers import PARSERS, check_blank
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -290,7 +289,7 @@ class Settings:
     def from_environ(
         cls, environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, Any] | None = None
     ) -> Settings:
-        """Read the ``STOAT_*`` variables; unset or empty ones take their default.
+        """Read the ``STOAT_*`` variables; unset or empty ones take their default (but two).
 
         Args:
             environ: the variables to read; ``os.environ`` when None.
@@ -305,6 +304,7 @@ class Settings:
         source = os.environ if environ is None else environ
         check_known(source)
         values: dict[str, Any] = dict(overrides or {})
+        check_blank(source, values)
         # Every secret as given, before any variable is read: one pasted into
         # another variable too (a swapped template) is redacted from its error.
         secrets = secret_values(source, cls)

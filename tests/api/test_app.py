@@ -499,6 +499,21 @@ async def test_the_start_up_line_says_how_probe_processes_are_confined(
 
     [started] = [record for record in log_records if record["message"] == "service started"]
     assert started["extra"]["probe_sandbox"] == expected
+    assert started["extra"]["api_token"] == "none"  # whether one is needed, never the token
+
+
+@pytest.mark.anyio
+async def test_the_start_record_says_the_api_needs_the_token(
+    settings: Settings, log_records: list[Any]
+) -> None:
+    token = "a-token-of-sixteen-or-more"
+    with anyio.fail_after(10):
+        async with serving(create_app(attrs.evolve(settings, api_token=token))):
+            pass
+
+    [started] = [record for record in log_records if record["message"] == "service started"]
+    assert started["extra"]["api_token"] == "required"
+    assert token not in str(started)
 
 
 @pytest.mark.anyio
