@@ -545,6 +545,18 @@ BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
         [],
         "STOAT_DATABASE_PATH must be the path of a file, not a directory, got '{tmp}/wanted/'",
     ),
+    "database-under-a-tilde": (
+        {"STOAT_DATABASE_PATH": "~/data/stoat.db"},
+        [],
+        "STOAT_DATABASE_PATH: a '~' is not expanded here: write the path out,"
+        " got '~/data/stoat.db'",
+    ),
+    "root-with-a-space-too-many": (
+        {"STOAT_SCAN_ROOTS": "{tmp}/a: {tmp}/b"},
+        [],
+        "STOAT_SCAN_ROOTS: ' {tmp}/b' begins or ends with white space (name such a"
+        " directory with --scan-root)",
+    ),
     "unlistable-root": (
         {"STOAT_SCAN_ROOTS": "{tmp}/a"},
         [],
@@ -1236,6 +1248,26 @@ def test_a_directory_above_made_by_another_during_the_start_is_refused(
         prepare_database(made / "data" / "stoat.db", "--database")
 
     assert not (made / "data" / "stoat.db").exists()
+
+
+def test_a_database_1200_directories_down_has_them_made(tmp: Path) -> None:
+    """Each missing directory is made, 0o700, however many: one call a level
+    raised RecursionError past about a thousand (a 2,400-byte path: within PATH_MAX)."""
+    deep = tmp.joinpath(*["d"] * 1200)
+
+    try:
+        prepare_database(deep / "stoat.db", "--database")
+        modes = [stat.S_IMODE(os.stat(path).st_mode) for path in (tmp / "d", deep)]
+    finally:  # removed a level at a time: shutil.rmtree recurses too
+        for level in range(1200, 0, -1):
+            directory = tmp.joinpath(*["d"] * level)
+            for entry in os.listdir(directory) if directory.is_dir() else ():
+                if entry != "d":
+                    os.unlink(directory / entry)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(directory)
+
+    assert modes == [0o700] * 2
 
 
 def test_a_link_of_another_user_in_the_middle_of_the_way_is_refused(tmp: Path) -> None:

@@ -9,34 +9,31 @@ own rights. So, before the service opens its database
 
 - a missing directory (and each missing parent) is created with mode
   0o700 (the umask can narrow that, never widen it);
-- the directory is refused when it is writable by every user (also with the
-  sticky bit, as ``/tmp``: others cannot delete the service's files there,
-  but can create the names it would use), when it belongs to a user other
-  than the service's (root excepted: root can do anything anyway), when it
-  is writable by a group other than its owner's private group, or when it
-  has an access ACL that lets a group or a named user write (the mode's
-  group bits then show the ACL's mask, not one group). A group-writable
-  directory is accepted when the group is the private group of its owner
-  (``0775`` under Ubuntu's umask 002) or of the service's user (``root:stoat
-  0775`` for a service running as ``stoat``): that user's primary group,
-  named after it, with no other member listed and no other user having it
-  as primary group. Any other group is refused, whoever its members are: the
-  system's user and group lists may be incomplete (LDAP, nested groups), so
-  "no other member" cannot be proved for a shared group, and the check
-  fails closed;
+- the directory is refused when it is writable by every user (also with the sticky bit, as
+  ``/tmp``: others cannot delete the service's files there, but can create the names it
+  would use), when it belongs to a user other than the service's (root excepted: root can
+  do anything anyway), when it is writable by a group other than its owner's private
+  group, or when it has an access ACL that lets a group or a named user write (the mode's
+  group bits then show the ACL's mask, not one group). A group-writable directory is
+  accepted when the group is the private group of its owner (``0775`` under Ubuntu's umask
+  002) or of the service's user (``root:stoat 0775`` for a service running as ``stoat``):
+  that user's primary group, named after it, with no other member listed and no other user
+  having it as primary group. Any other group is refused, whoever its members are: the
+  system's user and group lists may be incomplete (LDAP, nested groups), so "no other
+  member" cannot be proved for a shared group, and the check fails closed;
 - each directory the way to it passes through (resolved one link at a
-  time: the directories a link's target leads through count too) is refused
-  on the same rules unless it has the sticky bit (only an entry's owner may
-  rename it then): one that another user may write into lets them rename
-  the data directory, or a link on the way, and put theirs in its place;
-  and each link on the way must belong to the service's user or root (in a
-  sticky directory its owner may still replace it), as must a directory in
-  a sticky one that a ``..`` on the way leaves (replaced by a link, it would
+  time: the directories a link's target leads through count too) must
+  belong to the service's user or root (its owner may rename anything in
+  it), and is refused on the same rules for its write bits unless it has
+  the sticky bit (only an entry's owner may rename it then): one that
+  another user may write into lets them rename the data directory, or a
+  link on the way, and put theirs in its place; and each link on the way
+  must belong to the service's user or root too, as must a directory in a
+  sticky one that a ``..`` on the way leaves (replaced by a link, it would
   lead the ``..`` elsewhere);
-- the database file must be a regular file (not a symbolic link, a FIFO or
-  a directory), and a new one is created
-  with mode 0o600 (SQLite gives its ``-wal`` and ``-shm`` files the
-  database's mode), so that other local users cannot read the video paths.
+- the database file must be a regular file (not a symbolic link, a FIFO or a
+  directory), and a new one is created with mode 0o600 (SQLite gives its ``-wal``
+  and ``-shm`` files its mode), so that other local users cannot read the paths.
 """
 
 from __future__ import annotations
@@ -74,18 +71,20 @@ def make_private_directories(path: str | os.PathLike[str]) -> None:
     # Absolute with its ".." kept, as the kernel takes it (abspath would drop
     # "link/.." as text, and make a directory the checks did not look at).
     name = os.fspath(Path(path).absolute())
-    try:
-        os.mkdir(name, PRIVATE_DIRECTORY_MODE)
-    except FileNotFoundError:
-        make_private_directories(os.path.dirname(name))
-        try:  # once: a file system that will not make it says so again
-            os.mkdir(name, PRIVATE_DIRECTORY_MODE)
-        except FileExistsError:  # another start made it meanwhile
-            if not os.path.isdir(name):
+    missing, there = [name], set()  # deepest last; a loop: no RecursionError, however deep
+    while missing:
+        try:
+            os.mkdir(missing[-1], PRIVATE_DIRECTORY_MODE)
+        except FileNotFoundError:
+            parent = os.path.dirname(missing[-1])
+            if parent == missing[-1] or parent in there:  # no root, or gone again: said once
                 raise
-    except FileExistsError:
-        if not os.path.isdir(name):
-            raise
+            missing.append(parent)
+            continue
+        except FileExistsError:  # there, or another start made it meanwhile
+            if not os.path.isdir(missing[-1]):
+                raise
+        there.add(missing.pop())
 
 
 def check_data_directory(path: Path, name: str) -> None:

@@ -51,6 +51,14 @@ def _parse_roots(name: str, raw: str) -> tuple[str, ...]:
         # Empty means no roots (any directory); separators alone are more likely
         # a variable that expanded to nothing ("$VIDEOS:") than a wish for that.
         raise SettingsError(f"{name} names no directory, only separators: {raw!r}")
+    for root in roots:
+        # "/a: /b" is more likely a space too many than a directory " /b"
+        # (relative, from the working directory): a flag may name one.
+        if root != root.strip():
+            raise SettingsError(
+                f"{name}: {root!r} begins or ends with white space (name such a"
+                " directory with --scan-root)"
+            )
     return roots
 
 
@@ -72,6 +80,10 @@ def _parse_file(name: str, raw: str) -> str:
     # Path() drops a final "/" or "/.": a directory meant would become a file's name.
     if raw.endswith(("/", "/.")):
         raise SettingsError(f"{name} must be the path of a file, not a directory, got {raw!r}")
+    # Only a shell makes "~" a home directory (systemd's Environment= does
+    # not): taken as it is, it would be a directory "~" made in the working one.
+    if raw.startswith("~"):
+        raise SettingsError(f"{name}: a '~' is not expanded here: write the path out, got {raw!r}")
     return raw
 
 
