@@ -191,8 +191,7 @@ def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
         counts = Counter(key for key, _ in request.query_params.multi_items())
         repeated = sorted(key for key, count in counts.items() if count > 1 and key in single)
         errors = [
-            {"type": "utf8", "loc": ("query", key), "msg": "not UTF-8 once percent-decoded"}
-            for key in not_utf8
+            {"type": "utf8", "loc": ("query", key), "msg": wrong} for key, wrong in not_utf8.items()
         ]
         errors += [
             {
@@ -208,21 +207,23 @@ def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
     return given_once
 
 
-def _not_utf8(query: bytes) -> list[str]:
-    """The names (as Starlette reads them) of the parameters of ``query``, a
-    raw query string, whose name or value is not UTF-8 once percent-decoded,
-    each once, in order. A byte past ASCII sent as it is counts too:
-    Starlette reads it as Latin-1 (the server in front refuses it anyway)."""
-    names: dict[str, None] = {}
+def _not_utf8(query: bytes) -> dict[str, str]:
+    """The parameters of ``query``, a raw query string, whose name or value is
+    not UTF-8 once percent-decoded, or holds a byte past ASCII sent without
+    percent-encoding (Starlette reads those as Latin-1; the server in front
+    refuses them anyway): name (U+FFFD for what is not UTF-8) -> what is
+    wrong, in order."""
+    found: dict[str, str] = {}
     for field in query.split(b"&"):
+        name = unquote_to_bytes(field.partition(b"=")[0].replace(b"+", b" "))
+        if not field.isascii():
+            found.setdefault(name.decode(errors="replace"), "sent without percent-encoding")
+            continue
         try:
-            if not field.isascii():
-                raise UnicodeDecodeError("ascii", field, 0, len(field), "sent unencoded")
             unquote_to_bytes(field.replace(b"+", b" ")).decode()
         except UnicodeDecodeError:
-            name = field.partition(b"=")[0].replace(b"+", b" ")
-            names[unquote_to_bytes(name).decode(errors="replace")] = None
-    return list(names)
+            found.setdefault(name.decode(errors="replace"), "not UTF-8 once percent-decoded")
+    return found
 
 
 def _takes_a_list(annotation: object) -> bool:

@@ -71,7 +71,7 @@ def make_private_directories(path: str | os.PathLike[str]) -> None:
     # Absolute with its ".." kept, as the kernel takes it (abspath would drop
     # "link/.." as text, and make a directory the checks did not look at).
     name = os.fspath(Path(path).absolute())
-    missing, there = [name], set()  # deepest last; a loop: no RecursionError, however deep
+    missing, there = [name], set()  # parents after it; a loop: no RecursionError, however deep
     while missing:
         try:
             os.mkdir(missing[-1], PRIVATE_DIRECTORY_MODE)

@@ -32,8 +32,10 @@ class Interruption:
     Setting it interrupts the statement under way (``Connection.interrupt``,
     which SQLite heeds inside a long step too: most of a ``quick_check`` is
     one step, checking every page, during which no progress handler is
-    called), and keeps the steps after it from beginning (a progress handler
-    for a statement begun later, a check between the others).
+    called). SQLite forgets an interrupt that comes while no statement runs,
+    as the next one begins: so each statement of a watched connection is
+    interrupted again as it begins (its trace callback) once this is set.
+    A wait for another process's lock (the busy timeout) is not cut short.
     """
 
     def __init__(self) -> None:
@@ -42,14 +44,14 @@ class Interruption:
         self._set = False
 
     def set(self) -> None:
-        """Stop: the statement under way ends as interrupted, and nothing more begins."""
+        """Stop: the statement under way ends as interrupted, and so does any begun after."""
         with self._lock:
             self._set = True
             if self._connection is not None:
                 self._connection.interrupt()
 
     def is_set(self) -> bool:
-        """Whether :meth:`set` was called (a progress handler: True ends the statement)."""
+        """Whether :meth:`set` was called."""
         return self._set
 
     def check(self, label: str) -> None:
@@ -61,7 +63,12 @@ class Interruption:
     def watching(self, connection: sqlite3.Connection) -> Iterator[None]:
         """Let :meth:`set` interrupt ``connection`` while the block runs (it
         is closed after: ``interrupt`` on a closed connection raises)."""
-        connection.set_progress_handler(self.is_set, 1000)  # a statement begun after set()
+
+        def begun(_: str) -> None:  # in the statement's own thread, once it has begun
+            if self._set:
+                connection.interrupt()
+
+        connection.set_trace_callback(begun)
         with self._lock:
             self._connection = connection
         try:
@@ -69,6 +76,7 @@ class Interruption:
         finally:
             with self._lock:
                 self._connection = None
+            connection.set_trace_callback(None)
 
 
 @attrs.frozen

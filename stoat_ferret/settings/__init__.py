@@ -31,6 +31,9 @@ flag (:func:`parse_flag`, passed as ``overrides``) wins over its variable.
 
 * a ``STOAT_*`` variable it does not know (a misspelt ``STOAT_SCAN_ROOT``
   would otherwise silently mean "any directory"), naming the closest known one;
+* a ``STOAT_API_TOKEN`` or ``STOAT_SCAN_ROOTS`` set but blank, unless a flag
+  gave the setting (``_parsers.BLANK_REFUSED``): empty, they would mean no
+  token and any directory;
 * a ``STOAT_HOST`` other than loopback, or a name in ``STOAT_ALLOWED_HOSTS``
   other than loopback's (a reverse proxy's), without ``STOAT_API_TOKEN`` or
   without ``STOAT_SCAN_ROOTS`` (:meth:`Settings.check_exposure`): other

@@ -46,10 +46,10 @@ def _parse_float(name: str, raw: str) -> float:
 
 
 def _parse_roots(name: str, raw: str) -> tuple[str, ...]:
-    roots = tuple(part for part in raw.split(os.pathsep) if part.strip())
-    if raw.strip() and not roots:
-        # Empty means no roots (any directory); separators alone are more likely
-        # a variable that expanded to nothing ("$VIDEOS:") than a wish for that.
+    roots = tuple(part for part in raw.split(os.pathsep) if part)
+    if not any(root.strip() for root in roots):
+        # Separators alone are more likely a variable that expanded to
+        # nothing ("$VIDEOS:") than a wish for no roots (any directory).
         raise SettingsError(f"{name} names no directory, only separators: {raw!r}")
     for root in roots:
         # "/a: /b" is more likely a space too many than a directory " /b"

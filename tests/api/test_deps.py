@@ -303,8 +303,9 @@ async def test_utf8_queries_pass_and_each_bad_parameter_is_named_once() -> None:
     with pytest.raises(RequestValidationError) as refused:
         await check(Request(http_scope("GET", "/api/v1/events", query=query)))
     errors = refused.value.errors()
-    assert [(error["type"], error["loc"]) for error in errors] == [
-        ("utf8", ("query", "job_id")),
-        ("utf8", ("query", "job_type")),  # sent unencoded: Starlette reads Latin-1 there
-        ("repeated", ("query", "last_event_id")),
+    assert [(error["type"], error["loc"], error["msg"]) for error in errors] == [
+        ("utf8", ("query", "job_id"), "not UTF-8 once percent-decoded"),
+        # Unencoded: Starlette reads Latin-1 there, and uvicorn's h11 refuses it.
+        ("utf8", ("query", "job_type"), "sent without percent-encoding"),
+        ("repeated", ("query", "last_event_id"), "given 2 times: this parameter takes one value"),
     ]

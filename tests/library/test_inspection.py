@@ -14,17 +14,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from stoat_ferret.library import Interruption, StoreError, VideoStore, inspect_database
+from stoat_ferret.library import Interruption, StoreError, VideoStore, _inspection, inspect_database
+from stoat_ferret.library._schema import identify
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-# Long enough to meet the progress handler (every 1,000 of SQLite's
-# instructions) many times; short enough to finish in milliseconds if not.
-COUNT_A_LOT = (
-    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000)"
-    " SELECT count(*) FROM c"
-)
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 
 
@@ -47,8 +42,8 @@ def test_a_database_is_looked_at_and_an_interruption_set_first_ends_the_look(
 
 def test_an_interruption_stops_the_statement_under_way_without_a_progress_handler() -> None:
     """Set from another thread while a statement runs: ``Connection.interrupt``
-    ends it, even with no progress handler called (as during quick_check's
-    check of the pages, one long step of SQLite's)."""
+    ends it (as during quick_check's check of the pages, one long step of
+    SQLite's, during which no progress handler is called)."""
     stop = Interruption()
     connection = sqlite3.connect(":memory:", check_same_thread=False)
     started = threading.Event()
@@ -76,19 +71,42 @@ def test_an_interruption_stops_the_statement_under_way_without_a_progress_handle
     assert [str(error) for error in errors] == ["interrupted"]
 
 
-def test_an_interruption_set_between_statements_stops_the_next() -> None:
-    """``interrupt`` is nothing when no statement runs: the progress handler
-    stops the one begun after the interruption was set."""
+def test_an_interruption_set_between_statements_stops_the_next(tmp_path: Path) -> None:
+    """``interrupt`` is nothing when no statement runs (SQLite forgets it as the
+    next one begins), and a quick_check calls no progress handler before its
+    long step: the statement is interrupted again as it begins."""
+    database = tmp_path / "stoat.db"
+    VideoStore.open(database).close()
     stop = Interruption()
-    connection = sqlite3.connect(":memory:")
+    connection = sqlite3.connect(database)
     try:
         with stop.watching(connection):
-            connection.execute(COUNT_A_LOT).fetchone()  # runs to its end
+            assert connection.execute("PRAGMA quick_check").fetchall() == [("ok",)]
             stop.set()
             with pytest.raises(sqlite3.OperationalError, match="interrupted"):
-                connection.execute(COUNT_A_LOT).fetchone()
+                connection.execute("PRAGMA quick_check").fetchall()
     finally:
         connection.close()
+
+
+def test_an_interruption_set_while_the_look_is_between_steps_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set as the file's owner is read, before the quick_check begins: the look
+    ends as interrupted, the check not run to its end."""
+    database = tmp_path / "stoat.db"
+    VideoStore.open(database).close()
+    stop = Interruption()
+
+    def identify_then_stop(connection: sqlite3.Connection, name: str) -> int:
+        version = identify(connection, name)
+        stop.set()
+        return version
+
+    monkeypatch.setattr(_inspection, "identify", identify_then_stop)
+
+    with pytest.raises(StoreError, match=r": interrupted$"):
+        inspect_database(str(database), 1000, stop=stop)
 
 
 def test_an_interruption_set_once_the_look_is_over_touches_no_connection() -> None:
