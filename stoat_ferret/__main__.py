@@ -215,10 +215,12 @@ def _serve(settings: Settings, names: dict[str, str], stop: _StopOnce) -> int:
     try:
         with listener:
             serve(settings, listener, signals_taken=stop.disarm)
-    except Exception:
+    except Exception as exc:
         # Logged, so that in JSON the crash is one record with its traceback
-        # rather than Python's text on stderr.
-        logger.opt(exception=True).critical("stoat_ferret crashed")
+        # rather than Python's text on stderr; its message names the error,
+        # for an alert that reads messages only.
+        reason = redact_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()))
+        logger.opt(exception=True).critical("stoat_ferret crashed: {reason}", reason=reason)
         return EXIT_CRASHED
     logger.info("stoat_ferret exits")
     return 0

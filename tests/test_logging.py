@@ -105,7 +105,8 @@ def test_json_crash_while_serving_is_one_json_record(
     assert status == 1
     [crashed] = lines
     assert crashed["level"] == "CRITICAL"
-    assert crashed["message"] == "stoat_ferret crashed"
+    assert crashed["message"] == "stoat_ferret crashed: RuntimeError: something broke"
+    assert crashed["reason"] == "RuntimeError: something broke"
     assert "RuntimeError: something broke" in crashed["exception"]
 
 

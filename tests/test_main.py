@@ -167,8 +167,10 @@ def test_a_service_whose_job_supervisor_fails_stops_and_exits_1(tmp_path: Path) 
     output = log.read_text()
     assert accepted.status_code == 202
     assert returncode == 1
-    assert "stoat_ferret crashed" in output
-    assert "the app's lifespan failed while it served: SystemExit: 7" in output
+    assert (
+        "stoat_ferret crashed: RuntimeError: the app's lifespan failed while it served:"
+        " SystemExit: 7" in output
+    )
 
 
 def test_a_stop_whose_shut_down_fails_exits_1(tmp_path: Path) -> None:
