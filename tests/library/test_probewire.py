@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 
-from stoat_ferret.library import ProbeError, VideoProbe
+from stoat_ferret.library import ProbeError, VideoProbe, make_thumbnail
 from stoat_ferret.library._exceptions import ShortOfMemory
 from stoat_ferret.library._probewire import (
     NOT_A_PROBE,
@@ -19,10 +20,15 @@ from stoat_ferret.library._probewire import (
     decode_answer,
     decode_thumbnail,
     encode_answer,
+    is_plain_lossy_webp,
 )
 from stoat_ferret.library._thumbnail import UndecodableError
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.support import PROBE
+from tests.videos import make_video
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_a_probe_that_raised_in_the_child_is_reported_as_such() -> None:
@@ -190,11 +196,76 @@ def test_an_answer_that_is_not_a_thumbnail_is_refused(answer: bytes, content: by
     assert refused.value.reason == NOT_A_PROBE
 
 
+def _webp(
+    *,
+    width: int = 320,
+    height: int = 180,
+    fourcc: bytes = b"VP8 ",
+    key_frame: bool = True,
+    partition: int = 8,
+    payload: int = 31,
+    riff_slack: int = 0,
+    after: bytes = b"",
+) -> bytes:
+    """A WebP file of the simple format, its VP8 frame header as libwebp writes it."""
+    tag = (0 if key_frame else 1) | 1 << 4 | partition << 5  # version 0, shown
+    frame = tag.to_bytes(3, "little") + b"\x9d\x01\x2a" + struct.pack("<HH", width, height)
+    frame += bytes(payload)
+    chunk = fourcc + struct.pack("<I", len(frame)) + frame + bytes(len(frame) & 1)
+    body = b"WEBP" + chunk + after
+    return b"RIFF" + struct.pack("<I", len(body) + riff_slack) + body
+
+
+@pytest.mark.parametrize("size", [(320, 180), (320, 2), (320, 1280)])
+def test_a_plain_lossy_webp_of_the_thumbnails_size_passes(size: tuple[int, int]) -> None:
+    width, height = size
+    assert is_plain_lossy_webp(_webp(width=width, height=height))
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        pytest.param({"fourcc": b"VP8L"}, id="lossless"),
+        pytest.param({"fourcc": b"VP8X"}, id="extended"),
+        pytest.param({"after": b"EXIF\4\0\0\0abcd"}, id="a-chunk-after"),
+        pytest.param({"riff_slack": 2}, id="riff-size-wrong"),
+        pytest.param({"width": 321}, id="another-width"),
+        pytest.param({"width": 320 | 1 << 14}, id="scaled"),
+        pytest.param({"height": 1282}, id="too-tall"),
+        pytest.param({"height": 1}, id="too-short"),
+        pytest.param({"key_frame": False}, id="no-key-frame"),
+        pytest.param({"partition": 40}, id="partition-past-the-chunk"),
+        pytest.param({"partition": 0}, id="no-partition"),
+    ],
+)
+def test_a_webp_other_than_the_encoders_is_refused(changed: dict[str, Any]) -> None:
+    """A child taken over by a hostile file could send any image to the
+    dashboard's browser: only what the thumbnail's encoder writes passes."""
+    image = _memory_file(data := _webp(**changed))
+    try:
+        with pytest.raises(ProbeError) as refused:
+            decode_thumbnail("a.mp4", encode_answer(len(data)), image)
+    finally:
+        os.close(image)
+
+    assert not is_plain_lossy_webp(data)
+    assert refused.value.reason == NOT_A_PROBE
+
+
+def test_the_thumbnails_the_encoder_makes_pass(tmp_path: Path) -> None:
+    """The check fits the encoder: a wide, a tall (capped) and a narrow clip's thumbnails."""
+    for number, (width, height) in enumerate([(128, 96), (64, 480), (480, 8)]):
+        clip = make_video(tmp_path / f"clip{number}.mp4", width=width, height=height).path
+        info = clip.stat()
+        thumbnail = make_thumbnail(str(clip), (info.st_size, info.st_mtime_ns))
+        assert is_plain_lossy_webp(thumbnail), (width, height)
+
+
 def test_a_thumbnail_crosses_with_its_size() -> None:
-    webp = b"RIFF\4\0\0\0WEBP"
+    webp = _webp()
     image = _memory_file(webp)
     try:
-        assert decode_thumbnail("a.mp4", encode_answer(12), image) == webp
+        assert decode_thumbnail("a.mp4", encode_answer(len(webp)), image) == webp
         with pytest.raises(UndecodableError) as undecodable:
             decode_thumbnail("a.mp4", encode_answer(UndecodableError("a", "no keyframe")), image)
     finally:
