@@ -30,7 +30,7 @@ from stoat_ferret.library._metadata import FULL_TURN
 from stoat_ferret.library._models import VideoProbe
 from stoat_ferret.library._probe import MAX_DURATION_SECONDS
 from stoat_ferret.library._schema import INTEGER_MAX
-from stoat_ferret.library._thumbimage import MAX_HEIGHT, THUMBNAIL_WIDTH
+from stoat_ferret.library._thumbimage import is_plain_lossy_webp
 from stoat_ferret.library._thumbnail import UndecodableError
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 
@@ -166,39 +166,6 @@ def decode_thumbnail(name: str, answer: bytes, image: int) -> bytes:
         return None
 
     return _decoded(name, answer, thumbnail, undecodable=True)
-
-
-_VP8_START: Final = b"\x9d\x01\x2a"
-
-
-def is_plain_lossy_webp(data: bytes) -> bool:
-    """Whether ``data`` is a WebP image as the thumbnail's encoder writes one,
-    and nothing else: the simple format (RIFF, its size exact, one ``VP8 ``
-    chunk filling it), a lossy key frame :data:`THUMBNAIL_WIDTH` wide and at
-    most :data:`MAX_HEIGHT` tall, unscaled, its first partition within it.
-
-    What a child sends is served to the dashboard's browser, and a child is
-    not trusted (a hostile file may have taken it over): no lossless
-    (``VP8L``), extended (``VP8X``: alpha, animation, metadata) or other
-    chunk reaches a browser's WebP decoder, whose lossless decoding is
-    where libwebp's worst flaw was (CVE-2023-4863).
-    """
-    if len(data) < 30 or data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8 ":
-        return False
-    (riff_size,) = struct.unpack_from("<I", data, 4)
-    (chunk_size,) = struct.unpack_from("<I", data, 16)
-    if riff_size != len(data) - 8 or 20 + chunk_size + (chunk_size & 1) != len(data):
-        return False
-    tag = int.from_bytes(data[20:23], "little")
-    key_frame, first_partition = not tag & 1, tag >> 5
-    width, height = struct.unpack_from("<HH", data, 26)
-    return (
-        key_frame
-        and data[23:26] == _VP8_START
-        and 0 < first_partition <= chunk_size - 10
-        and width == THUMBNAIL_WIDTH  # no scaling bits: they are the top two
-        and 2 <= height <= MAX_HEIGHT
-    )
 
 
 def _decoded(

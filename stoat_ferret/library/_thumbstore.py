@@ -70,6 +70,7 @@ from stoat_ferret.library._thumbdir import (
     opened,
     regular_size,
 )
+from stoat_ferret.library._thumbimage import is_plain_lossy_webp
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Iterator
@@ -141,7 +142,9 @@ class ThumbnailStore:
                 image = file.read(MAX_THUMBNAIL_BYTES + 1)
             if len(image) > MAX_THUMBNAIL_BYTES:  # grown since the fstat
                 return None
-            return image or None
+            # As a child's is checked before it is written: what an older
+            # version wrote unchecked is served only if it passes too.
+            return image if is_plain_lossy_webp(image) else None
         finally:
             os.close(fd)
 

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import math
 import os
+import struct
 import threading
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -289,3 +290,23 @@ def gate_released(event: threading.Event) -> None:
     """
     if not event.wait(THREAD_WAIT):
         raise TimeoutError(f"the test did not release the gate in {THREAD_WAIT:g} s")
+
+
+def webp_image(
+    *,
+    width: int = 320,
+    height: int = 180,
+    fourcc: bytes = b"VP8 ",
+    key_frame: bool = True,
+    partition: int = 8,
+    payload: int = 31,
+    riff_slack: int = 0,
+    after: bytes = b"",
+) -> bytes:
+    """A WebP file of the simple format, its VP8 frame header as libwebp writes it."""
+    tag = (0 if key_frame else 1) | 1 << 4 | partition << 5  # version 0, shown
+    frame = tag.to_bytes(3, "little") + b"\x9d\x01\x2a" + struct.pack("<HH", width, height)
+    frame += bytes(payload)
+    chunk = fourcc + struct.pack("<I", len(frame)) + frame + bytes(len(frame) & 1)
+    body = b"WEBP" + chunk + after
+    return b"RIFF" + struct.pack("<I", len(body) + riff_slack) + body

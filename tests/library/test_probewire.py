@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +19,11 @@ from stoat_ferret.library._probewire import (
     decode_answer,
     decode_thumbnail,
     encode_answer,
-    is_plain_lossy_webp,
 )
+from stoat_ferret.library._thumbimage import is_plain_lossy_webp
 from stoat_ferret.library._thumbnail import UndecodableError
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
-from tests.library.support import PROBE
+from tests.library.support import PROBE, webp_image
 from tests.videos import make_video
 
 if TYPE_CHECKING:
@@ -196,30 +195,10 @@ def test_an_answer_that_is_not_a_thumbnail_is_refused(answer: bytes, content: by
     assert refused.value.reason == NOT_A_PROBE
 
 
-def _webp(
-    *,
-    width: int = 320,
-    height: int = 180,
-    fourcc: bytes = b"VP8 ",
-    key_frame: bool = True,
-    partition: int = 8,
-    payload: int = 31,
-    riff_slack: int = 0,
-    after: bytes = b"",
-) -> bytes:
-    """A WebP file of the simple format, its VP8 frame header as libwebp writes it."""
-    tag = (0 if key_frame else 1) | 1 << 4 | partition << 5  # version 0, shown
-    frame = tag.to_bytes(3, "little") + b"\x9d\x01\x2a" + struct.pack("<HH", width, height)
-    frame += bytes(payload)
-    chunk = fourcc + struct.pack("<I", len(frame)) + frame + bytes(len(frame) & 1)
-    body = b"WEBP" + chunk + after
-    return b"RIFF" + struct.pack("<I", len(body) + riff_slack) + body
-
-
 @pytest.mark.parametrize("size", [(320, 180), (320, 2), (320, 1280)])
 def test_a_plain_lossy_webp_of_the_thumbnails_size_passes(size: tuple[int, int]) -> None:
     width, height = size
-    assert is_plain_lossy_webp(_webp(width=width, height=height))
+    assert is_plain_lossy_webp(webp_image(width=width, height=height))
 
 
 @pytest.mark.parametrize(
@@ -241,7 +220,7 @@ def test_a_plain_lossy_webp_of_the_thumbnails_size_passes(size: tuple[int, int])
 def test_a_webp_other_than_the_encoders_is_refused(changed: dict[str, Any]) -> None:
     """A child taken over by a hostile file could send any image to the
     dashboard's browser: only what the thumbnail's encoder writes passes."""
-    image = _memory_file(data := _webp(**changed))
+    image = _memory_file(data := webp_image(**changed))
     try:
         with pytest.raises(ProbeError) as refused:
             decode_thumbnail("a.mp4", encode_answer(len(data)), image)
@@ -262,7 +241,7 @@ def test_the_thumbnails_the_encoder_makes_pass(tmp_path: Path) -> None:
 
 
 def test_a_thumbnail_crosses_with_its_size() -> None:
-    webp = _webp()
+    webp = webp_image()
     image = _memory_file(webp)
     try:
         assert decode_thumbnail("a.mp4", encode_answer(len(webp)), image) == webp

@@ -25,22 +25,25 @@ from stoat_ferret.library import (
 from stoat_ferret.library._atomicfile import write_atomically
 from stoat_ferret.library._thumbdir import MARKER
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
-from tests.library.support import make_context
+from tests.library.support import make_context, webp_image
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.videos import EncodedVideo
 
+# Thumbnails as the encoder writes them (the store serves nothing else), told apart by size.
+IMAGE, OLD, NEW, X, Y = (webp_image(payload=size) for size in (31, 33, 35, 37, 39))
+
 
 def test_write_read_and_state(tmp_path: Path) -> None:
     """A written image reads back under its fingerprint only; a marker counts as failed."""
     store = ThumbnailStore(tmp_path / "thumbs")
 
-    store.write(7, (100, 5), b"image")
+    store.write(7, (100, 5), IMAGE)
     store.write(8, (100, 5), None)
 
-    assert store.read(7, (100, 5)) == b"image"
+    assert store.read(7, (100, 5)) == IMAGE
     assert store.read(7, (101, 5)) is None
     assert store.state(7, (100, 5)) == "made"
     assert store.state(8, (100, 5)) == "failed"
@@ -52,7 +55,7 @@ def test_a_directory_in_a_thumbnails_place_is_none_and_leaks_nothing(tmp_path: P
     """Not ours (a directory where the image would be): None, as for a missing
     one, and the descriptor opened to look at it is closed."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(7, (100, 5), b"image")
+    store.write(7, (100, 5), IMAGE)
     path = store.path_for(7, (100, 5))
     os.remove(path)
     os.mkdir(path)
@@ -65,12 +68,12 @@ def test_a_directory_in_a_thumbnails_place_is_none_and_leaks_nothing(tmp_path: P
 def test_a_new_version_replaces_the_old(tmp_path: Path) -> None:
     """Writing the thumbnail of a changed file leaves only that one in the folder."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(7, (100, 5), b"old")
+    store.write(7, (100, 5), OLD)
 
-    store.write(7, (200, 6), b"new")
+    store.write(7, (200, 6), NEW)
 
     assert os.listdir(tmp_path / "thumbs" / "7") == [f"{THUMBNAIL_VERSION}-200-6.webp"]
-    assert store.read(7, (200, 6)) == b"new"
+    assert store.read(7, (200, 6)) == NEW
 
 
 class _Stopped(Exception):
@@ -84,7 +87,7 @@ def test_a_stop_right_after_a_new_version_is_filed_leaves_no_older_one(
     file is in place leaves no older one beside it: nothing would remove that
     one, since the new version counts as made."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(7, (100, 5), b"old")
+    store.write(7, (100, 5), OLD)
 
     def write_then_stop(*args: Any, **kwargs: Any) -> None:
         write_atomically(*args, **kwargs)
@@ -93,7 +96,7 @@ def test_a_stop_right_after_a_new_version_is_filed_leaves_no_older_one(
     monkeypatch.setattr(_thumbstore, "write_atomically", write_then_stop)
 
     with pytest.raises(_Stopped):
-        store.write(7, (200, 6), b"new")
+        store.write(7, (200, 6), NEW)
 
     assert os.listdir(tmp_path / "thumbs" / "7") == [f"{THUMBNAIL_VERSION}-200-6.webp"]
 
@@ -102,7 +105,7 @@ def test_remove_and_sweep(tmp_path: Path) -> None:
     """remove() drops the named videos' files; sweep() every video not stored, only those."""
     store = ThumbnailStore(tmp_path / "thumbs")
     for video_id in (1, 2, 3, 4):
-        store.write(video_id, (10, 10), b"x")
+        store.write(video_id, (10, 10), X)
     others = ["stray-file", "\u00b2", "\u0661", ".hidden", "12a"]  # '²'.isdigit() is True
     for name in others:
         (tmp_path / "thumbs" / name).write_bytes(b"?")
@@ -140,7 +143,7 @@ def test_a_directory_with_files_and_no_marker_is_left_alone(tmp_path: Path) -> N
     with pytest.raises(StoreError, match="not empty"):
         store.sweep(set())
     with pytest.raises(StoreError, match="not empty"):
-        store.write(2, (10, 10), b"x")
+        store.write(2, (10, 10), X)
     assert store.read(1, (10, 10)) is None
     assert sorted(os.listdir(theirs)) == ["1", "notes.txt"]
     assert os.listdir(theirs / "1") == ["holiday.jpg"]
@@ -151,15 +154,15 @@ def test_a_write_marks_again_a_directory_half_removed(tmp_path: Path) -> None:
     made again meanwhile) took the marker: the next write puts it back, so
     the next start does not refuse the directory, thumbnails and all."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(1, (10, 10), b"x")
+    store.write(1, (10, 10), X)
     (tmp_path / "thumbs" / MARKER).unlink()
 
-    store.write(2, (10, 10), b"y")
+    store.write(2, (10, 10), Y)
     restarted = ThumbnailStore(tmp_path / "thumbs")
 
     assert sorted(os.listdir(tmp_path / "thumbs")) == sorted(["1", "2", MARKER])
     assert restarted.refused is None
-    assert restarted.read(1, (10, 10)) == b"x"
+    assert restarted.read(1, (10, 10)) == X
 
 
 def test_a_directory_of_others_put_in_its_place_is_refused_not_marked(tmp_path: Path) -> None:
@@ -167,14 +170,14 @@ def test_a_directory_of_others_put_in_its_place_is_refused_not_marked(tmp_path: 
     of its own: refused as at a start, nothing written, marked or swept in
     it (marked, a restart would take it and sweep its numbered folders)."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(1, (10, 10), b"x")
+    store.write(1, (10, 10), X)
     (tmp_path / "thumbs").rename(tmp_path / "moved")
     theirs = tmp_path / "thumbs"
     (theirs / "2024").mkdir(parents=True)
     (theirs / "2024" / "holiday.jpg").write_bytes(b"mine")
 
     with pytest.raises(StoreError, match="not empty and not marked"):
-        store.write(5, (10, 10), b"y")
+        store.write(5, (10, 10), Y)
     with pytest.raises(StoreError, match="not empty and not marked"):
         store.sweep(set())
     restarted = ThumbnailStore(theirs)
@@ -217,7 +220,7 @@ def test_a_directory_swapped_in_as_the_store_claims_anew_is_not_written(
 
     monkeypatch.setattr(store, "_claim", claim_then_swap)
     with pytest.raises(FileNotFoundError, match="not the directory claimed"):
-        store.write(7, (10, 10), b"x")
+        store.write(7, (10, 10), X)
 
     assert sorted(os.listdir(tmp_path / "thumbs")) == ["5", "notes.txt"]
 
@@ -236,7 +239,7 @@ def test_a_thumbnail_or_marker_of_an_earlier_version_is_made_again(
     os.replace(folder / f"{THUMBNAIL_VERSION}-1-1.webp", folder / earlier)
 
     assert (store.read(7, (10, 10)), store.state(7, (10, 10))) == (None, None)
-    store.write(7, (10, 10), b"new")
+    store.write(7, (10, 10), NEW)
     assert os.listdir(folder) == [f"{THUMBNAIL_VERSION}-10-10.webp"]
 
 
@@ -253,24 +256,24 @@ def test_a_directory_put_in_its_place_is_read_as_having_no_thumbnails(tmp_path: 
 
 def test_an_empty_directory_put_in_its_place_is_taken_over(tmp_path: Path) -> None:
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(1, (10, 10), b"x")
+    store.write(1, (10, 10), X)
     (tmp_path / "thumbs").rename(tmp_path / "moved")
     (tmp_path / "thumbs").mkdir()
 
-    store.write(2, (10, 10), b"y")
+    store.write(2, (10, 10), Y)
 
     assert sorted(os.listdir(tmp_path / "thumbs")) == sorted(["2", MARKER])
-    assert store.read(2, (10, 10)) == b"y"
+    assert store.read(2, (10, 10)) == Y
 
 
 def test_sweep_makes_a_removed_directory_again(tmp_path: Path) -> None:
     """The directory removed while the service runs: sweep finds nothing, the next write works."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(1, (10, 10), b"x")
+    store.write(1, (10, 10), X)
     shutil.rmtree(tmp_path / "thumbs")
 
     assert store.sweep(set()) == 0
-    store.write(2, (10, 10), b"y")
+    store.write(2, (10, 10), Y)
 
     assert sorted(os.listdir(tmp_path / "thumbs")) == sorted(["2", MARKER])
     assert store.refused is None
@@ -279,7 +282,7 @@ def test_sweep_makes_a_removed_directory_again(tmp_path: Path) -> None:
 def test_an_empty_image_counts_as_missing(tmp_path: Path) -> None:
     """A write cut short by a crash (an empty file) is no thumbnail: it is made again."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(7, (10, 10), b"x")
+    store.write(7, (10, 10), X)
     with open(store.path_for(7, (10, 10)), "wb"):
         pass
 
@@ -290,7 +293,7 @@ def test_an_empty_image_counts_as_missing(tmp_path: Path) -> None:
 def test_a_symlinked_image_is_not_read(tmp_path: Path) -> None:
     """The image is opened without following a symlink put in its place."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(7, (10, 10), b"x")
+    store.write(7, (10, 10), X)
     (tmp_path / "secret").write_bytes(b"secret")
     os.unlink(store.path_for(7, (10, 10)))
     os.symlink(tmp_path / "secret", store.path_for(7, (10, 10)))
@@ -308,7 +311,7 @@ def test_a_symlinked_video_folder_is_never_written_through(tmp_path: Path) -> No
     (tmp_path / "thumbs" / "1").symlink_to(victim)
 
     with pytest.raises(OSError, match="symbolic link"):
-        store.write(1, (10, 10), b"image")
+        store.write(1, (10, 10), IMAGE)
     assert os.listdir(victim) == ["keep.txt"]
     (victim / f"{THUMBNAIL_VERSION}-10-10.webp").write_bytes(b"not through the link")
     assert store.read(1, (10, 10)) is None
@@ -351,7 +354,7 @@ def test_a_symlinked_thumbnails_directory_is_refused(tmp_path: Path, target: str
     with contextlib.suppress(StoreError):
         store.sweep(set())
     with contextlib.suppress(StoreError):
-        store.write(2, (10, 10), b"x")
+        store.write(2, (10, 10), X)
     store.remove([1])
 
     assert sorted(os.listdir(elsewhere)) == before
@@ -374,7 +377,7 @@ def test_a_thumbnails_directory_replaced_by_a_link_is_refused(tmp_path: Path) ->
     (tmp_path / "thumbs").symlink_to(elsewhere)
 
     with pytest.raises(StoreError, match="symbolic link"):
-        store.write(2, (10, 10), b"x")
+        store.write(2, (10, 10), X)
     with pytest.raises(StoreError, match="symbolic link"):
         store.sweep(set())
 
@@ -387,7 +390,7 @@ def test_new_directories_and_files_are_private(tmp_path: Path) -> None:
     old_umask = os.umask(0)
     try:
         store = ThumbnailStore(tmp_path / "new" / "thumbs")
-        store.write(7, (10, 10), b"image")
+        store.write(7, (10, 10), IMAGE)
     finally:
         os.umask(old_umask)
 
@@ -403,7 +406,7 @@ def test_new_directories_and_files_are_private(tmp_path: Path) -> None:
 def test_an_oversized_thumbnail_file_reads_as_missing(tmp_path: Path) -> None:
     """A file far larger than any thumbnail of ours is not read whole: it is missing."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(7, (10, 10), b"x")
+    store.write(7, (10, 10), X)
     os.truncate(store.path_for(7, (10, 10)), 64 * 1024 * 1024)  # sparse
 
     assert store.read(7, (10, 10)) is None
@@ -413,15 +416,15 @@ def test_an_oversized_thumbnail_file_reads_as_missing(tmp_path: Path) -> None:
 def test_the_size_cap_is_inclusive(tmp_path: Path) -> None:
     """A file of exactly MAX_THUMBNAIL_BYTES reads; one byte more does not."""
     store = ThumbnailStore(tmp_path / "thumbs")
-    store.write(7, (10, 10), b"x")
+    largest = webp_image(payload=MAX_THUMBNAIL_BYTES - 30, partition=1000)
+    store.write(7, (10, 10), largest)
     path = store.path_for(7, (10, 10))
 
-    os.truncate(path, MAX_THUMBNAIL_BYTES)
     image = store.read(7, (10, 10))
     os.truncate(path, MAX_THUMBNAIL_BYTES + 1)
 
-    assert image is not None
-    assert len(image) == MAX_THUMBNAIL_BYTES
+    assert len(largest) == MAX_THUMBNAIL_BYTES
+    assert image == largest
     assert store.read(7, (10, 10)) is None
 
 
@@ -443,9 +446,9 @@ def test_an_image_is_on_the_disk_before_it_gets_its_name(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    store.write(7, (10, 10), b"image")
+    store.write(7, (10, 10), IMAGE)
 
-    assert events == ["fsync 5", "replace"]
+    assert events == [f"fsync {len(IMAGE)}", "replace"]
 
 
 @pytest.mark.anyio
@@ -539,3 +542,15 @@ def test_a_directory_every_user_may_write_into_is_refused_unmarked(
     assert store.refused is not None
     assert "is writable by every user" in store.refused
     assert os.listdir(theirs) == []
+
+
+def test_a_stored_image_the_encoder_would_not_write_is_not_served(tmp_path: Path) -> None:
+    """A file an older version stored from a child unchecked (a lossless or
+    extended WebP a hostile file's child could craft) is not served: as if
+    there were none."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), webp_image(fourcc=b"VP8L"))
+    store.write(8, (10, 10), IMAGE)
+
+    assert store.read(7, (10, 10)) is None
+    assert store.read(8, (10, 10)) == IMAGE
