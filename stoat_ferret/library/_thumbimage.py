@@ -129,16 +129,19 @@ _VP8_START: Final = b"\x9d\x01\x2a"
 
 
 def is_plain_lossy_webp(data: bytes) -> bool:
-    """Whether ``data`` is a WebP image as the thumbnail's encoder writes one,
-    and nothing else: the simple format (RIFF, its size exact, one ``VP8 ``
-    chunk filling it), a lossy key frame :data:`THUMBNAIL_WIDTH` wide and at
-    most :data:`MAX_HEIGHT` tall, unscaled, its first partition within it.
+    """Whether ``data`` has the form the thumbnail's encoder writes: the
+    simple WebP format (RIFF, its size exact, one ``VP8 `` chunk filling it)
+    holding a lossy key frame, version 0 and shown, :data:`THUMBNAIL_WIDTH`
+    wide and at most :data:`MAX_HEIGHT` tall, unscaled, its first partition
+    within it.
 
     What a child sends is served to the dashboard's browser, and a child is
     not trusted (a hostile file may have taken it over): no lossless
     (``VP8L``), extended (``VP8X``: alpha, animation, metadata) or other
     chunk reaches a browser's WebP decoder, whose lossless decoding is
-    where libwebp's worst flaw was (CVE-2023-4863).
+    where libwebp's worst flaw was (CVE-2023-4863). The compressed data
+    itself is not checked: this narrows what such a child can reach in
+    the browser's decoder to the lossy one; it does not close it.
     """
     if len(data) < 30 or data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8 ":
         return False
@@ -151,6 +154,7 @@ def is_plain_lossy_webp(data: bytes) -> bool:
     width, height = struct.unpack_from("<HH", data, 26)
     return (
         key_frame
+        and (tag >> 1) & 0b1111 == 0b1000  # version 0, shown
         and data[23:26] == _VP8_START
         and 0 < first_partition <= chunk_size - 10
         and width == THUMBNAIL_WIDTH  # no scaling bits: they are the top two

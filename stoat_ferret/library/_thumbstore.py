@@ -1,8 +1,8 @@
 """ThumbnailStore: the thumbnail files under the data directory. Blocking: use worker threads.
 
-Layout: ``<directory>/<video id>/v2-<size_bytes>-<mtime_ns>.webp``, named
+Layout: ``<directory>/<video id>/v3-<size_bytes>-<mtime_ns>.webp``, named
 after the video's fingerprint: once the file changes, its thumbnail is
-"missing" until made again (which removes the old one). ``v2`` is
+"missing" until made again (which removes the old one). ``v3`` is
 :data:`VERSION`: raising it makes every thumbnail (and failure marker)
 missing. A video whose frame cannot be decoded gets an empty ``.failed``
 marker of that name, tried again once it changes.
@@ -79,9 +79,12 @@ if TYPE_CHECKING:
 
 THUMBNAIL_SUFFIX: Final = ".webp"
 FAILED_SUFFIX: Final = ".failed"
-VERSION: Final = "v2"
+VERSION: Final = "v3"
 """How thumbnails are made; part of their names (and ETags). v2: full range
-kept, mirroring applied, no marker for a child someone else signalled."""
+kept, mirroring applied, no marker for a child someone else signalled. v3:
+a child's image stored only as the encoder writes one
+(``_thumbimage.is_plain_lossy_webp``): an older file, checked less, is made
+again, and its ETag changes, so no browser keeps it through a 304."""
 MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
 """The largest file read as a thumbnail: ours (WebP, 320 pixels wide, at most
 1,280 high) are tens of kilobytes; a larger one counts as missing, unread."""
@@ -142,9 +145,15 @@ class ThumbnailStore:
                 image = file.read(MAX_THUMBNAIL_BYTES + 1)
             if len(image) > MAX_THUMBNAIL_BYTES:  # grown since the fstat
                 return None
-            # As a child's is checked before it is written: what an older
-            # version wrote unchecked is served only if it passes too.
-            return image if is_plain_lossy_webp(image) else None
+            # A child's image is checked before it is written: a file that
+            # fails here was put there by something else.
+            if not is_plain_lossy_webp(image):
+                logger.warning(
+                    "thumbnail file is not one the service wrote; not served",
+                    video_id=video_id,
+                )
+                return None
+            return image
         finally:
             os.close(fd)
 

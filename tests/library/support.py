@@ -298,13 +298,15 @@ def webp_image(
     height: int = 180,
     fourcc: bytes = b"VP8 ",
     key_frame: bool = True,
+    version: int = 0,
+    shown: int = 1,
     partition: int = 8,
     payload: int = 31,
     riff_slack: int = 0,
     after: bytes = b"",
 ) -> bytes:
     """A WebP file of the simple format, its VP8 frame header as libwebp writes it."""
-    tag = (0 if key_frame else 1) | 1 << 4 | partition << 5  # version 0, shown
+    tag = (0 if key_frame else 1) | version << 1 | shown << 4 | partition << 5
     frame = tag.to_bytes(3, "little") + b"\x9d\x01\x2a" + struct.pack("<HH", width, height)
     frame += bytes(payload)
     chunk = fourcc + struct.pack("<I", len(frame)) + frame + bytes(len(frame) & 1)

@@ -213,6 +213,8 @@ def test_a_plain_lossy_webp_of_the_thumbnails_size_passes(size: tuple[int, int])
         pytest.param({"height": 1282}, id="too-tall"),
         pytest.param({"height": 1}, id="too-short"),
         pytest.param({"key_frame": False}, id="no-key-frame"),
+        pytest.param({"version": 3}, id="another-version"),
+        pytest.param({"shown": 0}, id="not-shown"),
         pytest.param({"partition": 40}, id="partition-past-the-chunk"),
         pytest.param({"partition": 0}, id="no-partition"),
     ],

@@ -544,13 +544,18 @@ def test_a_directory_every_user_may_write_into_is_refused_unmarked(
     assert os.listdir(theirs) == []
 
 
-def test_a_stored_image_the_encoder_would_not_write_is_not_served(tmp_path: Path) -> None:
-    """A file an older version stored from a child unchecked (a lossless or
-    extended WebP a hostile file's child could craft) is not served: as if
-    there were none."""
+def test_a_stored_image_the_encoder_would_not_write_is_not_served(
+    tmp_path: Path, log_records: list[Any]
+) -> None:
+    """A file of this version's name that is not in the encoder's form (a
+    lossless WebP: something other than the service put it there) is not
+    served, as if there were none, and a warning says so."""
     store = ThumbnailStore(tmp_path / "thumbs")
     store.write(7, (10, 10), webp_image(fourcc=b"VP8L"))
     store.write(8, (10, 10), IMAGE)
 
     assert store.read(7, (10, 10)) is None
     assert store.read(8, (10, 10)) == IMAGE
+    assert [(r["message"], r["extra"]["video_id"]) for r in log_records] == [
+        ("thumbnail file is not one the service wrote; not served", 7)
+    ]
