@@ -15,7 +15,9 @@ moves single measurements by half for seconds at a time, hits both alike;
   measures idle, starts a scan of a fresh tree (hard links of one clip), waits
   until probing has begun, then measures busy in blocks of 100 requests,
   each counted only if the job is still running after it; then it cancels
-  the scan. A scan that ends before the window is full makes the rep run
+  the scan. The server has default settings (its log at INFO: an access
+  line a request, in both phases). The busy window is the probing: the
+  walk before the first probe and the scan's end are not in it. A scan that ends before the window is full makes the rep run
   again on a tree sized from the measured probe rate (``bench_health`` says
   how). Target: busy p99 <= 2x idle p99. Each rep also measures a third
   phase, no scan but one busy loop at ``SCHED_IDLE`` per probe thread, each
@@ -26,7 +28,8 @@ moves single measurements by half for seconds at a time, hits both alike;
 * ``api_scan_submit``: scan requests accepted (202) per second against a bare
   FastAPI endpoint that only does ``asyncio.Queue.put_nowait``
   (``bench/_bare_app.py``), both served by one uvicorn process with the same
-  settings. The load comes from another process: 16 keep-alive connections,
+  settings (the service's log at WARNING, as the bare app filters its access
+  log). The load comes from another process: 16 keep-alive connections,
   one task each, 5,000 requests in all. The requests cycle over 64 empty
   directories, so a directory is asked for again while its last job may
   still be pending (same job id, still a 202) or may have ended (a new job):
@@ -153,17 +156,19 @@ def _free_port() -> int:
 
 
 def _stoat_command(
-    database: Path, roots: Path
+    database: Path, roots: Path, *, log_level: str | None = None
 ) -> Callable[[int], tuple[list[str], dict[str, str]]]:
     """``python -m stoat_ferret`` and its environment on a port: only the bench's
-    STOAT_* settings."""
+    STOAT_* settings; the log at ``log_level``, else at the default (INFO,
+    an access line a request)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
     env |= {
         "STOAT_HOST": HOST,
         "STOAT_DATABASE_PATH": str(database),
         "STOAT_SCAN_ROOTS": str(roots),
-        "STOAT_LOG_LEVEL": "WARNING",
     }
+    if log_level is not None:
+        env["STOAT_LOG_LEVEL"] = log_level
     return lambda port: ([sys.executable, "-m", "stoat_ferret"], env | {"STOAT_PORT": str(port)})
 
 
@@ -182,8 +187,8 @@ def _serve(
     ``ready_path`` answers 200.
 
     The port is a free one picked here and handed to ``command_on``; another
-    process may bind it first (these servers log at WARNING, so they cannot
-    say which port the system gave them), so a server that exits because the
+    process may bind it first (at WARNING, a server cannot say which port
+    the system gave it), so a server that exits because the
     address is in use is started again on another, :data:`PORT_TRIES` times
     in all. Stops it with SIGTERM, then SIGKILL after :data:`STOP_SECONDS`,
     whatever happens.
@@ -557,7 +562,8 @@ def _bench_submit(base: Path, *, reps: int, requests: int) -> dict[str, Any]:
     for directory in directories:
         directory.mkdir(parents=True)
     paths = [str(directory) for directory in directories]
-    stoat_on = _stoat_command(base / "db" / "stoat.db", roots)
+    # At WARNING, as the bare app filters its access log (bench._bare_app).
+    stoat_on = _stoat_command(base / "db" / "stoat.db", roots, log_level="WARNING")
     bare_env = {key: value for key, value in os.environ.items() if not key.startswith("STOAT_")}
 
     def bare_on(port: int) -> tuple[list[str], dict[str, str]]:

@@ -1,6 +1,10 @@
 """Supervisor throughput and memory against baselines measured in the same run.
 
-Noop jobs, submit all then wait for all. Every rep runs the supervisor and
+Noop jobs, submit all then wait for all. The supervisor has its default
+settings but ``max_pending``, which submitting all first needs as large as
+the count. Each workload runs once untimed on each backend first (its
+imports, such as trio's on its first run, would otherwise land in the first
+rep of whichever runs first). Every rep runs the supervisor and
 its baselines one after the other (the order rotates every rep); each figure
 is the median of the per-rep ratios, listed as ``rep_ratios``.
 Baselines:
@@ -48,7 +52,7 @@ async def _noop_bare() -> None:
 
 
 async def _supervisor_run(count: int) -> None:
-    supervisor = JobSupervisor(max_pending=count, max_finished=count)
+    supervisor = JobSupervisor(max_pending=count)
     supervisor.register("noop", _noop)
     async with anyio.create_task_group() as tg:
         await tg.start(supervisor.run)
@@ -174,6 +178,8 @@ def _seconds(runs: dict[str, Any], count: int, backend: str, reps: int) -> dict[
     """
     names = list(runs)
     seconds: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up, not timed
+        anyio.run(runs[name], min(count, 1000), backend=backend)
     for rep in range(reps):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             gc.collect()
