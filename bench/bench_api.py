@@ -17,7 +17,8 @@ moves single measurements by half for seconds at a time, hits both alike;
   each counted only if the job is still running after it; then it cancels
   the scan. The server has default settings (its log at INFO: an access
   line a request, in both phases). The busy window is the probing: the
-  walk before the first probe and the scan's end are not in it. A scan that ends before the window is full makes the rep run
+  walk before the first probe and the scan's end are not in it. A scan
+  that ends before the window is full makes the rep run
   again on a tree sized from the measured probe rate (``bench_health`` says
   how). Target: busy p99 <= 2x idle p99. Each rep also measures a third
   phase, no scan but one busy loop at ``SCHED_IDLE`` per probe thread, each
