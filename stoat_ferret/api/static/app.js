@@ -568,24 +568,34 @@ async function loadJobs() {
   byId("jobs-more").hidden = total <= jobs.length || jobLimit >= JOBS_SHOWN_MAX;
 }
 
-let jobsReload = null; // the list reload in flight, if any
-let jobsAgain = false; // asked for while one was in flight
-
-/** Reload the job list, once at a time (the stream can ask often). */
-function reloadJobs() {
-  if (jobsReload) {
-    jobsAgain = true;
-    return jobsReload;
-  }
-  jobsReload = loadJobs().finally(() => {
-    jobsReload = null;
-    if (jobsAgain) {
-      jobsAgain = false;
-      reloadJobs();
+/**
+ * `load` run once at a time: asked again while it runs, it runs once more
+ * after, however often it was asked (the stream and a burst of ended jobs can
+ * ask often). `run.busy()` says whether it is running.
+ */
+function oneAtATime(load) {
+  let running = null;
+  let again = false;
+  const run = () => {
+    if (running) {
+      again = true;
+      return running;
     }
-  });
-  return jobsReload;
+    running = load().finally(() => {
+      running = null;
+      if (again) {
+        again = false;
+        run();
+      }
+    });
+    return running;
+  };
+  run.busy = () => running !== null;
+  return run;
 }
+
+/** Reload the job list. */
+const reloadJobs = oneAtATime(loadJobs);
 
 // ---------------------------------------------------------- the event stream
 
@@ -796,8 +806,6 @@ const SEARCH_DELAY_MS = 250;
 let videoOffset = 0;
 let videoQuery = "";
 let videoSort = "path"; // a key of SORTS, "-" in front for descending
-let libraryBusy = null; // the reload in flight, if any
-let libraryAgain = false; // asked for while one was in flight
 
 /** Read the view from the address (a bad value falls back to the default). */
 function readAddress() {
@@ -831,20 +839,8 @@ function writeAddress() {
   }
 }
 
-function refreshLibrary() {
-  if (libraryBusy) {
-    libraryAgain = true;
-    return libraryBusy;
-  }
-  libraryBusy = loadVideos().finally(() => {
-    libraryBusy = null;
-    if (libraryAgain) {
-      libraryAgain = false;
-      refreshLibrary();
-    }
-  });
-  return libraryBusy;
-}
+/** Reload the library's page. */
+const refreshLibrary = oneAtATime(loadVideos);
 
 function videosUrl() {
   const params = new URLSearchParams({ limit: String(VIDEO_PAGE), offset: String(videoOffset) });
@@ -1175,23 +1171,8 @@ let lastSubmitted = null;
 let healthAsked = 0; // /health reads begun
 let healthShown = 0; // the latest of them shown: an older answer arriving later is dropped
 
-let healthBusy = null; // the /health read in flight, if any
-let healthAgain = false; // asked for while one was in flight
-
-/** Read /health once at a time: a burst of ended jobs asks for one more read, not one each. */
-function healthSoon() {
-  if (healthBusy) {
-    healthAgain = true;
-    return;
-  }
-  healthBusy = refreshHealth().finally(() => {
-    healthBusy = null;
-    if (healthAgain) {
-      healthAgain = false;
-      healthSoon();
-    }
-  });
-}
+/** Read /health: a burst of ended jobs asks for one more read, not one each. */
+const healthSoon = oneAtATime(refreshHealth);
 
 async function refreshHealth() {
   const badge = byId("health-status");
@@ -1227,7 +1208,7 @@ async function refreshHealth() {
   byId("stat-running").textContent = String(data.jobs.running);
   byId("health-version").textContent = data.version ? `v${data.version}` : "";
   const submittedElsewhere = lastSubmitted !== null && data.jobs.submitted !== lastSubmitted;
-  if (submittedElsewhere || (jobsOwed && !jobsReload)) reloadJobs();
+  if (submittedElsewhere || (jobsOwed && !reloadJobs.busy())) reloadJobs();
   lastSubmitted = data.jobs.submitted;
 }
 
