@@ -50,10 +50,6 @@ class Interruption:
             if self._connection is not None:
                 self._connection.interrupt()
 
-    def is_set(self) -> bool:
-        """Whether :meth:`set` was called."""
-        return self._set
-
     def check(self, label: str) -> None:
         """Raise StoreError if :meth:`set` was called."""
         if self._set:

@@ -120,4 +120,5 @@ def test_an_interruption_set_once_the_look_is_over_touches_no_connection() -> No
 
     stop.set()
 
-    assert stop.is_set()
+    with pytest.raises(StoreError, match="interrupted"):
+        stop.check("stoat.db")
