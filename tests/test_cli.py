@@ -48,7 +48,7 @@ from stoat_ferret.settings import ExposureError, Settings, SettingsError, option
 from stoat_ferret.settings import _options as options_module
 from stoat_ferret.settings import _parsers as parsers_module
 from stoat_ferret.settings import _settings as settings_module
-from tests.library.support import record
+from tests.library.support import lock_held_elsewhere, record
 from tests.library.test_store import _database_at as database_at
 from tests.permissions import call_denied
 from tests.server import server_environment
@@ -1881,6 +1881,24 @@ def test_serving_says_it_checks_a_large_database_before_it_does(
     said = [record["message"] for record in log_records if record["message"].startswith("checking")]
     assert quiet == []
     assert said == [f"checking video store {database} (quick_check)"]
+
+
+def test_serving_a_database_served_elsewhere_is_refused_before_its_check(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process serving the database is said at once, not after a
+    quick_check that reads every page (seconds, for a large store) in vain."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    VideoStore.open(database).close()
+    checked: list[Path] = []
+    monkeypatch.setattr(startup_module, "inspect_interruptibly", checked.append)
+
+    with lock_held_elsewhere(database), pytest.raises(StoreError, match="already served"):
+        check_startup(Settings(database_path=database))
+
+    assert checked == []
 
 
 @pytest.mark.usefixtures("_restored_logging")

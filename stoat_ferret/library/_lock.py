@@ -12,7 +12,9 @@ lock survives a crash or a SIGKILL.
 Within one process the lock is counted, not taken twice: two stores of one
 file in one process share it, and it is released when the last lets go.
 Another process asking for it gets :class:`StoreError` at once (``LOCK_NB``),
-"already served by another process". Like SQLite's own locks it is not
+"already served by another process"; ``serve`` looks first
+(:meth:`DatabaseLock.refuse_if_held_elsewhere`), so that a second service
+says so before its seconds of ``quick_check``. Like SQLite's own locks it is not
 reliable on network filesystems.
 """
 
@@ -77,10 +79,7 @@ class DatabaseLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise StoreError(
-                    f"cannot open video store {database}: it is already served by another"
-                    f" process (which holds {path})"
-                ) from None
+                raise StoreError(_served_elsewhere(database, path)) from None
             except OSError as exc:
                 os.close(fd)
                 raise StoreError(
@@ -88,6 +87,36 @@ class DatabaseLock:
                 ) from None
             _held[key] = (fd, 1)
         return cls(key, path)
+
+    @staticmethod
+    def refuse_if_held_elsewhere(database: str) -> None:
+        """Raise at once if another process holds the lock of ``database``;
+        create nothing. A quick look before slow work that would end in
+        :meth:`acquire`'s refusal anyway (``serve`` reads every page of the
+        database first); it takes no lock, so :meth:`acquire` must follow.
+        A lock file that cannot be opened is left for :meth:`acquire` to explain.
+
+        Raises:
+            StoreError: another process holds the lock.
+        """
+        path = lock_path(database)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return  # none yet: nobody serves it (a service never deletes it)
+        try:
+            with _held_guard:
+                status = os.fstat(fd)
+                if (status.st_dev, status.st_ino) in _held:
+                    return  # this process's own: counted by acquire, not refused
+                # Shared, on a description of our own, dropped with it below.
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(_served_elsewhere(database, path)) from None
+        except OSError:
+            return
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         """Let go of this hold; the lock goes with the process's last hold."""
@@ -107,3 +136,10 @@ class DatabaseLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def _served_elsewhere(database: str, path: str) -> str:
+    return (
+        f"cannot open video store {database}: it is already served by another"
+        f" process (which holds {path})"
+    )

@@ -7,6 +7,8 @@ import errno
 import math
 import os
 import struct
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -312,3 +314,29 @@ def webp_image(
     chunk = fourcc + struct.pack("<I", len(frame)) + frame + bytes(len(frame) & 1)
     body = b"WEBP" + chunk + after
     return b"RIFF" + struct.pack("<I", len(body) + riff_slack) + body
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(database: Path) -> Iterator[None]:
+    """Another process holds ``<database>.lock`` (as a serving service does)
+    for the block."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys\n"
+            f"lock = open({str(database) + '.lock'!r}, 'a')\n"
+            "fcntl.flock(lock, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("", timeout=30)

@@ -20,6 +20,7 @@ import pytest
 from stoat_ferret.library import (
     METADATA_FIELDS,
     SCHEMA_VERSION,
+    DatabaseLock,
     ScanErrorsIncomplete,
     ScanErrorsReplaced,
     StoreBroken,
@@ -37,7 +38,7 @@ from stoat_ferret.library._exceptions import store_error
 from stoat_ferret.library._models import GoneRows, LookedAt
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS, PROBE_VERSION
-from tests.library.support import record
+from tests.library.support import lock_held_elsewhere, record
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator, Mapping
@@ -1381,31 +1382,27 @@ def test_a_store_served_by_another_process_is_refused_and_kept(tmp_path: Path) -
     store = VideoStore.open(path)
     store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
     store.close()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys\n"
-            f"lock = open({str(path) + '.lock'!r}, 'a')\n"
-            "fcntl.flock(lock, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(StoreError, match="already served by another process"):
-            VideoStore.open(path)
-    finally:
-        holder.communicate("", timeout=30)
+    with lock_held_elsewhere(path), pytest.raises(StoreError, match="already served by another"):
+        VideoStore.open(path)
 
     with contextlib.closing(sqlite3.connect(path)) as raw:
         assert raw.execute("SELECT job_id, path FROM scan_errors").fetchall() == [("a", "/m/1.mp4")]
     assert stat.S_IMODE(os.stat(str(path) + ".lock").st_mode) == 0o600
+
+
+def test_a_lock_held_elsewhere_is_seen_without_taking_or_making_one(tmp_path: Path) -> None:
+    """``refuse_if_held_elsewhere`` refuses while another process holds the
+    lock, says nothing of this process's own hold or of a free lock, and
+    creates no lock file where there is none."""
+    path = tmp_path / "v.sqlite"
+    DatabaseLock.refuse_if_held_elsewhere(str(path))
+    assert not os.path.exists(str(path) + ".lock")
+
+    with DatabaseLock.acquire(str(path)):
+        DatabaseLock.refuse_if_held_elsewhere(str(path))
+    DatabaseLock.refuse_if_held_elsewhere(str(path))  # free again, and still no lock taken
+    with lock_held_elsewhere(path), pytest.raises(StoreError, match="already served by another"):
+        DatabaseLock.refuse_if_held_elsewhere(str(path))
 
 
 def test_two_stores_of_one_file_in_one_process_share_its_lock(tmp_path: Path) -> None:
