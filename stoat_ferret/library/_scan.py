@@ -70,8 +70,10 @@ Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its
 next file, and every task at its next await. A probe in a child process is
 killed; one in a thread finishes (FFmpeg cannot be interrupted there). Its
-result is dropped, no new probe starts, and no batch is written after the
-cancellation; batches committed before it stay.
+result is dropped, no new probe starts, and no batch begins after the
+cancellation: one whose thread had begun commits whole before the
+cancellation is delivered (``_library.py``), and batches committed before
+it stay. The errors met are stored then too, shielded (``ScanErrors.keep``).
 """
 
 from __future__ import annotations
@@ -224,7 +226,9 @@ class ScanRun:
         if to_probe and not self.replaced:
             self.report()
             await self.probe_all(to_probe)
-            await self.error_store.store()
+        # What was met since the walk's: the probes', and the rows kept for a
+        # disk elsewhere (``kept_elsewhere``); no thread hop when none was.
+        await self.error_store.store()
         self.ctx.report_progress(1.0, self.progress())
 
         result = {

@@ -909,8 +909,9 @@ async def test_a_disk_mounted_over_a_folder_of_videos_keeps_their_rows(
     library: VideoLibrary, lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A disk mounted between two scans over a folder that holds stored videos
-    hides them, and does not make them gone: unmounted again, they are there
-    under the ids they had."""
+    hides them, and does not make them gone (the entry saying so is stored,
+    though nothing was probed): unmounted again, they are there under the
+    ids they had."""
     devices = Devices(monkeypatch)
     handler = make_scan_handler(library, probe_priority=NORMAL)
     (tmp_path / "over").mkdir()
@@ -920,6 +921,7 @@ async def test_a_disk_mounted_over_a_folder_of_videos_keeps_their_rows(
         os.rename(lib / "disk", tmp_path / "under")
         mount(lib / "disk", devices, tmp_path / "over")
         covered = await handler(make_context(lib))
+        covered_list = await library.scan_errors("j")
         unmount(lib / "disk", devices, tmp_path / "over")
         mount(lib / "disk", devices, tmp_path / "under")
         devices.mounted.remove(lib / "disk")  # the folder of before, not a disk
@@ -928,6 +930,8 @@ async def test_a_disk_mounted_over_a_folder_of_videos_keeps_their_rows(
 
     assert (covered["removed"], covered["errors_total"]) == (0, 1)
     assert "2 stored video(s) not found here kept" in covered["errors"][0]["error"]
+    # A scan with nothing to probe stores that entry too: its list is whole.
+    assert covered_list == ([(str(lib / "disk"), covered["errors"][0]["error"])], 1)
     assert uncovered["removed"] == 0
     assert again == ids
 
