@@ -97,13 +97,16 @@ class LibraryPasses:
             run.report()
             run.tried.add(source)
             try:
-                outcome = await self._make(source, run)
+                outcome, gone = await self._make(source, run)
             except StoreFailed as exc:
                 run.failed += 1
                 run.errors.add(source[1], str(exc))
                 run.store_failed = str(exc)
                 return True  # the next would fail alike: the rest stays owed
-            if outcome is None:
+            if gone:  # its row went meanwhile: what was made went with it
+                run.removed += 1
+                run.total -= 1
+            elif outcome is None:
                 run.made += 1
             else:
                 run.failed += 1
@@ -135,27 +138,30 @@ class LibraryPasses:
                 unchanged += 1
         return todo, unchanged, outside
 
-    async def _make(self, source: Source, run: ThumbnailRun) -> str | None:
+    async def _make(self, source: Source, run: ThumbnailRun) -> tuple[str | None, bool]:
         """Make ``source``'s thumbnail (:meth:`ThumbnailMaker.make`), then drop
         what it wrote if its row went meanwhile, even if cancelled or failing:
-        a failure of that check then leaves the job's own reason as it was."""
+        a failure of that check then leaves the job's own reason as it was.
+        Returns the maker's outcome (None: made; else why not) and whether
+        the row went (what was made, or marked failed, is removed)."""
         try:
             async with self.limiter:
                 outcome = await self.threads.run_sync(functools.partial(self.maker.make, source))
         except BaseException:
             await self._forget_if_gone(source, run, failing=True)
             raise
-        await self._forget_if_gone(source, run, failing=False)
-        return outcome
+        return outcome, await self._forget_if_gone(source, run, failing=False)
 
-    async def _forget_if_gone(self, source: Source, run: ThumbnailRun, *, failing: bool) -> None:
-        # The row may have been deleted (or changed) while the thumbnail was made
-        # or marked failed; a deletion's own hook covers what commits after this.
+    async def _forget_if_gone(self, source: Source, run: ThumbnailRun, *, failing: bool) -> bool:
+        """Remove what was written of ``source`` if its row was deleted (or
+        changed) meanwhile; whether it did. A deletion's own hook covers what
+        commits after this."""
         with anyio.CancelScope(shield=True):
             try:
                 video = await self.library.get_video(source[0])
                 if video is None or (video.size_bytes, video.mtime_ns) != source[2:]:
                     await anyio.to_thread.run_sync(self.store.remove, [source[0]])
+                    return True
             except Exception:
                 if not failing:
                     raise
@@ -166,3 +172,4 @@ class LibraryPasses:
                     job_id=run.ctx.job_id,
                     job_type=run.ctx.job_type,
                 )
+        return False
