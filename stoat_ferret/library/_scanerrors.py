@@ -3,7 +3,7 @@ first few (``ErrorLog``), the store's ``scan_errors`` table every one.
 
 A scan makes its scope's list its own when it starts (the list of the scan
 before it is replaced), and stores the entries it meets after its walk,
-after its probes, and whenever :data:`ERRORS_HELD` are held before that:
+at its end (after its probes, if any), and whenever :data:`ERRORS_HELD` are held before that:
 a tree of a million failures costs the scan a few MB, not hundreds. A scan
 that ends early (cancelled, timed out, failed) stores those it met, shielded,
 unless the store is what failed; every scan, when it ends, stops owning its
