@@ -149,19 +149,28 @@ class JobChanges:
         :class:`ChangesLost` and nothing else (its follower fetches the job
         list again; the changes after it have greater ids); so does one
         naming a job this queue does not know (dropped while its follower was
-        away, its end unseen; or never submitted), with or without ``after``,
-        unless ``until_terminal``. Its id is
-        :attr:`last_event_id`, lower than an ``after`` this run never
-        issued: the follower takes it as its new position. Otherwise it
+        away, its end unseen; or never submitted), unless ``until_terminal``.
+        Its id is :attr:`last_event_id`, lower than an ``after`` this run
+        never issued: the follower takes it as its new position. Otherwise it
         starts with the current state of the jobs it follows: every job it
         names whose latest change is newer than ``after``, or, with no
         ``after`` and naming none, every job not ended yet. Naming jobs, an
         ``after`` this run never issued (greater than :attr:`last_event_id`:
         garbage, or a run whose clock was ahead) counts as none.
+
+        Raises:
+            TypeError: ``job_ids`` or ``job_types`` is a str.
+            ValueError: ``limit`` is below 1.
         """
+        for name, value in (("job_ids", job_ids), ("job_types", job_types)):
+            if isinstance(value, str):  # a collection of its letters: it would follow none
+                raise TypeError(f"{name} must be a collection of str, not a str: {value!r}")
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
         named = None if job_ids is None else frozenset(job_ids)
+        if named is not None and after is not None and after > self.last_event_id:
+            after = None  # never issued by this run: counts as none
         feed = JobFeed(
-            self,
             job_ids=named,
             job_types=None if job_types is None else frozenset(job_types),
             until_terminal=until_terminal and named is not None,
@@ -174,23 +183,17 @@ class JobChanges:
             start = [entry for entry in self._log if entry[0] > after]
             if unknown:  # a dropped job the log holds: its end is sent now, or was seen
                 unknown -= {entry[1].job_id for entry in self._log}
-        if (after is not None and named is None and not logged) or (
-            unknown and (after is None or after <= self.last_event_id)
-        ):
-            # The follower refetches the list (or the jobs it names, one of
-            # which was dropped while it was away: only a fetch tells it so):
-            # any state sent now would carry an id older than the
-            # ChangesLost (the job's latest change).
+        if (after is not None and named is None and not logged) or unknown:
+            # The follower refetches the list (or the jobs it names: only a fetch
+            # tells it one was dropped); a state sent now would carry an older id.
             feed.lose(self.last_event_id)
             start = []
         elif not logged:
-            if after is None or after > self.last_event_id:
-                after = -1  # none, or never issued by this run: the named jobs' state
             start = sorted(
                 (
                     entry
                     for job_id, entry in self._latest.items()
-                    if job_id in named and entry[0] > after
+                    if job_id in named and (after is None or entry[0] > after)
                 )
                 if named is not None
                 else (entry for entry in self._latest.values() if not entry[1].status.is_terminal)
@@ -247,7 +250,6 @@ class JobFeed:
     """
 
     __slots__ = (
-        "_changes",
         "_closed",
         "_held",
         "_job_types",
@@ -262,14 +264,12 @@ class JobFeed:
 
     def __init__(
         self,
-        changes: JobChanges,
         *,
         job_ids: frozenset[str] | None,
         job_types: frozenset[str] | None,
         until_terminal: bool,
         limit: int | None,
     ) -> None:
-        self._changes = changes
         self.job_ids = job_ids
         # The named jobs the queue did not know when the feed opened (never
         # submitted, or dropped already): the feed has nothing of them.

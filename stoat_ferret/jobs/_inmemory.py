@@ -13,8 +13,17 @@ that submits a job of its own key, or of its own type while the jobs it
 runs inside hold every slot of that type, would wait for itself: that
 ``submit`` raises ``RuntimeError`` instead. A handler's ``BaseException``
 other than a cancellation ends its job ``cancelled`` saying so, and is
-raised to the caller of ``submit``. Everything else answers like the
-supervisor.
+raised to the caller of ``submit``.
+
+What follows from running a job in its submitter's task, where the
+supervisor differs: a job ends ``cancelled`` ("submit() was cancelled")
+when the task that submitted it is cancelled, so a job submitted by a
+handler ends with that handler's cancellation or timeout (whose time it
+counts in); a keyed submit that found its key's pending job returns that
+job's id, whose fate stays with its first submitter's task; a job that
+starts at once shows ``pending`` to no feed (its creation and start have
+no checkpoint between them); no job is ever dropped (no ``max_finished``,
+no retention). Everything else answers like the supervisor.
 """
 
 from __future__ import annotations

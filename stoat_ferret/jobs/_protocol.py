@@ -99,7 +99,9 @@ class AsyncJobQueue(Protocol):
         a second gets ``anyio.BusyResourceError``. Beyond ``limit`` jobs with
         a change pending, the feed drops them for one ``ChangesLost``; None
         for no limit, for a follower that takes all the feed holds
-        (``receive_nowait``) whenever it wakes, as the metrics do.
+        (``receive_nowait``) whenever it wakes, as the metrics do. A ``str``
+        for ``job_ids`` or ``job_types`` raises ``TypeError``, a ``limit``
+        below 1 ``ValueError``, on entering.
         """
 
     def statistics(self) -> QueueStatistics:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -222,6 +224,40 @@ async def test_a_feed_without_after_naming_an_unknown_job_gets_a_reset() -> None
     assert items[0] == ChangesLost(changes.last_event_id - 1)
     assert _summary(known) == [("b", "running")]
     assert until_terminal.ended
+
+
+async def test_a_named_feed_after_an_id_never_issued_gets_a_reset_for_an_unknown_job() -> None:
+    """An ``after`` this run never issued (a run whose clock was ahead) counts
+    as none for a named feed: one naming a job this queue does not know still
+    starts with a ChangesLost, not a silence that never ends, and the known
+    job's state follows it."""
+    changes = JobChanges()
+    b = _record("b")
+    changes.publish(b)
+    latest = changes.last_event_id
+
+    feed = changes.open_feed(after=latest + 10**9, job_ids=["gone", "b"])
+    b.apply(JobEvent.START)
+    changes.publish(b)
+    items = await _drain(feed)
+
+    assert items[0] == ChangesLost(latest)
+    assert _summary(items[1:]) == [("b", "running")]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"job_ids": "scan-1"}, {"job_types": "scan"}, {"limit": 0}, {"limit": True}],
+    ids=["job-ids-str", "job-types-str", "limit-0", "limit-bool"],
+)
+def test_a_feed_is_refused_arguments_that_would_follow_nothing(arguments: dict[str, Any]) -> None:
+    """A str where a collection goes (its letters: nothing would match) is a
+    TypeError; a limit below 1 (every change a reset) a ValueError."""
+    changes = JobChanges()
+    error = TypeError if "limit" not in arguments else ValueError
+
+    with pytest.raises(error):
+        changes.open_feed(**arguments)
 
 
 async def test_type_filter_applies_to_replay_and_to_new_changes() -> None:

@@ -881,6 +881,23 @@ async def test_a_feed_read_after_its_watch_all_block_ends_at_once(
     assert after == []
 
 
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [({"job_types": "scan"}, TypeError), ({"job_ids": "a"}, TypeError), ({"limit": 0}, ValueError)],
+    ids=["job-types-str", "job-ids-str", "limit-0"],
+)
+async def test_watch_all_refuses_arguments_that_would_follow_nothing(
+    make_queue: QueueFactory, arguments: dict[str, Any], error: type[Exception]
+) -> None:
+    """A str for a collection of names (its letters: no job would match) and a
+    limit below 1 (every change a reset) are refused on entering watch_all()."""
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            with pytest.raises(error):
+                async with queue.watch_all(**arguments):
+                    pass
+
+
 async def test_every_async_method_is_a_checkpoint_even_when_it_refuses(
     make_queue: QueueFactory,
 ) -> None:
