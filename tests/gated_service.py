@@ -37,7 +37,7 @@ from loguru import logger
 
 import stoat_ferret._server
 import stoat_ferret.api.app
-from stoat_ferret.__main__ import main
+from stoat_ferret._main import main
 from stoat_ferret.library import VideoLibrary
 
 if TYPE_CHECKING:

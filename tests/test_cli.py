@@ -28,9 +28,9 @@ from loguru import logger
 from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
 from stoat_ferret import _startup as startup_module
-from stoat_ferret.__main__ import main, run
 from stoat_ferret._address import dashboard_url
 from stoat_ferret._cli import build_parser, parse_command
+from stoat_ferret._main import main, run
 from stoat_ferret._startup import check_startup
 from stoat_ferret.library import (
     SCHEMA_VERSION,
@@ -638,7 +638,7 @@ def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: 
     gone = tmp_path / "gone"
     script = (
         "import os, sys\n"
-        "from stoat_ferret.__main__ import main\n"
+        "from stoat_ferret._main import main\n"
         "os.mkdir(sys.argv[1])\n"
         "os.chdir(sys.argv[1])\n"
         "os.rmdir(sys.argv[1])\n"

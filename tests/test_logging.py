@@ -18,8 +18,8 @@ import pytest
 from loguru import logger
 
 from stoat_ferret import _server as server_module
-from stoat_ferret.__main__ import main
 from stoat_ferret._logging import configure_logging
+from stoat_ferret._main import main
 from tests.jobs.conftest import running_supervisor
 
 if TYPE_CHECKING:

@@ -26,10 +26,10 @@ import httpx
 import pytest
 import uvicorn
 
-import stoat_ferret.__main__ as stoat_main
+import stoat_ferret._main as stoat_main
 import stoat_ferret._server as stoat_server
-from stoat_ferret.__main__ import main
 from stoat_ferret._cli import EXIT_CANNOT_LISTEN
+from stoat_ferret._main import main
 from stoat_ferret._server import GracefulServer, listen
 from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.library import VideoStore
@@ -219,6 +219,9 @@ def test_json_log_from_flags_that_win_over_variables(tmp_path: Path) -> None:
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     messages = [line["message"] for line in lines]
     assert f"dashboard: {base_url}/" in messages
+    # Run as python -m, the command's own records are named after its module, not __main__.
+    [exits] = [line for line in lines if line["message"] == "stoat_ferret exits"]
+    assert exits["logger"] == "stoat_ferret._main"
     # Every connection holds a descriptor: the server may open as many as it is allowed.
     [limit] = [line["limit"] for line in lines if line["message"] == "open files limit"]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -345,11 +348,11 @@ def test_a_name_that_does_not_resolve_at_bind_time_says_why_in_words(
 # main() in a process of its own, with the arguments after argv[2], told to stop
 # (by the signal named in argv[1]) while it reads its arguments or settings,
 # checks the database or runs the check (the step named in argv[2], of
-# stoat_ferret.__main__ or else of stoat_ferret._cli): the signal comes before
+# stoat_ferret._main or else of stoat_ferret._cli): the signal comes before
 # uvicorn has any handler; nothing may be served.
 _STOPPED = """
 import os, signal, sys
-import stoat_ferret.__main__ as stoat_main
+import stoat_ferret._main as stoat_main
 import stoat_ferret._cli as cli
 number, step, arguments = signal.Signals[sys.argv[1]], sys.argv[2], sys.argv[3:]
 module = stoat_main if hasattr(stoat_main, step) else cli
@@ -426,7 +429,7 @@ def test_a_stop_before_serving_ends_with_one_line_and_the_commands_status(
 # The statement's first row writes a line to stdout: the test then sends the stop.
 _STUCK_IN_SQLITE = """
 import os, sys
-import stoat_ferret.__main__ as stoat_main
+import stoat_ferret._main as stoat_main
 import stoat_ferret.library._inspection as inspection
 real_identify = inspection.identify
 def identify(connection, name):
@@ -730,7 +733,7 @@ def test_serve_refuses_what_it_cannot_start_with_in_one_line(tmp_path: Path, cas
 
 _SIGNALLED = """
 import contextlib, os, signal, sys
-from stoat_ferret import __main__ as stoat_main
+from stoat_ferret import _main as stoat_main
 
 when = sys.argv[1]
 command = ["stoat-ferret", "check"]

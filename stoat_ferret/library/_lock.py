@@ -2,7 +2,7 @@
 
 A :class:`~stoat_ferret.library.VideoStore` takes it when it opens (before it
 changes anything in the file) and gives it back when it closes; ``serve``
-also holds it for the life of its process (``__main__.py``). It is an
+also holds it for the life of its process (``_main.py``). It is an
 exclusive ``flock`` on the file :data:`LOCK_SUFFIX` beside the database
 (``stoat.db.lock``), created with mode 0o600 and never deleted (deleting a
 ``flock`` file lets two processes each lock a different file of one name).

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import uvicorn
 
-from stoat_ferret.__main__ import main
+from stoat_ferret._main import main
 from stoat_ferret._server import GracefulServer
 from tests.gated_service import HOLD, held_line
 from tests.reliability.conftest import integrity
