@@ -342,6 +342,23 @@ def write_duration_tag(source: str | Path, path: str | Path, text: bytes) -> Pat
     return target
 
 
+def write_field_timed_avi(source: str | Path, path: str | Path) -> Path:
+    """Copy the video stream of ``source`` (one frame a packet) into the AVI
+    ``path`` with a time base of half a frame, as FFmpeg's AVI muxer writes a
+    stream it is told is timed in fields: the file then counts its length,
+    and FFmpeg its average rate, in fields."""
+    target = Path(path)
+    with av.open(str(source)) as container, av.open(str(target), "w") as avi:
+        video = container.streams.video[0]
+        stream = avi.add_stream_from_template(video)
+        assert video.guessed_rate is not None
+        stream.time_base = 1 / (2 * video.guessed_rate)
+        for packet in container.demux(video):
+            if packet.dts is not None:
+                avi.mux(_restream(packet, stream))
+    return target
+
+
 def write_damaged_database(path: str | Path, rows: int = 20_000, pages: int = 40) -> Path:
     """Write a video store of ``rows`` videos, then overwrite ``pages`` pages
     past its first with random bytes (seeded): its header is intact, so it

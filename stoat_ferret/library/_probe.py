@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from fractions import Fraction
 from typing import TYPE_CHECKING, Final, cast
 
 import av
@@ -42,7 +43,6 @@ from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._schema import INTEGER_MAX
 
 if TYPE_CHECKING:
-    from fractions import Fraction
 
     from av.codec.context import CodecContext
     from av.container import InputContainer
@@ -220,23 +220,46 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
 def _frame_rate(
     video: VideoStream, context: VideoCodecContext, *, raw: bool
 ) -> tuple[Fraction | None, bool]:
-    """The frame rate, and whether it replaced FFmpeg's guess of the field rate."""
+    """The frame rate, and whether it replaced FFmpeg's rate of fields (its
+    average or its guess, twice the codec's rate)."""
     # ffprobe's avg_frame_rate, else FFmpeg's guess (ffmpeg's own choice: the
     # codec's rate where r_frame_rate counts fields); a raw stream's average
     # is no measure. PyAV's Fraction is reduced. Without an average (FFmpeg
     # saw too few frames: a clip of one or two, or a few very large ones, in
     # MPEG-TS or -PS; a raw stream), a guess that kept the field rate, twice
     # the codec's, is not the frame rate: the codec's is.
+    #
+    # An average twice FFmpeg's guess counts fields (an AVI with a field-rate
+    # time base, which counts its length in fields too): the guess.
+    guess = video.guessed_rate
     rate = None if raw else video.average_rate
     if rate is not None and rate.numerator > 0:
-        return rate, False
-    rate = video.guessed_rate
-    if rate is None or rate.numerator <= 0:
+        if guess is not None and rate == 2 * guess:
+            return guess, True
+        return _nominal(rate), False
+    if guess is None or guess.numerator <= 0:
         return None, False
     codec_rate = context.framerate
-    if codec_rate is not None and rate == 2 * codec_rate:
+    if codec_rate is not None and guess == 2 * codec_rate:
         return codec_rate, True
-    return rate, False
+    return guess, False
+
+
+_SAME_RATE: Final = Fraction(1, 10**6)
+"""How near, relatively, an average frame rate must be to a whole or NTSC
+rate to be that rate rounded (a nanosecond in a frame's 16.7 ms is 6e-8)."""
+
+_NTSC: Final = Fraction(1000, 1001)
+
+
+def _nominal(rate: Fraction) -> Fraction:
+    """``rate``, or the whole rate or NTSC rate (a whole one times 1000/1001)
+    it is within :data:`_SAME_RATE` of: Matroska keeps a frame's duration
+    in whole nanoseconds, so 60000/1001 comes back as 19001/317."""
+    for nominal in (Fraction(round(rate)), round(rate / _NTSC) * _NTSC):
+        if nominal > 0 and abs(rate / nominal - 1) < _SAME_RATE:
+            return nominal
+    return rate
 
 
 def _stream_seconds(video: VideoStream) -> float | None:
@@ -284,14 +307,16 @@ def _frame_count(
 ) -> int | None:
     """The frames the container records, else the duration times ``rate``.
 
-    ``field_guess``: FFmpeg's guess was the field rate, so it may have ended
-    the stream's own duration with a field's length, the last frame as half
-    (a two-frame MPEG-TS clip lasts 1.5 frames): a count ending in a half is
-    taken as that. (One that does not was timed otherwise: a lone MPEG-2
-    frame, which FFmpeg cannot time, is given the file's duration.)
+    ``field_guess``: FFmpeg's rate was the field rate. A count the container
+    records is then of fields (an AVI with a field-rate time base): not
+    taken. And FFmpeg may have ended the stream's own duration with a
+    field's length, the last frame as half (a two-frame MPEG-TS clip lasts
+    1.5 frames): a count ending in a half is taken as that. (One that does
+    not was timed otherwise: a lone MPEG-2 frame, which FFmpeg cannot time,
+    is given the file's duration.)
     """
     frames = video.frames
-    if frames > 0:
+    if frames > 0 and not field_guess:
         return frames  # FFmpeg's int64_t nb_frames
     seconds = stream_seconds if stream_seconds is not None else container_seconds
     if rate is None or seconds is None:

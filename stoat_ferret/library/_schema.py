@@ -51,14 +51,17 @@ INTEGER_MIN: Final = -(2**63)
 INTEGER_MAX: Final = 2**63 - 1
 """The greatest value an INTEGER column holds."""
 
-PROBE_VERSION: Final = 5
+PROBE_VERSION: Final = 6
 """What a row's probe recorded: 2 is the editing metadata; 3 a raw video
 stream's own frame rate, and no duration guessed from its bit rate; 4 the
 codec's frame rate where FFmpeg's guess is the field rate, twice it (a clip
 of one or two frames in MPEG-TS or -PS, a raw H.264 stream at about 12
 frames a second); 5 ``mirrored``, and the last frame of such an MPEG-TS
-stream counted whole where FFmpeg gave it a field's length. A row with an
-older (or no) version is probed again by the next scan of its file."""
+stream counted whole where FFmpeg gave it a field's length; 6 an average
+rate rounded to the whole or NTSC rate it is within a millionth of
+(Matroska's nanosecond frame durations), and an average of fields (an AVI
+timed in fields) halved, its frames counted. A row with an older (or no)
+version is probed again by the next scan of its file."""
 
 # Column -> SQLite type of the editing metadata (probe version 2), as schema
 # version 3 adds the columns, in METADATA_FIELDS order. Migration 3's text: it

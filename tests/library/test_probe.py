@@ -48,6 +48,7 @@ from tests.videos import (
     make_video,
     write_corrupt_video,
     write_duration_tag,
+    write_field_timed_avi,
     write_truncated_copy,
 )
 
@@ -369,6 +370,53 @@ def test_other_rates_and_sizes(tmp_path: Path) -> None:
     assert probe.frame_rate == Fraction(30000, 1001)
     assert (probe.width, probe.height) == (96, 64)
     assert probe.duration_frames == clip.frames
+
+
+@pytest.mark.parametrize("rate", [Fraction(60000, 1001), Fraction(48000, 1001)], ids=str)
+@pytest.mark.parametrize("name", ["clip.mkv", "clip.webm"])
+def test_a_matroska_ntsc_rate_is_stored_exactly(tmp_path: Path, name: str, rate: Fraction) -> None:
+    """Matroska keeps a frame's duration in whole nanoseconds, so FFmpeg's
+    average of a 59.94 clip is 19001/317: the NTSC rate it rounds is stored."""
+    clip = make_video(tmp_path / name, rate=rate, frames=30, audio=None)
+
+    assert probe_video(clip.path).frame_rate == rate
+
+
+@pytest.mark.parametrize(
+    ("rate", "nominal"),
+    [
+        (Fraction(19001, 317), Fraction(60000, 1001)),
+        (Fraction(7001, 146), Fraction(48000, 1001)),
+        (Fraction(25_000_001, 1_000_000), Fraction(25)),
+        (Fraction(125, 7), Fraction(125, 7)),  # a variable rate's average stays
+        (Fraction(50_000_000, 2_766_667), Fraction(50_000_000, 2_766_667)),
+        (Fraction(2997, 100), Fraction(2997, 100)),  # a millionth away: not rounding
+    ],
+    ids=str,
+)
+def test_only_an_average_within_a_millionth_of_a_whole_or_ntsc_rate_is_taken_as_it(
+    rate: Fraction, nominal: Fraction
+) -> None:
+    assert _probe._nominal(rate) == nominal
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "mpeg2video"])
+def test_an_avi_timed_in_fields_has_its_frame_rate_and_frame_count(
+    tmp_path: Path, codec: str
+) -> None:
+    """An AVI whose time base is half a frame counts its length in fields, and
+    FFmpeg's average rate is twice the frame rate: the frames are stored."""
+    source = make_video(
+        tmp_path / "source.mp4", codec=codec, rate=Fraction(30000, 1001), frames=12, audio=None
+    )
+    avi = write_field_timed_avi(source.path, tmp_path / "fields.avi")
+    with av.open(str(avi)) as container:  # the file as the case needs it
+        video = container.streams.video[0]
+        assert (video.frames, video.average_rate) == (24, Fraction(60000, 1001))
+
+    probe = probe_video(avi)
+
+    assert (probe.frame_rate, probe.duration_frames) == (Fraction(30000, 1001), 12)
 
 
 @pytest.mark.parametrize(
