@@ -359,6 +359,26 @@ def write_field_timed_avi(source: str | Path, path: str | Path) -> Path:
     return target
 
 
+def write_cut_copy(source: str | Path, path: str | Path, hidden: int) -> Path:
+    """Copy the video stream of the MP4 ``source`` into the MP4 ``path`` with
+    its first ``hidden`` frames before time 0, as a cut without re-encoding
+    leaves them: the muxer's edit list hides them, and the file holds them."""
+    target = Path(path)
+    with av.open(str(source)) as container, av.open(str(target), "w") as cut:
+        video = container.streams.video[0]
+        stream = cut.add_stream_from_template(video)
+        stream.time_base = video.time_base
+        assert video.guessed_rate is not None
+        assert video.time_base is not None
+        shift = round(hidden / (video.guessed_rate * video.time_base))
+        for packet in container.demux(video):
+            if packet.dts is not None and packet.pts is not None:
+                packet.pts -= shift
+                packet.dts -= shift
+                cut.mux(_restream(packet, stream))
+    return target
+
+
 def write_damaged_database(path: str | Path, rows: int = 20_000, pages: int = 40) -> Path:
     """Write a video store of ``rows`` videos, then overwrite ``pages`` pages
     past its first with random bytes (seeded): its header is intact, so it

@@ -43,7 +43,6 @@ from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._schema import INTEGER_MAX
 
 if TYPE_CHECKING:
-
     from av.codec.context import CodecContext
     from av.container import InputContainer
     from av.stream import Stream
@@ -203,7 +202,12 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         frame_rate=rate,
         duration_seconds=container_seconds if container_seconds is not None else stream_seconds,
         duration_frames=_frame_count(
-            video, rate, stream_seconds, container_seconds, field_guess=field_guess
+            video,
+            rate,
+            stream_seconds,
+            container_seconds,
+            field_guess=field_guess,
+            edited="mov" in format_name.split(","),
         ),
         video_codec=context.codec.canonical_name,
         audio_codec=_audio_codec(audio, audio_context),
@@ -304,8 +308,15 @@ def _frame_count(
     container_seconds: float | None,
     *,
     field_guess: bool = False,
+    edited: bool = False,
 ) -> int | None:
     """The frames the container records, else the duration times ``rate``.
+
+    ``edited``: the container may hold frames its edit list hides (MP4 and
+    MOV: a file cut without re-encoding keeps the frames before the cut,
+    which no player shows); where the video stream's own duration, the
+    edit list's, holds more than one frame fewer than it records, that
+    duration's count.
 
     ``field_guess``: FFmpeg's rate was the field rate. A count the container
     records is then of fields (an AVI with a field-rate time base): not
@@ -315,10 +326,13 @@ def _frame_count(
     not was timed otherwise: a lone MPEG-2 frame, which FFmpeg cannot time,
     is given the file's duration.)
     """
-    frames = video.frames
-    if frames > 0 and not field_guess:
-        return frames  # FFmpeg's int64_t nb_frames
+    frames = video.frames  # FFmpeg's int64_t nb_frames
     seconds = stream_seconds if stream_seconds is not None else container_seconds
+    if frames > 0 and not field_guess:
+        if not (edited and rate is not None and stream_seconds is not None):
+            return frames
+        if stream_seconds * rate.numerator / rate.denominator >= frames - 1.5:
+            return frames
     if rate is None or seconds is None:
         return None
     # Below 2**63 for any believed duration and 32-bit rate (MAX_DURATION_SECONDS).

@@ -47,6 +47,7 @@ from tests.videos import (
     copy_video,
     make_video,
     write_corrupt_video,
+    write_cut_copy,
     write_duration_tag,
     write_field_timed_avi,
     write_truncated_copy,
@@ -417,6 +418,22 @@ def test_an_avi_timed_in_fields_has_its_frame_rate_and_frame_count(
     probe = probe_video(avi)
 
     assert (probe.frame_rate, probe.duration_frames) == (Fraction(30000, 1001), 12)
+
+
+def test_an_mp4_cut_without_re_encoding_counts_the_frames_it_shows(tmp_path: Path) -> None:
+    """The frames before a cut stay in the file, hidden by its edit list: the
+    count is of the frames a player shows (the edit list's duration), not of
+    those the file holds."""
+    source = make_video(tmp_path / "source.mp4", rate=Fraction(30000, 1001), frames=30, audio=None)
+    cut = write_cut_copy(source.path, tmp_path / "cut.mp4", hidden=10)
+    with av.open(str(cut)) as container:  # the file as the case needs it
+        assert container.streams.video[0].frames == 30
+        shown = sum(1 for _ in container.decode(video=0))
+
+    probe = probe_video(cut)
+
+    assert shown == 20
+    assert (probe.frame_rate, probe.duration_frames) == (Fraction(30000, 1001), 20)
 
 
 @pytest.mark.parametrize(
