@@ -229,10 +229,12 @@ class VideoListQuery(PageQuery):
         description="A substring of the path or filename, any case; % and _ are literal.",
     )
     video_codec: str | None = Field(
-        default=None, max_length=MAX_NAME_CHARS, description="FFmpeg's name, such as h264."
+        default=None,
+        max_length=MAX_NAME_CHARS,
+        description="FFmpeg's name, such as h264; any case.",
     )
     audio_codec: str | None = Field(
-        default=None, max_length=MAX_NAME_CHARS, description="FFmpeg's name, such as aac."
+        default=None, max_length=MAX_NAME_CHARS, description="FFmpeg's name, such as aac; any case."
     )
     container: str | None = Field(
         default=None,

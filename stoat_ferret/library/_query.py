@@ -153,11 +153,12 @@ def filter_clause(
         # alone: a tenth of the pages a scan of the table would read.
         matching = "SELECT id FROM videos WHERE instr(search_path, ?) > 0"
         add(f"{plus}id IN ({matching})", search_key(where.q))
+    # FFmpeg's names are lower case: a filter in another case means them.
     if where.video_codec is not None:
-        add(f"{plus}video_codec = ?", where.video_codec)
+        add(f"{plus}video_codec = ?", where.video_codec.lower())
         covered = indexed
     if where.audio_codec is not None:
-        add(f"{plus}audio_codec = ?", where.audio_codec)
+        add(f"{plus}audio_codec = ?", where.audio_codec.lower())
     if where.container is not None:
         alias = where.container.lower()
         if formats is None:

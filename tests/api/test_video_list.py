@@ -173,6 +173,20 @@ async def test_filters_combine(stocked: Settings) -> None:
 
 
 @pytest.mark.anyio
+async def test_codec_and_container_names_match_in_any_case(stocked: Settings) -> None:
+    """FFmpeg's names are lower case: HEVC, AAC and MP4 find what hevc, aac and
+    mp4 do, rather than nothing."""
+    with anyio.fail_after(20):
+        responses = await _get(stocked, "video_codec=HEVC", "audio_codec=AAC", "container=Mp4")
+
+    assert [_names(r) for r in responses] == [
+        ["clip_1.mkv"],
+        ["50% off.mp4"],
+        ["50% off.mp4", "Holiday.MOV"],
+    ]
+
+
+@pytest.mark.anyio
 async def test_sort_both_ways_with_paging(stocked: Settings) -> None:
     """sort=<field> ascends, sort=-<field> descends; limit/offset page the sorted list."""
     with anyio.fail_after(20):
