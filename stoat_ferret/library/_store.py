@@ -129,9 +129,15 @@ class VideoStore(ScanErrorStore):
             walk = not filter_clause(where, formats)[0]
             if not walk:
                 (stored,) = connection.execute("SELECT count(*) FROM videos").fetchone()
-                # The rows a walk reads up to: at most every match (an offset
-                # near 2**63 would otherwise always pick a full sort).
-                walk = walk_sort_index(total, stored, min(limit + offset, total))
+                if total == stored:
+                    # Every video matches (the scan roots hold them all, as most
+                    # often; one snapshot): read the page from the sort key's index
+                    # alone, not each row an offset skips to check it.
+                    where, walk = VideoFilter(sort=where.sort), True
+                else:
+                    # The rows a walk reads up to: at most every match (an
+                    # offset near 2**63 would otherwise always pick a full sort).
+                    walk = walk_sort_index(total, stored, min(limit + offset, total))
             query, args = page_query(COLUMNS, where, formats, walk=walk)
             rows = connection.execute(query, (*args, limit, offset)).fetchall()
         return [stored_video(row) for row in rows], int(total)

@@ -166,6 +166,42 @@ def test_total_counts_every_match_beyond_the_page(store: VideoStore) -> None:
     assert ([v.filename for v in page], total) == (["x.mov"], 5)
 
 
+@pytest.mark.parametrize(
+    ("where", "filtered"),
+    [
+        ({"within": ("/m", "/n")}, False),  # the roots hold every video
+        ({"within": ("/",)}, False),
+        ({"q": "."}, False),  # every path has one
+        ({"within": ("/m",)}, True),  # /n's video is not in it
+        ({"min_width": 1}, True),  # zeta.avi has no width
+    ],
+    ids=["roots-all", "root-slash", "q-all", "roots-some", "width"],
+)
+def test_a_filter_every_video_matches_is_left_out_of_the_page(
+    store: VideoStore, monkeypatch: pytest.MonkeyPatch, where: dict[str, Any], filtered: bool
+) -> None:
+    """With every video a match (scan roots that hold them all, as most
+    often), the page is read as with no filter, walking the sort key's index
+    alone rather than checking each row an offset skips; the page is the same."""
+    _library(store)
+    asked: list[VideoFilter] = []
+    page_query = _store.page_query
+
+    def spy(columns: str, where: VideoFilter, *args: Any, **kwargs: Any) -> Any:
+        asked.append(where)
+        return page_query(columns, where, *args, **kwargs)
+
+    monkeypatch.setattr(_store, "page_query", spy)
+    chosen = VideoFilter(sort="-filename", **where)
+
+    page, total = store.list_videos(2, 1, chosen)
+
+    monkeypatch.undo()
+    matching = store.list_videos(100, 0, chosen)[0]
+    assert (page, total) == (matching[1:3], len(matching))
+    assert asked == [chosen if filtered else VideoFilter(sort="-filename")]
+
+
 def _plan(tmp_path: Path, query: str, args: tuple[Any, ...]) -> str:
     """The plan of a page query's page of ids (its subquery); its outer query
     is checked here to read only those rows, by id, and sort only them."""
