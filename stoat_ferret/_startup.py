@@ -68,12 +68,12 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
     prepare_database(path, names["database_path"])
     # Said here, as check says it, rather than as SQLite's "unable to open".
     refuse_unwritable(os.fspath(path), names["database_path"])
+    # Told at once, not after a quick_check of seconds that acquire would make vain.
+    DatabaseLock.refuse_if_held_elsewhere(os.fspath(path))
     # Read before anything is written: a damaged file (quick_check) or one
     # that is not this service's is refused as it is. Unless a crash left a
     # rollback journal (a file system without WAL): a read-only connection
     # cannot roll it back, so the store is opened first (which does), then read.
-    # Told at once, not after a quick_check of seconds that acquire would make vain.
-    DatabaseLock.refuse_if_held_elsewhere(os.fspath(path))
     crashed = os.path.exists(f"{path}-journal")
     if _size(path) >= SAID_CHECK_BYTES:  # every page is read: seconds, cold
         logger.info("checking video store {path} (quick_check)", path=str(path))

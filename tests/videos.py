@@ -359,10 +359,15 @@ def write_field_timed_avi(source: str | Path, path: str | Path) -> Path:
     return target
 
 
-def write_cut_copy(source: str | Path, path: str | Path, hidden: int) -> Path:
-    """Copy the video stream of the MP4 ``source`` into the MP4 ``path`` with
-    its first ``hidden`` frames before time 0, as a cut without re-encoding
-    leaves them: the muxer's edit list hides them, and the file holds them."""
+def write_cut_copy(
+    source: str | Path, path: str | Path, hidden: int, *, hidden_ticks: int | None = None
+) -> Path:
+    """Copy the video stream of the MP4 ``source`` (one without B-frames, such
+    as ``mpeg4``'s) into the MP4 ``path`` with its first ``hidden`` frames
+    before time 0, as a cut without re-encoding leaves them: the muxer's
+    edit list hides them, and the file holds them. ``hidden_ticks``: each
+    hidden frame lasts that many ticks of the time base (a variable rate:
+    the still part of a screen recording), else as long as the others."""
     target = Path(path)
     with av.open(str(source)) as container, av.open(str(target), "w") as cut:
         video = container.streams.video[0]
@@ -370,12 +375,13 @@ def write_cut_copy(source: str | Path, path: str | Path, hidden: int) -> Path:
         stream.time_base = video.time_base
         assert video.guessed_rate is not None
         assert video.time_base is not None
-        shift = round(hidden / (video.guessed_rate * video.time_base))
-        for packet in container.demux(video):
-            if packet.dts is not None and packet.pts is not None:
-                packet.pts -= shift
-                packet.dts -= shift
-                cut.mux(_restream(packet, stream))
+        ticks = round(1 / (video.guessed_rate * video.time_base))
+        slow = ticks if hidden_ticks is None else hidden_ticks
+        packets = [packet for packet in container.demux(video) if packet.dts is not None]
+        for index, packet in enumerate(packets):
+            shown = index - hidden  # frames after the cut; negative before it
+            packet.pts = packet.dts = shown * slow if shown < 0 else shown * ticks
+            cut.mux(_restream(packet, stream))
     return target
 
 

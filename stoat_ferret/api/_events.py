@@ -8,9 +8,9 @@ back with ``Last-Event-ID`` (as a browser's ``EventSource`` does by itself,
 or ``?last_event_id=``) gets the latest state of each job that changed since,
 or, if that id is older than the replay log or one this run never sent, one
 ``reset`` event: fetch the job list again (with ``job_id`` filters, only if
-a named job is unknown, dropped or never submitted, and the id is not
-greater than the latest sent; otherwise the named jobs' states newer than
-the id, as ``JobChanges.open_feed`` says). The reset's id is the latest one
+a named job is unknown, dropped or never submitted, whatever the id;
+otherwise the named jobs' states newer than the id, as
+``JobChanges.open_feed`` says). The reset's id is the latest one
 sent, which is lower than the client's when that was greater than any sent
 (garbage, or a run whose clock was ahead): a client takes each event's id,
 a reset's too, as where it is, as ``EventSource`` does. (Giving out ids

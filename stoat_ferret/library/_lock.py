@@ -95,6 +95,9 @@ class DatabaseLock:
         :meth:`acquire`'s refusal anyway (``serve`` reads every page of the
         database first); it takes no lock, so :meth:`acquire` must follow.
         A lock file that cannot be opened is left for :meth:`acquire` to explain.
+        It takes a shared lock for an instant: another process's ``acquire``
+        then is refused as served (only a second ``serve`` starting at the
+        same moment, one of which had to lose).
 
         Raises:
             StoreError: another process holds the lock.

@@ -207,7 +207,9 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
             stream_seconds,
             container_seconds,
             field_guess=field_guess,
-            edited="mov" in format_name.split(","),
+            # Of a constant rate only (FFmpeg's MP4 reader guesses the average
+            # then): a variable one's average counts the hidden frames too.
+            edited="mov" in format_name.split(",") and video.guessed_rate == video.average_rate,
         ),
         video_codec=context.codec.canonical_name,
         audio_codec=_audio_codec(audio, audio_context),
@@ -314,9 +316,11 @@ def _frame_count(
 
     ``edited``: the container may hold frames its edit list hides (MP4 and
     MOV: a file cut without re-encoding keeps the frames before the cut,
-    which no player shows); where the video stream's own duration, the
-    edit list's, holds more than one frame fewer than it records, that
-    duration's count.
+    which no player shows), and its rate is constant; where the video
+    stream's own duration, the edit list's, holds more than one and a half
+    frames fewer than it records, that duration's count. (An empty edit
+    before the media counts in that duration: a file both delayed so and
+    cut is counted its delay's frames too many.)
 
     ``field_guess``: FFmpeg's rate was the field rate. A count the container
     records is then of fields (an AVI with a field-rate time base): not

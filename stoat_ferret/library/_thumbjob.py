@@ -52,7 +52,9 @@ service at start-up (:meth:`Thumbnailer.start_up_check`).
 Progress: the message counts ``made/total`` (``done/total``, and the failed
 of them, once one failed), where ``total`` is the made
 and failed so far plus what the latest listing found missing, so it grows
-when a listing after a pause finds the videos a scan added. The fraction is
+when a listing after a pause finds the videos a scan added (and shrinks by
+one for a video whose row went, or changed, while its thumbnail was made:
+what was made is removed, and counted as ``removed``). The fraction is
 made over total, but never lowered: it holds while the total grows, until
 the counts catch up.
 """

@@ -420,20 +420,34 @@ def test_an_avi_timed_in_fields_has_its_frame_rate_and_frame_count(
     assert (probe.frame_rate, probe.duration_frames) == (Fraction(30000, 1001), 12)
 
 
-def test_an_mp4_cut_without_re_encoding_counts_the_frames_it_shows(tmp_path: Path) -> None:
-    """The frames before a cut stay in the file, hidden by its edit list: the
-    count is of the frames a player shows (the edit list's duration), not of
-    those the file holds."""
-    source = make_video(tmp_path / "source.mp4", rate=Fraction(30000, 1001), frames=30, audio=None)
-    cut = write_cut_copy(source.path, tmp_path / "cut.mp4", hidden=10)
+@pytest.mark.parametrize(
+    ("hidden_ticks", "counted"),
+    [(None, 20), (10 * 512, 30)],
+    ids=["constant-rate", "variable-rate"],
+)
+def test_an_mp4_cut_without_re_encoding_counts_the_frames_it_shows(
+    tmp_path: Path, hidden_ticks: int | None, counted: int
+) -> None:
+    """The frames before a cut stay in the file, hidden by its edit list: of
+    a constant rate, the count is of the frames a player shows (the edit
+    list's duration times the rate), not of those the file holds. Of a
+    variable rate (here the hidden frames ten times as long as the others),
+    the average rate counts the hidden frames too and would count the
+    shown ones far too few: the count the file records is kept."""
+    source = make_video(
+        tmp_path / "source.mp4", codec="mpeg4", rate=Fraction(30), frames=30, audio=None
+    )
+    cut = write_cut_copy(source.path, tmp_path / "cut.mp4", 10, hidden_ticks=hidden_ticks)
     with av.open(str(cut)) as container:  # the file as the case needs it
-        assert container.streams.video[0].frames == 30
+        video = container.streams.video[0]
+        assert (video.frames, video.time_base) == (30, Fraction(1, 15360))
+        constant = video.guessed_rate == video.average_rate
         shown = sum(1 for _ in container.decode(video=0))
 
     probe = probe_video(cut)
 
-    assert shown == 20
-    assert (probe.frame_rate, probe.duration_frames) == (Fraction(30000, 1001), 20)
+    assert (shown, constant) == (20, hidden_ticks is None)
+    assert (probe.frame_rate is not None, probe.duration_frames) == (True, counted)
 
 
 @pytest.mark.parametrize(

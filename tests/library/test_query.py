@@ -185,11 +185,10 @@ def test_a_filter_every_video_matches_is_left_out_of_the_page(
     alone rather than checking each row an offset skips; the page is the same."""
     _library(store)
     asked: list[VideoFilter] = []
-    page_query = _store.page_query
 
     def spy(columns: str, where: VideoFilter, *args: Any, **kwargs: Any) -> Any:
         asked.append(where)
-        return page_query(columns, where, *args, **kwargs)
+        return page_query(columns, where, *args, **kwargs)  # the one _store imports
 
     monkeypatch.setattr(_store, "page_query", spy)
     chosen = VideoFilter(sort="-filename", **where)

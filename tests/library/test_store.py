@@ -1390,7 +1390,7 @@ def test_a_store_served_by_another_process_is_refused_and_kept(tmp_path: Path) -
     assert stat.S_IMODE(os.stat(str(path) + ".lock").st_mode) == 0o600
 
 
-def test_a_lock_held_elsewhere_is_seen_without_taking_or_making_one(tmp_path: Path) -> None:
+def test_a_lock_held_elsewhere_is_seen_without_keeping_or_making_one(tmp_path: Path) -> None:
     """``refuse_if_held_elsewhere`` refuses while another process holds the
     lock, says nothing of this process's own hold or of a free lock, and
     creates no lock file where there is none."""
