@@ -60,7 +60,7 @@ frames a second); 5 ``mirrored``, and the last frame of such an MPEG-TS
 stream counted whole where FFmpeg gave it a field's length; 6 an average
 rate rounded to the whole or NTSC rate it is within a millionth of
 (Matroska's nanosecond frame durations), and an average of fields (an AVI
-timed in fields) halved, its frames counted; and the frames an MP4's edit
+timed in fields) halved, its frames counted; and the frames a constant-rate MP4's edit
 list shows, not those it hides. A row with an older (or no)
 version is probed again by the next scan of its file."""
 
