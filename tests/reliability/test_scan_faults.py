@@ -118,7 +118,9 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
     assert total == 2
     assert [video.path for video in videos] == [str(good), str(sparse)]
     assert errors[str(media / "vanishing.mp4")] == "No such file or directory"
-    assert sum(read) <= 1024 * 1024  # the 10 GB file: its head only, not 10 GB
+    # The 10 GB file, beyond the read limit, is read through the bounded reader
+    # (the others by FFmpeg's own reads): its head only, not 10 GB.
+    assert 0 < sum(read) <= 1024 * 1024
     assert integrity(database) == ["ok"]
 
 
