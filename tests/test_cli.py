@@ -18,6 +18,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -1672,13 +1673,30 @@ def test_check_refuses_a_file_that_is_no_database_whatever_journal_is_beside_it(
 def test_a_fifo_in_the_databases_place_is_refused_not_waited_on(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Opening a FIFO would block until a writer came: refused first, one line."""
+    """Opening a FIFO would block until a writer came: refused first, one line.
+    (Should it block, a writer comes every 30 s, so that the test fails
+    rather than hangs: main() ignores a stop signal's default.)"""
     (tmp / "data").mkdir(mode=0o700)
-    os.mkfifo(tmp / "data" / "stoat.db")
+    fifo = tmp / "data" / "stoat.db"
+    os.mkfifo(fifo)
+    done, rescued = threading.Event(), threading.Event()
 
-    status = main(["check", "--database", str(tmp / "data" / "stoat.db")])
+    def rescue() -> None:
+        while not done.wait(30):
+            with contextlib.suppress(OSError):  # ENXIO: no reader waits
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                rescued.set()
+
+    rescuer = threading.Thread(target=rescue)
+    rescuer.start()
+    try:
+        status = main(["check", "--database", str(fifo)])
+    finally:
+        done.set()
+        rescuer.join()
 
     [line] = capsys.readouterr().err.splitlines()
+    assert not rescued.is_set()
     assert status == 2
     assert line.endswith("stoat.db is not a regular file")
 
