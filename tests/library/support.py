@@ -104,6 +104,11 @@ def watched_fifo(path: Path) -> Iterator[FifoWatch]:
     whether the block was still running, and closes at once, so that reader
     reads end-of-file instead of waiting for ever. On exit the block opens the
     FIFO itself (non-blocking), which releases the writer if nobody else did.
+    An open by the code under test is told from that one by the writer's
+    note, made as its ``open()`` returns: one made in the block's last instant
+    (before the writer thread ran again) would be missed; the code the tests
+    watch goes on for milliseconds after such an open (a probe that fails, its
+    error entry, the scan's end), far longer than the thread takes to run.
     """
     os.mkfifo(path)
     watch = FifoWatch()
