@@ -3,8 +3,7 @@
 VideoStore extends :class:`~stoat_ferret.library._storefile.StoreFile` (by
 :class:`ScanErrorStore`), the file under it (``_storefile.py``: concurrency
 and durability): a writing connection and two reading ones, each under its
-own lock. Each write method
-is one transaction on the writer, each read one on a reader.
+own lock. Each write method is one transaction on the writer, each read one on a reader.
 
 Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``;
 the statements of the ``scan_errors`` table: ``_errorrows.py``.
@@ -18,10 +17,10 @@ store's (``_probe.py``), so this is a backstop.
 Scan errors: ``_storeerrors.py`` (:class:`ScanErrorStore`, which this extends).
 
 Mount points. ``mount_points`` holds the directories that a scan found on
-another file system than their parent's
-(``_mounts.py`` says what they are for), each with the identity of the
-file system mounted there; a scan reads those at, above and in its scope,
-and writes only the changes it makes (``_mountstore.py``).
+another file system than their parent's (``_mounts.py`` says what they are
+for), each with the identity of the file system mounted there; a scan reads
+those at, above and in its scope, and writes only the changes it makes
+(``_mountstore.py``).
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
 ``_query.py``'s.
@@ -52,6 +51,7 @@ from stoat_ferret.library._mountstore import change_mount_points, select_mount_p
 from stoat_ferret.library._query import (
     FORMATS,
     count_query,
+    driving_filter,
     filter_clause,
     page_query,
     subtree_bounds,
@@ -123,22 +123,22 @@ class VideoStore(ScanErrorStore):
             formats = None
             if where.container is not None:
                 formats = [name for (name,) in connection.execute(FORMATS)]
-            (total,) = connection.execute(*count_query(where, formats)).fetchone()
+            drive = driving_filter(where, formats, connection.execute)
+            (total,) = connection.execute(*count_query(where, formats, drive)).fetchone()
             if offset >= total or not limit:  # past the last match: no page to read
                 return [], int(total)
             walk = not filter_clause(where, formats)[0]
             if not walk:
                 (stored,) = connection.execute("SELECT count(*) FROM videos").fetchone()
                 if total == stored:
-                    # Every video matches (the scan roots hold them all, as most
-                    # often; one snapshot): read the page from the sort key's index
-                    # alone, not each row an offset skips to check it.
+                    # Every video matches (the roots hold them all, as most often; one
+                    # snapshot): the page is of the sort key's index alone, unchecked.
                     where, walk = VideoFilter(sort=where.sort), True
                 else:
                     # The rows a walk reads up to: at most every match (an
                     # offset near 2**63 would otherwise always pick a full sort).
                     walk = walk_sort_index(total, stored, min(limit + offset, total))
-            query, args = page_query(COLUMNS, where, formats, walk=walk)
+            query, args = page_query(COLUMNS, where, formats, walk=walk, drive=drive)
             rows = connection.execute(query, (*args, limit, offset)).fetchall()
         return [stored_video(row) for row in rows], int(total)
 

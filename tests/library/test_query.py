@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _store
+from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _query, _store
 from stoat_ferret.library._query import (
     count_query,
+    driving_filter,
     filter_clause,
     outermost,
     page_query,
@@ -199,6 +200,109 @@ def test_a_filter_every_video_matches_is_left_out_of_the_page(
     matching = store.list_videos(100, 0, chosen)[0]
     assert (page, total) == (matching[1:3], len(matching))
     assert asked == [chosen if filtered else VideoFilter(sort="-filename")]
+
+
+MP4 = "mov,mp4,m4a,3gp,3g2,mj2"
+
+
+def _codecs(store: VideoStore, *pairs: tuple[str, str, int]) -> None:
+    """``count`` MP4 videos of each (video codec, audio codec)."""
+    store.upsert(
+        [
+            record(
+                f"/m/{video}-{audio}-{index}.mp4",
+                video_codec=video,
+                audio_codec=audio,
+                container_format=MP4,
+            )
+            for video, audio, count in pairs
+            for index in range(count)
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "drive"),
+    [
+        ({"video_codec": "h264", "audio_codec": "ac3"}, "audio_codec"),  # ac3 is rare
+        ({"video_codec": "prores", "audio_codec": "aac"}, "video_codec"),  # prores is
+        ({"video_codec": "h264", "audio_codec": "aac"}, "video_codec"),  # a tie: the first
+        ({"audio_codec": "ac3", "container": "mp4"}, "audio_codec"),
+        ({"video_codec": "h264", "container": "mkv"}, "container"),  # none is Matroska
+        ({"video_codec": "prores", "container": "mp4"}, "video_codec"),
+        ({"video_codec": "h264"}, None),  # one: nothing to choose
+        ({"audio_codec": "ac3", "min_width": 1}, None),
+    ],
+    ids=[
+        "rare-audio",
+        "rare-video",
+        "tie",
+        "audio-container",
+        "no-container",
+        "video-container",
+        "one",
+        "bound",
+    ],
+)
+def test_of_several_equality_filters_the_rarest_finds_the_rows(
+    store: VideoStore, where: dict[str, Any], drive: str | None
+) -> None:
+    """SQLite cannot tell which equality filter matches fewer rows: the one
+    whose sample count is lowest is picked, counted up to DRIVE_SAMPLE."""
+    _codecs(store, ("h264", "aac", 6), ("h264", "ac3", 2), ("prores", "aac", 2))
+    formats = [MP4]
+
+    with contextlib.closing(sqlite3.connect(store.path)) as raw:
+        chosen = driving_filter(VideoFilter(**where), formats, raw.execute)
+
+    assert chosen == drive
+
+
+def test_the_sample_of_each_equality_filter_is_capped(
+    store: VideoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted up to DRIVE_SAMPLE, two filters that both match more are a tie."""
+    _codecs(store, ("h264", "aac", 6), ("h264", "ac3", 4))
+    monkeypatch.setattr(_query, "DRIVE_SAMPLE", 3)
+
+    with contextlib.closing(sqlite3.connect(store.path)) as raw:
+        chosen = driving_filter(
+            VideoFilter(video_codec="h264", audio_codec="ac3"), None, raw.execute
+        )
+
+    assert chosen == "video_codec"
+
+
+@pytest.mark.parametrize(
+    ("drive", "index"),
+    [("audio_codec", "videos_audio_codec"), ("video_codec", "videos_video_codec")],
+)
+def test_the_driving_filter_s_index_alone_is_used(
+    store: VideoStore, tmp_path: Path, drive: str, index: str
+) -> None:
+    """The count and a picked page read the driving filter's index; the other
+    equality filter is checked on the rows it finds (``+column``)."""
+    where = VideoFilter(video_codec="h264", audio_codec="ac3", within=("/m",))
+    count, count_args = count_query(where, None, drive)
+    page, page_args = page_query(COLUMNS, where, None, walk=False, drive=drive)
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        counted = " | ".join(
+            row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {count}", count_args)
+        )
+
+    assert index in counted, counted
+    assert index in _plan(tmp_path, page, page_args)
+
+
+def test_a_list_with_several_equality_filters_finds_exactly_their_videos(
+    store: VideoStore,
+) -> None:
+    _codecs(store, ("h264", "aac", 6), ("h264", "ac3", 2), ("prores", "ac3", 3))
+
+    page, total = store.list_videos(10, 0, VideoFilter(video_codec="h264", audio_codec="ac3"))
+
+    assert total == 2
+    assert {video.filename for video in page} == {"h264-ac3-0.mp4", "h264-ac3-1.mp4"}
 
 
 def _plan(tmp_path: Path, query: str, args: tuple[Any, ...]) -> str:
