@@ -1674,8 +1674,9 @@ def test_a_fifo_in_the_databases_place_is_refused_not_waited_on(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Opening a FIFO would block until a writer came: refused first, one line.
-    (Should it block, a writer comes every 30 s, so that the test fails
-    rather than hangs: main() ignores a stop signal's default.)"""
+    (Should it block in an open of the FIFO, a writer comes every 30 s, so
+    that the test fails rather than hangs: main() ignores a stop signal's
+    default.)"""
     (tmp / "data").mkdir(mode=0o700)
     fifo = tmp / "data" / "stoat.db"
     os.mkfifo(fifo)

@@ -126,8 +126,9 @@ def test_the_thumbnail_of_a_pixel_bomb_is_undecodable(tmp_path: Path) -> None:
     decoder's cap, which refuses the frame before allocating it: FFmpeg's
     size check says EINVAL ("Invalid argument"). Uncapped, the decoder
     allocates the 67 MB frame and then finds its data short ("Invalid data
-    found"), so the reason tells the cap's refusal from the frame's end; and
-    the process's peak grows by less than that frame."""
+    found"), so the reason tells the cap's refusal from the frame's end. (The
+    process's peak, a high-water mark, grows by less than that frame: this
+    can only fail if no earlier test reached higher.)"""
     path = write_png_bomb(tmp_path / "bomb.mov")
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 

@@ -258,19 +258,36 @@ def test_of_several_equality_filters_the_rarest_finds_the_rows(
     assert chosen == drive
 
 
-def test_the_sample_of_each_equality_filter_is_capped(
-    store: VideoStore, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("pairs", "drive"),
+    [
+        ((("h264", "aac", 60), ("h264", "ac3", 40)), "audio_codec"),  # 100 h264, 40 ac3
+        ((("h264", "ac3", 40), ("vp9", "aac", 1)), "video_codec"),  # 40 each: a tie
+    ],
+    ids=["fewer", "tie"],
+)
+def test_equality_filters_that_reach_the_sample_are_counted_further(
+    store: VideoStore,
+    monkeypatch: pytest.MonkeyPatch,
+    pairs: tuple[tuple[str, str, int], ...],
+    drive: str,
 ) -> None:
-    """Counted up to DRIVE_SAMPLE, two filters that both match more are a tie."""
-    _codecs(store, ("h264", "aac", 6), ("h264", "ac3", 4))
+    """Two filters that both match DRIVE_SAMPLE or more are counted again, ten
+    times as far, until one matches fewer; a true tie goes to the first."""
+    _codecs(store, *pairs)
     monkeypatch.setattr(_query, "DRIVE_SAMPLE", 3)
+    caps: list[str] = []
 
     with contextlib.closing(sqlite3.connect(store.path)) as raw:
-        chosen = driving_filter(
-            VideoFilter(video_codec="h264", audio_codec="ac3"), None, raw.execute
-        )
 
-    assert chosen == "video_codec"
+        def execute(query: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+            caps.append(query.rsplit("LIMIT ", 1)[1])
+            return raw.execute(query, args)
+
+        chosen = driving_filter(VideoFilter(video_codec="h264", audio_codec="ac3"), None, execute)
+
+    assert chosen == drive
+    assert caps == ["3)", "3)", "30)", "30)", "300)", "300)"]
 
 
 @pytest.mark.parametrize(
