@@ -303,15 +303,17 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
 
 
 def _seek_near(container: InputContainer, stream: VideoStream) -> None:
-    """Seek to the keyframe at or before :data:`SEEK_FRACTION` of the duration."""
+    """Seek to the keyframe at or before :data:`SEEK_FRACTION` of the duration:
+    the shorter of the file's and the video stream's, where both are known (a
+    file whose audio outlasts its video is the audio's length)."""
+    durations = []
     if container.duration is not None and container.duration > 0:
-        seconds = container.duration / av.time_base * SEEK_FRACTION
-    elif stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base) * SEEK_FRACTION
-    else:
+        durations.append(container.duration / av.time_base)
+    if stream.duration is not None and stream.duration > 0 and stream.time_base is not None:
+        durations.append(float(stream.duration * stream.time_base))
+    if not durations or stream.time_base is None:
         return
-    if stream.time_base is None or seconds <= 0:
-        return
+    seconds = min(durations) * SEEK_FRACTION
     target = int(seconds / stream.time_base) + (stream.start_time or 0)
     if target not in _TIMESTAMPS:  # a hostile duration: read from the start instead
         return

@@ -1,6 +1,6 @@
 """ThumbnailStore: the thumbnail files under the data directory. Blocking: use worker threads.
 
-Layout: ``<directory>/<video id>/v3-<size_bytes>-<mtime_ns>.webp``, named
+Layout: ``<directory>/<video id>/v4-<size_bytes>-<mtime_ns>.webp``, named
 after the video's fingerprint: once the file changes, its thumbnail is
 "missing" until made again (which removes the old one). ``v3`` is
 :data:`VERSION`: raising it makes every thumbnail (and failure marker)
@@ -79,12 +79,14 @@ if TYPE_CHECKING:
 
 THUMBNAIL_SUFFIX: Final = ".webp"
 FAILED_SUFFIX: Final = ".failed"
-VERSION: Final = "v3"
+VERSION: Final = "v4"
 """How thumbnails are made; part of their names (and ETags). v2: full range
 kept, mirroring applied, no marker for a child someone else signalled. v3:
 a child's image stored only as the encoder writes one
 (``_thumbimage.is_plain_lossy_webp``): an older file, checked less, is made
-again, and its ETag changes, so no browser keeps it through a 304."""
+again, and its ETag changes, so no browser keeps it through a 304. v4: HDR
+frames (PQ, HLG) tone-mapped to SDR, no longer shown dim and washed out,
+and the frame taken at a tenth of the video's own duration."""
 MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
 """The largest file read as a thumbnail: ours (WebP, 320 pixels wide, at most
 1,280 high) are tens of kilobytes; a larger one counts as missing, unread."""

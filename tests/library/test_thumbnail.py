@@ -89,14 +89,17 @@ def make_split_video(
     return path
 
 
-def make_ramp_video(path: Path, *, frames: int, gop: int) -> Path:
+def make_ramp_video(path: Path, *, frames: int, gop: int, sound_at: float | None = None) -> Path:
     """An H.264 MP4 (with B-frames) whose frame ``i`` is a flat grey of luma
-    ``16 + 219 * i / frames``: the thumbnail's brightness tells which frame it is."""
+    ``16 + 219 * i / frames``: the thumbnail's brightness tells which frame it is.
+    ``sound_at``: an AAC stream whose one frame of silence starts then, in
+    seconds, so that the file lasts longer than its video."""
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(
             "h264", rate=25, options={"g": str(gop), "bf": "3", "x264-params": "scenecut=0"}
         )
         assert isinstance(stream, av.VideoStream)
+        sound = None if sound_at is None else container.add_stream("aac", rate=48_000)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         for index in range(frames):
             frame = av.VideoFrame(64, 48, "yuv420p")
@@ -108,6 +111,14 @@ def make_ramp_video(path: Path, *, frames: int, gop: int) -> Path:
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+        if isinstance(sound, av.AudioStream) and sound_at is not None:
+            silence = av.AudioFrame(format="fltp", layout="stereo", samples=1024)
+            for plane in silence.planes:
+                plane.update(bytes(plane.buffer_size))
+            silence.sample_rate = 48_000
+            silence.pts = round(sound_at * 48_000)
+            container.mux(sound.encode(silence))
+            container.mux(sound.encode(None))
     return path
 
 
@@ -297,6 +308,59 @@ def test_the_frame_is_the_keyframe_near_a_tenth_of_the_duration(tmp_path: Path) 
     brightness = sum(grey) / len(grey)
     assert width == THUMBNAIL_WIDTH
     assert 18 <= brightness <= 22
+
+
+def test_the_tenth_is_of_the_video_when_the_sound_lasts_longer(tmp_path: Path) -> None:
+    """A file whose sound goes on for 100 s after 10 s of video: the frame is
+    the keyframe at or before 10% of the video's 10 s (frame 20), not of the
+    file's 100 s (past the video: its last keyframe, frame 240)."""
+    path = make_ramp_video(tmp_path / "ramp.mp4", frames=250, gop=10, sound_at=100.0)
+    with av.open(str(path)) as container:  # the file as the case needs it
+        assert container.duration is not None
+        assert container.duration / av.time_base > 100
+
+    _, _, grey, _ = decode(make_thumbnail(str(path), fingerprint(path)), tmp_path)
+
+    assert 18 <= sum(grey) / len(grey) <= 22
+
+
+def test_an_hdr_frame_is_tone_mapped_to_sdr(tmp_path: Path) -> None:
+    """A grey of PQ code 0.41 (luma 106; about 39 nits, where SDR's grey 126
+    lies with its white at 203) is shown as SDR shows that grey, not as a
+    darker 106; an SDR frame tagged BT.709 and an untagged one pass as they are."""
+    greys = {}
+    for name, luma, transfer in [("pq", 106, 16), ("sdr", 126, 1), ("untagged", 106, None)]:
+        path = make_flat_video(tmp_path / f"{name}.mp4", luma=luma, transfer=transfer)
+        _, _, grey, _ = decode(make_thumbnail(str(path), fingerprint(path)), tmp_path)
+        greys[name] = sum(grey) / len(grey)
+
+    assert abs(greys["pq"] - greys["sdr"]) <= 4, greys
+    assert abs(greys["untagged"] - 106) <= 2, greys
+    assert abs(greys["sdr"] - 128) <= 2, greys
+
+
+def make_flat_video(path: Path, *, luma: int, transfer: int | None) -> Path:
+    """Ten frames of one flat grey, in limited range; ``transfer`` (FFmpeg's
+    enum: 16 PQ, 1 BT.709) with BT.2020 primaries and matrix for PQ, BT.709's
+    otherwise; None: no colour tags."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("h264", rate=25)
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        if transfer is not None:
+            context = stream.codec_context
+            wide = 9 if transfer == 16 else 1  # BT.2020 (nc) or BT.709
+            context.colorspace, context.color_primaries = wide, wide
+            context.color_trc, context.color_range = transfer, 1
+        for index in range(10):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            frame.planes[0].update(bytes([luma]) * frame.planes[0].buffer_size)
+            for chroma in frame.planes[1:]:
+                chroma.update(bytes([128]) * chroma.buffer_size)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
 
 
 def test_a_long_gop_gives_its_only_keyframe(tmp_path: Path) -> None:
