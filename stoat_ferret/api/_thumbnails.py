@@ -107,8 +107,19 @@ def register_thumbnail_jobs(
 async def start_thumbnails(supervisor: JobSupervisor, thumbnailer: Thumbnailer) -> None:
     """At start-up: remove the thumbnails of videos no longer stored, and
     submit a ``thumbnails`` job if a stored video has none (a database from
-    before thumbnails, a job cut short by the last shut-down)."""
-    if await thumbnailer.start_up_check():
+    before thumbnails, a job cut short by the last shut-down). A check that
+    fails (the store locked a moment) leaves them owed: the next scan that
+    ends submits the job, changed videos or not.
+
+    Raises:
+        StoreError, OSError: the check failed (the caller logs it).
+    """
+    try:
+        missing = await thumbnailer.start_up_check()
+    except (StoreError, OSError):
+        thumbnailer.owed = True
+        raise
+    if missing:
         await thumbnailer.submit_due(supervisor, after="start-up")
 
 

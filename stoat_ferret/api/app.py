@@ -252,10 +252,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                         try:
                             await _thumbnails.start_thumbnails(supervisor, thumbnailer)
                         except (StoreError, OSError) as exc:
-                            # Not a reason to stop serving: the next scan that
-                            # changes something submits the job. (A damaged
-                            # database is refused before the app starts, by
-                            # check_startup's quick_check.)
+                            # Not a reason to stop serving: the thumbnails are
+                            # owed, and the next scan that ends submits the job.
+                            # (A damaged database is refused before the app
+                            # starts, by check_startup's quick_check.)
                             logger.warning(
                                 "no start-up thumbnails job: {reason}",
                                 reason=" ".join(str(exc).split()),

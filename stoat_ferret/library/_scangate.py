@@ -42,6 +42,7 @@ import enum
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from stoat_ferret.jobs import ChangesLost, JobStatus
 
@@ -187,8 +188,9 @@ def then_thumbnails(
     A scan that ends submits one (keyed, so scans ending together submit
     one) when it added or updated videos, or when thumbnails are owed; a
     scan cut short (failed, cancelled, timed out) counts as having changed
-    videos, as the batches it committed stay, and submits in a shielded
-    cleanup of at most :data:`SUBMIT_GRACE` seconds. None is submitted
+    videos, as the batches it committed stay. Either way it submits in a
+    shielded cleanup of at most :data:`SUBMIT_GRACE` seconds (a cancellation
+    that came as the scan ended then ends the job after it). None is submitted
     while a job works (it lists the library again once no scan runs) or
     while one submitted here has yet to start. A queue that refuses the job
     (full, closing) is logged and the work stays owed; the scan's result
@@ -199,19 +201,24 @@ def then_thumbnails(
 
     async def scan_then_thumbnails(ctx: JobContext) -> dict[str, Any]:
         thumbnailer.scan_started()
+        result: dict[str, Any] | None = None
         try:
             try:
                 result = await scan(ctx)
             finally:
                 thumbnailer.scan_ended()
-        except BaseException:
-            thumbnailer.owed = True  # its committed batches have no thumbnails yet
+        finally:
+            # Shielded whether the scan ended or was cut short: a cancellation
+            # that came during its last commit (a thread, not abandoned) is
+            # raised at the next checkpoint, which was this submit's.
+            changed = result is None or bool(result.get("added") or result.get("updated"))
+            if result is None:
+                thumbnailer.owed = True  # its committed batches have no thumbnails yet
             with anyio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = anyio.current_time() + SUBMIT_GRACE
-                await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=True)
-            raise
-        changed = bool(result.get("added") or result.get("updated"))
-        await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=changed)
+                await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=changed)
+        await checkpoint_if_cancelled()  # that cancellation ends the job, as before
+        assert result is not None  # the scan returned: else its error went up from finally
         return result
 
     return scan_then_thumbnails

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -88,6 +89,45 @@ async def test_a_scan_cut_short_submits_a_job_for_what_it_stored(setup: Setup, e
     expected = {"cancelled": JobStatus.CANCELLED, "failed": JobStatus.FAILED}
     assert scan_end.status is expected.get(end, JobStatus.TIMEOUT)
     assert page.total == 1
+    assert (job.status, job.result["made"], job.result["failed"]) == (JobStatus.COMPLETED, 3, 1)
+    assert not setup.thumbnailer.owed
+
+
+async def test_a_scan_cancelled_during_its_last_write_still_submits_a_job(setup: Setup) -> None:
+    """A cancellation that comes while the scan's last write runs in its
+    thread (not abandoned, as the store's are) is raised only after the scan
+    returned: the job ends cancelled, and the thumbnails job for what it
+    stored is submitted all the same (its submit was where the cancellation
+    was raised)."""
+    real = make_scan_handler(setup.library)
+    in_write, written = anyio.Event(), threading.Event()
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        result = await real(ctx)
+        in_write.set()
+        await anyio.to_thread.run_sync(written.wait)  # the last write's thread
+        return result
+
+    supervisor = JobSupervisor(max_workers=2)
+    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
+    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer, max_running=1)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            scan_id = await supervisor.submit("scan", {"path": str(setup.folder)})
+            await in_write.wait()
+            group.start_soon(supervisor.cancel, scan_id)
+            await anyio.wait_all_tasks_blocked()
+            written.set()
+            scan_end = await supervisor.wait(scan_id)
+            page = await supervisor.list_jobs(job_type=THUMBNAILS_JOB_TYPE)
+            job = await supervisor.wait(page.jobs[0].job_id) if page.jobs else None
+            await supervisor.aclose()
+
+    assert scan_end.status is JobStatus.CANCELLED
+    assert page.total == 1
+    assert job is not None
     assert (job.status, job.result["made"], job.result["failed"]) == (JobStatus.COMPLETED, 3, 1)
     assert not setup.thumbnailer.owed
 

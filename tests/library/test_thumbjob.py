@@ -12,6 +12,7 @@ import anyio
 import pytest
 from loguru import logger
 
+from stoat_ferret.api._thumbnails import start_thumbnails
 from stoat_ferret.jobs import (
     InMemoryJobQueue,
     JobChange,
@@ -98,6 +99,26 @@ async def setup(tmp_path: Path, clips: dict[str, EncodedVideo]) -> AsyncIterator
     async with await VideoLibrary.open(tmp_path / "stoat.db") as library:
         library.on_delete(store.remove)
         yield Setup(folder, library, store)
+
+
+async def test_a_start_up_check_that_fails_leaves_the_thumbnails_owed(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up's look at the thumbnails failing (the store locked a
+    moment) submits nothing, and leaves them owed: the next scan that ends
+    submits the job though it changed nothing."""
+
+    async def locked() -> bool:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(setup.thumbnailer, "start_up_check", locked)
+    supervisor = JobSupervisor()
+
+    with pytest.raises(StoreError, match="locked"):
+        await start_thumbnails(supervisor, setup.thumbnailer)
+
+    assert setup.thumbnailer.owed
+    assert supervisor.statistics().submitted == 0
 
 
 async def test_the_job_makes_a_thumbnail_per_video_and_reports_undecodable_ones(
