@@ -223,7 +223,8 @@ def _formats_named(container: str, formats: Sequence[str]) -> list[str]:
 
 
 DRIVE_SAMPLE: Final = 10_000
-"""How many matches of each equality filter :func:`driving_filter` counts at most."""
+"""How many matches of each equality filter :func:`driving_filter` counts
+first; those that reach it are counted again ten times as far."""
 
 
 def driving_filter(

@@ -56,10 +56,11 @@ if TYPE_CHECKING:
     from stoat_ferret.library._thumbjob import Thumbnailer
 
 SUBMIT_GRACE: Final = 5.0
-"""Seconds a scan cut short (cancelled, timed out, failed) may spend
-submitting the ``thumbnails`` job its stored videos need, shielded from its
-own cancellation. Submitting only enqueues (a supervisor answers at once);
-past it, the work stays owed."""
+"""Seconds a scan, ended or cut short (cancelled, timed out, failed), may
+spend submitting the ``thumbnails`` job its stored videos need, shielded from
+its own cancellation. Submitting only enqueues (a supervisor answers at once;
+the in-memory double runs the job inline within it); past it, the work stays
+owed."""
 
 _WAITING_PAGE: Final = 100  # waiting scans looked at per check
 

@@ -97,10 +97,9 @@ def filtered(
             # Full range ("pc": phones' recordings, every MJPEG file) to the
             # limited range of the 4:2:0 output that libwebp takes; an
             # unspecified one is told by the pixel format (the yuvj are full).
-            f":in_range={COLOR_RANGES.get(int(frame.color_range), 'auto')}:out_range=tv"
-            # HDR (PQ, HLG; BT.2020) tone-mapped to SDR's curve and primaries,
-            # as a browser shows the WebP; SDR and untagged frames pass as they are.
-            ":out_transfer=bt709:out_primaries=bt709",
+            # (No tone mapping of HDR: FFmpeg's out_transfer costs some 2.5 s of
+            # CPU a frame for any curve but BT.709's; README says so.)
+            f":in_range={COLOR_RANGES.get(int(frame.color_range), 'auto')}:out_range=tv",
         ),
         graph.add("setsar", "1"),
     ]

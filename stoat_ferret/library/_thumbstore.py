@@ -84,9 +84,9 @@ VERSION: Final = "v4"
 kept, mirroring applied, no marker for a child someone else signalled. v3:
 a child's image stored only as the encoder writes one
 (``_thumbimage.is_plain_lossy_webp``): an older file, checked less, is made
-again, and its ETag changes, so no browser keeps it through a 304. v4: HDR
-frames (PQ, HLG) tone-mapped to SDR, no longer shown dim and washed out,
-and the frame taken at a tenth of the video's own duration."""
+again, and its ETag changes, so no browser keeps it through a 304. v4: the
+frame taken at a tenth of the video's own duration, where the file's is
+longer (a file whose sound outlasts its video gave its last keyframe)."""
 MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
 """The largest file read as a thumbnail: ours (WebP, 320 pixels wide, at most
 1,280 high) are tens of kilobytes; a larger one counts as missing, unread."""
