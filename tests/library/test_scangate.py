@@ -46,11 +46,20 @@ from tests.library.test_thumbjob import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from stoat_ferret.library import ScanHandler
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
 
 __all__ = ["setup"]  # the fixture, imported for the tests here
+
+
+def _scanning_supervisor(scan: ScanHandler, setup: Setup) -> JobSupervisor:
+    """Two workers: ``scan`` wrapped to submit thumbnails, and the ``thumbnails`` job."""
+    supervisor = JobSupervisor(max_workers=2)
+    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
+    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer, max_running=1)
+    return supervisor
 
 
 @pytest.mark.parametrize("end", ["cancelled", "failed", "timed out"])
@@ -69,9 +78,7 @@ async def test_a_scan_cut_short_submits_a_job_for_what_it_stored(setup: Setup, e
         await anyio.sleep_forever()  # cancelled, or its timeout hits
         raise AssertionError("unreachable")
 
-    supervisor = JobSupervisor(max_workers=2)
-    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
-    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer, max_running=1)
+    supervisor = _scanning_supervisor(scan, setup)
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as group:
@@ -108,9 +115,7 @@ async def test_a_scan_cancelled_during_its_last_write_still_submits_a_job(setup:
         await anyio.to_thread.run_sync(written.wait)  # the last write's thread
         return result
 
-    supervisor = JobSupervisor(max_workers=2)
-    supervisor.register("scan", then_thumbnails(scan, supervisor, setup.thumbnailer))
-    supervisor.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer, max_running=1)
+    supervisor = _scanning_supervisor(scan, setup)
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as group:
