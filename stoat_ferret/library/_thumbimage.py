@@ -14,6 +14,7 @@ the filters and the encoder.
 
 from __future__ import annotations
 
+import errno
 import struct
 from typing import TYPE_CHECKING, Final
 
@@ -84,7 +85,38 @@ def filtered(
 ) -> VideoFrame:
     """``frame`` of ``stream`` scaled to ``width`` x ``height`` (:func:`thumbnail_size`)
     and turned by ``rotation`` and mirrored as its display ``matrix`` says
-    (:func:`turning`), in 4:2:0."""
+    (:func:`turning`), in 4:2:0.
+
+    A colour description FFmpeg's scaler refuses (``EOPNOTSUPP``: the YCgCo,
+    ICtCp, constant-luminance and chroma-derived matrices, the logarithmic
+    transfers) is dropped and the frame scaled again as if it had none (as
+    BT.601 or BT.709 by its size): a picture in the wrong colours rather
+    than none, as README says."""
+    try:
+        return _filtered(stream, frame, width, height, rotation, matrix)
+    except av.FFmpegError as exc:
+        if exc.errno != errno.EOPNOTSUPP or _undescribed(frame):
+            raise
+    frame.colorspace = frame.color_trc = frame.color_primaries = _UNSPECIFIED
+    return _filtered(stream, frame, width, height, rotation, matrix)
+
+
+_UNSPECIFIED: Final = 2
+"""AVCOL_SPC_UNSPECIFIED, AVCOL_TRC_UNSPECIFIED and AVCOL_PRI_UNSPECIFIED alike (pixfmt.h)."""
+
+
+def _undescribed(frame: VideoFrame) -> bool:
+    return frame.colorspace == frame.color_trc == frame.color_primaries == _UNSPECIFIED
+
+
+def _filtered(
+    stream: VideoStream,
+    frame: VideoFrame,
+    width: int,
+    height: int,
+    rotation: int,
+    matrix: Sequence[int] | None,
+) -> VideoFrame:
     # Scaled before the rotation: a frame turned a quarter is scaled to the
     # turned size. The display matrix turns counterclockwise by `rotation`.
     scaled_width, scaled_height = (height, width) if rotation % 180 else (width, height)

@@ -2,10 +2,11 @@
 
 Layout: ``<directory>/<video id>/v4-<size_bytes>-<mtime_ns>.webp``, named
 after the video's fingerprint: once the file changes, its thumbnail is
-"missing" until made again (which removes the old one). ``v3`` is
+"missing" until made again (which removes the old one). ``v4`` is
 :data:`VERSION`: raising it makes every thumbnail (and failure marker)
-missing. A video whose frame cannot be decoded gets an empty ``.failed``
-marker of that name, tried again once it changes.
+missing. A video whose frame cannot be decoded gets an empty
+``<FAILED_VERSION>-<size_bytes>-<mtime_ns>.failed`` marker, tried again once
+the file changes or :data:`FAILED_VERSION` is raised.
 
 The directory is the service's own: it is created with a marker file
 (:data:`MARKER`) in it, and an existing directory is taken over only if it has
@@ -87,6 +88,11 @@ a child's image stored only as the encoder writes one
 again, and its ETag changes, so no browser keeps it through a 304. v4: the
 frame taken at a tenth of the video's own duration, where the file's is
 longer (a file whose sound outlasts its video gave its last keyframe)."""
+FAILED_VERSION: Final = "v5"
+"""The failure markers' version, which also names them: raising it tries
+every video marked again, without making every thumbnail again. Always
+:data:`VERSION` or later. v5: a colour description FFmpeg's scaler refuses
+(a logarithmic transfer, the YCgCo or ICtCp matrix) no longer fails."""
 MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
 """The largest file read as a thumbnail: ours (WebP, 320 pixels wide, at most
 1,280 high) are tens of kilobytes; a larger one counts as missing, unread."""
@@ -121,7 +127,7 @@ class ThumbnailStore:
 
     def path_for(self, video_id: int, fingerprint: Fingerprint) -> str:
         """Where the thumbnail of this video, in this version, is (or would be)."""
-        return os.path.join(self._folder(video_id), _stem(fingerprint) + THUMBNAIL_SUFFIX)
+        return os.path.join(self._folder(video_id), _name(fingerprint, made=True))
 
     def read(self, video_id: int, fingerprint: Fingerprint) -> bytes | None:
         """The thumbnail of this version of the video, or None while there is none.
@@ -134,7 +140,7 @@ class ThumbnailStore:
             return None
         try:
             with self._claimed_folder(video_id) as folder:
-                fd = os.open(_stem(fingerprint) + THUMBNAIL_SUFFIX, _READ, dir_fd=folder)
+                fd = os.open(_name(fingerprint, made=True), _READ, dir_fd=folder)
         except OSError as exc:
             if exc.errno in _NOT_OURS:
                 return None
@@ -161,11 +167,10 @@ class ThumbnailStore:
 
     def state(self, video_id: int, fingerprint: Fingerprint) -> str | None:
         """``"made"``, ``"failed"``, or None when this version has not been tried."""
-        stem = _stem(fingerprint)
         try:
             with self._claimed_folder(video_id) as folder:
-                made = regular_size(stem + THUMBNAIL_SUFFIX, folder)
-                failed = regular_size(stem + FAILED_SUFFIX, folder)
+                made = regular_size(_name(fingerprint, made=True), folder)
+                failed = regular_size(_name(fingerprint, made=False), folder)
         except OSError:
             return None
         if made is not None and 0 < made <= MAX_THUMBNAIL_BYTES:
@@ -190,7 +195,7 @@ class ThumbnailStore:
             StoreError: the directory was refused (:attr:`refused`).
         """
         self.check()
-        name = _stem(fingerprint) + (THUMBNAIL_SUFFIX if image is not None else FAILED_SUFFIX)
+        name = _name(fingerprint, made=image is not None)
         with self._lock:
             top = self._open_directory()  # removed meanwhile: made again, marked
             try:
@@ -368,6 +373,8 @@ def _entry(video_id: int) -> str:
     return str(int(video_id))
 
 
-def _stem(fingerprint: Fingerprint) -> str:
+def _name(fingerprint: Fingerprint, *, made: bool) -> str:
+    """The thumbnail's file name (``made``), or its failure marker's."""
     size_bytes, mtime_ns = fingerprint
-    return f"{VERSION}-{int(size_bytes)}-{int(mtime_ns)}"
+    version, suffix = (VERSION, THUMBNAIL_SUFFIX) if made else (FAILED_VERSION, FAILED_SUFFIX)
+    return f"{version}-{int(size_bytes)}-{int(mtime_ns)}{suffix}"

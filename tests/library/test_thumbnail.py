@@ -54,10 +54,12 @@ def make_split_video(
     display_matrix: list[int] | None = None,
     full_range: bool = False,
     corner: bool = False,
+    colour: tuple[int, int, int] | None = None,
 ) -> Path:
     """An H.264 MP4 whose frames are white above the middle and black below
     (luma 235 and 16: in full range, ``full_range``, light and dark grey);
-    with ``corner``, white in the top-left quarter only.
+    with ``corner``, white in the top-left quarter only; ``colour``: the
+    matrix, transfer and primaries to declare (FFmpeg's enum values).
 
     ``rotation`` goes into the display matrix (counterclockwise degrees), or
     ``display_matrix`` as it is; ``sample_aspect`` into the stream; 50 frames
@@ -75,6 +77,9 @@ def make_split_video(
             stream.codec_context.sample_aspect_ratio = sample_aspect
         if full_range:
             stream.codec_context.color_range = 2  # AVCOL_RANGE_JPEG
+        if colour is not None:
+            context = stream.codec_context
+            context.colorspace, context.color_trc, context.color_primaries = colour
         for index in range(frames):
             frame = av.VideoFrame(width, height, "yuv420p")
             luma = frame.planes[0]
@@ -185,6 +190,31 @@ def test_the_colour_range_is_kept(tmp_path: Path, full_range: bool, light: int, 
     top, bottom = grey[10 * line + width // 2], grey[(height - 10) * line + width // 2]
     assert abs(top - light) <= 4
     assert abs(bottom - dark) <= 4
+
+
+@pytest.mark.parametrize(
+    "colour",
+    [
+        pytest.param((1, 9, 1), id="log100-transfer"),
+        pytest.param((1, 10, 1), id="log316-transfer"),
+        pytest.param((8, 1, 1), id="ycgco-matrix"),
+        pytest.param((10, 1, 1), id="bt2020cl-matrix"),
+        pytest.param((14, 1, 1), id="ictcp-matrix"),
+    ],
+)
+def test_a_colour_description_the_scaler_refuses_still_gives_a_thumbnail(
+    tmp_path: Path, colour: tuple[int, int, int]
+) -> None:
+    """FFmpeg's scaler refuses some colour descriptions (EOPNOTSUPP); the
+    frame is scaled as if it had none, rather than the video marked as
+    giving no thumbnail for good."""
+    video = make_split_video(tmp_path / "described.mkv", colour=colour)
+
+    width, height, grey, line = decode(make_thumbnail(str(video), fingerprint(video)), tmp_path)
+
+    top, bottom = grey[10 * line + width // 2], grey[(height - 10) * line + width // 2]
+    assert abs(top - 255) <= 4
+    assert abs(bottom - 0) <= 4
 
 
 ONE: Final = 1 << 16  # 1.0 in a display matrix's 16.16 fixed point

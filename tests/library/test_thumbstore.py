@@ -243,6 +243,26 @@ def test_a_thumbnail_or_marker_of_an_earlier_version_is_made_again(
     assert os.listdir(folder) == [f"{THUMBNAIL_VERSION}-10-10.webp"]
 
 
+def test_a_marker_of_an_earlier_marker_version_is_tried_again_and_images_stay(
+    tmp_path: Path,
+) -> None:
+    """Raising the markers' version (v5: colour descriptions the scaler
+    refused) tries every video marked again, while the thumbnails made
+    stay made: the upgrade does not make the whole library's again."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), IMAGE)
+    store.write(8, (10, 10), None)
+    folder = tmp_path / "thumbs" / "8"
+    os.replace(
+        folder / f"{_thumbstore.FAILED_VERSION}-10-10.failed",
+        folder / f"{THUMBNAIL_VERSION}-10-10.failed",  # as v4 marked it
+    )
+
+    assert (store.state(7, (10, 10)), store.state(8, (10, 10))) == ("made", None)
+    store.write(8, (10, 10), NEW)
+    assert os.listdir(folder) == [f"{THUMBNAIL_VERSION}-10-10.webp"]
+
+
 def test_a_directory_put_in_its_place_is_read_as_having_no_thumbnails(tmp_path: Path) -> None:
     """Its files are not served as the store's, until it is claimed or refused."""
     store = ThumbnailStore(tmp_path / "thumbs")
