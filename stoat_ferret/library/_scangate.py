@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
+from loguru import logger
 
 from stoat_ferret.jobs import ChangesLost, JobStatus
 
@@ -194,8 +195,9 @@ def then_thumbnails(
     that came as the scan ended then ends the job after it). None is submitted
     while a job works (it lists the library again once no scan runs) or
     while one submitted here has yet to start. A queue that refuses the job
-    (full, closing) is logged and the work stays owed; the scan's result
-    stands.
+    (full, closing), or a submit that fails otherwise (the thumbnails'
+    directory cannot be looked at), is logged and the work stays owed; the
+    scan's own end stands (its result, its error or its cancellation).
     """
     thumbnailer.gate.queue = queue
     thumbnailer.gate.scan_type = scan_type
@@ -217,7 +219,13 @@ def then_thumbnails(
                 thumbnailer.owed = True  # its committed batches have no thumbnails yet
             with anyio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = anyio.current_time() + SUBMIT_GRACE
-                await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=changed)
+                try:
+                    await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=changed)
+                except Exception:  # the scan's own end stands: its result, error or cancellation
+                    thumbnailer.owed = True
+                    logger.opt(exception=True).error(
+                        "thumbnails job not submitted", job_id=ctx.job_id, job_type=scan_type
+                    )
         await checkpoint_if_cancelled()  # that cancellation ends the job, as before
         assert result is not None  # the scan returned: else its error went up from finally
         return result

@@ -137,6 +137,54 @@ async def test_a_scan_cancelled_during_its_last_write_still_submits_a_job(setup:
     assert not setup.thumbnailer.owed
 
 
+@pytest.mark.parametrize("end", ["returned", "cancelled during its last write"])
+async def test_a_submit_that_fails_leaves_the_scans_own_end_and_the_work_owed(
+    setup: Setup, end: str, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """A submit that fails otherwise than by the queue's refusal (an I/O
+    error looking at the thumbnails' directory) neither turns a scan that
+    stored its videos into a failed job nor a cancelled one: the scan ends
+    as it would have, the error is logged, and the work stays owed."""
+    real = make_scan_handler(setup.library)
+    in_write, written = anyio.Event(), threading.Event()
+
+    async def scan(ctx: JobContext) -> dict[str, Any]:
+        result = await real(ctx)
+        if end != "returned":
+            in_write.set()
+            await anyio.to_thread.run_sync(written.wait)  # the last write's thread
+        return result
+
+    async def failing_submit(queue: object, *, after: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(setup.thumbnailer, "submit_due", failing_submit)
+    supervisor = _scanning_supervisor(scan, setup)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            scan_id = await supervisor.submit("scan", {"path": str(setup.folder)})
+            if end != "returned":
+                await in_write.wait()
+                group.start_soon(supervisor.cancel, scan_id)
+                await anyio.wait_all_tasks_blocked()
+                written.set()
+            scan_end = await supervisor.wait(scan_id)
+            await supervisor.aclose()
+
+    if end == "returned":
+        assert scan_end.status is JobStatus.COMPLETED
+        assert scan_end.result is not None
+        assert scan_end.result["added"] == 4
+    else:
+        assert scan_end.status is JobStatus.CANCELLED
+    assert setup.thumbnailer.owed
+    errors = [r for r in log_records if r["message"] == "thumbnails job not submitted"]
+    assert [(r["level"].name, r["extra"]["job_id"]) for r in errors] == [("ERROR", scan_id)]
+    assert errors[0]["exception"] is not None
+
+
 async def test_scans_ending_together_submit_one_thumbnails_job(setup: Setup) -> None:
     """Work owed, three workers, two scans released at once: one job, not two."""
     scans = {"a": HeldScan(), "b": HeldScan()}
