@@ -10,6 +10,9 @@ refused when                           status  why
 =====================================  ======  =====================================
 ``Host`` is not a name the service is  400     a rebound name (``evil.example``
 reached by (:func:`trusted_hosts`)             pointing at 127.0.0.1) is not one
+``Host``, ``Origin``, ``Referer``,     400     each check reads one: a second,
+``Sec-Fetch-Site`` or ``Authorization``        appended by a proxy, could be the
+is sent more than once                         one that tells the truth
 a state-changing method (not ``GET``,  403     a page elsewhere may send a request,
 ``HEAD``, ``OPTIONS``), or any request         but its browser says where from; a
 under ``/api/`` or to ``/metrics``,            read too holds a stream's slot or
@@ -92,6 +95,9 @@ TOO_BIG: Final = f"the body is larger than {MAX_BODY_BYTES} bytes"
 CHUNKED_GET: Final = "a GET or HEAD request takes no chunked body"
 ENCODED: Final = "the body must not be compressed or encoded (no Content-Encoding): send it as is"
 
+_ONCE_ONLY: Final = ("host", "origin", "referer", "sec-fetch-site", "authorization")
+"""Headers a request may carry once at most (a browser sends one of each;
+a proxy appending its own would make two, of which these checks read the first)."""
 _BEARER_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'}
 
 
@@ -173,6 +179,9 @@ class RequestGuard:
         host = host_name(headers.get("host", ""))
         if host is None or host not in self.hosts:
             return _refuse(400, "this service is not reached by that Host name")
+        for name in _ONCE_ONLY:  # the checks below read one: a second must not be the true one
+            if len(headers.getlist(name)) > 1:
+                return _refuse(400, f"more than one {name} header")
         # A WebSocket is no CORS request: a page anywhere may open one, as it may POST.
         unsafe = connection.scope.get("method", "WEBSOCKET") not in SAFE_METHODS
         # The path as routing sees it: below a proxy's prefix (root_path), if any.
@@ -222,7 +231,7 @@ class RequestGuard:
         request with none of these (curl, a script) is from no web page; so
         is, to this check, a read made by a browser too old to send
         ``Sec-Fetch-Site`` for a page that asked for no ``Referer`` (the
-        README says what that leaves open, and that the token closes it).
+        README says what that leaves open, and how much of it the token closes).
         """
         site = headers.get("sec-fetch-site")
         if site == "none":

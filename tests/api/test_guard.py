@@ -401,6 +401,40 @@ async def test_a_state_change_the_browser_says_is_from_elsewhere_is_403(
 @pytest.mark.parametrize(
     "headers",
     [
+        pytest.param(
+            [("Origin", "http://localhost"), ("Origin", "http://evil.example")], id="origin"
+        ),
+        pytest.param(
+            [("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Site", "cross-site")], id="fetch-site"
+        ),
+        pytest.param(
+            [("Referer", "http://localhost/"), ("Referer", "http://evil.example/")], id="referer"
+        ),
+        pytest.param(
+            [("Authorization", "Bearer x"), ("Authorization", "Bearer y")], id="authorization"
+        ),
+    ],
+)
+async def test_a_header_the_guard_reads_sent_twice_is_400(
+    settings: Settings, scan_root: Path, headers: list[tuple[str, str]]
+) -> None:
+    """Each check reads one copy of its header: sent twice (a proxy that
+    appends its own), the request is refused, whichever copy comes first."""
+
+    with anyio.fail_after(10):
+        async with serving(create_app(settings)) as client:
+            response = await client.post(SCAN, json={"path": str(scan_root)}, headers=headers)
+            jobs = await _jobs(client)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == f"more than one {headers[0][0].lower()} header"
+    assert jobs == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
         pytest.param({}, id="nothing (curl)"),
         pytest.param({"Sec-Fetch-Site": "same-origin"}, id="same-origin"),
         pytest.param({"Sec-Fetch-Site": "none"}, id="none"),
