@@ -79,18 +79,22 @@ def open_subdirectory(name: str, dir_fd: int) -> int:
     Raises:
         OSError: ``ELOOP`` if ``name`` is a symlink (Linux answers
             ``ENOTDIR`` to ``O_DIRECTORY | O_NOFOLLOW`` there, as for a
-            file), ``ENOTDIR`` if it is something else than a directory,
-            or whatever else ``open`` raised.
+            file) or a directory again by the time it is looked at (a
+            symlink swapped in and back out: replaced while opened),
+            ``ENOTDIR`` if it is something else than a directory, or
+            whatever else ``open`` raised.
     """
     try:
         return os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
     except NotADirectoryError as exc:
         try:
-            is_link = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
         except OSError:
-            is_link = False
-        if is_link:
+            raise exc from None
+        if stat.S_ISLNK(mode):
             raise OSError(errno.ELOOP, "a symlink, not followed") from exc
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.ELOOP, "replaced while it was opened") from exc
         raise
 
 

@@ -179,8 +179,11 @@ def _directory_failure(exc: OSError) -> Unprobed:
     if isinstance(exc, DiskChanged):
         return Unprobed(UNMOUNTED_HINT, transient=True)
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        # Transient: it says nothing of the file, and the swap may be undone
+        # at once; a stored row stays until a scan finds the file gone.
         return Unprobed(
-            "its directory was replaced (by a symlink or a file) during the scan; not read"
+            "its directory was replaced (by a symlink or a file) during the scan; not read",
+            transient=True,
         )
     reason = f"cannot open its directory ({exc.strerror or exc})"
     return Unprobed(reason, exc.errno in TRANSIENT_ERRNOS)

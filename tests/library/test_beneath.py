@@ -135,6 +135,31 @@ def test_open_scan_directory_refuses_a_swapped_component(scope: Path, tmp_path: 
     assert not isinstance(not_directory.value, DirectoryReplaced)
 
 
+def test_a_component_swapped_back_before_it_is_looked_at_is_replaced_not_a_file(
+    scope: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sub`` is a symlink when opened (ENOTDIR) and a directory again when
+    looked at: it changed under the open, DirectoryReplaced (an ``errors``
+    entry), not "Not a directory" (a failed job)."""
+    (scope / "sub").rename(scope / "sub.real")
+    (scope / "sub").symlink_to(tmp_path / "lib-evil")
+    real_stat = os.stat
+
+    def swapped_back(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if path == "sub" and (scope / "sub").is_symlink():
+            (scope / "sub").unlink()
+            (scope / "sub.real").rename(scope / "sub")
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", swapped_back)
+
+    with pytest.raises(DirectoryReplaced, match="replaced by a symlink"):
+        open_scan_directory(str(scope / "sub"), [str(tmp_path)])
+
+    assert (scope / "sub").is_dir()
+    assert not (scope / "sub").is_symlink()
+
+
 class _Opens:
     """Counts ``os.open`` calls: the work a link resolution does, one per directory opened."""
 

@@ -539,6 +539,18 @@ def _directory_out_of_descriptors(
     return make_scan_handler(library, probe_priority=NORMAL)
 
 
+def _directory_swapped_for_a_moment(
+    monkeypatch: pytest.MonkeyPatch, library: VideoLibrary, probes: ProbeProcesses
+) -> ScanHandler:
+    # What opening a directory swapped for a symlink gives; swapped back at
+    # once, the file is where it was, unchanged since the walk.
+    def open_on_its_disk(directory: str, **kwargs: Any) -> int:
+        raise OSError(errno.ELOOP, "a symlink, not followed")
+
+    monkeypatch.setattr(_scanprobe, "open_on_its_disk", open_on_its_disk)
+    return make_scan_handler(library, probe_priority=NORMAL)
+
+
 def _probe_process_that_cannot_start(
     monkeypatch: pytest.MonkeyPatch, library: VideoLibrary, probes: ProbeProcesses
 ) -> ScanHandler:
@@ -550,8 +562,12 @@ def _probe_process_that_cannot_start(
 
 @pytest.mark.parametrize(
     "failing",
-    [_directory_out_of_descriptors, _probe_process_that_cannot_start],
-    ids=["out-of-descriptors", "no-probe-process"],
+    [
+        _directory_out_of_descriptors,
+        _probe_process_that_cannot_start,
+        _directory_swapped_for_a_moment,
+    ],
+    ids=["out-of-descriptors", "no-probe-process", "directory-swapped"],
 )
 async def test_a_changed_file_that_fails_for_want_of_resources_keeps_its_row(
     library: VideoLibrary,
@@ -562,8 +578,10 @@ async def test_a_changed_file_that_fails_for_want_of_resources_keeps_its_row(
     failing: Callable[[pytest.MonkeyPatch, VideoLibrary, ProbeProcesses], ScanHandler],
 ) -> None:
     """A failure that says nothing about the file (the service out of
-    descriptors, a probe process that cannot start) is an error entry, and
-    the row stays as it was; the next scan sees the file changed and probes it."""
+    descriptors, a probe process that cannot start, its directory swapped
+    for a symlink while the probe opened it, by someone who can rename in
+    its parent) is an error entry, and the row stays as it was (its id, and
+    so its thumbnail); the next scan sees the file changed and probes it."""
     (path,) = _fill(media, clip, ["a.mp4"])
     with anyio.fail_after(TIMEOUT):
         await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
