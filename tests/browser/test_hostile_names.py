@@ -313,3 +313,54 @@ def test_the_rarer_invisible_characters_and_every_space_of_a_name_show(
     expect(title.locator(".path .control")).to_have_text(_shown("0020"))
     assert dashboard.console.errors == []
     assert dashboard.console.refused == []
+
+
+def test_look_alike_slashes_blanks_mark_stacks_and_right_to_left_folders_show_as_they_are(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """A name with a slash that is not one (``fake∕dir∕clip.mp4`` would read
+    as a file two folders down), a character Chromium draws as nothing
+    (U+FFFC) or as a space (U+2800, the Braille blank) shows it as a mark; a
+    stack of 120 accents keeps four and counts the rest, rather than being
+    drawn across the rows around it; and two right-to-left folder names side
+    by side keep their order (as one run, the bidi algorithm swapped them)."""
+    folder = server.root / "alike2"
+    deep = folder / ("\N{HEBREW LETTER ALEF}" * 2) / ("\N{HEBREW LETTER BET}" * 2)
+    deep.mkdir(parents=True)
+    names = (
+        "a\N{BRAILLE PATTERN BLANK}b.mp4",
+        "clip\N{OBJECT REPLACEMENT CHARACTER}.mp4",
+        "fake\N{DIVISION SLASH}dir\N{FULLWIDTH SOLIDUS}clip.mp4",
+        "zo" + "\N{COMBINING ACUTE ACCENT}" * 120 + ".mp4",
+    )
+    for name in names:
+        write_corrupt_video(folder / name)
+    write_corrupt_video(deep / "x.mp4")
+
+    dashboard.scan(folder)
+
+    expect(dashboard.job(folder).locator(".badge")).to_have_text("completed")
+    rows = dashboard.job(folder).locator(".scan-errors li code")
+    expect(rows).to_have_count(5)
+    accents = "\N{COMBINING ACUTE ACCENT}" * 4
+    # Sorted by path, by code point: "a", "c", "f", "z", then the Hebrew folder.
+    expect(rows).to_have_text(
+        [
+            f"{folder}/a{_shown('2800')}b.mp4",
+            f"{folder}/clip{_shown('FFFC')}.mp4",
+            f"{folder}/fake{_shown('2215')}dir{_shown('FF0F')}clip.mp4",
+            f"{folder}/zo{accents}\N{MATHEMATICAL LEFT ANGLE BRACKET}+116 marks"
+            "\N{MATHEMATICAL RIGHT ANGLE BRACKET}.mp4",
+            f"{deep}/x.mp4",
+        ]
+    )
+    hebrew = rows.nth(4)  # open: five errors or fewer are
+    expect(hebrew).to_be_visible()
+    # Each component isolated; on screen, the first folder left of the second.
+    first, second = (hebrew.locator("bdi", has_text=part.name) for part in (deep.parent, deep))
+    _expect_isolated(first)
+    _expect_isolated(second)
+    left = "element => element.getBoundingClientRect().left"
+    assert first.evaluate(left) < second.evaluate(left)
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []

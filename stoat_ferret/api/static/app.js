@@ -79,9 +79,17 @@ function el(tag, props = {}, ...children) {
 // flag of a subdivision, 🏴 then its tags, kept whole by the first
 // alternative): every default-ignorable code point, which a browser draws
 // as nothing. ZWJ and ZWNJ (U+200C/D) and U+FE0E/F are kept: scripts and
-// emoji need them.
+// emoji need them. Spelled out too: the object replacement character
+// (U+FFFC), which Chromium also draws as nothing, the Braille blank (U+2800),
+// drawn as a space, and the slashes that look like a path's "/" (U+2044,
+// U+2215, U+29F8, U+FF0F): "fake∕dir∕clip.mp4" would read as a file two folders
+// down. After four combining marks in a row (the first alternative: five or
+// more; no lookbehind, which Safari before 16.4 cannot parse), the rest are one mark, "⟨+117 marks⟩": a long stack is drawn across the rows
+// above and below (Vietnamese needs two on a letter; Hebrew's points and
+// cantillation, three or four).
 const INVISIBLE =
-  /\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff0-\ufffb\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]/gu;
+  /\p{M}{5,}|\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2044\u2060-\u206f\u2215\u2800\u29f8\u3164\ufe00-\ufe0d\ufeff\uff0f\uffa0\ufff0-\ufffc\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]/gu;
+const MARK_RUN = /^\p{M}/u;
 
 /** A character as it is spelled out: ⟨U+202E⟩. */
 function codePoint(char) {
@@ -89,22 +97,35 @@ function codePoint(char) {
 }
 
 /**
- * What of `text` is spelled out, in order, as [index, characters, spell]: its
- * INVISIBLE characters (a subdivision's flag among them, which is not
- * spelled), and each white space character at either of its ends (a name
- * " clip.mp4" or a folder "videos " would look like another's). The ends are
- * found by trimming (the same white space as \s, each one UTF-16 unit), not by
- * a lookaround, which is quadratic on a long run of spaces.
+ * What of `text` is spelled out, in order, as [index, characters, shown]: its
+ * INVISIBLE characters (a subdivision's flag among them, shown null: as it
+ * is), each run of combining marks past the fourth, and each white space
+ * character at either of its ends (a name " clip.mp4" or a folder "videos "
+ * would look like another's). The ends are found by trimming (the same white
+ * space as \s, each one UTF-16 unit), not by a lookaround, which is quadratic
+ * on a long run of spaces.
  */
 function marks(text) {
   const start = text.length - text.trimStart().length;
   const end = Math.max(start, text.trimEnd().length);
   const found = [];
-  for (let index = 0; index < start; index++) found.push([index, text[index], true]);
+  for (let index = 0; index < start; index++) found.push([index, text[index], codePoint(text[index])]);
   for (const match of text.slice(start, end).matchAll(INVISIBLE)) {
-    found.push([start + match.index, match[0], match[0].length <= 2]);
+    const at = start + match.index;
+    const points = [...match[0]];
+    if (points.length === 1) {
+      found.push([at, match[0], codePoint(match[0])]);
+    } else if (!MARK_RUN.test(match[0])) {
+      found.push([at, match[0], null]); // a subdivision's flag
+    } else {
+      // A run of marks: the first four shown (any invisible among them spelled), the rest counted.
+      const kept = points.slice(0, 4).join("");
+      for (const inner of kept.matchAll(INVISIBLE)) found.push([at + inner.index, inner[0], codePoint(inner[0])]);
+      const rest = match[0].slice(kept.length);
+      found.push([at + kept.length, rest, points.length > 5 ? `⟨+${points.length - 4} marks⟩` : codePoint(rest)]);
+    }
   }
-  for (let index = end; index < text.length; index++) found.push([index, text[index], true]);
+  for (let index = end; index < text.length; index++) found.push([index, text[index], codePoint(text[index])]);
   return found;
 }
 
@@ -114,7 +135,7 @@ function spelled(value) {
   let shown = "";
   let from = 0;
   for (const [index, chars, spell] of marks(text)) {
-    shown += text.slice(from, index) + (spell ? codePoint(chars) : chars);
+    shown += text.slice(from, index) + (spell ?? chars);
     from = index + chars.length;
   }
   return shown + text.slice(from);
@@ -126,9 +147,9 @@ function spelledNodes(value) {
   const nodes = [];
   let from = 0;
   for (const [index, chars, spell] of marks(text)) {
-    if (!spell) continue; // a subdivision's flag: shown as it is
+    if (spell === null) continue; // a subdivision's flag: shown as it is
     if (index > from) nodes.push(text.slice(from, index));
-    nodes.push(el("span", { class: "control", text: codePoint(chars) }));
+    nodes.push(el("span", { class: "control", text: spell }));
     from = index + chars.length;
   }
   if (from < text.length) nodes.push(text.slice(from));
@@ -138,11 +159,20 @@ function spelledNodes(value) {
 /**
  * A text from the server (or the address) in an element of its own, isolated
  * from the text around it, its invisible characters spelled out. Paths take
- * { dir: "ltr" }; other text finds its own direction (a <bdi>'s dir=auto).
+ * { dir: "ltr" }, and each of their components is isolated too, in a <bdi>
+ * of its own direction: two right-to-left folder names side by side would
+ * otherwise read as one run, their order reversed. Other text finds its own
+ * direction (a <bdi>'s dir=auto).
  */
 function untrusted(text, props = {}, tag = "bdi") {
   const cls = props.class ? `untrusted ${props.class}` : "untrusted";
-  return el(tag, { ...props, class: cls }, ...spelledNodes(text));
+  if (props.dir !== "ltr") return el(tag, { ...props, class: cls }, ...spelledNodes(text));
+  const parts = String(text).split("/");
+  const nodes = parts.flatMap((part, index) => [
+    ...(index ? ["/"] : []),
+    ...(part ? [el("bdi", {}, ...spelledNodes(part))] : []),
+  ]);
+  return el(tag, { ...props, class: cls }, ...nodes);
 }
 
 // ---------------------------------------------------------------- formatting
