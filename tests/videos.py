@@ -359,6 +359,30 @@ def write_field_timed_avi(source: str | Path, path: str | Path) -> Path:
     return target
 
 
+def write_declared_rate_copy(
+    source: str | Path, path: str | Path, rate: Fraction, *, speed: int = 1
+) -> Path:
+    """Copy the video stream of the Matroska file ``source`` into the Matroska
+    file ``path``, declaring ``rate``: FFmpeg's muxer writes the track's
+    DefaultDuration, one frame's length, as ``1/rate``. The packets'
+    timestamps are divided by ``speed``. At twice the source's rate and
+    ``speed`` 1, the DefaultDuration is a field's, as some muxers of
+    interlaced video write it; at ``speed`` 2 too, the frames are twice as
+    fast as the codec's header says."""
+    target = Path(path)
+    with av.open(str(source)) as container, av.open(str(target), "w") as copy:
+        video = container.streams.video[0]
+        stream = copy.add_stream_from_template(video, rate=rate)
+        stream.time_base = video.time_base
+        for packet in container.demux(video):
+            pts, dts, duration = packet.pts, packet.dts, packet.duration
+            if pts is not None and dts is not None and duration is not None:
+                packet.pts, packet.dts = pts // speed, dts // speed
+                packet.duration = duration // speed
+                copy.mux(_restream(packet, stream))
+    return target
+
+
 def write_cut_copy(
     source: str | Path, path: str | Path, hidden: int, *, hidden_ticks: int | None = None
 ) -> Path:

@@ -22,7 +22,9 @@ not always report as one. FFmpeg may read
 parts of such a file more than once (it seeks back), but the probe reads only the
 header, what FFmpeg's stream analysis takes (bounded by its ``probesize``)
 and, for the rotation, packets up to a byte budget and one keyframe
-(``_metadata.py``). :class:`BoundedInput` makes that choice, and opens
+(``_metadata.py``), then, of a Matroska track whose codec gives half the
+rate it declares, 16 packets more (``_fieldduration.py``).
+:class:`BoundedInput` makes that choice, and opens
 such a file once more through the reader when FFmpeg's own reads fail with
 an error that may be the disk's (FFmpeg gives its verdict on some content
 the same ``errno``: only the reader's own errors tell). The thumbnails'

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final, cast
 import av
 
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError, ShortOfMemory
+from stoat_ferret.library._fieldduration import field_duration_rate
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
@@ -188,17 +189,37 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
     format_name = container.format.name
     raw = format_name in _RAW_STREAMS
+    # The size and rates as the open left them: reading the metadata may
+    # decode a keyframe (the rotation), which sets the codec context's anew.
+    width, height = positive(context.width), positive(context.height)
     rate, field_guess = _frame_rate(video, context, raw=raw)
+    codec_rate = context.framerate
+    audio = next(iter(container.streams.audio), None)
+    audio_context = None if audio is None else cast("CodecContext | None", audio.codec_context)
+    metadata = read_metadata(
+        container,
+        video,
+        format_name=format_name,
+        video_streams=len(videos),
+        audio_context=audio_context,
+    )
+    if rate is not None and not field_guess:
+        # A Matroska track may declare a field's duration as its frames':
+        # FFmpeg's average and guess are then both twice the frame rate. Its
+        # packets are read after the rotation's keyframe, where that stopped.
+        frame_rate = field_duration_rate(
+            container, video, rate, codec_rate, format_name=format_name
+        )
+        if frame_rate is not None:
+            rate, field_guess = frame_rate, True
     # A raw stream's duration is FFmpeg's guess from its bit rate (0.01 s for
     # a 4 s MPEG-1 clip): none, rather than a wrong one.
     duration = None if raw else container.duration
     container_seconds = None if duration is None else _believed(duration / _MICROSECONDS)
     stream_seconds = None if format_name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
-    audio = next(iter(container.streams.audio), None)
-    audio_context = None if audio is None else cast("CodecContext | None", audio.codec_context)
     return VideoProbe(
-        width=positive(context.width),
-        height=positive(context.height),
+        width=width,
+        height=height,
         frame_rate=rate,
         duration_seconds=container_seconds if container_seconds is not None else stream_seconds,
         duration_frames=_frame_count(
@@ -213,13 +234,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
         ),
         video_codec=context.codec.canonical_name,
         audio_codec=_audio_codec(audio, audio_context),
-        **read_metadata(
-            container,
-            video,
-            format_name=format_name,
-            video_streams=len(videos),
-            audio_context=audio_context,
-        ),
+        **metadata,
     )
 
 
@@ -326,7 +341,9 @@ def _frame_count(
     records is then of fields (an AVI with a field-rate time base): not
     taken. And FFmpeg may have ended the stream's own duration with a
     field's length, the last frame as half (a two-frame MPEG-TS clip lasts
-    1.5 frames): a count ending in a half is taken as that. (One that does
+    1.5 frames; a Matroska track declaring a field's duration ends so where
+    its last block has no duration of its own): a count ending in a half
+    is taken as that. (One that does
     not was timed otherwise: a lone MPEG-2 frame, which FFmpeg cannot time,
     is given the file's duration.)
     """

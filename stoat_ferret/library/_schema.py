@@ -51,7 +51,7 @@ INTEGER_MIN: Final = -(2**63)
 INTEGER_MAX: Final = 2**63 - 1
 """The greatest value an INTEGER column holds."""
 
-PROBE_VERSION: Final = 6
+PROBE_VERSION: Final = 7
 """What a row's probe recorded: 2 is the editing metadata; 3 a raw video
 stream's own frame rate, and no duration guessed from its bit rate; 4 the
 codec's frame rate where FFmpeg's guess is the field rate, twice it (a clip
@@ -61,7 +61,9 @@ stream counted whole where FFmpeg gave it a field's length; 6 an average
 rate rounded to the whole or NTSC rate it is within a millionth of
 (Matroska's nanosecond frame durations), and an average of fields (an AVI
 timed in fields) halved, its frames counted; and the frames a constant-rate MP4's edit
-list shows, not those it hides. A row with an older (or no)
+list shows, not those it hides; 7 the codec's frame rate of a Matroska
+track declaring a field's duration as its frames' (FFmpeg's rate twice
+it), its frames counted at that rate. A row with an older (or no)
 version is probed again by the next scan of its file."""
 
 # Column -> SQLite type of the editing metadata (probe version 2), as schema

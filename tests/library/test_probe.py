@@ -48,6 +48,7 @@ from tests.videos import (
     make_video,
     write_corrupt_video,
     write_cut_copy,
+    write_declared_rate_copy,
     write_duration_tag,
     write_field_timed_avi,
     write_truncated_copy,
@@ -418,6 +419,54 @@ def test_an_avi_timed_in_fields_has_its_frame_rate_and_frame_count(
     probe = probe_video(avi)
 
     assert (probe.frame_rate, probe.duration_frames) == (Fraction(30000, 1001), 12)
+
+
+@pytest.mark.parametrize(
+    ("codec", "rate", "frames"),
+    [
+        ("h264", Fraction(25), 50),
+        ("h264", Fraction(30000, 1001), 50),
+        ("mpeg2video", Fraction(25), 50),
+    ],
+    ids=["h264-pal", "h264-ntsc", "mpeg2-pal"],
+)
+def test_a_matroska_track_declaring_a_field_duration_has_its_frame_rate_and_frame_count(
+    tmp_path: Path, codec: str, rate: Fraction, frames: int
+) -> None:
+    """A Matroska track whose DefaultDuration is a field's (half a frame's, as
+    some muxers of interlaced video write it) gives FFmpeg twice the frame
+    rate: the codec's rate, which the packets' timestamps bear out, is
+    stored, and the frames are counted at it."""
+    source = make_video(
+        tmp_path / "source.mkv", codec=codec, rate=rate, frames=frames, field_order=2, audio=None
+    )
+    fields = write_declared_rate_copy(source.path, tmp_path / "fields.mkv", 2 * rate)
+    with av.open(str(fields)) as container:  # the file as the case needs it
+        video = container.streams.video[0]
+        declared = _probe._nominal(video.average_rate or Fraction(0))
+        assert (declared, video.guessed_rate) == (2 * rate, video.average_rate)
+        assert video.codec_context.framerate == rate
+
+    probe = probe_video(fields)
+
+    assert (probe.frame_rate, probe.duration_frames) == (rate, frames)
+
+
+def test_a_matroska_codec_timing_of_half_the_declared_rate_alone_is_not_taken(
+    tmp_path: Path,
+) -> None:
+    """A codec header giving half the DefaultDuration's rate, in a track whose
+    frames are one DefaultDuration apart (here H.264 timed at 25 frames a
+    second, its frames 20 ms apart), is the header's mistake: the rate the
+    track declares stays."""
+    source = make_video(tmp_path / "source.mkv", rate=Fraction(25), frames=50, audio=None)
+    fast = write_declared_rate_copy(source.path, tmp_path / "fast.mkv", Fraction(50), speed=2)
+    with av.open(str(fast)) as container:  # the file as the case needs it
+        assert container.streams.video[0].codec_context.framerate == Fraction(25)
+
+    probe = probe_video(fast)
+
+    assert (probe.frame_rate, probe.duration_frames) == (Fraction(50), 50)
 
 
 @pytest.mark.parametrize(
