@@ -383,6 +383,25 @@ def write_declared_rate_copy(
     return target
 
 
+def write_fragmented_copy(source: str | Path, path: str | Path, movflags: str) -> Path:
+    """Copy the video and audio streams of the MP4 ``source`` into the
+    fragmented MP4 ``path``, as ``ffmpeg -c copy -movflags`` ``movflags``
+    would: ``frag_keyframe`` starts a fragment at each keyframe, the header
+    holding the first one's samples unless ``empty_moov``; ``dash`` and
+    ``global_sidx`` add segment indexes."""
+    target = Path(path)
+    options = {"movflags": movflags}
+    with av.open(str(source)) as container, av.open(str(target), "w", options=options) as copy:
+        streams = {}
+        for stream in (*container.streams.video, *container.streams.audio):
+            streams[stream.index] = copy.add_stream_from_template(stream)
+            streams[stream.index].time_base = stream.time_base
+        for packet in container.demux(*streams):
+            if packet.dts is not None:
+                copy.mux(_restream(packet, streams[packet.stream.index]))
+    return target
+
+
 def write_cut_copy(
     source: str | Path, path: str | Path, hidden: int, *, hidden_ticks: int | None = None
 ) -> Path:

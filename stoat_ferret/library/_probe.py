@@ -30,6 +30,7 @@ import av
 
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError, ShortOfMemory
 from stoat_ferret.library._fieldduration import field_duration_rate
+from stoat_ferret.library._fragments import fragmented_frames
 from stoat_ferret.library._input import (
     READ_LIMIT,
     BoundedInput,
@@ -217,6 +218,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     duration = None if raw else container.duration
     container_seconds = None if duration is None else _believed(duration / _MICROSECONDS)
     stream_seconds = None if format_name in _ESTIMATED_STREAM_DURATION else _stream_seconds(video)
+    mov = "mov" in format_name.split(",")
     return VideoProbe(
         width=width,
         height=height,
@@ -230,7 +232,8 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
             field_guess=field_guess,
             # Of a constant rate only (FFmpeg's MP4 reader guesses the average
             # then): a variable one's average counts the hidden frames too.
-            edited="mov" in format_name.split(",") and video.guessed_rate == video.average_rate,
+            edited=mov and video.guessed_rate == video.average_rate,
+            fragments=mov,
         ),
         video_codec=context.codec.canonical_name,
         audio_codec=_audio_codec(audio, audio_context),
@@ -326,6 +329,7 @@ def _frame_count(
     *,
     field_guess: bool = False,
     edited: bool = False,
+    fragments: bool = False,
 ) -> int | None:
     """The frames the container records, else the duration times ``rate``.
 
@@ -343,11 +347,18 @@ def _frame_count(
     field's length, the last frame as half (a two-frame MPEG-TS clip lasts
     1.5 frames; a Matroska track declaring a field's duration ends so where
     its last block has no duration of its own): a count ending in a half
-    is taken as that. (One that does
-    not was timed otherwise: a lone MPEG-2 frame, which FFmpeg cannot time,
-    is given the file's duration.)
+    is taken as that. (One that does not was timed otherwise: a lone MPEG-2
+    frame, which FFmpeg cannot time, is given the file's duration.)
+
+    ``fragments``: the container may be a fragmented MP4, whose header
+    records only the samples it holds itself: where FFmpeg indexed more,
+    their count, else one from the video's duration, is taken for the one
+    it records (``_fragments.py``).
     """
     frames = video.frames  # FFmpeg's int64_t nb_frames
+    if fragments and rate is not None:
+        indexed = fragmented_frames(video, rate, stream_seconds)
+        frames = frames if indexed is None else indexed
     seconds = stream_seconds if stream_seconds is not None else container_seconds
     if frames > 0 and not field_guess:
         if not (edited and rate is not None and stream_seconds is not None):

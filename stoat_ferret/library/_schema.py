@@ -63,7 +63,8 @@ rate rounded to the whole or NTSC rate it is within a millionth of
 timed in fields) halved, its frames counted; and the frames a constant-rate MP4's edit
 list shows, not those it hides; 7 the codec's frame rate of a Matroska
 track declaring a field's duration as its frames' (FFmpeg's rate twice
-it), its frames counted at that rate. A row with an older (or no)
+it), its frames counted at that rate, and the frames of every fragment of
+a fragmented MP4, not only its header's. A row with an older (or no)
 version is probed again by the next scan of its file."""
 
 # Column -> SQLite type of the editing metadata (probe version 2), as schema

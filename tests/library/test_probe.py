@@ -51,6 +51,7 @@ from tests.videos import (
     write_declared_rate_copy,
     write_duration_tag,
     write_field_timed_avi,
+    write_fragmented_copy,
     write_truncated_copy,
 )
 
@@ -497,6 +498,37 @@ def test_an_mp4_cut_without_re_encoding_counts_the_frames_it_shows(
 
     assert (shown, constant) == (20, hidden_ticks is None)
     assert (probe.frame_rate is not None, probe.duration_frames) == (True, counted)
+
+
+@pytest.mark.parametrize(
+    "movflags",
+    [
+        "frag_keyframe",
+        "frag_every_frame",
+        "frag_keyframe+empty_moov",
+        "cmaf",
+        "frag_custom+empty_moov+default_base_moof+dash",
+        "frag_keyframe+empty_moov+default_base_moof+dash+global_sidx",
+    ],
+    ids=["header-holds-the-first", "every-frame", "empty-header", "cmaf", "dash", "global-sidx"],
+)
+def test_a_fragmented_mp4_counts_the_frames_of_every_fragment(
+    tmp_path: Path, movflags: str
+) -> None:
+    """A fragmented MP4's header records only the samples it holds itself
+    (none, or the first fragment's), and FFmpeg's count is that one: the
+    frames of every fragment are counted, those FFmpeg indexed as it opened
+    the file, or where a segment index kept it from reading every fragment,
+    those of its duration less its start (the segment index's end, which
+    FFmpeg takes for the duration, counts the B-frames' delay too)."""
+    source = make_video(tmp_path / "source.mp4", rate=Fraction(30), frames=300)
+    fragmented = write_fragmented_copy(source.path, tmp_path / "fragmented.mp4", movflags)
+    with av.open(str(fragmented)) as container:  # the file as the case needs it
+        assert container.streams.video[0].frames < source.frames == 300
+
+    probe = probe_video(fragmented)
+
+    assert (probe.frame_rate, probe.duration_frames) == (Fraction(30), 300)
 
 
 @pytest.mark.parametrize(
