@@ -318,7 +318,7 @@ def test_the_rarer_invisible_characters_and_every_space_of_a_name_show(
 def test_look_alike_slashes_blanks_mark_stacks_and_right_to_left_folders_show_as_they_are(
     dashboard: Dashboard, server: Server
 ) -> None:
-    """A name with a slash that is not one (``fake∕dir∕clip.mp4`` would read
+    """A name with a slash that is not one (``fake`` U+2215 ``dir`` U+2215 ``clip.mp4`` would read
     as a file two folders down), a character Chromium draws as nothing
     (U+FFFC) or as a space (U+2800, the Braille blank) shows it as a mark; a
     stack of 120 accents keeps four and counts the rest, rather than being
