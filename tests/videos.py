@@ -360,7 +360,7 @@ def write_field_timed_avi(source: str | Path, path: str | Path) -> Path:
 
 
 def write_declared_rate_copy(
-    source: str | Path, path: str | Path, rate: Fraction, *, speed: int = 1
+    source: str | Path, path: str | Path, rate: Fraction, *, speed: int = 1, held: int = 0
 ) -> Path:
     """Copy the video stream of the Matroska file ``source`` into the Matroska
     file ``path``, declaring ``rate``: FFmpeg's muxer writes the track's
@@ -368,17 +368,22 @@ def write_declared_rate_copy(
     timestamps are divided by ``speed``. At twice the source's rate and
     ``speed`` 1, the DefaultDuration is a field's, as some muxers of
     interlaced video write it; at ``speed`` 2 too, the frames are twice as
-    fast as the codec's header says."""
+    fast as the codec's header says. The first ``held`` frames are shown
+    five times as long (a variable-rate start; for a source without
+    B-frames, whose packets come in the order they are shown)."""
     target = Path(path)
     with av.open(str(source)) as container, av.open(str(target), "w") as copy:
         video = container.streams.video[0]
         stream = copy.add_stream_from_template(video, rate=rate)
         stream.time_base = video.time_base
-        for packet in container.demux(video):
+        shift = 0
+        for index, packet in enumerate(container.demux(video)):
             pts, dts, duration = packet.pts, packet.dts, packet.duration
             if pts is not None and dts is not None and duration is not None:
-                packet.pts, packet.dts = pts // speed, dts // speed
-                packet.duration = duration // speed
+                longer = 4 * (duration // speed) if index < held else 0
+                packet.pts, packet.dts = pts // speed + shift, dts // speed + shift
+                packet.duration = duration // speed + longer
+                shift += longer
                 copy.mux(_restream(packet, stream))
     return target
 

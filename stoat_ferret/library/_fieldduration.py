@@ -41,10 +41,12 @@ hold two frames shown one after the other whatever the order of decoding
 (B-frames). Read only for a file whose codec disagrees with its
 DefaultDuration."""
 
-_FIELD_STEPS: Final = 1.5
-"""How many declared durations apart, at least, frames shown one after the
-other must be for that duration to be a field's: two, from timestamps kept
-in whole milliseconds (33 or 34 ms for two fields of 59.94, 1.98 or 2.04)."""
+_FIELD_STEPS: Final = (1.5, 2.5)
+"""How many declared durations apart frames shown one after the other must
+be for that duration to be a field's: two, from timestamps kept in whole
+milliseconds (33 or 34 ms for two fields of 59.94, 1.98 or 2.04). No more
+than 2.5: a variable-rate file whose first frames are held longer is not
+taken for one."""
 
 
 def field_duration_rate(
@@ -69,7 +71,7 @@ def field_duration_rate(
     if codec_rate is None or codec_rate.numerator <= 0 or rate != 2 * codec_rate:
         return None
     step = _shortest_step(container, video)
-    if step is None or step * rate < _FIELD_STEPS:
+    if step is None or not _FIELD_STEPS[0] <= step * rate <= _FIELD_STEPS[1]:
         return None
     return codec_rate
 

@@ -470,6 +470,30 @@ def test_a_matroska_codec_timing_of_half_the_declared_rate_alone_is_not_taken(
     assert (probe.frame_rate, probe.duration_frames) == (Fraction(50), 50)
 
 
+def test_a_matroska_track_whose_first_frames_are_held_is_not_taken_for_fields(
+    tmp_path: Path,
+) -> None:
+    """A variable-rate track whose codec header gives half the declared rate
+    and whose first frames are held five declared durations each (its later
+    frames one apart) is no field-timed track, whose frames are two apart:
+    the rate it declares stays."""
+    source = make_video(
+        tmp_path / "source.mkv", codec="mpeg4", rate=Fraction(25), frames=50, audio=None
+    )
+    held = write_declared_rate_copy(
+        source.path, tmp_path / "held.mkv", Fraction(50), speed=2, held=20
+    )
+    with av.open(str(held)) as container:  # the file as the case needs it
+        video = container.streams.video[0]
+        assert video.codec_context.framerate == Fraction(25)
+        stamps = [p.pts for p in container.demux(video) if p.size and p.pts is not None]
+        assert stamps[1] - stamps[0] == 5 * (stamps[-1] - stamps[-2])
+
+    probe = probe_video(held)
+
+    assert probe.frame_rate == Fraction(50)
+
+
 @pytest.mark.parametrize(
     ("hidden_ticks", "counted"),
     [(None, 20), (10 * 512, 30)],
