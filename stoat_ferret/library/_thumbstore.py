@@ -5,8 +5,9 @@ after the video's fingerprint: once the file changes, its thumbnail is
 "missing" until made again (which removes the old one). ``v4`` is
 :data:`VERSION`: raising it makes every thumbnail (and failure marker)
 missing. A video whose frame cannot be decoded gets an empty
-``<FAILED_VERSION>-<size_bytes>-<mtime_ns>.failed`` marker, tried again once
-the file changes or :data:`FAILED_VERSION` is raised.
+``v4.1-<size_bytes>-<mtime_ns>.failed`` marker (``1`` is
+:data:`FAILED_REVISION`), tried again once the file changes, or either is
+raised.
 
 The directory is the service's own: it is created with a marker file
 (:data:`MARKER`) in it, and an existing directory is taken over only if it has
@@ -88,11 +89,12 @@ a child's image stored only as the encoder writes one
 again, and its ETag changes, so no browser keeps it through a 304. v4: the
 frame taken at a tenth of the video's own duration, where the file's is
 longer (a file whose sound outlasts its video gave its last keyframe)."""
-FAILED_VERSION: Final = "v5"
-"""The failure markers' version, which also names them: raising it tries
-every video marked again, without making every thumbnail again. Always
-:data:`VERSION` or later. v5: a colour description FFmpeg's scaler refuses
-(a logarithmic transfer, the YCgCo or ICtCp matrix) no longer fails."""
+FAILED_REVISION: Final = 1
+"""The failure markers' revision within :data:`VERSION`: raising it tries
+every video marked again, without making every thumbnail again (raising
+:data:`VERSION` does both). 1: a colour description FFmpeg's scaler
+refuses (a logarithmic transfer, the YCgCo or ICtCp matrix) no longer
+fails; a v4 marker (``v4-...``) had none."""
 MAX_THUMBNAIL_BYTES: Final = 4 * 1024 * 1024
 """The largest file read as a thumbnail: ours (WebP, 320 pixels wide, at most
 1,280 high) are tens of kilobytes; a larger one counts as missing, unread."""
@@ -376,5 +378,7 @@ def _entry(video_id: int) -> str:
 def _name(fingerprint: Fingerprint, *, made: bool) -> str:
     """The thumbnail's file name (``made``), or its failure marker's."""
     size_bytes, mtime_ns = fingerprint
-    version, suffix = (VERSION, THUMBNAIL_SUFFIX) if made else (FAILED_VERSION, FAILED_SUFFIX)
+    version, suffix = (
+        (VERSION, THUMBNAIL_SUFFIX) if made else (f"{VERSION}.{FAILED_REVISION}", FAILED_SUFFIX)
+    )
     return f"{version}-{int(size_bytes)}-{int(mtime_ns)}{suffix}"

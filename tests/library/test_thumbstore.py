@@ -243,10 +243,10 @@ def test_a_thumbnail_or_marker_of_an_earlier_version_is_made_again(
     assert os.listdir(folder) == [f"{THUMBNAIL_VERSION}-10-10.webp"]
 
 
-def test_a_marker_of_an_earlier_marker_version_is_tried_again_and_images_stay(
+def test_a_marker_of_an_earlier_marker_revision_is_tried_again_and_images_stay(
     tmp_path: Path,
 ) -> None:
-    """Raising the markers' version (v5: colour descriptions the scaler
+    """Raising the markers' revision (1: colour descriptions the scaler
     refused) tries every video marked again, while the thumbnails made
     stay made: the upgrade does not make the whole library's again."""
     store = ThumbnailStore(tmp_path / "thumbs")
@@ -254,7 +254,7 @@ def test_a_marker_of_an_earlier_marker_version_is_tried_again_and_images_stay(
     store.write(8, (10, 10), None)
     folder = tmp_path / "thumbs" / "8"
     os.replace(
-        folder / f"{_thumbstore.FAILED_VERSION}-10-10.failed",
+        folder / f"{THUMBNAIL_VERSION}.{_thumbstore.FAILED_REVISION}-10-10.failed",
         folder / f"{THUMBNAIL_VERSION}-10-10.failed",  # as v4 marked it
     )
 
