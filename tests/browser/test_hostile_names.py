@@ -16,11 +16,13 @@ such names shown.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING
 
 import pytest
 
+from stoat_ferret.api import _paths
 from tests.browser.test_dashboard import CHROMIUM, SCAN_URL, Console, Dashboard
 from tests.videos import make_video, write_corrupt_video
 
@@ -364,3 +366,26 @@ def test_look_alike_slashes_blanks_mark_stacks_and_right_to_left_folders_show_as
     assert first.evaluate(left) < second.evaluate(left)
     assert dashboard.console.errors == []
     assert dashboard.console.refused == []
+
+
+def test_the_folders_a_scan_may_read_are_each_a_path_of_their_own(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """The 403 for a folder outside the roots names them, ", "-separated: each
+    is a path of its own, so the space after a comma is no folder's end
+    space, spelled out as one would be."""
+    page = dashboard.page
+    detail = f"{_paths._OUTSIDE} (/media/my videos, /srv/films)"
+    page.route(
+        f"{server.base_url}{SCAN_URL}",
+        lambda route: route.fulfill(
+            status=403, content_type="application/json", body=json.dumps({"detail": detail})
+        ),
+    )
+
+    dashboard.scan("/elsewhere")
+
+    feedback = page.locator("#scan-feedback")
+    expect(feedback).to_have_text(re.compile(r"may scan: /media/my videos, /srv/films\. Choose"))
+    expect(feedback.locator(".control")).to_have_count(0)
+    _expect_isolated(feedback.locator(".untrusted").filter(has_text="/srv/films"))

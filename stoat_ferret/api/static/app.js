@@ -84,9 +84,10 @@ function el(tag, props = {}, ...children) {
 // drawn as a space, and the slashes that look like a path's "/" (U+2044,
 // U+2215, U+29F8, U+FF0F): "fake∕dir∕clip.mp4" would read as a file two folders
 // down. After four combining marks in a row (the first alternative: five or
-// more; no lookbehind, which Safari before 16.4 cannot parse), the rest are one mark, "⟨+117 marks⟩": a long stack is drawn across the rows
-// above and below (Vietnamese needs two on a letter; Hebrew's points and
-// cantillation, three or four).
+// more; no lookbehind, which Safari before 16.4 cannot parse), the rest are
+// one mark, "⟨+116 marks⟩": a long stack is drawn across the rows above and
+// below (Vietnamese needs two on a letter; Hebrew's points and cantillation
+// mostly up to four: a rare fifth shows as its code point).
 const INVISIBLE =
   /\p{M}{5,}|\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2044\u2060-\u206f\u2215\u2800\u29f8\u3164\ufe00-\ufe0d\ufeff\uff0f\uffa0\ufff0-\ufffc\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]/gu;
 const MARK_RUN = /^\p{M}/u;
@@ -173,6 +174,13 @@ function untrusted(text, props = {}, tag = "bdi") {
     ...(part ? [el("bdi", {}, ...spelledNodes(part))] : []),
   ]);
   return el(tag, { ...props, class: cls }, ...nodes);
+}
+
+/** The service's "/a, /b" list of folders: each path on its own (a lookahead: no lookbehind). */
+function rootList(text) {
+  return text
+    .split(/, (?=\/)/)
+    .flatMap((root, index) => [...(index ? [", "] : []), untrusted(root, { dir: "ltr" })]);
 }
 
 // ---------------------------------------------------------------- formatting
@@ -306,7 +314,8 @@ function explainRefusal(response, path) {
       return [
         ...quoted(),
         " is outside the folders this service may scan",
-        ...(roots ? [": ", untrusted(roots, { dir: "ltr" })] : []),
+        // Each its own path: as one text, "/a, /b" would hold a folder "a, ".
+        ...(roots ? [": ", ...rootList(roots)] : []),
         ". Choose a folder inside them, or ask whoever runs the service to add it to STOAT_SCAN_ROOTS.",
       ];
     }
