@@ -170,23 +170,15 @@ class JobChanges:
         named = None if job_ids is None else frozenset(job_ids)
         if named is not None and after is not None and after > self.last_event_id:
             after = None  # never issued by this run: counts as none
-        feed = JobFeed(
-            job_ids=named,
-            job_types=None if job_types is None else frozenset(job_types),
-            until_terminal=until_terminal and named is not None,
-            limit=None if limit is None else max(limit, len(named or ())),
-        )
         unknown = frozenset() if named is None or until_terminal else named - self._latest.keys()
-        start: list[_Entry] = []
         logged = after is not None and self._holds_changes_after(after)
-        if after is not None and logged:
-            start = [entry for entry in self._log if entry[0] > after]
-            if unknown:  # a dropped job the log holds: its end is sent now, or was seen
-                unknown -= {entry[1].job_id for entry in self._log}
-        if (after is not None and named is None and not logged) or unknown:
-            # The follower refetches the list (or the jobs it names: only a fetch
-            # tells it one was dropped); a state sent now would carry an older id.
-            feed.lose(self.last_event_id)
+        start = [e for e in self._log if after is not None and e[0] > after] if logged else []
+        if logged and unknown:  # a dropped job the log holds: its end is sent now, or was seen
+            unknown -= {entry[1].job_id for entry in self._log}
+        # The follower refetches the list (or the jobs it names: only a fetch
+        # tells it one was dropped); a state sent now would carry an older id.
+        lost = (after is not None and named is None and not logged) or bool(unknown)
+        if lost:
             start = []
         elif not logged:
             start = sorted(
@@ -198,6 +190,14 @@ class JobChanges:
                 if named is not None
                 else (entry for entry in self._latest.values() if not entry[1].status.is_terminal)
             )
+        feed = JobFeed(
+            job_ids=named,
+            job_types=None if job_types is None else frozenset(job_types),
+            until_terminal=until_terminal and named is not None,
+            limit=None if limit is None else max(limit, len(named or ())) + len(start),
+        )
+        if lost:
+            feed.lose(self.last_event_id)
         for entry in start:
             if named is None or entry[1].job_id in named:
                 feed.push(entry[1].job_id, entry)

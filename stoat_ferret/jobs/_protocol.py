@@ -97,7 +97,8 @@ class AsyncJobQueue(Protocol):
         ``job_ids``: end once each named job has ended (or, of a type
         ``job_types`` leaves out, at once). One task reads a feed at a time:
         a second gets ``anyio.BusyResourceError``. Beyond ``limit`` jobs with
-        a change pending, the feed drops them for one ``ChangesLost``; None
+        a change pending (and as many more as the states it starts with), the
+        feed drops them for one ``ChangesLost``; None
         for no limit, for a follower that takes all the feed holds
         (``receive_nowait``) whenever it wakes, as the metrics do. A ``str``
         for ``job_ids`` or ``job_types`` raises ``TypeError``, a ``limit``

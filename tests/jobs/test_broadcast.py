@@ -492,6 +492,26 @@ async def test_a_feed_past_its_limit_loses_its_changes_and_one_without_keeps_the
     assert _summary(await _drain(unlimited)) == [(name, "pending") for name in "abcde"]
 
 
+async def test_a_feed_starts_with_every_job_not_ended_even_past_its_limit() -> None:
+    """A new feed starts with the state of every job not ended yet, however
+    many (more than ``limit`` with a large queue), not with a ChangesLost and
+    the last few, and keeps room for ``limit`` jobs' changes beside them;
+    past that, it loses them as before."""
+    changes = JobChanges()
+    for name in "abcde":
+        changes.publish(_record(name))
+
+    feed = changes.open_feed(limit=3)
+    for name in "fgh":  # the limit's room, beside the five it starts with
+        changes.publish(_record(name))
+    started = [feed.receive_nowait() for _ in range(8)]
+    for name in "ijklmnopqr":  # q is the ninth pending: all are lost, then r
+        changes.publish(_record(name))
+
+    assert _summary(started) == [(name, "pending") for name in "abcdefgh"]
+    assert _summary(await _drain(feed)) == [("lost", ""), ("r", "pending")]
+
+
 async def test_receive_nowait_hands_out_what_is_there_and_never_waits() -> None:
     """WouldBlock while nothing is pending, each change in turn once there,
     EndOfStream once the feed is closed and emptied."""
