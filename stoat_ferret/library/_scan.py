@@ -183,7 +183,8 @@ class ScanRun:
         self.error_store.store_if_many_here()
 
     async def scan(self) -> dict[str, Any]:
-        log = logger.bind(job_id=self.ctx.job_id, root=self.root, recursive=self.recursive)
+        where = {"root": self.root, "recursive": self.recursive}
+        log = logger.bind(job_id=self.ctx.job_id, job_type=self.ctx.job_type, **where)
         log.info("scan started")
         self.started = self.library.stamp()
         await self.error_store.begin()

@@ -602,6 +602,21 @@ async def test_a_changed_file_that_fails_for_want_of_resources_keeps_its_row(
     assert (updated.id, updated.mtime_ns) == (stored.id, 1)
 
 
+async def test_a_scans_start_and_end_are_logged_with_its_job_id_and_type(
+    library: VideoLibrary, media: Path, clip: EncodedVideo, log_records: list[Any]
+) -> None:
+    """"scan started" and "scan finished" carry the structured fields every
+    job's line does: its id and its type."""
+    _fill(media, clip, ["a.mp4"])
+
+    with anyio.fail_after(TIMEOUT):
+        await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
+
+    said = {r["message"]: r["extra"] for r in log_records if r["message"].startswith("scan ")}
+    for message in ("scan started", "scan finished"):
+        assert (said[message]["job_id"], said[message]["job_type"]) == ("j", "scan")
+
+
 async def test_an_unexpected_probe_exception_is_an_error_entry(
     library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
