@@ -125,24 +125,29 @@ def _signal_masks(pid: int) -> dict[str, int]:
     return {name: int(value, 16) for name, value in fields.items()}
 
 
-def test_a_service_started_with_hang_ups_ignored_outlives_its_terminal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("number", [signal.SIGHUP, signal.SIGINT], ids=["SIGHUP", "SIGINT"])
+def test_a_service_started_with_a_stop_signal_ignored_leaves_it_ignored(
+    tmp_path: Path, number: int
+) -> None:
     """Started under ``nohup`` (SIGHUP ignored), the service leaves SIGHUP ignored:
-    it outlives its terminal; SIGTERM still stops it."""
+    it outlives its terminal; started as a script's background job (SIGINT
+    ignored, as shells start one), a Ctrl+C in the terminal leaves it
+    running. SIGTERM still stops it."""
     env = server_environment(tmp_path)
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited across exec
+    previous = signal.signal(number, signal.SIG_IGN)  # inherited across exec
     try:
         with running_server(tmp_path, env) as process:
-            signal.signal(signal.SIGHUP, previous)
+            signal.signal(number, previous)
             base_url = wait_ready(process, tmp_path / "server.log")
             masks = _signal_masks(process.pid)
-            os.kill(process.pid, signal.SIGHUP)  # discarded by the kernel: ignored
+            os.kill(process.pid, number)  # discarded by the kernel: ignored
             health = httpx.get(f"{base_url}/health", timeout=30).status_code
             returncode = _stop(process, lambda pid: os.kill(pid, signal.SIGTERM))
     finally:
-        signal.signal(signal.SIGHUP, previous)
+        signal.signal(number, previous)
 
-    hang_up = 1 << (signal.SIGHUP - 1)
-    assert (masks["SigIgn"] & hang_up, masks["SigCgt"] & hang_up) == (hang_up, 0)
+    bit = 1 << (number - 1)
+    assert (masks["SigIgn"] & bit, masks["SigCgt"] & bit) == (bit, 0)
     assert masks["SigCgt"] & (1 << (signal.SIGTERM - 1))
     assert health == 200
     assert returncode == 0
