@@ -13,7 +13,7 @@ loguru by :class:`InterceptHandler`, so one sink and one format see them all.
 structured field, then ``exception`` (the formatted traceback) if there is
 one. A field named like one of the fixed keys is dropped, not the key. An
 access-log line carries ``client``, ``method``, ``path``, ``http_version``
-and ``status`` as fields, besides uvicorn's message. A value JSON cannot
+and ``http_status`` as fields, besides uvicorn's message. A value JSON cannot
 hold (NaN, infinity) is written as text, so every line is strict JSON.
 Python's warnings go through the same sink.
 """
@@ -157,18 +157,21 @@ def configure_logging(level: str, log_format: str = "text", *, sink: TextIO | No
     Args:
         level: a loguru level name.
         log_format: ``text`` or ``json``.
-        sink: where the lines go; ``sys.stderr`` (as it is at the call) when None.
+        sink: where the lines go; ``sys.stderr`` (as it is at the call) when
+            None, and nowhere when that is None too (standard error closed).
     """
     json_lines = log_format == "json"
+    stream = sys.stderr if sink is None else sink
     logger.remove()
-    logger.add(
-        sys.stderr if sink is None else sink,
-        level=level,
-        format=_format_json if json_lines else _format_text,
-        colorize=False if json_lines else None,
-        backtrace=False,
-        diagnose=False,
-    )
+    if stream is not None:  # None: stderr closed (2>&-), nowhere to log to
+        logger.add(
+            stream,
+            level=level,
+            format=_format_json if json_lines else _format_text,
+            colorize=False if json_lines else None,
+            backtrace=False,
+            diagnose=False,
+        )
     # The stdlib level must match loguru's: at level 0 uvicorn would trace
     # every request (MessageLoggerMiddleware) only for loguru to drop it.
     # loguru's level numbers are the stdlib's.

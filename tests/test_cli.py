@@ -631,6 +631,26 @@ def test_check_as_a_process(tmp_path: Path) -> None:
     assert len(bad.stderr.splitlines()) == 2  # usage, then the sentence
 
 
+def test_check_with_standard_error_closed_still_checks(tmp_path: Path) -> None:
+    """Started with standard error closed (``2>&-``), the command logs
+    nowhere but still checks: exit 0 and its line on stdout (it exited 1,
+    silently, when the log's sink was None)."""
+    env = server_environment(tmp_path)
+
+    closed = subprocess.run(
+        [sys.executable, "-m", "stoat_ferret", "check"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(2),
+    )
+
+    assert closed.returncode == 0
+    assert closed.stdout.startswith("ok: would serve ")
+
+
 def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: Path) -> None:
     """Run from a directory removed since: the default database's relative path has
     nothing to be relative to: 2, one line naming the setting, no traceback (and

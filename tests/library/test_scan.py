@@ -605,8 +605,8 @@ async def test_a_changed_file_that_fails_for_want_of_resources_keeps_its_row(
 async def test_a_scans_start_and_end_are_logged_with_its_job_id_and_type(
     library: VideoLibrary, media: Path, clip: EncodedVideo, log_records: list[Any]
 ) -> None:
-    """"scan started" and "scan finished" carry the structured fields every
-    job's line does: its id and its type."""
+    """The lines "scan started" and "scan finished" carry the structured
+    fields every job's line does: its id and its type."""
     _fill(media, clip, ["a.mp4"])
 
     with anyio.fail_after(TIMEOUT):
