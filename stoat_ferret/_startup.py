@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 def check_startup(settings: Settings, names: Mapping[str, str] | None = None) -> DatabaseLock:
     """What must hold before binding: the host resolves, the database opens,
     is sound (``PRAGMA quick_check``), and is served by no other process; the
-    thumbnails' directory is usable. A scan root that cannot be listed is
-    logged as a warning (``check`` refuses it).
+    thumbnails' directory is usable.
 
     Blocking; called before the event loop starts. ``names`` (from
     :func:`parse_command`) says how the user gave each setting, flag or
@@ -95,26 +94,7 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
     note = readable_by_others(path)
     if note is not None:
         logger.warning("video store {path}: {note}", path=str(path), note=note)
-    # Not refused, as check refuses it: a network share may be back later.
-    for root, reason in _unlistable_roots(settings):
-        logger.warning(
-            "scan root {root} cannot be listed ({reason}): its scans fail until it can",
-            root=str(root),
-            reason=reason,
-        )
     return hold
-
-
-def _unlistable_roots(settings: Settings) -> list[tuple[Path, str]]:
-    """The scan roots that cannot be listed now, each with why."""
-    refused = []
-    for root in settings.scan_roots:
-        try:
-            with os.scandir(root) as entries:
-                next(entries, None)
-        except OSError as exc:
-            refused.append((root, exc.strerror or str(exc)))
-    return refused
 
 
 def inspect_interruptibly(path: Path) -> Inspection:
@@ -181,9 +161,14 @@ def check(settings: Settings, names: Mapping[str, str] | None = None) -> str:
     """
     names = _names(names)
     resolve_host(settings.host, settings.port, names["host"])
-    if unlistable := _unlistable_roots(settings):
-        root, reason = unlistable[0]
-        raise SettingsError(f"{names['scan_roots']}: cannot list {root} ({reason})")
+    for root in settings.scan_roots:
+        try:
+            with os.scandir(root) as entries:
+                next(entries, None)
+        except OSError as exc:
+            raise SettingsError(
+                f"{names['scan_roots']}: cannot list {root} ({exc.strerror})"
+            ) from None
     path = settings.database_path
     _check_creatable(
         path.parent,

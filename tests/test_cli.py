@@ -1988,25 +1988,3 @@ def test_a_token_is_redacted_whatever_the_error_did_to_it(
     normalised = str(PurePosixPath(token)).lstrip("/")
     for piece in (normalised[start : start + 12] for start in range(len(normalised) - 11)):
         assert piece.lower() not in err.lower(), piece  # nor most of it
-
-
-def test_serving_warns_of_a_scan_root_it_cannot_list_and_starts(
-    tmp: Path, log_records: list[Any]
-) -> None:
-    """A root the service cannot list (a network share down at boot, say)
-    does not keep it from starting, as check's refusal would: its start-up
-    warns, naming the root and why; a root it can list gets no warning."""
-    (tmp / "b").mkdir(exist_ok=True)
-    locked = tmp / "locked"
-    locked.mkdir()
-    database = tmp / "stoat.db"
-    settings = Settings(database_path=database, scan_roots=(locked, tmp / "b"))
-    locked.chmod(0)
-    try:
-        call_denied(lambda: check_startup(settings).release())
-    finally:
-        locked.chmod(0o755)
-
-    warnings = [r for r in log_records if "cannot be listed" in r["message"]]
-    assert [(r["level"].name, r["extra"]["root"]) for r in warnings] == [("WARNING", str(locked))]
-    assert "Permission denied" in warnings[0]["message"]
