@@ -44,10 +44,10 @@ stop, and a hang-up (the terminal it runs in closed), unless ignored
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:
-    """Those of :data:`STOP_SIGNALS` the service takes now: all but SIGHUP when
-    it is ignored (``nohup``: the service is to outlive its terminal), and
-    but SIGINT when it is ignored (a shell's background job in a script: a
-    Ctrl+C in its terminal is not for it, as Python itself leaves it)."""
+    """Those of :data:`STOP_SIGNALS` the service takes now: all but SIGHUP or
+    SIGINT when ignored (SIGHUP under ``nohup``: the service is to outlive its
+    terminal; SIGINT in a shell's background job of a script: a Ctrl+C in its
+    terminal is not for it, as Python itself leaves it)."""
     return tuple(
         number
         for number in STOP_SIGNALS

@@ -210,8 +210,8 @@ class GracefulServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        """Route the stop signals (``_cli.stop_signals``: SIGTERM, SIGINT and
-        SIGHUP, unless it is ignored) to uvicorn's graceful exit while serving.
+        """Route the stop signals (``_cli.stop_signals``: SIGTERM, and SIGINT
+        and SIGHUP unless ignored) to uvicorn's graceful exit while serving.
 
         Unlike uvicorn's own, this does not raise the signal again afterwards:
         the service stopped the way it was asked to, and exits 0.
@@ -360,10 +360,10 @@ def listen(settings: Settings) -> socket.socket:
 def serve(
     settings: Settings, listener: socket.socket, *, signals_taken: Callable[[], None] | None = None
 ) -> None:
-    """Serve the app with ``settings`` on ``listener`` until SIGTERM or SIGINT.
+    """Serve the app with ``settings`` on ``listener`` until a stop signal.
 
     Returns once stopped; closes ``listener``. ``signals_taken`` is called
-    once the server has taken SIGTERM and SIGINT over (before the app
+    once the server has taken the stop signals over (before the app
     starts): from then on a stop is the server's, whether it serves, fails
     to start, or has ended and given the old handlers back. Off the main
     thread the server takes no signals, and it is not called.

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -137,19 +136,6 @@ def _backend_guard(request: pytest.FixtureRequest) -> None:
     """For every test on a backend, :func:`check_backend` from inside its event loop."""
     if "anyio_backend" in request.fixturenames:
         request.getfixturevalue("_running_backend")
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _interrupts_heard() -> Iterator[None]:
-    """SIGINT as Python sets it, where the run began with it ignored (a shell
-    starts a script's background job so: ``make test &``). The service leaves
-    an inherited SIG_IGN alone, as Python does, and the tests of Ctrl+C, in
-    this process and in the servers it starts, need it heard."""
-    previous = signal.getsignal(signal.SIGINT)
-    if previous == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

@@ -56,6 +56,19 @@ def _stop(process: subprocess.Popen[bytes], send: Callable[[int], None]) -> int:
     return process.wait(timeout=stop_hang_guard(SHUTDOWN_GRACE))
 
 
+@pytest.fixture(autouse=True)
+def _interrupts_heard() -> Iterator[None]:
+    """SIGINT as Python sets it, for these tests of Ctrl+C (in this process
+    and in the servers they start), where the run began with it ignored (a
+    shell starts a script's background job so: ``make test &``), which the
+    service, as Python, leaves alone."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_scan_list_and_stop_with_sigterm(tmp_path: Path) -> None:
     """Scan three clips through the real server, list them, SIGTERM the group: exit 0."""
     env = server_environment(tmp_path)
