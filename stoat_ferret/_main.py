@@ -239,4 +239,19 @@ def run() -> int:
     ignored, rather than ending the process as the default would (130,
     143), so that the status is :func:`main`'s.
     """
+    fill_standard_descriptors()
     return main(exiting=True)
+
+
+def fill_standard_descriptors() -> None:
+    """Open ``/dev/null`` on each of descriptors 0-2 closed at start (``2>&-``):
+    else the next file the service opened (a lock file, the database) would
+    take its number, and get whatever is written there."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)

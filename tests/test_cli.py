@@ -651,6 +651,34 @@ def test_check_with_standard_error_closed_still_checks(tmp_path: Path) -> None:
     assert closed.stdout.startswith("ok: would serve ")
 
 
+def _close_input_and_errors() -> None:
+    os.close(0)
+    os.close(2)
+
+
+def test_a_standard_descriptor_closed_at_start_is_given_dev_null() -> None:
+    """Started with standard error (or input) closed, the command puts
+    ``/dev/null`` in its place before opening anything, so that no file it
+    opens later (a lock file, the database) takes its number."""
+    script = (
+        "import os\n"
+        "from stoat_ferret._main import fill_standard_descriptors\n"
+        "fill_standard_descriptors()\n"
+        "print(os.readlink('/proc/self/fd/0'), os.readlink('/proc/self/fd/2'))\n"
+    )
+
+    closed = subprocess.run(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=_close_input_and_errors,
+    )
+
+    assert (closed.returncode, closed.stdout.split()) == (0, [os.devnull, os.devnull])
+
+
 def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: Path) -> None:
     """Run from a directory removed since: the default database's relative path has
     nothing to be relative to: 2, one line naming the setting, no traceback (and
