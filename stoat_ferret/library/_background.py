@@ -32,6 +32,7 @@ without ``SCHED_IDLE`` (everything but Linux) the priority is left as it is.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import os
 import threading
@@ -189,7 +190,7 @@ class BackgroundThreads:
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         stop = Stop()
-        future = self._executor.submit(func, stop)
+        future = self._executor.submit(contextvars.copy_context().run, func, stop)
         try:
             return await anyio.to_thread.run_sync(
                 future.result, abandon_on_cancel=True, limiter=self._waiting

@@ -184,7 +184,7 @@ class ScanRun:
 
     async def scan(self) -> dict[str, Any]:
         where = {"root": self.root, "recursive": self.recursive}
-        log = logger.bind(job_id=self.ctx.job_id, job_type=self.ctx.job_type, **where)
+        log = logger.bind(**where)
         log.info("scan started")
         self.started = self.library.stamp()
         await self.error_store.begin()
@@ -315,7 +315,6 @@ class ScanRun:
         queue = probe_chunks(paths, self.workers)
         writer = ScanWriter(
             library=self.library,
-            job_id=self.ctx.job_id,
             root=self.root,
             errors=self.errors,
             known=self.known,
@@ -393,6 +392,5 @@ class ScanRun:
             root=self.root,
             root_fd=root_fd,
             found=self.found,
-            job_id=self.ctx.job_id,
             disks=self.scanned.disks,
         )

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
+from loguru import logger
 
 from stoat_ferret.jobs import JobContext
 from stoat_ferret.library._background import BackgroundThreads, ThreadPriority
@@ -95,7 +96,9 @@ def make_scan_handler(
             probe=probe,
             errors=ErrorLog(cap=error_cap),
         )
-        return await run.run()
+        # Every line the scan logs, in its tasks and threads, names the job.
+        with logger.contextualize(job_id=ctx.job_id, job_type=ctx.job_type):
+            return await run.run()
 
     return scan
 

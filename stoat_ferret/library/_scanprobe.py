@@ -90,7 +90,6 @@ def probe_files(
     root: str,
     root_fd: int,
     found: Mapping[str, Fingerprint],
-    job_id: str,
     disks: Mapping[str, Disk] | None = None,
 ) -> list[tuple[str, VideoRecord | Unprobed]]:
     """Probe a few files in this thread: a record to store or why not, each.
@@ -131,7 +130,7 @@ def probe_files(
                 outcomes.append((path, _directory_failure(directory_fd)))
                 continue
             assert directory_fd is not None  # opened above, for this path's directory
-            described = _probe_one(probe, path, name, directory_fd, stop, job_id)
+            described = _probe_one(probe, path, name, directory_fd, stop)
             if isinstance(described, Unprobed):
                 outcomes.append((path, described))
                 continue
@@ -159,19 +158,19 @@ def probe_in_thread(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
 
 
 def _probe_one(
-    probe: Probe, path: str, name: str, directory_fd: int, stop: Stop, job_id: str
+    probe: Probe, path: str, name: str, directory_fd: int, stop: Stop
 ) -> VideoProbe | Unprobed:
     try:
         return probe(name, directory_fd, stop)
     except ProbeError as exc:
-        logger.debug("probe failed", job_id=job_id, path=path, reason=exc.reason)
+        logger.debug("probe failed", path=path, reason=exc.reason)
         return Unprobed(exc.reason, exc.transient)
     except ProbeRaised as exc:  # its message is the type and text of what the child met
-        logger.warning("probe raised unexpectedly", job_id=job_id, path=path, reason=str(exc))
+        logger.warning("probe raised unexpectedly", path=path, reason=str(exc))
         return Unprobed(str(exc))
     except Exception as exc:
         # A PyAV surprise on one odd file must not sink a scan of thousands.
-        logger.opt(exception=exc).warning("probe raised unexpectedly", job_id=job_id, path=path)
+        logger.opt(exception=exc).warning("probe raised unexpectedly", path=path)
         return Unprobed(f"{type(exc).__name__}: {exc}")
 
 

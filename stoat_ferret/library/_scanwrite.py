@@ -82,12 +82,11 @@ class Counts:
 
 @attrs.define(eq=False, kw_only=True)
 class ScanWriter:
-    """The writer task of the scan ``job_id`` of ``root`` (``ScanRun.probe_all``
+    """The writer task of a scan of ``root`` (``ScanRun.probe_all``
     makes it): ``known`` holds the stored rows' fingerprints, ``started`` when
     the scan began (rows written since are another scan's news)."""
 
     library: VideoLibrary
-    job_id: str
     root: str
     errors: ErrorLog
     known: dict[str, Fingerprint]
@@ -146,7 +145,7 @@ class ScanWriter:
         entry says why. The stored rows stay, as when nothing is gone."""
         if not self.replaced_reported:
             self.replaced_reported = True
-            logger.warning("scanned directory replaced", job_id=self.job_id, path=self.root)
+            logger.warning("scanned directory replaced", path=self.root)
             self.errors.add(self.root, reason)
         for record in records:
             self.vanished(record.path)
@@ -161,7 +160,7 @@ class ScanWriter:
 
     def refused(self, path: str, reason: str) -> None:
         """The store could not hold ``path``'s row: an error, not added or updated."""
-        logger.warning("row not stored", job_id=self.job_id, path=path, reason=reason)
+        logger.warning("row not stored", path=path, reason=reason)
         self.errors.add(path, reason)
         if path in self.known:
             self.counts.updated -= 1

@@ -154,6 +154,11 @@ class Thumbnailer:
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any]:
         """Run one ``thumbnails`` job; return its counts and errors."""
+        # Every line the job logs, in its tasks and threads, names the job.
+        with logger.contextualize(job_id=ctx.job_id, job_type=ctx.job_type):
+            return await self._run(ctx)
+
+    async def _run(self, ctx: JobContext) -> dict[str, Any]:
         if self._queued == ctx.job_id:
             self._queued = None
         if self._running is not None:
@@ -167,8 +172,7 @@ class Thumbnailer:
         # out or gives way, the next scan submits a job for the rest.
         self.owed = True
         run = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=self._error_cap))
-        log = logger.bind(job_id=ctx.job_id, job_type=THUMBNAILS_JOB_TYPE)
-        log.info("thumbnails started")
+        logger.info("thumbnails started")
         try:
             while True:
                 self._again = False
@@ -194,14 +198,16 @@ class Thumbnailer:
         finally:
             self._running = None
         result = run.result()
-        log.info(
+        logger.info(
             "thumbnails finished",
             **{key: value for key, value in result.items() if key != "errors"},
             error_count=len(run.errors),
         )
         if run.store_failed is not None:  # failed, as it is: not "completed" with work left
             if len(run.errors) > 1:  # a failed job keeps no result: its other errors logged
-                log.warning("thumbnails not made before the store failed", errors=result["errors"])
+                logger.warning(
+                    "thumbnails not made before the store failed", errors=result["errors"]
+                )
             raise StoreError(
                 f"{run.store_failed}: stopped after {run.made} of {run.total} made; the rest"
                 " is made after the next scan ends, or at the next start"

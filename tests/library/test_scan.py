@@ -617,6 +617,35 @@ async def test_a_scans_start_and_end_are_logged_with_its_job_id_and_type(
         assert (said[message]["job_id"], said[message]["job_type"]) == ("j", "scan")
 
 
+async def test_every_line_a_scan_logs_names_its_job_even_in_its_probe_threads(
+    library: VideoLibrary,
+    media: Path,
+    clip: EncodedVideo,
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[Any],
+) -> None:
+    """A probe's failure (logged in a probe thread) and a probe's surprise
+    carry the job's id and type, as the scan's own lines do."""
+    _, odd = _fill(media, clip, ["good.mp4", "odd.mp4"])
+    (media / "notes.mp4").write_bytes(b"not a video")
+
+    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        if path_of(name, dir_fd) == odd:
+            raise RuntimeError("PyAV surprise")
+        return probe_video(name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
+
+    with anyio.fail_after(TIMEOUT):
+        await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
+
+    said = [
+        (r["message"], r["extra"].get("job_id"), r["extra"].get("job_type")) for r in log_records
+    ]
+    assert {"probe failed", "probe raised unexpectedly"} <= {message for message, _, _ in said}
+    assert [line for line in said if line[1:] != ("j", "scan")] == []
+
+
 async def test_an_unexpected_probe_exception_is_an_error_entry(
     library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1081,7 +1110,6 @@ def test_a_failed_directory_open_does_not_close_a_descriptor_twice(
                 root=str(tmp_path),
                 root_fd=root_fd,
                 found={},
-                job_id="job",
             )
         os.fstat(taken[0])  # still open: raises EBADF if probe_files closed it
     finally:

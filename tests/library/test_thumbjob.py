@@ -324,6 +324,28 @@ async def test_a_row_deleted_while_its_thumbnail_is_made_leaves_no_thumbnail(
     assert str(video.id) not in os.listdir(setup.store.directory)
 
 
+async def test_every_line_a_thumbnails_job_logs_names_its_job_even_in_its_threads(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """A maker's surprise, logged in the thread that makes the thumbnail,
+    carries the job's id and type, as the job's own lines do."""
+
+    def surprising(path: str, fingerprint: tuple[int, int], **options: Any) -> bytes:
+        raise RuntimeError("PyAV surprise")
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        monkeypatch.setattr(_thumbmake, "make_thumbnail", surprising)
+        log_records.clear()
+        await setup.thumbnailer(job_context("job-7"))
+
+    said = [
+        (r["message"], r["extra"].get("job_id"), r["extra"].get("job_type")) for r in log_records
+    ]
+    assert {"thumbnails started", "thumbnail raised unexpectedly"} <= {m for m, _, _ in said}
+    assert [line for line in said if line[1:] != ("job-7", THUMBNAILS_JOB_TYPE)] == []
+
+
 async def test_a_store_error_checking_a_cancelled_thumbnail_leaves_the_cancellation(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
