@@ -5,7 +5,7 @@ come from workers, job contexts and timers. The actor is the only reader of
 the inbox, and the only code that changes a job record.
 
 Every message is a ``typing.NamedTuple``: immutable, typed, and matched in
-the actor by class and by keyword (``case Cancel(job_id=job_id)``), never by
+the actor by class and by keyword (``case Cancel(record=record, reply=reply)``), never by
 position. One that needs an answer carries its :class:`Reply` channel.
 """
 
@@ -85,8 +85,9 @@ class Submit(NamedTuple):
 
 
 class Cancel(NamedTuple):
-    """From ``cancel`` (after it withdrew a job it saw pending): end the job;
-    the reply (True: it ended cancelled) comes once it is terminal.
+    """From ``cancel``, for a job not yet terminal (withdrawn first if it saw
+    it pending): end the job; the reply (True: it ended cancelled) comes once
+    it is terminal.
 
     Carries the record ``cancel`` found, as :class:`Follow` does: a job
     evicted before this is handled is terminal, and the answer is False."""
@@ -131,7 +132,7 @@ class Unfollow(NamedTuple):
 
 
 class Sync(NamedTuple):
-    """From ``list_jobs`` and from lookups that missed: reply once every
+    """From ``list_jobs``, ``watch_all`` and lookups that missed: reply once every
     earlier message is handled."""
 
     reply: Reply[None]
