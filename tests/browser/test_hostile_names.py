@@ -388,4 +388,7 @@ def test_the_folders_a_scan_may_read_are_each_a_path_of_their_own(
     feedback = page.locator("#scan-feedback")
     expect(feedback).to_have_text(re.compile(r"may scan: /media/my videos, /srv/films\. Choose"))
     expect(feedback.locator(".control")).to_have_count(0)
+    expect(feedback.locator(".untrusted")).to_have_text(
+        ["/elsewhere", "/media/my videos", "/srv/films"]
+    )
     _expect_isolated(feedback.locator(".untrusted").filter(has_text="/srv/films"))

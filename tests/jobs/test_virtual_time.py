@@ -132,6 +132,26 @@ async def test_grace_is_measured_in_seconds_of_the_clock() -> None:
     assert elapsed == pytest.approx(20)
 
 
+async def test_an_integer_too_large_for_a_float_is_for_ever() -> None:
+    """Retention and shut-down grace given as integers too large for a float
+    are for ever: a finished job still answers 10**9 s later, and a job
+    running at aclose() runs to its end however long it takes."""
+
+    with anyio.fail_after(10**10):
+        async with running_supervisor(retention=10**400, shutdown_grace=10**400) as supervisor:
+            supervisor.register("sleep", _sleeper)
+            done = await supervisor.submit("sleep", 0)
+            await supervisor.wait(done)
+            await anyio.sleep(10**9)
+            assert await supervisor.get_status(done) is JobStatus.COMPLETED
+            slow = await supervisor.submit("sleep", 10**8, timeout=10**9)
+            await anyio.wait_all_tasks_blocked()
+            await supervisor.aclose()
+            result = await supervisor.get_result(slow)
+
+    assert result.status is JobStatus.COMPLETED
+
+
 async def test_grace_expiry_cancels_a_running_job() -> None:
     """A running job still going at the end of the grace ends cancelled, at grace time."""
 
