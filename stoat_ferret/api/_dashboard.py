@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Final
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.datastructures import MutableHeaders
-from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from stoat_ferret.api import _session
@@ -52,6 +51,8 @@ from stoat_ferret.api._session import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PAGE: Final = Path(__file__).parent / "dashboard.html"
@@ -73,16 +74,32 @@ router = APIRouter()
 
 @router.head("/", include_in_schema=False)
 @router.get("/", include_in_schema=False)
-async def dashboard() -> FileResponse:
-    """The dashboard page."""
-    return FileResponse(
-        PAGE,
-        media_type="text/html",
-        headers={
-            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-            "Cache-Control": "no-cache",
-        },
+async def dashboard(request: Request) -> Response:
+    """The dashboard page (a 304 while the browser's copy is current)."""
+    return await package_file(
+        _PAGE_FILES,
+        PAGE.name,
+        request,
+        {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"},
     )
+
+
+_PAGE_FILES: Final = StaticFiles(directory=PAGE.parent)
+"""Read for :data:`PAGE` only (it is not mounted: the package's modules are there too)."""
+
+
+async def package_file(
+    files: StaticFiles, name: str, request: Request, headers: Mapping[str, str]
+) -> Response:
+    """The file ``name`` of ``files``' directory, answered as ``StaticFiles``
+    answers (``ETag``, ``Last-Modified``, a bodiless 304 when the request's
+    ``If-None-Match`` or ``If-Modified-Since`` says the browser has it:
+    Starlette's ``FileResponse`` alone sends the validators but never a 304),
+    with ``headers`` on either answer (a 304 updates the kept copy's headers,
+    so it must carry them too)."""
+    response = await files.get_response(name, request.scope)
+    response.headers.update(headers)
+    return response
 
 
 def static_files() -> ASGIApp:

@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from stoat_ferret.api._dashboard import package_file
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -44,13 +47,9 @@ DOCS_PATH: Final = "/docs"
 ASSETS_PREFIX: Final = "/docs/assets"
 """Where the page's files are served (:func:`asset`)."""
 
-ASSETS: Final = {
-    "swagger-ui-bundle.js": "text/javascript",
-    "swagger-ui.css": "text/css",
-    "favicon.png": "image/png",
-}
-"""The files served, with their types: the page's three, not the rest of the
-package (ReDoc's script, which no page here loads, among them)."""
+ASSETS: Final = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"})
+"""The files served (each with the type its name says): the page's three, not
+the rest of the package (ReDoc's script, which no page here loads, among them)."""
 
 ASSETS_DIRECTORY: Final = Path(str(importlib.resources.files("fastapi_offline") / "static"))
 """The package directory the files come from (installed as files, as pip does)."""
@@ -120,12 +119,17 @@ def install_docs(app: FastAPI) -> None:
 
 @router.head(ASSETS_PREFIX + "/{name}", include_in_schema=False)
 @router.get(ASSETS_PREFIX + "/{name}", include_in_schema=False)
-async def asset(name: str) -> FileResponse:
-    """One of the page's files, straight from its package; 404 for any other name."""
-    media_type = ASSETS.get(name)
-    if media_type is None:
+async def asset(name: str, request: Request) -> Response:
+    """One of the page's files, straight from its package, ``no-cache`` as the
+    page (a 304 while unchanged: after an upgrade of the package the page
+    never runs an old script); 404 for any other name."""
+    if name not in ASSETS:
         raise HTTPException(404, f"no docs file named {name!r}")
-    return FileResponse(ASSETS_DIRECTORY / name, media_type=media_type)
+    return await package_file(_ASSET_FILES, name, request, {"Cache-Control": "no-cache"})
+
+
+_ASSET_FILES: Final = StaticFiles(directory=ASSETS_DIRECTORY)
+"""Read for :data:`ASSETS` only."""
 
 
 @router.head(DOCS_PATH, include_in_schema=False)

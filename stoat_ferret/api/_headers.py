@@ -13,7 +13,11 @@ carry the headers too:
   later to a look-alike sign-in page); ``Referrer-Policy: same-origin``:
   no address of the service (a search, a path) goes to another site (not
   ``no-referrer``: older browsers then send the dashboard's own requests
-  with ``Origin: null``, which the guard refuses). A
+  with ``Origin: null``, which the guard refuses). ``Cache-Control:
+  no-store``: an answer depends on who asks (the token, the session
+  cookie, the ``Origin``) and on a moment (a job's state), so no cache, a
+  shared one least, keeps it; the routes whose answers may be kept (the
+  dashboard's and the docs' files, thumbnails) say so themselves. A
   header the response already sets is kept as it is;
 * ``Range`` and ``If-Range`` are dropped from every request. No route
   serves part of an answer, but Starlette's file responses (the dashboard
@@ -40,6 +44,7 @@ ALWAYS: Final = {
     "Content-Security-Policy": "frame-ancestors 'none'",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
 }
 """Set on every HTTP response that does not set them itself."""
 

@@ -2,8 +2,9 @@
 
 The image is filed under the video's id and fingerprint (``_thumbstore.py``),
 so its ``ETag`` is that fingerprint: it changes exactly when the image does.
-``Cache-Control: no-cache`` lets a browser keep the image but ask again each
-time (a thumbnail changes when its file does, under the same URL); the
+``Cache-Control: private, no-cache`` lets the browser keep the image but ask
+again each time (a thumbnail changes when its file does, under the same
+URL), and no shared cache keep it (it was asked for with a token); the
 answer to an ``If-None-Match`` that names the current tag is a bodiless 304.
 While a video has no thumbnail (not made yet, or its frame could not be
 decoded) the answer is a JSON 404, as for a video that does not exist. A
@@ -58,7 +59,8 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 
-CACHE_CONTROL: Final = "no-cache"
+CACHE_CONTROL: Final = "private, no-cache"
+"""Kept by the browser that asked (with its token or cookie), not by a shared cache."""
 
 
 async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
@@ -211,9 +213,8 @@ async def get_thumbnail(
     return Response(image, media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)
 
 
-# HEAD: a route of its own, after GET's (a 405's Allow names the first route's
-# methods) and out of the schema (api_route with GET and HEAD would give both
-# one operationId, which FastAPI warns of).
+# HEAD: a route of its own, after GET's, and out of the schema (api_route with
+# GET and HEAD would give both one operationId, which FastAPI warns of).
 router.head(f"/{VIDEO_ID}/thumbnail", response_class=Response, include_in_schema=False)(
     get_thumbnail
 )

@@ -475,6 +475,47 @@ async def test_head_on_an_event_stream_is_405(shared_client: httpx.AsyncClient, 
 
 
 @pytest.mark.anyio
+async def test_only_what_may_be_kept_says_how_the_rest_is_no_store(
+    shared_client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """An answer depends on who asks and when: ``no-store`` unless its route
+    says otherwise (the dashboard's and the docs' files, ``no-cache``; event
+    streams, ``no-cache``), refusals and 404s included."""
+    paths = [sample_path(path) for path in get_paths(create_app(settings)) if path not in NO_HEAD]
+    kept = {"/", "/docs", "/static/app.js", "/docs/assets/swagger-ui-bundle.js"}
+
+    with anyio.fail_after(10):
+        answers = {path: await shared_client.head(path) for path in [*paths, "/no/such/path"]}
+
+    policies = {path: r.headers.get("cache-control") for path, r in answers.items()}
+    assert policies == {path: "no-cache" if path in kept else "no-store" for path in answers}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/", "/docs/assets/swagger-ui-bundle.js"])
+async def test_the_page_and_the_docs_files_answer_304_while_unchanged(
+    shared_client: httpx.AsyncClient, path: str
+) -> None:
+    """``If-None-Match`` naming the file's ``ETag`` (or ``If-Modified-Since``
+    its time) gets a bodiless 304 that carries the answer's own headers
+    (a 304 updates the kept copy's: the page's policy must survive it)."""
+    with anyio.fail_after(10):
+        first = await shared_client.get(path)
+        tagged = await shared_client.get(path, headers={"If-None-Match": first.headers["etag"]})
+        dated = await shared_client.get(
+            path, headers={"If-Modified-Since": first.headers["last-modified"]}
+        )
+
+    assert first.status_code == 200
+    for again in (tagged, dated):
+        assert (again.status_code, again.content) == (304, b"")
+        assert again.headers["etag"] == first.headers["etag"]
+        assert again.headers["cache-control"] == "no-cache"
+        policy = "content-security-policy"
+        assert again.headers[policy] == first.headers[policy]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("abi", "filters", "expected"),
     [

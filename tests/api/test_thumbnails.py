@@ -82,7 +82,7 @@ async def test_a_scan_makes_thumbnails_served_with_etag_and_304(
     assert (job["result"]["made"], job["result"]["errors"]) == (2, [])
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/webp"
-    assert image.headers["cache-control"] == "no-cache"
+    assert image.headers["cache-control"] == "private, no-cache"
     assert image.headers["x-content-type-options"] == "nosniff"
     assert image.headers["cross-origin-resource-policy"] == "same-origin"
     assert (head.status_code, head.content) == (200, b"")
