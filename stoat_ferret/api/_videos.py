@@ -105,6 +105,8 @@ async def scan_videos(
             settings.scan_root_ways,
             limiter=threads,
         )
+    if stopping.is_set():  # again: the check above may have waited seconds for its turn
+        raise unavailable("the service is stopping")
     payload: dict[str, str | bool] = {"path": path, "recursive": body.recursive}
     if body.forget_unmounted:
         payload["forget_unmounted"] = True

@@ -36,11 +36,15 @@ process; a thumbnails path that is not a usable directory) is checked by
 ``stoat-ferret``'s ``check_startup`` before anything binds, as one line and
 exit 2; the start-up ``thumbnails`` job that cannot be submitted (the
 database cannot be read then) is a warning, and the service serves without it. Shut-down, in
-order: set ``stopping`` (scan requests get 503, waits and event streams end),
-cancel the running ``thumbnails`` job (it would only use up the grace),
-``aclose()`` the supervisor (pending jobs are cancelled, running ones get
-``shutdown_grace`` seconds), then close the library, so no job ever writes to
-a closed store. An injected queue belongs to whoever made it: the lifespan
+order: set ``stopping`` (:func:`begin_shutdown`, at the stop signal: scan
+requests get 503, waits and event streams end), and at once, while the
+server still serves the requests open then, cancel the running
+``thumbnails`` job (it would only use up the grace) and ``aclose()`` the
+supervisor (pending jobs are cancelled and none starts from then on,
+running ones get ``shutdown_grace`` seconds from then); once the server has
+done with its requests, the lifespan ends: it waits until the supervisor
+has stopped, then closes the library, so no job ever writes to a closed
+store. An injected queue belongs to whoever made it: the lifespan
 neither starts nor stops it, so its owner drains or closes it before the app
 stops; a scan it still runs then fails cleanly ("store ... is closed"),
 having written only whole batches. An injected queue outlives a lifespan, so
@@ -175,6 +179,22 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
     scope.cancel()
 
 
+async def _close_when_stopping(
+    app: FastAPI, supervisor: JobSupervisor, hard_stop: anyio.CancelScope
+) -> None:
+    """Once ``stopping`` is set: cancel the running ``thumbnails`` job and
+    ``aclose()`` the supervisor (pending jobs cancelled, running ones given
+    the grace), cancelling its run if :func:`end_grace` comes first."""
+    await app.state.stopping.wait()
+    async with anyio.create_task_group() as closing:
+        # end_grace cancels the supervisor's run: its jobs end cancelled.
+        closing.start_soon(_cancel_when_set, app.state.grace_over, hard_stop)
+        # Beside aclose: a cancel that waits holds up no stop.
+        closing.start_soon(_thumbnails.stop_thumbnails, supervisor)
+        await supervisor.aclose()
+        closing.cancel_scope.cancel()
+
+
 async def _run_in(
     scope: anyio.CancelScope,
     run: Callable[..., Awaitable[None]],
@@ -239,6 +259,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 # hard stop), not the shut-down below, which then goes on.
                 hard_stop = anyio.CancelScope()
                 await group.start(_run_in, hard_stop, supervisor.run)
+                # From the moment the service begins to stop, while uvicorn
+                # still waits for open requests: no job starts after that.
+                group.start_soon(_close_when_stopping, app, supervisor, hard_stop)
                 app.state.job_queue = supervisor
                 try:
                     # The metrics follow the jobs before any is submitted (the
@@ -272,14 +295,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                         )
                         yield
                 finally:
-                    begin_shutdown(app)
-                    async with anyio.create_task_group() as closing:
-                        # end_grace cancels the supervisor's run: its jobs end cancelled.
-                        closing.start_soon(_cancel_when_set, app.state.grace_over, hard_stop)
-                        # Beside aclose: a cancel that waits holds up no stop.
-                        closing.start_soon(_thumbnails.stop_thumbnails, supervisor)
-                        await supervisor.aclose()
-                        closing.cancel_scope.cancel()
+                    begin_shutdown(app)  # if no stop signal did: _close_when_stopping goes on
+                    await supervisor.aclose()  # idempotent: waits until it has stopped
                     del app.state.job_queue
     finally:
         del app.state.library, app.state.probes

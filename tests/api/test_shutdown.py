@@ -1,16 +1,20 @@
-"""end_grace: a second stop signal cancels running jobs instead of waiting out the grace."""
+"""The stop: begin_shutdown closes the queue at once, end_grace (a second
+stop signal) cancels running jobs instead of waiting out the grace."""
 
 from __future__ import annotations
 
 import shutil
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 import pytest
 
-from stoat_ferret.api import end_grace
+from stoat_ferret.api import _videos, begin_shutdown, end_grace
+from stoat_ferret.api._paths import resolve_scan_path
 from stoat_ferret.api.app import create_app
+from stoat_ferret.jobs import JobStatus, JobSupervisor
 from stoat_ferret.library import Thumbnailer, VideoLibrary
 
 if TYPE_CHECKING:
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from tests.videos import EncodedVideo
 
 from tests.api.support import serving
+from tests.library.support import gate_released, thread_reached
 
 pytestmark = pytest.mark.anyio
 
@@ -108,6 +113,85 @@ async def test_a_stop_cancels_the_thumbnails_job_at_once(
         for r in log_records
     )
     assert not app.state.grace_over.is_set()  # no second signal: the stop alone did it
+
+
+async def test_no_job_starts_once_the_service_begins_to_stop(
+    settings: Settings,
+    scan_root: Path,
+    clips: list[EncodedVideo],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the moment a stop begins (begin_shutdown, at the signal), while
+    open requests are still served, the queue is closed: a scan pending
+    behind a running one ends cancelled without starting, rather than
+    starting (and getting the grace) in the seconds before the lifespan ends."""
+    stored = anyio.Event()
+    write = VideoLibrary.apply
+
+    async def held(self: VideoLibrary, *args: Any, **kwargs: Any) -> None:
+        await write(self, *args, **kwargs)
+        stored.set()
+        await anyio.sleep_forever()  # held until cancelled
+
+    monkeypatch.setattr(VideoLibrary, "apply", held)
+    for name in ("first", "second"):
+        (scan_root / name).mkdir()
+        shutil.copyfile(clips[0].path, scan_root / name / "a.mp4")
+    app = create_app(attrs.evolve(settings, shutdown_grace=3600.0, max_workers=1))
+
+    with anyio.fail_after(20):  # a guard against hangs; the grace alone is an hour
+        async with serving(app) as client:
+            running = await client.post(
+                "/api/v1/videos/scan", json={"path": str(scan_root / "first")}
+            )
+            pending = await client.post(
+                "/api/v1/videos/scan", json={"path": str(scan_root / "second")}
+            )
+            await stored.wait()
+            begin_shutdown(app)
+            queue: JobSupervisor = app.state.job_queue
+            behind = await queue.wait(pending.json()["job_id"])
+            refused = await client.post("/api/v1/videos/scan", json={"path": str(scan_root)})
+            first = await queue.get_status(running.json()["job_id"])
+            end_grace(app)
+
+    assert (behind.status, behind.started_at) == (JobStatus.CANCELLED, None)
+    assert first is JobStatus.RUNNING  # it has its grace
+    assert (refused.status_code, refused.json()["detail"]) == (503, "the service is stopping")
+
+
+async def test_a_scan_whose_path_check_outlasts_the_start_of_a_stop_is_refused(
+    settings: Settings, scan_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan request that was checking its path (which may wait seconds for
+    its turn) when the stop began is 503, "the service is stopping", and no
+    job is made of it."""
+    checking, proceed = threading.Event(), threading.Event()
+
+    def slow_check(*args: Any, **kwargs: Any) -> str:
+        checking.set()
+        gate_released(proceed)
+        return resolve_scan_path(*args, **kwargs)
+
+    monkeypatch.setattr(_videos, "resolve_scan_path", slow_check)
+    app = create_app(settings)
+    answers: list[Any] = []
+
+    async def ask() -> None:
+        answers.append(await client.post("/api/v1/videos/scan", json={"path": str(scan_root)}))
+
+    with anyio.fail_after(20):
+        async with serving(app) as client:
+            async with anyio.create_task_group() as group:
+                group.start_soon(ask)
+                await thread_reached(checking)
+                begin_shutdown(app)
+                proceed.set()
+            scans = await app.state.job_queue.list_jobs(job_type="scan")
+
+    [refused] = answers
+    assert (refused.status_code, refused.json()["detail"]) == (503, "the service is stopping")
+    assert scans.total == 0
 
 
 def test_end_grace_before_the_app_runs_does_nothing(settings: Settings) -> None:
