@@ -79,25 +79,30 @@ async def dashboard(request: Request) -> Response:
     return await package_file(
         _PAGE_FILES,
         PAGE.name,
+        "text/html; charset=utf-8",
         request,
         {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"},
     )
 
 
-_PAGE_FILES: Final = StaticFiles(directory=PAGE.parent)
-"""Read for :data:`PAGE` only (it is not mounted: the package's modules are there too)."""
+# Read for PAGE only (not mounted: the package's modules are there too), so
+# following a link is safe: a packager's link in place of the page still serves.
+_PAGE_FILES: Final = StaticFiles(directory=PAGE.parent, follow_symlink=True)
 
 
 async def package_file(
-    files: StaticFiles, name: str, request: Request, headers: Mapping[str, str]
+    files: StaticFiles, name: str, media_type: str, request: Request, headers: Mapping[str, str]
 ) -> Response:
     """The file ``name`` of ``files``' directory, answered as ``StaticFiles``
     answers (``ETag``, ``Last-Modified``, a bodiless 304 when the request's
     ``If-None-Match`` or ``If-Modified-Since`` says the browser has it:
     Starlette's ``FileResponse`` alone sends the validators but never a 304),
-    with ``headers`` on either answer (a 304 updates the kept copy's headers,
-    so it must carry them too)."""
+    as ``media_type`` (not the host's guess from the name), with ``headers``
+    on either answer (a 304 updates the kept copy's headers, so it must
+    carry them too)."""
     response = await files.get_response(name, request.scope)
+    if response.status_code == 200:
+        response.headers["Content-Type"] = media_type
     response.headers.update(headers)
     return response
 

@@ -47,9 +47,13 @@ DOCS_PATH: Final = "/docs"
 ASSETS_PREFIX: Final = "/docs/assets"
 """Where the page's files are served (:func:`asset`)."""
 
-ASSETS: Final = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"})
-"""The files served (each with the type its name says): the page's three, not
-the rest of the package (ReDoc's script, which no page here loads, among them)."""
+ASSETS: Final = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon.png": "image/png",
+}
+"""The files served, with their types: the page's three, not the rest of the
+package (ReDoc's script, which no page here loads, among them)."""
 
 ASSETS_DIRECTORY: Final = Path(str(importlib.resources.files("fastapi_offline") / "static"))
 """The package directory the files come from (installed as files, as pip does)."""
@@ -123,13 +127,17 @@ async def asset(name: str, request: Request) -> Response:
     """One of the page's files, straight from its package, ``no-cache`` as the
     page (a 304 while unchanged: after an upgrade of the package the page
     never runs an old script); 404 for any other name."""
-    if name not in ASSETS:
+    media_type = ASSETS.get(name)
+    if media_type is None:
         raise HTTPException(404, f"no docs file named {name!r}")
-    return await package_file(_ASSET_FILES, name, request, {"Cache-Control": "no-cache"})
+    return await package_file(
+        _ASSET_FILES, name, media_type, request, {"Cache-Control": "no-cache"}
+    )
 
 
-_ASSET_FILES: Final = StaticFiles(directory=ASSETS_DIRECTORY)
-"""Read for :data:`ASSETS` only."""
+# Read for ASSETS only: following a link is safe (a distribution's package may
+# link its files from elsewhere).
+_ASSET_FILES: Final = StaticFiles(directory=ASSETS_DIRECTORY, follow_symlink=True)
 
 
 @router.head(DOCS_PATH, include_in_schema=False)

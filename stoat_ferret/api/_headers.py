@@ -21,7 +21,7 @@ carry the headers too:
   header the response already sets is kept as it is;
 * ``Range`` and ``If-Range`` are dropped from every request. No route
   serves part of an answer, but Starlette's file responses (the dashboard
-  page and its files) would, and they answer a malformed range in plain
+  page and its files, the docs' files) would, and they answer a malformed range in plain
   text, not the API's JSON. HTTP lets a server ignore ``Range``: the whole
   answer (200) is always right. So no answer says ``Accept-Ranges``.
 

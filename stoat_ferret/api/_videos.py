@@ -51,6 +51,7 @@ from stoat_ferret.api._schemas import (
     VideoOut,
     error_responses,
 )
+from stoat_ferret.jobs import SupervisorClosed
 from stoat_ferret.library import VideoFilter, containing_root
 
 if TYPE_CHECKING:
@@ -110,11 +111,16 @@ async def scan_videos(
     payload: dict[str, str | bool] = {"path": path, "recursive": body.recursive}
     if body.forget_unmounted:
         payload["forget_unmounted"] = True
-    job_id = await queue.submit(
-        SCAN_JOB_TYPE,
-        payload,
-        key=scan_key(path, recursive=body.recursive, forget_unmounted=body.forget_unmounted),
-    )
+    try:
+        job_id = await queue.submit(
+            SCAN_JOB_TYPE,
+            payload,
+            key=scan_key(path, recursive=body.recursive, forget_unmounted=body.forget_unmounted),
+        )
+    except SupervisorClosed:
+        if stopping.is_set():  # it began meanwhile, and closed the queue
+            raise unavailable("the service is stopping") from None
+        raise
     status = await queue.get_status(job_id)
     logger.info(
         "scan accepted",

@@ -190,9 +190,18 @@ async def _close_when_stopping(
         # end_grace cancels the supervisor's run: its jobs end cancelled.
         closing.start_soon(_cancel_when_set, app.state.grace_over, hard_stop)
         # Beside aclose: a cancel that waits holds up no stop.
-        closing.start_soon(_thumbnails.stop_thumbnails, supervisor)
+        closing.start_soon(_stop_thumbnails, supervisor)
         await supervisor.aclose()
         closing.cancel_scope.cancel()
+
+
+async def _stop_thumbnails(supervisor: JobSupervisor) -> None:
+    """:func:`_thumbnails.stop_thumbnails`, its failure logged: it must not end
+    the lifespan (and close the library) while open requests are served."""
+    try:
+        await _thumbnails.stop_thumbnails(supervisor)
+    except Exception:
+        logger.opt(exception=True).error("the running thumbnails job not cancelled at the stop")
 
 
 async def _run_in(

@@ -480,7 +480,7 @@ async def test_only_what_may_be_kept_says_how_the_rest_is_no_store(
 ) -> None:
     """An answer depends on who asks and when: ``no-store`` unless its route
     says otherwise (the dashboard's and the docs' files, ``no-cache``; event
-    streams, ``no-cache``), refusals and 404s included."""
+    streams, ``no-cache``, are checked in test_sse.py), 404s included."""
     paths = [sample_path(path) for path in get_paths(create_app(settings)) if path not in NO_HEAD]
     kept = {"/", "/docs", "/static/app.js", "/docs/assets/swagger-ui-bundle.js"}
 

@@ -11,7 +11,7 @@ import anyio
 import attrs
 import pytest
 
-from stoat_ferret.api import _videos, begin_shutdown, end_grace
+from stoat_ferret.api import _thumbnails, _videos, begin_shutdown, end_grace
 from stoat_ferret.api._paths import resolve_scan_path
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobStatus, JobSupervisor
@@ -192,6 +192,55 @@ async def test_a_scan_whose_path_check_outlasts_the_start_of_a_stop_is_refused(
     [refused] = answers
     assert (refused.status_code, refused.json()["detail"]) == (503, "the service is stopping")
     assert scans.total == 0
+
+
+async def test_a_scan_the_stop_overtakes_at_its_submit_is_refused_as_stopping(
+    settings: Settings, scan_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that begins after the scan request's last look, and closes the
+    queue before its submit is taken, is 503 "the service is stopping", not
+    the queue's own refusal."""
+    app = create_app(settings)
+
+    with anyio.fail_after(20):
+        async with serving(app) as client:
+            queue: JobSupervisor = app.state.job_queue
+            submit = queue.submit
+
+            async def overtaken(*args: Any, **kwargs: Any) -> str:
+                begin_shutdown(app)
+                await anyio.wait_all_tasks_blocked()  # the queue is closed by then
+                return await submit(*args, **kwargs)
+
+            monkeypatch.setattr(queue, "submit", overtaken)
+            refused = await client.post("/api/v1/videos/scan", json={"path": str(scan_root)})
+
+    assert (refused.status_code, refused.json()["detail"]) == (503, "the service is stopping")
+
+
+async def test_a_failure_to_cancel_the_thumbnails_job_at_a_stop_is_logged_and_the_stop_goes_on(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """The stop's cancel of the thumbnails job runs while open requests are
+    still served: its failure is logged, and neither ends the lifespan (nor
+    closes the library) under those requests."""
+
+    async def failing(supervisor: JobSupervisor) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(_thumbnails, "stop_thumbnails", failing)
+    app = create_app(settings)
+
+    with anyio.fail_after(20):
+        async with serving(app) as client:
+            begin_shutdown(app)
+            await anyio.wait_all_tasks_blocked()
+            served = await client.get("/api/v1/videos")
+
+    assert served.status_code == 200
+    [logged] = [r for r in log_records if r["level"].name == "ERROR"]
+    assert logged["message"] == "the running thumbnails job not cancelled at the stop"
+    assert logged["exception"].type is RuntimeError
 
 
 def test_end_grace_before_the_app_runs_does_nothing(settings: Settings) -> None:

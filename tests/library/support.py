@@ -340,15 +340,15 @@ def lock_held_elsewhere(database: Path) -> Iterator[None]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    ready = False
     try:
         assert holder.stdout is not None
         # A lock this process kept would block the holder: fail, not hang.
-        ready = bool(select.select([holder.stdout], [], [], 30)[0])
+        ready = select.select([holder.stdout], [], [], 30)[0]
         assert ready, "the other process did not get the lock within 30 s"
         assert holder.stdout.readline() == "held\n"
         yield
+    except BaseException:
+        holder.kill()
+        raise
     finally:
-        if not ready:
-            holder.kill()
         holder.communicate("", timeout=30)
