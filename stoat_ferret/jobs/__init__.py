@@ -15,6 +15,7 @@ from stoat_ferret.jobs._broadcast import ChangesLost, FeedItem, JobChange, JobFe
 from stoat_ferret.jobs._exceptions import (
     InvalidTransition,
     JobError,
+    JobFailed,
     JobNotFound,
     QueueFull,
     SupervisorClosed,
@@ -45,6 +46,7 @@ __all__ = [
     "JobContext",
     "JobError",
     "JobEvent",
+    "JobFailed",
     "JobFeed",
     "JobNotFound",
     "JobPage",

@@ -8,6 +8,7 @@
      |    +-- SupervisorClosed    (QueueFull)
      +-- UnknownJobType           (JobError, ValueError)
      +-- InvalidTransition        (JobError)
+    JobFailed                     (Exception): raised by handlers, not queues
 
 ``SupervisorClosed`` is a ``QueueFull`` on purpose: to a caller of ``submit``
 both mean "not now, this queue takes no more work", and the HTTP layer answers
@@ -34,6 +35,14 @@ class JobNotFound(JobError, KeyError):
 
     def __str__(self) -> str:
         return f"no job with id {self.job_id!r} (never submitted, or evicted after retention)"
+
+
+class JobFailed(Exception):
+    """Raise it (or a subclass) from a handler for a failure of what the job
+    was given or of the world it works in (a directory gone), not of the
+    code: the job ends ``failed`` as for any exception, and its log line is
+    a WARNING without a traceback, where any other exception's is an ERROR
+    with one."""
 
 
 class QueueFull(JobError):

@@ -16,7 +16,7 @@ from loguru import logger
 
 from stoat_ferret.jobs._assignments import Assignments
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS, JobChanges
-from stoat_ferret.jobs._exceptions import QueueFull
+from stoat_ferret.jobs._exceptions import JobFailed, QueueFull
 from stoat_ferret.jobs._messages import (
     Assignment,
     Cancel,
@@ -327,8 +327,9 @@ class JobTable:
         self.finished.append(record)
         if len(self.finished) > self._max_finished:
             self._evict()
-        (logger.opt(exception=logged) if logged is not None else logger).log(
-            _LOG_LEVELS[status],
+        quiet = isinstance(logged, JobFailed)  # what it was given, or its world: no bug
+        (logger.opt(exception=logged) if logged is not None and not quiet else logger).log(
+            "WARNING" if quiet else _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",
             job_id=record.job_id,
             job_type=record.job_type,

@@ -16,6 +16,9 @@
 A ``ProbeError`` never ends a scan: the scan records it in its ``errors`` list
 and goes on. ``ScanError`` and ``StoreError`` end it, except
 ``DirectoryReplaced``, which the scan reports as an ``errors`` entry.
+``ScanError`` is a :class:`~stoat_ferret.jobs.JobFailed` too: the directory
+asked for, not the code, failed the job, whose log line is a WARNING without
+a traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import sqlite3
 from typing import Final
 
 import attrs
+
+from stoat_ferret.jobs import JobFailed
 
 UNREACHABLE_ERRNOS: Final = frozenset(
     {
@@ -101,7 +106,7 @@ class ShortOfMemory(ProbeError):
 
 
 @attrs.define(eq=False, str=False)
-class ScanError(LibraryError):
+class ScanError(LibraryError, JobFailed):
     """Raised by a scan when the directory it was given vanished or cannot be listed."""
 
     path: str

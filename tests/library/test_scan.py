@@ -19,6 +19,7 @@ import anyio.to_thread
 import attrs
 import pytest
 
+from stoat_ferret.jobs import JobStatus, JobSupervisor
 from stoat_ferret.library import (
     ProbeError,
     ProbeProcesses,
@@ -644,6 +645,29 @@ async def test_every_line_a_scan_logs_names_its_job_even_in_its_probe_threads(
     ]
     assert {"probe failed", "probe raised unexpectedly"} <= {message for message, _, _ in said}
     assert [line for line in said if line[1:] != ("j", "scan")] == []
+
+
+async def test_a_scan_of_a_directory_gone_fails_its_job_with_a_warning_not_a_traceback(
+    library: VideoLibrary, media: Path, log_records: list[Any]
+) -> None:
+    """A directory removed between the request and the job's start fails the
+    job (the directory asked for, not the code: ScanError is a JobFailed),
+    logged as a WARNING without a traceback, not an ERROR with one."""
+    supervisor = JobSupervisor()
+    supervisor.register("scan", make_scan_handler(library, probe_priority=NORMAL))
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            job_id = await supervisor.submit("scan", {"path": str(media / "gone")})
+            result = await supervisor.wait(job_id)
+            await supervisor.aclose()
+
+    assert result.status is JobStatus.FAILED
+    assert str(result.error).startswith("ScanError: cannot scan ")
+    [line] = [r for r in log_records if r["extra"].get("status") == "failed"]
+    assert (line["level"].name, line["exception"]) == ("WARNING", None)
+    assert [r for r in log_records if r["level"].name == "ERROR"] == []
 
 
 async def test_an_unexpected_probe_exception_is_an_error_entry(
