@@ -113,7 +113,7 @@ def static_files() -> ASGIApp:
     again (a 304 while unchanged), so that after an upgrade the new page
     never runs the old script a browser kept."""
     names = frozenset(path.name for path in STATIC_DIR.iterdir() if path.is_file())
-    return _NoCache(StaticFiles(directory=STATIC_DIR), names)
+    return _NoCache(StaticFiles(directory=STATIC_DIR, follow_symlink=True), names)
 
 
 class _NoCache:

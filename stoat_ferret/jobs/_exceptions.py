@@ -39,10 +39,11 @@ class JobNotFound(JobError, KeyError):
 
 class JobFailed(Exception):
     """Raise it (or a subclass) from a handler for a failure of what the job
-    was given or of the world it works in (a directory gone), not of the
-    code: the job ends ``failed`` as for any exception, and its log line is
-    a WARNING without a traceback, where any other exception's is an ERROR
-    with one."""
+    was given (a directory gone since it was asked for), not of the code or
+    the host: the job ends ``failed`` as for any exception, and its log line
+    is a WARNING without a traceback, where any other exception's is an
+    ERROR with one. (Raised by a clean-up while the job is interrupted, it
+    is logged as any exception there.)"""
 
 
 class QueueFull(JobError):

@@ -327,7 +327,7 @@ class JobTable:
         self.finished.append(record)
         if len(self.finished) > self._max_finished:
             self._evict()
-        quiet = isinstance(logged, JobFailed)  # what it was given, or its world: no bug
+        quiet = status is JobStatus.FAILED and isinstance(logged, JobFailed)  # no bug
         (logger.opt(exception=logged) if logged is not None and not quiet else logger).log(
             "WARNING" if quiet else _LOG_LEVELS[status],
             "job {job_id} ({job_type}) {status} after {duration:.3f} s",

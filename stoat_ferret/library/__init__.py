@@ -20,6 +20,7 @@ from stoat_ferret.library._connections import refuse_unwritable
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
     UNREACHABLE_ERRNOS,
+    DirectoryGone,
     DirectoryReplaced,
     LibraryError,
     ProbeError,
@@ -100,6 +101,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "BackgroundThreads",
     "DatabaseLock",
+    "DirectoryGone",
     "DirectoryReplaced",
     "ErrorLog",
     "Fingerprint",

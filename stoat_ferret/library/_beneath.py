@@ -24,7 +24,12 @@ import os
 import stat
 from typing import TYPE_CHECKING, Final
 
-from stoat_ferret.library._exceptions import DirectoryReplaced, ScanError
+from stoat_ferret.library._exceptions import (
+    GONE_ERRNOS,
+    DirectoryGone,
+    DirectoryReplaced,
+    ScanError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -112,7 +117,8 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
         A descriptor of the directory; the caller closes it.
 
     Raises:
-        ScanError: ``directory`` is outside every root, missing, or cannot be opened.
+        ScanError: ``directory`` is outside every root, or cannot be opened.
+        DirectoryGone: It, or a component below the root, is missing or not a directory.
         DirectoryReplaced: A component below the root is no longer a directory.
     """
     if containing_root(directory, roots) is None:
@@ -126,6 +132,8 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
                 "no longer a directory: it or one above it was replaced by a symlink"
                 " after the scan was requested; nothing read",
             ) from exc
+        if exc.errno in GONE_ERRNOS and not isinstance(exc, RootUnavailable):
+            raise DirectoryGone(directory, exc.strerror or str(exc)) from exc
         raise ScanError(directory, exc.strerror or str(exc)) from exc
 
 

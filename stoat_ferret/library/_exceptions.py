@@ -6,7 +6,8 @@
      ├── ProbeError    one file cannot be opened or probed, or holds no video
      │    └── ShortOfMemory       the work on it ran out of memory (transient)
      ├── ScanError     the directory to scan is missing, outside the roots, or cannot be listed
-     │    └── DirectoryReplaced   it, or one above it, was replaced by a symlink
+     │    ├── DirectoryReplaced   it, or one above it, was replaced by a symlink
+     │    └── DirectoryGone       it, or one above it below its root, is gone (a JobFailed)
      ├── StoreError    the SQLite store cannot be opened, is corrupt, or is closed
      │    ├── StoreBusy    a read not done by its deadline (nothing is wrong)
      │    └── StoreBroken  damaged, or deleted or replaced while open: until a restart
@@ -16,9 +17,11 @@
 A ``ProbeError`` never ends a scan: the scan records it in its ``errors`` list
 and goes on. ``ScanError`` and ``StoreError`` end it, except
 ``DirectoryReplaced``, which the scan reports as an ``errors`` entry.
-``ScanError`` is a :class:`~stoat_ferret.jobs.JobFailed` too: the directory
-asked for, not the code, failed the job, whose log line is a WARNING without
-a traceback.
+``DirectoryGone`` is a :class:`~stoat_ferret.jobs.JobFailed` too: the
+directory asked for, removed or moved since, not the code or the host,
+failed the job, whose log line is a WARNING without a traceback. Every other
+``ScanError`` (outside the roots, the root itself unavailable, out of
+descriptors, an I/O error) stays an ERROR with its traceback.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class ShortOfMemory(ProbeError):
 
 
 @attrs.define(eq=False, str=False)
-class ScanError(LibraryError, JobFailed):
+class ScanError(LibraryError):
     """Raised by a scan when the directory it was given vanished or cannot be listed."""
 
     path: str
@@ -213,6 +216,16 @@ class DirectoryReplaced(ScanError):
     requested. Nothing is read through it; the scan reports it as
     an ``errors`` entry and completes.
     """
+
+
+class DirectoryGone(ScanError, JobFailed):
+    """Raised when the directory to scan, or one above it below its root, is
+    gone or no longer a directory (:data:`GONE_ERRNOS`): removed or moved
+    since the scan was requested. The job fails, logged as a warning."""
+
+
+GONE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR})
+"""What opening or listing the directory to scan meets when it is gone (:class:`DirectoryGone`)."""
 
 
 @attrs.define(eq=False, str=False)

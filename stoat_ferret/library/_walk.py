@@ -68,7 +68,7 @@ from stoat_ferret.library._beneath import (
     open_scan_directory,
     open_subdirectory,
 )
-from stoat_ferret.library._exceptions import ScanError
+from stoat_ferret.library._exceptions import GONE_ERRNOS, DirectoryGone, ScanError
 from stoat_ferret.library._names import NOT_UTF8, SUFFIXES, TOO_LONG, is_utf8, printable
 from stoat_ferret.library._walklinks import WalkLinks
 
@@ -230,7 +230,8 @@ class _Walk:
         try:
             subdirectories = self.list_directory(root_fd, self.root)
         except OSError as exc:
-            raise ScanError(self.root, _reason(exc)) from exc
+            failed = DirectoryGone if exc.errno in GONE_ERRNOS else ScanError
+            raise failed(self.root, _reason(exc)) from exc
         # Depth-first with an explicit stack of levels: no recursion limit,
         # one descriptor open per level.
         device = _mounts.device(root_fd)

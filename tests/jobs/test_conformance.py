@@ -18,6 +18,7 @@ from stoat_ferret.jobs import (
     InMemoryJobQueue,
     JobChange,
     JobContext,
+    JobFailed,
     JobFeed,
     JobNotFound,
     JobStatus,
@@ -151,6 +152,30 @@ async def test_a_clean_up_that_fails_after_the_deadline_leaves_the_job_timeout(
             if record["extra"].get("job_id") == result.job_id and record["exception"] is not None
         ]
         assert str(logged["exception"].value) == "the clean-up failed"
+
+
+async def test_a_job_failed_ends_the_job_failed_as_any_exception_does(
+    make_queue: QueueFactory,
+) -> None:
+    """A handler's JobFailed (a subclass here) is no special end on either
+    queue: ``failed``, its error the exception's type and text (the
+    supervisor only logs it more quietly)."""
+
+    class Gone(JobFailed):
+        pass
+
+    async def gone(ctx: JobContext) -> None:
+        raise Gone("the directory asked for is gone")
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            queue.register("gone", gone)
+            result = await queue.wait(await queue.submit("gone"))
+
+    assert (result.status, result.error) == (
+        JobStatus.FAILED,
+        "Gone: the directory asked for is gone",
+    )
 
 
 async def test_an_error_of_the_handlers_own_past_its_unseen_deadline_is_a_failure(

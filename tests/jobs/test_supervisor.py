@@ -672,6 +672,40 @@ async def test_a_job_failed_by_its_input_is_a_warning_without_traceback(
     assert line["extra"]["error"] == result.error
 
 
+async def test_a_job_failed_raised_as_a_cancelled_job_unwinds_keeps_its_traceback(
+    log_records: list[Any],
+) -> None:
+    """JobFailed quiets a failed job's line only: raised by a clean-up while
+    the job is cancelled, the job ends cancelled and its line keeps its level
+    and the clean-up's traceback, as any exception there."""
+
+    class Gone(JobFailed):
+        pass
+
+    started = anyio.Event()
+
+    async def held(ctx: JobContext) -> None:
+        try:
+            started.set()
+            await anyio.sleep_forever()
+        finally:
+            raise Gone("the clean-up's directory is gone")
+
+    with anyio.fail_after(10):
+        async with running_supervisor() as supervisor:
+            supervisor.register("held", held)
+            job_id = await supervisor.submit("held")
+            await started.wait()
+            await supervisor.cancel(job_id)
+            result = await supervisor.get_result(job_id)
+
+    assert result.status is JobStatus.CANCELLED
+    [line] = [r for r in log_records if r["extra"].get("status") == "cancelled"]
+    assert line["level"].name == "INFO"
+    assert line["exception"] is not None
+    assert line["exception"].type is Gone
+
+
 async def test_one_log_line_per_lifecycle_event(log_records: list[Any]) -> None:
     """submitted, started and completed are logged with job_id, job_type and duration."""
 

@@ -651,8 +651,8 @@ async def test_a_scan_of_a_directory_gone_fails_its_job_with_a_warning_not_a_tra
     library: VideoLibrary, media: Path, log_records: list[Any]
 ) -> None:
     """A directory removed between the request and the job's start fails the
-    job (the directory asked for, not the code: ScanError is a JobFailed),
-    logged as a WARNING without a traceback, not an ERROR with one."""
+    job (the directory asked for, not the code: DirectoryGone is a
+    JobFailed), logged as a WARNING without a traceback, not an ERROR with one."""
     supervisor = JobSupervisor()
     supervisor.register("scan", make_scan_handler(library, probe_priority=NORMAL))
 
@@ -664,10 +664,32 @@ async def test_a_scan_of_a_directory_gone_fails_its_job_with_a_warning_not_a_tra
             await supervisor.aclose()
 
     assert result.status is JobStatus.FAILED
-    assert str(result.error).startswith("ScanError: cannot scan ")
+    assert str(result.error).startswith("DirectoryGone: cannot scan ")
     [line] = [r for r in log_records if r["extra"].get("status") == "failed"]
     assert (line["level"].name, line["exception"]) == ("WARNING", None)
     assert [r for r in log_records if r["level"].name == "ERROR"] == []
+
+
+async def test_a_scan_whose_root_is_gone_is_still_an_error_with_its_traceback(
+    library: VideoLibrary, media: Path, log_records: list[Any]
+) -> None:
+    """The operator's scan root itself gone (unmounted, removed) is no client's
+    doing: its scan fails as an ERROR with the traceback, not a quiet warning."""
+    supervisor = JobSupervisor()
+    handler = make_scan_handler(library, roots=(media,), probe_priority=NORMAL)
+    supervisor.register("scan", handler)
+    os.rmdir(media)
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            result = await supervisor.wait(await supervisor.submit("scan", {"path": str(media)}))
+            await supervisor.aclose()
+
+    assert str(result.error).startswith("ScanError: cannot scan ")
+    [line] = [r for r in log_records if r["extra"].get("status") == "failed"]
+    assert line["level"].name == "ERROR"
+    assert line["exception"] is not None
 
 
 async def test_an_unexpected_probe_exception_is_an_error_entry(
