@@ -30,15 +30,9 @@ from tests.library.support import gate_released, thread_reached
 pytestmark = pytest.mark.anyio
 
 
-async def test_end_grace_cancels_running_jobs_at_once(
-    settings: Settings,
-    scan_root: Path,
-    clips: list[EncodedVideo],
-    monkeypatch: pytest.MonkeyPatch,
-    log_records: list[Any],
-) -> None:
-    """A scan held running with an hour of grace: end_grace ends the shut-down
-    at once, and the lifespan's own shut-down still runs to its end."""
+def _scans_held_once_stored(monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
+    """Every scan, once its first batch is stored, is held until cancelled;
+    the event is set when one is."""
     stored = anyio.Event()
     write = VideoLibrary.apply
 
@@ -48,6 +42,19 @@ async def test_end_grace_cancels_running_jobs_at_once(
         await anyio.sleep_forever()  # held until cancelled
 
     monkeypatch.setattr(VideoLibrary, "apply", held)
+    return stored
+
+
+async def test_end_grace_cancels_running_jobs_at_once(
+    settings: Settings,
+    scan_root: Path,
+    clips: list[EncodedVideo],
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[Any],
+) -> None:
+    """A scan held running with an hour of grace: end_grace ends the shut-down
+    at once, and the lifespan's own shut-down still runs to its end."""
+    stored = _scans_held_once_stored(monkeypatch)
     shutil.copyfile(clips[0].path, scan_root / "a.mp4")
     app = create_app(attrs.evolve(settings, shutdown_grace=3600.0))
 
@@ -125,15 +132,7 @@ async def test_no_job_starts_once_the_service_begins_to_stop(
     open requests are still served, the queue is closed: a scan pending
     behind a running one ends cancelled without starting, rather than
     starting (and getting the grace) in the seconds before the lifespan ends."""
-    stored = anyio.Event()
-    write = VideoLibrary.apply
-
-    async def held(self: VideoLibrary, *args: Any, **kwargs: Any) -> None:
-        await write(self, *args, **kwargs)
-        stored.set()
-        await anyio.sleep_forever()  # held until cancelled
-
-    monkeypatch.setattr(VideoLibrary, "apply", held)
+    stored = _scans_held_once_stored(monkeypatch)
     for name in ("first", "second"):
         (scan_root / name).mkdir()
         shutil.copyfile(clips[0].path, scan_root / name / "a.mp4")

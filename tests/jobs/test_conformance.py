@@ -155,11 +155,13 @@ async def test_a_clean_up_that_fails_after_the_deadline_leaves_the_job_timeout(
 
 
 async def test_a_job_failed_ends_the_job_failed_as_any_exception_does(
-    make_queue: QueueFactory,
+    make_queue: QueueFactory, log_records: list[Any]
 ) -> None:
     """A handler's JobFailed (a subclass here) is no special end on either
-    queue: ``failed``, its error the exception's type and text (the
-    supervisor only logs it more quietly)."""
+    queue: ``failed``, its error the exception's type and text. The
+    supervisor only logs it more quietly: a WARNING with no traceback (what
+    the job was given, not the code, failed it), where another exception's
+    line is an ERROR with one."""
 
     class Gone(JobFailed):
         pass
@@ -176,6 +178,10 @@ async def test_a_job_failed_ends_the_job_failed_as_any_exception_does(
         JobStatus.FAILED,
         "Gone: the directory asked for is gone",
     )
+    if isinstance(queue, JobSupervisor):  # the double logs nothing
+        [line] = [r for r in log_records if r["extra"].get("status") == "failed"]
+        assert (line["level"].name, line["exception"]) == ("WARNING", None)
+        assert line["extra"]["error"] == result.error
 
 
 async def test_an_error_of_the_handlers_own_past_its_unseen_deadline_is_a_failure(

@@ -645,33 +645,6 @@ async def test_failure_is_logged_with_traceback_and_workers_go_on(
     assert errors[0]["extra"]["error"] == "RuntimeError: kaput"
 
 
-async def test_a_job_failed_by_its_input_is_a_warning_without_traceback(
-    log_records: list[Any],
-) -> None:
-    """A handler raising JobFailed (a subclass too) ends its job failed as any
-    exception does, but its line is a WARNING with no traceback: what the
-    job was given, not the code, failed it."""
-
-    class DirectoryGone(JobFailed):
-        pass
-
-    async def gone(ctx: JobContext) -> None:
-        raise DirectoryGone("cannot scan /m: No such file or directory")
-
-    with anyio.fail_after(10):
-        async with running_supervisor() as supervisor:
-            supervisor.register("gone", gone)
-            result = await supervisor.wait(await supervisor.submit("gone"))
-
-    assert (result.status, result.error) == (
-        JobStatus.FAILED,
-        "DirectoryGone: cannot scan /m: No such file or directory",
-    )
-    [line] = [r for r in log_records if r["extra"].get("status") == "failed"]
-    assert (line["level"].name, line["exception"]) == ("WARNING", None)
-    assert line["extra"]["error"] == result.error
-
-
 async def test_a_job_failed_raised_as_a_cancelled_job_unwinds_keeps_its_traceback(
     log_records: list[Any],
 ) -> None:

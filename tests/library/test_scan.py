@@ -618,6 +618,17 @@ async def test_a_scans_start_and_end_are_logged_with_its_job_id_and_type(
         assert (said[message]["job_id"], said[message]["job_type"]) == ("j", "scan")
 
 
+def _surprise_probing(monkeypatch: pytest.MonkeyPatch, odd: str) -> None:
+    """The probe raises a RuntimeError, "PyAV surprise", for ``odd`` only."""
+
+    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+        if path_of(name, dir_fd) == odd:
+            raise RuntimeError("PyAV surprise")
+        return probe_video(name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(_scanprobe, "probe_video", probe)
+
+
 async def test_every_line_a_scan_logs_names_its_job_even_in_its_probe_threads(
     library: VideoLibrary,
     media: Path,
@@ -630,12 +641,7 @@ async def test_every_line_a_scan_logs_names_its_job_even_in_its_probe_threads(
     _, odd = _fill(media, clip, ["good.mp4", "odd.mp4"])
     (media / "notes.mp4").write_bytes(b"not a video")
 
-    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
-        if path_of(name, dir_fd) == odd:
-            raise RuntimeError("PyAV surprise")
-        return probe_video(name, dir_fd=dir_fd)
-
-    monkeypatch.setattr(_scanprobe, "probe_video", probe)
+    _surprise_probing(monkeypatch, odd)
 
     with anyio.fail_after(TIMEOUT):
         await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
@@ -647,49 +653,42 @@ async def test_every_line_a_scan_logs_names_its_job_even_in_its_probe_threads(
     assert [line for line in said if line[1:] != ("j", "scan")] == []
 
 
-async def test_a_scan_of_a_directory_gone_fails_its_job_with_a_warning_not_a_traceback(
-    library: VideoLibrary, media: Path, log_records: list[Any]
+@pytest.mark.parametrize(
+    ("gone", "error", "level", "traceback"),
+    [
+        pytest.param("asked", "DirectoryGone: cannot scan ", "WARNING", False, id="asked-for"),
+        pytest.param("root", "ScanError: cannot scan ", "ERROR", True, id="scan-root"),
+    ],
+)
+async def test_a_scan_of_a_directory_gone_is_a_warning_unless_it_is_the_root(
+    library: VideoLibrary,
+    media: Path,
+    log_records: list[Any],
+    gone: str,
+    error: str,
+    level: str,
+    traceback: bool,
 ) -> None:
     """A directory removed between the request and the job's start fails the
-    job (the directory asked for, not the code: DirectoryGone is a
-    JobFailed), logged as a WARNING without a traceback, not an ERROR with one."""
+    job as a WARNING without a traceback (the directory asked for, not the
+    code: DirectoryGone is a JobFailed); the operator's scan root itself
+    gone (unmounted, removed) is no client's doing: an ERROR with one."""
     supervisor = JobSupervisor()
-    supervisor.register("scan", make_scan_handler(library, probe_priority=NORMAL))
+    supervisor.register("scan", make_scan_handler(library, roots=(media,), probe_priority=NORMAL))
+    path = media / "asked" if gone == "asked" else media  # "asked" never was
+    if gone == "root":
+        os.rmdir(media)
 
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as group:
             await group.start(supervisor.run)
-            job_id = await supervisor.submit("scan", {"path": str(media / "gone")})
-            result = await supervisor.wait(job_id)
+            result = await supervisor.wait(await supervisor.submit("scan", {"path": str(path)}))
             await supervisor.aclose()
 
     assert result.status is JobStatus.FAILED
-    assert str(result.error).startswith("DirectoryGone: cannot scan ")
+    assert str(result.error).startswith(error)
     [line] = [r for r in log_records if r["extra"].get("status") == "failed"]
-    assert (line["level"].name, line["exception"]) == ("WARNING", None)
-    assert [r for r in log_records if r["level"].name == "ERROR"] == []
-
-
-async def test_a_scan_whose_root_is_gone_is_still_an_error_with_its_traceback(
-    library: VideoLibrary, media: Path, log_records: list[Any]
-) -> None:
-    """The operator's scan root itself gone (unmounted, removed) is no client's
-    doing: its scan fails as an ERROR with the traceback, not a quiet warning."""
-    supervisor = JobSupervisor()
-    handler = make_scan_handler(library, roots=(media,), probe_priority=NORMAL)
-    supervisor.register("scan", handler)
-    os.rmdir(media)
-
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as group:
-            await group.start(supervisor.run)
-            result = await supervisor.wait(await supervisor.submit("scan", {"path": str(media)}))
-            await supervisor.aclose()
-
-    assert str(result.error).startswith("ScanError: cannot scan ")
-    [line] = [r for r in log_records if r["extra"].get("status") == "failed"]
-    assert line["level"].name == "ERROR"
-    assert line["exception"] is not None
+    assert (line["level"].name, line["exception"] is not None) == (level, traceback)
 
 
 async def test_an_unexpected_probe_exception_is_an_error_entry(
@@ -698,12 +697,7 @@ async def test_an_unexpected_probe_exception_is_an_error_entry(
     """A probe that raises something odd costs that file only."""
     good, odd = _fill(media, clip, ["good.mp4", "odd.mp4"])
 
-    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
-        if path_of(name, dir_fd) == odd:
-            raise RuntimeError("PyAV surprise")
-        return probe_video(name, dir_fd=dir_fd)
-
-    monkeypatch.setattr(_scanprobe, "probe_video", probe)
+    _surprise_probing(monkeypatch, odd)
 
     with anyio.fail_after(TIMEOUT):
         result = await make_scan_handler(library, probe_priority=NORMAL)(make_context(media))
