@@ -9,9 +9,8 @@ moment the shut-down begins, before uvicorn waits for open connections:
 
 1. signal: uvicorn stops its main loop (within 0.1 s);
 2. :func:`~stoat_ferret.api.begin_shutdown`: scans get 503, waits and event
-   streams end, so connections close at once; the app closes its supervisor
-   (pending jobs are cancelled, no job starts from then on, running jobs
-   get ``STOAT_SHUTDOWN_GRACE`` seconds from then);
+   streams end (their connections close); the app closes its supervisor: pending
+   jobs cancelled, none started after, running ones given the grace from then;
 3. uvicorn closes the listening sockets and waits for connections, while the
    server hangs up (aborts the transport of) any connection whose client
    stopped reading: its unsent output has not shrunk for
@@ -21,8 +20,7 @@ moment the shut-down begins, before uvicorn waits for open connections:
    so uvicorn's wait ends; its own timeout, :data:`REQUEST_BACKSTOP_SECONDS`
    later, is a backstop that cancels only a request ignoring its client's
    departure;
-4. the app's lifespan ends: it waits for the supervisor to have stopped
-   (the grace counted from step 2), then the database is closed.
+4. the app's lifespan ends: it waits for the supervisor, then closes the database.
 
 A second stop signal during these steps forces the exit: the open
 connections are hung up on, so their requests end and uvicorn stops waiting
