@@ -61,9 +61,7 @@ class LibraryPasses:
         def pause() -> None:
             run.paused += 1
             run.report("paused for a scan")
-            logger.debug(
-                "thumbnails paused for a scan", job_id=run.ctx.job_id, job_type=run.ctx.job_type
-            )
+            logger.debug("thumbnails paused for a scan")  # the job's fields: its contextualize
 
         way = await self.gate.make_way(pause)
         if way is Way.STOP:
@@ -169,7 +167,5 @@ class LibraryPasses:
                     "thumbnail of video {video_id} not checked against its row; the next "
                     "start's sweep removes it if the row is gone",
                     video_id=source[0],
-                    job_id=run.ctx.job_id,
-                    job_type=run.ctx.job_type,
                 )
         return False
