@@ -4,6 +4,8 @@
 exception                   status     why
 ==========================  =========  ======================================
 ``HTTPException``           its own    raised by routes; 404, 405 by routing
+                                       (its ``Allow`` names every method the
+                                       path answers, ``HEAD`` too)
 ``RequestValidationError``  422        bad query, path or body
 ``ScanPathRejected``        its own    400, 403, 404 or 409 for a scan path (503,
                                        with ``Retry-After``, when the server
@@ -42,6 +44,7 @@ from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Mount
 
 from stoat_ferret.api._headers import ALWAYS
 from stoat_ferret.api._json import ApiJSONResponse
@@ -111,7 +114,47 @@ def _reply(status: int, detail: Any, headers: Mapping[str, str] | None = None) -
 
 async def _http_error(request: Request, exc: Exception) -> ApiJSONResponse:
     assert isinstance(exc, HTTPException)
-    return _reply(exc.status_code, exc.detail, exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return _reply(exc.status_code, exc.detail, headers)
+
+
+ROUTED_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""The methods a 405's ``Allow`` may name, in the order it names them."""
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers at ``request``'s path.
+
+    Routing's 405 names the methods of the first route whose path matched,
+    and a ``GET`` route's ``HEAD`` is a route of its own here (out of the
+    schema), so ``Allow`` said ``GET`` alone. Each of the app's routes is
+    asked instead, by Starlette's ``BaseRoute.matches``, with the request's
+    path and each method. A mount (``/static``) matches its prefix whatever
+    the method: it is not asked, and its own 405 (``StaticFiles``') says
+    what it answers.
+    """
+    scope = request.scope
+    return [
+        method
+        for method in ROUTED_METHODS
+        if any(
+            not isinstance(route, Mount) and route.matches(_probe(scope, method))[0] is Match.FULL
+            for route in request.app.routes
+        )
+    ]
+
+
+def _probe(scope: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """A request's scope for routing alone, with ``method`` for its own."""
+    return {
+        "type": scope["type"],
+        "path": scope["path"],
+        "root_path": scope.get("root_path", ""),
+        "method": method,
+        "headers": [],
+    }
 
 
 async def _validation_error(request: Request, exc: Exception) -> ApiJSONResponse:

@@ -475,6 +475,33 @@ async def test_head_on_an_event_stream_is_405(shared_client: httpx.AsyncClient, 
 
 
 @pytest.mark.anyio
+async def test_a_405_names_every_method_its_path_answers(
+    shared_client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A 405's ``Allow`` names each method the path answers (RFC 9110), ``HEAD``
+    included wherever GET has it, on every path of the schema and the unlisted
+    ones (the ``/static`` mount's included): not only the first route's."""
+    schema = create_app(settings).openapi()["paths"]
+    answered = {
+        path: {method.upper() for method in operations} for path, operations in schema.items()
+    }
+    answered.update({path: {"GET"} for path in UNLISTED})
+    for path, methods in answered.items():
+        if "GET" in methods and path not in NO_HEAD:
+            methods.add("HEAD")
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+    for path, methods in answered.items():
+        for wrong in ["DELETE", *(method for method in ("GET", "HEAD") if method not in methods)]:
+            with anyio.fail_after(10):
+                response = await shared_client.request(wrong, sample_path(path))
+
+            assert response.status_code == 405, (path, wrong)
+            assert response.headers["allow"] == ", ".join(m for m in order if m in methods), path
+            assert response.headers["content-type"] == "application/json", path
+
+
+@pytest.mark.anyio
 async def test_only_what_may_be_kept_says_how_the_rest_is_no_store(
     shared_client: httpx.AsyncClient, settings: Settings
 ) -> None:
