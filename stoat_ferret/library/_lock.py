@@ -5,7 +5,9 @@ changes anything in the file) and gives it back when it closes; ``serve``
 also holds it for the life of its process (``_main.py``). It is an
 exclusive ``flock`` on the file :data:`LOCK_SUFFIX` beside the database
 (``stoat.db.lock``), created with mode 0o600 and never deleted (deleting a
-``flock`` file lets two processes each lock a different file of one name).
+``flock`` file lets two processes each lock a different file of one name:
+a store asks :meth:`DatabaseLock.lost` before each write, and refuses to
+write once someone else has deleted or replaced it).
 The system drops the lock when the process ends, however it ends: no stale
 lock survives a crash or a SIGKILL.
 
@@ -120,6 +122,20 @@ class DatabaseLock:
             return
         finally:
             os.close(fd)
+
+    def lost(self) -> bool:
+        """Whether the lock file is no longer the one this process locked:
+        deleted (or replaced) while held. Another process may then create and
+        lock a new file of that name, and write the database too.
+
+        Raises:
+            OSError: the lock file cannot be looked at (EACCES, EIO).
+        """
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return self._key is not None and (status.st_dev, status.st_ino) != self._key
 
     def release(self) -> None:
         """Let go of this hold; the lock goes with the process's last hold."""

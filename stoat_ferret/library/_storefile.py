@@ -23,7 +23,9 @@ Durability: WAL journal, ``synchronous=NORMAL`` (a crash loses at most the last
 committed batches, never consistency), ``busy_timeout`` for other processes.
 SQLite goes on writing to a file, or a write-ahead log, that was deleted
 or replaced while open: a write is then refused (the log's commits copied
-into the file first, :class:`~stoat_ferret.library._connections.LogWatch`).
+into the file first, :class:`~stoat_ferret.library._connections.LogWatch`);
+and so it is once the database's lock file was (a second service could
+then lock a new one, and write too).
 """
 
 from __future__ import annotations
@@ -222,6 +224,8 @@ class StoreFile:
         connection = self._opened(self._writer)
         try:  # an error looking (EACCES, EIO) is no sign the file was replaced
             identity, lost = file_identity(self.path), self._wal.lost()
+            lock = self._lock  # None while it opens: the lock was taken just before
+            unlocked = lock.path if lock is not None and lock.lost() else None
         except OSError as exc:
             reason = f"video store {self.path}: cannot look at it ({exc.strerror})"
             raise StoreError(reason) from exc
@@ -229,6 +233,12 @@ class StoreFile:
             raise StoreBroken(
                 f"video store {self.path} was deleted or replaced while open; "
                 "restart the service to recreate it"
+            )
+        if unlocked is not None:
+            raise StoreBroken(
+                f"video store {self.path}: its lock file ({unlocked}) was deleted or"
+                " replaced while open, so another process may write it too; stop every"
+                " service of it, then start one"
             )
         if lost:
             self._wal.save(connection)

@@ -1598,6 +1598,34 @@ def test_a_store_whose_file_was_replaced_says_it_is_broken(tmp_path: Path) -> No
     assert before is None
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_whose_lock_file_was_taken_away_refuses_to_write(tmp_path: Path, how: str) -> None:
+    """Once its lock file is gone, another service could lock a new one and
+    write too: the next write is refused, and the store says it is broken;
+    no row of that write is stored."""
+    path = tmp_path / "library.sqlite"
+    lock = tmp_path / "library.sqlite.lock"
+    store = VideoStore.open(path)
+    try:
+        lock.unlink()
+        if how == "replaced":
+            lock.write_bytes(b"")
+        with pytest.raises(StoreBroken, match=r"its lock file \(.*\.lock\) was deleted or"):
+            store.upsert([record("/videos/a.mp4")])
+        broken = store.broken
+    finally:
+        store.close()
+    again = VideoStore.open(path)  # a new start locks the new file
+    try:
+        stored = again.get_video_by_path("/videos/a.mp4")
+    finally:
+        again.close()
+
+    assert broken is not None
+    assert "lock file" in broken
+    assert stored is None
+
+
 def test_an_extended_corruption_code_is_broken_too() -> None:
     """SQLite reports SQLITE_CORRUPT_INDEX (779) and the like as extended codes."""
     error = sqlite3.DatabaseError("database disk image is malformed")
