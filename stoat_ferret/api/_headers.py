@@ -17,7 +17,8 @@ carry the headers too:
   no-store``: an answer depends on who asks (the token, the session
   cookie, the ``Origin``) and on a moment (a job's state), so no cache, a
   shared one least, keeps it; the routes whose answers may be kept (the
-  dashboard's and the docs' files, thumbnails) say so themselves. A
+  dashboard's and the docs' files, thumbnails) say so themselves, and so
+  do event streams (``no-cache``, FastAPI's for every stream). A
   header the response already sets is kept as it is;
 * ``Range`` and ``If-Range`` are dropped from every request. No route
   serves part of an answer, but Starlette's file responses (the dashboard

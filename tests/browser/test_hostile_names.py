@@ -321,18 +321,21 @@ def test_look_alike_slashes_blanks_mark_stacks_and_right_to_left_folders_show_as
     dashboard: Dashboard, server: Server
 ) -> None:
     """A name with a slash that is not one (``fake`` U+2215 ``dir`` U+2215 ``clip.mp4`` would read
-    as a file two folders down), a character Chromium draws as nothing
-    (U+FFFC) or as a space (U+2800, the Braille blank) shows it as a mark; a
-    stack of 120 accents keeps four and counts the rest, rather than being
-    drawn across the rows around it; and two right-to-left folder names side
-    by side keep their order (as one run, the bidi algorithm swapped them)."""
+    as a file two folders down; U+2571, a box-drawing diagonal, is drawn as ``/`` too), a
+    character Chromium draws as nothing (U+FFFC) or as a space (U+2800, the
+    Braille blank) shows it as a mark; a stack of 120 accents keeps four and
+    counts the rest, rather than being drawn across the rows around it; and
+    two right-to-left folder names side by side keep their order (as one run,
+    the bidi algorithm swapped them)."""
     folder = server.root / "alike2"
     deep = folder / ("\N{HEBREW LETTER ALEF}" * 2) / ("\N{HEBREW LETTER BET}" * 2)
     deep.mkdir(parents=True)
     names = (
         "a\N{BRAILLE PATTERN BLANK}b.mp4",
         "clip\N{OBJECT REPLACEMENT CHARACTER}.mp4",
-        "fake\N{DIVISION SLASH}dir\N{FULLWIDTH SOLIDUS}clip.mp4",
+        "fake\N{DIVISION SLASH}dir\N{FULLWIDTH SOLIDUS}sub"
+        "\N{BOX DRAWINGS LIGHT DIAGONAL UPPER RIGHT TO LOWER LEFT}x"
+        "\N{MATHEMATICAL RISING DIAGONAL}clip.mp4",
         "zo" + "\N{COMBINING ACUTE ACCENT}" * 120 + ".mp4",
     )
     for name in names:
@@ -350,7 +353,8 @@ def test_look_alike_slashes_blanks_mark_stacks_and_right_to_left_folders_show_as
         [
             f"{folder}/a{_shown('2800')}b.mp4",
             f"{folder}/clip{_shown('FFFC')}.mp4",
-            f"{folder}/fake{_shown('2215')}dir{_shown('FF0F')}clip.mp4",
+            f"{folder}/fake{_shown('2215')}dir{_shown('FF0F')}sub{_shown('2571')}x"
+            f"{_shown('27CB')}clip.mp4",
             f"{folder}/zo{accents}\N{MATHEMATICAL LEFT ANGLE BRACKET}+116 marks"
             "\N{MATHEMATICAL RIGHT ANGLE BRACKET}.mp4",
             f"{deep}/x.mp4",
@@ -364,6 +368,48 @@ def test_look_alike_slashes_blanks_mark_stacks_and_right_to_left_folders_show_as
     _expect_isolated(second)
     left = "element => element.getBoundingClientRect().left"
     assert first.evaluate(left) < second.evaluate(left)
+    assert dashboard.console.errors == []
+    assert dashboard.console.refused == []
+
+
+def test_the_detail_view_shows_a_path_folder_by_folder_as_the_list_does(
+    dashboard: Dashboard, server: Server
+) -> None:
+    """The detail view's full path isolates each folder, as the list's row does:
+    two right-to-left folders keep their order (as one run they swapped, and
+    the path read as another), and a space at a folder's end shows as a mark."""
+    folder = server.root / "detailed"
+    deep = folder / ("\N{HEBREW LETTER ALEF}" * 2) / ("\N{HEBREW LETTER BET}" * 2)
+    spaced = folder / "sp "
+    deep.mkdir(parents=True)
+    spaced.mkdir()
+    make_video(deep / "deep.mp4", frames=5)
+    make_video(spaced / "spaced.mp4", frames=5)
+    page = dashboard.page
+    left = "element => element.getBoundingClientRect().left"
+
+    dashboard.scan(folder)
+    expect(dashboard.job(folder).locator(".badge")).to_have_text("completed")
+
+    page.locator("#video-rows tr").filter(has_text="deep.mp4").get_by_role(
+        "button", name="deep.mp4", exact=True
+    ).click()
+    dialog = page.get_by_role("dialog", name="deep.mp4", exact=True)
+    path = dialog.locator("#detail-path")
+    expect(path).to_have_text(f"{deep}/deep.mp4")
+    first, second = (path.locator("bdi", has_text=part.name) for part in (deep.parent, deep))
+    _expect_isolated(first)
+    _expect_isolated(second)
+    assert first.evaluate(left) < second.evaluate(left)
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_be_hidden()
+
+    page.locator("#video-rows tr").filter(has_text="spaced.mp4").get_by_role(
+        "button", name="spaced.mp4", exact=True
+    ).click()
+    dialog = page.get_by_role("dialog", name="spaced.mp4", exact=True)
+    expect(dialog.locator("#detail-path")).to_have_text(f"{folder}/sp{_shown('0020')}/spaced.mp4")
+    expect(dialog.locator("#detail-path .control")).to_have_text(_shown("0020"))
     assert dashboard.console.errors == []
     assert dashboard.console.refused == []
 
