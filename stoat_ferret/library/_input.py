@@ -16,7 +16,9 @@ a scan handler without probe processes) reads a file within the limit with
 FFmpeg's own file I/O (its ``fd:`` protocol), which runs
 without the GIL: Python-level reads would make several probe threads queue
 on the GIL. A probe process probes one file at a time, and reads every file
-through the reader (``python_reads``, uncounted within the limit): a read
+through the reader (``python_reads``, uncounted within the limit, and
+then to the limit's offset only: a file that grows meanwhile, a recording,
+costs no more than a file larger than the limit): a read
 that fails there is the reader's own error, which FFmpeg's own I/O does
 not always report as one. FFmpeg may read
 parts of such a file more than once (it seeks back), but the probe reads only the
@@ -112,16 +114,18 @@ takes short reads)."""
 
 
 class _BoundedReader:
-    """A read-only, seekable file object for PyAV that stops after ``limit`` bytes.
+    """A read-only, seekable file object for PyAV that stops after ``limit`` bytes
+    read, and at the offset ``end`` (the end of file it reports there).
 
     PyAV only needs ``read``, ``seek`` and ``tell``; there is deliberately no
     ``write``, so PyAV treats the object as an input. It reads the caller's
     descriptor and leaves closing it to the caller.
     """
 
-    def __init__(self, fd: int, limit: float) -> None:
+    def __init__(self, fd: int, limit: float, end: float = math.inf) -> None:
         self._file = io.FileIO(fd, "rb", closefd=False)
         self._left = limit
+        self._end = end
         self.exhausted = False
 
     def read(self, size: int) -> bytes:
@@ -130,7 +134,11 @@ class _BoundedReader:
             return b""
         # At most _PIECE at once: Python sets aside what it is asked for
         # before it reads, and FFmpeg may ask a small file for a large block.
-        data = self._file.read(int(min(size, _PIECE, self._left))) or b""
+        before_end = self._end - self._file.tell()
+        if before_end <= 0:
+            self.exhausted = True
+            return b""
+        data = self._file.read(int(min(size, _PIECE, self._left, before_end))) or b""
         self._left -= len(data)
         return data
 
@@ -222,7 +230,12 @@ class BoundedInput:
 
     def _open_reader(self) -> InputContainer:
         self.close()
-        self._reader = _BoundedReader(self._fd, self.read_limit if self._bounded else math.inf)
+        if self._bounded:
+            self._reader = _BoundedReader(self._fd, self.read_limit)
+        else:
+            # Uncounted, so no further than the limit's offset: a file that
+            # grows meanwhile (a recording) would be read as it grows, for ever.
+            self._reader = _BoundedReader(self._fd, math.inf, end=self.read_limit)
         self._reader.seek(0)
         return self._open(self._reader, {})
 

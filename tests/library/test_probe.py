@@ -904,6 +904,28 @@ def test_read_limit_bounds_a_demuxer_that_scans_to_the_end(
     assert counter.total == 2 * MiB  # read through the bounded reader, up to its limit
 
 
+def test_a_file_that_grows_while_a_probe_process_reads_it_costs_no_more_than_the_limit(
+    clips: dict[str, EncodedVideo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe process reads a file within the limit uncounted, but no further
+    than the limit's offset: MPEG-PS that grows by 32 MiB of zeros meanwhile
+    (a recording) costs no more than the limit, as a file larger than it
+    does, rather than being scanned to its new end (a review saw a file
+    grown to 1 TB take 45 s of CPU)."""
+    video = copy_video(clips["mpeg2_mp2.mpg"], tmp_path / "growing.mpg")
+    counter = _ReadCounter(monkeypatch)
+    fd = os.open(video.path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        os.truncate(video.path, size + 32 * MiB)
+        probe = probe_descriptor(str(video.path), fd, size, read_limit=2 * MiB, python_reads=True)
+    finally:
+        os.close(fd)
+
+    assert probe.video_codec == "mpeg2video"
+    assert 0 < counter.total <= 2 * MiB
+
+
 def test_a_limit_hit_before_any_stream_is_reported(
     clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
