@@ -187,13 +187,6 @@ async def get_thumbnail(
     fingerprint = (video.size_bytes, video.mtime_ns)
     etag = f'"{video.id}-{THUMBNAIL_VERSION}-{video.size_bytes}-{video.mtime_ns}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-    # Only if the image is there: a tag kept from a removed one must not turn
-    # the 404 into a 304.
-    if (
-        _matches(request.headers.get("if-none-match"), etag)
-        and await anyio.to_thread.run_sync(thumbnails.state, video.id, fingerprint) == "made"
-    ):
-        return Response(status_code=304, headers=headers)
     try:
         image = await anyio.to_thread.run_sync(thumbnails.read, video.id, fingerprint)
     except OSError as exc:
@@ -205,6 +198,10 @@ async def get_thumbnail(
             f"video {video_id} has no thumbnail (yet)",
             headers={"Cache-Control": "no-store"},
         )
+    # Only once the image is read as a GET would serve it: a tag kept from a
+    # removed image, or one the service would not serve, is no 304.
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
     # Another site's page may not embed it (nor read its size through timing).
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
     if request.method == "HEAD":

@@ -126,6 +126,29 @@ async def test_a_thumbnails_video_id_is_read_as_a_videos_is(
     assert all(answer.json()["detail"] for answer in odd.values())
 
 
+async def test_a_thumbnail_file_the_service_would_not_serve_is_no_304_either(
+    settings: Settings, video_dir: Path
+) -> None:
+    """A file in the image's place that is not one the service wrote (put there
+    by something else) is a 404 to a GET, and so to a GET naming the image's
+    ETag: a browser's kept copy is not confirmed by a file nobody serves."""
+    app = create_app(settings)
+
+    with anyio.fail_after(60):
+        async with serving(app) as client:
+            await scan_and_thumbnails(client, video_dir)
+            video_id = (await video_ids(client))["a.mp4"]
+            url = f"/api/v1/videos/{video_id}/thumbnail"
+            etag = (await client.get(url)).headers["etag"]
+            (made,) = (thumbnails_directory(settings) / str(video_id)).iterdir()
+            made.write_bytes(b"not an image".ljust(made.stat().st_size, b"!"))
+            conditional = await client.get(url, headers={"If-None-Match": etag})
+            plain = await client.get(url)
+
+    assert (conditional.status_code, plain.status_code) == (404, 404)
+    assert "no thumbnail" in conditional.json()["detail"]
+
+
 async def test_no_thumbnail_is_a_json_404(
     settings: Settings, scan_root: Path, clips: list[EncodedVideo]
 ) -> None:
