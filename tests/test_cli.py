@@ -994,6 +994,37 @@ def test_serving_refuses_a_database_or_lock_it_cannot_write_as_check_does(
 
 
 @pytest.mark.usefixtures("_restored_logging")
+def test_a_database_on_a_read_only_file_system_is_said_to_be_so(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database the service cannot write because its file system is mounted
+    read-only says so (EROFS), not "Permission denied", which would send the
+    operator to the file's mode. (The mount is pretended: ``statvfs`` says
+    read-only, and the file's mode denies the write ``os.access`` asks about.)"""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    VideoStore.open(database).close()
+    database.chmod(0o400)
+    real_statvfs = os.statvfs
+
+    def read_only(path: Any) -> Any:
+        found = real_statvfs(path)
+        return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, found.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", read_only)
+
+    def start() -> str:
+        with pytest.raises(StoreError) as refused:
+            check_startup(Settings(database_path=database)).release()
+        return str(refused.value)
+
+    message = call_denied(start)
+
+    assert message == f"STOAT_DATABASE_PATH: cannot write to {database} (Read-only file system)"
+
+
+@pytest.mark.usefixtures("_restored_logging")
 def test_check_passes_a_finished_journal_it_cannot_write(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -257,7 +257,17 @@ def refuse_unwritable(path: str, name: str) -> None:
             continue
         except OSError:  # it cannot be read either
             pass
-        raise StoreError(f"{name}: cannot write to {written} ({os.strerror(errno.EACCES)})")
+        raise StoreError(f"{name}: cannot write to {written} ({os.strerror(_unwritable(written))})")
+
+
+def _unwritable(path: str) -> int:
+    """Why ``path``, which ``os.access`` says cannot be written, cannot: EROFS
+    on a read-only file system, else EACCES (``os.access`` tells no errno)."""
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return errno.EROFS if read_only else errno.EACCES
 
 
 def refuse_memory(name: str) -> None:
