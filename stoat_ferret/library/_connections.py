@@ -32,6 +32,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
+WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+"""Bytes the write-ahead log is cut back to once a checkpoint has emptied it
+(``journal_size_limit``): a large transaction (a migration that copies a
+table, a scan of a million files) leaves it that large only until then,
+not for the life of the process."""
+
+
 def open_writer(
     name: str, busy_timeout_ms: int, *, claim: Callable[[], None]
 ) -> sqlite3.Connection:
@@ -61,6 +68,7 @@ def open_writer(
                 journal=journal,
             )
         connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         connection.create_function("search_key", 1, search_key, deterministic=True)
         migrate(connection, name)
         connection.execute("DELETE FROM scan_errors")  # its jobs are gone

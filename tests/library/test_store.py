@@ -29,6 +29,7 @@ from stoat_ferret.library import (
     VideoLibrary,
     VideoStore,
     _clock,
+    _connections,
     _errorrows,
     _library,
     _schema,
@@ -147,6 +148,27 @@ def test_upsert_inserts_then_updates_by_path(store: VideoStore) -> None:
     assert after.audio_codec is None
     assert after.updated_at >= before.updated_at
     assert store.list_videos(10, 0)[1] == 1
+
+
+def test_a_large_write_leaves_the_write_ahead_log_large_only_until_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log grows to hold a large transaction, and is cut back to the
+    limit once a checkpoint has emptied it (at the next write), rather than
+    keeping that size while the process lives. (The limit made 64 KiB here.)"""
+    monkeypatch.setattr(_connections, "WAL_SIZE_LIMIT", 64 * 1024)
+    path = tmp_path / "library.sqlite"
+    store = VideoStore.open(path)
+    try:
+        store.upsert([record(f"/m/{index:06}.mp4") for index in range(20_000)])
+        grown = os.stat(f"{path}-wal").st_size
+        store.upsert([record("/m/one-more.mp4")])  # after the commit's automatic checkpoint
+        after = os.stat(f"{path}-wal").st_size
+    finally:
+        store.close()
+
+    assert grown > 1024 * 1024
+    assert after < 128 * 1024  # the limit, and what the next write appended
 
 
 def test_stored_values_round_trip(store: VideoStore) -> None:
