@@ -214,6 +214,29 @@ class LogWatch:
                 reason=reason,
             )
 
+    def closing(self, connection: sqlite3.Connection) -> None:
+        """Copy the log into the database file before the writer closes, and
+        say so when it cannot copy it all (a full disk; a reader of another
+        process): SQLite's own checkpoint at close fails silently, and the
+        commits then live in the ``-wal`` file alone until the next start,
+        so an operator freeing space must not delete it. ``PASSIVE``: the
+        stop does not wait for another process's reader."""
+        try:
+            _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            reason = sqlite_reason(exc, self.path)
+        else:
+            if copied >= frames:  # all of it; or (-1, -1): not in WAL mode
+                return
+            reason = f"{copied} of {frames} frames: another process was reading it"
+        logger.warning(
+            "video store {path}: its write-ahead log ({path}-wal) keeps commits not"
+            " copied into the database file at close ({reason}); keep it with the"
+            " database: the next start copies them",
+            path=self.path,
+            reason=reason,
+        )
+
 
 WRITTEN_COMPANIONS: Final = ("-journal", "-wal", "-shm", ".lock")
 """The files beside the database that SQLite (under its names) or the

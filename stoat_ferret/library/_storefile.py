@@ -149,6 +149,7 @@ class StoreFile:
                 self._bulk_reader = None
         with self._write_lock:
             if self._writer is not None:
+                self._wal.closing(self._writer)
                 self._writer.close()
                 self._writer = None
             if self._lock is not None:

@@ -35,6 +35,7 @@ from stoat_ferret.library import (
     _schema,
     _storeerrors,
 )
+from stoat_ferret.library._connections import LogWatch
 from stoat_ferret.library._exceptions import store_error
 from stoat_ferret.library._models import GoneRows, LookedAt
 from stoat_ferret.library._query import search_key, subtree_bounds
@@ -169,6 +170,58 @@ def test_a_large_write_leaves_the_write_ahead_log_large_only_until_a_checkpoint(
 
     assert grown > 1024 * 1024
     assert after < 128 * 1024  # the limit, and what the next write appended
+
+
+def test_a_close_that_cannot_copy_the_log_says_to_keep_it(
+    tmp_path: Path, log_records: list[Any]
+) -> None:
+    """Another process's reader holds an older snapshot as the store closes:
+    the commits since stay in the ``-wal`` file alone (SQLite's own checkpoint
+    at close says nothing), so the close warns to keep that file; once the
+    reader is done, the next start has every commit. A close that copies it
+    all says nothing."""
+    path = tmp_path / "library.sqlite"
+    VideoStore.open(path).close()
+    quiet = [r for r in log_records if r["level"].name == "WARNING"]
+    store = VideoStore.open(path)
+    store.upsert([record("/m/before.mp4")])
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM videos").fetchone()  # its snapshot, from here
+        store.upsert([record("/m/after.mp4")])
+        store.close()
+    finally:
+        reader.close()
+    warnings = [r for r in log_records if r["level"].name == "WARNING"]
+    again = VideoStore.open(path)
+    try:
+        kept = again.get_video_by_path("/m/after.mp4")
+    finally:
+        again.close()
+
+    assert quiet == []
+    assert [r["message"] for r in warnings] == [
+        f"video store {path}: its write-ahead log ({path}-wal) keeps commits not copied into"
+        f" the database file at close ({warnings[0]['extra']['reason']}); keep it with the"
+        " database: the next start copies them"
+    ]
+    assert "another process was reading it" in warnings[0]["extra"]["reason"]
+    assert kept is not None
+
+
+def test_a_close_whose_checkpoint_fails_says_why(log_records: list[Any]) -> None:
+    """A checkpoint that fails at close (a full disk) is logged with SQLite's reason."""
+
+    class FullDisk:
+        def execute(self, sql: str) -> Any:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    LogWatch("/data/stoat.db").closing(cast("sqlite3.Connection", FullDisk()))
+
+    assert [(r["level"].name, r["extra"]["reason"]) for r in log_records] == [
+        ("WARNING", "database or disk is full")
+    ]
 
 
 def test_stored_values_round_trip(store: VideoStore) -> None:
