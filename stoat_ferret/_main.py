@@ -68,18 +68,32 @@ class _StopOnce:
     """A stop signal's handler once the command is known: the first signal
     ends the command (:class:`_Stopped`); once a stop is under way, the
     server has taken the signals over, or the command has ended, a later one
-    (a second Ctrl+C) changes nothing."""
+    (a second Ctrl+C) changes nothing.
+
+    The signal is noted as well as raised: Python drops an exception a
+    signal's handler raises in some places (inside ``compile()``, as a
+    module is imported from source, the web stack's among them), and a stop
+    lost so is acted on later (:meth:`lost`), not forgotten."""
 
     def __init__(self) -> None:
         self.armed = True
+        self.signum: int | None = None
 
     def disarm(self) -> None:
         """The server took the signals, or the command ended: later ones change nothing."""
         self.armed = False
 
+    def lost(self) -> int | None:
+        """:meth:`disarm`; return the stop signal whose :class:`_Stopped` was
+        dropped, if one came (asked where the command goes on: it would have
+        ended it otherwise)."""
+        self.disarm()
+        return self.signum
+
     def __call__(self, signum: int, _: object) -> None:
         if self.armed:
             self.armed = False
+            self.signum = signum
             raise _Stopped(signum)
 
 
@@ -137,7 +151,10 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             json_log = settings.log_format == "json"
             stop_level = max("INFO", settings.log_level, key=lambda name: logger.level(name).no)
             if command == "check":
-                return _say(check(settings, names), json_log=json_log)
+                line = check(settings, names)
+                if (signum := stop.lost()) is not None:
+                    raise _Stopped(signum)
+                return _say(line, json_log=json_log)
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
             # A token pasted into another setting (the host, the database's
@@ -218,7 +235,7 @@ def _serve(settings: Settings, names: dict[str, str], stop: _StopOnce) -> int:
         return EXIT_CANNOT_LISTEN
     try:
         with listener:
-            serve(settings, listener, signals_taken=stop.disarm)
+            serve(settings, listener, signals_taken=stop.lost)
     except Exception as exc:
         # Logged, so that in JSON the crash is one record with its traceback
         # rather than Python's text on stderr; its message names the error,

@@ -169,7 +169,7 @@ class GracefulServer(uvicorn.Server):
         *,
         on_stop: Callable[[], None],
         on_force: Callable[[], None] = lambda: None,
-        on_signals: Callable[[], None] = lambda: None,
+        on_signals: Callable[[], int | None] = lambda: None,
         url: str | None = None,
         http_grace: float | None = None,
     ) -> None:
@@ -220,7 +220,8 @@ class GracefulServer(uvicorn.Server):
             yield
             return
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in stop_signals()}
-        self._on_signals()
+        if (lost := self._on_signals()) is not None:
+            self.handle_exit(lost, None)
         try:
             yield
         finally:
@@ -358,15 +359,14 @@ def listen(settings: Settings) -> socket.socket:
 
 
 def serve(
-    settings: Settings, listener: socket.socket, *, signals_taken: Callable[[], None] | None = None
+    settings: Settings, listener: socket.socket, *, signals_taken: Callable[[], int | None]
 ) -> None:
     """Serve the app with ``settings`` on ``listener`` until a stop signal.
 
     Returns once stopped; closes ``listener``. ``signals_taken`` is called
-    once the server has taken the stop signals over (before the app
-    starts): from then on a stop is the server's, whether it serves, fails
-    to start, or has ended and given the old handlers back. Off the main
-    thread the server takes no signals, and it is not called.
+    once the server has taken the stop signals over (not off the main
+    thread), before the app starts; a stop signal it returns (one that came
+    and was lost) is acted on then. From then on a stop is the server's.
 
     Raises:
         RuntimeError: the app's lifespan failed (:meth:`LifespanWatch.raise_failure`).
@@ -389,7 +389,7 @@ def serve(
     server = GracefulServer(
         config,
         on_stop=functools.partial(begin_shutdown, app),
-        on_signals=signals_taken or (lambda: None),
+        on_signals=signals_taken,
         on_force=functools.partial(end_grace, app),
         url=dashboard_url(settings, port=port),
         http_grace=HTTP_GRACE_SECONDS,
