@@ -1731,6 +1731,22 @@ def test_check_reads_again_a_database_that_a_service_rolled_back_while_it_was_co
 
 
 @pytest.mark.usefixtures("_restored_logging")
+def test_check_refuses_a_one_byte_file(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of one byte is no database: check refuses it (SQLite alone would
+    call it a new one, schema 0, and serving would write one over it)."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    database.write_bytes(b"\n")
+
+    status = main(["check", "--database", str(database)])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line.endswith("it is not an SQLite database (1 byte, shorter than SQLite's header)")
+    assert database.read_bytes() == b"\n"
+
+
+@pytest.mark.usefixtures("_restored_logging")
 def test_check_refuses_a_file_that_is_no_database_whatever_journal_is_beside_it(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,6 +28,8 @@ newer schema: such a file is left exactly as it was, journal mode included.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -290,16 +292,35 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 
+def _file_size(connection: sqlite3.Connection) -> int:
+    """The size of the file of ``connection``'s main database (0 if it cannot be told)."""
+    for _, schema, file in connection.execute("PRAGMA database_list"):
+        if schema == "main" and file:
+            with contextlib.suppress(OSError):
+                return os.stat(file).st_size
+    return 0
+
+
 def identify(connection: sqlite3.Connection, name: str) -> int:
     """The schema version of the open file ``name``, once it is known to be this
     service's and not newer than :data:`SCHEMA_VERSION`. Reads only.
 
-    0 is a new file (no tables): the migrations create it.
+    0 is a new file (no tables): the migrations create it. But SQLite reads
+    a file shorter than its header (one byte) as a new, empty database, and
+    would write one over it: that is refused, as it refuses longer files
+    that are no database.
 
     Raises:
-        StoreError: the file is another application's, or has a newer schema.
+        StoreError: the file is another application's, or has a newer schema,
+            or is too short to be a database and not empty.
         sqlite3.Error: it cannot be read (not an SQLite database, say).
     """
+    (pages,) = connection.execute("PRAGMA page_count").fetchone()
+    if pages == 0 and (size := _file_size(connection)) > 0:
+        raise StoreError(
+            f"cannot open video store {name}: it is not an SQLite database"
+            f" ({size} byte{'s' if size > 1 else ''}, shorter than SQLite's header)"
+        )
     (application_id,) = connection.execute("PRAGMA application_id").fetchone()
     (version,) = connection.execute("PRAGMA user_version").fetchone()
     if application_id not in (0, APPLICATION_ID):

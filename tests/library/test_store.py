@@ -120,6 +120,30 @@ def test_corrupt_file_is_one_clear_line(tmp_path: Path) -> None:
     assert str(caught.value) == f"cannot open video store {path}: file is not a database"
 
 
+@pytest.mark.parametrize("content", [b"x", b"\n"], ids=["letter", "newline"])
+def test_a_file_shorter_than_sqlites_header_is_refused_and_kept(
+    tmp_path: Path, content: bytes
+) -> None:
+    """SQLite reads a one-byte file as a new, empty database, and would write
+    one over it; the store refuses it, as it refuses any other file that is no
+    database, and leaves it as it was. An empty file is a new database."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+
+    with pytest.raises(StoreError) as caught:
+        VideoStore.open(path)
+    VideoStore.open(empty).close()
+
+    assert str(caught.value) == (
+        f"cannot open video store {path}: it is not an SQLite database"
+        " (1 byte, shorter than SQLite's header)"
+    )
+    assert path.read_bytes() == content
+    assert empty.stat().st_size > 0
+
+
 def test_uncreatable_path_is_a_store_error(tmp_path: Path) -> None:
     """A path whose directory is missing cannot be opened."""
     with pytest.raises(StoreError, match="unable to open database file"):
