@@ -600,10 +600,26 @@ def test_beyond_loopback_needs_a_token_and_roots(
         Settings.from_environ({"STOAT_HOST": "0.0.0.0", **environ})
 
     message = str(caught.value)
-    assert message.startswith("STOAT_HOST=0.0.0.0 is not a loopback address")
+    assert message.startswith(
+        "STOAT_HOST=0.0.0.0 is not localhost or a written-out loopback address, so other"
+        " machines may reach the service: set "
+    )
     for name in ("STOAT_API_TOKEN", "STOAT_SCAN_ROOTS"):
         assert (f"set {name}" in message or f"and {name}" in message) is (name in missing)
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("host", ["127.1", "localhost.", "2130706433"])
+def test_a_loopback_address_not_written_out_is_refused_as_any_other(host: str) -> None:
+    """Spellings the system reads as loopback but the check does not: refused
+    without a token (safe), and the message says what the check reads as
+    loopback rather than that the host is not one."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ({"STOAT_HOST": host})
+
+    assert str(caught.value).startswith(
+        f"STOAT_HOST={host} is not localhost or a written-out loopback address"
+    )
 
 
 @pytest.mark.parametrize(

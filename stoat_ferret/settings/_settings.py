@@ -259,8 +259,8 @@ class Settings:
     def check_exposure(self) -> None:
         """Refuse to serve other machines without a token and scan roots.
 
-        Other machines reach the service when it listens beyond loopback, or
-        answers to a name in ``allowed_hosts`` not loopback's (a proxy's).
+        Other machines may reach it if it listens beyond loopback (``127.1``
+        too: only written out), or answers to a name in ``allowed_hosts`` not loopback's.
 
         Raises:
             SettingsError: either is so, and ``api_token`` or ``scan_roots``
@@ -268,7 +268,7 @@ class Settings:
         """
         others = [name for name in self.allowed_hosts if not is_local_name(name)]
         if not is_loopback(self.host):
-            why = f"STOAT_HOST={self.host} is not a loopback address"
+            why = f"STOAT_HOST={self.host} is not localhost or a written-out loopback address"
         elif others:
             why = f"STOAT_ALLOWED_HOSTS names {', '.join(others)} (a reverse proxy's name)"
         else:
@@ -280,7 +280,7 @@ class Settings:
             missing.append("STOAT_SCAN_ROOTS (or a scan could read any directory)")
         if missing:
             raise ExposureError(
-                f"{why}, so other machines can reach the service: set {' and '.join(missing)}",
+                f"{why}, so other machines may reach the service: set {' and '.join(missing)}",
                 host=self.host,
                 port=self.port,
             )
