@@ -191,7 +191,7 @@ def _inspect(
     watched = contextlib.nullcontext() if stop is None else stop.watching(connection)
     try:
         with watched:
-            version = identify(connection, label)
+            version = identify(connection, label, name)
             rows = connection.execute("PRAGMA quick_check").fetchall()
             # One row per problem, or one row of lines; "*** in database main ***" heads them.
             problems = [

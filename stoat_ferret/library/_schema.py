@@ -292,17 +292,16 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 
-def _file_size(connection: sqlite3.Connection) -> int:
-    """The size of the file of ``connection``'s main database (0 if it cannot be told)."""
-    for _, schema, file in connection.execute("PRAGMA database_list"):
-        if schema == "main" and file:
-            with contextlib.suppress(OSError):
-                return os.stat(file).st_size
+def _file_size(path: str) -> int:
+    """The size of the file ``path`` (0 if it cannot be told)."""
+    with contextlib.suppress(OSError):
+        return os.stat(path).st_size
     return 0
 
 
-def identify(connection: sqlite3.Connection, name: str) -> int:
-    """The schema version of the open file ``name``, once it is known to be this
+def identify(connection: sqlite3.Connection, name: str, path: str | None = None) -> int:
+    """The schema version of the open file ``name`` (``path``, if the file
+    is a copy of it), once it is known to be this
     service's and not newer than :data:`SCHEMA_VERSION`. Reads only.
 
     0 is a new file (no tables): the migrations create it. But SQLite reads
@@ -316,7 +315,7 @@ def identify(connection: sqlite3.Connection, name: str) -> int:
         sqlite3.Error: it cannot be read (not an SQLite database, say).
     """
     (pages,) = connection.execute("PRAGMA page_count").fetchone()
-    if pages == 0 and (size := _file_size(connection)) > 0:
+    if pages == 0 and (size := _file_size(name if path is None else path)) > 0:
         raise StoreError(
             f"cannot open video store {name}: it is not an SQLite database"
             f" ({size} byte{'s' if size > 1 else ''}, shorter than SQLite's header)"
