@@ -26,7 +26,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import StoreError, sqlite_reason, store_error
 from stoat_ferret.library._query import search_key
-from stoat_ferret.library._schema import identify, migrate
+from stoat_ferret.library._schema import identify, migrate, refuse_short
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -56,6 +56,7 @@ def open_writer(
             database or not this service's, has a schema newer than this
             code's, or ``claim`` raised it.
     """
+    refuse_short(name, name)
     connection = connect(name, name, busy_timeout_ms)
     try:
         identify(connection, name)

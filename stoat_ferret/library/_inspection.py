@@ -20,7 +20,7 @@ import attrs
 
 from stoat_ferret.library._connections import connect
 from stoat_ferret.library._exceptions import StoreError, sqlite_reason
-from stoat_ferret.library._schema import identify
+from stoat_ferret.library._schema import identify, refuse_short
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -184,6 +184,7 @@ def _inspect(
     if not os.path.lexists(name):
         return Inspection(exists=False, version=0, videos=0)
     label = name if shown is None else shown
+    refuse_short(name, label)
     uri = f"{Path(name).absolute().as_uri()}?mode=ro"
     if stop is not None:
         stop.check(label)
@@ -191,7 +192,7 @@ def _inspect(
     watched = contextlib.nullcontext() if stop is None else stop.watching(connection)
     try:
         with watched:
-            version = identify(connection, label, name)
+            version = identify(connection, label)
             rows = connection.execute("PRAGMA quick_check").fetchall()
             # One row per problem, or one row of lines; "*** in database main ***" heads them.
             problems = [

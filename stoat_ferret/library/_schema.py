@@ -28,7 +28,6 @@ newer schema: such a file is left exactly as it was, journal mode included.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Final
@@ -292,34 +291,40 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 
-def _file_size(path: str) -> int:
-    """The size of the file ``path`` (0 if it cannot be told)."""
-    with contextlib.suppress(OSError):
-        return os.stat(path).st_size
-    return 0
+HEADER_BYTES: Final = 100
+"""The size of SQLite's database header: a shorter file (but an empty one) is no database."""
 
 
-def identify(connection: sqlite3.Connection, name: str, path: str | None = None) -> int:
-    """The schema version of the open file ``name`` (``path``, if the file
-    is a copy of it), once it is known to be this
-    service's and not newer than :data:`SCHEMA_VERSION`. Reads only.
-
-    0 is a new file (no tables): the migrations create it. But SQLite reads
-    a file shorter than its header (one byte) as a new, empty database, and
-    would write one over it: that is refused, as it refuses longer files
-    that are no database.
+def refuse_short(path: str, name: str) -> None:
+    """Refuse the file ``path`` (``name`` in the message) if it holds 1 to 99
+    bytes: shorter than SQLite's header, it is no database, but SQLite reads
+    a one-byte file as a new, empty one and would write a database over it.
 
     Raises:
-        StoreError: the file is another application's, or has a newer schema,
-            or is too short to be a database and not empty.
-        sqlite3.Error: it cannot be read (not an SQLite database, say).
+        StoreError: it is so.
     """
-    (pages,) = connection.execute("PRAGMA page_count").fetchone()
-    if pages == 0 and (size := _file_size(name if path is None else path)) > 0:
+    try:
+        size = os.stat(path).st_size
+    except OSError:  # missing (a new file), or SQLite's open says why
+        return
+    if 0 < size < HEADER_BYTES:
         raise StoreError(
             f"cannot open video store {name}: it is not an SQLite database"
             f" ({size} byte{'s' if size > 1 else ''}, shorter than SQLite's header)"
         )
+
+
+def identify(connection: sqlite3.Connection, name: str) -> int:
+    """The schema version of the open file ``name``, once it is known to be this
+    service's and not newer than :data:`SCHEMA_VERSION`. Reads only.
+
+    0 is a new file (no tables): the migrations create it (but a file of 1
+    to 99 bytes is refused before, :func:`refuse_short`).
+
+    Raises:
+        StoreError: the file is another application's, or has a newer schema.
+        sqlite3.Error: it cannot be read (not an SQLite database, say).
+    """
     (application_id,) = connection.execute("PRAGMA application_id").fetchone()
     (version,) = connection.execute("PRAGMA user_version").fetchone()
     if application_id not in (0, APPLICATION_ID):
