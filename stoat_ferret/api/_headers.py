@@ -18,7 +18,7 @@ carry the headers too:
   cookie, the ``Origin``) and on a moment (a job's state), so no cache, a
   shared one least, keeps it; the routes whose answers may be kept (the
   dashboard's and the docs' files, thumbnails) say so themselves, and so
-  do event streams (``no-cache``, FastAPI's for every stream). A
+  do event streams (``no-cache``, FastAPI's for every event stream). A
   header the response already sets is kept as it is;
 * ``Range`` and ``If-Range`` are dropped from every request. No route
   serves part of an answer, but Starlette's file responses (the dashboard

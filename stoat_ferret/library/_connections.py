@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 
 
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
-"""Bytes the write-ahead log is cut back to once a checkpoint has emptied it
-(``journal_size_limit``): a large transaction (a migration that copies a
-table, a scan of a million files) leaves it that large only until then,
-not for the life of the process."""
+"""Bytes the write-ahead log is cut back to by the first write after a
+checkpoint has copied it all (``journal_size_limit``): a large transaction
+(a migration that copies a table, a scan of a million files) leaves it that
+large only until then, not for the life of the process."""
 
 
 def open_writer(
@@ -223,13 +223,21 @@ class LogWatch:
         so an operator freeing space must not delete it. ``PASSIVE``: the
         stop does not wait for another process's reader."""
         try:
-            _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if self.lost():  # save() has said what there is to say of a lost log
+                return
+            busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
         except sqlite3.Error as exc:
             reason = sqlite_reason(exc, self.path)
         else:
-            if copied >= frames:  # all of it; or (-1, -1): not in WAL mode
+            if not busy and copied >= frames:  # all of it; or (-1, -1): not in WAL mode
                 return
-            reason = f"{copied} of {frames} frames: another process was reading it"
+            reason = (
+                "another process was checkpointing it"
+                if busy
+                else f"{copied} of {frames} frames: another process was reading it"
+            )
         logger.warning(
             "video store {path}: its write-ahead log ({path}-wal) keeps commits not"
             " copied into the database file at close ({reason}); keep it with the"

@@ -235,6 +235,8 @@ class StoreFile:
                 f"video store {self.path} was deleted or replaced while open; "
                 "restart the service to recreate it"
             )
+        if lost:  # its commits copied into the file, whatever else is refused
+            self._wal.save(connection)
         if unlocked is not None:
             raise StoreBroken(
                 f"video store {self.path}: its lock file ({unlocked}) was deleted or"
@@ -242,7 +244,6 @@ class StoreFile:
                 " service of it, then start one"
             )
         if lost:
-            self._wal.save(connection)
             raise StoreBroken(
                 f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
                 " deleted or replaced while open; restart the service (a clean stop"

@@ -234,18 +234,66 @@ def test_a_close_that_cannot_copy_the_log_says_to_keep_it(
     assert kept is not None
 
 
-def test_a_close_whose_checkpoint_fails_says_why(log_records: list[Any]) -> None:
-    """A checkpoint that fails at close (a full disk) is logged with SQLite's reason."""
+class _Checkpoints:
+    """A connection whose checkpoint answers ``answer`` (raises it, if an exception)."""
 
-    class FullDisk:
-        def execute(self, sql: str) -> Any:
-            raise sqlite3.OperationalError("database or disk is full")
+    def __init__(self, answer: tuple[int, int, int] | Exception) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
 
-    LogWatch("/data/stoat.db").closing(cast("sqlite3.Connection", FullDisk()))
+    def execute(self, sql: str) -> Any:
+        self.asked.append(sql)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self
 
-    assert [(r["level"].name, r["extra"]["reason"]) for r in log_records] == [
-        ("WARNING", "database or disk is full")
-    ]
+    def fetchone(self) -> tuple[int, int, int]:
+        assert not isinstance(self.answer, Exception)
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), "database or disk is full"),
+        ((1, -1, -1), "another process was checkpointing it"),
+        ((0, 10, 4), "4 of 10 frames: another process was reading it"),
+        ((0, 10, 10), None),
+        ((0, -1, -1), None),
+    ],
+    ids=["failed", "busy", "part", "whole", "not-wal"],
+)
+def test_a_close_says_why_its_checkpoint_left_commits_in_the_log(
+    tmp_path: Path,
+    log_records: list[Any],
+    answer: tuple[int, int, int] | Exception,
+    reason: str | None,
+) -> None:
+    """A checkpoint at close that fails (a full disk), could not run (another
+    connection's checkpoint held its lock: SQLite answers busy, -1, -1) or
+    copied part of the log is a warning with the reason; one that copied it
+    all, or of a database not in WAL mode, says nothing."""
+    connection = _Checkpoints(answer)
+
+    LogWatch(str(tmp_path / "stoat.db")).closing(cast("sqlite3.Connection", connection))
+
+    assert connection.asked == ["PRAGMA wal_checkpoint(PASSIVE)"]
+    expected = [] if reason is None else [("WARNING", reason)]
+    assert [(r["level"].name, r["extra"]["reason"]) for r in log_records] == expected
+
+
+def test_a_close_says_nothing_more_of_a_lost_log(tmp_path: Path, log_records: list[Any]) -> None:
+    """A ``-wal`` file deleted while open has had its say (``save``): the close
+    checkpoints nothing more, and logs nothing."""
+    database = tmp_path / "stoat.db"
+    (tmp_path / "stoat.db-wal").write_bytes(b"")
+    watch = LogWatch(str(database))
+    os.unlink(tmp_path / "stoat.db-wal")
+    connection = _Checkpoints((0, 10, 0))
+
+    watch.closing(cast("sqlite3.Connection", connection))
+
+    assert (connection.asked, log_records) == ([], [])
 
 
 def test_stored_values_round_trip(store: VideoStore) -> None:
@@ -1160,6 +1208,29 @@ def test_a_write_ahead_log_gone_while_open_is_checkpointed_and_writes_are_refuse
     with contextlib.closing(sqlite3.connect(crashed)) as raw:
         assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
         assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_a_write_ahead_log_and_lock_file_gone_together_still_have_the_commits_saved(
+    tmp_path: Path,
+) -> None:
+    """The ``-wal`` file and the lock file both deleted under the open store:
+    the write is refused for the lock, but the log's commits are copied into
+    the database file first, so a crash (a copy of the file alone) keeps them."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        os.unlink(f"{database}-wal")
+        os.unlink(f"{database}.lock")
+        with pytest.raises(StoreBroken, match="its lock file"):
+            store.upsert([record("/m/b.mp4")])
+        crashed = tmp_path / "crashed.sqlite"
+        crashed.write_bytes(database.read_bytes())
+    finally:
+        store.close()
+
+    with contextlib.closing(sqlite3.connect(crashed)) as raw:
+        assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
 
 
 def test_a_write_ahead_log_lost_during_a_write_has_that_commit_checkpointed(
