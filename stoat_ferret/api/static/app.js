@@ -82,13 +82,14 @@ function el(tag, props = {}, ...children) {
 // emoji need them. Spelled out too: the object replacement character
 // (U+FFFC), which Chromium also draws as nothing, the Braille blank (U+2800),
 // drawn as a space, and the signs that look like a path's "/" (Unicode's
-// confusables of U+002F that are not letters: U+1735, U+2041, U+2044, U+2215,
-// U+2571, U+27CB, U+29F8, U+2F03, U+31D3, U+FF0F, U+1D23A): "fake∕dir∕clip.mp4" would
-// read as a file two folders down. After four combining marks in a row (the first alternative: five or
-// more; no lookbehind, which Safari before 16.4 cannot parse), the rest are
-// one mark, "⟨+116 marks⟩": a long stack is drawn across the rows above and
-// below (Vietnamese needs two on a letter; Hebrew's points and cantillation
-// mostly up to four: a rare fifth shows as its code point).
+// confusables of U+002F that are not letters: U+1735, U+2041, U+2044,
+// U+2215, U+2571, U+27CB, U+29F8, U+2F03, U+31D3, U+FF0F, U+1D23A):
+// "fake∕dir∕clip.mp4" would read as a file two folders down. After four
+// combining marks in a row (the first alternative: five or more; no
+// lookbehind, which Safari before 16.4 cannot parse), the rest are one mark,
+// "⟨+116 marks⟩": a long stack is drawn across the rows above and below
+// (Vietnamese needs two on a letter; Hebrew's points and cantillation mostly
+// up to four: a rare fifth shows as its code point).
 const INVISIBLE =
   /\p{M}{5,}|\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{1,6}\u{E007F}|[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u1735\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2041\u2044\u2060-\u206f\u2215\u2571\u27cb\u2800\u29f8\u2f03\u31d3\u3164\ufe00-\ufe0d\ufeff\uff0f\uffa0\ufff0-\ufffc\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{1d23a}\u{e0000}-\u{e0fff}]/gu;
 const MARK_RUN = /^\p{M}/u;
