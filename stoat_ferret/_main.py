@@ -219,6 +219,8 @@ def _serve(settings: Settings, names: dict[str, str], stop: _StopOnce) -> int:
     # without (--version: 0.7 s instead of 2.1 s on a busy 2-core machine).
     from stoat_ferret._server import listen, serve
 
+    if (signum := stop.signum) is not None:  # lost on its way (compiling the web stack)
+        raise _Stopped(signum)
     try:
         listener = listen(settings)
     except OSError as exc:
