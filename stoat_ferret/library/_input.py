@@ -16,9 +16,9 @@ a scan handler without probe processes) reads a file within the limit with
 FFmpeg's own file I/O (its ``fd:`` protocol), which runs
 without the GIL: Python-level reads would make several probe threads queue
 on the GIL. A probe process probes one file at a time, and reads every file
-through the reader (``python_reads``, uncounted within the limit, and
-then to the limit's offset only: a file that grows meanwhile, a recording,
-costs no more than a file larger than the limit): a read
+through the reader (``python_reads``, uncounted within the limit, but only
+below the limit's offset: a file that grows meanwhile, a recording, has
+what lies past it counted, as a file larger than the limit has): a read
 that fails there is the reader's own error, which FFmpeg's own I/O does
 not always report as one. FFmpeg may read
 parts of such a file more than once (it seeks back), but the probe reads only the
@@ -61,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import math
 import os
 from typing import TYPE_CHECKING, Final, Self, TypeGuard, cast
 
@@ -114,31 +113,30 @@ takes short reads)."""
 
 
 class _BoundedReader:
-    """A read-only, seekable file object for PyAV that stops after ``limit`` bytes
-    read, and at the offset ``end`` (the end of file it reports there).
+    """A read-only, seekable file object for PyAV that reports end-of-file
+    once ``limit`` bytes have been read, but for the bytes before the offset
+    ``free``, which cost nothing however often they are read.
 
     PyAV only needs ``read``, ``seek`` and ``tell``; there is deliberately no
     ``write``, so PyAV treats the object as an input. It reads the caller's
     descriptor and leaves closing it to the caller.
     """
 
-    def __init__(self, fd: int, limit: float, end: float = math.inf) -> None:
+    def __init__(self, fd: int, limit: int, free: int = 0) -> None:
         self._file = io.FileIO(fd, "rb", closefd=False)
         self._left = limit
-        self._end = end
+        self._free = free
         self.exhausted = False
 
     def read(self, size: int) -> bytes:
+        # At most _PIECE at once: Python sets aside what it is asked for
+        # before it reads, and FFmpeg may ask a small file for a large block.
+        if (before := self._free - self._file.tell()) > 0:
+            return self._file.read(min(size, _PIECE, before)) or b""
         if self._left <= 0:
             self.exhausted = True
             return b""
-        # At most _PIECE at once: Python sets aside what it is asked for
-        # before it reads, and FFmpeg may ask a small file for a large block.
-        before_end = self._end - self._file.tell()
-        if before_end <= 0:
-            self.exhausted = True
-            return b""
-        data = self._file.read(int(min(size, _PIECE, self._left, before_end))) or b""
+        data = self._file.read(min(size, _PIECE, self._left)) or b""
         self._left -= len(data)
         return data
 
@@ -230,12 +228,10 @@ class BoundedInput:
 
     def _open_reader(self) -> InputContainer:
         self.close()
-        if self._bounded:
-            self._reader = _BoundedReader(self._fd, self.read_limit)
-        else:
-            # Uncounted, so no further than the limit's offset: a file that
-            # grows meanwhile (a recording) would be read as it grows, for ever.
-            self._reader = _BoundedReader(self._fd, math.inf, end=self.read_limit)
+        # Uncounted (a file within the limit) only below the limit's offset:
+        # one that grows meanwhile (a recording) costs what a larger one does.
+        free = 0 if self._bounded else self.read_limit
+        self._reader = _BoundedReader(self._fd, self.read_limit, free=free)
         self._reader.seek(0)
         return self._open(self._reader, {})
 
