@@ -58,7 +58,7 @@ import anyio
 from fastapi import APIRouter, FastAPI, Request, Response
 from loguru import logger
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
@@ -321,7 +321,7 @@ def install_metrics(
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "The metrics."}},
+    responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}, "description": "The metrics."}},
 )
 async def metrics(request: Request) -> Response:
     """The service's metrics in Prometheus' text format."""
@@ -329,4 +329,6 @@ async def metrics(request: Request) -> Response:
     assert service_metrics is not None  # the route comes with them
     service_metrics.read_queue()
     text = await anyio.to_thread.run_sync(service_metrics.render)
-    return Response(text, media_type=CONTENT_TYPE_LATEST)
+    # generate_latest writes the classic text format, version 0.0.4, whatever
+    # CONTENT_TYPE_LATEST (version 1.0.0 in the prometheus_client pinned) says.
+    return Response(text, media_type=CONTENT_TYPE_PLAIN_0_0_4)

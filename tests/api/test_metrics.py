@@ -58,7 +58,8 @@ async def _scrape(client: httpx.AsyncClient) -> Samples:
     await anyio.wait_all_tasks_blocked()  # the metrics task has read every change
     response = await client.get("/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=")
+    # The format generate_latest writes (as prometheus_client's own servers say).
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return _samples(response.text)
 
 
