@@ -282,12 +282,12 @@ def count_query(
     holding them: 217 ms against 86; 100,000: 9.3 ms against 3.8). The
     ranges are disjoint once a root inside another is dropped
     (:func:`outermost`), so the sum counts each video once. Not when a search
-    or a video codec or container filter drives the count (or is there:
+    or a codec or container filter drives the count (or is there:
     several equality filters have a ``drive``): its index is read once, the
     roots checked there, and a sum would read it once a root.
     """
     roots = outermost(where.within)
-    by_its_index = bool(where.q) or where.video_codec is not None
+    by_its_index = bool(where.q) or where.video_codec is not None or where.audio_codec is not None
     by_its_index = by_its_index or (where.container is not None and formats is not None)
     if len(roots) < 2 or by_its_index:
         condition, args = filter_clause(where, formats, drive=drive)

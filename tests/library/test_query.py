@@ -598,14 +598,19 @@ def test_a_count_within_several_roots_counts_each_video_once(
 
 @pytest.mark.parametrize(
     ("where", "index"),
-    [({"q": "clip"}, "videos_search"), ({"video_codec": "h264"}, "videos_video_codec")],
-    ids=["search", "codec"],
+    [
+        ({"q": "clip"}, "videos_search"),
+        ({"video_codec": "h264"}, "videos_video_codec"),
+        ({"audio_codec": "aac"}, "videos_audio_codec"),
+    ],
+    ids=["search", "codec", "audio-codec"],
 )
 def test_a_count_driven_by_another_index_reads_it_once_whatever_the_roots(
     tmp_path: Path, where: dict[str, Any], index: str
 ) -> None:
     """A search's or a codec filter's count reads its index once, the roots
-    checked there: a sum of one count a root would read it once a root."""
+    checked there: a sum of one count a root would read it once a root (the
+    audio codec's: a review measured 488 ms against 56 ms, 200,000 videos in six roots)."""
     VideoStore.open(tmp_path / "videos.sqlite").close()
     query, args = count_query(VideoFilter(within=("/m", "/n", "/o"), **where), None)
     with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
