@@ -9,7 +9,8 @@ The command line is :mod:`stoat_ferret._cli`, the log's formats
 
 Exit statuses: 0 after a stop asked for by SIGTERM, SIGINT or SIGHUP (one that
 comes before the server has started gives one line on stderr, no traceback), after ``--help``
-or ``--version``, and after a ``check`` that passed; 128 plus the signal's
+or ``--version``, and after a ``check`` that passed (2 when standard output cannot take what
+they print: one line on stderr); 128 plus the signal's
 number (130, 143, 129) for a ``check`` stopped so (one line, no traceback); 2 for a bad flag, a bad
 setting or an unusable database (not this service's, damaged, or already
 served by another process: ``serve`` holds ``<database>.lock`` for its life),
@@ -24,6 +25,7 @@ to start.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -117,7 +119,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     ignored from then on instead.
 
     Raises:
-        SystemExit: after ``--help`` or ``--version`` (0) or a bad flag (2), as argparse does.
+        SystemExit: after ``--help`` or ``--version`` (0; but 2 is returned when
+            standard output cannot take them) or a bad flag (2), as argparse does.
     """
     # A stop asked for before uvicorn takes the signals over (while the
     # settings are read, the database checked, or the web stack imported)
@@ -137,7 +140,14 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     stop_level = "INFO"  # a stop's record's level: INFO, or the log's, if higher
     try:
         try:
-            arguments = parse_arguments(argv)
+            shown = io.StringIO()  # --help, --version: written by _say, which says a failure
+            try:
+                with contextlib.redirect_stdout(shown):
+                    arguments = parse_arguments(argv)
+            except SystemExit as exc:
+                if exc.code == 0 and _say(shown.getvalue().removesuffix("\n"), json_log=False):
+                    return EXIT_BAD_SETTING  # (argparse drops a failed write, and exits 0)
+                raise
             command, names = arguments.command, arguments.names
             for number in previous:
                 signal.signal(number, stop)

@@ -1070,6 +1070,22 @@ def test_check_whose_line_cannot_be_written_exits_2_with_one_line(
     assert line.startswith("stoat-ferret: cannot write to standard output (")
 
 
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_help_or_version_that_cannot_be_written_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stdout: str, flag: str
+) -> None:
+    """As a check's line: argparse drops a write that fails and exits 0, so a
+    script would take the help it never got for shown; exit 2 and why instead."""
+    monkeypatch.setattr(sys, "stdout", _Unwritable() if stdout == "full" else None)
+
+    status = main([flag])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line.startswith("stoat-ferret: cannot write to standard output (")
+
+
 @pytest.mark.usefixtures("_restored_logging")
 def test_check_shows_a_path_that_is_not_utf8_escaped_on_a_strict_output(
     tmp: Path, monkeypatch: pytest.MonkeyPatch
