@@ -983,14 +983,16 @@ def test_serving_refuses_a_database_or_lock_it_cannot_write_as_check_does(
     read_only.write_bytes(b"\xd9\xd5\x05\xf9")  # a journal's header: unfinished
     read_only.chmod(0o400)
 
-    def start() -> str:
-        with pytest.raises(StoreError) as refused:
-            check_startup(Settings(database_path=database)).release()
-        return str(refused.value)
-
-    message = call_denied(start)
+    message = call_denied(lambda: _start_refused(database))
 
     assert message == f"STOAT_DATABASE_PATH: cannot write to {read_only} (Permission denied)"
+
+
+def _start_refused(database: Path) -> str:
+    """Why serving's start-up check refuses ``database`` (it must)."""
+    with pytest.raises(StoreError) as refused:
+        check_startup(Settings(database_path=database)).release()
+    return str(refused.value)
 
 
 @pytest.mark.usefixtures("_restored_logging")
@@ -1014,12 +1016,7 @@ def test_a_database_on_a_read_only_file_system_is_said_to_be_so(
 
     monkeypatch.setattr(os, "statvfs", read_only)
 
-    def start() -> str:
-        with pytest.raises(StoreError) as refused:
-            check_startup(Settings(database_path=database)).release()
-        return str(refused.value)
-
-    message = call_denied(start)
+    message = call_denied(lambda: _start_refused(database))
 
     assert message == f"STOAT_DATABASE_PATH: cannot write to {database} (Read-only file system)"
 
