@@ -78,10 +78,13 @@ def identity(fd: int) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def mark(top: int) -> None:
-    if regular_size(MARKER, top) is None:  # write MARKER in top unless it is there
-        with os.fdopen(os.open(MARKER, NEW_FILE, PRIVATE_FILE_MODE, dir_fd=top), "w") as file:
-            file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
+def mark(top: int) -> bool:
+    """Write MARKER in ``top`` unless it is there; whether it had to."""
+    if regular_size(MARKER, top) is not None:
+        return False
+    with os.fdopen(os.open(MARKER, NEW_FILE, PRIVATE_FILE_MODE, dir_fd=top), "w") as file:
+        file.write("stoat_ferret's thumbnails; deleting this directory is safe.\n")
+    return True
 
 
 def regular_size(name: str, dir_fd: int) -> int | None:

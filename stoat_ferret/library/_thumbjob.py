@@ -171,19 +171,19 @@ class Thumbnailer:
         # Owed until this job has made them all: if it is cancelled, times
         # out or gives way, the next scan submits a job for the rest.
         self.owed = True
-        run = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=self._error_cap))
+        run = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=self._error_cap), listed=self._store.remade)
         logger.info("thumbnails started")
         try:
             while True:
                 self._again = False
-                remade = self._store.remade
                 # Listed again after a pause, a scan's start or another job's
                 # ask: each may have added videos; and after the directory was
-                # removed by hand, which took the thumbnails made before.
+                # removed or emptied by hand since the listing, which took the
+                # thumbnails made before.
                 finished = await self._passes.one_pass(run)
-                if self._store.remade != remade:
+                if self._store.remade != run.listed:
                     self._again = True
-                    run.tried.clear()  # what it made went with the directory
+                    run.lost()
                 if run.yielded_to_scan:
                     # Its successor queues behind the scan it made way for
                     # (workers take jobs in submit order); it lists on starting.

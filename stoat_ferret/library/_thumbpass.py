@@ -83,6 +83,7 @@ class LibraryPasses:
             run.removed += await self.threads.run_sync(
                 lambda _: self.store.sweep({source[0] for source in sources})
             )
+            run.listed = self.store.remade  # the sweep made it again, if it was removed
             found = await self.threads.run_sync(missing)
             if found is None:
                 return False

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stoat_ferret.library._models import ErrorLog
+
 if TYPE_CHECKING:
     from stoat_ferret.jobs import JobContext
-    from stoat_ferret.library._models import ErrorLog
 
 Source = tuple[int, str, int, int]
 """A video as the job sees it: (id, path, size_bytes, mtime_ns)."""
@@ -38,6 +39,17 @@ class ThumbnailRun:
     fraction: float = 0.0
     # Sources tried by this job, made or not: a later pass skips them.
     tried: set[Source] = attrs.field(factory=set)
+    # The store's ``remade`` when the last pass listed what was missing: once
+    # it differs, what was made before went with the directory.
+    listed: int = 0
+
+    def lost(self) -> None:
+        """What this job made went with the directory: the next pass tries
+        every video again, and counts (and reports the errors of) only what
+        it makes then."""
+        self.tried.clear()
+        self.made = self.failed = 0
+        self.errors = ErrorLog(cap=self.errors.cap)
 
     def report(self, state: str | None = None) -> None:
         """Report the counts (``state`` appended), never a lower fraction."""

@@ -118,7 +118,8 @@ class ThumbnailStore:
         # (st_dev, st_ino) of the directory claimed: another in its place is claimed anew.
         self._claimed: tuple[int, int] | None = None
         self.remade = 0
-        """Times the directory was made again (removed by hand) since the start."""
+        """Times the directory was made again (removed by hand), or found
+        emptied (its marker gone) by a write, since the start."""
         self.refused: str | None = self._claim()
         """Why the directory is not used (it is someone else's), or None."""
 
@@ -201,7 +202,8 @@ class ThumbnailStore:
         with self._lock:
             top = self._open_directory()  # removed meanwhile: made again, marked
             try:
-                mark(top)  # ours, but its marker went with a half-done rm -rf
+                if mark(top):  # ours, but emptied (by hand, a half-done rm -rf): as if remade
+                    self.remade += 1
                 folder = self._open_folder(top, video_id)
             finally:
                 os.close(top)

@@ -944,12 +944,15 @@ async def test_a_job_submitted_at_start_up_that_gives_way_queues_its_successor(
     assert page.total == 2  # the successor was queued behind the scan
 
 
+@pytest.mark.parametrize("how", ["removed", "emptied"])
 async def test_a_directory_removed_while_the_job_runs_is_filled_again(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """Removed by hand after the job's first thumbnail: the next write makes it
-    again, and the job lists once more, so the first is made again too; no
-    thumbnail is owed once it ends."""
+    """Removed by hand after the job's first thumbnail, or emptied (its marker
+    too: ``find -delete``, an ``rm -rf`` that lost a race with a write): the
+    next write makes it (or its marker) again, and the job lists once more,
+    so the first is made again too; no thumbnail is owed once it ends, and
+    each video is counted once in the result."""
     write = setup.store.write
     removed: list[int] = []
 
@@ -957,12 +960,17 @@ async def test_a_directory_removed_while_the_job_runs_is_filled_again(
         write(video_id, fingerprint, image)
         if not removed:
             removed.append(video_id)
-            shutil.rmtree(setup.store.directory)
+            directory = setup.store.directory
+            if how == "removed":
+                shutil.rmtree(directory)
+            else:
+                for entry in os.scandir(directory):
+                    (shutil.rmtree if entry.is_dir() else os.unlink)(entry.path)
 
     monkeypatch.setattr(setup.store, "write", writing)
     with anyio.fail_after(30):
         await setup.scan()
-        await setup.thumbnailer(job_context())
+        result = await setup.thumbnailer(job_context())
 
     made = await setup.made()
     assert removed
@@ -973,6 +981,22 @@ async def test_a_directory_removed_while_the_job_runs_is_filled_again(
     ]
     assert setup.store.remade == 1
     assert not setup.thumbnailer.owed
+    assert result["videos"] == 4
+    assert result["made"] + result["failed"] + result["unchanged"] == 4
+    assert len(result["errors"]) == result["failed"]  # the noise once, if tried after the loss
+
+
+async def test_a_directory_removed_between_jobs_is_listed_once(setup: Setup) -> None:
+    """Removed by hand while no job runs: the next job's sweep makes it again
+    before it lists, so it makes every thumbnail once, counted once, rather
+    than listing twice and counting what it made as already there."""
+    with anyio.fail_after(30):
+        await setup.scan()
+        await setup.thumbnailer(job_context("first"))
+        shutil.rmtree(setup.store.directory)
+        again = await setup.thumbnailer(job_context("again"))
+
+    assert (again["videos"], again["made"], again["failed"], again["unchanged"]) == (4, 3, 1, 0)
 
 
 async def test_a_directory_copied_back_in_place_is_not_made_again(setup: Setup) -> None:
