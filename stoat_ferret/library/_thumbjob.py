@@ -181,9 +181,10 @@ class Thumbnailer:
                 # removed or emptied by hand since the listing, which took the
                 # thumbnails made before.
                 finished = await self._passes.one_pass(run)
-                if self._store.remade != run.listed:
-                    self._again = True
-                    run.lost()
+                if self._store.remade != run.listed:  # not seen by a write of this pass
+                    run.lose(self._store.remade)
+                if run.relist:
+                    self._again, run.relist = True, False
                 if run.yielded_to_scan:
                     # Its successor queues behind the scan it made way for
                     # (workers take jobs in submit order); it lists on starting.

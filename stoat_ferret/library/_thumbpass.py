@@ -98,18 +98,18 @@ class LibraryPasses:
             try:
                 outcome, gone = await self._make(source, run)
             except StoreFailed as exc:
-                run.failed += 1
-                run.errors.add(source[1], str(exc))
+                run.fail(source, str(exc))
                 run.store_failed = str(exc)
                 return True  # the next would fail alike: the rest stays owed
+            if self.store.remade != run.listed:  # made again by this write (removed, emptied)
+                run.lose(self.store.remade, kept=source)
             if gone:  # its row went meanwhile: what was made went with it
                 run.removed += 1
                 run.total -= 1
             elif outcome is None:
-                run.made += 1
+                run.made_ones.add(source)
             else:
-                run.failed += 1
-                run.errors.add(source[1], outcome)
+                run.fail(source, outcome)
         run.report()
         return True
 

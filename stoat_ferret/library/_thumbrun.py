@@ -22,8 +22,6 @@ class ThumbnailRun:
     ctx: JobContext
     errors: ErrorLog
     videos: int = 0
-    made: int = 0
-    failed: int = 0
     unchanged: int = 0
     outside: int = 0  # stored videos outside the roots: not tried
     removed: int = 0
@@ -37,19 +35,42 @@ class ThumbnailRun:
     total: int = 0
     # Invariant: never lowered; it holds while a later listing grows the total.
     fraction: float = 0.0
-    # Sources tried by this job, made or not: a later pass skips them.
+    # Sources tried by this job, made or not: a later pass skips them; those
+    # made, and those that failed, with why (``errors`` lists the first).
     tried: set[Source] = attrs.field(factory=set)
-    # The store's ``remade`` when the last pass listed what was missing: once
-    # it differs, what was made before went with the directory.
+    made_ones: set[Source] = attrs.field(factory=set)
+    failures: dict[Source, str] = attrs.field(factory=dict)
+    # The store's ``remade`` the job last saw (at its listing, or a write):
+    # once it differs, what was written before went with the directory.
     listed: int = 0
+    relist: bool = False  # something went so: list again once this pass ends
 
-    def lost(self) -> None:
-        """What this job made went with the directory: the next pass tries
-        every video again, and counts (and reports the errors of) only what
-        it makes then."""
-        self.tried.clear()
-        self.made = self.failed = 0
-        self.errors = ErrorLog(cap=self.errors.cap)
+    @property
+    def made(self) -> int:
+        return len(self.made_ones)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def fail(self, source: Source, why: str) -> None:
+        self.failures[source] = why
+        self.errors.add(source[1], why)
+
+    def lose(self, remade: int, kept: Source | None = None) -> None:
+        """The directory was made again (``remade``: removed or emptied by
+        hand), ``kept`` written into the new one: what this job wrote before
+        went with the old, so it is tried again, and counted (its error
+        listed) once it is; the pass that follows lists again."""
+        lost = self.tried - {kept}
+        self.tried -= lost
+        self.made_ones -= lost
+        if not lost.isdisjoint(self.failures):
+            self.failures = {s: why for s, why in self.failures.items() if s not in lost}
+            self.errors = ErrorLog(cap=self.errors.cap)
+            for source, why in self.failures.items():
+                self.errors.add(source[1], why)
+        self.listed, self.relist = remade, True
 
     def report(self, state: str | None = None) -> None:
         """Report the counts (``state`` appended), never a lower fraction."""

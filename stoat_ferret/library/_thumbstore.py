@@ -242,7 +242,8 @@ class ThumbnailStore:
         """Remove the files of every video not in ``stored_ids``; return how many videos.
 
         Only entries named like a video id are touched (a symbolic link: the
-        link itself). A directory removed meanwhile is made again (empty).
+        link itself). A directory removed meanwhile is made again (empty), one
+        emptied marked again: either counts in :attr:`remade`.
 
         Raises:
             StoreError: the directory was refused (:attr:`refused`).
@@ -253,6 +254,8 @@ class ThumbnailStore:
         with self._lock:
             top = self._open_directory()
             try:
+                if mark(top):  # emptied by hand (its marker too): as if made again
+                    self.remade += 1
                 for entry in os.listdir(top):
                     if not _ID.fullmatch(entry) or int(entry) in stored_ids:
                         continue

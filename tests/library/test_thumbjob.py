@@ -960,12 +960,7 @@ async def test_a_directory_removed_while_the_job_runs_is_filled_again(
         write(video_id, fingerprint, image)
         if not removed:
             removed.append(video_id)
-            directory = setup.store.directory
-            if how == "removed":
-                shutil.rmtree(directory)
-            else:
-                for entry in os.scandir(directory):
-                    (shutil.rmtree if entry.is_dir() else os.unlink)(entry.path)
+            _take_away(setup.store.directory, how)
 
     monkeypatch.setattr(setup.store, "write", writing)
     with anyio.fail_after(30):
@@ -981,22 +976,34 @@ async def test_a_directory_removed_while_the_job_runs_is_filled_again(
     ]
     assert setup.store.remade == 1
     assert not setup.thumbnailer.owed
-    assert result["videos"] == 4
-    assert result["made"] + result["failed"] + result["unchanged"] == 4
-    assert len(result["errors"]) == result["failed"]  # the noise once, if tried after the loss
+    counts = (result["videos"], result["made"], result["failed"], result["unchanged"])
+    assert counts == (4, 3, 1, 0)  # each once, what was lost made again
+    assert [entry["path"] for entry in result["errors"]] == [str(setup.folder / "noise.mp4")]
 
 
-async def test_a_directory_removed_between_jobs_is_listed_once(setup: Setup) -> None:
-    """Removed by hand while no job runs: the next job's sweep makes it again
-    before it lists, so it makes every thumbnail once, counted once, rather
-    than listing twice and counting what it made as already there."""
+@pytest.mark.parametrize("how", ["removed", "emptied"])
+async def test_a_directory_removed_between_jobs_is_listed_once(setup: Setup, how: str) -> None:
+    """Removed (or emptied) by hand while no job runs: the next job's sweep
+    makes it (or its marker) again before it lists, so it makes every
+    thumbnail once, counted once, rather than listing twice and counting
+    what it made as already there."""
     with anyio.fail_after(30):
         await setup.scan()
         await setup.thumbnailer(job_context("first"))
-        shutil.rmtree(setup.store.directory)
+        _take_away(setup.store.directory, how)
         again = await setup.thumbnailer(job_context("again"))
 
     assert (again["videos"], again["made"], again["failed"], again["unchanged"]) == (4, 3, 1, 0)
+    assert len(again["errors"]) == 1
+
+
+def _take_away(directory: str, how: str) -> None:
+    """Remove the thumbnails' directory, or empty it (its marker too)."""
+    if how == "removed":
+        shutil.rmtree(directory)
+        return
+    for entry in os.scandir(directory):
+        (shutil.rmtree if entry.is_dir() else os.unlink)(entry.path)
 
 
 async def test_a_directory_copied_back_in_place_is_not_made_again(setup: Setup) -> None:
