@@ -223,7 +223,8 @@ class LogWatch:
         so an operator freeing space must not delete it. ``PASSIVE``: the
         stop does not wait for another process's reader."""
         try:
-            if self.lost():  # save() has said what there is to say of a lost log
+            if self.lost():  # deleted since the last write, maybe: saved (once) as a write would
+                self.save(connection)
                 return
             busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except OSError as exc:

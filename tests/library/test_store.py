@@ -282,18 +282,27 @@ def test_a_close_says_why_its_checkpoint_left_commits_in_the_log(
     assert [(r["level"].name, r["extra"]["reason"]) for r in log_records] == expected
 
 
-def test_a_close_says_nothing_more_of_a_lost_log(tmp_path: Path, log_records: list[Any]) -> None:
-    """A ``-wal`` file deleted while open has had its say (``save``): the close
-    checkpoints nothing more, and logs nothing."""
-    database = tmp_path / "stoat.db"
-    (tmp_path / "stoat.db-wal").write_bytes(b"")
-    watch = LogWatch(str(database))
-    os.unlink(tmp_path / "stoat.db-wal")
-    connection = _Checkpoints((0, 10, 0))
+def test_a_log_lost_after_the_last_write_is_saved_at_close(tmp_path: Path) -> None:
+    """The ``-wal`` file deleted after the store's last write, while another
+    connection is open (SQLite checkpoints at the last one's close only): the
+    close copies the log into the database file, so a copy of the file alone
+    keeps the commits."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    reader = sqlite3.connect(database)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        reader.execute("SELECT count(*) FROM videos").fetchone()  # open, of another "process"
+        os.unlink(f"{database}-wal")
+        store.close()
+        crashed = tmp_path / "crashed.sqlite"
+        crashed.write_bytes(database.read_bytes())
+    finally:
+        reader.close()
+        store.close()
 
-    watch.closing(cast("sqlite3.Connection", connection))
-
-    assert (connection.asked, log_records) == ([], [])
+    with contextlib.closing(sqlite3.connect(crashed)) as raw:
+        assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
 
 
 def test_stored_values_round_trip(store: VideoStore) -> None:
