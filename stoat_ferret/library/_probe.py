@@ -83,7 +83,11 @@ _CLOCK: Final = re.compile(r"([0-9]{1,9}):([0-9]{1,2}):([0-9]{1,2}(?:\.[0-9]{1,1
 
 
 def probe_video(
-    path: str | os.PathLike[str], *, read_limit: int = READ_LIMIT, dir_fd: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    read_limit: int = READ_LIMIT,
+    dir_fd: int | None = None,
+    expect: tuple[int, int] | None = None,
 ) -> VideoProbe:
     """Describe the video in ``path``: size, rate, duration, codecs and editing metadata.
 
@@ -97,6 +101,9 @@ def probe_video(
             as in ``os.open``.
         read_limit: Bytes to read at most (seeks excluded) before giving up.
         dir_fd: A descriptor of the directory ``path`` is relative to.
+        expect: The size and modification time (ns) the file must have as
+            it is opened (a scan's, as its walk saw them): else a transient
+            ProbeError, and nothing is read.
 
     Returns:
         The file's :class:`VideoProbe`. Codec names are FFmpeg's descriptor
@@ -110,7 +117,7 @@ def probe_video(
             without a size (``width`` and ``height`` None).
     """
     name = os.fspath(path)
-    fd, info = open_regular_file(name, dir_fd)
+    fd, info = open_regular_file(name, dir_fd, expect=expect)
     try:
         return probe_descriptor(name, fd, info.st_size, read_limit=read_limit)
     finally:

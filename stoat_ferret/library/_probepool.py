@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from stoat_ferret.library._background import Stop
-    from stoat_ferret.library._models import VideoProbe
+    from stoat_ferret.library._models import Fingerprint, VideoProbe
 
 
 class ProbeProcesses:
@@ -62,7 +62,9 @@ class ProbeProcesses:
         )
         self._finalizer = weakref.finalize(self, self._children.close)
 
-    def probe(self, name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+    def probe(
+        self, name: str, dir_fd: int, stop: Stop, expect: Fingerprint | None = None
+    ) -> VideoProbe:
         """:meth:`ProbeProcess.probe` in an idle child, or in a new one.
 
         Raises:
@@ -71,7 +73,7 @@ class ProbeProcesses:
         """
         process = self._children.take(name)
         try:
-            return process.probe(name, dir_fd, stop)
+            return process.probe(name, dir_fd, stop, expect)
         finally:
             self._children.give_back(process)
 

@@ -113,7 +113,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from stoat_ferret.library._background import Stop, ThreadPriority
-    from stoat_ferret.library._models import VideoProbe
+    from stoat_ferret.library._models import Fingerprint, VideoProbe
 
 START_SECONDS: Final = 300.0
 """How long a new child may take to import Python and PyAV and say it is
@@ -155,9 +155,16 @@ class ProbeProcess:
         return None if process is None else process.pid
 
     def probe(
-        self, name: str, dir_fd: int, stop: Stop, *, read_limit: int = READ_LIMIT
+        self,
+        name: str,
+        dir_fd: int,
+        stop: Stop,
+        expect: Fingerprint | None = None,
+        *,
+        read_limit: int = READ_LIMIT,
     ) -> VideoProbe:
-        """Probe ``name`` (relative to ``dir_fd``) in the child; start one if there is none.
+        """Probe ``name`` (relative to ``dir_fd``; as ``expect``, if given:
+        ``open_regular_file``) in the child; start one if there is none.
 
         Blocking: a probe thread. Returns when the child answers, its budget
         is spent, it spends no CPU for a while (``_probewatch.py``), or
@@ -172,7 +179,7 @@ class ProbeProcess:
                 is then ended).
         """
         with self._lock, logged("probe", name):
-            fd, _ = open_regular_file(name, dir_fd)
+            fd, _ = open_regular_file(name, dir_fd, expect=expect)
             try:
                 answer = self._ask(PROBE, name, [fd], stop, read_limit)
             finally:

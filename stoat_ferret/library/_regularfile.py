@@ -15,7 +15,11 @@ from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
 
 
 def open_regular_file(
-    name: str, dir_fd: int | None = None, *, path: str | None = None
+    name: str,
+    dir_fd: int | None = None,
+    *,
+    path: str | None = None,
+    expect: tuple[int, int] | None = None,
 ) -> tuple[int, os.stat_result]:
     """Open ``name`` (relative to ``dir_fd``, if given) for reading; return the
     descriptor and the file's ``fstat``.
@@ -31,11 +35,15 @@ def open_regular_file(
     the name is opened again, and checked to be the same file. The read is
     non-blocking (a file under a lease) and never takes a controlling
     terminal. FFmpeg then reads this very descriptor, never the name.
+    With ``expect`` (the size and modification time the walk saw), the file
+    opened must still have them: another file put in its place meanwhile,
+    even if put back before the scan writes, must not be described as it.
 
     Raises:
         ProbeError: It cannot be opened or is not a regular file; its
             ``path`` is ``path``, or ``name`` without one. Transient if it
-            was replaced while it was opened without ``/proc``.
+            was replaced while it was opened without ``/proc``, or is not
+            as ``expect`` says (:data:`CHANGED_SINCE_FOUND`).
     """
     shown = name if path is None else path
     try:
@@ -62,7 +70,16 @@ def open_regular_file(
     if (info.st_dev, info.st_ino) != (checked.st_dev, checked.st_ino):
         os.close(fd)
         raise ProbeError(shown, "replaced while it was opened", transient=True)
+    if expect is not None and (info.st_size, info.st_mtime_ns) != expect:
+        os.close(fd)
+        raise ProbeError(shown, CHANGED_SINCE_FOUND, transient=True)
     return fd, info
+
+
+CHANGED_SINCE_FOUND: Final = (
+    "changed since the scan found it (another size or modification time): not stored by"
+    " this scan; the next scan probes it again"
+)
 
 
 _READ: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

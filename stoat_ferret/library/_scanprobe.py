@@ -8,9 +8,11 @@ chunk at a time (:func:`probe_chunks`): one trip to a thread per chunk rather
 than per file, since a trip costs the event loop about as much as probing a
 small file. In the thread, :func:`probe_files` opens each file's directory
 beneath the scanned directory's descriptor, crossing no symlink
-(``_beneath.py``), probes the file relative to it (:func:`probe_video`) and
-builds the row to store, or an :class:`Unprobed` (the file's ``errors`` entry,
-and whether what is stored about it may stay).
+(``_beneath.py``), probes the file relative to it (:func:`probe_video`;
+the file opened must still have the size and modification time the
+walk saw, or another file put in its place and back before the write would
+be stored as it) and builds the row to store, or an :class:`Unprobed` (the
+file's ``errors`` entry, and whether what is stored about it may stay).
 The service probes each file in a child process (``_probeprocess.py``: a
 deadline, a memory limit, and a crash that stays there); a scan handler given
 no :class:`ProbeProcesses` probes in the thread itself.
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
     from stoat_ferret.library._background import Stop
 
-Probe: TypeAlias = Callable[[str, int, "Stop"], VideoProbe]
+Probe: TypeAlias = Callable[[str, int, "Stop", Fingerprint], VideoProbe]
 """How a probe thread probes one file: ``probe(name, dir_fd, stop)``, which
 raises ProbeError for a file it cannot describe."""
 
@@ -130,11 +132,11 @@ def probe_files(
                 outcomes.append((path, _directory_failure(directory_fd)))
                 continue
             assert directory_fd is not None  # opened above, for this path's directory
-            described = _probe_one(probe, path, name, directory_fd, stop)
+            size_bytes, mtime_ns = found[path]
+            described = _probe_one(probe, path, name, directory_fd, stop, found[path])
             if isinstance(described, Unprobed):
                 outcomes.append((path, described))
                 continue
-            size_bytes, mtime_ns = found[path]
             record = VideoRecord(
                 path=path,
                 directory=parent,
@@ -151,17 +153,17 @@ def probe_files(
     return outcomes
 
 
-def probe_in_thread(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+def probe_in_thread(name: str, dir_fd: int, stop: Stop, expect: Fingerprint) -> VideoProbe:
     """:data:`Probe` in the calling thread (:func:`probe_video`): FFmpeg cannot be
     stopped there, so ``stop`` is not heard until it returns."""
-    return probe_video(name, dir_fd=dir_fd)
+    return probe_video(name, dir_fd=dir_fd, expect=expect)
 
 
 def _probe_one(
-    probe: Probe, path: str, name: str, directory_fd: int, stop: Stop
+    probe: Probe, path: str, name: str, directory_fd: int, stop: Stop, expect: Fingerprint
 ) -> VideoProbe | Unprobed:
     try:
-        return probe(name, directory_fd, stop)
+        return probe(name, directory_fd, stop, expect)
     except ProbeError as exc:
         logger.debug("probe failed", path=path, reason=exc.reason)
         return Unprobed(exc.reason, exc.transient)

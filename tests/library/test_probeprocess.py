@@ -61,6 +61,7 @@ from stoat_ferret.library._probewire import (
 )
 from stoat_ferret.library._probewire import PROBE as PROBE_KIND
 from stoat_ferret.library._probewire import THUMBNAIL as THUMBNAIL_KIND
+from stoat_ferret.library._regularfile import CHANGED_SINCE_FOUND
 from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.conftest import CLIP_SPECS
@@ -230,6 +231,24 @@ def test_a_child_serves_one_file_after_another(
     assert refused.value.path == "b.mp4"
     assert len(pids) == 1
     assert probes.pids() == pids
+
+
+def test_a_file_not_as_the_walk_saw_it_is_not_sent_to_a_child(
+    clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
+) -> None:
+    """A scan's probe says the size and time the walk saw: a file opened with
+    others (another put in its place) is a transient refusal, never probed;
+    as the walk saw it, it is probed."""
+    video = copy_video(clip, tmp_path / "a.mp4")
+    info = os.stat(video.path)
+    seen = (info.st_size, info.st_mtime_ns)
+
+    with pytest.raises(ProbeError) as refused:
+        probes.probe("a.mp4", directory, Stop(), (info.st_size + 1, info.st_mtime_ns))
+
+    assert (refused.value.reason, refused.value.transient) == (CHANGED_SINCE_FOUND, True)
+    assert probes.pids() == []  # no child was asked
+    assert probes.probe("a.mp4", directory, Stop(), seen).video_codec == "h264"
 
 
 def test_a_file_that_keeps_ffmpeg_busy_past_its_cpu_budget_is_stopped(

@@ -40,6 +40,7 @@ from stoat_ferret.library import (
     probe_video,
     walk_videos,
 )
+from stoat_ferret.library._regularfile import CHANGED_SINCE_FOUND
 from stoat_ferret.library._schema import MIGRATIONS
 from tests.library.support import listed_path, make_context, path_of, watched_fifo
 from tests.videos import copy_video, make_video
@@ -93,12 +94,14 @@ class ProbeSpy:
 
         self.before = cancel_during
 
-    def __call__(self, name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def __call__(
+        self, name: str, *, dir_fd: int | None = None, expect: tuple[int, int] | None = None
+    ) -> VideoProbe:
         path = path_of(name, dir_fd)
         self.calls.append(path)
         if self.before is not None:
             self.before(path, len(self.calls))
-        return probe_video(name, dir_fd=dir_fd)
+        return probe_video(name, dir_fd=dir_fd, expect=expect)
 
 
 def _fill(media: Path, clip: EncodedVideo, names: list[str]) -> list[str]:
@@ -621,7 +624,7 @@ async def test_a_scans_start_and_end_are_logged_with_its_job_id_and_type(
 def _surprise_probing(monkeypatch: pytest.MonkeyPatch, odd: str) -> None:
     """The probe raises a RuntimeError, "PyAV surprise", for ``odd`` only."""
 
-    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def probe(name: str, *, dir_fd: int | None = None, expect: object = None) -> VideoProbe:
         if path_of(name, dir_fd) == odd:
             raise RuntimeError("PyAV surprise")
         return probe_video(name, dir_fd=dir_fd)
@@ -721,7 +724,7 @@ async def test_a_row_the_store_cannot_hold_is_an_error_entry(
     stat = os.stat(old)
     os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 
-    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def probe(name: str, *, dir_fd: int | None = None, expect: object = None) -> VideoProbe:
         found = probe_video(name, dir_fd=dir_fd)
         return attrs.evolve(found, duration_frames=2**63)
 
@@ -1008,6 +1011,50 @@ async def test_cancellation_stops_the_walk(
     assert spy.calls == []
 
 
+async def test_a_file_swapped_away_and_back_before_its_write_is_not_stored_as_the_other(
+    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another file put in a file's place as it is probed, and the two put
+    back before the batch is written (``mv`` twice, a sync tool's swap): the
+    probe opened the other file, whose size and time are not what the walk
+    saw, so the file is an errors entry (transient: the next scan probes it
+    again), not a row of the other's metadata with its own fingerprint, which
+    every later scan would take for unchanged (a review saw 61 of 300 so)."""
+    small, large = media / "small.mp4", media / "large.mp4"
+    make_video(small, width=64, height=48)
+    make_video(large, width=128, height=96)
+
+    def swap() -> None:
+        os.rename(small, media / "swapping")
+        os.rename(large, small)
+        os.rename(media / "swapping", large)
+
+    def probed_swapped(
+        name: str, *, dir_fd: int | None = None, expect: tuple[int, int] | None = None
+    ) -> VideoProbe:
+        if name != "small.mp4":
+            return probe_video(name, dir_fd=dir_fd, expect=expect)
+        swap()
+        try:
+            return probe_video(name, dir_fd=dir_fd, expect=expect)
+        finally:
+            swap()
+
+    monkeypatch.setattr(_scanprobe, "probe_video", probed_swapped)
+    # One probe thread: the other file is not probed while the two are swapped.
+    handler = make_scan_handler(library, probe_priority=NORMAL, probe_threads=1)
+
+    with anyio.fail_after(TIMEOUT):
+        result = await handler(make_context(media))
+        stored = await library.get_video_by_path(str(small))
+        other = await library.get_video_by_path(str(large))
+
+    assert stored is None
+    assert other is not None
+    assert (other.width, other.height) == (128, 96)
+    assert result["errors"] == [{"path": str(small), "error": CHANGED_SINCE_FOUND}]
+
+
 async def test_concurrent_probes_respect_probe_threads(
     library: VideoLibrary, media: Path, clip: EncodedVideo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1018,7 +1065,7 @@ async def test_concurrent_probes_respect_probe_threads(
     peak: list[int] = [0]
     guard = threading.Lock()
 
-    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def probe(name: str, *, dir_fd: int | None = None, expect: object = None) -> VideoProbe:
         with guard:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
@@ -1067,7 +1114,7 @@ async def test_probes_run_at_the_handlers_priority(
     _fill(media, clip, [f"{i:02d}.mp4" for i in range(3 * _scanprobe.PROBE_CHUNK)])
     policies: list[int] = []
 
-    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def probe(name: str, *, dir_fd: int | None = None, expect: object = None) -> VideoProbe:
         policies.append(os.sched_getscheduler(0))
         return probe_video(name, dir_fd=dir_fd)
 
@@ -1136,20 +1183,21 @@ def test_a_failed_directory_open_does_not_close_a_descriptor_twice(
         taken.append(os.open(os.devnull, os.O_RDONLY))  # the number just freed
         raise MemoryError
 
-    def refuse(name: str, dir_fd: int, stop: Stop) -> VideoProbe:
+    def refuse(name: str, dir_fd: int, stop: Stop, expect: tuple[int, int]) -> VideoProbe:
         raise ProbeError(name, "not a video")
 
     monkeypatch.setattr(_scanprobe, "open_on_its_disk", open_on_its_disk)
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        paths = [str(tmp_path / "a" / "x.mp4"), str(tmp_path / "b" / "x.mp4")]
         with pytest.raises(MemoryError):
             _scanprobe.probe_files(
-                [str(tmp_path / "a" / "x.mp4"), str(tmp_path / "b" / "x.mp4")],
+                paths,
                 Stop(),
                 probe=refuse,
                 root=str(tmp_path),
                 root_fd=root_fd,
-                found={},
+                found=dict.fromkeys(paths, (1, 1)),
             )
         os.fstat(taken[0])  # still open: raises EBADF if probe_files closed it
     finally:

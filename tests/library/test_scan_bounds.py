@@ -69,9 +69,11 @@ class OpenedSpy:
         self.opened: list[str] = []
         monkeypatch.setattr(_scanprobe, "probe_video", self)
 
-    def __call__(self, name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def __call__(
+        self, name: str, *, dir_fd: int | None = None, expect: tuple[int, int] | None = None
+    ) -> VideoProbe:
         self.opened.append(os.path.realpath(path_of(name, dir_fd)))
-        return probe_video(name, dir_fd=dir_fd)
+        return probe_video(name, dir_fd=dir_fd, expect=expect)
 
 
 def _swap_for_link(directory: Path, target: Path) -> None:
@@ -496,7 +498,9 @@ async def test_a_file_deleted_between_its_probe_and_its_write_gets_no_row(
     new = copy_video(clip, media / "new.mp4").path
     kept = copy_video(clip, media / "kept.mp4").path
 
-    def probe_then_deleted(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def probe_then_deleted(
+        name: str, *, dir_fd: int | None = None, expect: object = None
+    ) -> VideoProbe:
         probe = probe_video(name, dir_fd=dir_fd)
         if name != "kept.mp4":
             os.unlink(name, dir_fd=dir_fd)
@@ -749,7 +753,7 @@ async def test_long_odd_paths_and_messages_are_cut_within_the_byte_bound(
         (deep / (f"{index:02d}" + "\x02" * 40 + "\U0001f600.mp4")).write_bytes(b"x")
     reason = "\x07\U0001f600" * 500
 
-    def failing_probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def failing_probe(name: str, *, dir_fd: int | None = None, expect: object = None) -> VideoProbe:
         raise ProbeError(name, reason)
 
     monkeypatch.setattr(_scanprobe, "probe_video", failing_probe)
@@ -806,7 +810,9 @@ async def test_a_row_another_scan_rewrites_while_its_probe_fails_is_kept(
     (fresh,) = (await library.list_videos())[0]
     await anyio.Path(path).write_bytes(await anyio.Path(path).read_bytes() + b"changed")
 
-    def rewritten_then_failing(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def rewritten_then_failing(
+        name: str, *, dir_fd: int | None = None, expect: object = None
+    ) -> VideoProbe:
         other = VideoStore.open(tmp_path / "state" / "videos.sqlite")
         try:
             other.upsert(
@@ -967,7 +973,7 @@ async def test_no_chunk_is_probed_once_a_batch_finds_the_directory_replaced(
         finally:
             first_batch_done.set()
 
-    def probe(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def probe(name: str, *, dir_fd: int | None = None, expect: object = None) -> VideoProbe:
         probed.append(name)
         if len(probed) == chunk + 1:  # the second chunk: after the first batch's write
             anyio.from_thread.run(first_batch_done.wait, token=token)

@@ -91,7 +91,9 @@ async def test_every_odd_file_is_an_error_entry_or_a_row(
         read.append(len(data))
         return data
 
-    def probe_after_deleting(name: str, *, dir_fd: int | None = None) -> VideoProbe:
+    def probe_after_deleting(
+        name: str, *, dir_fd: int | None = None, expect: object = None
+    ) -> VideoProbe:
         if name == vanishing.name:
             os.unlink(vanishing)  # gone between the walk and the probe
         return probe_video(name, dir_fd=dir_fd)
