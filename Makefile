@@ -33,16 +33,17 @@ help:
 # installs what was tested.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-# --clear: made anew, since pip removes nothing (a package no longer named
-# would stay importable, and an old checkout pass where a fresh one fails).
+# Installed over what is there, not made anew (venv --clear): a service run
+# from this .venv keeps working meanwhile. pip removes nothing, so a package
+# no longer pinned stays until `make clean` (CI, on a fresh checkout, sees it).
 $(RUN_STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv --clear $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e .
 	touch $(RUN_STAMP)
 
 # One pip run for both (not the service's, then the extras): half the resolving.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv --clear $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[dev]'
 	touch $(RUN_STAMP) $(STAMP)
 
