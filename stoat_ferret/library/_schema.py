@@ -29,6 +29,7 @@ newer schema: such a file is left exactly as it was, journal mode included.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -304,10 +305,11 @@ def refuse_short(path: str, name: str) -> None:
         StoreError: it is so.
     """
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
     except OSError:  # missing (a new file), or SQLite's open says why
         return
-    if 0 < size < HEADER_BYTES:
+    size = info.st_size
+    if stat.S_ISREG(info.st_mode) and 0 < size < HEADER_BYTES:  # (a directory: SQLite's say)
         raise StoreError(
             f"cannot open video store {name}: it is not an SQLite database"
             f" ({size} byte{'s' if size > 1 else ''}, shorter than SQLite's header)"

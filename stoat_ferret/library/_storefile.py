@@ -235,7 +235,9 @@ class StoreFile:
                 f"video store {self.path} was deleted or replaced while open; "
                 "restart the service to recreate it"
             )
-        if lost:  # its commits copied into the file, whatever else is refused
+        # A lost log's commits are copied into the file whatever else is
+        # refused; a second service, lock or not, is kept out by SQLite's own locks.
+        if lost:
             self._wal.save(connection)
         if unlocked is not None:
             raise StoreBroken(

@@ -926,6 +926,32 @@ def test_a_file_that_grows_while_a_probe_process_reads_it_costs_no_more_than_the
     assert 0 < counter.total <= 2 * 2 * MiB
 
 
+def test_the_reader_counts_only_what_lies_past_its_free_offset(tmp_path: Path) -> None:
+    """Below ``free`` reads cost nothing, however often; past it they are
+    counted, and the reader says end-of-file (and that its limit is spent)
+    once ``limit`` bytes have been read there. A file that ends at ``free``
+    is read to its end, the limit untouched."""
+    path = tmp_path / "file"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = _input._BoundedReader(fd, 1024, free=4096)
+        first = [reader.read(1_000_000) for _ in range(2)]  # 4096 free, then 1024 counted
+        spent = reader.read(10)
+        reader.seek(0)
+        again = reader.read(4096)  # free again
+        ends = _input._BoundedReader(fd, 1024, free=16 * 1024)
+        ends.seek(0)
+        whole = b"".join(iter(lambda: ends.read(100_000), b""))
+    finally:
+        os.close(fd)
+
+    assert [len(data) for data in first] == [4096, 1024]
+    assert (spent, reader.exhausted) == (b"", True)
+    assert len(again) == 4096
+    assert (len(whole), ends.exhausted) == (16 * 1024, False)
+
+
 def test_a_limit_hit_before_any_stream_is_reported(
     clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
