@@ -220,12 +220,13 @@ class LogWatch:
         say so when it cannot copy it all (a full disk; a reader of another
         process): SQLite's own checkpoint at close fails silently, and the
         commits then live in the ``-wal`` file alone until the next start,
-        so an operator freeing space must not delete it. ``PASSIVE``: the
-        stop does not wait for another process's reader."""
+        so an operator freeing space must not delete it. A log deleted since
+        the last write (lost) is copied too, and what cannot be is gone with
+        it (an error). ``PASSIVE``: the stop does not wait for another
+        process's reader."""
+        lost = False
         try:
-            if self.lost():  # deleted since the last write, maybe: saved (once) as a write would
-                self.save(connection)
-                return
+            lost = self.lost() and not self._saved
             busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except OSError as exc:
             reason = exc.strerror or str(exc)
@@ -239,6 +240,15 @@ class LogWatch:
                 if busy
                 else f"{copied} of {frames} frames: another process was reading it"
             )
+        if lost:
+            logger.error(
+                "video store {path}: its write-ahead log, deleted or replaced while open,"
+                " could not be copied into the database file at close ({reason}): the"
+                " commits it held are lost",
+                path=self.path,
+                reason=reason,
+            )
+            return
         logger.warning(
             "video store {path}: its write-ahead log ({path}-wal) keeps commits not"
             " copied into the database file at close ({reason}); keep it with the"

@@ -98,11 +98,11 @@ class LibraryPasses:
             try:
                 outcome, gone = await self._make(source, run)
             except StoreFailed as exc:
+                self._seen(run, source)
                 run.fail(source, str(exc))
                 run.store_failed = str(exc)
                 return True  # the next would fail alike: the rest stays owed
-            if self.store.remade != run.listed:  # made again by this write (removed, emptied)
-                run.lose(self.store.remade, kept=source)
+            self._seen(run, source)
             if gone:  # its row went meanwhile: what was made went with it
                 run.removed += 1
                 run.total -= 1
@@ -112,6 +112,12 @@ class LibraryPasses:
                 run.fail(source, outcome)
         run.report()
         return True
+
+    def _seen(self, run: ThumbnailRun, source: Source) -> None:
+        """After ``source``'s write: if that write made the directory again
+        (removed or emptied by hand), what the job wrote before it is lost."""
+        if self.store.remade != run.listed:
+            run.lose(self.store.remade, kept=source)
 
     def _missing(
         self, sources: list[Source], tried: set[Source], stop: Stop

@@ -282,6 +282,37 @@ def test_a_close_says_why_its_checkpoint_left_commits_in_the_log(
     assert [(r["level"].name, r["extra"]["reason"]) for r in log_records] == expected
 
 
+def test_a_lost_log_a_reader_holds_back_at_close_is_said_lost_at_once(
+    tmp_path: Path, log_records: list[Any]
+) -> None:
+    """The ``-wal`` file deleted after the last write, while another process
+    reads an older snapshot: the close copies what it can without waiting
+    for that reader (the stop goes on), and says, as an error, that the rest
+    went with the deleted log, not that a clean stop would keep it."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    reader = sqlite3.connect(database, isolation_level=None)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM videos").fetchone()  # its snapshot, from here
+        store.upsert([record("/m/b.mp4")])
+        os.unlink(f"{database}-wal")
+        store.close()
+    finally:
+        reader.close()
+        store.close()
+
+    assert [(r["level"].name, r["message"].split(" (")[0]) for r in log_records] == [
+        (
+            "ERROR",
+            f"video store {database}: its write-ahead log, deleted or replaced while open,"
+            " could not be copied into the database file at close",
+        )
+    ]
+    assert log_records[0]["message"].endswith("the commits it held are lost")
+
+
 def test_a_log_lost_after_the_last_write_is_saved_at_close(tmp_path: Path) -> None:
     """The ``-wal`` file deleted after the store's last write, while another
     connection is open (SQLite checkpoints at the last one's close only): the
