@@ -26,7 +26,7 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import StoreError, sqlite_reason, store_error
 from stoat_ferret.library._query import search_key
-from stoat_ferret.library._schema import identify, migrate, refuse_short
+from stoat_ferret.library._schema import identify, migrate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -287,6 +287,30 @@ def refuse_odd_companions(path: str, name: str) -> None:
                 f"{name}: {companion} is not a regular file, where SQLite or the service"
                 " keeps one of the database's own: remove it"
             )
+
+
+HEADER_BYTES: Final = 100
+"""The size of SQLite's database header: a shorter file (but an empty one) is no database."""
+
+
+def refuse_short(path: str, name: str) -> None:
+    """Refuse the file ``path`` (``name`` in the message) if it holds 1 to 99
+    bytes: shorter than SQLite's header, it is no database, but SQLite reads
+    a one-byte file as a new, empty one and would write a database over it.
+
+    Raises:
+        StoreError: it is so.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:  # missing (a new file), or SQLite's open says why
+        return
+    size = info.st_size
+    if stat.S_ISREG(info.st_mode) and 0 < size < HEADER_BYTES:  # (a directory: SQLite's say)
+        raise StoreError(
+            f"cannot open video store {name}: it is not an SQLite database"
+            f" ({size} byte{'s' if size > 1 else ''}, shorter than SQLite's header)"
+        )
 
 
 def refuse_unwritable(path: str, name: str) -> None:

@@ -64,9 +64,8 @@ share as the service's, whatever its priority: ``/health`` during a scan
 measured 3.2 times its idle p99 so, 1.8 in the service's session), from
 ``/`` with ``-P`` (nothing imported from the service's working directory;
 the service's own package comes first on ``PYTHONPATH``:
-``_probestart.py``), its output discarded, and ends as soon as its socket's
-other end closes: when the service closes it, or when the service's process
-ends, however it ends (``_probechild.py``).
+``_probestart.py``), its output discarded, and ends once its socket's other end
+closes: the service closed it, or its process ended, however (``_probechild.py``).
 """
 
 from __future__ import annotations
@@ -155,16 +154,10 @@ class ProbeProcess:
         return None if process is None else process.pid
 
     def probe(
-        self,
-        name: str,
-        dir_fd: int,
-        stop: Stop,
-        expect: Fingerprint | None = None,
-        *,
-        read_limit: int = READ_LIMIT,
+        self, name: str, dir_fd: int, stop: Stop, expect: Fingerprint | None = None
     ) -> VideoProbe:
-        """Probe ``name`` (relative to ``dir_fd``; as ``expect``, if given:
-        ``open_regular_file``) in the child; start one if there is none.
+        """Probe ``name`` (relative to ``dir_fd``; as ``expect`` says: ``open_regular_file``)
+        in the child, :data:`READ_LIMIT` read at most; start one if there is none.
 
         Blocking: a probe thread. Returns when the child answers, its budget
         is spent, it spends no CPU for a while (``_probewatch.py``), or
@@ -181,7 +174,7 @@ class ProbeProcess:
         with self._lock, logged("probe", name):
             fd, _ = open_regular_file(name, dir_fd, expect=expect)
             try:
-                answer = self._ask(PROBE, name, [fd], stop, read_limit)
+                answer = self._ask(PROBE, name, [fd], stop, READ_LIMIT)
             finally:
                 os.close(fd)  # the child had its own copy
             with self._trusted():

@@ -28,8 +28,6 @@ newer schema: such a file is left exactly as it was, journal mode included.
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -292,36 +290,12 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 }
 
 
-HEADER_BYTES: Final = 100
-"""The size of SQLite's database header: a shorter file (but an empty one) is no database."""
-
-
-def refuse_short(path: str, name: str) -> None:
-    """Refuse the file ``path`` (``name`` in the message) if it holds 1 to 99
-    bytes: shorter than SQLite's header, it is no database, but SQLite reads
-    a one-byte file as a new, empty one and would write a database over it.
-
-    Raises:
-        StoreError: it is so.
-    """
-    try:
-        info = os.stat(path)
-    except OSError:  # missing (a new file), or SQLite's open says why
-        return
-    size = info.st_size
-    if stat.S_ISREG(info.st_mode) and 0 < size < HEADER_BYTES:  # (a directory: SQLite's say)
-        raise StoreError(
-            f"cannot open video store {name}: it is not an SQLite database"
-            f" ({size} byte{'s' if size > 1 else ''}, shorter than SQLite's header)"
-        )
-
-
 def identify(connection: sqlite3.Connection, name: str) -> int:
     """The schema version of the open file ``name``, once it is known to be this
     service's and not newer than :data:`SCHEMA_VERSION`. Reads only.
 
     0 is a new file (no tables): the migrations create it (but a file of 1
-    to 99 bytes is refused before, :func:`refuse_short`).
+    to 99 bytes is refused before, ``_connections.refuse_short``).
 
     Raises:
         StoreError: the file is another application's, or has a newer schema.
