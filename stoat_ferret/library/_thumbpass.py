@@ -94,21 +94,21 @@ class LibraryPasses:
             if await self.make_way(run) is not Way.GO:
                 return False
             run.report()
-            run.tried.add(source)
             try:
                 outcome, gone = await self._make(source, run)
             except StoreFailed as exc:
+                run.tried.add(source)
                 self._seen(run, source)
                 run.fail(source, str(exc))
                 run.store_failed = str(exc)
                 return True  # the next would fail alike: the rest stays owed
+            run.tried.add(source)
             self._seen(run, source)
             if gone:  # its row went meanwhile: what was made went with it
+                run.gone.add(source)
                 run.removed += 1
                 run.total -= 1
-            elif outcome is None:
-                run.made_ones.add(source)
-            else:
+            elif outcome is not None:
                 run.fail(source, outcome)
         run.report()
         return True

@@ -35,11 +35,12 @@ class ThumbnailRun:
     total: int = 0
     # Invariant: never lowered; it holds while a later listing grows the total.
     fraction: float = 0.0
-    # Sources tried by this job, made or not: a later pass skips them; those
-    # made, and those that failed, with why (``errors`` lists the first).
+    # Sources tried by this job, made or not: a later pass skips them; of
+    # them, those that failed, with why (``errors`` lists the first), and
+    # those whose row went meanwhile; the rest were made, or are being made.
     tried: set[Source] = attrs.field(factory=set)
-    made_ones: set[Source] = attrs.field(factory=set)
     failures: dict[Source, str] = attrs.field(factory=dict)
+    gone: set[Source] = attrs.field(factory=set)
     # The store's ``remade`` the job last saw (at its listing, or a write):
     # once it differs, what was written before went with the directory.
     listed: int = 0
@@ -47,7 +48,7 @@ class ThumbnailRun:
 
     @property
     def made(self) -> int:
-        return len(self.made_ones)
+        return len(self.tried) - len(self.failures) - len(self.gone)
 
     @property
     def failed(self) -> int:
@@ -64,7 +65,7 @@ class ThumbnailRun:
         listed) once it is; the pass that follows lists again."""
         lost = self.tried - {kept}
         self.tried -= lost
-        self.made_ones -= lost
+        self.gone -= lost
         if not lost.isdisjoint(self.failures):
             self.failures = {s: why for s, why in self.failures.items() if s not in lost}
             self.errors = ErrorLog(cap=self.errors.cap)
