@@ -997,6 +997,34 @@ async def test_a_directory_removed_between_jobs_is_listed_once(setup: Setup, how
     assert len(again["errors"]) == 1
 
 
+async def test_a_store_failure_as_the_directory_is_made_again_keeps_its_error(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """The write that makes a removed directory again then fails for the whole
+    store (a full disk): the job fails, and that video's error is among the
+    job's (what it wrote before went with the old directory, not this)."""
+    write = setup.store.write
+    writes: list[int] = []
+
+    def writing(video_id: int, fingerprint: tuple[int, int], image: bytes | None) -> None:
+        writes.append(video_id)
+        if len(writes) == 2:
+            _take_away(setup.store.directory, "removed")
+            write(video_id, fingerprint, image)  # makes it again
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(video_id, fingerprint, image)
+
+    monkeypatch.setattr(setup.store, "write", writing)
+    with anyio.fail_after(30):
+        await setup.scan()
+        with pytest.raises(StoreError, match="No space left on device"):
+            await setup.thumbnailer(job_context())
+
+    [finished] = [r for r in log_records if r["message"] == "thumbnails finished"]
+    assert setup.store.remade == 1
+    assert (finished["extra"]["made"], finished["extra"]["error_count"]) == (0, 1)
+
+
 def _take_away(directory: str, how: str) -> None:
     """Remove the thumbnails' directory, or empty it (its marker too)."""
     if how == "removed":
