@@ -19,7 +19,7 @@ Each app has its own :class:`ServiceMetrics` (``app.state.metrics``, set by
                                             rendered in a worker thread)
 ``stoat_scan_files_probed_total`` and       the results of completed scans
 ``_probe_errors_total``, ``_unchanged``,    (a failed or cancelled scan has none;
-``_removed``                                a result with a figure that is not a
+``_removed``, ``_failed_unchanged``         a result with a figure that is not a
                                             whole number from 0 to 2**53 is not
                                             counted)
 ``stoat_sse_streams_open``                  the event routes' feeds
@@ -137,6 +137,11 @@ class ServiceMetrics:
         )
         self.files_removed = Counter(
             "scan_files_removed", "Stored videos completed scans removed (gone).", **options
+        )
+        self.files_failed_unchanged = Counter(
+            "scan_files_failed_unchanged",
+            "Files completed scans did not probe: unchanged since a probe failed on them.",
+            **options,
         )
         self.sse_streams = Gauge(
             "sse_streams_open", "Server-Sent Event streams open now.", **options
@@ -258,7 +263,7 @@ class ServiceMetrics:
         if not isinstance(result, dict):
             return
         figures: list[int] = []
-        for name in ("unchanged", "removed", "probed", "probe_errors"):
+        for name in ("unchanged", "removed", "probed", "probe_errors", "failed_unchanged"):
             figure = result.get(name)
             if (
                 isinstance(figure, bool)
@@ -267,11 +272,12 @@ class ServiceMetrics:
             ):
                 return  # not a scan result this service makes
             figures.append(figure)
-        unchanged, removed, probed, probe_errors = figures
+        unchanged, removed, probed, probe_errors, failed_unchanged = figures
         self.files_probed.inc(probed)
         self.probe_errors.inc(probe_errors)
         self.files_unchanged.inc(unchanged)
         self.files_removed.inc(removed)
+        self.files_failed_unchanged.inc(failed_unchanged)
 
 
 async def _all_ready(feed: JobFeed) -> AsyncGenerator[FeedItem, None]:

@@ -33,6 +33,7 @@ import anyio.to_thread
 
 from stoat_ferret.library._connections import refuse_memory
 from stoat_ferret.library._datadir import prepare_database
+from stoat_ferret.library._libraryerrors import ScanErrorLibrary
 from stoat_ferret.library._models import GoneRows
 from stoat_ferret.library._store import VideoStore
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
     from datetime import datetime
 
+    from stoat_ferret.library._failedprobes import FailedProbe
     from stoat_ferret.library._models import (
         Applied,
         Fingerprint,
@@ -60,10 +62,6 @@ burst of broad searches (their clients gone, perhaps) would otherwise hold
 up every read behind it for as long as they all take. Less than the
 server's 3 s of grace for open requests at a stop, so none outlives it."""
 
-FORGET_ROWS: Final = 10_000
-"""Stored errors of a forgotten or replaced scan deleted in one transaction:
-tens of milliseconds of the write lock, where a list of a million took seconds."""
-
 REMOVE_ROWS: Final = 5_000
 """Rows of videos gone deleted in one transaction: a few tens of milliseconds
 of the write lock in path order (the path index's), where 200,000 in one, in
@@ -75,7 +73,7 @@ connection's lock, so it is not idle while the event loop hands the next
 read over; a tenth of anyio's default 40."""
 
 
-class VideoLibrary:
+class VideoLibrary(ScanErrorLibrary):
     """The stored videos, for async code. Create it with :meth:`open`."""
 
     def __init__(self, store: VideoStore) -> None:
@@ -204,6 +202,19 @@ class VideoLibrary:
             )
         )
 
+    def failed_probes_blocking(self, directory: str, *, recursive: bool) -> dict[str, FailedProbe]:
+        """The failures remembered in a scope (``FailedProbeStore.failed_probes``),
+        in the calling thread: a scan's survey reads them beside its videos."""
+        return self._store.failed_probes(directory, recursive=recursive)
+
+    async def note_failed_probes(
+        self, failed: Mapping[str, FailedProbe], forget: Collection[str] = ()
+    ) -> None:
+        """Remember ``failed`` and forget the failures of ``forget``, in one
+        transaction (``FailedProbeStore.note_failed_probes``); nothing if both are empty."""
+        if failed or forget:
+            await anyio.to_thread.run_sync(self._store.note_failed_probes, failed, forget)
+
     async def upsert(self, records: Sequence[VideoRecord]) -> list[tuple[str, str]]:
         """Insert or update these videos in one transaction; return ``(path,
         reason)`` of those the store cannot hold (:meth:`VideoStore.apply`)."""
@@ -280,90 +291,10 @@ class VideoLibrary:
         for start in range(0, len(ordered), REMOVE_ROWS):
             await anyio.to_thread.run_sync(note, ordered[start : start + REMOVE_ROWS], home)
 
-    async def replace_scan_errors(
-        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
-    ) -> None:
-        """Replace the stored errors of this scope with those of the scan
-        ``job_id``, which owns the scope's list from now on; the replaced
-        lists are deleted :data:`FORGET_ROWS` a transaction
-        (:meth:`forget_scan_errors`). They read as replaced from the first
-        transaction on; rows a cancellation leaves go with the next scan of
-        the scope, or when the lifespan's sweep finds their jobs forgotten."""
-        replaced = await anyio.to_thread.run_sync(
-            functools.partial(
-                self._store.replace_scan_errors,
-                job_id,
-                directory,
-                recursive=recursive,
-                errors=errors,
-            )
-        )
-        await self.forget_scan_errors(replaced)
-
-    async def add_scan_errors(
-        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
-    ) -> None:
-        """Store more errors of the scan ``job_id``; nothing if a later scan
-        of the same scope has replaced its list, nor once ``job_id`` has
-        ended (:meth:`end_scan`) and another scan has begun."""
-        if errors:
-            await anyio.to_thread.run_sync(
-                functools.partial(
-                    self._store.add_scan_errors,
-                    job_id,
-                    directory,
-                    recursive=recursive,
-                    errors=errors,
-                )
-            )
-
-    def add_scan_errors_blocking(
-        self, job_id: str, directory: str, *, recursive: bool, errors: Sequence[tuple[str, str]]
-    ) -> None:
-        """:meth:`add_scan_errors`, in the calling thread: for the worker thread
-        of a scan's walk. That thread holds a token of anyio's default thread
-        limiter, which :meth:`add_scan_errors` would wait for another of: with
-        every token held by such walks, none would ever be given back."""
-        if errors:
-            self._store.add_scan_errors(job_id, directory, recursive=recursive, errors=errors)
-
     def stamp(self) -> datetime:
         """Now, by the store's clock, which never goes back
         (:meth:`VideoStore.stamp`; it never waits, so it needs no worker thread)."""
         return self._store.stamp()
-
-    def end_scan(self, job_id: str, directory: str, *, recursive: bool, lost: bool = False) -> None:
-        """The scan ``job_id`` adds no more errors; ``lost``: some it met were
-        not stored (:meth:`VideoStore.end_scan`; never waits, so it needs no
-        worker thread)."""
-        self._store.end_scan(job_id, directory, recursive=recursive, lost=lost)
-
-    async def scan_error_jobs(self) -> list[str]:
-        """The scans that have errors stored."""
-        return await anyio.to_thread.run_sync(self._store.scan_error_jobs)  # not a request's
-
-    async def forget_scan_errors(self, job_ids: Sequence[str]) -> None:
-        """Delete the stored errors of the scans ``job_ids``, :data:`FORGET_ROWS`
-        a transaction (a cancellation waits for one at most, and its wait for
-        the write lock)."""
-        for job_id in job_ids:
-            forget = functools.partial(self._store.forget_scan_errors, job_id, limit=FORGET_ROWS)
-            while await anyio.to_thread.run_sync(forget) == FORGET_ROWS:
-                pass
-
-    async def scan_errors(
-        self, job_id: str, limit: int = 100, offset: int = 0
-    ) -> tuple[list[tuple[str, str]], int]:
-        """Return one page of the stored ``(path, error)`` entries of a scan, and their total.
-
-        Raises:
-            ValueError: ``limit`` or ``offset`` is negative.
-            ScanErrorsReplaced: A later scan of the same scope replaced the list.
-            ScanErrorsIncomplete: The scan ended before it stored every entry.
-        """
-        return await anyio.to_thread.run_sync(
-            self._store.scan_errors, job_id, limit, offset, limiter=self._reads
-        )
 
     async def apply(
         self,

@@ -14,24 +14,25 @@ One scan, step by step:
    cancellation every few hundred entries); read the fingerprints of every
    stored row in the same scope, in one query.
 3. Compare (``_scanprobe.compare``): a file whose ``(size, mtime_ns)``
-   matches its row is ``unchanged``, neither probed nor written; the rest are
-   probed. A row the walk did not see is removed only if its file is gone
-   (``_scanned.py``: missing or no longer a regular file, by ``lstat``
-   beneath the directory's descriptor, before the store is locked; nothing
-   is gone if the directory at the path is no longer the one the scan
-   opened); one still there may be in a directory the walk could not list,
-   or the target of a link another scan met. The delete keeps a row written
-   since this scan began, whatever ``lstat`` said: another scan (``/x`` and
-   ``/x/sub`` at once) saw its file later. Such a kept row is not counted. "Since"
-   goes by the store's clock (``VideoStore.stamp``), which never goes back.
-   Nothing is gone below a directory that a scan found on another file
-   system than its parent's (a mount point, stored) and this one did not,
-   or found another file system at, nor from a scanned directory that
-   holds no entry at all: a disk not mounted looks like these
-   (``_mounts.py``), unless the scan is asked to forget such disks
-   (``forget_unmounted``). Nor is anything gone below a mount point that
-   the walk found and that was unmounted since, or holds another disk now
-   (``_ondisk.open_on_its_disk``).
+   matches its row is ``unchanged``, neither probed nor written, and so is
+   one that matches a failed probe's (``failed_unchanged``, an ``errors``
+   entry: ``_failedprobes.py``); the rest are probed. A row the walk did
+   not see is removed only if its file is gone (``_scanned.py``: missing or
+   no longer a regular file, by ``lstat`` beneath the directory's
+   descriptor, before the store is locked; nothing is gone if the directory
+   at the path is no longer the one the scan opened); one still there may
+   be in a directory the walk could not list, or the target of a link
+   another scan met. The delete keeps a row written since this scan began
+   (by the store's clock, ``VideoStore.stamp``, which never goes back),
+   whatever ``lstat`` said: another scan (``/x`` and ``/x/sub`` at once)
+   saw its file later; such a row is not counted. Nothing is gone below a
+   directory that a scan found on another file system than its parent's (a
+   mount point, stored) and this one did not, or found another file system
+   at, nor from a scanned directory that holds no entry at all: a disk not
+   mounted looks like these (``_mounts.py``), unless the scan is asked to
+   forget such disks (``forget_unmounted``). Nor is anything gone below a
+   mount point that the walk found and that was unmounted since, or holds
+   another disk now (``_ondisk.open_on_its_disk``).
 4. Probe: ``probe_threads`` tasks share one ``anyio.CapacityLimiter`` (per
    handler, so concurrent scans share it too), each handing a chunk of files
    at a time (``_scanprobe.py``) to one of the handler's probe threads
@@ -57,14 +58,13 @@ A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
 the next batch, unless another scan wrote it since this one began; it counts
 as an error, not as ``removed``; one whose failure says nothing of its
-content (``ProbeError.transient`` says when: denied, out of descriptors, a
-file system that cannot answer, its disk unmounted after the walk, a probe
-child killed from outside or starved of CPU: ``_probefailed.Failed``) keeps
-its row, for the next scan to try again. A file
-whose row the store cannot hold (a number beyond SQLite's, which
-``_probe.py`` never gives) is an ``errors`` entry, neither ``added`` nor
-``updated``: the rest of its batch is written, and its old row deleted in
-the same transaction (``VideoStore.apply``).
+content (``ProbeError.transient``: denied, out of descriptors, a file system
+that cannot answer, its disk unmounted after the walk, a probe child killed
+from outside or starved of CPU: ``_probefailed.Failed``) keeps its row, for
+the next scan to try again. A file whose row the store cannot hold (a number
+beyond SQLite's, which ``_probe.py`` never gives) is an ``errors`` entry,
+neither ``added`` nor ``updated``: the rest of its batch is written, and its
+old row deleted in the same transaction (``VideoStore.apply``).
 
 Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its
@@ -88,7 +88,7 @@ from loguru import logger
 
 from stoat_ferret.library._beneath import containing_root
 from stoat_ferret.library._exceptions import DirectoryReplaced, StoreError
-from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
+from stoat_ferret.library._failedprobes import FailedProbe
 from stoat_ferret.library._mounts import Tracked, above, kept_elsewhere, not_gone, track
 from stoat_ferret.library._scanerrors import ScanErrors
 from stoat_ferret.library._scanned import REPLACED_DURING_SCAN, ScannedDirectory
@@ -99,8 +99,9 @@ from stoat_ferret.library._scanprobe import (
     compare,
     probe_chunks,
     probe_files,
+    sift_failures,
 )
-from stoat_ferret.library._scanwrite import WRITE_BATCH, Counts, ScanWriter, StaleRow
+from stoat_ferret.library._scanwrite import WRITE_BATCH, Counts, FailedRow, ScanItem, ScanWriter
 from stoat_ferret.library._walk import walk_videos
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ if TYPE_CHECKING:
     from stoat_ferret.jobs import JobContext
     from stoat_ferret.library._background import BackgroundThreads, Stop
     from stoat_ferret.library._library import VideoLibrary
+    from stoat_ferret.library._models import ErrorLog, Fingerprint, VideoRecord
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -144,7 +146,8 @@ class ScanRun:
     # Where the errors go: the store's list, as they pile up (_scanerrors.py).
     error_store: ScanErrors = attrs.field(init=False)
     done: int = 0  # files probed, and unchanged ones: the progress
-    unchanged: int = 0
+    unchanged: int = 0  # not probed: unchanged, and unchanged since a probe failed on them
+    forget_failed: list[str] = attrs.field(factory=list)  # remembered failures that went stale
     # Another directory at the scan's path once the walk ended: nothing more is written.
     replaced: bool = False
     # The rows added, updated and removed: by the probes and the writes (_scanwrite.py).
@@ -192,6 +195,8 @@ class ScanRun:
             self.walk, self.root, recursive=self.recursive, compare=self.compare
         )
         await self.error_store.store()
+        if not self.replaced:
+            await self.library.note_failed_probes({}, self.forget_failed)
         # Replaced when the walk ended: what it saw is not at the path, so
         # nothing of it is stored (the rows stay as they were).
         if (self.mounts.added or self.mounts.dropped) and not self.replaced:
@@ -201,7 +206,7 @@ class ScanRun:
                 added=self.mounts.added,
                 dropped=self.mounts.dropped,
             )
-        unchanged = len(self.found) - len(to_probe)
+        unchanged = len(self.found) - len(to_probe)  # those failed before too
         home = self.scanned.home()
         if gone:
             # A forgetting scan lets go of the videos of disks not here, as
@@ -231,19 +236,7 @@ class ScanRun:
         # disk elsewhere (``kept_elsewhere``); no thread hop when none was.
         await self.error_store.store()
         self.ctx.report_progress(1.0, self.progress())
-
-        result = {
-            "found": len(self.found),
-            "added": self.counts.added,
-            "updated": self.counts.updated,
-            "unchanged": unchanged,
-            "removed": self.counts.removed,
-            "probed": self.counts.probed,
-            "probe_errors": self.counts.probe_errors,
-            "errors": sorted(self.errors.entries, key=lambda entry: entry["path"]),
-            "errors_total": self.errors.total,
-            "errors_truncated": self.errors.truncated,
-        }
+        result = self.counts.result(found=len(self.found), not_probed=unchanged, errors=self.errors)
         log.info(
             "scan finished",
             **{key: value for key, value in result.items() if key != "errors"},
@@ -289,6 +282,11 @@ class ScanRun:
         the scope), unless the scan was asked to forget them. Blocking."""
         found, known, to_probe, gone = compare(found, known)
         forget, errors = self.forget_unmounted, self.errors
+        failed = self.library.failed_probes_blocking(self.root, recursive=self.recursive)
+        if failed:
+            to_probe, self.counts.failed_unchanged, self.forget_failed = sift_failures(
+                found, known, to_probe, failed, errors
+            )
         seen, root, recursive = self.seen_mount_points, self.root, self.recursive
         self.mounts = track(
             mounts, seen, directory=root, forget=forget, recursive=recursive, unread=errors.unread
@@ -307,7 +305,7 @@ class ScanRun:
         return f"{probed} ({unchanged} unchanged)" if unchanged else probed
 
     async def probe_all(self, paths: list[str]) -> None:
-        send, receive = anyio.create_memory_object_stream[list[VideoRecord | StaleRow]](
+        send, receive = anyio.create_memory_object_stream[list[ScanItem]](
             WRITE_BATCH // PROBE_CHUNK
         )
         # Shared: each chunk is taken by exactly one worker, and cut only
@@ -349,7 +347,7 @@ class ScanRun:
     async def probe_worker(
         self,
         chunks: Iterator[list[str]],
-        send: MemoryObjectSendStream[list[VideoRecord | StaleRow]],
+        send: MemoryObjectSendStream[list[ScanItem]],
         writer: ScanWriter,
     ) -> None:
         for chunk in chunks:
@@ -357,12 +355,15 @@ class ScanRun:
                 if writer.replaced_reported:  # nothing more is written: probe no more
                     return
                 outcomes = await self.threads.run_sync(functools.partial(self.probe_chunk, chunk))
-            items: list[VideoRecord | StaleRow] = []
+            items: list[ScanItem] = []
             self.counts.probed += len(outcomes)
             for path, outcome in outcomes:
                 if isinstance(outcome, Unprobed):
                     self.counts.probe_errors += 1
                     self.errors.add(path, outcome.reason)
+                    if outcome.remember:
+                        failure = FailedProbe(self.found[path], outcome.reason)
+                        items.append(FailedRow(path, failure))
                     if path in self.known and not outcome.transient:
                         # Its stored metadata no longer describes it, if it is
                         # still the file the walk found (ScanWriter.write_batches).

@@ -64,8 +64,8 @@ def make_scan_handler(
 
     Returns:
         An async handler returning ``{"found", "added", "updated", "unchanged",
-        "removed", "probed", "probe_errors", "errors", "errors_total",
-        "errors_truncated"}``.
+        "failed_unchanged", "removed", "probed", "probe_errors", "errors",
+        "errors_total", "errors_truncated"}``.
 
     Raises:
         ValueError: ``probe_threads`` or ``error_cap`` is out of range.

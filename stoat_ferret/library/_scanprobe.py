@@ -30,6 +30,7 @@ from loguru import logger
 
 from stoat_ferret.library import _mounts
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
+from stoat_ferret.library._failedprobes import REMEMBERED
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
 from stoat_ferret.library._ondisk import (
     UNMOUNTED_HINT,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from stoat_ferret.library._background import Stop
+    from stoat_ferret.library._failedprobes import FailedProbe
+    from stoat_ferret.library._models import ErrorLog
 
 Probe: TypeAlias = Callable[[str, int, "Stop", Fingerprint], VideoProbe]
 """How a probe thread probes one file: ``probe(name, dir_fd, stop)``, which
@@ -70,6 +73,9 @@ class Unprobed:
 
     reason: str
     transient: bool = False
+    # The file's own doing, as its probe said (not a surprise of the prober's,
+    # nor its directory's): remembered, and not probed again while unchanged.
+    remember: bool = False
 
 
 def probe_chunks(paths: list[str], workers: int) -> Iterator[list[str]]:
@@ -166,7 +172,7 @@ def _probe_one(
         return probe(name, directory_fd, stop, expect)
     except ProbeError as exc:
         logger.debug("probe failed", path=path, reason=exc.reason)
-        return Unprobed(exc.reason, exc.transient)
+        return Unprobed(exc.reason, exc.transient, remember=not exc.transient)
     except ProbeRaised as exc:  # its message is the type and text of what the child met
         logger.warning("probe raised unexpectedly", path=path, reason=str(exc))
         return Unprobed(str(exc))
@@ -206,3 +212,28 @@ def compare(
     # Every known path was found exactly when the found-and-known count equals len(known).
     gone = known.keys() - found.keys() if len(found) - new < len(known) else set()
     return found, known, to_probe, gone
+
+
+def sift_failures(
+    found: Mapping[str, Fingerprint],
+    known: Mapping[str, Fingerprint],
+    to_probe: list[str],
+    failed: Mapping[str, FailedProbe],
+    errors: ErrorLog,
+) -> tuple[list[str], int, list[str]]:
+    """Of ``to_probe`` (sorted, from :func:`compare`), those to probe still; how
+    many are unchanged since a probe failed on them (``failed``, the scope's
+    remembered failures: ``_failedprobes.py``), each an ``errors`` entry of
+    the reason then; and the remembered failures to forget: of a file not
+    found, or found changed, or with a stored video. Blocking: the survey's thread."""
+    remembered = {
+        path: failure.reason
+        for path, failure in failed.items()
+        if path not in known and found.get(path) == failure.fingerprint
+    }
+    for path, reason in sorted(remembered.items()):
+        errors.add(path, reason + REMEMBERED)
+    forget = [path for path in failed if path not in remembered]
+    if remembered:
+        to_probe = [path for path in to_probe if path not in remembered]
+    return to_probe, len(remembered), forget

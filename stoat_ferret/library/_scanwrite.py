@@ -18,10 +18,12 @@ write its older look at a file over the row a faster one wrote of what it
 holds now. A stored file whose probe failed loses its row (its metadata no
 longer describes it), unless it too changed since the walk (a copy over it,
 read half-written by the probe): then its row is kept, with the same
-``errors`` entry beside the probe's. If the directory at the scan's path is
-no longer the one it opened (moved, removed, replaced by another or by a
-symlink, which may lead out of the roots), no batch is written from then on:
-the probes read the old directory, which that path no longer leads to. Nor
+``errors`` entry beside the probe's. A file whose probe failed for its own
+doing is remembered (``_failedprobes.py``), in a transaction after its
+batch's. If the directory at the scan's path is no longer the one it opened
+(moved, removed, replaced by another or by a symlink, which may lead out of
+the roots), no batch is written from then on: the probes read the old
+directory, which that path no longer leads to. Nor
 is any chunk probed from then on (``ScanRun.probe_worker`` reads
 :attr:`ScanWriter.replaced_reported`). One ``errors`` entry says so; the
 stored rows stay. A row the store cannot hold is an ``errors`` entry,
@@ -30,7 +32,7 @@ neither added nor updated.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import anyio
 import attrs
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
     from anyio.streams.memory import MemoryObjectReceiveStream
 
+    from stoat_ferret.library._failedprobes import FailedProbe
     from stoat_ferret.library._library import VideoLibrary
     from stoat_ferret.library._models import ErrorLog
     from stoat_ferret.library._scanned import ScannedDirectory
@@ -52,6 +55,18 @@ if TYPE_CHECKING:
 StaleRow: TypeAlias = tuple[str, Fingerprint]
 """A stored file whose probe failed, for good (not transiently), with the size
 and modification time the walk found it with."""
+
+
+@attrs.frozen
+class FailedRow:
+    """A file whose probe failed for its own doing, to remember (``_failedprobes.py``)."""
+
+    path: str
+    failure: FailedProbe
+
+
+ScanItem: TypeAlias = VideoRecord | StaleRow | FailedRow
+"""What the probe tasks send the writer."""
 
 WRITE_BATCH: Final = 256
 """Rows that close a transaction: one holds at least this many (plus the rest of
@@ -70,14 +85,34 @@ CHANGED_DURING_SCAN: Final = (
 @attrs.define(eq=False)
 class Counts:
     """The rows a scan's result counts: ``added`` and ``updated`` as its
-    probes made them, less those then not written, and ``removed``; and the
-    files it ``probed``, with the ``probe_errors`` among them."""
+    probes made them, less those then not written, and ``removed``; the
+    files it ``probed``, with the ``probe_errors`` among them; and those it
+    did not probe, unchanged since a probe failed on them (``_failedprobes.py``)."""
 
     added: int = 0
     updated: int = 0
     removed: int = 0
     probed: int = 0
     probe_errors: int = 0
+    failed_unchanged: int = 0
+
+    def result(self, *, found: int, not_probed: int, errors: ErrorLog) -> dict[str, Any]:
+        """The scan's result: these counts, the files ``found``, those
+        ``unchanged`` (``not_probed``, but those in ``failed_unchanged``) and
+        the ``errors``."""
+        return {
+            "found": found,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": not_probed - self.failed_unchanged,
+            "failed_unchanged": self.failed_unchanged,
+            "removed": self.removed,
+            "probed": self.probed,
+            "probe_errors": self.probe_errors,
+            "errors": sorted(errors.entries, key=lambda entry: entry["path"]),
+            "errors_total": errors.total,
+            "errors_truncated": errors.truncated,
+        }
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -100,9 +135,7 @@ class ScanWriter:
     # Whether a batch found the directory replaced (one errors entry says so).
     replaced_reported: bool = False
 
-    async def write_batches(
-        self, receive: MemoryObjectReceiveStream[list[VideoRecord | StaleRow]]
-    ) -> None:
+    async def write_batches(self, receive: MemoryObjectReceiveStream[list[ScanItem]]) -> None:
         # A transaction costs far more than a row: gather WRITE_BATCH items,
         # but never hold the first ones back for longer than FLUSH_SECONDS.
         async with receive:
@@ -115,7 +148,8 @@ class ScanWriter:
                         except anyio.EndOfStream:
                             break
                 records = [item for item in batch if isinstance(item, VideoRecord)]
-                unprobed = {item[0]: item[1] for item in batch if not isinstance(item, VideoRecord)}
+                unprobed = {item[0]: item[1] for item in batch if isinstance(item, tuple)}
+                failed = {item.path: item.failure for item in batch if isinstance(item, FailedRow)}
                 try:
                     applied = await self.library.apply(
                         records,
@@ -138,6 +172,8 @@ class ScanWriter:
                 for path in applied.kept:  # its probe's error is its entry too
                     self.errors.add(path, CHANGED_DURING_SCAN)
                 self.counts.removed += len(applied.removed)
+                # Not for a directory replaced (above): its files are not those at the paths.
+                await self.library.note_failed_probes(failed)
 
     def replaced(self, records: list[VideoRecord], reason: str) -> None:
         """The directory is no longer the one the scan opened: ``records`` are

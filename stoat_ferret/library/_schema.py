@@ -11,8 +11,9 @@ videos table again with ``AUTOINCREMENT`` ids, so that no id is used twice;
 version 5 adds the ``mount_points`` table (``_mounts.py`` says what it is
 for); version 6 the file system each video was found on; versions 7 and 8
 make indexes again, so that a list limited to the scan roots checks them in
-an index (the comments at each say how); version 9 adds ``mirrored``. A
-row written before version 3 has ``probe_version`` NULL; the scope query
+an index (the comments at each say how); version 9 adds ``mirrored``;
+version 10 the ``failed_probes`` table (``_failedprobes.py``). A row
+written before version 3 has ``probe_version`` NULL; the scope query
 reports such a row's size as -1, which no file has, so the next scan probes
 the file again and counts it as updated, once.
 
@@ -42,7 +43,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398031954), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 9
+SCHEMA_VERSION: Final = 10
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -287,6 +288,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # Whether the display matrix mirrors the picture (probe version 5; NULL
     # for every row written before, until its next scan probes it again).
     9: ("ALTER TABLE videos ADD COLUMN mirrored INTEGER",),
+    # The files whose probe failed, with what they were then (_failedprobes.py).
+    10: (
+        "CREATE TABLE failed_probes (path TEXT PRIMARY KEY, directory TEXT NOT NULL,"
+        " size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, prober TEXT NOT NULL,"
+        " error TEXT NOT NULL) STRICT, WITHOUT ROWID",
+        "CREATE INDEX failed_probes_directory ON failed_probes (directory)",
+    ),
 }
 
 

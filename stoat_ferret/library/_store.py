@@ -1,12 +1,11 @@
-"""VideoStore: the videos, scan_errors and mount_points tables in SQLite, from worker threads.
+"""VideoStore: the tables of the videos database in SQLite, from worker threads.
 
 VideoStore extends :class:`~stoat_ferret.library._storefile.StoreFile` (by
-:class:`ScanErrorStore`), the file under it (``_storefile.py``: concurrency
-and durability): a writing connection and two reading ones, each under its
-own lock. Each write method is one transaction on the writer, each read one on a reader.
-
-Schema and migrations: ``_schema.py``; how a video maps to a row: ``_rows.py``;
-the statements of the ``scan_errors`` table: ``_errorrows.py``.
+:class:`ScanErrorStore` and ``FailedProbeStore``, ``_failedprobes.py``), the file
+under it (``_storefile.py``: concurrency and durability): a writing connection
+and two reading ones. Each write method is one transaction on the writer, each
+read one on a reader. Schema and migrations: ``_schema.py``; how a video maps
+to a row: ``_rows.py``; the statements of ``scan_errors``: ``_errorrows.py``.
 
 A row the store cannot hold never fails its batch (``_rows.py`` says how it
 is found): :meth:`VideoStore.apply` writes the rest, deletes the refused
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Final
 
 from stoat_ferret.library._clock import StoreClock
 from stoat_ferret.library._errorrows import ErrorOwners
+from stoat_ferret.library._failedprobes import FailedProbeStore
 from stoat_ferret.library._models import (
     Applied,
     Fingerprint,
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 
-class VideoStore(ScanErrorStore):
+class VideoStore(ScanErrorStore, FailedProbeStore):
     """The tables of one SQLite file. Blocking: call it from worker threads.
 
     Use :meth:`open` (the constructor's arguments are ``StoreFile``'s).

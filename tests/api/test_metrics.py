@@ -169,15 +169,17 @@ async def test_scan_counters_after_a_scan_and_two_rescans(
                 return done
 
             await scan()  # 3 probed: 2 videos, 1 error
-            await scan()  # 2 unchanged, the broken file probed again (1 error)
+            await scan()  # 2 unchanged, the broken file not probed again
             (video_dir / "a.mp4").unlink()
-            await scan()  # 1 unchanged, 1 removed, the broken file again
+            (video_dir / "c.mp4").write_bytes(b"not a video either")
+            await scan()  # 1 unchanged, 1 removed, 1 new error, the broken file not again
             samples = await _scrape(client)
 
-    assert _value(samples, "stoat_scan_files_probed_total") == 5
-    assert _value(samples, "stoat_scan_probe_errors_total") == 3
+    assert _value(samples, "stoat_scan_files_probed_total") == 4
+    assert _value(samples, "stoat_scan_probe_errors_total") == 2
     assert _value(samples, "stoat_scan_files_unchanged_total") == 3
     assert _value(samples, "stoat_scan_files_removed_total") == 1
+    assert _value(samples, "stoat_scan_files_failed_unchanged_total") == 2
     assert _value(samples, "stoat_jobs_ended_total", job_type="scan", status="completed") == 3
 
 
@@ -507,6 +509,7 @@ _SCAN_COUNTERS = (
     "stoat_scan_probe_errors_total",
     "stoat_scan_files_unchanged_total",
     "stoat_scan_files_removed_total",
+    "stoat_scan_files_failed_unchanged_total",
 )
 
 
@@ -521,6 +524,7 @@ def _scan_result(**figures: Any) -> dict[str, Any]:
         "removed": 2,
         "probed": 2,
         "probe_errors": 1,
+        "failed_unchanged": 1,
         **figures,
     }
 
@@ -537,6 +541,7 @@ def _scan_result(**figures: Any) -> dict[str, Any]:
         pytest.param(_scan_result(probed="3"), id="string"),
         pytest.param(_scan_result(probe_errors=True), id="bool"),
         pytest.param(_scan_result(probed=None), id="none"),
+        pytest.param(_scan_result(failed_unchanged=-3), id="failed-unchanged-negative"),
         pytest.param({"found": 3}, id="figures-missing"),
         pytest.param([3, 1, 1, 0, 2], id="not-a-dict"),
     ],
@@ -549,21 +554,21 @@ def test_a_scan_result_with_a_figure_not_a_count_counts_no_files(result: Any) ->
     metrics.count(_ended(SCAN_JOB_TYPE, result), {})
 
     samples = _samples(metrics.render().decode())
-    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [0, 0, 0, 0]
+    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [0, 0, 0, 0, 0]
     ended = _value(samples, "stoat_jobs_ended_total", job_type=SCAN_JOB_TYPE, status="completed")
     assert ended == 1
 
 
 def test_a_scan_result_of_counts_is_counted() -> None:
     """The figures the service's scans return: files probed, probe errors, unchanged,
-    removed, each counted as the result gives it."""
+    removed, failed before and unchanged, each counted as the result gives it."""
     metrics = ServiceMetrics()
 
     metrics.count(_ended(SCAN_JOB_TYPE, _scan_result()), {})
     metrics.count(_ended(SCAN_JOB_TYPE, _scan_result(removed=MAX_SCAN_FIGURE - 2)), {})
 
     samples = _samples(metrics.render().decode())
-    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [4, 2, 2, MAX_SCAN_FIGURE]
+    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [4, 2, 2, MAX_SCAN_FIGURE, 2]
 
 
 class _FailingScanCount(ServiceMetrics):
@@ -621,7 +626,7 @@ async def test_a_scan_with_a_negative_figure_leaves_the_service_running(
     assert health.status_code == 200
     ended = _value(samples, "stoat_jobs_ended_total", job_type=SCAN_JOB_TYPE, status="completed")
     assert ended == 1
-    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [0, 0, 0, 0]
+    assert [_value(samples, name) for name in _SCAN_COUNTERS] == [0, 0, 0, 0, 0]
 
 
 @pytest.mark.anyio

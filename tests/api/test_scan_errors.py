@@ -12,7 +12,7 @@ import pytest
 from stoat_ferret.api._scan_errors import sweep_scan_errors
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue, JobNotFound
-from stoat_ferret.library import StoreError, VideoLibrary, _errorrows, _library, _storeerrors
+from stoat_ferret.library import StoreError, VideoLibrary, _errorrows, _libraryerrors, _storeerrors
 from tests.api.support import serving, supervisor_running
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ async def test_a_forgotten_list_is_deleted_whole_in_pieces(
 ) -> None:
     """``forget_scan_errors`` deletes a list ``FORGET_ROWS`` rows a transaction, until
     none is left: a list longer than one piece goes whole."""
-    monkeypatch.setattr(_library, "FORGET_ROWS", 2)
+    monkeypatch.setattr(_libraryerrors, "FORGET_ROWS", 2)
     errors = [(f"/m/{index}.mp4", "bad") for index in range(5)]
     async with await VideoLibrary.open(tmp_path / "videos.sqlite") as library:
         await library.replace_scan_errors("a", "/m", recursive=True, errors=errors)
@@ -255,7 +255,7 @@ async def test_a_replaced_list_is_deleted_whole_in_pieces(
     """A scan's start deletes the list it replaces ``FORGET_ROWS`` rows a
     transaction, until none is left (one ``DELETE`` of a million rows held the
     write lock for seconds); another scope's list stays."""
-    monkeypatch.setattr(_library, "FORGET_ROWS", 2)
+    monkeypatch.setattr(_libraryerrors, "FORGET_ROWS", 2)
     delete = _errorrows.delete_job_errors
     pieces: list[int] = []
 

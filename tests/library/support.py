@@ -38,6 +38,7 @@ def make_context(
     recursive: bool = True,
     progress: list[tuple[float, str | None]] | None = None,
     forget_unmounted: bool = False,
+    job_id: str = "j",
 ) -> JobContext:
     """A real JobContext for a scan of ``path``; its reports land in ``progress``."""
     reports = progress if progress is not None else []
@@ -46,7 +47,7 @@ def make_context(
         reports.append((fraction, message))
 
     return JobContext(
-        job_id="j",
+        job_id=job_id,
         job_type="scan",
         payload={"path": str(path), "recursive": recursive, "forget_unmounted": forget_unmounted},
         sink=sink,

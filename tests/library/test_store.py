@@ -1647,8 +1647,8 @@ def test_no_id_is_given_twice(tmp_path: Path) -> None:
 
 def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> None:
     """Version 4 makes the table again: rows keep their ids, every index is
-    there as before (and version 6's; those versions 7 and 8 made again as
-    they made them), and a deleted id is not given again."""
+    there as before (and version 6's and 10's; those versions 7 and 8 made
+    again as they made them), and a deleted id is not given again."""
     path = tmp_path / "old.sqlite"
     _database_at(path, 3)
     indexes = "SELECT name, sql FROM sqlite_schema WHERE type = 'index' ORDER BY name"
@@ -1668,6 +1668,7 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     assert fresh is not None
     assert fresh.id == 2
     unplaced = ("videos_unplaced", MIGRATIONS[6][1])
+    failed = ("failed_probes_directory", MIGRATIONS[10][1])
     remade = {
         statement.split()[2]: statement
         for step in (7, 8)
@@ -1676,7 +1677,7 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     }
     expected = [(name, remade.get(name, sql)) for name, sql in before]
     assert set(remade) <= {name for name, _ in before}
-    assert after == sorted([*expected, unplaced])
+    assert after == sorted([*expected, unplaced, failed])
 
 
 def test_the_rebuilt_table_has_the_columns_of_the_migrations_before_it(tmp_path: Path) -> None:

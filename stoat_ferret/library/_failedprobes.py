@@ -1,0 +1,104 @@
+"""The files whose probe failed, remembered: a scan does not probe them again while unchanged.
+
+``failed_probes`` holds, for each file whose probe failed for the file's own
+doing (not a video, damaged, over a limit, its probe process's CPU budget
+spent: ``Unprobed.remember``), the size and modification time it had then,
+the prober that failed (:data:`PROBER`) and the reason. A later scan that
+finds the file with the same size and modification time, and the same
+prober, does not probe it again: its ``errors`` entry is the reason it
+failed, with :data:`REMEMBERED` after it (the result counts it in
+``failed_unchanged``). So a library beside a few thousand damaged or
+foreign files does not probe them all at every scan, and a hostile file
+that spends the probe's CPU budget spends it once.
+
+A failure is never the reason a file is left out for good: a file that
+changes (another size or modification time: a ``touch`` does it) is probed
+again, and so is every file once the prober changes (another
+:data:`~stoat_ferret.library._schema.PROBE_VERSION`, PyAV or FFmpeg: a newer
+FFmpeg may read what an older one could not). A failure that says nothing
+of the file (denied, a file system that did not answer, a probe process
+killed from outside) is not remembered, nor one of the prober's own
+surprises (``ProbeRaised``, an unexpected exception).
+
+Which rows go: a scan reads those of its scope with the stored
+fingerprints (:meth:`FailedProbeStore.failed_probes`); a row whose file it
+did not find, or found changed, or found with a stored video (another scan
+probed it since), is deleted (``_scan.py``), and the rows of the files its
+probes failed on are written, both in one transaction after each batch of
+videos (``_scanwrite.py``). A row is a memo, never the library: a row lost
+(a crash between the two writes, a disk not mounted when a scan looked)
+costs one probe more, no more.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+import av
+
+from stoat_ferret.library._query import subtree_bounds
+from stoat_ferret.library._rows import is_text
+from stoat_ferret.library._schema import PROBE_VERSION
+from stoat_ferret.library._storefile import StoreFile
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Mapping
+
+    from stoat_ferret.library._models import Fingerprint
+
+PROBER: Final = f"probe {PROBE_VERSION}, PyAV {av.__version__}, FFmpeg {av.ffmpeg_version_info}"
+"""What probed: a failure remembered by another prober is probed again."""
+
+REMEMBERED: Final = " (unchanged since a probe failed on it: not probed again)"
+"""What a scan adds to the stored reason of a file it did not probe again."""
+
+
+class FailedProbe(NamedTuple):
+    """A remembered failure: the file's fingerprint then, and why it failed."""
+
+    fingerprint: Fingerprint
+    reason: str
+
+
+class FailedProbeStore(StoreFile):
+    """The ``failed_probes`` table of a store (a base class of ``VideoStore``)."""
+
+    def failed_probes(self, directory: str, *, recursive: bool) -> dict[str, FailedProbe]:
+        """The failures remembered in a scope (as ``VideoStore.fingerprints``
+        reads its videos), each by its path. One remembered by another prober
+        has the fingerprint ``(-1, -1)``, which no file has: it is probed
+        again, and its row goes (``_scan.py``)."""
+        low, high = subtree_bounds(directory)
+        scope = "" if recursive else " AND directory = ?"
+        with self._reading(bulk=True) as connection:
+            rows = connection.execute(
+                "SELECT path, CASE WHEN prober = ? THEN size_bytes ELSE -1 END,"
+                " CASE WHEN prober = ? THEN mtime_ns ELSE -1 END, error FROM failed_probes"
+                f" WHERE path >= ? AND path < ?{scope}",
+                (PROBER, PROBER, low, high, *([] if recursive else [directory])),
+            ).fetchall()
+        return {path: FailedProbe((size, mtime), error) for path, size, mtime, error in rows}
+
+    def note_failed_probes(
+        self, failed: Mapping[str, FailedProbe], forget: Collection[str]
+    ) -> None:
+        """Remember the failures ``failed`` (by path) and forget those of the
+        paths ``forget``, in one transaction. A path or reason SQLite cannot
+        take as text is not remembered (its file is probed again)."""
+        rows = [
+            (path, os.path.dirname(path), *failure.fingerprint, PROBER, failure.reason)
+            for path, failure in failed.items()
+            if is_text(path) and is_text(failure.reason)
+        ]
+        gone = [(path,) for path in forget if is_text(path)]
+        if not rows and not gone:
+            return
+        with self._writing() as connection:
+            connection.executemany("DELETE FROM failed_probes WHERE path = ?", gone)
+            connection.executemany(
+                "INSERT OR REPLACE INTO failed_probes"
+                " (path, directory, size_bytes, mtime_ns, prober, error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
