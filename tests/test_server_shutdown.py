@@ -179,8 +179,7 @@ class _AbsorbingTransport(_Transport):
         self.aborted.set()
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio only
-@pytest.mark.anyio
+@pytest.mark.anyio  # the watch is anyio's: on trio's mock clock, no real second waited
 async def test_a_stalled_client_is_found_by_all_its_unsent_output_not_the_transports_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

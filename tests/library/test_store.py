@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -34,6 +35,7 @@ from stoat_ferret.library import (
     _library,
     _schema,
     _storeerrors,
+    _storefile,
 )
 from stoat_ferret.library._connections import LogWatch
 from stoat_ferret.library._exceptions import store_error
@@ -283,24 +285,31 @@ def test_a_close_says_why_its_checkpoint_left_commits_in_the_log(
 
 
 def test_a_lost_log_a_reader_holds_back_at_close_is_said_lost_at_once(
-    tmp_path: Path, log_records: list[Any]
+    tmp_path: Path, log_records: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ``-wal`` file deleted after the last write, while another process
     reads an older snapshot: the close copies what it can without waiting
     for that reader (the stop goes on), and says, as an error, that the rest
-    went with the deleted log, not that a clean stop would keep it."""
+    went with the deleted log, not that a clean stop would keep it. (With
+    an hour's busy timeout, a close that waited for the reader would not
+    return within the test's guard.)"""
+    monkeypatch.setattr(_storefile, "BUSY_TIMEOUT_MS", 3_600_000)
     database = tmp_path / "videos.sqlite"
     store = VideoStore.open(database)
     reader = sqlite3.connect(database, isolation_level=None)
+    closing = threading.Thread(target=store.close)
     try:
         store.upsert([record("/m/a.mp4")])
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM videos").fetchone()  # its snapshot, from here
         store.upsert([record("/m/b.mp4")])
         os.unlink(f"{database}-wal")
-        store.close()
+        closing.start()
+        closing.join(timeout=30)  # a guard: the close takes milliseconds
+        assert not closing.is_alive(), "the close waited for the reader"
     finally:
-        reader.close()
+        reader.close()  # lets a close that waited for it go on, and end
+        closing.join()
         store.close()
 
     assert [(r["level"].name, r["message"].split(" (")[0]) for r in log_records] == [
