@@ -11,8 +11,9 @@ refused when                           status  why
 ``Host`` is not a name the service is  400     a rebound name (``evil.example``
 reached by (:func:`trusted_hosts`)             pointing at 127.0.0.1) is not one
 ``Host``, ``Origin``, ``Referer``,     400     each check reads one: a second,
-``Sec-Fetch-Site`` or ``Authorization``        appended by a proxy, could be the
-is sent more than once                         one that tells the truth
+``Sec-Fetch-Site``, ``Authorization``          appended by a proxy, could be the
+or ``Content-Type`` is sent more than          one that tells the truth
+once
 a state-changing method (not ``GET``,  403     a page elsewhere may send a request,
 ``HEAD``, ``OPTIONS``), or any request         but its browser says where from; a
 under ``/api/`` or to ``/metrics``,            read too holds a stream's slot or
@@ -95,9 +96,17 @@ TOO_BIG: Final = f"the body is larger than {MAX_BODY_BYTES} bytes"
 CHUNKED_GET: Final = "a GET or HEAD request takes no chunked body"
 ENCODED: Final = "the body must not be compressed or encoded (no Content-Encoding): send it as is"
 
-_ONCE_ONLY: Final = ("host", "origin", "referer", "sec-fetch-site", "authorization")
+_ONCE_ONLY: Final = (
+    "host",
+    "origin",
+    "referer",
+    "sec-fetch-site",
+    "authorization",
+    "content-type",
+)
 """Headers a request may carry once at most (a browser sends one of each;
-a proxy appending its own would make two, of which these checks read the first)."""
+a proxy appending its own would make two, of which these checks, and the
+JSON-only check of a state change, read the first)."""
 _BEARER_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="stoat_ferret"'}
 
 

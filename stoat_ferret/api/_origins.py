@@ -7,6 +7,7 @@ filled in); anything malformed is None, never an exception.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from starlette.datastructures import Headers
 
     from stoat_ferret.settings import Settings
+
+_MAX_PORT: Final = 65_535
 
 LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 
@@ -33,11 +36,12 @@ def trusted_hosts(settings: Settings) -> frozenset[str]:
 def split_host(header: str) -> tuple[str, int | None] | None:
     """A ``Host`` header's lower-case name and port (``[::1]:8000`` -> ``("::1", 8000)``).
 
-    None if malformed; the port is None when the header names none.
+    None if malformed (a name in brackets that is no IPv6 address, a port
+    outside 1-65535); the port is None when the header names none.
     """
     if header.startswith("["):
         name, bracket, port = header[1:].partition("]")
-        if not bracket or (port and not port.startswith(":")):
+        if not bracket or (port and not port.startswith(":")) or not _is_ipv6(name):
             return None
         port = port[1:]
     else:
@@ -48,7 +52,18 @@ def split_host(header: str) -> tuple[str, int | None] | None:
     digits = port.lstrip("0") or "0"
     if not name or (port and not (port.isascii() and port.isdigit() and len(digits) <= 5)):
         return None
-    return name.lower(), int(digits) if port else None
+    number = int(digits) if port else None
+    if number is not None and not 1 <= number <= _MAX_PORT:
+        return None
+    return name.lower(), number
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        ipaddress.IPv6Address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def host_name(header: str) -> str | None:

@@ -198,12 +198,13 @@ async def get_thumbnail(
             f"video {video_id} has no thumbnail (yet)",
             headers={"Cache-Control": "no-store"},
         )
+    # Another site's page may not embed it (nor read its size through timing);
+    # a 304 says so too, as the 200 it stands for.
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
     # Only once the image is read as a GET would serve it: a tag kept from a
     # removed image, or one the service would not serve, is no 304.
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    # Another site's page may not embed it (nor read its size through timing).
-    headers["Cross-Origin-Resource-Policy"] = "same-origin"
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(image))
         return Response(media_type=THUMBNAIL_MEDIA_TYPE, headers=headers)

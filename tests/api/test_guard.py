@@ -74,6 +74,11 @@ async def _jobs(client: httpx.AsyncClient, **headers: str) -> int:
         ("localhost:" + "0" * 5000 + "80", "localhost"),
         ("localhost:123456", None),  # no port has six digits
         ("localhost:" + "9" * 5000, None),  # int() refuses over 4,300 digits
+        ("localhost:99999", None),  # five digits, but no port
+        ("localhost:0", None),  # nor is 0 one a client connects to
+        ("localhost:00000", None),
+        ("[localhost]", None),  # brackets hold an IPv6 address only
+        ("[127.0.0.1]:8000", None),
     ],
 )
 def test_host_names_are_read_from_the_header(header: str, name: str | None) -> None:
@@ -412,6 +417,10 @@ async def test_a_state_change_the_browser_says_is_from_elsewhere_is_403(
         ),
         pytest.param(
             [("Authorization", "Bearer x"), ("Authorization", "Bearer y")], id="authorization"
+        ),
+        pytest.param(
+            [("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+            id="content-type",
         ),
     ],
 )

@@ -93,6 +93,7 @@ async def test_a_scan_makes_thumbnails_served_with_etag_and_304(
         frame = next(container.decode(video=0))
     assert (frame.width, frame.height) == (320, 240)
     assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    assert again.headers["cross-origin-resource-policy"] == "same-origin"
     # The way thumbnails are made is part of it: a new one is no 304 of the old.
     assert etag.startswith(f'"{video_id}-{THUMBNAIL_VERSION}-')
     assert weak.status_code == 304
