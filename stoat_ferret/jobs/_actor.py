@@ -112,6 +112,7 @@ class Actor:
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         """Run the actor, the workers and the timers until shut down or cancelled."""
         self.shared.phase = Phase.RUNNING
+        self.shared.host = anyio.get_current_task()
         # Bounded in practice: submits by max_pending, the rest by running jobs.
         self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
         work = self.table.assignments.open()

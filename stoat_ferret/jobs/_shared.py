@@ -18,6 +18,8 @@ from stoat_ferret.jobs._exceptions import QueueFull, SupervisorClosed
 from stoat_ferret.jobs._models import JobStatus
 
 if TYPE_CHECKING:
+    from anyio import TaskInfo
+
     from stoat_ferret.jobs._record import JobRecord
 
 
@@ -37,7 +39,11 @@ class Shared:
 
     * ``phase``: written by ``run``, ``aclose``, the actor's exit and a
       worker leaving mid-job by an exception; read by ``submit`` (accept only
-      while ``RUNNING``) and by workers (start only while ``RUNNING``). It
+      while ``RUNNING``) and by workers (start only while ``RUNNING``), each
+      through :attr:`accepting`, which also ends ``RUNNING`` once the task
+      of ``run()`` (``host``) has a cancellation pending: the actor would at
+      its next step, and a runnable actor takes that step only after the
+      batch it is handling, while submits and workers go on. It
       changes to ``CLOSING`` *before* the actor is told to shut down (by
       ``Shutdown``, or by that worker's ``Stopping``; on a hard stop, by
       whichever of a worker mid-job and the leaving actor runs first), so
@@ -77,11 +83,12 @@ class Shared:
     ``statistics()``.
     """
 
-    __slots__ = ("accepted", "limit", "phase", "progress", "taken", "withdrawn")
+    __slots__ = ("accepted", "host", "limit", "phase", "progress", "taken", "withdrawn")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.phase = Phase.NEW
+        self.host: TaskInfo | None = None  # the task of run(), once it runs
         self.taken = 0
         self.accepted = 0  # total ever accepted
         self.withdrawn: set[str] = set()
@@ -89,6 +96,10 @@ class Shared:
 
     @property
     def accepting(self) -> bool:
+        """``RUNNING``, and ``run()`` not cancelled (else closing from now on)."""
+        host = self.host
+        if self.phase is Phase.RUNNING and host is not None and host.has_pending_cancellation():
+            self.phase = Phase.CLOSING
         return self.phase is Phase.RUNNING
 
     def close(self) -> None:
@@ -103,7 +114,7 @@ class Shared:
             SupervisorClosed: the supervisor is not running.
             QueueFull: ``limit`` jobs are already pending.
         """
-        if self.phase is not Phase.RUNNING:
+        if not self.accepting:
             raise SupervisorClosed(f"the job supervisor is {self.phase.value}, not accepting jobs")
         if self.taken >= self.limit:
             raise QueueFull(f"pending jobs at their limit of {self.limit}")
@@ -132,7 +143,7 @@ class Shared:
         if job_id in self.withdrawn:
             self.withdrawn.discard(job_id)
             return False
-        if self.phase is not Phase.RUNNING:
+        if not self.accepting:
             return False
         self.taken -= 1
         return True

@@ -123,11 +123,10 @@ class JobSupervisor:
 
         Use as ``await task_group.start(supervisor.run)``: once that returns,
         ``submit`` works. If this task is cancelled instead (a hard stop), no
-        job starts from then on, and every job that is not terminal ends
-        before it returns; a ``submit`` racing the cancellation (before the
-        actor has noticed it) may still be accepted, and that job ends
-        ``cancelled`` without starting. Later submits raise
-        :class:`SupervisorClosed`. If :meth:`aclose` came first, it returns at once.
+        job starts from then on, every job that is not terminal ends before
+        it returns, and ``submit`` raises :class:`SupervisorClosed` from the
+        cancellation on, before the actor has noticed it. If :meth:`aclose`
+        came first, it returns at once.
 
         Raises:
             RuntimeError: ``run`` was already called.
