@@ -11,7 +11,6 @@ Never imports FastAPI: the web app depends on this package, not the reverse.
 
 from __future__ import annotations
 
-from stoat_ferret.jobs._broadcast import ChangesLost, FeedItem, JobChange, JobFeed
 from stoat_ferret.jobs._exceptions import (
     InvalidTransition,
     JobError,
@@ -21,6 +20,7 @@ from stoat_ferret.jobs._exceptions import (
     SupervisorClosed,
     UnknownJobType,
 )
+from stoat_ferret.jobs._feed import ChangesLost, FeedItem, JobChange, JobFeed
 from stoat_ferret.jobs._inmemory import InMemoryJobQueue
 from stoat_ferret.jobs._models import (
     Handler,

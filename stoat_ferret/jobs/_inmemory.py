@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from stoat_ferret.jobs._broadcast import FEED_LIMIT, REPLAY_EVENTS, JobChanges, JobFeed
+from stoat_ferret.jobs._broadcast import FEED_LIMIT, REPLAY_EVENTS, JobChanges
 from stoat_ferret.jobs._exceptions import JobNotFound
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._models import (
@@ -54,6 +54,8 @@ from stoat_ferret.jobs._worker import execute, left_its_scope
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
+
+    from stoat_ferret.jobs._feed import JobFeed
 
 # A token of each job this task runs inside (its key's event in ``_key_runs``,
 # or one of its type's in ``_type_runs``), current only while the job runs in

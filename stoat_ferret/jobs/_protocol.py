@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping
     from contextlib import AbstractAsyncContextManager
 
-    from stoat_ferret.jobs._broadcast import JobFeed
+    from stoat_ferret.jobs._feed import JobFeed
     from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
     from stoat_ferret.jobs._paging import JobPage
 

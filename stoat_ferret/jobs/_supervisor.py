@@ -15,7 +15,7 @@ import anyio
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from stoat_ferret.jobs._actor import Actor
-from stoat_ferret.jobs._broadcast import FEED_LIMIT, REPLAY_EVENTS, JobFeed
+from stoat_ferret.jobs._broadcast import FEED_LIMIT, REPLAY_EVENTS
 from stoat_ferret.jobs._exceptions import JobNotFound, SupervisorClosed
 from stoat_ferret.jobs._follow import JobUpdates
 from stoat_ferret.jobs._messages import (
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from stoat_ferret.jobs._feed import JobFeed
     from stoat_ferret.jobs._models import Handler, JobResult, JobStatus, QueueStatistics
 
 
