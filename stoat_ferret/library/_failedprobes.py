@@ -2,7 +2,7 @@
 
 ``failed_probes`` holds, for each file whose probe failed for the file's own
 doing (not a video, damaged, over a limit, its probe process's CPU budget
-spent: ``Unprobed.remember``), the size and modification time it had then,
+spent: :func:`remembered`), the size and modification time it had then,
 the prober that failed (:data:`PROBER`) and the reason. A later scan that
 finds the file with the same size and modification time, and the same
 prober, does not probe it again: its ``errors`` entry is the reason it
@@ -13,21 +13,24 @@ that spends the probe's CPU budget spends it once.
 
 A failure is never the reason a file is left out for good: a file that
 changes (another size or modification time: a ``touch`` does it) is probed
-again, and so is every file once the prober changes (another
-:data:`~stoat_ferret.library._schema.PROBE_VERSION`, PyAV or FFmpeg: a newer
-FFmpeg may read what an older one could not). A failure that says nothing
-of the file (denied, a file system that did not answer, a probe process
-killed from outside) is not remembered, nor one of the prober's own
+again, and so is every file once the prober changes (another release of
+the service, another :data:`~stoat_ferret.library._schema.PROBE_VERSION`,
+PyAV or FFmpeg: a newer FFmpeg may read what an older one could not). A
+failure that says nothing of the file (denied, any failed read of the file
+system's, a probe process killed from outside) is not remembered, nor a
+probe process's crash or nonsense answer, nor one of the prober's own
 surprises (``ProbeRaised``, an unexpected exception).
 
 Which rows go: a scan reads those of its scope with the stored
-fingerprints (:meth:`FailedProbeStore.failed_probes`); a row whose file it
-did not find, or found changed, or found with a stored video (another scan
-probed it since), is deleted (``_scan.py``), and the rows of the files its
-probes failed on are written, both in one transaction after each batch of
-videos (``_scanwrite.py``). A row is a memo, never the library: a row lost
-(a crash between the two writes, a disk not mounted when a scan looked)
-costs one probe more, no more.
+fingerprints (:meth:`FailedProbeStore.failed_probes`), and deletes, in one
+transaction after its walk, a row whose file it found changed, or found
+with a stored video (another scan probed it since), or did not find, unless
+a directory went unread (``_scan.py``). It writes the rows of the files its
+probes failed on after each batch of videos, but for those gone or changed
+since the walk, and none once the scanned directory is no longer the one
+at its path (``_scanwrite.py``). A row is a memo, never the library: a
+row lost (a crash between two writes, a disk not mounted when a scan
+looked) costs one probe more, no more.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 import av
 
+from stoat_ferret import __version__
+from stoat_ferret.library._probefailed import Failed
 from stoat_ferret.library._query import subtree_bounds
 from stoat_ferret.library._rows import is_text
 from stoat_ferret.library._schema import PROBE_VERSION
@@ -45,13 +50,25 @@ from stoat_ferret.library._storefile import StoreFile
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
+    from stoat_ferret.library._exceptions import ProbeError
     from stoat_ferret.library._models import Fingerprint
 
-PROBER: Final = f"probe {PROBE_VERSION}, PyAV {av.__version__}, FFmpeg {av.ffmpeg_version_info}"
+PROBER: Final = (
+    f"stoat_ferret {__version__}, probe {PROBE_VERSION},"
+    f" PyAV {av.__version__}, FFmpeg {av.ffmpeg_version_info}"
+)
 """What probed: a failure remembered by another prober is probed again."""
 
 REMEMBERED: Final = " (unchanged since a probe failed on it: not probed again)"
 """What a scan adds to the stored reason of a file it did not probe again."""
+
+
+def remembered(failure: ProbeError) -> bool:
+    """Whether a scan remembers ``failure``: the file's own doing (not
+    ``transient``), and of a probe process's failures, only its CPU budget
+    spent (``Failed.budget``): a crash, or an answer that makes no sense,
+    may be the sandbox's or FFmpeg's build's rather than the file's."""
+    return not failure.transient and (not isinstance(failure, Failed) or failure.budget)
 
 
 class FailedProbe(NamedTuple):

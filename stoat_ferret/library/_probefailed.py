@@ -30,12 +30,16 @@ class Failed(ProbeError):
     ``transient``: a scan keeps the file's stored row (and its id) for the
     next scan to try again otherwise, and the thumbnails job tries it again.
     A child a hostile file took over could answer "unavailable" (transient)
-    anyway.
+    anyway. ``budget``: the failure is the CPU budget spent, the one a scan
+    remembers (``_failedprobes.py``): a crash or a nonsense answer may be
+    the sandbox's or FFmpeg's build's rather than the file's, and costs
+    little to try again.
     """
 
-    def __init__(self, path: str, reason: str, *, files_doing: bool) -> None:
+    def __init__(self, path: str, reason: str, *, files_doing: bool, budget: bool = False) -> None:
         super().__init__(path, reason, transient=not files_doing)
         self.files_doing = files_doing
+        self.budget = budget
 
 
 class Unreached(Failed):

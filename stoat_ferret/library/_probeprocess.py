@@ -354,8 +354,8 @@ class ProbeProcess:
             self._end()
             if stop.is_set():
                 raise ProbeError(name, f"stopped while the probe process {doing}", transient=True)
-            files_doing = verdict is Verdict.OVER_BUDGET
-            raise Failed(name, late(verdict, doing, seconds), files_doing=files_doing)
+            over = verdict is Verdict.OVER_BUDGET
+            raise Failed(name, late(verdict, doing, seconds), files_doing=over, budget=over)
         try:
             answer, _, flags, _ = channel.recvmsg(ANSWER_MAX)
         except ConnectionResetError as exc:  # it ended with our one request unread
@@ -366,7 +366,7 @@ class ProbeProcess:
             ended = self._end(gracefully=True)
             if ended == f"killed by {signal.SIGPROF.name}":
                 spent = f"FFmpeg took more than {self._deadline:g} s of CPU to read it; stopped"
-                raise Failed(name, spent, files_doing=True)
+                raise Failed(name, spent, files_doing=True, budget=True)
             # Not a crash's signal: from outside (the OOM killer's SIGKILL, not its memory limit's).
             ending = f"the probe process ended while it {doing} ({ended})"
             raise Failed(name, ending, files_doing=not starting and not from_outside(ended))

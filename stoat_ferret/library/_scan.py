@@ -299,10 +299,13 @@ class ScanRun:
         self.ctx.report_progress(self.done / len(self.found), self.progress())
 
     def progress(self) -> str:
-        """What the progress says: the files to probe probed so far, and those unchanged."""
-        unchanged = self.unchanged
-        probed = f"probed {self.done - unchanged}/{len(self.found) - unchanged} files"
-        return f"{probed} ({unchanged} unchanged)" if unchanged else probed
+        """What the progress says: the files to probe probed so far, and those not
+        probed: unchanged, and unchanged since a probe failed on them."""
+        skipped, failed = self.unchanged, self.counts.failed_unchanged
+        probed = f"probed {self.done - skipped}/{len(self.found) - skipped} files"
+        kept = [f"{skipped - failed} unchanged"] if skipped - failed else []
+        kept += [f"{failed} unchanged since their probe failed"] if failed else []
+        return f"{probed} ({', '.join(kept)})" if kept else probed
 
     async def probe_all(self, paths: list[str]) -> None:
         send, receive = anyio.create_memory_object_stream[list[ScanItem]](

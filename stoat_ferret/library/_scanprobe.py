@@ -30,7 +30,7 @@ from loguru import logger
 
 from stoat_ferret.library import _mounts
 from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
-from stoat_ferret.library._failedprobes import REMEMBERED
+from stoat_ferret.library._failedprobes import REMEMBERED, remembered
 from stoat_ferret.library._models import Fingerprint, VideoProbe, VideoRecord
 from stoat_ferret.library._ondisk import (
     UNMOUNTED_HINT,
@@ -172,7 +172,7 @@ def _probe_one(
         return probe(name, directory_fd, stop, expect)
     except ProbeError as exc:
         logger.debug("probe failed", path=path, reason=exc.reason)
-        return Unprobed(exc.reason, exc.transient, remember=not exc.transient)
+        return Unprobed(exc.reason, exc.transient, remember=remembered(exc))
     except ProbeRaised as exc:  # its message is the type and text of what the child met
         logger.warning("probe raised unexpectedly", path=path, reason=str(exc))
         return Unprobed(str(exc))
@@ -224,8 +224,9 @@ def sift_failures(
     """Of ``to_probe`` (sorted, from :func:`compare`), those to probe still; how
     many are unchanged since a probe failed on them (``failed``, the scope's
     remembered failures: ``_failedprobes.py``), each an ``errors`` entry of
-    the reason then; and the remembered failures to forget: of a file not
-    found, or found changed, or with a stored video. Blocking: the survey's thread."""
+    the reason then; and the remembered failures to forget: of a file found
+    changed, or with a stored video, or not found, unless a directory went
+    unread (``errors.unread``: its files may be there). Blocking: the survey's thread."""
     remembered = {
         path: failure.reason
         for path, failure in failed.items()
@@ -233,7 +234,12 @@ def sift_failures(
     }
     for path, reason in sorted(remembered.items()):
         errors.add(path, reason + REMEMBERED)
-    forget = [path for path in failed if path not in remembered]
+    unread = bool(errors.unread)
+    forget = [
+        path
+        for path in failed
+        if path not in remembered and (path in found or path in known or not unread)
+    ]
     if remembered:
         to_probe = [path for path in to_probe if path not in remembered]
     return to_probe, len(remembered), forget

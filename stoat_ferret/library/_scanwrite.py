@@ -172,8 +172,24 @@ class ScanWriter:
                 for path in applied.kept:  # its probe's error is its entry too
                     self.errors.add(path, CHANGED_DURING_SCAN)
                 self.counts.removed += len(applied.removed)
-                # Not for a directory replaced (above): its files are not those at the paths.
-                await self.library.note_failed_probes(failed)
+                if failed:
+                    await self.remember(failed)
+
+    async def remember(self, failed: dict[str, FailedProbe]) -> None:
+        """Remember the failures ``failed`` (``_failedprobes.py``), but those of
+        files gone or changed since the walk, and none if the directory at the
+        scan's path is no longer the one it opened (a batch of failures alone
+        is not looked at by ``apply``)."""
+        fingerprints = {path: failure.fingerprint for path, failure in failed.items()}
+        try:
+            looked = await anyio.to_thread.run_sync(self.scanned.gone_before_write, fingerprints)
+        except DirectoryReplaced as exc:
+            self.replaced([], exc.reason)
+            return
+        left_out = looked.gone | looked.changed
+        await self.library.note_failed_probes(
+            {path: failure for path, failure in failed.items() if path not in left_out}
+        )
 
     def replaced(self, records: list[VideoRecord], reason: str) -> None:
         """The directory is no longer the one the scan opened: ``records`` are

@@ -234,9 +234,9 @@ def test_a_scan_runs_to_completion_and_fills_the_library(
     expect(job.get_by_role("progressbar")).to_have_attribute("value", "1")
     expect(job.locator(".job-message")).to_have_text("100 % · probed 25/25 files")
     expect(job.locator(".summary dt")).to_have_text(
-        ["found", "added", "updated", "unchanged", "removed"]
+        ["found", "added", "updated", "unchanged", "failed_unchanged", "removed"]
     )
-    expect(job.locator(".summary dd")).to_have_text(["25", "24", "0", "0", "0"])
+    expect(job.locator(".summary dd")).to_have_text(["25", "24", "0", "0", "0", "0"])
     expect(job.locator(".scan-errors li")).to_have_count(1)
     expect(job.locator(".scan-errors li code")).to_have_text(str(library / "broken.mp4"))
     expect(job.locator(".times dt")).to_have_text(["Submitted", "Started", "Finished", "Duration"])

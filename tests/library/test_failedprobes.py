@@ -22,6 +22,8 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._failedprobes import REMEMBERED, FailedProbe
+from stoat_ferret.library._models import ErrorLog
+from stoat_ferret.library._scanprobe import sift_failures
 from tests.library.support import make_context, path_of
 from tests.videos import copy_video
 
@@ -299,3 +301,76 @@ def test_a_path_or_reason_sqlite_cannot_take_is_not_remembered(tmp_path: Path) -
         store.close()
 
     assert remembered == {"/m/kept.mp4": FailedProbe((3, 4), "not a readable media file")}
+
+
+async def test_no_failure_is_remembered_once_the_directory_is_replaced(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scanned directory moved away and a copy put at its path (the same
+    sizes and times) while a batch of failures alone is probed: nothing is
+    remembered of the copy, which was never probed, and one entry says the
+    directory was replaced."""
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "bad.mp4").write_text("not a video")
+    probed = Probed(monkeypatch)
+
+    def replaced_meanwhile(name: str, **kwargs: Any) -> VideoProbe:
+        try:
+            return probe_video(name, **kwargs)
+        finally:
+            media.rename(tmp_path / "moved")
+            shutil.copytree(tmp_path / "moved", media)  # copy2: sizes and times kept
+
+    probed.then = replaced_meanwhile
+    with anyio.fail_after(TIMEOUT):
+        result = await _scan(library, media)
+
+    assert result["probe_errors"] == 1
+    assert str(media) in [entry["path"] for entry in result["errors"]]
+    assert _remembered(library, media) == {}
+
+
+def test_a_scan_that_could_not_read_a_directory_forgets_only_what_it_saw() -> None:
+    """Remembered failures of files the walk did not find are kept when a
+    directory went unread (they may be there); those found changed, or with
+    a stored video, go whatever was unread."""
+    failed = {
+        "/m/unseen.mp4": FailedProbe((1, 1), "no"),
+        "/m/changed.mp4": FailedProbe((1, 1), "no"),
+        "/m/stored.mp4": FailedProbe((1, 1), "no"),
+        "/m/same.mp4": FailedProbe((1, 1), "no"),
+    }
+    found = {"/m/changed.mp4": (2, 2), "/m/stored.mp4": (1, 1), "/m/same.mp4": (1, 1)}
+    known = {"/m/stored.mp4": (1, 1)}
+    forgotten = []
+    for unread in ([], ["/m/sub"]):
+        errors = ErrorLog()
+        for path in unread:
+            errors.add_unread(path, "denied")
+        to_probe, count, forget = sift_failures(
+            found, known, ["/m/changed.mp4", "/m/same.mp4"], failed, errors
+        )
+        assert (to_probe, count) == (["/m/changed.mp4"], 1)
+        assert [entry["path"] for entry in errors.entries][-1] == "/m/same.mp4"
+        forgotten.append(sorted(forget))
+
+    assert forgotten == [
+        ["/m/changed.mp4", "/m/stored.mp4", "/m/unseen.mp4"],
+        ["/m/changed.mp4", "/m/stored.mp4"],
+    ]
+
+
+async def test_the_progress_tells_unchanged_files_from_failures_not_probed_again(
+    library: VideoLibrary, media: Path
+) -> None:
+    progress: list[tuple[float, str | None]] = []
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        await handler(make_context(media))
+        await handler(make_context(media, progress=progress))
+
+    assert progress[-1] == (
+        1.0,
+        "probed 0/0 files (1 unchanged, 1 unchanged since their probe failed)",
+    )

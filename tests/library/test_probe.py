@@ -1305,15 +1305,33 @@ def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
 
 @pytest.mark.parametrize(
     ("code", "transient"),
-    [(errno.ENOTCONN, True), (errno.EIO, True), (errno.EINVAL, False)],
-    ids=["fuse-daemon-gone", "io-error", "invalid"],
+    [
+        (errno.ENOTCONN, True),
+        (errno.EIO, True),
+        (errno.EUCLEAN, True),
+        (errno.EREMOTEIO, True),
+        (errno.EKEYEXPIRED, True),
+        (errno.ENODATA, True),
+        (errno.EINVAL, False),
+    ],
+    ids=[
+        "fuse-daemon-gone",
+        "io-error",
+        "file-system-damaged",
+        "remote-io-error",
+        "ticket-expired",
+        "no-data",
+        "seek-before-the-start",
+    ],
 )
 def test_an_error_of_the_reader_that_says_nothing_of_the_file_is_transient(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, transient: bool
 ) -> None:
-    """A read that fails as FFmpeg opens the file: a FUSE daemon gone or an
-    I/O error is ``transient`` (a scan keeps the file's row); an error of
-    the file's own is not."""
+    """A read that fails as FFmpeg opens the file: any error of the file
+    system's (a FUSE daemon gone, an I/O error, a damaged file system, an
+    expired ticket on a share) is ``transient`` (a scan keeps the file's
+    row, and does not remember the failure); a seek before the file's start
+    (FFmpeg's, from what the file says) is the file's own."""
     path = tmp_path / "a.mp4"
     path.write_bytes(b"\0" * 64)
 

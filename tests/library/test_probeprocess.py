@@ -46,6 +46,7 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._exceptions import ShortOfMemory
+from stoat_ferret.library._failedprobes import remembered
 from stoat_ferret.library._limits import CHILD_AGE_SECONDS, MAX_DEADLINE
 from stoat_ferret.library._probeprocess import ProbeProcess
 from stoat_ferret.library._probewire import (
@@ -273,6 +274,7 @@ def test_a_file_that_keeps_ffmpeg_busy_past_its_cpu_budget_is_stopped(
     assert refused.value.reason == (
         f"FFmpeg took more than {DEADLINE:g} s of CPU to read it; stopped"
     )
+    assert remembered(refused.value)  # a scan does not spend the budget on it again
     [warning] = [record for record in log_records if record["level"].name == "WARNING"]
     assert warning["extra"] == {
         "reason": refused.value.reason,
@@ -551,6 +553,8 @@ def test_a_child_killed_with_the_file_is_an_error_and_is_replaced(
 
     # Not the file's doing: a scan keeps the file's row for the next to try again.
     assert refused.value.transient is not files_doing
+    # A crash may be the sandbox's or FFmpeg's build's: no scan remembers it.
+    assert not remembered(refused.value)
     assert probes.probe("a.mp4", directory, Stop()).video_codec == "h264"
     assert probes.pids() not in ([], [child])
 

@@ -46,7 +46,7 @@ const JOBS_SLOW =
   "and each open tab of this dashboard holds one: if several are open, close one.";
 const TERMINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
 // The counts of a completed job's result shown under it, by job type.
-const SCAN_COUNTS = ["found", "added", "updated", "unchanged", "removed"];
+const SCAN_COUNTS = ["found", "added", "updated", "unchanged", "failed_unchanged", "removed"];
 const THUMBNAILS_COUNTS = ["videos", "made", "failed", "unchanged", "outside", "removed"];
 
 const byId = (id) => document.getElementById(id);
