@@ -189,7 +189,11 @@ async def all_job_events(
     feed: Annotated[JobFeed, Depends(_all_jobs_feed)],
 ) -> AsyncIterator[ServerSentEvent]:
     """Follow every job's changes as Server-Sent Events (``job`` and ``reset`` events)."""
-    yield ServerSentEvent(comment="following job changes", retry=RETRY_MS)
+    # A stream with nothing to send yet gives the id it opened at: a client
+    # whose connection drops before the first change resumes from there,
+    # and misses none. (One that starts with jobs must not: theirs are older.)
+    where = None if feed.ready else str(feed.opened_at)
+    yield ServerSentEvent(comment="following job changes", id=where, retry=RETRY_MS)
     async for item in feed:
         yield change_event(item)
         await pace(feed)

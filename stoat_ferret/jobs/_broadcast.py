@@ -170,6 +170,7 @@ class JobChanges:
             job_types=None if job_types is None else frozenset(job_types),
             until_terminal=until_terminal and named is not None,
             limit=None if limit is None else max(limit, len(named or ())) + len(start),
+            opened_at=self.last_event_id,
         )
         if lost:
             feed.lose(self.last_event_id)

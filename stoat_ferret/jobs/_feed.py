@@ -51,6 +51,10 @@ class JobFeed:
     Made by :meth:`JobChanges.open_feed`. Iteration ends after :meth:`close`
     once what is pending is handed out, or, for a feed ``until_terminal``,
     once each job it names has ended and that was handed out.
+
+    ``opened_at``: the id of the latest change when the feed opened. Every
+    change after it reaches the feed (those it follows), so a follower the
+    feed has handed nothing, and that holds nothing, may resume from it.
     """
 
     __slots__ = (
@@ -63,6 +67,7 @@ class JobFeed:
         "_unsettled",
         "_wakeup",
         "job_ids",
+        "opened_at",
         "unknown",
     )
 
@@ -73,8 +78,10 @@ class JobFeed:
         job_types: frozenset[str] | None,
         until_terminal: bool,
         limit: int | None,
+        opened_at: int,
     ) -> None:
         self.job_ids = job_ids
+        self.opened_at = opened_at
         # The named jobs the queue did not know when the feed opened (never
         # submitted, or dropped already): the feed has nothing of them.
         self.unknown: frozenset[str] = frozenset()

@@ -505,3 +505,57 @@ async def test_a_job_type_the_service_does_not_run_is_a_422(
     assert response.json()["detail"] == [
         {"loc": ["query", "job_type", 1], "msg": MSG_SCAN_OR_THUMBNAILS, "type": "literal_error"}
     ]
+
+
+@pytest.mark.anyio
+async def test_a_stream_with_nothing_to_send_gives_the_id_it_opened_at(
+    settings: Settings,
+) -> None:
+    """Opened with no job running, the stream's first line carries the latest
+    id then: a client whose connection dropped before any event, resuming
+    from it, gets the job that came and went meanwhile, and no reset. Opened
+    while a job runs, the first line has no id (that job's state is older)."""
+    running, release = anyio.Event(), anyio.Event()
+
+    async def held(ctx: JobContext) -> str:
+        running.set()
+        await release.wait()
+        return "held"
+
+    async def nothing() -> None:
+        await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(10):
+        async with started(WatchedSupervisor()) as supervisor:
+            supervisor.register("echo", _echo)
+            supervisor.register("held", held)
+            await supervisor.wait(await supervisor.submit("echo", "before"))
+            first_app = create_app(settings, job_queue=supervisor)
+            async with serving(first_app) as client:
+                idle = await _follow_all(first_app, client, supervisor, nothing)
+            missed = await supervisor.submit("echo", "while away")
+            await supervisor.wait(missed)
+            [opening] = read_stream(idle.text)[:1]
+            resumed_app = create_app(settings, job_queue=supervisor)
+            async with serving(resumed_app) as client:
+                resumed = await _follow_all(
+                    resumed_app, client, supervisor, nothing, headers={"Last-Event-ID": opening.id}
+                )
+            holding = await supervisor.submit("held")
+            await running.wait()
+            busy_app = create_app(settings, job_queue=supervisor)
+            async with serving(busy_app) as client:
+                busy = await _follow_all(busy_app, client, supervisor, nothing)
+            release.set()
+            await supervisor.wait(holding)
+
+    assert (opening.comment, opening.retry) == ("following job changes", RETRY_MS)
+    assert opening.id is not None
+    events = read_stream(resumed.text)
+    assert [event.event for event in events if event.event] == ["job"]
+    [change] = _jobs(events)
+    assert (change.data["job_id"], change.data["status"]) == (missed, "completed")
+    assert int(change.id or "") > int(opening.id)
+    [busy_opening, busy_job, *_] = read_stream(busy.text)
+    assert (busy_opening.comment, busy_opening.id) == ("following job changes", None)
+    assert (busy_job.event, busy_job.data["job_id"]) == ("job", holding)
