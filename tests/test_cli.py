@@ -153,6 +153,27 @@ def test_scan_root_repeats_and_other_flags_take_the_last(tmp: Path) -> None:
     assert settings.port == 2
 
 
+def test_a_list_flag_takes_commas_as_its_variable_does(tmp: Path) -> None:
+    """``--allowed-host`` and ``--allowed-origin`` split a value on commas,
+    as their variables do (the help says so), and add up when repeated."""
+    exposed = {"STOAT_API_TOKEN": "t" * 32, "STOAT_SCAN_ROOTS": str(tmp)}
+
+    _, settings, _ = parse_command(
+        [
+            "--allowed-host",
+            "a.example, b.example",
+            "--allowed-host",
+            "c.example",
+            "--allowed-origin",
+            "https://a.example,https://b.example",
+        ],
+        exposed,
+    )
+
+    assert settings.allowed_hosts == ("a.example", "b.example", "c.example")
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+
+
 def test_a_flag_hides_a_bad_variable() -> None:
     """The variable of a setting given by its flag is not read, so it cannot fail."""
 

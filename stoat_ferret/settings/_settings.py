@@ -212,7 +212,7 @@ class Settings:
             "default": "none",
             "help": "more names the service is reached by (the Host header's, without port; "
             "a Unicode name in either form), ','-separated "
-            "in the variable; its own host, localhost, 127.0.0.1 and ::1 always are; "
+            "in the variable and in a flag; its own host, localhost, 127.0.0.1 and ::1 always are; "
             "a name other than loopback's needs the API token and scan roots",
         },
     )
@@ -227,7 +227,8 @@ class Settings:
             "repeat": "an origin",
             "default": "none",
             "help": "more origins (https://host:port) the dashboard may be served from, such "
-            "as a proxy's public one, ','-separated in the variable; no CORS headers are sent",
+            "as a proxy's public one, ','-separated in the variable and in a flag; "
+            "no CORS headers are sent",
         },
     )
     # A secret: kept out of repr (and so out of every log line).
