@@ -72,7 +72,7 @@ from stoat_ferret.library._input import (
     says_nothing_of_content,
     short_of_memory,
 )
-from stoat_ferret.library._limits import DECODER_OPTIONS, frame_size_refusal
+from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_PIXELS, frame_size_refusal
 from stoat_ferret.library._metadata import display_matrix, display_rotation, moving_pictures
 from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._thumbimage import encode_webp, filtered, thumbnail_size
@@ -237,6 +237,8 @@ _DECODE_FAILURES: Final = (
 """What making a thumbnail of an open file may raise, :func:`_failure` says whose
 (``ArithmeticError``: the file's values out of every range, PyAV's OverflowError)."""
 
+_UNDECODED: Final = "cannot decode a frame"
+
 
 def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
     try:
@@ -247,7 +249,7 @@ def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
         with short_of_memory(container):
             return _thumbnail(path, container, seek=seek)
     except _DECODE_FAILURES as exc:
-        raise _failure(path, source, exc, "cannot decode a frame") from exc
+        raise _failure(path, source, exc, _UNDECODED) from exc
     finally:
         container.close()
 
@@ -256,6 +258,10 @@ def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> Prob
     if source.exhausted:  # what FFmpeg met was the limit, not the file's end
         return UndecodableError(path, _past_limit(source))
     reason = f"{what} ({_reason(exc)})"
+    if isinstance(exc, av.FFmpegError) and exc.errno == errno.EINVAL and what == _UNDECODED:
+        # What FFmpeg's size check answers for a frame past max_pixels, as a
+        # decoder does for some damaged data: the cap is the likelier reader.
+        reason = f"{what} (Invalid argument: larger than {MAX_PIXELS} pixels, or damaged)"
     if isinstance(exc, OutOfMemory):  # the process's trouble: the next job tries again
         return ShortOfMemory(path, reason)
     transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS)
