@@ -169,42 +169,34 @@ async def test_a_video_that_breaks_loses_its_row_and_is_then_remembered(
     assert (after["failed_unchanged"], after["unchanged"], after["probed"]) == (2, 0, 0)
 
 
-async def test_a_failure_that_says_nothing_of_the_file_is_not_remembered(
-    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
+def _denied(name: str, **kwargs: Any) -> VideoProbe:
+    raise ProbeError(name, "cannot read it (Permission denied)", transient=True)
+
+
+def _surprised(name: str, **kwargs: Any) -> VideoProbe:
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize(
+    "failing", [_denied, _surprised], ids=["says-nothing-of-the-file", "the-probers-surprise"]
+)
+async def test_a_failure_not_of_the_files_doing_is_not_remembered(
+    library: VideoLibrary,
+    media: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: Callable[..., VideoProbe],
 ) -> None:
-    """A transient failure (denied, a file system that did not answer) is
-    tried again by the next scan."""
+    """A transient failure (denied, a file system that did not answer), or an
+    unexpected exception (the prober's, not the file's), is tried again by
+    the next scan."""
     probed = Probed(monkeypatch)
-
-    def denied(name: str, **kwargs: Any) -> VideoProbe:
-        raise ProbeError(name, "cannot read it (Permission denied)", transient=True)
-
-    probed.then = denied
+    probed.then = failing
     with anyio.fail_after(TIMEOUT):
         await _scan(library, media)
         second = await _scan(library, media)
 
     assert len(probed.calls) == 4
-    assert second["failed_unchanged"] == 0
-    assert _remembered(library, media) == {}
-
-
-async def test_a_surprise_of_the_prober_is_not_remembered(
-    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An unexpected exception is the prober's, not the file's: tried again."""
-    probed = Probed(monkeypatch)
-
-    def surprised(name: str, **kwargs: Any) -> VideoProbe:
-        raise RuntimeError("a bug")
-
-    probed.then = surprised
-    with anyio.fail_after(TIMEOUT):
-        await _scan(library, media)
-        second = await _scan(library, media)
-
-    assert len(probed.calls) == 4
-    assert second["probe_errors"] == 2
+    assert (second["probe_errors"], second["failed_unchanged"]) == (2, 0)
     assert _remembered(library, media) == {}
 
 
