@@ -16,10 +16,14 @@ changes (another size or modification time: a ``touch`` does it) is probed
 again, and so is every file once the prober changes (another release of
 the service, another :data:`~stoat_ferret.library._schema.PROBE_VERSION`,
 PyAV or FFmpeg: a newer FFmpeg may read what an older one could not). A
-failure that says nothing of the file (denied, any failed read of the file
-system's, a probe process killed from outside) is not remembered, nor a
-probe process's crash or nonsense answer, nor one of the prober's own
-surprises (``ProbeRaised``, an unexpected exception).
+failure that says nothing of the file (denied, any open or read its file
+system failed: ``_regularfile.py``, ``_input.READ_FAILURES``; a probe
+process killed from outside) is not remembered, nor a probe process's crash
+or nonsense answer, nor one of the prober's own surprises (``ProbeRaised``,
+an unexpected exception). A verdict is the probe process's, which a hostile
+file that took it over could forge for the files after it, until the
+process is replaced (``CHILD_AGE_SECONDS`` at most): such a file is then
+left out until it changes, where it was left out of one scan before.
 
 Which rows go: a scan reads those of its scope with the stored
 fingerprints (:meth:`FailedProbeStore.failed_probes`), and deletes, in one

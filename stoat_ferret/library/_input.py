@@ -66,7 +66,6 @@ from typing import TYPE_CHECKING, Final, Self, TypeGuard, cast
 
 import av
 
-from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS
 from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
 
 if TYPE_CHECKING:
@@ -106,6 +105,14 @@ _CONTAINER_OPTIONS: Final = {
     "max_streams": str(MAX_STREAMS),
 }
 
+
+READ_FAILURES: Final = frozenset(errno.errorcode) - {errno.EINVAL}
+"""The failures of a read that are the file system's, not the file's, when
+the reader's own (FFmpeg's ``av.FFmpegError`` is its verdict): every errno
+but ``EINVAL``, a seek before the file's start (FFmpeg's, from what the file
+says). Not only ``TRANSIENT_ERRNOS``: a share that refuses a read today
+(``EUCLEAN``, ``EREMOTEIO``, a Kerberos ticket expired) may not tomorrow, and
+a scan remembers a failure that is not transient (``_failedprobes.py``)."""
 
 _PIECE: Final = 1024 * 1024
 """Bytes one read of a :class:`_BoundedReader` asks for at most (FFmpeg
@@ -201,7 +208,7 @@ class BoundedInput:
         Through ``fd:``, FFmpeg's own file I/O, a read that fails comes back
         as an ``av.FFmpegError`` of its ``errno``, as does FFmpeg's verdict
         on some content (a Matroska file cut short is ``EIO`` to it). So an
-        ``av.FFmpegError`` of one of :data:`TRANSIENT_ERRNOS` there has the
+        ``av.FFmpegError`` of one of :data:`READ_FAILURES` there has the
         file opened once more through a :class:`_BoundedReader`, whose own
         read error comes back from PyAV as it was raised: after this, an
         ``OSError`` that is not an ``av.FFmpegError`` is the file system's
@@ -221,7 +228,7 @@ class BoundedInput:
         try:
             return self._open("fd:", {"fd": str(self._fd)})
         except av.FFmpegError as exc:
-            if exc.errno not in TRANSIENT_ERRNOS:
+            if exc.errno not in READ_FAILURES:
                 raise
         self._python = True  # this open and the next: the file is no longer trusted to FFmpeg
         return self._open_reader()

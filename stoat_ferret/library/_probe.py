@@ -32,6 +32,7 @@ from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._fieldduration import field_duration_rate
 from stoat_ferret.library._fragments import fragmented_frames
 from stoat_ferret.library._input import (
+    READ_FAILURES,
     READ_LIMIT,
     BoundedInput,
     OutOfMemory,
@@ -67,14 +68,6 @@ _ESTIMATED_STREAM_DURATION: Final = frozenset({"mpeg", "mpegvideo"})
 # Nor do they record a duration.
 _RAW_STREAMS: Final = frozenset({"h264", "hevc", "mpegvideo", "m4v", "h261", "h263"})
 
-
-# The failures of the reader's own reads (FFmpeg's ``av.FFmpegError`` is its
-# verdict) that are the file system's, not the file's: every errno but a seek
-# before the file's start (FFmpeg's, from what the file says). Not only
-# TRANSIENT_ERRNOS: a share that refuses a read today (EUCLEAN, EREMOTEIO, a
-# Kerberos ticket expired) may not tomorrow, and a scan remembers a failure
-# that is not transient (_failedprobes.py).
-_READ_FAILURES: Final = frozenset(errno.errorcode) - {errno.EINVAL}
 
 MAX_DURATION_SECONDS: Final = 100 * 365 * 24 * 60 * 60
 """The longest duration a probe believes: 100 years (3.15e9 s), far beyond any
@@ -156,7 +149,7 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     except (av.FFmpegError, OSError, ValueError) as exc:
         # A read the file system could not answer (a FUSE daemon gone, an
         # I/O error) says nothing of the file: transient, the row is kept.
-        if says_nothing_of_content(exc, _READ_FAILURES):
+        if says_nothing_of_content(exc, READ_FAILURES):
             raise ProbeError(name, _cannot_read(exc), transient=True) from exc
         raise ProbeError(name, _open_failure(exc, source)) from exc
     try:
@@ -169,7 +162,7 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
             raise
         # The reader's own, once the container was open (the rotation's
         # keyframe is read then): transient as above, or the file's.
-        transient = says_nothing_of_content(exc, _READ_FAILURES)
+        transient = says_nothing_of_content(exc, READ_FAILURES)
         raise ProbeError(name, _cannot_read(exc), transient=transient) from exc
     finally:
         container.close()

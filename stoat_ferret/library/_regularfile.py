@@ -7,11 +7,12 @@ never the name.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Final
 
-from stoat_ferret.library._exceptions import TRANSIENT_ERRNOS, ProbeError
+from stoat_ferret.library._exceptions import ProbeError
 
 
 def open_regular_file(
@@ -85,5 +86,22 @@ CHANGED_SINCE_FOUND: Final = (
 _READ: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+_THE_FILES: Final = frozenset(
+    {
+        errno.ENOENT,  # gone since the walk
+        errno.ELOOP,  # a symlink now (O_NOFOLLOW)
+        errno.ENOTDIR,  # a directory on its path is no longer one
+        errno.ENXIO,  # a socket or a device node now
+        errno.ENODEV,
+        errno.ENAMETOOLONG,
+    }
+)
+"""The failures of an open (or its ``fstat``) that say what is at the path;
+any other is the file system's or the service's of the moment (denied, out
+of descriptors, a share whose ticket expired, a damaged file system):
+``transient``, so a scan keeps the file's row and does not remember the
+failure (``_failedprobes.py``)."""
+
+
 def _failure(path: str, exc: OSError) -> ProbeError:
-    return ProbeError(path, exc.strerror or str(exc), transient=exc.errno in TRANSIENT_ERRNOS)
+    return ProbeError(path, exc.strerror or str(exc), transient=exc.errno not in _THE_FILES)

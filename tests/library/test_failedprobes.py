@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from typing import TYPE_CHECKING, Any
@@ -366,3 +367,28 @@ async def test_the_progress_tells_unchanged_files_from_failures_not_probed_again
         1.0,
         "probed 0/0 files (1 unchanged, 1 unchanged since their probe failed)",
     )
+
+
+@pytest.mark.parametrize("code", [errno.EKEYEXPIRED, errno.EUCLEAN, errno.EREMOTEIO])
+async def test_a_file_its_file_system_would_not_open_is_not_remembered(
+    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """An open refused by the file system of the moment (a share's ticket
+    expired, a damaged file system): the next scan, the share back, adds the
+    video rather than skipping it as a failure."""
+    real_open = os.open
+    refusing = [True]
+
+    def open_refusing(name: Any, *args: Any, **kwargs: Any) -> int:
+        if refusing[0] and os.fspath(name) == "good.mp4":
+            raise OSError(code, os.strerror(code))
+        return real_open(name, *args, **kwargs)
+
+    with anyio.fail_after(TIMEOUT):
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "open", open_refusing)
+            first = await _scan(library, media)
+        second = await _scan(library, media)
+
+    assert (first["added"], first["probe_errors"]) == (0, 2)
+    assert (second["added"], second["failed_unchanged"]) == (1, 1)

@@ -1269,7 +1269,11 @@ def test_a_malformed_timecode_tag_does_not_hide_a_valid_one(tmp_path: Path) -> N
         (errno.EPERM, True),
         (errno.ENOTCONN, True),
         (errno.EHOSTUNREACH, True),
+        (errno.EKEYEXPIRED, True),
+        (errno.EUCLEAN, True),
+        (errno.EREMOTEIO, True),
         (errno.ENOENT, False),
+        (errno.ELOOP, False),
     ],
     ids=[
         "out-of-descriptors",
@@ -1278,7 +1282,11 @@ def test_a_malformed_timecode_tag_does_not_hide_a_valid_one(tmp_path: Path) -> N
         "not-permitted",
         "fuse-daemon-gone",
         "server-unreachable",
+        "ticket-expired",
+        "file-system-damaged",
+        "remote-io-error",
         "gone",
+        "a-symlink-now",
     ],
 )
 def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
@@ -1286,9 +1294,10 @@ def test_a_file_that_cannot_be_opened_says_whether_the_file_is_to_blame(
 ) -> None:
     """Out of descriptors or memory, the service is short of something;
     denied, the file is not readable for now; its file system cannot
-    answer (a FUSE daemon gone, a share's server out of reach): the error
-    says nothing of its content, and is ``transient`` (a scan keeps the
-    file's row). Gone, it is the file's."""
+    answer (a FUSE daemon gone, a share's server out of reach, its ticket
+    expired, the file system damaged): the error says nothing of its
+    content, and is ``transient`` (a scan keeps the file's row, and does not
+    remember the failure). Gone, or a symlink now, it is the file's."""
     path = tmp_path / "a.mp4"
     path.write_bytes(b"")
 
