@@ -197,10 +197,11 @@ def test_page_reconnects_after_the_server_restarts(browser: Browser, tmp_path: P
 def test_a_page_that_saw_no_event_reloads_the_library_after_an_outage(
     browser: Browser, tmp_path: Path
 ) -> None:
-    """A page opened once every job had ended has no event id to resume
-    after: its stream opens afresh after a restart, with no ``reset``, and
-    the page loads the library again (a row deleted while the service was
-    down), as it loads the job list."""
+    """A page opened once every job had ended has seen no event, but its
+    stream's first line gave an id: the browser resumes with it after a
+    restart, the stream answers with a ``reset`` (an id of the run before),
+    and the page loads the library again (a row deleted while the service
+    was down), as it loads the job list."""
     env = server_environment(tmp_path, STOAT_SHUTDOWN_GRACE="1")
     clip_dir = tmp_path / "root" / "clips"
     clip_dir.mkdir(parents=True)
@@ -236,8 +237,9 @@ def test_a_page_that_saw_no_event_reloads_the_library_after_an_outage(
 
     assert console.errors == []
     # The library was loaded at the page's start and after the outage only:
-    # not again as its first stream opened; and no stream resumed with an id
-    # (which would have brought a reset instead).
+    # not again as its first stream opened, nor twice after the outage (by
+    # the reset and by the reopened stream); the browser resumed the source
+    # it had, with its own header, not a new one with the page's query.
     assert sum("/api/v1/videos?" in url for url in console.requests) == 2
     assert not any("last_event_id=" in url for url in console.requests)
 

@@ -673,18 +673,22 @@ function connectEvents() {
   const query = lastEventId ? `?last_event_id=${encodeURIComponent(lastEventId)}` : "";
   const source = new EventSource(`${API}/events${query}`);
   events = source;
+  let reopened = false;
   source.onopen = () => {
     reconnectFailures = 0;
     showLive("ok", "live");
     // A fresh stream brings the jobs not ended and then changes: the list shows
     // the rest. It is open before the list is asked for, so no change falls in
-    // between. A resumed one brings what was missed, or a reset. Opened anew
-    // with no id after a failure (an outage, even before the first open),
+    // between. A resumed one brings what was missed, or a reset: so does the
+    // browser's own reconnection of this source, with the id its stream gave
+    // last (the first line gives one when it has nothing else to send). Opened
+    // anew with no id after a failure (an outage, even before the first open),
     // nothing says what changed meanwhile: the library is loaded again too.
-    if (!lastEventId) {
+    if (!lastEventId && !reopened) {
       reloadJobs();
       if (streamFailed) refreshLibrary();
     }
+    reopened = true;
     streamFailed = false;
   };
   source.addEventListener("job", (event) => {
