@@ -44,30 +44,35 @@ def open_regular_file(
         ProbeError: It cannot be opened or is not a regular file; its
             ``path`` is ``path``, or ``name`` without one. Transient if it
             was replaced while it was opened without ``/proc``, or is not
-            as ``expect`` says (:data:`CHANGED_SINCE_FOUND`).
+            as ``expect`` says (:data:`CHANGED_SINCE_FOUND`); with
+            ``expect``, whatever kept it from being opened: the walk found
+            a regular file there, one moved away for a moment or put back
+            says nothing of it, and the next scan's walk says what is there
+            (a scan keeps the file's row, and remembers no failure).
     """
     shown = name if path is None else path
+    found = expect is not None
     try:
         place = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
-        raise _failure(shown, exc) from exc
+        raise _failure(shown, exc, found=found) from exc
     try:
         checked = os.fstat(place)
         if not stat.S_ISREG(checked.st_mode):  # a link (O_NOFOLLOW gave the link itself) too
-            raise ProbeError(shown, "not a regular file")
+            raise ProbeError(shown, "not a regular file", transient=found)
         try:
             fd = os.open(f"/proc/self/fd/{place}", _READ)
         except FileNotFoundError:  # no /proc here
             fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as exc:
-        raise _failure(shown, exc) from exc
+        raise _failure(shown, exc, found=found) from exc
     finally:
         os.close(place)
     try:
         info = os.fstat(fd)  # as of the open: a network file system refreshes it then
     except OSError as exc:
         os.close(fd)
-        raise _failure(shown, exc) from exc
+        raise _failure(shown, exc, found=found) from exc
     if (info.st_dev, info.st_ino) != (checked.st_dev, checked.st_ino):
         os.close(fd)
         raise ProbeError(shown, "replaced while it was opened", transient=True)
@@ -103,5 +108,6 @@ of descriptors, a share whose ticket expired, a damaged file system):
 failure (``_failedprobes.py``)."""
 
 
-def _failure(path: str, exc: OSError) -> ProbeError:
-    return ProbeError(path, exc.strerror or str(exc), transient=exc.errno not in _THE_FILES)
+def _failure(path: str, exc: OSError, *, found: bool) -> ProbeError:
+    transient = found or exc.errno not in _THE_FILES
+    return ProbeError(path, exc.strerror or str(exc), transient=transient)

@@ -225,8 +225,9 @@ def sift_failures(
     many are unchanged since a probe failed on them (``failed``, the scope's
     remembered failures: ``_failedprobes.py``), each an ``errors`` entry of
     the reason then; and the remembered failures to forget: of a file found
-    changed, or with a stored video, or not found, unless a directory went
-    unread (``errors.unread``: its files may be there). Blocking: the survey's thread."""
+    changed, or with a stored video, or not found, unless it is in a
+    directory that went unread (``errors.unread``: it may be there).
+    Blocking: the survey's thread."""
     remembered = {
         path: failure.reason
         for path, failure in failed.items()
@@ -234,12 +235,25 @@ def sift_failures(
     }
     for path, reason in sorted(remembered.items()):
         errors.add(path, reason + REMEMBERED)
-    unread = bool(errors.unread)
+    unread = frozenset(errors.unread)
     forget = [
         path
         for path in failed
-        if path not in remembered and (path in found or path in known or not unread)
+        if path not in remembered
+        and (path in found or path in known or not _within(path, unread))
     ]
     if remembered:
         to_probe = [path for path in to_probe if path not in remembered]
     return to_probe, len(remembered), forget
+
+
+def _within(path: str, directories: frozenset[str]) -> bool:
+    """Whether ``path`` is one of ``directories`` or below one of them."""
+    while directories:
+        if path in directories:
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return False

@@ -325,11 +325,12 @@ async def test_no_failure_is_remembered_once_the_directory_is_replaced(
 
 
 def test_a_scan_that_could_not_read_a_directory_forgets_only_what_it_saw() -> None:
-    """Remembered failures of files the walk did not find are kept when a
-    directory went unread (they may be there); those found changed, or with
-    a stored video, go whatever was unread."""
+    """Remembered failures of files the walk did not find are kept when they
+    are in a directory that went unread (they may be there), and only then;
+    those found changed, or with a stored video, go whatever was unread."""
     failed = {
         "/m/unseen.mp4": FailedProbe((1, 1), "no"),
+        "/m/sub/deeper/unseen.mp4": FailedProbe((1, 1), "no"),
         "/m/changed.mp4": FailedProbe((1, 1), "no"),
         "/m/stored.mp4": FailedProbe((1, 1), "no"),
         "/m/same.mp4": FailedProbe((1, 1), "no"),
@@ -349,8 +350,8 @@ def test_a_scan_that_could_not_read_a_directory_forgets_only_what_it_saw() -> No
         forgotten.append(sorted(forget))
 
     assert forgotten == [
+        ["/m/changed.mp4", "/m/stored.mp4", "/m/sub/deeper/unseen.mp4", "/m/unseen.mp4"],
         ["/m/changed.mp4", "/m/stored.mp4", "/m/unseen.mp4"],
-        ["/m/changed.mp4", "/m/stored.mp4"],
     ]
 
 
@@ -388,6 +389,39 @@ async def test_a_file_its_file_system_would_not_open_is_not_remembered(
         with monkeypatch.context() as patched:
             patched.setattr(os, "open", open_refusing)
             first = await _scan(library, media)
+        second = await _scan(library, media)
+
+    assert (first["added"], first["probe_errors"]) == (0, 2)
+    assert (second["added"], second["failed_unchanged"]) == (1, 1)
+
+
+@pytest.mark.parametrize("there", ["nothing", "a-fifo"])
+async def test_a_video_moved_away_for_a_moment_is_not_remembered(
+    library: VideoLibrary, media: Path, monkeypatch: pytest.MonkeyPatch, there: str
+) -> None:
+    """A file the walk found, moved away as it is probed (nothing, or a FIFO,
+    at its name then) and put back: the failure says nothing of it, so the
+    next scan probes it again and adds it."""
+    good = media / "good.mp4"
+    probed = Probed(monkeypatch)
+
+    def moved_away(name: str, **kwargs: Any) -> VideoProbe:
+        if name != "good.mp4":
+            return probe_video(name, **kwargs)
+        good.rename(media / "away")
+        if there == "a-fifo":
+            os.mkfifo(good)
+        try:
+            return probe_video(name, **kwargs)
+        finally:
+            if there == "a-fifo":
+                good.unlink()
+            (media / "away").rename(good)
+
+    probed.then = moved_away
+    with anyio.fail_after(TIMEOUT):
+        first = await _scan(library, media)
+        probed.then = probe_video
         second = await _scan(library, media)
 
     assert (first["added"], first["probe_errors"]) == (0, 2)
