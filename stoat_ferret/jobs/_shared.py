@@ -39,11 +39,13 @@ class Shared:
 
     * ``phase``: written by ``run``, ``aclose``, the actor's exit and a
       worker leaving mid-job by an exception; read by ``submit`` (accept only
-      while ``RUNNING``) and by workers (start only while ``RUNNING``), each
-      through :attr:`accepting`, which also ends ``RUNNING`` once the task
-      of ``run()`` (``host``) has a cancellation pending: the actor would at
-      its next step, and a runnable actor takes that step only after the
-      batch it is handling, while submits and workers go on. It
+      while ``RUNNING``, through :attr:`accepting`, which also ends
+      ``RUNNING`` once the task of ``run()``, ``host``, has a cancellation
+      pending: the actor would at its next step, and a runnable actor takes
+      that step only after the batch it is handling, while submits go on)
+      and by workers (start only while ``RUNNING``; a worker in ``run()``'s
+      cancelled task group hears the cancellation itself as it takes an
+      assignment, ``_worker.py``). It
       changes to ``CLOSING`` *before* the actor is told to shut down (by
       ``Shutdown``, or by that worker's ``Stopping``; on a hard stop, by
       whichever of a worker mid-job and the leaving actor runs first), so
@@ -114,7 +116,7 @@ class Shared:
             SupervisorClosed: the supervisor is not running.
             QueueFull: ``limit`` jobs are already pending.
         """
-        if not self.accepting:
+        if self.phase is not Phase.RUNNING:  # submit asked accepting just before
             raise SupervisorClosed(f"the job supervisor is {self.phase.value}, not accepting jobs")
         if self.taken >= self.limit:
             raise QueueFull(f"pending jobs at their limit of {self.limit}")
@@ -143,7 +145,7 @@ class Shared:
         if job_id in self.withdrawn:
             self.withdrawn.discard(job_id)
             return False
-        if not self.accepting:
+        if self.phase is not Phase.RUNNING:
             return False
         self.taken -= 1
         return True
