@@ -58,13 +58,15 @@ SELECT name FROM formats WHERE name IS NOT NULL
 
 
 def search_key(text: str) -> str:
-    """``text`` as the search compares it: NFC-normalised, then case-folded.
+    """``text`` as the search compares it: NFC-normalised, case-folded, and
+    normalised again (Unicode's canonical caseless match: folding can undo
+    a composition: ``ΐ``, U+0390, folds to an iota and two combining marks).
 
     Both the stored ``search_path`` and ``q`` go through it, so a path whose
     accents are decomposed (NFD, as macOS writes file names) is found by an
-    ``été`` typed precomposed, and ``É`` by ``é``.
+    ``été`` typed precomposed, ``É`` by ``é``, and ``ΐ`` by ``Ϊ́``.
     """
-    return unicodedata.normalize("NFC", text).casefold()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
 
 
 def walk_sort_index(matches: int, stored: int, rows: int) -> bool:

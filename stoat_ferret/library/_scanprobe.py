@@ -239,8 +239,7 @@ def sift_failures(
     forget = [
         path
         for path in failed
-        if path not in remembered
-        and (path in found or path in known or not _within(path, unread))
+        if path not in remembered and (path in found or path in known or not _within(path, unread))
     ]
     if remembered:
         to_probe = [path for path in to_probe if path not in remembered]

@@ -862,6 +862,40 @@ def test_a_failed_migration_changes_nothing(
         assert raw.execute("SELECT count(*) FROM videos").fetchone() == (1,)
 
 
+def test_a_key_of_the_search_before_its_fix_is_written_again(tmp_path: Path) -> None:
+    """Schema 11: a key stored by the search key of schema 10 (case-folded, not
+    normalised after) is written again, so ``Προΐστάμενος`` is found by its
+    capitals, whose folding decomposes the ``ΐ``; a key that did not change
+    is left as it was."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 10)
+    greek, latin = "/m/Προΐστάμενος.mp4", "/m/ÉTÉ.mp4"
+
+    def old_key(text: str) -> str:
+        return unicodedata.normalize("NFC", text).casefold()
+
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("UPDATE videos SET path = ?, search_path = ?", (greek, old_key(greek)))
+        raw.execute(
+            "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns, created_at,"
+            " updated_at, search_path) SELECT ?, directory, filename, size_bytes, mtime_ns,"
+            " created_at, updated_at, ? FROM videos",
+            (latin, old_key(latin)),
+        )
+        raw.commit()
+        assert old_key(greek) != search_key(greek)
+
+    store = VideoStore.open(path)
+    try:
+        found = [
+            store.list_videos(10, 0, VideoFilter(q=q))[1] for q in ("ΠΡΟΪ́ΣΤΆΜΕΝΟΣ", "προΐ", "été")
+        ]
+    finally:
+        store.close()
+
+    assert found == [1, 1, 1]
+
+
 def test_metadata_columns_match_the_fields(store: VideoStore, tmp_path: Path) -> None:
     """The migrated table has one column per metadata field, in the same order."""
     with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
