@@ -245,7 +245,10 @@ def driving_filter(
     video codec and an audio codec over 100,000 videos took 91 ms through
     the common one's index, 1 ms through the rare one's; over a million,
     past the list's deadline. Ties go to the first, whose index may carry
-    the bounds and the roots."""
+    the bounds and the roots; so do filters that all match every video
+    stored, once a count of the videos (up to the cap) says so: counted no
+    further (a million videos, two such filters: 0.61 s with a last count
+    of each to ten million)."""
     terms: dict[str, tuple[str, tuple[Any, ...]]] = {}
     if where.video_codec is not None:
         terms["video_codec"] = ("video_codec = ?", (where.video_codec.lower(),))
@@ -269,6 +272,9 @@ def driving_filter(
         fewest = min(found.values())
         tied = [column for column in tied if found[column] == fewest]
         if len(tied) == 1 or fewest < cap:
+            return tied[0]
+        stored = f"SELECT count(*) FROM (SELECT 1 FROM videos LIMIT {cap + 1:d})"
+        if execute(stored, ()).fetchone()[0] <= cap:  # each matches every video
             return tied[0]
         cap *= 10
 

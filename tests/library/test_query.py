@@ -259,21 +259,35 @@ def test_of_several_equality_filters_the_rarest_finds_the_rows(
 
 
 @pytest.mark.parametrize(
-    ("pairs", "drive"),
+    ("pairs", "drive", "counted"),
     [
-        ((("h264", "aac", 60), ("h264", "ac3", 40)), "audio_codec"),  # 100 h264, 40 ac3
-        ((("h264", "ac3", 40), ("vp9", "aac", 1)), "video_codec"),  # 40 each: a tie
+        # 100 h264, 40 ac3: each count past the sample, and the videos' past it
+        (
+            (("h264", "aac", 60), ("h264", "ac3", 40)),
+            "audio_codec",
+            ["3)", "3)", "4)", "30)", "30)", "31)", "300)", "300)"],
+        ),
+        # 40 each: a tie, counted to the end
+        (
+            (("h264", "ac3", 40), ("vp9", "aac", 1)),
+            "video_codec",
+            ["3)", "3)", "4)", "30)", "30)", "31)", "300)", "300)"],
+        ),
+        # 30 videos, each matching both: no count past 30, the videos' number
+        ((("h264", "ac3", 30),), "video_codec", ["3)", "3)", "4)", "30)", "30)", "31)"]),
     ],
-    ids=["fewer", "tie"],
+    ids=["fewer", "tie", "every-video"],
 )
 def test_equality_filters_that_reach_the_sample_are_counted_further(
     store: VideoStore,
     monkeypatch: pytest.MonkeyPatch,
     pairs: tuple[tuple[str, str, int], ...],
     drive: str,
+    counted: list[str],
 ) -> None:
     """Two filters that both match DRIVE_SAMPLE or more are counted again, ten
-    times as far, until one matches fewer; a true tie goes to the first."""
+    times as far, until one matches fewer, or the videos stored are no more
+    than that; a true tie goes to the first."""
     _codecs(store, *pairs)
     monkeypatch.setattr(_query, "DRIVE_SAMPLE", 3)
     caps: list[str] = []
@@ -287,7 +301,7 @@ def test_equality_filters_that_reach_the_sample_are_counted_further(
         chosen = driving_filter(VideoFilter(video_codec="h264", audio_codec="ac3"), None, execute)
 
     assert chosen == drive
-    assert caps == ["3)", "3)", "30)", "30)", "300)", "300)"]
+    assert caps == counted
 
 
 @pytest.mark.parametrize(
