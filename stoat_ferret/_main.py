@@ -167,6 +167,10 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
                 return _say(line, json_log=json_log)
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
+            # A stop whose exception SQLite turned into its own (raised in the
+            # search key a migration computes, a callback): stopped, not failed.
+            if (signum := stop.lost()) is not None:
+                raise _Stopped(signum) from exc
             # A token pasted into another setting (the host, the database's
             # path) is not repeated in the error about it (one_line redacts).
             _error(one_line(exc), json_log=json_log)
