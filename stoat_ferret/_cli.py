@@ -24,6 +24,7 @@ import attrs
 
 from stoat_ferret import __version__
 from stoat_ferret._address import resolve_host
+from stoat_ferret._logging import printable
 from stoat_ferret.settings import (
     ExposureError,
     Settings,
@@ -235,7 +236,10 @@ def one_line(exc: Exception) -> str:
     secret's value redacted (a token pasted into another setting, the host,
     the database's path: :func:`~stoat_ferret.settings.redact_secrets`)
     before it is cut."""
-    return _cut(f"{PROG}: " + " ".join(redact_secrets(str(exc)).split()), MAX_LINE_CHARS)
+    # Whitespace (a line break in a path) as one space, and what else would
+    # not print (a terminal's escape, a bidi control) as its escape.
+    text = printable(" ".join(redact_secrets(str(exc)).split()))
+    return _cut(f"{PROG}: {text}", MAX_LINE_CHARS)
 
 
 def _cut(text: str, most: int) -> str:

@@ -97,7 +97,7 @@ def _show(value: Any) -> str:
     return repr(text)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with each character that is not printable (a line break, a
     terminal's escape, a bidi control) as its escape: one line, shown, not obeyed."""
     if text.isprintable():
@@ -110,7 +110,7 @@ def _format_text(record: Record) -> str:
     ``| job_id=... status=...``."""
     fields = " ".join(f"{key}={_show(value)}" for key, value in _fields(record).items())
     record["extra"]["_fields"] = " | " + fields if fields else ""
-    record["extra"]["_message"] = _printable(record["message"])
+    record["extra"]["_message"] = printable(record["message"])
     return _TEXT
 
 

@@ -41,7 +41,7 @@ from stoat_ferret._cli import (
     parse_arguments,
     stop_signals,
 )
-from stoat_ferret._logging import configure_logging
+from stoat_ferret._logging import configure_logging, printable
 from stoat_ferret._startup import check, check_startup
 from stoat_ferret.library import StoreError
 from stoat_ferret.settings import SettingsError, redact_secrets
@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
                 line = check(settings, names)
                 if (signum := stop.lost()) is not None:
                     raise _Stopped(signum)
-                return _say(line, json_log=json_log)
+                # One line, a line break or a terminal's escape in a path shown, not obeyed.
+                return _say(printable(line), json_log=json_log)
             hold = check_startup(settings, names)
         except (SettingsError, StoreError) as exc:
             # A stop whose exception SQLite turned into its own (raised in the

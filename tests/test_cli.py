@@ -1124,6 +1124,31 @@ def test_check_shows_a_path_that_is_not_utf8_escaped_on_a_strict_output(
     assert "donn\\udce9es/stoat.db" in output.getvalue().decode()
 
 
+def test_check_shows_a_path_with_a_line_break_or_an_escape_on_one_line(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database path holding a line break and a terminal's escape: check's
+    one line shows them escaped (a script reading its first line, or one
+    starting "ok:", is not fooled; a terminal obeys nothing), and so does
+    the one line of an error about such a path."""
+    directory = tmp / "x\nok: fake"
+    directory.mkdir(mode=0o700)
+    database = directory / "a\x1b[31m.db"
+
+    (tmp / "a file\n\x1b[2J").write_text("")  # no directory to hold a database
+    status = main(["check", "--database", str(database)])
+    refused = main(["check", "--database", str(tmp / "a file\n\x1b[2J" / "stoat.db")])
+
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert out.count("\n") == 1
+    assert f"from {tmp}/x\\nok: fake/a\\x1b[31m.db " in out
+    assert refused == 2
+    assert err.count("\n") == 1
+    assert "\x1b" not in err
+    assert "a file \\x1b[2J/stoat.db" in err
+
+
 @pytest.mark.usefixtures("_restored_logging")
 def test_check_refuses_a_new_database_on_a_full_disk(
     tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
