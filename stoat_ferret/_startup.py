@@ -313,9 +313,19 @@ def _check_creatable(directory: Path, message: str) -> None:
     if not existing.is_dir():
         raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise StoreError(f"{message} ({os.strerror(errno.EACCES)})")
+        raise StoreError(f"{message} ({os.strerror(_why_not_writable(existing))})")
     if file_system_full(os.fspath(existing)):  # a full disk would fail SQLite's log files
         raise StoreError(f"{message} (its file system is full: under 1 MiB or no inode left)")
+
+
+def _why_not_writable(directory: Path) -> int:
+    """The errno of a directory ``os.access`` says this process cannot write
+    in: ``EROFS`` on a read-only file system (as serving would say), else ``EACCES``."""
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return errno.EROFS if read_only else errno.EACCES
 
 
 def _names(names: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -32,7 +32,7 @@ from stoat_ferret import _startup as startup_module
 from stoat_ferret._address import dashboard_url
 from stoat_ferret._cli import build_parser, parse_command
 from stoat_ferret._main import main, run
-from stoat_ferret._startup import check_startup
+from stoat_ferret._startup import check, check_startup
 from stoat_ferret.library import (
     SCHEMA_VERSION,
     StoreError,
@@ -1040,6 +1040,32 @@ def test_a_database_on_a_read_only_file_system_is_said_to_be_so(
     message = call_denied(lambda: _start_refused(database))
 
     assert message == f"STOAT_DATABASE_PATH: cannot write to {database} (Read-only file system)"
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_a_data_directory_on_a_read_only_file_system_is_said_to_be_so(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check, of the directory that would hold a new database, on a file system
+    mounted read-only: EROFS, as serving's own attempt there would say, not
+    "Permission denied". (Pretended: ``statvfs`` says read-only, ``os.access``
+    says no.)"""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    real_statvfs = os.statvfs
+
+    def read_only(path: Any) -> Any:
+        found = real_statvfs(path)
+        return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, found.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", read_only)
+    # access(2) asks with the real user's full capabilities: root passes it whatever the mode.
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+
+    with pytest.raises(StoreError) as refused:
+        check(Settings(database_path=data / "stoat.db"))
+
+    assert str(refused.value).endswith(f"{data}/stoat.db (Read-only file system)")
 
 
 @pytest.mark.usefixtures("_restored_logging")
