@@ -29,12 +29,12 @@ Which rows go: a scan reads those of its scope with the stored
 fingerprints (:meth:`FailedProbeStore.failed_probes`), and deletes, in one
 transaction after its walk, a row whose file it found changed, or found
 with a stored video (another scan probed it since), or did not find, unless
-a directory went unread (``_scan.py``). It writes the rows of the files its
-probes failed on after each batch of videos, but for those gone or changed
-since the walk, and none once the scanned directory is no longer the one
-at its path (``_scanwrite.py``). A row is a memo, never the library: a
-row lost (a crash between two writes, a disk not mounted when a scan
-looked) costs one probe more, no more.
+it lies below a directory that went unread (``_scanprobe.sift_failures``).
+It writes the rows of the files its probes failed on after each batch of
+videos, but for those gone or changed since the walk, and none once the
+scanned directory is no longer the one at its path (``_scanwrite.py``). A
+row is a memo, never the library: a row lost (a crash between two writes,
+a disk not mounted when a scan looked) costs one probe more, no more.
 """
 
 from __future__ import annotations

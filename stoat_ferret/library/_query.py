@@ -57,15 +57,21 @@ SELECT name FROM formats WHERE name IS NOT NULL
 """
 
 
-def search_key(text: str) -> str:
+def search_key(text: str | bytes) -> str:
     """``text`` as the search compares it: NFC-normalised, case-folded, and
     normalised again (Unicode's canonical caseless match: folding can undo
     a composition: ``ΐ``, U+0390, folds to an iota and two combining marks).
 
     Both the stored ``search_path`` and ``q`` go through it, so a path whose
     accents are decomposed (NFD, as macOS writes file names) is found by an
-    ``été`` typed precomposed, ``É`` by ``é``, and ``ΐ`` by ``Ϊ́``.
+    ``été`` typed precomposed, ``É`` by ``é``, and ``ΐ`` by ``Ϊ́``. The
+    migrations hand it each path's bytes (``CAST(path AS BLOB)``): a text that
+    is not UTF-8, which only a damaged or hand-edited file holds, gets the key
+    of its readable rest rather than failing the migration (Python's sqlite3
+    cannot hand such a text to a function).
     """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
 
 

@@ -209,7 +209,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE videos ADD COLUMN search_path TEXT",
         # search_key is registered on the connection by VideoStore.open: Python's
         # normalisation and case folding, as the rows written later get.
-        "UPDATE videos SET search_path = search_key(path)",
+        "UPDATE videos SET search_path = search_key(CAST(path AS BLOB))",
         # The scope query reads probe_version too: keep it covered by one index.
         "DROP INDEX videos_fingerprint",
         "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
@@ -299,8 +299,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # search_key normalises again after case folding: the keys it changes
     # (a few Greek and Latin letters with two marks) are written again.
     11: (
-        "UPDATE videos SET search_path = search_key(path)"
-        " WHERE search_path IS NOT search_key(path)",
+        "UPDATE videos SET search_path = search_key(CAST(path AS BLOB))"
+        " WHERE search_path IS NOT search_key(CAST(path AS BLOB))",
     ),
 }
 

@@ -201,9 +201,10 @@ class StoreFile:
                 if isinstance(exc, StoreBroken):
                     self.broken = str(exc)
                 cause = exc.__cause__
-                if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode == (
-                    sqlite3.SQLITE_INTERRUPT
-                ):
+                # Not every sqlite3.Error has a code: the module's own (a text
+                # column that is not UTF-8, which it cannot decode) has none.
+                code = getattr(cause, "sqlite_errorcode", None)
+                if isinstance(cause, sqlite3.Error) and code == sqlite3.SQLITE_INTERRUPT:
                     raise StoreBusy(f"video store {self.path}: the read took too long") from exc
                 raise
         finally:

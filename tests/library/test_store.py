@@ -896,6 +896,33 @@ def test_a_key_of_the_search_before_its_fix_is_written_again(tmp_path: Path) -> 
     assert found == [1, 1, 1]
 
 
+def test_a_path_that_is_not_utf8_fails_no_migration_and_no_read_unclearly(
+    tmp_path: Path,
+) -> None:
+    """A damaged or hand-edited file holding a path that is not UTF-8 (SQLite
+    takes any bytes as text): the migration that writes the search keys
+    again gives it the key of its readable rest, and a list that meets it
+    fails with a StoreError naming the column, not with another exception."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, SCHEMA_VERSION - 1)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute(
+            "UPDATE videos SET path = CAST(X'2f6d2fff2e6d7034' AS TEXT), search_path = NULL"
+        )
+        raw.commit()
+
+    store = VideoStore.open(path)
+    try:
+        with pytest.raises(StoreError, match="Could not decode to UTF-8 column 'path'"):
+            store.list_videos(10, 0)
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        [(key,)] = raw.execute("SELECT search_path FROM videos").fetchall()
+
+    assert key == "/m/\ufffd.mp4"
+
+
 def test_metadata_columns_match_the_fields(store: VideoStore, tmp_path: Path) -> None:
     """The migrated table has one column per metadata field, in the same order."""
     with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
