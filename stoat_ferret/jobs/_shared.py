@@ -43,9 +43,11 @@ class Shared:
       ``RUNNING`` once the task of ``run()``, ``host``, has a cancellation
       pending: the actor would at its next step, and a runnable actor takes
       that step only after the batch it is handling, while submits go on)
-      and by workers (start only while ``RUNNING``; a worker in ``run()``'s
-      cancelled task group hears the cancellation itself as it takes an
-      assignment, ``_worker.py``). It
+      and by workers (start only while ``RUNNING``, through
+      :attr:`accepting` too: a worker in ``run()``'s cancelled task group
+      hears an anyio cancellation itself as it takes an assignment,
+      ``_worker.py``, but not asyncio's ``Task.cancel()`` of ``run()``'s
+      task, which marks no scope until that task runs). It
       changes to ``CLOSING`` *before* the actor is told to shut down (by
       ``Shutdown``, or by that worker's ``Stopping``; on a hard stop, by
       whichever of a worker mid-job and the leaving actor runs first), so
@@ -145,7 +147,7 @@ class Shared:
         if job_id in self.withdrawn:
             self.withdrawn.discard(job_id)
             return False
-        if self.phase is not Phase.RUNNING:
+        if not self.accepting:  # run() cancelled natively too (a Task.cancel())
             return False
         self.taken -= 1
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -157,6 +158,33 @@ async def test_a_submit_racing_a_hard_stop_is_refused(actor: str) -> None:
                 assert (await supervisor.get_result(queued)).started_at is None
 
     assert outcomes == ["refused"] * 20
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # about asyncio's own Task.cancel()
+async def test_a_native_cancel_of_runs_task_starts_no_job_already_handed_out() -> None:
+    """run()'s task cancelled by asyncio's ``Task.cancel()``, just after the
+    actor handed a job to an idle worker: the cancellation marks no anyio
+    scope until that task runs, so no checkpoint of the worker's hears it;
+    the worker asks run()'s task itself, and the job never starts."""
+    started: list[Any] = []
+
+    async def handler(ctx: JobContext) -> None:
+        started.append(ctx.payload)
+
+    supervisor = JobSupervisor(max_workers=1)
+    supervisor.register("t", handler)
+    with anyio.fail_after(10):
+        run = asyncio.create_task(supervisor.run())
+        await anyio.wait_all_tasks_blocked()  # running, its worker idle
+        job = await supervisor.submit("t", "handed out")
+        await checkpoint()  # the actor (run()'s task) hands the job to the worker
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        result = await supervisor.get_result(job)
+
+    assert started == []
+    assert (result.status, result.started_at) == (JobStatus.CANCELLED, None)
 
 
 async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker(
