@@ -160,6 +160,13 @@ _VIDEOS_INDEXES_V4: Final = (
 )
 
 # Statements that take the schema from version N - 1 to version N.
+_PATH_BYTES: Final = (
+    "CASE (SELECT encoding FROM pragma_encoding) WHEN 'UTF-8' THEN CAST(path AS BLOB) ELSE path END"
+)
+"""A row's path as ``search_key`` takes it in a migration: its bytes in a UTF-8 file
+(a text not UTF-8, in a damaged or hand-edited file, cannot reach a Python
+function as text), its text in a UTF-16 one (never this service's making)."""
+
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
         """
@@ -209,7 +216,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE videos ADD COLUMN search_path TEXT",
         # search_key is registered on the connection by VideoStore.open: Python's
         # normalisation and case folding, as the rows written later get.
-        "UPDATE videos SET search_path = search_key(CAST(path AS BLOB))",
+        f"UPDATE videos SET search_path = search_key({_PATH_BYTES})",
         # The scope query reads probe_version too: keep it covered by one index.
         "DROP INDEX videos_fingerprint",
         "CREATE INDEX videos_fingerprint ON videos (path, size_bytes, mtime_ns, probe_version)",
@@ -299,8 +306,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # search_key normalises again after case folding: the keys it changes
     # (a few Greek and Latin letters with two marks) are written again.
     11: (
-        "UPDATE videos SET search_path = search_key(CAST(path AS BLOB))"
-        " WHERE search_path IS NOT search_key(CAST(path AS BLOB))",
+        f"UPDATE videos SET search_path = search_key({_PATH_BYTES})"
+        f" WHERE search_path IS NOT search_key({_PATH_BYTES})",
     ),
 }
 

@@ -226,8 +226,8 @@ class Settings:
             "metavar": "ORIGIN",
             "repeat": "an origin",
             "default": "none",
-            "help": "more origins (https://host:port) the dashboard may be served from, such as "
-            "a proxy's public one, ','-separated in the variable and in a flag; no CORS headers",
+            "help": "more origins (https://host:port) the dashboard may be served from, as a "
+            "proxy's public one, ','-separated in the variable and in a flag; no CORS headers sent",
         },
     )
     # A secret: kept out of repr (and so out of every log line).

@@ -178,6 +178,7 @@ async def test_a_native_cancel_of_runs_task_starts_no_job_already_handed_out() -
         await anyio.wait_all_tasks_blocked()  # running, its worker idle
         job = await supervisor.submit("t", "handed out")
         await checkpoint()  # the actor (run()'s task) hands the job to the worker
+        assert supervisor._table.lookup(job) is not None  # it did: the job is recorded
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run

@@ -923,6 +923,37 @@ def test_a_path_that_is_not_utf8_fails_no_migration_and_no_read_unclearly(
     assert key == "/m/\ufffd.mp4"
 
 
+def test_the_search_keys_a_migration_makes_in_a_utf16_file_are_of_its_text(
+    tmp_path: Path,
+) -> None:
+    """A file SQLite keeps in UTF-16 (never this service's making, but one
+    it opens): the migrations hand ``search_key`` each path as text there,
+    not its UTF-16 bytes, so the keys they write find the paths."""
+    path = tmp_path / "utf16.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("PRAGMA encoding = 'UTF-16le'")
+        raw.create_function("search_key", 1, search_key, deterministic=True)
+        for step in (1, 2):
+            for statement in MIGRATIONS[step]:
+                raw.execute(statement)
+        raw.execute(
+            "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns,"
+            " created_at, updated_at) VALUES ('/m/Été.mp4', '/m', 'Été.mp4', 1, 1,"
+            " '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00')"
+        )
+        raw.execute("PRAGMA user_version = 2")
+        raw.commit()
+        assert raw.execute("PRAGMA encoding").fetchone() == ("UTF-16le",)
+
+    store = VideoStore.open(path)
+    try:
+        _, total = store.list_videos(10, 0, VideoFilter(q="été"))
+    finally:
+        store.close()
+
+    assert total == 1
+
+
 def test_metadata_columns_match_the_fields(store: VideoStore, tmp_path: Path) -> None:
     """The migrated table has one column per metadata field, in the same order."""
     with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
