@@ -60,8 +60,9 @@ from typing import TYPE_CHECKING, Final
 import av
 
 from stoat_ferret.library._beneath import RootUnavailable, open_below_root
-from stoat_ferret.library._exceptions import UNREACHABLE_ERRNOS, ProbeError, ShortOfMemory
+from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import (
+    READ_FAILURES,
     READ_LIMIT,
     SHORT_OF_MEMORY_ERRNOS,
     BoundedInput,
@@ -94,27 +95,6 @@ MAX_PACKETS: Final = 2_000
 
 _TIMESTAMPS: Final = range(-(2**63), 2**63)
 """What FFmpeg's seek takes: a 64-bit timestamp."""
-
-_TRANSIENT_ERRNOS: Final = UNREACHABLE_ERRNOS | frozenset(
-    {
-        errno.ENOENT,
-        errno.EACCES,
-        errno.EPERM,
-        errno.EMFILE,
-        errno.ENFILE,
-        errno.EIO,
-        errno.ENOMEM,
-        errno.EAGAIN,
-        errno.EINTR,
-        errno.EBUSY,
-        errno.ENXIO,
-        errno.ENODEV,
-        errno.ESTALE,
-        errno.ETIMEDOUT,
-    }
-)
-"""Errors of the moment (a file away, out of descriptors, a disk or network
-hiccup), not of the file: they do not make a video undecodable."""
 
 OUTSIDE_ROOTS: Final = "outside the directories this service may scan; not read"
 
@@ -264,7 +244,8 @@ def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> Prob
         reason = f"{what} (Invalid argument: larger than {MAX_PIXELS} pixels, or damaged)"
     if isinstance(exc, OutOfMemory):  # the process's trouble: the next job tries again
         return ShortOfMemory(path, reason)
-    transient = says_nothing_of_content(exc, _TRANSIENT_ERRNOS)
+    # A read the file system failed says nothing of the file, as for the probe.
+    transient = says_nothing_of_content(exc, READ_FAILURES)
     return ProbeError(path, reason) if transient else UndecodableError(path, reason)
 
 

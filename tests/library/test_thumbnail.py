@@ -651,15 +651,28 @@ def test_a_directory_that_cannot_be_opened_now_is_retried(
 
 @pytest.mark.parametrize(
     ("code", "retried"),
-    [(errno.ENOTCONN, True), (errno.EHOSTUNREACH, True), (errno.EINVAL, False)],
-    ids=["fuse-daemon-gone", "server-unreachable", "invalid"],
+    [
+        (errno.ENOTCONN, True),
+        (errno.EHOSTUNREACH, True),
+        (errno.EUCLEAN, True),
+        (errno.EKEYEXPIRED, True),
+        (errno.EINVAL, False),
+    ],
+    ids=[
+        "fuse-daemon-gone",
+        "server-unreachable",
+        "file-system-damaged",
+        "ticket-expired",
+        "invalid",
+    ],
 )
 def test_a_file_system_that_cannot_answer_is_retried_not_marked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, *, retried: bool
 ) -> None:
-    """A FUSE daemon gone or a share's server out of reach while the file is
-    opened: a ProbeError the next job tries again, not a marker that says
-    the video cannot be decoded; an error of the file's own is one."""
+    """A FUSE daemon gone, a share's server out of reach, a damaged file
+    system or an expired ticket while the file is read: a ProbeError the
+    next job tries again, not a marker that says the video cannot be
+    decoded; an error of the file's own (a seek before its start) is one."""
     video = make_split_video(tmp_path / "clip.mp4")
 
     def cannot_answer(self: Any) -> Any:
