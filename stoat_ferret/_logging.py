@@ -185,4 +185,8 @@ def configure_logging(level: str, log_format: str = "text", *, sink: TextIO | No
         stdlib_logger.handlers.clear()
         stdlib_logger.propagate = True
     # Python's warnings too, rather than as text on stderr beside the JSON.
+    # Released first: a capture left from an earlier set-up, whose hook was
+    # taken away since (warnings.catch_warnings puts the old one back), would
+    # make this one a no-op.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)

@@ -85,6 +85,27 @@ def test_json_warnings_go_through_the_sink(sink: io.StringIO) -> None:
     assert "DeprecationWarning: an old way of doing it" in line["message"]
 
 
+def test_warnings_go_through_the_sink_after_an_earlier_capture_was_undone(
+    sink: io.StringIO,
+) -> None:
+    """Logging set up inside ``warnings.catch_warnings`` (pytest wraps each
+    test so), whose end takes the capture's hook away: set up again,
+    warnings reach the log all the same. Before, the second capture was a
+    no-op, and whether a test saw its warning depended on what ran before it
+    in the same process (``-n 2`` over three test files failed one)."""
+    with warnings.catch_warnings():  # as pytest wraps each test
+        configure_logging("INFO", "json", sink=io.StringIO())
+    # Leaving put back the hook from before; logging still takes itself for capturing.
+    configure_logging("INFO", "json", sink=sink)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("said once more", UserWarning, stacklevel=1)
+
+    [line] = _json_lines(sink)
+    assert "UserWarning: said once more" in line["message"]
+
+
 def test_json_crash_while_serving_is_one_json_record(
     sink: io.StringIO,
     tmp_path: Path,
