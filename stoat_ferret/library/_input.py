@@ -69,7 +69,7 @@ import av
 from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_STREAMS
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Generator, Iterator
+    from collections.abc import Generator, Iterator
     from types import TracebackType
 
     from av.container import InputContainer
@@ -313,13 +313,18 @@ def amount(read_limit: int) -> str:
     return f"{mebibytes} MiB" if mebibytes and not rest else f"{read_limit} bytes"
 
 
-def says_nothing_of_content(exc: BaseException, errnos: Collection[int]) -> TypeGuard[OSError]:
+def says_nothing_of_content(exc: BaseException) -> TypeGuard[OSError]:
     """Whether ``exc``, raised opening or reading a container
     (:meth:`BoundedInput.open`), came from the file system (one of
-    ``errnos``: a disk or a share that cannot answer, a file denied) rather
-    than from what the file holds: a reader's own ``OSError``, which PyAV
-    raises as it was raised, not an ``av.FFmpegError``, FFmpeg's verdict."""
-    return isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError) and exc.errno in errnos
+    :data:`READ_FAILURES`: a disk or a share that cannot answer, a file
+    denied) rather than from what the file holds: a reader's own ``OSError``,
+    which PyAV raises as it was raised, not an ``av.FFmpegError``, FFmpeg's
+    verdict."""
+    return (
+        isinstance(exc, OSError)
+        and not isinstance(exc, av.FFmpegError)
+        and exc.errno in READ_FAILURES
+    )
 
 
 SHORT_OF_MEMORY_ERRNOS: Final = frozenset({errno.ENOMEM, errno.EAGAIN})

@@ -32,7 +32,6 @@ from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._fieldduration import field_duration_rate
 from stoat_ferret.library._fragments import fragmented_frames
 from stoat_ferret.library._input import (
-    READ_FAILURES,
     READ_LIMIT,
     BoundedInput,
     OutOfMemory,
@@ -149,7 +148,7 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     except (av.FFmpegError, OSError, ValueError) as exc:
         # A read the file system could not answer (a FUSE daemon gone, an
         # I/O error) says nothing of the file: transient, the row is kept.
-        if says_nothing_of_content(exc, READ_FAILURES):
+        if says_nothing_of_content(exc):
             raise ProbeError(name, _cannot_read(exc), transient=True) from exc
         raise ProbeError(name, _open_failure(exc, source)) from exc
     try:
@@ -162,7 +161,7 @@ def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
             raise
         # The reader's own, once the container was open (the rotation's
         # keyframe is read then): transient as above, or the file's.
-        transient = says_nothing_of_content(exc, READ_FAILURES)
+        transient = says_nothing_of_content(exc)
         raise ProbeError(name, _cannot_read(exc), transient=transient) from exc
     finally:
         container.close()

@@ -62,7 +62,6 @@ import av
 from stoat_ferret.library._beneath import RootUnavailable, open_below_root
 from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import (
-    READ_FAILURES,
     READ_LIMIT,
     SHORT_OF_MEMORY_ERRNOS,
     BoundedInput,
@@ -245,7 +244,7 @@ def _failure(path: str, source: BoundedInput, exc: Exception, what: str) -> Prob
     if isinstance(exc, OutOfMemory):  # the process's trouble: the next job tries again
         return ShortOfMemory(path, reason)
     # A read the file system failed says nothing of the file, as for the probe.
-    transient = says_nothing_of_content(exc, READ_FAILURES)
+    transient = says_nothing_of_content(exc)
     return ProbeError(path, reason) if transient else UndecodableError(path, reason)
 
 
