@@ -111,25 +111,28 @@ async def get_stopping(request: Request) -> anyio.Event:
     return running_state(request, "stopping", anyio.Event, "the service is not running")
 
 
-PATH_CHECK_WAIT_SECONDS: Final = 2.0
-"""How long a scan request waits for a path check's turn before its 503."""
+TURN_WAIT_SECONDS: Final = 2.0
+"""How long a request waits for a :class:`ThreadTurns` turn before its 503."""
 
 
-class PathChecks:
-    """The scan requests' path checks: ``threads`` at once, each in a thread.
+class ThreadTurns:
+    """Blocking calls of one kind that may never return: ``threads`` at once,
+    each in a thread of their own.
 
-    A check runs in under a millisecond, unless its root's file system does
-    not answer: then it holds its thread until it does. A request waits
-    :data:`PATH_CHECK_WAIT_SECONDS` at most for its turn, then is a 503 with
-    ``Retry-After``, so that checks which do not return hold ``threads``
-    threads and no request for ever. The checks' threads come from
-    :attr:`threads`, as many tokens as turns (so never waited for), not from
-    anyio's default limiter, which the library's writes share.
+    A call (a scan request's path check, a thumbnail's read) takes under a
+    millisecond, unless its file system does not answer: then it holds its
+    thread until it does. A request waits :data:`TURN_WAIT_SECONDS` at most
+    for its turn, then is a 503 with ``Retry-After`` saying ``busy``, so that
+    calls which do not return hold ``threads`` threads and no request for
+    ever. The calls' threads come from :attr:`threads`, as many tokens as
+    turns (so never waited for), not from anyio's default limiter, which the
+    library's writes share.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, *, busy: str) -> None:
         self._turns = anyio.CapacityLimiter(threads)
         self.threads = anyio.CapacityLimiter(threads)
+        self._busy = busy
 
     @property
     def waiting(self) -> int:
@@ -138,35 +141,36 @@ class PathChecks:
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[anyio.CapacityLimiter]:
-        """Hold a turn for the block, which runs its check under the limiter yielded.
+        """Hold a turn for the block, which runs its call under the limiter yielded.
 
         Raises:
             HTTPException: 503 with ``Retry-After``, no turn came in time.
         """
         turn, taken = object(), False
-        with anyio.move_on_after(PATH_CHECK_WAIT_SECONDS):
+        with anyio.move_on_after(TURN_WAIT_SECONDS):
             await self._turns.acquire_on_behalf_of(turn)
             taken = True
         if not taken:
             logger.warning(
-                "scan request refused: every path check is busy",
+                "request refused: {busy}",
+                busy=self._busy,
                 turns=self._turns.total_tokens,
-                waited=PATH_CHECK_WAIT_SECONDS,
+                waited=TURN_WAIT_SECONDS,
             )
-            raise unavailable("every path check is busy (a scan root's file system may not answer)")
+            raise unavailable(self._busy)
         try:
             yield self.threads
         finally:
             self._turns.release_on_behalf_of(turn)
 
 
-async def get_path_checks(request: Request) -> PathChecks:
-    """The scan requests' :class:`PathChecks` (``app.state.path_checks``).
+async def get_path_checks(request: Request) -> ThreadTurns:
+    """The scan requests' path checks (``app.state.path_checks``).
 
     Raises:
         HTTPException: 503, the service has not started.
     """
-    return running_state(request, "path_checks", PathChecks, "the service is not running")
+    return running_state(request, "path_checks", ThreadTurns, "the service is not running")
 
 
 def once_each(model: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
@@ -370,4 +374,4 @@ JobQueueDep = Annotated[AsyncJobQueue, Depends(get_job_queue)]
 LibraryDep = Annotated[VideoLibrary, Depends(get_library)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoppingDep = Annotated[anyio.Event, Depends(get_stopping)]
-PathChecksDep = Annotated[PathChecks, Depends(get_path_checks)]
+PathChecksDep = Annotated[ThreadTurns, Depends(get_path_checks)]

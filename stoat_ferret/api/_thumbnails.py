@@ -10,12 +10,17 @@ While a video has no thumbnail (not made yet, or its frame could not be
 decoded) the answer is a JSON 404, as for a video that does not exist. A
 thumbnail file that cannot be read is a JSON 503 with ``Retry-After``, as a
 scan request meets when the service is out of file descriptors or memory.
+The reads run in :data:`THUMBNAIL_READ_THREADS` threads of their own
+(``_deps.ThreadTurns``): a data directory whose file system stops answering
+holds those, not anyio's default threads, and a read that waits
+``TURN_WAIT_SECONDS`` for its turn is a 503 with ``Retry-After``.
 
 :func:`open_thumbnails`, :func:`register_thumbnail_jobs`,
 :func:`start_thumbnails` and :func:`stop_thumbnails` are the lifespan's
 calls: the first opens the store under the data directory and hooks it to
 the library's deletions, the second registers the ``thumbnails`` job type
-and makes every completed scan that changed something submit one, the third
+and makes a scan submit one as it ends (when it changed videos, was cut
+short, or thumbnails are owed: ``then_thumbnails``), the third
 (once the supervisor runs) removes the thumbnails of videos no longer stored
 and submits one if a stored video has none, and the last, as the service
 stops, cancels the running one at once (the grace is for scans).
@@ -31,7 +36,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from loguru import logger
 
 # FastAPI reads the route signatures at run time: the name must exist then.
-from stoat_ferret.api._deps import LibraryDep, SettingsDep, running_state
+from stoat_ferret.api._deps import LibraryDep, SettingsDep, ThreadTurns, running_state
 from stoat_ferret.api._errors import unreadable
 from stoat_ferret.api._schemas import error_responses
 from stoat_ferret.api._videos import VIDEO_ID, shown_video
@@ -59,6 +64,8 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/api/v1/videos", tags=["videos"])
 
+THUMBNAIL_READ_THREADS: Final = 4
+"""Thumbnail files read at once, each in a thread of its own (``ThreadTurns``)."""
 CACHE_CONTROL: Final = "private, no-cache"
 """Kept by the browser that asked (with its token or cookie), not by a shared cache."""
 
@@ -82,6 +89,10 @@ async def open_thumbnails(app: FastAPI, library: VideoLibrary) -> Thumbnailer:
         raise StoreError(f"cannot create the thumbnails directory {directory} ({exc})") from exc
     library.on_delete(store.remove)
     app.state.thumbnails = store
+    app.state.thumbnail_reads = ThreadTurns(
+        THUMBNAIL_READ_THREADS,
+        busy="every thumbnail read is busy (the data directory's file system may not answer)",
+    )
     return Thumbnailer(
         library,
         store,
@@ -157,6 +168,20 @@ async def get_thumbnails(request: Request) -> ThumbnailStore:
 ThumbnailsDep = Annotated[ThumbnailStore, Depends(get_thumbnails)]
 
 
+async def get_thumbnail_reads(request: Request) -> ThreadTurns:
+    """The thumbnail reads' turns (``app.state.thumbnail_reads``).
+
+    Raises:
+        HTTPException: 503, the service has not started.
+    """
+    return running_state(
+        request, "thumbnail_reads", ThreadTurns, "the service is not running (no thumbnail store)"
+    )
+
+
+ThumbnailReadsDep = Annotated[ThreadTurns, Depends(get_thumbnail_reads)]
+
+
 _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "content": {THUMBNAIL_MEDIA_TYPE: {}},
@@ -178,6 +203,7 @@ async def get_thumbnail(
     library: LibraryDep,
     settings: SettingsDep,
     thumbnails: ThumbnailsDep,
+    reads: ThumbnailReadsDep,
 ) -> Response:
     """The video's thumbnail: a frame near 10% of it, 320 pixels wide; 404 while none.
 
@@ -187,10 +213,13 @@ async def get_thumbnail(
     fingerprint = (video.size_bytes, video.mtime_ns)
     etag = f'"{video.id}-{THUMBNAIL_VERSION}-{video.size_bytes}-{video.mtime_ns}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-    try:
-        image = await anyio.to_thread.run_sync(thumbnails.read, video.id, fingerprint)
-    except OSError as exc:
-        raise unreadable(exc, f"the thumbnail of video {video_id}") from exc
+    async with reads.turn() as threads:
+        try:
+            image = await anyio.to_thread.run_sync(
+                thumbnails.read, video.id, fingerprint, limiter=threads
+            )
+        except OSError as exc:
+            raise unreadable(exc, f"the thumbnail of video {video_id}") from exc
     if image is None:
         # no-store: the image may exist a moment later, under the same URL.
         raise HTTPException(
@@ -203,7 +232,7 @@ async def get_thumbnail(
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
     # Only once the image is read as a GET would serve it: a tag kept from a
     # removed image, or one the service would not serve, is no 304.
-    if _matches(request.headers.get("if-none-match"), etag):
+    if _matches(request.headers.getlist("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(image))
@@ -218,11 +247,10 @@ router.head(f"/{VIDEO_ID}/thumbnail", response_class=Response, include_in_schema
 )
 
 
-def _matches(header: str | None, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header names ``etag`` (weakly compared, RFC 9110)."""
-    if header is None:
-        return False
-    for candidate in header.split(","):
+def _matches(headers: list[str], etag: str) -> bool:
+    """Whether the ``If-None-Match`` headers name ``etag`` (weakly compared; given
+    twice, one list, RFC 9110) or are ``*``."""
+    for candidate in ",".join(headers).split(","):
         tag = candidate.strip()
         if tag == "*" or tag.removeprefix("W/") == etag:
             return True

@@ -13,8 +13,14 @@ called from outside a request):
 ``stopping``         an ``anyio.Event`` set when the service begins to stop
 ``stream_slots``     the :class:`~stoat_ferret.api._deps.StreamSlots` that
                      bound open event streams and waits, from create_app
-``path_checks``      the :class:`~stoat_ferret.api._deps.PathChecks` of the
-                     scan requests, from the lifespan
+``path_checks``      the :class:`~stoat_ferret.api._deps.ThreadTurns` of the
+                     scan requests' path checks, from the lifespan
+``grace_over``       an ``anyio.Event`` set when the stop's grace is over
+``probes``           the :class:`~stoat_ferret.library.ProbeProcesses` of the
+                     scans and thumbnails, from the lifespan
+``thumbnails``       the :class:`~stoat_ferret.library.ThumbnailStore`, and
+``thumbnail_reads``  the :class:`~stoat_ferret.api._deps.ThreadTurns` of the
+                     thumbnail requests' reads, from the lifespan
 ``scan_dispatch``    with an injected queue: the :class:`ScanDispatch` the app
                      registers on it, from create_app
 ``metrics``          the :class:`~stoat_ferret.api._metrics.ServiceMetrics`,
@@ -72,7 +78,7 @@ from stoat_ferret.api import (
     _thumbnails,
     _videos,
 )
-from stoat_ferret.api._deps import PathChecks, StreamSlots
+from stoat_ferret.api._deps import StreamSlots, ThreadTurns
 from stoat_ferret.api._docs import install_docs
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._guard import RequestGuard
@@ -227,7 +233,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.library = library
     app.state.stopping = anyio.Event()
     app.state.grace_over = anyio.Event()
-    app.state.path_checks = PathChecks(PATH_CHECK_THREADS)
+    app.state.path_checks = ThreadTurns(
+        PATH_CHECK_THREADS,
+        busy="every path check is busy (a scan root's file system may not answer)",
+    )
     app.state.probes = probes = ProbeProcesses(settings.probe_priority)
     try:
         thumbnailer = await _thumbnails.open_thumbnails(app, library)

@@ -293,13 +293,16 @@ class ErrorLog:
 
     Every entry also waits in ``unstored`` until the scan writes it to the
     store (:meth:`take_unstored`), so the job result stays small however
-    many files failed, and the full list is still there to page through.
+    many files failed, and the full list is still there to page through;
+    unless ``stored`` is False (a ``thumbnails`` job's, whose errors are
+    not stored): then only the first ``cap`` are kept.
 
     Used by one task at a time (the walk's thread, then the scan's tasks), so it
     needs no lock.
     """
 
     cap: int = DEFAULT_ERROR_CAP
+    stored: bool = True
     entries: list[dict[str, str]] = attrs.field(factory=list)
     # Invariant: total >= len(entries), and total > len(entries) only once
     # len(entries) == cap.
@@ -324,7 +327,8 @@ class ErrorLog:
         """Record that ``path`` could not be handled, and why."""
         self.total += 1
         error = cut_text(error)
-        self.unstored.append((path, error))
+        if self.stored:
+            self.unstored.append((path, error))
         if len(self.entries) < self.cap:
             self.entries.append({"path": cut_path(path), "error": error})
 

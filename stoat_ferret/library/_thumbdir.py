@@ -1,14 +1,18 @@
 """The thumbnails' directory itself: where it is (beside the database), and
 whether it is the service's to use (:func:`not_ours`: its owner, its mode,
-its marker), by descriptors that follow no symbolic link. The files in it
-are ``_thumbstore.py``'s."""
+its marker), by descriptors that follow no symbolic link; and the removals
+in it (:func:`remove_entry`, :func:`unlink_if_same`). The files in it are
+``_thumbstore.py``'s."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from typing import TYPE_CHECKING, Final
+
+from loguru import logger
 
 from stoat_ferret.library._atomicfile import NEW_FILE
 from stoat_ferret.library._datadir import PRIVATE_FILE_MODE
@@ -94,3 +98,27 @@ def regular_size(name: str, dir_fd: int) -> int | None:
     except FileNotFoundError:
         return None
     return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def unlink_if_same(name: str, dir_fd: int, info: os.stat_result) -> None:
+    """Remove ``name`` of ``dir_fd`` if it is still the file ``info`` describes
+    (not a link, nor another put in its place since); nothing if it is gone."""
+    with contextlib.suppress(FileNotFoundError):
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def remove_entry(top: int, entry: str, directory: str) -> None:
+    """Remove ``entry`` of ``top`` (``directory``): a folder with its files,
+    anything else itself. Never raises: a failure is logged."""
+    try:
+        if stat.S_ISDIR(os.lstat(entry, dir_fd=top).st_mode):
+            shutil.rmtree(entry, dir_fd=top)  # by descriptors: follows no link
+        else:
+            os.unlink(entry, dir_fd=top)  # a link: the link, never its target
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        folder = os.path.join(directory, entry)
+        logger.warning("cannot remove thumbnails", folder=folder, reason=str(exc))

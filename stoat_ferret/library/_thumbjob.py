@@ -148,6 +148,9 @@ class Thumbnailer:
         # job's submission or start until one ends having made them all, when
         # a submission was refused, and after a scan cut short (see owed).
         self._owed = False
+        # The store's discarded count a job's last full pass began at: one
+        # discarded since (a damaged file read) is owed too.
+        self._discards_seen = 0
         # A thumbnails job submitted here whose handler has not started yet:
         # it will list the library when it does, so nothing else is due.
         self._queued: str | None = None
@@ -164,14 +167,16 @@ class Thumbnailer:
         if self._running is not None:
             self._again = True
             ctx.report_progress(1.0, f"merged into the running thumbnails job {self._running}")
-            merged = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=0)).result()
+            merged = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=0, stored=False)).result()
             return {**merged, "merged_into": self._running}
         self._store.check()  # a directory that is not ours: the job fails, saying so
         self._running = ctx.job_id
         # Owed until this job has made them all: if it is cancelled, times
         # out or gives way, the next scan submits a job for the rest.
         self.owed = True
-        run = ThumbnailRun(ctx=ctx, errors=ErrorLog(cap=self._error_cap), listed=self._store.remade)
+        run = ThumbnailRun(
+            ctx=ctx, errors=ErrorLog(cap=self._error_cap, stored=False), listed=self._store.remade
+        )
         logger.info("thumbnails started")
         try:
             while True:
@@ -180,6 +185,7 @@ class Thumbnailer:
                 # ask: each may have added videos; and after the directory was
                 # removed or emptied by hand since the listing, which took the
                 # thumbnails made before.
+                discards = self._store.discarded
                 finished = await self._passes.one_pass(run)
                 if self._store.remade != run.listed:  # not seen by a write of this pass
                     run.lose(self._store.remade)
@@ -194,7 +200,7 @@ class Thumbnailer:
                 if run.store_failed:
                     break  # owed: the next scan that ends, or the next start, tries again
                 if finished and not self._again:
-                    self.owed = False
+                    self.owed, self._discards_seen = False, discards
                     break
         finally:
             self._running = None
@@ -242,8 +248,11 @@ class Thumbnailer:
         """Whether thumbnails may be missing that no job will make: the next
         scan that ends submits a job then, even if it changed nothing. Never
         while the directory is refused: no job could make them, and each
-        would fail (a scan that changed videos still submits one, which says why)."""
-        return self._owed and self._store.refused is None
+        would fail (a scan that changed videos still submits one, which says why).
+        Also once a request found a thumbnail file damaged, since the last job's
+        pass over the library began (``ThumbnailStore.discarded``)."""
+        owed = self._owed or self._store.discarded != self._discards_seen
+        return owed and self._store.refused is None
 
     @owed.setter
     def owed(self, value: bool) -> None:

@@ -22,6 +22,7 @@ sorted three ways:
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from typing import TYPE_CHECKING, Final
 
@@ -29,7 +30,12 @@ import attrs
 from loguru import logger
 
 from stoat_ferret.library._exceptions import ProbeError
-from stoat_ferret.library._thumbnail import UndecodableError, make_thumbnail, open_source
+from stoat_ferret.library._thumbnail import (
+    UndecodableError,
+    make_thumbnail,
+    open_source,
+    unchanged_while,
+)
 
 if TYPE_CHECKING:
     from stoat_ferret.library._background import Stop
@@ -96,6 +102,9 @@ class ThumbnailMaker:
             return make_thumbnail(path, fingerprint, roots=self.roots, read_limit=self.read_limit)
         fd, _ = open_source(path, fingerprint, roots=self.roots)
         try:
-            return self.processes.thumbnail(path, fd, stop, read_limit=self.read_limit)
+            make = functools.partial(
+                self.processes.thumbnail, path, fd, stop, read_limit=self.read_limit
+            )
+            return unchanged_while(path, fd, fingerprint, make)
         finally:
             os.close(fd)

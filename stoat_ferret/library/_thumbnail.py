@@ -25,7 +25,8 @@ that is now a symlink, a file or missing gives one reason, whatever lies
 behind it, and nothing behind it is read. A stored path outside every root
 (the roots were narrowed since its scan) is refused before anything is
 opened. The file must still have the size and modification time the library
-stored, or it is refused: a thumbnail is filed under that fingerprint, and
+stored, when it is opened and once the thumbnail is made, or it is refused
+(:func:`unchanged_while`): a thumbnail is filed under that fingerprint, and
 must show that file. The open is held to the caps of ``_limits.py``, as the
 probe's is: a frame size known to be over the pixel cap is undecodable
 before anything is decoded, and one of unknown size is decoded under the
@@ -54,6 +55,7 @@ of a 60 MiB file.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from typing import TYPE_CHECKING, Final
 
@@ -78,7 +80,7 @@ from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._thumbimage import encode_webp, filtered, thumbnail_size
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from av.container import InputContainer
     from av.video.frame import VideoFrame
@@ -137,14 +139,39 @@ def make_thumbnail(
         UndecodableError: No frame of the file can be decoded (within
             ``read_limit``).
         ProbeError: The file is outside ``roots``, gone, unreadable for now,
-            changed since it was scanned, or not a regular file, or its
-            directory was replaced since the scan.
+            changed since it was scanned or while it was read, or not a
+            regular file, or its directory was replaced since the scan.
     """
     fd, size = open_source(path, fingerprint, roots=roots)
     try:
-        return thumbnail_descriptor(path, fd, size, read_limit=read_limit)
+        make = functools.partial(thumbnail_descriptor, path, fd, size, read_limit=read_limit)
+        return unchanged_while(path, fd, fingerprint, make)
     finally:
         os.close(fd)
+
+
+def unchanged_while(
+    path: str, fd: int, fingerprint: Fingerprint, make: Callable[[], bytes]
+) -> bytes:
+    """``make()``'s thumbnail of the file open at ``fd``; but if the file was
+    written meanwhile (its size or modification time, as the scan's
+    fingerprint, differ from ``fingerprint`` once ``make`` returns or finds no
+    frame), :class:`ProbeError`, which the next job tries again: what was
+    made (an image of either version, a truncation's "no frame") is not this
+    fingerprint's to file."""
+    try:
+        image = make()
+    except UndecodableError:
+        _still(path, fd, fingerprint)
+        raise
+    _still(path, fd, fingerprint)
+    return image
+
+
+def _still(path: str, fd: int, fingerprint: Fingerprint) -> None:
+    info = os.fstat(fd)
+    if (info.st_size, info.st_mtime_ns) != fingerprint:
+        raise ProbeError(path, "changed while its thumbnail was made")
 
 
 def open_source(

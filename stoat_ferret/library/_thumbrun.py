@@ -68,7 +68,7 @@ class ThumbnailRun:
         self.gone -= lost
         if not lost.isdisjoint(self.failures):
             self.failures = {s: why for s, why in self.failures.items() if s not in lost}
-            self.errors = ErrorLog(cap=self.errors.cap)
+            self.errors = ErrorLog(cap=self.errors.cap, stored=False)
             for source, why in self.failures.items():
                 self.errors.add(source[1], why)
         self.listed, self.relist = remade, True

@@ -39,7 +39,9 @@ each write, that the row is still stored with the same fingerprint, and
 removes the file if not; a deletion committed before that check is seen by
 it, and one committed after it removes the file itself (its hook), so no
 thumbnail outlives its row. Files are written whole or not at all, even across
-a crash (``_atomicfile.py``); an empty image file counts as missing.
+a crash (``_atomicfile.py``); an empty image file counts as missing, and one
+that :meth:`read` finds is not an image the service wrote (damaged on disk, or
+put there by something else) is removed (:attr:`discarded`), to be made again.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import stat
 import threading
 from typing import TYPE_CHECKING, Final
@@ -71,6 +72,8 @@ from stoat_ferret.library._thumbdir import (
     not_ours,
     opened,
     regular_size,
+    remove_entry,
+    unlink_if_same,
 )
 from stoat_ferret.library._thumbimage import is_plain_lossy_webp
 
@@ -122,6 +125,9 @@ class ThumbnailStore:
         emptied (its marker gone) by a write, since the start."""
         self.refused: str | None = self._claim()
         """Why the directory is not used (it is someone else's), or None."""
+        self.discarded = 0
+        """Image files :meth:`read` removed, since the start, as not images the
+        service wrote: their videos have no thumbnail until a job makes one."""
 
     def check(self) -> None:
         """Raise :class:`StoreError` if the directory was refused (:attr:`refused`)."""
@@ -137,7 +143,9 @@ class ThumbnailStore:
 
         None too for what is not a thumbnail of ours: a symbolic link (to the
         file or to its folder), a directory, a FIFO, an empty file (a write
-        cut short) or one larger than :data:`MAX_THUMBNAIL_BYTES`.
+        cut short) or one larger than :data:`MAX_THUMBNAIL_BYTES`; and for a
+        file that is not an image the service wrote, which is removed too
+        (:attr:`discarded`), so that :meth:`state` no longer counts it made.
         """
         if self.refused is not None:
             return None
@@ -150,7 +158,7 @@ class ThumbnailStore:
             raise
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_THUMBNAIL_BYTES:
+            if not stat.S_ISREG(info.st_mode) or not 0 < info.st_size <= MAX_THUMBNAIL_BYTES:
                 return None
             with os.fdopen(fd, "rb", closefd=False) as file:
                 image = file.read(MAX_THUMBNAIL_BYTES + 1)
@@ -159,14 +167,28 @@ class ThumbnailStore:
             # A child's image is checked before it is written: a file that
             # fails here was put there by something else.
             if not is_plain_lossy_webp(image):
-                logger.warning(
-                    "thumbnail file is not one the service wrote; not served",
-                    video_id=video_id,
-                )
+                self._discard(video_id, fingerprint, info)
                 return None
             return image
         finally:
             os.close(fd)
+
+    def _discard(self, video_id: int, fingerprint: Fingerprint, info: os.stat_result) -> None:
+        """Remove the file ``info`` describes from the image's place, unless another
+        has taken it since (a write), and count it in :attr:`discarded`."""
+        logger.warning(
+            "thumbnail file is not one the service wrote; removed, to be made again",
+            video_id=video_id,
+        )
+        with self._lock:
+            try:
+                with self._claimed_folder(video_id) as folder:
+                    unlink_if_same(_name(fingerprint, made=True), folder, info)
+            except OSError as exc:
+                logger.warning(
+                    "cannot remove thumbnails", folder=self._folder(video_id), reason=str(exc)
+                )
+            self.discarded += 1
 
     def state(self, video_id: int, fingerprint: Fingerprint) -> str | None:
         """``"made"``, ``"failed"``, or None when this version has not been tried."""
@@ -234,7 +256,7 @@ class ThumbnailStore:
                 return
             try:
                 for video_id in video_ids:
-                    self._remove_entry(top, _entry(video_id))
+                    remove_entry(top, _entry(video_id), self.directory)
             finally:
                 os.close(top)
 
@@ -259,7 +281,7 @@ class ThumbnailStore:
                 for entry in os.listdir(top):
                     if not _ID.fullmatch(entry) or int(entry) in stored_ids:
                         continue
-                    self._remove_entry(top, entry)
+                    remove_entry(top, entry, self.directory)
                     removed += 1
             finally:
                 os.close(top)
@@ -361,19 +383,6 @@ class ThumbnailStore:
 
     def _folder(self, video_id: int) -> str:
         return os.path.join(self.directory, _entry(video_id))
-
-    def _remove_entry(self, top: int, entry: str) -> None:
-        """Remove ``entry`` of ``top``: a folder with its files, anything else itself."""
-        try:
-            if stat.S_ISDIR(os.lstat(entry, dir_fd=top).st_mode):
-                shutil.rmtree(entry, dir_fd=top)  # by descriptors: follows no link
-            else:
-                os.unlink(entry, dir_fd=top)  # a link: the link, never its target
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            folder = os.path.join(self.directory, entry)
-            logger.warning("cannot remove thumbnails", folder=folder, reason=str(exc))
 
 
 def _entry(video_id: int) -> str:

@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import sqlite3
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -14,7 +15,13 @@ import attrs
 import av
 import pytest
 
-from stoat_ferret.api._thumbnails import _matches, register_thumbnail_jobs, thumbnails_directory
+from stoat_ferret.api._errors import RETRY_AFTER_SECONDS
+from stoat_ferret.api._thumbnails import (
+    THUMBNAIL_READ_THREADS,
+    _matches,
+    register_thumbnail_jobs,
+    thumbnails_directory,
+)
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import JobContext, JobStatus, JobSupervisor
 from stoat_ferret.library import (
@@ -127,12 +134,14 @@ async def test_a_thumbnails_video_id_is_read_as_a_videos_is(
     assert all(answer.json()["detail"] for answer in odd.values())
 
 
-async def test_a_thumbnail_file_the_service_would_not_serve_is_no_304_either(
+async def test_a_thumbnail_file_the_service_would_not_serve_is_no_304_and_made_again(
     settings: Settings, video_dir: Path
 ) -> None:
-    """A file in the image's place that is not one the service wrote (put there
-    by something else) is a 404 to a GET, and so to a GET naming the image's
-    ETag: a browser's kept copy is not confirmed by a file nobody serves."""
+    """A file in the image's place that is not one the service wrote (damaged
+    on disk, or put there by something else) is a 404 to a GET, and so to a
+    GET naming the image's ETag: a browser's kept copy is not confirmed by a
+    file nobody serves. The file is removed, and the next scan, though it
+    changed nothing, submits the job that makes the image again."""
     app = create_app(settings)
 
     with anyio.fail_after(60):
@@ -140,14 +149,25 @@ async def test_a_thumbnail_file_the_service_would_not_serve_is_no_304_either(
             await scan_and_thumbnails(client, video_dir)
             video_id = (await video_ids(client))["a.mp4"]
             url = f"/api/v1/videos/{video_id}/thumbnail"
-            etag = (await client.get(url)).headers["etag"]
-            (made,) = (thumbnails_directory(settings) / str(video_id)).iterdir()
+            first = await client.get(url)
+            folder = thumbnails_directory(settings) / str(video_id)
+            (made,) = folder.iterdir()
             made.write_bytes(b"not an image".ljust(made.stat().st_size, b"!"))
-            conditional = await client.get(url, headers={"If-None-Match": etag})
+            conditional = await client.get(url, headers={"If-None-Match": etag(first)})
             plain = await client.get(url)
+            left = list(folder.iterdir())
+            job = await scan_and_thumbnails(client, video_dir)
+            again = await client.get(url)
 
     assert (conditional.status_code, plain.status_code) == (404, 404)
     assert "no thumbnail" in conditional.json()["detail"]
+    assert left == []
+    assert (job["status"], job["result"]["made"]) == ("completed", 1), job
+    assert (again.status_code, again.content, etag(again)) == (200, first.content, etag(first))
+
+
+def etag(answer: httpx.Response) -> str:
+    return answer.headers["etag"]
 
 
 async def test_no_thumbnail_is_a_json_404(
@@ -394,20 +414,23 @@ async def test_a_thumbnail_that_cannot_be_read_is_a_503_not_a_500(
 
 
 @pytest.mark.parametrize(
-    ("header", "expected"),
+    ("headers", "expected"),
     [
-        (None, False),
-        ('"1-2-3"', True),
-        ('W/"1-2-3"', True),
-        ('"a", "1-2-3"', True),
-        ("*", True),
-        ('"1-2-4"', False),
-        ("1-2-3", False),
+        ([], False),
+        (['"1-2-3"'], True),
+        (['W/"1-2-3"'], True),
+        (['"a", "1-2-3"'], True),
+        (['"a"', '"1-2-3"'], True),
+        (["*"], True),
+        (['"1-2-4"'], False),
+        (['"a"', '"b"'], False),
+        (["1-2-3"], False),
     ],
 )
-def test_if_none_match(header: str | None, expected: bool) -> None:
-    """Weak comparison over a list of tags, and ``*``."""
-    assert _matches(header, '"1-2-3"') is expected
+def test_if_none_match(headers: list[str], expected: bool) -> None:
+    """Weak comparison over a list of tags, given in one header or several
+    (one list, RFC 9110), and ``*``."""
+    assert _matches(headers, '"1-2-3"') is expected
 
 
 async def test_thumbnails_jobs_run_one_at_a_time_the_next_one_pending(tmp_path: Path) -> None:
@@ -445,3 +468,73 @@ async def test_thumbnails_jobs_run_one_at_a_time_the_next_one_pending(tmp_path: 
     assert [result.status for result in results] == [JobStatus.COMPLETED] * 2
     assert results[0].result["paused_for_scans"] == 1
     assert "merged_into" not in results[1].result
+
+
+class _HungReads:
+    """Thumbnail reads that hang (a data directory whose file system does not
+    answer) until :meth:`release`; :meth:`entered` returns once ``count``
+    more of them are in their threads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._entered = threading.Semaphore(0)
+        self._release = threading.Event()
+        read = ThumbnailStore.read
+
+        def hanging(store: ThumbnailStore, *args: Any) -> bytes | None:
+            self._entered.release()
+            self._release.wait(30)
+            return read(store, *args)
+
+        monkeypatch.setattr(ThumbnailStore, "read", hanging)
+
+    async def entered(self, count: int) -> None:
+        for _ in range(count):
+            assert await anyio.to_thread.run_sync(self._entered.acquire, True, 10)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+async def test_thumbnail_reads_that_hang_hold_threads_of_their_own_then_503(
+    settings: Settings, video_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thumbnail requests whose read hangs hold THUMBNAIL_READ_THREADS threads
+    at most: anyio's default limiter (shrunk here to one token), which the
+    library's writes share, stays free, and a further request waits
+    TURN_WAIT_SECONDS (shortened here) for its turn, holding none, then is a
+    503 with Retry-After saying why. Once the reads return, the hung ones
+    are answered."""
+    monkeypatch.setattr("stoat_ferret.api._deps.TURN_WAIT_SECONDS", 0.05)
+    app = create_app(settings)
+    default = anyio.to_thread.current_default_thread_limiter()
+    tokens = default.total_tokens
+    answers: list[int] = []
+
+    async def get(url: str) -> None:
+        answers.append((await client.get(url)).status_code)
+
+    async with serving(app) as client:
+        await scan_and_thumbnails(client, video_dir)
+        url = f"/api/v1/videos/{(await video_ids(client))['a.mp4']}/thumbnail"
+        reads = _HungReads(monkeypatch)
+        async with anyio.create_task_group() as group:
+            try:
+                with anyio.fail_after(10):
+                    for _ in range(THUMBNAIL_READ_THREADS):
+                        group.start_soon(get, url)
+                    default.total_tokens = 1
+                    try:
+                        await reads.entered(THUMBNAIL_READ_THREADS)  # on the default's one token
+                        held = app.state.thumbnail_reads.threads.borrowed_tokens
+                        default_free = default.available_tokens
+                        refused = await client.get(url)
+                    finally:
+                        default.total_tokens = tokens
+            finally:
+                reads.release()
+
+    assert (held, default_free) == (THUMBNAIL_READ_THREADS, 1)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert "every thumbnail read is busy" in refused.json()["detail"]
+    assert answers == [200] * THUMBNAIL_READ_THREADS

@@ -120,7 +120,7 @@ async def test_path_checks_that_hang_hold_threads_of_their_own(
     limiter (shrunk here to one token), which the library's writes share,
     stays free. Once the checks return, every request is answered."""
     checks = _HungChecks(monkeypatch)
-    monkeypatch.setattr("stoat_ferret.api._deps.PATH_CHECK_WAIT_SECONDS", 60.0)  # no 503 here
+    monkeypatch.setattr("stoat_ferret.api._deps.TURN_WAIT_SECONDS", 60.0)  # no 503 here
     app = create_app(settings)
     default = anyio.to_thread.current_default_thread_limiter()
     tokens = default.total_tokens
@@ -156,10 +156,10 @@ async def test_a_scan_request_waits_a_while_for_a_path_check_then_is_503(
     settings: Settings, video_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With every path check hung, a further scan request waits
-    PATH_CHECK_WAIT_SECONDS (shortened here) for its turn, then is a 503 with
+    TURN_WAIT_SECONDS (shortened here) for its turn, then is a 503 with
     Retry-After saying why; the hung ones are answered once their checks return."""
     checks = _HungChecks(monkeypatch)
-    monkeypatch.setattr("stoat_ferret.api._deps.PATH_CHECK_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr("stoat_ferret.api._deps.TURN_WAIT_SECONDS", 0.05)
     app = create_app(settings)
     answers: list[int] = []
 

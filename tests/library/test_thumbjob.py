@@ -24,6 +24,7 @@ from stoat_ferret.jobs import (
 )
 from stoat_ferret.library import (
     THUMBNAILS_JOB_TYPE,
+    ErrorLog,
     StoreError,
     ThreadPriority,
     Thumbnailer,
@@ -145,6 +146,28 @@ async def test_the_job_makes_a_thumbnail_per_video_and_reports_undecodable_ones(
     fractions = [fraction for fraction, _ in progress]
     assert fractions == sorted(fractions)
     assert fractions[-1] == 1.0
+
+
+async def test_a_jobs_errors_are_kept_once_not_again_for_a_store(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's errors are listed in its result (the first ``error_cap``) and
+    counted; none waits to be written to a store, as a scan's do: nothing
+    stores them, so each would be kept for the whole job a second time."""
+    logs: list[ErrorLog] = []
+
+    def recorded(**fields: Any) -> ErrorLog:
+        logs.append(ErrorLog(**fields))
+        return logs[-1]
+
+    monkeypatch.setattr("stoat_ferret.library._thumbjob.ErrorLog", recorded)
+    with anyio.fail_after(30):
+        await setup.scan()
+        result = await setup.thumbnailer(job_context())
+
+    assert result["failed"] == 1
+    assert [len(log) for log in logs] == [1]
+    assert [log.unstored for log in logs] == [[]]
 
 
 async def test_a_job_with_nothing_to_make_says_so(setup: Setup) -> None:

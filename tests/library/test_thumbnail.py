@@ -6,7 +6,7 @@ import errno
 import os
 import shutil
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import av
 import pytest
@@ -14,6 +14,9 @@ import pytest
 from stoat_ferret.library import (
     THUMBNAIL_WIDTH,
     ProbeError,
+    ProbeProcesses,
+    Stop,
+    ThumbnailStore,
     _beneath,
     _input,
     _limits,
@@ -22,8 +25,10 @@ from stoat_ferret.library import (
     probe_video,
 )
 from stoat_ferret.library._exceptions import ShortOfMemory
+from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._metadata import is_mirrored
 from stoat_ferret.library._thumbimage import thumbnail_size, turning
+from stoat_ferret.library._thumbmake import ThumbnailMaker
 from stoat_ferret.library._thumbnail import UndecodableError
 from tests.library.support import (
     MEMORY_FAILURES,
@@ -421,6 +426,44 @@ def test_a_changed_file_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ProbeError, match="changed since it was scanned"):
         make_thumbnail(str(video), (size + 1, mtime_ns))
+
+
+@pytest.mark.parametrize("in_a_child", [False, True], ids=["in-process", "in-a-child"])
+@pytest.mark.parametrize("outcome", ["image", "no-frame"])
+def test_a_file_written_while_its_thumbnail_is_made_is_left_for_the_next_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_a_child: bool, outcome: str
+) -> None:
+    """A file written in place (its inode kept) while its thumbnail is made:
+    neither the image nor "no frame" (a truncation's) is filed under the
+    fingerprint it was opened with; nothing is stored, and the reason is one
+    the next job tries again after (no failure marker)."""
+    video = make_split_video(tmp_path / "plain.mp4")
+    size, mtime_ns = fingerprint(video)
+    store = ThumbnailStore(tmp_path / "thumbnails")
+    made = _thumbnail.thumbnail_descriptor
+
+    def written_meanwhile(path: str, fd: int, size: int, *, read_limit: int) -> bytes:
+        image = made(path, fd, size, read_limit=read_limit)
+        with video.open("ab") as file:
+            file.write(b"more")
+        if outcome == "no-frame":
+            raise UndecodableError(path, "cannot decode a frame")
+        return image
+
+    class Child:
+        """As ``ProbeProcesses.thumbnail``, in this thread."""
+
+        def thumbnail(self, path: str, fd: int, stop: Stop, *, read_limit: int) -> bytes:
+            return written_meanwhile(path, fd, os.fstat(fd).st_size, read_limit=read_limit)
+
+    monkeypatch.setattr(_thumbnail, "thumbnail_descriptor", written_meanwhile)
+    processes = cast("ProbeProcesses", Child()) if in_a_child else None
+    maker = ThumbnailMaker(store=store, roots=(), read_limit=READ_LIMIT, processes=processes)
+
+    why = maker.make((1, str(video), size, mtime_ns), Stop())
+
+    assert why == "changed while its thumbnail was made"
+    assert store.state(1, (size, mtime_ns)) is None
 
 
 def test_a_symlink_is_refused(tmp_path: Path) -> None:

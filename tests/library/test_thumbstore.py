@@ -564,18 +564,48 @@ def test_a_directory_every_user_may_write_into_is_refused_unmarked(
     assert os.listdir(theirs) == []
 
 
-def test_a_stored_image_the_encoder_would_not_write_is_not_served(
+def test_a_stored_image_the_encoder_would_not_write_is_not_served_but_removed(
     tmp_path: Path, log_records: list[Any]
 ) -> None:
     """A file of this version's name that is not in the encoder's form (a
-    lossless WebP: something other than the service put it there) is not
-    served, as if there were none, and a warning says so."""
+    lossless WebP: something other than the service put it there, or the
+    disk damaged it) is not served, as if there were none; it is removed, so
+    that it counts as missing (made again by the next job), counted in
+    ``discarded``, and a warning says so. An empty file is missing, quietly."""
     store = ThumbnailStore(tmp_path / "thumbs")
     store.write(7, (10, 10), webp_image(fourcc=b"VP8L"))
     store.write(8, (10, 10), IMAGE)
+    store.write(9, (10, 10), IMAGE)
+    (tmp_path / "thumbs" / "9" / os.listdir(tmp_path / "thumbs" / "9")[0]).write_bytes(b"")
 
+    assert store.state(7, (10, 10)) == "made"
     assert store.read(7, (10, 10)) is None
     assert store.read(8, (10, 10)) == IMAGE
+    assert store.read(9, (10, 10)) is None
+    assert (store.state(7, (10, 10)), store.state(9, (10, 10))) == (None, None)
+    assert os.listdir(tmp_path / "thumbs" / "7") == []
+    assert store.discarded == 1
     assert [(r["message"], r["extra"]["video_id"]) for r in log_records] == [
-        ("thumbnail file is not one the service wrote; not served", 7)
+        ("thumbnail file is not one the service wrote; removed, to be made again", 7)
     ]
+
+
+def test_a_damaged_file_replaced_since_it_was_read_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The damaged file is removed only if it is still the one read: an image
+    a write put in its place meanwhile stays, and is served."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), webp_image(fourcc=b"VP8L"))
+    checked = _thumbstore.is_plain_lossy_webp
+
+    def written_meanwhile(image: bytes) -> bool:
+        store.write(7, (10, 10), IMAGE)  # a job's write, between the read and the check
+        return checked(image)
+
+    monkeypatch.setattr(_thumbstore, "is_plain_lossy_webp", written_meanwhile)
+    assert store.read(7, (10, 10)) is None
+    monkeypatch.setattr(_thumbstore, "is_plain_lossy_webp", checked)
+
+    assert store.read(7, (10, 10)) == IMAGE
+    assert store.discarded == 1
