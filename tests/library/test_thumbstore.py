@@ -24,6 +24,7 @@ from stoat_ferret.library import (
 )
 from stoat_ferret.library._atomicfile import write_atomically
 from stoat_ferret.library._thumbdir import MARKER
+from stoat_ferret.library._thumbimage import is_plain_lossy_webp
 from stoat_ferret.library._thumbstore import MAX_THUMBNAIL_BYTES
 from tests.library.support import make_context, webp_image
 
@@ -597,7 +598,7 @@ def test_a_damaged_file_replaced_since_it_was_read_is_kept(
     a write put in its place meanwhile stays, and is served."""
     store = ThumbnailStore(tmp_path / "thumbs")
     store.write(7, (10, 10), webp_image(fourcc=b"VP8L"))
-    checked = _thumbstore.is_plain_lossy_webp
+    checked = is_plain_lossy_webp
 
     def written_meanwhile(image: bytes) -> bool:
         store.write(7, (10, 10), IMAGE)  # a job's write, between the read and the check
