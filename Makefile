@@ -89,7 +89,7 @@ soak: $(STAMP)
 N ?= 20
 LOAD ?=
 flake: $(STAMP)
-	$(BIN)/python tests/flake.py --runs $(N) $(if $(LOAD),--load) -- $(MAKE) --no-print-directory test
+	$(BIN)/python tests/flake.py --runs $(N) $(if $(filter 1,$(LOAD)),--load) -- $(MAKE) --no-print-directory test
 
 # The floor only ever rises.
 COVERAGE_FLOOR ?= 94

@@ -17,11 +17,12 @@ Each app has its own :class:`ServiceMetrics` (``app.state.metrics``, set by
                                             at each scrape (on the event loop;
                                             the rest, ``/proc`` included, is
                                             rendered in a worker thread)
-``stoat_scan_files_probed_total`` and       the results of completed scans
-``_probe_errors_total``, ``_unchanged``,    (a failed or cancelled scan has none;
-``_removed``, ``_failed_unchanged``         a result with a figure that is not a
-                                            whole number from 0 to 2**53 is not
-                                            counted)
+``stoat_scan_files_probed_total``,          the results of completed scans
+``stoat_scan_probe_errors_total``,          (a failed or cancelled scan has none;
+``stoat_scan_files_unchanged_total``,       a result with a figure that is not a
+``stoat_scan_files_removed_total``,         whole number from 0 to 2**53 is not
+``stoat_scan_files_failed_unchanged_``      counted)
+``total``
 ``stoat_sse_streams_open``                  the event routes' feeds
 ``stoat_http_request_duration_seconds``     :class:`RequestTimer` (``_timing.py``):
 ``{method,route,status}``                   time to the response's start, by
@@ -127,10 +128,14 @@ class ServiceMetrics:
         self.jobs_pending = Gauge("jobs_pending", "Jobs waiting to run now.", **options)
         self.jobs_running = Gauge("jobs_running", "Jobs running now.", **options)
         self.files_probed = Counter(
-            "scan_files_probed", "Files completed scans probed (new or changed).", **options
+            "scan_files_probed",
+            "Files completed scans probed (new or changed), failures included.",
+            **options,
         )
         self.probe_errors = Counter(
-            "scan_probe_errors", "Files completed scans could not probe.", **options
+            "scan_probe_errors",
+            "Files completed scans could not probe (counted in probed too).",
+            **options,
         )
         self.files_unchanged = Counter(
             "scan_files_unchanged", "Files completed scans found unchanged.", **options
