@@ -122,6 +122,46 @@ def test_a_scan_older_than_the_jobs_shown_that_ends_reloads_the_library(
     assert console.errors == []
 
 
+@pytest.mark.usefixtures("streams_kept")
+def test_a_focused_job_pushed_off_the_list_leaves_the_focus_on_the_oldest_shown(
+    context: BrowserContext, idle_server: Server
+) -> None:
+    """The keyboard focus is on the oldest job shown when a new job pushes it
+    off the newest 20: the focus goes to the job now oldest, not to the page
+    itself (which would send a keyboard user back to the top)."""
+    newest = [100]
+
+    def jobs_from_newest(route: Route) -> None:
+        ids = range(newest[0], newest[0] - 20, -1)
+        jobs = [
+            _job(f"{number:032x}", "completed", f"2026-01-01T00:00:{number:02d}Z") for number in ids
+        ]
+        route.fulfill(json={"jobs": jobs, "total": newest[0], "limit": 20, "offset": 0})
+
+    page = context.new_page()
+    console = Console()
+    console.watch(page)
+    page.route("**/api/v1/jobs?*", jobs_from_newest)
+    try:
+        page.goto(f"{idle_server.base_url}/")
+        expect(page.locator("li.job")).to_have_count(20)
+        page.locator(f"#job-{81:032x}-title").focus()
+        newest[0] = 101
+        with page.expect_response(re.compile(r"/api/v1/jobs\?")):
+            _dispatch(page, _job(f"{101:032x}", "completed", _at(101)))
+        expect(page.locator(f"#job-{81:032x}-title")).to_have_count(0)
+        expect(page.locator(f"#job-{82:032x}-title")).to_be_focused()
+    finally:
+        page.close()
+
+    assert console.errors == []
+
+
+def _at(number: int) -> str:
+    """A job's submission time: job ``number`` was the ``number``-th second of 2026."""
+    return f"2026-01-01T00:{number // 60:02d}:{number % 60:02d}Z"
+
+
 def test_showing_older_finished_jobs_reads_health_no_more(
     context: BrowserContext, server: Server
 ) -> None:

@@ -586,8 +586,10 @@ async function loadJobs() {
   const list = byId("jobs");
   const newestBefore = newestShown();
   const shown = new Set(jobs.map((job) => job.job_id));
+  let focusLost = false;
   for (const [id, view] of views) {
     if (!shown.has(id)) {
+      focusLost ||= view.root.contains(document.activeElement);
       view.root.remove();
       views.delete(id);
     }
@@ -603,6 +605,9 @@ async function loadJobs() {
     // Move only what is out of place: moving a node would take the focus from it.
     if (list.children[index] !== view.root) list.insertBefore(view.root, list.children[index] || null);
   });
+  // A job that left the list (older than those shown now) took the keyboard
+  // focus with it: it goes to the oldest job still shown, or the list's heading.
+  if (focusLost) (jobs.length ? views.get(jobs.at(-1).job_id).title : byId("jobs-title")).focus();
   jobsLoaded = true;
   byId("jobs-empty").hidden = total > 0;
   const atMost = jobLimit >= JOBS_SHOWN_MAX ? " (the most this page shows)" : "";
