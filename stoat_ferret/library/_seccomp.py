@@ -24,8 +24,11 @@ the child calls :func:`filter_system_calls`, which installs a seccomp filter
   ``sched_setscheduler(2)``, ``sched_setparam(2)``, ``sched_setattr(2)``
   and ``sched_setaffinity(2)`` unless their process is 0 or the child's
   own id (the C library's ``getrlimit`` is ``prlimit64(0, ...)``);
-  ``setpriority(2)`` and ``ioprio_set(2)`` unless they name a process (not
-  a process group, nor a user: the service's too) that is 0 or the child.
+  ``setpriority(2)`` unless it names a process (not a process group, nor a
+  user: the service's too) that is 0 or the child; and ``ioprio_set(2)``
+  whatever it names: the child's own I/O priority too, which
+  ``SCHED_IDLE`` puts in the idle class, and which an unprivileged process
+  may raise to best effort, ahead of the service's own reads.
 - signals to any other process, which Landlock refuses only from its ABI 6
   (Linux 6.12): ``kill(2)`` unless to the child's own id (not to 0, its
   process group: it could have joined the service's); ``tgkill(2)``, ``rt_tgsigqueueinfo(2)`` and
@@ -149,7 +152,6 @@ from stoat_ferret.library._syscalls import (
     DENIED,
     DENIED_FCNTL,
     DENIED_IOCTL,
-    IOPRIO_WHO_PROCESS,
     ON_ITSELF,
     PRIO_PROCESS,
     TO_ITSELF,
@@ -234,7 +236,6 @@ def program(calls: Calls, pid: int) -> bytes:
         *((_JUMP_IF_EQUAL, "to itself", None, call) for call in calls.of(TO_ITSELF)),
         (_JUMP_IF_EQUAL, "kill", None, number["kill"]),
         (_JUMP_IF_EQUAL, "setpriority", None, number["setpriority"]),
-        (_JUMP_IF_EQUAL, "ioprio_set", None, number["ioprio_set"]),
         (_JUMP_IF_EQUAL, "fcntl", None, number["fcntl"]),
         (_JUMP_IF_EQUAL, "ioctl", None, number["ioctl"]),
         (_RETURN, None, None, _SECCOMP_RET_ALLOW),
@@ -254,9 +255,6 @@ def program(calls: Calls, pid: int) -> bytes:
         "setpriority",
         (_LOAD, None, None, _FIRST_ARGUMENT),  # which
         (_JUMP_IF_EQUAL, "who", "deny", PRIO_PROCESS),
-        "ioprio_set",
-        (_LOAD, None, None, _FIRST_ARGUMENT),  # which
-        (_JUMP_IF_EQUAL, "who", "deny", IOPRIO_WHO_PROCESS),
         "who",
         (_LOAD, None, None, _SECOND_ARGUMENT),  # a process: 0 is the caller
         (_JUMP_IF_EQUAL, "allow", None, 0),

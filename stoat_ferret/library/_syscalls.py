@@ -134,7 +134,7 @@ DENIED: Final = (
     *("removexattr", "lremovexattr", "fremovexattr", "removexattrat"),
     *("file_setattr", "flock"),
     *("setpgid", "setsid", "inotify_init", "inotify_init1", "fanotify_init"),
-    *("userfaultfd", "memfd_secret"),
+    *("userfaultfd", "memfd_secret", "ioprio_set"),
 )
 """The calls the filter fails whatever their arguments, as the module says
 (those an architecture has)."""
@@ -178,7 +178,6 @@ generation, or make it read-only for good (fs-verity, which a read-only
 descriptor may ask for), or type into a terminal; the same numbers on both
 machines."""
 PRIO_PROCESS: Final = 0  # setpriority's "which": a process (not a group, nor a user)
-IOPRIO_WHO_PROCESS: Final = 1  # ioprio_set's
 
 
 class Calls(NamedTuple):

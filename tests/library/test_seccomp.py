@@ -330,7 +330,6 @@ _ON_ITSELF = (
     "sched_setattr_itself",
     "sched_setaffinity_itself",
     "setpriority_itself",
-    "ioprio_set_itself",
     "kill_itself",
     "raise",
     "raise_in_a_thread",
@@ -353,7 +352,9 @@ def test_a_filtered_process_acts_on_no_other_process_and_still_on_itself() -> No
     process, to every process, to its group (it does not lead it) or to
     another's group, by pid, thread id, queued or through a pidfd, and a
     SIGIO owner for a descriptor: each EPERM, where it was allowed (or
-    refused otherwise: no such group or user) before. On itself each still
+    refused otherwise: no such group or user) before; and its own I/O
+    priority (SCHED_IDLE's idle class, which it could leave for best
+    effort). On itself each of the others still
     works (getrlimit is prlimit64 on pid 0), and so do signals among its own
     threads (raise, pthread_kill: tgkill on its own thread group); tkill
     only to its main thread, whose id is the process's."""
