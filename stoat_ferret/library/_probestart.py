@@ -103,16 +103,28 @@ def keep_out_of_reach() -> None:
 
 
 def _child_environment() -> dict[str, str]:
-    """The service's environment without its settings, with :data:`PACKAGE_ROOT`
-    first on ``PYTHONPATH``.
+    """What a child needs of the service's environment (:func:`passed_on`),
+    with :data:`PACKAGE_ROOT` first on ``PYTHONPATH``.
 
-    No ``STOAT_`` variable: a child reads none (its own settings come in its
-    arguments), and a child a hostile file took over should not find the API
-    token there.
+    Nothing else: a child reads no ``STOAT_`` setting (its own come in its
+    arguments), and a child a hostile file took over should find neither the
+    API token nor another program's secret there, to smuggle out in the text
+    fields of its answers.
     """
     paths = [PACKAGE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    kept = {name: value for name, value in os.environ.items() if not name.startswith("STOAT_")}
+    kept = {name: value for name, value in os.environ.items() if passed_on(name)}
     return {**kept, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+_PASSED_ON: Final = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH"})
+
+
+def passed_on(name: str) -> bool:
+    """Whether a child gets the variable ``name``: Python's own (``PYTHON*``,
+    which say how it runs), the locale's (``LANG``, ``LANGUAGE``, ``LC_*``,
+    which decide how file names are decoded), ``TZ``, ``PATH`` and
+    ``LD_LIBRARY_PATH`` (where a Python built elsewhere finds its library)."""
+    return name in _PASSED_ON or name.startswith(("PYTHON", "LC_"))
 
 
 IDLE_SECONDS: Final = 60.0

@@ -961,26 +961,33 @@ def test_a_child_imports_the_services_own_package_first(
     assert variables[b"PYTHONPATH"] == os.fsencode(os.pathsep.join([package, "/elsewhere"]))
 
 
-def test_a_child_gets_none_of_the_services_settings(
+def test_a_child_gets_only_what_python_and_the_locale_need_of_the_environment(
     clip: EncodedVideo,
     tmp_path: Path,
     directory: int,
     probes: ProbeProcesses,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The children parse hostile files: the API token, and every other STOAT_ setting,
-    stay out of their environment; the rest of it is passed on."""
+    """The children parse hostile files: the API token, every other STOAT_
+    setting and another program's secret stay out of their environment;
+    Python's own variables, the locale's, the time zone and PATH are passed on."""
     copy_video(clip, tmp_path / "a.mp4")
     monkeypatch.setenv("STOAT_API_TOKEN", "a-secret-token-of-forty-characters-or-so")
     monkeypatch.setenv("STOAT_PORT", "8000")
-    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    monkeypatch.setenv("OTHER_API_KEY", "leak-me")
+    monkeypatch.setenv("LC_CTYPE", "C.UTF-8")
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     probes.probe("a.mp4", directory, Stop())
     [child] = probes.pids()
 
     variables = _environment_of(child)
 
     assert not [name for name in variables if name.startswith(b"STOAT_")]
-    assert variables[b"SOMETHING_ELSE"] == b"kept"
+    assert b"OTHER_API_KEY" not in variables
+    kept = {b"LC_CTYPE": b"C.UTF-8", b"TZ": b"UTC", b"PYTHONDONTWRITEBYTECODE": b"1"}
+    assert {name: variables.get(name) for name in kept} == kept
+    assert variables[b"PATH"] == os.environb[b"PATH"]
 
 
 # A service of its own (this test process may have made itself not dumpable
