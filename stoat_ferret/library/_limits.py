@@ -80,8 +80,8 @@ busy: one a hostile file took over keeps the files of ten minutes at most."""
 
 PROBE_DEADLINE: Final = 30.0
 """CPU seconds a probe process may spend on one file before it is ended
-(``_probeprocess.py``; ten times as many seconds of wall-clock time are a
-backstop). A probe reads a file's header and a few packets, at most 64 MiB,
+(``_probeprocess.py``; four times as many seconds of wall-clock time are a
+backstop, ``WALL_FACTOR``). A probe reads a file's header and a few packets, at most 64 MiB,
 and decodes at most a keyframe: milliseconds of CPU. More is FFmpeg stuck in a
 hostile file (a Matroska file of 60,000 tags takes it 25 s, and the time
 grows faster than the square of their number)."""

@@ -1,13 +1,11 @@
 """Probing in child processes: a CPU budget, a memory limit, and a crash that stays there.
 
-FFmpeg runs in the probing thread and cannot be interrupted there. A file of
-a few megabytes can keep it busy for minutes (a Matroska file of 60,000 tags
-takes 25 s to open, and the time grows faster than the square of their
-number), a file can make it allocate gigabytes, and a bug in a demuxer
-can crash it: in a thread, the scan waits, the memory is the service's,
-and a crash kills the service. So the service probes each file in a child
-process (``python -P -m stoat_ferret.library._probechild``), and the thread
-that asked waits for its answer:
+FFmpeg cannot be interrupted in a thread; a file can keep it busy for
+minutes (``_limits.PROBE_DEADLINE``), make it allocate gigabytes, or crash
+it through a bug in a demuxer, and the memory and the crash would be the
+service's. So the service probes each file in a child process (``python -P
+-m stoat_ferret.library._probechild``), and the thread that asked waits for
+its answer:
 
 - **CPU budget.** A probe may use ``deadline`` seconds of CPU (default
   :data:`~stoat_ferret.library._limits.PROBE_DEADLINE`): the child arms
@@ -19,8 +17,7 @@ that asked waits for its answer:
   may disarm its timer) or spends none for a minute, and has a wall-clock
   backstop, :data:`WALL_FACTOR` times the budget. Either way the file is an
   ``errors`` entry, and the next file starts a new child.
-- **Stop.** A cancelled scan (its :class:`Stop` set) kills the child at once,
-  rather than waiting for FFmpeg to return.
+- **Stop.** A cancelled scan (its :class:`Stop` set) kills the child at once.
 - **Memory.** The child's address space is limited
   (:data:`~stoat_ferret.library._limits.PROBE_MEMORY_LIMIT`, ``RLIMIT_AS``):
   an allocation past it fails inside FFmpeg, which gives up on the file.
@@ -53,19 +50,12 @@ so one that a hostile file took over reads no file it was not handed; and
 on x86-64 and AArch64 a seccomp filter keeps it from making a socket and
 from reaching into other processes (``_seccomp.py``).
 
-A child is started when a probe finds none idle, and kept for the next
-files (``_probepool.py``) while not worn (``_probestart.worn``): starting one
-costs about a quarter of a second (Python and PyAV's imports). It runs at
-the probe threads' priority (``SCHED_IDLE`` by default, ``_background.py``),
-in a process group of its own (a signal to the service's group is the
-service's to act on) but the service's session (where Linux shares CPU time
-out by session, its "autogroup", a session of its own would get as large a
-share as the service's, whatever its priority: ``/health`` during a scan
-measured 3.2 times its idle p99 so, 1.8 in the service's session), from
-``/`` with ``-P`` (nothing imported from the service's working directory;
-the service's own package comes first on ``PYTHONPATH``:
-``_probestart.py``), its output discarded, and ends once its socket's other end
-closes: the service closed it, or its process ended, however (``_probechild.py``).
+A child is started when a probe finds none idle (``_probestart.py`` says
+how), and kept for the next files (``_probepool.py``) while not worn: idle
+or old (``_probestart.worn``), or found to have spent CPU since its last
+answer (``_probewatch.worked_while_idle``). It ends once its socket's other
+end closes: the service closed it, or its process ended, however
+(``_probechild.py``).
 """
 
 from __future__ import annotations
@@ -82,15 +72,9 @@ from loguru import logger
 
 from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import READ_LIMIT
-from stoat_ferret.library._probefailed import (
-    Failed,
-    Unreached,
-    end_child,
-    from_outside,
-    logged,
-)
+from stoat_ferret.library._probefailed import Failed, Unreached, end_child, from_outside, logged
 from stoat_ferret.library._probestart import keep_out_of_reach, now, start_child, worn
-from stoat_ferret.library._probewatch import Verdict, late, wait_for
+from stoat_ferret.library._probewatch import Verdict, cpu_seconds, late, wait_for, worked_while_idle
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     CONFINE_FAILED,
@@ -119,10 +103,12 @@ START_SECONDS: Final = 300.0
 ready: a fifth of a second of CPU, but a ``SCHED_IDLE`` child on a machine
 kept busy by other work may get as little as a few thousandths of a core."""
 
-WALL_FACTOR: Final = 10
-"""The wall-clock backstop of a probe, in CPU budgets. It is not what bounds
-a probe's work (its CPU budget does, in the child): it ends a child that
-does not answer without spending CPU (stopped, or stuck in the kernel)."""
+WALL_FACTOR: Final = 4
+"""The wall-clock backstop of a probe, in CPU budgets: two minutes by default,
+well inside a scan's default job timeout (ten budgets, 300 s, let a child a
+hostile file took over, spending a little CPU now and then so as not to
+stall, time out every scan of its tree). It ends a child that does not
+answer without spending CPU (stopped, stuck in the kernel) or its budget."""
 
 
 class ProbeProcess:
@@ -141,6 +127,7 @@ class ProbeProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._started_at = self._used_at = now()  # the child's start; its last answer
+        self._cpu_at_answer: float | None = None  # the child's CPU time at its last answer
         # Held for each probe: close() from another thread waits for it.
         self._lock = threading.Lock()
         self._closed = False
@@ -191,8 +178,8 @@ class ProbeProcess:
             UndecodableError: The file gives no frame, within the budget or
                 at all (it crashed the child, or the child answered nonsense).
             ProbeError: What may pass: the child could not start, had ended
-                before it got the file, or spent no CPU for a minute (or any
-                for ten budgets);
+                before it got the file, or spent no CPU for a minute, or
+                did not answer within :data:`WALL_FACTOR` budgets;
                 ``stop`` was set; the file needs more memory than the limit.
             ProbeRaised: Making it raised unexpectedly in the child.
         """
@@ -226,9 +213,7 @@ class ProbeProcess:
         it is replaced, once.
         """
         request = REQUEST.pack(kind, read_limit, self._deadline) + os.fsencode(name)
-        if self._socket is not None and worn(self._started_at, self._used_at):
-            ended = self._end(gracefully=True)  # it ends once it reads the hang-up
-            logger.debug("probe process idle or old, replaced ({ended})", ended=ended)
+        self._end_if_worn("replaced")
         kept = self._socket is not None
         try:
             answer = self._exchange(request, name, fds, stop)
@@ -246,6 +231,7 @@ class ProbeProcess:
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
         self._used_at = now()
+        self._cpu_at_answer = None if self.pid is None else cpu_seconds(self.pid)
         return answer
 
     def _exchange(self, request: bytes, name: str, fds: list[int], stop: Stop) -> bytes:
@@ -296,17 +282,31 @@ class ProbeProcess:
                 self._end(gracefully=True)
 
     def end_if_worn(self) -> bool:
-        """End the child if it is idle or old (``_probestart.worn``) and no file
-        is in it now; whether one was ended. The next file starts another."""
+        """End the child if no file is in it now and it is worn (:meth:`_end_if_worn`);
+        whether one was ended. The next file starts another."""
         if not self._lock.acquire(blocking=False):
             return False  # busy: its thread replaces it at its next file if need be
         try:
-            if self._socket is None or not worn(self._started_at, self._used_at):
-                return False
-            ended = self._end(gracefully=True)  # it ends once it reads the hang-up
+            return self._end_if_worn("ended")
         finally:
             self._lock.release()
-        logger.debug("probe process idle or old, ended ({ended})", ended=ended)
+
+    def _end_if_worn(self, done: str) -> bool:
+        """End the child if it is idle or old (``_probestart.worn``), or spent
+        CPU since its answer (``_probewatch.worked_while_idle``: it is working
+        for itself, and is killed); whether one was ended (``done``, logged)."""
+        if self._socket is None:
+            return False
+        if worked_while_idle(self.pid, self._cpu_at_answer):
+            ended = self._end()
+            logger.warning(
+                "probe process spent CPU while idle, {done} ({ended})", done=done, ended=ended
+            )
+            return True
+        if not worn(self._started_at, self._used_at):
+            return False
+        ended = self._end(gracefully=True)  # it ends once it reads the hang-up
+        logger.debug("probe process idle or old, {done} ({ended})", done=done, ended=ended)
         return True
 
     def _channel(self, name: str, stop: Stop) -> socket.socket:

@@ -3,9 +3,9 @@
 A child arms its own CPU timer for each file (``ITIMER_PROF``: the kernel
 ends it once the budget is spent), but a child that a hostile file took over
 through a bug in FFmpeg can disarm it, and one that sleeps spends no CPU at
-all: either held its probe thread until the wall-clock backstop (ten
-budgets: 300 s, the default job timeout), so that a scan of its tree timed
-out every time and lost the files probed beside it. So the waiting thread
+all: either held its probe thread until the wall-clock backstop (then ten
+budgets: 300 s, the default job timeout; now four), so that a scan of its
+tree timed out every time and lost the files probed beside it. So the waiting thread
 also reads the child's CPU time (``/proc/<pid>/stat``) every
 :data:`WATCH_SECONDS` of a wait, from the first such look on (a file
 answered sooner costs no read), and ends the wait:
@@ -18,6 +18,10 @@ answered sooner costs no read), and ends the wait:
   the file's doing, since a dead network share looks the same, so the file
   is tried again by the next scan). A child starved by a busy machine (its
   ``SCHED_IDLE`` priority) still gets a little CPU, and is not stalled.
+
+Between files nothing waits on the child, so its CPU time is read at each
+answer and before the next request: one that spent more than
+:data:`IDLE_CPU_SECONDS` meanwhile is replaced (:func:`worked_while_idle`).
 
 Linux only: where ``/proc`` cannot be read, only the backstop applies.
 """
@@ -42,6 +46,12 @@ WATCH_SECONDS: Final = 2.0
 
 STALL_SECONDS: Final = 60.0
 """A child that spends no CPU this long on a request is ended."""
+
+IDLE_CPU_SECONDS: Final = 0.5
+"""CPU time a child may spend between its answer and the next request: it
+spends none once it has answered. One that spends more is working for
+itself (a hostile file took it over and disarmed its timer: no wait watches
+it then), and is replaced before its next file (:func:`worked_while_idle`)."""
 
 MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
@@ -105,6 +115,13 @@ def wait_for(
             last, last_grew = spent, now()
         elif now() - last_grew >= STALL_SECONDS:
             return Verdict.STALLED
+
+
+def worked_while_idle(pid: int | None, at_answer: float | None) -> bool:
+    """Whether the child ``pid``, whose CPU time was ``at_answer`` when it last
+    answered, has spent more than :data:`IDLE_CPU_SECONDS` since."""
+    spent = None if pid is None or at_answer is None else cpu_seconds(pid)
+    return spent is not None and at_answer is not None and spent - at_answer > IDLE_CPU_SECONDS
 
 
 def late(verdict: Verdict, doing: str, wall: float) -> str:

@@ -343,13 +343,12 @@ def test_a_child_that_spends_no_cpu_on_a_file_is_ended_well_before_the_backstop(
 ) -> None:
     """A child that holds a file and spends no CPU on it (asleep, as a child a
     hostile file took over may be; stopped here) is ended once it has spent
-    none for STALL_SECONDS, not at the backstop (ten budgets: the default job
-    timeout), and the failure is transient (a disk that does not answer
-    looks the same)."""
+    none for STALL_SECONDS, not at the backstop (WALL_FACTOR budgets), and
+    the failure is transient (a disk that does not answer looks the same)."""
     os.link(slow_file, tmp_path / "slow.mkv")
     copy_video(clip, tmp_path / "a.mp4")
     # A backstop of 60 s: this test's hang guard, far past the stall's 0.3 s.
-    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=6)
+    children = ProbeProcesses(ThreadPriority.NORMAL, deadline=60 / _probeprocess.WALL_FACTOR)
     try:
         children.probe("a.mp4", directory, Stop())  # started (its start is not watched so)
         [child] = children.pids()
@@ -959,6 +958,46 @@ def test_a_child_imports_the_services_own_package_first(
     variables = _environment_of(child)
     package = os.path.dirname(os.path.dirname(stoat_ferret.__file__))
     assert variables[b"PYTHONPATH"] == os.fsencode(os.pathsep.join([package, "/elsewhere"]))
+
+
+@pytest.mark.parametrize("found_by", ["its next file", "the sweep of worn children"])
+def test_a_child_that_spent_cpu_since_its_answer_is_killed(
+    clip: EncodedVideo,
+    tmp_path: Path,
+    directory: int,
+    probes: ProbeProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[Any],
+    found_by: str,
+) -> None:
+    """Nothing waits on a child between two files: one that spent more than
+    IDLE_CPU_SECONDS since its answer (working for itself: a hostile file
+    took it over and disarmed its timer) is killed before its next file,
+    which a new child probes, or by the sweep that ends idle ones. One that
+    spent nothing (the first probe's child, asked again) is kept."""
+    copy_video(clip, tmp_path / "a.mp4")
+    probes.probe("a.mp4", directory, Stop())
+    probes.probe("a.mp4", directory, Stop())
+    [first] = probes.pids()
+    real = _probewatch.cpu_seconds
+    spent = _probewatch.IDLE_CPU_SECONDS + 0.01  # read from now on, beyond what it spent
+
+    def busy(pid: int) -> float | None:
+        seconds = real(pid)
+        return None if seconds is None else seconds + spent
+
+    monkeypatch.setattr(_probewatch, "cpu_seconds", busy)
+    if found_by == "its next file":
+        probes.probe("a.mp4", directory, Stop())
+        [second] = probes.pids()
+        assert second != first
+    else:
+        assert probes.end_worn() == 1
+        assert probes.pids() == []
+
+    [warning] = [record for record in log_records if record["level"].name == "WARNING"]
+    assert warning["message"].startswith("probe process spent CPU while idle")
+    assert "killed by SIGKILL" in warning["message"]
 
 
 def test_a_child_gets_only_what_python_and_the_locale_need_of_the_environment(
