@@ -22,8 +22,12 @@ process killed from outside) is not remembered, nor a probe process's crash
 or nonsense answer, nor one of the prober's own surprises (``ProbeRaised``,
 an unexpected exception). A verdict is the probe process's, which a hostile
 file that took it over could forge for the files after it, until the
-process is replaced (``CHILD_AGE_SECONDS`` at most): such a file is then
-left out until it changes, where it was left out of one scan before.
+process is replaced (``CHILD_AGE_SECONDS`` at most; sooner if it spends CPU
+between files): such a file is then left out until it changes, where it was
+left out of one scan before. (The service takes one answer a request and
+ends a child that sent a second before it was read, ``_probeprocess``'s
+``_peek``; a child that answers its next request with a forged verdict
+looks like any other, and nothing can tell them apart.)
 
 Which rows go: a scan reads those of its scope with the stored
 fingerprints (:meth:`FailedProbeStore.failed_probes`), and deletes, in one
