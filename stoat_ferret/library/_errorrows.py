@@ -50,10 +50,11 @@ def listed_jobs(connection: sqlite3.Connection) -> list[str]:
 
 
 def delete_job_errors(connection: sqlite3.Connection, job_id: str, limit: int) -> int:
-    """Delete up to ``limit`` stored errors of the scan ``job_id``; how many went."""
+    """Delete up to ``limit`` stored errors of the scan ``job_id``, its first
+    ones (:func:`error_page` counts on it); how many went."""
     cursor = connection.execute(
         "DELETE FROM scan_errors WHERE rowid IN"
-        " (SELECT rowid FROM scan_errors WHERE job_id = ? LIMIT ?)",
+        " (SELECT rowid FROM scan_errors WHERE job_id = ? ORDER BY seq LIMIT ?)",
         (job_id, limit),
     )
     return cursor.rowcount
@@ -84,20 +85,34 @@ def insert_errors(
 def error_page(
     connection: sqlite3.Connection, job_id: str, limit: int, offset: int
 ) -> tuple[list[tuple[str, str]], int]:
-    """One page of the scan ``job_id``'s errors in the order met, and their total."""
-    rows = connection.execute(
-        "SELECT path, error FROM scan_errors WHERE job_id = ? ORDER BY seq LIMIT ? OFFSET ?",
-        (job_id, limit, offset),
-    ).fetchall()
-    (total,) = connection.execute(
-        "SELECT count(*) FROM scan_errors WHERE job_id = ?", (job_id,)
+    """One page of the scan ``job_id``'s errors in the order met, and their total.
+
+    A list's entries are numbered on from 0 without a gap as they are stored
+    (:func:`insert_errors`), and lose none but from the first on
+    (:func:`delete_job_errors`, a replaced or forgotten list's, in pieces),
+    so its entries are those numbered from its least number to its greatest:
+    a page is one seek of the primary key however deep, and the total the
+    two numbers apart, not a count of the whole list nor a walk past
+    ``offset`` entries (a list cut short still counts short, which is how
+    the route tells it from a whole one).
+    """
+    first, last = connection.execute(
+        "SELECT min(seq), max(seq) FROM scan_errors WHERE job_id = ?", (job_id,)
     ).fetchone()
-    return [(path, error) for path, error in rows], int(total)
+    total = 0 if first is None else int(last) - int(first) + 1
+    if offset >= total:
+        return [], total
+    rows = connection.execute(
+        "SELECT path, error FROM scan_errors WHERE job_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        (job_id, int(first) + offset, limit),
+    ).fetchall()
+    return [(path, error) for path, error in rows], total
 
 
 REPLACED_KEPT: Final = 100_000
 """How many replaced scans :class:`ErrorOwners` remembers as such (and as many
-whose entries were lost): about 12 MB at most (job ids of 32 characters),
+whose entries were lost): about 17 MB each at most (job ids of 32
+characters, in an ``OrderedDict``: a review measured it),
 more than a service that retains its jobs an hour (the default) replaces in
 that time; one older than that reads as an empty list."""
 

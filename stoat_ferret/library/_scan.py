@@ -285,7 +285,7 @@ class ScanRun:
         failed = self.library.failed_probes_blocking(self.root, recursive=self.recursive)
         if failed:
             to_probe, self.counts.failed_unchanged, self.forget_failed = sift_failures(
-                found, known, to_probe, failed, errors
+                found, known, to_probe, failed, errors, self.error_store.store_if_many_here
             )
         seen, root, recursive = self.seen_mount_points, self.root, self.recursive
         self.mounts = track(

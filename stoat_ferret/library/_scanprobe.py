@@ -220,6 +220,7 @@ def sift_failures(
     to_probe: list[str],
     failed: Mapping[str, FailedProbe],
     errors: ErrorLog,
+    store_if_many: Callable[[], None],
 ) -> tuple[list[str], int, list[str]]:
     """Of ``to_probe`` (sorted, from :func:`compare`), those to probe still; how
     many are unchanged since a probe failed on them (``failed``, the scope's
@@ -227,7 +228,9 @@ def sift_failures(
     the reason then; and the remembered failures to forget: of a file found
     changed, or with a stored video, or not found, unless it is in a
     directory that went unread (``errors.unread``: it may be there).
-    Blocking: the survey's thread."""
+    Blocking: the survey's thread, which calls ``store_if_many`` after each
+    entry (``ScanErrors.store_if_many_here``: a rescan of a million such
+    files holds a few thousand entries, not a million)."""
     remembered = {
         path: failure.reason
         for path, failure in failed.items()
@@ -235,6 +238,7 @@ def sift_failures(
     }
     for path, reason in sorted(remembered.items()):
         errors.add(path, reason + REMEMBERED)
+        store_if_many()
     unread = frozenset(errors.unread)
     forget = [
         path

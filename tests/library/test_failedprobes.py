@@ -18,6 +18,7 @@ from stoat_ferret.library import (
     VideoProbe,
     VideoStore,
     _failedprobes,
+    _scanerrors,
     _scanprobe,
     make_scan_handler,
     probe_video,
@@ -126,6 +127,37 @@ async def test_the_remembered_entry_is_in_the_stored_error_list(
     assert total == 1
     assert errors[0][0] == str(media / "bad.mp4")
     assert errors[0][1].endswith(REMEMBERED)
+
+
+async def test_a_rescan_stores_its_remembered_entries_as_it_goes(
+    library: VideoLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rescan lists each file unchanged since its probe failed as it sifts
+    them, storing the entries whenever ERRORS_HELD (4 here) are held, not all
+    at its end: a million such files are a few thousand entries in memory and
+    one short write at a time. Every entry is stored once."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for index in range(10):
+        (media / f"bad{index}.mp4").write_text("not a video")
+    with anyio.fail_after(TIMEOUT):
+        await _scan(library, media, job_id="first")
+    monkeypatch.setattr(_scanerrors, "ERRORS_HELD", 4)
+    sizes: list[int] = []
+    add_blocking = library.add_scan_errors_blocking
+
+    def recording(job_id: str, directory: str, **kwargs: Any) -> None:
+        sizes.append(len(kwargs["errors"]))
+        add_blocking(job_id, directory, **kwargs)
+
+    monkeypatch.setattr(library, "add_scan_errors_blocking", recording)
+    with anyio.fail_after(TIMEOUT):
+        second = await _scan(library, media, job_id="second")
+        stored, total = await library.scan_errors("second")
+
+    assert (second["failed_unchanged"], total) == (10, 10)
+    assert sizes == [4, 4]  # in the survey's thread; the last 2 with the scan's end
+    assert sorted(path for path, _ in stored) == sorted(str(path) for path in media.iterdir())
 
 
 async def test_a_changed_file_is_probed_again_and_its_failure_forgotten(
@@ -343,7 +375,7 @@ def test_a_scan_that_could_not_read_a_directory_forgets_only_what_it_saw() -> No
         for path in unread:
             errors.add_unread(path, "denied")
         to_probe, count, forget = sift_failures(
-            found, known, ["/m/changed.mp4", "/m/same.mp4"], failed, errors
+            found, known, ["/m/changed.mp4", "/m/same.mp4"], failed, errors, lambda: None
         )
         assert (to_probe, count) == (["/m/changed.mp4"], 1)
         assert [entry["path"] for entry in errors.entries][-1] == "/m/same.mp4"

@@ -1842,6 +1842,45 @@ def test_opening_refuses_a_fifo_where_sqlite_keeps_its_journal(tmp_path: Path) -
         VideoStore.open(tmp_path / "videos.sqlite")
 
 
+def test_a_page_of_errors_costs_as_much_however_deep(store: VideoStore, tmp_path: Path) -> None:
+    """A page deep in a long list, or past its end, costs what the first does
+    (SQLite's virtual machine steps): no walk past the entries before it, nor
+    a count of them all; the pages and the total are the same as ever. A list
+    that lost entries (deleted in pieces, its first ones first) counts what
+    is left."""
+    count = 20_000
+    errors = [(f"/m/{index}.mp4", "bad") for index in range(count)]
+    store.replace_scan_errors("a", "/m", recursive=True, errors=errors)
+    connection = sqlite3.connect(tmp_path / "videos.sqlite")
+
+    pages: list[tuple[list[tuple[str, str]], int]] = []
+
+    def cost(offset: int) -> int:
+        steps = [0]
+
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        connection.set_progress_handler(step, 100)
+        try:
+            pages.append(_errorrows.error_page(connection, "a", 10, offset))
+        finally:
+            connection.set_progress_handler(None, 100)
+        return steps[0]
+
+    try:
+        first, deep, past = costs = [cost(offset) for offset in (0, count - 10, count + 5)]
+        assert _errorrows.delete_job_errors(connection, "a", 3) == 3
+        cut = _errorrows.error_page(connection, "a", 10, 0)
+    finally:
+        connection.close()
+
+    assert pages == [(errors[:10], count), (errors[-10:], count), ([], count)]
+    assert cut == (errors[3:13], count - 3)
+    assert (deep, past) <= (first + 1, first + 1), costs
+
+
 def test_a_forgotten_scans_errors_go_in_pieces(store: VideoStore) -> None:
     """The errors of a scan whose job is forgotten are deleted ``limit`` at a time,
     each piece a transaction of its own; other scans' stay, and the scans with
