@@ -995,9 +995,9 @@ def test_a_child_that_spent_cpu_since_its_answer_is_killed(
         assert probes.end_worn() == 1
         assert probes.pids() == []
 
+    # Killed, or ended as it read the hang-up that comes first: either way, gone.
     [warning] = [record for record in log_records if record["level"].name == "WARNING"]
     assert warning["message"].startswith("probe process spent CPU while idle")
-    assert "killed by SIGKILL" in warning["message"]
 
 
 def test_a_child_gets_only_what_python_and_the_locale_need_of_the_environment(
