@@ -2,7 +2,7 @@
 
 Blocking (it reads the filesystem): the scan route calls it through
 ``anyio.to_thread.run_sync``, at most :data:`PATH_CHECK_THREADS` at once
-(``_deps.PathChecks``): requests for a root whose file system does not
+(``_deps.ThreadTurns``): requests for a root whose file system does not
 answer hold that many threads at most, and no other request for long.
 
 The order of the checks is deliberate. The path is first resolved without

@@ -31,14 +31,9 @@ its answer:
   One whose answer is not a description or a refusal is killed too.
   (``_probefailed.py`` says whose fault each failure is taken for.)
 
-The thumbnails job decodes and encodes in the same children
-(:meth:`ProbeProcess.thumbnail`), under the same budget and limit. A video
-whose thumbnail spends the budget, crashes the child while it holds the
-file, or gets a nonsense answer gives none, as one FFmpeg cannot decode (it
-is marked, and not tried again until it changes); anything that may pass
-(memory, a child that could not start, died before it had the file or was
-killed from outside, the wall-clock backstop) is an error the next job
-tries again.
+The thumbnails job decodes and encodes in the same children, under the same
+budget and limit; :meth:`ProbeProcess.thumbnail` says which failures mark a
+video (not tried again until it changes) and which the next job tries again.
 
 The file is opened here, in the service, as a thread would
 (``_regularfile.open_regular_file``: relative to its directory's descriptor, no
@@ -104,8 +99,9 @@ ready: a fifth of a second of CPU, but a ``SCHED_IDLE`` child on a machine
 kept busy by other work may get as little as a few thousandths of a core."""
 
 WALL_FACTOR: Final = 4
-"""The wall-clock backstop of a probe, in CPU budgets: two minutes by default,
-well inside a scan's default job timeout (ten budgets, 300 s, let a child a
+"""The wall-clock backstop of a probe, in CPU budgets: two minutes by default
+but the time the child waited for a CPU (``_probewatch.wait_for``), well
+inside a scan's default job timeout (ten budgets, 300 s, let a child a
 hostile file took over, spending a little CPU now and then so as not to
 stall, time out every scan of its tree). It ends a child that does not
 answer without spending CPU (stopped, stuck in the kernel) or its budget."""
@@ -391,10 +387,13 @@ class ProbeProcess:
             self._end()
 
     def _end(self, *, gracefully: bool = False) -> str:
-        """Close the child's channel and end it (:func:`end_child`); how it ended."""
+        """Close the child's channel and end it (:func:`end_child`); how it ended.
+        Not ``gracefully``: killed first, so that it cannot act on the hang-up."""
         assert self._process is not None
         assert self._socket is not None  # set together with the process
         process, self._process = self._process, None
+        if not gracefully:
+            process.kill()
         self._socket.close()
         self._socket = None
         return end_child(process, gracefully=gracefully)

@@ -129,15 +129,22 @@ def _child_environment() -> dict[str, str]:
     return {**kept, "PYTHONPATH": os.pathsep.join(paths)}
 
 
-_PASSED_ON: Final = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH"})
+_LOCALE: Final = ("ALL", "CTYPE", "COLLATE", "MESSAGES", "MONETARY", "NUMERIC", "TIME")
+_GNU_LOCALE: Final = ("ADDRESS", "IDENTIFICATION", "MEASUREMENT", "NAME", "PAPER", "TELEPHONE")
+_PASSED_ON: Final = frozenset(
+    {"HOME", "PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH"}
+    | {f"LC_{category}" for category in (*_LOCALE, *_GNU_LOCALE)}
+)
 
 
 def passed_on(name: str) -> bool:
     """Whether a child gets the variable ``name``: Python's own (``PYTHON*``,
-    which say how it runs), the locale's (``LANG``, ``LANGUAGE``, ``LC_*``,
-    which decide how file names are decoded), ``TZ``, ``PATH`` and
+    which say how it runs), the locale's (``LANG``, ``LANGUAGE`` and the
+    categories' ``LC_*``, not any name so made, which ``ssh`` passes on:
+    they decide how file names are decoded), ``HOME`` (where Python finds a
+    user's packages: ``pip install --user``), ``TZ``, ``PATH`` and
     ``LD_LIBRARY_PATH`` (where a Python built elsewhere finds its library)."""
-    return name in _PASSED_ON or name.startswith(("PYTHON", "LC_"))
+    return name in _PASSED_ON or name.startswith("PYTHON")
 
 
 IDLE_SECONDS: Final = 60.0

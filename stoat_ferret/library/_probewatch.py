@@ -4,8 +4,8 @@ A child arms its own CPU timer for each file (``ITIMER_PROF``: the kernel
 ends it once the budget is spent), but a child that a hostile file took over
 through a bug in FFmpeg can disarm it, and one that sleeps spends no CPU at
 all: either held its probe thread until the wall-clock backstop (then ten
-budgets: 300 s, the default job timeout; now four), so that a scan of its
-tree timed out every time and lost the files probed beside it. So the waiting thread
+budgets: 300 s, the default job timeout), so that a scan of its tree timed
+out every time and lost the files probed beside it. So the waiting thread
 also reads the child's CPU time (``/proc/<pid>/stat``) every
 :data:`WATCH_SECONDS` of a wait, from the first such look on (a file
 answered sooner costs no read), and ends the wait:
@@ -17,7 +17,13 @@ answered sooner costs no read), and ends the wait:
   asleep, stopped, or stuck on a disk that does not answer; not taken for
   the file's doing, since a dead network share looks the same, so the file
   is tried again by the next scan). A child starved by a busy machine (its
-  ``SCHED_IDLE`` priority) still gets a little CPU, and is not stalled.
+  ``SCHED_IDLE`` priority) still gets a little CPU, and is not stalled;
+- at the backstop (:attr:`Verdict.LATE`, ``_probeprocess.WALL_FACTOR``
+  budgets: two minutes), counted in the seconds the child was not waiting
+  for a CPU (its threads' run delay, :func:`seconds_waiting_for_cpu`): a
+  child a busy machine starves has all the time it waits, and one that
+  sleeps, spending a little CPU now and then so as not to stall, has two
+  minutes, well inside a scan's job timeout.
 
 Between files nothing waits on the child, so its CPU time is read at each
 answer and before the next request: one that spent more than
@@ -82,20 +88,42 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def seconds_waiting_for_cpu(pid: int) -> float:
+    """The time the threads of the process ``pid`` have spent ready to run but
+    waiting for a CPU (each one's ``/proc/<pid>/task/<tid>/schedstat``, its run
+    delay), summed: what other work kept from it. 0 where it cannot be read."""
+    waited = 0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/schedstat", "rb") as schedstat:
+                waited += int(schedstat.read().split()[1])  # run delay, in ns
+        except (OSError, ValueError, IndexError):
+            continue  # ended since the listing
+    return waited / 1e9
+
+
 def wait_for(
     channel: socket.socket, stop: Stop, pid: int, *, budget: float, wall: float
 ) -> Verdict:
-    """Wait for the child ``pid``'s datagram on ``channel``, or ``stop``, watching its CPU."""
+    """Wait for the child ``pid``'s datagram on ``channel``, or ``stop``, watching
+    its CPU. ``wall`` bounds the wait's seconds but those the child spent
+    waiting for a CPU (:func:`seconds_waiting_for_cpu`, from the first look on:
+    a child a busy machine starves is slow, not stuck)."""
     poller = select.poll()
     poller.register(channel, select.POLLIN)
     poller.register(stop.fileno(), select.POLLIN)
     now = time.monotonic  # not a suspended machine's sleep: no CPU is spent then
     started = now()
     first: float | None = None  # the CPU time at the first look
+    waited_first = waited = 0.0  # its threads' time waiting for a CPU, at the first look; now
     last = -math.inf  # the CPU time at the last look that saw it grow
     last_grew = started
     while True:
-        left = wall - (now() - started)
+        left = wall - (now() - started - (waited - waited_first))
         if left <= 0:
             return Verdict.LATE
         wait = min(left, WATCH_SECONDS)
@@ -107,8 +135,9 @@ def wait_for(
         spent = cpu_seconds(pid)
         if spent is None:  # ended: its socket says so at the next poll
             continue
+        waited = seconds_waiting_for_cpu(pid)
         if first is None:
-            first = spent
+            first, waited_first = spent, waited
         if spent - first > budget:
             return Verdict.OVER_BUDGET
         if spent > last:

@@ -175,19 +175,21 @@ class ThumbnailStore:
 
     def _discard(self, video_id: int, fingerprint: Fingerprint, info: os.stat_result) -> None:
         """Remove the file ``info`` describes from the image's place, unless another
-        has taken it since (a write), and count it in :attr:`discarded`."""
+        has taken it since (a write), and count it in :attr:`discarded`, unless
+        it cannot be removed (:meth:`state` says made still: no job makes it)."""
         logger.warning(
             "thumbnail file is not one the service wrote; removed, to be made again",
             video_id=video_id,
         )
         with self._lock:
             try:
-                with self._claimed_folder(video_id) as folder:
-                    unlink_if_same(_name(fingerprint, made=True), folder, info)
+                with self._claimed_folder(video_id) as fd:
+                    unlink_if_same(_name(fingerprint, made=True), fd, info)
             except OSError as exc:
-                logger.warning(
-                    "cannot remove thumbnails", folder=self._folder(video_id), reason=str(exc)
-                )
+                if exc.errno not in _NOT_OURS:  # not gone with its folder
+                    folder = self._folder(video_id)
+                    logger.warning("cannot remove thumbnails", folder=folder, reason=str(exc))
+                    return
             self.discarded += 1
 
     def state(self, video_id: int, fingerprint: Fingerprint) -> str | None:

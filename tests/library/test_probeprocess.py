@@ -995,9 +995,10 @@ def test_a_child_that_spent_cpu_since_its_answer_is_killed(
         assert probes.end_worn() == 1
         assert probes.pids() == []
 
-    # Killed, or ended as it read the hang-up that comes first: either way, gone.
+    # Killed before its channel closes: it cannot act on the hang-up (nor exit 0 on it).
     [warning] = [record for record in log_records if record["level"].name == "WARNING"]
     assert warning["message"].startswith("probe process spent CPU while idle")
+    assert warning["message"].endswith("(killed by SIGKILL)")
 
 
 def test_a_child_gets_only_what_python_and_the_locale_need_of_the_environment(
@@ -1009,11 +1010,14 @@ def test_a_child_gets_only_what_python_and_the_locale_need_of_the_environment(
 ) -> None:
     """The children parse hostile files: the API token, every other STOAT_
     setting and another program's secret stay out of their environment;
-    Python's own variables, the locale's, the time zone and PATH are passed on."""
+    Python's own variables, the locale's, HOME, the time zone and PATH are
+    passed on."""
     copy_video(clip, tmp_path / "a.mp4")
     monkeypatch.setenv("STOAT_API_TOKEN", "a-secret-token-of-forty-characters-or-so")
     monkeypatch.setenv("STOAT_PORT", "8000")
     monkeypatch.setenv("OTHER_API_KEY", "leak-me")
+    monkeypatch.setenv("LC_MY_TOKEN", "leak-me-too")  # named like a locale's: ssh passes LC_*
+    monkeypatch.setenv("HOME", "/home/elsewhere")  # a user's packages are found by it
     monkeypatch.setenv("LC_CTYPE", "C.UTF-8")
     monkeypatch.setenv("TZ", "UTC")
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
@@ -1023,8 +1027,13 @@ def test_a_child_gets_only_what_python_and_the_locale_need_of_the_environment(
     variables = _environment_of(child)
 
     assert not [name for name in variables if name.startswith(b"STOAT_")]
-    assert b"OTHER_API_KEY" not in variables
-    kept = {b"LC_CTYPE": b"C.UTF-8", b"TZ": b"UTC", b"PYTHONDONTWRITEBYTECODE": b"1"}
+    assert (b"OTHER_API_KEY" in variables, b"LC_MY_TOKEN" in variables) == (False, False)
+    kept = {
+        b"HOME": b"/home/elsewhere",
+        b"LC_CTYPE": b"C.UTF-8",
+        b"TZ": b"UTC",
+        b"PYTHONDONTWRITEBYTECODE": b"1",
+    }
     assert {name: variables.get(name) for name in kept} == kept
     assert variables[b"PATH"] == os.environb[b"PATH"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from typing import TYPE_CHECKING, Any
@@ -589,6 +590,24 @@ def test_a_stored_image_the_encoder_would_not_write_is_not_served_but_removed(
     assert [(r["message"], r["extra"]["video_id"]) for r in log_records] == [
         ("thumbnail file is not one the service wrote; removed, to be made again", 7)
     ]
+
+
+def test_a_damaged_file_that_cannot_be_removed_owes_no_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not removed (a read-only data directory), the file still counts as made,
+    so no job would make it: it is not counted in ``discarded`` (each would
+    owe a job that makes nothing), and it is still not served."""
+    store = ThumbnailStore(tmp_path / "thumbs")
+    store.write(7, (10, 10), webp_image(fourcc=b"VP8L"))
+
+    def denied(*args: object) -> None:
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(_thumbstore, "unlink_if_same", denied)
+
+    assert store.read(7, (10, 10)) is None
+    assert (store.discarded, store.state(7, (10, 10))) == (0, "made")
 
 
 def test_a_damaged_file_replaced_since_it_was_read_is_kept(
