@@ -1205,8 +1205,9 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     again: about a tenth of its size, MIGRATION_SPACE): serving would fail
     on a disk without it, so check says so, rather than "needs migration".
     One from before schema 4, whose table is copied whole, needs twice its size;
-    one at schema 8, whose steps 9 to 11 only add a column and an empty
-    table and write the few search keys that changed, next to nothing."""
+    one at schema 8, whose steps 9 to 12 only add a column and an empty
+    table, write the few search keys that changed and empty a table to make
+    its index again, next to nothing."""
     data = tmp / "data"
     data.mkdir(mode=0o700)
     database = data / "stoat.db"
@@ -1224,7 +1225,7 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     older_needs = int(older.stat().st_size * 100) / (1 << 20)
 
     status = main(["check", "--database", str(database)])
-    assert main(["check", "--database", str(newer)]) == 0  # steps 9-11 ask for their 0.01
+    assert main(["check", "--database", str(newer)]) == 0  # steps 9-12 ask for their 0.01
     monkeypatch.setattr(startup_module, "MIGRATION_SPACE", 0.15)
     monkeypatch.setattr(startup_module, "STEP_SPACE", {4: 100.0})
     assert main(["check", "--database", str(database)]) == 0  # schema 7: step 8's 0.15 fits

@@ -23,10 +23,23 @@ if TYPE_CHECKING:
 def scope_jobs(
     connection: sqlite3.Connection, directory: str, recursive: bool, but: str
 ) -> list[str]:
-    """The scans, other than ``but``, that have errors stored for this scope."""
+    """The scans, other than ``but``, that have errors stored for this scope, in
+    a few seeks of the scope index each (a "loose index scan", as
+    :func:`listed_jobs`): not a read of every entry of the scope, which runs
+    under the write lock as a scan starts."""
     rows = connection.execute(
-        "SELECT DISTINCT job_id FROM scan_errors"
-        " WHERE directory = ? AND recursive = ? AND job_id != ?",
+        """
+        WITH RECURSIVE jobs (id) AS (
+            SELECT min(job_id) FROM scan_errors WHERE directory = ?1 AND recursive = ?2
+            UNION ALL
+            SELECT (
+                SELECT min(job_id) FROM scan_errors
+                WHERE directory = ?1 AND recursive = ?2 AND job_id > id
+            )
+            FROM jobs WHERE id IS NOT NULL
+        )
+        SELECT id FROM jobs WHERE id IS NOT NULL AND id != ?3
+        """,
         (directory, int(recursive), but),
     ).fetchall()
     return [job_id for (job_id,) in rows]

@@ -4,7 +4,7 @@ VideoStore extends :class:`~stoat_ferret.library._storefile.StoreFile` (by
 :class:`ScanErrorStore` and ``FailedProbeStore``, ``_failedprobes.py``), the file
 under it (``_storefile.py``: concurrency and durability): a writing connection
 and two reading ones. Each write method is one transaction on the writer, each
-read one on a reader. Schema and migrations: ``_schema.py``; how a video maps
+read one on a reader. Schema and migrations: ``_schema.py`` and ``_migrations.py``; how a video maps
 to a row: ``_rows.py``; the statements of ``scan_errors``: ``_errorrows.py``.
 
 A row the store cannot hold never fails its batch (``_rows.py`` says how it

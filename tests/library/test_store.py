@@ -904,7 +904,7 @@ def test_a_path_that_is_not_utf8_fails_no_migration_and_no_read_unclearly(
     again gives it the key of its readable rest, and a list that meets it
     fails with a StoreError naming the column, not with another exception."""
     path = tmp_path / "old.sqlite"
-    _database_at(path, SCHEMA_VERSION - 1)
+    _database_at(path, 10)  # before schema 11, which writes the search keys again
     with contextlib.closing(sqlite3.connect(path)) as raw:
         raw.execute(
             "UPDATE videos SET path = CAST(X'2f6d2fff2e6d7034' AS TEXT), search_path = NULL"
@@ -1748,8 +1748,8 @@ def test_no_id_is_given_twice(tmp_path: Path) -> None:
 
 def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> None:
     """Version 4 makes the table again: rows keep their ids, every index is
-    there as before (and version 6's and 10's; those versions 7 and 8 made
-    again as they made them), and a deleted id is not given again."""
+    there as before (and version 6's and 10's; those versions 7, 8 and 12
+    made again as they made them), and a deleted id is not given again."""
     path = tmp_path / "old.sqlite"
     _database_at(path, 3)
     indexes = "SELECT name, sql FROM sqlite_schema WHERE type = 'index' ORDER BY name"
@@ -1772,7 +1772,7 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     failed = ("failed_probes_directory", MIGRATIONS[10][1])
     remade = {
         statement.split()[2]: statement
-        for step in (7, 8)
+        for step in (7, 8, 12)
         for statement in MIGRATIONS[step]
         if statement.startswith("CREATE INDEX")
     }
@@ -1879,6 +1879,50 @@ def test_a_page_of_errors_costs_as_much_however_deep(store: VideoStore, tmp_path
     assert pages == [(errors[:10], count), (errors[-10:], count), ([], count)]
     assert cut == (errors[3:13], count - 3)
     assert (deep, past) <= (first + 1, first + 1), costs
+
+
+def test_the_scans_with_a_list_of_a_scope_are_found_in_a_few_seeks(
+    store: VideoStore, tmp_path: Path
+) -> None:
+    """As a scan starts, under the write lock, the earlier lists of its scope
+    (directory and depth) are found in a few seeks of the scope index each,
+    however long they are (SQLite's virtual machine steps for a scope of
+    20,002 entries as for one of 2), and only those of that scope."""
+    errors = [(f"/m/{index}.mp4", "bad") for index in range(20_000)]
+    connection = sqlite3.connect(tmp_path / "videos.sqlite")
+    steps = [0]
+
+    def step() -> int:
+        steps[0] += 1
+        return 0
+
+    def cost(directory: str, recursive: bool, but: str) -> tuple[list[str], int]:
+        steps[0] = 0
+        connection.set_progress_handler(step, 100)
+        try:
+            return _errorrows.scope_jobs(connection, directory, recursive, but), steps[0]
+        finally:
+            connection.set_progress_handler(None, 100)
+
+    try:
+        for job_id, directory, recursive, entries in (
+            ("a", "/m", True, errors),
+            ("b", "/m", True, errors[:2]),
+            ("c", "/m", False, errors[:2]),
+            ("d", "/n", True, errors[:2]),
+        ):
+            _errorrows.insert_errors(connection, job_id, directory, recursive, entries)
+        connection.commit()
+        (long_jobs, long_cost), (short_jobs, short_cost) = (
+            cost("/m", True, "x"),
+            cost("/n", True, "x"),
+        )
+        but_b = cost("/m", True, "b")[0]
+    finally:
+        connection.close()
+
+    assert (long_jobs, short_jobs, but_b) == (["a", "b"], ["d"], ["a"])
+    assert long_cost <= short_cost + 1, (long_cost, short_cost)
 
 
 def test_a_forgotten_scans_errors_go_in_pieces(store: VideoStore) -> None:
