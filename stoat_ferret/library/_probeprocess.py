@@ -100,7 +100,7 @@ kept busy by other work may get as little as a few thousandths of a core."""
 
 WALL_FACTOR: Final = 4
 """The wall-clock backstop of a probe, in CPU budgets: two minutes by default
-but the time the child waited for a CPU (``_probewatch.wait_for``), well
+(four at most for a child kept from a CPU: ``_probewatch.starved``), both
 inside a scan's default job timeout (ten budgets, 300 s, let a child a
 hostile file took over, spending a little CPU now and then so as not to
 stall, time out every scan of its tree). It ends a child that does not

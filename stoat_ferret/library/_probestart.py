@@ -129,22 +129,31 @@ def _child_environment() -> dict[str, str]:
     return {**kept, "PYTHONPATH": os.pathsep.join(paths)}
 
 
+_PYTHON: Final = (
+    *("HOME", "USERBASE", "NOUSERSITE", "PLATLIBDIR", "SAFEPATH", "EXECUTABLE"),
+    *("UTF8", "COERCECLOCALE", "IOENCODING", "HASHSEED", "INTMAXSTRDIGITS"),
+    *("DONTWRITEBYTECODE", "PYCACHEPREFIX", "OPTIMIZE", "WARNINGS", "DEVMODE"),
+    *("MALLOC", "MALLOCSTATS", "FAULTHANDLER", "TRACEMALLOC", "NODEBUGRANGES"),
+)
 _LOCALE: Final = ("ALL", "CTYPE", "COLLATE", "MESSAGES", "MONETARY", "NUMERIC", "TIME")
 _GNU_LOCALE: Final = ("ADDRESS", "IDENTIFICATION", "MEASUREMENT", "NAME", "PAPER", "TELEPHONE")
 _PASSED_ON: Final = frozenset(
     {"HOME", "PATH", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH"}
     | {f"LC_{category}" for category in (*_LOCALE, *_GNU_LOCALE)}
+    | {f"PYTHON{name}" for name in _PYTHON}
 )
 
 
 def passed_on(name: str) -> bool:
-    """Whether a child gets the variable ``name``: Python's own (``PYTHON*``,
-    which say how it runs), the locale's (``LANG``, ``LANGUAGE`` and the
-    categories' ``LC_*``, not any name so made, which ``ssh`` passes on:
-    they decide how file names are decoded), ``HOME`` (where Python finds a
-    user's packages: ``pip install --user``), ``TZ``, ``PATH`` and
-    ``LD_LIBRARY_PATH`` (where a Python built elsewhere finds its library)."""
-    return name in _PASSED_ON or name.startswith("PYTHON")
+    """Whether a child gets the variable ``name``: those of Python's own that
+    say where it finds its packages and how it runs (``PYTHONHOME``,
+    ``PYTHONUTF8``...; not any name so made, nor those of its debugger or
+    start-up file), the locale's (``LANG``, ``LANGUAGE`` and the categories'
+    ``LC_*``, not any name so made, which ``ssh`` passes on: they decide how
+    file names are decoded), ``HOME`` (where Python finds a user's packages:
+    ``pip install --user``), ``TZ``, ``PATH`` and ``LD_LIBRARY_PATH`` (where a
+    Python built elsewhere finds its library). ``PYTHONPATH`` is made anew."""
+    return name in _PASSED_ON
 
 
 IDLE_SECONDS: Final = 60.0

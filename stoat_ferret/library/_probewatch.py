@@ -19,11 +19,11 @@ answered sooner costs no read), and ends the wait:
   is tried again by the next scan). A child starved by a busy machine (its
   ``SCHED_IDLE`` priority) still gets a little CPU, and is not stalled;
 - at the backstop (:attr:`Verdict.LATE`, ``_probeprocess.WALL_FACTOR``
-  budgets: two minutes), counted in the seconds the child was not waiting
-  for a CPU (its threads' run delay, :func:`seconds_waiting_for_cpu`): a
-  child a busy machine starves has all the time it waits, and one that
-  sleeps, spending a little CPU now and then so as not to stall, has two
-  minutes, well inside a scan's job timeout.
+  budgets: two minutes), counted in the seconds the child was not kept from
+  a CPU (its most delayed thread's run delay, at most the backstop again:
+  :func:`starved`): a child a busy machine starves has up to four minutes,
+  and one that sleeps, spending a little CPU now and then so as not to
+  stall, two; either well inside a scan's job timeout.
 
 Between files nothing waits on the child, so its CPU time is read at each
 answer and before the next request: one that spent more than
@@ -88,42 +88,54 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def seconds_waiting_for_cpu(pid: int) -> float:
-    """The time the threads of the process ``pid`` have spent ready to run but
-    waiting for a CPU (each one's ``/proc/<pid>/task/<tid>/schedstat``, its run
-    delay), summed: what other work kept from it. 0 where it cannot be read."""
-    waited = 0
+def waits_for_cpu(pid: int) -> dict[str, float]:
+    """The seconds each thread of the process ``pid`` has spent ready to run but
+    waiting for a CPU (its run delay, ``/proc/<pid>/task/<tid>/schedstat``),
+    by thread id; none where they cannot be read."""
+    waited: dict[str, float] = {}
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0.0
+        return waited
     for thread in threads:
         try:
             with open(f"/proc/{pid}/task/{thread}/schedstat", "rb") as schedstat:
-                waited += int(schedstat.read().split()[1])  # run delay, in ns
+                waited[thread] = int(schedstat.read().split()[1]) / 1e9  # ns
         except (OSError, ValueError, IndexError):
             continue  # ended since the listing
-    return waited / 1e9
+    return waited
+
+
+def starved(since: dict[str, float], now: dict[str, float], wall: float) -> float:
+    """The seconds a child was kept from a CPU between two readings of
+    :func:`waits_for_cpu`: its most delayed thread's (a thread that began
+    since, from its start), not their sum, which a child can make grow many
+    times faster than the clock with threads that all want one CPU; and never
+    more than ``wall``, so that a child on a saturated machine, which waits
+    as long as the clock runs, is given up at twice the backstop at most."""
+    delays = [seconds - since.get(thread, 0.0) for thread, seconds in now.items()]
+    return min(max(delays, default=0.0), wall)
 
 
 def wait_for(
     channel: socket.socket, stop: Stop, pid: int, *, budget: float, wall: float
 ) -> Verdict:
     """Wait for the child ``pid``'s datagram on ``channel``, or ``stop``, watching
-    its CPU. ``wall`` bounds the wait's seconds but those the child spent
-    waiting for a CPU (:func:`seconds_waiting_for_cpu`, from the first look on:
-    a child a busy machine starves is slow, not stuck)."""
+    its CPU. ``wall`` bounds the wait's seconds but those the child was kept
+    from a CPU (:func:`starved`, from the first look on: a child a busy
+    machine starves is slow, not stuck)."""
     poller = select.poll()
     poller.register(channel, select.POLLIN)
     poller.register(stop.fileno(), select.POLLIN)
     now = time.monotonic  # not a suspended machine's sleep: no CPU is spent then
     started = now()
     first: float | None = None  # the CPU time at the first look
-    waited_first = waited = 0.0  # its threads' time waiting for a CPU, at the first look; now
+    waited_first: dict[str, float] = {}  # its threads' waits for a CPU at the first look
+    kept_from_cpu = 0.0  # since the first look
     last = -math.inf  # the CPU time at the last look that saw it grow
     last_grew = started
     while True:
-        left = wall - (now() - started - (waited - waited_first))
+        left = wall - (now() - started - kept_from_cpu)
         if left <= 0:
             return Verdict.LATE
         wait = min(left, WATCH_SECONDS)
@@ -135,9 +147,10 @@ def wait_for(
         spent = cpu_seconds(pid)
         if spent is None:  # ended: its socket says so at the next poll
             continue
-        waited = seconds_waiting_for_cpu(pid)
+        waited = waits_for_cpu(pid)
         if first is None:
             first, waited_first = spent, waited
+        kept_from_cpu = starved(waited_first, waited, wall)
         if spent - first > budget:
             return Verdict.OVER_BUDGET
         if spent > last:

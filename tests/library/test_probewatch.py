@@ -1,6 +1,7 @@
 """The wait for a probe child's answer (``_probewatch.wait_for``), on a clock of
-the test's own: the backstop counts the seconds the child was not waiting for
-a CPU; a sleeping child's time all counts.
+the test's own: the backstop counts the seconds the child was not kept from a
+CPU (its most delayed thread's, at most the backstop again); a sleeping
+child's time all counts.
 
 Each look at the child (every ``WATCH_SECONDS`` of a wait, shortened here so
 that the loop spins) moves the clock on a second; the child's CPU time grows a
@@ -15,13 +16,15 @@ import socket
 import types
 from typing import TYPE_CHECKING
 
-import pytest
-
 from stoat_ferret.library import Stop, _probewatch
 from stoat_ferret.library._probewatch import Verdict, wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
+
+    import pytest
+
+    Waits = Callable[[float], dict[str, float]]
 
 WALL = 10.0
 """The backstop of these waits, in seconds of the test's clock."""
@@ -37,16 +40,9 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def channel() -> Iterator[socket.socket]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with ours, theirs:
-        yield ours
-
-
-def _watched(monkeypatch: pytest.MonkeyPatch, waiting: Callable[[float], float]) -> Clock:
-    """The wait's clock, with the child's CPU time and its time waiting for a CPU
-    (``waiting(now)``) read as the case says."""
+def _watched(monkeypatch: pytest.MonkeyPatch, waiting: Waits) -> Clock:
+    """The wait's clock, with the child's CPU time and its threads' waits for a
+    CPU (``waiting(now)``, by thread) read as the case says."""
     clock = Clock()
     monkeypatch.setattr(_probewatch, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     monkeypatch.setattr(_probewatch, "WATCH_SECONDS", 0.001)
@@ -56,33 +52,51 @@ def _watched(monkeypatch: pytest.MonkeyPatch, waiting: Callable[[float], float])
         return clock.now / 1000  # a little CPU a second: never stalled, never over budget
 
     monkeypatch.setattr(_probewatch, "cpu_seconds", cpu_seconds)
-    monkeypatch.setattr(_probewatch, "seconds_waiting_for_cpu", lambda pid: waiting(clock.now))
+    monkeypatch.setattr(_probewatch, "waits_for_cpu", lambda pid: waiting(clock.now))
     return clock
 
 
-def test_a_child_a_busy_machine_starves_has_the_time_it_waits_for_a_cpu(
-    monkeypatch: pytest.MonkeyPatch, channel: socket.socket
-) -> None:
-    """Waiting for a CPU nine seconds in ten for its first 100 s, the child is
-    given up at the backstop only once it has had WALL seconds not waiting
-    (counted from the first look, a second in): 91 s in, not at WALL."""
-    clock = _watched(monkeypatch, lambda now: 0.9 * min(now, 100.0))
-
-    verdict = wait_for(channel, Stop(), 1, budget=30.0, wall=WALL)
-
-    assert verdict is Verdict.LATE
-    assert clock.now == 1 + (WALL - 1) / 0.1
+def _given_up(
+    monkeypatch: pytest.MonkeyPatch, waiting: Callable[[float], dict[str, float]]
+) -> float:
+    """When (on the test's clock) a wait whose child waits for a CPU as
+    ``waiting`` says is given up at the backstop."""
+    clock = _watched(monkeypatch, waiting)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        assert wait_for(ours, Stop(), 1, budget=30.0, wall=WALL) is Verdict.LATE
+    return clock.now
 
 
-def test_a_child_that_sleeps_is_given_up_at_the_backstop(
-    monkeypatch: pytest.MonkeyPatch, channel: socket.socket
-) -> None:
+def test_a_child_that_sleeps_is_given_up_at_the_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Never waiting for a CPU (asleep, spending a little CPU now and then so as
     not to stall: a child a hostile file took over), the child is given up
     WALL seconds in."""
-    clock = _watched(monkeypatch, lambda now: 0.0)
+    assert _given_up(monkeypatch, lambda now: {"1": 0.0}) == WALL
 
-    verdict = wait_for(channel, Stop(), 1, budget=30.0, wall=WALL)
 
-    assert verdict is Verdict.LATE
-    assert clock.now == WALL
+def test_a_child_a_busy_machine_starves_has_the_time_it_waits_for_a_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept from a CPU nine seconds in ten for its first 5 s (3.6 s of it from
+    the first look, a second in), the child is given up once it has had WALL
+    seconds not waiting: at the first look 3.6 s past WALL."""
+    assert _given_up(monkeypatch, lambda now: {"1": 0.9 * min(now, 5.0)}) == WALL + 4
+
+
+def test_a_child_kept_from_a_cpu_for_ever_is_given_up_at_twice_the_backstop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a machine that never lets it run (or a child that keeps a thread
+    runnable on a busy CPU), the wait it is allowed is WALL at most: given up
+    2 * WALL in, not never."""
+    assert _given_up(monkeypatch, lambda now: {"1": 0.9 * now}) == 2 * WALL
+
+
+def test_many_threads_waiting_at_once_count_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fifty threads that all want one CPU wait fifty times as long as the
+    clock runs, together: the child is kept from a CPU as long as its most
+    delayed thread (a tenth of the time here), not their sum (which would
+    hold the backstop off to its cap)."""
+    given_up = _given_up(monkeypatch, lambda now: {str(tid): 0.1 * now for tid in range(50)})
+    assert given_up == 11.0
