@@ -114,7 +114,7 @@ def starved(since: dict[str, float], now: dict[str, float], wall: float) -> floa
     more than ``wall``, so that a child on a saturated machine, which waits
     as long as the clock runs, is given up at twice the backstop at most."""
     delays = [seconds - since.get(thread, 0.0) for thread, seconds in now.items()]
-    return min(max(delays, default=0.0), wall)
+    return min(max(0.0, *delays), wall)  # 0 at least: a thread id used again counts less
 
 
 def wait_for(

@@ -93,6 +93,20 @@ def test_a_child_kept_from_a_cpu_for_ever_is_given_up_at_twice_the_backstop(
     assert _given_up(monkeypatch, lambda now: {"1": 0.9 * now}) == 2 * WALL
 
 
+def test_a_thread_begun_since_the_first_look_counts_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The thread looked at first (which had waited 20 s before the wait) ends,
+    and another begins 5 s in and is kept from a CPU one second in two: its
+    whole wait counts (it began within the wait), not its wait less the
+    first thread's."""
+    given_up = _given_up(
+        monkeypatch,
+        lambda now: {"1": 20.0} if now < 5 else {"2": 0.5 * (now - 5)},
+    )
+    assert given_up == 15.0  # now - 0.5 * (now - 5) >= WALL
+
+
 def test_many_threads_waiting_at_once_count_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fifty threads that all want one CPU wait fifty times as long as the
     clock runs, together: the child is kept from a CPU as long as its most
