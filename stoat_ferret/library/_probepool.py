@@ -97,7 +97,7 @@ class ProbeProcesses:
     def end_worn(self) -> int:
         """End the children idle :data:`~._probestart.IDLE_SECONDS` or started
         :data:`~._probestart.AGE_SECONDS` before, or that spent CPU since their
-        last answer (``_probewatch.worked_while_idle``), but for those a file
+        last answer (``_probewatch.IdleWatch``), but for those a file
         is in now; how many. Blocking: a worker thread (:func:`ending_worn` calls it)."""
         return self._children.end_worn()
 

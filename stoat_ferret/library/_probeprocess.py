@@ -48,7 +48,7 @@ from reaching into other processes (``_seccomp.py``).
 A child is started when a probe finds none idle (``_probestart.py`` says
 how), and kept for the next files (``_probepool.py``) while not worn: idle
 or old (``_probestart.worn``), or found to have spent CPU since its last
-answer (``_probewatch.worked_while_idle``). It ends once its socket's other
+answer (``_probewatch.IdleWatch``). It ends once its socket's other
 end closes: the service closed it, or its process ended, however
 (``_probechild.py``).
 """
@@ -69,7 +69,7 @@ from stoat_ferret.library._exceptions import ProbeError, ShortOfMemory
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._probefailed import Failed, Unreached, end_child, from_outside, logged
 from stoat_ferret.library._probestart import keep_out_of_reach, now, start_child, worn
-from stoat_ferret.library._probewatch import Verdict, cpu_seconds, late, wait_for, worked_while_idle
+from stoat_ferret.library._probewatch import IdleWatch, Verdict, late, wait_for
 from stoat_ferret.library._probewire import (
     ANSWER_MAX,
     CONFINE_FAILED,
@@ -123,7 +123,7 @@ class ProbeProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._started_at = self._used_at = now()  # the child's start; its last answer
-        self._cpu_at_answer: float | None = None  # the child's CPU time at its last answer
+        self._idle = IdleWatch()  # whether the child works for itself between files
         # Held for each probe: close() from another thread waits for it.
         self._lock = threading.Lock()
         self._closed = False
@@ -227,7 +227,7 @@ class ProbeProcess:
         if more is not None:  # it hung up after its answer: not asked again
             self._end()
         self._used_at = now()
-        self._cpu_at_answer = None if self.pid is None else cpu_seconds(self.pid)
+        self._idle.answered(self.pid)
         return answer
 
     def _exchange(self, request: bytes, name: str, fds: list[int], stop: Stop) -> bytes:
@@ -289,11 +289,11 @@ class ProbeProcess:
 
     def _end_if_worn(self, done: str) -> bool:
         """End the child if it is idle or old (``_probestart.worn``), or spent
-        CPU since its answer (``_probewatch.worked_while_idle``: it is working
+        CPU since its answer (``_probewatch.IdleWatch``: it is working
         for itself, and is killed); whether one was ended (``done``, logged)."""
         if self._socket is None:
             return False
-        if worked_while_idle(self.pid, self._cpu_at_answer):
+        if self._idle.worked(self.pid):
             ended = self._end()
             logger.warning(
                 "probe process spent CPU while idle, {done} ({ended})", done=done, ended=ended
