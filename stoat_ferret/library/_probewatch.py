@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import random
 import select
 import time
 from typing import TYPE_CHECKING, Final
@@ -61,10 +62,11 @@ itself (a hostile file took it over and disarmed its timer: no wait watches
 it then), and is replaced before its next file (:class:`IdleWatch`)."""
 
 IDLE_CHECK_EVERY: Final = 8
-"""A child's CPU time is read at every this many answers, and before the
-request that follows (:class:`IdleWatch`): a child that works for itself
-while idle is found within as many files. Two reads of ``/proc`` at every
-file cost the first scan 5-10 % of its speed (measured)."""
+"""A child's CPU time is read at one answer in this many, at random, and
+before the request that follows (:class:`IdleWatch`): a child that works for
+itself after every answer is found within some eight files, and one that
+works after some cannot tell which are looked at. Two reads of ``/proc`` at
+every file cost the first scan 5-10 % of its speed (measured)."""
 
 MAX_WAIT_MS: Final = 2**31 - 1
 """The longest ``poll`` waits, in milliseconds (a C int)."""
@@ -166,21 +168,23 @@ def wait_for(
             return Verdict.STALLED
 
 
+def sampled() -> bool:
+    """Whether the CPU time at this answer is read: one in :data:`IDLE_CHECK_EVERY`."""
+    return random.randrange(IDLE_CHECK_EVERY) == 0
+
+
 class IdleWatch:
     """Whether a child worked for itself between two files: its CPU time is read
-    at every :data:`IDLE_CHECK_EVERY`-th answer, and compared before the next
-    request, or by the sweep of idle children, with :data:`IDLE_CPU_SECONDS`.
-    A child's :class:`ProbeProcess` calls it under its lock."""
+    at an answer (:func:`sampled`), and compared before the next request, or
+    by the sweep of idle children, with :data:`IDLE_CPU_SECONDS`. A child's
+    ``ProbeProcess`` calls it under its lock."""
 
     def __init__(self) -> None:
-        self._answers = 0
         self._at_answer: float | None = None  # the CPU time at the last answer, if read
 
     def answered(self, pid: int | None) -> None:
         """The child ``pid`` has answered (None: it was ended since)."""
-        self._answers += 1
-        sampled = pid is not None and self._answers % IDLE_CHECK_EVERY == 0
-        self._at_answer = cpu_seconds(pid) if pid is not None and sampled else None
+        self._at_answer = cpu_seconds(pid) if pid is not None and sampled() else None
 
     def worked(self, pid: int | None) -> bool:
         """Whether the child ``pid`` has spent more than :data:`IDLE_CPU_SECONDS`

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import itertools
 import os
 import select
 import shutil
@@ -971,19 +972,22 @@ def test_a_child_that_spent_cpu_since_its_answer_is_killed(
     found_by: str,
 ) -> None:
     """Nothing waits on a child between two files: one that spent more than
-    IDLE_CPU_SECONDS since an answer whose CPU time was read (every
-    IDLE_CHECK_EVERY-th: 3 here) is killed (working for itself: a hostile
-    file took it over and disarmed its timer) before its next file, which a
-    new child probes, or by the sweep that ends idle ones. One that spent
-    nothing is kept, and so is one whose answer's CPU time was not read."""
-    monkeypatch.setattr(_probewatch, "IDLE_CHECK_EVERY", 3)
+    IDLE_CPU_SECONDS since an answer whose CPU time was read (one in
+    IDLE_CHECK_EVERY, at random: the 3rd here) is killed (working for
+    itself: a hostile file took it over and disarmed its timer) before its
+    next file, which a new child probes, or by the sweep that ends idle ones.
+    One that spent nothing is kept, and so is one whose answer's CPU time
+    was not read."""
+    read = itertools.chain([False, False, True], itertools.repeat(False))
+    monkeypatch.setattr(_probewatch, "sampled", lambda: next(read))
     copy_video(clip, tmp_path / "a.mp4")
     probes.probe("a.mp4", directory, Stop())
     probes.probe("a.mp4", directory, Stop())
+    [first] = probes.pids()
     with monkeypatch.context() as unsampled:  # busy after the 2nd answer, which is not read
         unsampled.setattr(_probewatch, "IDLE_CPU_SECONDS", -1.0)
         probes.probe("a.mp4", directory, Stop())  # the 3rd: read
-    [first] = probes.pids()
+    assert probes.pids() == [first]
     real = _probewatch.cpu_seconds
     spent = _probewatch.IDLE_CPU_SECONDS + 0.01  # read from now on, beyond what it spent
 
