@@ -93,7 +93,7 @@ SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
 # A reverse proxy's name in STOAT_ALLOWED_HOSTS lets other machines in: the
 # token and the roots must be set with it (Settings.check_exposure).
 EXPOSED: dict[str, dict[str, str]] = {
-    "allowed_hosts": {"STOAT_API_TOKEN": "t" * 32, "STOAT_SCAN_ROOTS": "/"},
+    "allowed_hosts": {"STOAT_API_TOKEN": "t" * 32, "STOAT_SCAN_ROOTS": "/tmp"},
 }
 
 
@@ -228,6 +228,10 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--max-workers", "0"], "--max-workers must be a whole number from 1 to 1,024, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
+        (  # not "missing": it cannot be looked at
+            ["--scan-root", "/tmp/" + "n" * 300],
+            f"--scan-root: cannot use /tmp/{'n' * 300} (File name too long)",
+        ),
         (["--scan-root", ""], "--scan-root needs a directory, got ''"),
         (["--database", ""], "--database needs a value, got ''"),  # not the working directory
         (["--database", "/srv/stoat/."], "--database must be the path of a file, not a directory"),
@@ -703,8 +707,9 @@ def test_a_standard_descriptor_closed_at_start_is_given_dev_null() -> None:
 def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: Path) -> None:
     """Run from a directory removed since: the default database's relative path has
     nothing to be relative to: 2, one line naming the setting, no traceback (and
-    with a standard error that cannot be written, 2 all the same). Absolute
-    paths, by flag or variable, need no working directory."""
+    with a standard error that cannot be written, 2 all the same); so has a
+    relative scan root (it is not taken from ``/``). Absolute paths, by flag
+    or variable, need no working directory."""
     gone = tmp_path / "gone"
     script = (
         "import os, sys\n"
@@ -732,6 +737,7 @@ def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: 
     with open(os.devnull, "w") as nowhere, open("/dev/full", "w") as full:
         lost = run(stdout=nowhere, stderr=full)
     given = run(*absolute, capture_output=True)
+    root = run(*absolute, "--scan-root", "etc", capture_output=True)
 
     assert (relative.returncode, relative.stdout) == (2, ""), relative.stderr
     [line] = relative.stderr.splitlines()
@@ -739,6 +745,11 @@ def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: 
     assert "'data/stoat.db'" in line
     assert lost.returncode == 2
     assert (given.returncode, given.stderr) == (0, "")
+    assert (root.returncode, root.stdout) == (2, ""), root.stderr
+    [usage, line] = root.stderr.splitlines()  # a flag's refusal: argparse's usage first
+    assert usage.startswith("usage: stoat-ferret")
+    assert line.startswith("stoat-ferret: error: --scan-root: cannot read the working directory")
+    assert "'etc'" in line
 
 
 @pytest.mark.parametrize(

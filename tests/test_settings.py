@@ -652,6 +652,18 @@ def test_a_proxys_name_needs_a_token_and_roots(
         assert Settings.from_environ(environ).api_token is None
 
 
+def test_beyond_loopback_a_root_of_slash_is_no_root(tmp_path: Path) -> None:
+    """A scan root of ``/`` lets a scan read any directory, as none does: beyond
+    loopback it is refused as none is, among other roots too."""
+    environ = {"STOAT_HOST": "0.0.0.0", "STOAT_API_TOKEN": TOKEN}
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ({**environ, "STOAT_SCAN_ROOTS": f"{tmp_path}:/"})
+
+    assert "set STOAT_SCAN_ROOTS, not / (or a scan could read any directory)" in str(caught.value)
+    assert Settings.from_environ({"STOAT_SCAN_ROOTS": "/"}).scan_roots == (Path("/"),)
+
+
 def test_beyond_loopback_with_a_token_and_roots(tmp_path: Path) -> None:
     """With both, any address may be bound."""
 

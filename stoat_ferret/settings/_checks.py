@@ -137,6 +137,8 @@ def _resolve_roots(value: Any) -> tuple[Path, ...]:
     for root in value:
         absolute = _absolute(root)
         try:
+            if not absolute.is_absolute():  # no working directory: refused as relative
+                raise ValueError(absolute)
             roots[Path(real_path(os.fspath(absolute)))] = None
         except (OSError, ValueError):
             roots[absolute] = None
@@ -156,7 +158,8 @@ def _ways(value: Any) -> tuple[Path, ...]:
 
     for root in value:
         with contextlib.suppress(OSError, ValueError):
-            real_path(os.fspath(_absolute(root)), vet=record)
+            if (absolute := _absolute(root)).is_absolute():  # else refused as relative
+                real_path(os.fspath(absolute), vet=record)
     return tuple(places)
 
 
@@ -192,6 +195,10 @@ def _check_roots(_: Settings, attribute: attrs.Attribute[tuple[Path, ...]], valu
             if exc.errno == errno.ELOOP:  # the kernel follows 40 links, as real_path does
                 raise SettingsError(
                     f"{_env(attribute)}: {root} is a symlink loop or a chain of too many links"
+                ) from None
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # denied, too long...
+                raise SettingsError(
+                    f"{_env(attribute)}: cannot use {root} ({exc.strerror})"
                 ) from None
             is_directory = False
         if not is_directory:

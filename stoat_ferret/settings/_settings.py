@@ -276,8 +276,8 @@ class Settings:
         missing = []
         if self.api_token is None:
             missing.append("STOAT_API_TOKEN (or any client could use the API)")
-        if not self.scan_roots:
-            missing.append("STOAT_SCAN_ROOTS (or a scan could read any directory)")
+        if not self.scan_roots or Path("/") in self.scan_roots:  # / is any directory
+            missing.append("STOAT_SCAN_ROOTS, not / (or a scan could read any directory)")
         if missing:
             raise ExposureError(
                 f"{why}, so other machines may reach the service: set {' and '.join(missing)}",
