@@ -228,6 +228,14 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
         (["--max-workers", "0"], "--max-workers must be a whole number from 1 to 1,024, got 0"),
         (["--job-timeout", "inf"], "--job-timeout must be a finite number of seconds"),
         (["--scan-root", "/no/such/dir"], "--scan-root: /no/such/dir is not an existing directory"),
+        (  # the flag's name replaces the variable's at the start, not in the value
+            ["--scan-root", "/no/STOAT_SCAN_ROOTS"],
+            "--scan-root: /no/STOAT_SCAN_ROOTS is not an existing directory",
+        ),
+        (
+            ["--scan-root", "~/videos"],
+            "--scan-root: a '~' is not expanded here: write the path out, got '~/videos'",
+        ),
         (  # not "missing": it cannot be looked at
             ["--scan-root", "/tmp/" + "n" * 300],
             f"--scan-root: cannot use /tmp/{'n' * 300} (File name too long)",
@@ -576,6 +584,11 @@ BROKEN: dict[str, tuple[dict[str, str], list[str], str]] = {
         [],
         "STOAT_DATABASE_PATH: a '~' is not expanded here: write the path out,"
         " got '~/data/stoat.db'",
+    ),
+    "root-under-a-tilde": (
+        {"STOAT_SCAN_ROOTS": "{tmp}/a:~/videos"},
+        [],
+        "STOAT_SCAN_ROOTS: a '~' is not expanded here: write the path out, got '~/videos'",
     ),
     "root-with-a-space-too-many": (
         {"STOAT_SCAN_ROOTS": "{tmp}/a: {tmp}/b"},

@@ -108,5 +108,9 @@ def parse_flag(field_name: str, texts: Sequence[str]) -> Any:
         if field.validator is not None:
             field.validator(alone, field, getattr(alone, field_name))
     except SettingsError as exc:
-        raise SettingsError(str(exc).replace(option.env, option.flag)) from None
+        # The setting's name leads the message; the value quoted after may hold it too.
+        message = str(exc)
+        if message.startswith(option.env):
+            message = option.flag + message.removeprefix(option.env)
+        raise SettingsError(message) from None
     return value

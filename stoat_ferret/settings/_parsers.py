@@ -59,13 +59,14 @@ def _parse_roots(name: str, raw: str) -> tuple[str, ...]:
                 f"{name}: {root!r} begins or ends with white space (name such a"
                 " directory with --scan-root)"
             )
+        _unexpanded(name, root)
     return roots
 
 
-def _parse_one_root(_: str, raw: str) -> tuple[str, ...]:
+def _parse_one_root(name: str, raw: str) -> tuple[str, ...]:
     """One ``--scan-root`` flag: one directory, whatever it holds (``:``, or a
     space at either end, too); nothing for white space alone."""
-    return (raw,) if raw.strip() else ()
+    return (_unexpanded(name, raw),) if raw.strip() else ()
 
 
 def _parse_list(_: str, raw: str) -> tuple[str, ...]:
@@ -80,8 +81,13 @@ def _parse_file(name: str, raw: str) -> str:
     # Path() drops a final "/" or "/.": a directory meant would become a file's name.
     if raw.endswith(("/", "/.")):
         raise SettingsError(f"{name} must be the path of a file, not a directory, got {raw!r}")
-    # Only a shell makes "~" a home directory (systemd's Environment= does
-    # not): taken as it is, it would be a directory "~" made in the working one.
+    return _unexpanded(name, raw)
+
+
+def _unexpanded(name: str, raw: str) -> str:
+    """``raw``, unless it begins with ``~``: only a shell makes that a home
+    directory (systemd's ``Environment=`` does not), and taken as it is, it
+    would be a directory ``~`` in the working one."""
     if raw.startswith("~"):
         raise SettingsError(f"{name}: a '~' is not expanded here: write the path out, got {raw!r}")
     return raw
