@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
+RESTART_WAIT_MS: Final = 1_000
+"""How long a commit waits for the readers of older snapshots as it starts the
+write-ahead log again (:meth:`LogWatch.restart_if_large`): a request's read
+takes 2.5 s at most, most a few milliseconds."""
+
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 """Bytes the write-ahead log is cut back to by the first write after a
 checkpoint has copied it all (``journal_size_limit``): a large transaction
@@ -168,6 +173,7 @@ class LogWatch:
     def __init__(self, path: str) -> None:
         self.path = path
         self._identity = file_identity(f"{path}-wal")
+        self._restart_past = WAL_SIZE_LIMIT  # the size past which a commit restarts the log
         # Once the log is lost: whether a checkpoint has copied it whole, and
         # whether one has failed to (logged once; later tries do not wait).
         self._saved = False
@@ -177,6 +183,32 @@ class LogWatch:
         """Whether the ``-wal`` file is not the one SQLite opened (deleted or replaced)."""
         wal = self._identity
         return wal is not None and file_identity(f"{self.path}-wal") != wal
+
+    def restart_if_large(self, connection: sqlite3.Connection) -> None:
+        """After a commit (the write lock held): once the log is past
+        :data:`WAL_SIZE_LIMIT`, copy it all and start it again (``RESTART``),
+        waiting up to :data:`RESTART_WAIT_MS` for the readers of older
+        snapshots, not for those that begin meanwhile. Reads one after
+        another (a client's searches during a long scan) each hold a snapshot
+        the automatic checkpoint cannot pass, and the log would grow by every
+        write for as long as they go on. A reader that takes longer (the
+        survey of a million videos) leaves it for when the log has grown by
+        :data:`WAL_SIZE_LIMIT` more: no commit waits again meanwhile."""
+        if self._identity is None:
+            return
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+            if size <= self._restart_past:
+                return
+            (waits,) = connection.execute("PRAGMA busy_timeout").fetchone()
+            connection.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+            try:
+                (busy, _, _) = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {int(waits)}")
+        except (OSError, sqlite3.Error):
+            return
+        self._restart_past = size + WAL_SIZE_LIMIT if busy else WAL_SIZE_LIMIT
 
     def save(self, connection: sqlite3.Connection) -> None:
         """Copy the commits of a lost ``-wal`` into the database file.

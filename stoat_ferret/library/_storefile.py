@@ -260,6 +260,8 @@ class StoreFile:
             lost = False
         if lost:
             self._wal.save(connection)
+        else:
+            self._wal.restart_if_large(connection)
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
         if connection is None:

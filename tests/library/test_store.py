@@ -198,6 +198,49 @@ def test_a_large_write_leaves_the_write_ahead_log_large_only_until_a_checkpoint(
     assert after < 128 * 1024  # the limit, and what the next write appended
 
 
+def test_reads_one_after_another_do_not_let_the_write_ahead_log_grow_for_ever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that begins a read as the last one ends (a client's broad
+    searches one after another during a long scan) always holds a snapshot
+    the automatic checkpoint cannot pass, so the log never starts again and
+    grows by every write for as long as the reads go on. Once the log is past
+    the limit, a write starts it again (waiting for the readers of older
+    snapshots, not those that begin meanwhile), and the reads go on. (The
+    limit made 64 KiB here.)"""
+    monkeypatch.setattr(_connections, "WAL_SIZE_LIMIT", 64 * 1024)
+    path = tmp_path / "library.sqlite"
+    store = VideoStore.open(path)
+    store.upsert([record(f"/m/seed{index:05}.mp4") for index in range(2_000)])
+    stop = threading.Event()
+    reads: list[int] = []
+
+    def read() -> None:
+        reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            while not stop.is_set():
+                reader.execute("BEGIN")
+                reads.append(reader.execute("SELECT count(*) FROM videos").fetchone()[0])
+                reader.execute("COMMIT")
+        finally:
+            reader.close()
+
+    largest = 0
+    reading = threading.Thread(target=read)
+    reading.start()
+    try:
+        for batch in range(200):
+            store.upsert([record(f"/m/{batch:03}-{index:02}.mp4") for index in range(50)])
+            largest = max(largest, os.stat(f"{path}-wal").st_size)
+    finally:
+        stop.set()
+        reading.join()
+        store.close()
+
+    assert reads[-1] >= 2_000
+    assert largest < 1024 * 1024, largest  # the limit, and the writes since it was passed
+
+
 def test_a_close_that_cannot_copy_the_log_says_to_keep_it(
     tmp_path: Path, log_records: list[Any]
 ) -> None:
