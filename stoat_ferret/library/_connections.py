@@ -67,13 +67,16 @@ def open_writer(
         identify(connection, name)
         claim()
         (journal,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(journal).lower() != "wal":  # a file system without shared memory, say
+        wal = str(journal).lower() == "wal"
+        if not wal:  # a file system without shared memory, say
             logger.warning(
                 "video store {path}: journal mode {journal}, not WAL: reads may wait for writes",
                 path=name,
                 journal=journal,
             )
-        connection.execute("PRAGMA synchronous = NORMAL")
+        # NORMAL keeps every commit through a power cut in WAL mode, not with
+        # a rollback journal, which needs FULL (SQLite's documentation).
+        connection.execute(f"PRAGMA synchronous = {'NORMAL' if wal else 'FULL'}")
         connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         connection.create_function("search_key", 1, search_key, deterministic=True)
         migrate(connection, name)

@@ -241,6 +241,37 @@ def test_reads_one_after_another_do_not_let_the_write_ahead_log_grow_for_ever(
     assert largest < 1024 * 1024, largest  # the limit, and the writes since it was passed
 
 
+@pytest.mark.parametrize("wal", [True, False], ids=["wal", "no-wal"])
+def test_commits_are_kept_through_a_power_cut_whatever_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_records: list[Any], *, wal: bool
+) -> None:
+    """In WAL mode ``synchronous = NORMAL`` keeps every commit through a power
+    cut; with a rollback journal (a file system that allows no WAL: SQLite's
+    ``nolock`` here) only FULL does, so the writer asks for it then, and a
+    warning says reads may wait for writes."""
+    connect = _connections.connect
+
+    def without_wal(database: str, name: str, busy_timeout_ms: int, **options: Any) -> Any:
+        if wal or options.get("uri"):  # the readers' URIs as they are
+            return connect(database, name, busy_timeout_ms, **options)
+        return connect(f"file:{database}?nolock=1", name, busy_timeout_ms, uri=True)
+
+    monkeypatch.setattr(_connections, "connect", without_wal)
+    store = VideoStore.open(tmp_path / "library.sqlite")
+    try:
+        assert store._writer is not None
+        modes = [
+            store._writer.execute(f"PRAGMA {pragma}").fetchone()[0]
+            for pragma in ("journal_mode", "synchronous")
+        ]
+    finally:
+        store.close()
+
+    assert modes == (["wal", 1] if wal else ["delete", 2])  # 1 NORMAL, 2 FULL
+    warned = [r for r in log_records if "not WAL" in r["message"]]
+    assert len(warned) == (0 if wal else 1)
+
+
 def test_a_close_that_cannot_copy_the_log_says_to_keep_it(
     tmp_path: Path, log_records: list[Any]
 ) -> None:
