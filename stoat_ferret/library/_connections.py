@@ -32,11 +32,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
-RESTART_WAIT_MS: Final = 1_000
-"""How long a commit waits for the readers of older snapshots as it starts the
-write-ahead log again (:meth:`LogWatch.restart_if_large`): a request's read
-takes 2.5 s at most, most a few milliseconds."""
-
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 """Bytes the write-ahead log is cut back to by the first write after a
 checkpoint has copied it all (``journal_size_limit``): a large transaction
@@ -177,6 +172,7 @@ class LogWatch:
         self.path = path
         self._identity = file_identity(f"{path}-wal")
         self._restart_past = WAL_SIZE_LIMIT  # the size past which a commit restarts the log
+        self._size = 0  # the log's, at the last look (restart_due)
         # Once the log is lost: whether a checkpoint has copied it whole, and
         # whether one has failed to (logged once; later tries do not wait).
         self._saved = False
@@ -187,31 +183,39 @@ class LogWatch:
         wal = self._identity
         return wal is not None and file_identity(f"{self.path}-wal") != wal
 
-    def restart_if_large(self, connection: sqlite3.Connection) -> None:
-        """After a commit (the write lock held): once the log is past
-        :data:`WAL_SIZE_LIMIT`, copy it all and start it again (``RESTART``),
-        waiting up to :data:`RESTART_WAIT_MS` for the readers of older
-        snapshots, not for those that begin meanwhile. Reads one after
-        another (a client's searches during a long scan) each hold a snapshot
-        the automatic checkpoint cannot pass, and the log would grow by every
-        write for as long as they go on. A reader that takes longer (the
-        survey of a million videos) leaves it for when the log has grown by
-        :data:`WAL_SIZE_LIMIT` more: no commit waits again meanwhile."""
-        if self._identity is None:
-            return
+    def restart_due(self) -> bool:
+        """After a commit: whether the log is past :data:`WAL_SIZE_LIMIT` (or past
+        the size a restart was put off to), so that the writer copies it and
+        starts it again (:meth:`restart`). Reads one after another (a
+        client's searches during a long scan) each hold a snapshot the
+        automatic checkpoint cannot pass, and the log would grow by every
+        write for as long as they go on."""
         try:
-            size = os.stat(f"{self.path}-wal").st_size
-            if size <= self._restart_past:
-                return
-            (waits,) = connection.execute("PRAGMA busy_timeout").fetchone()
-            connection.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-            try:
-                (busy, _, _) = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            finally:
-                connection.execute(f"PRAGMA busy_timeout = {int(waits)}")
-        except (OSError, sqlite3.Error):
-            return
-        self._restart_past = size + WAL_SIZE_LIMIT if busy else WAL_SIZE_LIMIT
+            size = os.stat(f"{self.path}-wal").st_size if self._identity is not None else 0
+        except OSError:
+            return False
+        if size <= WAL_SIZE_LIMIT:  # started again meanwhile
+            self._restart_past = WAL_SIZE_LIMIT
+        self._size = size
+        return size > self._restart_past
+
+    def restart(self, connection: sqlite3.Connection, wait_ms: int, *, readers_held: bool) -> None:
+        """Copy the log and start it again (``RESTART``), waiting up to
+        ``wait_ms`` for its readers, the writer's own readers
+        held back (``readers_held``: else it is put off at once). A reader
+        that takes longer (another process's, or the survey of a million
+        videos) puts it off until the log has grown :data:`WAL_SIZE_LIMIT`
+        more: no commit waits again meanwhile."""
+        busy = 1
+        if readers_held:
+            with contextlib.suppress(sqlite3.Error):
+                (waits,) = connection.execute("PRAGMA busy_timeout").fetchone()
+                connection.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+                try:
+                    (busy, _, _) = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                finally:
+                    connection.execute(f"PRAGMA busy_timeout = {int(waits)}")
+        self._restart_past = self._size + WAL_SIZE_LIMIT if busy else WAL_SIZE_LIMIT
 
     def save(self, connection: sqlite3.Connection) -> None:
         """Copy the commits of a lost ``-wal`` into the database file.

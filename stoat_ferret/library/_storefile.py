@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from time import monotonic
 from typing import TYPE_CHECKING, Final, Self
 
@@ -51,6 +51,11 @@ from stoat_ferret.library._lock import DatabaseLock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+RESTART_WAIT_MS: Final = 1_000
+"""How long a commit waits for the log's readers, and for the store's own to
+be held back, as it starts the write-ahead log again (``LogWatch.restart``):
+a request's read takes 2.5 s at most, most a few milliseconds."""
 
 BUSY_TIMEOUT_MS: Final = 5_000
 
@@ -260,8 +265,22 @@ class StoreFile:
             lost = False
         if lost:
             self._wal.save(connection)
-        else:
-            self._wal.restart_if_large(connection)
+        elif self._wal.restart_due():
+            self._restart_log(connection)
+
+    def _restart_log(self, connection: sqlite3.Connection) -> None:
+        """:meth:`LogWatch.restart` with the store's own readers held back (their
+        locks, :data:`RESTART_WAIT_MS` at most in all): a reader that begins
+        a read as its last one ends would otherwise take the log's reader slot
+        back as soon as it is freed, and the restart would wait in vain."""
+        deadline = monotonic() + RESTART_WAIT_MS / 1000
+        with ExitStack() as held:
+            for lock in (self._read_lock, self._bulk_lock):
+                if not lock.acquire(timeout=max(0.0, deadline - monotonic())):
+                    self._wal.restart(connection, RESTART_WAIT_MS, readers_held=False)
+                    return
+                held.callback(lock.release)
+            self._wal.restart(connection, RESTART_WAIT_MS, readers_held=True)
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
         if connection is None:
