@@ -172,7 +172,6 @@ class LogWatch:
         self.path = path
         self._identity = file_identity(f"{path}-wal")
         self._restart_past = WAL_SIZE_LIMIT  # the size past which a commit restarts the log
-        self._size = 0  # the log's, at the last look (restart_due)
         # Once the log is lost: whether a checkpoint has copied it whole, and
         # whether one has failed to (logged once; later tries do not wait).
         self._saved = False
@@ -183,39 +182,41 @@ class LogWatch:
         wal = self._identity
         return wal is not None and file_identity(f"{self.path}-wal") != wal
 
-    def restart_due(self) -> bool:
-        """After a commit: whether the log is past :data:`WAL_SIZE_LIMIT` (or past
-        the size a restart was put off to), so that the writer copies it and
-        starts it again (:meth:`restart`). Reads one after another (a
-        client's searches during a long scan) each hold a snapshot the
-        automatic checkpoint cannot pass, and the log would grow by every
+    def restart_due(self) -> int | None:
+        """After a commit: the log's size if it is past :data:`WAL_SIZE_LIMIT` (or
+        past the size a restart was put off to), so that the writer copies it
+        and starts it again (:meth:`restart`); else None. Reads one after
+        another (a client's searches during a long scan) each hold a snapshot
+        the automatic checkpoint cannot pass, and the log would grow by every
         write for as long as they go on."""
         try:
             size = os.stat(f"{self.path}-wal").st_size if self._identity is not None else 0
         except OSError:
-            return False
+            return None
         if size <= WAL_SIZE_LIMIT:  # started again meanwhile
             self._restart_past = WAL_SIZE_LIMIT
-        self._size = size
-        return size > self._restart_past
+        return size if size > self._restart_past else None
 
-    def restart(self, connection: sqlite3.Connection, wait_ms: int, *, readers_held: bool) -> None:
-        """Copy the log and start it again (``RESTART``), waiting up to
-        ``wait_ms`` for its readers, the writer's own readers
-        held back (``readers_held``: else it is put off at once). A reader
-        that takes longer (another process's, or the survey of a million
-        videos) puts it off until the log has grown :data:`WAL_SIZE_LIMIT`
-        more: no commit waits again meanwhile."""
+    def restart(self, connection: sqlite3.Connection, size: int, wait_ms: int) -> None:
+        """Copy the log (of ``size`` bytes) and start it again (``RESTART``),
+        waiting up to ``wait_ms`` for its readers; one that takes longer puts
+        it off (:meth:`put_off`)."""
         busy = 1
-        if readers_held:
-            with contextlib.suppress(sqlite3.Error):
-                (waits,) = connection.execute("PRAGMA busy_timeout").fetchone()
-                connection.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
-                try:
-                    (busy, _, _) = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                finally:
-                    connection.execute(f"PRAGMA busy_timeout = {int(waits)}")
-        self._restart_past = self._size + WAL_SIZE_LIMIT if busy else WAL_SIZE_LIMIT
+        with contextlib.suppress(sqlite3.Error):
+            (waits,) = connection.execute("PRAGMA busy_timeout").fetchone()
+            connection.execute(f"PRAGMA busy_timeout = {max(0, wait_ms)}")
+            try:
+                (busy, _, _) = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {int(waits)}")
+        self._restart_past = WAL_SIZE_LIMIT
+        if busy:
+            self.put_off(size)
+
+    def put_off(self, size: int) -> None:
+        """No restart until the log, of ``size`` bytes now, has grown :data:`WAL_SIZE_LIMIT`
+        more (a reader took too long): no commit waits again meanwhile."""
+        self._restart_past = size + WAL_SIZE_LIMIT
 
     def save(self, connection: sqlite3.Connection) -> None:
         """Copy the commits of a lost ``-wal`` into the database file.

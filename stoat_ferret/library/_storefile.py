@@ -265,10 +265,10 @@ class StoreFile:
             lost = False
         if lost:
             self._wal.save(connection)
-        elif self._wal.restart_due():
-            self._restart_log(connection)
+        elif (size := self._wal.restart_due()) is not None:
+            self._restart_log(connection, size)
 
-    def _restart_log(self, connection: sqlite3.Connection) -> None:
+    def _restart_log(self, connection: sqlite3.Connection, size: int) -> None:
         """:meth:`LogWatch.restart` with the store's own readers held back (their
         locks, :data:`RESTART_WAIT_MS` at most in all): a reader that begins
         a read as its last one ends would otherwise take the log's reader slot
@@ -277,10 +277,11 @@ class StoreFile:
         with ExitStack() as held:
             for lock in (self._read_lock, self._bulk_lock):
                 if not lock.acquire(timeout=max(0.0, deadline - monotonic())):
-                    self._wal.restart(connection, RESTART_WAIT_MS, readers_held=False)
+                    self._wal.put_off(size)
                     return
                 held.callback(lock.release)
-            self._wal.restart(connection, RESTART_WAIT_MS, readers_held=True)
+            left_ms = int((deadline - monotonic()) * 1000)
+            self._wal.restart(connection, size, left_ms)
 
     def _opened(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
         if connection is None:
