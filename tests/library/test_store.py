@@ -240,6 +240,38 @@ def test_reads_one_after_another_do_not_let_the_write_ahead_log_grow_for_ever(
     assert largest < 1024 * 1024, largest  # the limit, and the writes since it was passed
 
 
+def test_the_logs_restart_holds_the_stores_readers_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a write restarts the log, neither of the store's readers can
+    begin a read (each would take the log's reader slot back as it is
+    freed): the restart runs with both their locks held, and lets go of them
+    after. (The test above passes without the holding on a quiet machine:
+    it needs a read to begin in the moment the last one ends.)"""
+    monkeypatch.setattr(_connections, "WAL_SIZE_LIMIT", 64 * 1024)
+    path = tmp_path / "library.sqlite"
+    store = VideoStore.open(path)
+    held: list[tuple[bool, bool]] = []
+    restart = store._wal.restart
+
+    def watched(connection: sqlite3.Connection, size: int, wait_ms: int) -> None:
+        held.append((store._read_lock.locked(), store._bulk_lock.locked()))
+        restart(connection, size, wait_ms)
+
+    monkeypatch.setattr(store._wal, "restart", watched)
+    try:
+        for batch in range(40):
+            store.upsert([record(f"/m/{batch:03}-{index:02}.mp4") for index in range(20)])
+        assert held, "the log never passed the limit"
+        assert set(held) == {(True, True)}
+        assert not store._read_lock.locked()
+        assert not store._bulk_lock.locked()
+        assert store.list_videos(1, 0, VideoFilter())[1] == 800  # the readers work after it
+        assert os.stat(f"{path}-wal").st_size < 1024 * 1024
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("wal", [True, False], ids=["wal", "no-wal"])
 def test_commits_are_kept_through_a_power_cut_whatever_the_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_records: list[Any], *, wal: bool
