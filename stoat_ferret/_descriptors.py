@@ -1,8 +1,9 @@
 """The server's open files: as many as the system allows, and one log line, not
 thousands a second, while none is left.
 
-Every connection holds a descriptor, even one that never sends a request, and
-uvicorn accepts a connection before its ``limit_concurrency`` can refuse it. Once
+Every connection holds a descriptor, even one that never sends a request,
+and the server takes every connection it is offered (it bounds the requests
+it answers at once, not its connections: ``api/_inflight.py``). Once
 the process has as many open as ``RLIMIT_NOFILE``'s soft limit lets it (1,024
 by default under systemd and most shells), asyncio's accept fails with EMFILE,
 and Python 3.11's loop logs each failure with its traceback, up to the

@@ -80,10 +80,6 @@ before the server hangs up on it: its client stopped reading (see :class:`StallW
 STALL_POLL_SECONDS: Final = 0.1
 """How often the shut-down looks at the open connections' unsent output."""
 
-CONNECTION_HEADROOM: Final = 100
-"""uvicorn's ``limit_concurrency`` is ``STOAT_MAX_STREAMS`` plus this: room for
-ordinary requests beside every allowed stream; beyond it uvicorn answers 503."""
-
 _Key = TypeVar("_Key")
 
 
@@ -383,7 +379,7 @@ def serve(
         log_config=None,
         # A backstop: the server hangs up on open connections after HTTP_GRACE_SECONDS.
         timeout_graceful_shutdown=HTTP_GRACE_SECONDS + REQUEST_BACKSTOP_SECONDS,
-        limit_concurrency=settings.max_streams + CONNECTION_HEADROOM,
+        # No limit_concurrency: it counts idle connections too (api/_inflight.py).
     )
     port = listener.getsockname()[1]
     server = GracefulServer(

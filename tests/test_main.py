@@ -26,7 +26,6 @@ import httpx
 import pytest
 import uvicorn
 
-import stoat_ferret._main as stoat_main
 import stoat_ferret._server as stoat_server
 from stoat_ferret._cli import EXIT_CANNOT_LISTEN
 from stoat_ferret._main import main
@@ -676,22 +675,26 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("never called")
 
 
-def test_uvicorn_takes_max_streams_plus_headroom_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """uvicorn's limit_concurrency is STOAT_MAX_STREAMS + CONNECTION_HEADROOM."""
-    for key, value in server_environment(tmp_path, STOAT_MAX_STREAMS="7").items():
-        monkeypatch.setenv(key, value)
-    limits: list[int | None] = []
-    monkeypatch.setattr(stoat_main, "configure_logging", lambda *args: None)
-    monkeypatch.setattr(
-        GracefulServer,
-        "run",
-        lambda self, sockets=None: limits.append(self.config.limit_concurrency),
-    )
+def test_idle_connections_keep_nobody_out(tmp_path: Path) -> None:
+    """Through uvicorn: 150 connections that send nothing (a page's preconnects,
+    say) do not count against the requests answered at once
+    (STOAT_MAX_STREAMS + 100, here 101): a request beside them is answered.
+    (With uvicorn's own limit_concurrency, which counts connections, it was
+    503 for as long as they stayed open.)"""
+    env = server_environment(tmp_path, STOAT_MAX_STREAMS="1")
+    with running_server(tmp_path, env) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        address = httpx.URL(base_url)
+        assert address.port is not None
+        with contextlib.ExitStack() as idle:
+            for _ in range(150):
+                idle.enter_context(socket.create_connection((address.host, address.port)))
+            with httpx.Client(base_url=base_url, timeout=30.0) as client:
+                health = client.get("/health")
+        returncode = _stop(process, lambda pid: os.killpg(pid, signal.SIGTERM))
 
-    assert main([]) == 0
-    assert limits == [7 + stoat_server.CONNECTION_HEADROOM]
+    assert health.status_code == 200, health.text
+    assert returncode == 0
 
 
 def test_the_real_server_guards_and_answers_head(tmp_path: Path) -> None:

@@ -27,9 +27,10 @@ called from outside a request):
                      from create_app; the lifespan counts the queue's jobs
 ===================  ========================================================
 
-Every request passes :class:`~stoat_ferret.api._guard.RequestGuard` first
-(Host, Origin, token, body size), then ordinary FastAPI routing; every
-answer, a refusal too, gets the headers of
+Every request passes :class:`~stoat_ferret.api._inflight.RequestLimit` first
+(at most ``STOAT_MAX_STREAMS`` + 100 answered at once), then
+:class:`~stoat_ferret.api._guard.RequestGuard` (Host, Origin, token, body
+size), then ordinary FastAPI routing; every answer, a refusal too, gets the headers of
 :class:`~stoat_ferret.api._headers.ResponseHeaders` (no sniffing, no framing).
 
 Start-up: open the library, make the ``scan`` handler, start the supervisor
@@ -83,6 +84,7 @@ from stoat_ferret.api._docs import install_docs
 from stoat_ferret.api._errors import install_error_handlers
 from stoat_ferret.api._guard import RequestGuard
 from stoat_ferret.api._headers import ResponseHeaders
+from stoat_ferret.api._inflight import HEADROOM, RequestLimit
 from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._metrics import install_metrics
 from stoat_ferret.api._paths import PATH_CHECK_THREADS
@@ -141,7 +143,8 @@ def create_app(settings: Settings | None = None, job_queue: AsyncJobQueue | None
         app.state.scan_dispatch = ScanDispatch()
     install_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
-    app.add_middleware(ResponseHeaders)  # outside the guard: its refusals get them too
+    app.add_middleware(RequestLimit, limit=settings.max_streams + HEADROOM)
+    app.add_middleware(ResponseHeaders)  # outermost: every refusal gets them too
     # The request guard refuses any of these from another site's page (403),
     # and without the token when STOAT_API_TOKEN is set (401).
     guarded = error_responses(401, 403)
