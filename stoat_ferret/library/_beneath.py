@@ -9,8 +9,12 @@ descriptor: the walk (``os.scandir(fd)``), the probe (``os.open(name,
 dir_fd=...)``), the check that a stored file is gone (``_scanned.py``).
 A component that is no longer a directory stops the descent with ``ELOOP``
 (a symlink) or ``ENOTDIR`` (anything else); nothing beyond it is read.
-The root itself is opened by its path: the roots are the operator's,
-resolved at start-up, and only what lies below a root is checked.
+The root is reached the same way, from ``/``: the roots are resolved at
+start-up, so a symlink on a root's own path is one put there since (by
+whoever may rename in a directory above it, while a scan waited for its
+turn: a review had a root followed to a directory outside every root) and
+stops the descent with ``ELOOP`` too. The directories above a root are only
+passed through (``O_PATH``: searching them is enough, as it is for a path).
 
 A symlink to a file is followed only by ``_links.resolve_link``, which
 resolves it the same way, one component at a time beneath the scanned
@@ -46,8 +50,9 @@ descriptor a level, so a hostile tree or link holds at most this many."""
 DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 """How every directory of a scan is opened: a symlink in its place is refused."""
 
-ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-"""How a root is opened, by its path: the roots are the operator's, resolved at start-up."""
+PASSAGE_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How a directory above a root is opened on the way down to it: passed
+through, not read (no read permission needed), a symlink refused."""
 
 OUTSIDE_ROOTS: Final = "the directory is outside the directories this service may scan"
 
@@ -78,8 +83,9 @@ def open_directory(parts: Sequence[str], dir_fd: int) -> int:
     return fd
 
 
-def open_subdirectory(name: str, dir_fd: int) -> int:
-    """Open the directory ``name`` in ``dir_fd``, refusing a symlink.
+def open_subdirectory(name: str, dir_fd: int, flags: int = DIRECTORY_FLAGS) -> int:
+    """Open the directory ``name`` in ``dir_fd``, refusing a symlink (``flags``
+    hold ``O_NOFOLLOW | O_DIRECTORY``).
 
     Raises:
         OSError: ``ELOOP`` if ``name`` is a symlink (Linux answers
@@ -90,7 +96,7 @@ def open_subdirectory(name: str, dir_fd: int) -> int:
             whatever else ``open`` raised.
     """
     try:
-        return os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
+        return os.open(name, flags, dir_fd=dir_fd)
     except NotADirectoryError as exc:
         try:
             mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
@@ -106,8 +112,8 @@ def open_subdirectory(name: str, dir_fd: int) -> int:
 def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
     """Open ``directory`` for a scan, checked against ``roots`` where it is opened.
 
-    The roots themselves are trusted (the operator's resolved settings);
-    below the root that holds ``directory`` no symlink is crossed.
+    No symlink is crossed, on the way to the root that holds ``directory``
+    (the roots are resolved: one there was put there since) or below it.
 
     Args:
         directory: An absolute, normalised path (resolved when it was requested).
@@ -119,7 +125,7 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
     Raises:
         ScanError: ``directory`` is outside every root, or cannot be opened.
         DirectoryGone: It, or a component below the root, is missing or not a directory.
-        DirectoryReplaced: A component below the root is no longer a directory.
+        DirectoryReplaced: A component of the path is now a symlink.
     """
     if containing_root(directory, roots) is None:
         raise ScanError(directory, OUTSIDE_ROOTS)
@@ -138,31 +144,53 @@ def open_scan_directory(directory: str, roots: Sequence[str]) -> int:
 
 
 class RootUnavailable(OSError):
-    """:func:`open_below_root` could not open the scan root itself (the
-    operator's: a ``ELOOP`` there is no symlink swapped in by a client)."""
+    """:func:`open_below_root` could not open the scan root itself, for
+    another reason than a symlink on its path (which is ``ELOOP``, as below
+    the root): it is gone, not a directory, or not readable."""
 
 
 def open_below_root(directory: str, roots: Sequence[str]) -> int:
-    """Open ``directory`` (absolute, normalised, inside a root) from its root
-    down, no symlink crossed below the root; a new descriptor.
+    """Open ``directory`` (absolute, normalised, inside a root) from ``/``
+    down, no symlink crossed on the way to its root or below it; a new
+    descriptor.
 
     Raises:
         ValueError: ``directory`` is inside none of ``roots``.
         RootUnavailable: The root itself cannot be opened.
-        OSError: A component below the root is missing, a symlink
-            (``ELOOP``), not a directory (``ENOTDIR``), or cannot be opened.
+        OSError: A component of the path is a symlink (``ELOOP``), or one
+            below the root is missing, not a directory (``ENOTDIR``), or
+            cannot be opened.
     """
     root = containing_root(directory, roots)
     if root is None:
         raise ValueError(f"{directory!r} is inside none of the roots")
-    try:
-        top = os.open(root, ROOT_FLAGS)
-    except OSError as exc:
-        raise RootUnavailable(exc.errno, exc.strerror, root) from exc
+    top = _open_root(root)
     try:
         return open_directory(split(directory)[len(split(root)) :], top)
     finally:
         os.close(top)
+
+
+def _open_root(root: str) -> int:
+    """Open the root ``root`` from ``/`` down, passing through the directories above it.
+
+    Raises:
+        OSError: ``ELOOP``: a component is a symlink (or was swapped while opened).
+        RootUnavailable: Any other failure.
+    """
+    *above, last = split(root) or ["."]
+    fd = os.open("/", PASSAGE_FLAGS)
+    try:
+        for flags, part in [*((PASSAGE_FLAGS, part) for part in above), (DIRECTORY_FLAGS, last)]:
+            fd, parent = open_subdirectory(part, fd, flags), fd
+            os.close(parent)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.ELOOP:
+            why = f"{exc.strerror} (on the way to the scan root)"
+            raise OSError(errno.ELOOP, why, root) from exc
+        raise RootUnavailable(exc.errno, exc.strerror, root) from exc
+    return fd
 
 
 def containing_root(directory: str, roots: Sequence[str]) -> str | None:
@@ -171,7 +199,7 @@ def containing_root(directory: str, roots: Sequence[str]) -> str | None:
     allowed, and opened from ``/`` down). The outermost, whatever the roots'
     order: a root inside another is then descended to like any directory,
     crossing no symlink, since whoever may write into the outer root could
-    have put a link in its place (a root is opened by its path). A directory
+    have put a link in its place. A directory
     on the way that the service may search but not list (mode 0111) then
     refuses the scan, as the walk would anyway."""
     if not roots:

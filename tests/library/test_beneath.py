@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stoat_ferret.library import DirectoryReplaced, ScanError
+from stoat_ferret.library import DirectoryGone, DirectoryReplaced, ScanError
 from stoat_ferret.library._beneath import (
     MAX_DEPTH,
     containing_root,
@@ -460,14 +460,24 @@ def test_an_inner_root_swapped_for_a_link_is_not_followed(tmp_path: Path) -> Non
         open_scan_directory(str(tmp_path / "a" / "b"), roots)
 
 
-def test_a_root_that_cannot_be_opened_is_a_scan_error_not_a_swap(tmp_path: Path) -> None:
-    """The root itself is the operator's: a loop there is no directory a client had
-    replaced by a symlink (DirectoryReplaced), but a plain ScanError saying why."""
+def test_a_root_that_is_now_a_symlink_is_a_swap(tmp_path: Path) -> None:
+    """The roots are resolved: a symlink in a root's place (here a loop) was
+    put there since, and is refused as one below a root is (DirectoryReplaced)."""
     root = tmp_path / "root"
     root.symlink_to(root)  # a loop
 
-    with pytest.raises(ScanError) as refused:
+    with pytest.raises(DirectoryReplaced, match="replaced by a symlink"):
         open_scan_directory(str(root / "sub"), [str(root)])
 
-    assert not isinstance(refused.value, DirectoryReplaced)
-    assert "symbolic links" in refused.value.reason
+
+def test_a_root_that_cannot_be_opened_is_a_scan_error_not_a_swap(tmp_path: Path) -> None:
+    """A root that is gone or not a directory is a plain ScanError saying why."""
+    gone = tmp_path / "gone"
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"")
+
+    for root, why in ((gone, "No such file"), (a_file, "Not a directory")):
+        with pytest.raises(ScanError) as refused:
+            open_scan_directory(str(root / "sub"), [str(root)])
+        assert not isinstance(refused.value, DirectoryReplaced | DirectoryGone)
+        assert why in refused.value.reason

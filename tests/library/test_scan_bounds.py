@@ -126,6 +126,54 @@ async def test_a_directory_swapped_while_the_job_waits_is_an_error_entry(
     assert (videos, total) == ([], 0)
 
 
+@pytest.mark.parametrize("swapped", ["the root", "above the root"])
+async def test_a_root_swapped_while_the_job_waits_is_an_error_entry(
+    library: VideoLibrary,
+    roots: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    swapped: str,
+) -> None:
+    """The roots are resolved, so a symlink on a root's own path was put there
+    since: the root (or a directory above it), replaced while the scan waits
+    by a symlink to a tree of the same shape outside, is not followed (a
+    review: it was, and the file outside was stored under the root's path)."""
+    root, outside = roots
+    scan_root = root / "lib"
+    (outside / "lib" / "sub").mkdir(parents=True)
+    shutil.copy(outside / "secret.mp4", outside / "lib" / "secret.mp4")
+    target = scan_root if swapped == "the root" else root
+    spy = OpenedSpy(monkeypatch)
+    gate = anyio.Event()
+    gated = anyio.Event()
+
+    async def hold(ctx: JobContext) -> None:
+        gated.set()
+        await gate.wait()
+
+    supervisor = JobSupervisor(max_workers=1)
+    supervisor.register("gate", hold)
+    supervisor.register("scan", make_scan_handler(library, roots=[scan_root]))
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            await supervisor.submit("gate")
+            await gated.wait()
+            job_id = await supervisor.submit("scan", {"path": str(scan_root), "recursive": True})
+            shutil.rmtree(target)
+            target.symlink_to(outside / "lib" if swapped == "the root" else outside)
+            gate.set()
+            job = await supervisor.wait(job_id)
+            await supervisor.aclose()
+        videos, total = await library.list_videos()
+
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert job.result["found"] == 0
+    assert [entry["path"] for entry in job.result["errors"]] == [str(scan_root)]
+    assert "replaced by a symlink" in job.result["errors"][0]["error"]
+    assert spy.opened == []
+    assert (videos, total) == ([], 0)
+
+
 async def test_a_directory_outside_the_roots_fails_the_job(
     library: VideoLibrary, roots: tuple[Path, Path]
 ) -> None:
