@@ -1,7 +1,8 @@
 """The actor: the task that owns the job table, its inbox, its workers and its timers.
 
-One task reads the inbox (an anyio memory object stream) and hands each
-message to :class:`JobTable`, in batches: it waits only when the inbox is
+One task reads the inbox (an anyio memory object stream, read only when a
+message is in it: ``_inbox.py`` says why) and hands each message to
+:class:`JobTable`, in batches: it waits only when the inbox is
 empty, then handles everything that arrived, then evicts expired jobs. The
 workers (``_worker.py``, in a task group of their own, whose end the actor
 hears as :class:`WorkersEnded`) and two timers live in the task group that
@@ -23,6 +24,7 @@ import anyio
 from loguru import logger
 
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS
+from stoat_ferret.jobs._inbox import Inbox
 from stoat_ferret.jobs._messages import (
     GraceEnded,
     JobProgressed,
@@ -38,7 +40,7 @@ from stoat_ferret.jobs._worker import run_worker
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream
 
     from stoat_ferret.jobs._messages import Assignment
 
@@ -79,8 +81,7 @@ class Actor:
         self._task_group: TaskGroup | None = None
         self._workers_ended = False  # set by the task running them, once all have ended
         # Created by run(), so that a supervisor that never ran leaves no open stream.
-        self._inbox_send: MemoryObjectSendStream[Message] | None = None
-        self._inbox_receive: MemoryObjectReceiveStream[Message] | None = None
+        self._inbox: Inbox | None = None
 
     def send(self, message: Message) -> None:
         """Put ``message`` in the inbox (never blocks; the inbox is unbounded).
@@ -88,9 +89,9 @@ class Actor:
         Raises:
             anyio.ClosedResourceError: the actor has stopped.
         """
-        if self._inbox_send is None:
+        if self._inbox is None:
             raise anyio.ClosedResourceError
-        self._inbox_send.send_nowait(message)
+        self._inbox.send_nowait(message)
 
     def send_if_running(self, message: Message) -> None:
         """Like :meth:`send`, but a message for a stopped actor is dropped."""
@@ -114,7 +115,7 @@ class Actor:
         self.shared.phase = Phase.RUNNING
         self.shared.host = anyio.get_current_task()
         # Bounded in practice: submits by max_pending, the rest by running jobs.
-        self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+        self._inbox = inbox = Inbox()
         work = self.table.assignments.open()
         try:
             async with anyio.create_task_group() as task_group:
@@ -124,13 +125,13 @@ class Actor:
                 # so as well; the clones here keep it true whatever starts them).
                 works = [work.clone() for _ in range(self._max_workers)]
                 await task_group.start(
-                    self._run_workers, works, self._inbox_send, name="stoat_ferret job workers"
+                    self._run_workers, works, inbox, name="stoat_ferret job workers"
                 )
                 task_group.start_soon(self._retention_timer, name="stoat_ferret job retention")
                 logger.debug("job supervisor started with {} worker(s)", self._max_workers)
                 task_status.started()
                 try:
-                    await self._loop(self._inbox_receive)
+                    await self._loop(inbox)
                 finally:
                     # Shut down, cancelled (a hard stop) or a bug: from here on
                     # no job is accepted or started, and the workers and
@@ -138,14 +139,14 @@ class Actor:
                     self.shared.close()
                     task_group.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
-                        await self._answer_until_workers_end(self._inbox_receive)
+                        await self._answer_until_workers_end(inbox)
         finally:
             self._stop()
 
     async def _run_workers(
         self,
         works: list[MemoryObjectReceiveStream[Assignment]],
-        inbox: MemoryObjectSendStream[Message],
+        inbox: Inbox,
         *,
         task_status: TaskStatus[None],
     ) -> None:
@@ -170,7 +171,7 @@ class Actor:
             self._workers_ended = True
             self.send_if_running(WorkersEnded())  # wakes the actor if it waits for this
 
-    async def _loop(self, inbox: MemoryObjectReceiveStream[Message]) -> None:
+    async def _loop(self, inbox: Inbox) -> None:
         table = self.table
         while not table.idle:
             # The inbox is empty here (the batch below drained it): wait.
@@ -186,7 +187,7 @@ class Actor:
             table.expire()
         logger.debug("job supervisor: stopping and no job running")
 
-    async def _answer_until_workers_end(self, inbox: MemoryObjectReceiveStream[Message]) -> None:
+    async def _answer_until_workers_end(self, inbox: Inbox) -> None:
         """Go on answering until every worker has ended (run's finally, shielded).
 
         After a shutdown no job runs and the workers end at once. After a hard
@@ -216,21 +217,19 @@ class Actor:
 
     def _stop(self) -> None:
         """Leave every job terminal and every caller answered (run's finally)."""
-        assert self._inbox_send is not None
-        assert self._inbox_receive is not None
+        assert self._inbox is not None
         self.shared.phase = Phase.CLOSED
         leftovers: list[Message] = []
         while True:
             try:
-                leftovers.append(self._inbox_receive.receive_nowait())
+                leftovers.append(self._inbox.receive_nowait())
             except anyio.WouldBlock:
                 break
         try:
             self.table.stop(leftovers)
         finally:
             self.table.changes.close()  # no job changes any more: feeds end
-            self._inbox_receive.close()
-            self._inbox_send.close()
+            self._inbox.close()
             self.table.assignments.close()
             self.stopped.set()
         logger.debug("job supervisor stopped")

@@ -12,7 +12,6 @@ what ``list_jobs``'s payload filter matches): treat them as read-only.
 from __future__ import annotations
 
 import enum
-import math
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -76,11 +75,18 @@ ProgressSink: TypeAlias = Callable[[str, float, "str | None"], None]
 
 
 def check_fraction(fraction: float) -> float:
-    """Return ``fraction`` as a float, or raise ValueError unless 0 <= fraction <= 1."""
-    value = float(fraction)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    """Return ``fraction`` as a float.
+
+    Raises:
+        TypeError: ``fraction`` is not a real number (a bool or a string is not).
+        ValueError: ``fraction`` is NaN or outside 0..1 (an int of any size is
+            compared as it is, never turned into a float that overflows).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise TypeError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
+    if not 0 <= fraction <= 1:  # NaN is not
         raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
-    return value
+    return float(fraction)
 
 
 class JobContext:
@@ -120,6 +126,7 @@ class JobContext:
         """Record that the job is ``fraction`` (0..1) done, with an optional message.
 
         Raises:
+            TypeError: ``fraction`` is not a real number.
             ValueError: ``fraction`` is NaN or outside 0..1.
             RuntimeError: called from another thread than the event loop's.
         """

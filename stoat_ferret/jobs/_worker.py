@@ -28,9 +28,10 @@ from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
     from anyio import CancelScope
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream
 
-    from stoat_ferret.jobs._messages import Assignment, Message
+    from stoat_ferret.jobs._inbox import Inbox
+    from stoat_ferret.jobs._messages import Assignment
     from stoat_ferret.jobs._models import Handler, ProgressSink
     from stoat_ferret.jobs._shared import Shared
 
@@ -137,7 +138,7 @@ def raised_while_cancelled(exc: BaseException) -> bool:
 
 async def run_worker(
     work: MemoryObjectReceiveStream[Assignment],
-    inbox: MemoryObjectSendStream[Message],
+    inbox: Inbox,
     shared: Shared,
     progress: ProgressSink,
 ) -> None:

@@ -189,6 +189,46 @@ async def test_a_native_cancel_of_runs_task_starts_no_job_already_handed_out() -
     assert (result.status, result.started_at) == (JobStatus.CANCELLED, None)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # about asyncio's own Task.cancel()
+async def test_a_native_cancel_of_runs_task_loses_no_message_sent_to_the_idle_actor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """run()'s task cancelled by asyncio's ``Task.cancel()`` as a submit's
+    message is sent to the idle actor, before the actor has run again: the
+    job the submit accepted still ends (cancelled, never started). The actor
+    waited inside the stream's ``receive()``, which had been handed the
+    message, and lost it with the cancellation: the job was unknown to
+    ``wait`` (and a keyed submit, waiting for the actor's answer, waited for
+    ever; that case is not run here, since it would hang the test run)."""
+    started: list[Any] = []
+    send = Actor.send
+    runs: list[asyncio.Task[None]] = []
+
+    def cancelling_send(actor: Actor, message: Message) -> None:
+        send(actor, message)
+        if isinstance(message, Submit):  # handed to the actor's wait, not yet taken
+            runs[0].cancel()
+
+    async def handler(ctx: JobContext) -> None:
+        started.append(ctx.payload)
+
+    supervisor = JobSupervisor(max_workers=1)
+    supervisor.register("t", handler)
+    with anyio.fail_after(10):
+        runs.append(asyncio.create_task(supervisor.run()))
+        await anyio.wait_all_tasks_blocked()  # running, the actor idle on its inbox
+        monkeypatch.setattr(Actor, "send", cancelling_send)
+        job = await supervisor.submit("t", "sent")
+        with pytest.raises(asyncio.CancelledError):
+            await runs[0]
+        statistics = supervisor.statistics()
+        result = await supervisor.wait(job)
+
+    assert started == []
+    assert statistics.pending == 0
+    assert (result.status, result.started_at) == (JobStatus.CANCELLED, None)
+
+
 async def test_a_hard_stop_starts_no_assignment_already_handed_to_a_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1048,7 +1088,7 @@ async def test_a_follower_of_a_job_evicted_before_its_follow_gets_the_end(
             await supervisor.submit("held", "second")
             for name in ("first", "second"):
                 await entered[name].wait()
-            inbox = supervisor._actor._inbox_receive
+            inbox = supervisor._actor._inbox
             assert inbox is not None
             receive = inbox.receive
             opened = anyio.Event()

@@ -61,7 +61,9 @@ def test_job_context_fields_are_read_only() -> None:
     assert ctx.job_id == "j1"
 
 
-@pytest.mark.parametrize("fraction", [-0.01, 1.0001, math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    "fraction", [-0.01, 1.0001, math.nan, math.inf, -math.inf, 10**400, -(10**400), 2]
+)
 def test_report_progress_rejects_fractions_outside_zero_to_one(fraction: float) -> None:
     """NaN and values outside 0..1 raise ValueError and reach no sink."""
 
@@ -71,6 +73,30 @@ def test_report_progress_rejects_fractions_outside_zero_to_one(fraction: float) 
     with pytest.raises(ValueError, match="between 0 and 1"):
         ctx.report_progress(fraction)
     assert seen == []
+
+
+@pytest.mark.parametrize("fraction", ["0.5", True, False, None, b"1", [0.5]])
+def test_report_progress_rejects_what_is_not_a_number(fraction: Any) -> None:
+    """A string, a bool or anything else that is not an int or a float raises
+    TypeError (a string was read as a number, a bool taken as 0 or 1)."""
+
+    seen: list[Any] = []
+    ctx = JobContext("j1", "t", None, sink=lambda *args: seen.append(args))
+
+    with pytest.raises(TypeError, match="must be a number from 0 to 1"):
+        ctx.report_progress(fraction)
+    assert seen == []
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 0.0, 0.5, 1.0])
+def test_report_progress_takes_a_fraction_as_a_float(fraction: float) -> None:
+    seen: list[Any] = []
+    ctx = JobContext("j1", "t", None, sink=lambda *args: seen.append(args))
+
+    ctx.report_progress(fraction, "step")
+
+    assert seen == [("j1", float(fraction), "step")]
+    assert type(seen[0][1]) is float
 
 
 def test_job_not_found_is_a_readable_key_error() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
+from stoat_ferret.jobs._inbox import Inbox
 from stoat_ferret.jobs._messages import Assignment, JobFinished, JobStarted, Message, Stopping
 from stoat_ferret.jobs._record import JobRecord, wall_clock_ns
 from stoat_ferret.jobs._shared import Phase, Shared
@@ -46,7 +48,7 @@ async def _run(
     scope a handler may cancel as a hard stop would, and must end raising
     ``raises`` if given."""
     work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
-    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+    inbox = Inbox()
     for assignment in assignments:
         shared.take()
         work_send.send_nowait(assignment)
@@ -55,13 +57,21 @@ async def _run(
         shared.close()
     with anyio.fail_after(10), host or anyio.CancelScope():
         if raises is None:
-            await run_worker(work_receive, inbox_send, shared, lambda *args: None)
+            await run_worker(work_receive, inbox, shared, lambda *args: None)
         else:
             with pytest.raises(raises):
-                await run_worker(work_receive, inbox_send, shared, lambda *args: None)
-    inbox_send.close()
-    with inbox_receive:
-        return [message async for message in inbox_receive]
+                await run_worker(work_receive, inbox, shared, lambda *args: None)
+    return _taken(inbox)
+
+
+def _taken(inbox: Inbox) -> list[Message]:
+    """Every message in ``inbox``, oldest first; the inbox is closed after."""
+    messages: list[Message] = []
+    with contextlib.suppress(anyio.WouldBlock):
+        while True:
+            messages.append(inbox.receive_nowait())
+    inbox.close()
+    return messages
 
 
 def _shared() -> Shared:
@@ -173,10 +183,10 @@ async def test_a_base_exception_after_an_interruption_leaves_the_reason_to_it() 
     the worker reports ``None``, so the interruption, which came first, stays
     the job's reason; the exception goes on."""
     work_send, work_receive = anyio.create_memory_object_stream[Assignment](math.inf)
-    inbox_send, inbox_receive = anyio.create_memory_object_stream[Message](math.inf)
+    inbox = Inbox()
 
     async def aborts_when_interrupted(ctx: JobContext) -> None:
-        started = inbox_receive.receive_nowait()  # sent by the worker before the handler ran
+        started = inbox.receive_nowait()  # sent by the worker before the handler ran
         assert isinstance(started, JobStarted)
         started.scope.cancel()  # the actor's interruption
         try:
@@ -189,10 +199,8 @@ async def test_a_base_exception_after_an_interruption_leaves_the_reason_to_it() 
     work_send.send_nowait(Assignment("a", "t", None, 60.0, aborts_when_interrupted))
     work_send.close()
     with anyio.fail_after(10), pytest.raises(_Abort):
-        await run_worker(work_receive, inbox_send, shared, lambda *args: None)
-    inbox_send.close()
-    with inbox_receive:
-        rest = [message async for message in inbox_receive]
+        await run_worker(work_receive, inbox, shared, lambda *args: None)
+    rest = _taken(inbox)
 
     assert [type(message) for message in rest] == [JobFinished, Stopping]
     assert rest[0] == JobFinished("a", None)
