@@ -142,10 +142,10 @@ class ScannedDirectory:
     file_system: int | None = None
 
     def open(self) -> int:
-        """Open the directory from its scan root down (``open_scan_directory``).
+        """Open the directory from ``/`` down, through its scan root (``open_scan_directory``).
 
         Raises:
-            DirectoryReplaced: A component below the root is no longer a directory.
+            DirectoryReplaced: A component of its path is now a symlink.
             ScanError: The directory is outside every root, missing, or cannot be opened.
         """
         self.fd = open_scan_directory(self.path, self.roots)
