@@ -28,6 +28,7 @@ from loguru import logger
 
 from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
+from stoat_ferret import _main as main_module
 from stoat_ferret import _startup as startup_module
 from stoat_ferret._address import dashboard_url
 from stoat_ferret._cli import build_parser, parse_command
@@ -95,6 +96,22 @@ SAMPLES: dict[str, tuple[str, Any, str, Any]] = {
 EXPOSED: dict[str, dict[str, str]] = {
     "allowed_hosts": {"STOAT_API_TOKEN": "t" * 32, "STOAT_SCAN_ROOTS": "/tmp"},
 }
+
+
+_SERVE = main_module._serve
+"""The real ``_serve``, for the test that needs it to fail as it listens."""
+
+
+@pytest.fixture(autouse=True)
+def _never_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` never serves in these tests: a bad flag no longer refused
+    fails its test instead of starting the service in the test process,
+    which then serves until it is stopped (a review: the run hung)."""
+
+    def served(*args: object, **kwargs: object) -> int:
+        raise AssertionError("main() went on to serve")
+
+    monkeypatch.setattr(main_module, "_serve", served)
 
 
 @pytest.fixture
@@ -2041,6 +2058,7 @@ def test_with_the_json_log_an_error_after_the_log_is_set_up_is_a_json_record(
     database.parent.mkdir(mode=0o700)
     if cause == "database":
         database.write_text("not a database\n" * 100)
+    monkeypatch.setattr(main_module, "_serve", _SERVE)  # it cannot listen: the port is taken
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         monkeypatch.setenv("STOAT_DATABASE_PATH", str(database))
