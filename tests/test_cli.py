@@ -1172,23 +1172,32 @@ def test_help_or_version_that_cannot_be_written_exits_2_with_one_line(
 
 
 @pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize(
+    ("name", "encoding", "shown"),
+    [
+        (b"donn\xe9es", "utf-8", "donn\\udce9es"),  # not UTF-8: a surrogate escape
+        ("donn\u00e9es".encode(), "ascii", "donn\\xe9es"),  # UTF-8, on an ASCII output
+    ],
+    ids=["not-utf8", "ascii-output"],
+)
 def test_check_shows_a_path_that_is_not_utf8_escaped_on_a_strict_output(
-    tmp: Path, monkeypatch: pytest.MonkeyPatch
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, name: bytes, encoding: str, shown: str
 ) -> None:
-    """A database whose path is not UTF-8, on a standard output that encodes
-    strictly (any UTF-8 locale's): the check passes and shows the path
-    escaped, rather than failing as if standard output were closed."""
-    directory = os.path.join(os.fsencode(tmp), b"donn\xe9es")
+    """A database whose path the standard output cannot encode (not UTF-8 on
+    a UTF-8 locale's output, or not ASCII on an ASCII one's), which encodes
+    strictly: the check passes and shows the path escaped, rather than
+    failing as if standard output were closed."""
+    directory = os.path.join(os.fsencode(tmp), name)
     os.mkdir(directory, 0o700)
     database = os.fsdecode(os.path.join(directory, b"stoat.db"))
     output = io.BytesIO()
-    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding="utf-8"))
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding=encoding))
 
     status = main(["check", "--database", database])
 
     sys.stdout.flush()
     assert status == 0
-    assert "donn\\udce9es/stoat.db" in output.getvalue().decode()
+    assert f"{shown}/stoat.db" in output.getvalue().decode(encoding)
 
 
 def test_check_shows_a_path_with_a_line_break_or_an_escape_on_one_line(

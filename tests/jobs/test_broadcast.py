@@ -245,6 +245,21 @@ async def test_a_named_feed_after_an_id_never_issued_gets_a_reset_for_an_unknown
     assert _summary(items[1:]) == [("b", "running")]
 
 
+async def test_a_feed_naming_known_jobs_after_an_id_never_issued_starts_with_their_state() -> None:
+    """Naming only jobs this queue knows, an ``after`` this run never issued
+    (a run whose clock was ahead) still counts as none: the feed starts with
+    each job's current state, not with nothing (whose follower would wait
+    for a change that may never come)."""
+    changes = JobChanges()
+    b = _record("b")
+    changes.publish(b)
+
+    feed = changes.open_feed(after=changes.last_event_id + 10**9, job_ids=["b"])
+    items = await _drain(feed)
+
+    assert _summary(items) == [("b", "pending")]
+
+
 @pytest.mark.parametrize(
     "arguments",
     [{"job_ids": "scan-1"}, {"job_types": "scan"}, {"limit": 0}, {"limit": True}],

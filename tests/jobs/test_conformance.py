@@ -487,8 +487,9 @@ async def test_list_jobs_newest_first_with_total_and_filters(make_queue: QueueFa
             doubles = await queue.list_jobs(job_type="double", limit=3)
             failures = await queue.list_jobs(status=JobStatus.FAILED)
             unknown = await queue.list_jobs(job_type="unknown")
-            with pytest.raises(ValueError, match=">= 0"):
-                await queue.list_jobs(limit=-1)
+            for bad in ({"limit": -1}, {"offset": -1}):
+                with pytest.raises(ValueError, match=">= 0"):
+                    await queue.list_jobs(**bad)
 
     assert [job.job_id for job in everything.jobs] == [failed, *reversed(ids)]
     assert everything.total == 6
