@@ -43,6 +43,9 @@ from tests.library.support import make_context, path_of
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stoat_ferret.jobs import JobResult
     from tests.videos import EncodedVideo
 
 pytestmark = pytest.mark.anyio
@@ -84,6 +87,42 @@ def _swap_for_link(directory: Path, target: Path) -> None:
     directory.symlink_to(target, target_is_directory=True)
 
 
+async def _scan_held_while(
+    library: VideoLibrary, scan_root: Path, directory: Path, change: Callable[[], None]
+) -> JobResult:
+    """Scan ``directory`` (roots: ``scan_root``) held pending behind a gated
+    job; ``change`` runs while it waits. The scan's result."""
+    gate = anyio.Event()
+    gated = anyio.Event()
+
+    async def hold(ctx: JobContext) -> None:
+        gated.set()
+        await gate.wait()
+
+    supervisor = JobSupervisor(max_workers=1)
+    supervisor.register("gate", hold)
+    supervisor.register("scan", make_scan_handler(library, roots=[scan_root]))
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            await supervisor.submit("gate")
+            await gated.wait()
+            job_id = await supervisor.submit("scan", {"path": str(directory), "recursive": True})
+            assert await supervisor.get_status(job_id) is JobStatus.PENDING
+            change()
+            gate.set()
+            job = await supervisor.wait(job_id)
+            await supervisor.aclose()
+    return job
+
+
+def _assert_refused_as_replaced(job: JobResult, directory: Path) -> None:
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert job.result["found"] == 0
+    assert [entry["path"] for entry in job.result["errors"]] == [str(directory)]
+    assert "replaced by a symlink" in job.result["errors"][0]["error"]
+
+
 async def test_a_directory_swapped_while_the_job_waits_is_an_error_entry(
     library: VideoLibrary,
     roots: tuple[Path, Path],
@@ -95,35 +134,12 @@ async def test_a_directory_swapped_while_the_job_waits_is_an_error_entry(
     root, outside = roots
     target = root / "lib" / "sub"
     spy = OpenedSpy(monkeypatch)
-    gate = anyio.Event()
-    gated = anyio.Event()
 
-    async def hold(ctx: JobContext) -> None:
-        gated.set()
-        await gate.wait()
+    job = await _scan_held_while(library, root, target, lambda: _swap_for_link(target, outside))
 
-    supervisor = JobSupervisor(max_workers=1)
-    supervisor.register("gate", hold)
-    supervisor.register("scan", make_scan_handler(library, roots=[root]))
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as group:
-            await group.start(supervisor.run)
-            await supervisor.submit("gate")
-            await gated.wait()
-            job_id = await supervisor.submit("scan", {"path": str(target), "recursive": True})
-            assert await supervisor.get_status(job_id) is JobStatus.PENDING
-            _swap_for_link(target, outside)
-            gate.set()
-            job = await supervisor.wait(job_id)
-            await supervisor.aclose()
-        videos, total = await library.list_videos()
-
-    assert job.status is JobStatus.COMPLETED, job.error
-    assert job.result["found"] == 0
-    assert [entry["path"] for entry in job.result["errors"]] == [str(target)]
-    assert "replaced by a symlink" in job.result["errors"][0]["error"]
+    _assert_refused_as_replaced(job, target)
     assert spy.opened == []
-    assert (videos, total) == ([], 0)
+    assert await library.list_videos() == ([], 0)
 
 
 @pytest.mark.parametrize("swapped", ["the root", "above the root"])
@@ -143,35 +159,16 @@ async def test_a_root_swapped_while_the_job_waits_is_an_error_entry(
     shutil.copy(outside / "secret.mp4", outside / "lib" / "secret.mp4")
     target = scan_root if swapped == "the root" else root
     spy = OpenedSpy(monkeypatch)
-    gate = anyio.Event()
-    gated = anyio.Event()
 
-    async def hold(ctx: JobContext) -> None:
-        gated.set()
-        await gate.wait()
+    def swap() -> None:
+        shutil.rmtree(target)
+        target.symlink_to(outside / "lib" if swapped == "the root" else outside)
 
-    supervisor = JobSupervisor(max_workers=1)
-    supervisor.register("gate", hold)
-    supervisor.register("scan", make_scan_handler(library, roots=[scan_root]))
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as group:
-            await group.start(supervisor.run)
-            await supervisor.submit("gate")
-            await gated.wait()
-            job_id = await supervisor.submit("scan", {"path": str(scan_root), "recursive": True})
-            shutil.rmtree(target)
-            target.symlink_to(outside / "lib" if swapped == "the root" else outside)
-            gate.set()
-            job = await supervisor.wait(job_id)
-            await supervisor.aclose()
-        videos, total = await library.list_videos()
+    job = await _scan_held_while(library, scan_root, scan_root, swap)
 
-    assert job.status is JobStatus.COMPLETED, job.error
-    assert job.result["found"] == 0
-    assert [entry["path"] for entry in job.result["errors"]] == [str(scan_root)]
-    assert "replaced by a symlink" in job.result["errors"][0]["error"]
+    _assert_refused_as_replaced(job, scan_root)
     assert spy.opened == []
-    assert (videos, total) == ([], 0)
+    assert await library.list_videos() == ([], 0)
 
 
 async def test_a_directory_outside_the_roots_fails_the_job(
