@@ -17,7 +17,8 @@ core dumps off (``RLIMIT_CORE`` 0: each crash of FFmpeg on a hostile file
 would otherwise write one as large as its address space). Before its first
 request it lowers its priority to ``SCHED_IDLE`` if ``PRIORITY`` is
 ``idle``, limits its address space to ``MEMORY`` bytes and every file it
-writes to a thumbnail's size (:func:`limit_writes`), imports all it needs,
+writes to a thumbnail's size (:func:`limit_writes`; each limit, or a lower
+one the service was given: :func:`set_limit`), imports all it needs,
 gives up root and every capability (``_sandbox.drop_privileges``),
 confines itself with Landlock where the kernel has it (``_sandbox.py``),
 installs its seccomp filter (no new socket, no reach into other processes:
@@ -83,8 +84,7 @@ def main(argv: list[str]) -> None:
         signal.signal(stop, signal.SIG_IGN)
     if ThreadPriority(priority) is ThreadPriority.IDLE:
         lower_priority()
-    limit = int(memory)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    set_limit(resource.RLIMIT_AS, int(memory))
     limit_cpu()
     limit_writes()
     _import_all_of_pyav()  # from here on it needs no path
@@ -109,11 +109,19 @@ def limit_cpu() -> None:
     busy for :data:`CHILD_AGE_SECONDS` and then a file's longest budget. The
     service ends a child that spends past a file's budget; this bounds one a
     hostile file took over that disarmed its timer and outlived the service."""
-    seconds = int(CHILD_AGE_SECONDS * (os.cpu_count() or 1) + MAX_DEADLINE)
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    if hard != resource.RLIM_INFINITY:  # a lower one, the service's (ulimit -t): kept
-        seconds = min(seconds, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
+    set_limit(resource.RLIMIT_CPU, int(CHILD_AGE_SECONDS * (os.cpu_count() or 1) + MAX_DEADLINE))
+
+
+def set_limit(kind: int, value: int) -> None:
+    """Set the resource limit ``kind``, soft and hard, to ``value``, or keep the
+    lower hard limit the service was given (``ulimit -H``, systemd's
+    ``LimitAS=``): no process may raise its hard limit, and a child that
+    tried failed to start, so every file failed (a review, under ``prlimit
+    --as``)."""
+    _, hard = resource.getrlimit(kind)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(kind, (value, value))
 
 
 MAX_DESCRIPTORS: Final = 64
@@ -135,8 +143,8 @@ def limit_writes() -> None:
     descriptors (pipes' buffers among them).
     """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_THUMBNAIL_BYTES, MAX_THUMBNAIL_BYTES))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_DESCRIPTORS, MAX_DESCRIPTORS))
+    set_limit(resource.RLIMIT_FSIZE, MAX_THUMBNAIL_BYTES)
+    set_limit(resource.RLIMIT_NOFILE, MAX_DESCRIPTORS)
 
 
 _NOT_NEEDED: Final = frozenset({"av.__main__", "av.datasets"})  # a CLI; test files to download

@@ -1476,6 +1476,42 @@ def test_a_lower_cpu_limit_the_service_was_given_is_kept_by_its_children() -> No
     assert done.stdout.split() == ["5000", "5000"]
 
 
+def test_children_keep_the_lower_limits_the_service_was_given(clip: EncodedVideo) -> None:
+    """Under lower hard limits than a child's own on its address space, the
+    files it writes and its descriptors (``prlimit --as``, systemd's
+    ``LimitAS=``), which no process may raise, a child keeps those and
+    probes: each child failed to start, and so every file of a scan did."""
+    memory, size, files = 1_800_000_000, 400_000, 60
+    script = (
+        "import os, resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, {size}))\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({files}, {files}))\n"
+        "from stoat_ferret.library import ProbeProcesses, Stop, ThreadPriority\n"
+        "children = ProbeProcesses(ThreadPriority.NORMAL)\n"
+        "directory = os.open(os.path.dirname(sys.argv[1]), os.O_RDONLY | os.O_DIRECTORY)\n"
+        "print(children.probe(os.path.basename(sys.argv[1]), directory, Stop()).video_codec)\n"
+        "[child] = children.pids()\n"
+        "with open(f'/proc/{child}/limits') as limits:\n"
+        "    print(limits.read())\n"
+        "children.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(clip.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TIMEOUT,
+    )
+
+    codec, *limits = done.stdout.splitlines()
+    assert codec == "h264", done.stderr
+    kept = {line[:26].strip(): line[26:].split()[:2] for line in limits if line[:26].strip()}
+    assert kept["Max address space"] == [str(memory)] * 2
+    assert kept["Max file size"] == [str(size)] * 2
+    assert kept["Max open files"] == [str(files)] * 2
+
+
 def test_a_child_cannot_grow_a_memory_file_past_a_thumbnails_size_nor_hold_many_files(
     clip: EncodedVideo, tmp_path: Path, directory: int, probes: ProbeProcesses
 ) -> None:
