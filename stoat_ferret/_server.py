@@ -44,6 +44,7 @@ import socket
 import sys
 import termios
 import threading
+from time import monotonic
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import anyio
@@ -79,6 +80,13 @@ before the server hangs up on it: its client stopped reading (see :class:`StallW
 
 STALL_POLL_SECONDS: Final = 0.1
 """How often the shut-down looks at the open connections' unsent output."""
+
+SAME_STOP_SECONDS: Final = 1.0
+"""A stop signal this soon after the first is the same stop delivered twice,
+not a second one: GNU ``timeout`` sends its signal to its child and then to
+its own process group, and ``make run`` passes on a signal its process group
+got too (a review: each hurried the stop, the jobs' grace lost, at random).
+A person asking a second time is slower than this."""
 
 _Key = TypeVar("_Key")
 
@@ -171,7 +179,7 @@ class GracefulServer(uvicorn.Server):
     ) -> None:
         super().__init__(config)
         self.forced = False  # a second stop signal came (uvicorn's force_exit stays False)
-        self.signalled = False  # a stop signal came
+        self.signalled_at: float | None = None  # when the first stop signal came (monotonic)
         self.failed_while_serving = False  # stop() came first: the app failed as it served
         self._on_stop = on_stop
         self._on_force = on_force
@@ -230,16 +238,18 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
-        """The first stop signal stops gracefully; a second one forces the exit.
+        """The first stop signal stops gracefully; a second one, from
+        :data:`SAME_STOP_SECONDS` after it on, forces the exit.
 
         uvicorn forces it only on a second SIGINT; a service manager sends SIGTERM.
         Not by uvicorn's ``force_exit``: see :meth:`shutdown`.
         """
-        if self.signalled:
-            self.forced = True
-        else:
-            self.signalled = True
+        now = monotonic()
+        if self.signalled_at is None:
+            self.signalled_at = now
             super().handle_exit(sig, frame)
+        elif now - self.signalled_at >= SAME_STOP_SECONDS:
+            self.forced = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Tell the app to stop taking work, then shut down as uvicorn does.

@@ -31,14 +31,17 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
+import pytest
 import uvicorn
 
+from stoat_ferret import _server as stoat_server
 from stoat_ferret._main import main
-from stoat_ferret._server import GracefulServer
+from stoat_ferret._server import SAME_STOP_SECONDS, GracefulServer
 from tests.gated_service import HOLD, held_line
 from tests.reliability.conftest import integrity
 from tests.server import (
@@ -54,8 +57,6 @@ from tests.server import (
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
     from tests.videos import EncodedVideo
 
@@ -170,6 +171,21 @@ def test_sigterm_ends_open_streams_and_hour_long_waits(tmp_path: Path, clip: Enc
     assert integrity(database) == ["ok"]
 
 
+def _stop(process: subprocess.Popen[bytes]) -> float:
+    """SIGTERM to the server's process group; when it was sent (monotonic)."""
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGTERM)
+    return sent
+
+
+def _stop_again(process: subprocess.Popen[bytes], first: float) -> None:
+    """A second SIGTERM as a person sends it: SAME_STOP_SECONDS after the first
+    at least (sooner, it is the first delivered twice, and changes nothing).
+    The wait is the scenario's own time, not a way to synchronise."""
+    time.sleep(max(0.0, first + SAME_STOP_SECONDS - time.monotonic()))
+    os.killpg(process.pid, signal.SIGTERM)
+
+
 def test_a_second_sigterm_during_the_grace_exits_at_once(
     tmp_path: Path, clip: EncodedVideo
 ) -> None:
@@ -184,11 +200,11 @@ def test_a_second_sigterm_during_the_grace_exits_at_once(
         base_url = wait_ready(process, log_path)
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
             job_id = _start_held_scan(client, held, tmp_path / "server.log")
-        os.killpg(process.pid, signal.SIGTERM)
+        first = _stop(process)
         poll_until(
             lambda: "running job(s) get" in log_path.read_text(), "the grace begins", DEADLINE
         )
-        os.killpg(process.pid, signal.SIGTERM)
+        _stop_again(process, first)
         # Raises past STOP_MARGIN (a hang guard), so it also shows the hour of grace cut short.
         returncode = process.wait(timeout=STOP_MARGIN)
     log = log_path.read_text()
@@ -233,13 +249,13 @@ def test_a_second_sigterm_while_a_request_stays_open_exits_cleanly(
         with httpx.Client(base_url=base_url, timeout=DEADLINE) as client:
             job_id = _start_held_scan(client, held, tmp_path / "server.log")
         upload = _open_upload(port)
-        os.killpg(process.pid, signal.SIGTERM)
+        first = _stop(process)
         poll_until(
             lambda: "Waiting for connections to close" in log_path.read_text(),
             "uvicorn waits for the open request",
             DEADLINE,
         )
-        os.killpg(process.pid, signal.SIGTERM)
+        _stop_again(process, first)
         # Raises past STOP_MARGIN (a hang guard), so it also shows the hours of grace cut short.
         returncode = process.wait(timeout=STOP_MARGIN)
         rest = drain(upload)
@@ -340,19 +356,46 @@ def test_main_with_the_port_in_use_returns_1_with_one_line(
     )
 
 
-def test_a_second_stop_signal_forces_the_exit() -> None:
-    """SIGTERM then SIGTERM (or SIGINT): the second asks to stop waiting; uvicorn's needs SIGINT."""
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The server's monotonic clock, set by hand: ``clock[0]`` seconds."""
+    now = [1000.0]
+    monkeypatch.setattr(stoat_server, "monotonic", lambda: now[0])
+    return now
+
+
+def test_a_second_stop_signal_forces_the_exit(clock: list[float]) -> None:
+    """SIGTERM then SIGTERM (or SIGINT) a second later: the second asks to stop
+    waiting; uvicorn's needs SIGINT."""
     server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
 
     server.handle_exit(signal.SIGTERM, None)
     first = (server.should_exit, server.forced)
-    server.handle_exit(signal.SIGTERM, None)
+    clock[0] += SAME_STOP_SECONDS
+    server.handle_exit(signal.SIGINT, None)
 
     assert first == (True, False)
     assert (server.should_exit, server.forced) == (True, True)
 
 
-def test_a_stop_signal_after_the_app_failed_is_still_the_first() -> None:
+def test_one_stop_delivered_twice_is_one_stop(clock: list[float]) -> None:
+    """The same SIGTERM twice within SAME_STOP_SECONDS (GNU timeout sends it to
+    its child, then to its process group; make passes on one its group got
+    too): the second hurries nothing, and one after the window still does."""
+    server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
+
+    server.handle_exit(signal.SIGTERM, None)
+    clock[0] += SAME_STOP_SECONDS / 2
+    server.handle_exit(signal.SIGTERM, None)
+    twice = (server.should_exit, server.forced)
+    clock[0] += SAME_STOP_SECONDS / 2
+    server.handle_exit(signal.SIGTERM, None)
+
+    assert twice == (True, False)
+    assert server.forced
+
+
+def test_a_stop_signal_after_the_app_failed_is_still_the_first(clock: list[float]) -> None:
     """The app's lifespan failed and stopped the server (``stop``): a service
     manager's SIGTERM then is its first stop signal, which hurries nothing."""
     server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
@@ -360,6 +403,7 @@ def test_a_stop_signal_after_the_app_failed_is_still_the_first() -> None:
     server.stop()
     server.handle_exit(signal.SIGTERM, None)
     first = (server.should_exit, server.forced, server.failed_while_serving)
+    clock[0] += SAME_STOP_SECONDS
     server.handle_exit(signal.SIGTERM, None)
 
     assert first == (True, False, True)
