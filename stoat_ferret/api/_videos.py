@@ -52,7 +52,7 @@ from stoat_ferret.api._schemas import (
     error_responses,
 )
 from stoat_ferret.jobs import SupervisorClosed
-from stoat_ferret.library import VideoFilter, containing_root
+from stoat_ferret.library import LIST_SECONDS, VideoFilter, containing_root
 
 if TYPE_CHECKING:
     from stoat_ferret.library import Video, VideoLibrary
@@ -201,10 +201,12 @@ async def shown_video(video_id: int, library: VideoLibrary, settings: Settings) 
 
     Raises:
         HTTPException: 404, no such video is shown.
+        StoreBusy: not read within ``LIST_SECONDS`` (503), as a page of videos.
     """
     # Ids are SQLite rowids: anything outside 1..2**63-1 cannot exist (and
     # would overflow the query), so it is simply not found.
-    video = await library.get_video(video_id) if 1 <= video_id <= MAX_OFFSET else None
+    found = 1 <= video_id <= MAX_OFFSET
+    video = await library.get_video(video_id, busy_after=LIST_SECONDS) if found else None
     if video is None or containing_root(os.path.dirname(video.path), _roots(settings)) is None:
         raise HTTPException(404, f"no video with id {video_id}")
     return video

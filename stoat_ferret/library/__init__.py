@@ -35,7 +35,7 @@ from stoat_ferret.library._exceptions import (
 )
 from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._inspection import Inspection, Interruption, inspect_database
-from stoat_ferret.library._library import VideoLibrary
+from stoat_ferret.library._library import LIST_SECONDS, VideoLibrary
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._models import (
     DEFAULT_ERROR_CAP,
@@ -85,6 +85,7 @@ __all__ = [
     "DEFAULT_ERROR_CAP",
     "ERROR_PATH_CHARS",
     "ERROR_TEXT_CHARS",
+    "LIST_SECONDS",
     "MAX_SYMLINKS",
     "METADATA_FIELDS",
     "PATH_MAX",

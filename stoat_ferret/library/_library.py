@@ -132,9 +132,21 @@ class VideoLibrary(ScanErrorLibrary):
             limiter=self._reads,
         )
 
-    async def get_video(self, video_id: int) -> Video | None:
-        """Return the video with this id, or None."""
-        return await anyio.to_thread.run_sync(self._store.get_video, video_id, limiter=self._reads)
+    async def get_video(self, video_id: int, *, busy_after: float | None = None) -> Video | None:
+        """Return the video with this id, or None.
+
+        ``busy_after``: seconds the answer may take, its wait for a thread and
+        the reader included (a request's: :data:`LIST_SECONDS`, since it may
+        queue behind broad searches); None waits as long as that takes (a job's).
+
+        Raises:
+            StoreBusy: not answered within ``busy_after``.
+        """
+        deadline = None if busy_after is None else time.monotonic() + busy_after
+        return await anyio.to_thread.run_sync(
+            functools.partial(self._store.get_video, video_id, deadline=deadline),
+            limiter=self._reads,
+        )
 
     async def get_video_by_path(self, path: str) -> Video | None:
         """Return the video stored under this resolved path, or None."""

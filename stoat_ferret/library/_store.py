@@ -142,9 +142,16 @@ class VideoStore(ScanErrorStore, FailedProbeStore):
             rows = connection.execute(query, (*args, limit, offset)).fetchall()
         return [stored_video(row) for row in rows], int(total)
 
-    def get_video(self, video_id: int) -> Video | None:
-        """Return the video with this id, or None."""
-        with self._reading() as connection:
+    def get_video(self, video_id: int, *, deadline: float | None = None) -> Video | None:
+        """Return the video with this id, or None.
+
+        ``deadline``: a ``time.monotonic()`` reading the answer must come by
+        (its wait for the reader included).
+
+        Raises:
+            StoreBusy: not answered by ``deadline``.
+        """
+        with self._reading(deadline) as connection:
             row = connection.execute(
                 f"SELECT {COLUMNS} FROM videos WHERE id = ?", (video_id,)
             ).fetchone()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from stoat_ferret.api import _videos as videos_module
 from stoat_ferret.api._errors import RETRY_AFTER_SECONDS
 from stoat_ferret.api._paths import PATH_CHECK_THREADS, resolve_scan_path
 from stoat_ferret.api.app import create_app
@@ -232,6 +233,26 @@ async def test_a_page_not_answered_in_time_is_503_with_retry_after(
     assert busy.headers["Retry-After"].isdigit()
     assert "did not answer in time" in busy.json()["detail"]
     assert again.status_code == 200, again.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/api/v1/videos/1", "/api/v1/videos/1/thumbnail"])
+async def test_a_video_not_read_in_time_is_503_with_retry_after(
+    shared_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A video (or its thumbnail) whose row cannot be read within LIST_SECONDS
+    (the one reader busy with broad searches) is a 503 with Retry-After, as a
+    page is, rather than a wait behind every search queued before it."""
+    monkeypatch.setattr(videos_module, "LIST_SECONDS", -1.0)
+    with anyio.fail_after(10):
+        busy = await shared_client.get(path)
+    monkeypatch.setattr(videos_module, "LIST_SECONDS", 60.0)
+    with anyio.fail_after(10):
+        again = await shared_client.get(path)
+
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["Retry-After"].isdigit()
+    assert again.status_code == 404, again.text  # read: the shared library holds no video
 
 
 @pytest.mark.anyio

@@ -292,6 +292,24 @@ async def test_a_page_of_the_library_has_its_deadline(
     assert [video.path for video in page] == ["/m/a.mp4"]
 
 
+@pytest.mark.anyio
+async def test_a_video_looked_up_for_a_request_has_a_deadline_and_for_a_job_none(
+    tmp_path: Path,
+) -> None:
+    """VideoLibrary.get_video with ``busy_after`` (a request's) gives up with
+    StoreBusy once that has passed; without it (a job's) it waits for the reader."""
+    store = VideoStore.open(tmp_path / "videos.sqlite")
+    store.upsert([record("/m/a.mp4")])
+    with anyio.fail_after(30):
+        async with VideoLibrary(store) as library:
+            with pytest.raises(StoreBusy):
+                await library.get_video(1, busy_after=-1.0)
+            found = await library.get_video(1)
+
+    assert found is not None
+    assert found.path == "/m/a.mp4"
+
+
 def test_a_thousand_interrupted_pages_leave_the_reader_usable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
