@@ -217,15 +217,17 @@ def then_thumbnails(
             changed = result is None or bool(result.get("added") or result.get("updated"))
             if result is None:
                 thumbnailer.owed = True  # its committed batches have no thumbnails yet
-            with anyio.CancelScope(shield=True) as cleanup:
+            # Its lines are the scan's (job_id, job_type), as the scan's own are.
+            with (
+                anyio.CancelScope(shield=True) as cleanup,
+                logger.contextualize(job_id=ctx.job_id, job_type=scan_type),
+            ):
                 cleanup.deadline = anyio.current_time() + SUBMIT_GRACE
                 try:
                     await _submit_if_due(queue, thumbnailer, ctx.job_id, changed=changed)
                 except Exception:  # the scan's own end stands: its result, error or cancellation
                     thumbnailer.owed = True
-                    logger.opt(exception=True).error(
-                        "thumbnails job not submitted", job_id=ctx.job_id, job_type=scan_type
-                    )
+                    logger.opt(exception=True).error("thumbnails job not submitted")
         await checkpoint_if_cancelled()  # that cancellation ends the job, as before
         assert result is not None  # the scan returned: else its error went up from finally
         return result

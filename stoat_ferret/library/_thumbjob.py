@@ -300,16 +300,10 @@ class Thumbnailer:
         except JobError as exc:
             # Stopping: the next start makes what is owed. A full queue: a warning.
             log = logger.info if isinstance(exc, SupervisorClosed) else logger.warning
-            log(
-                "thumbnails job not submitted",
-                job_type=THUMBNAILS_JOB_TYPE,
-                after=after,
-                reason=str(exc),
-            )
+            # job_id and job_type: the scan's or the job's that asked, from its context.
+            log("thumbnails job not submitted", after=after, reason=str(exc))
             return
-        logger.info(
-            "thumbnails job submitted", job_id=job_id, job_type=THUMBNAILS_JOB_TYPE, after=after
-        )
+        logger.info("thumbnails job submitted", thumbnails_job_id=job_id, after=after)
         self._queued = job_id
 
     async def _queued_to_start(self, queue: AsyncJobQueue) -> bool:

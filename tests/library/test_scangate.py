@@ -22,6 +22,7 @@ from stoat_ferret.jobs import (
     JobContext,
     JobStatus,
     JobSupervisor,
+    QueueFull,
 )
 from stoat_ferret.library import (
     THUMBNAILS_JOB_TYPE,
@@ -135,6 +136,36 @@ async def test_a_scan_cancelled_during_its_last_write_still_submits_a_job(setup:
     assert job is not None
     assert (job.status, job.result["made"], job.result["failed"]) == (JobStatus.COMPLETED, 3, 1)
     assert not setup.thumbnailer.owed
+
+
+async def test_the_lines_of_a_scans_thumbnails_submit_carry_the_scans_job_id(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """The scan's follow-up, its thumbnails job refused by a full queue, is
+    logged with the scan's job_id and job_type, as the scan's own lines are
+    (a filter by the scan's id missed that WARNING)."""
+    supervisor = _scanning_supervisor(make_scan_handler(setup.library), setup)
+    submit = supervisor.submit
+
+    async def refusing(job_type: str, payload: Any = None, **options: Any) -> str:
+        if job_type == THUMBNAILS_JOB_TYPE:
+            raise QueueFull("the queue is full")
+        return await submit(job_type, payload, **options)
+
+    monkeypatch.setattr(supervisor, "submit", refusing)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            scan_id = await supervisor.submit("scan", {"path": str(setup.folder)})
+            scan_end = await supervisor.wait(scan_id)
+            await supervisor.aclose()
+
+    refused = [r for r in log_records if r["message"] == "thumbnails job not submitted"]
+    assert scan_end.status is JobStatus.COMPLETED
+    assert [(r["level"].name, r["extra"]["job_id"], r["extra"]["job_type"]) for r in refused] == [
+        ("WARNING", scan_id, "scan")
+    ]
+    assert refused[0]["extra"]["reason"] == "the queue is full"
 
 
 @pytest.mark.parametrize("end", ["returned", "cancelled during its last write"])
