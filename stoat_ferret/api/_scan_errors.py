@@ -40,7 +40,12 @@ from stoat_ferret.api._json import ApiJSONResponse
 from stoat_ferret.api._schemas import PageQuery, error_responses
 from stoat_ferret.api._videos import SCAN_JOB_TYPE
 from stoat_ferret.jobs import JobNotFound
-from stoat_ferret.library import ScanErrorsIncomplete, ScanErrorsReplaced, StoreError
+from stoat_ferret.library import (
+    LIST_SECONDS,
+    ScanErrorsIncomplete,
+    ScanErrorsReplaced,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -105,7 +110,7 @@ async def list_scan_errors(
             " (another job's result lists its own)",
         )
     try:
-        entries, total = await library.scan_errors(job_id, limit, offset)
+        entries, total = await library.scan_errors(job_id, limit, offset, busy_after=LIST_SECONDS)
     except ScanErrorsReplaced:
         raise HTTPException(410, _REPLACED) from None
     except ScanErrorsIncomplete:

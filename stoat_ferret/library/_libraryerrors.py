@@ -7,6 +7,7 @@ store's blocking method in a worker thread, as ``_library.py`` says.
 from __future__ import annotations
 
 import functools
+import time
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -95,15 +96,21 @@ class ScanErrorLibrary:
                 pass
 
     async def scan_errors(
-        self, job_id: str, limit: int = 100, offset: int = 0
+        self, job_id: str, limit: int = 100, offset: int = 0, *, busy_after: float | None = None
     ) -> tuple[list[tuple[str, str]], int]:
         """Return one page of the stored ``(path, error)`` entries of a scan, and their total.
+
+        ``busy_after``: seconds the answer may take, its wait for a thread and
+        the reader included (a request's, as ``VideoLibrary.get_video``'s).
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
             ScanErrorsReplaced: A later scan of the same scope replaced the list.
             ScanErrorsIncomplete: The scan ended before it stored every entry.
+            StoreBusy: not answered within ``busy_after``.
         """
+        deadline = None if busy_after is None else time.monotonic() + busy_after
         return await anyio.to_thread.run_sync(
-            self._store.scan_errors, job_id, limit, offset, limiter=self._reads
+            functools.partial(self._store.scan_errors, job_id, limit, offset, deadline=deadline),
+            limiter=self._reads,
         )

@@ -102,18 +102,22 @@ class ScanErrorStore(StoreFile):
         self._error_owners.end((directory, recursive), job_id, lost=lost)
 
     def scan_errors(
-        self, job_id: str, limit: int, offset: int
+        self, job_id: str, limit: int, offset: int, *, deadline: float | None = None
     ) -> tuple[list[tuple[str, str]], int]:
         """Return one page of a scan's ``(path, error)`` entries in the order met, and the total.
+
+        ``deadline``: a ``time.monotonic()`` reading the answer must come by
+        (its wait for the reader included).
 
         Raises:
             ValueError: ``limit`` or ``offset`` is negative.
             ScanErrorsReplaced: A later scan of the same scope replaced the list.
             ScanErrorsIncomplete: The scan ended before it stored every entry.
+            StoreBusy: not answered by ``deadline``.
         """
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
-        with self._reading() as connection:
+        with self._reading(deadline) as connection:
             page = error_page(connection, job_id, limit, offset)
         # Asked after the read: a list replaced meanwhile is not served either.
         if self._error_owners.was_replaced(job_id):

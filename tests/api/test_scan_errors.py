@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from stoat_ferret.api import _scan_errors as scan_errors_module
 from stoat_ferret.api._scan_errors import sweep_scan_errors
 from stoat_ferret.api.app import create_app
 from stoat_ferret.jobs import InMemoryJobQueue, JobNotFound
@@ -74,6 +75,28 @@ async def test_every_error_is_served_in_pages(settings: Settings, scan_root: Pat
     served = [entry["path"] for body in bodies for entry in body["errors"]]
     assert sorted(served) == paths
     assert all(entry["error"] for body in bodies for entry in body["errors"])
+
+
+async def test_a_list_not_read_in_time_is_503_with_retry_after(
+    settings: Settings, scan_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of errors that cannot be read within LIST_SECONDS (the one
+    reader busy with broad searches) is a 503 with Retry-After, as a page of
+    videos is, rather than a wait behind every search queued before it."""
+    _bad_files(scan_root / "bad", 3)
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(create_app(settings)) as client:
+            job = await _scan(client, scan_root / "bad")
+            url = f"/api/v1/jobs/{job['job_id']}/errors"
+            monkeypatch.setattr(scan_errors_module, "LIST_SECONDS", -1.0)
+            busy = await client.get(url)
+            monkeypatch.setattr(scan_errors_module, "LIST_SECONDS", 60.0)
+            again = await client.get(url)
+
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["Retry-After"].isdigit()
+    assert (again.status_code, again.json()["total"]) == (200, 3)
 
 
 async def test_a_later_scan_of_the_directory_replaces_the_errors(
