@@ -22,7 +22,8 @@ moment the shut-down begins, before uvicorn waits for open connections:
    departure;
 4. the app's lifespan ends: it waits for the supervisor, then closes the database.
 
-A second stop signal during these steps forces the exit: the open
+A second stop signal during these steps (:data:`SAME_STOP_SECONDS` or more
+after the first) forces the exit: the open
 connections are hung up on, so their requests end and uvicorn stops waiting
 for them, and :func:`~stoat_ferret.api.end_grace` cancels the running jobs at
 once; the app's lifespan still ends (database closed), nothing is logged as
@@ -64,15 +65,13 @@ if TYPE_CHECKING:
     from stoat_ferret.settings import Settings
 
 FORCE_POLL_SECONDS: Final = 0.1
-"""How often the shut-down looks for a second stop signal (uvicorn's own main loop: 0.1 s)."""
-
+"""How often the shut-down looks for a second stop signal (uvicorn's main loop: 0.1 s)."""
 HTTP_GRACE_SECONDS: Final = 3
 """How long the shut-down waits for open requests before it hangs up on their connections."""
 
 REQUEST_BACKSTOP_SECONDS: Final = 2
-"""How much longer uvicorn waits (its ``timeout_graceful_shutdown`` is the grace
-plus this) before it cancels a request that went on after its connection was
-hung up on: one that never sends nor reads again."""
+"""How much longer uvicorn waits (``timeout_graceful_shutdown``: the grace plus this) before
+it cancels a request that went on after its connection was hung up on (it never reads again)."""
 
 STALL_SECONDS: Final = 1.0
 """At shut-down, how long a connection's unsent output may go without shrinking
@@ -82,11 +81,9 @@ STALL_POLL_SECONDS: Final = 0.1
 """How often the shut-down looks at the open connections' unsent output."""
 
 SAME_STOP_SECONDS: Final = 1.0
-"""A stop signal this soon after the first is the same stop delivered twice,
-not a second one: GNU ``timeout`` sends its signal to its child and then to
-its own process group, and ``make run`` passes on a signal its process group
-got too (a review: each hurried the stop, the jobs' grace lost, at random).
-A person asking a second time is slower than this."""
+"""A stop signal this soon after the first is that one delivered twice (GNU
+``timeout`` sends it to its child, then its group; ``make run`` passes on
+one its group got too): not a second stop. A person asking again is slower."""
 
 _Key = TypeVar("_Key")
 
@@ -238,12 +235,9 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
-        """The first stop signal stops gracefully; a second one, from
-        :data:`SAME_STOP_SECONDS` after it on, forces the exit.
-
-        uvicorn forces it only on a second SIGINT; a service manager sends SIGTERM.
-        Not by uvicorn's ``force_exit``: see :meth:`shutdown`.
-        """
+        """The first stop signal stops gracefully; a second, :data:`SAME_STOP_SECONDS`
+        or more after it, forces the exit (uvicorn's only on a second SIGINT; a service
+        manager sends SIGTERM), not by uvicorn's ``force_exit``: see :meth:`shutdown`."""
         now = monotonic()
         if self.signalled_at is None:
             self.signalled_at = now

@@ -14,7 +14,6 @@ refused path with the reason. The probe keeps its numbers within the
 store's (``_probe.py``), so this is a backstop.
 
 Scan errors: ``_storeerrors.py`` (:class:`ScanErrorStore`, which this extends).
-
 Mount points. ``mount_points`` holds the directories that a scan found on
 another file system than their parent's (``_mounts.py`` says what they are
 for), each with the identity of the file system mounted there; a scan reads
@@ -22,9 +21,7 @@ those at, above and in its scope, and writes only the changes it makes
 (``_mountstore.py``).
 
 Lists (:meth:`VideoStore.list_videos`): their SQL and the plan of a page are
-``_query.py``'s.
-
-Scope queries. A recursive scope is every path under a directory, found with a
+``_query.py``'s. Scope queries. A recursive scope is every path under a directory, found with a
 range on the ``path`` index: ``'<dir>/' <= path < '<dir>0'`` (``'0'`` is the
 character after ``'/'``), which leaves out the sibling ``<dir>-evil`` and never
 scans the table the way ``LIKE`` would. A non-recursive scope is the rows of
@@ -143,14 +140,8 @@ class VideoStore(ScanErrorStore, FailedProbeStore):
         return [stored_video(row) for row in rows], int(total)
 
     def get_video(self, video_id: int, *, deadline: float | None = None) -> Video | None:
-        """Return the video with this id, or None.
-
-        ``deadline``: a ``time.monotonic()`` reading the answer must come by
-        (its wait for the reader included).
-
-        Raises:
-            StoreBusy: not answered by ``deadline``.
-        """
+        """Return the video with this id, or None; StoreBusy if not answered by
+        ``deadline`` (a ``time.monotonic()`` reading; the wait for the reader included)."""
         with self._reading(deadline) as connection:
             row = connection.execute(
                 f"SELECT {COLUMNS} FROM videos WHERE id = ?", (video_id,)
