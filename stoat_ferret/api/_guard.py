@@ -138,11 +138,11 @@ class RequestGuard:
                 await _closed(refusal, scope, receive, send)
             return
         if refusal is not None:
-            await _refused(refusal, scope, receive, send)
+            await refused(refusal, scope, receive, send)
             return
         too_big = self.body_refusal(connection)
         if too_big is not None:  # answered without reading a byte of the body
-            await _refused(too_big, scope, receive, send)
+            await refused(too_big, scope, receive, send)
             return
         limit = _BodyLimit(scope, receive, send)
         await self.app(scope, limit.receive, limit.send)
@@ -172,14 +172,14 @@ class RequestGuard:
             size = int(digits)
         bodiless = connection.scope["method"] in BODILESS_METHODS
         if bodiless and "transfer-encoding" in headers:
-            return _refuse(413, CHUNKED_GET)
+            return refuse(413, CHUNKED_GET)
         if size > MAX_BODY_BYTES:
-            return _refuse(413, TOO_BIG)
+            return refuse(413, TOO_BIG)
         # Every line of the header, each a list: two lines are one list (RFC 9110).
         lines = headers.getlist("content-encoding")
         codings = {coding.strip().lower() for line in lines for coding in line.split(",")}
         if not bodiless and codings - {"", "identity"}:  # empty elements are ignored
-            return _refuse(415, ENCODED, {"Accept-Encoding": "identity"})
+            return refuse(415, ENCODED, {"Accept-Encoding": "identity"})
         return None
 
     def refusal(self, connection: HTTPConnection) -> ApiJSONResponse | None:
@@ -187,10 +187,10 @@ class RequestGuard:
         headers = connection.headers
         host = host_name(headers.get("host", ""))
         if host is None or host not in self.hosts:
-            return _refuse(400, "this service is not reached by that Host name")
+            return refuse(400, "this service is not reached by that Host name")
         for name in _ONCE_ONLY:  # the checks below read one: a second must not be the true one
             if len(headers.getlist(name)) > 1:
-                return _refuse(400, f"more than one {name} header")
+                return refuse(400, f"more than one {name} header")
         # A WebSocket is no CORS request: a page anywhere may open one, as it may POST.
         unsafe = connection.scope.get("method", "WEBSOCKET") not in SAFE_METHODS
         # The path as routing sees it: below a proxy's prefix (root_path), if any.
@@ -198,19 +198,19 @@ class RequestGuard:
         api = path.startswith("/api/") or path == "/metrics"
         if (unsafe or api) and not self.from_here(headers, connection):
             if unsafe:
-                return _refuse(403, "a request from another web origin may not change anything")
-            return _refuse(403, "a page on another web origin may not use the API")
+                return refuse(403, "a request from another web origin may not change anything")
+            return refuse(403, "a page on another web origin may not use the API")
         if self.token is None or not api:
             return None
         credential = self.credential(connection)
         if credential is None:
-            return _refuse(
+            return refuse(
                 401,
                 "this service needs its API token: send Authorization: Bearer <token>",
                 _BEARER_CHALLENGE,
             )
         if credential == "cookie" and path == SESSION_PATH:
-            return _refuse(
+            return refuse(
                 401,
                 "a session is started with the API token (Authorization: Bearer <token>),"
                 " not renewed with its cookie",
@@ -218,7 +218,7 @@ class RequestGuard:
             )
         if credential == "cookie" and unsafe and not self.vouched_for(headers, connection):
             # A browser sends the cookie by itself; the change must say where it is from.
-            return _refuse(
+            return refuse(
                 403,
                 "a change made with the dashboard's cookie must come from the dashboard "
                 "(Origin or Sec-Fetch-Site: same-origin); other clients send the token",
@@ -292,11 +292,13 @@ class RequestGuard:
         return "bearer" if bearer else "cookie" if cookie else None
 
 
-def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiJSONResponse:
+def refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> ApiJSONResponse:
+    """A refusal: the API's JSON error body, ``{"detail": detail}``."""
     return ApiJSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-async def _refused(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+async def refused(response: ApiJSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send ``response`` (a :func:`refuse`), logged as a refused request."""
     method, path = scope["method"], scope["path"]
     logger.info("request refused", http_status=response.status_code, method=method, path=path)
     await response(scope, receive, send)
@@ -355,6 +357,6 @@ class _BodyLimit:
         self.cut_off = True
         with suppress(OSError):  # the client may have left meanwhile: nothing to tell it
             if not self.started:
-                await _refused(_refuse(413, TOO_BIG), self.scope, self._receive, self._send)
+                await refused(refuse(413, TOO_BIG), self.scope, self._receive, self._send)
             elif not self.ended:
                 await self._send({"type": "http.response.body", "body": b"", "more_body": False})

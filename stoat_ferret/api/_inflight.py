@@ -21,10 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from loguru import logger
-
 from stoat_ferret.api._errors import RETRY_AFTER_SECONDS
-from stoat_ferret.api._json import ApiJSONResponse
+from stoat_ferret.api._guard import refuse, refused
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -55,19 +53,8 @@ class RequestLimit:
             await self.app(scope, receive, send)
             return
         if self.serving >= self.limit:
-            logger.info(
-                "request refused: too many at once",
-                http_status=503,
-                method=scope["method"],
-                path=scope["path"],
-                limit=self.limit,
-            )
-            refusal = ApiJSONResponse(
-                {"detail": TOO_MANY},
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-            await refusal(scope, receive, send)
+            retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+            await refused(refuse(503, TOO_MANY, retry), scope, receive, send)
             return
         self.serving += 1
         try:

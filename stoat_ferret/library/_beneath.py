@@ -62,8 +62,9 @@ def split(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
 
-def open_directory(parts: Sequence[str], dir_fd: int) -> int:
-    """Open the directory ``parts`` beneath ``dir_fd``, one component at a time.
+def open_directory(parts: Sequence[str], dir_fd: int, flags: int = DIRECTORY_FLAGS) -> int:
+    """Open the directory ``parts`` beneath ``dir_fd``, one component at a time
+    (each with ``flags``: :func:`open_subdirectory`).
 
     Returns a new descriptor (the caller closes it); a duplicate of
     ``dir_fd`` when ``parts`` is empty.
@@ -75,7 +76,7 @@ def open_directory(parts: Sequence[str], dir_fd: int) -> int:
     fd = os.dup(dir_fd)
     try:
         for part in parts:
-            fd, parent = open_subdirectory(part, fd), fd
+            fd, parent = open_subdirectory(part, fd, flags), fd
             os.close(parent)  # freed even if it raises: never closed twice
     except BaseException:
         os.close(fd)
@@ -179,18 +180,20 @@ def _open_root(root: str) -> int:
         RootUnavailable: Any other failure.
     """
     *above, last = split(root) or ["."]
-    fd = os.open("/", PASSAGE_FLAGS)
+    top = os.open("/", PASSAGE_FLAGS)
     try:
-        for flags, part in [*((PASSAGE_FLAGS, part) for part in above), (DIRECTORY_FLAGS, last)]:
-            fd, parent = open_subdirectory(part, fd, flags), fd
+        parent = open_directory(above, top, PASSAGE_FLAGS)
+        try:
+            return open_subdirectory(last, parent)
+        finally:
             os.close(parent)
     except OSError as exc:
-        os.close(fd)
         if exc.errno == errno.ELOOP:
             why = f"{exc.strerror} (on the way to the scan root)"
             raise OSError(errno.ELOOP, why, root) from exc
         raise RootUnavailable(exc.errno, exc.strerror, root) from exc
-    return fd
+    finally:
+        os.close(top)
 
 
 def containing_root(directory: str, roots: Sequence[str]) -> str | None:
