@@ -680,7 +680,11 @@ def test_a_directory_that_cannot_be_opened_now_is_retried(
     (an inside fact), a ProbeError the next job tries again, not a marker."""
     video = make_split_video(tmp_path / "clip.mp4")
 
-    def out_of_descriptors(parts: Any, dir_fd: int) -> int:
+    real = _beneath.open_directory
+
+    def out_of_descriptors(parts: Any, dir_fd: int, flags: int = _beneath.DIRECTORY_FLAGS) -> int:
+        if flags == _beneath.PASSAGE_FLAGS:  # the way down to the root: passed
+            return real(parts, dir_fd, flags)
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     monkeypatch.setattr(_beneath, "open_directory", out_of_descriptors)
