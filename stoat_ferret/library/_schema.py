@@ -37,7 +37,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398031954), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 12
+SCHEMA_VERSION: Final = 13
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)

@@ -381,6 +381,46 @@ def test_a_walked_page_reads_the_sort_index(
 
 
 @pytest.mark.parametrize(
+    "where",
+    [
+        {},
+        {"within": ("/m",)},
+        {"within": ("/m", "/n/x", "/o")},
+        {"under": "/m/a", "within": ("/m", "/n")},
+    ],
+    ids=["alone", "one-root", "three-roots", "under-roots"],
+)
+def test_a_search_s_count_reads_the_search_index_alone(
+    store: VideoStore, tmp_path: Path, where: dict[str, Any]
+) -> None:
+    """A search's count, with the roots and ``under`` or not, reads the
+    search index alone, each path's key and the path checked on its entry
+    (schema 13): no id of a match gathered first, no row read (900,000
+    videos all matching: 0.8 s before, 0.1 s)."""
+    query, args = count_query(VideoFilter(q="clip", **where), None)
+    with contextlib.closing(sqlite3.connect(tmp_path / "videos.sqlite")) as raw:
+        details = " | ".join(row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {query}", args))
+
+    assert details == "SCAN videos USING COVERING INDEX videos_search"
+
+
+@pytest.mark.parametrize("sort", ["path", "-updated_at", "filename"])
+def test_a_walked_search_checks_each_row_and_gathers_no_ids(
+    store: VideoStore, tmp_path: Path, sort: str
+) -> None:
+    """A walked page of a search checks each row it reads: it does not
+    gather the id of every match first (which, for a search most videos
+    match, costs more than the page's rows)."""
+    where = VideoFilter(q="clip", within=("/m", "/n"), sort=sort)
+    query, args = page_query(COLUMNS, where, None, walk=True)
+
+    details = _plan(tmp_path, query, args)
+
+    assert "videos_search" not in details, details
+    assert "LIST SUBQUERY" not in details, details
+
+
+@pytest.mark.parametrize(
     ("where", "plan"),
     [
         ({"video_codec": "h264", "min_width": 640}, "COVERING INDEX videos_video_codec"),
@@ -462,6 +502,8 @@ def test_both_plans_give_the_same_pages(
         VideoFilter(under="/m", within=("/m/a/b", "/n"), sort="filename"),
         VideoFilter(within=("/m/a/b", "/n"), sort="path"),
         VideoFilter(within=("/m/a/b", "/n"), sort="-path"),
+        VideoFilter(q="clip", within=("/m/a/b", "/n"), sort="filename"),
+        VideoFilter(q="e", under="/m", within=("/m", "/n"), sort="-path"),
     ]
 
     pages = [store.list_videos(2, 1, where) for where in wheres]
@@ -476,6 +518,8 @@ def test_both_plans_give_the_same_pages(
         (["clip_1.mkv"], 2),
         (["clip_1.mkv", "ÉTÉ.mp4"], 3),  # the roots' rows, from the first root's on
         (["clip_1.mkv", "clip-1.webm"], 3),
+        (["clip_1.mkv"], 2),
+        (["clip-1.webm"], 2),  # "zeta" and "webm"; "Été" is no "e"
     ]
 
 

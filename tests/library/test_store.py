@@ -1853,7 +1853,7 @@ def test_no_id_is_given_twice(tmp_path: Path) -> None:
 
 def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> None:
     """Version 4 makes the table again: rows keep their ids, every index is
-    there as before (and version 6's and 10's; those versions 7, 8 and 12
+    there as before (and version 6's and 10's; those versions 7, 8, 12 and 13
     made again as they made them), and a deleted id is not given again."""
     path = tmp_path / "old.sqlite"
     _database_at(path, 3)
@@ -1877,7 +1877,7 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     failed = ("failed_probes_directory", MIGRATIONS[10][1])
     remade = {
         statement.split()[2]: statement
-        for step in (7, 8, 12)
+        for step in (7, 8, 12, 13)
         for statement in MIGRATIONS[step]
         if statement.startswith("CREATE INDEX")
     }
