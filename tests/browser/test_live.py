@@ -315,3 +315,41 @@ def test_refused_stream_is_opened_again_later_and_later(browser: Browser, tmp_pa
 
     assert waits == expected
     assert lists  # the refusals reloaded the list (the page never opened a stream)
+
+
+def test_a_refused_stream_says_why_until_one_opens(browser: Browser, tmp_path: Path) -> None:
+    """With every stream slot taken, the page says why it is not live (the
+    service's 503 and its reason, which an EventSource does not give), and
+    stops saying it once a slot is free and its stream opens."""
+    env = server_environment(tmp_path, STOAT_MAX_STREAMS="1", STOAT_SHUTDOWN_GRACE="1")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.add_init_script(RECORD_RECONNECTS)
+    why = page.locator("#jobs-live-why")
+    with running_server(tmp_path, env) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        client = httpx.Client(base_url=base_url, timeout=10)
+        with client, client.stream("GET", "/api/v1/events") as held:  # the one slot
+            assert held.status_code == 200
+            page.goto(f"{base_url}/")
+            expect(page.locator("#jobs-live")).to_have_text("reconnecting…")
+            expect(why).to_have_text(
+                "Could not follow the jobs live (503): too many event streams"
+                " and waits are open (1, STOAT_MAX_STREAMS)."
+            )
+        # The slot is free once the service has seen the held stream go:
+        # the page's next attempts, run here one by one, open a stream.
+        live = "document.getElementById('jobs-live').textContent === 'live'"
+        attempts = 0
+        while page.locator("#jobs-live").text_content() != "live":
+            attempts += 1
+            assert attempts < 100
+            page.wait_for_function("(n) => window.reconnectWaits.length >= n", arg=attempts)
+            page.evaluate("() => window.reconnectNow()")
+            opened_or_refused = f"(n) => window.reconnectWaits.length > n || {live}"
+            page.wait_for_function(opened_or_refused, arg=attempts)
+        expect(page.locator("#jobs-live")).to_have_text("live")
+        expect(why).to_have_text("")
+        context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0

@@ -660,14 +660,47 @@ function reconnectDelay() {
   return ceiling / 2 + Math.random() * (ceiling / 2);
 }
 
-function showLive(state, text) {
+/** The live badge, and beside it why the service refused the stream (`why`), if it did. */
+function showLive(state, text, why = "") {
   let badge = byId("jobs-live");
   if (!badge) {
     badge = el("span", { id: "jobs-live", class: "badge", role: "status" });
-    byId("jobs-count").after(badge);
+    byId("jobs-count").after(badge, el("span", { id: "jobs-live-why", class: "live-why" }));
   }
   badge.dataset.state = state;
   badge.textContent = text;
+  byId("jobs-live-why").textContent = why;
+}
+
+/**
+ * Why the service refused the stream `source`, shown beside the badge: an
+ * EventSource does not say, so the stream is asked for once more, and that
+ * answer's status and reason are shown (all streams taken, a 503 that names
+ * STOAT_MAX_STREAMS; the service stopping). An answer that opens a stream is
+ * closed at once: the next attempt opens one. Unreachable: the list says so.
+ */
+async function explainRefusedStream(source) {
+  const controller = new AbortController();
+  try {
+    const response = await fetch(`${API}/events`, {
+      headers: { Accept: "text/event-stream" },
+      signal: controller.signal,
+    });
+    if (response.ok) return;
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      data = null;
+    }
+    if (events === source && source.readyState === EventSource.CLOSED) {
+      showLive("down", "reconnecting…", couldNot("follow the jobs live", { status: response.status, data }));
+    }
+  } catch {
+    // unreachable, or aborted: the job list says why
+  } finally {
+    controller.abort();
+  }
 }
 
 /** Follow every job on one stream; resume from the last id seen when it comes back. */
@@ -721,8 +754,10 @@ function connectEvents() {
     // list, which says why (a token message for a 401), and start again later.
     if (source.readyState === EventSource.CLOSED) {
       // An EventSource does not say why it closed: the list says it (a 401 asks
-      // for the access token, an unreachable service says so).
+      // for the access token, an unreachable service says so), and so does
+      // one more request for the stream (a 503: all streams taken, stopping).
       reloadJobs();
+      explainRefusedStream(source);
       reconnectTimer = setTimeout(connectEvents, reconnectDelay());
       reconnectFailures += 1;
     } else if (!jobsLoaded) {
