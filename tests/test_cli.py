@@ -50,7 +50,7 @@ from stoat_ferret.settings import ExposureError, Settings, SettingsError, option
 from stoat_ferret.settings import _options as options_module
 from stoat_ferret.settings import _parsers as parsers_module
 from stoat_ferret.settings import _settings as settings_module
-from tests.library.support import lock_held_elsewhere, record
+from tests.library.support import emptied_beside_its_log, lock_held_elsewhere, record
 from tests.library.test_store import _database_at as database_at
 from tests.permissions import call_denied
 from tests.server import server_environment
@@ -1881,6 +1881,28 @@ def test_check_refuses_a_one_byte_file(tmp: Path, capsys: pytest.CaptureFixture[
     assert status == 2
     assert line.endswith("it is not an SQLite database (1 byte, shorter than SQLite's header)")
     assert database.read_bytes() == b"\n"
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_refuses_an_emptied_file_and_keeps_the_log_beside_it(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty database beside a log that holds commits: check refuses it and
+    changes nothing (SQLite, even reading, would delete the log)."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    log = emptied_beside_its_log(database)
+
+    status = main(["check", "--database", str(database)])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line.endswith(
+        "holds commits: restore the database from a backup, or move the"
+        " log away to start an empty library"
+    )
+    assert database.read_bytes() == b""
+    assert (tmp / "data" / "stoat.db-wal").read_bytes() == log
 
 
 @pytest.mark.usefixtures("_restored_logging")

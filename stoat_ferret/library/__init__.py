@@ -16,7 +16,6 @@ from stoat_ferret.library._beneath import (
     containing_root,
     open_below_root,
 )
-from stoat_ferret.library._connections import refuse_unwritable
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
     UNREACHABLE_ERRNOS,
@@ -55,6 +54,7 @@ from stoat_ferret.library._names import VIDEO_EXTENSIONS, is_utf8
 from stoat_ferret.library._probe import probe_video
 from stoat_ferret.library._probepool import ProbeProcesses, ending_worn
 from stoat_ferret.library._realpath import MAX_SYMLINKS, real_path
+from stoat_ferret.library._refusals import refuse_unwritable
 from stoat_ferret.library._sandbox import landlock_abi
 from stoat_ferret.library._scangate import then_thumbnails
 from stoat_ferret.library._scanhandler import (

@@ -47,9 +47,9 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from stoat_ferret.library._connections import refuse_odd_companions
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._realpath import real_path
+from stoat_ferret.library._refusals import refuse_odd_companions
 
 NAME_MAX: Final = 255
 """Bytes in the longest file name Linux's file systems take."""

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from stoat_ferret.library._connections import connect, refuse_short
+from stoat_ferret.library._connections import connect
 from stoat_ferret.library._exceptions import StoreError, sqlite_reason
+from stoat_ferret.library._refusals import refuse_short
 from stoat_ferret.library._schema import identify
 
 if TYPE_CHECKING:

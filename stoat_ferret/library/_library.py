@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from stoat_ferret.library._connections import refuse_memory
 from stoat_ferret.library._datadir import prepare_database
 from stoat_ferret.library._libraryerrors import ScanErrorLibrary
 from stoat_ferret.library._models import GoneRows
+from stoat_ferret.library._refusals import refuse_memory
 from stoat_ferret.library._store import VideoStore
 
 if TYPE_CHECKING:

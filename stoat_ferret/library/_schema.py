@@ -68,7 +68,7 @@ def identify(connection: sqlite3.Connection, name: str) -> int:
     service's and not newer than :data:`SCHEMA_VERSION`. Reads only.
 
     0 is a new file (no tables): the migrations create it (but a file of 1
-    to 99 bytes is refused before, ``_connections.refuse_short``).
+    to 99 bytes is refused before, ``_refusals.refuse_short``).
 
     Raises:
         StoreError: the file is another application's, or has a newer schema.

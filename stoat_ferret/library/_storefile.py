@@ -42,12 +42,11 @@ from stoat_ferret.library._connections import (
     file_identity,
     open_reader,
     open_writer,
-    refuse_memory,
-    refuse_odd_companions,
     transaction,
 )
 from stoat_ferret.library._exceptions import StoreBroken, StoreBusy, StoreError
 from stoat_ferret.library._lock import DatabaseLock
+from stoat_ferret.library._refusals import refuse_memory, refuse_odd_companions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -111,7 +110,7 @@ class StoreFile:
                 (:data:`~stoat_ferret.library._schema.SCHEMA_VERSION`), or
                 ``path`` names an in-memory database (``":memory:"`` or ``""``),
                 or something not a regular file lies beside it under SQLite's
-                names or the lock's (``_connections.refuse_odd_companions``).
+                names or the lock's (``_refusals.refuse_odd_companions``).
         """
         name = os.fspath(path)
         refuse_memory(name)

@@ -25,7 +25,7 @@ import av.video.stream
 import pytest
 
 from stoat_ferret.jobs import JobContext
-from stoat_ferret.library import Video, VideoProbe, VideoRecord
+from stoat_ferret.library import Video, VideoProbe, VideoRecord, VideoStore
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -159,6 +159,20 @@ def record(
         probe=attrs.evolve(PROBE, **probe),
         file_system=file_system,
     )
+
+
+def emptied_beside_its_log(path: Path) -> bytes:
+    """Make ``path`` a store whose commits are in its write-ahead log alone (as
+    a crash leaves them), then empty the database file; return the log's bytes."""
+    store = VideoStore.open(path)
+    try:
+        store.upsert([record("/m/kept.mp4")])
+        log = path.with_name(f"{path.name}-wal").read_bytes()  # not checkpointed yet
+    finally:
+        store.close()
+    path.write_bytes(b"")
+    path.with_name(f"{path.name}-wal").write_bytes(log)
+    return log
 
 
 SQLITE_INTEGER = range(-(2**63), 2**63)

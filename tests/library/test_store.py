@@ -42,7 +42,7 @@ from stoat_ferret.library._exceptions import store_error
 from stoat_ferret.library._models import GoneRows, LookedAt
 from stoat_ferret.library._query import search_key, subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS, PROBE_VERSION
-from tests.library.support import lock_held_elsewhere, record
+from tests.library.support import emptied_beside_its_log, lock_held_elsewhere, record
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator, Mapping
@@ -144,6 +144,27 @@ def test_a_file_shorter_than_sqlites_header_is_refused_and_kept(
     )
     assert path.read_bytes() == content
     assert empty.stat().st_size > 0
+
+
+def test_an_emptied_file_beside_a_log_of_commits_is_refused_and_both_kept(
+    tmp_path: Path,
+) -> None:
+    """An empty database file is a new one, but not beside a write-ahead log
+    that holds commits (the file emptied after a crash): SQLite would delete
+    that log, and every commit in it, and start an empty library."""
+    path = tmp_path / "videos.sqlite"
+    log = emptied_beside_its_log(path)
+
+    with pytest.raises(StoreError) as caught:
+        VideoStore.open(path)
+
+    assert str(caught.value) == (
+        f"cannot open video store {path}: it is empty, but its write-ahead log"
+        f" ({path}-wal, {len(log)} bytes) holds commits: restore the database from"
+        " a backup, or move the log away to start an empty library"
+    )
+    assert path.read_bytes() == b""
+    assert (tmp_path / "videos.sqlite-wal").read_bytes() == log
 
 
 def test_uncreatable_path_is_a_store_error(tmp_path: Path) -> None:
