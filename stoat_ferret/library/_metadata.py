@@ -223,10 +223,14 @@ def parse_creation_time(text: str) -> datetime | None:
 def display_size(
     width: int | None, height: int | None, sar: Fraction | None, rotation: int | None
 ) -> tuple[int | None, int | None]:
-    """The size a player shows: the width stretched by the SAR, then a quarter turn swapped."""
+    """The size a player shows: the width stretched by the SAR, then a quarter
+    turn swapped; None, None where the file does not say, or says a width a
+    tiny SAR shrinks to nothing (``1:2147483647``)."""
     if width is None or height is None or min(width, height) <= 0:
         return None, None
     shown_width = round(width * sar) if sar else width
+    if shown_width <= 0:
+        return None, None
     if rotation is not None and round(rotation / 90) % 2:
         return height, shown_width
     return shown_width, height
@@ -348,6 +352,15 @@ def _orientation(
             rotation = _sound_rotation(frame)
             return rotation, None if rotation is None else is_mirrored(display_matrix(frame))
     return None, None
+
+
+NO_DECODER: Final = (
+    "the video stream's codec is unknown or has no decoder in this FFmpeg build"
+    " (a damaged file, or a codec FFmpeg does not read)"
+)
+"""Why a video stream without a codec context (PyAV's ``None``) gives nothing:
+FFmpeg found no decoder for its codec id, which is also what a damaged
+file's unidentified codec (id none) gives, so the probe cannot tell them apart."""
 
 
 def moving_pictures(container: InputContainer) -> list[VideoStream]:

@@ -39,7 +39,7 @@ from stoat_ferret.library._input import (
     says_nothing_of_content,
 )
 from stoat_ferret.library._limits import MAX_STREAMS
-from stoat_ferret.library._metadata import moving_pictures, positive, read_metadata
+from stoat_ferret.library._metadata import NO_DECODER, moving_pictures, positive, read_metadata
 from stoat_ferret.library._models import VideoProbe
 from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._schema import INTEGER_MAX
@@ -194,7 +194,7 @@ def _describe(name: str, container: InputContainer) -> VideoProbe:
     # PyAV leaves codec_context at None when FFmpeg has no decoder for the stream.
     context = cast("VideoCodecContext | None", video.codec_context)
     if context is None:
-        raise ProbeError(name, "the video stream's codec has no decoder in this FFmpeg build")
+        raise ProbeError(name, NO_DECODER)
     format_name = container.format.name
     raw = format_name in _RAW_STREAMS
     # The size and rates as the open left them: reading the metadata may

@@ -57,7 +57,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import av
 
@@ -75,7 +75,12 @@ from stoat_ferret.library._input import (
     short_of_memory,
 )
 from stoat_ferret.library._limits import DECODER_OPTIONS, MAX_PIXELS, frame_size_refusal
-from stoat_ferret.library._metadata import display_matrix, display_rotation, moving_pictures
+from stoat_ferret.library._metadata import (
+    NO_DECODER,
+    display_matrix,
+    display_rotation,
+    moving_pictures,
+)
 from stoat_ferret.library._regularfile import open_regular_file
 from stoat_ferret.library._thumbimage import encode_webp, filtered, thumbnail_size
 
@@ -83,6 +88,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from av.container import InputContainer
+    from av.video.codeccontext import VideoCodecContext
     from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
@@ -284,7 +290,10 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
     if not videos:
         raise UndecodableError(path, "no video stream")
     stream = videos[0]
-    codec = stream.codec_context
+    # PyAV leaves codec_context at None when FFmpeg has no decoder for the stream.
+    codec = cast("VideoCodecContext | None", stream.codec_context)
+    if codec is None:
+        raise UndecodableError(path, NO_DECODER)
     if (refusal := frame_size_refusal(codec.width, codec.height)) is not None:
         raise UndecodableError(path, refusal)
     codec.options = {**codec.options, **DECODER_OPTIONS}  # a frame size may change later

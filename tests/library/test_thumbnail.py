@@ -370,6 +370,19 @@ def test_a_long_gop_gives_its_only_keyframe(tmp_path: Path) -> None:
     assert sum(grey) / len(grey) < 2  # the first (and only key) frame: black
 
 
+def test_a_stream_without_a_decoder_is_undecodable(tmp_path: Path) -> None:
+    """A video stream whose codec FFmpeg does not know (here an MP4's codec tag
+    made unknown) is undecodable, as the probe says, not a crash of the maker."""
+    video = make_video(tmp_path / "known.mp4").path
+    unknown = tmp_path / "unknown.mp4"
+    unknown.write_bytes(video.read_bytes().replace(b"avc1", b"zzzz"))
+
+    with pytest.raises(UndecodableError, match="codec is unknown or has no decoder"):
+        make_thumbnail(str(unknown), fingerprint(unknown))
+    with pytest.raises(ProbeError, match="codec is unknown or has no decoder"):
+        probe_video(unknown)
+
+
 def test_a_frame_too_large_is_refused_before_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
