@@ -352,6 +352,8 @@ def test_a_timecode_tag_that_is_not_one_is_unknown(tmp_path: Path) -> None:
         ((64, 48), None, 180, (64, 48)),
         ((64, 48), Fraction(1, 2), 270, (48, 32)),
         ((0, 48), None, None, (None, None)),
+        ((64, 48), Fraction(1, 2**31 - 1), None, (None, None)),  # no width left: unknown
+        ((64, 48), Fraction(1, 2**31 - 1), 90, (None, None)),
     ],
 )
 def test_display_size(
@@ -360,7 +362,8 @@ def test_display_size(
     rotation: int | None,
     shown: tuple[int | None, int | None],
 ) -> None:
-    """The width is stretched by the SAR, then a quarter turn swaps the two."""
+    """The width is stretched by the SAR, then a quarter turn swaps the two; a
+    width a tiny SAR rounds to 0 leaves the size unknown, not 0 wide."""
     assert _metadata.display_size(*size, sar, rotation) == shown
 
 
