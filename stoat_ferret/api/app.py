@@ -76,6 +76,7 @@ from stoat_ferret.api import (
     _health,
     _jobs,
     _scan_errors,
+    _storewatch,
     _thumbnails,
     _videos,
 )
@@ -261,6 +262,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 async with (
                     app.state.metrics.following(injected),
                     _scan_errors.sweeping(injected, library),
+                    _storewatch.watching(library),
                     ending_worn(probes),
                 ):
                     yield
@@ -291,6 +293,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     async with (
                         app.state.metrics.following(supervisor),
                         _scan_errors.sweeping(supervisor, library),
+                        _storewatch.watching(library),
                         ending_worn(probes),
                     ):
                         try:

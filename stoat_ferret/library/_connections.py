@@ -156,30 +156,45 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 
 class LogWatch:
-    """Whether a store's ``-wal`` file is still the one SQLite opened, and
-    saving its commits into the database file when it is not.
+    """Whether a store's ``-wal`` and ``-shm`` files are still the ones SQLite
+    opened, and saving the log's commits into the database file when not.
 
     SQLite goes on writing to the log it has open, deleted or replaced, and
-    a crash would lose with it every commit since the last checkpoint. The
-    store asks :meth:`lost` before each write and after each commit; when
-    the log is lost it refuses to write, and :meth:`save` copies what the
-    log holds into the database file. None of it when the file system
-    allows no WAL (no ``-wal`` when the store opened).
+    a crash would lose with it every commit since the last checkpoint. It
+    goes on with its ``-shm`` too, the log's index and the processes' locks
+    on it: another process (a backup, ``check``) then makes a new one, reads
+    the log through that, unseen by the service's checkpoints, which copy
+    pages from under it (torn reads), and locks nothing the service sees.
+    The store asks :meth:`lost` before each write and after each commit (and
+    between writes, :meth:`VideoStore.look_at_files`); when either is lost
+    it refuses to write, and :meth:`save` copies what a lost log holds into
+    the database file (a lost index leaves the log, and its commits, where
+    the next start finds them). None of it when the file system allows no WAL (no
+    ``-wal`` when the store opened).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._identity = file_identity(f"{path}-wal")
+        self.log = f"{path}-wal"
+        self._identity = file_identity(self.log)
+        # Its index, watched with it (none where SQLite keeps it in memory).
+        self._index = None if self._identity is None else file_identity(f"{path}-shm")
         self._restart_past = WAL_SIZE_LIMIT  # the size past which a commit restarts the log
         # Once the log is lost: whether a checkpoint has copied it whole, and
         # whether one has failed to (logged once; later tries do not wait).
         self._saved = False
         self._save_failed = False
 
-    def lost(self) -> bool:
-        """Whether the ``-wal`` file is not the one SQLite opened (deleted or replaced)."""
-        wal = self._identity
-        return wal is not None and file_identity(f"{self.path}-wal") != wal
+    def lost(self) -> str | None:
+        """The ``-wal`` file, or else the ``-shm`` file, if it is not the one SQLite
+        opened (deleted or replaced); None while both are."""
+        if self._identity is None:
+            return None
+        if file_identity(self.log) != self._identity:
+            return self.log
+        if self._index is not None and file_identity(f"{self.path}-shm") != self._index:
+            return f"{self.path}-shm"
+        return None
 
     def restart_due(self) -> int | None:
         """After a commit: the log's size if it is past :data:`WAL_SIZE_LIMIT` (or
@@ -264,8 +279,8 @@ class LogWatch:
         it (an error). ``PASSIVE``: the stop does not wait for another
         process's reader."""
         lost = False
-        try:
-            lost = self.lost() and not self._saved
+        try:  # the log itself lost (an index lost leaves the commits in the log)
+            lost = self.lost() == self.log and not self._saved
             busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except OSError as exc:
             reason = exc.strerror or str(exc)

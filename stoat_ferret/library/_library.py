@@ -112,6 +112,16 @@ class VideoLibrary(ScanErrorLibrary):
         """Why the store cannot be used until a restart (``StoreBroken``); None while it can."""
         return self._store.broken
 
+    async def look_at_files(self) -> None:
+        """:meth:`VideoStore.look_at_files`, in a worker thread (after a write under way).
+
+        Raises:
+            StoreBroken: the file, its lock, its log or the log's index was
+                deleted or replaced (:attr:`broken` says so from then on).
+            StoreError: the files cannot be looked at, or the store is closed.
+        """
+        await anyio.to_thread.run_sync(self._store.look_at_files)
+
     async def schema_version(self) -> int:
         """Return the schema version recorded in the file (``PRAGMA user_version``)."""
         return await anyio.to_thread.run_sync(self._store.schema_version, limiter=self._reads)

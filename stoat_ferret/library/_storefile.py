@@ -224,10 +224,44 @@ class StoreFile:
             self.broken = str(exc)
             raise
 
+    def look_at_files(self) -> None:
+        """Look at the database's files as each write does first, between
+        writes: an idle store learns that its file, lock, log or the log's
+        index was deleted or replaced (a lost log's commits are copied into
+        the file first), and is broken from then on.
+
+        Raises:
+            StoreBroken: so it is.
+            StoreError: the files cannot be looked at, or the store is closed.
+        """
+        try:
+            with self._write_lock:
+                self._looked_at(self._opened(self._writer))
+        except StoreBroken as exc:
+            self.broken = str(exc)
+            raise
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """The body of :meth:`_writing`, its write lock held."""
         connection = self._opened(self._writer)
+        self._looked_at(connection)
+        with transaction(connection, self.path, "BEGIN IMMEDIATE"):
+            yield connection
+        try:
+            lost = self._wal.lost()  # since the look before: the log holds this commit
+        except OSError:  # committed all the same: the next write looks again
+            lost = None
+        if lost == self._wal.log:
+            self._wal.save(connection)
+        elif (size := self._wal.restart_due()) is not None:
+            self._restart_log(connection, size)
+
+    def _looked_at(self, connection: sqlite3.Connection) -> None:
+        """Refuse to write (StoreBroken) if the file, its lock, its log or the
+        log's index is not the one opened; a lost log's commits are copied
+        into the file first (a lost index's log is still there). The write
+        lock is held."""
         try:  # an error looking (EACCES, EIO) is no sign the file was replaced
             identity, lost = file_identity(self.path), self._wal.lost()
             lock = self._lock  # None while it opens: the lock was taken just before
@@ -242,7 +276,7 @@ class StoreFile:
             )
         # A lost log's commits are copied into the file whatever else is
         # refused; a second service, lock or not, is kept out by SQLite's own locks.
-        if lost:
+        if lost == self._wal.log:
             self._wal.save(connection)
         if unlocked is not None:
             raise StoreBroken(
@@ -250,22 +284,12 @@ class StoreFile:
                 " replaced while open, so another process may write it too; stop every"
                 " service of it, then start one"
             )
-        if lost:
+        if lost is not None:
+            what = "write-ahead log" if lost == self._wal.log else "write-ahead log's index"
             raise StoreBroken(
-                f"video store {self.path}: its write-ahead log ({self.path}-wal) was"
-                " deleted or replaced while open; restart the service (a clean stop"
-                " keeps every commit)"
+                f"video store {self.path}: its {what} ({lost}) was deleted or replaced"
+                " while open; restart the service (a clean stop keeps every commit)"
             )
-        with transaction(connection, self.path, "BEGIN IMMEDIATE"):
-            yield connection
-        try:
-            lost = self._wal.lost()  # since the check above: the log holds this commit
-        except OSError:  # committed all the same: the next write looks again
-            lost = False
-        if lost:
-            self._wal.save(connection)
-        elif (size := self._wal.restart_due()) is not None:
-            self._restart_log(connection, size)
 
     def _restart_log(self, connection: sqlite3.Connection, size: int) -> None:
         """:meth:`LogWatch.restart` with the store's own readers held back (their

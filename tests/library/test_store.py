@@ -1483,6 +1483,60 @@ def test_a_write_ahead_log_gone_while_open_is_checkpointed_and_writes_are_refuse
         assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
+def test_a_log_gone_between_writes_is_found_and_saved_before_the_next(tmp_path: Path) -> None:
+    """The ``-wal`` file deleted while the store is idle: a look at its files
+    (the service's, every few seconds) finds it, copies the log's commits
+    into the database file (a crash then keeps them) and breaks the store,
+    without waiting for a write that may come hours later."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        store.look_at_files()  # all there: nothing found
+        unbroken = store.broken
+        os.unlink(f"{database}-wal")
+
+        with pytest.raises(StoreBroken, match=r"write-ahead log \(.*-wal\) was deleted"):
+            store.look_at_files()
+        crashed = tmp_path / "crashed.sqlite"
+        crashed.write_bytes(database.read_bytes())
+        broken = store.broken
+    finally:
+        store.close()
+
+    assert unbroken is None
+    assert broken is not None
+    assert "restart the service" in broken
+    with contextlib.closing(sqlite3.connect(crashed)) as raw:
+        assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
+
+
+def test_the_logs_index_gone_while_open_refuses_writes_and_keeps_the_log(
+    tmp_path: Path,
+) -> None:
+    """The ``-shm`` file (the log's index and the processes' locks on it)
+    deleted under the open store: another process would make a new one and
+    read the log unseen by the service's checkpoints (a backup, ``check``:
+    torn reads), so the next write is refused and the store broken; the log
+    itself, with its commits, is left for the next start."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    try:
+        store.upsert([record("/m/a.mp4")])
+        log = (tmp_path / "videos.sqlite-wal").read_bytes()
+        os.unlink(f"{database}-shm")
+
+        with pytest.raises(StoreBroken, match=r"write-ahead log's index \(.*-shm\) was deleted"):
+            store.upsert([record("/m/b.mp4")])
+        assert store.broken is not None
+        assert (tmp_path / "videos.sqlite-wal").read_bytes() == log  # not copied out of it
+    finally:
+        store.close()
+
+    with contextlib.closing(VideoStore.open(database)) as again:
+        assert [video.path for video in again.list_videos(10, 0)[0]] == ["/m/a.mp4"]
+
+
 def test_a_write_ahead_log_lost_during_a_write_has_that_commit_checkpointed(
     tmp_path: Path,
 ) -> None:
