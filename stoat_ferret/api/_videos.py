@@ -52,7 +52,7 @@ from stoat_ferret.api._schemas import (
     error_responses,
 )
 from stoat_ferret.jobs import SupervisorClosed
-from stoat_ferret.library import LIST_SECONDS, VideoFilter, containing_root
+from stoat_ferret.library import LIST_SECONDS, StoreBroken, VideoFilter, containing_root
 
 if TYPE_CHECKING:
     from stoat_ferret.library import Video, VideoLibrary
@@ -83,6 +83,7 @@ async def scan_videos(
     stopping: StoppingDep,
     settings: SettingsDep,
     path_checks: PathChecksDep,
+    library: LibraryDep,
 ) -> ApiJSONResponse:
     """Scan a directory for videos in the background; poll or follow the returned job.
 
@@ -94,10 +95,13 @@ async def scan_videos(
     symlink while the request was checked (send it again). 415 unless the
     body is sent as ``application/json``. 503 with ``Retry-After`` when the
     queue is full, the service is stopping, it is out of file descriptors
-    or memory, or no path check is free within 2 s.
+    or memory, or no path check is free within 2 s; 503 without it when the
+    video store is broken (only a restart helps).
     """
     if stopping.is_set():
         raise unavailable("the service is stopping")
+    if library.broken is not None:  # the job would fail at once
+        raise StoreBroken(library.broken)
     async with path_checks.turn() as threads:
         path = await anyio.to_thread.run_sync(
             resolve_scan_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,6 +17,7 @@ from tests.api.support import BASE_URL, Message, http_scope, lifespan_running, s
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
+    from pathlib import Path
 
     from stoat_ferret.settings import Settings
 
@@ -232,6 +234,30 @@ async def test_a_broken_store_is_503_without_retry_after(
     assert response.status_code == 503
     assert response.json()["detail"] == STORE_BROKEN
     assert "retry-after" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_a_scan_sent_to_a_broken_store_is_refused_before_it_is_a_job(
+    settings: Settings, scan_root: Path
+) -> None:
+    """A store known broken (its log deleted: found by the look at its files)
+    takes no scan: 503 without Retry-After, as every use of it, and no job
+    (before, a 202, a scan job failing at once, and a thumbnails job)."""
+    app = create_app(settings)
+
+    with anyio.fail_after(10):
+        async with serving(app) as client:
+            library = app.state.library
+            os.unlink(f"{library.path}-wal")
+            with pytest.raises(StoreBroken):
+                await library.look_at_files()
+            response = await client.post(SCAN, json={"path": str(scan_root)})
+            jobs = (await client.get("/api/v1/jobs")).json()
+
+    assert response.status_code == 503
+    assert response.json()["detail"] == STORE_BROKEN
+    assert "retry-after" not in response.headers
+    assert jobs["jobs"] == []
 
 
 class _BrokenQueue(InMemoryJobQueue):
