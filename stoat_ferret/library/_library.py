@@ -171,8 +171,9 @@ class VideoLibrary(ScanErrorLibrary):
         """
         self._store.on_delete = callback
 
-    async def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
-        """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
+    async def thumbnail_sources(self) -> list[tuple[int, str, int, int, bool]]:
+        """Return ``(id, path, size_bytes, mtime_ns, turn)`` of every stored video,
+        by id (:meth:`VideoStore.thumbnail_sources`)."""
         return await anyio.to_thread.run_sync(self._store.thumbnail_sources)  # a job's read
 
     async def survey(

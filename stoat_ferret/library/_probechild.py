@@ -55,6 +55,7 @@ from stoat_ferret.library._probewire import (
     REASON_MAX,
     REQUEST,
     THUMBNAIL,
+    UNTURNED,
     encode_answer,
 )
 from stoat_ferret.library._sandbox import confine, drop_privileges
@@ -174,18 +175,20 @@ def serve(channel: socket.socket) -> None:
                 channel.send(encode_answer(ProbeError(name, DESCRIPTORS_CUT)))
                 return
             kind, read_limit, seconds = REQUEST.unpack_from(request)
-            if len(fds) != (2 if kind == THUMBNAIL else 1):
+            if len(fds) != (2 if kind in (THUMBNAIL, UNTURNED) else 1):
                 return
             name = os.fsdecode(request[REQUEST.size :])
             signal.setitimer(signal.ITIMER_PROF, seconds)
             try:
-                outcome = _outcome(name, fds, read_limit)
+                outcome = _outcome(name, fds, read_limit, turn=kind == THUMBNAIL)
             finally:
                 signal.setitimer(signal.ITIMER_PROF, 0)
             channel.send(encode_answer(outcome))
 
 
-def _outcome(name: str, fds: list[int], read_limit: int) -> VideoProbe | int | Exception:
+def _outcome(
+    name: str, fds: list[int], read_limit: int, *, turn: bool
+) -> VideoProbe | int | Exception:
     try:
         info = os.fstat(fds[0])
         if not stat.S_ISREG(info.st_mode):  # the service sends only regular files
@@ -194,7 +197,7 @@ def _outcome(name: str, fds: list[int], read_limit: int) -> VideoProbe | int | E
             return probe_descriptor(
                 name, fds[0], info.st_size, read_limit=read_limit, python_reads=True
             )
-        image = thumbnail_descriptor(name, fds[0], info.st_size, read_limit=read_limit)
+        image = thumbnail_descriptor(name, fds[0], info.st_size, read_limit=read_limit, turn=turn)
         with open(fds[1], "wb", closefd=False) as memory:
             memory.write(image)
         return len(image)

@@ -77,7 +77,9 @@ class ProbeProcesses:
         finally:
             self._children.give_back(process)
 
-    def thumbnail(self, path: str, fd: int, stop: Stop, *, read_limit: int = READ_LIMIT) -> bytes:
+    def thumbnail(
+        self, path: str, fd: int, stop: Stop, *, read_limit: int = READ_LIMIT, turn: bool = True
+    ) -> bytes:
         """:meth:`ProbeProcess.thumbnail` in an idle child, or in a new one.
 
         Raises:
@@ -86,7 +88,7 @@ class ProbeProcesses:
         """
         process = self._children.take(path)
         try:
-            return process.thumbnail(path, fd, stop, read_limit=read_limit)
+            return process.thumbnail(path, fd, stop, read_limit=read_limit, turn=turn)
         finally:
             self._children.give_back(process)
 

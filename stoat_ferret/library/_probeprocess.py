@@ -3,9 +3,8 @@
 FFmpeg cannot be interrupted in a thread; a file can keep it busy for
 minutes (``_limits.PROBE_DEADLINE``), make it allocate gigabytes, or crash
 it through a bug in a demuxer, and the memory and the crash would be the
-service's. So the service probes each file in a child process (``python -P
--m stoat_ferret.library._probechild``), and the thread that asked waits for
-its answer:
+service's. So each file is probed in a child process (``python -P -m
+stoat_ferret.library._probechild``), and the thread that asked waits:
 
 - **CPU budget.** A probe may use ``deadline`` seconds of CPU (default
   :data:`~stoat_ferret.library._limits.PROBE_DEADLINE`): the child arms
@@ -78,6 +77,7 @@ from stoat_ferret.library._probewire import (
     READY,
     REQUEST,
     THUMBNAIL,
+    UNTURNED,
     ProbeRaised,
     decode_answer,
     decode_thumbnail,
@@ -163,20 +163,20 @@ class ProbeProcess:
             with self._trusted():
                 return decode_answer(name, answer)
 
-    def thumbnail(self, path: str, fd: int, stop: Stop, *, read_limit: int = READ_LIMIT) -> bytes:
-        """Make the thumbnail of the video open at ``fd`` (``_thumbnail.open_source``)
-        in the child (``_thumbnail.thumbnail_descriptor``); start one if there is none.
-
-        Blocking, as :meth:`probe`. A file that takes more than the CPU budget
-        or ends the child gives no thumbnail, as one FFmpeg cannot decode.
+    def thumbnail(
+        self, path: str, fd: int, stop: Stop, *, read_limit: int = READ_LIMIT, turn: bool = True
+    ) -> bytes:
+        """Make the thumbnail of the video open at ``fd`` (``_thumbnail.open_source``),
+        turned if ``turn``, in the child (``_thumbnail.thumbnail_descriptor``);
+        start one if there is none. Blocking, as :meth:`probe`.
 
         Raises:
-            UndecodableError: The file gives no frame, within the budget or
-                at all (it crashed the child, or the child answered nonsense).
+            UndecodableError: The file gives no frame, within the CPU budget
+                or at all (it crashed the child, or it answered nonsense).
             ProbeError: What may pass: the child could not start, had ended
-                before it got the file, or spent no CPU for a minute, or
-                did not answer within :data:`WALL_FACTOR` budgets;
-                ``stop`` was set; the file needs more memory than the limit.
+                before it got the file, spent no CPU for a minute, or did not
+                answer within :data:`WALL_FACTOR` budgets; ``stop`` was set;
+                the file needs more memory than the limit.
             ProbeRaised: Making it raised unexpectedly in the child.
         """
         with self._lock:
@@ -190,7 +190,8 @@ class ProbeProcess:
                     # The name is for messages only: the file's is enough.
                     name = os.path.basename(path)
                     with logged("thumbnail", path):
-                        answer = self._ask(THUMBNAIL, name, [fd, image], stop, read_limit)
+                        kind = THUMBNAIL if turn else UNTURNED
+                        answer = self._ask(kind, name, [fd, image], stop, read_limit)
                         with self._trusted():
                             return decode_thumbnail(path, answer, image)
                 except Failed as exc:

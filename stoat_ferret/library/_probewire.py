@@ -57,11 +57,14 @@ CONFINE_FAILED: Final = b"cannot confine: "
 confine it, followed by why; it then ends without serving."""
 
 REQUEST: Final = struct.Struct("<cQd")
-"""A request's head: :data:`PROBE` or :data:`THUMBNAIL`, the read limit in
-bytes, the CPU seconds allowed. The name's bytes follow."""
+"""A request's head: :data:`PROBE`, :data:`THUMBNAIL` or :data:`UNTURNED`,
+the read limit in bytes, the CPU seconds allowed. The name's bytes follow."""
 
 PROBE: Final = b"p"
 THUMBNAIL: Final = b"t"
+UNTURNED: Final = b"u"
+"""A thumbnail not turned by the frame's display matrix (the video's rotation
+is unknown: ``_thumbnail.make_thumbnail``'s ``turn``)."""
 
 NOT_A_PROBE: Final = "the probe process answered with something not a probe"
 

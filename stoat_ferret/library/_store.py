@@ -156,12 +156,18 @@ class VideoStore(ScanErrorStore, FailedProbeStore):
             ).fetchone()
         return None if row is None else stored_video(row)
 
-    def thumbnail_sources(self) -> list[tuple[int, str, int, int]]:
-        """Return ``(id, path, size_bytes, mtime_ns)`` of every stored video, by id."""
+    def thumbnail_sources(self) -> list[tuple[int, str, int, int, bool]]:
+        """Return ``(id, path, size_bytes, mtime_ns, turn)`` of every stored video,
+        by id; ``turn``: its rotation is known (its thumbnail is turned as the
+        file says only then, so that it shows what the metadata says)."""
         with self._reading(bulk=True) as connection:
-            return connection.execute(
-                "SELECT id, path, size_bytes, mtime_ns FROM videos ORDER BY id"
+            rows = connection.execute(
+                "SELECT id, path, size_bytes, mtime_ns, rotation IS NOT NULL FROM videos"
+                " ORDER BY id"
             ).fetchall()
+        return [
+            (video_id, path, size, mtime, bool(turn)) for video_id, path, size, mtime, turn in rows
+        ]
 
     def fingerprints(self, directory: str, *, recursive: bool) -> dict[str, Fingerprint]:
         """Map every stored path in a scope to its ``(size_bytes, mtime_ns)``, in one query.

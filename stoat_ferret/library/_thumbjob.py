@@ -239,7 +239,7 @@ class Thumbnailer:
 
         def look() -> bool:  # the set too, off the loop: a library may hold millions
             self._store.sweep({source[0] for source in sources})
-            return any(self._passes.inside(s) and state(s[0], s[2:]) is None for s in sources)
+            return any(self._passes.inside(s) and state(s[0], s[2:4]) is None for s in sources)
 
         return await anyio.to_thread.run_sync(look)
 

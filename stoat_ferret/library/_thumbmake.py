@@ -72,12 +72,12 @@ class ThumbnailMaker:
         Raises:
             StoreFailed: the store can write nothing now (nor the failure marker).
         """
-        video_id, path, size_bytes, mtime_ns = source
+        video_id, path, size_bytes, mtime_ns, turn = source
         fingerprint = (size_bytes, mtime_ns)
         if stop.is_set():
             return "cancelled"
         try:
-            image: bytes | None = self._thumbnail(path, fingerprint, stop)
+            image: bytes | None = self._thumbnail(path, fingerprint, stop, turn=turn)
             reason = None
         except UndecodableError as exc:
             image, reason = None, exc.reason  # the file's fault: marked, not tried again
@@ -97,13 +97,14 @@ class ThumbnailMaker:
             return why
         return reason
 
-    def _thumbnail(self, path: str, fingerprint: Fingerprint, stop: Stop) -> bytes:
+    def _thumbnail(self, path: str, fingerprint: Fingerprint, stop: Stop, *, turn: bool) -> bytes:
         if self.processes is None:
-            return make_thumbnail(path, fingerprint, roots=self.roots, read_limit=self.read_limit)
+            limit = self.read_limit
+            return make_thumbnail(path, fingerprint, roots=self.roots, read_limit=limit, turn=turn)
         fd, _ = open_source(path, fingerprint, roots=self.roots)
         try:
             make = functools.partial(
-                self.processes.thumbnail, path, fd, stop, read_limit=self.read_limit
+                self.processes.thumbnail, path, fd, stop, read_limit=self.read_limit, turn=turn
             )
             return unchanged_while(path, fd, fingerprint, make)
         finally:

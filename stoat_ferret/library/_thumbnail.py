@@ -11,8 +11,9 @@ holds a keyframe back until later frames come, and with NONKEY none would:
 a long GOP would give no frame at all). That frame is scaled to the
 displayed size, turned a quarter, a half or not at all for the rotation of
 the display matrix (a degenerate matrix, whose rotation the probe calls
-unknown, turns nothing: ``_metadata.display_rotation`` decides for both),
-and encoded as WebP (``_thumbimage.py``).
+unknown, turns nothing: ``_metadata.display_rotation`` decides for both;
+nor does any where the video's stored rotation is null: the thumbnail job
+says so, ``turn``), and encoded as WebP (``_thumbimage.py``).
 
 The file is opened the way the scan's probe opens it (``_beneath.py`` and
 ``_regularfile.py`` say why). Its directory is opened from the scan root that holds
@@ -126,6 +127,7 @@ def make_thumbnail(
     *,
     roots: Sequence[str] = (),
     read_limit: int = READ_LIMIT,
+    turn: bool = True,
 ) -> bytes:
     """Return a WebP thumbnail of the video in ``path``.
 
@@ -136,6 +138,10 @@ def make_thumbnail(
             ``scan_roots``); empty allows any.
         read_limit: Bytes to read at most (seeks excluded), whatever the
             file's size, in each of the (at most two) attempts.
+        turn: Turn (and mirror) the frame as its display matrix says; False
+            where the probe found the video's rotation unknown (its row's
+            ``rotation`` is null), so that the thumbnail shows what the
+            metadata says.
 
     Returns:
         The encoded image,
@@ -150,7 +156,9 @@ def make_thumbnail(
     """
     fd, size = open_source(path, fingerprint, roots=roots)
     try:
-        make = functools.partial(thumbnail_descriptor, path, fd, size, read_limit=read_limit)
+        make = functools.partial(
+            thumbnail_descriptor, path, fd, size, read_limit=read_limit, turn=turn
+        )
         return unchanged_while(path, fd, fingerprint, make)
     finally:
         os.close(fd)
@@ -203,10 +211,13 @@ def open_source(
     return fd, info.st_size
 
 
-def thumbnail_descriptor(path: str, fd: int, size: int, *, read_limit: int = READ_LIMIT) -> bytes:
+def thumbnail_descriptor(
+    path: str, fd: int, size: int, *, read_limit: int = READ_LIMIT, turn: bool = True
+) -> bytes:
     """The thumbnail of the video open at ``fd`` (:func:`open_source`), of
-    ``size`` bytes; ``fd`` stays the caller's to close. A probe process makes
-    thumbnails with just such a descriptor.
+    ``size`` bytes, turned as :func:`make_thumbnail`'s ``turn`` says; ``fd``
+    stays the caller's to close. A probe process makes thumbnails with just
+    such a descriptor.
 
     Raises:
         UndecodableError, ProbeError: As :func:`make_thumbnail`.
@@ -216,7 +227,7 @@ def thumbnail_descriptor(path: str, fd: int, size: int, *, read_limit: int = REA
         # asks for, and find none before the end, and the keyframe found may
         # be damaged: then read from the start.
         for seek in (True, False):
-            image = _from_input(path, source, seek=seek)
+            image = _from_input(path, source, seek=seek, turn=turn)
             if image is not None:
                 return image
         if source.exhausted:
@@ -252,14 +263,14 @@ _DECODE_FAILURES: Final = (
 _UNDECODED: Final = "cannot decode a frame"
 
 
-def _from_input(path: str, source: BoundedInput, *, seek: bool) -> bytes | None:
+def _from_input(path: str, source: BoundedInput, *, seek: bool, turn: bool) -> bytes | None:
     try:
         container = source.open()
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise _failure(path, source, exc, "not a readable media file") from exc
     try:
         with short_of_memory(container):
-            return _thumbnail(path, container, seek=seek)
+            return _thumbnail(path, container, seek=seek, turn=turn)
     except _DECODE_FAILURES as exc:
         raise _failure(path, source, exc, _UNDECODED) from exc
     finally:
@@ -285,7 +296,7 @@ def _past_limit(source: BoundedInput) -> str:
     return f"no frame found in the first {amount(source.read_limit)} read (the read limit)"
 
 
-def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | None:
+def _thumbnail(path: str, container: InputContainer, *, seek: bool, turn: bool) -> bytes | None:
     videos = moving_pictures(container)  # the stream the probe described
     if not videos:
         raise UndecodableError(path, "no video stream")
@@ -312,8 +323,10 @@ def _thumbnail(path: str, container: InputContainer, *, seek: bool) -> bytes | N
     if frame is None:
         return None
     # The nearest right angle: the size and the turn must agree, and only
-    # quarter turns keep a frame a rectangle. No (sound) display matrix: no turn.
-    angle = display_rotation(frame)
+    # quarter turns keep a frame a rectangle. No (sound) display matrix: no
+    # turn; nor where the probe found none (a matrix on a later keyframe, or
+    # from an H.264 message in a container the probe does not decode for it).
+    angle = display_rotation(frame) if turn else None
     rotation = round((angle or 0) / 90) * 90 % 360
     matrix = None if angle is None else display_matrix(frame)
     aspect = stream.sample_aspect_ratio

@@ -137,7 +137,7 @@ class LibraryPasses:
                 continue
             if not self.inside(source):
                 outside += 1
-            elif state(source[0], source[2:]) is None:
+            elif state(source[0], source[2:4]) is None:
                 todo.append(source)
             else:
                 unchanged += 1
@@ -164,7 +164,7 @@ class LibraryPasses:
         with anyio.CancelScope(shield=True):
             try:
                 video = await self.library.get_video(source[0])
-                if video is None or (video.size_bytes, video.mtime_ns) != source[2:]:
+                if video is None or (video.size_bytes, video.mtime_ns) != source[2:4]:
                     await anyio.to_thread.run_sync(self.store.remove, [source[0]])
                     return True
             except Exception:

@@ -11,7 +11,7 @@ from stoat_ferret.library._models import ErrorLog
 if TYPE_CHECKING:
     from stoat_ferret.jobs import JobContext
 
-Source = tuple[int, str, int, int]
+Source = tuple[int, str, int, int, bool]
 """A video as the job sees it: (id, path, size_bytes, mtime_ns)."""
 
 

@@ -992,7 +992,7 @@ def test_a_probe_process_reads_every_file_itself_uncounted(
     counter = _ReadCounter(monkeypatch)
     fd = os.open(clip.path, os.O_RDONLY)
     try:
-        probe = _probechild._outcome(clip.path.name, [fd], clip.size_bytes)
+        probe = _probechild._outcome(clip.path.name, [fd], clip.size_bytes, turn=True)
     finally:
         os.close(fd)
 

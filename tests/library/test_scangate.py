@@ -417,7 +417,7 @@ async def test_a_scan_starting_during_the_listing_cuts_its_file_checks_short(
     reading, read = anyio.Event(), anyio.Event()
     sources = setup.library.thumbnail_sources
 
-    async def gated_sources() -> list[tuple[int, str, int, int]]:
+    async def gated_sources() -> list[tuple[int, str, int, int, bool]]:
         if not reading.is_set():
             reading.set()
             await read.wait()

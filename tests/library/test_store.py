@@ -167,6 +167,17 @@ def test_an_emptied_file_beside_a_log_of_commits_is_refused_and_both_kept(
     assert (tmp_path / "videos.sqlite-wal").read_bytes() == log
 
 
+def test_thumbnail_sources_say_whose_rotation_is_known(store: VideoStore) -> None:
+    """Each video's thumbnail source says whether its rotation is known (a
+    null rotation: the thumbnail is not turned, as the metadata says)."""
+    store.upsert([record("/m/a.mp4", rotation=None), record("/m/b.mp4", rotation=90)])
+
+    assert [(path, turn) for _, path, _, _, turn in store.thumbnail_sources()] == [
+        ("/m/a.mp4", False),
+        ("/m/b.mp4", True),
+    ]
+
+
 def test_uncreatable_path_is_a_store_error(tmp_path: Path) -> None:
     """A path whose directory is missing cannot be opened."""
     with pytest.raises(StoreError, match="unable to open database file"):

@@ -84,7 +84,7 @@ class Setup:
 
     async def made(self) -> dict[str, bytes | None]:
         found: dict[str, bytes | None] = {}
-        for video_id, path, size, mtime in await self.library.thumbnail_sources():
+        for video_id, path, size, mtime, _ in await self.library.thumbnail_sources():
             found[os.path.basename(path)] = self.store.read(video_id, (size, mtime))
         return found
 
@@ -243,7 +243,8 @@ async def test_a_directory_swapped_for_a_symlink_after_the_scan_is_not_followed(
     assert len(reasons) == 1
     assert "replaced" in reasons.pop()
     assert all(
-        setup.store.state(video_id, (size, mtime)) is None for video_id, _, size, mtime in sources
+        setup.store.state(video_id, (size, mtime)) is None
+        for video_id, _, size, mtime, _ in sources
     )
 
 
@@ -268,7 +269,8 @@ async def test_rows_outside_the_roots_are_counted_and_not_read(
     assert result["errors"] == []
     assert not missing
     assert all(
-        setup.store.state(video_id, (size, mtime)) is None for video_id, _, size, mtime in sources
+        setup.store.state(video_id, (size, mtime)) is None
+        for video_id, _, size, mtime, _ in sources
     )
 
 
@@ -515,7 +517,7 @@ async def test_a_job_started_while_another_runs_merges_into_it(setup: Setup) -> 
     blocked, release = anyio.Event(), anyio.Event()
     sources = setup.library.thumbnail_sources
 
-    async def gated_sources() -> list[tuple[int, str, int, int]]:
+    async def gated_sources() -> list[tuple[int, str, int, int, bool]]:
         record.append("pass")
         if len(record) == 1:
             blocked.set()

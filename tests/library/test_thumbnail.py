@@ -16,6 +16,7 @@ from stoat_ferret.library import (
     ProbeError,
     ProbeProcesses,
     Stop,
+    ThreadPriority,
     ThumbnailStore,
     _beneath,
     _input,
@@ -29,7 +30,7 @@ from stoat_ferret.library._input import READ_LIMIT
 from stoat_ferret.library._metadata import is_mirrored
 from stoat_ferret.library._thumbimage import thumbnail_size, turning
 from stoat_ferret.library._thumbmake import ThumbnailMaker
-from stoat_ferret.library._thumbnail import UndecodableError
+from stoat_ferret.library._thumbnail import UndecodableError, open_source
 from tests.library.support import (
     MEMORY_FAILURES,
     failing_decode,
@@ -181,6 +182,35 @@ def test_the_display_rotation_is_applied(tmp_path: Path, rotation: int, white_si
     bottom = grey[(height - 10) * line + middle_column]
     brightest = {"left": left, "right": right, "top": top, "bottom": bottom}
     assert max(brightest, key=lambda side: brightest[side]) == white_side
+
+
+@pytest.mark.parametrize("in_a_child", [False, True], ids=["in-process", "in-a-child"])
+def test_a_video_whose_rotation_the_probe_calls_unknown_is_not_turned(
+    tmp_path: Path, in_a_child: bool
+) -> None:
+    """``turn=False`` (the video's stored rotation is null: the probe found no
+    matrix where the thumbnail's frame has one) leaves the frame as it is
+    decoded, so the thumbnail shows what the metadata says; in a probe child
+    too (the request's kind says so)."""
+    video = make_split_video(tmp_path / "turned.mp4", rotation=90)
+    stored = fingerprint(video)
+    if in_a_child:
+        probes = ProbeProcesses(ThreadPriority.NORMAL)
+        fd, _ = open_source(str(video), stored)
+        try:
+            turned = probes.thumbnail(str(video), fd, Stop())
+            kept = probes.thumbnail(str(video), fd, Stop(), turn=False)
+        finally:
+            os.close(fd)
+            probes.close()
+    else:
+        turned = make_thumbnail(str(video), stored)
+        kept = make_thumbnail(str(video), stored, turn=False)
+
+    assert decode(turned, tmp_path)[:2] == (THUMBNAIL_WIDTH, 426)
+    width, height, grey, line = decode(kept, tmp_path)
+    assert (width, height) == (THUMBNAIL_WIDTH, 240)
+    assert grey[10 * line + width // 2] > 200  # the white half on top, as encoded
 
 
 @pytest.mark.parametrize(("full_range", "light", "dark"), [(False, 255, 0), (True, 235, 16)])
@@ -455,8 +485,10 @@ def test_a_file_written_while_its_thumbnail_is_made_is_left_for_the_next_job(
     store = ThumbnailStore(tmp_path / "thumbnails")
     made = _thumbnail.thumbnail_descriptor
 
-    def written_meanwhile(path: str, fd: int, size: int, *, read_limit: int) -> bytes:
-        image = made(path, fd, size, read_limit=read_limit)
+    def written_meanwhile(
+        path: str, fd: int, size: int, *, read_limit: int, turn: bool = True
+    ) -> bytes:
+        image = made(path, fd, size, read_limit=read_limit, turn=turn)
         with video.open("ab") as file:
             file.write(b"more")
         if outcome == "no-frame":
@@ -466,14 +498,17 @@ def test_a_file_written_while_its_thumbnail_is_made_is_left_for_the_next_job(
     class Child:
         """As ``ProbeProcesses.thumbnail``, in this thread."""
 
-        def thumbnail(self, path: str, fd: int, stop: Stop, *, read_limit: int) -> bytes:
-            return written_meanwhile(path, fd, os.fstat(fd).st_size, read_limit=read_limit)
+        def thumbnail(
+            self, path: str, fd: int, stop: Stop, *, read_limit: int, turn: bool
+        ) -> bytes:
+            size = os.fstat(fd).st_size
+            return written_meanwhile(path, fd, size, read_limit=read_limit, turn=turn)
 
     monkeypatch.setattr(_thumbnail, "thumbnail_descriptor", written_meanwhile)
     processes = cast("ProbeProcesses", Child()) if in_a_child else None
     maker = ThumbnailMaker(store=store, roots=(), read_limit=READ_LIMIT, processes=processes)
 
-    why = maker.make((1, str(video), size, mtime_ns), Stop())
+    why = maker.make((1, str(video), size, mtime_ns, True), Stop())
 
     assert why == "changed while its thumbnail was made"
     assert store.state(1, (size, mtime_ns)) is None

@@ -523,7 +523,7 @@ def test_the_store_reports_the_ids_of_every_deleted_row(tmp_path: Path) -> None:
                 for path in paths
             ]
         )
-        ids = {path: id_ for id_, path, _, _ in store.thumbnail_sources()}
+        ids = {path: id_ for id_, path, *_ in store.thumbnail_sources()}
         deleted: list[int] = []
         store.on_delete = deleted.extend
 
