@@ -168,8 +168,12 @@ def resolve_scan_path(requested: str, roots: Sequence[Path], ways: Sequence[Path
     # entries (search): opening "." in it needs that, checked as the scan
     # will be, with this process's effective ids and capabilities
     # (os.access would need faccessat2, which some container sandboxes refuse).
+    # And its first entries are listed: some file systems refuse a listing
+    # only (procfs's map_files, a FUSE daemon's).
     try:
         os.close(os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd))
+        with os.scandir(fd) as entries:
+            next(entries, None)
     except OSError as exc:
         raise _rejection(exc, requested) from None
     finally:

@@ -177,6 +177,29 @@ def test_a_directory_it_may_not_list_is_403(root: Path, mode: int) -> None:
     assert rejected.detail == f"permission denied: {root / 'sub'}"
 
 
+def test_a_directory_whose_listing_alone_is_refused_is_403(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory that opens but whose listing the file system refuses (as
+    procfs's ``map_files`` does, even to root) is refused at once too, not
+    left to fail as a job. The refusal is the file system's: here a
+    ``scandir`` that raises it, for that directory only."""
+    listing = os.scandir
+    refused = os.stat(root / "sub")
+
+    def scandir(path: Any = ".") -> Any:
+        if isinstance(path, int) and os.fstat(path).st_ino == refused.st_ino:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+    rejected = _rejected(root / "sub", (root,))
+
+    assert rejected.status_code == 403
+    assert rejected.detail == f"permission denied: {root / 'sub'}"
+
+
 def test_a_directory_it_may_list_is_accepted_where_a_chmod_binds(root: Path) -> None:
     """The same check passes a directory with read and search permission."""
     (root / "sub").chmod(0o500)
