@@ -80,9 +80,13 @@ class LibraryPasses:
         async with self.limiter:
             # The sweep first: it claims a directory put back in place (copied
             # back: a new inode), whose thumbnails would all read as missing.
-            run.removed += await self.threads.run_sync(
-                lambda _: self.store.sweep({source[0] for source in sources})
-            )
+            try:
+                run.removed += await self.threads.run_sync(
+                    lambda _: self.store.sweep({source[0] for source in sources})
+                )
+            except OSError as exc:  # cannot list it, or make it again (a full disk)
+                run.store_failed = f"cannot use the thumbnails directory ({exc.strerror or exc})"
+                return True  # nothing can be made: all stays owed
             run.listed = self.store.remade  # the sweep made it again, if it was removed
             found = await self.threads.run_sync(missing)
             if found is None:

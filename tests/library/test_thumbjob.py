@@ -468,6 +468,30 @@ async def test_a_store_that_cannot_write_ends_the_job_and_leaves_the_work_owed(
     assert not setup.thumbnailer.owed
 
 
+async def test_a_store_whose_directory_cannot_be_made_again_ends_the_job_owed(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thumbnails directory deleted (safe while the service runs) on a full
+    disk: it cannot be made again, so the job fails saying why, as for a write
+    the store cannot make (not with the OSError itself, and a traceback), and
+    the work stays owed."""
+
+    def full(*args: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with anyio.fail_after(30):
+        await setup.scan()
+        monkeypatch.setattr(setup.store, "sweep", full)
+        with pytest.raises(StoreError) as failed:
+            await setup.thumbnailer(job_context("full"))
+
+    assert str(failed.value) == (
+        f"cannot use the thumbnails directory ({os.strerror(errno.ENOSPC)}): stopped after"
+        " 0 of 0 made; the rest is made after the next scan ends, or at the next start"
+    )
+    assert setup.thumbnailer.owed
+
+
 async def test_a_folder_the_store_refuses_for_one_video_costs_that_video_only(
     setup: Setup, tmp_path: Path
 ) -> None:
