@@ -49,10 +49,9 @@ from stoat_ferret.library._query import (
     FORMATS,
     count_query,
     driving_filter,
-    filter_clause,
     page_query,
+    plan_page,
     subtree_bounds,
-    walk_sort_index,
 )
 from stoat_ferret.library._rows import (
     COLUMNS,
@@ -124,18 +123,12 @@ class VideoStore(ScanErrorStore, FailedProbeStore):
             (total,) = connection.execute(*count_query(where, formats, drive)).fetchone()
             if offset >= total or not limit:  # past the last match: no page to read
                 return [], int(total)
-            walk = not filter_clause(where, formats)[0]
-            if not walk:
-                (stored,) = connection.execute("SELECT count(*) FROM videos").fetchone()
-                if total == stored:
-                    # Every video matches (the roots hold them all, as most often; one
-                    # snapshot): the page is of the sort key's index alone, unchecked.
-                    where, walk = VideoFilter(sort=where.sort), True
-                else:
-                    # The rows a walk reads up to: at most every match (an
-                    # offset near 2**63 would otherwise always pick a full sort).
-                    walk = walk_sort_index(total, stored, min(limit + offset, total))
-            query, args = page_query(COLUMNS, where, formats, walk=walk, drive=drive)
+            where, walk, searched = plan_page(
+                where, formats, total, min(limit + offset, total), connection.execute
+            )
+            query, args = page_query(
+                COLUMNS, where, formats, walk=walk, drive=drive, searched=searched
+            )
             rows = connection.execute(query, (*args, limit, offset)).fetchall()
         return [stored_video(row) for row in rows], int(total)
 

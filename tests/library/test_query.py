@@ -12,6 +12,7 @@ import pytest
 
 from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _query, _store
 from stoat_ferret.library._query import (
+    check_rows,
     count_query,
     driving_filter,
     filter_clause,
@@ -408,16 +409,28 @@ def test_a_search_s_count_reads_the_search_index_alone(
 def test_a_walked_search_checks_each_row_and_gathers_no_ids(
     store: VideoStore, tmp_path: Path, sort: str
 ) -> None:
-    """A walked page of a search checks each row it reads: it does not
+    """A walked first page of a search checks each row it reads: it does not
     gather the id of every match first (which, for a search most videos
-    match, costs more than the page's rows)."""
+    match, costs more than the page's rows); deep in the matches, it does."""
     where = VideoFilter(q="clip", within=("/m", "/n"), sort=sort)
-    query, args = page_query(COLUMNS, where, None, walk=True)
+    query, args = page_query(COLUMNS, where, None, walk=True, searched=True)
+    deep_query, deep_args = page_query(COLUMNS, where, None, walk=True)
 
     details = _plan(tmp_path, query, args)
+    deep = _plan(tmp_path, deep_query, deep_args)
 
     assert "videos_search" not in details, details
     assert "LIST SUBQUERY" not in details, details
+    assert "COVERING INDEX videos_search" in deep, deep  # deep in the matches: their ids
+
+
+def test_a_walk_checks_rows_while_it_reads_a_small_share_of_the_matches() -> None:
+    """A walk up to the ``rows``-th match reads about ``rows * stored /
+    matches`` rows: checked each while that is at most a tenth of the matches."""
+    assert check_rows(matches=225_000, stored=900_000, rows=100)
+    assert check_rows(matches=225_000, stored=900_000, rows=5_625)
+    assert not check_rows(matches=225_000, stored=900_000, rows=5_626)
+    assert not check_rows(matches=225_000, stored=900_000, rows=54_100)
 
 
 @pytest.mark.parametrize(
@@ -485,13 +498,17 @@ def test_the_plan_follows_the_share_of_matches() -> None:
     assert walk_sort_index(matches=10, stored=10, rows=100) is False
 
 
-@pytest.mark.parametrize("walk", [True, False])
+@pytest.mark.parametrize(
+    ("walk", "rowwise"), [(True, True), (True, False), (False, False)], ids=["rows", "ids", "pick"]
+)
 def test_both_plans_give_the_same_pages(
-    store: VideoStore, walk: bool, monkeypatch: pytest.MonkeyPatch
+    store: VideoStore, walk: bool, rowwise: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whichever plan is taken, the page and the total are the same."""
+    """Whichever plan is taken, the page and the total are the same (a walk
+    checking a search on each row or against the matching ids alike)."""
     _library(store)
-    monkeypatch.setattr(_store, "walk_sort_index", lambda matches, stored, rows: walk)
+    monkeypatch.setattr(_query, "walk_sort_index", lambda matches, stored, rows: walk)
+    monkeypatch.setattr(_query, "check_rows", lambda matches, stored, rows: rowwise)
     wheres = [
         VideoFilter(container="mp4", sort="-size_bytes"),
         VideoFilter(under="/m", min_width=700, sort="filename"),
@@ -553,7 +570,7 @@ def test_a_page_past_the_last_match_reads_no_rows_and_a_huge_offset_walks_no_fur
         built.append(page_query(*args, **kwargs)[0])
         return page_query(*args, **kwargs)
 
-    monkeypatch.setattr(_store, "walk_sort_index", chooser)
+    monkeypatch.setattr(_query, "walk_sort_index", chooser)
     monkeypatch.setattr(_store, "page_query", recording)
     where = VideoFilter(container="mp4", sort="-size_bytes")
     past = store.list_videos(10, 2**63 - 1, where)
@@ -596,7 +613,7 @@ def test_a_walk_filtered_on_its_sort_key_seeks_the_range(
         built.append(page_query(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(_store, "walk_sort_index", lambda matches, stored, rows: True)
+    monkeypatch.setattr(_query, "walk_sort_index", lambda matches, stored, rows: True)
     monkeypatch.setattr(_store, "page_query", recording)
     store.list_videos(10, 0, VideoFilter(sort=sort, **where))
     [(query, args)] = built
