@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - test_dashboard skips the package first
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Browser, Locator, Page, Route
 
 RUNNING_SCANS = 6
 # Hard links to one clip per running scan, and the HOLD gate
@@ -317,6 +317,54 @@ def test_refused_stream_is_opened_again_later_and_later(browser: Browser, tmp_pa
     assert lists  # the refusals reloaded the list (the page never opened a stream)
 
 
+RECORD_WHYS = """
+window.whys = [];
+new MutationObserver(() => {
+  const why = document.getElementById("jobs-live-why");
+  if (why && why.textContent) window.whys.push(why.textContent);
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def test_a_stream_refused_for_want_of_the_token_leaves_the_reason_to_the_list(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """A stream refused with 401 gives no reason beside the badge (it would
+    tell a browser's user to send a header): the job list asks for the token.
+    A 503 after it does give its reason."""
+    env = server_environment(tmp_path)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.add_init_script(RECORD_RECONNECTS)
+    page.add_init_script(RECORD_WHYS)
+    answers = iter([401, 401, 503, 503])  # the stream, its probe; again
+    token = "this service needs its API token: send Authorization: Bearer <token>"
+    reasons = {401: token, 503: "the service is stopping"}
+
+    def refuse(route: Route) -> None:
+        status = next(answers, 503)
+        route.fulfill(status=status, json={"detail": reasons[status]})
+
+    page.route("**/api/v1/events*", refuse)
+    with running_server(tmp_path, env) as process:
+        base_url = wait_ready(process, tmp_path / "server.log")
+        with page.expect_response(
+            lambda response: "/events" in response.url and response.request.resource_type == "fetch"
+        ):
+            page.goto(f"{base_url}/")
+        page.wait_for_function("() => window.reconnectWaits.length === 1")
+        page.evaluate("() => window.reconnectNow()")
+        expect(page.locator("#jobs-live-why")).to_have_text(
+            "Could not follow the jobs live (503): the service is stopping."
+        )
+        whys = page.evaluate("() => window.whys")
+        context.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_WITHIN) == 0
+
+    assert not any("401" in why for why in whys), whys
+
+
 def test_a_refused_stream_says_why_until_one_opens(browser: Browser, tmp_path: Path) -> None:
     """With every stream slot taken, the page says why it is not live (the
     service's 503 and its reason, which an EventSource does not give), and
@@ -337,6 +385,7 @@ def test_a_refused_stream_says_why_until_one_opens(browser: Browser, tmp_path: P
                 "Could not follow the jobs live (503): too many event streams"
                 " and waits are open (1, STOAT_MAX_STREAMS)."
             )
+            assert why.get_attribute("role") == "status"  # read out as it changes
         # The slot is free once the service has seen the held stream go:
         # the page's next attempts, run here one by one, open a stream.
         live = "document.getElementById('jobs-live').textContent === 'live'"

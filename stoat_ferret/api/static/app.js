@@ -665,7 +665,8 @@ function showLive(state, text, why = "") {
   let badge = byId("jobs-live");
   if (!badge) {
     badge = el("span", { id: "jobs-live", class: "badge", role: "status" });
-    byId("jobs-count").after(badge, el("span", { id: "jobs-live-why", class: "live-why" }));
+    const why = el("span", { id: "jobs-live-why", class: "live-why", role: "status" });
+    byId("jobs-count").after(badge, why);
   }
   badge.dataset.state = state;
   badge.textContent = text;
@@ -677,7 +678,8 @@ function showLive(state, text, why = "") {
  * EventSource does not say, so the stream is asked for once more, and that
  * answer's status and reason are shown (all streams taken, a 503 that names
  * STOAT_MAX_STREAMS; the service stopping). An answer that opens a stream is
- * closed at once: the next attempt opens one. Unreachable: the list says so.
+ * closed at once: the next attempt opens one. Unreachable, or a 401: the
+ * list says so (it asks for the access token).
  */
 async function explainRefusedStream(source) {
   const controller = new AbortController();
@@ -686,7 +688,7 @@ async function explainRefusedStream(source) {
       headers: { Accept: "text/event-stream" },
       signal: controller.signal,
     });
-    if (response.ok) return;
+    if (response.ok || response.status === 401) return; // a 401: the list asks for the token
     let data = null;
     try {
       data = await response.json();
