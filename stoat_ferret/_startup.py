@@ -239,7 +239,7 @@ adds a column, which rewrites the schema's own page and no row; schema 10
 makes an empty table and its index; schema 11 rewrites only the rows whose
 search key changed, a few names' in most libraries; schema 12 empties the
 scan errors' table (SQLite drops its pages whole) and makes its index again
-on no row."""
+on no row. Schema 13 makes the search index again, as any step not here."""
 
 
 def _space_for(version: int) -> float:
