@@ -1276,7 +1276,7 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     older_needs = int(older.stat().st_size * 100) / (1 << 20)
 
     status = main(["check", "--database", str(database)])
-    light = {**startup_module.STEP_SPACE, SCHEMA_VERSION: 0.01}  # step 13 made light too
+    light = {**startup_module.STEP_SPACE, 13: 0.01}  # step 13 made light too
     monkeypatch.setattr(startup_module, "STEP_SPACE", light)
     assert main(["check", "--database", str(newer)]) == 0  # steps 9-12 ask for their 0.01
     monkeypatch.setattr(startup_module, "MIGRATION_SPACE", 0.15)
@@ -1906,6 +1906,25 @@ def test_check_refuses_an_emptied_file_and_keeps_the_log_beside_it(
     )
     assert database.read_bytes() == b""
     assert (tmp / "data" / "stoat.db-wal").read_bytes() == log
+
+
+@pytest.mark.usefixtures("_restored_logging")
+def test_check_refuses_a_missing_file_beside_a_log_of_commits(
+    tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The database deleted, its log of commits left: serving would refuse it,
+    so check does too (not "would serve ... new database"), and makes nothing."""
+    (tmp / "data").mkdir(mode=0o700)
+    database = tmp / "data" / "stoat.db"
+    emptied_beside_its_log(database)
+    database.unlink()
+
+    status = main(["check", "--database", str(database)])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert "it is missing, but its write-ahead log" in line
+    assert not database.exists()
 
 
 @pytest.mark.usefixtures("_restored_logging")

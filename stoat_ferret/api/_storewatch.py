@@ -33,8 +33,8 @@ calls and a lock's: nothing a machine notices)."""
 async def watching(library: VideoLibrary, *, every: float = WATCH_SECONDS) -> AsyncIterator[None]:
     """Look at ``library``'s files every ``every`` seconds while the block runs
     (the lifespan's), until the store is found broken (logged once, as an
-    error). A look that fails (the directory unreadable for now) is logged,
-    and the next one tries again."""
+    error). A look that fails (the directory unreadable for now) is logged
+    (once while it fails alike), and the next one tries again."""
     async with anyio.create_task_group() as group:
         group.start_soon(_watch_every, library, every, name="stoat_ferret store watch")
         try:
@@ -44,6 +44,7 @@ async def watching(library: VideoLibrary, *, every: float = WATCH_SECONDS) -> As
 
 
 async def _watch_every(library: VideoLibrary, every: float) -> None:
+    failing = None  # why the last look failed, logged once while it stays so
     while library.broken is None:
         await anyio.sleep(every)
         try:
@@ -52,6 +53,9 @@ async def _watch_every(library: VideoLibrary, every: float) -> None:
             logger.error("video store broken: {reason}", reason=" ".join(str(exc).split()))
             return
         except StoreError as exc:  # the next look tries again
-            logger.warning(
-                "video store files not looked at: {reason}", reason=" ".join(str(exc).split())
-            )
+            reason = " ".join(str(exc).split())
+            if reason != failing:
+                logger.warning("video store files not looked at: {reason}", reason=reason)
+            failing = reason
+        else:
+            failing = None

@@ -147,10 +147,11 @@ def transaction(connection: sqlite3.Connection, path: str, begin: str) -> Iterat
 
 
 def file_identity(path: str) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of ``path``, or None when it does not exist (raises OSError else)."""
+    """``(st_dev, st_ino)`` of ``path``, or None when it does not exist, nor its
+    directory (raises OSError else)."""
     try:
         status = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a directory above it replaced by a file
         return None
     return (status.st_dev, status.st_ino)
 

@@ -49,7 +49,7 @@ from typing import Final
 
 from stoat_ferret.library._exceptions import StoreError
 from stoat_ferret.library._realpath import real_path
-from stoat_ferret.library._refusals import refuse_odd_companions
+from stoat_ferret.library._refusals import refuse_odd_companions, refuse_short
 
 NAME_MAX: Final = 255
 """Bytes in the longest file name Linux's file systems take."""
@@ -297,7 +297,8 @@ def _refuse_link(path: Path, name: str) -> bool:
     try:
         info = os.lstat(path)
         mode = info.st_mode
-    except FileNotFoundError:
+    except FileNotFoundError:  # a new file, unless a log is left of one
+        refuse_short(os.fspath(path), os.fspath(path))
         return False
     except OSError as exc:
         raise StoreError(f"{name}: cannot look at {path} ({exc.strerror})") from None

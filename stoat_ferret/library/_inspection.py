@@ -182,10 +182,10 @@ def _inspect(
     name: str, busy_timeout_ms: int, *, shown: str | None = None, stop: Interruption | None
 ) -> Inspection:
     """:func:`inspect_database` of ``name`` itself; messages say ``shown`` for it."""
+    label = name if shown is None else shown
+    refuse_short(name, label)  # a missing file too: a log of commits may be left
     if not os.path.lexists(name):
         return Inspection(exists=False, version=0, videos=0)
-    label = name if shown is None else shown
-    refuse_short(name, label)
     uri = f"{Path(name).absolute().as_uri()}?mode=ro"
     if stop is not None:
         stop.check(label)

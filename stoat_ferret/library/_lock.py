@@ -133,7 +133,7 @@ class DatabaseLock:
         """
         try:
             status = os.stat(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # its directory replaced by a file
             return True
         return self._key is not None and (status.st_dev, status.st_ino) != self._key
 

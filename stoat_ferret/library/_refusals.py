@@ -59,17 +59,21 @@ def refuse_short(path: str, name: str) -> None:
     """Refuse the file ``path`` (``name`` in the message) if it holds 1 to 99
     bytes: shorter than SQLite's header, it is no database, but SQLite reads
     a one-byte file as a new, empty one and would write a database over it.
-    Refuse an empty one beside a write-ahead log that holds commits too: the
-    database was emptied after a crash (SQLite itself writes the file's first
-    page before it logs anything), and SQLite, even to read it, would delete
-    the log and with it every commit not copied into the file.
+    Refuse an empty or a missing one beside a write-ahead log that holds
+    commits too: the database was emptied or deleted after a crash (SQLite
+    itself writes the file's first page before it logs anything), and
+    SQLite, even to read it, would delete the log and with it every commit
+    not copied into the file.
 
     Raises:
         StoreError: it is so.
     """
     try:
         info = os.stat(path)
-    except OSError:  # missing (a new file), or SQLite's open says why
+    except FileNotFoundError:  # a new file, unless a log is left of one
+        _refuse_lone_log(path, name, "missing")
+        return
+    except OSError:  # SQLite's open says why
         return
     size = info.st_size
     if stat.S_ISREG(info.st_mode) and 0 < size < HEADER_BYTES:  # (a directory: SQLite's say)
@@ -78,16 +82,21 @@ def refuse_short(path: str, name: str) -> None:
             f" ({size} byte{'s' if size > 1 else ''}, shorter than SQLite's header)"
         )
     if stat.S_ISREG(info.st_mode) and size == 0:
-        try:
-            logged = os.stat(f"{path}-wal").st_size
-        except OSError:  # none (a new file), or SQLite's open says why
-            return
-        if logged > WAL_HEADER_BYTES:
-            raise StoreError(
-                f"cannot open video store {name}: it is empty, but its write-ahead log"
-                f" ({path}-wal, {logged} bytes) holds commits: restore the database from"
-                " a backup, or move the log away to start an empty library"
-            )
+        _refuse_lone_log(path, name, "empty")
+
+
+def _refuse_lone_log(path: str, name: str, state: str) -> None:
+    """Refuse the database ``path`` (``state``: missing or empty) beside a log of commits."""
+    try:
+        logged = os.stat(f"{path}-wal").st_size
+    except OSError:  # none (a new file), or SQLite's open says why
+        return
+    if logged > WAL_HEADER_BYTES:
+        raise StoreError(
+            f"cannot open video store {name}: it is {state}, but its write-ahead log"
+            f" ({path}-wal, {logged} bytes) holds commits: restore the database from"
+            " a backup, or move the log away to start an empty library"
+        )
 
 
 def refuse_unwritable(path: str, name: str) -> None:

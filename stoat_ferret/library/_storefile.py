@@ -254,7 +254,7 @@ class StoreFile:
             lost = None
         if lost == self._wal.log:
             self._wal.save(connection)
-        elif (size := self._wal.restart_due()) is not None:
+        elif lost is None and (size := self._wal.restart_due()) is not None:
             self._restart_log(connection, size)
 
     def _looked_at(self, connection: sqlite3.Connection) -> None:

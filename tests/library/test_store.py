@@ -167,6 +167,62 @@ def test_an_emptied_file_beside_a_log_of_commits_is_refused_and_both_kept(
     assert (tmp_path / "videos.sqlite-wal").read_bytes() == log
 
 
+def test_a_missing_file_beside_a_log_of_commits_is_refused_and_nothing_made(
+    tmp_path: Path,
+) -> None:
+    """A database file deleted after a crash, its log of commits left: SQLite
+    would make a new file and delete the log; the store refuses it, and makes
+    no file (a made one would then be taken for one emptied)."""
+    path = tmp_path / "videos.sqlite"
+    log = emptied_beside_its_log(path)
+    path.unlink()
+
+    with pytest.raises(StoreError, match=r"it is missing, but its write-ahead log"):
+        VideoStore.open(path)
+
+    assert not path.exists()
+    assert (tmp_path / "videos.sqlite-wal").read_bytes() == log
+
+
+def test_a_store_whose_directory_is_replaced_by_a_file_is_broken(tmp_path: Path) -> None:
+    """The database's directory moved away and a file put at its path: the
+    database is no longer there (ENOTDIR, not ENOENT), so the look at its
+    files breaks the store, rather than failing to look every time."""
+    (tmp_path / "data").mkdir()
+    store = VideoStore.open(tmp_path / "data" / "videos.sqlite")
+    try:
+        (tmp_path / "data").rename(tmp_path / "moved")
+        (tmp_path / "data").write_bytes(b"")
+
+        with pytest.raises(StoreBroken, match="was deleted or replaced while open"):
+            store.look_at_files()
+    finally:
+        store.close()
+
+
+def test_no_log_restart_follows_a_commit_once_the_logs_index_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``-shm`` file lost during a write: its commit is in the log, but no
+    restart of the log follows it (a checkpoint under another process's index),
+    however large the log; the next write is refused."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    restarts: list[int] = []
+    monkeypatch.setattr(LogWatch, "restart_due", lambda self: 1 << 40)
+    monkeypatch.setattr(store, "_restart_log", lambda connection, size: restarts.append(size))
+    try:
+        with store._writing() as connection:
+            connection.execute("CREATE TABLE marks (mark TEXT)")
+            os.unlink(f"{database}-shm")
+        with pytest.raises(StoreBroken, match="index"):
+            store.upsert([record("/m/b.mp4")])
+    finally:
+        store.close()
+
+    assert restarts == []
+
+
 def test_thumbnail_sources_say_whose_rotation_is_known(store: VideoStore) -> None:
     """Each video's thumbnail source says whether its rotation is known (a
     null rotation: the thumbnail is not turned, as the metadata says)."""
