@@ -6,22 +6,19 @@ depth, the colour description, the geometry (sample aspect ratio, rotation,
 mirroring and the displayed size), the interlacing, the number of streams of
 each kind, the first audio stream's channels and rate, and the ``timecode``
 and ``creation_time`` tags. Every value is None where the file does not say.
-Every number fits the store (``_probe.py``): FFmpeg gives the bit rates as
-64-bit integers (one that is not positive is None), the sizes, rates and
-counts as 32-bit ones; the displayed width, a 32-bit width times a ratio of
-32-bit integers, stays below 2**62; the rotation is a whole turn at most.
+Every number fits the store (``_probe.py``): bit rates are 64-bit integers
+(None unless positive), sizes, rates and counts 32-bit; the displayed width
+stays below 2**62; the rotation is a whole turn at most.
 
 Everything comes from the headers FFmpeg read while opening the file, except
-the display matrix (rotation, mirroring). FFmpeg keeps it as side data of a
-MOV/MP4 or Matroska track, which PyAV 18.1 no longer exposes (PR #1570); it
-does copy it to every decoded frame. So for those two container families
-only the first video keyframe is decoded, on one thread, with FFmpeg's
-``max_pixels`` at ``_limits.py``'s cap (the probe has refused a larger frame
-size already); in every other container both are None without decoding
-anything. A frame that cannot be decoded leaves them unknown rather than
-failing the probe, and so does a degenerate matrix: :func:`display_rotation`,
-which the thumbnails use too, so that they never turn a frame whose rotation
-the probe calls unknown.
+the display matrix (rotation, mirroring): FFmpeg keeps it as side data of a
+MOV/MP4 or Matroska track, which PyAV 18.1 no longer exposes (PR #1570), but
+copies it to every decoded frame. So for those two container families the
+first video keyframe is decoded, on one thread, at ``_limits.py``'s
+``max_pixels``; in every other container both are None, nothing decoded. A
+frame that cannot be decoded, or a degenerate matrix
+(:func:`display_rotation`), leaves them unknown; and a thumbnail is not
+turned where the rotation is unknown (``_thumbnail.py``).
 
 Names are FFmpeg's, as ffprobe prints them: PyAV gives the colour properties
 as FFmpeg's enum values only, so :data:`COLOR_SPACES` and its siblings map
@@ -124,7 +121,6 @@ _FIELD_ORDER_PROGRESSIVE: Final = 1
 _FIELD_ORDERS_KNOWN: Final = frozenset(range(1, 6))
 
 FULL_TURN: Final = 360
-
 # The demuxers that read a display matrix into the stream's side data.
 _DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
 
@@ -133,12 +129,9 @@ _DISPLAY_MATRIX_FORMATS: Final = frozenset({"mov", "matroska"})
 _KEYFRAME_SEARCH_PACKETS: Final = 300
 _KEYFRAME_SEARCH_BYTES: Final = 8 * 1024 * 1024
 
-# A tag is text the file chose: anything longer than this is not a timestamp.
-_MAX_TAG_CHARS: Final = 64
+_MAX_TAG_CHARS: Final = 64  # a tag longer than this (text the file chose) is no timestamp
+_ATTACHED_PIC: Final = Disposition.attached_pic.value  # a cover picture is not "the" video
 # HH:MM:SS:FF, with ';' (drop frame) or '.' before the frames as FFmpeg writes them.
-# A cover picture stored as a video stream is not "the" video.
-_ATTACHED_PIC: Final = Disposition.attached_pic.value
-
 _TIMECODE: Final = re.compile(r"[0-9]{2,3}:[0-9]{2}:[0-9]{2}[:;.,][0-9]{2,4}")
 
 
@@ -223,9 +216,8 @@ def parse_creation_time(text: str) -> datetime | None:
 def display_size(
     width: int | None, height: int | None, sar: Fraction | None, rotation: int | None
 ) -> tuple[int | None, int | None]:
-    """The size a player shows: the width stretched by the SAR, then a quarter
-    turn swapped; None, None where the file does not say, or says a width a
-    tiny SAR shrinks to nothing (``1:2147483647``)."""
+    """The size a player shows: the width stretched by the SAR, then a quarter turn
+    swapped; None, None where the file does not say, or a tiny SAR leaves no width."""
     if width is None or height is None or min(width, height) <= 0:
         return None, None
     shown_width = round(width * sar) if sar else width
@@ -358,9 +350,8 @@ NO_DECODER: Final = (
     "the video stream's codec is unknown or has no decoder in this FFmpeg build"
     " (a damaged file, or a codec FFmpeg does not read)"
 )
-"""Why a video stream without a codec context (PyAV's ``None``) gives nothing:
-FFmpeg found no decoder for its codec id, which is also what a damaged
-file's unidentified codec (id none) gives, so the probe cannot tell them apart."""
+"""Why a video stream has no codec context (PyAV's None): FFmpeg has no decoder
+for its codec id, as for a damaged file's unknown one (the two look alike)."""
 
 
 def moving_pictures(container: InputContainer) -> list[VideoStream]:
@@ -383,10 +374,7 @@ def _layout_name(context: CodecContext | None) -> str | None:
 
 def _tag(tags: dict[str, str], key: str) -> str | None:
     """A tag by name, whatever its case (Matroska keeps tags upper-case)."""
-    for name, value in tags.items():
-        if name.lower() == key:
-            return value
-    return None
+    return next((value for name, value in tags.items() if name.lower() == key), None)
 
 
 def _timecode(
@@ -405,8 +393,6 @@ def _timecode(
 
 
 def _creation_time(container_tags: dict[str, str], video_tags: dict[str, str]) -> datetime | None:
-    for tags in (container_tags, video_tags):
-        value = _tag(tags, "creation_time")
-        if value is not None:
-            return parse_creation_time(value)
-    return None
+    value = _tag(container_tags, "creation_time")
+    value = _tag(video_tags, "creation_time") if value is None else value
+    return None if value is None else parse_creation_time(value)
