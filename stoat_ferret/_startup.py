@@ -9,12 +9,14 @@ import contextlib
 import errno
 import os
 import shlex
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
 from stoat_ferret._address import dashboard_url, resolve_host
+from stoat_ferret._cli import STOP_SIGNALS
 from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
     SCHEMA_VERSION,
@@ -116,7 +118,17 @@ def inspect_interruptibly(path: Path) -> Inspection:
     stop = Interruption()
     with ThreadPoolExecutor(1, thread_name_prefix="stoat-check") as pool:
         try:  # (the pool's end waits for the thread: stopped first)
-            inspected = pool.submit(inspect_database, os.fspath(path), BUSY_TIMEOUT_MS, stop=stop)
+            # Its thread is made with the stop signals blocked, so that the
+            # kernel gives them to this one, whose wait they interrupt: one
+            # given to the other (it may choose any thread that does not
+            # block it) would leave this wait, and the check, to run on.
+            unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                inspected = pool.submit(
+                    inspect_database, os.fspath(path), BUSY_TIMEOUT_MS, stop=stop
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
             return inspected.result()
         except BaseException:
             stop.set()

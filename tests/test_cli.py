@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import stat
@@ -31,7 +32,7 @@ from stoat_ferret import _cli as cli_module
 from stoat_ferret import _main as main_module
 from stoat_ferret import _startup as startup_module
 from stoat_ferret._address import dashboard_url
-from stoat_ferret._cli import build_parser, parse_command
+from stoat_ferret._cli import STOP_SIGNALS, build_parser, parse_command
 from stoat_ferret._main import main, run
 from stoat_ferret._startup import check, check_startup
 from stoat_ferret.library import (
@@ -43,6 +44,7 @@ from stoat_ferret.library import (
     _lock,
     _thumbdir,
     check_data_directory,
+    inspect_database,
     prepare_database,
 )
 from stoat_ferret.library._schema import MIGRATIONS
@@ -2177,6 +2179,30 @@ def test_serving_says_it_checks_a_large_database_before_it_does(
     said = [record["message"] for record in log_records if record["message"].startswith("checking")]
     assert quiet == []
     assert said == [f"checking video store {database} (quick_check)"]
+
+
+def test_the_check_s_thread_leaves_the_stop_signals_to_the_waiting_one(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database's check runs in a thread that blocks the stop signals, so
+    the kernel gives a stop to the thread waiting for it, whose wait the
+    signal's handler ends (given to the check's thread, it would run on, and
+    the wait with it: a CI run hung so); the waiting thread's mask is as it was."""
+    database = tmp / "stoat.db"
+    VideoStore.open(database).close()
+    masks: list[set[int | signal.Signals]] = []
+
+    def inspect(*args: Any, **kwargs: Any) -> Any:
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return inspect_database(*args, **kwargs)
+
+    monkeypatch.setattr(startup_module, "inspect_database", inspect)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    startup_module.inspect_interruptibly(database)
+
+    assert set(STOP_SIGNALS) <= masks[0]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
 
 
 def test_serving_a_database_served_elsewhere_is_refused_before_its_check(
