@@ -1,5 +1,5 @@
 """The SQLite connections of a :class:`~stoat_ferret.library.VideoStore`,
-transactions, and the watch on its ``-wal`` file (:class:`LogWatch`).
+transactions, and the watch on its ``-wal`` and ``-shm`` files (:class:`LogWatch`).
 
 The writing connection reads the file's header first (whose file, which
 schema: ``_schema.identify``), takes the database's lock (``_lock.py``), and
