@@ -54,6 +54,7 @@ from stoat_ferret.library._probewire import (
     READY,
     REASON_MAX,
     REQUEST,
+    START_FAILED,
     THUMBNAIL,
     UNTURNED,
     encode_answer,
@@ -83,15 +84,19 @@ def main(argv: list[str]) -> None:
     # mid-file, before the service stops its work in order.
     for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(stop, signal.SIG_IGN)
-    if ThreadPriority(priority) is ThreadPriority.IDLE:
-        lower_priority()
-    set_limit(resource.RLIMIT_AS, int(memory))
-    limit_cpu()
-    limit_writes()
-    _import_all_of_pyav()  # from here on it needs no path
     with socket.socket(fileno=int(fd)) as channel, contextlib.suppress(ConnectionError):
         # A ConnectionError: the service closed its end (it is stopping) while
         # this child answered; there is nobody left to answer.
+        try:
+            if ThreadPriority(priority) is ThreadPriority.IDLE:
+                lower_priority()
+            set_limit(resource.RLIMIT_AS, int(memory))
+            limit_cpu()
+            limit_writes()
+            _import_all_of_pyav()  # from here on it needs no path
+        except Exception as exc:  # the service says why, for every file
+            channel.send(START_FAILED + f"{type(exc).__name__}: {exc}".encode()[:REASON_MAX])
+            return
         try:
             drop_privileges()  # one thread so far: the hang-up thread starts after
             abi = confine()

@@ -34,10 +34,9 @@ The thumbnails job decodes and encodes in the same children, under the same
 budget and limit; :meth:`ProbeProcess.thumbnail` says which failures mark a
 video (not tried again until it changes) and which the next job tries again.
 
-The file is opened here, in the service, as a thread would
-(``_regularfile.open_regular_file``: relative to its directory's descriptor, no
-link followed, a regular file), and only its descriptor goes to the child
-(``_probewire.py`` says how requests and answers cross). A child runs as
+The file is opened here, as a thread would (``_regularfile.open_regular_file``),
+and only its descriptor goes to the child (``_probewire.py`` says how
+requests and answers cross). A child runs as
 the service's user; where the kernel has Landlock it confines itself before
 its first file (``_sandbox.py`` says what each kernel's Landlock refuses),
 so one that a hostile file took over reads no file it was not handed; and
@@ -47,9 +46,8 @@ from reaching into other processes (``_seccomp.py``).
 A child is started when a probe finds none idle (``_probestart.py`` says
 how), and kept for the next files (``_probepool.py``) while not worn: idle
 or old (``_probestart.worn``), or found to have spent CPU since its last
-answer (``_probewatch.IdleWatch``). It ends once its socket's other
-end closes: the service closed it, or its process ended, however
-(``_probechild.py``).
+answer (``_probewatch.IdleWatch``). It ends once its socket's other end
+closes: the service closed it, or its process ended (``_probechild.py``).
 """
 
 from __future__ import annotations
@@ -76,6 +74,7 @@ from stoat_ferret.library._probewire import (
     PROBE,
     READY,
     REQUEST,
+    START_FAILED,
     THUMBNAIL,
     UNTURNED,
     ProbeRaised,
@@ -327,10 +326,11 @@ class ProbeProcess:
             return ours
         self.confinement = None
         self._end()
-        if ready.startswith(CONFINE_FAILED):
-            why = printable(ready.removeprefix(CONFINE_FAILED).decode(errors="replace"))
-            reason = f"the probe process could not confine itself ({why})"
-            raise ProbeError(name, reason, transient=True)
+        for failed, what in ((CONFINE_FAILED, "confine itself"), (START_FAILED, "start")):
+            if ready.startswith(failed):
+                why = printable(ready.removeprefix(failed).decode(errors="replace"))
+                reason = f"the probe process could not {what} ({why})"
+                raise ProbeError(name, reason, transient=True)
         raise ProbeError(name, "the probe process did not start", transient=True)
 
     def _receive(

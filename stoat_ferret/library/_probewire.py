@@ -52,6 +52,11 @@ READY: Final = b"ready "
 """What a child sends once it is ready for requests, followed by the Landlock
 ABI it confined itself with (``0``: none, ``_sandbox.py``)."""
 
+START_FAILED: Final = b"cannot start: "
+"""What a child sends instead of :data:`READY` when its set-up failed before
+its confinement (its limits, its priority, PyAV's import: a memory limit
+too low for it, say), followed by the exception; it then ends."""
+
 CONFINE_FAILED: Final = b"cannot confine: "
 """What a child sends instead when the kernel offers Landlock but refused to
 confine it, followed by why; it then ends without serving."""

@@ -646,7 +646,8 @@ def test_the_child_runs_under_its_memory_limit(
 ) -> None:
     """RLIMIT_AS is set in the child, and binds there: under a limit below
     what a child maps to start (about 145 MiB), its allocations fail, the
-    child ends, and the file is refused; the service is untouched. (A
+    child says why it cannot start (PyAV's import failed) and ends, and the
+    file is refused with that reason; the service is untouched. (A
     child that runs out of memory on a file answers ShortOfMemory: the
     tests of ``_trusted`` and of the probe's memory failures.)"""
     copy_video(clip, tmp_path / "a.mp4")
@@ -663,10 +664,12 @@ def test_the_child_runs_under_its_memory_limit(
     # nothing more can be allocated there.
     cramped = ProbeProcesses(ThreadPriority.NORMAL, memory_limit=64 * 1024 * 1024)
     try:
-        with pytest.raises(ProbeError, match="ended while it started"):
+        with pytest.raises(ProbeError, match=r"the probe process could not start \(") as why:
             cramped.probe("a.mp4", directory, Stop())
     finally:
         cramped.close()
+    assert why.value.transient  # the service's doing: the next scan tries the file again
+    assert "Error" in why.value.reason  # the exception: ImportError or MemoryError
 
 
 def _address_space_limit(pid: int) -> list[str]:
