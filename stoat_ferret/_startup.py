@@ -122,8 +122,11 @@ def inspect_interruptibly(path: Path) -> Inspection:
             # kernel gives them to this one, whose wait they interrupt: one
             # given to the other (it may choose any thread that does not
             # block it) would leave this wait, and the check, to run on.
-            unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            # (Blocked inside the try: a pending stop's handler raises from
+            # the call that blocks them, and the mask must come back then too.)
+            unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
             try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 inspected = pool.submit(
                     inspect_database, os.fspath(path), BUSY_TIMEOUT_MS, stop=stop
                 )

@@ -2205,6 +2205,35 @@ def test_the_check_s_thread_leaves_the_stop_signals_to_the_waiting_one(
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
 
 
+def test_a_stop_pending_as_the_check_blocks_the_signals_leaves_the_mask_as_it_was(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop signal pending as the stop signals are blocked for the check's
+    thread has its handler run (and raise) from that very call, once the mask
+    has changed: the waiting thread's mask is put back all the same (a stop
+    signal left blocked would make every later Ctrl+C do nothing)."""
+    database = tmp / "stoat.db"
+    VideoStore.open(database).close()
+    real = signal.pthread_sigmask
+
+    def pending_stop(how: int, mask: Any) -> set[int | signal.Signals]:
+        previous = real(how, mask)
+        if how == signal.SIG_BLOCK and set(STOP_SIGNALS) <= set(mask):
+            raise KeyboardInterrupt  # the handler of a stop that came meanwhile
+        return previous
+
+    before = real(signal.SIG_BLOCK, [])
+    monkeypatch.setattr(signal, "pthread_sigmask", pending_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            startup_module.inspect_interruptibly(database)
+    finally:
+        monkeypatch.undo()
+        after = real(signal.SIG_SETMASK, before)  # the mask as it was left; put back
+
+    assert after == before
+
+
 def test_serving_a_database_served_elsewhere_is_refused_before_its_check(
     tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
