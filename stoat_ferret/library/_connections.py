@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
-from stoat_ferret.library._exceptions import StoreError, sqlite_reason, store_error
+from stoat_ferret.library._exceptions import SHORT_READ, StoreError, sqlite_reason, store_error
 from stoat_ferret.library._query import search_key
 from stoat_ferret.library._refusals import refuse_short
 from stoat_ferret.library._schema import identify, migrate
@@ -279,7 +279,7 @@ class LogWatch:
         the last write (lost) is copied too, and what cannot be is gone with
         it (an error). ``PASSIVE``: the stop does not wait for another
         process's reader."""
-        lost = False
+        lost = unread = False
         try:  # the log itself lost (an index lost leaves the commits in the log)
             lost = self.lost() == self.log and not self._saved
             busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -287,6 +287,7 @@ class LogWatch:
             reason = exc.strerror or str(exc)
         except sqlite3.Error as exc:
             reason = sqlite_reason(exc, self.path)
+            unread = getattr(exc, "sqlite_errorcode", None) == SHORT_READ  # cut short
         else:
             if not busy and copied >= frames:  # all of it; or (-1, -1): not in WAL mode
                 return
@@ -295,12 +296,12 @@ class LogWatch:
                 if busy
                 else f"{copied} of {frames} frames: another process was reading it"
             )
-        if lost:
+        if lost or unread:
             logger.error(
-                "video store {path}: its write-ahead log, deleted or replaced while open,"
-                " could not be copied into the database file at close ({reason}): the"
-                " commits it held are lost",
+                "video store {path}: its write-ahead log, {how}, could not be copied into"
+                " the database file at close ({reason}): the commits it held are lost",
                 path=self.path,
+                how="deleted or replaced while open" if lost else "cut short while open",
                 reason=reason,
             )
             return

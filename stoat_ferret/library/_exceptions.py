@@ -140,14 +140,17 @@ class StoreBroken(StoreError):
 
 
 BROKEN_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+SHORT_READ: Final = sqlite3.SQLITE_IOERR_SHORT_READ
 
 
 def store_error(path: str, exc: sqlite3.Error) -> StoreError:
     """The :class:`StoreError` of an SQLite error on ``path``: :class:`StoreBroken`
     for a damaged file."""
     code = getattr(exc, "sqlite_errorcode", None)  # None for an error of the module itself
-    # The extended code's low byte is the primary one (SQLITE_CORRUPT_INDEX is 779).
-    kind = StoreBroken if code is not None and code & 0xFF in BROKEN_CODES else StoreError
+    # The extended code's low byte is the primary one (SQLITE_CORRUPT_INDEX is 779);
+    # a short read is a file cut shorter than SQLite knows it (a log truncated in place).
+    broken = code is not None and (code & 0xFF in BROKEN_CODES or code == SHORT_READ)
+    kind = StoreBroken if broken else StoreError
     return kind(f"video store {path}: {sqlite_reason(exc, path)}")
 
 

@@ -1578,6 +1578,32 @@ def test_a_log_gone_between_writes_is_found_and_saved_before_the_next(tmp_path: 
         assert raw.execute("SELECT path FROM videos").fetchall() == [("/m/a.mp4",)]
 
 
+def test_a_log_cut_short_in_place_breaks_the_store_and_its_loss_is_said(
+    tmp_path: Path, log_records: list[Any]
+) -> None:
+    """The ``-wal`` file truncated in place (``truncate -s 0``: the same file,
+    so no look at its identity sees it): the next read finds it shorter than
+    SQLite knows it, which breaks the store (``/health`` says so), and the
+    stop says the commits it held are lost, not that the next start copies
+    them (a review: every list was a 503 while ``/health`` said ok)."""
+    database = tmp_path / "videos.sqlite"
+    store = VideoStore.open(database)
+    try:
+        store.upsert([record(f"/m/{index}.mp4") for index in range(200)])
+        os.truncate(f"{database}-wal", 0)
+
+        with pytest.raises(StoreBroken, match="SQLITE_IOERR_SHORT_READ"):
+            store.list_videos(10, 0)
+        broken = store.broken
+    finally:
+        store.close()
+
+    assert broken is not None
+    [said] = [r["message"] for r in log_records if "write-ahead log" in r["message"]]
+    assert "cut short while open" in said
+    assert "the commits it held are lost" in said
+
+
 def test_the_logs_index_gone_while_open_refuses_writes_and_keeps_the_log(
     tmp_path: Path,
 ) -> None:
