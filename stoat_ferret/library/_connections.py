@@ -156,6 +156,10 @@ def file_identity(path: str) -> tuple[int, int] | None:
     return (status.st_dev, status.st_ino)
 
 
+_LOG_MAGICS: Final = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+"""The first bytes of a write-ahead log's header (big-endian 0x377f0682 or 0x377f0683)."""
+
+
 class LogWatch:
     """Whether a store's ``-wal`` and ``-shm`` files are still the ones SQLite
     opened, and saving the log's commits into the database file when not.
@@ -185,6 +189,8 @@ class LogWatch:
         # whether one has failed to (logged once; later tries do not wait).
         self._saved = False
         self._save_failed = False
+        # The log found cut short or overwritten in place (cut()): never copied.
+        self.damaged = False
 
     def lost(self) -> str | None:
         """The ``-wal`` file, or else the ``-shm`` file, if it is not the one SQLite
@@ -196,6 +202,22 @@ class LogWatch:
         if self._index is not None and file_identity(f"{self.path}-shm") != self._index:
             return f"{self.path}-shm"
         return None
+
+    def cut(self) -> bool:
+        """Whether the log, still the file SQLite opened, was cut short or
+        overwritten in place (``truncate -s 0``, which :meth:`lost` does not
+        see): it holds bytes, but no log's header. SQLite, writing on at its
+        old offsets, leaves zeros before its new frames, and a checkpoint
+        would copy them into the database file: once so, :attr:`damaged`,
+        and nothing of it is copied (:meth:`closing`; ``StoreFile.close``)."""
+        if self._identity is not None and not self.damaged:
+            try:
+                with open(self.log, "rb") as log:
+                    head = log.read(len(_LOG_MAGICS[0]))
+            except FileNotFoundError:  # lost(), not cut
+                return False
+            self.damaged = head != b"" and head not in _LOG_MAGICS
+        return self.damaged
 
     def restart_due(self) -> int | None:
         """After a commit: the log's size if it is past :data:`WAL_SIZE_LIMIT` (or
@@ -279,6 +301,14 @@ class LogWatch:
         the last write (lost) is copied too, and what cannot be is gone with
         it (an error). ``PASSIVE``: the stop does not wait for another
         process's reader."""
+        if self.damaged:
+            logger.error(
+                "video store {path}: its write-ahead log, cut short or overwritten while"
+                " open, is not copied into the database file at close: the commits it"
+                " held are lost",
+                path=self.path,
+            )
+            return
         lost = unread = False
         try:  # the log itself lost (an index lost leaves the commits in the log)
             lost = self.lost() == self.log and not self._saved

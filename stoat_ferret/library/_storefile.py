@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from time import monotonic
 from typing import TYPE_CHECKING, Final, Self
 
@@ -141,8 +141,13 @@ class StoreFile:
     def close(self) -> None:
         """Close the connections. Idempotent; later calls to other methods raise StoreError.
 
-        The readers close first, so the writer, closing last, checkpoints the WAL.
+        The readers close first, so the writer, closing last, checkpoints the
+        WAL; but a damaged log (``LogWatch.cut``) is not copied: the writer
+        closes first then, while a reader keeps SQLite from checkpointing.
         """
+        with suppress(OSError):  # cannot look: closed as usual
+            if self._wal.cut():
+                self._close_writer()
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -151,6 +156,9 @@ class StoreFile:
             if self._bulk_reader is not None:
                 self._bulk_reader.close()
                 self._bulk_reader = None
+        self._close_writer()
+
+    def _close_writer(self) -> None:
         with self._write_lock:
             if self._writer is not None:
                 self._wal.closing(self._writer)
@@ -250,11 +258,12 @@ class StoreFile:
             yield connection
         try:
             lost = self._wal.lost()  # since the look before: the log holds this commit
+            cut = lost is None and self._wal.cut()  # (then copied by no restart)
         except OSError:  # committed all the same: the next write looks again
-            lost = None
+            lost, cut = None, False
         if lost == self._wal.log:
             self._wal.save(connection)
-        elif lost is None and (size := self._wal.restart_due()) is not None:
+        elif lost is None and not cut and (size := self._wal.restart_due()):
             self._restart_log(connection, size)
 
     def _looked_at(self, connection: sqlite3.Connection) -> None:
@@ -264,6 +273,7 @@ class StoreFile:
         lock is held."""
         try:  # an error looking (EACCES, EIO) is no sign the file was replaced
             identity, lost = file_identity(self.path), self._wal.lost()
+            cut = lost is None and self._wal.cut()
             lock = self._lock  # None while it opens: the lock was taken just before
             unlocked = lock.path if lock is not None and lock.lost() else None
         except OSError as exc:
@@ -283,6 +293,12 @@ class StoreFile:
                 f"video store {self.path}: its lock file ({unlocked}) was deleted or"
                 " replaced while open, so another process may write it too; stop every"
                 " service of it, then start one"
+            )
+        if cut:
+            raise StoreBroken(
+                f"video store {self.path}: its write-ahead log ({self._wal.log}) was cut"
+                " short or overwritten while open; restart the service (the commits it"
+                " held are lost)"
             )
         if lost is not None:
             what = "write-ahead log" if lost == self._wal.log else "write-ahead log's index"

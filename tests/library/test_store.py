@@ -1604,6 +1604,39 @@ def test_a_log_cut_short_in_place_breaks_the_store_and_its_loss_is_said(
     assert "the commits it held are lost" in said
 
 
+@pytest.mark.parametrize("steps", ["r", "w", "wr", "ww"])
+def test_a_log_cut_short_in_place_never_reaches_the_database_file(
+    tmp_path: Path, steps: str
+) -> None:
+    """The ``-wal`` truncated in place, then read (``r``) or written (``w``):
+    SQLite writes on at its old offsets, zeros before its new frames, and a
+    checkpoint (the store's at close, SQLite's own as the last connection
+    closes) copied them into the file: "not a database" after the stop (a
+    review). The log is found cut (no log's header) and nothing of it is
+    copied: the file keeps what its last checkpoint gave it, whole."""
+    database = tmp_path / "videos.sqlite"
+    with contextlib.closing(VideoStore.open(database)) as store:
+        store.upsert([record(f"/m/{index}.mp4") for index in range(200)])
+    store = VideoStore.open(database)  # the 200 are in the file now
+    try:
+        store.upsert([record(f"/m/new{index}.mp4") for index in range(50)])  # in the log
+        os.truncate(f"{database}-wal", 0)
+        for step in steps:
+            with contextlib.suppress(StoreBroken):
+                if step == "w":
+                    store.upsert([record("/m/late.mp4")])
+                else:
+                    store.list_videos(10, 0)
+    finally:
+        store.close()
+
+    with contextlib.closing(sqlite3.connect(database)) as raw:
+        assert raw.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        assert raw.execute("SELECT count(*) FROM videos").fetchone() == (200,)
+    with contextlib.closing(VideoStore.open(database)) as again:  # serves again
+        assert again.list_videos(1, 0)[1] == 200
+
+
 def test_the_logs_index_gone_while_open_refuses_writes_and_keeps_the_log(
     tmp_path: Path,
 ) -> None:
