@@ -44,7 +44,7 @@ from stoat_ferret.library._connections import (
     open_writer,
     transaction,
 )
-from stoat_ferret.library._exceptions import StoreBroken, StoreBusy, StoreError
+from stoat_ferret.library._exceptions import SHORT_READ, StoreBroken, StoreBusy, StoreError
 from stoat_ferret.library._lock import DatabaseLock
 from stoat_ferret.library._refusals import refuse_memory, refuse_odd_companions
 
@@ -210,12 +210,14 @@ class StoreFile:
                         finally:
                             connection.set_progress_handler(None, 0)
             except StoreError as exc:
-                if isinstance(exc, StoreBroken):
-                    self.broken = str(exc)
                 cause = exc.__cause__
                 # Not every sqlite3.Error has a code: the module's own (a text
                 # column that is not UTF-8, which it cannot decode) has none.
                 code = getattr(cause, "sqlite_errorcode", None)
+                if isinstance(exc, StoreBroken):
+                    self.broken = str(exc)
+                    # A file shorter than SQLite knows it: the log cut, never copied.
+                    self._wal.damaged = self._wal.damaged or code == SHORT_READ
                 if isinstance(cause, sqlite3.Error) and code == sqlite3.SQLITE_INTERRUPT:
                     raise StoreBusy(f"video store {self.path}: the read took too long") from exc
                 raise
@@ -224,7 +226,8 @@ class StoreFile:
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        """The writer, in one ``BEGIN IMMEDIATE`` transaction, committed if the body returns."""
+        """The writer, in one ``BEGIN IMMEDIATE`` transaction, committed if the body
+        returns; refused once the store is broken (a read may find it so)."""
         try:
             with self._write_lock, self._transaction() as connection:
                 yield connection
@@ -253,7 +256,9 @@ class StoreFile:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """The body of :meth:`_writing`, its write lock held."""
         connection = self._opened(self._writer)
-        self._looked_at(connection)
+        self._looked_at(connection)  # (which saves a lost log's commits, each time)
+        if self.broken is not None:  # found so by a read: its file damaged, say
+            raise StoreBroken(self.broken)
         with transaction(connection, self.path, "BEGIN IMMEDIATE"):
             yield connection
         try:
