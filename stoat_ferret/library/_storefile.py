@@ -147,6 +147,9 @@ class StoreFile:
         """
         with suppress(OSError):  # cannot look: closed as usual
             if self._wal.cut():
+                # Emptied: another process's connection, closing last, has
+                # no frame left to copy (a checkpoint of it fails short).
+                os.truncate(self._wal.log, 0)
                 self._close_writer()
         with self._read_lock:
             if self._reader is not None:

@@ -1640,6 +1640,33 @@ def test_a_log_cut_short_in_place_never_reaches_the_database_file(
         assert again.list_videos(1, 0)[1] == 200
 
 
+def test_a_cut_log_is_not_copied_by_another_process_closing_after_the_stop(
+    tmp_path: Path,
+) -> None:
+    """A cut log (here emptied in place, then written) is emptied at the stop:
+    another process's read-write connection, open across it and closing
+    last, has nothing of it to copy (it copied the zeros into the file: "not
+    a database", a review)."""
+    database = tmp_path / "videos.sqlite"
+    with contextlib.closing(VideoStore.open(database)) as store:
+        store.upsert([record(f"/m/{index}.mp4") for index in range(200)])
+    store = VideoStore.open(database)
+    other = sqlite3.connect(database)
+    try:
+        other.execute("SELECT count(*) FROM sqlite_schema").fetchone()  # open, idle
+        store.upsert([record(f"/m/new{index}.mp4") for index in range(50)])
+        os.truncate(f"{database}-wal", 0)
+        with contextlib.suppress(StoreBroken):  # found cut only after it, here
+            store.upsert([record("/m/late.mp4")])
+    finally:
+        store.close()
+        other.close()  # the last connection: SQLite checkpoints what the log holds
+
+    with contextlib.closing(sqlite3.connect(database)) as raw:
+        assert raw.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        assert raw.execute("SELECT count(*) FROM videos").fetchone() == (200,)
+
+
 def test_the_logs_index_gone_while_open_refuses_writes_and_keeps_the_log(
     tmp_path: Path,
 ) -> None:
