@@ -145,8 +145,8 @@ class StoreFile:
         WAL; but a damaged log (``LogWatch.cut``) is not copied: the writer
         closes first then, while a reader keeps SQLite from checkpointing.
         """
-        with suppress(OSError):  # cannot look: closed as usual
-            if self._wal.cut():
+        with self._write_lock, suppress(OSError):  # cannot look: closed as usual
+            if self._writer is not None and self._wal.cut():
                 # Emptied: another process's connection, closing last, has
                 # no frame left to copy (a checkpoint of it fails short).
                 os.truncate(self._wal.log, 0)
