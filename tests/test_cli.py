@@ -1260,7 +1260,8 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     one at schema 8, whose steps 9 to 12 only add a column and an empty
     table, write the few search keys that changed and empty a table to make
     its index again, next to nothing for those steps (step 13 makes the
-    search index again: here it is said to need next to nothing too)."""
+    search index again, and step 14 writes a key into every row: here they
+    are said to need next to nothing too)."""
     data = tmp / "data"
     data.mkdir(mode=0o700)
     database = data / "stoat.db"
@@ -1278,7 +1279,7 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     older_needs = int(older.stat().st_size * 100) / (1 << 20)
 
     status = main(["check", "--database", str(database)])
-    light = {**startup_module.STEP_SPACE, 13: 0.01}  # step 13 made light too
+    light = {**startup_module.STEP_SPACE, 13: 0.01, 14: 0.01}  # steps 13 and 14 made light too
     monkeypatch.setattr(startup_module, "STEP_SPACE", light)
     assert main(["check", "--database", str(newer)]) == 0  # steps 9-12 ask for their 0.01
     monkeypatch.setattr(startup_module, "MIGRATION_SPACE", 0.15)
@@ -1296,6 +1297,43 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     assert older_line.startswith(
         f"stoat-ferret: {older}: its migration needs about {older_needs:,.1f} MiB free beside it"
     )
+
+
+@pytest.mark.parametrize(("share", "status"), [(0.5, 2), (0.75, 0)])
+def test_check_asks_room_for_the_file_name_keys_of_schema_14(
+    tmp: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    share: float,
+    status: int,
+) -> None:
+    """Schema 14 writes a key into every row, which a file at schema 13 needs
+    room for (STEP_SPACE: 0.7 of its size; 0.45 measured), more than the 0.15
+    of a step that makes an index again: free space of half the file is too
+    little, three quarters enough."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    database_at(database, 13)
+    with contextlib.closing(sqlite3.connect(database)) as raw:  # 4 MiB, past check's 1 MiB
+        raw.executemany(
+            "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns,"
+            " created_at, updated_at) VALUES (?, '/m', ?, 1, 1, '', '')",
+            ((f"/m/{index:0200d}", f"{index:0200d}") for index in range(10_000)),
+        )
+        raw.commit()
+    size = database.stat().st_size
+    blocks = int(size * share) // 512
+    room = os.statvfs_result((512, 512, 10**9, blocks, blocks, 100, 10, 10, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda _path: room)
+
+    found = main(["check", "--database", str(database)])
+
+    err = capsys.readouterr().err
+    assert found == status, err
+    if status:
+        needed = int(size * 0.7) / (1 << 20)
+        assert f"its migration needs about {needed:,.1f} MiB free beside it" in err
 
 
 def _check_line(database: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 from loguru import logger
 
 from stoat_ferret.library._exceptions import SHORT_READ, StoreError, sqlite_reason, store_error
-from stoat_ferret.library._query import search_key
+from stoat_ferret.library._keys import filename_key, search_key
 from stoat_ferret.library._refusals import refuse_short
 from stoat_ferret.library._schema import identify, migrate
 
@@ -73,6 +73,7 @@ def open_writer(
         connection.execute(f"PRAGMA synchronous = {'NORMAL' if wal else 'FULL'}")
         connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         connection.create_function("search_key", 1, search_key, deterministic=True)
+        connection.create_function("filename_key", 1, filename_key, deterministic=True)
         migrate(connection, name)
         connection.execute("DELETE FROM scan_errors")  # its jobs are gone
     except sqlite3.Error as exc:

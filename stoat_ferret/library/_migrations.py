@@ -10,7 +10,8 @@ so that a list limited to the scan roots checks them in an index (the
 comments at each say how); 9 adds ``mirrored``; 10 the ``failed_probes``
 table (``_failedprobes.py``); 11 writes again the search keys a fix of
 ``search_key`` changed; 12 makes the ``scan_errors`` scope index again with
-the job ids; 13 the search index again with the paths. A migration's text
+the job ids; 13 the search index again with the paths; 14 sorts file names
+by ``filename_order`` (``_keys.filename_key``). A migration's text
 never changes once released: a later version's change is a migration of its
 own.
 """
@@ -116,6 +117,12 @@ _PATH_BYTES: Final = (
 """A row's path as ``search_key`` takes it in a migration: its bytes in a UTF-8 file
 (a text not UTF-8, in a damaged or hand-edited file, cannot reach a Python
 function as text), its text in a UTF-16 one (never this service's making)."""
+
+_FILENAME_BYTES: Final = (
+    "CASE (SELECT encoding FROM pragma_encoding) WHEN 'UTF-8' THEN CAST(filename AS BLOB)"
+    " ELSE filename END"
+)
+"""A row's file name as ``filename_key`` takes it in a migration, as :data:`_PATH_BYTES`."""
 
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     1: (
@@ -276,5 +283,14 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     13: (
         "DROP INDEX videos_search",
         "CREATE INDEX videos_search ON videos (search_path, path)",
+    ),
+    # File names sort as a file manager orders them (_keys.filename_key:
+    # any case and accent together, numbers by value), not by SQLite's
+    # NOCASE, which folds ASCII letters only and compares digits one by one.
+    14: (
+        "ALTER TABLE videos ADD COLUMN filename_order TEXT",
+        f"UPDATE videos SET filename_order = filename_key({_FILENAME_BYTES})",
+        "DROP INDEX videos_filename",
+        "CREATE INDEX videos_filename ON videos (filename_order)",
     ),
 }

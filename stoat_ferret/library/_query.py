@@ -10,10 +10,10 @@ indexes carry the size and duration bounds, so such a count reads no row);
 from it, :func:`walk_sort_index` picks the plan of the page; of several
 equality filters, :func:`driving_filter` picks whose index finds the rows
 (the one query here run, by the ``execute`` it is given). The search ``q`` is
-``instr`` over ``search_path``, :func:`search_key` of the path, computed by
-Python (SQLite's own ``lower`` folds ASCII only, and does not normalise), read from its own
-covering index: no pattern characters at all, so ``%`` and ``_`` need no
-escaping.
+``instr`` over ``search_path``, :func:`~stoat_ferret.library._keys.search_key`
+of the path, read from its own covering index: no pattern characters at all,
+so ``%`` and ``_`` need no escaping. A sort by file name is by
+``filename_order``, :func:`~stoat_ferret.library._keys.filename_key` of the name.
 
 Scope queries use :func:`subtree_bounds`: every path under a directory is a
 range of the path index, ``'<dir>/' <= path < '<dir>0'``.
@@ -22,11 +22,11 @@ range of the path index, ``'<dir>/' <= path < '<dir>0'``.
 from __future__ import annotations
 
 import os
-import unicodedata
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from stoat_ferret.library._keys import search_key
 from stoat_ferret.library._models import VideoFilter
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # sort key (without its "-") -> what ORDER BY sorts on; each has an index.
 _SORTED_ON: Final = {
     "path": "path",
-    "filename": "filename COLLATE NOCASE",
+    "filename": "filename_order",
     "duration_seconds": "duration_seconds",
     "size_bytes": "size_bytes",
     "width": "width",
@@ -55,24 +55,6 @@ WITH RECURSIVE formats (name) AS (
 )
 SELECT name FROM formats WHERE name IS NOT NULL
 """
-
-
-def search_key(text: str | bytes) -> str:
-    """``text`` as the search compares it: NFC-normalised, case-folded, and
-    normalised again (Unicode's canonical caseless match: folding can undo
-    a composition: ``ΐ``, U+0390, folds to an iota and two combining marks).
-
-    Both the stored ``search_path`` and ``q`` go through it, so a path whose
-    accents are decomposed (NFD, as macOS writes file names) is found by an
-    ``été`` typed precomposed, ``É`` by ``é``, and ``ΐ`` by ``Ϊ́``. The
-    migrations hand it each path's bytes (``CAST(path AS BLOB)``): a text that
-    is not UTF-8, which only a damaged or hand-edited file holds, gets the key
-    of its readable rest rather than failing the migration (Python's sqlite3
-    cannot hand such a text to a function).
-    """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
 
 
 def walk_sort_index(matches: int, stored: int, rows: int) -> bool:

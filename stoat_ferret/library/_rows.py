@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from stoat_ferret.library._exceptions import StoreError
+from stoat_ferret.library._keys import filename_key, search_key
 from stoat_ferret.library._models import METADATA_FIELDS, Video
-from stoat_ferret.library._query import search_key
 from stoat_ferret.library._schema import INTEGER_MAX, INTEGER_MIN, PROBE_VERSION
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ _WRITTEN: Final = (
     *METADATA_FIELDS,
     "probe_version",
     "search_path",
+    "filename_order",
     "file_system",
     "updated_at",
 )
@@ -100,6 +101,7 @@ def record_row(record: VideoRecord, now: str) -> tuple[Any, ...]:
         *metadata,
         PROBE_VERSION,
         search_key(record.path),
+        filename_key(record.filename),
         record.file_system,
         now,
         now,

@@ -37,7 +37,7 @@ APPLICATION_ID: Final = 0x53544652
 """``PRAGMA application_id`` of this service's files: ``b"STFR"`` read as a
 big-endian 32-bit integer (1398031954), the header's bytes 68-71."""
 
-SCHEMA_VERSION: Final = 13
+SCHEMA_VERSION: Final = 14
 """The schema this code reads and writes, kept in ``PRAGMA user_version``."""
 
 INTEGER_MIN: Final = -(2**63)
@@ -109,8 +109,9 @@ def identify(connection: sqlite3.Connection, name: str) -> int:
 def migrate(connection: sqlite3.Connection, name: str) -> None:
     """Bring the open file ``name`` up to :data:`SCHEMA_VERSION`, in one transaction.
 
-    ``connection`` must have the ``search_key`` SQL function, which version 3
-    calls (``VideoStore.open`` registers it first).
+    ``connection`` must have the ``search_key`` and ``filename_key`` SQL
+    functions, which versions 3, 11 and 14 call (``VideoStore.open`` registers
+    them first).
 
     Call :func:`identify` first: this checks again only the version.
 

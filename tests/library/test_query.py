@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _query, _store
+from stoat_ferret.library._keys import filename_key
 from stoat_ferret.library._query import (
     check_rows,
     count_query,
@@ -117,7 +118,7 @@ def test_filters(store: VideoStore, where: dict[str, Any], expected: set[str]) -
 @pytest.mark.parametrize(
     ("sort", "expected"),
     [
-        ("filename", ["clip-1.webm", "clip_1.mkv", "x.mov", "zeta.avi", "ÉTÉ.mp4", "Été 100%.mp4"]),
+        ("filename", ["clip-1.webm", "clip_1.mkv", "ÉTÉ.mp4", "Été 100%.mp4", "x.mov", "zeta.avi"]),
         ("path", ["clip-1.webm", "clip_1.mkv", "Été 100%.mp4", "x.mov", "zeta.avi", "ÉTÉ.mp4"]),
         (
             "-size_bytes",
@@ -135,11 +136,64 @@ def test_filters(store: VideoStore, where: dict[str, Any], expected: set[str]) -
 def test_sorts(store: VideoStore, sort: str, expected: list[str]) -> None:
     """Ascending and descending; unknown values (NULL) come first ascending, last descending.
 
-    Paths sort by code point; filenames too, but with ASCII letters in any case
-    together (SQLite's NOCASE), so ``Zeta`` does not come before ``alpha``."""
+    Paths sort by code point; file names as a file manager orders them, letters
+    in any case and with any accent together, so ``Été`` comes before ``x``."""
     _library(store)
 
     assert _names(store, sort=sort) == expected
+
+
+# Each name's place in a sort by file name: numbers by value, any case and
+# accent together, compatibility forms as their plain letters and digits.
+_FILE_MANAGER_ORDER = [
+    "1.mp4",
+    "2 take.mp4",
+    "10.mp4",
+    "Ångström.mkv",
+    "clip2.mp4",
+    "Clip9.mp4",
+    "clip10.mp4",
+    "clip100.mp4",
+    "Eclair.mp4",
+    "éclair 2.mp4",
+    "ÉCLAIR 10.mp4",
+    "ﬁlm.mp4",  # the ligature U+FB01: "fi"
+    "Film ⑫.mp4",  # a circled 12
+    "Zeta.mp4",
+    "Ωmega.mp4",
+]
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_filenames_sort_as_a_file_manager_orders_them(store: VideoStore, descending: bool) -> None:
+    """``sort=filename``: numbers by their value (``clip9`` before ``clip10``),
+    letters in any case and with any accent together, in either direction."""
+    shuffled = _FILE_MANAGER_ORDER[::2] + _FILE_MANAGER_ORDER[1::2]
+    store.upsert([record(f"/m/{name}") for name in shuffled])
+
+    names = _names(store, sort="-filename" if descending else "filename")
+
+    assert names == (_FILE_MANAGER_ORDER[::-1] if descending else _FILE_MANAGER_ORDER)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("Clip10.MP4", "clip00210\0.mp4"),
+        ("clip007", "clip0017\0"),
+        ("take 000.mkv", "take 0010\0.mkv"),
+        ("Été", "ete\0"),
+        (unicodedata.normalize("NFD", "Été.MP4"), "ete\0.mp4"),
+        ("ﬁ①", "fi0011\0"),
+        ("Straße", "strasse\0"),
+        (".ΐ", ".\u03b9\0"),  # a Greek iota, its marks left out
+        (b"a\xffb.mp4", "a\ufffdb\0.mp4"),  # a migration's bytes of a damaged file
+    ],
+)
+def test_filename_key(name: str | bytes, key: str) -> None:
+    """The key is folded, decomposed, without marks, spells each number's length
+    first, and puts the name before its ending (a hidden file's dot is its name's)."""
+    assert filename_key(name) == key
 
 
 @pytest.mark.parametrize("sort", ["updated_at", "-updated_at", "size_bytes", "-filename"])
@@ -527,7 +581,7 @@ def test_both_plans_give_the_same_pages(
 
     assert [([v.filename for v in page], total) for page, total in pages] == [
         (["Été 100%.mp4"], 2),
-        (["x.mov", "Été 100%.mp4"], 3),
+        (["Été 100%.mp4", "x.mov"], 3),
         (["clip-1.webm"], 2),
         ([], 1),
         (["clip_1.mkv", "clip-1.webm"], 3),

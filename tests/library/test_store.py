@@ -39,8 +39,9 @@ from stoat_ferret.library import (
 )
 from stoat_ferret.library._connections import LogWatch
 from stoat_ferret.library._exceptions import store_error
+from stoat_ferret.library._keys import search_key
 from stoat_ferret.library._models import GoneRows, LookedAt
-from stoat_ferret.library._query import search_key, subtree_bounds
+from stoat_ferret.library._query import subtree_bounds
 from stoat_ferret.library._schema import MIGRATIONS, PROBE_VERSION
 from tests.library.support import emptied_beside_its_log, lock_held_elsewhere, record
 
@@ -1028,6 +1029,38 @@ def test_a_migrated_row_is_found_by_a_unicode_search(tmp_path: Path) -> None:
         store.close()
 
     assert (total, [v.filename for v in videos]) == (1, ["old.mp4"])
+
+
+def test_migrated_rows_sort_by_their_file_name_keys(tmp_path: Path) -> None:
+    """Rows stored before schema 14 get their file name's sort key from its
+    migration: sorted by file name before any rescan, numbers by value and
+    accents beside their letters (schema 13 put ``clip10`` before ``clip9``,
+    and ``Été`` after ``zeta``)."""
+    path = tmp_path / "old.sqlite"
+    _database_at(path, 13)
+    names = ["zeta.mp4", unicodedata.normalize("NFD", "Été.mp4"), "clip10.mp4", "clip9.mp4"]
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.executemany(
+            "INSERT INTO videos (path, directory, filename, size_bytes, mtime_ns,"
+            " created_at, updated_at) VALUES (?, '/m', ?, 1, 1,"
+            " '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00')",
+            [(f"/m/{name}", name) for name in names],
+        )
+        raw.commit()
+
+    store = VideoStore.open(path)
+    try:
+        videos, _ = store.list_videos(10, 0, VideoFilter(sort="filename"))
+    finally:
+        store.close()
+
+    assert [unicodedata.normalize("NFC", v.filename) for v in videos] == [
+        "clip9.mp4",
+        "clip10.mp4",
+        "Été.mp4",
+        "old.mp4",
+        "zeta.mp4",
+    ]
 
 
 def test_a_failed_migration_changes_nothing(
@@ -2084,8 +2117,8 @@ def test_no_id_is_given_twice(tmp_path: Path) -> None:
 
 def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> None:
     """Version 4 makes the table again: rows keep their ids, every index is
-    there as before (and version 6's and 10's; those versions 7, 8, 12 and 13
-    made again as they made them), and a deleted id is not given again."""
+    there as before (and version 6's and 10's; those versions 7, 8, 12, 13 and
+    14 made again as they made them), and a deleted id is not given again."""
     path = tmp_path / "old.sqlite"
     _database_at(path, 3)
     indexes = "SELECT name, sql FROM sqlite_schema WHERE type = 'index' ORDER BY name"
@@ -2108,7 +2141,7 @@ def test_a_migrated_table_keeps_its_ids_and_gives_none_twice(tmp_path: Path) -> 
     failed = ("failed_probes_directory", MIGRATIONS[10][1])
     remade = {
         statement.split()[2]: statement
-        for step in (7, 8, 12, 13)
+        for step in (7, 8, 12, 13, 14)
         for statement in MIGRATIONS[step]
         if statement.startswith("CREATE INDEX")
     }
