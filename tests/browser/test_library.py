@@ -10,6 +10,7 @@ Playwright's clock, so five seconds of polling take no time at all.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,58 @@ def test_thumbnails_load_and_an_undecodable_video_keeps_a_placeholder(
     expect(beach.locator("small")).to_be_visible()
     assert dashboard.console.errors == []
     assert dashboard.console.refused == []
+
+
+def test_a_turned_video_is_listed_at_the_size_it_is_shown(
+    context: BrowserContext, server: Server, library: Path
+) -> None:
+    """The Resolution column gives a video's size as it is shown, its coded
+    size under it where they differ (a quarter turn: 48x64 coded 64x48); a
+    video shown as coded has one size."""
+    dashboard = open_page(context, server)
+    rows = dashboard.page.locator("#video-rows tr")
+
+    portrait = rows.filter(has_text="portrait.mp4").locator("td").nth(1)
+    beach = rows.filter(has_text="beach.mp4").locator("td").nth(1)
+
+    expect(portrait).to_have_text("48\N{MULTIPLICATION SIGN}64coded 64\N{MULTIPLICATION SIGN}48")
+    expect(portrait.locator("small.coded")).to_be_visible()
+    expect(beach).to_have_text("320\N{MULTIPLICATION SIGN}180")
+    expect(beach.locator("small")).to_have_count(0)
+    assert dashboard.console.errors == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.4, "0:00.40"),
+        (59.994, "0:59.99"),
+        (59.997, "1:00.00"),  # not 0:60.00
+        (119.999, "2:00.00"),
+        (3599.994, "59:59.99"),
+        (3599.998, "1:00:00"),  # not 59:60.00
+        (3661.9, "1:01:01"),
+    ],
+)
+def test_a_length_is_rounded_before_it_is_split_into_a_clock(
+    context: BrowserContext, server: Server, library: Path, seconds: float, shown: str
+) -> None:
+    """The Duration column rounds a length to the hundredth (whole seconds past
+    an hour) before it splits it into minutes and seconds: a length just under
+    a minute is never shown as 60 seconds."""
+    page = context.new_page()
+    listed = page.request.get(f"{server.base_url}/api/v1/videos?q=beach").json()
+    listed["videos"][0]["duration_seconds"] = seconds
+    page.route(
+        "**/api/v1/videos?*",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(listed)
+        ),
+    )
+
+    page.goto(f"{server.base_url}/")
+
+    expect(page.locator("#video-rows tr td").nth(3)).to_have_text(shown)
 
 
 def test_the_detail_view_opens_from_the_keyboard_and_gives_focus_back(

@@ -205,24 +205,27 @@ function formatBytes(bytes) {
   return unit === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
-/** A video's length as a clock: 0:00.40, 3:07.00, 1:02:03. */
+/** A video's length as a clock: 0:00.40, 3:07.00, 1:02:03. Rounded to the
+ * hundredth first, then split: 59.997 s is 1:00.00, not 0:60.00. */
 function formatClock(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "—";
-  const hours = Math.floor(seconds / 3600);
-  const minutes = Math.floor((seconds % 3600) / 60);
-  const rest = seconds % 60;
+  const hundredths = Math.round(seconds * 100);
+  const whole = Math.floor(hundredths / 100);
+  const hours = Math.floor(whole / 3600);
+  const minutes = Math.floor((whole % 3600) / 60);
   if (hours > 0) {
-    return `${hours}:${String(minutes).padStart(2, "0")}:${String(Math.floor(rest)).padStart(2, "0")}`;
+    return `${hours}:${String(minutes).padStart(2, "0")}:${String(whole % 60).padStart(2, "0")}`;
   }
-  return `${minutes}:${rest.toFixed(2).padStart(5, "0")}`;
+  return `${minutes}:${((hundredths % 6000) / 100).toFixed(2).padStart(5, "0")}`;
 }
 
 /** How long something took: 0.42 s, 12.3 s, 4 min 05 s, 2 h 03 min. */
 function formatElapsed(ms) {
   if (!Number.isFinite(ms) || ms < 0) return "—";
   const seconds = ms / 1000;
-  if (seconds < 10) return `${seconds.toFixed(2)} s`;
-  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  // Each bound is where the rounding shown would reach the next form: 59.96 s is 1 min 00 s.
+  if (seconds < 9.995) return `${seconds.toFixed(2)} s`;
+  if (seconds < 59.95) return `${seconds.toFixed(1)} s`;
   const whole = Math.round(seconds);
   if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
   return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
@@ -235,6 +238,15 @@ function formatRate(numerator, denominator) {
 
 function formatResolution(width, height) {
   return width && height ? `${width}×${height}` : "—";
+}
+
+/** The list's size of a video as it is shown (rotation and pixel shape
+ * applied), its coded size under it where that differs (the column sorts by that). */
+function resolutionCell(video) {
+  const coded = formatResolution(video.width, video.height);
+  const shown = formatResolution(video.display_width, video.display_height);
+  if (shown === "—" || shown === coded) return el("td", { text: coded });
+  return el("td", {}, shown, el("small", { class: "coded" }, `coded ${coded}`));
 }
 
 function timeElement(iso) {
@@ -1043,7 +1055,7 @@ function videoRow(video) {
         el("span", { class: "names" }, open, el("small", {}, untrusted(video.path, { dir: "ltr" }))),
       ),
     ),
-    el("td", { text: formatResolution(video.width, video.height) }),
+    resolutionCell(video),
     el("td", { text: formatRate(video.frame_rate_numerator, video.frame_rate_denominator) }),
     el("td", { text: formatClock(video.duration_seconds) }),
     el("td", { class: "codecs" }, ...codecs),
