@@ -262,3 +262,33 @@ def test_a_refused_list_says_why(context: BrowserContext, server: Server) -> Non
         expect(count).to_have_text(f"Could not load the jobs (403): {detail}.")
     finally:
         page.close()
+
+
+@pytest.mark.parametrize(
+    ("finished_at", "shown"),
+    [
+        ("2026-01-01T00:00:00.420Z", "0.42 s"),
+        ("2026-01-01T00:00:09.996Z", "10.0 s"),  # not 10.00 s
+        ("2026-01-01T00:00:59.960Z", "1 min 00 s"),  # not 60.0 s
+        ("2026-01-01T00:59:59.600Z", "1 h 00 min"),  # not 60 min 00 s
+    ],
+)
+def test_how_long_a_job_took_is_rounded_before_its_unit_is_chosen(
+    context: BrowserContext, server: Server, finished_at: str, shown: str
+) -> None:
+    """A job's Duration takes the form of what it rounds to: 59.96 s is 1 min 00 s."""
+    job = {
+        **_job("e" * 32, "completed", "2026-01-01T00:00:00.000Z"),
+        "finished_at": finished_at,
+    }
+    page = context.new_page()
+    page.route(
+        "**/api/v1/jobs?*",
+        lambda route: route.fulfill(json={"jobs": [job], "total": 1, "limit": 20, "offset": 0}),
+    )
+    try:
+        page.goto(f"{server.base_url}/")
+
+        expect(page.locator(f'[data-job-id="{"e" * 32}"] .times dd').last).to_have_text(shown)
+    finally:
+        page.close()
