@@ -76,6 +76,8 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from stoat_ferret.library._beneath import PASSAGE_FLAGS, open_directory, split
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
 
@@ -331,13 +333,19 @@ def mounts_at_and_above(fd: int, path: str, top: str = "/") -> dict[str, int | N
 
 def _named(top: str, path: str) -> dict[str, tuple[int, int]]:
     """The directories ``top`` and those below it above ``path`` (below
-    ``top``) name now, each by its device and inode: opened from ``top``
+    ``top``) name now, each by its device and inode: opened from ``/``
     down, ``O_PATH`` (only search permission needed), crossing no symlink.
     A path that cannot be opened so (missing, a symlink, not a directory)
     and those below it are left out: they name no directory here."""
     found: dict[str, tuple[int, int]] = {}
     try:
-        fd = os.open(top, _PATH_ONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # From / down, as the walk opened its root: a link swapped in for
+        # ``top`` (or one above it) is refused, never followed outside.
+        slash = os.open("/", PASSAGE_FLAGS)
+        try:
+            fd = open_directory(split(top), slash, PASSAGE_FLAGS)
+        finally:
+            os.close(slash)
     except OSError:
         return found
     try:

@@ -259,16 +259,19 @@ def test_a_directory_above_moved_since_it_was_opened_is_not_told(
     assert up[str(lib)] is None
 
 
+@pytest.mark.parametrize("swapped", ["a", ""], ids=["below the root", "the root"])
 def test_going_up_never_looks_through_a_directory_above_swapped_for_a_link(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swapped: str
 ) -> None:
-    """``root/a`` is swapped for a link to a directory outside the root once
-    ``root/a/b/c`` is open: going up from it to the root tells nothing from
-    ``root/a/b`` up (not the directory ``..`` led to), and no path given to
-    ``stat``, ``lstat`` or ``open`` on the way leads outside the root."""
+    """``root/a`` (or the scan root itself) is swapped for a link to a
+    directory outside the root once ``root/a/b/c`` is open: going up from it
+    to the root tells nothing from ``root/a/b`` up (not the directory ``..``
+    led to), and no path given to ``stat``, ``lstat`` or ``open`` on the way
+    leads outside the root (the root too is opened from ``/`` down)."""
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "a" / "b" / "c").mkdir(parents=True)
-    (outside / "b").mkdir(parents=True)
+    (outside / "a" / "b").mkdir(parents=True)
+    (outside / "b").mkdir()
     looked_at: list[str] = []
 
     def spying(real: Any) -> Any:
@@ -281,8 +284,9 @@ def test_going_up_never_looks_through_a_directory_above_swapped_for_a_link(
 
     c = os.open(root / "a" / "b" / "c", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        (root / "a").rename(root / "a-old")
-        (root / "a").symlink_to(outside, target_is_directory=True)
+        moved = root / swapped if swapped else root
+        moved.rename(moved.with_name(f"{moved.name}-old"))
+        moved.symlink_to(outside, target_is_directory=True)
         for name in ("stat", "lstat", "open"):
             monkeypatch.setattr(os, name, spying(getattr(os, name)))
         mounts: dict[str, int | None] = {}
