@@ -2,7 +2,8 @@
 
 The walk (``_walk.py``) takes a file for a video only if its name ends in
 one of :data:`VIDEO_EXTENSIONS`, in any case (a hidden ``.clip.mp4``
-counts too); every other file is ignored, not an error. A name that is not
+counts too), and does not begin with :data:`APPLE_DOUBLE`; every other file
+is ignored, not an error. A name that is not
 valid UTF-8 (:func:`is_utf8`) is skipped with an ``errors`` entry: the
 store, the logs and the JSON API all need text, and a surrogate-escaped
 name would break each of them in a different place (the scan's payload and
@@ -27,13 +28,22 @@ VIDEO_EXTENSIONS: Final = frozenset(
 SUFFIXES: Final = tuple(sorted(VIDEO_EXTENSIONS))
 """:data:`VIDEO_EXTENSIONS` as ``str.endswith`` takes them."""
 
+APPLE_DOUBLE: Final = "._"
+"""How macOS names the file it writes beside each file on a disk that cannot
+keep its attributes (FAT, exFAT, a network share): ``._clip.mp4`` holds
+``clip.mp4``'s resource fork and Finder data, never a video (probed, each
+was an ``errors`` entry at every scan)."""
+
 NOT_UTF8: Final = "name is not valid UTF-8; skipped"
 TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"
 
 
 def is_video_name(name: str) -> bool:
-    """True if the file name ``name`` ends in one of :data:`VIDEO_EXTENSIONS`, in any case."""
-    return name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)
+    """True if the file name ``name`` ends in one of :data:`VIDEO_EXTENSIONS`,
+    in any case, and is not an AppleDouble file (:data:`APPLE_DOUBLE`)."""
+    return (name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)) and not name.startswith(
+        APPLE_DOUBLE
+    )
 
 
 def is_utf8(name: str) -> bool:

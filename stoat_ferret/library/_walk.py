@@ -69,7 +69,14 @@ from stoat_ferret.library._beneath import (
     open_subdirectory,
 )
 from stoat_ferret.library._exceptions import GONE_ERRNOS, DirectoryGone, ScanError
-from stoat_ferret.library._names import NOT_UTF8, SUFFIXES, TOO_LONG, is_utf8, printable
+from stoat_ferret.library._names import (
+    APPLE_DOUBLE,
+    NOT_UTF8,
+    SUFFIXES,
+    TOO_LONG,
+    is_utf8,
+    printable,
+)
 from stoat_ferret.library._walklinks import WalkLinks
 
 if TYPE_CHECKING:
@@ -326,7 +333,9 @@ class _Walk:
                     name = entry.name
                     # _names.is_video_name, inlined. Most names are lower case: one C call
                     # decides, lower() only if not.
-                    if not (name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)):
+                    if not (
+                        name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)
+                    ) or name.startswith(APPLE_DOUBLE):
                         if recursive and entry.is_symlink():
                             self.links.look_at(directory, name, self.fds)
                         continue

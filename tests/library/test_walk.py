@@ -14,7 +14,15 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from stoat_ferret.library import ErrorLog, ScanError, _links, _walk, _walklinks, walk_videos
+from stoat_ferret.library import (
+    ErrorLog,
+    ScanError,
+    _links,
+    _names,
+    _walk,
+    _walklinks,
+    walk_videos,
+)
 from stoat_ferret.library._beneath import MAX_DEPTH
 from stoat_ferret.library._rootlinks import unalias
 from tests.library.support import listed_path
@@ -48,6 +56,25 @@ def test_video_extensions_in_any_case(tmp_path: Path) -> None:
 
     assert found == videos
     assert errors == []
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+def test_apple_double_files_are_ignored_and_hidden_videos_are_not(
+    tmp_path: Path, recursive: bool
+) -> None:
+    """``._clip.mp4`` (macOS's attributes of ``clip.mp4`` on a disk that cannot
+    keep them) is no video: ignored silently, as a ``.txt``; a hidden
+    ``.clip.mp4`` and a name with ``._`` inside it are videos."""
+    videos = {_touch(tmp_path / name) for name in ("clip.mp4", ".clip.mp4", "a._b.mkv")}
+    _touch(tmp_path / "._clip.mp4", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    _touch(tmp_path / "._.MOV")
+
+    found, errors = _walk_paths(tmp_path, recursive=recursive)
+
+    assert found == videos
+    assert errors == []
+    assert _names.is_video_name("clip.mp4")
+    assert not _names.is_video_name("._clip.mp4")
 
 
 def test_reports_size_and_mtime(tmp_path: Path) -> None:
