@@ -141,7 +141,9 @@ class ServiceMetrics:
             "scan_files_unchanged", "Files completed scans found unchanged.", **options
         )
         self.files_removed = Counter(
-            "scan_files_removed", "Stored videos completed scans removed (gone).", **options
+            "scan_files_removed",
+            "Stored videos completed scans removed (gone, or no longer a video).",
+            **options,
         )
         self.files_failed_unchanged = Counter(
             "scan_files_failed_unchanged",

@@ -182,7 +182,9 @@ class Applied:
     vanished: list[str] = attrs.field(factory=list)
     """Records not written because their file was gone just before the write."""
     removed: list[str] = attrs.field(factory=list)
-    """The paths of ``vanished`` whose stored row the write deleted."""
+    """The paths whose stored row the write deleted but for those of
+    ``deletions``: of ``vanished``, of ``refused`` and of ``unprobed`` (not
+    ``kept``)."""
     changed: list[str] = attrs.field(factory=list)
     """Records not written because their file changed since they were made
     (:attr:`LookedAt.changed`); their rows are left as they are."""

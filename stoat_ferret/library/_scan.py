@@ -57,14 +57,14 @@ scan's).
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
 the next batch, unless another scan wrote it since this one began; it counts
-as an error, not as ``removed``; one whose failure says nothing of its
+as an error, and as ``removed``; one whose failure says nothing of its
 content (``ProbeError.transient``: denied, out of descriptors, a file system
 that cannot answer, its disk unmounted after the walk, a probe child killed
 from outside or starved of CPU: ``_probefailed.Failed``) keeps its row, for
 the next scan to try again. A file whose row the store cannot hold (a number
 beyond SQLite's, which ``_probe.py`` never gives) is an ``errors`` entry,
 neither ``added`` nor ``updated``: the rest of its batch is written, and its
-old row deleted in the same transaction (``VideoStore.apply``).
+old row deleted in the same transaction (``VideoStore.apply``; ``removed``).
 
 Cancellation (the supervisor cancels the handler's scope on cancel or timeout)
 reaches the walk thread at its next checkpoint, each probe thread before its

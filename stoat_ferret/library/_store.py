@@ -350,7 +350,7 @@ class VideoStore(ScanErrorStore, FailedProbeStore):
             )
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
-        removed = [path for path in deleted if path in left_out] if vanished else []
+        removed = [path for path in deleted if path not in deletions] if deletions else deleted
         return Applied(
             refused=refused, vanished=vanished, removed=removed, changed=changed, kept=kept
         )

@@ -514,7 +514,8 @@ async def test_what_an_unreadable_directory_cannot_hide_is_still_removed(
 async def test_a_stored_file_that_turns_unreadable_is_dropped(
     library: VideoLibrary, media: Path, clip: EncodedVideo
 ) -> None:
-    """Its stale row is deleted, it is an error, and it does not count as removed."""
+    """Its stale row is deleted, it is an error, and it counts as removed (the
+    library holds one video less)."""
     (path,) = _fill(media, clip, ["a.mp4"])
     handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
@@ -524,7 +525,7 @@ async def test_a_stored_file_that_turns_unreadable_is_dropped(
         row = await library.get_video_by_path(path)
 
     assert row is None
-    assert (result["removed"], result["updated"]) == (0, 0)
+    assert (result["removed"], result["updated"]) == (1, 0)
     assert [e["path"] for e in result["errors"]] == [path]
 
 
