@@ -3,10 +3,17 @@
 The actor (``_actor.py``) is the only task that changes a job record (but
 for its ``withdrawn`` flag, below) or the job table. Four small pieces of
 state are also touched by other tasks, so
-that the hot paths need no round trip through the actor; they are all here,
+that the hot paths need no round trip through the actor; they are here,
 in :class:`Shared`, each with the invariant that makes it safe. Every task
 involved runs on the event loop's one thread, and none of these methods
 awaits, so each call is atomic with respect to every other task.
+
+A few objects outside the job state are shared by the same rule (the loop's
+one thread, no method awaits), each with its owner: the change feeds of
+``watch_all`` (``JobChanges``, ``_broadcast.py``), a ``watch()``'s
+``JobUpdates`` (``_follow.py``), the actor's ``_workers_ended`` flag and the
+inbox's wake-up event (``_inbox.py``, set by whichever task sends next).
+supervisor.md's Principles name every one of them.
 """
 
 from __future__ import annotations

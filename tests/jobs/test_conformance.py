@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +11,8 @@ from typing import Any
 
 import anyio
 import pytest
+import trio
+import trio.lowlevel
 
 from stoat_ferret.jobs import (
     AsyncJobQueue,
@@ -946,36 +949,69 @@ async def test_every_async_method_is_a_checkpoint_even_when_it_refuses(
     assert outcomes == dict.fromkeys(calls, "cancelled")
 
 
+async def test_every_async_method_lets_other_tasks_run_even_when_it_refuses(
+    make_queue: QueueFactory,
+) -> None:
+    """Each public async method is a schedule point, not only a cancel point:
+    other tasks run during every call (``submit`` on every call, not every
+    64th; bad arguments and unknown ids too). On asyncio, a task started just
+    before the call has run when it returns (its ready queue is first in,
+    first out); on trio, whose batches run in a random order, the calling
+    task took another step (an instrument counts them)."""
+
+    async def enter(manager: Any) -> None:
+        async with manager:
+            pass
+
+    with anyio.fail_after(10):
+        async with make_queue() as queue:
+            calls = await _calls(queue, enter)
+            yielded = {name: await _lets_others_run(call) for name, call in calls.items()}
+
+    assert yielded == dict.fromkeys(calls, True)
+
+
+async def _lets_others_run(call: Callable[[], Any]) -> bool:
+    if trio.lowlevel.in_trio_run():
+        steps = _Steps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(steps)
+        try:
+            with contextlib.suppress(Exception):
+                await call()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        return steps.taken > 0
+    ran = False
+
+    async def mark() -> None:
+        nonlocal ran
+        ran = True
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(mark)
+        with contextlib.suppress(Exception):
+            await call()
+        before_the_group_waits = ran
+    return before_the_group_waits
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the steps one task takes: one more each time it yielded and was run again."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.taken = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.taken += 1
+
+
 async def _each_call_in_a_cancelled_scope(
     make_queue: QueueFactory, enter: Callable[[Any], Any]
 ) -> tuple[dict[str, str], dict[str, Callable[[], Any]]]:
     async with make_queue() as queue:
-        queue.register("double", _double)
-        done = await queue.submit("double", 1)
-        await queue.wait(done)
-        calls: dict[str, Callable[[], Any]] = {
-            "submit keyed": lambda: queue.submit("double", 3, key="k"),
-            "get_result": lambda: queue.get_result(done),
-            "submit": lambda: queue.submit("double", 2),
-            "submit unknown type": lambda: queue.submit("no-such-type"),
-            "get_status": lambda: queue.get_status(done),
-            "get_status unknown": lambda: queue.get_status("no-such-id"),
-            "get_result unknown": lambda: queue.get_result("no-such-id"),
-            "wait unknown": lambda: queue.wait("no-such-id"),
-            "wait": lambda: queue.wait(done),
-            "cancel ended": lambda: queue.cancel(done),
-            "cancel unknown": lambda: queue.cancel("no-such-id"),
-            "list_jobs": lambda: queue.list_jobs(),
-            "list_jobs bad limit": lambda: queue.list_jobs(limit=-1),
-            "list_jobs bad offset": lambda: queue.list_jobs(offset=-1),
-            "watch": lambda: enter(queue.watch(done)),
-            "watch unknown": lambda: enter(queue.watch("no-such-id")),
-            "watch_all": lambda: enter(queue.watch_all()),
-            "watch_all after": lambda: enter(queue.watch_all(after=0)),
-        }
-        if isinstance(queue, JobSupervisor):
-            calls["run again"] = lambda: queue.run()
-            calls["aclose"] = queue.aclose  # last: it stops the supervisor, if it goes on
+        calls = await _calls(queue, enter)
         outcomes: dict[str, str] = {}
         for name, call in calls.items():
             with anyio.CancelScope() as scope:
@@ -989,6 +1025,38 @@ async def _each_call_in_a_cancelled_scope(
             if scope.cancelled_caught:
                 outcomes[name] = "cancelled"
     return outcomes, calls
+
+
+async def _calls(queue: Any, enter: Callable[[Any], Any]) -> dict[str, Callable[[], Any]]:
+    """Each public async method of ``queue``, with good and bad arguments, by name
+    (``aclose`` last: it stops a supervisor)."""
+    queue.register("double", _double)
+    done = await queue.submit("double", 1)
+    await queue.wait(done)
+    calls: dict[str, Callable[[], Any]] = {
+        "submit keyed": lambda: queue.submit("double", 3, key="k"),
+        "get_result": lambda: queue.get_result(done),
+        "submit": lambda: queue.submit("double", 2),
+        "submit unknown type": lambda: queue.submit("no-such-type"),
+        "get_status": lambda: queue.get_status(done),
+        "get_status unknown": lambda: queue.get_status("no-such-id"),
+        "get_result unknown": lambda: queue.get_result("no-such-id"),
+        "wait unknown": lambda: queue.wait("no-such-id"),
+        "wait": lambda: queue.wait(done),
+        "cancel ended": lambda: queue.cancel(done),
+        "cancel unknown": lambda: queue.cancel("no-such-id"),
+        "list_jobs": lambda: queue.list_jobs(),
+        "list_jobs bad limit": lambda: queue.list_jobs(limit=-1),
+        "list_jobs bad offset": lambda: queue.list_jobs(offset=-1),
+        "watch": lambda: enter(queue.watch(done)),
+        "watch unknown": lambda: enter(queue.watch("no-such-id")),
+        "watch_all": lambda: enter(queue.watch_all()),
+        "watch_all after": lambda: enter(queue.watch_all(after=0)),
+    }
+    if isinstance(queue, JobSupervisor):
+        calls["run again"] = lambda: queue.run()
+        calls["aclose"] = queue.aclose  # last: it stops the supervisor, if it goes on
+    return calls
 
 
 async def test_a_feed_read_in_a_cancelled_scope_is_cancelled_even_if_a_change_comes(
