@@ -3,7 +3,7 @@
 The walk (``_walk.py``) takes a file for a video only if its name ends in
 one of :data:`VIDEO_EXTENSIONS`, in any case (a hidden ``.clip.mp4``
 counts too), and does not begin with :data:`APPLE_DOUBLE`; every other file
-is ignored, not an error. A name that is not
+is ignored, not an error, and so is every trash directory (:func:`is_trash`). A name that is not
 valid UTF-8 (:func:`is_utf8`) is skipped with an ``errors`` entry: the
 store, the logs and the JSON API all need text, and a surrogate-escaped
 name would break each of them in a different place (the scan's payload and
@@ -33,6 +33,36 @@ APPLE_DOUBLE: Final = "._"
 keep its attributes (FAT, exFAT, a network share): ``._clip.mp4`` holds
 ``clip.mp4``'s resource fork and Finder data, never a video (probed, each
 was an ``errors`` entry at every scan)."""
+
+TRASH_NAMES: Final = frozenset({".trash", ".trashes", "$recycle.bin", "recycler"})
+"""Directories (in any case) where file managers keep deleted files: a
+disk's trash (the freedesktop ``.Trash``, macOS's ``.Trashes``, Windows'
+``$RECYCLE.BIN`` and ``RECYCLER``), besides ``.Trash-<uid>`` and a home's
+``.local/share/Trash`` (:func:`is_trash`)."""
+
+
+def is_trash(directory: str, name: str) -> bool:
+    """Whether the subdirectory ``name`` of ``directory`` is a trash: a video
+    deleted in a file manager is moved there, and a recursive scan neither
+    enters it nor keeps a stored video found below it (``_scanned.py``)."""
+    lowered = name.lower()
+    if lowered in TRASH_NAMES:
+        return True
+    if lowered.startswith(".trash-"):
+        return lowered[7:].isdigit()
+    return name == "Trash" and directory.endswith("/.local/share")
+
+
+def in_trash(directory: str, root: str) -> bool:
+    """Whether ``directory`` (below ``root``, both absolute and normalised)
+    lies in a trash (:func:`is_trash`) below ``root``, or is one."""
+    parent = root.rstrip("/")
+    for name in directory[len(parent) + 1 :].split("/"):
+        if name and is_trash(parent or "/", name):
+            return True
+        parent = f"{parent}/{name}"
+    return False
+
 
 NOT_UTF8: Final = "name is not valid UTF-8; skipped"
 TOO_LONG: Final = f"path is {PATH_MAX} bytes or longer (PATH_MAX); skipped"

@@ -74,6 +74,7 @@ from stoat_ferret.library._names import (
     NOT_UTF8,
     SUFFIXES,
     TOO_LONG,
+    is_trash,
     is_utf8,
     printable,
 )
@@ -327,7 +328,7 @@ class _Walk:
                 # and raise what it raised but ENOENT: that entry only is unread.
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        if recursive:
+                        if recursive and not is_trash(directory, entry.name):
                             subdirectories.append(entry.name)
                         continue
                     name = entry.name

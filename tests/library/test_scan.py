@@ -42,7 +42,7 @@ from stoat_ferret.library import (
 )
 from stoat_ferret.library._regularfile import CHANGED_SINCE_FOUND
 from stoat_ferret.library._schema import MIGRATIONS
-from tests.library.support import listed_path, make_context, path_of, watched_fifo
+from tests.library.support import listed_path, make_context, path_of, record, watched_fifo
 from tests.videos import copy_video, make_video
 
 # Real scans probe at normal priority: SCHED_IDLE probe threads can starve for
@@ -509,6 +509,31 @@ async def test_what_an_unreadable_directory_cannot_hide_is_still_removed(
     assert stored_meanwhile == [target, str(media / "sick" / "kept.mp4")]
     assert (third["removed"], third["errors"]) == (0, [])
     assert stored_after == [target, str(media / "sick" / "kept.mp4")]
+
+
+async def test_a_video_moved_to_the_trash_leaves_the_library(
+    library: VideoLibrary, media: Path, clip: EncodedVideo
+) -> None:
+    """A stored video a file manager deletes (moved into ``.Trash-1000``,
+    which a recursive scan does not enter) is removed by the next scan, and
+    no video already in a trash is added; a folder merely named ``Trash``
+    is scanned. A row stored in a trash (by a release that entered them) is
+    removed though its file is there."""
+    kept, deleted = _fill(media, clip, ["kept.mp4", "Trash/deleted.mp4"])
+    (old,) = _fill(media, clip, [".Trash-1000/files/old.mp4"])
+    _fill(media, clip, ["$RECYCLE.BIN/S-1-5-21/$R1.mp4"])
+    handler = make_scan_handler(library, probe_priority=NORMAL)
+    with anyio.fail_after(TIMEOUT):
+        first = await handler(make_context(media))
+        await library.upsert([record(old)])
+        trash = media / ".Trash-1000" / "files" / "deleted.mp4"
+        os.rename(deleted, trash)
+        second = await handler(make_context(media))
+        stored = sorted(video.path for video in (await library.list_videos(10, 0))[0])
+
+    assert (first["found"], first["added"], first["errors_total"]) == (2, 2, 0)
+    assert (second["found"], second["removed"], second["errors_total"]) == (1, 2, 0)
+    assert stored == [kept]
 
 
 async def test_a_stored_file_that_turns_unreadable_is_dropped(

@@ -77,6 +77,57 @@ def test_apple_double_files_are_ignored_and_hidden_videos_are_not(
     assert not _names.is_video_name("._clip.mp4")
 
 
+def test_a_recursive_walk_enters_no_trash(tmp_path: Path) -> None:
+    """The trashes of file managers (a disk's, a home's, Windows' and macOS's,
+    in any case) are not entered; folders only named like them are."""
+    videos = {
+        _touch(tmp_path / name)
+        for name in (
+            "a.mp4",
+            "Trash/b.mp4",
+            "trash/c.mp4",
+            ".Trash-me/d.mp4",
+            "share/Trash/e.mp4",
+            ".local/Trash/f.mp4",
+        )
+    }
+    for name in (
+        ".Trash/1000/files/x.mp4",
+        ".Trash-1000/files/x.mp4",
+        ".trashes/501/x.mp4",
+        "$RECYCLE.BIN/S-1-5-21/x.mp4",
+        "$Recycle.Bin/x.mp4",
+        "RECYCLER/x.mp4",
+        "home/.local/share/Trash/files/x.mp4",
+    ):
+        _touch(tmp_path / name)
+
+    found, errors = _walk_paths(tmp_path)
+
+    assert found == videos
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("directory", "root", "trash"),
+    [
+        ("/m/.Trash-1000/files", "/m", True),
+        ("/m/.Trash-1000", "/m", True),
+        ("/m/.Trash-1000/files", "/m/.Trash-1000", False),  # the scanned one is none
+        ("/m/.Trash-1000/files", "/m/.Trash-1000/files", False),
+        ("/m/a/.local/share/Trash/files", "/m", True),
+        ("/m/a/.local/share/Trash/files", "/m/a/.local/share", True),
+        ("/home/me/.local/share/Trash/files", "/", True),
+        ("/.Trashes/501", "/", True),
+        ("/m/Trash/files", "/m", False),
+        ("/m/.Trash-x", "/m", False),
+    ],
+)
+def test_in_trash(directory: str, root: str, trash: bool) -> None:
+    """A directory is in a trash when one lies between it (included) and the root (excluded)."""
+    assert _names.in_trash(directory, root) is trash
+
+
 def test_reports_size_and_mtime(tmp_path: Path) -> None:
     """Each file's fingerprint is its stat size and st_mtime_ns."""
     path = _touch(tmp_path / "a.mp4", b"12345")
