@@ -112,6 +112,14 @@ def is_within(path: Path, roots: Sequence[Path]) -> bool:
     return not roots or any(path.is_relative_to(root) for root in roots)
 
 
+def _missing(requested: str) -> str:
+    # A folder deleted since its videos were scanned is the likeliest reason.
+    return (
+        f"no such directory: {requested} (the videos stored from a deleted folder"
+        " leave the library when a folder above it is scanned)"
+    )
+
+
 def resolve_scan_path(requested: str, roots: Sequence[Path], ways: Sequence[Path] = ()) -> str:
     """Return the resolved absolute directory a scan of ``requested`` would walk.
 
@@ -143,7 +151,7 @@ def resolve_scan_path(requested: str, roots: Sequence[Path], ways: Sequence[Path
     except OSError as exc:  # a link could not be read (permission), too many links
         # Read in a root or on the way down to one (the vet saw to that): told as it is.
         if exc.errno == errno.ENOENT:
-            raise ScanPathRejected(404, f"no such directory: {requested}") from None
+            raise ScanPathRejected(404, _missing(requested)) from None
         if exc.errno == errno.ENOTDIR:
             raise ScanPathRejected(400, f"not a directory: {requested}") from None
         raise _rejection(exc, requested) from None
@@ -158,7 +166,7 @@ def resolve_scan_path(requested: str, roots: Sequence[Path], ways: Sequence[Path
         fd = open_below_root(str(resolved), [str(root) for root in roots])
     except OSError as exc:
         if exc.errno == errno.ENOENT:  # RootUnavailable is no FileNotFoundError
-            raise ScanPathRejected(404, f"no such directory: {requested}") from None
+            raise ScanPathRejected(404, _missing(requested)) from None
         if exc.errno == errno.ENOTDIR:
             raise ScanPathRejected(400, f"not a directory: {requested}") from None
         if exc.errno == errno.ELOOP and not isinstance(exc, RootUnavailable):

@@ -135,7 +135,12 @@ def test_no_roots_admits_any_directory(root: Path) -> None:
 def test_missing_directory_inside_a_root_is_404(root: Path) -> None:
     """A path inside a root that does not exist is not found."""
 
-    assert _rejected(root / "missing", (root,)).status_code == 404
+    missing = _rejected(root / "missing", (root,))
+    assert missing.status_code == 404
+    assert missing.detail == (
+        f"no such directory: {root / 'missing'} (the videos stored from a deleted folder"
+        " leave the library when a folder above it is scanned)"
+    )
     assert _rejected(root / "missing" / "deeper", (root,)).status_code == 404
     # Climbing out of a missing part is no way back (as the kernel's lookup says).
     assert _rejected(root / "missing" / "..", (root,)).status_code == 404
