@@ -1299,7 +1299,7 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     )
 
 
-@pytest.mark.parametrize(("share", "status"), [(0.5, 2), (0.75, 0)])
+@pytest.mark.parametrize(("share", "status"), [(0.5, 2), (0.95, 0)])
 def test_check_asks_room_for_the_file_name_keys_of_schema_14(
     tmp: Path,
     capsys: pytest.CaptureFixture[str],
@@ -1308,9 +1308,9 @@ def test_check_asks_room_for_the_file_name_keys_of_schema_14(
     status: int,
 ) -> None:
     """Schema 14 writes a key into every row, which a file at schema 13 needs
-    room for (STEP_SPACE: 0.7 of its size; 0.45 measured), more than the 0.15
-    of a step that makes an index again: free space of half the file is too
-    little, three quarters enough."""
+    room for (STEP_SPACE: 0.9 of its size; 0.45 to 0.58 measured), more than
+    the 0.15 of a step that makes an index again: free space of half the file
+    is too little, 95 % enough."""
     data = tmp / "data"
     data.mkdir(mode=0o700)
     database = data / "stoat.db"
@@ -1332,7 +1332,7 @@ def test_check_asks_room_for_the_file_name_keys_of_schema_14(
     err = capsys.readouterr().err
     assert found == status, err
     if status:
-        needed = int(size * 0.7) / (1 << 20)
+        needed = int(size * 0.9) / (1 << 20)
         assert f"its migration needs about {needed:,.1f} MiB free beside it" in err
 
 

@@ -41,11 +41,11 @@ def search_key(text: str | bytes) -> str:
 
 _DIGITS: Final = re.compile(r"[0-9]+")
 
-NUMBER_WIDTH: Final = 3
+NUMBER_WIDTH: Final = 4
 """The digits of the length that :func:`filename_key` writes before each
-number: a file name holds at most 255 bytes on Linux's file systems, so a
-number at most 255 digits (compatibility characters such as ``⑩`` spell
-fewer digits than their bytes)."""
+number: a file name holds at most 255 bytes on most of Linux's file
+systems and 1,024 on FUSE's, so a number at most 1,024 digits (compatibility
+characters such as ``⑩`` spell fewer digits than their bytes)."""
 
 
 def _number(match: re.Match[str]) -> str:
@@ -76,4 +76,8 @@ def _folded(text: str) -> str:
     if text.isascii():  # most names: nothing to decompose
         return text.lower()
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
-    return "".join(char for char in decomposed if not unicodedata.combining(char))
+    plain = "".join(char for char in decomposed if not unicodedata.combining(char))
+    # Composed again, without its marks: a Hangul syllable is one character
+    # again, not two or three letters (a key two to three times the name),
+    # and sorts where they would.
+    return unicodedata.normalize("NFC", plain)

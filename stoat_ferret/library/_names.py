@@ -34,34 +34,25 @@ keep its attributes (FAT, exFAT, a network share): ``._clip.mp4`` holds
 ``clip.mp4``'s resource fork and Finder data, never a video (probed, each
 was an ``errors`` entry at every scan)."""
 
-TRASH_NAMES: Final = frozenset({".trash", ".trashes", "$recycle.bin", "recycler"})
-"""Directories (in any case) where file managers keep deleted files: a
-disk's trash (the freedesktop ``.Trash``, macOS's ``.Trashes``, Windows'
-``$RECYCLE.BIN`` and ``RECYCLER``), besides ``.Trash-<uid>`` and a home's
-``.local/share/Trash`` (:func:`is_trash`)."""
+TRASH_NAMES: Final = frozenset({".Trash", ".Trashes"})
+"""Directories where file managers keep deleted files: the freedesktop
+``.Trash`` of a disk (and macOS's in a home), macOS's ``.Trashes`` of a
+volume; besides ``.Trash-<uid>``, Windows' ``$RECYCLE.BIN`` (in any case) and
+a home's ``.local/share/Trash`` (:func:`is_trash`). Names that only a trash
+takes, matched wherever they are: no ordinary folder is taken for one."""
 
 
 def is_trash(directory: str, name: str) -> bool:
-    """Whether the subdirectory ``name`` of ``directory`` is a trash: a video
-    deleted in a file manager is moved there, and a recursive scan neither
-    enters it nor keeps a stored video found below it (``_scanned.py``)."""
-    lowered = name.lower()
-    if lowered in TRASH_NAMES:
+    """Whether the subdirectory ``name`` of ``directory`` is a trash, which a
+    recursive scan does not enter: a video deleted in a file manager is
+    moved there, and should not come back as a new video."""
+    if name in TRASH_NAMES:
         return True
-    if lowered.startswith(".trash-"):
-        return lowered[7:].isdigit()
+    if name.startswith(".Trash-"):
+        return name[7:].isdigit()
+    if name.lower() == "$recycle.bin":
+        return True
     return name == "Trash" and directory.endswith("/.local/share")
-
-
-def in_trash(directory: str, root: str) -> bool:
-    """Whether ``directory`` (below ``root``, both absolute and normalised)
-    lies in a trash (:func:`is_trash`) below ``root``, or is one."""
-    parent = root.rstrip("/")
-    for name in directory[len(parent) + 1 :].split("/"):
-        if name and is_trash(parent or "/", name):
-            return True
-        parent = f"{parent}/{name}"
-    return False
 
 
 NOT_UTF8: Final = "name is not valid UTF-8; skipped"

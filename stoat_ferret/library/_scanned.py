@@ -34,7 +34,6 @@ from stoat_ferret.library import _mounts, _ondisk
 from stoat_ferret.library._beneath import open_below_root, open_scan_directory
 from stoat_ferret.library._exceptions import DirectoryReplaced
 from stoat_ferret.library._models import LookedAt
-from stoat_ferret.library._names import in_trash
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -59,9 +58,8 @@ def look_beneath(
 
     Gone: missing, a directory on the way replaced by a symlink or a file,
     or no longer a regular file (``lstat``), but for something mounted over
-    it; and, not looked at, in a trash below ``root`` (``_names.in_trash``).
-    A file that cannot be looked at for another reason (denied, I/O, its
-    disk not as the walk found it) is neither gone nor changed. Each
+    it. A file that cannot be looked at for another reason (denied, I/O,
+    its disk not as the walk found it) is neither gone nor changed. Each
     directory is opened once, crossing no symlink, on the file system the
     walk found it on (``_ondisk.open_on_its_disk``).
 
@@ -80,9 +78,6 @@ def look_beneath(
     gone: set[str] = set()
     changed: set[str] = set()
     for parent, entries in by_directory.items():
-        if in_trash(parent, root):  # never walked: a video moved there was deleted
-            gone.update(path for _, path in entries)
-            continue
         try:
             fd = _ondisk.open_on_its_disk(parent, root=root, root_fd=root_fd, disks=mounts)
         except _ondisk.DiskChanged as exc:

@@ -179,12 +179,13 @@ def test_filenames_sort_as_a_file_manager_orders_them(store: VideoStore, descend
 @pytest.mark.parametrize(
     ("name", "key"),
     [
-        ("Clip10.MP4", "clip00210\0.mp4"),
-        ("clip007", "clip0017\0"),
-        ("take 000.mkv", "take 0010\0.mkv"),
+        ("Clip10.MP4", "clip000210\0.mp4"),
+        ("clip007", "clip00017\0"),
+        ("take 000.mkv", "take 00010\0.mkv"),
         ("Été", "ete\0"),
         (unicodedata.normalize("NFD", "Été.MP4"), "ete\0.mp4"),
-        ("ﬁ①", "fi0011\0"),
+        ("ﬁ①", "fi00011\0"),
+        ("한국어 2.mp4", "한국어 00012\0.mp4"),  # Hangul syllables stay whole,
         ("Straße", "strasse\0"),
         (".ΐ", ".\u03b9\0"),  # a Greek iota, its marks left out
         (b"a\xffb.mp4", "a\ufffdb\0.mp4"),  # a migration's bytes of a damaged file

@@ -517,11 +517,12 @@ async def test_a_video_moved_to_the_trash_leaves_the_library(
     """A stored video a file manager deletes (moved into ``.Trash-1000``,
     which a recursive scan does not enter) is removed by the next scan, and
     no video already in a trash is added; a folder merely named ``Trash``
-    is scanned. A row stored in a trash (by a release that entered them) is
-    removed though its file is there."""
+    is scanned. A row stored in a trash (by a scan of the trash itself, or a
+    release that entered them) stays while its file is there, as any row
+    whose file the walk did not see: scans never remove each other's rows."""
     kept, deleted = _fill(media, clip, ["kept.mp4", "Trash/deleted.mp4"])
     (old,) = _fill(media, clip, [".Trash-1000/files/old.mp4"])
-    _fill(media, clip, ["$RECYCLE.BIN/S-1-5-21/$R1.mp4"])
+    _fill(media, clip, ["$RECYCLE.BIN/S-1-5-21/$R1.mp4", "Recycler/r.mp4"])
     handler = make_scan_handler(library, probe_priority=NORMAL)
     with anyio.fail_after(TIMEOUT):
         first = await handler(make_context(media))
@@ -531,9 +532,9 @@ async def test_a_video_moved_to_the_trash_leaves_the_library(
         second = await handler(make_context(media))
         stored = sorted(video.path for video in (await library.list_videos(10, 0))[0])
 
-    assert (first["found"], first["added"], first["errors_total"]) == (2, 2, 0)
-    assert (second["found"], second["removed"], second["errors_total"]) == (1, 2, 0)
-    assert stored == [kept]
+    assert (first["found"], first["added"], first["errors_total"]) == (3, 3, 0)
+    assert (second["found"], second["removed"], second["errors_total"]) == (2, 1, 0)
+    assert stored == sorted([old, kept, str(media / "Recycler" / "r.mp4")])
 
 
 async def test_a_stored_file_that_turns_unreadable_is_dropped(
