@@ -115,8 +115,9 @@ def is_within(path: Path, roots: Sequence[Path]) -> bool:
 def _missing(requested: str) -> str:
     # A folder deleted since its videos were scanned is the likeliest reason.
     return (
-        f"no such directory: {requested} (the videos stored from a deleted folder"
-        " leave the library when a folder above it is scanned)"
+        f"no such directory: {requested} (the videos stored from a deleted folder leave"
+        " the library when a folder above it, within the scan roots, is scanned; from a"
+        ' disk no longer mounted, with "forget_unmounted": true)'
     )
 
 

@@ -34,11 +34,13 @@ keep its attributes (FAT, exFAT, a network share): ``._clip.mp4`` holds
 ``clip.mp4``'s resource fork and Finder data, never a video (probed, each
 was an ``errors`` entry at every scan)."""
 
-TRASH_NAMES: Final = frozenset({".Trash", ".Trashes"})
-"""Directories where file managers keep deleted files: the freedesktop
-``.Trash`` of a disk (and macOS's in a home), macOS's ``.Trashes`` of a
-volume; besides ``.Trash-<uid>``, Windows' ``$RECYCLE.BIN`` (in any case) and
-a home's ``.local/share/Trash`` (:func:`is_trash`). Names that only a trash
+TRASH_NAMES: Final = frozenset({".Trash", ".Trashes", "#recycle", "@Recycle", ".recycle"})
+"""Directories where file managers and file servers keep deleted files: the
+freedesktop ``.Trash`` of a disk (and macOS's in a home), macOS's
+``.Trashes`` of a volume, the recycle bins of a share on a Synology NAS
+(``#recycle``), a QNAP one (``@Recycle``) and Samba's (``.recycle``);
+besides ``.Trash-<uid>``, Windows' ``$RECYCLE.BIN`` (in any case) and a
+home's ``.local/share/Trash`` (:func:`is_trash`). Names that only a trash
 takes, matched wherever they are: no ordinary folder is taken for one."""
 
 

@@ -329,7 +329,13 @@ def test_a_long_scan_can_be_cancelled_from_the_page(
 
 REFUSALS = [
     ("/", 403, r"^“/” is outside the folders this service may scan: {root}\. Choose"),
-    ("{root}/missing", 404, r"^There is no folder at “{root}/missing”\."),
+    (
+        "{root}/missing",
+        404,
+        r"^There is no folder at “{root}/missing”\. Check the spelling\. If it was deleted, its"
+        r" videos leave the library when a folder above it is scanned \(for a disk no longer"
+        r" plugged in, with “Remove the videos of disks not mounted” ticked\)\.$",
+    ),
     ("{root}/notes.txt", 400, r"^“{root}/notes\.txt” is a file, not a folder\."),
     ("relative/path", 422, r"^That path cannot be used: .*absolute"),
 ]

@@ -79,8 +79,9 @@ def test_apple_double_files_are_ignored_and_hidden_videos_are_not(
 
 def test_a_recursive_walk_enters_no_trash(tmp_path: Path) -> None:
     """The trashes of file managers (a disk's, a home's, Windows' and macOS's)
-    are not entered; ordinary folders named like them (``Trash``,
-    ``Recycler``) are."""
+    and the recycle bins of file servers (Synology's, QNAP's, Samba's) are
+    not entered; ordinary folders named like them (``Trash``, ``Recycler``)
+    are."""
     videos = {
         _touch(tmp_path / name)
         for name in (
@@ -102,6 +103,9 @@ def test_a_recursive_walk_enters_no_trash(tmp_path: Path) -> None:
         "$RECYCLE.BIN/S-1-5-21/x.mp4",
         "c/$Recycle.Bin/x.mp4",
         "home/.local/share/Trash/files/x.mp4",
+        "nas/video/#recycle/x.mp4",
+        "nas/video/@Recycle/x.mp4",
+        "share/.recycle/me/x.mp4",
     ):
         _touch(tmp_path / name)
 

@@ -336,7 +336,12 @@ function explainRefusal(response, path) {
       ];
     }
     case 404:
-      return ["There is no folder at ", ...quoted(), ". Check the spelling."];
+      return [
+        "There is no folder at ",
+        ...quoted(),
+        ". Check the spelling. If it was deleted, its videos leave the library when a folder above it",
+        " is scanned (for a disk no longer plugged in, with “Remove the videos of disks not mounted” ticked).",
+      ];
     case 413:
       return ["That request is too large to send."];
     case 422:
