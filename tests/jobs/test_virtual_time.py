@@ -1,8 +1,11 @@
 """Deadlines in virtual time: trio only, on MockClock(autojump_threshold=0).
 
 asyncio has no mock clock; these tests would need minutes of real time
-there. The same rules are checked on both backends with short real
-timeouts in test_conformance.py and test_supervisor.py.
+there. That a timeout ends a job is checked on both backends in
+test_conformance.py (a job that never ends, by a timeout of a hundredth
+of a second); what needs longer spans of time, here only: the timeout
+counted from the start rather than the submit, retention, the grace
+period and the retention timer's ticks.
 """
 
 from __future__ import annotations
