@@ -24,6 +24,7 @@ import anyio
 from loguru import logger
 
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS
+from stoat_ferret.jobs._exceptions import SupervisorClosed
 from stoat_ferret.jobs._inbox import Inbox
 from stoat_ferret.jobs._messages import (
     GraceEnded,
@@ -177,13 +178,23 @@ class Actor:
             # The inbox is empty here (the batch below drained it): wait.
             message = await inbox.receive()
             table.now = anyio.current_time()
-            table.handle(message)
-            while True:
-                try:
-                    message = inbox.receive_nowait()
-                except anyio.WouldBlock:
-                    break
+            try:
                 table.handle(message)
+                while True:
+                    try:
+                        message = inbox.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
+                    table.handle(message)
+            except Exception:
+                # A defect in the table: run() fails with it. The request it
+                # was handling is out of the inbox, where _stop answers the
+                # rest: answered here, or its caller (a keyed submit waits
+                # shielded) would wait for ever.
+                reply = getattr(message, "reply", None)
+                if isinstance(reply, Reply):
+                    reply.send(SupervisorClosed("the job supervisor failed"))
+                raise
             table.expire()
         logger.debug("job supervisor: stopping and no job running")
 

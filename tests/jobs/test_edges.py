@@ -1584,3 +1584,50 @@ async def test_a_queued_job_does_not_start_after_a_handler_that_absorbs_a_hard_s
 
     assert started == ["first"]
     assert (result.status, result.started_at) == (JobStatus.CANCELLED, None)
+
+
+class _TableDefect(Exception):
+    """A bug in the job table, made to happen for a test."""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_defect_in_the_table_fails_run_and_answers_the_request_it_met(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table raises while it handles a keyed submit (a defect): run()
+    fails with it, and the submit, whose wait for the actor's answer is
+    shielded, is answered SupervisorClosed rather than left waiting for
+    ever (which no cancellation could end: the suite hung). Run in a thread
+    of its own, so that a regression fails this test instead of hanging it."""
+    real_handle = JobTable.handle
+
+    def handle(table: JobTable, message: Message) -> None:
+        if isinstance(message, Submit) and message.key is not None:
+            raise _TableDefect("a bug")
+        real_handle(table, message)
+
+    monkeypatch.setattr(JobTable, "handle", handle)
+    outcome: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        supervisor = JobSupervisor()
+        supervisor.register("noop", _noop)
+        try:
+            async with anyio.create_task_group() as group:
+                await group.start(supervisor.run)
+                try:
+                    await supervisor.submit("noop", key="k")
+                except SupervisorClosed as exc:
+                    outcome["submit"] = exc
+        except BaseException as exc:  # run()'s failure, in the group's ExceptionGroup
+            outcome["run"] = exc
+
+    thread = threading.Thread(target=anyio.run, args=(scenario,), kwargs={"backend": backend})
+    thread.daemon = True  # a regression leaves it waiting: the test fails, the run ends
+    thread.start()
+    thread.join(30)
+
+    assert not thread.is_alive(), "the keyed submit waited for ever"
+    assert isinstance(outcome.get("submit"), SupervisorClosed)
+    assert isinstance(outcome.get("run"), BaseExceptionGroup)
+    assert outcome["run"].subgroup(_TableDefect) is not None
