@@ -302,7 +302,7 @@ async def test_the_job_marks_a_file_whose_values_overflow_and_does_not_retry_it(
     monkeypatch.setattr(_thumbnail, "_seek_near", overflowing)
     store = ThumbnailStore(tmp_path / "thumbs")
     async with await VideoLibrary.open(tmp_path / "stoat.db") as library:
-        await make_scan_handler(library)(make_context(folder))
+        await make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)(make_context(folder))
         thumbnailer = Thumbnailer(library, store, priority=ThreadPriority.NORMAL)
         first = await thumbnailer(job_context())
         second = await thumbnailer(job_context())

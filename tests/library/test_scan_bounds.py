@@ -25,6 +25,7 @@ from stoat_ferret.library import (
     ProbeError,
     ScanError,
     ScanErrorsReplaced,
+    ThreadPriority,
     VideoLibrary,
     VideoProbe,
     VideoRecord,
@@ -101,7 +102,9 @@ async def _scan_held_while(
 
     supervisor = JobSupervisor(max_workers=1)
     supervisor.register("gate", hold)
-    supervisor.register("scan", make_scan_handler(library, roots=[scan_root]))
+    supervisor.register(
+        "scan", make_scan_handler(library, roots=[scan_root], probe_priority=ThreadPriority.NORMAL)
+    )
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as group:
             await group.start(supervisor.run)
@@ -178,7 +181,9 @@ async def test_a_directory_outside_the_roots_fails_the_job(
     root, outside = roots
 
     with anyio.fail_after(TIMEOUT), pytest.raises(ScanError, match="outside the directories"):
-        await make_scan_handler(library, roots=[root / "lib"])(make_context(outside))
+        await make_scan_handler(
+            library, roots=[root / "lib"], probe_priority=ThreadPriority.NORMAL
+        )(make_context(outside))
     assert (await library.list_videos())[1] == 0
 
 
@@ -187,7 +192,7 @@ async def test_a_directory_above_the_scan_swapped_keeps_the_stored_rows(
 ) -> None:
     """A rescan after ``lib`` became a symlink reads nothing and removes nothing."""
     root, outside = roots
-    handler = make_scan_handler(library, roots=[root])
+    handler = make_scan_handler(library, roots=[root], probe_priority=ThreadPriority.NORMAL)
     copy_video(clip, root / "lib" / "sub" / "kept.mp4")
     with anyio.fail_after(TIMEOUT):
         first = await handler(make_context(root / "lib" / "sub"))
@@ -247,7 +252,9 @@ async def test_a_file_directory_swapped_before_the_probe_is_not_opened(
     monkeypatch.setattr(_scan, "walk_videos", walk_then_swap)
 
     with anyio.fail_after(TIMEOUT):
-        result = await make_scan_handler(library, roots=[root])(make_context(root / "lib"))
+        result = await make_scan_handler(
+            library, roots=[root], probe_priority=ThreadPriority.NORMAL
+        )(make_context(root / "lib"))
         stored = [video.path for video in (await library.list_videos())[0]]
 
     assert str(outside / "secret.mp4") not in spy.opened
@@ -270,7 +277,9 @@ async def test_a_chain_of_1200_links_is_an_error_entry(
         (chain / f"link{index:04d}.mp4").symlink_to(f"link{index - 1:04d}.mp4")
 
     with anyio.fail_after(TIMEOUT):
-        result = await make_scan_handler(library, roots=[root])(make_context(root / "lib"))
+        result = await make_scan_handler(
+            library, roots=[root], probe_priority=ThreadPriority.NORMAL
+        )(make_context(root / "lib"))
 
     assert result["errors_total"] == 1200 - 40  # each link more than 40 hops from the file
     assert result["found"] == 1
@@ -299,7 +308,9 @@ async def test_a_scan_past_its_link_budget_stores_everything_else(
         (lib / "links" / f"l{index}.mp4").symlink_to("../data/clip.bin")
 
     with anyio.fail_after(TIMEOUT):
-        result = await make_scan_handler(library, roots=[root])(make_context(lib))
+        result = await make_scan_handler(
+            library, roots=[root], probe_priority=ThreadPriority.NORMAL
+        )(make_context(lib))
         stored = {video.path for video in (await library.list_videos())[0]}
 
     assert stored == {str(lib / name) for name in ("inside.mp4", "sub/other.mp4", "data/clip.bin")}
@@ -399,7 +410,7 @@ async def test_overlapping_scans_never_delete_each_others_rows(
     lib = root / "lib"
     (lib / "deeper").mkdir()
     doomed = copy_video(clip, lib / "deeper" / "doomed.mp4").path  # only the held scan's
-    handler = make_scan_handler(library, roots=[root])
+    handler = make_scan_handler(library, roots=[root], probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
     os.unlink(doomed)
@@ -448,7 +459,7 @@ async def test_a_slower_scan_does_not_write_back_a_row_another_scan_removed(
     media.mkdir()
     path = copy_video(clip, media / "a.mp4").path
     kept = copy_video(clip, media / "b.mp4").path
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
     for changed in (path, kept):
@@ -491,7 +502,7 @@ async def test_a_slower_scan_does_not_write_its_older_look_over_a_newer_row(
     media.mkdir()
     path = copy_video(clip, media / "a.mp4").path
     other = copy_video(clip, media / "b.mp4").path
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     if stored_before:
         with anyio.fail_after(TIMEOUT):
             await handler(make_context(media))
@@ -536,7 +547,7 @@ async def test_a_file_deleted_between_its_probe_and_its_write_gets_no_row(
     media = tmp_path / "media"
     media.mkdir()
     stored_before = copy_video(clip, media / "old.mp4").path
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
     await anyio.Path(stored_before).write_bytes(await anyio.Path(stored_before).read_bytes() + b"x")
@@ -581,7 +592,7 @@ async def test_a_scanned_directory_replaced_mid_scan_loses_no_rows(
     media = tmp_path / "media"
     media.mkdir()
     paths = [copy_video(clip, media / name).path for name in ("a.mp4", "b.mp4")]
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
     for changed in paths:
@@ -627,7 +638,7 @@ async def test_a_directory_replaced_by_a_link_after_the_walk_gets_no_row_under_i
         return found
 
     monkeypatch.setattr(_scan, "walk_videos", walk_then_swap)
-    handler = make_scan_handler(library, roots=[str(root)])
+    handler = make_scan_handler(library, roots=[str(root)], probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         result = await handler(make_context(root / "lib"))
         stored = [video.path for video in (await library.list_videos())[0]]
@@ -650,7 +661,7 @@ async def test_a_directory_replaced_after_an_unchanged_walk_says_so_and_keeps_it
     its one errors entry, the rows stay, and nothing is probed."""
     root, outside = roots
     changed = copy_video(clip, root / "lib" / "b.mp4").path
-    handler = make_scan_handler(library, roots=[str(root)])
+    handler = make_scan_handler(library, roots=[str(root)], probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(root / "lib"))
         before = sorted(video.path for video in (await library.list_videos())[0])
@@ -693,7 +704,7 @@ async def test_the_videos_of_a_scanned_directory_found_empty_are_kept(
     nas = tmp_path / "nas"
     (nas / "films").mkdir(parents=True)
     stored = [str(copy_video(clip, nas / name).path) for name in ("a.mp4", "films/b.mp4")]
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         first = await handler(make_context(nas))
     shutil.rmtree(nas)
@@ -729,7 +740,7 @@ async def test_a_link_target_another_scan_stores_meanwhile_is_kept(
     written after it began, though only a link leads there."""
     root, _ = roots
     lib = root / "lib"
-    handler = make_scan_handler(library, roots=[root])
+    handler = make_scan_handler(library, roots=[root], probe_priority=ThreadPriority.NORMAL)
     walk = walk_videos
 
     async def other_scan() -> None:
@@ -766,7 +777,7 @@ async def test_the_result_is_bounded_in_bytes_and_the_store_keeps_every_error(
     context = functools.partial(make_context, media)
 
     with anyio.fail_after(TIMEOUT):
-        result = await make_scan_handler(library)(context())
+        result = await make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)(context())
         pages = [await library.scan_errors("j", limit=300, offset=300 * i) for i in range(4)]
 
     entries = json.dumps(result["errors"], ensure_ascii=False).encode()
@@ -804,7 +815,9 @@ async def test_long_odd_paths_and_messages_are_cut_within_the_byte_bound(
     monkeypatch.setattr(_scanprobe, "probe_video", failing_probe)
 
     with anyio.fail_after(TIMEOUT):
-        result = await make_scan_handler(library)(make_context(tmp_path / "media"))
+        result = await make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)(
+            make_context(tmp_path / "media")
+        )
 
     entries = result["errors"]
     assert result["errors_total"] == DEFAULT_ERROR_CAP + 5
@@ -828,7 +841,7 @@ async def test_a_scan_of_a_subdirectory_keeps_a_link_target_another_scan_stored(
     copy_video(clip, lib / "sub" / "data.bin")
     (lib / "a").mkdir()
     (lib / "a" / "link.mp4").symlink_to("../sub/data.bin")
-    handler = make_scan_handler(library, roots=[root])
+    handler = make_scan_handler(library, roots=[root], probe_priority=ThreadPriority.NORMAL)
 
     with anyio.fail_after(TIMEOUT):
         first = await handler(make_context(lib))
@@ -849,7 +862,7 @@ async def test_a_row_another_scan_rewrites_while_its_probe_fails_is_kept(
     media = tmp_path / "media"
     media.mkdir()
     path = copy_video(clip, media / "a.mp4").path
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
     (fresh,) = (await library.list_videos())[0]
@@ -896,7 +909,7 @@ async def test_a_scan_overtaken_by_a_later_scan_of_its_directory_stores_no_error
     media.mkdir()
     for index in range(3):
         (media / f"bad{index}.mp4").write_bytes(b"not a video")
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     later: list[dict[str, Any]] = []
     walk = walk_videos
 
@@ -951,7 +964,7 @@ async def test_a_batch_is_written_when_the_directory_cannot_be_looked_at_again(
         return found
 
     monkeypatch.setattr(_scan, "walk_videos", walk_then_fail)
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         result = await handler(make_context(media))
         stored = [video.path for video in (await library.list_videos())[0]]
@@ -970,7 +983,7 @@ async def test_a_batch_of_stale_rows_alone_is_not_applied_once_the_directory_is_
     media = tmp_path / "media"
     media.mkdir()
     path = copy_video(clip, media / "a.mp4").path
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
     await anyio.Path(path).write_bytes(b"not a video any more")
@@ -1027,7 +1040,9 @@ async def test_no_chunk_is_probed_once_a_batch_finds_the_directory_replaced(
     monkeypatch.setattr(library, "apply", replaced_then_apply)
     monkeypatch.setattr(_scanprobe, "probe_video", probe)
     with anyio.fail_after(TIMEOUT):
-        result = await make_scan_handler(library, probe_threads=1)(make_context(media))
+        result = await make_scan_handler(
+            library, probe_threads=1, probe_priority=ThreadPriority.NORMAL
+        )(make_context(media))
         stored = (await library.list_videos())[0]
 
     assert probed == names[: 2 * chunk]
@@ -1051,7 +1066,7 @@ async def test_a_stored_file_whose_failed_probe_read_it_half_copied_keeps_its_ro
     media.mkdir()
     copied = copy_video(clip, media / "a.mp4").path
     broken = copy_video(clip, media / "b.mp4").path
-    handler = make_scan_handler(library)
+    handler = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(media))
         ids = {video.path: video.id for video in (await library.list_videos())[0]}

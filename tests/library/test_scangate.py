@@ -67,7 +67,7 @@ def _scanning_supervisor(scan: ScanHandler, setup: Setup) -> JobSupervisor:
 async def test_a_scan_cut_short_submits_a_job_for_what_it_stored(setup: Setup, end: str) -> None:
     """The scan stored every row, then was cancelled, failed or timed out: a
     thumbnails job is submitted and makes the thumbnails, without a restart."""
-    real = make_scan_handler(setup.library)
+    real = make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL)
     stored = anyio.Event()
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
@@ -107,7 +107,7 @@ async def test_a_scan_cancelled_during_its_last_write_still_submits_a_job(setup:
     returned: the job ends cancelled, and the thumbnails job for what it
     stored is submitted all the same (its submit was where the cancellation
     was raised)."""
-    real = make_scan_handler(setup.library)
+    real = make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL)
     in_write, written = anyio.Event(), threading.Event()
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
@@ -144,7 +144,9 @@ async def test_the_lines_of_a_scans_thumbnails_submit_carry_the_scans_job_id(
     """The scan's follow-up, its thumbnails job refused by a full queue, is
     logged with the scan's job_id and job_type, as the scan's own lines are
     (a filter by the scan's id missed that WARNING)."""
-    supervisor = _scanning_supervisor(make_scan_handler(setup.library), setup)
+    supervisor = _scanning_supervisor(
+        make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL), setup
+    )
     submit = supervisor.submit
 
     async def refusing(job_type: str, payload: Any = None, **options: Any) -> str:
@@ -176,7 +178,7 @@ async def test_a_submit_that_fails_leaves_the_scans_own_end_and_the_work_owed(
     error looking at the thumbnails' directory) neither turns a scan that
     stored its videos into a failed job nor a cancelled one: the scan ends
     as it would have, the error is logged, and the work stays owed."""
-    real = make_scan_handler(setup.library)
+    real = make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL)
     in_write, written = anyio.Event(), threading.Event()
 
     async def scan(ctx: JobContext) -> dict[str, Any]:
@@ -473,7 +475,7 @@ async def test_an_unchanged_scan_submits_a_job_only_if_the_thumbnails_directory_
     one's inode number is), or its marker alone removed (a half-done ``rm
     -rf``: marked again, or the next start would refuse the directory). With
     the directory there, it submits none, and none after that one."""
-    real = make_scan_handler(setup.library)
+    real = make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL)
     queue = InMemoryJobQueue()
     queue.register("scan", then_thumbnails(real, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
@@ -565,7 +567,14 @@ async def test_with_a_refused_directory_only_a_scan_that_changed_videos_submits_
     store = ThumbnailStore(other)
     thumbnailer = Thumbnailer(setup.library, store, priority=ThreadPriority.NORMAL)
     queue = InMemoryJobQueue()
-    queue.register("scan", then_thumbnails(make_scan_handler(setup.library), queue, thumbnailer))
+    queue.register(
+        "scan",
+        then_thumbnails(
+            make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL),
+            queue,
+            thumbnailer,
+        ),
+    )
     queue.register(THUMBNAILS_JOB_TYPE, thumbnailer)
 
     with anyio.fail_after(30):

@@ -80,7 +80,9 @@ class Setup:
         self.thumbnailer = Thumbnailer(library, store, priority=ThreadPriority.NORMAL)
 
     async def scan(self) -> dict[str, Any]:
-        return await make_scan_handler(self.library)(make_context(self.folder))
+        return await make_scan_handler(self.library, probe_priority=ThreadPriority.NORMAL)(
+            make_context(self.folder)
+        )
 
     async def made(self) -> dict[str, bytes | None]:
         found: dict[str, bytes | None] = {}
@@ -571,7 +573,7 @@ async def test_a_job_started_while_another_runs_merges_into_it(setup: Setup) -> 
 async def test_a_scan_that_changed_videos_submits_a_thumbnails_job(setup: Setup) -> None:
     """Through a queue: the scan completes, then a thumbnails job makes the images."""
     queue = InMemoryJobQueue()
-    scan = make_scan_handler(setup.library)
+    scan = make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL)
     queue.register("scan", then_thumbnails(scan, queue, setup.thumbnailer))
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
 
@@ -931,10 +933,19 @@ async def test_a_refused_submission_leaves_the_work_owed(setup: Setup) -> None:
     """The queue refuses the job after a scan that added videos: the next scan,
     which changed nothing, submits it."""
     refusing = Refusing()
-    wrapped = then_thumbnails(make_scan_handler(setup.library), refusing, setup.thumbnailer)
+    wrapped = then_thumbnails(
+        make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL),
+        refusing,
+        setup.thumbnailer,
+    )
     queue = InMemoryJobQueue()
     queue.register(
-        "scan", then_thumbnails(make_scan_handler(setup.library), queue, setup.thumbnailer)
+        "scan",
+        then_thumbnails(
+            make_scan_handler(setup.library, probe_priority=ThreadPriority.NORMAL),
+            queue,
+            setup.thumbnailer,
+        ),
     )
     queue.register(THUMBNAILS_JOB_TYPE, setup.thumbnailer)
 

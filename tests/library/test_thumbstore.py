@@ -15,6 +15,7 @@ import pytest
 from stoat_ferret.library import (
     THUMBNAIL_VERSION,
     StoreError,
+    ThreadPriority,
     ThumbnailStore,
     VideoLibrary,
     VideoProbe,
@@ -486,7 +487,7 @@ async def test_a_thumbnail_goes_with_its_row(
     with anyio.fail_after(30):
         async with await VideoLibrary.open(tmp_path / "stoat.db") as library:
             library.on_delete(store.remove)
-            scan = make_scan_handler(library)
+            scan = make_scan_handler(library, probe_priority=ThreadPriority.NORMAL)
             await scan(make_context(folder))
             kept = await library.get_video_by_path(str(folder / "h264.mkv"))
             gone = await library.get_video_by_path(str(folder / "h264_aac.mp4"))
