@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -147,3 +149,19 @@ def log_records() -> Iterator[list[Any]]:
         yield records
     finally:
         logger.remove(handler_id)
+
+
+@pytest.fixture
+def _restored_logging() -> Iterator[None]:
+    """main() configures logging; put loguru and stdlib logging back afterwards
+    (a handler of its left behind formats every record of the tests after it,
+    in the same worker, and adds its own fields to what they capture)."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        yield
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+        logging.captureWarnings(False)

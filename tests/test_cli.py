@@ -8,7 +8,6 @@ import grp
 import importlib.metadata
 import io
 import json
-import logging
 import os
 import pwd
 import re
@@ -21,11 +20,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import pytest
-from loguru import logger
 
 from stoat_ferret import __version__
 from stoat_ferret import _cli as cli_module
@@ -58,9 +56,6 @@ from tests.permissions import call_denied
 from tests.server import server_environment
 from tests.test_settings import readme_row
 from tests.videos import write_corrupt_video, write_damaged_database
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -234,6 +229,7 @@ def test_command_defaults_to_serve_and_takes_check() -> None:
     assert parse_command(["--port", "9000", "check"], {})[0] == "check"
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.parametrize(
     ("argv", "sentence"),
     [
@@ -292,6 +288,7 @@ def test_a_bad_flag_exits_2_with_the_usage_and_one_sentence(
     assert error.startswith(f"stoat-ferret: error: {sentence}")
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     """--help exits 0 and shows each setting's flag, variable, default and meaning."""
 
@@ -359,6 +356,7 @@ def with_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(parsers_module.PARSERS, "api_token", parsers_module._parse_text)
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.usefixtures("with_secret")
 def test_a_secret_has_no_flag(capsys: pytest.CaptureFixture[str]) -> None:
     """A secret is read from its variable only: its flag is an unknown argument."""
@@ -375,6 +373,7 @@ def test_a_secret_has_no_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert token not in repr(settings)
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.usefixtures("with_secret")
 @pytest.mark.usefixtures("with_secret")
 @pytest.mark.parametrize(
@@ -432,6 +431,7 @@ class _WithCrossCheck(Settings):
     )
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_flag_checked_against_another_setting_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -450,6 +450,7 @@ def test_a_flag_checked_against_another_setting_exits_2(
     )
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """--version prints the name and version and exits 0."""
 
@@ -460,6 +461,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"stoat-ferret {__version__}\n"
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_console_script_is_run() -> None:
     """``pip install`` gives a ``stoat-ferret`` command running what ``python -m
     stoat_ferret`` runs: run(), main() as the process's own."""
@@ -467,20 +469,6 @@ def test_console_script_is_run() -> None:
     [script] = importlib.metadata.entry_points(group="console_scripts", name="stoat-ferret")
 
     assert script.load() is run
-
-
-@pytest.fixture
-def _restored_logging() -> Iterator[None]:
-    """main() configures logging; put loguru and stdlib logging back afterwards."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        yield
-    finally:
-        logger.remove()
-        logger.add(sys.stderr)
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
-        logging.captureWarnings(False)
 
 
 def test_a_host_name_of_ipv6_addresses_only_is_a_bad_setting(
@@ -736,6 +724,7 @@ def test_a_standard_descriptor_closed_at_start_is_given_dev_null() -> None:
     assert (closed.returncode, closed.stdout.split()) == (0, [os.devnull, os.devnull])
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_relative_path_without_a_working_directory_is_a_bad_setting(tmp_path: Path) -> None:
     """Run from a directory removed since: the default database's relative path has
     nothing to be relative to: 2, one line naming the setting, no traceback (and
@@ -1157,6 +1146,7 @@ def test_check_whose_line_cannot_be_written_exits_2_with_one_line(
     assert line.startswith("stoat-ferret: cannot write to standard output (")
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 @pytest.mark.parametrize("stdout", ["full", "closed"])
 def test_help_or_version_that_cannot_be_written_exits_2_with_one_line(
@@ -1202,6 +1192,7 @@ def test_check_shows_a_path_that_is_not_utf8_escaped_on_a_strict_output(
     assert f"{shown}/stoat.db" in output.getvalue().decode(encoding)
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_check_shows_a_path_with_a_line_break_or_an_escape_on_one_line(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1298,6 +1289,7 @@ def test_check_refuses_an_old_database_whose_migration_would_fill_the_disk(
     )
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.parametrize(("share", "status"), [(1.0, 2), (1.25, 0)])
 def test_check_asks_room_for_the_file_name_keys_of_schema_14(
     tmp: Path,
@@ -1850,6 +1842,7 @@ def test_serving_starts_after_a_crash_left_a_rollback_journal(tmp: Path) -> None
         store.close()
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_check_reads_what_a_crash_left_through_a_copy_and_changes_nothing(
     tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1876,6 +1869,7 @@ def test_check_reads_what_a_crash_left_through_a_copy_and_changes_nothing(
     assert after == before
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_check_reads_again_a_database_that_a_service_rolled_back_while_it_was_copied(
     tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

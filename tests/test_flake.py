@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from tests.processes import first_line
 from tests.server import REPOSITORY, poll_until
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def test_the_load_stops_by_itself_when_the_script_dies(tmp_path: Path) -> None:
     ) as script:
         try:
             assert script.stdout is not None
-            spinners = [int(pid) for pid in script.stdout.readline().split()]
+            spinners = [int(pid) for pid in first_line(script.stdout).split()]
             started = [_alive(pid) for pid in spinners]
         finally:
             script.kill()

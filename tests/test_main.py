@@ -34,6 +34,7 @@ from stoat_ferret.api import begin_shutdown, create_app
 from stoat_ferret.library import VideoStore
 from stoat_ferret.settings import Settings
 from tests.library.support import record
+from tests.processes import first_line
 from tests.server import (
     SHUTDOWN_GRACE,
     running_server,
@@ -293,6 +294,7 @@ def _check_one_line(case: str, stderr: str) -> None:
         assert next(iter(BAD_SETTINGS[case])) in lines[0]
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
 def test_main_returns_2_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
@@ -309,6 +311,7 @@ def test_main_returns_2_with_one_line(
     _check_one_line(case, captured.err)
 
 
+@pytest.mark.usefixtures("_restored_logging")
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
@@ -338,6 +341,7 @@ def test_a_port_in_use_exits_with_one_line_naming_the_settings_given(
     )
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_a_name_that_does_not_resolve_at_bind_time_says_why_in_words(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -559,7 +563,7 @@ def test_a_stop_while_sqlite_checks_the_database_ends_it_at_once(
     ) as process:
         try:
             assert process.stdout is not None
-            started = process.stdout.readline()
+            started = first_line(process.stdout)
             process.send_signal(number)
             out, err = process.communicate(timeout=60)
         finally:

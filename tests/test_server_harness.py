@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 
+from tests.processes import first_line
 from tests.server import REPOSITORY
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def test_a_server_dies_with_the_test_process_that_started_it(tmp_path: Path) -> 
         text=True,
     ) as stand_in:
         assert stand_in.stdout is not None
-        server = int(stand_in.stdout.readline())
+        server = int(first_line(stand_in.stdout))
         started = _alive(server)
         stand_in.kill()
         stand_in.wait()

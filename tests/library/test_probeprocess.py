@@ -75,6 +75,7 @@ from tests.library.support import (
     unreadable_memory,
 )
 from tests.library.test_hostile_media import write_png_bomb, write_seek_overflow
+from tests.processes import first_line
 from tests.videos import copy_video
 
 if TYPE_CHECKING:
@@ -903,7 +904,7 @@ def test_a_child_ends_when_the_service_is_killed_mid_probe(
         ) as service:
             try:
                 assert service.stdout is not None
-                [child] = map(int, service.stdout.readline().split())
+                [child] = map(int, first_line(service.stdout).split())
                 ended = os.pidfd_open(child)
                 stack.callback(os.close, ended)
                 _wait_held(child, tmp_path / "slow.mkv")  # FFmpeg is busy in it
