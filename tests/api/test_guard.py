@@ -936,6 +936,21 @@ async def test_a_foreign_cookie_of_the_same_name_does_not_log_the_dashboard_out(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("name", ["other", f"x{TOKEN_COOKIE}", f"{TOKEN_COOKIE}x", ""])
+async def test_a_session_value_under_another_cookie_name_lets_nobody_in(
+    with_token: Settings, name: str
+) -> None:
+    """A valid session value is read only under the session cookie's own
+    name: under another (a cookie another service on the host set, say), or
+    as a pair with no name, it is no session: 401."""
+    with anyio.fail_after(10):
+        async with serving(create_app(with_token)) as client:
+            response = await client.get("/api/v1/jobs", headers={"Cookie": f"{name}={SESSION}"})
+
+    assert response.status_code == 401
+
+
+@pytest.mark.anyio
 async def test_the_sixteenth_session_cookie_of_a_request_is_tried(with_token: Settings) -> None:
     """Fifteen foreign values of the name, then the valid one: let in."""
     cookies = [f"{TOKEN_COOKIE}=junk{index}" for index in range(15)] + [f"{TOKEN_COOKIE}={SESSION}"]
