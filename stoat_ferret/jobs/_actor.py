@@ -24,7 +24,6 @@ import anyio
 from loguru import logger
 
 from stoat_ferret.jobs._broadcast import REPLAY_EVENTS
-from stoat_ferret.jobs._exceptions import SupervisorClosed
 from stoat_ferret.jobs._inbox import Inbox
 from stoat_ferret.jobs._messages import (
     GraceEnded,
@@ -34,6 +33,7 @@ from stoat_ferret.jobs._messages import (
     Shutdown,
     Tick,
     WorkersEnded,
+    refuse,
 )
 from stoat_ferret.jobs._shared import Phase, Shared
 from stoat_ferret.jobs._table import JobTable
@@ -81,6 +81,7 @@ class Actor:
         self._shutdown_grace = shutdown_grace
         self._task_group: TaskGroup | None = None
         self._workers_ended = False  # set by the task running them, once all have ended
+        self._defects: list[BaseException] = []  # the table's, met while stopping
         # Created by run(), so that a supervisor that never ran leaves no open stream.
         self._inbox: Inbox | None = None
 
@@ -186,14 +187,11 @@ class Actor:
                     except anyio.WouldBlock:
                         break
                     table.handle(message)
-            except Exception:
+            except BaseException:
                 # A defect in the table: run() fails with it. The request it
-                # was handling is out of the inbox, where _stop answers the
-                # rest: answered here, or its caller (a keyed submit waits
-                # shielded) would wait for ever.
-                reply = getattr(message, "reply", None)
-                if isinstance(reply, Reply):
-                    reply.send(SupervisorClosed("the job supervisor failed"))
+                # was handling is out of the inbox, where the stop answers the
+                # rest: answered here, or its caller would wait for ever.
+                refuse(message)
                 raise
             table.expire()
         logger.debug("job supervisor: stopping and no job running")
@@ -223,8 +221,16 @@ class Actor:
             self._handle_while_stopping(await inbox.receive())
 
     def _handle_while_stopping(self, message: Message) -> None:
-        if not isinstance(message, Shutdown | GraceEnded):  # a stop is under way
+        if isinstance(message, Shutdown | GraceEnded):  # a stop is under way
+            return
+        try:
             self.table.handle(message)
+        except BaseException as exc:
+            # A defect in the table (as in _loop), which may strike again: this
+            # request is answered and the stop goes on, so that every other
+            # caller is answered too; _stop raises the first such defect.
+            refuse(message)
+            self._defects.append(exc)
 
     def _stop(self) -> None:
         """Leave every job terminal and every caller answered (run's finally)."""
@@ -237,12 +243,14 @@ class Actor:
             except anyio.WouldBlock:
                 break
         try:
-            self.table.stop(leftovers)
+            self.table.stop(leftovers, self._handle_while_stopping)
         finally:
             self.table.changes.close()  # no job changes any more: feeds end
             self._inbox.close()
             self.table.assignments.close()
             self.stopped.set()
+        if self._defects:
+            raise self._defects[0]
         logger.debug("job supervisor stopped")
 
     def close_before_run(self) -> None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
+from stoat_ferret.jobs._exceptions import SupervisorClosed
+
 if TYPE_CHECKING:
     from anyio import CancelScope
 
@@ -243,3 +245,13 @@ class Assignment(NamedTuple):
     timeout: float  # resolved; the worker opens move_on_after(timeout) with it
     handler: Handler
     key: str | None = None  # jobs of one key run one at a time (_assignments.py)
+
+
+def refuse(message: Message) -> None:
+    """Answer ``message``'s request, if it has one, ``SupervisorClosed``: the
+    job table failed while it handled it (a defect), and its caller must not
+    wait for ever (a keyed ``submit`` waits shielded). An answer sent
+    already stands."""
+    reply = getattr(message, "reply", None)
+    if isinstance(reply, Reply):
+        reply.send(SupervisorClosed("the job supervisor failed"))

@@ -377,21 +377,20 @@ class JobTable:
         for record in self.running.values():
             record.note_reason(STOPPED_WHILE_RUNNING)
 
-    def stop(self, leftovers: list[Message]) -> None:
+    def stop(self, leftovers: list[Message], handle: Callable[[Message], None]) -> None:
         """End every job that is not terminal (the actor and workers are gone).
 
         The last net: after a hard stop, pending jobs have ended in
         :meth:`stop_starting`, and running ones end by their workers'
         ``JobFinished``, handled by the actor or here among ``leftovers``.
-        ``leftovers`` are the messages
-        still in the inbox: accepted submits among them become records first,
-        so that their ids stay answerable, and every request gets its answer.
-        """
+        ``leftovers`` are the messages still in the inbox, each given to
+        ``handle`` (the actor's: it skips a stop's own, answers a request the
+        table failed on): accepted submits among them become records first,
+        so that their ids stay answerable, and every request gets its answer."""
         self.shutting_down = True
         self.assignments.close()
         for message in leftovers:
-            if not isinstance(message, Shutdown | GraceEnded):
-                self.handle(message)
+            handle(message)
         for record in [*self.pending.values(), *self.running.values()]:
             if record.status is JobStatus.RUNNING:
                 event, reason = record.stopped_while_running()

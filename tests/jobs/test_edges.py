@@ -1591,19 +1591,22 @@ class _TableDefect(Exception):
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_defect_in_the_table_fails_run_and_answers_the_request_it_met(
+def test_a_defect_in_the_table_fails_run_and_answers_every_request(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The table raises while it handles a keyed submit (a defect): run()
-    fails with it, and the submit, whose wait for the actor's answer is
-    shielded, is answered SupervisorClosed rather than left waiting for
-    ever (which no cancellation could end: the suite hung). Run in a thread
-    of its own, so that a regression fails this test instead of hanging it."""
+    """The table raises on every keyed submit (a defect that strikes again
+    as the stop handles what is left): run() fails with the first, each
+    keyed submit, whose wait for the actor's answer is shielded, is answered
+    SupervisorClosed (the first in the actor's loop, the others by the stop)
+    rather than left waiting for ever (which no cancellation could end: the
+    suite hung), and a wait for a running job is answered as the job ends.
+    Run in a thread of its own, so that a regression fails this test
+    instead of hanging it."""
     real_handle = JobTable.handle
 
     def handle(table: JobTable, message: Message) -> None:
         if isinstance(message, Submit) and message.key is not None:
-            raise _TableDefect("a bug")
+            raise _TableDefect(message.key)
         real_handle(table, message)
 
     monkeypatch.setattr(JobTable, "handle", handle)
@@ -1611,14 +1614,34 @@ def test_a_defect_in_the_table_fails_run_and_answers_the_request_it_met(
 
     async def scenario() -> None:
         supervisor = JobSupervisor()
+        started = anyio.Event()
+
+        async def hang(ctx: JobContext) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        supervisor.register("hang", hang)
         supervisor.register("noop", _noop)
+
+        async def submit(key: str) -> None:
+            try:
+                await supervisor.submit("noop", key=key)
+            except SupervisorClosed as exc:
+                outcome[key] = exc
+
+        async def wait(job_id: str) -> None:
+            outcome["wait"] = await supervisor.wait(job_id)
+
         try:
             async with anyio.create_task_group() as group:
                 await group.start(supervisor.run)
-                try:
-                    await supervisor.submit("noop", key="k")
-                except SupervisorClosed as exc:
-                    outcome["submit"] = exc
+                running = await supervisor.submit("hang")
+                await started.wait()
+                async with anyio.create_task_group() as callers:
+                    callers.start_soon(wait, running)
+                    await anyio.wait_all_tasks_blocked()
+                    for key in "abc":  # sent before the actor runs: one batch
+                        callers.start_soon(submit, key)
         except BaseException as exc:  # run()'s failure, in the group's ExceptionGroup
             outcome["run"] = exc
 
@@ -1627,7 +1650,8 @@ def test_a_defect_in_the_table_fails_run_and_answers_the_request_it_met(
     thread.start()
     thread.join(30)
 
-    assert not thread.is_alive(), "the keyed submit waited for ever"
-    assert isinstance(outcome.get("submit"), SupervisorClosed)
+    assert not thread.is_alive(), f"a caller waited for ever: {outcome}"
+    assert all(isinstance(outcome.get(key), SupervisorClosed) for key in "abc"), outcome
+    assert outcome["wait"].status is JobStatus.CANCELLED
     assert isinstance(outcome.get("run"), BaseExceptionGroup)
     assert outcome["run"].subgroup(_TableDefect) is not None
