@@ -258,8 +258,9 @@ on no row. Schema 13 makes the search index again, as any step not here.
 Schema 14 writes a key into every row, and makes an index of it: 0.45 of a
 file of 100,000 videos named ``Clip000123.mp4`` (0.41 log, 0.05 more file),
 0.53 of one of 50,000 with 200-character names, 0.58 with names of 70
-Hangul syllables, 0.60 to 0.71 with every field filled, 1.13 with names of
-250 bytes of one-digit numbers (each becomes five characters), measured."""
+Hangul syllables, 0.60 to 0.71 with every field filled, 0.55 with names of
+250 bytes of one-digit numbers (each becomes five characters) or of U+FDFA
+(18 characters each), whose keys stop at ``_keys.KEY_CHARS``, measured."""
 
 
 def _space_for(version: int) -> float:

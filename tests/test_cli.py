@@ -1299,7 +1299,7 @@ def test_check_asks_room_for_the_file_name_keys_of_schema_14(
     status: int,
 ) -> None:
     """Schema 14 writes a key into every row, which a file at schema 13 needs
-    room for (STEP_SPACE: 1.2 of its size; 0.45 to 1.13 measured), more than
+    room for (STEP_SPACE: 1.2 of its size; 0.45 to 0.71 measured), more than
     the 0.15 of a step that makes an index again: free space of the file's
     size is too little, 125 % enough."""
     data = tmp / "data"

@@ -116,8 +116,8 @@ def _missing(requested: str) -> str:
     # A folder deleted since its videos were scanned is the likeliest reason.
     return (
         f"no such directory: {requested} (the videos stored from a deleted folder leave"
-        " the library when a folder above it, within the scan roots, is scanned; from a"
-        ' disk no longer mounted, with "forget_unmounted": true)'
+        " the library when a folder above it, within the scan roots, is scanned with its"
+        ' subfolders; from a disk no longer mounted, with "forget_unmounted": true)'
     )
 
 

@@ -48,6 +48,14 @@ systems and 1,024 on FUSE's, so a number at most 1,024 digits (compatibility
 characters such as ``⑩`` spell fewer digits than their bytes)."""
 
 
+KEY_CHARS: Final = 128
+"""The most characters of a :func:`filename_key`: names whose keys begin
+alike for longer sort by id. Bounded so that no name makes a key, and the
+migration that writes them, far larger than the name: a compatibility
+character can decompose to 18 (``ﷺ``, U+FDFA), a one-digit number grows to
+five."""
+
+
 def _number(match: re.Match[str]) -> str:
     digits = match[0].lstrip("0") or "0"
     return f"{len(digits):0{NUMBER_WIDTH}d}{digits}"
@@ -66,10 +74,10 @@ def filename_key(name: str | bytes) -> str:
     name holds; the ending's digits stay as they are). Names equal in their
     keys sort by id, as every tie does. Other characters compare by code
     point: ``clip-1`` before ``clip_1``, a digit before a letter, Greek after
-    Latin.
+    Latin. At most :data:`KEY_CHARS` characters.
     """
     stem, ending = os.path.splitext(_text(name))
-    return f"{_DIGITS.sub(_number, _folded(stem))}\0{_folded(ending)}"
+    return f"{_DIGITS.sub(_number, _folded(stem))}\0{_folded(ending)}"[:KEY_CHARS]
 
 
 def _folded(text: str) -> str:

@@ -139,8 +139,8 @@ def test_missing_directory_inside_a_root_is_404(root: Path) -> None:
     assert missing.status_code == 404
     assert missing.detail == (
         f"no such directory: {root / 'missing'} (the videos stored from a deleted folder leave"
-        " the library when a folder above it, within the scan roots, is scanned; from a"
-        ' disk no longer mounted, with "forget_unmounted": true)'
+        " the library when a folder above it, within the scan roots, is scanned with its"
+        ' subfolders; from a disk no longer mounted, with "forget_unmounted": true)'
     )
     assert _rejected(root / "missing" / "deeper", (root,)).status_code == 404
     # Climbing out of a missing part is no way back (as the kernel's lookup says).

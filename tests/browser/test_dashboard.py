@@ -333,8 +333,9 @@ REFUSALS = [
         "{root}/missing",
         404,
         r"^There is no folder at “{root}/missing”\. Check the spelling\. If it was deleted, its"
-        r" videos leave the library when a folder above it is scanned \(for a disk no longer"
-        r" plugged in, with “Remove the videos of disks not mounted” ticked\)\.$",
+        r" videos leave the library when a folder above it is scanned with “Include subfolders”"
+        r" ticked \(and, for a disk no longer plugged in, “Remove the videos of disks not"
+        r" mounted or replaced”\)\.$",
     ),
     ("{root}/notes.txt", 400, r"^“{root}/notes\.txt” is a file, not a folder\."),
     ("relative/path", 422, r"^That path cannot be used: .*absolute"),

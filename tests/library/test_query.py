@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stoat_ferret.library import SORT_KEYS, VideoFilter, VideoStore, _query, _store
-from stoat_ferret.library._keys import filename_key
+from stoat_ferret.library._keys import KEY_CHARS, filename_key
 from stoat_ferret.library._query import (
     check_rows,
     count_query,
@@ -195,6 +195,26 @@ def test_filename_key(name: str | bytes, key: str) -> None:
     """The key is folded, decomposed, without marks, spells each number's length
     first, and puts the name before its ending (a hidden file's dot is its name's)."""
     assert filename_key(name) == key
+
+
+@pytest.mark.parametrize(
+    ("name", "begins"),
+    [
+        ("\ufdfa" * 85 + ".mp4", unicodedata.normalize("NFKD", "\ufdfa") * 7),
+        ("1 " * 125 + ".mp4", "00011 " * 21),
+        ("a" * 251 + ".mp4", "a" * KEY_CHARS),
+    ],
+    ids=["18-a-character", "one-digit-numbers", "plain"],
+)
+def test_a_filename_key_is_never_far_longer_than_a_name(name: str, begins: str) -> None:
+    """A name of 255 bytes that decomposes to 18 characters a character, or
+    of 125 one-digit numbers (five characters each), keeps a key of
+    KEY_CHARS characters, its beginning: the migration that writes the keys
+    stays bounded."""
+    key = filename_key(name)
+
+    assert len(key) == KEY_CHARS
+    assert key.startswith(begins[:KEY_CHARS])
 
 
 @pytest.mark.parametrize("sort", ["updated_at", "-updated_at", "size_bytes", "-filename"])

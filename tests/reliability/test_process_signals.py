@@ -333,6 +333,7 @@ def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.usefixtures("_restored_logging")
 def test_main_with_the_port_in_use_returns_1_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

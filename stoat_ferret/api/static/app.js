@@ -340,7 +340,8 @@ function explainRefusal(response, path) {
         "There is no folder at ",
         ...quoted(),
         ". Check the spelling. If it was deleted, its videos leave the library when a folder above it",
-        " is scanned (for a disk no longer plugged in, with “Remove the videos of disks not mounted” ticked).",
+        " is scanned with “Include subfolders” ticked (and, for a disk no longer plugged in,",
+        " “Remove the videos of disks not mounted or replaced”).",
       ];
     case 413:
       return ["That request is too large to send."];
