@@ -144,6 +144,10 @@ class Actor:
                         await self._answer_until_workers_end(inbox)
         finally:
             self._stop()
+        # Defects of the table met while stopping (each logged then) fail run(),
+        # unless something already did: a KeyboardInterrupt or SystemExit first.
+        if self._defects:
+            raise next((d for d in self._defects if not isinstance(d, Exception)), self._defects[0])
 
     async def _run_workers(
         self,
@@ -228,9 +232,10 @@ class Actor:
         except BaseException as exc:
             # A defect in the table (as in _loop), which may strike again: this
             # request is answered and the stop goes on, so that every other
-            # caller is answered too; _stop raises the first such defect.
+            # caller is answered too; run() raises it at the end.
             refuse(message)
             self._defects.append(exc)
+            logger.opt(exception=exc).error("job supervisor: failed while stopping")
 
     def _stop(self) -> None:
         """Leave every job terminal and every caller answered (run's finally)."""
@@ -249,8 +254,6 @@ class Actor:
             self._inbox.close()
             self.table.assignments.close()
             self.stopped.set()
-        if self._defects:
-            raise self._defects[0]
         logger.debug("job supervisor stopped")
 
     def close_before_run(self) -> None:

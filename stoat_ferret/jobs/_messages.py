@@ -248,10 +248,13 @@ class Assignment(NamedTuple):
 
 
 def refuse(message: Message) -> None:
-    """Answer ``message``'s request, if it has one, ``SupervisorClosed``: the
-    job table failed while it handled it (a defect), and its caller must not
-    wait for ever (a keyed ``submit`` waits shielded). An answer sent
-    already stands."""
+    """Answer ``message``'s request, if it has one, ``SupervisorClosed``, and
+    end a ``Follow``'s updates: the job table failed while it handled it (a
+    defect), and its caller must not wait for ever (a keyed ``submit`` waits
+    shielded). An answer sent already stands."""
+    if isinstance(message, Follow):
+        message.updates.close()
+        return
     reply = getattr(message, "reply", None)
     if isinstance(reply, Reply):
         reply.send(SupervisorClosed("the job supervisor failed"))

@@ -1655,3 +1655,55 @@ def test_a_defect_in_the_table_fails_run_and_answers_every_request(
     assert outcome["wait"].status is JobStatus.CANCELLED
     assert isinstance(outcome.get("run"), BaseExceptionGroup)
     assert outcome["run"].subgroup(_TableDefect) is not None
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_defect_in_the_table_as_it_takes_a_follower_ends_its_updates(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table raises as it handles a watch()'s Follow (a defect): run()
+    fails with it, and the watcher's updates end rather than wait for ever.
+    Run in a thread of its own, so that a regression fails this test
+    instead of hanging it."""
+    real_handle = JobTable.handle
+
+    def handle(table: JobTable, message: Message) -> None:
+        if isinstance(message, Follow):
+            raise _TableDefect("follow")
+        real_handle(table, message)
+
+    monkeypatch.setattr(JobTable, "handle", handle)
+    outcome: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        supervisor = JobSupervisor()
+        started = anyio.Event()
+
+        async def hang(ctx: JobContext) -> None:
+            started.set()
+            await anyio.sleep_forever()
+
+        supervisor.register("hang", hang)
+
+        async def follow(job_id: str) -> None:
+            async with supervisor.watch(job_id) as updates:
+                outcome["seen"] = [update async for update in updates]
+
+        async with anyio.create_task_group() as outside:
+            try:
+                async with anyio.create_task_group() as group:
+                    await group.start(supervisor.run)
+                    running = await supervisor.submit("hang")
+                    await started.wait()
+                    outside.start_soon(follow, running)
+            except BaseException as exc:  # run()'s failure, in the group's ExceptionGroup
+                outcome["run"] = exc
+
+    thread = threading.Thread(target=anyio.run, args=(scenario,), kwargs={"backend": backend})
+    thread.daemon = True
+    thread.start()
+    thread.join(30)
+
+    assert not thread.is_alive(), f"the watcher waited for ever: {outcome}"
+    assert outcome["seen"] == []
+    assert outcome["run"].subgroup(_TableDefect) is not None
