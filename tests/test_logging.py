@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -23,24 +22,13 @@ from stoat_ferret._main import main
 from tests.jobs.conftest import running_supervisor
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from stoat_ferret.jobs import JobContext
 
 
 @pytest.fixture
-def sink() -> Iterator[io.StringIO]:
+def sink(_restored_logging: None) -> io.StringIO:
     """Where configure_logging writes in the test; loguru and logging restored afterwards."""
-    root_handlers, root_level = logging.root.handlers[:], logging.root.level
-    output = io.StringIO()
-    try:
-        yield output
-    finally:
-        logger.remove()
-        logger.add(sys.stderr)
-        logging.root.handlers[:] = root_handlers
-        logging.root.setLevel(root_level)
-        logging.captureWarnings(False)
+    return io.StringIO()
 
 
 def _json_lines(sink: io.StringIO) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ from stoat_ferret.jobs._table import JobTable
 from tests.jobs.conftest import live_objects, running_supervisor, stall_the_loop, traced_memory
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from anyio.abc import TaskStatus
 
@@ -1590,6 +1590,43 @@ class _TableDefect(Exception):
     """A bug in the job table, made to happen for a test."""
 
 
+def _table_fails_on(monkeypatch: pytest.MonkeyPatch, fails: Callable[[Message], bool]) -> None:
+    """Make the job table raise _TableDefect as it handles a message ``fails`` picks."""
+    real_handle = JobTable.handle
+
+    def handle(table: JobTable, message: Message) -> None:
+        if fails(message):
+            raise _TableDefect(type(message).__name__)
+        real_handle(table, message)
+
+    monkeypatch.setattr(JobTable, "handle", handle)
+
+
+def _ends_apart(scenario: Callable[[], Awaitable[None]], backend: str) -> bool:
+    """Run ``scenario`` on ``backend`` in a daemon thread of its own; whether
+    it ended within 30 s (a regression that leaves a caller waiting for ever
+    then fails the test instead of hanging it, and the run still ends)."""
+    thread = threading.Thread(target=anyio.run, args=(scenario,), kwargs={"backend": backend})
+    thread.daemon = True
+    thread.start()
+    thread.join(30)
+    return not thread.is_alive()
+
+
+async def _hanging_job(supervisor: JobSupervisor) -> str:
+    """Register and start a job that runs until it is cancelled; its id once it runs."""
+    started = anyio.Event()
+
+    async def hang(ctx: JobContext) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    supervisor.register("hang", hang)
+    job_id = await supervisor.submit("hang")
+    await started.wait()
+    return job_id
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_defect_in_the_table_fails_run_and_answers_every_request(
     backend: str, monkeypatch: pytest.MonkeyPatch
@@ -1602,25 +1639,11 @@ def test_a_defect_in_the_table_fails_run_and_answers_every_request(
     suite hung), and a wait for a running job is answered as the job ends.
     Run in a thread of its own, so that a regression fails this test
     instead of hanging it."""
-    real_handle = JobTable.handle
-
-    def handle(table: JobTable, message: Message) -> None:
-        if isinstance(message, Submit) and message.key is not None:
-            raise _TableDefect(message.key)
-        real_handle(table, message)
-
-    monkeypatch.setattr(JobTable, "handle", handle)
+    _table_fails_on(monkeypatch, lambda m: isinstance(m, Submit) and m.key is not None)
     outcome: dict[str, Any] = {}
 
     async def scenario() -> None:
         supervisor = JobSupervisor()
-        started = anyio.Event()
-
-        async def hang(ctx: JobContext) -> None:
-            started.set()
-            await anyio.sleep_forever()
-
-        supervisor.register("hang", hang)
         supervisor.register("noop", _noop)
 
         async def submit(key: str) -> None:
@@ -1635,8 +1658,7 @@ def test_a_defect_in_the_table_fails_run_and_answers_every_request(
         try:
             async with anyio.create_task_group() as group:
                 await group.start(supervisor.run)
-                running = await supervisor.submit("hang")
-                await started.wait()
+                running = await _hanging_job(supervisor)
                 async with anyio.create_task_group() as callers:
                     callers.start_soon(wait, running)
                     await anyio.wait_all_tasks_blocked()
@@ -1645,12 +1667,7 @@ def test_a_defect_in_the_table_fails_run_and_answers_every_request(
         except BaseException as exc:  # run()'s failure, in the group's ExceptionGroup
             outcome["run"] = exc
 
-    thread = threading.Thread(target=anyio.run, args=(scenario,), kwargs={"backend": backend})
-    thread.daemon = True  # a regression leaves it waiting: the test fails, the run ends
-    thread.start()
-    thread.join(30)
-
-    assert not thread.is_alive(), f"a caller waited for ever: {outcome}"
+    assert _ends_apart(scenario, backend), f"a caller waited for ever: {outcome}"
     assert all(isinstance(outcome.get(key), SupervisorClosed) for key in "abc"), outcome
     assert outcome["wait"].status is JobStatus.CANCELLED
     assert isinstance(outcome.get("run"), BaseExceptionGroup)
@@ -1665,25 +1682,11 @@ def test_a_defect_in_the_table_as_it_takes_a_follower_ends_its_updates(
     fails with it, and the watcher's updates end rather than wait for ever.
     Run in a thread of its own, so that a regression fails this test
     instead of hanging it."""
-    real_handle = JobTable.handle
-
-    def handle(table: JobTable, message: Message) -> None:
-        if isinstance(message, Follow):
-            raise _TableDefect("follow")
-        real_handle(table, message)
-
-    monkeypatch.setattr(JobTable, "handle", handle)
+    _table_fails_on(monkeypatch, lambda m: isinstance(m, Follow))
     outcome: dict[str, Any] = {}
 
     async def scenario() -> None:
         supervisor = JobSupervisor()
-        started = anyio.Event()
-
-        async def hang(ctx: JobContext) -> None:
-            started.set()
-            await anyio.sleep_forever()
-
-        supervisor.register("hang", hang)
 
         async def follow(job_id: str) -> None:
             async with supervisor.watch(job_id) as updates:
@@ -1693,17 +1696,10 @@ def test_a_defect_in_the_table_as_it_takes_a_follower_ends_its_updates(
             try:
                 async with anyio.create_task_group() as group:
                     await group.start(supervisor.run)
-                    running = await supervisor.submit("hang")
-                    await started.wait()
-                    outside.start_soon(follow, running)
+                    outside.start_soon(follow, await _hanging_job(supervisor))
             except BaseException as exc:  # run()'s failure, in the group's ExceptionGroup
                 outcome["run"] = exc
 
-    thread = threading.Thread(target=anyio.run, args=(scenario,), kwargs={"backend": backend})
-    thread.daemon = True
-    thread.start()
-    thread.join(30)
-
-    assert not thread.is_alive(), f"the watcher waited for ever: {outcome}"
+    assert _ends_apart(scenario, backend), f"the watcher waited for ever: {outcome}"
     assert outcome["seen"] == []
     assert outcome["run"].subgroup(_TableDefect) is not None
