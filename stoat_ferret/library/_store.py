@@ -350,7 +350,8 @@ class VideoStore(ScanErrorStore, FailedProbeStore):
             )
         if deleted_ids and self.on_delete is not None:
             self.on_delete(deleted_ids)
-        removed = [path for path in deleted if path not in deletions] if deletions else deleted
+        asked = set(deletions)  # (a list of thousands: no scan of it per row)
+        removed = [path for path in deleted if path not in asked] if asked else deleted
         return Applied(
             refused=refused, vanished=vanished, removed=removed, changed=changed, kept=kept
         )
