@@ -218,7 +218,10 @@ class Actor:
                 self._handle_while_stopping(inbox.receive_nowait())
             except anyio.WouldBlock:
                 break
-        table.stop_starting()
+        try:
+            table.stop_starting()
+        except BaseException as exc:  # a defect: the stop goes on (_stop ends the rest)
+            self._failed_while_stopping(exc)
         # The flag, not the message, says the workers have ended: the loop
         # may have taken WorkersEnded already (a worker that raised ends them all).
         while not self._workers_ended:
@@ -234,8 +237,12 @@ class Actor:
             # request is answered and the stop goes on, so that every other
             # caller is answered too; run() raises it at the end.
             refuse(message)
-            self._defects.append(exc)
-            logger.opt(exception=exc).error("job supervisor: failed while stopping")
+            self._failed_while_stopping(exc)
+
+    def _failed_while_stopping(self, exc: BaseException) -> None:
+        """Record and log a defect of the table met while stopping: run() raises it."""
+        self._defects.append(exc)
+        logger.opt(exception=exc).error("job supervisor: failed while stopping")
 
     def _stop(self) -> None:
         """Leave every job terminal and every caller answered (run's finally)."""
@@ -248,7 +255,7 @@ class Actor:
             except anyio.WouldBlock:
                 break
         try:
-            self.table.stop(leftovers, self._handle_while_stopping)
+            self.table.stop(leftovers, self._handle_while_stopping, self._failed_while_stopping)
         finally:
             self.table.changes.close()  # no job changes any more: feeds end
             self._inbox.close()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
-from stoat_ferret.jobs._exceptions import InvalidTransition
+from stoat_ferret.jobs._exceptions import InvalidTransition, SupervisorClosed
 from stoat_ferret.jobs._models import JobResult, JobStatus
 from stoat_ferret.jobs._state import TERMINAL, JobEvent, next_status
 
@@ -240,6 +240,39 @@ class JobRecord:
         updates.push(self.snapshot())
         if self.status not in TERMINAL:
             self.followers = [*(self.followers or ()), updates]
+
+    def add_waiter(self, reply: Reply[JobResult]) -> None:
+        """Answer ``reply`` (a ``wait()``'s) with the snapshot once the job ends."""
+        if self.waiters is None:
+            self.waiters = {reply}
+        else:
+            self.waiters.add(reply)
+
+    def add_canceller(self, reply: Reply[bool]) -> None:
+        """Answer ``reply`` (a ``cancel()``'s) once the job ends."""
+        if self.cancellers is None:
+            self.cancellers = {reply}
+        else:
+            self.cancellers.add(reply)
+
+    def forget(self, reply: Reply[Any]) -> None:
+        """Drop ``reply`` of a ``wait()`` or ``cancel()`` that gave up."""
+        if self.waiters:
+            self.waiters.discard(reply)
+        if self.cancellers:
+            self.cancellers.discard(reply)
+
+    def refuse_callers(self) -> None:
+        """Answer every ``wait()`` and ``cancel()`` of the job ``SupervisorClosed``
+        and end its followers' updates: a defect in the table failed to end the
+        job as the supervisor stopped, and no answer would come."""
+        closed = SupervisorClosed("the job supervisor failed")
+        for reply in [*(self.waiters or ()), *(self.cancellers or ())]:
+            reply.send(closed)
+        for follower in self.followers or ():
+            follower.close()
+        self.waiters = self.cancellers = None
+        self.followers = None
 
     def unfollow(self, updates: JobUpdates) -> None:
         if self.followers and updates in self.followers:

@@ -148,16 +148,11 @@ class JobTable:
             case Wait(record=waited, reply=reply):
                 if waited.status.is_terminal:
                     reply.send(waited.snapshot())
-                elif waited.waiters is None:
-                    waited.waiters = {reply}
                 else:
-                    waited.waiters.add(reply)
+                    waited.add_waiter(reply)
             case Forget(job_id=job_id, reply=reply):
                 if forgotten := self.jobs.get(job_id):
-                    if forgotten.waiters:
-                        forgotten.waiters.discard(reply)
-                    if forgotten.cancellers:
-                        forgotten.cancellers.discard(reply)
+                    forgotten.forget(reply)
             case Follow(record=record, updates=updates):
                 record.follow(updates)
             case Unfollow(job_id=job_id, updates=updates):
@@ -272,10 +267,7 @@ class JobTable:
             reply.send(True)
         else:
             record.interrupt("cancelled by request")
-            if record.cancellers is None:
-                record.cancellers = {reply}
-            else:
-                record.cancellers.add(reply)
+            record.add_canceller(reply)
 
     def _on_shutdown(self) -> None:
         if self.shutting_down:
@@ -377,16 +369,20 @@ class JobTable:
         for record in self.running.values():
             record.note_reason(STOPPED_WHILE_RUNNING)
 
-    def stop(self, leftovers: list[Message], handle: Callable[[Message], None]) -> None:
+    def stop(
+        self,
+        leftovers: list[Message],
+        handle: Callable[[Message], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
         """End every job that is not terminal (the actor and workers are gone).
 
-        The last net: after a hard stop, pending jobs have ended in
-        :meth:`stop_starting`, and running ones end by their workers'
-        ``JobFinished``, handled by the actor or here among ``leftovers``.
-        ``leftovers`` are the messages still in the inbox, each given to
-        ``handle`` (the actor's: it skips a stop's own, answers a request the
-        table failed on): accepted submits among them become records first,
-        so that their ids stay answerable, and every request gets its answer."""
+        The last net: pending jobs ended in :meth:`stop_starting`, running ones
+        by their ``JobFinished``, handled by the actor or here among the inbox's
+        ``leftovers``, each given to ``handle`` (the actor's: it answers a
+        request the table failed on), so accepted submits become records and
+        every request is answered. A job a defect fails to end has its callers
+        answered ``SupervisorClosed``; the defect goes to ``failed``."""
         self.shutting_down = True
         self.assignments.close()
         for message in leftovers:
@@ -396,4 +392,8 @@ class JobTable:
                 event, reason = record.stopped_while_running()
             else:
                 event, reason = JobEvent.CANCEL, _STOPPED_BEFORE_START
-            self._finish(record, event, error=reason)
+            try:
+                self._finish(record, event, error=reason)
+            except BaseException as exc:
+                record.refuse_callers()
+                failed(exc)

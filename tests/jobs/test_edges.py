@@ -1703,3 +1703,62 @@ def test_a_defect_in_the_table_as_it_takes_a_follower_ends_its_updates(
     assert _ends_apart(scenario, backend), f"the watcher waited for ever: {outcome}"
     assert outcome["seen"] == []
     assert outcome["run"].subgroup(_TableDefect) is not None
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_defect_as_a_hard_stop_ends_a_job_answers_its_callers_and_ends_the_rest(
+    backend: str, monkeypatch: pytest.MonkeyPatch, log_records: list[Any]
+) -> None:
+    """The table raises each time the stop tries to end one pending job (a
+    defect in ending a job, not in handling a message): the defect is logged
+    (run() ends by the stop's cancellation, which goes first), that job's wait
+    is answered SupervisorClosed, and the stop still ends the pending job
+    after it and the running one, each wait answered with its end, rather
+    than leaving every caller after the defect waiting for ever. Run in a
+    thread of its own, so that a regression fails this test instead of
+    hanging it."""
+    real_finish = JobTable._finish
+    doomed: list[str] = []
+
+    def finish(table: JobTable, record: Any, event: JobEvent, **kwargs: Any) -> None:
+        if record.job_id in doomed:
+            raise _TableDefect(record.job_id)
+        real_finish(table, record, event, **kwargs)
+
+    monkeypatch.setattr(JobTable, "_finish", finish)
+    outcome: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        supervisor = JobSupervisor(max_workers=1)
+        supervisor.register("noop", _noop)
+
+        async def wait(name: str, job_id: str) -> None:
+            try:
+                outcome[name] = (await supervisor.wait(job_id)).status
+            except SupervisorClosed as exc:
+                outcome[name] = exc
+
+        async with anyio.create_task_group() as outside:
+            try:
+                async with anyio.create_task_group() as group:
+                    await group.start(supervisor.run)
+                    running = await _hanging_job(supervisor)
+                    pending = [await supervisor.submit("noop") for _ in range(2)]
+                    doomed.append(pending[0])  # the first the stop ends
+                    for name, job_id in zip(
+                        ("running", "doomed", "after"), [running, *pending], strict=True
+                    ):
+                        outside.start_soon(wait, name, job_id)
+                    await anyio.wait_all_tasks_blocked()
+                    group.cancel_scope.cancel()  # a hard stop
+            except BaseException as exc:  # run()'s failure, in the group's ExceptionGroup
+                outcome["run"] = exc
+
+    assert _ends_apart(scenario, backend), f"a caller waited for ever: {outcome}"
+    assert isinstance(outcome["doomed"], SupervisorClosed), outcome
+    assert outcome["after"] is JobStatus.CANCELLED, outcome
+    assert outcome["running"] is JobStatus.CANCELLED, outcome
+    assert "run" not in outcome, outcome
+    failures = [r for r in log_records if r["message"] == "job supervisor: failed while stopping"]
+    assert failures, "the defect was not logged"
+    assert all(isinstance(r["exception"].value, _TableDefect) for r in failures)
