@@ -1,13 +1,15 @@
 """Which file names a scan takes: a video's ending, text the store can hold, a path others can open.
 
 The walk (``_walk.py``) takes a file for a video only if its name ends in
-one of :data:`VIDEO_EXTENSIONS`, in any case (a hidden ``.clip.mp4``
-counts too), and does not begin with :data:`APPLE_DOUBLE`; every other file
-is ignored, not an error, and so is every trash directory (:func:`is_trash`). A name that is not
-valid UTF-8 (:func:`is_utf8`) is skipped with an ``errors`` entry: the
-store, the logs and the JSON API all need text, and a surrogate-escaped
-name would break each of them in a different place (the scan's payload and
-the API's requested directory are refused for it too). So is a path of
+one of :data:`VIDEO_EXTENSIONS`, in any case (a hidden ``.clip.mp4`` counts
+too), and does not begin with :data:`APPLE_DOUBLE`; every other file is
+ignored, not an error, and a recursive walk leaves out every trash, snapshot
+folder and folder a NAS or file system keeps for itself
+(:func:`is_left_out`). A name that is not valid UTF-8 (:func:`is_utf8`) is
+skipped with an ``errors`` entry: the store, the logs and the JSON API all
+need text, and a surrogate-escaped name would break each of them in a
+different place (the scan's payload and the API's requested directory are
+refused for it too). So is a path of
 :data:`~stoat_ferret.library._beneath.PATH_MAX` bytes or more, which no
 other program could open by its name. Such an entry names the path as
 :func:`printable` spells it: valid text, whatever its bytes.
@@ -40,15 +42,37 @@ freedesktop ``.Trash`` of a disk (and macOS's in a home), macOS's
 ``.Trashes`` of a volume, the recycle bins of a share on a Synology NAS
 (``#recycle``), a QNAP one (``@Recycle``) and Samba's (``.recycle``);
 besides ``.Trash-<uid>``, Windows' ``$RECYCLE.BIN`` (in any case) and a
-home's ``.local/share/Trash`` (:func:`is_trash`). Names that only a trash
+home's ``.local/share/Trash`` (:func:`is_left_out`). Names that only a trash
 takes, matched wherever they are: no ordinary folder is taken for one."""
 
 
-def is_trash(directory: str, name: str) -> bool:
-    """Whether the subdirectory ``name`` of ``directory`` is a trash, which a
-    recursive scan does not enter: a video deleted in a file manager is
-    moved there, and should not come back as a new video."""
-    if name in TRASH_NAMES:
+SNAPSHOT_NAMES: Final = frozenset(
+    {".snapshot", "~snapshot", ".snapshots", ".zfs", "#snapshot", "@Recently-Snapshot"}
+)
+"""Directories that show a file system's or a NAS's snapshots, earlier copies
+of the folder they are in, whose videos would each be scanned again as a
+video of its own: NetApp's ``.snapshot`` (``~snapshot`` over SMB), snapper's
+``.snapshots`` (btrfs), ZFS's ``.zfs`` (with ``snapdir=visible``), Synology's
+``#snapshot`` and QNAP's ``@Recently-Snapshot``."""
+
+SYSTEM_NAMES: Final = frozenset(
+    {"@eaDir", ".@__thumb", "@Transcode", "lost+found", "System Volume Information"}
+)
+"""Directories a NAS or a file system keeps for itself: a Synology NAS's
+``@eaDir`` (its index of each file: thumbnails and preview videos), a QNAP
+one's ``.@__thumb`` and ``@Transcode`` (transcoded copies of its videos),
+``fsck``'s ``lost+found`` (readable by root only: an ``errors`` entry at every
+scan of a disk) and Windows' ``System Volume Information``."""
+
+_LEFT_OUT: Final = TRASH_NAMES | SNAPSHOT_NAMES | SYSTEM_NAMES
+
+
+def is_left_out(directory: str, name: str) -> bool:
+    """Whether a recursive scan leaves out the subdirectory ``name`` of
+    ``directory``: a trash (a video deleted in a file manager is moved
+    there, and should not come back as a new video), a snapshot folder or a
+    folder a NAS or file system keeps for itself (copies of the videos)."""
+    if name in _LEFT_OUT:
         return True
     if name.startswith(".Trash-"):
         return name[7:].isdigit()

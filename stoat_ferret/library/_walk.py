@@ -74,7 +74,7 @@ from stoat_ferret.library._names import (
     NOT_UTF8,
     SUFFIXES,
     TOO_LONG,
-    is_trash,
+    is_left_out,
     is_utf8,
     printable,
 )
@@ -328,7 +328,7 @@ class _Walk:
                 # and raise what it raised but ENOENT: that entry only is unread.
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        if recursive and not is_trash(directory, entry.name):
+                        if recursive and not is_left_out(directory, entry.name):
                             subdirectories.append(entry.name)
                         continue
                     name = entry.name

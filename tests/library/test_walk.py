@@ -115,6 +115,50 @@ def test_a_recursive_walk_enters_no_trash(tmp_path: Path) -> None:
     assert errors == []
 
 
+def test_a_recursive_walk_enters_no_snapshot_or_nas_folder(tmp_path: Path) -> None:
+    """Snapshot folders (NetApp's, snapper's, ZFS's, Synology's, QNAP's: earlier
+    copies of the videos beside them) and the folders a NAS or a file system
+    keeps for itself (Synology's index with its preview videos, QNAP's
+    thumbnails and transcoded copies, lost+found, Windows' System Volume
+    Information) are not entered; folders named like them in another case
+    or with more to their name are, and a flat walk of such a folder itself
+    takes its videos."""
+    videos = {
+        _touch(tmp_path / name)
+        for name in (
+            "a.mp4",
+            "snapshot/b.mp4",
+            ".Snapshot/c.mp4",
+            "snapshots/d.mp4",
+            "eaDir/e.mp4",
+            "Transcode/f.mp4",
+            "zfs/g.mp4",
+            "lost+found-old/h.mp4",
+        )
+    }
+    for name in (
+        "vol/.snapshot/hourly.0/x.mp4",
+        "vol/~snapshot/hourly.0/x.mp4",
+        ".snapshots/12/snapshot/x.mp4",
+        "pool/.zfs/snapshot/daily/x.mp4",
+        "share/#snapshot/GMT+00_2026.12.01/x.mp4",
+        "share/@Recently-Snapshot/GMT+00_2026-12-01/x.mp4",
+        "video/@eaDir/x.mp4/SYNOPHOTO_FILM_H.mp4",
+        "video/.@__thumb/x.mp4",
+        "video/@Transcode/x.mp4_240.mp4",
+        "lost+found/x.mp4",
+        "System Volume Information/x.mp4",
+    ):
+        _touch(tmp_path / name)
+
+    found, errors = _walk_paths(tmp_path)
+    flat, _ = _walk_paths(tmp_path / "video" / "@Transcode", recursive=False)
+
+    assert found == videos
+    assert errors == []
+    assert flat == {str(tmp_path / "video" / "@Transcode" / "x.mp4_240.mp4")}
+
+
 def test_reports_size_and_mtime(tmp_path: Path) -> None:
     """Each file's fingerprint is its stat size and st_mtime_ns."""
     path = _touch(tmp_path / "a.mp4", b"12345")
