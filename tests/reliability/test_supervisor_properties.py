@@ -632,6 +632,11 @@ class Program:
             # left to carry a withdrawn id, and none may stay (two cancels of
             # one job once left one for good).
             assert not sup._shared.withdrawn, sup._shared.withdrawn
+        # No call is waiting at a check, so no record holds a reply: abandoned
+        # wait() and cancel() calls (GiveUp) left the job's record as it was.
+        for record in sup._actor.table.jobs.values():
+            assert not record.waiters, f"{record.job_id} keeps a wait() given up"
+            assert not record.cancellers, f"{record.job_id} keeps a cancel() given up"
 
         for follower in self.followers:
             check_follower(follower)
