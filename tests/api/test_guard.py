@@ -970,7 +970,11 @@ async def test_the_sixteenth_session_cookie_of_a_request_is_tried(with_token: Se
         pytest.param(SESSION_SECONDS, 0.5, False, id="its-life-over"),
         pytest.param(SESSION_SECONDS, 0.0, False, id="its-life-over-to-the-second"),
         pytest.param(-SESSION_SKEW_SECONDS, 0.5, True, id="from-a-clock-a-minute-ahead"),
+        pytest.param(
+            -SESSION_SKEW_SECONDS, 0.0, True, id="from-a-clock-a-minute-ahead-to-the-second"
+        ),
         pytest.param(-SESSION_SKEW_SECONDS - 1, 0.5, False, id="from-further-ahead"),
+        pytest.param(-SESSION_SKEW_SECONDS - 1, 0.99, False, id="from-just-further-ahead"),
     ],
 )
 def test_a_session_is_valid_for_its_life_from_when_it_was_made(
