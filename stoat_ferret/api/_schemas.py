@@ -174,6 +174,9 @@ class StrictQuery(BaseModel):
     def _plain_digits(cls, value: Any, info: ValidationInfo) -> Any:
         pattern = _number_text(cls, info.field_name)
         if pattern is not None and isinstance(value, str) and not pattern.fullmatch(value):
+            least = _least(cls, info.field_name)
+            if least is not None and value[:1] == "-" and pattern.fullmatch(value[1:]):
+                raise ValueError(f"must be {least:g} or more")  # not "plain digits": say why
             raise ValueError(
                 "must be written in plain digits"
                 + (" (0-9), as 2.5, .5 or 25e-1" if pattern is _DECIMAL else " (0-9)")
@@ -194,6 +197,13 @@ def _number_text(model: type[BaseModel], name: str | None) -> re.Pattern[str] | 
     if int in kinds:
         return _WHOLE
     return _DECIMAL if float in kinds else None
+
+
+def _least(model: type[BaseModel], name: str | None) -> float | None:
+    """The least value the field ``name`` of ``model`` takes (its ``ge``), if it has one."""
+    field = model.model_fields.get(name or "")
+    bounds = [] if field is None else [m.ge for m in field.metadata if hasattr(m, "ge")]
+    return float(bounds[0]) if bounds else None
 
 
 class PageQuery(StrictQuery):

@@ -263,6 +263,29 @@ async def test_bad_parameters_are_422(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ("offset=-1", "offset", "must be 0 or more"),
+        ("limit=-5", "limit", "must be 1 or more"),
+        ("max_duration=-2.5", "max_duration", "must be 0 or more"),
+        ("offset=-x", "offset", "must be written in plain digits (0-9)"),
+    ],
+)
+async def test_a_negative_number_is_told_its_least_value(
+    shared_client: httpx.AsyncClient, query: str, field: str, message: str
+) -> None:
+    """A number written with a minus sign is refused for its bound, not for its
+    writing: the client meant a number, and the message says which are taken."""
+    with anyio.fail_after(10):
+        response = await shared_client.get(f"{VIDEOS}?{query}")
+
+    assert response.status_code == 422, response.text
+    messages = {e["msg"] for e in response.json()["detail"] if e["loc"] == ["query", field]}
+    assert messages == {f"Value error, {message}"}, response.text
+
+
+@pytest.mark.anyio
 async def test_every_sort_key_is_accepted(shared_client: httpx.AsyncClient) -> None:
     """Each documented key, ascending and descending, is a 200."""
     keys = [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]
