@@ -30,7 +30,9 @@ the running job's last check and its end.
 A video whose frame cannot be decoded gets no thumbnail, an ``errors`` entry
 and a marker file (so the next job does not try it again until it changes);
 the job itself completes. A file away, unreadable or changed for now is an
-``errors`` entry only, and the next job tries it again; a store that can
+``errors`` entry only, and stays owed: the next scan that ends, even one
+that changed nothing (a disk back in place), submits a job that tries it
+again; a store that can
 write nothing now (a full disk...) ends the job, failed (``StoreError``: what
 it made is kept), the work owed, so the next scan that ends, even one that
 changed nothing, submits a job again (as does the next start):
@@ -200,7 +202,11 @@ class Thumbnailer:
                 if run.store_failed:
                     break  # owed: the next scan that ends, or the next start, tries again
                 if finished and not self._again:
-                    self.owed, self._discards_seen = False, discards
+                    # A video that failed for now (no marker: unreadable,
+                    # gone, out of memory) stays owed: a scan that changes
+                    # nothing would otherwise submit no job to try it again.
+                    self.owed = await self._failed_for_now(run)
+                    self._discards_seen = discards
                     break
         finally:
             self._running = None
@@ -220,6 +226,15 @@ class Thumbnailer:
                 " is made after the next scan ends, or at the next start"
             )
         return result
+
+    async def _failed_for_now(self, run: ThumbnailRun) -> bool:
+        """Whether a video ``run`` failed on has neither thumbnail nor failure
+        marker: the next job tries it again (checked on a thread: stat calls)."""
+        state = self._store.state
+        failures = list(run.failures)
+        return await anyio.to_thread.run_sync(
+            lambda: any(state(source[0], source[2:4]) is None for source in failures)
+        )
 
     def directory_gone(self) -> bool:
         """Whether the thumbnails' directory is missing (removed by hand: "safe
@@ -250,7 +265,8 @@ class Thumbnailer:
         while the directory is refused: no job could make them, and each
         would fail (a scan that changed videos still submits one, which says why).
         Also once a request found a thumbnail file damaged, since the last job's
-        pass over the library began (``ThumbnailStore.discarded``)."""
+        pass over the library began (``ThumbnailStore.discarded``), and after
+        a job that left a video failed for now (no marker: ``_failed_for_now``)."""
         owed = self._owed or self._store.discarded != self._discards_seen
         return owed and self._store.refused is None
 

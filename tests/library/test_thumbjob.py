@@ -203,13 +203,16 @@ async def test_a_second_job_makes_only_what_is_missing(setup: Setup) -> None:
 
 
 async def test_a_file_away_for_now_is_not_marked_failed(setup: Setup, tmp_path: Path) -> None:
-    """A file missing (ENOENT) while the job runs is an errors entry, not a marker:
-    back with the same size and time, the next job makes its thumbnail."""
+    """A file missing (ENOENT) while the job runs is an errors entry, not a marker,
+    and its thumbnail stays owed (so the next scan that ends submits a job, even
+    one that changed nothing: a disk that came back changes nothing): back with
+    the same size and time, the next job makes its thumbnail, and nothing is owed."""
     away = setup.folder / "h264_aac.mp4"
     with anyio.fail_after(30):
         await setup.scan()
         os.rename(away, tmp_path / "away.mp4")
         first = await setup.thumbnailer(job_context())
+        owed_after_first = setup.thumbnailer.owed
         video = await setup.library.get_video_by_path(str(away))
         assert video is not None
         state = setup.store.state(video.id, (video.size_bytes, video.mtime_ns))
@@ -222,7 +225,9 @@ async def test_a_file_away_for_now_is_not_marked_failed(setup: Setup, tmp_path: 
         str(setup.folder / "noise.mp4"),
     }
     assert state is None
+    assert owed_after_first
     assert (second["made"], second["failed"], second["unchanged"]) == (1, 0, 3)
+    assert not setup.thumbnailer.owed
 
 
 async def test_a_directory_swapped_for_a_symlink_after_the_scan_is_not_followed(
@@ -517,7 +522,7 @@ async def test_a_folder_the_store_refuses_for_one_video_costs_that_video_only(
     errors = {entry["path"]: entry["error"] for entry in result["errors"]}
     assert "its folder is a symbolic link" in errors[str(setup.folder / "h264_aac.mp4")]
     assert os.listdir(elsewhere) == []
-    assert not setup.thumbnailer.owed
+    assert setup.thumbnailer.owed  # no thumbnail, no marker: the next job tries again
 
 
 async def test_a_job_that_makes_them_all_leaves_nothing_owed(setup: Setup) -> None:
