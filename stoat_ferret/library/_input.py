@@ -220,6 +220,7 @@ class BoundedInput:
 
         Raises:
             av.FFmpegError, OSError, ValueError: as ``av.open``.
+            OutOfMemory: Python ran out of memory while FFmpeg opened it.
         """
         self.close()
         if self._python:
@@ -243,13 +244,19 @@ class BoundedInput:
         return self._open(self._reader, {})
 
     def _open(self, source: str | _BoundedReader, options: dict[str, str]) -> InputContainer:
-        return av.open(
-            source,
-            mode="r",
-            container_options={**_CONTAINER_OPTIONS, **options},
-            options=DECODER_OPTIONS,  # every stream's decoder in the stream probe
-            metadata_errors="replace",
-        )
+        try:
+            return av.open(
+                source,
+                mode="r",
+                container_options={**_CONTAINER_OPTIONS, **options},
+                options=DECODER_OPTIONS,  # every stream's decoder in the stream probe
+                metadata_errors="replace",
+            )
+        except MemoryError as exc:
+            if isinstance(exc, av.FFmpegError):  # FFmpeg's ENOMEM at open: the file's
+                raise
+            # Python's (our reader's buffer, PyAV's objects): the process's.
+            raise OutOfMemory("out of memory") from exc
 
     def close(self) -> None:
         """Let go of the last reader (the descriptor stays open)."""

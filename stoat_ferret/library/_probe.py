@@ -145,6 +145,8 @@ def probe_descriptor(
 def _open_and_describe(name: str, source: BoundedInput) -> VideoProbe:
     try:
         container = source.open()
+    except OutOfMemory as exc:
+        raise ShortOfMemory(name, f"out of memory opening it ({exc}); tried again") from exc
     except (av.FFmpegError, OSError, ValueError) as exc:
         # A read the file system could not answer (a FUSE daemon gone, an
         # I/O error) says nothing of the file: transient, the row is kept.

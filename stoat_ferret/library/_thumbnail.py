@@ -266,6 +266,8 @@ _UNDECODED: Final = "cannot decode a frame"
 def _from_input(path: str, source: BoundedInput, *, seek: bool, turn: bool) -> bytes | None:
     try:
         container = source.open()
+    except OutOfMemory as exc:  # the process's trouble: the next job tries again
+        raise ShortOfMemory(path, f"out of memory opening it ({exc})") from exc
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise _failure(path, source, exc, "not a readable media file") from exc
     try:

@@ -1509,6 +1509,57 @@ def test_out_of_memory_reading_the_rotation_is_transient(
     assert "out of memory" in refused.value.reason
 
 
+@pytest.mark.parametrize("where", ["reader", "pyav"])
+def test_python_out_of_memory_while_ffmpeg_opens_it_is_transient(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A probe process near its address-space limit fails a Python allocation
+    while FFmpeg opens the file (the reader's buffer, or PyAV's own objects):
+    ShortOfMemory, tried again, the process's trouble; it was a bare MemoryError,
+    which the service took for a bug of the probe. FFmpeg's own ENOMEM at open
+    stays the file's (the MOV demuxer's answer past max_streams)."""
+    path = str(clips["h264_aac.mp4"].path)
+    if where == "reader":
+
+        def short(self: Any, size: int) -> bytes:
+            raise MemoryError
+
+        monkeypatch.setattr(_input._BoundedReader, "read", short)
+    else:
+
+        def short_open(*args: Any, **kwargs: Any) -> Any:
+            raise MemoryError
+
+        monkeypatch.setattr(av, "open", short_open)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ShortOfMemory) as refused:
+            probe_descriptor(path, fd, os.fstat(fd).st_size, python_reads=True)
+    finally:
+        os.close(fd)
+
+    assert refused.value.transient
+    assert refused.value.reason.startswith("out of memory opening it")
+
+
+def test_ffmpegs_enomem_at_open_is_the_files(
+    clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFmpeg's ENOMEM at open (a MemoryError too, in PyAV) is its verdict on the
+    file (the MOV demuxer past max_streams): not transient, not ShortOfMemory."""
+
+    def enomem(*args: Any, **kwargs: Any) -> Any:
+        raise MEMORY_FAILURES["ENOMEM"]
+
+    monkeypatch.setattr(av, "open", enomem)
+
+    with pytest.raises(ProbeError) as refused:
+        probe_video(clips["h264_aac.mp4"].path)
+
+    assert not isinstance(refused.value, ShortOfMemory)
+    assert not refused.value.transient
+
+
 def test_enomem_reading_a_format_that_adds_streams_is_the_files(
     clips: dict[str, EncodedVideo], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -822,6 +822,26 @@ def test_out_of_memory_making_a_thumbnail_is_tried_again(
     assert "cannot decode a frame" in refused.value.reason
 
 
+def test_python_out_of_memory_while_ffmpeg_opens_it_is_tried_again(
+    clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python allocation that fails while FFmpeg opens the file (a process near
+    its address-space limit): ShortOfMemory, tried again by the next job, not a
+    bare MemoryError logged as a bug of the service, nor a mark for good."""
+    video = copy_video(clip, tmp_path / "a.mp4").path
+
+    def short_open(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(av, "open", short_open)
+
+    with pytest.raises(ShortOfMemory) as refused:
+        make_thumbnail(str(video), fingerprint(video))
+
+    assert not isinstance(refused.value, UndecodableError)
+    assert refused.value.reason.startswith("out of memory opening it")
+
+
 def test_enomem_reading_a_format_that_adds_streams_marks_it_undecodable(
     clip: EncodedVideo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
