@@ -18,6 +18,7 @@ other program could open by its name. Such an entry names the path as
 from __future__ import annotations
 
 import os
+import stat
 from typing import Final
 
 from stoat_ferret.library._beneath import PATH_MAX
@@ -91,6 +92,23 @@ def is_video_name(name: str) -> bool:
     return (name.endswith(SUFFIXES) or name.lower().endswith(SUFFIXES)) and not name.startswith(
         APPLE_DOUBLE
     )
+
+
+_KINDS: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_regular(mode: int) -> str:
+    """The ``errors`` entry of a file named as a video that is no regular file
+    (``mode``: its ``st_mode``), never opened: FFmpeg would wait on a FIFO for
+    ever and read a device without end."""
+    kind = next((kind for test, kind in _KINDS if test(mode)), "of another kind")
+    return f"not a regular file ({kind}); skipped"
 
 
 def is_utf8(name: str) -> bool:

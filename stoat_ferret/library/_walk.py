@@ -28,7 +28,8 @@ The rules, in the order they are applied to each directory entry:
   directly in it for a non-recursive walk), and is recorded under the
   resolved path; a link that cannot be followed is an error entry
   (``_walklinks.py`` says which, and what a walk's links may cost).
-* Only regular files are recorded; FIFOs, sockets and devices are ignored.
+* Only regular files are recorded; a FIFO, socket or device named as a
+  video (or a link's target that is one) is an error entry, never opened.
 * A subdirectory that cannot be listed, a file that cannot be stat'ed (an
   entry of any kind, where the file system gives no type in its listing and
   ``lstat`` fails: the rest of its directory is listed all the same), or a
@@ -76,6 +77,7 @@ from stoat_ferret.library._names import (
     TOO_LONG,
     is_left_out,
     is_utf8,
+    not_regular,
     printable,
 )
 from stoat_ferret.library._walklinks import WalkLinks
@@ -350,6 +352,9 @@ class _Walk:
                         found[path] = (info.st_size, info.st_mtime_ns)
                     elif entry.is_symlink():
                         self.links.follow(directory, name, self.fds)
+                    else:  # a FIFO, a socket, a device: never opened
+                        mode = entry.stat(follow_symlinks=False).st_mode
+                        self.errors.add(path, not_regular(mode))
                 except FileNotFoundError:
                     continue
                 except OSError as exc:

@@ -44,7 +44,7 @@ from stoat_ferret.library._links import (
     Outcome,
     resolve_link,
 )
-from stoat_ferret.library._names import NOT_UTF8, is_utf8
+from stoat_ferret.library._names import NOT_UTF8, is_utf8, not_regular
 from stoat_ferret.library._rootlinks import unalias
 
 if TYPE_CHECKING:
@@ -119,6 +119,8 @@ class WalkLinks:
             self.errors.add(link, "symlink target " + NOT_UTF8)
         elif stat.S_ISREG(info.st_mode):
             self.found[target] = (info.st_size, info.st_mtime_ns)
+        else:
+            self.errors.add(link, "symlink target " + not_regular(info.st_mode))
 
     def look_at(self, directory: str, name: str, directory_fds: list[int]) -> None:
         """An error entry for the symlink ``name`` in ``directory`` (whose

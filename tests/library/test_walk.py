@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -179,7 +180,8 @@ def test_recursive_descends_and_non_recursive_stays(tmp_path: Path) -> None:
 
 
 def test_directory_symlinks_are_not_followed(tmp_path: Path) -> None:
-    """A link to a subdirectory and a link back to the root (a loop) are both skipped."""
+    """A link to a subdirectory and a link back to the root (a loop) are both
+    skipped; one named as a video says why it is no video."""
     real = _touch(tmp_path / "sub" / "clip.mp4")
     (tmp_path / "alias").symlink_to(tmp_path / "sub", target_is_directory=True)
     (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
@@ -188,7 +190,12 @@ def test_directory_symlinks_are_not_followed(tmp_path: Path) -> None:
     found, errors = _walk_paths(tmp_path)
 
     assert found == {real}
-    assert errors == []
+    assert errors == [
+        {
+            "path": f"{tmp_path}/folder.mp4",
+            "error": "symlink target not a regular file (a directory); skipped",
+        }
+    ]
 
 
 def test_a_symlink_leading_outside_is_an_error_whatever_its_name(
@@ -381,11 +388,28 @@ def test_broken_and_looping_symlinks_are_errors(tmp_path: Path) -> None:
     assert all(error.startswith("broken symlink (") for error in by_path.values())
 
 
-def test_special_files_are_ignored(tmp_path: Path) -> None:
-    """A FIFO named like a video is neither a video nor an error."""
+def test_special_files_named_as_videos_are_errors(tmp_path: Path) -> None:
+    """A FIFO or a socket named as a video, or a link so named to one or to a
+    folder, is no video and an errors entry saying what it is (it was left out
+    without a word); none is opened (a FIFO would hold the walk); a FIFO named
+    otherwise is ignored, as any file not named as a video."""
     os.mkfifo(tmp_path / "pipe.mp4")
+    os.mkfifo(tmp_path / "pipe.txt")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "socket.mkv"))
+    (tmp_path / "to_pipe.mp4").symlink_to(tmp_path / "pipe.mp4")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "folder.mov").symlink_to(tmp_path / "sub", target_is_directory=True)
 
-    assert _walk_paths(tmp_path) == (set(), [])
+    found, errors = _walk_paths(tmp_path, recursive=False)
+
+    assert found == set()
+    assert {e["path"]: e["error"] for e in errors} == {
+        f"{tmp_path}/pipe.mp4": "not a regular file (a FIFO); skipped",
+        f"{tmp_path}/socket.mkv": "not a regular file (a socket); skipped",
+        f"{tmp_path}/to_pipe.mp4": "symlink target not a regular file (a FIFO); skipped",
+        f"{tmp_path}/folder.mov": "symlink target not a regular file (a directory); skipped",
+    }
 
 
 def test_non_utf8_names_are_skipped_with_an_error(tmp_path: Path) -> None:
