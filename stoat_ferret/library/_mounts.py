@@ -211,13 +211,14 @@ def below_any(path: str, directories: Collection[str]) -> str | None:
 
 
 def kept_elsewhere(
-    paths: Collection[str], disks: Mapping[str, object], errors: ErrorLog, *, root: str
+    paths: Collection[str], disks: Mapping[str, object], errors: ErrorLog, root: str
 ) -> None:
     """One ``errors`` entry for each mount point of ``disks`` (or ``root``) below
     which ``paths`` are: stored videos whose file is not found, kept because
     their rows were written from another file system than the one there now
     (``VideoStore.remove_gone``): another disk in its place, or one mounted
-    over their directory, so their own may just not be mounted."""
+    over their directory, so their own may just not be mounted. Blocking:
+    a loop over ``paths``, which may be millions."""
     kept: dict[str, int] = {}
     for path in paths:
         mount = below_any(path, disks) or root

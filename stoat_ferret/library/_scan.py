@@ -1,15 +1,13 @@
 """One ``scan`` job (``ScanRun``): walk a directory, probe what changed, store the result.
 
-``_scanhandler.py`` makes the job type's handler, which runs one per job.
-
-One scan, step by step:
+``_scanhandler.py`` makes the job type's handler, which runs one per job. One
+scan, step by step:
 
 1. Open the directory from the scan root that holds it down, crossing no
-   symlink (``open_scan_directory``): the roots are checked again here, when
-   the job starts, on what is really opened. A directory that is outside
-   every root fails the job; one replaced by a symlink since the request is
-   an ``errors`` entry, and nothing is read or removed. Everything after
-   this is relative to that descriptor (``_beneath.py``).
+   symlink (``open_scan_directory``): the roots are checked again here, on
+   what is really opened. A directory outside every root fails the job; one
+   replaced by a symlink since the request is an ``errors`` entry, and
+   nothing is read or removed. The rest is relative to that descriptor.
 2. Walk it in a worker thread (:func:`walk_videos`, which checks for
    cancellation every few hundred entries); read the fingerprints of every
    stored row in the same scope, in one query.
@@ -50,9 +48,8 @@ One scan, step by step:
 
 The result lists the first :data:`~stoat_ferret.library._models.DEFAULT_ERROR_CAP`
 ``errors`` entries, each cut to a bounded length, and counts them all
-(``errors_total``); the store keeps every entry (``_scanerrors.py``), unless
-a later scan of the same scope has started meanwhile (its list is then that
-scan's).
+(``errors_total``); the store keeps every entry (``_scanerrors.py``) until a
+later scan of the same scope starts (its list is then that scan's).
 
 A file that cannot be probed is an ``errors`` entry and the scan goes on. A
 stored file that changed and can no longer be probed has its row deleted with
@@ -83,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
+import anyio.to_thread
 import attrs
 from loguru import logger
 
@@ -218,7 +216,9 @@ class ScanRun:
                 home=None if self.forget_unmounted else home,
             )
             self.counts.removed = len(rows.removed)
-            kept_elsewhere(rows.elsewhere, self.scanned.disks, self.errors, root=self.root)
+            if rows.elsewhere:  # a million take a second (below_any each): off the loop
+                told = (rows.elsewhere, self.scanned.disks, self.errors, self.root)
+                await anyio.to_thread.run_sync(kept_elsewhere, *told)
         if home is not None and self.found and not self.replaced:
             await self.library.place(
                 self.found.keys(),

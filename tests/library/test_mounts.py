@@ -911,10 +911,19 @@ async def test_a_disk_mounted_over_a_folder_of_videos_keeps_their_rows(
 ) -> None:
     """A disk mounted between two scans over a folder that holds stored videos
     hides them, and does not make them gone (the entry saying so is stored,
-    though nothing was probed): unmounted again, they are there under the
-    ids they had."""
+    though nothing was probed, and made off the event loop's thread: a
+    million such rows took a second): unmounted again, they are there under
+    the ids they had."""
     devices = Devices(monkeypatch)
     handler = make_scan_handler(library, probe_priority=NORMAL)
+    telling: list[int] = []
+    real = _mounts.kept_elsewhere
+
+    def kept_elsewhere(*args: Any) -> None:
+        telling.append(threading.get_ident())
+        real(*args)
+
+    monkeypatch.setattr(_scan, "kept_elsewhere", kept_elsewhere)
     (tmp_path / "over").mkdir()
     with anyio.fail_after(TIMEOUT):
         await handler(make_context(lib))
@@ -931,6 +940,8 @@ async def test_a_disk_mounted_over_a_folder_of_videos_keeps_their_rows(
 
     assert (covered["removed"], covered["errors_total"]) == (0, 1)
     assert "2 stored video(s) not found here kept" in covered["errors"][0]["error"]
+    assert telling
+    assert threading.get_ident() not in telling
     # A scan with nothing to probe stores that entry too: its list is whole.
     assert covered_list == ([(str(lib / "disk"), covered["errors"][0]["error"])], 1)
     assert uncovered["removed"] == 0
