@@ -235,13 +235,13 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
-        """The first stop signal stops gracefully; a second, :data:`SAME_STOP_SECONDS`
-        or more after it, forces the exit (uvicorn's only on a second SIGINT; a service
-        manager sends SIGTERM), not by uvicorn's ``force_exit``: see :meth:`shutdown`."""
+        """A first stop signal stops gracefully (never by uvicorn's ``force_exit``: see
+        :meth:`shutdown`; its handler sets it for a SIGINT after :meth:`stop`); a second,
+        :data:`SAME_STOP_SECONDS` or more later, forces the exit (SIGTERM too, unlike it)."""
         now = monotonic()
         if self.signalled_at is None:
             self.signalled_at = now
-            super().handle_exit(sig, frame)
+            self.should_exit = True
         elif now - self.signalled_at >= SAME_STOP_SECONDS:
             self.forced = True
 

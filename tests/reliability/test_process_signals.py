@@ -407,5 +407,20 @@ def test_a_stop_signal_after_the_app_failed_is_still_the_first(clock: list[float
     assert server.forced
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_after_the_app_failed_does_not_cancel_requests(
+    clock: list[float], sig: int
+) -> None:
+    """After the app's lifespan stopped the server (``stop``), a first SIGINT
+    is no second stop to uvicorn: its ``force_exit`` would skip the wait for
+    open connections and cancel their requests (a plain-text 500 each)."""
+    server = GracefulServer(uvicorn.Config(_no_app), on_stop=lambda: None)
+
+    server.stop()
+    server.handle_exit(sig, None)
+
+    assert (server.should_exit, server.force_exit, server.forced) == (True, False, False)
+
+
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("never called")
