@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -257,8 +258,13 @@ def test_a_scan_runs_to_completion_and_fills_the_library(
             re.compile("B$"),
         ]
     )
-    expect(rows.nth(1).locator("td").nth(2)).to_have_text("29.97 fps")
-    expect(rows.nth(1).locator("td").nth(4)).to_have_text("h264 / no audio")
+    expect(rows.locator("button.link")).to_have_text(
+        ["beach.mp4", "clip.mov", "interview.webm", "sunset.mkv"]
+        + [f"take-{number:02d}.mp4" for number in range(1, 17)]
+    )  # by file name, as a file manager orders them
+    sunset = rows.filter(has=page.get_by_role("button", name="sunset.mkv"))
+    expect(sunset.locator("td").nth(2)).to_have_text("29.97 fps")
+    expect(sunset.locator("td").nth(4)).to_have_text("h264 / no audio")
 
     next_page = page.get_by_role("button", name="Next page")
     next_page.focus()
@@ -274,9 +280,11 @@ def test_a_scan_runs_to_completion_and_fills_the_library(
 
 
 def test_a_long_scan_can_be_cancelled_from_the_page(
-    dashboard: Dashboard, server: Server, tmp_path: Path
+    dashboard: Dashboard, server: Server, tmp_path: Path, browser: Browser
 ) -> None:
-    """A running and a pending scan each get a Cancel button that ends them as ``cancelled``."""
+    """A running and a pending scan each get a Cancel button that ends them as
+    ``cancelled``. Another tab, its clock stopped (no /health tick), counts the
+    new pending job in its header at once: a new job has /health read."""
     long = _many_files(server.root / "long", LONG_SCAN_FILES)
     (long / HOLD).touch()  # the scan holds once it has stored its first rows
     waiting = server.root / "waiting"
@@ -293,10 +301,22 @@ def test_a_long_scan_can_be_cancelled_from_the_page(
         re.compile(rf"probed [1-9]\d*/{LONG_SCAN_FILES} files")
     )
     wait_for_line(server.log, held_line(long))  # and it stays so: the gate holds it
-    dashboard.scan(waiting)  # the service runs one job at a time: this one waits
-    expect(pending.locator(".badge")).to_have_text("pending")
-    expect(page.locator("#stat-pending")).to_have_text("1")
-    expect(page.locator("#stat-running")).to_have_text("1")
+    watching = browser.new_context()  # a clock of its own: a context shares one
+    try:
+        watcher = watching.new_page()
+        watcher.clock.install()
+        watcher.goto(f"{server.base_url}/")
+        expect(watcher.locator("#stat-running")).to_have_text("1")
+        watcher.clock.pause_at(time.time() + 1)  # no /health tick from here on
+        dashboard.scan(waiting)  # the service runs one job at a time: this one waits
+        expect(pending.locator(".badge")).to_have_text("pending")
+        expect(page.locator("#stat-pending")).to_have_text("1")
+        expect(page.locator("#stat-running")).to_have_text("1")
+        watched = watcher.locator("li.job").filter(has_text=str(waiting))
+        expect(watched.locator(".badge")).to_have_text("pending")
+        expect(watcher.locator("#stat-pending")).to_have_text("1")
+    finally:
+        watching.close()
     shot = screenshot_path(tmp_path)
     shot.parent.mkdir(exist_ok=True)
     page.screenshot(path=shot)
@@ -605,6 +625,9 @@ def test_older_jobs_are_shown_up_to_the_most_one_answer_holds(
         expect(count).to_have_text("5000 jobs, newest 1000 shown (the most this page shows)")
         expect(more).to_be_hidden()
         expect(page.locator("li.job")).to_have_count(1000)
+        # The button hid itself with the focus on it: the focus went to the
+        # first of the jobs it showed last, not to the page's body.
+        expect(page.locator("li.job").nth(980).locator("h3.job-title")).to_be_focused()
     finally:
         page.close()
 

@@ -314,6 +314,33 @@ def test_a_hidden_tab_stops_polling_health(context: BrowserContext, idle_server:
     assert len(health) == hidden_polls + 1
 
 
+def test_the_health_region_is_not_rewritten_with_the_same_words(
+    context: BrowserContext, idle_server: Server
+) -> None:
+    """The header's live region ("Service health") is changed only when its words
+    change: a screen reader may read a region out again each time it is rewritten,
+    every five seconds, with nothing new."""
+    page = context.new_page()
+    page.clock.install()
+    page.goto(f"{idle_server.base_url}/")
+    expect(page.locator("#health-status")).to_have_text("service ok")
+    page.evaluate(
+        """() => {
+          window.rewrites = 0;
+          new MutationObserver((records) => { window.rewrites += records.length; }).observe(
+            document.getElementById("service"),
+            { childList: true, characterData: true, subtree: true },
+          );
+        }"""
+    )
+    for _ in range(3):
+        with page.expect_response(lambda response: response.url.endswith("/health")):
+            page.clock.run_for(5_000)
+    page.evaluate("() => new Promise((done) => setTimeout(done, 0))")  # answers handled
+
+    assert page.evaluate("window.rewrites") == 0
+
+
 VISIBILITY = """() => {
   Object.defineProperty(document, "hidden", { value: %s, configurable: true });
   document.dispatchEvent(new Event("visibilitychange"));
@@ -410,3 +437,102 @@ def test_a_changed_video_shows_its_new_thumbnail_without_a_reload(
     )
     expect(made.locator("dd").nth(1)).to_have_text("1")
     assert dashboard.console.errors == []
+
+
+@pytest.fixture(scope="module")
+def named(server: Server, browser: Browser) -> Path:
+    """Three videos whose file-name order is not their path's: ``clip9``
+    before ``clip10`` before ``Zeta`` (by code point: ``Zeta``, ``clip10``,
+    ``clip9``), in a folder of their own, scanned once for the module."""
+    folder = server.root / "ordering"
+    folder.mkdir()
+    for name in ("clip9.mp4", "clip10.mp4", "Zeta.mp4"):
+        make_video(folder / name, frames=3)
+    context = browser.new_context()
+    try:
+        dashboard = open_page(context, server)
+        dashboard.scan(folder)
+        expect(dashboard.job(folder).locator(".badge")).to_have_text("completed")
+    finally:
+        context.close()
+    return folder
+
+
+def test_the_file_column_orders_names_as_a_file_manager_does(
+    context: BrowserContext, server: Server, named: Path
+) -> None:
+    """By default, and by its header, the File column orders by file name as a
+    file manager does (the API's sort=filename), not by the path's code points."""
+    dashboard = open_page(context, server, "?q=ordering")
+    page = dashboard.page
+    names = page.locator("#video-rows tr button.link")
+    file = page.get_by_role("columnheader", name="File")
+
+    expect(names).to_have_text(["clip9.mp4", "clip10.mp4", "Zeta.mp4"])
+    expect(file).to_have_attribute("aria-sort", "ascending")
+    expect(file.get_by_role("button")).to_have_accessible_name("File")  # no arrow in it
+    file.get_by_role("button").click()
+    expect(names).to_have_text(["Zeta.mp4", "clip10.mp4", "clip9.mp4"])
+    expect(file).to_have_attribute("aria-sort", "descending")
+    expect(page).to_have_url(re.compile(r"\?q=ordering&sort=-filename$"))
+    page.goto(f"{server.base_url}/?q=ordering&sort=path")  # the API's default, by address
+    expect(names).to_have_text(["Zeta.mp4", "clip10.mp4", "clip9.mp4"])
+    expect(page.locator("#videos-caption")).to_have_text(
+        "Videos in the library, ordered by path, ascending"
+    )
+    assert dashboard.console.errors == []
+
+
+def test_back_shows_the_view_of_the_address_it_comes_to(
+    context: BrowserContext, server: Server, named: Path
+) -> None:
+    """Views change the address in place, but the skip link's #main is a history
+    entry: Back to the address before it shows that address's view (its order,
+    page and no open video), not the view left on the screen."""
+    dashboard = open_page(context, server, "?q=ordering")
+    page = dashboard.page
+    names = page.locator("#video-rows tr button.link")
+    expect(names).to_have_text(["clip9.mp4", "clip10.mp4", "Zeta.mp4"])
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # the skip link: /?q=ordering#main
+    expect(page).to_have_url(re.compile(r"#main$"))
+    page.get_by_role("columnheader", name="File").get_by_role("button").click()
+    expect(names).to_have_text(["Zeta.mp4", "clip10.mp4", "clip9.mp4"])
+    page.get_by_role("button", name="Zeta.mp4").click()
+    expect(page.get_by_role("dialog", name="Zeta.mp4")).to_be_visible()
+
+    page.go_back()
+
+    expect(page).to_have_url(f"{server.base_url}/?q=ordering")
+    expect(page.get_by_role("dialog")).to_be_hidden()
+    expect(names).to_have_text(["clip9.mp4", "clip10.mp4", "Zeta.mp4"])
+    expect(page.get_by_role("columnheader", name="File")).to_have_attribute(
+        "aria-sort", "ascending"
+    )
+    expect(page).to_have_url(f"{server.base_url}/?q=ordering")  # closing wrote nothing else
+    assert dashboard.console.errors == []
+
+
+def test_an_order_that_could_not_be_loaded_is_not_shown(
+    context: BrowserContext, server: Server, named: Path
+) -> None:
+    """A click on a header while the library cannot be loaded leaves the rows
+    as they were, and the header, the caption and the address say their order,
+    not the one asked for."""
+    dashboard = open_page(context, server, "?q=ordering")
+    page = dashboard.page
+    names = page.locator("#video-rows tr button.link")
+    expect(names).to_have_text(["clip9.mp4", "clip10.mp4", "Zeta.mp4"])
+    page.route("**/api/v1/videos?*", lambda route: route.abort())
+
+    page.get_by_role("columnheader", name="Size").get_by_role("button").click()
+
+    expect(page.locator("#library-count")).to_have_text(re.compile("^Could not load the library"))
+    expect(page.get_by_role("columnheader", name="File")).to_have_attribute(
+        "aria-sort", "ascending"
+    )
+    expect(page.get_by_role("columnheader", name="Size")).not_to_have_attribute(
+        "aria-sort", re.compile(".")
+    )
+    expect(page).to_have_url(f"{server.base_url}/?q=ordering")
+    expect(names).to_have_text(["clip9.mp4", "clip10.mp4", "Zeta.mp4"])

@@ -6,7 +6,8 @@
 //     one shown is dropped), and a change in its "submitted" counter (a scan
 //     started elsewhere) reloads the job list, as does a load of it that failed;
 //   - the library table is reloaded whenever a scan or a thumbnails job ends;
-//     its search, sort, page and open video are kept in the address;
+//     its search, sort, page and open video are kept in the address (changed
+//     in place: Back and Forward show the view of the address they come to);
 //   - /health is not read while the tab is hidden.
 // Every text that comes from the server (paths, error messages) goes into the
 // page as textContent, never as HTML, and through untrusted(): in an element
@@ -25,6 +26,7 @@
 const API = "/api/v1";
 const NEEDS_TOKEN = "This service needs its access token: sign in above.";
 const JOB_PAGE = 20;
+let olderFrom = 0; // how many jobs were shown when "Show older jobs" was pressed
 // The most jobs the API lists in one answer (MAX_LIMIT in api/_schemas.py):
 // "Show older jobs" stops there, and the count says how many more there are.
 const JOBS_SHOWN_MAX = 1000;
@@ -469,8 +471,11 @@ class JobView {
     if (before) {
       announce(`${title.text}: ${job.status}.`);
       onStatusChange(job);
-    } else if (jobsLoaded && ended && this.fresh) {
-      onStatusChange(job); // it started and ended between two looks at the list
+    } else if (jobsLoaded && this.fresh) {
+      // A new job: the header's counts change too; one that started and
+      // ended between two looks at the list changes the library as well.
+      if (ended) onStatusChange(job);
+      else healthSoon();
     }
   }
 
@@ -555,6 +560,12 @@ class JobView {
   }
 }
 
+/** Set ``node``'s text unless it is that already: a live region rewritten with
+ * the same words may be read out again, every few seconds. */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 function announce(text) {
   byId("announcer").textContent = text;
 }
@@ -631,7 +642,14 @@ async function loadJobs() {
   const atMost = jobLimit >= JOBS_SHOWN_MAX ? " (the most this page shows)" : "";
   byId("jobs-count").textContent =
     total > jobs.length ? `${plural(total, "job")}, newest ${jobs.length} shown${atMost}` : plural(total, "job");
-  byId("jobs-more").hidden = total <= jobs.length || jobLimit >= JOBS_SHOWN_MAX;
+  const more = byId("jobs-more");
+  const noMore = total <= jobs.length || jobLimit >= JOBS_SHOWN_MAX;
+  // The button hides with the last of the older jobs: the focus goes to the
+  // first of those it showed (the oldest job if none), not to the page's body.
+  if (noMore && document.activeElement === more && jobs.length) {
+    views.get(jobs[Math.min(olderFrom, jobs.length - 1)].job_id).title.focus();
+  }
+  more.hidden = noMore;
 }
 
 /**
@@ -687,8 +705,8 @@ function showLive(state, text, why = "") {
     byId("jobs-count").after(badge, why);
   }
   badge.dataset.state = state;
-  badge.textContent = text;
-  byId("jobs-live-why").textContent = why;
+  setText(badge, text);
+  setText(byId("jobs-live-why"), why);
 }
 
 /**
@@ -912,14 +930,17 @@ const SEARCH_DELAY_MS = 250;
 
 let videoOffset = 0;
 let videoQuery = "";
-let videoSort = "path"; // a key of SORTS, "-" in front for descending
+// The order a file manager gives, as the File column promises; the API's own
+// default, the path, is kept for ?sort=path.
+const DEFAULT_SORT = "filename";
+let videoSort = DEFAULT_SORT; // a key of SORTS, "-" in front for descending
 
 /** Read the view from the address (a bad value falls back to the default). */
 function readAddress() {
   const params = new URLSearchParams(window.location.search);
   videoQuery = (params.get("q") || "").slice(0, 500);
-  const sort = params.get("sort") || "path";
-  videoSort = Object.hasOwn(SORTS, sort.replace(/^-/, "")) ? sort : "path";
+  const sort = params.get("sort") || DEFAULT_SORT;
+  videoSort = Object.hasOwn(SORTS, sort.replace(/^-/, "")) ? sort : DEFAULT_SORT;
   const page = Number.parseInt(params.get("page") || "1", 10);
   videoOffset = Number.isSafeInteger(page) && page > 1 ? (page - 1) * VIDEO_PAGE : 0;
   byId("video-search").value = videoQuery;
@@ -934,7 +955,7 @@ function writeAddress() {
     else params.set(key, value);
   };
   set("q", videoQuery, "");
-  set("sort", videoSort, "path");
+  set("sort", videoSort, DEFAULT_SORT);
   set("page", String(videoOffset / VIDEO_PAGE + 1), "1");
   const video = detailVideoId ?? videoAfterSignIn;
   if (video === null) params.delete("video");
@@ -952,8 +973,20 @@ const refreshLibrary = oneAtATime(loadVideos);
 function videosUrl() {
   const params = new URLSearchParams({ limit: String(VIDEO_PAGE), offset: String(videoOffset) });
   if (videoQuery) params.set("q", videoQuery);
-  if (videoSort !== "path") params.set("sort", videoSort);
+  params.set("sort", videoSort);
   return `${API}/videos?${params}`;
+}
+
+/** The order and page of the rows shown (null before the first load). */
+let shownView = null;
+
+/** A page that could not be loaded leaves the rows as they were: the order
+ * and page the table, its caption and the address say go back to theirs. */
+function keepShownView() {
+  if (shownView === null) return;
+  [videoSort, videoOffset] = shownView;
+  showSort();
+  writeAddress();
 }
 
 async function loadVideos() {
@@ -964,11 +997,13 @@ async function loadVideos() {
     response = await request("GET", videosUrl());
   } catch {
     count.textContent = "Could not load the library: the service is unreachable.";
+    keepShownView();
     return;
   }
   if (!response.ok || !response.data) {
     count.textContent =
       response.status === 401 ? needToken() : couldNot("load the library", response);
+    keepShownView();
     return;
   }
   const { videos, total } = response.data;
@@ -982,6 +1017,7 @@ async function loadVideos() {
   // if that video went, on the table's region rather than lost to the body.
   const focusedId = document.activeElement?.closest("#video-rows tr")?.dataset.videoId;
   byId("video-rows").replaceChildren(...videos.map(videoRow));
+  shownView = [videoSort, videoOffset];
   if (focusedId) {
     const same = byId("video-rows").querySelector(`tr[data-video-id="${focusedId}"] button`);
     (same || byId("library-section").querySelector(".table-wrap")).focus();
@@ -1114,9 +1150,23 @@ function startLibrary() {
   }
   byId("detail-close").addEventListener("click", () => byId("video-detail").close());
   byId("video-detail").addEventListener("close", closedDetail);
+  showAddress();
+  // Back and Forward within the page (the skip link's #main is an entry of
+  // its own; views are not: the address is changed in place) show the view
+  // of the address they come to.
+  window.addEventListener("popstate", () => {
+    showAddress();
+    refreshLibrary();
+  });
+}
+
+/** Show the view the address names: its order, and its video's details, if any. */
+function showAddress() {
   const videoId = readAddress();
   showSort();
-  if (videoId && /^[1-9]\d{0,18}$/.test(videoId)) openDetail(Number(videoId), null);
+  const wanted = videoId && /^[1-9]\d{0,18}$/.test(videoId) ? Number(videoId) : null;
+  if (wanted !== null && wanted !== detailVideoId) openDetail(wanted, null);
+  else if (wanted === null && byId("video-detail").open) byId("video-detail").close();
 }
 
 // --------------------------------------------------------------- detail view
@@ -1285,7 +1335,7 @@ async function refreshHealth() {
   const badge = byId("health-status");
   const show = (state, text) => {
     badge.dataset.state = state;
-    badge.textContent = text;
+    setText(badge, text);
   };
   const mine = ++healthAsked;
   let response;
@@ -1311,9 +1361,9 @@ async function refreshHealth() {
     show(data.status === "ok" ? "ok" : "stopping", `service ${data.status}`);
     badge.removeAttribute("title");
   }
-  byId("stat-pending").textContent = String(data.jobs.pending);
-  byId("stat-running").textContent = String(data.jobs.running);
-  byId("health-version").textContent = data.version ? `v${data.version}` : "";
+  setText(byId("stat-pending"), String(data.jobs.pending));
+  setText(byId("stat-running"), String(data.jobs.running));
+  setText(byId("health-version"), data.version ? `v${data.version}` : "");
   const submittedElsewhere = lastSubmitted !== null && data.jobs.submitted !== lastSubmitted;
   if (submittedElsewhere || (jobsOwed && !reloadJobs.busy())) reloadJobs();
   lastSubmitted = data.jobs.submitted;
@@ -1408,6 +1458,7 @@ function start() {
   byId("signin-form").addEventListener("submit", signIn);
   byId("scan-form").addEventListener("submit", startScan);
   byId("jobs-more").addEventListener("click", () => {
+    olderFrom = views.size;
     jobLimit = Math.min(jobLimit + JOB_PAGE, JOBS_SHOWN_MAX);
     reloadJobs(); // one at a time: one in flight asks again, with the new limit
   });
