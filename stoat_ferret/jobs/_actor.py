@@ -73,6 +73,7 @@ class Actor:
             max_finished=max_finished,
             retention=retention,
             start_grace=self._start_grace,
+            failed=self._failed_while_stopping,
             replay=replay,
         )
         self.stopped = anyio.Event()  # set once run() is over (or will never run)
@@ -218,10 +219,7 @@ class Actor:
                 self._handle_while_stopping(inbox.receive_nowait())
             except anyio.WouldBlock:
                 break
-        try:
-            table.stop_starting()
-        except BaseException as exc:  # a defect: the stop goes on (_stop ends the rest)
-            self._failed_while_stopping(exc)
+        table.stop_starting()
         # The flag, not the message, says the workers have ended: the loop
         # may have taken WorkersEnded already (a worker that raised ends them all).
         while not self._workers_ended:
@@ -255,7 +253,7 @@ class Actor:
             except anyio.WouldBlock:
                 break
         try:
-            self.table.stop(leftovers, self._handle_while_stopping, self._failed_while_stopping)
+            self.table.stop(leftovers, self._handle_while_stopping)
         finally:
             self.table.changes.close()  # no job changes any more: feeds end
             self._inbox.close()

@@ -62,6 +62,11 @@ def deadline_reached(scope: CancelScope) -> bool:
 STOPPED_WHILE_RUNNING: Final = "cancelled: supervisor stopped while the job was running"
 
 
+def _failed() -> SupervisorClosed:
+    """The answer to a caller of a job a defect kept from ending (one each: raised)."""
+    return SupervisorClosed("the job supervisor failed")
+
+
 def to_datetime(ns: int) -> datetime:
     """The UTC datetime of a ``wall_clock_ns()`` reading, floored to the
     microsecond like ``datetime.now(UTC)``."""
@@ -143,6 +148,9 @@ class JobRecord:
     # Reply channels of wait() and cancel() calls, answered when the job ends.
     waiters: set[Reply[JobResult]] | None = None
     cancellers: set[Reply[bool]] | None = None
+    # True once a defect kept the stop from ending the job (refuse_callers):
+    # it never ends, so every later caller is answered SupervisorClosed.
+    refused: bool = False
     # shown_payload(payload), taken when the record is made.
     shown: Any = attrs.field(init=False, default=None)
 
@@ -238,19 +246,25 @@ class JobRecord:
     def follow(self, updates: JobUpdates) -> None:
         """Push the current state to ``updates``, then every later change."""
         updates.push(self.snapshot())
-        if self.status not in TERMINAL:
+        if self.refused:
+            updates.close()
+        elif self.status not in TERMINAL:
             self.followers = [*(self.followers or ()), updates]
 
     def add_waiter(self, reply: Reply[JobResult]) -> None:
         """Answer ``reply`` (a ``wait()``'s) with the snapshot once the job ends."""
-        if self.waiters is None:
+        if self.refused:
+            reply.send(_failed())
+        elif self.waiters is None:
             self.waiters = {reply}
         else:
             self.waiters.add(reply)
 
     def add_canceller(self, reply: Reply[bool]) -> None:
         """Answer ``reply`` (a ``cancel()``'s) once the job ends."""
-        if self.cancellers is None:
+        if self.refused:
+            reply.send(_failed())
+        elif self.cancellers is None:
             self.cancellers = {reply}
         else:
             self.cancellers.add(reply)
@@ -266,13 +280,13 @@ class JobRecord:
         """Answer every ``wait()`` and ``cancel()`` of the job ``SupervisorClosed``
         and end its followers' updates: a defect in the table failed to end the
         job as the supervisor stopped, and no answer would come."""
-        closed = SupervisorClosed("the job supervisor failed")
         for reply in [*(self.waiters or ()), *(self.cancellers or ())]:
-            reply.send(closed)
+            reply.send(_failed())
         for follower in self.followers or ():
             follower.close()
         self.waiters = self.cancellers = None
         self.followers = None
+        self.refused = True
 
     def unfollow(self, updates: JobUpdates) -> None:
         if self.followers and updates in self.followers:

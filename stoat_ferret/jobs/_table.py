@@ -65,6 +65,7 @@ class JobTable:
     Args:
         shared: the state shared with tasks outside the actor.
         start_grace: starts the timer that sends :class:`GraceEnded`.
+        failed: told of a defect met as a stop ends a job (:meth:`_end_stopped`).
     """
 
     def __init__(
@@ -74,9 +75,11 @@ class JobTable:
         max_finished: int,
         retention: float,
         start_grace: Callable[[], None],
+        failed: Callable[[BaseException], None] = lambda exc: None,
         replay: int = REPLAY_EVENTS,
     ) -> None:
         self.shared = shared
+        self._failed = failed
         # Fed by publish_change, right after each change (see _broadcast.py).
         self.changes = JobChanges(replay=replay)
         self._max_finished = max_finished
@@ -356,44 +359,42 @@ class JobTable:
         Called at a worker's ``Stopping`` and once the actor's loop has ended
         (a shutdown, a hard stop or a bug): each time the phase has left
         ``RUNNING`` and every message sent before is handled, so a job a
-        worker has just started is running, not pending. Idempotent.
-        """
+        worker has just started is running, not pending. Idempotent."""
         self.shutting_down = True
         self.assignments.close()
         # No job starts any more: the withdrawn ids have done their work (see Shared).
         self.shared.withdrawn.clear()
         for record in list(self.pending.values()):
-            self._finish(record, JobEvent.CANCEL, error=_STOPPED_BEFORE_START)
+            self._end_stopped(record, JobEvent.CANCEL, _STOPPED_BEFORE_START)
         # The stop is the first reason of a running job that has none yet: a
         # deadline or a cancel() that comes while it unwinds does not replace it.
         for record in self.running.values():
             record.note_reason(STOPPED_WHILE_RUNNING)
 
-    def stop(
-        self,
-        leftovers: list[Message],
-        handle: Callable[[Message], None],
-        failed: Callable[[BaseException], None],
-    ) -> None:
+    def stop(self, leftovers: list[Message], handle: Callable[[Message], None]) -> None:
         """End every job that is not terminal (the actor and workers are gone).
 
         The last net: pending jobs ended in :meth:`stop_starting`, running ones
         by their ``JobFinished``, handled by the actor or here among the inbox's
         ``leftovers``, each given to ``handle`` (the actor's: it answers a
         request the table failed on), so accepted submits become records and
-        every request is answered. A job a defect fails to end has its callers
-        answered ``SupervisorClosed``; the defect goes to ``failed``."""
+        every request is answered."""
         self.shutting_down = True
         self.assignments.close()
         for message in leftovers:
             handle(message)
-        for record in [*self.pending.values(), *self.running.values()]:
-            if record.status is JobStatus.RUNNING:
-                event, reason = record.stopped_while_running()
-            else:
-                event, reason = JobEvent.CANCEL, _STOPPED_BEFORE_START
-            try:
-                self._finish(record, event, error=reason)
-            except BaseException as exc:
-                record.refuse_callers()
-                failed(exc)
+        for record in list(self.pending.values()):
+            self._end_stopped(record, JobEvent.CANCEL, _STOPPED_BEFORE_START)
+        for record in list(self.running.values()):
+            self._end_stopped(record, *record.stopped_while_running())
+
+    def _end_stopped(self, record: JobRecord, event: JobEvent, reason: str) -> None:
+        """End ``record`` as a stop does. A defect doing so goes to ``failed``, the job
+        leaves ``pending``/``running``, and its callers get ``SupervisorClosed``."""
+        try:
+            self._finish(record, event, error=reason)
+        except BaseException as exc:
+            self.pending.pop(record.job_id, None)
+            self.running.pop(record.job_id, None)
+            record.refuse_callers()
+            self._failed(exc)

@@ -1762,3 +1762,60 @@ def test_a_defect_as_a_hard_stop_ends_a_job_answers_its_callers_and_ends_the_res
     failures = [r for r in log_records if r["message"] == "job supervisor: failed while stopping"]
     assert failures, "the defect was not logged"
     assert all(isinstance(r["exception"].value, _TableDefect) for r in failures)
+
+
+@pytest.mark.parametrize("target", ["doomed", "after"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_handler_outliving_a_hard_stop_is_answered_about_a_job_a_defect_left(
+    backend: str, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table raises as the stop ends one pending job (a defect in
+    ``stop_starting``), and a handler that absorbed the stop then waits for
+    that job, or for the pending job after it: the first wait is answered
+    SupervisorClosed (the job will never end), the second with the job's end
+    (the stop went on past the defect), and run() returns once the handler
+    ends, rather than every one of them waiting for ever. Run in a thread of
+    its own, so that a regression fails this test instead of hanging it."""
+    real_finish = JobTable._finish
+    doomed: list[str] = []
+
+    def finish(table: JobTable, record: Any, event: JobEvent, **kwargs: Any) -> None:
+        if record.job_id in doomed:
+            raise _TableDefect(record.job_id)
+        real_finish(table, record, event, **kwargs)
+
+    monkeypatch.setattr(JobTable, "_finish", finish)
+    outcome: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        entered, asked = anyio.Event(), anyio.Event()
+        waited: list[str] = []
+        supervisor = JobSupervisor(max_workers=1)
+
+        async def lingering(ctx: JobContext) -> None:
+            entered.set()
+            with anyio.CancelScope(shield=True):
+                await asked.wait()
+                try:
+                    outcome["answer"] = (await supervisor.wait(waited[0])).status
+                except SupervisorClosed as exc:
+                    outcome["answer"] = exc
+
+        supervisor.register("lingering", lingering)
+        supervisor.register("noop", _noop)
+        async with _hosted(supervisor) as host:
+            await supervisor.submit("lingering")
+            await entered.wait()
+            pending = [await supervisor.submit("noop") for _ in range(2)]
+            doomed.append(pending[0])  # the first the stop ends
+            waited.append(pending[0] if target == "doomed" else pending[1])
+            host.cancel()
+            await anyio.wait_all_tasks_blocked()  # the actor has stopped its loop
+            asked.set()
+        outcome["ended"] = True
+
+    assert _ends_apart(scenario, backend), f"run() never ended: {outcome}"
+    if target == "doomed":
+        assert isinstance(outcome["answer"], SupervisorClosed), outcome
+    else:
+        assert outcome["answer"] is JobStatus.CANCELLED, outcome
