@@ -205,9 +205,10 @@ class Thumbnailer:
                     # A video that failed for now (no marker: unreadable,
                     # gone, out of memory) stays owed: a scan that changes
                     # nothing would otherwise submit no job to try it again.
-                    self.owed = await self._failed_for_now(run)
-                    self._discards_seen = discards
-                    break
+                    failed_for_now = await self._failed_for_now(run)
+                    if not self._again:  # else a scan started meanwhile: list again
+                        self.owed, self._discards_seen = failed_for_now, discards
+                        break
         finally:
             self._running = None
         result = run.result()
@@ -232,6 +233,8 @@ class Thumbnailer:
         marker: the next job tries it again (checked on a thread: stat calls)."""
         state = self._store.state
         failures = list(run.failures)
+        if not failures:
+            return False
         return await anyio.to_thread.run_sync(
             lambda: any(state(source[0], source[2:4]) is None for source in failures)
         )

@@ -1162,3 +1162,39 @@ async def test_a_thumbnails_job_refused_while_stopping_is_no_warning(
     [record] = [r for r in log_records if r["message"] == "thumbnails job not submitted"]
     assert record["level"].name == level
     assert setup.thumbnailer.owed
+
+
+async def test_a_scan_during_the_last_look_at_failures_makes_the_job_list_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan that starts and ends while the job looks, at the end of its pass,
+    at which videos failed for now (a thread hop) adds a video: the job lists
+    the library again and makes its thumbnail, rather than ending with the
+    scan's ask to list again lost."""
+    reached, proceed = anyio.Event(), anyio.Event()
+    real = Thumbnailer._failed_for_now
+    looks: list[int] = []
+
+    async def held(thumbnailer: Thumbnailer, run: Any) -> bool:
+        looks.append(len(looks))
+        if len(looks) == 1:
+            reached.set()
+            await proceed.wait()
+        return await real(thumbnailer, run)
+
+    monkeypatch.setattr(Thumbnailer, "_failed_for_now", held)
+    with anyio.fail_after(30):
+        await setup.scan()
+        async with anyio.create_task_group() as group:
+            group.start_soon(setup.thumbnailer, job_context())
+            await reached.wait()
+            shutil.copyfile(setup.folder / "h264_aac.mp4", setup.folder / "new.mp4")
+            setup.thumbnailer.scan_started()  # as then_thumbnails tells it
+            await setup.scan()
+            setup.thumbnailer.scan_ended()
+            proceed.set()
+        made = await setup.made()
+
+    assert made["new.mp4"]
+    assert len(looks) == 2  # the pass after the scan looked again
+    assert not setup.thumbnailer.owed
