@@ -175,7 +175,8 @@ class StrictQuery(BaseModel):
         pattern = _number_text(cls, info.field_name)
         if pattern is not None and isinstance(value, str) and not pattern.fullmatch(value):
             least = _least(cls, info.field_name)
-            if least is not None and value[:1] == "-" and pattern.fullmatch(value[1:]):
+            below = value[:1] == "-" and pattern.fullmatch(value[1:]) and float(value[1:]) > 0
+            if least is not None and below:
                 raise ValueError(f"must be {least:g} or more")  # not "plain digits": say why
             raise ValueError(
                 "must be written in plain digits"

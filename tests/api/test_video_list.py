@@ -270,6 +270,7 @@ async def test_bad_parameters_are_422(
         ("limit=-5", "limit", "must be 1 or more"),
         ("max_duration=-2.5", "max_duration", "must be 0 or more"),
         ("offset=-x", "offset", "must be written in plain digits (0-9)"),
+        ("offset=-0", "offset", "must be written in plain digits (0-9)"),  # not below 0
     ],
 )
 async def test_a_negative_number_is_told_its_least_value(
