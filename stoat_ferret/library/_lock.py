@@ -9,7 +9,14 @@ exclusive ``flock`` on the file :data:`LOCK_SUFFIX` beside the database
 a store asks :meth:`DatabaseLock.lost` before each write, and refuses to
 write once someone else has deleted or replaced it).
 The system drops the lock when the process ends, however it ends: no stale
-lock survives a crash or a SIGKILL.
+lock survives a crash or a SIGKILL. The database file itself is locked so
+too: the lock file goes by the database's path, and the same file reached
+by another path that is no hard link (a bind mount of the file alone, as a
+container's volume of one file) would have a lock file of its own, and two
+services would write it, each with its own ``-wal`` and ``-shm``. (A
+``flock`` does not touch SQLite's own ``fcntl`` locks; its descriptor is
+closed only once every connection of the process to the file is, since
+closing any descriptor of a file drops the process's ``fcntl`` locks on it.)
 
 Within one process the lock is counted, not taken twice: two stores of one
 file in one process share it, and it is released when the last lets go.
@@ -35,8 +42,9 @@ LOCK_SUFFIX: Final = ".lock"
 
 LOCK_MODE: Final = 0o600
 
-_held: dict[tuple[int, int], tuple[int, int]] = {}
-"""(st_dev, st_ino) of a lock file this process holds -> (its descriptor, its count)."""
+_held: dict[tuple[int, int], tuple[int, int, int | None]] = {}
+"""(st_dev, st_ino) of a lock file this process holds -> (its descriptor, its
+count, the locked descriptor of the database file: None if there was none)."""
 _held_guard = threading.Lock()
 
 
@@ -74,11 +82,12 @@ class DatabaseLock:
                 status = os.fstat(fd)
                 key = (status.st_dev, status.st_ino)
                 if key in _held:
-                    held_fd, count = _held[key]
-                    _held[key] = (held_fd, count + 1)
+                    held_fd, count, data_fd = _held[key]
+                    _held[key] = (held_fd, count + 1, data_fd)
                     os.close(fd)  # a second description: closing it keeps the flock
                     return cls(key, path)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                data_fd = _lock_database(database, fcntl.LOCK_EX)
             except BlockingIOError:
                 os.close(fd)
                 raise StoreError(_served_elsewhere(database, path)) from None
@@ -87,7 +96,10 @@ class DatabaseLock:
                 raise StoreError(
                     f"cannot open video store {database}: cannot lock {path} ({exc.strerror})"
                 ) from None
-            _held[key] = (fd, 1)
+            except BaseException:
+                os.close(fd)
+                raise
+            _held[key] = (fd, 1, data_fd)
         return cls(key, path)
 
     @staticmethod
@@ -108,20 +120,26 @@ class DatabaseLock:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
-            return  # none yet: nobody serves it (a service never deletes it)
-        try:
-            with _held_guard:
-                status = os.fstat(fd)
-                if (status.st_dev, status.st_ino) in _held:
-                    return  # this process's own: counted by acquire, not refused
-                # Shared, on a description of our own, dropped with it below.
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(_served_elsewhere(database, path)) from None
-        except OSError:
-            return
-        finally:
-            os.close(fd)
+            fd = None  # none yet, under this name: the file itself tells
+        if fd is not None:
+            try:
+                with _held_guard:
+                    status = os.fstat(fd)
+                    if (status.st_dev, status.st_ino) in _held:
+                        return  # this process's own: counted by acquire, not refused
+                    # Shared, on a description of our own, dropped with it below.
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(_served_elsewhere(database, path)) from None
+            except OSError:
+                return
+            finally:
+                os.close(fd)
+        with _held_guard:
+            if not _held:  # no store of this process has the file open: safe to close
+                data_fd = _lock_database(database, fcntl.LOCK_SH)
+                if data_fd is not None:
+                    os.close(data_fd)
 
     def lost(self) -> bool:
         """Whether the lock file is no longer the one this process locked:
@@ -143,11 +161,13 @@ class DatabaseLock:
             key, self._key = self._key, None
             if key is None or key not in _held:
                 return
-            fd, count = _held[key]
+            fd, count, data_fd = _held[key]
             if count > 1:
-                _held[key] = (fd, count - 1)
+                _held[key] = (fd, count - 1, data_fd)
                 return
             del _held[key]
+            if data_fd is not None:  # every connection of ours to it is closed
+                os.close(data_fd)
             os.close(fd)  # drops the flock
 
     def __enter__(self) -> DatabaseLock:
@@ -155,6 +175,35 @@ class DatabaseLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def _lock_database(database: str, operation: int) -> int | None:
+    """A descriptor of the database file, ``flock``-ed by ``operation``
+    (non-blocking); None if there is no such file yet, or it cannot be opened
+    (SQLite says why). Its first ``flock`` taken, closing it would drop this
+    process's ``fcntl`` locks on the file: called only with none held.
+
+    Raises:
+        StoreError: another process holds a lock on the file itself.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(database, flags)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(
+            f"cannot open video store {database}: it is already served by another process,"
+            " which holds a lock on the file itself (the same file under another path:"
+            " a bind mount of it?)"
+        ) from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _served_elsewhere(database: str, path: str) -> str:

@@ -338,15 +338,16 @@ def webp_image(
 
 
 @contextlib.contextmanager
-def lock_held_elsewhere(database: Path) -> Iterator[None]:
+def lock_held_elsewhere(database: Path, *, suffix: str = ".lock") -> Iterator[None]:
     """Another process holds ``<database>.lock`` (as a serving service does)
-    for the block."""
+    for the block; with ``suffix=""``, a lock on the database file itself
+    (as a service does that serves it under another path, a bind mount)."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import fcntl, sys\n"
-            f"lock = open({str(database) + '.lock'!r}, 'a')\n"
+            f"lock = open({str(database) + suffix!r}, 'a')\n"
             "fcntl.flock(lock, fcntl.LOCK_EX)\n"
             "print('held', flush=True)\n"
             "sys.stdin.read()\n",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import sqlite3
@@ -2066,6 +2067,35 @@ def test_a_lock_held_elsewhere_is_seen_without_keeping_or_making_one(tmp_path: P
     DatabaseLock.refuse_if_held_elsewhere(str(path))  # free again, and still no lock taken
     with lock_held_elsewhere(path), pytest.raises(StoreError, match="already served by another"):
         DatabaseLock.refuse_if_held_elsewhere(str(path))
+
+
+def test_a_store_served_under_another_path_is_refused(tmp_path: Path) -> None:
+    """Another process holds a lock on the database file itself, not on this
+    path's ``.lock`` (a service of the same file under another path: a bind
+    mount of the file alone has its own lock file, and the same inode): the
+    store is refused, as is ``serve``'s early look, and nothing is changed;
+    once that process is gone, the store opens and locks the file itself."""
+    path = tmp_path / "v.sqlite"
+    store = VideoStore.open(path)
+    store.replace_scan_errors("a", "/m", recursive=True, errors=[("/m/1.mp4", "bad")])
+    store.close()
+    with lock_held_elsewhere(path, suffix=""):
+        with pytest.raises(StoreError, match="holds a lock on the file itself"):
+            DatabaseLock.refuse_if_held_elsewhere(str(path))
+        with pytest.raises(StoreError, match="holds a lock on the file itself"):
+            VideoStore.open(path)
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("SELECT job_id, path FROM scan_errors").fetchall() == [("a", "/m/1.mp4")]
+
+    store = VideoStore.open(path)
+    try:
+        # Another description of the file, as another process's would be.
+        with open(path, "rb") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        store.close()
+    with open(path, "rb") as other:
+        fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free again with the store
 
 
 def test_two_stores_of_one_file_in_one_process_share_its_lock(tmp_path: Path) -> None:
