@@ -69,6 +69,7 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
     path = settings.database_path
     prepare_database(path, names["database_path"])
     # Said here, as check says it, rather than as SQLite's "unable to open".
+    _check_creatable(path.parent, f"{names['database_path']}: cannot write in {path.parent}")
     refuse_unwritable(os.fspath(path), names["database_path"])
     # Told at once, not after a quick_check of seconds that acquire would make vain.
     DatabaseLock.refuse_if_held_elsewhere(os.fspath(path))
@@ -352,7 +353,7 @@ def _check_creatable(directory: Path, message: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StoreError(f"{message} ({os.strerror(_why_not_writable(existing))})")
     if file_system_full(os.fspath(existing)):  # a full disk would fail SQLite's log files
-        raise StoreError(f"{message} (its file system is full: under 1 MiB or no inode left)")
+        raise StoreError(f"{message} (its file system is full: under 1 MiB or 8 inodes left)")
 
 
 def _why_not_writable(directory: Path) -> int:

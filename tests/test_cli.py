@@ -1219,23 +1219,36 @@ def test_check_shows_a_path_with_a_line_break_or_an_escape_on_one_line(
 
 
 @pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize(
+    "free",
+    [
+        pytest.param((0, 10), id="no-block"),
+        # Room for the database, not for the files a start makes beside it
+        # (the lock, SQLite's log files, the thumbnails' directory and mark).
+        pytest.param((100_000, 7), id="seven-inodes"),
+    ],
+)
 def test_check_refuses_a_new_database_on_a_full_disk(
-    tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    free: tuple[int, int],
 ) -> None:
     """Serving could not create the database, or SQLite its log files, on a
     file system with no block or inode left ("database or disk is full"), so
-    check says so, from under 1 MiB left: exit 2, one line."""
+    check says so, from under 1 MiB or 8 inodes left: exit 2, one line."""
     database = tmp / "data" / "stoat.db"
     assert main(["check", "--database", str(database)]) == 0  # the control: room left
     capsys.readouterr()
-    full = os.statvfs_result((4096, 4096, 256, 0, 0, 100, 10, 10, 0, 255))
+    blocks, inodes = free
+    full = os.statvfs_result((4096, 4096, 200_000, blocks, blocks, 100, inodes, inodes, 0, 255))
     monkeypatch.setattr(os, "statvfs", lambda _path: full)
 
     status, line = _check_line(database, capsys)
 
     assert status == 2
     assert line.endswith(
-        f"the directory of {database} (its file system is full: under 1 MiB or no inode left)"
+        f"the directory of {database} (its file system is full: under 1 MiB or 8 inodes left)"
     )
     assert not database.parent.exists()
 
@@ -2281,6 +2294,31 @@ def test_serving_a_database_served_elsewhere_is_refused_before_its_check(
         check_startup(Settings(database_path=database))
 
     assert checked == []
+
+
+def test_serving_from_a_directory_it_cannot_write_in_says_so(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data directory the service cannot write in (mode 0500, an immutable
+    one, a read-only mount) is said as check says it, in one line, not in
+    SQLite's words ("attempt to write a readonly database")."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+    VideoStore.open(database).close()
+    real_access = os.access
+
+    def access(path: Any, mode: int, **kwargs: Any) -> bool:
+        if os.fspath(path) == str(data) and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+    with pytest.raises(StoreError) as refused:
+        check_startup(Settings(database_path=database))
+
+    assert str(refused.value) == f"STOAT_DATABASE_PATH: cannot write in {data} (Permission denied)"
 
 
 @pytest.mark.usefixtures("_restored_logging")

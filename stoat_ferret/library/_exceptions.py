@@ -173,10 +173,15 @@ _SPACE_CODES: Final = frozenset(
 LOW_SPACE_BYTES: Final = 1 << 20
 """Less free space than this is a full file system (:func:`file_system_full`)."""
 
+LOW_INODES: Final = 8
+"""Fewer free inodes than this is a full file system: the service makes
+about as many files at a start (the lock, SQLite's log files, the
+thumbnails' directory and its mark)."""
+
 
 def file_system_full(path: str) -> bool:
     """Whether the file system holding ``path`` (or, if it is missing, its
-    directory) has less than :data:`LOW_SPACE_BYTES` or no inode left for
+    directory) has less than :data:`LOW_SPACE_BYTES` or :data:`LOW_INODES` left for
     this process: SQLite cannot make its write-ahead log's files there (and
     space freed as a failed open closes, those files deleted, is not enough).
     False if that cannot be told: no answer, a read-only file system, or one
@@ -189,7 +194,7 @@ def file_system_full(path: str) -> bool:
         if left is None:
             return False
         space, inodes = left
-        return space < LOW_SPACE_BYTES or inodes == 0
+        return space < LOW_SPACE_BYTES or (inodes is not None and inodes < LOW_INODES)
     return False
 
 
