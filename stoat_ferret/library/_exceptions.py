@@ -158,12 +158,23 @@ def sqlite_reason(exc: sqlite3.Error, path: str) -> str:
     """SQLite's words for ``exc`` on the database ``path``, and for an I/O
     error its extended name and whether the file system holding ``path`` is
     full: SQLite says only "disk I/O error" when it cannot make the
-    write-ahead log's shared-memory file (``SQLITE_IOERR_SHMSIZE``)."""
+    write-ahead log's shared-memory file (``SQLITE_IOERR_SHMSIZE``). A
+    "disk is full" with room there names SQLite's temporary files' (a sort
+    for an index, say), which it keeps elsewhere."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None or code & 0xFF not in _SPACE_CODES:
         return str(exc)
     reason = f"{exc} ({exc.sqlite_errorname})" if code & 0xFF == sqlite3.SQLITE_IOERR else str(exc)
-    return f"{reason}: the file system holding it is full" if file_system_full(path) else reason
+    if file_system_full(path):
+        return f"{reason}: the file system holding it is full"
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return f"{reason}: not the one holding it, which has room: {TEMPORARY_FULL}"
+    return reason
+
+
+TEMPORARY_FULL: Final = (
+    "SQLite's temporary files' may be (in SQLITE_TMPDIR, else TMPDIR, else /var/tmp or /tmp)"
+)
 
 
 _SPACE_CODES: Final = frozenset(

@@ -72,6 +72,21 @@ def test_an_io_error_with_room_left_names_only_its_kind(
     )
 
 
+def test_a_full_disk_with_room_where_the_database_is_names_sqlites_temporary_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLITE_FULL while the database's file system has room: the disk that is
+    full is where SQLite keeps its temporary files (a migration's sort for an
+    index), and the reason says where that is, not the database's disk."""
+    monkeypatch.setattr(os, "statvfs", lambda _path: _ROOM)
+    full = _error("database or disk is full", sqlite3.SQLITE_FULL, "SQLITE_FULL")
+
+    assert sqlite_reason(full, str(tmp_path / "stoat.db")) == (
+        "database or disk is full: not the one holding it, which has room: SQLite's"
+        " temporary files' may be (in SQLITE_TMPDIR, else TMPDIR, else /var/tmp or /tmp)"
+    )
+
+
 def test_other_errors_keep_sqlite_words_whatever_the_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
