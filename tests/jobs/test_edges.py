@@ -1602,6 +1602,21 @@ def _table_fails_on(monkeypatch: pytest.MonkeyPatch, fails: Callable[[Message], 
     monkeypatch.setattr(JobTable, "handle", handle)
 
 
+def _table_fails_to_end(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the job table raise _TableDefect each time it tries to end a job
+    whose id is in the list returned (empty: the test adds the ids)."""
+    real_finish = JobTable._finish
+    doomed: list[str] = []
+
+    def finish(table: JobTable, record: Any, event: JobEvent, **kwargs: Any) -> None:
+        if record.job_id in doomed:
+            raise _TableDefect(record.job_id)
+        real_finish(table, record, event, **kwargs)
+
+    monkeypatch.setattr(JobTable, "_finish", finish)
+    return doomed
+
+
 def _ends_apart(scenario: Callable[[], Awaitable[None]], backend: str) -> bool:
     """Run ``scenario`` on ``backend`` in a daemon thread of its own; whether
     it ended within 30 s (a regression that leaves a caller waiting for ever
@@ -1717,15 +1732,7 @@ def test_a_defect_as_a_hard_stop_ends_a_job_answers_its_callers_and_ends_the_res
     than leaving every caller after the defect waiting for ever. Run in a
     thread of its own, so that a regression fails this test instead of
     hanging it."""
-    real_finish = JobTable._finish
-    doomed: list[str] = []
-
-    def finish(table: JobTable, record: Any, event: JobEvent, **kwargs: Any) -> None:
-        if record.job_id in doomed:
-            raise _TableDefect(record.job_id)
-        real_finish(table, record, event, **kwargs)
-
-    monkeypatch.setattr(JobTable, "_finish", finish)
+    doomed = _table_fails_to_end(monkeypatch)
     outcome: dict[str, Any] = {}
 
     async def scenario() -> None:
@@ -1776,15 +1783,7 @@ def test_a_handler_outliving_a_hard_stop_is_answered_about_a_job_a_defect_left(
     (the stop went on past the defect), and run() returns once the handler
     ends, rather than every one of them waiting for ever. Run in a thread of
     its own, so that a regression fails this test instead of hanging it."""
-    real_finish = JobTable._finish
-    doomed: list[str] = []
-
-    def finish(table: JobTable, record: Any, event: JobEvent, **kwargs: Any) -> None:
-        if record.job_id in doomed:
-            raise _TableDefect(record.job_id)
-        real_finish(table, record, event, **kwargs)
-
-    monkeypatch.setattr(JobTable, "_finish", finish)
+    doomed = _table_fails_to_end(monkeypatch)
     outcome: dict[str, Any] = {}
 
     async def scenario() -> None:
