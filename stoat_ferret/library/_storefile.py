@@ -160,6 +160,13 @@ class StoreFile:
                 self._bulk_reader.close()
                 self._bulk_reader = None
         self._close_writer()
+        with self._write_lock:
+            # Last, once every connection is closed: the lock's descriptor of
+            # the database file may close with it (_lock.py), and closing one
+            # drops the process's fcntl locks on the file, SQLite's own.
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def _close_writer(self) -> None:
         with self._write_lock:
@@ -167,9 +174,6 @@ class StoreFile:
                 self._wal.closing(self._writer)
                 self._writer.close()
                 self._writer = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
 
     def schema_version(self) -> int:
         """Return ``PRAGMA user_version`` of the open file."""

@@ -2496,3 +2496,29 @@ def test_a_migration_says_when_it_begins_and_ends(tmp_path: Path, log_records: l
         f"video store {old} migrated",
     ]
     assert said[1][1]["duration"] >= 0
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_store_lets_go_of_its_lock_only_once_every_connection_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: bool
+) -> None:
+    """The lock's descriptor of the database file may close with the lock, and
+    closing a descriptor drops the process's fcntl locks on the file (SQLite's):
+    so the store releases it after its readers and writer have closed, also
+    when a damaged log has the writer close first (``LogWatch.cut``)."""
+    store = VideoStore.open(tmp_path / "v.sqlite")
+    open_at_release: list[list[str]] = []
+    real_release = DatabaseLock.release
+
+    def release(lock: DatabaseLock) -> None:
+        names = ("_writer", "_reader", "_bulk_reader")
+        open_at_release.append([name for name in names if getattr(store, name) is not None])
+        real_release(lock)
+
+    monkeypatch.setattr(DatabaseLock, "release", release)
+    if cut:
+        monkeypatch.setattr(store._wal, "cut", lambda: True)
+
+    store.close()
+
+    assert open_at_release == [[]]
