@@ -19,6 +19,7 @@ from stoat_ferret._address import dashboard_url, resolve_host
 from stoat_ferret._cli import STOP_SIGNALS
 from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
+    LOW_INODES,
     SCHEMA_VERSION,
     DatabaseLock,
     Interruption,
@@ -67,9 +68,10 @@ def check_startup(settings: Settings, names: Mapping[str, str] | None = None) ->
     names = _names(names)
     resolve_host(settings.host, settings.port, names["host"])
     path = settings.database_path
-    prepare_database(path, names["database_path"])
-    # Said here, as check says it, rather than as SQLite's "unable to open".
+    # Said here, as check says it, rather than as SQLite's "unable to open";
+    # before anything is made there, so that it needs the room check needs.
     _check_creatable(path.parent, f"{names['database_path']}: cannot write in {path.parent}")
+    prepare_database(path, names["database_path"])
     refuse_unwritable(os.fspath(path), names["database_path"])
     # Told at once, not after a quick_check of seconds that acquire would make vain.
     DatabaseLock.refuse_if_held_elsewhere(os.fspath(path))
@@ -321,7 +323,11 @@ def check_thumbnails(database: Path) -> str | None:
     """
     directory = thumbnails_directory_beside(database)
     if not os.path.lexists(directory):
-        _check_creatable(database.parent, f"cannot create the thumbnails directory {directory}")
+        # Inodes for it, its mark and SQLite's two log files: serving asks
+        # once the database and its lock are made, check before.
+        _check_creatable(
+            database.parent, f"cannot create the thumbnails directory {directory}", inodes=4
+        )
         return None
     if not directory.is_symlink() and not directory.is_dir():
         raise StoreError(f"the thumbnails directory {directory} is not a directory")
@@ -340,7 +346,7 @@ def check_thumbnails(database: Path) -> str | None:
     return None
 
 
-def _check_creatable(directory: Path, message: str) -> None:
+def _check_creatable(directory: Path, message: str, *, inodes: int = LOW_INODES) -> None:
     """Raise StoreError(``message`` and why) unless ``directory`` exists or can be
     created, and can be written to: it, or its nearest existing ancestor, is a
     directory this process can write to (SQLite creates its files beside the
@@ -352,8 +358,10 @@ def _check_creatable(directory: Path, message: str) -> None:
         raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StoreError(f"{message} ({os.strerror(_why_not_writable(existing))})")
-    if file_system_full(os.fspath(existing)):  # a full disk would fail SQLite's log files
-        raise StoreError(f"{message} (its file system is full: under 1 MiB or 8 inodes left)")
+    if file_system_full(os.fspath(existing), inodes):  # a full disk would fail SQLite's logs
+        raise StoreError(
+            f"{message} (its file system is full: under 1 MiB or {inodes} inodes left)"
+        )
 
 
 def _why_not_writable(directory: Path) -> int:

@@ -2296,6 +2296,33 @@ def test_serving_a_database_served_elsewhere_is_refused_before_its_check(
     assert checked == []
 
 
+@pytest.mark.parametrize("free", [7, 9])
+def test_serving_needs_the_inodes_check_asks_for_no_more(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, free: int
+) -> None:
+    """Check asks for 8 free inodes before anything is made; serving asks as
+    much before it makes the database and its lock, and for the rest (the
+    thumbnails' directory and mark, SQLite's log files) after. So with 9 free
+    both go on (serving refused the thumbnails with 7 left), and with 7 both
+    refuse, serving before it has made anything."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+
+    def statvfs(path: Any) -> os.statvfs_result:
+        left = free - len(os.listdir(data))  # each file made takes one
+        return os.statvfs_result((4096, 4096, 200_000, 100_000, 100_000, 100, left, left, 0, 255))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+    if free >= 8:
+        check_startup(Settings(database_path=database)).release()
+    else:
+        with pytest.raises(StoreError, match="its file system is full"):
+            check_startup(Settings(database_path=database))
+        assert os.listdir(data) == []
+
+
 def test_serving_from_a_directory_it_cannot_write_in_says_so(
     tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

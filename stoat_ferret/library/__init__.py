@@ -18,6 +18,7 @@ from stoat_ferret.library._beneath import (
 )
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
+    LOW_INODES,
     UNREACHABLE_ERRNOS,
     DirectoryGone,
     DirectoryReplaced,
@@ -86,6 +87,7 @@ __all__ = [
     "ERROR_PATH_CHARS",
     "ERROR_TEXT_CHARS",
     "LIST_SECONDS",
+    "LOW_INODES",
     "MAX_SYMLINKS",
     "METADATA_FIELDS",
     "PATH_MAX",
