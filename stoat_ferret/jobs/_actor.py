@@ -27,7 +27,9 @@ from stoat_ferret.jobs._broadcast import REPLAY_EVENTS
 from stoat_ferret.jobs._inbox import Inbox
 from stoat_ferret.jobs._messages import (
     GraceEnded,
+    JobFinished,
     JobProgressed,
+    JobStarted,
     Message,
     Reply,
     Shutdown,
@@ -196,7 +198,7 @@ class Actor:
                 # A defect in the table: run() fails with it. The request it
                 # was handling is out of the inbox, where the stop answers the
                 # rest: answered here, or its caller would wait for ever.
-                refuse(message)
+                self._refuse(message)
                 raise
             table.expire()
         logger.debug("job supervisor: stopping and no job running")
@@ -234,8 +236,16 @@ class Actor:
             # A defect in the table (as in _loop), which may strike again: this
             # request is answered and the stop goes on, so that every other
             # caller is answered too; run() raises it at the end.
-            refuse(message)
+            self._refuse(message)
             self._failed_while_stopping(exc)
+
+    def _refuse(self, message: Message) -> None:
+        """Answer the request the table failed on (``refuse``); if it failed on
+        a job's start or end, the job will never end: its callers, now and
+        later, are answered ``SupervisorClosed`` (``JobTable.give_up``)."""
+        refuse(message)
+        if isinstance(message, JobStarted | JobFinished):
+            self.table.give_up(message.job_id)
 
     def _failed_while_stopping(self, exc: BaseException) -> None:
         """Record and log a defect of the table met while stopping: run() raises it."""

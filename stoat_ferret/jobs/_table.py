@@ -1,10 +1,9 @@
 """The job table: every job the supervisor knows, and the only code that changes one.
 
-:class:`JobTable` is driven by the actor task (``_actor.py``), one message at
-a time; no handler awaits, so each message is handled atomically. Status
-changes go through ``JobRecord.apply`` and so through the transition table;
-every change a follower should see goes through :meth:`JobTable.publish_change`.
-"""
+:class:`JobTable` is driven by the actor task (``_actor.py``), one message at a
+time; no handler awaits, so each message is handled atomically. Status changes
+go through ``JobRecord.apply`` and so through the transition table; every change
+a follower should see goes through :meth:`JobTable.publish_change`."""
 
 from __future__ import annotations
 
@@ -177,11 +176,8 @@ class JobTable:
                     record.interrupt("cancelled: supervisor shut down before the job finished")
 
     def publish_change(self, record: JobRecord) -> None:
-        """The one place a job's change (created, new status, progress) goes out.
-
-        Hands the record's state to the change feeds (``watch_all``) and to
-        its followers (``watch``); never blocks.
-        """
+        """The one place a job's change (created, new status, progress) goes out:
+        to the change feeds (``watch_all``) and its followers (``watch``); never blocks."""
         self.changes.publish(record)
         if record.followers:
             record.publish()
@@ -374,11 +370,10 @@ class JobTable:
     def stop(self, leftovers: list[Message], handle: Callable[[Message], None]) -> None:
         """End every job that is not terminal (the actor and workers are gone).
 
-        The last net: pending jobs ended in :meth:`stop_starting`, running ones
-        by their ``JobFinished``, handled by the actor or here among the inbox's
-        ``leftovers``, each given to ``handle`` (the actor's: it answers a
-        request the table failed on), so accepted submits become records and
-        every request is answered."""
+        The last net: pending jobs ended in :meth:`stop_starting`, running ones by
+        their ``JobFinished``, handled by the actor or here among the inbox's
+        ``leftovers``, each given to ``handle`` (the actor's): accepted submits
+        become records, and every request is answered."""
         self.shutting_down = True
         self.assignments.close()
         for message in leftovers:
@@ -389,12 +384,17 @@ class JobTable:
             self._end_stopped(record, *record.stopped_while_running())
 
     def _end_stopped(self, record: JobRecord, event: JobEvent, reason: str) -> None:
-        """End ``record`` as a stop does. A defect doing so goes to ``failed``, the job
-        leaves ``pending``/``running``, and its callers get ``SupervisorClosed``."""
+        """End ``record`` as a stop does; a defect doing so: :meth:`give_up`, ``failed``."""
         try:
             self._finish(record, event, error=reason)
         except BaseException as exc:
-            self.pending.pop(record.job_id, None)
-            self.running.pop(record.job_id, None)
-            record.refuse_callers()
+            self.give_up(record.job_id)
             self._failed(exc)
+
+    def give_up(self, job_id: str) -> None:
+        """A defect kept the job from starting or ending: it leaves ``pending`` and
+        ``running`` and never ends, its callers, then and later, told ``SupervisorClosed``."""
+        self.pending.pop(job_id, None)
+        self.running.pop(job_id, None)
+        if record := self.jobs.get(job_id):
+            record.refuse_callers()
