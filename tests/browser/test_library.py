@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from playwright.sync_api import Browser, BrowserContext, Locator
+    from playwright.sync_api import Browser, BrowserContext, Locator, Route
 
     from tests.browser.conftest import Server
 
@@ -536,3 +536,82 @@ def test_an_order_that_could_not_be_loaded_is_not_shown(
     )
     expect(page).to_have_url(f"{server.base_url}/?q=ordering")
     expect(names).to_have_text(["clip9.mp4", "clip10.mp4", "Zeta.mp4"])
+
+
+def test_the_skip_link_reloads_nothing(
+    context: BrowserContext, server: Server, named: Path
+) -> None:
+    """The skip link's #main is a history entry of its own, whose query is the
+    page's: following it loads no page of the library again."""
+    dashboard = open_page(context, server, "?q=ordering")
+    page = dashboard.page
+    expect(page.locator("#video-rows tr button.link")).to_have_count(3)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # the skip link: /?q=ordering#main
+    expect(page).to_have_url(re.compile(r"#main$"))
+    expect(page.locator("main")).to_be_focused()
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => done()))")
+
+    assert [url for url in asked if "/api/v1/videos" in url] == []
+
+
+def test_an_answer_for_an_order_asked_before_is_shown_as_that_order(
+    context: BrowserContext, server: Server, named: Path
+) -> None:
+    """File is clicked (its answer held back), then Size, whose load fails:
+    the rows shown are File's, descending, and the header, the caption and the
+    address say so, not the Size order asked for last."""
+    dashboard = open_page(context, server, "?q=ordering")
+    page = dashboard.page
+    names = page.locator("#video-rows tr button.link")
+    expect(names).to_have_text(["clip9.mp4", "clip10.mp4", "Zeta.mp4"])
+    held: list[Route] = []
+
+    def hold_then_fail(route: Route) -> None:
+        if held:
+            route.abort()  # every later load fails
+        else:
+            held.append(route)  # the first is answered when the test says
+
+    page.route("**/api/v1/videos?*", hold_then_fail)
+    with page.expect_request(lambda request: "sort=-filename" in request.url):
+        page.get_by_role("columnheader", name="File").get_by_role("button").click()
+    page.get_by_role("columnheader", name="Size").get_by_role("button").click()
+    assert len(held) == 1  # File's, held; Size's waits for it (one load at a time)
+
+    held[0].continue_()
+
+    expect(page.locator("#library-count")).to_have_text(re.compile("^Could not load the library"))
+    expect(names).to_have_text(["Zeta.mp4", "clip10.mp4", "clip9.mp4"])
+    expect(page.get_by_role("columnheader", name="File")).to_have_attribute(
+        "aria-sort", "descending"
+    )
+    expect(page).to_have_url(f"{server.base_url}/?q=ordering&sort=-filename")
+
+
+def test_back_forgets_a_video_a_sign_in_was_to_open(
+    context: BrowserContext, server: Server, named: Path
+) -> None:
+    """A video whose opening a 401 held for the sign-in belongs to the address
+    it was opened from: Back to another address does not carry it there."""
+    dashboard = open_page(context, server, "?q=ordering")
+    page = dashboard.page
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # the skip link: an entry to go back from
+    page.get_by_role("columnheader", name="File").get_by_role("button").click()
+    expect(page).to_have_url(re.compile(r"sort=-filename#main$"))
+    page.route(re.compile(r"/api/v1/videos/\d+$"), lambda route: route.fulfill(status=401))
+    page.get_by_role("button", name="Zeta.mp4").click()
+    expect(page.get_by_label("Access token")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"[?&]video=\d+"))
+
+    page.go_back()
+
+    expect(page).to_have_url(f"{server.base_url}/?q=ordering")
+    expect(page.locator("#video-rows tr button.link")).to_have_text(
+        ["clip9.mp4", "clip10.mp4", "Zeta.mp4"]
+    )
+    expect(page).to_have_url(f"{server.base_url}/?q=ordering")

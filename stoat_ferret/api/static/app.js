@@ -935,8 +935,12 @@ let videoQuery = "";
 const DEFAULT_SORT = "filename";
 let videoSort = DEFAULT_SORT; // a key of SORTS, "-" in front for descending
 
+/** The address's query as the page last read or wrote it. */
+let addressShown = window.location.search;
+
 /** Read the view from the address (a bad value falls back to the default). */
 function readAddress() {
+  addressShown = window.location.search;
   const params = new URLSearchParams(window.location.search);
   videoQuery = (params.get("q") || "").slice(0, 500);
   const sort = params.get("sort") || DEFAULT_SORT;
@@ -965,6 +969,7 @@ function writeAddress() {
   if (url !== `${window.location.pathname}${window.location.search}${window.location.hash}`) {
     history.replaceState(null, "", url);
   }
+  addressShown = window.location.search;
 }
 
 /** Reload the library's page. */
@@ -992,6 +997,7 @@ function keepShownView() {
 async function loadVideos() {
   const count = byId("library-count");
   writeAddress();
+  const asked = [videoSort, videoOffset]; // what the answer shows: a later ask may change them
   let response;
   try {
     response = await request("GET", videosUrl());
@@ -1017,7 +1023,7 @@ async function loadVideos() {
   // if that video went, on the table's region rather than lost to the body.
   const focusedId = document.activeElement?.closest("#video-rows tr")?.dataset.videoId;
   byId("video-rows").replaceChildren(...videos.map(videoRow));
-  shownView = [videoSort, videoOffset];
+  shownView = asked;
   if (focusedId) {
     const same = byId("video-rows").querySelector(`tr[data-video-id="${focusedId}"] button`);
     (same || byId("library-section").querySelector(".table-wrap")).focus();
@@ -1155,6 +1161,9 @@ function startLibrary() {
   // its own; views are not: the address is changed in place) show the view
   // of the address they come to.
   window.addEventListener("popstate", () => {
+    // The skip link's own entry differs only in its #main: nothing to show.
+    if (window.location.search === addressShown) return;
+    videoAfterSignIn = null; // a video a sign-in was to open belongs to the address left
     showAddress();
     refreshLibrary();
   });
