@@ -61,6 +61,14 @@ def deadline_reached(scope: CancelScope) -> bool:
 # Why a job running when the supervisor's task group was cancelled (a hard stop) ended.
 STOPPED_WHILE_RUNNING: Final = "cancelled: supervisor stopped while the job was running"
 
+LOG_LEVELS: Final = {
+    JobStatus.COMPLETED: "INFO",
+    JobStatus.FAILED: "ERROR",
+    JobStatus.TIMEOUT: "WARNING",
+    JobStatus.CANCELLED: "INFO",
+}
+"""The level of the line logged as a job ends, by how it ended."""
+
 
 def _failed() -> SupervisorClosed:
     """The answer to a caller of a job a defect kept from ending (one each: raised)."""

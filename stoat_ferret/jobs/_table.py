@@ -37,7 +37,7 @@ from stoat_ferret.jobs._messages import (
     WorkersEnded,
 )
 from stoat_ferret.jobs._models import JobStatus, QueueStatistics
-from stoat_ferret.jobs._record import STOPPED_WHILE_RUNNING, JobRecord, describe
+from stoat_ferret.jobs._record import LOG_LEVELS, STOPPED_WHILE_RUNNING, JobRecord, describe
 from stoat_ferret.jobs._state import JobEvent
 
 if TYPE_CHECKING:
@@ -49,13 +49,6 @@ if TYPE_CHECKING:
 
 
 _STOPPED_BEFORE_START = "cancelled: supervisor stopped before the job started"
-
-_LOG_LEVELS = {
-    JobStatus.COMPLETED: "INFO",
-    JobStatus.FAILED: "ERROR",
-    JobStatus.TIMEOUT: "WARNING",
-    JobStatus.CANCELLED: "INFO",
-}
 
 
 class JobTable:
@@ -302,42 +295,46 @@ class JobTable:
         """End a job: the one place where a job becomes terminal (logging ``logged``)."""
         started = record.status is not JobStatus.PENDING
         status = record.apply(event)  # first: it raises for a move the table lacks
-        if started:
-            del self.running[record.job_id]
-        else:
-            del self.pending[record.job_id]
-            self.shared.give_back()  # no worker will start it
-            if record.key is not None:  # a pending job holds its key
-                del self._active_keys[record.key]
-        self.assignments.ended(record.job_type, record.job_id, record.key, started=started)
-        record.result = result
-        record.error = error
-        self.totals[status] += 1
-        record.scope = None
-        record.expires_at = self.now + self._retention
-        self.finished.append(record)
-        if len(self.finished) > self._max_finished:
-            self._evict()
-        quiet = status is JobStatus.FAILED and isinstance(logged, JobFailed)  # no bug
-        (logger.opt(exception=logged) if logged is not None and not quiet else logger).log(
-            "WARNING" if quiet else _LOG_LEVELS[status],
-            "job {job_id} ({job_type}) {status} after {duration:.3f} s",
-            job_id=record.job_id,
-            job_type=record.job_type,
-            status=status,
-            duration=record.duration,
-            error=record.error,
-        )
-        self.publish_change(record)
-        if record.waiters:
-            snapshot = record.snapshot()
-            for waiter in record.waiters:
-                waiter.send(snapshot)
-            record.waiters = None
-        if record.cancellers:
-            for canceller in record.cancellers:
-                canceller.send(status is JobStatus.CANCELLED)
-            record.cancellers = None
+        try:
+            if started:
+                del self.running[record.job_id]
+            else:
+                del self.pending[record.job_id]
+                self.shared.give_back()  # no worker will start it
+                if record.key is not None:  # a pending job holds its key
+                    del self._active_keys[record.key]
+            self.assignments.ended(record.job_type, record.job_id, record.key, started=started)
+            record.result = result
+            record.error = error
+            self.totals[status] += 1
+            record.scope = None
+            record.expires_at = self.now + self._retention
+            self.finished.append(record)
+            if len(self.finished) > self._max_finished:
+                self._evict()
+            quiet = status is JobStatus.FAILED and isinstance(logged, JobFailed)  # no bug
+            (logger.opt(exception=logged) if logged is not None and not quiet else logger).log(
+                "WARNING" if quiet else LOG_LEVELS[status],
+                "job {job_id} ({job_type}) {status} after {duration:.3f} s",
+                job_id=record.job_id,
+                job_type=record.job_type,
+                status=status,
+                duration=record.duration,
+                error=record.error,
+            )
+            self.publish_change(record)
+            if record.waiters:
+                snapshot = record.snapshot()
+                for waiter in record.waiters:
+                    waiter.send(snapshot)
+                record.waiters = None
+            if record.cancellers:
+                for canceller in record.cancellers:
+                    canceller.send(status is JobStatus.CANCELLED)
+                record.cancellers = None
+        except BaseException:  # a defect, the job half ended: its callers must hear
+            self.give_up(record.job_id)
+            raise
 
     def _evict(self) -> None:
         record = self.finished.popleft()

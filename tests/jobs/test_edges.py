@@ -1871,3 +1871,56 @@ def test_a_defect_as_a_job_ends_during_a_hard_stop_answers_a_later_wait(
 
     assert _ends_apart(scenario, backend), f"run() never ended: {outcome}"
     assert isinstance(outcome["answer"], SupervisorClosed), outcome
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_defect_half_way_through_ending_a_job_answers_its_waits(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table raises after a cancelled pending job has left the pending ones
+    but before its waits are answered (here as it publishes the job's end): the
+    job is given up, so a running handler that waits for it is answered
+    SupervisorClosed, and run() fails with the defect once that handler ends,
+    rather than both waiting for ever. Run in a thread of its own, so that a
+    regression fails this test instead of hanging it."""
+    real_publish = JobTable.publish_change
+    doomed: list[str] = []
+
+    def publish(table: JobTable, record: Any) -> None:
+        if record.job_id in doomed and record.status.is_terminal:
+            raise _TableDefect(record.job_id)
+        real_publish(table, record)
+
+    monkeypatch.setattr(JobTable, "publish_change", publish)
+    outcome: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        entered, asked = anyio.Event(), anyio.Event()
+        supervisor = JobSupervisor(max_workers=1)
+
+        async def lingering(ctx: JobContext) -> None:
+            entered.set()
+            with anyio.CancelScope(shield=True):
+                await asked.wait()
+                try:
+                    outcome["answer"] = (await supervisor.wait(doomed[0])).status
+                except SupervisorClosed as exc:
+                    outcome["answer"] = exc
+
+        supervisor.register("lingering", lingering)
+        supervisor.register("noop", _noop)
+        try:
+            async with _hosted(supervisor):
+                await supervisor.submit("lingering")
+                await entered.wait()
+                doomed.append(await supervisor.submit("noop"))  # pending: one worker
+                asked.set()
+                await anyio.wait_all_tasks_blocked()  # the handler waits for it
+                with pytest.raises(SupervisorClosed):
+                    await supervisor.cancel(doomed[0])
+        except BaseException as exc:  # run()'s failure, in the group's ExceptionGroup
+            outcome["run"] = exc
+
+    assert _ends_apart(scenario, backend), f"run() never ended: {outcome}"
+    assert isinstance(outcome["answer"], SupervisorClosed), outcome
+    assert outcome["run"].subgroup(_TableDefect) is not None
