@@ -20,6 +20,7 @@ from stoat_ferret._cli import STOP_SIGNALS
 from stoat_ferret.library import (
     BUSY_TIMEOUT_MS,
     LOW_INODES,
+    LOW_SPACE_BYTES,
     SCHEMA_VERSION,
     DatabaseLock,
     Interruption,
@@ -323,10 +324,14 @@ def check_thumbnails(database: Path) -> str | None:
     """
     directory = thumbnails_directory_beside(database)
     if not os.path.lexists(directory):
-        # Inodes for it, its mark and SQLite's two log files: serving asks
-        # once the database and its lock are made, check before.
+        # Inodes for it, its mark and SQLite's two log files, and no more
+        # room: serving asks once the database and its lock are made (the
+        # database's own check asked the room before), check before them.
         _check_creatable(
-            database.parent, f"cannot create the thumbnails directory {directory}", inodes=4
+            database.parent,
+            f"cannot create the thumbnails directory {directory}",
+            inodes=4,
+            room=False,
         )
         return None
     if not directory.is_symlink() and not directory.is_dir():
@@ -346,11 +351,14 @@ def check_thumbnails(database: Path) -> str | None:
     return None
 
 
-def _check_creatable(directory: Path, message: str, *, inodes: int = LOW_INODES) -> None:
+def _check_creatable(
+    directory: Path, message: str, *, inodes: int = LOW_INODES, room: bool = True
+) -> None:
     """Raise StoreError(``message`` and why) unless ``directory`` exists or can be
     created, and can be written to: it, or its nearest existing ancestor, is a
     directory this process can write to (SQLite creates its files beside the
-    database, the service its lock and thumbnails)."""
+    database, the service its lock and thumbnails), with ``inodes`` free and,
+    if ``room``, :data:`LOW_SPACE_BYTES`."""
     existing = directory
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
@@ -358,10 +366,10 @@ def _check_creatable(directory: Path, message: str, *, inodes: int = LOW_INODES)
         raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StoreError(f"{message} ({os.strerror(_why_not_writable(existing))})")
-    if file_system_full(os.fspath(existing), inodes):  # a full disk would fail SQLite's logs
-        raise StoreError(
-            f"{message} (its file system is full: under 1 MiB or {inodes} inodes left)"
-        )
+    # A full disk would fail SQLite's log files.
+    if file_system_full(os.fspath(existing), inodes, LOW_SPACE_BYTES if room else 0):
+        left = f"under 1 MiB or {inodes} inodes left" if room else f"under {inodes} inodes left"
+        raise StoreError(f"{message} (its file system is full: {left})")
 
 
 def _why_not_writable(directory: Path) -> int:

@@ -2323,6 +2323,29 @@ def test_serving_needs_the_inodes_check_asks_for_no_more(
         assert os.listdir(data) == []
 
 
+@pytest.mark.usefixtures("_restored_logging")
+def test_serving_needs_the_room_check_asks_for_no_more(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check asks for 1 MiB free before anything is made; serving asks as much
+    before it makes the database (94 KB new) and its lock, and no more room for
+    the thumbnails after: with 20 KB over 1 MiB free, both go on (serving
+    refused the thumbnails, where check said ok)."""
+    data = tmp / "data"
+    data.mkdir(mode=0o700)
+    database = data / "stoat.db"
+
+    def statvfs(path: Any) -> os.statvfs_result:
+        used = sum(entry.stat().st_size for entry in os.scandir(data) if entry.is_file())
+        blocks = ((1 << 20) + 20_000 - used) // 4096
+        return os.statvfs_result((4096, 4096, 200_000, blocks, blocks, 100, 1000, 1000, 0, 255))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+    assert main(["check", "--database", str(database)]) == 0
+    check_startup(Settings(database_path=database)).release()
+
+
 def test_serving_from_a_directory_it_cannot_write_in_says_so(
     tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

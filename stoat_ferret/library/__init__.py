@@ -19,6 +19,7 @@ from stoat_ferret.library._beneath import (
 from stoat_ferret.library._datadir import check_data_directory, prepare_database
 from stoat_ferret.library._exceptions import (
     LOW_INODES,
+    LOW_SPACE_BYTES,
     UNREACHABLE_ERRNOS,
     DirectoryGone,
     DirectoryReplaced,
@@ -88,6 +89,7 @@ __all__ = [
     "ERROR_TEXT_CHARS",
     "LIST_SECONDS",
     "LOW_INODES",
+    "LOW_SPACE_BYTES",
     "MAX_SYMLINKS",
     "METADATA_FIELDS",
     "PATH_MAX",

@@ -190,9 +190,11 @@ about as many files at a start (the lock, SQLite's log files, the
 thumbnails' directory and its mark)."""
 
 
-def file_system_full(path: str, inodes_needed: int = LOW_INODES) -> bool:
+def file_system_full(
+    path: str, inodes_needed: int = LOW_INODES, space_needed: int = LOW_SPACE_BYTES
+) -> bool:
     """Whether the file system holding ``path`` (or, if it is missing, its
-    directory) has less than :data:`LOW_SPACE_BYTES` or ``inodes_needed`` left for
+    directory) has less than ``space_needed`` bytes or ``inodes_needed`` left for
     this process: SQLite cannot make its write-ahead log's files there (and
     space freed as a failed open closes, those files deleted, is not enough).
     False if that cannot be told: no answer, a read-only file system, or one
@@ -205,7 +207,7 @@ def file_system_full(path: str, inodes_needed: int = LOW_INODES) -> bool:
         if left is None:
             return False
         space, inodes = left
-        return space < LOW_SPACE_BYTES or (inodes is not None and inodes < inodes_needed)
+        return space < space_needed or (inodes is not None and inodes < inodes_needed)
     return False
 
 
