@@ -357,11 +357,12 @@ def _check_creatable(
     """Raise StoreError(``message`` and why) unless ``directory`` exists or can be
     created, and can be written to: it, or its nearest existing ancestor, is a
     directory this process can write to (SQLite creates its files beside the
-    database, the service its lock and thumbnails), with ``inodes`` free and,
-    if ``room``, :data:`LOW_SPACE_BYTES`."""
+    database, the service its lock and thumbnails), with ``inodes`` free (and
+    one for each directory to make) and, if ``room``, :data:`LOW_SPACE_BYTES`."""
     existing = directory
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
+        inodes += 1
     if not existing.is_dir():
         raise StoreError(f"{message} ({os.strerror(errno.ENOTDIR)})")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -1247,8 +1247,8 @@ def test_check_refuses_a_new_database_on_a_full_disk(
     status, line = _check_line(database, capsys)
 
     assert status == 2
-    assert line.endswith(
-        f"the directory of {database} (its file system is full: under 1 MiB or 8 inodes left)"
+    assert line.endswith(  # 9 inodes: 8, and one for the directory to make
+        f"the directory of {database} (its file system is full: under 1 MiB or 9 inodes left)"
     )
     assert not database.parent.exists()
 
@@ -2344,6 +2344,40 @@ def test_serving_needs_the_room_check_asks_for_no_more(
 
     assert main(["check", "--database", str(database)]) == 0
     check_startup(Settings(database_path=database)).release()
+
+
+@pytest.mark.usefixtures("_restored_logging")
+@pytest.mark.parametrize("free", [8, 10, 11])
+def test_check_asks_an_inode_for_each_directory_serving_makes(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, free: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database three directories down that are not there yet: serving makes
+    them, the database and its lock, then the thumbnails' four, so check asks
+    8 inodes and one for each directory (11), as serving does before it makes
+    anything: check says ok exactly when serving starts (with 8 free, check
+    said ok and serving refused the thumbnails with 3 left)."""
+
+    home = tmp / "home"
+    home.mkdir(mode=0o700)
+
+    def statvfs(path: Any) -> os.statvfs_result:
+        left = free - sum(len(files) + len(dirs) for _, dirs, files in os.walk(home))
+        return os.statvfs_result((4096, 4096, 200_000, 100_000, 100_000, 100, left, left, 0, 255))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    database = home / "x" / "y" / "z" / "stoat.db"
+
+    checked = main(["check", "--database", str(database)]) == 0
+    capsys.readouterr()
+    try:
+        check_startup(Settings(database_path=database)).release()
+    except StoreError:
+        served = False
+        assert os.listdir(home) == []  # refused before it made anything
+    else:
+        served = True
+
+    assert checked == served == (free >= 11)
 
 
 def test_serving_from_a_directory_it_cannot_write_in_says_so(

@@ -390,7 +390,8 @@ class JobTable:
 
     def give_up(self, job_id: str) -> None:
         """A defect kept the job from starting or ending: it leaves ``pending`` and
-        ``running`` and never ends, its callers, then and later, told ``SupervisorClosed``."""
+        ``running``; its callers are told ``SupervisorClosed`` (later ones too, unless
+        its end was recorded before the defect: they see that end)."""
         self.pending.pop(job_id, None)
         self.running.pop(job_id, None)
         if record := self.jobs.get(job_id):
