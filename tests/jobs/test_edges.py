@@ -1642,6 +1642,29 @@ async def _hanging_job(supervisor: JobSupervisor) -> str:
     return job_id
 
 
+class _WaitsOnceAsked:
+    """A handler that absorbs a hard stop: once ``asked`` is set it waits,
+    shielded, for the job ``target`` and puts the answer (its status, or the
+    ``SupervisorClosed`` raised) in ``outcome["answer"]``."""
+
+    def __init__(self, supervisor: JobSupervisor, outcome: dict[str, Any]) -> None:
+        self.supervisor = supervisor
+        self.outcome = outcome
+        self.entered = anyio.Event()
+        self.asked = anyio.Event()
+        self.target: str | None = None
+
+    async def __call__(self, ctx: JobContext) -> None:
+        self.entered.set()
+        with anyio.CancelScope(shield=True):
+            await self.asked.wait()
+            assert self.target is not None
+            try:
+                self.outcome["answer"] = (await self.supervisor.wait(self.target)).status
+            except SupervisorClosed as exc:
+                self.outcome["answer"] = exc
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_defect_in_the_table_fails_run_and_answers_every_request(
     backend: str, monkeypatch: pytest.MonkeyPatch
@@ -1788,30 +1811,19 @@ def test_a_handler_outliving_a_hard_stop_is_answered_about_a_job_a_defect_left(
     outcome: dict[str, Any] = {}
 
     async def scenario() -> None:
-        entered, asked = anyio.Event(), anyio.Event()
-        waited: list[str] = []
         supervisor = JobSupervisor(max_workers=1)
-
-        async def lingering(ctx: JobContext) -> None:
-            entered.set()
-            with anyio.CancelScope(shield=True):
-                await asked.wait()
-                try:
-                    outcome["answer"] = (await supervisor.wait(waited[0])).status
-                except SupervisorClosed as exc:
-                    outcome["answer"] = exc
-
+        lingering = _WaitsOnceAsked(supervisor, outcome)
         supervisor.register("lingering", lingering)
         supervisor.register("noop", _noop)
         async with _hosted(supervisor) as host:
             await supervisor.submit("lingering")
-            await entered.wait()
+            await lingering.entered.wait()
             pending = [await supervisor.submit("noop") for _ in range(2)]
             doomed.append(pending[0])  # the first the stop ends
-            waited.append(pending[0] if target == "doomed" else pending[1])
+            lingering.target = pending[0] if target == "doomed" else pending[1]
             host.cancel()
             await anyio.wait_all_tasks_blocked()  # the actor has stopped its loop
-            asked.set()
+            lingering.asked.set()
         outcome["ended"] = True
 
     assert _ends_apart(scenario, backend), f"run() never ended: {outcome}"
@@ -1835,38 +1847,21 @@ def test_a_defect_as_a_job_ends_during_a_hard_stop_answers_a_later_wait(
     outcome: dict[str, Any] = {}
 
     async def scenario() -> None:
-        go, asked = anyio.Event(), anyio.Event()
-        entered: list[anyio.Event] = [anyio.Event(), anyio.Event()]
-        quick: list[str] = []
         supervisor = JobSupervisor(max_workers=2)
-
-        async def held(ctx: JobContext) -> None:
-            entered[0].set()
-            with anyio.CancelScope(shield=True):
-                await go.wait()
-
-        async def lingering(ctx: JobContext) -> None:
-            entered[1].set()
-            with anyio.CancelScope(shield=True):
-                await asked.wait()
-                try:
-                    outcome["answer"] = (await supervisor.wait(quick[0])).status
-                except SupervisorClosed as exc:
-                    outcome["answer"] = exc
-
+        held, lingering = Shielded(), _WaitsOnceAsked(supervisor, outcome)
         supervisor.register("held", held)
         supervisor.register("lingering", lingering)
         async with _hosted(supervisor) as host:
-            quick.append(await supervisor.submit("held"))
-            doomed.append(quick[0])
+            lingering.target = await supervisor.submit("held")
+            doomed.append(lingering.target)
             await supervisor.submit("lingering")
-            for event in entered:
-                await event.wait()
+            await held.entered.wait()
+            await lingering.entered.wait()
             host.cancel()
             await anyio.wait_all_tasks_blocked()  # the actor has stopped its loop
-            go.set()  # the held job ends: its end fails in the table
+            held.release.set()  # the held job ends: its end fails in the table
             await anyio.wait_all_tasks_blocked()
-            asked.set()
+            lingering.asked.set()
         outcome["ended"] = True
 
     assert _ends_apart(scenario, backend), f"run() never ended: {outcome}"
@@ -1895,26 +1890,17 @@ def test_a_defect_half_way_through_ending_a_job_answers_its_waits(
     outcome: dict[str, Any] = {}
 
     async def scenario() -> None:
-        entered, asked = anyio.Event(), anyio.Event()
         supervisor = JobSupervisor(max_workers=1)
-
-        async def lingering(ctx: JobContext) -> None:
-            entered.set()
-            with anyio.CancelScope(shield=True):
-                await asked.wait()
-                try:
-                    outcome["answer"] = (await supervisor.wait(doomed[0])).status
-                except SupervisorClosed as exc:
-                    outcome["answer"] = exc
-
+        lingering = _WaitsOnceAsked(supervisor, outcome)
         supervisor.register("lingering", lingering)
         supervisor.register("noop", _noop)
         try:
             async with _hosted(supervisor):
                 await supervisor.submit("lingering")
-                await entered.wait()
+                await lingering.entered.wait()
                 doomed.append(await supervisor.submit("noop"))  # pending: one worker
-                asked.set()
+                lingering.target = doomed[0]
+                lingering.asked.set()
                 await anyio.wait_all_tasks_blocked()  # the handler waits for it
                 with pytest.raises(SupervisorClosed):
                     await supervisor.cancel(doomed[0])
